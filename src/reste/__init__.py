@@ -1,0 +1,34 @@
+"""reste: binary neural networks in PyTorch, built around the Rectified Straight Through Estimator.
+
+>>> import reste
+>>> layer = reste.BinaryConv2d(16, 32, 3, padding=1, bias=False, weight_estimator="reste")
+>>> model = reste.binarize(float_model, estimator="reste", o_end=3.0)
+>>> reste.set_progress(model, epoch, epochs)   # once per epoch
+"""
+
+from .convert import binarize
+from .estimators import (
+    DSQ,
+    EDE,
+    ESTIMATORS,
+    FDA,
+    RBNN,
+    STE,
+    ApproxSign,
+    Estimator,
+    ReSTE,
+    SignSwish,
+    get_estimator,
+    sign,
+)
+from .indicators import EquilibriumMeter, estimating_error, gradient_stability
+from .layers import BinaryConv2d, BinaryLinear, binary_layers, estimators_of, schedule_values, set_progress
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ESTIMATORS", "Estimator", "STE", "ReSTE", "ApproxSign", "SignSwish", "EDE", "RBNN", "DSQ", "FDA",
+    "get_estimator", "sign", "BinaryConv2d", "BinaryLinear", "binarize", "binary_layers",
+    "estimators_of", "set_progress", "schedule_values", "EquilibriumMeter", "estimating_error",
+    "gradient_stability", "__version__",
+]

@@ -1,0 +1,535 @@
+"""Gradient estimators for the sign function.
+
+Every estimator's forward pass is ``sign`` with sign(0) = +1, so the output is
+strictly +-1. The backward pass multiplies the incoming gradient by the
+estimator's pseudo-derivative ``g(x)``. Each estimator is a triple:
+
+* ``forward_equivalent(x)``: the continuous function F whose derivative is g
+  (for plots and the estimating-error indicator);
+* ``derivative(x)``: g itself;
+* a schedule: ``set_progress(epoch, epochs)`` moves the hyper-parameters that
+  change during training (ReSTE's o, EDE/RBNN's t and k, DSQ's alpha, FDA's n).
+
+The math lives in the small ``*_g`` / ``*_f`` functions below; the classes hold
+hyper-parameters, show them in ``extra_repr`` and save their schedule state in
+the model's ``state_dict`` (``get_extra_state``), so resuming is exact.
+
+The backward is one fused elementwise expression (``torch.where`` and
+arithmetic, no boolean-mask gathers or scatters, no host-device
+synchronisation); 16-bit inputs are computed in float32 and cast back.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import schedules
+
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "STE",
+    "ReSTE",
+    "ApproxSign",
+    "SignSwish",
+    "EDE",
+    "RBNN",
+    "DSQ",
+    "FDA",
+    "get_estimator",
+    "sign",
+    "register",
+]
+
+
+# --------------------------------------------------------------------------- math
+
+
+def sign(x: Tensor) -> Tensor:
+    """sign with sign(0) = +1: every output is exactly +1 or -1."""
+    return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+
+
+def ste_g(x: Tensor, clip: float) -> Tensor:
+    """STE: g = 1 on abs(x) <= clip, else 0."""
+    return (x.abs() <= clip).to(x.dtype)
+
+
+def ste_f(x: Tensor, clip: float) -> Tensor:
+    """STE: F = clamp(x, -clip, clip)."""
+    return x.clamp(-clip, clip)
+
+
+def reste_g(x: Tensor, o: float, t: float, m: float) -> Tensor:
+    """ReSTE (Wu et al., ICCV 2023).
+
+    g = (1/o) abs(x)^((1-o)/o) on m < abs(x) <= t; m^(1/o)/m on abs(x) <= m (the
+    chord slope, which avoids the pole at 0); 0 beyond t.
+    """
+    a = x.abs()
+    if o == 1.0:
+        return (a <= t).to(x.dtype)
+    # One expression for all three regions: g = (1/o) exp(p log(b)), p = (1-o)/o < 0,
+    # with b = a on (m, t]; b = +inf beyond t (so g = 0); and, on [0, m], the
+    # constant b = m o^(1/p), for which (1/o) b^p = m^p = m^(1/o)/m.
+    p = (1.0 - o) / o
+    b = torch.where(a <= m, m * o ** (1.0 / p), a)
+    b.masked_fill_(a > t, math.inf)
+    return b.log_().mul_(p).exp_().mul_(1.0 / o)
+
+
+def reste_f(x: Tensor, o: float, t: float, m: float) -> Tensor:
+    """ReSTE: F = (m^(1/o)/m) x on abs(x) <= m, else sign(x) min(abs(x), t)^(1/o)."""
+    a = x.abs()
+    outer = sign(x) * a.clamp(max=t).pow(1.0 / o)
+    return torch.where(a <= m, x * (m ** (1.0 / o) / m), outer)
+
+
+def approx_sign_g(x: Tensor) -> Tensor:
+    """ApproxSign (Bi-Real Net): g = 2 - 2 abs(x) on abs(x) <= 1, else 0."""
+    return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+
+
+def approx_sign_f(x: Tensor) -> Tensor:
+    """ApproxSign: F = 2x - x abs(x) on abs(x) <= 1, else sign(x)."""
+    c = x.clamp(-1.0, 1.0)
+    return 2.0 * c - c * c.abs()
+
+
+def sign_swish_g(x: Tensor, beta: float) -> Tensor:
+    """SignSwish (BNN+): g = beta (2 - beta x tanh(beta x / 2)) / (1 + cosh(beta x)).
+
+    Computed in the equivalent, overflow-free form 2 beta s (1-s) (2 + u (1-2s))
+    with u = beta x and s = sigmoid(u).
+    """
+    u = beta * x
+    s = torch.sigmoid(u)
+    return (2.0 * beta) * s * (1.0 - s) * (2.0 + u * (1.0 - 2.0 * s))
+
+
+def sign_swish_f(x: Tensor, beta: float) -> Tensor:
+    """SignSwish: F = 2 sigmoid(beta x) (1 + beta x (1 - sigmoid(beta x))) - 1."""
+    u = beta * x
+    s = torch.sigmoid(u)
+    return 2.0 * s * (1.0 + u * (1.0 - s)) - 1.0
+
+
+def ede_g(x: Tensor, t: float, k: float) -> Tensor:
+    """EDE (IR-Net): g = k t (1 - tanh(t x)^2)."""
+    return (k * t) * (1.0 - torch.tanh(t * x).square())
+
+
+def ede_f(x: Tensor, t: float, k: float) -> Tensor:
+    """EDE: F = k tanh(t x)."""
+    return k * torch.tanh(t * x)
+
+
+def rbnn_g(x: Tensor, t: float, k: float) -> Tensor:
+    """RBNN training-aware approximation: g = k max(sqrt(2) t - t^2 abs(x), 0)."""
+    return (k * (math.sqrt(2.0) * t) - (k * t * t) * x.abs()).clamp_(min=0.0)
+
+
+def rbnn_f(x: Tensor, t: float, k: float) -> Tensor:
+    """RBNN: F = k (-sign(x) t^2 x^2 / 2 + sqrt(2) t x) on abs(x) < sqrt(2)/t, else k sign(x)."""
+    c = x.clamp(-math.sqrt(2.0) / t, math.sqrt(2.0) / t)
+    return k * (-(t * t / 2.0) * c * c.abs() + math.sqrt(2.0) * t * c)
+
+
+def _dsq_consts(alpha: float, lower: float, upper: float) -> tuple[float, float, float]:
+    delta = upper - lower
+    return (lower + upper) / 2.0, math.log(2.0 / alpha - 1.0) / delta, 1.0 / (1.0 - alpha)
+
+
+def dsq_g(x: Tensor, alpha: float, lower: float = -1.0, upper: float = 1.0) -> Tensor:
+    """DSQ (1 bit on [l, u]): g = s k (1 - tanh(k (x - m))^2) inside [l, u], else 0.
+
+    m = (l + u)/2, k = ln(2/alpha - 1)/(u - l), s = 1/(1 - alpha).
+    """
+    m, k, s = _dsq_consts(alpha, lower, upper)
+    g = (s * k) * (1.0 - torch.tanh(k * (x - m)).square())
+    return g * ((x >= lower) & (x <= upper)).to(x.dtype)
+
+
+def dsq_f(x: Tensor, alpha: float, lower: float = -1.0, upper: float = 1.0) -> Tensor:
+    """DSQ: F = s tanh(k (clamp(x, l, u) - m))."""
+    m, k, s = _dsq_consts(alpha, lower, upper)
+    return s * torch.tanh(k * (x.clamp(lower, upper) - m))
+
+
+def fda_g(x: Tensor, n: int, w: float) -> Tensor:
+    """FDA (Fourier series): g = (4 w / pi) sum_{i=0..n} cos((2i+1) w x) on abs(x) <= 1."""
+    acc = torch.zeros_like(x)
+    for i in range(int(n) + 1):
+        acc.add_(torch.cos(((2 * i + 1) * w) * x))
+    return acc.mul_(4.0 * w / math.pi) * (x.abs() <= 1.0).to(x.dtype)
+
+
+def fda_f(x: Tensor, n: int, w: float) -> Tensor:
+    """FDA: F = (4 / pi) sum_{i=0..n} sin((2i+1) w c) / (2i+1), c = clamp(x, -1, 1)."""
+    c = x.clamp(-1.0, 1.0)
+    acc = torch.zeros_like(x)
+    for i in range(int(n) + 1):
+        acc.add_(torch.sin(((2 * i + 1) * w) * c) / (2 * i + 1))
+    return acc.mul_(4.0 / math.pi)
+
+
+# --------------------------------------------------------------------- autograd
+
+
+def _compute_dtype(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class _SignFunction(torch.autograd.Function):
+    """Forward sign (0 -> +1); backward grad * g(x) with g frozen at forward time."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, g: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.g = g
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        g = ctx.g(_compute_dtype(x))  # a fresh tensor: safe to update in place
+        if g.dtype == grad.dtype:
+            return g.mul_(grad), None
+        return (g * grad).to(grad.dtype), None
+
+
+# ---------------------------------------------------------------------- classes
+
+
+class Estimator(nn.Module):
+    """Base class: sign in the forward pass, ``derivative`` in the backward pass.
+
+    Subclasses define ``name``, ``_g(x, **p)``, ``_f(x, **p)``, ``params()`` (the
+    current values of the hyper-parameters the math uses) and, when something
+    changes over training, ``set_progress(epoch, epochs)`` and the state in
+    ``_state_keys``.
+    """
+
+    name: str = ""
+    _state_keys: tuple[str, ...] = ()
+
+    def params(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _g(self, x: Tensor, **p: float) -> Tensor:
+        raise NotImplementedError
+
+    def _f(self, x: Tensor, **p: float) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            return sign(x)
+        p = self.params()
+        return _SignFunction.apply(x, lambda z: self._g(z, **p))
+
+    def derivative(self, x: Tensor) -> Tensor:
+        """g(x): the factor the backward multiplies the incoming gradient by."""
+        return self._g(_compute_dtype(x), **self.params()).to(x.dtype)
+
+    def forward_equivalent(self, x: Tensor) -> Tensor:
+        """F(x): the continuous function whose derivative is g."""
+        return self._f(_compute_dtype(x), **self.params()).to(x.dtype)
+
+    def set_progress(self, epoch: float, epochs: int) -> None:
+        """Move the schedule to ``epoch`` of ``epochs``; a no-op for fixed estimators."""
+        schedules.ramp("constant", 0.0, 0.0, epoch, epochs)  # validates the arguments
+
+    def schedule_values(self) -> dict[str, float]:
+        """The values that change over training (logged per epoch)."""
+        return {k: getattr(self, k) for k in self._state_keys}
+
+    def get_extra_state(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in self._state_keys}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        for k in self._state_keys:
+            if k in state:
+                setattr(self, k, type(getattr(self, k))(state[k]))
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments; ``get_estimator(name, **config())`` rebuilds it."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.config().items())
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive number, got {value}")
+    return value
+
+
+class STE(Estimator):
+    """Clipped straight-through estimator (BinaryConnect / BNN): g = 1 on abs(x) <= clip."""
+
+    name = "ste"
+
+    def __init__(self, clip: float = 1.0) -> None:
+        super().__init__()
+        self.clip = _positive("clip", clip)
+
+    def params(self) -> dict[str, float]:
+        return {"clip": self.clip}
+
+    _g = staticmethod(ste_g)
+    _f = staticmethod(ste_f)
+
+    def config(self) -> dict[str, Any]:
+        return {"clip": self.clip}
+
+
+class ReSTE(Estimator):
+    """Rectified straight-through estimator (Wu et al., ICCV 2023, arXiv 2308.06689).
+
+    F(z) = sign(z) abs(z)^(1/o); g(z) = (1/o) abs(z)^((1-o)/o) on interval < abs(z) <= t,
+    the chord slope interval^(1/o)/interval on abs(z) <= interval, 0 beyond t.
+
+    ``o`` is the exponent now (``o=1`` is a clipped STE with clip ``t``). During
+    training ``set_progress`` moves it from ``o`` to ``o_end`` along ``schedule``
+    (``"cosine"``, the paper's progressive ramp; ``"linear"``; ``"constant"``).
+    """
+
+    name = "reste"
+    _state_keys = ("o",)
+
+    def __init__(
+        self,
+        o: float = 1.0,
+        t: float = 1.5,
+        interval: float = 0.1,
+        o_end: float = 3.0,
+        schedule: str = "cosine",
+    ) -> None:
+        super().__init__()
+        self.o_start = float(o)
+        self.o = float(o)
+        self.o_end = float(o_end)
+        self.t = _positive("t", t)
+        self.interval = _positive("interval", interval)
+        if self.o < 1 or self.o_end < 1:
+            raise ValueError(f"ReSTE needs o >= 1 and o_end >= 1, got o={o}, o_end={o_end}")
+        if self.t <= self.interval:
+            raise ValueError(f"ReSTE needs t > interval, got t={t}, interval={interval}")
+        if schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"unknown o schedule {schedule!r}; valid: cosine, linear, constant")
+        self.schedule = schedule
+        if schedule != "constant" and self.o_end == self.o_start:
+            warnings.warn(
+                f"ReSTE o schedule {schedule!r} never changes (o = o_end = {o}); "
+                "pass o_end > o or schedule='constant'",
+                stacklevel=2,
+            )
+
+    def params(self) -> dict[str, float]:
+        return {"o": self.o, "t": self.t, "m": self.interval}
+
+    _g = staticmethod(reste_g)
+    _f = staticmethod(reste_f)
+
+    def set_progress(self, epoch: float, epochs: int) -> None:
+        self.o = schedules.ramp(self.schedule, self.o_start, self.o_end, epoch, epochs)
+
+    def config(self) -> dict[str, Any]:
+        return {"o": self.o_start, "t": self.t, "interval": self.interval, "o_end": self.o_end, "schedule": self.schedule}
+
+
+class ApproxSign(Estimator):
+    """ApproxSign (Liu et al., Bi-Real Net, ECCV 2018): g = max(2 - 2 abs(x), 0)."""
+
+    name = "approx_sign"
+
+    def params(self) -> dict[str, float]:
+        return {}
+
+    _g = staticmethod(approx_sign_g)
+    _f = staticmethod(approx_sign_f)
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+
+class SignSwish(Estimator):
+    """SignSwish (Darabi et al., BNN+, 2018): the derivative of 2 sigmoid(bx)(1 + bx(1 - sigmoid(bx))) - 1."""
+
+    name = "sign_swish"
+
+    def __init__(self, beta: float = 5.0) -> None:
+        super().__init__()
+        self.beta = _positive("beta", beta)
+
+    def params(self) -> dict[str, float]:
+        return {"beta": self.beta}
+
+    _g = staticmethod(sign_swish_g)
+    _f = staticmethod(sign_swish_f)
+
+    def config(self) -> dict[str, Any]:
+        return {"beta": self.beta}
+
+
+class EDE(Estimator):
+    """Error decay estimator (Qin et al., IR-Net, CVPR 2020): F = k tanh(t x).
+
+    Per epoch i of N: t = t_min * 10^((i/N) log10(t_max/t_min)), k = max(1/t, 1).
+    The paper uses t_min = 0.1, t_max = 10 (the IR-Net CIFAR code uses 1e-3).
+    """
+
+    name = "ede"
+    _state_keys = ("t", "k")
+
+    def __init__(self, t_min: float = 0.1, t_max: float = 10.0) -> None:
+        super().__init__()
+        self.t_min = _positive("t_min", t_min)
+        self.t_max = _positive("t_max", t_max)
+        self.set_progress(0, 1)
+
+    def params(self) -> dict[str, float]:
+        return {"t": self.t, "k": self.k}
+
+    _g = staticmethod(ede_g)
+    _f = staticmethod(ede_f)
+
+    def set_progress(self, epoch: float, epochs: int) -> None:
+        self.t = schedules.ramp("log", self.t_min, self.t_max, epoch, epochs)
+        self.k = max(1.0 / self.t, 1.0)
+
+    def config(self) -> dict[str, Any]:
+        return {"t_min": self.t_min, "t_max": self.t_max}
+
+
+class RBNN(EDE):
+    """RBNN training-aware approximation (Lin et al., NeurIPS 2020).
+
+    F = k(-sign(x) t^2 x^2/2 + sqrt(2) t x) on abs(x) < sqrt(2)/t, else k sign(x);
+    g = k max(sqrt(2) t - t^2 abs(x), 0); t and k follow EDE's schedule with
+    t_min = 1e-2, t_max = 10.
+    """
+
+    name = "rbnn"
+
+    def __init__(self, t_min: float = 1e-2, t_max: float = 10.0) -> None:
+        super().__init__(t_min=t_min, t_max=t_max)
+
+    _g = staticmethod(rbnn_g)
+    _f = staticmethod(rbnn_f)
+
+
+class DSQ(Estimator):
+    """Differentiable soft quantization (Gong et al., ICCV 2019), one bit on [-1, 1].
+
+    phi(x) = s tanh(k (x - m)) with k = ln(2/alpha - 1)/(u - l), s = 1/(1 - alpha).
+    alpha moves from ``alpha`` to ``alpha_end`` along ``schedule`` (``"linear"`` by
+    default; ``"constant"`` keeps it fixed). Smaller alpha is closer to sign.
+    """
+
+    name = "dsq"
+    _state_keys = ("alpha",)
+
+    def __init__(self, alpha: float = 0.2, alpha_end: float = 0.05, schedule: str = "linear") -> None:
+        super().__init__()
+        for label, v in (("alpha", alpha), ("alpha_end", alpha_end)):
+            if not 0 < v < 1:
+                raise ValueError(f"DSQ {label} must be in (0, 1), got {v}")
+        self.alpha_start = float(alpha)
+        self.alpha = float(alpha)
+        self.alpha_end = float(alpha_end)
+        if schedule not in schedules.RAMPS:
+            raise ValueError(f"unknown alpha schedule {schedule!r}; valid: {', '.join(schedules.RAMPS)}")
+        self.schedule = schedule
+
+    def params(self) -> dict[str, float]:
+        return {"alpha": self.alpha}
+
+    _g = staticmethod(dsq_g)
+    _f = staticmethod(dsq_f)
+
+    def set_progress(self, epoch: float, epochs: int) -> None:
+        self.alpha = schedules.ramp(self.schedule, self.alpha_start, self.alpha_end, epoch, epochs)
+
+    def config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha_start, "alpha_end": self.alpha_end, "schedule": self.schedule}
+
+
+class FDA(Estimator):
+    """Fourier-series approximation of sign (Xu et al., NeurIPS 2021).
+
+    g = (4 w / pi) sum_{i=0..n} cos((2i+1) w x) on abs(x) <= 1, else 0; n grows
+    linearly (rounded down) from ``n`` to ``n_end`` over training.
+    """
+
+    name = "fda"
+    _state_keys = ("n",)
+
+    def __init__(self, n: int = 9, n_end: int = 18, w: float = 0.1) -> None:
+        super().__init__()
+        if int(n) != n or int(n_end) != n_end or n < 0 or n_end < n:
+            raise ValueError(f"FDA needs integers 0 <= n <= n_end, got n={n}, n_end={n_end}")
+        self.n_start = int(n)
+        self.n = int(n)
+        self.n_end = int(n_end)
+        self.w = _positive("w", w)
+
+    def params(self) -> dict[str, float]:
+        return {"n": self.n, "w": self.w}
+
+    _g = staticmethod(fda_g)
+    _f = staticmethod(fda_f)
+
+    def set_progress(self, epoch: float, epochs: int) -> None:
+        self.n = int(math.floor(schedules.ramp("linear", self.n_start, self.n_end, epoch, epochs) + 1e-9))
+
+    def config(self) -> dict[str, Any]:
+        return {"n": self.n_start, "n_end": self.n_end, "w": self.w}
+
+
+# --------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Estimator]] = {}
+
+
+def register(cls: type[Estimator]) -> type[Estimator]:
+    """Add an estimator class to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+for _cls in (STE, ReSTE, ApproxSign, SignSwish, EDE, RBNN, DSQ, FDA):
+    register(_cls)
+
+ESTIMATORS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> Estimator:
+    """An estimator from its registered name (case-insensitive) or an instance.
+
+    >>> get_estimator("reste", o_end=3.0)
+    ReSTE(o=1, t=1.5, interval=0.1, o_end=3, schedule='cosine')
+    """
+    if isinstance(name_or_instance, Estimator):
+        if hyperparameters:
+            raise ValueError("hyper-parameters can only be given with an estimator name, not an instance")
+        return name_or_instance
+    if not isinstance(name_or_instance, str):
+        raise ValueError(f"expected an estimator name or instance, got {type(name_or_instance).__name__}")
+    key = name_or_instance.lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown estimator {name_or_instance!r}; valid: {', '.join(_REGISTRY)}")
+    try:
+        return _REGISTRY[key](**hyperparameters)
+    except TypeError as err:
+        raise ValueError(f"bad hyper-parameters for estimator {key!r}: {err}") from None

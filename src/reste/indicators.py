@@ -1,0 +1,138 @@
+"""The equilibrium indicators of the ReSTE paper: estimating error and gradient stability.
+
+* estimating error e = sum over layers of || F(w) - sign(w) ||_2, F the estimator's
+  forward-equivalent function, w a layer's latent weights;
+* gradient stability s = sum over layers of var(abs(dL/dw)) (unbiased variance),
+  read after the backward pass. Higher s means less stable gradients.
+
+Two modes:
+
+``"paper"`` reproduces the authors' ``--cal_ind`` exactly: only binary 3x3 conv
+weights; F is the unclipped power function sign(w) abs(w)^(1/o_end) at o_end
+(whatever the estimator and the current o), compared with torch.sign (0 for 0);
+each epoch reports its last iteration; over the run the error is averaged over
+epochs and the stability summed.
+
+``"general"`` works for every estimator: every binary layer, F is the layer's
+own estimator at its current schedule values, sign maps 0 to +1, and each epoch
+reports the mean over all its iterations; over the run both are averaged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .estimators import sign
+from .layers import binary_layers
+
+MODES = ("general", "paper")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown indicator mode {mode!r}; valid: {', '.join(MODES)}")
+
+
+def indicator_layers(model: nn.Module, mode: str = "general") -> list[tuple[str, nn.Module]]:
+    """The layers the indicators are computed over."""
+    _check_mode(mode)
+    layers = binary_layers(model)
+    if mode == "paper":
+        layers = [(n, m) for n, m in layers if getattr(m, "kernel_size", None) == (3, 3)]
+    return layers
+
+
+def paper_forward(w: Tensor, o: float) -> Tensor:
+    """The authors' unclipped power function sign(w) abs(w)^(1/o)."""
+    return torch.sign(w) * w.abs().pow(1.0 / o)
+
+
+@torch.no_grad()
+def estimating_error(model: nn.Module, mode: str = "general", o_end: float = 3.0) -> Tensor:
+    """Sum over the indicator layers of || F(w) - sign(w) ||_2 (a 0-dim tensor)."""
+    total = torch.zeros(())
+    for _, layer in indicator_layers(model, mode):
+        w = layer.weight.detach()
+        if mode == "paper":
+            diff = paper_forward(w, o_end) - torch.sign(w)
+        else:
+            diff = layer.weight_estimator.forward_equivalent(w) - sign(w)
+        total = total.to(w.device) + torch.linalg.vector_norm(diff.float())
+    return total
+
+
+@torch.no_grad()
+def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
+    """Sum over the indicator layers of the unbiased variance of abs(grad w) (a 0-dim tensor)."""
+    total = torch.zeros(())
+    for name, layer in indicator_layers(model, mode):
+        g = layer.weight.grad
+        if g is None:
+            raise RuntimeError(f"layer {name!r} has no gradient: compute the indicators after backward()")
+        total = total.to(g.device) + torch.var(g.detach().abs().float().flatten())
+    return total
+
+
+class EquilibriumMeter:
+    """Collects the two indicators over training.
+
+    Call ``update()`` after every optimizer step (the gradients must still be
+    there), ``epoch_end()`` once per epoch (returns that epoch's values) and
+    ``summary()`` at the end. ``state_dict``/``load_state_dict`` carry the history
+    across a resume.
+
+    >>> meter = EquilibriumMeter(model, mode="paper", o_end=3.0)
+    """
+
+    def __init__(self, model: nn.Module, mode: str = "general", o_end: float = 3.0) -> None:
+        _check_mode(mode)
+        if not indicator_layers(model, mode):
+            raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers)")
+        self.model, self.mode, self.o_end = model, mode, float(o_end)
+        self.history: list[dict[str, float]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._error: Tensor | None = None
+        self._stability: Tensor | None = None
+        self._count = 0
+
+    def update(self) -> None:
+        e = estimating_error(self.model, self.mode, self.o_end)
+        s = gradient_stability(self.model, self.mode)
+        if self.mode == "paper" or self._error is None:  # paper: keep the last iteration only
+            self._error, self._stability = e, s
+        else:
+            self._error, self._stability = self._error + e, self._stability + s
+        self._count += 1
+
+    def epoch_end(self) -> dict[str, float]:
+        if self._count == 0:
+            raise RuntimeError("no update() since the last epoch_end()")
+        n = 1 if self.mode == "paper" else self._count
+        values = {
+            "estimating_error": float(self._error) / n,
+            "gradient_stability": float(self._stability) / n,
+        }
+        self.history.append(values)
+        self._reset()
+        return values
+
+    def summary(self) -> dict[str, float]:
+        """Run-level values: paper mode averages the error and sums the stability over
+        epochs (as the authors); general mode averages both."""
+        if not self.history:
+            return {}
+        n = len(self.history)
+        err = sum(h["estimating_error"] for h in self.history) / n
+        stab = sum(h["gradient_stability"] for h in self.history)
+        return {"estimating_error": err, "gradient_stability": stab if self.mode == "paper" else stab / n}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "o_end": self.o_end, "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state["history"]]

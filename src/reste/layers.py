@@ -1,0 +1,174 @@
+"""Binary convolution and linear layers.
+
+``BinaryConv2d`` and ``BinaryLinear`` take the ``nn.Conv2d`` / ``nn.Linear``
+arguments plus
+
+* ``weight_estimator``: the estimator binarizing the latent weights (name or instance);
+* ``input_estimator``: the estimator binarizing the inputs, or ``None`` for real
+  activations (1W/32A); defaults to the same kind as ``weight_estimator``;
+* ``scaling``: ``"layer"`` (one alpha = mean(abs(W)), not detached, as the paper),
+  ``"channel"`` (one alpha per output channel) or ``"none"``.
+
+Forward: y = op(Q_a(x), Q_w(W) * alpha). Each layer reports ``precision = 1``
+(its weights) and ``input_precision`` (1, or 32 for real activations), so tools
+can tell binary layers from float ones without knowing their types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .estimators import Estimator, get_estimator
+
+SCALINGS = ("layer", "channel", "none")
+
+_DEFAULT = object()
+
+
+def _estimator_spec(spec: Any) -> Estimator:
+    """A fresh estimator for a name; an instance is used as given (and so may be shared)."""
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        return get_estimator(spec.pop("name"), **spec)
+    return get_estimator(spec)
+
+
+class _BinaryMixin:
+    """Shared logic of the binary layers: estimators, scaling and the binarized weight."""
+
+    precision = 1
+    weight: nn.Parameter
+
+    def _setup(self, weight_estimator: Any, input_estimator: Any, scaling: str) -> None:
+        if scaling not in SCALINGS:
+            raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
+        self.scaling = scaling
+        self.weight_estimator = _estimator_spec(weight_estimator)
+        if input_estimator is _DEFAULT:
+            input_estimator = _estimator_spec({"name": self.weight_estimator.name, **self.weight_estimator.config()})
+        self.input_estimator = None if input_estimator is None else _estimator_spec(input_estimator)
+
+    @property
+    def input_precision(self) -> int:
+        return 32 if self.input_estimator is None else 1
+
+    def scale(self) -> Tensor | None:
+        """alpha: the scaling factor(s) of the binary weights (with gradient)."""
+        w = self.weight
+        if self.scaling == "layer":
+            return w.abs().mean()
+        if self.scaling == "channel":
+            return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+        return None
+
+    def binary_weight(self) -> Tensor:
+        """The weight used in the forward pass: sign(W) (with the estimator's backward) times alpha."""
+        bw = self.weight_estimator(self.weight)
+        alpha = self.scale()
+        return bw if alpha is None else bw * alpha
+
+    def binary_input(self, x: Tensor) -> Tensor:
+        return x if self.input_estimator is None else self.input_estimator(x)
+
+    def _binary_repr(self) -> str:
+        a = "real" if self.input_estimator is None else self.input_estimator.name
+        return f"weights={self.weight_estimator.name}, inputs={a}, scaling={self.scaling}"
+
+
+class BinaryConv2d(_BinaryMixin, nn.Conv2d):
+    """2-D convolution with binary weights (and binary inputs unless ``input_estimator=None``)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        weight_estimator: Any = "reste",
+        input_estimator: Any = _DEFAULT,
+        scaling: str = "layer",
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype,
+        )
+        self._setup(weight_estimator, input_estimator, scaling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._binary_repr()}"
+
+
+class BinaryLinear(_BinaryMixin, nn.Linear):
+    """Linear layer with binary weights (and binary inputs unless ``input_estimator=None``)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        weight_estimator: Any = "reste",
+        input_estimator: Any = _DEFAULT,
+        scaling: str = "layer",
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._setup(weight_estimator, input_estimator, scaling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.binary_input(x), self.binary_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._binary_repr()}"
+
+
+def binary_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) for every layer of ``model`` with 1-bit weights."""
+    return [(n, m) for n, m in model.named_modules() if getattr(m, "precision", 32) == 1]
+
+
+def estimators_of(model: nn.Module) -> list[Estimator]:
+    """Every estimator in ``model`` (each instance once)."""
+    seen: dict[int, Estimator] = {}
+    for m in model.modules():
+        if isinstance(m, Estimator):
+            seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+def set_progress(model: nn.Module, epoch: float, epochs: int) -> dict[str, float]:
+    """Set the training progress on every estimator of ``model``.
+
+    Returns the schedule values after the update (e.g. ``{"o": 1.58}``), taken from
+    the first estimator that has any, for logging.
+    """
+    values: dict[str, float] = {}
+    for est in estimators_of(model):
+        est.set_progress(epoch, epochs)
+        if not values:
+            values = dict(est.schedule_values())
+    return values
+
+
+def schedule_values(model: nn.Module) -> dict[str, float]:
+    """The current schedule values of the first scheduled estimator of ``model``."""
+    for est in estimators_of(model):
+        if est.schedule_values():
+            return dict(est.schedule_values())
+    return {}
