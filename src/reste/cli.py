@@ -1,0 +1,304 @@
+"""The ``reste`` command. Thin: it parses flags and calls the library.
+
+    reste train [flags]            train (no flags: a 1W1A net on digits in under a minute)
+    reste train --preset NAME      a row of the paper's tables
+    reste train --resume RUN_DIR   continue a run from its last finished epoch
+    reste presets                  list the presets with the published accuracy
+    reste eval CHECKPOINT          top-1/top-5 on the test split
+    reste summary MODEL            per-layer precision, parameters, MACs, sizes
+
+Bad input gets one line on stderr and exit status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from .errors import UsageError
+
+# Estimator hyper-parameter flags: flag dest -> (estimator names it applies to, keyword).
+ESTIMATOR_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "o_end": (("reste",), "o_end"),
+    "t": (("reste",), "t"),
+    "interval": (("reste",), "interval"),
+    "o_schedule": (("reste",), "schedule"),
+    "clip": (("ste",), "clip"),
+    "beta": (("sign_swish",), "beta"),
+    "t_min": (("ede", "rbnn"), "t_min"),
+    "t_max": (("ede", "rbnn"), "t_max"),
+    "alpha": (("dsq",), "alpha"),
+    "alpha_end": (("dsq",), "alpha_end"),
+    "alpha_schedule": (("dsq",), "schedule"),
+    "fda_n": (("fda",), "n"),
+    "fda_n_end": (("fda",), "n_end"),
+    "fda_w": (("fda",), "w"),
+}
+
+# Train flags that map one-to-one onto TrainConfig fields.
+CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "epochs",
+                "batch_size", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
+                "indicators", "seed", "workers", "device", "amp", "channels_last", "compile", "sync_bn")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to train")
+    g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
+    g.add_argument("--dataset", help="digits (default), fashion-mnist, cifar10 or imagenet")
+    g.add_argument("--data-path", "--data_path", dest="data_path", help="data set folder")
+    g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
+    g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")
+    g.add_argument("--estimator", help="ste, reste (default), approx_sign, sign_swish, ede, rbnn, dsq, fda")
+    g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
+    g.add_argument("--scaling", help="weight scaling: layer (default), channel or none")
+    g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+                   help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable)")
+    e = p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
+    e.add_argument("--o-end", "--o_end", dest="o_end", type=float, help="reste: final o (default 3)")
+    e.add_argument("--t", type=float, help="reste: threshold t (default 1.5)")
+    e.add_argument("--interval", type=float, help="reste: interval m around 0 (default 0.1)")
+    e.add_argument("--o-schedule", dest="o_schedule", help="reste: cosine (default), linear or constant")
+    e.add_argument("--clip", type=float, help="ste: clip (default 1)")
+    e.add_argument("--beta", type=float, help="sign_swish: beta (default 5)")
+    e.add_argument("--t-min", dest="t_min", type=float, help="ede/rbnn: initial t (0.1 / 0.01)")
+    e.add_argument("--t-max", dest="t_max", type=float, help="ede/rbnn: final t (default 10)")
+    e.add_argument("--alpha", type=float, help="dsq: initial alpha (default 0.2)")
+    e.add_argument("--alpha-end", dest="alpha_end", type=float, help="dsq: final alpha (default 0.05)")
+    e.add_argument("--alpha-schedule", dest="alpha_schedule", help="dsq: linear (default), cosine, log, constant")
+    e.add_argument("--fda-n", dest="fda_n", type=int, help="fda: initial number of terms (default 9)")
+    e.add_argument("--fda-n-end", dest="fda_n_end", type=int, help="fda: final number of terms (default 18)")
+    e.add_argument("--fda-w", dest="fda_w", type=float, help="fda: frequency w (default 0.1)")
+    o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
+    o.add_argument("--epochs", type=int)
+    o.add_argument("--batch-size", "--batch_size", "-b", dest="batch_size", type=int)
+    o.add_argument("--eval-batch-size", "--batch_size_test", dest="eval_batch_size", type=int)
+    o.add_argument("--optimizer", help="sgd (default), adam or adamw")
+    o.add_argument("--lr", type=float)
+    o.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, help="default 1e-4")
+    o.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    o.add_argument("--warm-up", "--warm_up", dest="warm_up", type=int, nargs="?", const=5,
+                   help="linear warm-up epochs (bare flag: 5, as the paper on CIFAR-10)")
+    o.add_argument("--indicators", nargs="?", const="general",
+                   help="log the estimating error and gradient stability: general (default) or paper")
+    o.add_argument("--cal_ind", "--cal-ind", dest="indicators", action="store_const", const="paper",
+                   help="the authors' flag: --indicators paper")
+    o.add_argument("--seed", type=int, help="random seed (default 0)")
+    r = p.add_argument_group("machine")
+    r.add_argument("--workers", type=int, help="data loading processes (default 0)")
+    r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    r.add_argument("--amp", help="mixed precision on GPU: none (default), bf16 or fp16")
+    r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
+                   help="with torchrun: keep per-process BatchNorm statistics")
+    g2 = p.add_argument_group("run directory")
+    g2.add_argument("--out", help="run directory (default runs/MODEL-ESTIMATOR-TIME)")
+    g2.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last finished epoch")
+    g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
+    g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as int, float, bool (true/false) or, failing those, the string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["width=16"]`` -> ``{"width": 16}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--model-option expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig fields given on the command line (flags left out are not included)."""
+    out: dict[str, Any] = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "model_options", None):
+        out["model_options"] = parse_model_options(args.model_options)
+    given = {dest: getattr(args, dest) for dest in ESTIMATOR_FLAGS if getattr(args, dest, None) is not None}
+    if given:
+        estimator = (out.get("estimator") or getattr(args, "_base_estimator", None) or "reste").lower()
+        options = {}
+        for dest, value in given.items():
+            applies, key = ESTIMATOR_FLAGS[dest]
+            if estimator not in applies:
+                flag = "--" + dest.replace("_", "-")
+                raise UsageError(f"{flag} applies to the {'/'.join(applies)} estimator, not {estimator!r}")
+            options[key] = value
+        out["estimator_options"] = options
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import engine
+    from .config import TrainConfig, config_from_preset, get_preset
+
+    log = print
+    if args.resume:
+        if args.preset:
+            raise UsageError("--preset cannot be combined with --resume: the run keeps its own settings")
+        if args.out:
+            raise UsageError("--out cannot be combined with --resume: the run directory is the one resumed")
+        saved = engine.saved_config(args.resume)
+        args._base_estimator = saved.estimator
+        overrides = overrides_from_args(args)
+        for key in ("estimator_options", "model_options"):
+            if key in overrides:
+                overrides[key] = {**getattr(saved, key), **overrides[key]}
+        engine.resume(args.resume, overrides, force=args.force, progress=args.progress, log=log)
+        return 0
+    if args.preset:
+        preset = get_preset(args.preset)
+        args._base_estimator = preset.settings.get("estimator", "reste")
+        overrides = overrides_from_args(args)
+        if "estimator_options" in overrides:
+            overrides["estimator_options"] = {**preset.settings.get("estimator_options", {}),
+                                              **overrides["estimator_options"]}
+        config = config_from_preset(args.preset, **overrides)
+    else:
+        config = TrainConfig.from_dict(overrides_from_args(args))
+    engine.train(config, args.out, progress=args.progress, log=log)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import PRESETS
+
+    rows = [("preset", "model", "estimator", "A", "epochs", "batch", "top-1", "top-5", "what")]
+    for p in PRESETS.values():
+        s = p.settings
+        rows.append((p.name, s["model"], s.get("estimator", "reste"), "32" if s.get("a32") else "1",
+                     str(s["epochs"]), str(s["batch_size"]), f"{p.top1:.2f}",
+                     f"{p.top5:.2f}" if p.top5 is not None else "-", p.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    print("\npublished top-1/top-5 (%) of Wu et al., ICCV 2023; run one with `reste train --preset NAME --data-path DIR`")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine import evaluate_checkpoint
+
+    r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
+                            device=args.device, workers=args.workers)
+    stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
+    print(f"{r['model']} on {r['dataset']} test, epoch {r['epoch']}: top-1 {r['top1']:.2f}%  "
+          f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}{stored}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from . import models
+
+    if args.list or not args.model:
+        for name in models.list_models():
+            info = models.model_info(name)
+            print(f"{name:28s} {info['dataset']:14s} {'binary' if info['binary'] else 'float'}")
+        return 0
+    model = models.create(args.model, num_classes=args.num_classes, a32=args.a32)
+    info = models.model_info(args.model)
+    size = tuple(info["input_size"]) if not args.input_size else (info["input_size"][0], args.input_size,
+                                                                    args.input_size)
+    print(models.format_summary(models.layer_summary(model, size)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="reste", description="Train, evaluate and deploy binary neural networks (ReSTE).")
+    parser.add_argument("--version", action="version", version=f"reste {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model (no flags: 1W1A on digits, under a minute on a CPU)")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("presets", help="list the paper's settings with their published accuracy")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on the test split")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its last.pt)")
+    p.add_argument("--data-path", "--data_path", dest="data_path")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--list", action="store_true", help="list the models")
+    p.add_argument("--num-classes", dest="num_classes", type=int)
+    p.add_argument("--a32", action="store_true")
+    p.add_argument("--input-size", dest="input_size", type=int, help="image side (default: the model's)")
+    p.set_defaults(func=cmd_summary)
+
+    for module in _feature_modules():
+        module.add_commands(sub)
+    return parser
+
+
+def _feature_modules() -> list[Any]:
+    """Modules that add sub-commands of their own (``add_commands(subparsers)``)."""
+    import importlib
+
+    found = []
+    for name in ("reste.export.cli", "reste.experiments"):
+        try:
+            found.append(importlib.import_module(name))
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except UsageError as err:
+        if debug:
+            raise
+        print(f"reste: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reste: interrupted; finished epochs are saved, continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence keeps tracebacks behind --debug
+        from .engine import TrainingDiverged
+
+        if debug:
+            raise
+        kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
+        print(f"reste: error: {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
+              else " (run with --debug for the traceback)"), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

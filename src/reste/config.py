@@ -1,0 +1,216 @@
+"""Training configuration: the settings of a run, their defaults, validation and the paper's presets.
+
+A ``TrainConfig`` is plain data (saved as ``config.json`` in the run directory).
+Fields left as ``None`` are filled by ``resolve()`` from the data set's defaults
+(``DATASET_DEFAULTS``), so ``reste train --dataset cifar10`` gets the paper's
+CIFAR-10 recipe and ``reste train`` alone a one-minute run on digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+from .estimators import ESTIMATORS, get_estimator
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+INDICATOR_MODES = ("general", "paper")
+AMP_MODES = ("none", "bf16", "fp16")
+
+# Per data set: the model and recipe used when the user does not say otherwise.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(model="digits_1w1a", epochs=20, batch_size=64, eval_batch_size=512, lr=0.1, warm_up=0),
+    "fashion-mnist": dict(
+        model="fmnist_vgg_1w1a", epochs=10, batch_size=256, eval_batch_size=1000, lr=0.1, warm_up=0
+    ),
+    "cifar10": dict(model="resnet20_1w1a", epochs=1000, batch_size=256, eval_batch_size=128, lr=0.1, warm_up=5),
+    "imagenet": dict(
+        model="imagenet_resnet18_1w1a", epochs=250, batch_size=750, eval_batch_size=128, lr=0.1, warm_up=0
+    ),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``None`` means "the data set's default"."""
+
+    dataset: str = "digits"
+    model: str | None = None
+    data_path: str | None = None
+    download: bool = False
+    estimator: str = "reste"
+    estimator_options: dict[str, Any] = field(default_factory=dict)  # o_end, t, interval, beta, ...
+    model_options: dict[str, Any] = field(default_factory=dict)  # keywords of the model factory (width)
+    a32: bool = False
+    scaling: str = "layer"
+    epochs: int | None = None
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    optimizer: str = "sgd"
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warm_up: int | None = None
+    indicators: str | None = None  # None, "general" or "paper"
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = True
+    preset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(f"unknown config keys {unknown}; valid: {', '.join(sorted(names))}")
+        return cls(**data)
+
+    def resolve(self) -> "TrainConfig":
+        """A copy with every ``None`` filled in, validated. Raises ``UsageError``."""
+        from .data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise UsageError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        out = dataclasses.replace(self, estimator_options=dict(self.estimator_options),
+                                  model_options=dict(self.model_options))
+        for key, value in DATASET_DEFAULTS[self.dataset].items():
+            if getattr(out, key) is None:
+                setattr(out, key, value)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        from .models import list_models
+
+        if self.model not in list_models():
+            raise UsageError(f"unknown model {self.model!r}; valid: {', '.join(list_models())}")
+        if self.estimator.lower().replace("-", "_") not in ESTIMATORS:
+            raise UsageError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.indicators not in (None, *INDICATOR_MODES):
+            raise UsageError(f"unknown indicator mode {self.indicators!r}; valid: {', '.join(INDICATOR_MODES)}")
+        if self.amp not in AMP_MODES:
+            raise UsageError(f"unknown --amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise UsageError(
+                f"--weight-decay must be >= 0 and --momentum in [0, 1), got {self.weight_decay} and {self.momentum}"
+            )
+        if not 0 <= self.warm_up < self.epochs:
+            raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        accepted = model_keywords(self.model)
+        unknown = sorted(set(self.model_options) - set(accepted))
+        if unknown:
+            raise UsageError(f"model {self.model!r} has no option {', '.join(unknown)}; "
+                             f"valid: {', '.join(accepted) or 'none'}")
+        opts = self.estimator_options
+        if "o_end" in opts and opts["o_end"] < 1:
+            raise UsageError(f"--o-end must be >= 1 (o grows from 1 to o_end), got {opts['o_end']}")
+        if "t" in opts and opts["t"] <= opts.get("interval", 0.1):
+            raise UsageError(
+                f"--t must be larger than the interval ({opts.get('interval', 0.1)}), got {opts['t']}"
+            )
+        try:
+            get_estimator(self.estimator, **opts)
+        except ValueError as err:
+            raise UsageError(f"bad estimator settings: {err}") from None
+
+
+def model_keywords(name: str) -> list[str]:
+    """The options model ``name``'s factory takes itself (``width`` for ``fmnist_vgg_1w1a``)."""
+    import inspect
+
+    from .models import registry
+
+    params = inspect.signature(registry._MODELS[name]).parameters.values()
+    return [p.name for p in params
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in ("num_classes", "conv")]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One row of the paper's tables: the settings and the published accuracy."""
+
+    name: str
+    description: str
+    settings: dict[str, Any]
+    top1: float
+    top5: float | None = None
+
+
+def _cifar(model: str, top1: float, desc: str, estimator: str = "reste", **extra: Any) -> dict[str, Any]:
+    settings = dict(dataset="cifar10", model=model, epochs=1000, batch_size=256, eval_batch_size=128,
+                    lr=0.1, warm_up=5, estimator=estimator)
+    options = {"o_end": 3.0} if estimator == "reste" else {}
+    options.update(extra.pop("estimator_options", {}))
+    settings.update(extra, estimator_options=options)
+    return dict(settings=settings, top1=top1, description=desc)
+
+
+def _imagenet(model: str, top1: float, top5: float, desc: str, **extra: Any) -> dict[str, Any]:
+    settings = dict(dataset="imagenet", model=model, epochs=250, batch_size=750, eval_batch_size=128,
+                    lr=0.1, warm_up=0, estimator="reste", estimator_options={"o_end": 3.0})
+    settings.update(extra)
+    return dict(settings=settings, top1=top1, top5=top5, description=desc)
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10-resnet20-1w1a": _cifar("resnet20_1w1a", 86.75, "ResNet-20 1W/1A, ReSTE (Table 2)"),
+    "cifar10-resnet20-1w32a": _cifar("resnet20_1w1a", 91.32, "ResNet-20 1W/32A, ReSTE (Table 2)", a32=True),
+    "cifar10-resnet20-bireal-1w1a": _cifar("resnet20_bireal_1w1a", 87.92, "ResNet-20 Bi-Real 1W/1A (Table 2)"),
+    "cifar10-resnet18-1w1a": _cifar(
+        "resnet18_1w1a", 92.63, "ResNet-18 1W/1A, batch 96, 2000 epochs (Table 2)", epochs=2000, batch_size=96
+    ),
+    "cifar10-vgg-small-1w1a": _cifar("vgg_small_1w1a", 92.55, "VGG-small 1W/1A (Table 2)"),
+    "cifar10-resnet20-ste": _cifar("resnet20_1w1a", 84.44, "estimator comparison: STE", estimator="ste"),
+    "cifar10-resnet20-dsq": _cifar("resnet20_1w1a", 84.11, "estimator comparison: DSQ", estimator="dsq"),
+    "cifar10-resnet20-ede": _cifar("resnet20_1w1a", 85.20, "estimator comparison: EDE (IR-Net)", estimator="ede"),
+    "cifar10-resnet20-fda": _cifar("resnet20_1w1a", 85.80, "estimator comparison: FDA", estimator="fda"),
+    "cifar10-resnet20-rbnn": _cifar("resnet20_1w1a", 85.87, "estimator comparison: RBNN", estimator="rbnn"),
+    "cifar10-resnet20-o10": _cifar(
+        "resnet20_1w1a", 82.86, "o_end ablation: o_end = 10 oscillates", estimator_options={"o_end": 10.0}
+    ),
+    "imagenet-resnet18-1w1a": _imagenet("imagenet_resnet18_1w1a", 60.88, 82.59, "ResNet-18 1W/1A (Table 3)"),
+    "imagenet-resnet18-1w32a": _imagenet(
+        "imagenet_resnet18_1w1a", 67.40, 87.20, "ResNet-18 1W/32A (Table 3)", a32=True
+    ),
+    "imagenet-resnet34-1w1a": _imagenet("imagenet_resnet34_1w1a", 65.05, 85.78, "ResNet-34 1W/1A (Table 3)"),
+    "imagenet-resnet34-1w32a": _imagenet(
+        "imagenet_resnet34_1w1a", 70.74, 89.50, "ResNet-34 1W/32A (Table 3)", a32=True
+    ),
+}
+
+PRESETS: dict[str, Preset] = {name: Preset(name=name, **row) for name, row in _PRESETS.items()}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)} (see `reste presets`)")
+    return PRESETS[name]
+
+
+def config_from_preset(name: str, **overrides: Any) -> TrainConfig:
+    """The preset's config with ``overrides`` (e.g. ``data_path``, ``workers``) applied."""
+    preset = get_preset(name)
+    data = dict(preset.settings, preset=name)
+    data["estimator_options"] = dict(data.get("estimator_options", {}))
+    data.update(overrides)
+    return TrainConfig.from_dict(data)

@@ -1,0 +1,542 @@
+"""The training loop: config -> data -> model -> epochs -> run directory.
+
+``train(config, out=...)`` runs a whole training and ``resume(run_dir)``
+continues one. A run directory holds
+
+    config.json     the resolved TrainConfig
+    metrics.jsonl   one JSON object per finished epoch
+    last.pt         checkpoint after the last finished epoch (written atomically)
+    best.pt         checkpoint of the epoch with the best test top-1
+
+Everything a resumed run needs is in ``last.pt``: model (with the estimator
+schedule state), optimizer, epoch, best accuracy, indicator history and RNG
+states. The learning rate and the estimator schedule are pure functions of the
+epoch, and the data order of epoch e depends only on (seed, e), so a resumed run
+ends with exactly the weights of an uninterrupted one (on CPU).
+
+Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
+DistributedDataParallel, BatchNorm is synchronised (``sync_bn``), each process
+reads its shard of the training set, and only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt_io
+from . import models
+from .config import TrainConfig
+from .data import load_datasets, make_loaders
+from .errors import UsageError
+from .indicators import EquilibriumMeter
+from .layers import binary_layers, schedule_values, set_progress
+from .schedules import learning_rate
+
+# Settings that may differ when resuming without --force: they do not change the result.
+RESUME_FREE = ("data_path", "download", "workers", "device", "eval_batch_size")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+# ----------------------------------------------------------------------- setup
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+@dataclasses.dataclass
+class Dist:
+    """The torch.distributed context of this process (world_size 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), pick_device(device_name)
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    return models.create(config.model, **model_options(config, num_classes))
+
+
+def model_options(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    return dict(
+        num_classes=num_classes,
+        estimator=config.estimator,
+        a32=config.a32,
+        scaling=config.scaling,
+        **config.estimator_options,
+        **config.model_options,
+    )
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model stored in a checkpoint (eval mode)."""
+    model = models.create(ckpt["model_name"], **ckpt["model_options"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UsageError(
+            f"checkpoint weights do not fit model {ckpt['model_name']!r} ({first[:150]})"
+        ) from None
+    return model.to(device).eval()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file (or a run directory's last.pt) safely."""
+    return ckpt_io.load_checkpoint(path)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hits = top.eq(target[:, None])
+    return hits[:, 0].sum(), hits.any(dim=1).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
+             channels_last: bool = False) -> dict[str, float]:
+    """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.long)
+    top5 = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for images, target in loader:
+        images, target = _to_device(images, target, device, channels_last)
+        with _autocast(device, amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
+        c1, c5 = _accuracy_counts(logits, target)
+        top1 += c1
+        top5 += c5
+        n += target.numel()
+    if n == 0:
+        raise UsageError("the test set is empty; check --data-path")
+    return {"loss": loss_sum.item() / n, "top1": 100.0 * top1.item() / n, "top5": 100.0 * top5.item() / n}
+
+
+def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
+                        device: str = "auto", workers: int = 0) -> dict[str, Any]:
+    """Evaluate a checkpoint on its data set's test split; returns the metrics and the stored ones."""
+    ckpt = load_checkpoint(path)
+    config = TrainConfig.from_dict(ckpt["config"])
+    dev = pick_device(device)
+    model = model_from_checkpoint(ckpt, dev)
+    train_ds, test_ds, info = load_datasets(config.dataset, data_path or config.data_path)
+    if info.num_classes != ckpt["model_options"]["num_classes"]:
+        raise UsageError(
+            f"checkpoint has {ckpt['model_options']['num_classes']} classes but the data set has "
+            f"{info.num_classes}; pass the data set it was trained on"
+        )
+    _, test_loader = make_loaders(train_ds, test_ds, batch_size=config.batch_size,
+                                  eval_batch_size=batch_size or config.eval_batch_size, workers=workers,
+                                  seed=config.seed)
+    result = evaluate(model, test_loader, dev)
+    return {**result, "epoch": ckpt["epoch"], "stored_top1": ckpt["metrics"].get("test_acc"),
+            "model": ckpt["model_name"], "dataset": config.dataset}
+
+
+# -------------------------------------------------------------------- training
+
+
+def _to_device(images: torch.Tensor, target: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, target.to(device, non_blocking=True)
+
+
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+class _Run:
+    """One training run in a directory: state, epochs, checkpoints and logs."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool) -> None:
+        self.config, self.run_dir, self.progress = config, run_dir, progress
+        self.dist, self.device = init_distributed(config.device)
+        self.log = log if self.dist.main else (lambda _msg: None)
+        seed_everything(config.seed)
+
+        train_ds, test_ds, self.info = load_datasets(config.dataset, config.data_path, download=config.download)
+        self.train_loader, self.test_loader = make_loaders(
+            train_ds, test_ds, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+            workers=config.workers, seed=config.seed, pin_memory=self.device.type == "cuda",
+            distributed=self.dist.enabled,
+        )
+        self.model = build_model(config, self.info.num_classes).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(config, self.model)
+        if config.indicators and not binary_layers(self.model):
+            raise UsageError(f"--indicators needs a binary model; {config.model!r} has no binary layers")
+        self.meter = (
+            EquilibriumMeter(self.model, config.indicators, config.estimator_options.get("o_end", 3.0))
+            if config.indicators else None
+        )
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            if config.sync_bn:
+                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+                self.model = self.net
+                self.optimizer = build_optimizer(config, self.model)
+                if self.meter:
+                    self.meter = EquilibriumMeter(self.model, config.indicators, self.meter.o_end)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        if config.compile:
+            self.net = torch.compile(self.net)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.start_epoch, self.best_acc, self.best_epoch = 0, -1.0, -1
+        self.last_metrics: dict[str, Any] = {}
+
+    # -- state -------------------------------------------------------------
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "model_name": self.config.model,
+            "model_options": model_options(self.config, self.info.num_classes),
+            "dataset": self.config.dataset,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "metrics": self.last_metrics,
+            "indicators": self.meter.state_dict() if self.meter else None,
+            "rng": ckpt_io.rng_state(),
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise UsageError(
+                f"last.pt does not fit model {self.config.model!r} ({str(err).splitlines()[0][:150]})"
+            ) from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
+        self.last_metrics = ckpt["metrics"]
+        if self.meter and ckpt.get("indicators"):
+            self.meter.load_state_dict(ckpt["indicators"])
+        ckpt_io.set_rng_state(ckpt["rng"])
+
+    # -- epochs ------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, device = self.config, self.device
+        self.net.train()
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        n = 0
+        steps = len(self.train_loader)
+        bar = _progress(self.train_loader, steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress and self.dist.main)
+        for step, (images, target) in enumerate(bar):
+            images, target = _to_device(images, target, device, cfg.channels_last)
+            with _autocast(device, cfg.amp):
+                logits = self.net(images)
+                loss = F.cross_entropy(logits.float(), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.meter:
+                self.meter.update()
+            detached = loss.detach()
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
+            loss_sum += detached * target.numel()
+            correct += (logits.argmax(1) == target).sum()
+            n += target.numel()
+            if bar is not self.train_loader and (step % 10 == 0 or step == steps - 1):
+                if int(bad_step) >= 0:
+                    break
+                bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{100.0 * correct.item() / n:.2f}")
+        if int(bad_step) >= 0:
+            raise TrainingDiverged(
+                f"non-finite loss at epoch {epoch + 1}, step {int(bad_step) + 1}; the run stopped and "
+                f"{self.run_dir / 'last.pt'} keeps the last good epoch ({epoch}); lower --lr or check the data"
+            )
+        return {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n}
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.config
+        start = time.time()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.time()
+            lr = learning_rate(cfg.lr, epoch, cfg.epochs, cfg.warm_up)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            sched = set_progress(self.model, epoch, cfg.epochs)
+            train_metrics = self.train_epoch(epoch)
+            test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last)
+            metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
+                                       "test_loss": test["loss"], "test_acc": test["top1"],
+                                       "test_top5": test["top5"]}
+            if self.meter:
+                metrics.update(self.meter.epoch_end())
+            metrics["time"] = time.time() - t0
+            is_best = test["top1"] > self.best_acc
+            if is_best:
+                self.best_acc, self.best_epoch = test["top1"], epoch + 1
+            self.last_metrics = metrics
+            if self.dist.main:
+                self.save(epoch + 1, metrics, is_best)
+            self.log(format_epoch(metrics, cfg.epochs))
+        result = {
+            "run_dir": str(self.run_dir),
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "final_acc": self.last_metrics.get("test_acc"),
+            "final_top5": self.last_metrics.get("test_top5"),
+            "epochs": cfg.epochs,
+            "seconds": time.time() - start,
+        }
+        if self.meter and self.meter.history:
+            result["indicators"] = self.meter.summary()
+        self.log(format_result(result))
+        return result
+
+    def save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
+        """Append the metrics line, then checkpoint. A crash in between is repaired on resume."""
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        state = self.state(epoch)
+        ckpt_io.save_checkpoint(state, self.run_dir / "last.pt")
+        if is_best:
+            ckpt_io.save_checkpoint(state, self.run_dir / "best.pt")
+
+
+def format_epoch(m: dict[str, Any], epochs: int) -> str:
+    sched = " ".join(f"{k} {m[k]:.4g}" for k in ("o", "t", "k", "alpha", "n") if k in m)
+    line = (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  lr {m['lr']:.4g}  {sched + '  ' if sched else ''}"
+            f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.2f}  "
+            f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f} top5 {m['test_top5']:.2f}")
+    if "estimating_error" in m:
+        line += f"  error {m['estimating_error']:.4g} stability {m['gradient_stability']:.4g}"
+    return line + f"  ({m['time']:.1f}s)"
+
+
+def format_result(r: dict[str, Any]) -> str:
+    return (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}), "
+            f"final test acc {r['final_acc']:.2f}% after {r['epochs']} epochs, {r['seconds']:.0f}s -> {r['run_dir']}")
+
+
+# -------------------------------------------------------------------- run dirs
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"run directory {run_dir} is not writable ({err.strerror}); pass another --out") from None
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.model}-{config.estimator}-{stamp}"
+
+
+def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
+
+    Returns a dict with ``best_acc``, ``final_acc``, ``best_epoch``, ``run_dir``,
+    and the run-level ``indicators`` when they were on.
+    """
+    config = config.resolve()
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    if (run_dir / "last.pt").exists() or (run_dir / "config.json").exists():
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    _check_writable(run_dir)
+    run = _Run(config, run_dir, log, progress)
+    if run.dist.main:
+        ckpt_io.atomic_write(run_dir / "config.json",
+                             lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
+        (run_dir / "metrics.jsonl").write_text("")
+    run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
+            f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}, "
+            f"device {run.device}{f', {run.dist.world_size} processes' if run.dist.enabled else ''} -> {run_dir}")
+    return run.run()
+
+
+def config_differences(saved: TrainConfig, overrides: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved, requested)} for every override that changes a saved setting."""
+    diffs = {}
+    for key, value in overrides.items():
+        if key in ("estimator_options", "model_options"):
+            for k, v in value.items():
+                if getattr(saved, key).get(k) != v:
+                    diffs[f"{key}.{k}"] = (getattr(saved, key).get(k), v)
+        elif getattr(saved, key) != value:
+            diffs[key] = (getattr(saved, key), value)
+    return diffs
+
+
+def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig saved in a run directory's config.json."""
+    cfg_path = Path(run_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no config.json); start it with --out {run_dir}")
+    try:
+        return TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    except (json.JSONDecodeError, TypeError, AttributeError) as err:
+        raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); start a new run") from None
+
+
+def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,
+           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last finished epoch.
+
+    ``overrides`` are settings given again on the command line; a setting that
+    differs from the saved one is refused (naming it) unless ``force`` is true.
+    Settings that cannot change the result (data path, workers, device, eval
+    batch size) may always differ.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    saved = saved_config(run_dir)
+    overrides = dict(overrides or {})
+    diffs = config_differences(saved, overrides)
+    blocking = {k: v for k, v in diffs.items() if k.split(".")[0] not in RESUME_FREE}
+    if blocking and not force:
+        detail = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in blocking.items())
+        raise UsageError(f"resume settings differ from the saved run ({detail}); drop them or pass --force")
+    data = saved.to_dict()
+    data.update(overrides)
+    config = TrainConfig.from_dict(data).resolve()
+    _check_writable(run_dir)
+    run = _Run(config, run_dir, log, progress)
+    if (run_dir / "last.pt").exists():
+        ckpt = ckpt_io.load_checkpoint(run_dir / "last.pt", map_location=run.device)
+        if ckpt["model_name"] != config.model:
+            raise UsageError(f"{run_dir}/last.pt holds model {ckpt['model_name']!r}, not {config.model!r}")
+        run.restore(ckpt)
+    if run.dist.main:
+        if diffs:
+            ckpt_io.atomic_write(cfg_path, lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
+        _truncate_metrics(run_dir / "metrics.jsonl", run.start_epoch)
+    if run.start_epoch >= config.epochs:
+        run.log(f"{run_dir} already finished {config.epochs} epochs; nothing to do")
+    else:
+        run.log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{config.epochs}")
+    return run.run()
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the metrics lines of the epochs the checkpoint holds (a crash may leave one more)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["epoch"] <= epochs_done:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line
+    ckpt_io.atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The metrics lines of a run directory."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise UsageError(f"{run_dir} has no metrics.jsonl; is it a reste run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+__all__ = [
+    "TrainConfig", "train", "resume", "evaluate", "evaluate_checkpoint", "load_checkpoint",
+    "model_from_checkpoint", "read_metrics", "TrainingDiverged", "schedule_values", "format_epoch",
+]
