@@ -1,0 +1,564 @@
+"""Data sets and loaders: formats, normalisation, reproducibility, resume, errors."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reste import data as D
+from reste.data import (
+    DATASETS,
+    DatasetInfo,
+    RandomCropFlip,
+    TensorLoader,
+    load_datasets,
+    make_loaders,
+    read_idx,
+)
+from reste.errors import UsageError
+
+MEAN = torch.tensor(D.IMAGENET_MEAN).view(3, 1, 1)
+STD = torch.tensor(D.IMAGENET_STD).view(3, 1, 1)
+
+
+def usage_error(fn, *args, match=None, **kwargs) -> str:
+    """Call fn, expect a UsageError with a one-line message, return the message."""
+    with pytest.raises(UsageError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert msg and "\n" not in msg and "\r" not in msg, repr(msg)
+    if match is not None:
+        assert match in msg, msg
+    return msg
+
+
+def batches(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def same_batches(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2)
+                                    for (x1, y1), (x2, y2) in zip(a, b))
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_split_sizes_stratified_and_normalised():
+    train, test, info = load_datasets("digits")
+    assert info == DatasetInfo("digits", 10, (1, 8, 8), 1437, 360)
+    assert len(train) == 1437 and len(test) == 360
+    assert train.images.shape == (1437, 1, 8, 8) and train.images.dtype == torch.float32
+    assert test.labels.dtype == torch.int64
+    # stratified: each class has ~1/10 of the test set, in proportion to its full count
+    counts = torch.bincount(test.labels, minlength=10)
+    full = torch.bincount(torch.cat([train.labels, test.labels]), minlength=10)
+    assert torch.all((counts.float() - full.float() * 360 / 1797).abs() <= 1)
+    # normalised with the train statistics
+    assert abs(train.images.mean().item()) < 1e-4
+    assert abs(train.images.std().item() - 1) < 1e-2
+    assert train.augment is None
+
+
+def test_digits_is_deterministic():
+    a_train, a_test, _ = load_datasets("digits")
+    b_train, b_test, _ = load_datasets("digits")
+    assert torch.equal(a_train.images, b_train.images) and torch.equal(a_train.labels, b_train.labels)
+    assert torch.equal(a_test.images, b_test.images) and torch.equal(a_test.labels, b_test.labels)
+
+
+def test_digits_loaders_yield_float_nchw_and_int64():
+    train, test, _ = load_datasets("digits")
+    tr, te = make_loaders(train, test, batch_size=100, eval_batch_size=128, seed=1)
+    assert isinstance(tr, TensorLoader) and len(tr) == 15 and len(te) == 3
+    x, y = next(iter(tr))
+    assert x.shape == (100, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    # the test loader is the test set in order
+    xs, ys = zip(*te)
+    assert torch.equal(torch.cat(xs), test.images) and torch.equal(torch.cat(ys), test.labels)
+    assert same_batches(batches(te), batches(te))
+
+
+# --------------------------------------------------------------------------- TensorLoader
+
+
+def toy_loader(seed=0, augment=True, **kw):
+    n = 50
+    images = torch.arange(n * 16, dtype=torch.float32).view(n, 1, 4, 4)
+    labels = torch.arange(n) % 10
+    aug = RandomCropFlip(4, 1, fill=-1.0) if augment else None
+    return TensorLoader(images, labels, batch_size=8, shuffle=True, seed=seed, augment=aug, **kw)
+
+
+def test_tensor_loader_reproducible_from_seed():
+    a, b, c = toy_loader(seed=3), toy_loader(seed=3), toy_loader(seed=4)
+    first = batches(a)
+    assert same_batches(first, batches(b))
+    assert not same_batches(first, batches(c))
+    # each epoch visits every sample once
+    labels = torch.cat([y for _, y in first])
+    assert sorted(labels.tolist()) == sorted((torch.arange(50) % 10).tolist())
+    assert [len(x) for x, _ in first] == [8] * 6 + [2]
+
+
+def test_tensor_loader_set_epoch_is_independent_of_history():
+    ran = toy_loader(seed=7)
+    for epoch in range(3):
+        ran.set_epoch(epoch)
+        for _ in ran:
+            pass
+    ran.set_epoch(3)
+    fresh = toy_loader(seed=7)
+    fresh.set_epoch(3)
+    assert same_batches(batches(ran), batches(fresh))
+    # without set_epoch the loader moves to the next epoch by itself
+    auto = toy_loader(seed=7)
+    epochs = [batches(auto) for _ in range(3)]
+    assert auto.epoch == 3
+    assert not same_batches(epochs[0], epochs[1])
+    resumed = toy_loader(seed=7)
+    resumed.set_epoch(2)
+    assert same_batches(epochs[2], batches(resumed))
+
+
+def test_tensor_loader_drop_last_and_shards():
+    assert len(toy_loader(drop_last=True)) == 6
+    assert [len(x) for x, _ in toy_loader(drop_last=True)] == [8] * 6
+    # two ranks: same permutation, disjoint halves covering everything
+    r0 = toy_loader(augment=False, rank=0, world_size=2)
+    r1 = toy_loader(augment=False, rank=1, world_size=2)
+    assert r0.num_samples == r1.num_samples == 25
+    seen = torch.cat([y for _, y in r0] + [y for _, y in r1])
+    assert len(seen) == 50
+    idx = torch.cat([r0.indices(0), r1.indices(0)])
+    assert sorted(idx.tolist()) == list(range(50))
+
+
+def test_random_crop_flip_is_a_padded_crop():
+    x = torch.randn(16, 3, 6, 6)
+    out = RandomCropFlip(6, 2, fill=-5.0)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = torch.full((16, 3, 10, 10), -5.0)
+    padded[:, :, 2:8, 2:8] = x
+    for i in range(16):
+        crops = [padded[i, :, r:r + 6, c:c + 6] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[i], cr) or torch.equal(out[i], cr.flip(-1)) for cr in crops)
+    assert torch.equal(RandomCropFlip(6, 0, flip=False)(x, torch.Generator()), x)
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    ndim = array.ndim
+    magic = magic if magic is not None else (0x08 << 8) | ndim
+    return struct.pack(">I", magic) + struct.pack(f">{ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_fashion(folder: Path, n_train=50, n_test=20, gz=True, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+    arrays["t10k-images-idx3-ubyte"][0] = 0
+    arrays["t10k-images-idx3-ubyte"][1] = 255
+    for name, arr in arrays.items():
+        raw = idx_bytes(arr)
+        if gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_from_idx_files(tmp_path, gz):
+    arrays = write_fashion(tmp_path, gz=gz)
+    train, test, info = load_datasets("fashion-mnist", tmp_path)
+    assert info == DatasetInfo("fashion-mnist", 10, (1, 28, 28), 50, 20)
+    assert train.images.shape == (50, 1, 28, 28) and train.images.dtype == torch.float32
+    assert torch.equal(train.labels, torch.arange(50) % 10) and train.labels.dtype == torch.int64
+    lo = (0 - D.FASHION_MNIST_MEAN) / D.FASHION_MNIST_STD
+    hi = (1 - D.FASHION_MNIST_MEAN) / D.FASHION_MNIST_STD
+    assert torch.allclose(test.images[0], torch.full((1, 28, 28), lo))
+    assert torch.allclose(test.images[1], torch.full((1, 28, 28), hi))
+    expect = (arrays["train-images-idx3-ubyte"][5] / 255.0 - 0.2860) / 0.3530
+    assert np.allclose(train.images[5, 0].numpy(), expect, atol=1e-5)
+    assert isinstance(train.augment, RandomCropFlip) and test.augment is None
+
+    tr, te = make_loaders(train, test, batch_size=16, eval_batch_size=8, seed=5)
+    x, y = next(iter(tr))
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    tr2, _ = make_loaders(train, test, batch_size=16, eval_batch_size=8, seed=5)
+    tr.set_epoch(4)
+    tr2.set_epoch(4)
+    assert same_batches(batches(tr), batches(tr2))
+    xs = torch.cat([x for x, _ in te])
+    assert torch.equal(xs, test.images)  # no augmentation, fixed order
+
+    plain, _, _ = load_datasets("fashion-mnist", tmp_path, augment=False)
+    assert plain.augment is None
+
+
+def test_fashion_mnist_torchvision_layout(tmp_path):
+    write_fashion(tmp_path / "FashionMNIST" / "raw", gz=False)
+    _, _, info = load_datasets("fashion-mnist", tmp_path)
+    assert (info.train_size, info.test_size) == (50, 20)
+
+
+def test_fashion_mnist_default_locations(tmp_path, monkeypatch):
+    write_fashion(tmp_path / "system", n_train=30, n_test=10)
+    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST", tmp_path / "system")
+    monkeypatch.setattr(D, "DEFAULT_ROOT", tmp_path / "nowhere")
+    _, _, info = load_datasets("fashion-mnist")
+    assert (info.train_size, info.test_size) == (30, 10)
+    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST", tmp_path / "absent")
+    msg = usage_error(load_datasets, "fashion-mnist")
+    assert str(tmp_path / "absent") in msg and "dataset-fashion-mnist" in msg and "--data-path" in msg
+
+
+@pytest.mark.skipif(not D.SYSTEM_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_from_debian_package():
+    train, test, info = load_datasets("fashion-mnist")
+    assert info == DatasetInfo("fashion-mnist", 10, (1, 28, 28), 60000, 10000)
+    assert torch.equal(torch.bincount(test.labels), torch.full((10,), 1000))
+    assert abs(train.images.mean().item()) < 0.01 and abs(train.images.std().item() - 1) < 0.01
+
+
+def test_read_idx_validates(tmp_path):
+    good = tmp_path / "good"
+    good.write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8)))
+    assert read_idx(good).shape == (3, 2, 2)
+    bad_magic = tmp_path / "bad_magic"
+    bad_magic.write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8), magic=0x12345678))
+    usage_error(read_idx, bad_magic, match="bad magic number")
+    usage_error(read_idx, good, expect_magic=2049, match="bad magic number")
+    short = tmp_path / "short"
+    short.write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8))[:-1])
+    usage_error(read_idx, short, match="truncated")
+    badgz = tmp_path / "bad.gz"
+    badgz.write_bytes(gzip.compress(b"x" * 100)[:20])
+    usage_error(read_idx, badgz, match="gzip")
+    usage_error(read_idx, tmp_path / "missing", match="cannot read")
+
+
+def test_fashion_mnist_errors(tmp_path, monkeypatch):
+    usage_error(load_datasets, "fashion-mnist", tmp_path / "nope", match="does not exist")
+    (tmp_path / "empty").mkdir()
+    usage_error(load_datasets, "fashion-mnist", tmp_path / "empty", match="is empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("hi")
+    usage_error(load_datasets, "fashion-mnist", tmp_path / "other", match="not found")
+
+    partial = tmp_path / "partial"
+    write_fashion(partial)
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    usage_error(load_datasets, "fashion-mnist", partial, match="missing t10k-labels-idx1-ubyte")
+
+    swapped = tmp_path / "swapped"
+    write_fashion(swapped, gz=False)
+    labels = (swapped / "train-labels-idx1-ubyte").read_bytes()
+    (swapped / "train-images-idx3-ubyte").write_bytes(labels)
+    usage_error(load_datasets, "fashion-mnist", swapped, match="bad magic number")
+
+    mismatch = tmp_path / "mismatch"
+    write_fashion(mismatch, gz=False)
+    (mismatch / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(7, np.uint8)))
+    usage_error(load_datasets, "fashion-mnist", mismatch, match="7 labels for 20 images")
+
+
+def test_fashion_mnist_offline_download(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution\nmore")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    msg = usage_error(load_datasets, "fashion-mnist", tmp_path / "dl", download=True)
+    assert "offline" in msg and "--data-path" in msg
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+def write_cifar(root: Path, per_batch=4, n_test=6, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        entry = {b"batch_label": f"training batch {i} of 5".encode(),
+                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"filenames": [b"x.png"] * per_batch}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(entry, protocol=2))
+    data = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    data[0] = 255
+    data[1, :1024] = 255  # red plane only
+    data[1, 1024:] = 0
+    entry = {b"batch_label": b"testing batch 1 of 1", b"labels": list(range(n_test)), b"data": data,
+             b"filenames": [b"y.png"] * n_test}
+    (folder / "test_batch").write_bytes(pickle.dumps(entry, protocol=2))
+    meta = {b"label_names": [c.encode() for c in D.CIFAR10_CLASSES], b"num_cases_per_batch": per_batch,
+            b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+def test_cifar10_from_pickle_batches(tmp_path):
+    folder = write_cifar(tmp_path)
+    train, test, info = load_datasets("cifar10", tmp_path)
+    assert info == DatasetInfo("cifar10", 10, (3, 32, 32), 20, 6)
+    x, y = test[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert torch.allclose(x, ((1 - MEAN) / STD).expand(3, 32, 32), atol=1e-6)
+    red, _ = test[1]
+    assert torch.allclose(red[0], torch.full((32, 32), (1 - 0.485) / 0.229), atol=1e-6)
+    assert torch.allclose(red[1], torch.full((32, 32), -0.456 / 0.224), atol=1e-6)
+    assert test.targets == list(range(6))
+    # the folder itself works too
+    _, _, info2 = load_datasets("cifar10", folder)
+    assert info2 == info
+
+    tr, te = make_loaders(train, test, batch_size=8, eval_batch_size=4, seed=2)
+    xb, yb = next(iter(tr))
+    assert xb.shape == (8, 3, 32, 32) and xb.dtype == torch.float32 and yb.dtype == torch.int64
+    xs = torch.cat([x for x, _ in te])
+    assert torch.equal(xs[0], x) and len(te) == 2
+    assert same_batches(batches(te), batches(te))
+
+
+def test_cifar10_loader_reproducible_and_resumable(tmp_path):
+    write_cifar(tmp_path)
+    train, test, _ = load_datasets("cifar10", tmp_path)
+
+    def loader(seed):
+        return make_loaders(train, test, batch_size=8, eval_batch_size=8, seed=seed)[0]
+
+    ran = loader(1)
+    history = []
+    for epoch in range(3):
+        ran.set_epoch(epoch)
+        history.append(batches(ran))
+    assert not same_batches(history[0], history[1])
+    torch.manual_seed(123)  # the global generator must not matter
+    ran.set_epoch(3)
+    fresh = loader(1)
+    fresh.set_epoch(3)
+    assert same_batches(batches(ran), batches(fresh))
+    assert not same_batches(batches(loader(1)), batches(loader(2)))
+    # iterating does not disturb the global generator
+    torch.manual_seed(0)
+    before = torch.rand(3)
+    torch.manual_seed(0)
+    batches(loader(1))
+    assert torch.equal(torch.rand(3), before)
+    # a plain index still works (global RNG) and gives the train shape
+    assert train[0][0].shape == (3, 32, 32)
+
+
+def test_cifar10_workers_give_the_same_batches(tmp_path):
+    write_cifar(tmp_path)
+    train, test, _ = load_datasets("cifar10", tmp_path)
+    single, _ = make_loaders(train, test, batch_size=8, eval_batch_size=8, seed=9, workers=0)
+    multi, multi_test = make_loaders(train, test, batch_size=8, eval_batch_size=8, seed=9, workers=2)
+    assert multi.persistent_workers
+    single.set_epoch(5)
+    multi.set_epoch(5)
+    assert same_batches(batches(single), batches(multi))
+    single.set_epoch(1)
+    multi.set_epoch(1)
+    assert same_batches(batches(single), batches(multi))
+    del multi, multi_test
+
+
+def test_cifar10_distributed_sampler(tmp_path):
+    import torch.distributed as dist
+
+    write_cifar(tmp_path / "data")
+    train, test, _ = load_datasets("cifar10", tmp_path / "data")
+    usage_error(make_loaders, train, test, batch_size=4, eval_batch_size=4, distributed=True,
+                match="torch.distributed")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        tr, te = make_loaders(train, test, batch_size=4, eval_batch_size=4, seed=3, distributed=True)
+        from torch.utils.data.distributed import DistributedSampler
+
+        assert isinstance(tr.sampler.inner, DistributedSampler)
+        tr.set_epoch(2)
+        a = batches(tr)
+        assert tr.sampler.inner.epoch == 2
+        tr.set_epoch(2)
+        assert same_batches(a, batches(tr))
+        assert sum(len(y) for _, y in a) == 20 and sum(len(y) for _, y in te) == 6
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cifar10_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "DEFAULT_ROOT", tmp_path / "default")
+    usage_error(load_datasets, "cifar10", match="does not exist")  # default ./data missing
+    usage_error(load_datasets, "cifar10", tmp_path / "nope", match="does not exist")
+    (tmp_path / "empty").mkdir()
+    usage_error(load_datasets, "cifar10", tmp_path / "empty", match="is empty")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cat.png").write_bytes(b"\x89PNG")
+    usage_error(load_datasets, "cifar10", tmp_path / "images", match="no CIFAR-10 python batches")
+
+    incomplete = tmp_path / "incomplete"
+    folder = write_cifar(incomplete)
+    (folder / "data_batch_4").unlink()
+    usage_error(load_datasets, "cifar10", incomplete, match="missing data_batch_4")
+
+    def corrupt(name, content):
+        root = tmp_path / name
+        f = write_cifar(root)
+        (f / "data_batch_2").write_bytes(content)
+        return root
+
+    usage_error(load_datasets, "cifar10", corrupt("garbage", b"not a pickle at all"),
+                match="not a CIFAR-10 python batch")
+    truncated = pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 4}, protocol=2)[:-30]
+    usage_error(load_datasets, "cifar10", corrupt("truncated", truncated), match="not a CIFAR-10 python batch")
+    usage_error(load_datasets, "cifar10", corrupt("nokeys", pickle.dumps({b"x": 1})), match="'data'/'labels'")
+    usage_error(load_datasets, "cifar10",
+                corrupt("shape", pickle.dumps({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4})),
+                match="3072")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    usage_error(load_datasets, "cifar10", corrupt("evil", pickle.dumps({b"data": Evil()})),
+                match="not a CIFAR-10 python batch")
+
+
+def test_cifar10_offline_download(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("<urlopen error [Errno 101] Network is unreachable>")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    msg = usage_error(load_datasets, "cifar10", tmp_path / "dl", download=True)
+    assert "offline" in msg and "--data-path" in msg and "CIFAR-10" in msg
+
+
+# --------------------------------------------------------------------------- ImageNet
+
+
+def write_image_folder(root: Path, classes=("n01", "n02", "n03"), per_class=2, sizes=((40, 30), (25, 50))):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", 1)):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                w, h = sizes[i % len(sizes)]
+                arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"img{i}.JPEG", format="JPEG")
+
+
+def test_imagenet_from_image_folder(tmp_path):
+    write_image_folder(tmp_path)
+    train, test, info = load_datasets("imagenet", tmp_path)
+    assert info == DatasetInfo("imagenet", 3, (3, 224, 224), 6, 3)
+    assert train.classes == ["n01", "n02", "n03"]
+    x, y = test[2]
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and y == 2
+    tr, te = make_loaders(train, test, batch_size=4, eval_batch_size=2, seed=0)
+    xb, yb = next(iter(tr))
+    assert xb.shape == (4, 3, 224, 224) and yb.dtype == torch.int64
+    tr2, _ = make_loaders(train, test, batch_size=4, eval_batch_size=2, seed=0)
+    tr.set_epoch(1)
+    tr2.set_epoch(1)
+    assert same_batches(batches(tr), batches(tr2))
+    assert same_batches(batches(te), batches(te))
+
+
+def test_imagenet_errors(tmp_path):
+    usage_error(load_datasets, "imagenet", match="--data-path")
+    usage_error(load_datasets, "imagenet", tmp_path, download=True, match="cannot be downloaded")
+    usage_error(load_datasets, "imagenet", tmp_path / "nope", match="does not exist")
+    (tmp_path / "empty").mkdir()
+    usage_error(load_datasets, "imagenet", tmp_path / "empty", match="is empty")
+
+    noval = tmp_path / "noval"
+    write_image_folder(noval)
+    import shutil
+
+    shutil.rmtree(noval / "val")
+    usage_error(load_datasets, "imagenet", noval, match="no val/")
+    notrain = tmp_path / "notrain"
+    write_image_folder(notrain)
+    shutil.rmtree(notrain / "train")
+    usage_error(load_datasets, "imagenet", notrain, match="no train/")
+
+    noimages = tmp_path / "noimages"
+    (noimages / "train" / "n01").mkdir(parents=True)
+    (noimages / "train" / "n01" / "notes.txt").write_text("x")
+    (noimages / "val" / "n01").mkdir(parents=True)
+    usage_error(load_datasets, "imagenet", noimages, match="no usable images")
+    noclasses = tmp_path / "noclasses"
+    (noclasses / "train").mkdir(parents=True)
+    (noclasses / "val").mkdir()
+    usage_error(load_datasets, "imagenet", noclasses, match="no usable images")
+
+    differ = tmp_path / "differ"
+    write_image_folder(differ)
+    shutil.rmtree(differ / "val" / "n02")
+    usage_error(load_datasets, "imagenet", differ, match="different class folders")
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def test_unknown_dataset_lists_the_valid_ones():
+    msg = usage_error(load_datasets, "mnist")
+    assert all(name in msg for name in DATASETS)
+
+
+def test_aliases_and_bad_loader_arguments():
+    _, _, info = load_datasets("DIGITS")
+    assert info.name == "digits"
+    train, test, _ = load_datasets("digits")
+    usage_error(make_loaders, train, test, batch_size=0, eval_batch_size=4)
+    usage_error(make_loaders, train, test, batch_size=4, eval_batch_size=4, workers=-1)
+    usage_error(make_loaders, train, test, batch_size=4, eval_batch_size=4, distributed=True)
+
+
+def test_download_paths_use_torchvision_then_our_readers(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    def fake_fashion(root, train=True, download=False, **kw):
+        calls.append(("fashion", root, download))
+        write_fashion(Path(root) / "FashionMNIST" / "raw", n_train=12, n_test=4)
+
+    def fake_cifar(root, train=True, download=False, **kw):
+        calls.append(("cifar", root, download))
+        write_cifar(Path(root), per_batch=2, n_test=3)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_fashion)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar)
+    _, _, info = load_datasets("fashion-mnist", tmp_path / "f", download=True)
+    assert (info.train_size, info.test_size) == (12, 4)
+    _, _, info = load_datasets("cifar10", tmp_path / "c", download=True)
+    assert (info.train_size, info.test_size) == (10, 3)
+    assert calls == [("fashion", str(tmp_path / "f"), True), ("cifar", str(tmp_path / "c"), True)]
+    # already there: no download attempted
+    load_datasets("cifar10", tmp_path / "c", download=True)
+    assert len(calls) == 2

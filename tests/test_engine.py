@@ -1,0 +1,145 @@
+"""Training end to end: accuracy, run directory, exact resume, evaluation, presets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reste import engine
+from reste.checkpoint import load_checkpoint
+from reste.config import PRESETS, TrainConfig, config_from_preset
+from reste.errors import UsageError
+
+
+def small(**kw):
+    base = dict(dataset="digits", epochs=3, batch_size=64, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet(_msg):
+    pass
+
+
+def test_default_run_reaches_95_percent(tmp_path):
+    """`reste train` with no flags: 1W1A on digits, a real accuracy."""
+    result = engine.train(TrainConfig(), tmp_path / "run", progress=False, log=quiet)
+    assert result["best_acc"] >= 95.0
+    assert result["final_acc"] >= 95.0
+    lines = engine.read_metrics(tmp_path / "run")
+    assert [m["epoch"] for m in lines] == list(range(1, 21))
+    # o follows the cosine ramp to 3 and the loss falls
+    assert lines[0]["o"] == 1.0 and 2.8 < lines[-1]["o"] < 3.0
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"] / 5
+
+
+def test_run_directory_contents(tmp_path):
+    out = tmp_path / "run"
+    result = engine.train(small(indicators="general"), out, progress=False, log=quiet)
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == "digits_1w1a" and saved["epochs"] == 3
+    metrics = engine.read_metrics(out)
+    keys = {"epoch", "lr", "o", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
+            "estimating_error", "gradient_stability"}
+    assert all(keys <= set(m) for m in metrics)
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 3
+    assert ckpt["best_acc"] == pytest.approx(max(m["test_acc"] for m in metrics))
+    assert result["best_acc"] == ckpt["best_acc"]
+    best = load_checkpoint(out / "best.pt")
+    assert best["metrics"]["test_acc"] == ckpt["best_acc"]
+    for key in ("optimizer", "rng", "model", "indicators"):
+        assert ckpt[key]
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    engine.train(small(epochs=1), tmp_path / "run", progress=False, log=quiet)
+    with pytest.raises(UsageError, match="already holds a run"):
+        engine.train(small(epochs=1), tmp_path / "run", progress=False, log=quiet)
+
+
+def _interrupt_at(monkeypatch, epoch_to_fail):
+    original = engine._Run.train_epoch
+
+    def flaky(self, epoch):
+        if epoch == epoch_to_fail:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(engine._Run, "train_epoch", flaky)
+
+
+def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
+    cfg = small(epochs=4, indicators="paper", estimator="ede")
+    engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
+
+    _interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    monkeypatch.undo()
+    engine.resume(tmp_path / "cut", progress=False, log=quiet)
+
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    for key, value in a["model"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b["model"][key]), key
+        else:
+            assert value == b["model"][key], key
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
+    assert strip(engine.read_metrics(tmp_path / "full")) == strip(engine.read_metrics(tmp_path / "cut"))
+    assert a["indicators"]["history"] == b["indicators"]["history"]
+
+
+def test_resume_refuses_different_settings(tmp_path):
+    engine.train(small(epochs=1), tmp_path / "run", progress=False, log=quiet)
+    with pytest.raises(UsageError, match=r"lr: saved 0\.1, given 0\.05"):
+        engine.resume(tmp_path / "run", {"lr": 0.05}, progress=False, log=quiet)
+    with pytest.raises(UsageError, match="o_end"):
+        engine.resume(tmp_path / "run", {"estimator_options": {"o_end": 5.0}}, progress=False, log=quiet)
+    # settings that cannot change the result are accepted, and --force accepts the rest
+    engine.resume(tmp_path / "run", {"workers": 0, "epochs": 2}, force=True, progress=False, log=quiet)
+    assert len(engine.read_metrics(tmp_path / "run")) == 2
+
+
+def test_eval_reproduces_the_stored_accuracy(tmp_path):
+    engine.train(small(epochs=2), tmp_path / "run", progress=False, log=quiet)
+    for name in ("last.pt", "best.pt"):
+        r = engine.evaluate_checkpoint(tmp_path / "run" / name)
+        assert r["top1"] == pytest.approx(r["stored_top1"], abs=1e-9)
+        assert r["top5"] >= r["top1"]
+
+
+def test_a32_and_float_twin_train(tmp_path):
+    r = engine.train(small(epochs=1, a32=True, estimator="ste"), tmp_path / "a32", progress=False, log=quiet)
+    assert r["final_acc"] > 50
+    r = engine.train(small(epochs=1, model="digits", optimizer="adam", lr=1e-3), tmp_path / "fp",
+                     progress=False, log=quiet)
+    assert r["final_acc"] > 50
+
+
+def test_seeded_runs_are_identical(tmp_path):
+    a = engine.train(small(epochs=1, seed=7), tmp_path / "a", progress=False, log=quiet)
+    b = engine.train(small(epochs=1, seed=7), tmp_path / "b", progress=False, log=quiet)
+    c = engine.train(small(epochs=1, seed=8), tmp_path / "c", progress=False, log=quiet)
+    wa = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    wc = load_checkpoint(tmp_path / "c" / "last.pt")["model"]
+    key = next(k for k, v in wa.items() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    assert torch.equal(wa[key], wb[key]) and not torch.equal(wa[key], wc[key])
+    assert a["final_acc"] == b["final_acc"]
+
+
+def test_presets_match_the_paper():
+    assert PRESETS["cifar10-resnet20-1w1a"].top1 == 86.75
+    assert PRESETS["imagenet-resnet34-1w32a"].top5 == 89.50
+    cfg = config_from_preset("cifar10-resnet18-1w1a", data_path="/x").resolve()
+    assert (cfg.epochs, cfg.batch_size, cfg.eval_batch_size, cfg.warm_up) == (2000, 96, 128, 5)
+    assert cfg.estimator_options == {"o_end": 3.0} and cfg.data_path == "/x"
+    cfg = config_from_preset("imagenet-resnet18-1w32a").resolve()
+    assert cfg.a32 and cfg.warm_up == 0 and cfg.batch_size == 750 and cfg.epochs == 250
+    for preset in PRESETS.values():  # every preset resolves to a valid config
+        config_from_preset(preset.name).resolve()
