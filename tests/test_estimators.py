@@ -1,0 +1,568 @@
+"""Estimators: gradients against closed-form references written from SPEC sections 2 and 8.
+
+The references below are written independently of ``reste.estimators`` (no ``*_g``
+function of the library is used). Values are computed in float64; the region
+boundaries (clip, interval, t, [-1, 1]) are decided on the input's own float32
+value, i.e. ``abs(x) <= torch.tensor(t, dtype=float32)``, which is what "z = t
+exactly" means for a float32 tensor.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import reste
+from reste import ESTIMATORS, get_estimator
+
+F32 = torch.float32
+F64 = torch.float64
+SQRT2 = math.sqrt(2.0)
+
+
+# ------------------------------------------------------------------ SPEC references
+
+
+def spec_hparams(name: str, cfg: dict, epoch: float, epochs: int) -> dict:
+    """Hyper-parameters at ``epoch`` of ``epochs``, from the SPEC schedule formulas."""
+    r = epoch / epochs
+    if name == "ste":
+        return {"clip": cfg.get("clip", 1.0)}
+    if name == "reste":
+        o0, o_end = cfg.get("o", 1.0), cfg.get("o_end", 3.0)
+        kind = cfg.get("schedule", "cosine")
+        if kind == "cosine":
+            o = 1.0 * o0 + (1.0 - math.cos(math.pi / 2.0 * r)) * (o_end - o0)
+        elif kind == "linear":
+            o = o0 + r * (o_end - o0)
+        else:
+            o = o0
+        return {"o": o, "t": cfg.get("t", 1.5), "m": cfg.get("interval", 0.1)}
+    if name == "approx_sign":
+        return {}
+    if name == "sign_swish":
+        return {"b": cfg.get("beta", 5.0)}
+    if name in ("ede", "rbnn"):
+        tmin = cfg.get("t_min", 0.1 if name == "ede" else 1e-2)
+        tmax = cfg.get("t_max", 10.0)
+        t = tmin * 10.0 ** (r * math.log10(tmax / tmin))
+        return {"t": t, "k": max(1.0 / t, 1.0)}
+    if name == "dsq":
+        a0, a1 = cfg.get("alpha", 0.2), cfg.get("alpha_end", 0.05)
+        alpha = a0 if cfg.get("schedule", "linear") == "constant" else a0 + r * (a1 - a0)
+        return {"alpha": alpha}
+    if name == "fda":
+        n0, n1 = cfg.get("n", 9), cfg.get("n_end", 18)
+        return {"n": int(math.floor(n0 + r * (n1 - n0) + 1e-9)), "w": cfg.get("w", 0.1)}
+    raise AssertionError(f"no reference for {name}")
+
+
+def _le(x32: torch.Tensor, bound: float) -> torch.Tensor:
+    """abs(x) <= bound, decided in float32."""
+    return x32.abs() <= torch.tensor(bound, dtype=F32)
+
+
+def spec_g(name: str, x: torch.Tensor, hp: dict) -> torch.Tensor:
+    """g(x) of SPEC sections 2 and 8, in float64 (x is float32 or wider)."""
+    x32 = x.to(F32)
+    z = x.to(F64)
+    a = z.abs()
+    zero = torch.zeros_like(z)
+    if name == "ste":
+        return torch.where(_le(x32, hp["clip"]), 1.0 + zero, zero)
+    if name == "reste":
+        o, t, m = hp["o"], hp["t"], hp["m"]
+        inner = m ** (1.0 / o) / m + zero
+        power = (1.0 / o) * a.clamp(min=1e-300) ** ((1.0 - o) / o)
+        return torch.where(_le(x32, m), inner, torch.where(_le(x32, t), power, zero))
+    if name == "approx_sign":
+        return torch.where(_le(x32, 1.0), 2.0 - 2.0 * a, zero)
+    if name == "sign_swish":
+        b = hp["b"]
+        return b * (2.0 - b * z * torch.tanh(b * z / 2.0)) / (1.0 + torch.cosh(b * z))
+    if name == "ede":
+        t, k = hp["t"], hp["k"]
+        return k * t * (1.0 - torch.tanh(t * z) ** 2)
+    if name == "rbnn":
+        t, k = hp["t"], hp["k"]
+        return k * torch.clamp(SQRT2 * t - t * t * a, min=0.0)
+    if name == "dsq":
+        alpha = hp["alpha"]
+        lo, hi = -1.0, 1.0
+        mid, delta = (lo + hi) / 2.0, hi - lo
+        k = math.log(2.0 / alpha - 1.0) / delta
+        s = 1.0 / (1.0 - alpha)
+        inside = (x32 >= torch.tensor(lo, dtype=F32)) & (x32 <= torch.tensor(hi, dtype=F32))
+        return torch.where(inside, s * k * (1.0 - torch.tanh(k * (z - mid)) ** 2), zero)
+    if name == "fda":
+        n, w = hp["n"], hp["w"]
+        acc = sum(torch.cos((2 * i + 1) * w * z) for i in range(n + 1))
+        return torch.where(_le(x32, 1.0), 4.0 * w / math.pi * acc, zero)
+    raise AssertionError(name)
+
+
+def spec_kinks(name: str, hp: dict) -> list[float]:
+    """Points where g is discontinuous or not smooth (for finite differences)."""
+    return {
+        "ste": [hp.get("clip", 1.0)],
+        "reste": [hp.get("m", 0.1), hp.get("t", 1.5)],
+        "approx_sign": [0.0, 1.0],
+        "sign_swish": [],
+        "ede": [],
+        "rbnn": [SQRT2 / hp["t"]] if "t" in hp else [],
+        "dsq": [1.0],
+        "fda": [1.0],
+    }[name]
+
+
+# The cases: (estimator name, constructor config, progress (epoch, epochs)).
+CASES = [(n, {}, p) for n in ESTIMATORS for p in ((0, 1), (3, 10), (9, 10))] + [
+    ("ste", {"clip": 1.3}, (0, 1)),
+    ("reste", {"o": 2.0, "schedule": "constant"}, (0, 1)),
+    ("reste", {"o": 3.0, "schedule": "constant"}, (5, 7)),
+    ("reste", {"o": 1.0, "o_end": 3.0}, (500, 1000)),
+    ("reste", {"o": 1.0, "o_end": 3.0}, (999, 1000)),
+    ("reste", {"o": 1.2, "o_end": 4.0, "schedule": "linear", "t": 1.2, "interval": 0.2}, (4, 10)),
+    ("sign_swish", {"beta": 2.0}, (0, 1)),
+    ("ede", {"t_min": 1e-3}, (2, 10)),
+    ("rbnn", {"t_min": 0.05, "t_max": 5.0}, (7, 10)),
+    ("dsq", {"alpha": 0.3, "alpha_end": 0.1}, (5, 10)),
+    ("dsq", {"alpha": 0.2, "schedule": "constant"}, (5, 10)),
+    ("fda", {"n": 2, "n_end": 6, "w": 0.5}, (6, 10)),
+]
+CASE_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in c.items()) or 'default'}-{p[0]}of{p[1]}" for n, c, p in CASES]
+
+
+def make(name: str, cfg: dict, progress: tuple[float, int]) -> reste.Estimator:
+    est = get_estimator(name, **cfg)
+    est.set_progress(*progress)
+    return est
+
+
+def edge_points(hp: dict, dtype=F32) -> torch.Tensor:
+    """0, +-interval, +-clip, +-t, +-1, +-sqrt(2)/t and the floats right next to each."""
+    bounds = {0.1, 1.0, 1.5, 1.3, 1.2, 0.2}
+    for key in ("clip", "t", "m"):
+        if key in hp:
+            bounds.add(float(hp[key]))
+    if "t" in hp and "k" in hp:  # RBNN's zero
+        bounds.add(SQRT2 / hp["t"])
+    pts = [torch.tensor(0.0, dtype=dtype)]
+    for b in sorted(bounds):
+        v = torch.tensor(b, dtype=dtype)
+        for s in (v, -v):
+            pts += [s, torch.nextafter(s, torch.tensor(math.inf, dtype=dtype)),
+                    torch.nextafter(s, torch.tensor(-math.inf, dtype=dtype))]
+    return torch.stack(pts)
+
+
+def random_points(n: int, seed: int, dtype=F32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(n // 2, generator=gen) * 1.2,
+                      torch.rand(n - n // 2, generator=gen) * 5.0 - 2.5]).to(dtype)
+
+
+# ------------------------------------------------------------------ registry sanity
+
+
+def test_registry_holds_the_spec_estimators():
+    assert set(ESTIMATORS) == {"ste", "reste", "approx_sign", "sign_swish", "ede", "rbnn", "dsq", "fda"}
+    for name in ESTIMATORS:
+        est = get_estimator(name)
+        assert isinstance(est, reste.Estimator)
+        assert est.name == name
+        # hyper-parameters are plain numbers: no learnable tensors, no gradient for o, t, ...
+        assert list(est.parameters()) == []
+
+
+# ------------------------------------------------------------------ gradients
+
+
+@pytest.mark.parametrize("name,cfg,progress", CASES, ids=CASE_IDS)
+def test_backward_matches_spec_reference(name, cfg, progress):
+    est = make(name, cfg, progress)
+    hp = spec_hparams(name, cfg, *progress)
+    x0 = torch.cat([random_points(2000, seed=len(name) + progress[0]), edge_points(hp)])
+    x = x0.clone().requires_grad_(True)
+    upstream = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 2.0 + 0.5
+    y = est(x)
+    y.backward(upstream)
+    expected = spec_g(name, x0, hp) * upstream.to(F64)
+    assert x.grad.dtype == F32
+    torch.testing.assert_close(x.grad.to(F64), expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name,cfg,progress", CASES, ids=CASE_IDS)
+def test_derivative_matches_spec_and_autograd(name, cfg, progress):
+    est = make(name, cfg, progress)
+    hp = spec_hparams(name, cfg, *progress)
+    x0 = torch.cat([random_points(500, seed=7), edge_points(hp)])
+    d = est.derivative(x0)
+    assert d.dtype == F32 and d.shape == x0.shape
+    torch.testing.assert_close(d.to(F64), spec_g(name, x0, hp), rtol=2e-5, atol=2e-5)
+    x = x0.clone().requires_grad_(True)
+    est(x).sum().backward()
+    torch.testing.assert_close(x.grad, d, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name,cfg,progress", CASES, ids=CASE_IDS)
+def test_derivative_is_numerical_derivative_of_forward_equivalent(name, cfg, progress):
+    est = make(name, cfg, progress)
+    hp = spec_hparams(name, cfg, *progress)
+    x = random_points(3000, seed=11, dtype=F64)
+    far = torch.ones_like(x, dtype=torch.bool)
+    for k in spec_kinks(name, hp):
+        far &= (x.abs() - k).abs() > 1e-3
+    x = x[far]
+    h = 1e-6
+    numeric = (est.forward_equivalent(x + h) - est.forward_equivalent(x - h)) / (2 * h)
+    torch.testing.assert_close(numeric, est.derivative(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,cfg,progress", CASES, ids=CASE_IDS)
+def test_forward_equivalent_is_continuous_antiderivative(name, cfg, progress):
+    """F(x) - F(x0) equals the integral of g over the whole range, kinks included, and F(0) = 0."""
+    est = make(name, cfg, progress)
+    x = torch.linspace(-2.5, 2.5, 20001, dtype=F64)
+    f = est.forward_equivalent(x)
+    integral = torch.cumulative_trapezoid(est.derivative(x), x)
+    torch.testing.assert_close(f[1:] - f[0], integral, rtol=0, atol=2e-3)
+    assert est.forward_equivalent(torch.zeros(1, dtype=F64)).abs().item() < 1e-12
+    torch.testing.assert_close(est.forward_equivalent(-x), -f)  # odd
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_derivative_accepts_a_tensor_requiring_grad(name):
+    est = get_estimator(name)
+    x = torch.linspace(-2, 2, 41, requires_grad=True)
+    torch.testing.assert_close(est.derivative(x).detach(), est.derivative(x.detach()))
+
+
+def test_gradient_uses_the_hyperparameters_of_the_forward_pass():
+    est = reste.ReSTE(o=1.0, o_end=3.0)
+    x = torch.tensor([0.05, 0.5, 1.4], requires_grad=True)
+    y = est(x)
+    est.set_progress(999, 1000)  # o changes between forward and backward
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones(3))
+
+
+# ------------------------------------------------------------------ SPEC section 2 facts
+
+
+def test_reste_o1_is_clipped_ste_at_1_5():
+    est = reste.ReSTE(o=1.0, o_end=3.0)
+    inside = torch.cat([torch.linspace(-1.5, 1.5, 301), torch.tensor([0.0, 0.1, -0.1, 1.5, -1.5])])
+    above = torch.nextafter(torch.tensor([1.5, -1.5]), torch.tensor([math.inf, -math.inf]))
+    beyond = torch.cat([above, torch.tensor([1.6, -1.6, 3.0, -100.0])])
+    x = torch.cat([inside, beyond]).requires_grad_(True)
+    est(x).sum().backward()
+    assert torch.equal(x.grad[: len(inside)], torch.ones(len(inside)))
+    assert torch.equal(x.grad[len(inside):], torch.zeros(len(beyond)))
+
+
+@pytest.mark.parametrize("o,inside,outside", [(3.0, 4.6416, 1.5472), (2.0, 3.1623, 1.5811)])
+def test_reste_jump_at_interval(o, inside, outside):
+    est = reste.ReSTE(o=o, schedule="constant")
+    m = torch.tensor(0.1)
+    just_out = torch.nextafter(m, torch.tensor(1.0))
+    pts = torch.stack([torch.tensor(0.0), torch.tensor(0.05), m, -m, just_out, -just_out]).requires_grad_(True)
+    est(pts).sum().backward()
+    g = pts.grad
+    torch.testing.assert_close(g[:4], torch.full((4,), inside), atol=1e-4, rtol=0)
+    torch.testing.assert_close(g[4:], torch.full((2,), outside), atol=1e-4, rtol=0)
+    # the constant is exactly o times the analytic derivative at m
+    assert g[0].item() == pytest.approx(o * g[4].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("o", [1.0, 1.58579, 2.0, 3.0])
+def test_reste_threshold_is_inclusive(o):
+    est = reste.ReSTE(o=o, o_end=max(o, 3.0), schedule="constant")
+    t = torch.tensor([1.5, -1.5])
+    nxt = torch.nextafter(t, torch.tensor([math.inf, -math.inf]))
+    x = torch.cat([t, nxt]).requires_grad_(True)
+    est(x).sum().backward()
+    power = (1.0 / o) * 1.5 ** ((1.0 - o) / o)
+    assert x.grad[0].item() == pytest.approx(power, rel=1e-6)
+    assert x.grad[1].item() == pytest.approx(power, rel=1e-6)
+    assert x.grad[2].item() == 0.0 and x.grad[3].item() == 0.0
+
+
+def test_reste_custom_threshold_and_interval_edges():
+    est = reste.ReSTE(o=2.5, t=1.2, interval=0.2, schedule="constant")
+    t, m = torch.tensor(1.2), torch.tensor(0.2)
+    x = torch.stack([t, torch.nextafter(t, torch.tensor(9.0)), m, torch.nextafter(m, torch.tensor(9.0))])
+    g = est.derivative(x)
+    tv, mv = t.double().item(), m.double().item()
+    assert g[0].item() == pytest.approx(0.4 * tv ** (-1.5 / 2.5), rel=1e-6)
+    assert g[1].item() == 0.0
+    assert g[2].item() == pytest.approx(0.2 ** 0.4 / 0.2, rel=1e-6)
+    assert g[3].item() == pytest.approx(0.4 * mv ** (-1.5 / 2.5), rel=1e-5)
+
+
+# ------------------------------------------------------------------ outputs and dtypes
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_output_is_strictly_plus_minus_one(name, dtype):
+    est = get_estimator(name)
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(), (7,), (3, 4, 5), (2, 3, 4, 5)]:
+        for requires_grad in (False, True):
+            x = torch.randn(shape, generator=gen).to(dtype)
+            if x.numel() > 2:
+                x.view(-1)[0] = 0.0
+                x.view(-1)[1] = -0.0
+            x.requires_grad_(requires_grad)
+            y = est(x)
+            assert y.dtype == dtype and y.shape == x.shape
+            expected = torch.where(x.detach() < 0, -1.0, 1.0).to(dtype)
+            assert torch.equal(y.detach(), expected)
+            assert bool(((y == 1) | (y == -1)).all())
+            with torch.no_grad():
+                assert torch.equal(est(x), expected)
+
+
+def test_sign_maps_zero_to_plus_one():
+    x = torch.tensor([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0])
+    assert torch.equal(reste.sign(x), torch.tensor([-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]))
+    for dt in (torch.float16, torch.bfloat16, torch.float64):
+        assert reste.sign(x.to(dt)).dtype == dt
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_16bit_gradients_match_float32_reference(name, dtype, tol):
+    cfg, progress = {}, (3, 10)
+    est = make(name, cfg, progress)
+    hp = spec_hparams(name, cfg, *progress)
+    x0 = torch.cat([random_points(1000, seed=5), edge_points(hp)]).to(dtype)
+    upstream = (torch.rand(x0.shape, generator=torch.Generator().manual_seed(2)) + 0.5).to(dtype)
+    x = x0.clone().requires_grad_(True)
+    y = est(x)
+    assert y.dtype == dtype
+    y.backward(upstream)
+    assert x.grad.dtype == dtype
+    ref = spec_g(name, x0.float(), hp) * upstream.to(F64)
+    torch.testing.assert_close(x.grad.to(F64), ref, rtol=tol, atol=tol * 1e-2)
+    d = est.derivative(x0)
+    assert d.dtype == dtype
+    torch.testing.assert_close(d.to(F64), spec_g(name, x0.float(), hp), rtol=tol, atol=tol * 1e-2)
+
+
+# ------------------------------------------------------------------ schedules
+
+
+def test_reste_o_schedule_spec_values():
+    est = reste.ReSTE()  # o from 1 to o_end = 3 along the cosine ramp
+    assert est.o == 1.0
+    for epoch, value in [(0, 1.0), (250, 1.15224), (500, 1.58579), (750, 2.23463), (999, 2.99686)]:
+        est.set_progress(epoch, 1000)
+        assert est.o == pytest.approx(value, abs=1e-5)
+    assert est.o < 3.0
+
+
+def test_reste_schedule_kinds():
+    lin = reste.ReSTE(o=1.0, o_end=3.0, schedule="linear")
+    lin.set_progress(250, 1000)
+    assert lin.o == pytest.approx(1.5)
+    const = reste.ReSTE(o=2.0, schedule="constant")
+    const.set_progress(900, 1000)
+    assert const.o == 2.0
+
+
+def test_set_progress_on_model_moves_every_estimator():
+    model = nn.Sequential(
+        reste.BinaryConv2d(3, 4, 3, bias=False), nn.ReLU(), reste.BinaryConv2d(4, 4, 3, bias=False)
+    )
+    ests = reste.estimators_of(model)
+    assert len(ests) == 4  # weights and inputs of both layers
+    for epoch, value in [(250, 1.15224), (500, 1.58579), (750, 2.23463), (999, 2.99686)]:
+        out = reste.set_progress(model, epoch, 1000)
+        assert out["o"] == pytest.approx(value, abs=1e-5)
+        assert all(e.o == pytest.approx(value, abs=1e-5) for e in ests)
+        assert reste.schedule_values(model)["o"] == pytest.approx(value, abs=1e-5)
+
+
+@pytest.mark.parametrize("name,tmin,tmax", [("ede", 0.1, 10.0), ("rbnn", 1e-2, 10.0), ("ede", 1e-3, 10.0)])
+def test_ede_rbnn_t_k_schedule(name, tmin, tmax):
+    cfg = {} if (name, tmin) in (("ede", 0.1), ("rbnn", 1e-2)) else {"t_min": tmin, "t_max": tmax}
+    est = get_estimator(name, **cfg)
+    N = 20
+    seen = []
+    for i in range(N):
+        est.set_progress(i, N)
+        t = tmin * 10 ** ((i / N) * math.log10(tmax / tmin))
+        assert est.t == pytest.approx(t, rel=1e-9)
+        assert est.k == pytest.approx(max(1.0 / t, 1.0), rel=1e-9)
+        seen.append(est.t)
+        assert est.schedule_values() == {"t": est.t, "k": est.k}
+    assert seen[0] == pytest.approx(tmin)
+    assert all(b > a for a, b in zip(seen, seen[1:]))
+    # g(0) follows: EDE k t, RBNN k sqrt(2) t
+    g0 = est.derivative(torch.zeros(1, dtype=F64)).item()
+    factor = 1.0 if name == "ede" else SQRT2
+    assert g0 == pytest.approx(est.k * est.t * factor, rel=1e-9)
+
+
+def test_dsq_alpha_ramp():
+    est = get_estimator("dsq")
+    assert est.alpha == pytest.approx(0.2)
+    N = 10
+    vals = []
+    for i in range(N):
+        est.set_progress(i, N)
+        vals.append(est.alpha)
+        assert est.alpha == pytest.approx(0.2 + (i / N) * (0.05 - 0.2))
+        alpha = est.alpha
+        # g at the centre: s k = (1/(1-alpha)) ln(2/alpha - 1)/2
+        g0 = est.derivative(torch.zeros(1, dtype=F64)).item()
+        assert g0 == pytest.approx(math.log(2 / alpha - 1) / 2 / (1 - alpha), rel=1e-9)
+    assert all(b < a for a, b in zip(vals, vals[1:]))
+    const = get_estimator("dsq", schedule="constant")
+    const.set_progress(7, 10)
+    assert const.alpha == pytest.approx(0.2)
+
+
+def test_fda_n_ramp():
+    est = get_estimator("fda")
+    assert est.n == 9
+    N = 10
+    ns = []
+    for i in range(N + 1):
+        est.set_progress(i, N)
+        assert isinstance(est.n, int)
+        assert est.n == math.floor(9 + 9 * i / N + 1e-9)
+        ns.append(est.n)
+        g0 = est.derivative(torch.zeros(1, dtype=F64)).item()
+        assert g0 == pytest.approx(4 * 0.1 / math.pi * (est.n + 1), rel=1e-9)
+    assert ns[0] == 9 and ns[-1] == 18
+    assert all(b >= a for a, b in zip(ns, ns[1:]))
+
+
+@pytest.mark.parametrize("name", ["ste", "approx_sign", "sign_swish"])
+def test_fixed_estimators_do_not_move(name):
+    est = get_estimator(name)
+    before = est.derivative(torch.linspace(-2, 2, 21))
+    est.set_progress(9, 10)
+    assert torch.equal(est.derivative(torch.linspace(-2, 2, 21)), before)
+    assert est.schedule_values() == {}
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_set_progress_validates(name):
+    est = get_estimator(name)
+    with pytest.raises(ValueError):
+        est.set_progress(0, 0)
+    with pytest.raises(ValueError):
+        est.set_progress(-1, 10)
+
+
+# ------------------------------------------------------------------ state save / restore
+
+
+def _model(name: str) -> nn.Module:
+    return nn.Sequential(
+        reste.BinaryConv2d(2, 3, 3, bias=False, weight_estimator=name),
+        nn.Flatten(),
+        reste.BinaryLinear(12, 2, weight_estimator=name),
+    )
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_schedule_state_lives_in_state_dict(name):
+    torch.manual_seed(0)
+    model = _model(name)
+    reste.set_progress(model, 37, 50)
+    saved = [e.schedule_values() for e in reste.estimators_of(model)]
+    sd = model.state_dict()
+    assert any(k.endswith("_extra_state") for k in sd)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    loaded = torch.load(buf)  # default (weights_only) loading must accept the state
+
+    fresh = _model(name)
+    if saved[0]:  # a scheduled estimator: the fresh model starts elsewhere
+        assert [e.schedule_values() for e in reste.estimators_of(fresh)] != saved
+    fresh.load_state_dict(loaded)
+    restored = [e.schedule_values() for e in reste.estimators_of(fresh)]
+    assert restored == saved
+    for a, b in zip(reste.estimators_of(model), reste.estimators_of(fresh)):
+        assert [type(v) for v in a.schedule_values().values()] == [type(v) for v in b.schedule_values().values()]
+        x = torch.linspace(-2, 2, 101)
+        assert torch.equal(a.derivative(x), b.derivative(x))
+    x = torch.randn(4, 2, 4, 4)
+    assert torch.equal(model(x), fresh(x))
+
+
+# ------------------------------------------------------------------ registry and validation
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        get_estimator("nope")
+    for name in ESTIMATORS:
+        assert name in str(info.value)
+
+
+def test_names_are_case_insensitive_and_dashes_allowed():
+    assert isinstance(get_estimator("ReSTE"), reste.ReSTE)
+    assert isinstance(get_estimator("approx-sign"), reste.ApproxSign)
+    assert isinstance(get_estimator("SIGN_SWISH"), reste.SignSwish)
+
+
+def test_instance_passthrough():
+    est = reste.ReSTE(o=2.0, schedule="constant")
+    assert get_estimator(est) is est
+    with pytest.raises(ValueError):
+        get_estimator(est, o=3.0)
+    with pytest.raises(ValueError):
+        get_estimator(3)
+
+
+def test_hyperparameters_are_passed():
+    est = get_estimator("reste", o_end=2.0, t=1.2, interval=0.05)
+    assert (est.o_end, est.t, est.interval) == (2.0, 1.2, 0.05)
+    assert get_estimator("ste", clip=1.3).clip == 1.3
+    assert get_estimator("sign_swish", beta=3.0).beta == 3.0
+    rebuilt = get_estimator(est.name, **est.config())
+    assert rebuilt.config() == est.config()
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("ste", {"unknown": 1}),
+        ("ste", {"clip": 0.0}),
+        ("ste", {"clip": -1.0}),
+        ("ste", {"clip": float("nan")}),
+        ("reste", {"o": 0.5}),
+        ("reste", {"o_end": 0.9}),
+        ("reste", {"t": -1.0}),
+        ("reste", {"t": 0.1, "interval": 0.1}),
+        ("reste", {"interval": 0.0}),
+        ("reste", {"schedule": "bogus"}),
+        ("approx_sign", {"clip": 1.0}),
+        ("sign_swish", {"beta": 0.0}),
+        ("ede", {"t_min": 0.0}),
+        ("ede", {"t_max": -2.0}),
+        ("rbnn", {"t_min": -1.0}),
+        ("dsq", {"alpha": 0.0}),
+        ("dsq", {"alpha": 1.0}),
+        ("dsq", {"alpha_end": 1.5}),
+        ("dsq", {"schedule": "bogus"}),
+        ("fda", {"n": -1}),
+        ("fda", {"n": 5, "n_end": 3}),
+        ("fda", {"n": 1.5}),
+        ("fda", {"w": 0.0}),
+    ],
+)
+def test_bad_hyperparameters_raise_value_error(name, kwargs):
+    with pytest.raises(ValueError):
+        get_estimator(name, **kwargs)

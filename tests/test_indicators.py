@@ -1,0 +1,239 @@
+"""Equilibrium indicators computed by hand (numpy) on a tiny model (SPEC section 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reste
+from reste import BinaryConv2d, BinaryLinear, EquilibriumMeter, estimating_error, gradient_stability
+
+
+class Tiny(nn.Module):
+    def __init__(self, estimator="reste") -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1, bias=False)  # float 3x3: never counted
+        self.b1 = BinaryConv2d(4, 4, 3, padding=1, bias=False, weight_estimator=estimator)
+        self.b2 = BinaryConv2d(4, 4, 3, padding=1, bias=False, weight_estimator=estimator)
+        self.short = BinaryConv2d(4, 4, 1, bias=False, weight_estimator=estimator)  # 1x1: general only
+        self.fc1 = BinaryLinear(4, 5, bias=False, weight_estimator=estimator)  # linear: general only
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = self.b2(torch.relu(self.b1(x))) + self.short(x)
+        return self.fc(torch.relu(self.fc1(x.mean(dim=(2, 3)))))
+
+
+PAPER = ["b1", "b2"]
+GENERAL = ["b1", "b2", "short", "fc1"]
+
+
+def make_model(estimator="reste", seed=0) -> Tiny:
+    torch.manual_seed(seed)
+    model = Tiny(estimator)
+    with torch.no_grad():
+        model.b1.weight.view(-1)[0] = 0.0  # torch.sign(0) = 0 vs sign(0) = +1
+        model.b2.weight.view(-1)[1] = 2.0  # beyond ReSTE's t = 1.5
+        model.short.weight.view(-1)[0] = -0.05  # inside ReSTE's interval
+    return model
+
+
+def np_w(model, name):
+    return getattr(model, name).weight.detach().double().numpy()
+
+
+def np_g(model, name):
+    return getattr(model, name).weight.grad.detach().double().numpy()
+
+
+def hand_error_paper(model, o_end):
+    total = 0.0
+    for name in PAPER:
+        w = np_w(model, name)
+        f = np.sign(w) * np.abs(w) ** (1.0 / o_end)
+        total += math.sqrt(((f - np.sign(w)) ** 2).sum())
+    return total
+
+
+def hand_reste_F(w, o, t=1.5, m=0.1):
+    a = np.abs(w)
+    s = np.where(w < 0, -1.0, 1.0)
+    return np.where(a <= m, (m ** (1.0 / o) / m) * w, s * np.minimum(a, t) ** (1.0 / o))
+
+
+def hand_error_general(model, F):
+    total = 0.0
+    for name in GENERAL:
+        w = np_w(model, name)
+        s = np.where(w < 0, -1.0, 1.0)
+        total += math.sqrt(((F(w) - s) ** 2).sum())
+    return total
+
+
+def hand_stability(model, names):
+    return sum(float(np.var(np.abs(np_g(model, n)), ddof=1)) for n in names)
+
+
+def backward(model, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 2, 6, 6, generator=gen)
+    target = torch.randint(0, 3, (3,), generator=gen)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), target).backward()
+
+
+# ------------------------------------------------------------------ single values
+
+
+@pytest.mark.parametrize("o_end", [3.0, 2.0])
+def test_paper_error_by_hand(o_end):
+    model = make_model()
+    got = estimating_error(model, mode="paper", o_end=o_end)
+    assert got.dim() == 0
+    assert float(got) == pytest.approx(hand_error_paper(model, o_end), rel=1e-5)
+
+
+def test_paper_error_ignores_the_current_o_and_general_does_not():
+    model = make_model()
+    paper0, general0 = float(estimating_error(model, "paper")), float(estimating_error(model, "general"))
+    reste.set_progress(model, 900, 1000)
+    assert float(estimating_error(model, "paper")) == pytest.approx(paper0, rel=1e-7)
+    assert float(estimating_error(model, "general")) != pytest.approx(general0, rel=1e-3)
+
+
+@pytest.mark.parametrize("progress", [(0, 10), (5, 10), (999, 1000)])
+def test_general_error_by_hand_reste(progress):
+    model = make_model()
+    reste.set_progress(model, *progress)
+    o = 1.0 + (1.0 - math.cos(math.pi / 2 * progress[0] / progress[1])) * 2.0
+    expected = hand_error_general(model, lambda w: hand_reste_F(w, o))
+    assert float(estimating_error(model, "general")) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "estimator,F",
+    [
+        ("ste", lambda w: np.clip(w, -1.0, 1.0)),
+        ("approx_sign", lambda w: np.where(np.abs(w) <= 1, 2 * w - w * np.abs(w), np.sign(w))),
+        ("ede", lambda w: 10.0 * np.tanh(0.1 * w)),  # epoch 0: t = 0.1, k = 10
+    ],
+)
+def test_general_error_by_hand_other_estimators(estimator, F):
+    model = make_model(estimator)
+    expected = hand_error_general(model, F)
+    assert float(estimating_error(model, "general")) == pytest.approx(expected, rel=1e-5)
+    # paper mode does not depend on the estimator
+    assert float(estimating_error(model, "paper")) == pytest.approx(hand_error_paper(model, 3.0), rel=1e-5)
+
+
+def test_zero_weight_counts_differently_in_the_two_modes():
+    model = make_model()
+    with torch.no_grad():
+        for name in GENERAL:
+            getattr(model, name).weight.zero_()
+    assert float(estimating_error(model, "paper")) == 0.0
+    n = sum(getattr(model, name).weight.numel() for name in GENERAL)
+    # general: F(0) = 0 and sign(0) = +1, so the error is sqrt(numel) per layer
+    expected = sum(math.sqrt(getattr(model, name).weight.numel()) for name in GENERAL)
+    assert float(estimating_error(model, "general")) == pytest.approx(expected, rel=1e-6)
+    assert n > 0
+
+
+@pytest.mark.parametrize("mode,names", [("paper", PAPER), ("general", GENERAL)])
+def test_stability_by_hand(mode, names):
+    model = make_model()
+    backward(model)
+    got = gradient_stability(model, mode)
+    assert got.dim() == 0
+    assert float(got) == pytest.approx(hand_stability(model, names), rel=1e-5)
+
+
+def test_stability_needs_gradients():
+    with pytest.raises(RuntimeError):
+        gradient_stability(make_model(), "paper")
+
+
+def test_bad_mode_and_empty_model():
+    model = make_model()
+    with pytest.raises(ValueError):
+        estimating_error(model, mode="bogus")
+    with pytest.raises(ValueError):
+        EquilibriumMeter(model, mode="bogus")
+    with pytest.raises(ValueError):
+        EquilibriumMeter(nn.Sequential(nn.Conv2d(1, 1, 3)), mode="general")
+    # only 1x1 binary convs: nothing for the paper mode
+    with pytest.raises(ValueError):
+        EquilibriumMeter(nn.Sequential(BinaryConv2d(1, 1, 1)), mode="paper")
+
+
+# ------------------------------------------------------------------ the meter
+
+
+def run_meter(mode, epochs=3, iters=2):
+    """Train the tiny model a little, recording hand-computed values after each step."""
+    model = make_model()
+    meter = EquilibriumMeter(model, mode=mode, o_end=3.0)
+    names = PAPER if mode == "paper" else GENERAL
+    per_epoch, logged = [], []
+    step = 0
+    for epoch in range(epochs):
+        reste.set_progress(model, epoch, epochs)
+        o = 1.0 + (1.0 - math.cos(math.pi / 2 * epoch / epochs)) * 2.0
+        its = []
+        for _ in range(iters):
+            backward(model, seed=step)
+            step += 1
+            with torch.no_grad():  # a plain SGD step (torch.optim's first step is slow to import)
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.sub_(0.5 * p.grad)
+            meter.update()
+            if mode == "paper":
+                e = hand_error_paper(model, 3.0)
+            else:
+                e = hand_error_general(model, lambda w: hand_reste_F(w, o))
+            its.append((e, hand_stability(model, names)))
+        per_epoch.append(its)
+        logged.append(meter.epoch_end())
+    return meter, per_epoch, logged
+
+
+def test_meter_paper_mode():
+    meter, per_epoch, logged = run_meter("paper")
+    for its, got in zip(per_epoch, logged):
+        e_last, s_last = its[-1]  # the last iteration of the epoch
+        assert got["estimating_error"] == pytest.approx(e_last, rel=1e-5)
+        assert got["gradient_stability"] == pytest.approx(s_last, rel=1e-5)
+        # the iterations differ, so "last" is a real choice
+        assert its[0][1] != pytest.approx(s_last, rel=1e-3)
+    summary = meter.summary()
+    assert summary["estimating_error"] == pytest.approx(np.mean([its[-1][0] for its in per_epoch]), rel=1e-5)
+    assert summary["gradient_stability"] == pytest.approx(sum(its[-1][1] for its in per_epoch), rel=1e-5)
+    assert meter.history == logged
+
+
+def test_meter_general_mode():
+    meter, per_epoch, logged = run_meter("general")
+    for its, got in zip(per_epoch, logged):
+        assert got["estimating_error"] == pytest.approx(np.mean([e for e, _ in its]), rel=1e-5)
+        assert got["gradient_stability"] == pytest.approx(np.mean([s for _, s in its]), rel=1e-5)
+    summary = meter.summary()
+    all_e = [np.mean([e for e, _ in its]) for its in per_epoch]
+    all_s = [np.mean([s for _, s in its]) for its in per_epoch]
+    assert summary["estimating_error"] == pytest.approx(np.mean(all_e), rel=1e-5)
+    assert summary["gradient_stability"] == pytest.approx(np.mean(all_s), rel=1e-5)
+
+
+def test_meter_state_round_trip_and_misuse():
+    meter, _, _ = run_meter("paper", epochs=2, iters=1)
+    other = EquilibriumMeter(make_model(), mode="paper")
+    assert other.summary() == {}
+    other.load_state_dict(meter.state_dict())
+    assert other.summary() == meter.summary()
+    with pytest.raises(RuntimeError):
+        other.epoch_end()  # no update since the last epoch_end

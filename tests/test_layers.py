@@ -1,0 +1,168 @@
+"""BinaryConv2d / BinaryLinear against hand-written functional references (SPEC section 4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reste
+from reste import BinaryConv2d, BinaryLinear
+
+
+def pm1(x: torch.Tensor) -> torch.Tensor:
+    """sign with sign(0) = +1."""
+    return torch.where(x < 0, torch.ones_like(x).neg(), torch.ones_like(x))
+
+
+def alpha_of(w: torch.Tensor, scaling: str):
+    if scaling == "layer":
+        return w.abs().mean()
+    if scaling == "channel":
+        return w.abs().reshape(w.shape[0], -1).mean(dim=1).reshape((-1,) + (1,) * (w.dim() - 1))
+    return torch.ones(())
+
+
+def make_layer(kind: str, scaling: str, bias: bool, **kw):
+    torch.manual_seed(0)
+    if kind == "conv":
+        layer = BinaryConv2d(3, 5, 3, stride=2, padding=1, bias=bias, scaling=scaling, **kw)
+        x = torch.randn(2, 3, 7, 7)
+    else:
+        layer = BinaryLinear(6, 4, bias=bias, scaling=scaling, **kw)
+        x = torch.randn(3, 6)
+    with torch.no_grad():
+        layer.weight.view(-1)[0] = 0.0  # sign(0) must be +1
+        x.view(-1)[1] = 0.0
+    return layer, x
+
+
+def reference(kind, layer, x, w, b, real_inputs=False):
+    xi = x if real_inputs else pm1(x)
+    if kind == "conv":
+        return F.conv2d(xi, w, b, stride=2, padding=1)
+    return F.linear(xi, w, b)
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize("scaling", ["layer", "channel", "none"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_forward_matches_functional_reference(kind, scaling, bias):
+    layer, x = make_layer(kind, scaling, bias)
+    w = layer.weight.detach()
+    bw = pm1(w) * alpha_of(w, scaling)
+    expected = reference(kind, layer, x, bw, None if layer.bias is None else layer.bias.detach())
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    # the weight used in the forward pass is +-alpha (+alpha for the zero weight)
+    torch.testing.assert_close(layer.binary_weight().detach(), bw)
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize("scaling", ["layer", "channel", "none"])
+def test_real_inputs_mode(kind, scaling):
+    layer, x = make_layer(kind, scaling, True, input_estimator=None)
+    assert layer.precision == 1 and layer.input_precision == 32
+    w = layer.weight.detach()
+    expected = reference(kind, layer, x, pm1(w) * alpha_of(w, scaling), layer.bias.detach(), real_inputs=True)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize("scaling", ["layer", "channel", "none"])
+def test_gradients_flow_through_sign_and_alpha(kind, scaling):
+    """dL/dW = g(W) * alpha * G + (d alpha / dW) * sum(G * sign(W)), alpha not detached.
+
+    Uses the clipped STE (g = 1 on abs(w) <= 1) for weights and inputs so the
+    reference needs no estimator code.
+    """
+    layer, x = make_layer(kind, scaling, False, weight_estimator="ste", input_estimator="ste")
+    with torch.no_grad():
+        layer.weight.mul_(3.0)  # some weights beyond the clip
+        layer.weight.view(-1)[0] = 0.0
+    x = (x * 2.0).requires_grad_(True)
+    torch.manual_seed(1)
+    out = layer(x)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+
+    w = layer.weight.detach()
+    s = pm1(w)
+    a = alpha_of(w, scaling)
+    xb = pm1(x.detach())
+    # G = dL/d(binary weight), dX = dL/d(binary input), from a plain functional graph
+    bw_leaf = (s * a).requires_grad_(True)
+    xb_leaf = xb.clone().requires_grad_(True)
+    (reference(kind, layer, xb_leaf, bw_leaf, None, real_inputs=True) * upstream).sum().backward()
+    G, dX = bw_leaf.grad, xb_leaf.grad
+    g_w = (w.abs() <= 1.0).to(w.dtype)
+    expected = g_w * a * G
+    if scaling == "layer":
+        expected = expected + torch.sign(w) / w.numel() * (G * s).sum()
+    elif scaling == "channel":
+        per = w[0].numel()
+        dims = tuple(range(1, w.dim()))
+        expected = expected + torch.sign(w) / per * (G * s).sum(dim=dims, keepdim=True)
+    torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, (x.detach().abs() <= 1.0).float() * dX, rtol=1e-5, atol=1e-6)
+
+
+def test_alpha_is_not_detached():
+    layer, x = make_layer("conv", "layer", False, weight_estimator="ste", input_estimator="ste")
+    alpha = layer.scale()
+    assert alpha.requires_grad and alpha.grad_fn is not None
+    layer(x).sum().backward()
+    g_attached = layer.weight.grad.clone()
+    # the same layer with alpha detached gives a different gradient
+    w = layer.weight.detach().clone().requires_grad_(True)
+    bw = reste.get_estimator("ste")(w) * w.abs().mean().detach()
+    F.conv2d(pm1(x), bw, None, stride=2, padding=1).sum().backward()
+    assert not torch.allclose(g_attached, w.grad)
+
+
+def test_precision_attributes_and_estimators():
+    conv = BinaryConv2d(3, 4, 3)
+    lin = BinaryLinear(4, 2, weight_estimator="ede")
+    for layer in (conv, lin):
+        assert layer.precision == 1 and layer.input_precision == 1
+        assert layer.input_estimator is not layer.weight_estimator
+        assert type(layer.input_estimator) is type(layer.weight_estimator)
+        assert layer.input_estimator.config() == layer.weight_estimator.config()
+    assert isinstance(conv.weight_estimator, reste.ReSTE)
+    assert isinstance(lin.weight_estimator, reste.EDE)
+    mixed = BinaryConv2d(3, 4, 3, weight_estimator="reste", input_estimator="approx_sign")
+    assert isinstance(mixed.input_estimator, reste.ApproxSign)
+    shared = reste.ReSTE(o=2.0, schedule="constant")
+    layer = BinaryLinear(4, 2, weight_estimator=shared, input_estimator=shared)
+    assert layer.weight_estimator is shared and layer.input_estimator is shared
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(4, 4), lin)
+    assert [n for n, _ in reste.binary_layers(model)] == ["0", "3"]
+    assert len(reste.estimators_of(model)) == 4
+
+
+@pytest.mark.parametrize("cls,args", [(BinaryConv2d, (3, 4, 3)), (BinaryLinear, (3, 4))])
+def test_bad_arguments_raise(cls, args):
+    with pytest.raises(ValueError):
+        cls(*args, scaling="bogus")
+    with pytest.raises(ValueError):
+        cls(*args, weight_estimator="bogus")
+    with pytest.raises(ValueError):
+        cls(*args, input_estimator="bogus")
+
+
+def test_layer_follows_the_estimator_schedule():
+    layer = BinaryLinear(8, 3, bias=False)
+    reste.set_progress(layer, 999, 1000)
+    assert layer.weight_estimator.o == pytest.approx(2.99686, abs=1e-5)
+    assert layer.input_estimator.o == pytest.approx(2.99686, abs=1e-5)
+
+
+def test_16bit_layer_forward_backward():
+    layer = BinaryLinear(6, 4, bias=False).to(torch.bfloat16)
+    x = torch.randn(3, 6).to(torch.bfloat16).requires_grad_(True)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
