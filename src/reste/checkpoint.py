@@ -71,11 +71,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
-        raise UsageError(
-            f"refusing to load {path}: it holds objects that would run code on load ({first[:120]}); "
-            "only load checkpoints you trust with torch.load directly"
-        ) from None
+        text = str(err)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text.strip() else ""
+        if "global" in text.lower():  # the file names a function or class to call on load
+            raise UsageError(
+                f"refusing to load {path}: it holds objects that would run code on load ({detail[:120]}); "
+                "only load checkpoints you trust with torch.load directly"
+            ) from None
+        raise UsageError(f"checkpoint {path} is truncated or corrupted ({detail[:120]}); use another checkpoint") \
+            from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"checkpoint {path} is truncated or corrupted ({msg[:120]}); use another checkpoint") from None

@@ -83,7 +83,11 @@ class TrainConfig:
             raise UsageError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
         out = dataclasses.replace(self, estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
-        for key, value in DATASET_DEFAULTS[self.dataset].items():
+        defaults = dict(DATASET_DEFAULTS[self.dataset])
+        if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
+            # a default warm-up never exceeds a short run the user asked for
+            defaults["warm_up"] = min(defaults["warm_up"], out.epochs - 1)
+        for key, value in defaults.items():
             if getattr(out, key) is None:
                 setattr(out, key, value)
         out.validate()

@@ -178,9 +178,19 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
         top1 += c1
         top5 += c5
         n += target.numel()
+    counts = torch.stack([loss_sum, top1.double(), top5.double(), torch.tensor(float(n), device=device,
+                                                                                dtype=torch.float64)])
+    if _sharded(loader):  # each process evaluated its own shard: add them up
+        torch.distributed.all_reduce(counts)
+    loss_sum, top1, top5, n = counts.tolist()
     if n == 0:
         raise UsageError("the test set is empty; check --data-path")
-    return {"loss": loss_sum.item() / n, "top1": 100.0 * top1.item() / n, "top5": 100.0 * top5.item() / n}
+    return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+
+
+def _sharded(loader: Any) -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
@@ -257,7 +267,9 @@ class _Run:
         )
         self.net: nn.Module = self.model
         if self.dist.enabled:
-            if config.sync_bn:
+            if config.sync_bn and self.device.type != "cuda":
+                self.log("note: SyncBatchNorm needs CUDA; these CPU processes keep per-process BatchNorm statistics")
+            elif config.sync_bn:
                 self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
                 self.model = self.net
                 self.optimizer = build_optimizer(config, self.model)
@@ -344,7 +356,11 @@ class _Run:
                 f"non-finite loss at epoch {epoch + 1}, step {int(bad_step) + 1}; the run stopped and "
                 f"{self.run_dir / 'last.pt'} keeps the last good epoch ({epoch}); lower --lr or check the data"
             )
-        return {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n}
+        totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)])
+        if self.dist.enabled:  # metrics over the whole training set, not this process's shard
+            torch.distributed.all_reduce(totals)
+        loss_total, correct_total, count = totals.tolist()
+        return {"train_loss": loss_total / count, "train_acc": 100.0 * correct_total / count}
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
