@@ -1,0 +1,55 @@
+"""The reste command: output of train, eval, presets and summary."""
+
+from __future__ import annotations
+
+import re
+
+from reste import models
+from reste.cli import main
+from reste.config import PRESETS
+
+
+def test_train_then_eval(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--seed", "4", "--out", str(out), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("training digits_1w1a (reste) on digits: 2 epochs")
+    assert re.match(r"epoch 1/2  lr 0\.1  o 1  train loss \d\.\d{4} acc [\d.]+  test loss", lines[1])
+    assert "o 1.586" in lines[2]  # cosine ramp at e/E = 1/2
+    final = re.search(r"best test acc ([\d.]+)% \(epoch (\d)\), final test acc ([\d.]+)%", lines[-1])
+    assert final and float(final.group(1)) >= float(final.group(3))
+
+    assert main(["eval", str(out)]) == 0
+    text = capsys.readouterr().out
+    top1, stored = re.search(r"top-1 ([\d.]+)%.*stored at training: ([\d.]+)%", text).groups()
+    assert top1 == stored and top1 == final.group(3)
+
+
+def test_resume_a_finished_run_does_nothing(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "already finished 1 epochs" in capsys.readouterr().out
+
+
+def test_presets_lists_every_row_with_its_accuracy(capsys):
+    assert main(["presets"]) == 0
+    text = capsys.readouterr().out
+    for preset in PRESETS.values():
+        row = next(line for line in text.splitlines() if line.startswith(preset.name + " "))
+        assert f"{preset.top1:.2f}" in row
+
+
+def test_summary_totals(capsys):
+    assert main(["summary", "resnet20_1w1a"]) == 0
+    text = capsys.readouterr().out
+    total = next(line for line in text.splitlines() if line.startswith("total"))
+    assert "269,850" in total
+    assert main(["summary", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in models.list_models())
+
+
+def test_help_and_no_command(capsys):
+    assert main([]) == 2
+    assert "train" in capsys.readouterr().out
