@@ -1,0 +1,158 @@
+"""The model registry: ``register_model``, ``create``, ``list_models`` and ``model_info``.
+
+A model is one keyword-only factory function ``fn(*, num_classes, conv, **options)``
+that builds the architecture; ``conv`` is a :class:`ConvBuilder` that makes each of
+the convolutions to binarize (``BinaryConv2d`` in the 1W1A model, ``nn.Conv2d`` in
+its full-precision twin). Decorating the function registers the binary model under
+the function's name and, with ``twin=...``, the float twin as well::
+
+    @register_model(dataset="cifar10", num_classes=10, input_size=(3, 32, 32), twin="resnet20")
+    def resnet20_1w1a(*, num_classes: int, conv: ConvBuilder) -> nn.Module:
+        ...
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import UsageError
+from ..estimators import get_estimator
+from ..layers import SCALINGS, BinaryConv2d
+
+DATASETS = ("cifar10", "imagenet", "digits", "fashion-mnist")
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_INFO: dict[str, dict[str, Any]] = {}
+_BINARY: dict[str, bool] = {}
+
+
+class ConvBuilder:
+    """Makes the convolutions a model binarizes (always without bias).
+
+    ``ConvBuilder()`` makes ``nn.Conv2d`` (the full-precision twin);
+    ``ConvBuilder(estimator_spec)`` makes ``BinaryConv2d`` layers, each with its own
+    weight and input estimators built from the dict spec
+    ``{"name": ..., **config}`` (inputs real when ``a32``).
+    """
+
+    def __init__(self, estimator_spec: dict[str, Any] | None = None, *, a32: bool = False, scaling: str = "layer"):
+        self.estimator_spec = None if estimator_spec is None else dict(estimator_spec)
+        self.a32 = a32
+        self.scaling = scaling
+
+    @property
+    def binary(self) -> bool:
+        return self.estimator_spec is not None
+
+    def __call__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1
+    ) -> nn.Conv2d:
+        if self.estimator_spec is None:
+            return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        return BinaryConv2d(
+            in_channels, out_channels, kernel_size, stride, padding, bias=False,
+            weight_estimator=dict(self.estimator_spec),
+            input_estimator=None if self.a32 else dict(self.estimator_spec),
+            scaling=self.scaling,
+        )
+
+
+def register_model(
+    *,
+    dataset: str,
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    twin: str | None = None,
+    binary: bool = True,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a keyword-only factory ``fn(*, num_classes, conv, **options)`` under its name.
+
+    ``twin`` also registers the float twin of a binary model (same factory, with
+    ``nn.Conv2d`` for the binary convolutions) under that name.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        names = [(fn.__name__, binary)] + ([(twin, not binary)] if twin else [])
+        for name, is_binary in names:
+            if name in _MODELS:
+                raise ValueError(f"model {name!r} is already registered")
+            _MODELS[name] = fn
+            _BINARY[name] = is_binary
+            other = fn.__name__ if name == twin else twin
+            _INFO[name] = {
+                "dataset": dataset,
+                "num_classes": int(num_classes),
+                "input_size": tuple(int(s) for s in input_size),
+                "binary": is_binary,
+                "twin": other,
+            }
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def _check_name(name: str) -> None:
+    if name not in _MODELS:
+        raise UsageError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """dataset, num_classes (default), input_size (C, H, W), binary, twin of model ``name``."""
+    _check_name(name)
+    return dict(_INFO[name])
+
+
+def create(
+    name: str,
+    num_classes: int | None = None,
+    *,
+    estimator: Any = "reste",
+    a32: bool = False,
+    scaling: str = "layer",
+    **estimator_hparams: Any,
+) -> nn.Module:
+    """Build model ``name`` (see :func:`list_models`).
+
+    Args:
+        name: a registered model name.
+        num_classes: the number of outputs; ``None`` is the model's default.
+        estimator: an estimator name or instance; every binary layer gets its own
+            weight and input estimators of that kind and configuration.
+        a32: keep real activations (1W/32A): the binary layers get no input estimator.
+        scaling: ``"layer"`` (the paper), ``"channel"`` or ``"none"``.
+        **estimator_hparams: estimator hyper-parameters (``o_end=3.0``), except the
+            keywords the model's factory takes itself (``width`` for ``fmnist_vgg``),
+            which go to the model.
+
+    Twins (full-precision models) ignore ``estimator``, ``a32`` and ``scaling``,
+    but an unknown estimator is still an error.
+    """
+    _check_name(name)
+    fn = _MODELS[name]
+    model_keys = {
+        p.name for p in inspect.signature(fn).parameters.values()
+        if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in ("num_classes", "conv")
+    }
+    options = {k: estimator_hparams.pop(k) for k in list(estimator_hparams) if k in model_keys}
+    est = get_estimator(estimator, **estimator_hparams)
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
+    if num_classes is None:
+        num_classes = _INFO[name]["num_classes"]
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if _BINARY[name]:
+        conv = ConvBuilder({"name": est.name, **est.config()}, a32=a32, scaling=scaling)
+    else:
+        conv = ConvBuilder()
+    return fn(num_classes=num_classes, conv=conv, **options)

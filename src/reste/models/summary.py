@@ -1,0 +1,122 @@
+"""Parameter counts and a per-layer summary (MACs, binary operations, memory).
+
+Layers are told apart by their ``precision`` attribute (1 for binary weights, 32
+when absent) and ``input_precision``, never by their type.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``total``: every parameter; ``binary``: the weights of layers with ``precision == 1``."""
+    total = sum(p.numel() for p in model.parameters())
+    binary = sum(m.weight.numel() for m in model.modules() if getattr(m, "precision", 32) == 1)
+    return {"total": total, "binary": binary}
+
+
+def _macs(module: nn.Module, out: torch.Tensor) -> int:
+    """Multiply-accumulates of one call of a conv or linear layer, per sample of the batch."""
+    per_sample = out[0].numel() if out.dim() > 1 else out.numel()
+    if isinstance(module, nn.Conv2d):
+        return per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return per_sample * module.in_features
+    return 0
+
+
+def _packed_bytes(module: nn.Module, params: int) -> int:
+    """Deployed size: 1 bit per binary weight (rounded up to bytes), 4 bytes per scale and float value."""
+    if getattr(module, "precision", 32) != 1:
+        return 4 * params
+    weight = module.weight.numel()
+    scaling = getattr(module, "scaling", "layer")
+    scales = {"layer": 1, "channel": module.weight.shape[0]}.get(scaling, 0)
+    return -(-weight // 8) + 4 * scales + 4 * (params - weight)
+
+
+def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[str, Any]]:
+    """One row per layer holding parameters, then a ``"total"`` row.
+
+    A dummy input of shape ``(1, *input_size)`` goes through ``model`` in eval mode
+    (the training mode is restored afterwards). Row keys: ``name``, ``type``,
+    ``precision`` (1 or 32), ``input_precision``, ``output_shape``, ``params``,
+    ``binary_params`` (binary weights), ``macs``, ``binary_ops`` (MACs of 1W1A layers),
+    ``float_bytes`` (params * 4) and ``packed_bytes`` (binary weights / 8, a 4-byte
+    alpha per layer or per channel, float params * 4). MACs are per sample.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    stats: dict[str, dict[str, Any]] = {n: {"macs": 0, "output_shape": None} for n, _ in layers}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                stats[name]["macs"] += _macs(module, output)
+                stats[name]["output_shape"] = tuple(output.shape[1:])
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers]
+    training = model.training
+    try:
+        param = next(model.parameters(), None)
+        kwargs = {} if param is None else {"device": param.device, "dtype": param.dtype}
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, **kwargs))
+    finally:
+        model.train(training)
+        for h in handles:
+            h.remove()
+
+    rows = []
+    for name, m in layers:
+        params = sum(p.numel() for p in m.parameters(recurse=False))
+        precision = getattr(m, "precision", 32)
+        input_precision = getattr(m, "input_precision", 32)
+        macs = stats[name]["macs"]
+        rows.append({
+            "name": name,
+            "type": type(m).__name__,
+            "precision": precision,
+            "input_precision": input_precision,
+            "output_shape": stats[name]["output_shape"],
+            "params": params,
+            "binary_params": m.weight.numel() if precision == 1 else 0,
+            "macs": macs,
+            "binary_ops": macs if precision == 1 and input_precision == 1 else 0,
+            "float_bytes": 4 * params,
+            "packed_bytes": _packed_bytes(m, params),
+        })
+    keys = ("params", "binary_params", "macs", "binary_ops", "float_bytes", "packed_bytes")
+    total = {"name": "total", "type": "", "precision": None, "input_precision": None, "output_shape": None}
+    total.update({k: sum(r[k] for r in rows) for k in keys})
+    rows.append(total)
+    return rows
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of :func:`layer_summary` rows."""
+    header = ("layer", "type", "bits W/A", "output", "params", "MACs", "binary ops", "float KiB", "packed KiB")
+    table = [header]
+    for r in rows:
+        bits = "" if r["precision"] is None else f"{r['precision']}/{r['input_precision']}"
+        shape = "" if r["output_shape"] is None else "x".join(map(str, r["output_shape"]))
+        table.append((
+            r["name"], r["type"], bits, shape, f"{r['params']:,}", f"{r['macs']:,}", f"{r['binary_ops']:,}",
+            f"{r['float_bytes'] / 1024:,.1f}", f"{r['packed_bytes'] / 1024:,.1f}",
+        ))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(table):
+        if j == len(table) - 1:
+            lines.append("  ".join("-" * w for w in widths))
+        cells = [c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,358 @@
+"""The model zoo: exact parameter counts, shapes, options, the registry, summary and fx tracing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.fx as fx
+from torch import nn
+
+import reste
+from reste import models
+from reste.errors import UsageError
+from reste.models import registry
+
+# name: (total parameters, binary weights); SPEC section 5 for the paper's models
+COUNTS = {
+    "resnet20_1w1a": (269_850, 267_264),
+    "resnet20_bireal_1w1a": (269_850, 267_264),
+    "resnet18_1w1a": (11_174_986, 10_985_472),
+    "vgg_small_1w1a": (4_660_106, 4_571_136),
+    "imagenet_resnet18_1w1a": (11_690_536, 10_985_472),
+    "imagenet_resnet34_1w1a": (21_798_696, 21_086_208),
+    "digits_1w1a": (28_970, 27_648),
+    "fmnist_vgg_1w1a": (298_410, 285_696),
+    "resnet20": (269_850, 0),
+    "resnet20_bireal": (269_850, 0),
+    "resnet18": (11_174_986, 0),
+    "vgg_small": (4_660_106, 0),
+    "imagenet_resnet18": (11_690_536, 0),
+    "imagenet_resnet34": (21_798_696, 0),
+    "digits": (28_970, 0),
+    "fmnist_vgg": (298_410, 0),
+}
+BINARY = sorted(n for n in COUNTS if n.endswith("_1w1a"))
+
+
+class LeafTracer(fx.Tracer):
+    """The exporter's view: binary layers are leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return getattr(m, "precision", 32) == 1 or super().is_leaf_module(m, qualname)
+
+
+def _input(name: str, batch: int = 2) -> torch.Tensor:
+    c, h, w = models.model_info(name)["input_size"]
+    if models.model_info(name)["dataset"] == "imagenet":
+        h = w = 64  # global pooling: any size works, and this one is fast
+    return torch.randn(batch, c, h, w)
+
+
+def test_registry_lists_every_model_sorted():
+    names = models.list_models()
+    assert names == sorted(names)
+    assert set(names) == set(COUNTS)
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_parameter_counts(name):
+    total, binary = COUNTS[name]
+    model = models.create(name)
+    assert models.count_parameters(model) == {"total": total, "binary": binary}
+    assert sum(p.numel() for p in model.parameters()) == total
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_model_info(name):
+    info = models.model_info(name)
+    assert set(info) == {"dataset", "num_classes", "input_size", "binary", "twin"}
+    assert info["dataset"] in models.DATASETS
+    assert info["binary"] == name.endswith("_1w1a")
+    assert len(info["input_size"]) == 3
+    twin = models.model_info(info["twin"])
+    assert twin["twin"] == name and twin["binary"] != info["binary"]
+    assert (twin["dataset"], twin["num_classes"], twin["input_size"]) == (
+        info["dataset"], info["num_classes"], info["input_size"]
+    )
+    expected = {"cifar10": 10, "digits": 10, "fashion-mnist": 10, "imagenet": 1000}[info["dataset"]]
+    assert info["num_classes"] == expected
+
+
+def test_model_info_is_a_copy():
+    models.model_info("resnet20_1w1a")["num_classes"] = 3
+    assert models.model_info("resnet20_1w1a")["num_classes"] == 10
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_forward_shapes(name):
+    torch.manual_seed(0)
+    model = models.create(name)
+    x = _input(name)
+    out = model(x)
+    assert out.shape == (2, models.model_info(name)["num_classes"])
+    assert torch.isfinite(out).all()
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == out.shape
+
+
+@pytest.mark.parametrize("name", ["resnet20_1w1a", "vgg_small_1w1a", "digits_1w1a", "imagenet_resnet18"])
+def test_num_classes(name):
+    model = models.create(name, 7)
+    assert model(_input(name)).shape == (2, 7)
+    with pytest.raises(UsageError, match="num_classes"):
+        models.create(name, num_classes=0)
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_binary_layers_are_bias_free_binary_convs(name):
+    model = models.create(name)
+    layers = reste.binary_layers(model)
+    assert layers
+    for _, m in layers:
+        assert isinstance(m, reste.BinaryConv2d) and m.bias is None
+        assert m.kernel_size == (3, 3) and m.input_precision == 1 and m.scaling == "layer"
+    # the stem, 1x1 downsample convs and the last linear stay float
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert type(first_conv) is nn.Conv2d and type(last_linear) is nn.Linear
+    assert all(m.kernel_size == (3, 3) for m in model.modules() if isinstance(m, reste.BinaryConv2d))
+
+
+@pytest.mark.parametrize("name", [n for n in COUNTS if not n.endswith("_1w1a")])
+def test_twins_are_float_with_the_same_parameters(name):
+    twin = models.create(name)
+    assert reste.binary_layers(twin) == []
+    assert reste.estimators_of(twin) == []
+    binary = models.create(models.model_info(name)["twin"])
+    shapes = {n: p.shape for n, p in twin.named_parameters()}
+    assert shapes == {n: p.shape for n, p in binary.named_parameters()}
+
+
+def test_a32_keeps_real_activations():
+    model = models.create("resnet20_1w1a", a32=True)
+    layers = reste.binary_layers(model)
+    assert len(layers) == 18
+    assert all(m.input_precision == 32 and m.input_estimator is None for _, m in layers)
+    assert all(m.weight_estimator.name == "reste" for _, m in layers)
+    rows = models.layer_summary(model, (3, 32, 32))
+    assert all(r["input_precision"] == 32 for r in rows[:-1])
+    assert rows[-1]["binary_ops"] == 0
+
+
+def test_estimator_name_and_hyperparameters_propagate():
+    model = models.create("resnet20_1w1a", estimator="ste", clip=1.25)
+    layers = reste.binary_layers(model)
+    assert len(layers) == 18
+    for _, m in layers:
+        assert isinstance(m.weight_estimator, reste.STE) and isinstance(m.input_estimator, reste.STE)
+        assert m.weight_estimator.clip == m.input_estimator.clip == 1.25
+    # every layer has its own weight and input estimators
+    assert len(reste.estimators_of(model)) == 2 * 18
+
+
+def test_estimator_instance_is_copied_per_layer():
+    proto = reste.ReSTE(o_end=2.0, t=1.2)
+    model = models.create("vgg_small_1w1a", estimator=proto)
+    ests = reste.estimators_of(model)
+    assert len(ests) == 2 * 5 and all(e is not proto for e in ests)
+    assert all(isinstance(e, reste.ReSTE) and e.config() == proto.config() for e in ests)
+    reste.set_progress(model, 5, 10)
+    assert len({e.o for e in ests}) == 1 and ests[0].o > 1
+
+
+def test_default_estimator_is_reste_with_o_schedule():
+    model = models.create("resnet20_1w1a", o_end=3.0)
+    assert all(isinstance(e, reste.ReSTE) and e.o_end == 3.0 for e in reste.estimators_of(model))
+
+
+def test_scaling_propagates_and_is_checked():
+    model = models.create("resnet20_bireal_1w1a", scaling="channel")
+    assert all(m.scaling == "channel" for _, m in reste.binary_layers(model))
+    with pytest.raises(ValueError, match="scaling"):
+        models.create("resnet20_1w1a", scaling="tensor")
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(UsageError) as err:
+        models.create("resnet21_1w1a")
+    message = str(err.value)
+    assert "\n" not in message and "resnet21_1w1a" in message
+    assert all(name in message for name in models.list_models())
+    with pytest.raises(UsageError, match="vgg_small_1w1a"):
+        models.model_info("nope")
+    assert issubclass(UsageError, ValueError)
+
+
+def test_unknown_estimator_error_propagates():
+    with pytest.raises(ValueError, match="unknown estimator 'fancy'.*reste"):
+        models.create("resnet20_1w1a", estimator="fancy")
+    with pytest.raises(ValueError, match="hyper-parameters"):
+        models.create("resnet20_1w1a", estimator="ste", nonsense=1)
+
+
+def test_model_keywords_go_to_the_model():
+    model = models.create("fmnist_vgg_1w1a", width=8, estimator="fda", w=0.5)
+    assert model.conv1.out_channels == 8 and model.conv5.out_channels == 32
+    assert all(e.w == 0.5 for e in reste.estimators_of(model))
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(UsageError, match="width"):
+        models.create("fmnist_vgg", width=0)
+
+
+def test_register_model(monkeypatch):
+    for attr in ("_MODELS", "_INFO", "_BINARY"):
+        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
+
+    @models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8), twin="tiny")
+    def tiny_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
+        return nn.Sequential(conv(1, 4, 3, 1, 1), nn.Flatten(), nn.Linear(256, num_classes))
+
+    assert {"tiny", "tiny_1w1a"} <= set(models.list_models())
+    assert models.model_info("tiny") == {
+        "dataset": "digits", "num_classes": 10, "input_size": (1, 8, 8), "binary": False, "twin": "tiny_1w1a",
+    }
+    assert isinstance(models.create("tiny_1w1a", estimator="ste")[0], reste.BinaryConv2d)
+    assert type(models.create("tiny", 3)[0]) is nn.Conv2d
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))(tiny_1w1a)
+
+
+def test_paper_initialisation():
+    torch.manual_seed(0)
+    r20 = models.create("resnet20_1w1a")
+    w = r20.layers[2][0].conv2.weight  # 64 x 64 x 3 x 3
+    assert w.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)
+    assert all((m.weight == 1).all() and (m.bias == 0).all() for m in r20.modules() if isinstance(m, nn.BatchNorm2d))
+    vgg = models.create("vgg_small_1w1a")
+    assert vgg.conv5.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 512)), rel=0.05)
+    assert vgg.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert (vgg.fc.bias == 0).all()
+
+
+def test_shortcuts():
+    r20 = models.create("resnet20_1w1a")
+    assert isinstance(r20.layers[0][0].shortcut, nn.Identity)
+    pad = r20.layers[1][0].shortcut
+    x = torch.randn(2, 16, 32, 32)
+    y = pad(x)
+    assert y.shape == (2, 32, 16, 16)
+    assert torch.equal(y[:, 8:24], x[:, :, ::2, ::2]) and (y[:, :8] == 0).all() and (y[:, 24:] == 0).all()
+    r18 = models.create("imagenet_resnet18_1w1a")
+    down = r18.layers[1][0].shortcut
+    assert isinstance(down[0], nn.Conv2d) and down[0].stride == (2, 2) and down[0].kernel_size == (1, 1)
+    assert reste.binary_layers(down) == []
+
+
+def test_bireal_differs_from_basic_block():
+    torch.manual_seed(0)
+    basic = models.create("resnet20_1w1a").eval()
+    bireal = models.create("resnet20_bireal_1w1a").eval()
+    bireal.load_state_dict(basic.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(basic(x), bireal(x))
+
+
+def test_backward_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = models.create("resnet20_bireal_1w1a")
+    model(torch.randn(4, 3, 32, 32)).logsumexp(1).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_count_parameters_uses_precision_attribute():
+    class Fake(nn.Linear):
+        precision = 1
+
+    model = nn.Sequential(Fake(4, 3), nn.Linear(3, 2))
+    assert models.count_parameters(model) == {"total": 15 + 8, "binary": 12}
+
+
+@pytest.mark.parametrize("name", ["resnet20_1w1a", "vgg_small_1w1a", "digits_1w1a", "fmnist_vgg", "resnet18_1w1a"])
+def test_layer_summary_totals(name):
+    model = models.create(name)
+    model.train()
+    rows = models.layer_summary(model, models.model_info(name)["input_size"])
+    assert model.training
+    total = rows[-1]
+    assert total["name"] == "total"
+    counts = models.count_parameters(model)
+    assert total["params"] == counts["total"] and total["binary_params"] == counts["binary"]
+    for key in ("params", "binary_params", "macs", "binary_ops", "float_bytes", "packed_bytes"):
+        assert total[key] == sum(r[key] for r in rows[:-1])
+    assert total["float_bytes"] == 4 * counts["total"]
+    n_binary = sum(r["precision"] == 1 for r in rows[:-1])
+    float_params = counts["total"] - counts["binary"]
+    assert total["packed_bytes"] == counts["binary"] // 8 + 4 * n_binary + 4 * float_params
+    assert total["binary_ops"] == sum(r["macs"] for r in rows[:-1] if r["precision"] == 1)
+    assert all(r["precision"] in (1, 32) for r in rows[:-1])
+
+
+def test_layer_summary_rows():
+    rows = {r["name"]: r for r in models.layer_summary(models.create("resnet20_1w1a", scaling="channel"), (3, 32, 32))}
+    stem = rows["stem.0"]
+    assert (stem["type"], stem["precision"], stem["params"], stem["macs"]) == ("Conv2d", 32, 432, 432 * 32 * 32)
+    conv = rows["layers.2.1.conv1"]
+    assert (conv["type"], conv["precision"], conv["input_precision"]) == ("BinaryConv2d", 1, 1)
+    assert conv["output_shape"] == (64, 8, 8)
+    assert conv["macs"] == conv["binary_ops"] == 36_864 * 64
+    assert conv["packed_bytes"] == 36_864 // 8 + 4 * 64
+    assert rows["fc"]["macs"] == 640 and rows["bn"]["macs"] == 0
+    # ResNet-20: about 41 M MACs, all but the stem and the head binary
+    assert rows["total"]["macs"] == rows["total"]["binary_ops"] + 432 * 1024 + 640
+    assert 40e6 < rows["total"]["macs"] < 42e6
+    text = models.format_summary(list(rows.values()))
+    assert "layers.2.1.conv1" in text and "269,850" in text
+
+
+@pytest.mark.parametrize("name", ["resnet20_1w1a", "vgg_small_1w1a", "resnet20_bireal_1w1a", "digits_1w1a",
+                                  "fmnist_vgg_1w1a", "resnet20"])
+def test_fx_tracing_with_binary_leaves(name):
+    torch.manual_seed(0)
+    model = models.create(name).eval()
+    graph = LeafTracer().trace(model)
+    traced = fx.GraphModule(model, graph)
+    targets = {n.target for n in graph.nodes if n.op == "call_module"}
+    assert {n for n, _ in reste.binary_layers(model)} <= targets
+    assert not any("estimator" in str(t) for t in targets)
+    x = _input(name)
+    with torch.no_grad():
+        assert torch.equal(traced(x), model(x))
+
+
+@pytest.mark.slow
+def test_digits_1w1a_learns():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    torch.manual_seed(0)
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
+    mean, std = Xtr.mean(), Xtr.std()
+
+    def tensor(a):
+        return torch.tensor((a - mean) / std, dtype=torch.float32).view(-1, 1, 8, 8)
+
+    Xtr, Xte, ytr, yte = tensor(Xtr), tensor(Xte), torch.tensor(ytr), torch.tensor(yte)
+    model = models.create("digits_1w1a")
+    epochs = 15
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for epoch in range(epochs):
+        reste.set_progress(model, epoch, epochs)
+        model.train()
+        perm = torch.randperm(len(Xtr))
+        for i in range(0, len(Xtr), 32):
+            idx = perm[i:i + 32]
+            loss = nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(Xte).argmax(1) == yte).float().mean().item()
+    assert accuracy > 0.95
