@@ -143,3 +143,10 @@ def test_presets_match_the_paper():
     assert cfg.a32 and cfg.warm_up == 0 and cfg.batch_size == 750 and cfg.epochs == 250
     for preset in PRESETS.values():  # every preset resolves to a valid config
         config_from_preset(preset.name).resolve()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_default_run_reaches_95_percent_for_other_seeds(tmp_path, seed):
+    result = engine.train(TrainConfig(seed=seed), tmp_path / "run", progress=False, log=quiet)
+    assert result["best_acc"] >= 95.0 and result["final_acc"] >= 95.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,7 @@ class TrainConfig:
     warm_up: int | None = None
     indicators: str | None = None  # None, "general" or "paper"
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # None: 0 for in-memory data sets, up to 8 processes for image files
     device: str = "auto"
     amp: str = "none"
     channels_last: bool = False
@@ -84,6 +85,7 @@ class TrainConfig:
         out = dataclasses.replace(self, estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
         defaults = dict(DATASET_DEFAULTS[self.dataset])
+        defaults["workers"] = 0 if self.dataset in ("digits", "fashion-mnist") else min(8, os.cpu_count() or 1)
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for
             defaults["warm_up"] = min(defaults["warm_up"], out.epochs - 1)
@@ -118,7 +120,7 @@ class TrainConfig:
             )
         if not 0 <= self.warm_up < self.epochs:
             raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
-        if self.workers < 0:
+        if not isinstance(self.workers, int) or self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         accepted = model_keywords(self.model)
         unknown = sorted(set(self.model_options) - set(accepted))
