@@ -1,0 +1,243 @@
+"""Packed 1-bit inference (reste.export.PackedModel) vs the float PyTorch model, on the CPU.
+
+For each model: the size report of the packed file, a correctness check (same
+predictions, max logit difference), then per batch size the latency (median of
+the runs), the throughput, the weights each engine holds and the peak memory of a
+fresh process that loads one engine and runs one batch (peak RSS over the RSS after
+the imports), side by side with the ratios.
+
+The float model is the training-time model in eval mode: binary layers compute
+conv(sign(x), sign(W) * alpha) in float32. Weights are random with batch-norm
+statistics from random batches (speed and size do not depend on training).
+
+    python benchmarks/inference.py                       # resnet20_1w1a, resnet18_1w1a; batch 1, 64
+    python benchmarks/inference.py --threads 2 --models resnet20_1w1a --batches 1 8 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the peak RSS (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _build(name: str, seed: int = 0):
+    import torch
+
+    from reste import models
+
+    torch.manual_seed(seed)
+    model = models.create(name)
+    size = tuple(models.model_info(name)["input_size"])
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(16, *size))
+    return model.eval(), size
+
+
+def child(args: argparse.Namespace) -> None:
+    """Load one engine, run one batch, print the memory figures as JSON."""
+    import numpy as np  # noqa: F401 - count the library imports in the baseline
+    import torch
+
+    import reste.export  # noqa: F401
+    from reste import models
+
+    torch.set_num_threads(args.threads)
+    if _reset_peak() and _status_mb("VmRSS") is not None:
+        base, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
+    else:  # peak since the start (includes the imports' own peak)
+        base, peak = _peak_rss_mb(), _peak_rss_mb
+    size = tuple(models.model_info(args.model)["input_size"])
+    x = torch.randn(args.batch, *size)
+    if args.child == "float":
+        model = models.create(args.model)
+        model.load_state_dict(torch.load(args.weights, weights_only=True))
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    else:
+        from reste.export import PackedModel
+
+        PackedModel.load(args.weights, backend=args.backend, threads=args.threads)(x)
+    print(json.dumps({"base_mb": base, "peak_mb": peak()}))
+
+
+def _memory(kind: str, name: str, batch: int, weights: Path, args: argparse.Namespace) -> float | None:
+    cmd = [sys.executable, __file__, "--child", kind, "--models", name, "--weights", str(weights),
+           "--batch", str(batch), "--threads", str(args.threads), "--backend", args.backend]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        return got["peak_mb"] - got["base_mb"]
+    except (subprocess.SubprocessError, ValueError, IndexError) as err:
+        print(f"  (memory measurement failed: {type(err).__name__})")
+        return None
+
+
+def _time(fns: dict, budget: float) -> dict[str, list[float]]:
+    """Interleaved runs of each function (one warm-up each), about ``budget`` seconds in all."""
+    for fn in fns.values():
+        fn()
+    first = {}
+    for key, fn in fns.items():
+        t = time.perf_counter()
+        fn()
+        first[key] = time.perf_counter() - t
+    repeats = int(max(2, min(50, budget / max(sum(first.values()), 1e-6))))
+    times = {key: [first[key]] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t)
+    return times
+
+
+def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
+    import torch
+
+    from reste.export import PackedModel, deploy_model, export_model, format_report
+
+    model, size = _build(name)
+    packed_path = tmp / f"{name}.rbnn"
+    report = export_model(model, packed_path, input_size=size, meta={"model_name": name}, verify=False)
+    float_path = tmp / f"{name}.pt"
+    torch.save(model.state_dict(), float_path)
+    packed = PackedModel.load(packed_path, backend=args.backend, threads=args.threads)
+    deploy = deploy_model(model)  # float layers with sign(W) * alpha precomputed (what ONNX gets)
+    float_weights = sum(t.numel() * t.element_size() for t in model.state_dict().values()
+                        if isinstance(t, torch.Tensor))
+
+    print(f"\n== {name} ({size[0]}x{size[1]}x{size[2]}), packed kernels: {packed.backend}, "
+          f"{args.threads} thread(s)")
+    print(format_report(report))
+    x = torch.randn(64, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+    got = torch.from_numpy(packed(x))
+    same = bool((ref.argmax(1) == got.argmax(1)).all())
+    print(f"check           64 random images: predictions {'identical' if same else 'DIFFERENT'}, "
+          f"max |logit diff| {float((ref - got).abs().max()):.2e}")
+
+    rows = []
+    for batch in args.batches:
+        xb = torch.randn(batch, *size)
+
+        def run_float(xb=xb):
+            with torch.no_grad():
+                model(xb)
+
+        def run_deploy(xb=xb):
+            with torch.no_grad():
+                deploy(xb)
+
+        times = _time({"float": run_float, "deploy": run_deploy, "packed": lambda xb=xb: packed(xb)}, args.budget)
+        row = {"model": name, "batch": batch}
+        for key in ("float", "deploy", "packed"):
+            med = statistics.median(times[key])
+            row[f"{key}_ms"] = 1000 * med
+            row[f"{key}_ips"] = batch / med
+            row[f"{key}_runs"] = len(times[key])
+        row["float_weights_mb"] = float_weights / 2**20
+        row["packed_weights_mb"] = packed.weight_bytes / 2**20
+        if not args.no_memory:
+            row["float_peak_mb"] = _memory("float", name, batch, float_path, args)
+            row["packed_peak_mb"] = _memory("packed", name, batch, packed_path, args)
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict], memory: bool) -> None:
+    head = (f"{'model':15s} {'batch':>5s} | {'latency ms':>32s} {'x':>6s} | {'images/s':>19s} {'x':>6s} | "
+            f"{'weights MB':>15s} {'x':>6s}" + (f" | {'peak MB':>15s} {'x':>6s}" if memory else ""))
+    sub = (f"{'':15s} {'':5s} | {'float':>10s} {'float*':>10s} {'packed':>10s} {'':6s} | {'float':>9s} "
+           f"{'packed':>9s} {'':6s} | {'float':>7s} {'packed':>7s} {'':6s}"
+           + (f" | {'float':>7s} {'packed':>7s} {'':6s}" if memory else ""))
+    print("\n" + head + "\n" + sub + "\n" + "-" * len(head))
+    for r in rows:
+        line = (f"{r['model']:15s} {r['batch']:5d} | {r['float_ms']:10.2f} {r['deploy_ms']:10.2f} "
+                f"{r['packed_ms']:10.2f} {r['float_ms'] / r['packed_ms']:5.1f}x | {r['float_ips']:9.1f} "
+                f"{r['packed_ips']:9.1f} {r['packed_ips'] / r['float_ips']:5.1f}x | "
+                f"{r['float_weights_mb']:7.2f} {r['packed_weights_mb']:7.2f} "
+                f"{r['float_weights_mb'] / r['packed_weights_mb']:5.1f}x")
+        if memory:
+            fp, pp = r.get("float_peak_mb"), r.get("packed_peak_mb")
+            ratio = f"{fp / pp:5.1f}x" if fp and pp else "  n/a "
+            line += f" | {_fmt(fp, '7.1f')} {_fmt(pp, '7.1f')} {ratio}"
+        print(line)
+    print("x = float / packed (images/s: packed / float), higher is better for the packed engine. float: the "
+          "training-time model in eval mode; float*: the same with sign(W) * alpha precomputed (reference "
+          "only). Latency: median of the runs. Peak MB: peak RSS of a fresh process while it loads the "
+          "engine and runs one batch, over its RSS after the imports.")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet20_1w1a", "resnet18_1w1a"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for both engines (default 1: stable numbers on a shared machine)")
+    p.add_argument("--backend", default="auto", choices=("auto", "c", "numpy"))
+    p.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per model and batch size")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--child", choices=("float", "packed"), help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        args.model = args.models[0]
+        child(args)
+        return
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            rows += bench_model(name, args, Path(tmp))
+    print_table(rows, not args.no_memory)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The ``export`` and ``predict`` sub-commands (registered by ``reste.cli`` via ``add_commands``).
+
+    reste export CHECKPOINT OUT [--onnx [PATH]]    packed 1-bit file (+ ONNX), prints the size report
+    reste predict EXPORTED --dataset NAME [--data-path P]   accuracy of the packed engine on the test split
+    reste predict EXPORTED IMAGES.npy [--labels L.npy] [--output P.npy]   predictions for preprocessed images
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+
+def add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser("export", help="write a checkpoint as a bit-packed 1-bit model (and ONNX)",
+                              description="Pack every binary weight 8 per byte, fold the batch norms that "
+                                          "fold exactly, and write one file that `reste predict` (or "
+                                          "reste.export.PackedModel) runs without the training code.")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its last.pt)")
+    p.add_argument("out", help="the packed file to write (e.g. model.rbnn)")
+    p.add_argument("--onnx", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write ONNX (default path: OUT with the suffix .onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("predict", help="run a packed model (XOR/popcount inference on the CPU)",
+                              description="Run a file written by `reste export`. With --dataset, prints the "
+                                          "test accuracy; with IMAGES.npy (preprocessed float (N, C, H, W)), "
+                                          "writes the predicted classes (and prints the accuracy with --labels).")
+    p.add_argument("exported", help="a file written by `reste export`")
+    p.add_argument("images", nargs="?", help="a .npy array of preprocessed images (N, C, H, W)")
+    p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
+    p.add_argument("--data-path", "--data_path", dest="data_path")
+    p.add_argument("--labels", help="a .npy array of the labels of IMAGES.npy")
+    p.add_argument("--output", "-o", help="where to write the predictions (.npy; default IMAGES.pred.npy)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    p.add_argument("--backend", choices=("auto", "c", "numpy"), default="auto",
+                   help="XOR/popcount kernels: compiled C (auto when a compiler exists) or NumPy")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .exporter import export_checkpoint, format_report
+
+    out = Path(args.out)
+    onnx_path = None
+    if args.onnx is not None:
+        onnx_path = Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
+        if onnx_path.resolve() == out.resolve():
+            raise UsageError(f"the ONNX path {onnx_path} is the packed file itself; pass another --onnx PATH")
+    report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path)
+    print(f"wrote {out}")
+    print(format_report(report))
+    if "onnx" in report:
+        o = report["onnx"]
+        check = ""
+        if "max_abs_diff" in o:
+            check = (f"; onnxruntime max |logit diff| {o['max_abs_diff']:.2e}, predictions "
+                     f"{'identical' if o['same_predictions'] else 'DIFFERENT'}")
+        print(f"wrote {o['path']} ({o['bytes']:,} bytes, {o['exporter']} exporter{check})")
+    return 0
+
+
+def _load_npy(path: str, what: str) -> Any:
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} file {p} does not exist")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UsageError(f"{p} is not a readable .npy array ({str(err).splitlines()[0][:100]})") from None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .runtime import PackedModel
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.images and args.dataset:
+        raise UsageError("pass either IMAGES.npy or --dataset, not both")
+    model = PackedModel.load(args.exported, backend=args.backend)
+    if args.images:
+        images = _load_npy(args.images, "images")
+        if images.ndim != 4 or not np.issubdtype(images.dtype, np.number):
+            raise UsageError(f"{args.images} must hold preprocessed float images (N, C, H, W), got shape "
+                             f"{images.shape} of {images.dtype}")
+        start = time.perf_counter()
+        pred = model.predict(images.astype(np.float32), batch_size=args.batch_size)
+        seconds = time.perf_counter() - start
+        out = Path(args.output) if args.output else Path(args.images).with_suffix(".pred.npy")
+        np.save(out, pred)
+        line = f"{len(pred)} predictions written to {out} ({seconds:.2f} s, {model.backend} kernels)"
+        if args.labels:
+            labels = _load_npy(args.labels, "labels").reshape(-1)
+            if len(labels) != len(pred):
+                raise UsageError(f"{args.labels} has {len(labels)} labels for {len(pred)} images")
+            line += f"; accuracy {100.0 * float((pred == labels).mean()):.2f}%"
+        print(line)
+        return 0
+    dataset = args.dataset or model.meta.get("dataset")
+    if not dataset:
+        raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")
+    from ..data import load_datasets, make_loaders
+
+    train_ds, test_ds, info = load_datasets(dataset, args.data_path)
+    _, loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size, eval_batch_size=args.batch_size)
+    correct = total = 0
+    start = time.perf_counter()
+    for images, labels in loader:
+        pred = model.forward(images).argmax(1)
+        correct += int((pred == labels).sum())
+        total += int(labels.numel())
+    seconds = time.perf_counter() - start
+    if total == 0:
+        raise UsageError("the test set is empty; check --data-path")
+    stored = model.meta.get("best_acc")
+    extra = f" (checkpoint best: {stored:.2f}%)" if isinstance(stored, (int, float)) else ""
+    print(f"{model.meta.get('model_name') or Path(args.exported).name} on {info.name} test: "
+          f"top-1 {100.0 * correct / total:.2f}% of {total} images{extra} "
+          f"({seconds:.2f} s, {model.backend} kernels)")
+    return 0

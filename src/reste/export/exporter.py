@@ -1,0 +1,227 @@
+"""``export_model`` / ``export_checkpoint``: write a packed-model file and report its size.
+
+The size report compares the file with the float model:
+
+* ``float_bytes``: the bytes of the model's float ``state_dict`` tensors (parameters and
+  batch-norm statistics, as a float checkpoint stores them);
+* ``bound = float_bytes / (binary_weights / 8 + fp_bytes)``: the best ratio for this
+  content, where ``fp_bytes`` are the float32 tensors the file must hold (float
+  layers with batch norms folded, alphas, the remaining per-channel affines);
+* ``ratio = float_bytes / file_bytes`` and ``gap = 1 - ratio / bound``: what the
+  header and the byte rounding of the bit tensors cost;
+* ``param_bound = 4 P / (B / 8 + 4 (P - B))`` for P parameters of which B are
+  binary: the same bound from parameter counts alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from . import format as fmt
+from .graph import TENSOR_KEYS, Bits, to_graph
+
+FORMAT_NAME = "reste-packed"
+_DROP_KEYS = ("bn1d",)
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def _serialize(nodes: list[dict[str, Any]], writer: fmt.Writer) -> list[dict[str, Any]]:
+    out = []
+    for node in nodes:
+        item = {}
+        for key, value in node.items():
+            if key in _DROP_KEYS:
+                continue
+            if key in TENSOR_KEYS.get(node["op"], ()):
+                if value is None:
+                    item[key] = None
+                elif isinstance(value, Bits):
+                    item[key] = writer.add("bits", value.array)
+                else:
+                    item[key] = writer.add("f32", value)
+            else:
+                item[key] = value
+        out.append(item)
+    return out
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    binary = sum(m.weight.numel() for m in model.modules() if getattr(m, "precision", 32) == 1)
+    return {"total": total, "binary": binary}
+
+
+def _state_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_size: tuple[int, int, int] | None = None,
+    meta: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Write ``model`` (its eval-mode forward) to one packed-model file; returns the size report.
+
+    Args:
+        model: a model of float layers and reste binary layers (torch.fx-traceable).
+        path: the file to write.
+        input_size: (C, H, W), stored in the file; with ``verify`` the packed engine and
+            the model then run on 4 random images and the report gets ``verify``
+            (max abs logit difference, whether the predictions agree).
+        meta: free-form JSON-safe information stored in the header (model name, data set, ...).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        nodes, output, folded = to_graph(model)
+        if input_size is not None:
+            nodes[0]["shape"] = [int(s) for s in input_size]
+        writer = fmt.Writer()
+        header = {"format": FORMAT_NAME, "meta": _json_safe(meta or {}), "nodes": _serialize(nodes, writer),
+                  "output": output}
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+        if path.is_dir():
+            raise UsageError(f"cannot write {path}: it is a folder; pass a file name")
+        file_bytes = writer.write(path, header)
+        report = size_report(model, writer.tensor_bytes(), file_bytes)
+        report.update(path=str(path), folded_batch_norms=folded,
+                      binary_layers=sum(1 for n in nodes if n["op"] in ("bconv", "blinear")),
+                      affine_ops=sum(1 for n in nodes if n["op"] == "affine"))
+        if verify and input_size is not None:
+            report["verify"] = verify_export(model, path, input_size)
+    finally:
+        model.train(was_training)
+    return report
+
+
+def size_report(model: nn.Module, tensor_bytes: dict[str, int], file_bytes: int) -> dict[str, Any]:
+    counts = parameter_counts(model)
+    float_bytes = _state_bytes(model)
+    binary = tensor_bytes["binary_values"]
+    ideal = binary / 8 + tensor_bytes["f32"]
+    bound = float_bytes / ideal
+    ratio = float_bytes / file_bytes
+    p, b = counts["total"], counts["binary"]
+    return {
+        "params": p,
+        "binary_params": b,
+        "float_bytes": float_bytes,
+        "file_bytes": file_bytes,
+        "binary_bytes": tensor_bytes["bits"],
+        "fp_bytes": tensor_bytes["f32"],
+        "header_bytes": file_bytes - tensor_bytes["bits"] - tensor_bytes["f32"],
+        "bound": bound,
+        "ratio": ratio,
+        "gap": 1.0 - ratio / bound,
+        "param_bound": 4 * p / (b / 8 + 4 * (p - b)) if p else math.nan,
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The size report as a few lines of text."""
+    lines = [
+        f"parameters      {r['params']:,} ({r['binary_params']:,} binary)",
+        f"float model     {r['float_bytes']:,} bytes (state_dict)",
+        f"packed file     {r['file_bytes']:,} bytes = {r['binary_bytes']:,} bits + {r['fp_bytes']:,} float32 "
+        f"+ {r['header_bytes']:,} header",
+        f"compression     {r['ratio']:.2f}x  (bound {r['bound']:.2f}x, gap {100 * r['gap']:.2f}%; "
+        f"from parameter counts {r['param_bound']:.2f}x)",
+    ]
+    if "folded_batch_norms" in r:
+        lines.append(f"graph           {r['binary_layers']} binary layers, {r['folded_batch_norms']} batch norms "
+                     f"folded, {r['affine_ops']} kept as affine")
+    if "verify" in r:
+        v = r["verify"]
+        lines.append(f"check           max |logit diff| {v['max_abs_diff']:.2e} on {v['images']} random images, "
+                     f"predictions {'identical' if v['same_predictions'] else 'DIFFERENT'}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, ...],
+                  images: int = 4) -> dict[str, Any]:
+    from .runtime import PackedModel
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(images, *input_size, generator=gen)
+    ref = model(x).float()
+    got = torch.from_numpy(PackedModel.load(path)(x))
+    return {"images": images, "max_abs_diff": float((ref - got).abs().max()),
+            "same_predictions": bool((ref.argmax(1) == got.argmax(1)).all())}
+
+
+def _input_size(ckpt: dict[str, Any]) -> tuple[int, int, int] | None:
+    from .. import models
+
+    try:
+        return tuple(models.model_info(ckpt["model_name"])["input_size"])
+    except (UsageError, KeyError):
+        return None
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                      onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
+    (and, with ``onnx_path``, an ONNX file); returns the size report."""
+    from .. import engine
+
+    ckpt = engine.load_checkpoint(ckpt_path)
+    model = engine.model_from_checkpoint(ckpt)
+    config = ckpt.get("config") or {}
+    dataset = ckpt.get("dataset") or (config.get("dataset") if isinstance(config, dict) else None)
+    meta = {
+        "model_name": ckpt.get("model_name"),
+        "model_options": ckpt.get("model_options"),
+        "dataset": dataset,
+        "epoch": ckpt.get("epoch"),
+        "best_acc": ckpt.get("best_acc"),
+        "source": os.path.basename(str(ckpt_path)),
+    }
+    size = _input_size(ckpt)
+    report = export_model(model, out_path, input_size=size, meta=meta)
+    if onnx_path is not None:
+        from .onnx_export import export_onnx
+
+        if size is None:
+            raise UsageError(f"cannot export {ckpt.get('model_name')!r} to ONNX: its input size is unknown")
+        report["onnx"] = export_onnx(model, onnx_path, size)
+    return report
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The header of a packed-model file (meta, nodes, tensors), without loading the model."""
+    header, _ = fmt.read(path)
+    return header
+
+
+def unpack_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of a packed-model file as float32, keyed ``"<node index>.<op>.<key>"``
+    (binary weights unpacked to +-1), for inspection."""
+    header, tensors = fmt.read(path)
+    out = {}
+    for i, node in enumerate(header["nodes"]):
+        for key in TENSOR_KEYS.get(node["op"], ()):
+            idx = node.get(key)
+            if idx is None:
+                continue
+            kind, shape, _ = header["tensors"][idx]
+            out[f"{i}.{node['op']}.{key}"] = fmt.unpack_bits(tensors[idx], tuple(shape)) if kind == "bits" \
+                else tensors[idx]
+    return out

@@ -1,0 +1,158 @@
+"""The packed-model file: one file, readable with the Python standard library and NumPy.
+
+Layout (all integers little-endian)::
+
+    bytes 0-7     magic b"RESTEBNN"
+    bytes 8-11    uint32 format version (1)
+    bytes 12-15   uint32 H, the length of the compressed header
+    bytes 16-     H bytes: zlib-compressed UTF-8 JSON header
+    (zero bytes up to a multiple of 8)
+    data          the tensors, each at ``offset`` bytes from the start of data
+
+The header holds ``meta`` (free-form: model name, data set, ...), ``tensors`` (a
+list of ``[kind, shape, offset]``) and ``nodes`` (the graph, see
+:mod:`reste.export.graph`), plus ``output`` (the index of the output node).
+
+Tensor kinds:
+
+* ``"f32"``: float32, C order, ``4 * prod(shape)`` bytes;
+* ``"bits"``: a binary weight tensor of +-1 values, ``np.packbits`` of
+  ``(w < 0).ravel()`` (bit 1 = -1, bit 0 = +1, first element in the most
+  significant bit), ``ceil(prod(shape) / 8)`` bytes.
+
+Float tensors are stored first, so they are 4-byte aligned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+
+MAGIC = b"RESTEBNN"
+VERSION = 1
+KINDS = ("f32", "bits")
+_PREFIX = struct.Struct("<8sII")
+
+
+def pack_bits(values: np.ndarray) -> np.ndarray:
+    """Sign bits of ``values`` packed 8 per byte: bit 1 where ``values < 0`` (so sign(0) = +1).
+
+    The bits are taken in C order of ``values``; the last byte is padded with zeros.
+    """
+    return np.packbits(np.asarray(values).ravel() < 0)
+
+
+def unpack_bits(packed: np.ndarray, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    """The +-1 tensor of ``shape`` (float32, or ``dtype``) that :func:`pack_bits` packed."""
+    n = math.prod(shape)
+    packed = np.asarray(packed, dtype=np.uint8).ravel()
+    if packed.size != -(-n // 8):
+        raise ValueError(f"{packed.size} packed bytes do not hold a tensor of shape {tuple(shape)}")
+    neg = np.unpackbits(packed, count=n).astype(dtype)
+    return (1 - 2 * neg).astype(dtype, copy=False).reshape(shape)
+
+
+def nbytes(kind: str, shape: tuple[int, ...]) -> int:
+    n = math.prod(shape)
+    return 4 * n if kind == "f32" else -(-n // 8)
+
+
+class Writer:
+    """Collects tensors (``add``) and writes them with a header (``write``)."""
+
+    def __init__(self) -> None:
+        self._tensors: list[tuple[str, tuple[int, ...], np.ndarray]] = []
+
+    def add(self, kind: str, array: np.ndarray) -> int:
+        """Store a tensor; ``"bits"`` packs the sign bits of ``array``. Returns its index."""
+        array = np.asarray(array)
+        shape = tuple(int(s) for s in array.shape)
+        if kind == "f32":
+            data = np.ascontiguousarray(array, dtype="<f4")
+        elif kind == "bits":
+            data = pack_bits(array)
+        else:
+            raise ValueError(f"unknown tensor kind {kind!r}; valid: {', '.join(KINDS)}")
+        self._tensors.append((kind, shape, data))
+        return len(self._tensors) - 1
+
+    def tensor_bytes(self) -> dict[str, int]:
+        """Bytes of the float tensors, of the packed bits, and the number of binary values."""
+        out = {"f32": 0, "bits": 0, "binary_values": 0}
+        for kind, shape, data in self._tensors:
+            out[kind] += data.nbytes
+            if kind == "bits":
+                out["binary_values"] += math.prod(shape)
+        return out
+
+    def write(self, path: str | os.PathLike, header: dict[str, Any]) -> int:
+        """Write the file (atomically); returns its size in bytes."""
+        order = sorted(range(len(self._tensors)), key=lambda i: self._tensors[i][0] != "f32")
+        offsets = [0] * len(self._tensors)
+        pos = 0
+        for i in order:
+            offsets[i] = pos
+            pos += self._tensors[i][2].nbytes
+        header = {**header, "tensors": [[k, list(s), offsets[i]] for i, (k, s, _) in enumerate(self._tensors)]}
+        text = json.dumps(header, separators=(",", ":"), sort_keys=False).encode("utf-8")
+        packed_header = zlib.compress(text, 9)
+        prefix = _PREFIX.pack(MAGIC, VERSION, len(packed_header))
+        pad = -(len(prefix) + len(packed_header)) % 8
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(prefix)
+                f.write(packed_header)
+                f.write(b"\0" * pad)
+                for i in order:
+                    f.write(self._tensors[i][2].tobytes())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path.stat().st_size
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The header and the tensors of a packed-model file (``"bits"`` tensors stay packed, uint8).
+
+    Raises ``UsageError`` (one line) when the file is missing or is not a packed model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"exported model {path} does not exist; create one with `reste export CHECKPOINT OUT`")
+    blob = path.read_bytes()
+    if len(blob) < _PREFIX.size or blob[:8] != MAGIC:
+        raise UsageError(f"{path} is not a reste packed model (no {MAGIC.decode()} header); "
+                         "create one with `reste export CHECKPOINT OUT`")
+    _, version, hlen = _PREFIX.unpack_from(blob)
+    if version > VERSION:
+        raise UsageError(f"{path} was written by a newer reste (format {version}); upgrade reste")
+    start = _PREFIX.size
+    try:
+        header = json.loads(zlib.decompress(blob[start:start + hlen]).decode("utf-8"))
+        data_start = start + hlen + (-(start + hlen) % 8)
+        tensors = []
+        for kind, shape, offset in header["tensors"]:
+            size = nbytes(kind, tuple(shape))
+            lo = data_start + int(offset)
+            if kind not in KINDS or lo + size > len(blob):
+                raise ValueError("tensor out of range")
+            raw = np.frombuffer(blob, dtype="<f4" if kind == "f32" else np.uint8,
+                                count=size // 4 if kind == "f32" else size, offset=lo)
+            tensors.append(raw.reshape(shape).astype(np.float32) if kind == "f32" else raw.copy())
+        header["nodes"], header["output"]  # noqa: B018 - presence check
+    except (zlib.error, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{path} is a truncated or corrupted packed model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:100] if str(err) else 'bad header'})") from None
+    return header, tensors

@@ -1,0 +1,434 @@
+"""From an eval-mode PyTorch model to a graph of simple ops.
+
+``to_graph(model)`` traces the model with ``torch.fx`` (binary layers and estimators
+are leaves) and turns every call into one node: a dict with ``op``, ``in`` (indices
+of earlier nodes; node 0 is the input) and the op's attributes. Tensors are numpy
+arrays in the node (``Bits`` for binary weights) until the file is written.
+
+Ops and attributes (``pad`` is ``[top, bottom, left, right]``):
+
+    input
+    conv      w, b, stride, pad, dil, groups              float convolution
+    bconv     w (bits), alpha, b, stride, pad, dil, bin_in  y = conv(sign(x) or x, sign(w) * alpha) + b,
+                                                           zero padding applied after sign
+    linear    w, b
+    blinear   w (bits), alpha, b, bin_in
+    affine    scale, shift                                 per channel (axis 1): a batch norm
+    relu / sign / hardtanh(lo, hi) / leaky_relu(slope) / prelu(w)
+    add                                                    two inputs
+    cat       dim
+    maxpool   k, stride, pad, dil, ceil
+    avgpool   k, stride, pad, ceil, incl, div
+    adaptive_avgpool  size
+    mean      dims, keepdim
+    flatten   start, end
+    reshape   shape (without the batch dimension)
+    slice     ranges: [start, stop, step] per dimension from 0 (null = default)
+    cpad      pads (``F.pad`` order), value                constant padding
+
+Batch norms are folded where that is exact: into the float conv or linear they
+directly follow, and into a float linear they directly precede (BatchNorm1d ->
+Linear). A batch norm after conv -> ReLU (every binary block) stays an ``affine``.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..errors import UsageError
+from ..estimators import Estimator
+
+#: The keys of each op that hold tensors.
+TENSOR_KEYS: dict[str, tuple[str, ...]] = {
+    "conv": ("w", "b"),
+    "bconv": ("w", "alpha", "b"),
+    "linear": ("w", "b"),
+    "blinear": ("w", "alpha", "b"),
+    "affine": ("scale", "shift"),
+    "prelu": ("w",),
+}
+
+
+class Bits:
+    """A binary (+-1) weight tensor to be stored packed."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if getattr(m, "precision", 32) == 1 or isinstance(m, Estimator):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
+
+
+def _conv_padding(m: nn.Conv2d) -> list[int]:
+    if m.padding_mode != "zeros":
+        raise UsageError(f"cannot export {m.__class__.__name__} with padding_mode={m.padding_mode!r}; only 'zeros'")
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            return [0, 0, 0, 0]
+        pads = []
+        for k, d in zip(m.kernel_size, m.dilation):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return pads
+    ph, pw = _pair(m.padding)
+    return [ph, ph, pw, pw]
+
+
+def _affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray]:
+    """scale, shift of an eval-mode batch norm, computed in float32 the way PyTorch does."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise UsageError("cannot export a BatchNorm without running statistics (track_running_stats=False)")
+    with torch.no_grad():
+        invstd = 1.0 / torch.sqrt(bn.running_var.float() + bn.eps)
+        scale = invstd * (bn.weight.float() if bn.weight is not None else 1.0)
+        shift = (bn.bias.float() if bn.bias is not None else 0.0) - bn.running_mean.float() * scale
+    return _np(scale), _np(shift)
+
+
+def _binary_weights(m: nn.Module) -> tuple[Bits, np.ndarray | None]:
+    with torch.no_grad():
+        w = m.weight.detach()
+        alpha = m.scale() if hasattr(m, "scale") else None
+    a = None if alpha is None else _np(alpha.reshape(-1))
+    return Bits(_np(torch.where(w < 0, -1.0, 1.0))), a
+
+
+def _module_node(m: nn.Module, name: str) -> dict[str, Any] | None:
+    """The node for a leaf module; ``None`` for modules that are the identity in eval mode."""
+    binary = getattr(m, "precision", 32) == 1
+    if isinstance(m, nn.Conv2d):
+        node: dict[str, Any] = {
+            "stride": _pair(m.stride), "pad": _conv_padding(m), "dil": _pair(m.dilation), "b": _np(m.bias),
+        }
+        if not binary:
+            return {"op": "conv", **node, "w": _np(m.weight), "groups": m.groups}
+        if m.groups != 1:
+            raise UsageError(f"cannot export {name}: grouped binary convolutions are not supported")
+        w, alpha = _binary_weights(m)
+        return {"op": "bconv", **node, "w": w, "alpha": alpha, "bin_in": getattr(m, "input_precision", 1) == 1}
+    if isinstance(m, nn.Linear):
+        if not binary:
+            return {"op": "linear", "w": _np(m.weight), "b": _np(m.bias)}
+        w, alpha = _binary_weights(m)
+        return {"op": "blinear", "w": w, "alpha": alpha, "b": _np(m.bias),
+                "bin_in": getattr(m, "input_precision", 1) == 1}
+    if binary:
+        raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported")
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        scale, shift = _affine(m)
+        return {"op": "affine", "scale": scale, "shift": shift, "bn1d": isinstance(m, nn.BatchNorm1d)}
+    if isinstance(m, Estimator):
+        return {"op": "sign"}
+    if isinstance(m, nn.ReLU):
+        return {"op": "relu"}
+    if isinstance(m, nn.ReLU6):
+        return {"op": "hardtanh", "lo": 0.0, "hi": 6.0}
+    if isinstance(m, nn.Hardtanh):
+        return {"op": "hardtanh", "lo": float(m.min_val), "hi": float(m.max_val)}
+    if isinstance(m, nn.LeakyReLU):
+        return {"op": "leaky_relu", "slope": float(m.negative_slope)}
+    if isinstance(m, nn.PReLU):
+        return {"op": "prelu", "w": _np(m.weight)}
+    if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)):
+        return None
+    if isinstance(m, nn.Flatten):
+        return {"op": "flatten", "start": m.start_dim, "end": m.end_dim}
+    if isinstance(m, nn.MaxPool2d):
+        if m.return_indices:
+            raise UsageError(f"cannot export {name}: MaxPool2d(return_indices=True)")
+        return {"op": "maxpool", "k": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size),
+                "pad": _pair(m.padding), "dil": _pair(m.dilation), "ceil": bool(m.ceil_mode)}
+    if isinstance(m, nn.AvgPool2d):
+        return _avgpool(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return {"op": "adaptive_avgpool", "size": _adaptive_size(m.output_size)}
+    raise UsageError(f"cannot export {name}: module type {type(m).__name__} is not supported; "
+                     "supported: Conv2d, Linear, binary layers, BatchNorm1d/2d, ReLU, ReLU6, Hardtanh, "
+                     "LeakyReLU, PReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Identity, Dropout")
+
+
+def _avgpool(k: Any, stride: Any, pad: Any, ceil: bool, incl: bool, div: Any) -> dict[str, Any]:
+    return {"op": "avgpool", "k": _pair(k), "stride": _pair(stride or k), "pad": _pair(pad), "ceil": bool(ceil),
+            "incl": bool(incl), "div": div}
+
+
+def _adaptive_size(size: Any) -> list[int | None]:
+    return [size, size] if isinstance(size, int) or size is None else list(size)
+
+
+class _Batch:
+    """The batch size (x.size(0) / x.shape[0]) inside a traced reshape."""
+
+
+class _Shape:
+    def __init__(self, of: int) -> None:
+        self.of = of
+
+
+_ADD = (operator.add, operator.iadd, torch.add)
+_RELU = (F.relu, torch.relu)
+
+
+def _const(v: Any, env: dict[fx.Node, Any]) -> Any:
+    if isinstance(v, fx.Node):
+        got = env.get(v)
+        if isinstance(got, (_Batch, _Shape)):
+            return got
+        raise UsageError("cannot export: a tensor is used where a constant is expected")
+    if isinstance(v, (list, tuple)):
+        return type(v)(_const(x, env) for x in v)
+    return v
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[dict[str, Any]] = []
+        self.env: dict[fx.Node, Any] = {}
+
+    def add(self, node: dict[str, Any], inputs: list[int]) -> int:
+        self.nodes.append({**node, "in": inputs})
+        return len(self.nodes) - 1
+
+    def tensor(self, arg: Any, what: str) -> int:
+        if isinstance(arg, fx.Node) and isinstance(self.env.get(arg), int):
+            return self.env[arg]
+        raise UsageError(f"cannot export {what}: an input is not a tensor computed by the model")
+
+    def run(self) -> tuple[list[dict[str, Any]], int]:
+        output = None
+        for n in self.gm.graph.nodes:
+            if n.op == "placeholder":
+                if self.nodes:
+                    raise UsageError("cannot export a model with more than one input")
+                self.env[n] = self.add({"op": "input"}, [])
+            elif n.op == "output":
+                out = n.args[0]
+                if isinstance(out, (tuple, list)):
+                    if len(out) != 1:
+                        raise UsageError("cannot export a model with more than one output")
+                    out = out[0]
+                output = self.tensor(out, "the output")
+            elif n.op == "get_attr":
+                raise UsageError(f"cannot export: the forward uses the tensor attribute {n.target!r} directly")
+            elif n.op == "call_module":
+                m = self.modules[n.target]
+                x = self.tensor(n.args[0], n.target)
+                node = _module_node(m, n.target)
+                self.env[n] = x if node is None else self.add({**node, "name": n.target}, [x])
+            elif n.op == "call_function":
+                self.env[n] = self.function(n)
+            elif n.op == "call_method":
+                self.env[n] = self.method(n)
+        assert output is not None
+        return self.nodes, output
+
+    def _kw(self, n: fx.Node, index: int, name: str, default: Any) -> Any:
+        if len(n.args) > index:
+            return _const(n.args[index], self.env)
+        return _const(n.kwargs.get(name, default), self.env)
+
+    def function(self, n: fx.Node) -> Any:
+        f, a = n.target, n.args
+        where = getattr(f, "__name__", str(f))
+        if f is getattr and isinstance(self.env.get(a[0]), int) and a[1] == "shape":
+            return _Shape(self.env[a[0]])
+        if f is operator.getitem:
+            base = self.env.get(a[0])
+            if isinstance(base, _Shape):
+                if a[1] == 0:
+                    return _Batch()
+                raise UsageError("cannot export: only the batch size (x.shape[0]) may be read from a shape")
+            return self.slice(self.tensor(a[0], where), a[1])
+        if f in _ADD:
+            if len(a) != 2 or n.kwargs.get("alpha", 1) != 1:
+                raise UsageError("cannot export: add supports two tensors only")
+            return self.add({"op": "add"}, [self.tensor(a[0], where), self.tensor(a[1], where)])
+        if f in _RELU:
+            return self.add({"op": "relu"}, [self.tensor(a[0], where)])
+        if f is F.hardtanh:
+            lo, hi = self._kw(n, 1, "min_val", -1.0), self._kw(n, 2, "max_val", 1.0)
+            return self.add({"op": "hardtanh", "lo": float(lo), "hi": float(hi)}, [self.tensor(a[0], where)])
+        if f is torch.flatten:
+            return self.add({"op": "flatten", "start": self._kw(n, 1, "start_dim", 0),
+                             "end": self._kw(n, 2, "end_dim", -1)}, [self.tensor(a[0], where)])
+        if f is F.pad:
+            mode = self._kw(n, 2, "mode", "constant")
+            if mode != "constant":
+                raise UsageError(f"cannot export F.pad(mode={mode!r}); only 'constant'")
+            value = self._kw(n, 3, "value", None)
+            return self.add({"op": "cpad", "pads": [int(p) for p in self._kw(n, 1, "pad", None)],
+                             "value": float(value or 0.0)}, [self.tensor(a[0], where)])
+        if f is torch.cat:
+            xs = [self.tensor(t, where) for t in a[0]]
+            return self.add({"op": "cat", "dim": self._kw(n, 1, "dim", 0)}, xs)
+        if f is F.adaptive_avg_pool2d:
+            return self.add({"op": "adaptive_avgpool", "size": _adaptive_size(self._kw(n, 1, "output_size", None))},
+                            [self.tensor(a[0], where)])
+        if f is F.avg_pool2d:
+            node = _avgpool(self._kw(n, 1, "kernel_size", None), self._kw(n, 2, "stride", None),
+                            self._kw(n, 3, "padding", 0), self._kw(n, 4, "ceil_mode", False),
+                            self._kw(n, 5, "count_include_pad", True), self._kw(n, 6, "divisor_override", None))
+            return self.add(node, [self.tensor(a[0], where)])
+        if f is F.max_pool2d:
+            k = self._kw(n, 1, "kernel_size", None)
+            node = {"op": "maxpool", "k": _pair(k), "stride": _pair(self._kw(n, 2, "stride", None) or k),
+                    "pad": _pair(self._kw(n, 3, "padding", 0)), "dil": _pair(self._kw(n, 4, "dilation", 1)),
+                    "ceil": bool(self._kw(n, 5, "ceil_mode", False))}
+            return self.add(node, [self.tensor(a[0], where)])
+        if f is torch.mean:
+            return self.mean(n)
+        if f in (F.dropout, F.dropout2d):
+            return self.tensor(a[0], where)
+        raise UsageError(f"cannot export: function {where} is not supported")
+
+    def method(self, n: fx.Node) -> Any:
+        name, a = n.target, n.args
+        x = self.env.get(a[0])
+        if name == "size" and isinstance(x, int):
+            dim = self._kw(n, 1, "dim", None)
+            if dim is None:
+                return _Shape(x)
+            if dim == 0:
+                return _Batch()
+            raise UsageError("cannot export: only the batch size (x.size(0)) may be read from a shape")
+        x = self.tensor(a[0], f"method {name}")
+        if name in ("contiguous", "clone", "float"):
+            return x
+        if name == "relu":
+            return self.add({"op": "relu"}, [x])
+        if name == "add":
+            return self.add({"op": "add"}, [x, self.tensor(a[1], "add")])
+        if name == "flatten":
+            return self.add({"op": "flatten", "start": self._kw(n, 1, "start_dim", 0),
+                             "end": self._kw(n, 2, "end_dim", -1)}, [x])
+        if name == "mean":
+            return self.mean(n)
+        if name in ("view", "reshape"):
+            shape = [_const(s, self.env) for s in a[1:]]
+            if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
+                shape = list(shape[0])
+            if not shape or not isinstance(shape[0], _Batch) or not all(isinstance(s, int) for s in shape[1:]):
+                raise UsageError("cannot export: view/reshape must keep the batch dimension (x.view(x.size(0), ...))")
+            return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
+        raise UsageError(f"cannot export: tensor method {name!r} is not supported")
+
+    def mean(self, n: fx.Node) -> int:
+        dims = self._kw(n, 1, "dim", None)
+        if dims is None:
+            raise UsageError("cannot export: mean over all dimensions (it would mix the batch)")
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        return self.add({"op": "mean", "dims": dims, "keepdim": bool(self._kw(n, 2, "keepdim", False))},
+                        [self.tensor(n.args[0], "mean")])
+
+    def slice(self, x: int, index: Any) -> int:
+        index = index if isinstance(index, tuple) else (index,)
+        ranges = []
+        for i, s in enumerate(index):
+            if s is Ellipsis and i == len(index) - 1:
+                break
+            if not isinstance(s, slice):
+                raise UsageError("cannot export: tensor indexing other than slices (x[:, :, ::2]) is not supported")
+            if i == 0 and s != slice(None):
+                raise UsageError("cannot export: slicing the batch dimension is not supported")
+            ranges.append([_const(s.start, self.env), _const(s.stop, self.env), _const(s.step, self.env)])
+        return self.add({"op": "slice", "ranges": ranges}, [x])
+
+
+def _users(nodes: list[dict[str, Any]], output: int) -> list[int]:
+    count = [0] * len(nodes)
+    for node in nodes:
+        for i in node["in"]:
+            count[i] += 1
+    count[output] += 1
+    return count
+
+
+def fold_batch_norms(nodes: list[dict[str, Any]], output: int) -> tuple[list[dict[str, Any]], int, int]:
+    """Fold the exactly foldable affine (batch norm) nodes; returns (nodes, output, number folded)."""
+    nodes = [dict(n) for n in nodes]
+    users = _users(nodes, output)
+    alias: dict[int, int] = {}
+    folded = 0
+    for i, node in enumerate(nodes):
+        node["in"] = [alias.get(j, j) for j in node["in"]]
+        src = nodes[node["in"][0]] if node["in"] else None
+        # conv/linear -> BN: w' = w * s (per output), b' = b * s + t
+        if node["op"] == "affine" and src is not None and src["op"] in ("conv", "linear") \
+                and users[node["in"][0]] == 1 and len(node["scale"]) == src["w"].shape[0]:
+            s, t = node["scale"].astype(np.float64), node["shift"].astype(np.float64)
+            w = src["w"].astype(np.float64)
+            b = np.zeros(w.shape[0]) if src["b"] is None else src["b"].astype(np.float64)
+            src["w"] = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+            src["b"] = (b * s + t).astype(np.float32)
+            alias[i] = node["in"][0]
+            node["op"] = None
+            folded += 1
+        # BatchNorm1d -> linear: w' = w * s (per input), b' = b + w @ t
+        elif node["op"] == "linear" and src is not None and src["op"] == "affine" and src.get("bn1d") \
+                and users[node["in"][0]] == 1 and len(src["scale"]) == node["w"].shape[1]:
+            s, t = src["scale"].astype(np.float64), src["shift"].astype(np.float64)
+            w = node["w"].astype(np.float64)
+            b = np.zeros(w.shape[0]) if node["b"] is None else node["b"].astype(np.float64)
+            node["w"] = (w * s[None, :]).astype(np.float32)
+            node["b"] = (b + w @ t).astype(np.float32)
+            node["in"] = list(src["in"])
+            src["op"] = None
+            folded += 1
+    output = alias.get(output, output)
+    return _compact(nodes, output) + (folded,)
+
+
+def _compact(nodes: list[dict[str, Any]], output: int) -> tuple[list[dict[str, Any]], int]:
+    """Drop removed and unused nodes and renumber."""
+    live = [False] * len(nodes)
+    live[output] = True
+    live[0] = True
+    for i in range(len(nodes) - 1, -1, -1):
+        if live[i] and nodes[i]["op"] is not None:
+            for j in nodes[i]["in"]:
+                live[j] = True
+    new_index: dict[int, int] = {}
+    out: list[dict[str, Any]] = []
+    for i, node in enumerate(nodes):
+        if live[i] and node["op"] is not None:
+            new_index[i] = len(out)
+            out.append({**node, "in": [new_index[j] for j in node["in"]]})
+    return out, new_index[output]
+
+
+def to_graph(model: nn.Module) -> tuple[list[dict[str, Any]], int, int]:
+    """Trace an eval-mode ``model``: (nodes, output index, number of batch norms folded)."""
+    try:
+        graph = _Tracer().trace(model)
+    except UsageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - tracing errors come in many types
+        msg = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot export: torch.fx could not trace the model ({msg})") from None
+    gm = fx.GraphModule(model, graph)
+    nodes, output = _Builder(gm).run()
+    return fold_batch_norms(nodes, output)

@@ -1,0 +1,148 @@
+"""ONNX export of the eval-mode model.
+
+Each binary layer becomes ``Where(x < 0, -1, 1)`` (sign with sign(0) = +1; omitted for
+real inputs) followed by a float Conv/Gemm whose weight is the constant
+``sign(W) * alpha``, so any ONNX runtime computes what the eval-mode model does.
+The batch dimension is dynamic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+OPSET = 18
+
+
+class OnnxSign(nn.Module):
+    """sign with sign(0) = +1, as ``torch.where`` (exports to ONNX ``Where``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+
+
+def _float_layer(m: nn.Module) -> nn.Module:
+    """A plain float layer computing the eval forward of binary layer ``m``."""
+    with torch.no_grad():
+        w = m.binary_weight().detach().clone()
+    if isinstance(m, nn.Conv2d):
+        if m.padding_mode != "zeros":
+            raise UsageError(f"cannot export padding_mode={m.padding_mode!r} to ONNX; only 'zeros'")
+        new: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                                   m.groups, bias=m.bias is not None)
+    elif isinstance(m, nn.Linear):
+        new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    else:
+        raise UsageError(f"cannot export binary layer type {type(m).__name__} to ONNX")
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if m.bias is not None:
+            new.bias.copy_(m.bias.detach())
+    if getattr(m, "input_precision", 1) == 1:
+        return nn.Sequential(OnnxSign(), new)
+    return new
+
+
+def deploy_model(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every binary layer replaced by sign + a float layer."""
+    from ..estimators import Estimator
+
+    model = copy.deepcopy(model).eval()
+    replaced: list[str] = []
+    for name, m in list(model.named_modules()):
+        if any(name.startswith(prefix + ".") for prefix in replaced):
+            continue  # inside a layer already replaced (its estimators)
+        replacement = None
+        if getattr(m, "precision", 32) == 1:
+            replacement = _float_layer(m)
+        elif isinstance(m, Estimator):
+            replacement = OnnxSign()
+        if replacement is not None and name:
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, replacement)
+            replaced.append(name)
+    return model.eval()
+
+
+def _export(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool) -> None:
+    kwargs: dict[str, Any] = dict(input_names=["images"], output_names=["logits"], opset_version=OPSET)
+    if dynamo:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=65536)},)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (x,), dynamo=True, external_data=False, **kwargs)
+        program.save(str(path))
+    else:
+        kwargs["dynamic_axes"] = {"images": {0: "batch"}, "logits": {0: "batch"}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(path), dynamo=False, do_constant_folding=True, **kwargs)
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, ...], *,
+                check: bool = True) -> dict[str, Any]:
+    """Write the eval-mode ``model`` as ONNX (input ``images`` (N, *input_size), output ``logits``).
+
+    Tries the TorchScript exporter, then the dynamo exporter. With ``check`` (and
+    onnxruntime installed) the file is run on 4 random images against the model.
+    Returns ``{"path", "bytes", "exporter", "max_abs_diff", "same_predictions"}``.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    deploy = deploy_model(model)
+    x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    errors = []
+    for exporter, dynamo in (("torchscript", False), ("dynamo", True)):
+        try:
+            with torch.no_grad():
+                _export(deploy, x, path, dynamo)
+            break
+        except Exception as err:  # noqa: BLE001 - fall back to the other exporter
+            errors.append(f"{exporter}: {str(err).strip().splitlines()[0][:150] if str(err).strip() else err!r}")
+    else:
+        raise UsageError(f"ONNX export failed ({'; '.join(errors)})")
+    info: dict[str, Any] = {"path": str(path), "bytes": path.stat().st_size, "exporter": exporter}
+    if check:
+        info.update(check_onnx(model, path, input_size))
+    return info
+
+
+@torch.no_grad()
+def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, ...],
+               images: int = 4) -> dict[str, Any]:
+    """Run an ONNX file with onnxruntime against ``model`` on random images (empty if no onnxruntime)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(images, *input_size, generator=torch.Generator().manual_seed(1))
+    was_training = model.training
+    model.eval()
+    ref = model(x).float()
+    model.train(was_training)
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    return {"max_abs_diff": float((ref - got).abs().max()),
+            "same_predictions": bool((ref.argmax(1) == got.argmax(1)).all())}
+
+
+def run_onnx(path: str | os.PathLike, images: Any) -> Any:
+    """Logits of an ONNX file for a batch of images (numpy), with onnxruntime."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: np.asarray(images, dtype=np.float32)})[0]
+

@@ -1,0 +1,295 @@
+"""``PackedModel``: CPU inference from a packed-model file, binary layers on packed bits.
+
+Binary layers with binary inputs run as XOR/popcount GEMMs on bits
+(:mod:`reste.export.kernels`); binary layers with real inputs (1W/32A) and every
+float op run in PyTorch on float32 (weights unpacked to ``sign * alpha``).
+Activations are kept channels-last, so the binary layers read and write NHWC
+without copies. Needs only NumPy and PyTorch, not the training code.
+
+>>> model = PackedModel.load("resnet20.rbnn")
+>>> logits = model(images)            # (N, C, H, W) -> (N, classes) numpy float32
+>>> labels = model.predict(images)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+from . import format as fmt
+from .graph import TENSOR_KEYS
+from .kernels import conv_weight_words, get_kernels, pack_rows, padding_correction
+
+
+def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    return (size + pad - dil * (k - 1) - 1) // stride + 1
+
+
+class _BinaryConv:
+    """conv(sign(x), sign(w) * alpha) + b [-> ReLU -> affine] on packed bits."""
+
+    def __init__(self, node: dict[str, Any], signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray,
+                 post: tuple[np.ndarray, np.ndarray] | None, kernels: Any) -> None:
+        self.out_channels, self.in_channels, kh, kw = signs.shape
+        self.kernel = (kh, kw)
+        self.stride, self.pad, self.dil = tuple(node["stride"]), tuple(node["pad"]), tuple(node["dil"])
+        self.words, s = conv_weight_words(signs)
+        self.s = s
+        self.k = self.in_channels * kh * kw
+        self.row_bytes = self.words.shape[1] * 8
+        self.alpha, self.bias, self.post = alpha, bias, post
+        self.kernels = kernels
+        self._corr: dict[tuple[int, int], np.ndarray | None] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise UsageError(f"a binary convolution expects {self.in_channels} channels, got {c}")
+        pt, pb, pl, pr = self.pad
+        oh = _out_size(h, self.kernel[0], self.stride[0], pt + pb, self.dil[0])
+        ow = _out_size(w, self.kernel[1], self.stride[1], pl + pr, self.dil[1])
+        if (h, w) not in self._corr:
+            self._corr[(h, w)] = padding_correction(self.s, self.kernel, (h, w), self.pad, self.stride, self.dil,
+                                                    (oh, ow))
+        nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
+        packed = self.kernels.pack_signs(nhwc, self.pad)
+        cols = self.kernels.im2col(packed, self.kernel, self.stride, self.dil, (oh, ow), self.row_bytes)
+        out = self.kernels.gemm(cols.view(np.uint64), self.words, self.k, self._corr[(h, w)], self.alpha,
+                                self.bias, self.post)
+        return torch.from_numpy(out).view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+
+
+class _BinaryLinear:
+    """linear(sign(x), sign(w) * alpha) + b on packed bits."""
+
+    def __init__(self, signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray,
+                 post: tuple[np.ndarray, np.ndarray] | None, kernels: Any) -> None:
+        self.out_features, self.in_features = signs.shape
+        self.words = pack_rows(signs < 0)
+        self.alpha, self.bias, self.post, self.kernels = alpha, bias, post, kernels
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise UsageError(f"a binary linear layer expects (N, {self.in_features}) inputs, got {tuple(x.shape)}")
+        packed = self.kernels.pack_signs(x.contiguous().numpy()[:, None, None, :], (0, 0, 0, 0))
+        rows = packed.reshape(x.shape[0], -1)
+        a = np.zeros((x.shape[0], self.words.shape[1] * 8), dtype=np.uint8)
+        a[:, : rows.shape[1]] = rows
+        out = self.kernels.gemm(a.view(np.uint64), self.words, self.in_features, None, self.alpha, self.bias,
+                                self.post)
+        return torch.from_numpy(out)
+
+
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+
+
+def _channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v.view((1, -1) + (1,) * (ndim - 2))
+
+
+class PackedModel:
+    """A packed-model file loaded for inference (see :func:`reste.export.export_model`).
+
+    Args of :meth:`load`: ``backend`` (``"auto"``, ``"c"``, ``"numpy"``) picks the
+    XOR/popcount kernels; ``threads`` their thread count (default: torch's).
+    """
+
+    def __init__(self, header: dict[str, Any], tensors: list[np.ndarray], *, backend: str = "auto",
+                 threads: int | None = None) -> None:
+        self.header = header
+        self.meta: dict[str, Any] = header.get("meta", {})
+        self.kernels = get_kernels(backend, threads)
+        self.backend = self.kernels.name
+        nodes = header["nodes"]
+        self._output = int(header["output"])
+        users = [0] * len(nodes)
+        for node in nodes:
+            for i in node["in"]:
+                users[i] += 1
+        users[self._output] += 1
+        self._steps: list[tuple[int, list[int], Callable[..., torch.Tensor]]] = []
+        self.weight_bytes = 0  # bytes of the weights the engine holds (packed words, floats)
+        skip: set[int] = set()
+        for i, node in enumerate(nodes):
+            if i in skip:
+                continue
+            t = {k: (None if node.get(k) is None else tensors[node[k]]) for k in TENSOR_KEYS.get(node["op"], ())}
+            inputs = list(node["in"])
+            target = i
+            post = None
+            if node["op"] in ("bconv", "blinear") and node["bin_in"]:
+                # fuse bconv -> relu -> affine into one kernel epilogue
+                relu = self._sole_user(nodes, users, i, "relu")
+                aff = self._sole_user(nodes, users, relu, "affine") if relu is not None else None
+                if aff is not None:
+                    post = (np.ascontiguousarray(tensors[nodes[aff]["scale"]], np.float32),
+                            np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
+                    skip.update((relu, aff))
+                    target = aff  # the fused step produces the affine's value
+            self._steps.append((target, inputs, self._build(node, t, post)))
+        self._last_use = self._free_plan()
+
+    @staticmethod
+    def _sole_user(nodes: list[dict[str, Any]], users: list[int], i: int, op: str) -> int | None:
+        if users[i] != 1:
+            return None
+        for j in range(i + 1, len(nodes)):
+            if i in nodes[j]["in"]:
+                return j if nodes[j]["op"] == op else None
+        return None
+
+    def _free_plan(self) -> list[list[int]]:
+        """For each step, the values it reads for the last time (freed after it)."""
+        last = {}
+        for step, (_, inputs, _) in enumerate(self._steps):
+            for j in inputs:
+                last[j] = step
+        plan: list[list[int]] = [[] for _ in self._steps]
+        for j, step in last.items():
+            if j != self._output:
+                plan[step].append(j)
+        return plan
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, backend: str = "auto", threads: int | None = None) -> "PackedModel":
+        get_kernels(backend, threads)  # a bad backend is the caller's error, not the file's
+        header, tensors = fmt.read(path)
+        try:
+            return cls(header, tensors, backend=backend, threads=threads)
+        except UsageError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise UsageError(f"{path} is a corrupted packed model ({type(err).__name__}: {err})") from None
+
+    # ------------------------------------------------------------------ op builders
+
+    def _build(self, node: dict[str, Any], t: dict[str, np.ndarray | None],
+               post: tuple[np.ndarray, np.ndarray] | None) -> Callable[..., torch.Tensor]:
+        op = node["op"]
+        tt = {k: None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+              for k, v in t.items()}
+        if op not in ("bconv", "blinear"):
+            self.weight_bytes += sum(v.numel() * 4 for v in tt.values() if v is not None)
+        if op == "input":
+            return lambda x: x
+        if op in ("bconv", "blinear"):
+            signs = fmt.unpack_bits(t["w"], tuple(self.header["tensors"][node["w"]][1]), np.int8)
+            out_ch = signs.shape[0]
+            alpha = np.ones(out_ch, np.float32) if t["alpha"] is None else \
+                np.broadcast_to(t["alpha"].astype(np.float32), (out_ch,)).copy()
+            bias = np.zeros(out_ch, np.float32) if t["b"] is None else t["b"].astype(np.float32)
+            if node["bin_in"]:
+                layer = (_BinaryConv(node, signs, alpha, bias, post, self.kernels) if op == "bconv"
+                         else _BinaryLinear(signs, alpha, bias, post, self.kernels))
+                held = [layer.words, alpha, bias, getattr(layer, "s", None), *(post or ())]
+                self.weight_bytes += sum(a.nbytes for a in held if a is not None)
+                return layer
+            # real inputs (1W/32A): float op with the unpacked weights
+            w = torch.from_numpy(signs.astype(np.float32) * alpha.reshape((-1,) + (1,) * (signs.ndim - 1)))
+            b = torch.from_numpy(bias) if t["b"] is not None else None
+            self.weight_bytes += w.numel() * 4 + (bias.nbytes if b is not None else 0)
+            if op == "blinear":
+                return lambda x: F.linear(x, w, b)
+            return self._conv(node, w, b, 1)
+        if op == "conv":
+            return self._conv(node, tt["w"], tt["b"], node["groups"])
+        if op == "linear":
+            w, b = tt["w"], tt["b"]
+            return lambda x: F.linear(x, w, b)
+        if op == "affine":
+            s, sh = tt["scale"], tt["shift"]
+            return lambda x: x * _channel(s, x.dim()) + _channel(sh, x.dim())
+        if op == "relu":
+            return torch.relu
+        if op == "sign":
+            return _sign
+        if op == "hardtanh":
+            lo, hi = node["lo"], node["hi"]
+            return lambda x: F.hardtanh(x, lo, hi)
+        if op == "leaky_relu":
+            slope = node["slope"]
+            return lambda x: F.leaky_relu(x, slope)
+        if op == "prelu":
+            w = tt["w"]
+            return lambda x: F.prelu(x, w)
+        if op == "add":
+            return torch.add
+        if op == "cat":
+            dim = node["dim"]
+            return lambda *xs: torch.cat(xs, dim)
+        if op == "maxpool":
+            k, s, p, d, c = node["k"], node["stride"], node["pad"], node["dil"], node["ceil"]
+            return lambda x: F.max_pool2d(x, k, s, p, d, c)
+        if op == "avgpool":
+            k, s, p, c, inc, div = node["k"], node["stride"], node["pad"], node["ceil"], node["incl"], node["div"]
+            return lambda x: F.avg_pool2d(x, k, s, p, c, inc, div)
+        if op == "adaptive_avgpool":
+            size = node["size"]
+            return lambda x: F.adaptive_avg_pool2d(x, size)
+        if op == "mean":
+            dims, keep = node["dims"], node["keepdim"]
+            return lambda x: x.mean(dim=dims, keepdim=keep)
+        if op == "flatten":
+            start, end = node["start"], node["end"]
+            return lambda x: torch.flatten(x, start, end)
+        if op == "reshape":
+            shape = node["shape"]
+            return lambda x: x.reshape(x.shape[0], *shape)
+        if op == "slice":
+            index = tuple(slice(*r) for r in node["ranges"])
+            return lambda x: x[index]
+        if op == "cpad":
+            pads, value = node["pads"], node["value"]
+            return lambda x: F.pad(x, pads, "constant", value)
+        raise UsageError(f"unknown op {op!r} in the packed model; it needs a newer reste")
+
+    @staticmethod
+    def _conv(node: dict[str, Any], w: torch.Tensor, b: torch.Tensor | None, groups: int) -> Callable:
+        pt, pb, pl, pr = node["pad"]
+        stride, dil = node["stride"], node["dil"]
+        if pt == pb and pl == pr:
+            return lambda x: F.conv2d(x, w, b, stride, (pt, pl), dil, groups)
+        return lambda x: F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, stride, 0, dil, groups)
+
+    # --------------------------------------------------------------------- running
+
+    @torch.no_grad()
+    def forward(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits as a float32 CPU tensor."""
+        x = torch.as_tensor(images).detach().to("cpu", torch.float32)
+        size = self.input_size
+        if size and (x.dim() != len(size) + 1 or x.shape[1] != size[0]):
+            raise UsageError(f"the model expects images of shape (N, {', '.join(map(str, size))}), "
+                             f"got {tuple(x.shape)}")
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        values: dict[int, torch.Tensor] = {}
+        for step, (target, inputs, fn) in enumerate(self._steps):
+            values[target] = fn(x) if not inputs else fn(*(values[j] for j in inputs))
+            for j in self._last_use[step]:
+                values.pop(j, None)
+        return values[self._output]
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Logits (N, classes) as a float32 numpy array for a batch of (N, C, H, W) images."""
+        return self.forward(images).contiguous().numpy()
+
+    def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Class indices (int64) for the images, computed in batches."""
+        out = [self.forward(images[i:i + batch_size]).argmax(1).numpy() for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    @property
+    def input_size(self) -> tuple[int, ...] | None:
+        size = self.header["nodes"][0].get("shape")
+        return tuple(size) if size else None
+
+    def __repr__(self) -> str:
+        n = sum(1 for node in self.header["nodes"] if node["op"] in ("bconv", "blinear"))
+        return f"PackedModel({self.meta.get('model_name', '?')}, {n} binary layers, backend={self.backend})"

@@ -1,0 +1,397 @@
+"""Bit-packed export, XOR/popcount inference and ONNX export (reste.export)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reste
+from reste import models
+from reste.errors import UsageError
+from reste.export import PackedModel, export_model, export_onnx, format_report, pack_bits, unpack_bits
+from reste.export import kernels as K
+
+BACKENDS = ["numpy"] + (["c"] if K.c_kernel_error() is None else [])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is faster, and much faster on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _calibrate(model: nn.Module, size: tuple[int, ...], batches: int = 3, seed: int = 0) -> nn.Module:
+    """Random weights, batch-norm statistics from a few random batches, eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(16, *size, generator=gen))
+    return model.eval()
+
+
+def _export_and_load(model: nn.Module, tmp_path, size, backend: str, name: str = "m.rbnn") -> PackedModel:
+    export_model(model, tmp_path / name, input_size=size, verify=False)
+    return PackedModel.load(tmp_path / name, backend=backend)
+
+
+# ------------------------------------------------------------------ bit packing
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (3, 5), (16, 3, 3, 3), (5, 13, 3, 3)])
+def test_pack_unpack_round_trip(shape):
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(*shape, generator=gen).numpy()
+    w.flat[0] = 0.0  # sign(0) = +1
+    packed = pack_bits(w)
+    assert packed.dtype == np.uint8 and packed.size == -(-w.size // 8)
+    signs = unpack_bits(packed, shape)
+    assert signs.shape == shape and signs.dtype == np.float32
+    np.testing.assert_array_equal(signs, reste.sign(torch.from_numpy(w)).numpy())
+    assert signs.flat[0] == 1.0
+
+
+def test_unpack_rejects_wrong_size():
+    with pytest.raises(ValueError, match="do not hold"):
+        unpack_bits(np.zeros(2, np.uint8), (3, 8))
+
+
+def test_packed_rows_pad_to_words():
+    bits = np.ones((2, 3, 3, 13), dtype=bool)  # 9 pixels x 2 bytes = 18 bytes -> 3 words
+    words = K.pack_rows(bits)
+    assert words.shape == (2, 3) and words.dtype == np.uint64
+    assert int(np.unpackbits(words.view(np.uint8)).sum()) == bits.sum()
+
+
+# ------------------------------------------------------- packed layers vs float
+
+
+CONV_CASES = [
+    dict(cin=16, cout=8, k=3, stride=1, padding=1, dilation=1),
+    dict(cin=13, cout=5, k=3, stride=2, padding=1, dilation=1),  # channels not a multiple of 8
+    dict(cin=64, cout=16, k=3, stride=1, padding=2, dilation=2),
+    dict(cin=8, cout=3, k=4, stride=1, padding="same", dilation=1),  # asymmetric padding
+    dict(cin=70, cout=6, k=1, stride=2, padding=0, dilation=1),
+    dict(cin=9, cout=4, k=5, stride=3, padding=3, dilation=1),  # windows reaching far into the padding
+]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("scaling", ["none", "layer", "channel"])
+def test_binary_conv_matches_float(tmp_path, backend, case, scaling):
+    torch.manual_seed(0)
+    conv = reste.BinaryConv2d(case["cin"], case["cout"], case["k"], case["stride"], case["padding"],
+                              case["dilation"], bias=scaling == "channel", scaling=scaling)
+    model = nn.Sequential(conv).eval()
+    x = torch.randn(3, case["cin"], 11, 10)
+    x[0, :, 2:4] = 0.0  # sign(0) = +1 inside the image; padding contributes 0
+    packed = _export_and_load(model, tmp_path, (case["cin"], 11, 10), backend)
+    with torch.no_grad():
+        ref = model(x)
+    got = packed(x)
+    assert got.shape == tuple(ref.shape)
+    if scaling == "none":  # +-1 dot products: exact integers
+        np.testing.assert_array_equal(got, ref.numpy())
+    else:
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scaling", ["none", "layer", "channel"])
+@pytest.mark.parametrize("features", [(64, 10), (100, 7), (3, 1)])
+def test_binary_linear_matches_float(tmp_path, backend, scaling, features):
+    torch.manual_seed(0)
+    model = nn.Sequential(reste.BinaryLinear(*features, bias=True, scaling=scaling)).eval()
+    x = torch.randn(5, features[0])
+    x[:, 0] = 0.0
+    got = _export_and_load(model, tmp_path, (features[0],), backend)(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_padding_correction_is_exact(tmp_path):
+    """A window on the padding adds nothing: an all -1 input with +1 weights gives -(valid taps)."""
+    conv = reste.BinaryConv2d(8, 1, 3, 1, 1, bias=False, scaling="none")
+    with torch.no_grad():
+        conv.weight.fill_(0.5)
+    x = -torch.ones(1, 8, 4, 4)
+    packed = _export_and_load(nn.Sequential(conv).eval(), tmp_path, (8, 4, 4), BACKENDS[-1])
+    out = packed(x)[0, 0]
+    assert out[0, 0] == -8 * 4 and out[1, 1] == -8 * 9 and out[0, 1] == -8 * 6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_input_binary_layers_and_fusion_paths(tmp_path, backend):
+    """1W/32A layers, an explicit sign module, a BN that is not after ReLU, flatten -> binary linear."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn0 = nn.BatchNorm2d(8)
+            self.real = reste.BinaryConv2d(8, 8, 3, padding=1, bias=False, input_estimator=None)
+            self.bin = reste.BinaryConv2d(8, 16, 3, stride=2, padding=1, bias=False, scaling="channel")
+            self.bn1 = nn.BatchNorm2d(16)
+            self.act = reste.get_estimator("ste")
+            self.fc1 = reste.BinaryLinear(16 * 4 * 4, 12)
+            self.fc2 = nn.Linear(12, 4)
+
+        def forward(self, x):
+            x = self.bn0(self.stem(x))  # foldable
+            x = F.relu(self.real(x))
+            x = self.bn1(self.bin(x))  # BN straight after a binary conv: kept as affine
+            x = self.act(x)
+            x = x.view(x.size(0), -1)
+            return self.fc2(F.hardtanh(self.fc1(x)))
+
+    model = _calibrate(Net(), (3, 8, 8))
+    x = torch.randn(6, 3, 8, 8)
+    got = _export_and_load(model, tmp_path, (3, 8, 8), backend)(x)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ whole models
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """digits_1w1a trained for a few steps on scikit-learn's digits; (model, test images, labels)."""
+    from reste.data import load_datasets, make_loaders
+
+    torch.manual_seed(0)
+    train_ds, test_ds, _ = load_datasets("digits")
+    train, test = make_loaders(train_ds, test_ds, batch_size=64, eval_batch_size=512)
+    model = models.create("digits_1w1a").train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(2):  # 2 epochs of 23 steps
+        for x, y in train:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    images, labels = zip(*test)
+    return model.eval(), torch.cat(images), torch.cat(labels)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trained_digits_model_predictions_identical(tmp_path, digits_model, backend):
+    model, images, labels = digits_model
+    report = export_model(model, tmp_path / "d.rbnn", input_size=(1, 8, 8))
+    packed = PackedModel.load(tmp_path / "d.rbnn", backend=backend)
+    with torch.no_grad():
+        ref = model(images)
+    got = packed(images)
+    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1).numpy())
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-4)
+    acc = float((ref.argmax(1) == labels).float().mean())
+    assert acc > 0.7  # it did learn something, so the comparison is meaningful
+    assert report["verify"]["same_predictions"]
+    np.testing.assert_array_equal(packed.predict(images.numpy(), batch_size=100), ref.argmax(1).numpy())
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("resnet20_1w1a", {}),
+    ("resnet20_bireal_1w1a", {"scaling": "channel"}),
+    ("resnet20_1w1a", {"a32": True}),
+])
+def test_zoo_models_match(tmp_path, name, opts):
+    torch.manual_seed(0)
+    model = _calibrate(models.create(name, **opts), (3, 32, 32))
+    x = torch.randn(8, 3, 32, 32)
+    got = _export_and_load(model, tmp_path, (3, 32, 32), BACKENDS[-1])(x)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_backends_agree(tmp_path):
+    if len(BACKENDS) < 2:
+        pytest.skip("no C compiler: only the numpy backend")
+    model = _calibrate(models.create("resnet20_1w1a"), (3, 32, 32))
+    x = torch.randn(8, 3, 32, 32)
+    export_model(model, tmp_path / "r.rbnn", verify=False)
+    a = PackedModel.load(tmp_path / "r.rbnn", backend="numpy")(x)
+    b = PackedModel.load(tmp_path / "r.rbnn", backend="c", threads=2)(x)  # rows split over 2 threads
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_size_report_resnet20_within_5_percent_of_bound(tmp_path):
+    model = models.create("resnet20_1w1a").eval()
+    r = export_model(model, tmp_path / "r20.rbnn", input_size=(3, 32, 32), verify=False)
+    assert r["params"] == 269_850 and r["binary_params"] == 267_264
+    assert r["binary_bytes"] == 267_264 // 8
+    assert r["file_bytes"] == (tmp_path / "r20.rbnn").stat().st_size
+    assert r["bound"] == pytest.approx(r["float_bytes"] / (r["binary_bytes"] + r["fp_bytes"]))
+    assert 0 <= r["gap"] < 0.05
+    assert 23 < r["ratio"] < 26  # the issue's "about 24x"
+    assert r["param_bound"] == pytest.approx(4 * 269_850 / (267_264 / 8 + 4 * (269_850 - 267_264)))
+    text = format_report(r)
+    assert "bound" in text and "gap" in text
+
+
+def test_file_is_readable_without_reste(tmp_path, digits_model):
+    """The format needs only struct, zlib, json and numpy."""
+    model = digits_model[0]
+    export_model(model, tmp_path / "d.rbnn", meta={"note": "x"}, verify=False)
+    blob = (tmp_path / "d.rbnn").read_bytes()
+    magic, version, hlen = struct.unpack_from("<8sII", blob)
+    assert magic == b"RESTEBNN" and version == 1
+    header = json.loads(zlib.decompress(blob[16:16 + hlen]))
+    assert header["meta"] == {"note": "x"}
+    start = 16 + hlen + (-(16 + hlen) % 8)
+    node = next(n for n in header["nodes"] if n["op"] == "bconv" and n["name"] == "conv1")
+    kind, shape, offset = header["tensors"][node["w"]]
+    assert kind == "bits"
+    n = int(np.prod(shape))
+    bits = np.unpackbits(np.frombuffer(blob, np.uint8, -(-n // 8), start + offset), count=n)
+    expected = (model.conv1.weight.detach().numpy() < 0).ravel()
+    np.testing.assert_array_equal(bits.astype(bool), expected)
+    ops = {n["op"] for n in header["nodes"]}
+    assert {"conv", "bconv", "affine", "relu", "maxpool", "adaptive_avgpool", "flatten", "linear"} <= ops
+
+
+# -------------------------------------------------------------------------- ONNX
+
+
+def test_onnx_matches_with_onnxruntime(tmp_path, digits_model):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model, images, _ = digits_model
+    info = export_onnx(model, tmp_path / "d.onnx", (1, 8, 8))
+    assert info["same_predictions"]
+    graph = onnx.load(str(tmp_path / "d.onnx")).graph
+    assert any(n.op_type == "Where" for n in graph.node)  # sign with sign(0) = +1
+    session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]  # dynamic batch
+    with torch.no_grad():
+        ref = model(images).numpy()
+    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    zeros = np.zeros((2, 1, 8, 8), np.float32)  # sign(0) = +1 in the exported graph too
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"images": zeros})[0], model(torch.from_numpy(zeros)).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        PackedModel.load(tmp_path / "missing.rbnn")
+    (tmp_path / "junk.rbnn").write_bytes(b"not a model at all")
+    with pytest.raises(UsageError, match="not a reste packed model"):
+        PackedModel.load(tmp_path / "junk.rbnn")
+    model = _calibrate(models.create("digits_1w1a"), (1, 8, 8))
+    export_model(model, tmp_path / "ok.rbnn", verify=False)
+    blob = (tmp_path / "ok.rbnn").read_bytes()
+    (tmp_path / "cut.rbnn").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(UsageError, match="truncated or corrupted"):
+        PackedModel.load(tmp_path / "cut.rbnn")
+    with pytest.raises(ValueError, match="valid: auto, c, numpy"):
+        PackedModel.load(tmp_path / "ok.rbnn", backend="gpu")
+    export_model(model, tmp_path / "sized.rbnn", input_size=(1, 8, 8), verify=False)
+    with pytest.raises(UsageError, match=r"expects images of shape \(N, 1, 8, 8\)"):
+        PackedModel.load(tmp_path / "sized.rbnn")(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_export_errors(tmp_path):
+    with pytest.raises(UsageError, match="GELU is not supported"):
+        export_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU()), tmp_path / "g.rbnn")
+    with pytest.raises(UsageError, match="folder"):
+        export_model(nn.Sequential(nn.ReLU()), tmp_path / "no" / "such" / "x.rbnn")
+    with pytest.raises(UsageError, match="grouped binary"):
+        export_model(nn.Sequential(reste.BinaryConv2d(4, 4, 3, groups=2)), tmp_path / "x.rbnn")
+    with pytest.raises(UsageError) as info:
+        export_model(nn.Sequential(nn.LSTM(2, 2)), tmp_path / "l.rbnn")
+    assert "LSTM" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_export_and_predict(tmp_path, digits_model, capsys):
+    from reste.checkpoint import save_checkpoint
+    from reste.cli import main
+
+    model, images, labels = digits_model
+    save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10}, "model": model.state_dict(),
+                     "dataset": "digits", "epoch": 1, "best_acc": 50.0, "config": {"dataset": "digits"}},
+                    tmp_path / "d.pt")
+    assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn"), "--onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "compression" in out and "predictions identical" in out
+    assert (tmp_path / "d.onnx").is_file() and "onnxruntime" in out
+    assert main(["predict", str(tmp_path / "d.rbnn")]) == 0  # the export's data set: digits
+    out = capsys.readouterr().out
+    with torch.no_grad():
+        acc = 100.0 * float((model(images).argmax(1) == labels).float().mean())
+    assert f"top-1 {acc:.2f}%" in out
+    np.save(tmp_path / "x.npy", images.numpy())
+    np.save(tmp_path / "y.npy", labels.numpy())
+    assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "x.npy"), "--labels",
+                 str(tmp_path / "y.npy")]) == 0
+    assert f"accuracy {acc:.2f}%" in capsys.readouterr().out
+    pred = np.load(tmp_path / "x.pred.npy")
+    with torch.no_grad():
+        np.testing.assert_array_equal(pred, model(images).argmax(1).numpy())
+    # errors: one line on stderr, exit status 2
+    assert main(["predict", str(tmp_path / "missing.rbnn")]) == 2
+    assert main(["predict", str(tmp_path / "d.pt")]) == 2
+    assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "nope.npy")]) == 2
+    assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "o.rbnn")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("reste: error:") for line in err)
+    assert "does not exist" in err[0] and "not a reste packed model" in err[1]
+
+
+def test_falls_back_to_numpy_without_a_compiler(tmp_path, monkeypatch):
+    monkeypatch.setattr(K, "_C_LIB", [])  # forget the compiled library (restored afterwards)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
+    assert K.get_kernels("auto").name == "numpy"
+    assert K.c_kernel_error()
+    with pytest.raises(UsageError, match="C backend is unavailable"):
+        K.get_kernels("c")
+
+
+def test_onnx_resnet20_option_a_shortcut(tmp_path):
+    """Strided slices and channel padding (option-A shortcut) export too."""
+    pytest.importorskip("onnxruntime")
+    from reste.export import run_onnx
+
+    model = _calibrate(models.create("resnet20_1w1a"), (3, 32, 32))
+    info = export_onnx(model, tmp_path / "r.onnx", (3, 32, 32))
+    assert info["same_predictions"]
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = run_onnx(tmp_path / "r.onnx", x.numpy())
+    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_dynamo_exporter(tmp_path, digits_model):
+    """The fallback exporter (torch.export + onnxscript) gives the same graph semantics."""
+    pytest.importorskip("onnxscript")
+    from reste.export import deploy_model, run_onnx
+    from reste.export.onnx_export import _export
+
+    model, images, _ = digits_model
+    _export(deploy_model(model), images[:2], tmp_path / "d.onnx", dynamo=True)
+    got = run_onnx(tmp_path / "d.onnx", images.numpy())
+    with torch.no_grad():
+        ref = model(images).numpy()
+    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
