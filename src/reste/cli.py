@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 # Estimator hyper-parameter flags: flag dest -> (estimator names it applies to, keyword).
 ESTIMATOR_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -146,9 +149,18 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":
+    """The TrainConfig that `reste train` flags (and --preset) describe."""
+    from .config import TrainConfig, config_from_preset, get_preset
+
+    if args.preset:
+        args._base_estimator = get_preset(args.preset).settings.get("estimator", "reste")
+        return config_from_preset(args.preset, **overrides_from_args(args))
+    return TrainConfig.from_dict(overrides_from_args(args))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import engine
-    from .config import TrainConfig, config_from_preset, get_preset
 
     log = print
     if args.resume:
@@ -164,16 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 overrides[key] = {**getattr(saved, key), **overrides[key]}
         engine.resume(args.resume, overrides, force=args.force, progress=args.progress, log=log)
         return 0
-    if args.preset:
-        preset = get_preset(args.preset)
-        args._base_estimator = preset.settings.get("estimator", "reste")
-        overrides = overrides_from_args(args)
-        if "estimator_options" in overrides:
-            overrides["estimator_options"] = {**preset.settings.get("estimator_options", {}),
-                                              **overrides["estimator_options"]}
-        config = config_from_preset(args.preset, **overrides)
-    else:
-        config = TrainConfig.from_dict(overrides_from_args(args))
+    config = config_from_args(args)
     engine.train(config, args.out, progress=args.progress, log=log)
     return 0
 

@@ -218,5 +218,9 @@ def config_from_preset(name: str, **overrides: Any) -> TrainConfig:
     preset = get_preset(name)
     data = dict(preset.settings, preset=name)
     data["estimator_options"] = dict(data.get("estimator_options", {}))
+    if overrides.get("estimator", data.get("estimator")) == data.get("estimator"):
+        # hyper-parameters given with the preset's estimator refine its options
+        overrides = dict(overrides, estimator_options={**data["estimator_options"],
+                                                       **overrides.get("estimator_options", {})})
     data.update(overrides)
     return TrainConfig.from_dict(data)
