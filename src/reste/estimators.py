@@ -21,6 +21,7 @@ synchronisation); 16-bit inputs are computed in float32 and cast back.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable
@@ -51,8 +52,24 @@ __all__ = [
 
 
 def sign(x: Tensor) -> Tensor:
-    """sign with sign(0) = +1: every output is exactly +1 or -1."""
-    return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+    """sign with sign(0) = +1: every output is exactly +1 or -1 (NaN stays NaN).
+
+    Computed branch-free as sign(sign(x) + 1/2): several times faster on CPUs
+    than a ``torch.where`` on data whose signs are random.
+    """
+    return torch.sign(x).add_(0.5).sign_()
+
+
+@functools.lru_cache(maxsize=None)
+def _next_up(value: float, dtype: torch.dtype) -> float:
+    """The next ``dtype`` number above ``value`` (as ``dtype`` rounds it)."""
+    v = torch.tensor(value, dtype=dtype)
+    return torch.nextafter(v, torch.tensor(math.inf, dtype=dtype)).item()
+
+
+def _step_le(a: Tensor, bound: float) -> Tensor:
+    """1 where a <= bound, else 0, for a >= 0; branch-free (no masks or where)."""
+    return (_next_up(bound, a.dtype) - a).clamp_(min=0.0).sign_()
 
 
 def ste_g(x: Tensor, clip: float) -> Tensor:
@@ -73,14 +90,13 @@ def reste_g(x: Tensor, o: float, t: float, m: float) -> Tensor:
     """
     a = x.abs()
     if o == 1.0:
-        return (a <= t).to(x.dtype)
-    # One expression for all three regions: g = (1/o) exp(p log(b)), p = (1-o)/o < 0,
-    # with b = a on (m, t]; b = +inf beyond t (so g = 0); and, on [0, m], the
-    # constant b = m o^(1/p), for which (1/o) b^p = m^p = m^(1/o)/m.
+        return _step_le(a, t)
+    # g = max(a, m)^p * factor, p = (1 - o)/o, with factor 1 on [0, m] (there
+    # m^p = m^(1/o)/m), 1/o on (m, t] and 0 beyond t; all arithmetic, no branches.
     p = (1.0 - o) / o
-    b = torch.where(a <= m, m * o ** (1.0 / p), a)
-    b.masked_fill_(a > t, math.inf)
-    return b.log_().mul_(p).exp_().mul_(1.0 / o)
+    inside_t = _step_le(a, t)
+    factor = _step_le(a, m).mul_(1.0 - 1.0 / o).add_(1.0 / o).mul_(inside_t)
+    return a.clamp_(min=m).log_().mul_(p).exp_().mul_(factor)
 
 
 def reste_f(x: Tensor, o: float, t: float, m: float) -> Tensor:

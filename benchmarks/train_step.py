@@ -1,0 +1,358 @@
+"""Benchmark: one training step of ResNet-20 (CIFAR shapes), float vs binary estimators.
+
+One step is: forward, cross-entropy, backward, SGD step (momentum 0.9, weight decay
+1e-4). Four models, timed side by side in one run with interleaved rounds (the order
+rotates every round):
+
+* fp:        ``resnet20``, the full-precision twin;
+* ste:       ``resnet20_1w1a`` with the clipped STE;
+* reste:     ``resnet20_1w1a`` with ReSTE at a late-training o
+             (``reste.set_progress(model, 900, 1000)``: o = 2.687; the cost does not
+             depend on o, except o = 1 which takes a cheaper path);
+* reference: the same ReSTE model whose estimators are swapped for a module calling a
+             ReSTE ``autograd.Function`` written in the authors' style (written here
+             from SPEC section 2): ``torch.sign`` forward; a backward with
+             ``zeros_like``, boolean masks, indexed gathers, ``pow`` on the gathered
+             values and indexed scatters. Scaling stays the layer's mean(abs(W)), so
+             the architecture and the arithmetic are those of the ``reste`` model.
+
+Targets (ratios of medians): reste/fp <= 1.3, reste/ste <= 1.05, reference/reste >= 2.
+
+With ``--loader`` it also times the data pipelines alone (images/s), to compare with the
+step's images/s (batch / step time): the CIFAR-10 train pipeline of ``reste.data``
+(pickle batches written to a temporary folder, RandomCrop + flip + normalize, 0 and 2
+workers) and the in-memory ``TensorLoader`` on Fashion-MNIST shapes (60000x1x28x28).
+
+    python benchmarks/train_step.py --threads 1 --loader
+
+On a CPU shared with other processes use ``--threads 1``: with more threads than idle
+cores the OpenMP workers wait on each other and every step gets several times slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import pickle
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reste
+from reste import models
+from reste.estimators import ReSTE
+
+VARIANTS = ("fp", "ste", "reste", "reference")
+LABELS = {
+    "fp": "(1) resnet20, full precision",
+    "ste": "(2) resnet20_1w1a, STE",
+    "reste": "(3) resnet20_1w1a, ReSTE",
+    "reference": "(4) reference ReSTE (mask backward)",
+}
+
+
+# --------------------------------------------------------------------------- reference
+
+
+class MaskedReSTEFunction(torch.autograd.Function):
+    """ReSTE as the authors write it: torch.sign forward, a boolean-mask backward.
+
+    ``o`` and ``t`` arrive as 0-dim tensors (as in the authors' code); ``m`` is the
+    interval around zero. g = (1/o)|x|^((1-o)/o) on m < |x| <= t, the chord slope
+    m^(1/o)/m on |x| <= m, 0 beyond t.
+    """
+
+    @staticmethod
+    def forward(ctx, x, o, t, m: float):
+        ctx.save_for_backward(x, o, t)
+        ctx.m = m
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, o, t = ctx.saved_tensors
+        m = ctx.m
+        exponent = (1 - o) / o
+        g = torch.zeros_like(x)
+        right = (x > m) & (x <= t)
+        g[right] = (1 / o) * torch.pow(x[right], exponent)
+        left = (x < -m) & (x >= -t)
+        g[left] = (1 / o) * torch.pow(-x[left], exponent)
+        chord = torch.pow(torch.full_like(o, m), 1 / o) / m
+        g[(x >= 0) & (x <= m)] = chord.to(x.dtype)
+        g[(x < 0) & (x >= -m)] = chord.to(x.dtype)
+        return g * grad_output, None, None, None
+
+
+class MaskedReSTE(nn.Module):
+    """Drop-in for a layer's estimator: applies :class:`MaskedReSTEFunction`."""
+
+    def __init__(self, o: float, t: float, m: float) -> None:
+        super().__init__()
+        self.register_buffer("o", torch.tensor(float(o)))
+        self.register_buffer("t", torch.tensor(float(t)))
+        self.m = float(m)
+
+    def forward(self, x):
+        return MaskedReSTEFunction.apply(x, self.o, self.t, self.m)
+
+    def extra_repr(self) -> str:
+        return f"o={float(self.o):g}, t={float(self.t):g}, m={self.m:g}"
+
+
+def reference_from(model: nn.Module) -> nn.Module:
+    """A copy of a ReSTE ``resnet20_1w1a`` with every estimator replaced by :class:`MaskedReSTE`."""
+    ref = copy.deepcopy(model)
+    swapped = 0
+    for layer in ref.modules():
+        for attr in ("weight_estimator", "input_estimator"):
+            est = getattr(layer, attr, None)
+            if isinstance(est, ReSTE):
+                setattr(layer, attr, MaskedReSTE(est.o, est.t, est.interval).to(layer.weight.device))
+                swapped += 1
+    if swapped == 0:
+        raise RuntimeError("no ReSTE estimator found to replace")
+    return ref
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=20, help="timed rounds (each round runs every variant once)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave the default)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+    ap.add_argument("--channels-last", action="store_true", help="channels_last model and input")
+    ap.add_argument("--loader", action="store_true", help="also time the data loaders alone (images/s)")
+    ap.add_argument("--loader-images", type=int, default=5000, help="CIFAR-10 train images written for --loader")
+    ap.add_argument("--epoch", type=float, default=900, help="ReSTE progress: set_progress(model, epoch, epochs)")
+    ap.add_argument("--epochs", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: str) -> Callable[[], None]:
+    """A closure running one full training step of ``model`` on (x, y)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+    def autocast():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    return step
+
+
+def estimator_check(o: float, t: float, m: float, device: torch.device) -> float:
+    """Largest |g_reference - g_reste| of the two ReSTE backwards (random points and the edges)."""
+    g = torch.Generator().manual_seed(1)
+    edges = torch.tensor([0.0, m, -m, t, -t, 0.5, -0.5])
+    up = torch.nextafter(edges, torch.full_like(edges, float("inf")))
+    down = torch.nextafter(edges, torch.full_like(edges, -float("inf")))
+    x0 = torch.cat([torch.randn(1 << 16, generator=g) * 0.8, edges, up, down]).to(device)
+    upstream = torch.randn(x0.shape, generator=g).to(device)
+    est = ReSTE(o=o, t=t, interval=m, o_end=o, schedule="constant")
+    ref = MaskedReSTE(o, t, m).to(device)
+    grads = []
+    for fn in (est, ref):
+        x = x0.clone().requires_grad_(True)
+        fn(x).backward(upstream)
+        grads.append(x.grad)
+    return (grads[0] - grads[1]).abs().max().item()
+
+
+def time_steps(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
+               device: torch.device) -> dict[str, list[float]]:
+    names = list(steps)
+    for _ in range(warmup):
+        for k in names:
+            steps[k]()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]  # rotate to spread drift
+        for k in order:
+            sync(device)
+            start = time.perf_counter()
+            steps[k]()
+            sync(device)
+            times[k].append(time.perf_counter() - start)
+    return times
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def write_cifar_folder(root: Path, n_train: int, n_test: int, seed: int) -> None:
+    """A small CIFAR-10 folder in the real python-pickle format (5 train batches + test_batch)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    sizes = [n_train // 5 + (1 if i < n_train % 5 else 0) for i in range(5)]
+    for name, n in [(f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)] + [("test_batch", n_test)]:
+        entry = {
+            "batch_label": name,
+            "labels": rng.integers(0, 10, n).tolist(),
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "filenames": [f"img_{i}.png" for i in range(n)],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+
+
+def time_loader(loader, epochs: int) -> tuple[float, float]:
+    """(median, best) images/s over ``epochs`` timed passes, after one untimed pass."""
+    rates = []
+    for e in range(epochs + 1):
+        loader.set_epoch(e)
+        start = time.perf_counter()
+        n = 0
+        for images, _ in loader:
+            n += len(images)
+        dt = time.perf_counter() - start
+        if e > 0:  # the first pass starts the workers and warms the caches
+            rates.append(n / dt)
+    return statistics.median(rates), max(rates)
+
+
+def loader_rates(batch_size: int, n_images: int, seed: int) -> list[tuple[str, float, float]]:
+    from reste import data
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="reste-bench-") as tmp:
+        write_cifar_folder(Path(tmp), n_images, 500, seed)
+        train, test, _ = data.load_datasets("cifar10", tmp)
+        for workers in (0, 2):
+            loader, _ = data.make_loaders(train, test, batch_size=batch_size, eval_batch_size=batch_size,
+                                          workers=workers, seed=seed)
+            med, best = time_loader(loader, epochs=3)
+            rows.append((f"CIFAR-10 train pipeline, {n_images} images, workers {workers}", med, best))
+            del loader  # stops the persistent workers
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(60000, 1, 28, 28, generator=g)
+    labels = torch.randint(0, 10, (60000,), generator=g)
+    fill = (0.0 - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD
+    loader = data.TensorLoader(images, labels, batch_size=batch_size, shuffle=True, seed=seed,
+                               augment=data.RandomCropFlip(28, 2, fill=fill))
+    med, best = time_loader(loader, epochs=3)
+    rows.append(("TensorLoader, 60000x1x28x28, crop+flip", med, best))
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    args = parse_args()
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
+        raise SystemExit("--batch-size and --repeats must be positive, --warmup >= 0")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.batch_size, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+
+    def build(name: str, **kw) -> nn.Module:
+        return models.create(name, **kw).to(device=device, memory_format=fmt).train()
+
+    nets = {
+        "fp": build("resnet20"),
+        "ste": build("resnet20_1w1a", estimator="ste"),
+        "reste": build("resnet20_1w1a", estimator="reste"),
+    }
+    o = reste.set_progress(nets["reste"], args.epoch, args.epochs)["o"]
+    nets["reference"] = reference_from(nets["reste"])
+    # the reference backward must compute what ReSTE's does (the forwards differ only at
+    # sign(0): torch.sign gives 0 where reste gives +1)
+    est = next(e for e in reste.estimators_of(nets["reste"]) if isinstance(e, ReSTE))
+    check = estimator_check(est.o, est.t, est.interval, device)
+    steps = {k: make_step(nets[k], x, y, device, args.amp) for k in VARIANTS}
+
+    t0 = time.perf_counter()
+    times = time_steps(steps, args.repeats, args.warmup, device)
+    step_wall = time.perf_counter() - t0
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+
+    print("ResNet-20 training-step benchmark (forward, cross-entropy, backward, SGD momentum step)")
+    print(f"  torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"amp {args.amp}, channels_last {args.channels_last}")
+    print(f"  batch {args.batch_size} x 3x32x32, 10 classes; ReSTE o = {o:.4f} "
+          f"(set_progress({args.epoch:g}, {args.epochs}))")
+    print(f"  {args.repeats} interleaved rounds (rotating order) after {args.warmup} warm-up rounds; "
+          f"timing took {step_wall:.0f} s")
+    print(f"  reference vs reste.ReSTE backward (65,536 random points + the edges): max |diff| {check:.2e}")
+    print()
+    print(f"  {'variant':<40}{'median ms':>11}{'min ms':>10}{'images/s':>10}{'vs fp':>8}")
+    for k in VARIANTS:
+        ips = args.batch_size / med[k]
+        print(f"  {LABELS[k]:<40}{med[k] * 1e3:>11.1f}{best[k] * 1e3:>10.1f}{ips:>10.0f}"
+              f"{med[k] / med['fp']:>7.2f}x")
+    print("  (images/s = batch / median step time)")
+    print()
+
+    targets = [
+        ("ReSTE / FP", "reste", "fp", "<=", 1.3),
+        ("ReSTE / STE", "reste", "ste", "<=", 1.05),
+        ("reference / ReSTE", "reference", "reste", ">=", 2.0),
+    ]
+    print(f"  {'ratio (of medians)':<22}{'value':>8}{'best-of':>9}   target")
+    for label, a, b, op, bound in targets:
+        r = med[a] / med[b]
+        rb = best[a] / best[b]
+        ok = r <= bound if op == "<=" else r >= bound
+        print(f"  {label:<22}{r:>7.2f}x{rb:>8.2f}x   {op} {bound:g}x  {'MET' if ok else 'NOT MET'}")
+
+    if args.loader:
+        print()
+        print(f"  data loaders alone (batch {args.batch_size}; median of 3 epochs after 1 untimed epoch)")
+        print(f"  {'loader':<52}{'images/s':>10}{'best':>10}")
+        for label, m, b in loader_rates(args.batch_size, args.loader_images, args.seed):
+            print(f"  {label:<52}{m:>10.0f}{b:>10.0f}")
+        slowest = max(med.values())
+        fastest = min(med.values())
+        print(f"  step consumes {args.batch_size / slowest:.0f}-{args.batch_size / fastest:.0f} images/s "
+              f"(slowest-fastest variant above); a loader below that starves the step")
+
+
+if __name__ == "__main__":
+    main()
