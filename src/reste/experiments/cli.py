@@ -1,0 +1,101 @@
+"""The experiment sub-commands of ``reste``: ``sweep``, ``report`` and ``plot``. They only parse flags."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import UsageError
+
+SWEEP_EXAMPLE = ("reste sweep --grid estimator=ste,reste,ede --seeds 0,1,2 --out sweeps/est "
+                 "--dataset fashion-mnist --epochs 5 --indicators")
+
+
+def add_commands(sub: Any) -> None:
+    from ..cli import _add_train_flags
+
+    p = sub.add_parser(
+        "sweep", help="train a grid of settings over several seeds; tables and figures of the results",
+        description="Train every combination of the --grid axes for every seed (finished runs are skipped, "
+                    "partial ones resumed), then write results.md/.csv, runs.csv and figures into --out. "
+                    "The other flags are those of `reste train` and fix the settings that do not vary. "
+                    f"Example: {SWEEP_EXAMPLE}",
+    )
+    s = p.add_argument_group("sweep")
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a grid axis (repeatable): a TrainConfig field (estimator, lr, epochs, ...), an estimator "
+                        "hyper-parameter (o_end, t, beta, ...) or a model option (width)")
+    s.add_argument("--seeds", help="seeds, comma-separated (default: --seed, or 0)")
+    s.add_argument("--jobs", "-j", type=int, default=1,
+                   help="runs at a time, in worker processes with cores/jobs threads each (default 1)")
+    s.add_argument("--threads", type=int,
+                   help="torch threads per run (default: cores/jobs with --jobs > 1, else torch's default); "
+                        "1 is fastest on a busy machine")
+    s.add_argument("--runs-dir", dest="runs_dir",
+                   help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
+    s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="re-write the tables and figures of a sweep folder (also mid-sweep)")
+    p.add_argument("sweep_dir")
+    p.add_argument("--no-plots", dest="plots", action="store_false")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "plot", help="`plot estimators`: F and g of every estimator; `plot RUN_DIR...`: training curves",
+        description="reste plot estimators [--out FILE.png] draws the forward-equivalent F and the backward g of "
+                    "every registered estimator; reste plot RUN_DIR... [--out FILE.png] draws the training curves "
+                    "(accuracy, loss, schedule, indicators) of runs.",
+    )
+    p.add_argument("targets", nargs="+", metavar="estimators|RUN_DIR")
+    p.add_argument("--out", help="PNG file (default estimators.png; RUN_DIR/curves.png for one run, else curves.png)")
+    p.add_argument("--progress", type=float, default=0.5,
+                   help="plot estimators: where in training scheduled estimators are drawn, 0..1 (default 0.5)")
+    p.set_defaults(func=cmd_plot)
+
+
+def base_config(args: argparse.Namespace) -> Any:
+    """The fixed settings of a sweep from the `reste train` flags (and --preset)."""
+    from ..cli import config_from_args
+
+    if args.resume or args.force:
+        raise UsageError("--resume/--force do not apply to a sweep: run the same sweep again to continue it")
+    return config_from_args(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_grid, parse_seeds, run_sweep
+
+    if not args.out:
+        raise UsageError(f"a sweep needs --out DIR for its runs and tables, e.g. {SWEEP_EXAMPLE}")
+    grid = parse_grid(args.grid)
+    base = base_config(args)
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
+                     report=args.report, log=lambda m: print(m, flush=True))
+    return 1 if any(r["n"] < r["n_runs"] for r in rows) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import summarize
+
+    rows = summarize(args.sweep_dir, plots=args.plots, log=print)
+    print(open(f"{args.sweep_dir}/results.md").read(), end="")
+    return 0 if rows else 1
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plots import plot_estimators, plot_runs
+
+    if args.targets[0] == "estimators" and not (Path("estimators") / "metrics.jsonl").is_file():
+        if len(args.targets) > 1:
+            raise UsageError("`reste plot estimators` takes no run directories; plot runs with "
+                             "`reste plot RUN_DIR...`")
+        path = plot_estimators(args.out or "estimators.png", progress=args.progress)
+    else:
+        path = plot_runs(args.targets, args.out)
+    print(f"wrote {path}")
+    return 0

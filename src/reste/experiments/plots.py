@@ -1,0 +1,277 @@
+"""Figures: the estimators' curves, training curves of runs, and a sweep's summaries.
+
+Everything draws on ``matplotlib.figure.Figure`` (the Agg canvas), so no GUI
+backend is needed and pyplot's global state is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..engine import read_metrics
+from ..errors import UsageError
+from ..estimators import ESTIMATORS, ReSTE, get_estimator
+
+SCHEDULE_KEYS = ("o", "t", "k", "alpha", "n")
+LABELS = {"estimating_error": "estimating error", "gradient_stability": "gradient stability (var |grad|)"}
+
+
+def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.8) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width * cols, height * rows), layout="constrained")
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"figures are written as PNG; give a .png file name, not {path.name!r}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as err:
+        raise UsageError(f"cannot write {path} ({err.strerror})") from None
+    return path
+
+
+# ------------------------------------------------------------------ estimators
+
+
+def estimator_curves(progress: float = 0.5, x: torch.Tensor | None = None
+                     ) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(label, x, F(x), g(x)) for every registered estimator; ReSTE at o = 1, 2, 3.
+
+    Estimators with a schedule are shown at ``progress`` (0 = start, 1 = end of training).
+    """
+    if not 0.0 <= progress <= 1.0:
+        raise UsageError(f"--progress must be in [0, 1], got {progress}")
+    if x is None:
+        x = torch.linspace(-2.0, 2.0, 4001, dtype=torch.float64)
+    curves = []
+    for name in ESTIMATORS:
+        if name == "reste":
+            ests = [(f"reste o={o}", ReSTE(o=float(o), o_end=float(o), schedule="constant")) for o in (1, 2, 3)]
+        else:
+            est = get_estimator(name)
+            est.set_progress(progress * 1000.0, 1000)
+            values = est.schedule_values()
+            detail = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            ests = [(f"{name}{f' ({detail})' if detail else ''}", est)]
+        for label, est in ests:
+            curves.append((label, x, est.forward_equivalent(x), est.derivative(x)))
+    return curves
+
+
+def plot_estimators(out: str | Path = "estimators.png", progress: float = 0.5) -> Path:
+    """One figure: the forward-equivalent F (left) and backward g (right) of every estimator."""
+    from matplotlib import colormaps
+
+    curves = estimator_curves(progress)
+    fig = _figure(1, 2, width=6.4, height=4.8)
+    ax_f, ax_g = fig.subplots(1, 2)
+    colors = colormaps["tab10"].colors
+    styles = ["-", "--", "-.", ":"]
+    x0 = curves[0][1]
+    ax_f.plot(x0, torch.where(x0 < 0, -1.0, 1.0), color="black", lw=1, ls=":", label="sign")
+    for i, (label, x, f, g) in enumerate(curves):
+        kw = dict(color=colors[i % len(colors)], ls=styles[i % 2 + 2 * (i >= len(colors))], lw=1.6, label=label)
+        ax_f.plot(x, f, **kw)
+        ax_g.plot(x, g, **kw)
+    ax_f.set_title("forward equivalent F(x) (actual forward: sign)")
+    ax_g.set_title("backward multiplier g(x) = F'(x)")
+    for ax in (ax_f, ax_g):
+        ax.set_xlabel("x")
+        ax.grid(alpha=0.3)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+    ax_f.set_ylim(-1.25, 1.25)
+    low = min(float(g.min()) for *_, g in curves)
+    ax_g.set_ylim(min(-0.1, 1.1 * low), max(5.2, min(12.0, max(float(g.max()) for *_, g in curves) * 1.05)))
+    ax_g.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"reste estimators (scheduled ones at {progress:.0%} of training)")
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------- run curves
+
+
+def _run_name(run_dir: Path, all_dirs: Sequence[Path]) -> str:
+    names = [d.name for d in all_dirs]
+    if names.count(run_dir.name) > 1 or run_dir.name.startswith("seed"):
+        return f"{run_dir.parent.name}/{run_dir.name}"
+    return run_dir.name
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Training curves of runs: accuracy, loss, and the schedule and indicators when logged."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise UsageError("give at least one run directory")
+    data = []
+    for d in dirs:
+        metrics = read_metrics(d)
+        if not metrics:
+            raise UsageError(f"{d} has no finished epoch yet")
+        data.append((_run_name(d, dirs), metrics))
+    sched = [k for k in SCHEDULE_KEYS if any(k in m[0] for _, m in data)]
+    panels = ["acc", "loss"] + (["schedule"] if sched else [])
+    panels += [k for k in LABELS if any(k in m[0] for _, m in data)]
+    cols = 2 if len(panels) <= 4 else 3
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(rows, cols)
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for i, (name, metrics) in enumerate(data):
+        color = f"C{i % 10}"
+        ep = [m["epoch"] for m in metrics]
+        for ax, panel in zip(axes, panels):
+            if panel in ("acc", "loss"):
+                ax.plot(ep, [m[f"train_{panel}"] for m in metrics], color=color, ls="--", marker=".",
+                        label=f"{name} train")
+                ax.plot(ep, [m[f"test_{panel}"] for m in metrics], color=color, marker="o", ms=3,
+                        label=f"{name} test")
+            elif panel == "schedule":
+                for j, k in enumerate(sched):
+                    if k in metrics[0]:
+                        ax.plot(ep, [m[k] for m in metrics], color=color, ls=["-", "--", ":", "-."][j % 4],
+                                marker=".", label=f"{name} {k}")
+            else:
+                ax.plot(ep, [m.get(panel) for m in metrics], color=color, marker=".", label=name)
+    titles = {"acc": "accuracy (%)", "loss": "cross-entropy loss", "schedule": "estimator schedule", **LABELS}
+    for ax, panel in zip(axes, panels):
+        ax.set_title(titles[panel])
+        _epoch_axis(ax)
+        ax.grid(alpha=0.3)
+        if panel == "gradient_stability":
+            _maybe_log(ax, [m.get(panel) for _, ms in data for m in ms])
+    axes[0].legend(fontsize=7)
+    if len(panels) > 2:
+        axes[2].legend(fontsize=7)
+    if out is None:
+        out = dirs[0] / "curves.png" if len(dirs) == 1 else Path("curves.png")
+    return _save(fig, out)
+
+
+def _epoch_axis(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _maybe_log(ax: Any, values: list[Any], ratio: float = 30.0, axis: str = "y") -> None:
+    """Log scale on ``axis`` when the positive values span more than ``ratio``."""
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and v > 0]
+    if vals and max(vals) / min(vals) > ratio:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+# ---------------------------------------------------------------- sweep plots
+
+
+def _short(label: str) -> str:
+    return label.replace("estimator=", "")
+
+
+def _epoch_means(out: Path, runs: dict[str, str], key: str) -> list[float] | None:
+    """Per-epoch mean over the finished seeds of metric ``key`` (None if no run has it)."""
+    series = []
+    for rel in runs.values():
+        run_dir = out / rel
+        cfg = run_dir / "config.json"
+        if not cfg.is_file() or not (run_dir / "last.pt").is_file():
+            continue
+        epochs = json.loads(cfg.read_text())["epochs"]
+        metrics = read_metrics(run_dir)[:epochs]
+        if len(metrics) == epochs and all(key in m for m in metrics):
+            series.append([m[key] for m in metrics])
+    if not series:
+        return None
+    return [statistics.fmean(v) for v in zip(*series)]
+
+
+def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Write the sweep's figures into ``out``; returns their file names."""
+    written = []
+    have_ind = any(r["estimating_error_mean"] is not None for r in rows)
+    if have_ind:
+        fig = _figure(1, 2, width=6.0, height=4.4)
+        axes = fig.subplots(1, 2)
+        for i, s in enumerate(manifest["settings"]):
+            for ax, key in zip(axes, LABELS):
+                means = _epoch_means(out, s["runs"], key)
+                if means:
+                    ax.plot(range(1, len(means) + 1), means, marker="o", ms=3, color=f"C{i % 10}",
+                            ls="-" if i < 10 else "--", label=_short(s["label"]))
+        for ax, key in zip(axes, LABELS):
+            ax.set_title(f"{LABELS[key]}\nper epoch, mean over seeds", fontsize=10)
+            _epoch_axis(ax)
+            ax.grid(alpha=0.3)
+            _maybe_log(ax, [y for line in ax.get_lines() for y in line.get_ydata()],
+                       ratio=30.0 if key == "gradient_stability" else 4.0)
+        axes[1].legend(fontsize=8)
+        _save(fig, out / "indicators.png")
+        written.append("indicators.png")
+
+        fig = _figure(1, 1, width=6.8, height=5.2)
+        ax = fig.subplots()
+        pts = [r for r in rows if r["estimating_error_mean"] is not None and r["gradient_stability_mean"] is not None]
+        markers = "osD^vP*Xph<>"
+        for i, r in enumerate(pts):
+            ax.errorbar(r["estimating_error_mean"], r["gradient_stability_mean"], xerr=r["estimating_error_std"],
+                        yerr=r["gradient_stability_std"], fmt=markers[i % len(markers)], ms=7, color=f"C{i % 10}",
+                        capsize=3, label=_short(r["setting"]))
+        ax.legend(fontsize=8, loc="best")
+        ax.set_xlabel("estimating error (mean over epochs)")
+        ax.set_ylabel("gradient stability: var |grad| (mean over epochs)")
+        ax.set_title("the equilibrium: error vs stability, one point per setting\n(bars: std over seeds)")
+        ax.grid(alpha=0.3)
+        _maybe_log(ax, [r["gradient_stability_mean"] for r in pts])
+        _maybe_log(ax, [r["estimating_error_mean"] for r in pts], ratio=4.0, axis="x")
+        _save(fig, out / "error_vs_stability.png")
+        written.append("error_vs_stability.png")
+
+    o_axis = next((a for a in manifest["grid"] if a in ("o_end", "estimator_options.o_end")), None)
+    if o_axis:
+        others = [a for a in manifest["grid"] if a != o_axis]
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r.get(o_axis) is not None and r["n"]:
+                groups.setdefault(",".join(f"{a}={r.get(a)}" for a in others), []).append(r)
+        panels = [("best_acc", "best test accuracy (%)"), ("final_acc", "final test accuracy (%)")]
+        if have_ind:
+            panels += [("estimating_error", LABELS["estimating_error"]),
+                       ("gradient_stability", LABELS["gradient_stability"])]
+        cols = 2
+        rows_ = math.ceil(len(panels) / cols)
+        fig = _figure(rows_, cols, width=4.6, height=3.6)
+        axes = list(fig.subplots(rows_, cols, squeeze=False).flat)
+        for i, (name, grp) in enumerate(groups.items()):
+            grp = sorted(grp, key=lambda r: float(r[o_axis]))
+            xs = [float(r[o_axis]) for r in grp]
+            for ax, (key, _title) in zip(axes, panels):
+                ax.errorbar(xs, [r[f"{key}_mean"] for r in grp], yerr=[r[f"{key}_std"] or 0 for r in grp],
+                            marker="o", capsize=3, color=f"C{i % 10}", label=name or None)
+        for ax, (key, title) in zip(axes, panels):
+            ax.set_xscale("log")
+            ticks = sorted({float(r[o_axis]) for g in groups.values() for r in g})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("o_end")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+            if key == "gradient_stability":
+                _maybe_log(ax, [r[f"{key}_mean"] for g in groups.values() for r in g])
+        if len(groups) > 1:
+            axes[0].legend(fontsize=7)
+        fig.suptitle("ReSTE: effect of o_end (mean ± std over seeds)")
+        _save(fig, out / "accuracy_vs_o_end.png")
+        written.append("accuracy_vs_o_end.png")
+    return written

@@ -1,0 +1,414 @@
+"""Grids of training runs: expand a grid into settings, run each setting for several seeds.
+
+A *grid* maps axis names to value lists, e.g. ``{"estimator": ["ste", "reste"]}`` or
+``{"o_end": [1, 2, 3]}``. An axis is one of
+
+* a ``TrainConfig`` field (``estimator``, ``lr``, ``epochs``, ``a32``, ``model``, ...);
+* an estimator hyper-parameter: a constructor keyword of a registered estimator
+  (``o_end``, ``t``, ``beta``, ``t_min``, ...) or a ``reste train`` flag name for one
+  (``o_schedule``, ``fda_n``, ...); it only applies to the estimators that take it;
+* a model option (``width``): a keyword of the model's factory.
+
+``estimator_options.KEY`` and ``model_options.KEY`` name the last two explicitly.
+The settings are the Cartesian product of the axes. Each setting is canonicalised
+(the estimator's full hyper-parameters are written out), so two grids that ask for
+the same training share its runs: a run directory is named after a hash of the
+canonical config (the seed and the settings that cannot change the result left
+out) and holds one folder per seed.
+
+``run_sweep`` skips finished runs (``metrics.jsonl`` holds every epoch and
+``last.pt`` exists), resumes partial ones, and writes the tables and figures with
+:func:`reste.experiments.report.summarize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import itertools
+import json
+import os
+import time
+import traceback
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..config import TrainConfig, model_keywords
+from ..errors import UsageError
+from ..estimators import _REGISTRY, ESTIMATORS, get_estimator
+
+MANIFEST = "sweep.json"
+
+# Fields that do not change a run's result: left out of the run's identity, may differ on resume.
+_FREE_FIELDS = ("data_path", "download", "workers", "device", "eval_batch_size", "preset", "seed")
+# ``reste train`` flag names for estimator keywords that differ from the keyword.
+_FLAG_ALIASES = {"o_schedule": "schedule", "alpha_schedule": "schedule", "fda_n": "n", "fda_n_end": "n_end",
+                 "fda_w": "w"}
+_NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
+
+
+# ------------------------------------------------------------------ grid specs
+
+
+def _estimator_keywords(name: str) -> list[str]:
+    params = inspect.signature(_REGISTRY[name].__init__).parameters
+    return [p for p in params if p != "self"]
+
+
+def _all_estimator_keywords() -> list[str]:
+    return sorted({k for name in ESTIMATORS for k in _estimator_keywords(name)})
+
+
+def _config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_AXES]
+
+
+def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
+    """Where grid axis ``key`` goes: ("field" | "estimator" | "model", the name there)."""
+    key = key.strip().replace("-", "_")
+    prefix, dot, rest = key.partition(".")
+    if dot and prefix in ("estimator_options", "model_options") and rest:
+        return prefix.split("_")[0], rest
+    if key == "seed":
+        raise UsageError("seed is not a grid axis; give the seeds with --seeds 0,1,2")
+    if key in _config_fields():
+        return "field", key
+    if key in _FLAG_ALIASES:
+        return "estimator", _FLAG_ALIASES[key]
+    if key in _all_estimator_keywords():
+        return "estimator", key
+    model_keys = sorted({k for m in models for k in model_keywords(m)})
+    if key in model_keys:
+        return "model", key
+    raise UsageError(
+        f"unknown grid axis {key!r}; valid: a TrainConfig field ({', '.join(_config_fields())}), an estimator "
+        f"hyper-parameter ({', '.join(_all_estimator_keywords() + sorted(_FLAG_ALIASES))}) or a model option "
+        f"({', '.join(model_keys) or 'none for this model'})"
+    )
+
+
+def parse_value(text: str) -> Any:
+    """A grid value: int, float, bool (true/false), None (none/null) or the string itself."""
+    text = text.strip()
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
+    """``["estimator=ste,reste", "o_end=1,3"]`` -> ``{"estimator": ["ste", "reste"], "o_end": [1, 3]}``."""
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip().replace("-", "_")
+        items = [v.strip() for v in values.split(",")]
+        if not sep or not key or not values.strip() or "" in items:
+            raise UsageError(f"bad --grid {spec!r}; expected KEY=V1,V2,... e.g. --grid estimator=ste,reste")
+        if key in grid:
+            raise UsageError(f"grid axis {key!r} given twice; put all its values in one --grid {key}=...")
+        grid[key] = [parse_value(v) for v in items]
+    return grid
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--seeds expects integers separated by commas, e.g. 0,1,2; got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds has a seed twice: {text!r}")
+    return seeds
+
+
+# -------------------------------------------------------------------- settings
+
+
+@dataclass
+class Setting:
+    """One point of the grid: the axis values that apply to it and its canonical config."""
+
+    label: str
+    values: dict[str, Any]
+    config: TrainConfig
+    key: str
+    runs: dict[int, Path] = field(default_factory=dict)
+
+
+def canonical(config: TrainConfig) -> TrainConfig:
+    """The resolved config with the estimator's hyper-parameters written out in full."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1
+        config = config.resolve()
+        est = get_estimator(config.estimator, **config.estimator_options)
+    return dataclasses.replace(config, estimator=est.name, estimator_options=est.config())
+
+
+def config_key(config: TrainConfig) -> str:
+    """A short hash of everything in ``config`` that can change the result, except the seed."""
+    data = {k: v for k, v in config.to_dict().items() if k not in _FREE_FIELDS}
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
+    """The settings of ``grid`` on top of ``base``, in grid order, without duplicates."""
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise UsageError(f"grid axis {key!r} needs a non-empty list of values, got {values!r}")
+    models = [base.model] if base.model else []
+    models += [m for m in grid.get("model", []) if isinstance(m, str)]
+    if not models:
+        from ..config import DATASET_DEFAULTS
+
+        for ds in [base.dataset, *grid.get("dataset", [])]:
+            if ds in DATASET_DEFAULTS:
+                models.append(DATASET_DEFAULTS[ds]["model"])
+    kinds = {key: axis_kind(key, models) for key in grid}
+    settings: dict[str, Setting] = {}
+    for combo in itertools.product(*grid.values()):
+        data = base.to_dict()
+        data["estimator_options"] = dict(base.estimator_options)
+        data["model_options"] = dict(base.model_options)
+        for (key, value) in zip(grid, combo):
+            kind, name = kinds[key]
+            if kind == "field":
+                data[name] = value
+            else:
+                data[f"{kind}_options"][name] = value
+        estimator = str(data["estimator"]).lower().replace("-", "_")
+        if estimator not in ESTIMATORS:
+            raise UsageError(f"unknown estimator {data['estimator']!r}; valid: {', '.join(ESTIMATORS)}")
+        accepted = _estimator_keywords(estimator)
+        dropped = {k for k in data["estimator_options"] if k not in accepted}
+        data["estimator_options"] = {k: v for k, v in data["estimator_options"].items() if k in accepted}
+        values = {key: value for key, value in zip(grid, combo)
+                  if not (kinds[key][0] == "estimator" and kinds[key][1] in dropped)}
+        config = canonical(TrainConfig.from_dict(data))
+        key = config_key(config)
+        if key not in settings:
+            label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or config.estimator
+            settings[key] = Setting(label=label, values=values, config=config, key=key)
+    return list(settings.values())
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ------------------------------------------------------------------ run state
+
+
+def count_epochs(run_dir: Path) -> int:
+    """Finished epochs recorded in ``run_dir/metrics.jsonl`` (a torn last line does not count)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    n = 0
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)["epoch"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        n += 1
+    return n
+
+
+def run_state(run_dir: Path, epochs: int) -> str:
+    """``"done"`` (every epoch and last.pt), ``"partial"`` (a run was started) or ``"new"``."""
+    if (run_dir / "last.pt").is_file() and count_epochs(run_dir) >= epochs:
+        return "done"
+    if (run_dir / "config.json").is_file():
+        return "partial"
+    return "new"
+
+
+# ------------------------------------------------------------------- execution
+
+
+def _file_log(path: Path) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        with open(path, "a") as f:
+            f.write(message + "\n")
+
+    return log
+
+
+def _execute(job: dict[str, Any]) -> dict[str, Any]:
+    """Train or resume one run; never raises. Runs in this process or in a worker."""
+    from .. import engine
+
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = _file_log(run_dir / "train.log")
+    start = time.time()
+    try:
+        config = TrainConfig.from_dict(job["config"])
+        if job["resume"]:
+            free = {k: getattr(config, k) for k in engine.RESUME_FREE}
+            result = engine.resume(run_dir, free, progress=False, log=log)
+        else:
+            result = engine.train(config, run_dir, progress=False, log=log)
+        return {"status": "done", "result": result, "seconds": time.time() - start}
+    except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
+        log(traceback.format_exc())
+        status = "diverged" if type(err).__name__ == "TrainingDiverged" else "failed"
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+
+def threads_per_job(jobs: int) -> int:
+    """CPU threads for each of ``jobs`` parallel runs: the usable cores shared out, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:  # another drive (Windows)
+        return str(path.resolve())
+
+
+def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int],
+                   settings: list[Setting]) -> None:
+    manifest = {
+        "base": base.to_dict(),
+        "grid": grid,
+        "seeds": list(seeds),
+        "settings": [
+            {"label": s.label, "values": s.values, "key": s.key,
+             "runs": {str(seed): _rel(path, out_dir) for seed, path in s.runs.items()}}
+            for s in settings
+        ],
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dict[str, Any]) -> str:
+    head = f"[{i}/{total}] {setting.label} seed {seed}:"
+    if outcome["status"] == "skipped":
+        return f"{head} already finished, skipped"
+    if outcome["status"] != "done":
+        return f"{head} {outcome['status'].upper()} after {outcome['seconds']:.0f}s: {outcome['error']}"
+    r = outcome["result"]
+    line = f"{head} best {r['best_acc']:.2f}% final {r['final_acc']:.2f}%"
+    ind = r.get("indicators")
+    if ind:
+        line += f"  error {ind['estimating_error']:.4g} stability {ind['gradient_stability']:.4g}"
+    return line + f"  ({outcome['seconds']:.0f}s)"
+
+
+def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int] | None, out_dir: str | os.PathLike,
+              jobs: int = 1, *, runs_dir: str | os.PathLike | None = None, threads: int | None = None,
+              log: Callable[[str], None] = print, report: bool = True) -> list[dict[str, Any]]:
+    """Train every setting of ``grid`` (on top of ``base``) for every seed; returns the table rows.
+
+    Runs go to ``runs_dir`` (default ``out_dir/runs``), one folder per setting
+    (``ESTIMATOR-HASH``) with one sub-folder per seed; finished runs are skipped and
+    partial ones resumed, so an interrupted sweep continues where it stopped and two
+    sweeps with the same ``runs_dir`` share identical runs. ``jobs`` > 1 trains that
+    many runs at a time in worker processes, each with ``threads`` torch threads
+    (default ``cores // jobs``; with one job, default: torch's own setting).
+    Each run logs to its ``train.log``; one line per run goes to ``log``. With
+    ``report`` the tables and figures are written to ``out_dir`` (see ``summarize``).
+    A run that fails or diverges is reported and left out of the table.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--threads must be a positive integer, got {threads!r}")
+    seeds = [base.seed] if not seeds else [int(s) for s in seeds]
+    settings = expand_grid(base, dict(grid))
+    out = Path(out_dir)
+    runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        runs_root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the sweep folders under {out} ({err.strerror}); pass another --out") from None
+
+    todo: list[tuple[Setting, int, dict[str, Any]]] = []
+    for seed in seeds:  # seed-major: after a third of the time, every setting has one seed
+        for s in settings:
+            run_dir = runs_root / f"{s.config.estimator}-{s.key}" / f"seed{seed}"
+            s.runs[seed] = run_dir
+            config = dataclasses.replace(s.config, seed=seed)
+            state = run_state(run_dir, config.epochs)
+            if state == "partial":
+                from ..engine import saved_config
+
+                if config_key(canonical(saved_config(run_dir))) != s.key:
+                    raise UsageError(f"{run_dir} holds a run with other settings; move it away or pass another "
+                                     "--runs-dir")
+            todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir),
+                                   "resume": state == "partial", "state": state}))
+    write_manifest(out, base, grid, seeds, settings)
+    total = len(todo)
+    n_set = len(settings)
+    n_done = sum(job["state"] == "done" for _, _, job in todo)
+    log(f"sweep: {n_set} setting{'s' * (n_set != 1)} x {len(seeds)} seed{'s' * (len(seeds) != 1)} = {total} runs "
+        f"({n_done} already finished) -> {out}")
+
+    failed = 0
+    count = 0
+
+    def report_one(s: Setting, seed: int, outcome: dict[str, Any]) -> None:
+        nonlocal count, failed
+        count += 1
+        failed += outcome["status"] not in ("done", "skipped")
+        log(_progress_line(count, total, s, seed, outcome))
+
+    pending = []
+    for s, seed, job in todo:
+        if job["state"] == "done":
+            report_one(s, seed, {"status": "skipped"})
+        else:
+            pending.append((s, seed, job))
+    if jobs == 1 or len(pending) <= 1:
+        import torch
+
+        before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            for s, seed, job in pending:
+                report_one(s, seed, _execute(job))
+        finally:
+            torch.set_num_threads(before)
+    else:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
+                                 initargs=(threads or threads_per_job(jobs),)) as pool:
+            futures = {pool.submit(_execute, job): (s, seed) for s, seed, job in pending}
+            for fut in as_completed(futures):
+                s, seed = futures[fut]
+                report_one(s, seed, fut.result())
+    if failed:
+        log(f"sweep: {failed} run{'s' * (failed != 1)} failed; see train.log in their run folders")
+    if not report:
+        return []
+    from .report import summarize
+
+    return summarize(out, log=log)

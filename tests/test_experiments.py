@@ -1,0 +1,157 @@
+"""Sweeps, their tables and figures, and the plot commands (reste.experiments)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from reste.cli import main
+from reste.config import TrainConfig
+from reste.engine import read_metrics
+from reste.errors import UsageError
+from reste.experiments import expand_grid, parse_grid, run_state, summarize
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A finished two-setting sweep on digits (1 epoch, 1 seed, indicators on), run through the CLI."""
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    argv = ["sweep", "--grid", "estimator=ste,reste", "--seeds", "0", "--dataset", "digits", "--model",
+            "digits_1w1a", "--epochs", "1", "--indicators", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_sweep_table_matches_the_runs(sweep):
+    out, _ = sweep
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [s["label"] for s in manifest["settings"]] == ["estimator=ste", "estimator=reste"]
+    rows = _read_csv(out / "results.csv")
+    assert [r["setting"] for r in rows] == ["estimator=ste", "estimator=reste"]
+    for col in ("estimator", "n", "best_acc_mean", "best_acc_std", "final_acc_mean", "final_acc_std",
+                "estimating_error_mean", "estimating_error_std", "gradient_stability_mean",
+                "gradient_stability_std"):
+        assert col in rows[0]
+    for row, setting in zip(rows, manifest["settings"]):
+        run_dir = out / setting["runs"]["0"]
+        metrics = read_metrics(run_dir)
+        assert len(metrics) == 1
+        assert json.loads((run_dir / "config.json").read_text())["estimator"] == row["estimator"]
+        assert row["n"] == "1" and row["best_acc_std"] == ""  # one seed: no spread
+        assert float(row["best_acc_mean"]) == pytest.approx(max(m["test_acc"] for m in metrics))
+        assert float(row["final_acc_mean"]) == pytest.approx(metrics[-1]["test_acc"])
+        assert float(row["estimating_error_mean"]) == pytest.approx(metrics[0]["estimating_error"])
+        assert float(row["gradient_stability_mean"]) == pytest.approx(metrics[0]["gradient_stability"])
+    md = (out / "results.md").read_text()
+    assert "| estimator=reste |" in md and "digits" in md
+    assert len(_read_csv(out / "runs.csv")) == 2
+    for name in ("indicators.png", "error_vs_stability.png"):
+        assert _is_png(out / name), name
+
+
+def test_sweep_skips_finished_runs_and_resumes_partial_ones(sweep, capsys):
+    out, argv = sweep
+    manifest = json.loads((out / "sweep.json").read_text())
+    ste, reste_ = (out / s["runs"]["0"] for s in manifest["settings"])
+    ste_mtime = (ste / "last.pt").stat().st_mtime_ns
+    (reste_ / "last.pt").unlink()  # as if it was interrupted before its first checkpoint
+    assert run_state(reste_, 1) == "partial" and run_state(ste, 1) == "done"
+    capsys.readouterr()
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(lines) == 2
+    assert "estimator=ste seed 0: already finished" in lines[0]
+    assert "estimator=reste seed 0: best" in lines[1]
+    assert (ste / "last.pt").stat().st_mtime_ns == ste_mtime
+    assert run_state(reste_, 1) == "done" and len(read_metrics(reste_)) == 1
+
+
+def test_grid_axes_resolve_and_identical_settings_are_shared():
+    base = TrainConfig(dataset="digits", epochs=1)
+    settings = expand_grid(base, {"estimator": ["ste", "reste"], "o_end": [2, 3]})
+    # o_end does not apply to ste, so ste appears once
+    assert [s.label for s in settings] == ["estimator=ste", "estimator=reste,o_end=2", "estimator=reste,o_end=3"]
+    assert settings[2].config.estimator_options["o_end"] == 3.0
+    # ReSTE with the default o_end is the same training as o_end=3: same run folder
+    default = expand_grid(base, {"estimator": ["reste"]})[0]
+    assert default.key == settings[2].key
+    assert expand_grid(base, {"o_schedule": ["constant"], "lr": [0.05]})[0].config.lr == 0.05
+    fm = expand_grid(TrainConfig(dataset="fashion-mnist"), {"width": [4, 8]})
+    assert [s.config.model_options for s in fm] == [{"width": 4}, {"width": 8}]
+
+
+@pytest.mark.parametrize("spec", ["estimator", "estimator=", "estimator=ste,,reste", "bogus=1,2", "seed=0,1"])
+def test_bad_grid_is_a_one_line_usage_error(spec, tmp_path, capsys):
+    rc = main(["sweep", "--grid", spec, "--out", str(tmp_path / "s"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("reste: error:") and err.count("\n") == 1
+    assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_grid_parsing():
+    assert parse_grid(["estimator=ste,reste", "o_end=1,1.5", "a32=true,false"]) == {
+        "estimator": ["ste", "reste"], "o_end": [1, 1.5], "a32": [True, False]}
+    with pytest.raises(UsageError, match="given twice"):
+        parse_grid(["lr=0.1", "lr=0.2"])
+
+
+def _fake_run(run_dir: Path, accs: list[float], errors: list[float], stabs: list[float]) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"epochs": len(accs)}))
+    (run_dir / "last.pt").write_bytes(b"")
+    lines = [dict(epoch=i + 1, train_acc=a, test_acc=a, train_loss=1.0, test_loss=1.0, estimating_error=e,
+                  gradient_stability=s) for i, (a, e, s) in enumerate(zip(accs, errors, stabs))]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+def test_summarize_statistics_and_o_end_figure(tmp_path):
+    """Mean and sample std over seeds; unfinished runs are left out; accuracy vs o_end is drawn."""
+    runs = {1: ([50, 60], [3, 1]), 3: ([70, 65], [2, 2]), 10: ([40, 55], [1, 1])}
+    settings = []
+    for o, (accs, errs) in runs.items():
+        seeds = {}
+        for seed, (acc, err) in enumerate(zip(accs, errs)):
+            rel = f"runs/o{o}/seed{seed}"
+            _fake_run(tmp_path / rel, [acc - 5, acc], [err + 1, err], [o * 1e-3, o * 1e-3])
+            seeds[str(seed)] = rel
+        seeds["2"] = f"runs/o{o}/seed2"  # planned but never started
+        settings.append({"label": f"o_end={o}", "values": {"o_end": o}, "key": str(o), "runs": seeds})
+    base = TrainConfig(dataset="digits", epochs=2, indicators="general").to_dict()
+    (tmp_path / "sweep.json").write_text(json.dumps(
+        {"base": base, "grid": {"o_end": list(runs)}, "seeds": [0, 1, 2], "settings": settings}))
+    rows = summarize(tmp_path)
+    assert [r["n"] for r in rows] == [2, 2, 2] and rows[0]["n_runs"] == 3
+    assert rows[1]["best_acc_mean"] == pytest.approx(67.5)
+    assert rows[1]["best_acc_std"] == pytest.approx(statistics.stdev([70, 65]))
+    assert rows[0]["estimating_error_mean"] == pytest.approx(statistics.fmean([3.5, 1.5]))
+    assert rows[2]["gradient_stability_std"] == pytest.approx(0.0)
+    assert "| o_end=3 | 67.50 ± 3.54 |" in (tmp_path / "results.md").read_text()
+    assert "2/3" in (tmp_path / "results.md").read_text()
+    for name in ("accuracy_vs_o_end.png", "indicators.png", "error_vs_stability.png"):
+        assert _is_png(tmp_path / name), name
+
+
+def test_plot_estimators_and_runs(tmp_path, capsys):
+    assert main(["plot", "estimators", "--out", str(tmp_path / "est.png")]) == 0
+    assert _is_png(tmp_path / "est.png")
+    _fake_run(tmp_path / "run", [50, 60, 70], [3, 2, 1], [1e-5, 2e-5, 3e-5])
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert _is_png(tmp_path / "run" / "curves.png")
+    assert main(["plot", "estimators", "--out", str(tmp_path / "est.pdf")]) == 2
+    assert "PNG" in capsys.readouterr().err
