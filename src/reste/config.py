@@ -63,6 +63,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = True
+    threads: int | None = None  # torch CPU threads (None: torch's default)
     preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +97,7 @@ class TrainConfig:
         return out
 
     def validate(self) -> None:
-        from .models import list_models
+        from .models import list_models, model_keywords
 
         if self.model not in list_models():
             raise UsageError(f"unknown model {self.model!r}; valid: {', '.join(list_models())}")
@@ -120,6 +121,8 @@ class TrainConfig:
             )
         if not 0 <= self.warm_up < self.epochs:
             raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads <= 0):
+            raise UsageError(f"--threads must be a positive integer, got {self.threads}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         accepted = model_keywords(self.model)
@@ -138,17 +141,6 @@ class TrainConfig:
             get_estimator(self.estimator, **opts)
         except ValueError as err:
             raise UsageError(f"bad estimator settings: {err}") from None
-
-
-def model_keywords(name: str) -> list[str]:
-    """The options model ``name``'s factory takes itself (``width`` for ``fmnist_vgg_1w1a``)."""
-    import inspect
-
-    from .models import registry
-
-    params = inspect.signature(registry._MODELS[name]).parameters.values()
-    return [p.name for p in params
-            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in ("num_classes", "conv")]
 
 
 @dataclass(frozen=True)

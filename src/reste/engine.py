@@ -46,7 +46,7 @@ from .layers import binary_layers, schedule_values, set_progress
 from .schedules import learning_rate
 
 # Settings that may differ when resuming without --force: they do not change the result.
-RESUME_FREE = ("data_path", "download", "workers", "device", "eval_batch_size")
+RESUME_FREE = ("data_path", "download", "workers", "device", "eval_batch_size", "threads")
 
 
 class TrainingDiverged(RuntimeError):
@@ -245,6 +245,8 @@ class _Run:
 
     def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool) -> None:
         self.config, self.run_dir, self.progress = config, run_dir, progress
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.dist, self.device = init_distributed(config.device)
         self.log = log if self.dist.main else (lambda _msg: None)
         seed_everything(config.seed)

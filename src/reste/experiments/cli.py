@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from ..errors import UsageError
@@ -28,9 +29,6 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--seeds", help="seeds, comma-separated (default: --seed, or 0)")
     s.add_argument("--jobs", "-j", type=int, default=1,
                    help="runs at a time, in worker processes with cores/jobs threads each (default 1)")
-    s.add_argument("--threads", type=int,
-                   help="torch threads per run (default: cores/jobs with --jobs > 1, else torch's default); "
-                        "1 is fastest on a busy machine")
     s.add_argument("--runs-dir", dest="runs_dir",
                    help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
@@ -61,7 +59,8 @@ def base_config(args: argparse.Namespace) -> Any:
 
     if args.resume or args.force:
         raise UsageError("--resume/--force do not apply to a sweep: run the same sweep again to continue it")
-    return config_from_args(args)
+    # --threads is a property of the sweep's worker processes (run_sweep's ``threads``), not of a run
+    return dataclasses.replace(config_from_args(args), threads=None)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -156,3 +156,11 @@ def create(
     else:
         conv = ConvBuilder()
     return fn(num_classes=num_classes, conv=conv, **options)
+
+
+def model_keywords(name: str) -> list[str]:
+    """The options model ``name``'s factory takes itself (``width`` for ``fmnist_vgg_1w1a``)."""
+    _check_name(name)
+    params = inspect.signature(_MODELS[name]).parameters.values()
+    return [p.name for p in params
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in ("num_classes", "conv")]
