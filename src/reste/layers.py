@@ -74,9 +74,10 @@ class _BinaryMixin:
     def binary_input(self, x: Tensor) -> Tensor:
         return x if self.input_estimator is None else self.input_estimator(x)
 
-    def _binary_repr(self) -> str:
+    def extra_repr(self) -> str:
         a = "real" if self.input_estimator is None else self.input_estimator.name
-        return f"weights={self.weight_estimator.name}, inputs={a}, scaling={self.scaling}"
+        base = super().extra_repr()  # type: ignore[misc]  # nn.Conv2d's / nn.Linear's
+        return f"{base}, weights={self.weight_estimator.name}, inputs={a}, scaling={self.scaling}"
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
@@ -109,9 +110,6 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._binary_repr()}"
-
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
     """Linear layer with binary weights (and binary inputs unless ``input_estimator=None``)."""
@@ -133,9 +131,6 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.binary_input(x), self.binary_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._binary_repr()}"
 
 
 def binary_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
