@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def test_truncated_and_corrupted_checkpoints(capsys, tmp_path, finished_run):
     truncated.write_bytes(data[: len(data) // 2])
     assert_one_line_error(capsys, ["eval", str(truncated)], "truncated or corrupted")
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(os.urandom(2000))
+    garbage.write_bytes(random.Random(0).randbytes(2000))
     assert_one_line_error(capsys, ["eval", str(garbage)], "truncated or corrupted")
     assert_one_line_error(capsys, ["eval", str(tmp_path / "missing.pt")], "does not exist")
     other = tmp_path / "other.pt"
