@@ -92,6 +92,8 @@ def test_bad_data_paths(capsys, tmp_path):
                                    "--out", str(tmp_path / "c")])
     assert_one_line_error(capsys, [*TRAIN, "--dataset", "imagenet", "--data-path", str(empty),
                                    "--out", str(tmp_path / "d")], str(empty))
+    # a run that could not start leaves no empty run directory behind
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_unwritable_run_directory(capsys, tmp_path):

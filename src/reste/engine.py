@@ -458,8 +458,14 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     run_dir = Path(out) if out is not None else default_run_dir(config)
     if (run_dir / "last.pt").exists() or (run_dir / "config.json").exists():
         raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    created = not run_dir.exists()
     _check_writable(run_dir)
-    run = _Run(config, run_dir, log, progress)
+    try:
+        run = _Run(config, run_dir, log, progress)
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that never started leaves no empty folder behind
+        raise
     if run.dist.main:
         ckpt_io.atomic_write(run_dir / "config.json",
                              lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
