@@ -15,7 +15,8 @@ epoch, and the data order of epoch e depends only on (seed, e), so a resumed run
 ends with exactly the weights of an uninterrupted one (on CPU).
 
 Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
-DistributedDataParallel, BatchNorm is synchronised (``sync_bn``), each process
+DistributedDataParallel, BatchNorm is synchronised (``sync_bn``: nn.SyncBatchNorm on
+GPUs, reste.syncbn.ProcessGroupBatchNorm on CPUs), each process
 reads its shard of the training set, and only rank 0 logs and writes.
 """
 
@@ -44,6 +45,7 @@ from .errors import UsageError
 from .indicators import EquilibriumMeter
 from .layers import binary_layers, schedule_values, set_progress
 from .schedules import learning_rate
+from .syncbn import ProcessGroupBatchNorm
 
 # Settings that may differ when resuming without --force: they do not change the result.
 RESUME_FREE = ("data_path", "download", "workers", "device", "eval_batch_size", "threads")
@@ -269,14 +271,15 @@ class _Run:
         )
         self.net: nn.Module = self.model
         if self.dist.enabled:
-            if config.sync_bn and self.device.type != "cuda":
-                self.log("note: SyncBatchNorm needs CUDA; these CPU processes keep per-process BatchNorm statistics")
-            elif config.sync_bn:
-                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
-                self.model = self.net
+            if config.sync_bn:  # BatchNorm statistics over all processes
+                if self.device.type == "cuda":
+                    self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                else:  # nn.SyncBatchNorm is CUDA-only
+                    self.model = ProcessGroupBatchNorm.convert(self.model)
                 self.optimizer = build_optimizer(config, self.model)
                 if self.meter:
                     self.meter = EquilibriumMeter(self.model, config.indicators, self.meter.o_end)
+                self.net = self.model
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         if config.compile:
