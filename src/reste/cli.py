@@ -170,13 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("--preset cannot be combined with --resume: the run keeps its own settings")
         if args.out:
             raise UsageError("--out cannot be combined with --resume: the run directory is the one resumed")
-        saved = engine.saved_config(args.resume)
-        args._base_estimator = saved.estimator
-        overrides = overrides_from_args(args)
-        for key in ("estimator_options", "model_options"):
-            if key in overrides:
-                overrides[key] = {**getattr(saved, key), **overrides[key]}
-        engine.resume(args.resume, overrides, force=args.force, progress=args.progress, log=log)
+        args._base_estimator = engine.saved_config(args.resume).estimator
+        engine.resume(args.resume, overrides_from_args(args), force=args.force, progress=args.progress, log=log)
         return 0
     config = config_from_args(args)
     engine.train(config, args.out, progress=args.progress, log=log)

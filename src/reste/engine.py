@@ -43,9 +43,9 @@ from .config import TrainConfig
 from .data import load_datasets, make_loaders
 from .errors import UsageError
 from .indicators import EquilibriumMeter
-from .layers import binary_layers, schedule_values, set_progress
+from .layers import binary_layers, set_progress
 from .schedules import learning_rate
-from .syncbn import ProcessGroupBatchNorm
+from .syncbn import ProcessGroupBatchNorm, is_distributed
 
 # Settings that may differ when resuming without --force: they do not change the result.
 RESUME_FREE = ("data_path", "download", "workers", "device", "eval_batch_size", "threads")
@@ -182,17 +182,12 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
         n += target.numel()
     counts = torch.stack([loss_sum, top1.double(), top5.double(), torch.tensor(float(n), device=device,
                                                                                 dtype=torch.float64)])
-    if _sharded(loader):  # each process evaluated its own shard: add them up
+    if is_distributed():  # each process evaluated its shard (make_loaders(distributed=True)): add them up
         torch.distributed.all_reduce(counts)
     loss_sum, top1, top5, n = counts.tolist()
     if n == 0:
         raise UsageError("the test set is empty; check --data-path")
     return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
-
-
-def _sharded(loader: Any) -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
-        torch.distributed.get_world_size() > 1
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
@@ -521,6 +516,9 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     if blocking and not force:
         detail = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in blocking.items())
         raise UsageError(f"resume settings differ from the saved run ({detail}); drop them or pass --force")
+    for key in ("estimator_options", "model_options"):  # given options refine the saved ones
+        if key in overrides:
+            overrides[key] = {**getattr(saved, key), **overrides[key]}
     data = saved.to_dict()
     data.update(overrides)
     config = TrainConfig.from_dict(data).resolve()
@@ -565,5 +563,5 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 __all__ = [
     "TrainConfig", "train", "resume", "evaluate", "evaluate_checkpoint", "load_checkpoint",
-    "model_from_checkpoint", "read_metrics", "TrainingDiverged", "schedule_values", "format_epoch",
+    "model_from_checkpoint", "read_metrics", "TrainingDiverged", "format_epoch",
 ]

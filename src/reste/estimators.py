@@ -259,7 +259,7 @@ class Estimator(nn.Module):
 
     def set_progress(self, epoch: float, epochs: int) -> None:
         """Move the schedule to ``epoch`` of ``epochs``; a no-op for fixed estimators."""
-        schedules.ramp("constant", 0.0, 0.0, epoch, epochs)  # validates the arguments
+        schedules.check_progress(epoch, epochs)
 
     def schedule_values(self) -> dict[str, float]:
         """The values that change over training (logged per epoch)."""

@@ -17,7 +17,8 @@ import math
 RAMPS = ("cosine", "linear", "constant", "log")
 
 
-def _check_progress(epoch: float, epochs: int) -> None:
+def check_progress(epoch: float, epochs: int) -> None:
+    """Raise ValueError unless 0 <= epoch and epochs > 0."""
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
     if epoch < 0:
@@ -35,7 +36,7 @@ def ramp(kind: str, start: float, end: float, epoch: float, epochs: int) -> floa
     The ramp is evaluated at e/E, so like the paper it never quite reaches ``end``
     within ``epochs`` epochs (ReSTE: E = 1000 gives o(999) = 2.99686 for end 3).
     """
-    _check_progress(epoch, epochs)
+    check_progress(epoch, epochs)
     r = epoch / epochs
     if kind == "cosine":
         return start + (1.0 - math.cos(math.pi / 2 * r)) * (end - start)
@@ -58,7 +59,7 @@ def learning_rate(base_lr: float, epoch: int, epochs: int, warm_up: int = 0) -> 
     epochs that starts at ``base_lr`` and reaches 0 after the last epoch:
     lr * (1 + cos(pi * k / K)) / 2 with k = e - warm_up and K = epochs - warm_up.
     """
-    _check_progress(epoch, epochs)
+    check_progress(epoch, epochs)
     if base_lr <= 0:
         raise ValueError(f"lr must be positive, got {base_lr}")
     if not 0 <= warm_up < epochs:

@@ -16,7 +16,8 @@ from torch.distributed.nn.functional import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def _distributed() -> bool:
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -28,7 +29,7 @@ class ProcessGroupBatchNorm(_BatchNorm):
             raise ValueError(f"expected an input with a channel dimension, got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and _distributed()):
+        if not (self.training and is_distributed()):
             return super().forward(x)
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
@@ -64,4 +65,4 @@ class ProcessGroupBatchNorm(_BatchNorm):
         return module
 
 
-__all__ = ["ProcessGroupBatchNorm"]
+__all__ = ["ProcessGroupBatchNorm", "is_distributed"]

@@ -127,7 +127,6 @@ class NumpyKernels:
         windows = np.lib.stride_tricks.as_strided(
             src, (n, oh, ow, kh, kw, cb // unit), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
         cols = np.zeros((n, oh, ow, row_bytes), dtype=np.uint8)
-        used = kh * kw * cb
         c0, c1, c2, _ = cols.strides
         dst = np.lib.stride_tricks.as_strided(cols.view(dt), (n, oh, ow, kh, kw, cb // unit),
                                               (c0, c1, c2, kw * cb, cb, unit))
