@@ -17,6 +17,7 @@ from reste import models
 from reste.errors import UsageError
 from reste.export import PackedModel, export_model, export_onnx, format_report, pack_bits, unpack_bits
 from reste.export import kernels as K
+from reste.native import NativeLibrary
 
 BACKENDS = ["numpy"] + (["c"] if K.c_kernel_error() is None else [])
 
@@ -357,7 +358,7 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
 
 
 def test_falls_back_to_numpy_without_a_compiler(tmp_path, monkeypatch):
-    monkeypatch.setattr(K, "_C_LIB", [])  # forget the compiled library (restored afterwards)
+    monkeypatch.setattr(K, "_LIB", NativeLibrary("packed", K._C_SOURCE, {}))  # not built yet
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
     assert K.get_kernels("auto").name == "numpy"

@@ -22,9 +22,8 @@ weight rows:
 
 Two backends compute the same integers: ``"numpy"`` (portable; ``np.bitwise_count``)
 and ``"c"``, a small C kernel (scalar ``popcnt``, or AVX2 nibble-table popcounts
-where the CPU has AVX2) compiled on first use with the system C compiler
-(``$CC``, ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``) and cached under
-``$RESTE_CACHE`` or ``~/.cache/reste``; ``"auto"`` takes ``"c"`` when it builds
+where the CPU has AVX2) compiled on first use by :mod:`reste.native` (the system C
+compiler, ``-O3 -march=native``, cached under ``~/.cache/reste``); ``"auto"`` takes ``"c"`` when it builds
 and ``"numpy"`` otherwise. The C functions are called through ``ctypes``, which releases the GIL,
 so rows are split over threads (``torch.get_num_threads()``).
 """
@@ -32,21 +31,13 @@ so rows are split over threads (``torch.get_num_threads()``).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import UsageError
+from ..native import NativeLibrary, parallel_for
 
 BACKENDS = ("auto", "c", "numpy")
 
@@ -345,52 +336,11 @@ void reste_bgemm(const uint64_t *A, const uint64_t *B, int64_t O, int64_t W, int
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
-
-def _cache_dir() -> Path:
-    root = os.environ.get("RESTE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "reste")
-    return Path(root)
-
-
-def _cpu_tag() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + flags
-
-
-def _compile() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if compiler is None:
-        raise OSError("no C compiler found")
-    attempts = [["-O3", "-march=native"], ["-O3", "-mpopcnt"], ["-O3"]]
-    errors = []
-    for flags in attempts:
-        key = hashlib.sha256("\0".join([_C_SOURCE, compiler, *flags, _cpu_tag(), sys.platform]).encode()).hexdigest()
-        lib = _cache_dir() / f"packed_{key[:20]}.so"
-        if lib.is_file():
-            try:
-                return ctypes.CDLL(str(lib))
-            except OSError:
-                pass
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-            src = Path(tmp) / "packed.c"
-            src.write_text(_C_SOURCE)
-            so = Path(tmp) / "packed.so"
-            proc = subprocess.run([compiler, *flags, "-fPIC", "-shared", str(src), "-o", str(so)],
-                                  capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                errors.append(proc.stderr.strip().splitlines()[-1:] or ["failed"])
-                continue
-            try:
-                os.replace(so, lib)
-                return ctypes.CDLL(str(lib))
-            except OSError as err:
-                errors.append([str(err)])
-    raise OSError(f"could not compile the packed kernels: {errors}")
+_LIB = NativeLibrary("packed", _C_SOURCE, {
+    "reste_pack_signs": ([_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I], None),
+    "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
+    "reste_bgemm": ([_P, _P, _I, _I, ctypes.c_int32, _P, _I, _P, _P, _P, _P, _P, _P, _I, _I], None),
+}, flag_sets=(("-O3", "-march=native"), ("-O3", "-mpopcnt"), ("-O3",)))
 
 
 class CKernels:
@@ -400,25 +350,11 @@ class CKernels:
 
     def __init__(self, lib: ctypes.CDLL, threads: int) -> None:
         self.lib = lib
-        lib.reste_pack_signs.argtypes = [_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I]
-        lib.reste_im2col.argtypes = [_P] + [_I] * 11 + [_P, _I, _I, _I]
-        lib.reste_bgemm.argtypes = [_P, _P, _I, _I, ctypes.c_int32, _P, _I, _P, _P, _P, _P, _P, _P, _I, _I]
-        for f in (lib.reste_pack_signs, lib.reste_im2col, lib.reste_bgemm):
-            f.restype = None
         self.threads = max(1, threads)
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def _split(self, total: int, work: int, fn: Callable[[int, int], Any], align: int = 1) -> None:
         """Run fn(lo, hi) over [0, total) in up to ``threads`` pieces when the work is large enough."""
-        parts = min(self.threads, total // align, max(1, work // 200_000)) if self._pool else 1
-        if parts <= 1:
-            fn(0, total)
-            return
-        step = -(-total // parts)
-        step = -(-step // align) * align
-        futures = [self._pool.submit(fn, lo, min(lo + step, total)) for lo in range(0, total, step)]
-        for f in futures:
-            f.result()
+        parallel_for(total, fn, self.threads, work=work, align=align)
 
     def pack_signs(self, x: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -462,24 +398,9 @@ class CKernels:
         return out
 
 
-_LOCK = threading.Lock()
-_C_LIB: list[Any] = []
-
-
-def _c_library() -> ctypes.CDLL | None:
-    with _LOCK:
-        if not _C_LIB:
-            try:
-                _C_LIB.append(_compile())
-            except (OSError, subprocess.SubprocessError) as err:
-                _C_LIB.append(err)
-        got = _C_LIB[0]
-    return got if isinstance(got, ctypes.CDLL) else None
-
-
 def c_kernel_error() -> str | None:
     """Why the C backend is unavailable (``None`` when it builds)."""
-    return None if _c_library() is not None else str(_C_LIB[0])
+    return _LIB.error()
 
 
 def get_kernels(backend: str = "auto", threads: int | None = None) -> NumpyKernels | CKernels:
@@ -491,7 +412,7 @@ def get_kernels(backend: str = "auto", threads: int | None = None) -> NumpyKerne
         raise UsageError(f"unknown packed backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "numpy":
         return NumpyKernels()
-    lib = _c_library()
+    lib = _LIB.get()
     if lib is None:
         if backend == "c":
             raise UsageError(f"the C backend is unavailable ({c_kernel_error()}); use --backend numpy")

@@ -1,0 +1,169 @@
+"""Small C kernels, compiled on first use and called through ``ctypes``.
+
+reste ships C source, not binaries: a :class:`NativeLibrary` compiles its source
+with the system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``) the first time
+it is needed, trying a list of flag sets from the fastest (``-march=native``) to
+the most portable, and caches the shared object under ``$RESTE_CACHE`` or
+``~/.cache/reste`` (keyed by the source, compiler, flags and CPU, so a changed
+kernel or machine gets a fresh build). Where nothing compiles the library
+reports ``None`` and callers use their pure-PyTorch or NumPy path: the C code
+only ever makes things faster, never different.
+
+``ctypes`` releases the GIL during a call, so :func:`parallel_for` splits a large
+job over a thread pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+PTR = ctypes.c_void_p
+I64 = ctypes.c_int64
+I32 = ctypes.c_int32
+F32 = ctypes.c_float
+
+DEFAULT_FLAGS: tuple[tuple[str, ...], ...] = (("-O3", "-march=native"), ("-O3",))
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$RESTE_CACHE`` or ``$XDG_CACHE_HOME/reste`` (``~/.cache/reste``)."""
+    root = os.environ.get("RESTE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "reste")
+    return Path(root)
+
+
+def _cpu_tag() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> ctypes.CDLL:
+    """Compile ``source`` (or load the cached build) and return it; ``OSError`` when nothing compiles."""
+    compiler = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if compiler is None:
+        raise OSError("no C compiler found (set $CC)")
+    errors = []
+    for flags in flag_sets:
+        key = hashlib.sha256("\0".join([source, compiler, *flags, _cpu_tag(), sys.platform]).encode()).hexdigest()
+        lib = cache_dir() / f"{name}_{key[:20]}.so"
+        if lib.is_file():
+            try:
+                return ctypes.CDLL(str(lib))
+            except OSError:
+                pass
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+            src = Path(tmp) / f"{name}.c"
+            src.write_text(source)
+            so = Path(tmp) / f"{name}.so"
+            try:
+                proc = subprocess.run([compiler, *flags, "-fPIC", "-shared", str(src), "-o", str(so)],
+                                      capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.SubprocessError) as err:
+                errors.append(str(err))
+                continue
+            if proc.returncode != 0:
+                errors.append((proc.stderr.strip().splitlines() or ["failed"])[-1])
+                continue
+            try:
+                os.replace(so, lib)  # atomic: processes compiling at once all end with a whole file
+                return ctypes.CDLL(str(lib))
+            except OSError as err:
+                errors.append(str(err))
+    raise OSError(f"could not compile the {name} kernels: {errors}")
+
+
+class NativeLibrary:
+    """A C library built on first use; ``get()`` is ``None`` where it cannot be built.
+
+    ``signatures`` maps each function to its ``(argtypes, restype)``. The build is
+    attempted once per process (thread-safe); ``reset()`` forgets it.
+    """
+
+    def __init__(self, name: str, source: str, signatures: dict[str, tuple[list[Any], Any]],
+                 flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> None:
+        self.name = name
+        self.source = source
+        self.signatures = signatures
+        self.flag_sets = flag_sets
+        self._lock = threading.Lock()
+        self._built: ctypes.CDLL | Exception | None = None
+
+    def get(self) -> ctypes.CDLL | None:
+        built = self._built
+        if built is None:
+            with self._lock:
+                if self._built is None:
+                    try:
+                        lib = compile_library(self.name, self.source, self.flag_sets)
+                        for fn, (argtypes, restype) in self.signatures.items():
+                            getattr(lib, fn).argtypes = argtypes
+                            getattr(lib, fn).restype = restype
+                        self._built = lib
+                    except (OSError, AttributeError) as err:
+                        self._built = err
+                built = self._built
+        return built if isinstance(built, ctypes.CDLL) else None
+
+    def error(self) -> str | None:
+        """Why the library is unavailable (``None`` when it builds)."""
+        return None if self.get() is not None else str(self._built)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._built = None
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools_after_fork() -> None:
+    """A forked child has none of the parent's threads: start its own pools when needed."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="reste-native")
+        return pool
+
+
+def parallel_for(total: int, fn: Callable[[int, int], Any], threads: int, work: int | None = None,
+                 align: int = 1, grain: int = 200_000) -> None:
+    """Run ``fn(lo, hi)`` over ``[0, total)``: in up to ``threads`` pieces (multiples of ``align``)
+    when ``work`` (default ``total``) is at least ``grain`` per piece, else in one call here."""
+    work = total if work is None else work
+    parts = min(threads, total // max(align, 1), work // grain) if threads > 1 else 1
+    if parts <= 1:
+        fn(0, total)
+        return
+    step = -(-total // parts)
+    step = -(-step // align) * align
+    futures = [_pool(threads).submit(fn, lo, min(lo + step, total)) for lo in range(step, total, step)]
+    fn(0, min(step, total))  # the first piece runs on the calling thread
+    for f in futures:
+        f.result()
