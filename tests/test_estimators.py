@@ -335,6 +335,17 @@ def test_sign_maps_zero_to_plus_one():
         assert reste.sign(x.to(dt)).dtype == dt
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sign_keeps_nan_and_infinities(dtype):
+    """NaN stays NaN on every path (float32 CPU: the fused kernel; others: PyTorch ops)."""
+    x = torch.tensor([math.nan, math.inf, -math.inf, -0.0, 0.5, -0.5], dtype=dtype)
+    y = reste.sign(x)
+    assert torch.isnan(y[0])
+    assert torch.equal(y[1:], torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0], dtype=dtype))
+    strided = torch.stack([x, x], 1)[:, 0]  # not contiguous: the PyTorch path for float32 too
+    assert torch.isnan(reste.sign(strided)[0]) and torch.equal(reste.sign(strided)[1:], y[1:])
+
+
 @pytest.mark.parametrize("name", ESTIMATORS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 def test_16bit_gradients_match_float32_reference(name, dtype, tol):

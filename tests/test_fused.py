@@ -1,0 +1,283 @@
+"""Fused CPU kernels (``reste.fused``) and the C build helper (``reste.native``).
+
+The kernels must compute what the PyTorch expressions compute: the sign and the
+STE backward bit for bit, ReSTE's backward to float32 rounding with its zeros
+and constant region on exactly the same elements, for every memory layout and
+thread split they accept; everything else must fall through to PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import reste
+from reste import estimators, fused, models
+from reste.estimators import ReSTE, STE, reste_g, ste_g
+from reste.native import NativeLibrary, parallel_for
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason=f"fused kernels unavailable: {fused.error()}")
+
+
+@pytest.fixture(autouse=True)
+def _restore_switch():
+    fused.set_enabled(None)
+    yield
+    fused.set_enabled(None)
+
+
+def torch_sign(x):
+    """``reste.estimators.sign`` on its PyTorch path."""
+    fused.set_enabled(False)
+    try:
+        return estimators.sign(x)
+    finally:
+        fused.set_enabled(None)
+
+
+def special_values(t: float, m: float) -> torch.Tensor:
+    """The edges of every region, the floats next to them, zeros, infinities, NaN, subnormals."""
+    edges = torch.tensor([0.0, m, t, 1.0, 0.5, 1e-30, 1e-40, 3.0e38], dtype=torch.float32)
+    up = torch.nextafter(edges, torch.full_like(edges, math.inf))
+    down = torch.nextafter(edges, torch.full_like(edges, -math.inf))
+    both = torch.cat([edges, up, down])
+    return torch.cat([both, -both, torch.tensor([math.inf, -math.inf, math.nan, -0.0])])
+
+
+def inputs(n: int, t: float = 1.5, m: float = 0.1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(n, generator=g) * 0.9, special_values(t, m)])
+
+
+def reste_reference64(x: torch.Tensor, o: float, t: float, m: float) -> torch.Tensor:
+    """SPEC section 2 in float64, regions decided on the float32 values."""
+    a = x.abs()
+    t32 = torch.tensor(t, dtype=torch.float32).item()
+    m32 = torch.tensor(m, dtype=torch.float32).item()
+    a64 = a.double()
+    g = torch.where(a64 > 0, a64, torch.ones_like(a64)).pow((1 - o) / o) / o
+    g = torch.where(a <= m32, torch.full_like(g, m ** (1 / o) / m), g)
+    g = torch.where(a > t32, torch.zeros_like(g), g)
+    return torch.where(torch.isnan(x), x.double(), g)
+
+
+# -------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sign_is_bit_identical(threads):
+    x = inputs(300_001)
+    with_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = fused.sign(x)
+    finally:
+        torch.set_num_threads(with_threads)
+    want = torch_sign(x)
+    assert got is not None and torch.equal(got.isnan(), want.isnan())
+    ok = ~want.isnan()
+    assert torch.equal(got[ok], want[ok])
+    assert set(got[ok].unique().tolist()) == {-1.0, 1.0}
+    assert got[x == 0].eq(1).all()  # +0 and -0 both give +1
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.5, 2.0])
+def test_ste_backward_is_bit_identical(clip):
+    x = inputs(200_000, t=clip)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    got = fused.ste_backward(x, grad, clip)
+    want = ste_g(x, clip).mul_(grad)
+    assert got is not None
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("o", [1.0, 1.15224, 2.6871, 3.0, 10.0])
+@pytest.mark.parametrize("t,m", [(1.5, 0.1), (2.0, 0.3), (1.0, 0.01)])
+def test_reste_backward_matches_the_formula(o, t, m):
+    x = inputs(200_000, t, m, seed=int(o * 10))
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).abs_().add_(0.1)
+    got = fused.reste_backward(x, grad, o, t, m)
+    assert got is not None and got.dtype == torch.float32
+    ref = reste_reference64(x, o, t, m) * grad.double()
+    torch_path = reste_g(x, o, t, m).mul_(grad)
+    nan = torch.isnan(x)
+    assert torch.equal(torch.isnan(got), nan)
+    # zeros and the constant region on exactly the same elements as the PyTorch path
+    assert torch.equal(got[~nan] == 0, torch_path[~nan] == 0)
+    assert torch.equal(got[~nan] == 0, ref[~nan] == 0)
+    nz = (~nan) & (ref != 0)
+    rel = ((got[nz].double() - ref[nz]) / ref[nz]).abs().max().item()
+    assert rel < 1e-6, rel
+    if o == 1.0:  # a clipped STE: exactly grad on abs(x) <= t
+        assert torch.equal(got[~nan], ste_g(x, t).mul_(grad)[~nan])
+
+
+def test_reste_backward_at_the_spec_edges():
+    # o = 3: 4.6416 inside the interval, 1.5472 just outside; z = +-t keeps the power law
+    x = torch.tensor([0.0, 0.1, 0.1001, 1.5, -1.5])
+    x = torch.cat([x, torch.nextafter(torch.tensor([1.5]), torch.tensor([2.0]))])
+    got = fused.reste_backward(x, torch.ones_like(x), 3.0, 1.5, 0.1)
+    assert got[0].item() == pytest.approx(4.6416, abs=1e-4)
+    assert got[1].item() == pytest.approx(4.6416, abs=1e-4)
+    assert got[2].item() == pytest.approx(1.5472 * (0.1001 / 0.1) ** (-2 / 3), rel=1e-5)
+    assert got[3].item() == pytest.approx(1.5 ** (-2 / 3) / 3, rel=1e-6)
+    assert got[4].item() == got[3].item()
+    assert got[5].item() == 0.0
+
+
+def test_channels_last_and_thread_splits():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 16, 33, 17, generator=g).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    want = reste_g(x, 2.5, 1.5, 0.1).mul_(grad)
+    for threads in (1, 2, 3):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = fused.reste_backward(x, grad, 2.5, 1.5, 0.1)
+        finally:
+            torch.set_num_threads(before)
+        assert got is not None and got.stride() == x.stride()
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert torch.equal(fused.sign(x), torch_sign(x))
+
+
+def test_inputs_the_kernels_do_not_take_fall_through():
+    x = torch.randn(8, 8)
+    grad = torch.randn(8, 8)
+    assert fused.sign(x.double()) is None
+    assert fused.sign(x.t()) is None  # not contiguous
+    assert fused.sign(x[:, ::2]) is None
+    assert fused.sign(x.clone().requires_grad_()) is None  # would lose the graph
+    assert fused.ste_backward(x, grad.t().contiguous().t(), 1.0) is None  # strides differ
+    assert fused.ste_backward(x, grad.to(torch.bfloat16), 1.0) is None
+    assert fused.reste_backward(x, torch.ones(1).expand(8, 8), 2.0, 1.5, 0.1) is None  # broadcast grad
+    fused.set_enabled(False)
+    assert not fused.enabled() and fused.sign(x) is None and fused.ste_backward(x, grad, 1.0) is None
+    fused.set_enabled(None)
+    assert fused.enabled()
+    assert fused.sign(torch.empty(0)).shape == (0,)
+
+
+def test_environment_switch(monkeypatch):
+    monkeypatch.setenv("RESTE_FUSED", "0")
+    assert not fused.enabled()
+    monkeypatch.setenv("RESTE_FUSED", "1")
+    assert fused.enabled()
+    fused.set_enabled(False)  # the call wins over the environment
+    assert not fused.enabled()
+
+
+# ----------------------------------------------------------------------- in training
+
+
+@pytest.mark.parametrize("estimator", [ReSTE(o=2.3, o_end=2.3, schedule="constant"), STE(clip=1.2)])
+def test_autograd_uses_the_kernels_and_agrees(estimator, monkeypatch):
+    calls = []
+    kernel = estimator._fused
+    monkeypatch.setattr(type(estimator), "_fused", staticmethod(lambda *a, **k: calls.append(1) or kernel(*a, **k)))
+    x0 = inputs(50_000)
+    x0 = x0[~x0.isnan()]
+    grad = torch.randn(x0.shape, generator=torch.Generator().manual_seed(6))
+    results = []
+    for flag in (True, False):
+        fused.set_enabled(flag)
+        x = x0.clone().requires_grad_()
+        y = estimator(x)
+        y.backward(grad)
+        results.append((y.detach(), x.grad))
+    assert len(calls) == 2  # called both times; returned None when switched off
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-6, atol=0)
+
+
+def test_double_backward_keeps_the_graph():
+    est = ReSTE(o=2.0, o_end=2.0, schedule="constant")
+    x = torch.randn(64, requires_grad=True)
+    grad = torch.randn(64, requires_grad=True)
+    (gx,) = torch.autograd.grad(est(x), x, grad, create_graph=True)
+    assert gx.requires_grad  # the PyTorch expression ran: differentiable in grad
+    (gg,) = torch.autograd.grad(gx.sum(), grad)
+    torch.testing.assert_close(gg, est.derivative(x.detach()))
+
+
+def test_training_step_matches_the_pytorch_path():
+    torch.manual_seed(0)
+    model = models.create("resnet20_1w1a", estimator="reste")
+    reste.set_progress(model, 90, 100)
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.randint(0, 10, (16,))
+    grads = []
+    for flag in (True, False):
+        fused.set_enabled(flag)
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):  # float rounding only: tiny next to the gradient itself
+        assert (a - b).norm() <= 1e-4 * b.norm()
+
+
+# ------------------------------------------------------------------------ native
+
+
+def test_native_library_without_a_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
+    lib = NativeLibrary("probe", "int f(void) { return 1; }", {"f": ([], None)})
+    assert lib.get() is None and "no-such-compiler" in lib.error()
+    # and the estimators keep working on the PyTorch path
+    monkeypatch.setattr(fused, "_LIB", NativeLibrary("fused", "syntax error", {}))
+    assert fused.sign(torch.randn(4)) is None
+    x = torch.randn(100, requires_grad=True)
+    ReSTE(o=2.0, o_end=2.0, schedule="constant")(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_native_library_builds_and_caches(tmp_path, monkeypatch):
+    import ctypes
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    src = "#include <stdint.h>\nint64_t twice(int64_t v) { return 2 * v; }\n"
+    lib = NativeLibrary("probe", src, {"twice": ([ctypes.c_int64], ctypes.c_int64)})
+    assert lib.get().twice(21) == 42 and lib.error() is None
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert len(built) == 1 and built[0].startswith("probe_") and built[0].endswith(".so")
+    lib.reset()
+    assert lib.get().twice(5) == 10  # loaded from the cache
+    assert sorted(p.name for p in tmp_path.iterdir()) == built
+    broken = NativeLibrary("broken", "this is not C", {})
+    assert broken.get() is None and "could not compile" in broken.error()
+
+
+@pytest.mark.parametrize("total,threads,align", [(10, 4, 1), (1_000_000, 2, 1), (1_000_003, 3, 4), (0, 2, 1)])
+def test_parallel_for_covers_the_range_once(total, threads, align):
+    seen = []
+    parallel_for(total, lambda lo, hi: seen.append((lo, hi)), threads, align=align, grain=1000)
+    seen.sort()
+    covered = [i for lo, hi in seen for i in range(lo, hi)] if total < 100 else None
+    if covered is not None:
+        assert covered == list(range(total))
+    else:
+        assert seen[0][0] == 0 and seen[-1][1] == total
+        assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
+        assert all(lo % align == 0 for lo, _ in seen)
+        assert len(seen) == min(threads, total // 1000)
+
+
+def test_thread_pool_works_in_a_forked_child():
+    import multiprocessing as mp
+
+    parallel_for(4, lambda lo, hi: None, 2, grain=1)  # the parent now has a pool
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        # a child using the parent's dead pool would wait forever: fail after a minute instead
+        assert pool.apply_async(_split_in_child, ()).get(timeout=60) == 1_000_000
+
+
+def _split_in_child() -> int:
+    done = []
+    parallel_for(1_000_000, lambda lo, hi: done.append(hi - lo), 2, grain=1000)
+    return sum(done)
