@@ -14,7 +14,10 @@ evaluated with short polynomials), with the regions decided by the same float32
 comparisons, so the zeros and the constant near 0 land on the same elements.
 NaN inputs give NaN, as in PyTorch.
 
-They are used for float32 CPU tensors that are dense with matching strides
+Large tensors are split over ``torch.get_num_threads()`` threads of torch's own
+OpenMP runtime (where torch runs GNU OpenMP, as the Linux wheels do; elsewhere the
+kernels run on one thread rather than start a second pool that would fight
+torch's). They are used for float32 CPU tensors that are dense with matching strides
 (contiguous or channels_last), outside ``torch.compile`` tracing (Inductor fuses
 the PyTorch expressions itself) and outside double backward. Everything else,
 and every machine without a C compiler, takes the PyTorch path. ``RESTE_FUSED=0``
@@ -28,7 +31,7 @@ import os
 import torch
 from torch import Tensor
 
-from .native import F32, I64, PTR, NativeLibrary, parallel_for
+from .native import F32, I32, I64, PTR, NativeLibrary
 
 __all__ = ["available", "enabled", "error", "reste_backward", "set_enabled", "sign", "ste_backward"]
 
@@ -70,7 +73,7 @@ static inline float exp2_mid(float y) {                    /* |y| <= 125 */
 }
 
 /* y = +1 where x >= 0 (-0 included), -1 where x < 0, NaN where x is NaN. */
-void reste_sign_f32(const float *x, float *y, int64_t lo, int64_t hi) {
+static void sign_range(const float *x, float *y, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) {
         float v = x[i];
         float s = v < 0.0f ? -1.0f : 1.0f;
@@ -79,13 +82,13 @@ void reste_sign_f32(const float *x, float *y, int64_t lo, int64_t hi) {
 }
 
 /* STE: out = g * (|x| <= clip). */
-void reste_ste_bwd_f32(const float *x, const float *g, float *out, float clip, int64_t lo, int64_t hi) {
+static void ste_range(const float *x, const float *g, float *out, float clip, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) out[i] = g[i] * (absf(x[i]) <= clip ? 1.0f : 0.0f);
 }
 
 /* ReSTE: out = g * (c0 on |x| <= m; inv_o |x|^p on m < |x| <= t; 0 beyond t; NaN for NaN x). */
-void reste_reste_bwd_f32(const float *x, const float *g, float *out, float p, float inv_o, float t, float m,
-                         float c0, int64_t lo, int64_t hi) {
+static void reste_range(const float *x, const float *g, float *out, float p, float inv_o, float t, float m,
+                        float c0, int64_t lo, int64_t hi) {
     float w[BLOCK];
     for (int64_t s = lo; s < hi; s += BLOCK) {
         int64_t n = hi - s < BLOCK ? hi - s : BLOCK;
@@ -106,15 +109,55 @@ void reste_reste_bwd_f32(const float *x, const float *g, float *out, float p, fl
         }
     }
 }
+
+/* The entry points split [0, n) into chunks over `threads` OpenMP threads (built with -fopenmp: the
+   runtime is torch's own, so its already running workers take the chunks); built without OpenMP the
+   pragma is ignored and one thread does all. */
+#define CHUNK 16384
+#define SPLIT(n, threads, call)                                                                   \
+    int64_t chunks = ((n) + CHUNK - 1) / CHUNK;                                                   \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if(threads > 1 && chunks > 3)") \
+    for (int64_t c = 0; c < chunks; c++) {                                                        \
+        int64_t lo = c * CHUNK, hi = lo + CHUNK < (n) ? lo + CHUNK : (n);                         \
+        call;                                                                                     \
+    }
+
+void reste_sign_f32(const float *x, float *y, int64_t n, int32_t threads) {
+    SPLIT(n, threads, sign_range(x, y, lo, hi))
+}
+
+void reste_ste_bwd_f32(const float *x, const float *g, float *out, float clip, int64_t n, int32_t threads) {
+    SPLIT(n, threads, ste_range(x, g, out, clip, lo, hi))
+}
+
+void reste_reste_bwd_f32(const float *x, const float *g, float *out, float p, float inv_o, float t, float m,
+                         float c0, int64_t n, int32_t threads) {
+    SPLIT(n, threads, reste_range(x, g, out, p, inv_o, t, m, c0, lo, hi))
+}
 """
 
-_LIB = NativeLibrary("fused", _SOURCE, {
-    "reste_sign_f32": ([PTR, PTR, I64, I64], None),
-    "reste_ste_bwd_f32": ([PTR, PTR, PTR, F32, I64, I64], None),
-    "reste_reste_bwd_f32": ([PTR, PTR, PTR, F32, F32, F32, F32, F32, I64, I64], None),
-}, flag_sets=(("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"), ("-O3",)))
 
-_GRAIN = 1 << 16  # elements per thread below which one thread does the whole tensor
+def _torch_runs_gnu_openmp() -> bool:
+    """Whether this process has loaded a GNU OpenMP runtime named ``libgomp.so.1`` (torch's, on Linux
+    wheels). A kernel built with ``-fopenmp`` then binds to that same runtime and shares its threads;
+    anywhere else it would start a second thread pool fighting torch's, so the kernels stay serial."""
+    if not torch.__config__.parallel_info().count("OpenMP"):
+        return False
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            return any(line.rstrip().endswith("/libgomp.so.1") for line in f)
+    except OSError:
+        return False
+
+
+_OPENMP = _torch_runs_gnu_openmp()
+_FAST = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math")
+
+_LIB = NativeLibrary("fused", _SOURCE, {
+    "reste_sign_f32": ([PTR, PTR, I64, I32], None),
+    "reste_ste_bwd_f32": ([PTR, PTR, PTR, F32, I64, I32], None),
+    "reste_reste_bwd_f32": ([PTR, PTR, PTR, F32, F32, F32, F32, F32, I64, I32], None),
+}, flag_sets=((*_FAST, "-fopenmp"), _FAST, ("-O3",)) if _OPENMP else (_FAST, ("-O3",)))
 _ENABLED: list[bool] = []
 
 
@@ -156,8 +199,8 @@ def _lib_for(x: Tensor, *others: Tensor):
     return _LIB.get()
 
 
-def _run(fn, n: int) -> None:
-    parallel_for(n, fn, torch.get_num_threads(), grain=_GRAIN)
+def _threads() -> int:
+    return torch.get_num_threads() if _OPENMP else 1
 
 
 def sign(x: Tensor) -> Tensor | None:
@@ -168,8 +211,7 @@ def sign(x: Tensor) -> Tensor | None:
     if lib is None:
         return None
     y = torch.empty_like(x)
-    xp, yp = x.data_ptr(), y.data_ptr()
-    _run(lambda lo, hi: lib.reste_sign_f32(xp, yp, lo, hi), x.numel())
+    lib.reste_sign_f32(x.data_ptr(), y.data_ptr(), x.numel(), _threads())
     return y
 
 
@@ -185,8 +227,7 @@ def ste_backward(x: Tensor, grad: Tensor, clip: float) -> Tensor | None:
     if lib is None:
         return None
     out = torch.empty_like(x)
-    xp, gp, op = x.data_ptr(), grad.data_ptr(), out.data_ptr()
-    _run(lambda lo, hi: lib.reste_ste_bwd_f32(xp, gp, op, clip, lo, hi), x.numel())
+    lib.reste_ste_bwd_f32(x.data_ptr(), grad.data_ptr(), out.data_ptr(), clip, x.numel(), _threads())
     return out
 
 
@@ -196,7 +237,6 @@ def reste_backward(x: Tensor, grad: Tensor, o: float, t: float, m: float) -> Ten
     if lib is None:
         return None
     out = torch.empty_like(x)
-    xp, gp, op = x.data_ptr(), grad.data_ptr(), out.data_ptr()
     p, inv_o, c0 = (1.0 - o) / o, 1.0 / o, m ** (1.0 / o) / m
-    _run(lambda lo, hi: lib.reste_reste_bwd_f32(xp, gp, op, p, inv_o, t, m, c0, lo, hi), x.numel())
+    lib.reste_reste_bwd_f32(x.data_ptr(), grad.data_ptr(), out.data_ptr(), p, inv_o, t, m, c0, x.numel(), _threads())
     return out
