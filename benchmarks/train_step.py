@@ -9,6 +9,9 @@ rotates every round):
 * reste:     ``resnet20_1w1a`` with ReSTE at a late-training o
              (``reste.set_progress(model, 900, 1000)``: o = 2.687; the cost does not
              depend on o, except o = 1 which takes a cheaper path);
+* ste/reste, PyTorch ops: the same two models with the fused CPU kernels of
+             ``reste.fused`` switched off (``RESTE_FUSED=0``), to show what they buy
+             (CPU only; on other devices the kernels are never used);
 * reference: the same ReSTE model whose estimators are swapped for a module calling a
              ReSTE ``autograd.Function`` written in the authors' style (written here
              from SPEC section 2): ``torch.sign`` forward; a backward with
@@ -47,15 +50,17 @@ import torch.nn.functional as F
 from torch import nn
 
 import reste
-from reste import models
+from reste import fused, models
 from reste.estimators import ReSTE
 
-VARIANTS = ("fp", "ste", "reste", "reference")
+VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops")
 LABELS = {
     "fp": "(1) resnet20, full precision",
     "ste": "(2) resnet20_1w1a, STE",
     "reste": "(3) resnet20_1w1a, ReSTE",
     "reference": "(4) reference ReSTE (mask backward)",
+    "ste_ops": "(2') STE, PyTorch ops (no fused)",
+    "reste_ops": "(3') ReSTE, PyTorch ops (no fused)",
 }
 
 
@@ -149,8 +154,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: str) -> Callable[[], None]:
-    """A closure running one full training step of ``model`` on (x, y)."""
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: str,
+              use_fused: bool = True) -> Callable[[], None]:
+    """A closure running one full training step of ``model`` on (x, y), with or without the fused kernels."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
@@ -161,6 +167,7 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
         return torch.autocast(device_type=device.type, dtype=dtype)
 
     def step() -> None:
+        fused.set_enabled(use_fused)
         opt.zero_grad(set_to_none=True)
         with autocast():
             loss = F.cross_entropy(model(x), y)
@@ -301,11 +308,16 @@ def main() -> None:
     }
     o = reste.set_progress(nets["reste"], args.epoch, args.epochs)["o"]
     nets["reference"] = reference_from(nets["reste"])
+    with_ops = device.type == "cpu" and fused.available()
+    if with_ops:
+        nets["ste_ops"] = copy.deepcopy(nets["ste"])
+        nets["reste_ops"] = copy.deepcopy(nets["reste"])
+    variants = [k for k in VARIANTS if k in nets]
     # the reference backward must compute what ReSTE's does (the forwards differ only at
     # sign(0): torch.sign gives 0 where reste gives +1)
     est = next(e for e in reste.estimators_of(nets["reste"]) if isinstance(e, ReSTE))
     check = estimator_check(est.o, est.t, est.interval, device)
-    steps = {k: make_step(nets[k], x, y, device, args.amp) for k in VARIANTS}
+    steps = {k: make_step(nets[k], x, y, device, args.amp, use_fused=not k.endswith("_ops")) for k in variants}
 
     t0 = time.perf_counter()
     times = time_steps(steps, args.repeats, args.warmup, device)
@@ -321,9 +333,12 @@ def main() -> None:
     print(f"  {args.repeats} interleaved rounds (rotating order) after {args.warmup} warm-up rounds; "
           f"timing took {step_wall:.0f} s")
     print(f"  reference vs reste.ReSTE backward (65,536 random points + the edges): max |diff| {check:.2e}")
+    if device.type == "cpu":
+        state = "on" if fused.available() else f"unavailable ({fused.error()})"
+        print(f"  fused CPU kernels (reste.fused): {state}")
     print()
     print(f"  {'variant':<40}{'median ms':>11}{'min ms':>10}{'images/s':>10}{'vs fp':>8}")
-    for k in VARIANTS:
+    for k in variants:
         ips = args.batch_size / med[k]
         print(f"  {LABELS[k]:<40}{med[k] * 1e3:>11.1f}{best[k] * 1e3:>10.1f}{ips:>10.0f}"
               f"{med[k] / med['fp']:>7.2f}x")
@@ -341,6 +356,11 @@ def main() -> None:
         rb = best[a] / best[b]
         ok = r <= bound if op == "<=" else r >= bound
         print(f"  {label:<22}{r:>7.2f}x{rb:>8.2f}x   {op} {bound:g}x  {'MET' if ok else 'NOT MET'}")
+    if "reste_ops" in med:
+        print("  without the fused kernels (PyTorch ops only):")
+        for label, a, b in [("ReSTE / FP", "reste_ops", "fp"), ("ReSTE / STE", "reste_ops", "ste_ops"),
+                            ("reference / ReSTE", "reference", "reste_ops")]:
+            print(f"  {label:<22}{med[a] / med[b]:>7.2f}x{best[a] / best[b]:>8.2f}x")
 
     if args.loader:
         print()
