@@ -8,7 +8,7 @@ rotates every round):
 * ste:       ``resnet20_1w1a`` with the clipped STE;
 * reste:     ``resnet20_1w1a`` with ReSTE at a late-training o
              (``reste.set_progress(model, 900, 1000)``: o = 2.687; the cost does not
-             depend on o, except o = 1 which takes a cheaper path);
+             depend on o, except that the PyTorch-op path takes a cheaper route at o = 1);
 * ste/reste, PyTorch ops: the same two models with the fused CPU kernels of
              ``reste.fused`` switched off (``RESTE_FUSED=0``), to show what they buy
              (CPU only; on other devices the kernels are never used);
@@ -16,7 +16,9 @@ rotates every round):
              ReSTE ``autograd.Function`` written in the authors' style (written here
              from SPEC section 2): ``torch.sign`` forward; a backward with
              ``zeros_like``, boolean masks, indexed gathers, ``pow`` on the gathered
-             values and indexed scatters. Scaling stays the layer's mean(abs(W)), so
+             values, indexed scatters, the chord constant computed in Python from the
+             tensor ``o`` and a clone of the incoming gradient (as the authors' code
+             does). Scaling stays the layer's mean(abs(W)), so
              the architecture and the arithmetic are those of the ``reste`` model.
 
 Targets (ratios of medians): reste/fp <= 1.3, reste/ste <= 1.05, reference/reste >= 2.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import math
 import pickle
 import statistics
 import tempfile
@@ -72,7 +75,9 @@ class MaskedReSTEFunction(torch.autograd.Function):
 
     ``o`` and ``t`` arrive as 0-dim tensors (as in the authors' code); ``m`` is the
     interval around zero. g = (1/o)|x|^((1-o)/o) on m < |x| <= t, the chord slope
-    m^(1/o)/m on |x| <= m, 0 beyond t.
+    m^(1/o)/m on |x| <= m, 0 beyond t. Like the authors' backward, it computes the
+    chord constant in Python from the tensor ``o`` (a host-device synchronisation
+    on a GPU) and multiplies by a clone of the incoming gradient.
     """
 
     @staticmethod
@@ -91,10 +96,9 @@ class MaskedReSTEFunction(torch.autograd.Function):
         g[right] = (1 / o) * torch.pow(x[right], exponent)
         left = (x < -m) & (x >= -t)
         g[left] = (1 / o) * torch.pow(-x[left], exponent)
-        chord = torch.pow(torch.full_like(o, m), 1 / o) / m
-        g[(x >= 0) & (x <= m)] = chord.to(x.dtype)
-        g[(x < 0) & (x >= -m)] = chord.to(x.dtype)
-        return g * grad_output, None, None, None
+        g[(x >= 0) & (x <= m)] = math.pow(m, float(1 / o)) / m
+        g[(x < 0) & (x >= -m)] = math.pow(m, float(1 / o)) / m
+        return g * grad_output.clone(), None, None, None
 
 
 class MaskedReSTE(nn.Module):
