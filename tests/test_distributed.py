@@ -43,7 +43,7 @@ def test_torchrun_two_processes_train_and_evaluate_in_one(full_run):
     out, stdout = full_run
     # rank 0 alone logs and writes
     assert stdout.count("done: best test acc") == 1
-    assert "2 processes" in stdout
+    assert "2 processes (synchronised BatchNorm)" in stdout  # on by default
     metrics = engine.read_metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     # the checkpoint evaluates in a single process to the accuracy the 2 processes measured
@@ -85,3 +85,17 @@ def test_torchrun_killed_then_resumed_matches_an_uninterrupted_run(full_run, tmp
     assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(sa, sb))
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
     assert strip(engine.read_metrics(full)) == strip(engine.read_metrics(cut))
+
+
+def test_no_sync_bn_keeps_batch_norm_per_process(full_run, tmp_path):
+    out = tmp_path / "per-process"
+    proc = subprocess.run(_torchrun(*ARGS, "--no-sync-bn", "--out", str(out)), capture_output=True, text=True,
+                          env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 processes (BatchNorm per process)" in proc.stdout
+    assert engine.saved_config(out).sync_bn is False
+    # the same run with synchronised statistics normalised differently, so it trained differently
+    synced, alone = load_checkpoint(full_run[0] / "last.pt")["model"], load_checkpoint(out / "last.pt")["model"]
+    means = [k for k in synced if k.endswith("running_mean")]
+    assert means and any(not torch.equal(synced[k], alone[k]) for k in means)
+    assert engine.evaluate_checkpoint(out / "last.pt")["top1"] > 40.0

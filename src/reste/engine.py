@@ -468,9 +468,13 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
         ckpt_io.atomic_write(run_dir / "config.json",
                              lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
         (run_dir / "metrics.jsonl").write_text("")
+    procs = ""
+    if run.dist.enabled:
+        bn = "synchronised BatchNorm" if config.sync_bn else "BatchNorm per process"
+        procs = f", {run.dist.world_size} processes ({bn})"
     run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
             f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}, "
-            f"device {run.device}{f', {run.dist.world_size} processes' if run.dist.enabled else ''} -> {run_dir}")
+            f"device {run.device}{procs} -> {run_dir}")
     return run.run()
 
 
