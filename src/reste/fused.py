@@ -4,7 +4,7 @@ On a CPU every binarized activation costs a forward ``sign`` and a backward
 ``grad * g(x)``. Written as PyTorch ops, ReSTE's backward is about sixteen passes
 over memory (abs, two step functions, log2, exp2, products); here it is one C
 loop that reads ``x`` and ``grad`` once and writes the result once, vectorised
-by the compiler. The same goes for the sign forward (one pass instead of three)
+by the compiler. The same goes for the sign forward (one pass instead of five)
 and the STE backward.
 
 The kernels compute what the PyTorch expressions in :mod:`reste.estimators`
@@ -12,7 +12,7 @@ compute: the sign and the STE backward bit for bit, and ReSTE's power law to
 float32 rounding (within a few units in the last place; log2 and exp2 are
 evaluated with short polynomials), with the regions decided by the same float32
 comparisons, so the zeros and the constant near 0 land on the same elements.
-NaN inputs give NaN, as in PyTorch.
+A NaN input gives a NaN sign and a NaN (ReSTE) or 0 (STE) gradient.
 
 Large tensors are split over ``torch.get_num_threads()`` threads of torch's own
 OpenMP runtime (where torch runs GNU OpenMP, as the Linux wheels do; elsewhere the
