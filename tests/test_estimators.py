@@ -577,3 +577,20 @@ def test_hyperparameters_are_passed():
 def test_bad_hyperparameters_raise_value_error(name, kwargs):
     with pytest.raises(ValueError):
         get_estimator(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_backward_needs_no_host_device_synchronisation(name):
+    """On the meta device tensors hold no data: anything that reads values on the host (``.item()``,
+    boolean-mask indexing, data-dependent shapes) raises. Forward and backward must still run, for
+    the estimator alone and inside a binary convolution."""
+    est = make(name, {}, (3, 10))
+    x = torch.randn(64, 8, device="meta", requires_grad=True)
+    est(x).backward(torch.ones(64, 8, device="meta"))
+    assert x.grad.device.type == "meta" and x.grad.shape == x.shape
+    conv = reste.BinaryConv2d(4, 4, 3, padding=1, weight_estimator=name, input_estimator=name).to("meta")
+    images = torch.randn(2, 4, 6, 6, device="meta", requires_grad=True)
+    conv(images).sum().backward()
+    assert conv.weight.grad.shape == conv.weight.shape and images.grad.shape == images.shape
+    with pytest.raises((RuntimeError, NotImplementedError)):  # what a mask backward would hit
+        x.detach()[x.detach() > 0].sum().item()
