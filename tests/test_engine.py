@@ -150,3 +150,48 @@ def test_presets_match_the_paper():
 def test_default_run_reaches_95_percent_for_other_seeds(tmp_path, seed):
     result = engine.train(TrainConfig(seed=seed), tmp_path / "run", progress=False, log=quiet)
     assert result["best_acc"] >= 95.0 and result["final_acc"] >= 95.0
+
+
+# ----------------------------------------------------------------- the GPU paths, run on the CPU
+
+
+@pytest.fixture(scope="module")
+def float32_epoch(tmp_path_factory):
+    """One epoch of the default model in float32, to compare the other paths with."""
+    out = tmp_path_factory.mktemp("paths") / "fp32"
+    engine.train(small(epochs=1, threads=1), out, progress=False, log=quiet)
+    return engine.read_metrics(out)[0]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains(tmp_path, amp, float32_epoch):
+    out = tmp_path / amp
+    engine.train(small(epochs=1, threads=1, amp=amp), out, progress=False, log=quiet)
+    (m,) = engine.read_metrics(out)
+    assert m["test_acc"] > 50.0 and m["train_loss"] < 2.0
+    assert m["train_loss"] != float32_epoch["train_loss"]  # autocast really ran in 16 bits
+    ckpt = load_checkpoint(out / "last.pt")
+    assert bool(ckpt["scaler"]) == (amp == "fp16")  # fp16 scales the loss; its state is saved
+    assert ckpt["model"]["fc.weight"].dtype == torch.float32  # master weights stay float32
+    # and the checkpoint evaluates with the same autocast to the logged accuracy
+    assert engine.evaluate_checkpoint(out / "last.pt")["top1"] == pytest.approx(m["test_acc"])
+
+
+def test_channels_last_trains_like_contiguous(tmp_path, float32_epoch):
+    out = tmp_path / "cl"
+    engine.train(small(epochs=1, threads=1, channels_last=True), out, progress=False, log=quiet)
+    (m,) = engine.read_metrics(out)
+    # the same arithmetic in another memory order: equal up to float rounding (a sign may flip)
+    assert m["train_loss"] == pytest.approx(float32_epoch["train_loss"], rel=0.05)
+    assert abs(m["test_acc"] - float32_epoch["test_acc"]) < 5.0
+    assert abs(engine.evaluate_checkpoint(out / "last.pt")["top1"] - m["test_acc"]) < 2.0
+
+
+@pytest.mark.slow
+def test_torch_compile_trains(tmp_path, float32_epoch):
+    out = tmp_path / "compiled"
+    engine.train(small(epochs=1, threads=1, compile=True), out, progress=False, log=quiet)
+    (m,) = engine.read_metrics(out)
+    assert m["train_loss"] == pytest.approx(float32_epoch["train_loss"], rel=0.05)
+    assert m["test_acc"] > 50.0
+    assert "_orig_mod" not in "".join(load_checkpoint(out / "last.pt")["model"])  # saved unwrapped

@@ -198,9 +198,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
-                            device=args.device, workers=args.workers)
+                            device=args.device, workers=args.workers, amp=args.amp)
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
-    print(f"{r['model']} on {r['dataset']} test, epoch {r['epoch']}: top-1 {r['top1']:.2f}%  "
+    amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
+    print(f"{r['model']} on {r['dataset']} test, epoch {r['epoch']}{amp}: top-1 {r['top1']:.2f}%  "
           f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}{stored}")
     return 0
 
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"),
+                   help="autocast of the evaluation (default: the run's own, to reproduce its logged accuracy)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model")

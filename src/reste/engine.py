@@ -39,7 +39,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models
-from .config import TrainConfig
+from .config import AMP_MODES, TrainConfig
 from .data import load_datasets, make_loaders
 from .errors import UsageError
 from .indicators import EquilibriumMeter
@@ -191,10 +191,17 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
-                        device: str = "auto", workers: int = 0) -> dict[str, Any]:
-    """Evaluate a checkpoint on its data set's test split; returns the metrics and the stored ones."""
+                        device: str = "auto", workers: int = 0, amp: str | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on its data set's test split; returns the metrics and the stored ones.
+
+    ``amp`` is the autocast of the evaluation: by default the run's own (``--amp``), so the
+    result reproduces the test accuracy logged during training; ``"none"`` evaluates in float32.
+    """
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_dict(ckpt["config"])
+    amp = config.amp if amp is None else amp
+    if amp not in AMP_MODES:
+        raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
     dev = pick_device(device)
     model = model_from_checkpoint(ckpt, dev)
     train_ds, test_ds, info = load_datasets(config.dataset, data_path or config.data_path)
@@ -206,9 +213,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     _, test_loader = make_loaders(train_ds, test_ds, batch_size=config.batch_size,
                                   eval_batch_size=batch_size or config.eval_batch_size, workers=workers,
                                   seed=config.seed)
-    result = evaluate(model, test_loader, dev)
+    result = evaluate(model, test_loader, dev, amp)
     return {**result, "epoch": ckpt["epoch"], "stored_top1": ckpt["metrics"].get("test_acc"),
-            "model": ckpt["model_name"], "dataset": config.dataset}
+            "model": ckpt["model_name"], "dataset": config.dataset, "amp": amp}
 
 
 # -------------------------------------------------------------------- training
