@@ -175,6 +175,9 @@ def test_mixed_precision_trains(tmp_path, amp, float32_epoch):
     assert ckpt["model"]["fc.weight"].dtype == torch.float32  # master weights stay float32
     # and the checkpoint evaluates with the same autocast to the logged accuracy
     assert engine.evaluate_checkpoint(out / "last.pt")["top1"] == pytest.approx(m["test_acc"])
+    assert engine.evaluate_checkpoint(out / "last.pt", amp="none")["amp"] == "none"  # float32 on request
+    with pytest.raises(UsageError, match="unknown amp 'fp32'"):
+        engine.evaluate_checkpoint(out / "last.pt", amp="fp32")
 
 
 def test_channels_last_trains_like_contiguous(tmp_path, float32_epoch):

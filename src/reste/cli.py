@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"),
-                   help="autocast of the evaluation (default: the run's own, to reproduce its logged accuracy)")
+    p.add_argument("--amp", help="autocast of the evaluation: none, bf16 or fp16 (default: the run's own, "
+                                 "to reproduce its logged accuracy)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model")

@@ -14,9 +14,11 @@ The math lives in the small ``*_g`` / ``*_f`` functions below; the classes hold
 hyper-parameters, show them in ``extra_repr`` and save their schedule state in
 the model's ``state_dict`` (``get_extra_state``), so resuming is exact.
 
-The backward is one fused elementwise expression (``torch.where`` and
-arithmetic, no boolean-mask gathers or scatters, no host-device
-synchronisation); 16-bit inputs are computed in float32 and cast back.
+The backward is one elementwise expression (``torch.where`` and arithmetic, no
+boolean-mask gathers or scatters, no host-device synchronisation); 16-bit
+inputs are computed in float32 and cast back. On the CPU, float32 sign and the
+STE and ReSTE backward run as fused C kernels (:mod:`reste.fused`) that compute
+the same values in one pass.
 """
 
 from __future__ import annotations
