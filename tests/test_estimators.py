@@ -594,3 +594,16 @@ def test_backward_needs_no_host_device_synchronisation(name):
     assert conv.weight.grad.shape == conv.weight.shape and images.grad.shape == images.shape
     with pytest.raises((RuntimeError, NotImplementedError)):  # what a mask backward would hit
         x.detach()[x.detach() > 0].sum().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_next_up_matches_torch_nextafter(dtype):
+    """The region bounds (clip, t, interval) are compared as 'below the next float up'."""
+    from reste.estimators import _next_up
+
+    rng = torch.Generator().manual_seed(0)
+    values = [1.0, 1.5, 0.1, 0.3, 2.0, 1e-3, 0.999999, 1.0000001, 1.99999999, 255.9, 0.5, 10.0]
+    values += (torch.rand(500, generator=rng, dtype=torch.float64) * 50 + 1e-3).tolist()
+    for v in values:
+        want = torch.nextafter(torch.tensor(v, dtype=dtype), torch.tensor(math.inf, dtype=dtype)).item()
+        assert _next_up(v, dtype) == want, v

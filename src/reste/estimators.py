@@ -23,7 +23,6 @@ the same values in one pass.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import Any, Callable
@@ -68,11 +67,21 @@ def sign(x: Tensor) -> Tensor:
     return torch.sign(x).add_(0.5).sign_().add_(x.clamp(0.0, 0.0))
 
 
-@functools.lru_cache(maxsize=None)
+_MANTISSA_BITS = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}
+
+
 def _next_up(value: float, dtype: torch.dtype) -> float:
-    """The next ``dtype`` number above ``value`` (as ``dtype`` rounds it)."""
-    v = torch.tensor(value, dtype=dtype)
-    return torch.nextafter(v, torch.tensor(math.inf, dtype=dtype)).item()
+    """The next ``dtype`` number above ``value`` (as ``dtype`` rounds it), for a positive normal value.
+
+    Plain float arithmetic (``torch.compile`` folds it into a constant; nothing to trace): ``value``
+    rounded to the dtype's mantissa, half to even as IEEE does, plus one unit in its last place.
+    """
+    frac, exp = math.frexp(value)  # value = frac * 2**exp, 0.5 <= frac < 1
+    bits = _MANTISSA_BITS[dtype]
+    units = round(math.ldexp(frac, bits))
+    if units == 1 << bits:  # rounded up to the next power of two: its unit is twice as large
+        units, exp = units >> 1, exp + 1
+    return math.ldexp(units + 1, exp - bits)
 
 
 def _step_le(a: Tensor, bound: float) -> Tensor:
