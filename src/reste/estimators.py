@@ -18,7 +18,9 @@ The backward is one elementwise expression (``torch.where`` and arithmetic, no
 boolean-mask gathers or scatters, no host-device synchronisation); 16-bit
 inputs are computed in float32 and cast back. On the CPU, float32 sign and the
 STE and ReSTE backward run as fused C kernels (:mod:`reste.fused`) that compute
-the same values in one pass.
+the same values in one pass; on CUDA, sign, every built-in estimator's backward
+and a binary weight sign(W) * mean(abs(W)) run as fused Triton kernels
+(:mod:`reste.triton_kernels`, chosen by :mod:`reste.triton_dispatch`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from . import fused, schedules
+from . import fused, schedules, triton_dispatch
 
 __all__ = [
     "ESTIMATORS",
@@ -55,13 +57,15 @@ __all__ = [
 def sign(x: Tensor) -> Tensor:
     """sign with sign(0) = sign(-0) = +1: every output is exactly +1 or -1, and NaN stays NaN.
 
-    Float32 CPU tensors go through a fused C kernel (:mod:`reste.fused`);
-    elsewhere it is computed branch-free as sign(sign(x) + 1/2), several times
-    faster on CPUs than a ``torch.where`` on data whose signs are random, plus
-    clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
+    CUDA tensors go through a fused Triton kernel (:mod:`reste.triton_dispatch`),
+    float32 CPU tensors through a fused C kernel (:mod:`reste.fused`); elsewhere
+    it is computed branch-free as sign(sign(x) + 1/2), several times faster on
+    CPUs than a ``torch.where`` on data whose signs are random, plus clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
     turn a diverged activation into +1).
     """
-    y = fused.sign(x)
+    y = triton_dispatch.sign(x)
+    if y is None:
+        y = fused.sign(x)
     if y is not None:
         return y
     return torch.sign(x).add_(0.5).sign_().add_(x.clamp(0.0, 0.0))
@@ -221,6 +225,22 @@ def _compute_dtype(x: Tensor) -> Tensor:
 FusedBackward = Callable[[Tensor, Tensor], "Tensor | None"]
 
 
+def _fast_backward(kind: str | None, cpu: Callable[..., "Tensor | None"] | None,
+                   p: dict[str, float]) -> FusedBackward | None:
+    """grad * g(x) by a fused kernel: Triton's ``kind`` kernel (CUDA tensors), else ``cpu`` (the C kernels);
+    it returns ``None`` where neither applies."""
+    if kind is None and cpu is None:
+        return None
+
+    def run(x: Tensor, grad: Tensor) -> Tensor | None:
+        out = None if kind is None else triton_dispatch.backward(kind, x, grad, **p)
+        if out is None and cpu is not None:
+            out = cpu(x, grad, **p)
+        return out
+
+    return run
+
+
 class _SignFunction(torch.autograd.Function):
     """Forward sign (0 -> +1); backward grad * g(x) with g frozen at forward time.
 
@@ -264,6 +284,9 @@ class Estimator(nn.Module):
     _state_keys: tuple[str, ...] = ()
     # Optional fused kernel for grad * g(x): (x, grad, **params()) -> Tensor, or None where it does not apply.
     _fused: Callable[..., "Tensor | None"] | None = None
+    # The Triton kernel computing this class's g (reste.triton_kernels.KINDS), for GPU tensors; used only
+    # while ``_g`` is that estimator's function (a subclass with its own g takes the PyTorch path).
+    _kernel: str | None = None
 
     def params(self) -> dict[str, float]:
         raise NotImplementedError
@@ -274,13 +297,25 @@ class Estimator(nn.Module):
     def _f(self, x: Tensor, **p: float) -> Tensor:
         raise NotImplementedError
 
+    def _kernel_kind(self) -> str | None:
+        kind = self._kernel
+        return kind if kind is not None and type(self)._g is _KERNEL_G.get(kind) else None
+
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled() or not x.requires_grad:
             return sign(x)
         p = self.params()
-        fast = self._fused
-        return _SignFunction.apply(
-            x, lambda z: self._g(z, **p), None if fast is None else (lambda z, grad: fast(z, grad, **p)))
+        return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(self._kernel_kind(), self._fused, p))
+
+    def scaled_sign(self, w: Tensor, groups: int) -> Tensor | None:
+        """sign(w) * mean(abs(w)) over ``groups`` (1: the whole tensor; w.shape[0]: per output channel), with
+        this estimator's backward for the sign, by fused GPU kernels (two launches forward, two backward);
+        ``None`` where they do not apply (the caller computes it with PyTorch ops)."""
+        kind = self._kernel_kind()
+        if kind is None:
+            return None
+        p = self.params()
+        return triton_dispatch.scaled_sign(w, kind, groups, lambda z: self._g(z, **p), **p)
 
     def derivative(self, x: Tensor) -> Tensor:
         """g(x): the factor the backward multiplies the incoming gradient by."""
@@ -334,6 +369,7 @@ class STE(Estimator):
         return {"clip": self.clip}
 
     _g = staticmethod(ste_g)
+    _kernel = "ste"
     _f = staticmethod(ste_f)
     _fused = staticmethod(fused.ste_backward)
 
@@ -387,6 +423,7 @@ class ReSTE(Estimator):
         return {"o": self.o, "t": self.t, "m": self.interval}
 
     _g = staticmethod(reste_g)
+    _kernel = "reste"
     _f = staticmethod(reste_f)
     _fused = staticmethod(fused.reste_backward)
 
@@ -406,6 +443,7 @@ class ApproxSign(Estimator):
         return {}
 
     _g = staticmethod(approx_sign_g)
+    _kernel = "approx_sign"
     _f = staticmethod(approx_sign_f)
 
     def config(self) -> dict[str, Any]:
@@ -425,6 +463,7 @@ class SignSwish(Estimator):
         return {"beta": self.beta}
 
     _g = staticmethod(sign_swish_g)
+    _kernel = "sign_swish"
     _f = staticmethod(sign_swish_f)
 
     def config(self) -> dict[str, Any]:
@@ -451,6 +490,7 @@ class EDE(Estimator):
         return {"t": self.t, "k": self.k}
 
     _g = staticmethod(ede_g)
+    _kernel = "ede"
     _f = staticmethod(ede_f)
 
     def set_progress(self, epoch: float, epochs: int) -> None:
@@ -475,6 +515,7 @@ class RBNN(EDE):
         super().__init__(t_min=t_min, t_max=t_max)
 
     _g = staticmethod(rbnn_g)
+    _kernel = "rbnn"
     _f = staticmethod(rbnn_f)
 
 
@@ -505,6 +546,7 @@ class DSQ(Estimator):
         return {"alpha": self.alpha}
 
     _g = staticmethod(dsq_g)
+    _kernel = "dsq"
     _f = staticmethod(dsq_f)
 
     def set_progress(self, epoch: float, epochs: int) -> None:
@@ -537,6 +579,7 @@ class FDA(Estimator):
         return {"n": self.n, "w": self.w}
 
     _g = staticmethod(fda_g)
+    _kernel = "fda"
     _f = staticmethod(fda_f)
 
     def set_progress(self, epoch: float, epochs: int) -> None:
@@ -545,6 +588,12 @@ class FDA(Estimator):
     def config(self) -> dict[str, Any]:
         return {"n": self.n_start, "n_end": self.n_end, "w": self.w}
 
+
+# The PyTorch expression each Triton kernel computes (Estimator._kernel_kind checks a class still uses it).
+_KERNEL_G: dict[str, Callable[..., Tensor]] = {
+    "ste": ste_g, "reste": reste_g, "approx_sign": approx_sign_g, "sign_swish": sign_swish_g,
+    "ede": ede_g, "rbnn": rbnn_g, "dsq": dsq_g, "fda": fda_g,
+}
 
 # --------------------------------------------------------------------- registry
 

@@ -1,0 +1,170 @@
+"""Which tensors take the Triton kernels of :mod:`reste.triton_kernels`.
+
+The rule: CUDA tensors of float32, bfloat16 or float16 go through the fused Triton
+kernels when Triton is importable and the fused kernels are enabled
+(``RESTE_FUSED`` != 0, or :func:`reste.fused.set_enabled`, the switch the CPU
+kernels share). Everything else returns ``None`` here and the caller computes the
+PyTorch expression: CPU tensors (the C kernels of :mod:`reste.fused` or PyTorch ops,
+unchanged), float64, ``torch.compile`` tracing (Inductor fuses the expressions
+itself), double backward (the PyTorch expression is differentiable, the kernel is
+not), a machine without Triton.
+
+Triton is imported on the first CUDA tensor, not when reste is imported.
+
+For tests without a GPU, :func:`forced` routes tensors on any device through a
+given kernels module (one built under ``TRITON_INTERPRET=1`` runs on CPU tensors);
+production code never sets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import fused
+
+__all__ = ["available", "backward", "error", "forced", "scaled_sign", "sign"]
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MODULE: list[ModuleType | None] = []  # the imported kernels module (None: Triton missing), once tried
+_ERROR: list[str] = []
+_FORCED: list[ModuleType] = []
+
+
+def _load() -> ModuleType | None:
+    """:mod:`reste.triton_kernels`, imported on first use (``None`` where Triton does not import)."""
+    if not _MODULE:
+        try:
+            from . import triton_kernels
+        except Exception as err:  # ImportError, or a Triton that fails while initialising
+            _ERROR.append(f"{type(err).__name__}: {err}")
+            _MODULE.append(None)
+        else:
+            _MODULE.append(triton_kernels)
+    return _MODULE[0]
+
+
+def available() -> bool:
+    """Whether the Triton kernels can be used here (Triton imports; a CUDA device is present)."""
+    return torch.cuda.is_available() and _load() is not None
+
+
+def error() -> str | None:
+    """Why Triton did not import (``None`` when it did or was not tried)."""
+    _load() if torch.cuda.is_available() else None
+    return _ERROR[0] if _ERROR else None
+
+
+@contextlib.contextmanager
+def forced(kernels: ModuleType) -> Iterator[None]:
+    """Inside the block, tensors on every device take ``kernels`` (a :mod:`reste.triton_kernels` module,
+    e.g. one imported under ``TRITON_INTERPRET=1``); for tests. The other conditions still apply."""
+    _FORCED.append(kernels)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
+def _kernels_for(x: Tensor, *others: Tensor) -> ModuleType | None:
+    """The kernels module when ``x`` (and ``others``, same shape, dtype and device) take the Triton path."""
+    if x.device.type != "cuda" and not _FORCED:
+        return None
+    if x.dtype not in _DTYPES or torch.compiler.is_compiling() or not fused.enabled():
+        return None
+    for t in others:
+        if t.device != x.device or t.dtype != x.dtype or t.shape != x.shape:
+            return None
+    return _FORCED[-1] if _FORCED else _load()
+
+
+def _no_double_backward(*tensors: Tensor) -> bool:
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def sign(x: Tensor) -> Tensor | None:
+    """``sign`` with sign(0) = +1 by the Triton kernel, or ``None`` where it does not apply."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return None
+    k = _kernels_for(x)
+    return None if k is None else k.sign(x)
+
+
+def _tensor_params_ok(x: Tensor, params: dict[str, Any]) -> bool:
+    """Schedule values held as tensors are read by the kernel only as ReSTE's one-element ``o`` on x's device."""
+    for key, v in params.items():
+        if isinstance(v, Tensor) and (key != "o" or v.numel() != 1 or v.device != x.device or v.requires_grad):
+            return False
+    return True
+
+
+def backward(kind: str, x: Tensor, grad: Tensor, **params: Any) -> Tensor | None:
+    """``grad * g(x)`` of estimator ``kind`` by the Triton kernel, or ``None`` where it does not apply."""
+    if not _no_double_backward(x, grad) or not _tensor_params_ok(x, params):
+        return None
+    k = _kernels_for(x, grad)
+    if k is None or kind not in k.KINDS:
+        return None
+    return k.backward(kind, x, grad, **params)
+
+
+# ----------------------------------------------------------- binary weights, fused
+
+
+class _ScaledSign(torch.autograd.Function):
+    """sign(W) * alpha, alpha = mean(abs(W)) per group, forward and backward by the Triton kernels.
+
+    A double backward (``create_graph=True``) computes the first backward with PyTorch ops instead,
+    from ``g`` (the estimator's PyTorch expression), so it stays differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, w: Tensor, kernels: ModuleType, kind: str, groups: int, params: dict,
+                g: Callable[[Tensor], Tensor]) -> Tensor:
+        y, partials = kernels.scaled_sign(w, groups)
+        ctx.save_for_backward(w, partials)
+        ctx.kernels, ctx.kind, ctx.groups, ctx.params, ctx.g = kernels, kind, groups, params, g
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
+        w, partials = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: keep the PyTorch expression, which is differentiable
+            dw = _scaled_sign_grad_ops(w, grad, ctx.g, ctx.groups)
+        else:
+            dw = ctx.kernels.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, **ctx.params)
+        return dw, None, None, None, None, None
+
+
+def _scaled_sign_grad_ops(w: Tensor, grad: Tensor, g: Callable[[Tensor], Tensor], groups: int) -> Tensor:
+    """dL/dw of sign(w) * mean(abs(w)) by PyTorch ops: g(w) grad alpha + sgn(w) sum(grad sign(w)) / size."""
+    from .estimators import sign as sign_plus
+
+    wg, gg = w.reshape(groups, -1), grad.reshape(groups, -1)
+    alpha = wg.abs().mean(dim=1, keepdim=True)
+    d_alpha = (gg * sign_plus(wg.detach())).sum(dim=1, keepdim=True)
+    gw = g(wg.float() if wg.dtype in (torch.float16, torch.bfloat16) else wg)
+    dw = gw * (gg * alpha) + torch.sign(wg) * (d_alpha / wg.shape[1])
+    return dw.reshape(w.shape).to(w.dtype)
+
+
+def scaled_sign(w: Tensor, kind: str, groups: int, g: Callable[[Tensor], Tensor], **params: Any) -> Tensor | None:
+    """The binary weight sign(w) * mean(abs(w)) (per layer: ``groups=1``; per output channel:
+    ``groups=w.shape[0]``) with estimator ``kind``'s backward for the sign (``g``: its PyTorch
+    expression, for a double backward), by the Triton kernels (two launches forward, two backward),
+    or ``None`` where they do not apply."""
+    if torch.is_grad_enabled() and w.grad_fn is not None:
+        return None  # w is computed from other tensors: keep the plain autograd graph
+    if not _tensor_params_ok(w, params) or groups < 1 or w.numel() % groups:
+        return None
+    k = _kernels_for(w)
+    if k is None or kind not in k.KINDS:
+        return None
+    if not (torch.is_grad_enabled() and w.requires_grad):
+        return k.scaled_sign(w, groups)[0]
+    return _ScaledSign.apply(w, k, kind, groups, params, g)

@@ -1,0 +1,410 @@
+"""Fused GPU kernels (Triton) for sign and every estimator's backward.
+
+On a GPU the PyTorch expressions of :mod:`reste.estimators` are chains of small
+elementwise kernels: sign with its NaN handling is five launches, ReSTE's backward
+about sixteen, each a full pass over memory. Here each is one Triton kernel that
+reads ``x`` (and ``grad``) once and writes the result once:
+
+* ``sign(x)``: +1 where x >= 0 (-0 included), -1 where x < 0, NaN where x is NaN;
+* ``backward(kind, x, grad, **params)``: ``grad * g(x)`` for ``kind`` one of
+  :data:`KINDS` (every registered estimator), g as in :mod:`reste.estimators`;
+* ``scaled_sign(w, groups)`` / ``scaled_sign_backward(...)``: a binary weight
+  sign(W) * alpha with alpha = mean(abs(W)) per group (one group: the layer's
+  scale; one per output channel) in two launches forward and two backward,
+  instead of about four and ten.
+
+They compute what the PyTorch expressions compute, in float32 (16-bit inputs are
+loaded, computed in float32 and rounded once when stored, as the PyTorch path's
+``(g * grad).to(dtype)``), with the same float32 comparisons deciding the regions,
+so the zeros, the clipping and ReSTE's constant near 0 land on the same elements.
+Compiled for a GPU, the transcendental functions (log2, exp2, exp, cos, tanh) are
+CUDA's libdevice ones, as accurate as the ``torch`` CUDA kernels; under Triton's
+interpreter (``TRITON_INTERPRET=1``, how the tests run them on the CPU) they are
+Triton's portable ``tl.*`` functions, evaluated by NumPy.
+
+Scalars (o, t, the interval, every other hyper-parameter) are kernel arguments,
+never compile-time constants: moving a schedule neither recompiles nor synchronises
+with the host. Floats are never specialised by Triton; the one integer (FDA's n)
+is marked ``do_not_specialize``. ReSTE's ``o`` may also be a one-element tensor on
+the device (the kernel then reads it, with no ``.item()``).
+
+The launchers here run on whatever device the tensors are on (the interpreter
+takes CPU tensors); which tensors take them is decided in
+:mod:`reste.triton_dispatch`. Importing this module imports Triton.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+try:  # CUDA's accurate math library; the interpreter has no implementation of it
+    from triton.language.extra import libdevice
+except ImportError:  # pragma: no cover - every Triton 3 ships it
+    libdevice = None
+
+__all__ = ["DTYPES", "INTERPRETED", "KINDS", "backward", "scaled_sign", "scaled_sign_backward", "sign"]
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+KINDS = ("ste", "reste", "approx_sign", "sign_swish", "ede", "rbnn", "dsq", "fda")
+BLOCK = 1024  # elements per program (8 per thread of 4 warps)
+_REDUCE_BLOCK = 2048  # elements per partial sum of the weight-scale reductions
+
+
+# ------------------------------------------------------------------ math helpers
+
+
+@triton.jit
+def _log2(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        return libdevice.log2(x)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _exp2(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        return libdevice.exp2(x)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _exp(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        return libdevice.exp(x)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _cos(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        return libdevice.cos(x)
+    else:
+        return tl.cos(x)
+
+
+@triton.jit
+def _tanh(x, PRECISE: tl.constexpr):
+    if PRECISE:
+        return libdevice.tanh(x)
+    else:
+        # tanh(z) = sign(z) (1 - e) / (1 + e), e = exp(-2 abs(z)) in (0, 1]: no overflow
+        e = tl.exp(-2.0 * tl.abs(x))
+        r = (1.0 - e) / (1.0 + e)
+        return tl.where(x < 0.0, -r, r)
+
+
+@triton.jit
+def _le(a, bound):
+    """1.0 where a <= bound, else 0.0 (NaN: 0.0), as the PyTorch path's float step."""
+    return tl.where(a <= bound, 1.0, 0.0)
+
+
+@triton.jit
+def _clamp_min(v, lo):
+    """max(v, lo) with NaN kept, as ``torch.clamp(min=)``."""
+    return tl.maximum(v, lo, propagate_nan=tl.PropagateNan.ALL)
+
+
+# ------------------------------------------------------------------- g(x) per kind
+
+
+@triton.jit
+def _reste_g(x, p, inv_o, c1, t, m, o_ptr, O_PTR: tl.constexpr, PRECISE: tl.constexpr):
+    """g = max(a, m)^p ((a <= m)(1 - 1/o) + 1/o)(a <= t), a = abs(x), p = (1 - o)/o; at o = 1 the
+    step (a <= t), as ``reste_g``."""
+    if O_PTR:  # o read on the device: the constants in float64, rounded once, as Python computes them
+        o = tl.load(o_ptr).to(tl.float64)
+        p = ((1.0 - o) / o).to(tl.float32)
+        inv_o = (1.0 / o).to(tl.float32)
+        c1 = (1.0 - 1.0 / o).to(tl.float32)
+    a = tl.abs(x)
+    inside_t = _le(a, t)
+    factor = (_le(a, m) * c1 + inv_o) * inside_t
+    w = _exp2(p * _log2(_clamp_min(a, m), PRECISE), PRECISE) * factor
+    return tl.where(p == 0.0, inside_t, w)
+
+
+@triton.jit
+def _sign_swish_g(x, beta, two_beta, PRECISE: tl.constexpr):
+    """g = 2 beta s (1 - s)(2 + u (1 - 2 s)), u = beta x, s = sigmoid(u)."""
+    u = beta * x
+    s = 1.0 / (1.0 + _exp(-u, PRECISE))
+    return two_beta * s * (1.0 - s) * (2.0 + u * (1.0 - 2.0 * s))
+
+
+@triton.jit
+def _tanh_bump(z, scale, PRECISE: tl.constexpr):
+    """scale (1 - tanh(z)^2)."""
+    th = _tanh(z, PRECISE)
+    return scale * (1.0 - th * th)
+
+
+@triton.jit
+def _fda_g(x, w_hi, w_lo, scale, n, PRECISE: tl.constexpr):
+    """g = scale sum_{i<=n} cos((2i+1) w x) (abs(x) <= 1); (2i+1) w in float64 (w = w_hi + w_lo),
+    rounded once to float32, as Python computes it."""
+    w64 = tl.cast(w_hi, tl.float64) + tl.cast(w_lo, tl.float64)
+    acc = tl.zeros_like(x)
+    for i in range(n + 1):
+        coef = ((2 * i + 1) * w64).to(tl.float32)
+        acc += _cos(coef * x, PRECISE)
+    return acc * scale * _le(tl.abs(x), 1.0)
+
+
+@triton.jit
+def _g(x, s0, s1, s2, s3, s4, count, o_ptr, KIND: tl.constexpr, O_PTR: tl.constexpr, PRECISE: tl.constexpr):
+    """g(x) of estimator KIND (an index into KINDS) in float32; the scalars per kind as ``_scalars`` sets them."""
+    if KIND == 0:  # ste: (a <= clip)
+        g = _le(tl.abs(x), s0)
+    elif KIND == 1:  # reste
+        g = _reste_g(x, s0, s1, s2, s3, s4, o_ptr, O_PTR, PRECISE)
+    elif KIND == 2:  # approx_sign: max(2 - 2a, 0)
+        g = _clamp_min(2.0 - 2.0 * tl.abs(x), 0.0)
+    elif KIND == 3:  # sign_swish
+        g = _sign_swish_g(x, s0, s1, PRECISE)
+    elif KIND == 4:  # ede: k t (1 - tanh(t x)^2)
+        g = _tanh_bump(s0 * x, s1, PRECISE)
+    elif KIND == 5:  # rbnn: max(k sqrt(2) t - k t^2 a, 0)
+        g = _clamp_min(s0 - s1 * tl.abs(x), 0.0)
+    elif KIND == 6:  # dsq: s k (1 - tanh(k (x - mid))^2) (l <= x <= u)
+        g = _tanh_bump(s1 * (x - s0), s2, PRECISE) * tl.where((x >= s3) & (x <= s4), 1.0, 0.0)
+    else:  # fda
+        g = _fda_g(x, s0, s1, s2, count, PRECISE)
+    return g
+
+
+# ----------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _offsets(n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < n
+
+
+@triton.jit
+def _sign_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs, mask = _offsets(n, BLOCK)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    y = tl.where(x < 0, -1.0, 1.0)
+    y = tl.where(x != x, x.to(tl.float32), y)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["count"])
+def _backward_kernel(x_ptr, grad_ptr, out_ptr, n, s0, s1, s2, s3, s4, count, o_ptr,
+                     KIND: tl.constexpr, O_PTR: tl.constexpr, PRECISE: tl.constexpr, BLOCK: tl.constexpr):
+    """out = grad * g(x), computed in float32; the scalars s0..s4 and count per KIND (see _scalars)."""
+    offs, mask = _offsets(n, BLOCK)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = _g(x, s0, s1, s2, s3, s4, count, o_ptr, KIND, O_PTR, PRECISE)
+    tl.store(out_ptr + offs, (g * grad).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _group_block(group_size, BLOCK: tl.constexpr):
+    """(offsets in w's memory, mask, group) of this program: block program_id(0) of group program_id(1)."""
+    group = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return group * group_size + offs, offs < group_size, group
+
+
+@triton.jit
+def _group_total(partials_ptr, group, nblocks, NB: tl.constexpr):
+    """The sum of a group's ``nblocks`` partial sums, always in the same order (deterministic)."""
+    i = tl.arange(0, NB)
+    return tl.sum(tl.load(partials_ptr + group * nblocks + i, mask=i < nblocks, other=0.0), axis=0)
+
+
+@triton.jit
+def _abs_partial_kernel(w_ptr, partials_ptr, group_size, BLOCK: tl.constexpr):
+    """partials[group, block] = sum(abs(w)) over one block of a group."""
+    offs, mask, group = _group_block(group_size, BLOCK)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(partials_ptr + group * tl.num_programs(0) + tl.program_id(0), tl.sum(tl.abs(w), axis=0))
+
+
+@triton.jit
+def _scaled_sign_kernel(w_ptr, partials_ptr, y_ptr, group_size, nblocks,
+                        NB: tl.constexpr, BLOCK: tl.constexpr):
+    """y = sign(w) alpha (sign(0) = +1, NaN kept), alpha = sum(abs(w)) / size of w's group."""
+    offs, mask, group = _group_block(group_size, BLOCK)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    alpha = _group_total(partials_ptr, group, nblocks, NB) / group_size
+    s = tl.where(w < 0.0, -1.0, 1.0)
+    s = tl.where(w != w, w, s)
+    tl.store(y_ptr + offs, (s * alpha).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dot_sign_partial_kernel(w_ptr, grad_ptr, partials_ptr, group_size, BLOCK: tl.constexpr):
+    """partials[group, block] = sum(grad sign(w)) over one block of a group (sign(0) = +1, NaN kept)."""
+    offs, mask, group = _group_block(group_size, BLOCK)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    s = tl.where(w < 0.0, -1.0, 1.0)
+    s = tl.where(w != w, w, s)
+    tl.store(partials_ptr + group * tl.num_programs(0) + tl.program_id(0), tl.sum(grad * s, axis=0))
+
+
+@triton.jit(do_not_specialize=["count"])
+def _scaled_sign_backward_kernel(w_ptr, grad_ptr, abs_ptr, dot_ptr, out_ptr, group_size, nblocks,
+                                 s0, s1, s2, s3, s4, count, o_ptr,
+                                 KIND: tl.constexpr, O_PTR: tl.constexpr, PRECISE: tl.constexpr,
+                                 NB: tl.constexpr, BLOCK: tl.constexpr):
+    """dW = g(w) (grad alpha) + sgn(w) d_alpha / size: the estimator's backward through sign(w) alpha
+    plus that of alpha = mean(abs(w)) (d_alpha = sum(grad sign(w)); sgn(0) = 0, ``abs``'s derivative)."""
+    offs, mask, group = _group_block(group_size, BLOCK)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    alpha = _group_total(abs_ptr, group, nblocks, NB) / group_size
+    d_alpha = _group_total(dot_ptr, group, nblocks, NB) / group_size
+    g = _g(w, s0, s1, s2, s3, s4, count, o_ptr, KIND, O_PTR, PRECISE)
+    sgn = tl.where(w > 0.0, 1.0, tl.where(w < 0.0, -1.0, 0.0))
+    sgn = tl.where(w != w, w, sgn)
+    tl.store(out_ptr + offs, (g * (grad * alpha) + sgn * d_alpha).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+INTERPRETED = not isinstance(_sign_kernel, triton.runtime.JITFunction)
+_PRECISE = not INTERPRETED and libdevice is not None
+
+
+# --------------------------------------------------------------------- launchers
+
+
+def _f32(v: float) -> float:
+    """A Python float as the kernel receives it (rounded to float32)."""
+    return float(torch.tensor(v, dtype=torch.float32))
+
+
+def _scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | None]:
+    """(s0..s4, count, o tensor or None) of ``kind``'s kernel from its estimator's ``params()``.
+
+    The constants are computed in Python (float64) exactly as the estimator's PyTorch expression
+    computes them, so both round the same float64 numbers to float32.
+    """
+    z = 0.0
+    if kind == "ste":
+        return (params["clip"], z, z, z, z), 0, None
+    if kind == "reste":
+        o, t, m = params["o"], params["t"], params["m"]
+        if isinstance(o, Tensor):
+            return (z, z, z, t, m), 0, o
+        return ((1.0 - o) / o, 1.0 / o, 1.0 - 1.0 / o, t, m), 0, None
+    if kind == "approx_sign":
+        return (z, z, z, z, z), 0, None
+    if kind == "sign_swish":
+        beta = params["beta"]
+        return (beta, 2.0 * beta, z, z, z), 0, None
+    if kind == "ede":
+        t, k = params["t"], params["k"]
+        return (t, k * t, z, z, z), 0, None
+    if kind == "rbnn":
+        t, k = params["t"], params["k"]
+        return (k * (math.sqrt(2.0) * t), k * t * t, z, z, z), 0, None
+    if kind == "dsq":
+        from .estimators import _dsq_consts
+
+        lower, upper = params.get("lower", -1.0), params.get("upper", 1.0)
+        mid, k, s = _dsq_consts(params["alpha"], lower, upper)
+        return (mid, k, s * k, lower, upper), 0, None
+    if kind == "fda":
+        w = params["w"]
+        w_hi = _f32(w)
+        return (w_hi, w - w_hi, 4.0 * w / math.pi, z, z), int(params["n"]), None
+    raise ValueError(f"no Triton kernel for estimator {kind!r}; valid: {', '.join(KINDS)}")
+
+
+def _dense(x: Tensor) -> bool:
+    """Whether ``x``'s elements fill its memory in one block (contiguous or channels_last)."""
+    if x.is_contiguous():
+        return True
+    if x.dim() == 4:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        return x.is_contiguous(memory_format=torch.channels_last_3d)
+    return False
+
+
+def _like(x: Tensor, other: Tensor) -> Tensor:
+    """``other`` with ``x``'s strides (a copy only when they differ), so both are walked in one order."""
+    if other.stride() == x.stride():
+        return other
+    return torch.empty_like(x).copy_(other)
+
+
+def sign(x: Tensor) -> Tensor:
+    """sign(x) with sign(0) = +1 and NaN kept, one pass; any float dtype of :data:`DTYPES`, any layout."""
+    if not _dense(x):
+        x = x.contiguous()
+    y = torch.empty_like(x)
+    n = x.numel()
+    if n:
+        _sign_kernel[(triton.cdiv(n, BLOCK),)](x, y, n, BLOCK=BLOCK)
+    return y
+
+
+def backward(kind: str, x: Tensor, grad: Tensor, **params) -> Tensor:
+    """``grad * g(x)`` of estimator ``kind`` with its ``params()``, one pass, in x's dtype and layout."""
+    scalars, count, o = _scalars(kind, params)
+    if not _dense(x):
+        x = x.contiguous()
+    grad = _like(x, grad)
+    out = torch.empty_like(x)
+    n = x.numel()
+    if n:
+        _backward_kernel[(triton.cdiv(n, BLOCK),)](
+            x, grad, out, n, *scalars, count, x if o is None else o,
+            KIND=KINDS.index(kind), O_PTR=o is not None, PRECISE=_PRECISE, BLOCK=BLOCK)
+    return out
+
+
+def _partials(w: Tensor, groups: int) -> tuple[Tensor, int, int]:
+    """An uninitialised float32 buffer for one partial sum per block of each group: (buffer, group size,
+    blocks per group)."""
+    size = w.numel() // groups
+    nblocks = triton.cdiv(size, _REDUCE_BLOCK)
+    return torch.empty(groups * nblocks, dtype=torch.float32, device=w.device), size, nblocks
+
+
+def scaled_sign(w: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """(sign(w) * alpha, partials): alpha = mean(abs(w)) over each of ``groups`` equal, consecutive blocks
+    of ``w``'s memory (1: the layer's scale; out_channels: per channel, which is consecutive in both the
+    contiguous and the channels_last layouts), sign(0) = +1; two launches. ``partials`` (the sums of
+    abs(w) by block) is what :func:`scaled_sign_backward` needs."""
+    if not _dense(w):
+        w = w.contiguous()
+    partials, size, nblocks = _partials(w, groups)
+    y = torch.empty_like(w)
+    if size:
+        nb = triton.next_power_of_2(nblocks)
+        _abs_partial_kernel[(nblocks, groups)](w, partials, size, BLOCK=_REDUCE_BLOCK)
+        _scaled_sign_kernel[(triton.cdiv(size, BLOCK), groups)](w, partials, y, size, nblocks, NB=nb, BLOCK=BLOCK)
+    return y, partials
+
+
+def scaled_sign_backward(kind: str, w: Tensor, grad: Tensor, partials: Tensor, groups: int, **params) -> Tensor:
+    """dL/dw of ``sign(w) * alpha`` (estimator ``kind``'s g for the sign, alpha = mean(abs(w)) per group):
+    g(w) grad alpha + sgn(w) sum(grad sign(w)) / size, in two launches."""
+    scalars, count, o = _scalars(kind, params)
+    if not _dense(w):
+        w = w.contiguous()
+    grad = _like(w, grad)
+    dots, size, nblocks = _partials(w, groups)
+    out = torch.empty_like(w)
+    if size:
+        nb = triton.next_power_of_2(nblocks)
+        _dot_sign_partial_kernel[(nblocks, groups)](w, grad, dots, size, BLOCK=_REDUCE_BLOCK)
+        _scaled_sign_backward_kernel[(triton.cdiv(size, BLOCK), groups)](
+            w, grad, partials, dots, out, size, nblocks, *scalars, count, w if o is None else o,
+            KIND=KINDS.index(kind), O_PTR=o is not None, PRECISE=_PRECISE, NB=nb, BLOCK=BLOCK)
+    return out
