@@ -64,10 +64,10 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 def _interrupt_at(monkeypatch, epoch_to_fail):
     original = engine._Run.train_epoch
 
-    def flaky(self, epoch):
+    def flaky(self, epoch, *args):
         if epoch == epoch_to_fail:
             raise KeyboardInterrupt
-        return original(self, epoch)
+        return original(self, epoch, *args)
 
     monkeypatch.setattr(engine._Run, "train_epoch", flaky)
 
@@ -184,10 +184,33 @@ def test_channels_last_trains_like_contiguous(tmp_path, float32_epoch):
     out = tmp_path / "cl"
     engine.train(small(epochs=1, threads=1, channels_last=True), out, progress=False, log=quiet)
     (m,) = engine.read_metrics(out)
-    # the same arithmetic in another memory order: equal up to float rounding (a sign may flip)
-    assert m["train_loss"] == pytest.approx(float32_epoch["train_loss"], rel=0.05)
-    assert abs(m["test_acc"] - float32_epoch["test_acc"]) < 5.0
-    assert abs(engine.evaluate_checkpoint(out / "last.pt")["top1"] - m["test_acc"]) < 2.0
+    assert m["test_acc"] > 50.0 and m["train_loss"] < 2.0  # it trained (its own path: sums in another order)
+    # The same function in another memory order: on the test images, both layouts agree with the
+    # model in float64 (exact binary sums) within float32 rounding, except for images where a sign
+    # flipped at a near-tie, which are counted. The logged accuracy (channels_last) and a plain
+    # evaluation (contiguous) may differ by those images only.
+    from reste.data import load_datasets
+    from reste.export import export_model
+    from reste.export.reference import compare, graph_reference, trace_model
+
+    model = engine.model_from_checkpoint(load_checkpoint(out / "last.pt"))
+    _, test_ds, _ = load_datasets("digits")
+    images, labels = map(torch.stack, zip(*[test_ds[i] for i in range(len(test_ds))]))
+    labels = labels.long()
+    export_model(model, tmp_path / "m.rbnn", verify=False)
+    ref = graph_reference(tmp_path / "m.rbnn", images)
+    flips, predictions = 0, []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        logits, sites = trace_model(model.to(memory_format=layout), images.contiguous(memory_format=layout))
+        c = compare(ref, logits, sites)
+        assert c.traced and c.mismatch == 0, c.problems
+        flips += c.near_tie
+        predictions.append(logits.argmax(1))
+    assert flips <= 0.05 * len(labels)  # a near-tie flip is rare: a handful of images at most
+    differ = int((predictions[0] != predictions[1]).sum())
+    assert differ <= flips
+    top1 = engine.evaluate_checkpoint(out / "last.pt")["top1"]
+    assert abs(top1 - m["test_acc"]) <= 100.0 * flips / len(labels) + 1e-9
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe loads, and RNG state capture.
+"""Checkpoints: atomic writes, verified and safe loads, and RNG state capture.
 
 A checkpoint is a dict of plain data and tensors, loadable with
 ``torch.load(weights_only=True)`` (no code runs on load):
@@ -6,15 +6,28 @@ A checkpoint is a dict of plain data and tensors, loadable with
     format, version, config (TrainConfig as a dict), model_name, model_options,
     model (state_dict, estimator schedule state included), optimizer, epoch
     (number of finished epochs), best_acc, best_epoch, metrics (the last
-    epoch's metrics line), indicators (meter history), rng.
+    epoch's metrics line), indicators (meter history), rng, and for a checkpoint
+    taken inside an epoch (preemption, ``--save-every``) ``step`` (batches of
+    epoch ``epoch + 1`` already trained) with ``partial`` (that epoch's running sums).
+
+The file is the zip that ``torch.save`` writes, whose zip comment holds
+``reste-sha256:`` and the SHA-256 of the file as written with an empty comment.
+``load_checkpoint`` checks it before unpickling, so a flipped bit anywhere in the
+file is refused with one line. Format-1 files (no checksum) are checked with the
+zip's own CRC-32s.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import random
+import re
+import struct
 import tempfile
+import zipfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +38,12 @@ import torch
 from .errors import UsageError
 
 FORMAT = "reste-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: SHA-256 in the zip comment; 1: none (the zip CRCs are checked instead)
+_SHA_TAG = b"reste-sha256:"
+_EOCD = struct.Struct("<4s4H2IH")  # the zip's end-of-central-directory record (22 bytes)
+# keys every checkpoint holds, with their types (what eval, export and resume read)
+REQUIRED = {"config": dict, "model_name": str, "model_options": dict, "model": dict, "epoch": int,
+            "metrics": dict}
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> None:
@@ -37,6 +55,7 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -56,23 +75,88 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         pass
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    state = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write(path, lambda f: torch.save(state, f))
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files that ``atomic_write`` left in ``folder`` when its process died mid-write."""
+    pattern = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if pattern.match(p.name) and p.is_file()) if folder.is_dir() else []
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file: ``torch.save`` of the state, its SHA-256 in the zip comment."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    raw = buffer.getvalue()
+    if _EOCD.unpack_from(raw, len(raw) - _EOCD.size)[0] != b"PK\x05\x06":
+        raise RuntimeError("torch.save wrote an unexpected zip layout")
+    comment = _SHA_TAG + hashlib.sha256(raw).hexdigest().encode()
+    return raw[:-2] + struct.pack("<H", len(comment)) + comment
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> bytes:
+    """Write ``state`` to ``path`` atomically; returns the bytes written (to copy them elsewhere)."""
+    blob = checkpoint_bytes(state)
+    atomic_write(path, lambda f: f.write(blob))
+    return blob
+
+
+def _verify(blob: bytes) -> bool | str:
+    """True when the stored SHA-256 matches; False when there is none; else what is wrong."""
+    n = len(_SHA_TAG) + 64
+    comment_at = len(blob) - n
+    if comment_at < _EOCD.size or blob[comment_at:comment_at + len(_SHA_TAG)] != _SHA_TAG:
+        return False
+    eocd = comment_at - _EOCD.size
+    if blob[eocd:eocd + 4] != b"PK\x05\x06" or struct.unpack_from("<H", blob, comment_at - 2)[0] != n:
+        return "its checksum record is damaged"
+    raw = blob[:comment_at - 2] + b"\0\0"
+    if hashlib.sha256(raw).hexdigest().encode() != blob[comment_at + len(_SHA_TAG):]:
+        return "SHA-256 mismatch"
+    return True
+
+
+def _check_zip_crcs(blob: bytes) -> str | None:
+    """The first zip member whose CRC-32 does not match (a format-1 file), else None."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+        return f"{type(err).__name__}: {str(err)[:80]}"
+    return None if bad is None else f"CRC mismatch in {bad}"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing code; bad files raise a one-line ``UsageError``."""
+    """Load a checkpoint without executing code; bad files raise a one-line ``UsageError``.
+
+    The SHA-256 in the file (format 2) or the zip CRC-32s (format 1) are checked first.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist; pass a .pt file or a run directory holding last.pt")
     try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read checkpoint {path} ({err.strerror})") from None
+    verified = _verify(blob)
+    if isinstance(verified, str):
+        raise UsageError(f"checkpoint {path} is corrupted ({verified}); use another checkpoint")
+    if verified is False and blob[:2] == b"PK":
+        bad = _check_zip_crcs(blob)
+        if bad:
+            raise UsageError(f"checkpoint {path} is truncated or corrupted ({bad}); use another checkpoint")
+    try:
         with warnings.catch_warnings():
             # a foreign pickle makes torch warn about its protocol; the error below says what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read the file is the file's fault
         text = str(err)
         lines = [ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[-1].splitlines() if ln.strip()]
@@ -87,8 +171,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UsageError(f"{path} is not a reste checkpoint (no '{FORMAT}' header)")
-    if ckpt.get("version", 0) > VERSION:
-        raise UsageError(f"{path} was written by a newer reste (format {ckpt['version']}); upgrade reste")
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise UsageError(f"{path} was written by a newer reste (format {version}); upgrade reste")
+    if version >= 2 and verified is not True:
+        raise UsageError(f"checkpoint {path} is corrupted (its SHA-256 is missing); use another checkpoint")
+    wrong = [k for k, kind in REQUIRED.items() if not isinstance(ckpt.get(k), kind)]
+    if wrong:
+        raise UsageError(f"checkpoint {path} is incomplete (missing or malformed: {', '.join(wrong)}); "
+                         "use another checkpoint")
     return ckpt
 
 

@@ -43,7 +43,7 @@ ESTIMATOR_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "epochs",
                 "batch_size", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
                 "indicators", "seed", "workers", "device", "amp", "channels_last", "compile", "sync_bn",
-                "threads")
+                "threads", "save_every")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +108,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g2.add_argument("--out", help="run directory (default runs/MODEL-ESTIMATOR-TIME)")
     g2.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last finished epoch")
     g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
+    g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
+                    help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
     g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -197,6 +199,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp)
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
@@ -214,11 +221,22 @@ def cmd_summary(args: argparse.Namespace) -> int:
             info = models.model_info(name)
             print(f"{name:28s} {info['dataset']:14s} {'binary' if info['binary'] else 'float'}")
         return 0
-    model = models.create(args.model, num_classes=args.num_classes, a32=args.a32)
     info = models.model_info(args.model)
+    if args.input_size is not None and args.input_size < 1:
+        raise UsageError(f"--input-size must be a positive integer, got {args.input_size}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UsageError(f"--num-classes must be a positive integer, got {args.num_classes}")
+    if args.a32 and not info["binary"]:
+        raise UsageError(f"--a32 applies to binary models; {args.model!r} is full precision")
+    model = models.create(args.model, num_classes=args.num_classes, a32=args.a32)
     size = tuple(info["input_size"]) if not args.input_size else (info["input_size"][0], args.input_size,
                                                                     args.input_size)
-    print(models.format_summary(models.layer_summary(model, size)))
+    try:
+        rows = models.layer_summary(model, size)
+    except RuntimeError as err:
+        raise UsageError(f"{args.model!r} cannot take inputs of size {size[1]}x{size[2]} "
+                         f"({str(err).strip().splitlines()[0][:100]}); pass a larger --input-size") from None
+    print(models.format_summary(rows))
     return 0
 
 
@@ -287,20 +305,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         if debug:
             raise
-        print(f"reste: error: {err}", file=sys.stderr)
+        print(f"reste: error: {usage_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - sorted below
+        from .engine import Preempted
+
+        if not isinstance(err, Preempted):
+            return _unexpected(err, debug)
+        print(f"reste: {err}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("reste: interrupted; finished epochs are saved, continue with --resume RUN_DIR", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - the last line of defence keeps tracebacks behind --debug
-        from .engine import TrainingDiverged
 
-        if debug:
-            raise
-        kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
-        print(f"reste: error: {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
-              else " (run with --debug for the traceback)"), file=sys.stderr)
-        return 1
+
+def usage_line(err: UsageError) -> str:
+    """The one line of a UsageError; one re-raised by a DataLoader worker carries its traceback."""
+    text = str(err).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1].strip()
+    return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
+
+
+def _unexpected(err: Exception, debug: bool) -> int:
+    """The last line of defence keeps tracebacks behind --debug."""
+    from .engine import TrainingDiverged
+
+    if debug:
+        raise  # called inside the except block: the original traceback
+    kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
+    print(f"reste: error: {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
+          else " (run with --debug for the traceback)"), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

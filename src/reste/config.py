@@ -18,6 +18,9 @@ from .errors import UsageError
 from .estimators import ESTIMATORS, get_estimator
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCALINGS = ("layer", "channel", "none")
+MAX_EPOCHS = 1_000_000
+MAX_SEED = 2**63 - 1
 INDICATOR_MODES = ("general", "paper")
 AMP_MODES = ("none", "bf16", "fp16")
 
@@ -65,6 +68,7 @@ class TrainConfig:
     sync_bn: bool = True
     threads: int | None = None  # torch CPU threads (None: torch's default)
     preset: str | None = None
+    save_every: float | None = None  # minutes between mid-epoch checkpoints (None: only at epoch ends)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,12 +101,17 @@ class TrainConfig:
         return out
 
     def validate(self) -> None:
-        from .models import list_models, model_keywords
+        from .models import list_models, model_info, model_keywords
 
+        self._check_types()
         if self.model not in list_models():
             raise UsageError(f"unknown model {self.model!r}; valid: {', '.join(list_models())}")
         if self.estimator.lower().replace("-", "_") not in ESTIMATORS:
             raise UsageError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
+        if self.scaling not in SCALINGS:
+            raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
+        if self.a32 and not model_info(self.model)["binary"]:
+            raise UsageError(f"--a32 applies to binary models; {self.model!r} is full precision")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.indicators not in (None, *INDICATOR_MODES):
@@ -113,16 +122,23 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.epochs > MAX_EPOCHS:
+            raise UsageError(f"--epochs must be at most {MAX_EPOCHS:,}, got {self.epochs}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be in [0, 2**63 - 1], got {self.seed}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise UsageError(
                 f"--weight-decay must be >= 0 and --momentum in [0, 1), got {self.weight_decay} and {self.momentum}"
             )
         if not 0 <= self.warm_up < self.epochs:
             raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads <= 0):
-            raise UsageError(f"--threads must be a positive integer, got {self.threads}")
+        max_threads = 4 * (os.cpu_count() or 1)
+        if self.threads is not None and not 0 < self.threads <= max_threads:
+            raise UsageError(f"--threads must be in [1, {max_threads}] (4 per CPU core), got {self.threads}")
+        if self.save_every is not None and not (math.isfinite(self.save_every) and self.save_every > 0):
+            raise UsageError(f"--save-every must be a positive number of minutes, got {self.save_every}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         accepted = model_keywords(self.model)
@@ -131,6 +147,9 @@ class TrainConfig:
             raise UsageError(f"model {self.model!r} has no option {', '.join(unknown)}; "
                              f"valid: {', '.join(accepted) or 'none'}")
         opts = self.estimator_options
+        for key, value in opts.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"estimator option {key} must be a finite number, got {value}")
         if "o_end" in opts and opts["o_end"] < 1:
             raise UsageError(f"--o-end must be >= 1 (o grows from 1 to o_end), got {opts['o_end']}")
         if "t" in opts and opts["t"] <= opts.get("interval", 0.1):
@@ -139,8 +158,31 @@ class TrainConfig:
             )
         try:
             get_estimator(self.estimator, **opts)
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             raise UsageError(f"bad estimator settings: {err}") from None
+
+    def _check_types(self) -> None:
+        """Every field has its type (a hand-edited config.json may hold nulls or strings)."""
+        number = (int, float)
+        kinds: dict[str, tuple[type, ...]] = {
+            "dataset": (str,), "estimator": (str,), "scaling": (str,), "optimizer": (str,), "device": (str,),
+            "amp": (str,), "estimator_options": (dict,), "model_options": (dict,), "download": (bool,),
+            "a32": (bool,), "channels_last": (bool,), "compile": (bool,), "sync_bn": (bool,),
+            "model": (str,), "epochs": (int,), "batch_size": (int,), "eval_batch_size": (int,),
+            "warm_up": (int,), "seed": (int,), "workers": (int,), "lr": number, "weight_decay": number,
+            "momentum": number,
+        }
+        optional: dict[str, tuple[type, ...]] = {
+            "data_path": (str,), "indicators": (str,), "threads": (int,), "preset": (str,), "save_every": number,
+        }
+        for name, kind in (*kinds.items(), *optional.items()):
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            bad_bool = isinstance(value, bool) and bool not in kind
+            if bad_bool or not isinstance(value, kind):
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} must be {' or '.join(k.__name__ for k in kind)}, got {value!r}")
 
 
 @dataclass(frozen=True)

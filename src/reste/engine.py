@@ -14,6 +14,14 @@ states. The learning rate and the estimator schedule are pure functions of the
 epoch, and the data order of epoch e depends only on (seed, e), so a resumed run
 ends with exactly the weights of an uninterrupted one (on CPU).
 
+The run directory is locked (``reste.rundir``) for the whole run. An epoch ends
+with three writes, in this order: the metrics line, ``last.pt``, then ``best.pt``
+(the same bytes as ``last.pt``, when the epoch is the best). Resume keeps the
+metrics lines of the epochs ``last.pt`` holds and rewrites ``best.pt`` from
+``last.pt`` when a crash came between the two, so after any crash and a resume the
+four agree. SIGTERM and SIGUSR1 (and ``--save-every``) write ``last.pt`` inside an
+epoch, with the number of batches done; resume skips those batches and continues.
+
 Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel, BatchNorm is synchronised (``sync_bn``: nn.SyncBatchNorm on
 GPUs, reste.syncbn.ProcessGroupBatchNorm on CPUs), each process
@@ -25,9 +33,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -44,15 +55,34 @@ from .data import load_datasets, make_loaders
 from .errors import UsageError
 from .indicators import EquilibriumMeter
 from .layers import binary_layers, set_progress
+from .rundir import RunDirectory
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm, is_distributed
 
 # Settings that may differ when resuming without --force: they do not change the result.
-RESUME_FREE = ("data_path", "download", "workers", "device", "eval_batch_size", "threads")
+RESUME_FREE = ("data_path", "download", "workers", "device", "eval_batch_size", "threads", "save_every")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # preemption: save inside the epoch, then stop
+_SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+class Preempted(Exception):
+    """A stop signal arrived; the run saved ``last.pt`` at the current step. ``signum`` names it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def _env_rank() -> int:
+    """This process's rank under torchrun (0 otherwise), known before the process group exists."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 # ----------------------------------------------------------------------- setup
@@ -261,7 +291,13 @@ class _Run:
             workers=config.workers, seed=config.seed, pin_memory=self.device.type == "cuda",
             distributed=self.dist.enabled,
         )
+        if len(train_ds) == 0:
+            raise UsageError(f"the training set of {config.dataset} is empty; check --data-path")
+        if config.amp == "fp16" and self.device.type == "cpu" and self.dist.main:
+            print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
+                  "use --amp bf16 or none", file=sys.stderr)
         self.model = build_model(config, self.info.num_classes).to(self.device)
+        _check_model_fits(self.model, test_ds, self.info, config, self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(config, self.model)
@@ -288,11 +324,16 @@ class _Run:
             self.net = torch.compile(self.net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.start_epoch, self.best_acc, self.best_epoch = 0, -1.0, -1
+        self.start_step, self.partial = 0, None  # a checkpoint taken inside epoch start_epoch + 1
+        self.saved: tuple[int, int] | None = None  # (epoch, step) of the newest last.pt
         self.last_metrics: dict[str, Any] = {}
+        self._stop_signal = 0
+        self._last_save = time.monotonic()
 
     # -- state -------------------------------------------------------------
 
-    def state(self, epoch: int) -> dict[str, Any]:
+    def state(self, epoch: int, step: int = 0, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint after ``epoch`` finished epochs and ``step`` batches of the next one."""
         return {
             "config": self.config.to_dict(),
             "model_name": self.config.model,
@@ -307,6 +348,9 @@ class _Run:
             "metrics": self.last_metrics,
             "indicators": self.meter.state_dict() if self.meter else None,
             "rng": ckpt_io.rng_state(),
+            "step": step,
+            "partial": partial,
+            "world_size": self.dist.world_size,
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -320,6 +364,12 @@ class _Run:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
+        self.start_step, self.partial = int(ckpt.get("step") or 0), ckpt.get("partial")
+        saved_world = int(ckpt.get("world_size") or 1)
+        if self.start_step and saved_world != self.dist.world_size:
+            raise UsageError(f"{self.run_dir / 'last.pt'} was saved inside epoch {self.start_epoch + 1} by "
+                             f"{saved_world} process(es); resume it with the same number of processes")
+        self.saved = (self.start_epoch, self.start_step)
         self.last_metrics = ckpt["metrics"]
         if self.meter and ckpt.get("indicators"):
             self.meter.load_state_dict(ckpt["indicators"])
@@ -327,18 +377,31 @@ class _Run:
 
     # -- epochs ------------------------------------------------------------
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, start_step: int = 0, partial: dict[str, Any] | None = None
+                    ) -> dict[str, float]:
+        """Train one epoch; with ``start_step`` continue one that a mid-epoch checkpoint holds.
+
+        The skipped batches are still drawn (and augmented), so every later batch and
+        random draw is the one an uninterrupted run sees.
+        """
         cfg, device = self.config, self.device
         self.net.train()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        bad_step = torch.full((), -1, device=device, dtype=torch.long)
-        n = 0
+        sums = [0.0, 0, 0, -1]  # loss sum, correct, samples, first bad step
+        if partial:
+            sums = list(partial["ranks"][self.dist.rank])
+            if self.meter and partial.get("meter"):
+                _set_meter_partial(self.meter, partial["meter"])
+        loss_sum = torch.tensor(float(sums[0]), device=device, dtype=torch.float64)
+        correct = torch.tensor(int(sums[1]), device=device, dtype=torch.long)
+        bad_step = torch.tensor(int(sums[3]), device=device, dtype=torch.long)
+        n = int(sums[2])
         steps = len(self.train_loader)
         bar = _progress(self.train_loader, steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress and self.dist.main)
         for step, (images, target) in enumerate(bar):
+            if step < start_step:
+                continue
             images, target = _to_device(images, target, device, cfg.channels_last)
             with _autocast(device, cfg.amp):
                 logits = self.net(images)
@@ -358,10 +421,22 @@ class _Run:
                 if int(bad_step) >= 0:
                     break
                 bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{100.0 * correct.item() / n:.2f}")
+            if step < steps - 1:
+                due = self._checkpoint_due(step)
+                if due and int(bad_step) < 0:
+                    self.save_partial(epoch, step + 1, [float(loss_sum), int(correct), n, int(bad_step)])
+                    if due == 2:
+                        self._stopped(epoch, step + 1, steps)
         if int(bad_step) >= 0:
+            if self.saved is None:
+                kept = "no checkpoint was saved (the run directory of a new run is removed)"
+            else:
+                e, s = self.saved
+                kept = f"{self.run_dir / 'last.pt'} keeps the last good state (epoch {e}" + \
+                    (f", step {s} of epoch {e + 1})" if s else ")")
             raise TrainingDiverged(
-                f"non-finite loss at epoch {epoch + 1}, step {int(bad_step) + 1}; the run stopped and "
-                f"{self.run_dir / 'last.pt'} keeps the last good epoch ({epoch}); lower --lr or check the data"
+                f"non-finite loss at epoch {epoch + 1}, step {int(bad_step) + 1}; the run stopped and {kept}; "
+                "lower --lr or check the data"
             )
         totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)])
         if self.dist.enabled:  # metrics over the whole training set, not this process's shard
@@ -370,6 +445,10 @@ class _Run:
         return {"train_loss": loss_total / count, "train_acc": 100.0 * correct_total / count}
 
     def run(self) -> dict[str, Any]:
+        with self._stop_signals():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         start = time.time()
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -378,7 +457,11 @@ class _Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             sched = set_progress(self.model, epoch, cfg.epochs)
-            train_metrics = self.train_epoch(epoch)
+            start_step, partial = (self.start_step, self.partial) if epoch == self.start_epoch else (0, None)
+            if partial and "time" in partial:
+                t0 -= float(partial["time"])  # the epoch's time includes the part before the checkpoint
+            self._epoch_t0 = t0
+            train_metrics = self.train_epoch(epoch, start_step, partial)
             test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last)
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
                                        "test_loss": test["loss"], "test_acc": test["top1"],
@@ -392,7 +475,10 @@ class _Run:
             self.last_metrics = metrics
             if self.dist.main:
                 self.save(epoch + 1, metrics, is_best)
+            self.saved, self._last_save = (epoch + 1, 0), time.monotonic()
             self.log(format_epoch(metrics, cfg.epochs))
+            if epoch + 1 < cfg.epochs and self._agree(2 if self._stop_signal else 0) == 2:
+                self._stopped(epoch + 1, 0, len(self.train_loader))
         result = {
             "run_dir": str(self.run_dir),
             "best_acc": self.best_acc,
@@ -408,15 +494,114 @@ class _Run:
         return result
 
     def save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
-        """Append the metrics line, then checkpoint. A crash in between is repaired on resume."""
+        """The end of an epoch: metrics line, ``last.pt``, then ``best.pt`` (the same bytes).
+
+        A crash between two of these writes is repaired on resume (see :func:`repair_run`).
+        """
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        state = self.state(epoch)
-        ckpt_io.save_checkpoint(state, self.run_dir / "last.pt")
+        blob = ckpt_io.save_checkpoint(self.state(epoch), self.run_dir / "last.pt")
         if is_best:
-            ckpt_io.save_checkpoint(state, self.run_dir / "best.pt")
+            ckpt_io.atomic_write(self.run_dir / "best.pt", lambda f: f.write(blob))
+
+    # -- mid-epoch checkpoints ------------------------------------------------
+
+    def save_partial(self, epoch: int, step: int, sums: list[float | int]) -> None:
+        """``last.pt`` after ``step`` batches of epoch ``epoch + 1`` (every process's running sums)."""
+        ranks = [sums]
+        if self.dist.enabled:
+            local = torch.tensor([float(v) for v in sums], dtype=torch.float64, device=self.device)
+            gathered = [torch.zeros_like(local) for _ in range(self.dist.world_size)]
+            torch.distributed.all_gather(gathered, local)
+            ranks = [[t[0].item(), int(t[1].item()), int(t[2].item()), int(t[3].item())] for t in gathered]
+        if self.dist.main:
+            partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
+                       "time": time.time() - self._epoch_t0}
+            ckpt_io.save_checkpoint(self.state(epoch, step, partial), self.run_dir / "last.pt")
+        self.saved, self._last_save = (epoch, step), time.monotonic()
+
+    def _checkpoint_due(self, step: int) -> int:
+        """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop.
+
+        With several processes they agree (every ``_SYNC_STEPS`` steps), so all stop at one step.
+        """
+        local = 2 if self._stop_signal else 0
+        every = self.config.save_every
+        if not local and every and time.monotonic() - self._last_save >= 60.0 * every:
+            local = 1
+        if self.dist.enabled and (step + 1) % _SYNC_STEPS:
+            return 0
+        return self._agree(local)
+
+    def _agree(self, local: int) -> int:
+        if not self.dist.enabled:
+            return local
+        flag = torch.tensor([local], device=self.device, dtype=torch.long)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    def _stopped(self, epoch: int, step: int, steps: int) -> None:
+        signum = self._stop_signal or signal.SIGTERM
+        where = f"epoch {epoch + 1}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
+        raise Preempted(f"stopped by {signal.Signals(signum).name} at {where}; {self.run_dir / 'last.pt'} holds it: "
+                        f"continue with `reste train --resume {self.run_dir}`", signum)
+
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """SIGTERM and SIGUSR1 ask for a checkpoint at the next step, then a stop (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            self._stop_signal = signum
+
+        previous = {}
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+def _meter_partial(meter: EquilibriumMeter) -> dict[str, Any]:
+    """The running sums of an EquilibriumMeter inside an epoch."""
+    return {"error": meter._error, "stability": meter._stability, "count": meter._count}
+
+
+def _set_meter_partial(meter: EquilibriumMeter, state: dict[str, Any]) -> None:
+    meter._error, meter._stability, meter._count = state["error"], state["stability"], int(state["count"])
+
+
+def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainConfig, device: torch.device) -> None:
+    """One test image through the model (no gradient, RNG untouched): a mismatch is a one-line error."""
+    if len(test_ds) == 0:
+        raise UsageError(f"the test set of {config.dataset} is empty; check --data-path")
+    image = test_ds[0][0]
+    if not isinstance(image, torch.Tensor):
+        return
+    rng = torch.get_rng_state()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(image.unsqueeze(0).to(device))
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"model {config.model!r} does not fit {config.dataset} images of shape "
+                         f"{tuple(image.shape)} ({str(err).strip().splitlines()[0][:120]}); "
+                         "pick a model for this data set (`reste summary --list`)") from None
+    finally:
+        model.train(was_training)
+        torch.set_rng_state(rng)
+    if out.dim() != 2 or out.shape[1] != info.num_classes:
+        raise UsageError(f"model {config.model!r} gives outputs of shape {tuple(out.shape)[1:]} for "
+                         f"{info.num_classes} classes of {config.dataset}")
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
@@ -437,16 +622,6 @@ def format_result(r: dict[str, Any]) -> str:
 # -------------------------------------------------------------------- run dirs
 
 
-def _check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"run directory {run_dir} is not writable ({err.strerror}); pass another --out") from None
-
-
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.model}-{config.estimator}-{stamp}"
@@ -460,21 +635,28 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     and the run-level ``indicators`` when they were on.
     """
     config = config.resolve()
+    if out is not None and not str(out).strip():
+        raise UsageError("--out is empty; pass a run directory")
     run_dir = Path(out) if out is not None else default_run_dir(config)
-    if (run_dir / "last.pt").exists() or (run_dir / "config.json").exists():
-        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    created = not run_dir.exists()
-    _check_writable(run_dir)
+    # only the main process (rank 0 under torchrun) creates, checks and locks the folder
+    lock = RunDirectory.open(run_dir, fresh=True) if _env_rank() == 0 else None
     try:
-        run = _Run(config, run_dir, log, progress)
+        return _train_locked(config, run_dir, progress, log)
     except BaseException:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that never started leaves no empty folder behind
+        if lock is not None and not (run_dir / "last.pt").exists():
+            lock.discard()  # nothing was kept: a failed start leaves no run directory behind
         raise
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    run = _Run(config, run_dir, log, progress)
     if run.dist.main:
         ckpt_io.atomic_write(run_dir / "config.json",
                              lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
-        (run_dir / "metrics.jsonl").write_text("")
+        ckpt_io.atomic_write(run_dir / "metrics.jsonl", lambda f: None)
     procs = ""
     if run.dist.enabled:
         bn = "synchronised BatchNorm" if config.sync_bn else "BatchNorm per process"
@@ -519,6 +701,16 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     batch size) may always differ.
     """
     run_dir = Path(run_dir)
+    lock = RunDirectory.open(run_dir, fresh=False) if _env_rank() == 0 else None
+    try:
+        return _resume_locked(run_dir, overrides, force, progress, log)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool, progress: bool,
+                   log: Callable[[str], None]) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     saved = saved_config(run_dir)
     overrides = dict(overrides or {})
@@ -533,22 +725,45 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     data = saved.to_dict()
     data.update(overrides)
     config = TrainConfig.from_dict(data).resolve()
-    _check_writable(run_dir)
     run = _Run(config, run_dir, log, progress)
     if (run_dir / "last.pt").exists():
         ckpt = ckpt_io.load_checkpoint(run_dir / "last.pt", map_location=run.device)
         if ckpt["model_name"] != config.model:
             raise UsageError(f"{run_dir}/last.pt holds model {ckpt['model_name']!r}, not {config.model!r}")
         run.restore(ckpt)
+        if run.dist.main:
+            repair_best(run_dir, ckpt)
     if run.dist.main:
         if diffs:
             ckpt_io.atomic_write(cfg_path, lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
         _truncate_metrics(run_dir / "metrics.jsonl", run.start_epoch)
     if run.start_epoch >= config.epochs:
         run.log(f"{run_dir} already finished {config.epochs} epochs; nothing to do")
+    elif run.start_step:
+        run.log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{config.epochs}, step "
+                f"{run.start_step + 1}/{len(run.train_loader)}")
     else:
         run.log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{config.epochs}")
     return run.run()
+
+
+def repair_best(run_dir: Path, last: dict[str, Any]) -> bool:
+    """Rewrite ``best.pt`` from ``last.pt`` when ``last.pt`` is the best epoch but ``best.pt`` is not it.
+
+    That is the state a crash between the two writes of an epoch leaves. Returns whether it rewrote.
+    """
+    if last.get("step") or last.get("best_epoch") != last["epoch"]:
+        return False
+    best_path = run_dir / "best.pt"
+    try:
+        best = ckpt_io.load_checkpoint(best_path) if best_path.exists() else None
+    except UsageError:
+        best = None
+    if best is not None and best["epoch"] == last["epoch"]:
+        return False
+    blob = (run_dir / "last.pt").read_bytes()
+    ckpt_io.atomic_write(best_path, lambda f: f.write(blob))
+    return True
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
@@ -565,14 +780,26 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The metrics lines of a run directory."""
+    """The metrics lines of a run directory (a torn last line, from a crash mid-write, is left out)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise UsageError(f"{run_dir} has no metrics.jsonl; is it a reste run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn by a crash; resume drops it too
+            raise UsageError(f"{path} line {i + 1} is not JSON; the file is corrupted") from None
+        if not isinstance(record, dict) or "epoch" not in record:
+            raise UsageError(f"{path} line {i + 1} is not a metrics record; the file is corrupted")
+        out.append(record)
+    return out
 
 
 __all__ = [
     "TrainConfig", "train", "resume", "evaluate", "evaluate_checkpoint", "load_checkpoint",
-    "model_from_checkpoint", "read_metrics", "TrainingDiverged", "format_epoch",
+    "model_from_checkpoint", "read_metrics", "TrainingDiverged", "Preempted", "format_epoch",
 ]
