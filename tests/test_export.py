@@ -17,6 +17,7 @@ from reste import models
 from reste.errors import UsageError
 from reste.export import PackedModel, export_model, export_onnx, format_report, pack_bits, unpack_bits
 from reste.export import kernels as K
+from reste.export.reference import SLACK, Comparison, compare, graph_reference, trace_model
 from reste.native import NativeLibrary
 
 BACKENDS = ["numpy"] + (["c"] if K.c_kernel_error() is None else [])
@@ -44,6 +45,35 @@ def _calibrate(model: nn.Module, size: tuple[int, ...], batches: int = 3, seed: 
 def _export_and_load(model: nn.Module, tmp_path, size, backend: str, name: str = "m.rbnn") -> PackedModel:
     export_model(model, tmp_path / name, input_size=size, verify=False)
     return PackedModel.load(tmp_path / name, backend=backend)
+
+
+def _packed_vs_reference(packed: PackedModel, path, x) -> Comparison:
+    trace: list[torch.Tensor] = []
+    got = packed.forward(x, trace=trace)
+    return compare(graph_reference(path, x), got, trace)
+
+
+def _assert_explained(c: Comparison, what: str) -> None:
+    """Every image agrees with the float64 reference within float32 rounding, or flipped a sign
+    where the reference is within rounding of zero (a near-tie: either sign is a correct float32
+    answer). A flip needs a pre-activation within about 1e-6 of zero, so most images must agree;
+    requiring at least one keeps the logit comparison alive whatever CPU this runs on."""
+    assert c.traced, f"{what}: sign inputs not traced"
+    assert c.mismatch == 0, f"{what}: {c.problems}"
+    assert c.agree >= 1 and c.agree + c.near_tie == c.images, f"{what}: {c.summary()}"
+
+
+def _check_model(model: nn.Module, tmp_path, size, x, backends=None) -> None:
+    """The packed file on every backend, the float32 model and the model in float64, each against
+    the file's float64 reference (exact binary sums): the export is right and so is each engine."""
+    path = tmp_path / "check.rbnn"
+    export_model(model, path, input_size=size, verify=False)
+    ref = graph_reference(path, x)
+    for backend in backends or BACKENDS:
+        _assert_explained(_packed_vs_reference(PackedModel.load(path, backend=backend), path, x), backend)
+    for dtype in (torch.float32, torch.float64):
+        logits, sites = trace_model(model, x, dtype)
+        _assert_explained(compare(ref, logits, sites), f"model in {dtype}")
 
 
 # ------------------------------------------------------------------ bit packing
@@ -99,14 +129,14 @@ def test_binary_conv_matches_float(tmp_path, backend, case, scaling):
     x = torch.randn(3, case["cin"], 11, 10)
     x[0, :, 2:4] = 0.0  # sign(0) = +1 inside the image; padding contributes 0
     packed = _export_and_load(model, tmp_path, (case["cin"], 11, 10), backend)
-    with torch.no_grad():
-        ref = model(x)
     got = packed(x)
-    assert got.shape == tuple(ref.shape)
-    if scaling == "none":  # +-1 dot products: exact integers
-        np.testing.assert_array_equal(got, ref.numpy())
-    else:
-        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
+    ref = graph_reference(tmp_path / "m.rbnn", x)
+    assert got.shape == tuple(ref.logits.shape) == tuple(model(x).shape)
+    if scaling == "none":  # +-1 dot products: exact integers in both
+        np.testing.assert_array_equal(got, ref.logits.numpy())
+    # the signs are taken of x itself, so nothing can flip: every output within float32 rounding
+    c = _packed_vs_reference(packed, tmp_path / "m.rbnn", x)
+    assert c.agree == c.images, c.problems
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -117,9 +147,8 @@ def test_binary_linear_matches_float(tmp_path, backend, scaling, features):
     model = nn.Sequential(reste.BinaryLinear(*features, bias=True, scaling=scaling)).eval()
     x = torch.randn(5, features[0])
     x[:, 0] = 0.0
-    got = _export_and_load(model, tmp_path, (features[0],), backend)(x)
-    with torch.no_grad():
-        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-5)
+    c = _packed_vs_reference(_export_and_load(model, tmp_path, (features[0],), backend), tmp_path / "m.rbnn", x)
+    assert c.agree == c.images, c.problems  # signs of x itself: nothing can flip
 
 
 def test_padding_correction_is_exact(tmp_path):
@@ -159,10 +188,7 @@ def test_real_input_binary_layers_and_fusion_paths(tmp_path, backend):
 
     model = _calibrate(Net(), (3, 8, 8))
     x = torch.randn(6, 3, 8, 8)
-    got = _export_and_load(model, tmp_path, (3, 8, 8), backend)(x)
-    with torch.no_grad():
-        ref = model(x).numpy()
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    _check_model(model, tmp_path, (3, 8, 8), x, backends=[backend])
 
 
 # ------------------------------------------------------------------ whole models
@@ -192,15 +218,15 @@ def test_trained_digits_model_predictions_identical(tmp_path, digits_model, back
     model, images, labels = digits_model
     report = export_model(model, tmp_path / "d.rbnn", input_size=(1, 8, 8))
     packed = PackedModel.load(tmp_path / "d.rbnn", backend=backend)
-    with torch.no_grad():
-        ref = model(images)
-    got = packed(images)
-    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1).numpy())
-    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-4)
-    acc = float((ref.argmax(1) == labels).float().mean())
+    c = _packed_vs_reference(packed, tmp_path / "d.rbnn", images)
+    _assert_explained(c, backend)
+    ref = graph_reference(tmp_path / "d.rbnn", images)
+    acc = float((ref.logits.argmax(1) == labels).double().mean())
     assert acc > 0.7  # it did learn something, so the comparison is meaningful
-    assert report["verify"]["same_predictions"]
-    np.testing.assert_array_equal(packed.predict(images.numpy(), batch_size=100), ref.argmax(1).numpy())
+    # predictions: the reference's, except where a near-tie flipped a sign
+    assert c.same_predictions >= c.agree - 2  # an agreeing image can still differ at a near-tie of two logits
+    assert report["verify"]["ok"] and report["verify"]["packed"]["images"] == 16
+    np.testing.assert_array_equal(packed.predict(images.numpy(), batch_size=100), packed(images).argmax(1))
 
 
 @pytest.mark.parametrize("name,opts", [
@@ -211,12 +237,7 @@ def test_trained_digits_model_predictions_identical(tmp_path, digits_model, back
 def test_zoo_models_match(tmp_path, name, opts):
     torch.manual_seed(0)
     model = _calibrate(models.create(name, **opts), (3, 32, 32))
-    x = torch.randn(8, 3, 32, 32)
-    got = _export_and_load(model, tmp_path, (3, 32, 32), BACKENDS[-1])(x)
-    with torch.no_grad():
-        ref = model(x).numpy()
-    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    _check_model(model, tmp_path, (3, 32, 32), torch.randn(8, 3, 32, 32), backends=[BACKENDS[-1]])
 
 
 def test_backends_agree(tmp_path):
@@ -225,9 +246,12 @@ def test_backends_agree(tmp_path):
     model = _calibrate(models.create("resnet20_1w1a"), (3, 32, 32))
     x = torch.randn(8, 3, 32, 32)
     export_model(model, tmp_path / "r.rbnn", verify=False)
-    a = PackedModel.load(tmp_path / "r.rbnn", backend="numpy")(x)
-    b = PackedModel.load(tmp_path / "r.rbnn", backend="c", threads=2)(x)  # rows split over 2 threads
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    ref = graph_reference(tmp_path / "r.rbnn", x)
+    logits = {}
+    for backend, threads in (("numpy", 1), ("c", 2)):  # C: rows split over 2 threads
+        trace: list[torch.Tensor] = []
+        logits[backend] = PackedModel.load(tmp_path / "r.rbnn", backend=backend, threads=threads).forward(x, trace=trace)
+        _assert_explained(compare(ref, logits[backend], trace), backend)
 
 
 def test_size_report_resnet20_within_5_percent_of_bound(tmp_path):
@@ -268,24 +292,30 @@ def test_file_is_readable_without_reste(tmp_path, digits_model):
 # -------------------------------------------------------------------------- ONNX
 
 
+def _assert_onnx_explained(model, tmp_path, size, x, got) -> None:
+    """ONNX logits against the float64 reference: only the logits can be seen, so an image that
+    differs is explained when the reference has a sign input within float32 rounding of zero."""
+    export_model(model, tmp_path / "ref.rbnn", input_size=size, verify=False)
+    ref = graph_reference(tmp_path / "ref.rbnn", x)
+    c = compare(ref, got)
+    assert not c.traced and c.mismatch == 0 and c.agree >= 1, c.summary()
+    if ref.near_ties() == 0:  # nothing can flip: every image agrees, and so do the predictions
+        assert c.agree == c.images and c.same_predictions == c.images
+
+
 def test_onnx_matches_with_onnxruntime(tmp_path, digits_model):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model, images, _ = digits_model
     info = export_onnx(model, tmp_path / "d.onnx", (1, 8, 8))
-    assert info["same_predictions"]
+    assert info["ok"] and info["reference"]["images"] == 16
     graph = onnx.load(str(tmp_path / "d.onnx")).graph
     assert any(n.op_type == "Where" for n in graph.node)  # sign with sign(0) = +1
     session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]  # dynamic batch
-    with torch.no_grad():
-        ref = model(images).numpy()
-    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    _assert_onnx_explained(model, tmp_path, (1, 8, 8), images, got)
     zeros = np.zeros((2, 1, 8, 8), np.float32)  # sign(0) = +1 in the exported graph too
-    with torch.no_grad():
-        np.testing.assert_allclose(session.run(None, {"images": zeros})[0], model(torch.from_numpy(zeros)).numpy(),
-                                   rtol=1e-5, atol=1e-5)
+    _assert_onnx_explained(model, tmp_path, (1, 8, 8), zeros, session.run(None, {"images": zeros})[0])
 
 
 # ---------------------------------------------------------------------- errors
@@ -328,25 +358,23 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
 
     model, images, labels = digits_model
     save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10}, "model": model.state_dict(),
-                     "dataset": "digits", "epoch": 1, "best_acc": 50.0, "config": {"dataset": "digits"}},
-                    tmp_path / "d.pt")
+                     "dataset": "digits", "epoch": 1, "best_acc": 50.0, "config": {"dataset": "digits"},
+                     "metrics": {}}, tmp_path / "d.pt")
     assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn"), "--onnx"]) == 0
     out = capsys.readouterr().out
-    assert "compression" in out and "predictions identical" in out
-    assert (tmp_path / "d.onnx").is_file() and "onnxruntime" in out
+    assert "compression" in out and "against the model in float64" in out and "NOT" not in out
+    assert (tmp_path / "d.onnx").is_file() and "onnxruntime vs float64" in out
     assert main(["predict", str(tmp_path / "d.rbnn")]) == 0  # the export's data set: digits
     out = capsys.readouterr().out
-    with torch.no_grad():
-        acc = 100.0 * float((model(images).argmax(1) == labels).float().mean())
+    packed = PackedModel.load(tmp_path / "d.rbnn")
+    acc = 100.0 * float((torch.from_numpy(packed.predict(images)) == labels).float().mean())
     assert f"top-1 {acc:.2f}%" in out
     np.save(tmp_path / "x.npy", images.numpy())
     np.save(tmp_path / "y.npy", labels.numpy())
     assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "x.npy"), "--labels",
                  str(tmp_path / "y.npy")]) == 0
     assert f"accuracy {acc:.2f}%" in capsys.readouterr().out
-    pred = np.load(tmp_path / "x.pred.npy")
-    with torch.no_grad():
-        np.testing.assert_array_equal(pred, model(images).argmax(1).numpy())
+    np.testing.assert_array_equal(np.load(tmp_path / "x.pred.npy"), packed.predict(images))
     # errors: one line on stderr, exit status 2
     assert main(["predict", str(tmp_path / "missing.rbnn")]) == 2
     assert main(["predict", str(tmp_path / "d.pt")]) == 2
@@ -374,13 +402,9 @@ def test_onnx_resnet20_option_a_shortcut(tmp_path):
 
     model = _calibrate(models.create("resnet20_1w1a"), (3, 32, 32))
     info = export_onnx(model, tmp_path / "r.onnx", (3, 32, 32))
-    assert info["same_predictions"]
+    assert info["ok"]
     x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad():
-        ref = model(x).numpy()
-    got = run_onnx(tmp_path / "r.onnx", x.numpy())
-    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    _assert_onnx_explained(model, tmp_path, (3, 32, 32), x, run_onnx(tmp_path / "r.onnx", x.numpy()))
 
 
 def test_onnx_dynamo_exporter(tmp_path, digits_model):
@@ -391,8 +415,4 @@ def test_onnx_dynamo_exporter(tmp_path, digits_model):
 
     model, images, _ = digits_model
     _export(deploy_model(model), images[:2], tmp_path / "d.onnx", dynamo=True)
-    got = run_onnx(tmp_path / "d.onnx", images.numpy())
-    with torch.no_grad():
-        ref = model(images).numpy()
-    np.testing.assert_array_equal(got.argmax(1), ref.argmax(1))
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    _assert_onnx_explained(model, tmp_path, (1, 8, 8), images, run_onnx(tmp_path / "d.onnx", images.numpy()))

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path)
     print(f"wrote {out}")
     print(format_report(report))
+    status = 0
+    if not report.get("verify", {}).get("ok", True):
+        problems = "; ".join(report["verify"]["packed"]["problems"] + report["verify"]["model"]["problems"])
+        print(f"reste: error: {out} does not compute what the model computes, beyond float32 rounding "
+              f"({problems[:300]}); please report this with the checkpoint", file=sys.stderr)
+        status = 1
     if "onnx" in report:
         o = report["onnx"]
         check = ""
-        if "max_abs_diff" in o:
-            check = (f"; onnxruntime max |logit diff| {o['max_abs_diff']:.2e}, predictions "
-                     f"{'identical' if o['same_predictions'] else 'DIFFERENT'}")
+        if "reference" in o:
+            c = o["reference"]
+            check = f"; onnxruntime vs float64: {c['agree']}/{c['images']} agree"
+            if c["near_tie"]:
+                check += f", {c['near_tie']} sign flips at near-ties"
+            if c["mismatch"]:
+                check += f", {c['mismatch']} NOT explained by rounding"
+                status = 1
+        elif "max_abs_diff" in o:
+            check = f"; onnxruntime vs float32 model: max |logit diff| {o['max_abs_diff']:.2e}"
         print(f"wrote {o['path']} ({o['bytes']:,} bytes, {o['exporter']} exporter{check})")
-    return 0
+    return status
 
 
 def _load_npy(path: str, what: str) -> Any:

@@ -114,6 +114,7 @@ class PackedModel:
                 users[i] += 1
         users[self._output] += 1
         self._steps: list[tuple[int, list[int], Callable[..., torch.Tensor]]] = []
+        self._sign_steps: set[int] = set()  # steps that take the sign of their input (see forward's trace)
         self.weight_bytes = 0  # bytes of the weights the engine holds (packed words, floats)
         skip: set[int] = set()
         for i, node in enumerate(nodes):
@@ -132,6 +133,8 @@ class PackedModel:
                             np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
                     skip.update((relu, aff))
                     target = aff  # the fused step produces the affine's value
+            if node["op"] == "sign" or (node["op"] in ("bconv", "blinear") and node["bin_in"]):
+                self._sign_steps.add(len(self._steps))
             self._steps.append((target, inputs, self._build(node, t, post)))
         self._last_use = self._free_plan()
 
@@ -260,8 +263,13 @@ class PackedModel:
     # --------------------------------------------------------------------- running
 
     @torch.no_grad()
-    def forward(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Logits as a float32 CPU tensor."""
+    def forward(self, images: np.ndarray | torch.Tensor, *, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits as a float32 CPU tensor.
+
+        With ``trace`` (a list), the input of every sign the graph takes (binary layers
+        with binary inputs, sign ops) is appended to it in order, for
+        :func:`reste.export.reference.compare`.
+        """
         x = torch.as_tensor(images).detach().to("cpu", torch.float32)
         size = self.input_size
         if size and (x.dim() != len(size) + 1 or x.shape[1] != size[0]):
@@ -271,6 +279,8 @@ class PackedModel:
             x = x.contiguous(memory_format=torch.channels_last)
         values: dict[int, torch.Tensor] = {}
         for step, (target, inputs, fn) in enumerate(self._steps):
+            if trace is not None and step in self._sign_steps:
+                trace.append(values[inputs[0]].clone())
             values[target] = fn(x) if not inputs else fn(*(values[j] for j in inputs))
             for j in self._last_use[step]:
                 values.pop(j, None)

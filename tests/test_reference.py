@@ -1,0 +1,194 @@
+"""The float64 reference and its float32 rounding bounds (reste.export.reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reste
+from reste import models
+from reste.export import PackedModel, export_model
+from reste.export.exporter import format_verify, verify_export
+from reste.export.reference import SLACK, U32, compare, gamma, graph_reference, trace_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _calibrated(name: str, size=(3, 32, 32), **opts) -> nn.Module:
+    torch.manual_seed(0)
+    model = models.create(name, **opts).train()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, *size, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    """(model, packed file, images, reference) for a calibrated resnet20_1w1a."""
+    path = tmp_path_factory.mktemp("ref") / "r.rbnn"
+    model = _calibrated("resnet20_1w1a")
+    export_model(model, path, input_size=(3, 32, 32), verify=False)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    return model, path, x, graph_reference(path, x)
+
+
+def test_gamma():
+    assert gamma(1) == pytest.approx(U32) and gamma(1000) > 1000 * U32
+
+
+@pytest.mark.parametrize("n", [9, 576, 4608])
+def test_float_layer_bound_holds_for_float32_sums(tmp_path, n):
+    """The bound of a float linear layer covers what float32 really does, here and by construction
+    (a sum of n products rounds by at most gamma(n) times the sum of their magnitudes)."""
+    torch.manual_seed(n)
+    layer = nn.Linear(n, 256)
+    model = nn.Sequential(layer, reste.get_estimator("ste")).eval()
+    export_model(model, tmp_path / "l.rbnn", input_size=(n,), verify=False)
+    x = torch.randn(64, n) * 10
+    ref = graph_reference(tmp_path / "l.rbnn", x)
+    with torch.no_grad():
+        f32 = layer(x).double()
+    err = (f32 - ref.sites[0]).abs()
+    assert (err <= ref.bounds[0]).all()
+    assert err.max() > 0  # float32 really rounded, so the check meant something
+    assert (ref.bounds[0] > 0).all() and (ref.bounds[0] < 1e-2 * ref.sites[0].abs().max()).all()
+
+
+def test_reference_is_the_model_in_float64(resnet):
+    """The graph in float64 (exact binary sums) and the PyTorch model in float64 agree: far below
+    the float32 bounds, with the very same signs (a near-tie at float64 precision is improbable)."""
+    model, _, x, ref = resnet
+    logits, sites = trace_model(model, x, torch.float64)
+    assert len(sites) == len(ref.sites) == 18
+    for got, want in zip(sites, ref.sites):
+        assert torch.equal(torch.where(got < 0, -1, 1), torch.where(want < 0, -1, 1))
+    assert (logits - ref.logits).abs().max() < 1e-3 * ref.logit_bound.max()
+
+
+def test_every_site_value_within_its_bound_for_each_implementation(resnet):
+    model, path, x, ref = resnet
+    trace: list[torch.Tensor] = []
+    PackedModel.load(path).forward(x, trace=trace)
+    _, model_sites = trace_model(model, x)
+    for sites in (trace, model_sites):
+        c = compare(ref, PackedModel.load(path)(x), sites)
+        assert c.traced and c.mismatch == 0
+        assert c.worst_ratio < 1.0  # the bounds are not tight, and not too loose either:
+    assert c.worst_ratio > 1e-4  # real float32 differences are seen at a visible fraction of them
+
+
+def test_a_flip_at_a_near_tie_is_explained_and_elsewhere_is_not(resnet):
+    _, path, x, ref = resnet
+    trace: list[torch.Tensor] = []
+    logits = PackedModel.load(path).forward(x, trace=trace)
+    assert compare(ref, logits, trace).agree == len(x)
+    # the first sign input of image 0 with a value within its bound of zero
+    k = next(k for k, (v, e) in enumerate(zip(ref.sites, ref.bounds)) if ((v[0].abs() <= e[0]) & (v[0] != 0)).any())
+    v, e = ref.sites[k][0], ref.bounds[k][0]
+    near = ((v.abs() <= e) & (v != 0)).nonzero()
+    flipped = [t.clone() for t in trace]
+    flipped[k][0][tuple(near[0])] = -v[tuple(near[0])].float()  # the other sign, within rounding
+    c = compare(ref, logits, flipped)
+    assert (c.agree, c.near_tie, c.mismatch) == (len(x) - 1, 1, 0)
+    far = np.unravel_index(int(v.abs().argmax()), tuple(v.shape))  # the largest value: no rounding flips it
+    wrong = [t.clone() for t in trace]
+    wrong[k][0][far] = -v[far].float()
+    c = compare(ref, logits, wrong)
+    assert c.mismatch == 1 and f"sign input {k}" in c.problems[0] and not c.ok
+
+
+def test_logits_only_comparison(resnet):
+    _, path, x, ref = resnet
+    logits = PackedModel.load(path)(x)
+    c = compare(ref, logits)
+    assert not c.traced and c.agree == len(x)
+    off = ref.logits.clone()
+    off[1] += 1.0  # far beyond rounding
+    c = compare(ref, off)
+    # the reference has sign inputs within rounding of zero for image 1, so a flip could explain it
+    assert ref.near_ties(1) > 0 and c.near_tie == 1 and c.mismatch == 0
+
+
+def test_a_corrupted_weight_is_a_mismatch(tmp_path):
+    """One flipped binary weight in the file: the packed engine no longer computes the model."""
+    model = _calibrated("digits_1w1a", (1, 8, 8))
+    export_model(model, tmp_path / "d.rbnn", input_size=(1, 8, 8), verify=False)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = graph_reference(tmp_path / "d.rbnn", x)
+    from reste.export import format as fmt
+
+    header, tensors = fmt.read(tmp_path / "d.rbnn")
+    node = next(n for n in header["nodes"] if n["op"] == "bconv")
+    tensors[node["w"]][0] ^= 0xFF  # 8 weights of the first binary conv
+    bad = PackedModel(header, tensors)
+    trace: list[torch.Tensor] = []
+    c = compare(ref, bad.forward(x, trace=trace), trace)
+    assert c.mismatch > 0 and not c.ok
+
+
+def test_zero_pre_activation_takes_plus_one(tmp_path):
+    """Exact zeros at a sign: bound 0, sign +1 in the reference and in the packed engine."""
+    model = nn.Sequential(reste.BinaryLinear(4, 3, bias=False, scaling="none")).eval()
+    export_model(model, tmp_path / "z.rbnn", input_size=(4,), verify=False)
+    x = torch.zeros(2, 4)
+    ref = graph_reference(tmp_path / "z.rbnn", x)
+    assert (ref.bounds[0] == 0).all()
+    w = torch.where(model[0].weight < 0, -1.0, 1.0).double()
+    torch.testing.assert_close(ref.logits, w.sum(1).expand(2, 3), rtol=0, atol=0)
+    assert compare(ref, PackedModel.load(tmp_path / "z.rbnn")(x)).agree == 2
+
+
+def test_export_report_is_honest(tmp_path):
+    model = _calibrated("digits_1w1a", (1, 8, 8))
+    export_model(model, tmp_path / "d.rbnn", input_size=(1, 8, 8), verify=False)
+    v = verify_export(model, tmp_path / "d.rbnn", (1, 8, 8))
+    assert v["ok"] and v["packed"]["images"] == v["model"]["images"] == 16
+    text = "\n".join(format_verify(v))
+    assert "float64" in text and "NOT" not in text
+    # as it reads when the float32 model flipped a sign at a near-tie on this CPU
+    v["model"].update(agree=15, near_tie=1)
+    v.update(differing_logits=1, differing_predictions=1)
+    text = "\n".join(format_verify(v))
+    assert "1 with a sign flipped at a near-tie" in text and "1 differing predictions" in text
+    assert "explained by a sign flip at a near-tie" in text
+    v["packed"].update(agree=14, mismatch=2)
+    v.update(explained=False, ok=False)
+    assert "NOT all explained" in "\n".join(format_verify(v))
+
+
+def test_cli_export_fails_on_a_mismatch(tmp_path, monkeypatch, capsys):
+    from reste.checkpoint import save_checkpoint
+    from reste.cli import main
+    from reste.export import exporter
+
+    model = _calibrated("digits_1w1a", (1, 8, 8))
+    save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10}, "model": model.state_dict(),
+                     "dataset": "digits", "epoch": 1, "best_acc": 50.0, "config": {"dataset": "digits"},
+                     "metrics": {}}, tmp_path / "d.pt")
+    real = exporter.verify_export
+
+    def broken(*args, **kwargs):
+        v = real(*args, **kwargs)
+        v["packed"].update(agree=15, mismatch=1, problems=["image 3: logits beyond float32 rounding"])
+        v.update(ok=False, explained=False)
+        return v
+
+    monkeypatch.setattr(exporter, "verify_export", broken)
+    assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "beyond float32 rounding" in err[0] and "image 3" in err[0]
+
+
+def test_slack_is_documented_first_order_margin():
+    assert SLACK == 2.0
+    assert np.isclose(gamma(3), 3 * U32, rtol=1e-6)
