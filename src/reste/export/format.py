@@ -3,11 +3,12 @@
 Layout (all integers little-endian)::
 
     bytes 0-7     magic b"RESTEBNN"
-    bytes 8-11    uint32 format version (1)
+    bytes 8-11    uint32 format version (2; version-1 files, without the checksum, still load)
     bytes 12-15   uint32 H, the length of the compressed header
     bytes 16-     H bytes: zlib-compressed UTF-8 JSON header
     (zero bytes up to a multiple of 8)
     data          the tensors, each at ``offset`` bytes from the start of data
+    last 32 bytes (version 2) SHA-256 of every byte before them
 
 The header holds ``meta`` (free-form: model name, data set, ...), ``tensors`` (a
 list of ``[kind, shape, offset]``) and ``nodes`` (the graph, see
@@ -20,11 +21,13 @@ Tensor kinds:
   ``(w < 0).ravel()`` (bit 1 = -1, bit 0 = +1, first element in the most
   significant bit), ``ceil(prod(shape) / 8)`` bytes.
 
-Float tensors are stored first, so they are 4-byte aligned.
+Float tensors are stored first, so they are 4-byte aligned. ``read`` checks the
+SHA-256 before anything else, so a flipped bit anywhere is refused with one line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -38,7 +41,9 @@ import numpy as np
 from ..errors import UsageError
 
 MAGIC = b"RESTEBNN"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # what read() accepts
+DIGEST = 32  # bytes of the SHA-256 trailer (version 2)
 KINDS = ("f32", "bits")
 _PREFIX = struct.Struct("<8sII")
 
@@ -109,14 +114,19 @@ class Writer:
         pad = -(len(prefix) + len(packed_header)) % 8
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
+        digest = hashlib.sha256()
         try:
             with open(tmp, "wb") as f:
-                f.write(prefix)
-                f.write(packed_header)
-                f.write(b"\0" * pad)
-                for i in order:
-                    f.write(self._tensors[i][2].tobytes())
+                for part in (prefix, packed_header, b"\0" * pad, *(self._tensors[i][2].tobytes() for i in order)):
+                    digest.update(part)
+                    f.write(part)
+                f.write(digest.digest())
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise UsageError(f"cannot write {path} ({err.strerror or err}); pass a writable path") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -131,13 +141,22 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"exported model {path} does not exist; create one with `reste export CHECKPOINT OUT`")
-    blob = path.read_bytes()
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read {path} ({err.strerror})") from None
     if len(blob) < _PREFIX.size or blob[:8] != MAGIC:
         raise UsageError(f"{path} is not a reste packed model (no {MAGIC.decode()} header); "
                          "create one with `reste export CHECKPOINT OUT`")
     _, version, hlen = _PREFIX.unpack_from(blob)
-    if version > VERSION:
+    if version > VERSION and version < 256:
         raise UsageError(f"{path} was written by a newer reste (format {version}); upgrade reste")
+    if version not in VERSIONS:
+        raise UsageError(f"{path} is a corrupted packed model (format version {version})")
+    if version >= 2:
+        if len(blob) < _PREFIX.size + DIGEST or hashlib.sha256(blob[:-DIGEST]).digest() != blob[-DIGEST:]:
+            raise UsageError(f"{path} is a truncated or corrupted packed model (SHA-256 mismatch); export it again")
+        blob = blob[:-DIGEST]
     start = _PREFIX.size
     try:
         header = json.loads(zlib.decompress(blob[start:start + hlen]).decode("utf-8"))
