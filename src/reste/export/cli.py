@@ -52,6 +52,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         onnx_path = Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
         if onnx_path.resolve() == out.resolve():
             raise UsageError(f"the ONNX path {onnx_path} is the packed file itself; pass another --onnx PATH")
+    for path in (out, onnx_path):
+        if path is not None:
+            _check_writable(path)
     report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path)
     print(f"wrote {out}")
     print(format_report(report))
@@ -78,6 +81,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return status
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse, with one line, an output path whose folder is missing or read-only (before any work)."""
+    import os
+
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; pass a file path")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied; pass a writable path")
+
+
+def _save_predictions(out: Path, pred: Any) -> None:
+    """Write ``pred`` as .npy to exactly ``out`` (np.save would add .npy to a name without it)."""
+    import numpy as np
+
+    from ..checkpoint import atomic_write
+
+    _check_writable(out)
+    try:
+        atomic_write(out, lambda f: np.save(f, pred))
+    except OSError as err:
+        raise UsageError(f"cannot write {out} ({err.strerror or err}); pass a writable --output") from None
+
+
 def _load_npy(path: str, what: str) -> Any:
     import numpy as np
 
@@ -90,6 +119,21 @@ def _load_npy(path: str, what: str) -> Any:
         raise UsageError(f"{p} is not a readable .npy array ({str(err).splitlines()[0][:100]})") from None
 
 
+def _check_shape(model: Any, shape: tuple[int, ...], what: str) -> None:
+    """Refuse images whose (C, H, W) is not the model's."""
+    size = model.input_size
+    if size and tuple(shape) != tuple(size):
+        raise UsageError(f"{what} holds images of shape {tuple(shape)} but the model takes "
+                         f"{tuple(size)}; pass images of its shape")
+
+
+def _model_classes(model: Any) -> int | None:
+    """The number of outputs the export says it has (None when it does not say)."""
+    options = model.meta.get("model_options")
+    value = options.get("num_classes") if isinstance(options, dict) else None
+    return value if isinstance(value, int) else None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -99,22 +143,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.images and args.dataset:
         raise UsageError("pass either IMAGES.npy or --dataset, not both")
+    if not args.images and (args.labels or args.output):
+        raise UsageError("--labels and --output go with IMAGES.npy")
     model = PackedModel.load(args.exported, backend=args.backend)
     if args.images:
         images = _load_npy(args.images, "images")
         if images.ndim != 4 or not np.issubdtype(images.dtype, np.number):
             raise UsageError(f"{args.images} must hold preprocessed float images (N, C, H, W), got shape "
                              f"{images.shape} of {images.dtype}")
+        _check_shape(model, images.shape[1:], args.images)
+        out = Path(args.output) if args.output else Path(args.images).with_suffix(".pred.npy")
+        labels = None
+        if args.labels:
+            labels = _load_npy(args.labels, "labels").reshape(-1)
+            if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+                raise UsageError(f"{args.labels} must hold {len(images)} integer labels, got {len(labels)} "
+                                 f"of {labels.dtype}")
+        _check_writable(out)
         start = time.perf_counter()
         pred = model.predict(images.astype(np.float32), batch_size=args.batch_size)
         seconds = time.perf_counter() - start
-        out = Path(args.output) if args.output else Path(args.images).with_suffix(".pred.npy")
-        np.save(out, pred)
+        _save_predictions(out, pred)
         line = f"{len(pred)} predictions written to {out} ({seconds:.2f} s, {model.backend} kernels)"
-        if args.labels:
-            labels = _load_npy(args.labels, "labels").reshape(-1)
-            if len(labels) != len(pred):
-                raise UsageError(f"{args.labels} has {len(labels)} labels for {len(pred)} images")
+        if labels is not None:
             line += f"; accuracy {100.0 * float((pred == labels).mean()):.2f}%"
         print(line)
         return 0
@@ -124,6 +175,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..data import load_datasets, make_loaders
 
     train_ds, test_ds, info = load_datasets(dataset, args.data_path)
+    _check_shape(model, info.input_size, f"the {info.name} data set")
+    classes = _model_classes(model)
+    if classes is not None and classes != info.num_classes:
+        raise UsageError(f"the model predicts {classes} classes but {info.name} has {info.num_classes}; "
+                         "pass the data set it was trained on")
     _, loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size, eval_batch_size=args.batch_size)
     correct = total = 0
     start = time.perf_counter()

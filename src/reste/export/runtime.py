@@ -272,7 +272,7 @@ class PackedModel:
         """
         x = torch.as_tensor(images).detach().to("cpu", torch.float32)
         size = self.input_size
-        if size and (x.dim() != len(size) + 1 or x.shape[1] != size[0]):
+        if size and (x.dim() != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):
             raise UsageError(f"the model expects images of shape (N, {', '.join(map(str, size))}), "
                              f"got {tuple(x.shape)}")
         if x.dim() == 4:
