@@ -809,13 +809,24 @@ _IMAGENET_HINT = ("ImageNet cannot be downloaded automatically: get ILSVRC2012 f
                   "pass --data-path to a folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
 
 
+def _read_image(path: str):
+    """ImageFolder's loader, with a one-line error naming the file when it is not a readable image."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
+        raise UsageError(f"cannot read image {path} ({_one_line(exc)[:100]}); remove or replace it") from None
+
+
 def _image_folder(path: Path, split: str):
     from torchvision.datasets import ImageFolder
 
     if not path.is_dir():
         raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_IMAGENET_HINT}")
     try:
-        return ImageFolder(str(path))
+        return ImageFolder(str(path), loader=_read_image)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
                          f"{_IMAGENET_HINT}") from None

@@ -108,6 +108,11 @@ def _run_name(run_dir: Path, all_dirs: Sequence[Path]) -> str:
     return run_dir.name
 
 
+def _series(metrics: list[dict[str, Any]], key: str) -> list[float]:
+    """The values of ``key`` per epoch, NaN (a gap in the curve) where a line lacks it."""
+    return [float(m[key]) if isinstance(m.get(key), (int, float)) else math.nan for m in metrics]
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
     """Training curves of runs: accuracy, loss, and the schedule and indicators when logged."""
     dirs = [Path(d) for d in run_dirs]
@@ -119,9 +124,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> 
         if not metrics:
             raise UsageError(f"{d} has no finished epoch yet")
         data.append((_run_name(d, dirs), metrics))
-    sched = [k for k in SCHEDULE_KEYS if any(k in m[0] for _, m in data)]
+    # a run resumed with --force may switch estimator: a key can be in some lines only
+    sched = [k for k in SCHEDULE_KEYS if any(k in m for _, ms in data for m in ms)]
     panels = ["acc", "loss"] + (["schedule"] if sched else [])
-    panels += [k for k in LABELS if any(k in m[0] for _, m in data)]
+    panels += [k for k in LABELS if any(k in m for _, ms in data for m in ms)]
     cols = 2 if len(panels) <= 4 else 3
     rows = math.ceil(len(panels) / cols)
     fig = _figure(rows, cols)
@@ -133,17 +139,17 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> 
         ep = [m["epoch"] for m in metrics]
         for ax, panel in zip(axes, panels):
             if panel in ("acc", "loss"):
-                ax.plot(ep, [m[f"train_{panel}"] for m in metrics], color=color, ls="--", marker=".",
+                ax.plot(ep, _series(metrics, f"train_{panel}"), color=color, ls="--", marker=".",
                         label=f"{name} train")
-                ax.plot(ep, [m[f"test_{panel}"] for m in metrics], color=color, marker="o", ms=3,
+                ax.plot(ep, _series(metrics, f"test_{panel}"), color=color, marker="o", ms=3,
                         label=f"{name} test")
             elif panel == "schedule":
                 for j, k in enumerate(sched):
-                    if k in metrics[0]:
-                        ax.plot(ep, [m[k] for m in metrics], color=color, ls=["-", "--", ":", "-."][j % 4],
+                    if any(k in m for m in metrics):
+                        ax.plot(ep, _series(metrics, k), color=color, ls=["-", "--", ":", "-."][j % 4],
                                 marker=".", label=f"{name} {k}")
             else:
-                ax.plot(ep, [m.get(panel) for m in metrics], color=color, marker=".", label=name)
+                ax.plot(ep, _series(metrics, panel), color=color, marker=".", label=name)
     titles = {"acc": "accuracy (%)", "loss": "cross-entropy loss", "schedule": "estimator schedule", **LABELS}
     for ax, panel in zip(axes, panels):
         ax.set_title(titles[panel])
