@@ -327,7 +327,7 @@ class _Run:
         self.start_step, self.partial = 0, None  # a checkpoint taken inside epoch start_epoch + 1
         self.saved: tuple[int, int] | None = None  # (epoch, step) of the newest last.pt
         self.last_metrics: dict[str, Any] = {}
-        self._stop_signal = 0
+        self.stop = StopRequest()  # train() and resume() hand in the one their signal handlers set
         self._last_save = time.monotonic()
 
     # -- state -------------------------------------------------------------
@@ -445,10 +445,6 @@ class _Run:
         return {"train_loss": loss_total / count, "train_acc": 100.0 * correct_total / count}
 
     def run(self) -> dict[str, Any]:
-        with self._stop_signals():
-            return self._run()
-
-    def _run(self) -> dict[str, Any]:
         cfg = self.config
         start = time.time()
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -477,7 +473,7 @@ class _Run:
                 self.save(epoch + 1, metrics, is_best)
             self.saved, self._last_save = (epoch + 1, 0), time.monotonic()
             self.log(format_epoch(metrics, cfg.epochs))
-            if epoch + 1 < cfg.epochs and self._agree(2 if self._stop_signal else 0) == 2:
+            if epoch + 1 < cfg.epochs and self._agree(2 if self.stop.signum else 0) == 2:
                 self._stopped(epoch + 1, 0, len(self.train_loader))
         result = {
             "run_dir": str(self.run_dir),
@@ -527,7 +523,7 @@ class _Run:
 
         With several processes they agree (every ``_SYNC_STEPS`` steps), so all stop at one step.
         """
-        local = 2 if self._stop_signal else 0
+        local = 2 if self.stop.signum else 0
         every = self.config.save_every
         if not local and every and time.monotonic() - self._last_save >= 60.0 * every:
             local = 1
@@ -543,20 +539,27 @@ class _Run:
         return int(flag.item())
 
     def _stopped(self, epoch: int, step: int, steps: int) -> None:
-        signum = self._stop_signal or signal.SIGTERM
+        signum = self.stop.signum or signal.SIGTERM
         where = f"epoch {epoch + 1}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
         raise Preempted(f"stopped by {signal.Signals(signum).name} at {where}; {self.run_dir / 'last.pt'} holds it: "
                         f"continue with `reste train --resume {self.run_dir}`", signum)
 
+
+
+class StopRequest:
+    """Set by SIGTERM or SIGUSR1: the run checkpoints at its next step and stops."""
+
+    signum: int = 0
+
     @contextlib.contextmanager
-    def _stop_signals(self):
-        """SIGTERM and SIGUSR1 ask for a checkpoint at the next step, then a stop (main thread only)."""
+    def handling(self):
+        """Catch the stop signals while the block runs (main thread only; elsewhere a no-op)."""
         if threading.current_thread() is not threading.main_thread():
-            yield
+            yield self
             return
 
         def handler(signum: int, _frame: Any) -> None:
-            self._stop_signal = signum
+            self.signum = signum
 
         previous = {}
         for name in STOP_SIGNALS:
@@ -564,7 +567,7 @@ class _Run:
             if sig is not None:
                 previous[sig] = signal.signal(sig, handler)
         try:
-            yield
+            yield self
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
@@ -641,7 +644,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     # only the main process (rank 0 under torchrun) creates, checks and locks the folder
     lock = RunDirectory.open(run_dir, fresh=True) if _env_rank() == 0 else None
     try:
-        return _train_locked(config, run_dir, progress, log)
+        with StopRequest().handling() as stop:
+            return _train_locked(config, run_dir, progress, log, stop)
     except BaseException:
         if lock is not None and not (run_dir / "last.pt").exists():
             lock.discard()  # nothing was kept: a failed start leaves no run directory behind
@@ -651,8 +655,10 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
             lock.close()
 
 
-def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Callable[[str], None],
+                  stop: StopRequest) -> dict[str, Any]:
     run = _Run(config, run_dir, log, progress)
+    run.stop = stop
     if run.dist.main:
         ckpt_io.atomic_write(run_dir / "config.json",
                              lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
@@ -703,14 +709,15 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     run_dir = Path(run_dir)
     lock = RunDirectory.open(run_dir, fresh=False) if _env_rank() == 0 else None
     try:
-        return _resume_locked(run_dir, overrides, force, progress, log)
+        with StopRequest().handling() as stop:
+            return _resume_locked(run_dir, overrides, force, progress, log, stop)
     finally:
         if lock is not None:
             lock.close()
 
 
 def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool, progress: bool,
-                   log: Callable[[str], None]) -> dict[str, Any]:
+                   log: Callable[[str], None], stop: StopRequest) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     saved = saved_config(run_dir)
     overrides = dict(overrides or {})
@@ -726,6 +733,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     data.update(overrides)
     config = TrainConfig.from_dict(data).resolve()
     run = _Run(config, run_dir, log, progress)
+    run.stop = stop
     if (run_dir / "last.pt").exists():
         ckpt = ckpt_io.load_checkpoint(run_dir / "last.pt", map_location=run.device)
         if ckpt["model_name"] != config.model:
