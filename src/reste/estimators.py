@@ -60,7 +60,8 @@ def sign(x: Tensor) -> Tensor:
     CUDA tensors go through a fused Triton kernel (:mod:`reste.triton_dispatch`),
     float32 CPU tensors through a fused C kernel (:mod:`reste.fused`); elsewhere
     it is computed branch-free as sign(sign(x) + 1/2), several times faster on
-    CPUs than a ``torch.where`` on data whose signs are random, plus clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
+    CPUs than a ``torch.where`` on data whose signs are random, plus
+    clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
     turn a diverged activation into +1).
     """
     y = triton_dispatch.sign(x)
@@ -312,10 +313,15 @@ class Estimator(nn.Module):
         this estimator's backward for the sign, by fused GPU kernels (two launches forward, two backward);
         ``None`` where they do not apply (the caller computes it with PyTorch ops)."""
         kind = self._kernel_kind()
-        if kind is None:
-            return None
+        if kind is None or self._forward_pre_hooks or self._forward_hooks:
+            return None  # hooks expect this module to be called on the weight
         p = self.params()
-        return triton_dispatch.scaled_sign(w, kind, groups, lambda z: self._g(z, **p), **p)
+
+        def reference(z: Tensor) -> Tensor:
+            dims = tuple(range(z.dim())) if groups == 1 else tuple(range(1, z.dim()))
+            return _SignFunction.apply(z, lambda v: self._g(v, **p), None) * z.abs().mean(dim=dims, keepdim=groups > 1)
+
+        return triton_dispatch.scaled_sign(w, kind, groups, reference, p)
 
     def derivative(self, x: Tensor) -> Tensor:
         """g(x): the factor the backward multiplies the incoming gradient by."""

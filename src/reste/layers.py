@@ -65,7 +65,15 @@ class _BinaryMixin:
         return None
 
     def binary_weight(self) -> Tensor:
-        """The weight used in the forward pass: sign(W) (with the estimator's backward) times alpha."""
+        """The weight used in the forward pass: sign(W) (with the estimator's backward) times alpha.
+
+        On a GPU with ``layer`` or ``channel`` scaling this is one fused computation (the estimator's
+        ``scaled_sign``: two Triton launches forward and two backward); elsewhere PyTorch ops."""
+        if self.scaling != "none":
+            groups = 1 if self.scaling == "layer" else self.weight.shape[0]
+            fused = self.weight_estimator.scaled_sign(self.weight, groups)
+            if fused is not None:
+                return fused
         bw = self.weight_estimator(self.weight)
         alpha = self.scale()
         return bw if alpha is None else bw * alpha

@@ -119,45 +119,34 @@ def backward(kind: str, x: Tensor, grad: Tensor, **params: Any) -> Tensor | None
 class _ScaledSign(torch.autograd.Function):
     """sign(W) * alpha, alpha = mean(abs(W)) per group, forward and backward by the Triton kernels.
 
-    A double backward (``create_graph=True``) computes the first backward with PyTorch ops instead,
-    from ``g`` (the estimator's PyTorch expression), so it stays differentiable.
+    A double backward (``create_graph=True``) differentiates ``reference`` (the same value by PyTorch
+    ops, with the estimator's autograd function) instead, so the first backward stays differentiable.
     """
 
     @staticmethod
     def forward(ctx: Any, w: Tensor, kernels: ModuleType, kind: str, groups: int, params: dict,
-                g: Callable[[Tensor], Tensor]) -> Tensor:
+                reference: Callable[[Tensor], Tensor]) -> Tensor:
         y, partials = kernels.scaled_sign(w, groups)
         ctx.save_for_backward(w, partials)
-        ctx.kernels, ctx.kind, ctx.groups, ctx.params, ctx.g = kernels, kind, groups, params, g
+        ctx.kernels, ctx.kind, ctx.groups, ctx.params, ctx.reference = kernels, kind, groups, params, reference
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
         w, partials = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: keep the PyTorch expression, which is differentiable
-            dw = _scaled_sign_grad_ops(w, grad, ctx.g, ctx.groups)
+        if torch.is_grad_enabled():  # create_graph: the PyTorch expression, which is differentiable
+            (dw,) = torch.autograd.grad(ctx.reference(w), w, grad, create_graph=True)
         else:
-            dw = ctx.kernels.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, **ctx.params)
+            dw = ctx.kernels.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, ctx.params)
         return dw, None, None, None, None, None
 
 
-def _scaled_sign_grad_ops(w: Tensor, grad: Tensor, g: Callable[[Tensor], Tensor], groups: int) -> Tensor:
-    """dL/dw of sign(w) * mean(abs(w)) by PyTorch ops: g(w) grad alpha + sgn(w) sum(grad sign(w)) / size."""
-    from .estimators import sign as sign_plus
-
-    wg, gg = w.reshape(groups, -1), grad.reshape(groups, -1)
-    alpha = wg.abs().mean(dim=1, keepdim=True)
-    d_alpha = (gg * sign_plus(wg.detach())).sum(dim=1, keepdim=True)
-    gw = g(wg.float() if wg.dtype in (torch.float16, torch.bfloat16) else wg)
-    dw = gw * (gg * alpha) + torch.sign(wg) * (d_alpha / wg.shape[1])
-    return dw.reshape(w.shape).to(w.dtype)
-
-
-def scaled_sign(w: Tensor, kind: str, groups: int, g: Callable[[Tensor], Tensor], **params: Any) -> Tensor | None:
+def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor], Tensor],
+                params: dict[str, Any]) -> Tensor | None:
     """The binary weight sign(w) * mean(abs(w)) (per layer: ``groups=1``; per output channel:
-    ``groups=w.shape[0]``) with estimator ``kind``'s backward for the sign (``g``: its PyTorch
-    expression, for a double backward), by the Triton kernels (two launches forward, two backward),
-    or ``None`` where they do not apply."""
+    ``groups=w.shape[0]``) with estimator ``kind``'s backward (with its ``params()``) for the sign,
+    by the Triton kernels (two launches forward, two backward), or ``None`` where they do not apply.
+    ``reference(w)`` computes the same by PyTorch ops (used for a double backward)."""
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph
     if not _tensor_params_ok(w, params) or groups < 1 or w.numel() % groups:
@@ -167,4 +156,4 @@ def scaled_sign(w: Tensor, kind: str, groups: int, g: Callable[[Tensor], Tensor]
         return None
     if not (torch.is_grad_enabled() and w.requires_grad):
         return k.scaled_sign(w, groups)[0]
-    return _ScaledSign.apply(w, k, kind, groups, params, g)
+    return _ScaledSign.apply(w, k, kind, groups, params, reference)

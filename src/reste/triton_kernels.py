@@ -102,6 +102,30 @@ def _tanh(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
+def _load_f32(ptr, offs, mask):
+    """Elements of ``ptr`` as float32 (exact). bfloat16 is widened by its bits (the upper half of a float32),
+    which is also exact for its subnormals under the interpreter, whose own conversion flushes them."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        bits = tl.load(ptr.to(tl.pointer_type(tl.uint16)) + offs, mask=mask, other=0)
+        return (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_f32(ptr, offs, value, mask):
+    """Store float32 ``value`` in ``ptr``'s dtype, rounded to nearest even (bfloat16 by its bits, as
+    PyTorch does, NaN as 0x7fc0; subnormal results included)."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        tl.store(ptr.to(tl.pointer_type(tl.uint16)) + offs, tl.where(value != value, 0x7FC0, rounded).to(tl.uint16),
+                 mask=mask)
+    else:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _le(a, bound):
     """1.0 where a <= bound, else 0.0 (NaN: 0.0), as the PyTorch path's float step."""
     return tl.where(a <= bound, 1.0, 0.0)
@@ -193,10 +217,10 @@ def _offsets(n, BLOCK: tl.constexpr):
 @triton.jit
 def _sign_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     offs, mask = _offsets(n, BLOCK)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    y = tl.where(x < 0, -1.0, 1.0)
-    y = tl.where(x != x, x.to(tl.float32), y)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    x = _load_f32(x_ptr, offs, mask)
+    y = tl.where(x < 0.0, -1.0, 1.0)
+    y = tl.where(x != x, x, y)
+    _store_f32(y_ptr, offs, y, mask)
 
 
 @triton.jit(do_not_specialize=["count"])
@@ -204,10 +228,10 @@ def _backward_kernel(x_ptr, grad_ptr, out_ptr, n, s0, s1, s2, s3, s4, count, o_p
                      KIND: tl.constexpr, O_PTR: tl.constexpr, PRECISE: tl.constexpr, BLOCK: tl.constexpr):
     """out = grad * g(x), computed in float32; the scalars s0..s4 and count per KIND (see _scalars)."""
     offs, mask = _offsets(n, BLOCK)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = _load_f32(x_ptr, offs, mask)
+    grad = _load_f32(grad_ptr, offs, mask)
     g = _g(x, s0, s1, s2, s3, s4, count, o_ptr, KIND, O_PTR, PRECISE)
-    tl.store(out_ptr + offs, (g * grad).to(out_ptr.dtype.element_ty), mask=mask)
+    _store_f32(out_ptr, offs, g * grad, mask)
 
 
 @triton.jit
@@ -229,7 +253,7 @@ def _group_total(partials_ptr, group, nblocks, NB: tl.constexpr):
 def _abs_partial_kernel(w_ptr, partials_ptr, group_size, BLOCK: tl.constexpr):
     """partials[group, block] = sum(abs(w)) over one block of a group."""
     offs, mask, group = _group_block(group_size, BLOCK)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w = _load_f32(w_ptr, offs, mask)
     tl.store(partials_ptr + group * tl.num_programs(0) + tl.program_id(0), tl.sum(tl.abs(w), axis=0))
 
 
@@ -238,19 +262,19 @@ def _scaled_sign_kernel(w_ptr, partials_ptr, y_ptr, group_size, nblocks,
                         NB: tl.constexpr, BLOCK: tl.constexpr):
     """y = sign(w) alpha (sign(0) = +1, NaN kept), alpha = sum(abs(w)) / size of w's group."""
     offs, mask, group = _group_block(group_size, BLOCK)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w = _load_f32(w_ptr, offs, mask)
     alpha = _group_total(partials_ptr, group, nblocks, NB) / group_size
     s = tl.where(w < 0.0, -1.0, 1.0)
     s = tl.where(w != w, w, s)
-    tl.store(y_ptr + offs, (s * alpha).to(y_ptr.dtype.element_ty), mask=mask)
+    _store_f32(y_ptr, offs, s * alpha, mask)
 
 
 @triton.jit
 def _dot_sign_partial_kernel(w_ptr, grad_ptr, partials_ptr, group_size, BLOCK: tl.constexpr):
     """partials[group, block] = sum(grad sign(w)) over one block of a group (sign(0) = +1, NaN kept)."""
     offs, mask, group = _group_block(group_size, BLOCK)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w = _load_f32(w_ptr, offs, mask)
+    grad = _load_f32(grad_ptr, offs, mask)
     s = tl.where(w < 0.0, -1.0, 1.0)
     s = tl.where(w != w, w, s)
     tl.store(partials_ptr + group * tl.num_programs(0) + tl.program_id(0), tl.sum(grad * s, axis=0))
@@ -264,14 +288,14 @@ def _scaled_sign_backward_kernel(w_ptr, grad_ptr, abs_ptr, dot_ptr, out_ptr, gro
     """dW = g(w) (grad alpha) + sgn(w) d_alpha / size: the estimator's backward through sign(w) alpha
     plus that of alpha = mean(abs(w)) (d_alpha = sum(grad sign(w)); sgn(0) = 0, ``abs``'s derivative)."""
     offs, mask, group = _group_block(group_size, BLOCK)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w = _load_f32(w_ptr, offs, mask)
+    grad = _load_f32(grad_ptr, offs, mask)
     alpha = _group_total(abs_ptr, group, nblocks, NB) / group_size
     d_alpha = _group_total(dot_ptr, group, nblocks, NB) / group_size
     g = _g(w, s0, s1, s2, s3, s4, count, o_ptr, KIND, O_PTR, PRECISE)
     sgn = tl.where(w > 0.0, 1.0, tl.where(w < 0.0, -1.0, 0.0))
     sgn = tl.where(w != w, w, sgn)
-    tl.store(out_ptr + offs, (g * (grad * alpha) + sgn * d_alpha).to(out_ptr.dtype.element_ty), mask=mask)
+    _store_f32(out_ptr, offs, g * (grad * alpha) + sgn * d_alpha, mask)
 
 
 INTERPRETED = not isinstance(_sign_kernel, triton.runtime.JITFunction)
@@ -392,8 +416,9 @@ def scaled_sign(w: Tensor, groups: int) -> tuple[Tensor, Tensor]:
     return y, partials
 
 
-def scaled_sign_backward(kind: str, w: Tensor, grad: Tensor, partials: Tensor, groups: int, **params) -> Tensor:
-    """dL/dw of ``sign(w) * alpha`` (estimator ``kind``'s g for the sign, alpha = mean(abs(w)) per group):
+def scaled_sign_backward(kind: str, w: Tensor, grad: Tensor, partials: Tensor, groups: int, params: dict) -> Tensor:
+    """dL/dw of ``sign(w) * alpha`` (estimator ``kind``'s g with its ``params()`` for the sign, alpha =
+    mean(abs(w)) per group):
     g(w) grad alpha + sgn(w) sum(grad sign(w)) / size, in two launches."""
     scalars, count, o = _scalars(kind, params)
     if not _dense(w):

@@ -1,0 +1,545 @@
+"""The fused Triton GPU kernels (``reste.triton_kernels``), run on the CPU by Triton's interpreter.
+
+CI has no GPU. Under ``TRITON_INTERPRET=1`` Triton runs a kernel on CPU tensors, with
+NumPy doing each block's arithmetic, so the kernels' logic (regions, NaN and infinity
+handling, dtypes, layouts, block edges, the weight-scale reductions) is tested here
+against the PyTorch expressions of ``reste.estimators``. The variable must be set
+before Triton is first imported (Triton decorates its own library functions then), so
+this module sets it at import, before importing Triton, and keeps it set: on a machine
+without a GPU nothing else can run Triton kernels anyway, and so a plain
+``python -m pytest -q`` runs these tests (no other test module imports Triton). Where a
+GPU is present it skips instead, unless ``TRITON_INTERPRET=1`` is already set (the
+compiled kernels there are checked by ``benchmarks/gpu_check.sh``). It imports its own
+copy of ``reste.triton_kernels``, and ``triton_dispatch.forced`` routes CPU tensors
+through that copy, as CUDA tensors are routed in production.
+
+Tolerances follow from the computation: where kernel and expression do the same IEEE
+operations in the same order the results are equal bit for bit; transcendental
+functions (NumPy's in the interpreter, SLEEF's in PyTorch) each differ by at most
+about one unit in the last place (ulp), and the bounds below add those up. 16-bit
+results are the float32 value rounded once, so two float32 values a few ulps apart
+may round to neighbouring 16-bit numbers: one 16-bit ulp more.
+
+On a GPU, ``benchmarks/gpu_check.sh`` runs the compiled kernels against the same
+expressions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+
+def _interpreter_blocked() -> str | None:
+    """Set TRITON_INTERPRET=1 before Triton is imported; the reason the interpreter cannot be used, or None."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        if "triton" in sys.modules:
+            return "Triton was imported before this module without TRITON_INTERPRET=1; run this file alone"
+        if torch.cuda.is_available():
+            return ("a GPU is present (benchmarks/gpu_check.sh checks the compiled kernels); "
+                    "TRITON_INTERPRET=1 runs these")
+        os.environ["TRITON_INTERPRET"] = "1"
+    return None
+
+
+_BLOCKED = _interpreter_blocked()
+if _BLOCKED:
+    pytest.skip(_BLOCKED, allow_module_level=True)
+pytest.importorskip("triton")
+
+import reste  # noqa: E402
+from reste import estimators, fused, triton_dispatch  # noqa: E402
+from reste.estimators import _compute_dtype, get_estimator  # noqa: E402
+from reste.layers import BinaryConv2d  # noqa: E402
+
+
+def _interpreted_kernels():
+    """A private copy of reste.triton_kernels whose kernels Triton's interpreter runs (``None``: cannot)."""
+    try:
+        path = Path(estimators.__file__).with_name("triton_kernels.py")
+        spec = importlib.util.spec_from_file_location("reste._triton_kernels_interpreted", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not module.INTERPRETED:
+            return None
+        module.sign(torch.zeros(3))  # the interpreter runs here
+        return module
+    except Exception:  # a Triton without a working interpreter
+        return None
+
+
+K = _interpreted_kernels()
+if K is None:
+    pytest.skip("Triton's interpreter cannot run the kernels here", allow_module_level=True)
+
+# NumPy warns where the interpreter evaluates exp/log2 of infinities and zeros on purpose (the edges)
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+ULP32 = 2.0**-23  # float32 spacing at 1: a relative ulp is between ULP32 / 2 and ULP32
+ULP16 = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}  # one 16-bit ulp, relative
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SHAPE = (2, 5, 13, 17)  # 2210 elements: three programs of 1024, the last one partial
+
+# each estimator with a schedule moved off its start, so every parameter is a generic number
+ESTIMATORS = {
+    "ste": lambda: get_estimator("ste"),
+    "reste": lambda: _moved(get_estimator("reste", o_end=3.0)),
+    "approx_sign": lambda: get_estimator("approx_sign"),
+    "sign_swish": lambda: get_estimator("sign_swish"),
+    "ede": lambda: _moved(get_estimator("ede")),
+    "rbnn": lambda: _moved(get_estimator("rbnn")),
+    "dsq": lambda: _moved(get_estimator("dsq")),
+    "fda": lambda: _moved(get_estimator("fda")),
+}
+
+
+def _moved(est):
+    est.set_progress(7, 10)
+    return est
+
+
+@pytest.fixture(autouse=True)
+def _restore_switch():
+    fused.set_enabled(None)
+    yield
+    fused.set_enabled(None)
+
+
+# ------------------------------------------------------------------------ inputs
+
+
+def _bounds(est) -> list[float]:
+    """The points where est's g changes its formula."""
+    p = est.params()
+    name = est.name
+    if name == "ste":
+        return [p["clip"]]
+    if name == "reste":
+        return [p["t"], p["m"]]
+    if name == "rbnn":
+        return [math.sqrt(2.0) / p["t"]]
+    if name in ("approx_sign", "dsq", "fda"):
+        return [1.0]
+    return []
+
+
+def _neighbours(values: torch.Tensor) -> torch.Tensor:
+    """The values and the floats just below and above each (of their own dtype), both signs; nonzero finite."""
+    bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[values.dtype]
+    raw = values.view(bits)
+    near = torch.cat([(raw - 1).view(values.dtype), values, (raw + 1).view(values.dtype)])
+    return torch.cat([near, -near])
+
+
+def edge_values(dtype: torch.dtype, bounds: list[float]) -> torch.Tensor:
+    """Every edge: the bounds and their neighbours, +-0, +-inf, NaN, subnormals, tiny and huge values."""
+    tiny = torch.finfo(dtype).tiny  # smallest normal
+    points = [*bounds, 1.0, 0.5, tiny, tiny * 0.5, tiny * 2.0**-5, 1e-30, 3.0e38 if dtype == torch.float32 else 6e4]
+    finite = _neighbours(torch.tensor(points, dtype=torch.float32).to(dtype))
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan], dtype=dtype)
+    return torch.cat([finite, special])
+
+
+def inputs(dtype: torch.dtype, bounds: list[float], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, grad) of SHAPE, contiguous: the edges first, then normal values of scale 1.2; grad normal."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(SHAPE, generator=g) * 1.2).to(dtype)
+    edges = edge_values(dtype, bounds)
+    x.view(-1)[: edges.numel()] = edges
+    grad = torch.randn(SHAPE, generator=g).to(dtype)
+    return x, grad
+
+
+def layouts(x: torch.Tensor, grad: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same values in a memory layout: contiguous, channels_last (grad too), mixed (grad contiguous),
+    or strided (a non-dense view of a larger tensor)."""
+    if layout == "channels_last":
+        cl = torch.channels_last
+        return x.contiguous(memory_format=cl), grad.contiguous(memory_format=cl)
+    if layout == "mixed":
+        return x.contiguous(memory_format=torch.channels_last), grad
+    if layout == "strided":
+        big = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+        big[..., ::2] = x
+        return big[..., ::2], grad
+    return x, grad
+
+
+# --------------------------------------------------------------------- references
+
+
+def torch_sign(x: torch.Tensor) -> torch.Tensor:
+    """``reste.estimators.sign`` on its PyTorch-op path."""
+    fused.set_enabled(False)
+    try:
+        return estimators.sign(x)
+    finally:
+        fused.set_enabled(None)
+
+
+def torch_backward(est, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """What ``_SignFunction.backward`` computes on the PyTorch path: grad * g(x), g in float32 for 16-bit x."""
+    g = est._g(_compute_dtype(x), **est.params())
+    return g.mul_(grad) if g.dtype == grad.dtype else (g * grad).to(grad.dtype)
+
+
+def tolerance(est, x: torch.Tensor, grad: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per element, how far the kernel may be from ``torch_backward`` (0: bit for bit).
+
+    * ste, approx_sign, rbnn: a comparison, abs, at most a multiply and a subtract, and the product
+      with grad, each correctly rounded in both, in the same order: equal.
+    * reste: max(a, m)^p as exp2(p log2 c) (|p| < 1): log2 within 1 ulp of its result (at most
+      about 3.3 here, so within 2 ulp32 absolutely), times |p| < 1, then exp2 adds its own ulp and
+      turns an absolute error e of its argument into a relative one of e ln 2; the factor and grad
+      products round the same: 4 ulp32 relative in all.
+    * sign_swish: s = sigmoid(u) within an ulp; s (1 - s) <= 1/4 off by about ulp32 absolutely,
+      (2 + u (1 - 2 s)) by about |u| ulp32: 2 beta (2 + |u|) 4 ulp32 absolutely, times |grad|.
+    * ede, dsq: 1 - tanh(z)^2 cancels: tanh within an ulp leaves 1 - tanh^2 off by 2 ulp32 absolutely,
+      plus the rounding of each step: scale 4 ulp32 absolutely, times |grad|.
+    * fda: n + 1 cosines each within an ulp, their arguments rounded (|(2i+1) w x| ulp32 / 2, a cosine
+      moving by at most that), and a running sum whose every addition rounds (below (n + 1) ulp32 / 2):
+      scale (n + 1)(n + 3) ulp32 absolutely, times |grad|.
+    Every product and the final one with grad round once more: 2 ulp32 of the result. 16-bit results
+    then add one 16-bit ulp of the result (its smallest subnormal where the result is that small).
+    """
+    p = est.params()
+    xf, gf, rf = x.float(), grad.float().abs(), ref.float().abs()
+    if est.name in ("ste", "approx_sign", "rbnn"):
+        tol = torch.zeros_like(rf)
+    elif est.name == "reste":
+        tol = 4 * ULP32 * rf
+    elif est.name == "sign_swish":
+        beta = p["beta"]
+        tol = 2 * beta * (2 + (beta * xf).abs()) * 4 * ULP32 * gf
+    elif est.name in ("ede", "dsq"):
+        scale = p["k"] * p["t"] if est.name == "ede" else 1 / (1 - p["alpha"]) * math.log(2 / p["alpha"] - 1) / 2
+        tol = scale * 4 * ULP32 * gf + 4 * ULP32 * rf
+    else:  # fda
+        n = p["n"]
+        tol = 4 * p["w"] / math.pi * (n + 1) * (n + 3) * ULP32 * gf
+    if est.name not in ("ste", "approx_sign", "rbnn"):
+        tol = tol + 2 * ULP32 * rf
+    if x.dtype != torch.float32:
+        tol = tol + torch.maximum(ULP16[x.dtype] * rf, torch.tensor(_smallest_subnormal(x.dtype)))
+    return tol
+
+
+def _smallest_subnormal(dtype: torch.dtype) -> float:
+    info = torch.finfo(dtype)
+    return info.tiny * info.eps
+
+
+def assert_within(out: torch.Tensor, ref: torch.Tensor, tol: torch.Tensor) -> None:
+    """Same dtype and shape; NaN exactly where ref has NaN; infinities equal; elsewhere |out - ref| <= tol."""
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    o, r = out.float(), ref.float()
+    assert torch.equal(o.isnan(), r.isnan()), "NaN on different elements"
+    finite = r.isfinite()
+    assert torch.equal(o[~finite & ~r.isnan()], r[~finite & ~r.isnan()])
+    err = (o - r).abs()[finite]
+    excess = err - tol[finite]
+    worst = int(excess.argmax())
+    assert excess.max() <= 0, (f"|out - ref| = {err[worst]:.3e} > tol {tol[finite][worst]:.3e} at "
+                               f"ref {r[finite][worst]:.6e}")
+
+
+# -------------------------------------------------------------------------- sign
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_sign_matches_torch_bit_for_bit(dtype, layout):
+    x, _ = layouts(*inputs(dtype, [1.5, 0.1]), layout)
+    out = K.sign(x)
+    ref = torch_sign(x)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out[~ref.isnan()], ref[~ref.isnan()])
+    assert set(out[~out.isnan()].unique().tolist()) == {-1.0, 1.0}
+    assert out[x == 0].eq(1).all()  # sign(+-0) = +1
+    if layout != "strided":
+        assert out.stride() == x.stride()
+
+
+def test_sign_of_empty_and_scalar_tensors():
+    assert K.sign(torch.empty(0)).shape == (0,)
+    assert K.sign(torch.tensor(-0.0)).item() == 1.0
+    assert K.sign(torch.tensor(-2.0)).item() == -1.0
+
+
+# ---------------------------------------------------------------------- backward
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", list(ESTIMATORS))
+def test_backward_matches_torch_expression(kind, dtype):
+    est = ESTIMATORS[kind]()
+    x, grad = inputs(dtype, _bounds(est), seed=1)
+    ref = torch_backward(est, x, grad)
+    out = K.backward(kind, x, grad, **est.params())
+    assert_within(out, ref, tolerance(est, x, grad, ref))
+    if kind in ("ste", "reste", "approx_sign", "rbnn"):  # the regions fall on exactly the same elements
+        assert torch.equal(out == 0, ref == 0)
+    if kind in ("dsq", "fda"):  # 0 outside [-1, 1] (NaN for infinite x in fda: cos(inf) * 0, as PyTorch)
+        outside = (x.float().abs() > 1) & x.isfinite()
+        assert torch.equal(out[outside] == 0, ref[outside] == 0)
+        assert out[outside & ~ref.isnan()].eq(0).all()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "mixed", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["ste", "reste", "ede", "fda"])
+def test_backward_in_every_layout(kind, dtype, layout):
+    est = ESTIMATORS[kind]()
+    x, grad = layouts(*inputs(dtype, _bounds(est), seed=2), layout)
+    ref = torch_backward(est, x.contiguous(), grad.contiguous())
+    out = K.backward(kind, x, grad, **est.params())
+    if layout != "strided":
+        assert out.stride() == x.stride()
+    assert_within(out.contiguous(), ref, tolerance(est, x.contiguous(), grad.contiguous(), ref))
+
+
+def test_reste_at_o_1_is_the_clipped_step():
+    est = get_estimator("reste", o_end=3.0)  # o = 1 before training moves it
+    x, grad = inputs(torch.float32, [1.5, 0.1])
+    out = K.backward("reste", x, grad, **est.params())
+    assert torch.equal(out.isnan(), torch_backward(est, x, grad).isnan())
+    assert_within(out, torch_backward(est, x, grad), torch.zeros(SHAPE))
+
+
+def test_reste_reads_o_from_a_device_tensor():
+    """o as a one-element tensor: read by the kernel (no .item()), the constants derived as Python does."""
+    est = ESTIMATORS["reste"]()
+    x, grad = inputs(torch.float32, [1.5, 0.1], seed=3)
+    p = est.params()
+    from_float = K.backward("reste", x, grad, **p)
+    from_tensor = K.backward("reste", x, grad, **{**p, "o": torch.tensor(p["o"], dtype=torch.float64)})
+    torch.testing.assert_close(from_tensor, from_float, rtol=0, atol=0, equal_nan=True)
+    at_one = K.backward("reste", x, grad, **{**p, "o": torch.tensor(1.0)})
+    torch.testing.assert_close(at_one, K.backward("reste", x, grad, **{**p, "o": 1.0}), rtol=0, atol=0, equal_nan=True)
+
+
+def test_schedule_values_move_the_result():
+    """Scalars are arguments, not constants: the same kernel gives each o's values."""
+    x, grad = inputs(torch.float32, [1.5, 0.1], seed=4)
+    for o in (1.3, 2.0, 2.9):
+        est = get_estimator("reste", o=o, o_end=o, schedule="constant")
+        ref = torch_backward(est, x, grad)
+        assert_within(K.backward("reste", x, grad, **est.params()), ref, 4 * ULP32 * ref.abs())
+    for n in (0, 9, 18):
+        est = get_estimator("fda", n=n, n_end=n)
+        ref = torch_backward(est, x, grad)
+        out = K.backward("fda", x, grad, **est.params())
+        assert_within(out, ref, tolerance(est, x, grad, ref))
+
+
+# ------------------------------------------------------------ the scaled weight
+
+
+def weight(shape, layout: str, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * 0.05
+    w.view(-1)[:6] = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 0.1, -0.1])  # sign(0) = +1, abs'(0) = 0, subnormals
+    return w.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else w
+
+
+def torch_scaled_sign(est, w: torch.Tensor, groups: int, upstream: torch.Tensor):
+    """(sign(w) alpha, dL/dw) by the layers' PyTorch path."""
+    fused.set_enabled(False)
+    try:
+        w = w.detach().clone().requires_grad_(True)
+        alpha = w.abs().mean() if groups == 1 else w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+        y = est(w) * alpha
+        y.backward(upstream)
+        return y.detach(), w.grad
+    finally:
+        fused.set_enabled(None)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+@pytest.mark.parametrize("kind", ["ste", "reste", "ede", "fda"])
+def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
+    est = ESTIMATORS[kind]()
+    w = weight((6, 4, 3, 3), layout)
+    groups = 1 if scaling == "layer" else w.shape[0]
+    upstream = torch.randn(w.shape, generator=torch.Generator().manual_seed(5))
+    ref_y, ref_dw = torch_scaled_sign(est, w, groups, upstream)
+
+    y, partials = K.scaled_sign(w, groups)
+    dw = K.scaled_sign_backward(kind, w, upstream, partials, groups, est.params())
+    # alpha = a sum of N = numel / groups positive terms in another order: each order is within
+    # (N - 1) ulp32 / 2 of the exact sum, so the two within N ulp32 of each other, relatively.
+    n = w.numel() // groups
+    assert_within(y, ref_y, n * ULP32 * ref_y.abs())
+    # dW = g(w) grad alpha + sgn(w) d_alpha / N: the first term within the kernel's tolerance plus
+    # alpha's; d_alpha = sum(grad sign(w)) of N signed terms, within N ulp32 of sum(|grad|) absolutely.
+    first = torch_backward(est, w, upstream * ref_y.abs())
+    abs_sum = upstream.abs().reshape(groups, -1).sum(dim=1)
+    second = (n * ULP32 * abs_sum / n).repeat_interleave(n).reshape(groups, -1)
+    second = second.reshape(w.shape) if groups == 1 else second.reshape(w.shape)
+    tol = tolerance(est, w, upstream * ref_y.abs(), first) + n * ULP32 * first.abs() + second
+    assert_within(dw, ref_dw, tol)
+    assert y.stride() == w.stride() and dw.stride() == w.stride()
+
+
+# ------------------------------------------------------------------ dispatch
+
+
+def counting(kernels):
+    """A stand-in for the kernels module that counts each launcher's calls."""
+    calls = {"sign": 0, "backward": 0, "scaled_sign": 0, "scaled_sign_backward": 0}
+
+    def wrap(name):
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return getattr(kernels, name)(*args, **kwargs)
+        return run
+
+    return SimpleNamespace(KINDS=kernels.KINDS, calls=calls, **{k: wrap(k) for k in calls})
+
+
+def test_cpu_tensors_never_take_triton_unless_forced():
+    x = torch.randn(10)
+    grad = torch.randn(10)
+    assert triton_dispatch.sign(x) is None
+    assert triton_dispatch.backward("reste", x, grad, o=2.0, t=1.5, m=0.1) is None
+    assert triton_dispatch.scaled_sign(torch.randn(4, 3), "ste", 1, lambda z: z, {"clip": 1.0}) is None
+    with triton_dispatch.forced(K):
+        assert triton_dispatch.sign(x) is not None
+
+
+def test_switch_dtype_double_backward_and_tracing_fall_back(monkeypatch):
+    x, grad = torch.randn(10), torch.randn(10)
+    with triton_dispatch.forced(K):
+        fused.set_enabled(False)
+        assert triton_dispatch.sign(x) is None
+        assert triton_dispatch.backward("ste", x, grad, clip=1.0) is None
+        fused.set_enabled(None)
+        monkeypatch.setenv("RESTE_FUSED", "0")
+        assert triton_dispatch.sign(x) is None
+        monkeypatch.delenv("RESTE_FUSED")
+        assert triton_dispatch.sign(x.double()) is None  # float64: PyTorch ops
+        assert triton_dispatch.backward("ste", x, grad.half(), clip=1.0) is None  # mixed dtypes
+        with torch.enable_grad():  # double backward: the differentiable expression
+            assert triton_dispatch.backward("ste", x, grad.requires_grad_(), clip=1.0) is None
+        assert triton_dispatch.backward("reste", x, grad, o=torch.tensor([2.0, 3.0]), t=1.5, m=0.1) is None
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert triton_dispatch.sign(x) is None
+
+
+def test_custom_estimators_and_hooks_keep_the_pytorch_path():
+    class Doubled(estimators.ReSTE):
+        @staticmethod
+        def _g(x, **p):
+            return 2 * estimators.reste_g(x, **p)
+
+    assert Doubled()._kernel_kind() is None
+    assert estimators.ReSTE()._kernel_kind() == "reste"
+    assert estimators.RBNN()._kernel_kind() == "rbnn"  # not EDE's, whose class it extends
+    est = estimators.STE()
+    est.register_forward_hook(lambda *a: None)
+    with triton_dispatch.forced(K):
+        assert est.scaled_sign(torch.randn(4, 3, requires_grad=True), 1) is None
+
+
+def test_every_estimator_has_a_kernel():
+    assert set(K.KINDS) == set(reste.ESTIMATORS)
+    for name in reste.ESTIMATORS:
+        assert get_estimator(name)._kernel_kind() == name
+
+
+# ------------------------------------------------- a binary conv's training step
+
+
+def conv_step(kind: str, scaling: str, dtype: torch.dtype, layout: str, kernels=None):
+    """Gradients of a BinaryConv2d step (input and weight) and the output, on the PyTorch path or ``kernels``."""
+    torch.manual_seed(0)
+    conv = BinaryConv2d(3, 4, 3, padding=1, bias=False, weight_estimator=ESTIMATORS[kind](),
+                        input_estimator=ESTIMATORS[kind](), scaling=scaling)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    conv = conv.to(memory_format=fmt)
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(2, 3, 7, 9, generator=g) * 1.2).to(dtype)
+    x.view(-1)[:4] = torch.tensor([0.0, 1.5, -0.1, 1.0], dtype=dtype)
+    x = x.contiguous(memory_format=fmt).requires_grad_(True)
+    target = torch.randn(2, 4, 7, 9, generator=g)
+    fused.set_enabled(kernels is not None)
+    try:
+        ctx = triton_dispatch.forced(kernels) if kernels is not None else _null()
+        with ctx:
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                y = conv(x)
+                loss = (y.float() * target).sum()
+            loss.backward()
+    finally:
+        fused.set_enabled(None)
+    return y.detach(), x.grad, conv.weight.grad
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("kind,scaling,dtype,layout", [
+    ("reste", "layer", torch.float32, "contiguous"),
+    ("reste", "channel", torch.float32, "channels_last"),
+    ("ste", "layer", torch.float32, "channels_last"),
+    ("dsq", "layer", torch.float32, "contiguous"),
+    ("reste", "layer", torch.bfloat16, "channels_last"),
+])
+def test_binary_conv_training_step_same_gradients(kind, scaling, dtype, layout):
+    ref_y, ref_dx, ref_dw = conv_step(kind, scaling, dtype, layout)
+    counted = counting(K)
+    y, dx, dw = conv_step(kind, scaling, dtype, layout, kernels=counted)
+    # every binarisation went through the kernels: the input's sign and backward, the weight's pair
+    assert counted.calls["backward"] == 1 and counted.calls["scaled_sign"] == 1
+    assert counted.calls["scaled_sign_backward"] == 1
+    # The binary weight differs only through alpha's summation order (N = 27 or 108 terms: within
+    # N ulp32, relatively); the conv sums 27 products of +-1 inputs with it, so y and the gradients
+    # sum terms each within (N + 4) ulp32 of the reference's (4: the estimator kernel's bound):
+    # within (N + 4) ulp32 times the sum of the terms' magnitudes, bounded by 27 max|ref|. In bf16
+    # the conv's inputs and outputs are rounded to bf16: one bf16 ulp of the largest value more.
+    n = 27 * 4 if scaling == "layer" else 27
+    for out, ref in ((y, ref_y), (dx, ref_dx), (dw, ref_dw)):
+        scale = ref.float().abs().max()
+        tol = torch.full(ref.shape, float(27 * (n + 4) * ULP32 * scale + ULP16[dtype] * scale * 2))
+        assert_within(out, ref, tol)
+    assert dx.dtype == ref_dx.dtype and dx.stride() == ref_dx.stride()
+
+
+def test_fused_weight_supports_double_backward():
+    """create_graph=True: the fused weight's backward is the differentiable PyTorch expression."""
+    est = ESTIMATORS["ede"]()
+    w0 = weight((4, 3, 3, 3), "contiguous")
+    upstream = torch.randn(w0.shape, generator=torch.Generator().manual_seed(7))
+
+    def grads(forced_kernels):
+        w = w0.clone().requires_grad_(True)
+        fused.set_enabled(forced_kernels is not None)
+        try:
+            with (triton_dispatch.forced(forced_kernels) if forced_kernels else _null()):
+                y = est.scaled_sign(w, 1) if forced_kernels else est(w) * w.abs().mean()
+            assert y is not None
+            (dw,) = torch.autograd.grad((y * upstream).sum(), w, create_graph=True)
+            (ddw,) = torch.autograd.grad(dw.square().sum(), w)
+        finally:
+            fused.set_enabled(None)
+        return dw.detach(), ddw
+
+    dw_ref, ddw_ref = grads(None)
+    dw, ddw = grads(K)
+    n = w0.numel()
+    torch.testing.assert_close(dw, dw_ref, rtol=n * ULP32, atol=n * ULP32 * float(dw_ref.abs().max()))
+    torch.testing.assert_close(ddw, ddw_ref, rtol=n * ULP32, atol=n * ULP32 * float(ddw_ref.abs().max()))
