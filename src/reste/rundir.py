@@ -55,6 +55,7 @@ class RunDirectory:
             created = cls._create(path)
         elif not path.is_dir():
             raise UsageError(f"{path} is not a run directory (no such folder); start one with --out {path}")
+        had_lock = (path / LOCK_NAME).exists()
         fd = cls._lock(path)
         run = cls(path, fd, created)
         try:
@@ -62,7 +63,12 @@ class RunDirectory:
             for tmp in orphaned_temporaries(path):  # left by a process killed in the middle of a write
                 tmp.unlink(missing_ok=True)
         except BaseException:
-            run.discard() if created else run.close()
+            if created:
+                run.discard()
+            else:
+                if not had_lock:  # leave a refused folder as it was
+                    (path / LOCK_NAME).unlink(missing_ok=True)
+                run.close()
             raise
         return run
 
