@@ -69,9 +69,9 @@ class _BinaryMixin:
 
         On a GPU with ``layer`` or ``channel`` scaling this is one fused computation (the estimator's
         ``scaled_sign``: two Triton launches forward and two backward); elsewhere PyTorch ops."""
-        if self.scaling != "none":
-            groups = 1 if self.scaling == "layer" else self.weight.shape[0]
-            fused = self.weight_estimator.scaled_sign(self.weight, groups)
+        scaled_sign = getattr(self.weight_estimator, "scaled_sign", None)  # any module may stand in
+        if scaled_sign is not None and self.scaling != "none":
+            fused = scaled_sign(self.weight, 1 if self.scaling == "layer" else self.weight.shape[0])
             if fused is not None:
                 return fused
         bw = self.weight_estimator(self.weight)
