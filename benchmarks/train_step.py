@@ -32,6 +32,20 @@ workers) and the in-memory ``TensorLoader`` on Fashion-MNIST shapes (60000x1x28x
 
 On a CPU shared with other processes use ``--threads 1``: with more threads than idle
 cores the OpenMP workers wait on each other and every step gets several times slower.
+
+GPU rows. ``--device cuda`` runs the rows of issue 11 (``--rows`` picks some), each
+timing fp, ste, reste, the reference and ste/reste with the fused kernels off (there
+the Triton kernels of ``reste.triton_kernels``):
+
+* ``resnet20-fp32``: resnet20 / resnet20_1w1a, batch 256, 3x32x32, float32;
+* ``resnet20-bf16-cl``: the same in bf16 autocast + channels_last;
+* ``resnet18-224-bf16-cl``: imagenet_resnet18 / imagenet_resnet18_1w1a, batch 256,
+  3x224x224, bf16 autocast + channels_last.
+
+GPU targets (issue 11): reste/fp <= 1.15 per row, reste/ste <= 1.05, reference/reste >= 3.
+``--json FILE`` writes every row's medians and ratios (``benchmarks/gpu_check.sh`` reads it).
+
+    python benchmarks/train_step.py --device cuda --json gpu_rows.json
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import math
 import pickle
 import statistics
@@ -53,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reste
-from reste import fused, models
+from reste import fused, models, triton_dispatch
 from reste.estimators import ReSTE
 
 VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops")
@@ -65,6 +80,15 @@ LABELS = {
     "ste_ops": "(2') STE, PyTorch ops (no fused)",
     "reste_ops": "(3') ReSTE, PyTorch ops (no fused)",
 }
+
+
+# the GPU rows of issue 11: (binary model, full-precision twin, batch, image size, amp, channels_last)
+GPU_ROWS = {
+    "resnet20-fp32": ("resnet20_1w1a", "resnet20", 256, 32, "none", False),
+    "resnet20-bf16-cl": ("resnet20_1w1a", "resnet20", 256, 32, "bf16", True),
+    "resnet18-224-bf16-cl": ("imagenet_resnet18_1w1a", "imagenet_resnet18", 256, 224, "bf16", True),
+}
+GPU_TARGETS = {"reste/fp": ("<=", 1.15), "reste/ste": ("<=", 1.05), "reference/reste": (">=", 3.0)}
 
 
 # --------------------------------------------------------------------------- reference
@@ -150,6 +174,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--epoch", type=float, default=900, help="ReSTE progress: set_progress(model, epoch, epochs)")
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", default=None,
+                    help=f"GPU rows, comma-separated or 'all' (default with --device cuda): {', '.join(GPU_ROWS)}")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     return ap.parse_args()
 
 
@@ -286,65 +313,92 @@ def loader_rates(batch_size: int, n_images: int, seed: int) -> list[tuple[str, f
 # --------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    args = parse_args()
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
-        raise SystemExit("--batch-size and --repeats must be positive, --warmup >= 0")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+def classes_of(model: nn.Module) -> int:
+    """The number of outputs of the model's last linear layer."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
 
-    g = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(args.batch_size, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+
+def measure(binary: str, float_name: str, batch: int, size: int, amp: str, channels_last: bool,
+            args: argparse.Namespace, device: torch.device) -> dict:
+    """Time one configuration: every variant, interleaved. Returns medians, minima and context."""
+    torch.manual_seed(args.seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def build(name: str, **kw) -> nn.Module:
         return models.create(name, **kw).to(device=device, memory_format=fmt).train()
 
     nets = {
-        "fp": build("resnet20"),
-        "ste": build("resnet20_1w1a", estimator="ste"),
-        "reste": build("resnet20_1w1a", estimator="reste"),
+        "fp": build(float_name),
+        "ste": build(binary, estimator="ste"),
+        "reste": build(binary, estimator="reste"),
     }
     o = reste.set_progress(nets["reste"], args.epoch, args.epochs)["o"]
     nets["reference"] = reference_from(nets["reste"])
-    with_ops = device.type == "cpu" and fused.available()
+    with_ops = fused.available() if device.type == "cpu" else triton_dispatch.available()
     if with_ops:
         nets["ste_ops"] = copy.deepcopy(nets["ste"])
         nets["reste_ops"] = copy.deepcopy(nets["reste"])
     variants = [k for k in VARIANTS if k in nets]
+
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(batch, 3, size, size, generator=g).to(device).contiguous(memory_format=fmt)
+    y = torch.randint(0, classes_of(nets["fp"]), (batch,), generator=g).to(device)
     # the reference backward must compute what ReSTE's does (the forwards differ only at
     # sign(0): torch.sign gives 0 where reste gives +1)
     est = next(e for e in reste.estimators_of(nets["reste"]) if isinstance(e, ReSTE))
     check = estimator_check(est.o, est.t, est.interval, device)
-    steps = {k: make_step(nets[k], x, y, device, args.amp, use_fused=not k.endswith("_ops")) for k in variants}
+    steps = {k: make_step(nets[k], x, y, device, amp, use_fused=not k.endswith("_ops")) for k in variants}
 
     t0 = time.perf_counter()
     times = time_steps(steps, args.repeats, args.warmup, device)
-    step_wall = time.perf_counter() - t0
-    med = {k: statistics.median(v) for k, v in times.items()}
-    best = {k: min(v) for k, v in times.items()}
+    fused.set_enabled(None)
+    return {
+        "model": binary, "batch": batch, "size": size, "amp": amp, "channels_last": channels_last,
+        "o": o, "check": check, "wall": time.perf_counter() - t0, "variants": variants,
+        "classes": classes_of(nets["fp"]),
+        "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        "min_ms": {k: min(v) * 1e3 for k, v in times.items()},
+    }
 
-    print("ResNet-20 training-step benchmark (forward, cross-entropy, backward, SGD momentum step)")
-    print(f"  torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"amp {args.amp}, channels_last {args.channels_last}")
-    print(f"  batch {args.batch_size} x 3x32x32, 10 classes; ReSTE o = {o:.4f} "
-          f"(set_progress({args.epoch:g}, {args.epochs}))")
-    print(f"  {args.repeats} interleaved rounds (rotating order) after {args.warmup} warm-up rounds; "
-          f"timing took {step_wall:.0f} s")
-    print(f"  reference vs reste.ReSTE backward (65,536 random points + the edges): max |diff| {check:.2e}")
+
+def ratios(r: dict) -> dict[str, float]:
+    """The target ratios of one measurement (medians), and without the fused kernels where timed."""
+    med = r["median_ms"]
+    out = {"reste/fp": med["reste"] / med["fp"], "reste/ste": med["reste"] / med["ste"],
+           "reference/reste": med["reference"] / med["reste"]}
+    if "reste_ops" in med:
+        out.update({"reste_ops/fp": med["reste_ops"] / med["fp"],
+                    "reste_ops/ste_ops": med["reste_ops"] / med["ste_ops"],
+                    "reference/reste_ops": med["reference"] / med["reste_ops"]})
+    return out
+
+
+def kernels_line(device: torch.device) -> str:
     if device.type == "cpu":
         state = "on" if fused.available() else f"unavailable ({fused.error()})"
-        print(f"  fused CPU kernels (reste.fused): {state}")
+        return f"  fused CPU kernels (reste.fused): {state}"
+    state = "on" if triton_dispatch.available() else f"unavailable ({triton_dispatch.error()})"
+    return f"  fused GPU kernels (reste.triton_kernels, Triton): {state}"
+
+
+def print_single(r: dict, args: argparse.Namespace, device: torch.device) -> None:
+    """The detailed report of one configuration (the CPU benchmark's format)."""
+    med, best = r["median_ms"], r["min_ms"]
+    batch = r["batch"]
+    print("ResNet-20 training-step benchmark (forward, cross-entropy, backward, SGD momentum step)")
+    print(f"  torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"amp {r['amp']}, channels_last {r['channels_last']}")
+    print(f"  batch {batch} x 3x{r['size']}x{r['size']}, {r['classes']} classes; ReSTE o = {r['o']:.4f} "
+          f"(set_progress({args.epoch:g}, {args.epochs}))")
+    print(f"  {args.repeats} interleaved rounds (rotating order) after {args.warmup} warm-up rounds; "
+          f"timing took {r['wall']:.0f} s")
+    print(f"  reference vs reste.ReSTE backward (65,536 random points + the edges): max |diff| {r['check']:.2e}")
+    print(kernels_line(device))
     print()
     print(f"  {'variant':<40}{'median ms':>11}{'min ms':>10}{'images/s':>10}{'vs fp':>8}")
-    for k in variants:
-        ips = args.batch_size / med[k]
-        print(f"  {LABELS[k]:<40}{med[k] * 1e3:>11.1f}{best[k] * 1e3:>10.1f}{ips:>10.0f}"
+    for k in r["variants"]:
+        ips = batch / (med[k] / 1e3)
+        print(f"  {LABELS[k]:<40}{med[k]:>11.1f}{best[k]:>10.1f}{ips:>10.0f}"
               f"{med[k] / med['fp']:>7.2f}x")
     print("  (images/s = batch / median step time)")
     print()
@@ -356,24 +410,96 @@ def main() -> None:
     ]
     print(f"  {'ratio (of medians)':<22}{'value':>8}{'best-of':>9}   target")
     for label, a, b, op, bound in targets:
-        r = med[a] / med[b]
-        rb = best[a] / best[b]
-        ok = r <= bound if op == "<=" else r >= bound
-        print(f"  {label:<22}{r:>7.2f}x{rb:>8.2f}x   {op} {bound:g}x  {'MET' if ok else 'NOT MET'}")
+        q = med[a] / med[b]
+        qb = best[a] / best[b]
+        ok = q <= bound if op == "<=" else q >= bound
+        print(f"  {label:<22}{q:>7.2f}x{qb:>8.2f}x   {op} {bound:g}x  {'MET' if ok else 'NOT MET'}")
     if "reste_ops" in med:
         print("  without the fused kernels (PyTorch ops only):")
         for label, a, b in [("ReSTE / FP", "reste_ops", "fp"), ("ReSTE / STE", "reste_ops", "ste_ops"),
                             ("reference / ReSTE", "reference", "reste_ops")]:
             print(f"  {label:<22}{med[a] / med[b]:>7.2f}x{best[a] / best[b]:>8.2f}x")
 
+
+def print_rows(results: dict[str, dict], args: argparse.Namespace, device: torch.device) -> None:
+    """One table line per GPU row: median ms of each variant, the ratios, and MET / NOT MET per target."""
+    print("Training-step benchmark, GPU rows (forward, cross-entropy, backward, SGD momentum step)")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    print(f"  torch {torch.__version__}, triton {_triton_version()}, {name}")
+    print(f"  median ms of {args.repeats} interleaved rounds (rotating order) after {args.warmup} warm-up rounds; "
+          f"ReSTE at set_progress({args.epoch:g}, {args.epochs})")
+    print(kernels_line(device))
+    print()
+    cols = [k for k in VARIANTS if any(k in r["median_ms"] for r in results.values())]
+    print(f"  {'row':<22}" + "".join(f"{k:>11}" for k in cols)
+          + f"{'reste/fp':>10}{'reste/ste':>10}{'ref/reste':>10}")
+    for row, r in results.items():
+        q = ratios(r)
+        print(f"  {row:<22}" + "".join(f"{r['median_ms'].get(k, math.nan):>11.2f}" for k in cols)
+              + f"{q['reste/fp']:>9.2f}x{q['reste/ste']:>9.2f}x{q['reference/reste']:>9.2f}x")
+    print("  (*_ops: the same model with the fused kernels off, RESTE_FUSED=0: the PyTorch-op path)")
+    print()
+    for row, r in results.items():
+        q = ratios(r)
+        marks = []
+        for key, (op, bound) in GPU_TARGETS.items():
+            ok = q[key] <= bound if op == "<=" else q[key] >= bound
+            marks.append(f"{key} {q[key]:.2f}x ({op} {bound:g}x: {'MET' if ok else 'NOT MET'})")
+        print(f"  {row}: " + "; ".join(marks))
+        print(f"  {'':<{len(row)}}  reference vs reste backward max |diff| {r['check']:.2e}")
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def main() -> None:
+    args = parse_args()
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
+        raise SystemExit("--batch-size and --repeats must be positive, --warmup >= 0")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    rows = args.rows if args.rows is not None else ("all" if device.type == "cuda" else "")
+    names = list(GPU_ROWS) if rows == "all" else [n for n in rows.split(",") if n]
+    unknown = [n for n in names if n not in GPU_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {', '.join(unknown)}; valid: {', '.join(GPU_ROWS)}, all")
+
+    if names:
+        results = {}
+        for n in names:
+            results[n] = measure(*GPU_ROWS[n], args=args, device=device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        print_rows(results, args, device)
+    else:
+        r = measure("resnet20_1w1a", "resnet20", args.batch_size, 32, args.amp, args.channels_last, args, device)
+        results = {"single": r}
+        print_single(r, args, device)
+
+    if args.json:
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        rows_out = {n: {**r, "ratios": ratios(r)} for n, r in results.items()}
+        payload = {"torch": torch.__version__, "device": gpu, "rows": rows_out}
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1)
+
     if args.loader:
+        med = results[next(iter(results))]["median_ms"]
         print()
         print(f"  data loaders alone (batch {args.batch_size}; median of 3 epochs after 1 untimed epoch)")
         print(f"  {'loader':<52}{'images/s':>10}{'best':>10}")
         for label, m, b in loader_rates(args.batch_size, args.loader_images, args.seed):
             print(f"  {label:<52}{m:>10.0f}{b:>10.0f}")
-        slowest = max(med.values())
-        fastest = min(med.values())
+        slowest = max(med.values()) / 1e3
+        fastest = min(med.values()) / 1e3
         print(f"  step consumes {args.batch_size / slowest:.0f}-{args.batch_size / fastest:.0f} images/s "
               f"(slowest-fastest variant above); a loader below that starves the step")
 
