@@ -34,6 +34,7 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MODULE: list[ModuleType | None] = []  # the imported kernels module (None: Triton missing), once tried
 _ERROR: list[str] = []
 _FORCED: list[ModuleType] = []
+_MAX_GROUPS = 65535  # CUDA's limit on a grid's second dimension
 
 
 def _load() -> ModuleType | None:
@@ -56,7 +57,8 @@ def available() -> bool:
 
 def error() -> str | None:
     """Why Triton did not import (``None`` when it did or was not tried)."""
-    _load() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        _load()
     return _ERROR[0] if _ERROR else None
 
 
@@ -75,7 +77,7 @@ def _kernels_for(x: Tensor, *others: Tensor) -> ModuleType | None:
     """The kernels module when ``x`` (and ``others``, same shape, dtype and device) take the Triton path."""
     if x.device.type != "cuda" and not _FORCED:
         return None
-    if x.dtype not in _DTYPES or torch.compiler.is_compiling() or not fused.enabled():
+    if x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled():
         return None
     for t in others:
         if t.device != x.device or t.dtype != x.dtype or t.shape != x.shape:
@@ -147,13 +149,13 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
     ``groups=w.shape[0]``) with estimator ``kind``'s backward (with its ``params()``) for the sign,
     by the Triton kernels (two launches forward, two backward), or ``None`` where they do not apply.
     ``reference(w)`` computes the same by PyTorch ops (used for a double backward)."""
+    k = _kernels_for(w)
+    if k is None or kind not in k.KINDS or not _tensor_params_ok(w, params):
+        return None
+    if not 1 <= groups <= _MAX_GROUPS or w.numel() % groups:
+        return None  # one group per program row of the grid: at most 65,535
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph
-    if not _tensor_params_ok(w, params) or groups < 1 or w.numel() % groups:
-        return None
-    k = _kernels_for(w)
-    if k is None or kind not in k.KINDS:
-        return None
     if not (torch.is_grad_enabled() and w.requires_grad):
         return k.scaled_sign(w, groups)[0]
     return _ScaledSign.apply(w, k, kind, groups, params, reference)

@@ -37,6 +37,7 @@ takes CPU tensors); which tensors take them is decided in
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 import triton
@@ -307,8 +308,8 @@ _PRECISE = not INTERPRETED and libdevice is not None
 
 
 def _f32(v: float) -> float:
-    """A Python float as the kernel receives it (rounded to float32)."""
-    return float(torch.tensor(v, dtype=torch.float32))
+    """A Python float as the kernel receives it (rounded to float32, to nearest even)."""
+    return struct.unpack("f", struct.pack("f", v))[0]
 
 
 def _scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | None]:
