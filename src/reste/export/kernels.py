@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -55,12 +57,20 @@ def pack_rows(bits: np.ndarray) -> np.ndarray:
     return out.view(np.uint64)
 
 
-def conv_weight_words(signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Packed rows (O, W) uint64 of a +-1 conv weight (O, C, kh, kw), in (kh, kw, C) order,
-    and ``S[o, i*kw + j] = sum_c w[o, c, i, j]`` (int32) for the padding correction."""
+def conv_weight_words(signs: np.ndarray, pixel_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Packed rows (O, W) uint64 of a +-1 conv weight (O, C, kh, kw), in (kh, kw, C) order, each
+    pixel's ``ceil(C / 8)`` bytes zero-filled to ``pixel_bytes`` (the activation's layout), and
+    ``S[o, i*kw + j] = sum_c w[o, c, i, j]`` (int32) for the padding correction."""
     neg = np.ascontiguousarray(signs.transpose(0, 2, 3, 1)) < 0
     s = signs.sum(axis=1, dtype=np.int32).reshape(signs.shape[0], -1)
-    return pack_rows(neg), np.ascontiguousarray(s)
+    packed = np.packbits(neg, axis=-1, bitorder="little")
+    if pixel_bytes is not None and pixel_bytes > packed.shape[-1]:
+        packed = np.pad(packed, ((0, 0), (0, 0), (0, 0), (0, pixel_bytes - packed.shape[-1])))
+    rows = packed.reshape(packed.shape[0], -1)
+    width = -(-rows.shape[1] // 8) * 8
+    out = np.zeros((rows.shape[0], width), dtype=np.uint8)
+    out[:, : rows.shape[1]] = rows
+    return out.view(np.uint64), np.ascontiguousarray(s)
 
 
 def padding_correction(
@@ -158,12 +168,29 @@ class NumpyKernels:
 
 # ---------------------------------------------------------------------- C backend
 
+# One source, compiled once per instruction set (``-DRESTE_ISA=...`` plus that set's target flags):
+# 0 scalar (``popcnt`` per word), 1 AVX2 (nibble-table popcount of bytes, summed per 64-bit lane with
+# SAD), 2 AVX-512 with VPOPCNTDQ, 3 NEON (``vcnt`` of bytes). Every variant computes the same integers;
+# the float epilogue is compiled with ``-ffp-contract=off`` so that it rounds the same way everywhere.
 _C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
-/* x: (N, H, W, C) float32; out: (N, Hp, Wp, Cb) uint8, interior at (pt, pl), padding left as is.
-   Bit i of byte b is x[c = 8b + i] < 0. Images n0 .. n1-1. */
+#ifndef RESTE_ISA
+#define RESTE_ISA 0
+#endif
+#if RESTE_ISA == 1 || RESTE_ISA == 2
+#include <immintrin.h>
+#endif
+#if RESTE_ISA == 3
+#include <arm_neon.h>
+#endif
+
+int reste_isa(void) { return RESTE_ISA; }
+
+/* x: (N, H, W, C) float32; out: (N, Hp, Wp, Cb) uint8, interior at (pt, pl); only the first ceil(C / 8)
+   bytes of a pixel are written (padding and spare bytes are left as they are: the caller zeroes them).
+   Bit i of byte b is x[c = 8b + i] < 0 (false for -0 and NaN, as the float engine's sign). Images n0 .. n1-1. */
 void reste_pack_signs(const float *x, int64_t H, int64_t W, int64_t C, uint8_t *out, int64_t Hp,
                       int64_t Wp, int64_t Cb, int64_t pt, int64_t pl, int64_t n0, int64_t n1) {
     int64_t full = C / 8;
@@ -172,13 +199,25 @@ void reste_pack_signs(const float *x, int64_t H, int64_t W, int64_t C, uint8_t *
             for (int64_t w = 0; w < W; w++) {
                 const float *px = x + ((n * H + h) * W + w) * C;
                 uint8_t *po = out + ((n * Hp + h + pt) * Wp + w + pl) * Cb;
-                for (int64_t b = 0; b < full; b++) {
+                int64_t b = 0;
+#if RESTE_ISA == 2
+                for (; b + 2 <= full; b += 2) {
+                    uint16_t m = (uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(px + 8 * b), _mm512_setzero_ps(),
+                                                              _CMP_LT_OQ);
+                    memcpy(po + b, &m, 2);
+                }
+#elif RESTE_ISA == 1
+                for (; b < full; b++)
+                    po[b] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(px + 8 * b),
+                                                                      _mm256_setzero_ps(), _CMP_LT_OQ));
+#endif
+                for (; b < full; b++) {
                     const float *q = px + 8 * b;
                     po[b] = (uint8_t)((q[0] < 0.0f) | (q[1] < 0.0f) << 1 | (q[2] < 0.0f) << 2 |
                                       (q[3] < 0.0f) << 3 | (q[4] < 0.0f) << 4 | (q[5] < 0.0f) << 5 |
                                       (q[6] < 0.0f) << 6 | (q[7] < 0.0f) << 7);
                 }
-                if (full < Cb) {
+                if (8 * full < C) {
                     uint8_t v = 0;
                     for (int64_t c = 8 * full; c < C; c++) v |= (uint8_t)(px[c] < 0.0f) << (c - 8 * full);
                     po[full] = v;
@@ -234,135 +273,328 @@ void reste_im2col(const uint8_t *xp, int64_t Hp, int64_t Wp, int64_t Cb, int64_t
             }
 }
 
-/* One output row: y[o] = alpha[o] (K - 2 cnt[o] - crow[o]) + bias[o] [-> ReLU -> * scale[o] + shift[o]].
-   Plain loops over o, which the compiler vectorises. */
-static void epilogue(float *y, const uint32_t *cnt, int64_t O, int32_t K, const int32_t *crow,
-                     const float *alpha, const float *bias, const float *scale, const float *shift) {
-    if (crow)
-        for (int64_t o = 0; o < O; o++) y[o] = alpha[o] * (float)(K - 2 * (int32_t)cnt[o] - crow[o]) + bias[o];
-    else
-        for (int64_t o = 0; o < O; o++) y[o] = alpha[o] * (float)(K - 2 * (int32_t)cnt[o]) + bias[o];
-    if (scale)
-        for (int64_t o = 0; o < O; o++) y[o] = (y[o] > 0.0f ? y[o] : 0.0f) * scale[o] + shift[o];
-}
+/* ---- popcount micro-kernels: a block of ROWS activation rows x 16 output channels.
+   rows[r]: the row's base (bytes); segment s of the row is the L words at rows[r] + off[s]. Wb: the weight
+   block, word k of the row (over all segments) for output lane j at Wb[k * 16 + j].
+   cnt[r * 16 + j] = sum over the row's words of popcount(a ^ w). */
+#define LANES 16
 
-#ifdef __AVX2__
-#include <immintrin.h>
+#if RESTE_ISA == 2
+#define ROWS 8
+static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                         const uint64_t *Wb, uint64_t *cnt) {
+    __m512i acc[ROWS][2];
+    for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    for (int64_t s = 0; s < nseg; s++) {
+        const uint64_t *p[ROWS];
+        for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+        const uint64_t *w = Wb + s * L * LANES;
+        for (int64_t k = 0; k < L; k++) {
+            __m512i w0 = _mm512_loadu_si512((const void *)(w + k * LANES));
+            __m512i w1 = _mm512_loadu_si512((const void *)(w + k * LANES + 8));
+#pragma GCC unroll 8
+            for (int r = 0; r < ROWS; r++) {
+                __m512i x = _mm512_set1_epi64((long long)p[r][k]);
+                acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_xor_si512(x, w0)));
+                acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_xor_si512(x, w1)));
+            }
+        }
+    }
+    for (int r = 0; r < ROWS; r++) {
+        _mm512_storeu_si512((void *)(cnt + r * LANES), acc[r][0]);
+        _mm512_storeu_si512((void *)(cnt + r * LANES + 8), acc[r][1]);
+    }
+}
+#elif RESTE_ISA == 1
+#define ROWS 4
 static inline __m256i pc8(__m256i x, __m256i lut, __m256i nib) {  /* popcount of each byte */
     __m256i lo = _mm256_and_si256(x, nib);
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
-static inline uint64_t hsum(__m256i v) {
-    __m256i s = _mm256_sad_epu8(v, _mm256_setzero_si256());
-    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    return (uint64_t)_mm_cvtsi128_si64(t) + (uint64_t)_mm_extract_epi64(t, 1);
-}
-#endif
-/* out[m, o] = epilogue(K - 2 popcount(A[m] ^ B[o]) - corr[m % P, o]) for rows m0 .. m1-1.
-   A: (M, W) words, B: (O, W) words. corr may be NULL; scale/shift NULL means no ReLU + affine.
-   cnt: scratch of 4 * O counts. Blocks of 4 rows x 2 weight rows; with AVX2, 4 words at a time
-   (nibble-table popcount of bytes, summed with SAD at most every 31 steps so the byte counters
-   cannot overflow). */
-void reste_bgemm(const uint64_t *A, const uint64_t *B, int64_t O, int64_t W, int32_t K, const int32_t *corr,
-                 int64_t P, const float *alpha, const float *bias, const float *scale, const float *shift,
-                 float *out, uint32_t *cnt, int64_t m0, int64_t m1) {
-#ifdef __AVX2__
+/* Two passes of 8 lanes; byte counters summed into 64-bit lanes (SAD) at least every 31 words, so that
+   they cannot overflow (8 per word). */
+static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                         const uint64_t *Wb, uint64_t *cnt) {
     const __m256i lut = _mm256_setr_epi8(0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4,0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4);
     const __m256i nib = _mm256_set1_epi8(0x0f);
-    int64_t W4 = W & ~(int64_t)3;
-#else
-    int64_t W4 = 0;
-#endif
-    for (int64_t r = m0; r < m1; r += 4) {
-        int64_t mr = m1 - r < 4 ? m1 - r : 4;
-        const uint64_t *a0 = A + r * W;
-        const uint64_t *a1 = mr > 1 ? a0 + W : a0;
-        const uint64_t *a2 = mr > 2 ? a0 + 2 * W : a0;
-        const uint64_t *a3 = mr > 3 ? a0 + 3 * W : a0;
-        for (int64_t o = 0; o < O; o += 2) {
-            int64_t orr = O - o < 2 ? O - o : 2;
-            const uint64_t *b0 = B + o * W;
-            const uint64_t *b1 = orr > 1 ? b0 + W : b0;
-            uint64_t c00 = 0, c01 = 0, c10 = 0, c11 = 0, c20 = 0, c21 = 0, c30 = 0, c31 = 0;
-#ifdef __AVX2__
-            int64_t k = 0;
-            while (k < W4) {
-                int64_t end = k + 4 * 31 < W4 ? k + 4 * 31 : W4;
-                __m256i s00 = _mm256_setzero_si256(), s01 = s00, s10 = s00, s11 = s00;
-                __m256i s20 = s00, s21 = s00, s30 = s00, s31 = s00;
-                for (; k < end; k += 4) {
-                    __m256i x0 = _mm256_loadu_si256((const __m256i *)(b0 + k));
-                    __m256i x1 = _mm256_loadu_si256((const __m256i *)(b1 + k));
-                    __m256i y;
-                    y = _mm256_loadu_si256((const __m256i *)(a0 + k));
-                    s00 = _mm256_add_epi8(s00, pc8(_mm256_xor_si256(y, x0), lut, nib));
-                    s01 = _mm256_add_epi8(s01, pc8(_mm256_xor_si256(y, x1), lut, nib));
-                    y = _mm256_loadu_si256((const __m256i *)(a1 + k));
-                    s10 = _mm256_add_epi8(s10, pc8(_mm256_xor_si256(y, x0), lut, nib));
-                    s11 = _mm256_add_epi8(s11, pc8(_mm256_xor_si256(y, x1), lut, nib));
-                    y = _mm256_loadu_si256((const __m256i *)(a2 + k));
-                    s20 = _mm256_add_epi8(s20, pc8(_mm256_xor_si256(y, x0), lut, nib));
-                    s21 = _mm256_add_epi8(s21, pc8(_mm256_xor_si256(y, x1), lut, nib));
-                    y = _mm256_loadu_si256((const __m256i *)(a3 + k));
-                    s30 = _mm256_add_epi8(s30, pc8(_mm256_xor_si256(y, x0), lut, nib));
-                    s31 = _mm256_add_epi8(s31, pc8(_mm256_xor_si256(y, x1), lut, nib));
+    const __m256i zero = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        __m256i tot[ROWS][2];
+        for (int r = 0; r < ROWS; r++) tot[r][0] = tot[r][1] = zero;
+        for (int64_t s = 0; s < nseg; s++) {
+            const uint64_t *p[ROWS];
+            for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+            const uint64_t *w = Wb + s * L * LANES + 8 * h;
+            for (int64_t k = 0; k < L;) {
+                int64_t end = k + 31 < L ? k + 31 : L;
+                __m256i b[ROWS][2];
+                for (int r = 0; r < ROWS; r++) b[r][0] = b[r][1] = zero;
+                for (; k < end; k++) {
+                    __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * LANES));
+                    __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * LANES + 4));
+#pragma GCC unroll 4
+                    for (int r = 0; r < ROWS; r++) {
+                        __m256i x = _mm256_set1_epi64x((long long)p[r][k]);
+                        b[r][0] = _mm256_add_epi8(b[r][0], pc8(_mm256_xor_si256(x, w0), lut, nib));
+                        b[r][1] = _mm256_add_epi8(b[r][1], pc8(_mm256_xor_si256(x, w1), lut, nib));
+                    }
                 }
-                c00 += hsum(s00); c01 += hsum(s01); c10 += hsum(s10); c11 += hsum(s11);
-                c20 += hsum(s20); c21 += hsum(s21); c30 += hsum(s30); c31 += hsum(s31);
-            }
-#endif
-            for (int64_t k = W4; k < W; k++) {
-                uint64_t x0 = b0[k], x1 = b1[k], y;
-                y = a0[k]; c00 += __builtin_popcountll(y ^ x0); c01 += __builtin_popcountll(y ^ x1);
-                y = a1[k]; c10 += __builtin_popcountll(y ^ x0); c11 += __builtin_popcountll(y ^ x1);
-                y = a2[k]; c20 += __builtin_popcountll(y ^ x0); c21 += __builtin_popcountll(y ^ x1);
-                y = a3[k]; c30 += __builtin_popcountll(y ^ x0); c31 += __builtin_popcountll(y ^ x1);
-            }
-            cnt[o] = (uint32_t)c00; cnt[O + o] = (uint32_t)c10; cnt[2 * O + o] = (uint32_t)c20;
-            cnt[3 * O + o] = (uint32_t)c30;
-            if (orr > 1) {
-                cnt[o + 1] = (uint32_t)c01; cnt[O + o + 1] = (uint32_t)c11; cnt[2 * O + o + 1] = (uint32_t)c21;
-                cnt[3 * O + o + 1] = (uint32_t)c31;
+                for (int r = 0; r < ROWS; r++) {
+                    tot[r][0] = _mm256_add_epi64(tot[r][0], _mm256_sad_epu8(b[r][0], zero));
+                    tot[r][1] = _mm256_add_epi64(tot[r][1], _mm256_sad_epu8(b[r][1], zero));
+                }
             }
         }
-        for (int64_t i = 0; i < mr; i++)
-            epilogue(out + (r + i) * O, cnt + i * O, O, K, corr ? corr + ((r + i) % P) * O : 0, alpha, bias,
-                     scale, shift);
+        for (int r = 0; r < ROWS; r++) {
+            _mm256_storeu_si256((__m256i *)(cnt + r * LANES + 8 * h), tot[r][0]);
+            _mm256_storeu_si256((__m256i *)(cnt + r * LANES + 8 * h + 4), tot[r][1]);
+        }
+    }
+}
+#elif RESTE_ISA == 3
+#define ROWS 2
+/* Byte counts (vcnt) summed into 64-bit lanes (pairwise widening adds) at least every 31 words. */
+static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                         const uint64_t *Wb, uint64_t *cnt) {
+    uint64x2_t tot[ROWS][8];
+    for (int r = 0; r < ROWS; r++)
+        for (int j = 0; j < 8; j++) tot[r][j] = vdupq_n_u64(0);
+    for (int64_t s = 0; s < nseg; s++) {
+        const uint64_t *p[ROWS];
+        for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+        const uint64_t *w = Wb + s * L * LANES;
+        for (int64_t k = 0; k < L;) {
+            int64_t end = k + 31 < L ? k + 31 : L;
+            uint8x16_t b[ROWS][8];
+            for (int r = 0; r < ROWS; r++)
+                for (int j = 0; j < 8; j++) b[r][j] = vdupq_n_u8(0);
+            for (; k < end; k++) {
+                uint64x2_t wv[8];
+                for (int j = 0; j < 8; j++) wv[j] = vld1q_u64(w + k * LANES + 2 * j);
+                for (int r = 0; r < ROWS; r++) {
+                    uint64x2_t x = vdupq_n_u64(p[r][k]);
+                    for (int j = 0; j < 8; j++)
+                        b[r][j] = vaddq_u8(b[r][j], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, wv[j]))));
+                }
+            }
+            for (int r = 0; r < ROWS; r++)
+                for (int j = 0; j < 8; j++)
+                    tot[r][j] = vaddq_u64(tot[r][j], vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(b[r][j]))));
+        }
+    }
+    for (int r = 0; r < ROWS; r++)
+        for (int j = 0; j < 8; j++) vst1q_u64(cnt + r * LANES + 2 * j, tot[r][j]);
+}
+#else
+#define ROWS 1
+static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                         const uint64_t *Wb, uint64_t *cnt) {
+    uint64_t c[LANES] = {0};
+    for (int64_t s = 0; s < nseg; s++) {
+        const uint64_t *p = (const uint64_t *)(rows[0] + off[s]);
+        const uint64_t *w = Wb + s * L * LANES;
+        for (int64_t k = 0; k < L; k++) {
+            uint64_t a = p[k];
+            for (int j = 0; j < LANES; j++) c[j] += (uint64_t)__builtin_popcountll(a ^ w[k * LANES + j]);
+        }
+    }
+    for (int j = 0; j < LANES; j++) cnt[j] = c[j];
+}
+#endif
+
+/* Binary convolution (or GEMM) on packed bits, output rows m0 .. m1-1 (m = (n * OH + oh) * OW + ow).
+   Row m reads X + n * sn + oh * sh + ow * sw (bytes), nseg segments of L words at off[s] from there
+   (implicit GEMM on a padded, word-aligned activation, or one segment of an im2col row).
+   Bt: (ceil(O / 16), nseg * L, 16) words. t[m, o] = K - 2 popcount - corr[m % (OH * OW), o] (corr may be
+   NULL) is the exact +-1 dot product, and the output is
+     mode 0: t as int32 (M, O);
+     mode 1: float32 (M, O), alpha[o] t + bias[o] [-> ReLU -> * scale[o] + shift[o]] (scale NULL: none);
+     mode 2: sign bits of the next layer's packed input: bit o of out + n * on + oh * ohs + ow * ows
+             is lo[o] <= t <= hi[o]; the first obytes bytes of that pixel are written. */
+void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
+                 int64_t nseg, int64_t L, const int64_t *off, const uint64_t *Bt, int64_t O, int32_t K,
+                 const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
+                 const float *shift, const int32_t *lo, const int32_t *hi, uint8_t *out, int64_t on,
+                 int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
+    int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
+    uint64_t cnt[ROWS * LANES];
+    int32_t t[LANES];
+    for (int64_t r0 = m0; r0 < m1; r0 += ROWS) {
+        int64_t nr = m1 - r0 < ROWS ? m1 - r0 : ROWS;
+        const uint8_t *rows[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            int64_t m = r0 + (r < nr ? r : nr - 1), p = m % P;
+            rows[r] = X + (m / P) * sn + (p / OW) * sh + (p % OW) * sw;
+        }
+        for (int64_t b = 0; b < blocks; b++) {
+            int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
+            block_counts(rows, nseg, L, off, Bt + b * Kw * LANES, cnt);
+            for (int64_t r = 0; r < nr; r++) {
+                int64_t m = r0 + r, p = m % P;
+                const int32_t *cr = corr ? corr + p * O + o0 : 0;
+                for (int64_t j = 0; j < no; j++) t[j] = K - 2 * (int32_t)cnt[r * LANES + j] - (cr ? cr[j] : 0);
+                if (mode == 0) {
+                    memcpy((int32_t *)out + m * O + o0, t, (size_t)no * sizeof(int32_t));
+                } else if (mode == 1) {
+                    float *y = (float *)out + m * O + o0;
+                    for (int64_t j = 0; j < no; j++) y[j] = alpha[o0 + j] * (float)t[j] + bias[o0 + j];
+                    if (scale)
+                        for (int64_t j = 0; j < no; j++)
+                            y[j] = (y[j] > 0.0f ? y[j] : 0.0f) * scale[o0 + j] + shift[o0 + j];
+                } else {
+                    uint32_t bits = 0;
+                    for (int64_t j = 0; j < no; j++)
+                        bits |= (uint32_t)(t[j] >= lo[o0 + j] && t[j] <= hi[o0 + j]) << j;
+                    uint8_t *px = out + (m / P) * on + (p / OW) * ohs + (p % OW) * ows + o0 / 8;
+                    px[0] = (uint8_t)bits;
+                    if (o0 / 8 + 1 < obytes) px[1] = (uint8_t)(bits >> 8);
+                }
+            }
+        }
     }
 }
 """
 
+_CPU_SOURCE = r"""
+/* The instruction sets this CPU (and its operating system) can run: bit 0 popcnt, 1 AVX2,
+   2 AVX-512 F/BW/VL with VPOPCNTDQ, 3 NEON. */
+int reste_cpu_features(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    int f = 0;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("popcnt")) f |= 1;
+    if (__builtin_cpu_supports("avx2")) f |= 2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq")) f |= 4;
+    return f;
+#elif defined(__aarch64__)
+    return 8;  /* Advanced SIMD is part of every AArch64 CPU */
+#else
+    return 0;
+#endif
+}
+"""
+
+#: Kernel variants, fastest first; ``RESTE_PACKED_ISA`` forces one.
+ISAS = ("avx512", "avx2", "neon", "scalar")
+ISA_ENV = "RESTE_PACKED_ISA"
+_ISA_ID = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
+_ISA_FEATURE = {"avx2": 2, "avx512": 4, "neon": 8}
+_ISA_FLAGS = {
+    "scalar": (),
+    "avx2": ("-mpopcnt", "-mavx2"),
+    "avx512": ("-mpopcnt", "-mavx2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq"),
+    "neon": (),
+}
+
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
+_I32 = ctypes.c_int32
 
-_LIB = NativeLibrary("packed", _C_SOURCE, {
+_SIGNATURES: dict[str, tuple[list[Any], Any]] = {
+    "reste_isa": ([], ctypes.c_int),
     "reste_pack_signs": ([_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I], None),
     "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
-    "reste_bgemm": ([_P, _P, _I, _I, ctypes.c_int32, _P, _I, _P, _P, _P, _P, _P, _P, _I, _I], None),
-}, flag_sets=(("-O3", "-march=native"), ("-O3", "-mpopcnt"), ("-O3",)))
+    "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
+                     _I, _I, _I, _I, _I, _I], None),
+}
+_CPU = NativeLibrary("cpu", _CPU_SOURCE, {"reste_cpu_features": ([], ctypes.c_int)}, flag_sets=(("-O2",),))
+
+
+def cpu_features() -> int:
+    """The feature bits of :data:`_CPU_SOURCE` for this CPU (0 when the probe does not build)."""
+    lib = _CPU.get()
+    return int(lib.reste_cpu_features()) if lib is not None else 0
+
+
+def _base_flags(features: int) -> tuple[str, ...]:
+    popcnt = ("-mpopcnt",) if features & 1 and platform.machine().lower() in ("x86_64", "amd64", "i686") else ()
+    return ("-O3", "-ffp-contract=off", *popcnt)
+
+
+def _variant(isa: str) -> NativeLibrary:
+    lib = _VARIANTS.get(isa)
+    if lib is None:
+        flags = (*_base_flags(cpu_features()), *_ISA_FLAGS[isa], f"-DRESTE_ISA={_ISA_ID[isa]}")
+        lib = _VARIANTS.setdefault(isa, NativeLibrary(f"packed_{isa}", _C_SOURCE, _SIGNATURES, flag_sets=(flags,)))
+    return lib
+
+
+_VARIANTS: dict[str, NativeLibrary] = {}
+# the portable build: what decides whether the C backend exists at all
+_LIB = NativeLibrary("packed", _C_SOURCE, _SIGNATURES, flag_sets=(("-O3", "-ffp-contract=off"),))
+
+
+def supported_isas() -> list[str]:
+    """The kernel variants this CPU can run, fastest first (``"scalar"`` always)."""
+    features = cpu_features()
+    return [isa for isa in ISAS if isa == "scalar" or features & _ISA_FEATURE[isa]]
+
+
+def available_isas() -> list[str]:
+    """The variants this CPU runs and this compiler builds, fastest first (empty without a C compiler)."""
+    if _LIB.get() is None:
+        return []
+    return [isa for isa in supported_isas() if _variant(isa).get() is not None]
+
+
+def choose_isa(isa: str | None = None) -> str:
+    """The variant to run: ``isa`` or ``$RESTE_PACKED_ISA`` when set (a ``UsageError`` when the CPU or the
+    compiler cannot run it), else the fastest available one."""
+    want = (isa or os.environ.get(ISA_ENV) or "auto").lower()
+    if want not in ("auto", *ISAS):
+        raise UsageError(f"unknown packed kernel variant {want!r} ({ISA_ENV}); valid: auto, {', '.join(ISAS)}")
+    if want == "auto":
+        return next(isa for isa in supported_isas() if _variant(isa).get() is not None)
+    if want not in supported_isas():
+        raise UsageError(f"this CPU cannot run the {want} packed kernels ({ISA_ENV}); it supports "
+                         f"{', '.join(supported_isas())}")
+    if _variant(want).get() is None:
+        raise UsageError(f"the {want} packed kernels do not build here ({_variant(want).error()})")
+    return want
+
+
+@dataclass
+class Rows:
+    """How ``reste_bconv`` finds the activation row of output position m = (n, oh, ow), for n below
+    ``images``: from ``base + n * sn + oh * sh + ow * sw`` (bytes), ``len(off)`` segments of ``words``
+    words at ``off``."""
+
+    images: int
+    sn: int
+    sh: int
+    sw: int
+    out_hw: tuple[int, int]
+    off: np.ndarray
+    words: int
 
 
 class CKernels:
-    """The compiled backend (same results as :class:`NumpyKernels`)."""
+    """The compiled backend (same results as :class:`NumpyKernels`), one instruction-set variant."""
 
     name = "c"
 
-    def __init__(self, lib: ctypes.CDLL, threads: int) -> None:
+    def __init__(self, lib: ctypes.CDLL, threads: int, isa: str = "scalar") -> None:
         self.lib = lib
         self.threads = max(1, threads)
+        self.isa = isa
+        self.rows_per_block = {"avx512": 8, "avx2": 4, "neon": 2}.get(isa, 1)
 
     def _split(self, total: int, work: int, fn: Callable[[int, int], Any], align: int = 1) -> None:
         """Run fn(lo, hi) over [0, total) in up to ``threads`` pieces when the work is large enough."""
         parallel_for(total, fn, self.threads, work=work, align=align)
 
-    def pack_signs(self, x: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
+    def pack_signs(self, x: np.ndarray, pad: tuple[int, int, int, int], pixel_bytes: int | None = None) -> np.ndarray:
+        """(N, H, W, C) float -> (N, H+pt+pb, W+pl+pr, pixel_bytes) uint8 sign bits (default ceil(C / 8)
+        bytes), zero (= +1) padding and zero spare bytes."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         n, h, w, c = x.shape
         pt, pb, pl, pr = pad
-        cb = -(-c // 8)
+        cb = pixel_bytes or -(-c // 8)
         hp, wp = h + pt + pb, w + pl + pr
-        out = (np.zeros if (pt or pb or pl or pr) else np.empty)((n, hp, wp, cb), dtype=np.uint8)
+        spare = pt or pb or pl or pr or cb * 8 > -(-c // 8) * 8
+        out = (np.zeros if spare else np.empty)((n, hp, wp, cb), dtype=np.uint8)
         xa, oa = x.ctypes.data, out.ctypes.data
         self._split(n, x.size, lambda lo, hi: self.lib.reste_pack_signs(xa, h, w, c, oa, hp, wp, cb, pt, pl, lo, hi))
         return out
@@ -378,24 +610,110 @@ class CKernels:
             xa, hp, wp, cb, kh, kw, sh, sw, dh, dw, oh, ow, ca, row_bytes, lo, hi))
         return cols
 
-    def gemm(self, a: np.ndarray, b: np.ndarray, k: int, corr: np.ndarray | None, alpha: np.ndarray,
-             bias: np.ndarray, post: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-        a = np.ascontiguousarray(a)
-        m, words = a.shape
-        o = b.shape[0]
-        out = np.empty((m, o), dtype=np.float32)
-        keep = (a, b, corr, alpha, bias, post)  # noqa: F841 - keep the buffers alive during the call
+    @staticmethod
+    def block_weights(words: np.ndarray) -> np.ndarray:
+        """(O, W) weight rows -> (ceil(O / 16), W, 16): 16 output channels side by side per word
+        (the lanes of the popcount kernels), zero rows for the padding channels."""
+        o, w = words.shape
+        blocks = -(-o // 16)
+        padded = np.zeros((blocks * 16, w), dtype=np.uint64)
+        padded[:o] = words
+        return np.ascontiguousarray(padded.reshape(blocks, 16, w).transpose(0, 2, 1))
+
+    def bconv(self, x: np.ndarray, rows: Rows, bt: np.ndarray, o: int, k: int, corr: np.ndarray | None,
+              epilogue: "Epilogue", bits: "BitsOut | None" = None) -> np.ndarray:
+        """XOR/popcount convolution of the packed activation ``x`` (addressed by ``rows``) with the
+        blocked weights ``bt``: int32 dot products (``epilogue=None``), float32 (M, O) through the
+        epilogue, or, with ``bits``, the sign bits written into ``bits.out`` (returned)."""
+        oh, ow = rows.out_hw
+        m = rows.images * oh * ow
+        assert bt.shape[1] == len(rows.off) * rows.words and bt.shape[0] * 16 >= o
         ptr = lambda arr: None if arr is None else arr.ctypes.data  # noqa: E731
-        cp, p = (ptr(corr), corr.shape[0]) if corr is not None else (None, 1)
-        sc, sh = (ptr(post[0]), ptr(post[1])) if post is not None else (None, None)
-        args = (ptr(a), ptr(b), o, words, k, cp, p, ptr(alpha), ptr(bias), sc, sh, ptr(out))
-
-        def run(lo: int, hi: int) -> None:
-            scratch = np.empty(4 * o, dtype=np.uint32)
-            self.lib.reste_bgemm(*args, scratch.ctypes.data, lo, hi)
-
-        self._split(m, m * o * words, run, align=4)
+        null = (None, None)
+        if bits is not None:
+            mode, out, ep = 2, bits.out, bits
+            geometry = (ptr(bits.out) + bits.origin, *bits.strides, -(-o // 8))
+            scale_shift, thresholds, ab = null, (ptr(bits.lo), ptr(bits.hi)), null
+        else:
+            mode = 0 if epilogue is None else 1
+            out = np.empty((m, o), dtype=np.int32 if epilogue is None else np.float32)
+            geometry = (ptr(out), 0, 0, 0, 0)
+            ep = epilogue
+            ab = null if epilogue is None else (ptr(epilogue.alpha), ptr(epilogue.bias))
+            post = None if epilogue is None else epilogue.post
+            scale_shift = (ptr(post[0]), ptr(post[1])) if post is not None else null
+            thresholds = null
+        keep = (x, bt, corr, rows.off, ep)  # noqa: F841 - keep the buffers alive during the call
+        args = (ptr(x), rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, ptr(rows.off), ptr(bt), o, k,
+                ptr(corr), mode, *ab, *scale_shift, *thresholds, *geometry)
+        self._split(m, m * o * bt.shape[1], lambda lo, hi: self.lib.reste_bconv(*args, lo, hi),
+                    align=self.rows_per_block)
         return out
+
+
+@dataclass
+class Epilogue:
+    """``alpha * t + bias`` per output channel, then optionally ReLU and ``* scale + shift`` (``post``)."""
+
+    alpha: np.ndarray
+    bias: np.ndarray
+    post: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
+class BitsOut:
+    """Where a fused layer writes its sign bits: ``out`` (N, Hp, Wp, Cb) uint8, the next layer's packed
+    input, zero-filled; ``origin`` the byte offset of its interior, ``strides`` (n, h, w) in bytes; bit o
+    is set where ``lo[o] <= t <= hi[o]``."""
+
+    out: np.ndarray
+    origin: int
+    strides: tuple[int, int, int]
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def sign_thresholds(k: int, epilogue: Epilogue) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer bounds (lo, hi) per channel with ``lo <= t <= hi`` exactly where the float32 epilogue of
+    the dot product t (``|t| <= k``) is negative, i.e. where the next layer's sign is -1.
+
+    The epilogue is a composition of float32 operations that are each monotone in t (a product
+    with a constant, a sum, ReLU), so its sign is a step function of t; the step is found by
+    bisection on the same float32 expression the kernels compute, so the bits are identical to
+    computing the float and taking its sign. ``None`` when some channel is not a single step
+    (cannot happen for finite parameters; checked on every integer for safety when k is small).
+    """
+    alpha, bias = epilogue.alpha.astype(np.float32), epilogue.bias.astype(np.float32)
+    post = epilogue.post
+
+    def negative(t: np.ndarray) -> np.ndarray:
+        y = alpha * t.astype(np.float32) + bias
+        if post is not None:
+            y = np.where(y > 0, y, np.float32(0)) * post[0] + post[1]
+        return y < 0
+
+    o = alpha.shape[0]
+    first, last = negative(np.full(o, -k)), negative(np.full(o, k))
+    lo = np.full(o, -k, dtype=np.int64)
+    hi = np.full(o, k, dtype=np.int64)
+    # bisection for the last t with the value of t = -k (a < b: negative(a) == first != negative(b))
+    step = first != last
+    a, b = np.full(o, -k, dtype=np.int64), np.full(o, k, dtype=np.int64)
+    while bool(((b - a) > 1)[step].any()):
+        mid = (a + b) // 2
+        same = negative(mid) == first
+        a = np.where(step & same, mid, a)
+        b = np.where(step & ~same, mid, b)
+    hi = np.where(step & first, a, hi)     # negative for t <= a
+    lo = np.where(step & last, b, lo)      # negative for t >= b
+    never = ~step & ~first
+    lo, hi = np.where(never, 1, lo), np.where(never, 0, hi)  # empty interval
+    t = np.arange(-k, k + 1)
+    if t.size * o <= 1 << 20:
+        got = (t[:, None] >= lo) & (t[:, None] <= hi)
+        if not np.array_equal(got, negative(np.broadcast_to(t[:, None], (t.size, o)))):
+            return None
+    return lo.astype(np.int32), hi.astype(np.int32)
 
 
 def c_kernel_error() -> str | None:
@@ -403,8 +721,10 @@ def c_kernel_error() -> str | None:
     return _LIB.error()
 
 
-def get_kernels(backend: str = "auto", threads: int | None = None) -> NumpyKernels | CKernels:
-    """The kernels of ``backend`` (``"auto"``, ``"c"`` or ``"numpy"``; env ``RESTE_PACKED_BACKEND``)."""
+def get_kernels(backend: str = "auto", threads: int | None = None,
+                isa: str | None = None) -> NumpyKernels | CKernels:
+    """The kernels of ``backend`` (``"auto"``, ``"c"`` or ``"numpy"``; env ``RESTE_PACKED_BACKEND``);
+    for ``"c"``, the variant of :func:`choose_isa` (``isa`` or env ``RESTE_PACKED_ISA``)."""
     backend = (backend or "auto").lower()
     if backend == "auto":
         backend = os.environ.get("RESTE_PACKED_BACKEND", "auto").lower()
@@ -412,13 +732,13 @@ def get_kernels(backend: str = "auto", threads: int | None = None) -> NumpyKerne
         raise UsageError(f"unknown packed backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "numpy":
         return NumpyKernels()
-    lib = _LIB.get()
-    if lib is None:
+    if _LIB.get() is None:
         if backend == "c":
             raise UsageError(f"the C backend is unavailable ({c_kernel_error()}); use --backend numpy")
         return NumpyKernels()
+    chosen = choose_isa(isa)
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
-    return CKernels(lib, threads)
+    return CKernels(_variant(chosen).get(), threads, chosen)

@@ -23,45 +23,134 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from . import format as fmt
 from .graph import TENSOR_KEYS
-from .kernels import conv_weight_words, get_kernels, pack_rows, padding_correction
+from .kernels import (BitsOut, Epilogue, Rows, conv_weight_words, get_kernels, pack_rows, padding_correction,
+                      sign_thresholds)
 
 
 def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + pad - dil * (k - 1) - 1) // stride + 1
 
 
+class PackedActivation:
+    """Sign bits written by a fused binary layer straight into the next layer's packed input:
+    ``data`` (N, Hp, Wp, Cb) uint8, already padded for that layer; ``hw`` the unpadded size."""
+
+    def __init__(self, data: np.ndarray, hw: tuple[int, int]) -> None:
+        self.data, self.hw = data, hw
+
+
+#: Below this many input channels a conv copies its windows into compact rows (im2col); from it on,
+#: pixels are padded to whole 64-bit words and the kernel reads the windows in place (implicit GEMM).
+IMPLICIT_MIN_CHANNELS = 64
+
+
 class _BinaryConv:
-    """conv(sign(x), sign(w) * alpha) + b [-> ReLU -> affine] on packed bits."""
+    """conv(sign(x), sign(w) * alpha) + b [-> ReLU -> affine] on packed bits.
+
+    On the C backend the kernel reads the packed input in place where pixels are whole words
+    (``IMPLICIT_MIN_CHANNELS``) and can write the sign bits of its output directly into the next
+    binary layer's packed input (:meth:`to_bits`, set up by :class:`PackedModel`).
+    """
 
     def __init__(self, node: dict[str, Any], signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray,
                  post: tuple[np.ndarray, np.ndarray] | None, kernels: Any) -> None:
         self.out_channels, self.in_channels, kh, kw = signs.shape
         self.kernel = (kh, kw)
         self.stride, self.pad, self.dil = tuple(node["stride"]), tuple(node["pad"]), tuple(node["dil"])
-        self.words, s = conv_weight_words(signs)
-        self.s = s
         self.k = self.in_channels * kh * kw
-        self.row_bytes = self.words.shape[1] * 8
         self.alpha, self.bias, self.post = alpha, bias, post
         self.kernels = kernels
+        self.fast = hasattr(kernels, "bconv")
+        self.implicit = self.fast and self.in_channels >= IMPLICIT_MIN_CHANNELS
+        cb = -(-self.in_channels // 8)
+        self.pixel_bytes = -(-cb // 8) * 8 if self.implicit else cb
+        self.words, self.s = conv_weight_words(signs, self.pixel_bytes)
+        self.row_bytes = self.words.shape[1] * 8
+        if self.fast:
+            self.blocked = kernels.block_weights(self.words)
+            self.epilogue = Epilogue(alpha, bias, post)
+        self.next: _BinaryConv | None = None  # the layer that takes this one's output bits (to_bits)
+        self._thresholds: tuple[np.ndarray, np.ndarray] | None = None
         self._corr: dict[tuple[int, int], np.ndarray | None] = {}
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        pt, pb, pl, pr = self.pad
+        return (_out_size(h, self.kernel[0], self.stride[0], pt + pb, self.dil[0]),
+                _out_size(w, self.kernel[1], self.stride[1], pl + pr, self.dil[1]))
+
+    def _correction(self, h: int, w: int) -> np.ndarray | None:
+        if (h, w) not in self._corr:
+            self._corr[(h, w)] = padding_correction(self.s, self.kernel, (h, w), self.pad, self.stride, self.dil,
+                                                    self.out_hw(h, w))
+        return self._corr[(h, w)]
+
+    def _packed_input(self, x: torch.Tensor | PackedActivation) -> tuple[np.ndarray, int, int]:
+        if isinstance(x, PackedActivation):
+            return x.data, *x.hw
         n, c, h, w = x.shape
         if c != self.in_channels:
             raise UsageError(f"a binary convolution expects {self.in_channels} channels, got {c}")
-        pt, pb, pl, pr = self.pad
-        oh = _out_size(h, self.kernel[0], self.stride[0], pt + pb, self.dil[0])
-        ow = _out_size(w, self.kernel[1], self.stride[1], pl + pr, self.dil[1])
-        if (h, w) not in self._corr:
-            self._corr[(h, w)] = padding_correction(self.s, self.kernel, (h, w), self.pad, self.stride, self.dil,
-                                                    (oh, ow))
         nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
-        packed = self.kernels.pack_signs(nhwc, self.pad)
-        cols = self.kernels.im2col(packed, self.kernel, self.stride, self.dil, (oh, ow), self.row_bytes)
-        out = self.kernels.gemm(cols.view(np.uint64), self.words, self.k, self._corr[(h, w)], self.alpha,
-                                self.bias, self.post)
+        if self.fast:
+            return self.kernels.pack_signs(nhwc, self.pad, self.pixel_bytes), h, w
+        return self.kernels.pack_signs(nhwc, self.pad), h, w
+
+    def _rows(self, xp: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, Rows]:
+        """The activation the kernel reads and how it finds each output position's window."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dil
+        oh, ow = out_hw
+        if not self.implicit:
+            cols = self.kernels.im2col(xp, self.kernel, self.stride, self.dil, out_hw, self.row_bytes)
+            rb = self.row_bytes
+            return cols, Rows(xp.shape[0], oh * ow * rb, ow * rb, rb, out_hw, np.zeros(1, np.int64), rb // 8)
+        _, hp, wp, cb = xp.shape
+        if dw == 1:  # a kernel row's kw pixels are contiguous
+            off = [i * dh * wp * cb for i in range(kh)]
+            words = kw * cb // 8
+        else:
+            off = [(i * dh * wp + j * dw) * cb for i in range(kh) for j in range(kw)]
+            words = cb // 8
+        return xp, Rows(xp.shape[0], hp * wp * cb, sh * wp * cb, sw * cb, out_hw, np.array(off, np.int64), words)
+
+    def __call__(self, x: torch.Tensor | PackedActivation) -> torch.Tensor:
+        xp, h, w = self._packed_input(x)
+        n = xp.shape[0]
+        oh, ow = self.out_hw(h, w)
+        corr = self._correction(h, w)
+        if self.fast:
+            src, rows = self._rows(xp, (oh, ow))
+            out = self.kernels.bconv(src, rows, self.blocked, self.out_channels, self.k, corr, self.epilogue)
+        else:
+            cols = self.kernels.im2col(xp, self.kernel, self.stride, self.dil, (oh, ow), self.row_bytes)
+            out = self.kernels.gemm(cols.view(np.uint64), self.words, self.k, corr, self.alpha, self.bias, self.post)
         return torch.from_numpy(out).view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+
+    def fuse_next(self, nxt: "_BinaryConv") -> bool:
+        """Write sign bits for ``nxt`` instead of floats (C backend, exact thresholds found); False if not."""
+        if not (self.fast and nxt.fast and nxt.in_channels == self.out_channels):
+            return False
+        self._thresholds = sign_thresholds(self.k, self.epilogue)
+        if self._thresholds is None:
+            return False
+        self.next = nxt
+        return True
+
+    def to_bits(self, x: torch.Tensor | PackedActivation) -> PackedActivation:
+        """The sign bits of this layer's output, packed and padded as ``self.next`` reads them:
+        the same bits as ``sign(self(x))``, without the float output."""
+        nxt = self.next
+        assert nxt is not None and self._thresholds is not None
+        xp, h, w = self._packed_input(x)
+        n = xp.shape[0]
+        oh, ow = self.out_hw(h, w)
+        pt, pb, pl, pr = nxt.pad
+        hp, wp, cb = oh + pt + pb, ow + pl + pr, nxt.pixel_bytes
+        out = np.zeros((n, hp, wp, cb), dtype=np.uint8)
+        bits = BitsOut(out, (pt * wp + pl) * cb, (hp * wp * cb, wp * cb, cb), *self._thresholds)
+        src, rows = self._rows(xp, (oh, ow))
+        self.kernels.bconv(src, rows, self.blocked, self.out_channels, self.k, self._correction(h, w), self.epilogue,
+                           bits)
+        return PackedActivation(out, (oh, ow))
 
 
 class _BinaryLinear:
@@ -72,13 +161,23 @@ class _BinaryLinear:
         self.out_features, self.in_features = signs.shape
         self.words = pack_rows(signs < 0)
         self.alpha, self.bias, self.post, self.kernels = alpha, bias, post, kernels
+        self.fast = hasattr(kernels, "bconv")
+        if self.fast:
+            self.blocked = kernels.block_weights(self.words)
+            self.epilogue = Epilogue(alpha, bias, post)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise UsageError(f"a binary linear layer expects (N, {self.in_features}) inputs, got {tuple(x.shape)}")
+        n, row_bytes = x.shape[0], self.words.shape[1] * 8
+        if self.fast:
+            a = self.kernels.pack_signs(x.contiguous().numpy()[:, None, None, :], (0, 0, 0, 0), row_bytes)
+            rows = Rows(n, row_bytes, 0, 0, (1, 1), np.zeros(1, np.int64), row_bytes // 8)
+            out = self.kernels.bconv(a, rows, self.blocked, self.out_features, self.in_features, None, self.epilogue)
+            return torch.from_numpy(out)
         packed = self.kernels.pack_signs(x.contiguous().numpy()[:, None, None, :], (0, 0, 0, 0))
-        rows = packed.reshape(x.shape[0], -1)
-        a = np.zeros((x.shape[0], self.words.shape[1] * 8), dtype=np.uint8)
+        rows = packed.reshape(n, -1)
+        a = np.zeros((n, row_bytes), dtype=np.uint8)
         a[:, : rows.shape[1]] = rows
         out = self.kernels.gemm(a.view(np.uint64), self.words, self.in_features, None, self.alpha, self.bias,
                                 self.post)
@@ -97,15 +196,19 @@ class PackedModel:
     """A packed-model file loaded for inference (see :func:`reste.export.export_model`).
 
     Args of :meth:`load`: ``backend`` (``"auto"``, ``"c"``, ``"numpy"``) picks the
-    XOR/popcount kernels; ``threads`` their thread count (default: torch's).
+    XOR/popcount kernels; ``threads`` their thread count (default: torch's); ``isa`` the C
+    kernel variant (default: the fastest this CPU runs, or ``$RESTE_PACKED_ISA``; see
+    :func:`reste.export.kernels.choose_isa`); ``fuse_signs=False`` keeps every binary layer's
+    float output (for measurements; the results are the same).
     """
 
     def __init__(self, header: dict[str, Any], tensors: list[np.ndarray], *, backend: str = "auto",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, isa: str | None = None, fuse_signs: bool = True) -> None:
         self.header = header
         self.meta: dict[str, Any] = header.get("meta", {})
-        self.kernels = get_kernels(backend, threads)
+        self.kernels = get_kernels(backend, threads, isa)
         self.backend = self.kernels.name
+        self.isa: str | None = getattr(self.kernels, "isa", None)
         nodes = header["nodes"]
         self._output = int(header["output"])
         users = [0] * len(nodes)
@@ -137,6 +240,20 @@ class PackedModel:
                 self._sign_steps.add(len(self._steps))
             self._steps.append((target, inputs, self._build(node, t, post)))
         self._last_use = self._free_plan()
+        self._bit_steps = self._fuse_signs(users) if fuse_signs else set()
+
+    def _fuse_signs(self, users: list[int]) -> set[int]:
+        """Steps whose binary conv writes its sign bits straight into the next binary conv's packed
+        input: where that conv is the only user of its value (see :meth:`_BinaryConv.to_bits`)."""
+        producers = {target: step for step, (target, _, fn) in enumerate(self._steps) if isinstance(fn, _BinaryConv)}
+        fused = set()
+        for target, inputs, fn in self._steps:
+            if not (isinstance(fn, _BinaryConv) and len(inputs) == 1 and inputs[0] in producers):
+                continue
+            value = inputs[0]
+            if users[value] == 1 and value != self._output and self._steps[producers[value]][2].fuse_next(fn):
+                fused.add(producers[value])
+        return fused
 
     @staticmethod
     def _sole_user(nodes: list[dict[str, Any]], users: list[int], i: int, op: str) -> int | None:
@@ -160,11 +277,12 @@ class PackedModel:
         return plan
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, backend: str = "auto", threads: int | None = None) -> "PackedModel":
-        get_kernels(backend, threads)  # a bad backend is the caller's error, not the file's
+    def load(cls, path: str | os.PathLike, *, backend: str = "auto", threads: int | None = None,
+             isa: str | None = None, fuse_signs: bool = True) -> "PackedModel":
+        get_kernels(backend, threads, isa)  # a bad backend or variant is the caller's error, not the file's
         header, tensors = fmt.read(path)
         try:
-            return cls(header, tensors, backend=backend, threads=threads)
+            return cls(header, tensors, backend=backend, threads=threads, isa=isa, fuse_signs=fuse_signs)
         except UsageError:
             raise
         except (KeyError, IndexError, TypeError, ValueError) as err:
@@ -268,7 +386,10 @@ class PackedModel:
 
         With ``trace`` (a list), the input of every sign the graph takes (binary layers
         with binary inputs, sign ops) is appended to it in order, for
-        :func:`reste.export.reference.compare`.
+        :func:`reste.export.reference.compare`. Without it, a binary conv whose output only
+        feeds another binary conv writes that conv's packed sign bits directly (integer
+        thresholds equivalent to its float32 epilogue); with it, every layer computes its
+        float32 output, so the trace holds the values; the bits, and so the logits, are the same.
         """
         x = torch.as_tensor(images).detach().to("cpu", torch.float32)
         size = self.input_size
@@ -281,7 +402,10 @@ class PackedModel:
         for step, (target, inputs, fn) in enumerate(self._steps):
             if trace is not None and step in self._sign_steps:
                 trace.append(values[inputs[0]].clone())
-            values[target] = fn(x) if not inputs else fn(*(values[j] for j in inputs))
+            if trace is None and step in self._bit_steps:
+                values[target] = fn.to_bits(values[inputs[0]])
+            else:
+                values[target] = fn(x) if not inputs else fn(*(values[j] for j in inputs))
             for j in self._last_use[step]:
                 values.pop(j, None)
         return values[self._output]
@@ -302,4 +426,5 @@ class PackedModel:
 
     def __repr__(self) -> str:
         n = sum(1 for node in self.header["nodes"] if node["op"] in ("bconv", "blinear"))
-        return f"PackedModel({self.meta.get('model_name', '?')}, {n} binary layers, backend={self.backend})"
+        backend = self.backend + (f"/{self.isa}" if self.isa else "")
+        return f"PackedModel({self.meta.get('model_name', '?')}, {n} binary layers, backend={backend})"
