@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import zlib
@@ -274,7 +275,8 @@ def test_file_is_readable_without_reste(tmp_path, digits_model):
     export_model(model, tmp_path / "d.rbnn", meta={"note": "x"}, verify=False)
     blob = (tmp_path / "d.rbnn").read_bytes()
     magic, version, hlen = struct.unpack_from("<8sII", blob)
-    assert magic == b"RESTEBNN" and version == 1
+    assert magic == b"RESTEBNN" and version == 2
+    assert hashlib.sha256(blob[:-32]).digest() == blob[-32:]  # version 2: a SHA-256 trailer
     header = json.loads(zlib.decompress(blob[16:16 + hlen]))
     assert header["meta"] == {"note": "x"}
     start = 16 + hlen + (-(16 + hlen) % 8)
