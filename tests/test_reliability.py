@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -258,3 +259,234 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(sa, sb))
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
     assert strip(engine.read_metrics(full)) == strip(engine.read_metrics(cut))
+
+
+# ------------------------------------------------- the error contract, table-driven
+
+def _idx(path: Path, magic: int, dims: tuple[int, ...]) -> None:
+    import struct
+
+    import numpy as np
+
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+    path.write_bytes(header + np.zeros(int(np.prod(dims)), np.uint8).tobytes())
+
+
+def _empty_train_set(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    _idx(folder / "train-images-idx3-ubyte", 2051, (0, 28, 28))
+    _idx(folder / "train-labels-idx1-ubyte", 2049, (0,))
+    _idx(folder / "t10k-images-idx3-ubyte", 2051, (4, 28, 28))
+    _idx(folder / "t10k-labels-idx1-ubyte", 2049, (4,))
+    return ["--dataset", "fashion-mnist", "--data-path", str(folder)]
+
+
+def _garbage_jpeg(tmp_path: Path) -> list[str]:
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(root / split / cls / "ok.JPEG")
+    (root / "train" / "a" / "broken.JPEG").write_bytes(b"\xff\xd8\xff not a jpeg at all")
+    return ["--dataset", "imagenet", "--data-path", str(root), "--batch-size", "3", "--workers", "1",
+            "--model", "imagenet_resnet18_1w1a"]
+
+
+def _null_config(tmp_path: Path) -> list[str]:
+    run = tmp_path / "nulls"
+    run.mkdir()
+    cfg = TrainConfig(epochs=1).resolve().to_dict()
+    cfg.update(weight_decay=None, estimator=None)
+    (run / "config.json").write_text(json.dumps(cfg))
+    return ["--resume", str(run)]
+
+
+# (flags after `reste train --epochs 1 --no-progress --out DIR`, or a full argv; setup; needles)
+ERROR_CASES = {
+    "scaling": (["--scaling", "nope"], None, ["unknown --scaling 'nope'", "layer"]),
+    "seed-2**70": (["--seed", str(2**70)], None, ["--seed must be in"]),
+    "seed-negative": (["--seed", "-1"], None, ["--seed must be in"]),
+    "model-data-mismatch": (["--model", "resnet20_1w1a"], None, ["does not fit digits images", "(1, 8, 8)"]),
+    "empty-train-set": ([], _empty_train_set, ["training set of fashion-mnist is empty"]),
+    "garbage-jpeg": ([], _garbage_jpeg, ["cannot read image", "broken.JPEG"]),
+    "threads": (["--threads", "100000"], None, ["--threads must be in [1, "]),
+    "o-end-nan": (["--o-end", "nan"], None, ["o_end must be a finite number"]),
+    "o-end-inf": (["--o-end", "inf"], None, ["o_end must be a finite number"]),
+    "weight-decay-nan": (["--weight-decay", "nan"], None, ["--weight-decay must be >= 0"]),
+    "weight-decay-inf": (["--weight-decay", "inf"], None, ["--weight-decay must be >= 0"]),
+    "epochs-2**70": (["--epochs", str(2**70)], None, ["--epochs must be at most"]),
+    "a32-float-model": (["--model", "digits", "--a32"], None, ["--a32 applies to binary models"]),
+    "save-every-0": (["--save-every", "0"], None, ["--save-every must be a positive"]),
+    "out-empty": (["train", "--out", ""], None, ["empty"]),
+    "null-config-fields": (None, _null_config, ["must be"]),
+    "eval-batch-size-0": (["eval", "RUN", "--batch-size", "0"], None, ["--batch-size must be a positive integer"]),
+    "summary-input-size-0": (["summary", "resnet20_1w1a", "--input-size", "0"], None, ["--input-size must be"]),
+    "summary-input-size-small": (["summary", "digits_1w1a", "--input-size", "1"], None, ["pass a larger --input-size"]),
+    "summary-a32-float": (["summary", "digits", "--a32"], None, ["--a32 applies to binary models"]),
+}
+
+
+@pytest.mark.parametrize("name", list(ERROR_CASES))
+def test_error_contract(capsys, tmp_path, finished_run, name):
+    """Every case gets one line on stderr, exit status 2, and leaves no run directory behind."""
+    flags, setup, needles = ERROR_CASES[name]
+    out = tmp_path / "run"
+    extra = setup(tmp_path) if setup else []
+    if flags is None:  # the setup gives the whole train command
+        argv = ["train", "--no-progress", *extra]
+    elif flags and flags[0] in ("train", "eval", "summary"):
+        argv = [str(finished_run) if a == "RUN" else a for a in flags] + extra
+    else:
+        argv = [*TRAIN, "--out", str(out), *flags, *extra]
+    assert_one_line_error(capsys, argv, *needles)
+    assert not out.exists()
+
+
+def test_amp_fp16_on_the_cpu_warns_in_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine._Run, "run", lambda self: {})  # the warning comes at start-up
+    engine.train(TrainConfig(epochs=1, amp="fp16", device="cpu"), tmp_path / "run", progress=False,
+                 log=lambda _m: None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reste: warning: --amp fp16 on the CPU")
+
+
+def test_divergence_in_epoch_1_leaves_no_run_directory(capsys, tmp_path, monkeypatch):
+    original = engine.build_model
+
+    def poisoned(config, num_classes):
+        model = original(config, num_classes)
+        forward = model.forward
+        model.forward = lambda x: forward(x) * (float("nan") if model.training else 1.0)
+        return model
+
+    monkeypatch.setattr(engine, "build_model", poisoned)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, *TRAIN, "--out", str(out))
+    assert code == 1
+    line = err.strip()
+    assert "non-finite loss at epoch 1, step 1" in line and "no checkpoint was saved" in line
+    assert "last good" not in line and "\n" not in line
+    assert not out.exists()
+
+
+def test_file_modes_agree(tmp_path, finished_run):
+    modes = {p.name: p.stat().st_mode & 0o777 for p in finished_run.iterdir() if not p.name.startswith(".")}
+    assert len(set(modes.values())) == 1, modes
+
+
+# ------------------------------------------------------------------ integrity
+
+
+def _flip(path: Path, position: int, bit: int = 0) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 1 << bit
+    return bytes(data)
+
+
+def test_a_flipped_bit_anywhere_in_a_checkpoint_is_refused(capsys, tmp_path, finished_run):
+    good = (finished_run / "best.pt").read_bytes()
+    n = len(good)
+    rng = random.Random(7)
+    positions = sorted({0, 3, 30, 64, n // 3, n // 2, n - 120, n - 60, n - 23, n - 1,
+                        *(rng.randrange(n) for _ in range(12))})
+    bad = tmp_path / "bad.pt"
+    for i, position in enumerate(positions):
+        bad.write_bytes(_flip(finished_run / "best.pt", position, i % 8))
+        assert_one_line_error(capsys, ["eval", str(bad)], str(bad))
+        assert_one_line_error(capsys, ["export", str(bad), str(tmp_path / "m.rbnn")], str(bad))
+    assert not (tmp_path / "m.rbnn").exists()
+
+
+def test_a_flipped_float_bit_is_refused_in_format_1_checkpoints_too(capsys, tmp_path, finished_run):
+    """Files of checkpoint format 1 carry no SHA-256: the zip's CRC-32 catches the issue's case, one
+    exponent bit of a BatchNorm weight."""
+    ckpt = load_checkpoint(finished_run / "best.pt")
+    old = tmp_path / "v1.pt"
+    torch.save({**ckpt, "version": 1}, old)
+    assert engine.evaluate_checkpoint(old)["epoch"] == ckpt["epoch"]  # loads
+    data = old.read_bytes()
+    weight = next(v for k, v in ckpt["model"].items() if k.endswith("bn1.weight") or k.endswith("bn.weight"))
+    raw = weight.numpy().tobytes()
+    at = data.index(raw) + 3  # the high byte of the first float: sign and exponent
+    flipped = bytearray(data)
+    flipped[at] ^= 0x10
+    old.write_bytes(bytes(flipped))
+    assert_one_line_error(capsys, ["eval", str(old)], "CRC")
+    # a format-2 file without its checksum is refused too
+    stripped = tmp_path / "v2.pt"
+    torch.save(ckpt, stripped)
+    assert_one_line_error(capsys, ["eval", str(stripped)], "SHA-256 is missing")
+
+
+@pytest.fixture(scope="module")
+def exported(finished_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "m.rbnn"
+    assert main(["export", str(finished_run / "best.pt"), str(path)]) == 0
+    return path
+
+
+def test_a_flipped_bit_anywhere_in_a_packed_model_is_refused(capsys, tmp_path, exported):
+    n = exported.stat().st_size
+    rng = random.Random(3)
+    bad = tmp_path / "bad.rbnn"
+    for i, position in enumerate(sorted({0, 8, 12, 16, 40, n // 2, n - 33, n - 32, n - 1,
+                                         *(rng.randrange(n) for _ in range(12))})):
+        bad.write_bytes(_flip(exported, position, i % 8))
+        assert_one_line_error(capsys, ["predict", str(bad)], str(bad))
+
+
+def test_format_1_packed_models_still_load(capsys, tmp_path, exported):
+    import struct
+
+    import numpy as np
+
+    from reste.export import PackedModel
+
+    blob = exported.read_bytes()
+    assert struct.unpack_from("<I", blob, 8)[0] == 2
+    v1 = tmp_path / "v1.rbnn"
+    v1.write_bytes(blob[:8] + struct.pack("<I", 1) + blob[12:-32])  # version 1: no SHA-256 trailer
+    x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(PackedModel.load(v1)(x), PackedModel.load(exported)(x))
+
+
+# --------------------------------------------------------------------- predict
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 9, 9), (2, 1, 28, 28), (1, 1, 600, 600), (2, 3, 8, 8)])
+def test_predict_refuses_images_of_another_shape(capsys, tmp_path, exported, shape):
+    import numpy as np
+
+    images = tmp_path / "x.npy"
+    np.save(images, np.zeros(shape, np.float32))
+    assert_one_line_error(capsys, ["predict", str(exported), str(images)], "(1, 8, 8)", str(shape[1:]))
+    assert not (tmp_path / "x.pred.npy").exists()
+
+
+def test_predict_refuses_a_data_set_of_another_shape(capsys, exported):
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is not on this machine")
+    assert_one_line_error(capsys, ["predict", str(exported), "--dataset", "fashion-mnist"], "(1, 28, 28)",
+                          "(1, 8, 8)")
+
+
+def test_predict_writes_exactly_the_path_it_reports(capsys, tmp_path, exported, finished_run):
+    import numpy as np
+
+    images = tmp_path / "x.npy"
+    np.save(images, np.random.default_rng(0).normal(size=(7, 1, 8, 8)).astype(np.float32))
+    out = tmp_path / "preds"
+    code, stdout, err = run_cli(capsys, "predict", str(exported), str(images), "-o", str(out))
+    assert code == 0, err
+    assert f"written to {out} " in stdout
+    assert out.is_file() and not (tmp_path / "preds.npy").exists()
+    assert np.load(out).shape == (7,)
+    assert_one_line_error(capsys, ["predict", str(exported), str(images), "-o", "/proc/reste-preds.npy"],
+                          "reste-preds.npy")
+    assert_one_line_error(capsys, ["export", str(finished_run / "best.pt"), "/proc/m.rbnn"], "/proc/m.rbnn")
+    assert_one_line_error(capsys, ["predict", str(exported), str(images), "-o", str(tmp_path / "no" / "p.npy")],
+                          "does not exist")
