@@ -419,36 +419,48 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                  int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
     uint64_t cnt[ROWS * LANES];
-    int32_t t[LANES];
     for (int64_t r0 = m0; r0 < m1; r0 += ROWS) {
         int64_t nr = m1 - r0 < ROWS ? m1 - r0 : ROWS;
         const uint8_t *rows[ROWS];
+        const int32_t *crow[ROWS];
+        uint8_t *px[ROWS];
         for (int r = 0; r < ROWS; r++) {
-            int64_t m = r0 + (r < nr ? r : nr - 1), p = m % P;
-            rows[r] = X + (m / P) * sn + (p / OW) * sh + (p % OW) * sw;
+            int64_t m = r0 + (r < nr ? r : nr - 1), n = m / P, p = m % P, oh = p / OW, ow = p % OW;
+            rows[r] = X + n * sn + oh * sh + ow * sw;
+            crow[r] = corr ? corr + p * O : 0;
+            px[r] = mode == 2 ? out + n * on + oh * ohs + ow * ows : 0;
         }
         for (int64_t b = 0; b < blocks; b++) {
             int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
             block_counts(rows, nseg, L, off, Bt + b * Kw * LANES, cnt);
             for (int64_t r = 0; r < nr; r++) {
-                int64_t m = r0 + r, p = m % P;
-                const int32_t *cr = corr ? corr + p * O + o0 : 0;
-                for (int64_t j = 0; j < no; j++) t[j] = K - 2 * (int32_t)cnt[r * LANES + j] - (cr ? cr[j] : 0);
+                int32_t t[LANES];
+                const uint64_t *c = cnt + r * LANES;
+                for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j];
+                if (crow[r])
+                    for (int64_t j = 0; j < no; j++) t[j] -= crow[r][o0 + j];
                 if (mode == 0) {
-                    memcpy((int32_t *)out + m * O + o0, t, (size_t)no * sizeof(int32_t));
+                    memcpy((int32_t *)out + (r0 + r) * O + o0, t, (size_t)no * sizeof(int32_t));
                 } else if (mode == 1) {
-                    float *y = (float *)out + m * O + o0;
-                    for (int64_t j = 0; j < no; j++) y[j] = alpha[o0 + j] * (float)t[j] + bias[o0 + j];
-                    if (scale)
-                        for (int64_t j = 0; j < no; j++)
-                            y[j] = (y[j] > 0.0f ? y[j] : 0.0f) * scale[o0 + j] + shift[o0 + j];
+                    float *y = (float *)out + (r0 + r) * O + o0;
+                    const float *al = alpha + o0, *bi = bias + o0;
+                    if (no == LANES) {  /* a fixed trip count: vectorised */
+                        for (int j = 0; j < LANES; j++) y[j] = al[j] * (float)t[j] + bi[j];
+                        if (scale)
+                            for (int j = 0; j < LANES; j++)
+                                y[j] = (y[j] > 0.0f ? y[j] : 0.0f) * scale[o0 + j] + shift[o0 + j];
+                    } else {
+                        for (int64_t j = 0; j < no; j++) y[j] = al[j] * (float)t[j] + bi[j];
+                        if (scale)
+                            for (int64_t j = 0; j < no; j++)
+                                y[j] = (y[j] > 0.0f ? y[j] : 0.0f) * scale[o0 + j] + shift[o0 + j];
+                    }
                 } else {
                     uint32_t bits = 0;
                     for (int64_t j = 0; j < no; j++)
                         bits |= (uint32_t)(t[j] >= lo[o0 + j] && t[j] <= hi[o0 + j]) << j;
-                    uint8_t *px = out + (m / P) * on + (p / OW) * ohs + (p % OW) * ows + o0 / 8;
-                    px[0] = (uint8_t)bits;
-                    if (o0 / 8 + 1 < obytes) px[1] = (uint8_t)(bits >> 8);
+                    px[r][o0 / 8] = (uint8_t)bits;
+                    if (o0 / 8 + 1 < obytes) px[r][o0 / 8 + 1] = (uint8_t)(bits >> 8);
                 }
             }
         }
