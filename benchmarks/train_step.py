@@ -43,7 +43,9 @@ the Triton kernels of ``reste.triton_kernels``):
   3x224x224, bf16 autocast + channels_last.
 
 GPU targets (issue 11): reste/fp <= 1.15 per row, reste/ste <= 1.05, reference/reste >= 3.
-``--json FILE`` writes every row's medians and ratios (``benchmarks/gpu_check.sh`` reads it).
+``--graphs`` also times fp, ste and reste with each step captured as one CUDA graph by this
+script (``torch.cuda.graph``; o frozen at capture). ``--json FILE`` writes every row's medians
+and ratios (``benchmarks/gpu_check.sh`` reads it).
 
     python benchmarks/train_step.py --device cuda --json gpu_rows.json
 """
@@ -71,7 +73,7 @@ import reste
 from reste import fused, models, triton_dispatch
 from reste.estimators import ReSTE
 
-VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops")
+VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops", "fp_graphed", "ste_graphed", "reste_graphed")
 LABELS = {
     "fp": "(1) resnet20, full precision",
     "ste": "(2) resnet20_1w1a, STE",
@@ -79,6 +81,9 @@ LABELS = {
     "reference": "(4) reference ReSTE (mask backward)",
     "ste_ops": "(2') STE, PyTorch ops (no fused)",
     "reste_ops": "(3') ReSTE, PyTorch ops (no fused)",
+    "fp_graphed": "(1g) full precision, one CUDA graph",
+    "ste_graphed": "(2g) STE, one CUDA graph",
+    "reste_graphed": "(3g) ReSTE, one CUDA graph",
 }
 
 
@@ -177,6 +182,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rows", default=None,
                     help=f"GPU rows, comma-separated or 'all' (default with --device cuda): {', '.join(GPU_ROWS)}")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--graphs", action="store_true",
+                    help="cuda: also time fp, ste and reste captured as one CUDA graph per step")
     return ap.parse_args()
 
 
@@ -211,6 +218,38 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
             scaler.update()
 
     return step
+
+
+def make_graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str) -> Callable[[], None]:
+    """The same training step captured as one CUDA graph (forward, loss, backward, SGD step, with the
+    fused kernels); replaying it is the step. The schedule (o) is frozen at capture, which is all a
+    benchmark needs. Raises where the step cannot be captured."""
+    if amp == "fp16":
+        raise RuntimeError("fp16 needs a GradScaler, which reads the gradients on the host")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    dtype = {"bf16": torch.bfloat16}.get(amp)
+
+    def body() -> None:
+        ctx = (contextlib.nullcontext() if dtype is None
+               else torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=False))
+        with ctx:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    fused.set_enabled(True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compiles the kernels, creates the momentum buffers)
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)  # the gradients are allocated inside the graph, written each replay
+    with torch.cuda.graph(graph):
+        body()
+    return graph.replay
 
 
 def estimator_check(o: float, t: float, m: float, device: torch.device) -> float:
@@ -348,6 +387,14 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     est = next(e for e in reste.estimators_of(nets["reste"]) if isinstance(e, ReSTE))
     check = estimator_check(est.o, est.t, est.interval, device)
     steps = {k: make_step(nets[k], x, y, device, amp, use_fused=not k.endswith("_ops")) for k in variants}
+    graph_errors = {}
+    if args.graphs and device.type == "cuda":
+        for k in ("fp", "ste", "reste"):
+            try:
+                steps[f"{k}_graphed"] = make_graphed_step(copy.deepcopy(nets[k]), x, y, amp)
+            except Exception as err:  # report and go on: the eager rows still count
+                graph_errors[k] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        variants = [k for k in VARIANTS if k in steps]
 
     t0 = time.perf_counter()
     times = time_steps(steps, args.repeats, args.warmup, device)
@@ -355,6 +402,7 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     return {
         "model": binary, "batch": batch, "size": size, "amp": amp, "channels_last": channels_last,
         "o": o, "check": check, "wall": time.perf_counter() - t0, "variants": variants,
+        "graph_errors": graph_errors,
         "classes": classes_of(nets["fp"]),
         "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
         "min_ms": {k: min(v) * 1e3 for k, v in times.items()},
@@ -370,6 +418,9 @@ def ratios(r: dict) -> dict[str, float]:
         out.update({"reste_ops/fp": med["reste_ops"] / med["fp"],
                     "reste_ops/ste_ops": med["reste_ops"] / med["ste_ops"],
                     "reference/reste_ops": med["reference"] / med["reste_ops"]})
+    if "reste_graphed" in med and "fp_graphed" in med and "ste_graphed" in med:
+        out.update({"reste_graphed/fp_graphed": med["reste_graphed"] / med["fp_graphed"],
+                    "reste_graphed/ste_graphed": med["reste_graphed"] / med["ste_graphed"]})
     return out
 
 
@@ -437,7 +488,9 @@ def print_rows(results: dict[str, dict], args: argparse.Namespace, device: torch
         q = ratios(r)
         print(f"  {row:<22}" + "".join(f"{r['median_ms'].get(k, math.nan):>11.2f}" for k in cols)
               + f"{q['reste/fp']:>9.2f}x{q['reste/ste']:>9.2f}x{q['reference/reste']:>9.2f}x")
-    print("  (*_ops: the same model with the fused kernels off, RESTE_FUSED=0: the PyTorch-op path)")
+    print("  (*_ops: the same model with the fused kernels off, RESTE_FUSED=0: the PyTorch-op path;")
+    print("   *_graphed: the step captured as one CUDA graph by this script, o frozen; the reference")
+    print("   cannot be captured: its backward reads o on the host)")
     print()
     for row, r in results.items():
         q = ratios(r)
@@ -447,6 +500,11 @@ def print_rows(results: dict[str, dict], args: argparse.Namespace, device: torch
             marks.append(f"{key} {q[key]:.2f}x ({op} {bound:g}x: {'MET' if ok else 'NOT MET'})")
         print(f"  {row}: " + "; ".join(marks))
         print(f"  {'':<{len(row)}}  reference vs reste backward max |diff| {r['check']:.2e}")
+        if "reste_graphed/fp_graphed" in q:
+            print(f"  {'':<{len(row)}}  graphed: reste/fp {q['reste_graphed/fp_graphed']:.2f}x, "
+                  f"reste/ste {q['reste_graphed/ste_graphed']:.2f}x")
+        for k, err in r.get("graph_errors", {}).items():
+            print(f"  {'':<{len(row)}}  {k}: not captured as a CUDA graph: {err}")
 
 
 def _triton_version() -> str:
