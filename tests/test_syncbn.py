@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ def _port() -> int:
 def _worker(rank: int, world: int, port: int, x: torch.Tensor, upstream: torch.Tensor, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    warnings.simplefilter("error", FutureWarning)  # no deprecated collective on the way
     try:
         torch.manual_seed(0)
         bn = ProcessGroupBatchNorm.convert(nn.Sequential(nn.BatchNorm2d(3)))[0]

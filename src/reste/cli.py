@@ -13,6 +13,7 @@ Bad input gets one line on stderr and exit status 2 (``--debug`` shows the trace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -312,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(err, Preempted):
             return _unexpected(err, debug)
-        print(f"reste: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for all the processes
+            print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
         print("reste: interrupted; finished epochs are saved, continue with --resume RUN_DIR", file=sys.stderr)
