@@ -1,0 +1,258 @@
+"""The packed engine's C kernel variants (``reste.export.kernels``) and their runtime dispatch.
+
+Every variant this CPU runs (scalar, AVX2, AVX-512 VPOPCNTDQ, NEON) is run on the same inputs:
+the integer dot products must equal an exact integer convolution and be identical across
+variants; the float epilogue is the same float32 operations in every variant (compiled without
+contraction), so its outputs are identical too. Fused layers (sign bits written straight into
+the next layer's packed input) must give exactly the bits of the unfused path, and whole models
+are checked against the float64 reference (no mismatch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reste
+from reste.errors import UsageError
+from reste.export import PackedModel, export_model
+from reste.export import kernels as K
+from reste.export import runtime as R
+from reste.export.reference import compare, graph_reference
+
+pytestmark = pytest.mark.skipif(K.c_kernel_error() is not None, reason=f"no C backend: {K.c_kernel_error()}")
+
+ISAS = K.available_isas() if K.c_kernel_error() is None else []
+
+
+def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return np.where(rng.random(shape) < 0.5, -1, 1).astype(np.int8)
+
+
+def _exact_conv(x: torch.Tensor, signs: np.ndarray, case: dict) -> np.ndarray:
+    """sign(x) conv sign(w), zero padding, in float64: exact integers for these sizes (NHWC, int32)."""
+    pt, pb, pl, pr = case["pad"]
+    xs = F.pad(torch.where(x < 0, -1.0, 1.0).double(), (pl, pr, pt, pb))
+    y = F.conv2d(xs, torch.from_numpy(signs).double(), None, case["stride"], 0, case["dil"])
+    return y.permute(0, 2, 3, 1).round().to(torch.int32).numpy()
+
+
+def _layer(signs: np.ndarray, case: dict, kernels, post=None, alpha=None, bias=None) -> R._BinaryConv:
+    o = signs.shape[0]
+    node = {"stride": list(case["stride"]), "pad": list(case["pad"]), "dil": list(case["dil"])}
+    alpha = np.ones(o, np.float32) if alpha is None else alpha
+    bias = np.zeros(o, np.float32) if bias is None else bias
+    return R._BinaryConv(node, signs, alpha, bias, post, kernels)
+
+
+def _dots(layer: R._BinaryConv, x: torch.Tensor) -> np.ndarray:
+    """The kernel's int32 dot products (N, OH, OW, O) for the float input x."""
+    xp, h, w = layer._packed_input(x)
+    oh, ow = layer.out_hw(h, w)
+    src, rows = layer._rows(xp, (oh, ow))
+    out = layer.kernels.bconv(src, rows, layer.blocked, layer.out_channels, layer.k, layer._correction(h, w), None)
+    return out.reshape(x.shape[0], oh, ow, layer.out_channels)
+
+
+CASES = [  # channels below and above the implicit-GEMM threshold, odd sizes, every addressing path
+    dict(cin=16, cout=16, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    dict(cin=13, cout=5, k=3, stride=(2, 2), pad=(1, 1, 1, 1), dil=(1, 1)),
+    dict(cin=64, cout=24, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    dict(cin=70, cout=33, k=3, stride=(2, 1), pad=(2, 0, 1, 2), dil=(1, 1)),
+    dict(cin=128, cout=17, k=3, stride=(1, 1), pad=(2, 2, 2, 2), dil=(2, 2)),  # dilated: a segment per tap
+    dict(cin=200, cout=40, k=1, stride=(2, 2), pad=(0, 0, 0, 0), dil=(1, 1)),
+    dict(cin=9, cout=4, k=5, stride=(3, 3), pad=(3, 3, 3, 3), dil=(1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"c{c['cin']}-o{c['cout']}-k{c['k']}-s{c['stride'][0]}"
+                         f"-d{c['dil'][0]}")
+def test_every_variant_computes_the_exact_integer_dot_products(case):
+    rng = np.random.default_rng(case["cin"])
+    signs = _signs(rng, (case["cout"], case["cin"], case["k"], case["k"]))
+    x = torch.randn(3, case["cin"], 11, 9)
+    x[0, :, 1:3] = 0.0  # sign(0) = +1
+    x[1, 0, 0, 0] = -0.0  # -0 is not negative: +1, as in the float engine
+    want = _exact_conv(x, signs, case)
+    got = {}
+    for isa in ISAS:
+        for threads in (1, 2):
+            layer = _layer(signs, case, K.get_kernels("c", threads, isa))
+            got[isa, threads] = _dots(layer, x)
+            np.testing.assert_array_equal(got[isa, threads], want, err_msg=f"{isa}, {threads} thread(s)")
+    assert len(got) == 2 * len(ISAS) >= 2
+
+
+def test_im2col_and_implicit_paths_agree(monkeypatch):
+    case = CASES[3]
+    rng = np.random.default_rng(1)
+    signs = _signs(rng, (case["cout"], case["cin"], 3, 3))
+    x = torch.randn(2, case["cin"], 10, 12)
+    results = []
+    for threshold in (1, 10_000):
+        monkeypatch.setattr(R, "IMPLICIT_MIN_CHANNELS", threshold)
+        layer = _layer(signs, case, K.get_kernels("c", 1, ISAS[0]))
+        assert layer.implicit == (threshold == 1)
+        results.append(_dots(layer, x))
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], _exact_conv(x, signs, case))
+
+
+def test_float_epilogue_is_identical_across_variants():
+    case = CASES[2]
+    rng = np.random.default_rng(2)
+    o = case["cout"]
+    signs = _signs(rng, (o, case["cin"], 3, 3))
+    alpha = rng.uniform(0.01, 2, o).astype(np.float32)
+    bias = rng.normal(size=o).astype(np.float32)
+    post = (rng.normal(size=o).astype(np.float32), rng.normal(size=o).astype(np.float32))
+    x = torch.randn(2, case["cin"], 7, 8)
+    outs = [_layer(signs, case, K.get_kernels("c", 1, isa), post, alpha, bias)(x) for isa in ISAS]
+    numpy_out = _layer(signs, case, K.NumpyKernels(), post, alpha, bias)(x)
+    for isa, out in zip(ISAS, outs):
+        assert torch.equal(out, outs[0]), isa
+        assert torch.equal(out, numpy_out), isa  # the same float32 operations in the same order
+
+
+def test_pack_signs_identical_across_variants():
+    x = np.random.default_rng(3).normal(size=(2, 3, 5, 77)).astype(np.float32)
+    x[0, 0, 0, :8] = [-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, -1e-45, 1e-45]
+    want = np.packbits(x < 0, axis=-1, bitorder="little")
+    want = np.pad(want, ((0, 0), (1, 2), (0, 1), (0, 16 - want.shape[-1])))
+    for isa in ISAS:
+        got = K.get_kernels("c", 1, isa).pack_signs(x, (1, 2, 0, 1), 16)
+        np.testing.assert_array_equal(got, want, err_msg=isa)
+
+
+# ------------------------------------------------------------------ sign thresholds
+
+
+def _negative(t: np.ndarray, ep: K.Epilogue) -> np.ndarray:
+    y = ep.alpha * t.astype(np.float32) + ep.bias
+    if ep.post is not None:
+        y = np.where(y > 0, y, np.float32(0)) * ep.post[0] + ep.post[1]
+    return y < 0
+
+
+@pytest.mark.parametrize("with_post", [False, True])
+def test_sign_thresholds_reproduce_the_float32_epilogue_on_every_integer(with_post):
+    rng = np.random.default_rng(4)
+    o, k = 64, 300
+    alpha = rng.normal(size=o).astype(np.float32)
+    alpha[:4] = [0.0, -0.0, 1e-30, -3e-3]
+    bias = (rng.normal(size=o) * 50).astype(np.float32)
+    bias[4:8] = [0.0, np.float32(0.1) * 7, -1e9, 1e9]
+    post = None
+    if with_post:
+        scale = rng.normal(size=o).astype(np.float32)
+        scale[8:10] = 0.0
+        shift = rng.normal(size=o).astype(np.float32)
+        shift[10:12] = 0.0
+        post = (scale, shift)
+    ep = K.Epilogue(alpha, bias, post)
+    # ties: t * alpha + bias exactly 0 at an integer t
+    alpha[12], bias[12] = np.float32(0.25), np.float32(-3.0)
+    got = K.sign_thresholds(k, ep)
+    assert got is not None
+    lo, hi = got
+    t = np.arange(-k, k + 1)[:, None]
+    np.testing.assert_array_equal((t >= lo) & (t <= hi), _negative(np.broadcast_to(t, (t.shape[0], o)), ep))
+
+
+def test_fused_bits_equal_the_signs_of_the_float_output():
+    rng = np.random.default_rng(5)
+    kern = K.get_kernels("c", 1, ISAS[0])
+    for cin, mid in ((16, 13), (64, 70), (70, 128)):
+        case = dict(stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1))
+        post = (rng.normal(size=mid).astype(np.float32), rng.normal(size=mid).astype(np.float32))
+        first = _layer(_signs(rng, (mid, cin, 3, 3)), case, kern, post, rng.uniform(0.1, 1, mid).astype(np.float32),
+                       rng.normal(size=mid).astype(np.float32))
+        second = _layer(_signs(rng, (8, mid, 3, 3)), dict(case, pad=(2, 1, 0, 1)), kern)
+        assert first.fuse_next(second)
+        x = torch.randn(2, cin, 9, 7)
+        bits = first.to_bits(x)
+        want, h, w = second._packed_input(first(x))
+        assert (h, w) == bits.hw
+        np.testing.assert_array_equal(bits.data, want)
+
+
+# ------------------------------------------------------------------ whole models
+
+
+def _block_model() -> nn.Module:
+    """Binary blocks whose first conv feeds only the second (fused), widths below and above 64."""
+    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        return [reste.BinaryConv2d(cin, cout, 3, stride, 1, bias=False, scaling="channel"), nn.ReLU(),
+                nn.BatchNorm2d(cout)]
+
+    layers = [nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(16), *block(16, 24, 1), *block(24, 70, 2),
+              *block(70, 64, 1), *block(64, 130, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(130, 10)]
+    return nn.Sequential(*layers)
+
+
+@pytest.fixture(scope="module")
+def block_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = _block_model()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 12, 12))
+    path = tmp_path_factory.mktemp("packed") / "blocks.rbnn"
+    export_model(model.eval(), path, input_size=(3, 12, 12), verify=False)
+    return path
+
+
+def test_fused_model_equals_traced_model_and_the_reference_on_every_variant(block_file):
+    x = torch.randn(6, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    ref = graph_reference(block_file, x)
+    logits = []
+    for isa in ISAS:
+        packed = PackedModel.load(block_file, backend="c", isa=isa, threads=1)
+        assert packed.isa == isa and len(packed._bit_steps) == 3  # the last one feeds the pooling
+        trace: list[torch.Tensor] = []
+        traced = packed.forward(x, trace=trace)
+        fused = packed.forward(x)
+        assert torch.equal(traced, fused), isa  # the same bits either way
+        c = compare(ref, traced, trace)
+        assert c.traced and c.mismatch == 0, (isa, c.problems)
+        unfused = PackedModel.load(block_file, backend="c", isa=isa, fuse_signs=False)
+        assert not unfused._bit_steps and torch.equal(unfused.forward(x), fused)
+        logits.append(fused)
+    assert all(torch.equal(v, logits[0]) for v in logits)
+
+
+def test_environment_variable_forces_a_variant(block_file, monkeypatch):
+    for isa in ISAS:
+        monkeypatch.setenv(K.ISA_ENV, isa)
+        assert PackedModel.load(block_file).isa == isa
+        assert isa in repr(PackedModel.load(block_file, backend="c"))
+    monkeypatch.setenv(K.ISA_ENV, "sse9")
+    with pytest.raises(UsageError, match="unknown packed kernel variant 'sse9'"):
+        PackedModel.load(block_file, backend="c")
+    monkeypatch.delenv(K.ISA_ENV)
+    assert PackedModel.load(block_file, backend="c").isa == ISAS[0]
+
+
+def test_a_variant_the_cpu_lacks_is_refused(monkeypatch):
+    monkeypatch.setattr(K, "cpu_features", lambda: 0)  # a CPU without AVX2, AVX-512 or NEON
+    assert K.supported_isas() == ["scalar"]
+    assert K.choose_isa() == "scalar"
+    for isa in ("avx2", "avx512", "neon"):
+        monkeypatch.setenv(K.ISA_ENV, isa)
+        with pytest.raises(UsageError, match=f"cannot run the {isa} packed kernels") as err:
+            K.get_kernels("c")
+        assert "\n" not in str(err.value)
+
+
+def test_dispatch_never_picks_a_variant_the_cpu_lacks():
+    features = K.cpu_features()
+    assert ISAS[-1] == "scalar" and set(ISAS) <= set(K.supported_isas())
+    for isa in ISAS:
+        lib = K._variant(isa).get()
+        assert lib.reste_isa() == K._ISA_ID[isa]
+        assert isa == "scalar" or features & K._ISA_FEATURE[isa]
+    assert K.choose_isa() == ISAS[0]
