@@ -10,8 +10,14 @@ The float model is the training-time model in eval mode: binary layers compute
 conv(sign(x), sign(W) * alpha) in float32. Weights are random with batch-norm
 statistics from random batches (speed and size do not depend on training).
 
+Before the models, a per-layer microbenchmark (``--layers``): one binary 3x3 convolution on
+packed bits (sign bits in, float32 out, as in the engine) against ``torch.nn.functional.conv2d``
+in float32, at 64->64 on 32x32 and 256->256 on 8x8, batch 64. The packed kernels' instruction-set
+variant is printed (``--isa`` or ``$RESTE_PACKED_ISA`` forces one).
+
     python benchmarks/inference.py                       # resnet20_1w1a, resnet18_1w1a; batch 1, 64
     python benchmarks/inference.py --threads 2 --models resnet20_1w1a --batches 1 8 64
+    python benchmarks/inference.py --isa avx2 --no-memory
 """
 
 from __future__ import annotations
@@ -92,13 +98,15 @@ def child(args: argparse.Namespace) -> None:
     else:
         from reste.export import PackedModel
 
-        PackedModel.load(args.weights, backend=args.backend, threads=args.threads)(x)
+        PackedModel.load(args.weights, backend=args.backend, threads=args.threads, isa=args.isa)(x)
     print(json.dumps({"base_mb": base, "peak_mb": peak()}))
 
 
 def _memory(kind: str, name: str, batch: int, weights: Path, args: argparse.Namespace) -> float | None:
     cmd = [sys.executable, __file__, "--child", kind, "--models", name, "--weights", str(weights),
            "--batch", str(batch), "--threads", str(args.threads), "--backend", args.backend]
+    if args.isa:
+        cmd += ["--isa", args.isa]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
         got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -137,12 +145,13 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     report = export_model(model, packed_path, input_size=size, meta={"model_name": name}, verify=False)
     float_path = tmp / f"{name}.pt"
     torch.save(model.state_dict(), float_path)
-    packed = PackedModel.load(packed_path, backend=args.backend, threads=args.threads)
+    packed = PackedModel.load(packed_path, backend=args.backend, threads=args.threads, isa=args.isa)
     deploy = deploy_model(model)  # float layers with sign(W) * alpha precomputed (what ONNX gets)
     float_weights = sum(t.numel() * t.element_size() for t in model.state_dict().values()
                         if isinstance(t, torch.Tensor))
 
-    print(f"\n== {name} ({size[0]}x{size[1]}x{size[2]}), packed kernels: {packed.backend}, "
+    variant = f"{packed.backend}/{packed.isa}" if packed.isa else packed.backend
+    print(f"\n== {name} ({size[0]}x{size[1]}x{size[2]}), packed kernels: {variant}, "
           f"{args.threads} thread(s)")
     print(format_report(report))
     x = torch.randn(64, *size, generator=torch.Generator().manual_seed(1))
@@ -181,6 +190,53 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     return rows
 
 
+LAYERS = ((64, 32), (256, 8))  # (channels, height = width): 3x3, stride 1, padding 1
+
+
+def bench_layers(args: argparse.Namespace) -> None:
+    """One binary 3x3 conv on packed bits against F.conv2d in float32, batch 64."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from reste.export.kernels import get_kernels
+    from reste.export.runtime import _BinaryConv
+
+    kernels = get_kernels(args.backend, args.threads, args.isa)
+    variant = f"{kernels.name}/{kernels.isa}" if getattr(kernels, "isa", None) else kernels.name
+    print(f"\n== one binary 3x3 conv, batch 64, packed kernels: {variant}, {args.threads} thread(s)")
+    print(f"{'layer':22s} | {'float conv2d ms':>15s} {'packed ms':>10s} {'x':>6s} | {'kernel ms':>10s} {'x':>6s}"
+          f" | {'layout':8s}")
+    gen = torch.Generator().manual_seed(2)
+    for c, hw in LAYERS:
+        w = torch.randn(c, c, 3, 3, generator=gen)
+        ws = torch.where(w < 0, -1.0, 1.0)
+        signs = ws.numpy().astype(np.int8)
+        node = {"stride": [1, 1], "pad": [1, 1, 1, 1], "dil": [1, 1]}
+        layer = _BinaryConv(node, signs, np.ones(c, np.float32), np.zeros(c, np.float32), None, kernels)
+        x = torch.randn(64, c, hw, hw, generator=gen).contiguous(memory_format=torch.channels_last)
+        xs = torch.where(x < 0, -1.0, 1.0)
+        if not torch.equal(layer(x), F.conv2d(xs, ws, None, 1, 1)):
+            raise SystemExit(f"packed conv {c}->{c} differs from the float conv of the signs")
+        fns = {"float": lambda x=x, ws=ws: F.conv2d(x, ws, None, 1, 1), "packed": lambda x=x, layer=layer: layer(x)}
+        if layer.fast:  # the XOR/popcount kernel alone, on the packed input it reads (int32 dot products)
+            xp, h, wd = layer._packed_input(x)
+            src, rows = layer._rows(xp, (h, wd))
+            corr = layer._correction(h, wd)
+            fns["kernel"] = lambda src=src, rows=rows, layer=layer, corr=corr: layer.kernels.bconv(
+                src, rows, layer.blocked, c, layer.k, corr, None)
+        with torch.no_grad():
+            times = _time(fns, args.budget)
+        med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        kern = (f"{med['kernel']:10.2f} {med['float'] / med['kernel']:5.1f}x" if "kernel" in med
+                else f"{'n/a':>10s} {'':6s}")
+        layout = ("implicit" if layer.implicit else "im2col") if layer.fast else "numpy"
+        print(f"{f'{c}->{c} at {hw}x{hw}':22s} | {med['float']:15.2f} {med['packed']:10.2f} "
+              f"{med['float'] / med['packed']:5.1f}x | {kern} | {layout}")
+    print("packed: sign bits packed from the float input, XOR/popcount, float32 output (what a layer of the "
+          "engine does); kernel: the popcount kernel alone on the packed input, int32 output. x = float / packed.")
+
+
 def _fmt(v, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -216,7 +272,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="threads for both engines (default 1: stable numbers on a shared machine)")
     p.add_argument("--backend", default="auto", choices=("auto", "c", "numpy"))
+    p.add_argument("--isa", choices=("avx512", "avx2", "neon", "scalar"),
+                   help="force a variant of the C kernels (default: the fastest this CPU runs)")
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per model and batch size")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer microbenchmark")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--child", choices=("float", "packed"), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
@@ -231,6 +290,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     start = time.time()
+    if not args.no_layers:
+        bench_layers(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
