@@ -312,7 +312,7 @@ def _f32(v: float) -> float:
     return struct.unpack("f", struct.pack("f", v))[0]
 
 
-def _scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | None]:
+def _raw_scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | None]:
     """(s0..s4, count, o tensor or None) of ``kind``'s kernel from its estimator's ``params()``.
 
     The constants are computed in Python (float64) exactly as the estimator's PyTorch expression
@@ -348,6 +348,13 @@ def _scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | 
         w_hi = _f32(w)
         return (w_hi, w - w_hi, 4.0 * w / math.pi, z, z), int(params["n"]), None
     raise ValueError(f"no Triton kernel for estimator {kind!r}; valid: {', '.join(KINDS)}")
+
+
+def _scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | None]:
+    """:func:`_raw_scalars` with every scalar a Python float (an int would make Triton compile an
+    integer-typed variant of the kernel)."""
+    scalars, count, o = _raw_scalars(kind, params)
+    return tuple(float(v) for v in scalars), count, o
 
 
 def _dense(x: Tensor) -> bool:
