@@ -577,10 +577,12 @@ compile_(K._sign_kernel, {"x_ptr": "*bf16", "y_ptr": "*bf16", "n": "i32", "BLOCK
 for kind in ("reste", "sign_swish", "ede", "fda"):  # between them every libdevice function the kernels use
     compile_(K._backward_kernel, backward_sig("*bf16", "*bf16"),
              {"KIND": K.KINDS.index(kind), "O_PTR": False, "PRECISE": True, "BLOCK": K.BLOCK})
-compile_(K._backward_kernel, backward_sig("*fp16", "*fp16"), {"KIND": 0, "O_PTR": False, "PRECISE": True, "BLOCK": K.BLOCK})
+compile_(K._backward_kernel, backward_sig("*fp16", "*fp16"),
+         {"KIND": 0, "O_PTR": False, "PRECISE": True, "BLOCK": K.BLOCK})
 reste = compile_(K._backward_kernel, backward_sig("*fp32", "*fp64"),
                  {"KIND": 1, "O_PTR": True, "PRECISE": True, "BLOCK": K.BLOCK}, aligned)
-compile_(K._abs_partial_kernel, {"w_ptr": "*bf16", "partials_ptr": "*fp32", "group_size": "i32", "BLOCK": "constexpr"},
+compile_(K._abs_partial_kernel,
+         {"w_ptr": "*bf16", "partials_ptr": "*fp32", "group_size": "i32", "BLOCK": "constexpr"},
          {"BLOCK": K._REDUCE_BLOCK})
 compile_(K._scaled_sign_kernel, {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*fp32", "group_size": "i32",
                                  "nblocks": "i32", "NB": "constexpr", "BLOCK": "constexpr"}, {"NB": 4, "BLOCK": K.BLOCK})
