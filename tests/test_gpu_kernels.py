@@ -585,7 +585,8 @@ compile_(K._abs_partial_kernel,
          {"w_ptr": "*bf16", "partials_ptr": "*fp32", "group_size": "i32", "BLOCK": "constexpr"},
          {"BLOCK": K._REDUCE_BLOCK})
 compile_(K._scaled_sign_kernel, {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*fp32", "group_size": "i32",
-                                 "nblocks": "i32", "NB": "constexpr", "BLOCK": "constexpr"}, {"NB": 4, "BLOCK": K.BLOCK})
+                                 "nblocks": "i32", "NB": "constexpr", "BLOCK": "constexpr"},
+         {"NB": 4, "BLOCK": K.BLOCK})
 compile_(K._dot_sign_partial_kernel, {"w_ptr": "*fp32", "grad_ptr": "*fp32", "partials_ptr": "*fp32",
                                       "group_size": "i32", "BLOCK": "constexpr"}, {"BLOCK": K._REDUCE_BLOCK})
 compile_(K._scaled_sign_backward_kernel,
