@@ -490,3 +490,17 @@ def test_predict_writes_exactly_the_path_it_reports(capsys, tmp_path, exported, 
     assert_one_line_error(capsys, ["export", str(finished_run / "best.pt"), "/proc/m.rbnn"], "/proc/m.rbnn")
     assert_one_line_error(capsys, ["predict", str(exported), str(images), "-o", str(tmp_path / "no" / "p.npy")],
                           "does not exist")
+
+
+def test_plot_takes_a_torn_last_line_and_a_switched_estimator(capsys, tmp_path, finished_run):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = (finished_run / "metrics.jsonl").read_text().splitlines()
+    second = {k: v for k, v in json.loads(lines[1]).items() if k != "o"}  # resumed with --force as ste
+    (run / "metrics.jsonl").write_text(lines[0] + "\n" + json.dumps(second) + "\n" + '{"epoch": 3, "lr": 0.')
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert [m["epoch"] for m in engine.read_metrics(run)] == [1, 2]
+    (run / "metrics.jsonl").write_text("not json\n" + lines[0] + "\n")  # damage inside the file is an error
+    assert_one_line_error(capsys, ["plot", str(run)], "line 1 is not JSON")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from reste import engine
-from reste.checkpoint import load_checkpoint
+from reste.checkpoint import load_checkpoint, save_checkpoint
 from reste.cli import main
 from reste.config import TrainConfig
 from reste.rundir import RunDirectory
@@ -60,6 +60,22 @@ def _one_line(err: str) -> str:
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, err
     return lines[0]
+
+
+@pytest.fixture
+def one_thread():
+    """Resume in this process with one thread, like the children (OMP_NUM_THREADS=1): the same sums."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _resume_here(run_dir: Path) -> str:
+    """``reste train --resume`` in this process; returns its stdout."""
+    lines: list[str] = []
+    engine.resume(run_dir, progress=False, log=lines.append)
+    return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +196,7 @@ CRASH_POINTS = ["before-metrics", "torn-metrics", "after-metrics", "tmp-last.pt"
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
-def test_a_crash_at_each_write_of_an_epoch_then_resume_matches(tmp_path, full_run, point):
+def test_a_crash_at_each_write_of_an_epoch_then_resume_matches(tmp_path, full_run, point, one_thread):
     full, _ = full_run
     metrics = engine.read_metrics(full)
     best_epoch = load_checkpoint(full / "best.pt")["epoch"]
@@ -192,28 +208,30 @@ def test_a_crash_at_each_write_of_an_epoch_then_resume_matches(tmp_path, full_ru
     assert proc.returncode == 137, proc.stderr
     if point.startswith("tmp-"):
         assert [p.name for p in cut.iterdir() if p.name.endswith(".tmp")], "the crash should leave a temporary file"
-    resumed = _cli("train", "--resume", str(cut), "--no-progress")  # one thread, like the full run
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = _resume_here(cut)
     assert_same_run(full, cut)
     # the final line agrees with best.pt and with the uninterrupted run
     best = load_checkpoint(cut / "best.pt")
-    final = resumed.stdout.strip().splitlines()[-1]
+    final = resumed.strip().splitlines()[-1]
     assert f"best test acc {best['metrics']['test_acc']:.2f}% (epoch {best['epoch']})" in final
     assert best["epoch"] == best_epoch
 
 
-def test_resume_repairs_a_stale_best_pt(tmp_path):
+def test_resume_repairs_a_stale_best_pt(tmp_path, full_run):
     """The issue's case: last.pt of the best epoch written, best.pt not (still an older epoch)."""
     out = tmp_path / "run"
-    engine.train(TrainConfig(epochs=2, seed=5), out, progress=False, log=quiet)
+    out.mkdir()
+    for name in ("config.json", "metrics.jsonl", "last.pt"):
+        (out / name).write_bytes((full_run[0] / name).read_bytes())
     last = load_checkpoint(out / "last.pt")
-    assert last["best_epoch"] == 2
-    first = tmp_path / "first"
-    engine.train(TrainConfig(epochs=1, seed=5), first, progress=False, log=quiet)
-    (out / "best.pt").write_bytes((first / "best.pt").read_bytes())  # epoch 1: stale
+    assert last["best_epoch"] == last["epoch"] == 3
+    stale = {k: v for k, v in last.items() if k not in ("format", "version")}
+    save_checkpoint(dict(stale, epoch=2, best_epoch=2), out / "best.pt")
     assert engine.repair_best(out, last)
     assert (out / "best.pt").read_bytes() == (out / "last.pt").read_bytes()
     assert not engine.repair_best(out, last)
+    (out / "best.pt").unlink()  # a missing best.pt is written too
+    assert engine.repair_best(out, last) and load_checkpoint(out / "best.pt")["epoch"] == 3
 
 
 # ------------------------------------------------------------------ preemption
@@ -226,7 +244,7 @@ def _wait_for(predicate, proc):
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
-def test_stop_signal_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, sig):
+def test_stop_signal_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, sig, one_thread):
     """A stop signal inside epoch 2 checkpoints at the current step and exits with one line;
     --resume continues inside the epoch and ends with the uninterrupted run's files."""
     full, _ = full_run
@@ -253,15 +271,15 @@ def test_stop_signal_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, si
     ckpt = load_checkpoint(cut / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (1, 7)
     assert [m["epoch"] for m in engine.read_metrics(cut)] == [1]
-    resumed = _cli("train", "--resume", str(cut), "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "at epoch 2/3, step 8/23" in resumed.stdout
+    evaluated = engine.evaluate_checkpoint(cut / "last.pt")
+    assert (evaluated["epoch"], evaluated["step"], evaluated["stored_top1"]) == (1, 7, None)
+    resumed = _resume_here(cut)
+    assert "at epoch 2/3, step 8/23" in resumed
     assert_same_run(full, cut)
-    assert resumed.stdout.strip().splitlines()[-1].split(", 1s")[0].split(" after")[0] == \
-        full_run[1].strip().splitlines()[-1].split(" after")[0]
+    assert resumed.strip().splitlines()[-1].split(" after")[0] == full_run[1].strip().splitlines()[-1].split(" after")[0]
 
 
-def test_sigterm_from_outside_then_resume_is_exact(tmp_path, full_run):
+def test_sigterm_from_outside_then_resume_is_exact(tmp_path, full_run, one_thread):
     """kill -TERM at a moment we do not choose (mid-epoch most of the time)."""
     full, _ = full_run
     cut = tmp_path / "cut"
@@ -275,11 +293,11 @@ def test_sigterm_from_outside_then_resume_is_exact(tmp_path, full_run):
         pytest.skip("the run finished before the signal arrived")
     assert proc.returncode == 143, err
     assert _one_line(err).startswith("reste: stopped by SIGTERM at ")
-    assert _cli("train", "--resume", str(cut), "--no-progress").returncode == 0
+    _resume_here(cut)
     assert_same_run(full, cut)
 
 
-def test_save_every_then_kill_9_mid_epoch_resumes_exactly(tmp_path, full_run):
+def test_save_every_then_kill_9_mid_epoch_resumes_exactly(tmp_path, full_run, one_thread):
     """--save-every writes mid-epoch checkpoints (here at every step); kill -9 after one and resume."""
     full, _ = full_run
     cut = tmp_path / "cut"
@@ -299,29 +317,28 @@ def test_save_every_then_kill_9_mid_epoch_resumes_exactly(tmp_path, full_run):
     proc.wait()
     ckpt = load_checkpoint(last)
     assert ckpt["epoch"] >= 1 and (ckpt["epoch"], ckpt["step"]) != (3, 0)
-    assert _cli("train", "--resume", str(cut), "--no-progress").returncode == 0
+    _resume_here(cut)
     assert_same_run(full, cut)
 
 
 def test_mid_epoch_resume_with_indicators_in_process(tmp_path):
     """The meter's running sums and the epoch's loss sums travel in the mid-epoch checkpoint."""
-    torch.set_num_threads(1)  # both runs in this process: the same reductions
-    cfg = TrainConfig(epochs=2, seed=2, indicators="general", estimator="ede")
+    cfg = TrainConfig(epochs=2, seed=2, indicators="general", estimator="ede", batch_size=256)
     engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
     original = engine._Run._checkpoint_due
 
-    def stop_at_step_5_of_epoch_2(self, step):
-        if self.saved == (1, 0) and step == 4:
+    def stop_at_step_3_of_epoch_2(self, step):
+        if self.saved == (1, 0) and step == 2:
             self.stop.signum = signal.SIGUSR1
         return original(self, step)
 
-    engine._Run._checkpoint_due = stop_at_step_5_of_epoch_2
+    engine._Run._checkpoint_due = stop_at_step_3_of_epoch_2
     try:
         with pytest.raises(engine.Preempted):
             engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
     finally:
         engine._Run._checkpoint_due = original
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 5
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
     engine.resume(tmp_path / "cut", progress=False, log=quiet)
     a, b = engine.read_metrics(tmp_path / "full"), engine.read_metrics(tmp_path / "cut")
     assert _strip(a) == _strip(b)

@@ -209,7 +209,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             device=args.device, workers=args.workers, amp=args.amp)
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
     amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
-    print(f"{r['model']} on {r['dataset']} test, epoch {r['epoch']}{amp}: top-1 {r['top1']:.2f}%  "
+    when = f"epoch {r['epoch']}" + (f" + {r['step']} steps" if r.get("step") else "")
+    print(f"{r['model']} on {r['dataset']} test, {when}{amp}: top-1 {r['top1']:.2f}%  "
           f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}{stored}")
     return 0
 

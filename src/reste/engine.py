@@ -244,7 +244,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
                                   eval_batch_size=batch_size or config.eval_batch_size, workers=workers,
                                   seed=config.seed)
     result = evaluate(model, test_loader, dev, amp)
-    return {**result, "epoch": ckpt["epoch"], "stored_top1": ckpt["metrics"].get("test_acc"),
+    step = int(ckpt.get("step") or 0)  # a checkpoint taken inside an epoch has no test accuracy of its own
+    return {**result, "epoch": ckpt["epoch"], "step": step,
+            "stored_top1": None if step else ckpt["metrics"].get("test_acc"),
             "model": ckpt["model_name"], "dataset": config.dataset, "amp": amp}
 
 
