@@ -403,20 +403,84 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
 }
 #endif
 
+/* t[j] = K - 2 c[j] - cr[j] (cr may be NULL) and v[j] = alpha[j] t[j] + bias[j] [-> ReLU -> * scale[j] + shift[j]]
+   on one block of 16 lanes: the same float32 operations, in the same order, in every variant. */
+#if RESTE_ISA == 2
+static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
+    __m256i lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)c));
+    __m256i hi = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(c + 8)));
+    __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    x = _mm512_sub_epi32(_mm512_set1_epi32(K), _mm512_add_epi32(x, x));
+    if (cr) x = _mm512_sub_epi32(x, _mm512_loadu_si512((const void *)cr));
+    _mm512_storeu_si512((void *)t, x);
+}
+static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
+                               const float *shift, float *v) {
+    __m512 x = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)t));
+    x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(alpha), x), _mm512_loadu_ps(bias));
+    if (scale) {
+        x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+        x = _mm512_add_ps(_mm512_mul_ps(x, _mm512_loadu_ps(scale)), _mm512_loadu_ps(shift));
+    }
+    _mm512_storeu_ps(v, x);
+}
+static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
+    __m512i x = _mm512_loadu_si512((const void *)t);
+    return (uint32_t)(_mm512_cmp_epi32_mask(x, _mm512_loadu_si512((const void *)lo), _MM_CMPINT_NLT) &
+                      _mm512_cmp_epi32_mask(x, _mm512_loadu_si512((const void *)hi), _MM_CMPINT_LE));
+}
+#else
+static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
+    uint32_t bits = 0;
+    for (int j = 0; j < LANES; j++) bits |= (uint32_t)(t[j] >= lo[j] && t[j] <= hi[j]) << j;
+    return bits;
+}
+#endif
+#if RESTE_ISA == 2
+#elif RESTE_ISA == 1
+static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
+    for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
+}
+static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
+                               const float *shift, float *v) {
+    for (int h = 0; h < LANES; h += 8) {
+        __m256 x = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(t + h)));
+        x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(alpha + h), x), _mm256_loadu_ps(bias + h));
+        if (scale) {
+            x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ), x);
+            x = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(scale + h)), _mm256_loadu_ps(shift + h));
+        }
+        _mm256_storeu_ps(v + h, x);
+    }
+}
+#else
+static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
+    for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
+}
+static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
+                               const float *shift, float *v) {
+    for (int j = 0; j < LANES; j++) v[j] = alpha[j] * (float)t[j] + bias[j];
+    if (scale)
+        for (int j = 0; j < LANES; j++) v[j] = (v[j] > 0.0f ? v[j] : 0.0f) * scale[j] + shift[j];
+}
+#endif
+
 /* Binary convolution (or GEMM) on packed bits, output rows m0 .. m1-1 (m = (n * OH + oh) * OW + ow).
    Row m reads X + n * sn + oh * sh + ow * sw (bytes), nseg segments of L words at off[s] from there
    (implicit GEMM on a padded, word-aligned activation, or one segment of an im2col row).
    Bt: (ceil(O / 16), nseg * L, 16) words. t[m, o] = K - 2 popcount - corr[m % (OH * OW), o] (corr may be
-   NULL) is the exact +-1 dot product, and the output is
+   NULL) is the exact +-1 dot product, and the output is (corr, alpha, bias, scale, shift, lo and hi are
+   padded to whole blocks of 16 channels: (P, 16 ceil(O / 16)) and 16 ceil(O / 16); lo > hi on the padding)
      mode 0: t as int32 (M, O);
-     mode 1: float32 (M, O), alpha[o] t + bias[o] [-> ReLU -> * scale[o] + shift[o]] (scale NULL: none);
+     mode 1: float32 (M, O), alpha[o] t + bias[o] [-> ReLU -> * scale[o] + shift[o]] (scale NULL: none)
+             [+ res[m, o]] (res NULL: none; a residual added in the same pass);
      mode 2: sign bits of the next layer's packed input: bit o of out + n * on + oh * ohs + ow * ows
              is lo[o] <= t <= hi[o]; the first obytes bytes of that pixel are written. */
 void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
                  int64_t nseg, int64_t L, const int64_t *off, const uint64_t *Bt, int64_t O, int32_t K,
                  const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
-                 const float *shift, const int32_t *lo, const int32_t *hi, uint8_t *out, int64_t on,
-                 int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
+                 const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
+                 int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
     uint64_t cnt[ROWS * LANES];
     for (int64_t r0 = m0; r0 < m1; r0 += ROWS) {
@@ -427,43 +491,50 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
         for (int r = 0; r < ROWS; r++) {
             int64_t m = r0 + (r < nr ? r : nr - 1), n = m / P, p = m % P, oh = p / OW, ow = p % OW;
             rows[r] = X + n * sn + oh * sh + ow * sw;
-            crow[r] = corr ? corr + p * O : 0;
+            crow[r] = corr ? corr + p * blocks * LANES : 0;
             px[r] = mode == 2 ? out + n * on + oh * ohs + ow * ows : 0;
         }
         for (int64_t b = 0; b < blocks; b++) {
             int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
             block_counts(rows, nseg, L, off, Bt + b * Kw * LANES, cnt);
             for (int64_t r = 0; r < nr; r++) {
+                /* whole 16-lane blocks (the per-channel arrays and corr rows are padded to whole blocks);
+                   only no values are stored */
                 int32_t t[LANES];
-                const uint64_t *c = cnt + r * LANES;
-                for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j];
-                if (crow[r])
-                    for (int64_t j = 0; j < no; j++) t[j] -= crow[r][o0 + j];
+                float v[LANES];
+                lanes_dot(cnt + r * LANES, K, crow[r] ? crow[r] + o0 : 0, t);
                 if (mode == 0) {
                     memcpy((int32_t *)out + (r0 + r) * O + o0, t, (size_t)no * sizeof(int32_t));
                 } else if (mode == 1) {
-                    float *y = (float *)out + (r0 + r) * O + o0;
-                    const float *al = alpha + o0, *bi = bias + o0;
-                    if (no == LANES) {  /* a fixed trip count: vectorised */
-                        for (int j = 0; j < LANES; j++) y[j] = al[j] * (float)t[j] + bi[j];
-                        if (scale)
-                            for (int j = 0; j < LANES; j++)
-                                y[j] = (y[j] > 0.0f ? y[j] : 0.0f) * scale[o0 + j] + shift[o0 + j];
-                    } else {
-                        for (int64_t j = 0; j < no; j++) y[j] = al[j] * (float)t[j] + bi[j];
-                        if (scale)
-                            for (int64_t j = 0; j < no; j++)
-                                y[j] = (y[j] > 0.0f ? y[j] : 0.0f) * scale[o0 + j] + shift[o0 + j];
+                    lanes_float(t, alpha + o0, bias + o0, scale ? scale + o0 : 0, scale ? shift + o0 : 0, v);
+                    if (res) {
+                        const float *rs = res + (r0 + r) * O + o0;
+                        if (no == LANES)
+                            for (int j = 0; j < LANES; j++) v[j] = v[j] + rs[j];
+                        else
+                            for (int64_t j = 0; j < no; j++) v[j] = v[j] + rs[j];
                     }
+                    memcpy((float *)out + (r0 + r) * O + o0, v, (size_t)no * sizeof(float));
                 } else {
-                    uint32_t bits = 0;
-                    for (int64_t j = 0; j < no; j++)
-                        bits |= (uint32_t)(t[j] >= lo[o0 + j] && t[j] <= hi[o0 + j]) << j;
+                    uint32_t bits = lanes_bits(t, lo + o0, hi + o0);
                     px[r][o0 / 8] = (uint8_t)bits;
                     if (o0 / 8 + 1 < obytes) px[r][o0 / 8 + 1] = (uint8_t)(bits >> 8);
                 }
             }
         }
+    }
+}
+
+/* x: (R, C) float32 in place: x = [ReLU](x) * scale[c] + shift[c] (ReLU as torch.relu: NaN stays NaN).
+   Rows r0 .. r1-1. */
+void reste_channel_affine(float *x, int64_t C, const float *scale, const float *shift, int32_t relu,
+                          int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        float *y = x + r * C;
+        if (relu)
+            for (int64_t c = 0; c < C; c++) y[c] = (y[c] < 0.0f ? 0.0f : y[c]) * scale[c] + shift[c];
+        else
+            for (int64_t c = 0; c < C; c++) y[c] = y[c] * scale[c] + shift[c];
     }
 }
 """
@@ -509,7 +580,8 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "reste_pack_signs": ([_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I], None),
     "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
     "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
-                     _I, _I, _I, _I, _I, _I], None),
+                     _P, _I, _I, _I, _I, _I, _I], None),
+    "reste_channel_affine": ([_P, _I, _P, _P, _I32, _I, _I], None),
 }
 _CPU = NativeLibrary("cpu", _CPU_SOURCE, {"reste_cpu_features": ([], ctypes.c_int)}, flag_sets=(("-O2",),))
 
@@ -567,6 +639,16 @@ def choose_isa(isa: str | None = None) -> str:
     return want
 
 
+def pad_lanes(a: np.ndarray | None, fill: float = 0) -> np.ndarray | None:
+    """``a`` with its last axis padded with ``fill`` to a multiple of 16 (the kernels' lanes), contiguous."""
+    if a is None:
+        return None
+    extra = -a.shape[-1] % 16
+    if extra:
+        a = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra)], constant_values=fill)
+    return np.ascontiguousarray(a)
+
+
 @dataclass
 class Rows:
     """How ``reste_bconv`` finds the activation row of output position m = (n, oh, ow), for n below
@@ -622,6 +704,15 @@ class CKernels:
             xa, hp, wp, cb, kh, kw, sh, sw, dh, dw, oh, ow, ca, row_bytes, lo, hi))
         return cols
 
+    def channel_affine(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, relu: bool) -> None:
+        """In place on a C-contiguous (..., C) float32 array: ``[relu](x) * scale + shift`` per channel."""
+        assert x.dtype == np.float32 and x.flags.c_contiguous and scale.dtype == shift.dtype == np.float32
+        c = x.shape[-1]
+        rows = x.size // c
+        keep = (scale, shift)  # noqa: F841
+        xa, sa, ta = x.ctypes.data, scale.ctypes.data, shift.ctypes.data
+        self._split(rows, x.size, lambda lo, hi: self.lib.reste_channel_affine(xa, c, sa, ta, int(relu), lo, hi))
+
     @staticmethod
     def block_weights(words: np.ndarray) -> np.ndarray:
         """(O, W) weight rows -> (ceil(O / 16), W, 16): 16 output channels side by side per word
@@ -633,10 +724,11 @@ class CKernels:
         return np.ascontiguousarray(padded.reshape(blocks, 16, w).transpose(0, 2, 1))
 
     def bconv(self, x: np.ndarray, rows: Rows, bt: np.ndarray, o: int, k: int, corr: np.ndarray | None,
-              epilogue: "Epilogue", bits: "BitsOut | None" = None) -> np.ndarray:
+              epilogue: "Epilogue", bits: "BitsOut | None" = None, residual: np.ndarray | None = None) -> np.ndarray:
         """XOR/popcount convolution of the packed activation ``x`` (addressed by ``rows``) with the
         blocked weights ``bt``: int32 dot products (``epilogue=None``), float32 (M, O) through the
-        epilogue, or, with ``bits``, the sign bits written into ``bits.out`` (returned)."""
+        epilogue (plus ``residual``, (M, O) float32, when given), or, with ``bits``, the sign bits
+        written into ``bits.out`` (returned)."""
         oh, ow = rows.out_hw
         m = rows.images * oh * ow
         assert bt.shape[1] == len(rows.off) * rows.words and bt.shape[0] * 16 >= o
@@ -655,9 +747,14 @@ class CKernels:
             post = None if epilogue is None else epilogue.post
             scale_shift = (ptr(post[0]), ptr(post[1])) if post is not None else null
             thresholds = null
-        keep = (x, bt, corr, rows.off, ep)  # noqa: F841 - keep the buffers alive during the call
+        if residual is not None:
+            assert mode == 1 and residual.dtype == np.float32 and residual.size == m * o
+            residual = np.ascontiguousarray(residual)
+        lanes = bt.shape[0] * 16
+        assert all(a is None or a.shape[-1] == lanes for a in (corr, *(ab_arrays(ep))))
+        keep = (x, bt, corr, rows.off, ep, residual)  # noqa: F841 - keep the buffers alive during the call
         args = (ptr(x), rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, ptr(rows.off), ptr(bt), o, k,
-                ptr(corr), mode, *ab, *scale_shift, *thresholds, *geometry)
+                ptr(corr), mode, *ab, *scale_shift, ptr(residual), *thresholds, *geometry)
         self._split(m, m * o * bt.shape[1], lambda lo, hi: self.lib.reste_bconv(*args, lo, hi),
                     align=self.rows_per_block)
         return out
@@ -670,6 +767,20 @@ class Epilogue:
     alpha: np.ndarray
     bias: np.ndarray
     post: tuple[np.ndarray, np.ndarray] | None = None
+
+    def padded(self) -> "Epilogue":
+        """The same with every array padded to whole blocks of 16 channels (what the C kernels read)."""
+        post = None if self.post is None else (pad_lanes(self.post[0]), pad_lanes(self.post[1]))
+        return Epilogue(pad_lanes(self.alpha), pad_lanes(self.bias), post)
+
+
+def ab_arrays(ep: Any) -> tuple[np.ndarray | None, ...]:
+    """The per-channel arrays of an :class:`Epilogue` or :class:`BitsOut` (for checks)."""
+    if ep is None:
+        return ()
+    if isinstance(ep, Epilogue):
+        return (ep.alpha, ep.bias, *(ep.post or ()))
+    return (ep.lo, ep.hi)
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from . import format as fmt
 from .graph import TENSOR_KEYS
-from .kernels import (BitsOut, Epilogue, Rows, conv_weight_words, get_kernels, pack_rows, padding_correction,
-                      sign_thresholds)
+from .kernels import (BitsOut, Epilogue, Rows, conv_weight_words, get_kernels, pack_rows, pad_lanes,
+                      padding_correction, sign_thresholds)
 
 
 def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
@@ -68,7 +68,7 @@ class _BinaryConv:
         self.row_bytes = self.words.shape[1] * 8
         if self.fast:
             self.blocked = kernels.block_weights(self.words)
-            self.epilogue = Epilogue(alpha, bias, post)
+            self.epilogue = Epilogue(alpha, bias, post).padded()
         self.next: _BinaryConv | None = None  # the layer that takes this one's output bits (to_bits)
         self._thresholds: tuple[np.ndarray, np.ndarray] | None = None
         self._corr: dict[tuple[int, int], np.ndarray | None] = {}
@@ -80,8 +80,8 @@ class _BinaryConv:
 
     def _correction(self, h: int, w: int) -> np.ndarray | None:
         if (h, w) not in self._corr:
-            self._corr[(h, w)] = padding_correction(self.s, self.kernel, (h, w), self.pad, self.stride, self.dil,
-                                                    self.out_hw(h, w))
+            corr = padding_correction(self.s, self.kernel, (h, w), self.pad, self.stride, self.dil, self.out_hw(h, w))
+            self._corr[(h, w)] = pad_lanes(corr) if self.fast else corr
         return self._corr[(h, w)]
 
     def _packed_input(self, x: torch.Tensor | PackedActivation) -> tuple[np.ndarray, int, int]:
@@ -112,26 +112,38 @@ class _BinaryConv:
             words = cb // 8
         return xp, Rows(xp.shape[0], hp * wp * cb, sh * wp * cb, sw * cb, out_hw, np.array(off, np.int64), words)
 
-    def __call__(self, x: torch.Tensor | PackedActivation) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | PackedActivation, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's float32 output (NCHW view of NHWC data), plus ``residual`` when given (a fused
+        add: in the kernel's epilogue where the shapes match, the same float32 sum either way)."""
         xp, h, w = self._packed_input(x)
         n = xp.shape[0]
         oh, ow = self.out_hw(h, w)
         corr = self._correction(h, w)
+        shape = (n, self.out_channels, oh, ow)
+        res = None
+        if self.fast and residual is not None and tuple(residual.shape) == shape \
+                and residual.dtype == torch.float32:
+            res = residual.permute(0, 2, 3, 1).contiguous().numpy()
         if self.fast:
             src, rows = self._rows(xp, (oh, ow))
-            out = self.kernels.bconv(src, rows, self.blocked, self.out_channels, self.k, corr, self.epilogue)
+            out = self.kernels.bconv(src, rows, self.blocked, self.out_channels, self.k, corr, self.epilogue,
+                                     residual=res)
         else:
             cols = self.kernels.im2col(xp, self.kernel, self.stride, self.dil, (oh, ow), self.row_bytes)
             out = self.kernels.gemm(cols.view(np.uint64), self.words, self.k, corr, self.alpha, self.bias, self.post)
-        return torch.from_numpy(out).view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+        y = torch.from_numpy(out).view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+        return y if residual is None or res is not None else torch.add(y, residual)
 
     def fuse_next(self, nxt: "_BinaryConv") -> bool:
         """Write sign bits for ``nxt`` instead of floats (C backend, exact thresholds found); False if not."""
         if not (self.fast and nxt.fast and nxt.in_channels == self.out_channels):
             return False
-        self._thresholds = sign_thresholds(self.k, self.epilogue)
-        if self._thresholds is None:
+        o = self.out_channels
+        thresholds = sign_thresholds(self.k, Epilogue(self.alpha, self.bias, self.post))
+        if thresholds is None:
             return False
+        self._thresholds = (pad_lanes(thresholds[0], 1), pad_lanes(thresholds[1], 0))  # empty on the padding
+        assert self._thresholds[0].shape == (-(-o // 16) * 16,)
         self.next = nxt
         return True
 
@@ -164,7 +176,7 @@ class _BinaryLinear:
         self.fast = hasattr(kernels, "bconv")
         if self.fast:
             self.blocked = kernels.block_weights(self.words)
-            self.epilogue = Epilogue(alpha, bias, post)
+            self.epilogue = Epilogue(alpha, bias, post).padded()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
@@ -236,6 +248,23 @@ class PackedModel:
                             np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
                     skip.update((relu, aff))
                     target = aff  # the fused step produces the affine's value
+                if node["op"] == "bconv":
+                    # and the residual add that follows, when its other input is already computed
+                    add = self._sole_user(nodes, users, target, "add")
+                    other = [j for j in nodes[add]["in"] if j != target] if add is not None else []
+                    if len(other) == 1 and other[0] < i:
+                        inputs.append(other[0])
+                        skip.add(add)
+                        target = add
+            elif node["op"] == "conv":
+                # a float conv -> relu -> affine (the stem) in one step, the last two in place
+                relu = self._sole_user(nodes, users, i, "relu")
+                aff = self._sole_user(nodes, users, relu, "affine") if relu is not None else None
+                if aff is not None:
+                    post = (np.ascontiguousarray(tensors[nodes[aff]["scale"]], np.float32),
+                            np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
+                    skip.update((relu, aff))
+                    target = aff
             if node["op"] == "sign" or (node["op"] in ("bconv", "blinear") and node["bin_in"]):
                 self._sign_steps.add(len(self._steps))
             self._steps.append((target, inputs, self._build(node, t, post)))
@@ -248,10 +277,12 @@ class PackedModel:
         producers = {target: step for step, (target, _, fn) in enumerate(self._steps) if isinstance(fn, _BinaryConv)}
         fused = set()
         for target, inputs, fn in self._steps:
-            if not (isinstance(fn, _BinaryConv) and len(inputs) == 1 and inputs[0] in producers):
+            if not (isinstance(fn, _BinaryConv) and inputs and inputs[0] in producers):
                 continue
             value = inputs[0]
-            if users[value] == 1 and value != self._output and self._steps[producers[value]][2].fuse_next(fn):
+            producer = self._steps[producers[value]]
+            if (users[value] == 1 and value != self._output and len(producer[1]) == 1  # no residual fused in
+                    and producer[2].fuse_next(fn)):
                 fused.add(producers[value])
         return fused
 
@@ -319,7 +350,11 @@ class PackedModel:
                 return lambda x: F.linear(x, w, b)
             return self._conv(node, w, b, 1)
         if op == "conv":
-            return self._conv(node, tt["w"], tt["b"], node["groups"])
+            conv = self._conv(node, tt["w"], tt["b"], node["groups"])
+            if post is None:
+                return conv
+            self.weight_bytes += post[0].nbytes + post[1].nbytes
+            return self._conv_relu_affine(conv, *post)
         if op == "linear":
             w, b = tt["w"], tt["b"]
             return lambda x: F.linear(x, w, b)
@@ -369,6 +404,22 @@ class PackedModel:
             pads, value = node["pads"], node["value"]
             return lambda x: F.pad(x, pads, "constant", value)
         raise UsageError(f"unknown op {op!r} in the packed model; it needs a newer reste")
+
+    def _conv_relu_affine(self, conv: Callable, scale: np.ndarray, shift: np.ndarray) -> Callable:
+        """conv -> ReLU -> per-channel affine, the last two in place on the conv's fresh output:
+        one pass of the C kernels over channels-last data, else in-place torch ops (the same
+        float32 operations as the separate ops either way)."""
+        affine = getattr(self.kernels, "channel_affine", None)
+        s, sh = torch.from_numpy(scale), torch.from_numpy(shift)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            y = conv(x)
+            if affine is not None and y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last):
+                affine(y.permute(0, 2, 3, 1).numpy(), scale, shift, True)
+                return y
+            return torch.relu(y).mul_(_channel(s, y.dim())).add_(_channel(sh, y.dim()))
+
+        return run
 
     @staticmethod
     def _conv(node: dict[str, Any], w: torch.Tensor, b: torch.Tensor | None, groups: int) -> Callable:
