@@ -182,14 +182,28 @@ def test_fused_bits_equal_the_signs_of_the_float_output():
 # ------------------------------------------------------------------ whole models
 
 
-def _block_model() -> nn.Module:
-    """Binary blocks whose first conv feeds only the second (fused), widths below and above 64."""
-    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
-        return [reste.BinaryConv2d(cin, cout, 3, stride, 1, bias=False, scaling="channel"), nn.ReLU(),
-                nn.BatchNorm2d(cout)]
+class _Residual(nn.Module):
+    """x + conv(relu(bn(conv(x)))) ...: a binary block whose output is added to its input."""
 
-    layers = [nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(16), *block(16, 24, 1), *block(24, 70, 2),
-              *block(70, 64, 1), *block(64, 130, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(130, 10)]
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_block(c, c, 1), *_block(c, c, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + x
+
+
+def _block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [reste.BinaryConv2d(cin, cout, 3, stride, 1, bias=False, scaling="channel"), nn.ReLU(),
+            nn.BatchNorm2d(cout)]
+
+
+def _block_model() -> nn.Module:
+    """Binary blocks whose first conv feeds only the second (fused sign bits), residual adds (fused
+    into the epilogue), a float stem conv -> ReLU -> BN (fused), widths below and above 64."""
+    layers = [nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(16), *_block(16, 24, 1), *_block(24, 70, 2),
+              _Residual(70), *_block(70, 64, 1), *_block(64, 130, 2), _Residual(130), nn.AdaptiveAvgPool2d(1),
+              nn.Flatten(), nn.Linear(130, 10)]
     return nn.Sequential(*layers)
 
 
@@ -212,7 +226,9 @@ def test_fused_model_equals_traced_model_and_the_reference_on_every_variant(bloc
     logits = []
     for isa in ISAS:
         packed = PackedModel.load(block_file, backend="c", isa=isa, threads=1)
-        assert packed.isa == isa and len(packed._bit_steps) == 3  # the last one feeds the pooling
+        assert packed.isa == isa and len(packed._bit_steps) == 4  # not where a residual needs the floats
+        fused_adds = [s for s in packed._steps if isinstance(s[2], R._BinaryConv) and len(s[1]) == 2]
+        assert len(fused_adds) == 2
         trace: list[torch.Tensor] = []
         traced = packed.forward(x, trace=trace)
         fused = packed.forward(x)
