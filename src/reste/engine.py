@@ -420,24 +420,27 @@ class _Run:
             correct += (logits.argmax(1) == target).sum()
             n += target.numel()
             if bar is not self.train_loader and (step % 10 == 0 or step == steps - 1):
-                if int(bad_step) >= 0:
+                if int(bad_step) >= 0 and not self.dist.enabled:  # with several, all stop together below
                     break
                 bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{100.0 * correct.item() / n:.2f}")
             if step < steps - 1:
                 due = self._checkpoint_due(step)
-                if due and int(bad_step) < 0:
+                if due:
+                    if self._agree(int(bad_step)) >= 0:
+                        break  # never checkpoint a diverged state
                     self.save_partial(epoch, step + 1, [float(loss_sum), int(correct), n, int(bad_step)])
                     if due == 2:
                         self._stopped(epoch, step + 1, steps)
-        if int(bad_step) >= 0:
+        bad = self._agree(int(bad_step))  # the processes stop together: a lone one would hang the others
+        if bad >= 0:
             if self.saved is None:
-                kept = "no checkpoint was saved (the run directory of a new run is removed)"
+                kept = "no checkpoint was saved"
             else:
                 e, s = self.saved
                 kept = f"{self.run_dir / 'last.pt'} keeps the last good state (epoch {e}" + \
                     (f", step {s} of epoch {e + 1})" if s else ")")
             raise TrainingDiverged(
-                f"non-finite loss at epoch {epoch + 1}, step {int(bad_step) + 1}; the run stopped and {kept}; "
+                f"non-finite loss at epoch {epoch + 1}, step {bad + 1}; the run stopped and {kept}; "
                 "lower --lr or check the data"
             )
         totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)])
