@@ -607,3 +607,35 @@ def test_next_up_matches_torch_nextafter(dtype):
     for v in values:
         want = torch.nextafter(torch.tensor(v, dtype=dtype), torch.tensor(math.inf, dtype=dtype)).item()
         assert _next_up(v, dtype) == want, v
+
+
+# ------------------------------------------------- published formulas, pinned at hand-computed points
+
+
+def test_rbnn_published_form_at_points():
+    """RBNN (Lin et al. 2020) and its authors' code: g = k max(sqrt(2) t - t^2 abs(x), 0) for weights
+    and activations alike, t = 10^(log10 Tmin + (log10 Tmax - log10 Tmin) e / E), k = max(1/t, 1),
+    Tmin = 1e-2, Tmax = 10. Values computed by hand."""
+    est = get_estimator("rbnn")
+    est.set_progress(0, 10)  # t = 0.01, k = 100: g = 1.41421 - 0.01 abs(x), not clipped before 141
+    assert (est.t, est.k) == (pytest.approx(0.01), pytest.approx(100.0))
+    x = torch.tensor([0.0, 1.0, 100.0, 141.0, 142.0], dtype=F64)
+    expected = [1.4142136, 1.4042136, 0.4142136, 0.0042136, 0.0]
+    assert est.derivative(x).tolist() == pytest.approx(expected, abs=1e-6)
+    est.set_progress(5, 10)  # t = 10^-0.5 = 0.316228, k = 3.162278
+    assert (est.t, est.k) == (pytest.approx(0.3162278), pytest.approx(3.1622777))
+    # k sqrt(2) t = sqrt(2) exactly while t < 1; k t^2 = t = 0.316228
+    assert est.derivative(torch.tensor([0.0, 1.0, 4.0, 4.5], dtype=F64)).tolist() == \
+        pytest.approx([1.4142136, 1.0979858, 0.1493025, 0.0], abs=1e-6)
+    est.set_progress(9, 10)  # t = 10^0.7 = 5.011872, k = 1: g = 7.087858 - 25.118864 abs(x)
+    assert est.derivative(torch.tensor([0.0, 0.1, 0.3], dtype=F64)).tolist() == \
+        pytest.approx([7.0878579, 4.5759715, 0.0], abs=1e-6)
+
+
+def test_sign_swish_published_form_at_points():
+    """SignSwish (BNN+, Darabi et al. 2018): g = beta (2 - beta x tanh(beta x / 2)) / (1 + cosh(beta x)),
+    beta = 5: g(0) = beta, and g turns negative beyond about 2.4 / beta. Values computed by hand."""
+    est = get_estimator("sign_swish")
+    x = torch.tensor([0.0, 0.2, -0.2, 0.5, 1.0, 2.0], dtype=F64)
+    expected = [5.0, 3.0236612, 3.0236612, -0.0846216, -0.1949923, -0.0036313]
+    assert est.derivative(x).tolist() == pytest.approx(expected, abs=1e-6)

@@ -24,6 +24,7 @@ COUNTS = {
     "imagenet_resnet34_1w1a": (21_798_696, 21_086_208),
     "digits_1w1a": (28_970, 27_648),
     "fmnist_vgg_1w1a": (298_410, 285_696),
+    "fmnist_vgg28_1w1a": (62_442, 46_080),
     "resnet20": (269_850, 0),
     "resnet20_bireal": (269_850, 0),
     "resnet18": (11_174_986, 0),
@@ -32,6 +33,7 @@ COUNTS = {
     "imagenet_resnet34": (21_798_696, 0),
     "digits": (28_970, 0),
     "fmnist_vgg": (298_410, 0),
+    "fmnist_vgg28": (62_442, 0),
 }
 BINARY = sorted(n for n in COUNTS if n.endswith("_1w1a"))
 

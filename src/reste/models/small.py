@@ -69,3 +69,18 @@ def fmnist_vgg_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 32) -> 
         raise UsageError(f"width must be a positive integer, got {width!r}")
     widths = (width, width, 2 * width, 2 * width, 4 * width, 4 * width)
     return VGGSmall(conv, widths, num_classes, in_channels=1, image_size=28, stem_stride=2, pool_after=(0, 3))
+
+
+@register_model(dataset="fashion-mnist", num_classes=10, input_size=(1, 28, 28), twin="fmnist_vgg28")
+def fmnist_vgg28_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 32) -> nn.Module:
+    """A VGG-like BNN for 1x28x28 Fashion-MNIST that keeps the resolution: binary convolutions at
+    28x28 and 14x14.
+
+    conv0 Conv(1, w) (float) -> ReLU -> BN at 28x28; binary conv -> ReLU -> BN units 1-2 at
+    28x28 (w -> w), max-pool; units 3-5 at 14x14 (w -> w), max-pool (-> 7x7); flatten
+    49w -> Linear (float). Initialized as vgg_small. ``width=32``: 62,442 parameters
+    (46,080 binary), 20.1 M MACs per image (19.9 M of them binary).
+    """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise UsageError(f"width must be a positive integer, got {width!r}")
+    return VGGSmall(conv, (width,) * 6, num_classes, in_channels=1, image_size=28, stem_stride=1, pool_after=(2, 5))
