@@ -1,4 +1,4 @@
-"""Binary convolution on packed bits: sign -> pack -> im2col -> XOR/popcount GEMM.
+"""Binary convolution on packed bits: sign -> pack -> (im2col) -> XOR/popcount GEMM.
 
 For +-1 vectors a and w of length K stored as bits (1 = -1),
 ``dot(a, w) = K - 2 * popcount(a XOR w)``. A binary convolution is such a GEMM
@@ -6,10 +6,13 @@ between the rows of an im2col matrix of the packed input signs and the packed
 weight rows:
 
 * layout: activations are NHWC; the sign bits of a pixel's C channels are packed
-  into ``Cb = ceil(C / 8)`` bytes (little bit order); an im2col row is the
-  ``kh * kw`` pixels of a window, ``kh * kw * Cb`` bytes, zero-filled to a multiple
-  of 8 bytes and read as uint64 words. Weights are packed the same way, so unused
-  bits are 0 in both operands and add nothing to the popcount.
+  into ``Cb = ceil(C / 8)`` bytes (little bit order). With fewer than 64 channels
+  (``runtime.IMPLICIT_MIN_CHANNELS``) an im2col row is the ``kh * kw`` pixels of a
+  window, ``kh * kw * Cb`` bytes, zero-filled to a multiple of 8 bytes and read as
+  uint64 words; from 64 channels on, each pixel is zero-filled to whole words and
+  the C kernel reads the windows in place (implicit GEMM: a row of kernel taps is
+  ``kw`` contiguous pixels). Weights are packed the same way, so unused bits are 0
+  in both operands and add nothing to the popcount.
 * zero padding: the training model pads the *signed* input with 0, so a padded
   position adds nothing to the dot product. The packed input is padded with bit 0
   (= +1), which adds ``sum_c w[o, c, i, j]`` for every kernel position (i, j) that
@@ -18,14 +21,30 @@ weight rows:
   subtracts it, so the result is exact.
 * epilogue: ``y = alpha[o] * (K - 2 popcount - corr[p, o]) + b[o]``, optionally
   followed by ReLU and a per-channel affine (the conv -> ReLU -> BN of every
-  binary block), in one pass.
+  binary block) and a residual add, in one pass. Or, where the output only feeds
+  another binary conv, its sign bits straight into that conv's packed input: the
+  sign of the float32 epilogue is a step function of the integer dot product, so
+  ``sign_thresholds`` turns it into an integer interval per channel, found on the
+  same float32 expression, and the bits are exactly those of the float path.
 
 Two backends compute the same integers: ``"numpy"`` (portable; ``np.bitwise_count``)
-and ``"c"``, a small C kernel (scalar ``popcnt``, or AVX2 nibble-table popcounts
-where the CPU has AVX2) compiled on first use by :mod:`reste.native` (the system C
-compiler, ``-O3 -march=native``, cached under ``~/.cache/reste``); ``"auto"`` takes ``"c"`` when it builds
-and ``"numpy"`` otherwise. The C functions are called through ``ctypes``, which releases the GIL,
-so rows are split over threads (``torch.get_num_threads()``).
+and ``"c"``, compiled on first use by :mod:`reste.native` (the system C compiler,
+cached under ``~/.cache/reste``) in one variant per instruction set: ``scalar``
+(``popcnt`` per word), ``avx2`` (nibble-table popcount of bytes, summed per 64-bit
+lane with SAD), ``avx512`` (``VPOPCNTDQ``: XOR, popcount and add cover 512 binary
+multiply-accumulates) and ``neon`` on AArch64 (``vcnt``). Each variant is built
+with explicit target flags (never ``-march=native``), and the one to run is picked
+at load time from the CPU's features (``cpu_features``, ``__builtin_cpu_supports``),
+so a cached build never runs on a CPU that lacks its instructions;
+``$RESTE_PACKED_ISA`` (or ``isa=``) forces one (``choose_isa``). The kernels
+compute 16 output channels side by side (one 64-bit lane per channel, weights
+interleaved by ``CKernels.block_weights``) for 8 (AVX-512), 4 (AVX2), 2 (NEON) or
+1 (scalar) output positions at a time, so no horizontal sums are needed. Every
+variant gives the same integers, and the float epilogue is compiled with
+``-ffp-contract=off``, so it rounds the same way in all of them. ``"auto"`` takes
+``"c"`` when it builds and ``"numpy"`` otherwise. The C functions are called through
+``ctypes``, which releases the GIL, so rows are split over threads
+(``torch.get_num_threads()``).
 """
 
 from __future__ import annotations
