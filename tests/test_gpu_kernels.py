@@ -435,6 +435,21 @@ def test_switch_dtype_double_backward_and_tracing_fall_back(monkeypatch):
         assert triton_dispatch.sign(x) is None
 
 
+def test_a_failing_kernel_turns_triton_off_with_one_warning(monkeypatch):
+    """Where Triton cannot compile or launch (say no C compiler for its launcher), the PyTorch path takes
+    over for the rest of the process, with a warning that names the error."""
+    monkeypatch.setattr(triton_dispatch, "_MODULE", [K])
+    monkeypatch.setattr(triton_dispatch, "_ERROR", [])
+
+    def broken():
+        raise RuntimeError("Failed to find C compiler")
+
+    with pytest.warns(RuntimeWarning, match="Failed to find C compiler"):
+        assert triton_dispatch._launch(broken) is None
+    assert triton_dispatch._MODULE == [None] and "C compiler" in triton_dispatch._ERROR[0]
+    assert triton_dispatch._load() is None  # stays off
+
+
 def test_custom_estimators_and_hooks_keep_the_pytorch_path():
     class Doubled(estimators.ReSTE):
         @staticmethod

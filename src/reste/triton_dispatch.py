@@ -19,6 +19,7 @@ production code never sets it.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -50,13 +51,37 @@ def _load() -> ModuleType | None:
     return _MODULE[0]
 
 
+def _disable(err: Exception) -> None:
+    """Turn the Triton path off for this process after ``err``, with one warning."""
+    text = str(err).strip()
+    message = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    _MODULE[:] = [None]
+    _ERROR[:] = [message]
+    warnings.warn(f"reste: the Triton GPU kernels failed ({message}); using PyTorch ops instead",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _launch(run: Callable[[], Tensor]) -> Tensor | None:
+    """``run()`` (kernel launches); if it raises (Triton cannot compile or launch here: no C compiler
+    for its launcher, an unsupported GPU), the Triton path is turned off (:func:`_disable`) and the
+    result is ``None``, so the caller computes the PyTorch expression. Forced (test) kernels raise."""
+    if _FORCED:
+        return run()
+    try:
+        return run()
+    except Exception as err:
+        _disable(err)
+        return None
+
+
 def available() -> bool:
     """Whether the Triton kernels can be used here (Triton imports; a CUDA device is present)."""
     return torch.cuda.is_available() and _load() is not None
 
 
 def error() -> str | None:
-    """Why Triton did not import (``None`` when it did or was not tried)."""
+    """Why the Triton kernels are not used (Triton did not import, or a kernel failed); ``None`` when
+    they are, or were not tried."""
     if torch.cuda.is_available():
         _load()
     return _ERROR[0] if _ERROR else None
@@ -94,7 +119,7 @@ def sign(x: Tensor) -> Tensor | None:
     if x.requires_grad and torch.is_grad_enabled():
         return None
     k = _kernels_for(x)
-    return None if k is None else k.sign(x)
+    return None if k is None else _launch(lambda: k.sign(x))
 
 
 def _tensor_params_ok(x: Tensor, params: dict[str, Any]) -> bool:
@@ -112,7 +137,7 @@ def backward(kind: str, x: Tensor, grad: Tensor, **params: Any) -> Tensor | None
     k = _kernels_for(x, grad)
     if k is None or kind not in k.KINDS:
         return None
-    return k.backward(kind, x, grad, **params)
+    return _launch(lambda: k.backward(kind, x, grad, **params))
 
 
 # ----------------------------------------------------------- binary weights, fused
@@ -136,10 +161,14 @@ class _ScaledSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
         w, partials = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the PyTorch expression, which is differentiable
-            (dw,) = torch.autograd.grad(ctx.reference(w), w, grad, create_graph=True)
-        else:
-            dw = ctx.kernels.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, ctx.params)
+        dw = None
+        if not torch.is_grad_enabled():  # (create_graph: the PyTorch expression, which is differentiable)
+            k = ctx.kernels
+            dw = _launch(lambda: k.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, ctx.params))
+        if dw is None:
+            create_graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                (dw,) = torch.autograd.grad(ctx.reference(w), w, grad, create_graph=create_graph)
         return dw, None, None, None, None, None
 
 
@@ -157,5 +186,5 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph
     if not (torch.is_grad_enabled() and w.requires_grad):
-        return k.scaled_sign(w, groups)[0]
-    return _ScaledSign.apply(w, k, kind, groups, params, reference)
+        return _launch(lambda: k.scaled_sign(w, groups)[0])
+    return _launch(lambda: _ScaledSign.apply(w, k, kind, groups, params, reference))
