@@ -180,7 +180,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", default=None,
-                    help=f"GPU rows, comma-separated or 'all' (default with --device cuda): {', '.join(GPU_ROWS)}")
+                    help=f"GPU rows, comma-separated or 'all' (default with --device cuda): {', '.join(GPU_ROWS)}; "
+                         "'' times the one configuration of --batch-size, --amp and --channels-last")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--graphs", action="store_true",
                     help="cuda: also time fp, ste and reste captured as one CUDA graph per step")
