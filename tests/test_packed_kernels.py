@@ -193,6 +193,19 @@ class _Residual(nn.Module):
         return self.body(x) + x
 
 
+class _Downsample(nn.Module):
+    """conv(...)(x) + bn(conv1x1(x)): the float shortcut comes after the binary convs in the graph, so
+    the fused add step runs in the add's place."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_block(cin, cout, 2), *_block(cout, cout, 1))
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
 def _block(cin: int, cout: int, stride: int) -> list[nn.Module]:
     return [reste.BinaryConv2d(cin, cout, 3, stride, 1, bias=False, scaling="channel"), nn.ReLU(),
             nn.BatchNorm2d(cout)]
@@ -202,8 +215,8 @@ def _block_model() -> nn.Module:
     """Binary blocks whose first conv feeds only the second (fused sign bits), residual adds (fused
     into the epilogue), a float stem conv -> ReLU -> BN (fused), widths below and above 64."""
     layers = [nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(16), *_block(16, 24, 1), *_block(24, 70, 2),
-              _Residual(70), *_block(70, 64, 1), *_block(64, 130, 2), _Residual(130), nn.AdaptiveAvgPool2d(1),
-              nn.Flatten(), nn.Linear(130, 10)]
+              _Residual(70), *_block(70, 64, 1), *_block(64, 130, 2), _Residual(130), _Downsample(130, 96),
+              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 10)]
     return nn.Sequential(*layers)
 
 
@@ -226,9 +239,9 @@ def test_fused_model_equals_traced_model_and_the_reference_on_every_variant(bloc
     logits = []
     for isa in ISAS:
         packed = PackedModel.load(block_file, backend="c", isa=isa, threads=1)
-        assert packed.isa == isa and len(packed._bit_steps) == 4  # not where a residual needs the floats
+        assert packed.isa == isa and len(packed._bit_steps) == 5  # not where a residual needs the floats
         fused_adds = [s for s in packed._steps if isinstance(s[2], R._BinaryConv) and len(s[1]) == 2]
-        assert len(fused_adds) == 2
+        assert len(fused_adds) == 3 and fused_adds[-1][1][1] > fused_adds[-1][1][0] + 3  # one after its shortcut
         trace: list[torch.Tensor] = []
         traced = packed.forward(x, trace=trace)
         fused = packed.forward(x)

@@ -232,7 +232,14 @@ class PackedModel:
         self._sign_steps: set[int] = set()  # steps that take the sign of their input (see forward's trace)
         self.weight_bytes = 0  # bytes of the weights the engine holds (packed words, floats)
         skip: set[int] = set()
+        deferred: dict[int, tuple[int, list[int], Callable[..., torch.Tensor], bool]] = {}
         for i, node in enumerate(nodes):
+            if i in deferred:  # a fused bconv ... add step, run where the add was
+                target, inputs, fn, sign = deferred.pop(i)
+                if sign:
+                    self._sign_steps.add(len(self._steps))
+                self._steps.append((target, inputs, fn))
+                continue
             if i in skip:
                 continue
             t = {k: (None if node.get(k) is None else tensors[node[k]]) for k in TENSOR_KEYS.get(node["op"], ())}
@@ -249,13 +256,18 @@ class PackedModel:
                     skip.update((relu, aff))
                     target = aff  # the fused step produces the affine's value
                 if node["op"] == "bconv":
-                    # and the residual add that follows, when its other input is already computed
+                    # and the residual add that follows; when its other input comes later in the graph, the
+                    # fused step runs in the add's place (if no sign is taken in between: the trace's order)
                     add = self._sole_user(nodes, users, target, "add")
                     other = [j for j in nodes[add]["in"] if j != target] if add is not None else []
-                    if len(other) == 1 and other[0] < i:
+                    if len(other) == 1 and (other[0] < i or not any(
+                            self._takes_sign(nodes[j]) for j in range(i + 1, add) if j not in skip)):
                         inputs.append(other[0])
-                        skip.add(add)
                         target = add
+                        if other[0] > i:
+                            deferred[add] = (target, inputs, self._build(node, t, post), True)
+                            continue
+                        skip.add(add)
             elif node["op"] == "conv":
                 # a float conv -> relu -> affine (the stem) in one step, the last two in place
                 relu = self._sole_user(nodes, users, i, "relu")
@@ -285,6 +297,10 @@ class PackedModel:
                     and producer[2].fuse_next(fn)):
                 fused.add(producers[value])
         return fused
+
+    @staticmethod
+    def _takes_sign(node: dict[str, Any]) -> bool:
+        return node["op"] == "sign" or (node["op"] in ("bconv", "blinear") and bool(node.get("bin_in")))
 
     @staticmethod
     def _sole_user(nodes: list[dict[str, Any]], users: list[int], i: int, op: str) -> int | None:
