@@ -534,6 +534,25 @@ def test_binary_conv_training_step_same_gradients(kind, scaling, dtype, layout):
     assert dx.dtype == ref_dx.dtype and dx.stride() == ref_dx.stride()
 
 
+def test_fused_weight_is_written_in_the_autocast_dtype():
+    """Under bf16 autocast the kernel writes the binary weight in bf16 (the cast the conv would make,
+    rounded once from the same float32 value) and takes the conv's bf16 gradient as it comes."""
+    est = ESTIMATORS["reste"]()
+    w0 = weight((6, 4, 3, 3), "channels_last")
+    upstream = torch.randn(w0.shape, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
+    ref_y, ref_dw = torch_scaled_sign(est, w0, 1, upstream.float())
+    w = w0.clone().requires_grad_(True)
+    with triton_dispatch.forced(K), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = est.scaled_sign(w, 1)
+    assert y.dtype == torch.bfloat16 and y.stride() == w0.stride()
+    y.backward(upstream)
+    assert w.grad.dtype == torch.float32
+    # alpha within n ulp32 of the reference (its sum order), then one bf16 rounding: one bf16 ulp more
+    n = w0.numel()
+    assert_within(y.float(), ref_y.to(torch.bfloat16).float(), (n * ULP32 + ULP16[torch.bfloat16]) * ref_y.abs())
+    torch.testing.assert_close(w.grad, ref_dw, rtol=n * ULP32, atol=n * ULP32 * float(ref_dw.abs().max()))
+
+
 def test_fused_weight_supports_double_backward():
     """create_graph=True: the fused weight's backward is the differentiable PyTorch expression."""
     est = ESTIMATORS["ede"]()
@@ -599,13 +618,13 @@ reste = compile_(K._backward_kernel, backward_sig("*fp32", "*fp64"),
 compile_(K._abs_partial_kernel,
          {"w_ptr": "*bf16", "partials_ptr": "*fp32", "group_size": "i32", "BLOCK": "constexpr"},
          {"BLOCK": K._REDUCE_BLOCK})
-compile_(K._scaled_sign_kernel, {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*fp32", "group_size": "i32",
+compile_(K._scaled_sign_kernel, {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*bf16", "group_size": "i32",
                                  "nblocks": "i32", "NB": "constexpr", "BLOCK": "constexpr"},
          {"NB": 4, "BLOCK": K.BLOCK})
-compile_(K._dot_sign_partial_kernel, {"w_ptr": "*fp32", "grad_ptr": "*fp32", "partials_ptr": "*fp32",
+compile_(K._dot_sign_partial_kernel, {"w_ptr": "*fp32", "grad_ptr": "*bf16", "partials_ptr": "*fp32",
                                       "group_size": "i32", "BLOCK": "constexpr"}, {"BLOCK": K._REDUCE_BLOCK})
 compile_(K._scaled_sign_backward_kernel,
-         {"w_ptr": "*fp32", "grad_ptr": "*fp32", "abs_ptr": "*fp32", "dot_ptr": "*fp32", "out_ptr": "*fp32",
+         {"w_ptr": "*fp32", "grad_ptr": "*bf16", "abs_ptr": "*fp32", "dot_ptr": "*fp32", "out_ptr": "*fp32",
           "group_size": "i32", "nblocks": "i32", **{f"s{i}": "fp32" for i in range(5)}, "count": "i32",
           "o_ptr": "*fp32", "KIND": "constexpr", "O_PTR": "constexpr", "PRECISE": "constexpr", "NB": "constexpr",
           "BLOCK": "constexpr"}, {"KIND": 1, "O_PTR": False, "PRECISE": True, "NB": 4, "BLOCK": K.BLOCK})

@@ -152,14 +152,14 @@ class _ScaledSign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, w: Tensor, kernels: ModuleType, kind: str, groups: int, params: dict,
-                reference: Callable[[Tensor], Tensor]) -> Tensor:
-        y, partials = kernels.scaled_sign(w, groups)
+                reference: Callable[[Tensor], Tensor], dtype: torch.dtype) -> Tensor:
+        y, partials = kernels.scaled_sign(w, groups, dtype)
         ctx.save_for_backward(w, partials)
         ctx.kernels, ctx.kind, ctx.groups, ctx.params, ctx.reference = kernels, kind, groups, params, reference
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None, None, None]:
         w, partials = ctx.saved_tensors
         dw = None
         if not torch.is_grad_enabled():  # (create_graph: the PyTorch expression, which is differentiable)
@@ -168,8 +168,9 @@ class _ScaledSign(torch.autograd.Function):
         if dw is None:
             create_graph = torch.is_grad_enabled()
             with torch.enable_grad():
-                (dw,) = torch.autograd.grad(ctx.reference(w), w, grad, create_graph=create_graph)
-        return dw, None, None, None, None, None
+                y = ctx.reference(w)
+                (dw,) = torch.autograd.grad(y, w, grad.to(y.dtype), create_graph=create_graph)
+        return dw, None, None, None, None, None, None
 
 
 def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor], Tensor],
@@ -177,6 +178,7 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
     """The binary weight sign(w) * mean(abs(w)) (per layer: ``groups=1``; per output channel:
     ``groups=w.shape[0]``) with estimator ``kind``'s backward (with its ``params()``) for the sign,
     by the Triton kernels (two launches forward, two backward), or ``None`` where they do not apply.
+    Under autocast the result is already in autocast's dtype (see :func:`_autocast_dtype`).
     ``reference(w)`` computes the same by PyTorch ops (used for a double backward)."""
     k = _kernels_for(w)
     if k is None or kind not in k.KINDS or not _tensor_params_ok(w, params):
@@ -185,6 +187,19 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
         return None  # one group per program row of the grid: at most 65,535
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph
+    dtype = _autocast_dtype(w)
     if not (torch.is_grad_enabled() and w.requires_grad):
-        return _launch(lambda: k.scaled_sign(w, groups)[0])
-    return _launch(lambda: _ScaledSign.apply(w, k, kind, groups, params, reference))
+        return _launch(lambda: k.scaled_sign(w, groups, dtype)[0])
+    return _launch(lambda: _ScaledSign.apply(w, k, kind, groups, params, reference, dtype))
+
+
+def _autocast_dtype(w: Tensor) -> torch.dtype:
+    """The dtype a binary layer's conv or linear will use the weight in: autocast's 16-bit dtype when
+    autocast is on for w's device and w is float32 (the kernel then writes it directly, rounding once as
+    autocast's cast would, and saves that cast and its backward), else w's own."""
+    device = w.device.type
+    if w.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        if dtype in (torch.bfloat16, torch.float16):
+            return dtype
+    return w.dtype

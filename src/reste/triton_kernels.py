@@ -372,7 +372,7 @@ def _like(x: Tensor, other: Tensor) -> Tensor:
     """``other`` with ``x``'s strides (a copy only when they differ), so both are walked in one order."""
     if other.stride() == x.stride():
         return other
-    return torch.empty_like(x).copy_(other)
+    return torch.empty_like(x, dtype=other.dtype).copy_(other)
 
 
 def sign(x: Tensor) -> Tensor:
@@ -409,15 +409,16 @@ def _partials(w: Tensor, groups: int) -> tuple[Tensor, int, int]:
     return torch.empty(groups * nblocks, dtype=torch.float32, device=w.device), size, nblocks
 
 
-def scaled_sign(w: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+def scaled_sign(w: Tensor, groups: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """(sign(w) * alpha, partials): alpha = mean(abs(w)) over each of ``groups`` equal, consecutive blocks
     of ``w``'s memory (1: the layer's scale; out_channels: per channel, which is consecutive in both the
-    contiguous and the channels_last layouts), sign(0) = +1; two launches. ``partials`` (the sums of
-    abs(w) by block) is what :func:`scaled_sign_backward` needs."""
+    contiguous and the channels_last layouts), sign(0) = +1; two launches. The result is computed in
+    float32 and rounded once to ``dtype`` (default: w's). ``partials`` (the sums of abs(w) by block) is
+    what :func:`scaled_sign_backward` needs."""
     if not _dense(w):
         w = w.contiguous()
     partials, size, nblocks = _partials(w, groups)
-    y = torch.empty_like(w)
+    y = torch.empty_like(w, dtype=dtype)
     if size:
         nb = triton.next_power_of_2(nblocks)
         _abs_partial_kernel[(nblocks, groups)](w, partials, size, BLOCK=_REDUCE_BLOCK)
@@ -427,8 +428,8 @@ def scaled_sign(w: Tensor, groups: int) -> tuple[Tensor, Tensor]:
 
 def scaled_sign_backward(kind: str, w: Tensor, grad: Tensor, partials: Tensor, groups: int, params: dict) -> Tensor:
     """dL/dw of ``sign(w) * alpha`` (estimator ``kind``'s g with its ``params()`` for the sign, alpha =
-    mean(abs(w)) per group):
-    g(w) grad alpha + sgn(w) sum(grad sign(w)) / size, in two launches."""
+    mean(abs(w)) per group): g(w) grad alpha + sgn(w) sum(grad sign(w)) / size, in two launches, in w's
+    dtype; ``grad`` may be of another float dtype (the 16-bit one of autocast)."""
     scalars, count, o = _scalars(kind, params)
     if not _dense(w):
         w = w.contiguous()
