@@ -312,6 +312,8 @@ class Estimator(nn.Module):
         """sign(w) * mean(abs(w)) over ``groups`` (1: the whole tensor; w.shape[0]: per output channel), with
         this estimator's backward for the sign, by fused GPU kernels (two launches forward, two backward);
         ``None`` where they do not apply (the caller computes it with PyTorch ops)."""
+        if not triton_dispatch.may_take(w):
+            return None
         kind = self._kernel_kind()
         if kind is None or self._forward_pre_hooks or self._forward_hooks:
             return None  # hooks expect this module to be called on the weight

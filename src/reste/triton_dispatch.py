@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import fused
 
-__all__ = ["available", "backward", "error", "forced", "scaled_sign", "sign"]
+__all__ = ["available", "backward", "error", "forced", "may_take", "scaled_sign", "sign"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MODULE: list[ModuleType | None] = []  # the imported kernels module (None: Triton missing), once tried
@@ -98,9 +98,14 @@ def forced(kernels: ModuleType) -> Iterator[None]:
         _FORCED.pop()
 
 
+def may_take(x: Tensor) -> bool:
+    """A cheap first test: whether ``x``'s device can take the Triton path at all (CUDA, or forced)."""
+    return x.device.type == "cuda" or bool(_FORCED)
+
+
 def _kernels_for(x: Tensor, *others: Tensor) -> ModuleType | None:
     """The kernels module when ``x`` (and ``others``, same shape, dtype and device) take the Triton path."""
-    if x.device.type != "cuda" and not _FORCED:
+    if not may_take(x):
         return None
     if x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled():
         return None
