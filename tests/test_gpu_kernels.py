@@ -382,9 +382,8 @@ def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
     # dW = g(w) grad alpha + sgn(w) d_alpha / N: the first term within the kernel's tolerance plus
     # alpha's; d_alpha = sum(grad sign(w)) of N signed terms, within N ulp32 of sum(|grad|) absolutely.
     first = torch_backward(est, w, upstream * ref_y.abs())
-    abs_sum = upstream.abs().reshape(groups, -1).sum(dim=1)
-    second = (n * ULP32 * abs_sum / n).repeat_interleave(n).reshape(groups, -1)
-    second = second.reshape(w.shape) if groups == 1 else second.reshape(w.shape)
+    abs_sum = upstream.abs().reshape(groups, -1).sum(dim=1)  # per group (output channels lead in both layouts)
+    second = (ULP32 * abs_sum).repeat_interleave(n).reshape(w.shape)  # N ulp32 sum(|grad|) / N
     tol = tolerance(est, w, upstream * ref_y.abs(), first) + n * ULP32 * first.abs() + second
     assert_within(dw, ref_dw, tol)
     assert y.stride() == w.stride() and dw.stride() == w.stride()
