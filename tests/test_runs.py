@@ -109,9 +109,12 @@ def test_a_locked_run_directory_is_refused_naming_the_pid(capsys, tmp_path, full
 
 def test_the_os_releases_the_lock_of_a_dead_process(tmp_path):
     run = tmp_path / "run"
-    code = f"from reste.rundir import RunDirectory; import os; RunDirectory.open({str(run)!r}, fresh=True); os._exit(9)"
-    assert subprocess.run([sys.executable, "-c", code], env=ENV).returncode == 9
-    assert (run / ".lock").exists()
+    pid = os.fork()
+    if pid == 0:  # the child takes the lock and dies without releasing it
+        RunDirectory.open(run, fresh=True)
+        os._exit(9)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 9
+    assert (run / ".lock").read_text().strip() == str(pid)
     RunDirectory.open(run, fresh=True).close()  # no one holds it any more
 
 
@@ -145,76 +148,106 @@ def test_a_folder_that_is_not_a_run_is_refused(capsys, tmp_path):
 
 # --------------------------------------------------- crashes in an epoch's save sequence
 
-# Runs reste in a child that dies with os._exit(137), like kill -9, at one point of the save
-# sequence of epoch CRASH_EPOCH: metrics line, last.pt (written to a temporary file, renamed),
-# best.pt (the same).
+# One child imports reste once, then forks one grandchild per crash point; each runs `reste train`
+# and dies with os._exit(137), like kill -9, at its point of the save sequence of epoch CRASH_EPOCH:
+# metrics line, last.pt (written to a temporary file, then renamed), best.pt (the same).
 _CRASHER = textwrap.dedent("""
-    import os, sys
+    import json, os, sys
     from reste import engine, checkpoint
     from reste.cli import main
 
-    point, epoch = os.environ["CRASH_POINT"], int(os.environ["CRASH_EPOCH"])
-    state = {"epoch": 0}
-    save = engine._Run.save
+    import torch._dynamo  # imported lazily by the first optimizer: here once, not in every child
+    from reste.data import load_datasets
+    load_datasets("digits")  # imports scikit-learn once too
+
+    epoch, base, points = int(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
+    argv = sys.argv[4:]
 
     def crash():
         os._exit(137)
 
-    def saving(self, e, metrics, is_best):
-        state["epoch"] = e
-        if e == epoch and point == "before-metrics":
-            crash()
-        if e == epoch and point == "torn-metrics":
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write('{"epoch": %d, "lr": 0.' % e)
-            crash()
-        return save(self, e, metrics, is_best)
+    def arm(point):
+        state = {"epoch": 0}
+        save, real_replace, real_save = engine._Run.save, os.replace, checkpoint.save_checkpoint
 
-    real_replace, real_save = os.replace, checkpoint.save_checkpoint
+        def saving(self, e, metrics, is_best):
+            state["epoch"] = e
+            if e == epoch and point == "before-metrics":
+                crash()
+            if e == epoch and point == "torn-metrics":
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write('{"epoch": %d, "lr": 0.' % e)
+                crash()
+            return save(self, e, metrics, is_best)
 
-    def replace(src, dst):
-        name = os.path.basename(str(dst))
-        if state["epoch"] == epoch and point == "tmp-" + name:
-            crash()  # the temporary file is complete, the rename never happens
-        real_replace(src, dst)
-        if state["epoch"] == epoch and point == "after-" + name:
-            crash()
+        def replace(src, dst):
+            name = os.path.basename(str(dst))
+            if state["epoch"] == epoch and point == "tmp-" + name:
+                crash()  # the temporary file is complete, the rename never happens
+            real_replace(src, dst)
+            if state["epoch"] == epoch and point == "after-" + name:
+                crash()
 
-    def save_checkpoint(st, path):
-        if state["epoch"] == epoch and point == "after-metrics" and os.path.basename(str(path)) == "last.pt":
-            crash()
-        return real_save(st, path)
+        def save_checkpoint(st, path):
+            if state["epoch"] == epoch and point == "after-metrics" and os.path.basename(str(path)) == "last.pt":
+                crash()
+            return real_save(st, path)
 
-    engine._Run.save = saving
-    os.replace = replace
-    checkpoint.save_checkpoint = save_checkpoint
-    sys.exit(main(sys.argv[1:]))
+        engine._Run.save = saving
+        os.replace = replace
+        checkpoint.save_checkpoint = save_checkpoint
+
+    codes = {}
+    for point in points:
+        pid = os.fork()
+        if pid == 0:
+            arm(point)
+            os._exit(main([*argv, "--out", os.path.join(base, point)]))
+        codes[point] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    print(json.dumps(codes))
 """)
 
 CRASH_POINTS = ["before-metrics", "torn-metrics", "after-metrics", "tmp-last.pt", "after-last.pt",
                 "tmp-best.pt", "after-best.pt"]
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_a_crash_at_each_write_of_an_epoch_then_resume_matches(tmp_path, full_run, point, one_thread):
+def _crash_epoch(full: Path) -> int:
+    """The first epoch after epoch 1 that is the best so far, so its save sequence writes best.pt."""
+    acc = [m["test_acc"] for m in engine.read_metrics(full)]
+    return next(e for e in range(2, len(acc) + 1) if acc[e - 1] > max(acc[:e - 1]))
+
+
+@pytest.fixture(scope="module")
+def crashed_runs(full_run, tmp_path_factory):
+    """{crash point: run directory} of runs that died at that point of the epoch that wrote the
+    uninterrupted run's best.pt; checked for the temporary file the tmp-* points leave."""
     full, _ = full_run
-    metrics = engine.read_metrics(full)
-    best_epoch = load_checkpoint(full / "best.pt")["epoch"]
-    assert best_epoch >= 2 and metrics[best_epoch - 1]["test_acc"] > max(m["test_acc"] for m in metrics[:best_epoch - 1])
-    cut = tmp_path / "cut"
-    env = dict(ENV, CRASH_POINT=point, CRASH_EPOCH=str(best_epoch))  # an epoch that writes best.pt
-    proc = subprocess.run([sys.executable, "-c", _CRASHER, "train", *ARGS, "--out", str(cut)], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 137, proc.stderr
-    if point.startswith("tmp-"):
-        assert [p.name for p in cut.iterdir() if p.name.endswith(".tmp")], "the crash should leave a temporary file"
+    base = tmp_path_factory.mktemp("crashed")
+    proc = subprocess.run([sys.executable, "-c", _CRASHER, str(_crash_epoch(full)), str(base), ",".join(CRASH_POINTS),
+                           "train", *ARGS], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert codes == {point: 137 for point in CRASH_POINTS}, (codes, proc.stderr)
+    for point in CRASH_POINTS:
+        tmps = [p.name for p in (base / point).iterdir() if p.name.endswith(".tmp")]
+        assert bool(tmps) == point.startswith("tmp-"), (point, tmps)
+    return {point: base / point for point in CRASH_POINTS}
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_a_crash_at_each_write_of_an_epoch_then_resume_matches(full_run, crashed_runs, point, one_thread):
+    full, _ = full_run
+    cut = crashed_runs[point]
+    crashed = load_checkpoint(cut / "last.pt")["epoch"]
+    before_last = CRASH_POINTS.index(point) <= CRASH_POINTS.index("tmp-last.pt")
+    assert crashed == _crash_epoch(full) - before_last  # the crash came in that epoch's save sequence
     resumed = _resume_here(cut)
     assert_same_run(full, cut)
     # the final line agrees with best.pt and with the uninterrupted run
     best = load_checkpoint(cut / "best.pt")
     final = resumed.strip().splitlines()[-1]
     assert f"best test acc {best['metrics']['test_acc']:.2f}% (epoch {best['epoch']})" in final
-    assert best["epoch"] == best_epoch
+    assert best["epoch"] == load_checkpoint(full / "best.pt")["epoch"]
 
 
 def test_resume_repairs_a_stale_best_pt(tmp_path, full_run):
@@ -243,11 +276,11 @@ def _wait_for(predicate, proc):
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
-def test_stop_signal_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, sig, one_thread):
-    """A stop signal inside epoch 2 checkpoints at the current step and exits with one line;
+def test_sigterm_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, one_thread):
+    """SIGTERM inside epoch 2 checkpoints at the current step and exits with one line and 143;
     --resume continues inside the epoch and ends with the uninterrupted run's files."""
     full, _ = full_run
+    sig = "SIGTERM"
     cut = tmp_path / "cut"
     # the child signals itself at step 7 of epoch 2: a real signal, at a known step
     code = textwrap.dedent(f"""
@@ -279,24 +312,6 @@ def test_stop_signal_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, si
     assert resumed.strip().splitlines()[-1].split(" after")[0] == full_run[1].strip().splitlines()[-1].split(" after")[0]
 
 
-def test_sigterm_from_outside_then_resume_is_exact(tmp_path, full_run, one_thread):
-    """kill -TERM at a moment we do not choose (mid-epoch most of the time)."""
-    full, _ = full_run
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "reste.cli", "train", *ARGS, "--out", str(cut)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = cut / "metrics.jsonl"
-    _wait_for(lambda: metrics.exists() and metrics.read_text().strip(), proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 143, err
-    assert _one_line(err).startswith("reste: stopped by SIGTERM at ")
-    _resume_here(cut)
-    assert_same_run(full, cut)
-
-
 def test_save_every_then_kill_9_mid_epoch_resumes_exactly(tmp_path, full_run, one_thread):
     """--save-every writes mid-epoch checkpoints (here at every step); kill -9 after one and resume."""
     full, _ = full_run
@@ -321,23 +336,25 @@ def test_save_every_then_kill_9_mid_epoch_resumes_exactly(tmp_path, full_run, on
     assert_same_run(full, cut)
 
 
-def test_mid_epoch_resume_with_indicators_in_process(tmp_path):
-    """The meter's running sums and the epoch's loss sums travel in the mid-epoch checkpoint."""
+def test_sigusr1_mid_epoch_with_indicators_in_process(tmp_path, one_thread):
+    """A real SIGUSR1 to this process; the meter's running sums and the epoch's loss sums travel in
+    the mid-epoch checkpoint."""
     cfg = TrainConfig(epochs=2, seed=2, indicators="general", estimator="ede", batch_size=256)
     engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
     original = engine._Run._checkpoint_due
 
-    def stop_at_step_3_of_epoch_2(self, step):
+    def signal_at_step_3_of_epoch_2(self, step):
         if self.saved == (1, 0) and step == 2:
-            self.stop.signum = signal.SIGUSR1
+            os.kill(os.getpid(), signal.SIGUSR1)
         return original(self, step)
 
-    engine._Run._checkpoint_due = stop_at_step_3_of_epoch_2
+    engine._Run._checkpoint_due = signal_at_step_3_of_epoch_2
     try:
-        with pytest.raises(engine.Preempted):
+        with pytest.raises(engine.Preempted, match="stopped by SIGUSR1 at epoch 2, step 3/6"):
             engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
     finally:
         engine._Run._checkpoint_due = original
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # the handler is gone with the run
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
     engine.resume(tmp_path / "cut", progress=False, log=quiet)
     a, b = engine.read_metrics(tmp_path / "full"), engine.read_metrics(tmp_path / "cut")
