@@ -1,31 +1,58 @@
-"""Paired per-seed differences of a sweep's runs: python docs/results/paired.py SWEEP_DIR REFERENCE [METRIC].
+"""Paired per-seed differences of a sweep's runs, with 95% confidence intervals.
+
+    python docs/results/paired.py SWEEP_DIR REFERENCE [METRIC]
 
 Runs of the same seed share the initial weights and the data order, so the
 difference REFERENCE - other, seed by seed, removes much of the seed noise.
-Prints, per setting, the mean and sample std of that difference and how many
-seeds the reference won.
+Prints, per setting, the mean and sample std of that difference, the 95%
+confidence interval of its mean (Student t with n - 1 degrees of freedom, so it
+assumes the per-seed differences are roughly normal), t, and how many seeds the
+reference won. Only seeds that both settings finished are paired.
 """
 
+from __future__ import annotations
+
 import csv
+import math
 import statistics
 import sys
 from collections import defaultdict
 
-sweep, ref = sys.argv[1], sys.argv[2]
-metric = sys.argv[3] if len(sys.argv) > 3 else "best_acc"
-runs = defaultdict(dict)
-with open(f"{sweep}/runs.csv", newline="") as f:
-    for row in csv.DictReader(f):
-        runs[row["setting"]][row["seed"]] = float(row[metric])
-if ref not in runs:
-    sys.exit(f"no setting {ref!r}; settings: {', '.join(runs)}")
-print(f"{metric}: {ref} minus each setting, per seed")
-for setting, by_seed in runs.items():
-    if setting == ref:
-        continue
-    seeds = sorted(set(by_seed) & set(runs[ref]))
-    diffs = [runs[ref][s] - by_seed[s] for s in seeds]
-    std = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-    wins = sum(d > 0 for d in diffs)
-    print(f"  vs {setting:24s} {statistics.fmean(diffs):+7.2f} ± {std:5.2f}  "
-          f"(per seed: {', '.join(f'{d:+.2f}' for d in diffs)}; {ref} ahead in {wins}/{len(diffs)})")
+from scipy import stats
+
+
+def paired(values_ref: list[float], values_other: list[float]) -> dict[str, float]:
+    """Mean, sample std, 95% CI half-width and t of the differences ref - other."""
+    diffs = [a - b for a, b in zip(values_ref, values_other)]
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    std = statistics.stdev(diffs) if n > 1 else math.nan
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    t = mean / (std / math.sqrt(n)) if n > 1 and std > 0 else math.nan
+    return {"n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "t": t,
+            "wins": sum(d > 0 for d in diffs), "diffs": diffs}
+
+
+def main(argv: list[str]) -> None:
+    sweep, ref = argv[1], argv[2]
+    metric = argv[3] if len(argv) > 3 else "best_acc"
+    runs: dict[str, dict[str, float]] = defaultdict(dict)
+    with open(f"{sweep}/runs.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(metric) not in (None, ""):
+                runs[row["setting"]][row["seed"]] = float(row[metric])
+    if ref not in runs:
+        sys.exit(f"no setting {ref!r}; settings: {', '.join(runs)}")
+    print(f"{metric}: {ref} minus each setting, per seed; 95% CI of the mean difference (t, n - 1 dof)")
+    for setting, by_seed in runs.items():
+        if setting == ref:
+            continue
+        seeds = sorted(set(by_seed) & set(runs[ref]), key=int)
+        r = paired([runs[ref][s] for s in seeds], [by_seed[s] for s in seeds])
+        print(f"  vs {setting:24s} {r['mean']:+7.2f} ± {r['std']:5.2f}  95% CI [{r['lo']:+.2f}, {r['hi']:+.2f}]  "
+              f"t {r['t']:.2f}  (per seed: {', '.join(f'{d:+.2f}' for d in r['diffs'])}; "
+              f"{ref} ahead in {r['wins']}/{r['n']})")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

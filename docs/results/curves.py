@@ -1,0 +1,81 @@
+"""Learning curves of a sweep and whether each setting has converged.
+
+    python docs/results/curves.py SWEEP_DIR [--out FIGURE.png] [--tolerance 0.3]
+
+For each setting, the test top-1 of every epoch, averaged over the seeds whose run
+finished. A setting counts as converged (flat) when, over the last fifth of its
+epochs, that mean gains less than ``--tolerance`` points: mean[E] - mean[E - ceil(E/5)].
+Prints one line per setting and draws one panel of curves (default
+SWEEP_DIR/learning_curves.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    lines = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line
+    return lines
+
+
+def curves(sweep: Path) -> dict[str, list[float]]:
+    """setting -> mean test top-1 per epoch over the finished runs."""
+    per_setting: dict[str, list[list[float]]] = defaultdict(list)
+    with open(sweep / "runs.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            run_dir = (sweep / row["run_dir"]).resolve()
+            if (run_dir / "metrics.jsonl").is_file():
+                per_setting[row["setting"]].append([m["test_acc"] for m in _metrics(run_dir)])
+    out = {}
+    for setting, runs in per_setting.items():
+        epochs = min(len(r) for r in runs)
+        out[setting] = [statistics.fmean(r[e] for r in runs) for e in range(epochs)]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep", type=Path)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--tolerance", type=float, default=0.3)
+    args = ap.parse_args()
+    data = curves(args.sweep)
+    for setting, mean in data.items():
+        e = len(mean)
+        back = max(1, math.ceil(e / 5))
+        gain = mean[-1] - mean[-1 - back] if e > back else math.nan
+        verdict = "flat" if gain < args.tolerance else "STILL RISING"
+        print(f"{setting:28s} {e:3d} epochs  final {mean[-1]:6.2f}  gain over the last {back} epochs "
+              f"{gain:+.2f}  {verdict}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for setting, mean in data.items():
+        ax.plot(range(1, len(mean) + 1), mean, label=setting)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%), mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = args.out or args.sweep / "learning_curves.png"
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
