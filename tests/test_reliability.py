@@ -354,6 +354,12 @@ def test_amp_fp16_on_the_cpu_warns_in_one_line(capsys, tmp_path, monkeypatch):
     assert len(err) == 1 and err[0].startswith("reste: warning: --amp fp16 on the CPU")
 
 
+def test_eval_amp_fp16_on_the_cpu_warns_in_one_line(capsys, finished_run):
+    assert main(["eval", str(finished_run / "last.pt"), "--amp", "fp16", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reste: warning: --amp fp16 on the CPU")
+
+
 def test_divergence_in_epoch_1_leaves_no_run_directory(capsys, tmp_path, monkeypatch):
     original = engine.build_model
 

@@ -318,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
-        print("reste: interrupted; finished epochs are saved, continue with --resume RUN_DIR", file=sys.stderr)
+        print("reste: interrupted; a run keeps its finished epochs (continue it with --resume RUN_DIR), "
+              "a new run that finished none is removed", file=sys.stderr)
         return 130
 
 

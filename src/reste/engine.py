@@ -233,6 +233,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     if amp not in AMP_MODES:
         raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
     dev = pick_device(device)
+    if amp == "fp16" and dev.type == "cpu":
+        print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
+              "use --amp bf16 or none", file=sys.stderr)
     model = model_from_checkpoint(ckpt, dev)
     train_ds, test_ds, info = load_datasets(config.dataset, data_path or config.data_path)
     if info.num_classes != ckpt["model_options"]["num_classes"]:
