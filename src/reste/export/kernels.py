@@ -523,7 +523,9 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                 float v[LANES];
                 lanes_dot(cnt + r * LANES, K, crow[r] ? crow[r] + o0 : 0, t);
                 if (mode == 0) {
-                    memcpy((int32_t *)out + (r0 + r) * O + o0, t, (size_t)no * sizeof(int32_t));
+                    int32_t *y = (int32_t *)out + (r0 + r) * O + o0;
+                    if (no == LANES) memcpy(y, t, sizeof t);  /* a fixed size: one vector store, not a call */
+                    else memcpy(y, t, (size_t)no * sizeof(int32_t));
                 } else if (mode == 1) {
                     lanes_float(t, alpha + o0, bias + o0, scale ? scale + o0 : 0, scale ? shift + o0 : 0, v);
                     if (res) {
@@ -533,7 +535,9 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                         else
                             for (int64_t j = 0; j < no; j++) v[j] = v[j] + rs[j];
                     }
-                    memcpy((float *)out + (r0 + r) * O + o0, v, (size_t)no * sizeof(float));
+                    float *y = (float *)out + (r0 + r) * O + o0;
+                    if (no == LANES) memcpy(y, v, sizeof v);
+                    else memcpy(y, v, (size_t)no * sizeof(float));
                 } else {
                     uint32_t bits = lanes_bits(t, lo + o0, hi + o0);
                     px[r][o0 / 8] = (uint8_t)bits;
