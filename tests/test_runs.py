@@ -360,3 +360,44 @@ def test_sigusr1_mid_epoch_with_indicators_in_process(tmp_path, one_thread):
     a, b = engine.read_metrics(tmp_path / "full"), engine.read_metrics(tmp_path / "cut")
     assert _strip(a) == _strip(b)
     assert "estimating_error" in b[-1]
+
+
+def _write_cifar(root: Path, per_batch: int, n_test: int) -> None:
+    """A tiny CIFAR-10 in its python-batch format (random images)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else per_batch
+        entry = {b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+
+
+def test_mid_epoch_resume_through_a_dataloader_with_workers(tmp_path, one_thread):
+    """CIFAR-10 goes through a torch DataLoader (a worker process, per-sample augmentation keyed by
+    (seed, epoch, index)): a mid-epoch checkpoint resumes exactly there too."""
+    _write_cifar(tmp_path / "cifar", per_batch=16, n_test=16)
+    cfg = TrainConfig(dataset="cifar10", data_path=str(tmp_path / "cifar"), epochs=2, batch_size=16,
+                      eval_batch_size=16, workers=1, seed=3)
+    engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
+    original = engine._Run._checkpoint_due
+
+    def signal_at_step_2_of_epoch_2(self, step):
+        if self.saved == (1, 0) and step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step)
+
+    engine._Run._checkpoint_due = signal_at_step_2_of_epoch_2
+    try:
+        with pytest.raises(engine.Preempted, match="epoch 2, step 2/5"):
+            engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
+    finally:
+        engine._Run._checkpoint_due = original
+    engine.resume(tmp_path / "cut", progress=False, log=quiet)
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
