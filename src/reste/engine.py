@@ -643,7 +643,9 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
 
     Returns a dict with ``best_acc``, ``final_acc``, ``best_epoch``, ``run_dir``,
-    and the run-level ``indicators`` when they were on.
+    and the run-level ``indicators`` when they were on. The folder must be new or empty
+    and is locked for the whole run; a run that ends before it saved a checkpoint removes
+    what it wrote. SIGTERM or SIGUSR1 raise :class:`Preempted` after a mid-epoch checkpoint.
     """
     config = config.resolve()
     if out is not None and not str(out).strip():
@@ -712,7 +714,8 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     ``overrides`` are settings given again on the command line; a setting that
     differs from the saved one is refused (naming it) unless ``force`` is true.
     Settings that cannot change the result (data path, workers, device, eval
-    batch size) may always differ.
+    batch size, threads, save_every) may always differ. The folder is locked for the
+    whole run, and a mid-epoch ``last.pt`` continues at its step.
     """
     run_dir = Path(run_dir)
     lock = RunDirectory.open(run_dir, fresh=False) if _env_rank() == 0 else None
