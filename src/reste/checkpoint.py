@@ -27,8 +27,9 @@ import random
 import re
 import struct
 import tempfile
-import zipfile
 import warnings
+import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,9 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         pass
 
 
+@lru_cache(maxsize=None)
 def _umask() -> int:
+    """The process's umask, read once (reading it means setting it for an instant)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
