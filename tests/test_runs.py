@@ -99,7 +99,8 @@ def test_a_locked_run_directory_is_refused_naming_the_pid(capsys, tmp_path, full
         assert line.startswith("reste: error: ") and f"in use by pid {os.getpid()}" in line
     # the lock of a finished run: resume and a second train are refused while it is held
     with RunDirectory.open(full_run[0], fresh=False):
-        for argv in (["train", "--resume", str(full_run[0]), "--no-progress"], ["train", *ARGS, "--out", str(full_run[0])]):
+        for argv in (["train", "--resume", str(full_run[0]), "--no-progress"],
+                     ["train", *ARGS, "--out", str(full_run[0])]):
             assert main(argv) == 2
             assert f"in use by pid {os.getpid()}" in _one_line(capsys.readouterr().err)
     # a failed start that created the folder removes it, the lock file included
@@ -309,7 +310,8 @@ def test_sigterm_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, one_th
     resumed = _resume_here(cut)
     assert "at epoch 2/3, step 8/23" in resumed
     assert_same_run(full, cut)
-    assert resumed.strip().splitlines()[-1].split(" after")[0] == full_run[1].strip().splitlines()[-1].split(" after")[0]
+    final, full_final = resumed.strip().splitlines()[-1], full_run[1].strip().splitlines()[-1]
+    assert final.split(" after")[0] == full_final.split(" after")[0]  # the same best and final accuracy
 
 
 def test_save_every_then_kill_9_mid_epoch_resumes_exactly(tmp_path, full_run, one_thread):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import random
 import signal
@@ -500,7 +499,7 @@ class _Run:
     def save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
         """The end of an epoch: metrics line, ``last.pt``, then ``best.pt`` (the same bytes).
 
-        A crash between two of these writes is repaired on resume (see :func:`repair_run`).
+        A crash between two of these writes is repaired on resume (see :func:`repair_best`).
         """
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -551,7 +550,6 @@ class _Run:
         where = f"epoch {epoch + 1}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
         raise Preempted(f"stopped by {signal.Signals(signum).name} at {where}; {self.run_dir / 'last.pt'} holds it: "
                         f"continue with `reste train --resume {self.run_dir}`", signum)
-
 
 
 class StopRequest:
