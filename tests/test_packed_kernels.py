@@ -162,6 +162,13 @@ def test_sign_thresholds_reproduce_the_float32_epilogue_on_every_integer(with_po
     np.testing.assert_array_equal((t >= lo) & (t <= hi), _negative(np.broadcast_to(t, (t.shape[0], o)), ep))
 
 
+def test_no_thresholds_for_non_finite_parameters():
+    one, zero = np.ones(2, np.float32), np.zeros(2, np.float32)
+    assert K.sign_thresholds(8, K.Epilogue(one, zero)) is not None
+    assert K.sign_thresholds(8, K.Epilogue(np.array([1, np.inf], np.float32), zero)) is None
+    assert K.sign_thresholds(8, K.Epilogue(one, zero, (one, np.array([0, np.nan], np.float32)))) is None
+
+
 def test_fused_bits_equal_the_signs_of_the_float_output():
     rng = np.random.default_rng(5)
     kern = K.get_kernels("c", 1, ISAS[0])

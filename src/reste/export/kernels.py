@@ -652,8 +652,8 @@ def choose_isa(isa: str | None = None) -> str:
     want = (isa or os.environ.get(ISA_ENV) or "auto").lower()
     if want not in ("auto", *ISAS):
         raise UsageError(f"unknown packed kernel variant {want!r} ({ISA_ENV}); valid: auto, {', '.join(ISAS)}")
-    if want == "auto":
-        return next(isa for isa in supported_isas() if _variant(isa).get() is not None)
+    if want == "auto":  # (the portable build, which get_kernels checked, when no variant builds)
+        return next((isa for isa in supported_isas() if _variant(isa).get() is not None), "scalar")
     if want not in supported_isas():
         raise UsageError(f"this CPU cannot run the {want} packed kernels ({ISA_ENV}); it supports "
                          f"{', '.join(supported_isas())}")
@@ -827,10 +827,13 @@ def sign_thresholds(k: int, epilogue: Epilogue) -> tuple[np.ndarray, np.ndarray]
     with a constant, a sum, ReLU), so its sign is a step function of t; the step is found by
     bisection on the same float32 expression the kernels compute, so the bits are identical to
     computing the float and taking its sign. ``None`` when some channel is not a single step
-    (cannot happen for finite parameters; checked on every integer for safety when k is small).
+    (cannot happen for finite parameters, and non-finite ones get ``None``; checked on every
+    integer for safety when k is small).
     """
     alpha, bias = epilogue.alpha.astype(np.float32), epilogue.bias.astype(np.float32)
     post = epilogue.post
+    if not all(np.isfinite(a).all() for a in (alpha, bias, *(post or ()))):
+        return None  # inf * 0 makes NaNs: keep the float path
 
     def negative(t: np.ndarray) -> np.ndarray:
         y = alpha * t.astype(np.float32) + bias
@@ -887,4 +890,4 @@ def get_kernels(backend: str = "auto", threads: int | None = None,
         import torch
 
         threads = torch.get_num_threads()
-    return CKernels(_variant(chosen).get(), threads, chosen)
+    return CKernels(_variant(chosen).get() or _LIB.get(), threads, chosen)
