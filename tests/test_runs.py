@@ -136,6 +136,19 @@ def test_two_runs_started_together_on_one_folder(tmp_path):
     assert load_checkpoint(run / "last.pt")["config"]["seed"] == winner_seed
 
 
+def test_only_rank_0_touches_the_run_directory(tmp_path, monkeypatch, full_run):
+    """Under torchrun every rank used to create and probe the folder (``.write-test``) at the same
+    moment, and one rank's unlink could remove the other's probe: "not writable", exit 2, under
+    load. Now the other ranks leave the folder to rank 0."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(engine, "_train_locked", lambda *a: {"ran": True})
+    monkeypatch.setattr(engine, "_resume_locked", lambda *a: {"ran": True})
+    assert engine.train(TrainConfig(epochs=1), tmp_path / "new", progress=False, log=quiet) == {"ran": True}
+    assert not (tmp_path / "new").exists()
+    with RunDirectory.open(full_run[0], fresh=False):  # rank 0 holds the lock: rank 1 goes on all the same
+        assert engine.resume(full_run[0], progress=False, log=quiet) == {"ran": True}
+
+
 def test_a_folder_that_is_not_a_run_is_refused(capsys, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
