@@ -6,6 +6,13 @@ float op run in PyTorch on float32 (weights unpacked to ``sign * alpha``).
 Activations are kept channels-last, so the binary layers read and write NHWC
 without copies. Needs only NumPy and PyTorch, not the training code.
 
+Steps are fused where the graph allows, with the same float32 operations as the
+separate ops: a binary conv with the ReLU, affine (batch norm) and residual add that
+follow it (one kernel epilogue); a float conv with its ReLU and affine (in place);
+and, on the C backend, a binary conv whose output only feeds another binary conv
+writes that conv's packed sign bits directly (``_BinaryConv.to_bits``; not while
+``forward`` records a trace, which needs the float values).
+
 >>> model = PackedModel.load("resnet20.rbnn")
 >>> logits = model(images)            # (N, C, H, W) -> (N, classes) numpy float32
 >>> labels = model.predict(images)
