@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/checks}
 COMMON=(--dataset fashion-mnist --model fmnist_vgg_1w1a --model-option width=8 --epochs 6
-        --indicators general --threads 1 --no-progress --force)
+        --indicators general --threads 1 --no-progress)
+rm -rf "$RUNS"   # fresh runs each time
 for seed in 0 2; do
   reste train --estimator rbnn --seed "$seed" --out "$RUNS/rbnn-seed$seed" "${COMMON[@]}"             # published: t 0.01 -> 10
   reste train --estimator rbnn --t-min 1 --seed "$seed" --out "$RUNS/rbnn-tmin1-seed$seed" "${COMMON[@]}"  # t 1 -> 10 (k = 1)
