@@ -228,6 +228,21 @@ def _input_size(ckpt: dict[str, Any]) -> tuple[int, int, int] | None:
         return None
 
 
+def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str, Any]:
+    """What an input needs before the model: its size and the data set's normalisation,
+    ``(pixel / scale - mean) / std`` per channel (empty for an unknown data set)."""
+    from ..datasets import get_spec
+
+    try:
+        spec = get_spec(dataset) if isinstance(dataset, str) else None
+    except UsageError:
+        spec = None
+    if spec is None:
+        return {}
+    return {"input_size": list(size or spec.input_size), "mean": list(spec.mean), "std": list(spec.std),
+            "pixel_scale": spec.scale}
+
+
 def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *,
                       onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
@@ -247,6 +262,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
         "source": os.path.basename(str(ckpt_path)),
     }
     size = _input_size(ckpt)
+    meta.update(_preprocessing(dataset, size))
     report = export_model(model, out_path, input_size=size, meta=meta)
     if onnx_path is not None:
         from .onnx_export import export_onnx

@@ -18,11 +18,10 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..datasets import DATASETS
 from ..errors import UsageError
 from ..estimators import get_estimator
 from ..layers import SCALINGS, BinaryConv2d
-
-DATASETS = ("cifar10", "imagenet", "digits", "fashion-mnist")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, dict[str, Any]] = {}
