@@ -43,8 +43,8 @@ ESTIMATOR_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
 # Train flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "epochs",
                 "batch_size", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
-                "indicators", "seed", "workers", "device", "amp", "channels_last", "compile", "sync_bn",
-                "threads", "save_every")
+                "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile",
+                "sync_bn", "threads", "save_every")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,6 +99,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("machine")
     r.add_argument("--workers", type=int, help="data loading processes (default 0)")
     r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    r.add_argument("--data-device", dest="data_device",
+                   help="where digits, Fashion-MNIST and CIFAR-10 live, as uint8, with crop, flip and "
+                        "normalisation batched there: auto (default: the training device) or cpu")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is best on a busy CPU)")
     r.add_argument("--amp", help="mixed precision on GPU: none (default), bf16 or fp16")
     r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .datasets import DATASETS, SPECS
 from .errors import UsageError
 from .estimators import ESTIMATORS, get_estimator
 
@@ -23,18 +24,11 @@ MAX_EPOCHS = 1_000_000
 MAX_SEED = 2**63 - 1
 INDICATOR_MODES = ("general", "paper")
 AMP_MODES = ("none", "bf16", "fp16")
+DATA_DEVICES = ("auto", "cpu")
 
-# Per data set: the model and recipe used when the user does not say otherwise.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": dict(model="digits_1w1a", epochs=20, batch_size=64, eval_batch_size=512, lr=0.1, warm_up=0),
-    "fashion-mnist": dict(
-        model="fmnist_vgg_1w1a", epochs=10, batch_size=256, eval_batch_size=1000, lr=0.1, warm_up=0
-    ),
-    "cifar10": dict(model="resnet20_1w1a", epochs=1000, batch_size=256, eval_batch_size=128, lr=0.1, warm_up=5),
-    "imagenet": dict(
-        model="imagenet_resnet18_1w1a", epochs=250, batch_size=750, eval_batch_size=128, lr=0.1, warm_up=0
-    ),
-}
+# Per data set: the model and recipe used when the user does not say otherwise (a view of
+# each data set's spec in reste.datasets, which owns them).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(spec.defaults) for name, spec in SPECS.items()}
 
 
 @dataclass
@@ -62,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     workers: int | None = None  # None: 0 for in-memory data sets, up to 8 processes for image files
     device: str = "auto"
+    data_device: str = "auto"  # in-memory data sets: "auto" on the training device, "cpu" on the CPU
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
@@ -83,14 +78,12 @@ class TrainConfig:
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled in, validated. Raises ``UsageError``."""
-        from .data import DATASETS
-
         if self.dataset not in DATASETS:
             raise UsageError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
         out = dataclasses.replace(self, estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
         defaults = dict(DATASET_DEFAULTS[self.dataset])
-        defaults["workers"] = 0 if self.dataset in ("digits", "fashion-mnist") else min(8, os.cpu_count() or 1)
+        defaults["workers"] = 0 if SPECS[self.dataset].fits_in_memory else min(8, os.cpu_count() or 1)
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for
             defaults["warm_up"] = min(defaults["warm_up"], out.epochs - 1)
@@ -118,6 +111,8 @@ class TrainConfig:
             raise UsageError(f"unknown indicator mode {self.indicators!r}; valid: {', '.join(INDICATOR_MODES)}")
         if self.amp not in AMP_MODES:
             raise UsageError(f"unknown --amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+        if self.data_device not in DATA_DEVICES:
+            raise UsageError(f"unknown --data-device {self.data_device!r}; valid: {', '.join(DATA_DEVICES)}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -166,7 +161,8 @@ class TrainConfig:
         number = (int, float)
         kinds: dict[str, tuple[type, ...]] = {
             "dataset": (str,), "estimator": (str,), "scaling": (str,), "optimizer": (str,), "device": (str,),
-            "amp": (str,), "estimator_options": (dict,), "model_options": (dict,), "download": (bool,),
+            "data_device": (str,), "amp": (str,), "estimator_options": (dict,), "model_options": (dict,),
+            "download": (bool,),
             "a32": (bool,), "channels_last": (bool,), "compile": (bool,), "sync_bn": (bool,),
             "model": (str,), "epochs": (int,), "batch_size": (int,), "eval_batch_size": (int,),
             "warm_up": (int,), "seed": (int,), "workers": (int,), "lr": number, "weight_decay": number,

@@ -1,11 +1,14 @@
 """Data sets and reproducible loaders.
 
-Four data sets are known (``DATASETS``):
+The facts of each data set (name, aliases, classes, input size, mean/std, sizes,
+whether it fits in memory, the default recipe) are owned by :mod:`reste.datasets`;
+this module reads the files and serves the batches. Four data sets are known
+(``DATASETS``):
 
 ``digits``
     scikit-learn's bundled 8x8 digits (1797 images, no download), split once into
     1437 train / 360 test images (stratified, ``random_state=0``), scaled to [0, 1]
-    and normalised with the train mean/std; 1x8x8, no augmentation.
+    and normalised with the train mean/std (the spec's); 1x8x8, no augmentation.
 ``fashion-mnist``
     the original idx files, read by our own parser from ``data_path`` (the folder
     itself or ``data_path/FashionMNIST/raw``), else from Debian's
@@ -16,8 +19,11 @@ Four data sets are known (``DATASETS``):
 ``cifar10``
     the python pickle batches (``cifar-10-batches-py/data_batch_1..5``,
     ``test_batch``) under ``data_path`` (default ``./data``; ``download=True`` fetches
-    them with torchvision). Train: RandomCrop(32, padding=4), RandomHorizontalFlip,
-    ToTensor, Normalize with the ImageNet mean/std; test: ToTensor, Normalize.
+    them with torchvision). Train: random crop 32 with padding 4, horizontal flip,
+    normalised with the ImageNet mean/std; test: normalised. With ``in_memory=True``
+    (what training uses) the images are uint8 tensors and all of this runs batched;
+    otherwise they are PIL images through torchvision's RandomCrop,
+    RandomHorizontalFlip, ToTensor and Normalize, per sample.
 ``imagenet``
     ``ImageFolder`` trees ``data_path/train`` and ``data_path/val``. Train:
     RandomResizedCrop(224, scale=(0.08, 1.25)), flip; val: Resize(256),
@@ -25,12 +31,16 @@ Four data sets are known (``DATASETS``):
     the image is rejected and redrawn, as in the authors' code.)
 
 Loaders (``make_loaders``) yield ``(images float32 NCHW, labels int64)``. The
-in-memory sets (digits, Fashion-MNIST) use :class:`TensorLoader`, a fast batch
-iterator over tensors; the others a :class:`EpochDataLoader` (a torch
-``DataLoader``). Both have ``set_epoch(epoch)``: the shuffle order and the random
-augmentation of epoch ``e`` are a function of ``(seed, e)`` only, so a resumed run
-sees exactly the batches an uninterrupted one would. Without ``set_epoch`` each
-iteration uses the next epoch (0, 1, 2, ... from creation).
+in-memory sets (digits, Fashion-MNIST, CIFAR-10 with ``in_memory=True``) hold
+uint8 pixels in an :class:`InMemoryDataset`, on the CPU or on the training device
+(``make_loaders(device=...)``, ``--data-device``), and use :class:`TensorLoader`,
+which gathers each batch there and normalises (:class:`Normalize`), crops and
+flips it (:class:`RandomCropFlip`) there, batched; the others a
+:class:`EpochDataLoader` (a torch ``DataLoader``). Both have ``set_epoch(epoch)``:
+the shuffle order and the random augmentation of epoch ``e`` are a function of
+``(seed, e)`` only (drawn from CPU generators, whatever the device), so a resumed
+run sees exactly the batches an uninterrupted one would, on any device. Without
+``set_epoch`` each iteration uses the next epoch (0, 1, 2, ... from creation).
 """
 
 from __future__ import annotations
@@ -48,13 +58,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .datasets import DATASETS, SPECS, get_spec
 from .errors import UsageError
 
 __all__ = [
     "DATASETS",
     "DatasetInfo",
+    "Normalize",
     "load_datasets",
     "make_loaders",
+    "data_device",
     "InMemoryDataset",
     "TransformDataset",
     "TensorLoader",
@@ -69,12 +82,11 @@ __all__ = [
     "SYSTEM_FASHION_MNIST",
 ]
 
-DATASETS = ("digits", "fashion-mnist", "cifar10", "imagenet")
-
-FASHION_MNIST_MEAN = 0.2860
-FASHION_MNIST_STD = 0.3530
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The facts of each data set (names, sizes, mean/std) live in reste.datasets; these are views of them.
+FASHION_MNIST_MEAN = SPECS["fashion-mnist"].mean[0]
+FASHION_MNIST_STD = SPECS["fashion-mnist"].std[0]
+IMAGENET_MEAN = SPECS["imagenet"].mean
+IMAGENET_STD = SPECS["imagenet"].std
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the idx files.
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -136,73 +148,166 @@ def _dist_rank_world() -> tuple[int, int]:
 # --------------------------------------------------------------------------- in-memory data
 
 
+class Normalize:
+    """Batched ``(pixel / scale - mean) / std`` from uint8 (or float) images to float32.
+
+    Works on ``(..., C, H, W)`` tensors on any device, with float32 arithmetic in the
+    order of torchvision's ``ToTensor`` + ``Normalize`` (divide, subtract, divide), so
+    a batch normalised here has the very bits the per-sample path (or normalising the
+    whole set up front, as the in-memory sets once did) gives.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float = 255.0):
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} channels, std {len(self.std)}")
+        self.scale = float(scale)
+        self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def of(cls, name: str) -> "Normalize":
+        """The normalisation of a known data set (its spec's mean, std and pixel scale)."""
+        spec = get_spec(name)
+        return cls(spec.mean, spec.std, spec.scale)
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean}, std={self.std}, scale={self.scale:g})"
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # tensors on the device, the scale too: CUDA divides by a host scalar as a multiplication
+        # by its reciprocal, which can differ from the CPU's division in the last bit
+        if device not in self._consts:
+            shape = (len(self.mean), 1, 1)
+            self._consts[device] = (torch.tensor(self.scale, dtype=torch.float32, device=device),
+                                    torch.tensor(self.mean, dtype=torch.float32, device=device).view(shape),
+                                    torch.tensor(self.std, dtype=torch.float32, device=device).view(shape))
+        return self._consts[device]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scale, mean, std = self._constants(x.device)
+        return x.to(torch.float32, copy=True).div_(scale).sub_(mean).div_(std)
+
+    def fill(self) -> tuple[float, ...]:
+        """The normalised value of a black pixel (0), per channel: the padding of a crop."""
+        return tuple(self(torch.zeros(len(self.mean), 1, 1, dtype=torch.uint8)).flatten().tolist())
+
+
 class RandomCropFlip:
-    """Batched random crop (after zero padding) and horizontal flip on NCHW tensors.
+    """Batched random crop (after padding) and horizontal flip on NCHW tensors.
 
     ``fill`` is the value of the padding, in the tensor's units (for normalised
     images: the normalised value of a black pixel, as if padding came before the
-    normalisation). Randomness comes only from the generator passed in.
+    normalisation), one number or one per channel. Randomness comes only from the
+    generator passed in, a CPU generator: the offsets are drawn on the CPU and the
+    crop runs where the images are, so a batch on a GPU gets exactly the crops the
+    same batch gets on the CPU.
     """
 
-    def __init__(self, size: int, padding: int, fill: float = 0.0, flip: bool = True):
+    def __init__(self, size: int, padding: int, fill: float | Sequence[float] = 0.0, flip: bool = True):
         self.size = int(size)
         self.padding = int(padding)
-        self.fill = float(fill)
+        self.fill = float(fill) if isinstance(fill, (int, float)) else tuple(float(v) for v in fill)
         self.flip = bool(flip)
 
     def __repr__(self) -> str:
-        return (f"RandomCropFlip(size={self.size}, padding={self.padding}, "
-                f"fill={self.fill:.4f}, flip={self.flip})")
+        fill = (f"{self.fill:.4f}" if isinstance(self.fill, float)
+                else "(" + ", ".join(f"{v:.4f}" for v in self.fill) + ")")
+        return f"RandomCropFlip(size={self.size}, padding={self.padding}, fill={fill}, flip={self.flip})"
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, c, h, w = x.shape
-        p, s = self.padding, self.size
-        if p:
-            padded = x.new_full((n, c, h + 2 * p, w + 2 * p), self.fill)
-            padded[:, :, p:p + h, p:p + w] = x
-        else:
-            padded = x
-        ph, pw = padded.shape[-2:]
+    def draw(self, n: int, height: int, width: int,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The random part: per image the crop's top row and left column in the padded
+        image, and whether it is flipped (``None`` without flips), on the CPU."""
+        ph, pw, s = height + 2 * self.padding, width + 2 * self.padding, self.size
         if s > ph or s > pw:
             raise ValueError(f"crop size {s} larger than the padded image {ph}x{pw}")
         top = torch.randint(0, ph - s + 1, (n,), generator=generator)
         left = torch.randint(0, pw - s + 1, (n,), generator=generator)
-        ar = torch.arange(s)
+        flip = torch.rand(n, generator=generator) < 0.5 if self.flip else None
+        return top, left, flip
+
+    def apply(self, x: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+              flip: torch.Tensor | None) -> torch.Tensor:
+        """Crop (and flip) every image of ``x`` at the given offsets, in one gather."""
+        n, c, h, w = x.shape
+        p, s = self.padding, self.size
+        if p:
+            padded = x.new_empty((n, c, h + 2 * p, w + 2 * p))
+            if isinstance(self.fill, float):
+                padded.fill_(self.fill)
+            else:
+                fill = torch.tensor(self.fill, dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
+                padded.copy_(fill.expand_as(padded))
+            padded[:, :, p:p + h, p:p + w] = x
+        else:
+            padded = x
+        ph, pw = padded.shape[-2:]
+        device = x.device
+        top, left = top.to(device), left.to(device)
+        ar = torch.arange(s, device=device)
         rows = top[:, None] + ar  # (n, s)
-        if self.flip:
-            flip = torch.rand(n, generator=generator) < 0.5
-            cols = left[:, None] + torch.where(flip[:, None], ar.flip(0), ar)
+        if flip is not None:
+            cols = left[:, None] + torch.where(flip.to(device)[:, None], ar.flip(0), ar)
         else:
             cols = left[:, None] + ar
         flat = (rows[:, :, None] * pw + cols[:, None, :]).reshape(n, 1, s * s).expand(n, c, s * s)
         return padded.reshape(n, c, ph * pw).gather(2, flat).reshape(n, c, s, s)
 
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        return self.apply(x, *self.draw(n, h, w, generator))
+
 
 class InMemoryDataset(Dataset):
-    """Images (float32 NCHW, already normalised) and labels (int64) held in memory.
+    """Images (NCHW) and labels (int64) held in memory, on the CPU or any device.
 
+    Without ``normalize`` the images are float32, already normalised. With it they
+    are kept as they are (uint8 pixels: a quarter of the memory) in ``data``, and
+    ``normalize`` (a :class:`Normalize`) turns a batch into float32 when it is used;
+    ``images`` is then the whole set normalised (computed on each access).
     ``augment`` is a batched augmentation ``f(images, generator) -> images`` that
-    :class:`TensorLoader` applies to training batches; indexing returns the plain
-    (un-augmented) sample.
+    :class:`TensorLoader` applies to normalised training batches; indexing returns
+    the plain (un-augmented, normalised) sample.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor,
                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                 classes: Sequence[str] | None = None):
+                 classes: Sequence[str] | None = None,
+                 normalize: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if images.ndim != 4:
             raise ValueError(f"images must be NCHW, got shape {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images.to(torch.float32).contiguous()
+        self.normalize = normalize
+        self.data = (images if normalize is not None else images.to(torch.float32)).contiguous()
         self.labels = labels.to(torch.int64).contiguous()
         self.augment = augment
         self.classes = list(classes) if classes is not None else None
+
+    @property
+    def images(self) -> torch.Tensor:
+        """All images, float32 and normalised."""
+        return self.normalize(self.data) if self.normalize is not None else self.data
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def to(self, device: str | torch.device) -> "InMemoryDataset":
+        """The same data set with its tensors on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.data.device == device:
+            return self
+        return InMemoryDataset(self.data.to(device), self.labels.to(device), augment=self.augment,
+                               classes=self.classes, normalize=self.normalize)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index):
-        return self.images[index], self.labels[index]
+        x = self.data[index]
+        return (self.normalize(x) if self.normalize is not None else x), self.labels[index]
 
     @property
     def targets(self) -> list[int]:
@@ -210,11 +315,14 @@ class InMemoryDataset(Dataset):
 
 
 class TensorLoader:
-    """Fast batch iterator over in-memory tensors.
+    """Fast batch iterator over in-memory tensors, on the CPU or on the training device.
 
-    Epoch ``e`` shuffles with a ``torch.Generator`` seeded from ``(seed, e)`` and
-    draws its augmentation from another generator seeded from ``(seed, e, rank)``, so
-    the batches of an epoch do not depend on what ran before. Call
+    A batch is gathered where the tensors are, normalised there by ``normalize``
+    (when the images are uint8 pixels) and augmented there, all batched: with the
+    tensors on a GPU no image crosses the bus. Epoch ``e`` shuffles with a CPU
+    ``torch.Generator`` seeded from ``(seed, e)`` and draws its augmentation from
+    another seeded from ``(seed, e, rank)``, so the batches of an epoch do not depend
+    on what ran before, nor on the device. Call
     ``set_epoch(e)`` before iterating; otherwise each iteration uses the next epoch.
     With ``world_size > 1`` every rank draws the same permutation, pads it to a
     multiple of ``world_size`` (like ``DistributedSampler``, when ``pad``) and takes
@@ -225,7 +333,8 @@ class TensorLoader:
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0,
                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                  pin_memory: bool = False, rank: int = 0, world_size: int = 1,
-                 pad: bool = True, dataset: Dataset | None = None):
+                 pad: bool = True, dataset: Dataset | None = None,
+                 normalize: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         if len(images) != len(labels):
@@ -241,8 +350,15 @@ class TensorLoader:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.pad = bool(pad)
-        self.dataset = dataset if dataset is not None else InMemoryDataset(images, labels)
+        self.normalize = normalize
+        self.dataset = (dataset if dataset is not None
+                        else InMemoryDataset(images, labels, normalize=normalize))
         self._epoch = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are, and so where the batches come out."""
+        return self.images.device
 
     # -- epochs
     @property
@@ -294,17 +410,23 @@ class TensorLoader:
         m = len(order)
         stop = (m // self.batch_size) * self.batch_size if self.drop_last else m
         contiguous = bool(m == len(self.labels) and not self.shuffle and self.world_size == 1)
+        if not contiguous:
+            order = order.to(self.images.device)
+        pin = self.pin_memory and self.images.device.type == "cpu"
         for start in range(0, stop, self.batch_size):
             if contiguous:
-                x = self.images[start:start + self.batch_size].clone()
+                x = self.images[start:start + self.batch_size]
+                x = x.clone() if self.normalize is None else x
                 y = self.labels[start:start + self.batch_size].clone()
             else:
                 idx = order[start:start + self.batch_size]
                 x = self.images[idx]
                 y = self.labels[idx]
+            if self.normalize is not None:
+                x = self.normalize(x)
             if aug_gen is not None:
                 x = self.augment(x, aug_gen)
-            if self.pin_memory:
+            if pin:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x, y
 
@@ -454,31 +576,42 @@ class EpochDataLoader(DataLoader):
 
 
 def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, download: bool = False,
-                  augment: bool = True):
+                  augment: bool = True, in_memory: bool | None = None):
     """Load a data set: ``(train_ds, test_ds, DatasetInfo)``.
 
-    ``augment=False`` turns off the train augmentation (digits has none anyway).
-    Problems the user can fix (unknown name, missing or malformed files, a failed
-    download) raise :class:`reste.errors.UsageError` with a one-line message.
+    ``name`` is a name or alias of :mod:`reste.datasets`. ``augment=False`` turns off
+    the train augmentation (digits has none anyway). ``in_memory=True`` asks for
+    :class:`InMemoryDataset` s of uint8 pixels, which :func:`make_loaders` can put on
+    the training device: digits and Fashion-MNIST are always loaded so, CIFAR-10
+    only when asked (by default it is served as PIL images through torchvision
+    transforms, per sample), ImageNet never (``in_memory=True`` is then a
+    :class:`UsageError`). Problems the user can fix (unknown name, missing or
+    malformed files, a failed download) raise :class:`reste.errors.UsageError` with a
+    one-line message.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    aliases = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
-               "cifar": "cifar10"}
-    key = aliases.get(key, key)
-    if key not in DATASETS:
-        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    if key == "digits":
-        return _load_digits()
-    if key == "fashion-mnist":
-        return _load_fashion_mnist(data_path, download, augment)
-    if key == "cifar10":
-        return _load_cifar10(data_path, download, augment)
-    return _load_imagenet(data_path, download, augment)
+    spec = get_spec(name)
+    if in_memory and not spec.fits_in_memory:
+        raise UsageError(f"{spec.name} does not fit in memory; it is read from files by DataLoader workers")
+    return spec.load(data_path, download=download, augment=augment, in_memory=in_memory)
+
+
+def data_device(name: str, choice: str, device: str | torch.device) -> torch.device | None:
+    """Where a data set's tensors live during training (``--data-device``).
+
+    For a data set that fits in memory: the training ``device`` with ``choice="auto"``,
+    the CPU with ``"cpu"``. ``None`` for the others (ImageNet), which stay files read
+    by DataLoader workers.
+    """
+    if choice not in ("auto", "cpu"):
+        raise UsageError(f"unknown --data-device {choice!r}; valid: auto, cpu")
+    if not get_spec(name).fits_in_memory:
+        return None
+    return torch.device(device) if choice == "auto" else torch.device("cpu")
 
 
 def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, workers: int = 0,
                  seed: int = 0, pin_memory: bool = False, distributed: bool = False,
-                 drop_last: bool = False):
+                 drop_last: bool = False, device: str | torch.device | None = None):
     """Build ``(train_loader, test_loader)`` for data sets from :func:`load_datasets`.
 
     Both loaders have ``set_epoch(epoch)``; the train loader's order and
@@ -487,6 +620,9 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
     initialised ``torch.distributed``) the train set is sharded like
     ``DistributedSampler(seed=seed)`` does and the test set is split without
     padding (rank r gets samples r, r+W, ...), so counts summed over ranks are exact.
+    ``device`` puts in-memory data sets there (e.g. the training GPU): their batches
+    are then gathered, normalised and augmented on it, and are the same batches as
+    on the CPU. It is ignored for data sets read from files.
     """
     if batch_size < 1 or eval_batch_size < 1:
         raise UsageError(f"batch sizes must be at least 1, got {batch_size} and {eval_batch_size}")
@@ -495,14 +631,16 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
     rank, world = _dist_rank_world() if distributed else (0, 1)
 
     if isinstance(train_ds, InMemoryDataset) and isinstance(test_ds, InMemoryDataset):
-        train = TensorLoader(train_ds.images, train_ds.labels, batch_size=batch_size, shuffle=True,
+        if device is not None:
+            train_ds, test_ds = train_ds.to(device), test_ds.to(device)
+        train = TensorLoader(train_ds.data, train_ds.labels, batch_size=batch_size, shuffle=True,
                              drop_last=drop_last, seed=seed, augment=train_ds.augment,
                              pin_memory=pin_memory, rank=rank, world_size=world, pad=True,
-                             dataset=train_ds)
-        test = TensorLoader(test_ds.images, test_ds.labels, batch_size=eval_batch_size,
+                             dataset=train_ds, normalize=train_ds.normalize)
+        test = TensorLoader(test_ds.data, test_ds.labels, batch_size=eval_batch_size,
                             shuffle=False, drop_last=False, seed=seed, augment=None,
                             pin_memory=pin_memory, rank=rank, world_size=world, pad=False,
-                            dataset=test_ds)
+                            dataset=test_ds, normalize=test_ds.normalize)
         return train, test
 
     pin = bool(pin_memory) and torch.cuda.is_available()
@@ -526,24 +664,28 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
 # --------------------------------------------------------------------------- digits
 
 
-def _load_digits():
+def _info(name: str, train, test, num_classes: int | None = None) -> DatasetInfo:
+    spec = SPECS[name]
+    return DatasetInfo(name, spec.num_classes if num_classes is None else num_classes, spec.input_size,
+                       len(train), len(test))
+
+
+def _load_digits(data_path=None, download: bool = False, augment: bool = True, in_memory: bool | None = None):
+    """The pixels (0..16) as uint8; normalised per batch with the train split's mean/std (the spec's)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
-    x = bunch.data.astype(np.float32) / 16.0
+    x = bunch.data.astype(np.uint8)  # whole numbers 0..16
     y = bunch.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=360, random_state=0, stratify=y)
-    mean, std = float(x_tr.mean()), float(x_tr.std())
-    x_tr = (x_tr - mean) / std
-    x_te = (x_te - mean) / std
     classes = [str(c) for c in bunch.target_names]
+    norm = Normalize.of("digits")
     train = InMemoryDataset(torch.from_numpy(x_tr).reshape(-1, 1, 8, 8), torch.from_numpy(y_tr),
-                            classes=classes)
+                            classes=classes, normalize=norm)
     test = InMemoryDataset(torch.from_numpy(x_te).reshape(-1, 1, 8, 8), torch.from_numpy(y_te),
-                           classes=classes)
-    info = DatasetInfo("digits", 10, (1, 8, 8), len(train), len(test))
-    return train, test, info
+                           classes=classes, normalize=norm)
+    return train, test, _info("digits", train, test)
 
 
 # --------------------------------------------------------------------------- idx / Fashion-MNIST
@@ -622,7 +764,7 @@ def _download_torchvision(what: str, fn: Callable[[], object], root: Path) -> No
         ) from None
 
 
-def _load_fashion_mnist(data_path, download: bool, augment: bool):
+def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: bool | None = None):
     if data_path is not None:
         root = Path(data_path).expanduser()
         candidates = [root, root / "FashionMNIST" / "raw"]
@@ -678,19 +820,21 @@ def _load_fashion_mnist(data_path, download: bool, augment: bool):
             raise UsageError(f"{files[key]} has label {int(arr.max())}, Fashion-MNIST's are 0..9")
         return arr
 
+    norm = Normalize.of("fashion-mnist")
+
     def build(prefix, aug):
         x = images(prefix + "_images")
         y = labels(prefix + "_labels", len(x))
-        t = torch.from_numpy(x.astype(np.float32)).div_(255.0)
-        t = t.sub_(FASHION_MNIST_MEAN).div_(FASHION_MNIST_STD).unsqueeze(1)
+        t = torch.from_numpy(np.array(x, dtype=np.uint8)).unsqueeze(1)  # a writable copy
         return InMemoryDataset(t, torch.from_numpy(y.astype(np.int64)), augment=aug,
-                               classes=FASHION_MNIST_CLASSES)
+                               classes=FASHION_MNIST_CLASSES, normalize=norm)
 
+    # the padding: black normalised in float64 and rounded once, as it always was (this differs
+    # from norm.fill() in the last bit; kept so that every batch stays what it was)
     fill = (0.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
     train = build("train", RandomCropFlip(28, 2, fill=fill) if augment else None)
     test = build("test", None)
-    info = DatasetInfo("fashion-mnist", 10, (1, 28, 28), len(train), len(test))
-    return train, test, info
+    return train, test, _info("fashion-mnist", train, test)
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -762,7 +906,7 @@ def _cifar_folder(root: Path) -> Path | None:
     return None
 
 
-def _load_cifar10(data_path, download: bool, augment: bool):
+def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | None = None):
     root = Path(data_path).expanduser() if data_path is not None else DEFAULT_ROOT
     folder = _cifar_folder(root) if root.is_dir() else None
     complete = folder is not None and all((folder / n).is_file() for n in _CIFAR_TRAIN + _CIFAR_TEST)
@@ -791,16 +935,29 @@ def _load_cifar10(data_path, download: bool, augment: bool):
 
     x_tr, y_tr = read(_CIFAR_TRAIN)
     x_te, y_te = read(_CIFAR_TEST)
+    spec = SPECS["cifar10"]
+
+    if in_memory:
+        # uint8 NCHW (50,000 train images: 150 MB); crop, flip and normalisation run batched
+        norm = Normalize.of("cifar10")
+
+        def tensors(x, y, aug):
+            t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+            return InMemoryDataset(t, torch.from_numpy(y), augment=aug, classes=CIFAR10_CLASSES,
+                                   normalize=norm)
+
+        train = tensors(x_tr, y_tr, RandomCropFlip(32, 4, fill=norm.fill()) if augment else None)
+        test = tensors(x_te, y_te, None)
+        return train, test, _info("cifar10", train, test)
 
     from torchvision import transforms as T
 
-    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    norm = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     train_tf = T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []) + norm)
     test_tf = T.Compose(norm)
     train = TransformDataset(_ArrayImages(x_tr, y_tr, CIFAR10_CLASSES), train_tf)
     test = TransformDataset(_ArrayImages(x_te, y_te, CIFAR10_CLASSES), test_tf)
-    info = DatasetInfo("cifar10", 10, (3, 32, 32), len(train), len(test))
-    return train, test, info
+    return train, test, _info("cifar10", train, test)
 
 
 # --------------------------------------------------------------------------- ImageNet
@@ -832,7 +989,7 @@ def _image_folder(path: Path, split: str):
                          f"{_IMAGENET_HINT}") from None
 
 
-def _load_imagenet(data_path, download: bool, augment: bool):
+def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | None = None):
     if download:
         raise UsageError(_IMAGENET_HINT)
     if data_path is None:
@@ -851,7 +1008,7 @@ def _load_imagenet(data_path, download: bool, augment: bool):
 
     from torchvision import transforms as T
 
-    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    norm = [T.ToTensor(), T.Normalize(SPECS["imagenet"].mean, SPECS["imagenet"].std)]
     if augment:
         train_tf = T.Compose([T.RandomResizedCrop(224, scale=(0.08, 1.25)), T.RandomHorizontalFlip()] + norm)
     else:
@@ -859,5 +1016,4 @@ def _load_imagenet(data_path, download: bool, augment: bool):
     val_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
     train = TransformDataset(train_base, train_tf)
     test = TransformDataset(val_base, val_tf)
-    info = DatasetInfo("imagenet", len(train_base.classes), (3, 224, 224), len(train), len(test))
-    return train, test, info
+    return train, test, _info("imagenet", train, test, num_classes=len(train_base.classes))

@@ -50,7 +50,7 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import models
 from .config import AMP_MODES, TrainConfig
-from .data import load_datasets, make_loaders
+from .data import data_device, load_datasets, make_loaders
 from .errors import UsageError
 from .indicators import EquilibriumMeter
 from .layers import binary_layers, set_progress
@@ -59,7 +59,8 @@ from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm, is_distributed
 
 # Settings that may differ when resuming without --force: they do not change the result.
-RESUME_FREE = ("data_path", "download", "workers", "device", "eval_batch_size", "threads", "save_every")
+RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
+               "save_every")
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # preemption: save inside the epoch, then stop
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
 
@@ -289,11 +290,13 @@ class _Run:
         self.log = log if self.dist.main else (lambda _msg: None)
         seed_everything(config.seed)
 
-        train_ds, test_ds, self.info = load_datasets(config.dataset, config.data_path, download=config.download)
+        where = data_device(config.dataset, config.data_device, self.device)  # None: read from files
+        train_ds, test_ds, self.info = load_datasets(config.dataset, config.data_path, download=config.download,
+                                                     in_memory=where is not None)
         self.train_loader, self.test_loader = make_loaders(
             train_ds, test_ds, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
             workers=config.workers, seed=config.seed, pin_memory=self.device.type == "cuda",
-            distributed=self.dist.enabled,
+            distributed=self.dist.enabled, device=where,
         )
         if len(train_ds) == 0:
             raise UsageError(f"the training set of {config.dataset} is empty; check --data-path")

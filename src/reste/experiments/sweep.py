@@ -45,7 +45,8 @@ from ..estimators import _REGISTRY, ESTIMATORS, get_estimator
 MANIFEST = "sweep.json"
 
 # Fields that do not change a run's result: left out of the run's identity, may differ on resume.
-_FREE_FIELDS = ("data_path", "download", "workers", "device", "eval_batch_size", "preset", "seed", "threads")
+_FREE_FIELDS = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "preset", "seed",
+                "threads")
 # ``reste train`` flag names for estimator keywords that differ from the keyword.
 _FLAG_ALIASES = {"o_schedule": "schedule", "alpha_schedule": "schedule", "fda_n": "n", "fda_n_end": "n_end",
                  "fda_w": "w"}
