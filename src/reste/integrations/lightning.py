@@ -1,0 +1,147 @@
+"""A PyTorch Lightning callback that does what ``reste train`` does around each epoch.
+
+>>> from reste.integrations.lightning import BinarizationCallback
+>>> trainer = lightning.Trainer(max_epochs=20, callbacks=[BinarizationCallback(indicators=True)])
+
+At the start of every training epoch it moves the schedule of every estimator of
+the LightningModule (``reste.set_progress(module, epoch, epochs)``: ReSTE's o from
+1 to o_end) and logs the schedule values (``reste/o``). With ``indicators`` it
+runs a ``reste.EquilibriumMeter`` after every optimizer step and logs the epoch's
+estimating error and gradient stability (``reste/estimating_error``,
+``reste/gradient_stability``) through the trainer's logger at the epoch's end.
+The meter's history is saved in Lightning checkpoints with the callback's state.
+
+Needs Lightning: ``pip install reste[lightning]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..indicators import MODES, EquilibriumMeter
+from ..layers import binary_layers, set_progress
+
+try:
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # pragma: no cover - depends on what is installed
+    try:
+        from pytorch_lightning import LightningModule, Trainer
+        from pytorch_lightning.callbacks import Callback
+    except ImportError:
+        raise ImportError(
+            "reste.integrations.lightning needs PyTorch Lightning: pip install 'reste[lightning]'"
+        ) from None
+
+
+def _indicator_mode(indicators: bool | str) -> str | None:
+    """``True`` means the general mode, ``False`` none; a string must be a mode."""
+    if indicators is True:
+        return "general"
+    if indicators is False or indicators is None:
+        return None
+    if indicators not in MODES:
+        raise ValueError(f"unknown indicator mode {indicators!r}; valid: True, False, {', '.join(MODES)}")
+    return indicators
+
+
+class BinarizationCallback(Callback):
+    """Move the estimators' schedules each epoch, log them and, optionally, the indicators.
+
+    Args:
+        epochs: the length of the schedule in epochs; by default the trainer's
+            ``max_epochs`` (needed when the trainer stops by ``max_steps`` only).
+        indicators: ``False`` (default), ``True`` or ``"general"`` (every binary
+            layer, each estimator's own F, epoch mean) or ``"paper"`` (the authors'
+            ``--cal_ind``: binary 3x3 convs, F at ``o_end``, last iteration).
+        o_end: the final o for the ``"paper"`` indicators.
+        prefix: the prefix of every logged name.
+        module: the attribute of the LightningModule that holds the binary model
+            (``"model"``); by default the LightningModule itself.
+    """
+
+    def __init__(
+        self,
+        epochs: int | None = None,
+        indicators: bool | str = False,
+        o_end: float = 3.0,
+        prefix: str = "reste/",
+        module: str | None = None,
+    ) -> None:
+        super().__init__()
+        if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        self.epochs = None if epochs is None else int(epochs)
+        self.mode = _indicator_mode(indicators)
+        self.o_end = float(o_end)
+        self.prefix = prefix
+        self.module = module
+        self.meter: EquilibriumMeter | None = None
+        self.schedule: dict[str, float] = {}
+        self._history: list[dict[str, float]] = []
+        self._last_step = -1
+
+    def _model(self, pl_module: LightningModule) -> nn.Module:
+        """The module whose binary layers are scheduled."""
+        if self.module is None:
+            return pl_module
+        model = getattr(pl_module, self.module, None)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"the LightningModule has no module attribute {self.module!r}")
+        return model
+
+    def _epochs(self, trainer: Trainer) -> int:
+        epochs = self.epochs if self.epochs is not None else trainer.max_epochs
+        if epochs is None or epochs < 1:
+            raise ValueError(
+                "BinarizationCallback needs the number of epochs of the schedule: "
+                "give the Trainer max_epochs or the callback epochs="
+            )
+        return int(epochs)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        model = self._model(pl_module)
+        if not binary_layers(model):
+            raise ValueError("BinarizationCallback: the model has no binary layers (see reste.binarize)")
+        if self.mode is not None:
+            self.meter = EquilibriumMeter(model, self.mode, self.o_end)
+            self.meter.history = [dict(h) for h in self._history]
+        self._last_step = trainer.global_step
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, self._epochs(trainer))
+        if self.schedule:
+            pl_module.log_dict(
+                {self.prefix + k: float(v) for k, v in self.schedule.items()}, on_step=False, on_epoch=True
+            )
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Once per optimizer step (not per accumulated micro-batch), after it, like reste train.
+        if self.meter is None or trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        self.meter.update()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.meter is None or self.meter._count == 0:
+            return
+        values = self.meter.epoch_end()
+        self._history = [dict(h) for h in self.meter.history]
+        pl_module.log_dict({self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True)
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """The indicators of every finished epoch (``estimating_error``, ``gradient_stability``)."""
+        return [dict(h) for h in self._history]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._history = [dict(h) for h in state_dict.get("history", [])]
+        if self.meter is not None:
+            self.meter.history = self.history

@@ -1,0 +1,149 @@
+"""reste.integrations.lightning.BinarizationCallback: a real lightning.Trainer on digits."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import reste
+
+pl = pytest.importorskip("lightning.pytorch")
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+
+from reste.integrations.lightning import BinarizationCallback  # noqa: E402
+
+EPOCHS = 2
+
+
+def digits_loader(batch_size: int = 128) -> torch.utils.data.DataLoader:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    data = torch.utils.data.TensorDataset((x - 0.3) / 0.4, torch.tensor(y))
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def float_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = reste.binarize(float_net(), "reste", o_end=3.0)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def fit(tmp_path, callback: BinarizationCallback, module: pl.LightningModule | None = None, **trainer_kw):
+    module = module or Classifier()
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="logs"),
+        callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, **trainer_kw,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice on num_workers and the like
+        trainer.fit(module, digits_loader())
+    return module, trainer
+
+
+def logged_epochs(trainer) -> list[dict[str, float]]:
+    """The rows of the CSV logger's metrics.csv, merged per epoch."""
+    rows: dict[int, dict[str, float]] = {}
+    with open(f"{trainer.logger.log_dir}/metrics.csv") as f:
+        for row in csv.DictReader(f):
+            epoch = int(row["epoch"])
+            rows.setdefault(epoch, {}).update({k: float(v) for k, v in row.items() if v != "" and k != "epoch"})
+    return [rows[e] for e in sorted(rows)]
+
+
+def test_schedule_moves_and_indicators_are_logged(tmp_path):
+    callback = BinarizationCallback(indicators=True)
+    module, trainer = fit(tmp_path, callback, limit_train_batches=8)
+    layers = reste.binary_layers(module.model)
+    assert [n for n, _ in layers] == ["3"]  # the second conv; first conv and last linear stay float
+
+    expected = reste.get_estimator("reste", o_end=3.0)
+    expected.set_progress(EPOCHS - 1, EPOCHS)
+    o = layers[0][1].weight_estimator.o
+    assert o == pytest.approx(expected.o) and o > 1.0  # moved from 1 to the last epoch's value
+
+    rows = logged_epochs(trainer)
+    assert len(rows) == EPOCHS
+    assert rows[0]["reste/o"] == pytest.approx(1.0)
+    assert rows[1]["reste/o"] == pytest.approx(o)
+    for row, hist in zip(rows, callback.history):
+        for key in ("estimating_error", "gradient_stability"):
+            value = row[f"reste/{key}"]
+            assert math.isfinite(value) and value > 0, (key, value)
+            assert value == pytest.approx(hist[key], rel=1e-6)
+        assert "train_loss" in row  # the module's own logging is untouched
+    # the error shrinks as o grows (F comes closer to sign)
+    assert rows[1]["reste/estimating_error"] < rows[0]["reste/estimating_error"]
+    assert callback.state_dict() == {"history": callback.history}
+
+
+def test_module_attribute_epochs_and_no_indicators(tmp_path):
+    callback = BinarizationCallback(epochs=4, module="model", prefix="bnn.")
+    module, trainer = fit(tmp_path, callback, limit_train_batches=3)
+    expected = reste.get_estimator("reste", o_end=3.0)
+    expected.set_progress(EPOCHS - 1, 4)  # schedule over 4 epochs, 2 run
+    assert reste.schedule_values(module.model)["o"] == pytest.approx(expected.o)
+    rows = logged_epochs(trainer)
+    assert [r["bnn.o"] for r in rows] == pytest.approx([1.0, expected.o])
+    assert not any("estimating_error" in k for r in rows for k in r)
+
+
+def test_indicators_once_per_optimizer_step(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reste.EquilibriumMeter, "update", lambda self: calls.append(1))
+    monkeypatch.setattr(reste.EquilibriumMeter, "epoch_end", lambda self: {})
+    fit(tmp_path, BinarizationCallback(indicators="paper"), limit_train_batches=6, accumulate_grad_batches=3)
+    assert len(calls) == EPOCHS * 2  # 6 batches, a step every 3
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(ValueError, match="indicator mode"):
+        BinarizationCallback(indicators="exact")
+    with pytest.raises(ValueError, match="epochs"):
+        BinarizationCallback(epochs=0)
+
+    class FloatOnly(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = float_net()
+
+    with pytest.raises(ValueError, match="no binary layers"):
+        fit(tmp_path, BinarizationCallback(), FloatOnly())
+    with pytest.raises(ValueError, match="no module attribute 'net'"):
+        fit(tmp_path, BinarizationCallback(module="net"))
+
+
+def test_core_does_not_import_lightning():
+    code = "import sys, reste; assert not any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
