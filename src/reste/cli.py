@@ -17,6 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .datasets import DATASETS
 from .errors import UsageError
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
-    g.add_argument("--dataset", help="digits (default), fashion-mnist, cifar10 or imagenet")
+    g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default {DATASETS[0]})")
     g.add_argument("--data-path", "--data_path", dest="data_path", help="data set folder")
     g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
     g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")
