@@ -394,9 +394,11 @@ def _write_cifar(root: Path, per_batch: int, n_test: int) -> None:
         (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
 
 
-def test_mid_epoch_resume_through_a_dataloader_with_workers(tmp_path, one_thread):
-    """CIFAR-10 goes through a torch DataLoader (a worker process, per-sample augmentation keyed by
-    (seed, epoch, index)): a mid-epoch checkpoint resumes exactly there too."""
+def test_mid_epoch_resume_of_in_memory_cifar10(tmp_path, one_thread):
+    """CIFAR-10 (written in its real pickle format) is held in memory as uint8 and cropped and
+    flipped batched, with draws keyed by (seed, epoch): a mid-epoch checkpoint resumes exactly there
+    too. (Only ImageNet still goes through DataLoader workers; this test no longer covers that
+    path.)"""
     _write_cifar(tmp_path / "cifar", per_batch=16, n_test=16)
     cfg = TrainConfig(dataset="cifar10", data_path=str(tmp_path / "cifar"), epochs=2, batch_size=16,
                       eval_batch_size=16, workers=1, seed=3)
