@@ -166,3 +166,157 @@ def test_binarized_model_runs_and_trains_mode_is_kept():
     sgn = lambda t: torch.where(t < 0, -1.0, 1.0)  # noqa: E731
     ref = torch.nn.functional.conv2d(sgn(inp), sgn(w) * w.abs().mean(), None, padding=1)
     torch.testing.assert_close(layer(inp), ref, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------- layers binarize cannot convert
+
+
+class Odd(nn.Module):
+    """A model with layers that have no binary version: a Conv1d and a Conv2d subclass."""
+
+    class PaddedConv(nn.Conv2d):  # its own forward, like timm's Conv2dSame
+        def forward(self, x):
+            return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.mid = nn.Conv2d(4, 4, 3, padding=1)
+        self.same = self.PaddedConv(4, 4, 3)
+        self.gate = nn.Conv1d(1, 1, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.same(torch.relu(self.mid(torch.relu(self.stem(x)))))
+        y = x.mean(dim=(2, 3))
+        return self.fc(y * torch.sigmoid(self.gate(y.unsqueeze(1)).squeeze(1)))
+
+
+def test_unconvertible_layers_are_named_in_one_warning():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="no binary version") as record:
+        bnet = binarize(Odd())
+    messages = [str(w.message) for w in record if "no binary version" in str(w.message)]
+    assert len(messages) == 1
+    assert "'same' (PaddedConv)" in messages[0] and "'gate' (Conv1d)" in messages[0]
+    assert isinstance(bnet.mid, BinaryConv2d)
+    assert type(bnet.same) is Odd.PaddedConv and type(bnet.gate) is nn.Conv1d
+    assert bnet(torch.randn(2, 3, 6, 6)).shape == (2, 3)
+    # keep= names them: no warning, and a pattern that matches only them is not "unmatched"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binarize(Odd(), keep=["same", "gate"])
+    with pytest.warns(UserWarning, match=r"'gate' \(Conv1d\)") as record:
+        binarize(Odd(), keep=["same"])
+    assert "'same'" not in str(record[0].message)
+
+
+def test_already_binary_layers_are_not_reported():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        twice = binarize(binarize(make_net()))
+    assert [n for n, _ in reste.binary_layers(twice)] == CONVERTIBLE
+
+
+def test_a_layer_that_cannot_be_copied_is_named():
+    net = make_net()
+    net.layer1.conv2.weight = nn.Parameter(torch.randn(4, 4))  # not the conv's shape
+    with pytest.raises(ValueError, match=r"layer 'layer1.conv2' \(Conv2d\)"):
+        binarize(net)
+
+
+def test_model_without_linear_keeps_its_last_conv():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 1))
+    bnet = binarize(net)
+    assert [type(m) for m in bnet if not isinstance(m, nn.ReLU)] == [nn.Conv2d, BinaryConv2d, nn.Conv2d]
+    with pytest.warns(UserWarning, match="the last layer '4'"):
+        bnet = binarize(net, keep_last=False)
+    assert isinstance(bnet[4], BinaryConv2d)
+
+
+# ----------------------------------------------------------------------------- timm models
+
+TIMM_MODELS = [
+    "resnet18",
+    "resnetblur18",  # anti-aliased (BlurPool) downsampling
+    "seresnet18",  # squeeze-and-excitation blocks (1x1 convs with bias)
+    "mobilenetv2_050",  # depthwise and pointwise convs
+    "dla46_c",  # a 1x1 conv as classifier, no linear layer
+]
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_timm_models(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model(name, pretrained=False, num_classes=10)
+    first, head = net.pretrained_cfg["first_conv"], net.pretrained_cfg["classifier"]
+    layers = kinds(net)
+    assert all(t in (nn.Conv2d, nn.Linear) for t in layers.values()), layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bnet = binarize(net, "reste", o_end=3.0)
+
+    after = kinds(bnet)
+    assert after[first] is nn.Conv2d and after[head] in (nn.Conv2d, nn.Linear)
+    binary = [n for n, _ in reste.binary_layers(bnet)]
+    assert binary == [n for n in layers if n not in (first, head)]
+    for n in binary:
+        old, new = net.get_submodule(n), bnet.get_submodule(n)
+        assert torch.equal(old.weight, new.weight), n
+        if isinstance(old, nn.Conv2d):
+            assert (old.stride, old.padding, old.dilation, old.groups) == (
+                new.stride, new.padding, new.dilation, new.groups), n
+    if name == "seresnet18":
+        assert any(".se." in n for n in binary)
+    if name == "mobilenetv2_050":
+        assert any(bnet.get_submodule(n).groups > 1 for n in binary)  # depthwise
+    if name == "resnetblur18":
+        assert any(type(m).__name__ == "BlurPool2d" for m in bnet.modules())
+
+    reste.set_progress(bnet, 1, 2)
+    assert all(e.o > 1 for e in reste.estimators_of(bnet))
+    x = torch.randn(4, 3, 32, 32)
+    assert bnet.eval()(x).shape == (4, 10) and torch.isfinite(bnet(x)).all()
+
+    # a training step (1W/32A: in these conv-BN-ReLU blocks every binary conv's input comes
+    # after a ReLU, so its sign is +1 everywhere and 1W1A gradients blow up through the BNs)
+    wnet = binarize(net, "reste", o_end=3.0, activations=False)
+    out = wnet.train()(x)
+    nn.functional.cross_entropy(out, torch.tensor([1, 2, 3, 4])).backward()
+    for n in binary:
+        grad = wnet.get_submodule(n).weight.grad
+        assert grad is not None and torch.isfinite(grad).all(), n
+
+
+def test_timm_same_padding_convs_are_named():
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("tf_mobilenetv3_small_minimal_100", pretrained=False, num_classes=10)
+    same = [n for n, m in net.named_modules() if type(m).__name__ == "Conv2dSame"]
+    assert same[0] == net.pretrained_cfg["first_conv"]  # the stem: kept anyway, not reported
+    same = same[1:]
+    assert same
+    with pytest.warns(UserWarning, match="no binary version") as record:
+        bnet = binarize(net)
+    message = next(str(w.message) for w in record if "no binary version" in str(w.message))
+    assert f"{same[0]!r} (Conv2dSame)" in message and f"{len(same)} layer(s)" in message
+    assert "conv_stem" not in message and "classifier" not in message  # timm's Linear head is kept
+    assert type(bnet.conv_stem).__name__ == "Conv2dSame" and not isinstance(bnet.classifier, BinaryLinear)
+    assert bnet.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_zoo_models_convert_every_float_conv_and_linear_but_first_and_last():
+    from reste import models
+
+    for name in models.list_models():
+        torch.manual_seed(0)
+        net = models.create(name)
+        floats = [n for n, m in net.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+        before = [n for n, _ in reste.binary_layers(net)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            bnet = binarize(net)
+        convs = [n for n in floats if isinstance(net.get_submodule(n), nn.Conv2d)]
+        linears = [n for n in floats if isinstance(net.get_submodule(n), nn.Linear)]
+        expected = set(before) | set(floats) - {convs[0], linears[-1]}
+        assert {n for n, _ in reste.binary_layers(bnet)} == expected, name

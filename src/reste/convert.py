@@ -19,6 +19,65 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), attr
 
 
+def _unconvertible(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Convolutions and linears that ``binarize`` has no binary version of.
+
+    Conv1d/Conv3d/transposed convs, and subclasses of ``nn.Conv2d``/``nn.Linear`` with
+    their own forward (timm's ``Conv2dSame``, ``StdConv2d``, a parametrized or lazy
+    layer, the ``out_proj`` of ``nn.MultiheadAttention``); layers that are already
+    binary are not listed.
+    """
+    return [
+        (n, m) for n, m in model.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        and type(m) not in (nn.Conv2d, nn.Linear) and getattr(m, "precision", 32) != 1
+    ]
+
+
+def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8) -> str:
+    """``'a' (Conv1d), 'b' (Conv2dSame)``, the first ``limit`` of them and a count of the rest."""
+    text = ", ".join(f"{n!r} ({type(m).__name__})" for n, m in layers[:limit])
+    return text + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
+
+
+def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str | None]:
+    """The first conv and the last linear (the last conv without a linear) among ``names``.
+
+    Subclasses count (timm's ``Conv2dSame`` stem, its ``Linear`` head), binary layers do not.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if n in names]
+    convs = [n for n, m in layers if isinstance(m, nn.modules.conv._ConvNd)]
+    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+    return (convs[0] if convs else None), (linears[-1] if linears else (convs[-1] if convs else None))
+
+
+def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Module:
+    """The binary layer that replaces ``module``, with its weights; errors name the layer."""
+    try:
+        if isinstance(module, nn.Conv2d):
+            new: nn.Module = BinaryConv2d(
+                module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                module.padding, module.dilation, module.groups, module.bias is not None,
+                module.padding_mode, module.weight.device, module.weight.dtype, **common,
+            )
+        else:
+            new = BinaryLinear(
+                module.in_features, module.out_features, module.bias is not None,
+                module.weight.device, module.weight.dtype, **common,
+            )
+        with torch.no_grad():
+            new.weight.copy_(module.weight)
+            if module.bias is not None:
+                new.bias.copy_(module.bias)
+    except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"cannot binarize layer {name!r} ({type(module).__name__}): {exc}; "
+            "keep it in full precision with keep=[...]"
+        ) from exc
+    new.train(module.training)
+    return new
+
+
 def _estimator_config(spec: Any, **hyperparameters: Any) -> Any:
     """Validate ``spec`` once and return what each layer should build its own estimator from."""
     est = get_estimator(spec, **hyperparameters)
@@ -54,12 +113,18 @@ def binarize(
         scaling: ``"layer"``, ``"channel"`` or ``"none"``.
         keep: names or glob patterns (``"layer1.*"``, ``"*downsample*"``) of more
             layers to keep in full precision.
-        keep_first / keep_last: keep the first conv / last linear layer in float.
+        keep_first / keep_last: keep the first conv / last linear layer in float (in a
+            model without a linear layer, such as timm's dla, the last conv: its classifier).
         inplace: convert ``model`` itself (and return it); by default a deep copy
             is converted and ``model`` is left untouched.
 
     Returns:
         The converted model.
+
+    Only exact ``nn.Conv2d`` and ``nn.Linear`` layers are converted. Other convolutions
+    and linears (Conv1d, subclasses with their own forward such as timm's
+    ``Conv2dSame``) stay in full precision with one warning that names them, unless
+    ``keep`` lists them. A layer that cannot be copied raises a ``ValueError`` naming it.
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -68,14 +133,22 @@ def binarize(
     patterns = list(keep)
 
     named = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    convs = [n for n, m in named if isinstance(m, nn.Conv2d)]
-    linears = [n for n, m in named if isinstance(m, nn.Linear)]
-    first = convs[0] if convs else None
-    last = linears[-1] if linears else None
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n, _ in named)]
+    others = _unconvertible(model)
+    first, last = _first_and_last(model, {n for n, _ in named + others})
+    candidates = [n for n, _ in named] + [n for n, _ in others]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in candidates)]
     if unmatched:
         raise ValueError(
-            f"keep pattern(s) {unmatched} match no conv or linear layer; layers: {', '.join(n for n, _ in named)}"
+            f"keep pattern(s) {unmatched} match no conv or linear layer; layers: {', '.join(candidates)}"
+        )
+    others = [(n, m) for n, m in others if not any(fnmatch.fnmatchcase(n, p) for p in patterns)
+              and not (keep_first and n == first) and not (keep_last and n == last)]
+    if others:
+        warnings.warn(
+            f"binarize: {len(others)} layer(s) have no binary version in reste and stay in full precision: "
+            f"{_describe(others)}; only exact nn.Conv2d and nn.Linear are converted (list them in keep= "
+            "to silence this)",
+            stacklevel=2,
         )
 
     for name, module in named:
@@ -85,27 +158,11 @@ def binarize(
             continue
         if name == first or name == last:
             warnings.warn(
-                f"binarizing {'the first conv' if name == first else 'the last linear'} layer {name!r} "
+                f"binarizing {'the first conv' if name == first else 'the last'} layer {name!r} "
                 "usually costs much accuracy; pass keep_first/keep_last=True to keep it in float",
                 stacklevel=2,
             )
         common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
-        if isinstance(module, nn.Conv2d):
-            new: nn.Module = BinaryConv2d(
-                module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, module.dilation, module.groups, module.bias is not None,
-                module.padding_mode, module.weight.device, module.weight.dtype, **common,
-            )
-        else:
-            new = BinaryLinear(
-                module.in_features, module.out_features, module.bias is not None,
-                module.weight.device, module.weight.dtype, **common,
-            )
-        with torch.no_grad():
-            new.weight.copy_(module.weight)
-            if module.bias is not None:
-                new.bias.copy_(module.bias)
-        new.train(module.training)
         parent, attr = _parent(model, name)
-        setattr(parent, attr, new)
+        setattr(parent, attr, _binary_copy(name, module, common))
     return model
