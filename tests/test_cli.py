@@ -45,6 +45,15 @@ def test_summary_totals(capsys):
     text = capsys.readouterr().out
     total = next(line for line in text.splitlines() if line.startswith("total"))
     assert "269,850" in total
+    lines = text.splitlines()
+    assert lines[0] == "resnet20_1w1a (cifar10): expects 3x32x32 images (C x H x W)"
+    model = models.create("resnet20_1w1a")
+    totals = models.summary_totals(models.layer_summary(model, (3, 32, 32)), (3, 32, 32))
+    assert models.format_totals(totals) in text
+    assert f"compression {totals['compression']:.1f}x" in lines[-1] and totals["compression"] > 20
+    assert main(["summary", "digits_1w1a", "--input-size", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "expects 1x8x8 images (C x H x W), summarised at 1x16x16" in text and "input       1x16x16" in text
     assert main(["summary", "--list"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in models.list_models())

@@ -358,3 +358,27 @@ def test_digits_1w1a_learns():
     with torch.no_grad():
         accuracy = (model(Xte).argmax(1) == yte).float().mean().item()
     assert accuracy > 0.95
+
+
+@pytest.mark.parametrize("name", ["resnet20_1w1a", "digits_1w1a", "fmnist_vgg"])
+def test_summary_totals(name):
+    model = models.create(name)
+    size = models.model_info(name)["input_size"]
+    rows = models.layer_summary(model, size)
+    totals = models.summary_totals(rows, size)
+    assert totals == models.summary_totals(rows[:-1], size)  # with or without the total row
+    counts = models.count_parameters(model)
+    assert totals["input_size"] == tuple(size)
+    assert (totals["params"], totals["binary_params"]) == (counts["total"], counts["binary"])
+    assert totals["binary_share"] == pytest.approx(counts["binary"] / counts["total"])
+    for key in ("macs", "binary_ops", "float_bytes", "packed_bytes"):
+        assert totals[key] == rows[-1][key]
+    assert totals["binary_ops_share"] == pytest.approx(rows[-1]["binary_ops"] / rows[-1]["macs"])
+    assert totals["compression"] == pytest.approx(4 * counts["total"] / rows[-1]["packed_bytes"])
+    if counts["binary"] == 0:
+        assert totals["compression"] == 1.0 and totals["binary_share"] == 0.0
+    else:
+        assert totals["compression"] > 5
+    text = models.format_totals(totals)
+    assert "x".join(map(str, size)) in text and f"{totals['params']:,}" in text
+    assert f"compression {totals['compression']:.1f}x" in text

@@ -242,7 +242,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     except RuntimeError as err:
         raise UsageError(f"{args.model!r} cannot take inputs of size {size[1]}x{size[2]} "
                          f"({str(err).strip().splitlines()[0][:100]}); pass a larger --input-size") from None
+    expects = "x".join(map(str, info["input_size"]))
+    print(f"{args.model} ({info['dataset']}): expects {expects} images (C x H x W)"
+          + (f", summarised at {'x'.join(map(str, size))}" if tuple(size) != tuple(info["input_size"]) else ""))
     print(models.format_summary(rows))
+    print()
+    print(models.format_totals(models.summary_totals(rows, size)))
     return 0
 
 

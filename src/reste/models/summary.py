@@ -120,3 +120,34 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def summary_totals(rows: list[dict[str, Any]], input_size: tuple[int, ...]) -> dict[str, Any]:
+    """The model-level figures of :func:`layer_summary` rows (their ``"total"`` row included or not).
+
+    Keys: ``input_size`` (C, H, W as given), ``params``, ``binary_params``, ``binary_share``
+    (binary weights / all parameters), ``macs``, ``binary_ops``, ``binary_ops_share``,
+    ``float_bytes``, ``packed_bytes`` and ``compression`` (float bytes / packed bytes).
+    """
+    layers = [r for r in rows if r["name"] != "total"]
+    totals: dict[str, Any] = {"input_size": tuple(input_size)}
+    for key in ("params", "binary_params", "macs", "binary_ops", "float_bytes", "packed_bytes"):
+        totals[key] = sum(r[key] for r in layers)
+    totals["binary_share"] = totals["binary_params"] / totals["params"] if totals["params"] else 0.0
+    totals["binary_ops_share"] = totals["binary_ops"] / totals["macs"] if totals["macs"] else 0.0
+    totals["compression"] = totals["float_bytes"] / totals["packed_bytes"] if totals["packed_bytes"] else 1.0
+    return totals
+
+
+def format_totals(totals: dict[str, Any]) -> str:
+    """Four lines: input size, parameters, operations and sizes with the compression ratio."""
+    size = "x".join(map(str, totals["input_size"]))
+    return "\n".join([
+        f"input       {size} (C x H x W, one image)",
+        f"parameters  {totals['params']:,}, binary {totals['binary_params']:,} "
+        f"({100 * totals['binary_share']:.1f}%)",
+        f"MACs        {totals['macs']:,} per image, binary ops {totals['binary_ops']:,} "
+        f"({100 * totals['binary_ops_share']:.1f}%)",
+        f"size        float {totals['float_bytes'] / 1024:,.1f} KiB, packed {totals['packed_bytes'] / 1024:,.1f} KiB: "
+        f"compression {totals['compression']:.1f}x",
+    ])
