@@ -62,3 +62,52 @@ def test_summary_totals(capsys):
 def test_help_and_no_command(capsys):
     assert main([]) == 2
     assert "train" in capsys.readouterr().out
+
+
+# Flags of `reste predict` (src/reste/export/cli.py, another developer's file this session) that
+# still lack help text; the test below fails once they get one, so this list only shrinks.
+PENDING_HELP = {("reste predict", "--data-path"), ("reste predict", "--batch-size")}
+
+
+def _arguments(parser, path="reste"):
+    """(command, first option string or positional name, help) of every argument, subcommands included."""
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _arguments(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            found.append((path, action.option_strings[0] if action.option_strings else action.dest, action.help))
+    return found
+
+
+def _without_help(parser):
+    import argparse
+
+    return {(path, flag) for path, flag, text in _arguments(parser) if not (text or "").strip() or text == argparse.SUPPRESS}
+
+
+def test_the_help_walk_finds_a_missing_help_in_a_subcommand():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    p = sub.add_parser("go")
+    p.add_argument("--fast", help="quickly")
+    p.add_argument("--slow")
+    p.add_argument("where")
+    assert _without_help(parser) == {("reste go", "--slow"), ("reste go", "where")}
+
+
+def test_every_flag_has_help_text():
+    from reste.cli import build_parser
+
+    parser = build_parser()
+    arguments = _arguments(parser)
+    commands = {path.split()[1] for path, _, _ in arguments if " " in path}
+    assert {"train", "eval", "summary", "export", "predict", "sweep", "report", "plot"} <= commands
+    missing = _without_help(parser)
+    assert missing - PENDING_HELP == set(), f"arguments without help text: {sorted(missing - PENDING_HELP)}"
+    assert missing == PENDING_HELP, f"these now have help: drop them from PENDING_HELP: {PENDING_HELP - missing}"

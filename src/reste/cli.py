@@ -83,11 +83,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     e.add_argument("--fda-n-end", dest="fda_n_end", type=int, help="fda: final number of terms (default 18)")
     e.add_argument("--fda-w", dest="fda_w", type=float, help="fda: frequency w (default 0.1)")
     o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
-    o.add_argument("--epochs", type=int)
-    o.add_argument("--batch-size", "--batch_size", "-b", dest="batch_size", type=int)
-    o.add_argument("--eval-batch-size", "--batch_size_test", dest="eval_batch_size", type=int)
+    o.add_argument("--epochs", type=int, help="number of training epochs")
+    o.add_argument("--batch-size", "--batch_size", "-b", dest="batch_size", type=int,
+                   help="training batch size (per process under torchrun)")
+    o.add_argument("--eval-batch-size", "--batch_size_test", dest="eval_batch_size", type=int,
+                   help="batch size of the test-split evaluation")
     o.add_argument("--optimizer", help="sgd (default), adam or adamw")
-    o.add_argument("--lr", type=float)
+    o.add_argument("--lr", type=float, help="peak learning rate (cosine decay to 0 after the warm-up)")
     o.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, help="default 1e-4")
     o.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     o.add_argument("--warm-up", "--warm_up", dest="warm_up", type=int, nargs="?", const=5,
@@ -105,7 +107,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "normalisation batched there: auto (default: the training device) or cpu")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is best on a busy CPU)")
     r.add_argument("--amp", help="mixed precision on GPU: none (default), bf16 or fp16")
-    r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                   help="channels_last memory format for the model and its inputs")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="with torchrun: keep per-process BatchNorm statistics")
@@ -268,19 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on the test split")
     p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its last.pt)")
-    p.add_argument("--data-path", "--data_path", dest="data_path")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--data-path", "--data_path", dest="data_path",
+                   help="data set folder (default: the one the run was trained with)")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="evaluation batch size (default: the run's eval batch size)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     p.add_argument("--amp", help="autocast of the evaluation: none, bf16 or fp16 (default: the run's own, "
                                  "to reproduce its logged accuracy)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model")
-    p.add_argument("model", nargs="?")
+    p.add_argument("model", nargs="?", help="a model name (see --list)")
     p.add_argument("--list", action="store_true", help="list the models")
-    p.add_argument("--num-classes", dest="num_classes", type=int)
-    p.add_argument("--a32", action="store_true")
+    p.add_argument("--num-classes", dest="num_classes", type=int,
+                   help="classes of the output layer (default: the model's data set)")
+    p.add_argument("--a32", action="store_true", help="1W/32A: binary weights, real activations")
     p.add_argument("--input-size", dest="input_size", type=int, help="image side (default: the model's)")
     p.set_defaults(func=cmd_summary)
 

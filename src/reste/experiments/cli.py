@@ -36,8 +36,8 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="re-write the tables and figures of a sweep folder (also mid-sweep)")
-    p.add_argument("sweep_dir")
-    p.add_argument("--no-plots", dest="plots", action="store_false")
+    p.add_argument("sweep_dir", help="the sweep folder (the --out of reste sweep)")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="write the tables only, no figures")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
@@ -46,7 +46,8 @@ def add_commands(sub: Any) -> None:
                     "every registered estimator; reste plot RUN_DIR... [--out FILE.png] draws the training curves "
                     "(accuracy, loss, schedule, indicators) of runs.",
     )
-    p.add_argument("targets", nargs="+", metavar="estimators|RUN_DIR")
+    p.add_argument("targets", nargs="+", metavar="estimators|RUN_DIR",
+                   help="`estimators`, or one or more run directories")
     p.add_argument("--out", help="PNG file (default estimators.png; RUN_DIR/curves.png for one run, else curves.png)")
     p.add_argument("--progress", type=float, default=0.5,
                    help="plot estimators: where in training scheduled estimators are drawn, 0..1 (default 0.5)")
