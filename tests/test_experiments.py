@@ -153,5 +153,55 @@ def test_plot_estimators_and_runs(tmp_path, capsys):
     _fake_run(tmp_path / "run", [50, 60, 70], [3, 2, 1], [1e-5, 2e-5, 3e-5])
     assert main(["plot", str(tmp_path / "run")]) == 0
     assert _is_png(tmp_path / "run" / "curves.png")
-    assert main(["plot", "estimators", "--out", str(tmp_path / "est.pdf")]) == 2
-    assert "PNG" in capsys.readouterr().err
+    assert main(["plot", "estimators", "--out", str(tmp_path / "est.jpg")]) == 2
+    assert ".png, .pdf or .svg" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "c.gif")]) == 2
+    assert ".png, .pdf or .svg" in capsys.readouterr().err
+    assert main(["plot", "estimators", "--out", str(tmp_path / "est.pdf")]) == 0
+    assert (tmp_path / "est.pdf").read_bytes().startswith(b"%PDF")
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "curves.svg")]) == 0
+    assert b"<svg" in (tmp_path / "curves.svg").read_bytes()[:2000]
+
+
+def _real_like_run(run_dir: Path, estimator: str, losses: list[float], schedule: dict[str, list[float]]) -> None:
+    """A run directory as reste train writes it: config.json with the estimator, lr and schedule per epoch."""
+    run_dir.mkdir(parents=True)
+    config = TrainConfig(dataset="digits", epochs=len(losses), estimator=estimator).to_dict()
+    (run_dir / "config.json").write_text(json.dumps(config))
+    lines = [dict(epoch=i + 1, lr=0.1 / (i + 1), train_acc=50.0 + i, test_acc=48.0 + i, train_loss=loss,
+                  test_loss=2 * loss, **{k: v[i] for k, v in schedule.items()}) for i, loss in enumerate(losses)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+def test_run_curves_for_people(tmp_path):
+    from reste.experiments.plots import runs_figure
+
+    _real_like_run(tmp_path / "a", "reste", [2.0, 0.5, 0.1], {"o": [1.0, 2.0, 3.0]})
+    _real_like_run(tmp_path / "b", "ste", [2.0, 1e3, 1e6], {})  # diverging: the log axis keeps "a" readable
+    fig = runs_figure([tmp_path / "a", tmp_path / "b"])
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"accuracy (%)", "cross-entropy loss (log)", "learning rate and schedule"}
+    assert all(ax.get_visible() and ax.lines for ax in fig.axes), "an empty panel"
+    assert panels["cross-entropy loss (log)"].get_yscale() == "log"
+    lr_lines = panels["learning rate and schedule"].lines
+    assert [list(line.get_ydata()) for line in lr_lines] == [[0.1, 0.05, 0.1 / 3]] * 2
+    twin = next(ax for ax in fig.axes if not ax.get_title())  # the schedule's right-hand axis
+    assert [list(line.get_ydata()) for line in twin.lines] == [[1.0, 2.0, 3.0]]
+    assert "o (dashed)" in twin.get_ylabel()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["estimator=reste", "estimator=ste"]  # the setting that differs
+
+    # one run with the indicators and neither lr nor schedule logged: four panels, none empty, no run legend
+    _fake_run(tmp_path / "c", [50, 60, 70], [3, 2, 1], [1e-5, 2e-5, 3e-5])
+    fig = runs_figure([tmp_path / "c"])
+    assert [ax.get_title() for ax in fig.axes] == [
+        "accuracy (%)", "cross-entropy loss (log)", "estimating error", "gradient stability (var |grad|)"]
+    assert all(ax.lines for ax in fig.axes) and not fig.legends
+    # with lr and schedule too: five panels, in rows of three and two
+    _real_like_run(tmp_path / "d", "reste", [2.0, 0.5, 0.1], {"o": [1.0, 2.0, 3.0], "estimating_error": [3, 2, 1],
+                                                             "gradient_stability": [1e-5, 2e-5, 3e-5]})
+    fig = runs_figure([tmp_path / "d"])
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert len(titled) == 5 and all(ax.lines for ax in fig.axes)
+    rows = sorted({round(ax.get_position().y0, 2) for ax in titled})
+    assert len(rows) == 2 and sum(round(ax.get_position().y0, 2) == rows[0] for ax in titled) == 2

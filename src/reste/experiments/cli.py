@@ -42,13 +42,15 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "plot", help="`plot estimators`: F and g of every estimator; `plot RUN_DIR...`: training curves",
-        description="reste plot estimators [--out FILE.png] draws the forward-equivalent F and the backward g of "
-                    "every registered estimator; reste plot RUN_DIR... [--out FILE.png] draws the training curves "
-                    "(accuracy, loss, schedule, indicators) of runs.",
+        description="reste plot estimators [--out FILE.png|.pdf|.svg] draws the forward-equivalent F and the backward g of "
+                    "every registered estimator; reste plot RUN_DIR... [--out FILE] draws the training curves "
+                    "(accuracy, loss on a log axis, learning rate and schedule, indicators) of runs, "
+                    "several runs in one figure with a legend by the settings that differ.",
     )
     p.add_argument("targets", nargs="+", metavar="estimators|RUN_DIR",
                    help="`estimators`, or one or more run directories")
-    p.add_argument("--out", help="PNG file (default estimators.png; RUN_DIR/curves.png for one run, else curves.png)")
+    p.add_argument("--out", help=".png, .pdf or .svg file (default estimators.png; RUN_DIR/curves.png for one run, "
+                                  "else curves.png)")
     p.add_argument("--progress", type=float, default=0.5,
                    help="plot estimators: where in training scheduled estimators are drawn, 0..1 (default 0.5)")
     p.set_defaults(func=cmd_plot)

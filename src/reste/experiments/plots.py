@@ -28,13 +28,18 @@ def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.8) -> An
     return Figure(figsize=(width * cols, height * rows), layout="constrained")
 
 
+FORMATS = (".png", ".pdf", ".svg")
+
+
 def _save(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as PNG, PDF or SVG, by the file name's suffix."""
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"figures are written as PNG; give a .png file name, not {path.name!r}")
+    if path.suffix.lower() not in FORMATS:
+        raise UsageError(f"figures are written as PNG, PDF or SVG; give a .png, .pdf or .svg file name, "
+                         f"not {path.name!r}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, format=path.suffix.lower()[1:])
     except OSError as err:
         raise UsageError(f"cannot write {path} ({err.strerror})") from None
     return path
@@ -113,56 +118,127 @@ def _series(metrics: list[dict[str, Any]], key: str) -> list[float]:
     return [float(m[key]) if isinstance(m.get(key), (int, float)) else math.nan for m in metrics]
 
 
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json flattened (``estimator_options.o_end`` -> ``o_end``); {} when unreadable."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
+    for group in ("estimator_options", "model_options"):
+        flat.update(config.get(group) or {})
+    return flat
+
+
+def _setting_labels(dirs: Sequence[Path]) -> list[str]:
+    """One legend label per run: the settings that differ between the runs (its name otherwise)."""
+    names = [_run_name(d, dirs) for d in dirs]
+    configs = [_run_config(d) for d in dirs]
+    if len(dirs) < 2 or not all(configs):
+        return names
+    keys = sorted({k for c in configs for k in c} - {"data_path", "preset", "save_every"})
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    labels = [", ".join(f"{k}={c.get(k)}" for k in differ) for c in configs]
+    if not differ or len(set(labels)) < len(labels):
+        return names if not differ else [f"{lab} ({n})" for lab, n in zip(labels, names)]
+    return labels
+
+
+def _panel_axes(fig: Any, count: int) -> list[Any]:
+    """``count`` axes in one row (up to 3) or two rows (the first one fuller), none left empty."""
+    rows = [count] if count <= 3 else [math.ceil(count / 2), count // 2]
+    cols = math.lcm(*rows)
+    grid = fig.add_gridspec(len(rows), cols)
+    return [fig.add_subplot(grid[r, j * (cols // n):(j + 1) * (cols // n)]) for r, n in enumerate(rows)
+            for j in range(n)]
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
-    """Training curves of runs: accuracy, loss, and the schedule and indicators when logged."""
+    """Training curves of runs: accuracy, loss (log axis), learning rate and estimator schedule,
+    and the indicators when logged. Several runs share the figure, one colour each, labelled by
+    the settings that differ between them (from their config.json); ``out`` may be .png, .pdf or .svg."""
+    dirs = [Path(d) for d in run_dirs]
+    if out is not None and Path(out).suffix.lower() not in FORMATS:
+        _save(None, out)  # the one-line refusal, before any work
+    fig = runs_figure(dirs)
+    if out is None:
+        out = dirs[0] / "curves.png" if len(dirs) == 1 else Path("curves.png")
+    return _save(fig, out)
+
+
+def runs_figure(run_dirs: Sequence[str | Path]) -> Any:
+    """The figure of :func:`plot_runs` (a ``matplotlib.figure.Figure``), not saved."""
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise UsageError("give at least one run directory")
     data = []
-    for d in dirs:
+    for d, label in zip(dirs, _setting_labels(dirs)):
         metrics = read_metrics(d)
         if not metrics:
             raise UsageError(f"{d} has no finished epoch yet")
-        data.append((_run_name(d, dirs), metrics))
+        data.append((label, metrics))
     # a run resumed with --force may switch estimator: a key can be in some lines only
     sched = [k for k in SCHEDULE_KEYS if any(k in m for _, ms in data for m in ms)]
-    panels = ["acc", "loss"] + (["schedule"] if sched else [])
+    has_lr = any("lr" in m for _, ms in data for m in ms)
+    panels = ["acc", "loss"] + (["schedule"] if has_lr or sched else [])
     panels += [k for k in LABELS if any(k in m for _, ms in data for m in ms)]
-    cols = 2 if len(panels) <= 4 else 3
-    rows = math.ceil(len(panels) / cols)
-    fig = _figure(rows, cols)
-    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
+    fig = _figure(2 if len(panels) > 3 else 1, 3 if len(panels) != 4 else 2, width=4.6)
+    axes = _panel_axes(fig, len(panels))
+    by_panel = dict(zip(panels, axes))
+    lr_ax = by_panel.get("schedule") if has_lr else None
+    twin = (by_panel["schedule"].twinx() if has_lr else by_panel["schedule"]) if sched else None
+    several = len(data) > 1
     for i, (name, metrics) in enumerate(data):
         color = f"C{i % 10}"
         ep = [m["epoch"] for m in metrics]
-        for ax, panel in zip(axes, panels):
-            if panel in ("acc", "loss"):
-                ax.plot(ep, _series(metrics, f"train_{panel}"), color=color, ls="--", marker=".",
-                        label=f"{name} train")
-                ax.plot(ep, _series(metrics, f"test_{panel}"), color=color, marker="o", ms=3,
-                        label=f"{name} test")
-            elif panel == "schedule":
-                for j, k in enumerate(sched):
-                    if any(k in m for m in metrics):
-                        ax.plot(ep, _series(metrics, k), color=color, ls=["-", "--", ":", "-."][j % 4],
-                                marker=".", label=f"{name} {k}")
-            else:
-                ax.plot(ep, _series(metrics, panel), color=color, marker=".", label=name)
-    titles = {"acc": "accuracy (%)", "loss": "cross-entropy loss", "schedule": "estimator schedule", **LABELS}
-    for ax, panel in zip(axes, panels):
+        for panel in ("acc", "loss"):
+            ax = by_panel[panel]
+            ax.plot(ep, _series(metrics, f"train_{panel}"), color=color, ls="--", marker=".")
+            ax.plot(ep, _series(metrics, f"test_{panel}"), color=color, marker="o", ms=3)
+        if lr_ax is not None:
+            lr_ax.plot(ep, _series(metrics, "lr"), color=color, marker=".")
+        for j, k in enumerate(sched):
+            if twin is not None and any(k in m for m in metrics):
+                twin.plot(ep, _series(metrics, k), color=color, ls=["--", ":", "-.", (0, (1, 3))][j % 4], marker="x",
+                          ms=4)
+        for panel in LABELS:
+            if panel in by_panel:
+                by_panel[panel].plot(ep, _series(metrics, panel), color=color, marker=".")
+    schedule_title = "learning rate and schedule" if has_lr and sched else "learning rate" if has_lr else "schedule"
+    titles = {"acc": "accuracy (%)", "loss": "cross-entropy loss (log)", "schedule": schedule_title, **LABELS}
+    for panel, ax in by_panel.items():
         ax.set_title(titles[panel])
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
         if panel == "gradient_stability":
             _maybe_log(ax, [m.get(panel) for _, ms in data for m in ms])
-    axes[0].legend(fontsize=7)
-    if len(panels) > 2:
-        axes[2].legend(fontsize=7)
-    if out is None:
-        out = dirs[0] / "curves.png" if len(dirs) == 1 else Path("curves.png")
-    return _save(fig, out)
+    _log_if_positive(by_panel["loss"], [m.get(k) for _, ms in data for m in ms for k in ("train_loss", "test_loss")])
+    if lr_ax is not None:
+        lr_ax.set_ylabel("learning rate (solid)")
+    if twin is not None:
+        twin.set_ylabel(", ".join(f"{k} ({['dashed', 'dotted', 'dash-dot', 'sparse dots'][j % 4]})"
+                                  for j, k in enumerate(sched)))
+    _legends(fig, by_panel, data, several)
+    return fig
+
+
+def _log_if_positive(ax: Any, values: list[Any]) -> None:
+    """A log axis when every finite value is positive (a diverged run then no longer flattens the others)."""
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if vals and min(vals) > 0:
+        ax.set_yscale("log")
+
+
+def _legends(fig: Any, by_panel: dict[str, Any], data: list[tuple[str, Any]], several: bool) -> None:
+    """Train/test line styles in the accuracy panel; with several runs, one entry per setting below."""
+    from matplotlib.lines import Line2D
+
+    styles = [Line2D([], [], color="0.3", ls="--", marker=".", label="train"),
+              Line2D([], [], color="0.3", marker="o", ms=3, label="test")]
+    by_panel["acc"].legend(handles=styles, fontsize=7, loc="lower right", handlelength=3.5)
+    if several:
+        runs = [Line2D([], [], color=f"C{i % 10}", lw=2, label=name) for i, (name, _) in enumerate(data)]
+        fig.legend(handles=runs, loc="outside lower center", ncols=min(len(runs), 3), fontsize=8)
 
 
 def _epoch_axis(ax: Any) -> None:
