@@ -86,7 +86,8 @@ def _arguments(parser, path="reste"):
 def _without_help(parser):
     import argparse
 
-    return {(path, flag) for path, flag, text in _arguments(parser) if not (text or "").strip() or text == argparse.SUPPRESS}
+    return {(path, flag) for path, flag, text in _arguments(parser)
+            if not (text or "").strip() or text == argparse.SUPPRESS}
 
 
 def test_the_help_walk_finds_a_missing_help_in_a_subcommand():

@@ -145,5 +145,6 @@ def test_refusals(tmp_path):
 
 
 def test_core_does_not_import_lightning():
-    code = "import sys, reste; assert not any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules)"
+    code = ("import sys, reste; "
+            "assert not any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -42,7 +42,8 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "plot", help="`plot estimators`: F and g of every estimator; `plot RUN_DIR...`: training curves",
-        description="reste plot estimators [--out FILE.png|.pdf|.svg] draws the forward-equivalent F and the backward g of "
+        description="reste plot estimators [--out FILE.png|.pdf|.svg] draws the forward-equivalent F and the "
+                    "backward g of "
                     "every registered estimator; reste plot RUN_DIR... [--out FILE] draws the training curves "
                     "(accuracy, loss on a log axis, learning rate and schedule, indicators) of runs, "
                     "several runs in one figure with a legend by the settings that differ.",
