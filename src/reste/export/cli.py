@@ -34,10 +34,12 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("exported", help="a file written by `reste export`")
     p.add_argument("images", nargs="?", help="a .npy array of preprocessed images (N, C, H, W)")
     p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
-    p.add_argument("--data-path", "--data_path", dest="data_path")
+    p.add_argument("--data-path", "--data_path", dest="data_path",
+                   help="the data set's folder, as for `reste train --data-path` (with --dataset or the export's)")
     p.add_argument("--labels", help="a .npy array of the labels of IMAGES.npy")
     p.add_argument("--output", "-o", help="where to write the predictions (.npy; default IMAGES.pred.npy)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
+                   help="images per forward pass (default 256)")
     p.add_argument("--backend", choices=("auto", "c", "numpy"), default="auto",
                    help="XOR/popcount kernels: compiled C (auto when a compiler exists) or NumPy")
     p.set_defaults(func=cmd_predict)
