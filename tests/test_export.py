@@ -24,13 +24,7 @@ from reste.native import NativeLibrary
 BACKENDS = ["numpy"] + (["c"] if K.c_kernel_error() is None else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and much faster on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _calibrate(model: nn.Module, size: tuple[int, ...], batches: int = 3, seed: int = 0) -> nn.Module:

@@ -14,12 +14,7 @@ from reste.export.exporter import format_verify, verify_export
 from reste.export.reference import SLACK, U32, compare, gamma, graph_reference, trace_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _calibrated(name: str, size=(3, 32, 32), **opts) -> nn.Module:

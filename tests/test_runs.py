@@ -62,14 +62,6 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def one_thread():
-    """Resume in this process with one thread, like the children (OMP_NUM_THREADS=1): the same sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _resume_here(run_dir: Path) -> str:
     """``reste train --resume`` in this process; returns its stdout."""

@@ -315,8 +315,9 @@ def compare(ref: Reference, logits: Any, sites: list[Any] | None = None) -> Comp
         tuple(s.shape) == tuple(r.shape) for s, r in zip(sites, ref.sites))
     result = Comparison(images=n, traced=traced)
     result.same_predictions = int((got.argmax(1) == ref.logits.argmax(1)).sum())
+    traced_sites = [torch.as_tensor(s) for s in sites] if traced else None
     for i in range(n):
-        status, detail, ratio = _image_status(ref, got, [torch.as_tensor(s) for s in sites] if traced else None, i)
+        status, detail, ratio = _image_status(ref, got, traced_sites, i)
         if status == "agree":
             result.agree += 1
             result.max_abs_diff = max(result.max_abs_diff, float((got[i] - ref.logits[i]).abs().max()))

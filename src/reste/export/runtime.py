@@ -255,13 +255,10 @@ class PackedModel:
             post = None
             if node["op"] in ("bconv", "blinear") and node["bin_in"]:
                 # fuse bconv -> relu -> affine into one kernel epilogue
-                relu = self._sole_user(nodes, users, i, "relu")
-                aff = self._sole_user(nodes, users, relu, "affine") if relu is not None else None
-                if aff is not None:
-                    post = (np.ascontiguousarray(tensors[nodes[aff]["scale"]], np.float32),
-                            np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
-                    skip.update((relu, aff))
-                    target = aff  # the fused step produces the affine's value
+                post, fused = self._relu_affine(nodes, users, tensors, i)
+                if fused:
+                    skip.update(fused)
+                    target = fused[-1]  # the fused step produces the affine's value
                 if node["op"] == "bconv":
                     # and the residual add that follows; when its other input comes later in the graph, the
                     # fused step runs in the add's place (if no sign is taken in between: the trace's order)
@@ -277,14 +274,11 @@ class PackedModel:
                         skip.add(add)
             elif node["op"] == "conv":
                 # a float conv -> relu -> affine (the stem) in one step, the last two in place
-                relu = self._sole_user(nodes, users, i, "relu")
-                aff = self._sole_user(nodes, users, relu, "affine") if relu is not None else None
-                if aff is not None:
-                    post = (np.ascontiguousarray(tensors[nodes[aff]["scale"]], np.float32),
-                            np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
-                    skip.update((relu, aff))
-                    target = aff
-            if node["op"] == "sign" or (node["op"] in ("bconv", "blinear") and node["bin_in"]):
+                post, fused = self._relu_affine(nodes, users, tensors, i)
+                if fused:
+                    skip.update(fused)
+                    target = fused[-1]
+            if self._takes_sign(node):
                 self._sign_steps.add(len(self._steps))
             self._steps.append((target, inputs, self._build(node, t, post)))
         self._last_use = self._free_plan()
@@ -304,6 +298,19 @@ class PackedModel:
                     and producer[2].fuse_next(fn)):
                 fused.add(producers[value])
         return fused
+
+    @classmethod
+    def _relu_affine(cls, nodes: list[dict[str, Any]], users: list[int], tensors: list[np.ndarray],
+                     i: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, tuple[int, ...]]:
+        """A relu -> affine pair that only node ``i`` feeds: its (scale, shift) as a fused epilogue
+        and the two node indices; ``(None, ())`` when there is none."""
+        relu = cls._sole_user(nodes, users, i, "relu")
+        aff = cls._sole_user(nodes, users, relu, "affine") if relu is not None else None
+        if aff is None:
+            return None, ()
+        post = (np.ascontiguousarray(tensors[nodes[aff]["scale"]], np.float32),
+                np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
+        return post, (relu, aff)
 
     @staticmethod
     def _takes_sign(node: dict[str, Any]) -> bool:
