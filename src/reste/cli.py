@@ -318,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return args.func(args)
+        status = args.func(args)
+        _leave_process_group()
+        return status
     except UsageError as err:
         if debug:
             raise
@@ -336,6 +338,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("reste: interrupted; a run keeps its finished epochs (continue it with --resume RUN_DIR), "
               "a new run that finished none is removed", file=sys.stderr)
         return 130
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, tear the process group down before the interpreter exits: a gloo group left
+    alive can abort a process at exit ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def usage_line(err: UsageError) -> str:
