@@ -410,3 +410,18 @@ def test_mid_epoch_resume_of_in_memory_cifar10(tmp_path, one_thread):
         engine._Run._checkpoint_due = original
     engine.resume(tmp_path / "cut", progress=False, log=quiet)
     assert_same_run(tmp_path / "full", tmp_path / "cut")
+
+
+def test_augment_switch_reaches_the_train_loader(tmp_path):
+    """``--augment`` / ``--no-augment`` is a config field with the data set's default; a
+    config.json written before the field existed reads as augmented (how those runs trained)."""
+    _write_cifar(tmp_path / "cifar", per_batch=2, n_test=2)
+    base = dict(dataset="cifar10", data_path=str(tmp_path / "cifar"), epochs=1, batch_size=4, device="cpu")
+    assert TrainConfig(**base).resolve().augment is True
+    for augment in (True, False):
+        run = engine._Run(TrainConfig(**base, augment=augment).resolve(), tmp_path / f"r{augment}", quiet, False)
+        assert (run.train_loader.augment is not None) is augment
+    old = TrainConfig(**base).resolve().to_dict()
+    del old["augment"]
+    assert TrainConfig.from_dict(old).augment is True
+    assert TrainConfig(dataset="digits").resolve().augment is False

@@ -44,6 +44,7 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)  # keywords of the model factory (width)
     a32: bool = False
     scaling: str = "layer"
+    augment: bool | None = None  # train-split augmentation (the data set's default recipe says)
     epochs: int | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None
@@ -74,6 +75,9 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise UsageError(f"unknown config keys {unknown}; valid: {', '.join(sorted(names))}")
+        data = dict(data)
+        if "dataset" in data and "augment" not in data:
+            data["augment"] = True  # a config saved before the field existed: runs always augmented
         return cls(**data)
 
     def resolve(self) -> "TrainConfig":

@@ -292,7 +292,7 @@ class _Run:
 
         where = data_device(config.dataset, config.data_device, self.device)  # None: read from files
         train_ds, test_ds, self.info = load_datasets(config.dataset, config.data_path, download=config.download,
-                                                     in_memory=where is not None)
+                                                     augment=config.augment, in_memory=where is not None)
         self.train_loader, self.test_loader = make_loaders(
             train_ds, test_ds, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
             workers=config.workers, seed=config.seed, pin_memory=self.device.type == "cuda",
