@@ -8,19 +8,39 @@
 >>> export_onnx(model, "resnet20.onnx", (3, 32, 32))
 >>> compare(graph_reference("resnet20.rbnn", images), logits)   # against float64, near-tie aware
 
-The file format is described in :mod:`reste.export.format`, the graph ops in
-:mod:`reste.export.graph`, the packed kernels in :mod:`reste.export.kernels`.
+The graph's ops are listed in :mod:`reste.export.ir`, the file format is described in
+:mod:`reste.export.format`, the packed kernels in :mod:`reste.export.kernels`.
+
+The names are imported on first use, so that ``import reste.export.runtime`` (the
+inference side) loads neither torch.fx tracing nor the training code.
 """
 
-from .exporter import export_checkpoint, export_model, format_report, read_header, size_report, unpack_state
-from .format import pack_bits, unpack_bits
-from .kernels import BACKENDS
-from .onnx_export import deploy_model, export_onnx, run_onnx
-from .reference import compare, graph_reference, trace_model
-from .runtime import PackedModel
+from __future__ import annotations
 
-__all__ = [
-    "export_model", "export_checkpoint", "format_report", "size_report", "read_header", "unpack_state",
-    "pack_bits", "unpack_bits", "PackedModel", "BACKENDS", "export_onnx", "deploy_model", "run_onnx",
-    "graph_reference", "trace_model", "compare",
-]
+from importlib import import_module
+from typing import Any
+
+_SOURCES = {
+    "exporter": ("export_model", "export_checkpoint", "format_report", "size_report", "read_header", "unpack_state"),
+    "format": ("pack_bits", "unpack_bits"),
+    "kernels": ("BACKENDS",),
+    "onnx_export": ("deploy_model", "export_onnx", "run_onnx"),
+    "reference": ("compare", "graph_reference", "trace_model"),
+    "runtime": ("PackedModel",),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -28,10 +28,10 @@ from torch import nn
 
 from ..errors import UsageError
 from . import format as fmt
-from .graph import TENSOR_KEYS, Bits, to_graph
+from . import ir
+from .graph import Bits, to_graph
 
 FORMAT_NAME = "reste-packed"
-_DROP_KEYS = ("bn1d",)
 
 
 def _json_safe(value: Any) -> Any:
@@ -41,11 +41,13 @@ def _json_safe(value: Any) -> Any:
 def _serialize(nodes: list[dict[str, Any]], writer: fmt.Writer) -> list[dict[str, Any]]:
     out = []
     for node in nodes:
+        ir.check_node(node)
+        op = ir.get_op(node["op"])
         item = {}
         for key, value in node.items():
-            if key in _DROP_KEYS:
+            if key in op.build_only:
                 continue
-            if key in TENSOR_KEYS.get(node["op"], ()):
+            if key in op.tensors:
                 if value is None:
                     item[key] = None
                 elif isinstance(value, Bits):
@@ -103,7 +105,7 @@ def export_model(
         file_bytes = writer.write(path, header)
         report = size_report(model, writer.tensor_bytes(), file_bytes)
         report.update(path=str(path), folded_batch_norms=folded,
-                      binary_layers=sum(1 for n in nodes if n["op"] in ("bconv", "blinear")),
+                      binary_layers=sum(1 for n in nodes if n["op"] in ir.BINARY_OPS),
                       affine_ops=sum(1 for n in nodes if n["op"] == "affine"))
         if verify and input_size is not None:
             report["verify"] = verify_export(model, path, input_size)
@@ -239,8 +241,7 @@ def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str,
         spec = None
     if spec is None:
         return {}
-    return {"input_size": list(size or spec.input_size), "mean": list(spec.mean), "std": list(spec.std),
-            "pixel_scale": spec.scale}
+    return ir.Preprocessing(tuple(size or spec.input_size), spec.mean, spec.std, spec.scale).to_meta()
 
 
 def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *,
@@ -285,7 +286,7 @@ def unpack_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
     header, tensors = fmt.read(path)
     out = {}
     for i, node in enumerate(header["nodes"]):
-        for key in TENSOR_KEYS.get(node["op"], ()):
+        for key in ir.tensor_keys(node):
             idx = node.get(key)
             if idx is None:
                 continue

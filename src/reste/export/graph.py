@@ -5,26 +5,8 @@ are leaves) and turns every call into one node: a dict with ``op``, ``in`` (indi
 of earlier nodes; node 0 is the input) and the op's attributes. Tensors are numpy
 arrays in the node (``Bits`` for binary weights) until the file is written.
 
-Ops and attributes (``pad`` is ``[top, bottom, left, right]``):
-
-    input
-    conv      w, b, stride, pad, dil, groups              float convolution
-    bconv     w (bits), alpha, b, stride, pad, dil, bin_in  y = conv(sign(x) or x, sign(w) * alpha) + b,
-                                                           zero padding applied after sign
-    linear    w, b
-    blinear   w (bits), alpha, b, bin_in
-    affine    scale, shift                                 per channel (axis 1): a batch norm
-    relu / sign / hardtanh(lo, hi) / leaky_relu(slope) / prelu(w)
-    add                                                    two inputs
-    cat       dim
-    maxpool   k, stride, pad, dil, ceil
-    avgpool   k, stride, pad, ceil, incl, div
-    adaptive_avgpool  size
-    mean      dims, keepdim
-    flatten   start, end
-    reshape   shape (without the batch dimension)
-    slice     ranges: [start, stop, step] per dimension from 0 (null = default)
-    cpad      pads (``F.pad`` order), value                constant padding
+The ops and their attributes are listed in :mod:`reste.export.ir`, the table that the
+file writer and the runtime read too.
 
 Batch norms are folded where that is exact: into the float conv or linear they
 directly follow, and into a float linear they directly precede (BatchNorm1d ->
@@ -43,16 +25,7 @@ from torch import fx, nn
 
 from ..errors import UsageError
 from ..estimators import Estimator
-
-#: The keys of each op that hold tensors.
-TENSOR_KEYS: dict[str, tuple[str, ...]] = {
-    "conv": ("w", "b"),
-    "bconv": ("w", "alpha", "b"),
-    "linear": ("w", "b"),
-    "blinear": ("w", "alpha", "b"),
-    "affine": ("scale", "shift"),
-    "prelu": ("w",),
-}
+from . import ir
 
 
 class Bits:
@@ -210,7 +183,9 @@ class _Builder:
         self.env: dict[fx.Node, Any] = {}
 
     def add(self, node: dict[str, Any], inputs: list[int]) -> int:
-        self.nodes.append({**node, "in": inputs})
+        node = {**node, "in": inputs}
+        ir.check_node(node)
+        self.nodes.append(node)
         return len(self.nodes) - 1
 
     def tensor(self, arg: Any, what: str) -> int:

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import format as fmt
+from . import ir
 
 #: float32 unit roundoff.
 U32 = 2.0 ** -24
@@ -132,7 +133,7 @@ class _Evaluator:
 
     def op(self, node: dict[str, Any], args: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         op = node["op"]
-        if op in ("conv", "linear", "bconv", "blinear"):
+        if op in ("conv", "linear", *ir.BINARY_OPS):
             return self.matmul(node, *args[0])
         if op == "sign":
             v, e = args[0]
@@ -188,7 +189,7 @@ class _Evaluator:
     def matmul(self, node: dict[str, Any], v: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         op = node["op"]
         w, b = self.tensor(node, "w"), self.tensor(node, "b")
-        if op in ("bconv", "blinear"):
+        if op in ir.BINARY_OPS:
             alpha = self.tensor(node, "alpha")
             alpha = torch.ones(w.shape[0], dtype=torch.float64) if alpha is None else alpha.expand(w.shape[0])
             if node["bin_in"]:

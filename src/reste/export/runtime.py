@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from . import format as fmt
-from .graph import TENSOR_KEYS
+from . import ir
 from .kernels import (BitsOut, Epilogue, Rows, conv_weight_words, get_kernels, pack_rows, pad_lanes,
                       padding_correction, sign_thresholds)
 
@@ -249,11 +249,11 @@ class PackedModel:
                 continue
             if i in skip:
                 continue
-            t = {k: (None if node.get(k) is None else tensors[node[k]]) for k in TENSOR_KEYS.get(node["op"], ())}
+            t = {k: (None if node.get(k) is None else tensors[node[k]]) for k in ir.tensor_keys(node)}
             inputs = list(node["in"])
             target = i
             post = None
-            if node["op"] in ("bconv", "blinear") and node["bin_in"]:
+            if node["op"] in ir.BINARY_OPS and node["bin_in"]:
                 # fuse bconv -> relu -> affine into one kernel epilogue
                 post, fused = self._relu_affine(nodes, users, tensors, i)
                 if fused:
@@ -265,7 +265,7 @@ class PackedModel:
                     add = self._sole_user(nodes, users, target, "add")
                     other = [j for j in nodes[add]["in"] if j != target] if add is not None else []
                     if len(other) == 1 and (other[0] < i or not any(
-                            self._takes_sign(nodes[j]) for j in range(i + 1, add) if j not in skip)):
+                            ir.takes_sign(nodes[j]) for j in range(i + 1, add) if j not in skip)):
                         inputs.append(other[0])
                         target = add
                         if other[0] > i:
@@ -278,7 +278,7 @@ class PackedModel:
                 if fused:
                     skip.update(fused)
                     target = fused[-1]
-            if self._takes_sign(node):
+            if ir.takes_sign(node):
                 self._sign_steps.add(len(self._steps))
             self._steps.append((target, inputs, self._build(node, t, post)))
         self._last_use = self._free_plan()
@@ -311,10 +311,6 @@ class PackedModel:
         post = (np.ascontiguousarray(tensors[nodes[aff]["scale"]], np.float32),
                 np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
         return post, (relu, aff)
-
-    @staticmethod
-    def _takes_sign(node: dict[str, Any]) -> bool:
-        return node["op"] == "sign" or (node["op"] in ("bconv", "blinear") and bool(node.get("bin_in")))
 
     @staticmethod
     def _sole_user(nodes: list[dict[str, Any]], users: list[int], i: int, op: str) -> int | None:
@@ -356,11 +352,11 @@ class PackedModel:
         op = node["op"]
         tt = {k: None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
               for k, v in t.items()}
-        if op not in ("bconv", "blinear"):
+        if op not in ir.BINARY_OPS:
             self.weight_bytes += sum(v.numel() * 4 for v in tt.values() if v is not None)
         if op == "input":
             return lambda x: x
-        if op in ("bconv", "blinear"):
+        if op in ir.BINARY_OPS:
             signs = fmt.unpack_bits(t["w"], tuple(self.header["tensors"][node["w"]][1]), np.int8)
             out_ch = signs.shape[0]
             alpha = np.ones(out_ch, np.float32) if t["alpha"] is None else \
@@ -433,7 +429,7 @@ class PackedModel:
         if op == "cpad":
             pads, value = node["pads"], node["value"]
             return lambda x: F.pad(x, pads, "constant", value)
-        raise UsageError(f"unknown op {op!r} in the packed model; it needs a newer reste")
+        raise AssertionError(f"{op!r} is in the op table (reste.export.ir) but the runtime cannot run it")
 
     def _conv_relu_affine(self, conv: Callable, scale: np.ndarray, shift: np.ndarray) -> Callable:
         """conv -> ReLU -> per-channel affine, the last two in place on the conv's fresh output:
@@ -506,6 +502,6 @@ class PackedModel:
         return tuple(size) if size else None
 
     def __repr__(self) -> str:
-        n = sum(1 for node in self.header["nodes"] if node["op"] in ("bconv", "blinear"))
+        n = sum(1 for node in self.header["nodes"] if node["op"] in ir.BINARY_OPS)
         backend = self.backend + (f"/{self.isa}" if self.isa else "")
         return f"PackedModel({self.meta.get('model_name', '?')}, {n} binary layers, backend={backend})"

@@ -1,0 +1,91 @@
+"""The export's op table (reste.export.ir), the runtime's imports, the C sources as package data,
+and `reste predict` on raw images (image files, uint8 arrays) with the header's preprocessing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reste
+from reste import models
+from reste.errors import UsageError
+from reste.export import PackedModel, export_model, ir
+from reste.export import format as fmt
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+# what the inference side may load of reste: the table, the file format, the kernels and their builder
+RUNTIME_MODULES = {"reste", "reste.errors", "reste.native", "reste.export", "reste.export.ir",
+                   "reste.export.format", "reste.export.kernels", "reste.export.runtime"}
+
+
+def _modules_after(statement: str) -> dict:
+    code = (f"import sys, json; {statement}; "
+            "print(json.dumps({'fx': 'torch.fx' in sys.modules, "
+            "'reste': sorted(m for m in sys.modules if m.startswith('reste'))}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_runtime_loads_neither_torch_fx_nor_the_training_side():
+    got = _modules_after("import reste.export.runtime")
+    assert set(got["reste"]) <= RUNTIME_MODULES, got["reste"]
+    for training in ("reste.estimators", "reste.layers", "reste.engine", "reste.models", "reste.export.graph"):
+        assert training not in got["reste"]
+    # torch 2.x loads torch.fx itself on `import torch`; the runtime must add nothing to that
+    assert got["fx"] == _modules_after("import torch, numpy")["fx"]
+
+
+def test_lazy_package_names_still_resolve():
+    from reste.export import BACKENDS, compare, export_checkpoint, pack_bits  # noqa: F401
+
+    assert reste.ReSTE is reste.estimators.ReSTE and "PackedModel" in dir(reste.export)
+    with pytest.raises(AttributeError):
+        reste.export.no_such_name  # noqa: B018
+    with pytest.raises(AttributeError):
+        reste.no_such_name  # noqa: B018
+
+
+# ------------------------------------------------------------------ the op table
+
+
+def test_every_exported_node_has_exactly_its_ops_keys(tmp_path):
+    model = models.create("resnet20_1w1a").eval()
+    export_model(model, tmp_path / "r.rbnn", input_size=(3, 32, 32), verify=False)
+    header, _ = fmt.read(tmp_path / "r.rbnn")
+    seen = set()
+    for node in header["nodes"]:
+        ir.check_node(node)
+        op = ir.get_op(node["op"])
+        assert not set(op.build_only) & set(node)  # builder-only keys are not written
+        for key in op.tensors:
+            assert node[key] is None or isinstance(node[key], int)
+        seen.add(node["op"])
+    assert {"input", "conv", "bconv", "affine", "add", "linear"} <= seen
+
+
+def test_check_node_names_what_is_wrong():
+    ir.check_node({"op": "relu", "in": [0]})
+    with pytest.raises(ValueError, match=r"missing \['dim'\]"):
+        ir.check_node({"op": "cat", "in": [0, 1]})
+    with pytest.raises(ValueError, match=r"unexpected \['slope'\]"):
+        ir.check_node({"op": "relu", "in": [0], "slope": 0.1})
+    with pytest.raises(ValueError, match="2 inputs, expected 1"):
+        ir.check_node({"op": "relu", "in": [0, 1]})
+    assert ir.takes_sign({"op": "bconv", "bin_in": True}) and not ir.takes_sign({"op": "bconv", "bin_in": False})
+
+
+def test_an_op_from_a_newer_reste_is_refused_in_one_line(tmp_path):
+    writer = fmt.Writer()
+    header = {"format": "reste-packed", "meta": {}, "output": 1,
+              "nodes": [{"op": "input", "in": []}, {"op": "gelu", "in": [0]}]}
+    writer.write(tmp_path / "new.rbnn", header)
+    with pytest.raises(UsageError, match="unknown op 'gelu'.*newer reste"):
+        PackedModel.load(tmp_path / "new.rbnn")
+
