@@ -89,3 +89,12 @@ def test_an_op_from_a_newer_reste_is_refused_in_one_line(tmp_path):
     with pytest.raises(UsageError, match="unknown op 'gelu'.*newer reste"):
         PackedModel.load(tmp_path / "new.rbnn")
 
+
+def test_call_and_forward_return_the_same_type(tmp_path):
+    model = nn.Sequential(reste.BinaryConv2d(3, 4, 3, padding=1), nn.Flatten()).eval()
+    export_model(model, tmp_path / "m.rbnn", input_size=(3, 5, 5), verify=False)
+    packed = PackedModel.load(tmp_path / "m.rbnn")
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 5)).astype(np.float32)
+    called, forward = packed(x), packed.forward(x)
+    assert type(called) is type(forward) is torch.Tensor and called.dtype == torch.float32
+    torch.testing.assert_close(called, forward, rtol=0, atol=0)

@@ -14,7 +14,7 @@ writes that conv's packed sign bits directly (``_BinaryConv.to_bits``; not while
 ``forward`` records a trace, which needs the float values).
 
 >>> model = PackedModel.load("resnet20.rbnn")
->>> logits = model(images)            # (N, C, H, W) -> (N, classes) numpy float32
+>>> logits = model(images)            # (N, C, H, W) -> (N, classes) float32 tensor, as model.forward
 >>> labels = model.predict(images)
 """
 
@@ -487,9 +487,9 @@ class PackedModel:
                 values.pop(j, None)
         return values[self._output]
 
-    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Logits (N, classes) as a float32 numpy array for a batch of (N, C, H, W) images."""
-        return self.forward(images).contiguous().numpy()
+    def __call__(self, images: np.ndarray | torch.Tensor, *, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """:meth:`forward`: logits (N, classes) as a float32 CPU tensor for a batch of (N, C, H, W) images."""
+        return self.forward(images, trace=trace)
 
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class indices (int64) for the images, computed in batches."""
