@@ -98,3 +98,45 @@ def test_call_and_forward_return_the_same_type(tmp_path):
     called, forward = packed(x), packed.forward(x)
     assert type(called) is type(forward) is torch.Tensor and called.dtype == torch.float32
     torch.testing.assert_close(called, forward, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ C sources as package data
+
+
+def test_c_sources_are_package_files_and_shipped():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from reste import fused
+    from reste.export import kernels as K
+
+    root = Path(reste.__file__).parent
+    for lib_source, path in ((K._C_SOURCE, "export/csrc/packed.c"), (K._CPU_SOURCE, "export/csrc/cpu_features.c"),
+                             (fused._SOURCE, "csrc/fused.c")):
+        assert lib_source.read_text(encoding="utf-8") == (root / path).read_text(encoding="utf-8")
+    for py in root.rglob("*.py"):  # no C left in Python strings
+        assert "#include" not in py.read_text(encoding="utf-8"), py
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["reste"]
+    shipped = {p for g in globs for p in root.glob(g)}
+    assert shipped == set(root.rglob("*.c")) and len(shipped) == 3
+
+
+def test_a_changed_c_file_gets_a_fresh_build_and_a_missing_one_falls_back(tmp_path, monkeypatch):
+    import ctypes
+
+    from reste.native import NativeLibrary
+
+    if NativeLibrary("probe", "int f(void) { return 1; }", {}).get() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "answer.c"
+    signature = {"answer": ([], ctypes.c_int)}
+    source.write_text("int answer(void) { return 41; }\n")
+    assert NativeLibrary("answer", source, signature).get().answer() == 41
+    source.write_text("int answer(void) { return 42; }\n")
+    assert NativeLibrary("answer", source, signature).get().answer() == 42
+    assert len(list((tmp_path / "cache").glob("answer_*.so"))) == 2  # the cache key follows the source
+    missing = NativeLibrary("gone", tmp_path / "gone.c", {})
+    assert missing.get() is None and "gone.c" in missing.error()

@@ -1,7 +1,8 @@
 """Small C kernels, compiled on first use and called through ``ctypes``.
 
-reste ships C source, not binaries: a :class:`NativeLibrary` compiles its source
-with the system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``) the first time
+reste ships C source, not binaries: ``.c`` files installed with the package
+(``reste/csrc``, ``reste/export/csrc``; :func:`c_source`). A :class:`NativeLibrary`
+compiles its source with the system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``) the first time
 it is needed, trying a list of flag sets from the fastest (``-march=native``) to
 the most portable, and caches the shared object under ``$RESTE_CACHE`` or
 ``~/.cache/reste`` (keyed by the source, compiler, flags and CPU, so a changed
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.resources
 import os
 import platform
 import shutil
@@ -26,7 +28,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 PTR = ctypes.c_void_p
 I64 = ctypes.c_int64
@@ -34,6 +36,17 @@ I32 = ctypes.c_int32
 F32 = ctypes.c_float
 
 DEFAULT_FLAGS: tuple[tuple[str, ...], ...] = (("-O3", "-march=native"), ("-O3",))
+
+
+class SourceFile(Protocol):
+    """A C file to read when the library is built (an ``importlib.resources`` traversable, a ``Path``)."""
+
+    def read_text(self, encoding: str | None = None) -> str: ...
+
+
+def c_source(package: str, filename: str) -> SourceFile:
+    """The C file ``csrc/<filename>`` shipped inside ``package`` (read when a library is built)."""
+    return importlib.resources.files(package) / "csrc" / filename
 
 
 def cache_dir() -> Path:
@@ -91,11 +104,13 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
 class NativeLibrary:
     """A C library built on first use; ``get()`` is ``None`` where it cannot be built.
 
-    ``signatures`` maps each function to its ``(argtypes, restype)``. The build is
-    attempted once per process (thread-safe); ``reset()`` forgets it.
+    ``source`` is the C text or a file (:func:`c_source`), read when the library is built: a
+    missing file makes the library unavailable, like a missing compiler. ``signatures`` maps
+    each function to its ``(argtypes, restype)``. The build is attempted once per process
+    (thread-safe); ``reset()`` forgets it.
     """
 
-    def __init__(self, name: str, source: str, signatures: dict[str, tuple[list[Any], Any]],
+    def __init__(self, name: str, source: str | SourceFile, signatures: dict[str, tuple[list[Any], Any]],
                  flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> None:
         self.name = name
         self.source = source
@@ -110,7 +125,7 @@ class NativeLibrary:
             with self._lock:
                 if self._built is None:
                     try:
-                        lib = compile_library(self.name, self.source, self.flag_sets)
+                        lib = compile_library(self.name, self.source_text(), self.flag_sets)
                         for fn, (argtypes, restype) in self.signatures.items():
                             getattr(lib, fn).argtypes = argtypes
                             getattr(lib, fn).restype = restype
@@ -119,6 +134,10 @@ class NativeLibrary:
                         self._built = err
                 built = self._built
         return built if isinstance(built, ctypes.CDLL) else None
+
+    def source_text(self) -> str:
+        """The C source (read from its file, if it is one); ``OSError`` when the file cannot be read."""
+        return self.source if isinstance(self.source, str) else self.source.read_text(encoding="utf-8")
 
     def error(self) -> str | None:
         """Why the library is unavailable (``None`` when it builds)."""

@@ -1,0 +1,375 @@
+/* reste packed-model kernels: sign packing, im2col and the XOR/popcount GEMM with its float epilogue
+   (see reste/export/kernels.py, which compiles this file through reste.native and calls it via ctypes).
+   One source, compiled once per instruction set (-DRESTE_ISA=... plus that set's target flags):
+   0 scalar (popcnt per word), 1 AVX2 (nibble-table popcount of bytes, summed per 64-bit lane with SAD),
+   2 AVX-512 with VPOPCNTDQ, 3 NEON (vcnt of bytes). Every variant computes the same integers; the float
+   epilogue is compiled with -ffp-contract=off so that it rounds the same way everywhere. */
+
+#include <stdint.h>
+#include <string.h>
+
+#ifndef RESTE_ISA
+#define RESTE_ISA 0
+#endif
+#if RESTE_ISA == 1 || RESTE_ISA == 2
+#include <immintrin.h>
+#endif
+#if RESTE_ISA == 3
+#include <arm_neon.h>
+#endif
+
+int reste_isa(void) { return RESTE_ISA; }
+
+/* x: (N, H, W, C) float32; out: (N, Hp, Wp, Cb) uint8, interior at (pt, pl); only the first ceil(C / 8)
+   bytes of a pixel are written (padding and spare bytes are left as they are: the caller zeroes them).
+   Bit i of byte b is x[c = 8b + i] < 0 (false for -0 and NaN, as the float engine's sign). Images n0 .. n1-1. */
+void reste_pack_signs(const float *x, int64_t H, int64_t W, int64_t C, uint8_t *out, int64_t Hp,
+                      int64_t Wp, int64_t Cb, int64_t pt, int64_t pl, int64_t n0, int64_t n1) {
+    int64_t full = C / 8;
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t w = 0; w < W; w++) {
+                const float *px = x + ((n * H + h) * W + w) * C;
+                uint8_t *po = out + ((n * Hp + h + pt) * Wp + w + pl) * Cb;
+                int64_t b = 0;
+#if RESTE_ISA == 2
+                for (; b + 2 <= full; b += 2) {
+                    uint16_t m = (uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(px + 8 * b), _mm512_setzero_ps(),
+                                                              _CMP_LT_OQ);
+                    memcpy(po + b, &m, 2);
+                }
+#elif RESTE_ISA == 1
+                for (; b < full; b++)
+                    po[b] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(px + 8 * b),
+                                                                      _mm256_setzero_ps(), _CMP_LT_OQ));
+#endif
+                for (; b < full; b++) {
+                    const float *q = px + 8 * b;
+                    po[b] = (uint8_t)((q[0] < 0.0f) | (q[1] < 0.0f) << 1 | (q[2] < 0.0f) << 2 |
+                                      (q[3] < 0.0f) << 3 | (q[4] < 0.0f) << 4 | (q[5] < 0.0f) << 5 |
+                                      (q[6] < 0.0f) << 6 | (q[7] < 0.0f) << 7);
+                }
+                if (8 * full < C) {
+                    uint8_t v = 0;
+                    for (int64_t c = 8 * full; c < C; c++) v |= (uint8_t)(px[c] < 0.0f) << (c - 8 * full);
+                    po[full] = v;
+                }
+            }
+}
+
+/* Short copies inline (a call to memcpy per few bytes dominates the small-channel layers). */
+static inline void copy_bytes(uint8_t *dst, const uint8_t *src, int64_t n) {
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, src, 8);
+        memcpy(dst, &v, 8);
+        dst += 8; src += 8; n -= 8;
+    }
+    if (n >= 4) {
+        uint32_t v;
+        memcpy(&v, src, 4);
+        memcpy(dst, &v, 4);
+        dst += 4; src += 4; n -= 4;
+    }
+    if (n >= 2) {
+        uint16_t v;
+        memcpy(&v, src, 2);
+        memcpy(dst, &v, 2);
+        dst += 2; src += 2; n -= 2;
+    }
+    if (n) *dst = *src;
+}
+
+/* xp: (N, Hp, Wp, Cb) packed; cols: (N*OH*OW, row_bytes), row = kh x kw pixels of Cb bytes, zero tail. */
+void reste_im2col(const uint8_t *xp, int64_t Hp, int64_t Wp, int64_t Cb, int64_t kh, int64_t kw, int64_t sh,
+                  int64_t sw, int64_t dh, int64_t dw, int64_t OH, int64_t OW, uint8_t *cols, int64_t row_bytes,
+                  int64_t n0, int64_t n1) {
+    int64_t used = kh * kw * Cb;
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t oh = 0; oh < OH; oh++)
+            for (int64_t ow = 0; ow < OW; ow++) {
+                uint8_t *dst = cols + ((n * OH + oh) * OW + ow) * row_bytes;
+                for (int64_t i = 0; i < kh; i++) {
+                    const uint8_t *src = xp + ((n * Hp + oh * sh + i * dh) * Wp + ow * sw) * Cb;
+                    if (dw == 1) {
+                        copy_bytes(dst, src, kw * Cb);
+                        dst += kw * Cb;
+                    } else {
+                        for (int64_t j = 0; j < kw; j++) {
+                            copy_bytes(dst, src + j * dw * Cb, Cb);
+                            dst += Cb;
+                        }
+                    }
+                }
+                for (int64_t b = used; b < row_bytes; b++) *dst++ = 0;
+            }
+}
+
+/* ---- popcount micro-kernels: a block of ROWS activation rows x 16 output channels.
+   rows[r]: the row's base (bytes); segment s of the row is the L words at rows[r] + off[s]. Wb: the weight
+   block, word k of the row (over all segments) for output lane j at Wb[k * 16 + j].
+   cnt[r * 16 + j] = sum over the row's words of popcount(a ^ w). */
+#define LANES 16
+
+#if RESTE_ISA == 2
+#define ROWS 8
+static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                         const uint64_t *Wb, uint64_t *cnt) {
+    __m512i acc[ROWS][2];
+    for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    for (int64_t s = 0; s < nseg; s++) {
+        const uint64_t *p[ROWS];
+        for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+        const uint64_t *w = Wb + s * L * LANES;
+        for (int64_t k = 0; k < L; k++) {
+            __m512i w0 = _mm512_loadu_si512((const void *)(w + k * LANES));
+            __m512i w1 = _mm512_loadu_si512((const void *)(w + k * LANES + 8));
+#pragma GCC unroll 8
+            for (int r = 0; r < ROWS; r++) {
+                __m512i x = _mm512_set1_epi64((long long)p[r][k]);
+                acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_xor_si512(x, w0)));
+                acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_xor_si512(x, w1)));
+            }
+        }
+    }
+    for (int r = 0; r < ROWS; r++) {
+        _mm512_storeu_si512((void *)(cnt + r * LANES), acc[r][0]);
+        _mm512_storeu_si512((void *)(cnt + r * LANES + 8), acc[r][1]);
+    }
+}
+#elif RESTE_ISA == 1
+#define ROWS 4
+static inline __m256i pc8(__m256i x, __m256i lut, __m256i nib) {  /* popcount of each byte */
+    __m256i lo = _mm256_and_si256(x, nib);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+/* Two passes of 8 lanes; byte counters summed into 64-bit lanes (SAD) at least every 31 words, so that
+   they cannot overflow (8 per word). */
+static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                         const uint64_t *Wb, uint64_t *cnt) {
+    const __m256i lut = _mm256_setr_epi8(0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4,0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4);
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    const __m256i zero = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        __m256i tot[ROWS][2];
+        for (int r = 0; r < ROWS; r++) tot[r][0] = tot[r][1] = zero;
+        for (int64_t s = 0; s < nseg; s++) {
+            const uint64_t *p[ROWS];
+            for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+            const uint64_t *w = Wb + s * L * LANES + 8 * h;
+            for (int64_t k = 0; k < L;) {
+                int64_t end = k + 31 < L ? k + 31 : L;
+                __m256i b[ROWS][2];
+                for (int r = 0; r < ROWS; r++) b[r][0] = b[r][1] = zero;
+                for (; k < end; k++) {
+                    __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * LANES));
+                    __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * LANES + 4));
+#pragma GCC unroll 4
+                    for (int r = 0; r < ROWS; r++) {
+                        __m256i x = _mm256_set1_epi64x((long long)p[r][k]);
+                        b[r][0] = _mm256_add_epi8(b[r][0], pc8(_mm256_xor_si256(x, w0), lut, nib));
+                        b[r][1] = _mm256_add_epi8(b[r][1], pc8(_mm256_xor_si256(x, w1), lut, nib));
+                    }
+                }
+                for (int r = 0; r < ROWS; r++) {
+                    tot[r][0] = _mm256_add_epi64(tot[r][0], _mm256_sad_epu8(b[r][0], zero));
+                    tot[r][1] = _mm256_add_epi64(tot[r][1], _mm256_sad_epu8(b[r][1], zero));
+                }
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            _mm256_storeu_si256((__m256i *)(cnt + r * LANES + 8 * h), tot[r][0]);
+            _mm256_storeu_si256((__m256i *)(cnt + r * LANES + 8 * h + 4), tot[r][1]);
+        }
+    }
+}
+#elif RESTE_ISA == 3
+#define ROWS 2
+/* Byte counts (vcnt) summed into 64-bit lanes (pairwise widening adds) at least every 31 words. */
+static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                         const uint64_t *Wb, uint64_t *cnt) {
+    uint64x2_t tot[ROWS][8];
+    for (int r = 0; r < ROWS; r++)
+        for (int j = 0; j < 8; j++) tot[r][j] = vdupq_n_u64(0);
+    for (int64_t s = 0; s < nseg; s++) {
+        const uint64_t *p[ROWS];
+        for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+        const uint64_t *w = Wb + s * L * LANES;
+        for (int64_t k = 0; k < L;) {
+            int64_t end = k + 31 < L ? k + 31 : L;
+            uint8x16_t b[ROWS][8];
+            for (int r = 0; r < ROWS; r++)
+                for (int j = 0; j < 8; j++) b[r][j] = vdupq_n_u8(0);
+            for (; k < end; k++) {
+                uint64x2_t wv[8];
+                for (int j = 0; j < 8; j++) wv[j] = vld1q_u64(w + k * LANES + 2 * j);
+                for (int r = 0; r < ROWS; r++) {
+                    uint64x2_t x = vdupq_n_u64(p[r][k]);
+                    for (int j = 0; j < 8; j++)
+                        b[r][j] = vaddq_u8(b[r][j], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, wv[j]))));
+                }
+            }
+            for (int r = 0; r < ROWS; r++)
+                for (int j = 0; j < 8; j++)
+                    tot[r][j] = vaddq_u64(tot[r][j], vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(b[r][j]))));
+        }
+    }
+    for (int r = 0; r < ROWS; r++)
+        for (int j = 0; j < 8; j++) vst1q_u64(cnt + r * LANES + 2 * j, tot[r][j]);
+}
+#else
+#define ROWS 1
+static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                         const uint64_t *Wb, uint64_t *cnt) {
+    uint64_t c[LANES] = {0};
+    for (int64_t s = 0; s < nseg; s++) {
+        const uint64_t *p = (const uint64_t *)(rows[0] + off[s]);
+        const uint64_t *w = Wb + s * L * LANES;
+        for (int64_t k = 0; k < L; k++) {
+            uint64_t a = p[k];
+            for (int j = 0; j < LANES; j++) c[j] += (uint64_t)__builtin_popcountll(a ^ w[k * LANES + j]);
+        }
+    }
+    for (int j = 0; j < LANES; j++) cnt[j] = c[j];
+}
+#endif
+
+/* t[j] = K - 2 c[j] - cr[j] (cr may be NULL) and v[j] = alpha[j] t[j] + bias[j] [-> ReLU -> * scale[j] + shift[j]]
+   on one block of 16 lanes: the same float32 operations, in the same order, in every variant. */
+#if RESTE_ISA == 2
+static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
+    __m256i lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)c));
+    __m256i hi = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(c + 8)));
+    __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    x = _mm512_sub_epi32(_mm512_set1_epi32(K), _mm512_add_epi32(x, x));
+    if (cr) x = _mm512_sub_epi32(x, _mm512_loadu_si512((const void *)cr));
+    _mm512_storeu_si512((void *)t, x);
+}
+static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
+                               const float *shift, float *v) {
+    __m512 x = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)t));
+    x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(alpha), x), _mm512_loadu_ps(bias));
+    if (scale) {
+        x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+        x = _mm512_add_ps(_mm512_mul_ps(x, _mm512_loadu_ps(scale)), _mm512_loadu_ps(shift));
+    }
+    _mm512_storeu_ps(v, x);
+}
+static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
+    __m512i x = _mm512_loadu_si512((const void *)t);
+    return (uint32_t)(_mm512_cmp_epi32_mask(x, _mm512_loadu_si512((const void *)lo), _MM_CMPINT_NLT) &
+                      _mm512_cmp_epi32_mask(x, _mm512_loadu_si512((const void *)hi), _MM_CMPINT_LE));
+}
+#else
+static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
+    uint32_t bits = 0;
+    for (int j = 0; j < LANES; j++) bits |= (uint32_t)(t[j] >= lo[j] && t[j] <= hi[j]) << j;
+    return bits;
+}
+#endif
+#if RESTE_ISA == 2
+#elif RESTE_ISA == 1
+static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
+    for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
+}
+static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
+                               const float *shift, float *v) {
+    for (int h = 0; h < LANES; h += 8) {
+        __m256 x = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(t + h)));
+        x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(alpha + h), x), _mm256_loadu_ps(bias + h));
+        if (scale) {
+            x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ), x);
+            x = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(scale + h)), _mm256_loadu_ps(shift + h));
+        }
+        _mm256_storeu_ps(v + h, x);
+    }
+}
+#else
+static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
+    for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
+}
+static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
+                               const float *shift, float *v) {
+    for (int j = 0; j < LANES; j++) v[j] = alpha[j] * (float)t[j] + bias[j];
+    if (scale)
+        for (int j = 0; j < LANES; j++) v[j] = (v[j] > 0.0f ? v[j] : 0.0f) * scale[j] + shift[j];
+}
+#endif
+
+/* Binary convolution (or GEMM) on packed bits, output rows m0 .. m1-1 (m = (n * OH + oh) * OW + ow).
+   Row m reads X + n * sn + oh * sh + ow * sw (bytes), nseg segments of L words at off[s] from there
+   (implicit GEMM on a padded, word-aligned activation, or one segment of an im2col row).
+   Bt: (ceil(O / 16), nseg * L, 16) words. t[m, o] = K - 2 popcount - corr[m % (OH * OW), o] (corr may be
+   NULL) is the exact +-1 dot product, and the output is (corr, alpha, bias, scale, shift, lo and hi are
+   padded to whole blocks of 16 channels: (P, 16 ceil(O / 16)) and 16 ceil(O / 16); lo > hi on the padding)
+     mode 0: t as int32 (M, O);
+     mode 1: float32 (M, O), alpha[o] t + bias[o] [-> ReLU -> * scale[o] + shift[o]] (scale NULL: none)
+             [+ res[m, o]] (res NULL: none; a residual added in the same pass);
+     mode 2: sign bits of the next layer's packed input: bit o of out + n * on + oh * ohs + ow * ows
+             is lo[o] <= t <= hi[o]; the first obytes bytes of that pixel are written. */
+void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
+                 int64_t nseg, int64_t L, const int64_t *off, const uint64_t *Bt, int64_t O, int32_t K,
+                 const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
+                 const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
+                 int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
+    int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
+    uint64_t cnt[ROWS * LANES];
+    for (int64_t r0 = m0; r0 < m1; r0 += ROWS) {
+        int64_t nr = m1 - r0 < ROWS ? m1 - r0 : ROWS;
+        const uint8_t *rows[ROWS];
+        const int32_t *crow[ROWS];
+        uint8_t *px[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            int64_t m = r0 + (r < nr ? r : nr - 1), n = m / P, p = m % P, oh = p / OW, ow = p % OW;
+            rows[r] = X + n * sn + oh * sh + ow * sw;
+            crow[r] = corr ? corr + p * blocks * LANES : 0;
+            px[r] = mode == 2 ? out + n * on + oh * ohs + ow * ows : 0;
+        }
+        for (int64_t b = 0; b < blocks; b++) {
+            int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
+            block_counts(rows, nseg, L, off, Bt + b * Kw * LANES, cnt);
+            for (int64_t r = 0; r < nr; r++) {
+                /* whole 16-lane blocks (the per-channel arrays and corr rows are padded to whole blocks);
+                   only no values are stored */
+                int32_t t[LANES];
+                float v[LANES];
+                lanes_dot(cnt + r * LANES, K, crow[r] ? crow[r] + o0 : 0, t);
+                if (mode == 0) {
+                    int32_t *y = (int32_t *)out + (r0 + r) * O + o0;
+                    if (no == LANES) memcpy(y, t, sizeof t);  /* a fixed size: one vector store, not a call */
+                    else memcpy(y, t, (size_t)no * sizeof(int32_t));
+                } else if (mode == 1) {
+                    lanes_float(t, alpha + o0, bias + o0, scale ? scale + o0 : 0, scale ? shift + o0 : 0, v);
+                    if (res) {
+                        const float *rs = res + (r0 + r) * O + o0;
+                        if (no == LANES)
+                            for (int j = 0; j < LANES; j++) v[j] = v[j] + rs[j];
+                        else
+                            for (int64_t j = 0; j < no; j++) v[j] = v[j] + rs[j];
+                    }
+                    float *y = (float *)out + (r0 + r) * O + o0;
+                    if (no == LANES) memcpy(y, v, sizeof v);
+                    else memcpy(y, v, (size_t)no * sizeof(float));
+                } else {
+                    uint32_t bits = lanes_bits(t, lo + o0, hi + o0);
+                    px[r][o0 / 8] = (uint8_t)bits;
+                    if (o0 / 8 + 1 < obytes) px[r][o0 / 8 + 1] = (uint8_t)(bits >> 8);
+                }
+            }
+        }
+    }
+}
+
+/* x: (R, C) float32 in place: x = [ReLU](x) * scale[c] + shift[c] (ReLU as torch.relu: NaN stays NaN).
+   Rows r0 .. r1-1. */
+void reste_channel_affine(float *x, int64_t C, const float *scale, const float *shift, int32_t relu,
+                          int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        float *y = x + r * C;
+        if (relu)
+            for (int64_t c = 0; c < C; c++) y[c] = (y[c] < 0.0f ? 0.0f : y[c]) * scale[c] + shift[c];
+        else
+            for (int64_t c = 0; c < C; c++) y[c] = y[c] * scale[c] + shift[c];
+    }
+}
