@@ -140,3 +140,137 @@ def test_a_changed_c_file_gets_a_fresh_build_and_a_missing_one_falls_back(tmp_pa
     assert len(list((tmp_path / "cache").glob("answer_*.so"))) == 2  # the cache key follows the source
     missing = NativeLibrary("gone", tmp_path / "gone.c", {})
     assert missing.get() is None and "gone.c" in missing.error()
+
+
+# ------------------------------------------------------------------ raw images in `reste predict`
+
+
+@pytest.fixture(scope="module")
+def digits_export(tmp_path_factory):
+    """digits_1w1a (random weights, calibrated batch norms) through `reste export`, and the test split."""
+    from reste.checkpoint import save_checkpoint
+    from reste.cli import main
+    from reste.data import load_datasets
+
+    tmp = tmp_path_factory.mktemp("digits")
+    torch.manual_seed(0)
+    model = models.create("digits_1w1a").train()
+    _, test, _ = load_datasets("digits")
+    with torch.no_grad():
+        model(test.images)
+    save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10},
+                     "model": model.eval().state_dict(), "dataset": "digits", "epoch": 1, "best_acc": 0.0,
+                     "config": {"dataset": "digits"}, "metrics": {}}, tmp / "d.pt")
+    assert main(["export", str(tmp / "d.pt"), str(tmp / "d.rbnn")]) == 0
+    return tmp / "d.rbnn", test
+
+
+def _run(capsys, *argv):
+    from reste.cli import main
+
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_error(capsys, *argv):
+    code, _, err = _run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("reste: error: "), err
+    return lines[0]
+
+
+def test_the_header_records_the_preprocessing(digits_export):
+    from reste.datasets import get_spec
+
+    path, _ = digits_export
+    prep, spec = PackedModel.load(path).preprocessing, get_spec("digits")
+    assert prep == ir.Preprocessing((1, 8, 8), spec.mean, spec.std, spec.scale)
+    assert ir.Preprocessing.from_meta({**prep.to_meta(), "std": [0.0]}) is None  # refused, not used
+    assert ir.Preprocessing.from_meta({"mean": [0.5]}) is None
+
+
+def test_predict_takes_raw_uint8_arrays_with_the_training_preprocessing(capsys, tmp_path, digits_export):
+    path, test = digits_export
+    raw = test.data.numpy()
+    assert raw.dtype == np.uint8 and raw.shape[1:] == (1, 8, 8)
+    expected = PackedModel.load(path).predict(test.images.numpy())  # the loader's float32 images
+    for name, array in (("nchw", raw), ("nhw", raw[:, 0])):
+        np.save(tmp_path / f"{name}.npy", array)
+        np.save(tmp_path / "y.npy", test.labels.numpy())
+        code, out, err = _run(capsys, "predict", str(path), str(tmp_path / f"{name}.npy"),
+                              "--labels", str(tmp_path / "y.npy"))
+        assert code == 0, err
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.pred.npy"), expected)  # bit for bit the same
+        accuracy = 100.0 * float((expected == test.labels.numpy()).mean())
+        assert f"accuracy {accuracy:.2f}%" in out
+    np.save(tmp_path / "one.npy", raw[3, 0])  # one (H, W) image
+    assert _run(capsys, "predict", str(path), str(tmp_path / "one.npy"))[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "one.pred.npy"), expected[3:4])
+    np.save(tmp_path / "bad.npy", raw[:, :, :4])
+    assert "(1, 4, 8)" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "bad.npy"))
+    np.save(tmp_path / "flat.npy", raw.reshape(-1))
+    assert "(N, H, W)" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "flat.npy"))
+
+
+def test_predict_takes_an_image_file(capsys, tmp_path, digits_export):
+    from PIL import Image
+
+    from reste.export.inputs import IMAGE_WHITE, normalise
+
+    path, test = digits_export
+    packed = PackedModel.load(path)
+    grey = (test.data.numpy()[7, 0].astype(np.int32) * 255 // 16).astype(np.uint8)  # 0..16 -> 0..255
+    Image.fromarray(grey, "L").save(tmp_path / "seven.png")
+    want = packed.predict(normalise(grey[None, None], packed.preprocessing, IMAGE_WHITE))[0]
+    code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "seven.png"))
+    assert code == 0, err
+    assert out.startswith(f"{tmp_path / 'seven.png'}: class {want} ")
+    assert not (tmp_path / "seven.pred.npy").exists()
+    assert _run(capsys, "predict", str(path), str(tmp_path / "seven.png"), "-o", str(tmp_path / "p.npy"))[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), [want])
+    # an RGB JPEG of another size: grey, resized, classified
+    Image.fromarray(np.full((40, 30, 3), 128, np.uint8), "RGB").save(tmp_path / "photo.jpg")
+    code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "photo.jpg"))
+    assert code == 0 and ": class " in out, err
+    # errors: one line, status 2
+    (tmp_path / "text.png").write_text("not an image")
+    assert "Pillow can read" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "text.png"))
+    assert "does not exist" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "gone.png"))
+    assert "is a folder" in _one_line_error(capsys, "predict", str(path), str(tmp_path))
+
+
+def test_read_image_converts_scales_and_crops_at_the_centre(tmp_path):
+    from PIL import Image
+
+    from reste.export.inputs import read_image
+
+    wide = np.zeros((8, 24), np.uint8)
+    wide[:, 8:16] = 200  # the centre square survives the crop, unscaled
+    Image.fromarray(wide, "L").save(tmp_path / "wide.png")
+    assert (read_image(tmp_path / "wide.png", (1, 8, 8)) == 200).all()
+    Image.fromarray(np.full((5, 5, 3), (255, 0, 0), np.uint8), "RGB").save(tmp_path / "red.png")
+    red = read_image(tmp_path / "red.png", (3, 10, 12))
+    assert red.shape == (1, 3, 10, 12) and red.dtype == np.uint8
+    assert (red[0, 0] == 255).all() and (red[0, 1:] == 0).all()
+    assert read_image(tmp_path / "red.png", (1, 4, 4)).shape == (1, 1, 4, 4)
+    with pytest.raises(UsageError, match="1 \\(grey\\) or 3 \\(RGB\\)"):
+        read_image(tmp_path / "red.png", (2, 4, 4))
+
+
+def test_raw_images_need_a_header_with_the_preprocessing(capsys, tmp_path):
+    from PIL import Image
+
+    model = models.create("digits_1w1a").eval()
+    export_model(model, tmp_path / "bare.rbnn", input_size=(1, 8, 8), verify=False)  # no meta
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "x.png")
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.uint8))
+    for images in ("x.png", "x.npy"):
+        line = _one_line_error(capsys, "predict", str(tmp_path / "bare.rbnn"), str(tmp_path / images))
+        assert "does not record its preprocessing" in line
+    np.save(tmp_path / "f.npy", np.zeros((2, 1, 8, 8), np.float32))  # preprocessed floats still work
+    assert _run(capsys, "predict", str(tmp_path / "bare.rbnn"), str(tmp_path / "f.npy"))[0] == 0
+    prep = ir.Preprocessing((1, 8, 8), (0.5,), (0.25,), 255.0)
+    export_model(model, tmp_path / "api.rbnn", input_size=(1, 8, 8), meta=prep.to_meta(), verify=False)
+    assert PackedModel.load(tmp_path / "api.rbnn").preprocessing == prep
+    assert _run(capsys, "predict", str(tmp_path / "api.rbnn"), str(tmp_path / "x.png"))[0] == 0

@@ -2,7 +2,10 @@
 
     reste export CHECKPOINT OUT [--onnx [PATH]]    packed 1-bit file (+ ONNX), prints the size report
     reste predict EXPORTED --dataset NAME [--data-path P]   accuracy of the packed engine on the test split
-    reste predict EXPORTED IMAGES.npy [--labels L.npy] [--output P.npy]   predictions for preprocessed images
+    reste predict EXPORTED IMAGES.npy [--labels L.npy] [--output P.npy]   predictions for float (preprocessed)
+                                                     or uint8 (raw) images
+    reste predict EXPORTED photo.png                 the class of one image file (preprocessed as the
+                                                     export header says)
 """
 
 from __future__ import annotations
@@ -29,14 +32,19 @@ def add_commands(subparsers: Any) -> None:
 
     p = subparsers.add_parser("predict", help="run a packed model (XOR/popcount inference on the CPU)",
                               description="Run a file written by `reste export`. With --dataset, prints the "
-                                          "test accuracy; with IMAGES.npy (preprocessed float (N, C, H, W)), "
-                                          "writes the predicted classes (and prints the accuracy with --labels).")
+                                          "test accuracy; with IMAGES.npy, writes the predicted classes (and "
+                                          "prints the accuracy with --labels); with an image file (PNG, JPEG), "
+                                          "prints its class. Raw images (an image file, a uint8 array) are "
+                                          "resized and normalised with the input size, mean and std the export "
+                                          "records; a float array is taken as preprocessed.")
     p.add_argument("exported", help="a file written by `reste export`")
-    p.add_argument("images", nargs="?", help="a .npy array of preprocessed images (N, C, H, W)")
+    p.add_argument("images", nargs="?",
+                   help="a .npy array: float (N, C, H, W) preprocessed, or uint8 raw pixels (N, C, H, W), "
+                        "(N, H, W) for one channel, or one image; or one image file (PNG, JPEG, ...)")
     p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
     p.add_argument("--data-path", "--data_path", dest="data_path",
                    help="the data set's folder, as for `reste train --data-path` (with --dataset or the export's)")
-    p.add_argument("--labels", help="a .npy array of the labels of IMAGES.npy")
+    p.add_argument("--labels", help="a .npy array of the labels of IMAGES.npy (or the one label of an image file)")
     p.add_argument("--output", "-o", help="where to write the predictions (.npy; default IMAGES.pred.npy)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256)")
@@ -121,14 +129,6 @@ def _load_npy(path: str, what: str) -> Any:
         raise UsageError(f"{p} is not a readable .npy array ({str(err).splitlines()[0][:100]})") from None
 
 
-def _check_shape(model: Any, shape: tuple[int, ...], what: str) -> None:
-    """Refuse images whose (C, H, W) is not the model's."""
-    size = model.input_size
-    if size and tuple(shape) != tuple(size):
-        raise UsageError(f"{what} holds images of shape {tuple(shape)} but the model takes "
-                         f"{tuple(size)}; pass images of its shape")
-
-
 def _model_classes(model: Any) -> int | None:
     """The number of outputs the export says it has (None when it does not say)."""
     options = model.meta.get("model_options")
@@ -139,6 +139,7 @@ def _model_classes(model: Any) -> int | None:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .inputs import check_shape, is_image_file, model_inputs
     from .runtime import PackedModel
 
     if args.batch_size < 1:
@@ -149,24 +150,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--labels and --output go with IMAGES.npy")
     model = PackedModel.load(args.exported, backend=args.backend)
     if args.images:
-        images = _load_npy(args.images, "images")
-        if images.ndim != 4 or not np.issubdtype(images.dtype, np.number):
-            raise UsageError(f"{args.images} must hold preprocessed float images (N, C, H, W), got shape "
-                             f"{images.shape} of {images.dtype}")
-        _check_shape(model, images.shape[1:], args.images)
+        one_file = is_image_file(args.images)  # one image file: print its class (write it only with --output)
+        if one_file:
+            if not Path(args.images).is_file():
+                raise UsageError(f"image file {args.images} does not exist" if not Path(args.images).is_dir()
+                                 else f"{args.images} is a folder; pass one image file or a .npy array")
+            images = model_inputs(None, args.images, model.input_size, model.preprocessing)
+        else:
+            images = model_inputs(_load_npy(args.images, "images"), args.images, model.input_size,
+                                  model.preprocessing)
         out = Path(args.output) if args.output else Path(args.images).with_suffix(".pred.npy")
+        write = not one_file or args.output
         labels = None
         if args.labels:
             labels = _load_npy(args.labels, "labels").reshape(-1)
             if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
                 raise UsageError(f"{args.labels} must hold {len(images)} integer labels, got {len(labels)} "
                                  f"of {labels.dtype}")
-        _check_writable(out)
+        if write:
+            _check_writable(out)
         start = time.perf_counter()
-        pred = model.predict(images.astype(np.float32), batch_size=args.batch_size)
+        pred = model.predict(images, batch_size=args.batch_size)
         seconds = time.perf_counter() - start
-        _save_predictions(out, pred)
-        line = f"{len(pred)} predictions written to {out} ({seconds:.2f} s, {model.backend} kernels)"
+        if write:
+            _save_predictions(out, pred)
+            line = f"{len(pred)} predictions written to {out} ({seconds:.2f} s, {model.backend} kernels)"
+        else:
+            line = f"{args.images}: class {int(pred[0])} ({seconds:.2f} s, {model.backend} kernels)"
         if labels is not None:
             line += f"; accuracy {100.0 * float((pred == labels).mean()):.2f}%"
         print(line)
@@ -177,7 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..data import load_datasets, make_loaders
 
     train_ds, test_ds, info = load_datasets(dataset, args.data_path)
-    _check_shape(model, info.input_size, f"the {info.name} data set")
+    check_shape(model.input_size, info.input_size, f"the {info.name} data set")
     classes = _model_classes(model)
     if classes is not None and classes != info.num_classes:
         raise UsageError(f"the model predicts {classes} classes but {info.name} has {info.num_classes}; "

@@ -86,7 +86,10 @@ def export_model(
         input_size: (C, H, W), stored in the file; with ``verify`` the packed engine and
             the float32 model are then checked against the model in float64 on 16 random
             images, and the report gets ``verify`` (see :func:`verify_export`).
-        meta: free-form JSON-safe information stored in the header (model name, data set, ...).
+        meta: free-form JSON-safe information stored in the header (model name, data set, ...);
+            the keys of :class:`reste.export.ir.Preprocessing` (``input_size``, ``mean``, ``std``,
+            ``pixel_scale``, as ``Preprocessing(...).to_meta()`` gives them) let the packed model
+            take raw images (``reste predict model.rbnn photo.png``).
     """
     was_training = model.training
     model.eval()

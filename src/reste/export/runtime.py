@@ -501,6 +501,12 @@ class PackedModel:
         size = self.header["nodes"][0].get("shape")
         return tuple(size) if size else None
 
+    @property
+    def preprocessing(self) -> ir.Preprocessing | None:
+        """What raw images need before :meth:`forward` (input size, mean, std, pixel scale), as the
+        export recorded it; ``None`` when it did not (see :mod:`reste.export.inputs`)."""
+        return ir.Preprocessing.from_meta(self.meta)
+
     def __repr__(self) -> str:
         n = sum(1 for node in self.header["nodes"] if node["op"] in ir.BINARY_OPS)
         backend = self.backend + (f"/{self.isa}" if self.isa else "")

@@ -1,0 +1,115 @@
+"""Images for a packed model: image files and ``.npy`` arrays, raw or already preprocessed.
+
+* A float array is preprocessed already: (N, C, H, W), what the model takes.
+* A uint8 array holds raw pixels in the data set's units (0 .. ``pixel_scale``): (N, C, H, W),
+  (N, H, W) for one channel, or one image ((C, H, W), or (H, W) for one channel).
+* An image file (PNG, JPEG, ... as Pillow reads it) is converted to the model's channels
+  (grey or RGB), scaled to cover the model's input size with its aspect ratio kept
+  (bilinear) and cropped at the centre; its pixels run from 0 to 255.
+
+Raw pixels get the preprocessing the export header records (:class:`reste.export.ir.Preprocessing`):
+``(pixel / white - mean[c]) / std[c]`` in float32, in the order the training data takes it,
+with ``white`` the header's ``pixel_scale`` for an array and 255 for an 8-bit image file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from .ir import Preprocessing
+
+#: The white of an 8-bit image file.
+IMAGE_WHITE = 255.0
+_MODES = {1: "L", 3: "RGB"}
+
+
+def normalise(raw: np.ndarray, prep: Preprocessing, white: float) -> np.ndarray:
+    """(N, C, H, W) pixels -> float32 ``(pixel / white - mean) / std`` per channel (divide, subtract, divide)."""
+    shape = (1, -1, 1, 1)
+    mean = np.asarray(prep.mean, np.float32).reshape(shape)
+    std = np.asarray(prep.std, np.float32).reshape(shape)
+    x = raw.astype(np.float32) / np.float32(white)
+    return (x - mean) / std
+
+
+def raw_batch(images: np.ndarray, size: tuple[int, int, int], what: str) -> np.ndarray:
+    """A uint8 array as (N, C, H, W): (N, H, W) and (H, W) are one-channel images, (C, H, W) one image."""
+    channels = size[0]
+    if images.ndim == 3:
+        images = images[:, None] if channels == 1 else images[None]
+    elif images.ndim == 2 and channels == 1:
+        images = images[None, None]
+    if images.ndim != 4:
+        layouts = "(N, C, H, W), (N, H, W), (H, W)" if channels == 1 else "(N, C, H, W) or (C, H, W)"
+        raise UsageError(f"{what} holds a uint8 array of shape {images.shape}; pass raw images as {layouts}")
+    return images
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int, int]) -> np.ndarray:
+    """The image file as uint8 (1, C, H, W) for a model of input ``size`` (C, H, W): its channels,
+    scaled to cover (H, W) with the aspect ratio kept and cropped at the centre."""
+    channels, height, width = size
+    if channels not in _MODES:
+        raise UsageError(f"the model takes {channels}-channel images; an image file gives 1 (grey) or 3 (RGB); "
+                         "pass a .npy array")
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise UsageError("reading image files needs Pillow (pip install pillow); pass a .npy array") from None
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert(_MODES[channels])
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UsageError(f"{path} is neither a .npy array nor an image file Pillow can read "
+                         f"({str(err).splitlines()[0][:100] if str(err) else type(err).__name__})") from None
+    w, h = image.size
+    scale = max(width / w, height / h)
+    cover = (max(width, round(w * scale)), max(height, round(h * scale)))
+    if cover != (w, h):
+        image = image.resize(cover, Image.BILINEAR)
+    left, top = (cover[0] - width) // 2, (cover[1] - height) // 2
+    if cover != (width, height):
+        image = image.crop((left, top, left + width, top + height))
+    pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))[None]
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Anything but a ``.npy`` file is read as an image."""
+    return Path(path).suffix.lower() != ".npy"
+
+
+def check_shape(size: tuple[int, ...] | None, shape: tuple[int, ...], what: str) -> None:
+    """Refuse images whose (C, H, W) is not the model's ``size`` (when it is known)."""
+    if size and tuple(shape) != tuple(size):
+        raise UsageError(f"{what} holds images of shape {tuple(shape)} but the model takes "
+                         f"{tuple(size)}; pass images of its shape")
+
+
+def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple[int, ...] | None,
+                 prep: Preprocessing | None) -> np.ndarray:
+    """Float32 (N, C, H, W) model inputs, of the model's input ``size`` when known, from a loaded
+    ``.npy`` array (``images``) or, with ``images=None``, from the image file at ``path``; raw
+    pixels get ``prep``."""
+    raw = images is None or images.dtype == np.uint8
+    if not raw:
+        if images.ndim != 4 or not np.issubdtype(images.dtype, np.number):
+            raise UsageError(f"{path} must hold preprocessed float images (N, C, H, W) or raw uint8 pixels, "
+                             f"got shape {images.shape} of {images.dtype}")
+        check_shape(size, images.shape[1:], str(path))
+        return images.astype(np.float32)
+    if prep is None:
+        what = "an image file" if images is None else "raw uint8 images"
+        raise UsageError(f"the packed model does not record its preprocessing (input size, mean, std), so it "
+                         f"cannot take {what}; export it again with `reste export`, or pass preprocessed "
+                         "float images (N, C, H, W) in a .npy file")
+    size3 = tuple(size) if size and len(size) == 3 else prep.input_size
+    if images is None:
+        return normalise(read_image(path, size3), prep, IMAGE_WHITE)
+    batch = raw_batch(images, size3, str(path))
+    check_shape(size3, batch.shape[1:], str(path))
+    return normalise(batch, prep, prep.pixel_scale)
