@@ -45,7 +45,7 @@ ESTIMATOR_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
                 "batch_size", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
                 "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile",
-                "sync_bn", "threads", "save_every")
+                "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,7 +121,19 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
     g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
                     help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
+    g2.add_argument("--keep-top", dest="keep_top", type=int, metavar="K",
+                    help="also keep the checkpoints of the K best epochs by test top-1, as "
+                         "RUN_DIR/top/epoch0007-acc91.23.pt (default 0: only last.pt and best.pt)")
+    g2.add_argument("--tensorboard", nargs="?", const="", type=_tensorboard_dir, metavar="DIR",
+                    help="log metrics, per-layer schedules and indicators, and the config to TensorBoard "
+                         "(pip install reste[tensorboard]): in RUN_DIR/tensorboard, or in DIR")
     g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _tensorboard_dir(text: str) -> str:
+    """``--tensorboard DIR``: DIR from the current folder; the bare flag (``""``): ``tensorboard``, which
+    TrainConfig takes inside the run directory."""
+    return os.path.abspath(text) if text else "tensorboard"
 
 
 def parse_value(text: str) -> Any:

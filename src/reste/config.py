@@ -65,6 +65,8 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     preset: str | None = None
     save_every: float | None = None  # minutes between mid-epoch checkpoints (None: only at epoch ends)
+    tensorboard: str | None = None  # TensorBoard event folder, a relative one inside the run directory (None: off)
+    keep_top: int = 0  # also keep the checkpoints of the K best epochs by test top-1 in top/ (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,6 +140,10 @@ class TrainConfig:
             raise UsageError(f"--threads must be in [1, {max_threads}] (4 per CPU core), got {self.threads}")
         if self.save_every is not None and not (math.isfinite(self.save_every) and self.save_every > 0):
             raise UsageError(f"--save-every must be a positive number of minutes, got {self.save_every}")
+        if self.keep_top < 0:
+            raise UsageError(f"--keep-top must be >= 0 (0 keeps no top checkpoints), got {self.keep_top}")
+        if self.tensorboard is not None and not self.tensorboard.strip():
+            raise UsageError("--tensorboard is empty; pass a folder or the bare flag")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         accepted = model_keywords(self.model)
@@ -170,10 +176,11 @@ class TrainConfig:
             "a32": (bool,), "channels_last": (bool,), "compile": (bool,), "sync_bn": (bool,),
             "model": (str,), "epochs": (int,), "batch_size": (int,), "eval_batch_size": (int,),
             "warm_up": (int,), "seed": (int,), "workers": (int,), "lr": number, "weight_decay": number,
-            "momentum": number,
+            "momentum": number, "keep_top": (int,),
         }
         optional: dict[str, tuple[type, ...]] = {
             "data_path": (str,), "indicators": (str,), "threads": (int,), "preset": (str,), "save_every": number,
+            "tensorboard": (str,),
         }
         for name, kind in (*kinds.items(), *optional.items()):
             value = getattr(self, name)

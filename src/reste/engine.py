@@ -21,6 +21,9 @@ metrics lines of the epochs ``last.pt`` holds and rewrites ``best.pt`` from
 ``last.pt`` when a crash came between the two, so after any crash and a resume the
 four agree. SIGTERM and SIGUSR1 (and ``--save-every``) write ``last.pt`` inside an
 epoch, with the number of batches done; resume skips those batches and continues.
+With ``--keep-top K`` the epoch's copy in ``top/`` and the removal of the copies that
+dropped out of the K best come after ``best.pt`` (``reste.rundir.keep_top``, which resume
+runs again); ``--tensorboard`` logs the epoch last (``reste.integrations.tensorboard``).
 
 Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel, BatchNorm is synchronised (``sync_bn``: nn.SyncBatchNorm on
@@ -53,14 +56,15 @@ from .config import AMP_MODES, TrainConfig
 from .data import data_device, load_datasets, make_loaders
 from .errors import UsageError
 from .indicators import EquilibriumMeter
+from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
-from .rundir import RunDirectory
+from .rundir import RunDirectory, keep_top
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm, is_distributed
 
 # Settings that may differ when resuming without --force: they do not change the result.
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
-               "save_every")
+               "save_every", "tensorboard", "keep_top")
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # preemption: save inside the epoch, then stop
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
 
@@ -284,6 +288,7 @@ class _Run:
 
     def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool) -> None:
         self.config, self.run_dir, self.progress = config, run_dir, progress
+        check_tensorboard(config.tensorboard, run_dir)  # before any data: a missing package is one line
         if config.threads:
             torch.set_num_threads(config.threads)
         self.dist, self.device = init_distributed(config.device)
@@ -336,6 +341,8 @@ class _Run:
         self.last_metrics: dict[str, Any] = {}
         self.stop = StopRequest()  # train() and resume() hand in the one their signal handlers set
         self._last_save = time.monotonic()
+        self.board = TensorBoardLog(config.tensorboard, run_dir, config.to_dict()) \
+            if config.tensorboard is not None and self.dist.main else None
 
     # -- state -------------------------------------------------------------
 
@@ -455,6 +462,13 @@ class _Run:
         return {"train_loss": loss_total / count, "train_acc": 100.0 * correct_total / count}
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._epochs()
+        finally:
+            if self.board is not None:
+                self.board.close()
+
+    def _epochs(self) -> dict[str, Any]:
         cfg = self.config
         start = time.time()
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -481,6 +495,8 @@ class _Run:
             self.last_metrics = metrics
             if self.dist.main:
                 self.save(epoch + 1, metrics, is_best)
+                if self.board is not None:
+                    self.board.log_epoch(metrics, self.model, self.meter)
             self.saved, self._last_save = (epoch + 1, 0), time.monotonic()
             self.log(format_epoch(metrics, cfg.epochs))
             if epoch + 1 < cfg.epochs and self._agree(2 if self.stop.signum else 0) == 2:
@@ -500,7 +516,7 @@ class _Run:
         return result
 
     def save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
-        """The end of an epoch: metrics line, ``last.pt``, then ``best.pt`` (the same bytes).
+        """The end of an epoch: metrics line, ``last.pt``, ``best.pt`` (the same bytes), then ``top/``.
 
         A crash between two of these writes is repaired on resume (see :func:`repair_best`).
         """
@@ -511,6 +527,8 @@ class _Run:
         blob = ckpt_io.save_checkpoint(self.state(epoch), self.run_dir / "last.pt")
         if is_best:
             ckpt_io.atomic_write(self.run_dir / "best.pt", lambda f: f.write(blob))
+        if self.config.keep_top:
+            keep_top(self.run_dir, self.config.keep_top, epoch, blob)
 
     # -- mid-epoch checkpoints ------------------------------------------------
 
@@ -753,6 +771,9 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         run.restore(ckpt)
         if run.dist.main:
             repair_best(run_dir, ckpt)
+            if config.keep_top:  # a crash may have come before the epoch's copy or the removals
+                keep_top(run_dir, config.keep_top, ckpt["epoch"], None if ckpt.get("step") else
+                         (run_dir / "last.pt").read_bytes())
     if run.dist.main:
         if diffs:
             ckpt_io.atomic_write(cfg_path, lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))

@@ -7,22 +7,27 @@ writer, whether ``reste train`` on the same ``--out``, ``--resume`` or a sweep j
 is refused with one line naming the PID. Every check of what the folder holds
 happens under the lock, so two processes started at the same instant cannot both
 pass it. ``discard()`` removes what a run that never finished an epoch wrote
-(the folder too, when this run created it).
+(the folder too, when this run created it). ``keep_top`` keeps the checkpoints of
+the K best epochs in ``top/``.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
+import re
 from pathlib import Path
 
-from .checkpoint import orphaned_temporaries
+from .checkpoint import atomic_write, orphaned_temporaries
 from .errors import UsageError
 
 LOCK_NAME = ".lock"
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt")
+TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
+_TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
 
 
 def _holder(lock_path: Path) -> str:
@@ -169,3 +174,60 @@ class RunDirectory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------- the K best epochs
+
+
+def top_name(epoch: int, acc: float) -> str:
+    """``epoch0007-acc91.23.pt``: the file in ``top/`` of an epoch with test top-1 ``acc``."""
+    return f"epoch{epoch:04d}-acc{acc:.2f}.pt"
+
+
+def top_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
+    """{epoch: file} of the checkpoints in ``run_dir/top/``."""
+    folder = Path(run_dir) / TOP_DIR
+    found = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = _TOP_NAME.match(path.name)
+        if match and path.is_file():
+            found[int(match.group(1))] = path
+    return found
+
+
+def keep_top(run_dir: str | os.PathLike, k: int, epoch: int, checkpoint: bytes | None) -> None:
+    """Make ``top/`` hold the checkpoints of the ``k`` best epochs up to ``epoch`` by test top-1.
+
+    ``checkpoint`` is the checkpoint file of epoch ``epoch`` (the bytes of its ``last.pt``), or
+    ``None`` when there is none (a resume from a mid-epoch ``last.pt``). The ranking is that of
+    ``metrics.jsonl`` (ties: the earlier epoch, as ``best.pt``) among the epochs whose file is on
+    disk, and ``epoch``. Writes go in a crash-safe order: the new file (atomically), then the
+    removal of those that dropped out and of any past ``epoch`` (left by a run resumed from an
+    earlier checkpoint), so a crash anywhere leaves only whole files, which the next call (the
+    next epoch, or resume) puts right.
+    """
+    from .engine import read_metrics  # the one reader of metrics.jsonl
+
+    run_dir = Path(run_dir)
+    folder = run_dir / TOP_DIR
+    for tmp in orphaned_temporaries(folder):  # left by a process killed in the middle of a write
+        tmp.unlink(missing_ok=True)
+    accuracy = {m["epoch"]: m.get("test_acc") for m in read_metrics(run_dir) if m["epoch"] <= epoch}
+    on_disk = top_checkpoints(run_dir)
+    candidates = {e: accuracy.get(e) for e in on_disk if e <= epoch}
+    if checkpoint is not None:
+        candidates[epoch] = accuracy.get(epoch)
+
+    def rank(e: int) -> tuple[float, int]:
+        acc = candidates[e]
+        return (-acc if isinstance(acc, (int, float)) and math.isfinite(acc) else math.inf, e)
+
+    best = set(sorted(candidates, key=rank)[:k])
+    if checkpoint is not None and epoch in best and epoch not in on_disk:
+        folder.mkdir(exist_ok=True)
+        acc = candidates[epoch]
+        atomic_write(folder / top_name(epoch, acc if isinstance(acc, (int, float)) else math.nan),
+                     lambda f: f.write(checkpoint))
+    for e, path in on_disk.items():
+        if e not in best:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,174 @@
+"""TensorBoard logging of ``reste train`` runs (``reste train --tensorboard [DIR]``).
+
+Needs the ``tensorboard`` package: ``pip install reste[tensorboard]``. The writer is
+``torch.utils.tensorboard.SummaryWriter``; the step of every value is the epoch (1-based,
+the ``epoch`` of ``metrics.jsonl``). After each finished epoch it logs
+
+* every number of that epoch's ``metrics.jsonl`` line: ``train_*`` as ``train/*``, ``test_*``
+  as ``test/*``, the schedule values (o, t, alpha, ...) as ``schedule/*``, the indicators as
+  ``indicators/*`` and the rest (``lr``, ``time``, ...) as ``epoch/*``;
+* the schedule values of every estimator, per layer, as ``schedule/<estimator module>/<name>``
+  (e.g. ``schedule/conv1.weight_estimator/o``), read as ``reste.set_progress`` reads them;
+* with ``--indicators``, the two indicators per layer, ``indicators/<layer>/estimating_error``
+  and ``indicators/<layer>/gradient_stability``, at the epoch's last step (the run-level values
+  in ``metrics.jsonl`` are the epoch's mean in the general mode).
+
+The run's config goes in once as hparams (nested options flattened: ``estimator_options.o_end``).
+A resumed run writes into the same folder: the first epoch it logs marks the point from which
+TensorBoard drops older events (``purge_step``), and the finished epochs that ``metrics.jsonl``
+holds but the folder does not (a crash before they were logged, or ``--tensorboard`` first given
+on resume) are logged from ``metrics.jsonl``; epochs already logged are not logged again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import UsageError
+from ..indicators import EquilibriumMeter, estimating_error, gradient_stability, indicator_layers
+from ..layers import estimators_of, schedule_values
+
+INSTALL = "pip install reste[tensorboard]"
+IN_RUN = "tensorboard"  # the default folder, inside the run directory
+
+
+def log_dir(setting: str, run_dir: str | os.PathLike) -> Path:
+    """The folder of a run's events: a relative ``setting`` is taken inside the run directory."""
+    path = Path(setting)
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
+def check(setting: str | None, run_dir: str | os.PathLike) -> None:
+    """Fail early, with one line, when ``--tensorboard`` cannot work: the package is missing, or a
+    run without a checkpoint yet (a new one) would write into a folder that holds another run's events."""
+    if setting is None:
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--tensorboard needs the tensorboard package: {INSTALL}") from None
+    folder = log_dir(setting, run_dir)
+    if not (Path(run_dir) / "last.pt").exists() and _event_files(folder):
+        raise UsageError(f"{folder} already holds TensorBoard events of another run; pass a new folder "
+                         "to --tensorboard (one per run)")
+
+
+def _event_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []
+
+
+def metric_tag(key: str, schedule: Any = (), indicators: Any = ()) -> str:
+    """The TensorBoard tag of a ``metrics.jsonl`` key."""
+    for split in ("train", "test"):
+        if key.startswith(split + "_"):
+            return f"{split}/{key[len(split) + 1:]}"
+    if key in schedule:
+        return f"schedule/{key}"
+    if key in indicators:
+        return f"indicators/{key}"
+    return f"epoch/{key}"
+
+
+def metric_scalars(metrics: dict[str, Any], schedule: Any = (), indicators: Any = ()) -> dict[str, float]:
+    """{tag: value} for every number of a metrics line but its ``epoch``."""
+    return {metric_tag(k, schedule, indicators): float(v) for k, v in metrics.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def layer_schedules(model: nn.Module) -> dict[str, float]:
+    """``schedule/<estimator module>/<name>`` for every scheduled estimator of ``model``."""
+    names = {id(m): name for name, m in model.named_modules()}
+    return {f"schedule/{names[id(est)]}/{k}": float(v) for est in estimators_of(model)
+            for k, v in est.schedule_values().items()}
+
+
+def layer_indicators(meter: EquilibriumMeter) -> dict[str, float]:
+    """``indicators/<layer>/estimating_error`` and ``.../gradient_stability`` of each indicator layer,
+    now (the weights and the gradients of the last step)."""
+    out = {}
+    for name, layer in indicator_layers(meter.model, meter.mode):
+        out[f"indicators/{name}/estimating_error"] = float(estimating_error(layer, meter.mode, meter.o_end))
+        if layer.weight.grad is not None:
+            out[f"indicators/{name}/gradient_stability"] = float(gradient_stability(layer, meter.mode))
+    return out
+
+
+def hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The config with nested dicts flattened (``estimator_options.o_end``) and every value a
+    number, a string or a bool (lists as text; ``None`` left out)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(hparams(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
+
+
+class TensorBoardLog:
+    """The TensorBoard events of one run, written by its main process after each finished epoch.
+
+    The writer opens at the first ``log_epoch`` (a run that finishes no epoch leaves no folder).
+    """
+
+    def __init__(self, setting: str, run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+        self.run_dir, self.dir, self.config = Path(run_dir), log_dir(setting, run_dir), config
+        self.writer: Any = None
+
+    def log_epoch(self, metrics: dict[str, Any], model: nn.Module, meter: EquilibriumMeter | None = None) -> None:
+        """Log one finished epoch: its metrics line, the per-layer schedule and indicators."""
+        step = int(metrics["epoch"])
+        schedule = schedule_values(model)
+        indicators = meter.history[-1] if meter is not None and meter.history else {}
+        if self.writer is None:
+            self._open(step, schedule, indicators)
+        scalars = metric_scalars(metrics, schedule, indicators)
+        scalars.update(layer_schedules(model))
+        if meter is not None:
+            scalars.update(layer_indicators(meter))
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def _open(self, step: int, schedule: Any, indicators: Any) -> None:
+        """Open the writer at epoch ``step``; fill in the earlier epochs the folder lacks; hparams once."""
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        logged, has_hparams = _logged(self.dir) if _event_files(self.dir) else (set(), False)
+        self.writer = SummaryWriter(str(self.dir), purge_step=step)
+        if not has_hparams:
+            for summary in hparams_summaries(hparams(self.config), {"test/acc": 0.0, "test/loss": 0.0}):
+                self.writer.file_writer.add_summary(summary)
+        if step > 1:
+            from ..engine import read_metrics
+
+            for line in read_metrics(self.run_dir):
+                if line["epoch"] < step:
+                    for tag, value in metric_scalars(line, schedule, indicators).items():
+                        if (tag, line["epoch"]) not in logged:
+                            self.writer.add_scalar(tag, value, line["epoch"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _logged(folder: Path) -> tuple[set[tuple[str, int]], bool]:
+    """The (tag, step) of every scalar in ``folder``'s events, and whether they hold hparams."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    logged = {(tag, e.step) for tag in tags.get("scalars", []) for e in events.Scalars(tag)}
+    try:
+        has_hparams = bool(events.PluginTagToContent("hparams"))
+    except KeyError:
+        has_hparams = False
+    return logged, has_hparams

@@ -1,0 +1,221 @@
+"""reste train --tensorboard (events read back and compared with metrics.jsonl) and --keep-top K."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from reste import engine
+from reste.checkpoint import load_checkpoint
+from reste.cli import main
+from reste.config import TrainConfig
+from reste.indicators import estimating_error, indicator_layers
+from reste.rundir import keep_top, top_checkpoints
+
+TRAIN = ["train", "--no-progress", "--threads", "1"]
+METRIC_TAGS = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss",
+               "test_acc": "test/acc", "test_top5": "test/top5", "lr": "epoch/lr", "time": "epoch/time",
+               "o": "schedule/o", "estimating_error": "indicators/estimating_error",
+               "gradient_stability": "indicators/gradient_stability"}
+
+
+def train(capsys, *argv):
+    code = main([*TRAIN, *argv])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of every scalar event in ``folder``, in the order written
+    (read raw, so an epoch logged twice shows twice)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:  # the loader turns simple values into scalar tensors
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    out.setdefault(value.tag, []).append((event.step, value.tensor.float_val[0]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory, one_thread_module):
+    """A 2-epoch digits run with --tensorboard --indicators."""
+    pytest.importorskip("tensorboard")
+    run = tmp_path_factory.mktemp("tb") / "run"
+    assert main([*TRAIN, "--epochs", "2", "--out", str(run), "--tensorboard", "--indicators"]) == 0
+    return run
+
+
+def test_every_metric_is_logged_at_its_epoch(logged):
+    events = scalars(logged / "tensorboard")
+    lines = metrics(logged)
+    assert set(lines[0]) - {"epoch"} == set(METRIC_TAGS)  # the table above covers the whole line
+    for key, tag in METRIC_TAGS.items():
+        assert [s for s, _ in events[tag]] == [1, 2], tag
+        for (_, value), line in zip(events[tag], lines):
+            assert value == pytest.approx(line[key], rel=1e-6, abs=1e-12), tag  # events hold float32
+
+
+def test_the_schedule_is_logged_per_layer(logged):
+    events = scalars(logged / "tensorboard")
+    o = events["schedule/conv1.weight_estimator/o"]
+    assert [s for s, _ in o] == [1, 2]
+    assert o[1][1] > o[0][1]  # o moved between the epochs
+    assert [v for _, v in o] == pytest.approx([m["o"] for m in metrics(logged)])
+    for layer in ("conv1", "conv2"):
+        for role in ("weight_estimator", "input_estimator"):
+            assert f"schedule/{layer}.{role}/o" in events
+
+
+def test_the_indicators_are_logged_per_layer(logged):
+    events = scalars(logged / "tensorboard")
+    ckpt = load_checkpoint(logged / "last.pt")
+    model = engine.model_from_checkpoint(ckpt)  # the weights after epoch 2, with their schedule state
+    layers = indicator_layers(model)
+    assert layers
+    for name, layer in layers:
+        error = events[f"indicators/{name}/estimating_error"]
+        assert [s for s, _ in error] == [1, 2]
+        assert error[-1][1] == pytest.approx(float(estimating_error(layer)), rel=1e-5)
+        stability = events[f"indicators/{name}/gradient_stability"]
+        assert [s for s, _ in stability] == [1, 2] and all(v >= 0 for _, v in stability)
+
+
+def test_the_config_goes_in_as_hparams(logged):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(logged / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["epochs"].number_value == 2
+    assert start.hparams["estimator"].string_value == "reste"
+    assert start.hparams["indicators"].string_value == "general"
+    assert start.hparams["tensorboard"].string_value == "tensorboard"
+    assert not any(k.endswith("_options") for k in start.hparams)  # nested dicts are flattened
+
+
+def test_resume_logs_no_epoch_twice(capsys, tmp_path, logged):
+    run = tmp_path / "run"
+    shutil.copytree(logged, run)
+    train(capsys, "--resume", str(run), "--epochs", "3", "--force")
+    events = scalars(run / "tensorboard")
+    for tag in ("test/acc", "schedule/o", "schedule/conv2.input_estimator/o", "indicators/conv1/estimating_error"):
+        assert [s for s, _ in events[tag]] == [1, 2, 3], tag
+    assert [v for _, v in events["test/acc"]] == pytest.approx([m["test_acc"] for m in metrics(run)], rel=1e-6)
+
+
+def test_tensorboard_given_on_resume_logs_the_finished_epochs_from_metrics(capsys, tmp_path, one_thread_module):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    train(capsys, "--epochs", "1", "--out", str(run))
+    train(capsys, "--resume", str(run), "--epochs", "2", "--force", "--tensorboard")  # tensorboard is free
+    events = scalars(run / "tensorboard")
+    assert [s for s, _ in events["train/loss"]] == [1, 2]
+    assert [v for _, v in events["train/loss"]] == pytest.approx([m["train_loss"] for m in metrics(run)], rel=1e-6)
+    assert [s for s, _ in events["schedule/conv1.weight_estimator/o"]] == [2]  # per layer: from now on
+    assert json.loads((run / "config.json").read_text())["tensorboard"] == "tensorboard"
+
+
+def test_tensorboard_dir_and_a_folder_of_another_run(capsys, tmp_path, one_thread_module):
+    pytest.importorskip("tensorboard")
+    board = tmp_path / "board"
+    train(capsys, "--epochs", "1", "--out", str(tmp_path / "a"), "--tensorboard", str(board))
+    assert scalars(board)["test/acc"][0][0] == 1
+    assert not (tmp_path / "a" / "tensorboard").exists()
+    code = main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "b"), "--tensorboard", str(board)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "already holds TensorBoard events" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_without_the_package_one_line_and_exit_2_before_any_data(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` raises ImportError
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the tensorboard check")
+
+    monkeypatch.setattr(engine, "load_datasets", no_data)
+    code = main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run"), "--tensorboard"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("reste: error: ") and "pip install reste[tensorboard]" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_configs_saved_before_the_fields_still_load():
+    data = TrainConfig(epochs=1).resolve().to_dict()
+    del data["tensorboard"], data["keep_top"]
+    config = TrainConfig.from_dict(data)
+    assert config.tensorboard is None and config.keep_top == 0
+
+
+def test_keep_top_negative_is_one_line(capsys, tmp_path):
+    code = main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run"), "--keep-top", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--keep-top must be >= 0" in err[0]
+
+
+# ------------------------------------------------------------------ --keep-top
+
+
+def _best(lines: list[dict], k: int, upto: int | None = None) -> list[int]:
+    kept = [m for m in lines if upto is None or m["epoch"] <= upto]
+    return sorted(m["epoch"] for m in sorted(kept, key=lambda m: (-m["test_acc"], m["epoch"]))[:k])
+
+
+def test_keep_top_2_over_4_epochs(capsys, tmp_path, one_thread_module):
+    run = tmp_path / "run"
+    train(capsys, "--epochs", "4", "--out", str(run), "--keep-top", "2")
+    lines = metrics(run)
+    files = top_checkpoints(run)
+    assert sorted(files) == _best(lines, 2)
+    assert sorted(p.name for p in (run / "top").iterdir()) == sorted(p.name for p in files.values())
+    for epoch, path in files.items():
+        acc = lines[epoch - 1]["test_acc"]
+        assert path.name == f"epoch{epoch:04d}-acc{acc:.2f}.pt"
+        ckpt = load_checkpoint(path)  # checks the SHA-256
+        assert ckpt["epoch"] == epoch and ckpt["metrics"]["test_acc"] == acc
+        result = engine.evaluate_checkpoint(path, device="cpu")
+        assert result["top1"] == pytest.approx(acc)
+
+    # a crash after last.pt, before its copy in top/ (and a stray copy of a later epoch): resume repairs
+    last = max(files)
+    files[last].unlink()
+    shutil.copy(run / "last.pt", run / "top" / "epoch0009-acc99.99.pt")
+    train(capsys, "--resume", str(run))  # nothing to train; the top set is put right
+    assert sorted(top_checkpoints(run)) == _best(lines, 2)
+    assert load_checkpoint(top_checkpoints(run)[last])["epoch"] == last
+
+    train(capsys, "--resume", str(run), "--keep-top", "1")  # free to change: the set shrinks to 1
+    assert sorted(top_checkpoints(run)) == _best(lines, 1)
+    assert json.loads((run / "config.json").read_text())["keep_top"] == 1
+
+
+def test_keep_top_ranks_by_metrics_and_keeps_the_earlier_of_a_tie(tmp_path):
+    accs = [50.0, 70.0, 60.0, 70.0, 40.0]
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for epoch, acc in enumerate(accs, 1):
+            f.write(json.dumps({"epoch": epoch, "test_acc": acc}) + "\n")
+            f.flush()
+            keep_top(tmp_path, 2, epoch, f"epoch {epoch}".encode())
+            expected = _best([{"epoch": e, "test_acc": a} for e, a in enumerate(accs[:epoch], 1)], 2)
+            assert sorted(top_checkpoints(tmp_path)) == expected
+    assert (tmp_path / "top" / "epoch0004-acc70.00.pt").read_bytes() == b"epoch 4"
+    keep_top(tmp_path, 1, 5, None)  # K smaller, no checkpoint of the epoch (a mid-epoch last.pt)
+    assert sorted(top_checkpoints(tmp_path)) == [2]
+    keep_top(tmp_path, 3, 1, None)  # resumed from epoch 1: later copies belong to another future
+    assert top_checkpoints(tmp_path) == {}
