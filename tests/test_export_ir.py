@@ -21,7 +21,7 @@ from reste.export import format as fmt
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 # what the inference side may load of reste: the table, the file format, the kernels and their builder
-RUNTIME_MODULES = {"reste", "reste.errors", "reste.native", "reste.export", "reste.export.ir",
+RUNTIME_MODULES = {"reste", "reste._lazy", "reste.errors", "reste.native", "reste.export", "reste.export.ir",
                    "reste.export.format", "reste.export.kernels", "reste.export.runtime"}
 
 

@@ -6,29 +6,17 @@
 >>> reste.set_progress(model, epoch, epochs)   # once per epoch
 """
 
-from importlib import import_module
-from typing import Any
+from ._lazy import lazy_names
 
-# The names below are imported on first use (PEP 562), so that a deployed model's runtime
+# The names below are imported on first use, so that a deployed model's runtime
 # (``import reste.export.runtime``) does not load the training side.
-_SOURCES = {
+__getattr__, __dir__ = lazy_names(__name__, {
     "convert": ("binarize",),
     "estimators": ("DSQ", "EDE", "ESTIMATORS", "FDA", "RBNN", "STE", "ApproxSign", "Estimator", "ReSTE",
                    "SignSwish", "get_estimator", "sign"),
     "indicators": ("EquilibriumMeter", "estimating_error", "gradient_stability"),
     "layers": ("BinaryConv2d", "BinaryLinear", "binary_layers", "estimators_of", "schedule_values", "set_progress"),
-}
-_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
+}, globals())
 
 __version__ = "0.1.0"
 

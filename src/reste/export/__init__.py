@@ -15,10 +15,7 @@ The names are imported on first use, so that ``import reste.export.runtime`` (th
 inference side) loads neither torch.fx tracing nor the training code.
 """
 
-from __future__ import annotations
-
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_names
 
 _SOURCES = {
     "exporter": ("export_model", "export_checkpoint", "format_report", "size_report", "read_header", "unpack_state"),
@@ -28,19 +25,5 @@ _SOURCES = {
     "reference": ("compare", "graph_reference", "trace_model"),
     "runtime": ("PackedModel",),
 }
-_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-
-__all__ = list(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__ = [name for names in _SOURCES.values() for name in names]
+__getattr__, __dir__ = lazy_names(__name__, _SOURCES, globals())
