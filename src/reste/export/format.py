@@ -10,9 +10,10 @@ Layout (all integers little-endian)::
     data          the tensors, each at ``offset`` bytes from the start of data
     last 32 bytes (version 2) SHA-256 of every byte before them
 
-The header holds ``meta`` (free-form: model name, data set, ...), ``tensors`` (a
-list of ``[kind, shape, offset]``) and ``nodes`` (the graph, see
-:mod:`reste.export.graph`), plus ``output`` (the index of the output node).
+The header holds ``meta`` (free-form: model name, data set, ...; the preprocessing of
+raw images, :class:`reste.export.ir.Preprocessing`), ``tensors`` (a list of
+``[kind, shape, offset]``) and ``nodes`` (the graph, its ops as :mod:`reste.export.ir`
+lists them), plus ``output`` (the index of the output node).
 
 Tensor kinds:
 
