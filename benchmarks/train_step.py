@@ -71,6 +71,7 @@ from torch import nn
 
 import reste
 from reste import fused, models, triton_dispatch
+from reste.cudagraph import CudaGraphs, GraphedStep
 from reste.estimators import ReSTE
 
 VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops", "fp_graphed", "ste_graphed", "reste_graphed")
@@ -222,35 +223,24 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
 
 
 def make_graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str) -> Callable[[], None]:
-    """The same training step captured as one CUDA graph (forward, loss, backward, SGD step, with the
-    fused kernels); replaying it is the step. The schedule (o) is frozen at capture, which is all a
-    benchmark needs. Raises where the step cannot be captured."""
+    """The same training step as ``reste train --cuda-graphs`` replays (``reste.cudagraph``):
+    forward, loss, backward and SGD step captured as one CUDA graph after two eager warm-up
+    steps. The schedule (o) is frozen at capture, which is all a benchmark needs. Raises
+    where the step cannot be captured."""
     if amp == "fp16":
         raise RuntimeError("fp16 needs a GradScaler, which reads the gradients on the host")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     dtype = {"bf16": torch.bfloat16}.get(amp)
 
-    def body() -> None:
-        ctx = (contextlib.nullcontext() if dtype is None
-               else torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=False))
-        with ctx:
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+    def autocast() -> contextlib.AbstractContextManager:
+        return (contextlib.nullcontext() if dtype is None
+                else torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=False))
 
     fused.set_enabled(True)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up (compiles the kernels, creates the momentum buffers)
-        for _ in range(3):
-            opt.zero_grad(set_to_none=True)
-            body()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)  # the gradients are allocated inside the graph, written each replay
-    with torch.cuda.graph(graph):
-        body()
-    return graph.replay
+    step = GraphedStep(model, opt, autocast=autocast, backend=CudaGraphs(x.device), warmup=3)
+    for _ in range(step.warmup + 1):  # the warm-up steps, then the capture and its first replay
+        step(x, y)
+    return lambda: step(x, y)
 
 
 def estimator_check(o: float, t: float, m: float, device: torch.device) -> float:

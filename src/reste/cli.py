@@ -44,7 +44,7 @@ ESTIMATOR_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
 # Train flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
                 "batch_size", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
-                "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile",
+                "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile", "cuda_graphs",
                 "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
 
 
@@ -84,6 +84,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     e.add_argument("--fda-w", dest="fda_w", type=float, help="fda: frequency w (default 0.1)")
     o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
     o.add_argument("--epochs", type=int, help="number of training epochs")
+    r.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
+                   help="GPU: replay each training step as one CUDA graph, recaptured each epoch (drops the "
+                        "last partial batch; not with --compile, --amp fp16 or torchrun)")
     o.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop and flip of the train images (default: the data set's recipe; "
                         "digits has none)")

@@ -56,6 +56,7 @@ from .config import AMP_MODES, TrainConfig
 from .data import data_device, load_datasets, make_loaders
 from .errors import UsageError
 from .indicators import EquilibriumMeter
+from .cudagraph import CudaGraphs, GraphedStep, graphable_optimizer_options
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
 from .rundir import RunDirectory, keep_top
@@ -65,6 +66,7 @@ from .syncbn import ProcessGroupBatchNorm, is_distributed
 # Settings that may differ when resuming without --force: they do not change the result.
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
                "save_every", "tensorboard", "keep_top")
+_graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # preemption: save inside the epoch, then stop
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
 
@@ -161,11 +163,13 @@ def model_options(config: TrainConfig, num_classes: int) -> dict[str, Any]:
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
+    extra = graphable_optimizer_options(config.optimizer) if config.cuda_graphs else {}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               **extra)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
@@ -268,11 +272,11 @@ def _to_device(images: torch.Tensor, target: torch.Tensor, device: torch.device,
     return images, target.to(device, non_blocking=True)
 
 
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.AbstractContextManager:
     if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
@@ -291,8 +295,16 @@ class _Run:
         check_tensorboard(config.tensorboard, run_dir)  # before any data: a missing package is one line
         if config.threads:
             torch.set_num_threads(config.threads)
+        if config.cuda_graphs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
         self.dist, self.device = init_distributed(config.device)
         self.log = log if self.dist.main else (lambda _msg: None)
+        graph_backend = None
+        if config.cuda_graphs:
+            try:
+                graph_backend = _graph_backend(self.device)
+            except ValueError:
+                raise UsageError(f"--cuda-graphs needs a CUDA device; this run is on {self.device}") from None
         seed_everything(config.seed)
 
         where = data_device(config.dataset, config.data_device, self.device)  # None: read from files
@@ -301,7 +313,7 @@ class _Run:
         self.train_loader, self.test_loader = make_loaders(
             train_ds, test_ds, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
             workers=config.workers, seed=config.seed, pin_memory=self.device.type == "cuda",
-            distributed=self.dist.enabled, device=where,
+            distributed=self.dist.enabled, device=where, drop_last=config.cuda_graphs,
         )
         if len(train_ds) == 0:
             raise UsageError(f"the training set of {config.dataset} is empty; check --data-path")
@@ -335,6 +347,9 @@ class _Run:
         if config.compile:
             self.net = torch.compile(self.net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.graphed = None if graph_backend is None else GraphedStep(
+            self.model, self.optimizer, backend=graph_backend,
+            autocast=lambda: _autocast(self.device, config.amp, cache=False))
         self.start_epoch, self.best_acc, self.best_epoch = 0, -1.0, -1
         self.start_step, self.partial = 0, None  # a checkpoint taken inside epoch start_epoch + 1
         self.saved: tuple[int, int] | None = None  # (epoch, step) of the newest last.pt
@@ -391,6 +406,19 @@ class _Run:
 
     # -- epochs ------------------------------------------------------------
 
+    def step(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step on a batch already on the device: ``(loss, logits)``, not synced."""
+        if self.graphed is not None:
+            return self.graphed(images, target)
+        with _autocast(self.device, self.config.amp):
+            logits = self.net(images)
+            loss = F.cross_entropy(logits.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, logits
+
     def train_epoch(self, epoch: int, start_step: int = 0, partial: dict[str, Any] | None = None
                     ) -> dict[str, float]:
         """Train one epoch; with ``start_step`` continue one that a mid-epoch checkpoint holds.
@@ -417,13 +445,7 @@ class _Run:
             if step < start_step:
                 continue
             images, target = _to_device(images, target, device, cfg.channels_last)
-            with _autocast(device, cfg.amp):
-                logits = self.net(images)
-                loss = F.cross_entropy(logits.float(), target)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss, logits = self.step(images, target)
             if self.meter:
                 self.meter.update()
             detached = loss.detach()
@@ -477,6 +499,8 @@ class _Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             sched = set_progress(self.model, epoch, cfg.epochs)
+            if self.graphed is not None:
+                self.graphed.invalidate()  # the captured step holds this epoch's lr and schedule values
             start_step, partial = (self.start_step, self.partial) if epoch == self.start_epoch else (0, None)
             if partial and "time" in partial:
                 t0 -= float(partial["time"])  # the epoch's time includes the part before the checkpoint

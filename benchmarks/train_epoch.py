@@ -1,0 +1,168 @@
+"""Benchmark: a whole CIFAR-10-shaped training epoch through the real engine, beside the bare step.
+
+It writes a synthetic CIFAR-10 in its real on-disk format (the python pickle batches
+``cifar-10-batches-py/data_batch_1..5`` and ``test_batch``, random uint8 images; 50,000 train
+and 10,000 test images by default) into a temporary folder, and trains on it with
+``reste.engine.train``: data loading (on the training device by default, as ``reste train``
+does), the training steps, the test-split evaluation and the checkpoint of every epoch. The
+first epoch pays for compilation and warm-up, so the figures are those of the last epoch
+(``--epochs``, default 2), timed from one epoch's end line to the next.
+
+Beside it, in the same process, the bare step: the engine's own step (``_Run.step``: eager,
+or the CUDA graph with ``--cuda-graphs``) repeated on one batch already on the device.
+
+It prints the images/s of both, their ratio (issue 11's target: whole epoch / bare step >= 0.85),
+and what the measured epoch implies for the wall time of each CIFAR-10 preset of the same model.
+
+    python benchmarks/train_epoch.py --device cuda --amp bf16 --channels-last --cuda-graphs
+    python benchmarks/train_epoch.py --device cpu --threads 2 --images 5000 --test-images 1000
+    python benchmarks/train_epoch.py --json epoch.json     # also write the figures as JSON
+
+On the CPU the images/s are those of this machine's cores; the ratio is the meaningful figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reste import engine
+from reste.config import PRESETS, TrainConfig
+
+
+def write_cifar10(root: Path, train_images: int, test_images: int, seed: int = 0) -> Path:
+    """A random CIFAR-10 in the python-batch format (five train batches and one test batch)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    sizes = [train_images // 5 + (i < train_images % 5) for i in range(5)]
+    for name, n in [*[(f"data_batch_{i + 1}", k) for i, k in enumerate(sizes)], ("test_batch", test_images)]:
+        entry = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n).tolist(),
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+    return root
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--model", default="resnet20_1w1a", help="a CIFAR-10 model of the zoo (default resnet20_1w1a)")
+    ap.add_argument("--estimator", default="reste", help="estimator (default reste)")
+    ap.add_argument("--batch-size", type=int, default=256, help="training batch size (default 256)")
+    ap.add_argument("--amp", default="none", help="none (default), bf16 or fp16")
+    ap.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
+    ap.add_argument("--cuda-graphs", action="store_true", help="replay each step as one CUDA graph")
+    ap.add_argument("--data-device", default="auto", help="auto (the training device) or cpu")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers when the data is on the CPU")
+    ap.add_argument("--images", type=int, default=50_000, help="train images (default 50,000)")
+    ap.add_argument("--test-images", type=int, default=10_000, help="test images (default 10,000)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs to run; the last one is reported (default 2)")
+    ap.add_argument("--steps", type=int, default=30, help="timed bare steps (default 30)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+    if args.epochs < 1 or args.steps < 1 or args.images < args.batch_size or args.test_images < 1:
+        ap.error("need --epochs >= 1, --steps >= 1, --test-images >= 1 and --images >= --batch-size")
+    return args
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_step(config: TrainConfig, run_dir: Path, steps: int) -> dict[str, float]:
+    """The engine's own training step repeated on one device-resident batch: median seconds."""
+    run = engine._Run(config, run_dir, lambda _m: None, False)
+    engine.set_progress(run.model, config.epochs - 1, config.epochs)
+    if run.graphed is not None:
+        run.graphed.invalidate()
+    images, target = next(iter(run.train_loader))
+    images, target = engine._to_device(images, target, run.device, config.channels_last)
+    for _ in range(5):  # warm-up (and, with --cuda-graphs, the capture)
+        run.step(images, target)
+    times = []
+    for _ in range(steps):
+        _sync(run.device)
+        t0 = time.perf_counter()
+        run.step(images, target)
+        _sync(run.device)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "images_per_s": images.shape[0] / statistics.median(times),
+            "device": str(run.device)}
+
+
+def whole_epochs(config: TrainConfig, run_dir: Path) -> dict[str, float]:
+    """Train through the engine; the last epoch's wall time (end line to end line)."""
+    stamps: list[float] = []
+
+    def log(message: str) -> None:
+        if message.startswith("epoch "):
+            stamps.append(time.perf_counter())
+            print(f"  {message}", flush=True)
+
+    t0 = time.perf_counter()
+    engine.train(config, run_dir, progress=False, log=log)
+    stamps.insert(0, t0)
+    seconds = stamps[-1] - stamps[-2]
+    metrics = engine.read_metrics(run_dir)[-1]
+    return {"epoch_s": seconds, "train_s": float(metrics["time"]), "first_epoch_s": stamps[1] - stamps[0]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = dict(dataset="cifar10", model=args.model, estimator=args.estimator, batch_size=args.batch_size,
+                eval_batch_size=max(args.batch_size, 256), epochs=args.epochs, warm_up=0, amp=args.amp,
+                channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, device=args.device,
+                data_device=args.data_device, workers=args.workers, threads=args.threads)
+    with tempfile.TemporaryDirectory(prefix="reste-epoch-") as tmp:
+        data = write_cifar10(Path(tmp) / "cifar", args.images, args.test_images)
+        config = TrainConfig(**base, data_path=str(data)).resolve()
+        step = bare_step(config, Path(tmp) / "bare", args.steps)
+        print(f"device {step['device']}, {args.model} ({args.estimator}), batch {args.batch_size}, amp {args.amp}"
+              f"{', channels_last' if args.channels_last else ''}{', CUDA graphs' if args.cuda_graphs else ''}; "
+              f"{args.images:,} train / {args.test_images:,} test images")
+        print(f"bare step: {1000 * step['median_s']:.2f} ms median of {args.steps} = "
+              f"{step['images_per_s']:,.0f} images/s")
+        epoch = whole_epochs(config, Path(tmp) / "run")
+    steps = args.images // args.batch_size if args.cuda_graphs else -(-args.images // args.batch_size)
+    trained = min(args.images, steps * args.batch_size)
+    epoch_rate = trained / epoch["epoch_s"]
+    ratio = epoch_rate / step["images_per_s"]
+    print(f"whole epoch {args.epochs} (steps, test evaluation, checkpoint): {epoch['epoch_s']:.2f} s = "
+          f"{epoch_rate:,.0f} train images/s (first epoch {epoch['first_epoch_s']:.1f} s)")
+    print(f"whole epoch / bare step: {ratio:.2f}  (issue 11 target >= 0.85: {'MET' if ratio >= 0.85 else 'NOT MET'})")
+    implied: dict[str, float] = {}
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name, preset in PRESETS.items():
+        cfg = preset.settings
+        if cfg.get("dataset") == "cifar10" and cfg.get("model") == args.model:
+            implied[name] = cfg["epochs"] * epoch["epoch_s"] * (50_000 / args.images) / 3600
+            groups.setdefault((cfg["epochs"], cfg.get("batch_size", 256)), []).append(name)
+    for (epochs, batch), names in groups.items():
+        note = "" if batch == args.batch_size else f"; measured at batch {args.batch_size}, the presets use {batch}"
+        print(f"implied wall time of {epochs} epochs of 50,000 images: {implied[names[0]]:.2f} h "
+              f"({', '.join(names)}{note})")
+    out = {"args": vars(args), "bare_step": step, "epoch": epoch, "epoch_images_per_s": epoch_rate,
+           "epoch_over_step": ratio, "implied_hours": implied}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)

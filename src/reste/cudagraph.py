@@ -1,0 +1,159 @@
+"""One CUDA graph per training step: forward, loss, backward and optimizer step replayed as one launch.
+
+A binary network's eager step is hundreds of small kernels (sign, scale, the estimators'
+backwards, BatchNorm, the optimizer's per-tensor updates); on a fast GPU their launches, not
+their arithmetic, set the step time. :class:`GraphedStep` captures the whole step once and
+then replays it for every batch of the same shape.
+
+What a capture freezes, and how the engine keeps it right:
+
+* Python scalars become kernel arguments of the captured kernels: the learning rate of each
+  parameter group, and the estimators' schedule values (ReSTE's o, EDE's t, ...). Both move
+  once per epoch in reste, so the engine calls :meth:`GraphedStep.invalidate` at every epoch
+  start and the next step captures again (a few milliseconds, once per epoch).
+* Shapes: the train loader drops its last partial batch (``drop_last``), so every step has
+  the batch shape of the capture.
+* Addresses: the batch is copied into a static input tensor; the loss and the logits are
+  read from static output tensors, valid until the next replay. Parameters, BatchNorm
+  buffers and optimizer state are updated in place, as eager training does, so
+  checkpoints, the equilibrium meter and evaluation read them as usual.
+
+The first ``warmup`` steps after each :meth:`invalidate` run eagerly, on a side stream (they
+are real training steps: nothing is thrown away). They let lazy initialisation happen outside
+the capture: Triton compiles its kernels, cuDNN picks algorithms, the optimizer creates its
+momentum buffers. The step after them is captured and replayed.
+
+Not capturable, and refused by the training configuration: fp16 autocast (the GradScaler reads
+the gradients on the host), torch.compile (use its own ``mode="reduce-overhead"``) and several
+processes (DDP's all-reduce would have to be captured with them).
+
+The capture itself goes through a small backend object, so the step logic runs on the CPU in
+the tests with a stand-in that replays by calling the step again; :class:`CudaGraphs` is the
+real one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GraphedStep", "CudaGraphs", "graphable_optimizer_options"]
+
+
+class CudaGraphs:
+    """The real backend: eager warm-up steps on a side stream, then ``torch.cuda.graph`` capture."""
+
+    def __init__(self, device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+        self.device = device
+        self.pool = None  # one memory pool for every capture of the run
+
+    def eager(self, fn: Callable[[], None]) -> None:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
+    def capture(self, fn: Callable[[], None], clear_grads: Callable[[], None]) -> Callable[[], None]:
+        """Capture ``fn`` with the gradients cleared first: the captured backward then writes fresh
+        gradients (into the graph's memory) at each replay instead of adding to old ones."""
+        graph = torch.cuda.CUDAGraph()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        clear_grads()
+        with torch.cuda.graph(graph, pool=self.pool):
+            fn()
+        return graph.replay
+
+    def release(self, replay: Callable[[], None]) -> None:
+        graph = getattr(replay, "__self__", None)
+        if isinstance(graph, torch.cuda.CUDAGraph):
+            graph.reset()
+
+
+def graphable_optimizer_options(optimizer: str) -> dict[str, Any]:
+    """Extra keywords an optimizer needs to be captured: Adam and AdamW keep their step count
+    on the device (``capturable=True``); SGD needs nothing."""
+    return {"capturable": True} if optimizer in ("adam", "adamw") else {}
+
+
+class GraphedStep:
+    """A training step (forward, cross-entropy, backward, ``optimizer.step()``) replayed from
+    a CUDA graph.
+
+    Args:
+        model: the network (its forward is captured).
+        optimizer: its optimizer (for Adam/AdamW, built with ``capturable=True``).
+        autocast: a function returning the autocast context of the step; it must not cache
+            casts across the capture (``torch.autocast(..., cache_enabled=False)``).
+        backend: :class:`CudaGraphs` for the model's device, or a stand-in with the same
+            ``eager(fn)``, ``capture(fn, clear_grads) -> replay`` and ``release(replay)``.
+        warmup: eager steps after each :meth:`invalidate`, before the capture (>= 1).
+
+    Calling it with a batch trains on that batch and returns ``(loss, logits)``: the loss as
+    a float32 scalar tensor and the logits, both on the device, without a host sync. They
+    are overwritten by the next call; copy what must outlive it.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 backend: Any = None, warmup: int = 2) -> None:
+        if warmup < 1:
+            raise ValueError(f"warmup must be >= 1 (lazy initialisation cannot be captured), got {warmup}")
+        self.model, self.optimizer, self.autocast, self.warmup = model, optimizer, autocast, warmup
+        self.backend = backend
+        self.captures = 0  # how many times the step was captured (once per invalidate)
+        self._replay: Callable[[], None] | None = None
+        self._eager_left = warmup
+        self._x: torch.Tensor | None = None
+        self._y: torch.Tensor | None = None
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def invalidate(self) -> None:
+        """Forget the captured graph: the next steps warm up and capture again. Call it whenever
+        a Python scalar of the step changed (learning rate, an estimator's schedule)."""
+        if self._replay is not None:
+            self.backend.release(self._replay)
+        self._replay, self._out, self._eager_left = None, None, self.warmup
+
+    def _body(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def __call__(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._replay is None and self._eager_left > 0:
+            self._eager_left -= 1
+            result: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+            def eager_step() -> None:
+                self.optimizer.zero_grad(set_to_none=True)
+                result.append(self._body(images, target))
+
+            self.backend.eager(eager_step)
+            return result[0]
+        if self._x is None or self._x.shape != images.shape or self._x.stride() != images.stride() \
+                or self._x.dtype != images.dtype or self._y.shape != target.shape:
+            if self._replay is not None:
+                raise ValueError(f"a CUDA-graphed step was captured for batches of shape {tuple(self._x.shape)}, "
+                                 f"got {tuple(images.shape)}; drop the last partial batch (drop_last=True)")
+            self._x, self._y = torch.empty_like(images), torch.empty_like(target)
+        self._x.copy_(images)
+        self._y.copy_(target)
+        if self._replay is None:
+            def captured_step() -> None:
+                self._out = self._body(self._x, self._y)
+
+            self._replay = self.backend.capture(captured_step, lambda: self.optimizer.zero_grad(set_to_none=True))
+            self.captures += 1
+        self._replay()
+        return self._out

@@ -1,0 +1,175 @@
+"""--cuda-graphs: the step logic of reste.cudagraph and its use by the engine, on the CPU.
+
+A CUDA graph cannot be captured without a GPU. These tests run the same code with a stand-in
+backend whose "replay" runs the captured step again with the gradients cleared first, which
+is what replaying a graph captured with cleared gradients does. They check what is
+independent of CUDA: warm-up steps are real steps, the batch goes through the static input,
+the step is captured again after every invalidate (once per epoch in the engine), and a
+graphed run trains exactly like an eager run over the same batches. That the real capture
+gives the same weights as eager steps is checked on a GPU by benchmarks/gpu_check.sh.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from reste import engine
+from reste.cli import main
+from reste.config import TrainConfig
+from reste.cudagraph import CudaGraphs, GraphedStep
+from reste.errors import UsageError
+from reste.models import create
+
+
+class ReplayByCalling:
+    """A CPU stand-in for CudaGraphs."""
+
+    def __init__(self, _device=None) -> None:
+        self.captured, self.replays, self.eager_steps = 0, 0, 0
+
+    def eager(self, fn):
+        self.eager_steps += 1
+        fn()
+
+    def capture(self, fn, clear_grads):
+        self.captured += 1
+
+        def replay():
+            self.replays += 1
+            clear_grads()
+            fn()
+
+        return replay
+
+    def release(self, _replay):
+        pass
+
+
+def _batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
+
+
+def _eager_steps(model, opt, batches):
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+
+def test_graphed_steps_train_like_eager_steps_and_recapture_after_invalidate():
+    torch.manual_seed(0)
+    model = create("digits_1w1a", num_classes=10)
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    backend = ReplayByCalling()
+    step = GraphedStep(model, opt, backend=backend, warmup=2)
+    batches = _batches(10)
+    losses = []
+    for i, (x, y) in enumerate(batches):
+        if i == 6:  # an "epoch" boundary: the lr moves, the step must be captured again
+            step.invalidate()
+            opt.param_groups[0]["lr"] = 0.05
+        loss, logits = step(x, y)
+        assert logits.shape == (16, 10)
+        losses.append(float(loss))
+    _eager_steps(twin, opt_twin, batches[:6])
+    opt_twin.param_groups[0]["lr"] = 0.05
+    _eager_steps(twin, opt_twin, batches[6:])
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        assert not torch.is_tensor(a) or torch.equal(a, b)
+    assert (backend.captured, backend.eager_steps, backend.replays) == (2, 4, 6)
+    assert step.captures == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_a_captured_step_refuses_another_batch_shape():
+    model = create("digits_1w1a", num_classes=10)
+    step = GraphedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), backend=ReplayByCalling(), warmup=1)
+    x, y = _batches(1)[0]
+    step(x, y)
+    step(x, y)  # captured now
+    with pytest.raises(ValueError, match="drop_last"):
+        step(x[:5], y[:5])
+    with pytest.raises(ValueError, match="warmup"):
+        GraphedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), backend=ReplayByCalling(), warmup=0)
+
+
+def test_the_real_backend_needs_a_cuda_device():
+    with pytest.raises(ValueError, match="CUDA"):
+        CudaGraphs(torch.device("cpu"))
+
+
+def test_a_graphed_engine_run_equals_an_eager_run_over_the_same_batches(tmp_path, monkeypatch):
+    """Through the engine (digits, 2 epochs, indicators on): --cuda-graphs drops the last partial
+    batch and captures once per epoch; an eager run given the same batches (drop_last forced)
+    ends with the same weights and metrics."""
+    cfg = dict(dataset="digits", epochs=2, device="cpu", seed=5, indicators="general")
+    backends = []
+
+    def stand_in(device):
+        backends.append(ReplayByCalling(device))
+        return backends[-1]
+
+    monkeypatch.setattr(engine, "_graph_backend", stand_in)
+    graphed = engine.train(TrainConfig(**cfg, cuda_graphs=True), tmp_path / "graphed", progress=False,
+                           log=lambda _m: None)
+    monkeypatch.undo()
+    real_make_loaders = engine.make_loaders
+    monkeypatch.setattr(engine, "make_loaders", lambda *a, **kw: real_make_loaders(*a, **{**kw, "drop_last": True}))
+    eager = engine.train(TrainConfig(**cfg), tmp_path / "eager", progress=False, log=lambda _m: None)
+    steps = 1437 // 64  # digits' train split at batch 64, last partial batch dropped
+    assert backends[0].captured == 2 and backends[0].replays == 2 * (steps - 2)
+    keep = ("train_loss", "train_acc", "test_acc", "estimating_error", "gradient_stability")
+    rows = [[{k: m[k] for k in keep} for m in engine.read_metrics(tmp_path / d)] for d in ("graphed", "eager")]
+    assert rows[0] == rows[1]
+    a = torch.load(tmp_path / "graphed" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "eager" / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+    assert graphed["best_acc"] == eager["best_acc"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cpu"], "--cuda-graphs needs a CUDA device; this run is on cpu"),
+    (["--compile"], "--cuda-graphs cannot be combined with --compile"),
+    (["--amp", "fp16"], "--cuda-graphs cannot be combined with --amp fp16"),
+])
+def test_cuda_graphs_usage_errors(capsys, tmp_path, monkeypatch, argv, message):
+    def no_data(*_a, **_kw):
+        raise AssertionError("data loaded before the settings were checked")
+
+    monkeypatch.setattr(engine, "load_datasets", no_data)
+    assert main(["train", "--cuda-graphs", "--epochs", "1", "--out", str(tmp_path / "r"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cuda_graphs_refuse_torchrun(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="torchrun"):
+        engine.train(TrainConfig(cuda_graphs=True, epochs=1), tmp_path / "r", progress=False, log=lambda _m: None)
+
+
+def test_the_whole_epoch_benchmark_runs(tmp_path, monkeypatch):
+    """benchmarks/train_epoch.py (which benchmarks/gpu_check.sh runs) on a tiny synthetic CIFAR-10,
+    eager and with the graphed step."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_epoch.py"
+    spec = importlib.util.spec_from_file_location("train_epoch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(engine, "_graph_backend", ReplayByCalling)
+    argv = ["--device", "cpu", "--threads", "1", "--images", "96", "--test-images", "16", "--batch-size", "32",
+            "--epochs", "1", "--steps", "1", "--model", "resnet20_1w1a", "--json", str(tmp_path / "e.json")]
+    for extra in ([], ["--cuda-graphs"]):
+        out = bench.main(argv + extra)
+        assert out["epoch"]["epoch_s"] > 0 and out["bare_step"]["images_per_s"] > 0
+        assert set(out["implied_hours"]) >= {"cifar10-resnet20-1w1a"}
+    assert (tmp_path / "e.json").is_file()
