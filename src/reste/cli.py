@@ -44,8 +44,8 @@ ESTIMATOR_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
 # Train flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
                 "batch_size", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
-                "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile", "cuda_graphs",
-                "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
+                "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile",
+                "cuda_graphs", "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
 
 
 class _Parser(argparse.ArgumentParser):
