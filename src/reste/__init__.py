@@ -4,6 +4,9 @@
 >>> layer = reste.BinaryConv2d(16, 32, 3, padding=1, bias=False, weight_estimator="reste")
 >>> model = reste.binarize(float_model, estimator="reste", o_end=3.0)
 >>> reste.set_progress(model, epoch, epochs)   # once per epoch
+
+An estimator of your own: one class with ``@reste.register_estimator`` (see ``Estimator``
+and ``Param``); ``reste train --plugin MODULE --estimator NAME`` then trains with it.
 """
 
 from ._lazy import lazy_names
@@ -12,8 +15,8 @@ from ._lazy import lazy_names
 # (``import reste.export.runtime``) does not load the training side.
 __getattr__, __dir__ = lazy_names(__name__, {
     "convert": ("binarize",),
-    "estimators": ("DSQ", "EDE", "ESTIMATORS", "FDA", "RBNN", "STE", "ApproxSign", "Estimator", "ReSTE",
-                   "SignSwish", "get_estimator", "sign"),
+    "estimators": ("DSQ", "EDE", "ESTIMATORS", "FDA", "RBNN", "STE", "ApproxSign", "Estimator", "Param", "ReSTE",
+                   "SignSwish", "get_estimator", "list_estimators", "register_estimator", "sign"),
     "indicators": ("EquilibriumMeter", "estimating_error", "gradient_stability"),
     "layers": ("BinaryConv2d", "BinaryLinear", "binary_layers", "estimators_of", "schedule_values", "set_progress"),
 }, globals())
@@ -22,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ESTIMATORS", "Estimator", "STE", "ReSTE", "ApproxSign", "SignSwish", "EDE", "RBNN", "DSQ", "FDA",
-    "get_estimator", "sign", "BinaryConv2d", "BinaryLinear", "binarize", "binary_layers",
+    "Param", "get_estimator", "list_estimators", "register_estimator", "sign", "BinaryConv2d", "BinaryLinear",
+    "binarize", "binary_layers",
     "estimators_of", "set_progress", "schedule_values", "EquilibriumMeter", "estimating_error",
     "gradient_stability", "__version__",
 ]

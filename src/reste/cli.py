@@ -19,27 +19,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .datasets import DATASETS
 from .errors import UsageError
+from .estimators import estimator_flags, list_estimators
+from .plugins import add_plugin_flag, load_plugins, plugins_in_argv, saved_form
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-
-# Estimator hyper-parameter flags: flag dest -> (estimator names it applies to, keyword).
-ESTIMATOR_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
-    "o_end": (("reste",), "o_end"),
-    "t": (("reste",), "t"),
-    "interval": (("reste",), "interval"),
-    "o_schedule": (("reste",), "schedule"),
-    "clip": (("ste",), "clip"),
-    "beta": (("sign_swish",), "beta"),
-    "t_min": (("ede", "rbnn"), "t_min"),
-    "t_max": (("ede", "rbnn"), "t_max"),
-    "alpha": (("dsq",), "alpha"),
-    "alpha_end": (("dsq",), "alpha_end"),
-    "alpha_schedule": (("dsq",), "schedule"),
-    "fda_n": (("fda",), "n"),
-    "fda_n_end": (("fda",), "n_end"),
-    "fda_w": (("fda",), "w"),
-}
 
 # Train flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
@@ -62,26 +46,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-path", "--data_path", dest="data_path", help="data set folder")
     g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
     g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")
-    g.add_argument("--estimator", help="ste, reste (default), approx_sign, sign_swish, ede, rbnn, dsq, fda")
+    g.add_argument("--estimator", help=f"{', '.join(list_estimators())} (default reste)")
+    add_plugin_flag(g)
     g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
     g.add_argument("--scaling", help="weight scaling: layer (default), channel or none")
     g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                    help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable)")
-    e = p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
-    e.add_argument("--o-end", "--o_end", dest="o_end", type=float, help="reste: final o (default 3)")
-    e.add_argument("--t", type=float, help="reste: threshold t (default 1.5)")
-    e.add_argument("--interval", type=float, help="reste: interval m around 0 (default 0.1)")
-    e.add_argument("--o-schedule", dest="o_schedule", help="reste: cosine (default), linear or constant")
-    e.add_argument("--clip", type=float, help="ste: clip (default 1)")
-    e.add_argument("--beta", type=float, help="sign_swish: beta (default 5)")
-    e.add_argument("--t-min", dest="t_min", type=float, help="ede/rbnn: initial t (0.1 / 0.01)")
-    e.add_argument("--t-max", dest="t_max", type=float, help="ede/rbnn: final t (default 10)")
-    e.add_argument("--alpha", type=float, help="dsq: initial alpha (default 0.2)")
-    e.add_argument("--alpha-end", dest="alpha_end", type=float, help="dsq: final alpha (default 0.05)")
-    e.add_argument("--alpha-schedule", dest="alpha_schedule", help="dsq: linear (default), cosine, log, constant")
-    e.add_argument("--fda-n", dest="fda_n", type=int, help="fda: initial number of terms (default 9)")
-    e.add_argument("--fda-n-end", dest="fda_n_end", type=int, help="fda: final number of terms (default 18)")
-    e.add_argument("--fda-w", dest="fda_w", type=float, help="fda: frequency w (default 0.1)")
+    _add_estimator_flags(p)
     o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
     o.add_argument("--epochs", type=int, help="number of training epochs")
     r.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
@@ -139,6 +110,25 @@ def _tensorboard_dir(text: str) -> str:
     return os.path.abspath(text) if text else "tensorboard"
 
 
+def _add_estimator_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per hyper-parameter of the registered estimators, made from their tables (``Param``)."""
+    e = p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
+    taken = {a.dest for a in p._actions}
+    for dest, takers in estimator_flags().items():
+        first = takers[0][1]
+        names = "/".join(name for name, _ in takers)
+        defaults = " / ".join(dict.fromkeys(q.default_text() for _, q in takers))
+        options = [first.option] + (["--" + dest] if "_" in dest else [])  # the authors' spelling: --o_end
+        try:
+            if dest in taken:
+                raise argparse.ArgumentError(None, "")
+            e.add_argument(*options, dest=dest, type=None if first.type is str else first.type,
+                           help=f"{names}: {first.help or first.name} (default {defaults})")
+        except argparse.ArgumentError:
+            raise UsageError(f"estimator {names!r}: the flag {first.option} of its hyper-parameter {first.name!r} is "
+                             f"taken by `reste train`; give it another flag= in its Param") from None
+
+
 def parse_value(text: str) -> Any:
     """A command-line value as int, float, bool (true/false) or, failing those, the string."""
     for kind in (int, float):
@@ -165,16 +155,20 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "model_options", None):
         out["model_options"] = parse_model_options(args.model_options)
-    given = {dest: getattr(args, dest) for dest in ESTIMATOR_FLAGS if getattr(args, dest, None) is not None}
+    if getattr(args, "plugins", None):
+        out["plugins"] = [saved_form(spec) for spec in args.plugins]
+    flags = estimator_flags()
+    given = {dest: getattr(args, dest) for dest in flags if getattr(args, dest, None) is not None}
     if given:
-        estimator = (out.get("estimator") or getattr(args, "_base_estimator", None) or "reste").lower()
+        estimator = (out.get("estimator") or getattr(args, "_base_estimator", None) or "reste")
+        estimator = estimator.lower().replace("-", "_")
         options = {}
         for dest, value in given.items():
-            applies, key = ESTIMATOR_FLAGS[dest]
-            if estimator not in applies:
-                flag = "--" + dest.replace("_", "-")
-                raise UsageError(f"{flag} applies to the {'/'.join(applies)} estimator, not {estimator!r}")
-            options[key] = value
+            takers = dict(flags[dest])
+            if estimator not in takers:
+                raise UsageError(f"{takers[next(iter(takers))].option} applies to the {'/'.join(takers)} estimator, "
+                                 f"not {estimator!r}")
+            options[takers[estimator].name] = value
         out["estimator_options"] = options
     return out
 
@@ -297,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     p.add_argument("--amp", help="autocast of the evaluation: none, bf16 or fp16 (default: the run's own, "
                                  "to reproduce its logged accuracy)")
+    add_plugin_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model")
@@ -331,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
+        load_plugins(plugins_in_argv(argv))  # first: their estimators' flags are part of the parser
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

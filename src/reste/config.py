@@ -16,7 +16,8 @@ from typing import Any
 
 from .datasets import DATASETS, SPECS
 from .errors import UsageError
-from .estimators import ESTIMATORS, get_estimator
+from .estimators import estimator_class, get_estimator, list_estimators
+from .plugins import load_plugins
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCALINGS = ("layer", "channel", "none")
@@ -41,6 +42,7 @@ class TrainConfig:
     download: bool = False
     estimator: str = "reste"
     estimator_options: dict[str, Any] = field(default_factory=dict)  # o_end, t, interval, beta, ...
+    plugins: list[str] = field(default_factory=list)  # modules registering estimators of your own (--plugin)
     model_options: dict[str, Any] = field(default_factory=dict)  # keywords of the model factory (width)
     a32: bool = False
     scaling: str = "layer"
@@ -106,8 +108,11 @@ class TrainConfig:
         self._check_types()
         if self.model not in list_models():
             raise UsageError(f"unknown model {self.model!r}; valid: {', '.join(list_models())}")
-        if self.estimator.lower().replace("-", "_") not in ESTIMATORS:
-            raise UsageError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
+        if not isinstance(self.plugins, list) or not all(isinstance(x, str) for x in self.plugins):
+            raise UsageError(f"--plugin must be a list of module names or .py files, got {self.plugins!r}")
+        load_plugins(self.plugins)
+        if self.estimator.lower().replace("-", "_") not in list_estimators():
+            estimator_class(self.estimator)  # the UsageError listing the valid names
         if self.scaling not in SCALINGS:
             raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
         if self.a32 and not model_info(self.model)["binary"]:
@@ -156,18 +161,12 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"model {self.model!r} has no option {', '.join(unknown)}; "
                              f"valid: {', '.join(accepted) or 'none'}")
-        opts = self.estimator_options
-        for key, value in opts.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UsageError(f"estimator option {key} must be a finite number, got {value}")
-        if "o_end" in opts and opts["o_end"] < 1:
-            raise UsageError(f"--o-end must be >= 1 (o grows from 1 to o_end), got {opts['o_end']}")
-        if "t" in opts and opts["t"] <= opts.get("interval", 0.1):
-            raise UsageError(
-                f"--t must be larger than the interval ({opts.get('interval', 0.1)}), got {opts['t']}"
-            )
         try:
-            get_estimator(self.estimator, **opts)
+            estimator_class(self.estimator).check_hyperparameters(self.estimator_options, flags=True)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        try:
+            get_estimator(self.estimator, **self.estimator_options)
         except (ValueError, TypeError) as err:
             raise UsageError(f"bad estimator settings: {err}") from None
 

@@ -82,7 +82,7 @@ def _estimator_config(spec: Any, **hyperparameters: Any) -> Any:
     """Validate ``spec`` once and return what each layer should build its own estimator from."""
     est = get_estimator(spec, **hyperparameters)
     if isinstance(spec, str):
-        return {"name": est.name, **est.config()}
+        return est.spec()
     return est  # an instance is shared by every layer
 
 

@@ -10,9 +10,14 @@ estimator's pseudo-derivative ``g(x)``. Each estimator is a triple:
 * a schedule: ``set_progress(epoch, epochs)`` moves the hyper-parameters that
   change during training (ReSTE's o, EDE/RBNN's t and k, DSQ's alpha, FDA's n).
 
-The math lives in the small ``*_g`` / ``*_f`` functions below; the classes hold
-hyper-parameters, show them in ``extra_repr`` and save their schedule state in
+The math lives in the small ``*_g`` / ``*_f`` functions below; the classes declare
+their hyper-parameters once, in a ``hyperparameters`` table of :class:`Param`
+(type, default, valid range, help, scheduled or not), from which the constructor's
+checks, ``config()`` / ``spec()``, the ``reste train`` flags and the ``reste sweep``
+axes are made. They show them in ``extra_repr`` and save their schedule state in
 the model's ``state_dict`` (``get_extra_state``), so resuming is exact.
+``@register_estimator`` adds a class to the live registry (``list_estimators()``);
+an estimator of your own, in your own module, then works everywhere.
 
 The backward is one elementwise expression (``torch.where`` and arithmetic, no
 boolean-mask gathers or scatters, no host-device synchronisation); 16-bit
@@ -25,14 +30,19 @@ and a binary weight sign(W) * mean(abs(W)) run as fused Triton kernels
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from . import fused, schedules, triton_dispatch
+from . import fused, plugins, schedules, triton_dispatch
+from .errors import UsageError
 
 __all__ = [
     "ESTIMATORS",
@@ -45,9 +55,14 @@ __all__ = [
     "RBNN",
     "DSQ",
     "FDA",
+    "Param",
+    "estimator_class",
+    "estimator_flags",
     "get_estimator",
-    "sign",
+    "list_estimators",
     "register",
+    "register_estimator",
+    "sign",
 ]
 
 
@@ -269,28 +284,184 @@ class _SignFunction(torch.autograd.Function):
         return (g * grad).to(grad.dtype), None, None
 
 
+# ------------------------------------------------------------ hyper-parameters
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter of an estimator, declared once in its class's ``hyperparameters`` table.
+
+    The table gives the constructor's keywords and defaults, the checks (``check_hyperparameters``),
+    ``config()`` / ``spec()``, the ``reste train`` flags and the ``reste sweep`` axes.
+
+    Args:
+        name: the constructor keyword (and the attribute holding the current value).
+        type: ``float``, ``int`` or ``str``.
+        default: the value when the keyword is left out.
+        help: a few words for ``reste train --help``.
+        range: the valid numbers as an interval, ``"(0, inf)"`` or ``"[1, inf)"``, or ``""`` for any.
+        choices: the valid strings of a ``str`` parameter.
+        scheduled: a schedule moves it during training (``set_progress``); its current value is
+            saved in the ``state_dict``, while ``config()`` keeps the value it started from.
+        flag: the ``reste train`` flag (as a dest, ``fda_n`` is ``--fda-n``) when it is not ``name``.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    range: str = ""
+    choices: tuple[str, ...] = ()
+    scheduled: bool = False
+    flag: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in (float, int, str):
+            raise ValueError(f"hyper-parameter {self.name!r}: type must be float, int or str, got {self.type!r}")
+        if self.range:
+            self.bounds()  # a malformed range fails here, where the class is written
+        if not self.name.isidentifier() or (self.flag and not self.flag.isidentifier()):
+            raise ValueError(f"hyper-parameter {self.name!r}: name and flag must be Python identifiers")
+
+    @property
+    def dest(self) -> str:
+        """The ``reste train`` flag as an argparse dest (``o_end`` is ``--o-end``)."""
+        return self.flag or self.name
+
+    @property
+    def option(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+    def bounds(self) -> tuple[float, bool, float, bool]:
+        """(low, low included, high, high included) of ``range``."""
+        text = self.range.strip()
+        low, sep, high = text[1:-1].partition(",")
+        if not sep or text[0] not in "([" or text[-1] not in ")]":
+            raise ValueError(f"hyper-parameter {self.name!r}: range must look like '(0, inf)', got {self.range!r}")
+        return float(low), text[0] == "[", float(high), text[-1] == "]"
+
+    def range_text(self) -> str:
+        """``">= 1"``, ``"> 0"`` or ``"in (0, 1)"``; ``""`` without a range."""
+        if not self.range:
+            return ""
+        low, low_in, high, high_in = self.bounds()
+        if math.isinf(high) and not math.isinf(low):
+            return f"{'>=' if low_in else '>'} {low:g}"
+        if math.isinf(low) and not math.isinf(high):
+            return f"{'<=' if high_in else '<'} {high:g}"
+        return f"in {self.range.strip()}"
+
+    def check(self, value: Any, label: str = "") -> Any:
+        """``value`` in this parameter's type, or a ``ValueError`` naming ``label`` and the valid range."""
+        label = label or self.name
+        if self.type is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise ValueError(f"unknown {label} {value!r}; valid: {', '.join(self.choices) or 'a string'}")
+            return value
+        rng = self.range_text()
+        kind = "an integer" if self.type is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{label} must be {kind}{' ' + rng if rng else ''}, got {value!r}")
+        if not math.isfinite(value):
+            where = f" ({label})" if label != self.name else ""
+            raise ValueError(f"estimator option {self.name} must be a finite number{' ' + rng if rng else ''}"
+                             f"{where}, got {value}")
+        if self.type is int and int(value) != value:
+            raise ValueError(f"{label} must be {kind}{' ' + rng if rng else ''}, got {value}")
+        value = self.type(value)
+        if self.range:
+            low, low_in, high, high_in = self.bounds()
+            if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
+                raise ValueError(f"{label} must be {rng}, got {value}")
+        return value
+
+    def default_text(self) -> str:
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+
+_RELATIONS = {">": ("larger than the", lambda a, b: a > b), ">=": ("at least", lambda a, b: a >= b)}
+
+
 # ---------------------------------------------------------------------- classes
 
 
 class Estimator(nn.Module):
     """Base class: sign in the forward pass, ``derivative`` in the backward pass.
 
-    Subclasses define ``name``, ``_g(x, **p)``, ``_f(x, **p)``, ``params()`` (the
-    current values of the hyper-parameters the math uses) and, when something
-    changes over training, ``set_progress(epoch, epochs)`` and the state in
-    ``_state_keys``.
+    A subclass gives ``name``, its ``hyperparameters`` table (:class:`Param`), ``_g(x, **p)``
+    and ``_f(x, **p)``; the constructor takes the table's keywords (checked against it) and
+    sets one attribute per hyper-parameter. ``params()`` gives the keywords of ``_g``/``_f``
+    (by default every hyper-parameter's current value). Where something changes over
+    training it also gives ``set_progress(epoch, epochs)``; the state saved in the
+    ``state_dict`` is the table's ``scheduled`` parameters (or ``_state_keys``). Register it
+    with :func:`register_estimator` and every entry point knows it.
     """
 
     name: str = ""
-    _state_keys: tuple[str, ...] = ()
+    hyperparameters: tuple[Param, ...] = ()
+    # constraints between two hyper-parameters, (a, ">" or ">=", b): "a must be larger than the b" / "at least b"
+    relations: tuple[tuple[str, str, str], ...] = ()
+    # the schedule state saved in the state_dict; None: the scheduled hyper-parameters
+    _state_keys: tuple[str, ...] | None = None
     # Optional fused kernel for grad * g(x): (x, grad, **params()) -> Tensor, or None where it does not apply.
     _fused: Callable[..., "Tensor | None"] | None = None
     # The Triton kernel computing this class's g (reste.triton_kernels.KINDS), for GPU tensors; used only
     # while ``_g`` is that estimator's function (a subclass with its own g takes the PyTorch path).
     _kernel: str | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:  # help() and inspect show the table's keywords
+            cls.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+                inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
+                for p in cls.hyperparameters
+            ])
+
+    def __init__(self, *args: Any, **hyperparameters: Any) -> None:
+        super().__init__()
+        table = self.hyperparameters
+        if len(args) > len(table):
+            raise TypeError(f"{type(self).__name__} takes at most {len(table)} positional arguments, got {len(args)}")
+        for p, value in zip(table, args):
+            if p.name in hyperparameters:
+                raise TypeError(f"{type(self).__name__} got {p.name!r} twice")
+            hyperparameters[p.name] = value
+        self._config = self.check_hyperparameters(hyperparameters)
+        for key, value in self._config.items():
+            setattr(self, key, value)
+        self._setup()
+
+    def _setup(self) -> None:
+        """Derived state, after the hyper-parameters are set (a hook for subclasses)."""
+
+    @classmethod
+    def check_hyperparameters(cls, values: dict[str, Any], flags: bool = False) -> dict[str, Any]:
+        """Every hyper-parameter of the table (defaults filled in), checked and in its type.
+
+        Raises ``ValueError`` naming the keyword, or with ``flags`` the ``reste train`` flag,
+        and the valid range.
+        """
+        if not cls.hyperparameters and cls.__init__ is not Estimator.__init__:
+            return dict(values)  # a class with a constructor of its own and no table checks its keywords itself
+        table = {p.name: p for p in cls.hyperparameters}
+        unknown = sorted(set(values) - set(table))
+        if unknown:
+            raise ValueError(f"bad hyper-parameters for estimator {cls.name!r}: no {', '.join(unknown)}; "
+                             f"valid: {', '.join(table) or 'none'}")
+
+        def label(key: str) -> str:
+            return table[key].option if flags else key
+
+        out = {key: p.check(values.get(key, p.default), label(key)) for key, p in table.items()}
+        for a, op, b in cls.relations:
+            words, holds = _RELATIONS[op]
+            if not holds(out[a], out[b]):
+                raise ValueError(f"{label(a)} must be {words} {b} ({out[b]}), got {out[a]}")
+        return out
+
     def params(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The keywords of ``_g`` and ``_f``: by default every hyper-parameter's current value."""
+        return {p.name: getattr(self, p.name) for p in self.hyperparameters}
 
     def _g(self, x: Tensor, **p: float) -> Tensor:
         raise NotImplementedError
@@ -337,52 +508,61 @@ class Estimator(nn.Module):
         """Move the schedule to ``epoch`` of ``epochs``; a no-op for fixed estimators."""
         schedules.check_progress(epoch, epochs)
 
+    def _state_names(self) -> tuple[str, ...]:
+        if self._state_keys is not None:
+            return self._state_keys
+        return tuple(p.name for p in self.hyperparameters if p.scheduled)
+
     def schedule_values(self) -> dict[str, float]:
         """The values that change over training (logged per epoch)."""
-        return {k: getattr(self, k) for k in self._state_keys}
+        return {k: getattr(self, k) for k in self._state_names()}
 
     def get_extra_state(self) -> dict[str, float]:
-        return {k: float(getattr(self, k)) for k in self._state_keys}
+        return {k: float(getattr(self, k)) for k in self._state_names()}
 
     def set_extra_state(self, state: dict[str, float]) -> None:
-        for k in self._state_keys:
+        for k in self._state_names():
             if k in state:
                 setattr(self, k, type(getattr(self, k))(state[k]))
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments; ``get_estimator(name, **config())`` rebuilds it."""
-        raise NotImplementedError
+        """Constructor arguments (a scheduled one as it started); ``get_estimator(name, **config())`` rebuilds it."""
+        return dict(self._config)
+
+    def spec(self) -> dict[str, Any]:
+        """``{"name": ..., **config()}``: plain data that :meth:`from_spec` turns back into an estimator."""
+        return {"name": self.name, **self.config()}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Estimator":
+        """A new estimator from :meth:`spec`'s dict (any registered estimator when called on ``Estimator``)."""
+        data = dict(spec)
+        name = data.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(f"an estimator spec needs a 'name', got {spec!r}")
+        est = get_estimator(name, **data)
+        if not isinstance(est, cls):
+            raise ValueError(f"spec {name!r} is not a {cls.__name__}")
+        return est
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.config().items())
 
 
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive number, got {value}")
-    return value
+def _positive(name: str, help: str, default: float, flag: str = "", scheduled: bool = False) -> Param:
+    return Param(name, float, default, help, "(0, inf)", scheduled=scheduled, flag=flag)
 
 
 class STE(Estimator):
     """Clipped straight-through estimator (BinaryConnect / BNN): g = 1 on abs(x) <= clip."""
 
     name = "ste"
-
-    def __init__(self, clip: float = 1.0) -> None:
-        super().__init__()
-        self.clip = _positive("clip", clip)
-
-    def params(self) -> dict[str, float]:
-        return {"clip": self.clip}
+    hyperparameters = (_positive("clip", "clip", 1.0),)
 
     _g = staticmethod(ste_g)
     _kernel = "ste"
     _f = staticmethod(ste_f)
     _fused = staticmethod(fused.ste_backward)
-
-    def config(self) -> dict[str, Any]:
-        return {"clip": self.clip}
 
 
 class ReSTE(Estimator):
@@ -397,34 +577,22 @@ class ReSTE(Estimator):
     """
 
     name = "reste"
-    _state_keys = ("o",)
+    hyperparameters = (
+        Param("o", float, 1.0, "initial exponent o (1: a clipped STE)", "[1, inf)", scheduled=True),
+        _positive("t", "threshold t", 1.5),
+        _positive("interval", "interval m around 0", 0.1),
+        Param("o_end", float, 3.0, "final o", "[1, inf)"),
+        Param("schedule", str, "cosine", "schedule of o", choices=("cosine", "linear", "constant"),
+              flag="o_schedule"),
+    )
+    relations = (("t", ">", "interval"),)
 
-    def __init__(
-        self,
-        o: float = 1.0,
-        t: float = 1.5,
-        interval: float = 0.1,
-        o_end: float = 3.0,
-        schedule: str = "cosine",
-    ) -> None:
-        super().__init__()
-        self.o_start = float(o)
-        self.o = float(o)
-        self.o_end = float(o_end)
-        self.t = _positive("t", t)
-        self.interval = _positive("interval", interval)
-        if self.o < 1 or self.o_end < 1:
-            raise ValueError(f"ReSTE needs o >= 1 and o_end >= 1, got o={o}, o_end={o_end}")
-        if self.t <= self.interval:
-            raise ValueError(f"ReSTE needs t > interval, got t={t}, interval={interval}")
-        if schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"unknown o schedule {schedule!r}; valid: cosine, linear, constant")
-        self.schedule = schedule
-        if schedule != "constant" and self.o_end == self.o_start:
+    def _setup(self) -> None:
+        if self.schedule != "constant" and self.o_end == self.o:
             warnings.warn(
-                f"ReSTE o schedule {schedule!r} never changes (o = o_end = {o}); "
+                f"ReSTE o schedule {self.schedule!r} never changes (o = o_end = {self.o}); "
                 "pass o_end > o or schedule='constant'",
-                stacklevel=2,
+                stacklevel=3,  # the caller of ReSTE(...)
             )
 
     def params(self) -> dict[str, float]:
@@ -436,10 +604,7 @@ class ReSTE(Estimator):
     _fused = staticmethod(fused.reste_backward)
 
     def set_progress(self, epoch: float, epochs: int) -> None:
-        self.o = schedules.ramp(self.schedule, self.o_start, self.o_end, epoch, epochs)
-
-    def config(self) -> dict[str, Any]:
-        return {"o": self.o_start, "t": self.t, "interval": self.interval, "o_end": self.o_end, "schedule": self.schedule}
+        self.o = schedules.ramp(self.schedule, self._config["o"], self.o_end, epoch, epochs)
 
 
 class ApproxSign(Estimator):
@@ -447,35 +612,20 @@ class ApproxSign(Estimator):
 
     name = "approx_sign"
 
-    def params(self) -> dict[str, float]:
-        return {}
-
     _g = staticmethod(approx_sign_g)
     _kernel = "approx_sign"
     _f = staticmethod(approx_sign_f)
-
-    def config(self) -> dict[str, Any]:
-        return {}
 
 
 class SignSwish(Estimator):
     """SignSwish (Darabi et al., BNN+, 2018): the derivative of 2 sigmoid(bx)(1 + bx(1 - sigmoid(bx))) - 1."""
 
     name = "sign_swish"
-
-    def __init__(self, beta: float = 5.0) -> None:
-        super().__init__()
-        self.beta = _positive("beta", beta)
-
-    def params(self) -> dict[str, float]:
-        return {"beta": self.beta}
+    hyperparameters = (_positive("beta", "beta", 5.0),)
 
     _g = staticmethod(sign_swish_g)
     _kernel = "sign_swish"
     _f = staticmethod(sign_swish_f)
-
-    def config(self) -> dict[str, Any]:
-        return {"beta": self.beta}
 
 
 class EDE(Estimator):
@@ -486,12 +636,10 @@ class EDE(Estimator):
     """
 
     name = "ede"
+    hyperparameters = (_positive("t_min", "initial t", 0.1), _positive("t_max", "final t", 10.0))
     _state_keys = ("t", "k")
 
-    def __init__(self, t_min: float = 0.1, t_max: float = 10.0) -> None:
-        super().__init__()
-        self.t_min = _positive("t_min", t_min)
-        self.t_max = _positive("t_max", t_max)
+    def _setup(self) -> None:
         self.set_progress(0, 1)
 
     def params(self) -> dict[str, float]:
@@ -505,9 +653,6 @@ class EDE(Estimator):
         self.t = schedules.ramp("log", self.t_min, self.t_max, epoch, epochs)
         self.k = max(1.0 / self.t, 1.0)
 
-    def config(self) -> dict[str, Any]:
-        return {"t_min": self.t_min, "t_max": self.t_max}
-
 
 class RBNN(EDE):
     """RBNN training-aware approximation (Lin et al., NeurIPS 2020).
@@ -518,9 +663,7 @@ class RBNN(EDE):
     """
 
     name = "rbnn"
-
-    def __init__(self, t_min: float = 1e-2, t_max: float = 10.0) -> None:
-        super().__init__(t_min=t_min, t_max=t_max)
+    hyperparameters = (dataclasses.replace(EDE.hyperparameters[0], default=1e-2), EDE.hyperparameters[1])
 
     _g = staticmethod(rbnn_g)
     _kernel = "rbnn"
@@ -536,19 +679,11 @@ class DSQ(Estimator):
     """
 
     name = "dsq"
-    _state_keys = ("alpha",)
-
-    def __init__(self, alpha: float = 0.2, alpha_end: float = 0.05, schedule: str = "linear") -> None:
-        super().__init__()
-        for label, v in (("alpha", alpha), ("alpha_end", alpha_end)):
-            if not 0 < v < 1:
-                raise ValueError(f"DSQ {label} must be in (0, 1), got {v}")
-        self.alpha_start = float(alpha)
-        self.alpha = float(alpha)
-        self.alpha_end = float(alpha_end)
-        if schedule not in schedules.RAMPS:
-            raise ValueError(f"unknown alpha schedule {schedule!r}; valid: {', '.join(schedules.RAMPS)}")
-        self.schedule = schedule
+    hyperparameters = (
+        Param("alpha", float, 0.2, "initial alpha", "(0, 1)", scheduled=True),
+        Param("alpha_end", float, 0.05, "final alpha", "(0, 1)"),
+        Param("schedule", str, "linear", "schedule of alpha", choices=schedules.RAMPS, flag="alpha_schedule"),
+    )
 
     def params(self) -> dict[str, float]:
         return {"alpha": self.alpha}
@@ -558,10 +693,7 @@ class DSQ(Estimator):
     _f = staticmethod(dsq_f)
 
     def set_progress(self, epoch: float, epochs: int) -> None:
-        self.alpha = schedules.ramp(self.schedule, self.alpha_start, self.alpha_end, epoch, epochs)
-
-    def config(self) -> dict[str, Any]:
-        return {"alpha": self.alpha_start, "alpha_end": self.alpha_end, "schedule": self.schedule}
+        self.alpha = schedules.ramp(self.schedule, self._config["alpha"], self.alpha_end, epoch, epochs)
 
 
 class FDA(Estimator):
@@ -572,16 +704,12 @@ class FDA(Estimator):
     """
 
     name = "fda"
-    _state_keys = ("n",)
-
-    def __init__(self, n: int = 9, n_end: int = 18, w: float = 0.1) -> None:
-        super().__init__()
-        if int(n) != n or int(n_end) != n_end or n < 0 or n_end < n:
-            raise ValueError(f"FDA needs integers 0 <= n <= n_end, got n={n}, n_end={n_end}")
-        self.n_start = int(n)
-        self.n = int(n)
-        self.n_end = int(n_end)
-        self.w = _positive("w", w)
+    hyperparameters = (
+        Param("n", int, 9, "initial number of terms", "[0, inf)", scheduled=True, flag="fda_n"),
+        Param("n_end", int, 18, "final number of terms", "[0, inf)", flag="fda_n_end"),
+        _positive("w", "frequency w", 0.1, flag="fda_w"),
+    )
+    relations = (("n_end", ">=", "n"),)
 
     def params(self) -> dict[str, float]:
         return {"n": self.n, "w": self.w}
@@ -591,10 +719,8 @@ class FDA(Estimator):
     _f = staticmethod(fda_f)
 
     def set_progress(self, epoch: float, epochs: int) -> None:
-        self.n = int(math.floor(schedules.ramp("linear", self.n_start, self.n_end, epoch, epochs) + 1e-9))
-
-    def config(self) -> dict[str, Any]:
-        return {"n": self.n_start, "n_end": self.n_end, "w": self.w}
+        start = self._config["n"]
+        self.n = int(math.floor(schedules.ramp("linear", start, self.n_end, epoch, epochs) + 1e-9))
 
 
 # The PyTorch expression each Triton kernel computes (Estimator._kernel_kind checks a class still uses it).
@@ -608,18 +734,94 @@ _KERNEL_G: dict[str, Callable[..., Tensor]] = {
 _REGISTRY: dict[str, type[Estimator]] = {}
 
 
-def register(cls: type[Estimator]) -> type[Estimator]:
-    """Add an estimator class to the registry under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
+def _key(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def register_estimator(cls: type[Estimator]) -> type[Estimator]:
+    """Class decorator: register an estimator under ``cls.name``, live for every entry point.
+
+    ``get_estimator``, ``binarize``, the zoo's ``estimator=``, ``TrainConfig``, checkpoints,
+    ``reste sweep`` and ``reste train --estimator NAME`` (with one flag per hyper-parameter)
+    know it from then on. Raises ``ValueError`` for a class without a name, a name taken by
+    another class, bad defaults, or a flag that another estimator uses with another meaning.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        raise ValueError(f"register_estimator takes an Estimator subclass, got {cls!r}")
+    if not cls.name or _key(cls.name) != cls.name:
+        raise ValueError(f"{cls.__name__} needs a lower-case name without dashes, got {cls.name!r}")
+    old = _REGISTRY.get(cls.name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"estimator name {cls.name!r} is already registered by {old.__module__}.{old.__qualname__}")
+    try:
+        cls.check_hyperparameters({})
+    except ValueError as err:
+        raise ValueError(f"estimator {cls.name!r}: a default is not valid: {err}") from None
+    for p in cls.hyperparameters:
+        for other, q in estimator_flags().get(p.dest, ()):
+            if other != cls.name and (q.name, q.type) != (p.name, p.type):
+                raise ValueError(f"estimator {cls.name!r}: flag {p.option} means {q.type.__name__} {q.name!r} of "
+                                 f"{other!r}; give {p.name!r} another flag= in its Param")
     _REGISTRY[cls.name] = cls
     return cls
 
 
-for _cls in (STE, ReSTE, ApproxSign, SignSwish, EDE, RBNN, DSQ, FDA):
-    register(_cls)
+register = register_estimator  # the earlier name
 
-ESTIMATORS: tuple[str, ...] = tuple(_REGISTRY)
+
+def list_estimators() -> tuple[str, ...]:
+    """The registered estimator names, now (the estimators of installed plugins included)."""
+    plugins.load_entry_points()
+    return tuple(_REGISTRY)
+
+
+class _LiveNames(Sequence):
+    """``ESTIMATORS``: a read-only view of the registered names that follows the registry."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return list_estimators()[index]
+
+    def __len__(self) -> int:
+        return len(list_estimators())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list_estimators())
+
+    def __contains__(self, name: object) -> bool:
+        return name in list_estimators()
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, _LiveNames)) else other)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return repr(list_estimators())
+
+
+ESTIMATORS: Sequence[str] = _LiveNames()
+
+
+def estimator_class(name: str) -> type[Estimator]:
+    """The class registered as ``name`` (case-insensitive, dashes allowed); ``UsageError`` listing the valid names."""
+    key = _key(name)
+    if key not in _REGISTRY:
+        plugins.load_entry_points()
+    if key not in _REGISTRY:
+        raise UsageError(f"unknown estimator {name!r}; valid: {', '.join(_REGISTRY)} (an estimator of your own: "
+                         f"load its module with --plugin MODULE or the {plugins.GROUP!r} entry point)")
+    return _REGISTRY[key]
+
+
+def estimator_flags() -> dict[str, list[tuple[str, Param]]]:
+    """The ``reste train`` flags (as dests) of every registered estimator's hyper-parameters,
+    each with the (estimator, Param) pairs that take it (``t_min``: ede and rbnn)."""
+    flags: dict[str, list[tuple[str, Param]]] = {}
+    for name, cls in _REGISTRY.items():
+        for p in cls.hyperparameters:
+            flags.setdefault(p.dest, []).append((name, p))
+    return flags
 
 
 def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> Estimator:
@@ -634,10 +836,12 @@ def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> 
         return name_or_instance
     if not isinstance(name_or_instance, str):
         raise ValueError(f"expected an estimator name or instance, got {type(name_or_instance).__name__}")
-    key = name_or_instance.lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown estimator {name_or_instance!r}; valid: {', '.join(_REGISTRY)}")
+    cls = estimator_class(name_or_instance)
     try:
-        return _REGISTRY[key](**hyperparameters)
+        return cls(**hyperparameters)
     except TypeError as err:
-        raise ValueError(f"bad hyper-parameters for estimator {key!r}: {err}") from None
+        raise ValueError(f"bad hyper-parameters for estimator {cls.name!r}: {err}") from None
+
+
+for _cls in (STE, ReSTE, ApproxSign, SignSwish, EDE, RBNN, DSQ, FDA):
+    register_estimator(_cls)

@@ -29,11 +29,9 @@ _DEFAULT = object()
 
 
 def _estimator_spec(spec: Any) -> Estimator:
-    """A fresh estimator for a name; an instance is used as given (and so may be shared)."""
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        return get_estimator(spec.pop("name"), **spec)
-    return get_estimator(spec)
+    """A fresh estimator for a name or a spec dict (``Estimator.spec()``); an instance is used as given (and so
+    may be shared)."""
+    return Estimator.from_spec(spec) if isinstance(spec, dict) else get_estimator(spec)
 
 
 class _BinaryMixin:
@@ -48,7 +46,7 @@ class _BinaryMixin:
         self.scaling = scaling
         self.weight_estimator = _estimator_spec(weight_estimator)
         if input_estimator is _DEFAULT:
-            input_estimator = _estimator_spec({"name": self.weight_estimator.name, **self.weight_estimator.config()})
+            input_estimator = self.weight_estimator.spec()
         self.input_estimator = None if input_estimator is None else _estimator_spec(input_estimator)
 
     @property

@@ -40,16 +40,13 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import TrainConfig
 from ..models import model_keywords
 from ..errors import UsageError
-from ..estimators import _REGISTRY, ESTIMATORS, get_estimator
+from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 
 MANIFEST = "sweep.json"
 
 # Fields that do not change a run's result: left out of the run's identity, may differ on resume.
 _FREE_FIELDS = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "preset", "seed",
-                "threads")
-# ``reste train`` flag names for estimator keywords that differ from the keyword.
-_FLAG_ALIASES = {"o_schedule": "schedule", "alpha_schedule": "schedule", "fda_n": "n", "fda_n_end": "n_end",
-                 "fda_w": "w"}
+                "threads", "plugins")
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
 
@@ -57,12 +54,20 @@ _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
 
 def _estimator_keywords(name: str) -> list[str]:
-    params = inspect.signature(_REGISTRY[name].__init__).parameters
-    return [p for p in params if p != "self"]
+    """The hyper-parameters of estimator ``name``: its table, else its constructor's keywords."""
+    cls = estimator_class(name)
+    if cls.hyperparameters:
+        return [p.name for p in cls.hyperparameters]
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "hyperparameters")]
 
 
 def _all_estimator_keywords() -> list[str]:
-    return sorted({k for name in ESTIMATORS for k in _estimator_keywords(name)})
+    return sorted({k for name in list_estimators() for k in _estimator_keywords(name)})
+
+
+def _flag_aliases() -> dict[str, str]:
+    """``reste train`` flag names for estimator keywords that differ from the keyword (``fda_n``: ``n``)."""
+    return {dest: takers[0][1].name for dest, takers in estimator_flags().items() if dest != takers[0][1].name}
 
 
 def _config_fields() -> list[str]:
@@ -79,8 +84,9 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
         raise UsageError("seed is not a grid axis; give the seeds with --seeds 0,1,2")
     if key in _config_fields():
         return "field", key
-    if key in _FLAG_ALIASES:
-        return "estimator", _FLAG_ALIASES[key]
+    aliases = _flag_aliases()
+    if key in aliases:
+        return "estimator", aliases[key]
     if key in _all_estimator_keywords():
         return "estimator", key
     model_keys = sorted({k for m in models for k in model_keywords(m)})
@@ -88,7 +94,7 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
         return "model", key
     raise UsageError(
         f"unknown grid axis {key!r}; valid: a TrainConfig field ({', '.join(_config_fields())}), an estimator "
-        f"hyper-parameter ({', '.join(_all_estimator_keywords() + sorted(_FLAG_ALIASES))}) or a model option "
+        f"hyper-parameter ({', '.join(_all_estimator_keywords() + sorted(aliases))}) or a model option "
         f"({', '.join(model_keys) or 'none for this model'})"
     )
 
@@ -185,8 +191,8 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
             else:
                 data[f"{kind}_options"][name] = value
         estimator = str(data["estimator"]).lower().replace("-", "_")
-        if estimator not in ESTIMATORS:
-            raise UsageError(f"unknown estimator {data['estimator']!r}; valid: {', '.join(ESTIMATORS)}")
+        if estimator not in list_estimators():
+            estimator_class(estimator)  # the UsageError listing the valid names
         accepted = _estimator_keywords(estimator)
         dropped = {k for k in data["estimator_options"] if k not in accepted}
         data["estimator_options"] = {k: v for k, v in data["estimator_options"].items() if k in accepted}

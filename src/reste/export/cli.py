@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..plugins import add_plugin_flag
 
 
 def add_commands(subparsers: Any) -> None:
@@ -28,6 +29,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("out", help="the packed file to write (e.g. model.rbnn)")
     p.add_argument("--onnx", nargs="?", const="", default=None, metavar="PATH",
                    help="also write ONNX (default path: OUT with the suffix .onnx)")
+    add_plugin_flag(p)
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("predict", help="run a packed model (XOR/popcount inference on the CPU)",

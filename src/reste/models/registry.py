@@ -151,7 +151,7 @@ def create(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
     if _BINARY[name]:
-        conv = ConvBuilder({"name": est.name, **est.config()}, a32=a32, scaling=scaling)
+        conv = ConvBuilder(est.spec(), a32=a32, scaling=scaling)
     else:
         conv = ConvBuilder()
     return fn(num_classes=num_classes, conv=conv, **options)

@@ -1,0 +1,149 @@
+"""Plugins: the modules that register estimators of your own.
+
+A plugin is an ordinary module whose import registers estimators
+(``@reste.register_estimator``). Two ways to load one:
+
+* an installed distribution names it in the ``reste.estimators`` entry-point group
+  (``[project.entry-points."reste.estimators"] myest = "mypackage.myest"``); the group
+  is loaded lazily, once, the first time the registry is listed or misses a name;
+* ``--plugin MODULE`` on ``reste train``, ``sweep``, ``eval`` and ``export``: a module
+  name importable from ``sys.path`` or the current folder, or a path to a ``.py``
+  file. A run saves its plugins in ``config.json`` (``TrainConfig.plugins``), so
+  ``--resume`` loads them again.
+
+A plugin that cannot be loaded is a ``UsageError``: one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable, Sequence
+
+from .errors import UsageError
+
+GROUP = "reste.estimators"
+
+_entry_points_loaded = False
+_loaded: dict[str, ModuleType] = {}
+
+
+def load_entry_points() -> None:
+    """Import every module of the ``reste.estimators`` entry-point group (once per process)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True  # first: a plugin importing reste must not load the group again
+    for ep in importlib.metadata.entry_points(group=GROUP):
+        try:
+            ep.load()
+        except Exception as err:  # noqa: BLE001 - any failure of a plugin's import is reported in one line
+            _entry_points_loaded = False
+            where = f" of {ep.dist.name}" if getattr(ep, "dist", None) is not None else ""
+            raise UsageError(f"estimator plugin {ep.name!r} ({ep.value}){where} failed to load: "
+                             f"{_first_line(err)}") from None
+
+
+def is_path(spec: str) -> bool:
+    """Whether a ``--plugin`` value names a ``.py`` file rather than a module."""
+    return spec.endswith(".py") or os.sep in spec or (os.altsep is not None and os.altsep in spec)
+
+
+def saved_form(spec: str) -> str:
+    """How a ``--plugin`` value is saved in ``config.json``: a file as an absolute path, a module as given."""
+    return str(Path(spec).resolve()) if is_path(spec) else spec
+
+
+def load_plugin(spec: str) -> ModuleType:
+    """Import the module ``spec`` names (a module name or a ``.py`` file), once."""
+    if spec in _loaded:
+        return _loaded[spec]
+    if not isinstance(spec, str) or not spec.strip():
+        raise UsageError(f"--plugin expects a module name or a .py file, got {spec!r}")
+    try:
+        module = _import_file(spec) if is_path(spec) else _import_module(spec)
+    except UsageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the plugin's own code failed: one line
+        raise UsageError(f"--plugin {spec!r} failed to load: {_first_line(err)}") from None
+    _loaded[spec] = module
+    return module
+
+
+def load_plugins(specs: Iterable[str]) -> None:
+    for spec in specs:
+        load_plugin(spec)
+
+
+def _import_module(name: str) -> ModuleType:
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # "importable from the current folder", also for the console script
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
+            raise  # a module the plugin imports is missing: reported with the plugin's name
+        raise UsageError(f"--plugin {name!r}: no module named {err.name!r} on the Python path or in the current "
+                         f"folder (give a module name, or the path to a .py file)") from None
+
+
+def _import_file(path: str) -> ModuleType:
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise UsageError(f"--plugin {path!r}: no such file")
+    name = f"reste_plugin_{file.stem}"
+    loaded = sys.modules.get(name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == file:
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"--plugin {path!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def add_plugin_flag(parser: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE`` (repeatable) on a command that must know the estimator."""
+    parser.add_argument("--plugin", dest="plugins", action="append", metavar="MODULE",
+                        help="a module that registers estimators of your own: a module name importable from the "
+                             "current folder or sys.path, or a .py file (repeatable)")
+
+
+def plugins_in_argv(argv: Sequence[str]) -> list[str]:
+    """The plugins a command line asks for: its ``--plugin`` values, and those a ``--resume``d run saved.
+
+    They are loaded before the parser is built, so that their estimators' flags exist.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    pre.add_argument("--resume")
+    try:
+        known, _ = pre.parse_known_args(list(argv))
+    except SystemExit:  # e.g. --plugin without a value: the real parser says so
+        return []
+    found = list(known.plugin)
+    if known.resume:
+        try:
+            saved = json.loads((Path(known.resume) / "config.json").read_text()).get("plugins") or []
+        except (OSError, ValueError, AttributeError):
+            saved = []  # the run itself reports what is wrong with it
+        found += [s for s in saved if isinstance(s, str) and s not in found]
+    return found

@@ -1,0 +1,232 @@
+"""An estimator of your own, in one file: every entry point knows it.
+
+The module below is what a user writes. The tests load it the three ways the library offers
+(an import in Python, ``--plugin`` on the command line, an installed entry point) and take it
+through get_estimator, binarize, the zoo, TrainConfig, the indicators, checkpoints, resume,
+eval and sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import reste
+from reste import models, plugins
+from reste.cli import main
+from reste.config import TrainConfig
+from reste.errors import UsageError
+from reste.estimators import _REGISTRY, Estimator
+
+PLUGIN = textwrap.dedent('''
+    """A window estimator: g = 1 on abs(x) <= my_flag, the window shrinking to my_end over training."""
+
+    import reste
+
+
+    @reste.register_estimator
+    class Window(reste.Estimator):
+        name = "myest"
+        hyperparameters = (
+            reste.Param("my_flag", float, 1.0, "initial half-width of the window", "(0, inf)", scheduled=True),
+            reste.Param("my_end", float, 0.5, "final half-width", "(0, inf)"),
+        )
+
+        def set_progress(self, epoch, epochs):
+            super().set_progress(epoch, epochs)  # checks the arguments
+            start = self.config()["my_flag"]
+            self.my_flag = start + (self.my_end - start) * epoch / epochs
+
+        def params(self):
+            return {"w": self.my_flag}
+
+        _g = staticmethod(lambda x, w: (x.abs() <= w).to(x.dtype))
+        _f = staticmethod(lambda x, w: x.clamp(-w, w))
+''')
+
+
+@pytest.fixture
+def plugin_file(tmp_path: Path) -> Path:
+    path = tmp_path / "myest_plugin.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+@pytest.fixture
+def loaded(plugin_file: Path):
+    """The plugin imported in this process; unregistered afterwards, so other tests see the built-ins only."""
+    module = plugins.load_plugin(str(plugin_file))
+    yield module
+    _REGISTRY.pop("myest", None)
+    plugins._loaded.pop(str(plugin_file), None)
+    sys.modules.pop(module.__name__, None)
+
+
+def test_the_decorator_makes_a_library_estimator(loaded):
+    assert "myest" in reste.list_estimators() and "myest" in reste.ESTIMATORS
+    est = reste.get_estimator("myest", my_flag=0.8)
+    assert isinstance(est, loaded.Window) and est.my_flag == 0.8 and est.config() == {"my_flag": 0.8, "my_end": 0.5}
+    assert repr(est) == "Window(my_flag=0.8, my_end=0.5)"
+    with pytest.raises(ValueError, match=r"my_flag must be > 0, got -1"):
+        reste.get_estimator("myest", my_flag=-1.0)
+    with pytest.raises(ValueError, match="bad hyper-parameters for estimator 'myest'"):
+        reste.get_estimator("myest", nope=1)
+    spec = est.spec()
+    assert spec == {"name": "myest", "my_flag": 0.8, "my_end": 0.5}
+    assert Estimator.from_spec(spec).config() == est.config()
+
+    x = torch.tensor([-2.0, -0.7, 0.0, 0.7, 2.0], requires_grad=True)
+    est(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    est.set_progress(1, 2)
+    assert est.schedule_values() == {"my_flag": 0.65000000000000002}
+    with pytest.raises(ValueError, match="already registered"):
+        reste.register_estimator(type("Other", (Estimator,), {"name": "myest"}))
+
+
+def test_binarize_the_zoo_and_the_state_dict(loaded):
+    float_model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+    model = reste.binarize(float_model, estimator="myest", my_flag=0.7)
+    ests = reste.estimators_of(model)
+    assert ests and all(type(e).name == "myest" and e.my_flag == 0.7 for e in ests)
+
+    net = models.create("digits_1w1a", estimator="myest", my_flag=0.6)
+    ests = reste.estimators_of(net)
+    assert ests and all(e.config()["my_flag"] == 0.6 for e in ests)
+    reste.set_progress(net, 1, 2)
+    fresh = models.create("digits_1w1a", estimator="myest", my_flag=0.6)
+    fresh.load_state_dict(net.state_dict())  # the schedule state travels in the state_dict
+    assert [e.my_flag for e in reste.estimators_of(fresh)] == [e.my_flag for e in reste.estimators_of(net)]
+    loss = net(torch.randn(3, 1, 8, 8)).sum()
+    loss.backward()
+    assert float(reste.estimating_error(net)) > 0 and float(reste.gradient_stability(net)) >= 0
+
+
+def test_train_config_validates_from_the_table(loaded, plugin_file):
+    cfg = TrainConfig(estimator="myest", estimator_options={"my_flag": 0.5}, epochs=1).resolve()
+    assert cfg.estimator_options == {"my_flag": 0.5}
+    with pytest.raises(UsageError, match=r"--my-flag must be > 0, got 0"):
+        TrainConfig(estimator="myest", estimator_options={"my_flag": 0.0}, epochs=1).resolve()
+    with pytest.raises(UsageError, match=r"no o_end"):
+        TrainConfig(estimator="myest", estimator_options={"o_end": 3.0}, epochs=1).resolve()
+
+
+def test_a_config_naming_its_plugin_loads_it(plugin_file):
+    try:
+        cfg = TrainConfig(estimator="myest", plugins=[str(plugin_file)], epochs=1).resolve()
+        assert cfg.plugins == [str(plugin_file)] and "myest" in reste.list_estimators()
+    finally:
+        _REGISTRY.pop("myest", None)
+        plugins._loaded.pop(str(plugin_file), None)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _reste(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "reste", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
+    """`--plugin MODULE` (a module in the current folder) and `--plugin FILE.py`; resume reloads it."""
+    cwd = plugin_file.parent
+    common = ("--epochs", "1", "--threads", "1", "--no-progress")
+    r = _reste("train", "--help", "--plugin", "myest_plugin", cwd=cwd)
+    assert r.returncode == 0 and "--my-flag" in r.stdout and "myest: initial half-width" in r.stdout, r.stderr
+    r = _reste("train", "--plugin", "myest_plugin", "--estimator", "myest", "--my-flag", "0.5", "--indicators",
+               "--out", "run", *common, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    run = cwd / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["plugins"] == ["myest_plugin"] and saved["estimator"] == "myest"
+    assert saved["estimator_options"] == {"my_flag": 0.5}
+    assert len(_metrics(run)) == 1 and "estimating_error" in json.dumps(_metrics(run)[0])
+
+    # resume: config.json names the plugin, so the flag is known without --plugin
+    r = _reste("train", "--resume", "run", "--my-flag", "0.5", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2]
+
+    # eval from another folder: the plugin as a file; without it, one line and status 2
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = _reste("eval", str(run), "--plugin", str(plugin_file), "--device", "cpu", cwd=elsewhere)
+    assert r.returncode == 0 and "top-1" in r.stdout, r.stderr
+    r = _reste("eval", str(run), "--device", "cpu", cwd=elsewhere)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown estimator 'myest'" in r.stderr, r.stderr
+    assert "--plugin" in r.stderr
+    r = _reste("export", str(run), str(tmp_path / "model.rbnn"), "--plugin", str(plugin_file), cwd=elsewhere)
+    assert r.returncode == 0 and (tmp_path / "model.rbnn").is_file(), r.stderr
+
+    # a sweep over the plugin's hyper-parameter (by its keyword and by its flag name)
+    r = _reste("sweep", "--plugin", str(plugin_file), "--estimator", "myest", "--grid", "my_flag=0.5,0.8",
+               "--out", "sweep", "--no-report", *common, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((cwd / "sweep" / "sweep.json").read_text())
+    assert [s["label"] for s in manifest["settings"]] == ["my_flag=0.5", "my_flag=0.8"]
+    configs = [json.loads(p.read_text()) for p in sorted((cwd / "sweep" / "runs").glob("*/*/config.json"))]
+    assert sorted(c["estimator_options"]["my_flag"] for c in configs) == [0.5, 0.8]
+    assert all(c["plugins"] == [str(plugin_file)] for c in configs)
+
+
+def test_bad_plugins_get_one_line(tmp_path):
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "needs.py").write_text("import no_such_module_here\n")
+    for spec, needle in (("no_such_plugin", "no module named 'no_such_plugin'"), ("broken.py", "RuntimeError: boom"),
+                         ("needs", "No module named 'no_such_module_here'"), ("missing.py", "no such file")):
+        r = _reste("train", "--plugin", spec, "--epochs", "1", cwd=tmp_path)
+        assert r.returncode == 2, (spec, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("reste: error: ") and needle in lines[0], (spec, r.stderr)
+
+
+def test_an_installed_entry_point_is_found(tmp_path):
+    """A distribution's ``reste.estimators`` entry point: no --plugin needed."""
+    site = tmp_path / "site"
+    (site / "myest_dist-0.1.dist-info").mkdir(parents=True)
+    (site / "myest_plugin.py").write_text(PLUGIN)
+    (site / "myest_dist-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: myest-dist\n"
+                                                                 "Version: 0.1\n")
+    (site / "myest_dist-0.1.dist-info" / "entry_points.txt").write_text("[reste.estimators]\nmyest = myest_plugin\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    r = _reste("train", "--estimator", "myest", "--my-flag", "0.5", "--out", "run", "--epochs", "1", "--threads", "1",
+               "--no-progress", cwd=work, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((work / "run" / "config.json").read_text())["estimator_options"] == {"my_flag": 0.5}
+    code = "import reste; print(reste.get_estimator('myest', my_flag=0.3).config())"
+    r = subprocess.run([sys.executable, "-c", code], cwd=work, env={**os.environ, **env}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "'my_flag': 0.3" in r.stdout, r.stderr
+    (site / "myest_plugin.py").write_text("raise ImportError('half installed')\n")
+    r = _reste("train", "--epochs", "1", cwd=work, env=env)
+    assert r.returncode == 2 and "estimator plugin 'myest'" in r.stderr and "half installed" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_scaling_is_a_usage_error_before_any_data_is_loaded(capsys, tmp_path, monkeypatch):
+    from reste import engine
+
+    def no_data(*_a, **_k):
+        raise AssertionError("data loaded before the settings were checked")
+
+    monkeypatch.setattr(engine, "load_datasets", no_data)
+    assert main(["train", "--scaling", "bogus", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown --scaling 'bogus'; valid: layer, channel, none" in err[0]
+    assert not (tmp_path / "run").exists()
