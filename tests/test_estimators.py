@@ -639,3 +639,98 @@ def test_sign_swish_published_form_at_points():
     x = torch.tensor([0.0, 0.2, -0.2, 0.5, 1.0, 2.0], dtype=F64)
     expected = [5.0, 3.0236612, 3.0236612, -0.0846216, -0.1949923, -0.0036313]
     assert est.derivative(x).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+# ------------------------------------------------------------------ the hyper-parameter tables
+
+# The `reste train` estimator flags as cli.py wrote them by hand before the tables made them:
+# flag dest -> (estimators it applies to, keyword).
+HAND_WRITTEN_FLAGS = {
+    "o_end": (("reste",), "o_end"), "t": (("reste",), "t"), "interval": (("reste",), "interval"),
+    "o_schedule": (("reste",), "schedule"), "clip": (("ste",), "clip"), "beta": (("sign_swish",), "beta"),
+    "t_min": (("ede", "rbnn"), "t_min"), "t_max": (("ede", "rbnn"), "t_max"), "alpha": (("dsq",), "alpha"),
+    "alpha_end": (("dsq",), "alpha_end"), "alpha_schedule": (("dsq",), "schedule"), "fda_n": (("fda",), "n"),
+    "fda_n_end": (("fda",), "n_end"), "fda_w": (("fda",), "w"),
+}
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_the_table_is_the_constructor_and_the_config(name):
+    import inspect
+
+    cls = reste.estimators.estimator_class(name)
+    table = cls.hyperparameters
+    est = get_estimator(name)
+    assert est.config() == {p.name: p.default for p in table}
+    assert list(inspect.signature(cls).parameters) == [p.name for p in table]
+    assert set(est.schedule_values()) == ({"t", "k"} if name in ("ede", "rbnn") else
+                                          {p.name for p in table if p.scheduled})
+    rebuilt = reste.Estimator.from_spec(est.spec())
+    assert type(rebuilt) is cls and rebuilt.config() == est.config() and est.spec()["name"] == name
+
+
+def test_the_tables_make_the_hand_written_flags():
+    made = reste.estimators.estimator_flags()
+    for dest, (names, keyword) in HAND_WRITTEN_FLAGS.items():
+        assert tuple(n for n, _ in made[dest]) == names and {p.name for _, p in made[dest]} == {keyword}
+    from reste.cli import build_parser, overrides_from_args
+
+    args = build_parser().parse_args(["train", "--estimator", "rbnn", "--t_min", "0.02", "--t-max", "5"])
+    assert overrides_from_args(args)["estimator_options"] == {"t_min": 0.02, "t_max": 5.0}
+    args = build_parser().parse_args(["train", "--o_end", "2", "--o-schedule", "linear"])
+    assert overrides_from_args(args)["estimator_options"] == {"o_end": 2.0, "schedule": "linear"}
+    args = build_parser().parse_args(["train", "--estimator", "fda", "--fda-n", "4", "--fda_n_end", "8"])
+    assert overrides_from_args(args)["estimator_options"] == {"n": 4, "n_end": 8}
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,message",
+    [
+        ("reste", {"o_end": 0.5}, "o_end must be >= 1, got 0.5"),
+        ("reste", {"t": 0.05}, "t must be larger than the interval (0.1), got 0.05"),
+        ("reste", {"schedule": "log"}, "unknown schedule 'log'; valid: cosine, linear, constant"),
+        ("reste", {"o_end": float("nan")}, "estimator option o_end must be a finite number >= 1, got nan"),
+        ("dsq", {"alpha": 1.0}, "alpha must be in (0, 1), got 1.0"),
+        ("fda", {"n": 1.5}, "n must be an integer >= 0, got 1.5"),
+        ("fda", {"n": 5, "n_end": 3}, "n_end must be at least n (5), got 3"),
+        ("ste", {"clip": "wide"}, "clip must be a number > 0, got 'wide'"),
+        ("ste", {"clip": True}, "clip must be a number > 0, got True"),
+    ],
+)
+def test_the_table_checks_name_the_valid_range(name, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        get_estimator(name, **kwargs)
+    assert str(info.value) == message
+
+
+def test_the_table_converts_and_names_flags():
+    assert get_estimator("fda", n=4.0, n_end=8).config() == {"n": 4, "n_end": 8, "w": 0.1}
+    assert isinstance(get_estimator("reste", o_end=2).o_end, float)
+    with pytest.raises(ValueError, match=r"^--o-end must be >= 1, got 0.5$"):
+        reste.ReSTE.check_hyperparameters({"o_end": 0.5}, flags=True)
+    with pytest.raises(ValueError, match=r"^--fda-n-end must be at least n \(5\), got 3$"):
+        reste.FDA.check_hyperparameters({"n": 5, "n_end": 3}, flags=True)
+    with pytest.raises(ValueError, match="range must look like"):
+        reste.Param("x", float, 1.0, range="0..1")
+
+
+def test_the_registry_is_live():
+    from reste.config import TrainConfig
+    from reste.estimators import _REGISTRY
+
+    @reste.register_estimator
+    class Narrow(reste.STE):
+        name = "narrow_test"
+        hyperparameters = (reste.Param("clip", float, 0.5, "clip", "(0, inf)"),)
+
+    try:
+        assert "narrow_test" in ESTIMATORS and "narrow_test" in reste.list_estimators()
+        assert TrainConfig(estimator="narrow_test", epochs=1).resolve().estimator == "narrow_test"
+        assert get_estimator("Narrow-Test").clip == 0.5
+        assert ("narrow_test", Narrow.hyperparameters[0]) in reste.estimators.estimator_flags()["clip"]
+        with pytest.raises(ValueError, match="flag --clip means float 'clip'"):
+            reste.register_estimator(type("Clash", (reste.Estimator,), {
+                "name": "clash_test", "hyperparameters": (reste.Param("clip", int, 1, range="[0, inf)"),)}))
+    finally:
+        _REGISTRY.pop("narrow_test", None)
+    assert "narrow_test" not in ESTIMATORS

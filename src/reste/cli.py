@@ -118,12 +118,15 @@ def _add_estimator_flags(p: argparse.ArgumentParser) -> None:
         first = takers[0][1]
         names = "/".join(name for name, _ in takers)
         defaults = " / ".join(dict.fromkeys(q.default_text() for _, q in takers))
+        valid = " or ".join(", ".join(first.choices).rsplit(", ", 1)) if first.choices else first.range_text()
         options = [first.option] + (["--" + dest] if "_" in dest else [])  # the authors' spelling: --o_end
         try:
             if dest in taken:
                 raise argparse.ArgumentError(None, "")
             e.add_argument(*options, dest=dest, type=None if first.type is str else first.type,
-                           help=f"{names}: {first.help or first.name} (default {defaults})")
+                           metavar={float: "X", int: "N", str: "NAME"}[first.type],
+                           help=f"{names}: {first.help or first.name} ({valid + '; ' if valid else ''}"
+                                f"default {defaults})")
         except argparse.ArgumentError:
             raise UsageError(f"estimator {names!r}: the flag {first.option} of its hyper-parameter {first.name!r} is "
                              f"taken by `reste train`; give it another flag= in its Param") from None

@@ -35,7 +35,6 @@ import inspect
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 
 from . import fused, plugins, schedules, triton_dispatch
 from .errors import UsageError
+from .hparams import Param
 
 __all__ = [
     "ESTIMATORS",
@@ -284,101 +284,6 @@ class _SignFunction(torch.autograd.Function):
         return (g * grad).to(grad.dtype), None, None
 
 
-# ------------------------------------------------------------ hyper-parameters
-
-
-@dataclass(frozen=True)
-class Param:
-    """One hyper-parameter of an estimator, declared once in its class's ``hyperparameters`` table.
-
-    The table gives the constructor's keywords and defaults, the checks (``check_hyperparameters``),
-    ``config()`` / ``spec()``, the ``reste train`` flags and the ``reste sweep`` axes.
-
-    Args:
-        name: the constructor keyword (and the attribute holding the current value).
-        type: ``float``, ``int`` or ``str``.
-        default: the value when the keyword is left out.
-        help: a few words for ``reste train --help``.
-        range: the valid numbers as an interval, ``"(0, inf)"`` or ``"[1, inf)"``, or ``""`` for any.
-        choices: the valid strings of a ``str`` parameter.
-        scheduled: a schedule moves it during training (``set_progress``); its current value is
-            saved in the ``state_dict``, while ``config()`` keeps the value it started from.
-        flag: the ``reste train`` flag (as a dest, ``fda_n`` is ``--fda-n``) when it is not ``name``.
-    """
-
-    name: str
-    type: type
-    default: Any
-    help: str = ""
-    range: str = ""
-    choices: tuple[str, ...] = ()
-    scheduled: bool = False
-    flag: str = ""
-
-    def __post_init__(self) -> None:
-        if self.type not in (float, int, str):
-            raise ValueError(f"hyper-parameter {self.name!r}: type must be float, int or str, got {self.type!r}")
-        if self.range:
-            self.bounds()  # a malformed range fails here, where the class is written
-        if not self.name.isidentifier() or (self.flag and not self.flag.isidentifier()):
-            raise ValueError(f"hyper-parameter {self.name!r}: name and flag must be Python identifiers")
-
-    @property
-    def dest(self) -> str:
-        """The ``reste train`` flag as an argparse dest (``o_end`` is ``--o-end``)."""
-        return self.flag or self.name
-
-    @property
-    def option(self) -> str:
-        return "--" + self.dest.replace("_", "-")
-
-    def bounds(self) -> tuple[float, bool, float, bool]:
-        """(low, low included, high, high included) of ``range``."""
-        text = self.range.strip()
-        low, sep, high = text[1:-1].partition(",")
-        if not sep or text[0] not in "([" or text[-1] not in ")]":
-            raise ValueError(f"hyper-parameter {self.name!r}: range must look like '(0, inf)', got {self.range!r}")
-        return float(low), text[0] == "[", float(high), text[-1] == "]"
-
-    def range_text(self) -> str:
-        """``">= 1"``, ``"> 0"`` or ``"in (0, 1)"``; ``""`` without a range."""
-        if not self.range:
-            return ""
-        low, low_in, high, high_in = self.bounds()
-        if math.isinf(high) and not math.isinf(low):
-            return f"{'>=' if low_in else '>'} {low:g}"
-        if math.isinf(low) and not math.isinf(high):
-            return f"{'<=' if high_in else '<'} {high:g}"
-        return f"in {self.range.strip()}"
-
-    def check(self, value: Any, label: str = "") -> Any:
-        """``value`` in this parameter's type, or a ``ValueError`` naming ``label`` and the valid range."""
-        label = label or self.name
-        if self.type is str:
-            if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise ValueError(f"unknown {label} {value!r}; valid: {', '.join(self.choices) or 'a string'}")
-            return value
-        rng = self.range_text()
-        kind = "an integer" if self.type is int else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{label} must be {kind}{' ' + rng if rng else ''}, got {value!r}")
-        if not math.isfinite(value):
-            where = f" ({label})" if label != self.name else ""
-            raise ValueError(f"estimator option {self.name} must be a finite number{' ' + rng if rng else ''}"
-                             f"{where}, got {value}")
-        if self.type is int and int(value) != value:
-            raise ValueError(f"{label} must be {kind}{' ' + rng if rng else ''}, got {value}")
-        value = self.type(value)
-        if self.range:
-            low, low_in, high, high_in = self.bounds()
-            if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
-                raise ValueError(f"{label} must be {rng}, got {value}")
-        return value
-
-    def default_text(self) -> str:
-        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
-
-
 _RELATIONS = {">": ("larger than the", lambda a, b: a > b), ">=": ("at least", lambda a, b: a >= b)}
 
 
@@ -578,7 +483,7 @@ class ReSTE(Estimator):
 
     name = "reste"
     hyperparameters = (
-        Param("o", float, 1.0, "initial exponent o (1: a clipped STE)", "[1, inf)", scheduled=True),
+        Param("o", float, 1.0, "initial exponent o, 1 is a clipped STE", "[1, inf)", scheduled=True),
         _positive("t", "threshold t", 1.5),
         _positive("interval", "interval m around 0", 0.1),
         Param("o_end", float, 3.0, "final o", "[1, inf)"),
