@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from reste import engine
 from reste.checkpoint import load_checkpoint
@@ -129,6 +133,29 @@ def test_tensorboard_given_on_resume_logs_the_finished_epochs_from_metrics(capsy
     assert json.loads((run / "config.json").read_text())["tensorboard"] == "tensorboard"
 
 
+def test_a_crash_before_an_epoch_is_logged_is_filled_in_on_resume(capsys, tmp_path, monkeypatch, one_thread_module):
+    pytest.importorskip("tensorboard")
+    from reste.integrations.tensorboard import TensorBoardLog
+
+    log_epoch = TensorBoardLog.log_epoch
+
+    def dies_at_epoch_2(self, metrics, *args):
+        if metrics["epoch"] == 2:
+            raise RuntimeError("killed after last.pt, before the events")
+        log_epoch(self, metrics, *args)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(TensorBoardLog, "log_epoch", dies_at_epoch_2)
+    assert main([*TRAIN, "--epochs", "3", "--out", str(run), "--tensorboard"]) == 1
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(TensorBoardLog, "log_epoch", log_epoch)
+    train(capsys, "--resume", str(run))
+    events = scalars(run / "tensorboard")
+    assert [s for s, _ in events["test/loss"]] == [1, 2, 3]  # epoch 2 from metrics.jsonl
+    assert [v for _, v in events["test/loss"]] == pytest.approx([m["test_loss"] for m in metrics(run)], rel=1e-6)
+    assert [s for s, _ in events["schedule/conv1.weight_estimator/o"]] == [1, 3]
+
+
 def test_tensorboard_dir_and_a_folder_of_another_run(capsys, tmp_path, one_thread_module):
     pytest.importorskip("tensorboard")
     board = tmp_path / "board"
@@ -203,6 +230,89 @@ def test_keep_top_2_over_4_epochs(capsys, tmp_path, one_thread_module):
     train(capsys, "--resume", str(run), "--keep-top", "1")  # free to change: the set shrinks to 1
     assert sorted(top_checkpoints(run)) == _best(lines, 1)
     assert json.loads((run / "config.json").read_text())["keep_top"] == 1
+
+
+# One child imports reste once, runs `reste train --keep-top 2` uninterrupted, then forks one
+# grandchild per crash point; each dies with os._exit(137), like kill -9, at its point of the keep-top
+# writes of the first epoch whose copy enters the top 2 while an older one drops out: the new copy
+# complete but not renamed, renamed, or the old one removed.
+_CRASHER = textwrap.dedent("""
+    import json, os, pathlib, sys
+    from reste import engine
+    from reste.cli import main
+
+    import torch._dynamo  # imported lazily by the first optimizer: here once, not in every child
+    from reste.data import load_datasets
+    load_datasets("digits")  # imports scikit-learn once too
+
+    base, points, argv = pathlib.Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+    state = {"epoch": 0, "crash": 0, "point": ""}
+    save, replace, unlink = engine._Run.save, os.replace, pathlib.Path.unlink
+
+    def saving(self, e, *args):
+        state["epoch"] = e
+        return save(self, e, *args)
+
+    def here(point, path):
+        return state["epoch"] == state["crash"] and state["point"] == point and path.parent.name == "top"
+
+    def crashing_replace(src, dst):
+        if here("tmp-top", pathlib.Path(dst)):
+            os._exit(137)
+        replace(src, dst)
+        if here("after-top", pathlib.Path(dst)):
+            os._exit(137)
+
+    def crashing_unlink(self, missing_ok=False):
+        unlink(self, missing_ok=missing_ok)
+        if here("after-removal", self):
+            os._exit(137)
+
+    engine._Run.save, os.replace, pathlib.Path.unlink = saving, crashing_replace, crashing_unlink
+
+    def child(point, crash):
+        pid = os.fork()
+        if pid == 0:
+            state.update(point=point, crash=crash)
+            os._exit(main([*argv, "--out", str(base / point)]))
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    codes = {"full": child("full", 0)}
+    acc = [m["test_acc"] for m in engine.read_metrics(base / "full")]
+    ranked = lambda n: sorted(range(1, n + 1), key=lambda e: (-acc[e - 1], e))[:2]
+    crash = next(e for e in range(3, len(acc) + 1) if e in ranked(e))
+    codes.update({point: child(point, crash) for point in points})
+    print(json.dumps({"crash": crash, "codes": codes}))
+""")
+TOP_CRASHES = ["tmp-top", "after-top", "after-removal"]
+
+
+@pytest.fixture(scope="module")
+def top_crashes(tmp_path_factory):
+    """(uninterrupted run, crash epoch, {point: run that died there}), all from one child."""
+    base = tmp_path_factory.mktemp("top")
+    proc = subprocess.run([sys.executable, "-c", _CRASHER, str(base), ",".join(TOP_CRASHES), *TRAIN, "--epochs", "4",
+                           "--keep-top", "2", "--seed", "3"],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["codes"] == {"full": 0, **{point: 137 for point in TOP_CRASHES}}, (report, proc.stderr)
+    return base / "full", report["crash"], {point: base / point for point in TOP_CRASHES}
+
+
+@pytest.mark.parametrize("point", TOP_CRASHES)
+def test_keep_top_after_a_crash_at_each_write_then_resume(top_crashes, point, one_thread):
+    full, crash, cuts = top_crashes
+    cut = cuts[point]
+    assert load_checkpoint(cut / "last.pt")["epoch"] == crash
+    engine.resume(cut, progress=False, log=lambda _msg: None)
+    kept, wanted = top_checkpoints(cut), top_checkpoints(full)
+    assert sorted(kept) == sorted(wanted) == _best(metrics(full), 2)
+    assert sorted(p.name for p in (cut / "top").iterdir()) == sorted(p.name for p in wanted.values())
+    for e, path in kept.items():
+        a, b = load_checkpoint(path), load_checkpoint(wanted[e])
+        assert a["epoch"] == e and all(torch.equal(v, b["model"][k]) for k, v in a["model"].items()
+                                       if isinstance(v, torch.Tensor))
 
 
 def test_keep_top_ranks_by_metrics_and_keeps_the_earlier_of_a_tie(tmp_path):
