@@ -432,6 +432,9 @@ class Estimator(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (a scheduled one as it started); ``get_estimator(name, **config())`` rebuilds it."""
+        if not self.hyperparameters and type(self).__init__ is not Estimator.__init__:
+            raise NotImplementedError(f"{type(self).__name__} has a constructor of its own: declare its "
+                                      "hyper-parameters in `hyperparameters` or override config()")
         return dict(self._config)
 
     def spec(self) -> dict[str, Any]:

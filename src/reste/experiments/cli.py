@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..errors import UsageError
+from ..plugins import add_plugin_flag
 
 SWEEP_EXAMPLE = ("reste sweep --grid estimator=ste,reste,ede --seeds 0,1,2 --out sweeps/est "
                  "--dataset fashion-mnist --epochs 5 --indicators")
@@ -54,6 +55,7 @@ def add_commands(sub: Any) -> None:
                                   "else curves.png)")
     p.add_argument("--progress", type=float, default=0.5,
                    help="plot estimators: where in training scheduled estimators are drawn, 0..1 (default 0.5)")
+    add_plugin_flag(p)
     p.set_defaults(func=cmd_plot)
 
 
