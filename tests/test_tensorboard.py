@@ -156,6 +156,22 @@ def test_a_crash_before_an_epoch_is_logged_is_filled_in_on_resume(capsys, tmp_pa
     assert [s for s, _ in events["schedule/conv1.weight_estimator/o"]] == [1, 3]
 
 
+def test_under_torchrun_only_rank_0_writes(tmp_path):
+    pytest.importorskip("tensorboard")
+    from test_distributed import ENV, _torchrun
+
+    out = tmp_path / "ddp"
+    proc = subprocess.run(_torchrun("--epochs", "3", "--seed", "3", "--no-progress", "--device", "cpu", "--indicators",
+                                    "--tensorboard", "--keep-top", "2", "--out", str(out)),
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    events = scalars(out / "tensorboard")
+    assert "indicators/conv1/gradient_stability" in events
+    assert all([s for s, _ in steps] == [1, 2, 3] for steps in events.values())
+    assert sorted(top_checkpoints(out)) == _best(metrics(out), 2)
+
+
 def test_tensorboard_dir_and_a_folder_of_another_run(capsys, tmp_path, one_thread_module):
     pytest.importorskip("tensorboard")
     board = tmp_path / "board"
