@@ -160,6 +160,10 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     r = _reste("train", "--resume", "run", "--my-flag", "0.5", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert [m["epoch"] for m in _metrics(run)] == [1, 2]
+    # the plugin may move: --plugin is free on resume, like --data-path
+    r = _reste("train", "--resume", "run", "--plugin", str(plugin_file), "--no-progress", cwd=cwd)
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr
+    assert json.loads((run / "config.json").read_text())["plugins"] == [str(plugin_file)]
 
     # eval from another folder: the plugin as a file; without it, one line and status 2
     elsewhere = tmp_path / "elsewhere"

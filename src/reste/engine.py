@@ -65,7 +65,7 @@ from .syncbn import ProcessGroupBatchNorm, is_distributed
 
 # Settings that may differ when resuming without --force: they do not change the result.
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
-               "save_every", "tensorboard", "keep_top")
+               "save_every", "tensorboard", "keep_top", "plugins")
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # preemption: save inside the epoch, then stop
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps

@@ -33,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
@@ -659,12 +661,15 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     if not cls.name or _key(cls.name) != cls.name:
         raise ValueError(f"{cls.__name__} needs a lower-case name without dashes, got {cls.name!r}")
     old = _REGISTRY.get(cls.name)
-    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+    if old is not None and _origin(old) != _origin(cls):
         raise ValueError(f"estimator name {cls.name!r} is already registered by {old.__module__}.{old.__qualname__}")
     try:
         cls.check_hyperparameters({})
     except ValueError as err:
         raise ValueError(f"estimator {cls.name!r}: a default is not valid: {err}") from None
+    except KeyError as err:
+        raise ValueError(f"estimator {cls.name!r}: its relations name {err}, which is neither a hyper-parameter "
+                         f"nor one of {', '.join(_RELATIONS)}") from None
     for p in cls.hyperparameters:
         for other, q in estimator_flags().get(p.dest, ()):
             if other != cls.name and (q.name, q.type) != (p.name, p.type):
@@ -675,6 +680,13 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
 
 
 register = register_estimator  # the earlier name
+
+
+def _origin(cls: type) -> tuple[str, str]:
+    """Where a class is written: the same file imported twice (as a module and as a path) is the same class."""
+    module = sys.modules.get(cls.__module__)
+    where = getattr(module, "__file__", None)
+    return (os.path.realpath(where) if where else cls.__module__), cls.__qualname__
 
 
 def list_estimators() -> tuple[str, ...]:

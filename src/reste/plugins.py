@@ -128,7 +128,7 @@ def add_plugin_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def plugins_in_argv(argv: Sequence[str]) -> list[str]:
-    """The plugins a command line asks for: its ``--plugin`` values, and those a ``--resume``d run saved.
+    """The plugins a command line asks for: its ``--plugin`` values, else those a ``--resume``d run saved.
 
     They are loaded before the parser is built, so that their estimators' flags exist.
     """
@@ -140,10 +140,10 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
     except SystemExit:  # e.g. --plugin without a value: the real parser says so
         return []
     found = list(known.plugin)
-    if known.resume:
+    if known.resume and not found:  # given ones replace the saved ones (the plugin may have moved)
         try:
             saved = json.loads((Path(known.resume) / "config.json").read_text()).get("plugins") or []
         except (OSError, ValueError, AttributeError):
             saved = []  # the run itself reports what is wrong with it
-        found += [s for s in saved if isinstance(s, str) and s not in found]
+        found = [s for s in saved if isinstance(s, str)]
     return found
