@@ -336,7 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         status = args.func(args)
-        _leave_process_group()
+        from .distributed import leave_process_group
+
+        leave_process_group()  # under torchrun: a gloo group left alive can abort a process at exit
         return status
     except UsageError as err:
         if debug:
@@ -348,22 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(err, Preempted):
             return _unexpected(err, debug)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for all the processes
+        from .distributed import env_rank
+
+        if env_rank() == 0:  # under torchrun, one line for all the processes
             print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
         print("reste: interrupted; a run keeps its finished epochs (continue it with --resume RUN_DIR), "
               "a new run that finished none is removed", file=sys.stderr)
         return 130
-
-
-def _leave_process_group() -> None:
-    """Under torchrun, tear the process group down before the interpreter exits: a gloo group left
-    alive can abort a process at exit ("terminate called without an active exception")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def usage_line(err: UsageError) -> str:

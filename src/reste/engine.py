@@ -34,7 +34,6 @@ reads its shard of the training set, and only rank 0 logs and writes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -54,6 +53,7 @@ from . import checkpoint as ckpt_io
 from . import models
 from .config import AMP_MODES, TrainConfig
 from .data import data_device, load_datasets, make_loaders
+from .distributed import env_rank, env_world_size, init_distributed, is_distributed
 from .errors import UsageError
 from .indicators import EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedStep, graphable_optimizer_options
@@ -61,7 +61,7 @@ from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
 from .rundir import RunDirectory, keep_top
 from .schedules import learning_rate
-from .syncbn import ProcessGroupBatchNorm, is_distributed
+from .syncbn import ProcessGroupBatchNorm
 
 # Settings that may differ when resuming without --force: they do not change the result.
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
@@ -83,14 +83,6 @@ class Preempted(Exception):
         self.signum = signum
 
 
-def _env_rank() -> int:
-    """This process's rank under torchrun (0 otherwise), known before the process group exists."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
 # ----------------------------------------------------------------------- setup
 
 
@@ -110,40 +102,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device
-
-
-@dataclasses.dataclass
-class Dist:
-    """The torch.distributed context of this process (world_size 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the process group when launched by torchrun; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), pick_device(device_name)
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local), device
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -295,9 +253,9 @@ class _Run:
         check_tensorboard(config.tensorboard, run_dir)  # before any data: a missing package is one line
         if config.threads:
             torch.set_num_threads(config.threads)
-        if config.cuda_graphs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if config.cuda_graphs and env_world_size() > 1:
             raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
-        self.dist, self.device = init_distributed(config.device)
+        self.dist, self.device = init_distributed(pick_device(config.device))
         self.log = log if self.dist.main else (lambda _msg: None)
         graph_backend = None
         if config.cuda_graphs:
@@ -695,7 +653,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
         raise UsageError("--out is empty; pass a run directory")
     run_dir = Path(out) if out is not None else default_run_dir(config)
     # only the main process (rank 0 under torchrun) creates, checks and locks the folder
-    lock = RunDirectory.open(run_dir, fresh=True) if _env_rank() == 0 else None
+    lock = RunDirectory.open(run_dir, fresh=True) if env_rank() == 0 else None
     try:
         with StopRequest().handling() as stop:
             return _train_locked(config, run_dir, progress, log, stop)
@@ -761,7 +719,7 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     whole run, and a mid-epoch ``last.pt`` continues at its step.
     """
     run_dir = Path(run_dir)
-    lock = RunDirectory.open(run_dir, fresh=False) if _env_rank() == 0 else None
+    lock = RunDirectory.open(run_dir, fresh=False) if env_rank() == 0 else None
     try:
         with StopRequest().handling() as stop:
             return _resume_locked(run_dir, overrides, force, progress, log, stop)

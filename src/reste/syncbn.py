@@ -10,38 +10,10 @@ normalise exactly as one process with batch N*B. The training engine uses
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-
-def is_distributed() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """A sum over the processes that gradients flow through (the gradient is summed the same way).
-
-    What ``torch.distributed.nn.functional.all_reduce`` did before it was deprecated.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        out = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out)
-        return out
-
-
-def all_reduce(tensor: Tensor) -> Tensor:
-    """The sum of ``tensor`` over every process, differentiable."""
-    return _AllReduceSum.apply(tensor)
+from .distributed import all_reduce, is_distributed
 
 
 class ProcessGroupBatchNorm(_BatchNorm):

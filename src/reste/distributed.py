@@ -1,0 +1,120 @@
+"""The helpers for running under ``torchrun``: who this process is, and the process group.
+
+``torchrun`` starts one process per device and tells each its place in the environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``). :func:`init_distributed` reads it and joins
+the default process group (NCCL on GPUs, gloo on CPUs); without ``torchrun`` it does
+nothing and the process is rank 0 of 1. Every other module asks here: the engine (the
+context of the run, the sums of the evaluation), :mod:`reste.data` (the shard of the
+data each process reads), :mod:`reste.syncbn` (statistics over every process) and the
+CLI (one error line for all the processes, leaving the group at exit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .errors import UsageError
+
+__all__ = ["Dist", "env_rank", "env_world_size", "init_distributed", "is_distributed", "rank_and_world_size",
+           "all_reduce", "leave_process_group"]
+
+
+def env_rank() -> int:
+    """This process's rank under torchrun (0 otherwise), known before the process group exists."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclasses.dataclass
+class Dist:
+    """The torch.distributed context of this process (world_size 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun; this process's device.
+
+    ``device`` is the device asked for; on CUDA each process takes the GPU of its
+    ``LOCAL_RANK``.
+    """
+    world = env_world_size()
+    if world <= 1:
+        return Dist(), device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the number of processes of the initialised process group.
+
+    Raises :class:`UsageError` when there is none (what ``distributed=True`` needs).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise UsageError(
+            "distributed=True needs torch.distributed to be initialised first (launch with torchrun)"
+        )
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A sum over the processes that gradients flow through (the gradient is summed the same way).
+
+    What ``torch.distributed.nn.functional.all_reduce`` did before it was deprecated.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+
+def all_reduce(tensor: Tensor) -> Tensor:
+    """The sum of ``tensor`` over every process, differentiable."""
+    return _AllReduceSum.apply(tensor)
+
+
+def leave_process_group() -> None:
+    """Tear the process group down, if there is one, before the interpreter exits: a gloo group
+    left alive can abort a process at exit ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
