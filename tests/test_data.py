@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from reste import data as D
+from reste.data import formats
 from reste.data import (
     DATASETS,
     DatasetInfo,
@@ -219,11 +220,11 @@ def test_fashion_mnist_torchvision_layout(tmp_path):
 
 def test_fashion_mnist_default_locations(tmp_path, monkeypatch):
     write_fashion(tmp_path / "system", n_train=30, n_test=10)
-    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST", tmp_path / "system")
-    monkeypatch.setattr(D, "DEFAULT_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "system")
+    monkeypatch.setattr(formats, "DEFAULT_ROOT", tmp_path / "nowhere")
     _, _, info = load_datasets("fashion-mnist")
     assert (info.train_size, info.test_size) == (30, 10)
-    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "absent")
     msg = usage_error(load_datasets, "fashion-mnist")
     assert str(tmp_path / "absent") in msg and "dataset-fashion-mnist" in msg and "--data-path" in msg
 
@@ -406,7 +407,7 @@ def test_cifar10_distributed_sampler(tmp_path):
 
 
 def test_cifar10_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "DEFAULT_ROOT", tmp_path / "default")
+    monkeypatch.setattr(formats, "DEFAULT_ROOT", tmp_path / "default")
     usage_error(load_datasets, "cifar10", match="does not exist")  # default ./data missing
     usage_error(load_datasets, "cifar10", tmp_path / "nope", match="does not exist")
     (tmp_path / "empty").mkdir()

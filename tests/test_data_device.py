@@ -23,6 +23,7 @@ from reste import data as D
 from reste import datasets, engine, models
 from reste.config import DATASET_DEFAULTS, TrainConfig
 from reste.data import Normalize, RandomCropFlip, TensorLoader, load_datasets, make_loaders
+from reste.data.sampling import seeded_generator
 from reste.errors import UsageError
 
 CUDA = torch.cuda.is_available()
@@ -236,7 +237,7 @@ def test_cifar10_in_memory_gives_the_same_kind_of_batches(tmp_path):
     tr.set_epoch(1)
     x, _ = next(iter(tr))
     order = tr.indices(1)[:8]
-    top, left, flip = train.augment.draw(8, 32, 32, D._generator(5, 1, 0, 1))
+    top, left, flip = train.augment.draw(8, 32, 32, seeded_generator(5, 1, 0, 1))
     black = torch.tensor(train.normalize.fill()).view(3, 1, 1)
     for i in range(8):
         base = train.images[order[i]]

@@ -1,0 +1,322 @@
+"""Reading data set files: idx (Fashion-MNIST), CIFAR-10 python batches, ImageFolder trees (ImageNet).
+
+Each reader finds the files where the user or a convention put them, checks them and
+returns plain arrays (or torchvision's ``ImageFolder`` for ImageNet); what becomes of
+them (tensors, normalisation, augmentation) is :mod:`reste.data.sets`'s business.
+Everything the user can fix (a missing, incomplete or corrupted file, a failed
+download) raises :class:`reste.errors.UsageError` with a one-line message naming the
+file and the way out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UsageError
+
+__all__ = ["read_idx", "find_fashion_mnist", "read_fashion_mnist", "find_cifar10", "read_cifar10",
+           "image_folders", "SYSTEM_FASHION_MNIST", "DEFAULT_ROOT"]
+
+#: Where Debian's ``dataset-fashion-mnist`` package puts the idx files.
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+#: Default root for downloads (torchvision's convention).
+DEFAULT_ROOT = Path("data")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _download_torchvision(what: str, fn: Callable[[], object], root: Path) -> None:
+    try:
+        fn()
+    except UsageError:
+        raise
+    except Exception as exc:  # network, disk, checksum... all the user can do is fetch it elsewhere
+        raise UsageError(
+            f"could not download {what} into {root} ({type(exc).__name__}: {_one_line(exc)}); "
+            f"are you offline? Download it on a machine with internet access and pass --data-path"
+        ) from None
+
+
+# --------------------------------------------------------------------------- idx / Fashion-MNIST
+
+_IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+_FMNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_FMNIST_HINT = ("install Debian's dataset-fashion-mnist package, pass --download, or pass "
+                "--data-path to a folder holding the four idx files")
+
+
+def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.ndarray:
+    """Read an idx file (plain or gzip-compressed), validating its header and size.
+
+    ``expect_magic`` is the expected 32-bit magic number (2051 for images, 2049 for
+    labels). Raises :class:`UsageError` on a malformed file.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read idx file {path}: {_one_line(exc.strerror or exc)}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise UsageError(f"{path} is not a valid gzip file ({_one_line(exc)}); re-download it") from None
+    if len(raw) < 4:
+        raise UsageError(f"{path} is too short to be an idx file ({len(raw)} bytes); re-download it")
+    magic = struct.unpack(">I", raw[:4])[0]
+    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0 or (
+            expect_magic is not None and magic != expect_magic):
+        want = f" (expected {expect_magic})" if expect_magic is not None else ""
+        raise UsageError(f"{path} is not an idx file of the right kind: bad magic number {magic}{want}")
+    dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UsageError(f"{path} has a truncated idx header; re-download it")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(raw) - header != count * dtype.itemsize:
+        raise UsageError(f"{path} holds {len(raw) - header} data bytes but its header {tuple(dims)} "
+                         f"needs {count * dtype.itemsize}; the file is truncated or corrupted")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+
+
+def _find_idx_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    found, missing = {}, []
+    for key, base in _FMNIST_FILES.items():
+        for cand in (folder / base, folder / (base + ".gz")):
+            if cand.is_file():
+                found[key] = cand
+                break
+        else:
+            missing.append(base)
+    return found, missing
+
+
+def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
+    """The four idx files (``train_images``, ``train_labels``, ``test_images``, ``test_labels``).
+
+    Looked for in ``data_path`` (the folder itself or ``data_path/FashionMNIST/raw``),
+    else in :data:`SYSTEM_FASHION_MNIST`, else in ``DEFAULT_ROOT/FashionMNIST/raw``;
+    ``download`` fetches them there with torchvision when none is complete.
+    """
+    if data_path is not None:
+        root = Path(data_path).expanduser()
+        candidates = [root, root / "FashionMNIST" / "raw"]
+    else:
+        root = DEFAULT_ROOT
+        candidates = [SYSTEM_FASHION_MNIST, root / "FashionMNIST" / "raw"]
+
+    files = None
+    partial: tuple[Path, list[str]] | None = None
+    for folder in candidates:
+        found, missing = _find_idx_files(folder)
+        if not missing:
+            files = found
+            break
+        if found and partial is None:
+            partial = (folder, missing)
+
+    if files is None and download:
+        import torchvision
+
+        def fetch():
+            torchvision.datasets.FashionMNIST(root=str(root), train=True, download=True)
+
+        _download_torchvision("Fashion-MNIST", fetch, root)
+        files, missing = _find_idx_files(root / "FashionMNIST" / "raw")
+        if missing:
+            raise UsageError(f"Fashion-MNIST download into {root} left no {missing[0]}; {_FMNIST_HINT}")
+
+    if files is None:
+        if partial is not None:
+            folder, missing = partial
+            raise UsageError(f"Fashion-MNIST in {folder} is incomplete: missing {', '.join(missing)} "
+                             f"(plain or .gz); {_FMNIST_HINT}")
+        if data_path is not None and not root.exists():
+            raise UsageError(f"Fashion-MNIST data path {root} does not exist; {_FMNIST_HINT}")
+        if data_path is not None and root.is_dir() and not any(root.iterdir()):
+            raise UsageError(f"Fashion-MNIST data path {root} is empty; {_FMNIST_HINT}")
+        looked = " and ".join(str(c) for c in candidates)
+        raise UsageError(f"Fashion-MNIST idx files not found in {looked}; {_FMNIST_HINT}")
+    return files
+
+
+def read_fashion_mnist(files: dict[str, Path], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, 28, 28) and labels (N,) of ``split`` (``"train"`` or ``"test"``), checked."""
+    images = read_idx(files[split + "_images"], expect_magic=2051)
+    if images.shape[1:] != (28, 28):
+        raise UsageError(f"{files[split + '_images']} holds {images.shape[1]}x{images.shape[2]} images, "
+                         f"Fashion-MNIST's are 28x28")
+    path, n = files[split + "_labels"], len(images)
+    labels = read_idx(path, expect_magic=2049)
+    if len(labels) != n:
+        raise UsageError(f"{path} has {len(labels)} labels for {n} images; the files do not match")
+    if len(labels) and int(labels.max()) >= 10:
+        raise UsageError(f"{path} has label {int(labels.max())}, Fashion-MNIST's are 0..9")
+    return images, labels
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST = ("test_batch",)
+_CIFAR_HINT = ("pass --download to fetch it (about 170 MB), or --data-path to a folder holding "
+               "cifar-10-batches-py/ from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Only what a CIFAR batch needs: numpy arrays, dicts, lists, str/bytes/ints."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            entry = _SafeUnpickler(f, encoding="latin1").load()
+    except OSError as exc:
+        raise UsageError(f"cannot read CIFAR-10 batch {path}: {_one_line(exc.strerror or exc)}") from None
+    except Exception as exc:
+        raise UsageError(f"{path} is not a CIFAR-10 python batch ({_one_line(exc)}); "
+                         f"re-download cifar-10-python.tar.gz") from None
+    if not isinstance(entry, dict):
+        raise UsageError(f"{path} is not a CIFAR-10 python batch (no dict inside); re-download it")
+
+    def get(key):
+        for k in (key, key.encode()):
+            if k in entry:
+                return entry[k]
+        return None
+
+    data, labels = get("data"), get("labels")
+    if data is None or labels is None:
+        raise UsageError(f"{path} is not a CIFAR-10 python batch (no 'data'/'labels' entries); "
+                         f"re-download it")
+    data = np.asarray(data)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UsageError(f"{path} has data of shape {data.shape} and type {data.dtype}; a CIFAR-10 "
+                         f"batch holds uint8 rows of 3072 values")
+    if len(labels) != len(data):
+        raise UsageError(f"{path} has {len(labels)} labels for {len(data)} images")
+    if len(labels) and (labels.min() < 0 or labels.max() >= 10):
+        raise UsageError(f"{path} has labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _cifar_folder(root: Path) -> Path | None:
+    for folder in (root / _CIFAR_FOLDER, root):
+        if (folder / "data_batch_1").is_file() or (folder / "test_batch").is_file():
+            return folder
+    return None
+
+
+def find_cifar10(data_path, download: bool) -> Path:
+    """The folder holding the six CIFAR-10 python batches, under ``data_path`` (default
+    ``DEFAULT_ROOT``); ``download`` fetches them there with torchvision when some are missing."""
+    root = Path(data_path).expanduser() if data_path is not None else DEFAULT_ROOT
+    folder = _cifar_folder(root) if root.is_dir() else None
+    complete = folder is not None and all((folder / n).is_file() for n in _CIFAR_TRAIN + _CIFAR_TEST)
+    if not complete and download:
+        import torchvision
+
+        def fetch():
+            torchvision.datasets.CIFAR10(root=str(root), train=True, download=True)
+
+        _download_torchvision("CIFAR-10", fetch, root)
+        folder = _cifar_folder(root)
+    if folder is None:
+        if not root.exists():
+            raise UsageError(f"CIFAR-10 data path {root} does not exist; {_CIFAR_HINT}")
+        if root.is_dir() and not any(root.iterdir()):
+            raise UsageError(f"CIFAR-10 data path {root} is empty; {_CIFAR_HINT}")
+        raise UsageError(f"no CIFAR-10 python batches (cifar-10-batches-py/data_batch_1..5, test_batch) "
+                         f"in {root}; {_CIFAR_HINT}")
+    missing = [n for n in _CIFAR_TRAIN + _CIFAR_TEST if not (folder / n).is_file()]
+    if missing:
+        raise UsageError(f"CIFAR-10 in {folder} is incomplete: missing {', '.join(missing)}; {_CIFAR_HINT}")
+    return folder
+
+
+def read_cifar10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, 32, 32, 3, uint8) and labels (N,) of ``split`` (``"train"`` or ``"test"``)."""
+    parts = [_read_cifar_batch(folder / n) for n in (_CIFAR_TRAIN if split == "train" else _CIFAR_TEST)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+# --------------------------------------------------------------------------- ImageNet
+
+_IMAGENET_HINT = ("ImageNet cannot be downloaded automatically: get ILSVRC2012 from image-net.org and "
+                  "pass --data-path to a folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
+
+
+def _read_image(path: str):
+    """ImageFolder's loader, with a one-line error naming the file when it is not a readable image."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
+        raise UsageError(f"cannot read image {path} ({_one_line(exc)[:100]}); remove or replace it") from None
+
+
+def _image_folder(path: Path, split: str):
+    from torchvision.datasets import ImageFolder
+
+    if not path.is_dir():
+        raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_IMAGENET_HINT}")
+    try:
+        return ImageFolder(str(path), loader=_read_image)
+    except (FileNotFoundError, OSError) as exc:
+        raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
+                         f"{_IMAGENET_HINT}") from None
+
+
+def image_folders(data_path, download: bool):
+    """torchvision ``ImageFolder`` s of ``data_path/train`` and ``data_path/val``, with the same classes."""
+    if download:
+        raise UsageError(_IMAGENET_HINT)
+    if data_path is None:
+        raise UsageError(f"ImageNet needs --data-path; {_IMAGENET_HINT}")
+    root = Path(data_path).expanduser()
+    if not root.exists():
+        raise UsageError(f"ImageNet data path {root} does not exist; {_IMAGENET_HINT}")
+    if not root.is_dir() or not any(root.iterdir()):
+        raise UsageError(f"ImageNet data path {root} is empty; {_IMAGENET_HINT}")
+    train_base = _image_folder(root / "train", "train")
+    val_base = _image_folder(root / "val", "val")
+    if train_base.classes != val_base.classes:
+        only = sorted(set(train_base.classes) ^ set(val_base.classes))
+        raise UsageError(f"ImageNet train/ and val/ in {root} have different class folders "
+                         f"(e.g. {only[0] if only else 'in another order'}); both need the same classes")
+    return train_base, val_base

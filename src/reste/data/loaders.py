@@ -1,0 +1,111 @@
+"""The train and test loaders of a run, and where their tensors live.
+
+:func:`make_loaders` serves in-memory data sets with a
+:class:`~reste.data.memory.TensorLoader` (on the CPU or the training device, see
+:func:`data_device`) and the others with an :class:`EpochDataLoader`, a torch
+``DataLoader`` whose sampler draws the order of :mod:`reste.data.sampling`. Both have
+``set_epoch(epoch)``; under ``torchrun`` each process reads its shard.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..datasets import get_spec
+from ..distributed import rank_and_world_size
+from ..errors import UsageError
+from .memory import InMemoryDataset, TensorLoader
+from .sampling import EpochSampler, ShardSampler, TransformDataset, seeded_generator
+
+__all__ = ["make_loaders", "data_device", "EpochDataLoader"]
+
+
+def _worker_init(worker_id: int) -> None:
+    # torch seeds each worker from the loader's (seeded) generator; derive the other
+    # libraries' generators from it so user transforms using them are reproducible too.
+    import random
+
+    s = torch.initial_seed()
+    random.seed(s)
+    np.random.seed(s % (2 ** 32))
+
+
+class EpochDataLoader(DataLoader):
+    """A torch ``DataLoader`` with ``set_epoch`` (forwarded to its sampler)."""
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will use."""
+        return getattr(self.sampler, "epoch", 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(epoch))
+
+
+def data_device(name: str, choice: str, device: str | torch.device) -> torch.device | None:
+    """Where a data set's tensors live during training (``--data-device``).
+
+    For a data set that fits in memory: the training ``device`` with ``choice="auto"``,
+    the CPU with ``"cpu"``. ``None`` for the others (ImageNet), which stay files read
+    by DataLoader workers.
+    """
+    if choice not in ("auto", "cpu"):
+        raise UsageError(f"unknown --data-device {choice!r}; valid: auto, cpu")
+    if not get_spec(name).fits_in_memory:
+        return None
+    return torch.device(device) if choice == "auto" else torch.device("cpu")
+
+
+def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, workers: int = 0,
+                 seed: int = 0, pin_memory: bool = False, distributed: bool = False,
+                 drop_last: bool = False, device: str | torch.device | None = None):
+    """Build ``(train_loader, test_loader)`` for data sets from :func:`~reste.data.load_datasets`.
+
+    Both loaders have ``set_epoch(epoch)``; the train loader's order and
+    augmentation for an epoch depend only on ``(seed, epoch)``. The test loader
+    has a fixed order and no augmentation. With ``distributed=True`` (needs an
+    initialised ``torch.distributed``) the train set is sharded like
+    ``DistributedSampler(seed=seed)`` does and the test set is split without
+    padding (rank r gets samples r, r+W, ...), so counts summed over ranks are exact.
+    ``device`` puts in-memory data sets there (e.g. the training GPU): their batches
+    are then gathered, normalised and augmented on it, and are the same batches as
+    on the CPU. It is ignored for data sets read from files.
+    """
+    if batch_size < 1 or eval_batch_size < 1:
+        raise UsageError(f"batch sizes must be at least 1, got {batch_size} and {eval_batch_size}")
+    if workers < 0:
+        raise UsageError(f"workers must be 0 or more, got {workers}")
+    rank, world = rank_and_world_size() if distributed else (0, 1)
+
+    if isinstance(train_ds, InMemoryDataset) and isinstance(test_ds, InMemoryDataset):
+        if device is not None:
+            train_ds, test_ds = train_ds.to(device), test_ds.to(device)
+        train = TensorLoader(train_ds.data, train_ds.labels, batch_size=batch_size, shuffle=True,
+                             drop_last=drop_last, seed=seed, augment=train_ds.augment,
+                             pin_memory=pin_memory, rank=rank, world_size=world, pad=True,
+                             dataset=train_ds, normalize=train_ds.normalize)
+        test = TensorLoader(test_ds.data, test_ds.labels, batch_size=eval_batch_size,
+                            shuffle=False, drop_last=False, seed=seed, augment=None,
+                            pin_memory=pin_memory, rank=rank, world_size=world, pad=False,
+                            dataset=test_ds, normalize=test_ds.normalize)
+        return train, test
+
+    pin = bool(pin_memory) and torch.cuda.is_available()
+    tag = isinstance(train_ds, TransformDataset)
+    inner = None
+    if distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        inner = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    train_sampler = EpochSampler(len(train_ds), seed, inner=inner, tag=tag)
+    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                  worker_init_fn=_worker_init if workers > 0 else None)
+    train = EpochDataLoader(train_ds, batch_size=batch_size, sampler=train_sampler,
+                            drop_last=drop_last, generator=seeded_generator(seed, 0, 2), **common)
+    test = EpochDataLoader(test_ds, batch_size=eval_batch_size,
+                           sampler=ShardSampler(len(test_ds), rank, world), drop_last=False,
+                           generator=seeded_generator(seed, 0, 3), **common)
+    return train, test

@@ -1,0 +1,292 @@
+"""Data sets held in memory as uint8 tensors, and their batches: gathered, normalised, cropped
+and flipped where the tensors are (the CPU or the training GPU), all batched.
+
+Digits, Fashion-MNIST and CIFAR-10 (``in_memory=True``) are :class:`InMemoryDataset` s of
+uint8 pixels, a quarter of the memory of float32. :class:`TensorLoader` serves them:
+it takes the order of each epoch from :mod:`reste.data.sampling`, gathers a batch on the
+tensors' device, turns it into float32 there (:class:`Normalize`) and augments it there
+(:class:`RandomCropFlip`), with the random offsets drawn on the CPU, so a batch on a GPU
+is the very batch the CPU gives.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..datasets import get_spec
+from ..errors import UsageError
+from .sampling import epoch_order, seeded_generator, shard, shard_size
+
+__all__ = ["Normalize", "RandomCropFlip", "InMemoryDataset", "TensorLoader"]
+
+
+class Normalize:
+    """Batched ``(pixel / scale - mean) / std`` from uint8 (or float) images to float32.
+
+    Works on ``(..., C, H, W)`` tensors on any device, with float32 arithmetic in the
+    order of torchvision's ``ToTensor`` + ``Normalize`` (divide, subtract, divide), so
+    a batch normalised here has the very bits the per-sample path (or normalising the
+    whole set up front, as the in-memory sets once did) gives.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float = 255.0):
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} channels, std {len(self.std)}")
+        self.scale = float(scale)
+        self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def of(cls, name: str) -> "Normalize":
+        """The normalisation of a known data set (its spec's mean, std and pixel scale)."""
+        spec = get_spec(name)
+        return cls(spec.mean, spec.std, spec.scale)
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean}, std={self.std}, scale={self.scale:g})"
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # tensors on the device, the scale too: CUDA divides by a host scalar as a multiplication
+        # by its reciprocal, which can differ from the CPU's division in the last bit
+        if device not in self._consts:
+            shape = (len(self.mean), 1, 1)
+            self._consts[device] = (torch.tensor(self.scale, dtype=torch.float32, device=device),
+                                    torch.tensor(self.mean, dtype=torch.float32, device=device).view(shape),
+                                    torch.tensor(self.std, dtype=torch.float32, device=device).view(shape))
+        return self._consts[device]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scale, mean, std = self._constants(x.device)
+        return x.to(torch.float32, copy=True).div_(scale).sub_(mean).div_(std)
+
+    def fill(self) -> tuple[float, ...]:
+        """The normalised value of a black pixel (0), per channel: the padding of a crop."""
+        return tuple(self(torch.zeros(len(self.mean), 1, 1, dtype=torch.uint8)).flatten().tolist())
+
+
+class RandomCropFlip:
+    """Batched random crop (after padding) and horizontal flip on NCHW tensors.
+
+    ``fill`` is the value of the padding, in the tensor's units (for normalised
+    images: the normalised value of a black pixel, as if padding came before the
+    normalisation), one number or one per channel. Randomness comes only from the
+    generator passed in, a CPU generator: the offsets are drawn on the CPU and the
+    crop runs where the images are, so a batch on a GPU gets exactly the crops the
+    same batch gets on the CPU.
+    """
+
+    def __init__(self, size: int, padding: int, fill: float | Sequence[float] = 0.0, flip: bool = True):
+        self.size = int(size)
+        self.padding = int(padding)
+        self.fill = float(fill) if isinstance(fill, (int, float)) else tuple(float(v) for v in fill)
+        self.flip = bool(flip)
+
+    def __repr__(self) -> str:
+        fill = (f"{self.fill:.4f}" if isinstance(self.fill, float)
+                else "(" + ", ".join(f"{v:.4f}" for v in self.fill) + ")")
+        return f"RandomCropFlip(size={self.size}, padding={self.padding}, fill={fill}, flip={self.flip})"
+
+    def draw(self, n: int, height: int, width: int,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The random part: per image the crop's top row and left column in the padded
+        image, and whether it is flipped (``None`` without flips), on the CPU."""
+        ph, pw, s = height + 2 * self.padding, width + 2 * self.padding, self.size
+        if s > ph or s > pw:
+            raise ValueError(f"crop size {s} larger than the padded image {ph}x{pw}")
+        top = torch.randint(0, ph - s + 1, (n,), generator=generator)
+        left = torch.randint(0, pw - s + 1, (n,), generator=generator)
+        flip = torch.rand(n, generator=generator) < 0.5 if self.flip else None
+        return top, left, flip
+
+    def apply(self, x: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+              flip: torch.Tensor | None) -> torch.Tensor:
+        """Crop (and flip) every image of ``x`` at the given offsets, in one gather."""
+        n, c, h, w = x.shape
+        p, s = self.padding, self.size
+        if p:
+            padded = x.new_empty((n, c, h + 2 * p, w + 2 * p))
+            if isinstance(self.fill, float):
+                padded.fill_(self.fill)
+            else:
+                fill = torch.tensor(self.fill, dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
+                padded.copy_(fill.expand_as(padded))
+            padded[:, :, p:p + h, p:p + w] = x
+        else:
+            padded = x
+        ph, pw = padded.shape[-2:]
+        device = x.device
+        top, left = top.to(device), left.to(device)
+        ar = torch.arange(s, device=device)
+        rows = top[:, None] + ar  # (n, s)
+        if flip is not None:
+            cols = left[:, None] + torch.where(flip.to(device)[:, None], ar.flip(0), ar)
+        else:
+            cols = left[:, None] + ar
+        flat = (rows[:, :, None] * pw + cols[:, None, :]).reshape(n, 1, s * s).expand(n, c, s * s)
+        return padded.reshape(n, c, ph * pw).gather(2, flat).reshape(n, c, s, s)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        return self.apply(x, *self.draw(n, h, w, generator))
+
+
+class InMemoryDataset(Dataset):
+    """Images (NCHW) and labels (int64) held in memory, on the CPU or any device.
+
+    Without ``normalize`` the images are float32, already normalised. With it they
+    are kept as they are (uint8 pixels: a quarter of the memory) in ``data``, and
+    ``normalize`` (a :class:`Normalize`) turns a batch into float32 when it is used;
+    ``images`` is then the whole set normalised (computed on each access).
+    ``augment`` is a batched augmentation ``f(images, generator) -> images`` that
+    :class:`TensorLoader` applies to normalised training batches; indexing returns
+    the plain (un-augmented, normalised) sample.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 classes: Sequence[str] | None = None,
+                 normalize: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if images.ndim != 4:
+            raise ValueError(f"images must be NCHW, got shape {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.normalize = normalize
+        self.data = (images if normalize is not None else images.to(torch.float32)).contiguous()
+        self.labels = labels.to(torch.int64).contiguous()
+        self.augment = augment
+        self.classes = list(classes) if classes is not None else None
+
+    @property
+    def images(self) -> torch.Tensor:
+        """All images, float32 and normalised."""
+        return self.normalize(self.data) if self.normalize is not None else self.data
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def to(self, device: str | torch.device) -> "InMemoryDataset":
+        """The same data set with its tensors on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.data.device == device:
+            return self
+        return InMemoryDataset(self.data.to(device), self.labels.to(device), augment=self.augment,
+                               classes=self.classes, normalize=self.normalize)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        x = self.data[index]
+        return (self.normalize(x) if self.normalize is not None else x), self.labels[index]
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+
+class TensorLoader:
+    """Fast batch iterator over in-memory tensors, on the CPU or on the training device.
+
+    A batch is gathered where the tensors are, normalised there by ``normalize``
+    (when the images are uint8 pixels) and augmented there, all batched: with the
+    tensors on a GPU no image crosses the bus. Epoch ``e`` shuffles with a CPU
+    ``torch.Generator`` seeded from ``(seed, e)`` and draws its augmentation from
+    another seeded from ``(seed, e, rank)``, so the batches of an epoch do not depend
+    on what ran before, nor on the device. Call
+    ``set_epoch(e)`` before iterating; otherwise each iteration uses the next epoch.
+    With ``world_size > 1`` every rank draws the same permutation, pads it to a
+    multiple of ``world_size`` (like ``DistributedSampler``, when ``pad``) and takes
+    every ``world_size``-th index from ``rank``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                 shuffle: bool = False, drop_last: bool = False, seed: int = 0,
+                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 pin_memory: bool = False, rank: int = 0, world_size: int = 1,
+                 pad: bool = True, dataset: Dataset | None = None,
+                 normalize: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.augment = augment
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.pad = bool(pad)
+        self.normalize = normalize
+        self.dataset = (dataset if dataset is not None
+                        else InMemoryDataset(images, labels, normalize=normalize))
+        self._epoch = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are, and so where the batches come out."""
+        return self.images.device
+
+    # -- epochs
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will use."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    # -- sizes
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch (before ``drop_last``)."""
+        return shard_size(len(self.labels), self.rank, self.world_size, self.pad)
+
+    def __len__(self) -> int:
+        m = self.num_samples
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        """The sample order (this rank's share) of an epoch."""
+        epoch = self._epoch if epoch is None else int(epoch)
+        order = epoch_order(len(self.labels), self.seed, epoch, self.shuffle)
+        return shard(order, self.rank, self.world_size, self.pad)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self._epoch
+        self._epoch = epoch + 1
+        order = self.indices(epoch)
+        aug_gen = seeded_generator(self.seed, epoch, self.rank, 1) if self.augment is not None else None
+        return self._batches(order, aug_gen)
+
+    def _batches(self, order: torch.Tensor, aug_gen):
+        m = len(order)
+        stop = (m // self.batch_size) * self.batch_size if self.drop_last else m
+        contiguous = bool(m == len(self.labels) and not self.shuffle and self.world_size == 1)
+        if not contiguous:
+            order = order.to(self.images.device)
+        pin = self.pin_memory and self.images.device.type == "cpu"
+        for start in range(0, stop, self.batch_size):
+            if contiguous:
+                x = self.images[start:start + self.batch_size]
+                x = x.clone() if self.normalize is None else x
+                y = self.labels[start:start + self.batch_size].clone()
+            else:
+                idx = order[start:start + self.batch_size]
+                x = self.images[idx]
+                y = self.labels[idx]
+            if self.normalize is not None:
+                x = self.normalize(x)
+            if aug_gen is not None:
+                x = self.augment(x, aug_gen)
+            if pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x, y

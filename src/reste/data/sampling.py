@@ -1,0 +1,174 @@
+"""The order of the samples: a pure function of (seed, epoch), sharded across processes.
+
+Epoch ``e`` of a run with seed ``s`` visits the training samples in the order
+:func:`epoch_order` draws from a CPU generator seeded from ``(s, e)`` alone, so the
+batches of an epoch depend neither on what ran before nor on the device: a resumed run
+sees exactly the batches an uninterrupted one would. With several processes every
+rank draws the same order and :func:`shard` gives each its share. A per-sample
+augmentation (torchvision transforms, :class:`TransformDataset`) runs with a
+generator seeded from ``(seed, epoch, index)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+__all__ = ["mix_seed", "seeded_generator", "epoch_order", "shard", "shard_size", "TransformDataset", "EpochSampler",
+           "ShardSampler"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed that depends on every value and their order."""
+    h = 0x5EED
+    for v in values:
+        h = _splitmix64(h ^ (int(v) & _MASK64))
+    return h >> 1
+
+
+def seeded_generator(*values: int) -> torch.Generator:
+    """A CPU generator seeded from ``mix_seed(*values)``."""
+    g = torch.Generator()
+    g.manual_seed(mix_seed(*values))
+    return g
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
+    """The order of ``n`` samples in epoch ``epoch``: a permutation drawn from ``(seed, epoch)``,
+    or ``0..n-1`` without ``shuffle``."""
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=seeded_generator(seed, epoch))
+
+
+def shard(order: torch.Tensor, rank: int, world_size: int, pad: bool = True) -> torch.Tensor:
+    """Rank ``rank``'s share of ``order``: every ``world_size``-th index from ``rank``.
+
+    With ``pad`` the order is first padded from its start to a multiple of ``world_size``
+    (like ``DistributedSampler``), so every rank gets as many samples.
+    """
+    if world_size <= 1:
+        return order
+    n = len(order)
+    if pad and n % world_size:
+        extra = world_size - n % world_size
+        order = torch.cat([order, order.repeat(-(-extra // n))[:extra]])
+    return order[rank::world_size]
+
+
+def shard_size(n: int, rank: int, world_size: int, pad: bool = True) -> int:
+    """The length of :func:`shard` of ``n`` samples."""
+    if world_size <= 1:
+        return n
+    if pad:
+        return -(-n // world_size)
+    return len(range(rank, n, world_size))
+
+
+class TransformDataset(Dataset):
+    """Applies a (torchvision) transform to ``(image, label)`` samples of ``base``.
+
+    Indexed with an ``int`` it behaves like any data set. Indexed with a key
+    ``(seed, epoch, index)`` (what the train sampler of :func:`make_loaders` yields)
+    the transform runs with torch's global generator seeded from that key and
+    restored afterwards, so the augmentation of each sample depends on
+    ``(seed, epoch, index)`` only: not on the number of workers, the batch
+    boundaries, or what ran before.
+    """
+
+    def __init__(self, base, transform: Callable | None = None, classes: Sequence[str] | None = None):
+        self.base = base
+        self.transform = transform
+        if classes is None:
+            classes = getattr(base, "classes", None)
+        self.classes = list(classes) if classes is not None else None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def targets(self) -> list[int]:
+        t = getattr(self.base, "targets", None)
+        if t is None:
+            return [int(self.base[i][1]) for i in range(len(self.base))]
+        return [int(v) for v in t]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            seed, epoch, index = key
+            image, label = self.base[index]
+            if self.transform is not None:
+                state = torch.get_rng_state()
+                try:
+                    torch.default_generator.manual_seed(mix_seed(seed, epoch, index))
+                    image = self.transform(image)
+                finally:
+                    torch.set_rng_state(state)
+            return image, label
+        image, label = self.base[key]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+class EpochSampler(Sampler):
+    """Train sampler: permutation of epoch ``e`` drawn from ``(seed, e)``.
+
+    Wraps an optional inner sampler (``DistributedSampler``) instead, forwarding the
+    epoch to it. With ``tag`` it yields ``(seed, epoch, index)`` keys for
+    :class:`TransformDataset`. Iterating without ``set_epoch`` uses the next epoch.
+    """
+
+    def __init__(self, n: int, seed: int, *, inner: Sampler | None = None, tag: bool = True):
+        self.n = int(n)
+        self.seed = int(seed)
+        self.inner = inner
+        self.tag = bool(tag)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner) if self.inner is not None else self.n
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch = epoch + 1
+        if self.inner is not None:
+            if hasattr(self.inner, "set_epoch"):
+                self.inner.set_epoch(epoch)
+            order = [int(i) for i in self.inner]
+        else:
+            order = epoch_order(self.n, self.seed, epoch).tolist()
+        if self.tag:
+            seed = self.seed
+            return iter([(seed, epoch, i) for i in order])
+        return iter(order)
+
+
+class ShardSampler(Sampler):
+    """Fixed order; with several ranks, rank ``r`` takes indices r, r+W, ... (no padding)."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def set_epoch(self, epoch: int) -> None:  # fixed order: nothing to do
+        pass

@@ -1,0 +1,172 @@
+"""The data sets themselves: each spec's loader, from the files to the train and test sets.
+
+A :class:`reste.datasets.DatasetSpec` names its loader here (``_load_digits``,
+``_load_fashion_mnist``, ``_load_cifar10``, ``_load_imagenet``, re-exported by
+:mod:`reste.data`). Each reads its files with :mod:`reste.data.formats` and returns
+``(train, test, DatasetInfo)``: :class:`~reste.data.memory.InMemoryDataset` s of uint8
+pixels with their normalisation and batched augmentation, or, for data sets read per
+sample, a :class:`~reste.data.sampling.TransformDataset` with torchvision transforms.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..datasets import SPECS, get_spec
+from ..errors import UsageError
+from .formats import find_cifar10, find_fashion_mnist, image_folders, read_cifar10, read_fashion_mnist
+from .memory import InMemoryDataset, Normalize, RandomCropFlip
+from .sampling import TransformDataset
+
+__all__ = ["DatasetInfo", "load_datasets", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN",
+           "IMAGENET_STD", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES"]
+
+# The facts of each data set (names, sizes, mean/std) live in reste.datasets; these are views of them.
+FASHION_MNIST_MEAN = SPECS["fashion-mnist"].mean[0]
+FASHION_MNIST_STD = SPECS["fashion-mnist"].std[0]
+IMAGENET_MEAN = SPECS["imagenet"].mean
+IMAGENET_STD = SPECS["imagenet"].std
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a data set."""
+
+    name: str
+    num_classes: int
+    input_size: tuple[int, int, int]  # (C, H, W)
+    train_size: int
+    test_size: int
+
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck")
+
+
+def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, download: bool = False,
+                  augment: bool = True, in_memory: bool | None = None):
+    """Load a data set: ``(train_ds, test_ds, DatasetInfo)``.
+
+    ``name`` is a name or alias of :mod:`reste.datasets`. ``augment=False`` turns off
+    the train augmentation (digits has none anyway). ``in_memory=True`` asks for
+    :class:`InMemoryDataset` s of uint8 pixels, which :func:`~reste.data.make_loaders` can put on
+    the training device: digits and Fashion-MNIST are always loaded so, CIFAR-10
+    only when asked (by default it is served as PIL images through torchvision
+    transforms, per sample), ImageNet never (``in_memory=True`` is then a
+    :class:`UsageError`). Problems the user can fix (unknown name, missing or
+    malformed files, a failed download) raise :class:`reste.errors.UsageError` with a
+    one-line message.
+    """
+    spec = get_spec(name)
+    if in_memory and not spec.fits_in_memory:
+        raise UsageError(f"{spec.name} does not fit in memory; it is read from files by DataLoader workers")
+    return spec.load(data_path, download=download, augment=augment, in_memory=in_memory)
+
+
+def _info(name: str, train, test, num_classes: int | None = None) -> DatasetInfo:
+    spec = SPECS[name]
+    return DatasetInfo(name, spec.num_classes if num_classes is None else num_classes, spec.input_size,
+                       len(train), len(test))
+
+
+def _load_digits(data_path=None, download: bool = False, augment: bool = True, in_memory: bool | None = None):
+    """The pixels (0..16) as uint8; normalised per batch with the train split's mean/std (the spec's)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = bunch.data.astype(np.uint8)  # whole numbers 0..16
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=360, random_state=0, stratify=y)
+    classes = [str(c) for c in bunch.target_names]
+    norm = Normalize.of("digits")
+    train = InMemoryDataset(torch.from_numpy(x_tr).reshape(-1, 1, 8, 8), torch.from_numpy(y_tr),
+                            classes=classes, normalize=norm)
+    test = InMemoryDataset(torch.from_numpy(x_te).reshape(-1, 1, 8, 8), torch.from_numpy(y_te),
+                           classes=classes, normalize=norm)
+    return train, test, _info("digits", train, test)
+
+
+def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: bool | None = None):
+    files = find_fashion_mnist(data_path, download)
+    norm = Normalize.of("fashion-mnist")
+
+    def build(split, aug):
+        x, y = read_fashion_mnist(files, split)
+        t = torch.from_numpy(np.array(x, dtype=np.uint8)).unsqueeze(1)  # a writable copy
+        return InMemoryDataset(t, torch.from_numpy(y.astype(np.int64)), augment=aug,
+                               classes=FASHION_MNIST_CLASSES, normalize=norm)
+
+    # the padding: black normalised in float64 and rounded once, as it always was (this differs
+    # from norm.fill() in the last bit; kept so that every batch stays what it was)
+    fill = (0.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    train = build("train", RandomCropFlip(28, 2, fill=fill) if augment else None)
+    test = build("test", None)
+    return train, test, _info("fashion-mnist", train, test)
+
+
+class _ArrayImages:
+    """uint8 NHWC arrays + labels, served as PIL images (like torchvision's CIFAR10)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: Sequence[str]):
+        self.images = images
+        self.targets = [int(v) for v in labels]
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return Image.fromarray(self.images[index]), self.targets[index]
+
+
+def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | None = None):
+    folder = find_cifar10(data_path, download)
+    x_tr, y_tr = read_cifar10(folder, "train")
+    x_te, y_te = read_cifar10(folder, "test")
+    spec = SPECS["cifar10"]
+
+    if in_memory:
+        # uint8 NCHW (50,000 train images: 150 MB); crop, flip and normalisation run batched
+        norm = Normalize.of("cifar10")
+
+        def tensors(x, y, aug):
+            t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+            return InMemoryDataset(t, torch.from_numpy(y), augment=aug, classes=CIFAR10_CLASSES,
+                                   normalize=norm)
+
+        train = tensors(x_tr, y_tr, RandomCropFlip(32, 4, fill=norm.fill()) if augment else None)
+        test = tensors(x_te, y_te, None)
+        return train, test, _info("cifar10", train, test)
+
+    from torchvision import transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    train_tf = T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []) + norm)
+    test_tf = T.Compose(norm)
+    train = TransformDataset(_ArrayImages(x_tr, y_tr, CIFAR10_CLASSES), train_tf)
+    test = TransformDataset(_ArrayImages(x_te, y_te, CIFAR10_CLASSES), test_tf)
+    return train, test, _info("cifar10", train, test)
+
+
+def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | None = None):
+    train_base, val_base = image_folders(data_path, download)
+    from torchvision import transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(SPECS["imagenet"].mean, SPECS["imagenet"].std)]
+    if augment:
+        train_tf = T.Compose([T.RandomResizedCrop(224, scale=(0.08, 1.25)), T.RandomHorizontalFlip()] + norm)
+    else:
+        train_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
+    val_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
+    train = TransformDataset(train_base, train_tf)
+    test = TransformDataset(val_base, val_tf)
+    return train, test, _info("imagenet", train, test, num_classes=len(train_base.classes))
