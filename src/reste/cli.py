@@ -55,9 +55,6 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _add_estimator_flags(p)
     o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
     o.add_argument("--epochs", type=int, help="number of training epochs")
-    r.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
-                   help="GPU: replay each training step as one CUDA graph, recaptured each epoch (drops the "
-                        "last partial batch; not with --compile, --amp fp16 or torchrun)")
     o.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop and flip of the train images (default: the data set's recipe; "
                         "digits has none)")
@@ -87,6 +84,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="channels_last memory format for the model and its inputs")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    r.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
+                   help="GPU: replay each training step as one CUDA graph, recaptured each epoch (drops the "
+                        "last partial batch; not with --compile, --amp fp16 or torchrun)")
     r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="with torchrun: keep per-process BatchNorm statistics")
     g2 = p.add_argument_group("run directory")

@@ -63,9 +63,9 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    cuda_graphs: bool = False  # capture each training step as one CUDA graph (drops the last partial batch)
     sync_bn: bool = True
     threads: int | None = None  # torch CPU threads (None: torch's default)
-    cuda_graphs: bool = False  # capture each training step as one CUDA graph (drops the last partial batch)
     preset: str | None = None
     save_every: float | None = None  # minutes between mid-epoch checkpoints (None: only at epoch ends)
     tensorboard: str | None = None  # TensorBoard event folder, a relative one inside the run directory (None: off)
@@ -123,15 +123,15 @@ class TrainConfig:
             raise UsageError(f"unknown indicator mode {self.indicators!r}; valid: {', '.join(INDICATOR_MODES)}")
         if self.amp not in AMP_MODES:
             raise UsageError(f"unknown --amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+        if self.cuda_graphs and (self.compile or self.amp == "fp16"):
+            clash = "--compile (use one or the other)" if self.compile else \
+                "--amp fp16 (its GradScaler reads the gradients on the host; use --amp bf16)"
+            raise UsageError(f"--cuda-graphs cannot be combined with {clash}")
         if self.data_device not in DATA_DEVICES:
             raise UsageError(f"unknown --data-device {self.data_device!r}; valid: {', '.join(DATA_DEVICES)}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-        if self.cuda_graphs and (self.compile or self.amp == "fp16"):
-            clash = "--compile (use one or the other)" if self.compile else \
-                "--amp fp16 (its GradScaler reads the gradients on the host; use --amp bf16)"
-            raise UsageError(f"--cuda-graphs cannot be combined with {clash}")
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
         if self.epochs > MAX_EPOCHS:
             raise UsageError(f"--epochs must be at most {MAX_EPOCHS:,}, got {self.epochs}")
