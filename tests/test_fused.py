@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import reste
 from reste import estimators, fused, models
 from reste.estimators import ReSTE, STE, reste_g, ste_g
-from reste.native import NativeLibrary, parallel_for
+from reste.native import NativeLibrary, split_parts
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason=f"fused kernels unavailable: {fused.error()}")
 
@@ -252,32 +252,14 @@ def test_native_library_builds_and_caches(tmp_path, monkeypatch):
     assert broken.get() is None and "could not compile" in broken.error()
 
 
-@pytest.mark.parametrize("total,threads,align", [(10, 4, 1), (1_000_000, 2, 1), (1_000_003, 3, 4), (0, 2, 1)])
-def test_parallel_for_covers_the_range_once(total, threads, align):
-    seen = []
-    parallel_for(total, lambda lo, hi: seen.append((lo, hi)), threads, align=align, grain=1000)
-    seen.sort()
-    covered = [i for lo, hi in seen for i in range(lo, hi)] if total < 100 else None
-    if covered is not None:
-        assert covered == list(range(total))
-    else:
-        assert seen[0][0] == 0 and seen[-1][1] == total
-        assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
-        assert all(lo % align == 0 for lo, _ in seen)
-        assert len(seen) == min(threads, total // 1000)
-
-
-def test_thread_pool_works_in_a_forked_child():
-    import multiprocessing as mp
-
-    parallel_for(4, lambda lo, hi: None, 2, grain=1)  # the parent now has a pool
-    ctx = mp.get_context("fork")
-    with ctx.Pool(1) as pool:
-        # a child using the parent's dead pool would wait forever: fail after a minute instead
-        assert pool.apply_async(_split_in_child, ()).get(timeout=60) == 1_000_000
-
-
-def _split_in_child() -> int:
-    done = []
-    parallel_for(1_000_000, lambda lo, hi: done.append(hi - lo), 2, grain=1000)
-    return sum(done)
+@pytest.mark.parametrize("total,threads,align,work,parts", [
+    (10, 4, 1, None, 1),                 # too little work per piece
+    (1_000_000, 2, 1, None, 2),
+    (1_000_003, 3, 4, None, 3),
+    (0, 2, 1, None, 1),
+    (5, 8, 1, 10_000_000, 5),            # never more pieces than items
+    (20, 8, 8, 10_000_000, 2),           # nor than whole blocks of align
+    (1_000_000, 1, 1, None, 1),
+])
+def test_split_parts(total, threads, align, work, parts):
+    assert split_parts(total, threads, work=work, align=align) == parts

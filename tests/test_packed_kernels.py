@@ -87,7 +87,8 @@ def test_every_variant_computes_the_exact_integer_dot_products(case):
 
 
 def test_rows_split_over_two_threads_give_the_same_results():
-    """Large enough that the rows are split (``parallel_for``: at least 2 x 200,000 units of work)."""
+    """Large enough that the rows are split over threads (``split_parts``: at least 200,000 units of
+    work per piece); 3 threads make pieces that are not whole blocks of rows at the end."""
     rng = np.random.default_rng(6)
     case = dict(stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1))
     first_signs, second_signs = _signs(rng, (40, 64, 3, 3)), _signs(rng, (8, 40, 3, 3))
@@ -97,14 +98,15 @@ def test_rows_split_over_two_threads_give_the_same_results():
     want = _exact_conv(x, first_signs, dict(case, pad=(1, 1, 1, 1)))
     for isa in ISAS:
         out = {}
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             kern = K.get_kernels("c", threads, isa)
             first = _layer(first_signs, case, kern, post)
             second = _layer(second_signs, case, kern)
             assert first.fuse_next(second)
             np.testing.assert_array_equal(_dots(first, x), want, err_msg=f"{isa}, {threads} threads")
             out[threads] = (first(x), first.to_bits(x).data)
-        assert torch.equal(out[1][0], out[2][0]) and np.array_equal(out[1][1], out[2][1]), isa
+        for threads in (2, 3):
+            assert torch.equal(out[1][0], out[threads][0]) and np.array_equal(out[1][1], out[threads][1]), isa
 
 
 def test_im2col_and_implicit_paths_agree(monkeypatch):

@@ -10,8 +10,8 @@ kernel or machine gets a fresh build). Where nothing compiles the library
 reports ``None`` and callers use their pure-PyTorch or NumPy path: the C code
 only ever makes things faster, never different.
 
-``ctypes`` releases the GIL during a call, so :func:`parallel_for` splits a large
-job over a thread pool.
+Kernels that split their work over threads do it in C (POSIX threads, see
+``reste/export/csrc/packed.c``); :func:`split_parts` decides into how many pieces.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 PTR = ctypes.c_void_p
 I64 = ctypes.c_int64
@@ -148,41 +147,8 @@ class NativeLibrary:
             self._built = None
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _forget_pools_after_fork() -> None:
-    """A forked child has none of the parent's threads: start its own pools when needed."""
-    global _POOLS_LOCK
-    _POOLS.clear()
-    _POOLS_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools_after_fork)
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    with _POOLS_LOCK:
-        pool = _POOLS.get(threads)
-        if pool is None:
-            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="reste-native")
-        return pool
-
-
-def parallel_for(total: int, fn: Callable[[int, int], Any], threads: int, work: int | None = None,
-                 align: int = 1, grain: int = 200_000) -> None:
-    """Run ``fn(lo, hi)`` over ``[0, total)``: in up to ``threads`` pieces (multiples of ``align``)
-    when ``work`` (default ``total``) is at least ``grain`` per piece, else in one call here."""
+def split_parts(total: int, threads: int, work: int | None = None, align: int = 1, grain: int = 200_000) -> int:
+    """Into how many pieces (multiples of ``align``) a job over ``[0, total)`` is split for ``threads``
+    threads: each piece must get at least ``grain`` of ``work`` (default ``total``); 1 means no split."""
     work = total if work is None else work
-    parts = min(threads, total // max(align, 1), work // grain) if threads > 1 else 1
-    if parts <= 1:
-        fn(0, total)
-        return
-    step = -(-total // parts)
-    step = -(-step // align) * align
-    futures = [_pool(threads).submit(fn, lo, min(lo + step, total)) for lo in range(step, total, step)]
-    fn(0, min(step, total))  # the first piece runs on the calling thread
-    for f in futures:
-        f.result()
+    return max(1, min(threads, total // max(align, 1), work // grain)) if threads > 1 else 1

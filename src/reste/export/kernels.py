@@ -43,8 +43,8 @@ interleaved by ``CKernels.block_weights``) for 8 (AVX-512), 4 (AVX2), 2 (NEON) o
 variant gives the same integers, and the float epilogue is compiled with
 ``-ffp-contract=off``, so it rounds the same way in all of them. ``"auto"`` takes
 ``"c"`` when it builds and ``"numpy"`` otherwise. The C functions are called through
-``ctypes``, which releases the GIL, so rows are split over threads
-(``torch.get_num_threads()``).
+``ctypes``; a large job is split over ``threads`` (default ``torch.get_num_threads()``)
+POSIX threads started in C, by batch images or output rows (whole row blocks).
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ import ctypes
 import os
 import platform
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
-from ..native import NativeLibrary, c_source, parallel_for
+from ..native import NativeLibrary, c_source, split_parts
 
 BACKENDS = ("auto", "c", "numpy")
 
@@ -217,6 +217,8 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
                      _P, _I, _I, _I, _I, _I, _I], None),
     "reste_channel_affine": ([_P, _I, _P, _P, _I32, _I, _I], None),
 }
+# the same kernels over their whole range, split over POSIX threads in C: (..., total, parts)
+_SIGNATURES.update({f"{name}_mt": (args, None) for name, (args, _) in _SIGNATURES.items() if name != "reste_isa"})
 _CPU = NativeLibrary("cpu", _CPU_SOURCE, {"reste_cpu_features": ([], ctypes.c_int)}, flag_sets=(("-O2",),))
 
 
@@ -228,7 +230,7 @@ def cpu_features() -> int:
 
 def _base_flags(features: int) -> tuple[str, ...]:
     popcnt = ("-mpopcnt",) if features & 1 and platform.machine().lower() in ("x86_64", "amd64", "i686") else ()
-    return ("-O3", "-ffp-contract=off", *popcnt)
+    return ("-O3", "-ffp-contract=off", "-pthread", *popcnt)
 
 
 def _variant(isa: str) -> NativeLibrary:
@@ -241,7 +243,7 @@ def _variant(isa: str) -> NativeLibrary:
 
 _VARIANTS: dict[str, NativeLibrary] = {}
 # the portable build: what decides whether the C backend exists at all
-_LIB = NativeLibrary("packed", _C_SOURCE, _SIGNATURES, flag_sets=(("-O3", "-ffp-contract=off"),))
+_LIB = NativeLibrary("packed", _C_SOURCE, _SIGNATURES, flag_sets=(("-O3", "-ffp-contract=off", "-pthread"),))
 
 
 def supported_isas() -> list[str]:
@@ -309,9 +311,9 @@ class CKernels:
         self.isa = isa
         self.rows_per_block = {"avx512": 8, "avx2": 4, "neon": 2}.get(isa, 1)
 
-    def _split(self, total: int, work: int, fn: Callable[[int, int], Any], align: int = 1) -> None:
-        """Run fn(lo, hi) over [0, total) in up to ``threads`` pieces when the work is large enough."""
-        parallel_for(total, fn, self.threads, work=work, align=align)
+    def _parts(self, total: int, work: int, align: int = 1) -> int:
+        """Into how many pieces (threads, started in C) a kernel splits [0, total)."""
+        return split_parts(total, self.threads, work=work, align=align)
 
     def pack_signs(self, x: np.ndarray, pad: tuple[int, int, int, int], pixel_bytes: int | None = None) -> np.ndarray:
         """(N, H, W, C) float -> (N, H+pt+pb, W+pl+pr, pixel_bytes) uint8 sign bits (default ceil(C / 8)
@@ -324,7 +326,7 @@ class CKernels:
         spare = pt or pb or pl or pr or cb * 8 > -(-c // 8) * 8
         out = (np.zeros if spare else np.empty)((n, hp, wp, cb), dtype=np.uint8)
         xa, oa = x.ctypes.data, out.ctypes.data
-        self._split(n, x.size, lambda lo, hi: self.lib.reste_pack_signs(xa, h, w, c, oa, hp, wp, cb, pt, pl, lo, hi))
+        self.lib.reste_pack_signs_mt(xa, h, w, c, oa, hp, wp, cb, pt, pl, n, self._parts(n, x.size))
         return out
 
     def im2col(self, xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dil: tuple[int, int],
@@ -334,8 +336,8 @@ class CKernels:
         (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dil, out_hw
         cols = np.empty((n * oh * ow, row_bytes), dtype=np.uint8)
         xa, ca = xp.ctypes.data, cols.ctypes.data
-        self._split(n, cols.size, lambda lo, hi: self.lib.reste_im2col(
-            xa, hp, wp, cb, kh, kw, sh, sw, dh, dw, oh, ow, ca, row_bytes, lo, hi))
+        self.lib.reste_im2col_mt(xa, hp, wp, cb, kh, kw, sh, sw, dh, dw, oh, ow, ca, row_bytes, n,
+                                 self._parts(n, cols.size))
         return cols
 
     def channel_affine(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, relu: bool) -> None:
@@ -345,7 +347,7 @@ class CKernels:
         rows = x.size // c
         keep = (scale, shift)  # noqa: F841
         xa, sa, ta = x.ctypes.data, scale.ctypes.data, shift.ctypes.data
-        self._split(rows, x.size, lambda lo, hi: self.lib.reste_channel_affine(xa, c, sa, ta, int(relu), lo, hi))
+        self.lib.reste_channel_affine_mt(xa, c, sa, ta, int(relu), rows, self._parts(rows, x.size))
 
     @staticmethod
     def block_weights(words: np.ndarray) -> np.ndarray:
@@ -389,8 +391,7 @@ class CKernels:
         keep = (x, bt, corr, rows.off, ep, residual)  # noqa: F841 - keep the buffers alive during the call
         args = (ptr(x), rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, ptr(rows.off), ptr(bt), o, k,
                 ptr(corr), mode, *ab, *scale_shift, ptr(residual), *thresholds, *geometry)
-        self._split(m, m * o * bt.shape[1], lambda lo, hi: self.lib.reste_bconv(*args, lo, hi),
-                    align=self.rows_per_block)
+        self.lib.reste_bconv_mt(*args, m, self._parts(m, m * o * bt.shape[1], align=self.rows_per_block))
         return out
 
 

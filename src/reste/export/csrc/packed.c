@@ -373,3 +373,141 @@ void reste_channel_affine(float *x, int64_t C, const float *scale, const float *
             for (int64_t c = 0; c < C; c++) y[c] = y[c] * scale[c] + shift[c];
     }
 }
+
+/* ---- threads: each kernel above works on a range [lo, hi) of images or output rows; the _mt entry points
+   split their range into `parts` pieces (multiples of `align`, the last one shorter) and run them on POSIX
+   threads, the first on the calling thread, so no Python thread pool sits in the hot path. A thread that
+   cannot be started runs its piece on the calling thread instead: the result never depends on threads. */
+#include <pthread.h>
+
+#define MAX_PARTS 256
+typedef void (*range_fn)(const void *ctx, int64_t lo, int64_t hi);
+typedef struct {
+    range_fn fn;
+    const void *ctx;
+    int64_t lo, hi;
+} piece;
+
+static void *run_piece(void *p) {
+    const piece *q = (const piece *)p;
+    q->fn(q->ctx, q->lo, q->hi);
+    return 0;
+}
+
+static void run_parallel(range_fn fn, const void *ctx, int64_t total, int64_t parts, int64_t align) {
+    if (align < 1) align = 1;
+    if (parts > MAX_PARTS) parts = MAX_PARTS;
+    int64_t step = parts > 1 ? (total + parts - 1) / parts : total;
+    step = (step + align - 1) / align * align;
+    if (parts <= 1 || step >= total) {
+        fn(ctx, 0, total);
+        return;
+    }
+    piece pieces[MAX_PARTS];
+    pthread_t tids[MAX_PARTS];
+    int started[MAX_PARTS];
+    int64_t n = 0;
+    for (int64_t lo = 0; lo < total && n < MAX_PARTS; lo += step, n++) {
+        pieces[n].fn = fn;
+        pieces[n].ctx = ctx;
+        pieces[n].lo = lo;
+        pieces[n].hi = lo + step < total ? lo + step : total;
+    }
+    for (int64_t i = 1; i < n; i++) started[i] = pthread_create(&tids[i], 0, run_piece, &pieces[i]) == 0;
+    run_piece(&pieces[0]);
+    for (int64_t i = 1; i < n; i++) {
+        if (started[i])
+            pthread_join(tids[i], 0);
+        else
+            run_piece(&pieces[i]);
+    }
+}
+
+typedef struct {
+    const float *x;
+    int64_t H, W, C;
+    uint8_t *out;
+    int64_t Hp, Wp, Cb, pt, pl;
+} pack_ctx;
+
+static void pack_range(const void *c, int64_t lo, int64_t hi) {
+    const pack_ctx *a = (const pack_ctx *)c;
+    reste_pack_signs(a->x, a->H, a->W, a->C, a->out, a->Hp, a->Wp, a->Cb, a->pt, a->pl, lo, hi);
+}
+
+void reste_pack_signs_mt(const float *x, int64_t H, int64_t W, int64_t C, uint8_t *out, int64_t Hp, int64_t Wp,
+                         int64_t Cb, int64_t pt, int64_t pl, int64_t N, int64_t parts) {
+    pack_ctx a = {x, H, W, C, out, Hp, Wp, Cb, pt, pl};
+    run_parallel(pack_range, &a, N, parts, 1);
+}
+
+typedef struct {
+    const uint8_t *xp;
+    int64_t Hp, Wp, Cb, kh, kw, sh, sw, dh, dw, OH, OW;
+    uint8_t *cols;
+    int64_t row_bytes;
+} im2col_ctx;
+
+static void im2col_range(const void *c, int64_t lo, int64_t hi) {
+    const im2col_ctx *a = (const im2col_ctx *)c;
+    reste_im2col(a->xp, a->Hp, a->Wp, a->Cb, a->kh, a->kw, a->sh, a->sw, a->dh, a->dw, a->OH, a->OW, a->cols,
+                 a->row_bytes, lo, hi);
+}
+
+void reste_im2col_mt(const uint8_t *xp, int64_t Hp, int64_t Wp, int64_t Cb, int64_t kh, int64_t kw, int64_t sh,
+                     int64_t sw, int64_t dh, int64_t dw, int64_t OH, int64_t OW, uint8_t *cols, int64_t row_bytes,
+                     int64_t N, int64_t parts) {
+    im2col_ctx a = {xp, Hp, Wp, Cb, kh, kw, sh, sw, dh, dw, OH, OW, cols, row_bytes};
+    run_parallel(im2col_range, &a, N, parts, 1);
+}
+
+typedef struct {
+    const uint8_t *X;
+    int64_t sn, sh, sw, OH, OW, nseg, L;
+    const int64_t *off;
+    const uint64_t *Bt;
+    int64_t O;
+    int32_t K;
+    const int32_t *corr;
+    int32_t mode;
+    const float *alpha, *bias, *scale, *shift, *res;
+    const int32_t *lo, *hi;
+    uint8_t *out;
+    int64_t on, ohs, ows, obytes;
+} bconv_ctx;
+
+static void bconv_range(const void *c, int64_t m0, int64_t m1) {
+    const bconv_ctx *a = (const bconv_ctx *)c;
+    reste_bconv(a->X, a->sn, a->sh, a->sw, a->OH, a->OW, a->nseg, a->L, a->off, a->Bt, a->O, a->K, a->corr, a->mode,
+                a->alpha, a->bias, a->scale, a->shift, a->res, a->lo, a->hi, a->out, a->on, a->ohs, a->ows, a->obytes,
+                m0, m1);
+}
+
+/* reste_bconv over output rows [0, M), in `parts` pieces of whole ROWS-row blocks. */
+void reste_bconv_mt(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
+                    int64_t nseg, int64_t L, const int64_t *off, const uint64_t *Bt, int64_t O, int32_t K,
+                    const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
+                    const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
+                    int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M, int64_t parts) {
+    bconv_ctx a = {X, sn, sh, sw, OH, OW, nseg, L, off, Bt, O, K, corr, mode, alpha, bias, scale, shift, res,
+                   lo, hi, out, on, ohs, ows, obytes};
+    run_parallel(bconv_range, &a, M, parts, ROWS);
+}
+
+typedef struct {
+    float *x;
+    int64_t C;
+    const float *scale, *shift;
+    int32_t relu;
+} affine_ctx;
+
+static void affine_range(const void *c, int64_t lo, int64_t hi) {
+    const affine_ctx *a = (const affine_ctx *)c;
+    reste_channel_affine(a->x, a->C, a->scale, a->shift, a->relu, lo, hi);
+}
+
+void reste_channel_affine_mt(float *x, int64_t C, const float *scale, const float *shift, int32_t relu, int64_t R,
+                             int64_t parts) {
+    affine_ctx a = {x, C, scale, shift, relu};
+    run_parallel(affine_range, &a, R, parts, 1);
+}
