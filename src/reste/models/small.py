@@ -40,11 +40,8 @@ class DigitsNet(nn.Module):
 def digits_1w1a(*, num_classes: int, conv: ConvBuilder) -> nn.Module:
     """A tiny BNN for scikit-learn's 8x8 digits (1,797 images): 28,970 parameters, 27,648 binary.
 
-    Kaiming normal init. Measured on the shared 2-core CPU of the development machine
-    (1,437 training / 360 test images, batch 32, Adam lr 0.01 with cosine decay,
-    the ReSTE o schedule): 15 epochs take about 11 s with one thread (25-45 s with two
-    threads while other jobs compete for the cores) and reach 98.6-98.9 % test accuracy
-    (the float twin: 100 %).
+    Kaiming normal init. Trains on a CPU in seconds (timings and accuracies:
+    benchmarks/RESULTS.md, "Small models on a CPU").
     """
     return kaiming_init(DigitsNet(conv, num_classes))
 
@@ -56,14 +53,8 @@ def fmnist_vgg_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 32) -> 
     conv0 Conv(1, w, stride 2) (float) -> ReLU -> BN -> max-pool (28 -> 14 -> 7); binary
     conv -> ReLU -> BN units of w, 2w, 2w channels at 7x7, max-pool (-> 3x3), 4w, 4w
     channels at 3x3; flatten 4w*9 -> Linear (float). Initialized as vgg_small.
-    ``width=32``: 298,410 parameters (285,696 binary), 5.2 M MACs per image.
-
-    Measured (1W1A, width 32, batch 256, Adam): one epoch of 60,000 images costs 44 s of
-    CPU time with one thread (85 s wall on the development machine's 2 shared cores under
-    a load of about 7), so roughly 25-45 s on two free cores; test accuracy 81 % after one
-    epoch. The VGG-small layout (pools after units 1, 3, 5, no stride) would cost
-    about 5 times more. With several jobs on the cores, one torch thread is much faster
-    than two.
+    ``width=32``: 298,410 parameters (285,696 binary), 5.2 M MACs per image (timings
+    and accuracies: benchmarks/RESULTS.md, "Small models on a CPU").
     """
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise UsageError(f"width must be a positive integer, got {width!r}")
