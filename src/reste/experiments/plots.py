@@ -280,80 +280,99 @@ def _epoch_means(out: Path, runs: dict[str, str], key: str) -> list[float] | Non
 
 
 def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """Write the sweep's figures into ``out``; returns their file names."""
+    """Write the sweep's figures into ``out``; returns their file names.
+
+    With the indicators: ``indicators.png`` and ``error_vs_stability.png``; with an
+    ``o_end`` axis in the grid: ``accuracy_vs_o_end.png``.
+    """
     written = []
     have_ind = any(r["estimating_error_mean"] is not None for r in rows)
     if have_ind:
-        fig = _figure(1, 2, width=6.0, height=4.4)
-        axes = fig.subplots(1, 2)
-        for i, s in enumerate(manifest["settings"]):
-            for ax, key in zip(axes, LABELS):
-                means = _epoch_means(out, s["runs"], key)
-                if means:
-                    ax.plot(range(1, len(means) + 1), means, marker="o", ms=3, color=f"C{i % 10}",
-                            ls="-" if i < 10 else "--", label=_short(s["label"]))
-        for ax, key in zip(axes, LABELS):
-            ax.set_title(f"{LABELS[key]}\nper epoch, mean over seeds", fontsize=10)
-            _epoch_axis(ax)
-            ax.grid(alpha=0.3)
-            _maybe_log(ax, [y for line in ax.get_lines() for y in line.get_ydata()],
-                       ratio=30.0 if key == "gradient_stability" else 4.0)
-        axes[1].legend(fontsize=8)
-        _save(fig, out / "indicators.png")
-        written.append("indicators.png")
-
-        fig = _figure(1, 1, width=6.8, height=5.2)
-        ax = fig.subplots()
-        pts = [r for r in rows if r["estimating_error_mean"] is not None and r["gradient_stability_mean"] is not None]
-        markers = "osD^vP*Xph<>"
-        for i, r in enumerate(pts):
-            ax.errorbar(r["estimating_error_mean"], r["gradient_stability_mean"], xerr=r["estimating_error_std"],
-                        yerr=r["gradient_stability_std"], fmt=markers[i % len(markers)], ms=7, color=f"C{i % 10}",
-                        capsize=3, label=_short(r["setting"]))
-        ax.legend(fontsize=8, loc="best")
-        ax.set_xlabel("estimating error (mean over epochs)")
-        ax.set_ylabel("gradient stability: var |grad| (mean over epochs)")
-        ax.set_title("the equilibrium: error vs stability, one point per setting\n(bars: std over seeds)")
-        ax.grid(alpha=0.3)
-        _maybe_log(ax, [r["gradient_stability_mean"] for r in pts])
-        _maybe_log(ax, [r["estimating_error_mean"] for r in pts], ratio=4.0, axis="x")
-        _save(fig, out / "error_vs_stability.png")
-        written.append("error_vs_stability.png")
-
+        written.append(indicators_figure(out, manifest))
+        written.append(error_vs_stability_figure(out, rows))
     o_axis = next((a for a in manifest["grid"] if a in ("o_end", "estimator_options.o_end")), None)
     if o_axis:
-        others = [a for a in manifest["grid"] if a != o_axis]
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            if r.get(o_axis) is not None and r["n"]:
-                groups.setdefault(",".join(f"{a}={r.get(a)}" for a in others), []).append(r)
-        panels = [("best_acc", "best test accuracy (%)"), ("final_acc", "final test accuracy (%)")]
-        if have_ind:
-            panels += [("estimating_error", LABELS["estimating_error"]),
-                       ("gradient_stability", LABELS["gradient_stability"])]
-        cols = 2
-        rows_ = math.ceil(len(panels) / cols)
-        fig = _figure(rows_, cols, width=4.6, height=3.6)
-        axes = list(fig.subplots(rows_, cols, squeeze=False).flat)
-        for i, (name, grp) in enumerate(groups.items()):
-            grp = sorted(grp, key=lambda r: float(r[o_axis]))
-            xs = [float(r[o_axis]) for r in grp]
-            for ax, (key, _title) in zip(axes, panels):
-                ax.errorbar(xs, [r[f"{key}_mean"] for r in grp], yerr=[r[f"{key}_std"] or 0 for r in grp],
-                            marker="o", capsize=3, color=f"C{i % 10}", label=name or None)
-        for ax, (key, title) in zip(axes, panels):
-            ax.set_xscale("log")
-            ticks = sorted({float(r[o_axis]) for g in groups.values() for r in g})
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-            ax.minorticks_off()
-            ax.set_xlabel("o_end")
-            ax.set_title(title, fontsize=10)
-            ax.grid(alpha=0.3)
-            if key == "gradient_stability":
-                _maybe_log(ax, [r[f"{key}_mean"] for g in groups.values() for r in g])
-        if len(groups) > 1:
-            axes[0].legend(fontsize=7)
-        fig.suptitle("ReSTE: effect of o_end (mean ± std over seeds)")
-        _save(fig, out / "accuracy_vs_o_end.png")
-        written.append("accuracy_vs_o_end.png")
+        written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind))
     return written
+
+
+def indicators_figure(out: Path, manifest: dict[str, Any]) -> str:
+    """``indicators.png``: both indicators per epoch, mean over seeds, one line per setting."""
+    fig = _figure(1, 2, width=6.0, height=4.4)
+    axes = fig.subplots(1, 2)
+    for i, s in enumerate(manifest["settings"]):
+        for ax, key in zip(axes, LABELS):
+            means = _epoch_means(out, s["runs"], key)
+            if means:
+                ax.plot(range(1, len(means) + 1), means, marker="o", ms=3, color=f"C{i % 10}",
+                        ls="-" if i < 10 else "--", label=_short(s["label"]))
+    for ax, key in zip(axes, LABELS):
+        ax.set_title(f"{LABELS[key]}\nper epoch, mean over seeds", fontsize=10)
+        _epoch_axis(ax)
+        ax.grid(alpha=0.3)
+        _maybe_log(ax, [y for line in ax.get_lines() for y in line.get_ydata()],
+                   ratio=30.0 if key == "gradient_stability" else 4.0)
+    axes[1].legend(fontsize=8)
+    _save(fig, out / "indicators.png")
+    return "indicators.png"
+
+
+def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]]) -> str:
+    """``error_vs_stability.png``: one point per setting (the indicators' means over epochs and seeds)."""
+    fig = _figure(1, 1, width=6.8, height=5.2)
+    ax = fig.subplots()
+    pts = [r for r in rows if r["estimating_error_mean"] is not None and r["gradient_stability_mean"] is not None]
+    markers = "osD^vP*Xph<>"
+    for i, r in enumerate(pts):
+        ax.errorbar(r["estimating_error_mean"], r["gradient_stability_mean"], xerr=r["estimating_error_std"],
+                    yerr=r["gradient_stability_std"], fmt=markers[i % len(markers)], ms=7, color=f"C{i % 10}",
+                    capsize=3, label=_short(r["setting"]))
+    ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("estimating error (mean over epochs)")
+    ax.set_ylabel("gradient stability: var |grad| (mean over epochs)")
+    ax.set_title("the equilibrium: error vs stability, one point per setting\n(bars: std over seeds)")
+    ax.grid(alpha=0.3)
+    _maybe_log(ax, [r["gradient_stability_mean"] for r in pts])
+    _maybe_log(ax, [r["estimating_error_mean"] for r in pts], ratio=4.0, axis="x")
+    _save(fig, out / "error_vs_stability.png")
+    return "error_vs_stability.png"
+
+
+def o_end_figure(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]], o_axis: str, *,
+                 indicators: bool) -> str:
+    """``accuracy_vs_o_end.png``: accuracies (and the indicators) against the grid's ``o_axis``,
+    one line per combination of the other axes."""
+    others = [a for a in manifest["grid"] if a != o_axis]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get(o_axis) is not None and r["n"]:
+            groups.setdefault(",".join(f"{a}={r.get(a)}" for a in others), []).append(r)
+    panels = [("best_acc", "best test accuracy (%)"), ("final_acc", "final test accuracy (%)")]
+    if indicators:
+        panels += [("estimating_error", LABELS["estimating_error"]),
+                   ("gradient_stability", LABELS["gradient_stability"])]
+    cols = 2
+    rows_ = math.ceil(len(panels) / cols)
+    fig = _figure(rows_, cols, width=4.6, height=3.6)
+    axes = list(fig.subplots(rows_, cols, squeeze=False).flat)
+    for i, (name, grp) in enumerate(groups.items()):
+        grp = sorted(grp, key=lambda r: float(r[o_axis]))
+        xs = [float(r[o_axis]) for r in grp]
+        for ax, (key, _title) in zip(axes, panels):
+            ax.errorbar(xs, [r[f"{key}_mean"] for r in grp], yerr=[r[f"{key}_std"] or 0 for r in grp],
+                        marker="o", capsize=3, color=f"C{i % 10}", label=name or None)
+    for ax, (key, title) in zip(axes, panels):
+        ax.set_xscale("log")
+        ticks = sorted({float(r[o_axis]) for g in groups.values() for r in g})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("o_end")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if key == "gradient_stability":
+            _maybe_log(ax, [r[f"{key}_mean"] for g in groups.values() for r in g])
+    if len(groups) > 1:
+        axes[0].legend(fontsize=7)
+    fig.suptitle("ReSTE: effect of o_end (mean ± std over seeds)")
+    _save(fig, out / "accuracy_vs_o_end.png")
+    return "accuracy_vs_o_end.png"
