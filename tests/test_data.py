@@ -563,3 +563,13 @@ def test_download_paths_use_torchvision_then_our_readers(tmp_path, monkeypatch):
     # already there: no download attempted
     load_datasets("cifar10", tmp_path / "c", download=True)
     assert len(calls) == 2
+
+
+def test_every_spec_names_a_loader_that_resolves():
+    import importlib
+
+    from reste.datasets import SPECS
+
+    for spec in SPECS.values():
+        module, _, function = spec.loader.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), spec.loader
