@@ -205,3 +205,21 @@ def test_run_curves_for_people(tmp_path):
     assert len(titled) == 5 and all(ax.lines for ax in fig.axes)
     rows = sorted({round(ax.get_position().y0, 2) for ax in titled})
     assert len(rows) == 2 and sum(round(ax.get_position().y0, 2) == rows[0] for ax in titled) == 2
+
+
+def test_config_key_ignores_free_fields_and_fields_at_their_default(monkeypatch):
+    """A sweep names its runs by config_key: a field added to TrainConfig later, at its default,
+    must not rename (and retrain) the runs of an existing sweep."""
+    import dataclasses
+
+    from reste.experiments.sweep import config_key
+
+    cfg = TrainConfig(dataset="digits", epochs=2).resolve()
+    key = config_key(cfg)
+    assert config_key(dataclasses.replace(cfg, epochs=3)) != key
+    assert config_key(dataclasses.replace(cfg, seed=5, threads=1, workers=2)) == key
+    assert config_key(dataclasses.replace(cfg, keep_top=2)) != key  # (not a free field today)
+    # as if keep_top did not exist yet: its default value changes nothing
+    monkeypatch.setattr(TrainConfig, "to_dict",
+                        lambda self: {k: v for k, v in dataclasses.asdict(self).items() if k != "keep_top"})
+    assert config_key(cfg) == key

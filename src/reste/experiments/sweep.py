@@ -160,8 +160,13 @@ def canonical(config: TrainConfig) -> TrainConfig:
 
 
 def config_key(config: TrainConfig) -> str:
-    """A short hash of everything in ``config`` that can change the result, except the seed."""
-    data = {k: v for k, v in config.to_dict().items() if k not in _FREE_FIELDS}
+    """A short hash of everything in ``config`` that can change the result, except the seed.
+
+    Fields at their default value are left out, so a field added to ``TrainConfig`` later (with
+    a default that keeps the old behaviour) does not rename, and retrain, the runs of a sweep.
+    """
+    defaults = TrainConfig().to_dict()
+    data = {k: v for k, v in config.to_dict().items() if k not in _FREE_FIELDS and v != defaults.get(k, object())}
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
