@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from . import fused, plugins, schedules, triton_dispatch
+from ._dsq import dsq_consts
 from .errors import UsageError
 from .hparams import Param
 
@@ -195,24 +196,19 @@ def rbnn_f(x: Tensor, t: float, k: float) -> Tensor:
     return k * (-(t * t / 2.0) * c * c.abs() + math.sqrt(2.0) * t * c)
 
 
-def _dsq_consts(alpha: float, lower: float, upper: float) -> tuple[float, float, float]:
-    delta = upper - lower
-    return (lower + upper) / 2.0, math.log(2.0 / alpha - 1.0) / delta, 1.0 / (1.0 - alpha)
-
-
 def dsq_g(x: Tensor, alpha: float, lower: float = -1.0, upper: float = 1.0) -> Tensor:
     """DSQ (1 bit on [l, u]): g = s k (1 - tanh(k (x - m))^2) inside [l, u], else 0.
 
     m = (l + u)/2, k = ln(2/alpha - 1)/(u - l), s = 1/(1 - alpha).
     """
-    m, k, s = _dsq_consts(alpha, lower, upper)
+    m, k, s = dsq_consts(alpha, lower, upper)
     g = (s * k) * (1.0 - torch.tanh(k * (x - m)).square())
     return g * ((x >= lower) & (x <= upper)).to(x.dtype)
 
 
 def dsq_f(x: Tensor, alpha: float, lower: float = -1.0, upper: float = 1.0) -> Tensor:
     """DSQ: F = s tanh(k (clamp(x, l, u) - m))."""
-    m, k, s = _dsq_consts(alpha, lower, upper)
+    m, k, s = dsq_consts(alpha, lower, upper)
     return s * torch.tanh(k * (x.clamp(lower, upper) - m))
 
 

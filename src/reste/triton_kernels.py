@@ -44,6 +44,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._dsq import dsq_consts
+
 try:  # CUDA's accurate math library; the interpreter has no implementation of it
     from triton.language.extra import libdevice
 except ImportError:  # pragma: no cover - every Triton 3 ships it
@@ -338,10 +340,8 @@ def _raw_scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tenso
         t, k = params["t"], params["k"]
         return (k * (math.sqrt(2.0) * t), k * t * t, z, z, z), 0, None
     if kind == "dsq":
-        from .estimators import _dsq_consts
-
         lower, upper = params.get("lower", -1.0), params.get("upper", 1.0)
-        mid, k, s = _dsq_consts(params["alpha"], lower, upper)
+        mid, k, s = dsq_consts(params["alpha"], lower, upper)
         return (mid, k, s * k, lower, upper), 0, None
     if kind == "fda":
         w = params["w"]
