@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reste import engine
+from reste import engine, rundir
 from reste.config import PRESETS, TrainConfig
 
 
@@ -114,7 +114,7 @@ def whole_epochs(config: TrainConfig, run_dir: Path) -> dict[str, float]:
     engine.train(config, run_dir, progress=False, log=log)
     stamps.insert(0, t0)
     seconds = stamps[-1] - stamps[-2]
-    metrics = engine.read_metrics(run_dir)[-1]
+    metrics = rundir.read_metrics(run_dir)[-1]
     return {"epoch_s": seconds, "train_s": float(metrics["time"]), "first_epoch_s": stamps[1] - stamps[0]}
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from reste import engine
+from reste import engine, rundir
 from reste.cli import main
 from reste.config import TrainConfig
 from reste.cudagraph import CudaGraphs, GraphedStep
@@ -126,7 +126,7 @@ def test_a_graphed_engine_run_equals_an_eager_run_over_the_same_batches(tmp_path
     steps = 1437 // 64  # digits' train split at batch 64, last partial batch dropped
     assert backends[0].captured == 2 and backends[0].replays == 2 * (steps - 2)
     keep = ("train_loss", "train_acc", "test_acc", "estimating_error", "gradient_stability")
-    rows = [[{k: m[k] for k in keep} for m in engine.read_metrics(tmp_path / d)] for d in ("graphed", "eager")]
+    rows = [[{k: m[k] for k in keep} for m in rundir.read_metrics(tmp_path / d)] for d in ("graphed", "eager")]
     assert rows[0] == rows[1]
     a = torch.load(tmp_path / "graphed" / "last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "eager" / "last.pt", weights_only=False)["model"]

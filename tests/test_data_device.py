@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from reste import data as D
-from reste import datasets, engine, models
+from reste import datasets, engine, models, rundir
 from reste.config import DATASET_DEFAULTS, TrainConfig
 from reste.data import Normalize, RandomCropFlip, TensorLoader, load_datasets, make_loaders
 from reste.data.sampling import seeded_generator
@@ -283,8 +283,8 @@ def test_data_device_cpu_and_auto_train_identically_on_a_cpu(tmp_path):
                           data_device=choice)
         engine.train(cfg, tmp_path / choice, progress=False, log=_quiet)
         runs[choice] = tmp_path / choice
-    strip = [{k: v for k, v in m.items() if k != "time"} for m in engine.read_metrics(runs["cpu"])]
-    assert strip == [{k: v for k, v in m.items() if k != "time"} for m in engine.read_metrics(runs["auto"])]
+    strip = [{k: v for k, v in m.items() if k != "time"} for m in rundir.read_metrics(runs["cpu"])]
+    assert strip == [{k: v for k, v in m.items() if k != "time"} for m in rundir.read_metrics(runs["auto"])]
     from reste.checkpoint import load_checkpoint
 
     a, b = load_checkpoint(runs["cpu"] / "last.pt"), load_checkpoint(runs["auto"] / "last.pt")
@@ -293,7 +293,7 @@ def test_data_device_cpu_and_auto_train_identically_on_a_cpu(tmp_path):
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, b["model"][key]), key
     # the flag is free on resume and validated like the others
-    assert "data_device" in engine.RESUME_FREE
+    assert "data_device" in rundir.RESUME_FREE
     with pytest.raises(UsageError, match="--data-device"):
         TrainConfig(data_device="gpu").resolve()
 

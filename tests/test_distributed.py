@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from reste import engine
+from reste import engine, rundir
 from reste.checkpoint import load_checkpoint
 
 ARGS = ["--epochs", "6", "--seed", "3", "--no-progress", "--device", "cpu"]
@@ -44,7 +44,7 @@ def test_torchrun_two_processes_train_and_evaluate_in_one(full_run):
     # rank 0 alone logs and writes
     assert stdout.count("done: best test acc") == 1
     assert "2 processes (synchronised BatchNorm)" in stdout  # on by default
-    metrics = engine.read_metrics(out)
+    metrics = rundir.read_metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     # the checkpoint evaluates in a single process to the accuracy the 2 processes measured
     result = engine.evaluate_checkpoint(out / "last.pt")
@@ -84,7 +84,7 @@ def test_torchrun_killed_then_resumed_matches_an_uninterrupted_run(full_run, tmp
     sb = [s.get("momentum_buffer") for s in b["optimizer"]["state"].values()]
     assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(sa, sb))
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
-    assert strip(engine.read_metrics(full)) == strip(engine.read_metrics(cut))
+    assert strip(rundir.read_metrics(full)) == strip(rundir.read_metrics(cut))
 
 
 def test_no_sync_bn_keeps_batch_norm_per_process(full_run, tmp_path):
@@ -93,7 +93,7 @@ def test_no_sync_bn_keeps_batch_norm_per_process(full_run, tmp_path):
                           env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes (BatchNorm per process)" in proc.stdout
-    assert engine.saved_config(out).sync_bn is False
+    assert rundir.saved_config(out).sync_bn is False
     # the same run with synchronised statistics normalised differently, so it trained differently
     synced, alone = load_checkpoint(full_run[0] / "last.pt")["model"], load_checkpoint(out / "last.pt")["model"]
     means = [k for k in synced if k.endswith("running_mean")]
@@ -121,7 +121,7 @@ def test_sigterm_to_a_two_process_run_then_resume_is_exact(tmp_path):
         while not (metrics.exists() and metrics.read_text().strip()):
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.02)
-        time.sleep(0.4 * engine.read_metrics(cut)[0]["time"])  # into epoch 2 (where exactly does not matter)
+        time.sleep(0.4 * rundir.read_metrics(cut)[0]["time"])  # into epoch 2 (where exactly does not matter)
         os.killpg(proc.pid, signal.SIGTERM)  # the launcher and both workers, like a cluster's preemption
         _, err = proc.communicate()
     finally:
@@ -144,4 +144,4 @@ def test_sigterm_to_a_two_process_run_then_resume_is_exact(tmp_path):
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, b["model"][key]), key
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
-    assert strip(engine.read_metrics(full)) == strip(engine.read_metrics(cut))
+    assert strip(rundir.read_metrics(full)) == strip(rundir.read_metrics(cut))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from reste import engine
+from reste import engine, rundir
 from reste.checkpoint import load_checkpoint
 from reste.config import PRESETS, TrainConfig, config_from_preset
 from reste.errors import UsageError
@@ -28,7 +28,7 @@ def test_default_run_reaches_95_percent(tmp_path):
     result = engine.train(TrainConfig(), tmp_path / "run", progress=False, log=quiet)
     assert result["best_acc"] >= 95.0
     assert result["final_acc"] >= 95.0
-    lines = engine.read_metrics(tmp_path / "run")
+    lines = rundir.read_metrics(tmp_path / "run")
     assert [m["epoch"] for m in lines] == list(range(1, 21))
     # o follows the cosine ramp to 3 and the loss falls
     assert lines[0]["o"] == 1.0 and 2.8 < lines[-1]["o"] < 3.0
@@ -41,7 +41,7 @@ def test_run_directory_contents(tmp_path):
     assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"] == "digits_1w1a" and saved["epochs"] == 3
-    metrics = engine.read_metrics(out)
+    metrics = rundir.read_metrics(out)
     keys = {"epoch", "lr", "o", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
             "estimating_error", "gradient_stability"}
     assert all(keys <= set(m) for m in metrics)
@@ -90,7 +90,7 @@ def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
         else:
             assert value == b["model"][key], key
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
-    assert strip(engine.read_metrics(tmp_path / "full")) == strip(engine.read_metrics(tmp_path / "cut"))
+    assert strip(rundir.read_metrics(tmp_path / "full")) == strip(rundir.read_metrics(tmp_path / "cut"))
     assert a["indicators"]["history"] == b["indicators"]["history"]
 
 
@@ -102,7 +102,7 @@ def test_resume_refuses_different_settings(tmp_path):
         engine.resume(tmp_path / "run", {"estimator_options": {"o_end": 5.0}}, progress=False, log=quiet)
     # settings that cannot change the result are accepted, and --force accepts the rest
     engine.resume(tmp_path / "run", {"workers": 0, "epochs": 2}, force=True, progress=False, log=quiet)
-    assert len(engine.read_metrics(tmp_path / "run")) == 2
+    assert len(rundir.read_metrics(tmp_path / "run")) == 2
 
 
 def test_eval_reproduces_the_stored_accuracy(tmp_path):
@@ -160,14 +160,14 @@ def float32_epoch(tmp_path_factory):
     """One epoch of the default model in float32, to compare the other paths with."""
     out = tmp_path_factory.mktemp("paths") / "fp32"
     engine.train(small(epochs=1, threads=1), out, progress=False, log=quiet)
-    return engine.read_metrics(out)[0]
+    return rundir.read_metrics(out)[0]
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_trains(tmp_path, amp, float32_epoch):
     out = tmp_path / amp
     engine.train(small(epochs=1, threads=1, amp=amp), out, progress=False, log=quiet)
-    (m,) = engine.read_metrics(out)
+    (m,) = rundir.read_metrics(out)
     assert m["test_acc"] > 50.0 and m["train_loss"] < 2.0
     assert m["train_loss"] != float32_epoch["train_loss"]  # autocast really ran in 16 bits
     ckpt = load_checkpoint(out / "last.pt")
@@ -183,7 +183,7 @@ def test_mixed_precision_trains(tmp_path, amp, float32_epoch):
 def test_channels_last_trains_like_contiguous(tmp_path, float32_epoch):
     out = tmp_path / "cl"
     engine.train(small(epochs=1, threads=1, channels_last=True), out, progress=False, log=quiet)
-    (m,) = engine.read_metrics(out)
+    (m,) = rundir.read_metrics(out)
     assert m["test_acc"] > 50.0 and m["train_loss"] < 2.0  # it trained (its own path: sums in another order)
     # The same function in another memory order: on the test images, both layouts agree with the
     # model in float64 (exact binary sums) within float32 rounding, except for images where a sign
@@ -217,7 +217,7 @@ def test_channels_last_trains_like_contiguous(tmp_path, float32_epoch):
 def test_torch_compile_trains(tmp_path, float32_epoch):
     out = tmp_path / "compiled"
     engine.train(small(epochs=1, threads=1, compile=True), out, progress=False, log=quiet)
-    (m,) = engine.read_metrics(out)
+    (m,) = rundir.read_metrics(out)
     assert m["train_loss"] == pytest.approx(float32_epoch["train_loss"], rel=0.05)
     assert m["test_acc"] > 50.0
     assert "_orig_mod" not in "".join(load_checkpoint(out / "last.pt")["model"])  # saved unwrapped

@@ -11,7 +11,7 @@ import pytest
 
 from reste.cli import main
 from reste.config import TrainConfig
-from reste.engine import read_metrics
+from reste.rundir import read_metrics
 from reste.errors import UsageError
 from reste.experiments import expand_grid, parse_grid, run_state, summarize
 
@@ -218,8 +218,10 @@ def test_config_key_ignores_free_fields_and_fields_at_their_default(monkeypatch)
     key = config_key(cfg)
     assert config_key(dataclasses.replace(cfg, epochs=3)) != key
     assert config_key(dataclasses.replace(cfg, seed=5, threads=1, workers=2)) == key
-    assert config_key(dataclasses.replace(cfg, keep_top=2)) != key  # (not a free field today)
-    # as if keep_top did not exist yet: its default value changes nothing
+    # the settings free on resume (reste.rundir.RESUME_FREE) are free in a sweep too
+    assert config_key(dataclasses.replace(cfg, keep_top=2, save_every=5.0, tensorboard="tb")) == key
+    assert config_key(dataclasses.replace(cfg, cuda_graphs=True)) != key  # (not a free field)
+    # as if cuda_graphs did not exist yet: its default value changes nothing
     monkeypatch.setattr(TrainConfig, "to_dict",
-                        lambda self: {k: v for k, v in dataclasses.asdict(self).items() if k != "keep_top"})
+                        lambda self: {k: v for k, v in dataclasses.asdict(self).items() if k != "cuda_graphs"})
     assert config_key(cfg) == key

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reste import engine
+from reste import engine, rundir
 from reste.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from reste.cli import main
 from reste.config import TrainConfig
@@ -214,7 +214,7 @@ def test_non_finite_loss_stops_with_epoch_and_step(capsys, tmp_path, monkeypatch
     assert code == 1
     assert "non-finite loss at epoch 2, step 3" in err and "Traceback" not in err
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
-    assert len(engine.read_metrics(out)) == 1
+    assert len(rundir.read_metrics(out)) == 1
 
 
 def _wait_for(predicate, timeout=120.0):
@@ -258,7 +258,7 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
         sb = [s.get(key) for s in b["optimizer"]["state"].values()]
         assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(sa, sb))
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
-    assert strip(engine.read_metrics(full)) == strip(engine.read_metrics(cut))
+    assert strip(rundir.read_metrics(full)) == strip(rundir.read_metrics(cut))
 
 
 # ------------------------------------------------- the error contract, table-driven
@@ -507,6 +507,6 @@ def test_plot_takes_a_torn_last_line_and_a_switched_estimator(capsys, tmp_path, 
     (run / "metrics.jsonl").write_text(lines[0] + "\n" + json.dumps(second) + "\n" + '{"epoch": 3, "lr": 0.')
     assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0, capsys.readouterr().err
     assert (tmp_path / "c.png").stat().st_size > 0
-    assert [m["epoch"] for m in engine.read_metrics(run)] == [1, 2]
+    assert [m["epoch"] for m in rundir.read_metrics(run)] == [1, 2]
     (run / "metrics.jsonl").write_text("not json\n" + lines[0] + "\n")  # damage inside the file is an error
     assert_one_line_error(capsys, ["plot", str(run)], "line 1 is not JSON")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reste import engine
+from reste import engine, rundir
 from reste.checkpoint import load_checkpoint, save_checkpoint
 from reste.cli import main
 from reste.config import TrainConfig
@@ -41,7 +41,7 @@ def _strip(metrics: list[dict]) -> list[dict]:
 
 def assert_same_run(full: Path, other: Path) -> None:
     """The same metrics lines, the same last.pt (weights, optimizer) and the same best.pt."""
-    assert _strip(engine.read_metrics(full)) == _strip(engine.read_metrics(other))
+    assert _strip(rundir.read_metrics(full)) == _strip(rundir.read_metrics(other))
     for name in ("last.pt", "best.pt"):
         a, b = load_checkpoint(full / name), load_checkpoint(other / name)
         assert (a["epoch"], a["best_epoch"], a["best_acc"]) == (b["epoch"], b["best_epoch"], b["best_acc"]), name
@@ -124,7 +124,7 @@ def test_two_runs_started_together_on_one_folder(tmp_path):
     loser = next(r for r in results if r[0] == 2)
     assert "in use by pid" in _one_line(loser[2]) or "already holds a run" in _one_line(loser[2])
     winner_seed = json.loads((run / "config.json").read_text())["seed"]
-    assert [m["epoch"] for m in engine.read_metrics(run)] == [1, 2]
+    assert [m["epoch"] for m in rundir.read_metrics(run)] == [1, 2]
     assert load_checkpoint(run / "last.pt")["config"]["seed"] == winner_seed
 
 
@@ -219,7 +219,7 @@ CRASH_POINTS = ["before-metrics", "torn-metrics", "after-metrics", "tmp-last.pt"
 
 def _crash_epoch(full: Path) -> int:
     """The first epoch after epoch 1 that is the best so far, so its save sequence writes best.pt."""
-    acc = [m["test_acc"] for m in engine.read_metrics(full)]
+    acc = [m["test_acc"] for m in rundir.read_metrics(full)]
     return next(e for e in range(2, len(acc) + 1) if acc[e - 1] > max(acc[:e - 1]))
 
 
@@ -266,11 +266,11 @@ def test_resume_repairs_a_stale_best_pt(tmp_path, full_run):
     assert last["best_epoch"] == last["epoch"] == 3
     stale = {k: v for k, v in last.items() if k not in ("format", "version")}
     save_checkpoint(dict(stale, epoch=2, best_epoch=2), out / "best.pt")
-    assert engine.repair_best(out, last)
+    assert rundir.repair_best(out, last)
     assert (out / "best.pt").read_bytes() == (out / "last.pt").read_bytes()
-    assert not engine.repair_best(out, last)
+    assert not rundir.repair_best(out, last)
     (out / "best.pt").unlink()  # a missing best.pt is written too
-    assert engine.repair_best(out, last) and load_checkpoint(out / "best.pt")["epoch"] == 3
+    assert rundir.repair_best(out, last) and load_checkpoint(out / "best.pt")["epoch"] == 3
 
 
 # ------------------------------------------------------------------ preemption
@@ -309,7 +309,7 @@ def test_sigterm_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, one_th
     assert line.startswith(f"reste: stopped by {sig} at epoch 2, step 7/23") and "--resume" in line
     ckpt = load_checkpoint(cut / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (1, 7)
-    assert [m["epoch"] for m in engine.read_metrics(cut)] == [1]
+    assert [m["epoch"] for m in rundir.read_metrics(cut)] == [1]
     evaluated = engine.evaluate_checkpoint(cut / "last.pt")
     assert (evaluated["epoch"], evaluated["step"], evaluated["stored_top1"]) == (1, 7, None)
     resumed = _resume_here(cut)
@@ -364,7 +364,7 @@ def test_sigusr1_mid_epoch_with_indicators_in_process(tmp_path, one_thread):
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # the handler is gone with the run
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
     engine.resume(tmp_path / "cut", progress=False, log=quiet)
-    a, b = engine.read_metrics(tmp_path / "full"), engine.read_metrics(tmp_path / "cut")
+    a, b = rundir.read_metrics(tmp_path / "full"), rundir.read_metrics(tmp_path / "cut")
     assert _strip(a) == _strip(b)
     assert "estimating_error" in b[-1]
 

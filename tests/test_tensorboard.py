@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reste import engine
-from reste.checkpoint import load_checkpoint
+from reste import engine, rundir
+from reste.checkpoint import load_checkpoint, model_from_checkpoint
 from reste.cli import main
 from reste.config import TrainConfig
 from reste.indicators import estimating_error, indicator_layers
@@ -85,7 +85,7 @@ def test_the_schedule_is_logged_per_layer(logged):
 def test_the_indicators_are_logged_per_layer(logged):
     events = scalars(logged / "tensorboard")
     ckpt = load_checkpoint(logged / "last.pt")
-    model = engine.model_from_checkpoint(ckpt)  # the weights after epoch 2, with their schedule state
+    model = model_from_checkpoint(ckpt)  # the weights after epoch 2, with their schedule state
     layers = indicator_layers(model)
     assert layers
     for name, layer in layers:
@@ -254,7 +254,7 @@ def test_keep_top_2_over_4_epochs(capsys, tmp_path, one_thread_module):
 # complete but not renamed, renamed, or the old one removed.
 _CRASHER = textwrap.dedent("""
     import json, os, pathlib, sys
-    from reste import engine
+    from reste import engine, rundir
     from reste.cli import main
 
     import torch._dynamo  # imported lazily by the first optimizer: here once, not in every child
@@ -294,7 +294,7 @@ _CRASHER = textwrap.dedent("""
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
     codes = {"full": child("full", 0)}
-    acc = [m["test_acc"] for m in engine.read_metrics(base / "full")]
+    acc = [m["test_acc"] for m in rundir.read_metrics(base / "full")]
     ranked = lambda n: sorted(range(1, n + 1), key=lambda e: (-acc[e - 1], e))[:2]
     crash = next(e for e in range(3, len(acc) + 1) if e in ranked(e))
     codes.update({point: child(point, crash) for point in points})

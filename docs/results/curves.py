@@ -13,21 +13,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-
-def _metrics(run_dir: Path) -> list[dict]:
-    lines = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line
-    return lines
+from reste.rundir import read_metrics
 
 
 def curves(sweep: Path) -> dict[str, list[float]]:
@@ -37,7 +28,7 @@ def curves(sweep: Path) -> dict[str, list[float]]:
         for row in csv.DictReader(f):
             run_dir = (sweep / row["run_dir"]).resolve()
             if (run_dir / "metrics.jsonl").is_file():
-                per_setting[row["setting"]].append([m["test_acc"] for m in _metrics(run_dir)])
+                per_setting[row["setting"]].append([m["test_acc"] for m in read_metrics(run_dir)])
     out = {}
     for setting, runs in per_setting.items():
         epochs = min(len(r) for r in runs)

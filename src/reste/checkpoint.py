@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from . import models
 from .errors import UsageError
 
 FORMAT = "reste-checkpoint"
@@ -184,6 +186,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise UsageError(f"checkpoint {path} is incomplete (missing or malformed: {', '.join(wrong)}); "
                          "use another checkpoint")
     return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model stored in a checkpoint (eval mode)."""
+    model = models.create(ckpt["model_name"], **ckpt["model_options"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UsageError(
+            f"checkpoint weights do not fit model {ckpt['model_name']!r} ({first[:150]})"
+        ) from None
+    return model.to(device).eval()
 
 
 def rng_state() -> dict[str, Any]:

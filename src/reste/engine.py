@@ -1,7 +1,7 @@
 """The training loop: config -> data -> model -> epochs -> run directory.
 
 ``train(config, out=...)`` runs a whole training and ``resume(run_dir)``
-continues one. A run directory holds
+continues one. A run directory (its files, their reading and writing: ``reste.rundir``) holds
 
     config.json     the resolved TrainConfig
     metrics.jsonl   one JSON object per finished epoch
@@ -34,7 +34,6 @@ reads its shard of the training set, and only rank 0 logs and writes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -59,13 +58,11 @@ from .indicators import EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedStep, graphable_optimizer_options
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
-from .rundir import RunDirectory, keep_top
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .rundir import (RESUME_FREE, RunDirectory, append_metrics, best_checkpoint, keep_top, last_checkpoint,
+                     repair_best, saved_config, start_metrics, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
-
-# Settings that may differ when resuming without --force: they do not change the result.
-RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
-               "save_every", "tensorboard", "keep_top", "plugins")
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # preemption: save inside the epoch, then stop
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
@@ -128,24 +125,6 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model stored in a checkpoint (eval mode)."""
-    model = models.create(ckpt["model_name"], **ckpt["model_options"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UsageError(
-            f"checkpoint weights do not fit model {ckpt['model_name']!r} ({first[:150]})"
-        ) from None
-    return model.to(device).eval()
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file (or a run directory's last.pt) safely."""
-    return ckpt_io.load_checkpoint(path)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -354,7 +333,7 @@ class _Run:
         self.start_step, self.partial = int(ckpt.get("step") or 0), ckpt.get("partial")
         saved_world = int(ckpt.get("world_size") or 1)
         if self.start_step and saved_world != self.dist.world_size:
-            raise UsageError(f"{self.run_dir / 'last.pt'} was saved inside epoch {self.start_epoch + 1} by "
+            raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} by "
                              f"{saved_world} process(es); resume it with the same number of processes")
         self.saved = (self.start_epoch, self.start_step)
         self.last_metrics = ckpt["metrics"]
@@ -429,7 +408,7 @@ class _Run:
                 kept = "no checkpoint was saved"
             else:
                 e, s = self.saved
-                kept = f"{self.run_dir / 'last.pt'} keeps the last good state (epoch {e}" + \
+                kept = f"{last_checkpoint(self.run_dir)} keeps the last good state (epoch {e}" + \
                     (f", step {s} of epoch {e + 1})" if s else ")")
             raise TrainingDiverged(
                 f"non-finite loss at epoch {epoch + 1}, step {bad + 1}; the run stopped and {kept}; "
@@ -502,13 +481,10 @@ class _Run:
 
         A crash between two of these writes is repaired on resume (see :func:`repair_best`).
         """
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        blob = ckpt_io.save_checkpoint(self.state(epoch), self.run_dir / "last.pt")
+        append_metrics(self.run_dir, metrics)
+        blob = ckpt_io.save_checkpoint(self.state(epoch), last_checkpoint(self.run_dir))
         if is_best:
-            ckpt_io.atomic_write(self.run_dir / "best.pt", lambda f: f.write(blob))
+            ckpt_io.atomic_write(best_checkpoint(self.run_dir), lambda f: f.write(blob))
         if self.config.keep_top:
             keep_top(self.run_dir, self.config.keep_top, epoch, blob)
 
@@ -525,7 +501,7 @@ class _Run:
         if self.dist.main:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
                        "time": time.time() - self._epoch_t0}
-            ckpt_io.save_checkpoint(self.state(epoch, step, partial), self.run_dir / "last.pt")
+            ckpt_io.save_checkpoint(self.state(epoch, step, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, step), time.monotonic()
 
     def _checkpoint_due(self, step: int) -> int:
@@ -551,8 +527,8 @@ class _Run:
     def _stopped(self, epoch: int, step: int, steps: int) -> None:
         signum = self.stop.signum or signal.SIGTERM
         where = f"epoch {epoch + 1}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
-        raise Preempted(f"stopped by {signal.Signals(signum).name} at {where}; {self.run_dir / 'last.pt'} holds it: "
-                        f"continue with `reste train --resume {self.run_dir}`", signum)
+        raise Preempted(f"stopped by {signal.Signals(signum).name} at {where}; {last_checkpoint(self.run_dir)} "
+                        f"holds it: continue with `reste train --resume {self.run_dir}`", signum)
 
 
 class StopRequest:
@@ -658,7 +634,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
         with StopRequest().handling() as stop:
             return _train_locked(config, run_dir, progress, log, stop)
     except BaseException:
-        if lock is not None and not (run_dir / "last.pt").exists():
+        if lock is not None and not last_checkpoint(run_dir).exists():
             lock.discard()  # nothing was kept: a failed start leaves no run directory behind
         raise
     finally:
@@ -671,9 +647,8 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
     run = _Run(config, run_dir, log, progress)
     run.stop = stop
     if run.dist.main:
-        ckpt_io.atomic_write(run_dir / "config.json",
-                             lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
-        ckpt_io.atomic_write(run_dir / "metrics.jsonl", lambda f: None)
+        write_config(run_dir, config)
+        start_metrics(run_dir)
     procs = ""
     if run.dist.enabled:
         bn = "synchronised BatchNorm" if config.sync_bn else "BatchNorm per process"
@@ -695,17 +670,6 @@ def config_differences(saved: TrainConfig, overrides: dict[str, Any]) -> dict[st
         elif getattr(saved, key) != value:
             diffs[key] = (getattr(saved, key), value)
     return diffs
-
-
-def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig saved in a run directory's config.json."""
-    cfg_path = Path(run_dir) / "config.json"
-    if not cfg_path.is_file():
-        raise UsageError(f"{run_dir} is not a run directory (no config.json); start it with --out {run_dir}")
-    try:
-        return TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, TypeError, AttributeError) as err:
-        raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); start a new run") from None
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,
@@ -730,7 +694,6 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
 
 def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool, progress: bool,
                    log: Callable[[str], None], stop: StopRequest) -> dict[str, Any]:
-    cfg_path = run_dir / "config.json"
     saved = saved_config(run_dir)
     overrides = dict(overrides or {})
     diffs = config_differences(saved, overrides)
@@ -746,20 +709,20 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     config = TrainConfig.from_dict(data).resolve()
     run = _Run(config, run_dir, log, progress)
     run.stop = stop
-    if (run_dir / "last.pt").exists():
-        ckpt = ckpt_io.load_checkpoint(run_dir / "last.pt", map_location=run.device)
+    last = last_checkpoint(run_dir)
+    if last.exists():
+        ckpt = load_checkpoint(last, map_location=run.device)
         if ckpt["model_name"] != config.model:
-            raise UsageError(f"{run_dir}/last.pt holds model {ckpt['model_name']!r}, not {config.model!r}")
+            raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
         run.restore(ckpt)
         if run.dist.main:
             repair_best(run_dir, ckpt)
             if config.keep_top:  # a crash may have come before the epoch's copy or the removals
-                keep_top(run_dir, config.keep_top, ckpt["epoch"], None if ckpt.get("step") else
-                         (run_dir / "last.pt").read_bytes())
+                keep_top(run_dir, config.keep_top, ckpt["epoch"], None if ckpt.get("step") else last.read_bytes())
     if run.dist.main:
         if diffs:
-            ckpt_io.atomic_write(cfg_path, lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
-        _truncate_metrics(run_dir / "metrics.jsonl", run.start_epoch)
+            write_config(run_dir, config)
+        truncate_metrics(run_dir, run.start_epoch)
     if run.start_epoch >= config.epochs:
         run.log(f"{run_dir} already finished {config.epochs} epochs; nothing to do")
     elif run.start_step:
@@ -770,59 +733,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     return run.run()
 
 
-def repair_best(run_dir: Path, last: dict[str, Any]) -> bool:
-    """Rewrite ``best.pt`` from ``last.pt`` when ``last.pt`` is the best epoch but ``best.pt`` is not it.
-
-    That is the state a crash between the two writes of an epoch leaves. Returns whether it rewrote.
-    """
-    if last.get("step") or last.get("best_epoch") != last["epoch"]:
-        return False
-    best_path = run_dir / "best.pt"
-    try:
-        best = ckpt_io.load_checkpoint(best_path) if best_path.exists() else None
-    except UsageError:
-        best = None
-    if best is not None and best["epoch"] == last["epoch"]:
-        return False
-    blob = (run_dir / "last.pt").read_bytes()
-    ckpt_io.atomic_write(best_path, lambda f: f.write(blob))
-    return True
-
-
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Keep the metrics lines of the epochs the checkpoint holds (a crash may leave one more)."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line)["epoch"] <= epochs_done:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a torn last line
-    ckpt_io.atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The metrics lines of a run directory (a torn last line, from a crash mid-write, is left out)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise UsageError(f"{run_dir} has no metrics.jsonl; is it a reste run directory?")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    out = []
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # torn by a crash; resume drops it too
-            raise UsageError(f"{path} line {i + 1} is not JSON; the file is corrupted") from None
-        if not isinstance(record, dict) or "epoch" not in record:
-            raise UsageError(f"{path} line {i + 1} is not a metrics record; the file is corrupted")
-        out.append(record)
-    return out
-
-
 __all__ = [
-    "TrainConfig", "train", "resume", "evaluate", "evaluate_checkpoint", "load_checkpoint",
-    "model_from_checkpoint", "read_metrics", "TrainingDiverged", "Preempted", "format_epoch",
+    "TrainConfig", "train", "resume", "evaluate", "evaluate_checkpoint", "TrainingDiverged", "Preempted",
+    "format_epoch",
 ]

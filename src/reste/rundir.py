@@ -9,24 +9,45 @@ happens under the lock, so two processes started at the same instant cannot both
 pass it. ``discard()`` removes what a run that never finished an epoch wrote
 (the folder too, when this run created it). ``keep_top`` keeps the checkpoints of
 the K best epochs in ``top/``.
+
+This module is the one owner of what a run directory holds::
+
+    config.json     the resolved TrainConfig       write_config / saved_config
+    metrics.jsonl   one JSON object per epoch       start_metrics / append_metrics / read_metrics /
+                                                    truncate_metrics
+    last.pt         the newest checkpoint           last_checkpoint(run_dir)
+    best.pt         the best epoch's checkpoint     best_checkpoint(run_dir), repair_best
+    top/            the K best epochs (--keep-top)  keep_top, top_checkpoints
+
+and of ``RESUME_FREE``, the settings that may change when a run is resumed.
+``metrics.jsonl`` has one rule for a torn line: a last line that is not JSON was cut by a
+crash in the middle of its write, and every reader leaves it out (``truncate_metrics``
+drops it); any other line that is not a metrics record is damage, a one-line ``UsageError``.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 
-from .checkpoint import atomic_write, orphaned_temporaries
+from .checkpoint import atomic_write, load_checkpoint, orphaned_temporaries
+from .config import TrainConfig
 from .errors import UsageError
 
 LOCK_NAME = ".lock"
+CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.pt"
 # what a run writes, so a failed start can remove exactly its own files
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt")
+RUN_FILES = (CONFIG, METRICS, LAST, BEST)
 TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
+# Settings that may differ when resuming without --force: they do not change the result.
+RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
+               "save_every", "tensorboard", "keep_top", "plugins")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
 
 
@@ -128,7 +149,7 @@ class RunDirectory:
     def _check(self, fresh: bool) -> None:
         path = self.path
         if fresh:
-            if (path / "config.json").exists() or (path / "last.pt").exists():
+            if (path / CONFIG).exists() or (path / LAST).exists():
                 raise UsageError(f"{path} already holds a run; continue it with --resume {path} "
                                  "or choose another --out")
             others = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME and not p.name.endswith(".log")
@@ -143,7 +164,7 @@ class RunDirectory:
             except OSError as err:
                 raise UsageError(f"run directory {path} is not writable ({err.strerror}); pass another --out") \
                     from None
-        elif not (path / "config.json").is_file():
+        elif not (path / CONFIG).is_file():
             raise UsageError(f"{path} is not a run directory (no config.json); start it with --out {path}")
 
     def close(self) -> None:
@@ -206,8 +227,6 @@ def keep_top(run_dir: str | os.PathLike, k: int, epoch: int, checkpoint: bytes |
     earlier checkpoint), so a crash anywhere leaves only whole files, which the next call (the
     next epoch, or resume) puts right.
     """
-    from .engine import read_metrics  # the one reader of metrics.jsonl
-
     run_dir = Path(run_dir)
     folder = run_dir / TOP_DIR
     for tmp in orphaned_temporaries(folder):  # left by a process killed in the middle of a write
@@ -231,3 +250,111 @@ def keep_top(run_dir: str | os.PathLike, k: int, epoch: int, checkpoint: bytes |
     for e, path in on_disk.items():
         if e not in best:
             path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------- files of a run
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/last.pt``: the checkpoint a resume continues from."""
+    return Path(run_dir) / LAST
+
+
+def best_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/best.pt``: the checkpoint of the epoch with the best test top-1."""
+    return Path(run_dir) / BEST
+
+
+def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
+    """Write ``config.json`` (atomically)."""
+    text = json.dumps(config.to_dict(), indent=2).encode()
+    atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(text))
+
+
+def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig saved in a run directory's config.json."""
+    cfg_path = Path(run_dir) / CONFIG
+    if not cfg_path.is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); start it with --out {run_dir}")
+    try:
+        return TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    except (json.JSONDecodeError, TypeError, AttributeError) as err:
+        raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); start a new run") from None
+
+
+def start_metrics(run_dir: str | os.PathLike) -> None:
+    """An empty ``metrics.jsonl`` (a new run)."""
+    atomic_write(Path(run_dir) / METRICS, lambda f: None)
+
+
+def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Add the metrics line of a finished epoch, on disk (fsync) before the checkpoint that follows it."""
+    with open(Path(run_dir) / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each metrics line of ``path``, by the one rule for a torn last line."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn by a crash in the middle of its write
+            raise UsageError(f"{path} line {i + 1} is not JSON; the file is corrupted") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise UsageError(f"{path} line {i + 1} is not a metrics record; the file is corrupted")
+        out.append((line, record))
+    return out
+
+
+def read_metrics(run_dir: str | os.PathLike, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The metrics lines of a run directory, one dict per finished epoch (a torn last line left out).
+
+    A missing ``metrics.jsonl`` is an error, or no lines with ``missing_ok``.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        if missing_ok:
+            return []
+        raise UsageError(f"{run_dir} has no {METRICS}; is it a reste run directory?")
+    return [record for _, record in _metrics_lines(path)]
+
+
+def finished_epochs(run_dir: str | os.PathLike) -> int:
+    """The number of epochs ``metrics.jsonl`` records; 0 when it is missing or damaged."""
+    try:
+        return len(read_metrics(run_dir, missing_ok=True))
+    except UsageError:
+        return 0
+
+
+def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int) -> None:
+    """Keep the metrics lines of the epochs the checkpoint holds (a crash may leave one more, or a torn one)."""
+    path = Path(run_dir) / METRICS
+    kept = [line for line, record in _metrics_lines(path) if record["epoch"] <= epochs_done] \
+        if path.exists() else []
+    atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
+
+
+def repair_best(run_dir: str | os.PathLike, last: dict[str, Any]) -> bool:
+    """Rewrite ``best.pt`` from ``last.pt`` when ``last.pt`` is the best epoch but ``best.pt`` is not it.
+
+    That is the state a crash between the two writes of an epoch leaves. Returns whether it rewrote.
+    """
+    if last.get("step") or last.get("best_epoch") != last["epoch"]:
+        return False
+    best_path = best_checkpoint(run_dir)
+    try:
+        best = load_checkpoint(best_path) if best_path.exists() else None
+    except UsageError:
+        best = None
+    if best is not None and best["epoch"] == last["epoch"]:
+        return False
+    blob = last_checkpoint(run_dir).read_bytes()
+    atomic_write(best_path, lambda f: f.write(blob))
+    return True

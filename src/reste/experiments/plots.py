@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..engine import read_metrics
 from ..errors import UsageError
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
+from ..rundir import read_metrics
 
 SCHEDULE_KEYS = ("o", "t", "k", "alpha", "n")
 LABELS = {"estimating_error": "estimating error", "gradient_stability": "gradient stability (var |grad|)"}

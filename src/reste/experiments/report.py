@@ -17,9 +17,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
-from ..engine import read_metrics
 from ..errors import UsageError
-from .sweep import MANIFEST, count_epochs
+from ..rundir import CONFIG, finished_epochs, last_checkpoint, read_metrics, saved_config
+
+MANIFEST = "sweep.json"  # the sweep folder's plan: base config, grid, seeds, settings and their runs
 
 METRICS = ("best_acc", "final_acc", "estimating_error", "gradient_stability")
 INDICATORS = ("estimating_error", "gradient_stability")
@@ -27,11 +28,10 @@ INDICATORS = ("estimating_error", "gradient_stability")
 
 def run_summary(run_dir: Path) -> dict[str, Any] | None:
     """best/final accuracy and mean indicators of a finished run; None while it is not finished."""
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file() or not (run_dir / "last.pt").is_file():
+    if not (run_dir / CONFIG).is_file() or not last_checkpoint(run_dir).is_file():
         return None
-    epochs = json.loads(cfg_path.read_text())["epochs"]
-    if count_epochs(run_dir) < epochs:
+    epochs = saved_config(run_dir).epochs
+    if finished_epochs(run_dir) < epochs:
         return None
     metrics = read_metrics(run_dir)[:epochs]
     row: dict[str, Any] = {

@@ -41,12 +41,11 @@ from ..config import TrainConfig
 from ..models import model_keywords
 from ..errors import UsageError
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
+from ..rundir import CONFIG, RESUME_FREE, finished_epochs, last_checkpoint, saved_config
+from .report import MANIFEST, summarize
 
-MANIFEST = "sweep.json"
-
-# Fields that do not change a run's result: left out of the run's identity, may differ on resume.
-_FREE_FIELDS = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "preset", "seed",
-                "threads", "plugins")
+# Left out of a run's identity: the settings free to change on resume, and the seed (a folder of its own)
+_FREE_FIELDS = (*RESUME_FREE, "preset", "seed")
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
 
@@ -218,26 +217,11 @@ def _fmt(value: Any) -> str:
 # ------------------------------------------------------------------ run state
 
 
-def count_epochs(run_dir: Path) -> int:
-    """Finished epochs recorded in ``run_dir/metrics.jsonl`` (a torn last line does not count)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    n = 0
-    for line in path.read_text().splitlines():
-        try:
-            json.loads(line)["epoch"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-        n += 1
-    return n
-
-
 def run_state(run_dir: Path, epochs: int) -> str:
     """``"done"`` (every epoch and last.pt), ``"partial"`` (a run was started) or ``"new"``."""
-    if (run_dir / "last.pt").is_file() and count_epochs(run_dir) >= epochs:
+    if last_checkpoint(run_dir).is_file() and finished_epochs(run_dir) >= epochs:
         return "done"
-    if (run_dir / "config.json").is_file():
+    if (run_dir / CONFIG).is_file():
         return "partial"
     return "new"
 
@@ -264,7 +248,7 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     try:
         config = TrainConfig.from_dict(job["config"])
         if job["resume"]:
-            free = {k: getattr(config, k) for k in engine.RESUME_FREE}
+            free = {k: getattr(config, k) for k in RESUME_FREE}
             result = engine.resume(run_dir, free, progress=False, log=log)
         else:
             result = engine.train(config, run_dir, progress=False, log=log)
@@ -368,8 +352,6 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             config = dataclasses.replace(s.config, seed=seed)
             state = run_state(run_dir, config.epochs)
             if state == "partial":
-                from ..engine import saved_config
-
                 if config_key(canonical(saved_config(run_dir))) != s.key:
                     raise UsageError(f"{run_dir} holds a run with other settings; move it away or pass another "
                                      "--runs-dir")
@@ -422,6 +404,4 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         log(f"sweep: {failed} run{'s' * (failed != 1)} failed; see train.log in their run folders")
     if not report:
         return []
-    from .report import summarize
-
     return summarize(out, log=log)

@@ -251,10 +251,10 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
                       onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
     (and, with ``onnx_path``, an ONNX file); returns the size report."""
-    from .. import engine
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
 
-    ckpt = engine.load_checkpoint(ckpt_path)
-    model = engine.model_from_checkpoint(ckpt)
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
     config = ckpt.get("config") or {}
     dataset = ckpt.get("dataset") or (config.get("dataset") if isinstance(config, dict) else None)
     meta = {

@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import UsageError
 from ..indicators import EquilibriumMeter, estimating_error, gradient_stability, indicator_layers
 from ..layers import estimators_of, schedule_values
+from ..rundir import read_metrics
 
 INSTALL = "pip install reste[tensorboard]"
 IN_RUN = "tensorboard"  # the default folder, inside the run directory
@@ -145,8 +146,6 @@ class TensorBoardLog:
             for summary in hparams_summaries(hparams(self.config), {"test/acc": 0.0, "test/loss": 0.0}):
                 self.writer.file_writer.add_summary(summary)
         if step > 1:
-            from ..engine import read_metrics
-
             for line in read_metrics(self.run_dir):
                 if line["epoch"] < step:
                     for tag, value in metric_scalars(line, schedule, indicators).items():
