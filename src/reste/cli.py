@@ -62,9 +62,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="training batch size (per process under torchrun)")
     o.add_argument("--eval-batch-size", "--batch_size_test", dest="eval_batch_size", type=int,
                    help="batch size of the test-split evaluation")
-    o.add_argument("--optimizer", help="sgd (default), adam or adamw")
+    o.add_argument("--optimizer", help="sgd, adam or adamw (default: the data set's recipe)")
     o.add_argument("--lr", type=float, help="peak learning rate (cosine decay to 0 after the warm-up)")
-    o.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, help="default 1e-4")
+    o.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float,
+                   help="weight decay (default: the data set's recipe)")
     o.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     o.add_argument("--warm-up", "--warm_up", dest="warm_up", type=int, nargs="?", const=5,
                    help="linear warm-up epochs (bare flag: 5, as the paper on CIFAR-10)")

@@ -50,9 +50,9 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     lr: float | None = None
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
     momentum: float = 0.9
     warm_up: int | None = None
     indicators: str | None = None  # None, "general" or "paper"
