@@ -3,7 +3,9 @@
 A checkpoint is a dict of plain data and tensors, loadable with
 ``torch.load(weights_only=True)`` (no code runs on load):
 
-    format, version, config (TrainConfig as a dict), model_name, model_options,
+    format, version, config (TrainConfig as a dict), model_name, model_options
+    (the model factory's own keywords, num_classes included), estimator, estimator_options,
+    a32, scaling (how the binary layers are built; ``model_arguments`` reads them back),
     model (state_dict, estimator schedule state included), optimizer, epoch
     (number of finished epochs), best_acc, best_epoch, metrics (the last
     epoch's metrics line), indicators (meter history), rng, and for a checkpoint
@@ -15,6 +17,12 @@ The file is the zip that ``torch.save`` writes, whose zip comment holds
 ``load_checkpoint`` checks it before unpickling, so a flipped bit anywhere in the
 file is refused with one line. Format-1 files (no checksum) are checked with the
 zip's own CRC-32s.
+
+Format versions: 3 stores the model's options and the estimator's settings apart (the
+keywords of ``models.create``); 2 merged them under ``model_options`` (``num_classes``,
+``estimator``, ``a32``, ``scaling``, the estimator's hyper-parameters and the model's own
+keywords, told apart by the saved config's ``model_options``); 1 had no SHA-256. Every
+version loads, resumes, evaluates and exports (``model_arguments``).
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ from . import models
 from .errors import UsageError
 
 FORMAT = "reste-checkpoint"
-VERSION = 2  # 2: SHA-256 in the zip comment; 1: none (the zip CRCs are checked instead)
+VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comment; 1: none (zip CRCs)
+ESTIMATOR_KEYS = ("estimator", "estimator_options", "a32", "scaling")  # format 3: models.create's binary layers
 _SHA_TAG = b"reste-sha256:"
 _EOCD = struct.Struct("<4s4H2IH")  # the zip's end-of-central-directory record (22 bytes)
 # keys every checkpoint holds, with their types (what eval, export and resume read)
@@ -188,9 +197,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return ckpt
 
 
+def model_arguments(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model options, estimator settings) of a checkpoint of any format:
+    ``models.create(ckpt["model_name"], **settings, **options)`` rebuilds its model.
+
+    The options are the model factory's own keywords with ``num_classes``; the settings are
+    ``estimator``, ``estimator_options``, ``a32`` and ``scaling`` (those a file lacks keep
+    ``create``'s defaults).
+    """
+    options = dict(ckpt["model_options"])
+    settings = {k: ckpt[k] for k in ESTIMATOR_KEYS if k in ckpt}
+    if ckpt.get("version", 0) < 3:  # the two sets merged; the saved config says which keywords were the model's
+        settings.update((k, options.pop(k)) for k in ("estimator", "a32", "scaling") if k in options)
+        own = ckpt["config"].get("model_options") or {}
+        merged = {k: options.pop(k) for k in list(options) if k != "num_classes" and k not in own}
+        settings["estimator_options"] = {**settings.get("estimator_options", {}), **merged}
+    return options, settings
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in a checkpoint (eval mode)."""
-    model = models.create(ckpt["model_name"], **ckpt["model_options"])
+    options, settings = model_arguments(ckpt)
+    model = models.create(ckpt["model_name"], **settings, **options)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

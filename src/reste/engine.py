@@ -102,18 +102,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    return models.create(config.model, **model_options(config, num_classes))
+    return models.create(config.model, num_classes, **estimator_settings(config), **config.model_options)
 
 
-def model_options(config: TrainConfig, num_classes: int) -> dict[str, Any]:
-    return dict(
-        num_classes=num_classes,
-        estimator=config.estimator,
-        a32=config.a32,
-        scaling=config.scaling,
-        **config.estimator_options,
-        **config.model_options,
-    )
+def estimator_settings(config: TrainConfig) -> dict[str, Any]:
+    """How the binary layers are built: ``models.create``'s keywords, as a checkpoint stores them."""
+    return {key: getattr(config, key) for key in ckpt_io.ESTIMATOR_KEYS}
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -303,7 +297,8 @@ class _Run:
         return {
             "config": self.config.to_dict(),
             "model_name": self.config.model,
-            "model_options": model_options(self.config, self.info.num_classes),
+            "model_options": {"num_classes": self.info.num_classes, **self.config.model_options},
+            **estimator_settings(self.config),
             "dataset": self.config.dataset,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),

@@ -251,15 +251,17 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
                       onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
     (and, with ``onnx_path``, an ONNX file); returns the size report."""
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import load_checkpoint, model_arguments, model_from_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     config = ckpt.get("config") or {}
     dataset = ckpt.get("dataset") or (config.get("dataset") if isinstance(config, dict) else None)
+    options, settings = model_arguments(ckpt)
     meta = {
         "model_name": ckpt.get("model_name"),
-        "model_options": ckpt.get("model_options"),
+        "model_options": options,  # the model's own keywords and num_classes, in any checkpoint format
+        **settings,
         "dataset": dataset,
         "epoch": ckpt.get("epoch"),
         "best_acc": ckpt.get("best_acc"),

@@ -3,7 +3,7 @@
 >>> from reste import models
 >>> models.list_models()[:3]
 ['digits', 'digits_1w1a', 'fmnist_vgg']
->>> net = models.create("resnet20_1w1a", estimator="reste", o_end=3.0)
+>>> net = models.create("resnet20_1w1a", estimator="reste", estimator_options={"o_end": 3.0})
 >>> models.count_parameters(net)
 {'total': 269850, 'binary': 267264}
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..datasets import DATASETS
 from ..errors import UsageError
-from ..estimators import get_estimator
+from ..estimators import Estimator, estimator_class, get_estimator
 from ..layers import SCALINGS, BinaryConv2d
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -116,9 +116,10 @@ def create(
     num_classes: int | None = None,
     *,
     estimator: Any = "reste",
+    estimator_options: dict[str, Any] | None = None,
     a32: bool = False,
     scaling: str = "layer",
-    **estimator_hparams: Any,
+    **model_options: Any,
 ) -> nn.Module:
     """Build model ``name`` (see :func:`list_models`).
 
@@ -127,23 +128,27 @@ def create(
         num_classes: the number of outputs; ``None`` is the model's default.
         estimator: an estimator name or instance; every binary layer gets its own
             weight and input estimators of that kind and configuration.
+        estimator_options: the estimator's hyper-parameters (``{"o_end": 3.0}``), given with a name.
         a32: keep real activations (1W/32A): the binary layers get no input estimator.
         scaling: ``"layer"`` (the paper), ``"channel"`` or ``"none"``.
-        **estimator_hparams: estimator hyper-parameters (``o_end=3.0``), except the
-            keywords the model's factory takes itself (``width`` for ``fmnist_vgg``),
-            which go to the model.
+        **model_options: the keywords of the model's own factory (``width`` for
+            ``fmnist_vgg_1w1a``; :func:`model_keywords`). Another keyword is a one-line
+            ``UsageError`` naming the valid ones, except a hyper-parameter that the estimator's
+            table declares (``estimator_class(name).hyperparameters``): as before the two sets
+            were kept apart, ``create("resnet20_1w1a", o_end=3.0)`` still means
+            ``estimator_options={"o_end": 3.0}``.
 
     Twins (full-precision models) ignore ``estimator``, ``a32`` and ``scaling``,
     but an unknown estimator is still an error.
     """
     _check_name(name)
-    fn = _MODELS[name]
-    model_keys = {
-        p.name for p in inspect.signature(fn).parameters.values()
-        if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in ("num_classes", "conv")
-    }
-    options = {k: estimator_hparams.pop(k) for k in list(estimator_hparams) if k in model_keys}
-    est = get_estimator(estimator, **estimator_hparams)
+    model_options, legacy = _estimator_keywords_given(name, estimator, model_options)
+    options = dict(estimator_options or {})
+    twice = sorted(set(options) & set(legacy))
+    if twice:
+        raise UsageError(f"estimator hyper-parameter {twice[0]!r} is given twice: as a keyword and in "
+                         "estimator_options; give it once, in estimator_options")
+    est = get_estimator(estimator, **options, **legacy)
     if scaling not in SCALINGS:
         raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     if num_classes is None:
@@ -154,7 +159,27 @@ def create(
         conv = ConvBuilder(est.spec(), a32=a32, scaling=scaling)
     else:
         conv = ConvBuilder()
-    return fn(num_classes=num_classes, conv=conv, **options)
+    return _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
+
+
+def _estimator_keywords_given(name: str, estimator: Any, keywords: dict[str, Any]
+                              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model options, estimator hyper-parameters) of ``create``'s keywords: those the model takes,
+    and those it does not but the estimator's table declares (the form before ``estimator_options``).
+    Any other keyword is a ``UsageError`` naming the valid ones."""
+    accepted = model_keywords(name)
+    if isinstance(estimator, Estimator):
+        cls = type(estimator)
+    else:
+        cls = estimator_class(estimator) if isinstance(estimator, str) else None
+    hparams = [p.name for p in cls.hyperparameters] if cls else []
+    unknown = sorted(k for k in keywords if k not in accepted and k not in hparams)
+    if unknown:
+        theirs = f" (those of {cls.name!r}: {', '.join(hparams)})" if hparams else ""
+        raise UsageError(f"model {name!r} takes no option {unknown[0]!r} (its options: {', '.join(accepted) or 'none'}"
+                         f"); estimator hyper-parameters go in estimator_options{theirs}")
+    model = {k: v for k, v in keywords.items() if k in accepted}
+    return model, {k: v for k, v in keywords.items() if k not in accepted}
 
 
 def model_keywords(name: str) -> list[str]:

@@ -1,0 +1,97 @@
+"""Checkpoint format 3 keeps the model's options and the estimator's settings apart, and a run
+directory written before it (format 2, both sets merged under ``model_options``) still loads,
+resumes, evaluates and exports.
+
+``tests/fixtures/format2_run`` is the run directory that reste wrote at commit d0fb2f4 with
+
+    reste train --dataset digits --model digits_1w1a --epochs 2 --o-end 2.5 --scaling channel --seed 1
+
+(config.json, metrics.jsonl, last.pt and best.pt; the lock file left out).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import reste
+from reste import models, rundir
+from reste.checkpoint import VERSION, load_checkpoint, model_arguments, model_from_checkpoint
+from reste.data import load_datasets
+from reste.engine import evaluate_checkpoint, resume
+from reste.errors import UsageError
+from reste.export import PackedModel, export_checkpoint
+
+FIXTURE = Path(__file__).parent / "fixtures" / "format2_run"
+SETTINGS = {"estimator": "reste", "estimator_options": {"o_end": 2.5}, "a32": False, "scaling": "channel"}
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+
+def _estimators_as_saved(model: torch.nn.Module) -> None:
+    ests = reste.estimators_of(model)
+    assert ests and all(isinstance(e, reste.ReSTE) and e.o_end == 2.5 for e in ests)
+    assert all(m.scaling == "channel" for _, m in reste.binary_layers(model))
+
+
+def test_a_format_2_checkpoint_loads_with_the_two_sets_apart():
+    ckpt = load_checkpoint(FIXTURE / "last.pt")
+    assert ckpt["version"] == 2 and ckpt["model_options"]["o_end"] == 2.5  # merged, as format 2 saved them
+    assert model_arguments(ckpt) == ({"num_classes": 10}, SETTINGS)
+    model = model_from_checkpoint(ckpt)
+    _estimators_as_saved(model)
+    o = {e.o for e in reste.estimators_of(model)}
+    assert len(o) == 1 and o.pop() > 1.0  # the schedule state after 2 epochs came back with the weights
+
+
+def test_format_3_stores_the_two_sets_apart(tmp_path):
+    assert VERSION == 3
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    result = resume(run, {"epochs": 3}, force=True, progress=False, log=lambda _m: None)
+    assert result["epochs"] == 3
+    old, new = rundir.read_metrics(FIXTURE), rundir.read_metrics(run)
+    assert [m["epoch"] for m in new] == [1, 2, 3] and new[:2] == old
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["version"] == 3 and ckpt["epoch"] == 3
+    assert ckpt["model_options"] == {"num_classes": 10}
+    assert {k: ckpt[k] for k in SETTINGS} == SETTINGS
+    assert model_arguments(ckpt) == ({"num_classes": 10}, SETTINGS)
+    _estimators_as_saved(model_from_checkpoint(ckpt))
+
+
+def test_a_format_2_checkpoint_evaluates_to_its_logged_accuracy():
+    logged = rundir.read_metrics(FIXTURE)[-1]["test_acc"]
+    result = evaluate_checkpoint(FIXTURE / "best.pt", device="cpu")
+    assert result["epoch"] == 2 and result["stored_top1"] == logged
+    _, test, _ = load_datasets("digits")
+    assert abs(result["top1"] - logged) <= 100.0 / len(test) + 1e-9  # one image at most, on another CPU
+
+
+def test_a_format_2_checkpoint_exports(tmp_path):
+    report = export_checkpoint(FIXTURE / "best.pt", tmp_path / "m.rbnn")
+    assert report["verify"]["ok"], report["verify"]
+    packed = PackedModel.load(tmp_path / "m.rbnn")
+    assert packed.meta["model_options"] == {"num_classes": 10}
+    assert {k: packed.meta[k] for k in SETTINGS} == SETTINGS
+    model = model_from_checkpoint(load_checkpoint(FIXTURE / "best.pt"))
+    _, test, _ = load_datasets("digits")
+    images = test.images[:64]
+    with torch.no_grad():
+        expected = model(images).argmax(1).numpy()
+    assert np.mean(packed(images).argmax(1).numpy() == expected) >= 0.95
+
+
+def test_models_create_takes_the_two_sets_apart():
+    model = models.create("fmnist_vgg_1w1a", width=8, estimator="fda", estimator_options={"w": 0.5})
+    assert model.conv1.out_channels == 8 and all(e.w == 0.5 for e in reste.estimators_of(model))
+    with pytest.raises(UsageError, match=r"no option 'depth' \(its options: width\).*those of 'fda': n, n_end, w"):
+        models.create("fmnist_vgg_1w1a", estimator="fda", depth=3)
+    with pytest.raises(ValueError, match="given twice"):
+        models.create("resnet20_1w1a", estimator="ste", clip=1.0, estimator_options={"clip": 2.0})
+    with pytest.raises(ValueError, match="bad hyper-parameters for estimator 'ste'"):
+        models.create("resnet20_1w1a", estimator="ste", estimator_options={"width": 8})
