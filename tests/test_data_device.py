@@ -298,7 +298,7 @@ def test_data_device_cpu_and_auto_train_identically_on_a_cpu(tmp_path):
         TrainConfig(data_device="gpu").resolve()
 
     # the exported model carries its preprocessing
-    from reste.export.exporter import export_checkpoint, read_header
+    from reste.export import export_checkpoint, read_header
 
     export_checkpoint(runs["cpu"] / "best.pt", tmp_path / "m.rbnn")
     meta = read_header(tmp_path / "m.rbnn")["meta"]

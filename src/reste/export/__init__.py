@@ -18,8 +18,9 @@ inference side) loads neither torch.fx tracing nor the training code.
 from .._lazy import lazy_names
 
 _SOURCES = {
-    "exporter": ("export_model", "export_checkpoint", "format_report", "size_report", "read_header", "unpack_state"),
+    "exporter": ("export_model", "format_report", "size_report", "read_header", "unpack_state"),
     "format": ("pack_bits", "unpack_bits"),
+    "from_checkpoint": ("export_checkpoint",),
     "kernels": ("BACKENDS",),
     "onnx_export": ("deploy_model", "export_onnx", "run_onnx"),
     "reference": ("compare", "graph_reference", "trace_model"),

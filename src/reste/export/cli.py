@@ -56,7 +56,8 @@ def add_commands(subparsers: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .exporter import export_checkpoint, format_report
+    from .exporter import format_report
+    from .from_checkpoint import export_checkpoint
 
     out = Path(args.out)
     onnx_path = None

@@ -1,4 +1,5 @@
-"""``export_model`` / ``export_checkpoint``: write a packed-model file and report its size.
+"""``export_model``: write a packed-model file and report its size (a training checkpoint:
+:func:`reste.export.from_checkpoint.export_checkpoint`).
 
 The size report compares the file with the float model:
 
@@ -222,61 +223,6 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
         "max_abs_diff": float((got - logits).abs().max()),
         "same_predictions": bool(same.all()),
     }
-
-
-def _input_size(ckpt: dict[str, Any]) -> tuple[int, int, int] | None:
-    from .. import models
-
-    try:
-        return tuple(models.model_info(ckpt["model_name"])["input_size"])
-    except (UsageError, KeyError):
-        return None
-
-
-def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str, Any]:
-    """What an input needs before the model: its size and the data set's normalisation,
-    ``(pixel / scale - mean) / std`` per channel (empty for an unknown data set)."""
-    from ..datasets import get_spec
-
-    try:
-        spec = get_spec(dataset) if isinstance(dataset, str) else None
-    except UsageError:
-        spec = None
-    if spec is None:
-        return {}
-    return ir.Preprocessing(tuple(size or spec.input_size), spec.mean, spec.std, spec.scale).to_meta()
-
-
-def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                      onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
-    (and, with ``onnx_path``, an ONNX file); returns the size report."""
-    from ..checkpoint import load_checkpoint, model_arguments, model_from_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt)
-    config = ckpt.get("config") or {}
-    dataset = ckpt.get("dataset") or (config.get("dataset") if isinstance(config, dict) else None)
-    options, settings = model_arguments(ckpt)
-    meta = {
-        "model_name": ckpt.get("model_name"),
-        "model_options": options,  # the model's own keywords and num_classes, in any checkpoint format
-        **settings,
-        "dataset": dataset,
-        "epoch": ckpt.get("epoch"),
-        "best_acc": ckpt.get("best_acc"),
-        "source": os.path.basename(str(ckpt_path)),
-    }
-    size = _input_size(ckpt)
-    meta.update(_preprocessing(dataset, size))
-    report = export_model(model, out_path, input_size=size, meta=meta)
-    if onnx_path is not None:
-        from .onnx_export import export_onnx
-
-        if size is None:
-            raise UsageError(f"cannot export {ckpt.get('model_name')!r} to ONNX: its input size is unknown")
-        report["onnx"] = export_onnx(model, onnx_path, size)
-    return report
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:

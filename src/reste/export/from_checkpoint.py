@@ -1,0 +1,63 @@
+"""A training checkpoint to deployment files: ``export_checkpoint`` rebuilds the model of a
+checkpoint (any format, :mod:`reste.checkpoint`) and writes the packed-model file, with the data
+set's preprocessing in its header, and optionally the ONNX file."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .. import models
+from ..checkpoint import load_checkpoint, model_arguments, model_from_checkpoint
+from ..datasets import get_spec
+from ..errors import UsageError
+from . import ir
+from .exporter import export_model
+from .onnx_export import export_onnx
+
+
+def _input_size(ckpt: dict[str, Any]) -> tuple[int, int, int] | None:
+    try:
+        return tuple(models.model_info(ckpt["model_name"])["input_size"])
+    except (UsageError, KeyError):
+        return None
+
+
+def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str, Any]:
+    """What an input needs before the model: its size and the data set's normalisation,
+    ``(pixel / scale - mean) / std`` per channel (empty for an unknown data set)."""
+    try:
+        spec = get_spec(dataset) if isinstance(dataset, str) else None
+    except UsageError:
+        spec = None
+    if spec is None:
+        return {}
+    return ir.Preprocessing(tuple(size or spec.input_size), spec.mean, spec.std, spec.scale).to_meta()
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                      onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
+    (and, with ``onnx_path``, an ONNX file); returns the size report."""
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    config = ckpt.get("config") or {}
+    dataset = ckpt.get("dataset") or (config.get("dataset") if isinstance(config, dict) else None)
+    options, settings = model_arguments(ckpt)
+    meta = {
+        "model_name": ckpt.get("model_name"),
+        "model_options": options,  # the model's own keywords and num_classes, in any checkpoint format
+        **settings,
+        "dataset": dataset,
+        "epoch": ckpt.get("epoch"),
+        "best_acc": ckpt.get("best_acc"),
+        "source": os.path.basename(str(ckpt_path)),
+    }
+    size = _input_size(ckpt)
+    meta.update(_preprocessing(dataset, size))
+    report = export_model(model, out_path, input_size=size, meta=meta)
+    if onnx_path is not None:
+        if size is None:
+            raise UsageError(f"cannot export {ckpt.get('model_name')!r} to ONNX: its input size is unknown")
+        report["onnx"] = export_onnx(model, onnx_path, size)
+    return report
