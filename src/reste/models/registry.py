@@ -134,15 +134,15 @@ def create(
         **model_options: the keywords of the model's own factory (``width`` for
             ``fmnist_vgg_1w1a``; :func:`model_keywords`). Another keyword is a one-line
             ``UsageError`` naming the valid ones, except a hyper-parameter that the estimator's
-            table declares (``estimator_class(name).hyperparameters``): as before the two sets
-            were kept apart, ``create("resnet20_1w1a", o_end=3.0)`` still means
+            table declares (``estimator_class(name).hyperparameters``), the form used before
+            ``estimator_options``: ``create("resnet20_1w1a", o_end=3.0)`` still means
             ``estimator_options={"o_end": 3.0}``.
 
     Twins (full-precision models) ignore ``estimator``, ``a32`` and ``scaling``,
     but an unknown estimator is still an error.
     """
     _check_name(name)
-    model_options, legacy = _estimator_keywords_given(name, estimator, model_options)
+    model_options, legacy = _split_keywords(name, estimator, model_options)
     options = dict(estimator_options or {})
     twice = sorted(set(options) & set(legacy))
     if twice:
@@ -162,8 +162,7 @@ def create(
     return _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
 
 
-def _estimator_keywords_given(name: str, estimator: Any, keywords: dict[str, Any]
-                              ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_keywords(name: str, estimator: Any, keywords: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model options, estimator hyper-parameters) of ``create``'s keywords: those the model takes,
     and those it does not but the estimator's table declares (the form before ``estimator_options``).
     Any other keyword is a ``UsageError`` naming the valid ones."""

@@ -1,0 +1,61 @@
+"""reste.rundir's files: config.json and metrics.jsonl, with one rule for a torn last line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reste import rundir
+from reste.config import TrainConfig
+from reste.errors import UsageError
+
+
+def _lines(*records: dict, torn: str = "") -> str:
+    return "".join(json.dumps(r) + "\n" for r in records) + torn
+
+
+def test_config_round_trips(tmp_path):
+    config = TrainConfig(dataset="digits", epochs=3, estimator_options={"o_end": 2.0}).resolve()
+    rundir.write_config(tmp_path, config)
+    assert rundir.saved_config(tmp_path) == config
+    (tmp_path / rundir.CONFIG).write_text("{")
+    with pytest.raises(UsageError, match="corrupted"):
+        rundir.saved_config(tmp_path)
+    with pytest.raises(UsageError, match="no config.json"):
+        rundir.saved_config(tmp_path / "nothing")
+
+
+def test_every_reader_and_the_truncation_leave_out_a_torn_last_line(tmp_path):
+    rundir.start_metrics(tmp_path)
+    assert rundir.read_metrics(tmp_path) == [] and rundir.finished_epochs(tmp_path) == 0
+    for epoch in (1, 2, 3):
+        rundir.append_metrics(tmp_path, {"epoch": epoch, "test_acc": 10.0 * epoch})
+    with open(tmp_path / rundir.METRICS, "a") as f:
+        f.write('{"epoch": 4, "test_a')  # a crash in the middle of the write
+    assert [m["epoch"] for m in rundir.read_metrics(tmp_path)] == [1, 2, 3]
+    assert rundir.finished_epochs(tmp_path) == 3
+    rundir.truncate_metrics(tmp_path, 2)  # resume from a checkpoint of epoch 2
+    assert (tmp_path / rundir.METRICS).read_text() == _lines({"epoch": 1, "test_acc": 10.0},
+                                                             {"epoch": 2, "test_acc": 20.0})
+
+
+@pytest.mark.parametrize("text,line", [
+    (_lines({"epoch": 1}, torn="not json\n") + _lines({"epoch": 2}), "line 2 is not JSON"),
+    (_lines({"epoch": 1}, [1, 2]), "line 2 is not a metrics record"),
+    (_lines({"lr": 0.1}), "line 1 is not a metrics record"),
+])
+def test_damage_before_the_last_line_is_a_one_line_error(tmp_path, text, line):
+    (tmp_path / rundir.METRICS).write_text(text)
+    for call in (lambda: rundir.read_metrics(tmp_path), lambda: rundir.truncate_metrics(tmp_path, 5)):
+        with pytest.raises(UsageError, match=line):
+            call()
+    assert rundir.finished_epochs(tmp_path) == 0  # a sweep counts a damaged run as unfinished
+
+
+def test_a_missing_metrics_file(tmp_path):
+    with pytest.raises(UsageError, match="no metrics.jsonl"):
+        rundir.read_metrics(tmp_path)
+    assert rundir.read_metrics(tmp_path, missing_ok=True) == [] and rundir.finished_epochs(tmp_path) == 0
+    assert rundir.last_checkpoint(tmp_path) == tmp_path / "last.pt"
+    assert rundir.best_checkpoint(tmp_path) == tmp_path / "best.pt"
