@@ -20,6 +20,7 @@ from reste import engine, rundir
 from reste.checkpoint import load_checkpoint, save_checkpoint
 from reste.cli import main
 from reste.config import TrainConfig
+from reste.datasets import SPECS
 from reste.rundir import RunDirectory
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -423,5 +424,12 @@ def test_augment_switch_reaches_the_train_loader(tmp_path):
         assert (run.train_loader.augment is not None) is augment
     old = TrainConfig(**base).resolve().to_dict()
     del old["augment"]
-    assert TrainConfig.from_dict(old).augment is True
+    assert TrainConfig.from_saved(old).augment is True
     assert TrainConfig(dataset="digits").resolve().augment is False
+    # the command line leaves it to the data set's recipe (a flag not given is not a saved config)
+    from reste.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--dataset", "fashion-mnist"])
+    assert config_from_args(args).resolve().augment is SPECS["fashion-mnist"].defaults["augment"]
+    args = build_parser().parse_args(["train", "--dataset", "fashion-mnist", "--augment"])
+    assert config_from_args(args).resolve().augment is True

@@ -80,10 +80,15 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise UsageError(f"unknown config keys {unknown}; valid: {', '.join(sorted(names))}")
-        data = dict(data)
-        if "dataset" in data and "augment" not in data:
-            data["augment"] = True  # a config saved before the field existed: runs always augmented
         return cls(**data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "TrainConfig":
+        """A config as a run saved it (``config.json``, a checkpoint), by any version of reste: a
+        setting that did not exist yet gets the value those runs always had."""
+        data = dict(data)
+        data.setdefault("augment", True)  # before --augment, every run augmented its train images
+        return cls.from_dict(data)
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled in, validated. Raises ``UsageError``."""

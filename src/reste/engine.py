@@ -167,7 +167,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     result reproduces the test accuracy logged during training; ``"none"`` evaluates in float32.
     """
     ckpt = load_checkpoint(path)
-    config = TrainConfig.from_dict(ckpt["config"])
+    config = TrainConfig.from_saved(ckpt["config"])
     amp = config.amp if amp is None else amp
     if amp not in AMP_MODES:
         raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")

@@ -277,7 +277,7 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     if not cfg_path.is_file():
         raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); start it with --out {run_dir}")
     try:
-        return TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        return TrainConfig.from_saved(json.loads(cfg_path.read_text()))
     except (json.JSONDecodeError, TypeError, AttributeError) as err:
         raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); start a new run") from None
 
