@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from . import models
-from .errors import UsageError
+from .errors import UsageError, read_user_file
 
 FORMAT = "reste-checkpoint"
 VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comment; 1: none (zip CRCs)
@@ -153,12 +153,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist; pass a .pt file or a run directory holding last.pt")
-    try:
-        blob = path.read_bytes()
-    except OSError as err:
-        raise UsageError(f"cannot read checkpoint {path} ({err.strerror})") from None
+    blob = read_user_file(path, f"checkpoint {path} does not exist; pass a .pt file or a run directory holding last.pt")
     verified = _verify(blob)
     if isinstance(verified, str):
         raise UsageError(f"checkpoint {path} is corrupted ({verified}); use another checkpoint")

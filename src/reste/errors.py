@@ -10,3 +10,17 @@ library callers can catch it either way.
 
 class UsageError(ValueError):
     """Bad input the user can fix; the message is one self-contained line."""
+
+
+def read_user_file(path, missing: str) -> bytes:
+    """The bytes of a file the user named; a :class:`UsageError` when it is not there
+    (``missing``: the whole message) or cannot be read (the OS's reason)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(missing)
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read {path} ({err.strerror})") from None

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, read_user_file
 
 MAGIC = b"RESTEBNN"
 VERSION = 2
@@ -140,12 +140,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
     Raises ``UsageError`` (one line) when the file is missing or is not a packed model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"exported model {path} does not exist; create one with `reste export CHECKPOINT OUT`")
-    try:
-        blob = path.read_bytes()
-    except OSError as err:
-        raise UsageError(f"cannot read {path} ({err.strerror})") from None
+    blob = read_user_file(path, f"exported model {path} does not exist; create one with `reste export CHECKPOINT OUT`")
     if len(blob) < _PREFIX.size or blob[:8] != MAGIC:
         raise UsageError(f"{path} is not a reste packed model (no {MAGIC.decode()} header); "
                          "create one with `reste export CHECKPOINT OUT`")
