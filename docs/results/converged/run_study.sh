@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The converged Fashion-MNIST study of issue 14 (docs/results/converged/README.md):
+#   1. the eight estimators, seeds 0-2, and ReSTE with o_end in {1, 1.5, 2, 3, 5, 10}, seeds 0-2;
+#   2. seeds 3 and 4 for ReSTE at o_end 2, 3 and 5 and for the three other estimators with the
+#      highest mean final accuracy in step 1.
+# All sweeps share --runs-dir: a setting that two sweeps hold (ReSTE at o_end 3 is in all four)
+# trains once per seed. Re-running skips finished runs and resumes interrupted ones, so the
+# study can be stopped at any time (kill the script; each run saves every epoch) and continued.
+#   docs/results/converged/run_study.sh                 # 2 runs at a time, one thread each
+#   EPOCHS=16 WIDTH=16 docs/results/converged/run_study.sh
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+OUT=${OUT:-docs/results/converged}
+RUNS=${RUNS:-runs/study-converged}   # checkpoints and logs (git-ignored)
+JOBS=${JOBS:-2}
+EPOCHS=${EPOCHS:-16}
+WIDTH=${WIDTH:-16}
+# every setting of the recipe is given, so that a later change of the data set's defaults changes nothing here
+COMMON=(--dataset fashion-mnist --model fmnist_vgg_1w1a --model-option "width=$WIDTH" --no-augment
+        --epochs "$EPOCHS" --batch-size 256 --eval-batch-size 1000 --optimizer sgd --lr 0.1 --momentum 0.9
+        --weight-decay 1e-4 --warm-up 0 --scaling layer --indicators general
+        --jobs "$JOBS" --threads 1 --runs-dir "$RUNS")
+
+reste sweep --grid estimator=ste,reste,approx_sign,sign_swish,ede,rbnn,dsq,fda --seeds 0,1,2 \
+    --out "$OUT/estimators" "${COMMON[@]}"
+# o_end = 1 keeps the cosine schedule: o stays 1 all run long (ReSTE warns that it never moves)
+reste sweep --estimator reste --grid o_end=1,1.5,2,3,5,10 --seeds 0,1,2 --out "$OUT/o_end" "${COMMON[@]}"
+reste sweep --estimator reste --grid o_end=2,3,5 --seeds 0,1,2,3,4 --out "$OUT/o_end_5seeds" "${COMMON[@]}"
+STRONGEST=$(python - "$OUT/estimators/results.csv" <<'PY'
+import csv
+import sys
+
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["estimator"] != "reste"]
+rows.sort(key=lambda r: float(r["final_acc_mean"]), reverse=True)
+print(",".join(r["estimator"] for r in rows[:3]))
+PY
+)
+echo "the three strongest other estimators after step 1: $STRONGEST"
+reste sweep --grid "estimator=reste,$STRONGEST" --seeds 0,1,2,3,4 --out "$OUT/estimators_5seeds" "${COMMON[@]}"
+for d in estimators o_end o_end_5seeds estimators_5seeds; do
+  python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
+done
