@@ -18,6 +18,7 @@ variant is printed (``--isa`` or ``$RESTE_PACKED_ISA`` forces one).
     python benchmarks/inference.py                       # resnet20_1w1a, resnet18_1w1a; batch 1, 64
     python benchmarks/inference.py --threads 2 --models resnet20_1w1a --batches 1 8 64
     python benchmarks/inference.py --isa avx2 --no-memory
+    python benchmarks/inference.py --scaling 2 --batches 64   # packed engine, 1 vs 2 threads
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     x = torch.randn(64, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(x)
-    got = torch.from_numpy(packed(x))
+    got = packed(x)
     same = bool((ref.argmax(1) == got.argmax(1)).all())
     print(f"check           64 random images: predictions {'identical' if same else 'DIFFERENT'}, "
           f"max |logit diff| {float((ref - got).abs().max()):.2e}")
@@ -188,6 +189,35 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
             row["packed_peak_mb"] = _memory("packed", name, batch, packed_path, args)
         rows.append(row)
     return rows
+
+
+def bench_threads(names: list[str], args: argparse.Namespace, tmp: Path) -> None:
+    """The packed engine with 1 thread and with ``--scaling`` threads, side by side (interleaved), at
+    the largest batch: the throughput ratio (issue 17's target: at least 1.7x with 2 threads)."""
+    import torch
+
+    from reste.export import PackedModel, export_model
+
+    batch, n = max(args.batches), args.scaling
+    print(f"\n== thread scaling of the packed engine: 1 vs {n} threads, batch {batch} (threads started in C)")
+    for name in names:
+        model, size = _build(name)
+        path = tmp / f"{name}-threads.rbnn"
+        export_model(model, path, input_size=size, meta={"model_name": name}, verify=False)
+        engines = {k: PackedModel.load(path, backend=args.backend, threads=k, isa=args.isa) for k in (1, n)}
+        x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(3))
+        if not torch.equal(engines[1](x), engines[n](x)):
+            raise SystemExit(f"{name}: {n} threads give other logits than 1 thread")
+        def run(k: int) -> None:  # the engine's float parts (torch ops) get the same threads
+            torch.set_num_threads(k)
+            engines[k](x)
+
+        times = _time({k: (lambda k=k: run(k)) for k in engines}, args.budget)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = med[1] / med[n]
+        verdict = f"  (target >= 1.7x with 2 threads: {'MET' if ratio >= 1.7 else 'NOT MET'})" if n == 2 else ""
+        print(f"{name:15s} 1 thread {batch / med[1]:8.1f} images/s, {n} threads {batch / med[n]:8.1f} images/s: "
+              f"{ratio:.2f}x{verdict}")
 
 
 LAYERS = ((64, 32), (256, 8))  # (channels, height = width): 3x3, stride 1, padding 1
@@ -277,6 +307,8 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per model and batch size")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer microbenchmark")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--scaling", type=int, metavar="N",
+                   help="only the thread scaling: the packed engine with 1 and with N threads, largest batch")
     p.add_argument("--child", choices=("float", "packed"), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -290,6 +322,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     start = time.time()
+    if args.scaling:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_threads(args.models, args, Path(tmp))
+        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {time.time() - start:.0f} s")
+        return
     if not args.no_layers:
         bench_layers(args)
     rows = []
