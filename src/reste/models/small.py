@@ -71,6 +71,10 @@ def fmnist_vgg28_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 32) -
     28x28 (w -> w), max-pool; units 3-5 at 14x14 (w -> w), max-pool (-> 7x7); flatten
     49w -> Linear (float). Initialized as vgg_small. ``width=32``: 62,442 parameters
     (46,080 binary), 20.1 M MACs per image (19.9 M of them binary).
+
+    The Fashion-MNIST default (``reste train --dataset fashion-mnist``: 8 epochs, Adam 1e-3, no
+    augmentation) reaches 90.68 +- 0.24 % top-1 over 3 seeds in about 14 minutes on a 2-core CPU;
+    the runs and the command: docs/results/fmnist_default.md.
     """
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise UsageError(f"width must be a positive integer, got {width!r}")
