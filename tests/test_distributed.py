@@ -75,16 +75,23 @@ def test_torchrun_killed_then_resumed_matches_an_uninterrupted_run(full_run, tmp
                              env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt")
-    assert a["epoch"] == b["epoch"] == 6
-    for key, value in a["model"].items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, b["model"][key]), key
+    a, b = _assert_same_end(full, cut, epochs=6)
     sa = [s.get("momentum_buffer") for s in a["optimizer"]["state"].values()]
     sb = [s.get("momentum_buffer") for s in b["optimizer"]["state"].values()]
     assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(sa, sb))
+
+
+def _assert_same_end(full, cut, epochs: int):
+    """The resumed run ``cut`` ended as the uninterrupted ``full``: epochs, weights, metrics (not
+    times). Returns both last checkpoints."""
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt")
+    assert a["epoch"] == b["epoch"] == epochs
+    for key, value in a["model"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b["model"][key]), key
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
     assert strip(rundir.read_metrics(full)) == strip(rundir.read_metrics(cut))
+    return a, b
 
 
 def test_no_sync_bn_keeps_batch_norm_per_process(full_run, tmp_path):
@@ -138,10 +145,4 @@ def test_sigterm_to_a_two_process_run_then_resume_is_exact(tmp_path):
     resumed = subprocess.run(_torchrun("--resume", str(cut), "--no-progress"), capture_output=True, text=True,
                              env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt")
-    assert a["epoch"] == b["epoch"] == 3
-    for key, value in a["model"].items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, b["model"][key]), key
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
-    assert strip(rundir.read_metrics(full)) == strip(rundir.read_metrics(cut))
+    _assert_same_end(full, cut, epochs=3)

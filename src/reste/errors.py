@@ -7,6 +7,8 @@ exits with status 2, without a traceback. It subclasses ``ValueError`` so
 library callers can catch it either way.
 """
 
+from pathlib import Path
+
 
 class UsageError(ValueError):
     """Bad input the user can fix; the message is one self-contained line."""
@@ -15,8 +17,6 @@ class UsageError(ValueError):
 def read_user_file(path, missing: str) -> bytes:
     """The bytes of a file the user named; a :class:`UsageError` when it is not there
     (``missing``: the whole message) or cannot be read (the OS's reason)."""
-    from pathlib import Path
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(missing)
