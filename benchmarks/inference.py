@@ -99,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         from reste.export import PackedModel
 
-        PackedModel.load(args.weights, backend=args.backend, threads=args.threads, isa=args.isa)(x)
+        PackedModel.load(args.weights, backend=args.backend, threads=args.threads, isa=args.isa, pool=args.pool)(x)
     print(json.dumps({"base_mb": base, "peak_mb": peak()}))
 
 
@@ -146,7 +146,7 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     report = export_model(model, packed_path, input_size=size, meta={"model_name": name}, verify=False)
     float_path = tmp / f"{name}.pt"
     torch.save(model.state_dict(), float_path)
-    packed = PackedModel.load(packed_path, backend=args.backend, threads=args.threads, isa=args.isa)
+    packed = PackedModel.load(packed_path, backend=args.backend, threads=args.threads, isa=args.isa, pool=args.pool)
     deploy = deploy_model(model)  # float layers with sign(W) * alpha precomputed (what ONNX gets)
     float_weights = sum(t.numel() * t.element_size() for t in model.state_dict().values()
                         if isinstance(t, torch.Tensor))
@@ -197,14 +197,19 @@ def bench_threads(names: list[str], args: argparse.Namespace, tmp: Path) -> None
     import torch
 
     from reste.export import PackedModel, export_model
+    from reste.export.kernels import choose_pool
 
     batch, n = max(args.batches), args.scaling
-    print(f"\n== thread scaling of the packed engine: 1 vs {n} threads, batch {batch} (threads started in C)")
+    pool = choose_pool(args.pool)
+    where = {"openmp": "the worker threads of torch's OpenMP runtime", "posix": "POSIX threads started per call"}
+    print(f"\n== thread scaling of the packed engine: 1 vs {n} threads, batch {batch} "
+          f"(pool {pool}: pieces run on {where[pool]})")
     for name in names:
         model, size = _build(name)
         path = tmp / f"{name}-threads.rbnn"
         export_model(model, path, input_size=size, meta={"model_name": name}, verify=False)
-        engines = {k: PackedModel.load(path, backend=args.backend, threads=k, isa=args.isa) for k in (1, n)}
+        engines = {k: PackedModel.load(path, backend=args.backend, threads=k, isa=args.isa, pool=args.pool)
+                   for k in (1, n)}
         x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(3))
         if not torch.equal(engines[1](x), engines[n](x)):
             raise SystemExit(f"{name}: {n} threads give other logits than 1 thread")
@@ -232,7 +237,7 @@ def bench_layers(args: argparse.Namespace) -> None:
     from reste.export.kernels import get_kernels
     from reste.export.runtime import _BinaryConv
 
-    kernels = get_kernels(args.backend, args.threads, args.isa)
+    kernels = get_kernels(args.backend, args.threads, args.isa, args.pool)
     variant = f"{kernels.name}/{kernels.isa}" if getattr(kernels, "isa", None) else kernels.name
     print(f"\n== one binary 3x3 conv, batch 64, packed kernels: {variant}, {args.threads} thread(s)")
     print(f"{'layer':22s} | {'float conv2d ms':>15s} {'packed ms':>10s} {'x':>6s} | {'kernel ms':>10s} {'x':>6s}"
@@ -304,6 +309,8 @@ def main() -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "c", "numpy"))
     p.add_argument("--isa", choices=("avx512", "avx2", "neon", "scalar"),
                    help="force a variant of the C kernels (default: the fastest this CPU runs)")
+    p.add_argument("--pool", choices=("openmp", "posix"),
+                   help="where the C kernels run their threads (default: torch's OpenMP workers where found)")
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per model and batch size")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer microbenchmark")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")

@@ -10,6 +10,13 @@ are checked against the float64 reference (no mismatch).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -86,9 +93,14 @@ def test_every_variant_computes_the_exact_integer_dot_products(case):
     assert len(got) == 2 * len(ISAS) >= 2
 
 
-def test_rows_split_over_two_threads_give_the_same_results():
+POOLS = ["posix"] + (["openmp"] if K.c_kernel_error() is None and K.choose_pool() == "openmp" else [])
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_rows_split_over_two_threads_give_the_same_results(pool):
     """Large enough that the rows are split over threads (``split_parts``: at least 200,000 units of
-    work per piece); 3 threads make pieces that are not whole blocks of rows at the end."""
+    work per piece); 3 threads make pieces that are not whole blocks of rows at the end. Both thread
+    pools (POSIX threads, torch's OpenMP workers) give the same results."""
     rng = np.random.default_rng(6)
     case = dict(stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1))
     first_signs, second_signs = _signs(rng, (40, 64, 3, 3)), _signs(rng, (8, 40, 3, 3))
@@ -99,7 +111,8 @@ def test_rows_split_over_two_threads_give_the_same_results():
     for isa in ISAS:
         out = {}
         for threads in (1, 2, 3):
-            kern = K.get_kernels("c", threads, isa)
+            kern = K.get_kernels("c", threads, isa, pool)
+            assert kern.pool == pool
             first = _layer(first_signs, case, kern, post)
             second = _layer(second_signs, case, kern)
             assert first.fuse_next(second)
@@ -107,6 +120,62 @@ def test_rows_split_over_two_threads_give_the_same_results():
             out[threads] = (first(x), first.to_bits(x).data)
         for threads in (2, 3):
             assert torch.equal(out[1][0], out[threads][0]) and np.array_equal(out[1][1], out[threads][1]), isa
+
+
+def test_the_thread_pool_is_chosen_and_checked(monkeypatch):
+    """PyTorch's OpenMP workers where its parallel backend is OpenMP (the CPU wheels on Linux);
+    ``$RESTE_PACKED_POOL`` forces a pool, a bad value is a one-line error."""
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info() and Path("/proc/self/maps").exists():
+        assert K.choose_pool() == "openmp"
+    assert K.choose_pool("posix") == "posix"
+    monkeypatch.setenv(K.POOL_ENV, "posix")
+    assert K.get_kernels("c", 2).pool == "posix"
+    monkeypatch.setenv(K.POOL_ENV, "fibers")
+    with pytest.raises(UsageError, match="unknown thread pool 'fibers'.*valid: auto, openmp, posix"):
+        K.get_kernels("c", 2)
+
+
+def test_an_openmp_team_smaller_than_the_pieces_runs_them_all():
+    """With ``OMP_THREAD_LIMIT=2`` the runtime gives a team of 2 for 5 pieces: each member runs
+    every second piece, and the model's logits equal those of one thread."""
+    if "openmp" not in POOLS:
+        pytest.skip("no OpenMP runtime of PyTorch here")
+    code = textwrap.dedent("""
+        import torch
+        from reste.export import PackedModel, export_model
+        from reste.models import create
+        torch.manual_seed(0)
+        model = create("resnet20_1w1a", 10).eval()
+        export_model(model, "m.rbnn", input_size=(3, 32, 32), verify=False)
+        x = torch.randn(8, 3, 32, 32)
+        one, five = (PackedModel.load("m.rbnn", threads=k, backend="c") for k in (1, 5))
+        assert five.kernels.pool == "openmp" and five.kernels.threads == 5
+        assert torch.equal(one(x), five(x))
+        print("same")
+    """)
+    env = dict(os.environ, OMP_THREAD_LIMIT="2")
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
+
+
+def test_the_affine_op_in_c_equals_the_torch_ops():
+    """The engine's per-channel affine (kept batch norms) runs in the C kernels on channels-last data:
+    bit for bit ``x * scale + shift`` as torch computes it, for 4-d and 2-d inputs."""
+    engine = R.PackedModel.__new__(R.PackedModel)
+    engine.kernels = K.get_kernels("c", 2)
+    gen = torch.Generator().manual_seed(4)
+    scale, shift = torch.randn(24, generator=gen), torch.randn(24, generator=gen)
+    run = engine._affine(scale, shift)
+    x4 = torch.randn(7, 24, 9, 11, generator=gen).contiguous(memory_format=torch.channels_last)
+    x4[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -0.0])
+    x2 = torch.randn(300, 24, generator=gen)
+    for x in (x4, x2, x4.contiguous()):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        want = x * scale.view(shape) + shift.view(shape)
+        got = run(x)
+        assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
 
 
 def test_im2col_and_implicit_paths_agree(monkeypatch):

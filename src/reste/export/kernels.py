@@ -43,8 +43,9 @@ interleaved by ``CKernels.block_weights``) for 8 (AVX-512), 4 (AVX2), 2 (NEON) o
 variant gives the same integers, and the float epilogue is compiled with
 ``-ffp-contract=off``, so it rounds the same way in all of them. ``"auto"`` takes
 ``"c"`` when it builds and ``"numpy"`` otherwise. The C functions are called through
-``ctypes``; a large job is split over ``threads`` (default ``torch.get_num_threads()``)
-POSIX threads started in C, by batch images or output rows (whole row blocks).
+``ctypes``; a large job is split over ``threads`` (default ``torch.get_num_threads()``) by
+batch images or output rows (whole row blocks), run in parallel in C on the worker threads
+of PyTorch's own OpenMP runtime where it is found, else on POSIX threads (``choose_pool``).
 """
 
 from __future__ import annotations
@@ -215,10 +216,12 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
     "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
                      _P, _I, _I, _I, _I, _I, _I], None),
-    "reste_channel_affine": ([_P, _I, _P, _P, _I32, _I, _I], None),
+    "reste_channel_affine": ([_P, _P, _I, _P, _P, _I32, _I, _I], None),
 }
-# the same kernels over their whole range, split over POSIX threads in C: (..., total, parts)
-_SIGNATURES.update({f"{name}_mt": (args, None) for name, (args, _) in _SIGNATURES.items() if name != "reste_isa"})
+# the same kernels over their whole range, split into pieces run in parallel in C: (..., total, parts, pool)
+_SIGNATURES.update({f"{name}_mt": (args + [_I32], None) for name, (args, _) in _SIGNATURES.items()
+                    if name != "reste_isa"})
+_SIGNATURES["reste_use_openmp"] = ([_P, _P, _P], None)
 _CPU = NativeLibrary("cpu", _CPU_SOURCE, {"reste_cpu_features": ([], ctypes.c_int)}, flag_sets=(("-O2",),))
 
 
@@ -275,6 +278,72 @@ def choose_isa(isa: str | None = None) -> str:
     return want
 
 
+POOLS = ("auto", "openmp", "posix")
+POOL_ENV = "RESTE_PACKED_POOL"
+_POOL_ID = {"posix": 0, "openmp": 1}
+_OPENMP_NAMES = ("libgomp", "libomp", "libiomp5")
+
+
+def _openmp_runtime() -> ctypes.CDLL | None:
+    """The OpenMP runtime PyTorch's float operations run on, when it is loaded in this process and
+    exports the GNU entry points (libgomp, and LLVM's and Intel's, which implement them); else ``None``."""
+    import torch
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    paths = []
+    try:
+        with open("/proc/self/maps") as maps:  # Linux: the libraries this process has loaded
+            paths = [line.split()[-1] for line in maps if line.rstrip().endswith((".so", ".so.1", ".so.5"))]
+    except OSError:
+        pass
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    paths += [os.path.join(torch_lib, f) for f in sorted(os.listdir(torch_lib))] if os.path.isdir(torch_lib) else []
+    for path in paths:
+        if not os.path.basename(path).startswith(_OPENMP_NAMES):
+            continue
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: the same copy, its worker threads
+            if all(hasattr(lib, f) for f in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
+                return lib
+        except OSError:
+            continue
+    return None
+
+
+_OPENMP: list[ctypes.CDLL | None] = []  # looked up once
+
+
+def choose_pool(pool: str | None = None) -> str:
+    """Where the C kernels run their pieces in parallel: ``"openmp"``, the worker threads of the OpenMP
+    runtime PyTorch already runs on (so that its workers, which spin for a while after each torch
+    operation, take the kernels' pieces instead of competing with them for the cores), or ``"posix"``,
+    threads started per call. ``pool`` or ``$RESTE_PACKED_POOL``; ``"auto"`` (default) takes
+    ``"openmp"`` where PyTorch's runtime is found."""
+    want = (pool or os.environ.get(POOL_ENV) or "auto").lower()
+    if want not in POOLS:
+        raise UsageError(f"unknown thread pool {want!r} ({POOL_ENV}); valid: {', '.join(POOLS)}")
+    if want == "posix":
+        return want
+    if not _OPENMP:
+        _OPENMP.append(_openmp_runtime())
+    if _OPENMP[0] is None:
+        if want == "openmp":
+            raise UsageError(f"no OpenMP runtime of PyTorch is loaded here ({POOL_ENV}=openmp); "
+                             f"use {POOL_ENV}=posix")
+        return "posix"
+    return "openmp"
+
+
+def _attach_pool(lib: ctypes.CDLL, pool: str) -> int:
+    """Hand the OpenMP entry points to ``lib`` (once; harmless to repeat) and give the pool's id."""
+    if pool == "openmp":
+        omp = _OPENMP[0]
+        addr = lambda f: ctypes.cast(getattr(omp, f), ctypes.c_void_p).value  # noqa: E731
+        lib.reste_use_openmp(addr("GOMP_parallel"), addr("omp_get_thread_num"), addr("omp_get_num_threads"))
+    return _POOL_ID[pool]
+
+
 def pad_lanes(a: np.ndarray | None, fill: float = 0) -> np.ndarray | None:
     """``a`` with its last axis padded with ``fill`` to a multiple of 16 (the kernels' lanes), contiguous."""
     if a is None:
@@ -305,14 +374,16 @@ class CKernels:
 
     name = "c"
 
-    def __init__(self, lib: ctypes.CDLL, threads: int, isa: str = "scalar") -> None:
+    def __init__(self, lib: ctypes.CDLL, threads: int, isa: str = "scalar", pool: str = "posix") -> None:
         self.lib = lib
         self.threads = max(1, threads)
         self.isa = isa
+        self.pool = pool
+        self._pool = _attach_pool(lib, pool)
         self.rows_per_block = {"avx512": 8, "avx2": 4, "neon": 2}.get(isa, 1)
 
     def _parts(self, total: int, work: int, align: int = 1) -> int:
-        """Into how many pieces (threads, started in C) a kernel splits [0, total)."""
+        """Into how many pieces (run in parallel in C) a kernel splits [0, total)."""
         return split_parts(total, self.threads, work=work, align=align)
 
     def pack_signs(self, x: np.ndarray, pad: tuple[int, int, int, int], pixel_bytes: int | None = None) -> np.ndarray:
@@ -326,7 +397,7 @@ class CKernels:
         spare = pt or pb or pl or pr or cb * 8 > -(-c // 8) * 8
         out = (np.zeros if spare else np.empty)((n, hp, wp, cb), dtype=np.uint8)
         xa, oa = x.ctypes.data, out.ctypes.data
-        self.lib.reste_pack_signs_mt(xa, h, w, c, oa, hp, wp, cb, pt, pl, n, self._parts(n, x.size))
+        self.lib.reste_pack_signs_mt(xa, h, w, c, oa, hp, wp, cb, pt, pl, n, self._parts(n, x.size), self._pool)
         return out
 
     def im2col(self, xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dil: tuple[int, int],
@@ -337,17 +408,22 @@ class CKernels:
         cols = np.empty((n * oh * ow, row_bytes), dtype=np.uint8)
         xa, ca = xp.ctypes.data, cols.ctypes.data
         self.lib.reste_im2col_mt(xa, hp, wp, cb, kh, kw, sh, sw, dh, dw, oh, ow, ca, row_bytes, n,
-                                 self._parts(n, cols.size))
+                                 self._parts(n, cols.size), self._pool)
         return cols
 
-    def channel_affine(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, relu: bool) -> None:
-        """In place on a C-contiguous (..., C) float32 array: ``[relu](x) * scale + shift`` per channel."""
+    def channel_affine(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, relu: bool,
+                       out: np.ndarray | None = None) -> np.ndarray:
+        """``[relu](x) * scale + shift`` per channel of a C-contiguous (..., C) float32 array, into ``out``
+        (default: in place) and returned; the same float32 operations as the torch ops."""
         assert x.dtype == np.float32 and x.flags.c_contiguous and scale.dtype == shift.dtype == np.float32
+        out = x if out is None else out
+        assert out.shape == x.shape and out.dtype == np.float32 and out.flags.c_contiguous
         c = x.shape[-1]
         rows = x.size // c
         keep = (scale, shift)  # noqa: F841
-        xa, sa, ta = x.ctypes.data, scale.ctypes.data, shift.ctypes.data
-        self.lib.reste_channel_affine_mt(xa, c, sa, ta, int(relu), rows, self._parts(rows, x.size))
+        xa, oa, sa, ta = x.ctypes.data, out.ctypes.data, scale.ctypes.data, shift.ctypes.data
+        self.lib.reste_channel_affine_mt(xa, oa, c, sa, ta, int(relu), rows, self._parts(rows, x.size), self._pool)
+        return out
 
     @staticmethod
     def block_weights(words: np.ndarray) -> np.ndarray:
@@ -391,7 +467,7 @@ class CKernels:
         keep = (x, bt, corr, rows.off, ep, residual)  # noqa: F841 - keep the buffers alive during the call
         args = (ptr(x), rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, ptr(rows.off), ptr(bt), o, k,
                 ptr(corr), mode, *ab, *scale_shift, ptr(residual), *thresholds, *geometry)
-        self.lib.reste_bconv_mt(*args, m, self._parts(m, m * o * bt.shape[1], align=self.rows_per_block))
+        self.lib.reste_bconv_mt(*args, m, self._parts(m, m * o * bt.shape[1], align=self.rows_per_block), self._pool)
         return out
 
 
@@ -483,9 +559,10 @@ def c_kernel_error() -> str | None:
 
 
 def get_kernels(backend: str = "auto", threads: int | None = None,
-                isa: str | None = None) -> NumpyKernels | CKernels:
+                isa: str | None = None, pool: str | None = None) -> NumpyKernels | CKernels:
     """The kernels of ``backend`` (``"auto"``, ``"c"`` or ``"numpy"``; env ``RESTE_PACKED_BACKEND``);
-    for ``"c"``, the variant of :func:`choose_isa` (``isa`` or env ``RESTE_PACKED_ISA``)."""
+    for ``"c"``, the variant of :func:`choose_isa` (``isa`` or env ``RESTE_PACKED_ISA``) and the thread
+    pool of :func:`choose_pool` (``pool`` or env ``RESTE_PACKED_POOL``)."""
     backend = (backend or "auto").lower()
     if backend == "auto":
         backend = os.environ.get("RESTE_PACKED_BACKEND", "auto").lower()
@@ -502,4 +579,4 @@ def get_kernels(backend: str = "auto", threads: int | None = None,
         import torch
 
         threads = torch.get_num_threads()
-    return CKernels(_variant(chosen).get() or _LIB.get(), threads, chosen)
+    return CKernels(_variant(chosen).get() or _LIB.get(), threads, chosen, choose_pool(pool))

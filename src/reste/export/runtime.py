@@ -217,15 +217,18 @@ class PackedModel:
     Args of :meth:`load`: ``backend`` (``"auto"``, ``"c"``, ``"numpy"``) picks the
     XOR/popcount kernels; ``threads`` their thread count (default: torch's); ``isa`` the C
     kernel variant (default: the fastest this CPU runs, or ``$RESTE_PACKED_ISA``; see
-    :func:`reste.export.kernels.choose_isa`); ``fuse_signs=False`` keeps every binary layer's
+    :func:`reste.export.kernels.choose_isa`); ``pool`` where the kernels' threads come from
+    (default: PyTorch's OpenMP workers where found, or ``$RESTE_PACKED_POOL``; see
+    :func:`reste.export.kernels.choose_pool`); ``fuse_signs=False`` keeps every binary layer's
     float output (for measurements; the results are the same).
     """
 
     def __init__(self, header: dict[str, Any], tensors: list[np.ndarray], *, backend: str = "auto",
-                 threads: int | None = None, isa: str | None = None, fuse_signs: bool = True) -> None:
+                 threads: int | None = None, isa: str | None = None, pool: str | None = None,
+                 fuse_signs: bool = True) -> None:
         self.header = header
         self.meta: dict[str, Any] = header.get("meta", {})
-        self.kernels = get_kernels(backend, threads, isa)
+        self.kernels = get_kernels(backend, threads, isa, pool)
         self.backend = self.kernels.name
         self.isa: str | None = getattr(self.kernels, "isa", None)
         nodes = header["nodes"]
@@ -335,11 +338,11 @@ class PackedModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str = "auto", threads: int | None = None,
-             isa: str | None = None, fuse_signs: bool = True) -> "PackedModel":
-        get_kernels(backend, threads, isa)  # a bad backend or variant is the caller's error, not the file's
+             isa: str | None = None, pool: str | None = None, fuse_signs: bool = True) -> "PackedModel":
+        get_kernels(backend, threads, isa, pool)  # a bad backend, variant or pool is the caller's error
         header, tensors = fmt.read(path)
         try:
-            return cls(header, tensors, backend=backend, threads=threads, isa=isa, fuse_signs=fuse_signs)
+            return cls(header, tensors, backend=backend, threads=threads, isa=isa, pool=pool, fuse_signs=fuse_signs)
         except UsageError:
             raise
         except (KeyError, IndexError, TypeError, ValueError) as err:
@@ -385,8 +388,7 @@ class PackedModel:
             w, b = tt["w"], tt["b"]
             return lambda x: F.linear(x, w, b)
         if op == "affine":
-            s, sh = tt["scale"], tt["shift"]
-            return lambda x: x * _channel(s, x.dim()) + _channel(sh, x.dim())
+            return self._affine(tt["scale"], tt["shift"])
         if op == "relu":
             return torch.relu
         if op == "sign":
@@ -444,6 +446,24 @@ class PackedModel:
                 affine(y.permute(0, 2, 3, 1).numpy(), scale, shift, True)
                 return y
             return torch.relu(y).mul_(_channel(s, y.dim())).add_(_channel(sh, y.dim()))
+
+        return run
+
+    def _affine(self, s: torch.Tensor, sh: torch.Tensor) -> Callable:
+        """x * scale + shift per channel: one pass of the C kernels over channels-last data (in parallel,
+        the same float32 operations), else the torch ops."""
+        affine = getattr(self.kernels, "channel_affine", None)
+        scale, shift = s.numpy(), sh.numpy()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if affine is not None and x.dtype == torch.float32 and x.shape[1] == scale.shape[0] and (
+                    (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+                    or (x.dim() == 2 and x.is_contiguous())):
+                y = torch.empty_like(x)
+                last = (lambda t: t.permute(0, 2, 3, 1)) if x.dim() == 4 else (lambda t: t)
+                affine(last(x).numpy(), scale, shift, False, last(y).numpy())
+                return y
+            return x * _channel(s, x.dim()) + _channel(sh, x.dim())
 
         return run
 

@@ -361,23 +361,30 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
     }
 }
 
-/* x: (R, C) float32 in place: x = [ReLU](x) * scale[c] + shift[c] (ReLU as torch.relu: NaN stays NaN).
-   Rows r0 .. r1-1. */
-void reste_channel_affine(float *x, int64_t C, const float *scale, const float *shift, int32_t relu,
-                          int64_t r0, int64_t r1) {
+/* x: (R, C) float32: out = [ReLU](x) * scale[c] + shift[c] (ReLU as torch.relu: NaN stays NaN); out may be x
+   (in place). Rows r0 .. r1-1. */
+void reste_channel_affine(const float *x, float *out, int64_t C, const float *scale, const float *shift,
+                          int32_t relu, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
-        float *y = x + r * C;
+        const float *v = x + r * C;
+        float *y = out + r * C;
         if (relu)
-            for (int64_t c = 0; c < C; c++) y[c] = (y[c] < 0.0f ? 0.0f : y[c]) * scale[c] + shift[c];
+            for (int64_t c = 0; c < C; c++) y[c] = (v[c] < 0.0f ? 0.0f : v[c]) * scale[c] + shift[c];
         else
-            for (int64_t c = 0; c < C; c++) y[c] = y[c] * scale[c] + shift[c];
+            for (int64_t c = 0; c < C; c++) y[c] = v[c] * scale[c] + shift[c];
     }
 }
 
 /* ---- threads: each kernel above works on a range [lo, hi) of images or output rows; the _mt entry points
-   split their range into `parts` pieces (multiples of `align`, the last one shorter) and run them on POSIX
-   threads, the first on the calling thread, so no Python thread pool sits in the hot path. A thread that
-   cannot be started runs its piece on the calling thread instead: the result never depends on threads. */
+   split their range into `parts` pieces (multiples of `align`, the last one shorter) and run them in parallel,
+   the first piece on the calling thread, so no Python thread pool sits in the hot path. Two pools:
+     pool 1: the process's OpenMP runtime (PyTorch's libgomp), its entry points handed over once by
+             reste_use_openmp: the same worker threads as torch's own float operations, so that the workers
+             which spin after a torch operation pick up the next kernel's pieces instead of taking a core
+             from them;
+     pool 0 (and pool 1 before reste_use_openmp): POSIX threads started per call. A thread that cannot be
+             started runs its piece on the calling thread instead.
+   The result never depends on the pool or the number of pieces. */
 #include <pthread.h>
 
 #define MAX_PARTS 256
@@ -394,7 +401,34 @@ static void *run_piece(void *p) {
     return 0;
 }
 
-static void run_parallel(range_fn fn, const void *ctx, int64_t total, int64_t parts, int64_t align) {
+typedef void (*omp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);  /* GOMP_parallel */
+typedef int (*omp_int_fn)(void);
+static omp_parallel_fn omp_parallel;
+static omp_int_fn omp_thread_num, omp_num_threads;
+
+/* The OpenMP runtime's GOMP_parallel, omp_get_thread_num and omp_get_num_threads (NULL: none). */
+void reste_use_openmp(void *parallel, void *thread_num, void *num_threads) {
+    omp_parallel = 0;
+    omp_thread_num = (omp_int_fn)thread_num;
+    omp_num_threads = (omp_int_fn)num_threads;
+    if (parallel && thread_num && num_threads) omp_parallel = (omp_parallel_fn)parallel;
+}
+
+typedef struct {
+    piece *pieces;
+    int64_t n;
+} team_job;
+
+/* Each member of the team runs the pieces i = its number, + team size, ... (a team smaller than asked
+   for, as in a nested region, still runs them all). */
+static void team_body(void *p) {
+    const team_job *job = (const team_job *)p;
+    int64_t size = omp_num_threads(), i = omp_thread_num();
+    if (size < 1) size = 1;
+    for (; i < job->n; i += size) run_piece(&job->pieces[i]);
+}
+
+static void run_parallel(range_fn fn, const void *ctx, int64_t total, int64_t parts, int64_t align, int32_t pool) {
     if (align < 1) align = 1;
     if (parts > MAX_PARTS) parts = MAX_PARTS;
     int64_t step = parts > 1 ? (total + parts - 1) / parts : total;
@@ -412,6 +446,11 @@ static void run_parallel(range_fn fn, const void *ctx, int64_t total, int64_t pa
         pieces[n].ctx = ctx;
         pieces[n].lo = lo;
         pieces[n].hi = lo + step < total ? lo + step : total;
+    }
+    if (pool == 1 && omp_parallel) {
+        team_job job = {pieces, n};
+        omp_parallel(team_body, &job, (unsigned)n, 0);
+        return;
     }
     for (int64_t i = 1; i < n; i++) started[i] = pthread_create(&tids[i], 0, run_piece, &pieces[i]) == 0;
     run_piece(&pieces[0]);
@@ -436,9 +475,9 @@ static void pack_range(const void *c, int64_t lo, int64_t hi) {
 }
 
 void reste_pack_signs_mt(const float *x, int64_t H, int64_t W, int64_t C, uint8_t *out, int64_t Hp, int64_t Wp,
-                         int64_t Cb, int64_t pt, int64_t pl, int64_t N, int64_t parts) {
+                         int64_t Cb, int64_t pt, int64_t pl, int64_t N, int64_t parts, int32_t pool) {
     pack_ctx a = {x, H, W, C, out, Hp, Wp, Cb, pt, pl};
-    run_parallel(pack_range, &a, N, parts, 1);
+    run_parallel(pack_range, &a, N, parts, 1, pool);
 }
 
 typedef struct {
@@ -456,9 +495,9 @@ static void im2col_range(const void *c, int64_t lo, int64_t hi) {
 
 void reste_im2col_mt(const uint8_t *xp, int64_t Hp, int64_t Wp, int64_t Cb, int64_t kh, int64_t kw, int64_t sh,
                      int64_t sw, int64_t dh, int64_t dw, int64_t OH, int64_t OW, uint8_t *cols, int64_t row_bytes,
-                     int64_t N, int64_t parts) {
+                     int64_t N, int64_t parts, int32_t pool) {
     im2col_ctx a = {xp, Hp, Wp, Cb, kh, kw, sh, sw, dh, dw, OH, OW, cols, row_bytes};
-    run_parallel(im2col_range, &a, N, parts, 1);
+    run_parallel(im2col_range, &a, N, parts, 1, pool);
 }
 
 typedef struct {
@@ -488,14 +527,15 @@ void reste_bconv_mt(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_
                     int64_t nseg, int64_t L, const int64_t *off, const uint64_t *Bt, int64_t O, int32_t K,
                     const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
                     const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
-                    int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M, int64_t parts) {
+                    int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M, int64_t parts, int32_t pool) {
     bconv_ctx a = {X, sn, sh, sw, OH, OW, nseg, L, off, Bt, O, K, corr, mode, alpha, bias, scale, shift, res,
                    lo, hi, out, on, ohs, ows, obytes};
-    run_parallel(bconv_range, &a, M, parts, ROWS);
+    run_parallel(bconv_range, &a, M, parts, ROWS, pool);
 }
 
 typedef struct {
-    float *x;
+    const float *x;
+    float *out;
     int64_t C;
     const float *scale, *shift;
     int32_t relu;
@@ -503,11 +543,11 @@ typedef struct {
 
 static void affine_range(const void *c, int64_t lo, int64_t hi) {
     const affine_ctx *a = (const affine_ctx *)c;
-    reste_channel_affine(a->x, a->C, a->scale, a->shift, a->relu, lo, hi);
+    reste_channel_affine(a->x, a->out, a->C, a->scale, a->shift, a->relu, lo, hi);
 }
 
-void reste_channel_affine_mt(float *x, int64_t C, const float *scale, const float *shift, int32_t relu, int64_t R,
-                             int64_t parts) {
-    affine_ctx a = {x, C, scale, shift, relu};
-    run_parallel(affine_range, &a, R, parts, 1);
+void reste_channel_affine_mt(const float *x, float *out, int64_t C, const float *scale, const float *shift,
+                             int32_t relu, int64_t R, int64_t parts, int32_t pool) {
+    affine_ctx a = {x, out, C, scale, shift, relu};
+    run_parallel(affine_range, &a, R, parts, 1, pool);
 }
