@@ -213,16 +213,28 @@ def bench_threads(names: list[str], args: argparse.Namespace, tmp: Path) -> None
         x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(3))
         if not torch.equal(engines[1](x), engines[n](x)):
             raise SystemExit(f"{name}: {n} threads give other logits than 1 thread")
+        # a control on the same cores, interleaved: torch's float conv2d (256->256 at 8x8, batch 64), whose
+        # 2-thread scaling shows what the machine gives a compute-bound kernel at that moment (a second
+        # vCPU that is a hyperthread of the first, or busy with another guest, caps both)
+        xc = torch.randn(64, 256, 8, 8, generator=torch.Generator().manual_seed(4))
+        wc = torch.randn(256, 256, 3, 3, generator=torch.Generator().manual_seed(5))
+
         def run(k: int) -> None:  # the engine's float parts (torch ops) get the same threads
             torch.set_num_threads(k)
             engines[k](x)
 
-        times = _time({k: (lambda k=k: run(k)) for k in engines}, args.budget)
+        def control(k: int) -> None:
+            torch.set_num_threads(k)
+            torch.nn.functional.conv2d(xc, wc, None, 1, 1)
+
+        fns = {**{k: (lambda k=k: run(k)) for k in engines}, **{("conv", k): (lambda k=k: control(k)) for k in (1, n)}}
+        with torch.no_grad():
+            times = _time(fns, args.budget)
         med = {k: statistics.median(v) for k, v in times.items()}
-        ratio = med[1] / med[n]
+        ratio, control_ratio = med[1] / med[n], med["conv", 1] / med["conv", n]
         verdict = f"  (target >= 1.7x with 2 threads: {'MET' if ratio >= 1.7 else 'NOT MET'})" if n == 2 else ""
         print(f"{name:15s} 1 thread {batch / med[1]:8.1f} images/s, {n} threads {batch / med[n]:8.1f} images/s: "
-              f"{ratio:.2f}x{verdict}")
+              f"{ratio:.2f}x{verdict}; control, float conv2d: {control_ratio:.2f}x")
 
 
 LAYERS = ((64, 32), (256, 8))  # (channels, height = width): 3x3, stride 1, padding 1
