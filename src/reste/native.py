@@ -10,8 +10,8 @@ kernel or machine gets a fresh build). Where nothing compiles the library
 reports ``None`` and callers use their pure-PyTorch or NumPy path: the C code
 only ever makes things faster, never different.
 
-Kernels that split their work over threads do it in C (POSIX threads, see
-``reste/export/csrc/packed.c``); :func:`split_parts` decides into how many pieces.
+Kernels that split their work over threads do it in C (on PyTorch's OpenMP workers or on POSIX
+threads, see ``reste/export/csrc/packed.c``); :func:`split_parts` decides into how many pieces.
 """
 
 from __future__ import annotations
