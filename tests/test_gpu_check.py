@@ -1,0 +1,82 @@
+"""benchmarks/gpu_check.sh without a GPU: the script parses, its Python parts compile, it says
+plainly that it checked nothing where no GPU is visible (exit 77), and its target report reads the
+benchmarks' JSON files as they write them: MET / NOT MET from the numbers, NOT MEASURED (not a
+traceback) where a benchmark did not run. The numbers fed to the report here are made up for the
+test; no GPU figure comes from this file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def _python_parts() -> list[str]:
+    return re.findall(r"<<'PY'[^\n]*\n(.*?)\nPY\n", SCRIPT.read_text(), re.S)
+
+
+def test_the_script_parses_and_its_python_compiles():
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+    parts = _python_parts()
+    assert len(parts) == 3  # kernels, CUDA graphs, the target report
+    for i, code in enumerate(parts):
+        compile(code, f"gpu_check.sh, Python part {i}", "exec")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the script would run for real")
+def test_without_a_gpu_it_checks_nothing_and_says_so():
+    done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert done.returncode == 77
+    assert "no CUDA GPU is visible" in done.stderr and "nothing was checked" in done.stderr
+    assert done.stdout == ""
+
+
+def _report(tmp_path: Path, rows: dict | None, epoch: dict | None) -> str:
+    report = _python_parts()[2]
+    rows_json, epoch_json = tmp_path / "rows.json", tmp_path / "epoch.json"
+    if rows is not None:
+        rows_json.write_text(json.dumps({"torch": "x", "device": "a made-up GPU", "rows": rows}))
+    if epoch is not None:
+        epoch_json.write_text(json.dumps(epoch))
+    done = subprocess.run([sys.executable, "-c", report, str(rows_json), "yes", "benchmarks/train_epoch.py",
+                           str(epoch_json)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_report_marks_each_target_from_the_numbers(tmp_path):
+    row = {"ratios": {"reste/fp": 1.10, "reste/ste": 1.20, "reference/reste": 3.5},
+           "median_ms": {"fp": 10.0, "reste": 11.0, "reste_graphed": 5.5}}
+    slow = {"ratios": {"reste/fp": 2.0, "reste/ste": 1.01, "reference/reste": 1.9}, "median_ms": {"fp": 1.0}}
+    epoch = {"epoch_over_step": 0.80, "epoch_images_per_s": 40000.0, "bare_step": {"images_per_s": 50000.0}}
+    out = _report(tmp_path, {"resnet20-bf16-cl": row, "resnet20-fp32": slow}, epoch)
+    lines = out.splitlines()
+
+    def line(label: str, row_name: str = "") -> str:
+        return next(x for x in lines if label in x and row_name in x)
+
+    assert "a made-up GPU" in out
+    assert line("ReSTE / FP, eager", "resnet20-bf16-cl").endswith(" MET")
+    assert line("ReSTE / FP, eager", "resnet20-fp32").endswith("NOT MET")
+    assert line("ReSTE / STE, eager", "resnet20-bf16-cl").endswith("NOT MET")
+    assert line("ReSTE / STE, eager", "resnet20-fp32").endswith(" MET")
+    assert line("reference / ReSTE", "resnet20-bf16-cl").endswith(" MET")
+    assert line("reference / ReSTE", "resnet20-fp32").endswith("NOT MET")
+    assert "5.50 ms (target <= 6 ms)  MET" in line("--cuda-graphs")
+    assert "0.80   (target >= 0.85)  NOT MET" in line("whole-epoch")
+
+
+def test_the_report_says_not_measured_where_a_benchmark_did_not_run(tmp_path):
+    out = _report(tmp_path, None, None)
+    assert "training-step rows did not run" in out
+    assert "NOT MEASURED" in out and "whole-epoch" in out
+    assert " MET" not in out.replace("NOT MET", "")
