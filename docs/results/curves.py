@@ -55,12 +55,24 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # left: every epoch; right: the second half, zoomed, with the last fifth (the convergence test) shaded
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
+    epochs = max((len(m) for m in data.values()), default=1)
+    start = max(1, epochs // 2)
+    tail = [v for m in data.values() for v in m[start - 1:]]
     for setting, mean in data.items():
         ax.plot(range(1, len(mean) + 1), mean, label=setting)
-    ax.set_xlabel("epoch")
+        zoom.plot(range(start, len(mean) + 1), mean[start - 1:], marker=".", label=setting)
+    back = max(1, math.ceil(epochs / 5))
+    zoom.axvspan(epochs - back, epochs, color="0.9", zorder=0, label=f"last fifth ({back} epochs)")
+    if tail:
+        lo, hi = min(tail), max(tail)
+        zoom.set_ylim(lo - 0.5, hi + 0.5)
+    for a in (ax, zoom):
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
     ax.set_ylabel("test top-1 (%), mean over seeds")
-    ax.grid(alpha=0.3)
+    zoom.set_title(f"epochs {start}-{epochs}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = args.out or args.sweep / "learning_curves.png"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The converged study's summary from its sweep folders (after run_study.sh):
+#   convergence per setting (curves.py: mean test top-1 over seeds, gain over the last fifth of the
+#   epochs, one learning-curve figure per sweep) and paired per-seed differences with 95 % intervals
+#   (paired.py) against ReSTE (estimators) and against o_end = 3 (o_end), for the final and the best
+#   test top-1. Everything is printed and written to summary.txt.
+#   docs/results/converged/summarize.sh
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+OUT=${OUT:-docs/results/converged}
+{
+  for d in estimators estimators_5seeds o_end o_end_5seeds; do
+    echo "== $d: convergence"
+    python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
+  done
+  for metric in final_acc best_acc; do
+    echo "== paired differences, $metric"
+    python docs/results/paired.py "$OUT/estimators" estimator=reste "$metric"
+    python docs/results/paired.py "$OUT/estimators_5seeds" estimator=reste "$metric"
+    python docs/results/paired.py "$OUT/o_end" o_end=3 "$metric"
+    python docs/results/paired.py "$OUT/o_end_5seeds" o_end=3 "$metric"
+  done
+} | tee "$OUT/summary.txt"
