@@ -30,8 +30,9 @@ def _torchrun(*args: str) -> list[str]:
             "--master-port", str(_free_port()), "-m", "reste.cli", "train", *args]
 
 
-#: What a gloo worker prints when C++ aborts it at process exit (a thread still joinable when the
-#: interpreter tears down); seen once in CI, at exit of a run that otherwise worked.
+#: What a process prints when C++ aborts it (std::terminate, e.g. a thread still joinable while the
+#: interpreter tears down); seen once in a CI run, in rank 1 of the --no-sync-bn test (SIGABRT; from
+#: the captured stderr it cannot be told whether at exit or during training). Not reproduced since.
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
