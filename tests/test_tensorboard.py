@@ -158,13 +158,13 @@ def test_a_crash_before_an_epoch_is_logged_is_filled_in_on_resume(capsys, tmp_pa
 
 def test_under_torchrun_only_rank_0_writes(tmp_path):
     pytest.importorskip("tensorboard")
-    from test_distributed import ENV, _torchrun
+    from test_distributed import _run_fresh
 
-    out = tmp_path / "ddp"
-    proc = subprocess.run(_torchrun("--epochs", "3", "--seed", "3", "--no-progress", "--device", "cpu", "--indicators",
-                                    "--tensorboard", "--keep-top", "2", "--out", str(out)),
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc, attempt = _run_fresh(lambda attempt: ("--epochs", "3", "--seed", "3", "--no-progress", "--device", "cpu",
+                                                "--indicators", "--tensorboard", "--keep-top", "2",
+                                                "--out", str(tmp_path / f"ddp{attempt}")))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / f"ddp{attempt}"
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     events = scalars(out / "tensorboard")
     assert "indicators/conv1/gradient_stability" in events
