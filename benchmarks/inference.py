@@ -319,7 +319,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="threads for both engines (default 1: stable numbers on a shared machine)")
     p.add_argument("--backend", default="auto", choices=("auto", "c", "numpy"))
-    p.add_argument("--isa", choices=("amx", "avx512", "avx2", "neon", "scalar"),
+    p.add_argument("--isa", choices=("avx512", "avx2", "neon", "scalar"),
                    help="force a variant of the C kernels (default: the fastest this CPU runs)")
     p.add_argument("--pool", choices=("openmp", "posix"),
                    help="where the C kernels run their threads (default: torch's OpenMP workers where found)")

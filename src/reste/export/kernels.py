@@ -195,17 +195,15 @@ _C_SOURCE = c_source("reste.export", "packed.c")
 _CPU_SOURCE = c_source("reste.export", "cpu_features.c")
 
 #: Kernel variants, fastest first; ``RESTE_PACKED_ISA`` forces one.
-ISAS = ("amx", "avx512", "avx2", "neon", "scalar")
+ISAS = ("avx512", "avx2", "neon", "scalar")
 ISA_ENV = "RESTE_PACKED_ISA"
-_ISA_ID = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3, "amx": 4}
-_ISA_FEATURE = {"avx2": 2, "avx512": 4, "neon": 8, "amx": 16}
-_AVX512 = ("-mpopcnt", "-mavx2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq")
+_ISA_ID = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
+_ISA_FEATURE = {"avx2": 2, "avx512": 4, "neon": 8}
 _ISA_FLAGS = {
     "scalar": (),
     "avx2": ("-mpopcnt", "-mavx2"),
-    "avx512": _AVX512,
+    "avx512": ("-mpopcnt", "-mavx2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq"),
     "neon": (),
-    "amx": (*_AVX512, "-mamx-tile", "-mamx-int8"),
 }
 
 _P = ctypes.c_void_p
@@ -346,15 +344,6 @@ def _attach_pool(lib: ctypes.CDLL, pool: str) -> int:
     return _POOL_ID[pool]
 
 
-def aligned_empty(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(size + align, dtype=np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start:start + size].view(dtype).reshape(shape)
-
-
 def pad_lanes(a: np.ndarray | None, fill: float = 0) -> np.ndarray | None:
     """``a`` with its last axis padded with ``fill`` to a multiple of 16 (the kernels' lanes), contiguous."""
     if a is None:
@@ -391,7 +380,7 @@ class CKernels:
         self.isa = isa
         self.pool = pool
         self._pool = _attach_pool(lib, pool)
-        self.rows_per_block = {"amx": 32, "avx512": 8, "avx2": 4, "neon": 2}.get(isa, 1)
+        self.rows_per_block = {"avx512": 8, "avx2": 4, "neon": 2}.get(isa, 1)
 
     def _parts(self, total: int, work: int, align: int = 1) -> int:
         """Into how many pieces (run in parallel in C) a kernel splits [0, total)."""
@@ -436,21 +425,15 @@ class CKernels:
         self.lib.reste_channel_affine_mt(xa, oa, c, sa, ta, int(relu), rows, self._parts(rows, x.size), self._pool)
         return out
 
-    def block_weights(self, words: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def block_weights(words: np.ndarray) -> np.ndarray:
         """(O, W) weight rows -> (ceil(O / 16), W, 16): 16 output channels side by side per word
-        (the lanes of the popcount kernels), zero rows for the padding channels. For ``amx``, the
-        tiles of TDPBSSD instead: (ceil(O / 16), W, 16, 64) int8, bit b = 4 q4 + q of word k of
-        channel 16 i + n at ``[i, k, q4, 4 n + q]``, as -1 (bit 1) or +1."""
+        (the lanes of the popcount kernels), zero rows for the padding channels."""
         o, w = words.shape
         blocks = -(-o // 16)
         padded = np.zeros((blocks * 16, w), dtype=np.uint64)
         padded[:o] = words
-        if self.isa != "amx":
-            return np.ascontiguousarray(padded.reshape(blocks, 16, w).transpose(0, 2, 1))
-        bits = np.unpackbits(padded.view(np.uint8), bitorder="little").reshape(blocks, 16, w, 16, 4)
-        tiles = aligned_empty((blocks, w, 16, 64), np.int8)  # a tile row on a cache line: twice as fast
-        tiles[...] = (1 - 2 * bits.astype(np.int8)).transpose(0, 2, 3, 1, 4).reshape(tiles.shape)  # (block, k, q4, n, q)
-        return tiles
+        return np.ascontiguousarray(padded.reshape(blocks, 16, w).transpose(0, 2, 1))
 
     def bconv(self, x: np.ndarray, rows: Rows, bt: np.ndarray, o: int, k: int, corr: np.ndarray | None,
               epilogue: "Epilogue", bits: "BitsOut | None" = None, residual: np.ndarray | None = None) -> np.ndarray:

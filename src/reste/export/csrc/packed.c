@@ -2,10 +2,8 @@
    (see reste/export/kernels.py, which compiles this file through reste.native and calls it via ctypes).
    One source, compiled once per instruction set (-DRESTE_ISA=... plus that set's target flags):
    0 scalar (popcnt per word), 1 AVX2 (nibble-table popcount of bytes, summed per 64-bit lane with SAD),
-   2 AVX-512 with VPOPCNTDQ, 3 NEON (vcnt of bytes), 4 AMX (AVX-512 plus Intel's tile matrix unit: the bits
-   expanded to +-1 bytes, and the dot products of 32 rows x 32 output channels taken by TDPBSSD, 16384 int8
-   multiply-accumulates per instruction). Every variant computes the same integers; the float epilogue is
-   compiled with -ffp-contract=off so that it rounds the same way everywhere. */
+   2 AVX-512 with VPOPCNTDQ, 3 NEON (vcnt of bytes). Every variant computes the same integers; the float
+   epilogue is compiled with -ffp-contract=off so that it rounds the same way everywhere. */
 
 #include <stdint.h>
 #include <string.h>
@@ -13,13 +11,9 @@
 #ifndef RESTE_ISA
 #define RESTE_ISA 0
 #endif
-#if RESTE_ISA == 2 || RESTE_ISA == 4
-#define RESTE_AVX512 1  /* the AMX variant runs the AVX-512 code everywhere but in the dot products */
-#endif
-#if RESTE_ISA == 1 || defined(RESTE_AVX512)
+#if RESTE_ISA == 1 || RESTE_ISA == 2
 #include <immintrin.h>
 #endif
-#include <stdlib.h>
 #if RESTE_ISA == 3
 #include <arm_neon.h>
 #endif
@@ -38,7 +32,7 @@ void reste_pack_signs(const float *x, int64_t H, int64_t W, int64_t C, uint8_t *
                 const float *px = x + ((n * H + h) * W + w) * C;
                 uint8_t *po = out + ((n * Hp + h + pt) * Wp + w + pl) * Cb;
                 int64_t b = 0;
-#ifdef RESTE_AVX512
+#if RESTE_ISA == 2
                 for (; b + 2 <= full; b += 2) {
                     uint16_t m = (uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(px + 8 * b), _mm512_setzero_ps(),
                                                               _CMP_LT_OQ);
@@ -224,8 +218,6 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
     for (int r = 0; r < ROWS; r++)
         for (int j = 0; j < 8; j++) vst1q_u64(cnt + r * LANES + 2 * j, tot[r][j]);
 }
-#elif RESTE_ISA == 4
-#define ROWS 32  /* two A tiles of 16 rows */
 #else
 #define ROWS 1
 static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
@@ -245,7 +237,7 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
 
 /* t[j] = K - 2 c[j] - cr[j] (cr may be NULL) and v[j] = alpha[j] t[j] + bias[j] [-> ReLU -> * scale[j] + shift[j]]
    on one block of 16 lanes: the same float32 operations, in the same order, in every variant. */
-#ifdef RESTE_AVX512
+#if RESTE_ISA == 2
 static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
     __m256i lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)c));
     __m256i hi = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(c + 8)));
@@ -276,7 +268,7 @@ static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int
     return bits;
 }
 #endif
-#ifdef RESTE_AVX512
+#if RESTE_ISA == 2
 #elif RESTE_ISA == 1
 static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
     for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
@@ -305,129 +297,12 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
 }
 #endif
 
-/* The output of one block of 16 channels (o0 .. o0+no-1, no <= 16) at output row m, from its exact dot
-   products t (see reste_bconv for the modes; px: the row's pixel of the next layer's packed input). */
-static inline void emit_lanes(const int32_t *t, int32_t mode, int64_t m, int64_t o0, int64_t no, int64_t O,
-                              const float *alpha, const float *bias, const float *scale, const float *shift,
-                              const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out, uint8_t *px,
-                              int64_t obytes) {
-    /* whole 16-lane blocks (the per-channel arrays and corr rows are padded to whole blocks); only no values
-       are stored */
-    float v[LANES];
-    if (mode == 0) {
-        int32_t *y = (int32_t *)out + m * O + o0;
-        if (no == LANES) memcpy(y, t, LANES * sizeof(int32_t));  /* a fixed size: one vector store, not a call */
-        else memcpy(y, t, (size_t)no * sizeof(int32_t));
-    } else if (mode == 1) {
-        lanes_float(t, alpha + o0, bias + o0, scale ? scale + o0 : 0, scale ? shift + o0 : 0, v);
-        if (res) {
-            const float *rs = res + m * O + o0;
-            if (no == LANES)
-                for (int j = 0; j < LANES; j++) v[j] = v[j] + rs[j];
-            else
-                for (int64_t j = 0; j < no; j++) v[j] = v[j] + rs[j];
-        }
-        float *y = (float *)out + m * O + o0;
-        if (no == LANES) memcpy(y, v, sizeof v);
-        else memcpy(y, v, (size_t)no * sizeof(float));
-    } else {
-        uint32_t bits = lanes_bits(t, lo + o0, hi + o0);
-        px[o0 / 8] = (uint8_t)bits;
-        if (o0 / 8 + 1 < obytes) px[o0 / 8 + 1] = (uint8_t)(bits >> 8);
-    }
-}
-
-#if RESTE_ISA == 4
-/* ---- AMX: for +-1 vectors, popcount(a ^ w) over the row's 64 Kw bits is (64 Kw - dot) / 2, where dot is the
-   int8 dot product of the bits expanded to bytes (bit 1 -> -1, bit 0 -> +1), so t = K - 2 popcount - corr =
-   dot - (64 Kw - K) - corr, exactly. Word k of a row is one 64-byte row of an A tile; the weights come
-   expanded and laid out as B tiles by kernels.py (CKernels.block_weights: (blocks, Kw, 16, 64) int8, byte
-   4 n + q of row q4 being output channel n's bit 4 q4 + q). Tiles 0-3: the int32 sums of 32 rows x 32
-   channels; 4, 5: the A tiles of rows 0-15 and 16-31; 6, 7: the B tiles of the two channel blocks. */
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
-/* Words k0 .. k0+kc-1 of rows[r] (r < 32) expanded into panel[((k - k0) * 32 + r) * 64 + i] (64-byte
-   aligned): chunk k of the panel is the A tiles of rows 0-15 and 16-31, 1024 bytes apart. */
-static void expand_words(const uint8_t *const *rows, int64_t L, const int64_t *off, int64_t k0, int64_t kc,
-                         int8_t *panel) {
-    const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
-    for (int64_t k = k0; k < k0 + kc; k++) {
-        int64_t at = off[k / L] + 8 * (k % L);
-        for (int r = 0; r < ROWS; r++) {
-            uint64_t w;
-            memcpy(&w, rows[r] + at, 8);
-            _mm512_store_si512((void *)(panel + ((k - k0) * ROWS + r) * 64),
-                               _mm512_mask_blend_epi8(_cvtu64_mask64(w), plus, minus));
-        }
-    }
-}
-
-/* The int32 dot products of 32 rows with every output channel: acc[b * 512 + r * 16 + j] for block b.
-   Tiles 0, 1: the sums of rows 0-15 and 16-31 for one block; 2, 3 and 6 (even words), 4, 5 and 7 (odd
-   words): the two A tiles and the B tile, loaded one word ahead of their use. Tile registers are not
-   renamed, so this double buffering is what lets loads overlap the multiplies (about twice as fast as 2 x 2
-   blocking here). The words go in chunks of AMX_CHUNK, whose A tiles (2 KB a word) stay in the L1 cache
-   while every block's weights stream past. */
-#define AMX_CHUNK 12
-static void amx_dots(const uint8_t *const *rows, int64_t L, const int64_t *off, const int8_t *B, int64_t Kw,
-                     int64_t blocks, int8_t *panel, int32_t *acc) {
-    int64_t chunks = (Kw + AMX_CHUNK - 1) / AMX_CHUNK, size = (Kw + chunks - 1) / chunks;  /* nearly equal */
-    for (int64_t k0 = 0; k0 < Kw; k0 += size) {
-        int64_t kc = Kw - k0 < size ? Kw - k0 : size;
-        expand_words(rows, L, off, k0, kc, panel);
-        for (int64_t b = 0; b < blocks; b++) {
-            const int8_t *w = B + (b * Kw + k0) * 1024;
-            int32_t *c = acc + b * 512;
-            if (k0 == 0) {
-                _tile_zero(0);
-                _tile_zero(1);
-            } else {
-                _tile_loadd(0, c, 64);
-                _tile_loadd(1, c + 256, 64);
-            }
-            _tile_loadd(2, panel, 64);
-            _tile_loadd(3, panel + 1024, 64);
-            _tile_loadd(6, w, 64);
-            for (int64_t k = 0; k < kc; k += 2) {
-                _tile_dpbssd(0, 2, 6);
-                _tile_dpbssd(1, 3, 6);
-                if (k + 1 < kc) {
-                    _tile_loadd(4, panel + (k + 1) * 2048, 64);
-                    _tile_loadd(5, panel + (k + 1) * 2048 + 1024, 64);
-                    _tile_loadd(7, w + (k + 1) * 1024, 64);
-                    _tile_dpbssd(0, 4, 7);
-                    _tile_dpbssd(1, 5, 7);
-                }
-                if (k + 2 < kc) {
-                    _tile_loadd(2, panel + (k + 2) * 2048, 64);
-                    _tile_loadd(3, panel + (k + 2) * 2048 + 1024, 64);
-                    _tile_loadd(6, w + (k + 2) * 1024, 64);
-                }
-            }
-            _tile_stored(0, c, 64);
-            _tile_stored(1, c + 256, 64);
-        }
-    }
-}
-
-static inline void lanes_amx(const int32_t *dot, int32_t extra, const int32_t *cr, int32_t *t) {
-    __m512i x = _mm512_sub_epi32(_mm512_loadu_si512((const void *)dot), _mm512_set1_epi32(extra));
-    if (cr) x = _mm512_sub_epi32(x, _mm512_loadu_si512((const void *)cr));
-    _mm512_storeu_si512((void *)t, x);
-}
-#endif
-
 /* Binary convolution (or GEMM) on packed bits, output rows m0 .. m1-1 (m = (n * OH + oh) * OW + ow).
    Row m reads X + n * sn + oh * sh + ow * sw (bytes), nseg segments of L words at off[s] from there
    (implicit GEMM on a padded, word-aligned activation, or one segment of an im2col row).
-   Bt: (ceil(O / 16), nseg * L, 16) words (the AMX variant: its B tiles, see above). t[m, o] = K - 2 popcount -
-   corr[m % (OH * OW), o] (corr may be NULL) is the exact +-1 dot product, and the output is (corr, alpha,
-   bias, scale, shift, lo and hi are padded to whole blocks of 16 channels: (P, 16 ceil(O / 16)) and
-   16 ceil(O / 16); lo > hi on the padding)
+   Bt: (ceil(O / 16), nseg * L, 16) words. t[m, o] = K - 2 popcount - corr[m % (OH * OW), o] (corr may be
+   NULL) is the exact +-1 dot product, and the output is (corr, alpha, bias, scale, shift, lo and hi are
+   padded to whole blocks of 16 channels: (P, 16 ceil(O / 16)) and 16 ceil(O / 16); lo > hi on the padding)
      mode 0: t as int32 (M, O);
      mode 1: float32 (M, O), alpha[o] t + bias[o] [-> ReLU -> * scale[o] + shift[o]] (scale NULL: none)
              [+ res[m, o]] (res NULL: none; a residual added in the same pass);
@@ -439,22 +314,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                  const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
                  int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
-#if RESTE_ISA == 4
-    int8_t *panel = aligned_alloc(64, AMX_CHUNK * ROWS * 64);
-    int32_t *dot = aligned_alloc(64, (size_t)(blocks * ROWS * LANES) * sizeof(int32_t));
-    if (!panel || !dot) abort();  /* (never a wrong result) */
-    int32_t extra = (int32_t)(64 * Kw) - K;
-    tile_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++) {
-        cfg.colsb[i] = 64;
-        cfg.rows[i] = 16;
-    }
-    _tile_loadconfig(&cfg);
-#else
     uint64_t cnt[ROWS * LANES];
-#endif
     for (int64_t r0 = m0; r0 < m1; r0 += ROWS) {
         int64_t nr = m1 - r0 < ROWS ? m1 - r0 : ROWS;
         const uint8_t *rows[ROWS];
@@ -466,33 +326,39 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
             crow[r] = corr ? corr + p * blocks * LANES : 0;
             px[r] = mode == 2 ? out + n * on + oh * ohs + ow * ows : 0;
         }
-#if RESTE_ISA == 4
-        amx_dots(rows, L, off, (const int8_t *)Bt, Kw, blocks, panel, dot);
-        for (int64_t r = 0; r < nr; r++) {  /* row by row: the output is written in order */
-            for (int64_t b = 0; b < blocks; b++) {
-                int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
-                int32_t t[LANES];
-                lanes_amx(dot + (b * ROWS + r) * LANES, extra, crow[r] ? crow[r] + o0 : 0, t);
-                emit_lanes(t, mode, r0 + r, o0, no, O, alpha, bias, scale, shift, res, lo, hi, out, px[r], obytes);
-            }
-        }
-#else
         for (int64_t b = 0; b < blocks; b++) {
             int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
             block_counts(rows, nseg, L, off, Bt + b * Kw * LANES, cnt);
             for (int64_t r = 0; r < nr; r++) {
+                /* whole 16-lane blocks (the per-channel arrays and corr rows are padded to whole blocks);
+                   only no values are stored */
                 int32_t t[LANES];
+                float v[LANES];
                 lanes_dot(cnt + r * LANES, K, crow[r] ? crow[r] + o0 : 0, t);
-                emit_lanes(t, mode, r0 + r, o0, no, O, alpha, bias, scale, shift, res, lo, hi, out, px[r], obytes);
+                if (mode == 0) {
+                    int32_t *y = (int32_t *)out + (r0 + r) * O + o0;
+                    if (no == LANES) memcpy(y, t, sizeof t);  /* a fixed size: one vector store, not a call */
+                    else memcpy(y, t, (size_t)no * sizeof(int32_t));
+                } else if (mode == 1) {
+                    lanes_float(t, alpha + o0, bias + o0, scale ? scale + o0 : 0, scale ? shift + o0 : 0, v);
+                    if (res) {
+                        const float *rs = res + (r0 + r) * O + o0;
+                        if (no == LANES)
+                            for (int j = 0; j < LANES; j++) v[j] = v[j] + rs[j];
+                        else
+                            for (int64_t j = 0; j < no; j++) v[j] = v[j] + rs[j];
+                    }
+                    float *y = (float *)out + (r0 + r) * O + o0;
+                    if (no == LANES) memcpy(y, v, sizeof v);
+                    else memcpy(y, v, (size_t)no * sizeof(float));
+                } else {
+                    uint32_t bits = lanes_bits(t, lo + o0, hi + o0);
+                    px[r][o0 / 8] = (uint8_t)bits;
+                    if (o0 / 8 + 1 < obytes) px[r][o0 / 8 + 1] = (uint8_t)(bits >> 8);
+                }
             }
         }
-#endif
     }
-#if RESTE_ISA == 4
-    _tile_release();
-    free(panel);
-    free(dot);
-#endif
 }
 
 /* x: (R, C) float32: out = [ReLU](x) * scale[c] + shift[c] (ReLU as torch.relu: NaN stays NaN); out may be x
