@@ -122,6 +122,16 @@ def test_rows_split_over_two_threads_give_the_same_results(pool):
             assert torch.equal(out[1][0], out[threads][0]) and np.array_equal(out[1][1], out[threads][1]), isa
 
 
+def test_torch_uses_openmp_reads_the_backend_line_and_falls_back_to_the_build(monkeypatch):
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP\n")
+    assert K.torch_uses_openmp()
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: native thread pool\n")
+    assert not K.torch_uses_openmp()
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "a build that does not say\n")
+    monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: False)
+    assert not K.torch_uses_openmp()
+
+
 def test_the_thread_pool_is_chosen_and_checked(monkeypatch):
     """PyTorch's OpenMP workers where its parallel backend is OpenMP (the CPU wheels on Linux);
     ``$RESTE_PACKED_POOL`` forces a pool, a bad value is a one-line error."""

@@ -51,8 +51,10 @@ of PyTorch's own OpenMP runtime where it is found, else on POSIX threads (``choo
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,12 +286,22 @@ _POOL_ID = {"posix": 0, "openmp": 1}
 _OPENMP_NAMES = ("libgomp", "libomp", "libiomp5")
 
 
+def torch_uses_openmp() -> bool:
+    """Whether PyTorch's CPU operations run on OpenMP: its ``parallel_info()`` names the ATen parallel
+    backend; where a build does not say, whether it was built with OpenMP."""
+    import torch
+
+    said = re.search(r"parallel backend\s*:\s*(\w+)", torch.__config__.parallel_info(), re.IGNORECASE)
+    return said.group(1).lower() == "openmp" if said else torch.backends.openmp.is_available()
+
+
+@functools.cache
 def _openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime PyTorch's float operations run on, when it is loaded in this process and
+    """(Looked up once.) The OpenMP runtime PyTorch's float operations run on, when it is loaded in this process and
     exports the GNU entry points (libgomp, and LLVM's and Intel's, which implement them); else ``None``."""
     import torch
 
-    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+    if not torch_uses_openmp():
         return None
     paths = []
     try:
@@ -311,9 +323,6 @@ def _openmp_runtime() -> ctypes.CDLL | None:
     return None
 
 
-_OPENMP: list[ctypes.CDLL | None] = []  # looked up once
-
-
 def choose_pool(pool: str | None = None) -> str:
     """Where the C kernels run their pieces in parallel: ``"openmp"``, the worker threads of the OpenMP
     runtime PyTorch already runs on (so that its workers, which spin for a while after each torch
@@ -325,9 +334,7 @@ def choose_pool(pool: str | None = None) -> str:
         raise UsageError(f"unknown thread pool {want!r} ({POOL_ENV}); valid: {', '.join(POOLS)}")
     if want == "posix":
         return want
-    if not _OPENMP:
-        _OPENMP.append(_openmp_runtime())
-    if _OPENMP[0] is None:
+    if _openmp_runtime() is None:
         if want == "openmp":
             raise UsageError(f"no OpenMP runtime of PyTorch is loaded here ({POOL_ENV}=openmp); "
                              f"use {POOL_ENV}=posix")
@@ -338,7 +345,7 @@ def choose_pool(pool: str | None = None) -> str:
 def _attach_pool(lib: ctypes.CDLL, pool: str) -> int:
     """Hand the OpenMP entry points to ``lib`` (once; harmless to repeat) and give the pool's id."""
     if pool == "openmp":
-        omp = _OPENMP[0]
+        omp = _openmp_runtime()
         addr = lambda f: ctypes.cast(getattr(omp, f), ctypes.c_void_p).value  # noqa: E731
         lib.reste_use_openmp(addr("GOMP_parallel"), addr("omp_get_thread_num"), addr("omp_get_num_threads"))
     return _POOL_ID[pool]

@@ -207,6 +207,17 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
 
 
+def _last_axis(x: torch.Tensor, channels: int) -> np.ndarray | None:
+    """A float32 activation as a C-contiguous NumPy (..., C) view of its memory, channels last (what
+    the C kernels' per-channel ops take): for (N, C, H, W) in channels-last memory and contiguous
+    (N, C); ``None`` for anything else."""
+    if x.dtype != torch.float32 or x.dim() not in (2, 4) or x.shape[1] != channels:
+        return None
+    if x.dim() == 4:
+        return x.permute(0, 2, 3, 1).numpy() if x.is_contiguous(memory_format=torch.channels_last) else None
+    return x.numpy() if x.is_contiguous() else None
+
+
 def _channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.view((1, -1) + (1,) * (ndim - 2))
 
@@ -434,34 +445,33 @@ class PackedModel:
         raise AssertionError(f"{op!r} is in the op table (reste.export.ir) but the runtime cannot run it")
 
     def _conv_relu_affine(self, conv: Callable, scale: np.ndarray, shift: np.ndarray) -> Callable:
-        """conv -> ReLU -> per-channel affine, the last two in place on the conv's fresh output:
-        one pass of the C kernels over channels-last data, else in-place torch ops (the same
+        """conv -> ReLU -> per-channel affine, the last two in place on the conv's fresh output (one
+        pass of the C kernels where :func:`_last_axis` applies, else in-place torch ops; the same
         float32 operations as the separate ops either way)."""
         affine = getattr(self.kernels, "channel_affine", None)
         s, sh = torch.from_numpy(scale), torch.from_numpy(shift)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             y = conv(x)
-            if affine is not None and y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last):
-                affine(y.permute(0, 2, 3, 1).numpy(), scale, shift, True)
+            view = _last_axis(y, scale.shape[0]) if affine is not None else None
+            if view is not None:
+                affine(view, scale, shift, True)
                 return y
             return torch.relu(y).mul_(_channel(s, y.dim())).add_(_channel(sh, y.dim()))
 
         return run
 
     def _affine(self, s: torch.Tensor, sh: torch.Tensor) -> Callable:
-        """x * scale + shift per channel: one pass of the C kernels over channels-last data (in parallel,
-        the same float32 operations), else the torch ops."""
+        """x * scale + shift per channel: one pass of the C kernels (in parallel, the same float32
+        operations) where :func:`_last_axis` applies, else the torch ops."""
         affine = getattr(self.kernels, "channel_affine", None)
         scale, shift = s.numpy(), sh.numpy()
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            if affine is not None and x.dtype == torch.float32 and x.shape[1] == scale.shape[0] and (
-                    (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-                    or (x.dim() == 2 and x.is_contiguous())):
-                y = torch.empty_like(x)
-                last = (lambda t: t.permute(0, 2, 3, 1)) if x.dim() == 4 else (lambda t: t)
-                affine(last(x).numpy(), scale, shift, False, last(y).numpy())
+            view = _last_axis(x, scale.shape[0]) if affine is not None else None
+            if view is not None:
+                y = torch.empty_like(x)  # (the same memory format)
+                affine(view, scale, shift, False, _last_axis(y, scale.shape[0]))
                 return y
             return x * _channel(s, x.dim()) + _channel(sh, x.dim())
 
