@@ -72,6 +72,12 @@ CASES = [  # channels below and above the implicit-GEMM threshold, odd sizes, ev
     dict(cin=128, cout=17, k=3, stride=(1, 1), pad=(2, 2, 2, 2), dil=(2, 2)),  # dilated: a segment per tap
     dict(cin=200, cout=40, k=1, stride=(2, 2), pad=(0, 0, 0, 0), dil=(1, 1)),
     dict(cin=9, cout=4, k=5, stride=(3, 3), pad=(3, 3, 3, 3), dil=(1, 1)),
+    # narrow pixels read in place: a kernel row of 9 bytes (1 of them in its second word), of exactly
+    # 3 words (no tail), of 1 byte (7 read past it); dilated along the width: im2col
+    dict(cin=24, cout=20, k=3, stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1)),
+    dict(cin=60, cout=16, k=3, stride=(1, 2), pad=(0, 1, 1, 0), dil=(1, 1)),
+    dict(cin=8, cout=16, k=1, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1)),
+    dict(cin=20, cout=12, k=3, stride=(1, 1), pad=(2, 2, 2, 2), dil=(2, 2)),
 ]
 
 
@@ -188,19 +194,31 @@ def test_the_affine_op_in_c_equals_the_torch_ops():
         assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
 
 
-def test_im2col_and_implicit_paths_agree(monkeypatch):
-    case = CASES[3]
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[7]], ids=lambda c: f"c{c['cin']}")
+def test_the_three_layouts_agree(monkeypatch, case):
+    """Whole-word pixels read in place, narrow pixels read in place (bits past each kernel row
+    subtracted) and im2col rows: the same exact integers for one layer."""
     rng = np.random.default_rng(1)
     signs = _signs(rng, (case["cout"], case["cin"], 3, 3))
     x = torch.randn(2, case["cin"], 10, 12)
-    results = []
-    for threshold in (1, 10_000):
+    results = {}
+    for threshold, narrow in ((1, False), (10_000, True), (10_000, False)):
         monkeypatch.setattr(R, "IMPLICIT_MIN_CHANNELS", threshold)
+        monkeypatch.setattr(R, "NARROW_IN_PLACE", narrow)
         layer = _layer(signs, case, K.get_kernels("c", 1, ISAS[0]))
-        assert layer.implicit == (threshold == 1)
-        results.append(_dots(layer, x))
-    np.testing.assert_array_equal(results[0], results[1])
-    np.testing.assert_array_equal(results[0], _exact_conv(x, signs, case))
+        layout = "words" if layer.implicit else "narrow" if layer.narrow else "im2col"
+        assert layout == ("words" if threshold == 1 else "narrow" if narrow else "im2col")
+        results[layout] = _dots(layer, x)
+        if layout == "narrow":
+            assert _rows_of(layer, x).tail != 0 or case["cin"] % 8 == 0
+    want = _exact_conv(x, signs, case)
+    for layout, got in results.items():
+        np.testing.assert_array_equal(got, want, err_msg=layout)
+
+
+def _rows_of(layer: R._BinaryConv, x: torch.Tensor) -> K.Rows:
+    xp, h, w = layer._packed_input(x)
+    return layer._rows(xp, layer.out_hw(h, w))[1]
 
 
 def test_float_epilogue_is_identical_across_variants():

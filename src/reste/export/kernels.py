@@ -6,13 +6,16 @@ between the rows of an im2col matrix of the packed input signs and the packed
 weight rows:
 
 * layout: activations are NHWC; the sign bits of a pixel's C channels are packed
-  into ``Cb = ceil(C / 8)`` bytes (little bit order). With fewer than 64 channels
-  (``runtime.IMPLICIT_MIN_CHANNELS``) an im2col row is the ``kh * kw`` pixels of a
-  window, ``kh * kw * Cb`` bytes, zero-filled to a multiple of 8 bytes and read as
-  uint64 words; from 64 channels on, each pixel is zero-filled to whole words and
+  into ``Cb = ceil(C / 8)`` bytes (little bit order). From 64 channels on
+  (``runtime.IMPLICIT_MIN_CHANNELS``) each pixel is zero-filled to whole words and
   the C kernel reads the windows in place (implicit GEMM: a row of kernel taps is
-  ``kw`` contiguous pixels). Weights are packed the same way, so unused bits are 0
-  in both operands and add nothing to the popcount.
+  ``kw`` contiguous pixels). Below that, the C kernel reads each kernel row (``kw * Cb``
+  bytes) in place as whole words too, into the next pixel's bytes; the weights are 0
+  there, so those bits add the activation's own popcount to every channel's count, and
+  the kernel subtracts it (``Rows.tail``; ``runtime.NARROW_IN_PLACE`` says when). Else an
+  im2col row is the ``kh * kw`` pixels of a window, ``kh * kw * Cb`` bytes, zero-filled
+  to a multiple of 8 bytes. Weights are packed the same way, so unused bits are 0 in
+  both operands and add nothing to the popcount.
 * zero padding: the training model pads the *signed* input with 0, so a padded
   position adds nothing to the dot product. The packed input is padded with bit 0
   (= +1), which adds ``sum_c w[o, c, i, j]`` for every kernel position (i, j) that
@@ -79,20 +82,24 @@ def pack_rows(bits: np.ndarray) -> np.ndarray:
     return out.view(np.uint64)
 
 
-def conv_weight_words(signs: np.ndarray, pixel_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def conv_weight_words(signs: np.ndarray, pixel_bytes: int | None = None,
+                      kernel_rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Packed rows (O, W) uint64 of a +-1 conv weight (O, C, kh, kw), in (kh, kw, C) order, each
     pixel's ``ceil(C / 8)`` bytes zero-filled to ``pixel_bytes`` (the activation's layout), and
-    ``S[o, i*kw + j] = sum_c w[o, c, i, j]`` (int32) for the padding correction."""
+    ``S[o, i*kw + j] = sum_c w[o, c, i, j]`` (int32) for the padding correction. The row is
+    zero-filled to whole words at its end, or, with ``kernel_rows``, at the end of each kernel row
+    (its kw pixels): the segments of a window read in place (:class:`Rows`)."""
     neg = np.ascontiguousarray(signs.transpose(0, 2, 3, 1)) < 0
     s = signs.sum(axis=1, dtype=np.int32).reshape(signs.shape[0], -1)
     packed = np.packbits(neg, axis=-1, bitorder="little")
     if pixel_bytes is not None and pixel_bytes > packed.shape[-1]:
         packed = np.pad(packed, ((0, 0), (0, 0), (0, 0), (0, pixel_bytes - packed.shape[-1])))
-    rows = packed.reshape(packed.shape[0], -1)
-    width = -(-rows.shape[1] // 8) * 8
-    out = np.zeros((rows.shape[0], width), dtype=np.uint8)
-    out[:, : rows.shape[1]] = rows
-    return out.view(np.uint64), np.ascontiguousarray(s)
+    o, kh = packed.shape[:2]
+    rows = packed.reshape(o, kh, -1) if kernel_rows else packed.reshape(o, 1, -1)
+    width = -(-rows.shape[2] // 8) * 8
+    out = np.zeros((o, rows.shape[1], width), dtype=np.uint8)
+    out[:, :, : rows.shape[2]] = rows
+    return out.reshape(o, -1).view(np.uint64), np.ascontiguousarray(s)
 
 
 def padding_correction(
@@ -216,7 +223,7 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "reste_isa": ([], ctypes.c_int),
     "reste_pack_signs": ([_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I], None),
     "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
-    "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
+    "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, ctypes.c_uint64, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
                      _P, _I, _I, _I, _I, _I, _I], None),
     "reste_channel_affine": ([_P, _P, _I, _P, _P, _I32, _I, _I], None),
 }
@@ -351,6 +358,20 @@ def _attach_pool(lib: ctypes.CDLL, pool: str) -> int:
     return _POOL_ID[pool]
 
 
+#: Zero bytes after every packed activation: a kernel row of narrow pixels read in place (``Rows.tail``)
+#: reads up to 7 bytes past its window, so past the array at its last position.
+SLACK = 8
+
+
+def packed_buffer(shape: tuple[int, ...], zero: bool = True) -> np.ndarray:
+    """A uint8 array of ``shape`` (zero-filled, or uninitialised with ``zero=False``) followed in memory by
+    :data:`SLACK` zero bytes."""
+    size = int(np.prod(shape))
+    buf = (np.zeros if zero else np.empty)(size + SLACK, dtype=np.uint8)
+    buf[size:] = 0
+    return buf[:size].reshape(shape)
+
+
 def pad_lanes(a: np.ndarray | None, fill: float = 0) -> np.ndarray | None:
     """``a`` with its last axis padded with ``fill`` to a multiple of 16 (the kernels' lanes), contiguous."""
     if a is None:
@@ -365,7 +386,9 @@ def pad_lanes(a: np.ndarray | None, fill: float = 0) -> np.ndarray | None:
 class Rows:
     """How ``reste_bconv`` finds the activation row of output position m = (n, oh, ow), for n below
     ``images``: from ``base + n * sn + oh * sh + ow * sw`` (bytes), ``len(off)`` segments of ``words``
-    words at ``off``."""
+    words at ``off``. ``tail``: the bits of each segment's last word past its real bytes (a kernel row
+    of narrow pixels read in place reads into the next pixel; the weights are 0 there and the kernel
+    subtracts what the activation has there), 0 when the segments are whole words."""
 
     images: int
     sn: int
@@ -374,6 +397,7 @@ class Rows:
     out_hw: tuple[int, int]
     off: np.ndarray
     words: int
+    tail: int = 0
 
 
 class CKernels:
@@ -402,7 +426,7 @@ class CKernels:
         cb = pixel_bytes or -(-c // 8)
         hp, wp = h + pt + pb, w + pl + pr
         spare = pt or pb or pl or pr or cb * 8 > -(-c // 8) * 8
-        out = (np.zeros if spare else np.empty)((n, hp, wp, cb), dtype=np.uint8)
+        out = packed_buffer((n, hp, wp, cb), zero=bool(spare))
         xa, oa = x.ctypes.data, out.ctypes.data
         self.lib.reste_pack_signs_mt(xa, h, w, c, oa, hp, wp, cb, pt, pl, n, self._parts(n, x.size), self._pool)
         return out
@@ -472,7 +496,8 @@ class CKernels:
         lanes = bt.shape[0] * 16
         assert all(a is None or a.shape[-1] == lanes for a in (corr, *(ab_arrays(ep))))
         keep = (x, bt, corr, rows.off, ep, residual)  # noqa: F841 - keep the buffers alive during the call
-        args = (ptr(x), rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, ptr(rows.off), ptr(bt), o, k,
+        args = (ptr(x), rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, ptr(rows.off), rows.tail,
+                ptr(bt), o, k,
                 ptr(corr), mode, *ab, *scale_shift, ptr(residual), *thresholds, *geometry)
         self.lib.reste_bconv_mt(*args, m, self._parts(m, m * o * bt.shape[1], align=self.rows_per_block), self._pool)
         return out

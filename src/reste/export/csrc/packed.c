@@ -299,7 +299,10 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
 
 /* Binary convolution (or GEMM) on packed bits, output rows m0 .. m1-1 (m = (n * OH + oh) * OW + ow).
    Row m reads X + n * sn + oh * sh + ow * sw (bytes), nseg segments of L words at off[s] from there
-   (implicit GEMM on a padded, word-aligned activation, or one segment of an im2col row).
+   (implicit GEMM on a padded activation, or one segment of an im2col row). tail: the bits of each
+   segment's last word that lie past the window (a kernel row of narrow pixels read in place, see
+   kernels.py: Rows), 0 when none; the weights are 0 there, so popcount(a ^ w) counts the activation's bits
+   there in every lane, and they are subtracted (K + 2 e in the row's dot products, e their popcount).
    Bt: (ceil(O / 16), nseg * L, 16) words. t[m, o] = K - 2 popcount - corr[m % (OH * OW), o] (corr may be
    NULL) is the exact +-1 dot product, and the output is (corr, alpha, bias, scale, shift, lo and hi are
    padded to whole blocks of 16 channels: (P, 16 ceil(O / 16)) and 16 ceil(O / 16); lo > hi on the padding)
@@ -309,7 +312,7 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
      mode 2: sign bits of the next layer's packed input: bit o of out + n * on + oh * ohs + ow * ows
              is lo[o] <= t <= hi[o]; the first obytes bytes of that pixel are written. */
 void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
-                 int64_t nseg, int64_t L, const int64_t *off, const uint64_t *Bt, int64_t O, int32_t K,
+                 int64_t nseg, int64_t L, const int64_t *off, uint64_t tail, const uint64_t *Bt, int64_t O, int32_t K,
                  const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
                  const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
                  int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
@@ -320,11 +323,29 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
         const uint8_t *rows[ROWS];
         const int32_t *crow[ROWS];
         uint8_t *px[ROWS];
+        int32_t krow[ROWS];
+        /* (n, oh, ow) of the block's first row, then stepped (a row past the end repeats the last one) */
+        int64_t n = r0 / P, p = r0 % P, oh = p / OW, ow = p % OW;
         for (int r = 0; r < ROWS; r++) {
-            int64_t m = r0 + (r < nr ? r : nr - 1), n = m / P, p = m % P, oh = p / OW, ow = p % OW;
             rows[r] = X + n * sn + oh * sh + ow * sw;
             crow[r] = corr ? corr + p * blocks * LANES : 0;
             px[r] = mode == 2 ? out + n * on + oh * ohs + ow * ows : 0;
+            krow[r] = K;
+            for (int64_t sg = 0; tail && sg < nseg; sg++) {
+                uint64_t last;
+                memcpy(&last, rows[r] + off[sg] + 8 * (L - 1), 8);
+                krow[r] += 2 * __builtin_popcountll(last & tail);
+            }
+            if (r + 1 >= nr) continue;
+            p++;
+            if (++ow == OW) {
+                ow = 0;
+                if (++oh == OH) {
+                    oh = 0;
+                    p = 0;
+                    n++;
+                }
+            }
         }
         for (int64_t b = 0; b < blocks; b++) {
             int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
@@ -334,7 +355,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                    only no values are stored */
                 int32_t t[LANES];
                 float v[LANES];
-                lanes_dot(cnt + r * LANES, K, crow[r] ? crow[r] + o0 : 0, t);
+                lanes_dot(cnt + r * LANES, krow[r], crow[r] ? crow[r] + o0 : 0, t);
                 if (mode == 0) {
                     int32_t *y = (int32_t *)out + (r0 + r) * O + o0;
                     if (no == LANES) memcpy(y, t, sizeof t);  /* a fixed size: one vector store, not a call */
@@ -504,6 +525,7 @@ typedef struct {
     const uint8_t *X;
     int64_t sn, sh, sw, OH, OW, nseg, L;
     const int64_t *off;
+    uint64_t tail;
     const uint64_t *Bt;
     int64_t O;
     int32_t K;
@@ -517,18 +539,19 @@ typedef struct {
 
 static void bconv_range(const void *c, int64_t m0, int64_t m1) {
     const bconv_ctx *a = (const bconv_ctx *)c;
-    reste_bconv(a->X, a->sn, a->sh, a->sw, a->OH, a->OW, a->nseg, a->L, a->off, a->Bt, a->O, a->K, a->corr, a->mode,
-                a->alpha, a->bias, a->scale, a->shift, a->res, a->lo, a->hi, a->out, a->on, a->ohs, a->ows, a->obytes,
+    reste_bconv(a->X, a->sn, a->sh, a->sw, a->OH, a->OW, a->nseg, a->L, a->off, a->tail, a->Bt, a->O, a->K, a->corr,
+                a->mode, a->alpha, a->bias, a->scale, a->shift, a->res, a->lo, a->hi, a->out, a->on, a->ohs, a->ows, a->obytes,
                 m0, m1);
 }
 
 /* reste_bconv over output rows [0, M), in `parts` pieces of whole ROWS-row blocks. */
 void reste_bconv_mt(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
-                    int64_t nseg, int64_t L, const int64_t *off, const uint64_t *Bt, int64_t O, int32_t K,
+                    int64_t nseg, int64_t L, const int64_t *off, uint64_t tail, const uint64_t *Bt, int64_t O,
+                    int32_t K,
                     const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
                     const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
                     int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M, int64_t parts, int32_t pool) {
-    bconv_ctx a = {X, sn, sh, sw, OH, OW, nseg, L, off, Bt, O, K, corr, mode, alpha, bias, scale, shift, res,
+    bconv_ctx a = {X, sn, sh, sw, OH, OW, nseg, L, off, tail, Bt, O, K, corr, mode, alpha, bias, scale, shift, res,
                    lo, hi, out, on, ohs, ows, obytes};
     run_parallel(bconv_range, &a, M, parts, ROWS, pool);
 }
