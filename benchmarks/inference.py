@@ -277,7 +277,7 @@ def bench_layers(args: argparse.Namespace) -> None:
         med = {k: 1000 * statistics.median(v) for k, v in times.items()}
         kern = (f"{med['kernel']:10.2f} {med['float'] / med['kernel']:5.1f}x" if "kernel" in med
                 else f"{'n/a':>10s} {'':6s}")
-        layout = ("implicit" if layer.implicit else "im2col") if layer.fast else "numpy"
+        layout = ("implicit" if layer.implicit else "narrow" if layer.narrow else "im2col") if layer.fast else "numpy"
         print(f"{f'{c}->{c} at {hw}x{hw}':22s} | {med['float']:15.2f} {med['packed']:10.2f} "
               f"{med['float'] / med['packed']:5.1f}x | {kern} | {layout}")
     print("packed: sign bits packed from the float input, XOR/popcount, float32 output (what a layer of the "
