@@ -113,8 +113,23 @@ void reste_im2col(const uint8_t *xp, int64_t Hp, int64_t Wp, int64_t Cb, int64_t
 
 #if RESTE_ISA == 2
 #define ROWS 8
-static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
-                         const uint64_t *Wb, uint64_t *cnt) {
+/* What a block writes (see reste_bconv): mode, the row length O, the per-channel arrays, the output. */
+typedef struct {
+    int32_t mode;
+    int64_t O, obytes;
+    const float *alpha, *bias, *scale, *shift, *res;
+    const int32_t *lo, *hi;
+    uint8_t *out;
+} emit_ctx;
+
+/* The AVX-512 kernel does a whole block in registers: the counts of output rows m0 + r (r < nr) for the
+   channels o0 .. o0+no-1, their dot products t = krow[r] - 2 count - crow[r] (crow[r] NULL: none), and the
+   output from t: the float32 operations of lanes_float below, in the same order (no round trip through
+   memory between them, which the small layers, few words a row, spent most of their time on). */
+static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                       const uint64_t *Wb, int64_t nr, int64_t m0, const int32_t *krow,
+                       const int32_t *const *crow, uint8_t *const *px, int64_t o0, int64_t no,
+                       const emit_ctx *e) {
     __m512i acc[ROWS][2];
     for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
     for (int64_t s = 0; s < nseg; s++) {
@@ -132,9 +147,30 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
             }
         }
     }
-    for (int r = 0; r < ROWS; r++) {
-        _mm512_storeu_si512((void *)(cnt + r * LANES), acc[r][0]);
-        _mm512_storeu_si512((void *)(cnt + r * LANES + 8), acc[r][1]);
+    const __mmask16 keep = (__mmask16)((1u << no) - 1);
+    for (int r = 0; r < ROWS && r < nr; r++) {
+        __m256i lo = _mm512_cvtepi64_epi32(acc[r][0]), hi = _mm512_cvtepi64_epi32(acc[r][1]);
+        __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        __m512i t = _mm512_sub_epi32(_mm512_set1_epi32(krow[r]), _mm512_add_epi32(c, c));
+        if (crow[r]) t = _mm512_sub_epi32(t, _mm512_loadu_si512((const void *)(crow[r] + o0)));
+        int64_t at = (m0 + r) * e->O + o0;
+        if (e->mode == 0) {
+            _mm512_mask_storeu_epi32((int32_t *)e->out + at, keep, t);
+        } else if (e->mode == 1) {
+            __m512 x = _mm512_cvtepi32_ps(t);
+            x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(e->alpha + o0), x), _mm512_loadu_ps(e->bias + o0));
+            if (e->scale) {
+                x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+                x = _mm512_add_ps(_mm512_mul_ps(x, _mm512_loadu_ps(e->scale + o0)), _mm512_loadu_ps(e->shift + o0));
+            }
+            if (e->res) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(keep, e->res + at));
+            _mm512_mask_storeu_ps((float *)e->out + at, keep, x);
+        } else {
+            uint32_t bits = _mm512_cmp_epi32_mask(t, _mm512_loadu_si512((const void *)(e->lo + o0)), _MM_CMPINT_NLT) &
+                            _mm512_cmp_epi32_mask(t, _mm512_loadu_si512((const void *)(e->hi + o0)), _MM_CMPINT_LE);
+            px[r][o0 / 8] = (uint8_t)bits;
+            if (o0 / 8 + 1 < e->obytes) px[r][o0 / 8 + 1] = (uint8_t)(bits >> 8);
+        }
     }
 }
 #elif RESTE_ISA == 1
@@ -236,43 +272,19 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
 #endif
 
 /* t[j] = K - 2 c[j] - cr[j] (cr may be NULL) and v[j] = alpha[j] t[j] + bias[j] [-> ReLU -> * scale[j] + shift[j]]
-   on one block of 16 lanes: the same float32 operations, in the same order, in every variant. */
-#if RESTE_ISA == 2
-static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
-    __m256i lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)c));
-    __m256i hi = _mm512_cvtepi64_epi32(_mm512_loadu_si512((const void *)(c + 8)));
-    __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-    x = _mm512_sub_epi32(_mm512_set1_epi32(K), _mm512_add_epi32(x, x));
-    if (cr) x = _mm512_sub_epi32(x, _mm512_loadu_si512((const void *)cr));
-    _mm512_storeu_si512((void *)t, x);
-}
-static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
-                               const float *shift, float *v) {
-    __m512 x = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)t));
-    x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(alpha), x), _mm512_loadu_ps(bias));
-    if (scale) {
-        x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), x);
-        x = _mm512_add_ps(_mm512_mul_ps(x, _mm512_loadu_ps(scale)), _mm512_loadu_ps(shift));
-    }
-    _mm512_storeu_ps(v, x);
-}
-static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
-    __m512i x = _mm512_loadu_si512((const void *)t);
-    return (uint32_t)(_mm512_cmp_epi32_mask(x, _mm512_loadu_si512((const void *)lo), _MM_CMPINT_NLT) &
-                      _mm512_cmp_epi32_mask(x, _mm512_loadu_si512((const void *)hi), _MM_CMPINT_LE));
-}
-#else
+   on one block of 16 lanes: the same float32 operations, in the same order, in every variant (AVX-512: in
+   block_emit). */
+#if RESTE_ISA != 2
 static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
     uint32_t bits = 0;
     for (int j = 0; j < LANES; j++) bits |= (uint32_t)(t[j] >= lo[j] && t[j] <= hi[j]) << j;
     return bits;
 }
-#endif
-#if RESTE_ISA == 2
-#elif RESTE_ISA == 1
 static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
     for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
 }
+#endif
+#if RESTE_ISA == 1
 static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
                                const float *shift, float *v) {
     for (int h = 0; h < LANES; h += 8) {
@@ -285,10 +297,7 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
         _mm256_storeu_ps(v + h, x);
     }
 }
-#else
-static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
-    for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
-}
+#elif RESTE_ISA != 2
 static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
                                const float *shift, float *v) {
     for (int j = 0; j < LANES; j++) v[j] = alpha[j] * (float)t[j] + bias[j];
@@ -317,7 +326,11 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                  const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
                  int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
+#if RESTE_ISA == 2
+    emit_ctx e = {mode, O, obytes, alpha, bias, scale, shift, res, lo, hi, out};
+#else
     uint64_t cnt[ROWS * LANES];
+#endif
     for (int64_t r0 = m0; r0 < m1; r0 += ROWS) {
         int64_t nr = m1 - r0 < ROWS ? m1 - r0 : ROWS;
         const uint8_t *rows[ROWS];
@@ -349,6 +362,9 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
         }
         for (int64_t b = 0; b < blocks; b++) {
             int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
+#if RESTE_ISA == 2
+            block_emit(rows, nseg, L, off, Bt + b * Kw * LANES, nr, r0, krow, crow, px, o0, no, &e);
+#else
             block_counts(rows, nseg, L, off, Bt + b * Kw * LANES, cnt);
             for (int64_t r = 0; r < nr; r++) {
                 /* whole 16-lane blocks (the per-channel arrays and corr rows are padded to whole blocks);
@@ -378,6 +394,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                     if (o0 / 8 + 1 < obytes) px[r][o0 / 8 + 1] = (uint8_t)(bits >> 8);
                 }
             }
+#endif
         }
     }
 }
