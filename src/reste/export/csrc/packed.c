@@ -111,8 +111,6 @@ void reste_im2col(const uint8_t *xp, int64_t Hp, int64_t Wp, int64_t Cb, int64_t
    cnt[r * 16 + j] = sum over the row's words of popcount(a ^ w). */
 #define LANES 16
 
-#if RESTE_ISA == 2
-#define ROWS 8
 /* What a block writes (see reste_bconv): mode, the row length O, the per-channel arrays, the output. */
 typedef struct {
     int32_t mode;
@@ -122,6 +120,9 @@ typedef struct {
     uint8_t *out;
 } emit_ctx;
 
+
+#if RESTE_ISA == 2
+#define ROWS 8
 /* The AVX-512 kernel does a whole block in registers: the counts of output rows m0 + r (r < nr) for the
    channels o0 .. o0+no-1, their dot products t = krow[r] - 2 count - crow[r] (crow[r] NULL: none), and the
    output from t: the float32 operations of lanes_float below, in the same order (no round trip through
@@ -180,43 +181,77 @@ static inline __m256i pc8(__m256i x, __m256i lut, __m256i nib) {  /* popcount of
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
-/* Two passes of 8 lanes; byte counters summed into 64-bit lanes (SAD) at least every 31 words, so that
-   they cannot overflow (8 per word). */
-static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
-                         const uint64_t *Wb, uint64_t *cnt) {
+/* 8 lanes of 64-bit counts (a: lanes 0-3, b: 4-7) as 8 int32. */
+static inline __m256i counts32(__m256i a, __m256i b) {
+    __m256i x = _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b),
+                                                      _MM_SHUFFLE(2, 0, 2, 0)));  /* a0 a1 b0 b1 a2 a3 b2 b3 */
+    return _mm256_permute4x64_epi64(x, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+/* As the AVX-512 block_emit: counts, dot products and output of a block without a round trip through
+   memory, in two passes of 8 lanes (h). Byte counters are summed into 64-bit lanes (SAD) at least every
+   31 words of the row (whatever its segments), so that they cannot overflow (8 per word). The float32
+   operations are lanes_float's, in the same order. */
+static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                       const uint64_t *Wb, int64_t nr, int64_t m0, const int32_t *krow,
+                       const int32_t *const *crow, uint8_t *const *px, int64_t o0, int64_t no,
+                       const emit_ctx *e) {
     const __m256i lut = _mm256_setr_epi8(0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4,0,1,1,2,1,2,2,3,1,2,2,3,2,3,3,4);
     const __m256i nib = _mm256_set1_epi8(0x0f);
     const __m256i zero = _mm256_setzero_si256();
     for (int h = 0; h < 2; h++) {
-        __m256i tot[ROWS][2];
-        for (int r = 0; r < ROWS; r++) tot[r][0] = tot[r][1] = zero;
+        int64_t valid = no - 8 * h;  /* lanes of this half that exist (<= 0: none) */
+        if (valid <= 0) break;
+        __m256i tot[ROWS][2], b[ROWS][2];
+        for (int r = 0; r < ROWS; r++) tot[r][0] = tot[r][1] = b[r][0] = b[r][1] = zero;
+        int since = 0;
         for (int64_t s = 0; s < nseg; s++) {
             const uint64_t *p[ROWS];
             for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
             const uint64_t *w = Wb + s * L * LANES + 8 * h;
-            for (int64_t k = 0; k < L;) {
-                int64_t end = k + 31 < L ? k + 31 : L;
-                __m256i b[ROWS][2];
-                for (int r = 0; r < ROWS; r++) b[r][0] = b[r][1] = zero;
-                for (; k < end; k++) {
-                    __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * LANES));
-                    __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * LANES + 4));
+            for (int64_t k = 0; k < L; k++) {
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * LANES));
+                __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * LANES + 4));
 #pragma GCC unroll 4
-                    for (int r = 0; r < ROWS; r++) {
-                        __m256i x = _mm256_set1_epi64x((long long)p[r][k]);
-                        b[r][0] = _mm256_add_epi8(b[r][0], pc8(_mm256_xor_si256(x, w0), lut, nib));
-                        b[r][1] = _mm256_add_epi8(b[r][1], pc8(_mm256_xor_si256(x, w1), lut, nib));
-                    }
-                }
                 for (int r = 0; r < ROWS; r++) {
-                    tot[r][0] = _mm256_add_epi64(tot[r][0], _mm256_sad_epu8(b[r][0], zero));
-                    tot[r][1] = _mm256_add_epi64(tot[r][1], _mm256_sad_epu8(b[r][1], zero));
+                    __m256i x = _mm256_set1_epi64x((long long)p[r][k]);
+                    b[r][0] = _mm256_add_epi8(b[r][0], pc8(_mm256_xor_si256(x, w0), lut, nib));
+                    b[r][1] = _mm256_add_epi8(b[r][1], pc8(_mm256_xor_si256(x, w1), lut, nib));
+                }
+                if (++since == 31) {
+                    for (int r = 0; r < ROWS; r++) {
+                        tot[r][0] = _mm256_add_epi64(tot[r][0], _mm256_sad_epu8(b[r][0], zero));
+                        tot[r][1] = _mm256_add_epi64(tot[r][1], _mm256_sad_epu8(b[r][1], zero));
+                        b[r][0] = b[r][1] = zero;
+                    }
+                    since = 0;
                 }
             }
         }
-        for (int r = 0; r < ROWS; r++) {
-            _mm256_storeu_si256((__m256i *)(cnt + r * LANES + 8 * h), tot[r][0]);
-            _mm256_storeu_si256((__m256i *)(cnt + r * LANES + 8 * h + 4), tot[r][1]);
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        int64_t c0 = o0 + 8 * h;  /* the first channel of this half */
+        for (int r = 0; r < ROWS && r < nr; r++) {
+            __m256i c = counts32(_mm256_add_epi64(tot[r][0], _mm256_sad_epu8(b[r][0], zero)),
+                                 _mm256_add_epi64(tot[r][1], _mm256_sad_epu8(b[r][1], zero)));
+            __m256i t = _mm256_sub_epi32(_mm256_set1_epi32(krow[r]), _mm256_add_epi32(c, c));
+            if (crow[r]) t = _mm256_sub_epi32(t, _mm256_loadu_si256((const __m256i *)(crow[r] + c0)));
+            int64_t at = (m0 + r) * e->O + c0;
+            if (e->mode == 0) {
+                _mm256_maskstore_epi32((int *)e->out + at, keep, t);
+            } else if (e->mode == 1) {
+                __m256 x = _mm256_cvtepi32_ps(t);
+                x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(e->alpha + c0), x), _mm256_loadu_ps(e->bias + c0));
+                if (e->scale) {
+                    x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ), x);
+                    x = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(e->scale + c0)), _mm256_loadu_ps(e->shift + c0));
+                }
+                if (e->res) x = _mm256_add_ps(x, _mm256_maskload_ps(e->res + at, keep));
+                _mm256_maskstore_ps((float *)e->out + at, keep, x);
+            } else if (o0 / 8 + h < e->obytes) {  /* lo <= t <= hi: neither lo > t nor t > hi */
+                __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(e->lo + c0)), t),
+                                              _mm256_cmpgt_epi32(t, _mm256_loadu_si256((const __m256i *)(e->hi + c0))));
+                px[r][o0 / 8 + h] = (uint8_t)~_mm256_movemask_ps(_mm256_castsi256_ps(out));
+            }
         }
     }
 }
@@ -272,9 +307,9 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
 #endif
 
 /* t[j] = K - 2 c[j] - cr[j] (cr may be NULL) and v[j] = alpha[j] t[j] + bias[j] [-> ReLU -> * scale[j] + shift[j]]
-   on one block of 16 lanes: the same float32 operations, in the same order, in every variant (AVX-512: in
-   block_emit). */
-#if RESTE_ISA != 2
+   on one block of 16 lanes: the same float32 operations, in the same order, in every variant (AVX-512 and
+   AVX2: in block_emit). */
+#if RESTE_ISA != 2 && RESTE_ISA != 1
 static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
     uint32_t bits = 0;
     for (int j = 0; j < LANES; j++) bits |= (uint32_t)(t[j] >= lo[j] && t[j] <= hi[j]) << j;
@@ -284,20 +319,7 @@ static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, in
     for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
 }
 #endif
-#if RESTE_ISA == 1
-static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
-                               const float *shift, float *v) {
-    for (int h = 0; h < LANES; h += 8) {
-        __m256 x = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(t + h)));
-        x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(alpha + h), x), _mm256_loadu_ps(bias + h));
-        if (scale) {
-            x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ), x);
-            x = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(scale + h)), _mm256_loadu_ps(shift + h));
-        }
-        _mm256_storeu_ps(v + h, x);
-    }
-}
-#elif RESTE_ISA != 2
+#if RESTE_ISA != 2 && RESTE_ISA != 1
 static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
                                const float *shift, float *v) {
     for (int j = 0; j < LANES; j++) v[j] = alpha[j] * (float)t[j] + bias[j];
@@ -326,7 +348,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                  const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
                  int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
-#if RESTE_ISA == 2
+#if RESTE_ISA == 2 || RESTE_ISA == 1
     emit_ctx e = {mode, O, obytes, alpha, bias, scale, shift, res, lo, hi, out};
 #else
     uint64_t cnt[ROWS * LANES];
@@ -362,7 +384,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
         }
         for (int64_t b = 0; b < blocks; b++) {
             int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
-#if RESTE_ISA == 2
+#if RESTE_ISA == 2 || RESTE_ISA == 1
             block_emit(rows, nseg, L, off, Bt + b * Kw * LANES, nr, r0, krow, crow, px, o0, no, &e);
 #else
             block_counts(rows, nseg, L, off, Bt + b * Kw * LANES, cnt);
