@@ -68,8 +68,22 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        _import_before_the_group()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world, local), device
+
+
+def _import_before_the_group() -> None:
+    """Import ``torch.distributed.nn`` now, while there is no process group. Its functions take
+    ``group=group.WORLD`` as a default argument, evaluated when the module is first imported; PyTorch
+    imports it lazily (the first optimizer does, through ``torch._dynamo``), and imported after
+    ``init_process_group`` those defaults hold the group itself, so ``destroy_process_group`` could
+    not free it: a gloo group's threads then ran until the interpreter tore it down at exit, where a
+    process was seen to abort now and then ("terminate called without an active exception")."""
+    try:
+        import torch.distributed.nn  # noqa: F401
+    except ImportError:  # a build without it has no such defaults either
+        pass
 
 
 def is_distributed() -> bool:
@@ -115,6 +129,8 @@ def all_reduce(tensor: Tensor) -> Tensor:
 
 def leave_process_group() -> None:
     """Tear the process group down, if there is one, before the interpreter exits: a gloo group
-    left alive can abort a process at exit ("terminate called without an active exception")."""
+    left alive can abort a process at exit ("terminate called without an active exception"). The
+    group is freed here, with its threads, only if nothing else holds it (see
+    ``_import_before_the_group``)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
