@@ -218,12 +218,13 @@ _ISA_FLAGS = {
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _I32 = ctypes.c_int32
+_U64 = ctypes.c_uint64
 
 _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "reste_isa": ([], ctypes.c_int),
     "reste_pack_signs": ([_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I], None),
     "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
-    "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, ctypes.c_uint64, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
+    "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _U64, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
                      _P, _I, _I, _I, _I, _I, _I], None),
     "reste_channel_affine": ([_P, _P, _I, _P, _P, _I32, _I, _I], None),
 }

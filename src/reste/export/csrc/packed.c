@@ -228,7 +228,8 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
                 }
             }
         }
-        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)valid),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         int64_t c0 = o0 + 8 * h;  /* the first channel of this half */
         for (int r = 0; r < ROWS && r < nr; r++) {
             __m256i c = counts32(_mm256_add_epi64(tot[r][0], _mm256_sad_epu8(b[r][0], zero)),
@@ -579,8 +580,8 @@ typedef struct {
 static void bconv_range(const void *c, int64_t m0, int64_t m1) {
     const bconv_ctx *a = (const bconv_ctx *)c;
     reste_bconv(a->X, a->sn, a->sh, a->sw, a->OH, a->OW, a->nseg, a->L, a->off, a->tail, a->Bt, a->O, a->K, a->corr,
-                a->mode, a->alpha, a->bias, a->scale, a->shift, a->res, a->lo, a->hi, a->out, a->on, a->ohs, a->ows, a->obytes,
-                m0, m1);
+                a->mode, a->alpha, a->bias, a->scale, a->shift, a->res, a->lo, a->hi, a->out, a->on, a->ohs, a->ows,
+                a->obytes, m0, m1);
 }
 
 /* reste_bconv over output rows [0, M), in `parts` pieces of whole ROWS-row blocks. */
