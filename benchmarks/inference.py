@@ -247,13 +247,13 @@ def bench_layers(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
 
     from reste.export.kernels import get_kernels
-    from reste.export.runtime import _BinaryConv
+    from reste.export.runtime import PackedActivation, _BinaryConv
 
     kernels = get_kernels(args.backend, args.threads, args.isa, args.pool)
     variant = f"{kernels.name}/{kernels.isa}" if getattr(kernels, "isa", None) else kernels.name
     print(f"\n== one binary 3x3 conv, batch 64, packed kernels: {variant}, {args.threads} thread(s)")
-    print(f"{'layer':22s} | {'float conv2d ms':>15s} {'packed ms':>10s} {'x':>6s} | {'kernel ms':>10s} {'x':>6s}"
-          f" | {'layout':8s}")
+    print(f"{'layer':22s} | {'float conv2d ms':>15s} {'packed ms':>10s} {'x':>6s} | {'fused ms':>10s} {'x':>6s}"
+          f" | {'kernel ms':>10s} {'x':>6s} | {'layout':8s}")
     gen = torch.Generator().manual_seed(2)
     for c, hw in LAYERS:
         w = torch.randn(c, c, 3, 3, generator=gen)
@@ -272,16 +272,25 @@ def bench_layers(args: argparse.Namespace) -> None:
             corr = layer._correction(h, wd)
             fns["kernel"] = lambda src=src, rows=rows, layer=layer, corr=corr: layer.kernels.bconv(
                 src, rows, layer.blocked, c, layer.k, corr, None)
+            # fused: a binary conv inside the engine, sign bits in and the next binary conv's sign bits out
+            nxt = _BinaryConv(node, signs, np.ones(c, np.float32), np.zeros(c, np.float32), None, kernels)
+            if layer.fuse_next(nxt):
+                act = PackedActivation(xp, (h, wd))
+                if not np.array_equal(layer.to_bits(act).data, nxt._packed_input(F.conv2d(xs, ws, None, 1, 1))[0]):
+                    raise SystemExit(f"fused packed conv {c}->{c}: its sign bits differ from the float conv's")
+                fns["fused"] = lambda layer=layer, act=act: layer.to_bits(act)
         with torch.no_grad():
             times = _time(fns, args.budget)
         med = {k: 1000 * statistics.median(v) for k, v in times.items()}
-        kern = (f"{med['kernel']:10.2f} {med['float'] / med['kernel']:5.1f}x" if "kernel" in med
-                else f"{'n/a':>10s} {'':6s}")
+        kern, fused = (f"{med[k]:10.2f} {med['float'] / med[k]:5.1f}x" if k in med else f"{'n/a':>10s} {'':6s}"
+                       for k in ("kernel", "fused"))
         layout = ("implicit" if layer.implicit else "narrow" if layer.narrow else "im2col") if layer.fast else "numpy"
         print(f"{f'{c}->{c} at {hw}x{hw}':22s} | {med['float']:15.2f} {med['packed']:10.2f} "
-              f"{med['float'] / med['packed']:5.1f}x | {kern} | {layout}")
-    print("packed: sign bits packed from the float input, XOR/popcount, float32 output (what a layer of the "
-          "engine does); kernel: the popcount kernel alone on the packed input, int32 output. x = float / packed.")
+              f"{med['float'] / med['packed']:5.1f}x | {fused} | {kern} | {layout}")
+    print("packed: float32 in and out (sign bits packed from the float input, XOR/popcount, float32 output); "
+          "fused: sign bits in, the next binary conv's packed sign bits out (a binary conv between two others "
+          "in the engine: integer thresholds, no floats); kernel: the popcount kernel alone on the packed "
+          "input, int32 output. x = float / that.")
 
 
 def _fmt(v, spec: str) -> str:

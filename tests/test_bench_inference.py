@@ -1,0 +1,28 @@
+"""benchmarks/inference.py still runs and checks what it times: one short run (a tiny time budget)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reste.export import kernels as K
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "inference.py"
+
+
+@pytest.mark.skipif(K.c_kernel_error() is not None, reason="no C compiler: the packed kernels fall back to NumPy")
+def test_the_inference_benchmark_runs_its_checks_and_prints_its_tables():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--models", "resnet20_1w1a", "--batches", "1",
+                           "--no-memory", "--budget", "0.05", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    # the per-layer table: each layer was checked against the float conv (else the script exits) and timed
+    for layer in ("64->64 at 32x32", "256->256 at 8x8"):
+        row = next(line for line in out.splitlines() if line.startswith(layer))
+        assert row.count("x |") == 3 and row.rstrip().endswith("implicit"), row
+    assert "predictions identical" in out
+    assert any(line.startswith("resnet20_1w1a       1 |") for line in out.splitlines()), out[-2000:]
