@@ -381,6 +381,27 @@ def test_fused_model_equals_traced_model_and_the_reference_on_every_variant(bloc
     assert all(torch.equal(v, logits[0]) for v in logits)
 
 
+def test_the_engine_looks_each_address_up_once_and_pins_nothing_per_call(block_file):
+    """The kernels keep the addresses of the arrays that live as long as a layer (CKernels._pin): after
+    the first batch of a size, further batches pin nothing new, and the results stay the same."""
+    packed = PackedModel.load(block_file, backend="c", threads=1)
+    x = torch.randn(3, 3, 12, 12)
+    first = packed(x)
+    pinned = len(packed.kernels._pins)
+    assert pinned > 0
+    for _ in range(3):
+        assert torch.equal(packed(x), first)
+    assert len(packed.kernels._pins) == pinned
+    kern = K.get_kernels("c", 1, ISAS[0])
+    a = np.zeros(16, np.int32)
+    assert kern._pin(a) == kern._pin(a, 16) == a.ctypes.data
+    with pytest.raises(AssertionError):
+        kern._pin(np.zeros(5, np.int32), 16)
+    for _ in range(K._MAX_PINS + 10):  # fresh arrays every call: the pins stay bounded
+        kern._pin(np.zeros(16, np.int32))
+    assert len(kern._pins) <= K._MAX_PINS
+
+
 def test_environment_variable_forces_a_variant(block_file, monkeypatch):
     for isa in ISAS:
         monkeypatch.setenv(K.ISA_ENV, isa)

@@ -401,6 +401,9 @@ class Rows:
     tail: int = 0
 
 
+_MAX_PINS = 4096  # arrays whose addresses a CKernels keeps (a model has a few per binary layer)
+
+
 class CKernels:
     """The compiled backend (same results as :class:`NumpyKernels`), one instruction-set variant."""
 
@@ -413,6 +416,22 @@ class CKernels:
         self.pool = pool
         self._pool = _attach_pool(lib, pool)
         self.rows_per_block = {"avx512": 8, "avx2": 4, "neon": 2}.get(isa, 1)
+        self._pins: dict[int, tuple[np.ndarray, int]] = {}
+
+    def _pin(self, a: np.ndarray | None, lanes: int | None = None) -> int | None:
+        """The address of an array that lives as long as its layer (weights, per-channel arrays,
+        offsets, corrections): asked of NumPy once (``a.ctypes.data`` costs microseconds, which a
+        batch of one image feels in every layer) and kept with the array, which the pin keeps alive
+        so that its id cannot be reused. ``lanes``: the length its last axis must have."""
+        if a is None:
+            return None
+        hit = self._pins.get(id(a))
+        if hit is None or hit[0] is not a:
+            assert lanes is None or a.shape[-1] == lanes, (a.shape, lanes)
+            if len(self._pins) >= _MAX_PINS:  # a caller that passes fresh arrays each time: start over
+                self._pins.clear()
+            hit = self._pins[id(a)] = (a, a.ctypes.data)
+        return hit[1]
 
     def _parts(self, total: int, work: int, align: int = 1) -> int:
         """Into how many pieces (run in parallel in C) a kernel splits [0, total)."""
@@ -476,30 +495,29 @@ class CKernels:
         oh, ow = rows.out_hw
         m = rows.images * oh * ow
         assert bt.shape[1] == len(rows.off) * rows.words and bt.shape[0] * 16 >= o
-        ptr = lambda arr: None if arr is None else arr.ctypes.data  # noqa: E731
+        lanes = bt.shape[0] * 16
+        pin = self._pin
         null = (None, None)
         if bits is not None:
-            mode, out, ep = 2, bits.out, bits
-            geometry = (ptr(bits.out) + bits.origin, *bits.strides, -(-o // 8))
-            scale_shift, thresholds, ab = null, (ptr(bits.lo), ptr(bits.hi)), null
+            mode, out = 2, bits.out
+            geometry = (out.ctypes.data + bits.origin, *bits.strides, -(-o // 8))
+            scale_shift, thresholds, ab = null, (pin(bits.lo, lanes), pin(bits.hi, lanes)), null
         else:
             mode = 0 if epilogue is None else 1
             out = np.empty((m, o), dtype=np.int32 if epilogue is None else np.float32)
-            geometry = (ptr(out), 0, 0, 0, 0)
-            ep = epilogue
-            ab = null if epilogue is None else (ptr(epilogue.alpha), ptr(epilogue.bias))
+            geometry = (out.ctypes.data, 0, 0, 0, 0)
+            ab = null if epilogue is None else (pin(epilogue.alpha, lanes), pin(epilogue.bias, lanes))
             post = None if epilogue is None else epilogue.post
-            scale_shift = (ptr(post[0]), ptr(post[1])) if post is not None else null
+            scale_shift = (pin(post[0], lanes), pin(post[1], lanes)) if post is not None else null
             thresholds = null
+        res = None
         if residual is not None:
             assert mode == 1 and residual.dtype == np.float32 and residual.size == m * o
             residual = np.ascontiguousarray(residual)
-        lanes = bt.shape[0] * 16
-        assert all(a is None or a.shape[-1] == lanes for a in (corr, *(ab_arrays(ep))))
-        keep = (x, bt, corr, rows.off, ep, residual)  # noqa: F841 - keep the buffers alive during the call
-        args = (ptr(x), rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, ptr(rows.off), rows.tail,
-                ptr(bt), o, k,
-                ptr(corr), mode, *ab, *scale_shift, ptr(residual), *thresholds, *geometry)
+            res = residual.ctypes.data
+        keep = (x, residual)  # noqa: F841 - keep the buffers alive during the call (the pinned ones are)
+        args = (x.ctypes.data, rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, pin(rows.off),
+                rows.tail, pin(bt), o, k, pin(corr, lanes), mode, *ab, *scale_shift, res, *thresholds, *geometry)
         self.lib.reste_bconv_mt(*args, m, self._parts(m, m * o * bt.shape[1], align=self.rows_per_block), self._pool)
         return out
 
@@ -516,15 +534,6 @@ class Epilogue:
         """The same with every array padded to whole blocks of 16 channels (what the C kernels read)."""
         post = None if self.post is None else (pad_lanes(self.post[0]), pad_lanes(self.post[1]))
         return Epilogue(pad_lanes(self.alpha), pad_lanes(self.bias), post)
-
-
-def ab_arrays(ep: Any) -> tuple[np.ndarray | None, ...]:
-    """The per-channel arrays of an :class:`Epilogue` or :class:`BitsOut` (for checks)."""
-    if ep is None:
-        return ()
-    if isinstance(ep, Epilogue):
-        return (ep.alpha, ep.bias, *(ep.post or ()))
-    return (ep.lo, ep.hi)
 
 
 @dataclass

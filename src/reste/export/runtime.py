@@ -88,6 +88,7 @@ class _BinaryConv:
         self.next: _BinaryConv | None = None  # the layer that takes this one's output bits (to_bits)
         self._thresholds: tuple[np.ndarray, np.ndarray] | None = None
         self._corr: dict[tuple[int, int], np.ndarray | None] = {}
+        self._geometry: dict[tuple[tuple[int, ...], tuple[int, int]], Rows] = {}
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         pt, pb, pl, pr = self.pad
@@ -113,28 +114,40 @@ class _BinaryConv:
 
     def _rows(self, xp: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, Rows]:
         """The activation the kernel reads and how it finds each output position's window."""
+        if not self.implicit and not self.narrow:
+            cols = self.kernels.im2col(xp, self.kernel, self.stride, self.dil, out_hw, self.row_bytes)
+            return cols, self._row_geometry(xp.shape, out_hw)
+        return xp, self._row_geometry(xp.shape, out_hw)
+
+    def _row_geometry(self, shape: tuple[int, ...], out_hw: tuple[int, int]) -> Rows:
+        """:class:`Rows` for a packed input of ``shape``, made once per shape (its offsets then keep one
+        address, which the kernels look up once)."""
+        key = (tuple(shape), tuple(out_hw))
+        if key in self._geometry:
+            return self._geometry[key]
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dil
         oh, ow = out_hw
-        if self.narrow:
-            _, hp, wp, cb = xp.shape
+        n, hp, wp, cb = shape
+        if not self.implicit and not self.narrow:
+            rb = self.row_bytes
+            rows = Rows(n, oh * ow * rb, ow * rb, rb, out_hw, np.zeros(1, np.int64), rb // 8)
+        elif self.narrow:
             span = kw * cb  # bytes of a kernel row
             words = -(-span // 8)
             real = span - 8 * (words - 1)  # bytes of its last word inside the row
             tail = 0 if real == 8 else (~0 << (8 * real)) & (2**64 - 1)
             off = np.array([i * dh * wp * cb for i in range(kh)], np.int64)
-            return xp, Rows(xp.shape[0], hp * wp * cb, sh * wp * cb, sw * cb, out_hw, off, words, tail)
-        if not self.implicit:
-            cols = self.kernels.im2col(xp, self.kernel, self.stride, self.dil, out_hw, self.row_bytes)
-            rb = self.row_bytes
-            return cols, Rows(xp.shape[0], oh * ow * rb, ow * rb, rb, out_hw, np.zeros(1, np.int64), rb // 8)
-        _, hp, wp, cb = xp.shape
-        if dw == 1:  # a kernel row's kw pixels are contiguous
-            off = [i * dh * wp * cb for i in range(kh)]
-            words = kw * cb // 8
+            rows = Rows(n, hp * wp * cb, sh * wp * cb, sw * cb, out_hw, off, words, tail)
         else:
-            off = [(i * dh * wp + j * dw) * cb for i in range(kh) for j in range(kw)]
-            words = cb // 8
-        return xp, Rows(xp.shape[0], hp * wp * cb, sh * wp * cb, sw * cb, out_hw, np.array(off, np.int64), words)
+            if dw == 1:  # a kernel row's kw pixels are contiguous
+                off = [i * dh * wp * cb for i in range(kh)]
+                words = kw * cb // 8
+            else:
+                off = [(i * dh * wp + j * dw) * cb for i in range(kh) for j in range(kw)]
+                words = cb // 8
+            rows = Rows(n, hp * wp * cb, sh * wp * cb, sw * cb, out_hw, np.array(off, np.int64), words)
+        self._geometry[key] = rows
+        return rows
 
     def __call__(self, x: torch.Tensor | PackedActivation, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's float32 output (NCHW view of NHWC data), plus ``residual`` when given (a fused
@@ -201,6 +214,7 @@ class _BinaryLinear:
         if self.fast:
             self.blocked = kernels.block_weights(self.words)
             self.epilogue = Epilogue(alpha, bias, post).padded()
+        self._rows: dict[int, Rows] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
@@ -208,7 +222,9 @@ class _BinaryLinear:
         n, row_bytes = x.shape[0], self.words.shape[1] * 8
         if self.fast:
             a = self.kernels.pack_signs(x.contiguous().numpy()[:, None, None, :], (0, 0, 0, 0), row_bytes)
-            rows = Rows(n, row_bytes, 0, 0, (1, 1), np.zeros(1, np.int64), row_bytes // 8)
+            rows = self._rows.get(n)
+            if rows is None:  # once per batch size (its offsets keep one address, see CKernels._pin)
+                rows = self._rows[n] = Rows(n, row_bytes, 0, 0, (1, 1), np.zeros(1, np.int64), row_bytes // 8)
             out = self.kernels.bconv(a, rows, self.blocked, self.out_features, self.in_features, None, self.epilogue)
             return torch.from_numpy(out)
         packed = self.kernels.pack_signs(x.contiguous().numpy()[:, None, None, :], (0, 0, 0, 0))
