@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import platform
 import re
@@ -367,7 +368,7 @@ SLACK = 8
 def packed_buffer(shape: tuple[int, ...], zero: bool = True) -> np.ndarray:
     """A uint8 array of ``shape`` (zero-filled, or uninitialised with ``zero=False``) followed in memory by
     :data:`SLACK` zero bytes."""
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     buf = (np.zeros if zero else np.empty)(size + SLACK, dtype=np.uint8)
     buf[size:] = 0
     return buf[:size].reshape(shape)
