@@ -26,9 +26,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(*args: str) -> list[str]:
+def _torchrun(*args: str, program: tuple[str, ...] = ("-m", "reste.cli")) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-            "--master-port", str(_free_port()), "-m", "reste.cli", "train", *args]
+            "--master-port", str(_free_port()), *program, "train", *args]
 
 
 #: What a process prints when C++ aborts it (std::terminate, e.g. a thread still joinable while the
@@ -71,9 +71,8 @@ def test_leaving_the_group_frees_it_and_stops_its_threads(tmp_path):
     teardown): torch.distributed.nn, imported lazily after init_process_group, used to hold it."""
     script = tmp_path / "main.py"
     script.write_text(_THREADS_AFTER_MAIN)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(script), "train", "--epochs", "1", "--seed", "3",
-           "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run")]
+    cmd = _torchrun("--epochs", "1", "--seed", "3", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run"),
+                    program=(str(script),))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     threads = [(tmp_path / f"threads{rank}.txt").read_text() for rank in (0, 1)]

@@ -369,7 +369,9 @@ def packed_buffer(shape: tuple[int, ...], zero: bool = True) -> np.ndarray:
     """A uint8 array of ``shape`` (zero-filled, or uninitialised with ``zero=False``) followed in memory by
     :data:`SLACK` zero bytes."""
     size = math.prod(shape)
-    buf = (np.zeros if zero else np.empty)(size + SLACK, dtype=np.uint8)
+    if zero:
+        return np.zeros(size + SLACK, dtype=np.uint8)[:size].reshape(shape)
+    buf = np.empty(size + SLACK, dtype=np.uint8)
     buf[size:] = 0
     return buf[:size].reshape(shape)
 

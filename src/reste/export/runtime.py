@@ -131,21 +131,16 @@ class _BinaryConv:
         if not self.implicit and not self.narrow:
             rb = self.row_bytes
             rows = Rows(n, oh * ow * rb, ow * rb, rb, out_hw, np.zeros(1, np.int64), rb // 8)
-        elif self.narrow:
-            span = kw * cb  # bytes of a kernel row
+        elif dw == 1:  # a kernel row's kw pixels are contiguous: one segment per kernel row
+            span = kw * cb  # bytes of a kernel row (whole words for word-padded pixels: no tail)
             words = -(-span // 8)
             real = span - 8 * (words - 1)  # bytes of its last word inside the row
             tail = 0 if real == 8 else (~0 << (8 * real)) & (2**64 - 1)
             off = np.array([i * dh * wp * cb for i in range(kh)], np.int64)
             rows = Rows(n, hp * wp * cb, sh * wp * cb, sw * cb, out_hw, off, words, tail)
-        else:
-            if dw == 1:  # a kernel row's kw pixels are contiguous
-                off = [i * dh * wp * cb for i in range(kh)]
-                words = kw * cb // 8
-            else:
-                off = [(i * dh * wp + j * dw) * cb for i in range(kh) for j in range(kw)]
-                words = cb // 8
-            rows = Rows(n, hp * wp * cb, sh * wp * cb, sw * cb, out_hw, np.array(off, np.int64), words)
+        else:  # word-padded pixels, dilated along the width: one segment per tap
+            off = np.array([(i * dh * wp + j * dw) * cb for i in range(kh) for j in range(kw)], np.int64)
+            rows = Rows(n, hp * wp * cb, sh * wp * cb, sw * cb, out_hw, off, cb // 8)
         self._geometry[key] = rows
         return rows
 
@@ -214,7 +209,7 @@ class _BinaryLinear:
         if self.fast:
             self.blocked = kernels.block_weights(self.words)
             self.epilogue = Epilogue(alpha, bias, post).padded()
-        self._rows: dict[int, Rows] = {}
+        self._geometry: dict[int, Rows] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
@@ -222,9 +217,9 @@ class _BinaryLinear:
         n, row_bytes = x.shape[0], self.words.shape[1] * 8
         if self.fast:
             a = self.kernels.pack_signs(x.contiguous().numpy()[:, None, None, :], (0, 0, 0, 0), row_bytes)
-            rows = self._rows.get(n)
+            rows = self._geometry.get(n)
             if rows is None:  # once per batch size (its offsets keep one address, see CKernels._pin)
-                rows = self._rows[n] = Rows(n, row_bytes, 0, 0, (1, 1), np.zeros(1, np.int64), row_bytes // 8)
+                rows = self._geometry[n] = Rows(n, row_bytes, 0, 0, (1, 1), np.zeros(1, np.int64), row_bytes // 8)
             out = self.kernels.bconv(a, rows, self.blocked, self.out_features, self.in_features, None, self.epilogue)
             return torch.from_numpy(out)
         packed = self.kernels.pack_signs(x.contiguous().numpy()[:, None, None, :], (0, 0, 0, 0))

@@ -120,7 +120,6 @@ typedef struct {
     uint8_t *out;
 } emit_ctx;
 
-
 #if RESTE_ISA == 2
 #define ROWS 8
 /* The AVX-512 kernel does a whole block in registers: the counts of output rows m0 + r (r < nr) for the
@@ -319,8 +318,6 @@ static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int
 static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, int32_t *t) {
     for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
 }
-#endif
-#if RESTE_ISA != 2 && RESTE_ISA != 1
 static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
                                const float *shift, float *v) {
     for (int j = 0; j < LANES; j++) v[j] = alpha[j] * (float)t[j] + bias[j];
@@ -587,10 +584,10 @@ static void bconv_range(const void *c, int64_t m0, int64_t m1) {
 /* reste_bconv over output rows [0, M), in `parts` pieces of whole ROWS-row blocks. */
 void reste_bconv_mt(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
                     int64_t nseg, int64_t L, const int64_t *off, uint64_t tail, const uint64_t *Bt, int64_t O,
-                    int32_t K,
-                    const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
-                    const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
-                    int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M, int64_t parts, int32_t pool) {
+                    int32_t K, const int32_t *corr, int32_t mode, const float *alpha, const float *bias,
+                    const float *scale, const float *shift, const float *res, const int32_t *lo, const int32_t *hi,
+                    uint8_t *out, int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M, int64_t parts,
+                    int32_t pool) {
     bconv_ctx a = {X, sn, sh, sw, OH, OW, nseg, L, off, tail, Bt, O, K, corr, mode, alpha, bias, scale, shift, res,
                    lo, hi, out, on, ohs, ows, obytes};
     run_parallel(bconv_range, &a, M, parts, ROWS, pool);
