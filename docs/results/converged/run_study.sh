@@ -6,20 +6,28 @@
 # All sweeps share --runs-dir: a setting that two sweeps hold (ReSTE at o_end 3 is in all four)
 # trains once per seed. Re-running skips finished runs and resumes interrupted ones, so the
 # study can be stopped at any time (kill the script; each run saves every epoch) and continued.
-#   docs/results/converged/run_study.sh                 # 2 runs at a time, one thread each
-#   EPOCHS=16 WIDTH=16 docs/results/converged/run_study.sh
+#   docs/results/converged/run_study.sh       # the study: Adam 1e-3, 32 epochs, width 16, 2 runs at a time
+# The earlier 16-epoch SGD study (docs/results/epochs16/README.md) is this script with
+#   OUT=docs/results/epochs16 RUNS=runs/study-converged EPOCHS=16 OPTIMIZER=sgd LR=0.1 WEIGHT_DECAY=1e-4 \
+#   CHANNELS_LAST=0 docs/results/converged/run_study.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-docs/results/converged}
-RUNS=${RUNS:-runs/study-converged}   # checkpoints and logs (git-ignored)
+RUNS=${RUNS:-runs/study-adam32}   # checkpoints and logs (git-ignored)
 JOBS=${JOBS:-2}
-EPOCHS=${EPOCHS:-16}
+EPOCHS=${EPOCHS:-32}
 WIDTH=${WIDTH:-16}
+OPTIMIZER=${OPTIMIZER:-adam}
+LR=${LR:-1e-3}
+WEIGHT_DECAY=${WEIGHT_DECAY:-0}
+CHANNELS_LAST=${CHANNELS_LAST:-1}
 # every setting of the recipe is given, so that a later change of the data set's defaults changes nothing here
 COMMON=(--dataset fashion-mnist --model fmnist_vgg_1w1a --model-option "width=$WIDTH" --no-augment
-        --epochs "$EPOCHS" --batch-size 256 --eval-batch-size 1000 --optimizer sgd --lr 0.1 --momentum 0.9
-        --weight-decay 1e-4 --warm-up 0 --scaling layer --indicators general
+        --epochs "$EPOCHS" --batch-size 256 --eval-batch-size 1000 --optimizer "$OPTIMIZER" --lr "$LR"
+        --weight-decay "$WEIGHT_DECAY" --warm-up 0 --scaling layer --indicators general
         --jobs "$JOBS" --threads 1 --runs-dir "$RUNS")
+if [[ $OPTIMIZER == sgd ]]; then COMMON+=(--momentum 0.9); fi
+if [[ $CHANNELS_LAST == 1 ]]; then COMMON+=(--channels-last); fi
 
 reste sweep --grid estimator=ste,reste,approx_sign,sign_swish,ede,rbnn,dsq,fda --seeds 0,1,2 \
     --out "$OUT/estimators" "${COMMON[@]}"
