@@ -1,0 +1,77 @@
+"""The analysis scripts of docs/results on synthetic sweeps whose answer is known."""
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "results" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sweep(path, value, o_ends=(1, 1.5, 2, 3, 5, 10), seeds=(0, 1, 2)):
+    """A sweep folder with a runs.csv whose final_acc is value(seed, o_end)."""
+    path.mkdir()
+    with open(path / "runs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "o_end", "seed", "final_acc", "run_dir"])
+        for o in o_ends:
+            for s in seeds:
+                w.writerow([f"o_end={o:g}", o, s, value(s, o), f"runs/o{o:g}/seed{s}"])
+    return path
+
+
+# deterministic "noise" of about 0.1 points, different for every run
+def _wiggle(s, o):
+    return 0.1 * math.sin(7.3 * s + 11.1 * o)
+
+
+def test_inverted_u_finds_a_known_top(tmp_path, capsys):
+    iu = _script("inverted_u")
+    top = 3.0
+    sweep = _sweep(tmp_path / "s", lambda s, o: 85 + 0.5 * s - 0.8 * (math.log(o) - math.log(top)) ** 2 + _wiggle(s, o))
+    r = iu.fit(iu.read_runs([str(sweep)], "final_acc"))
+    assert r["b_hi"] < 0 and r["b_lo"] < -0.8 < r["b_hi"]
+    assert math.exp(r["top_lo"]) < top < math.exp(r["top_hi"])
+    assert abs(math.exp(r["top"]) - top) < 0.3
+    iu.main([str(sweep)])
+    out = capsys.readouterr().out
+    assert "an inverted U" in out and "inside the tested range" in out
+
+
+def test_inverted_u_says_so_when_there_is_no_top(tmp_path, capsys):
+    iu = _script("inverted_u")
+    sweep = _sweep(tmp_path / "s", lambda s, o: 80 + s + 2 * math.log(o) + _wiggle(s, o))  # rises all the way
+    r = iu.fit(iu.read_runs([str(sweep)], "final_acc"))
+    assert not r["b_hi"] < 0
+    iu.main([str(sweep)])
+    out = capsys.readouterr().out
+    assert "an inverted U" not in out and "do not locate a top" in out
+
+
+def test_inverted_u_counts_a_shared_run_once(tmp_path):
+    iu = _script("inverted_u")
+    value = lambda s, o: 85 - (math.log(o) - 1) ** 2 + _wiggle(s, o)  # noqa: E731
+    a = _sweep(tmp_path / "a", value)
+    b = _sweep(tmp_path / "b", value, o_ends=(2, 3, 5), seeds=(0, 1, 2, 3, 4))
+    # b's own runs.csv names the same run folders for seeds 0-2 (relative to b), so make them the same runs
+    rows = list(csv.reader(open(b / "runs.csv")))
+    with open(b / "runs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        for row in rows:
+            w.writerow(row[:-1] + [row[-1] if row[0] == "setting" else "../a/" + row[-1]])
+    assert len(iu.read_runs([str(a), str(b)], "final_acc")) == 18 + 3 * 2
+
+
+def test_inverted_u_refuses_a_folder_without_runs(tmp_path):
+    iu = _script("inverted_u")
+    with pytest.raises(SystemExit):
+        iu.main([str(tmp_path)])
