@@ -35,7 +35,7 @@ def _wiggle(s, o):
 
 
 def test_inverted_u_finds_a_known_top(tmp_path, capsys):
-    iu = _script("inverted_u")
+    iu = _script("o_end")
     top = 3.0
     sweep = _sweep(tmp_path / "s", lambda s, o: 85 + 0.5 * s - 0.8 * (math.log(o) - math.log(top)) ** 2 + _wiggle(s, o))
     r = iu.fit(iu.read_runs([str(sweep)], "final_acc"))
@@ -48,7 +48,7 @@ def test_inverted_u_finds_a_known_top(tmp_path, capsys):
 
 
 def test_inverted_u_says_so_when_there_is_no_top(tmp_path, capsys):
-    iu = _script("inverted_u")
+    iu = _script("o_end")
     sweep = _sweep(tmp_path / "s", lambda s, o: 80 + s + 2 * math.log(o) + _wiggle(s, o))  # rises all the way
     r = iu.fit(iu.read_runs([str(sweep)], "final_acc"))
     assert not r["b_hi"] < 0
@@ -58,7 +58,7 @@ def test_inverted_u_says_so_when_there_is_no_top(tmp_path, capsys):
 
 
 def test_inverted_u_counts_a_shared_run_once(tmp_path):
-    iu = _script("inverted_u")
+    iu = _script("o_end")
     value = lambda s, o: 85 - (math.log(o) - 1) ** 2 + _wiggle(s, o)  # noqa: E731
     a = _sweep(tmp_path / "a", value)
     b = _sweep(tmp_path / "b", value, o_ends=(2, 3, 5), seeds=(0, 1, 2, 3, 4))
@@ -72,6 +72,16 @@ def test_inverted_u_counts_a_shared_run_once(tmp_path):
 
 
 def test_inverted_u_refuses_a_folder_without_runs(tmp_path):
-    iu = _script("inverted_u")
+    iu = _script("o_end")
     with pytest.raises(SystemExit):
         iu.main([str(tmp_path)])
+
+
+def test_indicator_steps_follow_each_seed(tmp_path):
+    iu = _script("o_end")
+    # the error halves at every step in seeds 0 and 1 and doubles in seed 2
+    rows = [(s, o, (0.5 if s < 2 else 2.0) ** i) for i, o in enumerate((1, 2, 3)) for s in range(3)]
+    steps = iu.indicator_steps(rows)
+    assert [(a, b) for a, b, _ in steps] == [(1, 2), (2, 3)]
+    for _, _, ratios in steps:
+        assert sorted(ratios) == [0.5, 0.5, 2.0]

@@ -3,8 +3,9 @@
 #   convergence per setting (curves.py: mean test top-1 over seeds, gain over the last fifth of the
 #   epochs, one learning-curve figure per sweep) and paired per-seed differences with 95 % intervals
 #   (paired.py) against ReSTE (estimators) and against o_end = 3 (o_end), for the final and the best
-#   test top-1; the parabola in ln(o_end) over all o_end runs (inverted_u.py: is it an inverted U,
-#   and where is its top). Everything is printed and written to summary.txt.
+#   test top-1; over all o_end runs, whether accuracy is an inverted U in o_end, where its top is, and
+#   how the two indicators move step by step (o_end.py). Everything is printed and written to
+#   summary.txt.
 #   docs/results/converged/summarize.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -22,7 +23,7 @@ OUT=${OUT:-docs/results/converged}
     python docs/results/paired.py "$OUT/o_end_5seeds" o_end=3 "$metric"
   done
   for metric in final_acc best_acc; do
-    echo "== accuracy against o_end, $metric"
-    python docs/results/inverted_u.py "$OUT/o_end" "$OUT/o_end_5seeds" --metric "$metric"
+    echo "== accuracy and indicators against o_end, $metric"
+    python docs/results/o_end.py "$OUT/o_end" "$OUT/o_end_5seeds" --metric "$metric"
   done
 } | tee "$OUT/summary.txt"

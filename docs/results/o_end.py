@@ -1,6 +1,7 @@
-"""Is accuracy against o_end an inverted U, and where is its top?
+"""Accuracy and the two indicators against o_end: is accuracy an inverted U, where is its top, and
+how do the indicators move?
 
-    python docs/results/inverted_u.py SWEEP_DIR [SWEEP_DIR ...] [--metric final_acc]
+    python docs/results/o_end.py SWEEP_DIR [SWEEP_DIR ...] [--metric final_acc]
 
 Fits, over every finished run of one or more o_end sweeps (their ``runs.csv``; a run that two
 sweeps share counts once), the model
@@ -19,6 +20,10 @@ order, as in paired.py), then one parabola in ln(o_end) for all seeds. The answe
 
 It assumes the parabola fits the curve near its top and roughly normal noise of one size for all
 settings; the printed residual spread and the per-setting means let the reader judge that.
+
+Then, for each indicator (estimating error, gradient stability), each step from one o_end to the next:
+the mean over the seeds that ran both of the ratio next / previous, its range over those seeds, and
+in how many of them the indicator moved in the direction of the mean.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ def fit(rows: list[tuple[int, float, float]]) -> dict[str, float]:
     return out
 
 
+INDICATORS = ("estimating_error", "gradient_stability")
+
+
 def read_runs(sweeps: list[str], metric: str) -> list[tuple[int, float, float]]:
     """(seed, o_end, metric) of every finished run of the sweeps, each run directory once."""
     rows, seen = [], set()
@@ -83,7 +91,7 @@ def read_runs(sweeps: list[str], metric: str) -> list[tuple[int, float, float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Is accuracy against o_end an inverted U, and where is its top?")
+    parser = argparse.ArgumentParser(description="Accuracy and the two indicators against o_end")
     parser.add_argument("sweeps", nargs="+", help="sweep folders with a runs.csv and an o_end axis")
     parser.add_argument("--metric", default="final_acc", help="a runs.csv column (default final_acc)")
     args = parser.parse_args(argv)
@@ -114,6 +122,28 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("  the data do not locate a top (its confidence set is unbounded)")
     print(f"  residual std {r['sigma']:.2f} points")
+    for name in INDICATORS:
+        steps = indicator_steps(read_runs(args.sweeps, name))
+        if steps:
+            print(f"{name} against o_end, step by step (ratio next / previous over the seeds that ran both):")
+        for lo_o, hi_o, ratios in steps:
+            up = sum(q > 1 for q in ratios)
+            agree = max(up, len(ratios) - up)
+            print(f"  {lo_o:g} -> {hi_o:g}: x{statistics.fmean(ratios):.3f} (seeds {min(ratios):.3f} to "
+                  f"{max(ratios):.3f}), {'up' if up * 2 > len(ratios) else 'down'} in {agree}/{len(ratios)} seeds")
+
+
+def indicator_steps(rows: list[tuple[int, float, float]]) -> list[tuple[float, float, list[float]]]:
+    """(o_end, next o_end, per-seed ratios next / previous) for each step of the sorted o_end values."""
+    by = {(s, o): v for s, o, v in rows}
+    values = sorted({o for _, o, _ in rows})
+    out = []
+    for lo_o, hi_o in zip(values, values[1:]):
+        seeds = sorted({s for s, o in by if o == lo_o} & {s for s, o in by if o == hi_o})
+        ratios = [by[s, hi_o] / by[s, lo_o] for s in seeds if by[s, lo_o] != 0]
+        if ratios:
+            out.append((lo_o, hi_o, ratios))
+    return out
 
 
 if __name__ == "__main__":
