@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Accuracy and the two indicators against o_end")
     parser.add_argument("sweeps", nargs="+", help="sweep folders with a runs.csv and an o_end axis")
     parser.add_argument("--metric", default="final_acc", help="a runs.csv column (default final_acc)")
+    parser.add_argument("--no-indicators", action="store_true", help="the accuracy fit alone")
     args = parser.parse_args(argv)
     metric = args.metric
     for sweep in args.sweeps:
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("  the data do not locate a top (its confidence set is unbounded)")
     print(f"  residual std {r['sigma']:.2f} points")
-    for name in INDICATORS:
+    for name in () if args.no_indicators else INDICATORS:
         steps = indicator_steps(read_runs(args.sweeps, name))
         if steps:
             print(f"{name} against o_end, step by step (ratio next / previous over the seeds that ran both):")
