@@ -14,6 +14,7 @@ from reste.config import TrainConfig
 from reste.rundir import read_metrics
 from reste.errors import UsageError
 from reste.experiments import expand_grid, parse_grid, run_state, summarize
+from reste.experiments.sweep import time_left
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -77,8 +78,16 @@ def test_sweep_skips_finished_runs_and_resumes_partial_ones(sweep, capsys):
     assert len(lines) == 2
     assert "estimator=ste seed 0: already finished" in lines[0]
     assert "estimator=reste seed 0: best" in lines[1]
+    assert lines[1].endswith(" so far]") and "left" not in lines[1]  # the last run: nothing left to estimate
     assert (ste / "last.pt").stat().st_mtime_ns == ste_mtime
     assert run_state(reste_, 1) == "done" and len(read_metrics(reste_)) == 1
+
+
+def test_time_left_is_the_pace_of_the_runs_trained_so_far():
+    assert time_left(100.0, 0, 5) == ""  # nothing trained yet: no estimate
+    assert time_left(600.0, 2, 4) == "10m so far, about 20m left"
+    assert time_left(3 * 3600.0, 30, 21) == "3h00m so far, about 2h06m left"
+    assert time_left(42.0, 1, 0) == "42s so far"
 
 
 def test_grid_axes_resolve_and_identical_settings_are_shared():

@@ -301,6 +301,22 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 59.5:
+        return f"{seconds:.0f}s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def time_left(elapsed: float, trained: int, left: int) -> str:
+    """'' before the first trained run; otherwise the wall time so far and the time left at the pace of the
+    runs trained in this sweep (which, with several jobs, already counts their overlap)."""
+    if trained < 1:
+        return ""
+    text = f"{_duration(elapsed)} so far"
+    return text + (f", about {_duration(elapsed / trained * left)} left" if left else "")
+
+
 def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dict[str, Any]) -> str:
     head = f"[{i}/{total}] {setting.label} seed {seed}:"
     if outcome["status"] == "skipped":
@@ -366,12 +382,18 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
 
     failed = 0
     count = 0
+    trained = 0
+    start = time.monotonic()
 
     def report_one(s: Setting, seed: int, outcome: dict[str, Any]) -> None:
-        nonlocal count, failed
+        nonlocal count, failed, trained
         count += 1
         failed += outcome["status"] not in ("done", "skipped")
-        log(_progress_line(count, total, s, seed, outcome))
+        line = _progress_line(count, total, s, seed, outcome)
+        if outcome["status"] != "skipped":
+            trained += 1
+            line += f"  [{time_left(time.monotonic() - start, trained, total - count)}]"
+        log(line)
 
     pending = []
     for s, seed, job in todo:
