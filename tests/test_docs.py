@@ -1,0 +1,52 @@
+"""The documents stay true to the code: every ``reste`` command in a bash block of the README and
+docs/ parses with the CLI as it is, and every script or document they name exists."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from reste.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "benchmarks").rglob("*.md"))]
+
+
+def _commands(path: Path) -> list[str]:
+    """The ``reste ...`` lines of the file's bash blocks, continuation lines joined, comments and
+    leading VAR=value assignments dropped; lines that use shell variables are left out."""
+    found = []
+    for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", path.read_text(), re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if not re.match(r"\s*(?:[A-Z_][A-Z0-9_]*=\S*\s+)*reste\s", line):
+                continue
+            words = shlex.split(line, comments=True)
+            while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+                words = words[1:]
+            if words and words[0] == "reste" and "$" not in line:
+                found.append(shlex.join(words))
+    return found
+
+
+COMMANDS = [(p.relative_to(ROOT).as_posix(), c) for p in DOCS for c in _commands(p)]
+
+
+def test_the_documents_have_commands_to_check():
+    assert len(COMMANDS) >= 10 and any(f == "README.md" for f, _ in COMMANDS)
+
+
+@pytest.mark.parametrize("where,command", COMMANDS, ids=[f"{f}:{c[:60]}" for f, c in COMMANDS])
+def test_each_documented_command_parses(where, command):
+    args = build_parser().parse_args(shlex.split(command)[1:])  # a UsageError names the bad flag
+    assert getattr(args, "func", None) is not None, f"{where}: `{command}` names no sub-command"
+
+
+def test_the_scripts_and_documents_the_readme_names_exist():
+    text = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"(?<![\w/.])((?:docs|benchmarks|examples|tests)/[\w./-]*\.(?:py|sh|md))", text))
+    assert named, "the README names no script"
+    missing = sorted(p for p in named if not (ROOT / p).is_file())
+    assert not missing, f"the README names files that do not exist: {missing}"
