@@ -50,3 +50,14 @@ def test_the_scripts_and_documents_the_readme_names_exist():
     assert named, "the README names no script"
     missing = sorted(p for p in named if not (ROOT / p).is_file())
     assert not missing, f"the README names files that do not exist: {missing}"
+
+
+def test_relative_links_in_the_documents_resolve():
+    broken = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+                continue  # a web address or an anchor in the same page
+            if not (doc.parent / target.split("#")[0]).exists():
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert not broken, "links to files that do not exist: " + ", ".join(broken)
