@@ -133,6 +133,30 @@ def test_seeded_runs_are_identical(tmp_path):
     assert a["final_acc"] == b["final_acc"]
 
 
+def test_the_progress_bar_changes_nothing_but_the_screen(tmp_path, monkeypatch, capsys):
+    # tqdm.auto's class calls iter() on what it wraps; a bar wrapped around the loader drew the next
+    # epoch's batches, so a run with the bar trained on other data than one without
+    from reste.data.memory import TensorLoader
+
+    calls = []
+    real_iter = TensorLoader.__iter__
+    monkeypatch.setattr(TensorLoader, "__iter__", lambda self: calls.append(self.epoch) or real_iter(self))
+    shown = engine.train(small(epochs=2, seed=7), tmp_path / "bar", progress=True, log=quiet)
+    with_bar = list(calls)  # the epoch of each iteration of the train and test loaders
+    assert "epoch 2/2" in capsys.readouterr().err  # the bar was drawn
+    calls.clear()
+    hidden = engine.train(small(epochs=2, seed=7), tmp_path / "plain", progress=False, log=quiet)
+    assert with_bar == calls  # the same loaders iterated at the same epochs, once each
+    wa = load_checkpoint(tmp_path / "bar" / "last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa if isinstance(wa[k], torch.Tensor))
+    assert shown["final_acc"] == hidden["final_acc"]
+    def untimed(run):
+        return [{k: v for k, v in m.items() if k != "time"} for m in rundir.read_metrics(tmp_path / run)]
+
+    assert untimed("bar") == untimed("plain")
+
+
 def test_presets_match_the_paper():
     assert PRESETS["cifar10-resnet20-1w1a"].top1 == 86.75
     assert PRESETS["imagenet-resnet34-1w32a"].top5 == 89.50
