@@ -245,3 +245,22 @@ def test_torch_compile_trains(tmp_path, float32_epoch):
     assert m["train_loss"] == pytest.approx(float32_epoch["train_loss"], rel=0.05)
     assert m["test_acc"] > 50.0
     assert "_orig_mod" not in "".join(load_checkpoint(out / "last.pt")["model"])  # saved unwrapped
+
+
+def test_a_cpu_run_records_its_threads_and_gives_the_callers_back(tmp_path):
+    before = torch.get_num_threads()
+    engine.train(small(epochs=1, threads=1), tmp_path / "one", progress=False, log=quiet)
+    assert torch.get_num_threads() == before  # the caller's setting survives the run
+    engine.train(small(epochs=1), tmp_path / "default", progress=False, log=quiet)
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["threads"] == before
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["threads"] == 1
+
+
+def test_resuming_with_other_threads_says_the_last_bits_may_differ(tmp_path):
+    engine.train(small(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
+    lines = []
+    engine.resume(tmp_path / "run", {"epochs": 2, "threads": 2}, force=True, progress=False, log=lines.append)
+    assert any("trained with 1 CPU thread(s) and continues with 2" in line for line in lines)
+    lines.clear()
+    engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
+    assert not any("CPU thread" in line for line in lines)  # the recorded count (now 2) is kept

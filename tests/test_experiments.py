@@ -234,3 +234,61 @@ def test_config_key_ignores_free_fields_and_fields_at_their_default(monkeypatch)
     monkeypatch.setattr(TrainConfig, "to_dict",
                         lambda self: {k: v for k, v in dataclasses.asdict(self).items() if k != "cuda_graphs"})
     assert config_key(cfg) == key
+
+
+def test_a_run_with_complete_metrics_but_an_older_checkpoint_is_not_done(sweep, tmp_path):
+    # a crash between an epoch's metrics line and its last.pt leaves every line and the previous checkpoint
+    import shutil
+
+    import torch
+
+    out, _ = sweep
+    manifest = json.loads((out / "sweep.json").read_text())
+    run = tmp_path / "run"
+    shutil.copytree(out / manifest["settings"][0]["runs"]["0"], run)
+    assert run_state(run, 1) == "done"
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["epoch"] = 0  # as if last.pt still held the state before the epoch
+    from reste.checkpoint import save_checkpoint
+
+    save_checkpoint(ckpt, run / "last.pt")
+    assert run_state(run, 1) == "partial"
+    (run / "last.pt").write_bytes(b"torn")
+    assert run_state(run, 1) == "partial"  # damaged: resuming says what is wrong
+
+
+def _pending_runs(tmp_path, seeds):
+    from reste.experiments.sweep import run_sweep
+
+    base = TrainConfig(dataset="digits", epochs=1)
+    return lambda **kw: run_sweep(base, {"estimator": ["ste"]}, seeds, tmp_path / "s", report=False,
+                                  log=lambda _m: None, **kw)
+
+
+def test_a_run_gets_the_threads_of_a_worker_even_when_it_is_the_only_one_left(tmp_path, monkeypatch):
+    import torch
+
+    from reste.experiments import sweep as sw
+
+    seen = []
+    monkeypatch.setattr(sw, "_execute", lambda job: seen.append(torch.get_num_threads()) or {"status": "failed",
+                                                                                             "error": "x", "seconds": 0})
+    monkeypatch.setattr(sw, "threads_per_job", lambda jobs: 3)
+    before = torch.get_num_threads()
+    _pending_runs(tmp_path, [0])(jobs=2)  # one pending run: trained in this process, as a worker would
+    assert seen == [3] and torch.get_num_threads() == before
+
+
+def test_a_stop_signal_stops_the_sweep(tmp_path, monkeypatch):
+    from reste import engine
+
+    calls = []
+
+    def stopped(config, run_dir, **_kw):
+        calls.append(run_dir)
+        raise engine.Preempted("stopped by SIGTERM at epoch 1", 15)
+
+    monkeypatch.setattr(engine, "train", stopped)
+    with pytest.raises(engine.Preempted):
+        _pending_runs(tmp_path, [0, 1, 2])(jobs=1)
+    assert len(calls) == 1  # the next runs did not start

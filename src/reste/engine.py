@@ -34,6 +34,7 @@ reads its shard of the training set, and only rank 0 logs and writes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -234,6 +235,9 @@ class _Run:
         if config.cuda_graphs and env_world_size() > 1:
             raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
         self.dist, self.device = init_distributed(pick_device(config.device))
+        if config.threads is None and self.device.type == "cpu":
+            # recorded: a CPU run's float sums depend on its thread count, so a resume uses the same
+            self.config = config = dataclasses.replace(config, threads=torch.get_num_threads())
         self.log = log if self.dist.main else (lambda _msg: None)
         graph_backend = None
         if config.cuda_graphs:
@@ -643,7 +647,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     # only the main process (rank 0 under torchrun) creates, checks and locks the folder
     lock = RunDirectory.open(run_dir, fresh=True) if env_rank() == 0 else None
     try:
-        with StopRequest().handling() as stop:
+        with StopRequest().handling() as stop, _torch_threads_kept():
             return _train_locked(config, run_dir, progress, log, stop)
     except BaseException:
         if lock is not None and not last_checkpoint(run_dir).exists():
@@ -654,10 +658,22 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
             lock.close()
 
 
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """A run sets torch's CPU threads to its own ``threads``; the caller's count comes back after it."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Callable[[str], None],
                   stop: StopRequest) -> dict[str, Any]:
     run = _Run(config, run_dir, log, progress)
     run.stop = stop
+    config = run.config  # with the CPU threads it runs with
     if run.dist.main:
         write_config(run_dir, config)
         start_metrics(run_dir)
@@ -690,14 +706,16 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
 
     ``overrides`` are settings given again on the command line; a setting that
     differs from the saved one is refused (naming it) unless ``force`` is true.
-    Settings that cannot change the result (data path, workers, device, eval
-    batch size, threads, save_every) may always differ. The folder is locked for the
+    Settings that do not change what is trained (data path, workers, device, eval
+    batch size, threads, save_every) may always differ; another CPU thread count can
+    change the last bits of float32 sums, and a note says so. A CPU run continues with
+    the thread count it recorded unless told otherwise. The folder is locked for the
     whole run, and a mid-epoch ``last.pt`` continues at its step.
     """
     run_dir = Path(run_dir)
     lock = RunDirectory.open(run_dir, fresh=False) if env_rank() == 0 else None
     try:
-        with StopRequest().handling() as stop:
+        with StopRequest().handling() as stop, _torch_threads_kept():
             return _resume_locked(run_dir, overrides, force, progress, log, stop)
     finally:
         if lock is not None:
@@ -721,6 +739,11 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     config = TrainConfig.from_dict(data).resolve()
     run = _Run(config, run_dir, log, progress)
     run.stop = stop
+    config = run.config
+    if run.device.type == "cpu" and saved.threads and config.threads != saved.threads:
+        run.log(f"note: {run_dir} trained with {saved.threads} CPU thread(s) and continues with {config.threads}: "
+                "float32 sums may round differently, so the result can differ in its last bits from an "
+                "uninterrupted run")
     last = last_checkpoint(run_dir)
     if last.exists():
         ckpt = load_checkpoint(last, map_location=run.device)

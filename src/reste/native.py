@@ -7,8 +7,11 @@ it is needed, trying a list of flag sets from the fastest (``-march=native``) to
 the most portable, and caches the shared object under ``$RESTE_CACHE`` or
 ``~/.cache/reste`` (keyed by the source, compiler, flags and CPU, so a changed
 kernel or machine gets a fresh build). Where nothing compiles the library
-reports ``None`` and callers use their pure-PyTorch or NumPy path: the C code
-only ever makes things faster, never different.
+reports ``None`` and callers use their pure-PyTorch or NumPy path. The C code computes
+what that path computes, exactly or within the float32 rounding each kernel states (the ReSTE
+backward's power law: a few units in the last place, :mod:`reste.fused`); a binary network can
+turn such a last-bit difference into another sign, so a run with the C kernels and one without
+may part ways after many steps.
 
 Kernels that split their work over threads do it in C (on PyTorch's OpenMP workers or on POSIX
 threads, see ``reste/export/csrc/packed.c``); :func:`split_parts` decides into how many pieces.

@@ -45,7 +45,8 @@ CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.p
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)
 TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
-# Settings that may differ when resuming without --force: they do not change the result.
+# Settings that may differ when resuming without --force: they do not change what is trained (another CPU
+# thread count can change the last bits of float32 sums: resume notes it).
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
                "save_every", "tensorboard", "keep_top", "plugins")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")

@@ -41,6 +41,7 @@ from ..config import TrainConfig
 from ..models import model_keywords
 from ..errors import UsageError
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
+from ..checkpoint import load_checkpoint
 from ..rundir import CONFIG, RESUME_FREE, finished_epochs, last_checkpoint, saved_config
 from .report import MANIFEST, summarize
 
@@ -218,9 +219,18 @@ def _fmt(value: Any) -> str:
 
 
 def run_state(run_dir: Path, epochs: int) -> str:
-    """``"done"`` (every epoch and last.pt), ``"partial"`` (a run was started) or ``"new"``."""
-    if last_checkpoint(run_dir).is_file() and finished_epochs(run_dir) >= epochs:
-        return "done"
+    """``"done"`` (every epoch in metrics.jsonl and in last.pt), ``"partial"`` (a run was started) or ``"new"``.
+
+    The checkpoint is read too: a run writes an epoch's metrics line before its ``last.pt``, so a crash
+    between the two leaves every line and an older checkpoint, which resuming repairs."""
+    last = last_checkpoint(run_dir)
+    if last.is_file() and finished_epochs(run_dir) >= epochs:
+        try:
+            ckpt = load_checkpoint(last)
+        except UsageError:  # damaged: resuming says so in one line
+            return "partial"
+        if ckpt.get("epoch", 0) >= epochs and not ckpt.get("step"):
+            return "done"
     if (run_dir / CONFIG).is_file():
         return "partial"
     return "new"
@@ -254,6 +264,9 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             result = engine.train(config, run_dir, progress=False, log=log)
         return {"status": "done", "result": result, "seconds": time.time() - start}
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
+        if type(err).__name__ == "Preempted":  # a stop signal stops the sweep (the run saved its step)
+            log(str(err))
+            raise
         log(traceback.format_exc())
         status = "diverged" if type(err).__name__ == "TrainingDiverged" else "failed"
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -401,12 +414,31 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             report_one(s, seed, {"status": "skipped"})
         else:
             pending.append((s, seed, job))
+    try:
+        _run_pending(pending, jobs, threads, report_one)
+    except Exception as err:
+        if type(err).__name__ == "Preempted":
+            log("sweep: stopped by a signal; run the same command again to continue (finished runs are skipped, "
+                "the stopped one resumes at its last step)")
+        raise
+    if failed:
+        log(f"sweep: {failed} run{'s' * (failed != 1)} failed; see train.log in their run folders")
+    if not report:
+        return []
+    return summarize(out, log=log)
+
+
+def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, threads: int | None,
+                 report_one: Callable[[Setting, int, dict[str, Any]], None]) -> None:
+    """Train the pending runs, in this process or ``jobs`` at a time in worker processes."""
     if jobs == 1 or len(pending) <= 1:
         import torch
 
         before = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
+        # the threads a worker would have: a run does not depend on how many others are pending
+        n = threads or (threads_per_job(jobs) if jobs > 1 else None)
+        if n:
+            torch.set_num_threads(n)
         try:
             for s, seed, job in pending:
                 report_one(s, seed, _execute(job))
@@ -421,9 +453,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             futures = {pool.submit(_execute, job): (s, seed) for s, seed, job in pending}
             for fut in as_completed(futures):
                 s, seed = futures[fut]
-                report_one(s, seed, fut.result())
-    if failed:
-        log(f"sweep: {failed} run{'s' * (failed != 1)} failed; see train.log in their run folders")
-    if not report:
-        return []
-    return summarize(out, log=log)
+                try:
+                    outcome = fut.result()
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)  # start no further run
+                    raise
+                report_one(s, seed, outcome)
