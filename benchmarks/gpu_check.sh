@@ -210,6 +210,10 @@ from_tensor = triton_dispatch.backward("reste", x, grad, **{**p, "o": torch.tens
 check("ReSTE backward with o as a device tensor", from_tensor is not None
       and torch.equal(from_float.nan_to_num(), from_tensor.nan_to_num()))
 
+# a kernel that failed turns Triton off with a warning, and the checks above would then pass on PyTorch ops
+check("the Triton kernels stayed on through every check", triton_dispatch.error() is None,
+      triton_dispatch.error() or "")
+
 print(f"  {len(failures)} failure(s)")
 sys.exit(1 if failures else 0)
 PY

@@ -314,3 +314,16 @@ def test_data_device_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown --data-device 'gpu'; valid: auto, cpu" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_offsets_move_to_another_device_in_one_copy_with_their_values():
+    from reste.data.memory import _on_device
+
+    top, left = torch.tensor([0, 3, 7]), torch.tensor([1, 2, 8])
+    flip = torch.tensor([True, False, True])
+    assert _on_device(torch.device("cpu"), top, left, flip) == (top, left, flip)  # already there: as they are
+    t, l, f = _on_device(torch.device("meta"), top, left, flip)  # any other device: one stacked copy
+    assert (t.device.type, l.device.type, f.device.type) == ("meta",) * 3
+    assert t.dtype == l.dtype == torch.int64 and f.dtype == torch.bool and t.shape == f.shape == (3,)
+    t, l, f = _on_device(torch.device("meta"), top, left, None)
+    assert f is None and l.shape == (3,)

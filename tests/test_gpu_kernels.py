@@ -648,3 +648,25 @@ def test_kernels_compile_for_a_gpu_target(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     # with 16-byte aligned pointers (Triton's usual specialisation) loads and stores are vectorised
     assert out == "OK v4-loads cubin", out
+
+
+def test_an_out_of_memory_error_is_not_taken_for_a_triton_failure(monkeypatch):
+    from reste import triton_dispatch as td
+
+    monkeypatch.setattr(td, "_FORCED", [])
+    monkeypatch.setattr(td, "_MODULE", ["kernels"])
+    monkeypatch.setattr(td, "_ERROR", [])
+
+    def out_of_memory():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        td._launch(out_of_memory)
+    assert td._MODULE == ["kernels"] and td._ERROR == []  # Triton stays on
+
+    def compile_error():
+        raise RuntimeError("no C compiler for the launcher")
+
+    with pytest.warns(RuntimeWarning, match="Triton GPU kernels failed"):
+        assert td._launch(compile_error) is None
+    assert td._MODULE == [None] and "no C compiler" in td._ERROR[0]

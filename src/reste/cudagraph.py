@@ -52,6 +52,7 @@ class CudaGraphs:
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.device = device
         self.pool = None  # one memory pool for every capture of the run
+        self.capture_stream: torch.cuda.Stream | None = None
 
     def eager(self, fn: Callable[[], None]) -> None:
         side = torch.cuda.Stream(self.device)
@@ -67,9 +68,17 @@ class CudaGraphs:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         clear_grads()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # on this device's own stream (torch's default capture stream lives on the current device), and
+        # thread-local: a DataLoader's pin-memory thread may allocate pinned memory during the capture
+        with torch.cuda.device(self.device), torch.cuda.graph(graph, pool=self.pool, stream=self._stream(),
+                                                               capture_error_mode="thread_local"):
             fn()
         return graph.replay
+
+    def _stream(self) -> torch.cuda.Stream:
+        if self.capture_stream is None:
+            self.capture_stream = torch.cuda.Stream(self.device)
+        return self.capture_stream
 
     def release(self, replay: Callable[[], None]) -> None:
         graph = getattr(replay, "__self__", None)

@@ -235,6 +235,8 @@ class _Run:
         if config.cuda_graphs and env_world_size() > 1:
             raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
         self.dist, self.device = init_distributed(pick_device(config.device))
+        if self.device.type == "cuda":  # cuda:N: kernels launched and graphs captured on the current device
+            torch.cuda.set_device(self.device)
         if config.threads is None and self.device.type == "cpu":
             # recorded: a CPU run's float sums depend on its thread count, so a resume uses the same
             self.config = config = dataclasses.replace(config, threads=torch.get_num_threads())
@@ -331,6 +333,9 @@ class _Run:
                 f"last.pt does not fit model {self.config.model!r} ({str(err).splitlines()[0][:150]})"
             ) from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.config.cuda_graphs:  # the saved groups may come from a run without graphs
+            for group in self.optimizer.param_groups:
+                group.update(graphable_optimizer_options(self.config.optimizer))
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]

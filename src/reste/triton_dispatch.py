@@ -64,12 +64,17 @@ def _disable(err: Exception) -> None:
 def _launch(run: Callable[[], Tensor]) -> Tensor | None:
     """``run()`` (kernel launches); if it raises (Triton cannot compile or launch here: no C compiler
     for its launcher, an unsupported GPU), the Triton path is turned off (:func:`_disable`) and the
-    result is ``None``, so the caller computes the PyTorch expression. Forced (test) kernels raise."""
+    result is ``None``, so the caller computes the PyTorch expression. An out-of-memory error, an
+    error inside a CUDA graph capture and forced (test) kernels raise."""
     if _FORCED:
         return run()
     try:
         return run()
+    except torch.cuda.OutOfMemoryError:
+        raise  # the GPU's memory, not Triton: the PyTorch ops would need it too
     except Exception as err:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise  # inside a CUDA graph capture the fallback would run into a capture already broken
         _disable(err)
         return None
 

@@ -68,6 +68,20 @@ class Normalize:
         return tuple(self(torch.zeros(len(self.mean), 1, 1, dtype=torch.uint8)).flatten().tolist())
 
 
+def _on_device(device: torch.device, top: torch.Tensor, left: torch.Tensor,
+               flip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The CPU-drawn offsets (and flips) where the images are: on a GPU in one copy from pinned memory
+    that does not wait for the GPU (three plain copies made the CPU wait for the previous step)."""
+    if top.device == device:
+        return top, left, flip
+    parts = [top, left] + ([flip.to(top.dtype)] if flip is not None else [])
+    packed = torch.stack(parts)
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(device, non_blocking=True)
+    return packed[0], packed[1], (packed[2].bool() if flip is not None else None)
+
+
 class RandomCropFlip:
     """Batched random crop (after padding) and horizontal flip on NCHW tensors.
 
@@ -84,11 +98,18 @@ class RandomCropFlip:
         self.padding = int(padding)
         self.fill = float(fill) if isinstance(fill, (int, float)) else tuple(float(v) for v in fill)
         self.flip = bool(flip)
+        self._fills: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def __repr__(self) -> str:
         fill = (f"{self.fill:.4f}" if isinstance(self.fill, float)
                 else "(" + ", ".join(f"{v:.4f}" for v in self.fill) + ")")
         return f"RandomCropFlip(size={self.size}, padding={self.padding}, fill={fill}, flip={self.flip})"
+
+    def _fill_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The per-channel fill as a (1, C, 1, 1) tensor where the images are (copied there once)."""
+        if (device, dtype) not in self._fills:
+            self._fills[device, dtype] = torch.tensor(self.fill, dtype=dtype).view(1, -1, 1, 1).to(device)
+        return self._fills[device, dtype]
 
     def draw(self, n: int, height: int, width: int,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -112,18 +133,17 @@ class RandomCropFlip:
             if isinstance(self.fill, float):
                 padded.fill_(self.fill)
             else:
-                fill = torch.tensor(self.fill, dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
-                padded.copy_(fill.expand_as(padded))
+                padded.copy_(self._fill_on(x.device, x.dtype).expand_as(padded))
             padded[:, :, p:p + h, p:p + w] = x
         else:
             padded = x
         ph, pw = padded.shape[-2:]
         device = x.device
-        top, left = top.to(device), left.to(device)
+        top, left, flip = _on_device(device, top, left, flip)
         ar = torch.arange(s, device=device)
         rows = top[:, None] + ar  # (n, s)
         if flip is not None:
-            cols = left[:, None] + torch.where(flip.to(device)[:, None], ar.flip(0), ar)
+            cols = left[:, None] + torch.where(flip[:, None], ar.flip(0), ar)
         else:
             cols = left[:, None] + ar
         flat = (rows[:, :, None] * pw + cols[:, None, :]).reshape(n, 1, s * s).expand(n, c, s * s)
