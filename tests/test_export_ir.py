@@ -258,6 +258,34 @@ def test_read_image_converts_scales_and_crops_at_the_centre(tmp_path):
         read_image(tmp_path / "red.png", (2, 4, 4))
 
 
+def test_read_image_scales_16_bit_grey_and_follows_the_exif_rotation(tmp_path):
+    from PIL import Image
+
+    from reste.export.inputs import read_image
+
+    deep = np.array([[0, 4000, 32768, 65535]], np.uint16).repeat(4, 0)
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # 16-bit greyscale: Pillow's convert("L") clips it
+    got = read_image(tmp_path / "deep.png", (1, 4, 4))[0, 0, 0]
+    assert got.tolist() == [0, 16, 128, 255]
+    tall = np.zeros((6, 2, 3), np.uint8)
+    tall[:3] = 255  # white on top, stored sideways with an EXIF orientation that turns it back
+    img = Image.fromarray(np.rot90(tall).copy(), "RGB")
+    exif = img.getexif()
+    exif[0x0112] = 6  # the viewer turns it 90 degrees clockwise
+    img.save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    view = read_image(tmp_path / "turned.jpg", (1, 6, 2))[0, 0]
+    assert view[:2].min() > 200 and view[-2:].max() < 50
+
+
+def test_integer_arrays_other_than_uint8_are_refused_not_taken_as_preprocessed():
+    from reste.export.inputs import model_inputs
+
+    pixels = np.full((1, 1, 4, 4), 200, np.int64)  # np.array of a list of pixels: int64
+    with pytest.raises(UsageError, match="save them as uint8"):
+        model_inputs(pixels, "pixels.npy", (1, 4, 4), None)
+    assert model_inputs(pixels.astype(np.float32) / 255, "x.npy", (1, 4, 4), None).dtype == np.float32
+
+
 def test_raw_images_need_a_header_with_the_preprocessing(capsys, tmp_path):
     from PIL import Image
 

@@ -160,7 +160,7 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
             __m512 x = _mm512_cvtepi32_ps(t);
             x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(e->alpha + o0), x), _mm512_loadu_ps(e->bias + o0));
             if (e->scale) {
-                x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+                x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NLT_UQ), x);  /* torch.relu: NaN, -0 kept */
                 x = _mm512_add_ps(_mm512_mul_ps(x, _mm512_loadu_ps(e->scale + o0)), _mm512_loadu_ps(e->shift + o0));
             }
             if (e->res) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(keep, e->res + at));
@@ -242,7 +242,7 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
                 __m256 x = _mm256_cvtepi32_ps(t);
                 x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(e->alpha + c0), x), _mm256_loadu_ps(e->bias + c0));
                 if (e->scale) {
-                    x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ), x);
+                    x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NLT_UQ), x);  /* torch.relu: NaN, -0 kept */
                     x = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(e->scale + c0)), _mm256_loadu_ps(e->shift + c0));
                 }
                 if (e->res) x = _mm256_add_ps(x, _mm256_maskload_ps(e->res + at, keep));
@@ -322,7 +322,7 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
                                const float *shift, float *v) {
     for (int j = 0; j < LANES; j++) v[j] = alpha[j] * (float)t[j] + bias[j];
     if (scale)
-        for (int j = 0; j < LANES; j++) v[j] = (v[j] > 0.0f ? v[j] : 0.0f) * scale[j] + shift[j];
+        for (int j = 0; j < LANES; j++) v[j] = (v[j] < 0.0f ? 0.0f : v[j]) * scale[j] + shift[j];  /* as torch.relu */
 }
 #endif
 
