@@ -302,3 +302,15 @@ def test_raw_images_need_a_header_with_the_preprocessing(capsys, tmp_path):
     export_model(model, tmp_path / "api.rbnn", input_size=(1, 8, 8), meta=prep.to_meta(), verify=False)
     assert PackedModel.load(tmp_path / "api.rbnn").preprocessing == prep
     assert _run(capsys, "predict", str(tmp_path / "api.rbnn"), str(tmp_path / "x.png"))[0] == 0
+
+
+def test_an_export_takes_the_images_of_the_data_set_the_model_trained_on():
+    from reste import models
+    from reste.export.from_checkpoint import _input_size
+
+    # an ImageNet ResNet trained on CIFAR-10 takes 32x32 images, not its registry's 224x224
+    assert _input_size({"model_name": "imagenet_resnet18_1w1a"}, "cifar10") == (3, 32, 32)
+    assert _input_size({"model_name": "imagenet_resnet18_1w1a"}, None) == (3, 224, 224)  # no data set: the registry
+    for name in models.list_models():  # on its own data set a model's export size is unchanged
+        info = models.model_info(name)
+        assert _input_size({"model_name": name}, info["dataset"]) == tuple(info["input_size"]), name

@@ -16,7 +16,19 @@ from .exporter import export_model
 from .onnx_export import export_onnx
 
 
-def _input_size(ckpt: dict[str, Any]) -> tuple[int, int, int] | None:
+def _spec(dataset: Any) -> Any:
+    try:
+        return get_spec(dataset) if isinstance(dataset, str) else None
+    except UsageError:
+        return None
+
+
+def _input_size(ckpt: dict[str, Any], dataset: Any) -> tuple[int, int, int] | None:
+    """The images the model was trained on: its data set's size, else its registry entry's (a model
+    trained on another data set than its own, an ImageNet ResNet on CIFAR-10, takes that set's images)."""
+    spec = _spec(dataset)
+    if spec is not None:
+        return tuple(spec.input_size)
     try:
         return tuple(models.model_info(ckpt["model_name"])["input_size"])
     except (UsageError, KeyError):
@@ -26,10 +38,7 @@ def _input_size(ckpt: dict[str, Any]) -> tuple[int, int, int] | None:
 def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str, Any]:
     """What an input needs before the model: its size and the data set's normalisation,
     ``(pixel / scale - mean) / std`` per channel (empty for an unknown data set)."""
-    try:
-        spec = get_spec(dataset) if isinstance(dataset, str) else None
-    except UsageError:
-        spec = None
+    spec = _spec(dataset)
     if spec is None:
         return {}
     return ir.Preprocessing(tuple(size or spec.input_size), spec.mean, spec.std, spec.scale).to_meta()
@@ -53,7 +62,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
         "best_acc": ckpt.get("best_acc"),
         "source": os.path.basename(str(ckpt_path)),
     }
-    size = _input_size(ckpt)
+    size = _input_size(ckpt, dataset)
     meta.update(_preprocessing(dataset, size))
     report = export_model(model, out_path, input_size=size, meta=meta)
     if onnx_path is not None:
