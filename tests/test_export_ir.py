@@ -314,3 +314,23 @@ def test_an_export_takes_the_images_of_the_data_set_the_model_trained_on():
     for name in models.list_models():  # on its own data set a model's export size is unchanged
         info = models.model_info(name)
         assert _input_size({"model_name": name}, info["dataset"]) == tuple(info["input_size"]), name
+
+
+def test_batch_norms_next_to_a_linear_fold_only_on_two_dimensional_inputs(tmp_path):
+    # BatchNorm1d scales axis 1, a Linear works on the last one: on (N, C, L) with C == L a fold scaled
+    # the wrong axis
+    torch.manual_seed(0)
+    for shape, folds in (((8, 8), 0), ((8,), 2)):
+        model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 8), nn.BatchNorm1d(8),
+                              nn.Linear(8, 4)).eval()
+        for bn in (model[1], model[3]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.data.uniform_(0.5, 2)
+        report = export_model(model, tmp_path / "m.rbnn", input_size=shape)
+        x = torch.randn(5, *shape)
+        with torch.no_grad():
+            want = model(x)
+        got = PackedModel.load(tmp_path / "m.rbnn", backend="numpy")(x)
+        assert report["folded_batch_norms"] == folds  # (N, 8) folds both; (N, 8, 8) neither
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -95,7 +95,7 @@ def export_model(
     was_training = model.training
     model.eval()
     try:
-        nodes, output, folded = to_graph(model)
+        nodes, output, folded = to_graph(model, input_size)
         if input_size is not None:
             nodes[0]["shape"] = [int(s) for s in input_size]
         writer = fmt.Writer()

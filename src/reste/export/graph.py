@@ -10,7 +10,9 @@ file writer and the runtime read too.
 
 Batch norms are folded where that is exact: into the float conv or linear they
 directly follow, and into a float linear they directly precede (BatchNorm1d ->
-Linear). A batch norm after conv -> ReLU (every binary block) stays an ``affine``.
+Linear); next to a linear only where its tensor is (N, features), which the shapes
+propagated from the input size show. A batch norm after conv -> ReLU (every binary
+block) stays an ``affine``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..errors import UsageError
 from ..estimators import Estimator
@@ -342,8 +345,13 @@ def _users(nodes: list[dict[str, Any]], output: int) -> list[int]:
     return count
 
 
-def fold_batch_norms(nodes: list[dict[str, Any]], output: int) -> tuple[list[dict[str, Any]], int, int]:
-    """Fold the exactly foldable affine (batch norm) nodes; returns (nodes, output, number folded)."""
+def fold_batch_norms(nodes: list[dict[str, Any]], output: int,
+                     ranks: dict[int, int] | None = None) -> tuple[list[dict[str, Any]], int, int]:
+    """Fold the exactly foldable affine (batch norm) nodes; returns (nodes, output, number folded).
+
+    An affine scales axis 1 and a linear works on the last axis: they meet only on (N, features)
+    tensors, so a fold next to a linear needs ``ranks`` (node index -> rank of its output) to say 2."""
+    ranks = ranks or {}
     nodes = [dict(n) for n in nodes]
     users = _users(nodes, output)
     alias: dict[int, int] = {}
@@ -353,7 +361,8 @@ def fold_batch_norms(nodes: list[dict[str, Any]], output: int) -> tuple[list[dic
         src = nodes[node["in"][0]] if node["in"] else None
         # conv/linear -> BN: w' = w * s (per output), b' = b * s + t
         if node["op"] == "affine" and src is not None and src["op"] in ("conv", "linear") \
-                and users[node["in"][0]] == 1 and len(node["scale"]) == src["w"].shape[0]:
+                and users[node["in"][0]] == 1 and len(node["scale"]) == src["w"].shape[0] \
+                and (src["op"] == "conv" or ranks.get(node["in"][0]) == 2):
             s, t = node["scale"].astype(np.float64), node["shift"].astype(np.float64)
             w = src["w"].astype(np.float64)
             b = np.zeros(w.shape[0]) if src["b"] is None else src["b"].astype(np.float64)
@@ -364,7 +373,8 @@ def fold_batch_norms(nodes: list[dict[str, Any]], output: int) -> tuple[list[dic
             folded += 1
         # BatchNorm1d -> linear: w' = w * s (per input), b' = b + w @ t
         elif node["op"] == "linear" and src is not None and src["op"] == "affine" and src.get("bn1d") \
-                and users[node["in"][0]] == 1 and len(src["scale"]) == node["w"].shape[1]:
+                and users[node["in"][0]] == 1 and len(src["scale"]) == node["w"].shape[1] \
+                and ranks.get(node["in"][0]) == 2:
             s, t = src["scale"].astype(np.float64), src["shift"].astype(np.float64)
             w = node["w"].astype(np.float64)
             b = np.zeros(w.shape[0]) if node["b"] is None else node["b"].astype(np.float64)
@@ -395,8 +405,10 @@ def _compact(nodes: list[dict[str, Any]], output: int) -> tuple[list[dict[str, A
     return out, new_index[output]
 
 
-def to_graph(model: nn.Module) -> tuple[list[dict[str, Any]], int, int]:
-    """Trace an eval-mode ``model``: (nodes, output index, number of batch norms folded)."""
+def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[list[dict[str, Any]], int, int]:
+    """Trace an eval-mode ``model``: (nodes, output index, number of batch norms folded). With the
+    ``input_size`` (C, H, W) of one image, the shapes are propagated too, so that batch norms next to
+    a linear layer are folded where its input is (N, features); without it they stay ``affine``."""
     try:
         graph = _Tracer().trace(model)
     except UsageError:
@@ -405,5 +417,16 @@ def to_graph(model: nn.Module) -> tuple[list[dict[str, Any]], int, int]:
         msg = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot export: torch.fx could not trace the model ({msg})") from None
     gm = fx.GraphModule(model, graph)
-    nodes, output = _Builder(gm).run()
-    return fold_batch_norms(nodes, output)
+    if input_size is not None:
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(torch.zeros(1, *input_size))
+        except Exception:  # noqa: BLE001 - then no ranks are known, and folds next to linears are skipped
+            pass
+    builder = _Builder(gm)
+    nodes, output = builder.run()
+    ranks: dict[int, int] = {}
+    for n, i in builder.env.items():  # the fx node that made a graph node comes first (identities reuse it)
+        if isinstance(i, int) and isinstance(n.meta.get("tensor_meta"), TensorMetadata):
+            ranks.setdefault(i, len(n.meta["tensor_meta"].shape))
+    return fold_batch_norms(nodes, output, ranks)
