@@ -192,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .rundir import saved_config
 
     log = print
-    if args.resume:
+    if args.resume is not None:
         if args.preset:
             raise UsageError("--preset cannot be combined with --resume: the run keeps its own settings")
         if args.out:
@@ -333,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         load_plugins(plugins_in_argv(argv))  # first: their estimators' flags are part of the parser
         parser = build_parser()
-        args = parser.parse_args(argv)
+        # --debug anywhere on the line (the sub-commands' parsers do not know it)
+        args = parser.parse_args(["--debug", *(a for a in argv if a != "--debug")] if debug else argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -61,7 +61,7 @@ from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .rundir import (RESUME_FREE, RunDirectory, append_metrics, best_checkpoint, keep_top, last_checkpoint,
-                     repair_best, saved_config, start_metrics, truncate_metrics, write_config)
+                     repair_best, require_run_path, saved_config, start_metrics, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -717,7 +717,7 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     the thread count it recorded unless told otherwise. The folder is locked for the
     whole run, and a mid-epoch ``last.pt`` continues at its step.
     """
-    run_dir = Path(run_dir)
+    run_dir = require_run_path(run_dir)
     lock = RunDirectory.open(run_dir, fresh=False) if env_rank() == 0 else None
     try:
         with StopRequest().handling() as stop, _torch_threads_kept():
@@ -732,6 +732,9 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     saved = saved_config(run_dir)
     overrides = dict(overrides or {})
     diffs = config_differences(saved, overrides)
+    if "dataset" in diffs:  # not even with --force: the checkpoint's model learned another data set
+        raise UsageError(f"{run_dir} trained on {saved.dataset}, not {diffs['dataset'][1]}; a run keeps its data "
+                         "set: start a new run (--out) for the other one")
     blocking = {k: v for k, v in diffs.items() if k.split(".")[0] not in RESUME_FREE}
     if blocking and not force:
         detail = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in blocking.items())
@@ -754,6 +757,9 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         ckpt = load_checkpoint(last, map_location=run.device)
         if ckpt["model_name"] != config.model:
             raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
+        if ckpt["epoch"] > config.epochs:
+            raise UsageError(f"{run_dir} already finished {ckpt['epoch']} epochs; --epochs {config.epochs} is fewer: "
+                             f"pass at least {ckpt['epoch']}")
         run.restore(ckpt)
         if run.dist.main:
             repair_best(run_dir, ckpt)

@@ -49,6 +49,8 @@ TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
 # thread count can change the last bits of float32 sums: resume notes it).
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
                "save_every", "tensorboard", "keep_top", "plugins")
+# what every run's config.json holds since the first version: without them it is not a run's
+_IDENTITY = ("dataset", "model", "estimator", "epochs", "seed")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
 
 
@@ -166,7 +168,7 @@ class RunDirectory:
                 raise UsageError(f"run directory {path} is not writable ({err.strerror}); pass another --out") \
                     from None
         elif not (path / CONFIG).is_file():
-            raise UsageError(f"{path} is not a run directory (no config.json); start it with --out {path}")
+            raise UsageError(f"{path} is not a run directory (no config.json); a new run needs --out and an empty or new folder")
 
     def close(self) -> None:
         """Release the lock (the lock file stays; it is harmless)."""
@@ -272,13 +274,24 @@ def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
     atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(text))
 
 
+def require_run_path(run_dir: str | os.PathLike) -> Path:
+    """``run_dir`` as a path; an empty one (an unset shell variable) is refused, not taken as ``.``."""
+    if not str(run_dir).strip():
+        raise UsageError("the run directory given is empty; pass the folder of the run")
+    return Path(run_dir)
+
+
 def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig saved in a run directory's config.json."""
-    cfg_path = Path(run_dir) / CONFIG
+    cfg_path = require_run_path(run_dir) / CONFIG
     if not cfg_path.is_file():
-        raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); start it with --out {run_dir}")
+        raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); a new run needs --out and an empty or new folder")
     try:
-        return TrainConfig.from_saved(json.loads(cfg_path.read_text()))
+        data = json.loads(cfg_path.read_text())
+        missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
+        if missing:
+            raise UsageError(f"{cfg_path} is corrupted (no {', '.join(missing)}); start a new run")
+        return TrainConfig.from_saved(data)
     except (json.JSONDecodeError, TypeError, AttributeError) as err:
         raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); start a new run") from None
 

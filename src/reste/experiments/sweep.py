@@ -122,6 +122,8 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
         if key in grid:
             raise UsageError(f"grid axis {key!r} given twice; put all its values in one --grid {key}=...")
         grid[key] = [parse_value(v) for v in items]
+        if len(set(map(repr, grid[key]))) != len(items):
+            raise UsageError(f"--grid {key} has a value twice: {spec!r}")
     return grid
 
 
@@ -133,6 +135,8 @@ def parse_seeds(text: str) -> list[int]:
         raise UsageError(f"--seeds expects integers separated by commas, e.g. 0,1,2; got {text!r}") from None
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds has a seed twice: {text!r}")
+    if any(s < 0 for s in seeds):
+        raise UsageError(f"--seeds must be non-negative integers, got {text!r}")
     return seeds
 
 
@@ -208,6 +212,11 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
         if key not in settings:
             label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or config.estimator
             settings[key] = Setting(label=label, values=values, config=config, key=key)
+    unused = [k for k in grid if kinds[k][0] == "estimator" and not any(k in s.values for s in settings.values())]
+    if unused:
+        trained = sorted({s.config.estimator for s in settings.values()})
+        raise UsageError(f"grid axis {unused[0]!r} is an option of no estimator this sweep trains "
+                         f"({', '.join(trained)}); add one it belongs to (--grid estimator=...) or drop the axis")
     return list(settings.values())
 
 

@@ -65,9 +65,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         onnx_path = Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
         if onnx_path.resolve() == out.resolve():
             raise UsageError(f"the ONNX path {onnx_path} is the packed file itself; pass another --onnx PATH")
+    source = Path(args.checkpoint)
+    sources = (source, source / "last.pt", source / "best.pt") if source.is_dir() else (source,)
     for path in (out, onnx_path):
         if path is not None:
-            _check_writable(path)
+            _check_writable(path, sources)
     report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path)
     print(f"wrote {out}")
     print(format_report(report))
@@ -94,13 +96,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return status
 
 
-def _check_writable(path: Path) -> None:
-    """Refuse, with one line, an output path whose folder is missing or read-only (before any work)."""
+def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
+    """Refuse, with one line, an output path whose folder is missing or read-only, that is one of the
+    command's ``inputs``, or that is a run's checkpoint (before any work)."""
     import os
+
+    from ..rundir import CONFIG
 
     folder = path.parent
     if path.is_dir():
         raise UsageError(f"{path} is a folder; pass a file path")
+    for given in inputs:
+        if given is not None and path.exists() and Path(given).exists() and path.samefile(given):
+            raise UsageError(f"{path} is an input of this command; pass another output path")
+    if path.suffix == ".pt" and (folder / CONFIG).is_file():
+        raise UsageError(f"{path} would overwrite a checkpoint of the run in {folder}; pass another output path")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"cannot write {path}: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise UsageError(f"cannot write {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -113,7 +125,6 @@ def _save_predictions(out: Path, pred: Any) -> None:
 
     from ..checkpoint import atomic_write
 
-    _check_writable(out)
     try:
         atomic_write(out, lambda f: np.save(f, pred))
     except OSError as err:
@@ -171,7 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise UsageError(f"{args.labels} must hold {len(images)} integer labels, got {len(labels)} "
                                  f"of {labels.dtype}")
         if write:
-            _check_writable(out)
+            _check_writable(out, (args.exported, args.images, args.labels))
         start = time.perf_counter()
         pred = model.predict(images, batch_size=args.batch_size)
         seconds = time.perf_counter() - start

@@ -1,0 +1,95 @@
+"""Bad input found by trying to break the command line: each gets one line and status 2, and
+nothing a run finished is lost or mixed up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reste.cli import main
+
+
+def _one_line_error(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("reste: error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished 1-epoch digits run."""
+    out = tmp_path_factory.mktemp("run") / "digits"
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--threads", "1", "--no-progress",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_a_run_keeps_its_data_set_and_its_finished_epochs(run, capsys):
+    before = (run / "config.json").read_text()
+    err = _one_line_error(capsys, "train", "--resume", str(run), "--dataset", "fashion-mnist", "--force")
+    assert "trained on digits" in err and "start a new run" in err
+    assert (run / "config.json").read_text() == before  # nothing rewritten
+
+
+def test_fewer_epochs_than_a_run_finished_are_refused(tmp_path, capsys):
+    out = tmp_path / "two"
+    assert main(["train", "--dataset", "digits", "--epochs", "2", "--threads", "1", "--no-progress",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    err = _one_line_error(capsys, "train", "--resume", str(out), "--epochs", "1", "--force")
+    assert "already finished 2 epochs" in err and "at least 2" in err
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+
+
+def test_an_empty_resume_path_is_refused(capsys):
+    assert "run directory given is empty" in _one_line_error(capsys, "train", "--resume", "")
+
+
+def test_a_config_without_a_runs_identity_is_refused(run, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "config.json").write_text("{}")
+    err = _one_line_error(capsys, "train", "--resume", str(broken))
+    assert "corrupted (no dataset, model, estimator, epochs, seed)" in err
+
+
+def test_export_and_predict_never_write_over_their_inputs_or_a_checkpoint(run, tmp_path, capsys):
+    last = run / "last.pt"
+    before = last.read_bytes()
+    assert "is an input of this command" in _one_line_error(capsys, "export", str(last), str(last))
+    assert "checkpoint of the run" in _one_line_error(capsys, "export", str(run), str(run / "new.pt"))
+    assert last.read_bytes() == before
+    model = tmp_path / "m.rbnn"
+    assert main(["export", str(run), str(model)]) == 0
+    capsys.readouterr()
+    import numpy as np
+
+    images = tmp_path / "x.npy"
+    np.save(images, np.zeros((2, 1, 8, 8), np.float32))
+    for target in (model, images):
+        assert "is an input of this command" in _one_line_error(capsys, "predict", str(model), str(images),
+                                                                 "--output", str(target))
+    assert "a file, not a folder" in _one_line_error(capsys, "export", str(run), str(images / "m.rbnn"))
+
+
+def test_debug_goes_anywhere_on_the_line(capsys):
+    assert main(["presets", "--debug"]) == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seeds", "-1"], "non-negative"),
+    (["--grid", "lr=0.1,0.1"], "a value twice"),
+    (["--grid", "o_end=2,3", "--estimator", "ste"], "an option of no estimator this sweep trains (ste)"),
+])
+def test_sweep_inputs_are_checked_before_any_run(tmp_path, capsys, argv, message):
+    out = tmp_path / "s"
+    base = ["sweep", "--dataset", "digits", "--epochs", "1", "--out", str(out)]
+    if "--grid" not in argv:
+        base += ["--grid", "estimator=ste"]
+    assert message in _one_line_error(capsys, *base, *argv)
+    assert not (out / "runs").exists()
