@@ -122,7 +122,7 @@ def test_grid_parsing():
 
 def _fake_run(run_dir: Path, accs: list[float], errors: list[float], stabs: list[float]) -> None:
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({"epochs": len(accs)}))
+    (run_dir / "config.json").write_text(json.dumps(TrainConfig(dataset="digits", epochs=len(accs)).to_dict()))
     (run_dir / "last.pt").write_bytes(b"")
     lines = [dict(epoch=i + 1, train_acc=a, test_acc=a, train_loss=1.0, test_loss=1.0, estimating_error=e,
                   gradient_stability=s) for i, (a, e, s) in enumerate(zip(accs, errors, stabs))]
@@ -271,8 +271,8 @@ def test_a_run_gets_the_threads_of_a_worker_even_when_it_is_the_only_one_left(tm
     from reste.experiments import sweep as sw
 
     seen = []
-    monkeypatch.setattr(sw, "_execute", lambda job: seen.append(torch.get_num_threads()) or {"status": "failed",
-                                                                                             "error": "x", "seconds": 0})
+    failed = {"status": "failed", "error": "x", "seconds": 0}
+    monkeypatch.setattr(sw, "_execute", lambda job: seen.append(torch.get_num_threads()) or failed)
     monkeypatch.setattr(sw, "threads_per_job", lambda jobs: 3)
     before = torch.get_num_threads()
     _pending_runs(tmp_path, [0])(jobs=2)  # one pending run: trained in this process, as a worker would

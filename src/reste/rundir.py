@@ -168,7 +168,8 @@ class RunDirectory:
                 raise UsageError(f"run directory {path} is not writable ({err.strerror}); pass another --out") \
                     from None
         elif not (path / CONFIG).is_file():
-            raise UsageError(f"{path} is not a run directory (no config.json); a new run needs --out and an empty or new folder")
+            raise UsageError(f"{path} is not a run directory (no config.json); a new run needs --out and an "
+                             "empty or new folder")
 
     def close(self) -> None:
         """Release the lock (the lock file stays; it is harmless)."""
@@ -285,7 +286,8 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig saved in a run directory's config.json."""
     cfg_path = require_run_path(run_dir) / CONFIG
     if not cfg_path.is_file():
-        raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); a new run needs --out and an empty or new folder")
+        raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); a new run needs --out and an empty or "
+                         "new folder")
     try:
         data = json.loads(cfg_path.read_text())
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
