@@ -93,3 +93,30 @@ def test_sweep_inputs_are_checked_before_any_run(tmp_path, capsys, argv, message
         base += ["--grid", "estimator=ste"]
     assert message in _one_line_error(capsys, *base, *argv)
     assert not (out / "runs").exists()
+
+
+def test_a_flag_that_is_also_a_grid_axis_is_refused(tmp_path, capsys):
+    err = _one_line_error(capsys, "sweep", "--grid", "lr=0.1,0.05", "--lr", "0.2", "--dataset", "digits",
+                          "--out", str(tmp_path / "s"))
+    assert "'lr' is both a grid axis and a fixed flag" in err
+    err = _one_line_error(capsys, "sweep", "--grid", "o_end=2,3", "--o-end", "5", "--dataset", "digits",
+                          "--out", str(tmp_path / "s"))
+    assert "'o_end' is both" in err
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"grid": {}}'])
+def test_a_damaged_sweep_manifest_is_one_line(tmp_path, capsys, content):
+    (tmp_path / "sweep.json").write_text(content)
+    err = _one_line_error(capsys, "report", str(tmp_path))
+    assert "sweep.json is" in err and "run the sweep again" in err
+
+
+def test_a_tensorboard_path_that_cannot_be_a_folder_is_refused_before_training(tmp_path, capsys):
+    pytest.importorskip("torch.utils.tensorboard")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for target in (afile, afile / "sub"):
+        err = _one_line_error(capsys, "train", "--dataset", "digits", "--epochs", "1", "--tensorboard", str(target),
+                              "--out", str(tmp_path / "run"))
+        assert "is a file, not a folder" in err
+    assert not (tmp_path / "run").exists()  # refused before the run started

@@ -70,11 +70,17 @@ def base_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..cli import overrides_from_args
     from .sweep import parse_grid, parse_seeds, run_sweep
 
     if not args.out:
         raise UsageError(f"a sweep needs --out DIR for its runs and tables, e.g. {SWEEP_EXAMPLE}")
     grid = parse_grid(args.grid)
+    fixed = overrides_from_args(args)
+    fixed = {*fixed, *fixed.get("estimator_options", {}), *fixed.get("model_options", {})}
+    clash = [key for key in grid if key in fixed]
+    if clash:
+        raise UsageError(f"{clash[0]!r} is both a grid axis and a fixed flag; give its values in --grid only")
     base = base_config(args)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,

@@ -57,7 +57,14 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     path = out_dir / MANIFEST
     if not path.is_file():
         raise UsageError(f"{out_dir} is not a sweep folder (no {MANIFEST}); run `reste sweep --out {out_dir}` first")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is damaged ({str(err)[:80]}); run the sweep again to rewrite it") from None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("grid"), dict)
+            and isinstance(manifest.get("settings"), list)):
+        raise UsageError(f"{path} is not a sweep manifest (no grid and settings); run the sweep again to rewrite it")
+    return manifest
 
 
 def collect(out_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:

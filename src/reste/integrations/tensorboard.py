@@ -53,6 +53,11 @@ def check(setting: str | None, run_dir: str | os.PathLike) -> None:
     except ImportError:
         raise UsageError(f"--tensorboard needs the tensorboard package: {INSTALL}") from None
     folder = log_dir(setting, run_dir)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UsageError(f"--tensorboard {setting}: {blocker} is a file, not a folder; pass a folder")
+    if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
+        raise UsageError(f"--tensorboard {setting}: {blocker} is not writable; pass a writable folder")
     if not (Path(run_dir) / "last.pt").exists() and _event_files(folder):
         raise UsageError(f"{folder} already holds TensorBoard events of another run; pass a new folder "
                          "to --tensorboard (one per run)")
