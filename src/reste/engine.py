@@ -212,13 +212,14 @@ def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
-    """An epoch's progress bar, or None when off. It only displays: the training loop iterates the
-    loader itself, once per epoch. (A bar wrapped around the loader iterated it twice: tqdm.auto's
-    class calls iter() on what it wraps when it is made, and a loader that counts its epochs then
-    served the next epoch's batches, so a run with the bar trained on other batches than one
-    without, and under torchrun rank 0 on another permutation than the other ranks.)"""
+    """An epoch's progress bar, as a context manager that gives the bar (None when off). The bar only
+    displays: the training loop iterates the loader itself, once per epoch. (A bar wrapped around the
+    loader iterated it twice: tqdm.auto's class calls iter() on what it wraps when it is made, and a
+    loader that counts its epochs then served the next epoch's batches, so a run with the bar trained
+    on other batches than one without, and under torchrun rank 0 on another permutation than the
+    other ranks.)"""
     if not enabled:
-        return None
+        return contextlib.nullcontext()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -386,43 +387,34 @@ class _Run:
         bad_step = torch.tensor(int(sums[3]), device=device, dtype=torch.long)
         n = int(sums[2])
         steps = len(self.train_loader)
-        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress and self.dist.main, start_step)
-        try:
-            return self._train_steps(epoch, start_step, steps, bar, (loss_sum, correct, bad_step, n))
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def _train_steps(self, epoch: int, start_step: int, steps: int, bar: Any,
-                     sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]) -> dict[str, float]:
-        cfg, device = self.config, self.device
-        loss_sum, correct, bad_step, n = sums
-        for step, (images, target) in enumerate(self.train_loader):
-            if step < start_step:
-                continue
-            images, target = _to_device(images, target, device, cfg.channels_last)
-            loss, logits = self.step(images, target)
-            if self.meter:
-                self.meter.update()
-            detached = loss.detach()
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
-            loss_sum += detached * target.numel()
-            correct += (logits.argmax(1) == target).sum()
-            n += target.numel()
-            if bar is not None:
-                bar.update()
-                if step % 10 == 0 or step == steps - 1:
-                    if int(bad_step) >= 0 and not self.dist.enabled:  # with several, all stop together below
-                        break
-                    bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{100.0 * correct.item() / n:.2f}")
-            if step < steps - 1:
-                due = self._checkpoint_due(step)
-                if due:
-                    if self._agree(int(bad_step)) >= 0:
-                        break  # never checkpoint a diverged state
-                    self.save_partial(epoch, step + 1, [float(loss_sum), int(correct), n, int(bad_step)])
-                    if due == 2:
-                        self._stopped(epoch, step + 1, steps)
+        with _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress and self.dist.main,
+                       start_step) as bar:
+            for step, (images, target) in enumerate(self.train_loader):
+                if step < start_step:
+                    continue
+                images, target = _to_device(images, target, device, cfg.channels_last)
+                loss, logits = self.step(images, target)
+                if self.meter:
+                    self.meter.update()
+                detached = loss.detach()
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
+                loss_sum += detached * target.numel()
+                correct += (logits.argmax(1) == target).sum()
+                n += target.numel()
+                if bar is not None:
+                    bar.update()
+                    if step % 10 == 0 or step == steps - 1:
+                        if int(bad_step) >= 0 and not self.dist.enabled:  # with several, all stop together below
+                            break
+                        bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{100.0 * correct.item() / n:.2f}")
+                if step < steps - 1:
+                    due = self._checkpoint_due(step)
+                    if due:
+                        if self._agree(int(bad_step)) >= 0:
+                            break  # never checkpoint a diverged state
+                        self.save_partial(epoch, step + 1, [float(loss_sum), int(correct), n, int(bad_step)])
+                        if due == 2:
+                            self._stopped(epoch, step + 1, steps)
         bad = self._agree(int(bad_step))  # the processes stop together: a lone one would hang the others
         if bad >= 0:
             if self.saved is None:

@@ -439,15 +439,15 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
 
 def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, threads: int | None,
                  report_one: Callable[[Setting, int, dict[str, Any]], None]) -> None:
-    """Train the pending runs, in this process or ``jobs`` at a time in worker processes."""
+    """Train the pending runs, in this process or ``jobs`` at a time in worker processes, each with the
+    same torch threads either way: a run does not depend on how many others are pending."""
+    per_run = threads or (threads_per_job(jobs) if jobs > 1 else None)  # None: torch's own setting
     if jobs == 1 or len(pending) <= 1:
         import torch
 
         before = torch.get_num_threads()
-        # the threads a worker would have: a run does not depend on how many others are pending
-        n = threads or (threads_per_job(jobs) if jobs > 1 else None)
-        if n:
-            torch.set_num_threads(n)
+        if per_run:
+            torch.set_num_threads(per_run)
         try:
             for s, seed, job in pending:
                 report_one(s, seed, _execute(job))
@@ -458,7 +458,7 @@ def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, 
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(threads or threads_per_job(jobs),)) as pool:
+                                 initargs=(per_run,)) as pool:
             futures = {pool.submit(_execute, job): (s, seed) for s, seed, job in pending}
             for fut in as_completed(futures):
                 s, seed = futures[fut]

@@ -65,11 +65,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         onnx_path = Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
         if onnx_path.resolve() == out.resolve():
             raise UsageError(f"the ONNX path {onnx_path} is the packed file itself; pass another --onnx PATH")
-    source = Path(args.checkpoint)
-    sources = (source, source / "last.pt", source / "best.pt") if source.is_dir() else (source,)
     for path in (out, onnx_path):
         if path is not None:
-            _check_writable(path, sources)
+            _check_writable(path, (args.checkpoint,))  # a run folder's checkpoints: the .pt rule below
     report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path)
     print(f"wrote {out}")
     print(format_report(report))
