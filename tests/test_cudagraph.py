@@ -11,6 +11,7 @@ gives the same weights as eager steps is checked on a GPU by benchmarks/gpu_chec
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -173,3 +174,74 @@ def test_the_whole_epoch_benchmark_runs(tmp_path, monkeypatch):
         assert out["epoch"]["epoch_s"] > 0 and out["bare_step"]["images_per_s"] > 0
         assert set(out["implied_hours"]) >= {"cifar10-resnet20-1w1a"}
     assert (tmp_path / "e.json").is_file()
+
+
+class _FakeCuda:
+    """Just enough of torch.cuda's graph API to run CudaGraphs on the CPU, with the caching allocator's
+    rule on memory pools: a capture may share a pool only while a graph captured into it is alive."""
+
+    def __init__(self) -> None:
+        self.use_count: dict[int, int] = {}
+        self.next_id = 0
+        fake = self
+
+        class Graph:
+            def __init__(self) -> None:
+                self.pool = None
+
+            def replay(self) -> None:
+                pass
+
+            def reset(self) -> None:
+                fake.use_count[self.pool] -= 1
+
+        self.Graph = Graph
+
+    def graph_pool_handle(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    @contextlib.contextmanager
+    def graph(self, graph, pool=None, stream=None, capture_error_mode="global"):
+        if pool is None:
+            pool = self.graph_pool_handle()
+        elif pool in self.use_count and self.use_count[pool] == 0:
+            raise RuntimeError("it->second->use_count > 0 INTERNAL ASSERT FAILED")
+        self.use_count[pool] = self.use_count.get(pool, 0) + 1
+        graph.pool = pool
+        yield
+
+
+def test_the_real_backend_captures_again_after_a_release(monkeypatch):
+    """An epoch boundary releases the step's graph and captures a new one. Sharing the first graph's
+    memory pool with the second failed on a GPU (the allocator refuses a pool whose graphs were all
+    reset); each capture now takes its own pool."""
+    fake = _FakeCuda()
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", fake.Graph)
+    monkeypatch.setattr(torch.cuda, "graph", fake.graph)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", fake.graph_pool_handle)
+    monkeypatch.setattr(torch.cuda, "device", lambda _d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda _d: object())
+    backend = CudaGraphs(torch.device("cuda"))
+    runs = []
+    for _epoch in range(3):
+        replay = backend.capture(lambda: runs.append(1), lambda: None)
+        replay()
+        backend.release(replay)
+    assert len(runs) == 3 and all(n == 0 for n in fake.use_count.values())
+
+
+@pytest.mark.parametrize("name, index", [("cuda", None), ("cuda:1", 1), ("cpu", None)])
+def test_a_run_selects_only_an_indexed_cuda_device(monkeypatch, name, index):
+    """--device cuda:1 makes GPU 1 current; a plain cuda is the current GPU, and torch.cuda.set_device
+    refuses a device without an index (every --device cuda run failed at its start on a GPU)."""
+    chosen = []
+
+    def set_device(device):
+        if torch.device(device).index is None:
+            raise ValueError("Expected a torch.device with a specified index or an integer")
+        chosen.append(torch.device(device).index)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    engine.select_cuda_device(torch.device(name))
+    assert chosen == ([] if index is None else [index])

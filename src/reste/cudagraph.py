@@ -51,7 +51,6 @@ class CudaGraphs:
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.device = device
-        self.pool = None  # one memory pool for every capture of the run
         self.capture_stream: torch.cuda.Stream | None = None
 
     def eager(self, fn: Callable[[], None]) -> None:
@@ -65,12 +64,13 @@ class CudaGraphs:
         """Capture ``fn`` with the gradients cleared first: the captured backward then writes fresh
         gradients (into the graph's memory) at each replay instead of adding to old ones."""
         graph = torch.cuda.CUDAGraph()
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
         clear_grads()
-        # on this device's own stream (torch's default capture stream lives on the current device), and
-        # thread-local: a DataLoader's pin-memory thread may allocate pinned memory during the capture
-        with torch.cuda.device(self.device), torch.cuda.graph(graph, pool=self.pool, stream=self._stream(),
+        # On this device's own stream (torch's default capture stream lives on the current device), and
+        # thread-local: a DataLoader's pin-memory thread may allocate pinned memory during the capture.
+        # Each capture takes a private memory pool of its own (pool=None): a pool shared with an earlier
+        # graph that release() has reset is refused by the caching allocator (an internal assert, seen
+        # on an H200 with torch 2.11) while the gradients it wrote still hold its memory.
+        with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=self._stream(),
                                                                capture_error_mode="thread_local"):
             fn()
         return graph.replay

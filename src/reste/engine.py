@@ -102,6 +102,13 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def select_cuda_device(device: torch.device) -> None:
+    """Make ``cuda:N`` the current CUDA device, so that kernels launch and graphs capture on it. A plain
+    ``cuda`` (no index) means the current device already: ``torch.cuda.set_device`` refuses it."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     return models.create(config.model, num_classes, **estimator_settings(config), **config.model_options)
 
@@ -236,8 +243,7 @@ class _Run:
         if config.cuda_graphs and env_world_size() > 1:
             raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
         self.dist, self.device = init_distributed(pick_device(config.device))
-        if self.device.type == "cuda":  # cuda:N: kernels launched and graphs captured on the current device
-            torch.cuda.set_device(self.device)
+        select_cuda_device(self.device)
         if config.threads is None and self.device.type == "cpu":
             # recorded: a CPU run's float sums depend on its thread count, so a resume uses the same
             self.config = config = dataclasses.replace(config, threads=torch.get_num_threads())

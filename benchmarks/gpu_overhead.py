@@ -1,0 +1,160 @@
+"""Where an eager GPU training step of a binary network spends its host time.
+
+On a fast GPU an eager ResNet-20 step is bound by the CPU that launches its kernels, not by the
+GPU: each PyTorch op or Triton launch costs microseconds of Python and driver time, and the
+binary layers add launches (sign, the weight scale, the estimators' backwards). This script
+measures those costs, so that work on the eager path aims at what dominates:
+
+1. host microseconds per call (mean over many calls on a small tensor, synchronised once at the
+   end, so the GPU's own time is negligible): a plain PyTorch op, a raw Triton launch, each
+   layer of reste's sign path, and the launch of an already compiled Triton kernel;
+2. host time of one small binary conv's forward and backward against a float conv's;
+3. a torch.profiler table of one eager resnet20_1w1a step (STE) and one resnet20 step: the
+   operators with the most host time and the number of kernels launched.
+
+    python benchmarks/gpu_overhead.py            # needs a CUDA GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reste import models, triton_dispatch
+from reste.estimators import get_estimator, sign
+from reste.layers import BinaryConv2d
+
+
+def host_us(fn: Callable[[], object], calls: int) -> float:
+    """Mean host microseconds per call of ``fn`` (after 20 warm-up calls), synchronised at the end only."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def per_call(calls: int) -> None:
+    from reste import triton_kernels as K
+
+    dev = torch.device("cuda")
+    x = torch.randn(4096, device=dev)
+    y = torch.empty_like(x)
+    n = x.numel()
+    grid = (triton_kernel_blocks(n, K.BLOCK),)
+    est = get_estimator("reste")
+    est.set_progress(7, 10)
+    p = est.params()
+    xg = x.clone().requires_grad_(True)
+    grad = torch.randn_like(x)
+    rows: list[tuple[str, Callable[[], object]]] = [
+        ("torch.neg(x)", lambda: torch.neg(x)),
+        ("torch.empty_like(x)", lambda: torch.empty_like(x)),
+        ("Triton _sign_kernel[grid](...)", lambda: K._sign_kernel[grid](x, y, n, BLOCK=K.BLOCK)),
+        ("triton_kernels.sign(x)", lambda: K.sign(x)),
+        ("triton_dispatch.sign(x)", lambda: triton_dispatch.sign(x)),
+        ("estimators.sign(x)", lambda: sign(x)),
+        ("triton_kernels.backward('reste', ...)", lambda: K.backward("reste", x, grad, **p)),
+        ("triton_dispatch.backward('reste', ...)", lambda: triton_dispatch.backward("reste", x, grad, **p)),
+        ("est(x), x.requires_grad (autograd forward)", lambda: est(xg)),
+        ("est.params()", est.params),
+        ("triton_kernels.scaled_sign(w, 1)", lambda: K.scaled_sign(x, 1)),
+    ]
+    compiled = K._sign_kernel[grid](x, y, n, BLOCK=K.BLOCK)
+    for label, args in (("compiled[grid](x, y, n)", (x, y, n)), ("compiled[grid](x, y, n, BLOCK)", (x, y, n, K.BLOCK))):
+        try:
+            compiled[(grid[0], 1, 1)](*args)
+            torch.cuda.synchronize()
+            rows.append((label, lambda a=args: compiled[(grid[0], 1, 1)](*a)))
+        except Exception as err:  # the call form differs between Triton versions
+            print(f"  {label}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    print(f"1. host microseconds per call (mean of {calls} calls, 4096 float32 elements)")
+    for label, fn in rows:
+        try:
+            print(f"  {label:<48} {host_us(fn, calls):8.1f}")
+        except Exception as err:  # a probe, not a check: report and go on
+            print(f"  {label:<48} failed: {type(err).__name__}: {err}")
+    y.copy_(torch.neg(x))  # keep y used
+
+
+def triton_kernel_blocks(n: int, block: int) -> int:
+    return (n + block - 1) // block
+
+
+def layer_step(calls: int) -> None:
+    dev = torch.device("cuda")
+    x = torch.randn(8, 16, 8, 8, device=dev, requires_grad=True)
+    for label, layer in (("nn.Conv2d 16->16", nn.Conv2d(16, 16, 3, padding=1, bias=False)),
+                         ("BinaryConv2d STE", BinaryConv2d(16, 16, 3, padding=1, bias=False, weight_estimator="ste")),
+                         ("BinaryConv2d ReSTE", BinaryConv2d(16, 16, 3, padding=1, bias=False))):
+        layer = layer.to(dev)
+
+        def fwd_bwd(layer=layer):
+            layer(x).sum().backward()
+
+        def fwd(layer=layer):
+            return layer(x)
+
+        print(f"  {label:<24} forward {host_us(fwd, calls):7.1f} us   forward+backward {host_us(fwd_bwd, calls):7.1f} us")
+
+
+def profile_step() -> None:
+    dev = torch.device("cuda")
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in ("resnet20", "resnet20_1w1a"):
+        kw = {} if name == "resnet20" else {"estimator": "ste"}
+        model = models.create(name, num_classes=10, **kw).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        x = torch.randn(256, 3, 32, 32, device=dev)
+        y = torch.randint(0, 10, (256,), device=dev)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / 10 * 1e3
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        events = prof.key_averages()
+        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx",
+                                                             "cudaLaunchKernelExC"))
+        print(f"\n3. {name}{' (STE)' if kw else ''}: {wall:.2f} ms per step unprofiled; {launches} kernel launches")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=48))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--no-profile", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_overhead.py: no CUDA GPU is visible to torch here")
+    if not triton_dispatch.available():
+        raise SystemExit(f"gpu_overhead.py: the Triton kernels are unavailable: {triton_dispatch.error()}")
+    per_call(args.calls)
+    print("\n2. host time of one small layer (8x16x8x8 input)")
+    layer_step(args.calls // 4)
+    if not args.no_profile:
+        profile_step()
+
+
+if __name__ == "__main__":
+    main()
