@@ -106,6 +106,125 @@ def layer_step(calls: int) -> None:
         print(f"  {label:<24} forward {host_us(fwd, calls):7.1f} us   forward+backward {host_us(fwd_bwd, calls):7.1f} us")
 
 
+class _Identity(torch.autograd.Function):
+    """A Python autograd node that launches nothing in its backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def backward_nodes(calls: int) -> None:
+    """Host time of a forward and backward through one node of each kind (the same sum-and-backward around
+    each), and of a Triton launch from another thread (the autograd engine runs a CUDA backward on its own
+    thread)."""
+    import threading
+
+    from reste import triton_kernels as K
+
+    dev = torch.device("cuda")
+    est = get_estimator("reste")
+    est.set_progress(7, 10)
+    x = torch.randn(4096, device=dev, requires_grad=True)
+    w = torch.randn(64, 64, device=dev, requires_grad=True)
+    rows = [("torch.neg (C++ node)", lambda: torch.neg(x).sum().backward()),
+            ("Python Function, no launch", lambda: _Identity.apply(x).sum().backward()),
+            ("est(x): sign forward, ReSTE backward", lambda: est(x).sum().backward()),
+            ("est.scaled_sign(w, 1)", lambda: est.scaled_sign(w, 1).sum().backward()),
+            ("est(x) and est.scaled_sign(w, 1)", lambda: (est(x).sum() + est.scaled_sign(w, 1).sum()).backward()),
+            ("w.abs().mean() * est(w) (PyTorch ops)", lambda: (w.abs().mean() * est(w)).sum().backward())]
+    print("\n4. host microseconds of a forward and backward through one node")
+    for label, fn in rows:
+        try:
+            print(f"  {label:<48} {host_us(fn, calls):8.1f}")
+        except Exception as err:
+            print(f"  {label:<48} failed: {type(err).__name__}: {err}")
+    g = torch.randn_like(x)
+    xd = x.detach()
+    p = est.params()
+    out: list[float] = []
+
+    def in_thread():
+        out.append(host_us(lambda: K.backward("reste", xd, g, **p), calls))
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    print(f"  {'K.backward from another thread':<48} {out[0]:8.1f}")
+    print(f"  {'K.backward from the main thread':<48} {host_us(lambda: K.backward('reste', xd, g, **p), calls):8.1f}")
+
+
+def backward_thread_costs(calls: int) -> None:
+    """Host microseconds of the calls an estimator's backward makes, timed inside a backward (on the
+    autograd engine's CUDA thread) and on the main thread."""
+    import threading
+
+    from triton.runtime import driver
+
+    from reste import fused
+    from reste import triton_kernels as K
+
+    dev = torch.device("cuda")
+    est = get_estimator("reste")
+    est.set_progress(7, 10)
+    p = est.params()
+    x = torch.randn(4096, device=dev)
+    g = torch.randn(4096, device=dev)
+    scalars, count, _ = K._scalars("reste", p)
+    n = x.numel()
+    out = torch.empty_like(x)
+    grid = (triton_kernel_blocks(n, K.BLOCK),)
+    probes = {
+        "torch.is_grad_enabled()": torch.is_grad_enabled,
+        "torch.compiler.is_compiling()": torch.compiler.is_compiling,
+        "torch.jit.is_tracing()": torch.jit.is_tracing,
+        "fused.enabled()": fused.enabled,
+        "driver.active.get_current_device()": lambda: driver.active.get_current_device(),
+        "driver.active.get_current_stream(0)": lambda: driver.active.get_current_stream(0),
+        "torch.empty_like(x)": lambda: torch.empty_like(x),
+        "triton_dispatch._kernels_for(x, g)": lambda: triton_dispatch._kernels_for(x, g),
+        "raw _backward_kernel[grid](...)": lambda: K._backward_kernel[grid](
+            x, g, out, n, *scalars, count, x, KIND=1, O_PTR=False, PRECISE=K._PRECISE, BLOCK=K.BLOCK),
+        "K.backward('reste', ...)": lambda: K.backward("reste", x, g, **p),
+        "triton_dispatch.backward('reste', ...)": lambda: triton_dispatch.backward("reste", x, g, **p),
+    }
+    inside: dict[str, float] = {k: 0.0 for k in probes}
+    idents: set[int] = set()
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, grad):
+            idents.add(threading.get_ident())
+            for label, fn in probes.items():
+                t0 = time.perf_counter()
+                fn()
+                inside[label] += time.perf_counter() - t0
+            return grad
+
+    xr = torch.randn(4096, device=dev, requires_grad=True)
+    for _ in range(20):
+        Probe.apply(xr).sum().backward()
+    inside = {k: 0.0 for k in probes}
+    for _ in range(calls):
+        Probe.apply(xr).sum().backward()
+    torch.cuda.synchronize()
+    print(f"\n5. host microseconds per call inside a backward ({len(idents)} thread id(s) seen) and on the main thread")
+    for label, fn in probes.items():
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        main_us = (time.perf_counter() - t0) / calls * 1e6
+        print(f"  {label:<44} backward {inside[label] / calls * 1e6:8.1f}   main {main_us:8.1f}")
+
+
 def profile_step() -> None:
     dev = torch.device("cuda")
     from torch.profiler import ProfilerActivity, profile
@@ -152,6 +271,8 @@ def main() -> None:
     per_call(args.calls)
     print("\n2. host time of one small layer (8x16x8x8 input)")
     layer_step(args.calls // 4)
+    backward_nodes(args.calls // 2)
+    backward_thread_costs(args.calls // 4)
     if not args.no_profile:
         profile_step()
 

@@ -85,7 +85,8 @@ def test_graphed_steps_train_like_eager_steps_and_recapture_after_invalidate():
     _eager_steps(twin, opt_twin, batches[6:])
     for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
         assert not torch.is_tensor(a) or torch.equal(a, b)
-    assert (backend.captured, backend.eager_steps, backend.replays) == (2, 4, 6)
+    # 2 eager steps before the first capture, 1 before the second (everything is initialised by then)
+    assert (backend.captured, backend.eager_steps, backend.replays) == (2, 3, 7)
     assert step.captures == 2 and all(torch.isfinite(torch.tensor(losses)))
 
 
@@ -108,7 +109,7 @@ def test_the_real_backend_needs_a_cuda_device():
 
 def test_a_graphed_engine_run_equals_an_eager_run_over_the_same_batches(tmp_path, monkeypatch):
     """Through the engine (digits, 2 epochs, indicators on): --cuda-graphs drops the last partial
-    batch and captures once per epoch; an eager run given the same batches (drop_last forced)
+    batch, captures the step once per epoch and the evaluation once per run; an eager run given the same batches (drop_last forced)
     ends with the same weights and metrics."""
     cfg = dict(dataset="digits", epochs=2, device="cpu", seed=5, indicators="general")
     backends = []
@@ -125,7 +126,9 @@ def test_a_graphed_engine_run_equals_an_eager_run_over_the_same_batches(tmp_path
     monkeypatch.setattr(engine, "make_loaders", lambda *a, **kw: real_make_loaders(*a, **{**kw, "drop_last": True}))
     eager = engine.train(TrainConfig(**cfg), tmp_path / "eager", progress=False, log=lambda _m: None)
     steps = 1437 // 64  # digits' train split at batch 64, last partial batch dropped
-    assert backends[0].captured == 2 and backends[0].replays == 2 * (steps - 2)
+    # the step: captured in each epoch, after 2 eager steps in the first and 1 in the second; the test
+    # evaluation (360 images, one batch): captured once, replayed in both epochs
+    assert backends[0].captured == 3 and backends[0].replays == (steps - 2) + (steps - 1) + 2
     keep = ("train_loss", "train_acc", "test_acc", "estimating_error", "gradient_stability")
     rows = [[{k: m[k] for k in keep} for m in rundir.read_metrics(tmp_path / d)] for d in ("graphed", "eager")]
     assert rows[0] == rows[1]
@@ -245,3 +248,28 @@ def test_a_run_selects_only_an_indexed_cuda_device(monkeypatch, name, index):
     monkeypatch.setattr(torch.cuda, "set_device", set_device)
     engine.select_cuda_device(torch.device(name))
     assert chosen == ([] if index is None else [index])
+
+
+def test_graphed_evaluation_captures_each_shape_once_and_gives_the_eager_metrics():
+    """The test evaluation with --cuda-graphs: each batch shape is warmed up, captured once and then
+    replayed in every later evaluation; beyond ``shapes`` shapes it runs eagerly; the metrics are those
+    of the eager evaluation, also after the weights changed between two evaluations."""
+    from reste.cudagraph import GraphedForward
+
+    torch.manual_seed(0)
+    model = create("digits_1w1a", num_classes=10)
+    g = torch.Generator().manual_seed(3)
+    loader = [(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in (32, 32, 7)]
+    backend = ReplayByCalling()
+    forward = GraphedForward(model, backend=backend, shapes=2)
+    for _ in range(2):
+        assert engine.evaluate(model, loader, torch.device("cpu"), forward=forward) == \
+            engine.evaluate(model, loader, torch.device("cpu"))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(-1.5)  # in place, as an optimizer step
+    assert forward.captures == 2 and backend.eager_steps == 2 and backend.replays == 2 * 3
+    assert forward(torch.randn(5, 1, 8, 8)).shape == (5, 10)  # a third shape: eager, nothing captured
+    assert forward.captures == 2
+    forward.release()
+    assert forward(torch.randn(5, 1, 8, 8)).shape == (5, 10) and forward.captures == 3

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GraphedStep", "CudaGraphs", "graphable_optimizer_options"]
+__all__ = ["GraphedForward", "GraphedStep", "CudaGraphs", "graphable_optimizer_options"]
 
 
 class CudaGraphs:
@@ -103,7 +103,8 @@ class GraphedStep:
             casts across the capture (``torch.autocast(..., cache_enabled=False)``).
         backend: :class:`CudaGraphs` for the model's device, or a stand-in with the same
             ``eager(fn)``, ``capture(fn, clear_grads) -> replay`` and ``release(replay)``.
-        warmup: eager steps after each :meth:`invalidate`, before the capture (>= 1).
+        warmup: eager steps before the first capture (>= 1). Before each later capture one eager
+            step is enough: Triton has compiled, cuDNN has chosen, the optimizer has its state.
 
     Calling it with a batch trains on that batch and returns ``(loss, logits)``: the loss as
     a float32 scalar tensor and the logits, both on the device, without a host sync. They
@@ -129,7 +130,8 @@ class GraphedStep:
         a Python scalar of the step changed (learning rate, an estimator's schedule)."""
         if self._replay is not None:
             self.backend.release(self._replay)
-        self._replay, self._out, self._eager_left = None, None, self.warmup
+        self._replay, self._out = None, None
+        self._eager_left = self.warmup if self.captures == 0 else 1
 
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
@@ -166,3 +168,64 @@ class GraphedStep:
             self.captures += 1
         self._replay()
         return self._out
+
+
+class GraphedForward:
+    """A model's evaluation forward (``model(x)`` under ``torch.no_grad``) replayed from CUDA graphs.
+
+    An eval batch of a binary network is, like a training step, hundreds of small launches. Unlike
+    a training step it reads no Python scalar that moves during training: the estimators' forward
+    is sign whatever their schedule, the weights' scales are computed from the weights at each
+    replay, and the parameters and BatchNorm statistics are updated in place. So each batch shape
+    (a full batch and the last partial one) is captured once per run and replayed in every epoch's
+    evaluation. A new shape is first run eagerly (warm-up), then captured; at most ``shapes``
+    shapes are kept, and others run eagerly.
+
+    Args:
+        model: the network, already in eval mode when called.
+        autocast: as for :class:`GraphedStep` (no cast cache).
+        backend: :class:`CudaGraphs` or a stand-in with ``eager``, ``capture`` and ``release``.
+        shapes: how many input shapes get a graph.
+
+    Calling it returns the logits in a static tensor, overwritten by the next call of the same
+    shape: use them (or enqueue what reads them) before the next call.
+    """
+
+    def __init__(self, model: nn.Module, *, autocast: Callable[[], contextlib.AbstractContextManager]
+                 = contextlib.nullcontext, backend: Any = None, shapes: int = 2) -> None:
+        self.model, self.autocast, self.backend, self.shapes = model, autocast, backend, shapes
+        self.captures = 0
+        self._graphs: dict[tuple, tuple[torch.Tensor, list[torch.Tensor], Callable[[], None]]] = {}
+
+    def _eager(self, images: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(images)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        key = (tuple(images.shape), images.stride(), images.dtype, images.device)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.shapes:
+                return self._eager(images)
+            static = torch.empty_like(images)
+            static.copy_(images)
+            self.backend.eager(lambda: self._eager(static))  # cuDNN picks its algorithms outside the capture
+            out: list[torch.Tensor] = []
+
+            def forward() -> None:
+                out[:] = [self._eager(static)]
+
+            replay = self.backend.capture(forward, lambda: None)
+            self.captures += 1
+            entry = self._graphs[key] = (static, out, replay)
+        static, out, replay = entry
+        static.copy_(images)
+        replay()
+        return out[0]
+
+    def release(self) -> None:
+        """Drop every captured graph (their memory goes back once their outputs are unused)."""
+        for _static, _out, replay in self._graphs.values():
+            self.backend.release(replay)
+        self._graphs.clear()

@@ -56,7 +56,7 @@ from .data import data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed
 from .errors import UsageError
 from .indicators import EquilibriumMeter
-from .cudagraph import CudaGraphs, GraphedStep, graphable_optimizer_options
+from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -141,8 +141,10 @@ def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
-             channels_last: bool = False) -> dict[str, float]:
-    """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``."""
+             channels_last: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> dict[str, float]:
+    """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``. ``forward(images)``, where
+    given, computes the logits instead of ``model`` under autocast (a :class:`GraphedForward`)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
@@ -150,8 +152,11 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     n = 0
     for images, target in loader:
         images, target = _to_device(images, target, device, channels_last)
-        with _autocast(device, amp):
-            logits = model(images)
+        if forward is not None:
+            logits = forward(images)
+        else:
+            with _autocast(device, amp):
+                logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
         c1, c5 = _accuracy_counts(logits, target)
         top1 += c1
@@ -299,6 +304,9 @@ class _Run:
         self.graphed = None if graph_backend is None else GraphedStep(
             self.model, self.optimizer, backend=graph_backend,
             autocast=lambda: _autocast(self.device, config.amp, cache=False))
+        # the test evaluation replays a graph per batch shape too, captured once for the whole run
+        self.graphed_eval = None if graph_backend is None else GraphedForward(
+            self.net, backend=graph_backend, autocast=lambda: _autocast(self.device, config.amp, cache=False))
         self.start_epoch, self.best_acc, self.best_epoch = 0, -1.0, -1
         self.start_step, self.partial = 0, None  # a checkpoint taken inside epoch start_epoch + 1
         self.saved: tuple[int, int] | None = None  # (epoch, step) of the newest last.pt
@@ -462,7 +470,7 @@ class _Run:
                 t0 -= float(partial["time"])  # the epoch's time includes the part before the checkpoint
             self._epoch_t0 = t0
             train_metrics = self.train_epoch(epoch, start_step, partial)
-            test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last)
+            test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last, self.graphed_eval)
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
                                        "test_loss": test["loss"], "test_acc": test["top1"],
                                        "test_top5": test["top5"]}
