@@ -734,3 +734,16 @@ def test_the_registry_is_live():
     finally:
         _REGISTRY.pop("narrow_test", None)
     assert "narrow_test" not in ESTIMATORS
+
+
+def test_reste_warns_when_its_o_schedule_falls():
+    """--o 5 --o-end 3 makes o fall over training, the reverse of the paper's ramp: said once, not refused
+    (a falling schedule is a legitimate experiment); a rising or constant one says nothing."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="o falls over training, from o = 5.0 to o_end = 3.0"):
+        reste.ReSTE(o=5.0, o_end=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reste.ReSTE(o=1.0, o_end=3.0)
+        reste.ReSTE(o=5.0, o_end=3.0, schedule="constant")

@@ -500,6 +500,12 @@ class ReSTE(Estimator):
                 "pass o_end > o or schedule='constant'",
                 stacklevel=3,  # the caller of ReSTE(...)
             )
+        elif self.schedule != "constant" and self.o_end < self.o:
+            warnings.warn(
+                f"ReSTE o falls over training, from o = {self.o} to o_end = {self.o_end}; the paper's schedule "
+                "rises from 1: pass o_end > o if that was meant",
+                stacklevel=3,
+            )
 
     def params(self) -> dict[str, float]:
         return {"o": self.o, "t": self.t, "m": self.interval}
