@@ -34,6 +34,19 @@ def test_a_run_keeps_its_data_set_and_its_finished_epochs(run, capsys):
     assert (run / "config.json").read_text() == before  # nothing rewritten
 
 
+def test_a_data_set_name_is_taken_in_any_case_or_alias(run, capsys, tmp_path):
+    """--dataset DIGITS, Digits or fmnist name the data sets digits and fashion-mnist, as in every other
+    command; a resume given the run's own data set in capitals is no change of data set."""
+    from reste.config import TrainConfig
+
+    assert TrainConfig(dataset="Digits").resolve().dataset == "digits"
+    assert TrainConfig(dataset="FMNIST", epochs=1).resolve().dataset == "fashion-mnist"
+    err = _one_line_error(capsys, "train", "--dataset", "mnist", "--out", str(tmp_path / "x"))
+    assert "unknown dataset 'mnist'" in err and "fashion-mnist" in err
+    err = _one_line_error(capsys, "train", "--resume", str(run), "--dataset", "DIGITS", "--lr", "0.5")
+    assert "trained on" not in err and "lr: saved" in err  # the data set is the same; the lr is not
+
+
 def test_fewer_epochs_than_a_run_finished_are_refused(tmp_path, capsys):
     out = tmp_path / "two"
     assert main(["train", "--dataset", "digits", "--epochs", "2", "--threads", "1", "--no-progress",

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .datasets import DATASETS, SPECS
+from .datasets import DATASETS, SPECS, get_spec
 from .errors import UsageError
 from .estimators import estimator_class, get_estimator, list_estimators
 from .plugins import load_plugins
@@ -92,12 +92,14 @@ class TrainConfig:
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled in, validated. Raises ``UsageError``."""
-        if self.dataset not in DATASETS:
+        if not isinstance(self.dataset, str):
             raise UsageError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
-        out = dataclasses.replace(self, estimator_options=dict(self.estimator_options),
+        # the canonical name (case, '_' or '-' and the aliases as everywhere else: --dataset FMNIST works)
+        out = dataclasses.replace(self, dataset=get_spec(self.dataset).name,
+                                  estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
-        defaults = dict(DATASET_DEFAULTS[self.dataset])
-        defaults["workers"] = 0 if SPECS[self.dataset].fits_in_memory else min(8, os.cpu_count() or 1)
+        defaults = dict(DATASET_DEFAULTS[out.dataset])
+        defaults["workers"] = 0 if SPECS[out.dataset].fits_in_memory else min(8, os.cpu_count() or 1)
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for
             defaults["warm_up"] = min(defaults["warm_up"], out.epochs - 1)

@@ -53,6 +53,7 @@ from . import checkpoint as ckpt_io
 from . import models
 from .config import AMP_MODES, TrainConfig
 from .data import data_device, load_datasets, make_loaders
+from .datasets import get_spec
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed
 from .errors import UsageError
 from .indicators import EquilibriumMeter
@@ -737,6 +738,8 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
                    log: Callable[[str], None], stop: StopRequest) -> dict[str, Any]:
     saved = saved_config(run_dir)
     overrides = dict(overrides or {})
+    if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
+        overrides["dataset"] = get_spec(overrides["dataset"]).name
     diffs = config_differences(saved, overrides)
     if "dataset" in diffs:  # not even with --force: the checkpoint's model learned another data set
         raise UsageError(f"{run_dir} trained on {saved.dataset}, not {diffs['dataset'][1]}; a run keeps its data "
