@@ -113,6 +113,21 @@ def test_eval_reproduces_the_stored_accuracy(tmp_path):
         assert r["top5"] >= r["top1"]
 
 
+def test_eval_reproduces_the_logged_loss_in_the_runs_layout_and_threads(tmp_path):
+    """A channels_last run on one thread, evaluated from a process with two threads: the evaluation
+    uses the run's layout and thread count, so the test loss is the logged one to the last bit."""
+    engine.train(small(epochs=1, channels_last=True, threads=1), tmp_path / "run", progress=False, log=quiet)
+    logged = rundir.read_metrics(tmp_path / "run")[-1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = engine.evaluate_checkpoint(tmp_path / "run" / "last.pt")
+        assert torch.get_num_threads() == 2  # given back
+    finally:
+        torch.set_num_threads(before)
+    assert (r["loss"], r["top1"]) == (logged["test_loss"], logged["test_acc"])
+
+
 def test_a32_and_float_twin_train(tmp_path):
     r = engine.train(small(epochs=1, a32=True, estimator="ste"), tmp_path / "a32", progress=False, log=quiet)
     assert r["final_acc"] > 50

@@ -199,7 +199,12 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     _, test_loader = make_loaders(train_ds, test_ds, batch_size=config.batch_size,
                                   eval_batch_size=batch_size or config.eval_batch_size, workers=workers,
                                   seed=config.seed)
-    result = evaluate(model, test_loader, dev, amp)
+    if config.channels_last:  # the run's layout and (on the CPU) thread count: the logged numbers to the bit
+        model = model.to(memory_format=torch.channels_last)
+    with _torch_threads_kept():
+        if dev.type == "cpu" and config.threads:
+            torch.set_num_threads(config.threads)
+        result = evaluate(model, test_loader, dev, amp, config.channels_last)
     step = int(ckpt.get("step") or 0)  # a checkpoint taken inside an epoch has no test accuracy of its own
     return {**result, "epoch": ckpt["epoch"], "step": step,
             "stored_top1": None if step else ckpt["metrics"].get("test_acc"),
