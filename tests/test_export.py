@@ -260,7 +260,14 @@ def test_size_report_resnet20_within_5_percent_of_bound(tmp_path):
     assert 23 < r["ratio"] < 26  # the issue's "about 24x"
     assert r["param_bound"] == pytest.approx(4 * 269_850 / (267_264 / 8 + 4 * (269_850 - 267_264)))
     text = format_report(r)
-    assert "bound" in text and "gap" in text
+    assert "bound" in text and "gap" in text and "no binary layers" not in text
+
+
+def test_the_report_says_when_a_model_has_no_binary_layers(tmp_path):
+    """Exporting a full-precision run (the float twin) works, and the report says that nothing was packed."""
+    r = export_model(models.create("digits").eval(), tmp_path / "fp.rbnn", input_size=(1, 8, 8), verify=False)
+    assert r["binary_params"] == 0
+    assert "no binary layers: a full-precision model" in format_report(r)
 
 
 def test_file_is_readable_without_reste(tmp_path, digits_model):

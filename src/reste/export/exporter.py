@@ -151,6 +151,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"compression     {r['ratio']:.2f}x  (bound {r['bound']:.2f}x, gap {100 * r['gap']:.2f}%; "
         f"from parameter counts {r['param_bound']:.2f}x)",
     ]
+    if r["binary_params"] == 0:
+        lines.append("note            no binary layers: a full-precision model, stored in float32 (nothing to pack); "
+                     "export a binary run for 1-bit weights")
     if "folded_batch_norms" in r:
         lines.append(f"graph           {r['binary_layers']} binary layers, {r['folded_batch_norms']} batch norms "
                      f"folded, {r['affine_ops']} kept as affine")
