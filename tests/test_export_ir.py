@@ -286,6 +286,17 @@ def test_integer_arrays_other_than_uint8_are_refused_not_taken_as_preprocessed()
     assert model_inputs(pixels.astype(np.float32) / 255, "x.npy", (1, 4, 4), None).dtype == np.float32
 
 
+def test_float_images_with_nan_or_inf_are_refused_naming_them():
+    """A NaN pixel still gets a class (sign(NaN) and argmax are defined), so predict refuses it."""
+    from reste.export.inputs import model_inputs
+
+    images = np.zeros((4, 1, 4, 4), np.float32)
+    images[1, 0, 2, 2], images[3] = np.nan, np.inf
+    with pytest.raises(UsageError, match=r"NaN or infinite values in 2 of its 4 images \(first at index 1, 3\)"):
+        model_inputs(images, "x.npy", (1, 4, 4), None)
+    assert model_inputs(images[[0, 2]], "x.npy", (1, 4, 4), None).shape == (2, 1, 4, 4)
+
+
 def test_raw_images_need_a_header_with_the_preprocessing(capsys, tmp_path):
     from PIL import Image
 

@@ -115,7 +115,13 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
             raise UsageError(f"{path} must hold preprocessed float images (N, C, H, W) or raw uint8 pixels, "
                              f"got shape {images.shape} of {images.dtype}{hint}")
         check_shape(size, images.shape[1:], str(path))
-        return images.astype(np.float32)
+        out = images.astype(np.float32)
+        bad = ~np.isfinite(out).reshape(len(out), -1).all(axis=1)
+        if bad.any():  # a NaN or inf pixel gives a class anyway (sign(NaN) and argmax are defined): refuse it
+            first = [int(i) for i in np.flatnonzero(bad)[:5]]
+            raise UsageError(f"{path} holds NaN or infinite values in {int(bad.sum())} of its {len(out)} images "
+                             f"(first at index {', '.join(map(str, first))}); fix or drop those images")
+        return out
     if prep is None:
         what = "an image file" if images is None else "raw uint8 images"
         raise UsageError(f"the packed model does not record its preprocessing (input size, mean, std), so it "
