@@ -59,6 +59,22 @@ def test_summary_totals(capsys):
     assert all(name in listed for name in models.list_models())
 
 
+def test_summary_takes_model_options_as_train_does(capsys):
+    """reste summary fmnist_vgg_1w1a --model-option width=8 summarises the model a run with that option
+    trains; an option the model lacks, a bad value and a malformed one are one-line errors."""
+    assert main(["summary", "fmnist_vgg_1w1a", "--model-option", "width=8"]) == 0
+    total = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("parameters"))
+    params = sum(p.numel() for p in models.create("fmnist_vgg_1w1a", width=8).parameters())
+    assert f"parameters  {params:,}" in total
+    assert params != sum(p.numel() for p in models.create("fmnist_vgg_1w1a").parameters())
+    for option, message in (("depth=8", "has no option depth; valid: width"),
+                            ("width=-3", "bad --model-option for 'fmnist_vgg_1w1a'"),
+                            ("width", "expects KEY=VALUE")):
+        assert main(["summary", "fmnist_vgg_1w1a", "--model-option", option]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+
+
 def test_help_and_no_command(capsys):
     assert main([]) == 2
     assert "train" in capsys.readouterr().out

@@ -241,6 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from . import models
+    from .config import check_model_options
 
     if args.list or not args.model:
         for name in models.list_models():
@@ -254,7 +255,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-classes must be a positive integer, got {args.num_classes}")
     if args.a32 and not info["binary"]:
         raise UsageError(f"--a32 applies to binary models; {args.model!r} is full precision")
-    model = models.create(args.model, num_classes=args.num_classes, a32=args.a32)
+    options = parse_model_options(args.model_options or [])
+    check_model_options(args.model, options)
+    try:
+        model = models.create(args.model, num_classes=args.num_classes, a32=args.a32, **options)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"bad --model-option for {args.model!r}: {err}") from None
     size = tuple(info["input_size"]) if not args.input_size else (info["input_size"][0], args.input_size,
                                                                     args.input_size)
     try:
@@ -306,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes of the output layer (default: the model's data set)")
     p.add_argument("--a32", action="store_true", help="1W/32A: binary weights, real activations")
     p.add_argument("--input-size", dest="input_size", type=int, help="image side (default: the model's)")
+    p.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+                   help="an option of the model itself, as for train, e.g. width=16 (repeatable)")
     p.set_defaults(func=cmd_summary)
 
     for module in _feature_modules():

@@ -32,6 +32,16 @@ DATA_DEVICES = ("auto", "cpu")
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(spec.defaults) for name, spec in SPECS.items()}
 
 
+def check_model_options(model: str, options: dict[str, Any]) -> None:
+    """Refuse a ``--model-option`` that model ``model``'s factory does not take (one line, listing those it takes)."""
+    from .models import model_keywords
+
+    accepted = model_keywords(model)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UsageError(f"model {model!r} has no option {', '.join(unknown)}; valid: {', '.join(accepted) or 'none'}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. ``None`` means "the data set's default"."""
@@ -110,7 +120,7 @@ class TrainConfig:
         return out
 
     def validate(self) -> None:
-        from .models import list_models, model_info, model_keywords
+        from .models import list_models, model_info
 
         self._check_types()
         if self.model not in list_models():
@@ -163,11 +173,7 @@ class TrainConfig:
             raise UsageError("--tensorboard is empty; pass a folder or the bare flag")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
-        accepted = model_keywords(self.model)
-        unknown = sorted(set(self.model_options) - set(accepted))
-        if unknown:
-            raise UsageError(f"model {self.model!r} has no option {', '.join(unknown)}; "
-                             f"valid: {', '.join(accepted) or 'none'}")
+        check_model_options(self.model, self.model_options)
         try:
             estimator_class(self.estimator).check_hyperparameters(self.estimator_options, flags=True)
         except ValueError as err:
