@@ -273,3 +273,15 @@ def test_graphed_evaluation_captures_each_shape_once_and_gives_the_eager_metrics
     assert forward.captures == 2
     forward.release()
     assert forward(torch.randn(5, 1, 8, 8)).shape == (5, 10) and forward.captures == 3
+
+
+def test_an_eager_gpu_run_is_told_about_cuda_graphs_when_it_could_use_them():
+    cuda = torch.device("cuda")
+    tip = engine.cuda_graphs_tip(TrainConfig(), cuda, False)
+    assert tip and "--cuda-graphs" in tip
+    for config, device, distributed in ((TrainConfig(), torch.device("cpu"), False),
+                                        (TrainConfig(cuda_graphs=True), cuda, False),
+                                        (TrainConfig(compile=True), cuda, False),
+                                        (TrainConfig(amp="fp16"), cuda, False),
+                                        (TrainConfig(), cuda, True)):
+        assert engine.cuda_graphs_tip(config, device, distributed) is None
