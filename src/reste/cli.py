@@ -86,8 +86,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="channels_last memory format for the model and its inputs")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     r.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
-                   help="GPU: replay each training step as one CUDA graph, recaptured each epoch (drops the "
-                        "last partial batch; not with --compile, --amp fp16 or torchrun)")
+                   help="GPU: replay each training step as one CUDA graph, recaptured each epoch, and the "
+                        "test evaluation's forward (drops the last partial train batch; not with --compile, "
+                        "--amp fp16 or torchrun)")
     r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="with torchrun: keep per-process BatchNorm statistics")
     g2 = p.add_argument_group("run directory")
