@@ -18,10 +18,13 @@ What a capture freezes, and how the engine keeps it right:
   buffers and optimizer state are updated in place, as eager training does, so
   checkpoints, the equilibrium meter and evaluation read them as usual.
 
-The first ``warmup`` steps after each :meth:`invalidate` run eagerly, on a side stream (they
-are real training steps: nothing is thrown away). They let lazy initialisation happen outside
-the capture: Triton compiles its kernels, cuDNN picks algorithms, the optimizer creates its
-momentum buffers. The step after them is captured and replayed.
+The first ``warmup`` steps run eagerly, on a side stream (they are real training steps: nothing
+is thrown away), and one step after each later :meth:`invalidate`. They let lazy initialisation
+happen outside the capture: Triton compiles its kernels, cuDNN picks algorithms, the optimizer
+creates its momentum buffers. The step after them is captured and replayed.
+
+:class:`GraphedForward` does the same for the test evaluation's forward, once per batch shape and
+run.
 
 Not capturable, and refused by the training configuration: fp16 autocast (the GradScaler reads
 the gradients on the host), torch.compile (use its own ``mode="reduce-overhead"``) and several
