@@ -127,12 +127,11 @@ def _timed(phases: dict[str, float], config: TrainConfig, stamps: list[float]):
     """Time the parts of the last epoch (the steps, the eager warm-up and capture steps among them, the test
     evaluation, the checkpoint), each synchronised with the device, by wrapping the engine's functions."""
     device = engine.pick_device(config.device)
-    originals = {(engine._Run, "train_epoch"), (engine._Run, "save"), (engine, "evaluate"),
-                 (engine.GraphedStep, "__call__")}
-    saved = {(owner, name): getattr(owner, name) for owner, name in originals}
+    saved: list[tuple[object, str, object]] = []  # (owner, name, the original) to put back
 
     def wrap(owner, name, label, when=lambda *_a: True):
-        inner = saved[(owner, name)]
+        inner = getattr(owner, name)
+        saved.append((owner, name, inner))
 
         def timed(*args, **kwargs):
             if len(stamps) < config.epochs - 1 or not when(*args):  # only the last epoch
@@ -150,11 +149,12 @@ def _timed(phases: dict[str, float], config: TrainConfig, stamps: list[float]):
     wrap(engine._Run, "train_epoch", "training steps (all)")
     wrap(engine._Run, "save", "checkpoint")
     wrap(engine, "evaluate", "test evaluation")
-    wrap(engine.GraphedStep, "__call__", "  of which eager warm-up and capture steps", lambda step, *_: step._replay is None)
+    wrap(engine.GraphedStep, "__call__", "  of which eager warm-up and capture steps",
+         lambda step, *_: step._replay is None)
     try:
         yield
     finally:
-        for (owner, name), fn in saved.items():
+        for owner, name, fn in saved:
             setattr(owner, name, fn)
 
 

@@ -211,8 +211,7 @@ class GraphedForward:
         if entry is None:
             if len(self._graphs) >= self.shapes:
                 return self._eager(images)
-            static = torch.empty_like(images)
-            static.copy_(images)
+            static = images.clone()
             self.backend.eager(lambda: self._eager(static))  # cuDNN picks its algorithms outside the capture
             out: list[torch.Tensor] = []
 

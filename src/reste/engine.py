@@ -307,12 +307,14 @@ class _Run:
         if config.compile:
             self.net = torch.compile(self.net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
-        self.graphed = None if graph_backend is None else GraphedStep(
-            self.model, self.optimizer, backend=graph_backend,
-            autocast=lambda: _autocast(self.device, config.amp, cache=False))
-        # the test evaluation replays a graph per batch shape too, captured once for the whole run
-        self.graphed_eval = None if graph_backend is None else GraphedForward(
-            self.net, backend=graph_backend, autocast=lambda: _autocast(self.device, config.amp, cache=False))
+        self.graphed = self.graphed_eval = None
+        if graph_backend is not None:
+            def graph_cast() -> contextlib.AbstractContextManager:  # no cast cache across a capture
+                return _autocast(self.device, config.amp, cache=False)
+
+            self.graphed = GraphedStep(self.model, self.optimizer, backend=graph_backend, autocast=graph_cast)
+            # the test evaluation replays a graph per batch shape too, captured once for the whole run
+            self.graphed_eval = GraphedForward(self.net, backend=graph_backend, autocast=graph_cast)
         self.start_epoch, self.best_acc, self.best_epoch = 0, -1.0, -1
         self.start_step, self.partial = 0, None  # a checkpoint taken inside epoch start_epoch + 1
         self.saved: tuple[int, int] | None = None  # (epoch, step) of the newest last.pt
