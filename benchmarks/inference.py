@@ -17,7 +17,7 @@ variant is printed (``--isa`` or ``$RESTE_PACKED_ISA`` forces one).
 
     python benchmarks/inference.py                       # resnet20_1w1a, resnet18_1w1a; batch 1, 64
     python benchmarks/inference.py --threads 2 --models resnet20_1w1a --batches 1 8 64
-    python benchmarks/inference.py --isa avx2 --no-memory
+    python benchmarks/inference.py --isa avx2 --no-memory    # any of reste.export.kernels.ISAS
     python benchmarks/inference.py --scaling 2 --batches 64   # packed engine, 1 vs 2 threads
 """
 
@@ -322,13 +322,15 @@ def print_table(rows: list[dict], memory: bool) -> None:
 
 
 def main() -> None:
+    from reste.export.kernels import ISAS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet20_1w1a", "resnet18_1w1a"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     p.add_argument("--threads", type=int, default=1,
                    help="threads for both engines (default 1: stable numbers on a shared machine)")
     p.add_argument("--backend", default="auto", choices=("auto", "c", "numpy"))
-    p.add_argument("--isa", choices=("avx512", "avx2", "neon", "scalar"),
+    p.add_argument("--isa", choices=ISAS,
                    help="force a variant of the C kernels (default: the fastest this CPU runs)")
     p.add_argument("--pool", choices=("openmp", "posix"),
                    help="where the C kernels run their threads (default: torch's OpenMP workers where found)")

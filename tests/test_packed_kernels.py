@@ -99,6 +99,24 @@ def test_every_variant_computes_the_exact_integer_dot_products(case):
     assert len(got) == 2 * len(ISAS) >= 2
 
 
+def test_long_rows_of_all_different_bits_do_not_overflow_the_byte_counters():
+    """The nibble-table kernels (AVX2, AVX-512 BW) count in bytes and fold them into 64-bit lanes at least
+    every 31 words of a row (8 per byte and word: 248 < 256). Rows of 72 words (512 channels, 3x3)
+    whose activation and weight bits all differ count 8 per byte in every word, so a missed fold
+    overflows; all bits equal count 0. Random rows of 36 words (256 channels) fold once, mid-segment."""
+    case = dict(stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1))
+    rng = np.random.default_rng(72)
+    tests = [(torch.full((2, 512, 5, 4), -1.0), np.ones((16, 512, 3, 3), np.int8)),  # every bit differs
+             (torch.full((2, 512, 5, 4), 1.0), np.ones((16, 512, 3, 3), np.int8)),  # no bit differs
+             (torch.randn(2, 256, 6, 5), _signs(rng, (33, 256, 3, 3)))]
+    for x, signs in tests:
+        want = _exact_conv(x, signs, case)
+        assert np.abs(want).max() == 9 * x.shape[1] or signs.shape[0] == 33  # the interior: all 4608 agree
+        for isa in ISAS:
+            got = _dots(_layer(signs, case, K.get_kernels("c", 1, isa)), x)
+            np.testing.assert_array_equal(got, want, err_msg=f"{isa}, {x.shape[1]} channels")
+
+
 POOLS = ["posix"] + (["openmp"] if K.c_kernel_error() is None and K.choose_pool() == "openmp" else [])
 
 
@@ -421,7 +439,7 @@ def test_a_variant_the_cpu_lacks_is_refused(monkeypatch):
     monkeypatch.setattr(K, "cpu_features", lambda: 0)  # a CPU without AVX2, AVX-512 or NEON
     assert K.supported_isas() == ["scalar"]
     assert K.choose_isa() == "scalar"
-    for isa in ("avx2", "avx512", "neon"):
+    for isa in ("avx2", "avx512", "avx512bw", "neon"):
         monkeypatch.setenv(K.ISA_ENV, isa)
         with pytest.raises(UsageError, match=f"cannot run the {isa} packed kernels") as err:
             K.get_kernels("c")

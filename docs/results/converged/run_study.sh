@@ -10,6 +10,9 @@
 # The earlier 16-epoch SGD study (docs/results/epochs16/README.md) is this script with
 #   OUT=docs/results/epochs16 RUNS=runs/study-converged EPOCHS=16 OPTIMIZER=sgd LR=0.1 WEIGHT_DECAY=1e-4 \
 #   CHANNELS_LAST=0 docs/results/converged/run_study.sh
+# SWEEPS picks the sweeps to run. "leaders" is the leading group alone (STE, ReSTE, ApproxSign, DSQ,
+# FDA; seeds 0-2), for a longer budget than the whole study fits:
+#   OUT=docs/results/leaders64 RUNS=runs/study-adam64 EPOCHS=64 SWEEPS=leaders docs/results/converged/run_study.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-docs/results/converged}
@@ -21,6 +24,15 @@ OPTIMIZER=${OPTIMIZER:-adam}
 LR=${LR:-1e-3}
 WEIGHT_DECAY=${WEIGHT_DECAY:-0}
 CHANNELS_LAST=${CHANNELS_LAST:-1}
+SWEEPS=${SWEEPS:-estimators o_end o_end_5seeds estimators_5seeds}
+wants() { [[ " $SWEEPS " == *" $1 "* ]]; }
+for s in $SWEEPS; do
+  case $s in estimators|o_end|o_end_5seeds|estimators_5seeds|leaders) ;;
+    *) echo "run_study.sh: unknown sweep '$s' in SWEEPS" \
+            "(estimators, o_end, o_end_5seeds, estimators_5seeds, leaders)" >&2
+       exit 2 ;;
+  esac
+done
 # every setting of the recipe is given, so that a later change of the data set's defaults changes nothing here
 COMMON=(--dataset fashion-mnist --model fmnist_vgg_1w1a --model-option "width=$WIDTH" --no-augment
         --epochs "$EPOCHS" --batch-size 256 --eval-batch-size 1000 --optimizer "$OPTIMIZER" --lr "$LR"
@@ -29,12 +41,19 @@ COMMON=(--dataset fashion-mnist --model fmnist_vgg_1w1a --model-option "width=$W
 if [[ $OPTIMIZER == sgd ]]; then COMMON+=(--momentum 0.9); fi
 if [[ $CHANNELS_LAST == 1 ]]; then COMMON+=(--channels-last); fi
 
-reste sweep --grid estimator=ste,reste,approx_sign,sign_swish,ede,rbnn,dsq,fda --seeds 0,1,2 \
-    --out "$OUT/estimators" "${COMMON[@]}"
+if wants estimators; then
+  reste sweep --grid estimator=ste,reste,approx_sign,sign_swish,ede,rbnn,dsq,fda --seeds 0,1,2 \
+      --out "$OUT/estimators" "${COMMON[@]}"
+fi
 # o_end = 1 keeps the cosine schedule: o stays 1 all run long (ReSTE warns that it never moves)
-reste sweep --estimator reste --grid o_end=1,1.5,2,3,5,10 --seeds 0,1,2 --out "$OUT/o_end" "${COMMON[@]}"
-reste sweep --estimator reste --grid o_end=2,3,5 --seeds 0,1,2,3,4 --out "$OUT/o_end_5seeds" "${COMMON[@]}"
-STRONGEST=$(python - "$OUT/estimators/results.csv" <<'PY'
+if wants o_end; then
+  reste sweep --estimator reste --grid o_end=1,1.5,2,3,5,10 --seeds 0,1,2 --out "$OUT/o_end" "${COMMON[@]}"
+fi
+if wants o_end_5seeds; then
+  reste sweep --estimator reste --grid o_end=2,3,5 --seeds 0,1,2,3,4 --out "$OUT/o_end_5seeds" "${COMMON[@]}"
+fi
+if wants estimators_5seeds; then
+  STRONGEST=$(python - "$OUT/estimators/results.csv" <<'PY'
 import csv
 import sys
 
@@ -42,9 +61,13 @@ rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["estimator"] != "reste
 rows.sort(key=lambda r: float(r["final_acc_mean"]), reverse=True)
 print(",".join(r["estimator"] for r in rows[:3]))
 PY
-)
-echo "the three strongest other estimators after step 1: $STRONGEST"
-reste sweep --grid "estimator=reste,$STRONGEST" --seeds 0,1,2,3,4 --out "$OUT/estimators_5seeds" "${COMMON[@]}"
-for d in estimators o_end o_end_5seeds estimators_5seeds; do
+  )
+  echo "the three strongest other estimators after step 1: $STRONGEST"
+  reste sweep --grid "estimator=reste,$STRONGEST" --seeds 0,1,2,3,4 --out "$OUT/estimators_5seeds" "${COMMON[@]}"
+fi
+if wants leaders; then
+  reste sweep --grid estimator=ste,reste,approx_sign,dsq,fda --seeds 0,1,2 --out "$OUT/leaders" "${COMMON[@]}"
+fi
+for d in $SWEEPS; do
   python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
 done

@@ -35,13 +35,15 @@ and ``"c"``, compiled on first use by :mod:`reste.native` (the system C compiler
 cached under ``~/.cache/reste``) in one variant per instruction set: ``scalar``
 (``popcnt`` per word), ``avx2`` (nibble-table popcount of bytes, summed per 64-bit
 lane with SAD), ``avx512`` (``VPOPCNTDQ``: XOR, popcount and add cover 512 binary
-multiply-accumulates) and ``neon`` on AArch64 (``vcnt``). Each variant is built
+multiply-accumulates), ``avx512bw`` (AVX-512 without ``VPOPCNTDQ``, as Skylake-SP to
+Cooper Lake: the nibble table in 512-bit registers, XOR and masking in one ``VPTERNLOG``)
+and ``neon`` on AArch64 (``vcnt``). Each variant is built
 with explicit target flags (never ``-march=native``), and the one to run is picked
 at load time from the CPU's features (``cpu_features``, ``__builtin_cpu_supports``),
 so a cached build never runs on a CPU that lacks its instructions;
 ``$RESTE_PACKED_ISA`` (or ``isa=``) forces one (``choose_isa``). The kernels
 compute 16 output channels side by side (one 64-bit lane per channel, weights
-interleaved by ``CKernels.block_weights``) for 8 (AVX-512), 4 (AVX2), 2 (NEON) or
+interleaved by ``CKernels.block_weights``) for 8 (AVX-512), 4 (AVX-512 BW, AVX2), 2 (NEON) or
 1 (scalar) output positions at a time, so no horizontal sums are needed. Every
 variant gives the same integers, and the float epilogue is compiled with
 ``-ffp-contract=off``, so it rounds the same way in all of them. ``"auto"`` takes
@@ -205,14 +207,15 @@ _C_SOURCE = c_source("reste.export", "packed.c")
 _CPU_SOURCE = c_source("reste.export", "cpu_features.c")
 
 #: Kernel variants, fastest first; ``RESTE_PACKED_ISA`` forces one.
-ISAS = ("avx512", "avx2", "neon", "scalar")
+ISAS = ("avx512", "avx512bw", "avx2", "neon", "scalar")
 ISA_ENV = "RESTE_PACKED_ISA"
-_ISA_ID = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
-_ISA_FEATURE = {"avx2": 2, "avx512": 4, "neon": 8}
+_ISA_ID = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3, "avx512bw": 4}
+_ISA_FEATURE = {"avx2": 2, "avx512": 4, "neon": 8, "avx512bw": 16}
 _ISA_FLAGS = {
     "scalar": (),
     "avx2": ("-mpopcnt", "-mavx2"),
     "avx512": ("-mpopcnt", "-mavx2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq"),
+    "avx512bw": ("-mpopcnt", "-mavx2", "-mavx512f", "-mavx512bw", "-mavx512vl"),
     "neon": (),
 }
 
@@ -223,6 +226,7 @@ _U64 = ctypes.c_uint64
 
 _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "reste_isa": ([], ctypes.c_int),
+    "reste_rows": ([], ctypes.c_int),
     "reste_pack_signs": ([_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I], None),
     "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
     "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _U64, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
@@ -231,7 +235,7 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
 }
 # the same kernels over their whole range, split into pieces run in parallel in C: (..., total, parts, pool)
 _SIGNATURES.update({f"{name}_mt": (args + [_I32], None) for name, (args, _) in _SIGNATURES.items()
-                    if name != "reste_isa"})
+                    if name not in ("reste_isa", "reste_rows")})
 _SIGNATURES["reste_use_openmp"] = ([_P, _P, _P], None)
 _CPU = NativeLibrary("cpu", _CPU_SOURCE, {"reste_cpu_features": ([], ctypes.c_int)}, flag_sets=(("-O2",),))
 
@@ -418,7 +422,7 @@ class CKernels:
         self.isa = isa
         self.pool = pool
         self._pool = _attach_pool(lib, pool)
-        self.rows_per_block = {"avx512": 8, "avx2": 4, "neon": 2}.get(isa, 1)
+        self.rows_per_block = int(lib.reste_rows())  # output rows per block of this variant's kernel
         self._pins: dict[int, tuple[np.ndarray, int]] = {}
 
     def _pin(self, a: np.ndarray | None, lanes: int | None = None) -> int | None:

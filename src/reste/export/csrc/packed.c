@@ -2,8 +2,10 @@
    (see reste/export/kernels.py, which compiles this file through reste.native and calls it via ctypes).
    One source, compiled once per instruction set (-DRESTE_ISA=... plus that set's target flags):
    0 scalar (popcnt per word), 1 AVX2 (nibble-table popcount of bytes, summed per 64-bit lane with SAD),
-   2 AVX-512 with VPOPCNTDQ, 3 NEON (vcnt of bytes). Every variant computes the same integers; the float
-   epilogue is compiled with -ffp-contract=off so that it rounds the same way everywhere. */
+   2 AVX-512 with VPOPCNTDQ, 3 NEON (vcnt of bytes), 4 AVX-512 F/BW without VPOPCNTDQ (Skylake-SP to Cooper
+   Lake: the nibble table of 1 in 512-bit registers, its masking folded into VPTERNLOG). Every variant
+   computes the same integers; the float epilogue is compiled with -ffp-contract=off so that it rounds the
+   same way everywhere. */
 
 #include <stdint.h>
 #include <string.h>
@@ -11,7 +13,9 @@
 #ifndef RESTE_ISA
 #define RESTE_ISA 0
 #endif
-#if RESTE_ISA == 1 || RESTE_ISA == 2
+#define RESTE_AVX512 (RESTE_ISA == 2 || RESTE_ISA == 4)
+#define RESTE_BLOCK_EMIT (RESTE_ISA == 1 || RESTE_AVX512)  /* a block_emit of its own (else block_counts) */
+#if RESTE_ISA == 1 || RESTE_AVX512
 #include <immintrin.h>
 #endif
 #if RESTE_ISA == 3
@@ -32,7 +36,7 @@ void reste_pack_signs(const float *x, int64_t H, int64_t W, int64_t C, uint8_t *
                 const float *px = x + ((n * H + h) * W + w) * C;
                 uint8_t *po = out + ((n * Hp + h + pt) * Wp + w + pl) * Cb;
                 int64_t b = 0;
-#if RESTE_ISA == 2
+#if RESTE_AVX512
                 for (; b + 2 <= full; b += 2) {
                     uint16_t m = (uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(px + 8 * b), _mm512_setzero_ps(),
                                                               _CMP_LT_OQ);
@@ -120,12 +124,47 @@ typedef struct {
     uint8_t *out;
 } emit_ctx;
 
-#if RESTE_ISA == 2
-#define ROWS 8
-/* The AVX-512 kernel does a whole block in registers: the counts of output rows m0 + r (r < nr) for the
+#if RESTE_AVX512
+/* The AVX-512 kernels do a whole block in registers: the counts of output rows m0 + r (r < nr) for the
    channels o0 .. o0+no-1, their dot products t = krow[r] - 2 count - crow[r] (crow[r] NULL: none), and the
    output from t: the float32 operations of lanes_float below, in the same order (no round trip through
-   memory between them, which the small layers, few words a row, spent most of their time on). */
+   memory between them, which the small layers, few words a row, spent most of their time on).
+   emit16: that output for one row m from its 16 counts c (int32). */
+static inline void emit16(__m512i c, int32_t krow, const int32_t *crow, uint8_t *px, int64_t m, int64_t o0,
+                          int64_t no, const emit_ctx *e) {
+    const __mmask16 keep = (__mmask16)((1u << no) - 1);
+    __m512i t = _mm512_sub_epi32(_mm512_set1_epi32(krow), _mm512_add_epi32(c, c));
+    if (crow) t = _mm512_sub_epi32(t, _mm512_loadu_si512((const void *)(crow + o0)));
+    int64_t at = m * e->O + o0;
+    if (e->mode == 0) {
+        _mm512_mask_storeu_epi32((int32_t *)e->out + at, keep, t);
+    } else if (e->mode == 1) {
+        __m512 x = _mm512_cvtepi32_ps(t);
+        x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(e->alpha + o0), x), _mm512_loadu_ps(e->bias + o0));
+        if (e->scale) {
+            /* torch.relu: NaN and -0 kept */
+            x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NLT_UQ), x);
+            x = _mm512_add_ps(_mm512_mul_ps(x, _mm512_loadu_ps(e->scale + o0)), _mm512_loadu_ps(e->shift + o0));
+        }
+        if (e->res) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(keep, e->res + at));
+        _mm512_mask_storeu_ps((float *)e->out + at, keep, x);
+    } else {
+        uint32_t bits = _mm512_cmp_epi32_mask(t, _mm512_loadu_si512((const void *)(e->lo + o0)), _MM_CMPINT_NLT) &
+                        _mm512_cmp_epi32_mask(t, _mm512_loadu_si512((const void *)(e->hi + o0)), _MM_CMPINT_LE);
+        px[o0 / 8] = (uint8_t)bits;
+        if (o0 / 8 + 1 < e->obytes) px[o0 / 8 + 1] = (uint8_t)(bits >> 8);
+    }
+}
+
+/* 16 64-bit counts (a: lanes 0-7, b: 8-15) as 16 int32. */
+static inline __m512i counts16(__m512i a, __m512i b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)), _mm512_cvtepi64_epi32(b), 1);
+}
+#endif
+
+#if RESTE_ISA == 2
+#define ROWS 8
+/* XOR, VPOPCNTQ and add: 512 binary multiply-accumulates. */
 static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
                        const uint64_t *Wb, int64_t nr, int64_t m0, const int32_t *krow,
                        const int32_t *const *crow, uint8_t *const *px, int64_t o0, int64_t no,
@@ -147,31 +186,58 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
             }
         }
     }
-    const __mmask16 keep = (__mmask16)((1u << no) - 1);
-    for (int r = 0; r < ROWS && r < nr; r++) {
-        __m256i lo = _mm512_cvtepi64_epi32(acc[r][0]), hi = _mm512_cvtepi64_epi32(acc[r][1]);
-        __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        __m512i t = _mm512_sub_epi32(_mm512_set1_epi32(krow[r]), _mm512_add_epi32(c, c));
-        if (crow[r]) t = _mm512_sub_epi32(t, _mm512_loadu_si512((const void *)(crow[r] + o0)));
-        int64_t at = (m0 + r) * e->O + o0;
-        if (e->mode == 0) {
-            _mm512_mask_storeu_epi32((int32_t *)e->out + at, keep, t);
-        } else if (e->mode == 1) {
-            __m512 x = _mm512_cvtepi32_ps(t);
-            x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(e->alpha + o0), x), _mm512_loadu_ps(e->bias + o0));
-            if (e->scale) {
-                x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NLT_UQ), x);  /* torch.relu: NaN, -0 kept */
-                x = _mm512_add_ps(_mm512_mul_ps(x, _mm512_loadu_ps(e->scale + o0)), _mm512_loadu_ps(e->shift + o0));
+    for (int r = 0; r < ROWS && r < nr; r++)
+        emit16(counts16(acc[r][0], acc[r][1]), krow[r], crow[r], px[r], m0 + r, o0, no, e);
+}
+#elif RESTE_ISA == 4
+#define ROWS 4
+/* No VPOPCNTQ: the popcount of each byte of a ^ w from a 16-entry table of nibbles (VPSHUFB), the nibble
+   masking and the XOR in one VPTERNLOG ((A ^ B) & C: 0x28) for the low and for the high nibbles (a >> 4 is
+   shifted once per word and row, w >> 4 once per word for the block's rows), so six operations cover 512
+   binary multiply-accumulates. Byte counters are summed into 64-bit lanes (SAD) at least every 31 words of
+   the row, as in the AVX2 kernel. */
+static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, const int64_t *off,
+                       const uint64_t *Wb, int64_t nr, int64_t m0, const int32_t *krow,
+                       const int32_t *const *crow, uint8_t *const *px, int64_t o0, int64_t no,
+                       const emit_ctx *e) {
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i tot[ROWS][2], b[ROWS][2];
+    for (int r = 0; r < ROWS; r++) tot[r][0] = tot[r][1] = b[r][0] = b[r][1] = zero;
+    int since = 0;
+    for (int64_t s = 0; s < nseg; s++) {
+        const uint64_t *p[ROWS];
+        for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+        const uint64_t *w = Wb + s * L * LANES;
+        for (int64_t k = 0; k < L; k++) {
+            __m512i w0 = _mm512_loadu_si512((const void *)(w + k * LANES));
+            __m512i w1 = _mm512_loadu_si512((const void *)(w + k * LANES + 8));
+            __m512i h0 = _mm512_srli_epi64(w0, 4), h1 = _mm512_srli_epi64(w1, 4);
+#pragma GCC unroll 4
+            for (int r = 0; r < ROWS; r++) {
+                __m512i x = _mm512_set1_epi64((long long)p[r][k]), xh = _mm512_srli_epi64(x, 4);
+                __m512i c0 = _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_ternarylogic_epi64(x, w0, nib, 0x28)),
+                                             _mm512_shuffle_epi8(lut, _mm512_ternarylogic_epi64(xh, h0, nib, 0x28)));
+                __m512i c1 = _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_ternarylogic_epi64(x, w1, nib, 0x28)),
+                                             _mm512_shuffle_epi8(lut, _mm512_ternarylogic_epi64(xh, h1, nib, 0x28)));
+                b[r][0] = _mm512_add_epi8(b[r][0], c0);
+                b[r][1] = _mm512_add_epi8(b[r][1], c1);
             }
-            if (e->res) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(keep, e->res + at));
-            _mm512_mask_storeu_ps((float *)e->out + at, keep, x);
-        } else {
-            uint32_t bits = _mm512_cmp_epi32_mask(t, _mm512_loadu_si512((const void *)(e->lo + o0)), _MM_CMPINT_NLT) &
-                            _mm512_cmp_epi32_mask(t, _mm512_loadu_si512((const void *)(e->hi + o0)), _MM_CMPINT_LE);
-            px[r][o0 / 8] = (uint8_t)bits;
-            if (o0 / 8 + 1 < e->obytes) px[r][o0 / 8 + 1] = (uint8_t)(bits >> 8);
+            if (++since == 31) {
+                for (int r = 0; r < ROWS; r++) {
+                    tot[r][0] = _mm512_add_epi64(tot[r][0], _mm512_sad_epu8(b[r][0], zero));
+                    tot[r][1] = _mm512_add_epi64(tot[r][1], _mm512_sad_epu8(b[r][1], zero));
+                    b[r][0] = b[r][1] = zero;
+                }
+                since = 0;
+            }
         }
     }
+    for (int r = 0; r < ROWS && r < nr; r++)
+        emit16(counts16(_mm512_add_epi64(tot[r][0], _mm512_sad_epu8(b[r][0], zero)),
+                        _mm512_add_epi64(tot[r][1], _mm512_sad_epu8(b[r][1], zero))),
+               krow[r], crow[r], px[r], m0 + r, o0, no, e);
 }
 #elif RESTE_ISA == 1
 #define ROWS 4
@@ -242,7 +308,8 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
                 __m256 x = _mm256_cvtepi32_ps(t);
                 x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(e->alpha + c0), x), _mm256_loadu_ps(e->bias + c0));
                 if (e->scale) {
-                    x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NLT_UQ), x);  /* torch.relu: NaN, -0 kept */
+                    /* torch.relu: NaN and -0 kept */
+                    x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NLT_UQ), x);
                     x = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(e->scale + c0)), _mm256_loadu_ps(e->shift + c0));
                 }
                 if (e->res) x = _mm256_add_ps(x, _mm256_maskload_ps(e->res + at, keep));
@@ -306,10 +373,13 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
 }
 #endif
 
+/* How many output rows a block computes at a time (the threads split work on whole blocks). */
+int reste_rows(void) { return ROWS; }
+
 /* t[j] = K - 2 c[j] - cr[j] (cr may be NULL) and v[j] = alpha[j] t[j] + bias[j] [-> ReLU -> * scale[j] + shift[j]]
    on one block of 16 lanes: the same float32 operations, in the same order, in every variant (AVX-512 and
-   AVX2: in block_emit). */
-#if RESTE_ISA != 2 && RESTE_ISA != 1
+   AVX2: in emit16 and block_emit). */
+#if !RESTE_BLOCK_EMIT
 static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
     uint32_t bits = 0;
     for (int j = 0; j < LANES; j++) bits |= (uint32_t)(t[j] >= lo[j] && t[j] <= hi[j]) << j;
@@ -346,7 +416,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                  const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
                  int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
-#if RESTE_ISA == 2 || RESTE_ISA == 1
+#if RESTE_BLOCK_EMIT
     emit_ctx e = {mode, O, obytes, alpha, bias, scale, shift, res, lo, hi, out};
 #else
     uint64_t cnt[ROWS * LANES];
@@ -382,7 +452,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
         }
         for (int64_t b = 0; b < blocks; b++) {
             int64_t o0 = b * LANES, no = O - o0 < LANES ? O - o0 : LANES;
-#if RESTE_ISA == 2 || RESTE_ISA == 1
+#if RESTE_BLOCK_EMIT
             block_emit(rows, nseg, L, off, Bt + b * Kw * LANES, nr, r0, krow, crow, px, o0, no, &e);
 #else
             block_counts(rows, nseg, L, off, Bt + b * Kw * LANES, cnt);
