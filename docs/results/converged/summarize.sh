@@ -7,22 +7,29 @@
 #   how the two indicators move step by step (o_end.py). Everything is printed and written to
 #   summary.txt.
 #   docs/results/converged/summarize.sh
+#   OUT=docs/results/leaders64 SWEEPS=leaders docs/results/converged/summarize.sh   # the 64-epoch leading group
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-docs/results/converged}
+SWEEPS=${SWEEPS:-estimators estimators_5seeds o_end o_end_5seeds}  # as run_study.sh's (leaders: the leading group)
+has() { [[ " $SWEEPS " == *" $1 "* ]]; }
 {
-  for d in estimators estimators_5seeds o_end o_end_5seeds; do
+  for d in $SWEEPS; do
     echo "== $d: convergence"
     python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
   done
   for metric in final_acc best_acc; do
     echo "== paired differences, $metric"
-    python docs/results/paired.py "$OUT/estimators" estimator=reste "$metric"
-    python docs/results/paired.py "$OUT/estimators_5seeds" estimator=reste "$metric"
-    python docs/results/paired.py "$OUT/o_end" o_end=3 "$metric"
-    python docs/results/paired.py "$OUT/o_end_5seeds" o_end=3 "$metric"
+    for d in estimators estimators_5seeds leaders; do
+      if has $d; then python docs/results/paired.py "$OUT/$d" estimator=reste "$metric"; fi
+    done
+    for d in o_end o_end_5seeds; do
+      if has $d; then python docs/results/paired.py "$OUT/$d" o_end=3 "$metric"; fi
+    done
   done
-  echo "== accuracy and indicators against o_end"
-  python docs/results/o_end.py "$OUT/o_end" "$OUT/o_end_5seeds" --metric final_acc
-  python docs/results/o_end.py "$OUT/o_end" "$OUT/o_end_5seeds" --metric best_acc --no-indicators
+  if has o_end && has o_end_5seeds; then
+    echo "== accuracy and indicators against o_end"
+    python docs/results/o_end.py "$OUT/o_end" "$OUT/o_end_5seeds" --metric final_acc
+    python docs/results/o_end.py "$OUT/o_end" "$OUT/o_end_5seeds" --metric best_acc --no-indicators
+  fi
 } | tee "$OUT/summary.txt"
