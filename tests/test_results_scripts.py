@@ -3,6 +3,8 @@
 import csv
 import importlib.util
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,42 @@ def test_indicator_steps_follow_each_seed(tmp_path):
     assert [(a, b) for a, b, _ in steps] == [(1, 2), (2, 3)]
     for _, _, ratios in steps:
         assert sorted(ratios) == [0.5, 0.5, 2.0]
+
+
+def _fake_tools(tmp_path):
+    """A PATH whose reste and python only append their arguments to calls.log (one line a call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("reste", "python"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{tmp_path}/calls.log"\n')
+        (bin_dir / tool).chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("script", ["run_study.sh", "summarize.sh"])
+def test_study_scripts_run_only_the_sweeps_asked_for(tmp_path, script):
+    env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
+               RUNS=str(tmp_path / "runs"), EPOCHS="64", SWEEPS="leaders")
+    (tmp_path / "out" / "leaders").mkdir(parents=True)  # (summarize.sh reads a study that ran)
+    path = ROOT / "docs" / "results" / "converged" / script
+    done = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    sweeps = [c for c in calls if c.startswith("reste sweep")]
+    if script == "run_study.sh":  # one sweep: the leading group, 3 seeds, the recipe at 64 epochs
+        assert len(sweeps) == 1 and "--grid estimator=ste,reste,approx_sign,dsq,fda --seeds 0,1,2" in sweeps[0]
+        assert f"--out {tmp_path}/out/leaders " in sweeps[0] and "--epochs 64 " in sweeps[0]
+        assert f"--runs-dir {tmp_path}/runs" in sweeps[0]
+    else:  # paired against ReSTE for both metrics; no o_end fit without the o_end sweeps
+        assert not sweeps and not any("o_end" in c for c in calls)
+        assert [c.split()[-1] for c in calls if "paired.py" in c] == ["final_acc", "best_acc"]
+    assert [c for c in calls if "curves.py" in c] == [
+        f"python docs/results/curves.py {tmp_path}/out/leaders --out {tmp_path}/out/leaders/learning_curves.png"]
+
+
+def test_run_study_refuses_an_unknown_sweep(tmp_path):
+    env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", SWEEPS="leaders estimator")
+    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "run_study.sh")], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown sweep 'estimator'" in done.stderr
+    assert not (tmp_path / "calls.log").exists()
