@@ -11,6 +11,7 @@ are checked against the float64 reference (no mismatch).
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -444,6 +445,18 @@ def test_a_variant_the_cpu_lacks_is_refused(monkeypatch):
         with pytest.raises(UsageError, match=f"cannot run the {isa} packed kernels") as err:
             K.get_kernels("c")
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 variants")
+@pytest.mark.parametrize("features, want", [(1 | 2 | 16, ["avx512bw", "avx2", "scalar"]),  # Skylake-SP
+                                            (1 | 2 | 4 | 16, ["avx512", "avx512bw", "avx2", "scalar"]),
+                                            (1 | 2, ["avx2", "scalar"])])
+def test_dispatch_takes_the_fastest_variant_a_cpu_has(monkeypatch, features, want):
+    """The choice from the probe's feature bits alone (whatever this CPU has; the variants only build)."""
+    monkeypatch.setattr(K, "cpu_features", lambda: features)
+    monkeypatch.delenv(K.ISA_ENV, raising=False)
+    assert K.supported_isas() == want
+    assert K.choose_isa() == want[0]
 
 
 def test_dispatch_never_picks_a_variant_the_cpu_lacks():
