@@ -126,3 +126,14 @@ def test_run_study_refuses_an_unknown_sweep(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2 and "unknown sweep 'estimator'" in done.stderr
     assert not (tmp_path / "calls.log").exists()
+
+
+def test_trend_reads_the_gain_of_the_last_fifth_from_a_line():
+    curves = _script("curves")
+    ramp = [80.0 + 0.1 * e for e in range(20)]  # rises 0.1 a epoch: 0.4 over the last 4 epochs
+    assert curves.trend(ramp, 4) == pytest.approx(0.4)
+    zigzag = [88.0 + (0.3 if e % 2 else -0.3) for e in range(21)]  # no rise; the endpoints differ by 0.6
+    assert abs(curves.trend(zigzag, 4)) < 0.2 and zigzag[-1] - zigzag[-5] == 0.0
+    wobble = zigzag[:-1] + [88.3]
+    assert wobble[-1] - wobble[-5] == pytest.approx(0.6) and abs(curves.trend(wobble, 4)) < 0.5
+    assert math.isnan(curves.trend([1.0, 2.0], 4))

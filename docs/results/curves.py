@@ -5,7 +5,8 @@
 For each setting, the test top-1 of every epoch, averaged over the seeds whose run
 finished. A setting counts as converged (flat) when, over the last fifth of its
 epochs, that mean gains less than ``--tolerance`` points: mean[E] - mean[E - ceil(E/5)].
-Prints one line per setting and draws one panel of curves (default
+Beside that verdict, the same gain read from a least-squares line through those epochs
+(``trend``; less noisy than two single epochs). Prints one line per setting and draws one panel of curves (default
 SWEEP_DIR/learning_curves.png).
 """
 
@@ -36,6 +37,16 @@ def curves(sweep: Path) -> dict[str, list[float]]:
     return out
 
 
+def trend(mean: list[float], back: int) -> float:
+    """The gain over the last ``back`` epochs read from a least-squares line through those epochs and the
+    one before them (slope x back): the test above compares two single epochs, each as noisy as the
+    epoch-to-epoch wobble of the test accuracy; this uses all of them. Reported beside it, not instead."""
+    if len(mean) <= back:
+        return math.nan
+    ys = mean[-1 - back:]
+    return statistics.linear_regression(range(len(ys)), ys).slope * back
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path)
@@ -49,7 +60,7 @@ def main() -> None:
         gain = mean[-1] - mean[-1 - back] if e > back else math.nan
         verdict = "flat" if gain < args.tolerance else "STILL RISING"
         print(f"{setting:28s} {e:3d} epochs  final {mean[-1]:6.2f}  gain over the last {back} epochs "
-              f"{gain:+.2f}  {verdict}")
+              f"{gain:+.2f}  {verdict}  (trend {trend(mean, back):+.2f})")
     import matplotlib
 
     matplotlib.use("Agg")
