@@ -235,6 +235,28 @@ def test_forward_equivalent_is_continuous_antiderivative(name, cfg, progress):
     torch.testing.assert_close(est.forward_equivalent(-x), -f)  # odd
 
 
+@pytest.mark.parametrize("name,cfg,progress", CASES, ids=CASE_IDS)
+def test_double_backward_is_the_derivative_of_g(name, cfg, progress):
+    """create_graph=True through an estimator (float64: the PyTorch expression) gives a gradient whose own
+    derivative is g' (numerically, away from g's kinks): d/dx sum(g(x)^2 / 2) = g(x) g'(x). ReSTE's used
+    to fail here (its g overwrote exp2's result, which exp2's backward reads)."""
+    est = make(name, cfg, progress)
+    hp = spec_hparams(name, cfg, *progress)
+    x0 = random_points(400, seed=13, dtype=F64)
+    far = torch.ones_like(x0, dtype=torch.bool)
+    for k in spec_kinks(name, hp):
+        far &= (x0.abs() - k).abs() > 1e-3
+    x = x0[far].clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(est(x).sum(), x, create_graph=True)
+    h = 1e-6
+    slope = (est.derivative(x.detach() + h) - est.derivative(x.detach() - h)) / (2 * h)
+    if gx.grad_fn is None:  # a piecewise constant g (STE, ReSTE at o = 1): no second derivative to take
+        assert slope.abs().max() < 1e-6
+        return
+    (ggx,) = torch.autograd.grad((gx * gx / 2).sum(), x)
+    torch.testing.assert_close(ggx, gx.detach() * slope, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ESTIMATORS)
 def test_derivative_accepts_a_tensor_requiring_grad(name):
     est = get_estimator(name)

@@ -136,7 +136,7 @@ def reste_g(x: Tensor, o: float, t: float, m: float) -> Tensor:
     p = (1.0 - o) / o
     inside_t = _step_le(a, t)
     factor = _step_le(a, m).mul_(1.0 - 1.0 / o).add_(1.0 / o).mul_(inside_t)
-    return a.clamp_(min=m).log2_().mul_(p).exp2_().mul_(factor)
+    return a.clamp_(min=m).log2_().mul_(p).exp2_() * factor  # (not in place: exp2's backward reads its result)
 
 
 def reste_f(x: Tensor, o: float, t: float, m: float) -> Tensor:
