@@ -27,7 +27,6 @@ expressions.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import sys
 from pathlib import Path
@@ -56,8 +55,12 @@ pytest.importorskip("triton")
 
 import reste  # noqa: E402
 from reste import estimators, fused, triton_dispatch  # noqa: E402
-from reste.estimators import _compute_dtype, get_estimator  # noqa: E402
+from reste.estimators import get_estimator  # noqa: E402
 from reste.layers import BinaryConv2d  # noqa: E402
+from kernel_checks import (  # noqa: E402
+    DTYPES, ESTIMATORS, SHAPE, ULP16, ULP32, _bounds, assert_scaled_sign_within, assert_within, inputs, layouts,
+    tolerance, torch_backward, torch_scaled_sign, torch_sign, weight,
+)
 
 
 def _interpreted_kernels():
@@ -82,172 +85,11 @@ if K is None:
 # NumPy warns where the interpreter evaluates exp/log2 of infinities and zeros on purpose (the edges)
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-ULP32 = 2.0**-23  # float32 spacing at 1: a relative ulp is between ULP32 / 2 and ULP32
-ULP16 = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}  # one 16-bit ulp, relative
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SHAPE = (2, 5, 13, 17)  # 2210 elements: three programs of 1024, the last one partial
-
-# each estimator with a schedule moved off its start, so every parameter is a generic number
-ESTIMATORS = {
-    "ste": lambda: get_estimator("ste"),
-    "reste": lambda: _moved(get_estimator("reste", o_end=3.0)),
-    "approx_sign": lambda: get_estimator("approx_sign"),
-    "sign_swish": lambda: get_estimator("sign_swish"),
-    "ede": lambda: _moved(get_estimator("ede")),
-    "rbnn": lambda: _moved(get_estimator("rbnn")),
-    "dsq": lambda: _moved(get_estimator("dsq")),
-    "fda": lambda: _moved(get_estimator("fda")),
-}
-
-
-def _moved(est):
-    est.set_progress(7, 10)
-    return est
-
-
 @pytest.fixture(autouse=True)
 def _restore_switch():
     fused.set_enabled(None)
     yield
     fused.set_enabled(None)
-
-
-# ------------------------------------------------------------------------ inputs
-
-
-def _bounds(est) -> list[float]:
-    """The points where est's g changes its formula."""
-    p = est.params()
-    name = est.name
-    if name == "ste":
-        return [p["clip"]]
-    if name == "reste":
-        return [p["t"], p["m"]]
-    if name == "rbnn":
-        return [math.sqrt(2.0) / p["t"]]
-    if name in ("approx_sign", "dsq", "fda"):
-        return [1.0]
-    return []
-
-
-def _neighbours(values: torch.Tensor) -> torch.Tensor:
-    """The values and the floats just below and above each (of their own dtype), both signs; nonzero finite."""
-    bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[values.dtype]
-    raw = values.view(bits)
-    near = torch.cat([(raw - 1).view(values.dtype), values, (raw + 1).view(values.dtype)])
-    return torch.cat([near, -near])
-
-
-def edge_values(dtype: torch.dtype, bounds: list[float]) -> torch.Tensor:
-    """Every edge: the bounds and their neighbours, +-0, +-inf, NaN, subnormals, tiny and huge values."""
-    tiny = torch.finfo(dtype).tiny  # smallest normal
-    points = [*bounds, 1.0, 0.5, tiny, tiny * 0.5, tiny * 2.0**-5, 1e-30, 3.0e38 if dtype == torch.float32 else 6e4]
-    finite = _neighbours(torch.tensor(points, dtype=torch.float32).to(dtype))
-    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan], dtype=dtype)
-    return torch.cat([finite, special])
-
-
-def inputs(dtype: torch.dtype, bounds: list[float], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, grad) of SHAPE, contiguous: the edges first, then normal values of scale 1.2; grad normal."""
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(SHAPE, generator=g) * 1.2).to(dtype)
-    edges = edge_values(dtype, bounds)
-    x.view(-1)[: edges.numel()] = edges
-    grad = torch.randn(SHAPE, generator=g).to(dtype)
-    return x, grad
-
-
-def layouts(x: torch.Tensor, grad: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same values in a memory layout: contiguous, channels_last (grad too), mixed (grad contiguous),
-    or strided (a non-dense view of a larger tensor)."""
-    if layout == "channels_last":
-        cl = torch.channels_last
-        return x.contiguous(memory_format=cl), grad.contiguous(memory_format=cl)
-    if layout == "mixed":
-        return x.contiguous(memory_format=torch.channels_last), grad
-    if layout == "strided":
-        big = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
-        big[..., ::2] = x
-        return big[..., ::2], grad
-    return x, grad
-
-
-# --------------------------------------------------------------------- references
-
-
-def torch_sign(x: torch.Tensor) -> torch.Tensor:
-    """``reste.estimators.sign`` on its PyTorch-op path."""
-    fused.set_enabled(False)
-    try:
-        return estimators.sign(x)
-    finally:
-        fused.set_enabled(None)
-
-
-def torch_backward(est, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """What ``_SignFunction.backward`` computes on the PyTorch path: grad * g(x), g in float32 for 16-bit x."""
-    g = est._g(_compute_dtype(x), **est.params())
-    return g.mul_(grad) if g.dtype == grad.dtype else (g * grad).to(grad.dtype)
-
-
-def tolerance(est, x: torch.Tensor, grad: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per element, how far the kernel may be from ``torch_backward`` (0: bit for bit).
-
-    * ste, approx_sign, rbnn: a comparison, abs, at most a multiply and a subtract, and the product
-      with grad, each correctly rounded in both, in the same order: equal.
-    * reste: max(a, m)^p as exp2(p log2 c) (|p| < 1): log2 within 1 ulp of its result (at most
-      about 3.3 here, so within 2 ulp32 absolutely), times |p| < 1, then exp2 adds its own ulp and
-      turns an absolute error e of its argument into a relative one of e ln 2; the factor and grad
-      products round the same: 4 ulp32 relative in all.
-    * sign_swish: s = sigmoid(u) within an ulp; s (1 - s) <= 1/4 off by about ulp32 absolutely,
-      (2 + u (1 - 2 s)) by about |u| ulp32: 2 beta (2 + |u|) 4 ulp32 absolutely, times |grad|.
-    * ede, dsq: 1 - tanh(z)^2 cancels: tanh within an ulp leaves 1 - tanh^2 off by 2 ulp32 absolutely,
-      plus the rounding of each step: scale 4 ulp32 absolutely, times |grad|.
-    * fda: n + 1 cosines each within an ulp, their arguments rounded (|(2i+1) w x| ulp32 / 2, a cosine
-      moving by at most that), and a running sum whose every addition rounds (below (n + 1) ulp32 / 2):
-      scale (n + 1)(n + 3) ulp32 absolutely, times |grad|.
-    Every product and the final one with grad round once more: 2 ulp32 of the result. 16-bit results
-    then add one 16-bit ulp of the result (its smallest subnormal where the result is that small).
-    """
-    p = est.params()
-    xf, gf, rf = x.float(), grad.float().abs(), ref.float().abs()
-    if est.name in ("ste", "approx_sign", "rbnn"):
-        tol = torch.zeros_like(rf)
-    elif est.name == "reste":
-        tol = 4 * ULP32 * rf
-    elif est.name == "sign_swish":
-        beta = p["beta"]
-        tol = 2 * beta * (2 + (beta * xf).abs()) * 4 * ULP32 * gf
-    elif est.name in ("ede", "dsq"):
-        scale = p["k"] * p["t"] if est.name == "ede" else 1 / (1 - p["alpha"]) * math.log(2 / p["alpha"] - 1) / 2
-        tol = scale * 4 * ULP32 * gf + 4 * ULP32 * rf
-    else:  # fda
-        n = p["n"]
-        tol = 4 * p["w"] / math.pi * (n + 1) * (n + 3) * ULP32 * gf
-    if est.name not in ("ste", "approx_sign", "rbnn"):
-        tol = tol + 2 * ULP32 * rf
-    if x.dtype != torch.float32:
-        tol = tol + torch.maximum(ULP16[x.dtype] * rf, torch.tensor(_smallest_subnormal(x.dtype)))
-    return tol
-
-
-def _smallest_subnormal(dtype: torch.dtype) -> float:
-    info = torch.finfo(dtype)
-    return info.tiny * info.eps
-
-
-def assert_within(out: torch.Tensor, ref: torch.Tensor, tol: torch.Tensor) -> None:
-    """Same dtype and shape; NaN exactly where ref has NaN; infinities equal; elsewhere |out - ref| <= tol."""
-    assert out.dtype == ref.dtype and out.shape == ref.shape
-    o, r = out.float(), ref.float()
-    assert torch.equal(o.isnan(), r.isnan()), "NaN on different elements"
-    finite = r.isfinite()
-    assert torch.equal(o[~finite & ~r.isnan()], r[~finite & ~r.isnan()])
-    err = (o - r).abs()[finite]
-    excess = err - tol[finite]
-    worst = int(excess.argmax())
-    assert excess.max() <= 0, (f"|out - ref| = {err[worst]:.3e} > tol {tol[finite][worst]:.3e} at "
-                               f"ref {r[finite][worst]:.6e}")
 
 
 # -------------------------------------------------------------------------- sign
@@ -343,26 +185,6 @@ def test_schedule_values_move_the_result():
 # ------------------------------------------------------------ the scaled weight
 
 
-def weight(shape, layout: str, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(shape, generator=g) * 0.05
-    w.view(-1)[:6] = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 0.1, -0.1])  # sign(0) = +1, abs'(0) = 0, subnormals
-    return w.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else w
-
-
-def torch_scaled_sign(est, w: torch.Tensor, groups: int, upstream: torch.Tensor):
-    """(sign(w) alpha, dL/dw) by the layers' PyTorch path."""
-    fused.set_enabled(False)
-    try:
-        w = w.detach().clone().requires_grad_(True)
-        alpha = w.abs().mean() if groups == 1 else w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
-        y = est(w) * alpha
-        y.backward(upstream)
-        return y.detach(), w.grad
-    finally:
-        fused.set_enabled(None)
-
-
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("scaling", ["layer", "channel"])
 @pytest.mark.parametrize("kind", ["ste", "reste", "ede", "fda"])
@@ -375,17 +197,7 @@ def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
 
     y, partials = K.scaled_sign(w, groups)
     dw = K.scaled_sign_backward(kind, w, upstream, partials, groups, est.params())
-    # alpha = a sum of N = numel / groups positive terms in another order: each order is within
-    # (N - 1) ulp32 / 2 of the exact sum, so the two within N ulp32 of each other, relatively.
-    n = w.numel() // groups
-    assert_within(y, ref_y, n * ULP32 * ref_y.abs())
-    # dW = g(w) grad alpha + sgn(w) d_alpha / N: the first term within the kernel's tolerance plus
-    # alpha's; d_alpha = sum(grad sign(w)) of N signed terms, within N ulp32 of sum(|grad|) absolutely.
-    first = torch_backward(est, w, upstream * ref_y.abs())
-    abs_sum = upstream.abs().reshape(groups, -1).sum(dim=1)  # per group (output channels lead in both layouts)
-    second = (ULP32 * abs_sum).repeat_interleave(n).reshape(w.shape)  # N ulp32 sum(|grad|) / N
-    tol = tolerance(est, w, upstream * ref_y.abs(), first) + n * ULP32 * first.abs() + second
-    assert_within(dw, ref_dw, tol)
+    assert_scaled_sign_within(est, w, groups, upstream, (y, dw), (ref_y, ref_dw))
     assert y.stride() == w.stride() and dw.stride() == w.stride()
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from . import fused
+from .kernel_args import autocast_dtype
 
 __all__ = ["available", "backward", "error", "forced", "may_take", "scaled_sign", "sign"]
 
@@ -188,7 +189,7 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
     """The binary weight sign(w) * mean(abs(w)) (per layer: ``groups=1``; per output channel:
     ``groups=w.shape[0]``) with estimator ``kind``'s backward (with its ``params()``) for the sign,
     by the Triton kernels (two launches forward, two backward), or ``None`` where they do not apply.
-    Under autocast the result is already in autocast's dtype (see :func:`_autocast_dtype`).
+    Under autocast the result is already in autocast's dtype (see :func:`reste.kernel_args.autocast_dtype`).
     ``reference(w)`` computes the same by PyTorch ops (used for a double backward)."""
     k = _kernels_for(w)
     if k is None or kind not in k.KINDS or not _tensor_params_ok(w, params):
@@ -197,19 +198,7 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
         return None  # one group per program row of the grid: at most 65,535
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph
-    dtype = _autocast_dtype(w)
+    dtype = autocast_dtype(w)
     if not (torch.is_grad_enabled() and w.requires_grad):
         return _launch(lambda: k.scaled_sign(w, groups, dtype)[0])
     return _launch(lambda: _ScaledSign.apply(w, k, kind, groups, params, reference, dtype))
-
-
-def _autocast_dtype(w: Tensor) -> torch.dtype:
-    """The dtype a binary layer's conv or linear will use the weight in: autocast's 16-bit dtype when
-    autocast is on for w's device and w is float32 (the kernel then writes it directly, rounding once as
-    autocast's cast would, and saves that cast and its backward), else w's own."""
-    device = w.device.type
-    if w.dtype == torch.float32 and torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        if dtype in (torch.bfloat16, torch.float16):
-            return dtype
-    return w.dtype

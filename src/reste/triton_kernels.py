@@ -36,15 +36,12 @@ takes CPU tensors); which tensors take them is decided in
 
 from __future__ import annotations
 
-import math
-import struct
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._dsq import dsq_consts
+from .kernel_args import KINDS, kernel_scalars
 
 try:  # CUDA's accurate math library; the interpreter has no implementation of it
     from triton.language.extra import libdevice
@@ -54,7 +51,6 @@ except ImportError:  # pragma: no cover - every Triton 3 ships it
 __all__ = ["DTYPES", "INTERPRETED", "KINDS", "backward", "scaled_sign", "scaled_sign_backward", "sign"]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-KINDS = ("ste", "reste", "approx_sign", "sign_swish", "ede", "rbnn", "dsq", "fda")
 BLOCK = 1024  # elements per program (8 per thread of 4 warps)
 _REDUCE_BLOCK = 2048  # elements per partial sum of the weight-scale reductions
 
@@ -309,52 +305,10 @@ _PRECISE = not INTERPRETED and libdevice is not None
 # --------------------------------------------------------------------- launchers
 
 
-def _f32(v: float) -> float:
-    """A Python float as the kernel receives it (rounded to float32, to nearest even)."""
-    return struct.unpack("f", struct.pack("f", v))[0]
-
-
-def _raw_scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | None]:
-    """(s0..s4, count, o tensor or None) of ``kind``'s kernel from its estimator's ``params()``.
-
-    The constants are computed in Python (float64) exactly as the estimator's PyTorch expression
-    computes them, so both round the same float64 numbers to float32.
-    """
-    z = 0.0
-    if kind == "ste":
-        return (params["clip"], z, z, z, z), 0, None
-    if kind == "reste":
-        o, t, m = params["o"], params["t"], params["m"]
-        if isinstance(o, Tensor):
-            return (z, z, z, t, m), 0, o
-        return ((1.0 - o) / o, 1.0 / o, 1.0 - 1.0 / o, t, m), 0, None
-    if kind == "approx_sign":
-        return (z, z, z, z, z), 0, None
-    if kind == "sign_swish":
-        beta = params["beta"]
-        return (beta, 2.0 * beta, z, z, z), 0, None
-    if kind == "ede":
-        t, k = params["t"], params["k"]
-        return (t, k * t, z, z, z), 0, None
-    if kind == "rbnn":
-        t, k = params["t"], params["k"]
-        return (k * (math.sqrt(2.0) * t), k * t * t, z, z, z), 0, None
-    if kind == "dsq":
-        lower, upper = params.get("lower", -1.0), params.get("upper", 1.0)
-        mid, k, s = dsq_consts(params["alpha"], lower, upper)
-        return (mid, k, s * k, lower, upper), 0, None
-    if kind == "fda":
-        w = params["w"]
-        w_hi = _f32(w)
-        return (w_hi, w - w_hi, 4.0 * w / math.pi, z, z), int(params["n"]), None
-    raise ValueError(f"no Triton kernel for estimator {kind!r}; valid: {', '.join(KINDS)}")
-
-
 def _scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | None]:
-    """:func:`_raw_scalars` with every scalar a Python float (an int would make Triton compile an
-    integer-typed variant of the kernel)."""
-    scalars, count, o = _raw_scalars(kind, params)
-    return tuple(float(v) for v in scalars), count, o
+    """:func:`reste.kernel_args.kernel_scalars`, every scalar a Python float (an int would make Triton
+    compile an integer-typed variant of the kernel)."""
+    return kernel_scalars(kind, params)
 
 
 def _dense(x: Tensor) -> bool:
