@@ -42,7 +42,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from . import fused, plugins, schedules, triton_dispatch
+from . import cuda_ext, fused, plugins, schedules, triton_dispatch
 from ._dsq import dsq_consts
 from .errors import UsageError
 from .hparams import Param
@@ -82,7 +82,9 @@ def sign(x: Tensor) -> Tensor:
     clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
     turn a diverged activation into +1).
     """
-    y = triton_dispatch.sign(x)
+    y = cuda_ext.sign(x) if cuda_ext.may_take(x) else None
+    if y is None:
+        y = triton_dispatch.sign(x)
     if y is None:
         y = fused.sign(x)
     if y is not None:
@@ -282,6 +284,23 @@ class _SignFunction(torch.autograd.Function):
         return (g * grad).to(grad.dtype), None, None
 
 
+def reference_backward(kind: str, x: Tensor, grad: Tensor, groups: int, params: dict[str, Any]) -> Tensor:
+    """The gradient a fused kernel of estimator ``kind`` computes, as the differentiable PyTorch expression
+    (what a double backward through the compiled extension runs): ``groups=0``, the activation's
+    ``grad * g(x)``; ``groups >= 1``, dL/dw of the binary weight sign(w) * mean(abs(w)) over ``groups``
+    (1: the whole tensor; ``w.shape[0]``: per output channel) for upstream gradient ``grad``."""
+    g = _KERNEL_G[kind]
+    if groups == 0:
+        return (g(_compute_dtype(x), **params) * grad).to(grad.dtype)
+    dims = tuple(range(x.dim())) if groups == 1 else tuple(range(1, x.dim()))
+    create_graph = torch.is_grad_enabled() and x.requires_grad
+    with torch.enable_grad():
+        w = x if x.requires_grad else x.detach().requires_grad_()
+        y = _SignFunction.apply(w, lambda v: g(v, **params), None) * w.abs().mean(dim=dims, keepdim=groups > 1)
+        (dw,) = torch.autograd.grad(y, w, grad.to(y.dtype), create_graph=create_graph)
+    return dw
+
+
 _RELATIONS = {">": ("larger than the", lambda a, b: a > b), ">=": ("at least", lambda a, b: a >= b)}
 
 
@@ -380,18 +399,26 @@ class Estimator(nn.Module):
         if not torch.is_grad_enabled() or not x.requires_grad:
             return sign(x)
         p = self.params()
+        if cuda_ext.may_take(x):  # the C++ autograd node of the compiled extension (RESTE_CUDA_EXT=1)
+            y = cuda_ext.binary_sign(self._kernel_kind(), x, p)
+            if y is not None:
+                return y
         return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(self._kernel_kind(), self._fused, p))
 
     def scaled_sign(self, w: Tensor, groups: int) -> Tensor | None:
         """sign(w) * mean(abs(w)) over ``groups`` (1: the whole tensor; w.shape[0]: per output channel), with
         this estimator's backward for the sign, by fused GPU kernels (two launches forward, two backward);
         ``None`` where they do not apply (the caller computes it with PyTorch ops)."""
-        if not triton_dispatch.may_take(w):
+        if not (triton_dispatch.may_take(w) or cuda_ext.may_take(w)):
             return None
         kind = self._kernel_kind()
         if kind is None or self._forward_pre_hooks or self._forward_hooks:
             return None  # hooks expect this module to be called on the weight
         p = self.params()
+        if cuda_ext.may_take(w):  # one C++ autograd node (RESTE_CUDA_EXT=1)
+            y = cuda_ext.scaled_sign(w, kind, groups, p)
+            if y is not None:
+                return y
 
         def reference(z: Tensor) -> Tensor:
             dims = tuple(range(z.dim())) if groups == 1 else tuple(range(1, z.dim()))

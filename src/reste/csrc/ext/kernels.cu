@@ -1,0 +1,237 @@
+// CUDA kernels of reste's extension (ops.cpp): sign, grad * g(x), and the binary weight
+// sign(w) * mean(abs(w)) per group with its backward. Every kernel reads its inputs once and writes
+// its output once, computing in float32 (16-bit values are widened exactly and rounded once, to
+// nearest even, when stored). Sums over a group are reduced in a fixed order: deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+#include "estimators.h"
+
+namespace reste_ext {
+
+namespace {
+
+constexpr int kThreads = 256;        // threads of an elementwise block
+constexpr int kGroupThreads = 512;   // threads of a block that owns a whole weight group
+constexpr int64_t kGroupMax = 65536; // groups up to this size take one block each (one launch)
+constexpr int kPartial = 4096;       // elements per partial sum of a larger group
+
+#define RESTE_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
+__device__ __forceinline__ int64_t first_index() { return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; }
+__device__ __forceinline__ int64_t stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+// enough blocks to fill any GPU (a grid-stride loop covers the rest)
+int elementwise_blocks(int64_t n) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 8192)));
+}
+
+// The sum of v over the block, in a fixed order, returned to every thread (blockDim.x a multiple of 32).
+__device__ float block_sum(float v, float* shared) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < static_cast<int>(blockDim.x >> 5) ? shared[lane] : 0.0f;
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if (lane == 0) shared[32] = v;
+  }
+  __syncthreads();
+  const float total = shared[32];
+  __syncthreads();  // shared may be reused by the caller's next sum
+  return total;
+}
+
+template <typename T>
+__global__ void sign_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += stride()) y[i] = static_cast<T>(sign1(static_cast<float>(x[i])));
+}
+
+template <typename T>
+__global__ void backward_kernel(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__ out, int64_t n,
+                                Params p) {
+  for (int64_t i = first_index(); i < n; i += stride()) {
+    out[i] = static_cast<T>(g(static_cast<float>(x[i]), p) * static_cast<float>(grad[i]));
+  }
+}
+
+// ---------------------------------------------------------------- binary weight: one block per group
+
+template <typename W, typename Y>
+__global__ void scaled_sign_group_kernel(const W* __restrict__ w, Y* __restrict__ y, float* __restrict__ alpha,
+                                         int64_t size) {
+  __shared__ float shared[33];
+  const int64_t base = blockIdx.x * size;
+  float acc = 0.0f;
+  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) acc += fabsf(static_cast<float>(w[base + i]));
+  const float a = block_sum(acc, shared) / static_cast<float>(size);
+  if (threadIdx.x == 0) alpha[blockIdx.x] = a;
+  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) {
+    y[base + i] = static_cast<Y>(sign1(static_cast<float>(w[base + i])) * a);
+  }
+}
+
+template <typename W, typename G>
+__global__ void scaled_sign_backward_group_kernel(const W* __restrict__ w, const G* __restrict__ grad,
+                                                  const float* __restrict__ alpha, W* __restrict__ out, int64_t size,
+                                                  Params p) {
+  __shared__ float shared[33];
+  const int64_t base = blockIdx.x * size;
+  float acc = 0.0f;
+  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) {
+    acc += static_cast<float>(grad[base + i]) * sign1(static_cast<float>(w[base + i]));
+  }
+  const float d_alpha = block_sum(acc, shared) / static_cast<float>(size);
+  const float a = alpha[blockIdx.x];
+  for (int64_t i = base + threadIdx.x; i < base + size; i += blockDim.x) {
+    const float wi = static_cast<float>(w[i]);
+    out[i] = static_cast<W>(g(wi, p) * (static_cast<float>(grad[i]) * a) + sgn0(wi) * d_alpha);
+  }
+}
+
+// ---------------------------------------------------------------- binary weight: larger groups, two launches
+
+// partials[group, block] = sum over one kPartial slice of the group of term(i) (grid: slices x groups)
+template <typename W, typename G, bool DOT>
+__global__ void partial_kernel(const W* __restrict__ w, const G* __restrict__ grad, float* __restrict__ partials,
+                               int64_t size) {
+  __shared__ float shared[33];
+  const int64_t base = blockIdx.y * size;
+  const int64_t begin = blockIdx.x * static_cast<int64_t>(kPartial);
+  const int64_t end = (begin + kPartial < size ? begin + kPartial : size);
+  float acc = 0.0f;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const float wi = static_cast<float>(w[base + i]);
+    acc += DOT ? static_cast<float>(grad[base + i]) * sign1(wi) : fabsf(wi);
+  }
+  const float total = block_sum(acc, shared);
+  if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = total;
+}
+
+// the group's total of its partial sums, added in order by one thread, shared with the block
+__device__ float group_total(const float* partials, int64_t nparts, float* shared) {
+  if (threadIdx.x == 0) {
+    float t = 0.0f;
+    for (int64_t k = 0; k < nparts; ++k) t += partials[blockIdx.y * nparts + k];
+    shared[0] = t;
+  }
+  __syncthreads();
+  return shared[0];
+}
+
+template <typename W, typename Y>
+__global__ void scaled_sign_apply_kernel(const W* __restrict__ w, const float* __restrict__ partials,
+                                         Y* __restrict__ y, float* __restrict__ alpha, int64_t size, int64_t nparts) {
+  __shared__ float shared[1];
+  const float a = group_total(partials, nparts, shared) / static_cast<float>(size);
+  if (blockIdx.x == 0 && threadIdx.x == 0) alpha[blockIdx.y] = a;
+  const int64_t base = blockIdx.y * size;
+  for (int64_t i = first_index(); i < size; i += stride()) {
+    y[base + i] = static_cast<Y>(sign1(static_cast<float>(w[base + i])) * a);
+  }
+}
+
+template <typename W, typename G>
+__global__ void scaled_sign_backward_apply_kernel(const W* __restrict__ w, const G* __restrict__ grad,
+                                                  const float* __restrict__ partials, const float* __restrict__ alpha,
+                                                  W* __restrict__ out, int64_t size, int64_t nparts, Params p) {
+  __shared__ float shared[1];
+  const float d_alpha = group_total(partials, nparts, shared) / static_cast<float>(size);
+  const float a = alpha[blockIdx.y];
+  const int64_t base = blockIdx.y * size;
+  for (int64_t i = first_index(); i < size; i += stride()) {
+    const float wi = static_cast<float>(w[base + i]);
+    out[base + i] = static_cast<W>(g(wi, p) * (static_cast<float>(grad[base + i]) * a) + sgn0(wi) * d_alpha);
+  }
+}
+
+dim3 apply_grid(int64_t size, int64_t groups) {
+  const int64_t per_group = std::min<int64_t>((size + kThreads - 1) / kThreads, 1024);
+  return dim3(static_cast<unsigned>(per_group), static_cast<unsigned>(groups));
+}
+
+}  // namespace
+
+void sign_cuda(const at::Tensor& x, const at::Tensor& y) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  RESTE_DISPATCH(x.scalar_type(), "reste_sign_cuda", [&] {
+    sign_kernel<scalar_t><<<elementwise_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void backward_cuda(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& out, const Params& p) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  RESTE_DISPATCH(x.scalar_type(), "reste_backward_cuda", [&] {
+    backward_kernel<scalar_t><<<elementwise_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void scaled_sign_cuda(const at::Tensor& w, int64_t groups, const at::Tensor& y, const at::Tensor& alpha) {
+  const c10::cuda::CUDAGuard guard(w.device());
+  const int64_t size = w.numel() / groups;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  RESTE_DISPATCH(w.scalar_type(), "reste_scaled_sign_cuda", [&] {
+    using w_t = scalar_t;
+    RESTE_DISPATCH(y.scalar_type(), "reste_scaled_sign_cuda_out", [&] {
+      if (size <= kGroupMax) {
+        scaled_sign_group_kernel<w_t, scalar_t><<<static_cast<unsigned>(groups), kGroupThreads, 0, stream>>>(
+            w.const_data_ptr<w_t>(), y.mutable_data_ptr<scalar_t>(), alpha.mutable_data_ptr<float>(), size);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+      const int64_t nparts = (size + kPartial - 1) / kPartial;
+      at::Tensor partials = at::empty({groups * nparts}, alpha.options());
+      partial_kernel<w_t, w_t, false><<<dim3(nparts, groups), kThreads, 0, stream>>>(
+          w.const_data_ptr<w_t>(), nullptr, partials.mutable_data_ptr<float>(), size);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      scaled_sign_apply_kernel<w_t, scalar_t><<<apply_grid(size, groups), kThreads, 0, stream>>>(
+          w.const_data_ptr<w_t>(), partials.const_data_ptr<float>(), y.mutable_data_ptr<scalar_t>(),
+          alpha.mutable_data_ptr<float>(), size, nparts);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+void scaled_sign_backward_cuda(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& alpha, int64_t groups,
+                               const at::Tensor& out, const Params& p) {
+  const c10::cuda::CUDAGuard guard(w.device());
+  const int64_t size = w.numel() / groups;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  RESTE_DISPATCH(w.scalar_type(), "reste_scaled_sign_backward_cuda", [&] {
+    using w_t = scalar_t;
+    RESTE_DISPATCH(grad.scalar_type(), "reste_scaled_sign_backward_cuda_grad", [&] {
+      if (size <= kGroupMax) {
+        scaled_sign_backward_group_kernel<w_t, scalar_t><<<static_cast<unsigned>(groups), kGroupThreads, 0, stream>>>(
+            w.const_data_ptr<w_t>(), grad.const_data_ptr<scalar_t>(), alpha.const_data_ptr<float>(),
+            out.mutable_data_ptr<w_t>(), size, p);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+      const int64_t nparts = (size + kPartial - 1) / kPartial;
+      at::Tensor partials = at::empty({groups * nparts}, alpha.options());
+      partial_kernel<w_t, scalar_t, true><<<dim3(nparts, groups), kThreads, 0, stream>>>(
+          w.const_data_ptr<w_t>(), grad.const_data_ptr<scalar_t>(), partials.mutable_data_ptr<float>(), size);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      scaled_sign_backward_apply_kernel<w_t, scalar_t><<<apply_grid(size, groups), kThreads, 0, stream>>>(
+          w.const_data_ptr<w_t>(), grad.const_data_ptr<scalar_t>(), partials.const_data_ptr<float>(),
+          alpha.const_data_ptr<float>(), out.mutable_data_ptr<w_t>(), size, nparts, p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+}  // namespace reste_ext

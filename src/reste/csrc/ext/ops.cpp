@@ -1,0 +1,372 @@
+// reste's compiled extension: the binary activation and the binary weight as C++ autograd nodes.
+//
+// Written in Python (torch.autograd.Function), each binary layer adds two autograd nodes whose
+// forward and backward run Python and launch Triton kernels from it; on a GPU that host time,
+// not the arithmetic, is what a binary layer costs beyond a float one. Here both nodes are C++:
+//
+//   reste_ext::binary_sign(x, ...)   forward sign(x) (sign(0) = +1, NaN kept); backward grad * g(x)
+//   reste_ext::scaled_sign(w, ...)   forward sign(w) * mean(abs(w)) per group; backward the
+//                                    estimator's g for the sign plus the derivative of the mean
+//
+// with one kernel launch each way (two for a weight group above kGroupMax elements). The kernels
+// are in kernels.cu (built with RESTE_WITH_CUDA); CPU tensors take the serial loops below, which
+// evaluate the same g (estimators.h) and exist so that the nodes are tested without a GPU.
+//
+// A double backward (create_graph=True) calls reste_ext::reference_grad, which reste.cuda_ext
+// defines in Python as the differentiable PyTorch expression.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "estimators.h"
+
+namespace reste_ext {
+
+// kernels.cu
+#ifdef RESTE_WITH_CUDA
+void sign_cuda(const at::Tensor& x, const at::Tensor& y);
+void backward_cuda(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& out, const Params& p);
+void scaled_sign_cuda(const at::Tensor& w, int64_t groups, const at::Tensor& y, const at::Tensor& alpha);
+void scaled_sign_backward_cuda(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& alpha,
+                               int64_t groups, const at::Tensor& out, const Params& p);
+#endif
+
+namespace {
+
+const char* const kNames[kKinds] = {"ste", "reste", "approx_sign", "sign_swish", "ede", "rbnn", "dsq", "fda"};
+
+Params make_params(c10::string_view kind, at::ArrayRef<double> scalars, int64_t count) {
+  Params p{};
+  p.kind = -1;
+  for (int k = 0; k < kKinds; ++k) {
+    if (kind.size() == std::strlen(kNames[k]) && std::memcmp(kind.data(), kNames[k], kind.size()) == 0) p.kind = k;
+  }
+  TORCH_CHECK(p.kind >= 0, "reste_ext: unknown estimator kind '", std::string(kind), "'");
+  TORCH_CHECK(scalars.size() == 5, "reste_ext: 5 scalars expected, got ", scalars.size());
+  for (int i = 0; i < 5; ++i) p.s[i] = static_cast<float>(scalars[i]);
+  p.w = scalars[0] + scalars[1];  // FDA passes w as float32 part + rest: exact in float64
+  p.count = static_cast<int>(count);
+  return p;
+}
+
+void check_float(const at::Tensor& t, const char* what) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, "reste_ext: ", what,
+              " must be float32, bfloat16 or float16, got ", s);
+}
+
+// t itself when its elements fill its memory in one block (contiguous, channels_last, any permutation)
+at::Tensor dense(const at::Tensor& t) { return t.is_non_overlapping_and_dense() ? t : t.contiguous(); }
+
+// `other` laid out with x's strides (a copy only where they differ), so both are walked in one order
+at::Tensor like(const at::Tensor& x, const at::Tensor& other) {
+  if (other.strides() == x.strides()) return other;
+  return at::empty_like(x, other.options()).copy_(other);
+}
+
+bool on_cuda(const at::Tensor& t) {
+#ifdef RESTE_WITH_CUDA
+  return t.is_cuda();
+#else
+  TORCH_CHECK(!t.is_cuda(), "reste_ext was built without CUDA");
+  return false;
+#endif
+}
+
+// The dtype dispatch of a 16-bit-or-float32 tensor (AT_DISPATCH with float64 left out).
+#define RESTE_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
+// ------------------------------------------------------------------------------ CPU loops
+
+void sign_cpu(const at::Tensor& x, const at::Tensor& y) {
+  RESTE_DISPATCH(x.scalar_type(), "reste_sign", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = y.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) dst[i] = static_cast<scalar_t>(sign1(static_cast<float>(src[i])));
+  });
+}
+
+void backward_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& out, const Params& p) {
+  RESTE_DISPATCH(x.scalar_type(), "reste_backward", [&] {
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    const scalar_t* gs = grad.const_data_ptr<scalar_t>();
+    scalar_t* os = out.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) {
+      os[i] = static_cast<scalar_t>(g(static_cast<float>(xs[i]), p) * static_cast<float>(gs[i]));
+    }
+  });
+}
+
+// group sums in float64, rounded once: within one rounding of the exact sum
+template <typename T, typename F>
+float group_mean(const T* v, int64_t size, F term) {
+  double acc = 0.0;
+  for (int64_t i = 0; i < size; ++i) acc += static_cast<double>(term(v, i));
+  return static_cast<float>(acc) / static_cast<float>(size);
+}
+
+void scaled_sign_cpu(const at::Tensor& w, int64_t groups, const at::Tensor& y, const at::Tensor& alpha) {
+  const int64_t size = w.numel() / groups;
+  float* alphas = alpha.mutable_data_ptr<float>();
+  RESTE_DISPATCH(w.scalar_type(), "reste_scaled_sign", [&] {
+    using w_t = scalar_t;
+    const w_t* ws = w.const_data_ptr<w_t>();
+    RESTE_DISPATCH(y.scalar_type(), "reste_scaled_sign_out", [&] {
+      scalar_t* ys = y.mutable_data_ptr<scalar_t>();
+      for (int64_t grp = 0; grp < groups; ++grp) {
+        const w_t* wg = ws + grp * size;
+        const float a = group_mean(wg, size, [](const w_t* v, int64_t i) { return fabsf(static_cast<float>(v[i])); });
+        alphas[grp] = a;
+        for (int64_t i = 0; i < size; ++i) {
+          ys[grp * size + i] = static_cast<scalar_t>(sign1(static_cast<float>(wg[i])) * a);
+        }
+      }
+    });
+  });
+}
+
+void scaled_sign_backward_cpu(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& alpha, int64_t groups,
+                              const at::Tensor& out, const Params& p) {
+  const int64_t size = w.numel() / groups;
+  const float* alphas = alpha.const_data_ptr<float>();
+  RESTE_DISPATCH(w.scalar_type(), "reste_scaled_sign_backward", [&] {
+    using w_t = scalar_t;
+    const w_t* ws = w.const_data_ptr<w_t>();
+    w_t* os = out.mutable_data_ptr<w_t>();
+    RESTE_DISPATCH(grad.scalar_type(), "reste_scaled_sign_backward_grad", [&] {
+      const scalar_t* gs = grad.const_data_ptr<scalar_t>();
+      for (int64_t grp = 0; grp < groups; ++grp) {
+        const int64_t base = grp * size;
+        const float d_alpha = group_mean(ws + base, size, [&](const w_t* v, int64_t i) {
+          return static_cast<float>(gs[base + i]) * sign1(static_cast<float>(v[i]));
+        });
+        const float a = alphas[grp];
+        for (int64_t i = base; i < base + size; ++i) {
+          const float wi = static_cast<float>(ws[i]);
+          os[i] = static_cast<w_t>(g(wi, p) * (static_cast<float>(gs[i]) * a) + sgn0(wi) * d_alpha);
+        }
+      }
+    });
+  });
+}
+
+// ------------------------------------------------------------------------------ the ops, no autograd
+
+at::Tensor sign_impl(const at::Tensor& x_in) {
+  check_float(x_in, "x");
+  const at::Tensor x = dense(x_in);
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  if (on_cuda(x)) {
+#ifdef RESTE_WITH_CUDA
+    sign_cuda(x, y);
+#endif
+  } else {
+    sign_cpu(x, y);
+  }
+  return y;
+}
+
+at::Tensor backward_impl(const at::Tensor& x_in, const at::Tensor& grad_in, c10::string_view kind,
+                         at::ArrayRef<double> scalars, int64_t count) {
+  check_float(x_in, "x");
+  const Params p = make_params(kind, scalars, count);
+  const at::Tensor x = dense(x_in);
+  TORCH_CHECK(grad_in.sizes() == x.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", x ", x.sizes());
+  const at::Tensor grad = like(x, grad_in.to(x.scalar_type()));
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  if (on_cuda(x)) {
+#ifdef RESTE_WITH_CUDA
+    backward_cuda(x, grad, out, p);
+#endif
+  } else {
+    backward_cpu(x, grad, out, p);
+  }
+  return out;
+}
+
+// (sign(w) * alpha in dtype, alpha per group as float32)
+std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w_in, int64_t groups,
+                                                    c10::optional<at::ScalarType> dtype) {
+  check_float(w_in, "w");
+  TORCH_CHECK(groups >= 1 && groups <= 65535 && w_in.numel() % groups == 0 && w_in.numel() > 0,
+              "reste_ext: groups must divide w's ", w_in.numel(), " elements (1 to 65535), got ", groups);
+  const at::Tensor w = dense(w_in);
+  at::Tensor y = at::empty_like(w, w.options().dtype(dtype.value_or(w.scalar_type())));
+  check_float(y, "the result");
+  at::Tensor alpha = at::empty({groups}, w.options().dtype(at::kFloat));
+  if (on_cuda(w)) {
+#ifdef RESTE_WITH_CUDA
+    scaled_sign_cuda(w, groups, y, alpha);
+#endif
+  } else {
+    scaled_sign_cpu(w, groups, y, alpha);
+  }
+  return {y, alpha};
+}
+
+at::Tensor scaled_sign_backward_impl(const at::Tensor& w_in, const at::Tensor& grad_in, const at::Tensor& alpha,
+                                     int64_t groups, c10::string_view kind, at::ArrayRef<double> scalars,
+                                     int64_t count) {
+  const Params p = make_params(kind, scalars, count);
+  const at::Tensor w = dense(w_in);
+  TORCH_CHECK(grad_in.sizes() == w.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", w ", w.sizes());
+  check_float(grad_in, "grad");
+  const at::Tensor grad = like(w, grad_in);
+  at::Tensor out = at::empty_like(w);
+  if (on_cuda(w)) {
+#ifdef RESTE_WITH_CUDA
+    scaled_sign_backward_cuda(w, grad, alpha, groups, out, p);
+#endif
+  } else {
+    scaled_sign_backward_cpu(w, grad, alpha, groups, out, p);
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------ autograd
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The estimator as the node keeps it: its kernel arguments, and its parameters by name for the reference.
+void save_estimator(AutogradContext* ctx, c10::string_view kind, at::ArrayRef<double> scalars, int64_t count,
+                    c10::string_view names, at::ArrayRef<double> values) {
+  ctx->saved_data["kind"] = std::string(kind);
+  ctx->saved_data["scalars"] = scalars.vec();
+  ctx->saved_data["count"] = count;
+  ctx->saved_data["names"] = std::string(names);
+  ctx->saved_data["values"] = values.vec();
+}
+
+// The differentiable PyTorch expression (reste.cuda_ext._reference_grad), for create_graph=True.
+at::Tensor reference_grad(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& grad, int64_t groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("reste_ext::reference_grad", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view,
+                                         c10::string_view, at::ArrayRef<double>)>();
+  const std::string kind = ctx->saved_data["kind"].toStringRef();
+  const std::string names = ctx->saved_data["names"].toStringRef();
+  const std::vector<double> values = ctx->saved_data["values"].toDoubleVector();
+  return op.call(x, grad, groups, kind, names, values);
+}
+
+at::Tensor saved_backward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& grad) {
+  const std::vector<double> scalars = ctx->saved_data["scalars"].toDoubleVector();
+  return backward_impl(x, grad, ctx->saved_data["kind"].toStringRef(), scalars, ctx->saved_data["count"].toInt());
+}
+
+struct BinarySign : public torch::autograd::Function<BinarySign> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, c10::string_view kind,
+                            at::ArrayRef<double> scalars, int64_t count, c10::string_view names,
+                            at::ArrayRef<double> values) {
+    save_estimator(ctx, kind, scalars, count, names, values);
+    ctx->save_for_backward({x});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return sign_impl(x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    const at::Tensor dx = at::GradMode::is_enabled() ? reference_grad(ctx, x, grads[0], 0)
+                                                     : saved_backward(ctx, x, grads[0]);
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct ScaledSign : public torch::autograd::Function<ScaledSign> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, int64_t groups,
+                            c10::optional<at::ScalarType> dtype, c10::string_view kind, at::ArrayRef<double> scalars,
+                            int64_t count, c10::string_view names, at::ArrayRef<double> values) {
+    save_estimator(ctx, kind, scalars, count, names, values);
+    ctx->saved_data["groups"] = groups;
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, alpha] = scaled_sign_both(w, groups, dtype);
+    ctx->save_for_backward({w, alpha});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    at::Tensor dw;
+    if (at::GradMode::is_enabled()) {
+      dw = reference_grad(ctx, saved[0], grads[0], groups);
+    } else {
+      const std::vector<double> scalars = ctx->saved_data["scalars"].toDoubleVector();
+      dw = scaled_sign_backward_impl(saved[0], grads[0], saved[1], groups, ctx->saved_data["kind"].toStringRef(),
+                                     scalars, ctx->saved_data["count"].toInt());
+    }
+    return {dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor binary_sign_autograd(const at::Tensor& x, c10::string_view kind, at::ArrayRef<double> scalars,
+                                int64_t count, c10::string_view names, at::ArrayRef<double> values) {
+  return BinarySign::apply(x, kind, scalars, count, names, values);
+}
+
+at::Tensor binary_sign_plain(const at::Tensor& x, c10::string_view, at::ArrayRef<double>, int64_t,
+                             c10::string_view, at::ArrayRef<double>) {
+  return sign_impl(x);
+}
+
+at::Tensor scaled_sign_autograd(const at::Tensor& w, int64_t groups, c10::optional<at::ScalarType> dtype,
+                                c10::string_view kind, at::ArrayRef<double> scalars, int64_t count,
+                                c10::string_view names, at::ArrayRef<double> values) {
+  return ScaledSign::apply(w, groups, dtype, kind, scalars, count, names, values);
+}
+
+at::Tensor scaled_sign_plain(const at::Tensor& w, int64_t groups, c10::optional<at::ScalarType> dtype,
+                             c10::string_view, at::ArrayRef<double>, int64_t, c10::string_view,
+                             at::ArrayRef<double>) {
+  return std::get<0>(scaled_sign_both(w, groups, dtype));
+}
+
+std::tuple<at::Tensor, at::Tensor> scaled_sign_forward(const at::Tensor& w, int64_t groups,
+                                                       c10::optional<at::ScalarType> dtype) {
+  return scaled_sign_both(w, groups, dtype);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(reste_ext, m) {
+  m.def("sign(Tensor x) -> Tensor");
+  m.def("backward(Tensor x, Tensor grad, str kind, float[] scalars, int count) -> Tensor");
+  m.def("scaled_sign_forward(Tensor w, int groups, ScalarType? dtype) -> (Tensor, Tensor)");
+  m.def("scaled_sign_backward(Tensor w, Tensor grad, Tensor alpha, int groups, str kind, float[] scalars, "
+        "int count) -> Tensor");
+  m.def("binary_sign(Tensor x, str kind, float[] scalars, int count, str names, float[] values) -> Tensor");
+  m.def("scaled_sign(Tensor w, int groups, ScalarType? dtype, str kind, float[] scalars, int count, str names, "
+        "float[] values) -> Tensor");
+}
+
+#define RESTE_BACKEND_IMPLS(m)                                      \
+  m.impl("sign", sign_impl);                                        \
+  m.impl("backward", backward_impl);                                \
+  m.impl("scaled_sign_forward", scaled_sign_forward);               \
+  m.impl("scaled_sign_backward", scaled_sign_backward_impl);        \
+  m.impl("binary_sign", binary_sign_plain);                         \
+  m.impl("scaled_sign", scaled_sign_plain)
+
+TORCH_LIBRARY_IMPL(reste_ext, CPU, m) { RESTE_BACKEND_IMPLS(m); }
+
+#ifdef RESTE_WITH_CUDA
+TORCH_LIBRARY_IMPL(reste_ext, CUDA, m) { RESTE_BACKEND_IMPLS(m); }
+#endif
+
+TORCH_LIBRARY_IMPL(reste_ext, Autograd, m) {
+  m.impl("binary_sign", binary_sign_autograd);
+  m.impl("scaled_sign", scaled_sign_autograd);
+}
+
+}  // namespace reste_ext

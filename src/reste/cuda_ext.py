@@ -1,0 +1,220 @@
+"""reste's compiled extension: the binary activation and weight as C++ autograd nodes with CUDA kernels.
+
+On a GPU the eager step of a binary network is bound by the host: each binary layer adds two
+autograd nodes written in Python (:class:`reste.estimators._SignFunction` and the fused weight of
+:mod:`reste.triton_dispatch`) whose forward and backward launch Triton kernels from Python. The
+extension (``reste/csrc/ext``) makes both nodes C++, each with one CUDA launch per direction:
+
+* ``binary_sign``: forward sign(x) (sign(0) = +1, NaN kept), backward ``grad * g(x)``;
+* ``scaled_sign``: forward sign(w) * mean(abs(w)) per group (the layer, or each output channel),
+  backward the estimator's g for the sign plus the derivative of the mean (two launches each way
+  for a group above 65,536 elements).
+
+The kernels compute what the Triton kernels and the PyTorch expressions of
+:mod:`reste.estimators` compute: the same float32 operations in the same order (built without
+fused multiply-adds), the same scalars (:mod:`reste.kernel_args`), 16-bit values widened exactly
+and rounded once. A double backward (``create_graph=True``) runs the differentiable PyTorch
+expression (:func:`reste.estimators.reference_backward`).
+
+**Opt-in while unmeasured**: ``RESTE_CUDA_EXT=1`` turns it on for CUDA tensors; by default, and
+wherever it does not apply (CPU tensors, float64, ``torch.compile`` tracing, ReSTE's ``o`` held
+in a tensor, ``RESTE_FUSED=0``), the Triton kernels and then the PyTorch ops run as before.
+
+It is built on first use with ``torch.utils.cpp_extension`` (a C++ compiler, and ``nvcc`` for the
+CUDA kernels; about a minute, once) and cached under :func:`reste.native.cache_dir`. Where the
+build fails, a warning says why and the Triton path runs. Built without CUDA (no ``nvcc``, or
+:func:`forced` in the tests), the same nodes run serial CPU loops over the same ``g``
+(``estimators.h``): that is how CI tests them without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import fused
+from .kernel_args import KINDS, autocast_dtype, kernel_scalars
+from .native import cache_dir
+
+__all__ = ["available", "binary_sign", "build", "error", "forced", "may_take", "requested", "scaled_sign", "sign"]
+
+SOURCE_DIR = Path(__file__).resolve().with_name("csrc") / "ext"
+_CPP, _CU, _HEADER = "ops.cpp", "kernels.cu", "estimators.h"
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_GROUPS = 65535  # CUDA's limit on a grid's second dimension
+_STATE: list[str | None] = []  # "cuda" / "cpu" once built and loaded, None once failed
+_ERROR: list[str] = []
+_FORCED: list[bool] = []
+_LOCK = threading.Lock()
+_LIBRARIES: list[Any] = []  # the Python fragment of the op library (kept alive)
+
+
+def requested() -> bool:
+    """Whether ``RESTE_CUDA_EXT`` asks for the extension (1/on/true/yes; off by default)."""
+    return os.environ.get("RESTE_CUDA_EXT", "0").strip().lower() in ("1", "on", "true", "yes")
+
+
+def _build_name(cuda: bool) -> str:
+    digest = hashlib.sha256()
+    for name in (_CPP, _CU, _HEADER):
+        digest.update((SOURCE_DIR / name).read_bytes())
+    digest.update(f"{torch.__version__} {torch.version.cuda} {sys.version_info[:2]}".encode())
+    return f"reste_ext_{'cuda' if cuda else 'cpu'}_{digest.hexdigest()[:12]}"
+
+
+def _want_cuda() -> bool:
+    from torch.utils import cpp_extension
+
+    return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+
+
+def build(cuda: bool | None = None) -> str:
+    """Build (the first time; cached) and load the extension; returns ``"cuda"`` or ``"cpu"``, the kind
+    loaded. ``cuda=None``: with the CUDA kernels where a GPU and ``nvcc`` are present. One kind per
+    process (both register the same ops). Raises what the build raises."""
+    with _LOCK:
+        if _STATE and _STATE[0] is not None:
+            return _STATE[0]
+        from torch.utils import cpp_extension
+
+        with_cuda = _want_cuda() if cuda is None else cuda
+        name = _build_name(with_cuda)
+        directory = cache_dir() / "ext" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        if not (directory / f"{name}.so").exists():
+            print(f"reste: building the {'C++/CUDA' if with_cuda else 'C++'} extension in {directory} "
+                  "(once, about a minute)", file=sys.stderr, flush=True)
+        sources = [str(SOURCE_DIR / _CPP)] + ([str(SOURCE_DIR / _CU)] if with_cuda else [])
+        cflags = ["-O3", "-ffp-contract=off"] + (["-DRESTE_WITH_CUDA"] if with_cuda else [])
+        cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
+                           extra_cuda_cflags=["-O3", "--fmad=false"], extra_include_paths=[str(SOURCE_DIR)],
+                           build_directory=str(directory), with_cuda=with_cuda, is_python_module=False,
+                           verbose=False)
+        _define_reference()
+        _STATE[:] = ["cuda" if with_cuda else "cpu"]
+        return _STATE[0]
+
+
+def _define_reference() -> None:
+    """``reste_ext::reference_grad``, which the C++ nodes call for a double backward: the PyTorch expression."""
+    from . import estimators
+
+    def reference_grad(x: Tensor, grad: Tensor, groups: int, kind: str, names: str, values: list[float]) -> Tensor:
+        params = dict(zip(names.split(","), values)) if names else {}
+        return estimators.reference_backward(kind, x, grad, groups, params)
+
+    library = torch.library.Library("reste_ext", "FRAGMENT")
+    library.define("reference_grad(Tensor x, Tensor grad, int groups, str kind, str names, float[] values) -> Tensor")
+    library.impl("reference_grad", reference_grad, "CompositeImplicitAutograd")
+    _LIBRARIES.append(library)
+
+
+def _loaded() -> bool:
+    """Whether the extension is loaded, building it on the first call (a failure warns once, then ``False``)."""
+    if _STATE:
+        return _STATE[0] is not None
+    try:
+        build()
+    except Exception as err:  # no compiler, no nvcc, a build error: the Triton path runs
+        text = str(err).strip()
+        message = f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
+        _STATE[:] = [None]
+        _ERROR[:] = [message]
+        warnings.warn(f"reste: the C++/CUDA extension did not build ({message}); using the Triton kernels "
+                      "(unset RESTE_CUDA_EXT to silence this)", RuntimeWarning, stacklevel=4)
+        return False
+    return True
+
+
+def available() -> bool:
+    """Whether the extension is asked for and loads here (builds it on the first call)."""
+    return requested() and _loaded()
+
+
+def error() -> str | None:
+    """Why the extension is not used after a failed build; ``None`` when it loaded or was not tried."""
+    return _ERROR[0] if _ERROR else None
+
+
+@contextlib.contextmanager
+def forced() -> Iterator[None]:
+    """Inside the block the extension takes tensors on every device whether or not ``RESTE_CUDA_EXT`` asks
+    for it (CPU tensors run its CPU loops); for tests. The other conditions still apply."""
+    _FORCED.append(True)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
+def may_take(x: Tensor) -> bool:
+    """A cheap first test: whether ``x`` may take the extension at all (a CUDA tensor with
+    ``RESTE_CUDA_EXT=1``, or :func:`forced`)."""
+    return bool(_FORCED) or (x.device.type == "cuda" and requested())
+
+
+def _usable(x: Tensor) -> bool:
+    if x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled():
+        return False
+    return _loaded()
+
+
+_ARGUMENTS: dict[tuple, tuple] = {}  # (kind, params) -> the ops' arguments: a schedule moves once per epoch
+
+
+def _arguments(kind: str | None, params: dict[str, Any]) -> tuple | None:
+    """(kind, scalars, count, names, values) of the ops, or ``None`` where the extension does not take
+    the estimator (no kernel for it, or a parameter held in a tensor)."""
+    if kind not in KINDS or any(isinstance(v, Tensor) for v in params.values()):
+        return None
+    key = (kind, *params.items())
+    arguments = _ARGUMENTS.get(key)
+    if arguments is None:
+        scalars, count, _ = kernel_scalars(kind, params)
+        arguments = kind, list(scalars), count, ",".join(params), [float(v) for v in params.values()]
+        if len(_ARGUMENTS) > 1024:
+            _ARGUMENTS.clear()
+        _ARGUMENTS[key] = arguments
+    return arguments
+
+
+def sign(x: Tensor) -> Tensor | None:
+    """sign(x) with sign(0) = +1 and NaN kept (no autograd), or ``None`` where the extension does not apply."""
+    if not may_take(x) or (x.requires_grad and torch.is_grad_enabled()) or not _usable(x):
+        return None
+    return torch.ops.reste_ext.sign.default(x)
+
+
+def binary_sign(kind: str | None, x: Tensor, params: dict[str, Any]) -> Tensor | None:
+    """sign(x) whose backward is estimator ``kind``'s ``grad * g(x)`` (with its ``params()``), one C++
+    autograd node; ``None`` where the extension does not apply."""
+    if not may_take(x) or not _usable(x):
+        return None
+    arguments = _arguments(kind, params)
+    return None if arguments is None else torch.ops.reste_ext.binary_sign.default(x, *arguments)
+
+
+def scaled_sign(w: Tensor, kind: str | None, groups: int, params: dict[str, Any]) -> Tensor | None:
+    """The binary weight sign(w) * mean(abs(w)) over ``groups`` (1: the layer; ``w.shape[0]``: each output
+    channel) with estimator ``kind``'s backward for the sign, one C++ autograd node (in autocast's dtype
+    under autocast, as :func:`reste.kernel_args.autocast_dtype`); ``None`` where the extension does not apply."""
+    if not may_take(w) or not _usable(w):
+        return None
+    if not 1 <= groups <= _MAX_GROUPS or w.numel() == 0 or w.numel() % groups:
+        return None
+    if torch.is_grad_enabled() and w.grad_fn is not None:
+        return None  # w is computed from other tensors: keep the plain autograd graph
+    arguments = _arguments(kind, params)
+    if arguments is None:
+        return None
+    return torch.ops.reste_ext.scaled_sign.default(w, groups, autocast_dtype(w), *arguments)

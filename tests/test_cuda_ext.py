@@ -1,0 +1,327 @@
+"""The compiled extension (``reste.cuda_ext``): the binary activation and weight as C++ autograd nodes.
+
+CI has no GPU, so the extension is built here without CUDA and :func:`reste.cuda_ext.forced` routes CPU
+tensors through its CPU loops: the same C++ autograd nodes, the same ``g`` (``csrc/ext/estimators.h``)
+that the CUDA kernels evaluate, held to the same bounds as the Triton kernels (``kernel_checks``).
+On a GPU, ``RESTE_TEST_DEVICE=cuda`` runs this file on CUDA tensors through the CUDA kernels
+(``benchmarks/gpu_check.sh`` does).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernel_checks import (
+    DTYPES, ESTIMATORS, ULP32, _bounds, assert_scaled_sign_within, assert_within, inputs, layouts,
+    tolerance, torch_backward, torch_scaled_sign, torch_sign, weight,
+)
+from reste import cuda_ext, estimators, fused
+from reste.estimators import get_estimator
+from reste.kernel_args import kernel_scalars
+from reste.layers import BinaryConv2d
+
+DEVICE = torch.device(os.environ.get("RESTE_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    pytest.skip("RESTE_TEST_DEVICE=cuda but no GPU is visible", allow_module_level=True)
+if not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
+    pytest.skip("no C++ compiler to build the extension", allow_module_level=True)
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    """The extension, built once (with CUDA on a GPU machine with nvcc; a build error fails the tests)."""
+    kind = cuda_ext.build()
+    assert DEVICE.type != "cuda" or kind == "cuda", "the extension was built without CUDA on a GPU machine"
+    return kind
+
+
+@pytest.fixture(autouse=True)
+def _routed():
+    fused.set_enabled(None)
+    with cuda_ext.forced():
+        yield
+    fused.set_enabled(None)
+
+
+def on(*tensors):
+    moved = tuple(t.to(DEVICE) for t in tensors)
+    return moved[0] if len(moved) == 1 else moved
+
+
+def ops_backward(kind, x, grad, params):
+    scalars, count, _ = kernel_scalars(kind, params)
+    return torch.ops.reste_ext.backward(x, grad, kind, list(scalars), count)
+
+
+# ---------------------------------------------------------------------------------- the kernels
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_sign_matches_torch_bit_for_bit(dtype, layout):
+    x = on(layouts(*inputs(dtype, [1.5, 0.1]), layout)[0])
+    out = cuda_ext.sign(x)
+    ref = torch_sign(x)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out[~ref.isnan()], ref[~ref.isnan()])
+    assert set(out[~out.isnan()].unique().tolist()) == {-1.0, 1.0}
+    assert out[x == 0].eq(1).all()  # sign(+-0) = +1
+    if layout != "strided":
+        assert out.stride() == x.stride()
+
+
+def test_sign_of_empty_and_scalar_tensors():
+    assert cuda_ext.sign(on(torch.empty(0))).shape == (0,)
+    assert cuda_ext.sign(on(torch.tensor(-0.0))).item() == 1.0
+    assert cuda_ext.sign(on(torch.tensor(-2.0))).item() == -1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", list(ESTIMATORS))
+def test_backward_matches_torch_expression(kind, dtype):
+    est = ESTIMATORS[kind]()
+    x, grad = on(*inputs(dtype, _bounds(est), seed=1))
+    ref = torch_backward(est, x, grad)
+    out = ops_backward(kind, x, grad, est.params())
+    assert_within(out, ref, tolerance(est, x, grad, ref))
+    if kind in ("ste", "reste", "approx_sign", "rbnn"):  # the regions fall on exactly the same elements
+        assert torch.equal(out == 0, ref == 0)
+    if kind in ("dsq", "fda"):  # 0 outside [-1, 1] (NaN for infinite x in fda: cos(inf) * 0, as PyTorch)
+        outside = (x.float().abs() > 1) & x.isfinite()
+        assert out[outside & ~ref.isnan()].eq(0).all()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "mixed", "strided"])
+@pytest.mark.parametrize("kind", ["ste", "reste", "fda"])
+def test_backward_in_every_layout(kind, layout):
+    est = ESTIMATORS[kind]()
+    x, grad = on(*layouts(*inputs(torch.bfloat16, _bounds(est), seed=2), layout))
+    ref = torch_backward(est, x.contiguous(), grad.contiguous())
+    out = ops_backward(kind, x, grad, est.params())
+    if layout != "strided":
+        assert out.stride() == x.stride()
+    assert_within(out.contiguous(), ref, tolerance(est, x.contiguous(), grad.contiguous(), ref))
+
+
+def test_schedule_values_move_the_result():
+    """Scalars are arguments: each o and each n gives its own values, and o = 1 the clipped step."""
+    x, grad = on(*inputs(torch.float32, [1.5, 0.1], seed=4))
+    for o in (1.0, 1.3, 2.0, 2.9):
+        est = get_estimator("reste", o=o, o_end=o, schedule="constant")
+        ref = torch_backward(est, x, grad)
+        assert_within(ops_backward("reste", x, grad, est.params()), ref, 4 * ULP32 * ref.abs())
+    for n in (0, 9, 18):
+        est = get_estimator("fda", n=n, n_end=n)
+        ref = torch_backward(est, x, grad)
+        assert_within(ops_backward("fda", x, grad, est.params()), ref, tolerance(est, x, grad, ref))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+@pytest.mark.parametrize("kind", ["ste", "reste", "ede", "fda"])
+def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
+    est = ESTIMATORS[kind]()
+    w = on(weight((6, 4, 3, 3), layout))
+    groups = 1 if scaling == "layer" else w.shape[0]
+    upstream = on(torch.randn(w.shape, generator=torch.Generator().manual_seed(5)))
+    ref = torch_scaled_sign(est, w, groups, upstream)
+    leaf = w.detach().clone().requires_grad_(True)
+    y = est.scaled_sign(leaf, groups)
+    assert y is not None and y.grad_fn.name().endswith("ScaledSign>")  # the C++ node
+    y.backward(upstream)
+    assert_scaled_sign_within(est, w, groups, upstream, (y.detach(), leaf.grad), ref)
+    assert y.stride() == w.stride() and leaf.grad.stride() == w.stride()
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the two-launch path of large weight groups is CUDA's")
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+def test_scaled_sign_of_large_groups(scaling):
+    """Groups above 65,536 elements take two launches (partial sums, then the result) on a GPU."""
+    est = ESTIMATORS["reste"]()
+    w = on(weight((8, 96, 16, 16) if scaling == "channel" else (256, 64, 3, 3), "contiguous"))
+    groups = 1 if scaling == "layer" else w.shape[0]
+    assert w.numel() // groups > 65536
+    upstream = on(torch.randn(w.shape, generator=torch.Generator().manual_seed(6)))
+    ref = torch_scaled_sign(est, w, groups, upstream)
+    leaf = w.detach().clone().requires_grad_(True)
+    y = est.scaled_sign(leaf, groups)
+    y.backward(upstream)
+    assert_scaled_sign_within(est, w, groups, upstream, (y.detach(), leaf.grad), ref)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="host-device synchronisation exists only on a GPU")
+def test_a_binary_conv_step_never_waits_for_the_gpu():
+    conv = BinaryConv2d(32, 32, 3, padding=1, weight_estimator=ESTIMATORS["reste"]()).to(DEVICE)
+    x = on(torch.randn(8, 32, 16, 16)).requires_grad_(True)
+    conv(x).square().sum().backward()  # first use: allocations, the extension already built
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        conv(x).square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+# ------------------------------------------------------------------------------- the C++ nodes
+
+
+@pytest.mark.parametrize("kind", list(ESTIMATORS))
+def test_the_activation_is_one_cpp_node_with_the_estimators_gradient(kind):
+    est = ESTIMATORS[kind]()
+    x, grad = on(*inputs(torch.float32, _bounds(est), seed=7))
+    x.requires_grad_(True)
+    y = est(x)
+    assert y.grad_fn.name().endswith("BinarySign>")  # torch::autograd::CppNode<reste_ext::...::BinarySign>
+    y.backward(grad)
+    ref = torch_backward(est, x.detach(), grad)
+    assert torch.equal(y.detach().isnan(), torch_sign(x.detach()).isnan())
+    assert_within(x.grad, ref, tolerance(est, x.detach(), grad, ref))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+@pytest.mark.parametrize("kind", ["ste", "reste"])
+def test_binary_conv_training_step_equals_the_pytorch_path(kind, scaling, amp):
+    """Forward, input gradient and weight gradient of a binary conv (channels_last) through the two C++
+    nodes against the PyTorch-op path; under bf16 autocast the weight comes out in bf16 directly."""
+    torch.manual_seed(8)
+    conv = BinaryConv2d(6, 8, 3, padding=1, bias=False, weight_estimator=ESTIMATORS[kind](), scaling=scaling)
+    conv = conv.to(DEVICE, memory_format=torch.channels_last)
+    x = on(torch.randn(4, 6, 9, 9)).contiguous(memory_format=torch.channels_last)
+    upstream = on(torch.randn(4, 8, 9, 9))
+
+    def step():
+        conv.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=amp):
+            y = conv(xi)
+        y.float().backward(upstream)
+        return y.detach().float(), xi.grad.clone(), conv.weight.grad.clone()
+
+    y, dx, dw = step()
+    with cuda_ext.forced():
+        fused.set_enabled(False)
+        ref_y, ref_dx, ref_dw = step()
+        fused.set_enabled(None)
+    # The signs are exact and alpha (a sum of N = 432 or 54 terms in another order) within N ulp32
+    # relatively; the conv, its input gradient and its weight gradient (sums of at most 324 products, the
+    # same in both paths but for alpha) add at most their own rounding: 1e-4 (840 ulp32) covers
+    # N + 324 ulp32 of the largest result. In bf16 each result is also rounded to 8 bits, where values
+    # that close may round to neighbours: two bf16 ulps.
+    rtol = 2 * 2.0**-7 if amp else 1e-4
+    torch.testing.assert_close(y, ref_y, rtol=rtol, atol=rtol * ref_y.abs().max().item())
+    torch.testing.assert_close(dx, ref_dx, rtol=rtol, atol=rtol * ref_dx.abs().max().item())
+    torch.testing.assert_close(dw, ref_dw, rtol=rtol, atol=rtol * ref_dw.abs().max().item())
+
+
+def test_double_backward_runs_the_differentiable_expression():
+    """create_graph=True: both nodes hand over to the PyTorch expression, so a second derivative exists
+    and equals the PyTorch path's."""
+    est = ESTIMATORS["reste"]()
+    x = on(torch.linspace(-2, 2, 41)).requires_grad_(True)
+    w = on(weight((4, 3, 3, 3), "contiguous")).requires_grad_(True)
+    upstream = on(torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(9)))
+
+    def second(pytorch: bool):
+        if pytorch:
+            fused.set_enabled(False)
+        try:
+            (gx,) = torch.autograd.grad(est(x).sum(), x, create_graph=True)
+            (ggx,) = torch.autograd.grad((gx * gx).sum(), x)
+            y = est.scaled_sign(w, 1) if not pytorch else est(w) * w.abs().mean()
+            (dw,) = torch.autograd.grad((y * upstream).sum(), w, create_graph=True)
+            (ggw,) = torch.autograd.grad((dw * dw).sum(), w)
+            return gx.detach(), ggx, dw.detach(), ggw
+        finally:
+            fused.set_enabled(None)
+
+    for got, want in zip(second(False), second(True)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_no_grad_and_inference_mode_give_the_sign():
+    est = ESTIMATORS["reste"]()
+    x = on(torch.randn(3, 5))
+    with torch.no_grad():
+        assert torch.equal(est(x), torch_sign(x))
+    with torch.inference_mode():
+        assert torch.equal(torch.ops.reste_ext.binary_sign(x, "ste", [1.0, 0, 0, 0, 0], 0, "clip", [1.0]),
+                           torch_sign(x))
+
+
+# ------------------------------------------------------------------------------- dispatch
+
+
+def test_what_does_not_take_the_extension(monkeypatch):
+    x = on(torch.randn(10, requires_grad=True))
+    w = on(torch.randn(4, 3, requires_grad=True))
+    assert cuda_ext.binary_sign("reste", x, {"o": 2.0, "t": 1.5, "m": 0.1}) is not None
+    assert cuda_ext.binary_sign(None, x, {}) is None  # an estimator with its own g: no kernel
+    assert cuda_ext.binary_sign("reste", x.double(), {"o": 2.0, "t": 1.5, "m": 0.1}) is None  # float64
+    assert cuda_ext.binary_sign("reste", x, {"o": torch.tensor(2.0), "t": 1.5, "m": 0.1}) is None  # o in a tensor
+    assert cuda_ext.scaled_sign(w, "ste", 5, {"clip": 1.0}) is None  # 5 groups do not divide 12 elements
+    assert cuda_ext.scaled_sign(w * 2, "ste", 1, {"clip": 1.0}) is None  # a computed weight keeps its graph
+    fused.set_enabled(False)
+    assert cuda_ext.binary_sign("reste", x, {"o": 2.0, "t": 1.5, "m": 0.1}) is None
+    fused.set_enabled(None)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert cuda_ext.sign(x.detach()) is None
+
+
+def test_opt_in_by_environment(monkeypatch):
+    cpu = torch.randn(3)
+    with cuda_ext.forced():
+        pass
+    monkeypatch.setattr(cuda_ext, "_FORCED", [])
+    monkeypatch.delenv("RESTE_CUDA_EXT", raising=False)
+    assert not cuda_ext.requested() and not cuda_ext.may_take(cpu)
+    monkeypatch.setenv("RESTE_CUDA_EXT", "1")
+    assert cuda_ext.requested()
+    assert not cuda_ext.may_take(cpu)  # CPU tensors keep the C kernels and PyTorch ops
+    monkeypatch.setenv("RESTE_CUDA_EXT", "off")
+    assert not cuda_ext.requested()
+
+
+def test_a_failed_build_warns_once_and_leaves_the_triton_path(monkeypatch):
+    monkeypatch.setattr(cuda_ext, "_STATE", [])
+    monkeypatch.setattr(cuda_ext, "_ERROR", [])
+
+    def broken(cuda=None):
+        raise RuntimeError("Error building extension 'reste_ext'\nnvcc fatal: Unsupported gpu architecture")
+
+    monkeypatch.setattr(cuda_ext, "build", broken)
+    x = on(torch.randn(6, requires_grad=True))
+    with pytest.warns(RuntimeWarning, match="Unsupported gpu architecture"):
+        assert cuda_ext.binary_sign("ste", x, {"clip": 1.0}) is None
+    assert "Unsupported gpu architecture" in cuda_ext.error()
+    y = estimators.get_estimator("ste")(x)  # the Python node runs instead
+    assert type(y.grad_fn).__name__ == "_SignFunctionBackward"
+
+
+def test_bad_arguments_are_refused_in_one_line():
+    x = on(torch.randn(4))
+    with pytest.raises(RuntimeError, match="unknown estimator kind 'nope'"):
+        torch.ops.reste_ext.backward(x, x, "nope", [0.0] * 5, 0)
+    with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
+        torch.ops.reste_ext.sign(x.double())
+    with pytest.raises(RuntimeError, match="groups must divide"):
+        torch.ops.reste_ext.scaled_sign_forward(x, 3, None)
+
+
+def test_the_node_overhead_benchmark_runs(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "node_overhead.py"
+    done = subprocess.run([sys.executable, str(script), "--rounds", "1", "--calls", "3", "--device", DEVICE.type],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "BinaryConv2d" in x)
+    assert len([float(v) for v in line.split()[-3:]]) == 3
