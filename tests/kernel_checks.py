@@ -212,3 +212,17 @@ def assert_scaled_sign_within(est, w: torch.Tensor, groups: int, upstream: torch
     second = (ULP32 * abs_sum).repeat_interleave(n).reshape(w.shape)  # N ulp32 sum(|grad|) / N
     tol = tolerance(est, w, upstream * ref_y.abs(), first) + n * ULP32 * first.abs() + second
     assert_within(dw, ref_dw, tol)
+
+
+def assert_sign_matches(out: torch.Tensor, x: torch.Tensor) -> None:
+    """A fused ``sign(x)``: bit for bit the PyTorch path's (NaN where x is NaN, else exactly +-1, +1 at +-0),
+    in x's dtype, shape and (contiguous or channels_last) strides."""
+    ref = torch_sign(x)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out[~ref.isnan()], ref[~ref.isnan()])
+    assert set(out[~out.isnan()].unique().tolist()) == {-1.0, 1.0}
+    assert out[x == 0].eq(1).all()  # sign(+-0) = +1
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        assert out.stride() == x.stride()
+

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from kernel_checks import (
-    DTYPES, ESTIMATORS, ULP32, _bounds, assert_scaled_sign_within, assert_within, inputs, layouts,
-    tolerance, torch_backward, torch_scaled_sign, torch_sign, weight,
+    DTYPES, ESTIMATORS, ULP32, _bounds, assert_scaled_sign_within, assert_sign_matches, assert_within, inputs,
+    layouts, tolerance, torch_backward, torch_scaled_sign, torch_sign, weight,
 )
 from reste import cuda_ext, estimators, fused
 from reste.estimators import get_estimator
@@ -69,15 +69,7 @@ def ops_backward(kind, x, grad, params):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 def test_sign_matches_torch_bit_for_bit(dtype, layout):
     x = on(layouts(*inputs(dtype, [1.5, 0.1]), layout)[0])
-    out = cuda_ext.sign(x)
-    ref = torch_sign(x)
-    assert out.dtype == dtype and out.shape == x.shape
-    assert torch.equal(out.isnan(), ref.isnan())
-    assert torch.equal(out[~ref.isnan()], ref[~ref.isnan()])
-    assert set(out[~out.isnan()].unique().tolist()) == {-1.0, 1.0}
-    assert out[x == 0].eq(1).all()  # sign(+-0) = +1
-    if layout != "strided":
-        assert out.stride() == x.stride()
+    assert_sign_matches(cuda_ext.sign(x), x)
 
 
 def test_sign_of_empty_and_scalar_tensors():
@@ -325,3 +317,24 @@ def test_the_node_overhead_benchmark_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     line = next(x for x in done.stdout.splitlines() if "BinaryConv2d" in x)
     assert len([float(v) for v in line.split()[-3:]]) == 3
+
+
+def _cuda_home() -> str | None:
+    """A CUDA toolkit with nvcc and the runtime headers: $CUDA_HOME, else /usr/local/cuda*."""
+    candidates = [os.environ.get("CUDA_HOME", "")] + sorted(str(p) for p in Path("/usr/local").glob("cuda*"))
+    for home in candidates:
+        if home and (Path(home) / "bin" / "nvcc").exists() and (Path(home) / "include" / "cuda_runtime.h").exists():
+            return home
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cuda_home() is None or torch.version.cuda is None, reason="no CUDA toolkit or a CPU-only torch")
+def test_the_cuda_source_compiles_and_links(tmp_path):
+    """kernels.cu and ops.cpp with RESTE_WITH_CUDA build into a library that loads (no GPU needed to build or
+    load it; its CPU loops then run): what a GPU machine builds on first use, checked without one."""
+    code = ("import torch; from reste import cuda_ext; assert cuda_ext.build(cuda=True) == 'cuda'; "
+            "x = torch.tensor([-1.5, -0.0, 2.0]); assert torch.ops.reste_ext.sign(x).tolist() == [-1.0, 1.0, 1.0]")
+    env = {**os.environ, "CUDA_HOME": _cuda_home(), "TORCH_CUDA_ARCH_LIST": "9.0", "RESTE_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]

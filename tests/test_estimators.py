@@ -166,6 +166,14 @@ def random_points(n: int, seed: int, dtype=F32) -> torch.Tensor:
                       torch.rand(n - n // 2, generator=gen) * 5.0 - 2.5]).to(dtype)
 
 
+def away_from_kinks(x: torch.Tensor, name: str, hp: dict) -> torch.Tensor:
+    """The points of x farther than 1e-3 from every kink of g (where a numerical derivative is meaningful)."""
+    far = torch.ones_like(x, dtype=torch.bool)
+    for k in spec_kinks(name, hp):
+        far &= (x.abs() - k).abs() > 1e-3
+    return x[far]
+
+
 # ------------------------------------------------------------------ registry sanity
 
 
@@ -213,11 +221,7 @@ def test_derivative_matches_spec_and_autograd(name, cfg, progress):
 def test_derivative_is_numerical_derivative_of_forward_equivalent(name, cfg, progress):
     est = make(name, cfg, progress)
     hp = spec_hparams(name, cfg, *progress)
-    x = random_points(3000, seed=11, dtype=F64)
-    far = torch.ones_like(x, dtype=torch.bool)
-    for k in spec_kinks(name, hp):
-        far &= (x.abs() - k).abs() > 1e-3
-    x = x[far]
+    x = away_from_kinks(random_points(3000, seed=11, dtype=F64), name, hp)
     h = 1e-6
     numeric = (est.forward_equivalent(x + h) - est.forward_equivalent(x - h)) / (2 * h)
     torch.testing.assert_close(numeric, est.derivative(x), rtol=1e-5, atol=1e-5)
@@ -242,11 +246,7 @@ def test_double_backward_is_the_derivative_of_g(name, cfg, progress):
     to fail here (its g overwrote exp2's result, which exp2's backward reads)."""
     est = make(name, cfg, progress)
     hp = spec_hparams(name, cfg, *progress)
-    x0 = random_points(400, seed=13, dtype=F64)
-    far = torch.ones_like(x0, dtype=torch.bool)
-    for k in spec_kinks(name, hp):
-        far &= (x0.abs() - k).abs() > 1e-3
-    x = x0[far].clone().requires_grad_(True)
+    x = away_from_kinks(random_points(400, seed=13, dtype=F64), name, hp).requires_grad_(True)
     (gx,) = torch.autograd.grad(est(x).sum(), x, create_graph=True)
     h = 1e-6
     slope = (est.derivative(x.detach() + h) - est.derivative(x.detach() - h)) / (2 * h)

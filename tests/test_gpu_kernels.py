@@ -58,8 +58,8 @@ from reste import estimators, fused, triton_dispatch  # noqa: E402
 from reste.estimators import get_estimator  # noqa: E402
 from reste.layers import BinaryConv2d  # noqa: E402
 from kernel_checks import (  # noqa: E402
-    DTYPES, ESTIMATORS, SHAPE, ULP16, ULP32, _bounds, assert_scaled_sign_within, assert_within, inputs, layouts,
-    tolerance, torch_backward, torch_scaled_sign, torch_sign, weight,
+    DTYPES, ESTIMATORS, SHAPE, ULP16, ULP32, _bounds, assert_scaled_sign_within, assert_sign_matches,
+    assert_within, inputs, layouts, tolerance, torch_backward, torch_scaled_sign, weight,
 )
 
 
@@ -99,15 +99,7 @@ def _restore_switch():
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 def test_sign_matches_torch_bit_for_bit(dtype, layout):
     x, _ = layouts(*inputs(dtype, [1.5, 0.1]), layout)
-    out = K.sign(x)
-    ref = torch_sign(x)
-    assert out.dtype == dtype and out.shape == x.shape
-    assert torch.equal(out.isnan(), ref.isnan())
-    assert torch.equal(out[~ref.isnan()], ref[~ref.isnan()])
-    assert set(out[~out.isnan()].unique().tolist()) == {-1.0, 1.0}
-    assert out[x == 0].eq(1).all()  # sign(+-0) = +1
-    if layout != "strided":
-        assert out.stride() == x.stride()
+    assert_sign_matches(K.sign(x), x)
 
 
 def test_sign_of_empty_and_scalar_tensors():
