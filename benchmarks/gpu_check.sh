@@ -5,7 +5,11 @@
 #      no host-device synchronisation, and no recompilation when a schedule moves;
 #   1b. --cuda-graphs: 10 graphed steps (with a recapture when lr and o move) against 10 eager
 #      steps, fp32 and bf16; a graphed engine run on digits;
-#   2. the training-step rows of benchmarks/train_step.py --device cuda (eager and graphed), and a
+#   1c. the compiled extension (reste.cuda_ext, RESTE_CUDA_EXT=1): built with nvcc, then
+#      tests/test_cuda_ext.py on CUDA tensors (its CUDA kernels and C++ autograd nodes against the
+#      PyTorch path, the large-group reductions, no host-device synchronisation);
+#   2. the training-step rows of benchmarks/train_step.py --device cuda (eager, eager through the
+#      extension's C++ nodes, and graphed), and a
 #      whole CIFAR-10-shaped epoch through the engine (benchmarks/train_epoch.py);
 #   3. each target of the issue's Targets table, printed as MET / NOT MET.
 #
@@ -319,6 +323,19 @@ sys.exit(1 if failures else 0)
 PY
 
 echo
+echo "== 1c. The compiled extension (reste.cuda_ext) on CUDA tensors: tests/test_cuda_ext.py"
+EXT=0
+"$PYTHON" -c 'import time; from reste import cuda_ext; t = time.time(); k = cuda_ext.build(); \
+print(f"  built ({k}) in {time.time() - t:.0f} s")' || EXT=$?
+if [ "$EXT" -eq 0 ]; then
+  RESTE_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda_ext.py 2>&1 \
+    | tail -n 25 || EXT=1
+  [ "${PIPESTATUS[0]}" -eq 0 ] || EXT=1
+else
+  echo "  FAIL: the extension did not build (see above); its rows in section 2 are NOT MEASURED"
+fi
+
+echo
 echo "== 2. Training-step rows (benchmarks/train_step.py --device cuda)"
 "$PYTHON" benchmarks/train_step.py --device cuda --graphs --repeats "$REPEATS" --warmup 3 --json "$OUT/rows.json" \
   || echo "  train_step.py failed: its targets below are NOT MEASURED"
@@ -355,12 +372,19 @@ def mark(value, op, bound):
     return "MET" if (value <= bound if op == "<=" else value >= bound) else "NOT MET"
 
 
-for key, label, op, bound in [("reste/fp", "ReSTE / FP, eager", "<=", 1.15),
-                              ("reste/ste", "ReSTE / STE, eager", "<=", 1.05),
-                              ("reference/reste", "authors'-style reference / ReSTE, eager", ">=", 3.0)]:
+for key, ext_key, label, op, bound in [
+        ("reste/fp", "reste_ext/fp", "ReSTE / FP, eager", "<=", 1.15),
+        ("reste/ste", "reste_ext/ste_ext", "ReSTE / STE, eager", "<=", 1.05),
+        ("reference/reste", "reference/reste_ext", "authors'-style reference / ReSTE, eager", ">=", 3.0)]:
     for row, r in rows.items():
         v = r["ratios"][key]
         print(f"  {label:<42} {row:<22} {v:6.2f}x  (target {op} {bound:g}x)  {mark(v, op, bound)}")
+    for row, r in rows.items():  # the same with the compiled extension's C++ nodes (RESTE_CUDA_EXT=1)
+        if ext_key in r["ratios"]:
+            v = r["ratios"][ext_key]
+            print(f"  {label + ', C++ nodes':<42} {row:<22} {v:6.2f}x  (target {op} {bound:g}x)  {mark(v, op, bound)}")
+        else:
+            print(f"  {label + ', C++ nodes':<42} {row:<22}          (target {op} {bound:g}x)  NOT MEASURED")
 med = rows.get("resnet20-bf16-cl", {}).get("median_ms", {})
 label = "resnet20 b256 bf16 ReSTE step, --cuda-graphs"
 bench = (f"; this script's own capture of the step: {med['reste_graphed']:.2f} ms"
@@ -388,5 +412,5 @@ PY
 
 echo
 echo "gpu_check: done in $((SECONDS - START)) s"
-[ "$KERNELS" -eq 0 ] && [ "$GRAPHCHECK" -eq 0 ] || exit 1
+[ "$KERNELS" -eq 0 ] && [ "$GRAPHCHECK" -eq 0 ] && [ "$EXT" -eq 0 ] || exit 1
 exit 0

@@ -57,6 +57,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import pickle
 import statistics
 import tempfile
@@ -70,11 +71,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import reste
-from reste import fused, models, triton_dispatch
+from reste import cuda_ext, fused, models, triton_dispatch
 from reste.cudagraph import CudaGraphs, GraphedStep
 from reste.estimators import ReSTE
 
-VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops", "fp_graphed", "ste_graphed", "reste_graphed")
+VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops", "ste_ext", "reste_ext", "fp_graphed",
+            "ste_graphed", "reste_graphed")
 LABELS = {
     "fp": "(1) resnet20, full precision",
     "ste": "(2) resnet20_1w1a, STE",
@@ -82,6 +84,8 @@ LABELS = {
     "reference": "(4) reference ReSTE (mask backward)",
     "ste_ops": "(2') STE, PyTorch ops (no fused)",
     "reste_ops": "(3') ReSTE, PyTorch ops (no fused)",
+    "ste_ext": "(2x) STE, C++ nodes (RESTE_CUDA_EXT=1)",
+    "reste_ext": "(3x) ReSTE, C++ nodes (RESTE_CUDA_EXT=1)",
     "fp_graphed": "(1g) full precision, one CUDA graph",
     "ste_graphed": "(2g) STE, one CUDA graph",
     "reste_graphed": "(3g) ReSTE, one CUDA graph",
@@ -95,6 +99,8 @@ GPU_ROWS = {
     "resnet18-224-bf16-cl": ("imagenet_resnet18_1w1a", "imagenet_resnet18", 256, 224, "bf16", True),
 }
 GPU_TARGETS = {"reste/fp": ("<=", 1.15), "reste/ste": ("<=", 1.05), "reference/reste": (">=", 3.0)}
+# the same ratios with ReSTE and STE through the compiled extension's C++ nodes
+EXT_RATIOS = {"reste/fp": "reste_ext/fp", "reste/ste": "reste_ext/ste_ext", "reference/reste": "reference/reste_ext"}
 
 
 # --------------------------------------------------------------------------- reference
@@ -184,6 +190,8 @@ def parse_args() -> argparse.Namespace:
                     help=f"GPU rows, comma-separated or 'all' (default with --device cuda): {', '.join(GPU_ROWS)}; "
                          "'' times the one configuration of --batch-size, --amp and --channels-last")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--no-ext", dest="ext", action="store_false",
+                    help="on a GPU, do not build and time the compiled extension's C++ nodes (RESTE_CUDA_EXT=1)")
     ap.add_argument("--graphs", action="store_true",
                     help="cuda: also time fp, ste and reste captured as one CUDA graph per step")
     return ap.parse_args()
@@ -195,8 +203,9 @@ def sync(device: torch.device) -> None:
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: str,
-              use_fused: bool = True) -> Callable[[], None]:
-    """A closure running one full training step of ``model`` on (x, y), with or without the fused kernels."""
+              use_fused: bool = True, use_ext: bool = False) -> Callable[[], None]:
+    """A closure running one full training step of ``model`` on (x, y), with or without the fused kernels,
+    and with or without the compiled extension's C++ nodes (``RESTE_CUDA_EXT``)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
@@ -208,6 +217,7 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
 
     def step() -> None:
         fused.set_enabled(use_fused)
+        os.environ["RESTE_CUDA_EXT"] = "1" if use_ext else "0"
         opt.zero_grad(set_to_none=True)
         with autocast():
             loss = F.cross_entropy(model(x), y)
@@ -368,6 +378,14 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     if with_ops:
         nets["ste_ops"] = copy.deepcopy(nets["ste"])
         nets["reste_ops"] = copy.deepcopy(nets["reste"])
+    ext_error = None
+    if device.type == "cuda" and args.ext:
+        try:
+            cuda_ext.build()
+            nets["ste_ext"] = copy.deepcopy(nets["ste"])
+            nets["reste_ext"] = copy.deepcopy(nets["reste"])
+        except Exception as err:  # report and go on: the other variants still count
+            ext_error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
     variants = [k for k in VARIANTS if k in nets]
 
     g = torch.Generator().manual_seed(args.seed)
@@ -377,7 +395,8 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     # sign(0): torch.sign gives 0 where reste gives +1)
     est = next(e for e in reste.estimators_of(nets["reste"]) if isinstance(e, ReSTE))
     check = estimator_check(est.o, est.t, est.interval, device)
-    steps = {k: make_step(nets[k], x, y, device, amp, use_fused=not k.endswith("_ops")) for k in variants}
+    steps = {k: make_step(nets[k], x, y, device, amp, use_fused=not k.endswith("_ops"), use_ext=k.endswith("_ext"))
+             for k in variants}
     graph_errors = {}
     if args.graphs and device.type == "cuda":
         for k in ("fp", "ste", "reste"):
@@ -390,10 +409,11 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     t0 = time.perf_counter()
     times = time_steps(steps, args.repeats, args.warmup, device)
     fused.set_enabled(None)
+    os.environ.pop("RESTE_CUDA_EXT", None)
     return {
         "model": binary, "batch": batch, "size": size, "amp": amp, "channels_last": channels_last,
         "o": o, "check": check, "wall": time.perf_counter() - t0, "variants": variants,
-        "graph_errors": graph_errors,
+        "graph_errors": graph_errors, "ext_error": ext_error,
         "classes": classes_of(nets["fp"]),
         "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
         "min_ms": {k: min(v) * 1e3 for k, v in times.items()},
@@ -409,6 +429,10 @@ def ratios(r: dict) -> dict[str, float]:
         out.update({"reste_ops/fp": med["reste_ops"] / med["fp"],
                     "reste_ops/ste_ops": med["reste_ops"] / med["ste_ops"],
                     "reference/reste_ops": med["reference"] / med["reste_ops"]})
+    if "reste_ext" in med:
+        out.update({"reste_ext/fp": med["reste_ext"] / med["fp"],
+                    "reste_ext/ste_ext": med["reste_ext"] / med["ste_ext"],
+                    "reference/reste_ext": med["reference"] / med["reste_ext"]})
     if "reste_graphed" in med and "fp_graphed" in med and "ste_graphed" in med:
         out.update({"reste_graphed/fp_graphed": med["reste_graphed"] / med["fp_graphed"],
                     "reste_graphed/ste_graphed": med["reste_graphed"] / med["ste_graphed"]})
@@ -480,6 +504,7 @@ def print_rows(results: dict[str, dict], args: argparse.Namespace, device: torch
         print(f"  {row:<22}" + "".join(f"{r['median_ms'].get(k, math.nan):>11.2f}" for k in cols)
               + f"{q['reste/fp']:>9.2f}x{q['reste/ste']:>9.2f}x{q['reference/reste']:>9.2f}x")
     print("  (*_ops: the same model with the fused kernels off, RESTE_FUSED=0: the PyTorch-op path;")
+    print("   *_ext: the same model through the compiled extension's C++ autograd nodes, RESTE_CUDA_EXT=1;")
     print("   *_graphed: the step captured as one CUDA graph by this script, o frozen; the reference")
     print("   cannot be captured: its backward reads o on the host)")
     print()
@@ -491,6 +516,15 @@ def print_rows(results: dict[str, dict], args: argparse.Namespace, device: torch
             marks.append(f"{key} {q[key]:.2f}x ({op} {bound:g}x: {'MET' if ok else 'NOT MET'})")
         print(f"  {row}: " + "; ".join(marks))
         print(f"  {'':<{len(row)}}  reference vs reste backward max |diff| {r['check']:.2e}")
+        if "reste_ext/fp" in q:
+            marks = []
+            for key, (op, bound) in GPU_TARGETS.items():
+                key = EXT_RATIOS[key]
+                ok = q[key] <= bound if op == "<=" else q[key] >= bound
+                marks.append(f"{key} {q[key]:.2f}x ({op} {bound:g}x: {'MET' if ok else 'NOT MET'})")
+            print(f"  {'':<{len(row)}}  C++ nodes: " + "; ".join(marks))
+        if r.get("ext_error"):
+            print(f"  {'':<{len(row)}}  the compiled extension did not build: {r['ext_error']}")
         if "reste_graphed/fp_graphed" in q:
             print(f"  {'':<{len(row)}}  graphed: reste/fp {q['reste_graphed/fp_graphed']:.2f}x, "
                   f"reste/ste {q['reste_graphed/ste_graphed']:.2f}x")

@@ -54,7 +54,8 @@ def _report(tmp_path: Path, rows: dict | None, epoch: dict | None) -> str:
 
 
 def test_the_report_marks_each_target_from_the_numbers(tmp_path):
-    row = {"ratios": {"reste/fp": 1.10, "reste/ste": 1.20, "reference/reste": 3.5},
+    row = {"ratios": {"reste/fp": 1.10, "reste/ste": 1.20, "reference/reste": 3.5,
+                      "reste_ext/fp": 1.05, "reste_ext/ste_ext": 1.10, "reference/reste_ext": 3.2},
            "median_ms": {"fp": 10.0, "reste": 11.0, "reste_graphed": 5.5}}
     slow = {"ratios": {"reste/fp": 2.0, "reste/ste": 1.01, "reference/reste": 1.9}, "median_ms": {"fp": 1.0}}
     epoch = {"epoch_over_step": 0.80, "epoch_images_per_s": 40000.0, "bare_step": {"images_per_s": 50000.0}}
@@ -71,6 +72,11 @@ def test_the_report_marks_each_target_from_the_numbers(tmp_path):
     assert line("ReSTE / STE, eager", "resnet20-fp32").endswith(" MET")
     assert line("reference / ReSTE", "resnet20-bf16-cl").endswith(" MET")
     assert line("reference / ReSTE", "resnet20-fp32").endswith("NOT MET")
+    # the C++ nodes' lines (RESTE_CUDA_EXT=1): marked where measured, NOT MEASURED where not
+    assert line("ReSTE / FP, eager, C++ nodes", "resnet20-bf16-cl").endswith(" MET")
+    assert line("ReSTE / STE, eager, C++ nodes", "resnet20-bf16-cl").endswith("NOT MET")
+    assert line("reference / ReSTE, eager, C++ nodes", "resnet20-bf16-cl").endswith(" MET")
+    assert line("ReSTE / FP, eager, C++ nodes", "resnet20-fp32").endswith("NOT MEASURED")
     assert "5.50 ms (target <= 6 ms)  MET" in line("--cuda-graphs")
     assert "0.80   (target >= 0.85)  NOT MET" in line("whole-epoch")
 
