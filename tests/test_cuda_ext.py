@@ -300,6 +300,22 @@ def test_a_failed_build_warns_once_and_leaves_the_triton_path(monkeypatch):
     assert type(y.grad_fn).__name__ == "_SignFunctionBackward"
 
 
+def test_without_nvcc_cuda_tensors_are_refused_in_one_line(monkeypatch):
+    """No CUDA toolkit: building for CUDA tensors stops before compiling, with a one-line reason; a build
+    made for CPU tensors in the same process is not used for CUDA tensors (it has no CUDA kernels)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    monkeypatch.setattr(cuda_ext, "_STATE", [])
+    with pytest.raises(RuntimeError, match="no CUDA toolkit: nvcc was not found"):
+        cuda_ext.build(cuda=True)
+    monkeypatch.setattr(cuda_ext, "_STATE", ["cpu"])
+    monkeypatch.setattr(cuda_ext, "_ERROR", [])
+    with pytest.warns(RuntimeWarning, match="built without its CUDA kernels"):
+        assert not cuda_ext._loaded(cuda=True)
+    assert cuda_ext._loaded(cuda=False) and cuda_ext._STATE == ["cpu"]
+
+
 def test_bad_arguments_are_refused_in_one_line():
     x = on(torch.randn(4))
     with pytest.raises(RuntimeError, match="unknown estimator kind 'nope'"):

@@ -120,7 +120,8 @@ def test_c_sources_are_package_files_and_shipped():
     pyproject = Path(__file__).parents[1] / "pyproject.toml"
     globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["reste"]
     shipped = {p for g in globs for p in root.glob(g)}
-    assert shipped == set(root.rglob("*.c")) and len(shipped) == 3
+    sources = {p for ext in ("*.c", "*.cpp", "*.cu", "*.h") for p in root.rglob(ext)}
+    assert shipped == sources and len(shipped) == 6  # 3 C kernels; the extension's .cpp, .cu and .h
 
 
 def test_a_changed_c_file_gets_a_fresh_build_and_a_missing_one_falls_back(tmp_path, monkeypatch):

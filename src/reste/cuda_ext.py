@@ -88,6 +88,8 @@ def build(cuda: bool | None = None) -> str:
         from torch.utils import cpp_extension
 
         with_cuda = _want_cuda() if cuda is None else cuda
+        if with_cuda and cpp_extension.CUDA_HOME is None:
+            raise RuntimeError("no CUDA toolkit: nvcc was not found (put it on PATH or set CUDA_HOME)")
         name = _build_name(with_cuda)
         directory = cache_dir() / "ext" / name
         directory.mkdir(parents=True, exist_ok=True)
@@ -119,26 +121,37 @@ def _define_reference() -> None:
     _LIBRARIES.append(library)
 
 
-def _loaded() -> bool:
-    """Whether the extension is loaded, building it on the first call (a failure warns once, then ``False``)."""
-    if _STATE:
-        return _STATE[0] is not None
-    try:
-        build()
-    except Exception as err:  # no compiler, no nvcc, a build error: the Triton path runs
-        text = str(err).strip()
-        message = f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
-        _STATE[:] = [None]
-        _ERROR[:] = [message]
-        warnings.warn(f"reste: the C++/CUDA extension did not build ({message}); using the Triton kernels "
-                      "(unset RESTE_CUDA_EXT to silence this)", RuntimeWarning, stacklevel=4)
+def _loaded(cuda: bool) -> bool:
+    """Whether the extension is loaded with what a tensor needs (its CUDA kernels for a CUDA tensor), building
+    it on the first call; a failure warns once, then ``False``."""
+    if not _STATE:
+        try:
+            build(cuda=True if cuda else None)
+        except Exception as err:  # no compiler, no nvcc, a build error: the Triton path runs
+            text = str(err).strip()
+            _fail(f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}", "did not build")
+            return False
+    if _STATE[0] is None:
+        return False
+    if cuda and _STATE[0] != "cuda":  # built for CPU tensors first in this process (tests)
+        if not _ERROR:
+            _fail("it was built without its CUDA kernels in this process", "cannot take CUDA tensors", keep=True)
         return False
     return True
 
 
+def _fail(message: str, what: str, keep: bool = False) -> None:
+    """Record why the extension is not used and warn once; ``keep`` leaves a loaded CPU build in place."""
+    if not keep:
+        _STATE[:] = [None]
+    _ERROR[:] = [message]
+    warnings.warn(f"reste: the C++/CUDA extension {what} ({message}); using the Triton kernels "
+                  "(unset RESTE_CUDA_EXT to silence this)", RuntimeWarning, stacklevel=5)
+
+
 def available() -> bool:
-    """Whether the extension is asked for and loads here (builds it on the first call)."""
-    return requested() and _loaded()
+    """Whether the extension is asked for and loads with its CUDA kernels here (builds it on the first call)."""
+    return requested() and torch.cuda.is_available() and _loaded(cuda=True)
 
 
 def error() -> str | None:
@@ -166,7 +179,7 @@ def may_take(x: Tensor) -> bool:
 def _usable(x: Tensor) -> bool:
     if x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled():
         return False
-    return _loaded()
+    return _loaded(x.device.type == "cuda")
 
 
 _ARGUMENTS: dict[tuple, tuple] = {}  # (kind, params) -> the ops' arguments: a schedule moves once per epoch
