@@ -9,8 +9,9 @@ This times, interleaved in rounds, one estimator's forward and backward and one 
 * ``python``: the Python nodes with the fused kernels (the C kernels on the CPU, Triton on a GPU),
 * ``ops``: the Python nodes with PyTorch ops (``RESTE_FUSED=0``),
 
-and prints the median microseconds of each. On the CPU it measures the host cost of the node
-machinery, not any GPU figure.
+and prints the median microseconds of each, with the same float ``nn.Conv2d`` timed in the same rounds:
+what a binary layer adds over a float one is the figure an eager GPU step pays per binary layer. On
+the CPU it measures the host cost of the node machinery, not any GPU figure.
 
     python benchmarks/node_overhead.py                  # CPU, one thread
     python benchmarks/node_overhead.py --device cuda    # a GPU (RESTE_CUDA_EXT=1 for the C++ nodes)
@@ -45,6 +46,7 @@ def main() -> None:
     x = torch.randn(16, device=device, requires_grad=True)
     ones = torch.ones(16, device=device)
     conv = BinaryConv2d(4, 4, 3, padding=1, weight_estimator=est).to(device)
+    float_conv = torch.nn.Conv2d(4, 4, 3, padding=1).to(device)
     xi = torch.randn(1, 4, 4, 4, device=device, requires_grad=True)
     cases = {"estimator forward+backward": lambda: est(x).backward(ones),
              "BinaryConv2d 4->4 forward+backward": lambda: conv(xi).sum().backward()}
@@ -73,6 +75,7 @@ def main() -> None:
 
     paths = ("cpp", "python", "ops")
     times: dict[tuple[str, str], list[float]] = {(c, p): [] for c in cases for p in paths}
+    float_times: list[float] = []
     for r in range(args.rounds + 1):  # round 0 warms up
         for p in paths[r % 3:] + paths[:r % 3]:
             with path(p):
@@ -80,11 +83,18 @@ def main() -> None:
                     t = timed(fn)
                     if r:
                         times[c, p].append(t)
+        t = timed(lambda: float_conv(xi).sum().backward())
+        if r:
+            float_times.append(t)
     print(f"host microseconds per call, median of {args.rounds} rounds of {args.calls} calls; "
           f"device {device}, torch {torch.__version__}, 1 thread")
     print(f"  {'':<38}" + "".join(f"{p:>10}" for p in paths))
     for c in cases:
         print(f"  {c:<38}" + "".join(f"{statistics.median(times[c, p]):>10.1f}" for p in paths))
+    conv_case, base = "BinaryConv2d 4->4 forward+backward", statistics.median(float_times)
+    print(f"  {'nn.Conv2d 4->4 forward+backward':<38}{base:>10.1f}  (float, the same rounds)")
+    print(f"  {'binary layer minus float layer':<38}"
+          + "".join(f"{statistics.median(times[conv_case, p]) - base:>10.1f}" for p in paths))
 
 
 if __name__ == "__main__":

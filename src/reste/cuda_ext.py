@@ -173,7 +173,7 @@ def forced() -> Iterator[None]:
 def may_take(x: Tensor) -> bool:
     """A cheap first test: whether ``x`` may take the extension at all (a CUDA tensor with
     ``RESTE_CUDA_EXT=1``, or :func:`forced`)."""
-    return bool(_FORCED) or (x.device.type == "cuda" and requested())
+    return bool(_FORCED) or (x.is_cuda and requested())
 
 
 def _usable(x: Tensor) -> bool:
@@ -188,11 +188,11 @@ _ARGUMENTS: dict[tuple, tuple] = {}  # (kind, params) -> the ops' arguments: a s
 def _arguments(kind: str | None, params: dict[str, Any]) -> tuple | None:
     """(kind, scalars, count, names, values) of the ops, or ``None`` where the extension does not take
     the estimator (no kernel for it, or a parameter held in a tensor)."""
-    if kind not in KINDS or any(isinstance(v, Tensor) for v in params.values()):
-        return None
     key = (kind, *params.items())
     arguments = _ARGUMENTS.get(key)
     if arguments is None:
+        if kind not in KINDS or any(isinstance(v, Tensor) for v in params.values()):
+            return None
         scalars, count, _ = kernel_scalars(kind, params)
         arguments = kind, list(scalars), count, ",".join(params), [float(v) for v in params.values()]
         if len(_ARGUMENTS) > 1024:

@@ -82,7 +82,7 @@ def sign(x: Tensor) -> Tensor:
     clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
     turn a diverged activation into +1).
     """
-    y = cuda_ext.sign(x) if cuda_ext.may_take(x) else None
+    y = cuda_ext.sign(x)  # None unless the compiled extension takes x (RESTE_CUDA_EXT=1)
     if y is None:
         y = triton_dispatch.sign(x)
     if y is None:
@@ -399,10 +399,9 @@ class Estimator(nn.Module):
         if not torch.is_grad_enabled() or not x.requires_grad:
             return sign(x)
         p = self.params()
-        if cuda_ext.may_take(x):  # the C++ autograd node of the compiled extension (RESTE_CUDA_EXT=1)
-            y = cuda_ext.binary_sign(self._kernel_kind(), x, p)
-            if y is not None:
-                return y
+        y = cuda_ext.binary_sign(self._kernel_kind(), x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
+        if y is not None:
+            return y
         return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(self._kernel_kind(), self._fused, p))
 
     def scaled_sign(self, w: Tensor, groups: int) -> Tensor | None:
@@ -415,10 +414,9 @@ class Estimator(nn.Module):
         if kind is None or self._forward_pre_hooks or self._forward_hooks:
             return None  # hooks expect this module to be called on the weight
         p = self.params()
-        if cuda_ext.may_take(w):  # one C++ autograd node (RESTE_CUDA_EXT=1)
-            y = cuda_ext.scaled_sign(w, kind, groups, p)
-            if y is not None:
-                return y
+        y = cuda_ext.scaled_sign(w, kind, groups, p)  # one C++ autograd node (RESTE_CUDA_EXT=1)
+        if y is not None:
+            return y
 
         def reference(z: Tensor) -> Tensor:
             dims = tuple(range(z.dim())) if groups == 1 else tuple(range(1, z.dim()))

@@ -106,7 +106,7 @@ def forced(kernels: ModuleType) -> Iterator[None]:
 
 def may_take(x: Tensor) -> bool:
     """A cheap first test: whether ``x``'s device can take the Triton path at all (CUDA, or forced)."""
-    return x.device.type == "cuda" or bool(_FORCED)
+    return x.is_cuda or bool(_FORCED)
 
 
 def _kernels_for(x: Tensor, *others: Tensor) -> ModuleType | None:
