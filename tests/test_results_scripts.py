@@ -120,6 +120,19 @@ def test_study_scripts_run_only_the_sweeps_asked_for(tmp_path, script):
         f"python docs/results/curves.py {tmp_path}/out/leaders --out {tmp_path}/out/leaders/learning_curves.png"]
 
 
+def test_summarize_fits_o_end_over_the_o_end_sweeps_that_ran(tmp_path):
+    """The 64-epoch study ran o_end without o_end_5seeds: the fit takes the one sweep there is."""
+    env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
+               SWEEPS="estimators o_end")
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    fits = [c for c in (tmp_path / "calls.log").read_text().splitlines() if "o_end.py" in c]
+    assert fits == [f"python docs/results/o_end.py {tmp_path}/out/o_end --metric final_acc",
+                    f"python docs/results/o_end.py {tmp_path}/out/o_end --metric best_acc --no-indicators"]
+
+
 def test_run_study_refuses_an_unknown_sweep(tmp_path):
     env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", SWEEPS="leaders estimator")
     done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "run_study.sh")], env=env,

@@ -7,7 +7,8 @@
 #   how the two indicators move step by step (o_end.py). Everything is printed and written to
 #   summary.txt.
 #   docs/results/converged/summarize.sh
-#   OUT=docs/results/leaders64 SWEEPS=leaders docs/results/converged/summarize.sh   # the 64-epoch leading group
+#   OUT=docs/results/epochs64 SWEEPS=leaders docs/results/converged/summarize.sh   # the 64-epoch leading group
+#   OUT=docs/results/epochs64 SWEEPS="estimators o_end" docs/results/converged/summarize.sh   # all of 64 epochs
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-docs/results/converged}
@@ -27,9 +28,13 @@ has() { [[ " $SWEEPS " == *" $1 "* ]]; }
       if has $d; then python docs/results/paired.py "$OUT/$d" o_end=3 "$metric"; fi
     done
   done
-  if has o_end && has o_end_5seeds; then
+  O_END=()  # the o_end sweeps of this study, fitted together (a run two of them share counts once)
+  for d in o_end o_end_5seeds; do
+    if has $d; then O_END+=("$OUT/$d"); fi
+  done
+  if (( ${#O_END[@]} )); then
     echo "== accuracy and indicators against o_end"
-    python docs/results/o_end.py "$OUT/o_end" "$OUT/o_end_5seeds" --metric final_acc
-    python docs/results/o_end.py "$OUT/o_end" "$OUT/o_end_5seeds" --metric best_acc --no-indicators
+    python docs/results/o_end.py "${O_END[@]}" --metric final_acc
+    python docs/results/o_end.py "${O_END[@]}" --metric best_acc --no-indicators
   fi
 } | tee "$OUT/summary.txt"
