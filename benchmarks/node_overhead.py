@@ -49,7 +49,9 @@ def main() -> None:
     float_conv = torch.nn.Conv2d(4, 4, 3, padding=1).to(device)
     xi = torch.randn(1, 4, 4, 4, device=device, requires_grad=True)
     cases = {"estimator forward+backward": lambda: est(x).backward(ones),
+             "BinaryConv2d 4->4 forward": lambda: conv(xi),
              "BinaryConv2d 4->4 forward+backward": lambda: conv(xi).sum().backward()}
+    float_cases = {"forward": lambda: float_conv(xi), "forward+backward": lambda: float_conv(xi).sum().backward()}
 
     @contextlib.contextmanager
     def path(name: str):
@@ -75,7 +77,7 @@ def main() -> None:
 
     paths = ("cpp", "python", "ops")
     times: dict[tuple[str, str], list[float]] = {(c, p): [] for c in cases for p in paths}
-    float_times: list[float] = []
+    float_times: dict[str, list[float]] = {c: [] for c in float_cases}
     for r in range(args.rounds + 1):  # round 0 warms up
         for p in paths[r % 3:] + paths[:r % 3]:
             with path(p):
@@ -83,18 +85,21 @@ def main() -> None:
                     t = timed(fn)
                     if r:
                         times[c, p].append(t)
-        t = timed(lambda: float_conv(xi).sum().backward())
-        if r:
-            float_times.append(t)
+        for c, fn in float_cases.items():
+            t = timed(fn)
+            if r:
+                float_times[c].append(t)
     print(f"host microseconds per call, median of {args.rounds} rounds of {args.calls} calls; "
           f"device {device}, torch {torch.__version__}, 1 thread")
     print(f"  {'':<38}" + "".join(f"{p:>10}" for p in paths))
     for c in cases:
         print(f"  {c:<38}" + "".join(f"{statistics.median(times[c, p]):>10.1f}" for p in paths))
-    conv_case, base = "BinaryConv2d 4->4 forward+backward", statistics.median(float_times)
-    print(f"  {'nn.Conv2d 4->4 forward+backward':<38}{base:>10.1f}  (float, the same rounds)")
-    print(f"  {'binary layer minus float layer':<38}"
-          + "".join(f"{statistics.median(times[conv_case, p]) - base:>10.1f}" for p in paths))
+    for c, values in float_times.items():
+        print(f"  {'nn.Conv2d 4->4 ' + c:<38}{statistics.median(values):>10.1f}  (float, the same rounds)")
+    for c, values in float_times.items():
+        base = statistics.median(values)
+        print(f"  {'binary minus float, ' + c:<38}"
+              + "".join(f"{statistics.median(times['BinaryConv2d 4->4 ' + c, p]) - base:>10.1f}" for p in paths))
 
 
 if __name__ == "__main__":
