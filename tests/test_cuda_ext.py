@@ -129,7 +129,7 @@ def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
     ref = torch_scaled_sign(est, w, groups, upstream)
     leaf = w.detach().clone().requires_grad_(True)
     y = est.scaled_sign(leaf, groups)
-    assert y is not None and y.grad_fn.name().endswith("ScaledSign>")  # the C++ node
+    assert y is not None and y.grad_fn.name() == "reste_ext::ScaledSignBackward"  # the C++ node
     y.backward(upstream)
     assert_scaled_sign_within(est, w, groups, upstream, (y.detach(), leaf.grad), ref)
     assert y.stride() == w.stride() and leaf.grad.stride() == w.stride()
@@ -173,7 +173,7 @@ def test_the_activation_is_one_cpp_node_with_the_estimators_gradient(kind):
     x, grad = on(*inputs(torch.float32, _bounds(est), seed=7))
     x.requires_grad_(True)
     y = est(x)
-    assert y.grad_fn.name().endswith("BinarySign>")  # torch::autograd::CppNode<reste_ext::...::BinarySign>
+    assert y.grad_fn.name() == "reste_ext::BinarySignBackward"  # the C++ node
     y.backward(grad)
     ref = torch_backward(est, x.detach(), grad)
     assert torch.equal(y.detach().isnan(), torch_sign(x.detach()).isnan())
@@ -239,6 +239,69 @@ def test_double_backward_runs_the_differentiable_expression():
 
     for got, want in zip(second(False), second(True)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_the_nodes_keep_the_autograd_contract():
+    """Written as plain autograd Nodes, the two nodes keep what torch.autograd.Function gave: gradients
+    through a computed input, retain_graph, a clear error on a second backward, on an input changed in
+    place and on forward-mode AD, and the saved-tensor hooks (activation offloading, checkpointing)."""
+    est = ESTIMATORS["reste"]()
+    leaf = on(torch.linspace(-2, 2, 9)).requires_grad_(True)
+    w = on(weight((4, 3, 3, 3), "contiguous")).requires_grad_(True)
+    y = est(leaf * 0.5)  # a computed input: the gradient reaches the leaf through the node's edge
+    y.sum().backward(retain_graph=True)
+    first = leaf.grad.clone()
+    torch.testing.assert_close(first, 0.5 * torch_backward(est, (leaf * 0.5).detach(), torch.ones_like(leaf)))
+    y.sum().backward()  # retained: the same gradient again
+    torch.testing.assert_close(leaf.grad, 2 * first)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.sum().backward()
+    ws = est.scaled_sign(w, 1)
+    ws.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        ws.sum().backward()
+
+    x = leaf.detach().clone().requires_grad_(True)
+    z = x * 1.0
+    y = est(z)
+    z.add_(1.0)  # the saved input changed in place before the backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+    import torch.autograd.forward_ad as fwad
+    with fwad.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD is not supported"):
+        est(fwad.make_dual(leaf.detach(), torch.ones_like(leaf)).requires_grad_(True))
+
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = est(leaf)
+        ws = est.scaled_sign(w, 1)
+    assert packed == [leaf.shape, w.shape]
+    (y.sum() + ws.sum()).backward()
+
+
+def test_the_op_schemas_build_the_same_nodes():
+    """torch.ops.reste_ext.binary_sign / scaled_sign (the schema'd form: kind, scalars, parameters) run the
+    same C++ nodes as the Python entry points."""
+    est = ESTIMATORS["reste"]()
+    params = est.params()
+    scalars, count, _ = kernel_scalars("reste", params)
+    args = ("reste", list(scalars), count, ",".join(params), [float(v) for v in params.values()])
+    x = on(torch.linspace(-2, 2, 17)).requires_grad_(True)
+    y = torch.ops.reste_ext.binary_sign(x, *args)
+    assert y.grad_fn.name() == "reste_ext::BinarySignBackward"
+    (dx,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(dx, torch.autograd.grad(est(x).sum(), x)[0])
+    w = on(weight((4, 3, 3, 3), "contiguous")).requires_grad_(True)
+    y = torch.ops.reste_ext.scaled_sign(w, 4, None, *args)
+    assert y.grad_fn.name() == "reste_ext::ScaledSignBackward"
+    (dw,) = torch.autograd.grad(y.sum(), w)
+    assert torch.equal(dw, torch.autograd.grad(est.scaled_sign(w, 4).sum(), w)[0])
 
 
 def test_no_grad_and_inference_mode_give_the_sign():

@@ -10,6 +10,12 @@ extension (``reste/csrc/ext``) makes both nodes C++, each with one CUDA launch p
   backward the estimator's g for the sign plus the derivative of the mean (two launches each way
   for a group above 65,536 elements).
 
+They are plain autograd nodes, as PyTorch's own are (not ``torch.autograd.Function``), called through
+pybind11 with the estimator's arguments parsed once per schedule value, which costs a few
+microseconds of host time less per call than an ``autograd::Function`` called as a ``torch.ops`` op
+(``benchmarks/node_overhead.py`` times the nodes). The same nodes are registered as
+``torch.ops.reste_ext.*`` (the estimator spelled out in the schema).
+
 The kernels compute what the Triton kernels and the PyTorch expressions of
 :mod:`reste.estimators` compute: the same float32 operations in the same order (built without
 fused multiply-adds), the same scalars (:mod:`reste.kernel_args`), 16-bit values widened exactly
@@ -57,6 +63,7 @@ _ERROR: list[str] = []
 _FORCED: list[bool] = []
 _LOCK = threading.Lock()
 _LIBRARIES: list[Any] = []  # the Python fragment of the op library (kept alive)
+_MODULE: list[Any] = []  # the built extension's Python module (its pybind11 entry points)
 
 
 def requested() -> bool:
@@ -98,11 +105,11 @@ def build(cuda: bool | None = None) -> str:
                   "(once, about a minute)", file=sys.stderr, flush=True)
         sources = [str(SOURCE_DIR / _CPP)] + ([str(SOURCE_DIR / _CU)] if with_cuda else [])
         cflags = ["-O3", "-ffp-contract=off"] + (["-DRESTE_WITH_CUDA"] if with_cuda else [])
-        cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
-                           extra_cuda_cflags=["-O3", "--fmad=false"], extra_include_paths=[str(SOURCE_DIR)],
-                           build_directory=str(directory), with_cuda=with_cuda, is_python_module=False,
-                           verbose=False)
+        module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
+                                    extra_cuda_cflags=["-O3", "--fmad=false"], extra_include_paths=[str(SOURCE_DIR)],
+                                    build_directory=str(directory), with_cuda=with_cuda, verbose=False)
         _define_reference()
+        _MODULE[:] = [module]
         _STATE[:] = ["cuda" if with_cuda else "cpu"]
         return _STATE[0]
 
@@ -182,30 +189,32 @@ def _usable(x: Tensor) -> bool:
     return _loaded(x.device.type == "cuda")
 
 
-_ARGUMENTS: dict[tuple, tuple] = {}  # (kind, params) -> the ops' arguments: a schedule moves once per epoch
+_ESTIMATORS: dict[tuple, Any] = {}  # (kind, params) -> its extension Estimator: a schedule moves once per epoch
 
 
-def _arguments(kind: str | None, params: dict[str, Any]) -> tuple | None:
-    """(kind, scalars, count, names, values) of the ops, or ``None`` where the extension does not take
-    the estimator (no kernel for it, or a parameter held in a tensor)."""
+def _estimator(kind: str | None, params: dict[str, Any]) -> Any:
+    """The extension's ``Estimator`` for estimator ``kind`` with ``params`` (its kernel scalars, parsed once, and
+    its parameters by name for a double backward), or ``None`` where the extension does not take the estimator
+    (no kernel for it, or a parameter held in a tensor)."""
     key = (kind, *params.items())
-    arguments = _ARGUMENTS.get(key)
-    if arguments is None:
+    est = _ESTIMATORS.get(key)
+    if est is None:
         if kind not in KINDS or any(isinstance(v, Tensor) for v in params.values()):
             return None
         scalars, count, _ = kernel_scalars(kind, params)
-        arguments = kind, list(scalars), count, ",".join(params), [float(v) for v in params.values()]
-        if len(_ARGUMENTS) > 1024:
-            _ARGUMENTS.clear()
-        _ARGUMENTS[key] = arguments
-    return arguments
+        est = _MODULE[0].Estimator(kind, [float(v) for v in scalars], count, ",".join(params),
+                                   [float(v) for v in params.values()])
+        if len(_ESTIMATORS) > 1024:
+            _ESTIMATORS.clear()
+        _ESTIMATORS[key] = est
+    return est
 
 
 def sign(x: Tensor) -> Tensor | None:
     """sign(x) with sign(0) = +1 and NaN kept (no autograd), or ``None`` where the extension does not apply."""
     if not may_take(x) or (x.requires_grad and torch.is_grad_enabled()) or not _usable(x):
         return None
-    return torch.ops.reste_ext.sign.default(x)
+    return _MODULE[0].sign(x)
 
 
 def binary_sign(kind: str | None, x: Tensor, params: dict[str, Any]) -> Tensor | None:
@@ -213,8 +222,8 @@ def binary_sign(kind: str | None, x: Tensor, params: dict[str, Any]) -> Tensor |
     autograd node; ``None`` where the extension does not apply."""
     if not may_take(x) or not _usable(x):
         return None
-    arguments = _arguments(kind, params)
-    return None if arguments is None else torch.ops.reste_ext.binary_sign.default(x, *arguments)
+    est = _estimator(kind, params)
+    return None if est is None else _MODULE[0].binary_sign(x, est)
 
 
 def scaled_sign(w: Tensor, kind: str | None, groups: int, params: dict[str, Any]) -> Tensor | None:
@@ -227,7 +236,7 @@ def scaled_sign(w: Tensor, kind: str | None, groups: int, params: dict[str, Any]
         return None
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph
-    arguments = _arguments(kind, params)
-    if arguments is None:
+    est = _estimator(kind, params)
+    if est is None:
         return None
-    return torch.ops.reste_ext.scaled_sign.default(w, groups, autocast_dtype(w), *arguments)
+    return _MODULE[0].scaled_sign(w, groups, autocast_dtype(w), est)

@@ -12,16 +12,27 @@
 // are in kernels.cu (built with RESTE_WITH_CUDA); CPU tensors take the serial loops below, which
 // evaluate the same g (estimators.h) and exist so that the nodes are tested without a GPU.
 //
+// Python calls them through this module's pybind11 entry points (binary_sign(x, estimator),
+// scaled_sign(w, groups, dtype, estimator), with an Estimator built once per schedule value); the
+// same nodes are registered as torch.ops.reste_ext.* with the estimator spelled out in the schema.
+//
 // A double backward (create_graph=True) calls reste_ext::reference_grad, which reste.cuda_ext
 // defines in Python as the differentiable PyTorch expression.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "estimators.h"
@@ -175,10 +186,8 @@ at::Tensor sign_impl(const at::Tensor& x_in) {
   return y;
 }
 
-at::Tensor backward_impl(const at::Tensor& x_in, const at::Tensor& grad_in, c10::string_view kind,
-                         at::ArrayRef<double> scalars, int64_t count) {
+at::Tensor backward_with(const at::Tensor& x_in, const at::Tensor& grad_in, const Params& p) {
   check_float(x_in, "x");
-  const Params p = make_params(kind, scalars, count);
   const at::Tensor x = dense(x_in);
   TORCH_CHECK(grad_in.sizes() == x.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", x ", x.sizes());
   const at::Tensor grad = like(x, grad_in.to(x.scalar_type()));
@@ -196,7 +205,7 @@ at::Tensor backward_impl(const at::Tensor& x_in, const at::Tensor& grad_in, c10:
 
 // (sign(w) * alpha in dtype, alpha per group as float32)
 std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w_in, int64_t groups,
-                                                    c10::optional<at::ScalarType> dtype) {
+                                                    std::optional<at::ScalarType> dtype) {
   check_float(w_in, "w");
   TORCH_CHECK(groups >= 1 && groups <= 65535 && w_in.numel() % groups == 0 && w_in.numel() > 0,
               "reste_ext: groups must divide w's ", w_in.numel(), " elements (1 to 65535), got ", groups);
@@ -214,10 +223,8 @@ std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w_in, int6
   return {y, alpha};
 }
 
-at::Tensor scaled_sign_backward_impl(const at::Tensor& w_in, const at::Tensor& grad_in, const at::Tensor& alpha,
-                                     int64_t groups, c10::string_view kind, at::ArrayRef<double> scalars,
-                                     int64_t count) {
-  const Params p = make_params(kind, scalars, count);
+at::Tensor scaled_sign_backward_with(const at::Tensor& w_in, const at::Tensor& grad_in, const at::Tensor& alpha,
+                                     int64_t groups, const Params& p) {
   const at::Tensor w = dense(w_in);
   TORCH_CHECK(grad_in.sizes() == w.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", w ", w.sizes());
   check_float(grad_in, "grad");
@@ -233,86 +240,148 @@ at::Tensor scaled_sign_backward_impl(const at::Tensor& w_in, const at::Tensor& g
   return out;
 }
 
-// ------------------------------------------------------------------------------ autograd
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-// The estimator as the node keeps it: its kernel arguments, and its parameters by name for the reference.
-void save_estimator(AutogradContext* ctx, c10::string_view kind, at::ArrayRef<double> scalars, int64_t count,
-                    c10::string_view names, at::ArrayRef<double> values) {
-  ctx->saved_data["kind"] = std::string(kind);
-  ctx->saved_data["scalars"] = scalars.vec();
-  ctx->saved_data["count"] = count;
-  ctx->saved_data["names"] = std::string(names);
-  ctx->saved_data["values"] = values.vec();
+at::Tensor backward_impl(const at::Tensor& x, const at::Tensor& grad, c10::string_view kind,
+                         at::ArrayRef<double> scalars, int64_t count) {
+  return backward_with(x, grad, make_params(kind, scalars, count));
 }
 
-// The differentiable PyTorch expression (reste.cuda_ext._reference_grad), for create_graph=True.
-at::Tensor reference_grad(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& grad, int64_t groups) {
+at::Tensor scaled_sign_backward_impl(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& alpha,
+                                     int64_t groups, c10::string_view kind, at::ArrayRef<double> scalars,
+                                     int64_t count) {
+  return scaled_sign_backward_with(w, grad, alpha, groups, make_params(kind, scalars, count));
+}
+
+// ------------------------------------------------------------------------------ autograd
+//
+// The nodes are plain autograd Nodes, as PyTorch's generated ones are, not torch::autograd::Function,
+// whose apply (its context, the IValues it stores, the checks on its outputs) costs several
+// microseconds of host time a call more.
+
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+// An estimator as the nodes take it: its kernel arguments, parsed once, and its parameters by name
+// for the reference. Python builds one per estimator and schedule value (reste.cuda_ext caches it).
+struct Estimator {
+  Params params;
+  std::string kind, names;
+  std::vector<double> values;
+};
+using EstimatorRef = std::shared_ptr<const Estimator>;
+
+std::shared_ptr<Estimator> make_estimator(std::string kind, std::vector<double> scalars, int64_t count,
+                                          std::string names, std::vector<double> values) {
+  Params p = make_params(kind, scalars, count);
+  return std::make_shared<Estimator>(Estimator{p, std::move(kind), std::move(names), std::move(values)});
+}
+
+// How a Node is owned changed between PyTorch versions (std::shared_ptr, later c10::intrusive_ptr);
+// an Edge's pointer says which this build has.
+using NodePtr = decltype(torch::autograd::Edge::function);
+
+template <class T, class P = NodePtr>
+P make_node() {
+  if constexpr (std::is_same_v<P, std::shared_ptr<Node>>) {
+    return std::make_shared<T>();
+  } else {
+    return c10::make_intrusive<T>();
+  }
+}
+
+// The differentiable PyTorch expression (reste.cuda_ext._define_reference), for create_graph=True.
+at::Tensor reference_grad(const Estimator& est, const at::Tensor& x, const at::Tensor& grad, int64_t groups) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("reste_ext::reference_grad", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view,
                                          c10::string_view, at::ArrayRef<double>)>();
-  const std::string kind = ctx->saved_data["kind"].toStringRef();
-  const std::string names = ctx->saved_data["names"].toStringRef();
-  const std::vector<double> values = ctx->saved_data["values"].toDoubleVector();
-  return op.call(x, grad, groups, kind, names, values);
+  return op.call(x, grad, groups, est.kind, est.names, est.values);
 }
 
-at::Tensor saved_backward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& grad) {
-  const std::vector<double> scalars = ctx->saved_data["scalars"].toDoubleVector();
-  return backward_impl(x, grad, ctx->saved_data["kind"].toStringRef(), scalars, ctx->saved_data["count"].toInt());
+// y gets `node` as its gradient function, with `input` as the node's one input.
+void record(const at::Tensor& y, const NodePtr& node, const at::Tensor& input) {
+  TORCH_CHECK(!input._fw_grad(/*level=*/0).defined(), "reste_ext: forward-mode AD is not supported");
+  node->set_next_edges(torch::autograd::collect_next_edges(input));
+  torch::autograd::set_history(y, node);
 }
 
-struct BinarySign : public torch::autograd::Function<BinarySign> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, c10::string_view kind,
-                            at::ArrayRef<double> scalars, int64_t count, c10::string_view names,
-                            at::ArrayRef<double> values) {
-    save_estimator(ctx, kind, scalars, count, names, values);
-    ctx->save_for_backward({x});
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return sign_impl(x);
-  }
+struct BinarySignBackward : public Node {
+  SavedVariable x;
+  EstimatorRef est;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor x = ctx->get_saved_variables()[0];
-    const at::Tensor dx = at::GradMode::is_enabled() ? reference_grad(ctx, x, grads[0], 0)
-                                                     : saved_backward(ctx, x, grads[0]);
-    return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  std::string name() const override { return "reste_ext::BinarySignBackward"; }
+  void release_variables() override { x.reset_data(); }
+
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return {at::Tensor()};
+    const at::Tensor xs = x.unpack();
+    if (at::GradMode::is_enabled()) return {reference_grad(*est, xs, grads[0], 0)};
+    return {backward_with(xs, grads[0], est->params)};
   }
 };
 
-struct ScaledSign : public torch::autograd::Function<ScaledSign> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, int64_t groups,
-                            c10::optional<at::ScalarType> dtype, c10::string_view kind, at::ArrayRef<double> scalars,
-                            int64_t count, c10::string_view names, at::ArrayRef<double> values) {
-    save_estimator(ctx, kind, scalars, count, names, values);
-    ctx->saved_data["groups"] = groups;
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, alpha] = scaled_sign_both(w, groups, dtype);
-    ctx->save_for_backward({w, alpha});
-    return y;
+struct ScaledSignBackward : public Node {
+  SavedVariable w;
+  at::Tensor alpha;  // float32, never requires grad
+  int64_t groups = 1;
+  EstimatorRef est;
+
+  std::string name() const override { return "reste_ext::ScaledSignBackward"; }
+  void release_variables() override {
+    w.reset_data();
+    alpha.reset();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    at::Tensor dw;
-    if (at::GradMode::is_enabled()) {
-      dw = reference_grad(ctx, saved[0], grads[0], groups);
-    } else {
-      const std::vector<double> scalars = ctx->saved_data["scalars"].toDoubleVector();
-      dw = scaled_sign_backward_impl(saved[0], grads[0], saved[1], groups, ctx->saved_data["kind"].toStringRef(),
-                                     scalars, ctx->saved_data["count"].toInt());
-    }
-    return {dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return {at::Tensor()};
+    const at::Tensor ws = w.unpack();
+    if (at::GradMode::is_enabled()) return {reference_grad(*est, ws, grads[0], groups)};
+    TORCH_CHECK(alpha.defined(), "reste_ext: the binary weight's backward ran twice without retain_graph=True");
+    return {scaled_sign_backward_with(ws, grads[0], alpha, groups, est->params)};
   }
 };
 
+// sign(x) whose backward is grad * g(x) of `est`
+at::Tensor binary_sign_node(const at::Tensor& x, const EstimatorRef& est) {
+  at::Tensor y;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    y = sign_impl(x);
+  }
+  if (torch::autograd::compute_requires_grad(x)) {
+    NodePtr node = make_node<BinarySignBackward>();
+    auto* n = static_cast<BinarySignBackward*>(node.get());
+    n->x = SavedVariable(x, /*is_output=*/false);
+    n->est = est;
+    record(y, node, x);
+  }
+  return y;
+}
+
+// sign(w) * mean(abs(w)) per group (in `dtype`), whose backward is `est`'s for the sign plus that of the mean
+at::Tensor scaled_sign_node(const at::Tensor& w, int64_t groups, std::optional<at::ScalarType> dtype,
+                            const EstimatorRef& est) {
+  at::Tensor y, alpha;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(y, alpha) = scaled_sign_both(w, groups, dtype);
+  }
+  if (torch::autograd::compute_requires_grad(w)) {
+    NodePtr node = make_node<ScaledSignBackward>();
+    auto* n = static_cast<ScaledSignBackward*>(node.get());
+    n->w = SavedVariable(w, /*is_output=*/false);
+    n->alpha = alpha;
+    n->groups = groups;
+    n->est = est;
+    record(y, node, w);
+  }
+  return y;
+}
+
+// the ops' Autograd kernels: the same nodes, the estimator given by its arguments
 at::Tensor binary_sign_autograd(const at::Tensor& x, c10::string_view kind, at::ArrayRef<double> scalars,
                                 int64_t count, c10::string_view names, at::ArrayRef<double> values) {
-  return BinarySign::apply(x, kind, scalars, count, names, values);
+  return binary_sign_node(x, make_estimator(std::string(kind), scalars.vec(), count, std::string(names), values.vec()));
 }
 
 at::Tensor binary_sign_plain(const at::Tensor& x, c10::string_view, at::ArrayRef<double>, int64_t,
@@ -320,20 +389,21 @@ at::Tensor binary_sign_plain(const at::Tensor& x, c10::string_view, at::ArrayRef
   return sign_impl(x);
 }
 
-at::Tensor scaled_sign_autograd(const at::Tensor& w, int64_t groups, c10::optional<at::ScalarType> dtype,
+at::Tensor scaled_sign_autograd(const at::Tensor& w, int64_t groups, std::optional<at::ScalarType> dtype,
                                 c10::string_view kind, at::ArrayRef<double> scalars, int64_t count,
                                 c10::string_view names, at::ArrayRef<double> values) {
-  return ScaledSign::apply(w, groups, dtype, kind, scalars, count, names, values);
+  return scaled_sign_node(w, groups, dtype,
+                          make_estimator(std::string(kind), scalars.vec(), count, std::string(names), values.vec()));
 }
 
-at::Tensor scaled_sign_plain(const at::Tensor& w, int64_t groups, c10::optional<at::ScalarType> dtype,
+at::Tensor scaled_sign_plain(const at::Tensor& w, int64_t groups, std::optional<at::ScalarType> dtype,
                              c10::string_view, at::ArrayRef<double>, int64_t, c10::string_view,
                              at::ArrayRef<double>) {
   return std::get<0>(scaled_sign_both(w, groups, dtype));
 }
 
 std::tuple<at::Tensor, at::Tensor> scaled_sign_forward(const at::Tensor& w, int64_t groups,
-                                                       c10::optional<at::ScalarType> dtype) {
+                                                       std::optional<at::ScalarType> dtype) {
   return scaled_sign_both(w, groups, dtype);
 }
 
@@ -370,3 +440,15 @@ TORCH_LIBRARY_IMPL(reste_ext, Autograd, m) {
 }
 
 }  // namespace reste_ext
+
+// The Python entry points reste.cuda_ext calls (cheaper than a torch.ops call, which boxes its arguments).
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  py::class_<reste_ext::Estimator, std::shared_ptr<reste_ext::Estimator>>(m, "Estimator")
+      .def(py::init(&reste_ext::make_estimator), py::arg("kind"), py::arg("scalars"), py::arg("count"),
+           py::arg("names"), py::arg("values"));
+  m.def("sign", &reste_ext::sign_impl, py::arg("x"));
+  m.def("binary_sign", &reste_ext::binary_sign_node, py::arg("x"), py::arg("estimator"));
+  m.def("scaled_sign", &reste_ext::scaled_sign_node, py::arg("w"), py::arg("groups"), py::arg("dtype"),
+        py::arg("estimator"));
+}
