@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import time
 
@@ -55,7 +54,7 @@ def main() -> None:
 
     @contextlib.contextmanager
     def path(name: str):
-        os.environ["RESTE_CUDA_EXT"] = "1" if name == "cpp" else "0"
+        cuda_ext.set_enabled(name == "cpp")
         fused.set_enabled(name != "ops")
         ctx = cuda_ext.forced() if name == "cpp" and device.type == "cpu" else contextlib.nullcontext()
         try:
@@ -63,7 +62,7 @@ def main() -> None:
                 yield
         finally:
             fused.set_enabled(None)
-            os.environ.pop("RESTE_CUDA_EXT", None)
+            cuda_ext.set_enabled(None)
 
     def timed(fn) -> float:
         if device.type == "cuda":

@@ -57,7 +57,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import pickle
 import statistics
 import tempfile
@@ -217,7 +216,7 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
 
     def step() -> None:
         fused.set_enabled(use_fused)
-        os.environ["RESTE_CUDA_EXT"] = "1" if use_ext else "0"
+        cuda_ext.set_enabled(use_ext)
         opt.zero_grad(set_to_none=True)
         with autocast():
             loss = F.cross_entropy(model(x), y)
@@ -409,7 +408,7 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     t0 = time.perf_counter()
     times = time_steps(steps, args.repeats, args.warmup, device)
     fused.set_enabled(None)
-    os.environ.pop("RESTE_CUDA_EXT", None)
+    cuda_ext.set_enabled(None)
     return {
         "model": binary, "batch": batch, "size": size, "amp": amp, "channels_last": channels_last,
         "o": o, "check": check, "wall": time.perf_counter() - t0, "variants": variants,

@@ -335,16 +335,20 @@ def test_what_does_not_take_the_extension(monkeypatch):
 
 def test_opt_in_by_environment(monkeypatch):
     cpu = torch.randn(3)
-    with cuda_ext.forced():
-        pass
     monkeypatch.setattr(cuda_ext, "_FORCED", [])
     monkeypatch.delenv("RESTE_CUDA_EXT", raising=False)
+    cuda_ext.set_enabled(None)
     assert not cuda_ext.requested() and not cuda_ext.may_take(cpu)
     monkeypatch.setenv("RESTE_CUDA_EXT", "1")
+    assert not cuda_ext.requested()  # read once and kept
+    cuda_ext.set_enabled(None)
     assert cuda_ext.requested()
     assert not cuda_ext.may_take(cpu)  # CPU tensors keep the C kernels and PyTorch ops
     monkeypatch.setenv("RESTE_CUDA_EXT", "off")
+    cuda_ext.set_enabled(None)
     assert not cuda_ext.requested()
+    cuda_ext.set_enabled(True)  # the call wins over the environment
+    assert cuda_ext.requested()
 
 
 def test_a_failed_build_warns_once_and_leaves_the_triton_path(monkeypatch):

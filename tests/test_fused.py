@@ -164,8 +164,11 @@ def test_inputs_the_kernels_do_not_take_fall_through():
 
 def test_environment_switch(monkeypatch):
     monkeypatch.setenv("RESTE_FUSED", "0")
+    fused.set_enabled(None)  # read the environment again
     assert not fused.enabled()
     monkeypatch.setenv("RESTE_FUSED", "1")
+    assert not fused.enabled()  # read once and kept: a hot path asks several times a step
+    fused.set_enabled(None)
     assert fused.enabled()
     fused.set_enabled(False)  # the call wins over the environment
     assert not fused.enabled()

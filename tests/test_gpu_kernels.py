@@ -227,8 +227,10 @@ def test_switch_dtype_double_backward_and_tracing_fall_back(monkeypatch):
         assert triton_dispatch.backward("ste", x, grad, clip=1.0) is None
         fused.set_enabled(None)
         monkeypatch.setenv("RESTE_FUSED", "0")
+        fused.set_enabled(None)
         assert triton_dispatch.sign(x) is None
         monkeypatch.delenv("RESTE_FUSED")
+        fused.set_enabled(None)
         assert triton_dispatch.sign(x.double()) is None  # float64: PyTorch ops
         assert triton_dispatch.backward("ste", x, grad.half(), clip=1.0) is None  # mixed dtypes
         with torch.enable_grad():  # double backward: the differentiable expression

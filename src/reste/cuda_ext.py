@@ -22,9 +22,10 @@ fused multiply-adds), the same scalars (:mod:`reste.kernel_args`), 16-bit values
 and rounded once. A double backward (``create_graph=True``) runs the differentiable PyTorch
 expression (:func:`reste.estimators.reference_backward`).
 
-**Opt-in while unmeasured**: ``RESTE_CUDA_EXT=1`` turns it on for CUDA tensors; by default, and
-wherever it does not apply (CPU tensors, float64, ``torch.compile`` tracing, ReSTE's ``o`` held
-in a tensor, ``RESTE_FUSED=0``), the Triton kernels and then the PyTorch ops run as before.
+**Opt-in while unmeasured**: ``RESTE_CUDA_EXT=1`` (or :func:`set_enabled`) turns it on for CUDA
+tensors; by default, and wherever it does not apply (CPU tensors, float64, ``torch.compile``
+tracing, ReSTE's ``o`` held in a tensor, ``RESTE_FUSED=0``), the Triton kernels and then the
+PyTorch ops run as before.
 
 It is built on first use with ``torch.utils.cpp_extension`` (a C++ compiler, and ``nvcc`` for the
 CUDA kernels; about a minute, once) and cached under :func:`reste.native.cache_dir`. Where the
@@ -52,7 +53,8 @@ from . import fused
 from .kernel_args import KINDS, autocast_dtype, kernel_scalars
 from .native import cache_dir
 
-__all__ = ["available", "binary_sign", "build", "error", "forced", "may_take", "requested", "scaled_sign", "sign"]
+__all__ = ["available", "binary_sign", "build", "error", "forced", "may_take", "requested", "scaled_sign",
+           "set_enabled", "sign"]
 
 SOURCE_DIR = Path(__file__).resolve().with_name("csrc") / "ext"
 _CPP, _CU, _HEADER = "ops.cpp", "kernels.cu", "estimators.h"
@@ -64,11 +66,23 @@ _FORCED: list[bool] = []
 _LOCK = threading.Lock()
 _LIBRARIES: list[Any] = []  # the Python fragment of the op library (kept alive)
 _MODULE: list[Any] = []  # the built extension's Python module (its pybind11 entry points)
+_REQUESTED: list[bool] = []  # the switch in force: set_enabled's flag, or RESTE_CUDA_EXT as last read
 
 
 def requested() -> bool:
-    """Whether ``RESTE_CUDA_EXT`` asks for the extension (1/on/true/yes; off by default)."""
-    return os.environ.get("RESTE_CUDA_EXT", "0").strip().lower() in ("1", "on", "true", "yes")
+    """Whether the extension is asked for: ``set_enabled``'s flag, else ``RESTE_CUDA_EXT`` (1/on/true/yes;
+    off by default), read at the first call and kept, as :func:`reste.fused.enabled` keeps ``RESTE_FUSED``."""
+    if not _REQUESTED:
+        _REQUESTED.append(os.environ.get("RESTE_CUDA_EXT", "0").strip().lower() in ("1", "on", "true", "yes"))
+    return _REQUESTED[0]
+
+
+def set_enabled(flag: bool | None) -> None:
+    """Ask for the extension (``True``) or not for this process; ``None`` goes back to ``RESTE_CUDA_EXT``
+    (read again)."""
+    _REQUESTED.clear()
+    if flag is not None:
+        _REQUESTED.append(bool(flag))
 
 
 def _build_name(cuda: bool) -> str:

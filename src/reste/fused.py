@@ -59,18 +59,21 @@ _LIB = NativeLibrary("fused", _SOURCE, {
     "reste_ste_bwd_f32": ([PTR, PTR, PTR, F32, I64, I32], None),
     "reste_reste_bwd_f32": ([PTR, PTR, PTR, F32, F32, F32, F32, F32, I64, I32], None),
 }, flag_sets=((*_FAST, "-fopenmp"), _FAST, ("-O3",)) if _OPENMP else (_FAST, ("-O3",)))
-_ENABLED: list[bool] = []
+_ENABLED: list[bool] = []  # the switch in force: set_enabled's flag, or RESTE_FUSED as last read
 
 
 def enabled() -> bool:
-    """Whether the kernels may be used (``set_enabled``, else ``RESTE_FUSED`` != 0/off/false/no)."""
-    if _ENABLED:
-        return _ENABLED[0]
-    return os.environ.get("RESTE_FUSED", "1").strip().lower() not in ("0", "off", "false", "no")
+    """Whether the kernels may be used: ``set_enabled``'s flag, else ``RESTE_FUSED`` != 0/off/false/no.
+
+    The variable is read at the first call and kept (each binary layer asks several times a step, and
+    reading the environment costs more than the rest of the check); ``set_enabled(None)`` reads it again."""
+    if not _ENABLED:
+        _ENABLED.append(os.environ.get("RESTE_FUSED", "1").strip().lower() not in ("0", "off", "false", "no"))
+    return _ENABLED[0]
 
 
 def set_enabled(flag: bool | None) -> None:
-    """Turn the kernels on or off for this process; ``None`` goes back to ``RESTE_FUSED``."""
+    """Turn the kernels on or off for this process; ``None`` goes back to ``RESTE_FUSED`` (read again)."""
     _ENABLED.clear()
     if flag is not None:
         _ENABLED.append(bool(flag))
