@@ -14,7 +14,7 @@ what a binary layer adds over a float one is the figure an eager GPU step pays p
 the CPU it measures the host cost of the node machinery, not any GPU figure.
 
     python benchmarks/node_overhead.py                  # CPU, one thread
-    python benchmarks/node_overhead.py --device cuda    # a GPU (RESTE_CUDA_EXT=1 for the C++ nodes)
+    python benchmarks/node_overhead.py --device cuda    # a GPU (cpp: the CUDA kernels, python: Triton)
 """
 
 from __future__ import annotations
