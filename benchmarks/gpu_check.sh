@@ -7,7 +7,8 @@
 #      steps, fp32 and bf16; a graphed engine run on digits;
 #   1c. the compiled extension (reste.cuda_ext, RESTE_CUDA_EXT=1): built with nvcc, then
 #      tests/test_cuda_ext.py on CUDA tensors (its CUDA kernels and C++ autograd nodes against the
-#      PyTorch path, the large-group reductions, no host-device synchronisation);
+#      PyTorch path, the large-group reductions, no host-device synchronisation), and the host
+#      time of a binary layer's nodes through each path (benchmarks/node_overhead.py);
 #   2. the training-step rows of benchmarks/train_step.py --device cuda (eager, eager through the
 #      extension's C++ nodes, and graphed), and a
 #      whole CIFAR-10-shaped epoch through the engine (benchmarks/train_epoch.py);
@@ -331,6 +332,9 @@ if [ "$EXT" -eq 0 ]; then
   RESTE_TEST_DEVICE=cuda "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda_ext.py 2>&1 \
     | tail -n 25 || EXT=1
   [ "${PIPESTATUS[0]}" -eq 0 ] || EXT=1
+  echo "  host time of the binary nodes on this machine (benchmarks/node_overhead.py; no target):"
+  "$PYTHON" benchmarks/node_overhead.py --device cuda --rounds 5 --calls 200 2>&1 | sed 's/^/  /' \
+    || echo "  node_overhead.py failed"
 else
   echo "  FAIL: the extension did not build (see above); its rows in section 2 are NOT MEASURED"
 fi
