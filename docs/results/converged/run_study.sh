@@ -12,7 +12,9 @@
 #   CHANNELS_LAST=0 docs/results/converged/run_study.sh
 # SWEEPS picks the sweeps to run. "leaders" is the leading group alone (STE, ReSTE, ApproxSign, DSQ,
 # FDA; seeds 0-2), for a longer budget than the whole study fits:
-#   OUT=docs/results/leaders64 RUNS=runs/study-adam64 EPOCHS=64 SWEEPS=leaders docs/results/converged/run_study.sh
+#   OUT=docs/results/epochs64 RUNS=runs/study-adam64 EPOCHS=64 SWEEPS=leaders docs/results/converged/run_study.sh
+# The whole 64-epoch study (docs/results/epochs64/README.md) is SWEEPS="estimators o_end", then
+# SWEEPS="o_end_5seeds estimators_5seeds" for seeds 3 and 4 (the fourth and fifth).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-docs/results/converged}
