@@ -241,6 +241,7 @@ def test_double_backward_runs_the_differentiable_expression():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch's forward_ad import
 def test_the_nodes_keep_the_autograd_contract():
     """Written as plain autograd Nodes, the two nodes keep what torch.autograd.Function gave: gradients
     through a computed input, retain_graph, a clear error on a second backward, on an input changed in
