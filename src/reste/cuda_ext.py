@@ -200,7 +200,7 @@ def may_take(x: Tensor) -> bool:
 def _usable(x: Tensor) -> bool:
     if x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled():
         return False
-    return _loaded(x.device.type == "cuda")
+    return _loaded(x.is_cuda)
 
 
 _ESTIMATORS: dict[tuple, Any] = {}  # (kind, params) -> its extension Estimator: a schedule moves once per epoch

@@ -71,7 +71,7 @@ def autocast_dtype(w: Tensor) -> torch.dtype:
     """The dtype a binary layer's conv or linear will use the weight in: autocast's 16-bit dtype when
     autocast is on for w's device and w is float32 (the kernel then writes it directly, rounding once as
     autocast's cast would, and saves that cast and its backward), else w's own."""
-    device = w.device.type
+    device = "cuda" if w.is_cuda else w.device.type  # (is_cuda: no device object built on the hot path)
     if w.dtype == torch.float32 and torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
         if dtype in (torch.bfloat16, torch.float16):
