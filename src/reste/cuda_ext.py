@@ -42,7 +42,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +128,23 @@ def build(cuda: bool | None = None) -> str:
         return _STATE[0]
 
 
+_REFERENCE: list[Callable[..., Tensor]] = []  # reste.estimators.reference_backward, handed over at its import
+
+
+def set_reference(reference: Callable[..., Tensor]) -> None:
+    """The differentiable PyTorch expression of the nodes' gradients, ``reference(kind, x, grad, groups,
+    params)``; :mod:`reste.estimators` hands over its ``reference_backward`` (this module stays below it)."""
+    _REFERENCE[:] = [reference]
+
+
 def _define_reference() -> None:
     """``reste_ext::reference_grad``, which the C++ nodes call for a double backward: the PyTorch expression."""
-    from . import estimators
 
     def reference_grad(x: Tensor, grad: Tensor, groups: int, kind: str, names: str, values: list[float]) -> Tensor:
+        if not _REFERENCE:
+            raise RuntimeError("reste.cuda_ext: a double backward needs reste.estimators (import reste)")
         params = dict(zip(names.split(","), values)) if names else {}
-        return estimators.reference_backward(kind, x, grad, groups, params)
+        return _REFERENCE[0](kind, x, grad, groups, params)
 
     library = torch.library.Library("reste_ext", "FRAGMENT")
     library.define("reference_grad(Tensor x, Tensor grad, int groups, str kind, str names, float[] values) -> Tensor")
