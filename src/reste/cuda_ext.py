@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sys
 import threading
 import warnings
@@ -51,7 +50,7 @@ from torch import Tensor
 
 from . import fused
 from .kernel_args import KINDS, autocast_dtype, kernel_scalars
-from .native import cache_dir
+from .native import EnvSwitch, cache_dir
 
 __all__ = ["available", "binary_sign", "build", "error", "forced", "may_take", "requested", "scaled_sign",
            "set_enabled", "sign"]
@@ -66,23 +65,19 @@ _FORCED: list[bool] = []
 _LOCK = threading.Lock()
 _LIBRARIES: list[Any] = []  # the Python fragment of the op library (kept alive)
 _MODULE: list[Any] = []  # the built extension's Python module (its pybind11 entry points)
-_REQUESTED: list[bool] = []  # the switch in force: set_enabled's flag, or RESTE_CUDA_EXT as last read
+_REQUESTED = EnvSwitch("RESTE_CUDA_EXT", default=False)
 
 
 def requested() -> bool:
     """Whether the extension is asked for: ``set_enabled``'s flag, else ``RESTE_CUDA_EXT`` (1/on/true/yes;
-    off by default), read at the first call and kept, as :func:`reste.fused.enabled` keeps ``RESTE_FUSED``."""
-    if not _REQUESTED:
-        _REQUESTED.append(os.environ.get("RESTE_CUDA_EXT", "0").strip().lower() in ("1", "on", "true", "yes"))
-    return _REQUESTED[0]
+    off by default), read at the first call and kept (:class:`reste.native.EnvSwitch`)."""
+    return _REQUESTED()
 
 
 def set_enabled(flag: bool | None) -> None:
     """Ask for the extension (``True``) or not for this process; ``None`` goes back to ``RESTE_CUDA_EXT``
     (read again)."""
-    _REQUESTED.clear()
-    if flag is not None:
-        _REQUESTED.append(bool(flag))
+    _REQUESTED.set(flag)
 
 
 def _build_name(cuda: bool) -> str:

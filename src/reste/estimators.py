@@ -401,11 +401,11 @@ class Estimator(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled() or not x.requires_grad:
             return sign(x)
-        p = self.params()
-        y = cuda_ext.binary_sign(self._kernel_kind(), x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
+        p, kind = self.params(), self._kernel_kind()
+        y = cuda_ext.binary_sign(kind, x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
         if y is not None:
             return y
-        return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(self._kernel_kind(), self._fused, p))
+        return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(kind, self._fused, p))
 
     def scaled_sign(self, w: Tensor, groups: int) -> Tensor | None:
         """sign(w) * mean(abs(w)) over ``groups`` (1: the whole tensor; w.shape[0]: per output channel), with

@@ -26,12 +26,11 @@ in the environment, or ``set_enabled(False)``, turns the kernels off.
 
 from __future__ import annotations
 
-import os
 
 import torch
 from torch import Tensor
 
-from .native import F32, I32, I64, PTR, NativeLibrary, c_source
+from .native import F32, I32, I64, PTR, EnvSwitch, NativeLibrary, c_source
 
 __all__ = ["available", "enabled", "error", "reste_backward", "set_enabled", "sign", "ste_backward"]
 
@@ -59,24 +58,18 @@ _LIB = NativeLibrary("fused", _SOURCE, {
     "reste_ste_bwd_f32": ([PTR, PTR, PTR, F32, I64, I32], None),
     "reste_reste_bwd_f32": ([PTR, PTR, PTR, F32, F32, F32, F32, F32, I64, I32], None),
 }, flag_sets=((*_FAST, "-fopenmp"), _FAST, ("-O3",)) if _OPENMP else (_FAST, ("-O3",)))
-_ENABLED: list[bool] = []  # the switch in force: set_enabled's flag, or RESTE_FUSED as last read
+_ENABLED = EnvSwitch("RESTE_FUSED", default=True)
 
 
 def enabled() -> bool:
-    """Whether the kernels may be used: ``set_enabled``'s flag, else ``RESTE_FUSED`` != 0/off/false/no.
-
-    The variable is read at the first call and kept (each binary layer asks several times a step, and
-    reading the environment costs more than the rest of the check); ``set_enabled(None)`` reads it again."""
-    if not _ENABLED:
-        _ENABLED.append(os.environ.get("RESTE_FUSED", "1").strip().lower() not in ("0", "off", "false", "no"))
-    return _ENABLED[0]
+    """Whether the kernels may be used: ``set_enabled``'s flag, else ``RESTE_FUSED`` != 0/off/false/no, read at
+    the first call and kept (:class:`reste.native.EnvSwitch`); ``set_enabled(None)`` reads it again."""
+    return _ENABLED()
 
 
 def set_enabled(flag: bool | None) -> None:
     """Turn the kernels on or off for this process; ``None`` goes back to ``RESTE_FUSED`` (read again)."""
-    _ENABLED.clear()
-    if flag is not None:
-        _ENABLED.append(bool(flag))
+    _ENABLED.set(flag)
 
 
 def available() -> bool:

@@ -51,6 +51,27 @@ def c_source(package: str, filename: str) -> SourceFile:
     return importlib.resources.files(package) / "csrc" / filename
 
 
+class EnvSwitch:
+    """An on/off switch read from environment variable ``name`` (1/on/true/yes or 0/off/false/no; anything else,
+    or unset, gives ``default``) at the first call and kept: the fused paths ask several times a step, and a
+    read of the environment costs more than the rest of their check. ``set(flag)`` overrides it for this
+    process; ``set(None)`` goes back to the variable (read again)."""
+
+    def __init__(self, name: str, default: bool) -> None:
+        self.name, self.default = name, default
+        self._value: list[bool] = []
+
+    def __call__(self) -> bool:
+        if not self._value:
+            raw = os.environ.get(self.name, "").strip().lower()
+            on, off = raw in ("1", "on", "true", "yes"), raw in ("0", "off", "false", "no")
+            self._value.append(on or (self.default and not off))
+        return self._value[0]
+
+    def set(self, flag: bool | None) -> None:
+        self._value[:] = [] if flag is None else [bool(flag)]
+
+
 def cache_dir() -> Path:
     """Where compiled kernels are kept: ``$RESTE_CACHE`` or ``$XDG_CACHE_HOME/reste`` (``~/.cache/reste``)."""
     root = os.environ.get("RESTE_CACHE") or os.path.join(
