@@ -150,3 +150,94 @@ def test_trend_reads_the_gain_of_the_last_fifth_from_a_line():
     wobble = zigzag[:-1] + [88.3]
     assert wobble[-1] - wobble[-5] == pytest.approx(0.6) and abs(curves.trend(wobble, 4)) < 0.5
     assert math.isnan(curves.trend([1.0, 2.0], 4))
+
+
+def _runs_csv(path, rows, axis="estimator"):
+    """A sweep folder whose runs.csv holds rows of (setting, seed, final_acc, run_dir)."""
+    path.mkdir(parents=True)
+    with open(path / "runs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", axis, "seed", "best_acc", "final_acc", "estimating_error", "gradient_stability",
+                    "run_dir"])
+        for setting, seed, acc, run_dir in rows:
+            w.writerow([setting, setting.split("=")[1], seed, acc + 0.1, acc, 400.0, 1e-6, run_dir])
+    return path
+
+
+def _five_seed_study(out):
+    """estimators (seeds 0-2), o_end_5seeds (ReSTE at o_end 3 is the estimators sweep's ReSTE) and the
+    strongest two at seeds 3 and 4; ReSTE is 0.5 ahead of dsq and 1.0 ahead of fda in every seed."""
+    reste = {s: 88.0 + 0.1 * s for s in range(5)}
+    _runs_csv(out / "estimators", [(f"estimator={e}", s, reste[s] - d, f"r/{e}/seed{s}")
+                                   for e, d in (("reste", 0), ("dsq", 0.5), ("fda", 1.0), ("ste", 2.0))
+                                   for s in range(3)])
+    _runs_csv(out / "o_end_5seeds", [(f"o_end={o}", s, reste[s] - (0 if o == 3 else 0.3),
+                                      f"r/reste/seed{s}" if o == 3 else f"r/reste-o{o}/seed{s}")
+                                     for o in (2, 3) for s in range(5)], axis="o_end")
+    _runs_csv(out / "strongest_seeds34", [(f"estimator={e}", s, reste[s] - d, f"r/{e}/seed{s}")
+                                          for e, d in (("dsq", 0.5), ("fda", 1.0)) for s in (3, 4)])
+
+
+def test_combine_joins_the_runs_that_sweeps_share(tmp_path):
+    combine = _script("combine")
+    _five_seed_study(tmp_path)
+    combine.main([str(tmp_path / "joined"), *(str(tmp_path / d) for d in ("estimators", "o_end_5seeds",
+                                                                          "strongest_seeds34")),
+                  "--settings", "estimator=reste,estimator=dsq", "--alias", "o_end=3", "estimator=reste"])
+    rows = list(csv.DictReader(open(tmp_path / "joined" / "runs.csv")))
+    assert [(r["setting"], r["seed"]) for r in rows] == [("estimator=reste", str(s)) for s in range(5)] + \
+        [("estimator=dsq", str(s)) for s in range(5)]
+    results = {r["setting"]: r for r in csv.DictReader(open(tmp_path / "joined" / "results.csv"))}
+    assert results["estimator=reste"]["n"] == "5"
+    assert float(results["estimator=reste"]["final_acc_mean"]) == pytest.approx(88.2)
+    assert float(results["estimator=dsq"]["final_acc_mean"]) == pytest.approx(87.7)
+    assert "| estimator=dsq | 87.80 ± 0.16 | 87.70 ± 0.16 |" in (tmp_path / "joined" / "results.md").read_text()
+
+
+def test_combine_refuses_an_alias_that_joins_two_different_runs(tmp_path, capsys):
+    combine = _script("combine")
+    _five_seed_study(tmp_path)
+    with pytest.raises(SystemExit, match="estimator=reste seed 0 is a different run"):
+        combine.main([str(tmp_path / "joined"), str(tmp_path / "estimators"), str(tmp_path / "o_end_5seeds"),
+                      "--settings", "estimator=reste", "--alias", "o_end=2", "estimator=reste"])
+    with pytest.raises(SystemExit, match="no run of estimator=rbnn"):
+        combine.main([str(tmp_path / "joined"), str(tmp_path / "estimators"), "--settings", "estimator=rbnn"])
+
+
+def test_summarize_compares_the_joined_five_seeds(tmp_path):
+    """SWEEPS=strongest_seeds34: estimators_5seeds is joined, then compared pairwise over 5 seeds;
+    the run folders are not here, so the curves are not redrawn and no figure is written."""
+    _five_seed_study(tmp_path / "out")
+    summary = tmp_path / "summary.txt"
+    env = dict(os.environ, OUT=str(tmp_path / "out"), SWEEPS="strongest_seeds34", SUMMARY=str(summary))
+    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = summary.read_text()
+    assert "none of the run folders" in text and not (tmp_path / "out" / "strongest_seeds34" / "learning_curves.png"
+                                                     ).exists()
+    final = text.split("== paired differences, final_acc")[1].split("==")[0]
+    assert "vs estimator=dsq" in final and "+0.50" in final and "ahead in 5/5" in final
+    assert "vs estimator=fda" in final and "+1.00" in final
+    assert "estimator=ste" not in final  # joined folder: ReSTE and the strongest only
+
+
+def test_run_study_runs_seeds_3_and_4_of_the_strongest_alone(tmp_path):
+    out = tmp_path / "out"
+    _runs_csv(out / "estimators", [])
+    with open(out / "estimators" / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "estimator", "final_acc_mean"])
+        for e, acc in (("ste", 87.6), ("reste", 88.5), ("dsq", 88.1), ("fda", 88.0), ("rbnn", 84.6),
+                       ("approx_sign", 88.2)):
+            w.writerow([f"estimator={e}", e, acc])
+    bin_dir = _fake_tools(tmp_path)
+    (bin_dir / "python").unlink()  # the real python ranks the estimators; reste only logs
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out), RUNS=str(tmp_path / "runs"),
+               EPOCHS="64", SWEEPS="strongest_seeds34")
+    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "run_study.sh")], env=env,
+                          capture_output=True, text=True)
+    # (curves.py then finds no runs.csv in the sweep the fake reste did not write)
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 1 and "--grid estimator=approx_sign,dsq,fda --seeds 3,4 " in calls[0], done.stderr
+    assert f"--out {out}/strongest_seeds34 " in calls[0]

@@ -22,14 +22,22 @@ from pathlib import Path
 from reste.rundir import read_metrics
 
 
-def curves(sweep: Path) -> dict[str, list[float]]:
-    """setting -> mean test top-1 per epoch over the finished runs."""
+def read_runs(sweep: Path) -> tuple[dict[str, list[list[float]]], dict[str, int]]:
+    """(setting -> test top-1 per epoch of each finished run whose folder is here, setting -> runs that
+    runs.csv lists). The run folders are not committed: on a fresh clone none of them is here."""
     per_setting: dict[str, list[list[float]]] = defaultdict(list)
+    listed: dict[str, int] = defaultdict(int)
     with open(sweep / "runs.csv", newline="") as f:
         for row in csv.DictReader(f):
+            listed[row["setting"]] += 1
             run_dir = (sweep / row["run_dir"]).resolve()
             if (run_dir / "metrics.jsonl").is_file():
                 per_setting[row["setting"]].append([m["test_acc"] for m in read_metrics(run_dir)])
+    return per_setting, listed
+
+
+def mean_curves(per_setting: dict[str, list[list[float]]]) -> dict[str, list[float]]:
+    """setting -> mean test top-1 per epoch over its runs (as many epochs as the shortest run has)."""
     out = {}
     for setting, runs in per_setting.items():
         epochs = min(len(r) for r in runs)
@@ -53,14 +61,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tolerance", type=float, default=0.3)
     args = ap.parse_args()
-    data = curves(args.sweep)
+    per_setting, listed = read_runs(args.sweep)
+    data = mean_curves(per_setting)
+    out = args.out or args.sweep / "learning_curves.png"
+    if not data:  # the run folders are gone (a fresh clone): keep the committed figure rather than blank it
+        print(f"{args.sweep}: none of the run folders its runs.csv names is here, so its learning curves "
+              f"cannot be redrawn; {out} is left as it is")
+        return
     for setting, mean in data.items():
         e = len(mean)
         back = max(1, math.ceil(e / 5))
         gain = mean[-1] - mean[-1 - back] if e > back else math.nan
         verdict = "flat" if gain < args.tolerance else "STILL RISING"
+        n = len(per_setting[setting])
+        part = f"  (mean of {n} of its {listed[setting]} runs: the others' folders are not here)" \
+            if n < listed[setting] else ""
         print(f"{setting:28s} {e:3d} epochs  final {mean[-1]:6.2f}  gain over the last {back} epochs "
-              f"{gain:+.2f}  {verdict}  (trend {trend(mean, back):+.2f})")
+              f"{gain:+.2f}  {verdict}  (trend {trend(mean, back):+.2f}){part}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +103,6 @@ def main() -> None:
     zoom.set_title(f"epochs {start}-{epochs}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = args.out or args.sweep / "learning_curves.png"
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
 

@@ -29,9 +29,9 @@ CHANNELS_LAST=${CHANNELS_LAST:-1}
 SWEEPS=${SWEEPS:-estimators o_end o_end_5seeds estimators_5seeds}
 wants() { [[ " $SWEEPS " == *" $1 "* ]]; }
 for s in $SWEEPS; do
-  case $s in estimators|o_end|o_end_5seeds|estimators_5seeds|leaders) ;;
+  case $s in estimators|o_end|o_end_5seeds|estimators_5seeds|strongest_seeds34|leaders) ;;
     *) echo "run_study.sh: unknown sweep '$s' in SWEEPS" \
-            "(estimators, o_end, o_end_5seeds, estimators_5seeds, leaders)" >&2
+            "(estimators, o_end, o_end_5seeds, estimators_5seeds, strongest_seeds34, leaders)" >&2
        exit 2 ;;
   esac
 done
@@ -54,8 +54,8 @@ fi
 if wants o_end_5seeds; then
   reste sweep --estimator reste --grid o_end=2,3,5 --seeds 0,1,2,3,4 --out "$OUT/o_end_5seeds" "${COMMON[@]}"
 fi
-if wants estimators_5seeds; then
-  STRONGEST=$(python - "$OUT/estimators/results.csv" <<'PY'
+strongest() {  # the three other estimators with the highest mean final accuracy in the estimators sweep
+  python - "$OUT/estimators/results.csv" <<'PY'
 import csv
 import sys
 
@@ -63,9 +63,18 @@ rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["estimator"] != "reste
 rows.sort(key=lambda r: float(r["final_acc_mean"]), reverse=True)
 print(",".join(r["estimator"] for r in rows[:3]))
 PY
-  )
+}
+if wants estimators_5seeds; then
+  STRONGEST=$(strongest)
   echo "the three strongest other estimators after step 1: $STRONGEST"
   reste sweep --grid "estimator=reste,$STRONGEST" --seeds 0,1,2,3,4 --out "$OUT/estimators_5seeds" "${COMMON[@]}"
+fi
+# seeds 3 and 4 of the three strongest alone: what estimators_5seeds adds to the estimators and o_end_5seeds
+# sweeps, for when their run folders are gone (docs/results/combine.py then joins the three sweeps' runs.csv)
+if wants strongest_seeds34; then
+  STRONGEST=$(strongest)
+  echo "the three strongest other estimators after step 1: $STRONGEST"
+  reste sweep --grid "estimator=$STRONGEST" --seeds 3,4 --out "$OUT/strongest_seeds34" "${COMMON[@]}"
 fi
 if wants leaders; then
   reste sweep --grid estimator=ste,reste,approx_sign,dsq,fda --seeds 0,1,2 --out "$OUT/leaders" "${COMMON[@]}"

@@ -9,20 +9,36 @@
 #   docs/results/converged/summarize.sh
 #   OUT=docs/results/epochs64 SWEEPS=leaders docs/results/converged/summarize.sh   # the 64-epoch leading group
 #   OUT=docs/results/epochs64 SWEEPS="estimators o_end" docs/results/converged/summarize.sh   # all of 64 epochs
+# With strongest_seeds34 in SWEEPS (run_study.sh's seeds 3 and 4 of the three strongest alone), estimators_5seeds
+# is first joined from the runs.csv of estimators, o_end_5seeds (ReSTE at o_end 3, its default) and
+# strongest_seeds34 by docs/results/combine.py, and compared as if it had run. SUMMARY (default OUT/summary.txt)
+# is where the summary is written:
+#   OUT=docs/results/epochs64 SWEEPS=strongest_seeds34 SUMMARY=docs/results/epochs64/summary_5seeds.txt \
+#   docs/results/converged/summarize.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-docs/results/converged}
 SWEEPS=${SWEEPS:-estimators estimators_5seeds o_end o_end_5seeds}  # as run_study.sh's (leaders: the leading group)
+SUMMARY=${SUMMARY:-$OUT/summary.txt}
 has() { [[ " $SWEEPS " == *" $1 "* ]]; }
+if has strongest_seeds34; then
+  # the settings strongest_seeds34 ran, in its order (its grid: the strongest first)
+  STRONGEST=$(python -c 'import csv, sys; print(",".join(dict.fromkeys(r["setting"]
+    for r in csv.DictReader(open(sys.argv[1])))))' "$OUT/strongest_seeds34/runs.csv")
+  python docs/results/combine.py "$OUT/estimators_5seeds" "$OUT/estimators" "$OUT/o_end_5seeds" \
+      "$OUT/strongest_seeds34" --settings "estimator=reste,$STRONGEST" --alias o_end=3 estimator=reste
+  SWEEPS="$SWEEPS estimators_5seeds-joined"
+fi
 {
   for d in $SWEEPS; do
+    if [[ $d == *-joined ]]; then continue; fi  # joined from runs.csv rows: no curves of its own
     echo "== $d: convergence"
     python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
   done
   for metric in final_acc best_acc; do
     echo "== paired differences, $metric"
     for d in estimators estimators_5seeds leaders; do
-      if has $d; then python docs/results/paired.py "$OUT/$d" estimator=reste "$metric"; fi
+      if has $d || has $d-joined; then python docs/results/paired.py "$OUT/$d" estimator=reste "$metric"; fi
     done
     for d in o_end o_end_5seeds; do
       if has $d; then python docs/results/paired.py "$OUT/$d" o_end=3 "$metric"; fi
@@ -37,4 +53,4 @@ has() { [[ " $SWEEPS " == *" $1 "* ]]; }
     python docs/results/o_end.py "${O_END[@]}" --metric final_acc
     python docs/results/o_end.py "${O_END[@]}" --metric best_acc --no-indicators
   fi
-} | tee "$OUT/summary.txt"
+} | tee "$SUMMARY"

@@ -1,0 +1,116 @@
+"""Join the runs of several sweeps into one sweep-like folder (runs.csv, results.csv, results.md).
+
+    python docs/results/combine.py OUT SWEEP [SWEEP ...] --settings LABEL,LABEL,... [--alias FROM TO ...]
+
+For a study whose sweeps share runs: estimators_5seeds is ReSTE and the three strongest other
+estimators at seeds 0-4, and every one of its runs is also a run of the estimators sweep (seeds 0-2),
+of o_end_5seeds (ReSTE at o_end 3 is ReSTE's default) or of strongest_seeds34. Once the run folders
+are gone, their runs.csv rows are all there is; this script joins them, so that paired.py reads the
+joined folder as it reads a sweep.
+
+--alias gives a setting of a source sweep the label it has in OUT (o_end=3 -> estimator=reste), and
+--settings lists OUT's settings in order. A (setting, seed) that two sweeps hold must be the same run
+(the same run folder and the same accuracies), else the script stops: an alias that joins two
+different runs is refused rather than averaged. Aggregates are as `reste sweep` writes them: mean and
+sample std over the seeds, and n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+METRICS = ("best_acc", "final_acc", "estimating_error", "gradient_stability")
+COLUMNS = ("setting", "estimator", "seed", *METRICS, "epochs", "seconds", "run_dir", "sweep")
+
+
+def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str]) -> dict[tuple[str, int], dict]:
+    """(setting, seed) -> row, over the sweeps' runs.csv; refuses two different runs under one key."""
+    rows: dict[tuple[str, int], dict] = {}
+    for sweep in sweeps:
+        path = Path(sweep) / "runs.csv"
+        if not path.is_file():
+            sys.exit(f"combine.py: {sweep} has no runs.csv; give the folders of finished sweeps")
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                setting = aliases.get(row["setting"], row["setting"])
+                if setting not in keep:
+                    continue
+                key = (setting, int(row["seed"]))
+                new = {"setting": setting, "estimator": setting.removeprefix("estimator="), "seed": key[1],
+                       **{k: row.get(k, "") for k in (*METRICS, "epochs", "seconds", "run_dir")}, "sweep": sweep}
+                old = rows.get(key)
+                if old is None:
+                    rows[key] = new
+                elif (old["run_dir"], old["best_acc"], old["final_acc"]) != (new["run_dir"], new["best_acc"],
+                                                                           new["final_acc"]):
+                    sys.exit(f"combine.py: {setting} seed {key[1]} is a different run in {old['sweep']} "
+                             f"({old['run_dir']}, final {old['final_acc']}) and in {sweep} ({new['run_dir']}, "
+                             f"final {new['final_acc']}); check the --alias")
+    return rows
+
+
+def aggregate(rows: dict[tuple[str, int], dict], keep: list[str]) -> list[dict]:
+    out = []
+    for setting in keep:
+        runs = [r for (s, _), r in sorted(rows.items()) if s == setting]
+        agg: dict = {"setting": setting, "estimator": setting.removeprefix("estimator=")}
+        for m in METRICS:
+            values = [float(r[m]) for r in runs if r[m] not in ("", None)]
+            agg[f"{m}_mean"] = statistics.fmean(values) if values else None
+            agg[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        agg["n"] = len(runs)
+        agg["seeds"] = " ".join(str(r["seed"]) for r in runs)
+        out.append(agg)
+    return out
+
+
+def _pm(mean, std, fmt):
+    if mean is None:
+        return "-"
+    return format(mean, fmt) + (f" ± {format(std, fmt)}" if std is not None else "")
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out")
+    p.add_argument("sweeps", nargs="+")
+    p.add_argument("--settings", required=True, help="OUT's settings, comma-separated, in order")
+    p.add_argument("--alias", nargs=2, action="append", default=[], metavar=("FROM", "TO"))
+    args = p.parse_args(argv)
+    keep = args.settings.split(",")
+    rows = read_rows(args.sweeps, keep, dict(args.alias))
+    missing = [s for s in keep if not any(k[0] == s for k in rows)]
+    if missing:
+        sys.exit(f"combine.py: no run of {', '.join(missing)} in {', '.join(args.sweeps)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for key in sorted(rows, key=lambda k: (keep.index(k[0]), k[1])):
+            w.writerow(rows[key])
+    table = aggregate(rows, keep)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in table)
+    lines = [f"Joined from the runs.csv of {', '.join(args.sweeps)} by docs/results/combine.py; "
+             "mean ± sample std over seeds; indicators: mean over epochs.", "",
+             "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['setting']} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} | "
+                     f"{_pm(r['final_acc_mean'], r['final_acc_std'], '.2f')} | "
+                     f"{_pm(r['estimating_error_mean'], r['estimating_error_std'], '.4g')} | "
+                     f"{_pm(r['gradient_stability_mean'], r['gradient_stability_std'], '.3g')} | "
+                     f"{r['n']} | {r['seeds']} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print(f"{len(rows)} runs of {len(keep)} settings -> {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
