@@ -65,6 +65,19 @@ def test_sweep_table_matches_the_runs(sweep):
         assert _is_png(out / name), name
 
 
+def test_sweep_keeps_every_epoch_beside_its_tables(sweep):
+    """epochs.csv holds each finished run's metrics.jsonl, so the curves outlive the run folders."""
+    out, _ = sweep
+    manifest = json.loads((out / "sweep.json").read_text())
+    rows = _read_csv(out / "epochs.csv")
+    assert [(r["setting"], r["seed"], r["epoch"]) for r in rows] == [("estimator=ste", "0", "1"),
+                                                                     ("estimator=reste", "0", "1")]
+    for row, setting in zip(rows, manifest["settings"]):
+        m = read_metrics(out / setting["runs"]["0"])[0]
+        for key in ("test_acc", "train_loss", "lr", "estimating_error", "gradient_stability"):
+            assert float(row[key]) == pytest.approx(m[key]), key
+
+
 def test_sweep_skips_finished_runs_and_resumes_partial_ones(sweep, capsys):
     out, argv = sweep
     manifest = json.loads((out / "sweep.json").read_text())

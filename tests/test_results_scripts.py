@@ -241,3 +241,26 @@ def test_run_study_runs_seeds_3_and_4_of_the_strongest_alone(tmp_path):
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 1 and "--grid estimator=approx_sign,dsq,fda --seeds 3,4 " in calls[0], done.stderr
     assert f"--out {out}/strongest_seeds34 " in calls[0]
+
+
+def test_curves_read_epochs_csv_when_the_run_folders_are_gone(tmp_path, capsys, monkeypatch):
+    curves = _script("curves")
+    sweep = _runs_csv(tmp_path / "s", [("estimator=reste", s, 88.0, f"gone/seed{s}") for s in (0, 1)])
+    with open(sweep / "epochs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "seed", "epoch", "test_acc"])
+        for s in (0, 1):
+            for e in range(1, 11):  # seed 0 rises 0.1 an epoch, seed 1 0.2: the mean 0.15
+                w.writerow(["estimator=reste", s, e, 80 + (0.1 if s == 0 else 0.2) * e])
+    per_setting, listed = curves.read_runs(sweep)
+    assert listed == {"estimator=reste": 2} and len(per_setting["estimator=reste"]) == 2
+    mean = curves.mean_curves(per_setting)["estimator=reste"]
+    assert mean[-1] == pytest.approx(81.5) and mean[0] == pytest.approx(80.15)
+    monkeypatch.setattr("sys.argv", ["curves.py", str(sweep)])
+    curves.main()
+    out = capsys.readouterr().out
+    assert "gain over the last 2 epochs +0.30  STILL RISING" in out and _png(sweep / "learning_curves.png")
+
+
+def _png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,8 +23,14 @@ from reste.rundir import read_metrics
 
 
 def read_runs(sweep: Path) -> tuple[dict[str, list[list[float]]], dict[str, int]]:
-    """(setting -> test top-1 per epoch of each finished run whose folder is here, setting -> runs that
-    runs.csv lists). The run folders are not committed: on a fresh clone none of them is here."""
+    """(setting -> test top-1 per epoch of each finished run, setting -> runs that runs.csv lists). A run's
+    epochs come from its folder if it is here, else from the sweep's epochs.csv (written by sweeps since
+    2026-12-01): the run folders are not committed, so on a fresh clone an older sweep has no curves."""
+    saved: dict[tuple[str, str], list[float]] = defaultdict(list)
+    if (sweep / "epochs.csv").is_file():
+        with open(sweep / "epochs.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                saved[row["setting"], row["seed"]].append(float(row["test_acc"]))
     per_setting: dict[str, list[list[float]]] = defaultdict(list)
     listed: dict[str, int] = defaultdict(int)
     with open(sweep / "runs.csv", newline="") as f:
@@ -33,6 +39,8 @@ def read_runs(sweep: Path) -> tuple[dict[str, list[list[float]]], dict[str, int]
             run_dir = (sweep / row["run_dir"]).resolve()
             if (run_dir / "metrics.jsonl").is_file():
                 per_setting[row["setting"]].append([m["test_acc"] for m in read_metrics(run_dir)])
+            elif saved.get((row["setting"], row["seed"])):
+                per_setting[row["setting"]].append(saved[row["setting"], row["seed"]])
     return per_setting, listed
 
 
@@ -65,8 +73,8 @@ def main() -> None:
     data = mean_curves(per_setting)
     out = args.out or args.sweep / "learning_curves.png"
     if not data:  # the run folders are gone (a fresh clone): keep the committed figure rather than blank it
-        print(f"{args.sweep}: none of the run folders its runs.csv names is here, so its learning curves "
-              f"cannot be redrawn; {out} is left as it is")
+        print(f"{args.sweep}: none of the run folders its runs.csv names is here and it has no epochs.csv, so "
+              f"its learning curves cannot be redrawn; {out} is left as it is")
         return
     for setting, mean in data.items():
         e = len(mean)
@@ -74,7 +82,7 @@ def main() -> None:
         gain = mean[-1] - mean[-1 - back] if e > back else math.nan
         verdict = "flat" if gain < args.tolerance else "STILL RISING"
         n = len(per_setting[setting])
-        part = f"  (mean of {n} of its {listed[setting]} runs: the others' folders are not here)" \
+        part = f"  (mean of {n} of its {listed[setting]} runs: the others' epochs are not here)" \
             if n < listed[setting] else ""
         print(f"{setting:28s} {e:3d} epochs  final {mean[-1]:6.2f}  gain over the last {back} epochs "
               f"{gain:+.2f}  {verdict}  (trend {trend(mean, back):+.2f}){part}")

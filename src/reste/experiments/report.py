@@ -2,6 +2,8 @@
 
 Per run (``runs.csv``): best and final test top-1, and the run-level indicators,
 each the mean over the epochs of the per-epoch values in ``metrics.jsonl``.
+Per epoch of every finished run (``epochs.csv``): its line of ``metrics.jsonl``, so
+that the learning curves outlive the run folders (which are not committed).
 Per setting (``results.csv``, ``results.md``): the mean and the sample standard
 deviation (n - 1; blank for one seed) of those over the seeds whose run finished,
 and n. Figures: ``indicators.png`` (both indicators per epoch, one line per
@@ -65,6 +67,18 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
             and isinstance(manifest.get("settings"), list)):
         raise UsageError(f"{path} is not a sweep manifest (no grid and settings); run the sweep again to rewrite it")
     return manifest
+
+
+EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", *INDICATORS, "time")
+
+
+def epoch_rows(out_dir: str | Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per epoch of each finished run in ``runs`` (``collect``'s): setting, seed, then EPOCH_COLUMNS."""
+    rows = []
+    for run in runs:
+        for m in read_metrics(Path(out_dir) / run["run_dir"])[:run["epochs"]]:
+            rows.append({"setting": run["setting"], "seed": run["seed"], **{k: m.get(k) for k in EPOCH_COLUMNS}})
+    return rows
 
 
 def collect(out_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -140,7 +154,8 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], None] | None = None
               ) -> list[dict[str, Any]]:
-    """Write the sweep's tables (``results.csv``, ``results.md``, ``runs.csv``) and figures; return its rows.
+    """Write the sweep's tables (``results.csv``, ``results.md``, ``runs.csv``, ``epochs.csv``) and figures;
+    return its rows.
 
     Works on a sweep that is still running (unfinished runs are left out; ``n``
     counts the finished seeds and ``n_runs`` the planned ones).
@@ -149,8 +164,9 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     manifest, runs, rows = collect(out)
     write_csv(out / "results.csv", rows)
     write_csv(out / "runs.csv", runs)
+    write_csv(out / "epochs.csv", epoch_rows(out, runs))
     (out / "results.md").write_text(markdown_table(manifest, rows))
-    written = ["results.md", "results.csv", "runs.csv"]
+    written = ["results.md", "results.csv", "runs.csv", "epochs.csv"]
     if plots and runs:
         from . import plots as plotting
 
