@@ -236,8 +236,9 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         metrics = cut / "metrics.jsonl"
-        _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
-        time.sleep(0.3)  # into the third epoch
+        _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2)  # two whole lines
+        # into the third epoch: half of the second one's time (a fixed sleep lets a fast CPU finish the run)
+        time.sleep(0.5 * json.loads(metrics.read_text().splitlines()[1])["time"])
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
