@@ -264,3 +264,18 @@ def test_curves_read_epochs_csv_when_the_run_folders_are_gone(tmp_path, capsys, 
 
 def _png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_longer_pairs_each_setting_over_the_seeds_both_finished(tmp_path, capsys):
+    longer = _script("longer")
+    short = _runs_csv(tmp_path / "e64", [(f"estimator={e}", s, 88.0 + 0.1 * s, f"r/{e}/seed{s}")
+                                         for e in ("ste", "reste") for s in range(3)])
+    # 128 epochs: ste gains 0.5 in every seed, reste 0.0, 0.2 and -0.2; reste seed 2 has not finished
+    long = _runs_csv(tmp_path / "e128", [("estimator=ste", s, 88.5 + 0.1 * s, f"q/ste/seed{s}") for s in range(3)]
+                     + [("estimator=reste", s, 88.0 + 0.3 * s, f"q/reste/seed{s}") for s in range(2)])
+    longer.main(["longer.py", str(short), str(long)])
+    out = capsys.readouterr().out.splitlines()
+    ste = next(line for line in out if "estimator=ste" in line)
+    reste = next(line for line in out if "estimator=reste" in line)
+    assert "+0.50" in ste and "higher in 3/3" in ste
+    assert "+0.10" in reste and "+0.00, +0.20" in reste and "higher in 1/2" in reste

@@ -1,0 +1,56 @@
+"""What a longer budget changed: per setting, the paired per-seed gain of one sweep over another.
+
+    python docs/results/longer.py SHORT_SWEEP LONG_SWEEP [METRIC]
+
+Both sweeps are the same settings and seeds trained for different numbers of epochs (for example
+docs/results/epochs64/leaders and docs/results/epochs128/leaders). For each setting, over the seeds
+both finished: LONG - SHORT per seed, its mean with a 95% confidence interval (paired.py's Student
+t), and in how many seeds the longer run ended higher. A network that has converged gains nothing
+from twice the epochs; an interval above zero says it had not.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("paired", Path(__file__).with_name("paired.py"))
+paired_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paired_module)
+
+
+def read(sweep: str, metric: str) -> dict[str, dict[str, float]]:
+    """setting -> seed -> metric, from the sweep's runs.csv."""
+    runs: dict[str, dict[str, float]] = defaultdict(dict)
+    path = Path(sweep) / "runs.csv"
+    if not path.is_file():
+        sys.exit(f"longer.py: {sweep} has no runs.csv; give the folders of two finished sweeps")
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(metric) not in (None, ""):
+                runs[row["setting"]][row["seed"]] = float(row[metric])
+    return runs
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 3:
+        sys.exit(__doc__.strip().splitlines()[2].strip())
+    short, long = argv[1], argv[2]
+    metric = argv[3] if len(argv) > 3 else "final_acc"
+    a, b = read(short, metric), read(long, metric)
+    print(f"{metric}: {long} minus {short}, per seed; 95% CI of the mean gain (t, n - 1 dof)")
+    for setting in b:
+        seeds = sorted(set(a.get(setting, {})) & set(b[setting]), key=int)
+        if not seeds:
+            print(f"  {setting:24s} no seed finished in both")
+            continue
+        r = paired_module.paired([b[setting][s] for s in seeds], [a[setting][s] for s in seeds])
+        print(f"  {setting:24s} {r['mean']:+7.2f}  95% CI [{r['lo']:+.2f}, {r['hi']:+.2f}]  "
+              f"(per seed: {', '.join(f'{d:+.2f}' for d in r['diffs'])}; higher in {r['wins']}/{r['n']})")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
