@@ -13,6 +13,8 @@
 # SWEEPS picks the sweeps to run. "leaders" is the leading group alone (STE, ReSTE, ApproxSign, DSQ,
 # FDA; seeds 0-2), for a longer budget than the whole study fits:
 #   OUT=docs/results/epochs64 RUNS=runs/study-adam64 EPOCHS=64 SWEEPS=leaders docs/results/converged/run_study.sh
+# and at 128 epochs (docs/results/epochs128/README.md):
+#   OUT=docs/results/epochs128 RUNS=runs/study-adam128 EPOCHS=128 SWEEPS=leaders docs/results/converged/run_study.sh
 # The whole 64-epoch study (docs/results/epochs64/README.md) is SWEEPS="estimators o_end", then
 # SWEEPS="o_end_5seeds estimators_5seeds" for seeds 3 and 4 (the fourth and fifth).
 set -euo pipefail
