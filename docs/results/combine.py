@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from pathlib import Path
 
-METRICS = ("best_acc", "final_acc", "estimating_error", "gradient_stability")
+from reste.experiments.report import METRICS, _mean_std, _pm, write_csv  # as `reste sweep` writes its tables
+
 COLUMNS = ("setting", "estimator", "seed", *METRICS, "epochs", "seconds", "run_dir", "sweep")
 
 
@@ -40,8 +40,8 @@ def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str]) -> di
                 if setting not in keep:
                     continue
                 key = (setting, int(row["seed"]))
-                new = {"setting": setting, "estimator": setting.removeprefix("estimator="), "seed": key[1],
-                       **{k: row.get(k, "") for k in (*METRICS, "epochs", "seconds", "run_dir")}, "sweep": sweep}
+                new = {c: row.get(c, "") for c in COLUMNS} | {"setting": setting, "seed": key[1], "sweep": sweep,
+                                                               "estimator": setting.removeprefix("estimator=")}
                 old = rows.get(key)
                 if old is None:
                     rows[key] = new
@@ -59,19 +59,11 @@ def aggregate(rows: dict[tuple[str, int], dict], keep: list[str]) -> list[dict]:
         runs = [r for (s, _), r in sorted(rows.items()) if s == setting]
         agg: dict = {"setting": setting, "estimator": setting.removeprefix("estimator=")}
         for m in METRICS:
-            values = [float(r[m]) for r in runs if r[m] not in ("", None)]
-            agg[f"{m}_mean"] = statistics.fmean(values) if values else None
-            agg[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else None
+            agg[f"{m}_mean"], agg[f"{m}_std"] = _mean_std([float(r[m]) for r in runs if r[m] not in ("", None)])
         agg["n"] = len(runs)
         agg["seeds"] = " ".join(str(r["seed"]) for r in runs)
         out.append(agg)
     return out
-
-
-def _pm(mean, std, fmt):
-    if mean is None:
-        return "-"
-    return format(mean, fmt) + (f" ± {format(std, fmt)}" if std is not None else "")
 
 
 def main(argv: list[str]) -> None:
@@ -88,16 +80,9 @@ def main(argv: list[str]) -> None:
         sys.exit(f"combine.py: no run of {', '.join(missing)} in {', '.join(args.sweeps)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "runs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for key in sorted(rows, key=lambda k: (keep.index(k[0]), k[1])):
-            w.writerow(rows[key])
+    write_csv(out / "runs.csv", [rows[k] for k in sorted(rows, key=lambda k: (keep.index(k[0]), k[1]))])
     table = aggregate(rows, keep)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in table)
+    write_csv(out / "results.csv", table)
     lines = [f"Joined from the runs.csv of {', '.join(args.sweeps)} by docs/results/combine.py; "
              "mean ± sample std over seeds; indicators: mean over epochs.", "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n | seeds |",

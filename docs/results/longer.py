@@ -11,10 +11,8 @@ from twice the epochs; an interval above zero says it had not.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location("paired", Path(__file__).with_name("paired.py"))
@@ -22,25 +20,12 @@ paired_module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(paired_module)
 
 
-def read(sweep: str, metric: str) -> dict[str, dict[str, float]]:
-    """setting -> seed -> metric, from the sweep's runs.csv."""
-    runs: dict[str, dict[str, float]] = defaultdict(dict)
-    path = Path(sweep) / "runs.csv"
-    if not path.is_file():
-        sys.exit(f"longer.py: {sweep} has no runs.csv; give the folders of two finished sweeps")
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get(metric) not in (None, ""):
-                runs[row["setting"]][row["seed"]] = float(row[metric])
-    return runs
-
-
 def main(argv: list[str]) -> None:
     if len(argv) < 3:
         sys.exit(__doc__.strip().splitlines()[2].strip())
     short, long = argv[1], argv[2]
     metric = argv[3] if len(argv) > 3 else "final_acc"
-    a, b = read(short, metric), read(long, metric)
+    a, b = paired_module.read_metric(short, metric), paired_module.read_metric(long, metric)
     print(f"{metric}: {long} minus {short}, per seed; 95% CI of the mean gain (t, n - 1 dof)")
     for setting in b:
         seeds = sorted(set(a.get(setting, {})) & set(b[setting]), key=int)

@@ -17,6 +17,7 @@ import math
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from scipy import stats
 
@@ -33,14 +34,23 @@ def paired(values_ref: list[float], values_other: list[float]) -> dict[str, floa
             "wins": sum(d > 0 for d in diffs), "diffs": diffs}
 
 
-def main(argv: list[str]) -> None:
-    sweep, ref = argv[1], argv[2]
-    metric = argv[3] if len(argv) > 3 else "best_acc"
+def read_metric(sweep: str, metric: str) -> dict[str, dict[str, float]]:
+    """setting -> seed -> ``metric`` of each run in the sweep's runs.csv that has it."""
+    path = Path(sweep) / "runs.csv"
+    if not path.is_file():
+        sys.exit(f"{sweep} has no runs.csv; give the folder of a finished sweep")
     runs: dict[str, dict[str, float]] = defaultdict(dict)
-    with open(f"{sweep}/runs.csv", newline="") as f:
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row.get(metric) not in (None, ""):
                 runs[row["setting"]][row["seed"]] = float(row[metric])
+    return runs
+
+
+def main(argv: list[str]) -> None:
+    sweep, ref = argv[1], argv[2]
+    metric = argv[3] if len(argv) > 3 else "best_acc"
+    runs = read_metric(sweep, metric)
     if ref not in runs:
         sys.exit(f"no setting {ref!r}; settings: {', '.join(runs)}")
     print(f"{metric}: {ref} minus each setting, per seed; 95% CI of the mean difference (t, n - 1 dof)")

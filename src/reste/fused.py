@@ -26,7 +26,6 @@ in the environment, or ``set_enabled(False)``, turns the kernels off.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 

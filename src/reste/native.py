@@ -59,17 +59,17 @@ class EnvSwitch:
 
     def __init__(self, name: str, default: bool) -> None:
         self.name, self.default = name, default
-        self._value: list[bool] = []
+        self._value: bool | None = None  # None: read the variable at the next call
 
     def __call__(self) -> bool:
-        if not self._value:
+        if self._value is None:
             raw = os.environ.get(self.name, "").strip().lower()
             on, off = raw in ("1", "on", "true", "yes"), raw in ("0", "off", "false", "no")
-            self._value.append(on or (self.default and not off))
-        return self._value[0]
+            self._value = on or (self.default and not off)
+        return self._value
 
     def set(self, flag: bool | None) -> None:
-        self._value[:] = [] if flag is None else [bool(flag)]
+        self._value = None if flag is None else bool(flag)
 
 
 def cache_dir() -> Path:

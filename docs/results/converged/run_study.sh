@@ -63,19 +63,19 @@ import sys
 
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["estimator"] != "reste"]
 rows.sort(key=lambda r: float(r["final_acc_mean"]), reverse=True)
-print(",".join(r["estimator"] for r in rows[:3]))
+names = ",".join(r["estimator"] for r in rows[:3])
+print(f"the three strongest other estimators after step 1: {names}", file=sys.stderr)
+print(names)
 PY
 }
 if wants estimators_5seeds; then
   STRONGEST=$(strongest)
-  echo "the three strongest other estimators after step 1: $STRONGEST"
   reste sweep --grid "estimator=reste,$STRONGEST" --seeds 0,1,2,3,4 --out "$OUT/estimators_5seeds" "${COMMON[@]}"
 fi
 # seeds 3 and 4 of the three strongest alone: what estimators_5seeds adds to the estimators and o_end_5seeds
 # sweeps, for when their run folders are gone (docs/results/combine.py then joins the three sweeps' runs.csv)
 if wants strongest_seeds34; then
   STRONGEST=$(strongest)
-  echo "the three strongest other estimators after step 1: $STRONGEST"
   reste sweep --grid "estimator=$STRONGEST" --seeds 3,4 --out "$OUT/strongest_seeds34" "${COMMON[@]}"
 fi
 if wants leaders; then

@@ -21,24 +21,24 @@ OUT=${OUT:-docs/results/converged}
 SWEEPS=${SWEEPS:-estimators estimators_5seeds o_end o_end_5seeds}  # as run_study.sh's (leaders: the leading group)
 SUMMARY=${SUMMARY:-$OUT/summary.txt}
 has() { [[ " $SWEEPS " == *" $1 "* ]]; }
+JOINED=""  # estimators_5seeds when it is joined below: compared pairwise, but it has no curves of its own
 if has strongest_seeds34; then
   # the settings strongest_seeds34 ran, in its order (its grid: the strongest first)
   STRONGEST=$(python -c 'import csv, sys; print(",".join(dict.fromkeys(r["setting"]
     for r in csv.DictReader(open(sys.argv[1])))))' "$OUT/strongest_seeds34/runs.csv")
   python docs/results/combine.py "$OUT/estimators_5seeds" "$OUT/estimators" "$OUT/o_end_5seeds" \
       "$OUT/strongest_seeds34" --settings "estimator=reste,$STRONGEST" --alias o_end=3 estimator=reste
-  SWEEPS="$SWEEPS estimators_5seeds-joined"
+  JOINED=estimators_5seeds
 fi
 {
   for d in $SWEEPS; do
-    if [[ $d == *-joined ]]; then continue; fi  # joined from runs.csv rows: no curves of its own
     echo "== $d: convergence"
     python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
   done
   for metric in final_acc best_acc; do
     echo "== paired differences, $metric"
     for d in estimators estimators_5seeds leaders; do
-      if has $d || has $d-joined; then python docs/results/paired.py "$OUT/$d" estimator=reste "$metric"; fi
+      if has $d || [[ $d == "$JOINED" ]]; then python docs/results/paired.py "$OUT/$d" estimator=reste "$metric"; fi
     done
     for d in o_end o_end_5seeds; do
       if has $d; then python docs/results/paired.py "$OUT/$d" o_end=3 "$metric"; fi
