@@ -15,6 +15,7 @@
 #   OUT=docs/results/epochs64 RUNS=runs/study-adam64 EPOCHS=64 SWEEPS=leaders docs/results/converged/run_study.sh
 # and at 128 epochs (docs/results/epochs128/README.md):
 #   OUT=docs/results/epochs128 RUNS=runs/study-adam128 EPOCHS=128 SWEEPS=leaders docs/results/converged/run_study.sh
+# then the rest of the study at 128 epochs (SWEEPS="o_end_others others", joined with leaders by summarize.sh).
 # The whole 64-epoch study (docs/results/epochs64/README.md) is SWEEPS="estimators o_end", then
 # SWEEPS="o_end_5seeds estimators_5seeds" for seeds 3 and 4 (the fourth and fifth).
 set -euo pipefail
@@ -31,9 +32,9 @@ CHANNELS_LAST=${CHANNELS_LAST:-1}
 SWEEPS=${SWEEPS:-estimators o_end o_end_5seeds estimators_5seeds}
 wants() { [[ " $SWEEPS " == *" $1 "* ]]; }
 for s in $SWEEPS; do
-  case $s in estimators|o_end|o_end_5seeds|estimators_5seeds|strongest_seeds34|leaders) ;;
-    *) echo "run_study.sh: unknown sweep '$s' in SWEEPS" \
-            "(estimators, o_end, o_end_5seeds, estimators_5seeds, strongest_seeds34, leaders)" >&2
+  case $s in estimators|o_end|o_end_5seeds|estimators_5seeds|strongest_seeds34|leaders|others|o_end_others) ;;
+    *) echo "run_study.sh: unknown sweep '$s' in SWEEPS (estimators, o_end, o_end_5seeds," \
+            "estimators_5seeds, strongest_seeds34, leaders, others, o_end_others)" >&2
        exit 2 ;;
   esac
 done
@@ -80,6 +81,14 @@ if wants strongest_seeds34; then
 fi
 if wants leaders; then
   reste sweep --grid estimator=ste,reste,approx_sign,dsq,fda --seeds 0,1,2 --out "$OUT/leaders" "${COMMON[@]}"
+fi
+# what the whole study adds to leaders: the three other estimators, and ReSTE at every o_end but its
+# default 3 (a ReSTE run of leaders); docs/results/combine.py joins them with leaders into estimators and o_end
+if wants others; then
+  reste sweep --grid estimator=sign_swish,ede,rbnn --seeds 0,1,2 --out "$OUT/others" "${COMMON[@]}"
+fi
+if wants o_end_others; then
+  reste sweep --estimator reste --grid o_end=1,1.5,2,5,10 --seeds 0,1,2 --out "$OUT/o_end_others" "${COMMON[@]}"
 fi
 for d in $SWEEPS; do
   python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
