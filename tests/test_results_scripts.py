@@ -279,3 +279,74 @@ def test_longer_pairs_each_setting_over_the_seeds_both_finished(tmp_path, capsys
     reste = next(line for line in out if "estimator=reste" in line)
     assert "+0.50" in ste and "higher in 3/3" in ste
     assert "+0.10" in reste and "+0.00, +0.20" in reste and "higher in 1/2" in reste
+
+
+def _epochs_csv(sweep, settings, seeds=(0, 1, 2), epochs=5):
+    """An epochs.csv whose test_acc of (setting i, seed, epoch) is 80 + i + 0.1 seed + epoch / 10."""
+    with open(sweep / "epochs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "seed", "epoch", "test_acc"])
+        for i, setting in enumerate(settings):
+            for s in seeds:
+                for e in range(1, epochs + 1):
+                    w.writerow([setting, s, e, 80 + i + 0.1 * s + e / 10])
+
+
+def test_combine_joins_an_o_end_axis_with_its_epochs(tmp_path):
+    """The 128-epoch study: ReSTE's runs of leaders are o_end = 3 of the o_end study (its default)."""
+    combine, o_end = _script("combine"), _script("o_end")
+    leaders = _runs_csv(tmp_path / "leaders", [(f"estimator={e}", s, 88.0 + 0.1 * s, f"r/{e}/seed{s}")
+                                               for e in ("ste", "reste") for s in range(3)])
+    _epochs_csv(leaders, ["estimator=ste", "estimator=reste"])
+    others = _runs_csv(tmp_path / "o_end_others", [(f"o_end={o}", s, 87.0 + 0.1 * s, f"r/o{o}/seed{s}")
+                                                   for o in (2, 5) for s in range(3)], axis="o_end")
+    _epochs_csv(others, ["o_end=2", "o_end=5"])
+    combine.main([str(tmp_path / "o_end"), str(others), str(leaders), "--settings", "o_end=2,o_end=3,o_end=5",
+                  "--alias", "estimator=reste", "o_end=3"])
+    rows = list(csv.DictReader(open(tmp_path / "o_end" / "runs.csv")))
+    assert [(r["setting"], r["o_end"], r["estimator"], r["seed"]) for r in rows[3:6]] == \
+        [("o_end=3", "3", "reste", str(s)) for s in range(3)]
+    assert sorted({o for _, o, _ in o_end.read_runs([str(tmp_path / "o_end")], "final_acc")}) == [2.0, 3.0, 5.0]
+    epochs = list(csv.DictReader(open(tmp_path / "o_end" / "epochs.csv")))
+    assert len(epochs) == 3 * 3 * 5
+    reste = [float(e["test_acc"]) for e in epochs if e["setting"] == "o_end=3" and e["seed"] == "2"]
+    assert reste == pytest.approx([81.2 + e / 10 for e in range(1, 6)])  # leaders' second setting, seed 2
+    assert "o_end=3" in (tmp_path / "o_end" / "results.md").read_text()
+
+
+def test_combine_writes_no_partial_curves(tmp_path, capsys):
+    combine = _script("combine")
+    leaders = _runs_csv(tmp_path / "leaders", [("estimator=reste", s, 88.0, f"r/reste/seed{s}") for s in range(3)])
+    _epochs_csv(leaders, ["estimator=reste"], seeds=(0, 1))  # seed 2 has no epochs
+    others = _runs_csv(tmp_path / "others", [("estimator=rbnn", s, 80.0, f"r/rbnn/seed{s}") for s in range(3)])
+    _epochs_csv(others, ["estimator=rbnn"])
+    combine.main([str(tmp_path / "joined"), str(leaders), str(others), "--settings", "estimator=reste,estimator=rbnn"])
+    assert "no lines in their sweep's epochs.csv (first: estimator=reste seed 2)" in capsys.readouterr().out
+    assert not (tmp_path / "joined" / "epochs.csv").exists() and (tmp_path / "joined" / "runs.csv").is_file()
+
+
+def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path):
+    """SWEEPS="others o_end_others" (the 128-epoch study): the eight estimators and the six o_end values are
+    joined from the three sweeps, with their curves, and compared against ReSTE and o_end 3."""
+    out = tmp_path / "out"
+    leaders = ("ste", "reste", "approx_sign", "dsq", "fda")
+    _epochs_csv(_runs_csv(out / "leaders", [(f"estimator={e}", s, 88.0 + 0.1 * s - 0.2 * (e != "reste"),
+                                              f"r/{e}/seed{s}") for e in leaders for s in range(3)]),
+                [f"estimator={e}" for e in leaders])
+    _epochs_csv(_runs_csv(out / "others", [(f"estimator={e}", s, 85.0 + 0.1 * s, f"r/{e}/seed{s}")
+                                           for e in ("sign_swish", "ede", "rbnn") for s in range(3)]),
+                [f"estimator={e}" for e in ("sign_swish", "ede", "rbnn")])
+    o_ends = (1, 1.5, 2, 5, 10)
+    _epochs_csv(_runs_csv(out / "o_end_others", [(f"o_end={o:g}", s, 88.0 + 0.1 * s - abs(math.log(o / 3)),
+                                                  f"r/o{o:g}/seed{s}") for o in o_ends for s in range(3)],
+                          axis="o_end"), [f"o_end={o:g}" for o in o_ends])
+    env = dict(os.environ, OUT=str(out), SWEEPS="others o_end_others")
+    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = (out / "summary.txt").read_text()
+    assert "== estimators: convergence" in text and "== o_end: convergence" in text
+    assert _png(out / "estimators" / "learning_curves.png") and _png(out / "o_end" / "learning_curves.png")
+    final = text.split("== paired differences, final_acc")[1].split("== paired differences")[0]
+    assert "vs estimator=rbnn" in final and "+3.00" in final and "vs o_end=10" in final
+    assert "an inverted U" in text

@@ -28,7 +28,8 @@ COLUMNS = ("setting", "estimator", "seed", *METRICS, "epochs", "seconds", "run_d
 
 
 def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str]) -> dict[tuple[str, int], dict]:
-    """(setting, seed) -> row, over the sweeps' runs.csv; refuses two different runs under one key."""
+    """(setting, seed) -> row, over the sweeps' runs.csv; refuses two different runs under one key. Each row
+    carries its setting's axis as a column (o_end = 3 for a ReSTE run aliased to o_end=3), as o_end.py reads it."""
     rows: dict[tuple[str, int], dict] = {}
     for sweep in sweeps:
         path = Path(sweep) / "runs.csv"
@@ -39,9 +40,12 @@ def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str]) -> di
                 setting = aliases.get(row["setting"], row["setting"])
                 if setting not in keep:
                     continue
+                axis, value = setting.split("=", 1)
                 key = (setting, int(row["seed"]))
                 new = {c: row.get(c, "") for c in COLUMNS} | {"setting": setting, "seed": key[1], "sweep": sweep,
-                                                               "estimator": setting.removeprefix("estimator=")}
+                                                               axis: value}
+                if axis != "estimator":  # an o_end sweep's runs.csv has no estimator column: it is ReSTE's
+                    new["estimator"] = row.get("estimator") or "reste"
                 old = rows.get(key)
                 if old is None:
                     rows[key] = new
@@ -53,11 +57,37 @@ def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str]) -> di
     return rows
 
 
+def read_epochs(rows: dict[tuple[str, int], dict], aliases: dict[str, str]) -> list[dict] | None:
+    """The epochs.csv lines of the joined runs, each from the sweep its runs.csv row came from, under its
+    joined setting; None unless every joined run has its epochs there (sweeps write epochs.csv since
+    2026-12-01): a joined folder has the curves of all its runs or of none."""
+    out, have = [], set()
+    for sweep in dict.fromkeys(r["sweep"] for r in rows.values()):
+        path = Path(sweep) / "epochs.csv"
+        if not path.is_file():
+            print(f"combine.py: {sweep} has no epochs.csv, so the joined folder has no learning curves")
+            return None
+        with open(path, newline="") as f:
+            for line in csv.DictReader(f):
+                setting = aliases.get(line["setting"], line["setting"])
+                key = (setting, int(line["seed"]))
+                if key in rows and rows[key]["sweep"] == sweep:
+                    out.append(line | {"setting": setting})
+                    have.add(key)
+    missing = sorted(set(rows) - have)
+    if missing:
+        print(f"combine.py: {len(missing)} joined runs have no lines in their sweep's epochs.csv (first: "
+              f"{missing[0][0]} seed {missing[0][1]}), so the joined folder has no learning curves")
+        return None
+    return out
+
+
 def aggregate(rows: dict[tuple[str, int], dict], keep: list[str]) -> list[dict]:
     out = []
     for setting in keep:
         runs = [r for (s, _), r in sorted(rows.items()) if s == setting]
-        agg: dict = {"setting": setting, "estimator": setting.removeprefix("estimator=")}
+        axis, value = setting.split("=", 1)
+        agg: dict = {"setting": setting, axis: value}
         for m in METRICS:
             agg[f"{m}_mean"], agg[f"{m}_std"] = _mean_std([float(r[m]) for r in runs if r[m] not in ("", None)])
         agg["n"] = len(runs)
@@ -80,7 +110,13 @@ def main(argv: list[str]) -> None:
         sys.exit(f"combine.py: no run of {', '.join(missing)} in {', '.join(args.sweeps)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "runs.csv", [rows[k] for k in sorted(rows, key=lambda k: (keep.index(k[0]), k[1]))])
+    ordered = [rows[k] for k in sorted(rows, key=lambda k: (keep.index(k[0]), k[1]))]
+    axes = [a for a in dict.fromkeys(s.split("=", 1)[0] for s in keep) if a not in COLUMNS]
+    write_csv(out / "runs.csv", [{c: r.get(c, "") for c in (*COLUMNS[:2], *axes, *COLUMNS[2:])} for r in ordered])
+    epochs = read_epochs(rows, dict(args.alias))
+    if epochs:
+        write_csv(out / "epochs.csv", sorted(epochs, key=lambda e: (keep.index(e["setting"]), int(e["seed"]),
+                                                                      int(e["epoch"]))))
     table = aggregate(rows, keep)
     write_csv(out / "results.csv", table)
     lines = [f"Joined from the runs.csv of {', '.join(args.sweeps)} by docs/results/combine.py; "

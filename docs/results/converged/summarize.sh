@@ -15,6 +15,10 @@
 # is where the summary is written:
 #   OUT=docs/results/epochs64 SWEEPS=strongest_seeds34 SUMMARY=docs/results/epochs64/summary_5seeds.txt \
 #   docs/results/converged/summarize.sh
+# With others or o_end_others in SWEEPS (run_study.sh's rest of the study beside leaders), estimators (leaders and
+# others: the eight estimators) and o_end (o_end_others and leaders' ReSTE as o_end 3) are joined the same way, with
+# their epochs, and summarized in their place:
+#   OUT=docs/results/epochs128 SWEEPS="others o_end_others" docs/results/converged/summarize.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-docs/results/converged}
@@ -29,6 +33,24 @@ if has strongest_seeds34; then
   python docs/results/combine.py "$OUT/estimators_5seeds" "$OUT/estimators" "$OUT/o_end_5seeds" \
       "$OUT/strongest_seeds34" --settings "estimator=reste,$STRONGEST" --alias o_end=3 estimator=reste
   JOINED=estimators_5seeds
+fi
+if has others || has o_end_others; then
+  JOIN=()
+  for d in $SWEEPS; do
+    case $d in
+      others)
+        python docs/results/combine.py "$OUT/estimators" "$OUT/leaders" "$OUT/others" --settings \
+            estimator=ste,estimator=reste,estimator=approx_sign,estimator=sign_swish,estimator=ede,estimator=rbnn,estimator=dsq,estimator=fda
+        JOIN+=(estimators) ;;
+      o_end_others)
+        python docs/results/combine.py "$OUT/o_end" "$OUT/o_end_others" "$OUT/leaders" \
+            --settings o_end=1,o_end=1.5,o_end=2,o_end=3,o_end=5,o_end=10 --alias estimator=reste o_end=3
+        JOIN+=(o_end) ;;
+      leaders) ;;  # read through the joined sweeps
+      *) JOIN+=("$d") ;;
+    esac
+  done
+  SWEEPS="${JOIN[*]}"
 fi
 {
   for d in $SWEEPS; do
