@@ -39,8 +39,9 @@ if has others || has o_end_others; then
   for d in $SWEEPS; do
     case $d in
       others)
-        python docs/results/combine.py "$OUT/estimators" "$OUT/leaders" "$OUT/others" --settings \
-            estimator=ste,estimator=reste,estimator=approx_sign,estimator=sign_swish,estimator=ede,estimator=rbnn,estimator=dsq,estimator=fda
+        EIGHT=(ste reste approx_sign sign_swish ede rbnn dsq fda)  # run_study.sh's estimators sweep, in its order
+        python docs/results/combine.py "$OUT/estimators" "$OUT/leaders" "$OUT/others" \
+            --settings "$(printf 'estimator=%s,' "${EIGHT[@]}" | sed 's/,$//')"
         JOIN+=(estimators) ;;
       o_end_others)
         python docs/results/combine.py "$OUT/o_end" "$OUT/o_end_others" "$OUT/leaders" \
