@@ -325,9 +325,11 @@ def test_combine_writes_no_partial_curves(tmp_path, capsys):
     assert not (tmp_path / "joined" / "epochs.csv").exists() and (tmp_path / "joined" / "runs.csv").is_file()
 
 
-def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path):
+@pytest.mark.parametrize("seeds34", [False, True])
+def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path, seeds34):
     """SWEEPS="others o_end_others" (the 128-epoch study): the eight estimators and the six o_end values are
-    joined from the three sweeps, with their curves, and compared against ReSTE and o_end 3."""
+    joined from the three sweeps, with their curves, and compared against ReSTE and o_end 3. With o_end_seeds34
+    and strongest_seeds34 too, o_end_5seeds and estimators_5seeds are joined from them and the first joins."""
     out = tmp_path / "out"
     leaders = ("ste", "reste", "approx_sign", "dsq", "fda")
     _epochs_csv(_runs_csv(out / "leaders", [(f"estimator={e}", s, 88.0 + 0.1 * s - 0.2 * (e != "reste"),
@@ -340,7 +342,16 @@ def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path):
     _epochs_csv(_runs_csv(out / "o_end_others", [(f"o_end={o:g}", s, 88.0 + 0.1 * s - abs(math.log(o / 3)),
                                                   f"r/o{o:g}/seed{s}") for o in o_ends for s in range(3)],
                           axis="o_end"), [f"o_end={o:g}" for o in o_ends])
-    env = dict(os.environ, OUT=str(out), SWEEPS="others o_end_others")
+    sweeps = "others o_end_others"
+    if seeds34:  # o_end 3 at seeds 3 and 4 is 0.3 above o_end 2 and 5; the strongest two 0.2 below it
+        _epochs_csv(_runs_csv(out / "o_end_seeds34", [(f"o_end={o}", s, 88.0 + 0.1 * s - 0.3 * (o != 3),
+                                                       f"r/o{o}/seed{s}") for o in (2, 3, 5) for s in (3, 4)],
+                              axis="o_end"), ["o_end=2", "o_end=3", "o_end=5"], seeds=(3, 4))
+        _epochs_csv(_runs_csv(out / "strongest_seeds34", [(f"estimator={e}", s, 87.8 + 0.1 * s, f"r/{e}/seed{s}")
+                                                          for e in ("ste", "fda") for s in (3, 4)]),
+                    ["estimator=ste", "estimator=fda"], seeds=(3, 4))
+        sweeps += " o_end_seeds34 strongest_seeds34"
+    env = dict(os.environ, OUT=str(out), SWEEPS=sweeps)
     done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -350,3 +361,24 @@ def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path):
     final = text.split("== paired differences, final_acc")[1].split("== paired differences")[0]
     assert "vs estimator=rbnn" in final and "+3.00" in final and "vs o_end=10" in final
     assert "an inverted U" in text
+    if seeds34:
+        assert _png(out / "o_end_5seeds" / "learning_curves.png")
+        runs = list(csv.DictReader(open(out / "estimators_5seeds" / "runs.csv")))
+        assert [(r["setting"], r["seed"]) for r in runs] == [(f"estimator={e}", str(s)) for e in ("reste", "ste", "fda")
+                                                             for s in range(5)]
+        assert "ahead in 5/5" in final  # ReSTE over STE and FDA, seeds 0-4
+        assert len(list(csv.DictReader(open(out / "o_end_5seeds" / "runs.csv")))) == 15
+
+
+@pytest.mark.parametrize("sweep, grid", [
+    ("o_end_seeds34", "--estimator reste --grid o_end=2,3,5 --seeds 3,4 "),
+    ("others", "--grid estimator=sign_swish,ede,rbnn --seeds 0,1,2 "),
+    ("o_end_others", "--estimator reste --grid o_end=1,1.5,2,5,10 --seeds 0,1,2 ")])
+def test_run_study_runs_the_parts_that_join_with_leaders(tmp_path, sweep, grid):
+    env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
+               RUNS=str(tmp_path / "runs"), EPOCHS="128", SWEEPS=sweep)
+    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "run_study.sh")], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    calls = [c for c in (tmp_path / "calls.log").read_text().splitlines() if c.startswith("reste sweep")]
+    assert len(calls) == 1 and grid in calls[0] and f"--out {tmp_path}/out/{sweep} " in calls[0]

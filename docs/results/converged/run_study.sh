@@ -15,7 +15,9 @@
 #   OUT=docs/results/epochs64 RUNS=runs/study-adam64 EPOCHS=64 SWEEPS=leaders docs/results/converged/run_study.sh
 # and at 128 epochs (docs/results/epochs128/README.md):
 #   OUT=docs/results/epochs128 RUNS=runs/study-adam128 EPOCHS=128 SWEEPS=leaders docs/results/converged/run_study.sh
-# then the rest of the study at 128 epochs (SWEEPS="o_end_others others", joined with leaders by summarize.sh).
+# then the rest of the study at 128 epochs (SWEEPS="o_end_others others", joined with leaders by summarize.sh),
+# and its fourth and fifth seeds (SWEEPS="o_end_seeds34 strongest_seeds34", after summarize.sh has joined
+# estimators, whose results.csv names the three strongest).
 # The whole 64-epoch study (docs/results/epochs64/README.md) is SWEEPS="estimators o_end", then
 # SWEEPS="o_end_5seeds estimators_5seeds" for seeds 3 and 4 (the fourth and fifth).
 set -euo pipefail
@@ -33,8 +35,9 @@ SWEEPS=${SWEEPS:-estimators o_end o_end_5seeds estimators_5seeds}
 wants() { [[ " $SWEEPS " == *" $1 "* ]]; }
 for s in $SWEEPS; do
   case $s in estimators|o_end|o_end_5seeds|estimators_5seeds|strongest_seeds34|leaders|others|o_end_others) ;;
+    o_end_seeds34) ;;
     *) echo "run_study.sh: unknown sweep '$s' in SWEEPS (estimators, o_end, o_end_5seeds," \
-            "estimators_5seeds, strongest_seeds34, leaders, others, o_end_others)" >&2
+            "estimators_5seeds, strongest_seeds34, leaders, others, o_end_others, o_end_seeds34)" >&2
        exit 2 ;;
   esac
 done
@@ -53,6 +56,11 @@ fi
 # o_end = 1 keeps the cosine schedule: o stays 1 all run long (ReSTE warns that it never moves)
 if wants o_end; then
   reste sweep --estimator reste --grid o_end=1,1.5,2,3,5,10 --seeds 0,1,2 --out "$OUT/o_end" "${COMMON[@]}"
+fi
+# seeds 3 and 4 of o_end 2, 3 and 5 alone: what o_end_5seeds adds to the o_end sweep, for when its run
+# folders are gone (summarize.sh then joins o_end_5seeds from the two sweeps' runs.csv)
+if wants o_end_seeds34; then
+  reste sweep --estimator reste --grid o_end=2,3,5 --seeds 3,4 --out "$OUT/o_end_seeds34" "${COMMON[@]}"
 fi
 if wants o_end_5seeds; then
   reste sweep --estimator reste --grid o_end=2,3,5 --seeds 0,1,2,3,4 --out "$OUT/o_end_5seeds" "${COMMON[@]}"

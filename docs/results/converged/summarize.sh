@@ -19,21 +19,16 @@
 # others: the eight estimators) and o_end (o_end_others and leaders' ReSTE as o_end 3) are joined the same way, with
 # their epochs, and summarized in their place:
 #   OUT=docs/results/epochs128 SWEEPS="others o_end_others" docs/results/converged/summarize.sh
+# and o_end_seeds34 (ReSTE at o_end 2, 3 and 5, seeds 3 and 4) joins o_end_5seeds from o_end and it, before
+# strongest_seeds34 joins estimators_5seeds (the order the joins run in, whatever SWEEPS's order):
+#   OUT=docs/results/epochs128 SWEEPS="others o_end_others o_end_seeds34 strongest_seeds34" \
+#   docs/results/converged/summarize.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-docs/results/converged}
 SWEEPS=${SWEEPS:-estimators estimators_5seeds o_end o_end_5seeds}  # as run_study.sh's (leaders: the leading group)
 SUMMARY=${SUMMARY:-$OUT/summary.txt}
 has() { [[ " $SWEEPS " == *" $1 "* ]]; }
-JOINED=""  # estimators_5seeds when it is joined below: compared pairwise, but it has no curves of its own
-if has strongest_seeds34; then
-  # the settings strongest_seeds34 ran, in its order (its grid: the strongest first)
-  STRONGEST=$(python -c 'import csv, sys; print(",".join(dict.fromkeys(r["setting"]
-    for r in csv.DictReader(open(sys.argv[1])))))' "$OUT/strongest_seeds34/runs.csv")
-  python docs/results/combine.py "$OUT/estimators_5seeds" "$OUT/estimators" "$OUT/o_end_5seeds" \
-      "$OUT/strongest_seeds34" --settings "estimator=reste,$STRONGEST" --alias o_end=3 estimator=reste
-  JOINED=estimators_5seeds
-fi
 if has others || has o_end_others; then
   JOIN=()
   for d in $SWEEPS; do
@@ -52,6 +47,19 @@ if has others || has o_end_others; then
     esac
   done
   SWEEPS="${JOIN[*]}"
+fi
+if has o_end_seeds34; then  # o_end 2, 3 and 5 at seeds 3 and 4 alone: o_end_5seeds is o_end and them
+  python docs/results/combine.py "$OUT/o_end_5seeds" "$OUT/o_end" "$OUT/o_end_seeds34" --settings o_end=2,o_end=3,o_end=5
+  SWEEPS="${SWEEPS/o_end_seeds34/o_end_5seeds}"
+fi
+JOINED=""  # estimators_5seeds when it is joined below: compared pairwise, but it has no curves of its own
+if has strongest_seeds34; then
+  # the settings strongest_seeds34 ran, in its order (its grid: the strongest first)
+  STRONGEST=$(python -c 'import csv, sys; print(",".join(dict.fromkeys(r["setting"]
+    for r in csv.DictReader(open(sys.argv[1])))))' "$OUT/strongest_seeds34/runs.csv")
+  python docs/results/combine.py "$OUT/estimators_5seeds" "$OUT/estimators" "$OUT/o_end_5seeds" \
+      "$OUT/strongest_seeds34" --settings "estimator=reste,$STRONGEST" --alias o_end=3 estimator=reste
+  JOINED=estimators_5seeds
 fi
 {
   for d in $SWEEPS; do
