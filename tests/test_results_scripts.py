@@ -382,3 +382,17 @@ def test_run_study_runs_the_parts_that_join_with_leaders(tmp_path, sweep, grid):
     assert done.returncode == 0, done.stderr
     calls = [c for c in (tmp_path / "calls.log").read_text().splitlines() if c.startswith("reste sweep")]
     assert len(calls) == 1 and grid in calls[0] and f"--out {tmp_path}/out/{sweep} " in calls[0]
+
+
+def test_summarize_keeps_leaders_when_only_o_end_is_joined(tmp_path):
+    env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
+               SWEEPS="leaders o_end_others")
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    joins = [c for c in calls if "combine.py" in c]
+    assert len(joins) == 1 and f"combine.py {tmp_path}/out/o_end {tmp_path}/out/o_end_others" in joins[0]
+    assert [c.split()[2].rsplit("/", 1)[1] for c in calls if "curves.py" in c] == ["leaders", "o_end"]
+    assert [c.split()[2].rsplit("/", 1)[1] for c in calls if "paired.py" in c] == ["leaders", "o_end"] * 2

@@ -42,7 +42,7 @@ if has others || has o_end_others; then
         python docs/results/combine.py "$OUT/o_end" "$OUT/o_end_others" "$OUT/leaders" \
             --settings o_end=1,o_end=1.5,o_end=2,o_end=3,o_end=5,o_end=10 --alias estimator=reste o_end=3
         JOIN+=(o_end) ;;
-      leaders) ;;  # read through the joined sweeps
+      leaders) if ! has others; then JOIN+=(leaders); fi ;;  # with others: read through estimators
       *) JOIN+=("$d") ;;
     esac
   done
