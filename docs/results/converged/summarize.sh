@@ -49,7 +49,8 @@ if has others || has o_end_others; then
   SWEEPS="${JOIN[*]}"
 fi
 if has o_end_seeds34; then  # o_end 2, 3 and 5 at seeds 3 and 4 alone: o_end_5seeds is o_end and them
-  python docs/results/combine.py "$OUT/o_end_5seeds" "$OUT/o_end" "$OUT/o_end_seeds34" --settings o_end=2,o_end=3,o_end=5
+  python docs/results/combine.py "$OUT/o_end_5seeds" "$OUT/o_end" "$OUT/o_end_seeds34" \
+      --settings o_end=2,o_end=3,o_end=5
   SWEEPS="${SWEEPS/o_end_seeds34/o_end_5seeds}"
 fi
 JOINED=""  # estimators_5seeds when it is joined below: compared pairwise, but it has no curves of its own
