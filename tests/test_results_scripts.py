@@ -89,6 +89,12 @@ def test_indicator_steps_follow_each_seed(tmp_path):
         assert sorted(ratios) == [0.5, 0.5, 2.0]
 
 
+def _study_script(name, env, cwd=None):
+    """Run docs/results/converged/NAME with env; the finished process."""
+    return subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / name)], env=env,
+                          capture_output=True, text=True, cwd=cwd)
+
+
 def _fake_tools(tmp_path):
     """A PATH whose reste and python only append their arguments to calls.log (one line a call)."""
     bin_dir = tmp_path / "bin"
@@ -104,8 +110,7 @@ def test_study_scripts_run_only_the_sweeps_asked_for(tmp_path, script):
     env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
                RUNS=str(tmp_path / "runs"), EPOCHS="64", SWEEPS="leaders")
     (tmp_path / "out" / "leaders").mkdir(parents=True)  # (summarize.sh reads a study that ran)
-    path = ROOT / "docs" / "results" / "converged" / script
-    done = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True)
+    done = _study_script(script, env)
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
     sweeps = [c for c in calls if c.startswith("reste sweep")]
@@ -125,8 +130,7 @@ def test_summarize_fits_o_end_over_the_o_end_sweeps_that_ran(tmp_path):
     env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
                SWEEPS="estimators o_end")
     (tmp_path / "out").mkdir()
-    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
-                          capture_output=True, text=True)
+    done = _study_script("summarize.sh", env)
     assert done.returncode == 0, done.stderr
     fits = [c for c in (tmp_path / "calls.log").read_text().splitlines() if "o_end.py" in c]
     assert fits == [f"python docs/results/o_end.py {tmp_path}/out/o_end --metric final_acc",
@@ -135,8 +139,7 @@ def test_summarize_fits_o_end_over_the_o_end_sweeps_that_ran(tmp_path):
 
 def test_run_study_refuses_an_unknown_sweep(tmp_path):
     env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", SWEEPS="leaders estimator")
-    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "run_study.sh")], env=env,
-                          capture_output=True, text=True)
+    done = _study_script("run_study.sh", env)
     assert done.returncode == 2 and "unknown sweep 'estimator'" in done.stderr
     assert not (tmp_path / "calls.log").exists()
 
@@ -210,8 +213,7 @@ def test_summarize_compares_the_joined_five_seeds(tmp_path):
     _five_seed_study(tmp_path / "out")
     summary = tmp_path / "summary.txt"
     env = dict(os.environ, OUT=str(tmp_path / "out"), SWEEPS="strongest_seeds34", SUMMARY=str(summary))
-    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = _study_script("summarize.sh", env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     text = summary.read_text()
     assert "none of the run folders" in text and not (tmp_path / "out" / "strongest_seeds34" / "learning_curves.png"
@@ -235,8 +237,7 @@ def test_run_study_runs_seeds_3_and_4_of_the_strongest_alone(tmp_path):
     (bin_dir / "python").unlink()  # the real python ranks the estimators; reste only logs
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out), RUNS=str(tmp_path / "runs"),
                EPOCHS="64", SWEEPS="strongest_seeds34")
-    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "run_study.sh")], env=env,
-                          capture_output=True, text=True)
+    done = _study_script("run_study.sh", env)
     # (curves.py then finds no runs.csv in the sweep the fake reste did not write)
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 1 and "--grid estimator=approx_sign,dsq,fda --seeds 3,4 " in calls[0], done.stderr
@@ -352,8 +353,7 @@ def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path, seeds34):
                     ["estimator=ste", "estimator=fda"], seeds=(3, 4))
         sweeps += " o_end_seeds34 strongest_seeds34"
     env = dict(os.environ, OUT=str(out), SWEEPS=sweeps)
-    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = _study_script("summarize.sh", env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     text = (out / "summary.txt").read_text()
     assert "== estimators: convergence" in text and "== o_end: convergence" in text
@@ -377,8 +377,7 @@ def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path, seeds34):
 def test_run_study_runs_the_parts_that_join_with_leaders(tmp_path, sweep, grid):
     env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
                RUNS=str(tmp_path / "runs"), EPOCHS="128", SWEEPS=sweep)
-    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "run_study.sh")], env=env,
-                          capture_output=True, text=True)
+    done = _study_script("run_study.sh", env)
     assert done.returncode == 0, done.stderr
     calls = [c for c in (tmp_path / "calls.log").read_text().splitlines() if c.startswith("reste sweep")]
     assert len(calls) == 1 and grid in calls[0] and f"--out {tmp_path}/out/{sweep} " in calls[0]
@@ -388,8 +387,7 @@ def test_summarize_keeps_leaders_when_only_o_end_is_joined(tmp_path):
     env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
                SWEEPS="leaders o_end_others")
     (tmp_path / "out").mkdir()
-    done = subprocess.run(["bash", str(ROOT / "docs" / "results" / "converged" / "summarize.sh")], env=env,
-                          capture_output=True, text=True)
+    done = _study_script("summarize.sh", env)
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
     joins = [c for c in calls if "combine.py" in c]
