@@ -313,6 +313,7 @@ def test_combine_joins_an_o_end_axis_with_its_epochs(tmp_path):
     reste = [float(e["test_acc"]) for e in epochs if e["setting"] == "o_end=3" and e["seed"] == "2"]
     assert reste == pytest.approx([81.2 + e / 10 for e in range(1, 6)])  # leaders' second setting, seed 2
     assert "o_end=3" in (tmp_path / "o_end" / "results.md").read_text()
+    assert _png(tmp_path / "o_end" / "accuracy_vs_o_end.png") and _png(tmp_path / "o_end" / "error_vs_stability.png")
 
 
 def test_combine_writes_no_partial_curves(tmp_path, capsys):

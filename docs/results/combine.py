@@ -22,6 +22,7 @@ import csv
 import sys
 from pathlib import Path
 
+from reste.experiments.plots import error_vs_stability_figure, o_end_figure  # and its figures
 from reste.experiments.report import METRICS, _mean_std, _pm, write_csv  # as `reste sweep` writes its tables
 
 COLUMNS = ("setting", "estimator", "seed", *METRICS, "epochs", "seconds", "run_dir", "sweep")
@@ -96,6 +97,16 @@ def aggregate(rows: dict[tuple[str, int], dict], keep: list[str]) -> list[dict]:
     return out
 
 
+def figures(out: Path, table: list[dict], axes: list[str]) -> None:
+    """The figures `reste sweep` draws from its per-setting table: error against stability and, on an o_end
+    axis, accuracy and the indicators against o_end (its per-epoch figures need the run folders)."""
+    have_ind = all(r["estimating_error_mean"] is not None for r in table)
+    if have_ind:
+        error_vs_stability_figure(out, table)
+    if "o_end" in axes:
+        o_end_figure(out, {"grid": {"o_end": []}}, table, "o_end", indicators=have_ind)
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out")
@@ -119,6 +130,7 @@ def main(argv: list[str]) -> None:
                                                                       int(e["epoch"]))))
     table = aggregate(rows, keep)
     write_csv(out / "results.csv", table)
+    figures(out, table, axes)
     lines = [f"Joined from the runs.csv of {', '.join(args.sweeps)} by docs/results/combine.py; "
              "mean ± sample std over seeds; indicators: mean over epochs.", "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n | seeds |",
