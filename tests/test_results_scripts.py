@@ -125,14 +125,19 @@ def test_study_scripts_run_only_the_sweeps_asked_for(tmp_path, script):
         f"python docs/results/curves.py {tmp_path}/out/leaders --out {tmp_path}/out/leaders/learning_curves.png"]
 
 
-def test_summarize_fits_o_end_over_the_o_end_sweeps_that_ran(tmp_path):
-    """The 64-epoch study ran o_end without o_end_5seeds: the fit takes the one sweep there is."""
+def _summarize_with_fake_tools(tmp_path, sweeps):
+    """summarize.sh on SWEEPS with the fake reste and python: the calls it made, one line each."""
     env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
-               SWEEPS="estimators o_end")
+               SWEEPS=sweeps)
     (tmp_path / "out").mkdir()
     done = _study_script("summarize.sh", env)
     assert done.returncode == 0, done.stderr
-    fits = [c for c in (tmp_path / "calls.log").read_text().splitlines() if "o_end.py" in c]
+    return (tmp_path / "calls.log").read_text().splitlines()
+
+
+def test_summarize_fits_o_end_over_the_o_end_sweeps_that_ran(tmp_path):
+    """The 64-epoch study ran o_end without o_end_5seeds: the fit takes the one sweep there is."""
+    fits = [c for c in _summarize_with_fake_tools(tmp_path, "estimators o_end") if "o_end.py" in c]
     assert fits == [f"python docs/results/o_end.py {tmp_path}/out/o_end --metric final_acc",
                     f"python docs/results/o_end.py {tmp_path}/out/o_end --metric best_acc --no-indicators"]
 
@@ -385,12 +390,7 @@ def test_run_study_runs_the_parts_that_join_with_leaders(tmp_path, sweep, grid):
 
 
 def test_summarize_keeps_leaders_when_only_o_end_is_joined(tmp_path):
-    env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
-               SWEEPS="leaders o_end_others")
-    (tmp_path / "out").mkdir()
-    done = _study_script("summarize.sh", env)
-    assert done.returncode == 0, done.stderr
-    calls = (tmp_path / "calls.log").read_text().splitlines()
+    calls = _summarize_with_fake_tools(tmp_path, "leaders o_end_others")
     joins = [c for c in calls if "combine.py" in c]
     assert len(joins) == 1 and f"combine.py {tmp_path}/out/o_end {tmp_path}/out/o_end_others" in joins[0]
     assert [c.split()[2].rsplit("/", 1)[1] for c in calls if "curves.py" in c] == ["leaders", "o_end"]

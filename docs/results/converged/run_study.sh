@@ -22,6 +22,7 @@
 # SWEEPS="o_end_5seeds estimators_5seeds" for seeds 3 and 4 (the fourth and fifth).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+source docs/results/converged/grids.sh
 OUT=${OUT:-docs/results/converged}
 RUNS=${RUNS:-runs/study-adam32}   # checkpoints and logs (git-ignored)
 JOBS=${JOBS:-2}
@@ -50,20 +51,20 @@ if [[ $OPTIMIZER == sgd ]]; then COMMON+=(--momentum 0.9); fi
 if [[ $CHANNELS_LAST == 1 ]]; then COMMON+=(--channels-last); fi
 
 if wants estimators; then
-  reste sweep --grid estimator=ste,reste,approx_sign,sign_swish,ede,rbnn,dsq,fda --seeds 0,1,2 \
+  reste sweep --grid "estimator=$ESTIMATORS" --seeds 0,1,2 \
       --out "$OUT/estimators" "${COMMON[@]}"
 fi
 # o_end = 1 keeps the cosine schedule: o stays 1 all run long (ReSTE warns that it never moves)
 if wants o_end; then
-  reste sweep --estimator reste --grid o_end=1,1.5,2,3,5,10 --seeds 0,1,2 --out "$OUT/o_end" "${COMMON[@]}"
+  reste sweep --estimator reste --grid "o_end=$O_ENDS" --seeds 0,1,2 --out "$OUT/o_end" "${COMMON[@]}"
 fi
 # seeds 3 and 4 of o_end 2, 3 and 5 alone: what o_end_5seeds adds to the o_end sweep, for when its run
 # folders are gone (summarize.sh then joins o_end_5seeds from the two sweeps' runs.csv)
 if wants o_end_seeds34; then
-  reste sweep --estimator reste --grid o_end=2,3,5 --seeds 3,4 --out "$OUT/o_end_seeds34" "${COMMON[@]}"
+  reste sweep --estimator reste --grid "o_end=$O_ENDS_5SEEDS" --seeds 3,4 --out "$OUT/o_end_seeds34" "${COMMON[@]}"
 fi
 if wants o_end_5seeds; then
-  reste sweep --estimator reste --grid o_end=2,3,5 --seeds 0,1,2,3,4 --out "$OUT/o_end_5seeds" "${COMMON[@]}"
+  reste sweep --estimator reste --grid "o_end=$O_ENDS_5SEEDS" --seeds 0,1,2,3,4 --out "$OUT/o_end_5seeds" "${COMMON[@]}"
 fi
 strongest() {  # the three other estimators with the highest mean final accuracy in the estimators sweep
   python - "$OUT/estimators/results.csv" <<'PY'
@@ -88,15 +89,15 @@ if wants strongest_seeds34; then
   reste sweep --grid "estimator=$STRONGEST" --seeds 3,4 --out "$OUT/strongest_seeds34" "${COMMON[@]}"
 fi
 if wants leaders; then
-  reste sweep --grid estimator=ste,reste,approx_sign,dsq,fda --seeds 0,1,2 --out "$OUT/leaders" "${COMMON[@]}"
+  reste sweep --grid "estimator=$LEADERS" --seeds 0,1,2 --out "$OUT/leaders" "${COMMON[@]}"
 fi
 # what the whole study adds to leaders: the three other estimators, and ReSTE at every o_end but its
 # default 3 (a ReSTE run of leaders); docs/results/combine.py joins them with leaders into estimators and o_end
 if wants others; then
-  reste sweep --grid estimator=sign_swish,ede,rbnn --seeds 0,1,2 --out "$OUT/others" "${COMMON[@]}"
+  reste sweep --grid "estimator=$OTHERS" --seeds 0,1,2 --out "$OUT/others" "${COMMON[@]}"
 fi
 if wants o_end_others; then
-  reste sweep --estimator reste --grid o_end=1,1.5,2,5,10 --seeds 0,1,2 --out "$OUT/o_end_others" "${COMMON[@]}"
+  reste sweep --estimator reste --grid "o_end=$O_ENDS_OTHERS" --seeds 0,1,2 --out "$OUT/o_end_others" "${COMMON[@]}"
 fi
 for d in $SWEEPS; do
   python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"

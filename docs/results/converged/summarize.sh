@@ -25,6 +25,7 @@
 #   docs/results/converged/summarize.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+source docs/results/converged/grids.sh
 OUT=${OUT:-docs/results/converged}
 SWEEPS=${SWEEPS:-estimators estimators_5seeds o_end o_end_5seeds}  # as run_study.sh's (leaders: the leading group)
 SUMMARY=${SUMMARY:-$OUT/summary.txt}
@@ -34,13 +35,12 @@ if has others || has o_end_others; then
   for d in $SWEEPS; do
     case $d in
       others)
-        EIGHT=(ste reste approx_sign sign_swish ede rbnn dsq fda)  # run_study.sh's estimators sweep, in its order
         python docs/results/combine.py "$OUT/estimators" "$OUT/leaders" "$OUT/others" \
-            --settings "$(printf 'estimator=%s,' "${EIGHT[@]}" | sed 's/,$//')"
+            --settings "$(labels estimator "$ESTIMATORS")"
         JOIN+=(estimators) ;;
       o_end_others)
         python docs/results/combine.py "$OUT/o_end" "$OUT/o_end_others" "$OUT/leaders" \
-            --settings o_end=1,o_end=1.5,o_end=2,o_end=3,o_end=5,o_end=10 --alias estimator=reste o_end=3
+            --settings "$(labels o_end "$O_ENDS")" --alias estimator=reste o_end=3
         JOIN+=(o_end) ;;
       leaders) if ! has others; then JOIN+=(leaders); fi ;;  # with others: read through estimators
       *) JOIN+=("$d") ;;
@@ -50,7 +50,7 @@ if has others || has o_end_others; then
 fi
 if has o_end_seeds34; then  # o_end 2, 3 and 5 at seeds 3 and 4 alone: o_end_5seeds is o_end and them
   python docs/results/combine.py "$OUT/o_end_5seeds" "$OUT/o_end" "$OUT/o_end_seeds34" \
-      --settings o_end=2,o_end=3,o_end=5
+      --settings "$(labels o_end "$O_ENDS_5SEEDS")"
   SWEEPS="${SWEEPS/o_end_seeds34/o_end_5seeds}"
 fi
 JOINED=""  # estimators_5seeds when it is joined below: compared pairwise, but it has no curves of its own
