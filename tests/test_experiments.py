@@ -305,3 +305,28 @@ def test_a_stop_signal_stops_the_sweep(tmp_path, monkeypatch):
     with pytest.raises(engine.Preempted):
         _pending_runs(tmp_path, [0, 1, 2])(jobs=1)
     assert len(calls) == 1  # the next runs did not start
+
+
+def test_the_tables_hold_every_run_finished_so_far_while_the_sweep_runs(tmp_path, monkeypatch):
+    """A sweep stopped after its first run still leaves that run's row (figures come only at the end)."""
+    from reste import engine
+
+    real_train = engine.train
+    seen = []
+
+    def train(config, run_dir, **kw):
+        runs = tmp_path / "s" / "runs.csv"
+        seen.append([r["seed"] for r in _read_csv(runs)] if runs.is_file() else None)
+        if len(seen) == 3:
+            raise engine.Preempted("stopped by SIGTERM at epoch 1", 15)
+        return real_train(config, run_dir, **kw)
+
+    monkeypatch.setattr(engine, "train", train)
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, threads=1)
+    from reste.experiments.sweep import run_sweep
+
+    with pytest.raises(engine.Preempted):
+        run_sweep(base, {"estimator": ["ste"]}, [0, 1, 2], tmp_path / "s", log=lambda _m: None)
+    assert seen == [None, ["0"], ["0", "1"]]
+    assert [r["seed"] for r in _read_csv(tmp_path / "s" / "epochs.csv")] == ["0", "1"]
+    assert not list((tmp_path / "s").glob("*.png"))

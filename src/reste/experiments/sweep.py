@@ -365,7 +365,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     many runs at a time in worker processes, each with ``threads`` torch threads
     (default ``cores // jobs``; with one job, default: torch's own setting).
     Each run logs to its ``train.log``; one line per run goes to ``log``. With
-    ``report`` the tables and figures are written to ``out_dir`` (see ``summarize``).
+    ``report`` the tables are written to ``out_dir`` after every finished run, and the
+    figures at the end (see ``summarize``).
     A run that fails or diverges is reported and left out of the table.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -405,6 +406,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     failed = 0
     count = 0
     trained = 0
+    table_error = False
     start = time.monotonic()
 
     def report_one(s: Setting, seed: int, outcome: dict[str, Any]) -> None:
@@ -416,6 +418,19 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             trained += 1
             line += f"  [{time_left(time.monotonic() - start, trained, total - count)}]"
         log(line)
+        if report and outcome["status"] == "done" and count < total:
+            tables_so_far()
+
+    def tables_so_far() -> None:
+        """The tables of the runs finished so far (figures come at the end): a sweep stopped early still
+        leaves them, and a long one can be read while it runs."""
+        nonlocal table_error
+        try:
+            summarize(out, plots=False)
+        except OSError as err:
+            if not table_error:
+                log(f"sweep: cannot write the tables so far to {out} ({err.strerror}); they are written at the end")
+            table_error = True
 
     pending = []
     for s, seed, job in todo:
