@@ -330,3 +330,23 @@ def test_the_tables_hold_every_run_finished_so_far_while_the_sweep_runs(tmp_path
     assert seen == [None, ["0"], ["0", "1"]]
     assert [r["seed"] for r in _read_csv(tmp_path / "s" / "epochs.csv")] == ["0", "1"]
     assert not list((tmp_path / "s").glob("*.png"))
+
+
+def test_a_table_that_cannot_be_written_mid_sweep_does_not_stop_the_runs(tmp_path, monkeypatch):
+    from reste.experiments import sweep as sw
+
+    done = {"status": "done", "result": {"best_acc": 1.0, "final_acc": 1.0}, "seconds": 0}
+    monkeypatch.setattr(sw, "_execute", lambda job: done)
+    calls = []
+
+    def broken(out, plots=True, log=None):
+        calls.append(plots)
+        raise UsageError(f"{out}/sweep.json is damaged")
+
+    monkeypatch.setattr(sw, "summarize", broken)
+    lines = []
+    base = TrainConfig(dataset="digits", epochs=1)
+    with pytest.raises(UsageError):  # at the end the error is the sweep's answer
+        sw.run_sweep(base, {"estimator": ["ste"]}, [0, 1, 2], tmp_path / "s", log=lines.append)
+    assert calls == [False, False, True]  # all three runs went on
+    assert sum("cannot write the tables so far" in line for line in lines) == 1

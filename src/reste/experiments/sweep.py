@@ -427,9 +427,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         nonlocal table_error
         try:
             summarize(out, plots=False)
-        except OSError as err:
+        except (OSError, UsageError) as err:  # the runs go on; the end says it again, or writes them
             if not table_error:
-                log(f"sweep: cannot write the tables so far to {out} ({err.strerror}); they are written at the end")
+                why = err.strerror if isinstance(err, OSError) else str(err)
+                log(f"sweep: cannot write the tables so far to {out} ({why}); the sweep goes on")
             table_error = True
 
     pending = []
