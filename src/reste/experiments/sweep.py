@@ -429,8 +429,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             summarize(out, plots=False)
         except (OSError, UsageError) as err:  # the runs go on; the end says it again, or writes them
             if not table_error:
-                why = err.strerror if isinstance(err, OSError) else str(err)
-                log(f"sweep: cannot write the tables so far to {out} ({why}); the sweep goes on")
+                log(f"sweep: cannot write the tables so far to {out} ({getattr(err, 'strerror', None) or err}); "
+                    "the sweep goes on")
             table_error = True
 
     pending = []
