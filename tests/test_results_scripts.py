@@ -227,6 +227,7 @@ def test_summarize_compares_the_joined_five_seeds(tmp_path):
     assert "vs estimator=dsq" in final and "+0.50" in final and "ahead in 5/5" in final
     assert "vs estimator=fda" in final and "+1.00" in final
     assert "estimator=ste" not in final  # joined folder: ReSTE and the strongest only
+    assert "== estimators_5seeds: convergence" not in text  # the 64-epoch sweeps kept no epochs.csv
 
 
 def test_run_study_runs_seeds_3_and_4_of_the_strongest_alone(tmp_path):
@@ -369,6 +370,10 @@ def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path, seeds34):
     assert "an inverted U" in text
     if seeds34:
         assert _png(out / "o_end_5seeds" / "learning_curves.png")
+        assert _png(out / "estimators_5seeds" / "learning_curves.png")  # joined with its epochs: the 5-seed test
+        five = text.split("== estimators_5seeds: convergence")[1].split("==")[0]
+        assert [line.split()[0] for line in five.splitlines() if "epochs" in line] == [
+            "estimator=reste", "estimator=ste", "estimator=fda"]
         runs = list(csv.DictReader(open(out / "estimators_5seeds" / "runs.csv")))
         assert [(r["setting"], r["seed"]) for r in runs] == [(f"estimator={e}", str(s)) for e in ("reste", "ste", "fda")
                                                              for s in range(5)]

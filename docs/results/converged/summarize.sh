@@ -53,7 +53,8 @@ if has o_end_seeds34; then  # o_end 2, 3 and 5 at seeds 3 and 4 alone: o_end_5se
       --settings "$(labels o_end "$O_ENDS_5SEEDS")"
   SWEEPS="${SWEEPS/o_end_seeds34/o_end_5seeds}"
 fi
-JOINED=""  # estimators_5seeds when it is joined below: compared pairwise, but it has no curves of its own
+JOINED=""  # estimators_5seeds when it is joined below: compared pairwise, and its curves drawn when the
+           # sweeps it joins had their epochs (epochs.csv; written by sweeps since 2026-12-01)
 if has strongest_seeds34; then
   # the settings strongest_seeds34 ran, in its order (its grid: the strongest first)
   STRONGEST=$(python -c 'import csv, sys; print(",".join(dict.fromkeys(r["setting"]
@@ -67,6 +68,10 @@ fi
     echo "== $d: convergence"
     python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
   done
+  if [[ -n $JOINED && -f $OUT/$JOINED/epochs.csv ]]; then
+    echo "== $JOINED: convergence"
+    python docs/results/curves.py "$OUT/$JOINED" --out "$OUT/$JOINED/learning_curves.png"
+  fi
   for metric in final_acc best_acc; do
     echo "== paired differences, $metric"
     for d in estimators estimators_5seeds leaders; do
