@@ -142,6 +142,29 @@ def test_summarize_fits_o_end_over_the_o_end_sweeps_that_ran(tmp_path):
                     f"python docs/results/o_end.py {tmp_path}/out/o_end --metric best_acc --no-indicators"]
 
 
+def test_run_study_trains_the_rising_settings_longer_with_the_seeds_asked_for(tmp_path):
+    """rising and o_end_rising: the settings still rising at 128 epochs; SEEDS and the two lists can be narrowed."""
+    tools = _fake_tools(tmp_path)
+
+    def sweeps(**extra):
+        env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
+                   RUNS=str(tmp_path / "runs"), EPOCHS="256", SWEEPS="rising o_end_rising", **extra)
+        (tmp_path / "calls.log").unlink(missing_ok=True)
+        done = _study_script("run_study.sh", env)
+        assert done.returncode == 0, done.stderr
+        return [c for c in (tmp_path / "calls.log").read_text().splitlines() if c.startswith("reste sweep")]
+
+    default = sweeps()
+    assert len(default) == 2 and all("--epochs 256 " in c for c in default)
+    assert "--grid estimator=sign_swish,ede,ste,dsq,approx_sign --seeds 0,1,2 " in default[0]
+    assert f"--out {tmp_path}/out/rising " in default[0]
+    assert "--estimator reste --grid o_end=1,10,3 --seeds 0,1,2 " in default[1]
+    assert f"--out {tmp_path}/out/o_end_rising " in default[1]
+    narrowed = sweeps(SEEDS="0", RISING="sign_swish,ede", O_ENDS_RISING="1,10")
+    assert "--grid estimator=sign_swish,ede --seeds 0 " in narrowed[0]
+    assert "--grid o_end=1,10 --seeds 0 " in narrowed[1]
+
+
 def test_run_study_refuses_an_unknown_sweep(tmp_path):
     env = dict(os.environ, PATH=f"{_fake_tools(tmp_path)}:{os.environ['PATH']}", SWEEPS="leaders estimator")
     done = _study_script("run_study.sh", env)

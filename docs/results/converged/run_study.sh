@@ -18,6 +18,10 @@
 # then the rest of the study at 128 epochs (SWEEPS="o_end_others others", joined with leaders by summarize.sh),
 # and its fourth and fifth seeds (SWEEPS="o_end_seeds34 strongest_seeds34", after summarize.sh has joined
 # estimators, whose results.csv names the three strongest).
+# The settings that still rose at 128 epochs, at 256 epochs (docs/results/epochs256/README.md; SEEDS picks the
+# seeds, 0,1,2 by default; run the two sweeps side by side, one job each, or one after the other):
+#   OUT=docs/results/epochs256 RUNS=runs/study-adam256 EPOCHS=256 JOBS=1 SWEEPS=rising docs/results/converged/run_study.sh
+#   OUT=docs/results/epochs256 RUNS=runs/study-adam256 EPOCHS=256 JOBS=1 SWEEPS=o_end_rising docs/results/converged/run_study.sh
 # The whole 64-epoch study (docs/results/epochs64/README.md) is SWEEPS="estimators o_end", then
 # SWEEPS="o_end_5seeds estimators_5seeds" for seeds 3 and 4 (the fourth and fifth).
 set -euo pipefail
@@ -33,12 +37,14 @@ LR=${LR:-1e-3}
 WEIGHT_DECAY=${WEIGHT_DECAY:-0}
 CHANNELS_LAST=${CHANNELS_LAST:-1}
 SWEEPS=${SWEEPS:-estimators o_end o_end_5seeds estimators_5seeds}
+SEEDS=${SEEDS:-0,1,2}   # the seeds of rising and o_end_rising
 wants() { [[ " $SWEEPS " == *" $1 "* ]]; }
 for s in $SWEEPS; do
   case $s in estimators|o_end|o_end_5seeds|estimators_5seeds|strongest_seeds34|leaders|others|o_end_others) ;;
-    o_end_seeds34) ;;
+    o_end_seeds34|rising|o_end_rising) ;;
     *) echo "run_study.sh: unknown sweep '$s' in SWEEPS (estimators, o_end, o_end_5seeds," \
-            "estimators_5seeds, strongest_seeds34, leaders, others, o_end_others, o_end_seeds34)" >&2
+            "estimators_5seeds, strongest_seeds34, leaders, others, o_end_others, o_end_seeds34," \
+            "rising, o_end_rising)" >&2
        exit 2 ;;
   esac
 done
@@ -98,6 +104,14 @@ if wants others; then
 fi
 if wants o_end_others; then
   reste sweep --estimator reste --grid "o_end=$O_ENDS_OTHERS" --seeds 0,1,2 --out "$OUT/o_end_others" "${COMMON[@]}"
+fi
+# the settings that still rose over the last fifth at 128 epochs, trained longer (EPOCHS=256, docs/results/epochs256):
+# the estimators in RISING, and ReSTE at O_ENDS_RISING (with o_end 3, its default, as the control)
+if wants rising; then
+  reste sweep --grid "estimator=$RISING" --seeds "$SEEDS" --out "$OUT/rising" "${COMMON[@]}"
+fi
+if wants o_end_rising; then
+  reste sweep --estimator reste --grid "o_end=$O_ENDS_RISING" --seeds "$SEEDS" --out "$OUT/o_end_rising" "${COMMON[@]}"
 fi
 for d in $SWEEPS; do
   python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
