@@ -290,6 +290,7 @@ def test_curves_read_epochs_csv_when_the_run_folders_are_gone(tmp_path, capsys, 
     curves.main()
     out = capsys.readouterr().out
     assert "gain over the last 2 epochs +0.30  STILL RISING" in out and _png(sweep / "learning_curves.png")
+    assert "se 0.10 over 2 seeds" in out  # the two runs gain 0.2 and 0.4 over the last 2 epochs
 
 
 def _png(path):

@@ -6,7 +6,9 @@ For each setting, the test top-1 of every epoch, averaged over the seeds whose r
 finished. A setting counts as converged (flat) when, over the last fifth of its
 epochs, that mean gains less than ``--tolerance`` points: mean[E] - mean[E - ceil(E/5)].
 Beside that verdict, the same gain read from a least-squares line through those epochs
-(``trend``; less noisy than two single epochs). Prints one line per setting and draws one panel of curves (default
+(``trend``; less noisy than two single epochs), and the standard error of that gain over the seeds (the spread
+of each run's own gain over the same epochs, divided by sqrt(n)): how far the verdict can be trusted when the
+gain lies near the tolerance. Prints one line per setting and draws one panel of curves (default
 SWEEP_DIR/learning_curves.png).
 """
 
@@ -63,6 +65,15 @@ def trend(mean: list[float], back: int) -> float:
     return statistics.linear_regression(range(len(ys)), ys).slope * back
 
 
+def gain_se(runs: list[list[float]], epochs: int, back: int) -> float:
+    """Standard error over the runs of the gain over the last ``back`` of their first ``epochs`` epochs (the
+    mean over runs of those gains is the gain of the mean curve); nan with fewer than two runs."""
+    if len(runs) < 2 or epochs <= back:
+        return math.nan
+    gains = [r[epochs - 1] - r[epochs - 1 - back] for r in runs]
+    return statistics.stdev(gains) / math.sqrt(len(gains))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path)
@@ -84,8 +95,10 @@ def main() -> None:
         n = len(per_setting[setting])
         part = f"  (mean of {n} of its {listed[setting]} runs: the others' epochs are not here)" \
             if n < listed[setting] else ""
+        se = gain_se(per_setting[setting], e, back)
+        spread = f"; se {se:.2f} over {n} seeds" if not math.isnan(se) else ""
         print(f"{setting:28s} {e:3d} epochs  final {mean[-1]:6.2f}  gain over the last {back} epochs "
-              f"{gain:+.2f}  {verdict}  (trend {trend(mean, back):+.2f}){part}")
+              f"{gain:+.2f}  {verdict}  (trend {trend(mean, back):+.2f}{spread}){part}")
     import matplotlib
 
     matplotlib.use("Agg")
