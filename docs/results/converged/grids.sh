@@ -8,9 +8,9 @@ O_ENDS_OTHERS=1,1.5,2,5,10                                     # O_ENDS less 3, 
 O_ENDS_5SEEDS=2,3,5                                            # the o_end values with seeds 3 and 4
 # the settings whose mean over seeds still rose 0.3 points or more over the last fifth at 128 epochs (3 seeds;
 # 5 for STE and ApproxSign: docs/results/epochs128/summary.txt), trained for 256 (docs/results/epochs256);
-# overridable, to run a part of them
-RISING=${RISING:-sign_swish,ede,ste,dsq,approx_sign}           # estimators, the two far from flat first
-O_ENDS_RISING=${O_ENDS_RISING:-1,10,3}                         # ReSTE's o_end values, and 3 (flat) as the control
+# overridable, to run a part of them. ReSTE (o_end 3, flat at 128 epochs) is the control of both.
+RISING=${RISING:-reste,sign_swish,ede,ste,dsq,approx_sign}     # the control, then the two far from flat
+O_ENDS_RISING=${O_ENDS_RISING:-1,10}                           # ReSTE's o_end values (o_end 3: RISING's ReSTE)
 # labels AXIS LIST: the sweep's setting labels, comma-separated ("labels o_end 2,3" -> o_end=2,o_end=3)
 labels() {
   local IFS=, out=() v

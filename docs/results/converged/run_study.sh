@@ -106,7 +106,7 @@ if wants o_end_others; then
   reste sweep --estimator reste --grid "o_end=$O_ENDS_OTHERS" --seeds 0,1,2 --out "$OUT/o_end_others" "${COMMON[@]}"
 fi
 # the settings that still rose over the last fifth at 128 epochs, trained longer (EPOCHS=256, docs/results/epochs256):
-# the estimators in RISING, and ReSTE at O_ENDS_RISING (with o_end 3, its default, as the control)
+# the estimators in RISING (ReSTE, at its default o_end 3, among them as the control), and ReSTE at O_ENDS_RISING
 if wants rising; then
   reste sweep --grid "estimator=$RISING" --seeds "$SEEDS" --out "$OUT/rising" "${COMMON[@]}"
 fi
