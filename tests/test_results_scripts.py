@@ -310,6 +310,9 @@ def test_longer_pairs_each_setting_over_the_seeds_both_finished(tmp_path, capsys
     reste = next(line for line in out if "estimator=reste" in line)
     assert "+0.50" in ste and "higher in 3/3" in ste
     assert "+0.10" in reste and "+0.00, +0.20" in reste and "higher in 1/2" in reste
+    longer.main(["longer.py", str(short), str(_runs_csv(tmp_path / "e256", [("estimator=ste", 0, 89.0, "x/seed0")]))])
+    one = capsys.readouterr().out.splitlines()[1]  # one seed: the gain, and no interval rather than nan
+    assert "+1.00" in one and "no 95% CI from 1 seed" in one and "nan" not in one
 
 
 def _epochs_csv(sweep, settings, seeds=(0, 1, 2), epochs=5):

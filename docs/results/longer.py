@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
             print(f"  {setting:24s} no seed finished in both")
             continue
         r = paired_module.paired([b[setting][s] for s in seeds], [a[setting][s] for s in seeds])
-        print(f"  {setting:24s} {r['mean']:+7.2f}  95% CI [{r['lo']:+.2f}, {r['hi']:+.2f}]  "
+        print(f"  {setting:24s} {r['mean']:+7.2f}  {paired_module.interval(r)}  "
               f"(per seed: {', '.join(f'{d:+.2f}' for d in r['diffs'])}; higher in {r['wins']}/{r['n']})")
 
 

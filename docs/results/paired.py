@@ -34,6 +34,13 @@ def paired(values_ref: list[float], values_other: list[float]) -> dict[str, floa
             "wins": sum(d > 0 for d in diffs), "diffs": diffs}
 
 
+def interval(r: dict[str, float]) -> str:
+    """The 95% CI of a paired() result as text; one seed has none (rather than printing nan)."""
+    if r["n"] < 2:
+        return f"no 95% CI from {r['n']} seed"
+    return f"95% CI [{r['lo']:+.2f}, {r['hi']:+.2f}]"
+
+
 def read_metric(sweep: str, metric: str) -> dict[str, dict[str, float]]:
     """setting -> seed -> ``metric`` of each run in the sweep's runs.csv that has it."""
     path = Path(sweep) / "runs.csv"
@@ -59,8 +66,8 @@ def main(argv: list[str]) -> None:
             continue
         seeds = sorted(set(by_seed) & set(runs[ref]), key=int)
         r = paired([runs[ref][s] for s in seeds], [by_seed[s] for s in seeds])
-        print(f"  vs {setting:24s} {r['mean']:+7.2f} ± {r['std']:5.2f}  95% CI [{r['lo']:+.2f}, {r['hi']:+.2f}]  "
-              f"t {r['t']:.2f}  (per seed: {', '.join(f'{d:+.2f}' for d in r['diffs'])}; "
+        spread = f" ± {r['std']:5.2f}  {interval(r)}  t {r['t']:.2f}" if r["n"] > 1 else f"  {interval(r)}"
+        print(f"  vs {setting:24s} {r['mean']:+7.2f}{spread}  (per seed: {', '.join(f'{d:+.2f}' for d in r['diffs'])}; "
               f"{ref} ahead in {r['wins']}/{r['n']})")
 
 
