@@ -63,15 +63,13 @@ if has strongest_seeds34; then
       "$OUT/strongest_seeds34" --settings "estimator=reste,$STRONGEST" --alias o_end=3 estimator=reste
   JOINED=estimators_5seeds
 fi
+CURVES=$SWEEPS  # the folders whose convergence is read: the sweeps, and the joined one when it has its epochs
+if [[ -n $JOINED && -f $OUT/$JOINED/epochs.csv ]]; then CURVES+=" $JOINED"; fi
 {
-  for d in $SWEEPS; do
+  for d in $CURVES; do
     echo "== $d: convergence"
     python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
   done
-  if [[ -n $JOINED && -f $OUT/$JOINED/epochs.csv ]]; then
-    echo "== $JOINED: convergence"
-    python docs/results/curves.py "$OUT/$JOINED" --out "$OUT/$JOINED/learning_curves.png"
-  fi
   for metric in final_acc best_acc; do
     echo "== paired differences, $metric"
     for d in estimators estimators_5seeds leaders; do
