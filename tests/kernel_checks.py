@@ -179,6 +179,8 @@ def weight(shape, layout: str, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(shape, generator=g) * 0.05
     w.view(-1)[:6] = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 0.1, -0.1])  # sign(0) = +1, abs'(0) = 0, subnormals
+    if layout == "input_major":  # dense, but each output channel's elements lie apart in memory
+        return w.transpose(0, 1).contiguous().transpose(0, 1)
     return w.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else w
 
 

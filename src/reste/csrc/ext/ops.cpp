@@ -75,6 +75,14 @@ void check_float(const at::Tensor& t, const char* what) {
 // t itself when its elements fill its memory in one block (contiguous, channels_last, any permutation)
 at::Tensor dense(const at::Tensor& t) { return t.is_non_overlapping_and_dense() ? t : t.contiguous(); }
 
+// w itself when each of its `groups` (consecutive slices of dim 0) is one consecutive block of its memory, in
+// order (contiguous, channels_last: dim 0 outermost); else a contiguous copy. Any dense layout serves one group.
+at::Tensor grouped(const at::Tensor& w, int64_t groups) {
+  if (groups == 1) return dense(w);
+  const bool outer = w.dim() >= 1 && w.size(0) % groups == 0 && w.stride(0) * w.size(0) == w.numel();
+  return outer && w.is_non_overlapping_and_dense() ? w : w.contiguous();
+}
+
 // `other` laid out with x's strides (a copy only where they differ), so both are walked in one order
 at::Tensor like(const at::Tensor& x, const at::Tensor& other) {
   if (other.strides() == x.strides()) return other;
@@ -209,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w_in, int6
   check_float(w_in, "w");
   TORCH_CHECK(groups >= 1 && groups <= 65535 && w_in.numel() % groups == 0 && w_in.numel() > 0,
               "reste_ext: groups must divide w's ", w_in.numel(), " elements (1 to 65535), got ", groups);
-  const at::Tensor w = dense(w_in);
+  const at::Tensor w = grouped(w_in, groups);
   at::Tensor y = at::empty_like(w, w.options().dtype(dtype.value_or(w.scalar_type())));
   check_float(y, "the result");
   at::Tensor alpha = at::empty({groups}, w.options().dtype(at::kFloat));
@@ -225,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w_in, int6
 
 at::Tensor scaled_sign_backward_with(const at::Tensor& w_in, const at::Tensor& grad_in, const at::Tensor& alpha,
                                      int64_t groups, const Params& p) {
-  const at::Tensor w = dense(w_in);
+  const at::Tensor w = grouped(w_in, groups);
   TORCH_CHECK(grad_in.sizes() == w.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", w ", w.sizes());
   check_float(grad_in, "grad");
   const at::Tensor grad = like(w, grad_in);
