@@ -375,6 +375,11 @@ def test_without_nvcc_cuda_tensors_are_refused_in_one_line(monkeypatch):
     from torch.utils import cpp_extension
 
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    monkeypatch.setattr(cuda_ext, "_TOOLKITS", ())
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    assert cuda_ext.cuda_home() is None
     monkeypatch.setattr(cuda_ext, "_STATE", [])
     with pytest.raises(RuntimeError, match="no CUDA toolkit: nvcc was not found"):
         cuda_ext.build(cuda=True)
@@ -383,6 +388,45 @@ def test_without_nvcc_cuda_tensors_are_refused_in_one_line(monkeypatch):
     with pytest.warns(RuntimeWarning, match="built without its CUDA kernels"):
         assert not cuda_ext._loaded(cuda=True)
     assert cuda_ext._loaded(cuda=False) and cuda_ext._STATE == ["cpu"]
+
+
+def _toolkit(home: Path) -> Path:
+    """A stand-in CUDA toolkit: nvcc, the runtime's header and library (empty files)."""
+    for name in ("bin/nvcc", "include/cuda_runtime.h", "lib64/libcudart.so.13"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text("")
+    (home / "bin" / "nvcc").chmod(0o755)
+    return home
+
+
+def test_the_toolkit_is_found_behind_an_nvcc_wrapper(tmp_path, monkeypatch):
+    """torch guesses CUDA_HOME as the folder above the nvcc on PATH; where that nvcc is a wrapper script in
+    /usr/local/bin (this image), the guess holds no libcudart and the link fails: the toolkit is looked for."""
+    from torch.utils import cpp_extension
+
+    wrapper = tmp_path / "usr" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text("#!/bin/sh\nexec /opt/cuda-13.0/bin/nvcc \"$@\"\n")
+    wrapper.chmod(0o755)
+    old, new = _toolkit(tmp_path / "cuda-12.8"), _toolkit(tmp_path / "cuda-13.0")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(wrapper.parent))
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path / "usr"))  # torch's guess from the wrapper
+    monkeypatch.setattr(cuda_ext, "_TOOLKITS", (str(tmp_path / "cuda-*"),))
+    assert cuda_ext.cuda_home() == str(new)  # the newest complete one
+    (new / "lib64" / "libcudart.so.13").unlink()
+    assert cuda_ext.cuda_home() == str(old)  # one without its runtime library is passed over
+
+    wrapper.unlink()  # nvcc on PATH as a link into a toolkit: followed, before the usual places
+    linked = _toolkit(tmp_path / "elsewhere")
+    wrapper.symlink_to(linked / "bin" / "nvcc")
+    assert cuda_ext.cuda_home() == str(linked)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(old))  # a complete guess is kept
+    assert cuda_ext.cuda_home() == str(old)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "usr"))  # and what the user set is used as set
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path / "usr"))
+    assert cuda_ext.cuda_home() == str(tmp_path / "usr")
 
 
 def test_bad_arguments_are_refused_in_one_line():
@@ -406,22 +450,14 @@ def test_the_node_overhead_benchmark_runs(tmp_path):
         assert len([float(v) for v in line.split()[-3:]]) == 3  # cpp, python, ops
 
 
-def _cuda_home() -> str | None:
-    """A CUDA toolkit with nvcc and the runtime headers: $CUDA_HOME, else /usr/local/cuda*."""
-    candidates = [os.environ.get("CUDA_HOME", "")] + sorted(str(p) for p in Path("/usr/local").glob("cuda*"))
-    for home in candidates:
-        if home and (Path(home) / "bin" / "nvcc").exists() and (Path(home) / "include" / "cuda_runtime.h").exists():
-            return home
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_cuda_home() is None or torch.version.cuda is None, reason="no CUDA toolkit or a CPU-only torch")
+@pytest.mark.skipif(cuda_ext.cuda_home() is None or torch.version.cuda is None,
+                    reason="no CUDA toolkit or a CPU-only torch")
 def test_the_cuda_source_compiles_and_links(tmp_path):
     """kernels.cu and ops.cpp with RESTE_WITH_CUDA build into a library that loads (no GPU needed to build or
     load it; its CPU loops then run): what a GPU machine builds on first use, checked without one."""
     code = ("import torch; from reste import cuda_ext; assert cuda_ext.build(cuda=True) == 'cuda'; "
             "x = torch.tensor([-1.5, -0.0, 2.0]); assert torch.ops.reste_ext.sign(x).tolist() == [-1.0, 1.0, 1.0]")
-    env = {**os.environ, "CUDA_HOME": _cuda_home(), "TORCH_CUDA_ARCH_LIST": "9.0", "RESTE_CACHE": str(tmp_path)}
+    env = {**os.environ, "TORCH_CUDA_ARCH_LIST": "9.0", "RESTE_CACHE": str(tmp_path)}  # CUDA_HOME found, not given
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -37,7 +37,10 @@ build fails, a warning says why and the Triton path runs. Built without CUDA (no
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import os
+import shutil
 import sys
 import threading
 import warnings
@@ -52,8 +55,8 @@ from . import fused
 from .kernel_args import KINDS, autocast_dtype, kernel_scalars
 from .native import EnvSwitch, cache_dir
 
-__all__ = ["available", "binary_sign", "build", "error", "forced", "may_take", "requested", "scaled_sign",
-           "set_enabled", "sign"]
+__all__ = ["available", "binary_sign", "build", "cuda_home", "error", "forced", "may_take", "requested",
+           "scaled_sign", "set_enabled", "sign"]
 
 SOURCE_DIR = Path(__file__).resolve().with_name("csrc") / "ext"
 _CPP, _CU, _HEADER = "ops.cpp", "kernels.cu", "estimators.h"
@@ -88,10 +91,38 @@ def _build_name(cuda: bool) -> str:
     return f"reste_ext_{'cuda' if cuda else 'cpu'}_{digest.hexdigest()[:12]}"
 
 
-def _want_cuda() -> bool:
+_TOOLKITS = ("/usr/local/cuda", "/usr/local/cuda-*")  # where a CUDA toolkit is looked for when torch's guess lacks one
+
+
+def _complete(home: Path) -> bool:
+    """Whether ``home`` holds what the build needs: nvcc, the runtime's header and its library."""
+    libraries = [*home.glob("lib64/libcudart.so*"), *home.glob("lib/libcudart.so*")]
+    return (home / "bin" / "nvcc").is_file() and (home / "include" / "cuda_runtime.h").is_file() and bool(libraries)
+
+
+def cuda_home() -> str | None:
+    """The CUDA toolkit the extension is built with: ``$CUDA_HOME`` (or ``$CUDA_PATH``) where set; else the
+    first that holds nvcc, ``cuda_runtime.h`` and ``libcudart`` of torch's guess (the folder above the nvcc
+    on PATH), the folder above nvcc's real path (nvcc may be a link), ``/usr/local/cuda`` and
+    ``/usr/local/cuda-*`` (newest first); else torch's guess, ``None`` without one. torch guesses from the
+    nvcc on PATH alone, so a wrapper script in ``/usr/local/bin`` gives ``/usr/local``, where the link
+    step finds no ``libcudart``."""
     from torch.utils import cpp_extension
 
-    return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+    guess = cpp_extension.CUDA_HOME
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return guess
+    candidates = [guess] if guess else []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    for pattern in _TOOLKITS:
+        candidates += sorted(glob.glob(pattern), reverse=True)
+    return next((home for home in candidates if _complete(Path(home))), guess)
+
+
+def _want_cuda() -> bool:
+    return torch.cuda.is_available() and cuda_home() is not None
 
 
 def build(cuda: bool | None = None) -> str:
@@ -104,8 +135,11 @@ def build(cuda: bool | None = None) -> str:
         from torch.utils import cpp_extension
 
         with_cuda = _want_cuda() if cuda is None else cuda
-        if with_cuda and cpp_extension.CUDA_HOME is None:
-            raise RuntimeError("no CUDA toolkit: nvcc was not found (put it on PATH or set CUDA_HOME)")
+        if with_cuda:
+            home = cuda_home()
+            if home is None:
+                raise RuntimeError("no CUDA toolkit: nvcc was not found (put it on PATH or set CUDA_HOME)")
+            cpp_extension.CUDA_HOME = home  # torch's build reads its own guess, made once at its import
         name = _build_name(with_cuda)
         directory = cache_dir() / "ext" / name
         directory.mkdir(parents=True, exist_ok=True)
