@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import reste
-from reste import models, rundir
+from reste import engine, models, rundir
 from reste.checkpoint import VERSION, load_checkpoint, model_arguments, model_from_checkpoint
 from reste.data import load_datasets
 from reste.engine import evaluate_checkpoint, resume
@@ -64,9 +64,12 @@ def test_format_3_stores_the_two_sets_apart(tmp_path):
     _estimators_as_saved(model_from_checkpoint(ckpt))
 
 
-def test_a_format_2_checkpoint_evaluates_to_its_logged_accuracy():
+def test_a_format_2_checkpoint_evaluates_to_its_logged_accuracy(monkeypatch):
+    selected = []
+    monkeypatch.setattr(engine, "select_cuda_device", selected.append)  # cuda:N is made current, as in training
     logged = rundir.read_metrics(FIXTURE)[-1]["test_acc"]
     result = evaluate_checkpoint(FIXTURE / "best.pt", device="cpu")
+    assert selected == [torch.device("cpu")]
     assert result["epoch"] == 2 and result["stored_top1"] == logged
     _, test, _ = load_datasets("digits")
     assert abs(result["top1"] - logged) <= 100.0 / len(test) + 1e-9  # one image at most, on another CPU

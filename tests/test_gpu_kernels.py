@@ -26,6 +26,7 @@ expressions.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -251,9 +252,39 @@ def test_a_failing_kernel_turns_triton_off_with_one_warning(monkeypatch):
         raise RuntimeError("Failed to find C compiler")
 
     with pytest.warns(RuntimeWarning, match="Failed to find C compiler"):
-        assert triton_dispatch._launch(broken) is None
+        assert triton_dispatch._launch(broken, torch.zeros(1)) is None
     assert triton_dispatch._MODULE == [None] and "C compiler" in triton_dispatch._ERROR[0]
     assert triton_dispatch._load() is None  # stays off
+
+
+def test_kernels_launch_on_their_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: a tensor on cuda:1 while cuda:0 is current (a model moved
+    there without torch.cuda.set_device) has its device made current for the launch, and only then.
+    No second GPU here: the device calls are stand-ins that record which device is current."""
+    current = [0]
+
+    @contextlib.contextmanager
+    def device(dev):
+        before, current[0] = current[0], dev.index
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", device)
+    seen = []
+
+    def run():
+        seen.append(current[0])
+        return "launched"
+
+    def on(index):
+        return SimpleNamespace(is_cuda=True, device=torch.device("cuda", index), get_device=lambda: index)
+
+    assert triton_dispatch._launch(run, on(1)) == "launched" and seen == [1] and current == [0]
+    assert triton_dispatch._launch(run, on(0)) == "launched" and seen == [1, 0]
+    assert triton_dispatch._launch(run, torch.zeros(1)) == "launched" and seen == [1, 0, 0]  # a CPU tensor
 
 
 def test_custom_estimators_and_hooks_keep_the_pytorch_path():
@@ -468,12 +499,12 @@ def test_an_out_of_memory_error_is_not_taken_for_a_triton_failure(monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        td._launch(out_of_memory)
+        td._launch(out_of_memory, torch.zeros(1))
     assert td._MODULE == ["kernels"] and td._ERROR == []  # Triton stays on
 
     def compile_error():
         raise RuntimeError("no C compiler for the launcher")
 
     with pytest.warns(RuntimeWarning, match="Triton GPU kernels failed"):
-        assert td._launch(compile_error) is None
+        assert td._launch(compile_error, torch.zeros(1)) is None
     assert td._MODULE == [None] and "no C compiler" in td._ERROR[0]

@@ -186,6 +186,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     if amp not in AMP_MODES:
         raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
     dev = pick_device(device)
+    select_cuda_device(dev)  # kernels launch on the current device: cuda:N made current, as for training
     if amp == "fp16" and dev.type == "cpu":
         print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
               "use --amp bf16 or none", file=sys.stderr)

@@ -62,11 +62,17 @@ def _disable(err: Exception) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
-def _launch(run: Callable[[], Tensor]) -> Tensor | None:
-    """``run()`` (kernel launches); if it raises (Triton cannot compile or launch here: no C compiler
-    for its launcher, an unsupported GPU), the Triton path is turned off (:func:`_disable`) and the
-    result is ``None``, so the caller computes the PyTorch expression. An out-of-memory error, an
-    error inside a CUDA graph capture and forced (test) kernels raise."""
+def _launch(run: Callable[[], Tensor], x: Tensor) -> Tensor | None:
+    """``run()`` (kernel launches on ``x``'s device); if it raises (Triton cannot compile or launch here:
+    no C compiler for its launcher, an unsupported GPU), the Triton path is turned off (:func:`_disable`)
+    and the result is ``None``, so the caller computes the PyTorch expression. An out-of-memory error, an
+    error inside a CUDA graph capture and forced (test) kernels raise.
+
+    Triton launches on the current CUDA device, on its current stream: where ``x`` is on another (a model
+    moved to ``cuda:1`` with ``cuda:0`` current), that device is made current for the launch."""
+    if x.is_cuda and x.get_device() != torch.cuda.current_device():
+        with torch.cuda.device(x.device):
+            return _launch(run, x)
     if _FORCED:
         return run()
     try:
@@ -130,7 +136,7 @@ def sign(x: Tensor) -> Tensor | None:
     if x.requires_grad and torch.is_grad_enabled():
         return None
     k = _kernels_for(x)
-    return None if k is None else _launch(lambda: k.sign(x))
+    return None if k is None else _launch(lambda: k.sign(x), x)
 
 
 def _tensor_params_ok(x: Tensor, params: dict[str, Any]) -> bool:
@@ -148,7 +154,7 @@ def backward(kind: str, x: Tensor, grad: Tensor, **params: Any) -> Tensor | None
     k = _kernels_for(x, grad)
     if k is None or kind not in k.KINDS:
         return None
-    return _launch(lambda: k.backward(kind, x, grad, **params))
+    return _launch(lambda: k.backward(kind, x, grad, **params), x)
 
 
 # ----------------------------------------------------------- binary weights, fused
@@ -175,7 +181,7 @@ class _ScaledSign(torch.autograd.Function):
         dw = None
         if not torch.is_grad_enabled():  # (create_graph: the PyTorch expression, which is differentiable)
             k = ctx.kernels
-            dw = _launch(lambda: k.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, ctx.params))
+            dw = _launch(lambda: k.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, ctx.params), w)
         if dw is None:
             create_graph = torch.is_grad_enabled()
             with torch.enable_grad():
@@ -200,5 +206,5 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
         return None  # w is computed from other tensors: keep the plain autograd graph
     dtype = autocast_dtype(w)
     if not (torch.is_grad_enabled() and w.requires_grad):
-        return _launch(lambda: k.scaled_sign(w, groups, dtype)[0])
-    return _launch(lambda: _ScaledSign.apply(w, k, kind, groups, params, reference, dtype))
+        return _launch(lambda: k.scaled_sign(w, groups, dtype)[0], w)
+    return _launch(lambda: _ScaledSign.apply(w, k, kind, groups, params, reference, dtype), w)
