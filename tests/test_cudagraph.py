@@ -21,7 +21,7 @@ from torch import nn
 from reste import engine, rundir
 from reste.cli import main
 from reste.config import TrainConfig
-from reste.cudagraph import CudaGraphs, GraphedStep
+from reste.cudagraph import CudaGraphs, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from reste.errors import UsageError
 from reste.models import create
 
@@ -248,6 +248,62 @@ def test_a_run_selects_only_an_indexed_cuda_device(monkeypatch, name, index):
     monkeypatch.setattr(torch.cuda, "set_device", set_device)
     engine.select_cuda_device(torch.device(name))
     assert chosen == ([] if index is None else [index])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_an_optimizer_state_loads_where_this_run_keeps_it(optimizer):
+    """A checkpoint saved without graphs, loaded into a run with them (Adam's capturable): the step count
+    goes to the parameters' device (the meta device stands in for a GPU), not where it was saved; and
+    the flag is this run's either way."""
+    opts = graphable_optimizer_options(optimizer)
+
+    def build(device, **extra):
+        p = nn.Parameter(torch.ones(3, device=device))
+        make = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
+        return p, make([p], lr=0.1, **extra)
+
+    p, eager = build("cpu")
+    p.grad = torch.ones(3)
+    eager.step()
+    saved = eager.state_dict()
+    q, graphed = build("meta", **opts)
+    load_optimizer_state(graphed, saved)
+    assert graphed.param_groups[0].get("capturable") == opts.get("capturable")
+    if not opts:
+        return  # SGD: nothing is capturable
+    assert graphed.state[q]["step"].device.type == "meta"
+
+    back = {**saved, "param_groups": [{**g, "capturable": True} for g in saved["param_groups"]]}
+    r, plain = build("cpu")  # and a graphed run's checkpoint resumed without graphs
+    load_optimizer_state(plain, back)
+    assert plain.param_groups[0]["capturable"] is False
+
+
+def test_an_adam_run_saved_capturable_resumes_on_the_cpu(tmp_path, monkeypatch):
+    """A checkpoint of a graphed GPU run (Adam, capturable) resumed on a CPU without graphs trains on:
+    Adam refuses capturable on the CPU, so the flag is this run's, not the checkpoint's."""
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = TrainConfig(dataset="digits", epochs=3, batch_size=64, seed=1, optimizer="adam", lr=1e-3)
+    original = engine._Run.train_epoch
+
+    def cut(self, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, *args)
+
+    monkeypatch.setattr(engine._Run, "train_epoch", cut)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
+    monkeypatch.undo()
+    last = tmp_path / "run" / "last.pt"
+    ckpt = load_checkpoint(last)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["capturable"] = True  # as a run with --cuda-graphs saves it
+    save_checkpoint(ckpt, last)
+    assert load_checkpoint(last)["epoch"] == 2
+    engine.resume(tmp_path / "run", progress=False, log=lambda _m: None)
+    assert load_checkpoint(last)["epoch"] == 3
 
 
 def test_graphed_evaluation_captures_each_shape_once_and_gives_the_eager_metrics():

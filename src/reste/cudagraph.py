@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GraphedForward", "GraphedStep", "CudaGraphs", "graphable_optimizer_options"]
+__all__ = ["GraphedForward", "GraphedStep", "CudaGraphs", "graphable_optimizer_options", "load_optimizer_state"]
 
 
 class CudaGraphs:
@@ -93,6 +93,21 @@ def graphable_optimizer_options(optimizer: str) -> dict[str, Any]:
     """Extra keywords an optimizer needs to be captured: Adam and AdamW keep their step count
     on the device (``capturable=True``); SGD needs nothing."""
     return {"capturable": True} if optimizer in ("adam", "adamw") else {}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, with each group's ``capturable`` kept as this run built it.
+
+    A checkpoint carries the flag of the run that saved it, and torch moves Adam's step count to the
+    parameters' device only for a group that is capturable when loaded: an eager run resumed with
+    ``--cuda-graphs`` would keep the step on the CPU (Adam then asserts at the first step), and a graphed
+    run resumed without graphs on the CPU would stay capturable (which Adam refuses there)."""
+    groups = optimizer.param_groups
+    saved = state.get("param_groups", [])
+    if len(saved) == len(groups) and any("capturable" in g for g in groups):  # else load_state_dict says why
+        saved = [{**s, "capturable": g["capturable"]} if "capturable" in g else s for s, g in zip(saved, groups)]
+        state = {**state, "param_groups": saved}
+    optimizer.load_state_dict(state)
 
 
 class GraphedStep:

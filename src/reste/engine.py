@@ -57,7 +57,7 @@ from .datasets import get_spec
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed
 from .errors import UsageError
 from .indicators import EquilibriumMeter
-from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options
+from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -356,10 +356,7 @@ class _Run:
             raise UsageError(
                 f"last.pt does not fit model {self.config.model!r} ({str(err).splitlines()[0][:150]})"
             ) from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.config.cuda_graphs:  # the saved groups may come from a run without graphs
-            for group in self.optimizer.param_groups:
-                group.update(graphable_optimizer_options(self.config.optimizer))
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])  # saved with or without graphs
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
