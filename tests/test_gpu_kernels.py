@@ -419,6 +419,7 @@ def test_fused_weight_supports_double_backward():
 # -------------------------------------------------- compiled for a real GPU target
 
 _COMPILE_SCRIPT = r"""
+import re
 import sys
 try:
     import triton
@@ -445,9 +446,11 @@ def backward_sig(p, o_ptr):
 
 
 compile_(K._sign_kernel, {"x_ptr": "*bf16", "y_ptr": "*bf16", "n": "i32", "BLOCK": "constexpr"}, {"BLOCK": K.BLOCK})
+divisions = []  # the float32 divisions of the kernels that divide (alpha, d_alpha, SignSwish's sigmoid)
 for kind in ("reste", "sign_swish", "ede", "fda"):  # between them every libdevice function the kernels use
-    compile_(K._backward_kernel, backward_sig("*bf16", "*bf16"),
+    compiled = compile_(K._backward_kernel, backward_sig("*bf16", "*bf16"),
              {"KIND": K.KINDS.index(kind), "O_PTR": False, "PRECISE": True, "BLOCK": K.BLOCK})
+    divisions += re.findall(r"div[.a-z]*[.]f32", compiled.asm["ptx"]) if kind == "sign_swish" else []
 compile_(K._backward_kernel, backward_sig("*fp16", "*fp16"),
          {"KIND": 0, "O_PTR": False, "PRECISE": True, "BLOCK": K.BLOCK})
 reste = compile_(K._backward_kernel, backward_sig("*fp32", "*fp64"),
@@ -455,18 +458,22 @@ reste = compile_(K._backward_kernel, backward_sig("*fp32", "*fp64"),
 compile_(K._abs_partial_kernel,
          {"w_ptr": "*bf16", "partials_ptr": "*fp32", "group_size": "i32", "BLOCK": "constexpr"},
          {"BLOCK": K._REDUCE_BLOCK})
-compile_(K._scaled_sign_kernel, {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*bf16", "group_size": "i32",
-                                 "nblocks": "i32", "NB": "constexpr", "BLOCK": "constexpr"},
-         {"NB": 4, "BLOCK": K.BLOCK})
+scaled = compile_(K._scaled_sign_kernel,
+                  {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*bf16", "group_size": "i32", "nblocks": "i32",
+                   "PRECISE": "constexpr", "NB": "constexpr", "BLOCK": "constexpr"},
+                  {"PRECISE": True, "NB": 4, "BLOCK": K.BLOCK})
 compile_(K._dot_sign_partial_kernel, {"w_ptr": "*fp32", "grad_ptr": "*bf16", "partials_ptr": "*fp32",
                                       "group_size": "i32", "BLOCK": "constexpr"}, {"BLOCK": K._REDUCE_BLOCK})
-compile_(K._scaled_sign_backward_kernel,
+scaled_backward = compile_(K._scaled_sign_backward_kernel,
          {"w_ptr": "*fp32", "grad_ptr": "*bf16", "abs_ptr": "*fp32", "dot_ptr": "*fp32", "out_ptr": "*fp32",
           "group_size": "i32", "nblocks": "i32", **{f"s{i}": "fp32" for i in range(5)}, "count": "i32",
           "o_ptr": "*fp32", "KIND": "constexpr", "O_PTR": "constexpr", "PRECISE": "constexpr", "NB": "constexpr",
           "BLOCK": "constexpr"}, {"KIND": 1, "O_PTR": False, "PRECISE": True, "NB": 4, "BLOCK": K.BLOCK})
+for compiled in (scaled, scaled_backward):
+    divisions += re.findall(r"div[.a-z]*[.]f32", compiled.asm["ptx"])
 ptx = reste.asm["ptx"]
-print("OK", "v4-loads" if "ld.global.v4" in ptx else "scalar-loads", "cubin" if reste.asm.get("cubin") else "no-cubin")
+print("OK", "v4-loads" if "ld.global.v4" in ptx else "scalar-loads", "cubin" if reste.asm.get("cubin") else "no-cubin",
+      "divisions:", " ".join(sorted(set(divisions))))
 """
 
 
@@ -485,7 +492,8 @@ def test_kernels_compile_for_a_gpu_target(tmp_path):
         pytest.skip(out[5:])
     assert run.returncode == 0, run.stderr[-3000:]
     # with 16-byte aligned pointers (Triton's usual specialisation) loads and stores are vectorised
-    assert out == "OK v4-loads cubin", out
+    # and every float32 division rounds correctly (div.rn), as PyTorch's: a plain "/" compiles to div.full
+    assert out == "OK v4-loads cubin divisions: div.rn.f32", out
 
 
 def test_an_out_of_memory_error_is_not_taken_for_a_triton_failure(monkeypatch):

@@ -91,6 +91,16 @@ def _cos(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
+def _div(a, b, PRECISE: tl.constexpr):
+    """a / b correctly rounded, as PyTorch's and the C++ extension's: a GPU's plain float32 ``/`` in Triton
+    is its approximate division (up to 2 ulp off); the interpreter's is NumPy's, exact."""
+    if PRECISE:
+        return tl.math.div_rn(a, b)
+    else:
+        return a / b
+
+
+@triton.jit
 def _tanh(x, PRECISE: tl.constexpr):
     if PRECISE:
         return libdevice.tanh(x)
@@ -160,7 +170,7 @@ def _reste_g(x, p, inv_o, c1, t, m, o_ptr, O_PTR: tl.constexpr, PRECISE: tl.cons
 def _sign_swish_g(x, beta, two_beta, PRECISE: tl.constexpr):
     """g = 2 beta s (1 - s)(2 + u (1 - 2 s)), u = beta x, s = sigmoid(u)."""
     u = beta * x
-    s = 1.0 / (1.0 + _exp(-u, PRECISE))
+    s = _div(1.0, 1.0 + _exp(-u, PRECISE), PRECISE)
     return two_beta * s * (1.0 - s) * (2.0 + u * (1.0 - 2.0 * s))
 
 
@@ -259,11 +269,11 @@ def _abs_partial_kernel(w_ptr, partials_ptr, group_size, BLOCK: tl.constexpr):
 
 @triton.jit
 def _scaled_sign_kernel(w_ptr, partials_ptr, y_ptr, group_size, nblocks,
-                        NB: tl.constexpr, BLOCK: tl.constexpr):
+                        PRECISE: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr):
     """y = sign(w) alpha (sign(0) = +1, NaN kept), alpha = sum(abs(w)) / size of w's group."""
     offs, mask, group = _group_block(group_size, BLOCK)
     w = _load_f32(w_ptr, offs, mask)
-    alpha = _group_total(partials_ptr, group, nblocks, NB) / group_size
+    alpha = _div(_group_total(partials_ptr, group, nblocks, NB), group_size.to(tl.float32), PRECISE)
     s = tl.where(w < 0.0, -1.0, 1.0)
     s = tl.where(w != w, w, s)
     _store_f32(y_ptr, offs, s * alpha, mask)
@@ -290,8 +300,9 @@ def _scaled_sign_backward_kernel(w_ptr, grad_ptr, abs_ptr, dot_ptr, out_ptr, gro
     offs, mask, group = _group_block(group_size, BLOCK)
     w = _load_f32(w_ptr, offs, mask)
     grad = _load_f32(grad_ptr, offs, mask)
-    alpha = _group_total(abs_ptr, group, nblocks, NB) / group_size
-    d_alpha = _group_total(dot_ptr, group, nblocks, NB) / group_size
+    size = group_size.to(tl.float32)
+    alpha = _div(_group_total(abs_ptr, group, nblocks, NB), size, PRECISE)
+    d_alpha = _div(_group_total(dot_ptr, group, nblocks, NB), size, PRECISE)
     g = _g(w, s0, s1, s2, s3, s4, count, o_ptr, KIND, O_PTR, PRECISE)
     sgn = tl.where(w > 0.0, 1.0, tl.where(w < 0.0, -1.0, 0.0))
     sgn = tl.where(w != w, w, sgn)
@@ -376,7 +387,8 @@ def scaled_sign(w: Tensor, groups: int, dtype: torch.dtype | None = None) -> tup
     if size:
         nb = triton.next_power_of_2(nblocks)
         _abs_partial_kernel[(nblocks, groups)](w, partials, size, BLOCK=_REDUCE_BLOCK)
-        _scaled_sign_kernel[(triton.cdiv(size, BLOCK), groups)](w, partials, y, size, nblocks, NB=nb, BLOCK=BLOCK)
+        _scaled_sign_kernel[(triton.cdiv(size, BLOCK), groups)](w, partials, y, size, nblocks, PRECISE=_PRECISE,
+                                                                 NB=nb, BLOCK=BLOCK)
     return y, partials
 
 
