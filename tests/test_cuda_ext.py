@@ -437,6 +437,27 @@ def test_bad_arguments_are_refused_in_one_line():
         torch.ops.reste_ext.sign(x.double())
     with pytest.raises(RuntimeError, match="groups must divide"):
         torch.ops.reste_ext.scaled_sign_forward(x, 3, None)
+    w = on(torch.randn(8, 3, 3, 3))
+    scalars, count, _ = kernel_scalars("ste", {"clip": 1.0})
+    _, alpha = torch.ops.reste_ext.scaled_sign_forward(w, 8, None)
+    for bad in (alpha[:2].clone(), alpha.double(), alpha.repeat(2)[::2]):  # (and its device: on a GPU only)
+        with pytest.raises(RuntimeError, match="alpha must be the forward's 8 float32 scales on w's device"):
+            torch.ops.reste_ext.scaled_sign_backward(w, w, bad, 8, "ste", list(scalars), count)
+    with pytest.raises(RuntimeError, match="groups must divide"):
+        torch.ops.reste_ext.scaled_sign_backward(w, w, alpha, 7, "ste", list(scalars), count)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="a tensor on another device than w: a GPU's case")
+def test_tensors_on_another_device_are_refused():
+    w = on(torch.randn(8, 3, 3, 3))
+    scalars, count, _ = kernel_scalars("ste", {"clip": 1.0})
+    _, alpha = torch.ops.reste_ext.scaled_sign_forward(w, 8, None)
+    with pytest.raises(RuntimeError, match="alpha must be the forward's 8 float32 scales on w's device"):
+        torch.ops.reste_ext.scaled_sign_backward(w, w, alpha.cpu(), 8, "ste", list(scalars), count)
+    with pytest.raises(RuntimeError, match="grad is on cpu"):
+        torch.ops.reste_ext.scaled_sign_backward(w, w.cpu(), alpha, 8, "ste", list(scalars), count)
+    with pytest.raises(RuntimeError, match="grad is on cpu"):
+        torch.ops.reste_ext.backward(w, w.cpu(), "ste", list(scalars), count)
 
 
 def test_the_node_overhead_benchmark_runs(tmp_path):

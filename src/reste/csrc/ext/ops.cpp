@@ -198,6 +198,7 @@ at::Tensor backward_with(const at::Tensor& x_in, const at::Tensor& grad_in, cons
   check_float(x_in, "x");
   const at::Tensor x = dense(x_in);
   TORCH_CHECK(grad_in.sizes() == x.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", x ", x.sizes());
+  TORCH_CHECK(grad_in.device() == x.device(), "reste_ext: grad is on ", grad_in.device(), ", x on ", x.device());
   const at::Tensor grad = like(x, grad_in.to(x.scalar_type()));
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
@@ -233,8 +234,16 @@ std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w_in, int6
 
 at::Tensor scaled_sign_backward_with(const at::Tensor& w_in, const at::Tensor& grad_in, const at::Tensor& alpha,
                                      int64_t groups, const Params& p) {
+  check_float(w_in, "w");
+  TORCH_CHECK(groups >= 1 && groups <= 65535 && w_in.numel() % groups == 0 && w_in.numel() > 0,
+              "reste_ext: groups must divide w's ", w_in.numel(), " elements (1 to 65535), got ", groups);
+  TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.numel() == groups && alpha.is_contiguous() &&
+                  alpha.device() == w_in.device(),
+              "reste_ext: alpha must be the forward's ", groups, " float32 scales on w's device, got ", alpha.numel(),
+              " ", alpha.scalar_type(), " on ", alpha.device());
   const at::Tensor w = grouped(w_in, groups);
   TORCH_CHECK(grad_in.sizes() == w.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", w ", w.sizes());
+  TORCH_CHECK(grad_in.device() == w.device(), "reste_ext: grad is on ", grad_in.device(), ", w on ", w.device());
   check_float(grad_in, "grad");
   const at::Tensor grad = like(w, grad_in);
   at::Tensor out = at::empty_like(w);
