@@ -195,6 +195,23 @@ def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
         assert y.stride() == w.stride() and dw.stride() == w.stride()
 
 
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+def test_large_groups_sum_several_blocks_per_partial_sum(monkeypatch, scaling):
+    """A group of more than _MAX_PARTIALS blocks (a big fully connected layer) sums several consecutive blocks
+    per partial sum, so the second pass never loads more than _MAX_PARTIALS of them; the results are the
+    same. The cap is lowered here so that a small weight takes that path (3 to 6 blocks a group)."""
+    monkeypatch.setattr(K, "_MAX_PARTIALS", 2)
+    est = ESTIMATORS["reste"]()
+    w = weight((3, 64, 9, 9) if scaling == "channel" else (2, 64, 9, 9), "contiguous")
+    groups = 1 if scaling == "layer" else w.shape[0]
+    _, size, nblocks, chunks = K._partials(w, groups)
+    assert chunks > 1 and nblocks <= 2 and nblocks * chunks * K._REDUCE_BLOCK >= size
+    upstream = torch.randn(w.shape, generator=torch.Generator().manual_seed(5))
+    y, partials = K.scaled_sign(w, groups)
+    dw = K.scaled_sign_backward("reste", w, upstream, partials, groups, est.params())
+    assert_scaled_sign_within(est, w, groups, upstream, (y, dw), torch_scaled_sign(est, w, groups, upstream))
+
+
 # ------------------------------------------------------------------ dispatch
 
 
@@ -456,14 +473,15 @@ compile_(K._backward_kernel, backward_sig("*fp16", "*fp16"),
 reste = compile_(K._backward_kernel, backward_sig("*fp32", "*fp64"),
                  {"KIND": 1, "O_PTR": True, "PRECISE": True, "BLOCK": K.BLOCK}, aligned)
 compile_(K._abs_partial_kernel,
-         {"w_ptr": "*bf16", "partials_ptr": "*fp32", "group_size": "i32", "BLOCK": "constexpr"},
+         {"w_ptr": "*bf16", "partials_ptr": "*fp32", "group_size": "i32", "chunks": "i32", "BLOCK": "constexpr"},
          {"BLOCK": K._REDUCE_BLOCK})
 scaled = compile_(K._scaled_sign_kernel,
                   {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*bf16", "group_size": "i32", "nblocks": "i32",
                    "PRECISE": "constexpr", "NB": "constexpr", "BLOCK": "constexpr"},
                   {"PRECISE": True, "NB": 4, "BLOCK": K.BLOCK})
 compile_(K._dot_sign_partial_kernel, {"w_ptr": "*fp32", "grad_ptr": "*bf16", "partials_ptr": "*fp32",
-                                      "group_size": "i32", "BLOCK": "constexpr"}, {"BLOCK": K._REDUCE_BLOCK})
+                                      "group_size": "i32", "chunks": "i32", "BLOCK": "constexpr"},
+         {"BLOCK": K._REDUCE_BLOCK})
 scaled_backward = compile_(K._scaled_sign_backward_kernel,
          {"w_ptr": "*fp32", "grad_ptr": "*bf16", "abs_ptr": "*fp32", "dot_ptr": "*fp32", "out_ptr": "*fp32",
           "group_size": "i32", "nblocks": "i32", **{f"s{i}": "fp32" for i in range(5)}, "count": "i32",

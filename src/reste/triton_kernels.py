@@ -52,7 +52,8 @@ __all__ = ["DTYPES", "INTERPRETED", "KINDS", "backward", "scaled_sign", "scaled_
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024  # elements per program (8 per thread of 4 warps)
-_REDUCE_BLOCK = 2048  # elements per partial sum of the weight-scale reductions
+_REDUCE_BLOCK = 2048  # elements per block of the weight-scale reductions
+_MAX_PARTIALS = 1024  # partial sums per group at most (each program of the second pass loads them all)
 
 
 # ------------------------------------------------------------------ math helpers
@@ -260,11 +261,23 @@ def _group_total(partials_ptr, group, nblocks, NB: tl.constexpr):
 
 
 @triton.jit
-def _abs_partial_kernel(w_ptr, partials_ptr, group_size, BLOCK: tl.constexpr):
-    """partials[group, block] = sum(abs(w)) over one block of a group."""
-    offs, mask, group = _group_block(group_size, BLOCK)
-    w = _load_f32(w_ptr, offs, mask)
-    tl.store(partials_ptr + group * tl.num_programs(0) + tl.program_id(0), tl.sum(tl.abs(w), axis=0))
+def _chunk(group_size, chunks, c, BLOCK: tl.constexpr):
+    """(offsets in w's memory, mask, group) of block ``c`` of the ``chunks`` consecutive blocks that program
+    program_id(0) of group program_id(1) sums."""
+    group = tl.program_id(1).to(tl.int64)
+    offs = (tl.program_id(0).to(tl.int64) * chunks + c) * BLOCK + tl.arange(0, BLOCK)
+    return group * group_size + offs, offs < group_size, group
+
+
+@triton.jit
+def _abs_partial_kernel(w_ptr, partials_ptr, group_size, chunks, BLOCK: tl.constexpr):
+    """partials[group, program] = sum(abs(w)) over ``chunks`` consecutive blocks of a group (in one order)."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c in range(0, chunks):
+        offs, mask, group = _chunk(group_size, chunks, c, BLOCK)
+        acc += tl.abs(_load_f32(w_ptr, offs, mask))
+    group = tl.program_id(1).to(tl.int64)
+    tl.store(partials_ptr + group * tl.num_programs(0) + tl.program_id(0), tl.sum(acc, axis=0))
 
 
 @triton.jit
@@ -280,14 +293,18 @@ def _scaled_sign_kernel(w_ptr, partials_ptr, y_ptr, group_size, nblocks,
 
 
 @triton.jit
-def _dot_sign_partial_kernel(w_ptr, grad_ptr, partials_ptr, group_size, BLOCK: tl.constexpr):
-    """partials[group, block] = sum(grad sign(w)) over one block of a group (sign(0) = +1, NaN kept)."""
-    offs, mask, group = _group_block(group_size, BLOCK)
-    w = _load_f32(w_ptr, offs, mask)
-    grad = _load_f32(grad_ptr, offs, mask)
-    s = tl.where(w < 0.0, -1.0, 1.0)
-    s = tl.where(w != w, w, s)
-    tl.store(partials_ptr + group * tl.num_programs(0) + tl.program_id(0), tl.sum(grad * s, axis=0))
+def _dot_sign_partial_kernel(w_ptr, grad_ptr, partials_ptr, group_size, chunks, BLOCK: tl.constexpr):
+    """partials[group, program] = sum(grad sign(w)) over ``chunks`` consecutive blocks of a group (sign(0) = +1,
+    NaN kept)."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c in range(0, chunks):
+        offs, mask, group = _chunk(group_size, chunks, c, BLOCK)
+        w = _load_f32(w_ptr, offs, mask)
+        s = tl.where(w < 0.0, -1.0, 1.0)
+        s = tl.where(w != w, w, s)
+        acc += _load_f32(grad_ptr, offs, mask) * s
+    group = tl.program_id(1).to(tl.int64)
+    tl.store(partials_ptr + group * tl.num_programs(0) + tl.program_id(0), tl.sum(acc, axis=0))
 
 
 @triton.jit(do_not_specialize=["count"])
@@ -366,12 +383,15 @@ def backward(kind: str, x: Tensor, grad: Tensor, **params) -> Tensor:
     return out
 
 
-def _partials(w: Tensor, groups: int) -> tuple[Tensor, int, int]:
-    """An uninitialised float32 buffer for one partial sum per block of each group: (buffer, group size,
-    blocks per group)."""
+def _partials(w: Tensor, groups: int) -> tuple[Tensor, int, int, int]:
+    """An uninitialised float32 buffer for the partial sums of each group: (buffer, group size, partial sums
+    per group, blocks of _REDUCE_BLOCK elements per partial sum). Every program of the second kernel adds up
+    its group's partial sums, so a large group (a big fully connected layer) sums several blocks per partial
+    sum to keep them at most _MAX_PARTIALS."""
     size = w.numel() // groups
-    nblocks = triton.cdiv(size, _REDUCE_BLOCK)
-    return torch.empty(groups * nblocks, dtype=torch.float32, device=w.device), size, nblocks
+    chunks = max(1, triton.cdiv(triton.cdiv(size, _REDUCE_BLOCK), _MAX_PARTIALS))
+    nblocks = triton.cdiv(size, _REDUCE_BLOCK * chunks)
+    return torch.empty(groups * nblocks, dtype=torch.float32, device=w.device), size, nblocks, chunks
 
 
 def scaled_sign(w: Tensor, groups: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
@@ -382,11 +402,11 @@ def scaled_sign(w: Tensor, groups: int, dtype: torch.dtype | None = None) -> tup
     what :func:`scaled_sign_backward` needs."""
     if not _dense(w):
         w = w.contiguous()
-    partials, size, nblocks = _partials(w, groups)
+    partials, size, nblocks, chunks = _partials(w, groups)
     y = torch.empty_like(w, dtype=dtype)
     if size:
         nb = triton.next_power_of_2(nblocks)
-        _abs_partial_kernel[(nblocks, groups)](w, partials, size, BLOCK=_REDUCE_BLOCK)
+        _abs_partial_kernel[(nblocks, groups)](w, partials, size, chunks, BLOCK=_REDUCE_BLOCK)
         _scaled_sign_kernel[(triton.cdiv(size, BLOCK), groups)](w, partials, y, size, nblocks, PRECISE=_PRECISE,
                                                                  NB=nb, BLOCK=BLOCK)
     return y, partials
@@ -400,11 +420,11 @@ def scaled_sign_backward(kind: str, w: Tensor, grad: Tensor, partials: Tensor, g
     if not _dense(w):
         w = w.contiguous()
     grad = _like(w, grad)
-    dots, size, nblocks = _partials(w, groups)
+    dots, size, nblocks, chunks = _partials(w, groups)
     out = torch.empty_like(w)
     if size:
         nb = triton.next_power_of_2(nblocks)
-        _dot_sign_partial_kernel[(nblocks, groups)](w, grad, dots, size, BLOCK=_REDUCE_BLOCK)
+        _dot_sign_partial_kernel[(nblocks, groups)](w, grad, dots, size, chunks, BLOCK=_REDUCE_BLOCK)
         _scaled_sign_backward_kernel[(triton.cdiv(size, BLOCK), groups)](
             w, grad, partials, dots, out, size, nblocks, *scalars, count, w if o is None else o,
             KIND=KINDS.index(kind), O_PTR=o is not None, PRECISE=_PRECISE, NB=nb, BLOCK=BLOCK)
