@@ -489,6 +489,21 @@ scaled_backward = compile_(K._scaled_sign_backward_kernel,
           "BLOCK": "constexpr"}, {"KIND": 1, "O_PTR": False, "PRECISE": True, "NB": 4, "BLOCK": K.BLOCK})
 for compiled in (scaled, scaled_backward):
     divisions += re.findall(r"div[.a-z]*[.]f32", compiled.asm["ptx"])
+# Triton makes an integer argument equal to 1 a constant at run time: a group of one element (groups ==
+# numel), one partial sum and one block per partial sum (any group of up to 2,048 elements)
+one = {"group_size": 1, "nblocks": 1}
+compile_(K._scaled_sign_kernel, {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*fp32", "group_size": "constexpr",
+                                 "nblocks": "constexpr", "PRECISE": "constexpr", "NB": "constexpr",
+                                 "BLOCK": "constexpr"}, {**one, "PRECISE": True, "NB": 1, "BLOCK": K.BLOCK})
+for kernel in (K._abs_partial_kernel, K._dot_sign_partial_kernel):
+    ptrs = ["w_ptr", "partials_ptr"] if kernel is K._abs_partial_kernel else ["w_ptr", "grad_ptr", "partials_ptr"]
+    compile_(kernel, {**{n: "*fp32" for n in ptrs}, "group_size": "constexpr", "chunks": "constexpr",
+                      "BLOCK": "constexpr"}, {"group_size": 1, "chunks": 1, "BLOCK": K._REDUCE_BLOCK})
+compile_(K._scaled_sign_backward_kernel,
+         {"w_ptr": "*fp32", "grad_ptr": "*fp32", "abs_ptr": "*fp32", "dot_ptr": "*fp32", "out_ptr": "*fp32",
+          "group_size": "constexpr", "nblocks": "constexpr", **{f"s{i}": "fp32" for i in range(5)}, "count": "i32",
+          "o_ptr": "*fp32", "KIND": "constexpr", "O_PTR": "constexpr", "PRECISE": "constexpr", "NB": "constexpr",
+          "BLOCK": "constexpr"}, {**one, "KIND": 1, "O_PTR": False, "PRECISE": True, "NB": 1, "BLOCK": K.BLOCK})
 ptx = reste.asm["ptx"]
 print("OK", "v4-loads" if "ld.global.v4" in ptx else "scalar-loads", "cubin" if reste.asm.get("cubin") else "no-cubin",
       "divisions:", " ".join(sorted(set(divisions))))

@@ -286,7 +286,7 @@ def _scaled_sign_kernel(w_ptr, partials_ptr, y_ptr, group_size, nblocks,
     """y = sign(w) alpha (sign(0) = +1, NaN kept), alpha = sum(abs(w)) / size of w's group."""
     offs, mask, group = _group_block(group_size, BLOCK)
     w = _load_f32(w_ptr, offs, mask)
-    alpha = _div(_group_total(partials_ptr, group, nblocks, NB), group_size.to(tl.float32), PRECISE)
+    alpha = _div(_group_total(partials_ptr, group, nblocks, NB), group_size * 1.0, PRECISE)
     s = tl.where(w < 0.0, -1.0, 1.0)
     s = tl.where(w != w, w, s)
     _store_f32(y_ptr, offs, s * alpha, mask)
@@ -317,7 +317,7 @@ def _scaled_sign_backward_kernel(w_ptr, grad_ptr, abs_ptr, dot_ptr, out_ptr, gro
     offs, mask, group = _group_block(group_size, BLOCK)
     w = _load_f32(w_ptr, offs, mask)
     grad = _load_f32(grad_ptr, offs, mask)
-    size = group_size.to(tl.float32)
+    size = group_size * 1.0
     alpha = _div(_group_total(abs_ptr, group, nblocks, NB), size, PRECISE)
     d_alpha = _div(_group_total(dot_ptr, group, nblocks, NB), size, PRECISE)
     g = _g(w, s0, s1, s2, s3, s4, count, o_ptr, KIND, O_PTR, PRECISE)
