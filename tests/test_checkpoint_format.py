@@ -11,6 +11,7 @@ resumes, evaluates and exports.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -66,7 +67,12 @@ def test_format_3_stores_the_two_sets_apart(tmp_path):
 
 def test_a_format_2_checkpoint_evaluates_to_its_logged_accuracy(monkeypatch):
     selected = []
-    monkeypatch.setattr(engine, "select_cuda_device", selected.append)  # cuda:N is made current, as in training
+
+    def cuda_device(dev):  # cuda:N is made current for the evaluation (kernels launch on the current device)
+        selected.append(dev)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(engine, "cuda_device", cuda_device)
     logged = rundir.read_metrics(FIXTURE)[-1]["test_acc"]
     result = evaluate_checkpoint(FIXTURE / "best.pt", device="cpu")
     assert selected == [torch.device("cpu")]

@@ -278,6 +278,15 @@ def test_an_optimizer_state_loads_where_this_run_keeps_it(optimizer):
     load_optimizer_state(plain, back)
     assert plain.param_groups[0]["capturable"] is False
 
+    # a checkpoint loaded onto a GPU (map_location; meta stands in) has its step count there: a group that is
+    # not capturable keeps it on the CPU, as Adam does (else it reads it back to the host at every step)
+    # (meta tensors hold no data, so the copy to the CPU is seen to be tried, not done)
+    on_gpu = graphed.state_dict()
+    s, eager_gpu = build("meta")
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        load_optimizer_state(eager_gpu, on_gpu)
+    assert eager_gpu.param_groups[0]["capturable"] is False
+
 
 def test_an_adam_run_saved_capturable_resumes_on_the_cpu(tmp_path, monkeypatch):
     """A checkpoint of a graphed GPU run (Adam, capturable) resumed on a CPU without graphs trains on:
@@ -304,6 +313,13 @@ def test_an_adam_run_saved_capturable_resumes_on_the_cpu(tmp_path, monkeypatch):
     assert load_checkpoint(last)["epoch"] == 2
     engine.resume(tmp_path / "run", progress=False, log=lambda _m: None)
     assert load_checkpoint(last)["epoch"] == 3
+
+
+def test_cuda_device_makes_an_indexed_device_current_for_a_block():
+    assert isinstance(engine.cuda_device(torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(engine.cuda_device(torch.device("cuda")), contextlib.nullcontext)  # the current one already
+    block = engine.cuda_device(torch.device("cuda", 1))  # (entered only on a GPU machine)
+    assert isinstance(block, torch.cuda.device) and block.idx == 1
 
 
 def test_graphed_evaluation_captures_each_shape_once_and_gives_the_eager_metrics():

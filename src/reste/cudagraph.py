@@ -96,18 +96,27 @@ def graphable_optimizer_options(optimizer: str) -> dict[str, Any]:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """``optimizer.load_state_dict(state)``, with each group's ``capturable`` kept as this run built it.
+    """``optimizer.load_state_dict(state)``, with each group's ``capturable`` kept as this run built it, and
+    Adam's step count where that flag wants it.
 
-    A checkpoint carries the flag of the run that saved it, and torch moves Adam's step count to the
-    parameters' device only for a group that is capturable when loaded: an eager run resumed with
-    ``--cuda-graphs`` would keep the step on the CPU (Adam then asserts at the first step), and a graphed
-    run resumed without graphs on the CPU would stay capturable (which Adam refuses there)."""
+    A checkpoint carries the flag of the run that saved it: a graphed run resumed without graphs would stay
+    capturable, which Adam refuses on the CPU. torch moves the step count to the parameters' device for a
+    capturable group and leaves it where it was loaded otherwise; a checkpoint loaded onto a GPU has it
+    there, and a group that is not capturable then reads it back to the host twice a parameter and step.
+    Such a group keeps it on the CPU, as torch's own Adam does."""
     groups = optimizer.param_groups
     saved = state.get("param_groups", [])
     if len(saved) == len(groups) and any("capturable" in g for g in groups):  # else load_state_dict says why
         saved = [{**s, "capturable": g["capturable"]} if "capturable" in g else s for s, g in zip(saved, groups)]
         state = {**state, "param_groups": saved}
     optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        if "capturable" not in group or group["capturable"] or group.get("fused"):
+            continue
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor) and step.device.type != "cpu":
+                optimizer.state[p]["step"] = step.to("cpu", torch.float32)
 
 
 class GraphedStep:

@@ -110,6 +110,14 @@ def select_cuda_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
+def cuda_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """``cuda:N`` the current CUDA device inside the block, as kernels launch on the current one (the
+    caller's is restored after); for any other device, nothing."""
+    if device.type == "cuda" and device.index is not None:
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     return models.create(config.model, num_classes, **estimator_settings(config), **config.model_options)
 
@@ -186,7 +194,6 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     if amp not in AMP_MODES:
         raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
     dev = pick_device(device)
-    select_cuda_device(dev)  # kernels launch on the current device: cuda:N made current, as for training
     if amp == "fp16" and dev.type == "cpu":
         print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
               "use --amp bf16 or none", file=sys.stderr)
@@ -202,7 +209,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
                                   seed=config.seed)
     if config.channels_last:  # the run's layout and (on the CPU) thread count: the logged numbers to the bit
         model = model.to(memory_format=torch.channels_last)
-    with _torch_threads_kept():
+    with _torch_threads_kept(), cuda_device(dev):
         if dev.type == "cpu" and config.threads:
             torch.set_num_threads(config.threads)
         result = evaluate(model, test_loader, dev, amp, config.channels_last)
