@@ -141,9 +141,11 @@ def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
 def test_scaled_sign_of_large_groups(scaling):
     """Groups above 65,536 elements take two launches (partial sums, then the result) on a GPU."""
     est = ESTIMATORS["reste"]()
-    w = on(weight((8, 96, 16, 16) if scaling == "channel" else (256, 64, 3, 3), "contiguous"))
+    # channel: 98,304 a group, 24 partial sums of 4,096; layer: 2.36M (ResNet-18's 512-channel convs), 576
+    # partial sums, more than the 256 threads that add them up
+    w = on(weight((8, 96, 32, 32) if scaling == "channel" else (512, 512, 3, 3), "contiguous"))
     groups = 1 if scaling == "layer" else w.shape[0]
-    assert w.numel() // groups > 65536
+    assert w.numel() // groups > 65536 and (scaling == "channel" or w.numel() // groups > 256 * 4096)
     upstream = on(torch.randn(w.shape, generator=torch.Generator().manual_seed(6)))
     ref = torch_scaled_sign(est, w, groups, upstream)
     leaf = w.detach().clone().requires_grad_(True)
@@ -409,14 +411,19 @@ def test_the_toolkit_is_found_behind_an_nvcc_wrapper(tmp_path, monkeypatch):
     wrapper.write_text("#!/bin/sh\nexec /opt/cuda-13.0/bin/nvcc \"$@\"\n")
     wrapper.chmod(0o755)
     old, new = _toolkit(tmp_path / "cuda-12.8"), _toolkit(tmp_path / "cuda-13.0")
+    _toolkit(tmp_path / "cuda-12.10"), _toolkit(tmp_path / "cuda-12.9")
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
     monkeypatch.setenv("PATH", str(wrapper.parent))
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path / "usr"))  # torch's guess from the wrapper
     monkeypatch.setattr(cuda_ext, "_TOOLKITS", (str(tmp_path / "cuda-*"),))
-    assert cuda_ext.cuda_home() == str(new)  # the newest complete one
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert cuda_ext.cuda_home() == str(new)  # the newest complete one of torch's CUDA major version
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    assert cuda_ext.cuda_home() == str(tmp_path / "cuda-12.10")  # 12.10 is newer than 12.9, and 13 is not 12
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
     (new / "lib64" / "libcudart.so.13").unlink()
-    assert cuda_ext.cuda_home() == str(old)  # one without its runtime library is passed over
+    assert cuda_ext.cuda_home() == str(tmp_path / "cuda-12.10")  # one without its runtime library is passed over
 
     wrapper.unlink()  # nvcc on PATH as a link into a toolkit: followed, before the usual places
     linked = _toolkit(tmp_path / "elsewhere")

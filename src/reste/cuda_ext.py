@@ -40,6 +40,7 @@ import contextlib
 import glob
 import hashlib
 import os
+import re
 import shutil
 import sys
 import threading
@@ -104,9 +105,9 @@ def cuda_home() -> str | None:
     """The CUDA toolkit the extension is built with: ``$CUDA_HOME`` (or ``$CUDA_PATH``) where set; else the
     first that holds nvcc, ``cuda_runtime.h`` and ``libcudart`` of torch's guess (the folder above the nvcc
     on PATH), the folder above nvcc's real path (nvcc may be a link), ``/usr/local/cuda`` and
-    ``/usr/local/cuda-*`` (newest first); else torch's guess, ``None`` without one. torch guesses from the
-    nvcc on PATH alone, so a wrapper script in ``/usr/local/bin`` gives ``/usr/local``, where the link
-    step finds no ``libcudart``."""
+    ``/usr/local/cuda-*`` (torch's CUDA major version first, then the newest); else torch's guess, ``None``
+    without one. torch guesses from the nvcc on PATH alone, so a wrapper script in ``/usr/local/bin`` gives
+    ``/usr/local``, where the link step finds no ``libcudart``."""
     from torch.utils import cpp_extension
 
     guess = cpp_extension.CUDA_HOME
@@ -117,8 +118,17 @@ def cuda_home() -> str | None:
     if nvcc:
         candidates.append(str(Path(nvcc).resolve().parent.parent))
     for pattern in _TOOLKITS:
-        candidates += sorted(glob.glob(pattern), reverse=True)
+        candidates += sorted(glob.glob(pattern), key=_toolkit_rank, reverse=True)
     return next((home for home in candidates if _complete(Path(home))), guess)
+
+
+def _toolkit_rank(home: str) -> tuple[bool, tuple[int, ...]]:
+    """How a ``cuda-X.Y`` folder ranks: first one of torch's CUDA major version, then by version number
+    (12.10 above 12.9)."""
+    found = re.search(r"(\d+(?:\.\d+)*)$", home)
+    version = tuple(int(v) for v in found.group(1).split(".")) if found else ()
+    wanted = tuple(int(v) for v in (torch.version.cuda or "").split(".") if v.isdigit())
+    return bool(wanted) and version[:1] == wanted[:1], version
 
 
 def _want_cuda() -> bool:

@@ -117,7 +117,7 @@ __global__ void partial_kernel(const W* __restrict__ w, const G* __restrict__ gr
 }
 
 // the group's total of its partial sums, reduced by the whole block in a fixed order (not one thread's serial
-// loop: a 2.4M-element group has 577 partial sums), returned to every thread
+// loop: a 2.36M-element group has 576 partial sums), returned to every thread
 __device__ float group_total(const float* partials, int64_t nparts, float* shared) {
   const float* part = partials + blockIdx.y * nparts;
   float acc = 0.0f;
