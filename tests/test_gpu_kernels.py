@@ -510,6 +510,88 @@ print("OK", "v4-loads" if "ld.global.v4" in ptx else "scalar-loads", "cubin" if 
 """
 
 
+_RUNTIME_COMPILE_SCRIPT = r"""
+import sys
+
+import torch
+
+try:
+    import triton.runtime.jit as jit
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.driver import ty_to_cpp
+    from triton.runtime import driver
+except Exception as err:
+    print(f"SKIP no NVIDIA Triton backend: {err}")
+    sys.exit(0)
+
+
+class CompileOnly:
+    # what Triton asks its driver at a launch: an sm_90 GPU, never launched on
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def map_python_to_cpp_type(self, ty):
+        return ty_to_cpp(ty)
+
+    def is_active(self):
+        return True
+
+
+driver.set_active(CompileOnly())
+launch = jit.JITFunction.run
+compiled = []
+
+
+def compile_only(self, *args, grid, warmup, **kwargs):  # Triton's own binding and specialisation, no launch
+    compiled.append(self.fn.__name__)
+    return launch(self, *args, grid=grid, warmup=True, **kwargs)
+
+
+jit.JITFunction.run = compile_only
+from reste import triton_kernels as K  # noqa: E402
+from reste.estimators import get_estimator  # noqa: E402
+
+assert not K.INTERPRETED
+# one-element groups, a 16-divisible group, one block a partial sum and two (a 2.6M-element layer)
+for shape, groups in [((1,), 1), ((5, 1, 1, 1), 5), ((64, 3, 3, 3), 1), ((24, 16), 24), ((1024, 2560), 1)]:
+    for dtype in (torch.float32, torch.bfloat16):
+        w, grad = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+        y, partials = K.scaled_sign(w, groups)
+        K.scaled_sign_backward("reste", w, grad, partials, groups, get_estimator("reste").params())
+        K.sign(w)
+        for kind in K.KINDS:
+            K.backward(kind, w, grad, **get_estimator(kind).params())
+print("OK", len(set(compiled)), "kernels")
+"""
+
+
+def test_kernels_compile_as_their_launchers_call_them(tmp_path):
+    """The launchers of reste.triton_kernels, run on CPU tensors with a driver that compiles for an sm_90 GPU
+    and never launches: each kernel goes through Triton's own argument binding and run-time specialisation
+    (an integer argument equal to 1 becomes a constant, one divisible by 16 is marked so), which the
+    hand-made signatures above only imitate. Shapes: one-element groups, 16-divisible sizes, large groups."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(estimators.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", _RUNTIME_COMPILE_SCRIPT], env=env, capture_output=True, text=True)
+    out = run.stdout.strip()
+    if out.startswith("SKIP"):
+        pytest.skip(out[5:])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert out == "OK 6 kernels", out  # sign, backward, and the two passes of each way of the weight scale
+
+
 def test_kernels_compile_for_a_gpu_target(tmp_path):
     """Every kernel, as compiled for a GPU (libdevice math, the bf16 bit conversions, constexpr branches),
     goes through Triton's whole pipeline to an sm_90 binary: the interpreter above never compiles.
