@@ -180,6 +180,28 @@ for name, scaling, dtype, fmt in [("reste", "layer", torch.float32, torch.contig
     check(f"BinaryConv2d step {name} {scaling} {str(dtype)[6:]}", all(ok for ok, _ in oks),
           ", ".join(d for _, d in oks))
 
+# a weight of 2.6M elements scaled as one group (a large fully connected layer): each partial sum of the
+# reduction spans two blocks. A wrong kernel is off by O(1); a right one differs from PyTorch's mean through
+# the order of 2.6M positive terms (about sqrt(N) ulp32 at worst, 2e-4): 1e-3 of the largest value.
+est = estimator("reste")
+g = torch.Generator().manual_seed(2)
+w = (torch.randn(1024, 2560, generator=g) * 0.05).to(dev)
+upstream = torch.randn(1024, 2560, generator=g).to(dev)
+y, partials = K.scaled_sign(w, 1)
+dw = K.scaled_sign_backward("reste", w, upstream, partials, 1, est.params())
+
+
+def large_ref():
+    leaf = w.detach().clone().requires_grad_(True)
+    out = est(leaf) * leaf.abs().mean()
+    out.backward(upstream)
+    return out.detach(), leaf.grad
+
+
+errs = [float((a - b).abs().max() / b.abs().max()) for a, b in zip((y, dw), torch_path(large_ref))]
+check(f"a 2.6M-element weight as one group ({K._partials(w, 1)[3]} blocks a partial sum)", max(errs) <= 1e-3,
+      f"max |diff| {errs[0]:.1e} and {errs[1]:.1e} of the largest value")
+
 # no host-device synchronisation in a binary layer's training step (the reference's .item() would raise)
 conv = BinaryConv2d(32, 32, 3, padding=1, weight_estimator=estimator("reste")).to(dev)
 x = torch.randn(8, 32, 16, 16, device=dev, requires_grad=True)
