@@ -98,7 +98,8 @@ def layer_step(calls: int) -> None:
         def fwd(layer=layer):
             return layer(x)
 
-        print(f"  {label:<24} forward {host_us(fwd, calls):7.1f} us   forward+backward {host_us(fwd_bwd, calls):7.1f} us")
+        print(f"  {label:<24} forward {host_us(fwd, calls):7.1f} us   "
+              f"forward+backward {host_us(fwd_bwd, calls):7.1f} us")
 
 
 class _Identity(torch.autograd.Function):

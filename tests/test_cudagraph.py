@@ -109,8 +109,8 @@ def test_the_real_backend_needs_a_cuda_device():
 
 def test_a_graphed_engine_run_equals_an_eager_run_over_the_same_batches(tmp_path, monkeypatch):
     """Through the engine (digits, 2 epochs, indicators on): --cuda-graphs drops the last partial
-    batch, captures the step once per epoch and the evaluation once per run; an eager run given the same batches (drop_last forced)
-    ends with the same weights and metrics."""
+    batch, captures the step once per epoch and the evaluation once per run; an eager run given the
+    same batches (drop_last forced) ends with the same weights and metrics."""
     cfg = dict(dataset="digits", epochs=2, device="cpu", seed=5, indicators="general")
     backends = []
 

@@ -18,7 +18,7 @@ from reste import models
 from reste.errors import UsageError
 from reste.export import PackedModel, export_model, export_onnx, format_report, pack_bits, unpack_bits
 from reste.export import kernels as K
-from reste.export.reference import SLACK, Comparison, compare, graph_reference, trace_model
+from reste.export.reference import Comparison, compare, graph_reference, trace_model
 from reste.native import NativeLibrary
 
 BACKENDS = ["numpy"] + (["c"] if K.c_kernel_error() is None else [])
@@ -245,7 +245,8 @@ def test_backends_agree(tmp_path):
     logits = {}
     for backend, threads in (("numpy", 1), ("c", 2)):  # C: rows split over 2 threads
         trace: list[torch.Tensor] = []
-        logits[backend] = PackedModel.load(tmp_path / "r.rbnn", backend=backend, threads=threads).forward(x, trace=trace)
+        packed = PackedModel.load(tmp_path / "r.rbnn", backend=backend, threads=threads)
+        logits[backend] = packed.forward(x, trace=trace)
         _assert_explained(compare(ref, logits[backend], trace), backend)
 
 

@@ -218,7 +218,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-    print("\npublished top-1/top-5 (%) of Wu et al., ICCV 2023; run one with `reste train --preset NAME --data-path DIR`")
+    print("\npublished top-1/top-5 (%) of Wu et al., ICCV 2023; "
+          "run one with `reste train --preset NAME --data-path DIR`")
     return 0
 
 

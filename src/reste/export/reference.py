@@ -166,7 +166,8 @@ class _Evaluator:
             return pool(v), pool(e) + gamma(k[0] * k[1] + 1) * pool(v.abs())
         if op == "adaptive_avgpool":
             size = node["size"]
-            window = math.ceil(v.shape[-2] / (size[0] or v.shape[-2])) * math.ceil(v.shape[-1] / (size[1] or v.shape[-1]))
+            rows, cols = size[0] or v.shape[-2], size[1] or v.shape[-1]
+            window = math.ceil(v.shape[-2] / rows) * math.ceil(v.shape[-1] / cols)
             window = max(window, 1) + 1  # adaptive windows can be one longer than the ratio
             pool = lambda t: F.adaptive_avg_pool2d(t, size)  # noqa: E731
             return pool(v), pool(e) + gamma(window + 1) * pool(v.abs())
