@@ -574,21 +574,28 @@ print("OK", len(set(compiled)), "kernels")
 """
 
 
+def _compiled_in_a_fresh_process(script: str, cache: Path) -> str:
+    """What ``script`` prints, run without TRITON_INTERPRET and with an empty kernel cache (``cache``); a
+    Triton without its NVIDIA backend skips the test."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(cache)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(estimators.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    out = run.stdout.strip()
+    if out.startswith("SKIP"):
+        pytest.skip(out[5:])
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
 def test_kernels_compile_as_their_launchers_call_them(tmp_path):
     """The launchers of reste.triton_kernels, run on CPU tensors with a driver that compiles for an sm_90 GPU
     and never launches: each kernel goes through Triton's own argument binding and run-time specialisation
     (an integer argument equal to 1 becomes a constant, one divisible by 16 is marked so), which the
     hand-made signatures above only imitate. Shapes: one-element groups, 16-divisible sizes, large groups."""
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(estimators.__file__).parents[1]), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, "-c", _RUNTIME_COMPILE_SCRIPT], env=env, capture_output=True, text=True)
-    out = run.stdout.strip()
-    if out.startswith("SKIP"):
-        pytest.skip(out[5:])
-    assert run.returncode == 0, run.stderr[-3000:]
+    out = _compiled_in_a_fresh_process(_RUNTIME_COMPILE_SCRIPT, tmp_path)
     assert out == "OK 6 kernels", out  # sign, backward, and the two passes of each way of the weight scale
 
 
@@ -596,16 +603,7 @@ def test_kernels_compile_for_a_gpu_target(tmp_path):
     """Every kernel, as compiled for a GPU (libdevice math, the bf16 bit conversions, constexpr branches),
     goes through Triton's whole pipeline to an sm_90 binary: the interpreter above never compiles.
     A separate process, without TRITON_INTERPRET and with an empty kernel cache."""
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(estimators.__file__).parents[1]), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True)
-    out = run.stdout.strip()
-    if out.startswith("SKIP"):
-        pytest.skip(out[5:])
-    assert run.returncode == 0, run.stderr[-3000:]
+    out = _compiled_in_a_fresh_process(_COMPILE_SCRIPT, tmp_path)
     # with 16-byte aligned pointers (Triton's usual specialisation) loads and stores are vectorised
     # and every float32 division rounds correctly (div.rn), as PyTorch's: a plain "/" compiles to div.full
     assert out == "OK v4-loads cubin divisions: div.rn.f32", out
