@@ -131,10 +131,6 @@ def _toolkit_rank(home: str) -> tuple[bool, tuple[int, ...]]:
     return bool(wanted) and version[:1] == wanted[:1], version
 
 
-def _want_cuda() -> bool:
-    return torch.cuda.is_available() and cuda_home() is not None
-
-
 def build(cuda: bool | None = None) -> str:
     """Build (the first time; cached) and load the extension; returns ``"cuda"`` or ``"cpu"``, the kind
     loaded. ``cuda=None``: with the CUDA kernels where a GPU and ``nvcc`` are present. One kind per
@@ -144,9 +140,9 @@ def build(cuda: bool | None = None) -> str:
             return _STATE[0]
         from torch.utils import cpp_extension
 
-        with_cuda = _want_cuda() if cuda is None else cuda
+        home = cuda_home() if cuda is not False else None  # looked for once (it reads the file system)
+        with_cuda = (torch.cuda.is_available() and home is not None) if cuda is None else cuda
         if with_cuda:
-            home = cuda_home()
             if home is None:
                 raise RuntimeError("no CUDA toolkit: nvcc was not found (put it on PATH or set CUDA_HOME)")
             cpp_extension.CUDA_HOME = home  # torch's build reads its own guess, made once at its import

@@ -246,14 +246,6 @@ def _backward_kernel(x_ptr, grad_ptr, out_ptr, n, s0, s1, s2, s3, s4, count, o_p
 
 
 @triton.jit
-def _group_block(group_size, BLOCK: tl.constexpr):
-    """(offsets in w's memory, mask, group) of this program: block program_id(0) of group program_id(1)."""
-    group = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    return group * group_size + offs, offs < group_size, group
-
-
-@triton.jit
 def _group_total(partials_ptr, group, nblocks, NB: tl.constexpr):
     """The sum of a group's ``nblocks`` partial sums, always in the same order (deterministic)."""
     i = tl.arange(0, NB)
@@ -263,7 +255,7 @@ def _group_total(partials_ptr, group, nblocks, NB: tl.constexpr):
 @triton.jit
 def _chunk(group_size, chunks, c, BLOCK: tl.constexpr):
     """(offsets in w's memory, mask, group) of block ``c`` of the ``chunks`` consecutive blocks that program
-    program_id(0) of group program_id(1) sums."""
+    program_id(0) of group program_id(1) covers (``chunks=1, c=0``: block program_id(0) of the group)."""
     group = tl.program_id(1).to(tl.int64)
     offs = (tl.program_id(0).to(tl.int64) * chunks + c) * BLOCK + tl.arange(0, BLOCK)
     return group * group_size + offs, offs < group_size, group
@@ -284,7 +276,7 @@ def _abs_partial_kernel(w_ptr, partials_ptr, group_size, chunks, BLOCK: tl.const
 def _scaled_sign_kernel(w_ptr, partials_ptr, y_ptr, group_size, nblocks,
                         PRECISE: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr):
     """y = sign(w) alpha (sign(0) = +1, NaN kept), alpha = sum(abs(w)) / size of w's group."""
-    offs, mask, group = _group_block(group_size, BLOCK)
+    offs, mask, group = _chunk(group_size, 1, 0, BLOCK)
     w = _load_f32(w_ptr, offs, mask)
     alpha = _div(_group_total(partials_ptr, group, nblocks, NB), group_size * 1.0, PRECISE)
     s = tl.where(w < 0.0, -1.0, 1.0)
@@ -314,7 +306,7 @@ def _scaled_sign_backward_kernel(w_ptr, grad_ptr, abs_ptr, dot_ptr, out_ptr, gro
                                  NB: tl.constexpr, BLOCK: tl.constexpr):
     """dW = g(w) (grad alpha) + sgn(w) d_alpha / size: the estimator's backward through sign(w) alpha
     plus that of alpha = mean(abs(w)) (d_alpha = sum(grad sign(w)); sgn(0) = 0, ``abs``'s derivative)."""
-    offs, mask, group = _group_block(group_size, BLOCK)
+    offs, mask, group = _chunk(group_size, 1, 0, BLOCK)
     w = _load_f32(w_ptr, offs, mask)
     grad = _load_f32(grad_ptr, offs, mask)
     size = group_size * 1.0
