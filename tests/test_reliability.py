@@ -117,6 +117,8 @@ def test_truncated_and_corrupted_checkpoints(capsys, tmp_path, finished_run):
     assert_one_line_error(capsys, ["eval", str(truncated)], "truncated or corrupted")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(random.Random(0).randbytes(2000))
+    assert_one_line_error(capsys, ["eval", str(garbage)], "not a checkpoint")
+    garbage.write_bytes(b"PK" + random.Random(0).randbytes(2000))  # a zip's start, then noise
     assert_one_line_error(capsys, ["eval", str(garbage)], "truncated or corrupted")
     assert_one_line_error(capsys, ["eval", str(tmp_path / "missing.pt")], "does not exist")
     other = tmp_path / "other.pt"

@@ -145,6 +145,23 @@ def _check_zip_crcs(blob: bytes) -> str | None:
     return None if bad is None else f"CRC mismatch in {bad}"
 
 
+def damage(path: str | os.PathLike) -> str | None:
+    """What is wrong with the checkpoint file ``path``, found without unpickling it (missing, unreadable,
+    truncated, a checksum that does not match), or ``None`` when its bytes are whole."""
+    try:
+        blob = Path(path).read_bytes()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    verified = _verify(blob)
+    if isinstance(verified, str):
+        return verified
+    if verified is False:
+        return _check_zip_crcs(blob) if blob[:2] == b"PK" else "not a PyTorch zip file"
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint without executing code; bad files raise a one-line ``UsageError``.
 
@@ -154,6 +171,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if path.is_dir():
         path = path / "last.pt"
     blob = read_user_file(path, f"checkpoint {path} does not exist; pass a .pt file or a run directory holding last.pt")
+    if blob[:2] != b"PK" and blob[:1] != b"\x80":  # neither torch's zip format nor a pickle
+        raise UsageError(f"{path} is not a checkpoint (not a PyTorch file); pass a .pt file or a run directory")
     verified = _verify(blob)
     if isinstance(verified, str):
         raise UsageError(f"checkpoint {path} is corrupted ({verified}); use another checkpoint")

@@ -13,6 +13,7 @@ Bad input gets one line on stderr and exit status 2 (``--debug`` shows the trace
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
@@ -39,7 +40,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """The flags of ``reste train``; ``sweep``: as ``reste sweep`` takes them (its --out is the sweep's folder,
+    and it has no --resume or --force: running a sweep again continues it)."""
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
     g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default {DATASETS[0]})")
@@ -92,9 +95,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="with torchrun: keep per-process BatchNorm statistics")
     g2 = p.add_argument_group("run directory")
-    g2.add_argument("--out", help="run directory (default runs/MODEL-ESTIMATOR-TIME)")
-    g2.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last finished epoch")
-    g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
+    if sweep:
+        g2.add_argument("--out", help="the sweep's folder (required): its tables, figures and, by default, its runs")
+    else:
+        g2.add_argument("--out", help="run directory (default runs/MODEL-ESTIMATOR-TIME)")
+        g2.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last finished epoch")
+        g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
     g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
                     help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
     g2.add_argument("--keep-top", dest="keep_top", type=int, metavar="K",
@@ -358,6 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"reste: error: {usage_line(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the output went away (`reste ... | head`): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except OSError:
+            pass
+        return 141  # 128 + SIGPIPE, as a tool killed by it
     except Exception as err:  # noqa: BLE001 - sorted below
         from .engine import Preempted
 
@@ -389,6 +401,11 @@ def _unexpected(err: Exception, debug: bool) -> int:
 
     if debug:
         raise  # called inside the except block: the original traceback
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"reste: error: {err.strerror}{where}; a run keeps its finished epochs: free some space and continue "
+              "it with --resume RUN_DIR", file=sys.stderr)
+        return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
     print(f"reste: error: {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
           else " (run with --debug for the traceback)"), file=sys.stderr)

@@ -42,6 +42,12 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
         raise UsageError(f"model {model!r} has no option {', '.join(unknown)}; valid: {', '.join(accepted) or 'none'}")
 
 
+def check_data_path(dataset: str, data_path: str | None) -> None:
+    """Refuse a ``--data-path`` for a data set that reads no files (it would be ignored)."""
+    if data_path and not get_spec(dataset).reads_files:
+        raise UsageError(f"{get_spec(dataset).name} reads no files (it comes with its package); drop --data-path")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. ``None`` means "the data set's default"."""
@@ -98,12 +104,20 @@ class TrainConfig:
         setting that did not exist yet gets the value those runs always had."""
         data = dict(data)
         data.setdefault("augment", True)  # before --augment, every run augmented its train images
+        spec = SPECS.get(data.get("dataset")) if isinstance(data.get("dataset"), str) else None
+        if spec is not None and not spec.augments:
+            data["augment"] = False  # what such a run did, whatever it saved
+        if spec is not None and not spec.reads_files:
+            data["data_path"] = None  # read by no run of it
         return cls.from_dict(data)
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled in, validated. Raises ``UsageError``."""
         if not isinstance(self.dataset, str):
             raise UsageError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        for name in ("estimator_options", "model_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise UsageError(f"{name} must be a mapping of names to values, got {getattr(self, name)!r}")
         # the canonical name (case, '_' or '-' and the aliases as everywhere else: --dataset FMNIST works)
         out = dataclasses.replace(self, dataset=get_spec(self.dataset).name,
                                   estimator_options=dict(self.estimator_options),
@@ -144,6 +158,9 @@ class TrainConfig:
             clash = "--compile (use one or the other)" if self.compile else \
                 "--amp fp16 (its GradScaler reads the gradients on the host; use --amp bf16)"
             raise UsageError(f"--cuda-graphs cannot be combined with {clash}")
+        check_data_path(self.dataset, self.data_path)
+        if self.augment and not get_spec(self.dataset).augments:
+            raise UsageError(f"{self.dataset} has no train augmentation; drop --augment")
         if self.data_device not in DATA_DEVICES:
             raise UsageError(f"unknown --data-device {self.data_device!r}; valid: {', '.join(DATA_DEVICES)}")
         for name in ("epochs", "batch_size", "eval_batch_size"):

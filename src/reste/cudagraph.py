@@ -96,18 +96,20 @@ def graphable_optimizer_options(optimizer: str) -> dict[str, Any]:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """``optimizer.load_state_dict(state)``, with each group's ``capturable`` kept as this run built it, and
-    Adam's step count where that flag wants it.
+    """``optimizer.load_state_dict(state)`` with each group's settings kept as this run built them, and
+    Adam's step count where that keeps it on the host.
 
-    A checkpoint carries the flag of the run that saved it: a graphed run resumed without graphs would stay
-    capturable, which Adam refuses on the CPU. torch moves the step count to the parameters' device for a
-    capturable group and leaves it where it was loaded otherwise; a checkpoint loaded onto a GPU has it
-    there, and a group that is not capturable then reads it back to the host twice a parameter and step.
-    Such a group keeps it on the CPU, as torch's own Adam does."""
+    The checkpoint brings the state (momentum, moments, step counts); the run brings the settings. torch's
+    own ``load_state_dict`` takes the saved group's: a resume given another ``--weight-decay`` or
+    ``--momentum`` (``--force``) would silently keep the old one, and a graphed run resumed without graphs
+    would stay ``capturable``, which Adam refuses on the CPU. torch moves the step count to the parameters'
+    device for a capturable group and leaves it where it was loaded otherwise; a checkpoint loaded onto a
+    GPU has it there, and a group that is not capturable then reads it back to the host twice a parameter
+    and step. Such a group keeps it on the CPU, as torch's own Adam does."""
     groups = optimizer.param_groups
     saved = state.get("param_groups", [])
-    if len(saved) == len(groups) and any("capturable" in g for g in groups):  # else load_state_dict says why
-        saved = [{**s, "capturable": g["capturable"]} if "capturable" in g else s for s, g in zip(saved, groups)]
+    if len(saved) == len(groups):  # else load_state_dict says why
+        saved = [{**s, **{k: v for k, v in g.items() if k != "params"}} for s, g in zip(saved, groups)]
         state = {**state, "param_groups": saved}
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:

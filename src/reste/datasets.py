@@ -35,7 +35,8 @@ class DatasetSpec:
     uint8 tensors on the training device (``--data-device``). ``loader`` is
     ``"module:function"``, a function ``(data_path, download, augment, in_memory)``
     returning ``(train, test, DatasetInfo)``. ``defaults`` is the recipe used when the
-    user does not say otherwise (model, epochs, batch sizes, lr, warm-up).
+    user does not say otherwise (model, epochs, batch sizes, lr, warm-up). ``augments``: whether
+    the loader has a train augmentation (random crop and flip) that ``--augment`` turns on.
     """
 
     name: str
@@ -51,6 +52,8 @@ class DatasetSpec:
     loader: str
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    augments: bool = True  # whether its loader has a train augmentation for --augment to turn on
+    reads_files: bool = True  # whether it is read from a folder (--data-path); digits comes with scikit-learn
 
     def load(self, data_path=None, *, download: bool = False, augment: bool = True,
              in_memory: bool | None = None):
@@ -68,7 +71,7 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         train_size=1437, test_size=360, fits_in_memory=True, loader="reste.data:_load_digits",
         defaults=dict(model="digits_1w1a", augment=False, optimizer="sgd", lr=0.1, weight_decay=1e-4, epochs=20,
                       batch_size=64, eval_batch_size=512, warm_up=0),
-        description="scikit-learn's bundled 8x8 digits, no download",
+        description="scikit-learn's bundled 8x8 digits, no download", augments=False, reads_files=False,
     ),
     DatasetSpec(
         name="fashion-mnist", aliases=("fashionmnist", "fmnist"), num_classes=10, input_size=(1, 28, 28),

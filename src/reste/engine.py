@@ -51,18 +51,20 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models
-from .config import AMP_MODES, TrainConfig
+from .config import AMP_MODES, TrainConfig, check_data_path
 from .data import data_device, load_datasets, make_loaders
 from .datasets import get_spec
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed
 from .errors import UsageError
+from .estimators import estimator_class
 from .indicators import EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .rundir import (RESUME_FREE, RunDirectory, append_metrics, best_checkpoint, keep_top, last_checkpoint,
-                     repair_best, require_run_path, saved_config, start_metrics, truncate_metrics, write_config)
+from .rundir import (BEST, CONFIG, METRICS, RESUME_FREE, RunDirectory, append_metrics, best_checkpoint, check_kept,
+                     finished_epochs, keep_top, last_checkpoint, repair_best, require_run_path, restore_config,
+                     saved_config, start_metrics, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -190,6 +192,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     """
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
+    check_data_path(config.dataset, data_path)
     amp = config.amp if amp is None else amp
     if amp not in AMP_MODES:
         raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
@@ -278,13 +281,18 @@ class _Run:
         where = data_device(config.dataset, config.data_device, self.device)  # None: read from files
         train_ds, test_ds, self.info = load_datasets(config.dataset, config.data_path, download=config.download,
                                                      augment=config.augment, in_memory=where is not None)
+        if len(train_ds) == 0:
+            raise UsageError(f"the training set of {config.dataset} is empty; check --data-path")
+        per_rank = -(-len(train_ds) // self.dist.world_size)  # each process's share, padded as the samplers do
+        lone = per_rank > config.batch_size and per_rank % config.batch_size == 1
+        if lone and not config.cuda_graphs:
+            self.log(f"note: the last batch of each epoch would hold one sample, on which BatchNorm cannot train; "
+                     f"it is left out ({per_rank - 1} of {per_rank} samples an epoch)")
         self.train_loader, self.test_loader = make_loaders(
             train_ds, test_ds, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
             workers=config.workers, seed=config.seed, pin_memory=self.device.type == "cuda",
-            distributed=self.dist.enabled, device=where, drop_last=config.cuda_graphs,
+            distributed=self.dist.enabled, device=where, drop_last=config.cuda_graphs or lone,
         )
-        if len(train_ds) == 0:
-            raise UsageError(f"the training set of {config.dataset} is empty; check --data-path")
         if config.amp == "fp16" and self.device.type == "cpu" and self.dist.main:
             print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
                   "use --amp bf16 or none", file=sys.stderr)
@@ -363,7 +371,8 @@ class _Run:
             raise UsageError(
                 f"last.pt does not fit model {self.config.model!r} ({str(err).splitlines()[0][:150]})"
             ) from None
-        load_optimizer_state(self.optimizer, ckpt["optimizer"])  # saved with or without graphs
+        if ckpt["optimizer"] is not None:  # None: another optimizer, which starts afresh
+            load_optimizer_state(self.optimizer, ckpt["optimizer"])  # saved with or without graphs
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
@@ -723,16 +732,32 @@ def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool
 
 
 def config_differences(saved: TrainConfig, overrides: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{field: (saved, requested)} for every override that changes a saved setting."""
+    """{field: (saved, requested)} for every override that changes a saved setting (an estimator option the
+    run left at its default compares as that default)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise UsageError(f"unknown settings {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
     diffs = {}
     for key, value in overrides.items():
         if key in ("estimator_options", "model_options"):
+            base = getattr(saved, key)
+            if key == "estimator_options" and overrides.get("estimator", saved.estimator) == saved.estimator:
+                base = _with_defaults(saved.estimator, base)
             for k, v in value.items():
-                if getattr(saved, key).get(k) != v:
-                    diffs[f"{key}.{k}"] = (getattr(saved, key).get(k), v)
+                if base.get(k) != v:
+                    diffs[f"{key}.{k}"] = (base.get(k), v)
         elif getattr(saved, key) != value:
             diffs[key] = (getattr(saved, key), value)
     return diffs
+
+
+def _with_defaults(estimator: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every hyper-parameter of ``estimator`` that they leave out at its default."""
+    try:
+        return {**estimator_class(estimator).check_hyperparameters(dict(options)), **options}
+    except (ValueError, UsageError):
+        return dict(options)
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,
@@ -759,7 +784,18 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
 
 def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool, progress: bool,
                    log: Callable[[str], None], stop: StopRequest) -> dict[str, Any]:
+    last = last_checkpoint(run_dir)
+    if restore_config(run_dir, write=env_rank() == 0) and env_rank() == 0:
+        log(f"note: {run_dir / CONFIG} was missing; written again from {last}")
     saved = saved_config(run_dir)
+    if not last.exists() and (finished_epochs(run_dir) or best_checkpoint(run_dir).exists()):
+        raise UsageError(f"{run_dir} has finished epochs but no {last.name} (deleted or lost), so it cannot continue; "
+                         f"evaluate its {BEST} with reste eval, or start a new run")
+    try:
+        saved.resolve()
+    except UsageError as err:
+        raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); restore the file or start a new run") \
+            from None
     overrides = dict(overrides or {})
     if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
         overrides["dataset"] = get_spec(overrides["dataset"]).name
@@ -784,23 +820,30 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         run.log(f"note: {run_dir} trained with {saved.threads} CPU thread(s) and continues with {config.threads}: "
                 "float32 sums may round differently, so the result can differ in its last bits from an "
                 "uninterrupted run")
-    last = last_checkpoint(run_dir)
     if last.exists():
-        ckpt = load_checkpoint(last, map_location=run.device)
-        if ckpt["model_name"] != config.model:
-            raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
-        if ckpt["epoch"] > config.epochs:
-            raise UsageError(f"{run_dir} already finished {ckpt['epoch']} epochs; --epochs {config.epochs} is fewer: "
-                             f"pass at least {ckpt['epoch']}")
+        try:
+            ckpt = load_checkpoint(last, map_location=run.device)
+        except UsageError as err:
+            raise UsageError(f"{str(err).removesuffix('; use another checkpoint')}; the run cannot continue from it: "
+                             f"evaluate its {BEST} with reste eval, or start a new run") from None
+        _check_checkpoint(ckpt, saved, config, force, last)
+        if _optimizer_of(ckpt) not in (None, config.optimizer):
+            run.log(f"note: the optimizer changes from {_optimizer_of(ckpt)} to {config.optimizer}; its state "
+                    "(momentum, moments) starts afresh")
+            ckpt = {**ckpt, "optimizer": None}
         run.restore(ckpt)
-        if run.dist.main:
+    if run.dist.main:
+        if diffs and run.start_epoch < config.epochs:  # a run with nothing left to do keeps its record
+            write_config(run_dir, config)
+        lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics)
+        if lost:
+            run.log(f"warning: {run_dir / METRICS} has no line for epoch(s) {_spans(lost)} (damaged or deleted); "
+                    "their metrics are lost")
+        if last.exists():
             repair_best(run_dir, ckpt)
+            check_kept(run_dir, run.best_epoch, run.log)
             if config.keep_top:  # a crash may have come before the epoch's copy or the removals
                 keep_top(run_dir, config.keep_top, ckpt["epoch"], None if ckpt.get("step") else last.read_bytes())
-    if run.dist.main:
-        if diffs:
-            write_config(run_dir, config)
-        truncate_metrics(run_dir, run.start_epoch)
     if run.start_epoch >= config.epochs:
         run.log(f"{run_dir} already finished {config.epochs} epochs; nothing to do")
     elif run.start_step:
@@ -809,6 +852,50 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     else:
         run.log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{config.epochs}")
     return run.run()
+
+
+def _optimizer_of(ckpt: dict[str, Any]) -> str | None:
+    """The optimizer a checkpoint's run trained with (``None`` where it does not say)."""
+    saved = ckpt.get("config")
+    return saved.get("optimizer") if isinstance(saved, dict) else None
+
+
+def _check_checkpoint(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConfig, force: bool, last: Path) -> None:
+    """Refuse a ``last.pt`` that cannot continue as ``config``: another model, fewer epochs than it holds, a
+    mid-epoch state with another batch size, or (without ``force``) settings other than ``config.json``'s."""
+    if ckpt["model_name"] != config.model:
+        raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
+    done, step = ckpt["epoch"], int(ckpt.get("step") or 0)
+    if done > config.epochs:
+        raise UsageError(f"{last.parent} already finished {done} epochs; --epochs {config.epochs} is fewer: "
+                         f"pass at least {done}")
+    if step and done >= config.epochs:
+        raise UsageError(f"{last} was saved inside epoch {done + 1} (after {step} batches); --epochs {config.epochs} "
+                         f"ends before it: pass at least {done + 1}")
+    trained = TrainConfig.from_saved(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else None
+    if trained is None:
+        return
+    if step and trained.batch_size != config.batch_size:
+        raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of size {trained.batch_size}; "
+                         f"the batch size cannot change there: resume with --batch-size {trained.batch_size}, "
+                         "and change it once that epoch has finished")
+    edited = {f.name: (getattr(trained, f.name), getattr(saved, f.name)) for f in dataclasses.fields(TrainConfig)
+              if f.name not in RESUME_FREE and getattr(trained, f.name) != getattr(saved, f.name)}
+    if edited and not force:
+        detail = "; ".join(f"{k}: {a!r} in {last.name}, {b!r} in {CONFIG}" for k, (a, b) in edited.items())
+        raise UsageError(f"{last.parent / CONFIG} disagrees with the checkpoint ({detail}); it was edited or "
+                         f"damaged: restore it, or pass --force to continue with {CONFIG}'s settings")
+
+
+def _spans(epochs: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``1-3, 7``."""
+    out: list[str] = []
+    for e in epochs:
+        if out and int(out[-1].split("-")[-1]) == e - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{e}"
+        else:
+            out.append(str(e))
+    return ", ".join(out)
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Run directories: an exclusive lock held for the whole run, race-free creation, clean failure.
 
 ``RunDirectory.open(path, fresh=...)`` creates the folder if needed and takes an
-``fcntl.flock`` on ``path/.lock`` (which records the holder's PID). The lock is held
+``fcntl.flock`` on ``path/.lock`` (which records the holder's PID) and on the folder itself (so
+a ``.lock`` removed by hand lets no second writer in). The lock is held
 until ``close()`` or until the process dies (the OS releases it), so a second
 writer, whether ``reste train`` on the same ``--out``, ``--resume`` or a sweep job,
 is refused with one line naming the PID. Every check of what the folder holds
@@ -33,10 +34,11 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write, load_checkpoint, orphaned_temporaries
+from .checkpoint import atomic_write, damage, load_checkpoint, orphaned_temporaries
 from .config import TrainConfig
 from .errors import UsageError
 
@@ -65,8 +67,8 @@ def _holder(lock_path: Path) -> str:
 class RunDirectory:
     """An open, locked run directory."""
 
-    def __init__(self, path: Path, fd: int, created: bool) -> None:
-        self.path, self._fd, self.created = path, fd, created
+    def __init__(self, path: Path, fd: int, created: bool, folder_fd: int | None = None) -> None:
+        self.path, self._fd, self.created, self._folder_fd = path, fd, created, folder_fd
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, fresh: bool) -> "RunDirectory":
@@ -85,8 +87,15 @@ class RunDirectory:
         elif not path.is_dir():
             raise UsageError(f"{path} is not a run directory (no such folder); start one with --out {path}")
         had_lock = (path / LOCK_NAME).exists()
-        fd = cls._lock(path)
-        run = cls(path, fd, created)
+        fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run")
+        try:
+            folder_fd = cls._lock_folder(path)
+        except BaseException:
+            if not had_lock:  # the holder's lock file was removed: the one made here names no holder
+                (path / LOCK_NAME).unlink(missing_ok=True)
+            os.close(fd)
+            raise
+        run = cls(path, fd, created, folder_fd)
         try:
             run._check(fresh)
             for tmp in orphaned_temporaries(path):  # left by a process killed in the middle of a write
@@ -122,14 +131,13 @@ class RunDirectory:
                 from None
 
     @staticmethod
-    def _lock(path: Path) -> int:
+    def _lock(path: Path, remedy: str) -> int:
         lock_path = path / LOCK_NAME
         while True:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
-                raise UsageError(f"run directory {path} is not writable ({err.strerror}); pass another --out") \
-                    from None
+                raise UsageError(f"run directory {path} is not writable ({err.strerror}); {remedy}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
@@ -147,6 +155,25 @@ class RunDirectory:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    @staticmethod
+    def _lock_folder(path: Path) -> int | None:
+        """A second ``flock``, on the folder itself: a ``.lock`` deleted while a run holds it does not let a
+        second writer in (it would lock a new file). ``None`` where the file system cannot lock a folder
+        (the ``.lock`` file still guards it there)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UsageError(f"{path} is in use by another process (a run is writing to it; its {LOCK_NAME} "
+                                 "was removed); wait for it to finish or pass another --out") from None
+            return None
         return fd
 
     def _check(self, fresh: bool) -> None:
@@ -167,12 +194,15 @@ class RunDirectory:
             except OSError as err:
                 raise UsageError(f"run directory {path} is not writable ({err.strerror}); pass another --out") \
                     from None
-        elif not (path / CONFIG).is_file():
+        elif not (path / CONFIG).is_file() and not (path / LAST).is_file():
             raise UsageError(f"{path} is not a run directory (no config.json); a new run needs --out and an "
                              "empty or new folder")
 
     def close(self) -> None:
         """Release the lock (the lock file stays; it is harmless)."""
+        if self._folder_fd is not None:
+            os.close(self._folder_fd)
+            self._folder_fd = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -275,6 +305,27 @@ def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
     atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(text))
 
 
+def restore_config(run_dir: str | os.PathLike, write: bool = True) -> bool:
+    """Where ``config.json`` is missing and ``last.pt`` is there, write it again (``write``) from the checkpoint's
+    own copy of the settings; returns whether it was missing. Without ``write`` (a process other than rank 0)
+    it waits until that process has written it."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG).exists() or not (run_dir / LAST).is_file():
+        return False
+    if not write:
+        for _ in range(600):  # rank 0 reads last.pt and writes the file; the others wait for it
+            if (run_dir / CONFIG).exists():
+                return True
+            time.sleep(0.1)
+        raise UsageError(f"{run_dir} has no {CONFIG}; resume it in one process first to write it again")
+    saved = load_checkpoint(run_dir / LAST).get("config")
+    if not isinstance(saved, dict):
+        raise UsageError(f"{run_dir} has no {CONFIG}, and its {LAST} holds no settings to rebuild it from; "
+                         "start a new run")
+    write_config(run_dir, TrainConfig.from_saved(saved))
+    return True
+
+
 def require_run_path(run_dir: str | os.PathLike) -> Path:
     """``run_dir`` as a path; an empty one (an unset shell variable) is refused, not taken as ``.``."""
     if not str(run_dir).strip():
@@ -294,6 +345,8 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
         if missing:
             raise UsageError(f"{cfg_path} is corrupted (no {', '.join(missing)}); start a new run")
         return TrainConfig.from_saved(data)
+    except UsageError as err:
+        raise UsageError(f"{cfg_path} is corrupted ({err}); start a new run") from None
     except (json.JSONDecodeError, TypeError, AttributeError) as err:
         raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); start a new run") from None
 
@@ -311,6 +364,9 @@ def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+_MEND = "mend or delete that line (one JSON object per epoch; resume puts back the last epoch's from last.pt)"
+
+
 def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(line, record) of each metrics line of ``path``, by the one rule for a torn last line."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -321,9 +377,9 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break  # torn by a crash in the middle of its write
-            raise UsageError(f"{path} line {i + 1} is not JSON; the file is corrupted") from None
+            raise UsageError(f"{path} line {i + 1} is not JSON; the file is corrupted: {_MEND}") from None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise UsageError(f"{path} line {i + 1} is not a metrics record; the file is corrupted")
+            raise UsageError(f"{path} line {i + 1} is not a metrics record; the file is corrupted: {_MEND}")
         out.append((line, record))
     return out
 
@@ -349,12 +405,37 @@ def finished_epochs(run_dir: str | os.PathLike) -> int:
         return 0
 
 
-def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int) -> None:
-    """Keep the metrics lines of the epochs the checkpoint holds (a crash may leave one more, or a torn one)."""
+def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int, last_record: dict[str, Any] | None = None
+                     ) -> list[int]:
+    """Keep the metrics lines of the epochs the checkpoint holds (a crash may leave one more, or a torn one).
+
+    ``last_record``, the checkpoint's own record of epoch ``epochs_done``, puts that epoch's line back where
+    the file lost it (damaged, or deleted). Returns the epochs up to ``epochs_done`` that still have no line."""
     path = Path(run_dir) / METRICS
-    kept = [line for line, record in _metrics_lines(path) if record["epoch"] <= epochs_done] \
+    kept = [(line, record) for line, record in _metrics_lines(path) if record["epoch"] <= epochs_done] \
         if path.exists() else []
-    atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
+    lines = [line for line, _ in kept]
+    epochs = {record["epoch"] for _, record in kept}
+    if last_record and last_record.get("epoch") == epochs_done and epochs_done not in epochs:
+        lines.append(json.dumps(last_record))
+        epochs.add(epochs_done)
+    atomic_write(path, lambda f: f.write("".join(k + "\n" for k in lines).encode()))
+    return [e for e in range(1, epochs_done + 1) if e not in epochs]
+
+
+def check_kept(run_dir: str | os.PathLike, best_epoch: int, log: Any) -> None:
+    """On resume: say (``log``) when ``best.pt`` is missing or damaged, and remove damaged files from ``top/``
+    (they then drop out of the ranking), so that a run never goes on as if they were whole."""
+    best = best_checkpoint(run_dir)
+    problem = damage(best) if best_epoch > 0 else None
+    if problem:
+        log(f"warning: {best} (epoch {best_epoch}) is {'missing' if problem == 'missing' else 'damaged: ' + problem}"
+            "; the weights of that epoch are lost, and the file is written again when a later epoch beats it")
+    for epoch, path in top_checkpoints(run_dir).items():
+        problem = damage(path)
+        if problem:
+            path.unlink(missing_ok=True)
+            log(f"warning: removed {path} ({problem}); epoch {epoch} leaves the top checkpoints")
 
 
 def repair_best(run_dir: str | os.PathLike, last: dict[str, Any]) -> bool:

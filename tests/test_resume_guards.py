@@ -1,0 +1,207 @@
+"""Resume refuses, repairs or reports what a damaged or edited run directory holds, instead of going on as
+if nothing were wrong: a removed lock file, a lost last.pt, an edited config.json, lost metrics lines,
+damaged best/top checkpoints, a mid-epoch checkpoint resumed with settings it cannot take."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from reste import engine, rundir
+from reste.checkpoint import load_checkpoint, save_checkpoint
+from reste.cli import _unexpected, main
+from reste.config import TrainConfig
+from reste.cudagraph import load_optimizer_state
+from reste.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A 2-epoch digits run (keeps the two best epochs in top/)."""
+    out = tmp_path_factory.mktemp("guards") / "run"
+    engine.train(TrainConfig(epochs=2, seed=5, threads=1, keep_top=2), out, progress=False, log=lambda _m: None)
+    return out
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    (copy / rundir.LOCK_NAME).unlink(missing_ok=True)
+    return copy
+
+
+def _resume(run_dir: Path, overrides=None, force=False) -> tuple[dict, list[str]]:
+    lines: list[str] = []
+    result = engine.resume(run_dir, overrides, force=force, progress=False, log=lines.append)
+    return result, lines
+
+
+def _error(capsys, *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reste: error: "), err
+    return err[0]
+
+
+def test_a_removed_lock_file_lets_no_second_writer_in(run):
+    holder = rundir.RunDirectory.open(run, fresh=False)
+    try:
+        (run / rundir.LOCK_NAME).unlink()
+        with pytest.raises(UsageError, match="in use by another process"):
+            rundir.RunDirectory.open(run, fresh=False)
+        assert not (run / rundir.LOCK_NAME).exists()  # the refused process leaves no lock file naming itself
+    finally:
+        holder.close()
+    rundir.RunDirectory.open(run, fresh=False).close()  # free again once the holder closed
+
+
+def test_no_last_pt_after_finished_epochs_is_refused(capsys, run):
+    (run / "last.pt").unlink()
+    before = (run / "metrics.jsonl").read_text()
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "no last.pt" in line and "cannot continue" in line
+    assert (run / "metrics.jsonl").read_text() == before and (run / "best.pt").exists()
+
+
+def test_an_edited_config_json_is_refused_unless_forced(capsys, run):
+    cfg = json.loads((run / "config.json").read_text())
+    lr = cfg.pop("lr")
+    (run / "config.json").write_text(json.dumps(cfg))
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "disagrees with the checkpoint" in line and f"lr: {lr!r} in last.pt" in line and "--force" in line
+    assert len(rundir.read_metrics(run)) == 2
+    result, _ = _resume(run, {"epochs": 3}, force=True)  # forced: config.json's settings (the default lr)
+    assert result["epochs"] == 3 and len(rundir.read_metrics(run)) == 3
+
+
+def test_a_bad_value_in_config_json_names_the_file(capsys, run):
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "model_options": None}))
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "config.json" in line and "model_options" in line
+    (run / "config.json").write_text(json.dumps({**cfg, "lr": "0.1"}))
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "config.json holds a bad setting" in line and "0.1" in line
+
+
+def test_a_deleted_config_json_is_written_again_from_last_pt(run):
+    saved = (run / "config.json").read_text()
+    (run / "config.json").unlink()
+    result, lines = _resume(run)
+    assert any("was missing; written again" in m for m in lines)
+    assert json.loads((run / "config.json").read_text()) == json.loads(saved)
+    assert result["epochs"] == 2
+
+
+def test_a_lost_last_metrics_line_comes_back_from_the_checkpoint(run):
+    path = run / "metrics.jsonl"
+    first, second = path.read_text().splitlines()
+    path.write_text(first + "\n" + second[: len(second) // 2])  # the last line torn
+    _resume(run)
+    assert path.read_text().splitlines() == [first, second]
+    path.unlink()  # the whole file: the last epoch's line comes back, the first is reported lost
+    _, lines = _resume(run)
+    assert path.read_text().splitlines() == [second]
+    assert any("no line for epoch(s) 1" in m and "lost" in m for m in lines)
+
+
+def test_damaged_best_and_top_checkpoints_are_reported(run):
+    tops = rundir.top_checkpoints(run)
+    assert len(tops) == 2
+    epoch, victim = sorted(tops.items())[0]
+    victim.write_bytes(victim.read_bytes()[:1000])
+    best = load_checkpoint(run / "best.pt")["epoch"]
+    (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:-10])
+    _, lines = _resume(run, {"keep_top": 2})
+    assert not victim.exists() and epoch not in rundir.top_checkpoints(run)
+    assert any(f"removed {victim}" in m for m in lines)
+    if best != 2:  # the last epoch's best.pt is rebuilt from last.pt; an older one is lost and said so
+        assert any("best.pt" in m and "damaged" in m for m in lines)
+    else:
+        assert load_checkpoint(run / "best.pt")["epoch"] == 2
+
+
+def _mid_epoch(run: Path) -> None:
+    """Make last.pt a checkpoint taken after 5 batches of epoch 2 (its epoch-1 state, partial sums at zero)."""
+    ckpt = load_checkpoint(run / "top" / next(p.name for p in (run / "top").iterdir() if "epoch0001" in p.name))
+    ckpt.pop("format"), ckpt.pop("version")
+    ckpt.update(step=5, partial={"ranks": [[0.0, 0, 0, -1]], "meter": None, "time": 0.0})
+    save_checkpoint(ckpt, run / "last.pt")
+
+
+def test_a_mid_epoch_checkpoint_keeps_its_batch_size_and_epoch(capsys, run):
+    _mid_epoch(run)
+    line = _error(capsys, "train", "--resume", str(run), "--batch-size", "32", "--force", "--no-progress")
+    assert "inside epoch 2 at batch 5 of size 64" in line and "--batch-size 64" in line
+    line = _error(capsys, "train", "--resume", str(run), "--epochs", "1", "--force", "--no-progress")
+    assert "inside epoch 2" in line and "pass at least 2" in line
+    assert load_checkpoint(run / "last.pt")["step"] == 5  # nothing was written
+
+
+def test_another_optimizer_starts_afresh_and_new_settings_take_effect(run):
+    result, lines = _resume(run, {"epochs": 3, "optimizer": "adam", "lr": 1e-3}, force=True)
+    assert any("optimizer changes from sgd to adam" in m for m in lines) and result["epochs"] == 3
+    state = load_checkpoint(run / "last.pt")["optimizer"]
+    assert all("exp_avg" in s for s in state["state"].values())
+
+
+def test_the_optimizer_state_loads_with_this_runs_settings():
+    w = torch.nn.Parameter(torch.ones(3))
+    old = torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    w.grad = torch.ones(3)
+    old.step()
+    new = torch.optim.SGD([w], lr=0.1, momentum=0.5, weight_decay=0.0)
+    load_optimizer_state(new, old.state_dict())
+    assert new.param_groups[0]["momentum"] == 0.5 and new.param_groups[0]["weight_decay"] == 0.0
+    assert torch.equal(new.state[w]["momentum_buffer"], old.state[w]["momentum_buffer"])
+
+
+def test_a_resume_with_nothing_to_do_keeps_config_json(run):
+    before = (run / "config.json").read_text()
+    _, lines = _resume(run, {"lr": 0.5, "estimator": "ste", "threads": 2}, force=True)
+    assert any("nothing to do" in m for m in lines)
+    assert (run / "config.json").read_text() == before
+
+
+def test_an_estimator_option_given_at_its_default_is_no_change(run):
+    _, lines = _resume(run, {"estimator_options": {"o_end": 3.0}})
+    assert any("nothing to do" in m for m in lines)
+    with pytest.raises(UsageError, match="o_end: saved 3.0, given 4.0"):
+        _resume(run, {"estimator_options": {"o_end": 4.0}})
+    with pytest.raises(UsageError, match="unknown settings epochz"):
+        _resume(run, {"epochz": 4})
+
+
+def test_a_last_batch_of_one_sample_is_left_out(tmp_path):
+    # digits has 1437 training images: batch 4 would leave one, which BatchNorm cannot train on
+    lines: list[str] = []
+    result = engine.train(TrainConfig(epochs=1, batch_size=4, threads=1), tmp_path / "b4", progress=False,
+                          log=lines.append)
+    assert any("left out (1436 of 1437 samples" in m for m in lines)
+    assert result["final_acc"] > 0
+
+
+def test_augment_on_a_data_set_without_augmentation(capsys, tmp_path):
+    line = _error(capsys, "train", "--augment", "--out", str(tmp_path / "r"), "--no-progress")
+    assert "digits has no train augmentation" in line
+    assert TrainConfig.from_saved({"dataset": "digits", "augment": True}).augment is False
+
+
+def test_a_file_that_is_not_a_checkpoint(capsys, run):
+    line = _error(capsys, "eval", str(run / "metrics.jsonl"))
+    assert "is not a checkpoint" in line
+
+
+def test_a_full_disk_gets_one_line_with_what_to_do(capsys):
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/r/.last.pt.abc123.tmp")
+    except OSError as err:
+        assert _unexpected(err, debug=False) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0]
