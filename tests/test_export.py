@@ -363,7 +363,7 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
     model, images, labels = digits_model
     save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10}, "model": model.state_dict(),
                      "dataset": "digits", "epoch": 1, "best_acc": 50.0, "config": {"dataset": "digits"},
-                     "metrics": {}}, tmp_path / "d.pt")
+                     "metrics": {"epoch": 1, "test_acc": 48.5}}, tmp_path / "d.pt")
     assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn"), "--onnx"]) == 0
     out = capsys.readouterr().out
     assert "compression" in out and "against the model in float64" in out and "NOT" not in out
@@ -373,6 +373,7 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
     packed = PackedModel.load(tmp_path / "d.rbnn")
     acc = 100.0 * float((torch.from_numpy(packed.predict(images)) == labels).float().mean())
     assert f"top-1 {acc:.2f}%" in out
+    assert "(stored at training: 48.50%)" in out  # this checkpoint's own accuracy, not the run's best
     np.save(tmp_path / "x.npy", images.numpy())
     np.save(tmp_path / "y.npy", labels.numpy())
     assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "x.npy"), "--labels",

@@ -151,6 +151,7 @@ def binarize(
             stacklevel=2,
         )
 
+    converted = 0
     for name, module in named:
         if (keep_first and name == first) or (keep_last and name == last):
             continue
@@ -165,4 +166,9 @@ def binarize(
         common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
         parent, attr = _parent(model, name)
         setattr(parent, attr, _binary_copy(name, module, common))
+        converted += 1
+    if not converted:
+        kept = [n for n in (first if keep_first else None, last if keep_last else None) if n]
+        why = f" (kept in float: {', '.join(kept)} by keep_first/keep_last)" if kept else ""
+        warnings.warn(f"binarize: no layer of the model was converted{why}; it has no binary layer", stacklevel=2)
     return model

@@ -18,11 +18,11 @@ RAMPS = ("cosine", "linear", "constant", "log")
 
 
 def check_progress(epoch: float, epochs: int) -> None:
-    """Raise ValueError unless 0 <= epoch and epochs > 0."""
+    """Raise ValueError unless 0 <= epoch <= epochs and epochs > 0 (past the end a ramp would overshoot)."""
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if not 0 <= epoch <= epochs:
+        raise ValueError(f"epoch must be in [0, epochs] = [0, {epochs}], got {epoch}")
 
 
 def ramp(kind: str, start: float, end: float, epoch: float, epochs: int) -> float:

@@ -33,7 +33,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--runs-dir", dest="runs_dir",
                    help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
-    _add_train_flags(p)
+    _add_train_flags(p, sweep=True)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="re-write the tables and figures of a sweep folder (also mid-sweep)")
@@ -63,7 +63,7 @@ def base_config(args: argparse.Namespace) -> Any:
     """The fixed settings of a sweep from the `reste train` flags (and --preset)."""
     from ..cli import config_from_args
 
-    if args.resume or args.force:
+    if getattr(args, "resume", None) or getattr(args, "force", False):
         raise UsageError("--resume/--force do not apply to a sweep: run the same sweep again to continue it")
     # --threads is a property of the sweep's worker processes (run_sweep's ``threads``), not of a run
     return dataclasses.replace(config_from_args(args), threads=None)

@@ -46,7 +46,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
     p.add_argument("--data-path", "--data_path", dest="data_path",
                    help="the data set's folder, as for `reste train --data-path` (with --dataset or the export's)")
-    p.add_argument("--labels", help="a .npy array of the labels of IMAGES.npy (or the one label of an image file)")
+    p.add_argument("--labels", help="a .npy array of the labels of IMAGES.npy (for an image file: a .npy holding its one label)")
     p.add_argument("--output", "-o", help="where to write the predictions (.npy; default IMAGES.pred.npy)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256)")
@@ -214,8 +214,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     if total == 0:
         raise UsageError("the test set is empty; check --data-path")
-    stored = model.meta.get("best_acc")
-    extra = f" (checkpoint best: {stored:.2f}%)" if isinstance(stored, (int, float)) else ""
+    stored = model.meta.get("test_acc")  # exports made before it was recorded have the run's best alone
+    extra = f" (stored at training: {stored:.2f}%)" if isinstance(stored, (int, float)) else ""
     print(f"{model.meta.get('model_name') or Path(args.exported).name} on {info.name} test: "
           f"top-1 {100.0 * correct / total:.2f}% of {total} images{extra} "
           f"({seconds:.2f} s, {model.backend} kernels)")

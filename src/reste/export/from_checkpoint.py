@@ -60,6 +60,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
         "dataset": dataset,
         "epoch": ckpt.get("epoch"),
         "best_acc": ckpt.get("best_acc"),
+        # this checkpoint's own test top-1 (none for one taken inside an epoch)
+        "test_acc": None if ckpt.get("step") else (ckpt.get("metrics") or {}).get("test_acc"),
         "source": os.path.basename(str(ckpt_path)),
     }
     size = _input_size(ckpt, dataset)

@@ -1,0 +1,65 @@
+"""What a new user runs into at the edges of the CLI and the Python API: a schedule driven past its end,
+a conversion that converts nothing, flags that a data set or a command would silently ignore, and output
+piped into a reader that stops early."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from torch import nn
+
+import reste
+from reste import cli
+from reste.cli import main
+from reste.config import TrainConfig
+
+
+def _one_line(capsys, argv, code=2) -> str:
+    assert main(list(argv)) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_schedule_past_its_end_is_refused():
+    est = reste.get_estimator("reste", o_end=3.0)
+    est.set_progress(3, 3)  # the end itself is fine
+    assert est.o == pytest.approx(3.0)
+    with pytest.raises(ValueError, match=r"epoch must be in \[0, epochs\]"):
+        est.set_progress(5, 3)
+
+
+def test_binarize_says_when_it_converts_nothing():
+    small = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    with pytest.warns(UserWarning, match="no layer of the model was converted.*keep_first/keep_last"):
+        out = reste.binarize(small, "reste")
+    assert not reste.binary_layers(out)
+    deeper = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(reste.binary_layers(reste.binarize(deeper, "reste"))) == 1
+
+
+def test_data_path_for_a_data_set_that_reads_no_files(capsys, tmp_path):
+    line = _one_line(capsys, ["train", "--data-path", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert "digits reads no files" in line and "drop --data-path" in line
+    assert not (tmp_path / "r").exists()
+    # a run saved with one (older reste accepted it) still resumes and evaluates: the path is dropped
+    assert TrainConfig.from_saved({"dataset": "digits", "data_path": "/x"}).data_path is None
+
+
+def test_sweep_help_shows_a_sweeps_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = capsys.readouterr().out
+    assert "the sweep's folder" in text and "--resume" not in text and "--force" not in text
+
+
+def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
+    def presets(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_presets", presets)
+    assert main(["presets"]) == 141
+    assert capsys.readouterr().err == ""
