@@ -46,7 +46,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
     p.add_argument("--data-path", "--data_path", dest="data_path",
                    help="the data set's folder, as for `reste train --data-path` (with --dataset or the export's)")
-    p.add_argument("--labels", help="a .npy array of the labels of IMAGES.npy (for an image file: a .npy holding its one label)")
+    p.add_argument("--labels",
+                   help="a .npy array of the labels of IMAGES.npy (for an image file: a .npy holding its one label)")
     p.add_argument("--output", "-o", help="where to write the predictions (.npy; default IMAGES.pred.npy)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256)")
