@@ -83,7 +83,8 @@ def test_sweep_skips_finished_runs_and_resumes_partial_ones(sweep, capsys):
     manifest = json.loads((out / "sweep.json").read_text())
     ste, reste_ = (out / s["runs"]["0"] for s in manifest["settings"])
     ste_mtime = (ste / "last.pt").stat().st_mtime_ns
-    (reste_ / "last.pt").unlink()  # as if it was interrupted before its first checkpoint
+    for name in ("last.pt", "best.pt"):  # as if killed between epoch 1's metrics line and its first checkpoint
+        (reste_ / name).unlink()
     assert run_state(reste_, 1) == "partial" and run_state(ste, 1) == "done"
     capsys.readouterr()
     assert main(argv) == 0

@@ -18,6 +18,7 @@ from reste.cli import _unexpected, main
 from reste.config import TrainConfig
 from reste.cudagraph import load_optimizer_state
 from reste.errors import UsageError
+from reste.schedules import learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +66,41 @@ def test_no_last_pt_after_finished_epochs_is_refused(capsys, run):
     (run / "last.pt").unlink()
     before = (run / "metrics.jsonl").read_text()
     line = _error(capsys, "train", "--resume", str(run), "--no-progress")
-    assert "no last.pt" in line and "cannot continue" in line
+    assert "no last.pt" in line and "cannot continue" in line and "evaluate its best.pt" in line
     assert (run / "metrics.jsonl").read_text() == before and (run / "best.pt").exists()
+    (run / "best.pt").unlink()
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "no last.pt" in line and "best.pt" not in line
 
 
-def test_an_edited_config_json_is_refused_unless_forced(capsys, run):
+def test_an_empty_last_pt_says_the_run_cannot_continue(capsys, run):
+    (run / "last.pt").write_bytes(b"")
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "is not a checkpoint" in line and "cannot continue from it" in line and "pass a .pt file" not in line
+
+
+def test_a_config_json_that_lost_a_setting_is_refused(capsys, run):
     cfg = json.loads((run / "config.json").read_text())
     lr = cfg.pop("lr")
     (run / "config.json").write_text(json.dumps(cfg))
     line = _error(capsys, "train", "--resume", str(run), "--no-progress")
-    assert "disagrees with the checkpoint" in line and f"lr: {lr!r} in last.pt" in line and "--force" in line
+    assert "config.json lacks lr, which last.pt holds" in line and "delete it and resume again" in line
     assert len(rundir.read_metrics(run)) == 2
-    result, _ = _resume(run, {"epochs": 3}, force=True)  # forced: config.json's settings (the default lr)
-    assert result["epochs"] == 3 and len(rundir.read_metrics(run)) == 3
+    (run / "config.json").unlink()  # as the message says: written again from last.pt
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["lr"] == lr
+
+
+def test_settings_written_by_a_forced_resume_that_crashed_before_saving(run):
+    # `--resume --force --epochs 3 --lr 0.05` writes config.json first; a crash before its first save leaves
+    # the older last.pt: a plain resume goes on with config.json's settings and says so
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "epochs": 3, "lr": 0.05}))
+    result, lines = _resume(run)
+    assert any("differs from the settings last.pt trained with" in m and "lr 0.05 (was 0.1)" in m for m in lines)
+    warm_up = json.loads((run / "config.json").read_text())["warm_up"]
+    assert result["epochs"] == 3
+    assert rundir.read_metrics(run)[-1]["lr"] == pytest.approx(learning_rate(0.05, 2, 3, warm_up))
 
 
 def test_a_bad_value_in_config_json_names_the_file(capsys, run):
@@ -88,15 +111,31 @@ def test_a_bad_value_in_config_json_names_the_file(capsys, run):
     (run / "config.json").write_text(json.dumps({**cfg, "lr": "0.1"}))
     line = _error(capsys, "train", "--resume", str(run), "--no-progress")
     assert "config.json holds a bad setting" in line and "0.1" in line
+    # a setting free on resume (threads) fixes its own bad value when given again
+    (run / "config.json").write_text(json.dumps({**cfg, "threads": 100_000}))
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "config.json holds a bad setting" in line and "--threads" in line
+    assert main(["train", "--resume", str(run), "--threads", "1", "--no-progress"]) == 0
 
 
-def test_a_deleted_config_json_is_written_again_from_last_pt(run):
+def test_a_deleted_config_json_is_written_again_from_last_pt(capsys, run):
     saved = (run / "config.json").read_text()
     (run / "config.json").unlink()
-    result, lines = _resume(run)
-    assert any("was missing; written again" in m for m in lines)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # through the CLI
+    assert "was missing; written again" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text()) == json.loads(saved)
-    assert result["epochs"] == 2
+
+
+def test_a_crash_between_epoch_1s_metrics_line_and_its_last_pt_starts_again(run):
+    for name in ("last.pt", "best.pt"):
+        (run / name).unlink()
+    shutil.rmtree(run / "top")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")  # epoch 1's line, then the crash
+    result, log = _resume(run)
+    assert any("at epoch 1/2" in m for m in log) and len(rundir.read_metrics(run)) == 2
+    again, before = rundir.read_metrics(run)[0], json.loads(lines[0])
+    assert {**again, "time": 0} == {**before, "time": 0}  # the same epoch 1 again
 
 
 def test_a_lost_last_metrics_line_comes_back_from_the_checkpoint(run):

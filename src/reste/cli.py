@@ -196,7 +196,7 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import engine
-    from .rundir import saved_config
+    from .rundir import run_config
 
     log = print
     if args.resume is not None:
@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("--preset cannot be combined with --resume: the run keeps its own settings")
         if args.out:
             raise UsageError("--out cannot be combined with --resume: the run directory is the one resumed")
-        args._base_estimator = saved_config(args.resume).estimator
+        args._base_estimator = run_config(args.resume).estimator
         engine.resume(args.resume, overrides_from_args(args), force=args.force, progress=args.progress, log=log)
         return 0
     config = config_from_args(args)

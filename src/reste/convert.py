@@ -167,7 +167,7 @@ def binarize(
         parent, attr = _parent(model, name)
         setattr(parent, attr, _binary_copy(name, module, common))
         converted += 1
-    if not converted:
+    if not converted and not any(getattr(m, "precision", 32) == 1 for m in model.modules()):
         kept = [n for n in (first if keep_first else None, last if keep_last else None) if n]
         why = f" (kept in float: {', '.join(kept)} by keep_first/keep_last)" if kept else ""
         warnings.warn(f"binarize: no layer of the model was converted{why}; it has no binary layer", stacklevel=2)

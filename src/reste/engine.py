@@ -62,9 +62,10 @@ from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimi
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .rundir import (BEST, CONFIG, METRICS, RESUME_FREE, RunDirectory, append_metrics, best_checkpoint, check_kept,
-                     finished_epochs, keep_top, last_checkpoint, repair_best, require_run_path, restore_config,
-                     saved_config, start_metrics, truncate_metrics, write_config)
+from .rundir import (BEST, CONFIG, LAST, METRICS, RESUME_FREE, RunDirectory, append_metrics, best_checkpoint,
+                     check_kept, config_keys, finished_epochs, keep_top, last_checkpoint, repair_best,
+                     require_run_path, restore_config, saved_config, start_metrics, top_checkpoints,
+                     truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -283,20 +284,24 @@ class _Run:
                                                      augment=config.augment, in_memory=where is not None)
         if len(train_ds) == 0:
             raise UsageError(f"the training set of {config.dataset} is empty; check --data-path")
-        per_rank = -(-len(train_ds) // self.dist.world_size)  # each process's share, padded as the samplers do
-        lone = per_rank > config.batch_size and per_rank % config.batch_size == 1
-        if lone and not config.cuda_graphs:
-            self.log(f"note: the last batch of each epoch would hold one sample, on which BatchNorm cannot train; "
-                     f"it is left out ({per_rank - 1} of {per_rank} samples an epoch)")
-        self.train_loader, self.test_loader = make_loaders(
-            train_ds, test_ds, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-            workers=config.workers, seed=config.seed, pin_memory=self.device.type == "cuda",
-            distributed=self.dist.enabled, device=where, drop_last=config.cuda_graphs or lone,
-        )
+        def loaders(drop_last: bool) -> tuple[Any, Any]:
+            return make_loaders(
+                train_ds, test_ds, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+                workers=config.workers, seed=config.seed, pin_memory=self.device.type == "cuda",
+                distributed=self.dist.enabled, device=where, drop_last=drop_last,
+            )
+
+        self.train_loader, self.test_loader = loaders(config.cuda_graphs)
         if config.amp == "fp16" and self.device.type == "cpu" and self.dist.main:
             print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
                   "use --amp bf16 or none", file=sys.stderr)
         self.model = build_model(config, self.info.num_classes).to(self.device)
+        per_rank = -(-len(train_ds) // self.dist.world_size)  # each process's share, padded as the samplers do
+        if (per_rank > config.batch_size and per_rank % config.batch_size == 1 and not config.cuda_graphs
+                and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())):
+            self.log(f"note: the last batch of each epoch would hold one sample, too few for BatchNorm's batch "
+                     f"statistics; it is left out ({per_rank - 1} of {per_rank} samples an epoch)")
+            self.train_loader, self.test_loader = loaders(True)
         _check_model_fits(self.model, test_ds, self.info, config, self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -788,14 +793,12 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     if restore_config(run_dir, write=env_rank() == 0) and env_rank() == 0:
         log(f"note: {run_dir / CONFIG} was missing; written again from {last}")
     saved = saved_config(run_dir)
-    if not last.exists() and (finished_epochs(run_dir) or best_checkpoint(run_dir).exists()):
+    # a crash between an epoch's metrics line and its last.pt leaves one line more than last.pt holds (epoch 1:
+    # one line and no last.pt); more than that, or a best.pt, means last.pt was lost
+    if not last.exists() and (finished_epochs(run_dir) > 1 or best_checkpoint(run_dir).exists()
+                              or top_checkpoints(run_dir)):
         raise UsageError(f"{run_dir} has finished epochs but no {last.name} (deleted or lost), so it cannot continue; "
-                         f"evaluate its {BEST} with reste eval, or start a new run")
-    try:
-        saved.resolve()
-    except UsageError as err:
-        raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); restore the file or start a new run") \
-            from None
+                         + _what_is_left(run_dir))
     overrides = dict(overrides or {})
     if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
         overrides["dataset"] = get_spec(overrides["dataset"]).name
@@ -812,7 +815,13 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
             overrides[key] = {**getattr(saved, key), **overrides[key]}
     data = saved.to_dict()
     data.update(overrides)
-    config = TrainConfig.from_dict(data).resolve()
+    try:
+        config = TrainConfig.from_dict(data).resolve()
+    except UsageError as err:
+        if _fails_alone(saved, err):  # config.json's own setting, not a flag given
+            raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); pass the setting again to replace it, "
+                             "or restore the file") from None
+        raise
     run = _Run(config, run_dir, log, progress)
     run.stop = stop
     config = run.config
@@ -824,17 +833,24 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         try:
             ckpt = load_checkpoint(last, map_location=run.device)
         except UsageError as err:
-            raise UsageError(f"{str(err).removesuffix('; use another checkpoint')}; the run cannot continue from it: "
-                             f"evaluate its {BEST} with reste eval, or start a new run") from None
-        _check_checkpoint(ckpt, saved, config, force, last)
+            reason = str(err).split("; use another checkpoint")[0].split("; pass a .pt file")[0]
+            raise UsageError(f"{reason}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
+        _check_checkpoint(ckpt, saved, config, last)
+        edited = _config_edits(ckpt, saved, run_dir)
+        if edited:
+            run.log(f"note: {run_dir / CONFIG} differs from the settings {last.name} trained with ({edited}); the run "
+                    f"continues with {CONFIG}'s")
         if _optimizer_of(ckpt) not in (None, config.optimizer):
             run.log(f"note: the optimizer changes from {_optimizer_of(ckpt)} to {config.optimizer}; its state "
                     "(momentum, moments) starts afresh")
             ckpt = {**ckpt, "optimizer": None}
         run.restore(ckpt)
     if run.dist.main:
-        if diffs and run.start_epoch < config.epochs:  # a run with nothing left to do keeps its record
-            write_config(run_dir, config)
+        record = config
+        if run.start_epoch >= config.epochs:  # nothing left to train: only where its files are may change
+            record = dataclasses.replace(saved, **{k: getattr(config, k) for k in RESUME_FREE if k != "threads"})
+        if record != saved:
+            write_config(run_dir, record)
         lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics)
         if lost:
             run.log(f"warning: {run_dir / METRICS} has no line for epoch(s) {_spans(lost)} (damaged or deleted); "
@@ -860,9 +876,24 @@ def _optimizer_of(ckpt: dict[str, Any]) -> str | None:
     return saved.get("optimizer") if isinstance(saved, dict) else None
 
 
-def _check_checkpoint(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConfig, force: bool, last: Path) -> None:
-    """Refuse a ``last.pt`` that cannot continue as ``config``: another model, fewer epochs than it holds, a
-    mid-epoch state with another batch size, or (without ``force``) settings other than ``config.json``'s."""
+def _fails_alone(saved: TrainConfig, err: UsageError) -> bool:
+    """Whether the saved settings alone, without the flags given on resume, fail as ``err`` says."""
+    try:
+        saved.resolve()
+    except UsageError as own:
+        return str(own) == str(err)
+    return False
+
+
+def _what_is_left(run_dir: Path) -> str:
+    """What a run that cannot continue still offers."""
+    best = best_checkpoint(run_dir)
+    return f"evaluate its {BEST} with reste eval, or start a new run" if best.exists() else "start a new run"
+
+
+def _check_checkpoint(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConfig, last: Path) -> None:
+    """Refuse a ``last.pt`` that cannot continue as ``config``: another model, fewer epochs than it holds, or a
+    mid-epoch state with another batch size."""
     if ckpt["model_name"] != config.model:
         raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
     done, step = ckpt["epoch"], int(ckpt.get("step") or 0)
@@ -872,19 +903,32 @@ def _check_checkpoint(ckpt: dict[str, Any], saved: TrainConfig, config: TrainCon
     if step and done >= config.epochs:
         raise UsageError(f"{last} was saved inside epoch {done + 1} (after {step} batches); --epochs {config.epochs} "
                          f"ends before it: pass at least {done + 1}")
-    trained = TrainConfig.from_saved(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else None
-    if trained is None:
-        return
-    if step and trained.batch_size != config.batch_size:
-        raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of size {trained.batch_size}; "
-                         f"the batch size cannot change there: resume with --batch-size {trained.batch_size}, "
-                         "and change it once that epoch has finished")
-    edited = {f.name: (getattr(trained, f.name), getattr(saved, f.name)) for f in dataclasses.fields(TrainConfig)
-              if f.name not in RESUME_FREE and getattr(trained, f.name) != getattr(saved, f.name)}
-    if edited and not force:
-        detail = "; ".join(f"{k}: {a!r} in {last.name}, {b!r} in {CONFIG}" for k, (a, b) in edited.items())
-        raise UsageError(f"{last.parent / CONFIG} disagrees with the checkpoint ({detail}); it was edited or "
-                         f"damaged: restore it, or pass --force to continue with {CONFIG}'s settings")
+    trained = ckpt.get("config")
+    size = trained.get("batch_size") if isinstance(trained, dict) else None
+    if step and size is not None and size != config.batch_size:
+        raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of size {size}; the batch size "
+                         f"cannot change there: resume with --batch-size {size}, and change it once that epoch "
+                         "has finished")
+
+
+def _config_edits(ckpt: dict[str, Any], saved: TrainConfig, run_dir: Path) -> str:
+    """How ``config.json`` differs from the settings ``last.pt`` trained with (a resume given other settings with
+    ``--force`` writes them before its first save; a hand edit), as ``"lr 0.05 (was 0.1)"``; a setting that
+    ``last.pt`` holds and ``config.json`` lacks is damage: refused, as a default would silently stand in."""
+    trained = ckpt.get("config")
+    if not isinstance(trained, dict):
+        return ""
+    was = TrainConfig.from_saved(trained)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    # a setting a newer reste added is missing from an older run's config.json, and takes the value it had
+    missing = sorted(k for k in set(trained) - config_keys(run_dir) - set(RESUME_FREE)
+                     if k in names and getattr(saved, k) != getattr(was, k))
+    if missing:
+        raise UsageError(f"{run_dir / CONFIG} lacks {', '.join(missing)}, which {LAST} holds: it is damaged; "
+                         f"delete it and resume again ({LAST} holds the settings to write it from)")
+    return ", ".join(f"{f.name} {getattr(saved, f.name)!r} (was {getattr(was, f.name)!r})"
+                     for f in dataclasses.fields(TrainConfig)
+                     if f.name not in RESUME_FREE and getattr(saved, f.name) != getattr(was, f.name))
 
 
 def _spans(epochs: list[int]) -> str:

@@ -305,6 +305,22 @@ def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
     atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(text))
 
 
+def run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The settings of a run: its ``config.json``, or, where that is missing, ``last.pt``'s copy of them."""
+    run_dir = require_run_path(run_dir)
+    if not (run_dir / CONFIG).exists() and (run_dir / LAST).is_file():
+        saved = load_checkpoint(run_dir / LAST).get("config")
+        if isinstance(saved, dict):
+            return TrainConfig.from_saved(saved)
+    return saved_config(run_dir)
+
+
+def config_keys(run_dir: str | os.PathLike) -> set[str]:
+    """The settings ``config.json`` names (a damaged file may lack some)."""
+    data = json.loads((Path(run_dir) / CONFIG).read_text())
+    return set(data) if isinstance(data, dict) else set()
+
+
 def restore_config(run_dir: str | os.PathLike, write: bool = True) -> bool:
     """Where ``config.json`` is missing and ``last.pt`` is there, write it again (``write``) from the checkpoint's
     own copy of the settings; returns whether it was missing. Without ``write`` (a process other than rank 0)
