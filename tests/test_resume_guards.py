@@ -244,3 +244,46 @@ def test_a_full_disk_gets_one_line_with_what_to_do(capsys):
         assert _unexpected(err, debug=False) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0]
+
+
+def test_a_forced_resume_with_nothing_to_do_records_what_the_run_trained_with(run):
+    # an earlier `--force --epochs 4 --lr 0.05` stopped before its first save left config.json so; giving
+    # back --epochs 2 must not leave that abandoned extension in config.json for a later plain resume
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "epochs": 4, "lr": 0.05}))
+    _, lines = _resume(run, {"epochs": 2}, force=True)
+    assert any("nothing to do" in m for m in lines) and not any("differs from" in m for m in lines)
+    after = json.loads((run / "config.json").read_text())
+    assert after["epochs"] == 2 and after["lr"] == cfg["lr"]
+
+
+def test_another_estimator_drops_the_old_ones_options(tmp_path):
+    out = tmp_path / "r"
+    engine.train(TrainConfig(epochs=1, threads=1, estimator_options={"o_end": 2.0}), out, progress=False,
+                 log=lambda _m: None)
+    result, _ = _resume(out, {"estimator": "ste", "epochs": 2}, force=True)
+    saved = json.loads((out / "config.json").read_text())
+    assert result["epochs"] == 2 and saved["estimator"] == "ste" and saved["estimator_options"] == {}
+
+
+def test_a_sweep_tells_a_clean_epoch_end_from_one_a_crash_cut(run):
+    last = load_checkpoint(run / "last.pt")
+    assert rundir.epoch_end_whole(run, last)
+    tops = rundir.top_checkpoints(run)
+    shutil.copy(tops[1], run / "top" / "epoch0003-acc1.00.pt")  # a copy too many (removals not done)
+    assert not rundir.epoch_end_whole(run, last)
+    (run / "top" / "epoch0003-acc1.00.pt").unlink()
+    tops[2].unlink()  # the last epoch's copy missing (a crash before it)
+    assert not rundir.epoch_end_whole(run, last)
+    shutil.copy(run / "last.pt", tops[2])
+    stale = load_checkpoint(run / "best.pt")
+    stale.pop("format"), stale.pop("version")
+    save_checkpoint({**stale, "epoch": 7}, run / "best.pt")  # not the best epoch's file
+    assert not rundir.epoch_end_whole(run, last)
+
+
+def test_a_moved_plugin_of_a_resumed_run_says_what_to_do(capsys, run):
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "plugins": [str(run / "gone.py")]}))
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "no such file" in line and "config.json" in line and "pass --plugin NEW_PATH" in line

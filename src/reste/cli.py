@@ -347,7 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        load_plugins(plugins_in_argv(argv))  # first: their estimators' flags are part of the parser
+        wanted = plugins_in_argv(argv)
+        try:
+            load_plugins(wanted)  # first: their estimators' flags are part of the parser
+        except UsageError as err:
+            if not wanted or any(a.startswith("--plugin") for a in argv):
+                raise
+            raise UsageError(f"{err} (a plugin the resumed run names in its config.json); if it moved, pass "
+                             "--plugin NEW_PATH") from None
         parser = build_parser()
         # --debug anywhere on the line (the sub-commands' parsers do not know it)
         args = parser.parse_args(["--debug", *(a for a in argv if a != "--debug")] if debug else argv)

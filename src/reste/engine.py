@@ -810,8 +810,10 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     if blocking and not force:
         detail = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in blocking.items())
         raise UsageError(f"resume settings differ from the saved run ({detail}); drop them or pass --force")
+    if overrides.get("estimator", saved.estimator) != saved.estimator:  # (--force) the old one's options go
+        overrides["estimator_options"] = dict(overrides.get("estimator_options", {}))
     for key in ("estimator_options", "model_options"):  # given options refine the saved ones
-        if key in overrides:
+        if key in overrides and not (key == "estimator_options" and "estimator" in diffs):
             overrides[key] = {**getattr(saved, key), **overrides[key]}
     data = saved.to_dict()
     data.update(overrides)
@@ -819,16 +821,13 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         config = TrainConfig.from_dict(data).resolve()
     except UsageError as err:
         if _fails_alone(saved, err):  # config.json's own setting, not a flag given
-            raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); pass the setting again to replace it, "
-                             "or restore the file") from None
+            raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); give that setting again to replace "
+                             "it (with --force where it changes training), or restore the file") from None
         raise
     run = _Run(config, run_dir, log, progress)
     run.stop = stop
     config = run.config
-    if run.device.type == "cpu" and saved.threads and config.threads != saved.threads:
-        run.log(f"note: {run_dir} trained with {saved.threads} CPU thread(s) and continues with {config.threads}: "
-                "float32 sums may round differently, so the result can differ in its last bits from an "
-                "uninterrupted run")
+    trained = saved  # the settings the run trained with: last.pt's (config.json's where it has none)
     if last.exists():
         try:
             ckpt = load_checkpoint(last, map_location=run.device)
@@ -837,7 +836,9 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
             raise UsageError(f"{reason}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
         _check_checkpoint(ckpt, saved, config, last)
         edited = _config_edits(ckpt, saved, run_dir)
-        if edited:
+        if isinstance(ckpt.get("config"), dict):
+            trained = TrainConfig.from_saved(ckpt["config"])
+        if edited and ckpt["epoch"] < config.epochs:
             run.log(f"note: {run_dir / CONFIG} differs from the settings {last.name} trained with ({edited}); the run "
                     f"continues with {CONFIG}'s")
         if _optimizer_of(ckpt) not in (None, config.optimizer):
@@ -845,10 +846,15 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
                     "(momentum, moments) starts afresh")
             ckpt = {**ckpt, "optimizer": None}
         run.restore(ckpt)
+    idle = run.start_epoch >= config.epochs
+    if not idle and run.device.type == "cpu" and saved.threads and config.threads != saved.threads:
+        run.log(f"note: {run_dir} trained with {saved.threads} CPU thread(s) and continues with {config.threads}: "
+                "float32 sums may round differently, so the result can differ in its last bits from an "
+                "uninterrupted run")
     if run.dist.main:
         record = config
-        if run.start_epoch >= config.epochs:  # nothing left to train: only where its files are may change
-            record = dataclasses.replace(saved, **{k: getattr(config, k) for k in RESUME_FREE if k != "threads"})
+        if idle:  # nothing left to train: the settings it trained with, and where its files are now
+            record = dataclasses.replace(trained, **{k: getattr(config, k) for k in RESUME_FREE if k != "threads"})
         if record != saved:
             write_config(run_dir, record)
         lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics)
@@ -860,7 +866,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
             check_kept(run_dir, run.best_epoch, run.log)
             if config.keep_top:  # a crash may have come before the epoch's copy or the removals
                 keep_top(run_dir, config.keep_top, ckpt["epoch"], None if ckpt.get("step") else last.read_bytes())
-    if run.start_epoch >= config.epochs:
+    if idle:
         run.log(f"{run_dir} already finished {config.epochs} epochs; nothing to do")
     elif run.start_step:
         run.log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{config.epochs}, step "

@@ -250,6 +250,39 @@ def top_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
     return found
 
 
+def _best_epochs(accuracy: dict[int, Any], k: int) -> set[int]:
+    """The ``k`` epochs of ``{epoch: test top-1}`` ranked first (ties: the earlier epoch; no number: last)."""
+    def rank(e: int) -> tuple[float, int]:
+        acc = accuracy[e]
+        return (-acc if isinstance(acc, (int, float)) and math.isfinite(acc) else math.inf, e)
+
+    return set(sorted(accuracy, key=rank)[:k])
+
+
+def epoch_end_whole(run_dir: str | os.PathLike, last: dict[str, Any]) -> bool:
+    """Whether ``best.pt`` and ``top/`` are as the epoch end of ``last`` (``last.pt``'s contents) leaves them: a crash
+    between its writes can leave an older ``best.pt``, no copy of the epoch in ``top/``, or one copy too many,
+    which resume repairs (a sweep asks this to tell a finished run from one to resume)."""
+    run_dir = Path(run_dir)
+    best_epoch = last.get("best_epoch", -1)
+    if isinstance(best_epoch, int) and best_epoch > 0:
+        try:
+            if load_checkpoint(best_checkpoint(run_dir)).get("epoch") != best_epoch:
+                return False
+        except UsageError:
+            return False
+    config = last.get("config")
+    k = config.get("keep_top", 0) if isinstance(config, dict) else 0
+    if k:
+        files = top_checkpoints(run_dir)
+        accuracy = {m["epoch"]: m.get("test_acc") for m in read_metrics(run_dir, missing_ok=True)
+                    if m["epoch"] <= last["epoch"]}
+        if len(files) > k or (last["epoch"] in accuracy and last["epoch"] in _best_epochs(accuracy, k)
+                              and last["epoch"] not in files):
+            return False
+    return True
+
+
 def keep_top(run_dir: str | os.PathLike, k: int, epoch: int, checkpoint: bytes | None) -> None:
     """Make ``top/`` hold the checkpoints of the ``k`` best epochs up to ``epoch`` by test top-1.
 
@@ -271,11 +304,7 @@ def keep_top(run_dir: str | os.PathLike, k: int, epoch: int, checkpoint: bytes |
     if checkpoint is not None:
         candidates[epoch] = accuracy.get(epoch)
 
-    def rank(e: int) -> tuple[float, int]:
-        acc = candidates[e]
-        return (-acc if isinstance(acc, (int, float)) and math.isfinite(acc) else math.inf, e)
-
-    best = set(sorted(candidates, key=rank)[:k])
+    best = _best_epochs(candidates, k)
     if checkpoint is not None and epoch in best and epoch not in on_disk:
         folder.mkdir(exist_ok=True)
         acc = candidates[epoch]
@@ -309,10 +338,20 @@ def run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The settings of a run: its ``config.json``, or, where that is missing, ``last.pt``'s copy of them."""
     run_dir = require_run_path(run_dir)
     if not (run_dir / CONFIG).exists() and (run_dir / LAST).is_file():
-        saved = load_checkpoint(run_dir / LAST).get("config")
+        saved = _settings_of_last(run_dir)
         if isinstance(saved, dict):
             return TrainConfig.from_saved(saved)
     return saved_config(run_dir)
+
+
+def _settings_of_last(run_dir: Path) -> Any:
+    """The settings ``last.pt`` holds, for a run without ``config.json``."""
+    try:
+        return load_checkpoint(run_dir / LAST).get("config")
+    except UsageError as err:
+        reason = str(err).split("; use another checkpoint")[0]
+        raise UsageError(f"{run_dir} has no {CONFIG}, and {reason}: the run cannot continue; start a new run") \
+            from None
 
 
 def config_keys(run_dir: str | os.PathLike) -> set[str]:
@@ -334,7 +373,7 @@ def restore_config(run_dir: str | os.PathLike, write: bool = True) -> bool:
                 return True
             time.sleep(0.1)
         raise UsageError(f"{run_dir} has no {CONFIG}; resume it in one process first to write it again")
-    saved = load_checkpoint(run_dir / LAST).get("config")
+    saved = _settings_of_last(run_dir)
     if not isinstance(saved, dict):
         raise UsageError(f"{run_dir} has no {CONFIG}, and its {LAST} holds no settings to rebuild it from; "
                          "start a new run")

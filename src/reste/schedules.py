@@ -18,11 +18,11 @@ RAMPS = ("cosine", "linear", "constant", "log")
 
 
 def check_progress(epoch: float, epochs: int) -> None:
-    """Raise ValueError unless 0 <= epoch <= epochs and epochs > 0 (past the end a ramp would overshoot)."""
+    """Raise ValueError unless 0 <= epoch and epochs > 0."""
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
-    if not 0 <= epoch <= epochs:
-        raise ValueError(f"epoch must be in [0, epochs] = [0, {epochs}], got {epoch}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
 
 
 def ramp(kind: str, start: float, end: float, epoch: float, epochs: int) -> float:
@@ -34,10 +34,11 @@ def ramp(kind: str, start: float, end: float, epoch: float, epochs: int) -> floa
     ``constant``: start
 
     The ramp is evaluated at e/E, so like the paper it never quite reaches ``end``
-    within ``epochs`` epochs (ReSTE: E = 1000 gives o(999) = 2.99686 for end 3).
+    within ``epochs`` epochs (ReSTE: E = 1000 gives o(999) = 2.99686 for end 3). Past ``epochs`` (a
+    training loop that runs longer than it said) it holds ``end``.
     """
     check_progress(epoch, epochs)
-    r = epoch / epochs
+    r = min(epoch / epochs, 1.0)
     if kind == "cosine":
         return start + (1.0 - math.cos(math.pi / 2 * r)) * (end - start)
     if kind == "linear":

@@ -42,7 +42,7 @@ from ..models import model_keywords
 from ..errors import UsageError
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
-from ..rundir import CONFIG, RESUME_FREE, finished_epochs, last_checkpoint, saved_config
+from ..rundir import CONFIG, RESUME_FREE, epoch_end_whole, finished_epochs, last_checkpoint, saved_config
 from .report import MANIFEST, summarize
 
 # Left out of a run's identity: the settings free to change on resume, and the seed (a folder of its own)
@@ -239,7 +239,7 @@ def run_state(run_dir: Path, epochs: int) -> str:
         except UsageError:  # damaged: resuming says so in one line
             return "partial"
         if ckpt.get("epoch", 0) >= epochs and not ckpt.get("step"):
-            return "done"
+            return "done" if epoch_end_whole(run_dir, ckpt) else "partial"  # resume repairs best.pt and top/
     if (run_dir / CONFIG).is_file():
         return "partial"
     return "new"
