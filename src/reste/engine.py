@@ -834,17 +834,17 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         except UsageError as err:
             reason = str(err).split("; use another checkpoint")[0].split("; pass a .pt file")[0]
             raise UsageError(f"{reason}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
-        _check_checkpoint(ckpt, saved, config, last)
-        edited = _config_edits(ckpt, saved, run_dir)
+        _check_checkpoint(ckpt, config, last)
         if isinstance(ckpt.get("config"), dict):
             trained = TrainConfig.from_saved(ckpt["config"])
-        if edited and ckpt["epoch"] < config.epochs:
-            run.log(f"note: {run_dir / CONFIG} differs from the settings {last.name} trained with ({edited}); the run "
-                    f"continues with {CONFIG}'s")
-        if _optimizer_of(ckpt) not in (None, config.optimizer):
-            run.log(f"note: the optimizer changes from {_optimizer_of(ckpt)} to {config.optimizer}; its state "
-                    "(momentum, moments) starts afresh")
-            ckpt = {**ckpt, "optimizer": None}
+            edited = _config_edits(set(ckpt["config"]), trained, saved, run_dir)
+            if edited and ckpt["epoch"] < config.epochs:
+                run.log(f"note: {run_dir / CONFIG} differs from the settings {last.name} trained with ({edited}); "
+                        f"the run continues with {CONFIG}'s")
+            if trained.optimizer != config.optimizer:
+                run.log(f"note: the optimizer changes from {trained.optimizer} to {config.optimizer}; its state "
+                        "(momentum, moments) starts afresh")
+                ckpt = {**ckpt, "optimizer": None}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs
     if not idle and run.device.type == "cpu" and saved.threads and config.threads != saved.threads:
@@ -876,12 +876,6 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     return run.run()
 
 
-def _optimizer_of(ckpt: dict[str, Any]) -> str | None:
-    """The optimizer a checkpoint's run trained with (``None`` where it does not say)."""
-    saved = ckpt.get("config")
-    return saved.get("optimizer") if isinstance(saved, dict) else None
-
-
 def _fails_alone(saved: TrainConfig, err: UsageError) -> bool:
     """Whether the saved settings alone, without the flags given on resume, fail as ``err`` says."""
     try:
@@ -897,7 +891,7 @@ def _what_is_left(run_dir: Path) -> str:
     return f"evaluate its {BEST} with reste eval, or start a new run" if best.exists() else "start a new run"
 
 
-def _check_checkpoint(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConfig, last: Path) -> None:
+def _check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> None:
     """Refuse a ``last.pt`` that cannot continue as ``config``: another model, fewer epochs than it holds, or a
     mid-epoch state with another batch size."""
     if ckpt["model_name"] != config.model:
@@ -917,24 +911,19 @@ def _check_checkpoint(ckpt: dict[str, Any], saved: TrainConfig, config: TrainCon
                          "has finished")
 
 
-def _config_edits(ckpt: dict[str, Any], saved: TrainConfig, run_dir: Path) -> str:
-    """How ``config.json`` differs from the settings ``last.pt`` trained with (a resume given other settings with
-    ``--force`` writes them before its first save; a hand edit), as ``"lr 0.05 (was 0.1)"``; a setting that
-    ``last.pt`` holds and ``config.json`` lacks is damage: refused, as a default would silently stand in."""
-    trained = ckpt.get("config")
-    if not isinstance(trained, dict):
-        return ""
-    was = TrainConfig.from_saved(trained)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    # a setting a newer reste added is missing from an older run's config.json, and takes the value it had
-    missing = sorted(k for k in set(trained) - config_keys(run_dir) - set(RESUME_FREE)
-                     if k in names and getattr(saved, k) != getattr(was, k))
+def _config_edits(held: set[str], was: TrainConfig, saved: TrainConfig, run_dir: Path) -> str:
+    """How ``config.json`` (``saved``) differs from the settings ``last.pt`` trained with (``was``; ``held``: the
+    names its copy has), as ``"lr 0.05 (was 0.1)"``: a resume given other settings with ``--force`` writes them
+    before its first save, or a hand edit. A setting that ``last.pt`` holds and ``config.json`` lacks is damage:
+    refused, as a default would silently stand in (a setting a newer reste added is missing from an older run's
+    config.json, and takes the value it had: no difference)."""
+    changed = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUME_FREE and getattr(saved, f.name) != getattr(was, f.name)]
+    missing = [k for k in changed if k in held - config_keys(run_dir)]
     if missing:
         raise UsageError(f"{run_dir / CONFIG} lacks {', '.join(missing)}, which {LAST} holds: it is damaged; "
                          f"delete it and resume again ({LAST} holds the settings to write it from)")
-    return ", ".join(f"{f.name} {getattr(saved, f.name)!r} (was {getattr(was, f.name)!r})"
-                     for f in dataclasses.fields(TrainConfig)
-                     if f.name not in RESUME_FREE and getattr(saved, f.name) != getattr(was, f.name))
+    return ", ".join(f"{k} {getattr(saved, k)!r} (was {getattr(was, k)!r})" for k in changed)
 
 
 def _spans(epochs: list[int]) -> str:

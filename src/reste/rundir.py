@@ -337,21 +337,18 @@ def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
 def run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The settings of a run: its ``config.json``, or, where that is missing, ``last.pt``'s copy of them."""
     run_dir = require_run_path(run_dir)
-    if not (run_dir / CONFIG).exists() and (run_dir / LAST).is_file():
-        saved = _settings_of_last(run_dir)
-        if isinstance(saved, dict):
-            return TrainConfig.from_saved(saved)
-    return saved_config(run_dir)
-
-
-def _settings_of_last(run_dir: Path) -> Any:
-    """The settings ``last.pt`` holds, for a run without ``config.json``."""
+    if (run_dir / CONFIG).exists() or not (run_dir / LAST).is_file():
+        return saved_config(run_dir)
     try:
-        return load_checkpoint(run_dir / LAST).get("config")
+        saved = load_checkpoint(run_dir / LAST).get("config")
     except UsageError as err:
         reason = str(err).split("; use another checkpoint")[0]
         raise UsageError(f"{run_dir} has no {CONFIG}, and {reason}: the run cannot continue; start a new run") \
             from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"{run_dir} has no {CONFIG}, and its {LAST} holds no settings to rebuild it from; "
+                         "start a new run")
+    return TrainConfig.from_saved(saved)
 
 
 def config_keys(run_dir: str | os.PathLike) -> set[str]:
@@ -373,11 +370,7 @@ def restore_config(run_dir: str | os.PathLike, write: bool = True) -> bool:
                 return True
             time.sleep(0.1)
         raise UsageError(f"{run_dir} has no {CONFIG}; resume it in one process first to write it again")
-    saved = _settings_of_last(run_dir)
-    if not isinstance(saved, dict):
-        raise UsageError(f"{run_dir} has no {CONFIG}, and its {LAST} holds no settings to rebuild it from; "
-                         "start a new run")
-    write_config(run_dir, TrainConfig.from_saved(saved))
+    write_config(run_dir, run_config(run_dir))
     return True
 
 
