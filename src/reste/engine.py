@@ -1,7 +1,8 @@
 """The training loop: config -> data -> model -> epochs -> run directory.
 
 ``train(config, out=...)`` runs a whole training and ``resume(run_dir)``
-continues one. A run directory (its files, their reading and writing: ``reste.rundir``) holds
+continues one (whether it can, and with which settings: ``reste.resumption``). A run
+directory (its files, their reading and writing: ``reste.rundir``) holds
 
     config.json     the resolved TrainConfig
     metrics.jsonl   one JSON object per finished epoch
@@ -50,21 +51,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from . import models
+from . import models, resumption
 from .config import AMP_MODES, TrainConfig, check_data_path
 from .data import data_device, load_datasets, make_loaders
-from .datasets import get_spec
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed
 from .errors import UsageError
-from .estimators import estimator_class
 from .indicators import EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .rundir import (BEST, CONFIG, LAST, METRICS, RESUME_FREE, RunDirectory, append_metrics, best_checkpoint,
-                     check_kept, config_keys, finished_epochs, keep_top, last_checkpoint, repair_best,
-                     require_run_path, restore_config, saved_config, start_metrics, top_checkpoints,
+from .rundir import (CONFIG, METRICS, RunDirectory, append_metrics, best_checkpoint, check_kept, keep_top,
+                     last_checkpoint, repair_best, require_run_path, restore_config, saved_config, start_metrics,
                      truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
@@ -736,35 +734,6 @@ def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool
             "ResNet-20 ReSTE step took 4.15 ms graphed against 19.7 ms eager: benchmarks/RESULTS.md)")
 
 
-def config_differences(saved: TrainConfig, overrides: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{field: (saved, requested)} for every override that changes a saved setting (an estimator option the
-    run left at its default compares as that default)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise UsageError(f"unknown settings {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    diffs = {}
-    for key, value in overrides.items():
-        if key in ("estimator_options", "model_options"):
-            base = getattr(saved, key)
-            if key == "estimator_options" and overrides.get("estimator", saved.estimator) == saved.estimator:
-                base = _with_defaults(saved.estimator, base)
-            for k, v in value.items():
-                if base.get(k) != v:
-                    diffs[f"{key}.{k}"] = (base.get(k), v)
-        elif getattr(saved, key) != value:
-            diffs[key] = (getattr(saved, key), value)
-    return diffs
-
-
-def _with_defaults(estimator: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with every hyper-parameter of ``estimator`` that they leave out at its default."""
-    try:
-        return {**estimator_class(estimator).check_hyperparameters(dict(options)), **options}
-    except (ValueError, UsageError):
-        return dict(options)
-
-
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,
            progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last finished epoch.
@@ -793,58 +762,20 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     if restore_config(run_dir, write=env_rank() == 0) and env_rank() == 0:
         log(f"note: {run_dir / CONFIG} was missing; written again from {last}")
     saved = saved_config(run_dir)
-    # a crash between an epoch's metrics line and its last.pt leaves one line more than last.pt holds (epoch 1:
-    # one line and no last.pt); more than that, or a best.pt, means last.pt was lost
-    if not last.exists() and (finished_epochs(run_dir) > 1 or best_checkpoint(run_dir).exists()
-                              or top_checkpoints(run_dir)):
-        raise UsageError(f"{run_dir} has finished epochs but no {last.name} (deleted or lost), so it cannot continue; "
-                         + _what_is_left(run_dir))
-    overrides = dict(overrides or {})
-    if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
-        overrides["dataset"] = get_spec(overrides["dataset"]).name
-    diffs = config_differences(saved, overrides)
-    if "dataset" in diffs:  # not even with --force: the checkpoint's model learned another data set
-        raise UsageError(f"{run_dir} trained on {saved.dataset}, not {diffs['dataset'][1]}; a run keeps its data "
-                         "set: start a new run (--out) for the other one")
-    blocking = {k: v for k, v in diffs.items() if k.split(".")[0] not in RESUME_FREE}
-    if blocking and not force:
-        detail = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in blocking.items())
-        raise UsageError(f"resume settings differ from the saved run ({detail}); drop them or pass --force")
-    if overrides.get("estimator", saved.estimator) != saved.estimator:  # (--force) the old one's options go
-        overrides["estimator_options"] = dict(overrides.get("estimator_options", {}))
-    for key in ("estimator_options", "model_options"):  # given options refine the saved ones
-        if key in overrides and not (key == "estimator_options" and "estimator" in diffs):
-            overrides[key] = {**getattr(saved, key), **overrides[key]}
-    data = saved.to_dict()
-    data.update(overrides)
-    try:
-        config = TrainConfig.from_dict(data).resolve()
-    except UsageError as err:
-        if _fails_alone(saved, err):  # config.json's own setting, not a flag given
-            raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); give that setting again to replace "
-                             "it (with --force where it changes training), or restore the file") from None
-        raise
+    resumption.check_last_kept(run_dir)
+    config = resumption.continue_config(run_dir, saved, overrides, force)
     run = _Run(config, run_dir, log, progress)
     run.stop = stop
     config = run.config
     trained = saved  # the settings the run trained with: last.pt's (config.json's where it has none)
     if last.exists():
-        try:
-            ckpt = load_checkpoint(last, map_location=run.device)
-        except UsageError as err:
-            reason = str(err).split("; use another checkpoint")[0].split("; pass a .pt file")[0]
-            raise UsageError(f"{reason}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
-        _check_checkpoint(ckpt, config, last)
-        if isinstance(ckpt.get("config"), dict):
-            trained = TrainConfig.from_saved(ckpt["config"])
-            edited = _config_edits(set(ckpt["config"]), trained, saved, run_dir)
-            if edited and ckpt["epoch"] < config.epochs:
-                run.log(f"note: {run_dir / CONFIG} differs from the settings {last.name} trained with ({edited}); "
-                        f"the run continues with {CONFIG}'s")
-            if trained.optimizer != config.optimizer:
-                run.log(f"note: the optimizer changes from {trained.optimizer} to {config.optimizer}; its state "
-                        "(momentum, moments) starts afresh")
-                ckpt = {**ckpt, "optimizer": None}
+        ckpt = resumption.load_last(run_dir, run.device)
+        resumption.check_checkpoint(ckpt, config, last)
+        trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)
+        for note in notes:
+            run.log(note)
+        if trained.optimizer != config.optimizer:  # another optimizer's state starts afresh
+            ckpt = {**ckpt, "optimizer": None}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs
     if not idle and run.device.type == "cpu" and saved.threads and config.threads != saved.threads:
@@ -852,15 +783,13 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
                 "float32 sums may round differently, so the result can differ in its last bits from an "
                 "uninterrupted run")
     if run.dist.main:
-        record = config
-        if idle:  # nothing left to train: the settings it trained with, and where its files are now
-            record = dataclasses.replace(trained, **{k: getattr(config, k) for k in RESUME_FREE if k != "threads"})
+        record = resumption.settings_to_record(config, trained, idle)
         if record != saved:
             write_config(run_dir, record)
         lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics)
         if lost:
-            run.log(f"warning: {run_dir / METRICS} has no line for epoch(s) {_spans(lost)} (damaged or deleted); "
-                    "their metrics are lost")
+            run.log(f"warning: {run_dir / METRICS} has no line for epoch(s) {resumption.spans(lost)} (damaged or "
+                    "deleted); their metrics are lost")
         if last.exists():
             repair_best(run_dir, ckpt)
             check_kept(run_dir, run.best_epoch, run.log)
@@ -874,67 +803,6 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     else:
         run.log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{config.epochs}")
     return run.run()
-
-
-def _fails_alone(saved: TrainConfig, err: UsageError) -> bool:
-    """Whether the saved settings alone, without the flags given on resume, fail as ``err`` says."""
-    try:
-        saved.resolve()
-    except UsageError as own:
-        return str(own) == str(err)
-    return False
-
-
-def _what_is_left(run_dir: Path) -> str:
-    """What a run that cannot continue still offers."""
-    best = best_checkpoint(run_dir)
-    return f"evaluate its {BEST} with reste eval, or start a new run" if best.exists() else "start a new run"
-
-
-def _check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> None:
-    """Refuse a ``last.pt`` that cannot continue as ``config``: another model, fewer epochs than it holds, or a
-    mid-epoch state with another batch size."""
-    if ckpt["model_name"] != config.model:
-        raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
-    done, step = ckpt["epoch"], int(ckpt.get("step") or 0)
-    if done > config.epochs:
-        raise UsageError(f"{last.parent} already finished {done} epochs; --epochs {config.epochs} is fewer: "
-                         f"pass at least {done}")
-    if step and done >= config.epochs:
-        raise UsageError(f"{last} was saved inside epoch {done + 1} (after {step} batches); --epochs {config.epochs} "
-                         f"ends before it: pass at least {done + 1}")
-    trained = ckpt.get("config")
-    size = trained.get("batch_size") if isinstance(trained, dict) else None
-    if step and size is not None and size != config.batch_size:
-        raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of size {size}; the batch size "
-                         f"cannot change there: resume with --batch-size {size}, and change it once that epoch "
-                         "has finished")
-
-
-def _config_edits(held: set[str], was: TrainConfig, saved: TrainConfig, run_dir: Path) -> str:
-    """How ``config.json`` (``saved``) differs from the settings ``last.pt`` trained with (``was``; ``held``: the
-    names its copy has), as ``"lr 0.05 (was 0.1)"``: a resume given other settings with ``--force`` writes them
-    before its first save, or a hand edit. A setting that ``last.pt`` holds and ``config.json`` lacks is damage:
-    refused, as a default would silently stand in (a setting a newer reste added is missing from an older run's
-    config.json, and takes the value it had: no difference)."""
-    changed = [f.name for f in dataclasses.fields(TrainConfig)
-               if f.name not in RESUME_FREE and getattr(saved, f.name) != getattr(was, f.name)]
-    missing = [k for k in changed if k in held - config_keys(run_dir)]
-    if missing:
-        raise UsageError(f"{run_dir / CONFIG} lacks {', '.join(missing)}, which {LAST} holds: it is damaged; "
-                         f"delete it and resume again ({LAST} holds the settings to write it from)")
-    return ", ".join(f"{k} {getattr(saved, k)!r} (was {getattr(was, k)!r})" for k in changed)
-
-
-def _spans(epochs: list[int]) -> str:
-    """``[1, 2, 3, 7]`` as ``1-3, 7``."""
-    out: list[str] = []
-    for e in epochs:
-        if out and int(out[-1].split("-")[-1]) == e - 1:
-            out[-1] = f"{out[-1].split('-')[0]}-{e}"
-        else:
-            out.append(str(e))
-    return ", ".join(out)
 
 
 __all__ = [

@@ -1,0 +1,203 @@
+"""The rules of a resume: whether a run directory can continue, and with which settings.
+
+``reste.engine.resume`` asks this module, in this order:
+
+1. ``check_last_kept``: a folder with finished epochs but no ``last.pt`` lost it and cannot continue (a crash
+   between epoch 1's metrics line and its first ``last.pt`` leaves one line and nothing else: that restarts);
+2. ``continue_config``: the saved settings with those given again; a given setting that changes what is
+   trained is refused unless forced, and the data set never changes;
+3. ``load_last`` and ``check_checkpoint``: ``last.pt`` must hold the model and fit the epochs and, inside an
+   epoch, the batch size;
+4. ``trained_settings``: what ``last.pt`` trained with, and the notes on where ``config.json`` departs from it
+   (a setting ``config.json`` lacks is damage: refused);
+5. ``settings_to_record``: what ``config.json`` holds afterwards.
+
+The settings that may always differ are ``reste.rundir.RESUME_FREE``. Every refusal is a one-line
+``UsageError`` that says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .datasets import get_spec
+from .errors import UsageError
+from .estimators import estimator_class
+from .rundir import (BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_keys, finished_epochs,
+                     last_checkpoint, top_checkpoints)
+
+__all__ = ["check_checkpoint", "check_last_kept", "config_differences", "continue_config", "load_last",
+           "settings_to_record", "spans", "trained_settings"]
+
+
+def check_last_kept(run_dir: Path) -> None:
+    """Refuse a run whose ``last.pt`` was lost: more than one metrics line, a ``best.pt`` or ``top/`` files
+    without it. One line and nothing else is a crash before epoch 1's first ``last.pt``: it restarts."""
+    last = last_checkpoint(run_dir)
+    if not last.exists() and (finished_epochs(run_dir) > 1 or best_checkpoint(run_dir).exists()
+                              or top_checkpoints(run_dir)):
+        raise UsageError(f"{run_dir} has finished epochs but no {last.name} (deleted or lost), so it cannot continue; "
+                         + _what_is_left(run_dir))
+
+
+def config_differences(saved: TrainConfig, overrides: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved, requested)} for every override that changes a saved setting (an estimator option the
+    run left at its default compares as that default)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise UsageError(f"unknown settings {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    diffs = {}
+    for key, value in overrides.items():
+        if key in ("estimator_options", "model_options"):
+            base = getattr(saved, key)
+            if key == "estimator_options" and overrides.get("estimator", saved.estimator) == saved.estimator:
+                base = _with_defaults(saved.estimator, base)
+            for k, v in value.items():
+                if base.get(k) != v:
+                    diffs[f"{key}.{k}"] = (base.get(k), v)
+        elif getattr(saved, key) != value:
+            diffs[key] = (getattr(saved, key), value)
+    return diffs
+
+
+def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any] | None,
+                    force: bool) -> TrainConfig:
+    """The resolved settings the run continues with: ``saved`` (config.json's) with ``overrides`` (given
+    again). Another data set is refused always, other settings outside ``RESUME_FREE`` unless ``force``;
+    given estimator or model options refine the saved ones, and another estimator drops the old one's."""
+    overrides = dict(overrides or {})
+    if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
+        overrides["dataset"] = get_spec(overrides["dataset"]).name
+    diffs = config_differences(saved, overrides)
+    if "dataset" in diffs:  # not even with --force: the checkpoint's model learned another data set
+        raise UsageError(f"{run_dir} trained on {saved.dataset}, not {diffs['dataset'][1]}; a run keeps its data "
+                         "set: start a new run (--out) for the other one")
+    blocking = {k: v for k, v in diffs.items() if k.split(".")[0] not in RESUME_FREE}
+    if blocking and not force:
+        detail = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in blocking.items())
+        raise UsageError(f"resume settings differ from the saved run ({detail}); drop them or pass --force")
+    if overrides.get("estimator", saved.estimator) != saved.estimator:  # (--force) the old one's options go
+        overrides["estimator_options"] = dict(overrides.get("estimator_options", {}))
+    for key in ("estimator_options", "model_options"):  # given options refine the saved ones
+        if key in overrides and not (key == "estimator_options" and "estimator" in diffs):
+            overrides[key] = {**getattr(saved, key), **overrides[key]}
+    data = saved.to_dict()
+    data.update(overrides)
+    try:
+        return TrainConfig.from_dict(data).resolve()
+    except UsageError as err:
+        if _fails_alone(saved, err):  # config.json's own setting, not a flag given
+            raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); give that setting again to replace "
+                             "it (with --force where it changes training), or restore the file") from None
+        raise
+
+
+def load_last(run_dir: Path, device: torch.device) -> dict[str, Any]:
+    """``last.pt``, loaded onto ``device``; a damaged one is refused, saying what the run still offers."""
+    try:
+        return load_checkpoint(last_checkpoint(run_dir), map_location=device)
+    except UsageError as err:
+        reason = str(err).split("; use another checkpoint")[0].split("; pass a .pt file")[0]
+        raise UsageError(f"{reason}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
+
+
+def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> None:
+    """Refuse a ``last.pt`` that cannot continue as ``config``: another model, fewer epochs than it holds, or a
+    mid-epoch state with another batch size."""
+    if ckpt["model_name"] != config.model:
+        raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
+    done, step = ckpt["epoch"], int(ckpt.get("step") or 0)
+    if done > config.epochs:
+        raise UsageError(f"{last.parent} already finished {done} epochs; --epochs {config.epochs} is fewer: "
+                         f"pass at least {done}")
+    if step and done >= config.epochs:
+        raise UsageError(f"{last} was saved inside epoch {done + 1} (after {step} batches); --epochs {config.epochs} "
+                         f"ends before it: pass at least {done + 1}")
+    trained = ckpt.get("config")
+    size = trained.get("batch_size") if isinstance(trained, dict) else None
+    if step and size is not None and size != config.batch_size:
+        raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of size {size}; the batch size "
+                         f"cannot change there: resume with --batch-size {size}, and change it once that epoch "
+                         "has finished")
+
+
+def trained_settings(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConfig,
+                     run_dir: Path) -> tuple[TrainConfig, list[str]]:
+    """The settings ``last.pt`` trained with (``saved``, config.json's, where it records none), and the notes
+    to print: config.json departs from them (when there is training left), another optimizer starts afresh."""
+    if not isinstance(ckpt.get("config"), dict):
+        return saved, []
+    trained = TrainConfig.from_saved(ckpt["config"])
+    notes = []
+    edited = _config_edits(set(ckpt["config"]), trained, saved, run_dir)
+    if edited and ckpt["epoch"] < config.epochs:
+        notes.append(f"note: {run_dir / CONFIG} differs from the settings {LAST} trained with ({edited}); "
+                     f"the run continues with {CONFIG}'s")
+    if trained.optimizer != config.optimizer:
+        notes.append(f"note: the optimizer changes from {trained.optimizer} to {config.optimizer}; its state "
+                     "(momentum, moments) starts afresh")
+    return trained, notes
+
+
+def settings_to_record(config: TrainConfig, trained: TrainConfig, idle: bool) -> TrainConfig:
+    """What config.json holds after the resume: the settings it continues with, or, with nothing left to train,
+    the settings it trained with and where its files are now (``RESUME_FREE``, less the thread count)."""
+    if not idle:
+        return config
+    return dataclasses.replace(trained, **{k: getattr(config, k) for k in RESUME_FREE if k != "threads"})
+
+
+def spans(epochs: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``1-3, 7``."""
+    out: list[str] = []
+    for e in epochs:
+        if out and int(out[-1].split("-")[-1]) == e - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{e}"
+        else:
+            out.append(str(e))
+    return ", ".join(out)
+
+
+def _with_defaults(estimator: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every hyper-parameter of ``estimator`` that they leave out at its default."""
+    try:
+        return {**estimator_class(estimator).check_hyperparameters(dict(options)), **options}
+    except (ValueError, UsageError):
+        return dict(options)
+
+
+def _fails_alone(saved: TrainConfig, err: UsageError) -> bool:
+    """Whether the saved settings alone, without the flags given on resume, fail as ``err`` says."""
+    try:
+        saved.resolve()
+    except UsageError as own:
+        return str(own) == str(err)
+    return False
+
+
+def _what_is_left(run_dir: Path) -> str:
+    """What a run that cannot continue still offers."""
+    best = best_checkpoint(run_dir)
+    return f"evaluate its {BEST} with reste eval, or start a new run" if best.exists() else "start a new run"
+
+
+def _config_edits(held: set[str], was: TrainConfig, saved: TrainConfig, run_dir: Path) -> str:
+    """How ``config.json`` (``saved``) differs from the settings ``last.pt`` trained with (``was``; ``held``: the
+    names its copy has), as ``"lr 0.05 (was 0.1)"``: a resume given other settings with ``--force`` writes them
+    before its first save, or a hand edit. A setting that ``last.pt`` holds and ``config.json`` lacks is damage:
+    refused, as a default would silently stand in (a setting a newer reste added is missing from an older run's
+    config.json, and takes the value it had: no difference)."""
+    changed = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUME_FREE and getattr(saved, f.name) != getattr(was, f.name)]
+    missing = [k for k in changed if k in held - config_keys(run_dir)]
+    if missing:
+        raise UsageError(f"{run_dir / CONFIG} lacks {', '.join(missing)}, which {LAST} holds: it is damaged; "
+                         f"delete it and resume again ({LAST} holds the settings to write it from)")
+    return ", ".join(f"{k} {getattr(saved, k)!r} (was {getattr(was, k)!r})" for k in changed)

@@ -1,0 +1,97 @@
+"""reste.resumption without training: the settings a resume continues with and records, and its refusals.
+The whole resume, through damaged and edited run directories, is tests/test_resume_guards.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reste import resumption, rundir
+from reste.config import TrainConfig
+from reste.errors import UsageError
+
+
+@pytest.fixture
+def saved(tmp_path):
+    config = TrainConfig(dataset="digits", epochs=4, lr=0.1, threads=1, estimator="reste",
+                         estimator_options={"o_end": 3.0}).resolve()
+    rundir.write_config(tmp_path, config)
+    return config
+
+
+def test_differences_compare_estimator_options_with_their_defaults(saved):
+    assert resumption.config_differences(saved, {"lr": 0.1, "epochs": 4}) == {}
+    assert resumption.config_differences(saved, {"lr": 0.05}) == {"lr": (0.1, 0.05)}
+    assert resumption.config_differences(saved, {"estimator_options": {"o_end": 3.0}}) == {}
+    assert resumption.config_differences(saved, {"estimator_options": {"o_end": 10.0}}) == {
+        "estimator_options.o_end": (3.0, 10.0)}
+    with pytest.raises(UsageError, match="unknown settings colour; valid: "):
+        resumption.config_differences(saved, {"colour": "red"})
+
+
+def test_a_changed_setting_needs_force_and_the_data_set_never_changes(tmp_path, saved):
+    with pytest.raises(UsageError, match=r"lr: saved 0.1, given 0.05\); drop them or pass --force"):
+        resumption.continue_config(tmp_path, saved, {"lr": 0.05}, force=False)
+    assert resumption.continue_config(tmp_path, saved, {"lr": 0.05}, force=True).lr == 0.05
+    assert resumption.continue_config(tmp_path, saved, {"threads": 2}, force=False).threads == 2  # RESUME_FREE
+    assert resumption.continue_config(tmp_path, saved, {"dataset": "DIGITS"}, force=False) == saved
+    with pytest.raises(UsageError, match="trained on digits, not fashion-mnist; a run keeps its data set"):
+        resumption.continue_config(tmp_path, saved, {"dataset": "fashion-mnist"}, force=True)
+
+
+def test_given_options_refine_the_saved_ones_and_another_estimator_drops_them(tmp_path, saved):
+    config = resumption.continue_config(tmp_path, saved, {"estimator_options": {"t": 1.2}}, force=True)
+    assert config.estimator_options["o_end"] == 3.0 and config.estimator_options["t"] == 1.2
+    config = resumption.continue_config(tmp_path, saved, {"estimator": "ste"}, force=True)
+    assert config.estimator == "ste" and "o_end" not in config.estimator_options
+
+
+def test_the_settings_recorded_after_a_resume(saved):
+    given = dataclasses.replace(saved, lr=0.5, threads=2, keep_top=3)
+    assert resumption.settings_to_record(given, saved, idle=False) == given
+    # nothing left to train: what it trained with, and where its files are now (not the thread count)
+    assert resumption.settings_to_record(given, saved, idle=True) == dataclasses.replace(saved, keep_top=3)
+
+
+def test_a_checkpoint_that_cannot_continue_as_configured(tmp_path, saved):
+    last = tmp_path / rundir.LAST
+    ckpt = {"model_name": saved.model, "epoch": 4, "step": 0, "config": saved.to_dict()}
+    resumption.check_checkpoint(ckpt, saved, last)
+    with pytest.raises(UsageError, match="holds model 'resnet20', not"):
+        resumption.check_checkpoint({**ckpt, "model_name": "resnet20"}, saved, last)
+    with pytest.raises(UsageError, match="already finished 4 epochs; --epochs 3 is fewer: pass at least 4"):
+        resumption.check_checkpoint(ckpt, dataclasses.replace(saved, epochs=3), last)
+    inside = {**ckpt, "epoch": 2, "step": 5}
+    with pytest.raises(UsageError, match=f"cannot change there: resume with --batch-size {saved.batch_size},"):
+        resumption.check_checkpoint(inside, dataclasses.replace(saved, batch_size=saved.batch_size + 1), last)
+    resumption.check_checkpoint(inside, saved, last)
+    with pytest.raises(UsageError, match="ends before it: pass at least 3"):
+        resumption.check_checkpoint(inside, dataclasses.replace(saved, epochs=2), last)
+
+
+def test_notes_on_what_last_pt_trained_with(tmp_path, saved):
+    edited = dataclasses.replace(saved, lr=0.05)
+    ckpt = {"epoch": 2, "config": saved.to_dict()}
+    trained, notes = resumption.trained_settings(ckpt, edited, edited, tmp_path)
+    assert trained == saved
+    assert len(notes) == 1 and "(lr 0.05 (was 0.1)); the run continues with config.json's" in notes[0]
+    sgd = dataclasses.replace(saved, optimizer="sgd" if saved.optimizer != "sgd" else "adam")
+    _, notes = resumption.trained_settings(ckpt, saved, sgd, tmp_path)
+    assert notes == [f"note: the optimizer changes from {saved.optimizer} to {sgd.optimizer}; its state "
+                     "(momentum, moments) starts afresh"]
+    assert resumption.trained_settings({"epoch": 2}, saved, saved, tmp_path) == (saved, [])
+
+
+def test_lost_last_pt(tmp_path, saved):
+    rundir.start_metrics(tmp_path)
+    rundir.append_metrics(tmp_path, {"epoch": 1, "test_acc": 50.0})
+    resumption.check_last_kept(tmp_path)  # epoch 1's line and no last.pt: a crash before its first save
+    rundir.append_metrics(tmp_path, {"epoch": 2, "test_acc": 60.0})
+    with pytest.raises(UsageError, match="has finished epochs but no last.pt .* start a new run$"):
+        resumption.check_last_kept(tmp_path)
+
+
+def test_spans():
+    assert resumption.spans([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
+    assert resumption.spans([]) == ""
