@@ -320,3 +320,54 @@ def test_zoo_models_convert_every_float_conv_and_linear_but_first_and_last():
         linears = [n for n in floats if isinstance(net.get_submodule(n), nn.Linear)]
         expected = set(before) | set(floats) - {convs[0], linears[-1]}
         assert {n for n, _ in reste.binary_layers(bnet)} == expected, name
+
+
+def test_a_layer_used_in_two_places_stays_one_binary_layer():
+    shared = nn.Conv2d(4, 4, 3, padding=1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), shared, nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), shared,
+                        nn.Flatten(), nn.Linear(4 * 36, 3))
+    bnet = binarize(net)
+    assert isinstance(bnet[1], BinaryConv2d) and bnet[1] is bnet[4]
+    assert [n for n, _ in reste.binary_layers(bnet)] == ["1", "3"]
+    # kept under one of its names (a keep pattern): kept wherever it is used
+    kept = binarize(net, keep=["4"])
+    assert type(kept[1]) is nn.Conv2d and kept[1] is kept[4] and isinstance(kept[3], BinaryConv2d)
+
+
+def test_the_binary_layers_take_over_the_parameters():
+    net = make_net()
+    net.layer1.conv1.weight.requires_grad_(False)  # a frozen layer stays frozen
+    net.layer2.conv2.weight = net.layer1.conv2.weight  # tied weights stay tied
+    net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = [id(p) for p in net.parameters()]
+    same = binarize(net, inplace=True)
+    # an optimizer built before an in-place binarize still holds every parameter of the model
+    assert [id(p) for p in same.parameters()] == before
+    assert {id(p) for p in same.parameters()} <= {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not same.layer1.conv1.weight.requires_grad and same.layer1.conv2.weight.requires_grad
+    assert same.layer2.conv2.weight is same.layer1.conv2.weight
+    assert same.layer1.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    # a copy (the default) ties its own parameters as the original ties them
+    tied = make_net()
+    tied.layer2.conv2.weight = tied.layer1.conv2.weight
+    copied = binarize(tied)
+    assert copied.layer2.conv2.weight is copied.layer1.conv2.weight is not tied.layer1.conv2.weight
+
+
+def test_hooks_of_a_converted_layer_stay():
+    net = make_net()
+    calls = []
+    handle = net.layer1.conv1.register_forward_hook(lambda module, args, out: calls.append(type(module)))
+    binarize(net, inplace=True)(torch.randn(2, 3, 8, 8))
+    assert calls == [BinaryConv2d]
+    handle.remove()
+    net(torch.randn(2, 3, 8, 8))
+    assert calls == [BinaryConv2d]
+
+
+def test_keep_takes_one_name_and_a_bad_scaling_is_named_once():
+    assert isinstance(binarize(make_net(), keep="layer1.conv1").layer1.conv1, nn.Conv2d)
+    assert not isinstance(binarize(make_net(), keep="layer1.conv1").layer1.conv1, BinaryConv2d)
+    with pytest.raises(ValueError, match=r"^unknown scaling 'bad'; valid: layer, channel, none$"):
+        binarize(make_net(), scaling="bad")

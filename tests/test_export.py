@@ -421,3 +421,19 @@ def test_onnx_dynamo_exporter(tmp_path, digits_model):
     model, images, _ = digits_model
     _export(deploy_model(model), images[:2], tmp_path / "d.onnx", dynamo=True)
     _assert_onnx_explained(model, tmp_path, (1, 8, 8), images, run_onnx(tmp_path / "d.onnx", images.numpy()))
+
+
+def test_a_binary_layer_used_in_two_places_deploys_and_exports_as_one(tmp_path):
+    from reste.export import deploy_model
+
+    shared = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), shared, nn.Conv2d(8, 8, 3, padding=1),
+                        shared, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    model = _calibrate(reste.binarize(net), (3, 8, 8))
+    deployed = deploy_model(model)
+    assert deployed[2] is deployed[4] and getattr(deployed[2], "precision", 32) != 1
+    x = torch.randn(16, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), model(x), atol=1e-5)
+    report = export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8))
+    assert report["verify"]["ok"]

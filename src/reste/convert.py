@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .estimators import get_estimator
-from .layers import BinaryConv2d, BinaryLinear
+from .layers import SCALINGS, BinaryConv2d, BinaryLinear
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -51,8 +51,17 @@ def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str 
     return (convs[0] if convs else None), (linears[-1] if linears else (convs[-1] if convs else None))
 
 
+# the hooks of a layer, kept by the binary layer that replaces it (the same dicts: their handles still remove them)
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
+
+
 def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Module:
-    """The binary layer that replaces ``module``, with its weights; errors name the layer."""
+    """The binary layer that replaces ``module``; errors name the layer.
+
+    It takes over ``module``'s own weight and bias Parameters (not copies): an optimizer built before keeps
+    training them, and their ``requires_grad``, their ties to other layers and their memory format stay. The
+    hooks registered on ``module`` stay too (the same dicts, so their handles still remove them)."""
     try:
         if isinstance(module, nn.Conv2d):
             new: nn.Module = BinaryConv2d(
@@ -65,15 +74,24 @@ def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Mod
                 module.in_features, module.out_features, module.bias is not None,
                 module.weight.device, module.weight.dtype, **common,
             )
-        with torch.no_grad():
-            new.weight.copy_(module.weight)
-            if module.bias is not None:
-                new.bias.copy_(module.bias)
+        for key in ("weight", "bias"):
+            value = getattr(module, key)
+            if value is not None and value.shape != getattr(new, key).shape:
+                raise ValueError(f"its {key} has shape {tuple(value.shape)}, not the layer's "
+                                 f"{tuple(getattr(new, key).shape)}")
+            if isinstance(value, nn.Parameter) or value is None:
+                setattr(new, key, value)
+            else:  # a plain tensor put there by hand: its values
+                with torch.no_grad():
+                    getattr(new, key).copy_(value)
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(
             f"cannot binarize layer {name!r} ({type(module).__name__}): {exc}; "
             "keep it in full precision with keep=[...]"
         ) from exc
+    for hooks in _HOOK_DICTS:
+        if hasattr(module, hooks):
+            setattr(new, hooks, getattr(module, hooks))
     new.train(module.training)
     return new
 
@@ -119,7 +137,10 @@ def binarize(
             is converted and ``model`` is left untouched.
 
     Returns:
-        The converted model.
+        The converted model. Each binary layer takes over the Parameters of the layer it replaces (the
+        same objects: an optimizer built before an in-place conversion keeps training them, and frozen,
+        tied or channels_last weights stay so) and its hooks; a layer used under several names becomes one
+        binary layer, set at each (kept in float when one of its names is kept).
 
     Only exact ``nn.Conv2d`` and ``nn.Linear`` layers are converted. Other convolutions
     and linears (Conv1d, subclasses with their own forward such as timm's
@@ -130,9 +151,12 @@ def binarize(
         model = copy.deepcopy(model)
     weight_spec = _estimator_config(estimator, **hyperparameters)
     input_spec = weight_spec if activations else None
-    patterns = list(keep)
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
+    patterns = [keep] if isinstance(keep, str) else list(keep)
 
-    named = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    # every name of each layer: a module used in two places is one layer, converted once and set at each
+    named = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if type(m) in (nn.Conv2d, nn.Linear)]
     others = _unconvertible(model)
     first, last = _first_and_last(model, {n for n, _ in named + others})
     candidates = [n for n, _ in named] + [n for n, _ in others]
@@ -151,21 +175,31 @@ def binarize(
             stacklevel=2,
         )
 
-    converted = 0
+    names: dict[int, list[str]] = {}
     for name, module in named:
-        if (keep_first and name == first) or (keep_last and name == last):
+        names.setdefault(id(module), []).append(name)
+
+    def kept(name: str) -> bool:
+        return ((keep_first and name == first) or (keep_last and name == last)
+                or any(fnmatch.fnmatchcase(name, p) for p in patterns))
+
+    converted = 0
+    common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
+    for module in {id(m): m for _, m in named}.values():
+        layer_names = names[id(module)]
+        if any(kept(n) for n in layer_names):  # kept under one of its names: kept wherever it is used
             continue
-        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            continue
-        if name == first or name == last:
-            warnings.warn(
-                f"binarizing {'the first conv' if name == first else 'the last'} layer {name!r} "
-                "usually costs much accuracy; pass keep_first/keep_last=True to keep it in float",
-                stacklevel=2,
-            )
-        common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
-        parent, attr = _parent(model, name)
-        setattr(parent, attr, _binary_copy(name, module, common))
+        for name in layer_names:
+            if name == first or name == last:
+                warnings.warn(
+                    f"binarizing {'the first conv' if name == first else 'the last'} layer {name!r} "
+                    "usually costs much accuracy; pass keep_first/keep_last=True to keep it in float",
+                    stacklevel=2,
+                )
+        new = _binary_copy(layer_names[0], module, common)
+        for name in layer_names:
+            parent, attr = _parent(model, name)
+            setattr(parent, attr, new)
         converted += 1
     if not converted and not any(getattr(m, "precision", 32) == 1 for m in model.modules()):
         kept = [n for n in (first if keep_first else None, last if keep_last else None) if n]

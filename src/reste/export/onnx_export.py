@@ -60,14 +60,15 @@ def deploy_model(model: nn.Module) -> nn.Module:
 
     model = copy.deepcopy(model).eval()
     replaced: list[str] = []
-    for name, m in list(model.named_modules()):
+    made: dict[int, nn.Module] = {}  # a layer used under several names gets one replacement, set at each
+    for name, m in list(model.named_modules(remove_duplicate=False)):
         if any(name.startswith(prefix + ".") for prefix in replaced):
             continue  # inside a layer already replaced (its estimators)
-        replacement = None
-        if getattr(m, "precision", 32) == 1:
-            replacement = _float_layer(m)
-        elif isinstance(m, Estimator):
-            replacement = OnnxSign()
+        replacement = made.get(id(m))
+        if replacement is None and getattr(m, "precision", 32) == 1:
+            replacement = made[id(m)] = _float_layer(m)
+        elif replacement is None and isinstance(m, Estimator):
+            replacement = made[id(m)] = OnnxSign()
         if replacement is not None and name:
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
