@@ -237,3 +237,29 @@ def test_meter_state_round_trip_and_misuse():
     assert other.summary() == meter.summary()
     with pytest.raises(RuntimeError):
         other.epoch_end()  # no update since the last epoch_end
+
+
+def test_the_indicators_stay_on_the_weights_device():
+    """No tensor of another device enters the sums: on a GPU a CPU zero copied to it waits for the queued step
+    (twice per step). The meta device stands in for the GPU: every op must see meta tensors only."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Devices(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen |= {(str(func), a.device.type) for a in tree_leaves((args, kwargs or {}))
+                          if isinstance(a, torch.Tensor)}
+            return func(*args, **(kwargs or {}))
+
+    net = torch.nn.Sequential(BinaryConv2d(4, 4, 3), BinaryConv2d(4, 4, 3)).to("meta")
+    for layer in net:
+        layer.weight.grad = torch.empty_like(layer.weight)
+    with Devices() as mode:
+        for kind in ("general", "paper"):
+            assert estimating_error(net, kind).device.type == "meta"
+            assert gradient_stability(net, kind).device.type == "meta"
+    assert {device for _, device in mode.seen} == {"meta"}, sorted(mode.seen)

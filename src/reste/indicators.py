@@ -53,27 +53,29 @@ def paper_forward(w: Tensor, o: float) -> Tensor:
 @torch.no_grad()
 def estimating_error(model: nn.Module, mode: str = "general", o_end: float = 3.0) -> Tensor:
     """Sum over the indicator layers of || F(w) - sign(w) ||_2 (a 0-dim tensor)."""
-    total = torch.zeros(())
+    total = None  # summed on the weights' device: a CPU zero copied there would wait for the GPU every step
     for _, layer in indicator_layers(model, mode):
         w = layer.weight.detach()
         if mode == "paper":
             diff = paper_forward(w, o_end) - torch.sign(w)
         else:
             diff = layer.weight_estimator.forward_equivalent(w) - sign(w)
-        total = total.to(w.device) + torch.linalg.vector_norm(diff.float())
-    return total
+        norm = torch.linalg.vector_norm(diff.float())
+        total = norm if total is None else total + norm
+    return torch.zeros(()) if total is None else total
 
 
 @torch.no_grad()
 def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
     """Sum over the indicator layers of the unbiased variance of abs(grad w) (a 0-dim tensor)."""
-    total = torch.zeros(())
+    total = None  # on the gradients' device, as in estimating_error
     for name, layer in indicator_layers(model, mode):
         g = layer.weight.grad
         if g is None:
             raise RuntimeError(f"layer {name!r} has no gradient: compute the indicators after backward()")
-        total = total.to(g.device) + torch.var(g.detach().abs().float().flatten())
-    return total
+        var = torch.var(g.detach().abs().float().flatten())
+        total = var if total is None else total + var
+    return torch.zeros(()) if total is None else total
 
 
 class EquilibriumMeter:
