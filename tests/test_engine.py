@@ -172,6 +172,24 @@ def test_the_progress_bar_changes_nothing_but_the_screen(tmp_path, monkeypatch, 
     assert untimed("bar") == untimed("plain")
 
 
+def test_the_bar_reads_the_loss_at_most_once_a_second(tmp_path, monkeypatch):
+    """Reading the loss and accuracy for the bar waits for the device (a GPU's queued steps): it happens on the
+    first and last step of an epoch and once a second between, not every few steps."""
+    from tqdm.auto import tqdm
+
+    shown = []
+    monkeypatch.setattr(tqdm, "set_postfix", lambda self, **values: shown.append(values))
+    config = small(epochs=1, seed=7, batch_size=16)  # 90 steps
+    clock = iter(i * 0.25 for i in range(10**6))  # a quarter of a second each time it is read
+    monkeypatch.setattr(engine.time, "monotonic", lambda: next(clock))
+    engine.train(config, tmp_path / "ticking", progress=True, log=quiet)
+    assert 10 < len(shown) < 40  # about every fourth step
+    shown.clear()
+    monkeypatch.setattr(engine.time, "monotonic", lambda: 5.0)  # time stands still: the first and last step
+    engine.train(config, tmp_path / "still", progress=True, log=quiet)
+    assert len(shown) == 2
+
+
 def test_presets_match_the_paper():
     assert PRESETS["cifar10-resnet20-1w1a"].top1 == 86.75
     assert PRESETS["imagenet-resnet34-1w32a"].top5 == 89.50

@@ -428,6 +428,7 @@ class _Run:
         steps = len(self.train_loader)
         with _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress and self.dist.main,
                        start_step) as bar:
+            shown = -float("inf")  # the first step shows its loss
             for step, (images, target) in enumerate(self.train_loader):
                 if step < start_step:
                     continue
@@ -442,7 +443,9 @@ class _Run:
                 n += target.numel()
                 if bar is not None:
                     bar.update()
-                    if step % 10 == 0 or step == steps - 1:
+                    # the bar's loss and accuracy wait for the device: at most once a second (and at the end)
+                    if time.monotonic() - shown >= 1.0 or step == steps - 1:
+                        shown = time.monotonic()
                         if int(bad_step) >= 0 and not self.dist.enabled:  # with several, all stop together below
                             break
                         bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{100.0 * correct.item() / n:.2f}")
