@@ -57,8 +57,10 @@ import contextlib
 import copy
 import json
 import math
+import os
 import pickle
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -378,6 +380,22 @@ def classes_of(model: nn.Module) -> int:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
 
 
+_EXT_BUILD: list[str | None] = []  # the extension's build in this process: [None] built, [why] failed
+
+
+def ext_build() -> str | None:
+    """Build the compiled extension once per process; None when it built, else why not (a failed build is not
+    tried again for every row)."""
+    if not _EXT_BUILD:
+        try:
+            cuda_ext.build()
+            _EXT_BUILD.append(None)
+        except Exception as err:  # report and go on: the other variants still count
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            _EXT_BUILD.append(f"it did not build ({type(err).__name__}: {last})")
+    return _EXT_BUILD[0]
+
+
 def measure(binary: str, float_name: str, batch: int, size: int, amp: str, channels_last: bool,
             args: argparse.Namespace, device: torch.device) -> dict:
     """Time one configuration: every variant, interleaved. Returns medians, minima and context."""
@@ -400,13 +418,10 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
         nets["reste_ops"] = copy.deepcopy(nets["reste"])
     ext_error = None
     if device.type == "cuda" and args.ext:
-        try:
-            cuda_ext.build()
+        ext_error = ext_build()
+        if ext_error is None:
             nets["ste_ext"] = copy.deepcopy(nets["ste"])
             nets["reste_ext"] = copy.deepcopy(nets["reste"])
-        except Exception as err:  # report and go on: the other variants still count
-            last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-            ext_error = f"it did not build ({type(err).__name__}: {last})"
     variants = [k for k in VARIANTS if k in nets]
 
     g = torch.Generator().manual_seed(args.seed)
@@ -565,6 +580,19 @@ def _triton_version() -> str:
     return triton.__version__
 
 
+def write_json(path: str | None, results: dict[str, dict], failed: dict[str, str], device: torch.device) -> None:
+    """The rows measured so far (with their ratios) and the rows that failed, to ``path`` (atomically)."""
+    if not path:
+        return
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows_out = {n: {**r, "ratios": ratios(r)} for n, r in results.items()}
+    payload = {"torch": torch.__version__, "device": gpu, "rows": rows_out, "failed": failed}
+    part = f"{path}.part"
+    with open(part, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(part, path)
+
+
 def main() -> None:
     args = parse_args()
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
@@ -580,26 +608,28 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown row(s) {', '.join(unknown)}; valid: {', '.join(GPU_ROWS)}, all")
 
+    failed: dict[str, str] = {}
     if names:
         results = {}
         for n in names:
-            results[n] = measure(*GPU_ROWS[n], args=args, device=device)
+            try:
+                results[n] = measure(*GPU_ROWS[n], args=args, device=device)
+            except Exception as err:  # an out-of-memory, a failed capture: the other rows still count
+                text = str(err).strip()
+                failed[n] = f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
+                print(f"  row {n} failed: {failed[n]}", file=sys.stderr, flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        print_rows(results, args, device)
+            write_json(args.json, results, failed, device)  # after each row: a run cut short keeps its rows
+        if results:
+            print_rows(results, args, device)
     else:
         r = measure("resnet20_1w1a", "resnet20", args.batch_size, 32, args.amp, args.channels_last, args, device)
         results = {"single": r}
         print_single(r, args, device)
+        write_json(args.json, results, failed, device)
 
-    if args.json:
-        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        rows_out = {n: {**r, "ratios": ratios(r)} for n, r in results.items()}
-        payload = {"torch": torch.__version__, "device": gpu, "rows": rows_out}
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-
-    if args.loader:
+    if args.loader and results:
         med = results[next(iter(results))]["median_ms"]
         print()
         print(f"  data loaders alone (batch {args.batch_size}; median of 3 epochs after 1 untimed epoch)")
@@ -610,6 +640,8 @@ def main() -> None:
         fastest = min(med.values()) / 1e3
         print(f"  step consumes {args.batch_size / slowest:.0f}-{args.batch_size / fastest:.0f} images/s "
               f"(slowest-fastest variant above); a loader below that starves the step")
+    if failed:
+        raise SystemExit(f"train_step.py: {len(failed)} row(s) failed: {', '.join(failed)} (see above)")
 
 
 if __name__ == "__main__":

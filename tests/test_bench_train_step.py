@@ -48,3 +48,29 @@ def test_ext_rows_are_kept_only_where_the_cpp_nodes_take_the_layers(monkeypatch)
         assert taken == 2 * len(binary_layers(model))  # the sign of the input and the scaled weight
         monkeypatch.setattr(cuda_ext, "_STATE", [None])  # as after a failed build: the Triton path runs
         assert bench.ext_nodes(model, x) == 0
+
+
+def test_a_failed_row_leaves_the_measured_ones_in_the_json(tmp_path, monkeypatch):
+    """The rows are written as each one ends, and a row that fails (an out-of-memory on a GPU) is recorded as
+    failed while the others still count; the script then exits non-zero."""
+    bench = _bench()
+    out = tmp_path / "rows.json"
+    first, second = list(bench.GPU_ROWS)[:2]
+
+    calls = []
+
+    def measure(*row, args, device):
+        calls.append(row)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (made up)")
+        return {"median_ms": {"fp": 1.0, "ste": 1.1, "reste": 1.2, "reference": 3.0}}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(bench, "print_rows", lambda *a: None)
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--device", "cpu", "--rows", f"{first},{second}",
+                                      "--json", str(out)])
+    with pytest.raises(SystemExit, match=f"1 row\\(s\\) failed: {second}"):
+        bench.main()
+    written = json.loads(out.read_text())
+    assert list(written["rows"]) == [first] and written["rows"][first]["ratios"]["reste/fp"] == pytest.approx(1.2)
+    assert written["failed"] == {second: "RuntimeError: CUDA out of memory (made up)"}

@@ -40,11 +40,14 @@ def test_without_a_gpu_it_checks_nothing_and_says_so():
     assert done.stdout == ""
 
 
-def _report(tmp_path: Path, rows: dict | None, epoch: dict | None) -> str:
+def _report(tmp_path: Path, rows: dict | None, epoch: dict | None, failed: dict | None = None) -> str:
     report = _python_parts()[2]
     rows_json, epoch_json = tmp_path / "rows.json", tmp_path / "epoch.json"
     if rows is not None:
-        rows_json.write_text(json.dumps({"torch": "x", "device": "a made-up GPU", "rows": rows}))
+        measured = {"torch": "x", "device": "a made-up GPU", "rows": rows}
+        if failed is not None:  # train_step.py writes it since the rows are written one by one
+            measured["failed"] = failed
+        rows_json.write_text(json.dumps(measured))
     if epoch is not None:
         epoch_json.write_text(json.dumps(epoch))
     done = subprocess.run([sys.executable, "-c", report, str(rows_json), "yes", "benchmarks/train_epoch.py",
@@ -86,3 +89,16 @@ def test_the_report_says_not_measured_where_a_benchmark_did_not_run(tmp_path):
     assert "training-step rows did not run" in out
     assert "NOT MEASURED" in out and "whole-epoch" in out
     assert " MET" not in out.replace("NOT MET", "")
+
+
+def test_a_row_that_failed_is_not_measured_and_the_others_count(tmp_path):
+    row = {"ratios": {"reste/fp": 1.10, "reste/ste": 1.02, "reference/reste": 3.5},
+           "median_ms": {"fp": 1.0}}
+    out = _report(tmp_path, {"resnet20-fp32": row}, None,
+                  failed={"resnet20-bf16-cl": "OutOfMemoryError: CUDA out of memory"})
+    lines = out.splitlines()
+    assert "row resnet20-bf16-cl failed (OutOfMemoryError: CUDA out of memory)" in out
+    for label in ("ReSTE / FP, eager ", "ReSTE / STE, eager ", "reference / ReSTE, eager "):
+        assert next(x for x in lines if label in x and "resnet20-fp32" in x).endswith(" MET")
+        assert next(x for x in lines if label in x and "resnet20-bf16-cl" in x).endswith("NOT MEASURED")
+    assert next(x for x in lines if "--cuda-graphs" in x).endswith("NOT MEASURED (its row failed; see above)")
