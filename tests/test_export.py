@@ -437,3 +437,15 @@ def test_a_binary_layer_used_in_two_places_deploys_and_exports_as_one(tmp_path):
         assert torch.allclose(deployed(x), model(x), atol=1e-5)
     report = export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8))
     assert report["verify"]["ok"]
+
+
+def test_raw_pixels_need_the_preprocessing_the_file_records(tmp_path):
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(),
+                        nn.Linear(8 * 8 * 8, 10))
+    export_model(reste.binarize(net).eval(), tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    model = PackedModel.load(tmp_path / "m.rbnn")
+    assert model.preprocessing is None
+    with pytest.raises(UsageError, match="uint8 images are raw pixels, and this packed model records no "
+                                         "preprocessing"):
+        model(np.zeros((2, 1, 8, 8), np.uint8))
+    assert model(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)

@@ -133,3 +133,60 @@ def test_a_tensorboard_path_that_cannot_be_a_folder_is_refused_before_training(t
                               "--out", str(tmp_path / "run"))
         assert "is a file, not a folder" in err
     assert not (tmp_path / "run").exists()  # refused before the run started
+
+
+@pytest.fixture(scope="module")
+def packed(run, tmp_path_factory):
+    model = tmp_path_factory.mktemp("packed") / "m.rbnn"
+    assert main(["export", str(run), str(model)]) == 0
+    return model
+
+
+def test_predict_takes_an_empty_array_of_either_kind(packed, tmp_path, capsys):
+    import numpy as np
+
+    for dtype, shape in ((np.float32, (0, 1, 8, 8)), (np.uint8, (0, 8, 8))):
+        images = tmp_path / f"empty-{np.dtype(dtype).name}.npy"
+        np.save(images, np.zeros(shape, dtype))
+        out = tmp_path / f"{images.stem}.pred.npy"
+        assert main(["predict", str(packed), str(images), "--output", str(out)]) == 0
+        assert "0 predictions written" in capsys.readouterr().out and np.load(out).shape == (0,)
+
+
+def test_predict_refuses_what_it_would_ignore_or_misread(packed, tmp_path, capsys):
+    import numpy as np
+
+    images, labels = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(images, np.zeros((3, 1, 8, 8), np.float32))
+    np.save(labels, np.array([0, 99, -1]))
+    assert "2 label(s) outside the model's classes 0..9 (first: 99)" in _one_line_error(
+        capsys, "predict", str(packed), str(images), "--labels", str(labels))
+    assert "--data-path and --download go with --dataset" in _one_line_error(
+        capsys, "predict", str(packed), str(images), "--data-path", str(tmp_path))
+    assert "digits reads no files" in _one_line_error(capsys, "predict", str(packed), "--data-path", str(tmp_path))
+    assert f"{tmp_path} is a folder; pass a file" in _one_line_error(capsys, "predict", str(tmp_path))
+
+
+def test_predict_checks_a_data_sets_shape_before_reading_or_downloading_it(packed, tmp_path, capsys):
+    # an 8x8 digits model against CIFAR-10: refused from the data set's facts, before its (missing) files
+    line = _one_line_error(capsys, "predict", str(packed), "--dataset", "cifar10", "--data-path",
+                           str(tmp_path / "nowhere"), "--download")
+    assert "holds images of shape (3, 32, 32) but the model takes (1, 8, 8)" in line
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_packed_model_takes_raw_uint8_pixels_as_predict_does(packed):
+    import numpy as np
+    import torch
+
+    from reste.errors import UsageError
+    from reste.export import PackedModel
+    from reste.export.inputs import model_inputs
+
+    model = PackedModel.load(packed)
+    raw = np.random.default_rng(0).integers(0, 17, (5, 1, 8, 8), dtype=np.uint8)  # digits' pixels: 0..16
+    want = model(model_inputs(raw, "raw.npy", model.input_size, model.preprocessing))
+    assert torch.equal(model(raw), want) and torch.equal(model(torch.from_numpy(raw)), want)
+    for threads in (0, -1, 1.5, "2"):
+        with pytest.raises(UsageError, match="threads must be a positive integer"):
+            PackedModel.load(packed, threads=threads)

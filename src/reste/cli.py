@@ -238,7 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
 
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
-                            device=args.device, workers=args.workers, amp=args.amp)
+                            device=args.device, workers=args.workers, amp=args.amp, download=args.download)
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
     amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
     when = f"epoch {r['epoch']}" + (f" + {r['step']} steps" if r.get("step") else "")
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its last.pt)")
     p.add_argument("--data-path", "--data_path", dest="data_path",
                    help="data set folder (default: the one the run was trained with)")
+    p.add_argument("--download", action="store_true",
+                   help="download the data set's files first (torchvision), as `reste train --download`")
     p.add_argument("--batch-size", dest="batch_size", type=int,
                    help="evaluation batch size (default: the run's eval batch size)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")

@@ -183,11 +183,13 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
-                        device: str = "auto", workers: int = 0, amp: str | None = None) -> dict[str, Any]:
+                        device: str = "auto", workers: int = 0, amp: str | None = None,
+                        download: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on its data set's test split; returns the metrics and the stored ones.
 
     ``amp`` is the autocast of the evaluation: by default the run's own (``--amp``), so the
     result reproduces the test accuracy logged during training; ``"none"`` evaluates in float32.
+    ``download`` fetches the data set's files first where it can (torchvision), as training does.
     """
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
@@ -200,7 +202,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
               "use --amp bf16 or none", file=sys.stderr)
     model = model_from_checkpoint(ckpt, dev)
-    train_ds, test_ds, info = load_datasets(config.dataset, data_path or config.data_path)
+    train_ds, test_ds, info = load_datasets(config.dataset, data_path or config.data_path, download=download)
     if info.num_classes != ckpt["model_options"]["num_classes"]:
         raise UsageError(
             f"checkpoint has {ckpt['model_options']['num_classes']} classes but the data set has "

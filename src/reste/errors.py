@@ -15,9 +15,11 @@ class UsageError(ValueError):
 
 
 def read_user_file(path, missing: str) -> bytes:
-    """The bytes of a file the user named; a :class:`UsageError` when it is not there
+    """The bytes of a file the user named; a :class:`UsageError` when it is a folder, is not there
     (``missing``: the whole message) or cannot be read (the OS's reason)."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; pass a file")
     if not path.is_file():
         raise UsageError(missing)
     try:

@@ -1,7 +1,8 @@
 """The ``export`` and ``predict`` sub-commands (registered by ``reste.cli`` via ``add_commands``).
 
     reste export CHECKPOINT OUT [--onnx [PATH]]    packed 1-bit file (+ ONNX), prints the size report
-    reste predict EXPORTED --dataset NAME [--data-path P]   accuracy of the packed engine on the test split
+    reste predict EXPORTED --dataset NAME [--data-path P] [--download]   accuracy of the packed engine on the
+                                                     test split
     reste predict EXPORTED IMAGES.npy [--labels L.npy] [--output P.npy]   predictions for float (preprocessed)
                                                      or uint8 (raw) images
     reste predict EXPORTED photo.png                 the class of one image file (preprocessed as the
@@ -46,6 +47,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
     p.add_argument("--data-path", "--data_path", dest="data_path",
                    help="the data set's folder, as for `reste train --data-path` (with --dataset or the export's)")
+    p.add_argument("--download", action="store_true",
+                   help="download the data set's files first (torchvision), as `reste train --download`")
     p.add_argument("--labels",
                    help="a .npy array of the labels of IMAGES.npy (for an image file: a .npy holding its one label)")
     p.add_argument("--output", "-o", help="where to write the predictions (.npy; default IMAGES.pred.npy)")
@@ -161,6 +164,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("pass either IMAGES.npy or --dataset, not both")
     if not args.images and (args.labels or args.output):
         raise UsageError("--labels and --output go with IMAGES.npy")
+    if args.images and (args.data_path or args.download):
+        raise UsageError("--data-path and --download go with --dataset (or the export's data set), not IMAGES")
     model = PackedModel.load(args.exported, backend=args.backend)
     if args.images:
         one_file = is_image_file(args.images)  # one image file: print its class (write it only with --output)
@@ -180,6 +185,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
                 raise UsageError(f"{args.labels} must hold {len(images)} integer labels, got {len(labels)} "
                                  f"of {labels.dtype}")
+            classes = _model_classes(model)
+            outside = (labels < 0) | (labels >= classes) if classes else labels < 0
+            if outside.any():
+                raise UsageError(f"{args.labels} holds {int(outside.sum())} label(s) outside the model's classes "
+                                 f"0..{classes - 1 if classes else 'N'} (first: {labels[outside][0]}); pass the "
+                                 "labels as class indices")
         if write:
             _check_writable(out, (args.exported, args.images, args.labels))
         start = time.perf_counter()
@@ -197,14 +208,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     dataset = args.dataset or model.meta.get("dataset")
     if not dataset:
         raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")
+    from ..config import check_data_path
     from ..data import load_datasets, make_loaders
+    from ..datasets import get_spec
 
-    train_ds, test_ds, info = load_datasets(dataset, args.data_path)
-    check_shape(model.input_size, info.input_size, f"the {info.name} data set")
+    spec = get_spec(dataset)  # checked before any file is read or downloaded
+    check_shape(model.input_size, spec.input_size, f"the {spec.name} data set")
     classes = _model_classes(model)
-    if classes is not None and classes != info.num_classes:
-        raise UsageError(f"the model predicts {classes} classes but {info.name} has {info.num_classes}; "
+    if classes is not None and classes != spec.num_classes:
+        raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
                          "pass the data set it was trained on")
+    check_data_path(spec.name, args.data_path)
+    train_ds, test_ds, info = load_datasets(dataset, args.data_path, download=args.download)
     _, loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size, eval_batch_size=args.batch_size)
     correct = total = 0
     start = time.perf_counter()

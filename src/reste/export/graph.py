@@ -57,9 +57,10 @@ def _pair(v: Any) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
 
 
-def _conv_padding(m: nn.Conv2d) -> list[int]:
+def _conv_padding(m: nn.Conv2d, name: str) -> list[int]:
     if m.padding_mode != "zeros":
-        raise UsageError(f"cannot export {m.__class__.__name__} with padding_mode={m.padding_mode!r}; only 'zeros'")
+        raise UsageError(f"cannot export {name} ({m.__class__.__name__}): padding_mode={m.padding_mode!r} is not "
+                         "supported, only 'zeros'")
     if isinstance(m.padding, str):
         if m.padding == "valid":
             return [0, 0, 0, 0]
@@ -96,12 +97,13 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | None:
     binary = getattr(m, "precision", 32) == 1
     if isinstance(m, nn.Conv2d):
         node: dict[str, Any] = {
-            "stride": _pair(m.stride), "pad": _conv_padding(m), "dil": _pair(m.dilation), "b": _np(m.bias),
+            "stride": _pair(m.stride), "pad": _conv_padding(m, name), "dil": _pair(m.dilation), "b": _np(m.bias),
         }
         if not binary:
             return {"op": "conv", **node, "w": _np(m.weight), "groups": m.groups}
         if m.groups != 1:
-            raise UsageError(f"cannot export {name}: grouped binary convolutions are not supported")
+            raise UsageError(f"cannot export {name}: grouped binary convolutions are not supported; keep it in "
+                             f"float when you binarize: binarize(model, keep=[{name!r}])")
         w, alpha = _binary_weights(m)
         return {"op": "bconv", **node, "w": w, "alpha": alpha, "bin_in": getattr(m, "input_precision", 1) == 1}
     if isinstance(m, nn.Linear):

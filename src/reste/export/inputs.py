@@ -116,7 +116,7 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
                              f"got shape {images.shape} of {images.dtype}{hint}")
         check_shape(size, images.shape[1:], str(path))
         out = images.astype(np.float32)
-        bad = ~np.isfinite(out).reshape(len(out), -1).all(axis=1)
+        bad = ~np.isfinite(out).all(axis=(1, 2, 3))
         if bad.any():  # a NaN or inf pixel gives a class anyway (sign(NaN) and argmax are defined): refuse it
             first = [int(i) for i in np.flatnonzero(bad)[:5]]
             raise UsageError(f"{path} holds NaN or infinite values in {int(bad.sum())} of its {len(out)} images "

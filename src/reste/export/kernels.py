@@ -58,6 +58,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import numbers
 import os
 import platform
 import re
@@ -612,6 +613,8 @@ def get_kernels(backend: str = "auto", threads: int | None = None,
     """The kernels of ``backend`` (``"auto"``, ``"c"`` or ``"numpy"``; env ``RESTE_PACKED_BACKEND``);
     for ``"c"``, the variant of :func:`choose_isa` (``isa`` or env ``RESTE_PACKED_ISA``) and the thread
     pool of :func:`choose_pool` (``pool`` or env ``RESTE_PACKED_POOL``)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
+        raise UsageError(f"threads must be a positive integer (or None: torch's thread count), got {threads!r}")
     backend = (backend or "auto").lower()
     if backend == "auto":
         backend = os.environ.get("RESTE_PACKED_BACKEND", "auto").lower()

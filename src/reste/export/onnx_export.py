@@ -32,13 +32,14 @@ class OnnxSign(nn.Module):
         return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
 
 
-def _float_layer(m: nn.Module) -> nn.Module:
-    """A plain float layer computing the eval forward of binary layer ``m``."""
+def _float_layer(m: nn.Module, name: str) -> nn.Module:
+    """A plain float layer computing the eval forward of binary layer ``m`` (``name``: for errors)."""
     with torch.no_grad():
         w = m.binary_weight().detach().clone()
     if isinstance(m, nn.Conv2d):
         if m.padding_mode != "zeros":
-            raise UsageError(f"cannot export padding_mode={m.padding_mode!r} to ONNX; only 'zeros'")
+            raise UsageError(f"cannot export {name} to ONNX: padding_mode={m.padding_mode!r} is not supported, "
+                             "only 'zeros'")
         new: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
                                    m.groups, bias=m.bias is not None)
     elif isinstance(m, nn.Linear):
@@ -66,7 +67,7 @@ def deploy_model(model: nn.Module) -> nn.Module:
             continue  # inside a layer already replaced (its estimators)
         replacement = made.get(id(m))
         if replacement is None and getattr(m, "precision", 32) == 1:
-            replacement = made[id(m)] = _float_layer(m)
+            replacement = made[id(m)] = _float_layer(m, name)
         elif replacement is None and isinstance(m, Estimator):
             replacement = made[id(m)] = OnnxSign()
         if replacement is not None and name:

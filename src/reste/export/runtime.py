@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from . import format as fmt
 from . import ir
+from .inputs import normalise
 from .kernels import (BitsOut, Epilogue, Rows, conv_weight_words, get_kernels, pack_rows, packed_buffer, pad_lanes,
                       padding_correction, sign_thresholds)
 
@@ -517,7 +518,8 @@ class PackedModel:
 
     @torch.no_grad()
     def forward(self, images: np.ndarray | torch.Tensor, *, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits as a float32 CPU tensor.
+        """Logits as a float32 CPU tensor, for float images (N, C, H, W), preprocessed, or uint8 ones: raw
+        pixels, which get the preprocessing the export records (:attr:`preprocessing`).
 
         With ``trace`` (a list), the input of every sign the graph takes (binary layers
         with binary inputs, sign ops) is appended to it in order, for
@@ -526,6 +528,14 @@ class PackedModel:
         thresholds equivalent to its float32 epilogue); with it, every layer computes its
         float32 output, so the trace holds the values; the bits, and so the logits, are the same.
         """
+        raw = images.dtype == (np.uint8 if isinstance(images, np.ndarray) else torch.uint8)
+        if raw and images.ndim == 4:  # pixels: the preprocessing the export records, as `reste predict` does
+            prep = self.preprocessing
+            if prep is None:
+                raise UsageError("uint8 images are raw pixels, and this packed model records no preprocessing "
+                                 "(mean, std, pixel scale) to apply; pass float32 images, preprocessed")
+            pixels = images if isinstance(images, np.ndarray) else images.detach().cpu().numpy()
+            images = normalise(pixels, prep, prep.pixel_scale)
         x = torch.as_tensor(images).detach().to("cpu", torch.float32)
         size = self.input_size
         if size and (x.dim() != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):
