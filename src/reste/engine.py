@@ -82,6 +82,9 @@ class Preempted(Exception):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled from a sweep's worker process to the sweep
+        return type(self), (str(self), self.signum)
+
 
 # ----------------------------------------------------------------------- setup
 

@@ -32,7 +32,7 @@ import os
 import time
 import traceback
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -264,6 +264,7 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _file_log(run_dir / "train.log")
     start = time.time()
+    _WORKER["running"] = True
     try:
         config = TrainConfig.from_dict(job["config"])
         if job["resume"]:
@@ -280,16 +281,56 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         status = "diverged" if type(err).__name__ == "TrainingDiverged" else "failed"
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start}
+    finally:
+        _WORKER["running"] = False
+        if _WORKER["orphaned"]:  # the sweep died: no one to report to
+            os._exit(1)
 
 
-def _init_worker(threads: int) -> None:
+_WORKER = {"running": False, "orphaned": False}  # a sweep's worker process: a run going on; the sweep died
+
+
+def _sweep_died(_signum: int, _frame: Any) -> None:
+    """SIGHUP in a sweep's worker, sent by Linux when the sweep dies: the run going on saves its step and stops
+    (as on SIGTERM), then the worker exits; an idle worker exits at once."""
+    import signal
+
+    _WORKER["orphaned"] = True
+    if not _WORKER["running"]:
+        os._exit(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    """A sweep's worker process (``parent``: the sweep's PID): its torch threads; the stop signals ignored
+    between runs (a run catches them itself, and the sweep passes them on to its workers); on Linux, SIGHUP
+    when the sweep dies (PR_SET_PDEATHSIG), so that a killed sweep leaves no run training on its own."""
+    import signal
+
     import torch
+
+    from ..engine import STOP_SIGNALS
 
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
+    if parent is None:
+        return
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _sweep_died)
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGHUP))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: a killed sweep's runs finish on their own
+            pass
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
 
 
 def threads_per_job(jobs: int) -> int:
@@ -442,10 +483,13 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     try:
         _run_pending(pending, jobs, threads, report_one)
     except Exception as err:
-        if type(err).__name__ == "Preempted":
-            log("sweep: stopped by a signal; run the same command again to continue (finished runs are skipped, "
-                "the stopped one resumes at its last step)")
-        raise
+        if type(err).__name__ != "Preempted":
+            raise
+        import signal
+
+        signum = getattr(err, "signum", signal.SIGTERM)
+        raise type(err)(f"sweep stopped by {signal.Signals(signum).name}; run the same command again to continue "
+                        "(finished runs are skipped, stopped ones resume at their last step)", signum) from None
     if failed:
         log(f"sweep: {failed} run{'s' * (failed != 1)} failed; see train.log in their run folders")
     if not report:
@@ -470,17 +514,67 @@ def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, 
         finally:
             torch.set_num_threads(before)
     else:
-        import multiprocessing
+        _run_in_workers(pending, jobs, per_run, report_one)
 
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(per_run,)) as pool:
+
+def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, per_run: int | None,
+                    report_one: Callable[[Setting, int, dict[str, Any]], None]) -> None:
+    """``jobs`` runs at a time in worker processes. A stop signal (SIGTERM, SIGUSR1) is passed on to the workers:
+    no further run starts, the running ones save their step and stop, then ``Preempted`` is raised here, as with
+    one job; a worker whose sweep died stops the same way (Linux)."""
+    import multiprocessing
+    import signal
+    import threading
+
+    from ..engine import STOP_SIGNALS, Preempted
+
+    ctx = multiprocessing.get_context("spawn")
+    stop: list[int] = []
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(per_run, os.getpid()))
+
+    def pass_on() -> None:
+        for pid in list(getattr(pool, "_processes", None) or {}):
+            try:
+                os.kill(pid, stop[0])
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in STOP_SIGNALS:
+            if hasattr(signal, name):
+                previous[getattr(signal, name)] = signal.signal(getattr(signal, name),
+                                                                lambda signum, _f: stop.append(signum))
+    preempted: BaseException | None = None
+    try:
+        with pool:
             futures = {pool.submit(_execute, job): (s, seed) for s, seed, job in pending}
-            for fut in as_completed(futures):
-                s, seed = futures[fut]
-                try:
-                    outcome = fut.result()
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)  # start no further run
-                    raise
-                report_one(s, seed, outcome)
+            waiting = set(futures)
+            while waiting:
+                done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+                if stop:  # again at each turn: a worker may have taken a queued run since
+                    for fut in waiting:
+                        fut.cancel()
+                    pass_on()
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    s, seed = futures[fut]
+                    try:
+                        outcome = fut.result()
+                    except BaseException as err:
+                        if not isinstance(err, Preempted):
+                            pool.shutdown(wait=False, cancel_futures=True)  # start no further run
+                            raise
+                        preempted = preempted or err
+                        stop[:] = stop or [getattr(err, "signum", signal.SIGTERM)]
+                        continue
+                    report_one(s, seed, outcome)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if preempted is not None:
+        raise preempted
+    if stop:  # the signal came when no run was left to stop
+        raise Preempted(f"stopped by signal {stop[0]}", stop[0])
