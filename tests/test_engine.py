@@ -202,6 +202,15 @@ def test_presets_match_the_paper():
         config_from_preset(preset.name).resolve()
 
 
+def test_a_preset_with_another_estimator_leaves_the_presets_options_behind():
+    # the ReSTE preset's o_end is not an option of STE or EDE ("bad hyper-parameters ...: no o_end" before)
+    assert config_from_preset("cifar10-resnet20-1w1a", estimator="ste").resolve().estimator_options == {}
+    cfg = config_from_preset("cifar10-resnet20-1w1a", estimator="ede", estimator_options={"t_max": 5.0}).resolve()
+    assert cfg.estimator == "ede" and cfg.estimator_options == {"t_max": 5.0}
+    cfg = config_from_preset("cifar10-resnet20-1w1a", estimator_options={"t": 1.2}).resolve()
+    assert cfg.estimator_options == {"o_end": 3.0, "t": 1.2}  # the preset's own estimator: refined
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_default_run_reaches_95_percent_for_other_seeds(tmp_path, seed):

@@ -289,13 +289,16 @@ def get_preset(name: str) -> Preset:
 
 
 def config_from_preset(name: str, **overrides: Any) -> TrainConfig:
-    """The preset's config with ``overrides`` (e.g. ``data_path``, ``workers``) applied."""
+    """The preset's config with ``overrides`` (e.g. ``data_path``, ``workers``) applied. Hyper-parameters given
+    with the preset's estimator refine its options; another estimator starts from its own defaults (the
+    preset's options belong to its estimator)."""
     preset = get_preset(name)
     data = dict(preset.settings, preset=name)
     data["estimator_options"] = dict(data.get("estimator_options", {}))
     if overrides.get("estimator", data.get("estimator")) == data.get("estimator"):
-        # hyper-parameters given with the preset's estimator refine its options
         overrides = dict(overrides, estimator_options={**data["estimator_options"],
                                                        **overrides.get("estimator_options", {})})
+    else:
+        overrides = dict(overrides, estimator_options=dict(overrides.get("estimator_options", {})))
     data.update(overrides)
     return TrainConfig.from_dict(data)
