@@ -155,6 +155,7 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     assert saved["plugins"] == ["myest_plugin"] and saved["estimator"] == "myest"
     assert saved["estimator_options"] == {"my_flag": 0.5}
     assert len(_metrics(run)) == 1 and "estimating_error" in json.dumps(_metrics(run)[0])
+    assert _metrics(run)[0]["my_flag"] == 0.5 and "  my_flag 0.5  " in r.stdout  # the schedule, line and file
 
     # resume: config.json names the plugin, so the flag is known without --plugin
     r = _reste("train", "--resume", "run", "--my-flag", "0.5", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
@@ -233,4 +234,14 @@ def test_bad_scaling_is_a_usage_error_before_any_data_is_loaded(capsys, tmp_path
     assert main(["train", "--scaling", "bogus", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown --scaling 'bogus'; valid: layer, channel, none" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_scheduled_value_named_like_a_metrics_field_is_refused(tmp_path):
+    """It would overwrite (or be overwritten by) that field of each metrics.jsonl line."""
+    (tmp_path / "clash.py").write_text(PLUGIN.replace('"myest"', '"clash"').replace("my_flag", "time"))
+    r = _reste("train", "--plugin", "clash", "--estimator", "clash", "--epochs", "1", "--threads", "1",
+               "--no-progress", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "schedules time, a name each line of metrics.jsonl uses for its own field" in r.stderr
     assert not (tmp_path / "run").exists()

@@ -59,11 +59,11 @@ from .errors import UsageError
 from .indicators import EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
-from .layers import binary_layers, set_progress
+from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .rundir import (CONFIG, METRICS, RunDirectory, append_metrics, best_checkpoint, check_kept, keep_top,
-                     last_checkpoint, repair_best, require_run_path, restore_config, saved_config, start_metrics,
-                     truncate_metrics, write_config)
+from .rundir import (CONFIG, METRIC_FIELDS, METRICS, RunDirectory, append_metrics, best_checkpoint, check_kept,
+                     keep_top, last_checkpoint, repair_best, require_run_path, restore_config, saved_config,
+                     start_metrics, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -299,6 +299,10 @@ class _Run:
             print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
                   "use --amp bf16 or none", file=sys.stderr)
         self.model = build_model(config, self.info.num_classes).to(self.device)
+        clash = sorted({k for est in estimators_of(self.model) for k in est.schedule_values()} & set(METRIC_FIELDS))
+        if clash:  # a plugin's scheduled hyper-parameter would overwrite a field of the metrics line, or vice versa
+            raise UsageError(f"estimator {config.estimator!r} schedules {', '.join(clash)}, a name each line of "
+                             f"{METRICS} uses for its own field; give that hyper-parameter another name")
         per_rank = -(-len(train_ds) // self.dist.world_size)  # each process's share, padded as the samplers do
         if (per_rank > config.batch_size and per_rank % config.batch_size == 1 and not config.cuda_graphs
                 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())):
@@ -653,7 +657,9 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
-    sched = " ".join(f"{k} {m[k]:.4g}" for k in ("o", "t", "k", "alpha", "n") if k in m)
+    """An epoch's line: its metrics, with every schedule value of the estimator (the fields that are not
+    ``METRIC_FIELDS``)."""
+    sched = " ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in METRIC_FIELDS and isinstance(v, (int, float)))
     line = (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  lr {m['lr']:.4g}  {sched + '  ' if sched else ''}"
             f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.2f}  "
             f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f} top5 {m['test_top5']:.2f}")

@@ -51,6 +51,10 @@ TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
 # thread count can change the last bits of float32 sums: resume notes it).
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
                "save_every", "tensorboard", "keep_top", "plugins")
+# the fields of a metrics.jsonl line; the line holds besides them the schedule values of the run's estimator (o, t,
+# k, ...) under their names, which therefore may not be these
+METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "estimating_error",
+                 "gradient_stability", "time")
 # what every run's config.json holds since the first version: without them it is not a run's
 _IDENTITY = ("dataset", "model", "estimator", "epochs", "seed")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
