@@ -426,3 +426,15 @@ def test_a_table_that_cannot_be_written_mid_sweep_does_not_stop_the_runs(tmp_pat
         sw.run_sweep(base, {"estimator": ["ste"]}, [0, 1, 2], tmp_path / "s", log=lines.append)
     assert calls == [False, False, True]  # all three runs went on
     assert sum("cannot write the tables so far" in line for line in lines) == 1
+
+
+def test_a_paper_mode_sweep_reports_the_authors_aggregate(tmp_path, capsys):
+    """Paper mode: per run, the error averaged and the stability summed over epochs, as the authors and as
+    `reste train --indicators paper` ends; the table says so."""
+    assert main(["sweep", "--grid", "o_end=3", "--seeds", "0", "--epochs", "3", "--indicators", "paper", "--threads",
+                 "1", "--out", str(tmp_path / "s")]) == 0
+    run = _read_csv(tmp_path / "s" / "runs.csv")[0]
+    metrics = read_metrics(tmp_path / "s" / run["run_dir"])
+    assert float(run["gradient_stability"]) == pytest.approx(sum(m["gradient_stability"] for m in metrics))
+    assert float(run["estimating_error"]) == pytest.approx(statistics.fmean(m["estimating_error"] for m in metrics))
+    assert "gradient stability sum over epochs (the authors' aggregate)" in (tmp_path / "s" / "results.md").read_text()

@@ -263,3 +263,13 @@ def test_the_indicators_stay_on_the_weights_device():
             assert estimating_error(net, kind).device.type == "meta"
             assert gradient_stability(net, kind).device.type == "meta"
     assert {device for _, device in mode.seen} == {"meta"}, sorted(mode.seen)
+
+
+def test_the_run_level_values_of_each_mode():
+    from reste.indicators import run_level
+
+    history = [{"estimating_error": 2.0, "gradient_stability": 1.0},
+               {"estimating_error": 4.0, "gradient_stability": 3.0}]
+    assert run_level(history, "general") == {"estimating_error": 3.0, "gradient_stability": 2.0}
+    assert run_level(history, "paper") == {"estimating_error": 3.0, "gradient_stability": 4.0}  # the authors' sum
+    assert run_level([], "paper") == {}

@@ -56,7 +56,7 @@ from .config import AMP_MODES, TrainConfig, check_data_path
 from .data import data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed
 from .errors import UsageError
-from .indicators import EquilibriumMeter
+from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
@@ -536,7 +536,7 @@ class _Run:
             "seconds": time.time() - start,
         }
         if self.meter and self.meter.history:
-            result["indicators"] = self.meter.summary()
+            result["indicators"], result["indicators_mode"] = self.meter.summary(), self.meter.mode
         self.log(format_result(result))
         return result
 
@@ -669,8 +669,14 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 
 def format_result(r: dict[str, Any]) -> str:
-    return (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}), "
+    line = (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}), "
             f"final test acc {r['final_acc']:.2f}% after {r['epochs']} epochs, {r['seconds']:.0f}s -> {r['run_dir']}")
+    if r.get("indicators"):  # the run-level values (reste.indicators.run_level: paper mode sums the stability)
+        mode = r.get("indicators_mode", "general")
+        error, stability = RUN_LEVEL[mode]
+        line += (f"\n      indicators ({mode} mode): estimating error {r['indicators']['estimating_error']:.4g} "
+                 f"({error}), gradient stability {r['indicators']['gradient_stability']:.4g} ({stability})")
+    return line
 
 
 # -------------------------------------------------------------------- run dirs

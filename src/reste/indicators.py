@@ -78,6 +78,23 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
     return torch.zeros(()) if total is None else total
 
 
+# how a run's per-epoch indicators make its run-level values: (estimating error, gradient stability) per mode
+RUN_LEVEL = {"general": ("mean over epochs", "mean over epochs"),
+             "paper": ("mean over epochs", "sum over epochs")}  # the authors' aggregate
+
+
+def run_level(history: list[dict[str, float]], mode: str = "general") -> dict[str, float]:
+    """A run's values from its per-epoch ones (``history``, oldest first): paper mode averages the error and
+    sums the stability over epochs, as the authors; general mode averages both (:data:`RUN_LEVEL`)."""
+    _check_mode(mode)
+    if not history:
+        return {}
+    n = len(history)
+    err = sum(h["estimating_error"] for h in history) / n
+    stab = sum(h["gradient_stability"] for h in history)
+    return {"estimating_error": err, "gradient_stability": stab if mode == "paper" else stab / n}
+
+
 class EquilibriumMeter:
     """Collects the two indicators over training.
 
@@ -124,14 +141,8 @@ class EquilibriumMeter:
         return values
 
     def summary(self) -> dict[str, float]:
-        """Run-level values: paper mode averages the error and sums the stability over
-        epochs (as the authors); general mode averages both."""
-        if not self.history:
-            return {}
-        n = len(self.history)
-        err = sum(h["estimating_error"] for h in self.history) / n
-        stab = sum(h["gradient_stability"] for h in self.history)
-        return {"estimating_error": err, "gradient_stability": stab if self.mode == "paper" else stab / n}
+        """Run-level values (:func:`run_level`)."""
+        return run_level(self.history, self.mode)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "o_end": self.o_end, "history": [dict(h) for h in self.history]}

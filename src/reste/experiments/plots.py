@@ -16,6 +16,7 @@ import torch
 
 from ..errors import UsageError
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
+from ..indicators import RUN_LEVEL
 from ..rundir import read_metrics
 
 SCHEDULE_KEYS = ("o", "t", "k", "alpha", "n")
@@ -289,7 +290,7 @@ def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]
     have_ind = any(r["estimating_error_mean"] is not None for r in rows)
     if have_ind:
         written.append(indicators_figure(out, manifest))
-        written.append(error_vs_stability_figure(out, rows))
+        written.append(error_vs_stability_figure(out, rows, manifest["base"].get("indicators") or "general"))
     o_axis = next((a for a in manifest["grid"] if a in ("o_end", "estimator_options.o_end")), None)
     if o_axis:
         written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind))
@@ -317,8 +318,9 @@ def indicators_figure(out: Path, manifest: dict[str, Any]) -> str:
     return "indicators.png"
 
 
-def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]]) -> str:
-    """``error_vs_stability.png``: one point per setting (the indicators' means over epochs and seeds)."""
+def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str = "general") -> str:
+    """``error_vs_stability.png``: one point per setting (the run-level indicators of ``mode``, averaged over
+    seeds)."""
     fig = _figure(1, 1, width=6.8, height=5.2)
     ax = fig.subplots()
     pts = [r for r in rows if r["estimating_error_mean"] is not None and r["gradient_stability_mean"] is not None]
@@ -328,8 +330,9 @@ def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]]) -> str:
                     yerr=r["gradient_stability_std"], fmt=markers[i % len(markers)], ms=7, color=f"C{i % 10}",
                     capsize=3, label=_short(r["setting"]))
     ax.legend(fontsize=8, loc="best")
-    ax.set_xlabel("estimating error (mean over epochs)")
-    ax.set_ylabel("gradient stability: var |grad| (mean over epochs)")
+    error, stability = RUN_LEVEL[mode]
+    ax.set_xlabel(f"estimating error ({error})")
+    ax.set_ylabel(f"gradient stability: var |grad| ({stability})")
     ax.set_title("the equilibrium: error vs stability, one point per setting\n(bars: std over seeds)")
     ax.grid(alpha=0.3)
     _maybe_log(ax, [r["gradient_stability_mean"] for r in pts])

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UsageError
-from ..rundir import CONFIG, finished_epochs, last_checkpoint, read_metrics, saved_config
+from ..indicators import RUN_LEVEL, run_level
+from ..rundir import CONFIG, METRIC_FIELDS, finished_epochs, last_checkpoint, read_metrics, saved_config
 
 MANIFEST = "sweep.json"  # the sweep folder's plan: base config, grid, seeds, settings and their runs
 
@@ -29,7 +30,8 @@ INDICATORS = ("estimating_error", "gradient_stability")
 
 
 def run_summary(run_dir: Path) -> dict[str, Any] | None:
-    """best/final accuracy and mean indicators of a finished run; None while it is not finished."""
+    """best/final accuracy and the run-level indicators (``reste.indicators.run_level``: the authors' aggregate in
+    paper mode) of a finished run; None while it is not finished."""
     if not (run_dir / CONFIG).is_file() or not last_checkpoint(run_dir).is_file():
         return None
     epochs = saved_config(run_dir).epochs
@@ -42,9 +44,8 @@ def run_summary(run_dir: Path) -> dict[str, Any] | None:
         "epochs": len(metrics),
         "seconds": sum(m.get("time", 0.0) for m in metrics),
     }
-    for key in INDICATORS:
-        values = [m[key] for m in metrics if key in m]
-        row[key] = sum(values) / len(values) if values else None
+    history = [m for m in metrics if all(k in m for k in INDICATORS)]
+    row.update(dict.fromkeys(INDICATORS), **run_level(history, saved_config(run_dir).indicators or "general"))
     return row
 
 
@@ -69,7 +70,7 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", *INDICATORS, "time")
+EPOCH_COLUMNS = METRIC_FIELDS
 
 
 def epoch_rows(out_dir: str | Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -131,13 +132,21 @@ def _pm(mean: float | None, std: float | None, fmt: str, std_fmt: str | None = N
     return format(mean, fmt) + (f" ± {format(std, std_fmt or fmt)}" if std is not None else "")
 
 
+def _indicator_rule(mode: str | None) -> str:
+    """How the table's indicators are made from the epochs', for its heading."""
+    if not mode:
+        return ""
+    error, stability = RUN_LEVEL[mode]
+    return (f"; indicators ({mode} mode): estimating error {error}, gradient stability {stability}"
+            + (" (the authors' aggregate)" if mode == "paper" else ""))
+
+
 def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     base = manifest["base"]
     opts = ", ".join(f"{k}={v}" for k, v in base.get("model_options", {}).items())
     head = (f"{base['dataset']}, {base['model'] or 'default model'}{f' ({opts})' if opts else ''}, "
             f"{base['epochs']} epochs, seeds {', '.join(map(str, manifest['seeds']))}; "
-            "mean ± sample std over seeds; indicators: mean over epochs"
-            f"{' (' + base['indicators'] + ' mode)' if base.get('indicators') else ''}.")
+            f"mean ± sample std over seeds{_indicator_rule(base.get('indicators'))}.")
     lines = [head, "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n |",
              "|---|---|---|---|---|---|"]
