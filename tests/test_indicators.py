@@ -273,3 +273,11 @@ def test_the_run_level_values_of_each_mode():
     assert run_level(history, "general") == {"estimating_error": 3.0, "gradient_stability": 2.0}
     assert run_level(history, "paper") == {"estimating_error": 3.0, "gradient_stability": 4.0}  # the authors' sum
     assert run_level([], "paper") == {}
+
+
+def test_paper_mode_takes_the_models_o_end_unless_told():
+    from reste import models
+
+    assert EquilibriumMeter(models.create("resnet20_1w1a", estimator_options={"o_end": 5.0}), "paper").o_end == 5.0
+    assert EquilibriumMeter(models.create("resnet20_1w1a", estimator="ste"), "paper").o_end == 3.0
+    assert EquilibriumMeter(models.create("resnet20_1w1a"), "paper", o_end=2.0).o_end == 2.0

@@ -316,7 +316,7 @@ class _Run:
         if config.indicators and not binary_layers(self.model):
             raise UsageError(f"--indicators needs a binary model; {config.model!r} has no binary layers")
         self.meter = (
-            EquilibriumMeter(self.model, config.indicators, config.estimator_options.get("o_end", 3.0))
+            EquilibriumMeter(self.model, config.indicators)  # paper mode: F at the model's ReSTE o_end (else 3)
             if config.indicators else None
         )
         self.net: nn.Module = self.model

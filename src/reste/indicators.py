@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .estimators import sign
-from .layers import binary_layers
+from .layers import binary_layers, estimators_of
 
 MODES = ("general", "paper")
 
@@ -95,6 +95,14 @@ def run_level(history: list[dict[str, float]], mode: str = "general") -> dict[st
     return {"estimating_error": err, "gradient_stability": stab if mode == "paper" else stab / n}
 
 
+def _final_o(model: nn.Module) -> float:
+    """The paper mode's o_end when none is given: the model's ReSTE o_end, else the paper's 3."""
+    for est in estimators_of(model):
+        if isinstance(getattr(est, "o_end", None), (int, float)):
+            return float(est.o_end)
+    return 3.0
+
+
 class EquilibriumMeter:
     """Collects the two indicators over training.
 
@@ -106,11 +114,11 @@ class EquilibriumMeter:
     >>> meter = EquilibriumMeter(model, mode="paper", o_end=3.0)
     """
 
-    def __init__(self, model: nn.Module, mode: str = "general", o_end: float = 3.0) -> None:
+    def __init__(self, model: nn.Module, mode: str = "general", o_end: float | None = None) -> None:
         _check_mode(mode)
         if not indicator_layers(model, mode):
             raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers)")
-        self.model, self.mode, self.o_end = model, mode, float(o_end)
+        self.model, self.mode, self.o_end = model, mode, _final_o(model) if o_end is None else float(o_end)
         self.history: list[dict[str, float]] = []
         self._reset()
 

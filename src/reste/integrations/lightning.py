@@ -56,7 +56,7 @@ class BinarizationCallback(Callback):
         indicators: ``False`` (default), ``True`` or ``"general"`` (every binary
             layer, each estimator's own F, epoch mean) or ``"paper"`` (the authors'
             ``--cal_ind``: binary 3x3 convs, F at ``o_end``, last iteration).
-        o_end: the final o for the ``"paper"`` indicators.
+        o_end: the final o for the ``"paper"`` indicators (default: the model's ReSTE ``o_end``, else 3).
         prefix: the prefix of every logged name.
         module: the attribute of the LightningModule that holds the binary model
             (``"model"``); by default the LightningModule itself.
@@ -66,7 +66,7 @@ class BinarizationCallback(Callback):
         self,
         epochs: int | None = None,
         indicators: bool | str = False,
-        o_end: float = 3.0,
+        o_end: float | None = None,
         prefix: str = "reste/",
         module: str | None = None,
     ) -> None:
@@ -75,7 +75,7 @@ class BinarizationCallback(Callback):
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         self.epochs = None if epochs is None else int(epochs)
         self.mode = _indicator_mode(indicators)
-        self.o_end = float(o_end)
+        self.o_end = None if o_end is None else float(o_end)
         self.prefix = prefix
         self.module = module
         self.meter: EquilibriumMeter | None = None
