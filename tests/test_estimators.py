@@ -769,3 +769,14 @@ def test_reste_warns_when_its_o_schedule_falls():
         warnings.simplefilter("error")
         reste.ReSTE(o=1.0, o_end=3.0)
         reste.ReSTE(o=5.0, o_end=3.0, schedule="constant")
+
+
+@pytest.mark.parametrize("name", ["ede", "rbnn"])
+def test_ede_and_rbnn_warn_when_t_falls(name):
+    import warnings
+
+    with pytest.warns(UserWarning, match="t falls over training, from t_min = 10.0 to t_max = 0.1"):
+        reste.get_estimator(name, t_min=10.0, t_max=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reste.get_estimator(name)

@@ -580,6 +580,13 @@ class EDE(Estimator):
     _state_keys = ("t", "k")
 
     def _setup(self) -> None:
+        if self.t_max < self.t_min:
+            warnings.warn(
+                f"{type(self).__name__} t falls over training, from t_min = {self.t_min} to t_max = {self.t_max} "
+                "(the estimator moves away from sign); the paper's schedule rises: pass t_max > t_min if that was "
+                "meant",
+                stacklevel=3,  # the caller of EDE(...)
+            )
         self.set_progress(0, 1)
 
     def params(self) -> dict[str, float]:
