@@ -418,12 +418,6 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     settings = expand_grid(base, dict(grid))
     out = Path(out_dir)
     runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        runs_root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create the sweep folders under {out} ({err.strerror}); pass another --out") from None
-
     todo: list[tuple[Setting, int, dict[str, Any]]] = []
     for seed in seeds:  # seed-major: after a third of the time, every setting has one seed
         for s in settings:
@@ -437,6 +431,13 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                                      "--runs-dir")
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir),
                                    "resume": state == "partial", "state": state}))
+    _check_data([s.config for s, _, job in todo if job["state"] != "done"])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        runs_root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the sweep folders under {out} ({err.strerror}); pass another --out") from None
+
     write_manifest(out, base, grid, seeds, settings)
     total = len(todo)
     n_set = len(settings)
@@ -495,6 +496,18 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     if not report:
         return []
     return summarize(out, log=log)
+
+
+def _check_data(configs: list[TrainConfig]) -> None:
+    """Load each data set the pending runs read, once, before any run: a missing or damaged folder is one error
+    up front (not one failed run per setting and seed), and ``--download`` fetches the files once (not in every
+    worker at the same time). Data sets that do not fit in memory (ImageNet) are left to the runs."""
+    from ..data import load_datasets
+    from ..datasets import get_spec
+
+    for dataset, path, download in dict.fromkeys((c.dataset, c.data_path, c.download) for c in configs):
+        if get_spec(dataset).fits_in_memory:
+            load_datasets(dataset, path, download=bool(download), augment=False)
 
 
 def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, threads: int | None,
