@@ -129,6 +129,8 @@ def ste_backward(x: Tensor, grad: Tensor, clip: float) -> Tensor | None:
 
 def reste_backward(x: Tensor, grad: Tensor, o: float, t: float, m: float) -> Tensor | None:
     """``grad * reste_g(x, o, t, m)`` by the kernel, or ``None`` where it does not apply."""
+    if o == 1.0:  # g is STE's window on [-t, t] (as in reste_g; a NaN input gets 0 there, as on every path)
+        return ste_backward(x, grad, t)
     lib = _backward_ready(x, grad)
     if lib is None:
         return None
