@@ -308,29 +308,42 @@ def test_a_stop_signal_stops_the_sweep(tmp_path, monkeypatch):
     assert len(calls) == 1  # the next runs did not start
 
 
-def _parallel_sweep_started(out: Path):
-    """A 2-job sweep of two long digits runs, once both runs have finished an epoch: (process, its workers)."""
+@pytest.fixture
+def parallel_sweep(tmp_path):
+    """A 2-job sweep of three long digits runs (ste, reste, then ede), once the first two have finished an epoch:
+    (process, its workers, its folder). The sweep and its workers are killed after the test, whatever happened."""
     import os
+    import signal
     import subprocess
     import sys
     import time
 
+    out = tmp_path / "s"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "reste.cli", "sweep", "--grid", "estimator=ste,reste", "--seeds",
-                             "0", "--epochs", "500", "--jobs", "2", "--threads", "1", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "reste.cli", "sweep", "--grid", "estimator=ste,reste,ede",
+                             "--seeds", "0", "--epochs", "500", "--jobs", "2", "--threads", "1", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        logs = list(out.glob("runs/*/seed0/metrics.jsonl"))
-        if len(logs) == 2 and all(p.read_text().count("\n") >= 1 for p in logs):
-            break
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("the sweep's two runs did not start within 3 minutes")
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    return proc, [int(w) for w in workers]
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            logs = list(out.glob("runs/*/seed0/metrics.jsonl"))
+            if len(logs) == 2 and all(p.read_text().count("\n") >= 1 for p in logs):
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the sweep's first two runs did not start within 3 minutes")
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        workers[:] = [int(w) for w in found]
+        yield proc, workers, out
+    finally:
+        for pid in [proc.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.communicate()
 
 
 def _gone(pids: list[int], seconds: float) -> bool:
@@ -354,31 +367,34 @@ def _gone(pids: list[int], seconds: float) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_a_stop_signal_reaches_the_runs_of_a_parallel_sweep(tmp_path):
-    """SIGTERM to a sweep of 2 jobs: both running runs save their step and stop, the sweep says how to continue,
-    and no worker is left training on its own (before, the workers went on and kept the run folders locked)."""
+def test_a_stop_signal_reaches_the_runs_of_a_parallel_sweep(parallel_sweep):
+    """SIGTERM to a sweep of 2 jobs: both running runs save their step and stop, the third (already queued for a
+    worker) does not start, the sweep says how to continue, and no worker is left training on its own (before,
+    the workers went on and kept the run folders locked)."""
     import signal
 
-    proc, workers = _parallel_sweep_started(tmp_path / "s")
+    proc, workers, out = parallel_sweep
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1].startswith("reste: sweep stopped by SIGTERM; run the same command again")
     assert _gone(workers, 30), workers
-    for log in (tmp_path / "s").glob("runs/*/seed0/train.log"):
+    logs = list(out.glob("runs/*/seed0/train.log"))
+    assert len(logs) == 2 and not list(out.glob("runs/ede-*")), logs
+    for log in logs:
         assert "stopped by SIGTERM" in log.read_text().splitlines()[-1]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (PR_SET_PDEATHSIG is Linux's)")
-def test_the_runs_of_a_killed_parallel_sweep_stop_with_it(tmp_path):
+def test_the_runs_of_a_killed_parallel_sweep_stop_with_it(parallel_sweep):
     """SIGKILL to a sweep of 2 jobs: its workers save their step and exit."""
     import signal
 
-    proc, workers = _parallel_sweep_started(tmp_path / "s")
+    proc, workers, out = parallel_sweep
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert _gone(workers, 60), workers
-    logs = list((tmp_path / "s").glob("runs/*/seed0/train.log"))
+    logs = list(out.glob("runs/*/seed0/train.log"))
     assert len(logs) == 2 and all("stopped by SIGTERM" in p.read_text() for p in logs)
     assert all((p.parent / "last.pt").exists() for p in logs)
 

@@ -257,9 +257,11 @@ def _file_log(path: Path) -> Callable[[str], None]:
 
 
 def _execute(job: dict[str, Any]) -> dict[str, Any]:
-    """Train or resume one run; never raises. Runs in this process or in a worker."""
+    """Train or resume one run; never raises but ``Preempted``. Runs in this process or in a worker."""
     from .. import engine
 
+    if _WORKER["stopped"]:  # a worker whose sweep is stopping starts no other run (nor its folder)
+        raise engine.Preempted("not started: the sweep is stopping", _WORKER["stopped"])
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _file_log(run_dir / "train.log")
@@ -274,8 +276,10 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             result = engine.train(config, run_dir, progress=False, log=log)
         return {"status": "done", "result": result, "seconds": time.time() - start}
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
-        if type(err).__name__ == "Preempted":  # a stop signal stops the sweep (the run saved its step)
+        if isinstance(err, engine.Preempted):  # a stop signal stops the sweep (the run saved its step)
             log(str(err))
+            if _WORKER["parent"] is not None:
+                _WORKER["stopped"] = err.signum
             raise
         log(traceback.format_exc())
         status = "diverged" if type(err).__name__ == "TrainingDiverged" else "failed"
@@ -287,14 +291,29 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             os._exit(1)
 
 
-_WORKER = {"running": False, "orphaned": False}  # a sweep's worker process: a run going on; the sweep died
+# A sweep's worker process: the sweep's PID, whether a run is going on, whether the sweep died, and the stop
+# signal that reached it (0: none). Only workers set them (the sweep's own process may run several sweeps).
+_WORKER: dict[str, Any] = {"parent": None, "running": False, "orphaned": False, "stopped": 0}
+_PARENT_DIED = "SIGUSR2"  # what Linux sends a worker when the sweep dies (PR_SET_PDEATHSIG)
+
+
+def _stop_between_runs(signum: int, _frame: Any) -> None:
+    """SIGTERM or SIGUSR1 in a worker between runs (a run catches them itself): start no further run."""
+    _WORKER["stopped"] = signum
 
 
 def _sweep_died(_signum: int, _frame: Any) -> None:
-    """SIGHUP in a sweep's worker, sent by Linux when the sweep dies: the run going on saves its step and stops
+    """The parent-death signal. Linux sends it when the thread that started the worker ends; that is the sweep's
+    death only if the worker then has another parent (a moment later). A run going on saves its step and stops
     (as on SIGTERM), then the worker exits; an idle worker exits at once."""
     import signal
 
+    for _ in range(40):
+        if os.getppid() != _WORKER["parent"]:
+            break
+        time.sleep(0.05)
+    else:
+        return  # the sweep lives (the thread of it that started this worker ended)
     _WORKER["orphaned"] = True
     if not _WORKER["running"]:
         os._exit(1)
@@ -302,9 +321,9 @@ def _sweep_died(_signum: int, _frame: Any) -> None:
 
 
 def _init_worker(threads: int, parent: int | None = None) -> None:
-    """A sweep's worker process (``parent``: the sweep's PID): its torch threads; the stop signals ignored
-    between runs (a run catches them itself, and the sweep passes them on to its workers); on Linux, SIGHUP
-    when the sweep dies (PR_SET_PDEATHSIG), so that a killed sweep leaves no run training on its own."""
+    """A sweep's worker process (``parent``: the sweep's PID): its torch threads; a stop signal between runs
+    starts no other run (a run catches them itself, and the sweep passes them on to its workers); on Linux, a
+    signal when the sweep dies (PR_SET_PDEATHSIG), so that a killed sweep leaves no run training on its own."""
     import signal
 
     import torch
@@ -318,15 +337,16 @@ def _init_worker(threads: int, parent: int | None = None) -> None:
         pass
     if parent is None:
         return
+    _WORKER["parent"] = parent
     for name in STOP_SIGNALS:
         if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, _sweep_died)
+            signal.signal(getattr(signal, name), _stop_between_runs)
+    if hasattr(signal, _PARENT_DIED):
+        signal.signal(getattr(signal, _PARENT_DIED), _sweep_died)
         try:
             import ctypes
 
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGHUP))  # PR_SET_PDEATHSIG
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(getattr(signal, _PARENT_DIED)))  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):  # not Linux: a killed sweep's runs finish on their own
             pass
     if os.getppid() != parent:  # it died before the request took effect
