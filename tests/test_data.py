@@ -54,7 +54,7 @@ def same_batches(a, b) -> bool:
 
 def test_digits_split_sizes_stratified_and_normalised():
     train, test, info = load_datasets("digits")
-    assert info == DatasetInfo("digits", 10, (1, 8, 8), 1437, 360)
+    assert info == DatasetInfo("digits", 10, (1, 8, 8), 1437, 360, tuple("0123456789"))
     assert len(train) == 1437 and len(test) == 360
     assert train.images.shape == (1437, 1, 8, 8) and train.images.dtype == torch.float32
     assert test.labels.dtype == torch.int64
@@ -187,7 +187,7 @@ def write_fashion(folder: Path, n_train=50, n_test=20, gz=True, seed=0) -> dict:
 def test_fashion_mnist_from_idx_files(tmp_path, gz):
     arrays = write_fashion(tmp_path, gz=gz)
     train, test, info = load_datasets("fashion-mnist", tmp_path)
-    assert info == DatasetInfo("fashion-mnist", 10, (1, 28, 28), 50, 20)
+    assert info == DatasetInfo("fashion-mnist", 10, (1, 28, 28), 50, 20, D.FASHION_MNIST_CLASSES)
     assert train.images.shape == (50, 1, 28, 28) and train.images.dtype == torch.float32
     assert torch.equal(train.labels, torch.arange(50) % 10) and train.labels.dtype == torch.int64
     lo = (0 - D.FASHION_MNIST_MEAN) / D.FASHION_MNIST_STD
@@ -232,7 +232,8 @@ def test_fashion_mnist_default_locations(tmp_path, monkeypatch):
 @pytest.mark.skipif(not D.SYSTEM_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_from_debian_package():
     train, test, info = load_datasets("fashion-mnist")
-    assert info == DatasetInfo("fashion-mnist", 10, (1, 28, 28), 60000, 10000)
+    assert info == DatasetInfo("fashion-mnist", 10, (1, 28, 28), 60000, 10000,
+                               D.FASHION_MNIST_CLASSES)
     assert torch.equal(torch.bincount(test.labels), torch.full((10,), 1000))
     assert abs(train.images.mean().item()) < 0.01 and abs(train.images.std().item() - 1) < 0.01
 
@@ -319,7 +320,7 @@ def write_cifar(root: Path, per_batch=4, n_test=6, seed=0) -> Path:
 def test_cifar10_from_pickle_batches(tmp_path):
     folder = write_cifar(tmp_path)
     train, test, info = load_datasets("cifar10", tmp_path)
-    assert info == DatasetInfo("cifar10", 10, (3, 32, 32), 20, 6)
+    assert info == DatasetInfo("cifar10", 10, (3, 32, 32), 20, 6, D.CIFAR10_CLASSES)
     x, y = test[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert torch.allclose(x, ((1 - MEAN) / STD).expand(3, 32, 32), atol=1e-6)
@@ -475,7 +476,7 @@ def write_image_folder(root: Path, classes=("n01", "n02", "n03"), per_class=2, s
 def test_imagenet_from_image_folder(tmp_path):
     write_image_folder(tmp_path)
     train, test, info = load_datasets("imagenet", tmp_path)
-    assert info == DatasetInfo("imagenet", 3, (3, 224, 224), 6, 3)
+    assert info == DatasetInfo("imagenet", 3, (3, 224, 224), 6, 3, ("n01", "n02", "n03"))
     assert train.classes == ["n01", "n02", "n03"]
     x, y = test[2]
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and y == 2
@@ -573,3 +574,76 @@ def test_every_spec_names_a_loader_that_resolves():
     for spec in SPECS.values():
         module, _, function = spec.loader.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), spec.loader
+
+
+def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path):
+    """Jupyter's .ipynb_checkpoints in train/ and val/ became a class of its own, and macOS's ._ files failed
+    when an epoch reached them."""
+    from PIL import Image
+
+    write_image_folder(tmp_path, classes=("n01", "n02"))
+    for split in ("train", "val"):
+        (tmp_path / split / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / split / ".ipynb_checkpoints" / "a.JPEG")
+        (tmp_path / split / "n01" / "._img0.JPEG").write_bytes(b"\0\5\26\7" + bytes(100))
+    train, test, info = load_datasets("imagenet", tmp_path)
+    assert info.classes == ("n01", "n02") and info.num_classes == 2 and (len(train), len(test)) == (4, 2)
+
+
+def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
+    from PIL import Image
+
+    values = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    rgb = np.asarray(formats._read_image(str(tmp_path / "g16.png")))
+    assert rgb.shape == (30, 40, 3) and rgb.min() == 0 and rgb.max() == 255  # clipped, 99% were 255
+    assert abs(rgb.mean() - 127.5) < 1.0
+
+
+def test_an_image_too_large_for_pillow_is_one_line_naming_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is then past twice the limit
+    message = usage_error(formats._read_image, str(tmp_path / "big.png"), match="big.png (Image size (4096 pixels)")
+    assert message.startswith("cannot read image ") and message.endswith("; remove or replace it")
+
+
+@pytest.mark.parametrize("labels,why", [
+    (["cat"] * 4, "(4,) and type <U3"), ([None] * 4, "(4,) and type object"), ([2**70] * 4, "(4,) and type object"),
+    ([1.7] * 4, "(4,) and type float64"), ([[1, 2]] * 2, "(2, 2) and type int64"),
+])
+def test_cifar10_labels_must_be_a_flat_list_of_integers(tmp_path, labels, why):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": labels}, protocol=2))
+    usage_error(formats._read_cifar_batch, path, match=f"labels of shape {why}; a CIFAR-10 batch holds a flat list")
+
+
+def test_a_python_2_pickle_with_empty_bytes_reads(tmp_path):
+    path = tmp_path / "test_batch"
+    path.write_bytes(pickle.dumps({b"batch_label": b"", b"data": np.zeros((0, 3072), np.uint8), b"labels": []},
+                                  protocol=2))  # b"" pickles as __builtin__.bytes under protocol 2
+    images, labels = formats._read_cifar_batch(path)
+    assert images.shape == (0, 32, 32, 3) and labels.shape == (0,)
+
+
+def test_a_wrong_fashion_mnist_path_points_at_the_system_copy(tmp_path, monkeypatch):
+    write_fashion(tmp_path / "system")
+    monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "system")
+    usage_error(load_datasets, "fashion-mnist", tmp_path / "nope",
+                match="does not exist; drop --data-path to read the copy in")
+
+
+def test_data_flags_that_would_be_ignored_are_refused():
+    from reste.config import TrainConfig
+
+    with pytest.raises(UsageError, match="digits comes with its package, nothing to download; drop --download"):
+        TrainConfig(dataset="digits", download=True).resolve()
+    with pytest.raises(UsageError, match="is held in memory and batched there, without worker processes"):
+        TrainConfig(dataset="fashion-mnist", workers=2).resolve()
+    with pytest.raises(UsageError, match="imagenet is read from files by DataLoader workers; --data-device"):
+        TrainConfig(dataset="imagenet", data_path="/x", data_device="cpu").resolve()
+    # what older runs saved still resumes: those settings did nothing
+    saved = TrainConfig.from_saved({"dataset": "fashion-mnist", "model": "fmnist_vgg_1w1a", "estimator": "reste",
+                                    "epochs": 2, "seed": 0, "workers": 4})
+    assert saved.workers == 0

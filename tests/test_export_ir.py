@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 # what the inference side may load of reste: the table, the file format, the kernels and their builder
 RUNTIME_MODULES = {"reste", "reste._lazy", "reste.errors", "reste.native", "reste.export", "reste.export.ir",
                    "reste.export.format", "reste.export.kernels", "reste.export.runtime",
-                   "reste.export.inputs"}  # raw pixels -> model inputs: NumPy alone (Pillow only for image files)
+                   "reste.export.inputs", "reste._pixels"}  # raw pixels: NumPy (Pillow only for image files)
 
 
 def _modules_after(statement: str) -> dict:

@@ -108,7 +108,11 @@ class TrainConfig:
         if spec is not None and not spec.augments:
             data["augment"] = False  # what such a run did, whatever it saved
         if spec is not None and not spec.reads_files:
-            data["data_path"] = None  # read by no run of it
+            data["data_path"], data["download"] = None, False  # read by no run of it
+        if spec is not None and spec.fits_in_memory:
+            data["workers"] = 0  # its batches never came from worker processes
+        elif spec is not None:
+            data["data_device"] = "auto"  # read from files whatever it said
         return cls.from_dict(data)
 
     def resolve(self) -> "TrainConfig":
@@ -159,8 +163,17 @@ class TrainConfig:
                 "--amp fp16 (its GradScaler reads the gradients on the host; use --amp bf16)"
             raise UsageError(f"--cuda-graphs cannot be combined with {clash}")
         check_data_path(self.dataset, self.data_path)
-        if self.augment and not get_spec(self.dataset).augments:
+        spec = get_spec(self.dataset)
+        if self.augment and not spec.augments:
             raise UsageError(f"{self.dataset} has no train augmentation; drop --augment")
+        if self.download and not spec.reads_files:
+            raise UsageError(f"{spec.name} comes with its package, nothing to download; drop --download")
+        if self.workers and spec.fits_in_memory:
+            raise UsageError(f"{spec.name} is held in memory and batched there, without worker processes; drop "
+                             "--workers (it is for data sets read from files, ImageNet)")
+        if self.data_device != "auto" and not spec.fits_in_memory:
+            raise UsageError(f"{spec.name} is read from files by DataLoader workers; --data-device is for the "
+                             "data sets held in memory: drop it")
         if self.data_device not in DATA_DEVICES:
             raise UsageError(f"unknown --data-device {self.data_device!r}; valid: {', '.join(DATA_DEVICES)}")
         for name in ("epochs", "batch_size", "eval_batch_size"):

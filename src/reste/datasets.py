@@ -54,6 +54,7 @@ class DatasetSpec:
     description: str = ""
     augments: bool = True  # whether its loader has a train augmentation for --augment to turn on
     reads_files: bool = True  # whether it is read from a folder (--data-path); digits comes with scikit-learn
+    folder_classes: bool = False  # whether its classes are those of the user's folder (num_classes: the usual copy's)
 
     def load(self, data_path=None, *, download: bool = False, augment: bool = True,
              in_memory: bool | None = None):
@@ -93,7 +94,7 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec(
         name="imagenet", aliases=(), num_classes=1000, input_size=(3, 224, 224),
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=255.0,
-        train_size=None, test_size=None, fits_in_memory=False, loader="reste.data:_load_imagenet",
+        train_size=None, test_size=None, fits_in_memory=False, loader="reste.data:_load_imagenet", folder_classes=True,
         defaults=dict(model="imagenet_resnet18_1w1a", augment=True, optimizer="sgd", lr=0.1, weight_decay=1e-4,
                       epochs=250, batch_size=750, eval_batch_size=128, warm_up=0),
         description="ImageFolder trees train/ and val/ (JPEG files, read by DataLoader workers)",

@@ -53,7 +53,7 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import models, resumption
 from .config import AMP_MODES, TrainConfig, check_data_path
-from .data import data_device, load_datasets, make_loaders
+from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed
 from .errors import UsageError
 from .indicators import RUN_LEVEL, EquilibriumMeter
@@ -206,6 +206,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
               "use --amp bf16 or none", file=sys.stderr)
     model = model_from_checkpoint(ckpt, dev)
     train_ds, test_ds, info = load_datasets(config.dataset, data_path or config.data_path, download=download)
+    check_classes(ckpt.get("classes"), info.classes, f"the {info.name} data in {data_path or config.data_path}"
+                  if data_path or config.data_path else f"the {info.name} data")
     if info.num_classes != ckpt["model_options"]["num_classes"]:
         raise UsageError(
             f"checkpoint has {ckpt['model_options']['num_classes']} classes but the data set has "
@@ -304,6 +306,11 @@ class _Run:
             raise UsageError(f"estimator {config.estimator!r} schedules {', '.join(clash)}, a name each line of "
                              f"{METRICS} uses for its own field; give that hyper-parameter another name")
         per_rank = -(-len(train_ds) // self.dist.world_size)  # each process's share, padded as the samplers do
+        if (min(config.batch_size, per_rank) == 1
+                and any(isinstance(m, nn.BatchNorm1d) for m in self.model.modules())):
+            raise UsageError(f"{config.model} cannot train on batches of one sample (--batch-size "
+                             f"{config.batch_size}, {per_rank} training image(s) per process): its BatchNorm1d "
+                             "needs at least 2; raise --batch-size or add images")
         if (per_rank > config.batch_size and per_rank % config.batch_size == 1 and not config.cuda_graphs
                 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())):
             self.log(f"note: the last batch of each epoch would hold one sample, too few for BatchNorm's batch "
@@ -362,6 +369,7 @@ class _Run:
             "model_options": {"num_classes": self.info.num_classes, **self.config.model_options},
             **estimator_settings(self.config),
             "dataset": self.config.dataset,
+            "classes": list(self.info.classes) if self.info.classes else None,  # checked by eval, resume, predict
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -791,6 +799,8 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     if last.exists():
         ckpt = resumption.load_last(run_dir, run.device)
         resumption.check_checkpoint(ckpt, config, last)
+        check_classes(ckpt.get("classes"), run.info.classes, f"the {config.dataset} data in {config.data_path}"
+                      if config.data_path else f"the {config.dataset} data")
         trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)
         for note in notes:
             run.log(note)

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from .._pixels import eight_bit
 from ..errors import UsageError
 
 __all__ = ["read_idx", "find_fashion_mnist", "read_fashion_mnist", "find_cifar10", "read_cifar10",
@@ -145,16 +146,19 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
             raise UsageError(f"Fashion-MNIST download into {root} left no {missing[0]}; {_FMNIST_HINT}")
 
     if files is None:
+        hint = _FMNIST_HINT
+        if data_path is not None and not _find_idx_files(SYSTEM_FASHION_MNIST)[1]:  # the system's copy is whole
+            hint = f"drop --data-path to read the copy in {SYSTEM_FASHION_MNIST}, or fix the folder"
         if partial is not None:
             folder, missing = partial
             raise UsageError(f"Fashion-MNIST in {folder} is incomplete: missing {', '.join(missing)} "
-                             f"(plain or .gz); {_FMNIST_HINT}")
+                             f"(plain or .gz); {hint}")
         if data_path is not None and not root.exists():
-            raise UsageError(f"Fashion-MNIST data path {root} does not exist; {_FMNIST_HINT}")
+            raise UsageError(f"Fashion-MNIST data path {root} does not exist; {hint}")
         if data_path is not None and root.is_dir() and not any(root.iterdir()):
-            raise UsageError(f"Fashion-MNIST data path {root} is empty; {_FMNIST_HINT}")
+            raise UsageError(f"Fashion-MNIST data path {root} is empty; {hint}")
         looked = " and ".join(str(c) for c in candidates)
-        raise UsageError(f"Fashion-MNIST idx files not found in {looked}; {_FMNIST_HINT}")
+        raise UsageError(f"Fashion-MNIST idx files not found in {looked}; {hint}")
     return files
 
 
@@ -190,11 +194,12 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+        ("_codecs", "encode"), ("copyreg", "_reconstructor"), ("builtins", "object"), ("builtins", "bytes"),
     }
+    _PY2 = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # names a protocol-2 pickle from Python 2 uses
 
     def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
+        if (self._PY2.get(module, module), name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
 
@@ -221,8 +226,15 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data is None or labels is None:
         raise UsageError(f"{path} is not a CIFAR-10 python batch (no 'data'/'labels' entries); "
                          f"re-download it")
-    data = np.asarray(data)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    try:
+        data, labels = np.asarray(data), np.asarray(labels)
+    except (ValueError, TypeError) as exc:  # ragged lists
+        raise UsageError(f"{path} holds data or labels that are not arrays ({_one_line(exc)[:80]}); "
+                         "re-download it") from None
+    if labels.ndim != 1 or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+        raise UsageError(f"{path} has labels of shape {labels.shape} and type {labels.dtype}; a CIFAR-10 batch "
+                         "holds a flat list of integers; re-download it")
+    labels = labels.astype(np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise UsageError(f"{path} has data of shape {data.shape} and type {data.dtype}; a CIFAR-10 "
                          f"batch holds uint8 rows of 3072 values")
@@ -280,23 +292,40 @@ _IMAGENET_HINT = ("ImageNet cannot be downloaded automatically: get ILSVRC2012 f
 
 
 def _read_image(path: str):
-    """ImageFolder's loader, with a one-line error naming the file when it is not a readable image."""
+    """ImageFolder's loader: RGB (16-bit images scaled to 8 bits), with a one-line error naming the file when it
+    is not a readable image."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
+            return eight_bit(Image.open(f)).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError: OSError
         raise UsageError(f"cannot read image {path} ({_one_line(exc)[:100]}); remove or replace it") from None
+
+
+def _visible(path: str) -> bool:
+    """An image file ImageFolder takes: an image extension, and not hidden (macOS's ._ files, editors' copies)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    return not os.path.basename(path).startswith(".") and has_file_allowed_extension(path, IMG_EXTENSIONS)
 
 
 def _image_folder(path: Path, split: str):
     from torchvision.datasets import ImageFolder
 
+    class Folder(ImageFolder):
+        """An ImageFolder whose classes are the visible sub-folders (not .ipynb_checkpoints, .Trash-1000, ...)."""
+
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"no class folder in {directory}")
+            return classes, {c: i for i, c in enumerate(classes)}
+
     if not path.is_dir():
         raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_IMAGENET_HINT}")
     try:
-        return ImageFolder(str(path), loader=_read_image)
+        return Folder(str(path), loader=_read_image, is_valid_file=_visible)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
                          f"{_IMAGENET_HINT}") from None

@@ -41,6 +41,7 @@ class DatasetInfo:
     input_size: tuple[int, int, int]  # (C, H, W)
     train_size: int
     test_size: int
+    classes: tuple[str, ...] | None = None  # the name of each label (an ImageNet folder's: its class folders)
 
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -69,10 +70,22 @@ def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, down
     return spec.load(data_path, download=download, augment=augment, in_memory=in_memory)
 
 
-def _info(name: str, train, test, num_classes: int | None = None) -> DatasetInfo:
-    spec = SPECS[name]
-    return DatasetInfo(name, spec.num_classes if num_classes is None else num_classes, spec.input_size,
-                       len(train), len(test))
+def _info(name: str, train, test, classes: Sequence[str]) -> DatasetInfo:
+    return DatasetInfo(name, len(classes), SPECS[name].input_size, len(train), len(test), tuple(classes))
+
+
+def check_classes(recorded: Sequence[str] | None, found: Sequence[str] | None, what: str) -> None:
+    """Refuse data whose classes are not the ones a model learned (``recorded``, from its checkpoint or export):
+    an image folder with other class folders would be scored, or trained, against the wrong labels. Either
+    side unknown (a checkpoint from before they were recorded): nothing to check."""
+    if recorded is None or found is None or list(recorded) == list(found):
+        return
+    if len(recorded) != len(found):
+        raise UsageError(f"{what} has {len(found)} classes but the model learned {len(recorded)}; pass the data "
+                         "it was trained on")
+    i = next(i for i, (a, b) in enumerate(zip(recorded, found)) if a != b)
+    raise UsageError(f"{what} has other classes than the model learned (label {i} is {found[i]!r}, was "
+                     f"{recorded[i]!r}); pass the data it was trained on, with the same class folders")
 
 
 def _load_digits(data_path=None, download: bool = False, augment: bool = True, in_memory: bool | None = None):
@@ -90,7 +103,7 @@ def _load_digits(data_path=None, download: bool = False, augment: bool = True, i
                             classes=classes, normalize=norm)
     test = InMemoryDataset(torch.from_numpy(x_te).reshape(-1, 1, 8, 8), torch.from_numpy(y_te),
                            classes=classes, normalize=norm)
-    return train, test, _info("digits", train, test)
+    return train, test, _info("digits", train, test, [str(d) for d in range(10)])
 
 
 def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: bool | None = None):
@@ -108,7 +121,7 @@ def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: boo
     fill = (0.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
     train = build("train", RandomCropFlip(28, 2, fill=fill) if augment else None)
     test = build("test", None)
-    return train, test, _info("fashion-mnist", train, test)
+    return train, test, _info("fashion-mnist", train, test, FASHION_MNIST_CLASSES)
 
 
 class _ArrayImages:
@@ -145,7 +158,7 @@ def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | No
 
         train = tensors(x_tr, y_tr, RandomCropFlip(32, 4, fill=norm.fill()) if augment else None)
         test = tensors(x_te, y_te, None)
-        return train, test, _info("cifar10", train, test)
+        return train, test, _info("cifar10", train, test, CIFAR10_CLASSES)
 
     from torchvision import transforms as T
 
@@ -154,7 +167,7 @@ def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | No
     test_tf = T.Compose(norm)
     train = TransformDataset(_ArrayImages(x_tr, y_tr, CIFAR10_CLASSES), train_tf)
     test = TransformDataset(_ArrayImages(x_te, y_te, CIFAR10_CLASSES), test_tf)
-    return train, test, _info("cifar10", train, test)
+    return train, test, _info("cifar10", train, test, CIFAR10_CLASSES)
 
 
 def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | None = None):
@@ -169,4 +182,4 @@ def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | N
     val_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
     train = TransformDataset(train_base, train_tf)
     test = TransformDataset(val_base, val_tf)
-    return train, test, _info("imagenet", train, test, num_classes=len(train_base.classes))
+    return train, test, _info("imagenet", train, test, train_base.classes)

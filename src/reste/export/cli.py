@@ -200,7 +200,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _save_predictions(out, pred)
             line = f"{len(pred)} predictions written to {out} ({seconds:.2f} s, {model.backend} kernels)"
         else:
-            line = f"{args.images}: class {int(pred[0])} ({seconds:.2f} s, {model.backend} kernels)"
+            names = model.meta.get("classes")
+            name = f" ({names[int(pred[0])]})" if isinstance(names, list) and int(pred[0]) < len(names) else ""
+            line = f"{args.images}: class {int(pred[0])}{name} ({seconds:.2f} s, {model.backend} kernels)"
         if labels is not None:
             line += f"; accuracy {100.0 * float((pred == labels).mean()):.2f}%"
         print(line)
@@ -209,17 +211,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not dataset:
         raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")
     from ..config import check_data_path
-    from ..data import load_datasets, make_loaders
+    from ..data import check_classes, load_datasets, make_loaders
     from ..datasets import get_spec
 
     spec = get_spec(dataset)  # checked before any file is read or downloaded
     check_shape(model.input_size, spec.input_size, f"the {spec.name} data set")
     classes = _model_classes(model)
-    if classes is not None and classes != spec.num_classes:
+    if classes is not None and classes != spec.num_classes and not spec.folder_classes:
         raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
                          "pass the data set it was trained on")
     check_data_path(spec.name, args.data_path)
     train_ds, test_ds, info = load_datasets(dataset, args.data_path, download=args.download)
+    check_classes(model.meta.get("classes"), info.classes, f"the {info.name} data in {args.data_path}"
+                  if args.data_path else f"the {info.name} data")
+    if classes is not None and classes != info.num_classes:  # a folder's classes, known once it is read
+        raise UsageError(f"the model predicts {classes} classes but {args.data_path} has {info.num_classes}; "
+                         "pass the data it was trained on")
     _, loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size, eval_batch_size=args.batch_size)
     correct = total = 0
     start = time.perf_counter()

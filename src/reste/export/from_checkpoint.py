@@ -58,6 +58,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
         "model_options": options,  # the model's own keywords and num_classes, in any checkpoint format
         **settings,
         "dataset": dataset,
+        "classes": ckpt.get("classes"),  # the name of each label, where the run recorded them
         "epoch": ckpt.get("epoch"),
         "best_acc": ckpt.get("best_acc"),
         # this checkpoint's own test top-1 (none for one taken inside an epoch)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .._pixels import eight_bit
 from ..errors import UsageError
 from .ir import Preprocessing
 
@@ -63,7 +63,7 @@ def read_image(path: str | os.PathLike, size: tuple[int, int, int]) -> np.ndarra
         raise UsageError("reading image files needs Pillow (pip install pillow); pass a .npy array") from None
     try:
         with Image.open(path) as opened:
-            image = _eight_bit(ImageOps.exif_transpose(opened)).convert(_MODES[channels])
+            image = eight_bit(ImageOps.exif_transpose(opened)).convert(_MODES[channels])
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UsageError(f"{path} is neither a .npy array nor an image file Pillow can read "
                          f"({str(err).splitlines()[0][:100] if str(err) else type(err).__name__})") from None
@@ -77,17 +77,6 @@ def read_image(path: str | os.PathLike, size: tuple[int, int, int]) -> np.ndarra
         image = image.crop((left, top, left + width, top + height))
     pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))[None]
-
-
-def _eight_bit(image: Any) -> Any:
-    """A 16- or 32-bit integer greyscale image scaled to 8 bits (Pillow's convert would clip it at 255)."""
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        from PIL import Image
-
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
-    return image
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
