@@ -371,3 +371,29 @@ def test_keep_takes_one_name_and_a_bad_scaling_is_named_once():
     assert not isinstance(binarize(make_net(), keep="layer1.conv1").layer1.conv1, BinaryConv2d)
     with pytest.raises(ValueError, match=r"^unknown scaling 'bad'; valid: layer, channel, none$"):
         binarize(make_net(), scaling="bad")
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*is deprecated:FutureWarning")
+@pytest.mark.parametrize("norm", ["spectral_norm", "weight_norm"])
+def test_a_weight_computed_by_a_norm_hook_starts_the_binary_layer(norm):
+    """spectral_norm and the old weight_norm compute the weight in a forward pre-hook from their own attributes
+    (weight_orig, weight_g): that hook stays behind with a warning, and the binary layer trains the weight's
+    current values (moving the hook made the binary layer fail at its first forward)."""
+    net = make_net()
+    net.layer1.conv1 = getattr(nn.utils, norm)(net.layer1.conv1)
+    with torch.no_grad():
+        net(torch.randn(2, 3, 8, 8))  # the hook has computed the weight
+    weight = net.layer1.conv1.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"the weight of 'layer1.conv1' is computed by (SpectralNorm|WeightNorm)"):
+        bnet = binarize(net, inplace=True)
+    assert isinstance(bnet.layer1.conv1.weight, nn.Parameter) and torch.equal(bnet.layer1.conv1.weight, weight)
+    bnet(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert bnet.layer1.conv1.weight.grad is not None
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*is deprecated:FutureWarning")
+def test_a_model_torch_cannot_copy_says_to_convert_in_place():
+    net = make_net()
+    net.layer1.conv1 = nn.utils.weight_norm(net.layer1.conv1)
+    with pytest.raises(ValueError, match="binarize cannot copy the model .*; convert it in place with inplace=True"):
+        binarize(net)

@@ -51,7 +51,7 @@ def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str 
     return (convs[0] if convs else None), (linears[-1] if linears else (convs[-1] if convs else None))
 
 
-# the hooks of a layer, kept by the binary layer that replaces it (the same dicts: their handles still remove them)
+# the hooks of a layer, kept by the binary layer that replaces it (the same dicts: their handles still work)
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
                "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
 
@@ -89,9 +89,20 @@ def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Mod
             f"cannot binarize layer {name!r} ({type(module).__name__}): {exc}; "
             "keep it in full precision with keep=[...]"
         ) from exc
+    # a weight computed before each forward by a hook (spectral_norm, the old weight_norm) from other parameters:
+    # the binary layer starts from its current values, and that hook, which reads the float layer's own
+    # attributes (weight_orig, weight_g), stays behind
+    computing = {k: h for k, h in getattr(module, "_forward_pre_hooks", {}).items()
+                 if getattr(h, "name", None) in ("weight", "bias") and not isinstance(module.weight, nn.Parameter)}
     for hooks in _HOOK_DICTS:
         if hasattr(module, hooks):
             setattr(new, hooks, getattr(module, hooks))
+    if computing:
+        new._forward_pre_hooks = type(module._forward_pre_hooks)(
+            (k, h) for k, h in module._forward_pre_hooks.items() if k not in computing)
+        warnings.warn(f"binarize: the weight of {name!r} is computed by "
+                      f"{', '.join(sorted({type(h).__name__ for h in computing.values()}))}; its binary layer "
+                      "starts from the weight's current values and trains them without it", stacklevel=3)
     new.train(module.training)
     return new
 
@@ -118,9 +129,9 @@ def binarize(
 ) -> nn.Module:
     """Replace the ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` with binary ones.
 
-    The latent weights and biases are copied, so a pre-trained float model starts
-    from its own weights. By default the first convolution and the last linear
-    layer stay full precision (the usual BNN practice and the paper's).
+    Each binary layer keeps the latent weights and biases of the layer it replaces, so a
+    pre-trained float model starts from its own weights. By default the first convolution
+    and the last linear layer stay full precision (the usual BNN practice and the paper's).
 
     Args:
         model: the float model.
@@ -139,8 +150,11 @@ def binarize(
     Returns:
         The converted model. Each binary layer takes over the Parameters of the layer it replaces (the
         same objects: an optimizer built before an in-place conversion keeps training them, and frozen,
-        tied or channels_last weights stay so) and its hooks; a layer used under several names becomes one
-        binary layer, set at each (kept in float when one of its names is kept).
+        tied or channels_last weights stay so) and its hooks (with ``inplace=True`` their handles still
+        remove them; a copy's hooks are copies, which the original's handles do not reach). A weight that
+        a hook computes (``spectral_norm``, the old ``weight_norm``) is taken at its current values,
+        without the hook, with a warning. A layer used under several names becomes one binary layer, set
+        at each (kept in float when one of its names is kept).
 
     Only exact ``nn.Conv2d`` and ``nn.Linear`` layers are converted. Other convolutions
     and linears (Conv1d, subclasses with their own forward such as timm's
@@ -148,7 +162,11 @@ def binarize(
     ``keep`` lists them. A layer that cannot be copied raises a ``ValueError`` naming it.
     """
     if not inplace:
-        model = copy.deepcopy(model)
+        try:
+            model = copy.deepcopy(model)
+        except RuntimeError as err:  # e.g. the old torch.nn.utils.weight_norm's computed weight
+            raise ValueError(f"binarize cannot copy the model ({str(err).splitlines()[0][:120]}); convert it in "
+                             "place with inplace=True") from None
     weight_spec = _estimator_config(estimator, **hyperparameters)
     input_spec = weight_spec if activations else None
     if scaling not in SCALINGS:
