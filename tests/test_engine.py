@@ -209,6 +209,8 @@ def test_a_preset_with_another_estimator_leaves_the_presets_options_behind():
     assert cfg.estimator == "ede" and cfg.estimator_options == {"t_max": 5.0}
     cfg = config_from_preset("cifar10-resnet20-1w1a", estimator_options={"t": 1.2}).resolve()
     assert cfg.estimator_options == {"o_end": 3.0, "t": 1.2}  # the preset's own estimator: refined
+    cfg = config_from_preset("cifar10-resnet20-o10", estimator="ReSTE").resolve()  # any spelling of it
+    assert cfg.estimator_options == {"o_end": 10.0}
 
 
 @pytest.mark.slow

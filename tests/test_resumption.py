@@ -36,6 +36,7 @@ def test_a_changed_setting_needs_force_and_the_data_set_never_changes(tmp_path, 
     assert resumption.continue_config(tmp_path, saved, {"lr": 0.05}, force=True).lr == 0.05
     assert resumption.continue_config(tmp_path, saved, {"threads": 2}, force=False).threads == 2  # RESUME_FREE
     assert resumption.continue_config(tmp_path, saved, {"dataset": "DIGITS"}, force=False) == saved
+    assert resumption.continue_config(tmp_path, saved, {"estimator": "ReSTE"}, force=False) == saved
     with pytest.raises(UsageError, match="trained on digits, not fashion-mnist; a run keeps its data set"):
         resumption.continue_config(tmp_path, saved, {"dataset": "fashion-mnist"}, force=True)
 

@@ -301,6 +301,15 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def _canonical_estimator(name: Any) -> Any:
+    """An estimator's registered name for any spelling of it (``ReSTE``, ``sign-swish``); an unknown one as given
+    (resolve names it)."""
+    try:
+        return estimator_class(name).name if isinstance(name, str) else name
+    except UsageError:
+        return name
+
+
 def config_from_preset(name: str, **overrides: Any) -> TrainConfig:
     """The preset's config with ``overrides`` (e.g. ``data_path``, ``workers``) applied. Hyper-parameters given
     with the preset's estimator refine its options; another estimator starts from its own defaults (the
@@ -308,7 +317,7 @@ def config_from_preset(name: str, **overrides: Any) -> TrainConfig:
     preset = get_preset(name)
     data = dict(preset.settings, preset=name)
     data["estimator_options"] = dict(data.get("estimator_options", {}))
-    if overrides.get("estimator", data.get("estimator")) == data.get("estimator"):
+    if _canonical_estimator(overrides.get("estimator", data.get("estimator"))) == data.get("estimator"):
         overrides = dict(overrides, estimator_options={**data["estimator_options"],
                                                        **overrides.get("estimator_options", {})})
     else:
