@@ -188,6 +188,10 @@ def test_a_packed_model_takes_raw_uint8_pixels_as_predict_does(packed):
     raw = np.random.default_rng(0).integers(0, 17, (5, 1, 8, 8), dtype=np.uint8)  # digits' pixels: 0..16
     want = model(model_inputs(raw, "raw.npy", model.input_size, model.preprocessing))
     assert torch.equal(model(raw), want) and torch.equal(model(torch.from_numpy(raw)), want)
+    assert torch.equal(model(raw[:, 0]), want)  # (N, H, W) for one channel, as predict takes it
+    with pytest.raises(UsageError, match=r"holds images of shape \(3, 8, 8\) but the model takes \(1, 8, 8\)"):
+        model(np.repeat(raw, 3, axis=1))  # other channels are refused, not spread over the model's
+    assert torch.equal(model(model_inputs(raw, "raw.npy", model.input_size, model.preprocessing).tolist()), want)
     for threads in (0, -1, 1.5, "2"):
         with pytest.raises(UsageError, match="threads must be a positive integer"):
             PackedModel.load(packed, threads=threads)

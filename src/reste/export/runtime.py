@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from . import format as fmt
 from . import ir
-from .inputs import normalise
+from .inputs import check_shape, normalise, raw_batch
 from .kernels import (BitsOut, Epilogue, Rows, conv_weight_words, get_kernels, pack_rows, packed_buffer, pad_lanes,
                       padding_correction, sign_thresholds)
 
@@ -528,14 +528,17 @@ class PackedModel:
         thresholds equivalent to its float32 epilogue); with it, every layer computes its
         float32 output, so the trace holds the values; the bits, and so the logits, are the same.
         """
-        raw = images.dtype == (np.uint8 if isinstance(images, np.ndarray) else torch.uint8)
-        if raw and images.ndim == 4:  # pixels: the preprocessing the export records, as `reste predict` does
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            images = images.detach().cpu().numpy()
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8:  # raw pixels, as `reste predict` takes them
             prep = self.preprocessing
             if prep is None:
                 raise UsageError("uint8 images are raw pixels, and this packed model records no preprocessing "
                                  "(mean, std, pixel scale) to apply; pass float32 images, preprocessed")
-            pixels = images if isinstance(images, np.ndarray) else images.detach().cpu().numpy()
-            images = normalise(pixels, prep, prep.pixel_scale)
+            size = tuple(self.input_size) if self.input_size and len(self.input_size) == 3 else prep.input_size
+            batch = raw_batch(images, size, "the uint8 images")  # (N, H, W) and (H, W) for one channel too
+            check_shape(size, batch.shape[1:], "the uint8 images")
+            images = normalise(batch, prep, prep.pixel_scale)
         x = torch.as_tensor(images).detach().to("cpu", torch.float32)
         size = self.input_size
         if size and (x.dim() != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):
