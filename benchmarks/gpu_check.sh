@@ -360,7 +360,7 @@ took
 echo
 echo "== 2. Training-step rows (benchmarks/train_step.py --device cuda)"
 "$PYTHON" benchmarks/train_step.py --device cuda --graphs --repeats "$REPEATS" --warmup 3 --json "$OUT/rows.json" \
-  || echo "  train_step.py failed: its targets below are NOT MEASURED"
+  || echo "  train_step.py ended with an error (see above): the rows it could not measure are NOT MEASURED below"
 
 took
 echo

@@ -290,7 +290,8 @@ def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]
     have_ind = any(r["estimating_error_mean"] is not None for r in rows)
     if have_ind:
         written.append(indicators_figure(out, manifest))
-        written.append(error_vs_stability_figure(out, rows, manifest["base"].get("indicators") or "general"))
+        mode = None if "indicators" in manifest["grid"] else manifest["base"].get("indicators") or "general"
+        written.append(error_vs_stability_figure(out, rows, mode))
     o_axis = next((a for a in manifest["grid"] if a in ("o_end", "estimator_options.o_end")), None)
     if o_axis:
         written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind))
@@ -318,7 +319,7 @@ def indicators_figure(out: Path, manifest: dict[str, Any]) -> str:
     return "indicators.png"
 
 
-def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str = "general") -> str:
+def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str | None = "general") -> str:
     """``error_vs_stability.png``: one point per setting (the run-level indicators of ``mode``, averaged over
     seeds)."""
     fig = _figure(1, 1, width=6.8, height=5.2)
@@ -330,7 +331,7 @@ def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str =
                     yerr=r["gradient_stability_std"], fmt=markers[i % len(markers)], ms=7, color=f"C{i % 10}",
                     capsize=3, label=_short(r["setting"]))
     ax.legend(fontsize=8, loc="best")
-    error, stability = RUN_LEVEL[mode]
+    error, stability = RUN_LEVEL[mode] if mode else ("run-level, each setting's mode",) * 2
     ax.set_xlabel(f"estimating error ({error})")
     ax.set_ylabel(f"gradient stability: var |grad| ({stability})")
     ax.set_title("the equilibrium: error vs stability, one point per setting\n(bars: std over seeds)")

@@ -132,8 +132,10 @@ def _pm(mean: float | None, std: float | None, fmt: str, std_fmt: str | None = N
     return format(mean, fmt) + (f" ± {format(std, std_fmt or fmt)}" if std is not None else "")
 
 
-def _indicator_rule(mode: str | None) -> str:
-    """How the table's indicators are made from the epochs', for its heading."""
+def _indicator_rule(mode: str | None, varies: bool = False) -> str:
+    """How the table's indicators are made from the epochs', for its heading (``varies``: the grid sets the mode)."""
+    if varies:
+        return "; indicators: each setting's own mode (paper: error mean, stability sum over epochs; general: means)"
     if not mode:
         return ""
     error, stability = RUN_LEVEL[mode]
@@ -144,9 +146,10 @@ def _indicator_rule(mode: str | None) -> str:
 def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     base = manifest["base"]
     opts = ", ".join(f"{k}={v}" for k, v in base.get("model_options", {}).items())
+    rule = _indicator_rule(base.get("indicators"), "indicators" in manifest["grid"])
     head = (f"{base['dataset']}, {base['model'] or 'default model'}{f' ({opts})' if opts else ''}, "
             f"{base['epochs']} epochs, seeds {', '.join(map(str, manifest['seeds']))}; "
-            f"mean ± sample std over seeds{_indicator_rule(base.get('indicators'))}.")
+            f"mean ± sample std over seeds{rule}.")
     lines = [head, "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n |",
              "|---|---|---|---|---|---|"]

@@ -23,6 +23,7 @@ out) and holds one folder per seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -451,12 +452,19 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                                      "--runs-dir")
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir),
                                    "resume": state == "partial", "state": state}))
-    _check_data([s.config for s, _, job in todo if job["state"] != "done"])
+    created = [p for p in (out, runs_root) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         runs_root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"cannot create the sweep folders under {out} ({err.strerror}); pass another --out") from None
+    try:  # before any run: a bad data folder is one error, and a download happens once
+        _check_data([s.config for s, _, job in todo if job["state"] != "done"])
+    except BaseException:
+        for folder in reversed(created):  # a sweep that could not start leaves no folder of its own
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
     write_manifest(out, base, grid, seeds, settings)
     total = len(todo)
