@@ -394,7 +394,7 @@ def test_mid_epoch_resume_of_in_memory_cifar10(tmp_path, one_thread):
     path.)"""
     _write_cifar(tmp_path / "cifar", per_batch=16, n_test=16)
     cfg = TrainConfig(dataset="cifar10", data_path=str(tmp_path / "cifar"), epochs=2, batch_size=16,
-                      eval_batch_size=16, workers=1, seed=3)
+                      eval_batch_size=16, seed=3)
     engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
     original = engine._Run._checkpoint_due
 
