@@ -63,7 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay each step as one CUDA graph")
     ap.add_argument("--data-device", default="auto", help="auto (the training device) or cpu")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers when the data is on the CPU")
     ap.add_argument("--images", type=int, default=50_000, help="train images (default 50,000)")
     ap.add_argument("--test-images", type=int, default=10_000, help="test images (default 10,000)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs to run; the last one is reported (default 2)")
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = dict(dataset="cifar10", model=args.model, estimator=args.estimator, batch_size=args.batch_size,
                 eval_batch_size=max(args.batch_size, 256), epochs=args.epochs, warm_up=0, amp=args.amp,
                 channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, device=args.device,
-                data_device=args.data_device, workers=args.workers, threads=args.threads)
+                data_device=args.data_device, threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="reste-epoch-") as tmp:
         data = write_cifar10(Path(tmp) / "cifar", args.images, args.test_images)
         config = TrainConfig(**base, data_path=str(data)).resolve()

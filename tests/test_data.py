@@ -586,6 +586,8 @@ def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path):
         (tmp_path / split / ".ipynb_checkpoints").mkdir()
         Image.new("RGB", (8, 8)).save(tmp_path / split / ".ipynb_checkpoints" / "a.JPEG")
         (tmp_path / split / "n01" / "._img0.JPEG").write_bytes(b"\0\5\26\7" + bytes(100))
+        (tmp_path / split / "n02" / ".ipynb_checkpoints").mkdir()  # inside a class folder too
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "n02" / ".ipynb_checkpoints" / "b.JPEG")
     train, test, info = load_datasets("imagenet", tmp_path)
     assert info.classes == ("n01", "n02") and info.num_classes == 2 and (len(train), len(test)) == (4, 2)
 
@@ -631,13 +633,13 @@ def test_a_wrong_fashion_mnist_path_points_at_the_system_copy(tmp_path, monkeypa
     write_fashion(tmp_path / "system")
     monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "system")
     usage_error(load_datasets, "fashion-mnist", tmp_path / "nope",
-                match="does not exist; drop --data-path to read the copy in")
+                match="does not exist; a whole copy is in ")
 
 
 def test_data_flags_that_would_be_ignored_are_refused():
     from reste.config import TrainConfig
 
-    with pytest.raises(UsageError, match="digits comes with its package, nothing to download; drop --download"):
+    with pytest.raises(UsageError, match="digits reads no files .it comes with its package.; drop --download"):
         TrainConfig(dataset="digits", download=True).resolve()
     with pytest.raises(UsageError, match="is held in memory and batched there, without worker processes"):
         TrainConfig(dataset="fashion-mnist", workers=2).resolve()

@@ -101,12 +101,12 @@ def test_debug_goes_anywhere_on_the_line(capsys):
     (["--dataset", "fashion-mnist", "--data-path", "/nonexistent/fm"], "data path /nonexistent/fm does not exist"),
 ])
 def test_sweep_inputs_are_checked_before_any_run(tmp_path, capsys, argv, message):
-    out = tmp_path / "s"
+    out = tmp_path / "new" / "s"
     base = ["sweep", "--dataset", "digits", "--epochs", "1", "--out", str(out)]
     if "--grid" not in argv:
         base += ["--grid", "estimator=ste"]
     assert message in _one_line_error(capsys, *base, *argv)
-    assert not (out / "runs").exists()
+    assert not (tmp_path / "new").exists()  # no folder left, not even the ones above --out
 
 
 def test_a_flag_that_is_also_a_grid_axis_is_refused(tmp_path, capsys):
@@ -234,3 +234,30 @@ def test_a_folder_with_other_classes_is_refused_by_eval_resume_and_predict(tmp_p
     assert refusal in _one_line_error(capsys, "predict", str(model), "--data-path", str(other))
     assert refusal in _one_line_error(capsys, "train", "--resume", str(run), "--data-path", str(other), "--epochs",
                                       "2", "--force", "--no-progress")
+
+
+def test_a_model_with_batchnorm1d_refuses_batches_of_one(capsys, tmp_path):
+    line = _one_line_error(capsys, "train", "--batch-size", "1", "--epochs", "1", "--threads", "1", "--out",
+                           str(tmp_path / "r"))
+    assert "digits_1w1a cannot train on batches of one sample (--batch-size 1" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_runs_and_checkpoints_from_before_class_names_still_work(run, tmp_path, capsys):
+    """A checkpoint written before classes were recorded evaluates, resumes, exports and predicts."""
+    import shutil
+
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    (old / ".lock").unlink(missing_ok=True)
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(old / name)
+        assert ckpt.pop("classes") == [str(d) for d in range(10)]
+        save_checkpoint(ckpt, old / name)
+    assert main(["eval", str(old), "--device", "cpu"]) == 0
+    assert main(["export", str(old / "best.pt"), str(tmp_path / "m.rbnn")]) == 0
+    assert main(["predict", str(tmp_path / "m.rbnn")]) == 0
+    assert main(["train", "--resume", str(old), "--epochs", "2", "--force", "--no-progress"]) == 0
+    assert "top-1" in capsys.readouterr().out

@@ -42,10 +42,11 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
         raise UsageError(f"model {model!r} has no option {', '.join(unknown)}; valid: {', '.join(accepted) or 'none'}")
 
 
-def check_data_path(dataset: str, data_path: str | None) -> None:
-    """Refuse a ``--data-path`` for a data set that reads no files (it would be ignored)."""
-    if data_path and not get_spec(dataset).reads_files:
-        raise UsageError(f"{get_spec(dataset).name} reads no files (it comes with its package); drop --data-path")
+def check_data_path(dataset: str, data_path: str | None, download: bool = False) -> None:
+    """Refuse a ``--data-path`` or ``--download`` for a data set that reads no files (it would be ignored)."""
+    if (data_path or download) and not get_spec(dataset).reads_files:
+        flag = "--data-path" if data_path else "--download"
+        raise UsageError(f"{get_spec(dataset).name} reads no files (it comes with its package); drop {flag}")
 
 
 @dataclass
@@ -104,16 +105,27 @@ class TrainConfig:
         setting that did not exist yet gets the value those runs always had."""
         data = dict(data)
         data.setdefault("augment", True)  # before --augment, every run augmented its train images
-        spec = SPECS.get(data.get("dataset")) if isinstance(data.get("dataset"), str) else None
-        if spec is not None and not spec.augments:
-            data["augment"] = False  # what such a run did, whatever it saved
-        if spec is not None and not spec.reads_files:
-            data["data_path"], data["download"] = None, False  # read by no run of it
-        if spec is not None and spec.fits_in_memory:
-            data["workers"] = 0  # its batches never came from worker processes
-        elif spec is not None:
-            data["data_device"] = "auto"  # read from files whatever it said
-        return cls.from_dict(data)
+        return cls.from_dict(data).without_idle_data_flags()  # what such a run did, whatever it saved
+
+    def without_idle_data_flags(self) -> "TrainConfig":
+        """A copy without the data flags that do nothing for its data set (which ``resolve`` refuses): a data
+        path and a download for one that comes with its package, augmentation for one without any, workers for
+        one held in memory, a data device for one read from files. For the settings of a sweep over several data
+        sets, and for runs saved before these were refused."""
+        spec = SPECS.get(self.dataset) if isinstance(self.dataset, str) else None
+        if spec is None:
+            return self
+        changes: dict[str, Any] = {}
+        if not spec.reads_files:
+            changes.update(data_path=None, download=False)
+        if not spec.augments:
+            changes["augment"] = False
+        if spec.fits_in_memory:
+            if self.workers:
+                changes["workers"] = 0
+        else:
+            changes["data_device"] = "auto"
+        return dataclasses.replace(self, **changes)
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled in, validated. Raises ``UsageError``."""
@@ -124,6 +136,7 @@ class TrainConfig:
                 raise UsageError(f"{name} must be a mapping of names to values, got {getattr(self, name)!r}")
         # the canonical name (case, '_' or '-' and the aliases as everywhere else: --dataset FMNIST works)
         out = dataclasses.replace(self, dataset=get_spec(self.dataset).name,
+                                  estimator=_canonical_estimator(self.estimator),
                                   estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
         defaults = dict(DATASET_DEFAULTS[out.dataset])
@@ -162,12 +175,10 @@ class TrainConfig:
             clash = "--compile (use one or the other)" if self.compile else \
                 "--amp fp16 (its GradScaler reads the gradients on the host; use --amp bf16)"
             raise UsageError(f"--cuda-graphs cannot be combined with {clash}")
-        check_data_path(self.dataset, self.data_path)
+        check_data_path(self.dataset, self.data_path, self.download)
         spec = get_spec(self.dataset)
         if self.augment and not spec.augments:
             raise UsageError(f"{self.dataset} has no train augmentation; drop --augment")
-        if self.download and not spec.reads_files:
-            raise UsageError(f"{spec.name} comes with its package, nothing to download; drop --download")
         if self.workers and spec.fits_in_memory:
             raise UsageError(f"{spec.name} is held in memory and batched there, without worker processes; drop "
                              "--workers (it is for data sets read from files, ImageNet)")

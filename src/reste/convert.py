@@ -98,8 +98,8 @@ def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Mod
         if hasattr(module, hooks):
             setattr(new, hooks, getattr(module, hooks))
     if computing:
-        new._forward_pre_hooks = type(module._forward_pre_hooks)(
-            (k, h) for k, h in module._forward_pre_hooks.items() if k not in computing)
+        for k in computing:  # out of the shared dict: the other hooks' handles still work
+            del new._forward_pre_hooks[k]
         warnings.warn(f"binarize: the weight of {name!r} is computed by "
                       f"{', '.join(sorted({type(h).__name__ for h in computing.values()}))}; its binary layer "
                       "starts from the weight's current values and trains them without it", stacklevel=3)
@@ -164,7 +164,7 @@ def binarize(
     if not inplace:
         try:
             model = copy.deepcopy(model)
-        except RuntimeError as err:  # e.g. the old torch.nn.utils.weight_norm's computed weight
+        except (RuntimeError, TypeError) as err:  # the old weight_norm's computed weight; a lock held by the model
             raise ValueError(f"binarize cannot copy the model ({str(err).splitlines()[0][:120]}); convert it in "
                              "place with inplace=True") from None
     weight_spec = _estimator_config(estimator, **hyperparameters)

@@ -196,7 +196,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     """
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
-    check_data_path(config.dataset, data_path)
+    check_data_path(config.dataset, data_path, download)
     amp = config.amp if amp is None else amp
     if amp not in AMP_MODES:
         raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
@@ -799,8 +799,12 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     if last.exists():
         ckpt = resumption.load_last(run_dir, run.device)
         resumption.check_checkpoint(ckpt, config, last)
-        check_classes(ckpt.get("classes"), run.info.classes, f"the {config.dataset} data in {config.data_path}"
-                      if config.data_path else f"the {config.dataset} data")
+        where = f"the {config.dataset} data in {config.data_path}" if config.data_path else f"the {config.dataset} data"
+        check_classes(ckpt.get("classes"), run.info.classes, where)
+        learned = (ckpt.get("model_options") or {}).get("num_classes")
+        if isinstance(learned, int) and learned != run.info.num_classes:  # a checkpoint without class names
+            raise UsageError(f"{last} learned {learned} classes but {where} has {run.info.num_classes}; pass the "
+                             "data it was trained on")
         trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)
         for note in notes:
             run.log(note)

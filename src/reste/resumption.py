@@ -75,8 +75,9 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     overrides = dict(overrides or {})
     if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
         overrides["dataset"] = get_spec(overrides["dataset"]).name
-    if isinstance(overrides.get("estimator"), str):  # and ReSTE is reste
+    if isinstance(overrides.get("estimator"), str):  # and ReSTE is reste, on either side
         overrides["estimator"] = estimator_class(overrides["estimator"]).name
+        saved = dataclasses.replace(saved, estimator=estimator_class(saved.estimator).name)
     diffs = config_differences(saved, overrides)
     if "dataset" in diffs:  # not even with --force: the checkpoint's model learned another data set
         raise UsageError(f"{run_dir} trained on {saved.dataset}, not {diffs['dataset'][1]}; a run keeps its data "

@@ -148,7 +148,7 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
     if files is None:
         hint = _FMNIST_HINT
         if data_path is not None and not _find_idx_files(SYSTEM_FASHION_MNIST)[1]:  # the system's copy is whole
-            hint = f"drop --data-path to read the copy in {SYSTEM_FASHION_MNIST}, or fix the folder"
+            hint = f"a whole copy is in {SYSTEM_FASHION_MNIST}: use that folder (the default) or fix this one"
         if partial is not None:
             folder, missing = partial
             raise UsageError(f"Fashion-MNIST in {folder} is incomplete: missing {', '.join(missing)} "
@@ -303,15 +303,15 @@ def _read_image(path: str):
         raise UsageError(f"cannot read image {path} ({_one_line(exc)[:100]}); remove or replace it") from None
 
 
-def _visible(path: str) -> bool:
-    """An image file ImageFolder takes: an image extension, and not hidden (macOS's ._ files, editors' copies)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
-    return not os.path.basename(path).startswith(".") and has_file_allowed_extension(path, IMG_EXTENSIONS)
-
-
 def _image_folder(path: Path, split: str):
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    def visible(file: str) -> bool:
+        """An image file to take: an image extension, and nothing hidden on its way below the split's folder
+        (macOS's ._ files, a class folder's .ipynb_checkpoints/)."""
+        parts = Path(os.path.relpath(file, path)).parts
+        return not any(p.startswith(".") for p in parts) and has_file_allowed_extension(file, IMG_EXTENSIONS)
 
     class Folder(ImageFolder):
         """An ImageFolder whose classes are the visible sub-folders (not .ipynb_checkpoints, .Trash-1000, ...)."""
@@ -325,7 +325,7 @@ def _image_folder(path: Path, split: str):
     if not path.is_dir():
         raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_IMAGENET_HINT}")
     try:
-        return Folder(str(path), loader=_read_image, is_valid_file=_visible)
+        return Folder(str(path), loader=_read_image, is_valid_file=visible)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
                          f"{_IMAGENET_HINT}") from None

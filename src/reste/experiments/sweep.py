@@ -208,7 +208,10 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
         data["estimator_options"] = {k: v for k, v in data["estimator_options"].items() if k in accepted}
         values = {key: value for key, value in zip(grid, combo)
                   if not (kinds[key][0] == "estimator" and kinds[key][1] in dropped)}
-        config = canonical(TrainConfig.from_dict(data))
+        config = TrainConfig.from_dict(data)
+        if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others
+            config = config.without_idle_data_flags()
+        config = canonical(config)
         key = config_key(config)
         if key not in settings:
             label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or config.estimator
@@ -452,7 +455,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                                      "--runs-dir")
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir),
                                    "resume": state == "partial", "state": state}))
-    created = [p for p in (out, runs_root) if not p.exists()]
+    created = [f for p in (out, runs_root) for f in (p, *p.parents) if not f.exists()]  # to remove on failure
     try:
         out.mkdir(parents=True, exist_ok=True)
         runs_root.mkdir(parents=True, exist_ok=True)
@@ -461,8 +464,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     try:  # before any run: a bad data folder is one error, and a download happens once
         _check_data([s.config for s, _, job in todo if job["state"] != "done"])
     except BaseException:
-        for folder in reversed(created):  # a sweep that could not start leaves no folder of its own
-            with contextlib.suppress(OSError):
+        for folder in sorted(set(created), key=lambda f: len(f.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):  # a sweep that could not start leaves no folder of its own
                 folder.rmdir()
         raise
 

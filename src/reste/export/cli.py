@@ -220,7 +220,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if classes is not None and classes != spec.num_classes and not spec.folder_classes:
         raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
                          "pass the data set it was trained on")
-    check_data_path(spec.name, args.data_path)
+    check_data_path(spec.name, args.data_path, args.download)
     train_ds, test_ds, info = load_datasets(dataset, args.data_path, download=args.download)
     check_classes(model.meta.get("classes"), info.classes, f"the {info.name} data in {args.data_path}"
                   if args.data_path else f"the {info.name} data")

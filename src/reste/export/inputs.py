@@ -64,7 +64,7 @@ def read_image(path: str | os.PathLike, size: tuple[int, int, int]) -> np.ndarra
     try:
         with Image.open(path) as opened:
             image = eight_bit(ImageOps.exif_transpose(opened)).convert(_MODES[channels])
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise UsageError(f"{path} is neither a .npy array nor an image file Pillow can read "
                          f"({str(err).splitlines()[0][:100] if str(err) else type(err).__name__})") from None
     w, h = image.size

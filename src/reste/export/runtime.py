@@ -528,22 +528,7 @@ class PackedModel:
         thresholds equivalent to its float32 epilogue); with it, every layer computes its
         float32 output, so the trace holds the values; the bits, and so the logits, are the same.
         """
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
-            images = images.detach().cpu().numpy()
-        if isinstance(images, np.ndarray) and images.dtype == np.uint8:  # raw pixels, as `reste predict` takes them
-            prep = self.preprocessing
-            if prep is None:
-                raise UsageError("uint8 images are raw pixels, and this packed model records no preprocessing "
-                                 "(mean, std, pixel scale) to apply; pass float32 images, preprocessed")
-            size = tuple(self.input_size) if self.input_size and len(self.input_size) == 3 else prep.input_size
-            batch = raw_batch(images, size, "the uint8 images")  # (N, H, W) and (H, W) for one channel too
-            check_shape(size, batch.shape[1:], "the uint8 images")
-            images = normalise(batch, prep, prep.pixel_scale)
-        x = torch.as_tensor(images).detach().to("cpu", torch.float32)
-        size = self.input_size
-        if size and (x.dim() != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):
-            raise UsageError(f"the model expects images of shape (N, {', '.join(map(str, size))}), "
-                             f"got {tuple(x.shape)}")
+        x = self._inputs(images)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         values: dict[int, torch.Tensor] = {}
@@ -563,9 +548,37 @@ class PackedModel:
         return self.forward(images, trace=trace)
 
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Class indices (int64) for the images, computed in batches."""
-        out = [self.forward(images[i:i + batch_size]).argmax(1).numpy() for i in range(0, len(images), batch_size)]
+        """Class indices (int64) for the images (any form :meth:`forward` takes), computed in batches."""
+        x = self._inputs(images)
+        out = [self.forward(x[i:i + batch_size]).argmax(1).numpy() for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def _inputs(self, images: Any) -> torch.Tensor:
+        """The float32 (N, *input_size) batch for ``images``: float ones as they are (preprocessed), uint8 ones (an
+        array or tensor: raw pixels, in ``reste predict``'s layouts) with the recorded preprocessing."""
+        if isinstance(images, (list, tuple)):
+            images = np.asarray(images)
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            images = images.detach().cpu().numpy()
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8:  # raw pixels, as `reste predict` takes them
+            prep = self.preprocessing
+            if prep is None:
+                raise UsageError("uint8 images are raw pixels, and this packed model records no preprocessing "
+                                 "(mean, std, pixel scale) to apply; pass float32 images, preprocessed")
+            size = tuple(self.input_size) if self.input_size and len(self.input_size) == 3 else prep.input_size
+            batch = raw_batch(images, size, "the uint8 images")  # (N, H, W) and (H, W) for one channel too
+            check_shape(size, batch.shape[1:], "the uint8 images")
+            images = normalise(batch, prep, prep.pixel_scale)
+        elif (images.dtype.is_floating_point is False if isinstance(images, torch.Tensor)
+              else isinstance(images, np.ndarray) and not np.issubdtype(images.dtype, np.floating)):
+            raise UsageError(f"images of type {images.dtype} are neither preprocessed floats nor uint8 pixels; pass "
+                             "float32 (preprocessed) or uint8 (raw, e.g. array.astype(np.uint8))")
+        x = torch.as_tensor(images).detach().to("cpu", torch.float32)
+        size = self.input_size
+        if size and (x.dim() != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):
+            raise UsageError(f"the model expects images of shape (N, {', '.join(map(str, size))}), "
+                             f"got {tuple(x.shape)}")
+        return x
 
     @property
     def input_size(self) -> tuple[int, ...] | None:
