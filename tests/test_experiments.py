@@ -454,3 +454,25 @@ def test_a_paper_mode_sweep_reports_the_authors_aggregate(tmp_path, capsys):
     assert float(run["gradient_stability"]) == pytest.approx(sum(m["gradient_stability"] for m in metrics))
     assert float(run["estimating_error"]) == pytest.approx(statistics.fmean(m["estimating_error"] for m in metrics))
     assert "gradient stability sum over epochs (the authors' aggregate)" in (tmp_path / "s" / "results.md").read_text()
+
+
+def test_a_grid_over_data_sets_passes_each_data_flag_where_it_means_something():
+    from reste.experiments import expand_grid
+
+    base = TrainConfig(epochs=1, download=True)
+    settings = {s.config.dataset: s.config for s in expand_grid(base, {"dataset": ["DIGITS", "fashion-mnist"]})}
+    assert settings["digits"].download is False and settings["fashion-mnist"].download is True
+    # a flag that does nothing for any data set of the grid is refused, as by reste train
+    with pytest.raises(UsageError, match="digits reads no files .it comes with its package.; drop --download"):
+        expand_grid(base, {"dataset": ["digits"]})
+    with pytest.raises(UsageError, match="held in memory and batched there"):
+        expand_grid(TrainConfig(epochs=1, workers=3), {"dataset": ["digits", "fashion-mnist"]})
+
+
+def test_a_sweep_that_cannot_start_removes_only_the_folders_it_made(tmp_path, capsys):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    out = tmp_path / "new" / ".." / "existing"
+    assert main(["sweep", "--dataset", "fashion-mnist", "--data-path", str(tmp_path / "nowhere"), "--grid",
+                 "estimator=ste", "--epochs", "1", "--out", str(out)]) == 2
+    assert existing.is_dir() and not (tmp_path / "new").exists()

@@ -96,3 +96,12 @@ def test_lost_last_pt(tmp_path, saved):
 def test_spans():
     assert resumption.spans([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
     assert resumption.spans([]) == ""
+
+
+def test_a_bad_estimator_in_config_json_can_be_replaced(tmp_path, saved):
+    import dataclasses as dc
+
+    damaged = dc.replace(saved, estimator="bogus", estimator_options={})
+    assert resumption.continue_config(tmp_path, damaged, {"estimator": "STE"}, force=True).estimator == "ste"
+    with pytest.raises(UsageError, match="holds a bad setting .*unknown estimator 'bogus'"):
+        resumption.continue_config(tmp_path, damaged, {}, force=False)

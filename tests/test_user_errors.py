@@ -192,6 +192,8 @@ def test_a_packed_model_takes_raw_uint8_pixels_as_predict_does(packed):
     with pytest.raises(UsageError, match=r"holds images of shape \(3, 8, 8\) but the model takes \(1, 8, 8\)"):
         model(np.repeat(raw, 3, axis=1))  # other channels are refused, not spread over the model's
     assert torch.equal(model(model_inputs(raw, "raw.npy", model.input_size, model.preprocessing).tolist()), want)
+    assert model.predict([]).shape == (0,) and list(model.predict(raw, batch_size=2)) == want.argmax(1).tolist()
+    assert list(model.predict(raw[0])) == want[:1].argmax(1).tolist()  # one image, (C, H, W)
     for threads in (0, -1, 1.5, "2"):
         with pytest.raises(UsageError, match="threads must be a positive integer"):
             PackedModel.load(packed, threads=threads)

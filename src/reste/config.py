@@ -45,8 +45,18 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
 def check_data_path(dataset: str, data_path: str | None, download: bool = False) -> None:
     """Refuse a ``--data-path`` or ``--download`` for a data set that reads no files (it would be ignored)."""
     if (data_path or download) and not get_spec(dataset).reads_files:
-        flag = "--data-path" if data_path else "--download"
-        raise UsageError(f"{get_spec(dataset).name} reads no files (it comes with its package); drop {flag}")
+        flags = " and ".join(f for f, given in (("--data-path", data_path), ("--download", download)) if given)
+        raise UsageError(f"{get_spec(dataset).name} reads no files (it comes with its package); drop {flags}")
+
+
+def idle_data_flags(dataset: str) -> set[str]:
+    """The settings that do nothing for ``dataset`` (``TrainConfig.resolve`` refuses them when given): a data path
+    and a download for one that comes with its package, augmentation for one without any, workers for one held
+    in memory, a data device for one read from files."""
+    spec = get_spec(dataset)
+    idle = set() if spec.reads_files else {"data_path", "download"}
+    idle |= set() if spec.augments else {"augment"}
+    return idle | ({"workers"} if spec.fits_in_memory else {"data_device"})
 
 
 @dataclass
@@ -107,25 +117,17 @@ class TrainConfig:
         data.setdefault("augment", True)  # before --augment, every run augmented its train images
         return cls.from_dict(data).without_idle_data_flags()  # what such a run did, whatever it saved
 
-    def without_idle_data_flags(self) -> "TrainConfig":
-        """A copy without the data flags that do nothing for its data set (which ``resolve`` refuses): a data
-        path and a download for one that comes with its package, augmentation for one without any, workers for
-        one held in memory, a data device for one read from files. For the settings of a sweep over several data
-        sets, and for runs saved before these were refused."""
-        spec = SPECS.get(self.dataset) if isinstance(self.dataset, str) else None
-        if spec is None:
+    def without_idle_data_flags(self, keep: set[str] = frozenset()) -> "TrainConfig":
+        """A copy without the settings that do nothing for its data set (``idle_data_flags``), but those in
+        ``keep``: for runs saved before these were refused, and for the settings of a sweep over several data
+        sets (where a flag meant for some of them is left out of the others)."""
+        try:
+            idle = idle_data_flags(self.dataset) - set(keep)
+        except (UsageError, TypeError, AttributeError):  # an unknown data set: resolve names it
             return self
-        changes: dict[str, Any] = {}
-        if not spec.reads_files:
-            changes.update(data_path=None, download=False)
-        if not spec.augments:
-            changes["augment"] = False
-        if spec.fits_in_memory:
-            if self.workers:
-                changes["workers"] = 0
-        else:
-            changes["data_device"] = "auto"
-        return dataclasses.replace(self, **changes)
+        unset = {"data_path": None, "download": False, "augment": False, "workers": 0, "data_device": "auto"}
+        changes = {k: unset[k] for k in idle if getattr(self, k) not in (None, unset[k])}
+        return dataclasses.replace(self, **changes) if changes else self
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled in, validated. Raises ``UsageError``."""

@@ -18,6 +18,7 @@ The settings that may always differ are ``reste.rundir.RESUME_FREE``. Every refu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
         overrides["dataset"] = get_spec(overrides["dataset"]).name
     if isinstance(overrides.get("estimator"), str):  # and ReSTE is reste, on either side
         overrides["estimator"] = estimator_class(overrides["estimator"]).name
-        saved = dataclasses.replace(saved, estimator=estimator_class(saved.estimator).name)
+        with contextlib.suppress(UsageError, TypeError, AttributeError):  # a bad saved one is replaced below
+            saved = dataclasses.replace(saved, estimator=estimator_class(saved.estimator).name)
     diffs = config_differences(saved, overrides)
     if "dataset" in diffs:  # not even with --force: the checkpoint's model learned another data set
         raise UsageError(f"{run_dir} trained on {saved.dataset}, not {diffs['dataset'][1]}; a run keeps its data "

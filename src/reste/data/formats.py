@@ -307,11 +307,15 @@ def _image_folder(path: Path, split: str):
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+    top = str(path)
+
     def visible(file: str) -> bool:
         """An image file to take: an image extension, and nothing hidden on its way below the split's folder
-        (macOS's ._ files, a class folder's .ipynb_checkpoints/)."""
-        parts = Path(os.path.relpath(file, path)).parts
-        return not any(p.startswith(".") for p in parts) and has_file_allowed_extension(file, IMG_EXTENSIONS)
+        (macOS's ._ files, a class folder's .ipynb_checkpoints/). ImageFolder joins the paths it gives onto
+        ``top``: the rest is split as it is (no relpath: it would ask for the working directory per file)."""
+        below = file[len(top):] if file.startswith(top) else os.path.relpath(file, top)
+        return (not any(p.startswith(".") for p in below.split(os.sep))
+                and has_file_allowed_extension(file, IMG_EXTENSIONS))
 
     class Folder(ImageFolder):
         """An ImageFolder whose classes are the visible sub-folders (not .ipynb_checkpoints, .Trash-1000, ...)."""
@@ -325,7 +329,7 @@ def _image_folder(path: Path, split: str):
     if not path.is_dir():
         raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_IMAGENET_HINT}")
     try:
-        return Folder(str(path), loader=_read_image, is_valid_file=visible)
+        return Folder(top, loader=_read_image, is_valid_file=visible)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
                          f"{_IMAGENET_HINT}") from None

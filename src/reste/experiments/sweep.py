@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import TrainConfig
+from ..config import TrainConfig, idle_data_flags
 from ..models import model_keywords
 from ..errors import UsageError
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
@@ -190,6 +190,9 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
                 models.append(DATASET_DEFAULTS[ds]["model"])
     kinds = {key: axis_kind(key, models) for key in grid}
     settings: dict[str, Setting] = {}
+    # a data flag that does nothing for every data set of the grid stays, for resolve to refuse as `reste train` does
+    idle_everywhere = (set.intersection(*(idle_data_flags(d) for d in grid["dataset"]))
+                       if grid.get("dataset") else set())
     for combo in itertools.product(*grid.values()):
         data = base.to_dict()
         data["estimator_options"] = dict(base.estimator_options)
@@ -209,8 +212,8 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
         values = {key: value for key, value in zip(grid, combo)
                   if not (kinds[key][0] == "estimator" and kinds[key][1] in dropped)}
         config = TrainConfig.from_dict(data)
-        if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others
-            config = config.without_idle_data_flags()
+        if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others: left out there
+            config = config.without_idle_data_flags(keep=idle_everywhere)
         config = canonical(config)
         key = config_key(config)
         if key not in settings:
@@ -455,18 +458,27 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                                      "--runs-dir")
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir),
                                    "resume": state == "partial", "state": state}))
-    created = [f for p in (out, runs_root) for f in (p, *p.parents) if not f.exists()]  # to remove on failure
+    # what to remove again if the sweep cannot start: the folders of --out and --runs-dir and above that do not
+    # exist yet, each named without '..' (so `new/../existing` never names `existing`)
+    created = [f for p in (out, runs_root) for f in map(Path, map(os.path.abspath, (p, *p.parents)))
+               if not f.exists()]
+
+    def remove_created() -> None:
+        for folder in sorted(set(created), key=lambda f: len(f.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        runs_root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create the sweep folders under {out} ({err.strerror}); pass another --out") from None
-    try:  # before any run: a bad data folder is one error, and a download happens once
+        for folder, flag in ((out, "--out"), (runs_root, "--runs-dir")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UsageError(f"cannot create the sweep folder {folder} ({err.strerror}); pass another "
+                                 f"{flag}") from None
+        # before any run: a bad data folder is one error, and a download happens once
         _check_data([s.config for s, _, job in todo if job["state"] != "done"])
     except BaseException:
-        for folder in sorted(set(created), key=lambda f: len(f.parts), reverse=True):  # deepest first
-            with contextlib.suppress(OSError):  # a sweep that could not start leaves no folder of its own
-                folder.rmdir()
+        remove_created()  # a sweep that could not start leaves no folder of its own
         raise
 
     write_manifest(out, base, grid, seeds, settings)

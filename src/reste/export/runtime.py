@@ -548,10 +548,27 @@ class PackedModel:
         return self.forward(images, trace=trace)
 
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Class indices (int64) for the images (any form :meth:`forward` takes), computed in batches."""
-        x = self._inputs(images)
-        out = [self.forward(x[i:i + batch_size]).argmax(1).numpy() for i in range(0, len(x), batch_size)]
+        """Class indices (int64) for the images (any form :meth:`forward` takes), computed in batches (a large
+        uint8 array is converted batch by batch, not whole)."""
+        if isinstance(images, (list, tuple)):
+            images = np.asarray(images)
+        if len(images) == 0:
+            return np.zeros(0, np.int64)
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            images = images.detach().cpu().numpy()
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+            images = raw_batch(images, self._size(), "the uint8 images")  # a view in (N, C, H, W)
+        else:
+            images = self._inputs(images)
+        out = [self.forward(images[i:i + batch_size]).argmax(1).numpy() for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def _size(self) -> tuple[int, ...]:
+        """(C, H, W) of raw images: the model's input size, else the one the preprocessing records."""
+        if self.input_size and len(self.input_size) == 3:
+            return tuple(self.input_size)
+        prep = self.preprocessing
+        return prep.input_size if prep is not None else tuple(self.input_size or ())
 
     def _inputs(self, images: Any) -> torch.Tensor:
         """The float32 (N, *input_size) batch for ``images``: float ones as they are (preprocessed), uint8 ones (an
@@ -565,7 +582,7 @@ class PackedModel:
             if prep is None:
                 raise UsageError("uint8 images are raw pixels, and this packed model records no preprocessing "
                                  "(mean, std, pixel scale) to apply; pass float32 images, preprocessed")
-            size = tuple(self.input_size) if self.input_size and len(self.input_size) == 3 else prep.input_size
+            size = self._size()
             batch = raw_batch(images, size, "the uint8 images")  # (N, H, W) and (H, W) for one channel too
             check_shape(size, batch.shape[1:], "the uint8 images")
             images = normalise(batch, prep, prep.pixel_scale)
