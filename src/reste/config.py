@@ -138,7 +138,7 @@ class TrainConfig:
                 raise UsageError(f"{name} must be a mapping of names to values, got {getattr(self, name)!r}")
         # the canonical name (case, '_' or '-' and the aliases as everywhere else: --dataset FMNIST works)
         out = dataclasses.replace(self, dataset=get_spec(self.dataset).name,
-                                  estimator=_canonical_estimator(self.estimator),
+                                  estimator=canonical_estimator(self.estimator),
                                   estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
         defaults = dict(DATASET_DEFAULTS[out.dataset])
@@ -314,7 +314,7 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def _canonical_estimator(name: Any) -> Any:
+def canonical_estimator(name: Any) -> Any:
     """An estimator's registered name for any spelling of it (``ReSTE``, ``sign-swish``); an unknown one as given
     (resolve names it)."""
     try:
@@ -330,7 +330,7 @@ def config_from_preset(name: str, **overrides: Any) -> TrainConfig:
     preset = get_preset(name)
     data = dict(preset.settings, preset=name)
     data["estimator_options"] = dict(data.get("estimator_options", {}))
-    if _canonical_estimator(overrides.get("estimator", data.get("estimator"))) == data.get("estimator"):
+    if canonical_estimator(overrides.get("estimator", data.get("estimator"))) == data.get("estimator"):
         overrides = dict(overrides, estimator_options={**data["estimator_options"],
                                                        **overrides.get("estimator_options", {})})
     else:

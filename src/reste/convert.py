@@ -193,9 +193,9 @@ def binarize(
             stacklevel=2,
         )
 
-    names: dict[int, list[str]] = {}
+    layers: dict[int, tuple[nn.Module, list[str]]] = {}  # each layer once, with every name it has
     for name, module in named:
-        names.setdefault(id(module), []).append(name)
+        layers.setdefault(id(module), (module, []))[1].append(name)
 
     def kept(name: str) -> bool:
         return ((keep_first and name == first) or (keep_last and name == last)
@@ -203,8 +203,7 @@ def binarize(
 
     converted = 0
     common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
-    for module in {id(m): m for _, m in named}.values():
-        layer_names = names[id(module)]
+    for module, layer_names in layers.values():
         if any(kept(n) for n in layer_names):  # kept under one of its names: kept wherever it is used
             continue
         for name in layer_names:

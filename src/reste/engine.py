@@ -206,13 +206,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
               "use --amp bf16 or none", file=sys.stderr)
     model = model_from_checkpoint(ckpt, dev)
     train_ds, test_ds, info = load_datasets(config.dataset, data_path or config.data_path, download=download)
-    check_classes(ckpt.get("classes"), info.classes, f"the {info.name} data in {data_path or config.data_path}"
-                  if data_path or config.data_path else f"the {info.name} data")
-    if info.num_classes != ckpt["model_options"]["num_classes"]:
-        raise UsageError(
-            f"checkpoint has {ckpt['model_options']['num_classes']} classes but the data set has "
-            f"{info.num_classes}; pass the data set it was trained on"
-        )
+    check_classes(ckpt["model_options"]["num_classes"], ckpt.get("classes"), info, data_path or config.data_path)
     _, test_loader = make_loaders(train_ds, test_ds, batch_size=config.batch_size,
                                   eval_batch_size=batch_size or config.eval_batch_size, workers=workers,
                                   seed=config.seed)
@@ -799,12 +793,8 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     if last.exists():
         ckpt = resumption.load_last(run_dir, run.device)
         resumption.check_checkpoint(ckpt, config, last)
-        where = f"the {config.dataset} data in {config.data_path}" if config.data_path else f"the {config.dataset} data"
-        check_classes(ckpt.get("classes"), run.info.classes, where)
-        learned = (ckpt.get("model_options") or {}).get("num_classes")
-        if isinstance(learned, int) and learned != run.info.num_classes:  # a checkpoint without class names
-            raise UsageError(f"{last} learned {learned} classes but {where} has {run.info.num_classes}; pass the "
-                             "data it was trained on")
+        check_classes((ckpt.get("model_options") or {}).get("num_classes"), ckpt.get("classes"), run.info,
+                      config.data_path)
         trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)
         for note in notes:
             run.log(note)

@@ -18,7 +18,6 @@ The settings that may always differ are ``reste.rundir.RESUME_FREE``. Every refu
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, canonical_estimator
 from .datasets import get_spec
 from .errors import UsageError
 from .estimators import estimator_class
@@ -78,8 +77,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
         overrides["dataset"] = get_spec(overrides["dataset"]).name
     if isinstance(overrides.get("estimator"), str):  # and ReSTE is reste, on either side
         overrides["estimator"] = estimator_class(overrides["estimator"]).name
-        with contextlib.suppress(UsageError, TypeError, AttributeError):  # a bad saved one is replaced below
-            saved = dataclasses.replace(saved, estimator=estimator_class(saved.estimator).name)
+        # a bad saved one stays as it is, for the given one to replace
+        saved = dataclasses.replace(saved, estimator=canonical_estimator(saved.estimator))
     diffs = config_differences(saved, overrides)
     if "dataset" in diffs:  # not even with --force: the checkpoint's model learned another data set
         raise UsageError(f"{run_dir} trained on {saved.dataset}, not {diffs['dataset'][1]}; a run keeps its data "

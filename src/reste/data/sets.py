@@ -74,18 +74,25 @@ def _info(name: str, train, test, classes: Sequence[str]) -> DatasetInfo:
     return DatasetInfo(name, len(classes), SPECS[name].input_size, len(train), len(test), tuple(classes))
 
 
-def check_classes(recorded: Sequence[str] | None, found: Sequence[str] | None, what: str) -> None:
-    """Refuse data whose classes are not the ones a model learned (``recorded``, from its checkpoint or export):
-    an image folder with other class folders would be scored, or trained, against the wrong labels. Either
-    side unknown (a checkpoint from before they were recorded): nothing to check."""
-    if recorded is None or found is None or list(recorded) == list(found):
-        return
-    if len(recorded) != len(found):
-        raise UsageError(f"{what} has {len(found)} classes but the model learned {len(recorded)}; pass the data "
+def check_classes(learned: int | None, names: Sequence[str] | None, info: DatasetInfo,
+                  data_path: str | os.PathLike | None = None) -> None:
+    """Refuse data (``info``, loaded from ``data_path``) whose classes are not the ones a model learned: their
+    number (``learned``, what every checkpoint and export says) and, where the model's file records them, their
+    ``names``: an image folder with other class folders would be scored, or trained, against the wrong labels.
+    ``None`` for either: nothing to check on that side."""
+    what = f"the {info.name} data in {data_path}" if data_path else f"the {info.name} data"
+    if learned is not None and learned != info.num_classes:
+        raise UsageError(f"{what} has {info.num_classes} classes but the model learned {learned}; pass the data "
                          "it was trained on")
-    i = next(i for i, (a, b) in enumerate(zip(recorded, found)) if a != b)
+    found = info.classes
+    if names is None or found is None or list(names) == list(found):
+        return
+    if len(names) != len(found):
+        raise UsageError(f"{what} has {len(found)} classes but the model learned {len(names)}; pass the data "
+                         "it was trained on")
+    i = next(i for i, (a, b) in enumerate(zip(names, found)) if a != b)
     raise UsageError(f"{what} has other classes than the model learned (label {i} is {found[i]!r}, was "
-                     f"{recorded[i]!r}); pass the data it was trained on, with the same class folders")
+                     f"{names[i]!r}); pass the data it was trained on, with the same class folders")
 
 
 def _load_digits(data_path=None, download: bool = False, augment: bool = True, in_memory: bool | None = None):

@@ -579,58 +579,39 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
     no further run starts, the running ones save their step and stop, then ``Preempted`` is raised here, as with
     one job; a worker whose sweep died stops the same way (Linux)."""
     import multiprocessing
-    import signal
-    import threading
 
-    from ..engine import STOP_SIGNALS, Preempted
+    from ..engine import Preempted, StopRequest
 
     ctx = multiprocessing.get_context("spawn")
-    stop: list[int] = []
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
                                initargs=(per_run, os.getpid()))
-
-    def pass_on() -> None:
-        for pid in list(getattr(pool, "_processes", None) or {}):
-            try:
-                os.kill(pid, stop[0])
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for name in STOP_SIGNALS:
-            if hasattr(signal, name):
-                previous[getattr(signal, name)] = signal.signal(getattr(signal, name),
-                                                                lambda signum, _f: stop.append(signum))
-    preempted: BaseException | None = None
-    try:
-        with pool:
-            futures = {pool.submit(_execute, job): (s, seed) for s, seed, job in pending}
-            waiting = set(futures)
-            while waiting:
-                done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
-                if stop:  # again at each turn: a worker may have taken a queued run since
-                    for fut in waiting:
-                        fut.cancel()
-                    pass_on()
-                for fut in done:
-                    if fut.cancelled():
-                        continue
-                    s, seed = futures[fut]
-                    try:
-                        outcome = fut.result()
-                    except BaseException as err:
-                        if not isinstance(err, Preempted):
-                            pool.shutdown(wait=False, cancel_futures=True)  # start no further run
-                            raise
-                        preempted = preempted or err
-                        stop[:] = stop or [getattr(err, "signum", signal.SIGTERM)]
-                        continue
-                    report_one(s, seed, outcome)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    preempted: Preempted | None = None
+    with StopRequest().handling() as stop, pool:  # a stop signal sets stop.signum, as in a run
+        futures = {pool.submit(_execute, job): (s, seed) for s, seed, job in pending}
+        waiting = set(futures)
+        while waiting:
+            done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+            if stop.signum:  # again at each turn: a worker may have taken a queued run since
+                for fut in waiting:
+                    fut.cancel()
+                for pid in list(getattr(pool, "_processes", None) or {}):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, stop.signum)
+            for fut in done:
+                if fut.cancelled():
+                    continue
+                s, seed = futures[fut]
+                try:
+                    outcome = fut.result()
+                except Preempted as err:
+                    preempted = preempted or err
+                    stop.signum = stop.signum or err.signum
+                    continue
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)  # start no further run
+                    raise
+                report_one(s, seed, outcome)
     if preempted is not None:
         raise preempted
-    if stop:  # the signal came when no run was left to stop
-        raise Preempted(f"stopped by signal {stop[0]}", stop[0])
+    if stop.signum:  # the signal came when no run was left to stop
+        raise Preempted(f"stopped by signal {stop.signum}", stop.signum)

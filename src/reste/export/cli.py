@@ -222,11 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          "pass the data set it was trained on")
     check_data_path(spec.name, args.data_path, args.download)
     train_ds, test_ds, info = load_datasets(dataset, args.data_path, download=args.download)
-    check_classes(model.meta.get("classes"), info.classes, f"the {info.name} data in {args.data_path}"
-                  if args.data_path else f"the {info.name} data")
-    if classes is not None and classes != info.num_classes:  # a folder's classes, known once it is read
-        raise UsageError(f"the model predicts {classes} classes but {args.data_path} has {info.num_classes}; "
-                         "pass the data it was trained on")
+    check_classes(classes, model.meta.get("classes"), info, args.data_path)  # a folder's, known once it is read
     _, loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size, eval_batch_size=args.batch_size)
     correct = total = 0
     start = time.perf_counter()

@@ -119,6 +119,12 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
     size3 = tuple(size) if size and len(size) == 3 else prep.input_size
     if images is None:
         return normalise(read_image(path, size3), prep, IMAGE_WHITE)
-    batch = raw_batch(images, size3, str(path))
-    check_shape(size3, batch.shape[1:], str(path))
+    return raw_inputs(images, size3, prep, str(path))
+
+
+def raw_inputs(images: np.ndarray, size: tuple[int, int, int], prep: Preprocessing, what: str) -> np.ndarray:
+    """uint8 pixels in any of ``raw_batch``'s layouts -> float32 (N, C, H, W) model inputs of ``size``, with
+    ``prep``'s normalisation; other image shapes are refused."""
+    batch = raw_batch(images, size, what)
+    check_shape(size, batch.shape[1:], what)
     return normalise(batch, prep, prep.pixel_scale)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from . import format as fmt
 from . import ir
-from .inputs import check_shape, normalise, raw_batch
+from .inputs import raw_batch, raw_inputs
 from .kernels import (BitsOut, Epilogue, Rows, conv_weight_words, get_kernels, pack_rows, packed_buffer, pad_lanes,
                       padding_correction, sign_thresholds)
 
@@ -249,6 +249,16 @@ def _last_axis(x: torch.Tensor, channels: int) -> np.ndarray | None:
 
 def _channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.view((1, -1) + (1,) * (ndim - 2))
+
+
+def _array_or_tensor(images: Any) -> Any:
+    """A nested list as a NumPy array, a uint8 tensor as a NumPy array (raw pixels go through NumPy), the rest as
+    it is."""
+    if isinstance(images, (list, tuple)):
+        return np.asarray(images)
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        return images.detach().cpu().numpy()
+    return images
 
 
 class PackedModel:
@@ -550,12 +560,9 @@ class PackedModel:
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class indices (int64) for the images (any form :meth:`forward` takes), computed in batches (a large
         uint8 array is converted batch by batch, not whole)."""
-        if isinstance(images, (list, tuple)):
-            images = np.asarray(images)
+        images = _array_or_tensor(images)
         if len(images) == 0:
             return np.zeros(0, np.int64)
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
-            images = images.detach().cpu().numpy()
         if isinstance(images, np.ndarray) and images.dtype == np.uint8:
             images = raw_batch(images, self._size(), "the uint8 images")  # a view in (N, C, H, W)
         else:
@@ -573,21 +580,15 @@ class PackedModel:
     def _inputs(self, images: Any) -> torch.Tensor:
         """The float32 (N, *input_size) batch for ``images``: float ones as they are (preprocessed), uint8 ones (an
         array or tensor: raw pixels, in ``reste predict``'s layouts) with the recorded preprocessing."""
-        if isinstance(images, (list, tuple)):
-            images = np.asarray(images)
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
-            images = images.detach().cpu().numpy()
+        images = _array_or_tensor(images)
         if isinstance(images, np.ndarray) and images.dtype == np.uint8:  # raw pixels, as `reste predict` takes them
             prep = self.preprocessing
             if prep is None:
                 raise UsageError("uint8 images are raw pixels, and this packed model records no preprocessing "
                                  "(mean, std, pixel scale) to apply; pass float32 images, preprocessed")
-            size = self._size()
-            batch = raw_batch(images, size, "the uint8 images")  # (N, H, W) and (H, W) for one channel too
-            check_shape(size, batch.shape[1:], "the uint8 images")
-            images = normalise(batch, prep, prep.pixel_scale)
-        elif (images.dtype.is_floating_point is False if isinstance(images, torch.Tensor)
-              else isinstance(images, np.ndarray) and not np.issubdtype(images.dtype, np.floating)):
+            images = raw_inputs(images, self._size(), prep, "the uint8 images")
+        elif (isinstance(images, np.ndarray) and not np.issubdtype(images.dtype, np.floating)
+              or isinstance(images, torch.Tensor) and not images.dtype.is_floating_point):
             raise UsageError(f"images of type {images.dtype} are neither preprocessed floats nor uint8 pixels; pass "
                              "float32 (preprocessed) or uint8 (raw, e.g. array.astype(np.uint8))")
         x = torch.as_tensor(images).detach().to("cpu", torch.float32)
