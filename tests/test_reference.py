@@ -11,7 +11,7 @@ import reste
 from reste import models
 from reste.export import PackedModel, export_model
 from reste.export.exporter import format_verify, verify_export
-from reste.export.reference import SLACK, U32, compare, gamma, graph_reference, trace_model
+from reste.export.reference import SLACK, U32, _Evaluator, compare, gamma, graph_reference, trace_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -57,6 +57,59 @@ def test_float_layer_bound_holds_for_float32_sums(tmp_path, n):
     assert (err <= ref.bounds[0]).all()
     assert err.max() > 0  # float32 really rounded, so the check meant something
     assert (ref.bounds[0] > 0).all() and (ref.bounds[0] < 1e-2 * ref.sites[0].abs().max()).all()
+
+
+def _binary_conv_node(**geometry) -> dict:
+    node = {"op": "bconv", "stride": [1, 1], "pad": [1, 1, 1, 1], "dil": [1, 1], "groups": 1, "bin_in": True}
+    node.update(geometry)
+    return node
+
+
+@pytest.mark.parametrize("geometry", [
+    {},
+    {"stride": [2, 2], "pad": [0, 2, 1, 0]},
+    {"dil": [2, 2], "groups": 4},
+    {"op": "blinear"},
+])
+def test_binary_sums_in_float32_are_the_float64_sums(geometry):
+    """The reference sums a binary layer's +-1 products in float32 (integers below 2**24 are exact
+    there in any order): bit for bit the float64 sums, padding, stride, dilation and groups included;
+    the count of valid taps, taken on one image, is each image's."""
+    node = _binary_conv_node(**geometry)
+    gen = torch.Generator().manual_seed(0)
+    sign = lambda t: torch.where(t < 0, -1.0, 1.0).double()  # noqa: E731
+    if node["op"] == "blinear":
+        x, w = sign(torch.randn(5, 4099, generator=gen)), sign(torch.randn(7, 4099, generator=gen))
+    else:
+        x = sign(torch.randn(5, 16, 11, 13, generator=gen))
+        w = sign(torch.randn(8, 16 // node["groups"], 3, 3, generator=gen))
+    evaluate = _Evaluator._apply
+    sums = _Evaluator._integer_sums(node, x, w)
+    assert sums.dtype == torch.float64 and torch.equal(sums, evaluate(node, x, w, None))
+    if node["op"] == "bconv":
+        taps = evaluate(node, torch.ones_like(x[:1]), w.abs(), None)
+        assert torch.equal(taps.expand_as(sums), evaluate(node, x.abs(), w.abs(), None))
+        assert taps.min() < taps.max()  # the padding really cut some windows short
+
+
+def test_binary_sums_redone_in_float64_when_float32_is_not_exact(monkeypatch):
+    """A float32 convolution that does not sum the products exactly (a Winograd or FFT
+    algorithm) shows as non-integer sums, and the reference falls back to float64."""
+    node = _binary_conv_node()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.where(torch.randn(2, 4, 6, 6, generator=gen) < 0, -1.0, 1.0).double()
+    w = torch.where(torch.randn(3, 4, 3, 3, generator=gen) < 0, -1.0, 1.0).double()
+    real = _Evaluator._apply
+    dtypes = []
+
+    def inexact(node, x, w, b):
+        dtypes.append(x.dtype)
+        out = real(node, x, w, b)
+        return out * (1 + 2 ** -20) if x.dtype == torch.float32 else out
+
+    monkeypatch.setattr(_Evaluator, "_apply", staticmethod(inexact))
+    assert torch.equal(_Evaluator._integer_sums(node, x, w), real(node, x, w, None))
+    assert dtypes == [torch.float32, torch.float64]
 
 
 def test_reference_is_the_model_in_float64(resnet):

@@ -195,8 +195,9 @@ class _Evaluator:
             alpha = torch.ones(w.shape[0], dtype=torch.float64) if alpha is None else alpha.expand(w.shape[0])
             if node["bin_in"]:
                 signs = self.site(v, e)
-                ints = self._apply(node, signs, w, None)  # exact: integers below 2**53
-                taps = self._apply(node, signs.abs(), w.abs(), None)  # the valid (unpadded) products
+                ints = self._integer_sums(node, signs, w)
+                # the number of valid (unpadded) products at each output: the same for every image
+                taps = self._apply(node, torch.ones_like(signs[:1]), w.abs(), None).expand_as(ints)
                 a = _channel(alpha, ints.dim())
                 out = ints * a + (0.0 if b is None else _channel(b, ints.dim()))
                 n = math.prod(w.shape[1:])
@@ -207,6 +208,23 @@ class _Evaluator:
         out = self._apply(node, v, w, b)
         absolute = self._apply(node, v.abs() + e, w.abs(), None if b is None else b.abs())
         return out, self._apply(node, e, w.abs(), None) + gamma(n + 2) * absolute
+
+    @classmethod
+    def _integer_sums(cls, node: dict[str, Any], signs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The exact sums of +-1 products of a binary layer with binary input, as float64.
+
+        Every product is +-1 and every partial sum an integer of magnitude at most the
+        reduction length n, so below 2**24 float32 holds each of them exactly, in any
+        summation order (and bf16 or tf32 inputs too, should the user's settings ask for
+        them): the float32 result is the float64 one, at a fraction of its cost. A
+        transform-based convolution (Winograd, FFT) would not be exact; its result
+        shows as a non-integer, and then the sums are redone in float64.
+        """
+        if math.prod(w.shape[1:]) < 2 ** 24:
+            sums = cls._apply(node, signs.float(), w.float(), None).double()
+            if bool((sums == sums.round()).all()):
+                return sums
+        return cls._apply(node, signs, w, None)  # float64: exact for integers below 2**53
 
     @staticmethod
     def _apply(node: dict[str, Any], x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
