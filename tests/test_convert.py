@@ -65,6 +65,18 @@ def test_default_keeps_first_conv_and_last_linear():
     assert [n for n, _ in reste.binary_layers(bnet)] == CONVERTIBLE
 
 
+def test_an_mlp_keeps_its_first_linear():
+    """Without a conv, the layer that reads the input is the first linear: binary input there would
+    see only the signs of the pixels (all +1 for images in [0, 1])."""
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Linear(32, 32),
+                        nn.BatchNorm1d(32), nn.Linear(32, 10))
+    k = kinds(binarize(mlp))
+    assert (k["1"], k["3"], k["5"]) == (nn.Linear, BinaryLinear, nn.Linear)
+    with pytest.warns(UserWarning, match="binarizing the first layer '1'"):
+        k = kinds(binarize(mlp, keep_first=False))
+    assert (k["1"], k["3"], k["5"]) == (BinaryLinear, BinaryLinear, nn.Linear)
+
+
 def test_latent_weights_equal_the_float_ones():
     net = make_net()
     bnet = binarize(net)

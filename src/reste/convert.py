@@ -41,14 +41,15 @@ def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8) -> str:
 
 
 def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str | None]:
-    """The first conv and the last linear (the last conv without a linear) among ``names``.
+    """The first conv or linear (the layer that reads the input: an MLP's first linear) and the last
+    linear (the last conv without a linear) among ``names``, in the order the model defines them.
 
     Subclasses count (timm's ``Conv2dSame`` stem, its ``Linear`` head), binary layers do not.
     """
     layers = [(n, m) for n, m in model.named_modules() if n in names]
     convs = [n for n, m in layers if isinstance(m, nn.modules.conv._ConvNd)]
     linears = [n for n, m in layers if isinstance(m, nn.Linear)]
-    return (convs[0] if convs else None), (linears[-1] if linears else (convs[-1] if convs else None))
+    return (layers[0][0] if layers else None), (linears[-1] if linears else (convs[-1] if convs else None))
 
 
 # the hooks of a layer, kept by the binary layer that replaces it (the same dicts: their handles still work)
@@ -130,8 +131,10 @@ def binarize(
     """Replace the ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` with binary ones.
 
     Each binary layer keeps the latent weights and biases of the layer it replaces, so a
-    pre-trained float model starts from its own weights. By default the first convolution
-    and the last linear layer stay full precision (the usual BNN practice and the paper's).
+    pre-trained float model starts from its own weights. By default the first layer (conv,
+    or an MLP's linear) and the last linear layer stay full precision (the usual BNN
+    practice and the paper's: a first layer with binary input would see only the signs of
+    the pixels).
 
     Args:
         model: the float model.
@@ -142,8 +145,11 @@ def binarize(
         scaling: ``"layer"``, ``"channel"`` or ``"none"``.
         keep: names or glob patterns (``"layer1.*"``, ``"*downsample*"``) of more
             layers to keep in full precision.
-        keep_first / keep_last: keep the first conv / last linear layer in float (in a
-            model without a linear layer, such as timm's dla, the last conv: its classifier).
+        keep_first / keep_last: keep the first conv or linear / the last linear layer in
+            float (in a model without a linear layer, such as timm's dla, the last conv: its
+            classifier). First and last go by the order the model defines its modules
+            (``named_modules``), which is the order most models run them; name the layers in
+            ``keep`` for a model that defines them in another order.
         inplace: convert ``model`` itself (and return it); by default a deep copy
             is converted and ``model`` is left untouched.
 
@@ -209,7 +215,7 @@ def binarize(
         for name in layer_names:
             if name == first or name == last:
                 warnings.warn(
-                    f"binarizing {'the first conv' if name == first else 'the last'} layer {name!r} "
+                    f"binarizing {'the first' if name == first else 'the last'} layer {name!r} "
                     "usually costs much accuracy; pass keep_first/keep_last=True to keep it in float",
                     stacklevel=2,
                 )
