@@ -18,6 +18,7 @@ from torch import nn
 
 import reste
 from reste import ESTIMATORS, get_estimator
+from reste import config
 
 F32 = torch.float32
 F64 = torch.float64
@@ -548,6 +549,12 @@ def test_names_are_case_insensitive_and_dashes_allowed():
     assert isinstance(get_estimator("ReSTE"), reste.ReSTE)
     assert isinstance(get_estimator("approx-sign"), reste.ApproxSign)
     assert isinstance(get_estimator("SIGN_SWISH"), reste.SignSwish)
+    # without underscores (the class names), and larq's names of the same estimators
+    assert isinstance(get_estimator("SignSwish"), reste.SignSwish)
+    assert isinstance(get_estimator("ApproxSign"), reste.ApproxSign)
+    assert type(get_estimator("ste_sign")) is type(get_estimator("ste")) and get_estimator("ste_sign").clip == 1.0
+    assert get_estimator("swish_sign").spec() == get_estimator("sign_swish").spec()
+    assert config.canonical_estimator("SwishSign") == "sign_swish"
 
 
 def test_instance_passthrough():

@@ -222,6 +222,39 @@ def test_register_model(monkeypatch):
         models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))(tiny_1w1a)
 
 
+def test_a_factory_builds_every_binary_layer_with_its_builder(monkeypatch):
+    """conv(...) and conv.linear(...) give binary layers with the estimator asked for (float ones in the
+    twin); a binary layer the factory makes itself would train with another estimator than the run
+    records, and is refused."""
+    for attr in ("_MODELS", "_INFO", "_BINARY"):
+        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
+
+    @models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8), twin="mlp")
+    def mlp_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), conv.linear(32, 32), nn.Unflatten(1, (32, 1, 1)),
+                             conv(32, 32, 1, padding=0, groups=4, dilation=2, bias=True), nn.Flatten(),
+                             nn.Linear(32, num_classes))
+
+    @models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))
+    def by_hand_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), reste.BinaryLinear(64, num_classes))  # the default: reste
+
+    model = models.create("mlp_1w1a", estimator="ste", a32=True)
+    assert isinstance(model[2], reste.BinaryLinear) and model[2].input_estimator is None
+    conv = model[4]
+    assert isinstance(conv, reste.BinaryConv2d) and (conv.groups, conv.dilation, conv.bias is None) == (4, (2, 2),
+                                                                                                         False)
+    assert {e.name for e in reste.estimators_of(model)} == {"ste"}
+    twin = models.create("mlp")
+    assert (type(twin[2]), type(twin[4])) == (nn.Linear, nn.Conv2d) and twin[4].groups == 4
+    assert twin(torch.randn(2, 1, 8, 8)).shape == model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    models.create("by_hand_1w1a")  # asked for reste, got reste
+    with pytest.raises(UsageError, match=r"layer '1' with estimator 'reste', not the 'ste' asked for.*conv.linear"):
+        models.create("by_hand_1w1a", estimator="ste")
+    with pytest.raises(UsageError, match="'reste' settings"):
+        models.create("by_hand_1w1a", estimator_options={"o_end": 2.0})
+
+
 def test_paper_initialisation():
     torch.manual_seed(0)
     r20 = models.create("resnet20_1w1a")

@@ -245,3 +245,44 @@ def test_a_scheduled_value_named_like_a_metrics_field_is_refused(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "schedules time, a name each line of metrics.jsonl uses for its own field" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+MODEL_PLUGIN = textwrap.dedent('''
+    """An MLP of your own; its factory builds the binary layer with the builder it receives."""
+
+    from torch import nn
+
+    from reste.models import ConvBuilder, register_model
+
+
+    @register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8), twin="plug_mlp")
+    def plug_mlp_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 64) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.BatchNorm1d(width),
+                             conv.linear(width, width), nn.BatchNorm1d(width), nn.Linear(width, num_classes))
+''')
+
+
+def test_a_plugin_registers_a_model(tmp_path, monkeypatch):
+    """A model of your own: --plugin on the command line (resume reloads it, eval and export take it), and a
+    TrainConfig naming the plugin loads it before it checks the model; without it, the error says how."""
+    from reste.models import registry
+
+    (tmp_path / "mlp_plugin.py").write_text(MODEL_PLUGIN)
+    r = _reste("train", "--model", "plug_mlp_1w1a", "--epochs", "1", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown model 'plug_mlp_1w1a'" in r.stderr
+    assert "--plugin MODULE" in r.stderr and "register_model" in r.stderr
+    r = _reste("train", "--plugin", "mlp_plugin.py", "--model", "plug_mlp_1w1a", "--estimator", "ste",
+               "--model-option", "width=32", "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run",
+               cwd=tmp_path)
+    assert r.returncode == 0 and "training plug_mlp_1w1a (ste)" in r.stdout, r.stderr
+    r = _reste("train", "--resume", "run", "--epochs", "2", "--force", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0 and [m["epoch"] for m in _metrics(tmp_path / "run")] == [1, 2], r.stderr
+    r = _reste("export", "run", "m.rbnn", "--plugin", "mlp_plugin.py", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "m.rbnn").is_file(), r.stderr
+
+    for attr in ("_MODELS", "_INFO", "_BINARY"):
+        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
+    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
+    cfg = TrainConfig(model="plug_mlp", plugins=[str(tmp_path / "mlp_plugin.py")], epochs=1).resolve()
+    assert cfg.dataset == "digits" and "plug_mlp" in models.list_models()
+    assert type(models.create("plug_mlp_1w1a", estimator="ste")[3]) is reste.BinaryLinear

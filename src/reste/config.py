@@ -153,14 +153,13 @@ class TrainConfig:
         return out
 
     def validate(self) -> None:
-        from .models import list_models, model_info
+        from .models import model_info
 
         self._check_types()
-        if self.model not in list_models():
-            raise UsageError(f"unknown model {self.model!r}; valid: {', '.join(list_models())}")
         if not isinstance(self.plugins, list) or not all(isinstance(x, str) for x in self.plugins):
             raise UsageError(f"--plugin must be a list of module names or .py files, got {self.plugins!r}")
-        load_plugins(self.plugins)
+        load_plugins(self.plugins)  # first: a plugin may register the model
+        model_info(self.model)  # an unknown model: the registry's one line, naming the valid ones
         if self.estimator.lower().replace("-", "_") not in list_estimators():
             estimator_class(self.estimator)  # the UsageError listing the valid names
         if self.scaling not in SCALINGS:

@@ -760,14 +760,33 @@ class _LiveNames(Sequence):
 ESTIMATORS: Sequence[str] = _LiveNames()
 
 
+#: larq's names of the same estimators (``ste_sign``: clip 1; ``swish_sign``: beta 5, as here)
+ALIASES = {"ste_sign": "ste", "swish_sign": "sign_swish"}
+
+
+def _lookup(key: str) -> str | None:
+    """The registered name for ``key``: itself, or the one it spells without underscores
+    (``SignSwish``), or a larq name's."""
+    if key in _REGISTRY:
+        return key
+    bare = key.replace("_", "")
+    for known in (*_REGISTRY, *ALIASES):
+        if known.replace("_", "") == bare:
+            return ALIASES.get(known, known)
+    return None
+
+
 def estimator_class(name: str) -> type[Estimator]:
-    """The class registered as ``name`` (case-insensitive, dashes allowed); ``UsageError`` listing the valid names."""
-    key = _key(name)
-    if key not in _REGISTRY:
+    """The class registered as ``name`` (case-insensitive; dashes, underscores and larq's names allowed:
+    ``SignSwish``, ``swish_sign``); ``UsageError`` listing the valid names."""
+    key = _lookup(_key(name))
+    if key is None:
         plugins.load_entry_points()
-    if key not in _REGISTRY:
+        key = _lookup(_key(name))
+    if key is None:
         raise UsageError(f"unknown estimator {name!r}; valid: {', '.join(_REGISTRY)} (an estimator of your own: "
-                         f"load its module with --plugin MODULE or the {plugins.GROUP!r} entry point)")
+                         f"register it with @reste.register_estimator in a module you import, load it with "
+                         f"--plugin MODULE, or name it in the {plugins.GROUP!r} entry point)")
     return _REGISTRY[key]
 
 

@@ -1,7 +1,8 @@
-"""Plugins: the modules that register estimators of your own.
+"""Plugins: the modules that register estimators (or models) of your own.
 
 A plugin is an ordinary module whose import registers estimators
-(``@reste.register_estimator``). Two ways to load one:
+(``@reste.register_estimator``) or models (``@reste.models.register_model``). Two ways to
+load one:
 
 * an installed distribution names it in the ``reste.estimators`` entry-point group
   (``[project.entry-points."reste.estimators"] myest = "mypackage.myest"``); the group
@@ -123,7 +124,7 @@ def _first_line(err: BaseException) -> str:
 def add_plugin_flag(parser: argparse.ArgumentParser) -> None:
     """``--plugin MODULE`` (repeatable) on a command that must know the estimator."""
     parser.add_argument("--plugin", dest="plugins", action="append", metavar="MODULE",
-                        help="a module that registers estimators of your own: a module name importable from the "
+                        help="a module that registers estimators or models of your own: a module name importable from the "
                              "current folder or sys.path, or a .py file (repeatable)")
 
 

@@ -18,10 +18,11 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .. import plugins
 from ..datasets import DATASETS
 from ..errors import UsageError
 from ..estimators import Estimator, estimator_class, get_estimator
-from ..layers import SCALINGS, BinaryConv2d
+from ..layers import SCALINGS, BinaryConv2d, BinaryLinear
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, dict[str, Any]] = {}
@@ -29,12 +30,14 @@ _BINARY: dict[str, bool] = {}
 
 
 class ConvBuilder:
-    """Makes the convolutions a model binarizes (always without bias).
+    """Makes the layers a model binarizes: convolutions (``conv(...)``, without bias by default) and
+    linear layers (``conv.linear(...)``).
 
-    ``ConvBuilder()`` makes ``nn.Conv2d`` (the full-precision twin);
-    ``ConvBuilder(estimator_spec)`` makes ``BinaryConv2d`` layers, each with its own
-    weight and input estimators built from the dict spec
-    ``{"name": ..., **config}`` (inputs real when ``a32``).
+    ``ConvBuilder()`` makes ``nn.Conv2d`` and ``nn.Linear`` (the full-precision twin);
+    ``ConvBuilder(estimator_spec)`` makes ``BinaryConv2d`` and ``BinaryLinear`` layers, each with
+    its own weight and input estimators built from the dict spec ``{"name": ..., **config}``
+    (inputs real when ``a32``). A factory builds every binary layer with it, so that the
+    estimator asked for reaches each of them (:func:`create` checks).
     """
 
     def __init__(self, estimator_spec: dict[str, Any] | None = None, *, a32: bool = False, scaling: str = "layer"):
@@ -47,16 +50,24 @@ class ConvBuilder:
         return self.estimator_spec is not None
 
     def __call__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
+        *, dilation: int = 1, groups: int = 1, bias: bool = False,
     ) -> nn.Conv2d:
         if self.estimator_spec is None:
-            return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-        return BinaryConv2d(
-            in_channels, out_channels, kernel_size, stride, padding, bias=False,
-            weight_estimator=dict(self.estimator_spec),
-            input_estimator=None if self.a32 else dict(self.estimator_spec),
-            scaling=self.scaling,
-        )
+            return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        return BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                            **self._binary())
+
+    def linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+        """A linear layer to binarize: ``BinaryLinear``, or ``nn.Linear`` in the twin."""
+        if self.estimator_spec is None:
+            return nn.Linear(in_features, out_features, bias)
+        return BinaryLinear(in_features, out_features, bias, **self._binary())
+
+    def _binary(self) -> dict[str, Any]:
+        spec = self.estimator_spec or {}
+        return {"weight_estimator": dict(spec), "input_estimator": None if self.a32 else dict(spec),
+                "scaling": self.scaling}
 
 
 def register_model(
@@ -102,7 +113,11 @@ def list_models() -> list[str]:
 
 def _check_name(name: str) -> None:
     if name not in _MODELS:
-        raise UsageError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
+        plugins.load_entry_points()  # an installed package's module may register models too
+    if name not in _MODELS:
+        raise UsageError(f"unknown model {name!r}; valid: {', '.join(list_models())} (a model of your own: "
+                         "register it with @reste.models.register_model in a module you import, or load it with "
+                         "--plugin MODULE)")
 
 
 def model_info(name: str) -> dict[str, Any]:
@@ -159,7 +174,26 @@ def create(
         conv = ConvBuilder(est.spec(), a32=a32, scaling=scaling)
     else:
         conv = ConvBuilder()
-    return _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
+    model = _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
+    if _BINARY[name]:
+        _check_estimators(name, model, est.spec())
+    return model
+
+
+def _check_estimators(name: str, model: nn.Module, spec: dict[str, Any]) -> None:
+    """Every estimator of a built binary model is the one asked for: a factory that builds a binary
+    layer itself (not with its ``conv`` builder) would train with another estimator than the run
+    records."""
+    for where, module in model.named_modules():
+        if isinstance(module, Estimator) and module.spec() != spec:
+            other = module.spec()
+            layer = where.rpartition(".")[0] if where.endswith("_estimator") else where
+            what = (f"estimator {other['name']!r}" if other["name"] != spec["name"]
+                    else f"{other['name']!r} settings {other}")
+            raise UsageError(
+                f"model {name!r} built its layer {layer!r} with {what}, not the {spec['name']!r} asked for "
+                f"({spec}); its factory must build each binary layer with the builder it receives: "
+                "conv(in, out, ...) for a convolution, conv.linear(in, out) for a linear layer")
 
 
 def _split_keywords(name: str, estimator: Any, keywords: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
