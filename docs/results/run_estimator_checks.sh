@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/checks}
+# the study's recipe pinned (SGD, crop + flip): Fashion-MNIST's defaults have changed since (Adam, no augmentation)
 COMMON=(--dataset fashion-mnist --model fmnist_vgg_1w1a --model-option width=8 --epochs 6
+        --optimizer sgd --lr 0.1 --momentum 0.9 --weight-decay 1e-4 --batch-size 256 --warm-up 0 --augment
         --indicators general --threads 1 --no-progress)
 rm -rf "$RUNS"   # fresh runs each time
 for seed in 0 2; do

@@ -11,7 +11,9 @@ EPOCHS=${EPOCHS:-6}
 RUNS=${RUNS:-runs/study}   # checkpoints and logs (git-ignored)
 JOBS=${JOBS:-2}            # runs at a time, one torch thread each
 OUT=docs/results/epochs$EPOCHS
+# the recipe pinned (SGD, crop + flip): Fashion-MNIST's defaults have changed since (Adam, no augmentation)
 COMMON=(--dataset fashion-mnist --model fmnist_vgg_1w1a --model-option width=8 --epochs "$EPOCHS"
+        --optimizer sgd --lr 0.1 --momentum 0.9 --weight-decay 1e-4 --batch-size 256 --warm-up 0 --augment
         --indicators general --seeds 0,1,2 --jobs "$JOBS" --threads 1 --runs-dir "$RUNS")
 
 reste sweep --grid estimator=ste,reste,approx_sign,sign_swish,ede,rbnn,dsq,fda \

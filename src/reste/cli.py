@@ -78,13 +78,14 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="the authors' flag: --indicators paper")
     o.add_argument("--seed", type=int, help="random seed (default 0)")
     r = p.add_argument_group("machine")
-    r.add_argument("--workers", type=int, help="data loading processes (default 0)")
+    r.add_argument("--workers", type=int, help="data loading processes (default: 0; ImageNet up to 8)")
     r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     r.add_argument("--data-device", dest="data_device",
                    help="where digits, Fashion-MNIST and CIFAR-10 live, as uint8, with crop, flip and "
                         "normalisation batched there: auto (default: the training device) or cpu")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is best on a busy CPU)")
-    r.add_argument("--amp", help="mixed precision on GPU: none (default), bf16 or fp16")
+    r.add_argument("--amp", help="mixed precision: none (default), bf16 or fp16 (on the CPU bf16; fp16 with a "
+                   "warning)")
     r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="channels_last memory format for the model and its inputs")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -99,7 +100,8 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         g2.add_argument("--out", help="the sweep's folder (required): its tables, figures and, by default, its runs")
     else:
         g2.add_argument("--out", help="run directory (default runs/MODEL-ESTIMATOR-TIME)")
-        g2.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last finished epoch")
+        g2.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint (an epoch's end, or inside an epoch after "
+                        "SIGTERM, SIGUSR1 or --save-every)")
         g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
     g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
                     help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
