@@ -384,6 +384,30 @@ def test_cifar10_workers_give_the_same_batches(tmp_path):
     del multi, multi_test
 
 
+def test_loading_processes_ignore_the_stop_signals(tmp_path):
+    """A cluster's SIGTERM (or SIGUSR1) reaches every process of the job, the loaders' workers too; the run
+    catches it, checkpoints and shuts them down. A worker that died of it instead ("DataLoader worker ...
+    killed by signal") failed the run and lost its epoch."""
+    import os
+    import signal
+    import time
+
+    write_cifar(tmp_path)
+    train, test, _ = load_datasets("cifar10", tmp_path)
+    loader, _ = make_loaders(train, test, batch_size=4, eval_batch_size=8, seed=9, workers=1)
+    single, _ = make_loaders(train, test, batch_size=4, eval_batch_size=8, seed=9, workers=0)
+    batches_seen = []
+    it = iter(loader)
+    batches_seen.append(next(it))
+    for worker in it._workers:
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGUSR1)
+    time.sleep(0.3)
+    batches_seen.extend(it)  # the rest of the epoch, from the same worker
+    assert same_batches(batches_seen, batches(single))
+    del it, loader
+
+
 def test_cifar10_distributed_sampler(tmp_path):
     import torch.distributed as dist
 

@@ -108,13 +108,17 @@ def test_torchrun_killed_then_resumed_matches_an_uninterrupted_run(full_run, tmp
     proc = subprocess.Popen(_torchrun(*ARGS, "--out", str(cut)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
     try:
-        metrics = cut / "metrics.jsonl"
         start = time.time()
-        while not (metrics.exists() and metrics.read_text().strip()):
+        while not (cut / "last.pt").exists():  # an epoch's checkpoint (written after its metrics line)
             assert time.time() - start < 240 and proc.poll() is None, "the run did not finish an epoch"
             time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+        workers = _descendants(proc.pid)  # torchrun starts each in a session of its own: killpg misses them
+        assert len(workers) >= 2
+        for pid in [proc.pid, *workers]:
+            _kill(pid)
         proc.wait(timeout=30)
+        for pid in workers:
+            _wait_gone(pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -123,11 +127,62 @@ def test_torchrun_killed_then_resumed_matches_an_uninterrupted_run(full_run, tmp
     resumed = subprocess.run(_torchrun("--resume", str(cut), "--no-progress"), capture_output=True, text=True,
                              env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "nothing to do" not in resumed.stdout  # the resume trained the epochs the kill cut off
 
     a, b = _assert_same_end(full, cut, epochs=6)
     sa = [s.get("momentum_buffer") for s in a["optimizer"]["state"].values()]
     sb = [s.get("momentum_buffer") for s in b["optimizer"]["state"].values()]
     assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(sa, sb))
+
+
+def test_a_rank_waiting_to_join_ends_on_the_launchers_sigterm(full_run):
+    """Rank 0 refuses a folder that holds a run before it joins the group; the launcher then sends SIGTERM to
+    rank 1, which waits in C++ for the group, where a Python handler cannot run. It ends at once: the stop
+    signals keep their default action while a process joins (it ignored them and was SIGKILLed 30 s later)."""
+    proc = subprocess.run(_torchrun(*ARGS, "--out", str(full_run[0])), capture_output=True, text=True, env=ENV,
+                          timeout=300)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr, proc.stderr[-3000:]
+    assert "closing signal SIGTERM" in proc.stderr  # the launcher did stop rank 1 ...
+    assert "forcefully exiting via 9" not in proc.stderr  # ... with SIGTERM, not its SIGKILL after 30 s
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int) -> None:
+    """Until ``pid`` no longer runs (a zombie, dead but not yet reaped by its parent, counts as gone)."""
+    for _ in range(500):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} still runs after SIGKILL")
 
 
 def _assert_same_end(full, cut, epochs: int):

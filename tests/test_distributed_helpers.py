@@ -28,3 +28,40 @@ def test_env_rank_reads_torchrun(monkeypatch):
 def test_rank_and_world_size_needs_a_process_group():
     with pytest.raises(UsageError, match="torchrun"):
         distributed.rank_and_world_size()
+
+
+def _in_order(rank: int, store: str, log: str) -> None:
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        d = distributed.Dist(rank=rank, world_size=2, local_rank=rank)
+        with distributed.local_rank_first(d):
+            with open(log, "a") as f:
+                f.write(f"{rank} in\n")
+            time.sleep(0.3 if rank == 0 else 0.0)
+            with open(log, "a") as f:
+                f.write(f"{rank} out\n")
+        with distributed.local_rank_first(d, needed=False):  # not needed: no barrier, nothing waits
+            pass
+    finally:
+        dist.destroy_process_group()
+
+
+def test_local_rank_first_runs_the_block_on_local_rank_0_before_the_others(tmp_path):
+    """A --download under torchrun: local rank 0 fetches, the others read what it fetched."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    log = tmp_path / "log"
+    procs = [ctx.Process(target=_in_order, args=(r, str(tmp_path / "store"), str(log))) for r in (1, 0)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert log.read_text().split("\n")[:4] == ["0 in", "0 out", "1 in", "1 out"]
+    with distributed.local_rank_first(distributed.Dist()):  # one process: just the block
+        pass

@@ -11,14 +11,43 @@ CLI (one error line for all the processes, leaving the group at exit).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .errors import UsageError
+
+#: the signals that stop a run after a checkpoint inside its epoch (preemption); the run's handler catches
+#: them (engine.StopRequest), the data-loading processes ignore them, and no handler runs while a process
+#: waits for the others to join
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+def stop_signals() -> list[signal.Signals]:
+    """The :data:`STOP_SIGNALS` this platform has."""
+    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+
+
+@contextlib.contextmanager
+def _stop_signals_kill():
+    """The stop signals' default action (end the process) while the block waits in C++, where a Python
+    handler cannot run: a process waiting for a rank that never joins (rank 0 refused the run folder)
+    would otherwise ignore the launcher's SIGTERM until its SIGKILL, 30 s later."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in stop_signals()}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 __all__ = ["Dist", "env_rank", "env_world_size", "init_distributed", "is_distributed", "rank_and_world_size",
            "all_reduce", "leave_process_group"]
@@ -54,6 +83,22 @@ class Dist:
         return self.rank == 0
 
 
+@contextlib.contextmanager
+def local_rank_first(d: Dist, needed: bool = True):
+    """Run the block on each node's local rank 0 first, then on its other processes (a ``--download`` into
+    one folder: every process fetching the same archive at once would corrupt it). No-op in one process."""
+    if not (needed and d.enabled):
+        yield
+        return
+    if d.local_rank != 0:
+        with _stop_signals_kill():  # waiting in C++: a failed download's SIGTERM from the launcher ends us
+            dist.barrier()
+    yield
+    if d.local_rank == 0:
+        with _stop_signals_kill():
+            dist.barrier()
+
+
 def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group when launched by torchrun; this process's device.
 
@@ -69,7 +114,8 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         _import_before_the_group()
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        with _stop_signals_kill():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world, local), device
 
 

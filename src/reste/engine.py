@@ -54,7 +54,8 @@ from . import checkpoint as ckpt_io
 from . import models, resumption
 from .config import AMP_MODES, TrainConfig, check_data_path
 from .data import check_classes, data_device, load_datasets, make_loaders
-from .distributed import env_rank, env_world_size, init_distributed, is_distributed
+from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
+    stop_signals
 from .errors import UsageError
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
@@ -67,7 +68,6 @@ from .rundir import (CONFIG, METRIC_FIELDS, METRICS, RunDirectory, append_metric
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # preemption: save inside the epoch, then stop
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
 
 
@@ -279,8 +279,9 @@ class _Run:
         seed_everything(config.seed)
 
         where = data_device(config.dataset, config.data_device, self.device)  # None: read from files
-        train_ds, test_ds, self.info = load_datasets(config.dataset, config.data_path, download=config.download,
-                                                     augment=config.augment, in_memory=where is not None)
+        with local_rank_first(self.dist, needed=bool(config.download)):
+            train_ds, test_ds, self.info = load_datasets(config.dataset, config.data_path, download=config.download,
+                                                         augment=config.augment, in_memory=where is not None)
         if len(train_ds) == 0:
             raise UsageError(f"the training set of {config.dataset} is empty; check --data-path")
         def loaders(drop_last: bool) -> tuple[Any, Any]:
@@ -612,11 +613,7 @@ class StopRequest:
         def handler(signum: int, _frame: Any) -> None:
             self.signum = signum
 
-        previous = {}
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                previous[sig] = signal.signal(sig, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in stop_signals()}
         try:
             yield self
         finally:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..datasets import get_spec
-from ..distributed import rank_and_world_size
+from ..distributed import rank_and_world_size, stop_signals
 from ..errors import UsageError
 from .memory import InMemoryDataset, TensorLoader
 from .sampling import EpochSampler, ShardSampler, TransformDataset, seeded_generator
@@ -23,10 +23,17 @@ __all__ = ["make_loaders", "data_device", "EpochDataLoader"]
 
 
 def _worker_init(worker_id: int) -> None:
+    # A stop signal is for the run, which checkpoints and then shuts its loaders down. A cluster
+    # sends it to every process of the job (SLURM; torchrun to each rank's process group), and
+    # torch's own SIGTERM handler in a loading process would end it: the run then failed with
+    # "DataLoader worker ... killed by signal" and lost its epoch instead of saving its step.
+    import random
+    import signal
+
+    for sig in stop_signals():
+        signal.signal(sig, signal.SIG_IGN)
     # torch seeds each worker from the loader's (seeded) generator; derive the other
     # libraries' generators from it so user transforms using them are reproducible too.
-    import random
-
     s = torch.initial_seed()
     random.seed(s)
     np.random.seed(s % (2 ** 32))

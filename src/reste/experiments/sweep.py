@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import TrainConfig, idle_data_flags
 from ..models import model_keywords
 from ..errors import UsageError
+from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
 from ..rundir import CONFIG, RESUME_FREE, epoch_end_whole, finished_epochs, last_checkpoint, saved_config
@@ -335,8 +336,6 @@ def _init_worker(threads: int, parent: int | None = None) -> None:
 
     import torch
 
-    from ..engine import STOP_SIGNALS
-
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
@@ -345,9 +344,8 @@ def _init_worker(threads: int, parent: int | None = None) -> None:
     if parent is None:
         return
     _WORKER["parent"] = parent
-    for name in STOP_SIGNALS:
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _stop_between_runs)
+    for sig in stop_signals():
+        signal.signal(sig, _stop_between_runs)
     if hasattr(signal, _PARENT_DIED):
         signal.signal(getattr(signal, _PARENT_DIED), _sweep_died)
         try:
