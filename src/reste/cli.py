@@ -100,8 +100,9 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         g2.add_argument("--out", help="the sweep's folder (required): its tables, figures and, by default, its runs")
     else:
         g2.add_argument("--out", help="run directory (default runs/MODEL-ESTIMATOR-TIME)")
-        g2.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint (an epoch's end, or inside an epoch after "
-                        "SIGTERM, SIGUSR1 or --save-every)")
+        g2.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue this run from its last checkpoint (an epoch's end, or inside an epoch "
+                             "after SIGTERM, SIGUSR1 or --save-every)")
         g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
     g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
                     help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
