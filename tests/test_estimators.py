@@ -508,6 +508,14 @@ def _model(name: str) -> nn.Module:
     )
 
 
+def test_repr_shows_the_settings_and_where_the_schedule_stands():
+    est = reste.ReSTE(o=1.0, o_end=3.0)
+    reste.set_progress(est, 50, 100)  # half way along the cosine ramp
+    assert 1.5 < est.o < 1.7
+    assert repr(est) == f"ReSTE(o=1, t=1.5, interval=0.1, o_end=3, schedule='cosine', now: o={est.o:g})"
+    assert repr(get_estimator("ste")) == "STE(clip=1)"  # nothing scheduled
+
+
 @pytest.mark.parametrize("name", ESTIMATORS)
 def test_schedule_state_lives_in_state_dict(name):
     torch.manual_seed(0)

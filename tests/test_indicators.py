@@ -281,3 +281,13 @@ def test_paper_mode_takes_the_models_o_end_unless_told():
     assert EquilibriumMeter(models.create("resnet20_1w1a", estimator_options={"o_end": 5.0}), "paper").o_end == 5.0
     assert EquilibriumMeter(models.create("resnet20_1w1a", estimator="ste"), "paper").o_end == 3.0
     assert EquilibriumMeter(models.create("resnet20_1w1a"), "paper", o_end=2.0).o_end == 2.0
+
+
+def test_a_frozen_layer_is_named_as_the_reason_for_a_missing_gradient():
+    model = nn.Sequential(BinaryLinear(4, 4), BinaryLinear(4, 2))
+    model[1].weight.requires_grad_(False)
+    model(torch.randn(3, 4)).sum().backward()
+    with pytest.raises(RuntimeError, match="layer '1' has no gradient: its weight is frozen"):
+        gradient_stability(model)
+    with pytest.raises(RuntimeError, match="after backward"):
+        gradient_stability(nn.Sequential(BinaryLinear(4, 4), BinaryLinear(4, 2)))

@@ -74,7 +74,9 @@ def test_the_decorator_makes_a_library_estimator(loaded):
     assert "myest" in reste.list_estimators() and "myest" in reste.ESTIMATORS
     est = reste.get_estimator("myest", my_flag=0.8)
     assert isinstance(est, loaded.Window) and est.my_flag == 0.8 and est.config() == {"my_flag": 0.8, "my_end": 0.5}
-    assert repr(est) == "Window(my_flag=0.8, my_end=0.5)"
+    assert repr(est) == "Window(my_flag=0.8, my_end=0.5, now: my_flag=0.8)"
+    reste.set_progress(est, 1, 2)
+    assert repr(est) == "Window(my_flag=0.8, my_end=0.5, now: my_flag=0.65)"  # where its schedule stands
     with pytest.raises(ValueError, match=r"my_flag must be > 0, got -1"):
         reste.get_estimator("myest", my_flag=-1.0)
     with pytest.raises(ValueError, match="bad hyper-parameters for estimator 'myest'"):

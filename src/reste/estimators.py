@@ -480,7 +480,12 @@ class Estimator(nn.Module):
         return est
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.config().items())
+        """The settings it was built with, and where its schedule stands now: ``o=1, ..., now: o=2.69``."""
+        show = lambda items: ", ".join(  # noqa: E731
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in items)
+        text = show(self.config().items())
+        now = self.schedule_values()
+        return f"{text}, now: {show(now.items())}" if now else text
 
 
 def _positive(name: str, help: str, default: float, flag: str = "", scheduled: bool = False) -> Param:

@@ -72,7 +72,9 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
     for name, layer in indicator_layers(model, mode):
         g = layer.weight.grad
         if g is None:
-            raise RuntimeError(f"layer {name!r} has no gradient: compute the indicators after backward()")
+            why = ("its weight is frozen (requires_grad=False); the indicators need every binary layer's gradient"
+                   if not layer.weight.requires_grad else "compute the indicators after backward()")
+            raise RuntimeError(f"layer {name!r} has no gradient: {why}")
         var = torch.var(g.detach().abs().float().flatten())
         total = var if total is None else total + var
     return torch.zeros(()) if total is None else total
