@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -240,3 +243,33 @@ def test_cli_export_fails_on_a_mismatch(tmp_path, monkeypatch, capsys):
 def test_slack_is_documented_first_order_margin():
     assert SLACK == 2.0
     assert np.isclose(gamma(3), 3 * U32, rtol=1e-6)
+
+
+def test_a_cancelling_batch_norm_shift_is_within_the_float32_models_bound(tmp_path):
+    """A batch norm whose running mean and bias nearly cancel: PyTorch computes its shift in float32 from the
+    two (bias - mean * scale, with or without a fused multiply-add, as its build does), the file stores one
+    rounding of it, and the two can differ by ulps of |mean * scale|, far more than the shift's own
+    rounding. The export's check widens the float32 model's bounds by that (it called such a model wrong)."""
+    from reste.export import format as fmt
+    from reste.export.graph import to_graph
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(8)
+    bn.running_mean.fill_(100.0)
+    bn.running_var.fill_(3.0)
+    bn.bias.data.fill_(100.0 / 3.0 ** 0.5)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), bn, reste.BinaryConv2d(8, 8, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    report = export_model(model, tmp_path / "bn.rbnn", input_size=(3, 8, 8))
+    assert report["verify"]["ok"] and report["verify"]["model"]["mismatch"] == 0, report["verify"]
+    nodes, _, folded = to_graph(model, (3, 8, 8))
+    conv = next(n for n in nodes if n["op"] == "conv")
+    scale = float(bn.weight[0].detach()) / math.sqrt(3.0 + bn.eps)
+    assert folded == 1 and conv["shift_err"] == pytest.approx(4 * U32 * (100.0 * scale + 100.0 / 3.0 ** 0.5))
+    header, tensors = fmt.read(tmp_path / "bn.rbnn")
+    assert "shift_err" not in json.dumps(header)  # for the check only: the file stays as it was
+    x = torch.randn(4, 3, 8, 8)
+    plain = graph_reference(tmp_path / "bn.rbnn", x)
+    header["nodes"][nodes.index(conv)]["shift_err"] = conv["shift_err"]
+    widened = graph_reference((header, tensors), x)
+    assert (widened.bounds[0] >= plain.bounds[0] + conv["shift_err"] * (1 - 1e-12)).all()

@@ -84,6 +84,15 @@ def _affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray
     return _np(scale), _np(shift)
 
 
+def _shift_error(bn: nn.modules.batchnorm._BatchNorm, scale: np.ndarray) -> float:
+    """How far PyTorch's float32 shift can be from the stored one: 4 u max(|mean * scale| + |bias|) (see
+    ``reste.export.ir``). Both round ``bias - mean * scale``, in an order or with an FMA that depends on
+    the build; where the two terms nearly cancel, that is far more than the shift's own rounding."""
+    mean = bn.running_mean.detach().double().cpu().numpy()
+    bias = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else 0.0
+    return float(4 * 2.0 ** -24 * np.max(np.abs(mean * scale.astype(np.float64)) + np.abs(bias), initial=0.0))
+
+
 def _binary_weights(m: nn.Module) -> tuple[Bits, np.ndarray | None]:
     with torch.no_grad():
         w = m.weight.detach()
@@ -116,7 +125,8 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | None:
         raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported")
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         scale, shift = _affine(m)
-        return {"op": "affine", "scale": scale, "shift": shift, "bn1d": isinstance(m, nn.BatchNorm1d)}
+        return {"op": "affine", "scale": scale, "shift": shift, "shift_err": _shift_error(m, scale),
+                "bn1d": isinstance(m, nn.BatchNorm1d)}
     if isinstance(m, Estimator):
         return {"op": "sign"}
     if isinstance(m, nn.ReLU):
@@ -370,6 +380,8 @@ def fold_batch_norms(nodes: list[dict[str, Any]], output: int,
             b = np.zeros(w.shape[0]) if src["b"] is None else src["b"].astype(np.float64)
             src["w"] = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
             src["b"] = (b * s + t).astype(np.float32)
+            if node.get("shift_err"):  # the shift is added after the scale: its error passes unchanged
+                src["shift_err"] = src.get("shift_err", 0.0) + node["shift_err"]
             alias[i] = node["in"][0]
             node["op"] = None
             folded += 1
@@ -382,6 +394,8 @@ def fold_batch_norms(nodes: list[dict[str, Any]], output: int,
             b = np.zeros(w.shape[0]) if node["b"] is None else node["b"].astype(np.float64)
             node["w"] = (w * s[None, :]).astype(np.float32)
             node["b"] = (b + w @ t).astype(np.float32)
+            if src.get("shift_err"):  # each input's shift error, through the row's weights
+                node["shift_err"] = node.get("shift_err", 0.0) + float(np.abs(w).sum(1).max()) * src["shift_err"]
             node["in"] = list(src["in"])
             src["op"] = None
             folded += 1

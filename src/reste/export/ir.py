@@ -12,13 +12,13 @@ is the input), optionally ``name`` (the module it came from), and the op's attri
 ``pad`` is ``[top, bottom, left, right]``. The ops:
 
     input     [shape]                                   node 0; shape (C, H, W) when known
-    conv      w, b, stride, pad, dil, groups            float convolution
+    conv      w, b, stride, pad, dil, groups [shift_err] float convolution
     bconv     w (bits), alpha, b, stride, pad, dil, bin_in
                                                         conv(sign(x) or x, sign(w) * alpha) + b,
                                                         zero padding applied after sign
-    linear    w, b
+    linear    w, b [shift_err]
     blinear   w (bits), alpha, b, bin_in
-    affine    scale, shift                              per channel (axis 1): a batch norm
+    affine    scale, shift [shift_err]                  per channel (axis 1): a batch norm
     relu / sign / hardtanh(lo, hi) / leaky_relu(slope) / prelu(w)
     add                                                 two inputs
     cat       dim                                       any number of inputs
@@ -30,6 +30,11 @@ is the input), optionally ``name`` (the module it came from), and the op's attri
     reshape   shape (without the batch dimension)
     slice     ranges: [start, stop, step] per dimension from 0 (null = default)
     cpad      pads (``F.pad`` order), value             constant padding
+
+``shift_err`` (built, not written; export's check adds it to the float32 reference's bounds): how far
+the float32 model may put a batch norm's shift from the stored one, which it computes from the running
+mean: ``bias - mean * scale`` rounds by up to 4 u (|mean * scale| + |bias|), one rounding more or less
+than the stored value (a fused multiply-add), which matters where the two terms nearly cancel.
 """
 
 from __future__ import annotations
@@ -62,11 +67,11 @@ _CONV = ("stride", "pad", "dil")
 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("input", inputs=0, optional=("shape",)),
-    Op("conv", (*_CONV, "groups"), ("w", "b")),
+    Op("conv", (*_CONV, "groups"), ("w", "b"), build_only=("shift_err",)),
     Op("bconv", (*_CONV, "bin_in"), ("w", "alpha", "b")),
-    Op("linear", (), ("w", "b")),
+    Op("linear", (), ("w", "b"), build_only=("shift_err",)),
     Op("blinear", ("bin_in",), ("w", "alpha", "b")),
-    Op("affine", (), ("scale", "shift"), build_only=("bn1d",)),
+    Op("affine", (), ("scale", "shift"), build_only=("bn1d", "shift_err")),
     Op("relu"),
     Op("sign"),
     Op("hardtanh", ("lo", "hi")),

@@ -147,7 +147,7 @@ class _Evaluator:
         v, e = args[0]
         if op == "affine":
             s, t = _channel(self.tensor(node, "scale"), v.dim()), _channel(self.tensor(node, "shift"), v.dim())
-            return v * s + t, s.abs() * e + gamma(4) * (s.abs() * (v.abs() + e) + t.abs())
+            return v * s + t, s.abs() * e + gamma(4) * (s.abs() * (v.abs() + e) + t.abs()) + node.get("shift_err", 0.0)
         if op == "relu":
             return torch.relu(v), e
         if op == "hardtanh":
@@ -207,7 +207,7 @@ class _Evaluator:
         n = math.prod(w.shape[1:])
         out = self._apply(node, v, w, b)
         absolute = self._apply(node, v.abs() + e, w.abs(), None if b is None else b.abs())
-        return out, self._apply(node, e, w.abs(), None) + gamma(n + 2) * absolute
+        return out, self._apply(node, e, w.abs(), None) + gamma(n + 2) * absolute + node.get("shift_err", 0.0)
 
     @classmethod
     def _integer_sums(cls, node: dict[str, Any], signs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
