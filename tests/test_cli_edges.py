@@ -65,3 +65,12 @@ def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
     monkeypatch.setattr(cli, "cmd_presets", presets)
     assert main(["presets"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_under_torchrun_a_failing_process_other_than_the_first_names_its_rank(monkeypatch, capsys):
+    assert main(["train", "--model", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("reste: error: unknown model 'nope'")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--model", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reste: error (rank 1): unknown model 'nope'") and err.count("\n") == 1

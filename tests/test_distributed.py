@@ -101,6 +101,19 @@ def test_torchrun_two_processes_train_and_evaluate_in_one(full_run):
     assert result["top1"] > 40.0
 
 
+def test_a_resume_with_another_process_count_says_the_global_batch_changes(full_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(full_run[0], run)
+    (run / ".lock").unlink(missing_ok=True)
+    r = subprocess.run([sys.executable, "-m", "reste.cli", "train", "--resume", str(run), "--epochs", "7", "--force",
+                        "--no-progress"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained with 2 process(es) and continues with 1: --batch-size 64 is per process" in r.stdout, r.stdout
+    assert [m["epoch"] for m in rundir.read_metrics(run)] == [1, 2, 3, 4, 5, 6, 7]
+
+
 def test_torchrun_killed_then_resumed_matches_an_uninterrupted_run(full_run, tmp_path):
     """kill -9 of every process mid-run, then ``torchrun ... --resume``: the same weights, optimizer
     state and metrics as the 2-process run that was never interrupted."""

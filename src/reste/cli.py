@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         if debug:
             raise
-        print(f"reste: error: {usage_line(err)}", file=sys.stderr)
+        print(f"{_error_prefix()} {usage_line(err)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader of the output went away (`reste ... | head`): stop quietly
         try:
@@ -407,6 +407,14 @@ def usage_line(err: UsageError) -> str:
     return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
 
 
+def _error_prefix() -> str:
+    """``reste: error:``; under torchrun each failing process prints its line, the ranks after the first
+    named (``reste: error (rank 1):``)."""
+    from .distributed import env_rank
+
+    return f"reste: error (rank {env_rank()}):" if env_rank() > 0 else "reste: error:"
+
+
 def _unexpected(err: Exception, debug: bool) -> int:
     """The last line of defence keeps tracebacks behind --debug."""
     from .engine import TrainingDiverged
@@ -415,11 +423,11 @@ def _unexpected(err: Exception, debug: bool) -> int:
         raise  # called inside the except block: the original traceback
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {err.filename}" if err.filename else ""
-        print(f"reste: error: {err.strerror}{where}; a run keeps its finished epochs: free some space and continue "
+        print(f"{_error_prefix()} {err.strerror}{where}; a run keeps its finished epochs: free some space and continue "
               "it with --resume RUN_DIR", file=sys.stderr)
         return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
-    print(f"reste: error: {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
+    print(f"{_error_prefix()} {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
           else " (run with --debug for the traceback)"), file=sys.stderr)
     return 1
 

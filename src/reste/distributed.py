@@ -6,7 +6,8 @@ the default process group (NCCL on GPUs, gloo on CPUs); without ``torchrun`` it 
 nothing and the process is rank 0 of 1. Every other module asks here: the engine (the
 context of the run, the sums of the evaluation), :mod:`reste.data` (the shard of the
 data each process reads), :mod:`reste.syncbn` (statistics over every process) and the
-CLI (one error line for all the processes, leaving the group at exit).
+CLI (one stop line for all the processes; an error line from each process that fails, named by its rank
+after the first; leaving the group at exit).
 """
 
 from __future__ import annotations

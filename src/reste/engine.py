@@ -396,6 +396,12 @@ class _Run:
         if self.start_step and saved_world != self.dist.world_size:
             raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} by "
                              f"{saved_world} process(es); resume it with the same number of processes")
+        if saved_world != self.dist.world_size and self.start_epoch < self.config.epochs:
+            batch = self.config.batch_size
+            self.log(f"note: {self.run_dir} trained with {saved_world} process(es) and continues with "
+                     f"{self.dist.world_size}: --batch-size {batch} is per process, so each step now takes "
+                     f"{batch * self.dist.world_size} images instead of {batch * saved_world} (scale --batch-size "
+                     "or --lr to keep the recipe)")
         self.saved = (self.start_epoch, self.start_step)
         self.last_metrics = ckpt["metrics"]
         if self.meter and ckpt.get("indicators"):
