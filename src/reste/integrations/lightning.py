@@ -114,7 +114,8 @@ class BinarizationCallback(Callback):
         self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, self._epochs(trainer))
         if self.schedule:
             pl_module.log_dict(
-                {self.prefix + k: float(v) for k, v in self.schedule.items()}, on_step=False, on_epoch=True
+                {self.prefix + k: float(v) for k, v in self.schedule.items()}, on_step=False, on_epoch=True,
+                sync_dist=True,  # the same on every process: the mean changes nothing, and DDP does not warn
             )
 
     def on_train_batch_end(
@@ -131,7 +132,9 @@ class BinarizationCallback(Callback):
             return
         values = self.meter.epoch_end()
         self._history = [dict(h) for h in self.meter.history]
-        pl_module.log_dict({self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True)
+        # the same on every process too (DDP's weights and averaged gradients)
+        pl_module.log_dict({self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True,
+                           sync_dist=True)
 
     @property
     def history(self) -> list[dict[str, float]]:
