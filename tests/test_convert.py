@@ -77,6 +77,23 @@ def test_an_mlp_keeps_its_first_linear():
     assert (k["1"], k["3"], k["5"]) == (BinaryLinear, BinaryLinear, nn.Linear)
 
 
+def test_a_float_state_dict_loads_strictly_into_the_binarized_model():
+    """Pretrain in float, binarize, then load float weights again (larq's load_weights): the estimators'
+    schedule state is not in a float model's state_dict, and stays where it is."""
+    bnet = binarize(make_net(), "reste")
+    reste.set_progress(bnet, 5, 10)
+    o = [e.o for e in reste.estimators_of(bnet)]
+    other = make_net()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    assert not bnet.load_state_dict(other.state_dict()).missing_keys
+    assert torch.equal(bnet.hidden.weight, other.hidden.weight)
+    assert [e.o for e in reste.estimators_of(bnet)] == o and o[0] > 1
+    with pytest.raises(RuntimeError, match="hidden.weight"):  # anything else missing still fails
+        bnet.load_state_dict({k: v for k, v in other.state_dict().items() if k != "hidden.weight"})
+
+
 def test_latent_weights_equal_the_float_ones():
     net = make_net()
     bnet = binarize(net)
