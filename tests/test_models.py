@@ -341,6 +341,11 @@ def test_layer_summary_rows():
     assert 40e6 < rows["total"]["macs"] < 42e6
     text = models.format_summary(list(rows.values()))
     assert "layers.2.1.conv1" in text and "269,850" in text
+    # one call for a model of your own: the table, then the totals
+    mlp = reste.binarize(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)))
+    described = models.describe(mlp, (1, 8, 8))
+    table = models.format_summary(models.layer_summary(mlp, (1, 8, 8)))
+    assert described.startswith(table) and "binary 1,024" in described and "compression" in described
 
 
 @pytest.mark.parametrize("name", ["resnet20_1w1a", "vgg_small_1w1a", "resnet20_bireal_1w1a", "digits_1w1a",

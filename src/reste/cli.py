@@ -275,16 +275,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
     size = tuple(info["input_size"]) if not args.input_size else (info["input_size"][0], args.input_size,
                                                                     args.input_size)
     try:
-        rows = models.layer_summary(model, size)
+        text = models.describe(model, size)
     except RuntimeError as err:
         raise UsageError(f"{args.model!r} cannot take inputs of size {size[1]}x{size[2]} "
                          f"({str(err).strip().splitlines()[0][:100]}); pass a larger --input-size") from None
     expects = "x".join(map(str, info["input_size"]))
     print(f"{args.model} ({info['dataset']}): expects {expects} images (C x H x W)"
           + (f", summarised at {'x'.join(map(str, size))}" if tuple(size) != tuple(info["input_size"]) else ""))
-    print(models.format_summary(rows))
-    print()
-    print(models.format_totals(models.summary_totals(rows, size)))
+    print(text)
     return 0
 
 

@@ -99,6 +99,13 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
     return rows
 
 
+def describe(model: nn.Module, input_size: tuple[int, ...]) -> str:
+    """The per-layer table and the totals of ``model`` on one input of ``input_size`` (C, H, W), as
+    ``reste summary`` prints them: ``print(reste.models.describe(model, (3, 32, 32)))``."""
+    rows = layer_summary(model, input_size)
+    return f"{format_summary(rows)}\n\n{format_totals(summary_totals(rows, input_size))}"
+
+
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of :func:`layer_summary` rows."""
     header = ("layer", "type", "bits W/A", "output", "params", "MACs", "binary ops", "float KiB", "packed KiB")
