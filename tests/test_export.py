@@ -16,7 +16,8 @@ from torch import nn
 import reste
 from reste import models
 from reste.errors import UsageError
-from reste.export import PackedModel, export_model, export_onnx, format_report, pack_bits, unpack_bits
+from reste.export import PackedModel, export_model, export_onnx, format_report, pack_bits, read_header, \
+    unpack_bits, unpack_state
 from reste.export import kernels as K
 from reste.export.reference import Comparison, compare, graph_reference, trace_model
 from reste.native import NativeLibrary
@@ -344,13 +345,44 @@ def test_load_errors(tmp_path):
         PackedModel.load(tmp_path / "sized.rbnn")(np.zeros((1, 3, 8, 8), np.float32))
 
 
+@pytest.mark.parametrize("a32", [False, True])
+@pytest.mark.parametrize("scaling", ["layer", "channel", "none"])
+def test_grouped_binary_convs_export_as_sign_and_a_float_conv(tmp_path, a32, scaling):
+    """Depthwise and grouped binary convs have no packed kernel: sign, then a float conv on the +-alpha
+    weights (the values the layer computes with), checked against the float64 reference like any other."""
+    torch.manual_seed(0)
+    inputs = None if a32 else "reste"
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+        reste.BinaryConv2d(8, 8, 3, padding=1, groups=8, scaling=scaling, input_estimator=inputs), nn.ReLU(),
+        nn.BatchNorm2d(8),  # after a ReLU: not folded into the conv, whose weights stay +-alpha
+        reste.BinaryConv2d(8, 16, 1, groups=2, scaling=scaling), nn.BatchNorm2d(16),
+        reste.BinaryConv2d(16, 16, 3, padding=1, scaling=scaling), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 10))
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 12, 12))
+    model.eval()
+    report = export_model(model, tmp_path / "g.rbnn", input_size=(3, 12, 12))
+    assert report["verify"]["ok"] and report["binary_layers"] == 1  # the ungrouped one stays packed
+    nodes = read_header(tmp_path / "g.rbnn")["nodes"]
+    depthwise = [n for n in nodes if n.get("name") == "2"]
+    assert [n["op"] for n in depthwise] == (["conv"] if a32 else ["sign", "conv"]) and depthwise[-1]["groups"] == 8
+    w = unpack_state(tmp_path / "g.rbnn")[f"{nodes.index(depthwise[-1])}.conv.w"]
+    assert sorted({round(abs(float(v)), 6) for v in w.ravel()}) == sorted(
+        {round(float(a), 6) for a in (model[2].scale() if scaling != "none" else torch.ones(1)).detach().ravel()})
+    x = torch.randn(32, 3, 12, 12)
+    for backend in ("numpy", "c"):
+        got = PackedModel.load(tmp_path / "g.rbnn", backend=backend)(x)
+        with torch.no_grad():
+            assert torch.allclose(torch.as_tensor(got), model(x), atol=1e-5)
+
+
 def test_export_errors(tmp_path):
     with pytest.raises(UsageError, match="GELU is not supported"):
         export_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU()), tmp_path / "g.rbnn")
     with pytest.raises(UsageError, match="folder"):
         export_model(nn.Sequential(nn.ReLU()), tmp_path / "no" / "such" / "x.rbnn")
-    with pytest.raises(UsageError, match="grouped binary"):
-        export_model(nn.Sequential(reste.BinaryConv2d(4, 4, 3, groups=2)), tmp_path / "x.rbnn")
     with pytest.raises(UsageError) as info:
         export_model(nn.Sequential(nn.LSTM(2, 2)), tmp_path / "l.rbnn")
     assert "LSTM" in str(info.value) and "\n" not in str(info.value)

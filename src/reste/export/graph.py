@@ -101,8 +101,9 @@ def _binary_weights(m: nn.Module) -> tuple[Bits, np.ndarray | None]:
     return Bits(_np(torch.where(w < 0, -1.0, 1.0))), a
 
 
-def _module_node(m: nn.Module, name: str) -> dict[str, Any] | None:
-    """The node for a leaf module; ``None`` for modules that are the identity in eval mode."""
+def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """The node for a leaf module (a list: nodes in a chain); ``None`` for modules that are the identity in
+    eval mode."""
     binary = getattr(m, "precision", 32) == 1
     if isinstance(m, nn.Conv2d):
         node: dict[str, Any] = {
@@ -110,9 +111,14 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | None:
         }
         if not binary:
             return {"op": "conv", **node, "w": _np(m.weight), "groups": m.groups}
-        if m.groups != 1:
-            raise UsageError(f"cannot export {name}: grouped binary convolutions are not supported; keep it in "
-                             f"float when you binarize: binarize(model, keep=[{name!r}])")
+        if m.groups != 1:  # no packed kernel: sign, then a float conv on its +-alpha weights (exact values)
+            with torch.no_grad():
+                scaled = torch.where(m.weight < 0, -1.0, 1.0)
+                alpha = m.scale() if hasattr(m, "scale") else None
+                if alpha is not None:
+                    scaled = scaled * alpha.reshape(-1, 1, 1, 1)
+            conv = {"op": "conv", **node, "w": _np(scaled), "groups": m.groups}
+            return [{"op": "sign"}, conv] if getattr(m, "input_precision", 1) == 1 else [conv]
         w, alpha = _binary_weights(m)
         return {"op": "bconv", **node, "w": w, "alpha": alpha, "bin_in": getattr(m, "input_precision", 1) == 1}
     if isinstance(m, nn.Linear):
@@ -228,7 +234,9 @@ class _Builder:
                 m = self.modules[n.target]
                 x = self.tensor(n.args[0], n.target)
                 node = _module_node(m, n.target)
-                self.env[n] = x if node is None else self.add({**node, "name": n.target}, [x])
+                for part in [] if node is None else node if isinstance(node, list) else [node]:
+                    x = self.add({**part, "name": n.target}, [x])
+                self.env[n] = x
             elif n.op == "call_function":
                 self.env[n] = self.function(n)
             elif n.op == "call_method":
