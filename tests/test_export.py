@@ -378,6 +378,30 @@ def test_grouped_binary_convs_export_as_sign_and_a_float_conv(tmp_path, a32, sca
             assert torch.allclose(torch.as_tensor(got), model(x), atol=1e-5)
 
 
+class _ViewMinusOne(nn.Module):
+    def __init__(self, per_sample: int) -> None:
+        super().__init__()
+        self.conv, self.fc, self.per_sample = nn.Conv2d(1, 4, 3, padding=1), reste.BinaryLinear(256, 10), per_sample
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(-1, self.per_sample))
+
+
+def test_view_minus_one_keeps_the_batch_when_n_is_one_samples_size(tmp_path):
+    """x.view(-1, n), the common way to flatten: the batch stays when n is one sample's size, which the
+    shapes propagated from input_size tell; otherwise (or without them) it is refused in one line."""
+    torch.manual_seed(0)
+    model = _ViewMinusOne(4 * 8 * 8).eval()
+    report = export_model(model, tmp_path / "v.rbnn", input_size=(1, 8, 8))
+    assert report["verify"]["ok"]
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(torch.as_tensor(PackedModel.load(tmp_path / "v.rbnn")(x)), model(x), atol=1e-5)
+    for bad, size in ((model, None), (_ViewMinusOne(128).eval(), (1, 8, 8))):
+        with pytest.raises(UsageError, match=r"x.view\(-1, n\) with n one sample's size"):
+            export_model(bad, tmp_path / "w.rbnn", input_size=size)
+
+
 def test_export_errors(tmp_path):
     with pytest.raises(UsageError, match="GELU is not supported"):
         export_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU()), tmp_path / "g.rbnn")

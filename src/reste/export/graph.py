@@ -17,6 +17,7 @@ block) stays an ``affine``.
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -244,6 +245,12 @@ class _Builder:
         assert output is not None
         return self.nodes, output
 
+    @staticmethod
+    def _per_sample(arg: Any) -> int | None:
+        """The number of elements of one sample of ``arg`` (known when shapes were propagated)."""
+        meta = arg.meta.get("tensor_meta") if isinstance(arg, fx.Node) else None
+        return math.prod(meta.shape[1:]) if isinstance(meta, TensorMetadata) else None
+
     def _kw(self, n: fx.Node, index: int, name: str, default: Any) -> Any:
         if len(n.args) > index:
             return _const(n.args[index], self.env)
@@ -329,8 +336,12 @@ class _Builder:
             shape = [_const(s, self.env) for s in a[1:]]
             if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
                 shape = list(shape[0])
+            if shape and shape[0] == -1 and self._per_sample(a[0]) == math.prod(shape[1:]) > 0 \
+                    and all(isinstance(s, int) and s > 0 for s in shape[1:]):
+                shape[0] = _Batch()  # x.view(-1, n) with n the size of one sample: the batch stays
             if not shape or not isinstance(shape[0], _Batch) or not all(isinstance(s, int) for s in shape[1:]):
-                raise UsageError("cannot export: view/reshape must keep the batch dimension (x.view(x.size(0), ...))")
+                raise UsageError("cannot export: view/reshape must keep the batch dimension (x.view(x.size(0), ...), "
+                                 "or x.view(-1, n) with n one sample's size when input_size is given)")
             return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
         raise UsageError(f"cannot export: tensor method {name!r} is not supported")
 
