@@ -263,3 +263,23 @@ def test_runs_and_checkpoints_from_before_class_names_still_work(run, tmp_path, 
     assert main(["predict", str(tmp_path / "m.rbnn")]) == 0
     assert main(["train", "--resume", str(old), "--epochs", "2", "--force", "--no-progress"]) == 0
     assert "top-1" in capsys.readouterr().out
+
+
+def test_auto_resume_starts_a_run_then_continues_it_with_the_same_command(tmp_path, capsys):
+    """One command for the first start and every restart (torchrun --max-restarts, SLURM --requeue)."""
+    from reste import rundir
+
+    out = tmp_path / "run"
+    command = ["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out), "--auto-resume"]
+    assert main(command) == 0
+    assert "training digits_1w1a" in capsys.readouterr().out
+    assert main(command) == 0  # the same command: the run is found and continued (nothing left to do)
+    assert len(rundir.read_metrics(out)) == 1 and "training digits_1w1a" not in capsys.readouterr().out
+    command[2] = "2"
+    assert "epochs: saved 1, given 2" in _one_line_error(capsys, *command)  # other settings: as --resume
+    assert main([*command, "--force"]) == 0
+    assert [m["epoch"] for m in rundir.read_metrics(out)] == [1, 2]
+    assert "needs --out" in _one_line_error(capsys, "train", "--auto-resume")
+    assert "not with --resume" in _one_line_error(capsys, "train", "--auto-resume", "--resume", str(out))
+    assert "holds a run of no preset, not of --preset cifar10-resnet20-1w1a" in _one_line_error(
+        capsys, "train", "--preset", "cifar10-resnet20-1w1a", "--out", str(out), "--auto-resume")

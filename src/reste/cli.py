@@ -103,6 +103,10 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         g2.add_argument("--resume", metavar="RUN_DIR",
                         help="continue this run from its last checkpoint (an epoch's end, or inside an epoch "
                              "after SIGTERM, SIGUSR1 or --save-every)")
+        g2.add_argument("--auto-resume", dest="auto_resume", action="store_true",
+                        help="with --out: continue the run in that folder when it holds one (as --resume does, "
+                             "with the same flags), else start it: one command for the first start and every "
+                             "restart (torchrun --max-restarts, SLURM --requeue)")
         g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
     g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
                     help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
@@ -199,9 +203,23 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import engine
-    from .rundir import run_config
+    from .config import get_preset
+    from .rundir import holds_run, run_config
 
     log = print
+    if args.auto_resume:
+        if args.resume is not None:
+            raise UsageError("--auto-resume goes with --out (the folder to start or continue), not with --resume")
+        if not args.out:
+            raise UsageError("--auto-resume needs --out: the folder to start the run in, or to continue it from")
+        if holds_run(args.out):
+            saved = run_config(args.out)
+            if args.preset and get_preset(args.preset).name != saved.preset:
+                what = f"preset {saved.preset}" if saved.preset else "no preset"
+                raise UsageError(f"{args.out} holds a run of {what}, not of --preset {args.preset}; pass another --out")
+            args._base_estimator = saved.estimator
+            engine.resume(args.out, overrides_from_args(args), force=args.force, progress=args.progress, log=log)
+            return 0
     if args.resume is not None:
         if args.preset:
             raise UsageError("--preset cannot be combined with --resume: the run keeps its own settings")

@@ -183,7 +183,7 @@ class RunDirectory:
     def _check(self, fresh: bool) -> None:
         path = self.path
         if fresh:
-            if (path / CONFIG).exists() or (path / LAST).exists():
+            if holds_run(path):
                 raise UsageError(f"{path} already holds a run; continue it with --resume {path} "
                                  "or choose another --out")
             others = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME and not p.name.endswith(".log")
@@ -336,6 +336,12 @@ def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
     """Write ``config.json`` (atomically)."""
     text = json.dumps(config.to_dict(), indent=2).encode()
     atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(text))
+
+
+def holds_run(path: str | os.PathLike) -> bool:
+    """Whether the folder holds a run (its settings or a checkpoint): a new run refuses it, a resume takes it."""
+    path = Path(path)
+    return (path / CONFIG).exists() or (path / LAST).exists()
 
 
 def run_config(run_dir: str | os.PathLike) -> TrainConfig:
