@@ -166,3 +166,20 @@ def test_16bit_layer_forward_backward():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert layer.weight.grad.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+
+
+def test_clip_weights_clamps_the_latent_weights_of_binary_layers_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(reste.BinaryConv2d(2, 3, 3), nn.Flatten(), reste.BinaryLinear(3, 2), nn.Linear(2, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10)
+    signs = [torch.sign(model[i].weight).clone() for i in (0, 2)]
+    float_weight = model[3].weight.clone()
+    assert reste.clip_weights(model, 0.5) == 2
+    for i, s in zip((0, 2), signs):
+        assert model[i].weight.abs().max() == 0.5 and torch.equal(torch.sign(model[i].weight), s)
+    assert torch.equal(model[3].weight, float_weight)
+    assert model[0].weight.grad is None  # no autograd history
+    with pytest.raises(ValueError, match="bound must be > 0"):
+        reste.clip_weights(model, 0)

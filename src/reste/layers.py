@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -141,6 +142,20 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 def binary_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) for every layer of ``model`` with 1-bit weights."""
     return [(n, m) for n, m in model.named_modules() if getattr(m, "precision", 32) == 1]
+
+
+@torch.no_grad()
+def clip_weights(model: nn.Module, bound: float = 1.0) -> int:
+    """Clamp the latent weights of every binary layer of ``model`` to [-bound, bound], in place (larq's
+    ``weight_clip``; BinaryConnect's clipping); call it after each ``optimizer.step()``. A latent weight past
+    an estimator's window (STE's clip, ReSTE's t) gets no gradient through it and would stay there. The
+    signs are untouched, the layer scale (mean abs weight) may shrink. Returns the number of layers."""
+    if not bound > 0:
+        raise ValueError(f"bound must be > 0, got {bound!r}")
+    layers = binary_layers(model)
+    for _, m in layers:
+        m.weight.clamp_(-bound, bound)
+    return len(layers)
 
 
 def estimators_of(model: nn.Module) -> list[Estimator]:
