@@ -408,6 +408,69 @@ def test_loading_processes_ignore_the_stop_signals(tmp_path):
     del it, loader
 
 
+_LOADER_LEFT_ALIVE = """
+import sys
+from reste.data import load_datasets, make_loaders
+
+def main(fail):
+    train, test, _ = load_datasets("cifar10", sys.argv[1])
+    loader, _ = make_loaders(train, test, batch_size=4, eval_batch_size=8, seed=9, workers=1)
+    next(iter(loader))
+    if fail:
+        raise RuntimeError("a run's error: its traceback holds the loader")
+    return loader
+
+KEPT = main(sys.argv[2] == "fail")  # a loader kept in a global, its loading process alive
+print("done")
+"""
+
+
+@pytest.mark.parametrize("how", ["global", "fail"])
+def test_a_process_whose_loader_still_has_workers_exits(tmp_path, how):
+    """Loading processes ignore the stop signals, multiprocessing's SIGTERM at exit too: Python then waited
+    for them for ever when a loader was still alive at exit. reste shuts them down first."""
+    import subprocess
+    import sys
+
+    write_cifar(tmp_path)
+    script = tmp_path / "left_alive.py"
+    script.write_text(_LOADER_LEFT_ALIVE)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path), how], capture_output=True, text=True,
+                       timeout=120)  # a guard against the hang, not a speed check
+    if how == "global":
+        assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr
+    else:
+        assert r.returncode == 1 and "a run's error" in r.stderr
+
+
+class _StartsAProgram(torch.utils.data.Dataset):
+    """Each item: whether a program the loading process starts still ends on SIGTERM (terminate())."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        import subprocess
+
+        proc = subprocess.Popen(["sleep", "30"])
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+            return torch.tensor(True)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return torch.tensor(False)
+
+
+def test_a_program_a_loading_process_starts_keeps_its_sigterm():
+    """The loading processes catch the stop signals with a handler that does nothing, not SIG_IGN, which a
+    program they start (a decoder, say) would inherit: terminate() no longer stopped it."""
+    from reste.data.loaders import EpochDataLoader, _worker_init
+
+    loader = EpochDataLoader(_StartsAProgram(), batch_size=1, num_workers=1, worker_init_fn=_worker_init)
+    assert [bool(b) for b in loader] == [True, True]
+
+
 def test_cifar10_distributed_sampler(tmp_path):
     import torch.distributed as dist
 

@@ -9,6 +9,10 @@
 
 from __future__ import annotations
 
+import atexit
+import weakref
+from typing import Any
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -22,16 +26,22 @@ from .sampling import EpochSampler, ShardSampler, TransformDataset, seeded_gener
 __all__ = ["make_loaders", "data_device", "EpochDataLoader"]
 
 
+def _stop_ignored(_signum: int, _frame: Any) -> None:
+    """A loading process's stop-signal handler: nothing (a handler, not SIG_IGN, so that a program the
+    process starts gets the default action back when it execs)."""
+
+
 def _worker_init(worker_id: int) -> None:
     # A stop signal is for the run, which checkpoints and then shuts its loaders down. A cluster
     # sends it to every process of the job (SLURM; torchrun to each rank's process group), and
     # torch's own SIGTERM handler in a loading process would end it: the run then failed with
     # "DataLoader worker ... killed by signal" and lost its epoch instead of saving its step.
+    # multiprocessing's own SIGTERM at exit does not end them either: _shut_down_at_exit does.
     import random
     import signal
 
     for sig in stop_signals():
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _stop_ignored)
     # torch seeds each worker from the loader's (seeded) generator; derive the other
     # libraries' generators from it so user transforms using them are reproducible too.
     s = torch.initial_seed()
@@ -39,8 +49,34 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(s % (2 ** 32))
 
 
+#: the iterators with loading processes alive now
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_exit_hook = False
+
+
+def _shut_down_at_exit() -> None:
+    """Stop the loading processes still alive when Python exits (a loader kept in a global, or in a
+    traceback's frames). multiprocessing's exit hook would SIGTERM and join them, but they ignore the stop
+    signals: it waited for ever. This hook is registered after it, so it runs first."""
+    for iterator in list(_LIVE):
+        try:
+            iterator._shutdown_workers()
+        except Exception:  # noqa: BLE001 - at exit, one loader's trouble must not keep the others alive
+            pass
+
+
 class EpochDataLoader(DataLoader):
     """A torch ``DataLoader`` with ``set_epoch`` (forwarded to its sampler)."""
+
+    def _get_iterator(self) -> Any:
+        global _exit_hook
+        iterator = super()._get_iterator()
+        if self.num_workers > 0:
+            if not _exit_hook:
+                atexit.register(_shut_down_at_exit)
+                _exit_hook = True
+            _LIVE.add(iterator)
+        return iterator
 
     @property
     def epoch(self) -> int:
