@@ -77,6 +77,21 @@ def test_an_mlp_keeps_its_first_linear():
     assert (k["1"], k["3"], k["5"]) == (BinaryLinear, BinaryLinear, nn.Linear)
 
 
+class _HeadFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 10)  # defined before the stem
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv2(self.conv1(x)).mean((2, 3)))
+
+
+def test_the_first_layer_is_the_first_conv_even_after_a_head_defined_first():
+    k = kinds(binarize(_HeadFirst()))
+    assert (k["conv1"], k["conv2"], k["fc"]) == (nn.Conv2d, BinaryConv2d, nn.Linear)
+
+
 def test_a_float_state_dict_loads_strictly_into_the_binarized_model():
     """Pretrain in float, binarize, then load float weights again (larq's load_weights): the estimators'
     schedule state is not in a float model's state_dict, and stays where it is."""

@@ -41,7 +41,7 @@ def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8) -> str:
 
 
 def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str | None]:
-    """The first conv or linear (the layer that reads the input: an MLP's first linear) and the last
+    """The first conv (the first linear in a model without one: an MLP's input layer) and the last
     linear (the last conv without a linear) among ``names``, in the order the model defines them.
 
     Subclasses count (timm's ``Conv2dSame`` stem, its ``Linear`` head), binary layers do not.
@@ -49,7 +49,8 @@ def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str 
     layers = [(n, m) for n, m in model.named_modules() if n in names]
     convs = [n for n, m in layers if isinstance(m, nn.modules.conv._ConvNd)]
     linears = [n for n, m in layers if isinstance(m, nn.Linear)]
-    return (layers[0][0] if layers else None), (linears[-1] if linears else (convs[-1] if convs else None))
+    first = convs[0] if convs else (linears[0] if linears else None)
+    return first, (linears[-1] if linears else (convs[-1] if convs else None))
 
 
 # the hooks of a layer, kept by the binary layer that replaces it (the same dicts: their handles still work)
@@ -131,8 +132,8 @@ def binarize(
     """Replace the ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` with binary ones.
 
     Each binary layer keeps the latent weights and biases of the layer it replaces, so a
-    pre-trained float model starts from its own weights. By default the first layer (conv,
-    or an MLP's linear) and the last linear layer stay full precision (the usual BNN
+    pre-trained float model starts from its own weights. By default the first conv (an
+    MLP's first linear) and the last linear layer stay full precision (the usual BNN
     practice and the paper's: a first layer with binary input would see only the signs of
     the pixels).
 
@@ -145,8 +146,8 @@ def binarize(
         scaling: ``"layer"``, ``"channel"`` or ``"none"``.
         keep: names or glob patterns (``"layer1.*"``, ``"*downsample*"``) of more
             layers to keep in full precision.
-        keep_first / keep_last: keep the first conv or linear / the last linear layer in
-            float (in a model without a linear layer, such as timm's dla, the last conv: its
+        keep_first / keep_last: keep the first conv (in a model without one, the first
+            linear) / the last linear layer in float (in a model without a linear layer, such as timm's dla, the last conv: its
             classifier). First and last go by the order the model defines its modules
             (``named_modules``), which is the order most models run them; name the layers in
             ``keep`` for a model that defines them in another order.
