@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -226,8 +227,8 @@ def test_a_factory_builds_every_binary_layer_with_its_builder(monkeypatch):
     """conv(...) and conv.linear(...) give binary layers with the estimator asked for (float ones in the
     twin); a binary layer the factory makes itself would train with another estimator than the run
     records, and is refused."""
-    for attr in ("_MODELS", "_INFO", "_BINARY"):
-        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
+    for attr in ("_MODELS", "_INFO", "_BINARY", "_MIXED"):
+        monkeypatch.setattr(registry, attr, type(getattr(registry, attr))(getattr(registry, attr)))
 
     @models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8), twin="mlp")
     def mlp_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
@@ -253,6 +254,22 @@ def test_a_factory_builds_every_binary_layer_with_its_builder(monkeypatch):
         models.create("by_hand_1w1a", estimator="ste")
     with pytest.raises(UsageError, match="'reste' settings"):
         models.create("by_hand_1w1a", estimator_options={"o_end": 2.0})
+
+    # some layers by hand: a warning; a Bi-Real-style mix on purpose says so and is built as it is
+    def half(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
+        return nn.Sequential(conv(1, 4, 3, 1, 1), reste.BinaryConv2d(4, 4, 3, padding=1, input_estimator="approx_sign"),
+                             nn.Flatten(), nn.Linear(256, num_classes))
+
+    models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))(
+        type(half)(half.__code__, half.__globals__, "half_1w1a"))
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) \(1\) have another estimator than the 'ste' asked for"):
+        models.create("half_1w1a", estimator="ste")
+    models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8), mixed_estimators=True)(
+        type(half)(half.__code__, half.__globals__, "mixed_1w1a"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixed = models.create("mixed_1w1a", estimator="ste")
+    assert [e.name for e in reste.estimators_of(mixed)] == ["ste", "ste", "reste", "approx_sign"]
 
 
 def test_paper_initialisation():

@@ -14,6 +14,7 @@ the function's name and, with ``twin=...``, the float twin as well::
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Callable
 
 from torch import nn
@@ -27,6 +28,7 @@ from ..layers import SCALINGS, BinaryConv2d, BinaryLinear
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, dict[str, Any]] = {}
 _BINARY: dict[str, bool] = {}
+_MIXED: set[str] = set()  # models whose factories mix estimators on purpose
 
 
 class ConvBuilder:
@@ -77,11 +79,14 @@ def register_model(
     input_size: tuple[int, int, int],
     twin: str | None = None,
     binary: bool = True,
+    mixed_estimators: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a keyword-only factory ``fn(*, num_classes, conv, **options)`` under its name.
 
     ``twin`` also registers the float twin of a binary model (same factory, with
-    ``nn.Conv2d`` for the binary convolutions) under that name.
+    ``nn.Conv2d`` for the binary convolutions) under that name. ``mixed_estimators``: the
+    factory gives some binary layers estimators of its own on purpose (a Bi-Real-style
+    activation estimator beside the run's), so :func:`create` does not check them.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
@@ -93,6 +98,8 @@ def register_model(
                 raise ValueError(f"model {name!r} is already registered")
             _MODELS[name] = fn
             _BINARY[name] = is_binary
+            if mixed_estimators:
+                _MIXED.add(name)
             other = fn.__name__ if name == twin else twin
             _INFO[name] = {
                 "dataset": dataset,
@@ -175,25 +182,34 @@ def create(
     else:
         conv = ConvBuilder()
     model = _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
-    if _BINARY[name]:
+    if _BINARY[name] and name not in _MIXED:
         _check_estimators(name, model, est.spec())
     return model
 
 
 def _check_estimators(name: str, model: nn.Module, spec: dict[str, Any]) -> None:
-    """Every estimator of a built binary model is the one asked for: a factory that builds a binary
-    layer itself (not with its ``conv`` builder) would train with another estimator than the run
-    records."""
+    """The estimators of a built binary model are the one asked for. A factory that builds its binary layers
+    itself (not with its ``conv`` builder) would train with another estimator than the run records: refused
+    when no layer has the one asked for, a warning when some lack it (``mixed_estimators=True`` at
+    registration says it is on purpose)."""
+    found = []
     for where, module in model.named_modules():
-        if isinstance(module, Estimator) and module.spec() != spec:
-            other = module.spec()
-            layer = where.rpartition(".")[0] if where.endswith("_estimator") else where
-            what = (f"estimator {other['name']!r}" if other["name"] != spec["name"]
-                    else f"{other['name']!r} settings {other}")
-            raise UsageError(
-                f"model {name!r} built its layer {layer!r} with {what}, not the {spec['name']!r} asked for "
-                f"({spec}); its factory must build each binary layer with the builder it receives: "
-                "conv(in, out, ...) for a convolution, conv.linear(in, out) for a linear layer")
+        if isinstance(module, Estimator):
+            found.append((where.rpartition(".")[0] if where.endswith("_estimator") else where, module.spec()))
+    others = [(layer, other) for layer, other in found if other != spec]
+    if not others:
+        return
+    layer, other = others[0]
+    what = f"estimator {other['name']!r}" if other["name"] != spec["name"] else f"{other['name']!r} settings {other}"
+    how = ("its factory must build each binary layer with the builder it receives: conv(in, out, ...) for a "
+           "convolution, conv.linear(in, out) for a linear layer")
+    if len(others) == len(found):
+        raise UsageError(f"model {name!r} built its layer {layer!r} with {what}, not the {spec['name']!r} asked for "
+                         f"({spec}), and no layer with that one; {how}")
+    layers = sorted({layer for layer, _ in others})
+    warnings.warn(f"model {name!r}: {len(layers)} layer(s) ({', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}"
+                  f") have another estimator than the {spec['name']!r} asked for ({what} at {layer!r}); {how}, or "
+                  "register it with mixed_estimators=True when that is on purpose", stacklevel=3)
 
 
 def _split_keywords(name: str, estimator: Any, keywords: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
