@@ -10,6 +10,7 @@ exactly" means for a float32 tensor.
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pytest
@@ -563,6 +564,28 @@ def test_names_are_case_insensitive_and_dashes_allowed():
     assert type(get_estimator("ste_sign")) is type(get_estimator("ste")) and get_estimator("ste_sign").clip == 1.0
     assert get_estimator("swish_sign").spec() == get_estimator("sign_swish").spec()
     assert config.canonical_estimator("SwishSign") == "sign_swish"
+
+
+def test_a_name_that_reads_as_another_without_underscores_is_refused():
+    """Names match without underscores (SignSwish), so a plugin may not take one that reads as a built-in
+    name or alias: the same string would then mean two estimators, by load order."""
+    for taken in ("signswish", "ste_sign_", "stesign"):
+        cls = type("Taken", (reste.Estimator,), {"name": taken})
+        with pytest.raises(ValueError, match="names are matched without underscores"):
+            reste.register_estimator(cls)
+    assert get_estimator("SignSwish").name == "sign_swish"
+
+
+def test_estimator_flags_follow_any_spelling_of_the_estimator(tmp_path, capsys):
+    from reste.cli import main
+
+    for name, flag, value in (("SignSwish", "--beta", "3"), ("ste_sign", "--clip", "0.5")):
+        out = tmp_path / name
+        assert main(["train", "--estimator", name, flag, value, "--epochs", "1", "--threads", "1", "--no-progress",
+                     "--out", str(out)]) == 0, capsys.readouterr().err
+        saved = json.loads((out / "config.json").read_text())
+        assert saved["estimator"] == config.canonical_estimator(name) and float(
+            next(iter(saved["estimator_options"].values()))) == float(value)
 
 
 def test_instance_passthrough():

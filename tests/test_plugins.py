@@ -122,8 +122,9 @@ def test_train_config_validates_from_the_table(loaded, plugin_file):
 
 def test_a_config_naming_its_plugin_loads_it(plugin_file):
     try:
-        cfg = TrainConfig(estimator="myest", plugins=[str(plugin_file)], epochs=1).resolve()
+        cfg = TrainConfig(estimator="MyEst", plugins=[str(plugin_file)], epochs=1).resolve()
         assert cfg.plugins == [str(plugin_file)] and "myest" in reste.list_estimators()
+        assert cfg.estimator == "myest"  # the plugin loaded before the name was made canonical
     finally:
         _REGISTRY.pop("myest", None)
         plugins._loaded.pop(str(plugin_file), None)

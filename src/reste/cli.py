@@ -170,6 +170,8 @@ def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """TrainConfig fields given on the command line (flags left out are not included)."""
+    from .config import canonical_estimator
+
     out: dict[str, Any] = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "model_options", None):
         out["model_options"] = parse_model_options(args.model_options)
@@ -178,8 +180,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     flags = estimator_flags()
     given = {dest: getattr(args, dest) for dest in flags if getattr(args, dest, None) is not None}
     if given:
-        estimator = (out.get("estimator") or getattr(args, "_base_estimator", None) or "reste")
-        estimator = estimator.lower().replace("-", "_")
+        estimator = canonical_estimator(out.get("estimator") or getattr(args, "_base_estimator", None) or "reste")
         options = {}
         for dest, value in given.items():
             takers = dict(flags[dest])

@@ -16,7 +16,7 @@ from typing import Any
 
 from .datasets import DATASETS, SPECS, get_spec
 from .errors import UsageError
-from .estimators import estimator_class, get_estimator, list_estimators
+from .estimators import estimator_class, get_estimator
 from .plugins import load_plugins
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -136,6 +136,8 @@ class TrainConfig:
         for name in ("estimator_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
                 raise UsageError(f"{name} must be a mapping of names to values, got {getattr(self, name)!r}")
+        if isinstance(self.plugins, list) and all(isinstance(x, str) for x in self.plugins):
+            load_plugins(self.plugins)  # first: a plugin's estimator names count when the name is made canonical
         # the canonical name (case, '_' or '-' and the aliases as everywhere else: --dataset FMNIST works)
         out = dataclasses.replace(self, dataset=get_spec(self.dataset).name,
                                   estimator=canonical_estimator(self.estimator),
@@ -160,8 +162,7 @@ class TrainConfig:
             raise UsageError(f"--plugin must be a list of module names or .py files, got {self.plugins!r}")
         load_plugins(self.plugins)  # first: a plugin may register the model
         model_info(self.model)  # an unknown model: the registry's one line, naming the valid ones
-        if self.estimator.lower().replace("-", "_") not in list_estimators():
-            estimator_class(self.estimator)  # the UsageError listing the valid names
+        estimator_class(self.estimator)  # an unknown one: the UsageError listing the valid names
         if self.scaling not in SCALINGS:
             raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
         if self.a32 and not model_info(self.model)["binary"]:

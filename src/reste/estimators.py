@@ -696,6 +696,8 @@ _KERNEL_G: dict[str, Callable[..., Tensor]] = {
 # --------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, type[Estimator]] = {}
+#: larq's names of the same estimators (``ste_sign``: clip 1; ``swish_sign``: beta 5, as here)
+ALIASES = {"ste_sign": "ste", "swish_sign": "sign_swish"}
 
 
 def _key(name: str) -> str:
@@ -717,6 +719,12 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     old = _REGISTRY.get(cls.name)
     if old is not None and _origin(old) != _origin(cls):
         raise ValueError(f"estimator name {cls.name!r} is already registered by {old.__module__}.{old.__qualname__}")
+    for known in (*_REGISTRY, *ALIASES):  # names match without underscores too: SignSwish is sign_swish
+        taken = _REGISTRY.get(ALIASES.get(known, known))
+        if known != cls.name and known.replace("_", "") == cls.name.replace("_", "") \
+                and taken is not None and _origin(taken) != _origin(cls):
+            raise ValueError(f"estimator name {cls.name!r} reads as {known!r} (names are matched without "
+                             "underscores); choose another name")
     try:
         cls.check_hyperparameters({})
     except ValueError as err:
@@ -777,8 +785,6 @@ class _LiveNames(Sequence):
 ESTIMATORS: Sequence[str] = _LiveNames()
 
 
-#: larq's names of the same estimators (``ste_sign``: clip 1; ``swish_sign``: beta 5, as here)
-ALIASES = {"ste_sign": "ste", "swish_sign": "sign_swish"}
 
 
 def _lookup(key: str) -> str | None:

@@ -204,9 +204,7 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
                 data[name] = value
             else:
                 data[f"{kind}_options"][name] = value
-        estimator = str(data["estimator"]).lower().replace("-", "_")
-        if estimator not in list_estimators():
-            estimator_class(estimator)  # the UsageError listing the valid names
+        estimator = estimator_class(str(data["estimator"])).name  # any spelling; unknown: the one-line error
         accepted = _estimator_keywords(estimator)
         dropped = {k for k in data["estimator_options"] if k not in accepted}
         data["estimator_options"] = {k: v for k, v in data["estimator_options"].items() if k in accepted}
