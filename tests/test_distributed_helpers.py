@@ -65,3 +65,34 @@ def test_local_rank_first_runs_the_block_on_local_rank_0_before_the_others(tmp_p
     assert log.read_text().split("\n")[:4] == ["0 in", "0 out", "1 in", "1 out"]
     with distributed.local_rank_first(distributed.Dist()):  # one process: just the block
         pass
+
+
+def _first_fails(rank: int, store: str, log: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    d = distributed.Dist(rank=rank, world_size=2, local_rank=rank)
+    try:
+        with distributed.local_rank_first(d):
+            if rank == 0:
+                raise RuntimeError("no network")
+    except UsageError as err:
+        with open(log, "a") as f:
+            f.write(f"{rank}: {err}\n")
+    except RuntimeError:
+        os._exit(0)  # rank 0: its own error; it leaves without the barrier
+
+
+def test_local_rank_first_says_why_the_others_stop_when_the_first_fails(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    log = tmp_path / "log"
+    procs = [ctx.Process(target=_first_fails, args=(r, str(tmp_path / "store"), str(log))) for r in (1, 0)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert log.read_text() == "1: the first process of this node could not prepare the data; see its error\n"

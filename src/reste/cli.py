@@ -49,7 +49,8 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g.add_argument("--data-path", "--data_path", dest="data_path", help="data set folder")
     g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
     g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")
-    g.add_argument("--estimator", help=f"{', '.join(list_estimators())} (default reste)")
+    g.add_argument("--estimator", help=f"{', '.join(list_estimators())} (default reste; any case, with or "
+                   "without - and _, and larq's ste_sign and swish_sign)")
     add_plugin_flag(g)
     g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
     g.add_argument("--scaling", help="weight scaling: layer (default), channel or none")
@@ -344,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", dest="input_size", type=int, help="image side (default: the model's)")
     p.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                    help="an option of the model itself, as for train, e.g. width=16 (repeatable)")
+    add_plugin_flag(p)  # a model of your own
     p.set_defaults(func=cmd_summary)
 
     for module in _feature_modules():

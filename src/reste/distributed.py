@@ -93,7 +93,10 @@ def local_rank_first(d: Dist, needed: bool = True):
         return
     if d.local_rank != 0:
         with _stop_signals_kill():  # waiting in C++: a failed download's SIGTERM from the launcher ends us
-            dist.barrier()
+            try:
+                dist.barrier()
+            except RuntimeError:  # the first process failed (its own line says why) and left the group
+                raise UsageError("the first process of this node could not prepare the data; see its error") from None
     yield
     if d.local_rank == 0:
         with _stop_signals_kill():

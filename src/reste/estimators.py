@@ -827,7 +827,7 @@ def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> 
     """An estimator from its registered name (case-insensitive) or an instance.
 
     >>> get_estimator("reste", o_end=3.0)
-    ReSTE(o=1, t=1.5, interval=0.1, o_end=3, schedule='cosine')
+    ReSTE(o=1, t=1.5, interval=0.1, o_end=3, schedule='cosine', now: o=1)
     """
     if isinstance(name_or_instance, Estimator):
         if hyperparameters:

@@ -114,7 +114,8 @@ def register_model(
 
 
 def list_models() -> list[str]:
-    """The registered model names, sorted."""
+    """The registered model names, sorted (an installed package's models included)."""
+    plugins.load_entry_points()
     return sorted(_MODELS)
 
 
