@@ -147,8 +147,8 @@ def binarize(
         keep: names or glob patterns (``"layer1.*"``, ``"*downsample*"``) of more
             layers to keep in full precision.
         keep_first / keep_last: keep the first conv (in a model without one, the first
-            linear) / the last linear layer in float (in a model without a linear layer, such as timm's dla, the last conv: its
-            classifier). First and last go by the order the model defines its modules
+            linear) / the last linear layer in float (in a model without a linear layer,
+            such as timm's dla, the last conv: its classifier). First and last go by the order the model defines its modules
             (``named_modules``), which is the order most models run them; name the layers in
             ``keep`` for a model that defines them in another order.
         inplace: convert ``model`` itself (and return it); by default a deep copy
