@@ -101,6 +101,10 @@ def export_model(
         writer = fmt.Writer()
         header = {"format": FORMAT_NAME, "meta": _json_safe(meta or {}), "nodes": _serialize(nodes, writer),
                   "output": output}
+        try:
+            ir.check_graph({**header, "tensors": writer.entries()})  # what a reader will check
+        except ValueError as err:
+            raise UsageError(f"cannot export: {err}") from None
         path = Path(path)
         if not path.parent.is_dir():
             raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")

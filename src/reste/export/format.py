@@ -91,6 +91,10 @@ class Writer:
         self._tensors.append((kind, shape, data))
         return len(self._tensors) - 1
 
+    def entries(self) -> list[list[Any]]:
+        """The header's tensor entries ``[kind, shape, offset]`` as far as known before writing (offset 0)."""
+        return [[kind, list(shape), 0] for kind, shape, _ in self._tensors]
+
     def tensor_bytes(self) -> dict[str, int]:
         """Bytes of the float tensors, of the packed bits, and the number of binary values."""
         out = {"f32": 0, "bits": 0, "binary_values": 0}
@@ -134,6 +138,10 @@ class Writer:
         return path.stat().st_size
 
 
+#: the largest header a file may hold once inflated (a real one is a few KiB)
+MAX_HEADER = 64 << 20
+
+
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
     """The header and the tensors of a packed-model file (``"bits"`` tensors stay packed, uint8).
 
@@ -155,19 +163,30 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
         blob = blob[:-DIGEST]
     start = _PREFIX.size
     try:
-        header = json.loads(zlib.decompress(blob[start:start + hlen]).decode("utf-8"))
+        inflate = zlib.decompressobj()
+        text = inflate.decompress(blob[start:start + hlen], MAX_HEADER)
+        if inflate.unconsumed_tail:
+            raise ValueError(f"header over {MAX_HEADER >> 20} MiB")
+        header = json.loads(text.decode("utf-8"))
         data_start = start + hlen + (-(start + hlen) % 8)
-        tensors = []
+        tensors, spans = [], []
         for kind, shape, offset in header["tensors"]:
+            if kind not in KINDS or not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape) \
+                    or type(offset) is not int or offset < 0:
+                raise ValueError(f"bad tensor entry {[kind, shape, offset]!r}"[:100])
             size = nbytes(kind, tuple(shape))
-            lo = data_start + int(offset)
-            if kind not in KINDS or lo + size > len(blob):
+            lo = data_start + offset
+            if lo + size > len(blob):
                 raise ValueError("tensor out of range")
+            spans.append((lo, lo + size))
             raw = np.frombuffer(blob, dtype="<f4" if kind == "f32" else np.uint8,
                                 count=size // 4 if kind == "f32" else size, offset=lo)
             tensors.append(raw.reshape(shape).astype(np.float32) if kind == "f32" else raw.copy())
+        spans.sort()
+        if any(b[0] < a[1] for a, b in zip(spans, spans[1:]) if b[0] < b[1]):  # each tensor its own bytes
+            raise ValueError("tensors overlap")
         header["nodes"], header["output"]  # noqa: B018 - presence check
-    except (zlib.error, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+    except (zlib.error, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise UsageError(f"{path} is a truncated or corrupted packed model ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:100] if str(err) else 'bad header'})") from None
     return header, tensors

@@ -155,6 +155,114 @@ class Preprocessing:
             scale = float(meta["pixel_scale"])
         except (TypeError, ValueError):
             return None
-        if len(size) != 3 or len(mean) != size[0] or len(std) != size[0] or scale <= 0 or min(std) <= 0:
+        if len(size) != 3 or len(mean) != size[0] or len(std) != size[0] or not scale > 0 or not min(std) > 0 \
+                or not all(abs(v) < float("inf") for v in (*mean, *std, scale)):  # NaN and inf fail too
             return None
         return cls(size, mean, std, scale)
+
+
+# ------------------------------------------------------------------ a read graph, checked
+
+def _ints(value: Any, n: int | None, low: int, what: str) -> None:
+    if not isinstance(value, list) or (n is not None and len(value) != n) \
+            or not all(type(v) is int and v >= low for v in value):
+        size = f"{n} " if n is not None else ""
+        raise ValueError(f"{what} must be a list of {size}integers >= {low}, got {value!r}")
+
+
+def _number(value: Any, what: str) -> None:
+    if type(value) not in (int, float) or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+
+
+def _attributes(op: str, node: dict[str, Any], where: str) -> None:
+    """The attributes of one node: the types and ranges the runtime's kernels assume."""
+    if op in ("conv", "bconv", "maxpool"):
+        _ints(node["stride"], 2, 1, f"{where} stride")
+        _ints(node["pad"], 4 if op != "maxpool" else 2, 0, f"{where} pad")
+        _ints(node["dil"], 2, 1, f"{where} dil")
+    if op == "conv" and not (type(node["groups"]) is int and node["groups"] >= 1):
+        raise ValueError(f"{where} groups must be an integer >= 1, got {node['groups']!r}")
+    if op in BINARY_OPS and type(node["bin_in"]) is not bool:
+        raise ValueError(f"{where} bin_in must be true or false, got {node['bin_in']!r}")
+    if op in ("maxpool", "avgpool"):
+        _ints(node["k"], 2, 1, f"{where} k")
+        _ints(node["stride"], 2, 1, f"{where} stride")
+        if op == "avgpool":
+            _ints(node["pad"], 2, 0, f"{where} pad")
+    if op == "adaptive_avgpool" and not (isinstance(node["size"], list) and len(node["size"]) == 2 and all(
+            v is None or (type(v) is int and v >= 1) for v in node["size"])):
+        raise ValueError(f"{where} size must be two integers >= 1 (or null), got {node['size']!r}")
+    if op == "hardtanh":
+        _number(node["lo"], f"{where} lo")
+        _number(node["hi"], f"{where} hi")
+    if op == "leaky_relu":
+        _number(node["slope"], f"{where} slope")
+    if op == "reshape":
+        _ints(node["shape"], None, -1, f"{where} shape")
+        if 0 in node["shape"] or node["shape"].count(-1) > 1:
+            raise ValueError(f"{where} shape must hold sizes >= 1 and at most one -1, got {node['shape']!r}")
+    if op == "cpad":
+        _ints(node["pads"], None, -(2 ** 31), f"{where} pads")
+        _number(node["value"], f"{where} value")
+
+
+def _tensor_shapes(op: str, node: dict[str, Any], where: str, tensors: list[Any]) -> None:
+    """Each tensor key: an index of the file's tensors of the right kind, and lengths that agree."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key in OPS[op].tensors:
+        idx = node[key]
+        if idx is None:
+            if key in ("w", "scale", "shift"):
+                raise ValueError(f"{where} has no {key}")
+            continue
+        if type(idx) is not int or not 0 <= idx < len(tensors):
+            raise ValueError(f"{where} {key} names tensor {idx!r}; the file has {len(tensors)}")
+        kind, shape = tensors[idx][0], tuple(tensors[idx][1])
+        if (kind == "bits") != (op in BINARY_OPS and key == "w"):
+            raise ValueError(f"{where} {key} is a {kind} tensor")
+        shapes[key] = shape
+    if op in ("conv", "bconv", "linear", "blinear"):
+        w = shapes["w"]
+        if len(w) != (4 if op in ("conv", "bconv") else 2) or min(w) < 1:
+            raise ValueError(f"{where} weight has shape {list(w)}")
+        if op == "conv" and w[0] % node["groups"]:
+            raise ValueError(f"{where}: {w[0]} output channels in {node['groups']} groups")
+        if op == "bconv":
+            kh, kw = w[2], w[3]
+            pt, pb, pl, pr = node["pad"]
+            dh, dw = node["dil"]
+            if max(pt, pb) > dh * (kh - 1) or max(pl, pr) > dw * (kw - 1):
+                raise ValueError(f"{where} pad {node['pad']} exceeds its kernel's reach")
+        for key in ("b", "alpha"):
+            if key in shapes and shapes[key] not in ((w[0],),) + (((1,),) if key == "alpha" else ()):
+                raise ValueError(f"{where} {key} has shape {list(shapes[key])} for {w[0]} output channels")
+    if op == "affine" and (len(shapes["scale"]) != 1 or shapes["scale"] != shapes["shift"]):
+        raise ValueError(f"{where} scale {list(shapes['scale'])} and shift {list(shapes['shift'])} differ")
+    if op == "prelu" and len(shapes["w"]) != 1:
+        raise ValueError(f"{where} weight has shape {list(shapes['w'])}")
+
+
+def check_graph(header: dict[str, Any]) -> None:
+    """``ValueError`` unless the header's graph is one the runtime can run safely: every node with its op's
+    keys, attributes of the types and ranges the kernels assume (a negative pad would write before a
+    buffer), inputs that come before it, tensors of the right kind and matching lengths, and an output node.
+    A file's checksum only catches accidents; this catches a file made to disagree with itself."""
+    nodes, tensors, output = header["nodes"], header["tensors"], header["output"]
+    if not isinstance(nodes, list) or not nodes or not isinstance(tensors, list):
+        raise ValueError("no nodes")
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict) or not isinstance(node.get("op"), str):
+            raise ValueError(f"node {i} is not an op")
+        op = node["op"]
+        where = f"node {i} ({op})"
+        check_node(node)
+        if (op == "input") != (i == 0):
+            raise ValueError(f"{where}: the input is node 0 and only it")
+        ins = node.get("in", [])
+        if not isinstance(ins, list) or not all(type(j) is int and 0 <= j < i for j in ins):
+            raise ValueError(f"{where} takes {ins!r}; a node takes earlier nodes")
+        _attributes(op, node, where)
+        _tensor_shapes(op, node, where, tensors)
+    if type(output) is not int or not 0 <= output < len(nodes):
+        raise ValueError(f"output {output!r} is not a node")

@@ -435,7 +435,8 @@ class CKernels:
             return None
         hit = self._pins.get(id(a))
         if hit is None or hit[0] is not a:
-            assert lanes is None or a.shape[-1] == lanes, (a.shape, lanes)
+            if lanes is not None and a.shape[-1] != lanes:  # the C code reads that many: never fewer
+                raise ValueError(f"a per-channel array of {a.shape[-1]} values where the kernel reads {lanes}")
             if len(self._pins) >= _MAX_PINS:  # a caller that passes fresh arrays each time: start over
                 self._pins.clear()
             hit = self._pins[id(a)] = (a, a.ctypes.data)

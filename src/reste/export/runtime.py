@@ -276,6 +276,9 @@ class PackedModel:
     def __init__(self, header: dict[str, Any], tensors: list[np.ndarray], *, backend: str = "auto",
                  threads: int | None = None, isa: str | None = None, pool: str | None = None,
                  fuse_signs: bool = True) -> None:
+        ir.check_graph(header)  # before anything reaches the kernels
+        if not isinstance(header.get("meta", {}), dict):
+            raise ValueError("meta is not a mapping")
         self.header = header
         self.meta: dict[str, Any] = header.get("meta", {})
         self.kernels = get_kernels(backend, threads, isa, pool)
@@ -288,6 +291,10 @@ class PackedModel:
             for i in node["in"]:
                 users[i] += 1
         users[self._output] += 1
+        self._first_user: dict[int, int] = {}  # each value's first reader (the graph runs in order)
+        for j, node in enumerate(nodes):
+            for i in node["in"]:
+                self._first_user.setdefault(i, j)
         self._steps: list[tuple[int, list[int], Callable[..., torch.Tensor]]] = []
         self._sign_steps: set[int] = set()  # steps that take the sign of their input (see forward's trace)
         self.weight_bytes = 0  # bytes of the weights the engine holds (packed words, floats)
@@ -352,27 +359,22 @@ class PackedModel:
                 fused.add(producers[value])
         return fused
 
-    @classmethod
-    def _relu_affine(cls, nodes: list[dict[str, Any]], users: list[int], tensors: list[np.ndarray],
+    def _relu_affine(self, nodes: list[dict[str, Any]], users: list[int], tensors: list[np.ndarray],
                      i: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, tuple[int, ...]]:
         """A relu -> affine pair that only node ``i`` feeds: its (scale, shift) as a fused epilogue
         and the two node indices; ``(None, ())`` when there is none."""
-        relu = cls._sole_user(nodes, users, i, "relu")
-        aff = cls._sole_user(nodes, users, relu, "affine") if relu is not None else None
+        relu = self._sole_user(nodes, users, i, "relu")
+        aff = self._sole_user(nodes, users, relu, "affine") if relu is not None else None
         if aff is None:
             return None, ()
         post = (np.ascontiguousarray(tensors[nodes[aff]["scale"]], np.float32),
                 np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
         return post, (relu, aff)
 
-    @staticmethod
-    def _sole_user(nodes: list[dict[str, Any]], users: list[int], i: int, op: str) -> int | None:
-        if users[i] != 1:
-            return None
-        for j in range(i + 1, len(nodes)):
-            if i in nodes[j]["in"]:
-                return j if nodes[j]["op"] == op else None
-        return None
+    def _sole_user(self, nodes: list[dict[str, Any]], users: list[int], i: int, op: str) -> int | None:
+        """The node that alone reads node ``i``'s value, when it is an ``op``."""
+        j = self._first_user.get(i)
+        return j if users[i] == 1 and j is not None and nodes[j]["op"] == op else None
 
     def _free_plan(self) -> list[list[int]]:
         """For each step, the values it reads for the last time (freed after it)."""

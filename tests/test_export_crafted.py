@@ -1,0 +1,148 @@
+"""Packed-model files made to disagree with themselves, with a valid SHA-256 (it only catches accidents).
+
+Each is refused at load with one line, before anything reaches the kernels: a negative pad wrote before a
+C buffer, a negative dilation read outside it (in the NumPy backend too), a short bias was read past its
+end, aliased tensors and an inflated header took gigabytes, forward references failed later as bare
+KeyErrors.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reste
+from reste.errors import UsageError
+from reste.export import PackedModel, export_model
+from reste.export import format as fmt
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """binary conv -> BN -> binary conv -> BN -> flatten -> linear, on 1x8x8 images."""
+    torch.manual_seed(0)
+    model = nn.Sequential(reste.BinaryConv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16),
+                          reste.BinaryConv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Flatten(),
+                          nn.Linear(16 * 64, 10)).eval()
+    path = tmp_path_factory.mktemp("crafted") / "tiny.rbnn"
+    export_model(model, path, input_size=(1, 8, 8), verify=False)
+    return path
+
+
+def _split(path: Path) -> tuple[dict[str, Any], bytes]:
+    blob = path.read_bytes()[:-32]
+    _, _, hlen = fmt._PREFIX.unpack_from(blob)
+    start = fmt._PREFIX.size
+    header = json.loads(zlib.decompress(blob[start:start + hlen]))
+    data = blob[start + hlen + (-(start + hlen) % 8):]
+    return header, data
+
+
+def _seal(path: Path, header_text: bytes, data: bytes) -> None:
+    """A file in the real layout, SHA-256 and all, around any header and data."""
+    packed = zlib.compress(header_text, 9)
+    prefix = fmt._PREFIX.pack(fmt.MAGIC, fmt.VERSION, len(packed))
+    body = prefix + packed + b"\0" * (-(len(prefix) + len(packed)) % 8) + data
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def _crafted(model_file: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], Any]) -> Path:
+    header, data = _split(model_file)
+    header = copy.deepcopy(header)
+    edit(header)
+    out = tmp_path / "crafted.rbnn"
+    _seal(out, json.dumps(header).encode(), data)
+    return out
+
+
+def _bconvs(h: dict[str, Any]) -> list[dict[str, Any]]:
+    return [n for n in h["nodes"] if n["op"] == "bconv"]
+
+
+def _set(node: dict[str, Any], key: str, value: Any) -> None:
+    node[key] = value
+
+
+EDITS = {
+    "negative pad (wrote before a C buffer)": lambda h: _set(_bconvs(h)[0], "pad", [-1, 3, 1, 1]),
+    "negative pad of the second conv (its sign bits written by the first)":
+        lambda h: _set(_bconvs(h)[1], "pad", [-1, 3, 1, 1]),
+    "pad past the kernel's reach": lambda h: _set(_bconvs(h)[0], "pad", [10_000] * 4),
+    "negative dilation (read outside the buffer)": lambda h: _set(_bconvs(h)[0], "dil", [-40, 1]),
+    "zero stride": lambda h: _set(_bconvs(h)[0], "stride", [0, 1]),
+    "float stride": lambda h: _set(_bconvs(h)[0], "stride", [1.5, 1]),
+    # the layer scale's one float as the bias of 16 channels: C read past it, NumPy broadcast it
+    "short bias (read past its end)": lambda h: _set(_bconvs(h)[1], "b", _bconvs(h)[1]["alpha"]),
+    "alpha of another length": lambda h: h["tensors"][_bconvs(h)[0]["alpha"]].__setitem__(1, [3]),
+    "a forward reference (a cycle)": lambda h: _set(h["nodes"][1], "in", [len(h["nodes"]) - 1]),
+    "a negative input": lambda h: _set(h["nodes"][2], "in", [-1]),
+    "a fractional output": lambda h: h.__setitem__("output", 2.5),
+    "a second input node": lambda h: _set(h["nodes"][2], "op", "input"),
+    "float weights in a binary conv": lambda h: h["tensors"][_bconvs(h)[0]["w"]].__setitem__(0, "f32"),
+    "a negative tensor shape": lambda h: h["tensors"][0].__setitem__(1, [-1]),
+    "a negative offset": lambda h: h["tensors"][0].__setitem__(2, -8),
+    "aliased tensors (each listed copy was loaded)": lambda h: h["tensors"].extend([list(h["tensors"][0])] * 50),
+    "meta that is not a mapping": lambda h: h.__setitem__("meta", [1, 2]),
+}
+
+
+@pytest.mark.parametrize("what", list(EDITS))
+def test_a_crafted_file_is_refused_at_load_with_one_line(model_file, tmp_path, what):
+    path = _crafted(model_file, tmp_path, EDITS[what])
+    for backend in ("numpy", "c"):
+        with pytest.raises(UsageError) as info:
+            PackedModel.load(path, backend=backend)
+        message = str(info.value)
+        assert "\n" not in message and ("corrupted packed model" in message), message
+
+
+def test_the_untouched_file_loads(model_file, tmp_path):
+    path = _crafted(model_file, tmp_path, lambda h: None)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    assert np.array_equal(PackedModel.load(path, backend="numpy")(x), PackedModel.load(model_file,
+                                                                                     backend="numpy")(x))
+
+
+def test_an_inflated_header_is_refused_before_it_is_read(model_file, tmp_path):
+    """300 MB of spaces compress to a few hundred KB: inflated, they would take that memory."""
+    header, data = _split(model_file)
+    text = json.dumps(header).encode()
+    out = tmp_path / "bomb.rbnn"
+    _seal(out, text[:-1] + b" " * (fmt.MAX_HEADER + 1) + text[-1:], data)
+    with pytest.raises(UsageError, match="header over 64 MiB"):
+        PackedModel.load(out)
+
+
+def test_deeply_nested_json_is_one_line(model_file, tmp_path):
+    _, data = _split(model_file)
+    out = tmp_path / "deep.rbnn"
+    _seal(out, b"[" * 200_000 + b"]" * 200_000, data)
+    with pytest.raises(UsageError, match="corrupted packed model"):
+        PackedModel.load(out)
+
+
+def test_non_finite_preprocessing_is_not_taken(model_file, tmp_path):
+    """NaN in the recorded normalisation made raw uint8 images all-NaN inputs, and predictions from them."""
+    meta = {"input_size": [1, 8, 8], "mean": [float("nan")], "std": [1.0], "pixel_scale": 255.0}
+    path = _crafted(model_file, tmp_path, lambda h: h.__setitem__("meta", meta))
+    model = PackedModel.load(path)
+    assert model.preprocessing is None
+    with pytest.raises(UsageError):
+        model(np.zeros((1, 1, 8, 8), np.uint8))
+
+
+def test_the_exporter_refuses_what_a_reader_would(tmp_path):
+    """A binary conv padded past its kernel's reach could be written but not read: refused at export."""
+    with pytest.raises(UsageError, match="cannot export: node 1 \\(bconv\\) pad .* exceeds its kernel's reach"):
+        export_model(nn.Sequential(reste.BinaryConv2d(1, 4, 3, padding=3)), tmp_path / "p.rbnn",
+                     input_size=(1, 8, 8))
+
