@@ -74,3 +74,11 @@ def test_under_torchrun_a_failing_process_other_than_the_first_names_its_rank(mo
     assert main(["train", "--model", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("reste: error (rank 1): unknown model 'nope'") and err.count("\n") == 1
+
+
+def test_boolean_settings_must_be_booleans():
+    from reste.errors import UsageError
+
+    for field, flag in (("augment", "--augment"), ("cuda_graphs", "--cuda-graphs")):
+        with pytest.raises(UsageError, match=f"{flag} must be bool, got 'false'"):
+            TrainConfig(dataset="fashion-mnist", **{field: "false"}).resolve()

@@ -253,6 +253,9 @@ def test_read_idx_validates(tmp_path):
     badgz.write_bytes(gzip.compress(b"x" * 100)[:20])
     usage_error(read_idx, badgz, match="gzip")
     usage_error(read_idx, tmp_path / "missing", match="cannot read")
+    wraps = tmp_path / "wraps"  # dimensions whose int64 product wraps to 0, and no data
+    wraps.write_bytes(struct.pack(">BBBB3I", 0, 0, 8, 3, 2 ** 22, 2 ** 21, 2 ** 21))
+    usage_error(read_idx, wraps, match="holds 0 data bytes but its header")
 
 
 def test_fashion_mnist_errors(tmp_path, monkeypatch):
@@ -699,13 +702,25 @@ def test_an_image_too_large_for_pillow_is_one_line_naming_it(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("labels,why", [
-    (["cat"] * 4, "(4,) and type <U3"), ([None] * 4, "(4,) and type object"), ([2**70] * 4, "(4,) and type object"),
-    ([1.7] * 4, "(4,) and type float64"), ([[1, 2]] * 2, "(2, 2) and type int64"),
+    (["cat"] * 4, "of shape (4,) and type <U3"), ([None] * 4, "of shape (4,) and type object"),
+    ([2**70] * 4, "of shape (4,) and type object"), ([1.7] * 4, "of shape (4,) and type float64"),
+    ([[1, 2]] * 2, "of nested lists"),
 ])
 def test_cifar10_labels_must_be_a_flat_list_of_integers(tmp_path, labels, why):
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": labels}, protocol=2))
-    usage_error(formats._read_cifar_batch, path, match=f"labels of shape {why}; a CIFAR-10 batch holds a flat list")
+    usage_error(formats._read_cifar_batch, path, match=f"labels {why}; a CIFAR-10 batch holds a flat list")
+
+
+def test_cifar10_data_must_be_an_array(tmp_path):
+    """A real batch holds a uint8 array; a list of shared sublists (a 229-byte pickle) expanded to gigabytes."""
+    nested: list = [0]
+    for _ in range(27):
+        nested = [nested, nested]
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": nested, b"labels": [0]}, protocol=2))
+    assert path.stat().st_size < 1000
+    usage_error(formats._read_cifar_batch, path, match="holds data of type list, not an array")
 
 
 def test_a_python_2_pickle_with_empty_bytes_reads(tmp_path):

@@ -116,6 +116,13 @@ def test_a_bad_value_in_config_json_names_the_file(capsys, run):
     line = _error(capsys, "train", "--resume", str(run), "--no-progress")
     assert "config.json holds a bad setting" in line and "--threads" in line
     assert main(["train", "--resume", str(run), "--threads", "1", "--no-progress"]) == 0
+    # a string where a flag is a boolean ("false" is truthy) and a string where a list of plugins belongs
+    (run / "config.json").write_text(json.dumps({**cfg, "cuda_graphs": "false"}))
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "config.json holds a bad setting" in line and "--cuda-graphs must be bool" in line
+    (run / "config.json").write_text(json.dumps({**cfg, "plugins": "os"}))
+    line = _error(capsys, "train", "--resume", str(run), "--no-progress")
+    assert "--plugin must be a list" in line, line  # not read letter by letter ('o': no such module)
 
 
 def test_a_deleted_config_json_is_written_again_from_last_pt(capsys, run):

@@ -232,7 +232,7 @@ class TrainConfig:
         kinds: dict[str, tuple[type, ...]] = {
             "dataset": (str,), "estimator": (str,), "scaling": (str,), "optimizer": (str,), "device": (str,),
             "data_device": (str,), "amp": (str,), "estimator_options": (dict,), "model_options": (dict,),
-            "download": (bool,),
+            "download": (bool,), "cuda_graphs": (bool,),
             "a32": (bool,), "channels_last": (bool,), "compile": (bool,), "sync_bn": (bool,),
             "model": (str,), "epochs": (int,), "batch_size": (int,), "eval_batch_size": (int,),
             "warm_up": (int,), "seed": (int,), "workers": (int,), "lr": number, "weight_decay": number,
@@ -240,7 +240,7 @@ class TrainConfig:
         }
         optional: dict[str, tuple[type, ...]] = {
             "data_path": (str,), "indicators": (str,), "threads": (int,), "preset": (str,), "save_every": number,
-            "tensorboard": (str,),
+            "tensorboard": (str,), "augment": (bool,),
         }
         for name, kind in (*kinds.items(), *optional.items()):
             value = getattr(self, name)

@@ -146,5 +146,5 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
             saved = json.loads((Path(known.resume) / "config.json").read_text()).get("plugins") or []
         except (OSError, ValueError, AttributeError):
             saved = []  # the run itself reports what is wrong with it
-        found = [s for s in saved if isinstance(s, str)]
+        found = [s for s in saved if isinstance(s, str)] if isinstance(saved, list) else []  # "os": not o, s
     return found

@@ -11,6 +11,7 @@ file and the way out.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
@@ -91,7 +92,7 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.
     if len(raw) < header:
         raise UsageError(f"{path} has a truncated idx header; re-download it")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # exact: an int64 product could wrap to a size the data has
     if len(raw) - header != count * dtype.itemsize:
         raise UsageError(f"{path} holds {len(raw) - header} data bytes but its header {tuple(dims)} "
                          f"needs {count * dtype.itemsize}; the file is truncated or corrupted")
@@ -226,6 +227,11 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data is None or labels is None:
         raise UsageError(f"{path} is not a CIFAR-10 python batch (no 'data'/'labels' entries); "
                          f"re-download it")
+    if not isinstance(data, np.ndarray):  # a real batch holds a uint8 array; a list could be nested without end
+        raise UsageError(f"{path} holds data of type {type(data).__name__}, not an array; re-download it")
+    if isinstance(labels, (list, tuple)) and any(isinstance(v, (list, tuple, dict)) for v in labels):
+        raise UsageError(f"{path} has labels of nested lists; a CIFAR-10 batch holds a flat list of integers; "
+                         "re-download it")  # before NumPy expands them: shared sublists nest without end
     try:
         data, labels = np.asarray(data), np.asarray(labels)
     except (ValueError, TypeError) as exc:  # ragged lists
