@@ -294,3 +294,13 @@ def test_a_moved_plugin_of_a_resumed_run_says_what_to_do(capsys, run):
     (run / "config.json").write_text(json.dumps({**cfg, "plugins": [str(run / "gone.py")]}))
     line = _error(capsys, "train", "--resume", str(run), "--no-progress")
     assert "no such file" in line and "config.json" in line and "pass --plugin NEW_PATH" in line
+
+
+def test_a_crafted_step_past_the_epoch_is_refused(capsys, run):
+    """A last.pt with a valid checksum can still hold values no run wrote (the checksum catches accidents)."""
+    ckpt = load_checkpoint(run / "last.pt")
+    save_checkpoint({**ckpt, "step": 10 ** 9}, run / "last.pt")
+    line = _error(capsys, "train", "--resume", str(run), "--epochs", "3", "--force", "--no-progress")
+    assert "was saved after batch 1000000000 of an epoch of" in line and "cannot continue" in line
+    save_checkpoint({**ckpt, "epoch": -3}, run / "last.pt")
+    assert "holds a malformed epoch (-3)" in _error(capsys, "train", "--resume", str(run), "--no-progress")

@@ -393,6 +393,9 @@ class _Run:
         self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
         self.start_step, self.partial = int(ckpt.get("step") or 0), ckpt.get("partial")
         saved_world = int(ckpt.get("world_size") or 1)
+        if self.start_step > len(self.train_loader):
+            raise UsageError(f"{last_checkpoint(self.run_dir)} was saved after batch {self.start_step} of an epoch of "
+                             f"{len(self.train_loader)}; it cannot continue: start a new run")
         if self.start_step and saved_world != self.dist.world_size:
             raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} by "
                              f"{saved_world} process(es); resume it with the same number of processes")
