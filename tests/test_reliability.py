@@ -130,7 +130,8 @@ def test_checkpoint_of_another_model_or_class_count(capsys, tmp_path, finished_r
     ckpt = load_checkpoint(finished_run / "last.pt")
     wrong_model = dict(ckpt, model_name="digits")  # the float twin has other parameters
     save_checkpoint(wrong_model, tmp_path / "model.pt")
-    assert_one_line_error(capsys, ["eval", str(tmp_path / "model.pt")], "do not fit model 'digits'")
+    assert_one_line_error(capsys, ["eval", str(tmp_path / "model.pt")],
+                          "do not fit model 'digits' (Unexpected key(s) in state_dict:")  # what, not just where
     wrong_classes = dict(ckpt, model_options=dict(ckpt["model_options"], num_classes=7))
     save_checkpoint(wrong_classes, tmp_path / "classes.pt")
     assert_one_line_error(capsys, ["eval", str(tmp_path / "classes.pt")], "do not fit")

@@ -236,7 +236,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
+        lines = [ln.strip() for ln in str(err).strip().splitlines()]
+        first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
         raise UsageError(
             f"checkpoint weights do not fit model {ckpt['model_name']!r} ({first[:150]})"
         ) from None
