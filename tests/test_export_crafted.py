@@ -140,6 +140,24 @@ def test_non_finite_preprocessing_is_not_taken(model_file, tmp_path):
         model(np.zeros((1, 1, 8, 8), np.uint8))
 
 
+def test_minus_infinity_padding_is_a_value_a_file_may_hold(tmp_path):
+    """F.pad(value=-inf) before a max pool is a real idiom; only NaN is refused."""
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = reste.BinaryConv2d(1, 4, 3, padding=1), nn.Linear(4 * 5 * 5, 10)
+
+        def forward(self, x):
+            return self.fc(torch.nn.functional.max_pool2d(
+                torch.nn.functional.pad(self.conv(x), (1, 1, 1, 1), value=float("-inf")), 2).flatten(1))
+
+    assert export_model(Padded().eval(), tmp_path / "inf.rbnn", input_size=(1, 8, 8))["verify"]["ok"]
+    path = _crafted(tmp_path / "inf.rbnn", tmp_path, lambda h: _set(
+        next(n for n in h["nodes"] if n["op"] == "cpad"), "value", float("nan")))
+    with pytest.raises(UsageError, match="value must be a number, got nan"):
+        PackedModel.load(path)
+
+
 def test_the_exporter_refuses_what_a_reader_would(tmp_path):
     """A binary conv padded past its kernel's reach could be written but not read: refused at export."""
     with pytest.raises(UsageError, match="cannot export: node 1 \\(bconv\\) pad .* exceeds its kernel's reach"):

@@ -170,9 +170,9 @@ def _ints(value: Any, n: int | None, low: int, what: str) -> None:
         raise ValueError(f"{what} must be a list of {size}integers >= {low}, got {value!r}")
 
 
-def _number(value: Any, what: str) -> None:
-    if type(value) not in (int, float) or value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
+def _number(value: Any, what: str, infinite: bool = False) -> None:
+    if type(value) not in (int, float) or value != value or (not infinite and abs(value) == float("inf")):
+        raise ValueError(f"{what} must be a {'' if infinite else 'finite '}number, got {value!r}")
 
 
 def _attributes(op: str, node: dict[str, Any], where: str) -> None:
@@ -194,8 +194,8 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
             v is None or (type(v) is int and v >= 1) for v in node["size"])):
         raise ValueError(f"{where} size must be two integers >= 1 (or null), got {node['size']!r}")
     if op == "hardtanh":
-        _number(node["lo"], f"{where} lo")
-        _number(node["hi"], f"{where} hi")
+        _number(node["lo"], f"{where} lo", infinite=True)
+        _number(node["hi"], f"{where} hi", infinite=True)
     if op == "leaky_relu":
         _number(node["slope"], f"{where} slope")
     if op == "reshape":
@@ -204,7 +204,7 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where} shape must hold sizes >= 1 and at most one -1, got {node['shape']!r}")
     if op == "cpad":
         _ints(node["pads"], None, -(2 ** 31), f"{where} pads")
-        _number(node["value"], f"{where} value")
+        _number(node["value"], f"{where} value", infinite=True)  # -inf padding before a max pool
 
 
 def _tensor_shapes(op: str, node: dict[str, Any], where: str, tensors: list[Any]) -> None:
