@@ -61,6 +61,9 @@ def _shut_down_at_exit() -> None:
     for iterator in list(_LIVE):
         try:
             iterator._shutdown_workers()
+            for worker in getattr(iterator, "_workers", []):
+                if worker.is_alive():  # stuck in an item: SIGTERM would be ignored, and the join never end
+                    worker.kill()
         except Exception:  # noqa: BLE001 - at exit, one loader's trouble must not keep the others alive
             pass
 
