@@ -76,7 +76,7 @@ EDITS = {
     "negative pad (wrote before a C buffer)": lambda h: _set(_bconvs(h)[0], "pad", [-1, 3, 1, 1]),
     "negative pad of the second conv (its sign bits written by the first)":
         lambda h: _set(_bconvs(h)[1], "pad", [-1, 3, 1, 1]),
-    "pad past the kernel's reach": lambda h: _set(_bconvs(h)[0], "pad", [10_000] * 4),
+    "a pad of 10,000 (its corrections took gigabytes at load)": lambda h: _set(_bconvs(h)[0], "pad", [10_000] * 4),
     "negative dilation (read outside the buffer)": lambda h: _set(_bconvs(h)[0], "dil", [-40, 1]),
     "zero stride": lambda h: _set(_bconvs(h)[0], "stride", [0, 1]),
     "float stride": lambda h: _set(_bconvs(h)[0], "stride", [1.5, 1]),
@@ -159,8 +159,10 @@ def test_minus_infinity_padding_is_a_value_a_file_may_hold(tmp_path):
 
 
 def test_the_exporter_refuses_what_a_reader_would(tmp_path):
-    """A binary conv padded past its kernel's reach could be written but not read: refused at export."""
-    with pytest.raises(UsageError, match="cannot export: node 1 \\(bconv\\) pad .* exceeds its kernel's reach"):
-        export_model(nn.Sequential(reste.BinaryConv2d(1, 4, 3, padding=3)), tmp_path / "p.rbnn",
-                     input_size=(1, 8, 8))
-
+    """Padding past a binary conv's reach is legal and exports (1x1 with padding 1); past MAX_PAD it could be
+    written but not read: refused at export, naming the layer."""
+    pad_one = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), reste.BinaryConv2d(4, 4, 1, padding=1), nn.Flatten(),
+                            nn.Linear(4 * 10 * 10, 10)).eval()
+    assert export_model(pad_one, tmp_path / "one.rbnn", input_size=(1, 8, 8))["verify"]["ok"]
+    with pytest.raises(UsageError, match=r"cannot export: node 1 \(bconv, 0\) pad .* is over 1024"):
+        export_model(nn.Sequential(reste.BinaryConv2d(1, 4, 3, padding=1025)), tmp_path / "p.rbnn")

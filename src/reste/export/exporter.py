@@ -116,8 +116,7 @@ def export_model(
                       binary_layers=sum(1 for n in nodes if n["op"] in ir.BINARY_OPS),
                       affine_ops=sum(1 for n in nodes if n["op"] == "affine"))
         if verify and input_size is not None:
-            shift_errors = {i: n["shift_err"] for i, n in enumerate(nodes) if n.get("shift_err")}
-            report["verify"] = verify_export(model, path, input_size, shift_errors=shift_errors)
+            report["verify"] = verify_export(model, path, input_size)
     finally:
         model.train(was_training)
     return report
@@ -192,9 +191,25 @@ def _comparison_text(c: dict[str, Any]) -> str:
     return text
 
 
+def model_reference(model: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> Any:
+    """The float64 reference (:func:`reste.export.reference.graph_reference`) of the file ``path`` that
+    ``model`` was exported to, on images ``x``, with the bounds widened where a float32 evaluation computes a
+    batch norm's shift from its running mean, as the model and ONNX Runtime do (``shift_err``, see
+    ``reste.export.ir``: it is built with the graph, not written to the file)."""
+    from .reference import graph_reference
+
+    header, tensors = fmt.read(path)
+    nodes, _, _ = to_graph(model, tuple(x.shape[1:]))  # the same graph, in the same order, as the file's
+    if len(nodes) == len(header["nodes"]):
+        for i, node in enumerate(nodes):
+            if node.get("shift_err"):
+                header["nodes"][i]["shift_err"] = node["shift_err"]
+    return graph_reference((header, tensors), x)
+
+
 @torch.no_grad()
 def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, ...],
-                  images: int = 16, shift_errors: dict[int, float] | None = None) -> dict[str, Any]:
+                  images: int = 16) -> dict[str, Any]:
     """Check a written packed file against the model, honestly about float32 rounding.
 
     The reference is the exported graph evaluated in float64 with exact binary sums
@@ -203,18 +218,14 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
     sign input. Float32 implementations can differ where a pre-activation lies within
     rounding of zero (a near-tie): such images are counted, not called errors; an
     image that differs for any other reason is a ``mismatch`` and ``ok`` is False.
-    ``shift_errors`` (node index -> bound; ``export_model`` passes them) widen the bounds where the
-    float32 model computes a batch norm's shift from its running mean (``reste.export.ir``).
+    The reference's bounds allow for the float32 model's batch-norm shifts (:func:`model_reference`).
     """
-    from .reference import SLACK, compare, graph_reference, trace_model
+    from .reference import SLACK, compare, trace_model
     from .runtime import PackedModel
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(images, *input_size, generator=gen)
-    header, tensors = fmt.read(path)
-    for i, err in (shift_errors or {}).items():
-        header["nodes"][i]["shift_err"] = err
-    ref = graph_reference((header, tensors), x)
+    ref = model_reference(model, path, x)
     trace: list[torch.Tensor] = []
     got = PackedModel.load(path).forward(x, trace=trace)
     packed = compare(ref, got, trace)

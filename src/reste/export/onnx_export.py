@@ -140,8 +140,8 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
         return {}
     from dataclasses import asdict
 
-    from .exporter import export_model
-    from .reference import compare, graph_reference
+    from .exporter import export_model, model_reference
+    from .reference import compare
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(images, *input_size, generator=torch.Generator().manual_seed(1))
@@ -152,7 +152,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
         ref32 = model(x).float()
         with tempfile.TemporaryDirectory() as tmp:
             export_model(model, Path(tmp) / "reference.rbnn", verify=False)
-            reference = compare(graph_reference(Path(tmp) / "reference.rbnn", x), got)
+            reference = compare(model_reference(model, Path(tmp) / "reference.rbnn", x), got)
         info: dict[str, Any] = {"reference": asdict(reference), "ok": reference.ok}
     except UsageError:  # a model the packed format cannot hold: the float32 model only
         info = {}
