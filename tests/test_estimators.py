@@ -569,9 +569,9 @@ def test_names_are_case_insensitive_and_dashes_allowed():
 def test_a_name_that_reads_as_another_without_underscores_is_refused():
     """Names match without underscores (SignSwish), so a plugin may not take one that reads as a built-in
     name or alias: the same string would then mean two estimators, by load order."""
-    for taken in ("signswish", "ste_sign_", "stesign"):
+    for taken in ("signswish", "ste_sign_", "stesign", "ste_sign", "swish_sign"):
         cls = type("Taken", (reste.Estimator,), {"name": taken})
-        with pytest.raises(ValueError, match="names are matched without underscores"):
+        with pytest.raises(ValueError, match="names are matched without underscores|is larq's name of"):
             reste.register_estimator(cls)
     assert get_estimator("SignSwish").name == "sign_swish"
 

@@ -227,7 +227,7 @@ def test_a_factory_builds_every_binary_layer_with_its_builder(monkeypatch):
     """conv(...) and conv.linear(...) give binary layers with the estimator asked for (float ones in the
     twin); a binary layer the factory makes itself would train with another estimator than the run
     records, and is refused."""
-    for attr in ("_MODELS", "_INFO", "_BINARY", "_MIXED"):
+    for attr in ("_MODELS", "_INFO", "_BINARY", "_MIXED", "_WARNED"):
         monkeypatch.setattr(registry, attr, type(getattr(registry, attr))(getattr(registry, attr)))
 
     @models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8), twin="mlp")

@@ -229,6 +229,14 @@ def model_arguments(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return options, settings
 
 
+def state_dict_error(err: RuntimeError) -> str:
+    """What ``load_state_dict`` found wrong, in one line: its first finding (the line above it only says
+    where)."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    return first[:150]
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in a checkpoint (eval mode)."""
     options, settings = model_arguments(ckpt)
@@ -236,10 +244,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).strip().splitlines()]
-        first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
         raise UsageError(
-            f"checkpoint weights do not fit model {ckpt['model_name']!r} ({first[:150]})"
+            f"checkpoint weights do not fit model {ckpt['model_name']!r} ({state_dict_error(err)})"
         ) from None
     return model.to(device).eval()
 

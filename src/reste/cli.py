@@ -108,7 +108,8 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                         help="with --out: continue the run in that folder when it holds one (as --resume does, "
                              "with the same flags), else start it: one command for the first start and every "
                              "restart (torchrun --max-restarts, SLURM --requeue)")
-        g2.add_argument("--force", action="store_true", help="with --resume: accept settings that differ")
+        g2.add_argument("--force", action="store_true",
+                        help="with --resume or --auto-resume: accept settings that differ")
     g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
                     help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
     g2.add_argument("--keep-top", dest="keep_top", type=int, metavar="K",

@@ -61,7 +61,7 @@ from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, METRICS, RunDirectory, append_metrics, best_checkpoint, check_kept,
                      keep_top, last_checkpoint, repair_best, require_run_path, restore_config, saved_config,
                      start_metrics, truncate_metrics, write_config)
@@ -383,9 +383,7 @@ class _Run:
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
-            raise UsageError(
-                f"last.pt does not fit model {self.config.model!r} ({str(err).splitlines()[0][:150]})"
-            ) from None
+            raise UsageError(f"last.pt does not fit model {self.config.model!r} ({state_dict_error(err)})") from None
         if ckpt["optimizer"] is not None:  # None: another optimizer, which starts afresh
             load_optimizer_state(self.optimizer, ckpt["optimizer"])  # saved with or without graphs
         if ckpt.get("scaler"):
@@ -393,12 +391,12 @@ class _Run:
         self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
         self.start_step, self.partial = int(ckpt.get("step") or 0), ckpt.get("partial")
         saved_world = int(ckpt.get("world_size") or 1)
-        if self.start_step > len(self.train_loader):
-            raise UsageError(f"{last_checkpoint(self.run_dir)} was saved after batch {self.start_step} of an epoch of "
-                             f"{len(self.train_loader)}; it cannot continue: start a new run")
         if self.start_step and saved_world != self.dist.world_size:
             raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} by "
                              f"{saved_world} process(es); resume it with the same number of processes")
+        if self.start_step > len(self.train_loader):
+            raise UsageError(f"{last_checkpoint(self.run_dir)} was saved after batch {self.start_step} of an epoch of "
+                             f"{len(self.train_loader)}; it cannot continue: start a new run")
         if saved_world != self.dist.world_size and self.start_epoch < self.config.epochs:
             batch = self.config.batch_size
             self.log(f"note: {self.run_dir} trained with {saved_world} process(es) and continues with "

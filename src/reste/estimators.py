@@ -456,18 +456,6 @@ class Estimator(nn.Module):
             if k in state:
                 setattr(self, k, type(getattr(self, k))(state[k]))
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
-                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
-                              error_msgs: list[str]) -> None:
-        """A state_dict without this estimator's schedule state (a float model's, loaded into its binarized
-        copy) keeps the schedule where it is, instead of failing a strict load: the float layers' weights are
-        all a binarized model takes from it, and ``set_progress`` moves the schedule each epoch anyway."""
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        key = prefix + "_extra_state"
-        if key in missing_keys:
-            missing_keys.remove(key)
-
     def config(self) -> dict[str, Any]:
         """Constructor arguments (a scheduled one as it started); ``get_estimator(name, **config())`` rebuilds it."""
         if not self.hyperparameters and type(self).__init__ is not Estimator.__init__:
@@ -719,6 +707,8 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     old = _REGISTRY.get(cls.name)
     if old is not None and _origin(old) != _origin(cls):
         raise ValueError(f"estimator name {cls.name!r} is already registered by {old.__module__}.{old.__qualname__}")
+    if cls.name in ALIASES:
+        raise ValueError(f"estimator name {cls.name!r} is larq's name of {ALIASES[cls.name]!r}; choose another name")
     for known in (*_REGISTRY, *ALIASES):  # names match without underscores too: SignSwish is sign_swish
         taken = _REGISTRY.get(ALIASES.get(known, known))
         if known != cls.name and known.replace("_", "") == cls.name.replace("_", "") \

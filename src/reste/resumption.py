@@ -118,7 +118,7 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> N
     if ckpt["model_name"] != config.model:
         raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
     checks = {"epoch": lambda v: type(v) is int and v >= 0, "step": lambda v: v is None or (type(v) is int and v >= 0),
-              "best_epoch": lambda v: type(v) is int and v >= -1,  # -1 and -1.0: no epoch yet
+              "best_epoch": lambda v: type(v) is int and v >= -1,  # best_epoch -1, best_acc -1.0: no epoch yet
               "best_acc": lambda v: type(v) in (int, float) and -1 <= v <= 100}
     for name, ok in checks.items():
         if not ok(ckpt.get(name)):
