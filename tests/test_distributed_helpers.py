@@ -50,19 +50,26 @@ def _in_order(rank: int, store: str, log: str) -> None:
         dist.destroy_process_group()
 
 
-def test_local_rank_first_runs_the_block_on_local_rank_0_before_the_others(tmp_path):
-    """A --download under torchrun: local rank 0 fetches, the others read what it fetched."""
+def _two_processes(target, tmp_path) -> tuple[list[int | None], str]:
+    """``target(rank, store, log)`` in two forked processes (rank 1 started first): their exit codes and the
+    log they wrote."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     log = tmp_path / "log"
-    procs = [ctx.Process(target=_in_order, args=(r, str(tmp_path / "store"), str(log))) for r in (1, 0)]
+    procs = [ctx.Process(target=target, args=(r, str(tmp_path / "store"), str(log))) for r in (1, 0)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert log.read_text().split("\n")[:4] == ["0 in", "0 out", "1 in", "1 out"]
+        p.join(120)
+    return [p.exitcode for p in procs], log.read_text()
+
+
+def test_local_rank_first_runs_the_block_on_local_rank_0_before_the_others(tmp_path):
+    """A --download under torchrun: local rank 0 fetches, the others read what it fetched."""
+    codes, log = _two_processes(_in_order, tmp_path)
+    assert codes == [0, 0]
+    assert log.split("\n")[:4] == ["0 in", "0 out", "1 in", "1 out"]
     with distributed.local_rank_first(distributed.Dist()):  # one process: just the block
         pass
 
@@ -86,13 +93,5 @@ def _first_fails(rank: int, store: str, log: str) -> None:
 
 
 def test_local_rank_first_says_why_the_others_stop_when_the_first_fails(tmp_path):
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    log = tmp_path / "log"
-    procs = [ctx.Process(target=_first_fails, args=(r, str(tmp_path / "store"), str(log))) for r in (1, 0)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert log.read_text() == "1: the first process of this node could not prepare the data; see its error\n"
+    _, log = _two_processes(_first_fails, tmp_path)
+    assert log == "1: the first process of this node could not prepare the data; see its error\n"
