@@ -12,7 +12,7 @@ from torch import nn
 
 import reste
 from reste import models
-from reste.export import PackedModel, export_model
+from reste.export import PackedModel, export_model, read_header
 from reste.export.exporter import format_verify, verify_export
 from reste.export.reference import SLACK, U32, _Evaluator, compare, gamma, graph_reference, trace_model
 
@@ -259,7 +259,8 @@ def test_a_cancelling_batch_norm_shift_is_within_the_float32_models_bound(tmp_pa
     bn.running_var.fill_(3.0)
     bn.bias.data.fill_(100.0 / 3.0 ** 0.5)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), bn, reste.BinaryConv2d(8, 8, 3, padding=1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+                          nn.BatchNorm1d(10)).eval()  # folds into the linear only where shapes are known
     report = export_model(model, tmp_path / "bn.rbnn", input_size=(3, 8, 8))
     assert report["verify"]["ok"] and report["verify"]["model"]["mismatch"] == 0, report["verify"]
     try:  # ONNX Runtime computes the shift from the running mean too: its check widens the same bounds
@@ -274,7 +275,7 @@ def test_a_cancelling_batch_norm_shift_is_within_the_float32_models_bound(tmp_pa
     nodes, _, folded = to_graph(model, (3, 8, 8))
     conv = next(n for n in nodes if n["op"] == "conv")
     scale = float(bn.weight[0].detach()) / math.sqrt(3.0 + bn.eps)
-    assert folded == 1 and conv["shift_err"] == pytest.approx(4 * U32 * (100.0 * scale + 100.0 / 3.0 ** 0.5))
+    assert folded == 2 and conv["shift_err"] == pytest.approx(4 * U32 * (100.0 * scale + 100.0 / 3.0 ** 0.5))
     header, tensors = fmt.read(tmp_path / "bn.rbnn")
     assert "shift_err" not in json.dumps(header)  # for the check only: the file stays as it was
     x = torch.randn(4, 3, 8, 8)
@@ -282,3 +283,27 @@ def test_a_cancelling_batch_norm_shift_is_within_the_float32_models_bound(tmp_pa
     header["nodes"][nodes.index(conv)]["shift_err"] = conv["shift_err"]
     widened = graph_reference((header, tensors), x)
     assert (widened.bounds[0] >= plain.bounds[0] + conv["shift_err"] * (1 - 1e-12)).all()
+    # the reference the checks use re-traces the model as the file was made: with its input size (the
+    # linear and its BatchNorm1d folded) and without (as the ONNX check writes its file: not folded)
+    from reste.export.exporter import model_reference
+
+    assert torch.equal(model_reference(model, tmp_path / "bn.rbnn", x).bounds[0], widened.bounds[0])
+    export_model(model, tmp_path / "sizeless.rbnn", verify=False)
+    assert len(read_header(tmp_path / "sizeless.rbnn")["nodes"]) == len(nodes) + 1
+    sizeless = model_reference(model, tmp_path / "sizeless.rbnn", x)
+    assert (sizeless.bounds[0] >= graph_reference(tmp_path / "sizeless.rbnn", x).bounds[0]
+            + conv["shift_err"] * (1 - 1e-12)).all()
+
+
+def test_the_checks_leave_a_model_in_training_mode_as_it_was(tmp_path):
+    """model_reference re-traces the model: in eval mode, so its batch norms' statistics stay as they are."""
+    from reste.export.exporter import verify_export
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), reste.BinaryConv2d(4, 4, 3, padding=1),
+                          nn.Flatten(), nn.Linear(256, 10))
+    export_model(model.eval(), tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    assert verify_export(model, tmp_path / "m.rbnn", (1, 8, 8))["ok"]
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -199,11 +199,18 @@ def model_reference(model: nn.Module, path: str | os.PathLike, x: torch.Tensor) 
     from .reference import graph_reference
 
     header, tensors = fmt.read(path)
-    nodes, _, _ = to_graph(model, tuple(x.shape[1:]))  # the same graph, in the same order, as the file's
-    if len(nodes) == len(header["nodes"]):
-        for i, node in enumerate(nodes):
-            if node.get("shift_err"):
-                header["nodes"][i]["shift_err"] = node["shift_err"]
+    shape = header["nodes"][0].get("shape")  # traced as the file was (with the input size it recorded or not:
+    was_training = model.training            # shapes decide which batch norms fold next to a linear)
+    model.eval()
+    try:
+        nodes, _, _ = to_graph(model, tuple(shape) if shape else None)
+    finally:
+        model.train(was_training)
+    if [n["op"] for n in nodes] != [n["op"] for n in header["nodes"]]:
+        raise ValueError(f"{path} is not the graph of this model")
+    for i, node in enumerate(nodes):
+        if node.get("shift_err"):
+            header["nodes"][i]["shift_err"] = node["shift_err"]
     return graph_reference((header, tensors), x)
 
 
