@@ -115,8 +115,39 @@ def test_a_float_state_dict_loads_strictly_into_the_binarized_model():
     import io
 
     buffer = io.BytesIO()
-    torch.save(bnet, buffer)  # the load hooks are module-level functions: the model still pickles
+    torch.save(bnet, buffer)  # the load hook is a module-level function: the model still pickles
     assert buffer.tell() > 0
+
+
+class _WithState(nn.Module):
+    """A float module with extra state of its own (not an estimator's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_net()
+
+    def get_extra_state(self):
+        return {"note": 1}
+
+    def set_extra_state(self, state) -> None:
+        pass
+
+
+def test_float_weights_load_layer_by_layer():
+    """Each binary layer decides from its own part of the dict: a part holding its weight and no estimator
+    state is a float layer's. So a sub-module loads alone, other extra state does not matter, and a binary
+    layer's part that lacks one estimator's state is refused even when another layer's part is float."""
+    bnet = binarize(make_net(), "reste")
+    assert not bnet.hidden.load_state_dict(make_net().hidden.state_dict()).missing_keys  # one layer alone
+    wrapped = binarize(_WithState(), "reste")
+    float_state = _WithState().state_dict()
+    assert "_extra_state" in float_state and not wrapped.load_state_dict(float_state).missing_keys
+    two = nn.ModuleDict({"a": binarize(make_net(), "reste"), "b": binarize(make_net(), "reste")})
+    mixed = {**{f"a.{k}": v for k, v in make_net().state_dict().items()},  # a: float
+             **{f"b.{k}": v for k, v in binarize(make_net(), "reste").state_dict().items()
+                if k != "hidden.input_estimator._extra_state"}}  # b: binary, one estimator's state lost
+    with pytest.raises(RuntimeError, match="b.hidden.input_estimator._extra_state"):
+        two.load_state_dict(mixed)
 
 
 def test_latent_weights_equal_the_float_ones():

@@ -58,27 +58,6 @@ _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward
                "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
 
 
-def _float_dict_before(module: nn.Module, state_dict: dict[str, Any], *_: Any) -> None:
-    module._reste_float_dict = not any(k.endswith("_extra_state") for k in state_dict)
-
-
-def _float_dict_after(module: nn.Module, incompatible: Any) -> None:
-    if module.__dict__.pop("_reste_float_dict", False):
-        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.endswith("_extra_state")]
-
-
-def _load_float_state_dicts(model: nn.Module) -> None:
-    """Let ``model`` (binarized) load a float model's state_dict strictly: one with no estimator state at all
-    lacks only the estimators' schedules, which stay where they are (pretrain in float, binarize, load the
-    float weights again). A binary model's state_dict that lacks some estimator's state is still an error.
-    The hooks are module-level functions, so the model still pickles."""
-    if getattr(model, "_reste_loads_float", False):
-        return
-    model._register_load_state_dict_pre_hook(_float_dict_before, with_module=True)
-    model.register_load_state_dict_post_hook(_float_dict_after)
-    model._reste_loads_float = True
-
-
 def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Module:
     """The binary layer that replaces ``module``; errors name the layer.
 
@@ -247,8 +226,6 @@ def binarize(
             parent, attr = _parent(model, name)
             setattr(parent, attr, new)
         converted += 1
-    if converted:
-        _load_float_state_dicts(model)
     if not converted and not any(getattr(m, "precision", 32) == 1 for m in model.modules()):
         kept = [n for n in (first if keep_first else None, last if keep_last else None) if n]
         why = f" (kept in float: {', '.join(kept)} by keep_first/keep_last)" if kept else ""

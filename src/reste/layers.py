@@ -35,6 +35,17 @@ def _estimator_spec(spec: Any) -> Estimator:
     return Estimator.from_spec(spec) if isinstance(spec, dict) else get_estimator(spec)
 
 
+def _float_layer_loaded(module: nn.Module, incompatible: Any) -> None:
+    """After a binary layer loaded a float layer's state (pretrain in float, binarize, load the float weights):
+    its estimators' schedule state is not missing, it stays where it is. A binary layer's state without
+    some estimator's state (a 1W/32A layer's in a 1W1A one) is still an error. A module-level function, so
+    the model still pickles."""
+    prefix = module.__dict__.pop("_float_state", None)
+    if prefix is not None:
+        ours = {prefix + "weight_estimator._extra_state", prefix + "input_estimator._extra_state"}
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in ours]
+
+
 class _BinaryMixin:
     """Shared logic of the binary layers: estimators, scaling and the binarized weight."""
 
@@ -49,6 +60,13 @@ class _BinaryMixin:
         if input_estimator is _DEFAULT:
             input_estimator = self.weight_estimator.spec()
         self.input_estimator = None if input_estimator is None else _estimator_spec(input_estimator)
+        self.register_load_state_dict_post_hook(_float_layer_loaded)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # a float layer's state (its weight, and no estimator state): its estimators keep their schedules
+        self._float_state = prefix if prefix + "weight" in state_dict and not any(
+            k.startswith(prefix) and k.endswith("_extra_state") for k in state_dict) else None
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
 
     @property
     def input_precision(self) -> int:
