@@ -446,6 +446,37 @@ def test_a_process_whose_loader_still_has_workers_exits(tmp_path, how):
         assert r.returncode == 1 and "a run's error" in r.stderr
 
 
+_STUCK_WORKER = """
+import sys, time
+import torch
+from reste.data.loaders import EpochDataLoader, _worker_init
+
+class Stuck(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 1:
+            time.sleep(3600)  # a hung read
+        return torch.zeros(1)
+
+it = iter(EpochDataLoader(Stuck(), batch_size=1, num_workers=1, worker_init_fn=_worker_init))
+next(it)
+del it  # the run left its epoch early (a stop signal): the iterator is gone, its stuck worker is not
+print("done")
+"""
+
+
+def test_a_stuck_loading_process_whose_iterator_is_gone_does_not_keep_python_alive(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "stuck.py"
+    script.write_text(_STUCK_WORKER)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)  # a hang guard
+    assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr
+
+
 class _StartsAProgram(torch.utils.data.Dataset):
     """Each item: whether a program the loading process starts still ends on SIGTERM (terminate())."""
 

@@ -92,6 +92,8 @@ EDITS = {
     "a negative offset": lambda h: h["tensors"][0].__setitem__(2, -8),
     "aliased tensors (each listed copy was loaded)": lambda h: h["tensors"].extend([list(h["tensors"][0])] * 50),
     "meta that is not a mapping": lambda h: h.__setitem__("meta", [1, 2]),
+    "a clip whose low end is above its high end": lambda h: h["nodes"].insert(len(h["nodes"]), {
+        "op": "hardtanh", "lo": 1.0, "hi": -1.0, "in": [h["output"]]}) or h.__setitem__("output", len(h["nodes"]) - 1),
 }
 
 

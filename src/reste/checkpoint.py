@@ -232,7 +232,7 @@ def model_arguments(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 def state_dict_error(err: RuntimeError) -> str:
     """What ``load_state_dict`` found wrong, in one line: its first finding (the line above it only says
     where)."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()] or [type(err).__name__]
     first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
     return first[:150]
 

@@ -49,8 +49,9 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(s % (2 ** 32))
 
 
-#: the iterators with loading processes alive now
+#: the iterators with loading processes alive now, and the process ids of every loading process started
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_WORKER_PIDS: set[int] = set()
 _exit_hook = False
 
 
@@ -66,6 +67,11 @@ def _shut_down_at_exit() -> None:
                     worker.kill()
         except Exception:  # noqa: BLE001 - at exit, one loader's trouble must not keep the others alive
             pass
+    import multiprocessing
+
+    for child in multiprocessing.active_children():  # one whose iterator is gone (an epoch left early)
+        if child.pid in _WORKER_PIDS and child.is_alive():
+            child.kill()
 
 
 class EpochDataLoader(DataLoader):
@@ -79,6 +85,7 @@ class EpochDataLoader(DataLoader):
                 atexit.register(_shut_down_at_exit)
                 _exit_hook = True
             _LIVE.add(iterator)
+            _WORKER_PIDS.update(w.pid for w in getattr(iterator, "_workers", []))
         return iterator
 
     @property

@@ -196,6 +196,8 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
     if op == "hardtanh":
         _number(node["lo"], f"{where} lo", infinite=True)
         _number(node["hi"], f"{where} hi", infinite=True)
+        if node["lo"] > node["hi"]:
+            raise ValueError(f"{where} lo {node['lo']!r} is above hi {node['hi']!r}")
     if op == "leaky_relu":
         _number(node["slope"], f"{where} slope")
     if op == "reshape":

@@ -29,7 +29,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, dict[str, Any]] = {}
 _BINARY: dict[str, bool] = {}
 _MIXED: set[str] = set()  # models whose factories mix estimators on purpose
-_WARNED: set[str] = set()  # models whose estimator mix was reported
+_WARNED: set[tuple[str, str]] = set()  # (model, estimator asked for) whose mix was reported
 
 
 class ConvBuilder:
@@ -209,9 +209,9 @@ def _check_estimators(name: str, model: nn.Module, spec: dict[str, Any]) -> None
         raise UsageError(f"model {name!r} built its layer {layer!r} with {what}, not the {spec['name']!r} asked for "
                          f"({spec}), and no layer with that one; {how}")
     layers = sorted({layer for layer, _ in others})
-    if name in _WARNED:  # once per model: a run builds it for training, evaluation and every checkpoint
+    if (name, spec["name"]) in _WARNED:  # once: a run builds the model for training, evaluation, checkpoints
         return
-    _WARNED.add(name)
+    _WARNED.add((name, spec["name"]))
     warnings.warn(f"model {name!r}: {len(layers)} layer(s) ({', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}"
                   f") have another estimator than the {spec['name']!r} asked for ({what} at {layer!r}); {how}, or "
                   "register it with mixed_estimators=True when that is on purpose", stacklevel=3)
