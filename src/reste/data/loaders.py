@@ -70,7 +70,7 @@ def _shut_down_at_exit() -> None:
     import multiprocessing
 
     for child in multiprocessing.active_children():  # one whose iterator is gone (an epoch left early)
-        if child.pid in _WORKER_PIDS and child.is_alive():
+        if child.pid in _WORKER_PIDS and child.daemon and child.is_alive():  # daemonic: Python would end it too
             child.kill()
 
 
