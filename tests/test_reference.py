@@ -304,6 +304,8 @@ def test_the_checks_leave_a_model_in_training_mode_as_it_was(tmp_path):
                           nn.Flatten(), nn.Linear(256, 10))
     export_model(model.eval(), tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
     model.train()
+    model[1].eval()  # a frozen batch norm inside a model in training mode keeps its own mode too
     before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     assert verify_export(model, tmp_path / "m.rbnn", (1, 8, 8))["ok"]
     assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not model[1].training

@@ -49,9 +49,10 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(s % (2 ** 32))
 
 
-#: the iterators with loading processes alive now, and the process ids of every loading process started
+#: the iterators with loading processes alive now, and the loading processes themselves (multiprocessing
+#: keeps them until they are joined, also after their iterator is gone)
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
-_WORKER_PIDS: set[int] = set()
+_WORKERS: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _exit_hook = False
 
 
@@ -67,11 +68,12 @@ def _shut_down_at_exit() -> None:
                     worker.kill()
         except Exception:  # noqa: BLE001 - at exit, one loader's trouble must not keep the others alive
             pass
-    import multiprocessing
-
-    for child in multiprocessing.active_children():  # one whose iterator is gone (an epoch left early)
-        if child.pid in _WORKER_PIDS and child.daemon and child.is_alive():  # daemonic: Python would end it too
-            child.kill()
+    for worker in list(_WORKERS):  # one whose iterator is gone (an epoch left early): the process itself
+        try:
+            if worker.is_alive():
+                worker.kill()
+        except Exception:  # noqa: BLE001 - as above
+            pass
 
 
 class EpochDataLoader(DataLoader):
@@ -85,7 +87,7 @@ class EpochDataLoader(DataLoader):
                 atexit.register(_shut_down_at_exit)
                 _exit_hook = True
             _LIVE.add(iterator)
-            _WORKER_PIDS.update(w.pid for w in getattr(iterator, "_workers", []))
+            _WORKERS.update(getattr(iterator, "_workers", []))
         return iterator
 
     @property

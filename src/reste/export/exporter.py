@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import UsageError
 from . import format as fmt
 from . import ir
-from .graph import Bits, to_graph
+from .graph import Bits, eval_mode, to_graph
 
 FORMAT_NAME = "reste-packed"
 
@@ -92,9 +92,7 @@ def export_model(
             ``pixel_scale``, as ``Preprocessing(...).to_meta()`` gives them) let the packed model
             take raw images (``reste predict model.rbnn photo.png``).
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         nodes, output, folded = to_graph(model, input_size)
         if input_size is not None:
             nodes[0]["shape"] = [int(s) for s in input_size]
@@ -117,8 +115,6 @@ def export_model(
                       affine_ops=sum(1 for n in nodes if n["op"] == "affine"))
         if verify and input_size is not None:
             report["verify"] = verify_export(model, path, input_size)
-    finally:
-        model.train(was_training)
     return report
 
 
@@ -200,12 +196,8 @@ def model_reference(model: nn.Module, path: str | os.PathLike, x: torch.Tensor) 
 
     header, tensors = fmt.read(path)
     shape = header["nodes"][0].get("shape")  # traced as the file was (with the input size it recorded or not:
-    was_training = model.training            # shapes decide which batch norms fold next to a linear)
-    model.eval()
-    try:
+    with eval_mode(model):                   # shapes decide which batch norms fold next to a linear)
         nodes, _, _ = to_graph(model, tuple(shape) if shape else None)
-    finally:
-        model.train(was_training)
     if [n["op"] for n in nodes] != [n["op"] for n in header["nodes"]]:
         raise ValueError(f"{path} is not the graph of this model")
     for i, node in enumerate(nodes):

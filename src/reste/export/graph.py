@@ -17,9 +17,10 @@ block) stays an ``affine``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -184,6 +185,19 @@ class _Shape:
 
 _ADD = (operator.add, operator.iadd, torch.add)
 _RELU = (F.relu, torch.relu)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then every module back in its own mode (``model.train(was)``
+    would put a frozen batch norm inside a training model back in training mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _const(v: Any, env: dict[fx.Node, Any]) -> Any:

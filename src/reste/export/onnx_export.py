@@ -141,23 +141,21 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
     from dataclasses import asdict
 
     from .exporter import export_model, model_reference
+    from .graph import eval_mode
     from .reference import compare
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(images, *input_size, generator=torch.Generator().manual_seed(1))
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    was_training = model.training
-    model.eval()
     try:
-        ref32 = model(x).float()
+        with eval_mode(model):
+            ref32 = model(x).float()
         with tempfile.TemporaryDirectory() as tmp:
             export_model(model, Path(tmp) / "reference.rbnn", verify=False)
             reference = compare(model_reference(model, Path(tmp) / "reference.rbnn", x), got)
         info: dict[str, Any] = {"reference": asdict(reference), "ok": reference.ok}
     except UsageError:  # a model the packed format cannot hold: the float32 model only
         info = {}
-    finally:
-        model.train(was_training)
     info.update(images=images, max_abs_diff=float((ref32 - got).abs().max()),
                 same_predictions=bool((ref32.argmax(1) == got.argmax(1)).all()))
     return info

@@ -256,6 +256,7 @@ def trace_model(model: nn.Module, images: np.ndarray | torch.Tensor,
     float64 a copy of the model runs in float64.
     """
     from ..estimators import Estimator
+    from .graph import eval_mode
 
     if dtype != torch.float32:
         import copy
@@ -269,13 +270,10 @@ def trace_model(model: nn.Module, images: np.ndarray | torch.Tensor,
             sites.append(x.detach().clone())
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Estimator)]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             logits = model(torch.as_tensor(np.asarray(images, dtype=np.float32)).to(dtype))
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return logits.detach(), sites
