@@ -210,26 +210,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .rundir import holds_run, run_config
 
     log = print
+    resume = args.resume
     if args.auto_resume:
-        if args.resume is not None:
+        if resume is not None:
             raise UsageError("--auto-resume goes with --out (the folder to start or continue), not with --resume")
         if not args.out:
             raise UsageError("--auto-resume needs --out: the folder to start the run in, or to continue it from")
         if holds_run(args.out):
-            saved = run_config(args.out)
-            if args.preset and get_preset(args.preset).name != saved.preset:
-                what = f"preset {saved.preset}" if saved.preset else "no preset"
-                raise UsageError(f"{args.out} holds a run of {what}, not of --preset {args.preset}; pass another --out")
-            args._base_estimator = saved.estimator
-            engine.resume(args.out, overrides_from_args(args), force=args.force, progress=args.progress, log=log)
-            return 0
-    if args.resume is not None:
+            resume = args.out
+    elif resume is not None:
         if args.preset:
             raise UsageError("--preset cannot be combined with --resume: the run keeps its own settings")
         if args.out:
             raise UsageError("--out cannot be combined with --resume: the run directory is the one resumed")
-        args._base_estimator = run_config(args.resume).estimator
-        engine.resume(args.resume, overrides_from_args(args), force=args.force, progress=args.progress, log=log)
+    if resume is not None:
+        saved = run_config(resume)
+        if args.preset and get_preset(args.preset).name != saved.preset:  # --auto-resume's own command line
+            what = f"preset {saved.preset}" if saved.preset else "no preset"
+            raise UsageError(f"{resume} holds a run of {what}, not of --preset {args.preset}; pass another --out")
+        args._base_estimator = saved.estimator
+        engine.resume(resume, overrides_from_args(args), force=args.force, progress=args.progress, log=log)
         return 0
     config = config_from_args(args)
     engine.train(config, args.out, progress=args.progress, log=log)

@@ -707,14 +707,11 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     old = _REGISTRY.get(cls.name)
     if old is not None and _origin(old) != _origin(cls):
         raise ValueError(f"estimator name {cls.name!r} is already registered by {old.__module__}.{old.__qualname__}")
-    if cls.name in ALIASES:
-        raise ValueError(f"estimator name {cls.name!r} is larq's name of {ALIASES[cls.name]!r}; choose another name")
-    for known in (*_REGISTRY, *ALIASES):  # names match without underscores too: SignSwish is sign_swish
-        taken = _REGISTRY.get(ALIASES.get(known, known))
-        if known != cls.name and known.replace("_", "") == cls.name.replace("_", "") \
-                and taken is not None and _origin(taken) != _origin(cls):
-            raise ValueError(f"estimator name {cls.name!r} reads as {known!r} (names are matched without "
-                             "underscores); choose another name")
+    reads_as = _lookup(cls.name) or cls.name  # names match without underscores, larq's too: SignSwish, ste_sign
+    taken = _REGISTRY.get(reads_as)
+    if reads_as != cls.name and taken is not None and _origin(taken) != _origin(cls):
+        raise ValueError(f"estimator name {cls.name!r} reads as {reads_as!r} (names are matched without "
+                         "underscores, larq's names included); choose another name")
     try:
         cls.check_hyperparameters({})
     except ValueError as err:
@@ -773,8 +770,6 @@ class _LiveNames(Sequence):
 
 
 ESTIMATORS: Sequence[str] = _LiveNames()
-
-
 
 
 def _lookup(key: str) -> str | None:

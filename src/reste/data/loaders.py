@@ -63,12 +63,11 @@ def _shut_down_at_exit() -> None:
     for iterator in list(_LIVE):
         try:
             iterator._shutdown_workers()
-            for worker in getattr(iterator, "_workers", []):
-                if worker.is_alive():  # stuck in an item: SIGTERM would be ignored, and the join never end
-                    worker.kill()
         except Exception:  # noqa: BLE001 - at exit, one loader's trouble must not keep the others alive
             pass
-    for worker in list(_WORKERS):  # one whose iterator is gone (an epoch left early): the process itself
+    # what is still alive is stuck in an item (its iterator alive or gone: an epoch left early), where SIGTERM
+    # would be ignored and the join never end
+    for worker in list(_WORKERS):
         try:
             if worker.is_alive():
                 worker.kill()

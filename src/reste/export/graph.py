@@ -113,15 +113,11 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
         }
         if not binary:
             return {"op": "conv", **node, "w": _np(m.weight), "groups": m.groups}
-        if m.groups != 1:  # no packed kernel: sign, then a float conv on its +-alpha weights (exact values)
-            with torch.no_grad():
-                scaled = torch.where(m.weight < 0, -1.0, 1.0)
-                alpha = m.scale() if hasattr(m, "scale") else None
-                if alpha is not None:
-                    scaled = scaled * alpha.reshape(-1, 1, 1, 1)
-            conv = {"op": "conv", **node, "w": _np(scaled), "groups": m.groups}
-            return [{"op": "sign"}, conv] if getattr(m, "input_precision", 1) == 1 else [conv]
         w, alpha = _binary_weights(m)
+        if m.groups != 1:  # no packed kernel: sign, then a float conv on its +-alpha weights (exact values)
+            scaled = w.array if alpha is None else w.array * alpha.reshape(-1, 1, 1, 1)
+            conv = {"op": "conv", **node, "w": scaled, "groups": m.groups}
+            return [{"op": "sign"}, conv] if getattr(m, "input_precision", 1) == 1 else [conv]
         return {"op": "bconv", **node, "w": w, "alpha": alpha, "bin_in": getattr(m, "input_precision", 1) == 1}
     if isinstance(m, nn.Linear):
         if not binary:

@@ -163,6 +163,10 @@ class Preprocessing:
 
 # ------------------------------------------------------------------ a read graph, checked
 
+#: the most padding a binary conv may have in a file (a real one has a few pixels)
+MAX_PAD = 1024
+
+
 def _ints(value: Any, n: int | None, low: int, what: str) -> None:
     if not isinstance(value, list) or (n is not None and len(value) != n) \
             or not all(type(v) is int and v >= low for v in value):
@@ -177,9 +181,9 @@ def _number(value: Any, what: str, infinite: bool = False) -> None:
 
 def _attributes(op: str, node: dict[str, Any], where: str) -> None:
     """The attributes of one node: the types and ranges the runtime's kernels assume."""
-    if op in ("conv", "bconv", "maxpool"):
+    if op in ("conv", "bconv"):
         _ints(node["stride"], 2, 1, f"{where} stride")
-        _ints(node["pad"], 4 if op != "maxpool" else 2, 0, f"{where} pad")
+        _ints(node["pad"], 4, 0, f"{where} pad")
         _ints(node["dil"], 2, 1, f"{where} dil")
     if op == "conv" and not (type(node["groups"]) is int and node["groups"] >= 1):
         raise ValueError(f"{where} groups must be an integer >= 1, got {node['groups']!r}")
@@ -188,8 +192,9 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
     if op in ("maxpool", "avgpool"):
         _ints(node["k"], 2, 1, f"{where} k")
         _ints(node["stride"], 2, 1, f"{where} stride")
-        if op == "avgpool":
-            _ints(node["pad"], 2, 0, f"{where} pad")
+        _ints(node["pad"], 2, 0, f"{where} pad")
+        if op == "maxpool":
+            _ints(node["dil"], 2, 1, f"{where} dil")
     if op == "adaptive_avgpool" and not (isinstance(node["size"], list) and len(node["size"]) == 2 and all(
             v is None or (type(v) is int and v >= 1) for v in node["size"])):
         raise ValueError(f"{where} size must be two integers >= 1 (or null), got {node['size']!r}")
@@ -239,10 +244,6 @@ def _tensor_shapes(op: str, node: dict[str, Any], where: str, tensors: list[Any]
         raise ValueError(f"{where} scale {list(shapes['scale'])} and shift {list(shapes['shift'])} differ")
     if op == "prelu" and len(shapes["w"]) != 1:
         raise ValueError(f"{where} weight has shape {list(shapes['w'])}")
-
-
-#: the most padding a binary conv may have in a file (a real one has a few pixels)
-MAX_PAD = 1024
 
 
 def check_graph(header: dict[str, Any]) -> None:

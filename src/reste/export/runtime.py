@@ -287,14 +287,12 @@ class PackedModel:
         nodes = header["nodes"]
         self._output = int(header["output"])
         users = [0] * len(nodes)
-        for node in nodes:
-            for i in node["in"]:
-                users[i] += 1
-        users[self._output] += 1
         self._first_user: dict[int, int] = {}  # each value's first reader (the graph runs in order)
         for j, node in enumerate(nodes):
             for i in node["in"]:
+                users[i] += 1
                 self._first_user.setdefault(i, j)
+        users[self._output] += 1
         self._steps: list[tuple[int, list[int], Callable[..., torch.Tensor]]] = []
         self._sign_steps: set[int] = set()  # steps that take the sign of their input (see forward's trace)
         self.weight_bytes = 0  # bytes of the weights the engine holds (packed words, floats)
