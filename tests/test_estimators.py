@@ -371,6 +371,16 @@ def test_sign_keeps_nan_and_infinities(dtype):
 
 
 @pytest.mark.parametrize("name", ESTIMATORS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gradient_at_infinities_is_its_limit(name, dtype):
+    """Every g tends to 0 at +-inf, where a product like 0 * inf must not make it NaN; NaN stays NaN."""
+    x = torch.tensor([math.inf, -math.inf, math.nan, 3e38, -3e38], dtype=dtype, requires_grad=True)
+    get_estimator(name)(x).sum().backward()
+    assert torch.equal(x.grad[[0, 1, 3, 4]].abs(), torch.zeros(4, dtype=dtype)), x.grad
+    assert torch.isnan(x.grad[2]) or x.grad[2] == 0
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 def test_16bit_gradients_match_float32_reference(name, dtype, tol):
     cfg, progress = {}, (3, 10)

@@ -163,9 +163,11 @@ def sign_swish_g(x: Tensor, beta: float) -> Tensor:
     """SignSwish (BNN+): g = beta (2 - beta x tanh(beta x / 2)) / (1 + cosh(beta x)).
 
     Computed in the equivalent, overflow-free form 2 beta s (1-s) (2 + u (1-2s))
-    with u = beta x and s = sigmoid(u).
+    with u = beta x and s = sigmoid(u); u is clamped to the finite floats, so that g is 0 at x = +-inf
+    (its limit) instead of 0 * inf = NaN.
     """
-    u = beta * x
+    big = torch.finfo(x.dtype).max
+    u = (beta * x).clamp(-big, big)
     s = torch.sigmoid(u)
     return (2.0 * beta) * s * (1.0 - s) * (2.0 + u * (1.0 - 2.0 * s))
 
@@ -215,10 +217,15 @@ def dsq_f(x: Tensor, alpha: float, lower: float = -1.0, upper: float = 1.0) -> T
 
 
 def fda_g(x: Tensor, n: int, w: float) -> Tensor:
-    """FDA (Fourier series): g = (4 w / pi) sum_{i=0..n} cos((2i+1) w x) on abs(x) <= 1."""
+    """FDA (Fourier series): g = (4 w / pi) sum_{i=0..n} cos((2i+1) w x) on abs(x) <= 1.
+
+    The cosines take x clamped to [-1, 1] (the same inside, and finite outside), so that g is 0 at
+    x = +-inf instead of cos(inf) * 0 = NaN.
+    """
+    c = x.clamp(-1.0, 1.0)
     acc = torch.zeros_like(x)
     for i in range(int(n) + 1):
-        acc.add_(torch.cos(((2 * i + 1) * w) * x))
+        acc.add_(torch.cos(((2 * i + 1) * w) * c))
     return acc.mul_(4.0 * w / math.pi) * (x.abs() <= 1.0).to(x.dtype)
 
 

@@ -167,10 +167,20 @@ def _reste_g(x, p, inv_o, c1, t, m, o_ptr, O_PTR: tl.constexpr, PRECISE: tl.cons
     return tl.where(p == 0.0, inside_t, w)
 
 
+_FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+
+
+@triton.jit
+def _finite(u):
+    """u with +-inf replaced by the largest float32 of its sign; NaN kept."""
+    return tl.where(u > _FLOAT32_MAX, _FLOAT32_MAX, tl.where(u < -_FLOAT32_MAX, -_FLOAT32_MAX, u))
+
+
 @triton.jit
 def _sign_swish_g(x, beta, two_beta, PRECISE: tl.constexpr):
-    """g = 2 beta s (1 - s)(2 + u (1 - 2 s)), u = beta x, s = sigmoid(u)."""
-    u = beta * x
+    """g = 2 beta s (1 - s)(2 + u (1 - 2 s)), u = beta x clamped to the finite floats (g = 0 at +-inf),
+    s = sigmoid(u)."""
+    u = _finite(beta * x)
     s = _div(1.0, 1.0 + _exp(-u, PRECISE), PRECISE)
     return two_beta * s * (1.0 - s) * (2.0 + u * (1.0 - 2.0 * s))
 
@@ -187,10 +197,11 @@ def _fda_g(x, w_hi, w_lo, scale, n, PRECISE: tl.constexpr):
     """g = scale sum_{i<=n} cos((2i+1) w x) (abs(x) <= 1); (2i+1) w in float64 (w = w_hi + w_lo),
     rounded once to float32, as Python computes it."""
     w64 = tl.cast(w_hi, tl.float64) + tl.cast(w_lo, tl.float64)
+    c = tl.where(x > 1.0, 1.0, tl.where(x < -1.0, -1.0, x))  # finite outside [-1, 1], where g is 0; NaN kept
     acc = tl.zeros_like(x)
     for i in range(n + 1):
         coef = ((2 * i + 1) * w64).to(tl.float32)
-        acc += _cos(coef * x, PRECISE)
+        acc += _cos(coef * c, PRECISE)
     return acc * scale * _le(tl.abs(x), 1.0)
 
 

@@ -7,6 +7,7 @@
 // library. The scalars are those of reste/kernel_args.py, the same the Triton kernels receive.
 #pragma once
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -60,7 +61,8 @@ RESTE_HD float g(float x, const Params& p) {
     case kApproxSign:  // max(2 - 2a, 0)
       return clamp_min(2.0f - 2.0f * a, 0.0f);
     case kSignSwish: {  // 2 beta s (1 - s)(2 + u (1 - 2s)), u = beta x, s = sigmoid(u)
-      const float u = p.s[0] * x;
+      const float v = p.s[0] * x;  // clamped to the finite floats: g = 0 at +-inf (its limit), NaN kept
+      const float u = v > FLT_MAX ? FLT_MAX : (v < -FLT_MAX ? -FLT_MAX : v);
       const float s = 1.0f / (1.0f + expf(-u));
       return p.s[1] * s * (1.0f - s) * (2.0f + u * (1.0f - 2.0f * s));
     }
@@ -72,7 +74,8 @@ RESTE_HD float g(float x, const Params& p) {
       return tanh_bump(p.s[1] * (x - p.s[0]), p.s[2]) * ((x >= p.s[3] && x <= p.s[4]) ? 1.0f : 0.0f);
     default: {  // FDA: (4 w / pi) sum_{i<=n} cos((2i+1) w x) (a <= 1)
       float acc = 0.0f;
-      for (int i = 0; i <= p.count; ++i) acc += cosf(static_cast<float>((2 * i + 1) * p.w) * x);
+      const float c = x > 1.0f ? 1.0f : (x < -1.0f ? -1.0f : x);  // finite outside [-1, 1], where g is 0
+      for (int i = 0; i <= p.count; ++i) acc += cosf(static_cast<float>((2 * i + 1) * p.w) * c);
       return acc * p.s[2] * step_le(a, 1.0f);
     }
   }
