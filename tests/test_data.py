@@ -687,6 +687,35 @@ def test_download_paths_use_torchvision_then_our_readers(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+def test_the_test_split_alone_is_the_same_test_set_and_reads_no_train_file(tmp_path, monkeypatch):
+    """``train=False`` (``reste eval``, ``reste predict --dataset``): the same test batches, and the train files
+    are not read (ImageNet's train folder is not even scanned: a broken one does not matter)."""
+    write_cifar(tmp_path / "c")
+    write_image_folder(tmp_path / "i")
+    write_fashion(tmp_path / "f")
+    paths = {"digits": None, "fashion-mnist": tmp_path / "f", "cifar10": tmp_path / "c", "imagenet": tmp_path / "i"}
+    for name, path in paths.items():
+        _, test, info = load_datasets(name, path)
+        no_train, test_only, info_only = load_datasets(name, path, train=False)
+        assert no_train is None and info_only.train_size is None
+        assert info_only.test_size == info.test_size and info_only.classes == info.classes
+        kept = make_loaders(None, test_only, batch_size=4, eval_batch_size=4, seed=3)
+        assert kept[0] is None
+        assert same_batches(batches(kept[1]), batches(make_loaders(_, test, batch_size=4, eval_batch_size=4,
+                                                                      seed=3)[1])), name
+    for f in (tmp_path / "c" / "cifar-10-batches-py").glob("data_batch_*"):
+        f.write_bytes(b"not a pickle")
+    (tmp_path / "i" / "train" / "n01" / "img0.JPEG").write_bytes(b"")
+    (tmp_path / "i" / "train" / "n04").mkdir()  # a class folder without images: ImageFolder would refuse it
+    assert load_datasets("cifar10", tmp_path / "c", train=False)[1].targets == list(range(6))
+    assert load_datasets("imagenet", tmp_path / "i", train=False)[2].classes == ("n01", "n02", "n03")
+    usage_error(load_datasets, "cifar10", tmp_path / "c", match="is not a CIFAR-10 python batch")
+    read = []
+    monkeypatch.setattr(formats, "_image_folder", lambda path, split: read.append(split) or None)
+    formats.image_folders(tmp_path / "i", False, train=False)
+    assert read == ["val"]
+
+
 def test_every_spec_names_a_loader_that_resolves():
     import importlib
 

@@ -33,7 +33,7 @@ class DatasetSpec:
     ``train_size``/``test_size`` are ``None`` where they depend on the user's copy
     (ImageNet folders). ``fits_in_memory`` says whether the whole set can be held as
     uint8 tensors on the training device (``--data-device``). ``loader`` is
-    ``"module:function"``, a function ``(data_path, download, augment, in_memory)``
+    ``"module:function"``, a function ``(data_path, download, augment, in_memory, train)``
     returning ``(train, test, DatasetInfo)``. ``defaults`` is the recipe used when the
     user does not say otherwise (model, epochs, batch sizes, lr, warm-up). ``augments``: whether
     the loader has a train augmentation (random crop and flip) that ``--augment`` turns on.
@@ -57,10 +57,11 @@ class DatasetSpec:
     folder_classes: bool = False  # whether its classes are those of the user's folder (num_classes: the usual copy's)
 
     def load(self, data_path=None, *, download: bool = False, augment: bool = True,
-             in_memory: bool | None = None):
-        """Run this data set's loader: ``(train, test, DatasetInfo)``."""
+             in_memory: bool | None = None, train: bool = True):
+        """Run this data set's loader: ``(train, test, DatasetInfo)``; ``train=False``: the train split is
+        neither read nor returned (None)."""
         module, _, function = self.loader.partition(":")
-        return getattr(importlib.import_module(module), function)(data_path, download, augment, in_memory)
+        return getattr(importlib.import_module(module), function)(data_path, download, augment, in_memory, train)
 
 
 # digits: scikit-learn's 8x8 digits, pixel values 0..16; mean/std are those of the train split

@@ -205,9 +205,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
               "use --amp bf16 or none", file=sys.stderr)
     model = model_from_checkpoint(ckpt, dev)
-    train_ds, test_ds, info = load_datasets(config.dataset, data_path or config.data_path, download=download)
+    _, test_ds, info = load_datasets(config.dataset, data_path or config.data_path, download=download, train=False)
     check_classes(ckpt["model_options"]["num_classes"], ckpt.get("classes"), info, data_path or config.data_path)
-    _, test_loader = make_loaders(train_ds, test_ds, batch_size=config.batch_size,
+    _, test_loader = make_loaders(None, test_ds, batch_size=config.batch_size,
                                   eval_batch_size=batch_size or config.eval_batch_size, workers=workers,
                                   seed=config.seed)
     if config.channels_last:  # the run's layout and (on the CPU) thread count: the logged numbers to the bit

@@ -341,8 +341,9 @@ def _image_folder(path: Path, split: str):
                          f"{_IMAGENET_HINT}") from None
 
 
-def image_folders(data_path, download: bool):
-    """torchvision ``ImageFolder`` s of ``data_path/train`` and ``data_path/val``, with the same classes."""
+def image_folders(data_path, download: bool, train: bool = True):
+    """torchvision ``ImageFolder`` s of ``data_path/train`` and ``data_path/val``, with the same classes;
+    ``train=False``: ``(None, val)``, the train folder not scanned."""
     if download:
         raise UsageError(_IMAGENET_HINT)
     if data_path is None:
@@ -352,8 +353,10 @@ def image_folders(data_path, download: bool):
         raise UsageError(f"ImageNet data path {root} does not exist; {_IMAGENET_HINT}")
     if not root.is_dir() or not any(root.iterdir()):
         raise UsageError(f"ImageNet data path {root} is empty; {_IMAGENET_HINT}")
-    train_base = _image_folder(root / "train", "train")
+    train_base = _image_folder(root / "train", "train") if train else None
     val_base = _image_folder(root / "val", "val")
+    if train_base is None:
+        return None, val_base
     if train_base.classes != val_base.classes:
         only = sorted(set(train_base.classes) ^ set(val_base.classes))
         raise UsageError(f"ImageNet train/ and val/ in {root} have different class folders "

@@ -120,7 +120,8 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
 
     Both loaders have ``set_epoch(epoch)``; the train loader's order and
     augmentation for an epoch depend only on ``(seed, epoch)``. The test loader
-    has a fixed order and no augmentation. With ``distributed=True`` (needs an
+    has a fixed order and no augmentation; ``train_ds=None`` (``load_datasets(train=False)``) gives
+    ``(None, test_loader)``. With ``distributed=True`` (needs an
     initialised ``torch.distributed``) the train set is sharded like
     ``DistributedSampler(seed=seed)`` does and the test set is split without
     padding (rank r gets samples r, r+W, ...), so counts summed over ranks are exact.
@@ -134,18 +135,16 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
         raise UsageError(f"workers must be 0 or more, got {workers}")
     rank, world = rank_and_world_size() if distributed else (0, 1)
 
+    if train_ds is None:
+        return None, _test_loader(test_ds, eval_batch_size, workers, seed, pin_memory, rank, world, device)
     if isinstance(train_ds, InMemoryDataset) and isinstance(test_ds, InMemoryDataset):
         if device is not None:
-            train_ds, test_ds = train_ds.to(device), test_ds.to(device)
+            train_ds = train_ds.to(device)
         train = TensorLoader(train_ds.data, train_ds.labels, batch_size=batch_size, shuffle=True,
                              drop_last=drop_last, seed=seed, augment=train_ds.augment,
                              pin_memory=pin_memory, rank=rank, world_size=world, pad=True,
                              dataset=train_ds, normalize=train_ds.normalize)
-        test = TensorLoader(test_ds.data, test_ds.labels, batch_size=eval_batch_size,
-                            shuffle=False, drop_last=False, seed=seed, augment=None,
-                            pin_memory=pin_memory, rank=rank, world_size=world, pad=False,
-                            dataset=test_ds, normalize=test_ds.normalize)
-        return train, test
+        return train, _test_loader(test_ds, eval_batch_size, workers, seed, pin_memory, rank, world, device)
 
     pin = bool(pin_memory) and torch.cuda.is_available()
     tag = isinstance(train_ds, TransformDataset)
@@ -159,7 +158,20 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
                   worker_init_fn=_worker_init if workers > 0 else None)
     train = EpochDataLoader(train_ds, batch_size=batch_size, sampler=train_sampler,
                             drop_last=drop_last, generator=seeded_generator(seed, 0, 2), **common)
-    test = EpochDataLoader(test_ds, batch_size=eval_batch_size,
-                           sampler=ShardSampler(len(test_ds), rank, world), drop_last=False,
-                           generator=seeded_generator(seed, 0, 3), **common)
-    return train, test
+    return train, _test_loader(test_ds, eval_batch_size, workers, seed, pin_memory, rank, world)
+
+
+def _test_loader(test_ds, batch_size: int, workers: int, seed: int, pin_memory: bool, rank: int, world: int,
+                 device=None):
+    """The test loader of :func:`make_loaders`: a fixed order, no augmentation, rank r of W gets r, r+W, ..."""
+    if isinstance(test_ds, InMemoryDataset):
+        if device is not None:
+            test_ds = test_ds.to(device)
+        return TensorLoader(test_ds.data, test_ds.labels, batch_size=batch_size, shuffle=False, drop_last=False,
+                            seed=seed, augment=None, pin_memory=pin_memory, rank=rank, world_size=world, pad=False,
+                            dataset=test_ds, normalize=test_ds.normalize)
+    pin = bool(pin_memory) and torch.cuda.is_available()
+    return EpochDataLoader(test_ds, batch_size=batch_size, sampler=ShardSampler(len(test_ds), rank, world),
+                           drop_last=False, generator=seeded_generator(seed, 0, 3), num_workers=workers,
+                           pin_memory=pin, persistent_workers=workers > 0,
+                           worker_init_fn=_worker_init if workers > 0 else None)

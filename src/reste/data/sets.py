@@ -39,7 +39,7 @@ class DatasetInfo:
     name: str
     num_classes: int
     input_size: tuple[int, int, int]  # (C, H, W)
-    train_size: int
+    train_size: int | None  # None when the train split was not loaded (``load_datasets(train=False)``)
     test_size: int
     classes: tuple[str, ...] | None = None  # the name of each label (an ImageNet folder's: its class folders)
 
@@ -51,7 +51,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, download: bool = False,
-                  augment: bool = True, in_memory: bool | None = None):
+                  augment: bool = True, in_memory: bool | None = None, train: bool = True):
     """Load a data set: ``(train_ds, test_ds, DatasetInfo)``.
 
     ``name`` is a name or alias of :mod:`reste.datasets`. ``augment=False`` turns off
@@ -62,16 +62,18 @@ def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, down
     transforms, per sample), ImageNet never (``in_memory=True`` is then a
     :class:`UsageError`). Problems the user can fix (unknown name, missing or
     malformed files, a failed download) raise :class:`reste.errors.UsageError` with a
-    one-line message.
+    one-line message. ``train=False`` reads only the test split (evaluation: ImageNet's train
+    folder is not scanned) and returns ``None`` for the train set.
     """
     spec = get_spec(name)
     if in_memory and not spec.fits_in_memory:
         raise UsageError(f"{spec.name} does not fit in memory; it is read from files by DataLoader workers")
-    return spec.load(data_path, download=download, augment=augment, in_memory=in_memory)
+    return spec.load(data_path, download=download, augment=augment, in_memory=in_memory, train=train)
 
 
 def _info(name: str, train, test, classes: Sequence[str]) -> DatasetInfo:
-    return DatasetInfo(name, len(classes), SPECS[name].input_size, len(train), len(test), tuple(classes))
+    return DatasetInfo(name, len(classes), SPECS[name].input_size, None if train is None else len(train),
+                       len(test), tuple(classes))
 
 
 def check_classes(learned: int | None, names: Sequence[str] | None, info: DatasetInfo,
@@ -95,7 +97,8 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
                      f"{names[i]!r}); pass the data it was trained on, with the same class folders")
 
 
-def _load_digits(data_path=None, download: bool = False, augment: bool = True, in_memory: bool | None = None):
+def _load_digits(data_path=None, download: bool = False, augment: bool = True, in_memory: bool | None = None,
+                 train: bool = True):
     """The pixels (0..16) as uint8; normalised per batch with the train split's mean/std (the spec's)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -107,13 +110,14 @@ def _load_digits(data_path=None, download: bool = False, augment: bool = True, i
     classes = [str(c) for c in bunch.target_names]
     norm = Normalize.of("digits")
     train = InMemoryDataset(torch.from_numpy(x_tr).reshape(-1, 1, 8, 8), torch.from_numpy(y_tr),
-                            classes=classes, normalize=norm)
+                            classes=classes, normalize=norm) if train else None
     test = InMemoryDataset(torch.from_numpy(x_te).reshape(-1, 1, 8, 8), torch.from_numpy(y_te),
                            classes=classes, normalize=norm)
     return train, test, _info("digits", train, test, [str(d) for d in range(10)])
 
 
-def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: bool | None = None):
+def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: bool | None = None,
+                        train: bool = True):
     files = find_fashion_mnist(data_path, download)
     norm = Normalize.of("fashion-mnist")
 
@@ -126,7 +130,7 @@ def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: boo
     # the padding: black normalised in float64 and rounded once, as it always was (this differs
     # from norm.fill() in the last bit; kept so that every batch stays what it was)
     fill = (0.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
-    train = build("train", RandomCropFlip(28, 2, fill=fill) if augment else None)
+    train = build("train", RandomCropFlip(28, 2, fill=fill) if augment else None) if train else None
     test = build("test", None)
     return train, test, _info("fashion-mnist", train, test, FASHION_MNIST_CLASSES)
 
@@ -148,9 +152,10 @@ class _ArrayImages:
         return Image.fromarray(self.images[index]), self.targets[index]
 
 
-def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | None = None):
+def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | None = None,
+                  train: bool = True):
     folder = find_cifar10(data_path, download)
-    x_tr, y_tr = read_cifar10(folder, "train")
+    x_tr, y_tr = read_cifar10(folder, "train") if train else (None, None)
     x_te, y_te = read_cifar10(folder, "test")
     spec = SPECS["cifar10"]
 
@@ -163,7 +168,7 @@ def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | No
             return InMemoryDataset(t, torch.from_numpy(y), augment=aug, classes=CIFAR10_CLASSES,
                                    normalize=norm)
 
-        train = tensors(x_tr, y_tr, RandomCropFlip(32, 4, fill=norm.fill()) if augment else None)
+        train = tensors(x_tr, y_tr, RandomCropFlip(32, 4, fill=norm.fill()) if augment else None) if train else None
         test = tensors(x_te, y_te, None)
         return train, test, _info("cifar10", train, test, CIFAR10_CLASSES)
 
@@ -172,13 +177,14 @@ def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | No
     norm = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     train_tf = T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []) + norm)
     test_tf = T.Compose(norm)
-    train = TransformDataset(_ArrayImages(x_tr, y_tr, CIFAR10_CLASSES), train_tf)
+    train = TransformDataset(_ArrayImages(x_tr, y_tr, CIFAR10_CLASSES), train_tf) if train else None
     test = TransformDataset(_ArrayImages(x_te, y_te, CIFAR10_CLASSES), test_tf)
     return train, test, _info("cifar10", train, test, CIFAR10_CLASSES)
 
 
-def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | None = None):
-    train_base, val_base = image_folders(data_path, download)
+def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | None = None,
+                   train: bool = True):
+    train_base, val_base = image_folders(data_path, download, train=train)
     from torchvision import transforms as T
 
     norm = [T.ToTensor(), T.Normalize(SPECS["imagenet"].mean, SPECS["imagenet"].std)]
@@ -187,6 +193,6 @@ def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | N
     else:
         train_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
     val_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
-    train = TransformDataset(train_base, train_tf)
+    train = TransformDataset(train_base, train_tf) if train else None
     test = TransformDataset(val_base, val_tf)
-    return train, test, _info("imagenet", train, test, train_base.classes)
+    return train, test, _info("imagenet", train, test, val_base.classes)

@@ -221,9 +221,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
                          "pass the data set it was trained on")
     check_data_path(spec.name, args.data_path, args.download)
-    train_ds, test_ds, info = load_datasets(dataset, args.data_path, download=args.download)
+    _, test_ds, info = load_datasets(dataset, args.data_path, download=args.download, train=False)
     check_classes(classes, model.meta.get("classes"), info, args.data_path)  # a folder's, known once it is read
-    _, loader = make_loaders(train_ds, test_ds, batch_size=args.batch_size, eval_batch_size=args.batch_size)
+    _, loader = make_loaders(None, test_ds, batch_size=args.batch_size, eval_batch_size=args.batch_size)
     correct = total = 0
     start = time.perf_counter()
     for images, labels in loader:
