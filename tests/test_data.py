@@ -528,6 +528,20 @@ def test_cifar10_distributed_sampler(tmp_path):
         dist.destroy_process_group()
 
 
+def test_more_processes_than_test_images_is_refused(tmp_path, monkeypatch):
+    """A process with no test image would make no evaluation forward, so the others' first one (DDP's buffer
+    broadcast) would wait on it for ever: refused on every process alike, before any collective."""
+    from reste.data import loaders
+
+    train, test, _ = load_datasets("cifar10", write_cifar(tmp_path / "data"))
+    monkeypatch.setattr(loaders, "rank_and_world_size", lambda: (6, 7))
+    usage_error(make_loaders, train, test, batch_size=4, eval_batch_size=4, distributed=True,
+                match="the test set has 6 image(s) for 7 processes")
+    monkeypatch.setattr(loaders, "rank_and_world_size", lambda: (5, 6))
+    _, te = make_loaders(train, test, batch_size=4, eval_batch_size=4, distributed=True)
+    assert [y.tolist() for _, y in te] == [[5]]
+
+
 def test_cifar10_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(formats, "DEFAULT_ROOT", tmp_path / "default")
     usage_error(load_datasets, "cifar10", match="does not exist")  # default ./data missing
