@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 
 from reste.cli import main
+from reste import get_estimator
 from reste.config import TrainConfig
 from reste.rundir import read_metrics
 from reste.errors import UsageError
@@ -83,8 +85,7 @@ def test_sweep_skips_finished_runs_and_resumes_partial_ones(sweep, capsys):
     manifest = json.loads((out / "sweep.json").read_text())
     ste, reste_ = (out / s["runs"]["0"] for s in manifest["settings"])
     ste_mtime = (ste / "last.pt").stat().st_mtime_ns
-    for name in ("last.pt", "best.pt"):  # as if killed between epoch 1's metrics line and its first checkpoint
-        (reste_ / name).unlink()
+    (reste_ / "best.pt").unlink()  # as if killed between the epoch's last.pt and its best.pt: resuming mends it
     assert run_state(reste_, 1) == "partial" and run_state(ste, 1) == "done"
     capsys.readouterr()
     assert main(argv) == 0
@@ -94,7 +95,28 @@ def test_sweep_skips_finished_runs_and_resumes_partial_ones(sweep, capsys):
     assert "estimator=reste seed 0: best" in lines[1]
     assert lines[1].endswith(" so far]") and "left" not in lines[1]  # the last run: nothing left to estimate
     assert (ste / "last.pt").stat().st_mtime_ns == ste_mtime
-    assert run_state(reste_, 1) == "done" and len(read_metrics(reste_)) == 1
+    assert run_state(reste_, 1) == "done" and len(read_metrics(reste_)) == 1 and (reste_ / "best.pt").is_file()
+
+
+def _copy(sweep, tmp_path):
+    """A copy of the shared sweep that a test may change (its run folders are relative to it)."""
+    out, argv = sweep
+    shutil.copytree(out, tmp_path / "s")
+    return tmp_path / "s", [str(tmp_path / "s") if a == str(out) else a for a in argv]
+
+
+def test_a_finished_run_whose_checkpoints_were_deleted_is_still_finished(sweep, capsys, tmp_path):
+    """Its settings and metrics hold all the table needs: the sweep skips it and the report keeps it."""
+    out, argv = _copy(sweep, tmp_path)
+    before = (out / "runs.csv").read_text()
+    for run in (out / "runs").glob("*/seed0"):
+        for name in ("last.pt", "best.pt"):
+            (run / name).unlink()
+        assert run_state(run, 1) == "done"
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("already finished, skipped") == 2
+    assert (out / "runs.csv").read_text() == before
 
 
 def test_time_left_is_the_pace_of_the_runs_trained_so_far():
@@ -476,3 +498,152 @@ def test_a_sweep_that_cannot_start_removes_only_the_folders_it_made(tmp_path, ca
     assert main(["sweep", "--dataset", "fashion-mnist", "--data-path", str(tmp_path / "nowhere"), "--grid",
                  "estimator=ste", "--epochs", "1", "--out", str(out)]) == 2
     assert existing.is_dir() and not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------- one rule for what a sweep reports
+
+
+def test_a_finished_run_changed_since_is_refused_by_the_sweep_and_kept_by_the_report(sweep, tmp_path, capsys):
+    """`reste train --resume --force` on a sweep's finished run: the sweep does not count it (it held another
+    estimator and epoch count than its setting), the report keeps the row it wrote for the run and says why."""
+    out, argv = _copy(sweep, tmp_path)
+    before = (out / "runs.csv").read_text()
+    ste = next((out / "runs").glob("ste-*/seed0"))
+    config = json.loads((ste / "config.json").read_text())
+    (ste / "config.json").write_text(json.dumps({**config, "estimator": "ede", "estimator_options": {}}))
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+    lines = []
+    summarize(out, plots=False, log=lines.append)
+    assert any("estimator=ste seed 0: it holds a run with other settings" in line for line in lines)
+    assert (out / "runs.csv").read_text() == before
+
+
+def test_the_report_keeps_the_runs_whose_folders_are_gone(sweep, tmp_path):
+    """runs.csv and epochs.csv outlive the run folders: a report without them rewrites the same tables (a
+    committed study reported again in a clone)."""
+    out, _ = _copy(sweep, tmp_path)
+    tables = {name: (out / name).read_text() for name in ("results.csv", "runs.csv", "epochs.csv", "results.md")}
+    indicators = (out / "indicators.png").read_bytes()
+    shutil.rmtree(out / "runs")
+    lines = []
+    summarize(out, log=lines.append)
+    assert {name: (out / name).read_text() for name in tables} == tables
+    assert any("2 runs reported from runs.csv and epochs.csv" in line for line in lines)
+    assert _is_png(out / "indicators.png") and (out / "indicators.png").read_bytes() == indicators
+    (out / "epochs.csv").unlink()  # the curves are gone too: the figure of them is left as it was
+    summarize(out, log=lines.append)
+    assert (out / "indicators.png").read_bytes() == indicators and "not drawn" in lines[-2]
+
+
+def test_a_run_with_an_epoch_missing_is_left_out_and_not_trained_again(tmp_path, capsys):
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "2", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a"]
+    assert main(argv) == 0
+    run = next((tmp_path / "s" / "runs").glob("ste-*/seed0"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[1] + "\n")  # epoch 1's line lost
+    (tmp_path / "s" / "runs.csv").unlink()  # and no earlier row to keep
+    stamp = (run / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "estimator=ste seed 0: LEFT OUT:" in out and "has no line for epoch 1" in out
+    assert "estimator=ste seed 0 is left out: " in out and "| - | 0/1 |" in (tmp_path / "s" / "results.md").read_text()
+    assert (run / "last.pt").stat().st_mtime_ns == stamp  # not resumed, not retrained
+
+
+def test_estimator_flags_apply_to_the_estimators_they_belong_to():
+    base = TrainConfig(dataset="digits", epochs=1)
+    settings = expand_grid(base, {"estimator": ["reste", "dsq"], "o_schedule": ["cosine", "linear"]})
+    assert [s.label for s in settings] == ["estimator=reste,o_schedule=cosine", "estimator=reste,o_schedule=linear",
+                                           "estimator=dsq"]
+    dsq_default = get_estimator("dsq").config()["schedule"]
+    assert settings[2].config.estimator_options["schedule"] == dsq_default
+    fixed = expand_grid(base, {"estimator": ["reste", "dsq"]}, flags={"alpha_schedule": "constant"})
+    assert [s.config.estimator_options["schedule"] for s in fixed] == [get_estimator("reste").config()["schedule"],
+                                                                       "constant"]
+    with pytest.raises(UsageError, match="--alpha-schedule applies to the dsq estimator, which this sweep does not"):
+        expand_grid(base, {"estimator": ["reste", "ste"]}, flags={"alpha_schedule": "constant"})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "keep_top=0,2"], "'keep_top' is not a grid axis: it does not change what a run trains"),
+    (["--grid", "data_path=a,b"], "'data_path' is not a grid axis"),
+    (["--grid", "estimator=fda", "--grid", "n=5,9"], "grid axis 'n' has the name of a column of the tables; "
+                                                     "name it fda_n"),
+    (["--o-schedule", "constant", "--grid", "o_schedule=cosine,linear"], "'o_schedule' is both a grid axis and a "
+                                                                         "fixed flag"),
+    (["--o-schedule", "constant", "--grid", "schedule=cosine,linear"], "'schedule' is both a grid axis"),
+    (["--seed", "5", "--seeds", "0", "--grid", "lr=0.1"], "--seed and --seeds both given"),
+])
+def test_sweep_flags_that_would_be_ignored_are_refused(argv, message, tmp_path, capsys):
+    assert main(["sweep", *argv, "--epochs", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_grid_values_none_and_close_floats():
+    base = TrainConfig(dataset="digits", epochs=1, estimator="ste")
+    settings = expand_grid(base, parse_grid(["scaling=layer,none", "amp=none"]))
+    assert [s.config.scaling for s in settings] == ["layer", "none"] and settings[0].config.amp == "none"
+    labels = [s.label for s in expand_grid(base, parse_grid(["lr=0.1,0.1000001"]))]
+    assert labels == ["lr=0.1", "lr=0.1000001"]
+
+
+def test_run_sweep_refuses_a_seed_twice(tmp_path):
+    from reste.experiments import run_sweep
+
+    with pytest.raises(UsageError, match="name a seed twice"):
+        run_sweep(TrainConfig(epochs=1, estimator="ste"), {}, [0, 0], tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m["settings"][0].pop("runs"), "setting 1 lacks its label, values or runs"),
+    (lambda m: m.pop("base"), "no base settings"),
+    (lambda m: m.update(seeds="0"), "its seeds are not a list of integers"),
+    (lambda m: m["settings"][0].update(runs={"x": "runs/a"}), "has a run that is not 'seed': 'folder'"),
+])
+def test_a_damaged_sweep_json_is_one_line(damage, message, sweep, tmp_path, capsys):
+    out, _ = _copy(sweep, tmp_path)
+    manifest = json.loads((out / "sweep.json").read_text())
+    damage(manifest)
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_the_heading_names_what_the_settings_trained(sweep, tmp_path):
+    from reste.experiments.report import markdown_table
+
+    out, _ = _copy(sweep, tmp_path)
+    manifest = json.loads((out / "sweep.json").read_text())
+    manifest["base"]["epochs"] = None  # the data set's default, resolved in each setting's config
+    assert markdown_table(manifest, []).startswith("digits, digits_1w1a, 1 epochs, seeds 0;")
+    manifest["settings"][1]["config"]["epochs"] = 2
+    assert markdown_table(manifest, []).startswith("digits, digits_1w1a, epochs per setting, seeds 0;")
+
+
+def test_no_report_still_returns_the_rows(sweep, tmp_path):
+    from reste.experiments import run_sweep
+
+    out, _ = _copy(sweep, tmp_path)
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, indicators="general")
+    rows = run_sweep(base, {"estimator": ["ste", "reste"]}, [0], out, report=False, log=lambda m: None)
+    assert [(r["setting"], r["n"], r["n_runs"]) for r in rows] == [("estimator=ste", 1, 1), ("estimator=reste", 1, 1)]
+
+
+def test_a_sweep_of_other_settings_in_the_same_folder_says_so_and_clears_old_figures(sweep, tmp_path):
+    from reste.experiments import run_sweep
+
+    out, _ = _copy(sweep, tmp_path)
+    assert _is_png(out / "indicators.png")
+    lines = []
+    run_sweep(TrainConfig(dataset="digits", model="digits_1w1a", epochs=1), {"estimator": ["ste"]}, [0], out,
+              log=lines.append)
+    assert any("held a sweep of other settings or seeds" in line for line in lines)
+    assert not (out / "indicators.png").exists() and not (out / "error_vs_stability.png").exists()

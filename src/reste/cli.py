@@ -413,8 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
-        print("reste: interrupted; a run keeps its finished epochs (continue it with --resume RUN_DIR), "
-              "a new run that finished none is removed", file=sys.stderr)
+        if next((a for a in argv if not a.startswith("-")), "") == "sweep":
+            print("reste: interrupted; the sweep keeps its finished runs and each run its finished epochs: run the "
+                  "same command again to continue", file=sys.stderr)
+        else:
+            print("reste: interrupted; a run keeps its finished epochs (continue it with --resume RUN_DIR), "
+                  "a new run that finished none is removed", file=sys.stderr)
         return 130
 
 

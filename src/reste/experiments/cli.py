@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..errors import UsageError
+from ..estimators import estimator_flags, list_estimators
 from ..plugins import add_plugin_flag
 
 SWEEP_EXAMPLE = ("reste sweep --grid estimator=ste,reste,ede --seeds 0,1,2 --out sweeps/est "
@@ -76,16 +77,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.out:
         raise UsageError(f"a sweep needs --out DIR for its runs and tables, e.g. {SWEEP_EXAMPLE}")
     grid = parse_grid(args.grid)
+    if args.seeds and args.seed is not None:
+        raise UsageError("--seed and --seeds both given; a sweep trains the seeds of --seeds only")
+    # estimator flags apply to the estimators they belong to (--o-schedule: ReSTE's schedule, not DSQ's),
+    # whichever estimators the grid trains: passed to the sweep by flag name, not as the base's keywords
+    flags = {dest: getattr(args, dest) for dest in estimator_flags() if getattr(args, dest, None) is not None}
+    args = argparse.Namespace(**{**vars(args), **dict.fromkeys(flags)})
     fixed = overrides_from_args(args)
-    fixed = {*fixed, *fixed.get("estimator_options", {}), *fixed.get("model_options", {})}
-    clash = [key for key in grid if key in fixed]
+    fixed = {*fixed, *fixed.get("estimator_options", {}), *fixed.get("model_options", {}), *flags}
+    clash = [key for key in grid if key.replace("-", "_") in fixed or _same_option(key, flags)]
     if clash:
         raise UsageError(f"{clash[0]!r} is both a grid axis and a fixed flag; give its values in --grid only")
     base = base_config(args)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
-                     report=args.report, log=lambda m: print(m, flush=True))
+                     report=args.report, log=lambda m: print(m, flush=True), flags=flags)
     return 1 if any(r["n"] < r["n_runs"] for r in rows) else 0
+
+
+def _same_option(axis: str, flags: dict[str, Any]) -> bool:
+    """Whether grid ``axis``, an estimator keyword or flag name, sets an option that one of ``flags`` sets too."""
+    from .sweep import flag_takers
+
+    axis = axis.strip().replace("-", "_")
+    sets = set(flag_takers(axis).items()) or {(e, axis) for e in list_estimators()}
+    return any(sets & set(flag_takers(dest).items()) for dest in flags)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

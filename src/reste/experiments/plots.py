@@ -263,57 +263,75 @@ def _short(label: str) -> str:
     return label.replace("estimator=", "")
 
 
-def _epoch_means(out: Path, runs: dict[str, str], key: str) -> list[float] | None:
-    """Per-epoch mean over the finished seeds of metric ``key`` (None if no run has it)."""
-    series = []
-    for rel in runs.values():
-        run_dir = out / rel
-        cfg = run_dir / "config.json"
-        if not cfg.is_file() or not (run_dir / "last.pt").is_file():
-            continue
-        epochs = json.loads(cfg.read_text())["epochs"]
-        metrics = read_metrics(run_dir)[:epochs]
-        if len(metrics) == epochs and all(key in m for m in metrics):
-            series.append([m[key] for m in metrics])
-    if not series:
+def _epoch_means(runs: list[dict[str, Any]], key: str) -> list[float] | None:
+    """Per-epoch mean over ``runs`` (``report.collect``'s, of one setting) of metric ``key`` (None if no run has
+    it in every epoch)."""
+    series = [[m.get(key) for m in run["metrics"]] for run in runs]
+    series = [v for v in series if v and all(x is not None for x in v)]
+    if not series or len({len(v) for v in series}) > 1:
         return None
     return [statistics.fmean(v) for v in zip(*series)]
 
 
-def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """Write the sweep's figures into ``out``; returns their file names.
+SWEEP_FIGURES = ("indicators.png", "error_vs_stability.png", "accuracy_vs_o_end.png")
+
+
+def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]],
+                  runs: list[dict[str, Any]]) -> list[str]:
+    """Write the sweep's figures into ``out`` from ``report.collect``'s rows and runs; returns their file names.
 
     With the indicators: ``indicators.png`` and ``error_vs_stability.png``; with an
     ``o_end`` axis in the grid: ``accuracy_vs_o_end.png``.
     """
     written = []
-    have_ind = any(r["estimating_error_mean"] is not None for r in rows)
+    wanted = wanted_figures(manifest, rows)
+    have_ind = "indicators.png" in wanted
     if have_ind:
-        written.append(indicators_figure(out, manifest))
+        if indicators_figure(out, manifest, runs):
+            written.append("indicators.png")
         mode = None if "indicators" in manifest["grid"] else manifest["base"].get("indicators") or "general"
         written.append(error_vs_stability_figure(out, rows, mode))
-    o_axis = next((a for a in manifest["grid"] if a in ("o_end", "estimator_options.o_end")), None)
+    o_axis = _o_axis(manifest)
     if o_axis:
         written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind))
     return written
 
 
-def indicators_figure(out: Path, manifest: dict[str, Any]) -> str:
-    """``indicators.png``: both indicators per epoch, mean over seeds, one line per setting."""
+def _o_axis(manifest: dict[str, Any]) -> str | None:
+    return next((a for a in manifest["grid"] if a in ("o_end", "estimator_options.o_end")), None)
+
+
+def wanted_figures(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The figures the sweep's tables call for (any other of SWEEP_FIGURES in its folder is an earlier sweep's)."""
+    names = []
+    if any(r["estimating_error_mean"] is not None for r in rows):
+        names += ["indicators.png", "error_vs_stability.png"]
+    if _o_axis(manifest) and any(r["n"] for r in rows):
+        names.append("accuracy_vs_o_end.png")
+    return names
+
+
+def indicators_figure(out: Path, manifest: dict[str, Any], runs: list[dict[str, Any]]) -> str | None:
+    """``indicators.png``: both indicators per epoch, mean over seeds, one line per setting; None (nothing written)
+    when no run has them per epoch (runs reported from a runs.csv without its epochs.csv)."""
     fig = _figure(1, 2, width=6.0, height=4.4)
     axes = fig.subplots(1, 2)
+    drawn = False
     for i, s in enumerate(manifest["settings"]):
         for ax, key in zip(axes, LABELS):
-            means = _epoch_means(out, s["runs"], key)
+            means = _epoch_means([r for r in runs if r["setting"] == s["label"]], key)
             if means:
                 ax.plot(range(1, len(means) + 1), means, marker="o", ms=3, color=f"C{i % 10}",
                         ls="-" if i < 10 else "--", label=_short(s["label"]))
+                drawn = True
     for ax, key in zip(axes, LABELS):
         ax.set_title(f"{LABELS[key]}\nper epoch, mean over seeds", fontsize=10)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
         _maybe_log(ax, [y for line in ax.get_lines() for y in line.get_ydata()],
                    ratio=30.0 if key == "gradient_stability" else 4.0)
+    if not drawn:
+        return None
     axes[1].legend(fontsize=8)
     _save(fig, out / "indicators.png")
     return "indicators.png"

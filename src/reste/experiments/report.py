@@ -2,8 +2,9 @@
 
 Per run (``runs.csv``): best and final test top-1, and the run-level indicators,
 each the mean over the epochs of the per-epoch values in ``metrics.jsonl``.
-Per epoch of every finished run (``epochs.csv``): its line of ``metrics.jsonl``, so
-that the learning curves outlive the run folders (which are not committed).
+Per epoch of every finished run (``epochs.csv``): the metrics of its line of ``metrics.jsonl``
+(``EPOCH_COLUMNS``: not the schedule values), so that the learning curves outlive the run folders
+(which are not committed); a run reported once is reported from these two tables when its folder is gone.
 Per setting (``results.csv``, ``results.md``): the mean and the sample standard
 deviation (n - 1; blank for one seed) of those over the seeds whose run finished,
 and n. Figures: ``indicators.png`` (both indicators per epoch, one line per
@@ -19,9 +20,11 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import TrainConfig
 from ..errors import UsageError
 from ..indicators import RUN_LEVEL, run_level
-from ..rundir import CONFIG, METRIC_FIELDS, finished_epochs, last_checkpoint, read_metrics, saved_config
+from ..rundir import METRIC_FIELDS, METRICS as METRICS_FILE, holds_run, read_metrics, run_config
+from .identity import canonical, config_key
 
 MANIFEST = "sweep.json"  # the sweep folder's plan: base config, grid, seeds, settings and their runs
 
@@ -29,15 +32,35 @@ METRICS = ("best_acc", "final_acc", "estimating_error", "gradient_stability")
 INDICATORS = ("estimating_error", "gradient_stability")
 
 
-def run_summary(run_dir: Path) -> dict[str, Any] | None:
-    """best/final accuracy and the run-level indicators (``reste.indicators.run_level``: the authors' aggregate in
-    paper mode) of a finished run; None while it is not finished."""
-    if not (run_dir / CONFIG).is_file() or not last_checkpoint(run_dir).is_file():
-        return None
-    epochs = saved_config(run_dir).epochs
-    if finished_epochs(run_dir) < epochs:
-        return None
-    metrics = read_metrics(run_dir)[:epochs]
+def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
+    """Whether the run in ``run_dir`` can be reported, by the one rule of sweeps and reports alike.
+
+    ``("done", summary)``: its settings (``config.json``, or ``last.pt``'s copy) and a metrics line for each of
+    its epochs; the summary holds best/final accuracy, the run-level indicators (``reste.indicators.run_level``:
+    the authors' aggregate in paper mode) and, under ``"metrics"``, the lines of its epochs. ``("pending", None)``:
+    no run there yet, or one still training (its first epochs recorded). ``("damaged", why)``: a run that cannot
+    be reported (a damaged file, an epoch's line missing in the middle). ``("changed", why)``: a run with settings
+    other than ``key`` (its setting's :func:`~reste.experiments.identity.config_key`), changed since with
+    ``reste train --resume --force``."""
+    if not holds_run(run_dir):
+        return "pending", None
+    try:
+        config = run_config(run_dir)
+        lines = read_metrics(run_dir, missing_ok=True)
+    except UsageError as err:
+        return "damaged", str(err)
+    if key is not None and config_key(canonical(config)) != key:
+        return "changed", (f"it holds a run with other settings ({config.epochs} epochs, estimator "
+                            f"{config.estimator}) than its setting: changed since with --resume --force?")
+    by_epoch = {m["epoch"]: m for m in lines}
+    done = max(by_epoch, default=0)
+    gaps = [e for e in range(1, min(done, config.epochs) + 1) if e not in by_epoch]
+    if gaps:
+        return "damaged", (f"{run_dir / METRICS_FILE} has no line for epoch {gaps[0]}; train the run again "
+                            "(delete its folder) to report it")
+    if done < config.epochs:
+        return "pending", None
+    metrics = [by_epoch[e] for e in range(1, config.epochs + 1)]
     row: dict[str, Any] = {
         "best_acc": max(m["test_acc"] for m in metrics),
         "final_acc": metrics[-1]["test_acc"],
@@ -45,8 +68,17 @@ def run_summary(run_dir: Path) -> dict[str, Any] | None:
         "seconds": sum(m.get("time", 0.0) for m in metrics),
     }
     history = [m for m in metrics if all(k in m for k in INDICATORS)]
-    row.update(dict.fromkeys(INDICATORS), **run_level(history, saved_config(run_dir).indicators or "general"))
-    return row
+    row.update(dict.fromkeys(INDICATORS), **run_level(history, config.indicators or "general"))
+    return "done", {**row, "metrics": metrics}
+
+
+def run_summary(run_dir: Path) -> dict[str, Any] | None:
+    """best/final accuracy and the run-level indicators of a finished run (see :func:`run_status`); None while it
+    is not finished, or cannot be reported."""
+    status, summary = run_status(Path(run_dir))
+    if status != "done":
+        return None
+    return {k: v for k, v in summary.items() if k != "metrics"}
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -57,6 +89,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def load_manifest(out_dir: Path) -> dict[str, Any]:
+    """The sweep's ``sweep.json``, checked: a damaged one is a one-line error, not a KeyError later."""
     path = out_dir / MANIFEST
     if not path.is_file():
         raise UsageError(f"{out_dir} is not a sweep folder (no {MANIFEST}); run `reste sweep --out {out_dir}` first")
@@ -67,7 +100,26 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     if not (isinstance(manifest, dict) and isinstance(manifest.get("grid"), dict)
             and isinstance(manifest.get("settings"), list)):
         raise UsageError(f"{path} is not a sweep manifest (no grid and settings); run the sweep again to rewrite it")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UsageError(f"{path} is damaged ({problem}); run the sweep again to rewrite it")
     return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str:
+    if not isinstance(manifest.get("base"), dict):
+        return "no base settings"
+    seeds = manifest.get("seeds")
+    if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        return "its seeds are not a list of integers"
+    for i, s in enumerate(manifest["settings"]):
+        if not (isinstance(s, dict) and isinstance(s.get("label"), str) and isinstance(s.get("values"), dict)
+                and isinstance(s.get("runs"), dict)):
+            return f"setting {i + 1} lacks its label, values or runs"
+        for seed, rel in s["runs"].items():
+            if not (isinstance(seed, str) and seed.lstrip("-").isdigit() and isinstance(rel, str) and rel):
+                return f"setting {s['label']!r} has a run that is not 'seed': 'folder'"
+    return ""
 
 
 EPOCH_COLUMNS = METRIC_FIELDS
@@ -77,33 +129,100 @@ def epoch_rows(out_dir: str | Path, runs: list[dict[str, Any]]) -> list[dict[str
     """One row per epoch of each finished run in ``runs`` (``collect``'s): setting, seed, then EPOCH_COLUMNS."""
     rows = []
     for run in runs:
-        for m in read_metrics(Path(out_dir) / run["run_dir"])[:run["epochs"]]:
+        metrics = run["metrics"] if "metrics" in run else read_metrics(Path(out_dir) / run["run_dir"])[:run["epochs"]]
+        for m in metrics:
             rows.append({"setting": run["setting"], "seed": run["seed"], **{k: m.get(k) for k in EPOCH_COLUMNS}})
     return rows
 
 
-def collect(out_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(manifest, per-run rows, per-setting rows) of the sweep in ``out_dir``."""
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a table this module wrote, each cell back to its value (``_cell`` in reverse)."""
+    try:
+        with open(path, newline="") as f:
+            return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def _value(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The runs an earlier report wrote (runs.csv, with their epochs from epochs.csv), by (run folder, seed)."""
+    epochs: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for row in _read_csv(out / "epochs.csv"):
+        epochs.setdefault((row.get("setting"), row.get("seed")), []).append(
+            {k: row.get(k) for k in EPOCH_COLUMNS})
+    earlier = {}
+    for row in _read_csv(out / "runs.csv"):
+        if isinstance(row.get("run_dir"), str) and isinstance(row.get("seed"), int):
+            row["metrics"] = epochs.get((row.get("setting"), row["seed"]), [])
+            earlier[(row["run_dir"], row["seed"])] = row
+    return earlier
+
+
+def _setting_key(s: dict[str, Any]) -> str | None:
+    """The identity of a manifest's setting, computed now as it is for its runs (None for a manifest written
+    before settings recorded their config)."""
+    if not isinstance(s.get("config"), dict):
+        return None
+    try:
+        return config_key(canonical(TrainConfig.from_saved(s["config"])))
+    except (UsageError, TypeError, ValueError):
+        return None
+
+
+RUN_COLUMNS = ("best_acc", "final_acc", "epochs", "seconds", *INDICATORS)
+
+
+def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
+            ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(manifest, per-run rows, per-setting rows) of the sweep in ``out_dir``.
+
+    A run is reported when :func:`run_status` says it is done. One that cannot be reported now (its folder
+    moved or deleted, its checkpoints removed with its settings, a file damaged, its settings changed) keeps the
+    row an earlier report wrote for it in runs.csv (and its epochs in epochs.csv): those tables are the record
+    that outlives the run folders. ``log`` gets a line for each run kept so, or left out, and why."""
     out = Path(out_dir)
     manifest = load_manifest(out)
+    earlier = _earlier_rows(out)
     axes = list(manifest["grid"])
-    runs, rows = [], []
+    runs, rows, kept = [], [], 0
     for s in manifest["settings"]:
         finished = []
+        key = _setting_key(s)
         for seed, rel in s["runs"].items():
-            run_dir = out / rel
-            summary = run_summary(run_dir)
-            if summary is None:
-                continue
+            status, summary = run_status(out / rel, key)
+            if status != "done":
+                why, old = summary, earlier.get((rel, int(seed)))
+                if old is None or old.get("best_acc") is None:
+                    if status != "pending" and log:
+                        log(f"report: {s['label']} seed {seed} is left out: {why}")
+                    continue
+                summary = {k: old.get(k) for k in RUN_COLUMNS} | {"metrics": old["metrics"]}
+                kept += 1
+                if status != "pending" and log:
+                    log(f"report: {s['label']} seed {seed}: {why}; its earlier row in runs.csv is kept")
             runs.append({"setting": s["label"], **{a: s["values"].get(a) for a in axes}, "seed": int(seed),
                          **summary, "run_dir": rel})
             finished.append(summary)
         row: dict[str, Any] = {"setting": s["label"], **{a: s["values"].get(a) for a in axes}}
-        for key in METRICS:
-            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([f[key] for f in finished])
+        for metric in METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([f[metric] for f in finished])
         row["n"] = len(finished)
         row["n_runs"] = len(s["runs"])
         rows.append(row)
+    if kept and log:
+        log(f"report: {kept} run{'s' * (kept != 1)} reported from runs.csv and epochs.csv (their run folders are "
+            "gone or cannot be read now)")
     return manifest, runs, rows
 
 
@@ -143,13 +262,28 @@ def _indicator_rule(mode: str | None, varies: bool = False) -> str:
             + (" (the authors' aggregate)" if mode == "paper" else ""))
 
 
+def _shared(manifest: dict[str, Any], field: str) -> tuple[bool, Any]:
+    """(whether every setting trains with the same ``field``, that value): from the settings' own configs (the
+    defaults resolved, the grid applied); a manifest written before they were recorded gives its base's."""
+    configs = [s.get("config") for s in manifest["settings"]]
+    if not configs or not all(isinstance(c, dict) for c in configs):
+        return True, manifest["base"].get(field)
+    values = {json.dumps(c.get(field), sort_keys=True) for c in configs}
+    return len(values) == 1, configs[0].get(field)
+
+
 def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     base = manifest["base"]
-    opts = ", ".join(f"{k}={v}" for k, v in base.get("model_options", {}).items())
     rule = _indicator_rule(base.get("indicators"), "indicators" in manifest["grid"])
-    head = (f"{base['dataset']}, {base['model'] or 'default model'}{f' ({opts})' if opts else ''}, "
-            f"{base['epochs']} epochs, seeds {', '.join(map(str, manifest['seeds']))}; "
-            f"mean ± sample std over seeds{rule}.")
+    (one_set, dataset), (one_model, model), (one_count, epochs) = (
+        _shared(manifest, f) for f in ("dataset", "model", "epochs"))
+    one_options, options = _shared(manifest, "model_options")
+    opts = ", ".join(f"{k}={v}" for k, v in (options or {}).items()) if one_options else "options per setting"
+    count = (f"{epochs} epochs" if epochs else "the data set's default epochs") if one_count else "epochs per setting"
+    head = (f"{dataset if one_set else 'data set per setting'}, "
+            f"{(model or 'default model') if one_model else 'model per setting'}{f' ({opts})' if opts else ''}, "
+            f"{count}, "
+            f"seeds {', '.join(map(str, manifest['seeds']))}; mean ± sample std over seeds{rule}.")
     lines = [head, "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n |",
              "|---|---|---|---|---|---|"]
@@ -173,16 +307,23 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     counts the finished seeds and ``n_runs`` the planned ones).
     """
     out = Path(out_dir)
-    manifest, runs, rows = collect(out)
+    manifest, runs, rows = collect(out, log)
     write_csv(out / "results.csv", rows)
-    write_csv(out / "runs.csv", runs)
+    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "metrics"} for r in runs])
     write_csv(out / "epochs.csv", epoch_rows(out, runs))
     (out / "results.md").write_text(markdown_table(manifest, rows))
     written = ["results.md", "results.csv", "runs.csv", "epochs.csv"]
-    if plots and runs:
+    if plots:
         from . import plots as plotting
 
-        written += plotting.sweep_figures(out, manifest, rows)
+        drawn = plotting.sweep_figures(out, manifest, rows, runs) if runs else []
+        wanted = plotting.wanted_figures(manifest, rows)
+        for name in set(plotting.SWEEP_FIGURES) - set(wanted):  # an earlier sweep's, which these tables do not show
+            (out / name).unlink(missing_ok=True)
+        if log and set(wanted) - set(drawn):
+            log(f"report: {', '.join(sorted(set(wanted) - set(drawn)))} not drawn (no run's epochs at hand: "
+                "epochs.csv is missing); an existing one is left as it is")
+        written += drawn
     if log:
         log(f"wrote {', '.join(str(out / w) for w in written)}")
     return rows

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import inspect
 import itertools
 import json
 import os
 import time
 import traceback
-import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +40,12 @@ from ..config import TrainConfig, idle_data_flags
 from ..models import model_keywords
 from ..errors import UsageError
 from ..distributed import stop_signals
-from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
+from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
-from ..rundir import CONFIG, RESUME_FREE, epoch_end_whole, finished_epochs, last_checkpoint, saved_config
-from .report import MANIFEST, summarize
+from ..rundir import CONFIG, RESUME_FREE, epoch_end_whole, finished_epochs, holds_run, last_checkpoint
+from .identity import canonical, config_key
+from .report import MANIFEST, collect, run_status, summarize
 
-# Left out of a run's identity: the settings free to change on resume, and the seed (a folder of its own)
-_FREE_FIELDS = (*RESUME_FREE, "preset", "seed")
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
 
@@ -72,6 +69,16 @@ def _flag_aliases() -> dict[str, str]:
     return {dest: takers[0][1].name for dest, takers in estimator_flags().items() if dest != takers[0][1].name}
 
 
+def flag_takers(dest: str) -> dict[str, str]:
+    """The estimators that ``reste train`` flag ``dest`` applies to, each with its keyword there
+    (``o_schedule``: ReSTE's ``schedule``; ``alpha_schedule``: DSQ's)."""
+    return {name: param.name for name, param in estimator_flags().get(dest, [])}
+
+
+# Columns of the tables that a grid axis of the same name would overwrite
+_TABLE_COLUMNS = ("setting", "seed", "n", "n_runs", "run_dir")
+
+
 def _config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_AXES]
 
@@ -84,9 +91,16 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
         return prefix.split("_")[0], rest
     if key == "seed":
         raise UsageError("seed is not a grid axis; give the seeds with --seeds 0,1,2")
+    if key in RESUME_FREE:
+        flag = "--plugin" if key == "plugins" else "--" + key.replace("_", "-")
+        raise UsageError(f"{key!r} is not a grid axis: it does not change what a run trains, so all its values "
+                         f"would be one run; give it as a fixed flag ({flag})")
+    aliases = _flag_aliases()
+    if key in _TABLE_COLUMNS:
+        other = next((a for a, k in aliases.items() if k == key), f"estimator_options.{key}")
+        raise UsageError(f"grid axis {key!r} has the name of a column of the tables; name it {other}")
     if key in _config_fields():
         return "field", key
-    aliases = _flag_aliases()
     if key in aliases:
         return "estimator", aliases[key]
     if key in _all_estimator_keywords():
@@ -156,28 +170,17 @@ class Setting:
     runs: dict[int, Path] = field(default_factory=dict)
 
 
-def canonical(config: TrainConfig) -> TrainConfig:
-    """The resolved config with the estimator's hyper-parameters written out in full."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1
-        config = config.resolve()
-        est = get_estimator(config.estimator, **config.estimator_options)
-    return dataclasses.replace(config, estimator=est.name, estimator_options=est.config())
+def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, Any] | None = None
+                ) -> list[Setting]:
+    """The settings of ``grid`` on top of ``base``, in grid order, without duplicates.
 
-
-def config_key(config: TrainConfig) -> str:
-    """A short hash of everything in ``config`` that can change the result, except the seed.
-
-    Fields at their default value are left out, so a field added to ``TrainConfig`` later (with
-    a default that keeps the old behaviour) does not rename, and retrain, the runs of a sweep.
-    """
-    defaults = TrainConfig().to_dict()
-    data = {k: v for k, v in config.to_dict().items() if k not in _FREE_FIELDS and v != defaults.get(k, object())}
-    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
-    """The settings of ``grid`` on top of ``base``, in grid order, without duplicates."""
+    An axis named after a ``reste train`` flag (``o_schedule``) applies to the estimators that flag belongs to,
+    and so does each of ``flags`` (flag name: value), the estimator flags that a sweep fixes: several estimators
+    share a keyword (``schedule``) that each takes from a flag of its own."""
+    flags = dict(flags or {})
+    for dest in flags:
+        if not flag_takers(dest):
+            raise UsageError(f"{dest!r} is not an estimator flag of `reste train`")
     for key, values in grid.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise UsageError(f"grid axis {key!r} needs a non-empty list of values, got {values!r}")
@@ -190,6 +193,9 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
             if ds in DATASET_DEFAULTS:
                 models.append(DATASET_DEFAULTS[ds]["model"])
     kinds = {key: axis_kind(key, models) for key in grid}
+    scoped = {key: flag_takers(key.strip().replace("-", "_")) for key in grid
+              if kinds[key][0] == "estimator" and key.strip().replace("-", "_") in _flag_aliases()}
+    str_fields = {f.name for f in dataclasses.fields(TrainConfig) if f.type == "str"}
     settings: dict[str, Setting] = {}
     # a data flag that does nothing for every data set of the grid stays, for resolve to refuse as `reste train` does
     idle_everywhere = (set.intersection(*(idle_data_flags(d) for d in grid["dataset"]))
@@ -200,16 +206,29 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
         data["model_options"] = dict(base.model_options)
         for (key, value) in zip(grid, combo):
             kind, name = kinds[key]
-            if kind == "field":
-                data[name] = value
-            else:
-                data[f"{kind}_options"][name] = value
+            if kind == "field":  # `none` is the string for fields that take one (--amp none, --scaling none)
+                data[name] = "none" if value is None and name in str_fields else value
+            elif kind == "model":
+                data["model_options"][name] = value
         estimator = estimator_class(str(data["estimator"])).name  # any spelling; unknown: the one-line error
+        for dest, value in flags.items():
+            if estimator in flag_takers(dest):
+                data["estimator_options"][flag_takers(dest)[estimator]] = value
+        skipped = set()
+        for (key, value) in zip(grid, combo):
+            kind, name = kinds[key]
+            if kind == "estimator":
+                if key not in scoped:
+                    data["estimator_options"][name] = value
+                elif estimator in scoped[key]:
+                    data["estimator_options"][scoped[key][estimator]] = value
+                else:
+                    skipped.add(key)
         accepted = _estimator_keywords(estimator)
         dropped = {k for k in data["estimator_options"] if k not in accepted}
         data["estimator_options"] = {k: v for k, v in data["estimator_options"].items() if k in accepted}
         values = {key: value for key, value in zip(grid, combo)
-                  if not (kinds[key][0] == "estimator" and kinds[key][1] in dropped)}
+                  if key not in skipped and not (kinds[key][0] == "estimator" and kinds[key][1] in dropped)}
         config = TrainConfig.from_dict(data)
         if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others: left out there
             config = config.without_idle_data_flags(keep=idle_everywhere)
@@ -218,16 +237,24 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]]) -> list[Setting]:
         if key not in settings:
             label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or config.estimator
             settings[key] = Setting(label=label, values=values, config=config, key=key)
+    trained = sorted({s.config.estimator for s in settings.values()})
+    for dest in flags:
+        if not set(flag_takers(dest)) & set(trained):
+            raise UsageError(f"--{dest.replace('_', '-')} applies to the {'/'.join(flag_takers(dest))} estimator, "
+                             f"which this sweep does not train ({', '.join(trained)})")
     unused = [k for k in grid if kinds[k][0] == "estimator" and not any(k in s.values for s in settings.values())]
     if unused:
-        trained = sorted({s.config.estimator for s in settings.values()})
         raise UsageError(f"grid axis {unused[0]!r} is an option of no estimator this sweep trains "
                          f"({', '.join(trained)}); add one it belongs to (--grid estimator=...) or drop the axis")
     return list(settings.values())
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A value in a setting's label: 6 significant digits where they give it exactly, else all its digits."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 # ------------------------------------------------------------------ run state
@@ -237,16 +264,20 @@ def run_state(run_dir: Path, epochs: int) -> str:
     """``"done"`` (every epoch in metrics.jsonl and in last.pt), ``"partial"`` (a run was started) or ``"new"``.
 
     The checkpoint is read too: a run writes an epoch's metrics line before its ``last.pt``, so a crash
-    between the two leaves every line and an older checkpoint, which resuming repairs."""
+    between the two leaves every line and an older checkpoint, which resuming repairs. Without a ``last.pt``
+    (deleted to save space), a run whose metrics hold every epoch is done: nothing is left to train, and the
+    report counts it (``report.run_status``)."""
     last = last_checkpoint(run_dir)
-    if last.is_file() and finished_epochs(run_dir) >= epochs:
+    if finished_epochs(run_dir) >= epochs:
+        if not last.is_file():
+            return "done" if (run_dir / CONFIG).is_file() else "new"
         try:
             ckpt = load_checkpoint(last)
         except UsageError:  # damaged: resuming says so in one line
             return "partial"
         if ckpt.get("epoch", 0) >= epochs and not ckpt.get("step"):
             return "done" if epoch_end_whole(run_dir, ckpt) else "partial"  # resume repairs best.pt and top/
-    if (run_dir / CONFIG).is_file():
+    if holds_run(run_dir):
         return "partial"
     return "new"
 
@@ -379,12 +410,26 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
         "grid": grid,
         "seeds": list(seeds),
         "settings": [
-            {"label": s.label, "values": s.values, "key": s.key,
+            {"label": s.label, "values": s.values, "key": s.key, "config": s.config.to_dict(),
              "runs": {str(seed): _rel(path, out_dir) for seed, path in s.runs.items()}}
             for s in settings
         ],
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _note_replaced_plan(out_dir: Path, keys: list[str], seeds: Sequence[int], log: Callable[[str], None]) -> None:
+    """Say so when ``out_dir`` held a sweep of other settings or seeds: its plan is replaced, and the tables show
+    this sweep's runs only (the other runs stay in their folders)."""
+    try:
+        old = json.loads((out_dir / MANIFEST).read_text())
+        old_keys = [s["key"] for s in old["settings"]]
+        old_seeds = list(old["seeds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if set(old_keys) - set(keys) or set(old_seeds) - set(seeds):
+        log(f"sweep: {out_dir} held a sweep of other settings or seeds; its {MANIFEST} is replaced, and the tables "
+            "show this sweep's runs (the others stay in their run folders: sweep them again to see them)")
 
 
 def _duration(seconds: float) -> str:
@@ -407,6 +452,8 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
     head = f"[{i}/{total}] {setting.label} seed {seed}:"
     if outcome["status"] == "skipped":
         return f"{head} already finished, skipped"
+    if outcome["status"] == "left out":
+        return f"{head} LEFT OUT: {outcome['error']}"
     if outcome["status"] != "done":
         return f"{head} {outcome['status'].upper()} after {outcome['seconds']:.0f}s: {outcome['error']}"
     r = outcome["result"]
@@ -419,7 +466,8 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
 
 def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int] | None, out_dir: str | os.PathLike,
               jobs: int = 1, *, runs_dir: str | os.PathLike | None = None, threads: int | None = None,
-              log: Callable[[str], None] = print, report: bool = True) -> list[dict[str, Any]]:
+              log: Callable[[str], None] = print, report: bool = True, flags: dict[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
     """Train every setting of ``grid`` (on top of ``base``) for every seed; returns the table rows.
 
     Runs go to ``runs_dir`` (default ``out_dir/runs``), one folder per setting
@@ -430,15 +478,20 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     (default ``cores // jobs``; with one job, default: torch's own setting).
     Each run logs to its ``train.log``; one line per run goes to ``log``. With
     ``report`` the tables are written to ``out_dir`` after every finished run, and the
-    figures at the end (see ``summarize``).
-    A run that fails or diverges is reported and left out of the table.
+    figures at the end (see ``summarize``); without, the rows are returned all the same.
+    ``flags`` are estimator flags of ``reste train`` fixed for every run (``{"o_schedule": "linear"}``),
+    each applied to the estimators it belongs to (see ``expand_grid``).
+    A run that fails or diverges is reported and left out of the table; so is one that cannot be reported
+    (``report.run_status``), which is not trained again.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"--threads must be a positive integer, got {threads!r}")
     seeds = [base.seed] if not seeds else [int(s) for s in seeds]
-    settings = expand_grid(base, dict(grid))
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"the seeds {', '.join(map(str, seeds))} name a seed twice; give each once")
+    settings = expand_grid(base, dict(grid), flags)
     out = Path(out_dir)
     runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
     todo: list[tuple[Setting, int, dict[str, Any]]] = []
@@ -447,13 +500,12 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             run_dir = runs_root / f"{s.config.estimator}-{s.key}" / f"seed{seed}"
             s.runs[seed] = run_dir
             config = dataclasses.replace(s.config, seed=seed)
-            state = run_state(run_dir, config.epochs)
-            if state == "partial":
-                if config_key(canonical(saved_config(run_dir))) != s.key:
-                    raise UsageError(f"{run_dir} holds a run with other settings; move it away or pass another "
-                                     "--runs-dir")
+            status, why = run_status(run_dir, s.key)  # the report's rule: what it will show of the run
+            if status == "changed":
+                raise UsageError(f"{run_dir}: {why} Move it away or pass another --runs-dir")
+            state = "damaged" if status == "damaged" else run_state(run_dir, config.epochs)
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir),
-                                   "resume": state == "partial", "state": state}))
+                                   "resume": state == "partial", "state": state, "why": why}))
     # what to remove again if the sweep cannot start: the folders of --out and --runs-dir and above that do not
     # exist yet, each named without '..' (so `new/../existing` never names `existing`)
     created = [f for p in (out, runs_root) for f in map(Path, map(os.path.abspath, (p, *p.parents)))
@@ -472,11 +524,12 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                 raise UsageError(f"cannot create the sweep folder {folder} ({err.strerror}); pass another "
                                  f"{flag}") from None
         # before any run: a bad data folder is one error, and a download happens once
-        _check_data([s.config for s, _, job in todo if job["state"] != "done"])
+        _check_data([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
     except BaseException:
         remove_created()  # a sweep that could not start leaves no folder of its own
         raise
 
+    _note_replaced_plan(out, [s.key for s in settings], seeds, log)
     write_manifest(out, base, grid, seeds, settings)
     total = len(todo)
     n_set = len(settings)
@@ -495,7 +548,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         count += 1
         failed += outcome["status"] not in ("done", "skipped")
         line = _progress_line(count, total, s, seed, outcome)
-        if outcome["status"] != "skipped":
+        if outcome["status"] not in ("skipped", "left out"):
             trained += 1
             line += f"  [{time_left(time.monotonic() - start, trained, total - count)}]"
         log(line)
@@ -518,6 +571,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     for s, seed, job in todo:
         if job["state"] == "done":
             report_one(s, seed, {"status": "skipped"})
+        elif job["state"] == "damaged":  # resuming cannot mend it: said, and left for the user
+            report_one(s, seed, {"status": "left out", "error": job["why"], "seconds": 0.0})
         else:
             pending.append((s, seed, job))
     try:
@@ -531,9 +586,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         raise type(err)(f"sweep stopped by {signal.Signals(signum).name}; run the same command again to continue "
                         "(finished runs are skipped, stopped ones resume at their last step)", signum) from None
     if failed:
-        log(f"sweep: {failed} run{'s' * (failed != 1)} failed; see train.log in their run folders")
+        log(f"sweep: {failed} run{'s' * (failed != 1)} failed or left out; see the lines above and train.log in "
+            "their run folders")
     if not report:
-        return []
+        return collect(out)[2]  # the rows, for the caller to tell a complete sweep, without writing the tables
     return summarize(out, log=log)
 
 

@@ -1,0 +1,40 @@
+"""A run's identity in a sweep: its canonical settings and their hash.
+
+Two grids that ask for the same training share its runs: a run folder is named after
+:func:`config_key` of the canonical config, which leaves out the seed (a folder of its own)
+and the settings that cannot change the result (``reste.rundir.RESUME_FREE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+
+from ..config import TrainConfig
+from ..estimators import get_estimator
+from ..rundir import RESUME_FREE
+
+# Left out of a run's identity: the settings free to change on resume, and the seed (a folder of its own)
+FREE_FIELDS = (*RESUME_FREE, "preset", "seed")
+
+
+def canonical(config: TrainConfig) -> TrainConfig:
+    """The resolved config with the estimator's hyper-parameters written out in full."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1
+        config = config.resolve()
+        est = get_estimator(config.estimator, **config.estimator_options)
+    return dataclasses.replace(config, estimator=est.name, estimator_options=est.config())
+
+
+def config_key(config: TrainConfig) -> str:
+    """A short hash of everything in ``config`` that can change the result, except the seed.
+
+    Fields at their default value are left out, so a field added to ``TrainConfig`` later (with
+    a default that keeps the old behaviour) does not rename, and retrain, the runs of a sweep.
+    """
+    defaults = TrainConfig().to_dict()
+    data = {k: v for k, v in config.to_dict().items() if k not in FREE_FIELDS and v != defaults.get(k, object())}
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
