@@ -219,6 +219,8 @@ def _real_like_run(run_dir: Path, estimator: str, losses: list[float], schedule:
 
 
 def test_run_curves_for_people(tmp_path):
+    import matplotlib.colors
+
     from reste.experiments.plots import runs_figure
 
     _real_like_run(tmp_path / "a", "reste", [2.0, 0.5, 0.1], {"o": [1.0, 2.0, 3.0]})
@@ -235,6 +237,21 @@ def test_run_curves_for_people(tmp_path):
     assert "o (dashed)" in twin.get_ylabel()
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["estimator=reste", "estimator=ste"]  # the setting that differs
+
+    # runs of other estimators name their own options only (as a sweep's runs hold them: written out in full),
+    # and twelve runs get twelve colours
+    for i, est in enumerate(["reste", "ste", "ede"] * 4):
+        run = tmp_path / "many" / f"r{i}"
+        _real_like_run(run, est, [2.0, 1.0], {})
+        config = json.loads((run / "config.json").read_text())
+        config.update(estimator_options=get_estimator(est).config(), seed=i)
+        (run / "config.json").write_text(json.dumps(config))
+    fig = runs_figure(sorted((tmp_path / "many").iterdir(), key=lambda p: int(p.name[1:])))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[1] == "clip=1.0, estimator=ste, seed=1", legend[1]
+    assert "o_end" in legend[0] and "o_end" not in legend[2] and "clip" not in legend[0]
+    colors = [tuple(map(float, matplotlib.colors.to_rgba(h.get_color()))) for h in fig.legends[0].legend_handles]
+    assert len(set(colors)) == 12
 
     # one run with the indicators and neither lr nor schedule logged: four panels, none empty, no run legend
     _fake_run(tmp_path / "c", [50, 60, 70], [3, 2, 1], [1e-5, 2e-5, 3e-5])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -139,7 +140,8 @@ def _setting_labels(dirs: Sequence[Path]) -> list[str]:
         return names
     keys = sorted({k for c in configs for k in c} - {"data_path", "preset", "save_every"})
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
-    labels = [", ".join(f"{k}={c.get(k)}" for k in differ) for c in configs]
+    # each run names its own settings only: an option of another run's estimator is not one of this run's
+    labels = [textwrap.fill(", ".join(f"{k}={c[k]}" for k in differ if k in c), 70) for c in configs]
     if not differ or len(set(labels)) < len(labels):
         return names if not differ else [f"{lab} ({n})" for lab, n in zip(labels, names)]
     return labels
@@ -189,8 +191,9 @@ def runs_figure(run_dirs: Sequence[str | Path]) -> Any:
     lr_ax = by_panel.get("schedule") if has_lr else None
     twin = (by_panel["schedule"].twinx() if has_lr else by_panel["schedule"]) if sched else None
     several = len(data) > 1
+    colors = _colors(len(data))
     for i, (name, metrics) in enumerate(data):
-        color = f"C{i % 10}"
+        color = colors[i]
         ep = [m["epoch"] for m in metrics]
         for panel in ("acc", "loss"):
             ax = by_panel[panel]
@@ -223,6 +226,17 @@ def runs_figure(run_dirs: Sequence[str | Path]) -> Any:
     return fig
 
 
+def _colors(count: int) -> list[Any]:
+    """One distinct colour per run: matplotlib's ten, then tab20's twenty, then as many from a colour map."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [f"C{i}" for i in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](i) for i in range(count)]
+    return [colormaps["turbo"](i / (count - 1)) for i in range(count)]
+
+
 def _log_if_positive(ax: Any, values: list[Any]) -> None:
     """A log axis when every finite value is positive (a diverged run then no longer flattens the others)."""
     vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
@@ -238,7 +252,8 @@ def _legends(fig: Any, by_panel: dict[str, Any], data: list[tuple[str, Any]], se
               Line2D([], [], color="0.3", marker="o", ms=3, label="test")]
     by_panel["acc"].legend(handles=styles, fontsize=7, loc="lower right", handlelength=3.5)
     if several:
-        runs = [Line2D([], [], color=f"C{i % 10}", lw=2, label=name) for i, (name, _) in enumerate(data)]
+        colors = _colors(len(data))
+        runs = [Line2D([], [], color=colors[i], lw=2, label=name) for i, (name, _) in enumerate(data)]
         fig.legend(handles=runs, loc="outside lower center", ncols=min(len(runs), 3), fontsize=8)
 
 
