@@ -46,6 +46,8 @@ def built():
 
 @pytest.fixture(autouse=True)
 def _routed():
+    env = pytest.MonkeyPatch()  # its own: the tests' monkeypatch is undone before this fixture ends
+    env.delenv("RESTE_FUSED", raising=False)  # the switch on, whatever the suite runs under (it routes)
     fused.set_enabled(None)
     # float32 convs in full float32 on a GPU: under TF32 (cuDNN's default) a binary weight +-alpha that the two
     # paths compute a few ulps apart can round on either side of a TF32 boundary, 2^-10 apart
@@ -55,6 +57,7 @@ def _routed():
             yield
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
+        env.undo()  # then the switch as the environment says, for the tests that follow
         fused.set_enabled(None)
 
 

@@ -23,9 +23,13 @@ pytestmark = pytest.mark.skipif(not fused.available(), reason=f"fused kernels un
 
 
 @pytest.fixture(autouse=True)
-def _restore_switch():
+def _restore_switch(monkeypatch):
+    """The kernels on, whatever RESTE_FUSED the suite runs under (these tests are about them; set_enabled(None)
+    reads the variable again)."""
+    monkeypatch.delenv("RESTE_FUSED", raising=False)
     fused.set_enabled(None)
     yield
+    monkeypatch.undo()
     fused.set_enabled(None)
 
 

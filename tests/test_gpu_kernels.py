@@ -87,9 +87,12 @@ if K is None:
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 @pytest.fixture(autouse=True)
-def _restore_switch():
+def _restore_switch(monkeypatch):
+    """The switch on, whatever RESTE_FUSED the suite runs under (set_enabled(None) reads the variable again)."""
+    monkeypatch.delenv("RESTE_FUSED", raising=False)
     fused.set_enabled(None)
     yield
+    monkeypatch.undo()
     fused.set_enabled(None)
 
 
