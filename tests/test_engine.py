@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from reste import engine, rundir
+from reste import config, engine, rundir
 from reste.checkpoint import load_checkpoint
 from reste.config import PRESETS, TrainConfig, config_from_preset
 from reste.errors import UsageError
@@ -308,3 +308,34 @@ def test_resuming_with_other_threads_says_the_last_bits_may_differ(tmp_path):
     lines.clear()
     engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
     assert not any("CPU thread" in line for line in lines)  # the recorded count (now 2) is kept
+
+
+def test_a_run_from_a_bigger_machine_resumes_with_this_ones_threads(tmp_path, monkeypatch):
+    """A recorded thread count above this machine's limit (a run started on a 64-core node) is not refused: the
+    resume takes this machine's default, and says the last bits may differ."""
+    engine.train(small(epochs=1, threads=8), tmp_path / "run", progress=False, log=quiet)
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 1)
+    lines = []
+    engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
+    assert any("trained with 8 CPU thread(s) and continues with" in line for line in lines)
+    with pytest.raises(UsageError, match=r"--threads must be in \[1, 4\]"):  # given on this machine: checked
+        engine.resume(tmp_path / "run", {"epochs": 3, "threads": 8}, force=True, progress=False, log=quiet)
+
+
+def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path):
+    from reste import fused
+
+    fused.set_enabled(True)  # whatever RESTE_FUSED the suite runs under
+    try:
+        engine.train(small(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
+        assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == engine.kernel_path(torch.device("cpu"))
+    finally:
+        fused.set_enabled(None)
+    lines = []
+    fused.set_enabled(False)
+    try:
+        engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
+    finally:
+        fused.set_enabled(None)
+    assert any("continues with their PyTorch ops (RESTE_FUSED=0)" in line for line in lines), lines
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == "PyTorch ops (RESTE_FUSED=0)"

@@ -59,6 +59,11 @@ def idle_data_flags(dataset: str) -> set[str]:
     return idle | ({"workers"} if spec.fits_in_memory else {"data_device"})
 
 
+def max_threads() -> int:
+    """The most CPU threads a run may take on this machine: 4 per core (more is a typing slip)."""
+    return 4 * (os.cpu_count() or 1)
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. ``None`` means "the data set's default"."""
@@ -205,9 +210,8 @@ class TrainConfig:
             )
         if not 0 <= self.warm_up < self.epochs:
             raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
-        max_threads = 4 * (os.cpu_count() or 1)
-        if self.threads is not None and not 0 < self.threads <= max_threads:
-            raise UsageError(f"--threads must be in [1, {max_threads}] (4 per CPU core), got {self.threads}")
+        if self.threads is not None and not 0 < self.threads <= max_threads():
+            raise UsageError(f"--threads must be in [1, {max_threads()}] (4 per CPU core), got {self.threads}")
         if self.save_every is not None and not (math.isfinite(self.save_every) and self.save_every > 0):
             raise UsageError(f"--save-every must be a positive number of minutes, got {self.save_every}")
         if self.keep_top < 0:

@@ -52,7 +52,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models, resumption
-from .config import AMP_MODES, TrainConfig, check_data_path
+from .config import AMP_MODES, TrainConfig, check_data_path, max_threads
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -214,7 +214,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         model = model.to(memory_format=torch.channels_last)
     with _torch_threads_kept(), cuda_device(dev):
         if dev.type == "cpu" and config.threads:
-            torch.set_num_threads(config.threads)
+            torch.set_num_threads(min(config.threads, max_threads()))
         result = evaluate(model, test_loader, dev, amp, config.channels_last)
     step = int(ckpt.get("step") or 0)  # a checkpoint taken inside an epoch has no test accuracy of its own
     return {**result, "epoch": ckpt["epoch"], "step": step,
@@ -377,6 +377,7 @@ class _Run:
             "step": step,
             "partial": partial,
             "world_size": self.dist.world_size,
+            "kernels": kernel_path(self.device),
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -403,6 +404,11 @@ class _Run:
                      f"{self.dist.world_size}: --batch-size {batch} is per process, so each step now takes "
                      f"{batch * self.dist.world_size} images instead of {batch * saved_world} (scale --batch-size "
                      "or --lr to keep the recipe)")
+        kernels = kernel_path(self.device)
+        if ckpt.get("kernels") not in (None, kernels) and self.start_epoch < self.config.epochs:
+            self.log(f"note: {self.run_dir} trained with the estimators' {ckpt['kernels']} and continues with their "
+                     f"{kernels} (RESTE_FUSED, a C compiler, Triton): their float32 results differ in the last bits, so "
+                     "the run can differ from an uninterrupted one")
         self.saved = (self.start_epoch, self.start_step)
         self.last_metrics = ckpt["metrics"]
         if self.meter and ckpt.get("indicators"):
@@ -718,6 +724,24 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     finally:
         if lock is not None:
             lock.close()
+
+
+def kernel_path(device: torch.device) -> str:
+    """Which code computes sign and the estimators' backward on ``device`` in this process (recorded in each
+    checkpoint: a resume on another path can round differently)."""
+    from . import fused
+
+    if not fused.enabled():
+        return "PyTorch ops (RESTE_FUSED=0)"
+    if device.type == "cpu":
+        return "fused C kernels" if fused.available() else "PyTorch ops (the C kernels did not build)"
+    if device.type == "cuda":
+        from . import cuda_ext, triton_dispatch
+
+        if cuda_ext.requested():
+            return "C++ extension (RESTE_CUDA_EXT=1)"
+        return "Triton kernels" if triton_dispatch.available() else "PyTorch ops (no Triton)"
+    return "PyTorch ops"
 
 
 @contextlib.contextmanager

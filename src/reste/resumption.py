@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig, canonical_estimator
+from .config import TrainConfig, canonical_estimator, max_threads
 from .datasets import get_spec
 from .errors import UsageError
 from .estimators import estimator_class
@@ -94,6 +94,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
             overrides[key] = {**getattr(saved, key), **overrides[key]}
     data = saved.to_dict()
     data.update(overrides)
+    if "threads" not in overrides and isinstance(saved.threads, int) and saved.threads > max_threads():
+        data["threads"] = None  # recorded on a bigger machine: this one's default (the resume notes the change)
     try:
         return TrainConfig.from_dict(data).resolve()
     except UsageError as err:
