@@ -33,6 +33,18 @@ def _restore_switch(monkeypatch):
     fused.set_enabled(None)
 
 
+def reste_bound(o: float, t: float, m: float) -> float:
+    """How far (relative) the kernel's c^p, c = max(|x|, m) in [m, t], p = (1 - o)/o, may be from the exact value.
+
+    log2 c = e + z q(z) (|z| < 0.42): the Horner steps and the sum with e round within (L + 2) u absolutely,
+    L = max |log2 c|, beside the fit's 1.4e-8; times p, rounded: |p| (2 L + 2) u absolutely in the argument of
+    exp2, which becomes ln 2 times that relatively; exp2's own Horner steps, its fit (2.6e-9) and 2^k, then the
+    products with 1/o and grad: 8 u more. u = 2^-24, float32's unit roundoff."""
+    q = abs(1 - o) / o
+    span = max(abs(math.log2(m)), abs(math.log2(t)))
+    return (math.log(2) * q * (2 * span + 2) + 8) * 2.0**-24
+
+
 def torch_sign(x):
     """``reste.estimators.sign`` on its PyTorch path."""
     fused.set_enabled(False)
@@ -116,7 +128,7 @@ def test_reste_backward_matches_the_formula(o, t, m):
     assert torch.equal(got[~nan] == 0, ref[~nan] == 0)
     nz = (~nan) & (ref != 0)
     rel = ((got[nz].double() - ref[nz]) / ref[nz]).abs().max().item()
-    assert rel < 1e-6, rel
+    assert rel < reste_bound(o, t, m), rel
     if o == 1.0:  # a clipped STE: exactly grad on abs(x) <= t
         assert torch.equal(got[~nan], ste_g(x, t).mul_(grad)[~nan])
 
@@ -147,7 +159,7 @@ def test_channels_last_and_thread_splits():
         finally:
             torch.set_num_threads(before)
         assert got is not None and got.stride() == x.stride()
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+        torch.testing.assert_close(got, want, rtol=2 * reste_bound(2.5, 1.5, 0.1), atol=0)  # each side's error
     assert torch.equal(fused.sign(x), torch_sign(x))
 
 
@@ -200,7 +212,7 @@ def test_autograd_uses_the_kernels_and_agrees(estimator, monkeypatch):
         results.append((y.detach(), x.grad))
     assert len(calls) == 2  # called both times; returned None when switched off
     assert torch.equal(results[0][0], results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=2 * reste_bound(2.3, 1.5, 0.1), atol=0)
 
 
 def test_double_backward_keeps_the_graph():

@@ -221,7 +221,10 @@ CRASH_POINTS = ["before-metrics", "torn-metrics", "after-metrics", "tmp-last.pt"
 def _crash_epoch(full: Path) -> int:
     """The first epoch after epoch 1 that is the best so far, so its save sequence writes best.pt."""
     acc = [m["test_acc"] for m in rundir.read_metrics(full)]
-    return next(e for e in range(2, len(acc) + 1) if acc[e - 1] > max(acc[:e - 1]))
+    epoch = next((e for e in range(2, len(acc) + 1) if acc[e - 1] > max(acc[:e - 1])), None)
+    if epoch is None:  # this CPU's rounding made epoch 1 the best: no later epoch writes best.pt
+        pytest.skip(f"no epoch after the first beats it here ({acc}); the crash points need one that writes best.pt")
+    return epoch
 
 
 @pytest.fixture(scope="module")
