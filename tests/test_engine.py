@@ -278,7 +278,7 @@ def test_channels_last_trains_like_contiguous(tmp_path, float32_epoch):
         predictions.append(logits.argmax(1))
     assert flips <= 0.05 * len(labels)  # a near-tie flip is rare: a handful of images at most
     differ = int((predictions[0] != predictions[1]).sum())
-    assert differ <= flips
+    assert differ <= flips + int(ref.argmax_ties().sum())  # a flipped sign, or two logits tied within rounding
     top1 = engine.evaluate_checkpoint(out / "last.pt")["top1"]
     assert abs(top1 - m["test_acc"]) <= 100.0 * flips / len(labels) + 1e-9
 

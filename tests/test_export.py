@@ -220,7 +220,8 @@ def test_trained_digits_model_predictions_identical(tmp_path, digits_model, back
     acc = float((ref.logits.argmax(1) == labels).double().mean())
     assert acc > 0.7  # it did learn something, so the comparison is meaningful
     # predictions: the reference's, except where a near-tie flipped a sign
-    assert c.same_predictions >= c.agree - 2  # an agreeing image can still differ at a near-tie of two logits
+    # an agreeing image can still pick the other class where its two top logits tie within rounding
+    assert c.same_predictions >= c.agree - int(ref.argmax_ties().sum())
     assert report["verify"]["ok"] and report["verify"]["packed"]["images"] == 16
     np.testing.assert_array_equal(packed.predict(images.numpy(), batch_size=100), packed(images).argmax(1))
 

@@ -309,3 +309,13 @@ def test_the_checks_leave_a_model_in_training_mode_as_it_was(tmp_path):
     assert verify_export(model, tmp_path / "m.rbnn", (1, 8, 8))["ok"]
     assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not model[1].training
+
+
+def test_argmax_ties_are_the_top_two_logits_within_rounding():
+    from reste.export.reference import SLACK, Reference
+
+    logits = torch.tensor([[1.0, 1.0 + 1e-7, 0.0], [3.0, 1.0, 0.0], [0.0, 2.0, 2.0 - 3 * SLACK * 1e-6]],
+                          dtype=torch.float64)
+    bounds = torch.full_like(logits, 1e-6)
+    assert Reference(logits, bounds).argmax_ties().tolist() == [True, False, False]
+    assert Reference(logits[:, :1], bounds[:, :1]).argmax_ties().tolist() == [False] * 3  # one class: no tie

@@ -81,6 +81,15 @@ class Reference:
     sites: list[torch.Tensor] = field(default_factory=list)
     bounds: list[torch.Tensor] = field(default_factory=list)
 
+    def argmax_ties(self) -> torch.Tensor:
+        """Per image, whether its two largest logits are within float32 rounding of each other (the slack bound
+        of both): a float32 evaluation that agrees with the reference may still pick the other class."""
+        top = self.logits.topk(min(2, self.logits.shape[1]), dim=1)
+        if top.values.shape[1] < 2:
+            return torch.zeros(self.logits.shape[0], dtype=torch.bool)
+        bound = self.logit_bound.gather(1, top.indices).sum(1)
+        return (top.values[:, 0] - top.values[:, 1]) <= SLACK * bound
+
     def near_ties(self, image: int | None = None) -> int:
         """How many sign inputs lie within the slack bound of zero (of one image, or of all)."""
         count = 0
