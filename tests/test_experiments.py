@@ -654,13 +654,27 @@ def test_no_report_still_returns_the_rows(sweep, tmp_path):
     assert [(r["setting"], r["n"], r["n_runs"]) for r in rows] == [("estimator=ste", 1, 1), ("estimator=reste", 1, 1)]
 
 
-def test_a_sweep_of_other_settings_in_the_same_folder_says_so_and_clears_old_figures(sweep, tmp_path):
+def test_a_sweep_that_would_drop_anothers_runs_from_its_folder_is_refused(sweep, tmp_path):
+    """Another grid or fewer seeds in the same --out would lose the first sweep's rows; more is fine. Started
+    afresh (sweep.json deleted), a sweep clears the figures its tables do not call for."""
     from reste.experiments import run_sweep
 
     out, _ = _copy(sweep, tmp_path)
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1)
+    with pytest.raises(UsageError, match="holds a sweep with 2 run.s. of settings or seeds that this one leaves out"):
+        run_sweep(base, {"estimator": ["ste"]}, [0], out, log=lambda m: None)
+    (out / "sweep.json").unlink()
     assert _is_png(out / "indicators.png")
-    lines = []
-    run_sweep(TrainConfig(dataset="digits", model="digits_1w1a", epochs=1), {"estimator": ["ste"]}, [0], out,
-              log=lines.append)
-    assert any("held a sweep of other settings or seeds" in line for line in lines)
+    run_sweep(base, {"estimator": ["ste"]}, [0], out, log=lambda m: None)
     assert not (out / "indicators.png").exists() and not (out / "error_vs_stability.png").exists()
+
+
+@pytest.mark.parametrize("holds", ["a run", "other files"])
+def test_a_sweep_does_not_write_into_a_run_or_a_folder_of_other_files(holds, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ("config.json" if holds == "a run" else "notes.txt")).write_text("{}")
+    assert main(["sweep", "--grid", "lr=0.1", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert ("holds a training run" if holds == "a run" else "holds other files (notes.txt)") in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json" if holds == "a run" else "notes.txt"]

@@ -283,3 +283,68 @@ def test_auto_resume_starts_a_run_then_continues_it_with_the_same_command(tmp_pa
     assert "not with --resume" in _one_line_error(capsys, "train", "--auto-resume", "--resume", str(out))
     assert "holds a run of no preset, not of --preset cifar10-resnet20-1w1a" in _one_line_error(
         capsys, "train", "--preset", "cifar10-resnet20-1w1a", "--out", str(out), "--auto-resume")
+
+
+# ------------------------------------------------------------------ review T
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", ".lock", "top/x.rbnn"])
+def test_export_does_not_overwrite_a_file_of_the_run(run, capsys, name):
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    err = _one_line_error(capsys, "export", str(run), str(run / name))
+    assert "would overwrite a file of the run" in err or "would write into the run's top/ folder" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("damaged", ["config.json", "metrics.jsonl"])
+def test_bytes_that_are_not_utf8_are_damage_like_any_other(run, capsys, tmp_path, damaged):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    if damaged == "config.json":
+        (copy / damaged).write_bytes(b"\x93NUMPY")
+    else:
+        (copy / damaged).write_bytes(b"\xff\xfe garbage\n" + (copy / damaged).read_bytes())
+    err = _one_line_error(capsys, "train", "--resume", str(copy), "--epochs", "2", "--force")
+    assert "is corrupted" in err or "is not JSON" in err
+    if damaged == "config.json":
+        assert "delete it: --resume writes it again from last.pt" in err
+
+
+def test_too_large_a_learning_rate_is_refused_up_front(capsys, tmp_path):
+    err = _one_line_error(capsys, "train", "--lr", "1e39", "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert "--lr must be at most 3.403e+38" in err and not (tmp_path / "r").exists()
+
+
+def test_a_closed_stderr_does_not_stop_training(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.stderr", None)
+    assert main(["train", "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["eval", "RUN"], "reste: interrupted\n"),
+    (["sweep", "--out", "x"], "run the same command again to continue"),
+    (["train"], "continue it with --resume RUN_DIR"),
+])
+def test_ctrl_c_says_what_the_command_keeps(argv, says, capsys, monkeypatch):
+    from reste import cli
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(argv) == 130
+    assert says in capsys.readouterr().err
+
+
+def test_set_progress_refuses_a_non_finite_epoch():
+    from torch import nn
+
+    import reste
+
+    model = reste.binarize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
+    for epoch, epochs in ((float("nan"), 3), (1, float("nan")), (0, float("inf")), ("a", 3)):
+        with pytest.raises(ValueError, match="must be (finite|a number)"):
+            reste.set_progress(model, epoch, epochs)

@@ -1,8 +1,17 @@
-"""``python -m reste``: the same as the ``reste`` command."""
+"""``python -m reste`` and the ``reste`` command (``run``): the command line of :mod:`reste.cli`."""
 
 import sys
 
-from .cli import main
+
+def run() -> int:
+    """The ``reste`` command. Its first seconds import torch: a Ctrl-C then is the one line a later one is."""
+    try:
+        from .cli import main
+    except KeyboardInterrupt:
+        print("reste: interrupted", file=sys.stderr)
+        return 130
+    return main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -413,12 +413,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
-        if next((a for a in argv if not a.startswith("-")), "") == "sweep":
+        command = next((a for a in argv if not a.startswith("-")), "")
+        if command == "sweep":
             print("reste: interrupted; the sweep keeps its finished runs and each run its finished epochs: run the "
                   "same command again to continue", file=sys.stderr)
-        else:
+        elif command == "train":
             print("reste: interrupted; a run keeps its finished epochs (continue it with --resume RUN_DIR), "
                   "a new run that finished none is removed", file=sys.stderr)
+        else:
+            print("reste: interrupted", file=sys.stderr)
         return 130
 
 

@@ -59,6 +59,9 @@ def idle_data_flags(dataset: str) -> set[str]:
     return idle | ({"workers"} if spec.fits_in_memory else {"data_device"})
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def max_threads() -> int:
     """The most CPU threads a run may take on this machine: 4 per core (more is a typing slip)."""
     return 4 * (os.cpu_count() or 1)
@@ -204,6 +207,10 @@ class TrainConfig:
             raise UsageError(f"--seed must be in [0, 2**63 - 1], got {self.seed}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("lr", "weight_decay"):  # the optimizers take them as float32 scalars
+            if getattr(self, name) > FLOAT32_MAX:
+                raise UsageError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX:.4g} (the largest float32), "
+                                 f"got {getattr(self, name):g}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise UsageError(
                 f"--weight-decay must be >= 0 and --momentum in [0, 1), got {self.weight_decay} and {self.momentum}"

@@ -247,7 +247,7 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     loader that counts its epochs then served the next epoch's batches, so a run with the bar trained
     on other batches than one without, and under torchrun rank 0 on another permutation than the
     other ranks.)"""
-    if not enabled:
+    if not enabled or sys.stderr is None:  # a closed stderr (`2>&-`) shows no bar, and training goes on
         return contextlib.nullcontext()
     from tqdm.auto import tqdm
 

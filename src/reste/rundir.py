@@ -398,15 +398,22 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
         raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); a new run needs --out and an empty or "
                          "new folder")
     try:
-        data = json.loads(cfg_path.read_text())
+        data = json.loads(cfg_path.read_bytes().decode("utf-8"))
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
         if missing:
             raise UsageError(f"{cfg_path} is corrupted (no {', '.join(missing)}); start a new run")
         return TrainConfig.from_saved(data)
     except UsageError as err:
-        raise UsageError(f"{cfg_path} is corrupted ({err}); start a new run") from None
-    except (json.JSONDecodeError, TypeError, AttributeError) as err:
-        raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); start a new run") from None
+        raise UsageError(f"{cfg_path} is corrupted ({err}); {_config_remedy(run_dir)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as err:
+        raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); {_config_remedy(run_dir)}") from None
+
+
+def _config_remedy(run_dir: str | os.PathLike) -> str:
+    """What to do about a damaged config.json: last.pt keeps a copy of the settings, which a resume writes again."""
+    if (Path(run_dir) / LAST).is_file():
+        return f"delete it: --resume writes it again from {LAST}"
+    return "start a new run"
 
 
 def start_metrics(run_dir: str | os.PathLike) -> None:
@@ -427,7 +434,8 @@ _MEND = "mend or delete that line (one JSON object per epoch; resume puts back t
 
 def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(line, record) of each metrics line of ``path``, by the one rule for a torn last line."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    # bytes that are not UTF-8 (damage) become U+FFFD: their line is then not JSON, as any other damage
+    lines = [line for line in path.read_bytes().decode("utf-8", errors="replace").splitlines() if line.strip()]
     out = []
     for i, line in enumerate(lines):
         try:

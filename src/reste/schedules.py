@@ -13,12 +13,19 @@ values an uninterrupted run would have used.
 from __future__ import annotations
 
 import math
+import numbers
 
 RAMPS = ("cosine", "linear", "constant", "log")
 
 
 def check_progress(epoch: float, epochs: int) -> None:
-    """Raise ValueError unless 0 <= epoch and epochs > 0."""
+    """Raise ValueError unless 0 <= epoch and 0 < epochs, both finite numbers (a NaN would make every schedule
+    value, and so every gradient, NaN)."""
+    for name, value in (("epochs", epochs), ("epoch", epoch)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
     if epoch < 0:

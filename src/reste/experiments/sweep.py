@@ -418,18 +418,35 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def _note_replaced_plan(out_dir: Path, keys: list[str], seeds: Sequence[int], log: Callable[[str], None]) -> None:
-    """Say so when ``out_dir`` held a sweep of other settings or seeds: its plan is replaced, and the tables show
-    this sweep's runs only (the other runs stay in their folders)."""
-    try:
-        old = json.loads((out_dir / MANIFEST).read_text())
-        old_keys = [s["key"] for s in old["settings"]]
-        old_seeds = list(old["seeds"])
-    except (OSError, ValueError, KeyError, TypeError):
+def _check_out(out: Path, runs_root: Path, settings: list[Setting], seeds: Sequence[int]) -> None:
+    """Refuse an ``--out`` whose files the sweep would mix into or lose: a training run's folder, a folder of
+    other files, or a sweep whose settings or seeds this one leaves out (its tables would drop them)."""
+    if not out.is_dir():
         return
-    if set(old_keys) - set(keys) or set(old_seeds) - set(seeds):
-        log(f"sweep: {out_dir} held a sweep of other settings or seeds; its {MANIFEST} is replaced, and the tables "
-            "show this sweep's runs (the others stay in their run folders: sweep them again to see them)")
+    if holds_run(out):
+        raise UsageError(f"{out} holds a training run; a sweep writes into a new or empty folder, or one of its own")
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+        planned = {(s["key"], int(seed)) for s in old["settings"] for seed in s["runs"]}
+    except FileNotFoundError:
+        from . import plots
+
+        own = {"results.md", "results.csv", "runs.csv", "epochs.csv", *plots.SWEEP_FIGURES}
+        if runs_root.parent.resolve() == out.resolve():
+            own.add(runs_root.name)
+        tables = (".md", ".csv", ".png", ".pdf", ".svg")  # a study's own notes and figures beside its tables
+        other = sorted(p.name for p in out.iterdir() if p.name not in own and not (p.is_file() and p.suffix in tables))
+        if other:
+            raise UsageError(f"{out} holds other files ({', '.join(other[:3])}); a sweep writes into a new or empty "
+                             "folder, or one of its own")
+        return
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # a damaged sweep.json: nothing to report from it, this sweep writes it again
+    dropped = planned - {(s.key, seed) for s in settings for seed in seeds}
+    if dropped:
+        raise UsageError(f"{out} holds a sweep with {len(dropped)} run(s) of settings or seeds that this one leaves "
+                         "out, which its tables would lose: give its grid and seeds again (more is fine), pass "
+                         f"another --out, or delete {out / MANIFEST} to start the tables afresh")
 
 
 def _duration(seconds: float) -> str:
@@ -494,6 +511,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     settings = expand_grid(base, dict(grid), flags)
     out = Path(out_dir)
     runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
+    _check_out(out, runs_root, settings, seeds)
     todo: list[tuple[Setting, int, dict[str, Any]]] = []
     for seed in seeds:  # seed-major: after a third of the time, every setting has one seed
         for s in settings:
@@ -529,7 +547,6 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         remove_created()  # a sweep that could not start leaves no folder of its own
         raise
 
-    _note_replaced_plan(out, [s.key for s in settings], seeds, log)
     write_manifest(out, base, grid, seeds, settings)
     total = len(todo)
     n_set = len(settings)
