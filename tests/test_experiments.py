@@ -678,3 +678,32 @@ def test_a_sweep_does_not_write_into_a_run_or_a_folder_of_other_files(holds, tmp
     err = capsys.readouterr().err
     assert ("holds a training run" if holds == "a run" else "holds other files (notes.txt)") in err
     assert sorted(p.name for p in out.iterdir()) == ["config.json" if holds == "a run" else "notes.txt"]
+
+
+def test_a_one_job_sweep_shows_each_runs_bar_when_asked(tmp_path, monkeypatch):
+    from reste import engine
+    from reste.experiments import run_sweep
+
+    seen = []
+    real = engine.train
+    monkeypatch.setattr(engine, "train", lambda *a, **k: seen.append(k["progress"]) or real(*a, **k))
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, estimator="ste")
+    run_sweep(base, {"lr": [0.1]}, [0], tmp_path / "a", log=lambda m: None, progress=True, report=False)
+    run_sweep(base, {"lr": [0.2]}, [0], tmp_path / "b", log=lambda m: None, report=False)
+    assert seen == [True, False]
+
+
+def test_the_bar_is_drawn_on_a_terminal_only(monkeypatch):
+    import argparse
+    import io
+
+    from reste.cli import _bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert _bar(argparse.Namespace(progress=True)) and not _bar(argparse.Namespace(progress=False))
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a log file
+    assert not _bar(argparse.Namespace(progress=True))

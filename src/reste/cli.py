@@ -204,6 +204,13 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
     return TrainConfig.from_dict(overrides_from_args(args))
 
 
+def _bar(args: argparse.Namespace) -> bool:
+    """Whether to draw the progress bar: asked for (not --no-progress) and stderr a terminal (a log file would
+    fill with the bar's frames; the epoch lines tell the progress there)."""
+    stderr = sys.stderr
+    return bool(args.progress and stderr is not None and hasattr(stderr, "isatty") and stderr.isatty())
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import engine
     from .config import get_preset
@@ -229,10 +236,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             what = f"preset {saved.preset}" if saved.preset else "no preset"
             raise UsageError(f"{resume} holds a run of {what}, not of --preset {args.preset}; pass another --out")
         args._base_estimator = saved.estimator
-        engine.resume(resume, overrides_from_args(args), force=args.force, progress=args.progress, log=log)
+        engine.resume(resume, overrides_from_args(args), force=args.force, progress=_bar(args), log=log)
         return 0
     config = config_from_args(args)
-    engine.train(config, args.out, progress=args.progress, log=log)
+    engine.train(config, args.out, progress=_bar(args), log=log)
     return 0
 
 
@@ -297,9 +304,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
                                                                     args.input_size)
     try:
         text = models.describe(model, size)
-    except RuntimeError as err:
-        raise UsageError(f"{args.model!r} cannot take inputs of size {size[1]}x{size[2]} "
-                         f"({str(err).strip().splitlines()[0][:100]}); pass a larger --input-size") from None
+    except (RuntimeError, MemoryError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, MemoryError) or "allocate" in first or "out of memory" in first:
+            raise UsageError(f"{args.model!r} at {size[1]}x{size[2]} needs more memory than this machine has; "
+                             "pass a smaller --input-size") from None
+        raise UsageError(f"{args.model!r} cannot take inputs of size {size[1]}x{size[2]} ({first[:150]}); pass a "
+                         "larger --input-size") from None
     expects = "x".join(map(str, info["input_size"]))
     print(f"{args.model} ({info['dataset']}): expects {expects} images (C x H x W)"
           + (f", summarised at {'x'.join(map(str, size))}" if tuple(size) != tuple(info["input_size"]) else ""))

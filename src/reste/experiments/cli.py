@@ -71,7 +71,7 @@ def base_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..cli import overrides_from_args
+    from ..cli import _bar, overrides_from_args
     from .sweep import parse_grid, parse_seeds, run_sweep
 
     if not args.out:
@@ -91,7 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = base_config(args)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
-                     report=args.report, log=lambda m: print(m, flush=True), flags=flags)
+                     report=args.report, log=lambda m: print(m, flush=True), flags=flags, progress=_bar(args))
     return 1 if any(r["n"] < r["n_runs"] for r in rows) else 0
 
 

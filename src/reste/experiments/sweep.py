@@ -308,9 +308,9 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         config = TrainConfig.from_dict(job["config"])
         if job["resume"]:
             free = {k: getattr(config, k) for k in RESUME_FREE}
-            result = engine.resume(run_dir, free, progress=False, log=log)
+            result = engine.resume(run_dir, free, progress=job.get("progress", False), log=log)
         else:
-            result = engine.train(config, run_dir, progress=False, log=log)
+            result = engine.train(config, run_dir, progress=job.get("progress", False), log=log)
         return {"status": "done", "result": result, "seconds": time.time() - start}
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
         if isinstance(err, engine.Preempted):  # a stop signal stops the sweep (the run saved its step)
@@ -483,8 +483,8 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
 
 def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int] | None, out_dir: str | os.PathLike,
               jobs: int = 1, *, runs_dir: str | os.PathLike | None = None, threads: int | None = None,
-              log: Callable[[str], None] = print, report: bool = True, flags: dict[str, Any] | None = None
-              ) -> list[dict[str, Any]]:
+              log: Callable[[str], None] = print, report: bool = True, flags: dict[str, Any] | None = None,
+              progress: bool = False) -> list[dict[str, Any]]:
     """Train every setting of ``grid`` (on top of ``base``) for every seed; returns the table rows.
 
     Runs go to ``runs_dir`` (default ``out_dir/runs``), one folder per setting
@@ -496,6 +496,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     Each run logs to its ``train.log``; one line per run goes to ``log``. With
     ``report`` the tables are written to ``out_dir`` after every finished run, and the
     figures at the end (see ``summarize``); without, the rows are returned all the same.
+    ``progress``: each run's progress bar, on stderr, when the runs train in this process (one job).
     ``flags`` are estimator flags of ``reste train`` fixed for every run (``{"o_schedule": "linear"}``),
     each applied to the estimators it belongs to (see ``expand_grid``).
     A run that fails or diverges is reported and left out of the table; so is one that cannot be reported
@@ -522,8 +523,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             if status == "changed":
                 raise UsageError(f"{run_dir}: {why} Move it away or pass another --runs-dir")
             state = "damaged" if status == "damaged" else run_state(run_dir, config.epochs)
-            todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir),
-                                   "resume": state == "partial", "state": state, "why": why}))
+            todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
+                                   "state": state, "why": why, "progress": progress and jobs == 1}))
     # what to remove again if the sweep cannot start: the folders of --out and --runs-dir and above that do not
     # exist yet, each named without '..' (so `new/../existing` never names `existing`)
     created = [f for p in (out, runs_root) for f in map(Path, map(os.path.abspath, (p, *p.parents)))
