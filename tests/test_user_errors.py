@@ -75,7 +75,7 @@ def test_export_and_predict_never_write_over_their_inputs_or_a_checkpoint(run, t
     last = run / "last.pt"
     before = last.read_bytes()
     assert "is an input of this command" in _one_line_error(capsys, "export", str(last), str(last))
-    assert "checkpoint of the run" in _one_line_error(capsys, "export", str(run), str(run / "new.pt"))
+    assert "would overwrite a file of the run" in _one_line_error(capsys, "export", str(run), str(run / "new.pt"))
     assert last.read_bytes() == before
     model = tmp_path / "m.rbnn"
     assert main(["export", str(run), str(model)]) == 0
@@ -348,3 +348,24 @@ def test_set_progress_refuses_a_non_finite_epoch():
     for epoch, epochs in ((float("nan"), 3), (1, float("nan")), (0, float("inf")), ("a", 3)):
         with pytest.raises(ValueError, match="must be (finite|a number)"):
             reste.set_progress(model, epoch, epochs)
+
+
+def test_a_failed_start_removes_the_folders_it_created(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kept").mkdir()
+    _one_line_error(capsys, "train", "--dataset", "fashion-mnist", "--data-path", str(tmp_path / "none"),
+                    "--epochs", "1", "--out", "kept/a/b/c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
+def test_a_full_disk_at_the_start_leaves_nothing_and_says_what_to_do(capsys, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    err = _one_line_error(capsys, "train", "--epochs", "1", "--out", str(tmp_path / "a" / "r"))
+    assert "No space left on device" in err and "free some space" in err and "--resume" not in err
+    assert not (tmp_path / "a").exists()

@@ -417,14 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .engine import Preempted
 
         if not isinstance(err, Preempted):
-            return _unexpected(err, debug)
+            return _unexpected(err, debug, _command(argv))
         from .distributed import env_rank
 
         if env_rank() == 0:  # under torchrun, one line for all the processes
             print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
-        command = next((a for a in argv if not a.startswith("-")), "")
+        command = _command(argv)
         if command == "sweep":
             print("reste: interrupted; the sweep keeps its finished runs and each run its finished epochs: run the "
                   "same command again to continue", file=sys.stderr)
@@ -445,6 +445,11 @@ def usage_line(err: UsageError) -> str:
     return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
 
 
+def _command(argv: Sequence[str]) -> str:
+    """The sub-command of a command line (its first word that is not a flag)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def _error_prefix() -> str:
     """``reste: error:``; under torchrun each failing process prints its line, the ranks after the first
     named (``reste: error (rank 1):``)."""
@@ -453,7 +458,7 @@ def _error_prefix() -> str:
     return f"reste: error (rank {env_rank()}):" if env_rank() > 0 else "reste: error:"
 
 
-def _unexpected(err: Exception, debug: bool) -> int:
+def _unexpected(err: Exception, debug: bool, command: str = "") -> int:
     """The last line of defence keeps tracebacks behind --debug."""
     from .engine import TrainingDiverged
 
@@ -461,8 +466,13 @@ def _unexpected(err: Exception, debug: bool) -> int:
         raise  # called inside the except block: the original traceback
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {err.filename}" if err.filename else ""
-        print(f"{_error_prefix()} {err.strerror}{where}; a run keeps its finished epochs: free some space and continue "
-              "it with --resume RUN_DIR", file=sys.stderr)
+        if command in ("train", "sweep"):
+            then = ("a run keeps its finished epochs: free some space and continue it with --resume RUN_DIR"
+                    if command == "train" else "finished runs and epochs are kept: free some space and run the "
+                    "same command again")
+        else:
+            then = "free some space and run it again"
+        print(f"{_error_prefix()} {err.strerror}{where}; {then}", file=sys.stderr)
         return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
     print(f"{_error_prefix()} {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)

@@ -407,8 +407,8 @@ class _Run:
         kernels = kernel_path(self.device)
         if ckpt.get("kernels") not in (None, kernels) and self.start_epoch < self.config.epochs:
             self.log(f"note: {self.run_dir} trained with the estimators' {ckpt['kernels']} and continues with their "
-                     f"{kernels} (RESTE_FUSED, a C compiler, Triton): their float32 results differ in the last bits, so "
-                     "the run can differ from an uninterrupted one")
+                     f"{kernels} (RESTE_FUSED, a C compiler, Triton): their float32 results differ in the last "
+                     "bits, so the run can differ from an uninterrupted one")
         self.saved = (self.start_epoch, self.start_step)
         self.last_metrics = ckpt["metrics"]
         if self.meter and ckpt.get("indicators"):

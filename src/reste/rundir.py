@@ -71,7 +71,7 @@ def _holder(lock_path: Path) -> str:
 class RunDirectory:
     """An open, locked run directory."""
 
-    def __init__(self, path: Path, fd: int, created: bool, folder_fd: int | None = None) -> None:
+    def __init__(self, path: Path, fd: int, created: list[Path], folder_fd: int | None = None) -> None:
         self.path, self._fd, self.created, self._folder_fd = path, fd, created, folder_fd
 
     @classmethod
@@ -85,13 +85,19 @@ class RunDirectory:
         path = Path(path)
         if not str(path).strip():
             raise UsageError("the run directory is empty; pass --out DIR")
-        created = False
+        created: list[Path] = []
         if fresh:
             created = cls._create(path)
         elif not path.is_dir():
             raise UsageError(f"{path} is not a run directory (no such folder); start one with --out {path}")
         had_lock = (path / LOCK_NAME).exists()
-        fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run")
+        try:
+            fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run")
+        except BaseException:
+            if created:  # e.g. a full disk: the folders made here go again
+                (path / LOCK_NAME).unlink(missing_ok=True)
+                _remove_folders(created)
+            raise
         try:
             folder_fd = cls._lock_folder(path)
         except BaseException:
@@ -115,15 +121,17 @@ class RunDirectory:
         return run
 
     @staticmethod
-    def _create(path: Path) -> bool:
-        """Make the folder (and its parents); True when this call created it, False when it existed."""
+    def _create(path: Path) -> list[Path]:
+        """Make the folder and its parents; the folders this call created, deepest first (none when it existed).
+        They are named without '..', so that removing them never names a folder that existed."""
         try:
+            missing = [f for f in map(Path, map(os.path.abspath, (path, *path.parents))) if not f.exists()]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.mkdir()
-            return True
+            return missing
         except FileExistsError:
             if path.is_dir():
-                return False
+                return []
             what = path if path.exists() else path.parent
             raise UsageError(f"run directory {path} is not writable ({what} is a file); pass another --out") \
                 from None
@@ -157,8 +165,12 @@ class RunDirectory:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as err:  # a full disk
+            os.close(fd)
+            raise UsageError(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
         return fd
 
     @staticmethod
@@ -214,7 +226,7 @@ class RunDirectory:
     def discard(self) -> None:
         """Remove the files of a run that never finished an epoch, then release the lock.
 
-        The folder goes too when this run created it.
+        The folder goes too when this run created it, and the folders above it that it created.
         """
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
@@ -222,11 +234,16 @@ class RunDirectory:
             tmp.unlink(missing_ok=True)
         (self.path / LOCK_NAME).unlink(missing_ok=True)  # a process waiting on it sees it went and retries
         self.close()
-        if self.created:
-            try:
-                self.path.rmdir()
-            except OSError:
-                pass  # someone put a file there meanwhile: leave it
+        _remove_folders(self.created)
+
+
+def _remove_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: someone may have put a file there meanwhile."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
     def __enter__(self) -> "RunDirectory":
         return self
