@@ -506,3 +506,27 @@ def test_raw_pixels_need_the_preprocessing_the_file_records(tmp_path):
                                          "preprocessing"):
         model(np.zeros((2, 1, 8, 8), np.uint8))
     assert model(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
+
+
+def test_export_model_checks_its_arguments_before_writing(tmp_path, capfd):
+    """A bad meta or input_size is one UsageError naming it, and no file is left that a reader would refuse."""
+    from reste.export.ir import Preprocessing
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), reste.BinaryConv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    model.eval()
+    cases = [
+        (dict(meta="foo"), "meta must be a dict"),
+        (dict(meta=Preprocessing((3, 8, 8), (0.5,) * 3, (0.0,) * 3, 255.0).to_meta()), "is incomplete or invalid"),
+        (dict(meta=Preprocessing((1, 28, 28), (0.5,), (1.0,), 255.0).to_meta()), "differs from input_size"),
+        (dict(input_size=(3, 0, 8)), "input_size must be one input's shape"),
+        (dict(input_size=(4, 8, 8)), r"cannot take inputs of input_size \(4, 8, 8\)"),
+    ]
+    for kwargs, message in cases:
+        capfd.readouterr()
+        with pytest.raises(UsageError, match=message):
+            export_model(model, tmp_path / "x.rbnn", **{"input_size": (3, 8, 8), **kwargs})
+        assert not (tmp_path / "x.rbnn").exists()
+        assert "Traceback" not in capfd.readouterr().err  # the model's own error is said once, in the line
+    report = export_model(nn.Sequential(), tmp_path / "empty.rbnn", input_size=(3, 8, 8), verify=False)
+    assert report["params"] == 0  # no parameters: nothing to compress, and no division by zero

@@ -92,12 +92,14 @@ def export_model(
             ``pixel_scale``, as ``Preprocessing(...).to_meta()`` gives them) let the packed model
             take raw images (``reste predict model.rbnn photo.png``).
     """
+    input_size = _checked_input_size(input_size)
+    meta = _checked_meta(meta, input_size)
     with eval_mode(model):
         nodes, output, folded = to_graph(model, input_size)
         if input_size is not None:
             nodes[0]["shape"] = [int(s) for s in input_size]
         writer = fmt.Writer()
-        header = {"format": FORMAT_NAME, "meta": _json_safe(meta or {}), "nodes": _serialize(nodes, writer),
+        header = {"format": FORMAT_NAME, "meta": _json_safe(meta), "nodes": _serialize(nodes, writer),
                   "output": output}
         try:
             ir.check_graph({**header, "tensors": writer.entries()})  # what a reader will check
@@ -118,12 +120,43 @@ def export_model(
     return report
 
 
+def _checked_input_size(input_size: Any) -> tuple[int, ...] | None:
+    """``input_size``, one input's shape ((C, H, W); (features,) for an MLP), refused with one line unless
+    positive integers (``to_graph`` refuses a size the model cannot take)."""
+    if input_size is None:
+        return None
+    if not (isinstance(input_size, (tuple, list)) and input_size
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)):
+        raise UsageError(f"input_size must be one input's shape, positive integers such as (C, H, W), got "
+                         f"{input_size!r}")
+    return tuple(input_size)
+
+
+def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, Any]:
+    """``meta`` as a dict, refused with one line unless a mapping whose preprocessing (if it gives any) is whole
+    and valid and agrees with ``input_size``: a file is not written that its readers would refuse."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise UsageError(f"meta must be a dict of JSON-safe values, got {type(meta).__name__}")
+    if any(meta.get(k) is not None for k in ir.Preprocessing.KEYS):
+        pre = ir.Preprocessing.from_meta(meta)
+        if pre is None:
+            raise UsageError(f"meta's preprocessing ({', '.join(ir.Preprocessing.KEYS)}) is incomplete or invalid "
+                             "(one mean and one std > 0 per channel, a pixel_scale > 0); build it with "
+                             "Preprocessing(...).to_meta()")
+        if input_size is not None and tuple(pre.input_size) != tuple(input_size):
+            raise UsageError(f"meta's input_size {tuple(pre.input_size)} differs from input_size "
+                             f"{tuple(input_size)}")
+    return meta
+
+
 def size_report(model: nn.Module, tensor_bytes: dict[str, int], file_bytes: int) -> dict[str, Any]:
     counts = parameter_counts(model)
     float_bytes = _state_bytes(model)
     binary = tensor_bytes["binary_values"]
     ideal = binary / 8 + tensor_bytes["f32"]
-    bound = float_bytes / ideal
+    bound = float_bytes / ideal if ideal else math.nan  # a model without parameters: nothing to compress
     ratio = float_bytes / file_bytes
     p, b = counts["total"], counts["binary"]
     return {
@@ -136,7 +169,7 @@ def size_report(model: nn.Module, tensor_bytes: dict[str, int], file_bytes: int)
         "header_bytes": file_bytes - tensor_bytes["bits"] - tensor_bytes["f32"],
         "bound": bound,
         "ratio": ratio,
-        "gap": 1.0 - ratio / bound,
+        "gap": 1.0 - ratio / bound if ideal else math.nan,
         "param_bound": 4 * p / (b / 8 + 4 * (p - b)) if p else math.nan,
     }
 

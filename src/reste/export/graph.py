@@ -18,6 +18,7 @@ block) stays an ``affine``.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import operator
 from typing import Any, Iterator
@@ -462,14 +463,19 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
         msg = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot export: torch.fx could not trace the model ({msg})") from None
     gm = fx.GraphModule(model, graph)
+    failed = None
     if input_size is not None:
-        try:
-            with torch.no_grad():
+        try:  # ShapeProp prints the traceback of a node that fails: kept for the one line below
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(torch.zeros(1, *input_size))
-        except Exception:  # noqa: BLE001 - then no ranks are known, and folds next to linears are skipped
-            pass
+        except Exception as err:  # noqa: BLE001 - the model's own error, said once the graph is known
+            failed = err.__cause__ or err
     builder = _Builder(gm)
-    nodes, output = builder.run()
+    nodes, output = builder.run()  # its own refusals first: they say what to change in the model
+    if failed is not None:
+        first = str(failed).strip().splitlines()[0][:150] if str(failed).strip() else type(failed).__name__
+        raise UsageError(f"the model cannot take inputs of input_size {tuple(input_size)} ({first}); pass the size "
+                         "it was built for")
     ranks: dict[int, int] = {}
     for n, i in builder.env.items():  # the fx node that made a graph node comes first (identities reuse it)
         if isinstance(i, int) and isinstance(n.meta.get("tensor_meta"), TensorMetadata):
