@@ -284,3 +284,27 @@ def test_native_library_builds_and_caches(tmp_path, monkeypatch):
 ])
 def test_split_parts(total, threads, align, work, parts):
     assert split_parts(total, threads, work=work, align=align) == parts
+
+
+def test_an_unwritable_cache_builds_the_kernels_elsewhere(tmp_path, monkeypatch):
+    """A read-only home or a bad $RESTE_CACHE: the kernels are built in this user's own temporary folder."""
+    from reste import native
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "a-file"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    lib = native.NativeLibrary("probe", "int probe(void) { return 7; }", {"probe": ([], native.I32)})
+    assert lib.get() is not None and lib.get().probe() == 7
+    assert any(p.name.startswith("probe_") for p in (tmp_path / "tmp").glob("reste-cache-*/*.so"))
+
+
+def test_a_run_without_the_kernels_says_so(tmp_path, monkeypatch):
+    from reste import engine
+    from reste.config import TrainConfig
+
+    monkeypatch.setattr(fused, "available", lambda: False)
+    monkeypatch.setattr(fused, "error", lambda: "no C compiler found (set $CC)")
+    lines = []
+    engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "r", progress=False, log=lines.append)
+    assert any("the fused C kernels are unavailable (no C compiler found" in line for line in lines)

@@ -270,6 +270,11 @@ class _Run:
             # recorded: a CPU run's float sums depend on its thread count, so a resume uses the same
             self.config = config = dataclasses.replace(config, threads=torch.get_num_threads())
         self.log = log if self.dist.main else (lambda _msg: None)
+        if kernel_path(self.device).startswith("PyTorch ops (the C kernels"):
+            from . import fused
+
+            self.log(f"note: the fused C kernels are unavailable ({str(fused.error())[:200]}); the estimators run as "
+                     "PyTorch ops, which is slower")
         graph_backend = None
         if config.cuda_graphs:
             try:

@@ -88,15 +88,34 @@ def _cpu_tag() -> str:
     return platform.machine() + flags
 
 
+def _writable(folder: Path) -> Path:
+    """``folder``, made if needed, or, where it cannot be written (a read-only home, a bad $RESTE_CACHE), a
+    folder of this user's under the temporary directory: the kernels are then built there, not lost."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"reste-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    fallback.mkdir(mode=0o700, exist_ok=True)
+    info = fallback.lstat()
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022 or fallback.is_symlink()):
+        raise OSError(f"{folder} is not writable, and {fallback} is not this user's own (libraries loaded from it "
+                      "could be anyone's); set $RESTE_CACHE to a writable folder")
+    return fallback
+
+
 def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> ctypes.CDLL:
     """Compile ``source`` (or load the cached build) and return it; ``OSError`` when nothing compiles."""
     compiler = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
     if compiler is None:
         raise OSError("no C compiler found (set $CC)")
     errors = []
+    root = _writable(cache_dir())
     for flags in flag_sets:
         key = hashlib.sha256("\0".join([source, compiler, *flags, _cpu_tag(), sys.platform]).encode()).hexdigest()
-        lib = cache_dir() / f"{name}_{key[:20]}.so"
+        lib = root / f"{name}_{key[:20]}.so"
         if lib.is_file():
             try:
                 return ctypes.CDLL(str(lib))
