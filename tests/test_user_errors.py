@@ -369,3 +369,11 @@ def test_a_full_disk_at_the_start_leaves_nothing_and_says_what_to_do(capsys, tmp
     err = _one_line_error(capsys, "train", "--epochs", "1", "--out", str(tmp_path / "a" / "r"))
     assert "No space left on device" in err and "free some space" in err and "--resume" not in err
     assert not (tmp_path / "a").exists()
+
+
+def test_a_warning_is_one_line_shown_once(capsys, tmp_path):
+    assert main(["train", "--o", "5", "--o-end", "2", "--epochs", "1", "--threads", "1", "--no-progress", "--out",
+                 str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["reste: warning: ReSTE o falls over training, from o = 5.0 to o_end = 2.0; the paper's schedule "
+                   "rises from 1: pass o_end > o if that was meant"], err
