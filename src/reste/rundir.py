@@ -237,6 +237,13 @@ class RunDirectory:
         _remove_folders(self.created)
 
 
+    def __enter__(self) -> "RunDirectory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _remove_folders(folders: list[Path]) -> None:
     """Remove ``folders`` (deepest first) while they are empty: someone may have put a file there meanwhile."""
     for folder in folders:
@@ -244,12 +251,6 @@ def _remove_folders(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
-
-    def __enter__(self) -> "RunDirectory":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------- the K best epochs
