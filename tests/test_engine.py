@@ -341,3 +341,15 @@ def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path)
         fused.set_enabled(None)
     assert any("continues with their PyTorch ops (RESTE_FUSED=0)" in line for line in lines), lines
     assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == "PyTorch ops (RESTE_FUSED=0)"
+
+
+def test_eval_shows_its_progress_over_the_batches(tmp_path, monkeypatch):
+    from tqdm.auto import tqdm
+
+    engine.train(small(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
+    updates = []
+    monkeypatch.setattr(tqdm, "update", lambda self, n=1: updates.append(n))
+    quiet_run = engine.evaluate_checkpoint(tmp_path / "run" / "last.pt")
+    assert not updates
+    shown = engine.evaluate_checkpoint(tmp_path / "run" / "last.pt", batch_size=100, progress=True)
+    assert len(updates) == 4 and shown["top1"] == quiet_run["top1"]  # 360 test images: 4 batches of 100

@@ -208,8 +208,12 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
 def _bar(args: argparse.Namespace) -> bool:
     """Whether to draw the progress bar: asked for (not --no-progress) and stderr a terminal (a log file would
     fill with the bar's frames; the epoch lines tell the progress there)."""
+    return bool(args.progress) and _terminal()
+
+
+def _terminal() -> bool:
     stderr = sys.stderr
-    return bool(args.progress and stderr is not None and hasattr(stderr, "isatty") and stderr.isatty())
+    return stderr is not None and hasattr(stderr, "isatty") and stderr.isatty()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -270,7 +274,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
 
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
-                            device=args.device, workers=args.workers, amp=args.amp, download=args.download)
+                            device=args.device, workers=args.workers, amp=args.amp, download=args.download,
+                            progress=_terminal())
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
     amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
     when = f"epoch {r['epoch']}" + (f" + {r['step']} steps" if r.get("step") else "")

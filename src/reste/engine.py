@@ -153,15 +153,12 @@ def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
-             channels_last: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
-             ) -> dict[str, float]:
-    """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``. ``forward(images)``, where
-    given, computes the logits instead of ``model`` under autocast (a :class:`GraphedForward`)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    top1 = torch.zeros((), device=device, dtype=torch.long)
-    top5 = torch.zeros((), device=device, dtype=torch.long)
+def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: str, channels_last: bool,
+                      forward: Callable[[torch.Tensor], torch.Tensor] | None, bar: Any,
+                      sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> int:
+    """The loop of :func:`evaluate`: adds each batch's loss and top-1/top-5 counts to ``sums``; returns the
+    number of images."""
+    loss_sum, top1, top5 = sums
     n = 0
     for images, target in loader:
         images, target = _to_device(images, target, device, channels_last)
@@ -175,6 +172,24 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
         top1 += c1
         top5 += c5
         n += target.numel()
+        if bar is not None:
+            bar.update()
+    return n
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
+             channels_last: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             progress: bool = False) -> dict[str, float]:
+    """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``. ``forward(images)``, where
+    given, computes the logits instead of ``model`` under autocast (a :class:`GraphedForward`);
+    ``progress``: a bar over the batches."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.long)
+    top5 = torch.zeros((), device=device, dtype=torch.long)
+    with _progress(len(loader), "evaluating", progress) as bar:
+        n = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar, (loss_sum, top1, top5))
     counts = torch.stack([loss_sum, top1.double(), top5.double(), torch.tensor(float(n), device=device,
                                                                                 dtype=torch.float64)])
     if is_distributed():  # each process evaluated its shard (make_loaders(distributed=True)): add them up
@@ -187,7 +202,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
                         device: str = "auto", workers: int = 0, amp: str | None = None,
-                        download: bool = False) -> dict[str, Any]:
+                        download: bool = False, progress: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on its data set's test split; returns the metrics and the stored ones.
 
     ``amp`` is the autocast of the evaluation: by default the run's own (``--amp``), so the
@@ -215,7 +230,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     with _torch_threads_kept(), cuda_device(dev):
         if dev.type == "cpu" and config.threads:
             torch.set_num_threads(min(config.threads, max_threads()))
-        result = evaluate(model, test_loader, dev, amp, config.channels_last)
+        result = evaluate(model, test_loader, dev, amp, config.channels_last, progress=progress)
     step = int(ckpt.get("step") or 0)  # a checkpoint taken inside an epoch has no test accuracy of its own
     return {**result, "epoch": ckpt["epoch"], "step": step,
             "stored_top1": None if step else ckpt["metrics"].get("test_acc"),
