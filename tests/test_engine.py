@@ -353,3 +353,13 @@ def test_eval_shows_its_progress_over_the_batches(tmp_path, monkeypatch):
     assert not updates
     shown = engine.evaluate_checkpoint(tmp_path / "run" / "last.pt", batch_size=100, progress=True)
     assert len(updates) == 4 and shown["top1"] == quiet_run["top1"]  # 360 test images: 4 batches of 100
+
+
+def test_a_short_run_of_a_preset_shortens_its_warm_up():
+    """--preset with fewer --epochs than its warm-up (a smoke test) is not refused for a warm-up the user never
+    gave: it is shortened to fit, as a data set's default warm-up is; one given is kept and checked."""
+    assert config_from_preset("cifar10-resnet20-1w1a", epochs=1).resolve().warm_up == 0
+    assert config_from_preset("cifar10-resnet20-1w1a", epochs=3).resolve().warm_up == 2
+    assert config_from_preset("cifar10-resnet20-1w1a").resolve().warm_up == 5
+    with pytest.raises(UsageError, match="--warm-up must be in"):
+        config_from_preset("cifar10-resnet20-1w1a", epochs=1, warm_up=5).resolve()

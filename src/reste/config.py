@@ -347,4 +347,7 @@ def config_from_preset(name: str, **overrides: Any) -> TrainConfig:
     else:
         overrides = dict(overrides, estimator_options=dict(overrides.get("estimator_options", {})))
     data.update(overrides)
+    epochs = overrides.get("epochs")
+    if "warm_up" not in overrides and isinstance(epochs, int) and 0 < epochs <= (data.get("warm_up") or 0):
+        data["warm_up"] = epochs - 1  # a shorter run than the preset's: its warm-up shortened, as a data set's is
     return TrainConfig.from_dict(data)
