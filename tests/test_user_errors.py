@@ -377,3 +377,18 @@ def test_a_warning_is_one_line_shown_once(capsys, tmp_path):
     err = capsys.readouterr().err.splitlines()
     assert err == ["reste: warning: ReSTE o falls over training, from o = 5.0 to o_end = 2.0; the paper's schedule "
                    "rises from 1: pass o_end > o if that was meant"], err
+
+
+def test_binarize_names_a_wrong_argument():
+    from torch import nn
+
+    import reste
+
+    for bad, message in ((None, "takes a torch.nn.Module, got NoneType"), ("resnet", "got str")):
+        with pytest.raises(TypeError, match=message):
+            reste.binarize(bad)
+    with pytest.raises(TypeError, match="keep takes layer names"):
+        reste.binarize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3)), keep=5)
+    kept = reste.binarize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 3)),
+                          keep=(n for n in ["1"]), keep_first=False)  # a generator is read once, not lost
+    assert type(kept[1]) is nn.Conv2d and type(kept[0]) is not nn.Conv2d

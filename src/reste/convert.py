@@ -169,6 +169,11 @@ def binarize(
     ``Conv2dSame``) stay in full precision with one warning that names them, unless
     ``keep`` lists them. A layer that cannot be copied raises a ``ValueError`` naming it.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"binarize takes a torch.nn.Module, got {type(model).__name__}")
+    keep = [keep] if isinstance(keep, str) else list(keep) if isinstance(keep, Iterable) else keep
+    if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+        raise TypeError(f"keep takes layer names or glob patterns (strings), got {keep!r}")
     if not inplace:
         try:
             model = copy.deepcopy(model)

@@ -118,7 +118,8 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> N
     """Refuse a ``last.pt`` that cannot continue as ``config``: another model, fewer epochs than it holds, or a
     mid-epoch state with another batch size."""
     if ckpt["model_name"] != config.model:
-        raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}")
+        raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}; a run keeps its model: "
+                         "start a new run (--out) for the other one")
     checks = {"epoch": lambda v: type(v) is int and v >= 0, "step": lambda v: v is None or (type(v) is int and v >= 0),
               "best_epoch": lambda v: type(v) is int and v >= -1,  # best_epoch -1, best_acc -1.0: no epoch yet
               "best_acc": lambda v: type(v) in (int, float) and -1 <= v <= 100}
