@@ -22,8 +22,16 @@ def test_config_round_trips(tmp_path):
     (tmp_path / rundir.CONFIG).write_text("{")
     with pytest.raises(UsageError, match="corrupted"):
         rundir.saved_config(tmp_path)
-    with pytest.raises(UsageError, match="no config.json"):
+    with pytest.raises(UsageError, match="does not exist"):
         rundir.saved_config(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no config.json"):
+        rundir.saved_config(tmp_path / "empty")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / rundir.SWEEP_MANIFEST).write_text("{}")
+    for read in (rundir.saved_config, rundir.read_metrics):
+        with pytest.raises(UsageError, match="is a sweep's folder, not a run's: .* reste report"):
+            read(tmp_path / "sweep")
 
 
 def test_every_reader_and_the_truncation_leave_out_a_torn_last_line(tmp_path):

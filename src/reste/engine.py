@@ -62,9 +62,9 @@ from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimi
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
-from .rundir import (CONFIG, METRIC_FIELDS, METRICS, RunDirectory, append_metrics, best_checkpoint, check_kept,
-                     keep_top, last_checkpoint, repair_best, require_run_path, restore_config, saved_config,
-                     start_metrics, truncate_metrics, write_config)
+from .rundir import (CONFIG, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics, best_checkpoint,
+                     check_kept, keep_top, last_checkpoint, repair_best, require_run_path, restore_config,
+                     saved_config, start_metrics, sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -209,6 +209,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     result reproduces the test accuracy logged during training; ``"none"`` evaluates in float32.
     ``download`` fetches the data set's files first where it can (torchvision), as training does.
     """
+    if Path(path).is_dir() and (Path(path) / SWEEP_MANIFEST).is_file():
+        raise UsageError(sweep_folder_hint(path))
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
     check_data_path(config.dataset, data_path, download)

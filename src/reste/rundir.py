@@ -43,6 +43,7 @@ from .config import TrainConfig
 from .errors import UsageError
 
 LOCK_NAME = ".lock"
+SWEEP_MANIFEST = "sweep.json"  # what makes a folder a sweep's (reste.experiments.report writes and reads it)
 CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.pt"
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)
@@ -412,6 +413,10 @@ def require_run_path(run_dir: str | os.PathLike) -> Path:
 def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig saved in a run directory's config.json."""
     cfg_path = require_run_path(run_dir) / CONFIG
+    if not cfg_path.is_file() and (Path(run_dir) / SWEEP_MANIFEST).is_file():
+        raise UsageError(sweep_folder_hint(run_dir))
+    if not Path(run_dir).exists():
+        raise UsageError(f"{run_dir} does not exist; pass the folder of a run (its --out)")
     if not cfg_path.is_file():
         raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); a new run needs --out and an empty or "
                          "new folder")
@@ -432,6 +437,12 @@ def _config_remedy(run_dir: str | os.PathLike) -> str:
     if (Path(run_dir) / LAST).is_file():
         return f"delete it: --resume writes it again from {LAST}"
     return "start a new run"
+
+
+def sweep_folder_hint(folder: str | os.PathLike) -> str:
+    """The one line for a sweep's folder given where a run's is wanted."""
+    return (f"{folder} is a sweep's folder, not a run's: give one of its runs ({Path(folder) / 'runs'}/.../seedN), or "
+            f"write its tables and figures with `reste report {folder}`")
 
 
 def start_metrics(run_dir: str | os.PathLike) -> None:
@@ -477,6 +488,8 @@ def read_metrics(run_dir: str | os.PathLike, *, missing_ok: bool = False) -> lis
     if not path.is_file():
         if missing_ok:
             return []
+        if (Path(run_dir) / SWEEP_MANIFEST).is_file():
+            raise UsageError(sweep_folder_hint(run_dir))
         raise UsageError(f"{run_dir} has no {METRICS}; is it a reste run directory?")
     return [record for _, record in _metrics_lines(path)]
 

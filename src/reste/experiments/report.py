@@ -23,10 +23,10 @@ from typing import Any, Callable
 from ..config import TrainConfig
 from ..errors import UsageError
 from ..indicators import RUN_LEVEL, run_level
-from ..rundir import METRIC_FIELDS, METRICS as METRICS_FILE, holds_run, read_metrics, run_config
+from ..rundir import METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, holds_run, read_metrics, run_config
 from .identity import canonical, config_key
 
-MANIFEST = "sweep.json"  # the sweep folder's plan: base config, grid, seeds, settings and their runs
+MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
 
 METRICS = ("best_acc", "final_acc", "estimating_error", "gradient_stability")
 INDICATORS = ("estimating_error", "gradient_stability")
