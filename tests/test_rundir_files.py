@@ -30,7 +30,7 @@ def test_config_round_trips(tmp_path):
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / rundir.SWEEP_MANIFEST).write_text("{}")
     for read in (rundir.saved_config, rundir.read_metrics):
-        with pytest.raises(UsageError, match="is a sweep's folder, not a run's: .* reste report"):
+        with pytest.raises(UsageError, match="is a sweep's folder, not a run's: .*reste report"):
             read(tmp_path / "sweep")
 
 
