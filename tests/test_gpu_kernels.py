@@ -378,17 +378,79 @@ def test_binary_conv_training_step_same_gradients(kind, scaling, dtype, layout):
     # every binarisation went through the kernels: the input's sign and backward, the weight's pair
     assert counted.calls["backward"] == 1 and counted.calls["scaled_sign"] == 1
     assert counted.calls["scaled_sign_backward"] == 1
-    # The binary weight differs only through alpha's summation order (N = 27 or 108 terms: within
-    # N ulp32, relatively); the conv sums 27 products of +-1 inputs with it, so y and the gradients
-    # sum terms each within (N + 4) ulp32 of the reference's (4: the estimator kernel's bound):
-    # within (N + 4) ulp32 times the sum of the terms' magnitudes, bounded by 27 max|ref|. In bf16
-    # the conv's inputs and outputs are rounded to bf16: one bf16 ulp of the largest value more.
-    n = 27 * 4 if scaling == "layer" else 27
-    for out, ref in ((y, ref_y), (dx, ref_dx), (dw, ref_dw)):
-        scale = ref.float().abs().max()
-        tol = torch.full(ref.shape, float(27 * (n + 4) * ULP32 * scale + ULP16[dtype] * scale * 2))
+    tol_y, tol_dx, tol_dw = conv_step_bounds(kind, scaling, dtype, ref_y, ref_dx, ref_dw)
+    for out, ref, tol in ((y, ref_y, tol_y), (dx, ref_dx, tol_dx), (dw, ref_dw, tol_dw)):
         assert_within(out, ref, tol)
     assert dx.dtype == ref_dx.dtype and dx.stride() == ref_dx.stride()
+
+
+def _weight_grad(x: torch.Tensor, dy: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """sum over images and positions of dy x (a 3x3 conv's weight gradient, padding 1), in float64."""
+    import torch.nn.functional as F
+
+    w = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    F.conv2d(x, w, padding=1).backward(dy)
+    return w.grad
+
+
+def _gamma(k: int) -> float:
+    """The relative error bound of a float32 sum of k + 1 terms, in any order: k u / (1 - k u)."""
+    u = ULP32 / 2
+    return k * u / (1 - k * u)
+
+
+def conv_step_bounds(kind: str, scaling: str, dtype: torch.dtype, ref_y, ref_dx, ref_dw):
+    """How far the kernels' step may be from the PyTorch path's, per element of y, dx and dw.
+
+    Both paths see the same input signs, target and latent weight; they differ in alpha's summation order
+    (N terms: within N ulp32 of each other, relatively; in bf16 the weight +-alpha is then rounded to bf16,
+    which can round the two alphas one bf16 ulp apart), in the estimators' backward (``tolerance``), and in
+    the order of the conv's sums, each within gamma(k) of the sum of its terms' magnitudes (k: 27 products for
+    y, 36 for dx, 126 for dW's upstream), which float64 convs of the magnitudes give:
+      y:  (d_alpha + 2 gamma(27)) |sign x| * |W_b|;
+      dx: g(x) G with G = dy *^T W_b: |g| (d_alpha + 2 gamma(36)) |dy| *^T |W_b|, plus the estimator's
+          tolerance on G;
+      dw: the scaled sign's backward (assert_scaled_sign_within's terms) of the upstream dW_b, which itself
+          differs by 2 gamma(126) |sign x| *^W |dy|, passed on through alpha |g(W)| and the mean's 1/N.
+    bf16 rounds each conv's inputs and outputs: one bf16 ulp of each result per side more."""
+    import torch.nn.functional as F
+
+    est = ESTIMATORS[kind]()
+    torch.manual_seed(0)
+    conv = BinaryConv2d(3, 4, 3, padding=1, bias=False, weight_estimator=ESTIMATORS[kind](),
+                        input_estimator=ESTIMATORS[kind](), scaling=scaling)
+    w = conv.weight.detach()
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(2, 3, 7, 9, generator=g) * 1.2).to(dtype)
+    x.view(-1)[:4] = torch.tensor([0.0, 1.5, -0.1, 1.0], dtype=dtype)
+    dy = torch.randn(2, 4, 7, 9, generator=g).to(dtype).double()  # the target is the loss's gradient in y
+    groups = 1 if scaling == "layer" else w.shape[0]
+    n = w.numel() // groups
+    alpha = w.double().abs().reshape(groups, -1).mean(1).repeat_interleave(n).reshape(w.shape)
+    wb_abs = alpha  # |+-alpha|
+    xs_abs = (x.double() == x.double()).double()  # |sign x| = 1 (NaN-free inputs)
+    bf16 = ULP16[dtype]
+    d_alpha = n * ULP32 + bf16
+    y_abs = F.conv2d(xs_abs, wb_abs, padding=1)
+    tol_y = (d_alpha + 2 * _gamma(27)) * y_abs + 2 * bf16 * ref_y.double().abs()
+
+    signs = torch.where(x >= 0, 1.0, -1.0).double()
+    wb = alpha * torch.where(w >= 0, 1.0, -1.0).double()
+    big_g = F.conv_transpose2d(dy, wb, padding=1)
+    g_abs = F.conv_transpose2d(dy.abs(), wb_abs, padding=1)
+    g_x = torch_backward(est, x.float(), torch.ones(x.shape)).double().abs()
+    tol_dx = (g_x * ((d_alpha + 2 * _gamma(36) + 2 * bf16) * g_abs)
+              + tolerance(est, x, big_g.float().to(dtype), ref_dx).double())
+
+    upstream = _weight_grad(signs, dy, w.shape)  # dW_b
+    up_abs = _weight_grad(xs_abs, dy.abs(), w.shape)
+    d_up = (2 * _gamma(126) + 2 * bf16) * up_abs
+    g_w = torch_backward(est, w, torch.ones(w.shape)).double().abs()
+    first = g_w * alpha * upstream.abs()
+    mean_part = (ULP32 * up_abs.reshape(groups, -1).sum(1) + d_up.reshape(groups, -1).sum(1)) / n
+    tol_dw = (tolerance(est, w, (upstream * alpha).float(), first.float()).double() + n * ULP32 * first
+              + g_w * alpha * d_up + mean_part.repeat_interleave(n).reshape(w.shape))
+    return tol_y.float(), tol_dx.float(), tol_dw.float()
 
 
 def test_fused_weight_is_written_in_the_autocast_dtype():
