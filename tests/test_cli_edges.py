@@ -65,6 +65,9 @@ def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
     monkeypatch.setattr(cli, "cmd_presets", presets)
     assert main(["presets"]) == 141
     assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cli, "cmd_train", presets)  # a run stopped with its output says how to go on
+    assert main(["train"]) == 141
+    assert "finished epochs are kept (continue with --resume RUN_DIR)" in capsys.readouterr().err
 
 
 def test_under_torchrun_a_failing_process_other_than_the_first_names_its_rank(monkeypatch, capsys):

@@ -13,6 +13,7 @@ Bad input gets one line on stderr and exit status 2 (``--debug`` shows the trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -442,6 +443,10 @@ def _main(argv: list[str]) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         except OSError:
             pass
+        if _command(argv) in ("train", "sweep"):  # training stopped with its output: say how to go on
+            with contextlib.suppress(Exception):
+                print("reste: stopped: its output's reader went away; finished epochs are kept (continue with "
+                      f"{'--resume RUN_DIR' if _command(argv) == 'train' else 'the same command'})", file=sys.stderr)
         return 141  # 128 + SIGPIPE, as a tool killed by it
     except Exception as err:  # noqa: BLE001 - sorted below
         from .engine import Preempted
