@@ -371,12 +371,45 @@ def test_a_full_disk_at_the_start_leaves_nothing_and_says_what_to_do(capsys, tmp
     assert not (tmp_path / "a").exists()
 
 
-def test_a_warning_is_one_line_shown_once(capsys, tmp_path):
-    assert main(["train", "--o", "5", "--o-end", "2", "--epochs", "1", "--threads", "1", "--no-progress", "--out",
-                 str(tmp_path / "r")]) == 0
+def _command(monkeypatch, *argv):
+    """The ``reste`` command (``reste.__main__.run``), its warnings hook undone afterwards."""
+    import sys
+    import warnings
+
+    from reste.__main__ import run
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    monkeypatch.setattr(sys, "argv", ["reste", *argv])
+    return run()
+
+
+WARNS = ["train", "--o", "5", "--o-end", "2", "--epochs", "1", "--threads", "1", "--no-progress"]
+
+
+def test_a_warning_of_the_command_is_one_line_shown_once(capsys, tmp_path, monkeypatch):
+    assert _command(monkeypatch, *WARNS, "--out", str(tmp_path / "r")) == 0
     err = capsys.readouterr().err.splitlines()
     assert err == ["reste: warning: ReSTE o falls over training, from o = 5.0 to o_end = 2.0; the paper's schedule "
                    "rises from 1: pass o_end > o if that was meant"], err
+
+
+def test_a_warning_with_stderr_closed_does_not_stop_the_run(capsys, tmp_path, monkeypatch):
+    import io
+
+    class Closed(io.StringIO):
+        def write(self, _text):
+            raise OSError(9, "Bad file descriptor")
+
+    for stderr in (None, Closed()):
+        monkeypatch.setattr("sys.stderr", stderr)
+        out = tmp_path / f"r{stderr is None}"
+        assert _command(monkeypatch, *WARNS, "--out", str(out)) == 0 and (out / "last.pt").is_file()
+        assert "reste: warning" not in capsys.readouterr().out  # not sent to stdout instead
+
+
+def test_main_as_a_library_call_leaves_warnings_to_python(tmp_path):
+    with pytest.warns(UserWarning, match="ReSTE o falls over training"):
+        assert main([*WARNS, "--out", str(tmp_path / "r")]) == 0
 
 
 def test_binarize_names_a_wrong_argument():

@@ -386,32 +386,28 @@ def _feature_modules() -> list[Any]:
     return found
 
 
-def _one_line_warnings() -> None:
-    """Warnings as ``reste: warning: ...``, one line each and each once (Python's format takes two lines, with
-    the source line, and a check repeated by the config and the model printed it twice)."""
+def one_line_warnings() -> None:
+    """Show warnings as ``reste: warning: ...``, one line each and each once (Python's format takes two lines,
+    with the source line, and a check repeated by the config and the model printed it twice). For the ``reste``
+    command (``reste.__main__.run``); the library and ``main`` leave warnings to Python."""
     shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - warnings' signature
         text = " ".join(str(message).split())
-        if text not in shown:
-            shown.add(text)
-            print(f"reste: warning: {text}", file=sys.stderr if file is None else file)
+        stream = sys.stderr if file is None else file
+        if text in shown or stream is None:  # as Python's own: no stderr, no warning
+            return
+        shown.add(text)
+        try:
+            stream.write(f"reste: warning: {text}\n")
+        except OSError:  # a closed stderr: the warning is lost, the run goes on
+            pass
 
     warnings.showwarning = show
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    before = warnings.showwarning
-    if "--debug" not in argv:
-        _one_line_warnings()
-    try:
-        return _main(argv)
-    finally:
-        warnings.showwarning = before
-
-
-def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         wanted = plugins_in_argv(argv)
