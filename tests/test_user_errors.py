@@ -425,3 +425,26 @@ def test_binarize_names_a_wrong_argument():
     kept = reste.binarize(nn.Sequential(*(nn.Conv2d(2, 2, 3) for _ in range(4))),
                           keep=(n for n in ["1"]))  # a generator is read once, not lost
     assert type(kept[1]) is nn.Conv2d and type(kept[2]) is not nn.Conv2d
+
+
+def test_a_start_that_finds_the_lock_taken_leaves_the_folder_to_its_holder(tmp_path, monkeypatch):
+    """Two starts at once: the one that made the folder but lost the lock must not remove the winner's folder."""
+    from reste import rundir
+    from reste.errors import UsageError
+
+    def taken(path, remedy):
+        raise UsageError(f"{path} is in use by pid 1 (a run is writing to it)")
+
+    monkeypatch.setattr(rundir.RunDirectory, "_lock", staticmethod(taken))
+    with pytest.raises(UsageError, match="in use"):
+        rundir.RunDirectory.open(tmp_path / "a" / "r", fresh=True)
+    assert (tmp_path / "a" / "r").is_dir()
+
+
+def test_a_failed_start_through_a_symlink_and_dotdot_removes_what_it_made(tmp_path, capsys, monkeypatch):
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(capsys, "train", "--dataset", "fashion-mnist", "--data-path", "none", "--epochs", "1",
+                    "--out", "lnk/../c/d")
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["sub"]  # real/c (and c/d) made, then removed

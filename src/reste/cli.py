@@ -498,9 +498,9 @@ def _unexpected(err: Exception, debug: bool, command: str = "") -> int:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {err.filename}" if err.filename else ""
         if command in ("train", "sweep"):
-            then = ("a run keeps its finished epochs: free some space and continue it with --resume RUN_DIR"
-                    if command == "train" else "finished runs and epochs are kept: free some space and run the "
-                    "same command again")
+            then = ("free some space; a run keeps its finished epochs (continue it with --resume RUN_DIR), a new "
+                    "run that finished none is removed" if command == "train" else "finished runs and epochs are "
+                    "kept: free some space and run the same command again")
         else:
             then = "free some space and run it again"
         print(f"{_error_prefix()} {err.strerror}{where}; {then}", file=sys.stderr)

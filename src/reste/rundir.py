@@ -94,10 +94,8 @@ class RunDirectory:
         had_lock = (path / LOCK_NAME).exists()
         try:
             fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run")
-        except BaseException:
-            if created:  # e.g. a full disk: the folders made here go again
-                (path / LOCK_NAME).unlink(missing_ok=True)
-                _remove_folders(created)
+        except _UnwrittenLock:  # a full disk: its lock file is gone again, and so are the folders made here
+            _remove_folders(created)
             raise
         try:
             folder_fd = cls._lock_folder(path)
@@ -123,20 +121,29 @@ class RunDirectory:
 
     @staticmethod
     def _create(path: Path) -> list[Path]:
-        """Make the folder and its parents; the folders this call created, deepest first (none when it existed).
-        They are named without '..', so that removing them never names a folder that existed."""
+        """Make the folder and its parents; the folders this call made, deepest first (none when it existed):
+        each level is made on its own and recorded only when this call's mkdir made it, so a folder another
+        process made meanwhile, or one reached through a symlink and '..', is never taken for ours."""
+        made: list[Path] = []
         try:
-            missing = [f for f in map(Path, map(os.path.abspath, (path, *path.parents))) if not f.exists()]
-            path.parent.mkdir(parents=True, exist_ok=True)
+            for level in reversed(path.parents):
+                try:
+                    level.mkdir()
+                    made.append(level)
+                except FileExistsError:
+                    pass
             path.mkdir()
-            return missing
+            made.append(path)
+            return made[::-1]
         except FileExistsError:
+            _remove_folders(made[::-1])
             if path.is_dir():
                 return []
             what = path if path.exists() else path.parent
             raise UsageError(f"run directory {path} is not writable ({what} is a file); pass another --out") \
                 from None
         except OSError as err:
+            _remove_folders(made[::-1])
             raise UsageError(f"run directory {path} is not writable ({err.strerror}); pass another --out") \
                 from None
         except ValueError as err:  # e.g. a NUL byte in the path
@@ -169,9 +176,10 @@ class RunDirectory:
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError as err:  # a full disk
+        except OSError as err:  # a full disk: the lock file this process holds goes (a stale one too)
+            lock_path.unlink(missing_ok=True)
             os.close(fd)
-            raise UsageError(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
+            raise _UnwrittenLock(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
         return fd
 
     @staticmethod
@@ -243,6 +251,10 @@ class RunDirectory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _UnwrittenLock(UsageError):
+    """The lock file could not be written (a full disk)."""
 
 
 def _remove_folders(folders: list[Path]) -> None:
