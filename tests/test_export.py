@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import json
 import struct
@@ -516,11 +518,12 @@ def test_export_model_checks_its_arguments_before_writing(tmp_path, capfd):
     model(torch.zeros(1, 3, 8, 8))
     model.eval()
     cases = [
-        (dict(meta="foo"), "meta must be a dict"),
-        (dict(meta=Preprocessing((3, 8, 8), (0.5,) * 3, (0.0,) * 3, 255.0).to_meta()), "is incomplete or invalid"),
+        (dict(meta="foo"), "meta must be a mapping"),
+        (dict(meta=Preprocessing((3, 8, 8), (0.5,) * 3, (0.0,) * 3, 255.0).to_meta()),
+         "preprocessing .* is invalid"),
         (dict(meta=Preprocessing((1, 28, 28), (0.5,), (1.0,), 255.0).to_meta()), "differs from input_size"),
         (dict(input_size=(3, 0, 8)), "input_size must be one input's shape"),
-        (dict(input_size=(4, 8, 8)), r"cannot take inputs of input_size \(4, 8, 8\)"),
+        (dict(input_size=(4, 8, 8)), r"fails on an input of input_size \(4, 8, 8\)"),
     ]
     for kwargs, message in cases:
         capfd.readouterr()
@@ -530,3 +533,11 @@ def test_export_model_checks_its_arguments_before_writing(tmp_path, capfd):
         assert "Traceback" not in capfd.readouterr().err  # the model's own error is said once, in the line
     report = export_model(nn.Sequential(), tmp_path / "empty.rbnn", input_size=(3, 8, 8), verify=False)
     assert report["params"] == 0  # no parameters: nothing to compress, and no division by zero
+    # what exported before still does: NumPy integers, a read-only mapping, a meta with the input size alone,
+    # and a float64 or bf16 model (its shapes are propagated in its own dtype)
+    from types import MappingProxyType
+
+    export_model(model, tmp_path / "n.rbnn", input_size=tuple(np.array([3, 8, 8])), verify=False,
+                 meta=MappingProxyType({"input_size": [3, 8, 8], "note": "x"}))
+    for dtype in (torch.float64, torch.bfloat16):
+        export_model(copy.deepcopy(model).to(dtype), tmp_path / "t.rbnn", input_size=(3, 8, 8), verify=False)

@@ -213,8 +213,8 @@ class TrainConfig:
             )
         for name in ("lr", "weight_decay"):  # the optimizers take them as float32 scalars
             if getattr(self, name) > FLOAT32_MAX:
-                raise UsageError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX:.4g} (the largest float32), "
-                                 f"got {getattr(self, name):g}")
+                raise UsageError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX!r} (the largest float32), "
+                                 f"got {getattr(self, name)!r}")
         if not 0 <= self.warm_up < self.epochs:
             raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
         if self.threads is not None and not 0 < self.threads <= max_threads():

@@ -290,8 +290,9 @@ class _Run:
         if kernel_path(self.device).startswith("PyTorch ops (the C kernels"):
             from . import fused
 
-            self.log(f"note: the fused C kernels are unavailable ({str(fused.error())[:200]}); the estimators run as "
-                     "PyTorch ops, which is slower")
+            reason = str(fused.error()).splitlines()[0] if fused.error() else "unknown"
+            self.log(f"note: the fused C kernels are unavailable ({reason[:300]}); the estimators run as PyTorch ops, "
+                     "which is slower")
         graph_backend = None
         if config.cuda_graphs:
             try:
@@ -429,8 +430,8 @@ class _Run:
         kernels = kernel_path(self.device)
         if ckpt.get("kernels") not in (None, kernels) and self.start_epoch < self.config.epochs:
             self.log(f"note: {self.run_dir} trained with the estimators' {ckpt['kernels']} and continues with their "
-                     f"{kernels} (RESTE_FUSED, a C compiler, Triton): their float32 results differ in the last "
-                     "bits, so the run can differ from an uninterrupted one")
+                     f"{kernels}: their float32 results differ in the last bits, so the run can differ from an "
+                     "uninterrupted one")
         self.saved = (self.start_epoch, self.start_step)
         self.last_metrics = ckpt["metrics"]
         if self.meter and ckpt.get("indicators"):
@@ -760,7 +761,7 @@ def kernel_path(device: torch.device) -> str:
     if device.type == "cuda":
         from . import cuda_ext, triton_dispatch
 
-        if cuda_ext.requested():
+        if cuda_ext.requested() and cuda_ext.available():  # asked for and built: what ran
             return "C++ extension (RESTE_CUDA_EXT=1)"
         return "Triton kernels" if triton_dispatch.available() else "PyTorch ops (no Triton)"
     return "PyTorch ops"

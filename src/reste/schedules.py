@@ -22,6 +22,8 @@ def check_progress(epoch: float, epochs: int) -> None:
     """Raise ValueError unless 0 <= epoch and 0 < epochs, both finite numbers (a NaN would make every schedule
     value, and so every gradient, NaN)."""
     for name, value in (("epochs", epochs), ("epoch", epoch)):
+        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # a 0-d tensor or NumPy scalar
+            value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value):

@@ -134,7 +134,7 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
     if workers < 0:
         raise UsageError(f"workers must be 0 or more, got {workers}")
     rank, world = rank_and_world_size() if distributed else (0, 1)
-    if len(test_ds) < world:  # a process with no test image would skip the evaluation's collectives (DDP's buffers)
+    if 0 < len(test_ds) < world:  # a process with no test image would skip the evaluation's collectives (DDP's)
         raise UsageError(f"the test set has {len(test_ds)} image(s) for {world} processes; each process "
                          f"evaluates a share of it: run at most {len(test_ds)} processes")
 

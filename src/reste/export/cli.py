@@ -111,7 +111,8 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
     for given in inputs:
         if given is not None and path.exists() and Path(given).exists() and path.samefile(given):
             raise UsageError(f"{path} is an input of this command; pass another output path")
-    if (folder / CONFIG).is_file() and (path.suffix == ".pt" or path.name in (*RUN_FILES, LOCK_NAME)):
+    if (folder / CONFIG).is_file() and (path.suffix == ".pt" or path.name in (*RUN_FILES, LOCK_NAME, "train.log",
+                                                                                  "curves.png")):
         raise UsageError(f"{path} would overwrite a file of the run in {folder}; pass another output path")
     if folder.name in (TOP_DIR, "tensorboard") and (folder.parent / CONFIG).is_file():
         raise UsageError(f"{path} would write into the run's {folder.name}/ folder; pass another output path")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -125,11 +127,14 @@ def _checked_input_size(input_size: Any) -> tuple[int, ...] | None:
     positive integers (``to_graph`` refuses a size the model cannot take)."""
     if input_size is None:
         return None
-    if not (isinstance(input_size, (tuple, list)) and input_size
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)):
+    try:
+        size = tuple(operator.index(v) for v in input_size)  # Python's or NumPy's integers, not floats or bools
+    except TypeError:
+        size = ()
+    if not size or any(v <= 0 or isinstance(v, bool) for v in size) or any(isinstance(v, bool) for v in input_size):
         raise UsageError(f"input_size must be one input's shape, positive integers such as (C, H, W), got "
                          f"{input_size!r}")
-    return tuple(input_size)
+    return size
 
 
 def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, Any]:
@@ -137,17 +142,20 @@ def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, An
     and valid and agrees with ``input_size``: a file is not written that its readers would refuse."""
     if meta is None:
         return {}
-    if not isinstance(meta, dict):
-        raise UsageError(f"meta must be a dict of JSON-safe values, got {type(meta).__name__}")
-    if any(meta.get(k) is not None for k in ir.Preprocessing.KEYS):
-        pre = ir.Preprocessing.from_meta(meta)
-        if pre is None:
-            raise UsageError(f"meta's preprocessing ({', '.join(ir.Preprocessing.KEYS)}) is incomplete or invalid "
-                             "(one mean and one std > 0 per channel, a pixel_scale > 0); build it with "
-                             "Preprocessing(...).to_meta()")
-        if input_size is not None and tuple(pre.input_size) != tuple(input_size):
-            raise UsageError(f"meta's input_size {tuple(pre.input_size)} differs from input_size "
-                             f"{tuple(input_size)}")
+    if not isinstance(meta, Mapping):
+        raise UsageError(f"meta must be a mapping of JSON-safe values, got {type(meta).__name__}")
+    meta = dict(meta)
+    if all(meta.get(k) is not None for k in ir.Preprocessing.KEYS) and ir.Preprocessing.from_meta(meta) is None:
+        raise UsageError(f"meta's preprocessing ({', '.join(ir.Preprocessing.KEYS)}) is invalid (one mean and one "
+                         "std > 0 per channel, a pixel_scale > 0); build it with Preprocessing(...).to_meta()")
+    recorded = meta.get("input_size")
+    if recorded is not None and input_size is not None:
+        try:
+            same = tuple(int(v) for v in recorded) == tuple(input_size)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise UsageError(f"meta's input_size {recorded!r} differs from input_size {tuple(input_size)}")
     return meta
 
 

@@ -465,17 +465,20 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
     gm = fx.GraphModule(model, graph)
     failed = None
     if input_size is not None:
+        param = next(iter(model.parameters()), None)  # the model's own dtype and device (float64, bf16, cuda)
+        sample = torch.zeros(1, *input_size, dtype=param.dtype if param is not None and param.is_floating_point()
+                             else torch.float32, device=param.device if param is not None else "cpu")
         try:  # ShapeProp prints the traceback of a node that fails: kept for the one line below
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-                ShapeProp(gm).propagate(torch.zeros(1, *input_size))
+                ShapeProp(gm).propagate(sample)
         except Exception as err:  # noqa: BLE001 - the model's own error, said once the graph is known
             failed = err.__cause__ or err
     builder = _Builder(gm)
     nodes, output = builder.run()  # its own refusals first: they say what to change in the model
     if failed is not None:
         first = str(failed).strip().splitlines()[0][:150] if str(failed).strip() else type(failed).__name__
-        raise UsageError(f"the model cannot take inputs of input_size {tuple(input_size)} ({first}); pass the size "
-                         "it was built for")
+        raise UsageError(f"the model fails on an input of input_size {tuple(input_size)} ({first}); check "
+                         "input_size against the model")
     ranks: dict[int, int] = {}
     for n, i in builder.env.items():  # the fx node that made a graph node comes first (identities reuse it)
         if isinstance(i, int) and isinstance(n.meta.get("tensor_meta"), TensorMetadata):
