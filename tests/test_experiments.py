@@ -307,7 +307,9 @@ def test_a_run_with_complete_metrics_but_an_older_checkpoint_is_not_done(sweep, 
     save_checkpoint(ckpt, run / "last.pt")
     assert run_state(run, 1) == "partial"
     (run / "last.pt").write_bytes(b"torn")
-    assert run_state(run, 1) == "partial"  # damaged: resuming says what is wrong
+    assert run_state(run, 1) == "done"  # damaged, but every epoch's metrics are there: the report counts it
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() * 2)  # a line twice: still epoch 1 only
+    assert run_state(run, 2) == "partial"  # the set of epochs, not the count of lines
 
 
 def _pending_runs(tmp_path, seeds):
@@ -547,7 +549,8 @@ def test_the_report_keeps_the_runs_whose_folders_are_gone(sweep, tmp_path):
     lines = []
     summarize(out, log=lines.append)
     assert {name: (out / name).read_text() for name in tables} == tables
-    assert any("2 runs reported from runs.csv and epochs.csv" in line for line in lines)
+    assert any("2 runs reported from the runs.csv (and epochs.csv) an earlier report wrote" in line for line in lines)
+    assert sum("its run folder is gone; the row an earlier report wrote is kept" in line for line in lines) == 2
     assert _is_png(out / "indicators.png") and (out / "indicators.png").read_bytes() == indicators
     (out / "epochs.csv").unlink()  # the curves are gone too: the figure of them is left as it was
     summarize(out, log=lines.append)
@@ -594,6 +597,7 @@ def test_estimator_flags_apply_to_the_estimators_they_belong_to():
                                                                          "fixed flag"),
     (["--o-schedule", "constant", "--grid", "schedule=cosine,linear"], "'schedule' is both a grid axis"),
     (["--seed", "5", "--seeds", "0", "--grid", "lr=0.1"], "--seed and --seeds both given"),
+    (["--o-end", "5", "--grid", "estimator_options.o_end=2,3"], "'estimator_options.o_end' is both a grid axis"),
 ])
 def test_sweep_flags_that_would_be_ignored_are_refused(argv, message, tmp_path, capsys):
     assert main(["sweep", *argv, "--epochs", "1", "--out", str(tmp_path / "s")]) == 2
@@ -606,6 +610,7 @@ def test_grid_values_none_and_close_floats():
     base = TrainConfig(dataset="digits", epochs=1, estimator="ste")
     settings = expand_grid(base, parse_grid(["scaling=layer,none", "amp=none"]))
     assert [s.config.scaling for s in settings] == ["layer", "none"] and settings[0].config.amp == "none"
+    assert [s.label for s in settings] == ["scaling=layer,amp=none", "scaling=none,amp=none"]
     labels = [s.label for s in expand_grid(base, parse_grid(["lr=0.1,0.1000001"]))]
     assert labels == ["lr=0.1", "lr=0.1000001"]
 
@@ -661,7 +666,7 @@ def test_a_sweep_that_would_drop_anothers_runs_from_its_folder_is_refused(sweep,
 
     out, _ = _copy(sweep, tmp_path)
     base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1)
-    with pytest.raises(UsageError, match="holds a sweep with 2 run.s. of settings or seeds that this one leaves out"):
+    with pytest.raises(UsageError, match=r"holds a sweep with 2 run.s. that this one leaves out \(estimator=reste, "):
         run_sweep(base, {"estimator": ["ste"]}, [0], out, log=lambda m: None)
     (out / "sweep.json").unlink()
     assert _is_png(out / "indicators.png")
@@ -669,15 +674,27 @@ def test_a_sweep_that_would_drop_anothers_runs_from_its_folder_is_refused(sweep,
     assert not (out / "indicators.png").exists() and not (out / "error_vs_stability.png").exists()
 
 
-@pytest.mark.parametrize("holds", ["a run", "other files"])
-def test_a_sweep_does_not_write_into_a_run_or_a_folder_of_other_files(holds, tmp_path, capsys):
+def test_a_sweep_does_not_write_into_a_run(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    (out / ("config.json" if holds == "a run" else "notes.txt")).write_text("{}")
+    (out / "config.json").write_text("{}")
     assert main(["sweep", "--grid", "lr=0.1", "--epochs", "1", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert ("holds a training run" if holds == "a run" else "holds other files (notes.txt)") in err
-    assert sorted(p.name for p in out.iterdir()) == ["config.json" if holds == "a run" else "notes.txt"]
+    assert "holds a training run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+
+def test_a_sweep_of_the_same_grid_whose_keys_changed_says_so(sweep, tmp_path):
+    """A sweep.json written by an older version names the same settings by other keys: said as such."""
+    from reste.experiments import run_sweep
+
+    out, _ = _copy(sweep, tmp_path)
+    manifest = json.loads((out / "sweep.json").read_text())
+    for s in manifest["settings"]:
+        s["key"] = "0123456789"
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, indicators="general")
+    with pytest.raises(UsageError, match="by other keys than this version of reste gives the same settings"):
+        run_sweep(base, {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
 
 
 def test_a_one_job_sweep_shows_each_runs_bar_when_asked(tmp_path, monkeypatch):
@@ -707,3 +724,28 @@ def test_the_bar_is_drawn_on_a_terminal_only(monkeypatch):
     assert _bar(argparse.Namespace(progress=True)) and not _bar(argparse.Namespace(progress=False))
     monkeypatch.setattr("sys.stderr", io.StringIO())  # a log file
     assert not _bar(argparse.Namespace(progress=True))
+
+
+def test_runs_of_one_label_from_an_older_version_do_not_mix_their_epochs(sweep, tmp_path):
+    """Older versions could give two settings one label; epochs.csv names runs by label, so their lines cannot be
+    told apart when the folders are gone: attached to neither, never doubled report after report."""
+    out, _ = _copy(sweep, tmp_path)
+    for name in ("sweep.json", "runs.csv", "epochs.csv", "results.csv"):
+        text = (out / name).read_text()
+        (out / name).write_text(text.replace("estimator=reste", "same").replace("estimator=ste", "same"))
+    shutil.rmtree(out / "runs")
+    lines = []
+    for _ in range(3):
+        summarize(out, plots=False, log=lines.append)
+    assert len(_read_csv(out / "runs.csv")) == 2 and len(_read_csv(out / "epochs.csv")) == 0
+
+
+def test_a_failed_run_fails_the_sweep_even_with_a_kept_row(sweep, tmp_path, capsys):
+    out, argv = _copy(sweep, tmp_path)
+    run = next((out / "runs").glob("ste-*/seed0"))
+    (run / "config.json").write_text("{")  # damaged, with no last.pt to rebuild it from: left out
+    (run / "last.pt").unlink()
+    capsys.readouterr()
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "estimator=ste seed 0: LEFT OUT" in text and "| 1 |" in (out / "results.md").read_text()

@@ -85,14 +85,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     args = argparse.Namespace(**{**vars(args), **dict.fromkeys(flags)})
     fixed = overrides_from_args(args)
     fixed = {*fixed, *fixed.get("estimator_options", {}), *fixed.get("model_options", {}), *flags}
-    clash = [key for key in grid if key.replace("-", "_") in fixed or _same_option(key, flags)]
+    clash = [key for key in grid if _bare(key) in fixed or _same_option(_bare(key), flags)]
     if clash:
         raise UsageError(f"{clash[0]!r} is both a grid axis and a fixed flag; give its values in --grid only")
     base = base_config(args)
     seeds = parse_seeds(args.seeds) if args.seeds else None
+    failures: list[tuple[str, int, str]] = []
     rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
-                     report=args.report, log=lambda m: print(m, flush=True), flags=flags, progress=_bar(args))
-    return 1 if any(r["n"] < r["n_runs"] for r in rows) else 0
+                     report=args.report, log=lambda m: print(m, flush=True), flags=flags, progress=_bar(args),
+                     failures=failures)
+    return 1 if failures or any(r["n"] < r["n_runs"] for r in rows) else 0
+
+
+def _bare(axis: str) -> str:
+    """A grid axis without its ``estimator_options.``/``model_options.`` prefix (the name a flag would set)."""
+    axis = axis.strip().replace("-", "_")
+    prefix, dot, rest = axis.partition(".")
+    return rest if dot and prefix in ("estimator_options", "model_options") else axis
 
 
 def _same_option(axis: str, flags: dict[str, Any]) -> bool:

@@ -161,11 +161,17 @@ def _earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
     for row in _read_csv(out / "epochs.csv"):
         epochs.setdefault((row.get("setting"), row.get("seed")), []).append(
             {k: row.get(k) for k in EPOCH_COLUMNS})
+    rows = [r for r in _read_csv(out / "runs.csv")
+            if isinstance(r.get("run_dir"), str) and isinstance(r.get("seed"), int)]
+    # epochs.csv names a run by its setting's label: where two runs share one (labels of older versions could),
+    # its lines cannot be told apart, and none is attached
+    shared = {k for k in ((r.get("setting"), r["seed"]) for r in rows)
+              if sum((q.get("setting"), q["seed"]) == k for q in rows) > 1}
     earlier = {}
-    for row in _read_csv(out / "runs.csv"):
-        if isinstance(row.get("run_dir"), str) and isinstance(row.get("seed"), int):
-            row["metrics"] = epochs.get((row.get("setting"), row["seed"]), [])
-            earlier[(row["run_dir"], row["seed"])] = row
+    for row in rows:
+        key = (row.get("setting"), row["seed"])
+        row["metrics"] = [] if key in shared else epochs.get(key, [])
+        earlier[(row["run_dir"], row["seed"])] = row
     return earlier
 
 
@@ -209,8 +215,12 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                     continue
                 summary = {k: old.get(k) for k in RUN_COLUMNS} | {"metrics": old["metrics"]}
                 kept += 1
-                if status != "pending" and log:
-                    log(f"report: {s['label']} seed {seed}: {why}; its earlier row in runs.csv is kept")
+                if status == "pending":
+                    why = ("its run folder is gone" if not (out / rel).exists() else
+                           "its run is unfinished (training again?)")
+                if log:
+                    log(f"report: {s['label']} seed {seed}: {why.rstrip('?.')}; the row an earlier report wrote is "
+                        "kept")
             runs.append({"setting": s["label"], **{a: s["values"].get(a) for a in axes}, "seed": int(seed),
                          **summary, "run_dir": rel})
             finished.append(summary)
@@ -221,8 +231,8 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
         row["n_runs"] = len(s["runs"])
         rows.append(row)
     if kept and log:
-        log(f"report: {kept} run{'s' * (kept != 1)} reported from runs.csv and epochs.csv (their run folders are "
-            "gone or cannot be read now)")
+        log(f"report: {kept} run{'s' * (kept != 1)} reported from the runs.csv (and epochs.csv) an earlier report "
+            "wrote; delete a row there to drop a run")
     return manifest, runs, rows
 
 
@@ -310,9 +320,11 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     manifest, runs, rows = collect(out, log)
     write_csv(out / "results.csv", rows)
     write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "metrics"} for r in runs])
-    write_csv(out / "epochs.csv", epoch_rows(out, runs))
+    epochs = epoch_rows(out, runs)
+    if epochs or (out / "epochs.csv").exists():  # no empty file where there never was one
+        write_csv(out / "epochs.csv", epochs)
     (out / "results.md").write_text(markdown_table(manifest, rows))
-    written = ["results.md", "results.csv", "runs.csv", "epochs.csv"]
+    written = ["results.md", "results.csv", "runs.csv"] + (["epochs.csv"] if (out / "epochs.csv").exists() else [])
     if plots:
         from . import plots as plotting
 
@@ -321,8 +333,8 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
         for name in set(plotting.SWEEP_FIGURES) - set(wanted):  # an earlier sweep's, which these tables do not show
             (out / name).unlink(missing_ok=True)
         if log and set(wanted) - set(drawn):
-            log(f"report: {', '.join(sorted(set(wanted) - set(drawn)))} not drawn (no run's epochs at hand: "
-                "epochs.csv is missing); an existing one is left as it is")
+            log(f"report: {', '.join(sorted(set(wanted) - set(drawn)))} not drawn (no run's epochs at hand: their "
+                "folders are gone and epochs.csv holds none of them); an existing one is left as it is")
         written += drawn
     if log:
         log(f"wrote {', '.join(str(out / w) for w in written)}")

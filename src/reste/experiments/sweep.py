@@ -16,8 +16,9 @@ the same training share its runs: a run directory is named after a hash of the
 canonical config (the seed and the settings that cannot change the result left
 out) and holds one folder per seed.
 
-``run_sweep`` skips finished runs (``metrics.jsonl`` holds every epoch and
-``last.pt`` exists), resumes partial ones, and writes the tables and figures with
+``run_sweep`` skips finished runs (their settings and a ``metrics.jsonl`` line for every
+epoch: ``report.run_status``, the report's rule), resumes partial ones, names the ones that
+cannot be reported, and writes the tables and figures with
 :func:`reste.experiments.report.summarize`.
 """
 
@@ -42,7 +43,7 @@ from ..errors import UsageError
 from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
-from ..rundir import CONFIG, RESUME_FREE, epoch_end_whole, finished_epochs, holds_run, last_checkpoint
+from ..rundir import CONFIG, RESUME_FREE, epoch_end_whole, holds_run, last_checkpoint, read_metrics
 from .identity import canonical, config_key
 from .report import MANIFEST, collect, run_status, summarize
 
@@ -196,6 +197,9 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
     scoped = {key: flag_takers(key.strip().replace("-", "_")) for key in grid
               if kinds[key][0] == "estimator" and key.strip().replace("-", "_") in _flag_aliases()}
     str_fields = {f.name for f in dataclasses.fields(TrainConfig) if f.type == "str"}
+    # `none` is the string for fields that take one (--amp none, --scaling none): in the configs and the labels
+    grid = {key: ["none" if v is None and kinds[key][0] == "field" and kinds[key][1] in str_fields else v
+                  for v in values] for key, values in grid.items()}
     settings: dict[str, Setting] = {}
     # a data flag that does nothing for every data set of the grid stays, for resolve to refuse as `reste train` does
     idle_everywhere = (set.intersection(*(idle_data_flags(d) for d in grid["dataset"]))
@@ -206,8 +210,8 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         data["model_options"] = dict(base.model_options)
         for (key, value) in zip(grid, combo):
             kind, name = kinds[key]
-            if kind == "field":  # `none` is the string for fields that take one (--amp none, --scaling none)
-                data[name] = "none" if value is None and name in str_fields else value
+            if kind == "field":
+                data[name] = value
             elif kind == "model":
                 data["model_options"][name] = value
         estimator = estimator_class(str(data["estimator"])).name  # any spelling; unknown: the one-line error
@@ -260,6 +264,16 @@ def _fmt(value: Any) -> str:
 # ------------------------------------------------------------------ run state
 
 
+def _every_epoch(run_dir: Path, epochs: int) -> bool:
+    """Whether metrics.jsonl has a line for each of epochs 1..``epochs`` (the report's rule: the set of epochs,
+    not the count of lines, which a duplicated line would fool)."""
+    try:
+        recorded = {m["epoch"] for m in read_metrics(run_dir, missing_ok=True)}
+    except UsageError:
+        return False
+    return recorded >= set(range(1, epochs + 1))
+
+
 def run_state(run_dir: Path, epochs: int) -> str:
     """``"done"`` (every epoch in metrics.jsonl and in last.pt), ``"partial"`` (a run was started) or ``"new"``.
 
@@ -268,13 +282,13 @@ def run_state(run_dir: Path, epochs: int) -> str:
     (deleted to save space), a run whose metrics hold every epoch is done: nothing is left to train, and the
     report counts it (``report.run_status``)."""
     last = last_checkpoint(run_dir)
-    if finished_epochs(run_dir) >= epochs:
+    if _every_epoch(run_dir, epochs):
         if not last.is_file():
             return "done" if (run_dir / CONFIG).is_file() else "new"
         try:
             ckpt = load_checkpoint(last)
-        except UsageError:  # damaged: resuming says so in one line
-            return "partial"
+        except UsageError:  # damaged, but the metrics hold every epoch: nothing to train, the report counts it
+            return "done"
         if ckpt.get("epoch", 0) >= epochs and not ckpt.get("step"):
             return "done" if epoch_end_whole(run_dir, ckpt) else "partial"  # resume repairs best.pt and top/
     if holds_run(run_dir):
@@ -419,34 +433,31 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
 
 
 def _check_out(out: Path, runs_root: Path, settings: list[Setting], seeds: Sequence[int]) -> None:
-    """Refuse an ``--out`` whose files the sweep would mix into or lose: a training run's folder, a folder of
-    other files, or a sweep whose settings or seeds this one leaves out (its tables would drop them)."""
+    """Refuse an ``--out`` whose files the sweep would mix into or lose: a training run's folder, or a sweep
+    whose settings or seeds this one leaves out (its tables would drop their rows). A study's other files (notes,
+    scripts, figures) may stay beside the tables."""
     if not out.is_dir():
         return
     if holds_run(out):
         raise UsageError(f"{out} holds a training run; a sweep writes into a new or empty folder, or one of its own")
     try:
         old = json.loads((out / MANIFEST).read_text())
-        planned = {(s["key"], int(seed)) for s in old["settings"] for seed in s["runs"]}
-    except FileNotFoundError:
-        from . import plots
-
-        own = {"results.md", "results.csv", "runs.csv", "epochs.csv", *plots.SWEEP_FIGURES}
-        if runs_root.parent.resolve() == out.resolve():
-            own.add(runs_root.name)
-        tables = (".md", ".csv", ".png", ".pdf", ".svg")  # a study's own notes and figures beside its tables
-        other = sorted(p.name for p in out.iterdir() if p.name not in own and not (p.is_file() and p.suffix in tables))
-        if other:
-            raise UsageError(f"{out} holds other files ({', '.join(other[:3])}); a sweep writes into a new or empty "
-                             "folder, or one of its own")
-        return
+        planned = {(s["key"], int(seed)): s["label"] for s in old["settings"] for seed in s["runs"]}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # a damaged sweep.json: nothing to report from it, this sweep writes it again
-    dropped = planned - {(s.key, seed) for s in settings for seed in seeds}
-    if dropped:
-        raise UsageError(f"{out} holds a sweep with {len(dropped)} run(s) of settings or seeds that this one leaves "
-                         "out, which its tables would lose: give its grid and seeds again (more is fine), pass "
-                         f"another --out, or delete {out / MANIFEST} to start the tables afresh")
+        return  # none, or a damaged sweep.json: nothing to report from it, this sweep writes it again
+    dropped = {k: label for k, label in planned.items() if k not in {(s.key, seed) for s in settings for seed in seeds}}
+    if not dropped:
+        return
+    labels = sorted(set(dropped.values()))
+    given = {(s.label, seed) for s in settings for seed in seeds}
+    if all((label, seed) in given for (_, seed), label in dropped.items()):  # the same grid: other keys now
+        raise UsageError(f"{out}/{MANIFEST} names {len(dropped)} run(s) ({', '.join(labels[:3])}) by other keys than "
+                         "this version of reste gives the same settings (their code or defaults changed), so this "
+                         f"sweep would train them again and its tables lose their rows: pass another --out, or "
+                         f"delete {out / MANIFEST} to start its tables afresh")
+    raise UsageError(f"{out} holds a sweep with {len(dropped)} run(s) that this one leaves out ({', '.join(labels[:3])}"
+                     f"{', ...' if len(labels) > 3 else ''}), which its tables would lose: give its grid and seeds "
+                     f"again (more is fine), pass another --out, or delete {out / MANIFEST} to start the tables afresh")
 
 
 def _duration(seconds: float) -> str:
@@ -484,7 +495,7 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
 def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int] | None, out_dir: str | os.PathLike,
               jobs: int = 1, *, runs_dir: str | os.PathLike | None = None, threads: int | None = None,
               log: Callable[[str], None] = print, report: bool = True, flags: dict[str, Any] | None = None,
-              progress: bool = False) -> list[dict[str, Any]]:
+              progress: bool = False, failures: list[tuple[str, int, str]] | None = None) -> list[dict[str, Any]]:
     """Train every setting of ``grid`` (on top of ``base``) for every seed; returns the table rows.
 
     Runs go to ``runs_dir`` (default ``out_dir/runs``), one folder per setting
@@ -497,6 +508,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     ``report`` the tables are written to ``out_dir`` after every finished run, and the
     figures at the end (see ``summarize``); without, the rows are returned all the same.
     ``progress``: each run's progress bar, on stderr, when the runs train in this process (one job).
+    ``failures`` (a list) gets (setting label, seed, status) of each run that failed, diverged or was left out
+    (a table can still count such a run from the row an earlier report kept).
     ``flags`` are estimator flags of ``reste train`` fixed for every run (``{"o_schedule": "linear"}``),
     each applied to the estimators it belongs to (see ``expand_grid``).
     A run that fails or diverges is reported and left out of the table; so is one that cannot be reported
@@ -565,6 +578,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         nonlocal count, failed, trained
         count += 1
         failed += outcome["status"] not in ("done", "skipped")
+        if failures is not None and outcome["status"] not in ("done", "skipped"):
+            failures.append((s.label, seed, outcome["status"]))
         line = _progress_line(count, total, s, seed, outcome)
         if outcome["status"] not in ("skipped", "left out"):
             trained += 1
