@@ -313,8 +313,8 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     """Write the sweep's tables (``results.csv``, ``results.md``, ``runs.csv``, ``epochs.csv``) and figures;
     return its rows.
 
-    Works on a sweep that is still running (unfinished runs are left out; ``n``
-    counts the finished seeds and ``n_runs`` the planned ones).
+    Works on a sweep that is still running (unfinished runs are left out unless an earlier report wrote their
+    rows, which are kept; ``n`` counts the seeds reported and ``n_runs`` the planned ones).
     """
     out = Path(out_dir)
     manifest, runs, rows = collect(out, log)

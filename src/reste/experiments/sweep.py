@@ -512,8 +512,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     (a table can still count such a run from the row an earlier report kept).
     ``flags`` are estimator flags of ``reste train`` fixed for every run (``{"o_schedule": "linear"}``),
     each applied to the estimators it belongs to (see ``expand_grid``).
-    A run that fails or diverges is reported and left out of the table; so is one that cannot be reported
-    (``report.run_status``), which is not trained again.
+    A run that fails or diverges is reported and left out of the table (unless an earlier report wrote its row);
+    so is one that cannot be reported (``report.run_status``), which is not trained again.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
