@@ -165,7 +165,7 @@ class RunDirectory:
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise UsageError(f"cannot lock run directory {path} ({err.strerror})") from None
                 raise UsageError(f"{path} is in use by {_holder(lock_path)} (a run is writing to it); "
-                                 "wait for it to finish or pass another --out") from None
+                                 "wait for it to finish, or use another folder") from None
             try:  # the holder before us may have removed the lock file: then lock the new one
                 same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -197,7 +197,7 @@ class RunDirectory:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise UsageError(f"{path} is in use by another process (a run is writing to it; its {LOCK_NAME} "
-                                 "was removed); wait for it to finish or pass another --out") from None
+                                 "was removed); wait for it to finish, or use another folder") from None
             return None
         return fd
 

@@ -196,6 +196,7 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
     kinds = {key: axis_kind(key, models) for key in grid}
     scoped = {key: flag_takers(key.strip().replace("-", "_")) for key in grid
               if kinds[key][0] == "estimator" and key.strip().replace("-", "_") in _flag_aliases()}
+    fixed_takers = {dest: flag_takers(dest) for dest in flags}
     str_fields = {f.name for f in dataclasses.fields(TrainConfig) if f.type == "str"}
     # `none` is the string for fields that take one (--amp none, --scaling none): in the configs and the labels
     grid = {key: ["none" if v is None and kinds[key][0] == "field" and kinds[key][1] in str_fields else v
@@ -216,8 +217,8 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
                 data["model_options"][name] = value
         estimator = estimator_class(str(data["estimator"])).name  # any spelling; unknown: the one-line error
         for dest, value in flags.items():
-            if estimator in flag_takers(dest):
-                data["estimator_options"][flag_takers(dest)[estimator]] = value
+            if estimator in fixed_takers[dest]:
+                data["estimator_options"][fixed_takers[dest][estimator]] = value
         skipped = set()
         for (key, value) in zip(grid, combo):
             kind, name = kinds[key]
@@ -332,7 +333,8 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             if _WORKER["parent"] is not None:
                 _WORKER["stopped"] = err.signum
             raise
-        log(traceback.format_exc())
+        if not (isinstance(err, UsageError) and " is in use by " in str(err)):  # another process's run: its log
+            log(traceback.format_exc())
         status = "diverged" if type(err).__name__ == "TrainingDiverged" else "failed"
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start}
