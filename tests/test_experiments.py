@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import statistics
@@ -692,9 +693,11 @@ def test_a_sweep_of_the_same_grid_whose_keys_changed_says_so(sweep, tmp_path):
     for s in manifest["settings"]:
         s["key"] = "0123456789"
     (out / "sweep.json").write_text(json.dumps(manifest))
-    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, indicators="general")
+    base = TrainConfig.from_dict(manifest["base"])
     with pytest.raises(UsageError, match="by other keys than this version of reste gives the same settings"):
         run_sweep(base, {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
+    with pytest.raises(UsageError, match="holds a sweep with 1 run.s. that this one leaves out"):  # another flag
+        run_sweep(dataclasses.replace(base, lr=0.05), {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
 
 
 def test_a_one_job_sweep_shows_each_runs_bar_when_asked(tmp_path, monkeypatch):

@@ -436,13 +436,14 @@ def test_a_start_that_finds_the_lock_taken_leaves_the_folder_to_its_holder(tmp_p
     from reste import rundir
     from reste.errors import UsageError
 
-    def taken(path, remedy):
+    def taken(path, remedy):  # the other start made its .lock in the folder and holds it
+        (path / rundir.LOCK_NAME).write_text("1\n")
         raise UsageError(f"{path} is in use by pid 1 (a run is writing to it)")
 
     monkeypatch.setattr(rundir.RunDirectory, "_lock", staticmethod(taken))
     with pytest.raises(UsageError, match="in use"):
         rundir.RunDirectory.open(tmp_path / "a" / "r", fresh=True)
-    assert (tmp_path / "a" / "r").is_dir()
+    assert (tmp_path / "a" / "r" / rundir.LOCK_NAME).read_text() == "1\n"
 
 
 def test_a_failed_start_through_a_symlink_and_dotdot_removes_what_it_made(tmp_path, capsys, monkeypatch):
@@ -452,3 +453,23 @@ def test_a_failed_start_through_a_symlink_and_dotdot_removes_what_it_made(tmp_pa
     _one_line_error(capsys, "train", "--dataset", "fashion-mnist", "--data-path", "none", "--epochs", "1",
                     "--out", "lnk/../c/d")
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["sub"]  # real/c (and c/d) made, then removed
+
+
+def test_a_lock_that_cannot_be_made_leaves_no_folder(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from reste import rundir
+    from reste.errors import UsageError
+
+    real_open = os.open
+
+    def no_inodes(path, *args, **kwargs):
+        if str(path).endswith(rundir.LOCK_NAME):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_inodes)
+    with pytest.raises(UsageError, match="not writable"):
+        rundir.RunDirectory.open(tmp_path / "new" / "r", fresh=True)
+    assert not (tmp_path / "new").exists()

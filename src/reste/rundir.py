@@ -94,7 +94,7 @@ class RunDirectory:
         had_lock = (path / LOCK_NAME).exists()
         try:
             fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run")
-        except _UnwrittenLock:  # a full disk: its lock file is gone again, and so are the folders made here
+        except UsageError:  # the folders made here go again, while empty (a lock another start holds stays)
             _remove_folders(created)
             raise
         try:
@@ -130,8 +130,12 @@ class RunDirectory:
                 try:
                     level.mkdir()
                     made.append(level)
-                except FileExistsError:
-                    pass
+                except OSError:  # there already (a root gives EISDIR or EACCES on some systems), or not a folder
+                    if level.is_dir():
+                        continue
+                    if level.exists():
+                        raise FileExistsError(level) from None
+                    raise
             path.mkdir()
             made.append(path)
             return made[::-1]

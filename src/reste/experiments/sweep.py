@@ -434,7 +434,7 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def _check_out(out: Path, runs_root: Path, settings: list[Setting], seeds: Sequence[int]) -> None:
+def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Sequence[int]) -> None:
     """Refuse an ``--out`` whose files the sweep would mix into or lose: a training run's folder, or a sweep
     whose settings or seeds this one leaves out (its tables would drop their rows). A study's other files (notes,
     scripts, figures) may stay beside the tables."""
@@ -452,7 +452,9 @@ def _check_out(out: Path, runs_root: Path, settings: list[Setting], seeds: Seque
         return
     labels = sorted(set(dropped.values()))
     given = {(s.label, seed) for s in settings for seed in seeds}
-    if all((label, seed) in given for (_, seed), label in dropped.items()):  # the same grid: other keys now
+    same_base = json.dumps(old.get("base"), sort_keys=True, default=str) == json.dumps(
+        base.to_dict(), sort_keys=True, default=str)
+    if same_base and all((label, seed) in given for (_, seed), label in dropped.items()):  # other keys now
         raise UsageError(f"{out}/{MANIFEST} names {len(dropped)} run(s) ({', '.join(labels[:3])}) by other keys than "
                          "this version of reste gives the same settings (their code or defaults changed), so this "
                          f"sweep would train them again and its tables lose their rows: pass another --out, or "
@@ -527,7 +529,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     settings = expand_grid(base, dict(grid), flags)
     out = Path(out_dir)
     runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
-    _check_out(out, runs_root, settings, seeds)
+    _check_out(out, base, settings, seeds)
     todo: list[tuple[Setting, int, dict[str, Any]]] = []
     for seed in seeds:  # seed-major: after a third of the time, every setting has one seed
         for s in settings:
