@@ -541,3 +541,7 @@ def test_export_model_checks_its_arguments_before_writing(tmp_path, capfd):
                  meta=MappingProxyType({"input_size": [3, 8, 8], "note": "x"}))
     for dtype in (torch.float64, torch.bfloat16):
         export_model(copy.deepcopy(model).to(dtype), tmp_path / "t.rbnn", input_size=(3, 8, 8), verify=False)
+    partial = {k: v for k, v in Preprocessing((3, 8, 8), (0.5,) * 3, (0.2,) * 3, 255.0).to_meta().items()
+               if k != "pixel_scale"}
+    with pytest.warns(UserWarning, match=r"part of the preprocessing \(no pixel_scale\)"):
+        export_model(model, tmp_path / "p.rbnn", input_size=(3, 8, 8), verify=False, meta=partial)

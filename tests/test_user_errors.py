@@ -351,7 +351,13 @@ def test_set_progress_refuses_a_non_finite_epoch():
             reste.set_progress(model, epoch, epochs)
     import torch
 
-    reste.set_progress(model, torch.tensor(1.0), 3)  # a 0-d tensor is a number
+    import json
+
+    import numpy as np
+
+    from_tensor = reste.set_progress(model, torch.tensor(1.0), torch.tensor(3))  # 0-d tensors: the numbers held
+    assert from_tensor == reste.set_progress(model, 1.0, 3) == reste.set_progress(model, np.float64(1.0), 3)
+    json.dumps(from_tensor)  # plain floats
 
 
 def test_a_failed_start_removes_the_folders_it_created(capsys, tmp_path, monkeypatch):

@@ -191,6 +191,8 @@ def set_progress(model: nn.Module, epoch: float, epochs: int) -> dict[str, float
     Returns the schedule values after the update (e.g. ``{"o": 1.58}``), taken from
     the first estimator that has any, for logging.
     """
+    # a 0-d tensor or NumPy scalar as the plain number it holds: the schedules compute in Python floats
+    epoch, epochs = (v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v for v in (epoch, epochs))
     values: dict[str, float] = {}
     for est in estimators_of(model):
         est.set_progress(epoch, epochs)

@@ -20,6 +20,7 @@ import json
 import math
 import operator
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -145,6 +146,12 @@ def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, An
     if not isinstance(meta, Mapping):
         raise UsageError(f"meta must be a mapping of JSON-safe values, got {type(meta).__name__}")
     meta = dict(meta)
+    given = [k for k in ir.Preprocessing.KEYS if meta.get(k) is not None]
+    if given and len(given) < len(ir.Preprocessing.KEYS) and given != ["input_size"]:
+        missing = ", ".join(k for k in ir.Preprocessing.KEYS if k not in given)
+        warnings.warn(f"meta records part of the preprocessing (no {missing}): the packed model will not take raw "
+                      "images (reste predict photo.png); give all of input_size, mean, std and pixel_scale",
+                      UserWarning, stacklevel=3)
     if all(meta.get(k) is not None for k in ir.Preprocessing.KEYS) and ir.Preprocessing.from_meta(meta) is None:
         raise UsageError(f"meta's preprocessing ({', '.join(ir.Preprocessing.KEYS)}) is invalid (one mean and one "
                          "std > 0 per channel, a pixel_scale > 0); build it with Preprocessing(...).to_meta()")
