@@ -28,6 +28,7 @@ drops it); any other line that is not a metrics record is damage, a one-line ``U
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -95,7 +96,7 @@ class RunDirectory:
         try:
             fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run")
         except UsageError:  # the folders made here go again, while empty (a lock another start holds stays)
-            _remove_folders(created)
+            remove_folders(created)
             raise
         try:
             folder_fd = cls._lock_folder(path)
@@ -126,28 +127,19 @@ class RunDirectory:
         process made meanwhile, or one reached through a symlink and '..', is never taken for ours."""
         made: list[Path] = []
         try:
-            for level in reversed(path.parents):
-                try:
-                    level.mkdir()
-                    made.append(level)
-                except OSError:  # there already (a root gives EISDIR or EACCES on some systems), or not a folder
-                    if level.is_dir():
-                        continue
-                    if level.exists():
-                        raise FileExistsError(level) from None
-                    raise
+            made += make_folders(path.parent)
             path.mkdir()
-            made.append(path)
-            return made[::-1]
+            made.insert(0, path)
+            return made
         except FileExistsError:
-            _remove_folders(made[::-1])
+            remove_folders(made)
             if path.is_dir():
                 return []
             what = path if path.exists() else path.parent
             raise UsageError(f"run directory {path} is not writable ({what} is a file); pass another --out") \
                 from None
         except OSError as err:
-            _remove_folders(made[::-1])
+            remove_folders(made)
             raise UsageError(f"run directory {path} is not writable ({err.strerror}); pass another --out") \
                 from None
         except ValueError as err:  # e.g. a NUL byte in the path
@@ -168,7 +160,7 @@ class RunDirectory:
                 os.close(fd)
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise UsageError(f"cannot lock run directory {path} ({err.strerror})") from None
-                raise UsageError(f"{path} is in use by {_holder(lock_path)} (a run is writing to it); "
+                raise RunInUse(f"{path} is in use by {_holder(lock_path)} (a run is writing to it); "
                                  "wait for it to finish, or use another folder") from None
             try:  # the holder before us may have removed the lock file: then lock the new one
                 same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
@@ -183,7 +175,7 @@ class RunDirectory:
         except OSError as err:  # a full disk: the lock file this process holds goes (a stale one too)
             lock_path.unlink(missing_ok=True)
             os.close(fd)
-            raise _UnwrittenLock(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
+            raise UsageError(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
         return fd
 
     @staticmethod
@@ -200,7 +192,7 @@ class RunDirectory:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UsageError(f"{path} is in use by another process (a run is writing to it; its {LOCK_NAME} "
+                raise RunInUse(f"{path} is in use by another process (a run is writing to it; its {LOCK_NAME} "
                                  "was removed); wait for it to finish, or use another folder") from None
             return None
         return fd
@@ -247,7 +239,7 @@ class RunDirectory:
             tmp.unlink(missing_ok=True)
         (self.path / LOCK_NAME).unlink(missing_ok=True)  # a process waiting on it sees it went and retries
         self.close()
-        _remove_folders(self.created)
+        remove_folders(self.created)
 
 
     def __enter__(self) -> "RunDirectory":
@@ -257,17 +249,37 @@ class RunDirectory:
         self.close()
 
 
-class _UnwrittenLock(UsageError):
-    """The lock file could not be written (a full disk)."""
+class RunInUse(UsageError):
+    """The run directory is locked by another process (a run is writing to it)."""
 
 
-def _remove_folders(folders: list[Path]) -> None:
-    """Remove ``folders`` (deepest first) while they are empty: someone may have put a file there meanwhile."""
+def make_folders(path: Path) -> list[Path]:
+    """Make ``path`` and the folders above it; the ones this call made, deepest first. Each level is made on its
+    own and recorded only when this call's mkdir made it, so a folder another process made meanwhile, or one
+    reached through a symlink and '..', is never taken for ours. A level that is a file raises FileExistsError."""
+    made: list[Path] = []
+    try:
+        for level in (*reversed(path.parents), path):
+            try:
+                level.mkdir()
+                made.append(level)
+            except OSError:  # there already (a root gives EISDIR or EACCES on some systems), or not a folder
+                if level.is_dir():
+                    continue
+                if level.exists():
+                    raise FileExistsError(errno.EEXIST, "a file is in the way", str(level)) from None
+                raise
+    except BaseException:
+        remove_folders(made[::-1])
+        raise
+    return made[::-1]
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that are empty: someone may have put a file in one meanwhile."""
     for folder in folders:
-        try:
+        with contextlib.suppress(OSError):
             folder.rmdir()
-        except OSError:
-            return
 
 
 # ------------------------------------------------------------- the K best epochs

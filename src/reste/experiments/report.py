@@ -14,6 +14,7 @@ when ``o_end`` is a grid axis, ``accuracy_vs_o_end.png``.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import statistics
@@ -165,8 +166,8 @@ def _earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
             if isinstance(r.get("run_dir"), str) and isinstance(r.get("seed"), int)]
     # epochs.csv names a run by its setting's label: where two runs share one (labels of older versions could),
     # its lines cannot be told apart, and none is attached
-    shared = {k for k in ((r.get("setting"), r["seed"]) for r in rows)
-              if sum((q.get("setting"), q["seed"]) == k for q in rows) > 1}
+    counts = collections.Counter((r.get("setting"), r["seed"]) for r in rows)
+    shared = {k for k, n in counts.items() if n > 1}
     earlier = {}
     for row in rows:
         key = (row.get("setting"), row["seed"])

@@ -43,7 +43,8 @@ from ..errors import UsageError
 from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
-from ..rundir import CONFIG, RESUME_FREE, epoch_end_whole, holds_run, last_checkpoint, read_metrics
+from ..rundir import (CONFIG, RESUME_FREE, RunInUse, epoch_end_whole, holds_run, last_checkpoint, make_folders,
+                      read_metrics, remove_folders)
 from .identity import canonical, config_key
 from .report import MANIFEST, collect, run_status, summarize
 
@@ -333,7 +334,7 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             if _WORKER["parent"] is not None:
                 _WORKER["stopped"] = err.signum
             raise
-        if not (isinstance(err, UsageError) and " is in use by " in str(err)):  # another process's run: its log
+        if not isinstance(err, RunInUse):  # another process's run: its log, not this one's
             log(traceback.format_exc())
         status = "diverged" if type(err).__name__ == "TrainingDiverged" else "failed"
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -447,7 +448,8 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
         planned = {(s["key"], int(seed)): s["label"] for s in old["settings"] for seed in s["runs"]}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # none, or a damaged sweep.json: nothing to report from it, this sweep writes it again
-    dropped = {k: label for k, label in planned.items() if k not in {(s.key, seed) for s in settings for seed in seeds}}
+    kept = {(s.key, seed) for s in settings for seed in seeds}
+    dropped = {k: label for k, label in planned.items() if k not in kept}
     if not dropped:
         return
     labels = sorted(set(dropped.values()))
@@ -539,30 +541,24 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             status, why = run_status(run_dir, s.key)  # the report's rule: what it will show of the run
             if status == "changed":
                 raise UsageError(f"{run_dir}: {why} Move it away or pass another --runs-dir")
-            state = "damaged" if status == "damaged" else run_state(run_dir, config.epochs)
+            if status == "done":  # the metrics hold every epoch: run_state says whether last.pt needs mending
+                state = run_state(run_dir, config.epochs)
+            else:
+                state = status if status == "damaged" else "partial" if holds_run(run_dir) else "new"
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
                                    "state": state, "why": why, "progress": progress and jobs == 1}))
-    # what to remove again if the sweep cannot start: the folders of --out and --runs-dir and above that do not
-    # exist yet, each named without '..' (so `new/../existing` never names `existing`)
-    created = [f for p in (out, runs_root) for f in map(Path, map(os.path.abspath, (p, *p.parents)))
-               if not f.exists()]
-
-    def remove_created() -> None:
-        for folder in sorted(set(created), key=lambda f: len(f.parts), reverse=True):  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
+    created: list[Path] = []  # what to remove again if the sweep cannot start
     try:
         for folder, flag in ((out, "--out"), (runs_root, "--runs-dir")):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                created = make_folders(folder) + created  # --runs-dir's (inside --out's, usually) first
             except OSError as err:
                 raise UsageError(f"cannot create the sweep folder {folder} ({err.strerror}); pass another "
                                  f"{flag}") from None
         # before any run: a bad data folder is one error, and a download happens once
         _check_data([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
     except BaseException:
-        remove_created()  # a sweep that could not start leaves no folder of its own
+        remove_folders(created)  # a sweep that could not start leaves no folder of its own
         raise
 
     write_manifest(out, base, grid, seeds, settings)

@@ -132,7 +132,7 @@ def _checked_input_size(input_size: Any) -> tuple[int, ...] | None:
         size = tuple(operator.index(v) for v in input_size)  # Python's or NumPy's integers, not floats or bools
     except TypeError:
         size = ()
-    if not size or any(v <= 0 or isinstance(v, bool) for v in size) or any(isinstance(v, bool) for v in input_size):
+    if not size or any(v <= 0 for v in size) or any(isinstance(v, bool) for v in input_size):
         raise UsageError(f"input_size must be one input's shape, positive integers such as (C, H, W), got "
                          f"{input_size!r}")
     return size
