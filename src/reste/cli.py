@@ -439,10 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         except OSError:
             pass
-        if _command(argv) in ("train", "sweep"):  # training stopped with its output: say how to go on
+        command = _command(argv)
+        if command in ("train", "sweep"):  # training stopped with its output: say how to go on
             with contextlib.suppress(Exception):
                 print("reste: stopped: its output's reader went away; finished epochs are kept (continue with "
-                      f"{'--resume RUN_DIR' if _command(argv) == 'train' else 'the same command'})", file=sys.stderr)
+                      f"{'--resume RUN_DIR' if command == 'train' else 'the same command'})", file=sys.stderr)
         return 141  # 128 + SIGPIPE, as a tool killed by it
     except Exception as err:  # noqa: BLE001 - sorted below
         from .engine import Preempted
@@ -460,8 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("reste: interrupted; the sweep keeps its finished runs and each run its finished epochs: run the "
                   "same command again to continue", file=sys.stderr)
         elif command == "train":
-            print("reste: interrupted; a run keeps its finished epochs (continue it with --resume RUN_DIR), "
-                  "a new run that finished none is removed", file=sys.stderr)
+            print(f"reste: interrupted; {_RUN_KEPT}", file=sys.stderr)
         else:
             print("reste: interrupted", file=sys.stderr)
         return 130
@@ -474,6 +474,11 @@ def usage_line(err: UsageError) -> str:
         return text
     last = text.splitlines()[-1].strip()
     return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
+
+
+# what a stopped `reste train` keeps, and how to go on
+_RUN_KEPT = ("a run keeps its finished epochs (continue it with --resume RUN_DIR), a new run that finished none is "
+             "removed")
 
 
 def _command(argv: Sequence[str]) -> str:
@@ -498,9 +503,8 @@ def _unexpected(err: Exception, debug: bool, command: str = "") -> int:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {err.filename}" if err.filename else ""
         if command in ("train", "sweep"):
-            then = ("free some space; a run keeps its finished epochs (continue it with --resume RUN_DIR), a new "
-                    "run that finished none is removed" if command == "train" else "finished runs and epochs are "
-                    "kept: free some space and run the same command again")
+            then = (f"free some space; {_RUN_KEPT}" if command == "train" else "finished runs and epochs are kept: "
+                    "free some space and run the same command again")
         else:
             then = "free some space and run it again"
         print(f"{_error_prefix()} {err.strerror}{where}; {then}", file=sys.stderr)

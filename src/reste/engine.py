@@ -287,9 +287,9 @@ class _Run:
             # recorded: a CPU run's float sums depend on its thread count, so a resume uses the same
             self.config = config = dataclasses.replace(config, threads=torch.get_num_threads())
         self.log = log if self.dist.main else (lambda _msg: None)
-        if kernel_path(self.device).startswith("PyTorch ops (the C kernels"):
-            from . import fused
+        from . import fused
 
+        if self.device.type == "cpu" and fused.enabled() and not fused.available():
             reason = str(fused.error()).splitlines()[0] if fused.error() else "unknown"
             self.log(f"note: the fused C kernels are unavailable ({reason[:300]}); the estimators run as PyTorch ops, "
                      "which is slower")
