@@ -355,7 +355,7 @@ def image_folders(data_path, download: bool, train: bool = True):
         raise UsageError(f"ImageNet data path {root} is empty; {_IMAGENET_HINT}")
     train_base = _image_folder(root / "train", "train") if train else None
     val_base = _image_folder(root / "val", "val")
-    if train_base is None:
+    if not train:
         return None, val_base
     if train_base.classes != val_base.classes:
         only = sorted(set(train_base.classes) ^ set(val_base.classes))
