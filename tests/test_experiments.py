@@ -752,3 +752,58 @@ def test_a_failed_run_fails_the_sweep_even_with_a_kept_row(sweep, tmp_path, caps
     assert main(argv) == 1
     text = capsys.readouterr().out
     assert "estimator=ste seed 0: LEFT OUT" in text and "| 1 |" in (out / "results.md").read_text()
+
+
+def test_a_diverged_run_is_recorded_left_out_and_not_trained_again(tmp_path, capsys, monkeypatch):
+    """A run whose loss becomes infinite (the float last layer at lr 1e30) is named with where it diverged, in the
+    sweep's line, the report's and results.md; a rerun does not train it again (it would diverge again)."""
+    from reste import engine
+    from reste.experiments import report
+
+    out = tmp_path / "s"
+    argv = ["sweep", "--grid", "lr=0.1,1e30", "--seeds", "0", "--epochs", "1", "--threads", "1", "--out", str(out),
+            "--model", "digits_1w1a"]
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "lr=1e+30 seed 0: DIVERGED after" in text and "non-finite loss at epoch 1, step" in text
+    rows = {r["setting"]: r for r in _read_csv(out / "results.csv")}
+    assert (rows["lr=0.1"]["n"], rows["lr=0.1"]["n_diverged"]) == ("1", "0")
+    assert (rows["lr=1e+30"]["n"], rows["lr=1e+30"]["n_diverged"]) == ("0", "1")
+    assert "| - | 0/1, 1 diverged |" in (out / "results.md").read_text()
+    run = json.loads((out / "sweep.json").read_text())["settings"][1]["runs"]["0"]
+    status, why = report.run_status(out / run)
+    assert status == "diverged" and why.startswith("it diverged (non-finite loss at epoch 1, step ")
+
+    trained, failures = [], []
+    monkeypatch.setattr(engine, "train", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(engine, "resume", lambda *a, **k: trained.append(a))
+    from reste.experiments.sweep import run_sweep
+
+    base = TrainConfig(model="digits_1w1a", epochs=1, threads=1)
+    lines: list[str] = []
+    run_sweep(base, {"lr": [0.1, 1e30]}, [0], out, log=lines.append, failures=failures)
+    assert trained == [] and failures == [("lr=1e+30", 0, "diverged")]
+    assert any("lr=1e+30 seed 0: not trained again: it diverged (non-finite loss at epoch 1" in t for t in lines)
+    assert any("report: lr=1e+30 seed 0 is left out: it diverged" in t for t in lines)
+
+
+def test_a_resume_tries_a_diverged_run_again(tmp_path):
+    """The record of a divergence is the sweep's; ``reste train --resume`` removes it and trains the run again, and a
+    run whose metrics hold every epoch is done whatever the record says."""
+    from reste import engine
+    from reste.experiments import report
+    from reste.rundir import DIVERGED, record_divergence
+
+    run = tmp_path / "run"
+    engine.train(TrainConfig(model="digits_1w1a", epochs=1, threads=1), run, progress=False, log=lambda _m: None)
+    record_divergence(run, 2, 5)
+    assert report.run_status(run)[0] == "done"
+    engine.resume(run, {"epochs": 2}, force=True, progress=False, log=lambda _m: None)
+    assert not (run / DIVERGED).exists() and [m["epoch"] for m in read_metrics(run)] == [1, 2]
+    record_divergence(run, None, None)
+    (run / DIVERGED).write_text("{")
+    assert report.run_status(run)[0] == "done"
+    with open(run / "config.json") as f:
+        config = json.load(f)
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 3}))
+    assert report.run_status(run) == ("diverged", f"it diverged (its record {run / DIVERGED} is damaged)")

@@ -63,8 +63,8 @@ from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics, best_checkpoint,
-                     check_kept, keep_top, last_checkpoint, repair_best, require_run_path, restore_config,
-                     saved_config, start_metrics, sweep_folder_hint, truncate_metrics, write_config)
+                     check_kept, forget_divergence, keep_top, last_checkpoint, repair_best, require_run_path,
+                     restore_config, saved_config, start_metrics, sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -72,7 +72,11 @@ _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch and step."""
+    """The loss became NaN or infinite; the message names the epoch and step (1-based), also kept as attributes."""
+
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 class Preempted(Exception):
@@ -515,7 +519,7 @@ class _Run:
                     (f", step {s} of epoch {e + 1})" if s else ")")
             raise TrainingDiverged(
                 f"non-finite loss at epoch {epoch + 1}, step {bad + 1}; the run stopped and {kept}; "
-                "lower --lr or check the data"
+                "lower --lr or check the data", epoch + 1, bad + 1
             )
         totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)])
         if self.dist.enabled:  # metrics over the whole training set, not this process's shard
@@ -524,6 +528,8 @@ class _Run:
         return {"train_loss": loss_total / count, "train_acc": 100.0 * correct_total / count}
 
     def run(self) -> dict[str, Any]:
+        if self.dist.main:
+            forget_divergence(self.run_dir)  # a sweep's record that the run diverged: it tries again
         try:
             return self._epochs()
         finally:

@@ -49,6 +49,9 @@ CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.p
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)
 TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
+# a sweep's record that the run diverged (non-finite loss): the sweep does not train it again and the report says
+# why it is missing; a resume removes it (it tries again)
+DIVERGED = "diverged.json"
 # Settings that may differ when resuming without --force: they do not change what is trained (another CPU
 # thread count can change the last bits of float32 sums: resume notes it).
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
@@ -383,6 +386,31 @@ def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
     """Write ``config.json`` (atomically)."""
     text = json.dumps(config.to_dict(), indent=2).encode()
     atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(text))
+
+
+def record_divergence(run_dir: str | os.PathLike, epoch: int | None, step: int | None) -> None:
+    """Record that the run in ``run_dir`` diverged at ``epoch``, ``step`` (1-based; None where unknown)."""
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)  # a run that diverged in epoch 1 removed what it wrote
+    atomic_write(path / DIVERGED, lambda f: f.write(json.dumps({"epoch": epoch, "step": step}).encode() + b"\n"))
+
+
+def divergence(run_dir: str | os.PathLike) -> str | None:
+    """Where the run in ``run_dir`` diverged, in words (``record_divergence``); None when it has no such record."""
+    path = Path(run_dir) / DIVERGED
+    try:
+        record = json.loads(path.read_text())
+        epoch, step = record["epoch"], record["step"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"it diverged (its record {path} is damaged)"
+    return "it diverged" + (f" (non-finite loss at epoch {epoch}, step {step})" if epoch and step else "")
+
+
+def forget_divergence(run_dir: str | os.PathLike) -> None:
+    """Remove the record of a divergence: the run trains again."""
+    (Path(run_dir) / DIVERGED).unlink(missing_ok=True)
 
 
 def holds_run(path: str | os.PathLike) -> bool:

@@ -7,7 +7,7 @@ Per epoch of every finished run (``epochs.csv``): the metrics of its line of ``m
 (which are not committed); a run reported once is reported from these two tables when its folder is gone.
 Per setting (``results.csv``, ``results.md``): the mean and the sample standard
 deviation (n - 1; blank for one seed) of those over the seeds whose run finished,
-and n. Figures: ``indicators.png`` (both indicators per epoch, one line per
+n, the planned runs (n_runs) and those that diverged (n_diverged). Figures: ``indicators.png`` (both indicators per epoch, one line per
 setting, mean over seeds), ``error_vs_stability.png`` (one point per setting) and,
 when ``o_end`` is a grid axis, ``accuracy_vs_o_end.png``.
 """
@@ -24,7 +24,8 @@ from typing import Any, Callable
 from ..config import TrainConfig
 from ..errors import UsageError
 from ..indicators import RUN_LEVEL, run_level
-from ..rundir import METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, holds_run, read_metrics, run_config
+from ..rundir import (METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, divergence, holds_run, read_metrics,
+                      run_config)
 from .identity import canonical, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -42,9 +43,11 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     no run there yet, or one still training (its first epochs recorded). ``("damaged", why)``: a run that cannot
     be reported (a damaged file, an epoch's line missing in the middle). ``("changed", why)``: a run with settings
     other than ``key`` (its setting's :func:`~reste.experiments.identity.config_key`), changed since with
-    ``reste train --resume --force``."""
-    if not holds_run(run_dir):
-        return "pending", None
+    ``reste train --resume --force``. ``("diverged", why)``: an unfinished run that a sweep recorded as diverged
+    (``reste.rundir.record_divergence``; its loss became NaN or infinite), which a sweep does not train again."""
+    diverged = divergence(run_dir)
+    if not holds_run(run_dir):  # a run that diverged in epoch 1 kept no files but its record
+        return ("diverged", diverged) if diverged else ("pending", None)
     try:
         config = run_config(run_dir)
         lines = read_metrics(run_dir, missing_ok=True)
@@ -60,7 +63,7 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
         return "damaged", (f"{run_dir / METRICS_FILE} has no line for epoch {gaps[0]}; train the run again "
                             "(delete its folder) to report it")
     if done < config.epochs:
-        return "pending", None
+        return ("diverged", diverged) if diverged else ("pending", None)
     metrics = [by_epoch[e] for e in range(1, config.epochs + 1)]
     row: dict[str, Any] = {
         "best_acc": max(m["test_acc"] for m in metrics),
@@ -204,10 +207,11 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
     axes = list(manifest["grid"])
     runs, rows, kept = [], [], 0
     for s in manifest["settings"]:
-        finished = []
+        finished, diverged = [], 0
         key = _setting_key(s)
         for seed, rel in s["runs"].items():
             status, summary = run_status(out / rel, key)
+            diverged += status == "diverged"
             if status != "done":
                 why, old = summary, earlier.get((rel, int(seed)))
                 if old is None or old.get("best_acc") is None:
@@ -230,6 +234,7 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([f[metric] for f in finished])
         row["n"] = len(finished)
         row["n_runs"] = len(s["runs"])
+        row["n_diverged"] = diverged
         rows.append(row)
     if kept and log:
         log(f"report: {kept} run{'s' * (kept != 1)} reported from the runs.csv (and epochs.csv) an earlier report "
@@ -304,7 +309,8 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"{_pm(r['final_acc_mean'], r['final_acc_std'], '.2f')} | "
             f"{_pm(r['estimating_error_mean'], r['estimating_error_std'], '.4g', '.2g')} | "
             f"{_pm(r['gradient_stability_mean'], r['gradient_stability_std'], '.3g', '.2g')} | "
-            f"{r['n']}{'' if r['n'] == r['n_runs'] else '/' + str(r['n_runs'])} |"
+            f"{r['n']}{'' if r['n'] == r['n_runs'] else '/' + str(r['n_runs'])}"
+            f"{f', {diverged} diverged' if (diverged := r.get('n_diverged')) else ''} |"
         )
     return "\n".join(lines) + "\n"
 

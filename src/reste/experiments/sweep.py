@@ -44,7 +44,7 @@ from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
 from ..rundir import (CONFIG, RESUME_FREE, RunInUse, epoch_end_whole, holds_run, last_checkpoint, make_folders,
-                      read_metrics, remove_folders)
+                      read_metrics, record_divergence, remove_folders)
 from .identity import canonical, config_key
 from .report import MANIFEST, collect, run_status, summarize
 
@@ -78,7 +78,7 @@ def flag_takers(dest: str) -> dict[str, str]:
 
 
 # Columns of the tables that a grid axis of the same name would overwrite
-_TABLE_COLUMNS = ("setting", "seed", "n", "n_runs", "run_dir")
+_TABLE_COLUMNS = ("setting", "seed", "n", "n_runs", "n_diverged", "run_dir")
 
 
 def _config_fields() -> list[str]:
@@ -336,7 +336,9 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             raise
         if not isinstance(err, RunInUse):  # another process's run: its log, not this one's
             log(traceback.format_exc())
-        status = "diverged" if type(err).__name__ == "TrainingDiverged" else "failed"
+        status = "diverged" if isinstance(err, engine.TrainingDiverged) else "failed"
+        if status == "diverged":  # it would diverge again: a rerun of the sweep leaves it out, saying why
+            record_divergence(run_dir, err.epoch, err.step)
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start}
     finally:
@@ -488,6 +490,8 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
         return f"{head} already finished, skipped"
     if outcome["status"] == "left out":
         return f"{head} LEFT OUT: {outcome['error']}"
+    if outcome.get("earlier"):
+        return f"{head} not trained again: {outcome['error']}"
     if outcome["status"] != "done":
         return f"{head} {outcome['status'].upper()} after {outcome['seconds']:.0f}s: {outcome['error']}"
     r = outcome["result"]
@@ -519,7 +523,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     ``flags`` are estimator flags of ``reste train`` fixed for every run (``{"o_schedule": "linear"}``),
     each applied to the estimators it belongs to (see ``expand_grid``).
     A run that fails or diverges is reported and left out of the table (unless an earlier report wrote its row);
-    so is one that cannot be reported (``report.run_status``), which is not trained again.
+    so is one that cannot be reported (``report.run_status``), which is not trained again, nor is one that
+    diverged (the sweep records it in the run's folder: ``reste.rundir.record_divergence``).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
@@ -544,7 +549,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             if status == "done":  # the metrics hold every epoch: run_state says whether last.pt needs mending
                 state = run_state(run_dir, config.epochs)
             else:
-                state = status if status == "damaged" else "partial" if holds_run(run_dir) else "new"
+                state = status if status in ("damaged", "diverged") else "partial" if holds_run(run_dir) else "new"
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
                                    "state": state, "why": why, "progress": progress and jobs == 1}))
     created: list[Path] = []  # what to remove again if the sweep cannot start
@@ -581,7 +586,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         if failures is not None and outcome["status"] not in ("done", "skipped"):
             failures.append((s.label, seed, outcome["status"]))
         line = _progress_line(count, total, s, seed, outcome)
-        if outcome["status"] not in ("skipped", "left out"):
+        if outcome["status"] not in ("skipped", "left out") and not outcome.get("earlier"):
             trained += 1
             line += f"  [{time_left(time.monotonic() - start, trained, total - count)}]"
         log(line)
@@ -606,6 +611,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             report_one(s, seed, {"status": "skipped"})
         elif job["state"] == "damaged":  # resuming cannot mend it: said, and left for the user
             report_one(s, seed, {"status": "left out", "error": job["why"], "seconds": 0.0})
+        elif job["state"] == "diverged":  # training it again would diverge again
+            report_one(s, seed, {"status": "diverged", "earlier": True, "seconds": 0.0,
+                                 "error": f"{job['why']}; delete its folder {job['run_dir']} to train it again"})
         else:
             pending.append((s, seed, job))
     try:

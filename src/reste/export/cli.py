@@ -103,7 +103,7 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
     command's ``inputs``, or that is a run's checkpoint (before any work)."""
     import os
 
-    from ..rundir import CONFIG, LOCK_NAME, RUN_FILES, TOP_DIR
+    from ..rundir import CONFIG, DIVERGED, LOCK_NAME, RUN_FILES, TOP_DIR
 
     folder = path.parent
     if path.is_dir():
@@ -111,8 +111,8 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
     for given in inputs:
         if given is not None and path.exists() and Path(given).exists() and path.samefile(given):
             raise UsageError(f"{path} is an input of this command; pass another output path")
-    if (folder / CONFIG).is_file() and (path.suffix == ".pt" or path.name in (*RUN_FILES, LOCK_NAME, "train.log",
-                                                                                  "curves.png")):
+    if (folder / CONFIG).is_file() and (path.suffix == ".pt" or path.name in (*RUN_FILES, LOCK_NAME, DIVERGED,
+                                                                                  "train.log", "curves.png")):
         raise UsageError(f"{path} would overwrite a file of the run in {folder}; pass another output path")
     if folder.name in (TOP_DIR, "tensorboard") and (folder.parent / CONFIG).is_file():
         raise UsageError(f"{path} would write into the run's {folder.name}/ folder; pass another output path")
