@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from reste import data as D
 from reste import datasets, engine, models, rundir
-from reste.config import DATASET_DEFAULTS, TrainConfig
+from reste.config import TrainConfig
+from reste.experiments import expand_grid
 from reste.data import Normalize, RandomCropFlip, TensorLoader, load_datasets, make_loaders
 from reste.data.sampling import seeded_generator
 from reste.errors import UsageError
@@ -52,13 +53,15 @@ def epochs_of(loader, epochs=(0, 1, 3)):
 def test_every_data_set_has_one_spec_that_the_others_ask():
     assert datasets.DATASETS == ("digits", "fashion-mnist", "cifar10", "imagenet")
     assert D.DATASETS == datasets.DATASETS and models.DATASETS == datasets.DATASETS
-    assert set(DATASET_DEFAULTS) == set(datasets.DATASETS)
     for name, spec in datasets.SPECS.items():
-        assert spec.name == name and DATASET_DEFAULTS[name] == spec.defaults
+        assert spec.name == name
         assert len(spec.mean) == len(spec.std) == spec.input_size[0]
         assert datasets.get_spec(name.upper().replace("-", "_")) is spec
-        for alias in spec.aliases:
+        for alias in (name, *spec.aliases):  # a run and a sweep get the spec's recipe by any of its names
             assert datasets.get_spec(alias) is spec
+            config = TrainConfig(dataset=alias).resolve()
+            assert {k: getattr(config, k) for k in spec.defaults} == spec.defaults
+            assert expand_grid(TrainConfig(dataset=alias), {"lr": [0.5]})[0].config.model == spec.defaults["model"]
     in_memory = [s.name for s in datasets.SPECS.values() if s.fits_in_memory]
     assert in_memory == ["digits", "fashion-mnist", "cifar10"]
     with pytest.raises(UsageError, match="choose one of: digits, fashion-mnist, cifar10, imagenet"):

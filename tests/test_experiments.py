@@ -236,6 +236,10 @@ def test_run_curves_for_people(tmp_path):
     twin = next(ax for ax in fig.axes if not ax.get_title())  # the schedule's right-hand axis
     assert [list(line.get_ydata()) for line in twin.lines] == [[1.0, 2.0, 3.0]]
     assert "o (dashed)" in twin.get_ylabel()
+    # a plugin estimator's schedule value (any number of a line beside the metrics) is drawn too
+    _real_like_run(tmp_path / "plugin", "ste", [2.0, 1.0], {"beta": [0.5, 0.25]})
+    twin = next(ax for ax in runs_figure([tmp_path / "plugin"]).axes if not ax.get_title())
+    assert [list(line.get_ydata()) for line in twin.lines] == [[0.5, 0.25]] and "beta" in twin.get_ylabel()
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["estimator=reste", "estimator=ste"]  # the setting that differs
 
@@ -807,3 +811,9 @@ def test_a_resume_tries_a_diverged_run_again(tmp_path):
         config = json.load(f)
     (run / "config.json").write_text(json.dumps({**config, "epochs": 3}))
     assert report.run_status(run) == ("diverged", f"it diverged (its record {run / DIVERGED} is damaged)")
+
+
+def test_a_grid_of_model_options_works_under_a_data_set_alias():
+    """The default model of --dataset fmnist is the one of fashion-mnist, whose model options are grid axes."""
+    settings = expand_grid(TrainConfig(dataset="fmnist"), {"width": [8, 16]})
+    assert [s.config.model_options for s in settings] == [{"width": 8}, {"width": 16}]

@@ -126,7 +126,9 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
 def _tensorboard_dir(text: str) -> str:
     """``--tensorboard DIR``: DIR from the current folder; the bare flag (``""``): ``tensorboard``, which
     TrainConfig takes inside the run directory."""
-    return os.path.abspath(text) if text else "tensorboard"
+    from .rundir import TENSORBOARD_DIR
+
+    return os.path.abspath(text) if text else TENSORBOARD_DIR
 
 
 def _add_estimator_flags(p: argparse.ArgumentParser) -> None:

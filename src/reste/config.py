@@ -2,7 +2,7 @@
 
 A ``TrainConfig`` is plain data (saved as ``config.json`` in the run directory).
 Fields left as ``None`` are filled by ``resolve()`` from the data set's defaults
-(``DATASET_DEFAULTS``), so ``reste train --dataset cifar10`` gets the paper's
+(its ``DatasetSpec.defaults`` in ``reste.datasets``), so ``reste train --dataset cifar10`` gets the paper's
 CIFAR-10 recipe and ``reste train`` alone a one-minute run on digits.
 """
 
@@ -26,10 +26,6 @@ MAX_SEED = 2**63 - 1
 INDICATOR_MODES = ("general", "paper")
 AMP_MODES = ("none", "bf16", "fp16")
 DATA_DEVICES = ("auto", "cpu")
-
-# Per data set: the model and recipe used when the user does not say otherwise (a view of
-# each data set's spec in reste.datasets, which owns them).
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(spec.defaults) for name, spec in SPECS.items()}
 
 
 def check_model_options(model: str, options: dict[str, Any]) -> None:
@@ -151,7 +147,7 @@ class TrainConfig:
                                   estimator=canonical_estimator(self.estimator),
                                   estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
-        defaults = dict(DATASET_DEFAULTS[out.dataset])
+        defaults = dict(SPECS[out.dataset].defaults)
         defaults["workers"] = 0 if SPECS[out.dataset].fits_in_memory else min(8, os.cpu_count() or 1)
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for

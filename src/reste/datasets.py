@@ -70,7 +70,7 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec(
         name="digits", aliases=(), num_classes=10, input_size=(1, 8, 8),
         mean=(0.3053833842277527,), std=(0.3761191666126251,), scale=16.0,
-        train_size=1437, test_size=360, fits_in_memory=True, loader="reste.data:_load_digits",
+        train_size=1437, test_size=360, fits_in_memory=True, loader="reste.data.sets:_load_digits",
         defaults=dict(model="digits_1w1a", augment=False, optimizer="sgd", lr=0.1, weight_decay=1e-4, epochs=20,
                       batch_size=64, eval_batch_size=512, warm_up=0),
         description="scikit-learn's bundled 8x8 digits, no download", augments=False, reads_files=False,
@@ -78,7 +78,7 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec(
         name="fashion-mnist", aliases=("fashionmnist", "fmnist"), num_classes=10, input_size=(1, 28, 28),
         mean=(0.2860,), std=(0.3530,), scale=255.0,
-        train_size=60000, test_size=10000, fits_in_memory=True, loader="reste.data:_load_fashion_mnist",
+        train_size=60000, test_size=10000, fits_in_memory=True, loader="reste.data.sets:_load_fashion_mnist",
         # its accuracy and time, and how they were measured: docs/results/fmnist_default.md
         defaults=dict(model="fmnist_vgg28_1w1a", augment=False, optimizer="adam", lr=1e-3, weight_decay=0.0,
                       epochs=8, batch_size=256, eval_batch_size=1000, warm_up=0),
@@ -87,7 +87,7 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec(
         name="cifar10", aliases=("cifar-10", "cifar"), num_classes=10, input_size=(3, 32, 32),
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=255.0,
-        train_size=50000, test_size=10000, fits_in_memory=True, loader="reste.data:_load_cifar10",
+        train_size=50000, test_size=10000, fits_in_memory=True, loader="reste.data.sets:_load_cifar10",
         defaults=dict(model="resnet20_1w1a", augment=True, optimizer="sgd", lr=0.1, weight_decay=1e-4, epochs=1000,
                       batch_size=256, eval_batch_size=128, warm_up=5),
         description="CIFAR-10 python pickle batches (150 MB as uint8)",
@@ -95,7 +95,8 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec(
         name="imagenet", aliases=(), num_classes=1000, input_size=(3, 224, 224),
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=255.0,
-        train_size=None, test_size=None, fits_in_memory=False, loader="reste.data:_load_imagenet", folder_classes=True,
+        train_size=None, test_size=None, fits_in_memory=False, loader="reste.data.sets:_load_imagenet",
+        folder_classes=True,
         defaults=dict(model="imagenet_resnet18_1w1a", augment=True, optimizer="sgd", lr=0.1, weight_decay=1e-4,
                       epochs=250, batch_size=750, eval_batch_size=128, warm_up=0),
         description="ImageFolder trees train/ and val/ (JPEG files, read by DataLoader workers)",

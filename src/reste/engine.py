@@ -64,7 +64,7 @@ from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics, best_checkpoint,
                      check_kept, forget_divergence, keep_top, last_checkpoint, repair_best, require_run_path,
-                     restore_config, saved_config, start_metrics, sweep_folder_hint, truncate_metrics, write_config)
+                     restore_config, saved_config, schedule_fields, start_metrics, sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -698,9 +698,8 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
-    """An epoch's line: its metrics, with every schedule value of the estimator (the fields that are not
-    ``METRIC_FIELDS``)."""
-    sched = " ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in METRIC_FIELDS and isinstance(v, (int, float)))
+    """An epoch's line: its metrics, with every schedule value of the estimator (``rundir.schedule_fields``)."""
+    sched = " ".join(f"{k} {v:.4g}" for k, v in schedule_fields(m).items())
     line = (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  lr {m['lr']:.4g}  {sched + '  ' if sched else ''}"
             f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.2f}  "
             f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f} top5 {m['test_top5']:.2f}")

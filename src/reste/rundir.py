@@ -49,6 +49,7 @@ CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.p
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)
 TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
+TENSORBOARD_DIR = "tensorboard"  # --tensorboard without a folder: the run's events, inside the run directory
 # a sweep's record that the run diverged (non-finite loss): the sweep does not train it again and the report says
 # why it is missing; a resume removes it (it tries again)
 DIVERGED = "diverged.json"
@@ -499,6 +500,13 @@ def sweep_folder_hint(folder: str | os.PathLike) -> str:
     """The one line for a sweep's folder given where a run's is wanted."""
     return (f"{folder} is a sweep's folder, not a run's: give one of its runs ({Path(folder) / 'runs'}/.../seedN), or "
             f"write its tables and figures with `reste report {folder}`")
+
+
+def schedule_fields(line: dict[str, Any]) -> dict[str, float]:
+    """The schedule values a metrics line holds (its estimator's o, t, k, ..., by their names): its numbers
+    beside ``METRIC_FIELDS``."""
+    return {k: v for k, v in line.items()
+            if k not in METRIC_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def start_metrics(run_dir: str | os.PathLike) -> None:

@@ -69,7 +69,6 @@ from .formats import DEFAULT_ROOT, SYSTEM_FASHION_MNIST, read_idx
 from .loaders import EpochDataLoader, data_device, make_loaders
 from .memory import InMemoryDataset, Normalize, RandomCropFlip, TensorLoader
 from .sampling import TransformDataset, mix_seed
-# the _load_* functions are what the specs of reste.datasets name ("reste.data:_load_digits")
 from .sets import (
     CIFAR10_CLASSES,
     FASHION_MNIST_CLASSES,
@@ -78,15 +77,13 @@ from .sets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DatasetInfo,
-    _load_cifar10,
     check_classes,
-    _load_digits,
-    _load_fashion_mnist,
-    _load_imagenet,
     load_datasets,
 )
 
 __all__ = [
+    "CIFAR10_CLASSES",
+    "FASHION_MNIST_CLASSES",
     "DATASETS",
     "DatasetInfo",
     "Normalize",

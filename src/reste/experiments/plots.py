@@ -18,9 +18,8 @@ import torch
 from ..errors import UsageError
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import RUN_LEVEL
-from ..rundir import read_metrics
+from ..rundir import read_metrics, run_config, schedule_fields
 
-SCHEDULE_KEYS = ("o", "t", "k", "alpha", "n")
 LABELS = {"estimating_error": "estimating error", "gradient_stability": "gradient stability (var |grad|)"}
 
 
@@ -121,10 +120,11 @@ def _series(metrics: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
-    """A run's config.json flattened (``estimator_options.o_end`` -> ``o_end``); {} when unreadable."""
+    """A run's settings (``rundir.run_config``) flattened (``estimator_options.o_end`` -> ``o_end``); {} when
+    unreadable."""
     try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        config = run_config(run_dir).to_dict()
+    except UsageError:
         return {}
     flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
     for group in ("estimator_options", "model_options"):
@@ -180,8 +180,9 @@ def runs_figure(run_dirs: Sequence[str | Path]) -> Any:
         if not metrics:
             raise UsageError(f"{d} has no finished epoch yet")
         data.append((label, metrics))
-    # a run resumed with --force may switch estimator: a key can be in some lines only
-    sched = [k for k in SCHEDULE_KEYS if any(k in m for _, ms in data for m in ms)]
+    # any estimator's schedule values, a plugin's too; a run resumed with --force may switch estimator: a key can
+    # be in some lines only
+    sched = list(dict.fromkeys(k for _, ms in data for m in ms for k in schedule_fields(m)))
     has_lr = any("lr" in m for _, ms in data for m in ms)
     panels = ["acc", "loss"] + (["schedule"] if has_lr or sched else [])
     panels += [k for k in LABELS if any(k in m for _, ms in data for m in ms)]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..config import TrainConfig, idle_data_flags
+from ..datasets import get_spec
 from ..models import model_keywords
 from ..errors import UsageError
 from ..distributed import stop_signals
@@ -188,12 +189,10 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
             raise UsageError(f"grid axis {key!r} needs a non-empty list of values, got {values!r}")
     models = [base.model] if base.model else []
     models += [m for m in grid.get("model", []) if isinstance(m, str)]
-    if not models:
-        from ..config import DATASET_DEFAULTS
-
+    if not models:  # each data set's default model (by any of its names: --dataset fmnist)
         for ds in [base.dataset, *grid.get("dataset", [])]:
-            if ds in DATASET_DEFAULTS:
-                models.append(DATASET_DEFAULTS[ds]["model"])
+            with contextlib.suppress(UsageError, TypeError, AttributeError):  # an unknown one: validate says so
+                models.append(get_spec(ds).defaults["model"])
     kinds = {key: axis_kind(key, models) for key in grid}
     scoped = {key: flag_takers(key.strip().replace("-", "_")) for key in grid
               if kinds[key][0] == "estimator" and key.strip().replace("-", "_") in _flag_aliases()}

@@ -103,7 +103,7 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
     command's ``inputs``, or that is a run's checkpoint (before any work)."""
     import os
 
-    from ..rundir import CONFIG, DIVERGED, LOCK_NAME, RUN_FILES, TOP_DIR
+    from ..rundir import CONFIG, DIVERGED, LOCK_NAME, RUN_FILES, TENSORBOARD_DIR, TOP_DIR
 
     folder = path.parent
     if path.is_dir():
@@ -114,7 +114,7 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
     if (folder / CONFIG).is_file() and (path.suffix == ".pt" or path.name in (*RUN_FILES, LOCK_NAME, DIVERGED,
                                                                                   "train.log", "curves.png")):
         raise UsageError(f"{path} would overwrite a file of the run in {folder}; pass another output path")
-    if folder.name in (TOP_DIR, "tensorboard") and (folder.parent / CONFIG).is_file():
+    if folder.name in (TOP_DIR, TENSORBOARD_DIR) and (folder.parent / CONFIG).is_file():
         raise UsageError(f"{path} would write into the run's {folder.name}/ folder; pass another output path")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"cannot write {path}: {folder} is a file, not a folder")

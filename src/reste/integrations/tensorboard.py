@@ -31,10 +31,10 @@ from torch import nn
 from ..errors import UsageError
 from ..indicators import EquilibriumMeter, estimating_error, gradient_stability, indicator_layers
 from ..layers import estimators_of, schedule_values
-from ..rundir import read_metrics
+from ..rundir import TENSORBOARD_DIR, last_checkpoint, read_metrics
 
 INSTALL = "pip install reste[tensorboard]"
-IN_RUN = "tensorboard"  # the default folder, inside the run directory
+IN_RUN = TENSORBOARD_DIR  # the default folder, inside the run directory
 
 
 def log_dir(setting: str, run_dir: str | os.PathLike) -> Path:
@@ -58,7 +58,7 @@ def check(setting: str | None, run_dir: str | os.PathLike) -> None:
         raise UsageError(f"--tensorboard {setting}: {blocker} is a file, not a folder; pass a folder")
     if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
         raise UsageError(f"--tensorboard {setting}: {blocker} is not writable; pass a writable folder")
-    if not (Path(run_dir) / "last.pt").exists() and _event_files(folder):
+    if not last_checkpoint(run_dir).exists() and _event_files(folder):
         raise UsageError(f"{folder} already holds TensorBoard events of another run; pass a new folder "
                          "to --tensorboard (one per run)")
 
