@@ -62,3 +62,25 @@ def test_relative_links_in_the_documents_resolve():
             if not (doc.parent / target.split("#")[0]).exists():
                 broken.append(f"{doc.relative_to(ROOT)} -> {target}")
     assert not broken, "links to files that do not exist: " + ", ".join(broken)
+
+
+def test_the_readme_table_of_defaults_per_data_set_is_the_specs():
+    """Each row of the README's "Defaults per data set" table says what the data set's spec sets."""
+    from reste.config import TrainConfig
+    from reste.datasets import SPECS
+
+    text = (ROOT / "README.md").read_text()
+    rows = {}
+    for line in text.split("| data set | model | epochs |", 1)[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells
+    assert set(rows) == set(SPECS)
+    for name, (_, model, epochs, batch, eval_batch, recipe, warm_up, augmentation) in rows.items():
+        c = TrainConfig(dataset=name).resolve()
+        optimizer, lr, weight_decay = (x.strip() for x in recipe.split(","))
+        assert (model, int(epochs), int(batch), int(eval_batch), int(warm_up)) == (
+            c.model, c.epochs, c.batch_size, c.eval_batch_size, c.warm_up), name
+        assert (optimizer.lower(), float(lr), float(weight_decay)) == (c.optimizer, c.lr, c.weight_decay), name
+        assert (augmentation != "none") == c.augment, name

@@ -363,3 +363,23 @@ def test_a_short_run_of_a_preset_shortens_its_warm_up():
     assert config_from_preset("cifar10-resnet20-1w1a").resolve().warm_up == 5
     with pytest.raises(UsageError, match="--warm-up must be in"):
         config_from_preset("cifar10-resnet20-1w1a", epochs=1, warm_up=5).resolve()
+
+
+def test_each_optimizer_the_config_takes_is_built_as_itself():
+    """config.OPTIMIZERS is the list; build_optimizer builds each of them, and no name silently becomes another."""
+    from reste.config import OPTIMIZERS
+    from reste.engine import build_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    built = {name: type(build_optimizer(TrainConfig(optimizer=name, lr=0.1, weight_decay=0.0, momentum=0.9), model))
+             for name in OPTIMIZERS}
+    assert built == {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    with pytest.raises(UsageError, match="unknown optimizer 'lion'"):
+        build_optimizer(TrainConfig(optimizer="lion", lr=0.1, weight_decay=0.0, momentum=0.9), model)
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"batch_size": True}, {"batch_size": 2.5}, {"workers": -1}])
+def test_evaluate_checkpoint_refuses_what_reste_eval_refuses(bad, tmp_path):
+    """The library checks its own arguments (a batch size of 0 evaluated with the run's own before; review Z)."""
+    with pytest.raises(UsageError, match="must be"):
+        engine.evaluate_checkpoint(tmp_path / "nothing.pt", **bad)

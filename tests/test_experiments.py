@@ -155,6 +155,12 @@ def test_grid_parsing():
         "estimator": ["ste", "reste"], "o_end": [1, 1.5], "a32": [True, False]}
     with pytest.raises(UsageError, match="given twice"):
         parse_grid(["lr=0.1", "lr=0.2"])
+    # a --model-option value is read as a --grid value is: the same option means the same run either way
+    from reste.cli import parse_model_options
+
+    values = ["16", "0.5", "true", "none", " wide "]
+    assert [parse_model_options([f"x={v}"])["x"] for v in values] == parse_grid([f"x={','.join(values)}"])["x"]
+    assert parse_grid(["x=none,wide"])["x"] == [None, "wide"]
 
 
 def _fake_run(run_dir: Path, accs: list[float], errors: list[float], stabs: list[float]) -> None:

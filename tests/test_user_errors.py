@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from reste.cli import main
+from reste.errors import UsageError
 
 
 def _one_line_error(capsys, *argv):
@@ -294,6 +296,35 @@ def test_export_does_not_overwrite_a_file_of_the_run(run, capsys, name):
     err = _one_line_error(capsys, "export", str(run), str(run / name))
     assert "would overwrite a file of the run" in err or "would write into the run's top/ folder" in err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("name", ["last.pt", "metrics.jsonl", "diverged.json", "tensorboard/x.onnx"])
+def test_the_library_export_does_not_overwrite_a_file_of_the_run_either(run, name, tmp_path, monkeypatch):
+    """export_checkpoint, export_model and export_onnx refuse a run's files as the command does (review Z), and an
+    ONNX export without onnx is refused before the packed file is written."""
+    from reste.export import export_checkpoint, export_model
+    from reste.export.onnx_export import export_onnx
+
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    target = run / name
+    for write in (lambda: export_checkpoint(run / "last.pt", target),
+                  lambda: export_checkpoint(run / "last.pt", tmp_path / "m.rbnn", onnx_path=target),
+                  lambda: export_model(torch.nn.Linear(2, 2), target),
+                  lambda: export_onnx(torch.nn.Linear(2, 2), target, (2,))):
+        with pytest.raises(UsageError, match="would overwrite a file of the run|would write into the run's|the checkpoint being"):
+            write()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before and not (tmp_path / "m.rbnn").exists()
+    loose = tmp_path / "model.pt"
+    loose.write_bytes((run / "last.pt").read_bytes())
+    with pytest.raises(UsageError, match="is the checkpoint being exported"):
+        export_checkpoint(loose, loose)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(UsageError, match=r"needs the onnx package: pip install 'reste\[onnx\]'"):
+        export_checkpoint(run / "last.pt", tmp_path / "m.rbnn", onnx_path=tmp_path / "m.onnx")
+    assert not (tmp_path / "m.rbnn").exists()
 
 
 @pytest.mark.parametrize("damaged", ["config.json", "metrics.jsonl"])

@@ -18,15 +18,13 @@ import errno
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+from .config import TrainConfig, parse_value
 from .datasets import DATASETS
 from .errors import UsageError
 from .estimators import estimator_flags, list_estimators
 from .plugins import add_plugin_flag, load_plugins, plugins_in_argv, saved_form
-
-if TYPE_CHECKING:
-    from .config import TrainConfig
 
 # Train flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
@@ -47,11 +45,12 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     and it has no --resume or --force: running a sweep again continues it)."""
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
-    g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default {DATASETS[0]})")
+    g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default {TrainConfig.dataset})")
     g.add_argument("--data-path", "--data_path", dest="data_path", help="data set folder")
     g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
     g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")
-    g.add_argument("--estimator", help=f"{', '.join(list_estimators())} (default reste; any case, with or "
+    g.add_argument("--estimator", help=f"{', '.join(list_estimators())} (default {TrainConfig.estimator}; "
+                   "any case, with or "
                    "without - and _, and larq's ste_sign and swish_sign)")
     add_plugin_flag(g)
     g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
@@ -119,7 +118,7 @@ def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                          "RUN_DIR/top/epoch0007-acc91.23.pt (default 0: only last.pt and best.pt)")
     g2.add_argument("--tensorboard", nargs="?", const="", type=_tensorboard_dir, metavar="DIR",
                     help="log metrics, per-layer schedules and indicators, and the config to TensorBoard "
-                         "(pip install reste[tensorboard]): in RUN_DIR/tensorboard, or in DIR")
+                         "(pip install 'reste[tensorboard]'): in RUN_DIR/tensorboard, or in DIR")
     g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -153,16 +152,6 @@ def _add_estimator_flags(p: argparse.ArgumentParser) -> None:
                              f"taken by `reste train`; give it another flag= in its Param") from None
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value as int, float, bool (true/false) or, failing those, the string."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
     """``["width=16"]`` -> ``{"width": 16}``."""
     out = {}
@@ -170,7 +159,7 @@ def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise UsageError(f"--model-option expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+        out[key.strip().replace("-", "_")] = parse_value(value)
     return out
 
 
@@ -186,7 +175,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     flags = estimator_flags()
     given = {dest: getattr(args, dest) for dest in flags if getattr(args, dest, None) is not None}
     if given:
-        estimator = canonical_estimator(out.get("estimator") or getattr(args, "_base_estimator", None) or "reste")
+        estimator = canonical_estimator(out.get("estimator") or getattr(args, "_base_estimator", None)
+                                        or TrainConfig.estimator)
         options = {}
         for dest, value in given.items():
             takers = dict(flags[dest])
@@ -198,12 +188,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def config_from_args(args: argparse.Namespace) -> "TrainConfig":
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that `reste train` flags (and --preset) describe."""
-    from .config import TrainConfig, config_from_preset, get_preset
+    from .config import config_from_preset, get_preset
 
     if args.preset:
-        args._base_estimator = get_preset(args.preset).settings.get("estimator", "reste")
+        args._base_estimator = get_preset(args.preset).settings["estimator"]
         return config_from_preset(args.preset, **overrides_from_args(args))
     return TrainConfig.from_dict(overrides_from_args(args))
 
@@ -257,7 +247,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     rows = [("preset", "model", "estimator", "A", "epochs", "batch", "top-1", "top-5", "what")]
     for p in PRESETS.values():
         s = p.settings
-        rows.append((p.name, s["model"], s.get("estimator", "reste"), "32" if s.get("a32") else "1",
+        rows.append((p.name, s["model"], s["estimator"], "32" if s.get("a32") else "1",
                      str(s["epochs"]), str(s["batch_size"]), f"{p.top1:.2f}",
                      f"{p.top5:.2f}" if p.top5 is not None else "-", p.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -271,10 +261,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    if args.workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {args.workers}")
 
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp, download=args.download,

@@ -17,15 +17,27 @@ from typing import Any
 from .datasets import DATASETS, SPECS, get_spec
 from .errors import UsageError
 from .estimators import estimator_class, get_estimator
+from .indicators import MODES as INDICATOR_MODES
+from .layers import SCALINGS
 from .plugins import load_plugins
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCALINGS = ("layer", "channel", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # reste.engine.build_optimizer builds each
 MAX_EPOCHS = 1_000_000
 MAX_SEED = 2**63 - 1
-INDICATOR_MODES = ("general", "paper")
 AMP_MODES = ("none", "bf16", "fp16")
 DATA_DEVICES = ("auto", "cpu")
+
+
+def parse_value(text: str) -> Any:
+    """A value given as text (``--model-option``, a ``--grid`` value): int, float, bool (true/false), None
+    (none/null) or the string itself."""
+    text = text.strip()
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
 
 
 def check_model_options(model: str, options: dict[str, Any]) -> None:

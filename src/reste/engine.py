@@ -52,7 +52,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models, resumption
-from .config import AMP_MODES, TrainConfig, check_data_path, max_threads
+from .config import AMP_MODES, OPTIMIZERS, TrainConfig, check_data_path, max_threads
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -143,7 +143,9 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
                                **extra)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
+    raise UsageError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 # ------------------------------------------------------------------ evaluation
@@ -213,6 +215,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     result reproduces the test accuracy logged during training; ``"none"`` evaluates in float32.
     ``download`` fetches the data set's files first where it can (torchvision), as training does.
     """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
     if Path(path).is_dir() and (Path(path) / SWEEP_MANIFEST).is_file():
         raise UsageError(sweep_folder_hint(path))
     ckpt = load_checkpoint(path)

@@ -50,6 +50,8 @@ CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.p
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)
 TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
 TENSORBOARD_DIR = "tensorboard"  # --tensorboard without a folder: the run's events, inside the run directory
+TRAIN_LOG = "train.log"  # a sweep's run logs its lines here
+CURVES = "curves.png"  # `reste plot RUN_DIR`'s figure of one run
 # a sweep's record that the run diverged (non-finite loss): the sweep does not train it again and the report says
 # why it is missing; a resume removes it (it tries again)
 DIVERGED = "diverged.json"
@@ -387,6 +389,19 @@ def write_config(run_dir: str | os.PathLike, config: TrainConfig) -> None:
     """Write ``config.json`` (atomically)."""
     text = json.dumps(config.to_dict(), indent=2).encode()
     atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(text))
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Refuse, with one line, an output ``path`` (an export, predictions) that would overwrite a file of a run:
+    a checkpoint (any ``.pt``), its settings, metrics, lock, log, figure or record, or a file in its ``top/`` or
+    ``tensorboard/`` folder."""
+    path = Path(path)
+    folder = path.parent
+    names = (*RUN_FILES, LOCK_NAME, DIVERGED, TRAIN_LOG, CURVES)
+    if (folder / CONFIG).is_file() and (path.suffix == ".pt" or path.name in names):
+        raise UsageError(f"{path} would overwrite a file of the run in {folder}; pass another output path")
+    if folder.name in (TOP_DIR, TENSORBOARD_DIR) and (folder.parent / CONFIG).is_file():
+        raise UsageError(f"{path} would write into the run's {folder.name}/ folder; pass another output path")
 
 
 def record_divergence(run_dir: str | os.PathLike, epoch: int | None, step: int | None) -> None:

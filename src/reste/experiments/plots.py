@@ -18,7 +18,7 @@ import torch
 from ..errors import UsageError
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import RUN_LEVEL
-from ..rundir import read_metrics, run_config, schedule_fields
+from ..rundir import CURVES, read_metrics, run_config, schedule_fields
 
 LABELS = {"estimating_error": "estimating error", "gradient_stability": "gradient stability (var |grad|)"}
 
@@ -165,7 +165,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> 
         _save(None, out)  # the one-line refusal, before any work
     fig = runs_figure(dirs)
     if out is None:
-        out = dirs[0] / "curves.png" if len(dirs) == 1 else Path("curves.png")
+        out = dirs[0] / CURVES if len(dirs) == 1 else Path(CURVES)
     return _save(fig, out)
 
 

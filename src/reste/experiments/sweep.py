@@ -37,15 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import TrainConfig, idle_data_flags
+from ..config import TrainConfig, idle_data_flags, parse_value
 from ..datasets import get_spec
 from ..models import model_keywords
 from ..errors import UsageError
 from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
-from ..rundir import (CONFIG, RESUME_FREE, RunInUse, epoch_end_whole, holds_run, last_checkpoint, make_folders,
-                      read_metrics, record_divergence, remove_folders)
+from ..rundir import (CONFIG, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, holds_run, last_checkpoint,
+                      make_folders, read_metrics, record_divergence, remove_folders)
 from .identity import canonical, config_key
 from .report import MANIFEST, collect, run_status, summarize
 
@@ -116,17 +116,6 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
         f"hyper-parameter ({', '.join(_all_estimator_keywords() + sorted(aliases))}) or a model option "
         f"({', '.join(model_keys) or 'none for this model'})"
     )
-
-
-def parse_value(text: str) -> Any:
-    """A grid value: int, float, bool (true/false), None (none/null) or the string itself."""
-    text = text.strip()
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
@@ -316,7 +305,7 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         raise engine.Preempted("not started: the sweep is stopping", _WORKER["stopped"])
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = _file_log(run_dir / "train.log")
+    log = _file_log(run_dir / TRAIN_LOG)
     start = time.time()
     _WORKER["running"] = True
     try:

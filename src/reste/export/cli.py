@@ -54,7 +54,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--output", "-o", help="where to write the predictions (.npy; default IMAGES.pred.npy)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256)")
-    p.add_argument("--backend", choices=("auto", "c", "numpy"), default="auto",
+    from .kernels import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="XOR/popcount kernels: compiled C (auto when a compiler exists) or NumPy")
     p.set_defaults(func=cmd_predict)
 
@@ -103,7 +105,7 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
     command's ``inputs``, or that is a run's checkpoint (before any work)."""
     import os
 
-    from ..rundir import CONFIG, DIVERGED, LOCK_NAME, RUN_FILES, TENSORBOARD_DIR, TOP_DIR
+    from ..rundir import check_output_path
 
     folder = path.parent
     if path.is_dir():
@@ -111,11 +113,7 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
     for given in inputs:
         if given is not None and path.exists() and Path(given).exists() and path.samefile(given):
             raise UsageError(f"{path} is an input of this command; pass another output path")
-    if (folder / CONFIG).is_file() and (path.suffix == ".pt" or path.name in (*RUN_FILES, LOCK_NAME, DIVERGED,
-                                                                                  "train.log", "curves.png")):
-        raise UsageError(f"{path} would overwrite a file of the run in {folder}; pass another output path")
-    if folder.name in (TOP_DIR, TENSORBOARD_DIR) and (folder.parent / CONFIG).is_file():
-        raise UsageError(f"{path} would write into the run's {folder.name}/ folder; pass another output path")
+    check_output_path(path)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"cannot write {path}: {folder} is a file, not a folder")
     if not folder.is_dir():

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..rundir import check_output_path
 from . import format as fmt
 from . import ir
 from .graph import Bits, eval_mode, to_graph
@@ -95,6 +96,7 @@ def export_model(
             ``pixel_scale``, as ``Preprocessing(...).to_meta()`` gives them) let the packed model
             take raw images (``reste predict model.rbnn photo.png``).
     """
+    check_output_path(path)
     input_size = _checked_input_size(input_size)
     meta = _checked_meta(meta, input_size)
     with eval_mode(model):

@@ -5,15 +5,17 @@ set's preprocessing in its header, and optionally the ONNX file."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .. import models
 from ..checkpoint import load_checkpoint, model_arguments, model_from_checkpoint
 from ..datasets import get_spec
 from ..errors import UsageError
+from ..rundir import check_output_path
 from . import ir
 from .exporter import export_model
-from .onnx_export import export_onnx
+from .onnx_export import export_onnx, require_onnx
 
 
 def _spec(dataset: Any) -> Any:
@@ -47,7 +49,17 @@ def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str,
 def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *,
                       onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
-    (and, with ``onnx_path``, an ONNX file); returns the size report."""
+    (and, with ``onnx_path``, an ONNX file); returns the size report. Neither may be the checkpoint, each other,
+    or a file of a run (``reste.rundir.check_output_path``)."""
+    for out in (out_path, onnx_path):
+        if out is not None and Path(out).exists() and Path(ckpt_path).exists() and Path(out).samefile(ckpt_path):
+            raise UsageError(f"{out} is the checkpoint being exported; pass another output path")
+        if out is not None:
+            check_output_path(out)
+    if onnx_path is not None:
+        if Path(onnx_path).resolve() == Path(out_path).resolve():
+            raise UsageError(f"the ONNX path {onnx_path} is the packed file itself; pass another ONNX path")
+        require_onnx()  # before the packed file is written
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     config = ckpt.get("config") or {}

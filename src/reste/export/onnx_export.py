@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..rundir import check_output_path
 
 OPSET = 18
 
@@ -93,6 +94,15 @@ def _export(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool) -> None
             torch.onnx.export(model, (x,), str(path), dynamo=False, do_constant_folding=True, **kwargs)
 
 
+def require_onnx() -> None:
+    """Refuse, with the command that installs it, an ONNX export without the ``onnx`` package (both of
+    PyTorch's exporters need it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise UsageError("ONNX export needs the onnx package: pip install 'reste[onnx]'")
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, ...], *,
                 check: bool = True) -> dict[str, Any]:
     """Write the eval-mode ``model`` as ONNX (input ``images`` (N, *input_size), output ``logits``).
@@ -103,6 +113,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     Returns ``{"path", "bytes", "exporter"}`` and the check's keys.
     """
     path = Path(path)
+    check_output_path(path)
+    require_onnx()
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
     deploy = deploy_model(model)

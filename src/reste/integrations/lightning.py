@@ -11,7 +11,7 @@ estimating error and gradient stability (``reste/estimating_error``,
 ``reste/gradient_stability``) through the trainer's logger at the epoch's end.
 The meter's history is saved in Lightning checkpoints with the callback's state.
 
-Needs Lightning: ``pip install reste[lightning]``.
+Needs Lightning: ``pip install 'reste[lightning]'``.
 """
 
 from __future__ import annotations

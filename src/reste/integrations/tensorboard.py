@@ -1,6 +1,6 @@
 """TensorBoard logging of ``reste train`` runs (``reste train --tensorboard [DIR]``).
 
-Needs the ``tensorboard`` package: ``pip install reste[tensorboard]``. The writer is
+Needs the ``tensorboard`` package: ``pip install 'reste[tensorboard]'``. The writer is
 ``torch.utils.tensorboard.SummaryWriter``; the step of every value is the epoch (1-based,
 the ``epoch`` of ``metrics.jsonl``). After each finished epoch it logs
 
@@ -33,7 +33,7 @@ from ..indicators import EquilibriumMeter, estimating_error, gradient_stability,
 from ..layers import estimators_of, schedule_values
 from ..rundir import TENSORBOARD_DIR, last_checkpoint, read_metrics
 
-INSTALL = "pip install reste[tensorboard]"
+INSTALL = "pip install 'reste[tensorboard]'"
 IN_RUN = TENSORBOARD_DIR  # the default folder, inside the run directory
 
 
