@@ -380,6 +380,33 @@ def test_a_failed_build_warns_once_and_leaves_the_triton_path(monkeypatch):
     assert type(y.grad_fn).__name__ == "_SignFunctionBackward"
 
 
+def test_an_unwritable_cache_builds_the_extension_elsewhere(tmp_path, monkeypatch):
+    """A read-only home or a bad $RESTE_CACHE: the extension is built in this user's own temporary folder, as the
+    C kernels are (review Y: a FileNotFoundError before)."""
+    from torch.utils import cpp_extension
+
+    from reste import native
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "a-file"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(cuda_ext, "_STATE", [])
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def load(**kwargs):
+        seen.append(Path(kwargs["build_directory"]))
+        raise Stop
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    with pytest.raises(Stop):
+        cuda_ext.build(cuda=False)
+    assert seen and seen[0].is_dir() and seen[0].parent.parent.name.startswith("reste-cache-")
+
+
 def test_without_nvcc_cuda_tensors_are_refused_in_one_line(monkeypatch):
     """No CUDA toolkit: building for CUDA tensors stops before compiling, with a one-line reason; a build
     made for CPU tensors in the same process is not used for CUDA tensors (it has no CUDA kernels)."""

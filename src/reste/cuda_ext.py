@@ -54,7 +54,7 @@ from torch import Tensor
 
 from . import fused
 from .kernel_args import KINDS, autocast_dtype, kernel_scalars
-from .native import EnvSwitch, cache_dir
+from .native import EnvSwitch, writable_cache
 
 __all__ = ["available", "binary_sign", "build", "cuda_home", "error", "forced", "may_take", "requested",
            "scaled_sign", "set_enabled", "sign"]
@@ -147,7 +147,7 @@ def build(cuda: bool | None = None) -> str:
                 raise RuntimeError("no CUDA toolkit: nvcc was not found (put it on PATH or set CUDA_HOME)")
             cpp_extension.CUDA_HOME = home  # torch's build reads its own guess, made once at its import
         name = _build_name(with_cuda)
-        directory = cache_dir() / "ext" / name
+        directory = writable_cache() / "ext" / name  # a read-only cache folder: the temporary one
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / f"{name}.so").exists():
             print(f"reste: building the {'C++/CUDA' if with_cuda else 'C++'} extension in {directory} "

@@ -106,13 +106,19 @@ def _writable(folder: Path) -> Path:
     return fallback
 
 
+def writable_cache() -> Path:
+    """:func:`cache_dir`, made if needed, or this user's own folder under the temporary directory where it
+    cannot be written; ``OSError`` when neither can be used."""
+    return _writable(cache_dir())
+
+
 def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> ctypes.CDLL:
     """Compile ``source`` (or load the cached build) and return it; ``OSError`` when nothing compiles."""
     compiler = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
     if compiler is None:
         raise OSError("no C compiler found (set $CC)")
     errors = []
-    root = _writable(cache_dir())
+    root = writable_cache()
     for flags in flag_sets:
         key = hashlib.sha256("\0".join([source, compiler, *flags, _cpu_tag(), sys.platform]).encode()).hexdigest()
         lib = root / f"{name}_{key[:20]}.so"
