@@ -727,7 +727,7 @@ def test_the_bar_is_drawn_on_a_terminal_only(monkeypatch):
     import argparse
     import io
 
-    from reste.cli import _bar
+    from reste.flags import show_bar as _bar
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -437,3 +437,12 @@ def test_summary_totals(name):
     text = models.format_totals(totals)
     assert "x".join(map(str, size)) in text and f"{totals['params']:,}" in text
     assert f"compression {totals['compression']:.1f}x" in text
+
+
+def test_a_models_classes_and_input_size_are_its_data_sets_unless_given():
+    from reste.datasets import get_spec
+
+    for name in models.list_models():
+        info = models.model_info(name)
+        spec = get_spec(info["dataset"])
+        assert (info["num_classes"], info["input_size"]) == (spec.num_classes, spec.input_size), name

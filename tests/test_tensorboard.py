@@ -195,7 +195,7 @@ def test_without_the_package_one_line_and_exit_2_before_any_data(capsys, tmp_pat
     code = main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run"), "--tensorboard"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and err[0].startswith("reste: error: ") and "pip install reste[tensorboard]" in err[0]
+    assert len(err) == 1 and err[0].startswith("reste: error: ") and "pip install 'reste[tensorboard]'" in err[0]
     assert not (tmp_path / "run").exists()
 
 

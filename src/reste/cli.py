@@ -20,17 +20,10 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-from .config import TrainConfig, parse_value
-from .datasets import DATASETS
 from .errors import UsageError
-from .estimators import estimator_flags, list_estimators
-from .plugins import add_plugin_flag, load_plugins, plugins_in_argv, saved_form
-
-# Train flags that map one-to-one onto TrainConfig fields.
-CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
-                "batch_size", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
-                "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile",
-                "cuda_graphs", "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
+# the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
+from .flags import add_train_flags, config_from_args, overrides_from_args, parse_model_options, show_bar, terminal
+from .plugins import add_plugin_flag, load_plugins, plugins_in_argv
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,175 +31,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def _add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
-    """The flags of ``reste train``; ``sweep``: as ``reste sweep`` takes them (its --out is the sweep's folder,
-    and it has no --resume or --force: running a sweep again continues it)."""
-    g = p.add_argument_group("what to train")
-    g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
-    g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default {TrainConfig.dataset})")
-    g.add_argument("--data-path", "--data_path", dest="data_path", help="data set folder")
-    g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
-    g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")
-    g.add_argument("--estimator", help=f"{', '.join(list_estimators())} (default {TrainConfig.estimator}; "
-                   "any case, with or "
-                   "without - and _, and larq's ste_sign and swish_sign)")
-    add_plugin_flag(g)
-    g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
-    g.add_argument("--scaling", help="weight scaling: layer (default), channel or none")
-    g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
-                   help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable)")
-    _add_estimator_flags(p)
-    o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
-    o.add_argument("--epochs", type=int, help="number of training epochs")
-    o.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop and flip of the train images (default: the data set's recipe; "
-                        "digits has none)")
-    o.add_argument("--batch-size", "--batch_size", "-b", dest="batch_size", type=int,
-                   help="training batch size (per process under torchrun)")
-    o.add_argument("--eval-batch-size", "--batch_size_test", dest="eval_batch_size", type=int,
-                   help="batch size of the test-split evaluation")
-    o.add_argument("--optimizer", help="sgd, adam or adamw (default: the data set's recipe)")
-    o.add_argument("--lr", type=float, help="peak learning rate (cosine decay to 0 after the warm-up)")
-    o.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float,
-                   help="weight decay (default: the data set's recipe)")
-    o.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    o.add_argument("--warm-up", "--warm_up", dest="warm_up", type=int, nargs="?", const=5,
-                   help="linear warm-up epochs (bare flag: 5, as the paper on CIFAR-10)")
-    o.add_argument("--indicators", nargs="?", const="general",
-                   help="log the estimating error and gradient stability: general (default) or paper")
-    o.add_argument("--cal_ind", "--cal-ind", dest="indicators", action="store_const", const="paper",
-                   help="the authors' flag: --indicators paper")
-    o.add_argument("--seed", type=int, help="random seed (default 0)")
-    r = p.add_argument_group("machine")
-    r.add_argument("--workers", type=int, help="data loading processes (default: 0; ImageNet up to 8)")
-    r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
-    r.add_argument("--data-device", dest="data_device",
-                   help="where digits, Fashion-MNIST and CIFAR-10 live, as uint8, with crop, flip and "
-                        "normalisation batched there: auto (default: the training device) or cpu")
-    r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is best on a busy CPU)")
-    r.add_argument("--amp", help="mixed precision: none (default), bf16 or fp16 (on the CPU bf16; fp16 with a "
-                   "warning)")
-    r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                   help="channels_last memory format for the model and its inputs")
-    r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    r.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
-                   help="GPU: replay each training step as one CUDA graph, recaptured each epoch, and the "
-                        "test evaluation's forward (drops the last partial train batch; not with --compile, "
-                        "--amp fp16 or torchrun)")
-    r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
-                   help="with torchrun: keep per-process BatchNorm statistics")
-    g2 = p.add_argument_group("run directory")
-    if sweep:
-        g2.add_argument("--out", help="the sweep's folder (required): its tables, figures and, by default, its runs")
-    else:
-        g2.add_argument("--out", help="run directory (default runs/MODEL-ESTIMATOR-TIME)")
-        g2.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue this run from its last checkpoint (an epoch's end, or inside an epoch "
-                             "after SIGTERM, SIGUSR1 or --save-every)")
-        g2.add_argument("--auto-resume", dest="auto_resume", action="store_true",
-                        help="with --out: continue the run in that folder when it holds one (as --resume does, "
-                             "with the same flags), else start it: one command for the first start and every "
-                             "restart (torchrun --max-restarts, SLURM --requeue)")
-        g2.add_argument("--force", action="store_true",
-                        help="with --resume or --auto-resume: accept settings that differ")
-    g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
-                    help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
-    g2.add_argument("--keep-top", dest="keep_top", type=int, metavar="K",
-                    help="also keep the checkpoints of the K best epochs by test top-1, as "
-                         "RUN_DIR/top/epoch0007-acc91.23.pt (default 0: only last.pt and best.pt)")
-    g2.add_argument("--tensorboard", nargs="?", const="", type=_tensorboard_dir, metavar="DIR",
-                    help="log metrics, per-layer schedules and indicators, and the config to TensorBoard "
-                         "(pip install 'reste[tensorboard]'): in RUN_DIR/tensorboard, or in DIR")
-    g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-
-
-def _tensorboard_dir(text: str) -> str:
-    """``--tensorboard DIR``: DIR from the current folder; the bare flag (``""``): ``tensorboard``, which
-    TrainConfig takes inside the run directory."""
-    from .rundir import TENSORBOARD_DIR
-
-    return os.path.abspath(text) if text else TENSORBOARD_DIR
-
-
-def _add_estimator_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per hyper-parameter of the registered estimators, made from their tables (``Param``)."""
-    e = p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
-    taken = {a.dest for a in p._actions}
-    for dest, takers in estimator_flags().items():
-        first = takers[0][1]
-        names = "/".join(name for name, _ in takers)
-        defaults = " / ".join(dict.fromkeys(q.default_text() for _, q in takers))
-        valid = " or ".join(", ".join(first.choices).rsplit(", ", 1)) if first.choices else first.range_text()
-        options = [first.option] + (["--" + dest] if "_" in dest else [])  # the authors' spelling: --o_end
-        try:
-            if dest in taken:
-                raise argparse.ArgumentError(None, "")
-            e.add_argument(*options, dest=dest, type=None if first.type is str else first.type,
-                           metavar={float: "X", int: "N", str: "NAME"}[first.type],
-                           help=f"{names}: {first.help or first.name} ({valid + '; ' if valid else ''}"
-                                f"default {defaults})")
-        except argparse.ArgumentError:
-            raise UsageError(f"estimator {names!r}: the flag {first.option} of its hyper-parameter {first.name!r} is "
-                             f"taken by `reste train`; give it another flag= in its Param") from None
-
-
-def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
-    """``["width=16"]`` -> ``{"width": 16}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"--model-option expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = parse_value(value)
-    return out
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """TrainConfig fields given on the command line (flags left out are not included)."""
-    from .config import canonical_estimator
-
-    out: dict[str, Any] = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
-    if getattr(args, "model_options", None):
-        out["model_options"] = parse_model_options(args.model_options)
-    if getattr(args, "plugins", None):
-        out["plugins"] = [saved_form(spec) for spec in args.plugins]
-    flags = estimator_flags()
-    given = {dest: getattr(args, dest) for dest in flags if getattr(args, dest, None) is not None}
-    if given:
-        estimator = canonical_estimator(out.get("estimator") or getattr(args, "_base_estimator", None)
-                                        or TrainConfig.estimator)
-        options = {}
-        for dest, value in given.items():
-            takers = dict(flags[dest])
-            if estimator not in takers:
-                raise UsageError(f"{takers[next(iter(takers))].option} applies to the {'/'.join(takers)} estimator, "
-                                 f"not {estimator!r}")
-            options[takers[estimator].name] = value
-        out["estimator_options"] = options
-    return out
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig that `reste train` flags (and --preset) describe."""
-    from .config import config_from_preset, get_preset
-
-    if args.preset:
-        args._base_estimator = get_preset(args.preset).settings["estimator"]
-        return config_from_preset(args.preset, **overrides_from_args(args))
-    return TrainConfig.from_dict(overrides_from_args(args))
-
-
-def _bar(args: argparse.Namespace) -> bool:
-    """Whether to draw the progress bar: asked for (not --no-progress) and stderr a terminal (a log file would
-    fill with the bar's frames; the epoch lines tell the progress there)."""
-    return bool(args.progress) and _terminal()
-
-
-def _terminal() -> bool:
-    stderr = sys.stderr
-    return stderr is not None and hasattr(stderr, "isatty") and stderr.isatty()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -234,10 +58,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             what = f"preset {saved.preset}" if saved.preset else "no preset"
             raise UsageError(f"{resume} holds a run of {what}, not of --preset {args.preset}; pass another --out")
         args._base_estimator = saved.estimator
-        engine.resume(resume, overrides_from_args(args), force=args.force, progress=_bar(args), log=log)
+        engine.resume(resume, overrides_from_args(args), force=args.force, progress=show_bar(args), log=log)
         return 0
     config = config_from_args(args)
-    engine.train(config, args.out, progress=_bar(args), log=log)
+    engine.train(config, args.out, progress=show_bar(args), log=log)
     return 0
 
 
@@ -264,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp, download=args.download,
-                            progress=_terminal())
+                            progress=terminal())
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
     amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
     when = f"epoch {r['epoch']}" + (f" + {r['step']} steps" if r.get("step") else "")
@@ -322,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model (no flags: 1W1A on digits, under a minute on a CPU)")
-    _add_train_flags(p)
+    add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("presets", help="list the paper's settings with their published accuracy")

@@ -15,7 +15,7 @@ SWEEP_EXAMPLE = ("reste sweep --grid estimator=ste,reste,ede --seeds 0,1,2 --out
 
 
 def add_commands(sub: Any) -> None:
-    from ..cli import _add_train_flags
+    from ..flags import add_train_flags
 
     p = sub.add_parser(
         "sweep", help="train a grid of settings over several seeds; tables and figures of the results",
@@ -34,7 +34,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--runs-dir", dest="runs_dir",
                    help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
-    _add_train_flags(p, sweep=True)
+    add_train_flags(p, sweep=True)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="re-write the tables and figures of a sweep folder (also mid-sweep)")
@@ -62,7 +62,7 @@ def add_commands(sub: Any) -> None:
 
 def base_config(args: argparse.Namespace) -> Any:
     """The fixed settings of a sweep from the `reste train` flags (and --preset)."""
-    from ..cli import config_from_args
+    from ..flags import config_from_args
 
     if getattr(args, "resume", None) or getattr(args, "force", False):
         raise UsageError("--resume/--force do not apply to a sweep: run the same sweep again to continue it")
@@ -71,7 +71,7 @@ def base_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..cli import _bar, overrides_from_args
+    from ..flags import overrides_from_args, show_bar
     from .sweep import parse_grid, parse_seeds, run_sweep
 
     if not args.out:
@@ -92,7 +92,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds else None
     failures: list[tuple[str, int, str]] = []
     rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
-                     report=args.report, log=lambda m: print(m, flush=True), flags=flags, progress=_bar(args),
+                     report=args.report, log=lambda m: print(m, flush=True), flags=flags, progress=show_bar(args),
                      failures=failures)
     return 1 if failures or any(r["n"] < r["n_runs"] for r in rows) else 0
 

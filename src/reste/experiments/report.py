@@ -17,9 +17,10 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import os
 import statistics
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..config import TrainConfig
 from ..errors import UsageError
@@ -108,6 +109,30 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     if problem:
         raise UsageError(f"{path} is damaged ({problem}); run the sweep again to rewrite it")
     return manifest
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:  # another drive (Windows)
+        return str(path.resolve())
+
+
+def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int],
+                   settings: Sequence[Any]) -> None:
+    """Write the sweep's ``sweep.json``: its base settings, grid, seeds and each setting (a
+    ``reste.experiments.sweep.Setting``: label, grid values, key, settings and the folder of each seed's run)."""
+    manifest = {
+        "base": base.to_dict(),
+        "grid": grid,
+        "seeds": list(seeds),
+        "settings": [
+            {"label": s.label, "values": s.values, "key": s.key, "config": s.config.to_dict(),
+             "runs": {str(seed): _rel(path, out_dir) for seed, path in s.runs.items()}}
+            for s in settings
+        ],
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str:

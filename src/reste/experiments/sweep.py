@@ -47,7 +47,7 @@ from ..checkpoint import load_checkpoint
 from ..rundir import (CONFIG, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, holds_run, last_checkpoint,
                       make_folders, read_metrics, record_divergence, remove_folders)
 from .identity import canonical, config_key
-from .report import MANIFEST, collect, run_status, summarize
+from .report import MANIFEST, collect, load_manifest, run_status, summarize, write_manifest
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
@@ -403,28 +403,6 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return os.path.relpath(path, root)
-    except ValueError:  # another drive (Windows)
-        return str(path.resolve())
-
-
-def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int],
-                   settings: list[Setting]) -> None:
-    manifest = {
-        "base": base.to_dict(),
-        "grid": grid,
-        "seeds": list(seeds),
-        "settings": [
-            {"label": s.label, "values": s.values, "key": s.key, "config": s.config.to_dict(),
-             "runs": {str(seed): _rel(path, out_dir) for seed, path in s.runs.items()}}
-            for s in settings
-        ],
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-
-
 def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Sequence[int]) -> None:
     """Refuse an ``--out`` whose files the sweep would mix into or lose: a training run's folder, or a sweep
     whose settings or seeds this one leaves out (its tables would drop their rows). A study's other files (notes,
@@ -434,9 +412,9 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
     if holds_run(out):
         raise UsageError(f"{out} holds a training run; a sweep writes into a new or empty folder, or one of its own")
     try:
-        old = json.loads((out / MANIFEST).read_text())
+        old = load_manifest(out)
         planned = {(s["key"], int(seed)): s["label"] for s in old["settings"] for seed in s["runs"]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (UsageError, KeyError, TypeError):
         return  # none, or a damaged sweep.json: nothing to report from it, this sweep writes it again
     kept = {(s.key, seed) for s in settings for seed in seeds}
     dropped = {k: label for k, label in planned.items() if k not in kept}

@@ -6,7 +6,7 @@ the convolutions to binarize (``BinaryConv2d`` in the 1W1A model, ``nn.Conv2d`` 
 its full-precision twin). Decorating the function registers the binary model under
 the function's name and, with ``twin=...``, the float twin as well::
 
-    @register_model(dataset="cifar10", num_classes=10, input_size=(3, 32, 32), twin="resnet20")
+    @register_model(dataset="cifar10", twin="resnet20")  # classes and input size: the data set's
     def resnet20_1w1a(*, num_classes: int, conv: ConvBuilder) -> nn.Module:
         ...
 """
@@ -20,7 +20,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .. import plugins
-from ..datasets import DATASETS
+from ..datasets import DATASETS, get_spec
 from ..errors import UsageError
 from ..estimators import Estimator, estimator_class, get_estimator
 from ..layers import SCALINGS, BinaryConv2d, BinaryLinear
@@ -76,14 +76,16 @@ class ConvBuilder:
 def register_model(
     *,
     dataset: str,
-    num_classes: int,
-    input_size: tuple[int, int, int],
+    num_classes: int | None = None,
+    input_size: tuple[int, ...] | None = None,
     twin: str | None = None,
     binary: bool = True,
     mixed_estimators: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a keyword-only factory ``fn(*, num_classes, conv, **options)`` under its name.
 
+    ``num_classes`` and ``input_size`` default to those of ``dataset`` (its ``DatasetSpec``); give them for a
+    model made for another size.
     ``twin`` also registers the float twin of a binary model (same factory, with
     ``nn.Conv2d`` for the binary convolutions) under that name. ``mixed_estimators``: the
     factory gives some binary layers estimators of its own on purpose (a Bi-Real-style
@@ -91,6 +93,9 @@ def register_model(
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    spec = get_spec(dataset)
+    num_classes = spec.num_classes if num_classes is None else num_classes
+    input_size = spec.input_size if input_size is None else input_size
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         names = [(fn.__name__, binary)] + ([(twin, not binary)] if twin else [])

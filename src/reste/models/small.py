@@ -36,7 +36,7 @@ class DigitsNet(nn.Module):
         return self.fc(self.bn(torch.flatten(self.pool(x), 1)))
 
 
-@register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8), twin="digits")
+@register_model(dataset="digits", twin="digits")
 def digits_1w1a(*, num_classes: int, conv: ConvBuilder) -> nn.Module:
     """A tiny BNN for scikit-learn's 8x8 digits (1,797 images): 28,970 parameters, 27,648 binary.
 
@@ -46,7 +46,7 @@ def digits_1w1a(*, num_classes: int, conv: ConvBuilder) -> nn.Module:
     return kaiming_init(DigitsNet(conv, num_classes))
 
 
-@register_model(dataset="fashion-mnist", num_classes=10, input_size=(1, 28, 28), twin="fmnist_vgg")
+@register_model(dataset="fashion-mnist", twin="fmnist_vgg")
 def fmnist_vgg_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 32) -> nn.Module:
     """VGG-small for 1x28x28 Fashion-MNIST, downsampled early to suit a CPU.
 
@@ -62,7 +62,7 @@ def fmnist_vgg_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 32) -> 
     return VGGSmall(conv, widths, num_classes, in_channels=1, image_size=28, stem_stride=2, pool_after=(0, 3))
 
 
-@register_model(dataset="fashion-mnist", num_classes=10, input_size=(1, 28, 28), twin="fmnist_vgg28")
+@register_model(dataset="fashion-mnist", twin="fmnist_vgg28")
 def fmnist_vgg28_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 32) -> nn.Module:
     """A VGG-like BNN for 1x28x28 Fashion-MNIST that keeps the resolution: binary convolutions at
     28x28 and 14x14.
