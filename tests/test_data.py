@@ -825,3 +825,47 @@ def test_data_flags_that_would_be_ignored_are_refused():
     saved = TrainConfig.from_saved({"dataset": "fashion-mnist", "model": "fmnist_vgg_1w1a", "estimator": "reste",
                                     "epochs": 2, "seed": 0, "workers": 4})
     assert saved.workers == 0
+
+
+# ------------------------------------------------------------------ randomness across epochs (review X)
+
+
+def test_each_epoch_draws_its_own_order():
+    from reste.data.sampling import epoch_order
+
+    orders = [epoch_order(1000, 7, e) for e in range(3)]
+    assert all(sorted(o.tolist()) == list(range(1000)) for o in orders)
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+    assert torch.equal(orders[1], epoch_order(1000, 7, 1)) and not torch.equal(orders[1], epoch_order(1000, 8, 1))
+
+
+def test_a_samples_augmentation_changes_with_the_epoch_and_only_with_its_key():
+    """The per-image transform path (CIFAR-10 from files, ImageNet): the same image gets another random crop in
+    another epoch, the same one for the same (seed, epoch, index)."""
+    from reste.data.sampling import TransformDataset
+
+    base = [(torch.zeros(1), 0)] * 50
+    ds = TransformDataset(base, transform=lambda image: image + torch.rand(1))
+    draws = {e: torch.stack([ds[(3, e, i)][0] for i in range(50)]) for e in (0, 1)}
+    assert torch.equal(draws[0], torch.stack([ds[(3, 0, i)][0] for i in range(50)]))
+    assert not torch.isclose(draws[0], draws[1]).any()
+    assert len(set(draws[0].flatten().tolist())) == 50  # and each image its own
+
+
+def test_the_batched_flip_is_a_fair_coin():
+    """Half the images flipped: 20,000 draws within 5 standard deviations (0.0177) of one half."""
+    flip = RandomCropFlip(size=8, padding=2).draw(20000, 8, 8, torch.Generator().manual_seed(0))[2]
+    assert abs(flip.float().mean().item() - 0.5) < 5 * 0.5 / 20000 ** 0.5
+
+
+@pytest.mark.parametrize("n, world", [(10, 4), (3, 4), (8, 4), (11, 3)])
+def test_a_shard_is_what_distributed_sampler_gives(n, world):
+    """Padded from the start of the order, every world-th index from the rank: torch's DistributedSampler rule."""
+    from torch.utils.data import DistributedSampler
+
+    from reste.data.sampling import shard
+
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    for rank in range(world):
+        sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False)
+        assert shard(order, rank, world).tolist() == [order[i].item() for i in sampler], (rank, world)

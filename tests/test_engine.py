@@ -92,6 +92,44 @@ def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
     assert strip(rundir.read_metrics(tmp_path / "full")) == strip(rundir.read_metrics(tmp_path / "cut"))
     assert a["indicators"]["history"] == b["indicators"]["history"]
+    # the best epoch survives the resume: a resume with nothing left to train reports the run's own best
+    full = engine.resume(tmp_path / "full", progress=False, log=quiet)
+    again = engine.resume(tmp_path / "cut", progress=False, log=quiet)
+    best = max(rundir.read_metrics(tmp_path / "full"), key=lambda m: m["test_acc"])
+    assert (full["best_acc"], full["best_epoch"]) == (again["best_acc"], again["best_epoch"]) == (
+        best["test_acc"], best["epoch"])
+    assert load_checkpoint(tmp_path / "cut" / "best.pt")["epoch"] == best["epoch"]
+
+
+def test_resume_restores_the_random_state_a_model_draws_from(tmp_path, monkeypatch):
+    """A model that draws from torch's generator while training (dropout) resumes exactly: the checkpoint's
+    RNG state comes back (the built-in models draw nothing, so only such a model can tell)."""
+    original = engine.build_model
+
+    def with_dropout(config, num_classes):
+        model = original(config, num_classes)
+        forward = model.forward
+        model.forward = lambda x: torch.nn.functional.dropout(forward(x), 0.5, model.training)
+        return model
+
+    monkeypatch.setattr(engine, "build_model", with_dropout)
+    cfg = small(epochs=2)
+    engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
+    original_epoch = engine._Run.train_epoch
+
+    def stop_at_1(self, epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original_epoch(self, epoch, *args)
+
+    monkeypatch.setattr(engine._Run, "train_epoch", stop_at_1)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
+    monkeypatch.setattr(engine._Run, "train_epoch", original_epoch)
+    torch.manual_seed(12345)  # whatever the generator holds before the resume
+    engine.resume(tmp_path / "cut", progress=False, log=quiet)
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items() if isinstance(v, torch.Tensor))
 
 
 def test_resume_refuses_different_settings(tmp_path):

@@ -94,3 +94,22 @@ def test_learning_rate_without_warm_up():
 def test_learning_rate_validation(kwargs):
     with pytest.raises(ValueError):
         schedules.learning_rate(**kwargs)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "log", "constant"])
+def test_past_its_epochs_a_ramp_holds_its_end(kind):
+    end = 1.0 if kind == "constant" else 3.0
+    assert [schedules.ramp(kind, 1.0, 3.0, e, 10) for e in (10, 11, 20, 1e6)] == [pytest.approx(end)] * 4
+
+
+def test_fdas_term_count_is_exact_where_the_ramp_lands_on_an_integer_in_floats_just_below():
+    """n from 0 to 22 over 22 epochs: at epoch 15 the linear ramp is 14.999999999999998 in floats; n is 15."""
+    from reste.estimators import get_estimator
+
+    fda = get_estimator("fda", n=0, n_end=22)
+    assert schedules.ramp("linear", 0, 22, 15, 22) < 15
+    counts = []
+    for epoch in range(22):
+        fda.set_progress(epoch, 22)
+        counts.append(fda.n)
+    assert counts == list(range(22))
