@@ -29,7 +29,7 @@ def test_resume_a_finished_run_does_nothing(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
-    assert "already finished 1 epochs" in capsys.readouterr().out
+    assert "already finished 1 epoch;" in capsys.readouterr().out
 
 
 def test_presets_lists_every_row_with_its_accuracy(capsys):

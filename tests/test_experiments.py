@@ -656,7 +656,7 @@ def test_the_heading_names_what_the_settings_trained(sweep, tmp_path):
     out, _ = _copy(sweep, tmp_path)
     manifest = json.loads((out / "sweep.json").read_text())
     manifest["base"]["epochs"] = None  # the data set's default, resolved in each setting's config
-    assert markdown_table(manifest, []).startswith("digits, digits_1w1a, 1 epochs, seeds 0;")
+    assert markdown_table(manifest, []).startswith("digits, digits_1w1a, 1 epoch, seeds 0;")
     manifest["settings"][1]["config"]["epochs"] = 2
     assert markdown_table(manifest, []).startswith("digits, digits_1w1a, epochs per setting, seeds 0;")
 
@@ -823,3 +823,30 @@ def test_a_grid_of_model_options_works_under_a_data_set_alias():
     """The default model of --dataset fmnist is the one of fashion-mnist, whose model options are grid axes."""
     settings = expand_grid(TrainConfig(dataset="fmnist"), {"width": [8, 16]})
     assert [s.config.model_options for s in settings] == [{"width": 8}, {"width": 16}]
+
+
+def test_a_figure_that_cannot_be_written_leaves_the_one_that_was_there(tmp_path, monkeypatch):
+    """A full disk while drawing: one line, and the earlier figure whole (an empty file before; review T)."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from reste.experiments import plots
+
+    fig = Figure()
+    fig.add_subplot().plot([1, 2])
+    out = tmp_path / "f.png"
+    plots._save(fig, out)
+    before = out.read_bytes()
+
+    def full(self, target, *a, **k):  # a few bytes written, then the disk is full
+        if hasattr(target, "write"):
+            target.write(PNG[:3])
+        else:
+            Path(target).write_bytes(PNG[:3])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(UsageError, match=r"cannot write .* \(No space left on device\)"):
+        plots._save(fig, out)
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["f.png"]

@@ -175,7 +175,7 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     assert r.returncode == 0 and "top-1" in r.stdout, r.stderr
     r = _reste("eval", str(run), "--device", "cpu", cwd=elsewhere)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown estimator 'myest'" in r.stderr, r.stderr
-    assert "--plugin" in r.stderr
+    assert "the run trained with --plugin myest_plugin: pass the same --plugin" in r.stderr
     r = _reste("export", str(run), str(tmp_path / "model.rbnn"), "--plugin", str(plugin_file), cwd=elsewhere)
     assert r.returncode == 0 and (tmp_path / "model.rbnn").is_file(), r.stderr
 

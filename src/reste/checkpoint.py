@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import models
+from . import models, plugins
 from .errors import UsageError, read_user_file
 
 FORMAT = "reste-checkpoint"
@@ -240,7 +240,15 @@ def state_dict_error(err: RuntimeError) -> str:
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in a checkpoint (eval mode)."""
     options, settings = model_arguments(ckpt)
-    model = models.create(ckpt["model_name"], **settings, **options)
+    try:
+        model = models.create(ckpt["model_name"], **settings, **options)
+    except UsageError as err:  # an estimator or model of the run's plugin: name it (loading is never automatic)
+        config = ckpt.get("config")
+        missing = plugins.not_loaded(config.get("plugins") if isinstance(config, dict) else None)
+        if not missing:
+            raise
+        raise UsageError(f"{str(err).split(' (')[0]}; the run trained with --plugin {' '.join(missing)}: pass the "
+                         "same --plugin (only --resume loads a run's plugins itself)") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -40,6 +40,14 @@ def parse_value(text: str) -> Any:
     return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
 
 
+def check_workers(dataset: str, workers: int | None) -> None:
+    """Refuse DataLoader worker processes for a data set held in memory (which has none to give them)."""
+    spec = get_spec(dataset)
+    if workers and spec.fits_in_memory:
+        raise UsageError(f"{spec.name} is held in memory and batched there, without worker processes; drop "
+                         "--workers (it is for data sets read from files, ImageNet)")
+
+
 def check_model_options(model: str, options: dict[str, Any]) -> None:
     """Refuse a ``--model-option`` that model ``model``'s factory does not take (one line, listing those it takes)."""
     from .models import model_keywords
@@ -197,9 +205,7 @@ class TrainConfig:
         spec = get_spec(self.dataset)
         if self.augment and not spec.augments:
             raise UsageError(f"{self.dataset} has no train augmentation; drop --augment")
-        if self.workers and spec.fits_in_memory:
-            raise UsageError(f"{spec.name} is held in memory and batched there, without worker processes; drop "
-                             "--workers (it is for data sets read from files, ImageNet)")
+        check_workers(spec.name, self.workers)
         if self.data_device != "auto" and not spec.fits_in_memory:
             raise UsageError(f"{spec.name} is read from files by DataLoader workers; --data-device is for the "
                              "data sets held in memory: drop it")

@@ -52,7 +52,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models, resumption
-from .config import AMP_MODES, OPTIMIZERS, TrainConfig, check_data_path, max_threads
+from .config import AMP_MODES, OPTIMIZERS, TrainConfig, check_data_path, check_workers, max_threads
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -224,6 +224,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
     check_data_path(config.dataset, data_path, download)
+    check_workers(config.dataset, workers)
     amp = config.amp if amp is None else amp
     if amp not in AMP_MODES:
         raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
@@ -716,7 +717,8 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 def format_result(r: dict[str, Any]) -> str:
     line = (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}), "
-            f"final test acc {r['final_acc']:.2f}% after {r['epochs']} epochs, {r['seconds']:.0f}s -> {r['run_dir']}")
+            f"final test acc {r['final_acc']:.2f}% after {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, "
+            f"{r['seconds']:.0f}s -> {r['run_dir']}")
     if r.get("indicators"):  # the run-level values (reste.indicators.run_level: paper mode sums the stability)
         mode = r.get("indicators_mode", "general")
         error, stability = RUN_LEVEL[mode]
@@ -882,7 +884,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
             if config.keep_top:  # a crash may have come before the epoch's copy or the removals
                 keep_top(run_dir, config.keep_top, ckpt["epoch"], None if ckpt.get("step") else last.read_bytes())
     if idle:
-        run.log(f"{run_dir} already finished {config.epochs} epochs; nothing to do")
+        run.log(f"{run_dir} already finished {config.epochs} epoch{'s' * (config.epochs != 1)}; nothing to do")
     elif run.start_step:
         run.log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{config.epochs}, step "
                 f"{run.start_step + 1}/{len(run.train_loader)}")

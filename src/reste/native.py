@@ -146,7 +146,7 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
                 return ctypes.CDLL(str(lib))
             except OSError as err:
                 errors.append(str(err))
-    raise OSError(f"could not compile the {name} kernels: {errors}")
+    raise OSError(f"could not compile the {name} kernels: {'; '.join(dict.fromkeys(errors))}")  # each error once
 
 
 class NativeLibrary:

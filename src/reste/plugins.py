@@ -83,6 +83,13 @@ def load_plugins(specs: Iterable[str]) -> None:
         load_plugin(spec)
 
 
+def not_loaded(specs: Iterable[str] | None) -> list[str]:
+    """Those of ``specs`` (``--plugin`` values in their saved form, as a run's ``config.json`` records them) that
+    this process has not loaded."""
+    loaded = {saved_form(spec) for spec in _loaded}
+    return [spec for spec in specs or () if isinstance(spec, str) and saved_form(spec) not in loaded]
+
+
 def _import_module(name: str) -> ModuleType:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # "importable from the current folder", also for the console script

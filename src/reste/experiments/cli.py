@@ -54,7 +54,7 @@ def add_commands(sub: Any) -> None:
                    help="`estimators`, or one or more run directories")
     p.add_argument("--out", help=".png, .pdf or .svg file (default estimators.png; RUN_DIR/curves.png for one run, "
                                   "else curves.png)")
-    p.add_argument("--progress", type=float, default=0.5,
+    p.add_argument("--progress", type=float,
                    help="plot estimators: where in training scheduled estimators are drawn, 0..1 (default 0.5)")
     add_plugin_flag(p)
     p.set_defaults(func=cmd_plot)
@@ -77,7 +77,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.out:
         raise UsageError(f"a sweep needs --out DIR for its runs and tables, e.g. {SWEEP_EXAMPLE}")
     grid = parse_grid(args.grid)
-    if args.seeds and args.seed is not None:
+    if args.seeds is not None and args.seed is not None:
         raise UsageError("--seed and --seeds both given; a sweep trains the seeds of --seeds only")
     # estimator flags apply to the estimators they belong to (--o-schedule: ReSTE's schedule, not DSQ's),
     # whichever estimators the grid trains: passed to the sweep by flag name, not as the base's keywords
@@ -89,7 +89,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if clash:
         raise UsageError(f"{clash[0]!r} is both a grid axis and a fixed flag; give its values in --grid only")
     base = base_config(args)
-    seeds = parse_seeds(args.seeds) if args.seeds else None
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     failures: list[tuple[str, int, str]] = []
     rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
                      report=args.report, log=lambda m: print(m, flush=True), flags=flags, progress=show_bar(args),
@@ -130,8 +130,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if len(args.targets) > 1:
             raise UsageError("`reste plot estimators` takes no run directories; plot runs with "
                              "`reste plot RUN_DIR...`")
-        path = plot_estimators(args.out or "estimators.png", progress=args.progress)
+        path = plot_estimators(args.out or "estimators.png", progress=0.5 if args.progress is None else args.progress)
     else:
+        if args.progress is not None:
+            raise UsageError("--progress is for `reste plot estimators` (where in training the schedules are drawn); "
+                             "a run's curves show every epoch")
         path = plot_runs(args.targets, args.out)
     print(f"wrote {path}")
     return 0

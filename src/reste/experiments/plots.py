@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..checkpoint import atomic_write
 from ..errors import UsageError
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import RUN_LEVEL
@@ -40,7 +41,8 @@ def _save(fig: Any, path: str | Path) -> Path:
                          f"not {path.name!r}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, format=path.suffix.lower()[1:])
+        # through a temporary file: a full disk leaves the figure that was there, not an empty file
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=path.suffix.lower()[1:]))
     except OSError as err:
         raise UsageError(f"cannot write {path} ({err.strerror})") from None
     return path

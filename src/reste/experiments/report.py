@@ -320,7 +320,8 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         _shared(manifest, f) for f in ("dataset", "model", "epochs"))
     one_options, options = _shared(manifest, "model_options")
     opts = ", ".join(f"{k}={v}" for k, v in (options or {}).items()) if one_options else "options per setting"
-    count = (f"{epochs} epochs" if epochs else "the data set's default epochs") if one_count else "epochs per setting"
+    count = ((f"{epochs} epoch{'s' * (epochs != 1)}" if epochs else "the data set's default epochs") if one_count
+             else "epochs per setting")
     head = (f"{dataset if one_set else 'data set per setting'}, "
             f"{(model or 'default model') if one_model else 'model per setting'}{f' ({opts})' if opts else ''}, "
             f"{count}, "
