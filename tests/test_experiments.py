@@ -850,3 +850,16 @@ def test_a_figure_that_cannot_be_written_leaves_the_one_that_was_there(tmp_path,
     with pytest.raises(UsageError, match=r"cannot write .* \(No space left on device\)"):
         plots._save(fig, out)
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["f.png"]
+
+
+def test_a_runs_status_counts_its_epochs_and_reports_its_own_final_accuracy(tmp_path):
+    """One epoch short is pending (the sweep resumes it), complete is done with the best and the last epoch's
+    accuracy, which differ here (review X: in the other fixtures the last epoch is also the best)."""
+    from reste.experiments.report import run_status
+
+    _fake_run(tmp_path / "r", [50.0, 70.0, 60.0], [3, 2, 1], [1e-5, 2e-5, 3e-5])
+    status, summary = run_status(tmp_path / "r")
+    assert status == "done" and (summary["best_acc"], summary["final_acc"], summary["epochs"]) == (70.0, 60.0, 3)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**config, "epochs": 4}))
+    assert run_status(tmp_path / "r") == ("pending", None)

@@ -277,6 +277,9 @@ def test_paper_initialisation():
     r20 = models.create("resnet20_1w1a")
     w = r20.layers[2][0].conv2.weight  # 64 x 64 x 3 x 3
     assert w.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)
+    # fan in, not out, where they differ (review X): a 16 -> 32 conv, and the 64 -> 10 classifier
+    assert r20.layers[1][0].conv1.weight.std().item() == pytest.approx(math.sqrt(2 / (16 * 9)), rel=0.05)
+    assert r20.fc.weight.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.15)
     assert all((m.weight == 1).all() and (m.bias == 0).all() for m in r20.modules() if isinstance(m, nn.BatchNorm2d))
     vgg = models.create("vgg_small_1w1a")
     assert vgg.conv5.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 512)), rel=0.05)

@@ -412,6 +412,8 @@ class Estimator(nn.Module):
         y = cuda_ext.binary_sign(kind, x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
         if y is not None:
             return y
+        if torch.compiler.is_compiling():  # the compiler fuses the PyTorch expression itself
+            return _SignFunction.apply(x, lambda z: self._g(z, **p), None)
         return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(kind, self._fused, p))
 
     def scaled_sign(self, w: Tensor, groups: int) -> Tensor | None:
