@@ -155,12 +155,15 @@ def test_grid_parsing():
         "estimator": ["ste", "reste"], "o_end": [1, 1.5], "a32": [True, False]}
     with pytest.raises(UsageError, match="given twice"):
         parse_grid(["lr=0.1", "lr=0.2"])
-    # a --model-option value is read as a --grid value is: the same option means the same run either way
+    # a --model-option value is read as a --grid value is; `none` is the string for a model option (a plugin's
+    # act=none), in both
     from reste.cli import parse_model_options
 
-    values = ["16", "0.5", "true", "none", " wide "]
+    values = ["16", "0.5", "true", " wide "]
     assert [parse_model_options([f"x={v}"])["x"] for v in values] == parse_grid([f"x={','.join(values)}"])["x"]
-    assert parse_grid(["x=none,wide"])["x"] == [None, "wide"]
+    assert parse_model_options(["act=none"]) == {"act": "none"} and parse_grid(["x=none,wide"])["x"] == [None, "wide"]
+    settings = expand_grid(TrainConfig(dataset="fmnist"), parse_grid(["width=8,none"]))
+    assert [s.config.model_options["width"] for s in settings] == [8, "none"]
 
 
 def _fake_run(run_dir: Path, accs: list[float], errors: list[float], stabs: list[float]) -> None:
@@ -863,3 +866,30 @@ def test_a_runs_status_counts_its_epochs_and_reports_its_own_final_accuracy(tmp_
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     (tmp_path / "r" / "config.json").write_text(json.dumps({**config, "epochs": 4}))
     assert run_status(tmp_path / "r") == ("pending", None)
+
+
+def test_a_diverged_run_is_counted_once_and_its_folder_takes_a_new_run(tmp_path, capsys, monkeypatch):
+    """review AA: a run reported once (its row kept) that diverges when trained again is counted as reported, not
+    also as diverged; a folder holding only the record of a run that diverged in epoch 1 takes a new run."""
+    from reste import engine
+    from reste.experiments.sweep import run_sweep
+    from reste.rundir import DIVERGED
+
+    out = tmp_path / "s"
+    base = TrainConfig(model="digits_1w1a", epochs=1, threads=1)
+    run_sweep(base, {"lr": [0.1]}, [0], out, log=lambda _m: None)
+    run = next((out / "runs").glob("*/seed0"))
+    shutil.rmtree(run)
+
+    def diverge(config, run_dir, **kw):
+        raise engine.TrainingDiverged("non-finite loss at epoch 1, step 3", 1, 3)
+
+    monkeypatch.setattr(engine, "train", diverge)
+    run_sweep(base, {"lr": [0.1]}, [0], out, log=lambda _m: None)
+    assert (run / DIVERGED).is_file()
+    (row,) = _read_csv(out / "results.csv")
+    assert (row["n"], row["n_diverged"]) == ("1", "0")
+    monkeypatch.undo()
+    assert main(["train", "--model", "digits_1w1a", "--epochs", "1", "--threads", "1", "--no-progress",
+                 "--out", str(run)]) == 0
+    assert not (run / DIVERGED).exists()

@@ -22,7 +22,11 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
-from .flags import add_train_flags, config_from_args, overrides_from_args, parse_model_options, show_bar, terminal
+from .config import parse_value  # noqa: F401 - kept for code that imported it from here
+from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
+                    parse_model_options, show_bar, terminal)
+
+_add_train_flags, _bar, _terminal = add_train_flags, show_bar, terminal  # their names before reste.flags
 from .plugins import add_plugin_flag, load_plugins, plugins_in_argv
 
 

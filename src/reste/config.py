@@ -28,16 +28,23 @@ AMP_MODES = ("none", "bf16", "fp16")
 DATA_DEVICES = ("auto", "cpu")
 
 
-def parse_value(text: str) -> Any:
+def __getattr__(name: str) -> Any:
+    if name == "DATASET_DEFAULTS":  # the recipes by data set, as this module kept a copy of them before: ask the specs
+        return {spec_name: dict(spec.defaults) for spec_name, spec in SPECS.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def parse_value(text: str, none: bool = True) -> Any:
     """A value given as text (``--model-option``, a ``--grid`` value): int, float, bool (true/false), None
-    (none/null) or the string itself."""
+    (none/null; with ``none=False`` they stay strings, as a model option's value: ``act=none``) or the string."""
     text = text.strip()
     for kind in (int, float):
         try:
             return kind(text)
         except ValueError:
             pass
-    return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
+    words = {"true": True, "false": False, **({"none": None, "null": None} if none else {})}
+    return words.get(text.lower(), text)
 
 
 def check_workers(dataset: str, workers: int | None) -> None:

@@ -37,7 +37,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
     g.add_argument("--scaling", help="weight scaling: layer (default), channel or none")
     g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
-                   help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable)")
+                   help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable); VALUE is "
+                        "read as an integer, a float, true/false, else the text")
     add_estimator_flags(p)
     o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
     o.add_argument("--epochs", type=int, help="number of training epochs")
@@ -140,7 +141,7 @@ def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise UsageError(f"--model-option expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = parse_value(value)
+        out[key.strip().replace("-", "_")] = parse_value(value, none=False)
     return out
 
 

@@ -209,8 +209,9 @@ class RunDirectory:
             if holds_run(path):
                 raise UsageError(f"{path} already holds a run; continue it with --resume {path} "
                                  "or choose another --out")
-            others = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME and not p.name.endswith(".log")
-                            and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+            # a sweep's log, and the record of a run that diverged before it kept anything (trained again here)
+            others = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, DIVERGED)
+                            and not p.name.endswith(".log") and not (p.name.startswith(".") and p.name.endswith(".tmp")))
             if others:
                 raise UsageError(f"{path} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
                                  "and holds no run; pass a new or empty folder as --out")

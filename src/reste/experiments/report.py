@@ -236,10 +236,10 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
         key = _setting_key(s)
         for seed, rel in s["runs"].items():
             status, summary = run_status(out / rel, key)
-            diverged += status == "diverged"
             if status != "done":
                 why, old = summary, earlier.get((rel, int(seed)))
                 if old is None or old.get("best_acc") is None:
+                    diverged += status == "diverged"  # a run an earlier report kept counts as reported only
                     if status != "pending" and log:
                         log(f"report: {s['label']} seed {seed} is left out: {why}")
                     continue

@@ -187,8 +187,10 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
               if kinds[key][0] == "estimator" and key.strip().replace("-", "_") in _flag_aliases()}
     fixed_takers = {dest: flag_takers(dest) for dest in flags}
     str_fields = {f.name for f in dataclasses.fields(TrainConfig) if f.type == "str"}
-    # `none` is the string for fields that take one (--amp none, --scaling none): in the configs and the labels
-    grid = {key: ["none" if v is None and kinds[key][0] == "field" and kinds[key][1] in str_fields else v
+    # `none` is the string for fields that take one (--amp none, --scaling none) and for model options (as
+    # --model-option act=none gives it): in the configs and the labels
+    grid = {key: ["none" if v is None and (kinds[key][0] == "model" or kinds[key][0] == "field"
+                                           and kinds[key][1] in str_fields) else v
                   for v in values] for key, values in grid.items()}
     settings: dict[str, Setting] = {}
     # a data flag that does nothing for every data set of the grid stays, for resolve to refuse as `reste train` does
@@ -326,7 +328,11 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             log(traceback.format_exc())
         status = "diverged" if isinstance(err, engine.TrainingDiverged) else "failed"
         if status == "diverged":  # it would diverge again: a rerun of the sweep leaves it out, saying why
-            record_divergence(run_dir, err.epoch, err.step)
+            try:
+                record_divergence(run_dir, err.epoch, err.step)
+            except OSError as write_error:  # a full disk: the sweep goes on; a rerun trains the run again
+                with contextlib.suppress(OSError):
+                    log(f"cannot record the divergence in {run_dir} ({write_error.strerror})")
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start}
     finally:

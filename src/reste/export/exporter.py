@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..rundir import check_output_path
 from . import format as fmt
 from . import ir
 from .graph import Bits, eval_mode, to_graph
@@ -96,6 +95,8 @@ def export_model(
             ``pixel_scale``, as ``Preprocessing(...).to_meta()`` gives them) let the packed model
             take raw images (``reste predict model.rbnn photo.png``).
     """
+    from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
+
     check_output_path(path)
     input_size = _checked_input_size(input_size)
     meta = _checked_meta(meta, input_size)

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..rundir import check_output_path
 
 OPSET = 18
 
@@ -112,6 +111,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     model in float64 (see :func:`check_onnx`).
     Returns ``{"path", "bytes", "exporter"}`` and the check's keys.
     """
+    from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
+
     path = Path(path)
     check_output_path(path)
     require_onnx()
