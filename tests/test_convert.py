@@ -482,3 +482,33 @@ def test_a_model_torch_cannot_copy_says_to_convert_in_place():
     net.layer1.conv1 = nn.utils.weight_norm(net.layer1.conv1)
     with pytest.raises(ValueError, match="binarize cannot copy the model .*; convert it in place with inplace=True"):
         binarize(net)
+
+
+def test_inputs_that_a_relu_made_non_negative_get_one_warning(monkeypatch):
+    """sign(relu(x)) is +1 everywhere: binarize says so at the first forward, once (torchvision's ResNets trained
+    with no gradient in their body at 32x32; review BB); inputs that can be negative, or real activations, get no
+    warning."""
+    import warnings
+
+    from reste import layers
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16, 2))
+
+    x = torch.randn(2, 3, 4, 4)
+    for build, told in ((lambda: binarize(net(), "ste"), 1),
+                        (lambda: binarize(net(), "ste", activations=False), 0),
+                        (lambda: binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1),
+                                                        nn.Flatten(), nn.Linear(32, 2)), "ste"), 0)):
+        monkeypatch.setattr(layers, "_CONSTANT_INPUTS_TOLD", [False])
+        model = build()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                model(x).sum().backward()
+        relevant = [w for w in seen if "are all >= 0" in str(w.message)]
+        assert len(relevant) == told, [str(w.message) for w in seen]
+        if told:
+            assert "'2'" in str(relevant[0].message) and "activations=False" in str(relevant[0].message)
+        assert all(m.watch_inputs is None for m in model.modules() if hasattr(m, "watch_inputs"))

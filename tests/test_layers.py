@@ -183,3 +183,21 @@ def test_clip_weights_clamps_the_latent_weights_of_binary_layers_only():
     assert model[0].weight.grad is None  # no autograd history
     with pytest.raises(ValueError, match="bound must be > 0"):
         reste.clip_weights(model, 0)
+
+
+def test_schedules_and_clipping_on_a_model_with_no_binary_layer_warn():
+    """The original float model instead of binarize's copy: a warning, not a silent no-op (review BB)."""
+    import warnings
+
+    from reste import clip_weights, set_progress
+
+    float_model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.warns(UserWarning, match="set_progress: the model has no binary layer"):
+        assert set_progress(float_model, 1, 10) == {}
+    with pytest.warns(UserWarning, match="clip_weights: the model has no binary layer"):
+        assert clip_weights(float_model) == 0
+    binary = torch.nn.Sequential(BinaryLinear(4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        set_progress(binary, 1, 10)
+        assert clip_weights(binary) == 1

@@ -227,6 +227,8 @@ def binarize(
                     stacklevel=2,
                 )
         new = _binary_copy(layer_names[0], module, common)
+        if activations:  # its first forward warns when its inputs are all >= 0 (after a ReLU)
+            new.watch_inputs = layer_names[0]
         for name in layer_names:
             parent, attr = _parent(model, name)
             setattr(parent, attr, new)

@@ -551,7 +551,7 @@ class _Run:
             lr = learning_rate(cfg.lr, epoch, cfg.epochs, cfg.warm_up)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            sched = set_progress(self.model, epoch, cfg.epochs)
+            sched = set_progress(self.model, epoch, cfg.epochs) if estimators_of(self.model) else {}  # a float twin
             if self.graphed is not None:
                 self.graphed.invalidate()  # the captured step holds this epoch's lr and schedule values
             start_step, partial = (self.start_step, self.partial) if epoch == self.start_epoch else (0, None)

@@ -16,6 +16,7 @@ can tell binary layers from float ones without knowing their types.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -95,13 +96,37 @@ class _BinaryMixin:
         alpha = self.scale()
         return bw if alpha is None else bw * alpha
 
+    # ``binarize`` sets this to the layer's name: its first forward checks that the inputs are not all >= 0
+    watch_inputs: str | None = None
+
     def binary_input(self, x: Tensor) -> Tensor:
-        return x if self.input_estimator is None else self.input_estimator(x)
+        if self.input_estimator is None:
+            return x
+        if self.watch_inputs is not None:
+            _check_constant_input(self, x)
+        return self.input_estimator(x)
 
     def extra_repr(self) -> str:
         a = "real" if self.input_estimator is None else self.input_estimator.name
         base = super().extra_repr()  # type: ignore[misc]  # nn.Conv2d's / nn.Linear's
         return f"{base}, weights={self.weight_estimator.name}, inputs={a}, scaling={self.scaling}"
+
+
+_CONSTANT_INPUTS_TOLD = [False]  # the warning below, once per process
+
+
+def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:
+    """Once per layer (at its first forward), once per process: warn when a binarized layer's inputs are all >= 0
+    (a ReLU before it, as in torchvision's and timm's ResNets), which sign makes +1 everywhere."""
+    name, layer.watch_inputs = layer.watch_inputs, None
+    if _CONSTANT_INPUTS_TOLD[0] or not x.is_floating_point() or not x.numel() or not bool((x.detach() >= 0).all()):
+        return
+    _CONSTANT_INPUTS_TOLD[0] = True
+    warnings.warn(
+        f"binarize: the inputs of binary layer {name!r} are all >= 0 (a ReLU before it?), and likely those of the "
+        "layers like it: sign makes them +1 everywhere, so they carry nothing and the layers before get no useful "
+        "gradient; binarize with activations=False (1W/32A), or put the sign before the ReLU (BatchNorm -> sign "
+        "-> conv, as the zoo's blocks do)", stacklevel=3)
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
@@ -171,6 +196,8 @@ def clip_weights(model: nn.Module, bound: float = 1.0) -> int:
     if not bound > 0:
         raise ValueError(f"bound must be > 0, got {bound!r}")
     layers = binary_layers(model)
+    if not layers:
+        _nothing_binary("clip_weights")
     for _, m in layers:
         m.weight.clamp_(-bound, bound)
     return len(layers)
@@ -194,11 +221,19 @@ def set_progress(model: nn.Module, epoch: float, epochs: int) -> dict[str, float
     # a 0-d tensor or NumPy scalar as the plain number it holds: the schedules compute in Python floats
     epoch, epochs = (v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v for v in (epoch, epochs))
     values: dict[str, float] = {}
-    for est in estimators_of(model):
+    estimators = estimators_of(model)
+    if not estimators:
+        _nothing_binary("set_progress")
+    for est in estimators:
         est.set_progress(epoch, epochs)
         if not values:
             values = dict(est.schedule_values())
     return values
+
+
+def _nothing_binary(what: str) -> None:
+    warnings.warn(f"{what}: the model has no binary layer, so this does nothing; pass the model that "
+                  "reste.binarize returned (a copy unless inplace=True)", stacklevel=3)
 
 
 def schedule_values(model: nn.Module) -> dict[str, float]:
