@@ -512,3 +512,12 @@ def test_inputs_that_a_relu_made_non_negative_get_one_warning(monkeypatch):
         if told:
             assert "'2'" in str(relevant[0].message) and "activations=False" in str(relevant[0].message)
         assert all(m.watch_inputs is None for m in model.modules() if hasattr(m, "watch_inputs"))
+
+
+def test_an_attention_left_in_float_is_named_whole():
+    """The warning names the attention's in-projection with its out_proj (a Parameter, not a layer: without it
+    the warning read as if one projection of four stayed float; review BB)."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), nn.Linear(16, 2))
+    with pytest.warns(UserWarning, match=r"'1\.self_attn\.out_proj' \(NonDynamicallyQuantizableLinear, and "
+                                         r"'1\.self_attn\.in_proj_weight': all of that MultiheadAttention\)"):
+        binarize(model, "ste")

@@ -545,3 +545,41 @@ def test_export_model_checks_its_arguments_before_writing(tmp_path, capfd):
                if k != "pixel_scale"}
     with pytest.warns(UserWarning, match=r"part of the preprocessing \(no pixel_scale\)"):
         export_model(model, tmp_path / "p.rbnn", input_size=(3, 8, 8), verify=False, meta=partial)
+
+
+class _OptionalMask(nn.Module):
+    """One image input and an optional argument (timm's and Hugging Face's forwards have such)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = reste.BinaryConv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x, mask=None):
+        y = self.conv(x)
+        if mask is not None:
+            y = y * mask
+        return self.fc(y.flatten(1))
+
+
+class _TwoInputs(_OptionalMask):
+    def forward(self, x, mask):
+        return self.fc(self.conv(x).flatten(1) * mask)
+
+
+class _Permuted(_OptionalMask):
+    def forward(self, x, mask=None):
+        return self.fc(self.conv(x).permute(0, 2, 3, 1).flatten(1))
+
+
+def test_an_optional_argument_is_traced_at_its_default_and_refusals_name_what_and_where(tmp_path):
+    """review BB: forward(x, mask=None) exports (the mask at None), a second input without a default is named, and
+    a tensor method that cannot be exported is named with the model's own line."""
+    torch.manual_seed(0)
+    model = _OptionalMask().eval()
+    report = export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8))
+    assert report["verify"]["ok"]
+    with pytest.raises(UsageError, match="more than one input: its forward also takes 'mask'"):
+        export_model(_TwoInputs().eval(), tmp_path / "two.rbnn", input_size=(3, 8, 8))
+    with pytest.raises(UsageError, match=r"method 'permute' is not supported \(at test_export.py:\d+, in forward\)"):
+        export_model(_Permuted().eval(), tmp_path / "p.rbnn", input_size=(3, 8, 8))

@@ -34,10 +34,22 @@ def _unconvertible(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8) -> str:
-    """``'a' (Conv1d), 'b' (Conv2dSame)``, the first ``limit`` of them and a count of the rest."""
-    text = ", ".join(f"{n!r} ({type(m).__name__})" for n, m in layers[:limit])
+def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8, attention: frozenset[str] = frozenset()) -> str:
+    """``'a' (Conv1d), 'b' (Conv2dSame)``, the first ``limit`` of them and a count of the rest; the ``out_proj``
+    of an ``nn.MultiheadAttention`` (among the names ``attention``) is said with the in-projection that stays
+    float beside it (a Parameter of the attention, not a layer)."""
+    def one(n: str, m: nn.Module) -> str:
+        parent = n.rpartition(".")[0]
+        if n.endswith(".out_proj") and parent in attention:
+            return f"{n!r} ({type(m).__name__}, and {parent + '.in_proj_weight'!r}: all of that MultiheadAttention)"
+        return f"{n!r} ({type(m).__name__})"
+
+    text = ", ".join(one(n, m) for n, m in layers[:limit])
     return text + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
+
+
+def _attention_names(model: nn.Module) -> frozenset[str]:
+    return frozenset(n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention))
 
 
 def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str | None]:
@@ -201,7 +213,8 @@ def binarize(
     if others:
         warnings.warn(
             f"binarize: {len(others)} layer(s) have no binary version in reste and stay in full precision: "
-            f"{_describe(others)}; only exact nn.Conv2d and nn.Linear are converted (list them in keep= "
+            f"{_describe(others, attention=_attention_names(model))}; only exact nn.Conv2d and nn.Linear are "
+            "converted (list them in keep= "
             "to silence this)",
             stacklevel=2,
         )

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import inspect
 import math
 import operator
+import os
+import re
 from typing import Any, Iterator
 
 import numpy as np
@@ -46,6 +49,8 @@ class Bits:
 
 
 class _Tracer(fx.Tracer):
+    record_stack_traces = True  # a refused function or tensor method is named with the line that calls it
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if getattr(m, "precision", 32) == 1 or isinstance(m, Estimator):
             return True
@@ -230,8 +235,12 @@ class _Builder:
         output = None
         for n in self.gm.graph.nodes:
             if n.op == "placeholder":
+                if self.nodes and n.args:  # a parameter traced at its default (mask=None): a constant
+                    self.env[n] = n.args[0]
+                    continue
                 if self.nodes:
-                    raise UsageError("cannot export a model with more than one input")
+                    raise UsageError(f"cannot export a model with more than one input (its forward also takes "
+                                     f"{n.target!r}); export a module whose forward takes the image alone")
                 self.env[n] = self.add({"op": "input"}, [])
             elif n.op == "output":
                 out = n.args[0]
@@ -250,6 +259,8 @@ class _Builder:
                     x = self.add({**part, "name": n.target}, [x])
                 self.env[n] = x
             elif n.op == "call_function":
+                if getattr(n.target, "__name__", "") == "_assert_is_none":  # fx's guard of a parameter traced at None
+                    continue
                 self.env[n] = self.function(n)
             elif n.op == "call_method":
                 self.env[n] = self.method(n)
@@ -319,7 +330,7 @@ class _Builder:
             return self.mean(n)
         if f in (F.dropout, F.dropout2d):
             return self.tensor(a[0], where)
-        raise UsageError(f"cannot export: function {where} is not supported")
+        raise UsageError(f"cannot export: function {where} is not supported{_line_of(n)}")
 
     def method(self, n: fx.Node) -> Any:
         name, a = n.target, n.args
@@ -354,7 +365,7 @@ class _Builder:
                 raise UsageError("cannot export: view/reshape must keep the batch dimension (x.view(x.size(0), ...), "
                                  "or x.view(-1, n) with n one sample's size when input_size is given)")
             return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
-        raise UsageError(f"cannot export: tensor method {name!r} is not supported")
+        raise UsageError(f"cannot export: tensor method {name!r} is not supported{_line_of(n)}")
 
     def mean(self, n: fx.Node) -> int:
         dims = self._kw(n, 1, "dim", None)
@@ -451,12 +462,38 @@ def _compact(nodes: list[dict[str, Any]], output: int) -> tuple[list[dict[str, A
     return out, new_index[output]
 
 
+def _line_of(n: fx.Node) -> str:
+    """`` (file:line, in function)`` of the model's code that made node ``n``, where the trace recorded it."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', getattr(n, "stack_trace", None) or "")
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in frames if not f[0].startswith(torch_dir)]  # the model's frames, not fx's own
+    if not frames:
+        return ""
+    path, line, function = frames[-1]
+    return f" (at {os.path.basename(path)}:{line}, in {function})"
+
+
+def _defaulted_arguments(model: nn.Module) -> dict[str, Any] | None:
+    """The forward's parameters after the image that have defaults (``mask=None``), traced at those defaults;
+    one without a default is refused, named."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    extra = [p for p in params[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    needed = [p.name for p in extra if p.default is p.empty]
+    if needed:
+        raise UsageError(f"cannot export a model with more than one input: its forward also takes "
+                         f"{', '.join(map(repr, needed))}; export a module whose forward takes the image alone")
+    return {p.name: p.default for p in extra} or None
+
+
 def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[list[dict[str, Any]], int, int]:
     """Trace an eval-mode ``model``: (nodes, output index, number of batch norms folded). With the
     ``input_size`` (C, H, W) of one image, the shapes are propagated too, so that batch norms next to
     a linear layer are folded where its input is (N, features); without it they stay ``affine``."""
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer().trace(model, concrete_args=_defaulted_arguments(model))
     except UsageError:
         raise
     except Exception as err:  # noqa: BLE001 - tracing errors come in many types
