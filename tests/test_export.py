@@ -433,6 +433,11 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
     acc = 100.0 * float((torch.from_numpy(packed.predict(images)) == labels).float().mean())
     assert f"top-1 {acc:.2f}%" in out
     assert "(stored at training: 48.50%)" in out  # this checkpoint's own accuracy, not the run's best
+    from reste.export import evaluate_packed  # the same from Python
+
+    r = evaluate_packed(tmp_path / "d.rbnn")
+    assert (r["dataset"], r["images"], r["stored_top1"]) == ("digits", len(labels), 48.5)
+    assert f"top-1 {r['top1']:.2f}%" in out and r["top1"] == pytest.approx(acc)
     np.save(tmp_path / "x.npy", images.numpy())
     np.save(tmp_path / "y.npy", labels.numpy())
     assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "x.npy"), "--labels",

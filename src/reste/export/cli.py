@@ -146,17 +146,11 @@ def _load_npy(path: str, what: str) -> Any:
         raise UsageError(f"{p} is not a readable .npy array ({str(err).splitlines()[0][:100]})") from None
 
 
-def _model_classes(model: Any) -> int | None:
-    """The number of outputs the export says it has (None when it does not say)."""
-    options = model.meta.get("model_options")
-    value = options.get("num_classes") if isinstance(options, dict) else None
-    return value if isinstance(value, int) else None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .inputs import check_shape, is_image_file, model_inputs
+    from .evaluation import evaluate_packed, model_classes
+    from .inputs import is_image_file, model_inputs
     from .runtime import PackedModel
 
     if args.batch_size < 1:
@@ -186,7 +180,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
                 raise UsageError(f"{args.labels} must hold {len(images)} integer labels, got {len(labels)} "
                                  f"of {labels.dtype}")
-            classes = _model_classes(model)
+            classes = model_classes(model)
             outside = (labels < 0) | (labels >= classes) if classes else labels < 0
             if outside.any():
                 raise UsageError(f"{args.labels} holds {int(outside.sum())} label(s) outside the model's classes "
@@ -208,35 +202,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             line += f"; accuracy {100.0 * float((pred == labels).mean()):.2f}%"
         print(line)
         return 0
-    dataset = args.dataset or model.meta.get("dataset")
-    if not dataset:
-        raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")
-    from ..config import check_data_path
-    from ..data import check_classes, load_datasets, make_loaders
-    from ..datasets import get_spec
-
-    spec = get_spec(dataset)  # checked before any file is read or downloaded
-    check_shape(model.input_size, spec.input_size, f"the {spec.name} data set")
-    classes = _model_classes(model)
-    if classes is not None and classes != spec.num_classes and not spec.folder_classes:
-        raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
-                         "pass the data set it was trained on")
-    check_data_path(spec.name, args.data_path, args.download)
-    _, test_ds, info = load_datasets(dataset, args.data_path, download=args.download, train=False)
-    check_classes(classes, model.meta.get("classes"), info, args.data_path)  # a folder's, known once it is read
-    _, loader = make_loaders(None, test_ds, batch_size=args.batch_size, eval_batch_size=args.batch_size)
-    correct = total = 0
-    start = time.perf_counter()
-    for images, labels in loader:
-        pred = model.forward(images).argmax(1)
-        correct += int((pred == labels).sum())
-        total += int(labels.numel())
-    seconds = time.perf_counter() - start
-    if total == 0:
-        raise UsageError("the test set is empty; check --data-path")
-    stored = model.meta.get("test_acc")  # exports made before it was recorded have the run's best alone
-    extra = f" (stored at training: {stored:.2f}%)" if isinstance(stored, (int, float)) else ""
-    print(f"{model.meta.get('model_name') or Path(args.exported).name} on {info.name} test: "
-          f"top-1 {100.0 * correct / total:.2f}% of {total} images{extra} "
-          f"({seconds:.2f} s, {model.backend} kernels)")
+    r = evaluate_packed(model, args.dataset, data_path=args.data_path, download=args.download,
+                        batch_size=args.batch_size)
+    extra = f" (stored at training: {r['stored_top1']:.2f}%)" if r["stored_top1"] is not None else ""
+    print(f"{r['model'] or Path(args.exported).name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} "
+          f"images{extra} ({r['seconds']:.2f} s, {r['backend']} kernels)")
     return 0

@@ -1,0 +1,68 @@
+"""A packed model's accuracy on a data set's test split: what ``reste predict FILE --dataset NAME`` prints.
+
+Reads the data through :mod:`reste.data` (imported when called), so ``import reste.export.runtime`` stays free
+of the training side.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+
+def model_classes(model: Any) -> int | None:
+    """The number of outputs a packed model's export says it has (None when it does not say)."""
+    options = model.meta.get("model_options")
+    value = options.get("num_classes") if isinstance(options, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | os.PathLike | None = None,
+                    download: bool = False, batch_size: int = 256, backend: str = "auto") -> dict[str, Any]:
+    """Top-1 of a packed model (a :class:`~reste.export.runtime.PackedModel` or the path of its file) on the test
+    split of ``dataset`` (default: the data set its export names). Returns ``model`` (its name), ``dataset``,
+    ``top1`` (%), ``images``, ``seconds``, ``backend`` and ``stored_top1`` (the checkpoint's own test top-1 that
+    the export recorded, or None). The model's input size and classes are checked against the data set before any
+    file is read or downloaded."""
+    from ..config import check_data_path
+    from ..data import check_classes, load_datasets, make_loaders
+    from ..datasets import get_spec
+    from .inputs import check_shape
+    from .runtime import PackedModel
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
+    name = None
+    if not isinstance(model, PackedModel):
+        name = Path(model).name
+        model = PackedModel.load(model, backend=backend)
+    dataset = dataset or model.meta.get("dataset")
+    if not dataset:
+        raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")
+    spec = get_spec(dataset)  # checked before any file is read or downloaded
+    check_shape(model.input_size, spec.input_size, f"the {spec.name} data set")
+    classes = model_classes(model)
+    if classes is not None and classes != spec.num_classes and not spec.folder_classes:
+        raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
+                         "pass the data set it was trained on")
+    check_data_path(spec.name, data_path, download)
+    _, test_ds, info = load_datasets(dataset, data_path, download=download, train=False)
+    check_classes(classes, model.meta.get("classes"), info, data_path)  # a folder's, known once it is read
+    _, loader = make_loaders(None, test_ds, batch_size=batch_size, eval_batch_size=batch_size)
+    correct = total = 0
+    start = time.perf_counter()
+    for images, labels in loader:
+        pred = model.forward(images).argmax(1)
+        correct += int((pred == labels).sum())
+        total += int(labels.numel())
+    seconds = time.perf_counter() - start
+    if total == 0:
+        raise UsageError("the test set is empty; check --data-path")
+    stored = model.meta.get("test_acc")  # exports made before it was recorded have the run's best alone
+    return {"model": model.meta.get("model_name") or name, "dataset": info.name, "top1": 100.0 * correct / total,
+            "images": total, "seconds": seconds, "backend": model.backend,
+            "stored_top1": float(stored) if isinstance(stored, (int, float)) else None}
