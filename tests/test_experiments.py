@@ -553,6 +553,26 @@ def test_a_finished_run_changed_since_is_refused_by_the_sweep_and_kept_by_the_re
     assert (out / "runs.csv").read_text() == before
 
 
+def test_runs_csv_names_the_best_epoch_and_the_final_top5_also_of_a_kept_row(sweep, tmp_path):
+    """runs.csv has each run's best epoch and final top-5; a row an older report wrote without them gets them from
+    the epochs it kept in epochs.csv when the run's folder is gone (review P)."""
+    out, _ = _copy(sweep, tmp_path)
+    rows = _read_csv(out / "runs.csv")
+    lines = {(r["setting"], r["seed"]): r for r in _read_csv(out / "epochs.csv")}
+    for r in rows:
+        epoch = lines[(r["setting"], r["seed"])]
+        assert (r["best_epoch"], r["final_top5"]) == ("1", epoch["test_top5"])
+    with open(out / "runs.csv", newline="") as f:  # as a report before these columns wrote it
+        old = [{k: v for k, v in row.items() if k not in ("best_epoch", "final_top5")} for row in csv.DictReader(f)]
+    with open(out / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    shutil.rmtree(out / "runs")
+    summarize(out, plots=False)
+    assert _read_csv(out / "runs.csv") == rows
+
+
 def test_the_report_keeps_the_runs_whose_folders_are_gone(sweep, tmp_path):
     """runs.csv and epochs.csv outlive the run folders: a report without them rewrites the same tables (a
     committed study reported again in a clone)."""
@@ -863,6 +883,7 @@ def test_a_runs_status_counts_its_epochs_and_reports_its_own_final_accuracy(tmp_
     _fake_run(tmp_path / "r", [50.0, 70.0, 60.0], [3, 2, 1], [1e-5, 2e-5, 3e-5])
     status, summary = run_status(tmp_path / "r")
     assert status == "done" and (summary["best_acc"], summary["final_acc"], summary["epochs"]) == (70.0, 60.0, 3)
+    assert summary["best_epoch"] == 2
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     (tmp_path / "r" / "config.json").write_text(json.dumps({**config, "epochs": 4}))
     assert run_status(tmp_path / "r") == ("pending", None)

@@ -66,15 +66,18 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     if done < config.epochs:
         return ("diverged", diverged) if diverged else ("pending", None)
     metrics = [by_epoch[e] for e in range(1, config.epochs + 1)]
-    row: dict[str, Any] = {
-        "best_acc": max(m["test_acc"] for m in metrics),
-        "final_acc": metrics[-1]["test_acc"],
-        "epochs": len(metrics),
-        "seconds": sum(m.get("time", 0.0) for m in metrics),
-    }
+    row: dict[str, Any] = {**_accuracy(metrics), "epochs": len(metrics),
+                           "seconds": sum(m.get("time", 0.0) for m in metrics)}
     history = [m for m in metrics if all(k in m for k in INDICATORS)]
     row.update(dict.fromkeys(INDICATORS), **run_level(history, config.indicators or "general"))
     return "done", {**row, "metrics": metrics}
+
+
+def _accuracy(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run's best test top-1 and its epoch (the first of a tie), and its final top-1 and top-5."""
+    best = max(metrics, key=lambda m: m["test_acc"])  # max keeps the first of equal ones
+    return {"best_acc": best["test_acc"], "best_epoch": best["epoch"], "final_acc": metrics[-1]["test_acc"],
+            "final_top5": metrics[-1].get("test_top5")}
 
 
 def run_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -215,7 +218,13 @@ def _setting_key(s: dict[str, Any]) -> str | None:
         return None
 
 
-RUN_COLUMNS = ("best_acc", "final_acc", "epochs", "seconds", *INDICATORS)
+RUN_COLUMNS = ("best_acc", "best_epoch", "final_acc", "final_top5", "epochs", "seconds", *INDICATORS)
+
+
+def _whole(metrics: list[dict[str, Any]], epochs: Any) -> bool:
+    """Whether ``metrics`` (an earlier report's epochs.csv lines of one run) hold each of its ``epochs`` in order."""
+    return bool(metrics) and isinstance(epochs, int) and [m.get("epoch") for m in metrics] == list(
+        range(1, epochs + 1)) and all(isinstance(m.get("test_acc"), (int, float)) for m in metrics)
 
 
 def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
@@ -244,6 +253,9 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                         log(f"report: {s['label']} seed {seed} is left out: {why}")
                     continue
                 summary = {k: old.get(k) for k in RUN_COLUMNS} | {"metrics": old["metrics"]}
+                if summary["best_epoch"] is None and _whole(old["metrics"], summary["epochs"]):  # an older table's
+                    summary.update({k: v for k, v in _accuracy(old["metrics"]).items() if k not in ("best_acc",
+                                                                                                   "final_acc")})
                 kept += 1
                 if status == "pending":
                     why = ("its run folder is gone" if not (out / rel).exists() else
