@@ -914,3 +914,15 @@ def test_a_diverged_run_is_counted_once_and_its_folder_takes_a_new_run(tmp_path,
     assert main(["train", "--model", "digits_1w1a", "--epochs", "1", "--threads", "1", "--no-progress",
                  "--out", str(run)]) == 0
     assert not (run / DIVERGED).exists()
+
+
+def test_the_heading_warns_that_stability_sums_over_different_epochs_do_not_compare():
+    """Paper mode sums the gradient stability over a run's epochs: with an epochs axis the sums cover different
+    lengths (review P); general mode's means do not need the note."""
+    from reste.experiments.report import markdown_table
+
+    settings = [{"label": f"epochs={e}", "values": {"epochs": e}, "runs": {},
+                 "config": {"epochs": e, "dataset": "digits", "model": "digits_1w1a"}} for e in (2, 4)]
+    for mode, noted in (("paper", True), ("general", False)):
+        manifest = {"base": {"indicators": mode}, "grid": {"epochs": [2, 4]}, "seeds": [0], "settings": settings}
+        assert ("do not compare" in markdown_table(manifest, [])) == noted

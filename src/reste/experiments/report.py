@@ -328,6 +328,7 @@ def _shared(manifest: dict[str, Any], field: str) -> tuple[bool, Any]:
 def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     base = manifest["base"]
     rule = _indicator_rule(base.get("indicators"), "indicators" in manifest["grid"])
+    sums = base.get("indicators") == "paper" or "indicators" in manifest["grid"]  # paper mode sums the stability
     (one_set, dataset), (one_model, model), (one_count, epochs) = (
         _shared(manifest, f) for f in ("dataset", "model", "epochs"))
     one_options, options = _shared(manifest, "model_options")
@@ -337,7 +338,9 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     head = (f"{dataset if one_set else 'data set per setting'}, "
             f"{(model or 'default model') if one_model else 'model per setting'}{f' ({opts})' if opts else ''}, "
             f"{count}, "
-            f"seeds {', '.join(map(str, manifest['seeds']))}; mean ± sample std over seeds{rule}.")
+            f"seeds {', '.join(map(str, manifest['seeds']))}; mean ± sample std over seeds{rule}"
+            + ("; NOTE: the stability sums run over each setting's own number of epochs, which differ here, so "
+               "they do not compare" if not one_count and sums else "") + ".")
     lines = [head, "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n |",
              "|---|---|---|---|---|---|"]
