@@ -926,3 +926,16 @@ def test_the_heading_warns_that_stability_sums_over_different_epochs_do_not_comp
     for mode, noted in (("paper", True), ("general", False)):
         manifest = {"base": {"indicators": mode}, "grid": {"epochs": [2, 4]}, "seeds": [0], "settings": settings}
         assert ("do not compare" in markdown_table(manifest, [])) == noted
+
+
+def test_a_finished_run_whose_last_checkpoint_is_damaged_is_skipped_with_a_word(sweep, capsys, tmp_path):
+    """Its metrics are whole, so the tables count it and nothing is trained; the sweep says its last.pt is damaged
+    (it was skipped without a word; review W)."""
+    out, argv = _copy(sweep, tmp_path)
+    run = next((out / "runs").glob("ste-*/seed0"))
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:100])
+    capsys.readouterr()
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "estimator=ste seed 0: already finished, skipped (its last.pt is damaged" in text
+    assert "estimator=reste seed 0: already finished, skipped\n" in text

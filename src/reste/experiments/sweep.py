@@ -273,19 +273,22 @@ def run_state(run_dir: Path, epochs: int) -> str:
     between the two leaves every line and an older checkpoint, which resuming repairs. Without a ``last.pt``
     (deleted to save space), a run whose metrics hold every epoch is done: nothing is left to train, and the
     report counts it (``report.run_status``)."""
+    return _run_state(run_dir, epochs)[0]
+
+
+def _run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
+    """:func:`run_state`, and a note on a finished run whose ``last.pt`` is damaged (said, not mended)."""
     last = last_checkpoint(run_dir)
     if _every_epoch(run_dir, epochs):
         if not last.is_file():
-            return "done" if (run_dir / CONFIG).is_file() else "new"
+            return ("done" if (run_dir / CONFIG).is_file() else "new"), ""
         try:
             ckpt = load_checkpoint(last)
-        except UsageError:  # damaged, but the metrics hold every epoch: nothing to train, the report counts it
-            return "done"
+        except UsageError as err:  # damaged, but the metrics hold every epoch: nothing to train, the report counts it
+            return "done", f"its {last.name} is damaged ({str(err).split(';')[0][-80:]}); its metrics are whole"
         if ckpt.get("epoch", 0) >= epochs and not ckpt.get("step"):
-            return "done" if epoch_end_whole(run_dir, ckpt) else "partial"  # resume repairs best.pt and top/
-    if holds_run(run_dir):
-        return "partial"
-    return "new"
+            return ("done" if epoch_end_whole(run_dir, ckpt) else "partial"), ""  # resume repairs best.pt and top/
+    return ("partial" if holds_run(run_dir) else "new"), ""
 
 
 # ------------------------------------------------------------------- execution
@@ -459,7 +462,7 @@ def time_left(elapsed: float, trained: int, left: int) -> str:
 def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dict[str, Any]) -> str:
     head = f"[{i}/{total}] {setting.label} seed {seed}:"
     if outcome["status"] == "skipped":
-        return f"{head} already finished, skipped"
+        return f"{head} already finished, skipped" + (f" ({outcome['note']})" if outcome.get("note") else "")
     if outcome["status"] == "left out":
         return f"{head} LEFT OUT: {outcome['error']}"
     if outcome.get("earlier"):
@@ -519,7 +522,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             if status == "changed":
                 raise UsageError(f"{run_dir}: {why} Move it away or pass another --runs-dir")
             if status == "done":  # the metrics hold every epoch: run_state says whether last.pt needs mending
-                state = run_state(run_dir, config.epochs)
+                state, why = _run_state(run_dir, config.epochs)
             else:
                 state = status if status in ("damaged", "diverged") else "partial" if holds_run(run_dir) else "new"
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
@@ -580,7 +583,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     pending = []
     for s, seed, job in todo:
         if job["state"] == "done":
-            report_one(s, seed, {"status": "skipped"})
+            report_one(s, seed, {"status": "skipped", "note": job["why"]})
         elif job["state"] == "damaged":  # resuming cannot mend it: said, and left for the user
             report_one(s, seed, {"status": "left out", "error": job["why"], "seconds": 0.0})
         elif job["state"] == "diverged":  # training it again would diverge again
