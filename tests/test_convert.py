@@ -518,6 +518,20 @@ def test_an_attention_left_in_float_is_named_whole():
     """The warning names the attention's in-projection with its out_proj (a Parameter, not a layer: without it
     the warning read as if one projection of four stayed float; review BB)."""
     model = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), nn.Linear(16, 2))
-    with pytest.warns(UserWarning, match=r"'1\.self_attn\.out_proj' \(NonDynamicallyQuantizableLinear, and "
-                                         r"'1\.self_attn\.in_proj_weight': all of that MultiheadAttention\)"):
+    with pytest.warns(UserWarning, match=r"'1\.self_attn\.out_proj' \(NonDynamicallyQuantizableLinear, and the "
+                                         r"in-projection weights of '1\.self_attn': all of that MultiheadAttention\)"):
         binarize(model, "ste")
+
+
+def test_a_freshly_binarized_model_compiles_whole_and_exports():
+    """The first-forward input check stays out of the compiler's way: torch.compile(fullgraph=True) and
+    torch.export take a binarized model before its first eager call (review CC)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.Flatten(), nn.Linear(8 * 16, 2))
+    x = torch.randn(2, 3, 4, 4)
+    model = binarize(net, "ste").eval()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), model(x))
+    exported = torch.export.export(binarize(net, "ste").eval(), (x,))
+    assert exported.module()(x).shape == (2, 2)

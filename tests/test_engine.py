@@ -170,9 +170,14 @@ def test_eval_reproduces_the_logged_loss_in_the_runs_layout_and_threads(tmp_path
 def test_a32_and_float_twin_train(tmp_path):
     r = engine.train(small(epochs=1, a32=True, estimator="ste"), tmp_path / "a32", progress=False, log=quiet)
     assert r["final_acc"] > 50
-    r = engine.train(small(epochs=1, model="digits", optimizer="adam", lr=1e-3), tmp_path / "fp",
-                     progress=False, log=quiet)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:  # a float twin has nothing to schedule, and is not told so
+        warnings.simplefilter("always")
+        r = engine.train(small(epochs=1, model="digits", optimizer="adam", lr=1e-3), tmp_path / "fp",
+                         progress=False, log=quiet)
     assert r["final_acc"] > 50
+    assert not [w for w in seen if "no binary layer" in str(w.message)]
 
 
 def test_seeded_runs_are_identical(tmp_path):

@@ -577,6 +577,30 @@ class _Permuted(_OptionalMask):
         return self.fc(self.conv(x).permute(0, 2, 3, 1).flatten(1))
 
 
+class _Flagged(_OptionalMask):
+    def forward(self, x, flag=True, mode="flat"):  # defaults that are not None: fx guards them with eq and _assert
+        y = self.conv(x)
+        return self.fc(y.flatten(1)) if flag and mode == "flat" else y
+
+
+class _TensorDefault(_OptionalMask):
+    def forward(self, x, bias=torch.zeros(2)):
+        return self.fc(self.conv(x).flatten(1)) + bias
+
+
+def test_defaults_other_than_none_are_traced_too_and_a_tensor_default_is_named(tmp_path):
+    """review CC: flag=True and mode="flat" export (fx's guards of them are no ops of the model), a tensor default
+    is a second input, named (a NameError traceback before)."""
+    torch.manual_seed(0)
+    model = _Flagged().eval()
+    assert export_model(model, tmp_path / "f.rbnn", input_size=(3, 8, 8))["verify"]["ok"]
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(torch.as_tensor(PackedModel.load(tmp_path / "f.rbnn")(x)), model(x), atol=1e-4)
+    with pytest.raises(UsageError, match="its forward also takes 'bias'"):
+        export_model(_TensorDefault().eval(), tmp_path / "t.rbnn", input_size=(3, 8, 8))
+
+
 def test_an_optional_argument_is_traced_at_its_default_and_refusals_name_what_and_where(tmp_path):
     """review BB: forward(x, mask=None) exports (the mask at None), a second input without a default is named, and
     a tensor method that cannot be exported is named with the model's own line."""

@@ -41,7 +41,8 @@ def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8, attention: fr
     def one(n: str, m: nn.Module) -> str:
         parent = n.rpartition(".")[0]
         if n.endswith(".out_proj") and parent in attention:
-            return f"{n!r} ({type(m).__name__}, and {parent + '.in_proj_weight'!r}: all of that MultiheadAttention)"
+            return f"{n!r} ({type(m).__name__}, and the in-projection weights of {parent!r}: all of that " \
+                "MultiheadAttention)"
         return f"{n!r} ({type(m).__name__})"
 
     text = ", ".join(one(n, m) for n, m in layers[:limit])

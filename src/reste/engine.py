@@ -268,6 +268,10 @@ def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
+def _stderr_is_terminal() -> bool:
+    return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     """An epoch's progress bar, as a context manager that gives the bar (None when off). The bar only
     displays: the training loop iterates the loader itself, once per epoch. (A bar wrapped around the
@@ -285,7 +289,9 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
 class _Run:
     """One training run in a directory: state, epochs, checkpoints and logs."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool) -> None:
+    def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool | None) -> None:
+        # the bar by default only on a terminal: a log file or a pipe would fill with its frames
+        progress = _stderr_is_terminal() if progress is None else progress
         self.config, self.run_dir, self.progress = config, run_dir, progress
         check_tensorboard(config.tensorboard, run_dir)  # before any data: a missing package is one line
         if config.threads:
@@ -735,7 +741,7 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.estimator}-{stamp}"
 
 
-def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
+def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
 
@@ -743,6 +749,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     and the run-level ``indicators`` when they were on. The folder must be new or empty
     and is locked for the whole run; a run that ends before it saved a checkpoint removes
     what it wrote. SIGTERM or SIGUSR1 raise :class:`Preempted` after a mid-epoch checkpoint.
+    ``progress``: each epoch's bar on stderr; by default when stderr is a terminal (pass True in a notebook).
     """
     config = config.resolve()
     if out is not None and not str(out).strip():
@@ -804,8 +811,8 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
         bn = "synchronised BatchNorm" if config.sync_bn else "BatchNorm per process"
         procs = f", {run.dist.world_size} processes ({bn})"
     run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
-            f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr}, "
-            f"device {run.device}{procs} -> {run_dir}")
+            f"{config.epochs} epoch{'s' * (config.epochs != 1)}, batch {config.batch_size}, {config.optimizer} "
+            f"lr {config.lr}, device {run.device}{procs} -> {run_dir}")
     tip = cuda_graphs_tip(config, run.device, run.dist.enabled)
     if tip:
         run.log(tip)
@@ -821,8 +828,8 @@ def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,
-           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its last finished epoch.
+           progress: bool | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last finished epoch (``progress`` as for :func:`train`).
 
     ``overrides`` are settings given again on the command line; a setting that
     differs from the saved one is refused (naming it) unless ``force`` is true.

@@ -102,7 +102,8 @@ class _BinaryMixin:
     def binary_input(self, x: Tensor) -> Tensor:
         if self.input_estimator is None:
             return x
-        if self.watch_inputs is not None:
+        # (never while compiling or exporting: a data-dependent check would split the graph)
+        if not torch.compiler.is_compiling() and self.watch_inputs is not None:
             _check_constant_input(self, x)
         return self.input_estimator(x)
 
@@ -118,13 +119,15 @@ _CONSTANT_INPUTS_TOLD = [False]  # the warning below, once per process
 def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:
     """Once per layer (at its first forward), once per process: warn when a binarized layer's inputs are all >= 0
     (a ReLU before it, as in torchvision's and timm's ResNets), which sign makes +1 everywhere."""
+    if not x.numel():  # an empty batch tells nothing: the next one is checked
+        return
     name, layer.watch_inputs = layer.watch_inputs, None
-    if _CONSTANT_INPUTS_TOLD[0] or not x.is_floating_point() or not x.numel() or not bool((x.detach() >= 0).all()):
+    if _CONSTANT_INPUTS_TOLD[0] or not x.is_floating_point() or not bool((x.detach() >= 0).all()):
         return
     _CONSTANT_INPUTS_TOLD[0] = True
     warnings.warn(
-        f"binarize: the inputs of binary layer {name!r} are all >= 0 (a ReLU before it?), and likely those of the "
-        "layers like it: sign makes them +1 everywhere, so they carry nothing and the layers before get no useful "
+        f"binarize: the inputs of binary layer {name!r} are all >= 0 (a ReLU before it, or images in [0, 1] into a "
+        "binarized first layer?), and likely those of the layers like it: sign makes them +1 everywhere, so they carry nothing and the layers before get no useful "
         "gradient; binarize with activations=False (1W/32A), or put the sign before the ReLU (BatchNorm -> sign "
         "-> conv, as the zoo's blocks do)", stacklevel=3)
 

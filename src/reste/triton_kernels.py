@@ -11,8 +11,7 @@ reads ``x`` (and ``grad``) once and writes the result once:
 * ``scaled_sign(w, groups)`` / ``scaled_sign_backward(...)``: a binary weight
   sign(W) * alpha with alpha = mean(abs(W)) per group (one group: the layer's
   scale; one per output channel) in two launches forward and two backward,
-  where the PyTorch ops launch 8 kernels forward and 11 (STE) to 23 (ReSTE)
-  backward.
+  where the PyTorch-op path launches one kernel per op, several each way.
 
 They compute what the PyTorch expressions compute, in float32 (16-bit inputs are
 loaded, computed in float32 and rounded once when stored, as the PyTorch path's

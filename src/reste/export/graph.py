@@ -48,9 +48,23 @@ class Bits:
         return self.array.shape
 
 
-class _Tracer(fx.Tracer):
-    record_stack_traces = True  # a refused function or tensor method is named with the line that calls it
+class _Refused(UsageError):
+    """A function or tensor method the format has no op for; ``node`` names the fx node (``to_graph`` traces
+    again with stack traces, which cost a second or more, to name the model's line)."""
 
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class _Default:
+    """A forward parameter traced at its default value (``mask=None``)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if getattr(m, "precision", 32) == 1 or isinstance(m, Estimator):
             return True
@@ -235,8 +249,8 @@ class _Builder:
         output = None
         for n in self.gm.graph.nodes:
             if n.op == "placeholder":
-                if self.nodes and n.args:  # a parameter traced at its default (mask=None): a constant
-                    self.env[n] = n.args[0]
+                if self.nodes and n.args:  # a parameter traced at its default (mask=None): only fx's guards use it
+                    self.env[n] = _Default(n.args[0])
                     continue
                 if self.nodes:
                     raise UsageError(f"cannot export a model with more than one input (its forward also takes "
@@ -259,8 +273,10 @@ class _Builder:
                     x = self.add({**part, "name": n.target}, [x])
                 self.env[n] = x
             elif n.op == "call_function":
-                if getattr(n.target, "__name__", "") == "_assert_is_none":  # fx's guard of a parameter traced at None
-                    continue
+                if n.target is torch._assert or getattr(n.target, "__name__", "") == "_assert_is_none":
+                    continue  # fx's guards of a parameter traced at its default
+                if n.target is operator.eq and isinstance(self.env.get(n.args[0]), _Default):
+                    continue  # the guard's test of that default
                 self.env[n] = self.function(n)
             elif n.op == "call_method":
                 self.env[n] = self.method(n)
@@ -330,7 +346,7 @@ class _Builder:
             return self.mean(n)
         if f in (F.dropout, F.dropout2d):
             return self.tensor(a[0], where)
-        raise UsageError(f"cannot export: function {where} is not supported{_line_of(n)}")
+        raise _Refused(f"cannot export: function {where} is not supported", n.name)
 
     def method(self, n: fx.Node) -> Any:
         name, a = n.target, n.args
@@ -365,7 +381,7 @@ class _Builder:
                 raise UsageError("cannot export: view/reshape must keep the batch dimension (x.view(x.size(0), ...), "
                                  "or x.view(-1, n) with n one sample's size when input_size is given)")
             return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
-        raise UsageError(f"cannot export: tensor method {name!r} is not supported{_line_of(n)}")
+        raise _Refused(f"cannot export: tensor method {name!r} is not supported", n.name)
 
     def mean(self, n: fx.Node) -> int:
         dims = self._kw(n, 1, "dim", None)
@@ -462,8 +478,16 @@ def _compact(nodes: list[dict[str, Any]], output: int) -> tuple[list[dict[str, A
     return out, new_index[output]
 
 
-def _line_of(n: fx.Node) -> str:
-    """`` (file:line, in function)`` of the model's code that made node ``n``, where the trace recorded it."""
+def _line_of(model: nn.Module, node: str) -> str:
+    """`` (file:line, in function)`` of the model's code that made the fx node named ``node``: from a second
+    trace that records stack traces (the first does not: they cost a second or more)."""
+    tracer = _Tracer()
+    tracer.record_stack_traces = True
+    try:
+        graph = tracer.trace(model, concrete_args=_defaulted_arguments(model))
+    except Exception:  # noqa: BLE001 - the first trace succeeded; without a line the message stands
+        return ""
+    n = next((m for m in graph.nodes if m.name == node), None)
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', getattr(n, "stack_trace", None) or "")
     torch_dir = os.path.dirname(torch.__file__)
     frames = [f for f in frames if not f[0].startswith(torch_dir)]  # the model's frames, not fx's own
@@ -481,7 +505,7 @@ def _defaulted_arguments(model: nn.Module) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     extra = [p for p in params[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    needed = [p.name for p in extra if p.default is p.empty]
+    needed = [p.name for p in extra if p.default is p.empty or isinstance(p.default, torch.Tensor)]
     if needed:
         raise UsageError(f"cannot export a model with more than one input: its forward also takes "
                          f"{', '.join(map(repr, needed))}; export a module whose forward takes the image alone")
@@ -511,7 +535,10 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
         except Exception as err:  # noqa: BLE001 - the model's own error, said once the graph is known
             failed = err.__cause__ or err
     builder = _Builder(gm)
-    nodes, output = builder.run()  # its own refusals first: they say what to change in the model
+    try:
+        nodes, output = builder.run()  # its own refusals first: they say what to change in the model
+    except _Refused as err:
+        raise UsageError(f"{err}{_line_of(model, err.node)}") from None
     if failed is not None:
         first = str(failed).strip().splitlines()[0][:150] if str(failed).strip() else type(failed).__name__
         raise UsageError(f"the model fails on an input of input_size {tuple(input_size)} ({first}); check "
