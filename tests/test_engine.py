@@ -117,13 +117,7 @@ def test_resume_restores_the_random_state_a_model_draws_from(tmp_path, monkeypat
     cfg = small(epochs=2)
     engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
     original_epoch = engine._Run.train_epoch
-
-    def stop_at_1(self, epoch, *args):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original_epoch(self, epoch, *args)
-
-    monkeypatch.setattr(engine._Run, "train_epoch", stop_at_1)
+    _interrupt_at(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
     monkeypatch.setattr(engine._Run, "train_epoch", original_epoch)

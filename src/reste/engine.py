@@ -268,7 +268,9 @@ def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
-def _stderr_is_terminal() -> bool:
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal, where a progress bar is drawn (a log file or a pipe would fill with its
+    frames); also what the ``reste`` command asks."""
     return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
@@ -291,7 +293,7 @@ class _Run:
 
     def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool | None) -> None:
         # the bar by default only on a terminal: a log file or a pipe would fill with its frames
-        progress = _stderr_is_terminal() if progress is None else progress
+        progress = stderr_is_terminal() if progress is None else progress
         self.config, self.run_dir, self.progress = config, run_dir, progress
         check_tensorboard(config.tensorboard, run_dir)  # before any data: a missing package is one line
         if config.threads:
@@ -336,6 +338,7 @@ class _Run:
             print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
                   "use --amp bf16 or none", file=sys.stderr)
         self.model = build_model(config, self.info.num_classes).to(self.device)
+        self.scheduled = bool(estimators_of(self.model))  # a float twin has nothing to schedule
         clash = sorted({k for est in estimators_of(self.model) for k in est.schedule_values()} & set(METRIC_FIELDS))
         if clash:  # a plugin's scheduled hyper-parameter would overwrite a field of the metrics line, or vice versa
             raise UsageError(f"estimator {config.estimator!r} schedules {', '.join(clash)}, a name each line of "
@@ -557,7 +560,7 @@ class _Run:
             lr = learning_rate(cfg.lr, epoch, cfg.epochs, cfg.warm_up)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            sched = set_progress(self.model, epoch, cfg.epochs) if estimators_of(self.model) else {}  # a float twin
+            sched = set_progress(self.model, epoch, cfg.epochs) if self.scheduled else {}
             if self.graphed is not None:
                 self.graphed.invalidate()  # the captured step holds this epoch's lr and schedule values
             start_step, partial = (self.start_step, self.partial) if epoch == self.start_epoch else (0, None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any, Sequence
 
 from .config import TrainConfig, parse_value
@@ -187,5 +186,6 @@ def show_bar(args: argparse.Namespace) -> bool:
 
 
 def terminal() -> bool:
-    stderr = sys.stderr
-    return stderr is not None and hasattr(stderr, "isatty") and stderr.isatty()
+    from .engine import stderr_is_terminal  # the library's rule for the bar
+
+    return stderr_is_terminal()
