@@ -296,11 +296,19 @@ def test_unconvertible_layers_are_named_in_one_warning():
     assert "'same'" not in str(record[0].message)
 
 
-def test_already_binary_layers_are_not_reported():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        twice = binarize(binarize(make_net()))
+def test_already_binary_layers_keep_their_estimators_with_one_warning():
+    once = binarize(make_net(), "reste")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        twice = binarize(once, "ste")  # not listed as layers with no binary version, not converted again
+    assert [str(w.message) for w in record if "no binary version" in str(w.message)] == []
+    told = [str(w.message) for w in record if "binary already" in str(w.message)]
+    assert len(told) == 1 and f"{len(CONVERTIBLE)} layer(s)" in told[0] and repr(CONVERTIBLE[0]) in told[0]
     assert [n for n, _ in reste.binary_layers(twice)] == CONVERTIBLE
+    assert {m.weight_estimator.name for _, m in reste.binary_layers(twice)} == {"reste"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a float model: no such warning
+        binarize(make_net())
 
 
 def test_a_layer_that_cannot_be_copied_is_named():
@@ -398,9 +406,11 @@ def test_zoo_models_convert_every_float_conv_and_linear_but_first_and_last():
         net = models.create(name)
         floats = [n for n, m in net.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
         before = [n for n, _ in reste.binary_layers(net)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
             bnet = binarize(net)
+        told = [str(w.message) for w in record]
+        assert told == ([] if not before else [told[0]]) and (not before or "binary already" in told[0]), name
         convs = [n for n in floats if isinstance(net.get_submodule(n), nn.Conv2d)]
         linears = [n for n in floats if isinstance(net.get_submodule(n), nn.Linear)]
         expected = set(before) | set(floats) - {convs[0], linears[-1]}

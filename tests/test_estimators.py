@@ -511,11 +511,12 @@ def test_set_progress_validates(name):
 # ------------------------------------------------------------------ state save / restore
 
 
-def _model(name: str) -> nn.Module:
+def _model(name: str, **hyperparameters: float) -> nn.Module:
+    spec = {"name": name, **hyperparameters}
     return nn.Sequential(
-        reste.BinaryConv2d(2, 3, 3, bias=False, weight_estimator=name),
+        reste.BinaryConv2d(2, 3, 3, bias=False, weight_estimator=spec),
         nn.Flatten(),
-        reste.BinaryLinear(12, 2, weight_estimator=name),
+        reste.BinaryLinear(12, 2, weight_estimator=spec),
     )
 
 
@@ -552,6 +553,29 @@ def test_schedule_state_lives_in_state_dict(name):
         assert torch.equal(a.derivative(x), b.derivative(x))
     x = torch.randn(4, 2, 4, 4)
     assert torch.equal(model(x), fresh(x))
+
+
+def test_a_state_loads_into_an_estimator_of_its_own_name_only():
+    torch.manual_seed(0)
+    trained = _model("reste")
+    reste.set_progress(trained, 37, 50)
+    sd = trained.state_dict()
+    with pytest.raises(RuntimeError, match=r"_extra_state: the state of a 'reste' estimator cannot load into a "
+                                           r"'ede' one"):
+        _model("ede").load_state_dict(sd)  # before: no key in common, nothing loaded, silently
+    other = _model("reste", o_end=5.0)  # the same estimator with other settings: its schedule state loads
+    other.load_state_dict(sd)
+    assert [e.schedule_values() for e in reste.estimators_of(other)] == \
+        [e.schedule_values() for e in reste.estimators_of(trained)]
+    weights = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+    ste = _model("ste")
+    assert not ste.load_state_dict(weights).missing_keys  # the weights alone, as the message says
+    # a state saved before the name was kept (schedule values only) loads as it did
+    legacy = {k: ({n: x for n, x in v.items() if n != "estimator"} if k.endswith("_extra_state") else v)
+              for k, v in sd.items()}
+    fresh = _model("reste")
+    fresh.load_state_dict(legacy)
+    assert [e.o for e in reste.estimators_of(fresh)] == [e.o for e in reste.estimators_of(trained)]
 
 
 # ------------------------------------------------------------------ registry and validation

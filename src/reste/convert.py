@@ -199,6 +199,14 @@ def binarize(
         raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     patterns = [keep] if isinstance(keep, str) else list(keep)
 
+    binary = [n for n, m in model.named_modules() if getattr(m, "precision", 32) == 1]
+    if binary:  # a zoo model, or one binarized before: its binary layers are not converted again
+        warnings.warn(
+            f"binarize: {len(binary)} layer(s) of the model are binary already and keep their own estimators and "
+            f"scaling ({_describe([(n, model.get_submodule(n)) for n in binary], limit=4)}); binarize converts "
+            "float layers only (to change a zoo model's estimator, create it with estimator=...)",
+            stacklevel=2,
+        )
     # every name of each layer: a module used in two places is one layer, converted once and set at each
     named = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if type(m) in (nn.Conv2d, nn.Linear)]
     others = _unconvertible(model)

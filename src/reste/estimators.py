@@ -457,10 +457,27 @@ class Estimator(nn.Module):
         """The values that change over training (logged per epoch)."""
         return {k: getattr(self, k) for k in self._state_names()}
 
-    def get_extra_state(self) -> dict[str, float]:
-        return {k: float(getattr(self, k)) for k in self._state_names()}
+    def get_extra_state(self) -> dict[str, Any]:
+        """The schedule's state, and the estimator's name (a state loads into an estimator of that name only)."""
+        return {"estimator": self.name, **{k: float(getattr(self, k)) for k in self._state_names()}}
 
-    def set_extra_state(self, state: dict[str, float]) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        # another estimator's state (o of a ReSTE into an STE) would load nothing, silently: refuse it by name,
+        # as torch refuses a weight of another shape (a state saved before names were kept loads as before)
+        state = state_dict.get(prefix + "_extra_state")
+        saved = state.get("estimator") if isinstance(state, dict) else None
+        if saved is not None and saved != self.name:
+            error_msgs.append(
+                f"{prefix}_extra_state: the state of a {saved!r} estimator cannot load into a {self.name!r} one "
+                f"(build the model with estimator {saved!r}, or leave out the keys ending in '_extra_state' to "
+                "load the weights alone)")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         for k in self._state_names():
             if k in state:
                 setattr(self, k, type(getattr(self, k))(state[k]))
