@@ -464,3 +464,24 @@ def test_the_best_epoch_is_the_best_when_accuracy_falls_and_survives_a_resume(tm
     result = engine.resume(tmp_path / "run", progress=False, log=quiet)
     assert (result["best_acc"], result["best_epoch"], result["final_acc"]) == (70.0, 2, 65.0)
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 2
+
+
+def test_train_or_resume_starts_a_run_then_continues_only_that_run(tmp_path):
+    """The library's --auto-resume: one call for the first start and every restart; every setting of the
+    config is compared (a default too: seed 0 is not the run's seed 5)."""
+    import dataclasses
+
+    cfg, out, lines = TrainConfig(dataset="digits", epochs=1, threads=1, seed=5), tmp_path / "run", []
+    assert engine.train_or_resume(cfg, out, log=lines.append)["run_dir"] == str(out)
+    assert lines[0].startswith("training digits_1w1a")
+    lines.clear()
+    engine.train_or_resume(cfg, out, log=lines.append)
+    assert lines[0] == f"{out} already finished 1 epoch; nothing to do"
+    with pytest.raises(UsageError, match=r"seed: saved 5, given 0"):
+        engine.train_or_resume(dataclasses.replace(cfg, seed=0), out, log=lines.append)
+    with pytest.raises(UsageError, match="holds a run of no preset, not of preset cifar10-resnet20-1w1a"):
+        engine.train_or_resume(config_from_preset("cifar10-resnet20-1w1a"), out, log=lines.append)
+    engine.train_or_resume(dataclasses.replace(cfg, epochs=2), out, force=True, log=lines.append)
+    assert [m["epoch"] for m in rundir.read_metrics(out)] == [1, 2]
+    with pytest.raises(UsageError, match="needs out"):
+        engine.train_or_resume(cfg, "  ")

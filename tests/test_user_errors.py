@@ -283,7 +283,7 @@ def test_auto_resume_starts_a_run_then_continues_it_with_the_same_command(tmp_pa
     assert [m["epoch"] for m in rundir.read_metrics(out)] == [1, 2]
     assert "needs --out" in _one_line_error(capsys, "train", "--auto-resume")
     assert "not with --resume" in _one_line_error(capsys, "train", "--auto-resume", "--resume", str(out))
-    assert "holds a run of no preset, not of --preset cifar10-resnet20-1w1a" in _one_line_error(
+    assert "holds a run of no preset, not of preset cifar10-resnet20-1w1a" in _one_line_error(
         capsys, "train", "--preset", "cifar10-resnet20-1w1a", "--out", str(out), "--auto-resume")
 
 

@@ -39,33 +39,32 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import engine
-    from .config import get_preset
+    from .config import TrainConfig
     from .rundir import holds_run, run_config
 
     log = print
-    resume = args.resume
     if args.auto_resume:
-        if resume is not None:
+        if args.resume is not None:
             raise UsageError("--auto-resume goes with --out (the folder to start or continue), not with --resume")
         if not args.out:
             raise UsageError("--auto-resume needs --out: the folder to start the run in, or to continue it from")
-        if holds_run(args.out):
-            resume = args.out
-    elif resume is not None:
+        if holds_run(args.out):  # only the flags given are compared with the run's settings, and its preset
+            args._base_estimator = run_config(args.out).estimator
+            config, overrides = TrainConfig(preset=args.preset), overrides_from_args(args)
+        else:
+            config, overrides = config_from_args(args), None
+        engine.train_or_resume(config, args.out, overrides=overrides, force=args.force, progress=show_bar(args),
+                               log=log)
+        return 0
+    if args.resume is not None:
         if args.preset:
             raise UsageError("--preset cannot be combined with --resume: the run keeps its own settings")
         if args.out:
             raise UsageError("--out cannot be combined with --resume: the run directory is the one resumed")
-    if resume is not None:
-        saved = run_config(resume)
-        if args.preset and get_preset(args.preset).name != saved.preset:  # --auto-resume's own command line
-            what = f"preset {saved.preset}" if saved.preset else "no preset"
-            raise UsageError(f"{resume} holds a run of {what}, not of --preset {args.preset}; pass another --out")
-        args._base_estimator = saved.estimator
-        engine.resume(resume, overrides_from_args(args), force=args.force, progress=show_bar(args), log=log)
+        args._base_estimator = run_config(args.resume).estimator
+        engine.resume(args.resume, overrides_from_args(args), force=args.force, progress=show_bar(args), log=log)
         return 0
-    config = config_from_args(args)
-    engine.train(config, args.out, progress=show_bar(args), log=log)
+    engine.train(config_from_args(args), args.out, progress=show_bar(args), log=log)
     return 0
 
 

@@ -52,7 +52,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models, resumption
-from .config import AMP_MODES, OPTIMIZERS, TrainConfig, check_data_path, check_workers, max_threads
+from .config import AMP_MODES, OPTIMIZERS, TrainConfig, check_data_path, check_workers, get_preset, max_threads
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -63,8 +63,8 @@ from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics, best_checkpoint,
-                     check_kept, forget_divergence, keep_top, last_checkpoint, repair_best, require_run_path,
-                     restore_config, saved_config, schedule_fields, start_metrics, sweep_folder_hint, truncate_metrics, write_config)
+                     check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, repair_best,
+                     require_run_path, restore_config, run_config, saved_config, schedule_fields, start_metrics, sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -903,7 +903,32 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     return run.run()
 
 
+def train_or_resume(config: TrainConfig, out: str | os.PathLike, *, overrides: dict[str, Any] | None = None,
+                    force: bool = False, progress: bool | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start ``config`` in ``out``, or continue the run ``out`` holds already: one call for a job that may be
+    preempted and started again (what ``reste train --auto-resume --out DIR`` does).
+
+    A run to continue must be this one: every setting of ``config`` (resolved) that changes training and
+    differs from the run's saved one is refused, naming it, unless ``force`` (see :func:`resume`); another
+    data set, model or preset is refused always. ``overrides``: compare these settings only (the CLI passes
+    the flags given) instead of all of ``config``'s.
+    """
+    if out is None or not str(out).strip():
+        raise UsageError("train_or_resume needs out: the folder to start the run in, or to continue it from")
+    if not holds_run(out):
+        return train(config, out, progress=progress, log=log)
+    saved = run_config(out)
+    if config.preset and get_preset(config.preset).name != saved.preset:
+        what = f"preset {saved.preset}" if saved.preset else "no preset"
+        raise UsageError(f"{out} holds a run of {what}, not of preset {config.preset}; start this one in another "
+                         "folder")
+    if overrides is None:  # a setting left unset (None) keeps the run's: its thread count, say
+        overrides = {k: v for k, v in config.resolve().to_dict().items() if v is not None and k != "preset"}
+    return resume(out, overrides, force=force, progress=progress, log=log)
+
+
 __all__ = [
-    "TrainConfig", "train", "resume", "evaluate", "evaluate_checkpoint", "TrainingDiverged", "Preempted",
+    "TrainConfig", "train", "resume", "train_or_resume", "evaluate", "evaluate_checkpoint", "TrainingDiverged", "Preempted",
     "format_epoch",
 ]
