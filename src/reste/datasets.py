@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec", "dataset_names"]
+__all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec"]
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,6 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
 
 #: The canonical names, in the order they are listed to users.
 DATASETS: tuple[str, ...] = tuple(SPECS)
-
-
-def dataset_names() -> tuple[str, ...]:
-    """The canonical names of the known data sets."""
-    return tuple(SPECS)
 
 
 def get_spec(name: str) -> DatasetSpec:
