@@ -481,7 +481,13 @@ def test_train_or_resume_starts_a_run_then_continues_only_that_run(tmp_path):
         engine.train_or_resume(dataclasses.replace(cfg, seed=0), out, log=lines.append)
     with pytest.raises(UsageError, match="holds a run of no preset, not of preset cifar10-resnet20-1w1a"):
         engine.train_or_resume(config_from_preset("cifar10-resnet20-1w1a"), out, log=lines.append)
+    lines.clear()
     engine.train_or_resume(dataclasses.replace(cfg, epochs=2), out, force=True, log=lines.append)
     assert [m["epoch"] for m in rundir.read_metrics(out)] == [1, 2]
+    assert lines[0].startswith("note: the run trained on a 1-epoch schedule and continues on a 2-epoch one: from "
+                               "epoch 2 the learning rate")
+    lines.clear()
+    engine.train_or_resume(dataclasses.replace(cfg, epochs=2), out, log=lines.append)
+    assert not any("schedule" in line for line in lines)  # the same length: no note
     with pytest.raises(UsageError, match="needs out"):
         engine.train_or_resume(cfg, "  ")

@@ -105,7 +105,25 @@ def test_schedule_moves_and_indicators_are_logged(tmp_path):
         assert "train_loss" in row  # the module's own logging is untouched
     # the error shrinks as o grows (F comes closer to sign)
     assert rows[1]["reste/estimating_error"] < rows[0]["reste/estimating_error"]
-    assert callback.state_dict() == {"history": callback.history}
+    assert callback.state_dict() == {"history": callback.history, "epochs": EPOCHS}
+
+
+def test_a_resume_with_another_max_epochs_says_the_schedule_jumps(tmp_path):
+    module, trainer = fit(tmp_path, BinarizationCallback(epochs=4), limit_train_batches=2)  # 2 of 4 epochs
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+
+    def resume(max_epochs: int) -> list[str]:
+        longer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                            callbacks=[BinarizationCallback()], enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, limit_train_batches=2)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            longer.fit(Classifier(), digits_loader(), ckpt_path=tmp_path / "two.ckpt")
+        return [str(w.message) for w in record if "BinarizationCallback" in str(w.message)]
+
+    told = resume(6)
+    assert len(told) == 1 and "trained on a 4-epoch schedule and continues on a 6-epoch one: from epoch 3" in told[0]
+    assert resume(4) == []  # the schedule's length unchanged: nothing to say
 
 
 def test_module_attribute_epochs_and_no_indicators(tmp_path):

@@ -52,7 +52,8 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models, resumption
-from .config import AMP_MODES, OPTIMIZERS, TrainConfig, check_data_path, check_workers, get_preset, max_threads
+from .config import (AMP_MODES, OPTIMIZERS, TrainConfig, canonical_estimator, check_data_path, check_workers, get_preset,
+                     max_threads)
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -870,10 +871,14 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         check_classes((ckpt.get("model_options") or {}).get("num_classes"), ckpt.get("classes"), run.info,
                       config.data_path)
         trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)
+        notes += resumption.schedule_notes(trained.epochs, config.epochs, ckpt["epoch"])
         for note in notes:
             run.log(note)
         if trained.optimizer != config.optimizer:  # another optimizer's state starts afresh
             ckpt = {**ckpt, "optimizer": None}
+        if canonical_estimator(trained.estimator) != config.estimator:  # (--force) the weights go on, not the
+            # old estimator's schedule state, which another estimator refuses (set_progress sets the new one's)
+            ckpt = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.endswith("_extra_state")}}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs
     if not idle and run.device.type == "cpu" and saved.threads and config.threads != saved.threads:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from . import schedules
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, canonical_estimator, max_threads
 from .datasets import get_spec
@@ -166,6 +167,15 @@ def settings_to_record(config: TrainConfig, trained: TrainConfig, idle: bool) ->
     if not idle:
         return config
     return dataclasses.replace(trained, **{k: getattr(config, k) for k in RESUME_FREE if k != "threads"})
+
+
+def schedule_notes(trained: int | None, epochs: int, done: int) -> list[str]:
+    """A note when a run that trained on a ``trained``-epoch schedule continues on an ``epochs``-epoch one with
+    epochs left to train (``done`` finished): the learning rate and the estimators' ramps are set by epoch /
+    epochs, so they jump to where the new length puts them."""
+    if not trained or trained == epochs or done >= epochs:
+        return []
+    return ["note: " + schedules.length_change(trained, epochs, done)]
 
 
 def spans(epochs: list[int]) -> str:

@@ -16,12 +16,14 @@ Needs Lightning: ``pip install 'reste[lightning]'``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
 
 from ..indicators import MODES, EquilibriumMeter
 from ..layers import binary_layers, set_progress
+from ..schedules import length_change
 
 try:
     from lightning.pytorch import LightningModule, Trainer
@@ -82,6 +84,7 @@ class BinarizationCallback(Callback):
         self.schedule: dict[str, float] = {}
         self._history: list[dict[str, float]] = []
         self._last_step = -1
+        self._epochs_used: int | None = None  # the schedule's length at the last epoch start (saved, to compare)
 
     def _model(self, pl_module: LightningModule) -> nn.Module:
         """The module whose binary layers are scheduled."""
@@ -111,7 +114,12 @@ class BinarizationCallback(Callback):
         self._last_step = trainer.global_step
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, self._epochs(trainer))
+        epochs = self._epochs(trainer)
+        if self._epochs_used is not None and self._epochs_used != epochs:  # resumed with another max_epochs
+            warnings.warn(f"BinarizationCallback: {length_change(self._epochs_used, epochs, trainer.current_epoch)}",
+                          stacklevel=2)
+        self._epochs_used = epochs
+        self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, epochs)
         if self.schedule:
             pl_module.log_dict(
                 {self.prefix + k: float(v) for k, v in self.schedule.items()}, on_step=False, on_epoch=True,
@@ -142,9 +150,10 @@ class BinarizationCallback(Callback):
         return [dict(h) for h in self._history]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "epochs": self._epochs_used}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._history = [dict(h) for h in state_dict.get("history", [])]
+        self._epochs_used = state_dict.get("epochs")
         if self.meter is not None:
             self.meter.history = self.history
