@@ -108,9 +108,11 @@ def test_a_resume_with_another_process_count_says_the_global_batch_changes(full_
     shutil.copytree(full_run[0], run)
     (run / ".lock").unlink(missing_ok=True)
     r = subprocess.run([sys.executable, "-m", "reste.cli", "train", "--resume", str(run), "--epochs", "7", "--force",
-                        "--no-progress"], capture_output=True, text=True, env=ENV, timeout=300)
+                        "--batch-size", "32", "--no-progress"], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "trained with 2 process(es) and continues with 1: --batch-size 64 is per process" in r.stdout, r.stdout
+    # the images a step took before: the batch it trained with (64) times 2, not the new one's
+    assert ("trained with 2 process(es) and continues with 1: --batch-size 32 is per process, so each step now "
+            "takes 32 images instead of 128") in r.stdout, r.stdout
     assert [m["epoch"] for m in rundir.read_metrics(run)] == [1, 2, 3, 4, 5, 6, 7]
 
 

@@ -514,3 +514,101 @@ def test_plot_takes_a_torn_last_line_and_a_switched_estimator(capsys, tmp_path, 
     assert [m["epoch"] for m in rundir.read_metrics(run)] == [1, 2]
     (run / "metrics.jsonl").write_text("not json\n" + lines[0] + "\n")  # damage inside the file is an error
     assert_one_line_error(capsys, ["plot", str(run)], "line 1 is not JSON")
+
+
+# ------------------------------------------------------------------ unreadable image files (review FF)
+
+
+def _image_folder(root: Path) -> Path:
+    """An ImageNet-style folder: 2 classes, 4 train images each (4 batches of 2), 1 val image each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 1)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def _folder_config(root: Path) -> TrainConfig:
+    return TrainConfig(dataset="imagenet", data_path=str(root), model="imagenet_resnet18_1w1a", epochs=1,
+                       batch_size=2, eval_batch_size=2, workers=0, threads=1)
+
+
+@pytest.fixture(scope="module")
+def folder_reference(tmp_path_factory):
+    """The data set and an uninterrupted run's weights and metrics."""
+    base = tmp_path_factory.mktemp("folder")
+    root = _image_folder(base / "data")
+    engine.train(_folder_config(root), base / "run", progress=False, log=lambda _m: None)
+    return root, load_checkpoint(base / "run" / "last.pt")["model"], rundir.read_metrics(base / "run")[0]
+
+
+def _same_run(run: Path, reference) -> None:
+    _, weights, metrics = reference
+    state = load_checkpoint(run / "last.pt")["model"]
+    assert all(torch.equal(state[k], v) for k, v in weights.items() if isinstance(v, torch.Tensor))
+    got = rundir.read_metrics(run)[0]
+    assert {k: v for k, v in got.items() if k != "time"} == {k: v for k, v in metrics.items() if k != "time"}
+
+
+def test_an_unreadable_test_image_keeps_the_trained_epoch(tmp_path, folder_reference):
+    """The test images are read after the epoch's training: one that cannot be read cost the whole epoch (and
+    on the first, the run folder). last.pt now holds the trained epoch, and a resume only evaluates it."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(folder_reference[0], root)
+    bad = root / "val" / "b" / "0.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"not an image")
+    run = tmp_path / "run"
+    with pytest.raises(UsageError, match=r"cannot read image .*0\.png.*last\.pt keeps epoch 1's training: continue "
+                                         r"with `reste train --resume"):
+        engine.train(_folder_config(root), run, progress=False, log=lambda _m: None)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 4) and not rundir.read_metrics(run)
+    bad.write_bytes(good)
+    lines: list[str] = []
+    engine.resume(run, progress=False, log=lines.append)
+    assert lines[0] == f"resuming {run} at the evaluation of epoch 1/1 (its training is done)"
+    _same_run(run, folder_reference)
+
+
+def test_an_unreadable_training_image_keeps_the_steps_before_it(tmp_path, folder_reference, monkeypatch):
+    """A bad file mid-epoch keeps the steps done (one process), says how to go on; a resume over another number
+    of images is refused (its epoch order would differ), and over the mended set gives the uninterrupted run."""
+    import shutil
+
+    from reste.data import sampling
+
+    root = tmp_path / "data"
+    shutil.copytree(folder_reference[0], root)
+    order = sampling.epoch_order(8, 0, 0).tolist()  # the first epoch's order; files sort as a/0..3, b/0..3
+    index = order[5]  # in the third batch of two
+    bad = root / "train" / "ab"[index // 4] / f"{index % 4}.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"not an image")
+    run = tmp_path / "run"
+    with pytest.raises(UsageError, match=r"cannot read image .*; .*last\.pt keeps epoch 1 up to step 2/4: continue "
+                                         r"with `reste train --resume"):
+        engine.train(_folder_config(root), run, progress=False, log=lambda _m: None)
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    bad.write_bytes(good)
+    extra = root / "train" / "a" / "9.png"
+    shutil.copy(root / "train" / "a" / "0.png", extra)
+    with pytest.raises(UsageError, match="saved inside epoch 1 over 8 training images, and the data set now has 9"):
+        engine.resume(run, progress=False, log=lambda _m: None)
+    extra.unlink()
+    # the resume reads no image of the two batches done (each sample's augmentation is its own)
+    read: list[int] = []
+    original = sampling.TransformDataset.__getitem__
+    monkeypatch.setattr(sampling.TransformDataset, "__getitem__",
+                        lambda self, key: read.append(key) or original(self, key))
+    engine.resume(run, progress=False, log=lambda _m: None)
+    assert [k[2] for k in read if isinstance(k, tuple)] == order[4:]
+    _same_run(run, folder_reference)

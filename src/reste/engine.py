@@ -393,6 +393,9 @@ class _Run:
         self.start_step, self.partial = 0, None  # a checkpoint taken inside epoch start_epoch + 1
         self.saved: tuple[int, int] | None = None  # (epoch, step) of the newest last.pt
         self.last_metrics: dict[str, Any] = {}
+        self.train_size = len(train_ds)  # recorded: a mid-epoch state continues only on as many images
+        self.files_to_read = where is None  # images read from files (ImageNet), not held in memory
+        self._epoch_sums: list[float | int] | None = None
         self.stop = StopRequest()  # train() and resume() hand in the one their signal handlers set
         self._last_save = time.monotonic()
         self.board = TensorBoardLog(config.tensorboard, run_dir, config.to_dict()) \
@@ -421,6 +424,7 @@ class _Run:
             "step": step,
             "partial": partial,
             "world_size": self.dist.world_size,
+            "train_size": self.train_size,
             "kernels": kernel_path(self.device),
         }
 
@@ -442,11 +446,20 @@ class _Run:
         if self.start_step > len(self.train_loader):
             raise UsageError(f"{last_checkpoint(self.run_dir)} was saved after batch {self.start_step} of an epoch of "
                              f"{len(self.train_loader)}; it cannot continue: start a new run")
+        saved_size = ckpt.get("train_size")  # None in a checkpoint from before it was recorded
+        if self.start_step and saved_size is not None and saved_size != self.train_size:
+            # the epoch's order is a permutation of the images: over another number, the batches skipped are not
+            # those trained, and some images would be trained twice in the epoch, others never
+            raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} over "
+                             f"{saved_size} training images, and the data set now has {self.train_size}; the epoch "
+                             "cannot continue: restore the images as they were (or a run that continues from an "
+                             "epoch's end takes the new set)")
         if saved_world != self.dist.world_size and self.start_epoch < self.config.epochs:
             batch = self.config.batch_size
+            trained = (ckpt.get("config") or {}).get("batch_size") or batch  # the per-process batch it trained with
             self.log(f"note: {self.run_dir} trained with {saved_world} process(es) and continues with "
                      f"{self.dist.world_size}: --batch-size {batch} is per process, so each step now takes "
-                     f"{batch * self.dist.world_size} images instead of {batch * saved_world} (scale --batch-size "
+                     f"{batch * self.dist.world_size} images instead of {trained * saved_world} (scale --batch-size "
                      "or --lr to keep the recipe)")
         kernels = kernel_path(self.device)
         if ckpt.get("kernels") not in (None, kernels) and self.start_epoch < self.config.epochs:
@@ -478,8 +491,11 @@ class _Run:
                     ) -> dict[str, float]:
         """Train one epoch; with ``start_step`` continue one that a mid-epoch checkpoint holds.
 
-        The skipped batches are still drawn (and augmented), so every later batch and
-        random draw is the one an uninterrupted run sees.
+        Every later batch and random draw is the one an uninterrupted run sees: image files begin at
+        ``start_step`` (each sample's augmentation is its own), in-memory data draw the skipped batches (one
+        generator augments them in turn) and drop them. A data error inside the epoch (an unreadable image)
+        first saves the steps done, in one process (several would need the others, which wait in a
+        collective).
         """
         cfg, device = self.config, self.device
         self.net.train()
@@ -495,10 +511,23 @@ class _Run:
         bad_step = torch.tensor(int(sums[3]), device=device, dtype=torch.long)
         n = int(sums[2])
         steps = len(self.train_loader)
+        first = start_step if start_step and getattr(self.train_loader, "start_at", lambda _s: False)(start_step) \
+            else 0
         with _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress and self.dist.main,
                        start_step) as bar:
             shown = -float("inf")  # the first step shows its loss
-            for step, (images, target) in enumerate(self.train_loader):
+            batches, step = iter(self.train_loader), first - 1
+            while True:
+                try:
+                    images, target = next(batches)
+                except StopIteration:
+                    break
+                except Exception as err:
+                    # step + 1 batches are done: keep them (a later epoch's error keeps its finished steps too)
+                    self._data_failed(err, epoch, step + 1, steps, start_step,
+                                      [float(loss_sum), int(correct), n, int(bad_step)])
+                    raise
+                step += 1
                 if step < start_step:
                     continue
                 images, target = _to_device(images, target, device, cfg.channels_last)
@@ -542,6 +571,7 @@ class _Run:
         if self.dist.enabled:  # metrics over the whole training set, not this process's shard
             torch.distributed.all_reduce(totals)
         loss_total, correct_total, count = totals.tolist()
+        self._epoch_sums = [loss_total, int(correct_total), int(count), -1]
         return {"train_loss": loss_total / count, "train_acc": 100.0 * correct_total / count}
 
     def run(self) -> dict[str, Any]:
@@ -569,7 +599,18 @@ class _Run:
                 t0 -= float(partial["time"])  # the epoch's time includes the part before the checkpoint
             self._epoch_t0 = t0
             train_metrics = self.train_epoch(epoch, start_step, partial)
-            test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last, self.graphed_eval)
+            if self.files_to_read and self._epoch_sums is not None and start_step < len(self.train_loader):
+                # the test images are files, read only now: one that cannot be read must not cost the epoch's
+                # training (on ImageNet, hours). last.pt holds the trained epoch, which a resume evaluates
+                self._save_trained(epoch, len(self.train_loader))
+            try:
+                test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last,
+                                self.graphed_eval)
+            except UsageError as err:
+                if self.files_to_read and self.saved == (epoch, len(self.train_loader)):
+                    err.args = (f"{err}; {last_checkpoint(self.run_dir)} keeps epoch {epoch + 1}'s training: continue "
+                                f"with `reste train --resume {self.run_dir}` once the data is mended",)
+                raise
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
                                        "test_loss": test["loss"], "test_acc": test["top1"],
                                        "test_top5": test["top5"]}
@@ -616,6 +657,18 @@ class _Run:
 
     # -- mid-epoch checkpoints ------------------------------------------------
 
+    def _save_trained(self, epoch: int, steps: int) -> None:
+        """``last.pt`` after every batch of epoch ``epoch + 1``, before its evaluation: the whole run's sums
+        (every process has them after the epoch's all_reduce) under rank 0, zeros under the others, so a
+        resume adds up the same totals, with no collective here."""
+        zero: list[float | int] = [0.0, 0, 0, -1]
+        ranks = [list(self._epoch_sums or zero)] + [list(zero) for _ in range(self.dist.world_size - 1)]
+        if self.dist.main:
+            partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
+                       "time": time.time() - self._epoch_t0}
+            ckpt_io.save_checkpoint(self.state(epoch, steps, partial), last_checkpoint(self.run_dir))
+        self.saved, self._last_save = (epoch, steps), time.monotonic()
+
     def save_partial(self, epoch: int, step: int, sums: list[float | int]) -> None:
         """``last.pt`` after ``step`` batches of epoch ``epoch + 1`` (every process's running sums)."""
         ranks = [sums]
@@ -629,6 +682,26 @@ class _Run:
                        "time": time.time() - self._epoch_t0}
             ckpt_io.save_checkpoint(self.state(epoch, step, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, step), time.monotonic()
+
+    def _data_failed(self, err: Exception, epoch: int, done: int, steps: int, start_step: int,
+                     sums: list[float | int]) -> None:
+        """The loader failed before batch ``done + 1`` of epoch ``epoch + 1`` (an unreadable image): keep the
+        steps done in ``last.pt`` and add to the error how to go on. Not with several processes (saving needs
+        the others, which wait in the step's collective), nor a diverged state."""
+        if self.dist.enabled or not self.dist.main or int(sums[3]) >= 0:
+            return
+        if done > start_step:
+            self.save_partial(epoch, done, sums)
+        if self.saved is None:
+            return  # nothing kept yet: the run starts again
+        e, step = self.saved
+        where = f"{last_checkpoint(self.run_dir)} keeps epoch {e + 1} up to step {step}/{steps}" if step else \
+            f"{last_checkpoint(self.run_dir)} keeps epoch {e}"
+        hint = f"{where}: continue with `reste train --resume {self.run_dir}` once the data is mended"
+        if isinstance(err, UsageError):
+            err.args = (f"{err}; {hint}",)
+        else:
+            self.log(f"error while reading the training data at epoch {epoch + 1}, step {done + 1}/{steps}; {hint}")
 
     def _checkpoint_due(self, step: int) -> int:
         """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop.
@@ -900,6 +973,9 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
                 keep_top(run_dir, config.keep_top, ckpt["epoch"], None if ckpt.get("step") else last.read_bytes())
     if idle:
         run.log(f"{run_dir} already finished {config.epochs} epoch{'s' * (config.epochs != 1)}; nothing to do")
+    elif run.start_step >= len(run.train_loader):  # saved before its evaluation: only that is left
+        run.log(f"resuming {run_dir} at the evaluation of epoch {run.start_epoch + 1}/{config.epochs} (its training "
+                "is done)")
     elif run.start_step:
         run.log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{config.epochs}, step "
                 f"{run.start_step + 1}/{len(run.train_loader)}")

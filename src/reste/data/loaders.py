@@ -98,6 +98,17 @@ class EpochDataLoader(DataLoader):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(int(epoch))
 
+    def start_at(self, step: int) -> bool:
+        """Make the next iteration begin at batch ``step`` without reading the batches before it: a resume
+        inside an epoch of image files, which would otherwise decode them all again. Exact only where a
+        sample's augmentation is its own (keyed by (seed, epoch, index), as :class:`TransformDataset` does);
+        ``False`` (nothing changed) elsewhere, and the caller draws the batches and drops them."""
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSampler) or not sampler.tag or self.batch_size is None:
+            return False
+        sampler.skip = int(step) * self.batch_size
+        return True
+
 
 def data_device(name: str, choice: str, device: str | torch.device) -> torch.device | None:
     """Where a data set's tensors live during training (``--data-device``).

@@ -136,6 +136,7 @@ class EpochSampler(Sampler):
         self.inner = inner
         self.tag = bool(tag)
         self.epoch = 0
+        self.skip = 0  # samples the next iteration leaves out at its start (a resume inside an epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -152,6 +153,7 @@ class EpochSampler(Sampler):
             order = [int(i) for i in self.inner]
         else:
             order = epoch_order(self.n, self.seed, epoch).tolist()
+        order, self.skip = order[self.skip:], 0
         if self.tag:
             seed = self.seed
             return iter([(seed, epoch, i) for i in order])
