@@ -70,3 +70,87 @@ def test_single_process_is_a_plain_batch_norm():
     a, b = nn.BatchNorm2d(3), ProcessGroupBatchNorm.convert(nn.BatchNorm2d(3))
     torch.testing.assert_close(a(x), b(x))
     assert isinstance(b, ProcessGroupBatchNorm) and set(a.state_dict()) == set(b.state_dict())
+
+
+#: float32's unit roundoff: a float32 result is the exact one times (1 + d), |d| <= U
+U = 2.0 ** -24
+#: per channel: a mean far from 0 against the spread (mean/std ~ 1000 or more), but for channel 2
+OFFSET = torch.tensor([1000.0, -2000.0, 0.5, 3.0e4], dtype=torch.float64)
+SPREAD = torch.tensor([1.0, 2.0, 1.0, 30.0], dtype=torch.float64)
+WEIGHT, BIAS = [1.0, 2.0, 0.5, -1.5], [0.0, -1.0, 0.3, 2.0]
+#: the batch of 64 split unevenly, and with nothing on one process (its row weighs 0 in the combination)
+SPLITS = [(40, 24), (64, 0)]
+
+
+def _large_mean_worker(rank: int, world: int, port: int, x: torch.Tensor, upstream: torch.Tensor, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = []
+        for split in SPLITS:
+            bn = ProcessGroupBatchNorm(4)
+            with torch.no_grad():
+                bn.weight.copy_(torch.tensor(WEIGHT))
+                bn.bias.copy_(torch.tensor(BIAS))
+            part = x.split(split)[rank].clone().requires_grad_(True)
+            y = bn(part)
+            (y * upstream.split(split)[rank]).sum().backward()
+            results.append({"y": y.detach(), "grad": part.grad, "running_mean": bn.running_mean,
+                            "running_var": bn.running_var, "weight_grad": bn.weight.grad, "bias_grad": bn.bias.grad})
+        torch.save(results, f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_mean_far_from_zero_keeps_float32_precision(tmp_path):
+    """Channels whose mean is ~1000 standard deviations from 0, over 2 processes in float32, against one
+    float64 BatchNorm over the same (float32) batch. A variance taken as E[x^2] - mean^2 in float32 loses
+    ~ U * (mean/std)^2 of it (0.4 in the output here); the combination of per-process moments must not."""
+    torch.manual_seed(2)
+    shape = (64, 4, 6, 6)
+    x = (OFFSET.view(1, 4, 1, 1) + SPREAD.view(1, 4, 1, 1) * torch.randn(shape, dtype=torch.float64)).float()
+    upstream = torch.randn(shape)
+    mp.spawn(_large_mean_worker, args=(2, _port(), x, upstream, str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+
+    ref = nn.BatchNorm2d(4).double()
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(WEIGHT))
+        ref.bias.copy_(torch.tensor(BIAS))
+    xr = x.double().requires_grad_(True)  # the float32 batch, exactly: only the arithmetic is compared
+    yr = ref(xr)
+    (yr * upstream.double()).sum().backward()
+
+    # Why these bounds: the float32 batch mean cannot be closer than ~ U * |mean| to the exact one (its
+    # summands alone are rounded that much), and every x - mean of the channel shifts by that error, i.e.
+    # by U * |mean|/std in units of std. On top, y itself (|y_hat| <= ~5 here) is rounded. A factor 16 leaves
+    # room for the sums' rounding (pairwise, a few U); E[x^2] - mean^2 exceeds it ~400 times here.
+    tol_y = 16 * U * (OFFSET.abs() / SPREAD + 5)  # per channel, in units of std (the normalised output's)
+    w = torch.tensor(WEIGHT, dtype=torch.float64).abs()
+    g = upstream.double()
+    ratios = {}  # the largest error / bound of each quantity, per channel: all must be <= 1
+
+    def check(name, err, bound):
+        ratios[name] = (err / bound).tolist()
+
+    for split, *results in zip(SPLITS, *parts):
+        y = torch.cat([p["y"] for p in results]).double()
+        check(f"{split} y", ((y - yr.detach()).abs().amax(dim=(0, 2, 3)) / w), tol_y)
+        # dL/dx = w/std * (g - mean(g) - y_hat * mean(g * y_hat)): the y_hats' errors (tol_y) enter through
+        # the last term, at most (1 + max|y_hat|) * mean|g| * tol_y <= 6 * tol_y here (mean|g| ~ 0.8)
+        grad = torch.cat([p["grad"] for p in results]).double()
+        check(f"{split} grad", (grad - xr.grad).abs().amax(dim=(0, 2, 3)) * SPREAD / w, 6 * tol_y)
+        # dL/dweight = sum g * y_hat: off by at most tol_y * sum |g|; dL/dbias = sum g needs no statistics
+        weight_grad = sum(p["weight_grad"] for p in results).double()
+        check(f"{split} weight grad", (weight_grad - ref.weight.grad).abs(), tol_y * g.abs().sum(dim=(0, 2, 3)))
+        torch.testing.assert_close(sum(p["bias_grad"] for p in results).double(), ref.bias.grad, atol=1e-3, rtol=1e-5)
+        for rank, p in enumerate(results):
+            # running_mean = 0.9 * 0 + 0.1 * mean: off by 0.1 * the mean's error, ~ U * |mean|
+            check(f"{split} rank {rank} running_mean", (p["running_mean"].double() - ref.running_mean).abs(),
+                  0.1 * 16 * U * OFFSET.abs())
+            # running_var = 0.9 + 0.1 * var: var = E(x - mean)^2 moves by at most 2 * std * (the error of
+            # x - mean, tol_y * std), i.e. 2 * tol_y relative to var = std^2, if the squares are summed stably
+            check(f"{split} rank {rank} running_var", (p["running_var"].double() - ref.running_var).abs(),
+                  0.1 * SPREAD**2 * 2 * tol_y)
+    assert all(r <= 1 for rs in ratios.values() for r in rs), ratios
+
