@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from reste.syncbn import ProcessGroupBatchNorm
+from reste.syncbn import ProcessGroupBatchNorm, combine_moments, local_moments
 
 
 def _port() -> int:
@@ -154,3 +154,27 @@ def test_a_mean_far_from_zero_keeps_float32_precision(tmp_path):
                   0.1 * SPREAD**2 * 2 * tol_y)
     assert all(r <= 1 for rs in ratios.values() for r in rs), ratios
 
+
+def test_the_combined_moments_are_the_whole_batch_s_and_differentiate_as_them():
+    """The statistics the forward builds (each process's moments, one row each, combined), for one process
+    playing three of uneven sizes, one empty: equal to the whole batch's, and gradcheck (float64) through
+    the normalisation. The collective between them is a sum whose gradient is a sum (the test above)."""
+    torch.manual_seed(3)
+    x = (5.0 + torch.randn(7, 2, 3, dtype=torch.float64)).requires_grad_(True)
+    dims = [0, 2]
+
+    def rows(x):  # what the all-reduce gathers: one row of moments per process
+        return torch.stack([torch.cat([m, m2, n.view(1)]) for m, m2, n in
+                            (local_moments(part, dims) for part in x.split((4, 0, 3)))])
+
+    def normalised(x):
+        mean, var, _ = combine_moments(rows(x))
+        return (x - mean.view(1, -1, 1)) * torch.rsqrt(var.view(1, -1, 1) + 1e-5)
+
+    mean, var, n = combine_moments(rows(x))
+    var_ref, mean_ref = torch.var_mean(x, dims, correction=0)
+    torch.testing.assert_close(mean, mean_ref)
+    torch.testing.assert_close(var, var_ref)
+    assert n.item() == 21
+    torch.testing.assert_close(normalised(x), nn.functional.batch_norm(x, None, None, training=True, eps=1e-5))
+    assert torch.autograd.gradcheck(normalised, (x,))
