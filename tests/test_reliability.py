@@ -548,6 +548,18 @@ def folder_reference(tmp_path_factory):
     return root, load_checkpoint(base / "run" / "last.pt")["model"], rundir.read_metrics(base / "run")[0]
 
 
+def _with_a_bad_file(tmp_path: Path, reference, name: str) -> tuple[Path, Path, bytes]:
+    """A copy of the reference data set whose file ``name`` is not an image: (root, that file, its bytes)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(reference[0], root)
+    bad = root / name
+    good = bad.read_bytes()
+    bad.write_bytes(b"not an image")
+    return root, bad, good
+
+
 def _same_run(run: Path, reference) -> None:
     _, weights, metrics = reference
     state = load_checkpoint(run / "last.pt")["model"]
@@ -559,13 +571,7 @@ def _same_run(run: Path, reference) -> None:
 def test_an_unreadable_test_image_keeps_the_trained_epoch(tmp_path, folder_reference):
     """The test images are read after the epoch's training: one that cannot be read cost the whole epoch (and
     on the first, the run folder). last.pt now holds the trained epoch, and a resume only evaluates it."""
-    import shutil
-
-    root = tmp_path / "data"
-    shutil.copytree(folder_reference[0], root)
-    bad = root / "val" / "b" / "0.png"
-    good = bad.read_bytes()
-    bad.write_bytes(b"not an image")
+    root, bad, good = _with_a_bad_file(tmp_path, folder_reference, "val/b/0.png")
     run = tmp_path / "run"
     with pytest.raises(UsageError, match=r"cannot read image .*0\.png.*last\.pt keeps epoch 1's training: continue "
                                          r"with `reste train --resume"):
@@ -586,13 +592,9 @@ def test_an_unreadable_training_image_keeps_the_steps_before_it(tmp_path, folder
 
     from reste.data import sampling
 
-    root = tmp_path / "data"
-    shutil.copytree(folder_reference[0], root)
     order = sampling.epoch_order(8, 0, 0).tolist()  # the first epoch's order; files sort as a/0..3, b/0..3
     index = order[5]  # in the third batch of two
-    bad = root / "train" / "ab"[index // 4] / f"{index % 4}.png"
-    good = bad.read_bytes()
-    bad.write_bytes(b"not an image")
+    root, bad, good = _with_a_bad_file(tmp_path, folder_reference, f"train/{'ab'[index // 4]}/{index % 4}.png")
     run = tmp_path / "run"
     with pytest.raises(UsageError, match=r"cannot read image .*; .*last\.pt keeps epoch 1 up to step 2/4: continue "
                                          r"with `reste train --resume"):
