@@ -436,3 +436,25 @@ def test_augment_switch_reaches_the_train_loader(tmp_path):
     assert config_from_args(args).resolve().augment is SPECS["fashion-mnist"].defaults["augment"]
     args = build_parser().parse_args(["train", "--dataset", "fashion-mnist", "--augment"])
     assert config_from_args(args).resolve().augment is True
+
+
+def test_a_relative_data_path_is_recorded_as_an_absolute_one(tmp_path, monkeypatch):
+    """config.json records where the data was, not how it was typed: ``reste eval RUN_DIR`` and ``--resume RUN_DIR``
+    from another folder find it. A resume may give another path, relative to where it is given; no path (the
+    default data root) stays None."""
+    _write_cifar(tmp_path / "work" / "cifar", per_batch=2, n_test=4)
+    _write_cifar(tmp_path / "other" / "cifar", per_batch=2, n_test=4)
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = TrainConfig(dataset="cifar10", data_path="cifar", epochs=1, batch_size=4, eval_batch_size=4)
+    engine.train(cfg, tmp_path / "run", progress=False, log=quiet)
+    assert rundir.run_config(tmp_path / "run").data_path == str(tmp_path / "work" / "cifar")
+    monkeypatch.chdir(tmp_path)
+    result = engine.evaluate_checkpoint(tmp_path / "run" / "best.pt")
+    assert result["top1"] == result["stored_top1"]
+    engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=quiet)
+    monkeypatch.chdir(tmp_path / "other")
+    engine.resume(tmp_path / "run", {"epochs": 3, "data_path": "cifar"}, force=True, progress=False, log=quiet)
+    assert rundir.run_config(tmp_path / "run").data_path == str(tmp_path / "other" / "cifar")
+    assert TrainConfig(dataset="cifar10").resolve().data_path is None
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert TrainConfig(dataset="cifar10", data_path="~/cifar").resolve().data_path == str(tmp_path / "cifar")

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .datasets import DATASETS, SPECS, get_spec
@@ -96,7 +97,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     model: str | None = None
-    data_path: str | None = None
+    data_path: str | None = None  # resolve() makes it absolute (None: the data set's default root)
     download: bool = False
     estimator: str = "reste"
     estimator_options: dict[str, Any] = field(default_factory=dict)  # o_end, t, interval, beta, ...
@@ -183,6 +184,10 @@ class TrainConfig:
             if getattr(out, key) is None:
                 setattr(out, key, value)
         out.validate()
+        if out.data_path and SPECS[out.dataset].reads_files:
+            # config.json records where the data is, not how it was typed: `reste eval RUN_DIR` and `--resume` run
+            # from other folders. absolute(), not resolve(): a symlinked data folder stays the link the user gave
+            out.data_path = str(Path(out.data_path).expanduser().absolute())
         return out
 
     def validate(self) -> None:
