@@ -659,6 +659,24 @@ def test_imagenet_errors(tmp_path):
     usage_error(load_datasets, "imagenet", differ, match="different class folders")
 
 
+@pytest.mark.parametrize("content", [(), ("notes.txt", "labels.csv", ".hidden.JPEG")])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_class_folder_without_images_is_named(tmp_path, split, content):
+    """An empty class folder (or one with no image file) is named, with what to do about it: the split has
+    images, so neither "no usable images" nor "download ILSVRC2012" would be true."""
+    write_image_folder(tmp_path)
+    empty = tmp_path / split / "n04"
+    empty.mkdir()
+    for name in content:
+        (empty / name).write_text("x")
+    msg = usage_error(load_datasets, "imagenet", tmp_path, match=str(empty))
+    assert "remove it or add its images" in msg
+    assert "no usable images" not in msg and "ILSVRC" not in msg
+    (tmp_path / split / "n05").mkdir()
+    msg = usage_error(load_datasets, "imagenet", tmp_path, match="2 class folders")
+    assert "n04" in msg and "n05" in msg
+
+
 # --------------------------------------------------------------------------- misc
 
 

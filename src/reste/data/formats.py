@@ -335,10 +335,31 @@ def _image_folder(path: Path, split: str):
     if not path.is_dir():
         raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_IMAGENET_HINT}")
     try:
-        return Folder(top, loader=_read_image, is_valid_file=visible)
+        # allow_empty: a class folder without images is ours to name below, with its own remedy
+        folder = Folder(top, loader=_read_image, is_valid_file=visible, allow_empty=True)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
                          f"{_IMAGENET_HINT}") from None
+    _check_no_empty_class(folder, path, split, IMG_EXTENSIONS)
+    return folder
+
+
+def _check_no_empty_class(folder, path: Path, split: str, extensions: tuple[str, ...]) -> None:
+    """Refuse a class folder without an image file: the class could never be drawn, yet the model would get an
+    output for it (and train/ and val/ would disagree on which classes hold images)."""
+    held = set(folder.targets)
+    empty = [c for i, c in enumerate(folder.classes) if i not in held]
+    if not empty:
+        return
+    kinds = f"no image file ({' '.join(extensions)}; hidden files do not count)"
+    if len(empty) == len(folder.classes):  # not one class folder to keep: the data set is missing, not a class
+        raise UsageError(f"ImageNet {split} folder {path} has no usable images: its class folders have {kinds}; "
+                         f"{_IMAGENET_HINT}")
+    if len(empty) == 1:
+        raise UsageError(f"ImageNet {split}/ class folder {path / empty[0]} has {kinds}; remove it or add its images")
+    names = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+    raise UsageError(f"ImageNet {split}/ in {path.parent} has {len(empty)} class folders with {kinds}: {names}; "
+                     "remove them or add their images")
 
 
 def image_folders(data_path, download: bool, train: bool = True):
