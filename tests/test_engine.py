@@ -378,12 +378,30 @@ def test_a_run_from_a_bigger_machine_resumes_with_this_ones_threads(tmp_path, mo
     """A recorded thread count above this machine's limit (a run started on a 64-core node) is not refused: the
     resume takes this machine's default, and says the last bits may differ."""
     engine.train(small(epochs=1, threads=8), tmp_path / "run", progress=False, log=quiet)
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(config, "usable_cpus", lambda: 1)
     lines = []
     engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
     assert any("trained with 8 CPU thread(s) and continues with" in line for line in lines)
     with pytest.raises(UsageError, match=r"--threads must be in \[1, 4\]"):  # given on this machine: checked
         engine.resume(tmp_path / "run", {"epochs": 3, "threads": 8}, force=True, progress=False, log=quiet)
+
+
+def test_cpu_defaults_count_the_cpus_this_process_may_run_on(monkeypatch):
+    """A job pinned to some of a big node's CPUs (taskset, a SLURM or cgroup cpuset) gets loader workers and a
+    --threads limit for those, not for the whole machine; without an affinity mask (macOS), the machine's count."""
+    from reste.experiments import sweep
+
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert config.usable_cpus() == 2
+    assert TrainConfig(dataset="imagenet").resolve().workers == 2
+    assert config.max_threads() == 8 and sweep.threads_per_job(2) == 1
+    with pytest.raises(UsageError, match=r"--threads must be in \[1, 8\]"):
+        small(threads=9).resolve()
+    monkeypatch.delattr(config.os, "sched_getaffinity", raising=False)
+    assert config.usable_cpus() == 64 and sweep.threads_per_job(2) == 32
+    assert TrainConfig(dataset="imagenet").resolve().workers == 8
+    assert TrainConfig(dataset="cifar10").resolve().workers == 0
 
 
 def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path):

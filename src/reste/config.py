@@ -86,9 +86,18 @@ def idle_data_flags(dataset: str) -> set[str]:
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS keeps one (taskset, a SLURM or cgroup
+    cpuset give a job a few of a big node's CPUs, which os.cpu_count() counts all of), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows: no affinity mask to read
+        return os.cpu_count() or 1
+
+
 def max_threads() -> int:
-    """The most CPU threads a run may take on this machine: 4 per core (more is a typing slip)."""
-    return 4 * (os.cpu_count() or 1)
+    """The most CPU threads a run may take here: 4 per CPU this process may run on (more is a typing slip)."""
+    return 4 * usable_cpus()
 
 
 @dataclass
@@ -116,7 +125,7 @@ class TrainConfig:
     warm_up: int | None = None
     indicators: str | None = None  # None, "general" or "paper"
     seed: int = 0
-    workers: int | None = None  # None: 0 for in-memory data sets, up to 8 processes for image files
+    workers: int | None = None  # None: 0 for in-memory data sets, 1 per usable CPU up to 8 for image files
     device: str = "auto"
     data_device: str = "auto"  # in-memory data sets: "auto" on the training device, "cpu" on the CPU
     amp: str = "none"
@@ -176,7 +185,7 @@ class TrainConfig:
                                   estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
         defaults = dict(SPECS[out.dataset].defaults)
-        defaults["workers"] = 0 if SPECS[out.dataset].fits_in_memory else min(8, os.cpu_count() or 1)
+        defaults["workers"] = 0 if SPECS[out.dataset].fits_in_memory else min(8, usable_cpus())
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for
             defaults["warm_up"] = min(defaults["warm_up"], out.epochs - 1)
@@ -244,7 +253,8 @@ class TrainConfig:
         if not 0 <= self.warm_up < self.epochs:
             raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
         if self.threads is not None and not 0 < self.threads <= max_threads():
-            raise UsageError(f"--threads must be in [1, {max_threads()}] (4 per CPU core), got {self.threads}")
+            raise UsageError(f"--threads must be in [1, {max_threads()}] (4 per CPU this process may use), "
+                             f"got {self.threads}")
         if self.save_every is not None and not (math.isfinite(self.save_every) and self.save_every > 0):
             raise UsageError(f"--save-every must be a positive number of minutes, got {self.save_every}")
         if self.keep_top < 0:

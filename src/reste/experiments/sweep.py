@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import TrainConfig, idle_data_flags, parse_value
+from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_keywords
 from ..errors import UsageError
@@ -405,11 +405,7 @@ def _init_worker(threads: int, parent: int | None = None) -> None:
 
 def threads_per_job(jobs: int) -> int:
     """CPU threads for each of ``jobs`` parallel runs: the usable cores shared out, at least 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // jobs)
+    return max(1, usable_cpus() // jobs)
 
 
 def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Sequence[int]) -> None:
