@@ -591,6 +591,57 @@ def test_cifar10_offline_download(tmp_path, monkeypatch):
     assert "offline" in msg and "--data-path" in msg and "CIFAR-10" in msg
 
 
+def write_cifar_archive(root: Path, per_batch=2, n_test=3) -> tuple[Path, dict[str, str]]:
+    """``root/cifar-10-python.tar.gz`` laid out as the real one (cifar-10-batches-py/ of str-keyed pickles, as
+    torchvision reads them), and the MD5 of each of its files and of the archive (key ``archive``)."""
+    import hashlib
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    entries = {f"data_batch_{i}": per_batch for i in range(1, 6)} | {"test_batch": n_test}
+    blobs = {name: pickle.dumps({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                 "labels": [int(v) for v in rng.integers(0, 10, n)]}, protocol=2)
+             for name, n in entries.items()}
+    blobs["batches.meta"] = pickle.dumps({"label_names": list(D.CIFAR10_CLASSES)}, protocol=2)
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, blob in blobs.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    md5 = {name: hashlib.md5(blob).hexdigest() for name, blob in blobs.items()}
+    return archive, md5 | {"archive": hashlib.md5(archive.read_bytes()).hexdigest()}
+
+
+def test_cifar10_archive_not_unpacked(tmp_path, monkeypatch):
+    """A --data-path holding cifar-10-python.tar.gz alone: the message names the archive and how to unpack it;
+    --download unpacks it without downloading when its MD5 is the official archive's (torchvision's check, here
+    given the fake archive's sums), and says so when it is not."""
+    import urllib.request
+
+    from torchvision.datasets import CIFAR10
+
+    archive, md5 = write_cifar_archive(tmp_path / "c")
+    msg = usage_error(load_datasets, "cifar10", tmp_path / "c", match=str(archive))
+    assert f"tar xzf {archive} -C {tmp_path / 'c'}" in msg and "--download" in msg
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("<urlopen error [Errno 101] Network is unreachable>")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    msg = usage_error(load_datasets, "cifar10", tmp_path / "c", download=True, match="offline")
+    assert str(archive) in msg and "MD5" in msg  # not the official archive: torchvision tried to download it
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5["archive"])
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names",
+                                          "md5": md5["batches.meta"]})
+    _, _, info = load_datasets("cifar10", tmp_path / "c", download=True)
+    assert (info.train_size, info.test_size) == (10, 3) and (tmp_path / "c" / "cifar-10-batches-py").is_dir()
+
+
 # --------------------------------------------------------------------------- ImageNet
 
 

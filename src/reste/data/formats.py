@@ -37,7 +37,9 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _download_torchvision(what: str, fn: Callable[[], object], root: Path) -> None:
+def _download_torchvision(what: str, fn: Callable[[], object], root: Path, note: Callable[[], str] | None = None
+                          ) -> None:
+    """``fn()``, its failure one line; ``note()`` adds what the files already in ``root`` tell about it."""
     try:
         fn()
     except UsageError:
@@ -46,6 +48,7 @@ def _download_torchvision(what: str, fn: Callable[[], object], root: Path) -> No
         raise UsageError(
             f"could not download {what} into {root} ({type(exc).__name__}: {_one_line(exc)}); "
             f"are you offline? Download it on a machine with internet access and pass --data-path"
+            + (note() if note is not None else "")
         ) from None
 
 
@@ -181,6 +184,7 @@ def read_fashion_mnist(files: dict[str, Path], split: str) -> tuple[np.ndarray, 
 # --------------------------------------------------------------------------- CIFAR-10
 
 _CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_ARCHIVE = "cifar-10-python.tar.gz"  # what the CIFAR page serves, and torchvision's file name for it
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
 _CIFAR_HINT = ("pass --download to fetch it (about 170 MB), or --data-path to a folder holding "
@@ -258,6 +262,37 @@ def _cifar_folder(root: Path) -> Path | None:
     return None
 
 
+def _cifar_hint(root: Path) -> str:
+    """What to do about missing batches: unpack the archive lying in ``root``, if one does, else fetch it."""
+    archive = root / _CIFAR_ARCHIVE
+    if not archive.is_file():
+        return _CIFAR_HINT
+    # torchvision's CIFAR10(download=True) unpacks a file of that name whose MD5 is the official archive's, and
+    # downloads over any other: say so rather than promise an offline unpack
+    return (f"{archive} is there: unpack it with `tar xzf {archive} -C {root}`, or pass --download, "
+            f"which unpacks it without downloading when its MD5 is the official archive's (else downloads it again)")
+
+
+def _cifar_archive_note(root: Path) -> str:
+    """After a failed --download: why the archive in ``root`` (if any) was not simply unpacked."""
+    import hashlib
+
+    from torchvision.datasets import CIFAR10
+
+    archive = root / _CIFAR_ARCHIVE
+    try:
+        digest = hashlib.md5()
+        with open(archive, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:  # none there (the usual case), or unreadable: nothing to add
+        return ""
+    if digest.hexdigest() == CIFAR10.tgz_md5:
+        return ""
+    return (f" ({archive} is there, but its MD5 is not the official archive's, a partial download perhaps, so "
+            "torchvision tried to download it again)")
+
+
 def find_cifar10(data_path, download: bool) -> Path:
     """The folder holding the six CIFAR-10 python batches, under ``data_path`` (default
     ``DEFAULT_ROOT``); ``download`` fetches them there with torchvision when some are missing."""
@@ -270,7 +305,7 @@ def find_cifar10(data_path, download: bool) -> Path:
         def fetch():
             torchvision.datasets.CIFAR10(root=str(root), train=True, download=True)
 
-        _download_torchvision("CIFAR-10", fetch, root)
+        _download_torchvision("CIFAR-10", fetch, root, lambda: _cifar_archive_note(root))
         folder = _cifar_folder(root)
     if folder is None:
         if not root.exists():
@@ -278,10 +313,10 @@ def find_cifar10(data_path, download: bool) -> Path:
         if root.is_dir() and not any(root.iterdir()):
             raise UsageError(f"CIFAR-10 data path {root} is empty; {_CIFAR_HINT}")
         raise UsageError(f"no CIFAR-10 python batches (cifar-10-batches-py/data_batch_1..5, test_batch) "
-                         f"in {root}; {_CIFAR_HINT}")
+                         f"in {root}; {_cifar_hint(root)}")
     missing = [n for n in _CIFAR_TRAIN + _CIFAR_TEST if not (folder / n).is_file()]
     if missing:
-        raise UsageError(f"CIFAR-10 in {folder} is incomplete: missing {', '.join(missing)}; {_CIFAR_HINT}")
+        raise UsageError(f"CIFAR-10 in {folder} is incomplete: missing {', '.join(missing)}; {_cifar_hint(root)}")
     return folder
 
 
