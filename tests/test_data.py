@@ -728,6 +728,29 @@ def test_a_class_folder_without_images_is_named(tmp_path, split, content):
     assert "n04" in msg and "n05" in msg
 
 
+def test_a_class_mismatch_names_the_side_and_tells_unicode_forms_apart(tmp_path):
+    """Which of train/ and val/ holds the class the other lacks, and the names as ascii() writes them: a folder
+    copied between macOS and Linux can come back in another Unicode normalisation, and look the same printed."""
+    import shutil
+
+    one = tmp_path / "one"
+    write_image_folder(one)
+    shutil.rmtree(one / "val" / "n02")
+    msg = usage_error(load_datasets, "imagenet", one, match="train/ has 'n02', which val/ lacks")
+    assert "different class folders" in msg and "val/ has" not in msg
+    shutil.copytree(one / "train" / "n02", one / "val" / "n02")
+    shutil.copytree(one / "val" / "n03", one / "val" / "n04")
+    usage_error(load_datasets, "imagenet", one, match="val/ has 'n04', which train/ lacks")
+
+    nfd = tmp_path / "nfd"
+    write_image_folder(nfd, classes=("cat", "poisson_\xf1"))  # NFC: one code point
+    (nfd / "val" / "poisson_\xf1").rename(nfd / "val" / "poisson_n\u0303")  # NFD: n and a combining tilde
+    msg = usage_error(load_datasets, "imagenet", nfd)
+    assert "train/ has 'poisson_\\xf1', which val/ lacks" in msg, msg
+    assert "val/ has 'poisson_n\\u0303', which train/ lacks" in msg, msg
+    assert "Unicode normalisation" in msg
+
+
 # --------------------------------------------------------------------------- misc
 
 

@@ -414,7 +414,26 @@ def image_folders(data_path, download: bool, train: bool = True):
     if not train:
         return None, val_base
     if train_base.classes != val_base.classes:
-        only = sorted(set(train_base.classes) ^ set(val_base.classes))
-        raise UsageError(f"ImageNet train/ and val/ in {root} have different class folders "
-                         f"(e.g. {only[0] if only else 'in another order'}); both need the same classes")
+        raise UsageError(f"ImageNet train/ and val/ in {root} have different class folders: "
+                         f"{_class_difference(train_base.classes, val_base.classes)}; both need the same classes")
     return train_base, val_base
+
+
+def _class_difference(train: list[str], val: list[str]) -> str:
+    """Which side holds a class the other lacks, as ``train/ has 'x', which val/ lacks``. Names are written by
+    ascii(): two that differ only in Unicode normalisation (a folder copied from macOS comes back in NFD) print
+    alike otherwise, and the user could not tell which to rename."""
+    import unicodedata
+
+    sides = []
+    for side, mine, theirs in (("train/", train, val), ("val/", val, train)):
+        extra = sorted(set(mine) - set(theirs))
+        if extra:
+            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+            other = "val/" if side == "train/" else "train/"
+            sides.append(f"{side} has {ascii(extra[0])}{more}, which {other} lacks")
+    text = "; ".join(sides)
+    nfc = {unicodedata.normalize("NFC", c) for c in set(train) - set(val)}
+    if nfc & {unicodedata.normalize("NFC", c) for c in set(val) - set(train)}:
+        text += " (names that differ only in Unicode normalisation: rename one side's folder)"
+    return text
