@@ -545,7 +545,8 @@ def folder_reference(tmp_path_factory):
     base = tmp_path_factory.mktemp("folder")
     root = _image_folder(base / "data")
     engine.train(_folder_config(root), base / "run", progress=False, log=lambda _m: None)
-    return root, load_checkpoint(base / "run" / "last.pt")["model"], rundir.read_metrics(base / "run")[0]
+    return (root, load_checkpoint(base / "run" / "last.pt")["model"], rundir.read_metrics(base / "run")[0],
+            base / "run")
 
 
 def _with_a_bad_file(tmp_path: Path, reference, name: str) -> tuple[Path, Path, bytes]:
@@ -561,7 +562,7 @@ def _with_a_bad_file(tmp_path: Path, reference, name: str) -> tuple[Path, Path, 
 
 
 def _same_run(run: Path, reference) -> None:
-    _, weights, metrics = reference
+    _, weights, metrics, _ = reference
     state = load_checkpoint(run / "last.pt")["model"]
     assert all(torch.equal(state[k], v) for k, v in weights.items() if isinstance(v, torch.Tensor))
     got = rundir.read_metrics(run)[0]
@@ -614,3 +615,17 @@ def test_an_unreadable_training_image_keeps_the_steps_before_it(tmp_path, folder
     engine.resume(run, progress=False, log=lambda _m: None)
     assert [k[2] for k in read if isinstance(k, tuple)] == order[4:]
     _same_run(run, folder_reference)
+
+
+def test_eval_reads_image_files_with_worker_processes_by_default(folder_reference, monkeypatch):
+    """reste eval decoded ImageNet's 50,000 test images in its own process unless told --workers."""
+    from reste import config
+
+    monkeypatch.setattr(config, "usable_cpus", lambda: 2)
+    taken: list[int] = []
+    real = engine.make_loaders
+    monkeypatch.setattr(engine, "make_loaders", lambda *a, **k: taken.append(k["workers"]) or real(*a, **k))
+    result = engine.evaluate_checkpoint(folder_reference[3] / "last.pt")
+    assert taken == [2] and result["top1"] == folder_reference[2]["test_acc"]
+    engine.evaluate_checkpoint(folder_reference[3] / "last.pt", workers=0)
+    assert taken == [2, 0]

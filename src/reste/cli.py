@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int,
                    help="evaluation batch size (default: the run's eval batch size)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data loading processes for image files (default: 1 per usable CPU, up to 8)")
     p.add_argument("--amp", help="autocast of the evaluation: none, bf16 or fp16 (default: the run's own, "
                                  "to reproduce its logged accuracy)")
     add_plugin_flag(p)

@@ -48,6 +48,12 @@ def parse_value(text: str, none: bool = True) -> Any:
     return words.get(text.lower(), text)
 
 
+def default_workers(dataset: str) -> int:
+    """DataLoader worker processes by default: none for a data set held in memory, one per usable CPU (up to 8)
+    for one read from files."""
+    return 0 if get_spec(dataset).fits_in_memory else min(8, usable_cpus())
+
+
 def check_workers(dataset: str, workers: int | None) -> None:
     """Refuse DataLoader worker processes for a data set held in memory (which has none to give them)."""
     spec = get_spec(dataset)
@@ -185,7 +191,7 @@ class TrainConfig:
                                   estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
         defaults = dict(SPECS[out.dataset].defaults)
-        defaults["workers"] = 0 if SPECS[out.dataset].fits_in_memory else min(8, usable_cpus())
+        defaults["workers"] = default_workers(out.dataset)
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for
             defaults["warm_up"] = min(defaults["warm_up"], out.epochs - 1)

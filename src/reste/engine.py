@@ -52,8 +52,8 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models, resumption
-from .config import (AMP_MODES, OPTIMIZERS, TrainConfig, canonical_estimator, check_data_path, check_workers, get_preset,
-                     max_threads)
+from .config import (AMP_MODES, OPTIMIZERS, TrainConfig, canonical_estimator, check_data_path, check_workers,
+                     default_workers, get_preset, max_threads)
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -208,17 +208,18 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
-                        device: str = "auto", workers: int = 0, amp: str | None = None,
+                        device: str = "auto", workers: int | None = None, amp: str | None = None,
                         download: bool = False, progress: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on its data set's test split; returns the metrics and the stored ones.
 
     ``amp`` is the autocast of the evaluation: by default the run's own (``--amp``), so the
     result reproduces the test accuracy logged during training; ``"none"`` evaluates in float32.
     ``download`` fetches the data set's files first where it can (torchvision), as training does.
+    ``workers``: DataLoader processes for a data set read from files (by default one per usable CPU, up to 8).
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
     if Path(path).is_dir() and (Path(path) / SWEEP_MANIFEST).is_file():
         raise UsageError(sweep_folder_hint(path))
@@ -226,6 +227,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     config = TrainConfig.from_saved(ckpt["config"])
     check_data_path(config.dataset, data_path, download)
     check_workers(config.dataset, workers)
+    workers = default_workers(config.dataset) if workers is None else workers
     amp = config.amp if amp is None else amp
     if amp not in AMP_MODES:
         raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
