@@ -254,6 +254,38 @@ def test_backends_agree(tmp_path):
         _assert_explained(compare(ref, logits[backend], trace), backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k, dil, pad, hw", [(3, 40, 0, 2), (5, 1, 0, 3), (5, 1, 0, 4), (3, 1, 0, 1), (7, 1, 1, 4)])
+def test_an_input_smaller_than_a_binary_convs_window_is_refused_before_the_kernels(tmp_path, backend, k, dil,
+                                                                                   pad, hw):
+    """A file exported without input_size takes any image size; one too small for a binary conv's window
+    gave the C kernel negative output sizes (reads outside the input). It is refused, as the float model
+    refuses it, with one line naming the layer and the sizes, and no kernel runs. The second conv (input
+    hw + 2 - 2 = hw) is refused as well when its input comes from the first."""
+    model = nn.Sequential(nn.BatchNorm2d(64), reste.BinaryConv2d(64, 64, 3, padding=1, bias=False),
+                          nn.BatchNorm2d(64), reste.BinaryConv2d(64, 32, k, 1, pad, dil, bias=False),
+                          nn.Flatten()).eval()
+    export_model(model, tmp_path / "g.rbnn", verify=False)
+    x = torch.randn(2, 64, hw, hw)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        model(x)
+    packed = PackedModel.load(tmp_path / "g.rbnn", backend=backend)
+    sizes = []  # the output size of every kernel call (the first conv's are fine)
+    for name, size in (("bconv", lambda a: a[1].out_hw), ("im2col", lambda a: a[4])):
+        fn = getattr(packed.kernels, name, None)
+        if fn is not None:
+            setattr(packed.kernels, name, lambda *a, _fn=fn, _size=size, **kw: (sizes.append(_size(a)),
+                                                                                 _fn(*a, **kw))[1])
+    with pytest.raises(UsageError) as err:
+        packed(x)
+    assert sizes and all(min(s) >= 1 for s in sizes), sizes
+    least = max(1, dil * (k - 1) + 1 - 2 * pad)
+    assert str(err.value) == (f"binary conv 3 takes inputs of at least {least}x{least} pixels (kernel {k}x{k}, "
+                              f"dilation {dil}x{dil}, padding {[pad] * 4}), got {hw}x{hw}; pass larger images")
+    big = torch.randn(2, 64, least, least)
+    assert packed(big).shape == (2, 32)  # the smallest size it names runs
+
+
 def test_size_report_resnet20_within_5_percent_of_bound(tmp_path):
     model = models.create("resnet20_1w1a").eval()
     r = export_model(model, tmp_path / "r20.rbnn", input_size=(3, 32, 32), verify=False)

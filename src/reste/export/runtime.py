@@ -69,6 +69,7 @@ class _BinaryConv:
     def __init__(self, node: dict[str, Any], signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray,
                  post: tuple[np.ndarray, np.ndarray] | None, kernels: Any) -> None:
         self.out_channels, self.in_channels, kh, kw = signs.shape
+        self.name = str(node.get("name", "?"))
         self.kernel = (kh, kw)
         self.stride, self.pad, self.dil = tuple(node["stride"]), tuple(node["pad"]), tuple(node["dil"])
         self.k = self.in_channels * kh * kw
@@ -92,9 +93,19 @@ class _BinaryConv:
         self._geometry: dict[tuple[tuple[int, ...], tuple[int, int]], Rows] = {}
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The output size for an input of h x w; a ``UsageError`` when there is no output pixel, before
+        anything reaches the kernels (which take the sizes as given: a negative one reads outside the input)."""
         pt, pb, pl, pr = self.pad
-        return (_out_size(h, self.kernel[0], self.stride[0], pt + pb, self.dil[0]),
-                _out_size(w, self.kernel[1], self.stride[1], pl + pr, self.dil[1]))
+        oh = _out_size(h, self.kernel[0], self.stride[0], pt + pb, self.dil[0])
+        ow = _out_size(w, self.kernel[1], self.stride[1], pl + pr, self.dil[1])
+        if h < 1 or w < 1 or oh < 1 or ow < 1:
+            # the smallest input with one whole window in it, padding included (what torch's conv2d requires)
+            (kh, kw), (dh, dw) = self.kernel, self.dil
+            least = (max(1, dh * (kh - 1) + 1 - pt - pb), max(1, dw * (kw - 1) + 1 - pl - pr))
+            raise UsageError(f"binary conv {self.name} takes inputs of at least {least[0]}x{least[1]} pixels "
+                             f"(kernel {kh}x{kw}, dilation {dh}x{dw}, padding {list(self.pad)}), got {h}x{w}; "
+                             "pass larger images")
+        return oh, ow
 
     def _correction(self, h: int, w: int) -> np.ndarray | None:
         if (h, w) not in self._corr:
@@ -105,9 +116,13 @@ class _BinaryConv:
     def _packed_input(self, x: torch.Tensor | PackedActivation) -> tuple[np.ndarray, int, int]:
         if isinstance(x, PackedActivation):
             return x.data, *x.hw
+        if x.dim() != 4:
+            raise UsageError(f"binary conv {self.name} expects (N, {self.in_channels}, H, W) inputs, "
+                             f"got {tuple(x.shape)}")
         n, c, h, w = x.shape
         if c != self.in_channels:
-            raise UsageError(f"a binary convolution expects {self.in_channels} channels, got {c}")
+            raise UsageError(f"binary conv {self.name} expects {self.in_channels} channels, got {c}")
+        self.out_hw(h, w)  # refuses an input too small for the window before it is packed
         nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
         if self.fast:
             return self.kernels.pack_signs(nhwc, self.pad, self.pixel_bytes), h, w
