@@ -147,6 +147,27 @@ def test_rows_split_over_two_threads_give_the_same_results(pool):
             assert torch.equal(out[1][0], out[threads][0]) and np.array_equal(out[1][1], out[threads][1]), isa
 
 
+def test_the_kernels_follow_torchs_thread_count_at_each_call(tmp_path):
+    """Without ``threads=`` the kernels split over torch's thread count as it is when they run, not as it
+    was when the model was loaded (a later ``torch.set_num_threads`` counts); a count given stays."""
+    model = nn.Sequential(nn.BatchNorm2d(64), reste.BinaryConv2d(64, 64, 3, padding=1, bias=False)).eval()
+    export_model(model, tmp_path / "m.rbnn", input_size=(64, 8, 8), verify=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        follows, fixed = (PackedModel.load(tmp_path / "m.rbnn", backend="c", threads=k) for k in (None, 3))
+        x = torch.randn(64, 64, 8, 8)
+        one = follows(x)
+        torch.set_num_threads(2)
+        assert follows.kernels.threads == 2 and follows.kernels._parts(10**6, 10**9) == 2
+        assert fixed.kernels.threads == 3
+        assert torch.equal(follows(x), one)  # split over 2 threads now, the same results
+        torch.set_num_threads(1)
+        assert follows.kernels.threads == 1 and follows.kernels._parts(10**6, 10**9) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_torch_uses_openmp_reads_the_backend_line_and_falls_back_to_the_build(monkeypatch):
     monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP\n")
     assert K.torch_uses_openmp()

@@ -170,6 +170,27 @@ def test_predict_refuses_what_it_would_ignore_or_misread(packed, tmp_path, capsy
     assert f"{tmp_path} is a folder; pass a file" in _one_line_error(capsys, "predict", str(tmp_path))
 
 
+def test_predict_takes_a_thread_count_checked_as_train_checks_it(packed, tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from reste.config import max_threads
+
+    images = tmp_path / "x.npy"
+    np.save(images, np.zeros((3, 1, 8, 8), np.float32))
+    for bad in ("0", str(max_threads() + 1)):
+        want = f"--threads must be in [1, {max_threads()}] (4 per CPU core), got {bad}"
+        assert _one_line_error(capsys, "predict", str(packed), str(images), "--threads", bad).endswith(want)
+        assert _one_line_error(capsys, "train", "--threads", bad, "--out", str(tmp_path / "r")).endswith(want)
+    before = torch.get_num_threads()
+    try:
+        assert main(["predict", str(packed), str(images), "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2  # torch's float ops, and the binary kernels that follow its count
+    finally:
+        torch.set_num_threads(before)
+    assert "3 predictions written" in capsys.readouterr().out
+
+
 def test_predict_checks_a_data_sets_shape_before_reading_or_downloading_it(packed, tmp_path, capsys):
     # an 8x8 digits model against CIFAR-10: refused from the data set's facts, before its (missing) files
     line = _one_line_error(capsys, "predict", str(packed), "--dataset", "cifar10", "--data-path",

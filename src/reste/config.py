@@ -106,6 +106,13 @@ def max_threads() -> int:
     return 4 * usable_cpus()
 
 
+def check_threads(threads: int | None) -> None:
+    """Refuse a ``--threads`` outside [1, :func:`max_threads`] (``reste train`` and ``reste predict``)."""
+    if threads is not None and not 0 < threads <= max_threads():
+        raise UsageError(f"--threads must be in [1, {max_threads()}] (4 per CPU this process may use), "
+                         f"got {threads}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. ``None`` means "the data set's default"."""
@@ -258,9 +265,7 @@ class TrainConfig:
                                  f"got {getattr(self, name)!r}")
         if not 0 <= self.warm_up < self.epochs:
             raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
-        if self.threads is not None and not 0 < self.threads <= max_threads():
-            raise UsageError(f"--threads must be in [1, {max_threads()}] (4 per CPU this process may use), "
-                             f"got {self.threads}")
+        check_threads(self.threads)
         if self.save_every is not None and not (math.isfinite(self.save_every) and self.save_every > 0):
             raise UsageError(f"--save-every must be a positive number of minutes, got {self.save_every}")
         if self.keep_top < 0:

@@ -58,6 +58,8 @@ def add_commands(subparsers: Any) -> None:
 
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="XOR/popcount kernels: compiled C (auto when a compiler exists) or NumPy")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for the kernels and torch's float ops (default: torch's; 1 is best on a busy CPU)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -153,14 +155,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inputs import is_image_file, model_inputs
     from .runtime import PackedModel
 
+    from ..config import check_threads
+
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_threads(args.threads)
     if args.images and args.dataset:
         raise UsageError("pass either IMAGES.npy or --dataset, not both")
     if not args.images and (args.labels or args.output):
         raise UsageError("--labels and --output go with IMAGES.npy")
     if args.images and (args.data_path or args.download):
         raise UsageError("--data-path and --download go with --dataset (or the export's data set), not IMAGES")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the binary kernels follow torch's count
     model = PackedModel.load(args.exported, backend=args.backend)
     if args.images:
         one_file = is_image_file(args.images)  # one image file: print its class (write it only with --output)

@@ -48,7 +48,7 @@ interleaved by ``CKernels.block_weights``) for 8 (AVX-512), 4 (AVX-512 BW, AVX2)
 variant gives the same integers, and the float epilogue is compiled with
 ``-ffp-contract=off``, so it rounds the same way in all of them. ``"auto"`` takes
 ``"c"`` when it builds and ``"numpy"`` otherwise. The C functions are called through
-``ctypes``; a large job is split over ``threads`` (default ``torch.get_num_threads()``) by
+``ctypes``; a large job is split over ``threads`` (default ``torch.get_num_threads()`` at each call) by
 batch images or output rows (whole row blocks), run in parallel in C on the worker threads
 of PyTorch's own OpenMP runtime where it is found, else on POSIX threads (``choose_pool``).
 """
@@ -417,9 +417,13 @@ class CKernels:
 
     name = "c"
 
-    def __init__(self, lib: ctypes.CDLL, threads: int, isa: str = "scalar", pool: str = "posix") -> None:
+    def __init__(self, lib: ctypes.CDLL, threads: int | None, isa: str = "scalar", pool: str = "posix") -> None:
         self.lib = lib
-        self.threads = max(1, threads)
+        self._threads = None if threads is None else max(1, threads)
+        if threads is None:  # follow torch's count as it is at each call (a later torch.set_num_threads counts)
+            import torch
+
+            self._torch_threads = torch.get_num_threads  # (tens of nanoseconds a call)
         self.isa = isa
         self.pool = pool
         self._pool = _attach_pool(lib, pool)
@@ -441,6 +445,11 @@ class CKernels:
                 self._pins.clear()
             hit = self._pins[id(a)] = (a, a.ctypes.data)
         return hit[1]
+
+    @property
+    def threads(self) -> int:
+        """The threads a kernel call splits over: the count given, else torch's at this moment."""
+        return self._threads if self._threads is not None else max(1, self._torch_threads())
 
     def _parts(self, total: int, work: int, align: int = 1) -> int:
         """Into how many pieces (run in parallel in C) a kernel splits [0, total)."""
@@ -628,8 +637,4 @@ def get_kernels(backend: str = "auto", threads: int | None = None,
             raise UsageError(f"the C backend is unavailable ({c_kernel_error()}); use --backend numpy")
         return NumpyKernels()
     chosen = choose_isa(isa)
-    if threads is None:
-        import torch
-
-        threads = torch.get_num_threads()
     return CKernels(_variant(chosen).get() or _LIB.get(), threads, chosen, choose_pool(pool))

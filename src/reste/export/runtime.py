@@ -280,7 +280,7 @@ class PackedModel:
     """A packed-model file loaded for inference (see :func:`reste.export.export_model`).
 
     Args of :meth:`load`: ``backend`` (``"auto"``, ``"c"``, ``"numpy"``) picks the
-    XOR/popcount kernels; ``threads`` their thread count (default: torch's); ``isa`` the C
+    XOR/popcount kernels; ``threads`` their thread count (default: torch's at each call); ``isa`` the C
     kernel variant (default: the fastest this CPU runs, or ``$RESTE_PACKED_ISA``; see
     :func:`reste.export.kernels.choose_isa`); ``pool`` where the kernels' threads come from
     (default: PyTorch's OpenMP workers where found, or ``$RESTE_PACKED_POOL``; see
