@@ -191,6 +191,35 @@ def test_predict_takes_a_thread_count_checked_as_train_checks_it(packed, tmp_pat
     assert "3 predictions written" in capsys.readouterr().out
 
 
+def test_predict_says_what_is_wrong_with_a_file_that_is_no_npy_or_an_array_in_channels_last(packed, tmp_path,
+                                                                                              capsys):
+    import numpy as np
+
+    from reste.export import PackedModel
+
+    text, empty, objects = tmp_path / "text.npy", tmp_path / "empty.npy", tmp_path / "objects.npy"
+    text.write_text("hello")
+    empty.write_bytes(b"")
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    ok = tmp_path / "ok.npy"
+    np.save(ok, np.zeros((2, 1, 8, 8), np.float32))
+    for path, why in ((text, "no .npy header"), (empty, "it is empty")):
+        want = f"{path} is not a .npy file ({why}); pass an array written by numpy.save"
+        assert _one_line_error(capsys, "predict", str(packed), str(path)).endswith(want)
+        assert _one_line_error(capsys, "predict", str(packed), str(ok), "--labels", str(path)).endswith(want)
+    assert "Object arrays cannot be loaded" in _one_line_error(capsys, "predict", str(packed), str(objects))
+    hint = "they look channels-last (H, W, C): transpose them to (C, H, W), e.g. array.transpose(0, 3, 1, 2)"
+    for dtype in (np.uint8, np.float32):
+        nhwc = tmp_path / f"nhwc-{np.dtype(dtype).name}.npy"
+        np.save(nhwc, np.zeros((2, 8, 8, 1), dtype))
+        err = _one_line_error(capsys, "predict", str(packed), str(nhwc))
+        assert "holds images of shape (8, 8, 1) but the model takes (1, 8, 8)" in err and hint in err
+        with pytest.raises(UsageError, match=r"channels-last \(H, W, C\): transpose"):
+            PackedModel.load(packed)(np.zeros((2, 8, 8, 1), np.uint8))
+    np.save(ok, np.zeros((2, 1, 9, 9), np.float32))
+    assert "pass images of its shape" in _one_line_error(capsys, "predict", str(packed), str(ok))  # no hint
+
+
 def test_predict_checks_a_data_sets_shape_before_reading_or_downloading_it(packed, tmp_path, capsys):
     # an 8x8 digits model against CIFAR-10: refused from the data set's facts, before its (missing) files
     line = _one_line_error(capsys, "predict", str(packed), "--dataset", "cifar10", "--data-path",

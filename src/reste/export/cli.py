@@ -143,9 +143,15 @@ def _load_npy(path: str, what: str) -> Any:
     if not p.is_file():
         raise UsageError(f"{what} file {p} does not exist")
     try:
-        return np.load(p, allow_pickle=False)
+        with open(p, "rb") as f:
+            head = f.read(len(np.lib.format.MAGIC_PREFIX))
+        if head == np.lib.format.MAGIC_PREFIX:
+            return np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise UsageError(f"{p} is not a readable .npy array ({str(err).splitlines()[0][:100]})") from None
+    # without the .npy header NumPy takes the file for pickled data, and says so: misleading for a text file
+    raise UsageError(f"{p} is not a .npy file ({'it is empty' if not head else 'no .npy header'}); pass an array "
+                     "written by numpy.save")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -87,8 +87,11 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def check_shape(size: tuple[int, ...] | None, shape: tuple[int, ...], what: str) -> None:
     """Refuse images whose (C, H, W) is not the model's ``size`` (when it is known)."""
     if size and tuple(shape) != tuple(size):
-        raise UsageError(f"{what} holds images of shape {tuple(shape)} but the model takes "
-                         f"{tuple(size)}; pass images of its shape")
+        fix = "pass images of its shape"
+        if len(size) == 3 and tuple(shape) == (size[1], size[2], size[0]):  # (H, W, C): how images are often stored
+            fix = ("they look channels-last (H, W, C): transpose them to (C, H, W), e.g. array.transpose(0, 3, 1, 2) "
+                   "for (N, H, W, C)")
+        raise UsageError(f"{what} holds images of shape {tuple(shape)} but the model takes {tuple(size)}; {fix}")
 
 
 def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple[int, ...] | None,
