@@ -179,7 +179,7 @@ def test_predict_takes_a_thread_count_checked_as_train_checks_it(packed, tmp_pat
     images = tmp_path / "x.npy"
     np.save(images, np.zeros((3, 1, 8, 8), np.float32))
     for bad in ("0", str(max_threads() + 1)):
-        want = f"--threads must be in [1, {max_threads()}] (4 per CPU core), got {bad}"
+        want = f"--threads must be in [1, {max_threads()}] (4 per CPU this process may use), got {bad}"
         assert _one_line_error(capsys, "predict", str(packed), str(images), "--threads", bad).endswith(want)
         assert _one_line_error(capsys, "train", "--threads", bad, "--out", str(tmp_path / "r")).endswith(want)
     before = torch.get_num_threads()
