@@ -407,6 +407,37 @@ def test_an_unwritable_cache_builds_the_extension_elsewhere(tmp_path, monkeypatc
     assert seen and seen[0].is_dir() and seen[0].parent.parent.name.startswith("reste-cache-")
 
 
+def test_a_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path, monkeypatch):
+    """torch before mid-2026 waited forever while its build folder held a ``lock`` file, which a build killed
+    midway leaves behind (review II: a cut gpu_check.sh run then hung the next); the build clears it under a
+    lock of its own, held while torch builds."""
+    import fcntl
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cuda_ext, "_STATE", [])
+    stale = tmp_path / "ext" / cuda_ext._build_name(False) / "lock"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def load(**kwargs):  # what the old torch did first: wait while the file is there (here: note it)
+        directory = Path(kwargs["build_directory"])
+        seen.append((directory / "lock").exists())
+        with open(directory / "reste-build.lock") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by the build while torch runs
+        raise Stop
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    with pytest.raises(Stop):
+        cuda_ext.build(cuda=False)
+    assert seen == [False]
+
+
 def test_without_nvcc_cuda_tensors_are_refused_in_one_line(monkeypatch):
     """No CUDA toolkit: building for CUDA tensors stops before compiling, with a one-line reason; a build
     made for CPU tensors in the same process is not used for CUDA tensors (it has no CUDA kernels)."""

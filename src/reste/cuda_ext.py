@@ -154,13 +154,35 @@ def build(cuda: bool | None = None) -> str:
                   "(once, about a minute)", file=sys.stderr, flush=True)
         sources = [str(SOURCE_DIR / _CPP)] + ([str(SOURCE_DIR / _CU)] if with_cuda else [])
         cflags = ["-O3", "-ffp-contract=off"] + (["-DRESTE_WITH_CUDA"] if with_cuda else [])
-        module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
-                                    extra_cuda_cflags=["-O3", "--fmad=false"], extra_include_paths=[str(SOURCE_DIR)],
-                                    build_directory=str(directory), with_cuda=with_cuda, verbose=False)
+        with _builder(directory):
+            module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
+                                        extra_cuda_cflags=["-O3", "--fmad=false"],
+                                        extra_include_paths=[str(SOURCE_DIR)], build_directory=str(directory),
+                                        with_cuda=with_cuda, verbose=False)
         _define_reference()
         _MODULE[:] = [module]
         _STATE[:] = ["cuda" if with_cuda else "cpu"]
         return _STATE[0]
+
+
+@contextlib.contextmanager
+def _builder(directory: Path) -> Iterator[None]:
+    """Be the one process building in ``directory`` (an OS lock, which dies with its holder), then clear a
+    ``lock`` file that torch's own build left there. In torch before mid-2026 (pytorch issue 189245) that
+    file's mere presence made every later build wait forever, and a build killed midway (a time limit, an
+    out-of-memory kill) left it behind; under our lock no build of ours can be holding it."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): torch's own lock alone
+        yield
+        return
+    with open(directory / "reste-build.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _REFERENCE: list[Callable[..., Tensor]] = []  # reste.estimators.reference_backward, handed over at its import
