@@ -454,6 +454,9 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
         "model": binary, "batch": batch, "size": size, "amp": amp, "channels_last": channels_last,
         "o": o, "check": check, "wall": time.perf_counter() - t0, "variants": variants,
         "graph_errors": graph_errors, "ext_error": ext_error,
+        # the fused kernels turned off (a launch failed while timing: the rest ran as PyTorch ops), or None
+        "kernels_error": (triton_dispatch.error() if device.type == "cuda" else
+                          fused.error() if fused.enabled() else None),
         "classes": classes_of(nets["fp"]),
         "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
         "min_ms": {k: min(v) * 1e3 for k, v in times.items()},
@@ -619,7 +622,14 @@ def main() -> None:
                 failed[n] = f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
                 print(f"  row {n} failed: {failed[n]}", file=sys.stderr, flush=True)
             if device.type == "cuda":
-                torch.cuda.empty_cache()
+                try:
+                    torch.cuda.empty_cache()
+                except RuntimeError as err:  # a sticky CUDA error (an illegal access): no later row can run
+                    print(f"  the CUDA context is broken ({str(err).splitlines()[0][:200]}); the rows after {n} "
+                          "are not measured", file=sys.stderr, flush=True)
+                    write_json(args.json, results, {**failed, **{m: "not run (broken CUDA context)"
+                                                                for m in names[names.index(n) + 1:]}}, device)
+                    raise SystemExit(f"train_step.py: stopped after row {n}: the CUDA context is broken")
             write_json(args.json, results, failed, device)  # after each row: a run cut short keeps its rows
         if results:
             print_rows(results, args, device)

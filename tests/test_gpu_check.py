@@ -102,3 +102,46 @@ def test_a_row_that_failed_is_not_measured_and_the_others_count(tmp_path):
         assert next(x for x in lines if label in x and "resnet20-fp32" in x).endswith(" MET")
         assert next(x for x in lines if label in x and "resnet20-bf16-cl" in x).endswith("NOT MEASURED")
     assert next(x for x in lines if "--cuda-graphs" in x).endswith("NOT MEASURED (its row failed; see above)")
+
+
+FAKE = Path(__file__).resolve().parent / "fixtures" / "fake_gpu_python"
+
+
+def _fake_run(tmp_path: Path, **env: str) -> tuple[int, str]:
+    """gpu_check.sh with python3 replaced by tests/fixtures/fake_gpu_python (which claims a GPU)."""
+    done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": str(FAKE), "FAKE_REAL_PYTHON": sys.executable,
+                               "TMPDIR": str(tmp_path), **env})
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_the_run_keeps_its_log_and_figures_and_ends_with_a_summary(tmp_path):
+    """The device tool returns only the output's tail and the files under $OUT: GPU_CHECK_SAVE keeps the whole
+    log and the JSON figures there, and the tail holds every section's status and every target line."""
+    rc, out = _fake_run(tmp_path, GPU_CHECK_SAVE=str(tmp_path / "save"))
+    assert rc == 0, out
+    assert sorted(p.name for p in (tmp_path / "save").iterdir()) == ["epoch.json", "gpu_check.log", "rows.json"]
+    assert "== 6. Targets" in (tmp_path / "save" / "gpu_check.log").read_text()
+    summary = out[out.index("== Summary"):]
+    assert "1. Triton kernels: ok" in summary and "5. whole epoch: ok" in summary
+    assert "ReSTE / FP, eager" in summary and summary.count("MET") >= 5
+
+
+def test_a_section_that_hangs_costs_itself_and_the_budget_not_the_report(tmp_path):
+    rc, out = _fake_run(tmp_path, FAKE_HANG_KERNELS="1", GPU_CHECK_BUDGET="35")  # 10 s for section 1
+    assert rc == 1, out
+    summary = out[out.index("== Summary"):]
+    assert "1. Triton kernels: TIMED OUT" in summary
+    assert "4. training-step rows: NOT RUN (out of time)" in summary
+    assert "NOT MEASURED" in summary and "6. target report: ok" in summary
+
+
+def test_an_extension_that_fails_its_checks_is_not_timed_and_no_nvcc_is_the_environment(tmp_path):
+    rc, out = _fake_run(tmp_path, FAKE_PYTEST_RC="1")
+    assert rc == 1 and "3. extension tests on CUDA: FAILED (exit 1)" in out
+    assert re.search(r"\(fake\) train_step\.py .*--no-ext", out)  # a fault there would cost every row
+    rc, out = _fake_run(tmp_path, FAKE_NO_NVCC="1")
+    assert rc == 2 and "3. extension build: FAILED (exit 1)" in out and "no CUDA toolkit" in out
+    assert re.search(r"\(fake\) train_step\.py .*--no-ext", out)
+    rc, out = _fake_run(tmp_path)
+    assert rc == 0 and "--no-ext" not in out
