@@ -352,7 +352,8 @@ for amp in ("none", "bf16"):
         opts[1].step()
     torch.cuda.synchronize()
     if mode == "ext":  # the C++ nodes must be the ones captured, or this checks the Triton path again
-        nodes, seen, todo = 0, set(), [F.cross_entropy(model(batches[0][0]).float(), batches[0][1]).grad_fn]
+        probe = copy.deepcopy(model)  # (a forward in training mode moves BatchNorm's statistics)
+        nodes, seen, todo = 0, set(), [F.cross_entropy(probe(batches[0][0]).float(), batches[0][1]).grad_fn]
         while todo:
             node = todo.pop()
             if node is None or node in seen:
