@@ -67,3 +67,29 @@ def test_a_missing_metrics_file(tmp_path):
     assert rundir.read_metrics(tmp_path, missing_ok=True) == [] and rundir.finished_epochs(tmp_path) == 0
     assert rundir.last_checkpoint(tmp_path) == tmp_path / "last.pt"
     assert rundir.best_checkpoint(tmp_path) == tmp_path / "best.pt"
+
+
+def test_a_forked_process_does_not_keep_the_run_locked(tmp_path):
+    """A DataLoader worker is a fork of the run: its copy of the lock's descriptor kept the folder locked after
+    the run released it, as long as the worker lived (review JJ: a resume in the same process was refused)."""
+    import os
+    import signal
+    import time
+
+    run = rundir.RunDirectory.open(tmp_path / "run", fresh=True)
+    ready, told = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker (its fork handlers have run when fork returns here): outlives the run's lock
+        os.write(told, b"x")
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"x"
+        run.close()
+        again = rundir.RunDirectory.open(tmp_path / "run", fresh=True)  # before: RunInUse, held by the child
+        again.close()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(told)

@@ -20,7 +20,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import parse_value  # noqa: F401 - kept for code that imported it from here
 from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
@@ -283,13 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def usage_line(err: UsageError) -> str:
-    """The one line of a UsageError; one re-raised by a DataLoader worker carries its traceback."""
-    text = str(err).strip()
-    if "\n" not in text:
-        return text
-    last = text.splitlines()[-1].strip()
-    return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
+usage_line = one_line  # its name here before reste.errors had it
 
 
 # what a stopped `reste train` keeps, and how to go on

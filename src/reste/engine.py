@@ -57,7 +57,7 @@ from .config import (AMP_MODES, OPTIMIZERS, TrainConfig, canonical_estimator, ch
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
@@ -442,20 +442,23 @@ class _Run:
         self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
         self.start_step, self.partial = int(ckpt.get("step") or 0), ckpt.get("partial")
         saved_world = int(ckpt.get("world_size") or 1)
-        if self.start_step and saved_world != self.dist.world_size:
-            raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} by "
-                             f"{saved_world} process(es); resume it with the same number of processes")
-        if self.start_step > len(self.train_loader):
-            raise UsageError(f"{last_checkpoint(self.run_dir)} was saved after batch {self.start_step} of an epoch of "
-                             f"{len(self.train_loader)}; it cannot continue: start a new run")
-        saved_size = ckpt.get("train_size")  # None in a checkpoint from before it was recorded
-        if self.start_step and saved_size is not None and saved_size != self.train_size:
-            # the epoch's order is a permutation of the images: over another number, the batches skipped are not
-            # those trained, and some images would be trained twice in the epoch, others never
-            raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} over "
-                             f"{saved_size} training images, and the data set now has {self.train_size}; the epoch "
-                             "cannot continue: restore the images as they were (or a run that continues from an "
-                             "epoch's end takes the new set)")
+        if resumption.trained_epoch(ckpt):  # saved before its evaluation: nothing of the epoch is left to train, so no count
+            self.start_step = len(self.train_loader)  # of processes, images or batches has to match
+        elif self.start_step:
+            if saved_world != self.dist.world_size:
+                raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} by "
+                                 f"{saved_world} process(es); resume it with the same number of processes")
+            saved_size = ckpt.get("train_size")  # None in a checkpoint from before it was recorded
+            if saved_size is not None and saved_size != self.train_size:
+                # the epoch's order is a permutation of the images: over another number, the batches skipped are
+                # not those trained, and some images would be trained twice in the epoch, others never
+                raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} "
+                                 f"over {saved_size} training images, and the data set now has {self.train_size}; "
+                                 "the epoch cannot continue: restore the images as they were (or a run that "
+                                 "continues from an epoch's end takes the new set)")
+            if self.start_step > len(self.train_loader):
+                raise UsageError(f"{last_checkpoint(self.run_dir)} was saved after batch {self.start_step} of an "
+                                 f"epoch of {len(self.train_loader)}; it cannot continue: start a new run")
         if saved_world != self.dist.world_size and self.start_epoch < self.config.epochs:
             batch = self.config.batch_size
             trained = (ckpt.get("config") or {}).get("batch_size") or batch  # the per-process batch it trained with
@@ -504,8 +507,9 @@ class _Run:
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
         sums = [0.0, 0, 0, -1]  # loss sum, correct, samples, first bad step
-        if partial:
-            sums = list(partial["ranks"][self.dist.rank])
+        if partial:  # (a trained epoch's state holds the whole run's sums under rank 0, whatever the count now)
+            ranks = partial["ranks"]
+            sums = list(ranks[self.dist.rank]) if self.dist.rank < len(ranks) else sums
             if self.meter and partial.get("meter"):
                 _set_meter_partial(self.meter, partial["meter"])
         loss_sum = torch.tensor(float(sums[0]), device=device, dtype=torch.float64)
@@ -610,8 +614,9 @@ class _Run:
                                 self.graphed_eval)
             except UsageError as err:
                 if self.files_to_read and self.saved == (epoch, len(self.train_loader)):
-                    err.args = (f"{err}; {last_checkpoint(self.run_dir)} keeps epoch {epoch + 1}'s training: continue "
-                                f"with `reste train --resume {self.run_dir}` once the data is mended",)
+                    err.args = (f"{one_line(err)}; {last_checkpoint(self.run_dir)} keeps epoch {epoch + 1}'s "
+                                f"training: continue with `reste train --resume {self.run_dir}` once the data is "
+                                "mended",)
                 raise
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
                                        "test_loss": test["loss"], "test_acc": test["top1"],
@@ -667,7 +672,7 @@ class _Run:
         ranks = [list(self._epoch_sums or zero)] + [list(zero) for _ in range(self.dist.world_size - 1)]
         if self.dist.main:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
-                       "time": time.time() - self._epoch_t0}
+                       "time": time.time() - self._epoch_t0, "trained": True}
             ckpt_io.save_checkpoint(self.state(epoch, steps, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, steps), time.monotonic()
 
@@ -700,8 +705,8 @@ class _Run:
         where = f"{last_checkpoint(self.run_dir)} keeps epoch {e + 1} up to step {step}/{steps}" if step else \
             f"{last_checkpoint(self.run_dir)} keeps epoch {e}"
         hint = f"{where}: continue with `reste train --resume {self.run_dir}` once the data is mended"
-        if isinstance(err, UsageError):
-            err.args = (f"{err}; {hint}",)
+        if isinstance(err, UsageError):  # (one raised in a worker holds its traceback: its own line, then ours)
+            err.args = (f"{one_line(err)}; {hint}",)
         else:
             self.log(f"error while reading the training data at epoch {epoch + 1}, step {done + 1}/{steps}; {hint}")
 

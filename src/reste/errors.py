@@ -14,6 +14,16 @@ class UsageError(ValueError):
     """Bad input the user can fix; the message is one self-contained line."""
 
 
+def one_line(err: BaseException) -> str:
+    """The one line of a UsageError. One that a DataLoader worker raised comes back with the worker's traceback
+    around it ("Caught UsageError in DataLoader worker process 0." first, the message last)."""
+    text = str(err).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1].strip()
+    return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
+
+
 def read_user_file(path, missing: str) -> bytes:
     """The bytes of a file the user named; a :class:`UsageError` when it is a folder, is not there
     (``missing``: the whole message) or cannot be read (the OS's reason)."""

@@ -137,10 +137,16 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> N
                          f"ends before it: pass at least {done + 1}")
     trained = ckpt.get("config")
     size = trained.get("batch_size") if isinstance(trained, dict) else None
-    if step and size is not None and size != config.batch_size:
+    if step and not trained_epoch(ckpt) and size is not None and size != config.batch_size:
         raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of size {size}; the batch size "
                          f"cannot change there: resume with --batch-size {size}, and change it once that epoch "
                          "has finished")
+
+
+def trained_epoch(ckpt: dict[str, Any]) -> bool:
+    """Whether ``last.pt`` holds an epoch whose training is done and whose evaluation is not (saved before it
+    read the test images): a resume only evaluates it, on any number of processes, images or batch size."""
+    return bool(ckpt.get("step")) and bool((ckpt.get("partial") or {}).get("trained"))
 
 
 def trained_settings(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConfig,

@@ -76,11 +76,29 @@ def _holder(lock_path: Path) -> str:
     return f"pid {pid}" if pid.isdigit() else "another process"
 
 
+_HELD: set[int] = set()  # the descriptors of the locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a process forked from a run (a DataLoader worker, a fork of multiprocessing): close its copies of the
+    run's locks. An flock lives while any copy of its descriptor is open, so a worker that outlived the run (its
+    iterator kept by an exception's traceback) kept the folder locked: a resume in the same process was refused."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class RunDirectory:
     """An open, locked run directory."""
 
     def __init__(self, path: Path, fd: int, created: list[Path], folder_fd: int | None = None) -> None:
         self.path, self._fd, self.created, self._folder_fd = path, fd, created, folder_fd
+        _HELD.update(f for f in (fd, folder_fd) if f is not None)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, fresh: bool) -> "RunDirectory":
@@ -229,9 +247,11 @@ class RunDirectory:
     def close(self) -> None:
         """Release the lock (the lock file stays; it is harmless)."""
         if self._folder_fd is not None:
+            _HELD.discard(self._folder_fd)
             os.close(self._folder_fd)
             self._folder_fd = None
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 
