@@ -509,3 +509,15 @@ def test_train_or_resume_starts_a_run_then_continues_only_that_run(tmp_path):
     assert not any("schedule" in line for line in lines)  # the same length: no note
     with pytest.raises(UsageError, match="needs out"):
         engine.train_or_resume(cfg, "  ")
+
+
+def test_train_or_resume_leaves_what_the_config_does_not_give_to_the_run(tmp_path, monkeypatch):
+    """A setting left None (the data set's default) is not compared: resolved from the new config it could
+    differ from the run's for no request (CIFAR-10's warm-up follows the epochs; review JJ)."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(TrainConfig(epochs=2).resolve().to_dict()))
+    given = []
+    monkeypatch.setattr(engine, "resume", lambda out, overrides, **_: given.append(overrides))
+    engine.train_or_resume(TrainConfig(epochs=3, seed=0), tmp_path / "run")
+    assert given[0]["epochs"] == 3 and given[0]["seed"] == 0  # given, defaults such as seed=0 too
+    assert not {"warm_up", "lr", "batch_size", "model", "threads"} & set(given[0])  # left to the run

@@ -997,10 +997,11 @@ def train_or_resume(config: TrainConfig, out: str | os.PathLike, *, overrides: d
     """Start ``config`` in ``out``, or continue the run ``out`` holds already: one call for a job that may be
     preempted and started again (what ``reste train --auto-resume --out DIR`` does).
 
-    A run to continue must be this one: every setting of ``config`` (resolved) that changes training and
-    differs from the run's saved one is refused, naming it, unless ``force`` (see :func:`resume`); another
-    data set, model or preset is refused always. ``overrides``: compare these settings only (the CLI passes
-    the flags given) instead of all of ``config``'s.
+    A run to continue must be this one: every setting ``config`` gives (not ``None``; a default such as
+    ``seed=0`` too) that changes training and differs from the run's saved one is refused, naming it, unless
+    ``force`` (see :func:`resume`); those left ``None`` (the data set's defaults, and what is derived from them,
+    such as CIFAR-10's warm-up from the epochs) keep the run's. Another data set, model or preset is refused
+    always. ``overrides``: compare these settings only (the CLI passes the flags given) instead.
     """
     if out is None or not str(out).strip():
         raise UsageError("train_or_resume needs out: the folder to start the run in, or to continue it from")
@@ -1011,8 +1012,9 @@ def train_or_resume(config: TrainConfig, out: str | os.PathLike, *, overrides: d
         what = f"preset {saved.preset}" if saved.preset else "no preset"
         raise UsageError(f"{out} holds a run of {what}, not of preset {config.preset}; start this one in another "
                          "folder")
-    if overrides is None:  # a setting left unset (None) keeps the run's: its thread count, say
-        overrides = {k: v for k, v in config.resolve().to_dict().items() if v is not None and k != "preset"}
+    if overrides is None:  # a setting left unset (None) keeps the run's: its warm-up, its thread count
+        config.resolve()  # (its errors, before anything is compared)
+        overrides = {k: v for k, v in config.to_dict().items() if v is not None and k != "preset"}
     return resume(out, overrides, force=force, progress=progress, log=log)
 
 
