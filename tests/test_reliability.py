@@ -638,3 +638,25 @@ def test_eval_reads_image_files_with_worker_processes_by_default(folder_referenc
     assert taken == [2] and result["top1"] == folder_reference[2]["test_acc"]
     engine.evaluate_checkpoint(folder_reference[3] / "last.pt", workers=0)
     assert taken == [2, 0]
+
+
+def test_a_loader_that_fails_otherwise_keeps_the_steps_and_blames_no_data(tmp_path, monkeypatch):
+    """A DataLoader worker killed (the out-of-memory killer) is no file to mend: the steps done are kept, a note
+    says where and how to go on, and the loader's own error follows (review JJ)."""
+    from reste.data import memory
+
+    real = memory.TensorLoader._batches
+
+    def two_then_fail(self, order, gen):
+        for i, batch in enumerate(real(self, order, gen)):
+            if i == 2 and self.shuffle:  # the training loader, not the test one
+                raise RuntimeError("DataLoader worker (pid(s) 1234) exited unexpectedly")
+            yield batch
+
+    monkeypatch.setattr(memory.TensorLoader, "_batches", two_then_fail)
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "run", progress=False, log=lines.append)
+    note = next(line for line in lines if line.startswith("note: the training data's loader"))
+    assert "failed in epoch 1 (RuntimeError)" in note and "keeps epoch 1 up to step 2/" in note
+    assert "mended" not in note and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2

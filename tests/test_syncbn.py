@@ -72,6 +72,21 @@ def test_single_process_is_a_plain_batch_norm():
     assert isinstance(b, ProcessGroupBatchNorm) and set(a.state_dict()) == set(b.state_dict())
 
 
+def test_convert_keeps_a_batch_norms_dtype_and_values():
+    """A float64 (or half) BatchNorm stays one: convert built a float32 layer and rounded the values into it, and
+    a float64 model's forward then failed on mixed dtypes (review JJ)."""
+    for dtype in (torch.float64, torch.bfloat16):
+        a = nn.BatchNorm2d(3).to(dtype)
+        with torch.no_grad():
+            a.weight.copy_(torch.tensor([1.0 + 2.0**-40, 2.0, 0.5]))
+            a.running_mean.fill_(0.1)
+        b = ProcessGroupBatchNorm.convert(nn.Sequential(a))[0]
+        assert all(v.dtype == w.dtype and torch.equal(v, w) for v, w in zip(b.state_dict().values(),
+                                                                            a.state_dict().values()))
+        x = torch.randn(4, 3, 2, 2, dtype=dtype)
+        torch.testing.assert_close(b.eval()(x), a.eval()(x), rtol=0, atol=0)
+
+
 #: float32's unit roundoff: a float32 result is the exact one times (1 + d), |d| <= U
 U = 2.0 ** -24
 #: per channel: a mean far from 0 against the spread (mean/std ~ 1000 or more), but for channel 2

@@ -65,7 +65,8 @@ from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics, best_checkpoint,
                      check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, repair_best,
-                     require_run_path, restore_config, run_config, saved_config, schedule_fields, start_metrics, sweep_folder_hint, truncate_metrics, write_config)
+                     require_run_path, restore_config, run_config, saved_config, schedule_fields, start_metrics,
+                     sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -442,8 +443,8 @@ class _Run:
         self.start_epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
         self.start_step, self.partial = int(ckpt.get("step") or 0), ckpt.get("partial")
         saved_world = int(ckpt.get("world_size") or 1)
-        if resumption.trained_epoch(ckpt):  # saved before its evaluation: nothing of the epoch is left to train, so no count
-            self.start_step = len(self.train_loader)  # of processes, images or batches has to match
+        if resumption.trained_epoch(ckpt):  # saved before its evaluation: nothing of the epoch is left to
+            self.start_step = len(self.train_loader)  # train, so no count of processes, images or batches must match
         elif self.start_step:
             if saved_world != self.dist.world_size:
                 raise UsageError(f"{last_checkpoint(self.run_dir)} was saved inside epoch {self.start_epoch + 1} by "
@@ -704,11 +705,12 @@ class _Run:
         e, step = self.saved
         where = f"{last_checkpoint(self.run_dir)} keeps epoch {e + 1} up to step {step}/{steps}" if step else \
             f"{last_checkpoint(self.run_dir)} keeps epoch {e}"
-        hint = f"{where}: continue with `reste train --resume {self.run_dir}` once the data is mended"
-        if isinstance(err, UsageError):  # (one raised in a worker holds its traceback: its own line, then ours)
-            err.args = (f"{one_line(err)}; {hint}",)
-        else:
-            self.log(f"error while reading the training data at epoch {epoch + 1}, step {done + 1}/{steps}; {hint}")
+        if isinstance(err, UsageError):  # a file (one raised in a worker holds its traceback: its own line, then ours)
+            err.args = (f"{one_line(err)}; {where}: continue with `reste train --resume {self.run_dir}` once the data "
+                        "is mended",)
+        else:  # the loader itself (a worker killed by the out-of-memory killer, say): its own error follows
+            self.log(f"note: the training data's loader failed in epoch {epoch + 1} ({type(err).__name__}); {where}: "
+                     f"continue with `reste train --resume {self.run_dir}`")
 
     def _checkpoint_due(self, step: int) -> int:
         """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop.
@@ -1019,6 +1021,7 @@ def train_or_resume(config: TrainConfig, out: str | os.PathLike, *, overrides: d
 
 
 __all__ = [
-    "TrainConfig", "train", "resume", "train_or_resume", "evaluate", "evaluate_checkpoint", "TrainingDiverged", "Preempted",
+    "TrainConfig", "train", "resume", "train_or_resume", "evaluate", "evaluate_checkpoint", "TrainingDiverged",
+    "Preempted",
     "format_epoch",
 ]

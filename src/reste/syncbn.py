@@ -57,9 +57,14 @@ class ProcessGroupBatchNorm(_BatchNorm):
         """Replace every BatchNorm of ``module`` (in place), keeping parameters and statistics."""
         if isinstance(module, _BatchNorm) and not isinstance(module, cls):
             new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-            new.load_state_dict(module.state_dict())
+            state = module.state_dict()
+            if module.weight is not None:  # its dtype first (a float64 or half model stays so), then its values
+                new = new.to(dtype=module.weight.dtype)
+            elif module.running_mean is not None:
+                new = new.to(dtype=module.running_mean.dtype)
+            new.load_state_dict(state)
             new.train(module.training)
-            return new.to(next(iter(module.state_dict().values())).device) if module.state_dict() else new
+            return new.to(next(iter(state.values())).device) if state else new
         for name, child in module.named_children():
             setattr(module, name, cls.convert(child))
         return module
