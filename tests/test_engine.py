@@ -521,3 +521,20 @@ def test_train_or_resume_leaves_what_the_config_does_not_give_to_the_run(tmp_pat
     engine.train_or_resume(TrainConfig(epochs=3, seed=0), tmp_path / "run")
     assert given[0]["epochs"] == 3 and given[0]["seed"] == 0  # given, defaults such as seed=0 too
     assert not {"warm_up", "lr", "batch_size", "model", "threads"} & set(given[0])  # left to the run
+
+
+def test_paper_indicators_are_computed_at_each_epochs_last_step_alone(tmp_path, monkeypatch):
+    """The paper mode keeps an epoch's last iteration: the engine computes it there alone (every step's cost a
+    few percent of a small model's step; review HH), with the values of a run that updates at every step."""
+    from reste.indicators import EquilibriumMeter
+
+    calls = []
+    real = EquilibriumMeter.update
+    monkeypatch.setattr(EquilibriumMeter, "update", lambda self: calls.append(1) or real(self))
+    lean = engine.train(small(epochs=2, indicators="paper"), tmp_path / "lean", progress=False, log=quiet)
+    assert len(calls) == 2
+    monkeypatch.setattr(EquilibriumMeter, "every_step", property(lambda self: True))
+    full = engine.train(small(epochs=2, indicators="paper"), tmp_path / "full", progress=False, log=quiet)
+    assert len(calls) > 2 + 2 and lean["indicators"] == full["indicators"]
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
+    assert strip(rundir.read_metrics(tmp_path / "lean")) == strip(rundir.read_metrics(tmp_path / "full"))

@@ -539,7 +539,7 @@ class _Run:
                     continue
                 images, target = _to_device(images, target, device, cfg.channels_last)
                 loss, logits = self.step(images, target)
-                if self.meter:
+                if self.meter and (self.meter.every_step or step == steps - 1):  # (paper: the last step's alone)
                     self.meter.update()
                 detached = loss.detach()
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)

@@ -124,6 +124,12 @@ class EquilibriumMeter:
         self.history: list[dict[str, float]] = []
         self._reset()
 
+    @property
+    def every_step(self) -> bool:
+        """Whether each step's ``update()`` counts: in the general mode (an epoch's mean); in the paper mode only
+        an epoch's last counts, and a caller that knows which step that is may update there alone."""
+        return self.mode != "paper"
+
     def _reset(self) -> None:
         self._error: Tensor | None = None
         self._stability: Tensor | None = None
