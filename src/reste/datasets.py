@@ -81,7 +81,7 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         train_size=60000, test_size=10000, fits_in_memory=True, loader="reste.data.sets:_load_fashion_mnist",
         # its accuracy and time, and how they were measured: docs/results/fmnist_default.md
         defaults=dict(model="fmnist_vgg28_1w1a", augment=False, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                      epochs=8, batch_size=256, eval_batch_size=1000, warm_up=0),
+                      epochs=8, batch_size=256, eval_batch_size=128, warm_up=0),
         description="Zalando's Fashion-MNIST idx files",
     ),
     DatasetSpec(
