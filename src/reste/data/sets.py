@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -96,17 +97,47 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
                      f"{names[i]!r}); pass the data it was trained on, with the same class folders")
 
 
-def _load_digits(data_path=None, download: bool = False, augment: bool = True, in_memory: bool | None = None,
-                 train: bool = True):
-    """The pixels (0..16) as uint8; normalised per batch with the train split's mean/std (the spec's)."""
+def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits, split (stratified, seed 0) into 1,437 train and 360 test images: (x_tr, x_te,
+    y_tr, y_te). Kept in reste's cache per scikit-learn version, since importing scikit-learn takes about a
+    second, a tenth of a whole default run; a cache that cannot be read or written is passed by."""
+    import importlib.metadata
+
+    from ..native import writable_cache
+
+    names = ("x_tr", "x_te", "y_tr", "y_te")
+    try:
+        cached: Path | None = writable_cache() / f"digits-{importlib.metadata.version('scikit-learn')}.npz"
+    except (OSError, importlib.metadata.PackageNotFoundError):
+        cached = None
+    if cached is not None and cached.is_file():
+        try:
+            with np.load(cached) as kept:
+                return tuple(kept[n] for n in names)  # type: ignore[return-value]
+        except (OSError, KeyError, ValueError):  # damaged: made again below
+            pass
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x = bunch.data.astype(np.uint8)  # whole numbers 0..16
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=360, random_state=0, stratify=y)
-    classes = [str(c) for c in bunch.target_names]
+    split = train_test_split(x, y, test_size=360, random_state=0, stratify=y)
+    if cached is not None:
+        part = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # one writer's own file, then renamed
+        try:
+            np.savez(part, **dict(zip(names, split)))
+            os.replace(part, cached)
+        except OSError:  # a full disk: the next run splits again
+            part.unlink(missing_ok=True)
+    return tuple(split)  # type: ignore[return-value]
+
+
+def _load_digits(data_path=None, download: bool = False, augment: bool = True, in_memory: bool | None = None,
+                 train: bool = True):
+    """The pixels (0..16) as uint8; normalised per batch with the train split's mean/std (the spec's)."""
+    x_tr, x_te, y_tr, y_te = _digits_split()
+    classes = [str(d) for d in range(10)]
     norm = Normalize.of("digits")
     train = InMemoryDataset(torch.from_numpy(x_tr).reshape(-1, 1, 8, 8), torch.from_numpy(y_tr),
                             classes=classes, normalize=norm) if train else None
