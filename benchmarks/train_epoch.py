@@ -9,7 +9,8 @@ first epoch pays for compilation and warm-up, so the figures are the median of t
 (``--epochs``, default 2: the second alone), each timed from one epoch's end line to the next.
 
 Beside it, in the same process, the bare step: the engine's own step (``_Run.step``: eager,
-or the CUDA graph with ``--cuda-graphs``) repeated on one batch already on the device.
+or the CUDA graph with ``--cuda-graphs``) repeated on one batch already on the device, timed
+before and after the epochs (one median of both: a load that moves meanwhile skews neither side).
 
 It prints the images/s of both, their ratio (issue 11's target: whole epoch / bare step >= 0.85),
 and what the measured epoch implies for the wall time of each CIFAR-10 preset of the same model.
@@ -99,7 +100,16 @@ def bare_step(config: TrainConfig, run_dir: Path, steps: int) -> dict[str, float
         _sync(run.device)
         times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "images_per_s": images.shape[0] / statistics.median(times),
-            "device": str(run.device)}
+            "device": str(run.device), "times_s": times, "batch": images.shape[0]}
+
+
+def both_sides(before: dict, after: dict) -> dict:
+    """The bare step timed before and after the epochs, as one figure: the median of all its steps (a machine
+    whose load moves while the epochs run would otherwise skew the ratio toward one side)."""
+    times = before["times_s"] + after["times_s"]
+    median = statistics.median(times)
+    return {"median_s": median, "images_per_s": before["batch"] / median, "device": before["device"],
+            "median_before_s": before["median_s"], "median_after_s": after["median_s"]}
 
 
 def whole_epochs(config: TrainConfig, run_dir: Path) -> dict[str, float]:
@@ -172,13 +182,15 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="reste-epoch-") as tmp:
         data = write_cifar10(Path(tmp) / "cifar", args.images, args.test_images)
         config = TrainConfig(**base, data_path=str(data)).resolve()
-        step = bare_step(config, Path(tmp) / "bare", args.steps)
-        print(f"device {step['device']}, {args.model} ({args.estimator}), batch {args.batch_size}, amp {args.amp}"
+        before = bare_step(config, Path(tmp) / "bare", args.steps)
+        print(f"device {before['device']}, {args.model} ({args.estimator}), batch {args.batch_size}, amp {args.amp}"
               f"{', channels_last' if args.channels_last else ''}{', CUDA graphs' if args.cuda_graphs else ''}; "
               f"{args.images:,} train / {args.test_images:,} test images")
-        print(f"bare step: {1000 * step['median_s']:.2f} ms median of {args.steps} = "
-              f"{step['images_per_s']:,.0f} images/s")
         epoch = whole_epochs(config, Path(tmp) / "run")
+        step = both_sides(before, bare_step(config, Path(tmp) / "bare-after", args.steps))
+        print(f"bare step: {1000 * step['median_s']:.2f} ms median of {2 * args.steps}, timed before and after the "
+              f"epochs ({1000 * step['median_before_s']:.2f} and {1000 * step['median_after_s']:.2f} ms) = "
+              f"{step['images_per_s']:,.0f} images/s")
     steps = args.images // args.batch_size if args.cuda_graphs else -(-args.images // args.batch_size)
     trained = min(args.images, steps * args.batch_size)
     epoch_rate = trained / epoch["epoch_s"]
