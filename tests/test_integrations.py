@@ -123,7 +123,19 @@ def test_a_resume_with_another_max_epochs_says_the_schedule_jumps(tmp_path):
 
     told = resume(6)
     assert len(told) == 1 and "trained on a 4-epoch schedule and continues on a 6-epoch one: from epoch 3" in told[0]
+    assert "learning rate" not in told[0]  # the user's scheduler's, not the callback's
     assert resume(4) == []  # the schedule's length unchanged: nothing to say
+    # the callback used again for a fresh fit of another length: nothing was resumed, nothing to say (review JJ)
+    callback, told = BinarizationCallback(), []
+    for max_epochs in (2, 3):
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                             limit_train_batches=1)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer.fit(Classifier(), digits_loader())
+        told += [str(w.message) for w in record if "BinarizationCallback" in str(w.message)]
+    assert told == []
 
 
 def test_module_attribute_epochs_and_no_indicators(tmp_path):

@@ -660,3 +660,30 @@ def test_a_loader_that_fails_otherwise_keeps_the_steps_and_blames_no_data(tmp_pa
     note = next(line for line in lines if line.startswith("note: the training data's loader"))
     assert "failed in epoch 1 (RuntimeError)" in note and "keeps epoch 1 up to step 2/" in note
     assert "mended" not in note and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+
+
+def test_a_trained_epoch_resumed_on_a_longer_schedule_keeps_the_values_it_trained_with(tmp_path, folder_reference,
+                                                                                         monkeypatch):
+    """An epoch saved before its evaluation trained on the old schedule: its line keeps that lr and o, and the
+    note about the new length starts at the next epoch (review JJ: the line showed the new schedule's)."""
+    import dataclasses
+
+    real, calls = engine.evaluate, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise UsageError("cannot read image val/b/0.png (made up)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", second_fails)
+    cfg = dataclasses.replace(_folder_config(folder_reference[0]), epochs=2)
+    with pytest.raises(UsageError):
+        engine.train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
+    monkeypatch.undo()
+    lines: list[str] = []
+    engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
+    assert "continues on a 3-epoch one: from epoch 3 the learning rate" in lines[0]
+    second = rundir.read_metrics(tmp_path / "run")[1]
+    assert (second["lr"], second["o"]) == (0.05, pytest.approx(1.586, abs=1e-3))  # the 2-epoch schedule's epoch 2
+    assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "run")] == [1, 2, 3]

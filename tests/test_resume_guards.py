@@ -306,3 +306,17 @@ def test_a_crafted_step_past_the_epoch_is_refused(capsys, run):
     assert "was saved after batch 1000000000 of an epoch of" in line and "cannot continue" in line
     save_checkpoint({**ckpt, "epoch": -3}, run / "last.pt")
     assert "holds a malformed epoch (-3)" in _error(capsys, "train", "--resume", str(run), "--no-progress")
+
+
+def test_a_forced_change_of_activations_carries_the_weights(tmp_path):
+    """--a32 --force (1W1A to 1W32A and back): the weights go on, not the estimators' states, which a layer
+    without (or with a new) input estimator cannot take (review JJ: last.pt did not fit the model)."""
+    out = tmp_path / "r"
+    engine.train(TrainConfig(epochs=1, threads=1), out, progress=False, log=lambda _m: None)
+    weight = load_checkpoint(out / "last.pt")["model"]["conv1.weight"]
+    result, _ = _resume(out, {"a32": True, "epochs": 2}, force=True)
+    assert result["epochs"] == 2 and json.loads((out / "config.json").read_text())["a32"] is True
+    state = load_checkpoint(out / "last.pt")["model"]
+    assert not any("input_estimator" in k for k in state) and not torch.equal(state["conv1.weight"], weight)
+    result, _ = _resume(out, {"a32": False, "epochs": 3}, force=True)
+    assert result["epochs"] == 3 and any("input_estimator" in k for k in load_checkpoint(out / "last.pt")["model"])

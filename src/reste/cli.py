@@ -287,8 +287,8 @@ usage_line = one_line  # its name here before reste.errors had it
 
 
 # what a stopped `reste train` keeps, and how to go on
-_RUN_KEPT = ("a run keeps its finished epochs (continue it with --resume RUN_DIR), a new run that finished none is "
-             "removed")
+_RUN_KEPT = ("a run keeps what it saved, its finished epochs at least (continue it with --resume RUN_DIR); a new "
+             "run that saved nothing is removed")
 
 
 def _command(argv: Sequence[str]) -> str:

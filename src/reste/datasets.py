@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec"]
+__all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec", "dataset_names"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,11 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
 
 #: The canonical names, in the order they are listed to users.
 DATASETS: tuple[str, ...] = tuple(SPECS)
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The canonical names (``DATASETS``); kept for code written before ``DATASETS``."""
+    return DATASETS
 
 
 def get_spec(name: str) -> DatasetSpec:

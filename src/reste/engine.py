@@ -602,6 +602,8 @@ class _Run:
             if self.graphed is not None:
                 self.graphed.invalidate()  # the captured step holds this epoch's lr and schedule values
             start_step, partial = (self.start_step, self.partial) if epoch == self.start_epoch else (0, None)
+            if partial and partial.get("trained") and "lr" in partial:  # its training is done: the epoch's line
+                lr, sched = partial["lr"], dict(partial.get("schedule") or {})  # keeps what it trained with
             if partial and "time" in partial:
                 t0 -= float(partial["time"])  # the epoch's time includes the part before the checkpoint
             self._epoch_t0 = t0
@@ -609,7 +611,7 @@ class _Run:
             if self.files_to_read and self._epoch_sums is not None and start_step < len(self.train_loader):
                 # the test images are files, read only now: one that cannot be read must not cost the epoch's
                 # training (on ImageNet, hours). last.pt holds the trained epoch, which a resume evaluates
-                self._save_trained(epoch, len(self.train_loader))
+                self._save_trained(epoch, len(self.train_loader), lr, sched)
             try:
                 test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last,
                                 self.graphed_eval)
@@ -665,7 +667,7 @@ class _Run:
 
     # -- mid-epoch checkpoints ------------------------------------------------
 
-    def _save_trained(self, epoch: int, steps: int) -> None:
+    def _save_trained(self, epoch: int, steps: int, lr: float, schedule: dict[str, float]) -> None:
         """``last.pt`` after every batch of epoch ``epoch + 1``, before its evaluation: the whole run's sums
         (every process has them after the epoch's all_reduce) under rank 0, zeros under the others, so a
         resume adds up the same totals, with no collective here."""
@@ -673,7 +675,8 @@ class _Run:
         ranks = [list(self._epoch_sums or zero)] + [list(zero) for _ in range(self.dist.world_size - 1)]
         if self.dist.main:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
-                       "time": time.time() - self._epoch_t0, "trained": True}
+                       "time": time.time() - self._epoch_t0, "trained": True, "lr": lr,
+                       "schedule": {k: float(v) for k, v in schedule.items()}}
             ckpt_io.save_checkpoint(self.state(epoch, steps, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, steps), time.monotonic()
 
@@ -953,13 +956,15 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         check_classes((ckpt.get("model_options") or {}).get("num_classes"), ckpt.get("classes"), run.info,
                       config.data_path)
         trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)
-        notes += resumption.schedule_notes(trained.epochs, config.epochs, ckpt["epoch"])
+        done = ckpt["epoch"] + resumption.trained_epoch(ckpt)  # (an epoch saved before its evaluation is trained)
+        notes += resumption.schedule_notes(trained.epochs, config.epochs, done)
         for note in notes:
             run.log(note)
         if trained.optimizer != config.optimizer:  # another optimizer's state starts afresh
             ckpt = {**ckpt, "optimizer": None}
-        if canonical_estimator(trained.estimator) != config.estimator:  # (--force) the weights go on, not the
-            # old estimator's schedule state, which another estimator refuses (set_progress sets the new one's)
+        if canonical_estimator(trained.estimator) != config.estimator or trained.a32 != config.a32:
+            # (--force) the weights go on, not the old estimators' schedule state, which another estimator refuses
+            # and a layer without (or with a new) input estimator does not have (set_progress sets the new ones)
             ckpt = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.endswith("_extra_state")}}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs

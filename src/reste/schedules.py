@@ -79,9 +79,11 @@ def learning_rate(base_lr: float, epoch: int, epochs: int, warm_up: int = 0) -> 
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * (epoch - warm_up) / (epochs - warm_up)))
 
 
-def length_change(trained: int, epochs: int, done: int) -> str:
+def length_change(trained: int, epochs: int, done: int, what: str = "the learning rate and the estimators' "
+                  "schedules (ReSTE's o, say)") -> str:
     """What changes when a run that trained on a ``trained``-epoch schedule continues on an ``epochs``-epoch one
-    after ``done`` finished epochs (a resume's note, the Lightning callback's warning)."""
+    after ``done`` finished epochs (a resume's note; the Lightning callback's warning, whose ``what`` is the
+    estimators' schedules alone: the learning rate is the user's scheduler's)."""
     return (f"the run trained on a {trained}-epoch schedule and continues on a {epochs}-epoch one: from epoch "
-            f"{done + 1} the learning rate and the estimators' schedules (ReSTE's o) stand where a {epochs}-epoch "
-            f"run puts them, not where the {trained}-epoch run left them")
+            f"{done + 1} {what} stand where a {epochs}-epoch run puts them, not where the {trained}-epoch run left "
+            "them")

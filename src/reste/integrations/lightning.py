@@ -85,6 +85,7 @@ class BinarizationCallback(Callback):
         self._history: list[dict[str, float]] = []
         self._last_step = -1
         self._epochs_used: int | None = None  # the schedule's length at the last epoch start (saved, to compare)
+        self._restored = False  # load_state_dict ran (a fit from a checkpoint), before on_fit_start
 
     def _model(self, pl_module: LightningModule) -> nn.Module:
         """The module whose binary layers are scheduled."""
@@ -112,12 +113,15 @@ class BinarizationCallback(Callback):
             self.meter = EquilibriumMeter(model, self.mode, self.o_end)
             self.meter.history = [dict(h) for h in self._history]
         self._last_step = trainer.global_step
+        if not self._restored:  # a fresh fit (the callback used again): no schedule to compare with
+            self._epochs_used = None
+        self._restored = False
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epochs = self._epochs(trainer)
         if self._epochs_used is not None and self._epochs_used != epochs:  # resumed with another max_epochs
-            warnings.warn(f"BinarizationCallback: {length_change(self._epochs_used, epochs, trainer.current_epoch)}",
-                          stacklevel=2)
+            told = length_change(self._epochs_used, epochs, trainer.current_epoch, "the estimators' schedules")
+            warnings.warn(f"BinarizationCallback: {told}", stacklevel=2)
         self._epochs_used = epochs
         self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, epochs)
         if self.schedule:
@@ -155,5 +159,6 @@ class BinarizationCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._history = [dict(h) for h in state_dict.get("history", [])]
         self._epochs_used = state_dict.get("epochs")
+        self._restored = True
         if self.meter is not None:
             self.meter.history = self.history
