@@ -415,11 +415,16 @@ def test_a_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path, monkeyp
 
     from torch.utils import cpp_extension
 
+    import os
+    import time
+
     monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
     monkeypatch.setattr(cuda_ext, "_STATE", [])
     stale = tmp_path / "ext" / cuda_ext._build_name(False) / "lock"
     stale.parent.mkdir(parents=True)
     stale.write_text("")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))  # a build takes minutes: an hour-old lock is no build's
     seen = []
 
     class Stop(Exception):
@@ -436,6 +441,21 @@ def test_a_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path, monkeyp
     with pytest.raises(Stop):
         cuda_ext.build(cuda=False)
     assert seen == [False]
+    # kept: a fresh one (older torch's build may have just made it), and one a build holds (newer torch's flock)
+    stale.write_text("")
+    cuda_ext._clear_stale_lock(stale, fcntl)
+    assert stale.exists()
+    os.utime(stale, (old, old))
+    with open(stale) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        other = os.fork()  # another process: an flock of this one's would not conflict with itself
+        if other == 0:
+            cuda_ext._clear_stale_lock(stale, fcntl)
+            os._exit(0)
+        os.waitpid(other, 0)
+    assert stale.exists()
+    cuda_ext._clear_stale_lock(stale, fcntl)
+    assert not stale.exists()
 
 
 def test_without_nvcc_cuda_tensors_are_refused_in_one_line(monkeypatch):

@@ -978,6 +978,9 @@ def test_digits_come_from_the_cache_after_the_first_load(tmp_path, monkeypatch):
     again = sets._digits_split()
     assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(first, again))
     monkeypatch.delitem(sys.modules, "sklearn.datasets")
-    kept[0].write_bytes(b"damaged")
-    assert all(np.array_equal(a, b) for a, b in zip(first, sets._digits_split()))
+    whole = kept[0].read_bytes()
+    for damage in (b"damaged", b"", whole[: len(whole) // 2], whole[:-30] + bytes(30)):  # review KK: empty, cut
+        kept[0].write_bytes(damage)
+        assert all(np.array_equal(a, b) for a, b in zip(first, sets._digits_split()))
+        assert kept[0].read_bytes() == whole
     assert [p.name for p in tmp_path.glob("digits-*")] == [kept[0].name]  # made again, no temporary left

@@ -44,6 +44,7 @@ import re
 import shutil
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -179,10 +180,30 @@ def _builder(directory: Path) -> Iterator[None]:
     with open(directory / "reste-build.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            (directory / "lock").unlink(missing_ok=True)
+            _clear_stale_lock(directory / "lock", fcntl)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _clear_stale_lock(lock: Path, fcntl: Any, age: float = 600.0) -> None:
+    """Remove torch's build lock ``lock`` when no build can be holding it: no OS lock on it (newer torch
+    holds one while it builds) and older than ``age`` seconds (older torch's lock is the file itself, made
+    when its build starts, and a build takes a minute or two). A build of another checkout of reste that
+    shares the folder keeps its lock either way."""
+    try:
+        fd = os.open(lock, os.O_RDWR)  # never made here: to older torch a lock file that exists is a build
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if time.time() - os.fstat(fd).st_mtime > age:
+            lock.unlink(missing_ok=True)
+    except OSError:  # held: a build is running
+        pass
+    finally:
+        os.close(fd)
 
 
 _REFERENCE: list[Callable[..., Tensor]] = []  # reste.estimators.reference_backward, handed over at its import

@@ -98,6 +98,7 @@ class RunDirectory:
 
     def __init__(self, path: Path, fd: int, created: list[Path], folder_fd: int | None = None) -> None:
         self.path, self._fd, self.created, self._folder_fd = path, fd, created, folder_fd
+        self._pid = os.getpid()  # a fork's copy of this object holds no lock (its descriptors closed at the fork)
         _HELD.update(f for f in (fd, folder_fd) if f is not None)
 
     @classmethod
@@ -246,6 +247,9 @@ class RunDirectory:
 
     def close(self) -> None:
         """Release the lock (the lock file stays; it is harmless)."""
+        if self._pid != os.getpid():  # in a forked process: its numbers may name other files by now
+            self._fd = self._folder_fd = None
+            return
         if self._folder_fd is not None:
             _HELD.discard(self._folder_fd)
             os.close(self._folder_fd)

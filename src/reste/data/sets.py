@@ -114,7 +114,7 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         try:
             with np.load(cached) as kept:
                 return tuple(kept[n] for n in names)  # type: ignore[return-value]
-        except (OSError, KeyError, ValueError):  # damaged: made again below
+        except Exception:  # damaged in any way (empty, truncated, another zip's CRC): made again below
             pass
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -126,7 +126,10 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if cached is not None:
         part = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # one writer's own file, then renamed
         try:
-            np.savez(part, **dict(zip(names, split)))
+            with open(part, "wb") as f:
+                np.savez(f, **dict(zip(names, split)))
+                f.flush()
+                os.fsync(f.fileno())  # whole on disk before the rename: a power loss leaves no empty file
             os.replace(part, cached)
         except OSError:  # a full disk: the next run splits again
             part.unlink(missing_ok=True)

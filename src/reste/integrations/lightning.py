@@ -84,8 +84,8 @@ class BinarizationCallback(Callback):
         self.schedule: dict[str, float] = {}
         self._history: list[dict[str, float]] = []
         self._last_step = -1
-        self._epochs_used: int | None = None  # the schedule's length at the last epoch start (saved, to compare)
-        self._restored = False  # load_state_dict ran (a fit from a checkpoint), before on_fit_start
+        self._epochs_used: int | None = None  # the schedule's length at the last epoch start (saved)
+        self._saved_epochs: int | None = None  # a checkpoint's, to compare at the next epoch start
 
     def _model(self, pl_module: LightningModule) -> nn.Module:
         """The module whose binary layers are scheduled."""
@@ -113,14 +113,12 @@ class BinarizationCallback(Callback):
             self.meter = EquilibriumMeter(model, self.mode, self.o_end)
             self.meter.history = [dict(h) for h in self._history]
         self._last_step = trainer.global_step
-        if not self._restored:  # a fresh fit (the callback used again): no schedule to compare with
-            self._epochs_used = None
-        self._restored = False
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epochs = self._epochs(trainer)
-        if self._epochs_used is not None and self._epochs_used != epochs:  # resumed with another max_epochs
-            told = length_change(self._epochs_used, epochs, trainer.current_epoch, "the estimators' schedules")
+        saved, self._saved_epochs = self._saved_epochs, None
+        if saved is not None and saved != epochs:  # resumed from a checkpoint with another max_epochs
+            told = length_change(saved, epochs, trainer.current_epoch, "the estimators' schedules")
             warnings.warn(f"BinarizationCallback: {told}", stacklevel=2)
         self._epochs_used = epochs
         self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, epochs)
@@ -148,6 +146,9 @@ class BinarizationCallback(Callback):
         pl_module.log_dict({self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True,
                            sync_dist=True)
 
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._saved_epochs = None  # a checkpoint of a fit with no epoch left: nothing for the next fit to compare
+
     @property
     def history(self) -> list[dict[str, float]]:
         """The indicators of every finished epoch (``estimating_error``, ``gradient_stability``)."""
@@ -158,7 +159,7 @@ class BinarizationCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._history = [dict(h) for h in state_dict.get("history", [])]
-        self._epochs_used = state_dict.get("epochs")
-        self._restored = True
+        # compared at the next epoch start (some strategies restore after on_fit_start, the default one before)
+        self._saved_epochs = state_dict.get("epochs")
         if self.meter is not None:
             self.meter.history = self.history
