@@ -27,8 +27,10 @@ def quiet(_msg):
 def test_default_run_reaches_95_percent(tmp_path):
     """`reste train` with no flags: 1W1A on digits, a real accuracy."""
     result = engine.train(TrainConfig(), tmp_path / "run", progress=False, log=quiet)
+    # the bars the other seeds get: across instruction sets (AVX-512, AVX2, none) and 1-4 threads the final
+    # accuracy measured 96.39 to 98.89 (review LL), and a final bar of 95 left 5 test images to spare
     assert result["best_acc"] >= 95.0
-    assert result["final_acc"] >= 95.0
+    assert result["final_acc"] >= 93.0
     lines = rundir.read_metrics(tmp_path / "run")
     assert [m["epoch"] for m in lines] == list(range(1, 21))
     # o follows the cosine ramp to 3 and the loss falls
@@ -328,7 +330,9 @@ def test_a_compiled_model_trains_while_the_schedule_moves():
     torch.manual_seed(0)
     model = reste.binarize(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1),
                                                torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 4)), "reste")
-    compiled = torch.compile(model)
+    # aot_eager: the bug was Dynamo's and aot_eager catches it (checked); inductor took 17-34 s building C++
+    # kernels and depended on their cache in $TMPDIR (review LL). The slow test_torch_compile_trains keeps inductor.
+    compiled = torch.compile(model, backend="aot_eager")
     x = torch.randn(2, 3, 8, 8)
     # the binary conv's inputs are the float first conv's outputs: none within float32 rounding of a tie (in
     # float64, on any CPU), so no sign can differ between the two paths
