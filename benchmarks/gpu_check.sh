@@ -365,17 +365,13 @@ for amp in ("none", "bf16"):
         opts[1].step()
     torch.cuda.synchronize()
     if mode == "ext":  # the C++ nodes must be the ones captured, or this checks the Triton path again
+        sys.path.insert(0, "benchmarks")
+        from train_step import ext_nodes  # noqa: E402  (the rows' own count of the C++ nodes)
+
         probe = copy.deepcopy(model)  # (a forward in training mode moves BatchNorm's statistics)
         with cast():  # the autocast of the steps checked (bf16 takes the nodes' 16-bit path)
-            out = probe(batches[0][0])
-        nodes, seen, todo = 0, set(), [F.cross_entropy(out.float(), batches[0][1]).grad_fn]
-        while todo:
-            node = todo.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            nodes += node.name().startswith("reste_ext::")
-            todo.extend(n for n, _ in node.next_functions)
+            nodes = ext_nodes(probe, batches[0][0])
+        cuda_ext.set_enabled(True)  # (ext_nodes hands the switch back to the environment)
         check("the graphed model runs the extension's C++ nodes", nodes > 0, f"{nodes} node(s)")
     worst = 0.0
     for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
