@@ -617,9 +617,7 @@ class _Run:
                                 self.graphed_eval)
             except UsageError as err:
                 if self.files_to_read and self.saved == (epoch, len(self.train_loader)):
-                    err.args = (f"{one_line(err)}; {last_checkpoint(self.run_dir)} keeps epoch {epoch + 1}'s "
-                                f"training: continue with `reste train --resume {self.run_dir}` once the data is "
-                                "mended",)
+                    self._tell_kept(err, f"{last_checkpoint(self.run_dir)} keeps epoch {epoch + 1}'s training")
                 raise
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
                                        "test_loss": test["loss"], "test_acc": test["top1"],
@@ -708,12 +706,17 @@ class _Run:
         e, step = self.saved
         where = f"{last_checkpoint(self.run_dir)} keeps epoch {e + 1} up to step {step}/{steps}" if step else \
             f"{last_checkpoint(self.run_dir)} keeps epoch {e}"
-        if isinstance(err, UsageError):  # a file (one raised in a worker holds its traceback: its own line, then ours)
-            err.args = (f"{one_line(err)}; {where}: continue with `reste train --resume {self.run_dir}` once the data "
-                        "is mended",)
+        if isinstance(err, UsageError):  # a file that cannot be read
+            self._tell_kept(err, where)
         else:  # the loader itself (a worker killed by the out-of-memory killer, say): its own error follows
             self.log(f"note: the training data's loader failed in epoch {epoch + 1} ({type(err).__name__}); {where}: "
                      f"continue with `reste train --resume {self.run_dir}`")
+
+    def _tell_kept(self, err: UsageError, kept: str) -> None:
+        """Add to a data error's one line what ``last.pt`` keeps and how to go on (one that a DataLoader worker
+        raised holds the worker's traceback: its own line first, then this)."""
+        err.args = (f"{one_line(err)}; {kept}: continue with `reste train --resume {self.run_dir}` once the data is "
+                    "mended",)
 
     def _checkpoint_due(self, step: int) -> int:
         """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop.
