@@ -608,7 +608,7 @@ class _Run:
                 t0 -= float(partial["time"])  # the epoch's time includes the part before the checkpoint
             self._epoch_t0 = t0
             train_metrics = self.train_epoch(epoch, start_step, partial)
-            if self.files_to_read and self._epoch_sums is not None and start_step < len(self.train_loader):
+            if self.files_to_read and start_step < len(self.train_loader):
                 # the test images are files, read only now: one that cannot be read must not cost the epoch's
                 # training (on ImageNet, hours). last.pt holds the trained epoch, which a resume evaluates
                 self._save_trained(epoch, len(self.train_loader), lr, sched)
@@ -697,7 +697,7 @@ class _Run:
         """The loader failed before batch ``done + 1`` of epoch ``epoch + 1`` (an unreadable image): keep the
         steps done in ``last.pt`` and add to the error how to go on. Not with several processes (saving needs
         the others, which wait in the step's collective), nor a diverged state."""
-        if self.dist.enabled or not self.dist.main or int(sums[3]) >= 0:
+        if self.dist.enabled or int(sums[3]) >= 0:
             return
         if done > start_step:
             self.save_partial(epoch, done, sums)

@@ -124,15 +124,12 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     y = bunch.target.astype(np.int64)
     split = train_test_split(x, y, test_size=360, random_state=0, stratify=y)
     if cached is not None:
-        part = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # one writer's own file, then renamed
+        from ..checkpoint import atomic_write  # (a power loss leaves the old file or the whole new one)
+
         try:
-            with open(part, "wb") as f:
-                np.savez(f, **dict(zip(names, split)))
-                f.flush()
-                os.fsync(f.fileno())  # whole on disk before the rename: a power loss leaves no empty file
-            os.replace(part, cached)
+            atomic_write(cached, lambda f: np.savez(f, **dict(zip(names, split))))
         except OSError:  # a full disk: the next run splits again
-            part.unlink(missing_ok=True)
+            pass
     return tuple(split)  # type: ignore[return-value]
 
 
