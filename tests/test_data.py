@@ -676,6 +676,22 @@ def test_imagenet_from_image_folder(tmp_path):
     assert same_batches(batches(te), batches(te))
 
 
+def test_imagenet_loads_in_spawned_workers(tmp_path):
+    """macOS, Windows (and Linux from Python 3.14) start loader workers by spawn or forkserver, which pickle the
+    data set by its module and name: the image folder must be a module-level class, and the batches are those of
+    a loader without workers."""
+    write_image_folder(tmp_path)
+    train, test, _ = load_datasets("imagenet", tmp_path)
+    again = pickle.loads(pickle.dumps(test))  # (the test set: no random augmentation)
+    assert torch.equal(again[1][0], test[1][0]) and pickle.loads(pickle.dumps(train)).classes == train.classes
+    spawned, _ = make_loaders(train, test, batch_size=3, eval_batch_size=2, seed=0, workers=1)
+    spawned.multiprocessing_context = "spawn"
+    here, _ = make_loaders(train, test, batch_size=3, eval_batch_size=2, seed=0, workers=0)
+    for loader in (spawned, here):
+        loader.set_epoch(1)
+    assert same_batches(batches(spawned), batches(here))
+
+
 def test_imagenet_errors(tmp_path):
     usage_error(load_datasets, "imagenet", match="--data-path")
     usage_error(load_datasets, "imagenet", tmp_path, download=True, match="cannot be downloaded")

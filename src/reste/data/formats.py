@@ -345,33 +345,14 @@ def _read_image(path: str):
 
 
 def _image_folder(path: Path, split: str):
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+    from .imagefolder import IMG_EXTENSIONS, VisibleFile, VisibleImageFolder
 
     top = str(path)
-
-    def visible(file: str) -> bool:
-        """An image file to take: an image extension, and nothing hidden on its way below the split's folder
-        (macOS's ._ files, a class folder's .ipynb_checkpoints/). ImageFolder joins the paths it gives onto
-        ``top``: the rest is split as it is (no relpath: it would ask for the working directory per file)."""
-        below = file[len(top):] if file.startswith(top) else os.path.relpath(file, top)
-        return (not any(p.startswith(".") for p in below.split(os.sep))
-                and has_file_allowed_extension(file, IMG_EXTENSIONS))
-
-    class Folder(ImageFolder):
-        """An ImageFolder whose classes are the visible sub-folders (not .ipynb_checkpoints, .Trash-1000, ...)."""
-
-        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
-            if not classes:
-                raise FileNotFoundError(f"no class folder in {directory}")
-            return classes, {c: i for i, c in enumerate(classes)}
-
     if not path.is_dir():
         raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_IMAGENET_HINT}")
     try:
         # allow_empty: a class folder without images is ours to name below, with its own remedy
-        folder = Folder(top, loader=_read_image, is_valid_file=visible, allow_empty=True)
+        folder = VisibleImageFolder(top, loader=_read_image, is_valid_file=VisibleFile(top), allow_empty=True)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
                          f"{_IMAGENET_HINT}") from None
