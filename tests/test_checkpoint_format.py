@@ -60,8 +60,10 @@ def test_format_3_stores_the_two_sets_apart(tmp_path):
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["version"] == 3 and ckpt["epoch"] == 3
     assert ckpt["model_options"] == {"num_classes": 10}
-    assert {k: ckpt[k] for k in SETTINGS} == SETTINGS
-    assert model_arguments(ckpt) == ({"num_classes": 10}, SETTINGS)
+    # a format-3 run writes every estimator option out, those the format-2 run left at their defaults too
+    full = {**SETTINGS, "estimator_options": {"o": 1.0, "t": 1.5, "interval": 0.1, "o_end": 2.5, "schedule": "cosine"}}
+    assert {k: ckpt[k] for k in SETTINGS} == full
+    assert model_arguments(ckpt) == ({"num_classes": 10}, full)
     _estimators_as_saved(model_from_checkpoint(ckpt))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from reste import models
@@ -38,6 +39,24 @@ def test_presets_lists_every_row_with_its_accuracy(capsys):
     for preset in PRESETS.values():
         row = next(line for line in text.splitlines() if line.startswith(preset.name + " "))
         assert f"{preset.top1:.2f}" in row
+
+
+def test_print_config_shows_every_setting_the_run_records(capsys, tmp_path):
+    assert main(["train", "--preset", "cifar10-resnet20-1w1a", "--lr", "0.05", "--print-config"]) == 0
+    shown = capsys.readouterr()
+    config = json.loads(shown.out)
+    assert config["estimator_options"] == {"o": 1.0, "t": 1.5, "interval": 0.1, "o_end": 3.0, "schedule": "cosine"}
+    assert (config["lr"], config["epochs"], config["warm_up"], config["batch_size"]) == (0.05, 1000, 5, 256)
+    assert "changes preset cifar10-resnet20-1w1a's recipe: lr 0.05 (preset: 0.1)" in shown.err
+    out = tmp_path / "run"
+    flags = ["train", "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "1", "--alpha", "0.3"]
+    assert main([*flags, "--estimator", "dsq", "--print-config"]) == 0 and not out.exists()
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["estimator_options"] == {"alpha": 0.3, "alpha_end": 0.05, "schedule": "linear"}
+    assert main([*flags, "--estimator", "dsq"]) == 0
+    assert json.loads((out / "config.json").read_text()) == shown  # defaults included: a later default cannot move it
+    assert main(["train", "--resume", str(out), "--print-config"]) == 2
+    assert "a run's own are in its" in capsys.readouterr().err
 
 
 def test_summary_totals(capsys):

@@ -542,3 +542,26 @@ def test_paper_indicators_are_computed_at_each_epochs_last_step_alone(tmp_path, 
     assert len(calls) > 2 + 2 and lean["indicators"] == full["indicators"]
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
     assert strip(rundir.read_metrics(tmp_path / "lean")) == strip(rundir.read_metrics(tmp_path / "full"))
+
+
+def test_a_preset_run_names_what_it_changes_of_the_recipe():
+    same = config_from_preset("cifar10-resnet20-1w1a", data_path="x", workers=0, seed=7, device="cpu", threads=1)
+    assert engine.preset_changes(same) == {} and engine.recipe_notes(same) == []
+    assert engine.preset_changes(TrainConfig()) == {}  # no preset
+    changed = config_from_preset("cifar10-resnet20-1w1a", lr=0.05, amp="bf16", estimator_options={"o_end": 5.0})
+    assert engine.preset_changes(changed) == {"lr": (0.1, 0.05), "amp": ("none", "bf16"),
+                                             "estimator_options.o_end": (3.0, 5.0)}
+    other = engine.preset_changes(config_from_preset("cifar10-resnet20-1w1a", estimator="ste"))
+    assert other == {"estimator": ("reste", "ste")}  # the other estimator's own options are not changes
+    short = engine.preset_changes(config_from_preset("cifar10-resnet20-1w1a", epochs=3))
+    assert short == {"epochs": (1000, 3), "warm_up": (5, 2)}
+
+
+def test_a_preset_under_torchrun_is_told_its_global_batch():
+    preset = config_from_preset("cifar10-resnet20-1w1a")
+    assert engine.recipe_notes(preset, 1) == []
+    four = engine.recipe_notes(preset, 4)
+    assert "recipe: batch (4 processes) 1024 (preset: 256)" in four[0]
+    assert four[1] == "note: --batch-size is per process; pass --batch-size 64 to keep the preset's batch of 256"
+    assert "256 is not a multiple of 3 processes" in engine.recipe_notes(preset, 3)[1]
+    assert engine.recipe_notes(config_from_preset("cifar10-resnet20-1w1a", batch_size=64), 4) == []

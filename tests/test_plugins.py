@@ -130,6 +130,32 @@ def test_a_config_naming_its_plugin_loads_it(plugin_file):
         plugins._loaded.pop(str(plugin_file), None)
 
 
+def test_a_run_records_the_module_a_python_caller_imported(plugin_file, monkeypatch):
+    """An estimator registered by the caller's own import (no --plugin) is recorded as a plugin, by its module
+    name, so that a resume, eval or a sweep's spawned workers load it; a file loaded by --plugin by its path."""
+    from reste.engine import planned_config
+
+    monkeypatch.syspath_prepend(str(plugin_file.parent))
+    try:
+        import myest_plugin  # noqa: F401 - registers myest
+
+        assert planned_config(TrainConfig(estimator="myest", epochs=1)).plugins == ["myest_plugin"]
+        given = planned_config(TrainConfig(estimator="myest", epochs=1, plugins=["myest_plugin"]))
+        assert given.plugins == ["myest_plugin"]  # not twice
+        assert planned_config(TrainConfig(epochs=1)).plugins == []  # reste's own estimator and model
+    finally:
+        _REGISTRY.pop("myest", None)
+        sys.modules.pop("myest_plugin", None)
+        plugins._loaded.pop("myest_plugin", None)
+    module = plugins.load_plugin(str(plugin_file))
+    try:
+        assert planned_config(TrainConfig(estimator="myest", epochs=1)).plugins == [str(plugin_file.resolve())]
+    finally:
+        _REGISTRY.pop("myest", None)
+        plugins._loaded.pop(str(plugin_file), None)
+        sys.modules.pop(module.__name__, None)
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -155,7 +181,7 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     run = cwd / "run"
     saved = json.loads((run / "config.json").read_text())
     assert saved["plugins"] == ["myest_plugin"] and saved["estimator"] == "myest"
-    assert saved["estimator_options"] == {"my_flag": 0.5}
+    assert saved["estimator_options"] == {"my_flag": 0.5, "my_end": 0.5}  # the default too
     assert len(_metrics(run)) == 1 and "estimating_error" in json.dumps(_metrics(run)[0])
     assert _metrics(run)[0]["my_flag"] == 0.5 and "  my_flag 0.5  " in r.stdout  # the schedule, line and file
 
@@ -215,7 +241,8 @@ def test_an_installed_entry_point_is_found(tmp_path):
     r = _reste("train", "--estimator", "myest", "--my-flag", "0.5", "--out", "run", "--epochs", "1", "--threads", "1",
                "--no-progress", cwd=work, env=env)
     assert r.returncode == 0, r.stderr
-    assert json.loads((work / "run" / "config.json").read_text())["estimator_options"] == {"my_flag": 0.5}
+    saved = json.loads((work / "run" / "config.json").read_text())
+    assert saved["estimator_options"] == {"my_flag": 0.5, "my_end": 0.5}
     code = "import reste; print(reste.get_estimator('myest', my_flag=0.3).config())"
     r = subprocess.run([sys.executable, "-c", code], cwd=work, env={**os.environ, **env}, capture_output=True,
                        text=True, timeout=300)

@@ -427,3 +427,14 @@ def test_summarize_keeps_leaders_when_only_o_end_is_joined(tmp_path):
     assert len(joins) == 1 and f"combine.py {tmp_path}/out/o_end {tmp_path}/out/o_end_others" in joins[0]
     assert [c.split()[2].rsplit("/", 1)[1] for c in calls if "curves.py" in c] == ["leaders", "o_end"]
     assert [c.split()[2].rsplit("/", 1)[1] for c in calls if "paired.py" in c] == ["leaders", "o_end"] * 2
+
+
+def test_paired_says_what_it_needs(tmp_path, capsys):
+    paired = _script("paired")
+    with pytest.raises(SystemExit) as stop:
+        paired.main(["paired.py"])
+    assert stop.value.code == 2 and "required: sweep, reference" in capsys.readouterr().err
+    sweep = _sweep(tmp_path / "s", lambda s, o: 85 + o + 0.1 * s, o_ends=(2, 3))  # o_end 3 one point ahead
+    paired.main(["paired.py", str(sweep), "o_end=3", "final_acc"])
+    out = capsys.readouterr().out
+    assert "vs o_end=2" in out and "+1.00" in out and "ahead in 3/3" in out

@@ -272,7 +272,8 @@ def test_another_estimator_drops_the_old_ones_options(tmp_path):
                  log=lambda _m: None)
     result, _ = _resume(out, {"estimator": "ste", "epochs": 2}, force=True)
     saved = json.loads((out / "config.json").read_text())
-    assert result["epochs"] == 2 and saved["estimator"] == "ste" and saved["estimator_options"] == {}
+    assert result["epochs"] == 2 and saved["estimator"] == "ste"
+    assert saved["estimator_options"] == {"clip": 1.0}  # STE's own, ReSTE's o_end gone
 
 
 def test_a_sweep_tells_a_clean_epoch_end_from_one_a_crash_cut(run):

@@ -12,6 +12,7 @@ reference won. Only seeds that both settings finished are paired.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import statistics
@@ -55,8 +56,13 @@ def read_metric(sweep: str, metric: str) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str]) -> None:
-    sweep, ref = argv[1], argv[2]
-    metric = argv[3] if len(argv) > 3 else "best_acc"
+    """``argv`` as ``sys.argv`` (the script's name first)."""
+    parser = argparse.ArgumentParser(prog="paired.py", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="a finished sweep's folder (its runs.csv)")
+    parser.add_argument("reference", help="the setting the others are compared with, e.g. estimator=reste")
+    parser.add_argument("metric", nargs="?", default="best_acc", help="a column of runs.csv (default best_acc)")
+    args = parser.parse_args(argv[1:])
+    sweep, ref, metric = args.sweep, args.reference, args.metric
     runs = read_metric(sweep, metric)
     if ref not in runs:
         sys.exit(f"no setting {ref!r}; settings: {', '.join(runs)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import sys
 import warnings
@@ -43,6 +44,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .rundir import holds_run, run_config
 
     log = print
+    if args.print_config:
+        if args.resume is not None:
+            raise UsageError(f"--print-config shows the settings of a new run; a run's own are in its "
+                             f"{args.resume}/config.json")
+        config = engine.planned_config(config_from_args(args))
+        print(json.dumps(config.to_dict(), indent=2))
+        from .distributed import env_world_size
+
+        for note in engine.recipe_notes(config, env_world_size()):
+            print(note, file=sys.stderr)
+        return 0
     if args.auto_resume:
         if args.resume is not None:
             raise UsageError("--auto-resume goes with --out (the folder to start or continue), not with --resume")
@@ -80,8 +92,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-    print("\npublished top-1/top-5 (%) of Wu et al., ICCV 2023; "
-          "run one with `reste train --preset NAME --data-path DIR`")
+    print("\npublished top-1/top-5 (%) of Wu et al., ICCV 2023: the best test accuracy over the epochs (the test set\n"
+          "picks the epoch), which reste reports as 'best test acc' (best.pt). Every setting of a preset:\n"
+          "`reste train --preset NAME --print-config`; run one with `reste train --preset NAME --data-path DIR`")
     return 0
 
 

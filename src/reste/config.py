@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from .errors import UsageError
 from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
-from .plugins import load_plugins
+from .plugins import defining, load_plugins, saved_form
 
 OPTIMIZERS = ("sgd", "adam", "adamw")  # reste.engine.build_optimizer builds each
 MAX_EPOCHS = 1_000_000
@@ -379,6 +380,22 @@ def canonical_estimator(name: Any) -> Any:
         return estimator_class(name).name if isinstance(name, str) else name
     except UsageError:
         return name
+
+
+def as_recorded(config: TrainConfig) -> TrainConfig:
+    """``config`` (resolved) as a run records it in config.json and its checkpoints: its estimator named as
+    registered with every hyper-parameter written out (those left at their defaults too: a default that changes
+    later, in reste or a plugin, cannot move the run), and the plugins that define its estimator and model (a
+    Python caller's own imports too), for a resume, ``reste eval`` or a sweep's worker processes to load."""
+    from .models import defined_in
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1: told at training
+        est = get_estimator(config.estimator, **config.estimator_options)
+    given = {saved_form(spec) for spec in config.plugins}
+    found = [spec for spec in defining([type(est).__module__, defined_in(config.model)]) if spec not in given]
+    return dataclasses.replace(config, estimator=est.name, estimator_options=est.config(),
+                               plugins=[*config.plugins, *found])
 
 
 def config_from_preset(name: str, **overrides: Any) -> TrainConfig:

@@ -52,8 +52,8 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models, resumption
-from .config import (AMP_MODES, OPTIMIZERS, TrainConfig, canonical_estimator, check_data_path, check_workers,
-                     default_workers, get_preset, max_threads)
+from .config import (AMP_MODES, OPTIMIZERS, TrainConfig, as_recorded, canonical_estimator, check_data_path,
+                     check_workers, config_from_preset, default_workers, get_preset, max_threads)
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -63,8 +63,8 @@ from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimi
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
-from .rundir import (CONFIG, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics, best_checkpoint,
-                     check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, repair_best,
+from .rundir import (CONFIG, IDENTITY_FREE, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics,
+                     best_checkpoint, check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, repair_best,
                      require_run_path, restore_config, run_config, saved_config, schedule_fields, start_metrics,
                      sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
@@ -298,6 +298,7 @@ class _Run:
     def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool | None) -> None:
         # the bar by default only on a terminal: a log file or a pipe would fill with its frames
         progress = stderr_is_terminal() if progress is None else progress
+        config = as_recorded(config)  # what config.json and the checkpoints record: every estimator option
         self.config, self.run_dir, self.progress = config, run_dir, progress
         check_tensorboard(config.tensorboard, run_dir)  # before any data: a missing package is one line
         if config.threads:
@@ -898,17 +899,62 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
     if run.dist.main:
         write_config(run_dir, config)
         start_metrics(run_dir)
-    procs = ""
+    procs, batch, world = "", f"batch {config.batch_size}", run.dist.world_size
     if run.dist.enabled:
         bn = "synchronised BatchNorm" if config.sync_bn else "BatchNorm per process"
-        procs = f", {run.dist.world_size} processes ({bn})"
+        procs = f", {world} processes ({bn})"
+        batch += f" per process ({config.batch_size * world} in all)"
     run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
-            f"{config.epochs} epoch{'s' * (config.epochs != 1)}, batch {config.batch_size}, {config.optimizer} "
+            f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {config.optimizer} "
             f"lr {config.lr}, device {run.device}{procs} -> {run_dir}")
-    tip = cuda_graphs_tip(config, run.device, run.dist.enabled)
-    if tip:
-        run.log(tip)
+    for note in (*recipe_notes(config, world), cuda_graphs_tip(config, run.device, run.dist.enabled)):
+        if note:
+            run.log(note)
     return run.run()
+
+
+def planned_config(config: TrainConfig) -> TrainConfig:
+    """The settings a run of ``config`` trains with, as its config.json records them (:func:`reste.config.as_recorded`;
+    the machine's, such as CPU threads, as given)."""
+    return as_recorded(config.resolve())
+
+
+def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[Any, Any]]:
+    """{setting: (the preset's value, the run's)} for each setting of a preset run (``config.preset``) that
+    makes it another training than the preset's: not the seed, nor the settings free to change on resume (data
+    path, workers, device, ...). An estimator option is ``estimator_options.NAME``; the batch is the one step's
+    over ``world_size`` processes (``--batch-size`` is per process); {} without a preset."""
+    if not config.preset:
+        return {}
+    ref, mine = (as_recorded(c.resolve()).to_dict() for c in (config_from_preset(config.preset), config))
+    mine["batch_size"] *= world_size
+    changes = {}
+    for key, value in mine.items():
+        if key in IDENTITY_FREE:
+            continue
+        if key == "estimator_options" and mine["estimator"] == ref["estimator"]:
+            changes.update({f"{key}.{k}": (ref[key].get(k), v) for k, v in value.items() if ref[key].get(k) != v})
+        elif key != "estimator_options" and ref[key] != value:
+            changes[key] = (ref[key], value)
+    return changes
+
+
+def recipe_notes(config: TrainConfig, world_size: int = 1) -> list[str]:
+    """What a preset run does differently from its preset (:func:`preset_changes`), and under torchrun, when that
+    is the batch, the ``--batch-size`` that keeps it."""
+    changes = preset_changes(config, world_size)
+    if not changes:
+        return []
+    name = {"batch_size": f"batch ({world_size} processes)"} if world_size > 1 else {}
+    what = ", ".join(f"{name.get(k, k)} {b!r} (preset: {a!r})" for k, (a, b) in changes.items())
+    notes = [f"note: this run changes preset {config.preset}'s recipe: {what}"]
+    recipe = changes.get("batch_size", (0,))[0]
+    if world_size > 1 and recipe:
+        notes.append(f"note: --batch-size is per process; pass --batch-size {recipe // world_size} to keep the "
+                     f"preset's batch of {recipe}" if recipe % world_size == 0 else
+                     f"note: --batch-size is per process, and the preset's batch of {recipe} is not a multiple of "
+                     f"{world_size} processes: run a count that divides it, or scale --lr with the batch")
+    return notes
 
 
 def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
@@ -916,7 +962,8 @@ def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool
     if device.type != "cuda" or config.cuda_graphs or config.compile or config.amp == "fp16" or distributed:
         return None
     return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
-            "ResNet-20 ReSTE step took 4.15 ms graphed against 19.7 ms eager: benchmarks/RESULTS.md)")
+            "ResNet-20 ReSTE step took 4.15 ms graphed against 19.7 ms eager: benchmarks/RESULTS.md); its steps "
+            "keep one shape, so each epoch leaves out its last partial batch")
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,

@@ -33,6 +33,7 @@ from .errors import UsageError
 GROUP = "reste.estimators"
 
 _entry_points_loaded = False
+_FILE_PREFIX = "reste_plugin_"  # the module name of a plugin loaded from a file
 _loaded: dict[str, ModuleType] = {}
 
 
@@ -60,6 +61,21 @@ def is_path(spec: str) -> bool:
 def saved_form(spec: str) -> str:
     """How a ``--plugin`` value is saved in ``config.json``: a file as an absolute path, a module as given."""
     return str(Path(spec).resolve()) if is_path(spec) else spec
+
+
+def defining(modules: Iterable[str]) -> list[str]:
+    """The ``--plugin`` values (in their saved form) that load ``modules`` again in another process: the modules
+    that define an estimator or a model a run uses. A file loaded by ``--plugin`` is its path, any other module its
+    name (one a Python caller imported itself too); none for reste's own, nor for ``__main__`` (a script, which
+    spawned processes import themselves, or a notebook, which none can)."""
+    specs = []
+    for name in dict.fromkeys(modules):
+        if name.split(".")[0] in ("reste", "__main__", "__mp_main__", "builtins"):
+            continue
+        file = getattr(sys.modules.get(name), "__file__", None)
+        spec = saved_form(file) if name.startswith(_FILE_PREFIX) and file else name
+        specs.append(spec)
+    return specs
 
 
 def load_plugin(spec: str) -> ModuleType:
@@ -106,7 +122,7 @@ def _import_file(path: str) -> ModuleType:
     file = Path(path).resolve()
     if not file.is_file():
         raise UsageError(f"--plugin {path!r}: no such file")
-    name = f"reste_plugin_{file.stem}"
+    name = f"{_FILE_PREFIX}{file.stem}"
     loaded = sys.modules.get(name)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == file:
         return loaded

@@ -59,6 +59,10 @@ DIVERGED = "diverged.json"
 # thread count can change the last bits of float32 sums: resume notes it).
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
                "save_every", "tensorboard", "keep_top", "plugins")
+# the settings that do not make a run another training: those free to change on resume, the preset's name (a
+# preset is its settings) and the seed (a draw of the same training): left out of a sweep run's identity, and of
+# what a preset run changes of its preset
+IDENTITY_FREE = (*RESUME_FREE, "preset", "seed")
 # the fields of a metrics.jsonl line; the line holds besides them the schedule values of the run's estimator (o, t,
 # k, ...) under their names, which therefore may not be these
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "estimating_error",

@@ -7,26 +7,19 @@ and the settings that cannot change the result (``reste.rundir.RESUME_FREE``).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import warnings
 
-from ..config import TrainConfig
-from ..estimators import get_estimator
-from ..rundir import RESUME_FREE
-
-# Left out of a run's identity: the settings free to change on resume, and the seed (a folder of its own)
-FREE_FIELDS = (*RESUME_FREE, "preset", "seed")
+from ..config import TrainConfig, as_recorded
+from ..rundir import IDENTITY_FREE  # (the seed has a folder of its own)
 
 
 def canonical(config: TrainConfig) -> TrainConfig:
     """The resolved config with the estimator's hyper-parameters written out in full."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1
-        config = config.resolve()
-        est = get_estimator(config.estimator, **config.estimator_options)
-    return dataclasses.replace(config, estimator=est.name, estimator_options=est.config())
+        return as_recorded(config.resolve())
 
 
 def config_key(config: TrainConfig) -> str:
@@ -36,5 +29,5 @@ def config_key(config: TrainConfig) -> str:
     a default that keeps the old behaviour) does not rename, and retrain, the runs of a sweep.
     """
     defaults = TrainConfig().to_dict()
-    data = {k: v for k, v in config.to_dict().items() if k not in FREE_FIELDS and v != defaults.get(k, object())}
+    data = {k: v for k, v in config.to_dict().items() if k not in IDENTITY_FREE and v != defaults.get(k, object())}
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]

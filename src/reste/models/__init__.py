@@ -15,10 +15,10 @@ twin of the same architecture (``model_info(name)["twin"]``). Add a model with
 """
 
 from . import cifar, imagenet, small  # noqa: F401  (register the models)
-from .registry import DATASETS, ConvBuilder, create, list_models, model_info, model_keywords, register_model
+from .registry import DATASETS, ConvBuilder, create, defined_in, list_models, model_info, model_keywords, register_model
 from .summary import count_parameters, describe, format_summary, format_totals, layer_summary, summary_totals
 
 __all__ = [
-    "DATASETS", "ConvBuilder", "create", "list_models", "model_info", "model_keywords", "register_model",
+    "DATASETS", "ConvBuilder", "create", "defined_in", "list_models", "model_info", "model_keywords", "register_model",
     "count_parameters", "describe", "layer_summary", "format_summary", "summary_totals", "format_totals",
 ]

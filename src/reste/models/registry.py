@@ -134,6 +134,12 @@ def _check_name(name: str) -> None:
                          "--plugin MODULE)")
 
 
+def defined_in(name: str) -> str:
+    """The module that defines model ``name``'s factory (a float twin's: its binary model's)."""
+    _check_name(name)
+    return _MODELS[name].__module__
+
+
 def model_info(name: str) -> dict[str, Any]:
     """dataset, num_classes (default), input_size (C, H, W), binary, twin of model ``name``."""
     _check_name(name)
