@@ -275,9 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{'--resume RUN_DIR' if command == 'train' else 'the same command'})", file=sys.stderr)
         return 141  # 128 + SIGPIPE, as a tool killed by it
     except Exception as err:  # noqa: BLE001 - sorted below
-        from .engine import Preempted
-
-        if not isinstance(err, Preempted):
+        if not isinstance(err, _engine_error("Preempted")):
             return _unexpected(err, debug, _command(argv))
         from .distributed import env_rank
 
@@ -317,10 +315,20 @@ def _error_prefix() -> str:
     return f"reste: error (rank {env_rank()}):" if env_rank() > 0 else "reste: error:"
 
 
+def _engine_error(name: str) -> Any:
+    """The engine's exception class ``name`` for the error handlers, or ``()`` (which nothing is an instance of)
+    where the engine cannot be imported: the error being handled may be that very failure, and it must still
+    end in one line, not in a second traceback."""
+    try:
+        from . import engine
+    except Exception:  # noqa: BLE001 - any failure to import
+        return ()
+    return getattr(engine, name)
+
+
 def _unexpected(err: Exception, debug: bool, command: str = "") -> int:
     """The last line of defence keeps tracebacks behind --debug."""
-    from .engine import TrainingDiverged
-
+    TrainingDiverged = _engine_error("TrainingDiverged")
     if debug:
         raise  # called inside the except block: the original traceback
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -2,7 +2,7 @@
 
 ``RunDirectory.open(path, fresh=...)`` creates the folder if needed and takes an
 ``fcntl.flock`` on ``path/.lock`` (which records the holder's PID) and on the folder itself (so
-a ``.lock`` removed by hand lets no second writer in). The lock is held
+a ``.lock`` removed by hand lets no second writer in; on Windows, an ``msvcrt`` lock on ``.lock``). The lock is held
 until ``close()`` or until the process dies (the OS releases it), so a second
 writer, whether ``reste train`` on the same ``--out``, ``--resume`` or a sweep job,
 is refused with one line naming the PID. Every check of what the folder holds
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
@@ -42,6 +41,15 @@ from typing import Any
 from .checkpoint import atomic_write, damage, load_checkpoint, orphaned_temporaries
 from .config import TrainConfig
 from .errors import UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:  # not Windows
+    msvcrt = None
 
 LOCK_NAME = ".lock"
 SWEEP_MANIFEST = "sweep.json"  # what makes a folder a sweep's (reste.experiments.report writes and reads it)
@@ -70,6 +78,35 @@ METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_ac
 # what every run's config.json holds since the first version: without them it is not a run's
 _IDENTITY = ("dataset", "model", "estimator", "epochs", "seed")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
+
+
+# Where there is no fcntl (Windows), the lock is msvcrt's on one byte of .lock at this offset: past the PID text,
+# which a locked region would hide from _holder's read. Where there is neither fcntl nor msvcrt, nothing is locked:
+# .lock still records the PID, but a second writer on the same folder is not refused (the files of two runs on
+# one folder can then mix, as they would with no lock at all).
+_MSVCRT_BYTE = 1 << 20
+
+
+def _try_lock(fd: int) -> None:
+    """Lock the file ``fd`` exclusively without waiting; ``OSError`` (EWOULDBLOCK, EAGAIN or EACCES) when another
+    process holds it. See ``_MSVCRT_BYTE`` for Windows and for systems with no way to lock."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    elif msvcrt is not None:
+        os.lseek(fd, _MSVCRT_BYTE, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        finally:
+            os.lseek(fd, 0, os.SEEK_SET)  # the PID is written from the start
+
+
+def _release(fd: int) -> None:
+    """Unlock (msvcrt: Windows frees a closed file's locks only after a while) and close ``fd``."""
+    if fcntl is None and msvcrt is not None:
+        with contextlib.suppress(OSError):
+            os.lseek(fd, _MSVCRT_BYTE, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    os.close(fd)
 
 
 def _holder(lock_path: Path) -> str:
@@ -132,7 +169,7 @@ class RunDirectory:
         except BaseException:
             if not had_lock:  # the holder's lock file was removed: the one made here names no holder
                 (path / LOCK_NAME).unlink(missing_ok=True)
-            os.close(fd)
+            _release(fd)
             raise
         run = cls(path, fd, created, folder_fd)
         try:
@@ -184,7 +221,7 @@ class RunDirectory:
             except OSError as err:
                 raise UsageError(f"run directory {path} is not writable ({err.strerror}); {remedy}") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _try_lock(fd)
             except OSError as err:
                 os.close(fd)
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -203,7 +240,7 @@ class RunDirectory:
             os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as err:  # a full disk: the lock file this process holds goes (a stale one too)
             lock_path.unlink(missing_ok=True)
-            os.close(fd)
+            _release(fd)
             raise UsageError(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
         return fd
 
@@ -211,7 +248,9 @@ class RunDirectory:
     def _lock_folder(path: Path) -> int | None:
         """A second ``flock``, on the folder itself: a ``.lock`` deleted while a run holds it does not let a
         second writer in (it would lock a new file). ``None`` where the file system cannot lock a folder
-        (the ``.lock`` file still guards it there)."""
+        (the ``.lock`` file still guards it there), and where there is no flock (msvcrt cannot lock a folder)."""
+        if fcntl is None:
+            return None
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError:
@@ -260,7 +299,7 @@ class RunDirectory:
             self._folder_fd = None
         if self._fd is not None:
             _HELD.discard(self._fd)
-            os.close(self._fd)
+            _release(self._fd)
             self._fd = None
 
     def discard(self) -> None:

@@ -1,0 +1,116 @@
+"""What Windows and macOS do differently, simulated on Linux: no fcntl (Windows locks with msvcrt), an open file
+that cannot be removed, a file browser's litter in --out, a target that cannot be replaced for a moment, text
+files in the locale's code page with CRLF line ends, '\\' in relative paths, and $CC with arguments."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import reste
+from reste import rundir
+from reste.rundir import RunDirectory
+
+SRC = str(Path(reste.__file__).resolve().parent.parent)
+TINY = ["--dataset", "digits", "--model", "digits_1w1a", "--epochs", "1", "--threads", "1", "--no-progress"]
+
+# sitecustomize of a process that has no fcntl (as on Windows) and a stand-in for msvcrt.locking: byte-range
+# locks that refuse another process (POSIX record locks) and another descriptor of this one, as Windows does
+WINDOWS_LOCKS = '''
+import errno, os, subprocess, sys, types  # subprocess first: it takes a process with msvcrt for Windows
+import fcntl as _fcntl
+
+sys.modules["fcntl"] = None  # "import fcntl" raises ImportError
+_held = {}
+
+
+def locking(fd, mode, nbytes):
+    offset = os.lseek(fd, 0, os.SEEK_CUR)
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino, offset)
+    if mode == 0:  # LK_UNLCK
+        _held.pop(key, None)
+        _fcntl.lockf(fd, _fcntl.LOCK_UN, nbytes, offset)
+        return
+    if _held.get(key, fd) != fd:
+        raise OSError(errno.EACCES, "Permission denied")
+    try:
+        _fcntl.lockf(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB, nbytes, offset)
+    except OSError:
+        raise OSError(errno.EACCES, "Permission denied") from None
+    _held[key] = fd
+    with open(os.environ["FAKE_MSVCRT_LOG"], "a") as log:
+        log.write(f"{offset} {nbytes}\\n")
+
+
+msvcrt = types.ModuleType("msvcrt")
+msvcrt.locking, msvcrt.LK_UNLCK, msvcrt.LK_LOCK, msvcrt.LK_NBLCK = locking, 0, 1, 2
+sys.modules["msvcrt"] = msvcrt
+'''
+
+
+def _shim_env(tmp_path: Path, code: str) -> dict[str, str]:
+    shim = tmp_path / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(code)
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(shim), SRC]),
+                FAKE_MSVCRT_LOG=str(tmp_path / "locks.log"))
+
+
+def _reste(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reste.cli", *argv], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_without_fcntl_reste_runs_and_locks_its_run_directory_with_msvcrt(tmp_path):
+    env = _shim_env(tmp_path, WINDOWS_LOCKS)
+    probe = subprocess.run([sys.executable, "-c", "import fcntl"], capture_output=True, text=True, env=env)
+    assert probe.returncode == 1 and "ModuleNotFoundError" in probe.stderr  # the shim works
+    proc = _reste(env, "--help")
+    assert proc.returncode == 0 and "train" in proc.stdout, proc.stderr
+    proc = _reste(env, "train", *TINY, "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    assert "done: best test acc" in proc.stdout and rundir.read_metrics(tmp_path / "run")
+    # the lock is on one byte past the PID text, which stays readable at the start of .lock
+    assert (tmp_path / "locks.log").read_text().split() == [str(1 << 20), "1"]
+    assert (tmp_path / "run" / ".lock").stat().st_size < 100
+
+    # a process holds a run directory: a second start on it is refused with one line naming that process
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom reste.rundir import RunDirectory\n"
+         f"run = RunDirectory.open({str(tmp_path / 'held')!r}, fresh=True)\nprint('ready', flush=True)\n"
+         "sys.stdin.read()\nrun.close()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        proc = _reste(env, "train", *TINY, "--out", str(tmp_path / "held"))
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            f"reste: error: {tmp_path / 'held'} is in use by pid {holder.pid} (a run is writing to it); wait for it "
+            "to finish, or use another folder"]
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    proc = _reste(env, "train", *TINY, "--out", str(tmp_path / "held"))  # released: the folder is free again
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_lock_module_that_is_missing_gives_no_lock_but_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir, "fcntl", None)
+    monkeypatch.setattr(rundir, "msvcrt", None)
+    with RunDirectory.open(tmp_path / "run", fresh=True) as run:
+        assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())
+        assert run._folder_fd is None
+        with RunDirectory.open(tmp_path / "run", fresh=True):  # not refused: there is nothing to lock with
+            pass
+
+
+def test_an_engine_that_cannot_be_imported_is_one_line_not_a_second_traceback(tmp_path):
+    env = _shim_env(tmp_path, 'import sys\nsys.modules["reste.engine"] = None\n')
+    proc = _reste(env, "train", *TINY, "--out", str(tmp_path / "run"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "reste: error: ModuleNotFoundError: import of reste.engine halted; None in sys.modules (run with --debug for "
+        "the traceback)"]
