@@ -4,13 +4,18 @@ files in the locale's code page with CRLF line ends, '\\' in relative paths, and
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import reste
 from reste import rundir
+from reste.errors import UsageError
 from reste.rundir import RunDirectory
 
 SRC = str(Path(reste.__file__).resolve().parent.parent)
@@ -114,3 +119,67 @@ def test_an_engine_that_cannot_be_imported_is_one_line_not_a_second_traceback(tm
     assert proc.stderr.strip().splitlines() == [
         "reste: error: ModuleNotFoundError: import of reste.engine halted; None in sys.modules (run with --debug for "
         "the traceback)"]
+
+
+# ------------------------------------------------------------------- Windows: an open file cannot be removed
+
+
+@pytest.fixture
+def windows_files(monkeypatch):
+    """Windows' rule in this process: removing a file that is open here fails (WinError 32); rundir takes its
+    Windows order."""
+    unlink = os.unlink
+
+    def open_here() -> set[str]:
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone
+                found.add(os.readlink(f"/proc/self/fd/{fd}"))
+        return found
+
+    def unlink_unless_open(path, *args, **kwargs):
+        if os.path.realpath(path) in open_here():
+            raise PermissionError(errno.EACCES, "The process cannot access the file because it is being used by "
+                                  "another process", str(path))
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink_unless_open)
+    monkeypatch.setattr(rundir, "_WINDOWS", True)
+
+
+def test_a_refused_start_removes_its_lock_file_where_open_files_cannot_be_removed(tmp_path, windows_files):
+    folder = tmp_path / "full"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="is not empty"):
+        RunDirectory.open(folder, fresh=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_a_discarded_run_goes_with_its_lock_file_where_open_files_cannot_be_removed(tmp_path, windows_files):
+    run = RunDirectory.open(tmp_path / "a" / "run", fresh=True)
+    (run.path / rundir.CONFIG).write_text("{}")
+    run.discard()
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_folder_lock_refused_removes_the_lock_file_made_for_it(tmp_path, windows_files, monkeypatch):
+    def refused(path):
+        raise rundir.RunInUse(f"{path} is in use by another process")
+
+    monkeypatch.setattr(RunDirectory, "_lock_folder", staticmethod(refused))
+    (tmp_path / "run").mkdir()
+    with pytest.raises(rundir.RunInUse):
+        RunDirectory.open(tmp_path / "run", fresh=True)
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_lock_file_that_cannot_be_written_is_removed(tmp_path, windows_files, monkeypatch):
+    def full(fd, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UsageError, match="free some space"):
+        RunDirectory.open(tmp_path / "run", fresh=True)
+    assert not (tmp_path / "run" / ".lock").exists()

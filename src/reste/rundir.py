@@ -36,7 +36,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .checkpoint import atomic_write, damage, load_checkpoint, orphaned_temporaries
 from .config import TrainConfig
@@ -85,6 +85,7 @@ _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
 # .lock still records the PID, but a second writer on the same folder is not refused (the files of two runs on
 # one folder can then mix, as they would with no lock at all).
 _MSVCRT_BYTE = 1 << 20
+_WINDOWS = os.name == "nt"  # where an open file cannot be removed (a test sets it to take that order on Linux)
 
 
 def _try_lock(fd: int) -> None:
@@ -107,6 +108,24 @@ def _release(fd: int) -> None:
             os.lseek(fd, _MSVCRT_BYTE, os.SEEK_SET)
             msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
     os.close(fd)
+
+
+def _remove_lock(lock_path: Path, release: Callable[[], None]) -> None:
+    """Remove the lock file ``lock_path`` and release the lock this process holds on it (``release()``).
+
+    Where a file can be removed while open (Linux, macOS) it goes first: a process waiting for the flock then
+    finds, once it has it, that its file is no longer ``.lock`` and locks the new one; released first, the
+    waiter would hold a lock on a file about to be removed, and a third process could lock a new ``.lock``
+    beside it. Windows cannot remove a file that is open (its removal fails while we hold it), so there the lock
+    is released first; a process that has opened the file by then keeps it from being removed, and the file
+    stays (it is harmless), so no one locks a file that is gone."""
+    if _WINDOWS:
+        release()
+        with contextlib.suppress(OSError):
+            lock_path.unlink(missing_ok=True)
+    else:
+        lock_path.unlink(missing_ok=True)
+        release()
 
 
 def _holder(lock_path: Path) -> str:
@@ -167,9 +186,10 @@ class RunDirectory:
         try:
             folder_fd = cls._lock_folder(path)
         except BaseException:
-            if not had_lock:  # the holder's lock file was removed: the one made here names no holder
-                (path / LOCK_NAME).unlink(missing_ok=True)
-            _release(fd)
+            if had_lock:
+                _release(fd)
+            else:  # the holder's lock file was removed: the one made here names no holder
+                _remove_lock(path / LOCK_NAME, lambda: _release(fd))
             raise
         run = cls(path, fd, created, folder_fd)
         try:
@@ -179,10 +199,10 @@ class RunDirectory:
         except BaseException:
             if created:
                 run.discard()
-            else:
-                if not had_lock:  # leave a refused folder as it was
-                    (path / LOCK_NAME).unlink(missing_ok=True)
+            elif had_lock:
                 run.close()
+            else:  # leave a refused folder as it was
+                _remove_lock(path / LOCK_NAME, run.close)
             raise
         return run
 
@@ -239,8 +259,7 @@ class RunDirectory:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as err:  # a full disk: the lock file this process holds goes (a stale one too)
-            lock_path.unlink(missing_ok=True)
-            _release(fd)
+            _remove_lock(lock_path, lambda: _release(fd))
             raise UsageError(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
         return fd
 
@@ -311,8 +330,7 @@ class RunDirectory:
             (self.path / name).unlink(missing_ok=True)
         for tmp in orphaned_temporaries(self.path):
             tmp.unlink(missing_ok=True)
-        (self.path / LOCK_NAME).unlink(missing_ok=True)  # a process waiting on it sees it went and retries
-        self.close()
+        _remove_lock(self.path / LOCK_NAME, self.close)  # a process waiting on it sees it went and retries
         remove_folders(self.created)
 
 
