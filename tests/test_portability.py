@@ -15,6 +15,7 @@ import pytest
 
 import reste
 from reste import rundir
+from reste.cli import main
 from reste.errors import UsageError
 from reste.rundir import RunDirectory
 
@@ -183,3 +184,28 @@ def test_a_lock_file_that_cannot_be_written_is_removed(tmp_path, windows_files, 
     with pytest.raises(UsageError, match="free some space"):
         RunDirectory.open(tmp_path / "run", fresh=True)
     assert not (tmp_path / "run" / ".lock").exists()
+
+
+# ------------------------------------------------------------------------- a file browser's litter in --out
+
+LITTER = (".DS_Store", "._notes", "Thumbs.db", "desktop.ini")
+
+
+def test_a_folder_holding_only_a_file_browsers_litter_is_empty(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in LITTER:
+        (out / name).write_bytes(b"\0")
+    assert main(["train", *TINY, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert rundir.read_metrics(out)
+    assert all((out / name).exists() for name in LITTER)  # the user's folder keeps them
+    # a failed start in a folder it made removes it, even when Finder wrote a .DS_Store into it meanwhile
+    run = RunDirectory.open(tmp_path / "new" / "run", fresh=True)
+    (run.path / ".DS_Store").write_bytes(b"\0")
+    run.discard()
+    assert not (tmp_path / "new").exists()
+    # other files still make a folder not empty
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "DS_Store").write_bytes(b"\0")
+    with pytest.raises(UsageError, match=r"not empty \(DS_Store\)"):
+        RunDirectory.open(tmp_path / "other", fresh=True)

@@ -86,6 +86,12 @@ _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
 # one folder can then mix, as they would with no lock at all).
 _MSVCRT_BYTE = 1 << 20
 _WINDOWS = os.name == "nt"  # where an open file cannot be removed (a test sets it to take that order on Linux)
+_LITTER = {".ds_store", "thumbs.db", "desktop.ini"}  # what Finder and Explorer put in a folder they show
+
+
+def _litter(name: str) -> bool:
+    """Whether ``name`` is a file the OS's file browser wrote (``._*`` being macOS's AppleDouble files)."""
+    return name.lower() in _LITTER or name.startswith("._")
 
 
 def _try_lock(fd: int) -> None:
@@ -291,8 +297,10 @@ class RunDirectory:
                 raise UsageError(f"{path} already holds a run; continue it with --resume {path} "
                                  "or choose another --out")
             # a sweep's log, and the record of a run that diverged before it kept anything (trained again here)
+            # and what Finder or Explorer wrote there (.DS_Store, Thumbs.db, ...)
             others = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, DIVERGED)
-                            and not p.name.endswith(".log") and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+                            and not p.name.endswith(".log") and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                            and not _litter(p.name))
             if others:
                 raise UsageError(f"{path} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
                                  "and holds no run; pass a new or empty folder as --out")
@@ -331,6 +339,10 @@ class RunDirectory:
         for tmp in orphaned_temporaries(self.path):
             tmp.unlink(missing_ok=True)
         _remove_lock(self.path / LOCK_NAME, self.close)  # a process waiting on it sees it went and retries
+        for folder in self.created:  # a file browser's litter (.DS_Store) would keep a folder made here
+            with contextlib.suppress(OSError):
+                for litter in [p for p in folder.iterdir() if _litter(p.name)]:
+                    litter.unlink()
         remove_folders(self.created)
 
 
