@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import reste
-from reste import rundir
+from reste import checkpoint, rundir
 from reste.cli import main
 from reste.errors import UsageError
 from reste.rundir import RunDirectory
@@ -209,3 +209,47 @@ def test_a_folder_holding_only_a_file_browsers_litter_is_empty(tmp_path, capsys)
     (tmp_path / "other" / "DS_Store").write_bytes(b"\0")
     with pytest.raises(UsageError, match=r"not empty \(DS_Store\)"):
         RunDirectory.open(tmp_path / "other", fresh=True)
+
+
+# ---------------------------------------------------------- Windows: a target open elsewhere cannot be replaced
+
+
+def _replace_failing(monkeypatch, times: int) -> list[str]:
+    calls = []
+    replace = os.replace
+
+    def flaky(src, dst):
+        calls.append(str(dst))
+        if len(calls) <= times:
+            raise PermissionError(errno.EACCES, "Access is denied", str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
+    return calls
+
+
+def test_atomic_write_retries_a_replace_refused_for_a_moment_on_windows(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(checkpoint, "_WINDOWS", True)
+    calls = _replace_failing(monkeypatch, 2)
+    checkpoint.atomic_write(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"new" and len(calls) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_atomic_write_gives_up_with_the_original_error(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(checkpoint, "_WINDOWS", True)
+    calls = _replace_failing(monkeypatch, 1000)
+    with pytest.raises(PermissionError, match="Access is denied"):
+        checkpoint.atomic_write(target, lambda f: f.write(b"new"))
+    assert 1 < len(calls) < 20
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    monkeypatch.setattr(checkpoint, "_WINDOWS", False)  # elsewhere the first failure is final
+    calls.clear()
+    with pytest.raises(PermissionError):
+        checkpoint.atomic_write(target, lambda f: f.write(b"new"))
+    assert len(calls) == 1

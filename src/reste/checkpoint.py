@@ -35,6 +35,7 @@ import random
 import re
 import struct
 import tempfile
+import time
 import warnings
 import zipfile
 from functools import lru_cache
@@ -51,6 +52,7 @@ from .errors import UsageError, read_user_file
 FORMAT = "reste-checkpoint"
 VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comment; 1: none (zip CRCs)
 ESTIMATOR_KEYS = ("estimator", "estimator_options", "a32", "scaling")  # format 3: models.create's binary layers
+_WINDOWS = os.name == "nt"  # _replace retries there (a test sets it to do so on Linux)
 _SHA_TAG = b"reste-sha256:"
 _EOCD = struct.Struct("<4s4H2IH")  # the zip's end-of-central-directory record (22 bytes)
 # keys every checkpoint holds, with their types (what eval, export and resume read)
@@ -72,7 +74,7 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -85,6 +87,20 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _replace(tmp: str, path: Path, tries: int = 10) -> None:
+    """``os.replace(tmp, path)``. On Windows the target cannot be replaced while another process has it open
+    without sharing its deletion (a ``reste eval`` reading it, an antivirus or indexer scanning it): the
+    ``PermissionError`` is then retried with a short back-off, about 2.5 s in all, before it is raised."""
+    for attempt in range(tries):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if not _WINDOWS or attempt == tries - 1:
+                raise
+            time.sleep(0.01 * 2 ** min(attempt, 6))
 
 
 @lru_cache(maxsize=None)
