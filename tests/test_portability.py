@@ -5,11 +5,15 @@ files in the locale's code page with CRLF line ends, '\\' in relative paths, and
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import json
+import ntpath
 import os
+import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import pytest
 
@@ -17,6 +21,7 @@ import reste
 from reste import checkpoint, rundir
 from reste.cli import main
 from reste.errors import UsageError
+from reste.experiments import report
 from reste.rundir import RunDirectory
 
 SRC = str(Path(reste.__file__).resolve().parent.parent)
@@ -253,3 +258,55 @@ def test_atomic_write_gives_up_with_the_original_error(tmp_path, monkeypatch):
     with pytest.raises(PermissionError):
         checkpoint.atomic_write(target, lambda f: f.write(b"new"))
     assert len(calls) == 1
+
+
+# --------------------------------------------------------------- sweep folders moved between OSes
+
+
+def test_run_folders_are_stored_with_slashes(monkeypatch):
+    with monkeypatch.context() as m:  # os.path and Path as on Windows, for this one call
+        m.setattr(report.os, "path", ntpath)
+        m.setattr(report, "Path", PureWindowsPath)
+        rel = report._rel(PureWindowsPath(r"C:\study\runs\ste-ab12\seed0"), PureWindowsPath(r"C:\study"))
+    assert rel == "runs/ste-ab12/seed0"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    assert main(["sweep", "--grid", "estimator=ste", "--seeds", "0", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def _to_windows_separators(out: Path) -> None:
+    """The sweep's manifest and runs.csv as a version that stored os.path.relpath wrote them on Windows."""
+    manifest = json.loads((out / "sweep.json").read_text())
+    for s in manifest["settings"]:
+        s["runs"] = {seed: rel.replace("/", "\\") for seed, rel in s["runs"].items()}
+    (out / "sweep.json").write_text(json.dumps(manifest, indent=2))
+    with open(out / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all("/" in row["run_dir"] for row in rows)
+    with open(out / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "run_dir": row["run_dir"].replace("/", "\\")} for row in rows)
+
+
+def test_a_sweep_written_on_windows_is_reported_elsewhere(sweep, tmp_path):
+    out = tmp_path / "s"
+    shutil.copytree(sweep, out)
+    before = (out / "runs.csv").read_text()
+    _to_windows_separators(out)
+    lines: list[str] = []
+    _, runs, _ = report.collect(out, log=lines.append)
+    assert [r["run_dir"] for r in runs] == ["runs/" + next((out / "runs").iterdir()).name + "/seed0"]
+    assert runs[0]["best_acc"] is not None and not lines
+    report.summarize(out, log=lines.append)
+    assert (out / "runs.csv").read_text() == before  # written again with '/'
+    # the row of a run whose folder is gone is still found by its folder's name
+    _to_windows_separators(out)
+    shutil.rmtree(out / "runs")
+    report.summarize(out, log=lines.append)
+    assert (out / "runs.csv").read_text() == before
+    assert any("its run folder is gone; the row an earlier report wrote is kept" in line for line in lines)

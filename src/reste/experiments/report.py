@@ -115,10 +115,18 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
 
 
 def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root``, with '/' between its parts on every OS (the sweep folder may move to another
+    one); :func:`_folder` reads it back."""
     try:
-        return os.path.relpath(path, root)
+        return Path(os.path.relpath(path, root)).as_posix()
     except ValueError:  # another drive (Windows)
-        return str(path.resolve())
+        return path.resolve().as_posix()
+
+
+def _folder(rel: str) -> str:
+    """A run folder as ``_rel`` writes it, from a manifest or runs.csv; one written by an older version on Windows
+    has '\\' between its parts (reste's run folder names hold none)."""
+    return rel.replace("\\", "/")
 
 
 def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int],
@@ -203,7 +211,7 @@ def _earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
     for row in rows:
         key = (row.get("setting"), row["seed"])
         row["metrics"] = [] if key in shared else epochs.get(key, [])
-        earlier[(row["run_dir"], row["seed"])] = row
+        earlier[(_folder(row["run_dir"]), row["seed"])] = row
     return earlier
 
 
@@ -244,6 +252,7 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
         finished, diverged = [], 0
         key = _setting_key(s)
         for seed, rel in s["runs"].items():
+            rel = _folder(rel)
             status, summary = run_status(out / rel, key)
             if status != "done":
                 why, old = summary, earlier.get((rel, int(seed)))
