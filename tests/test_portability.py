@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path, PureWindowsPath
 
 import pytest
@@ -310,3 +311,59 @@ def test_a_sweep_written_on_windows_is_reported_elsewhere(sweep, tmp_path):
     report.summarize(out, log=lines.append)
     assert (out / "runs.csv").read_text() == before
     assert any("its run folder is gone; the row an earlier report wrote is kept" in line for line in lines)
+
+
+# ------------------------------------------------------------------ text files: UTF-8 and LF on every OS
+
+
+def test_text_files_are_utf8_and_metrics_lines_end_in_lf(tmp_path, monkeypatch):
+    """Windows' defaults for a text file (the locale's code page, CRLF line ends) applied to what rundir opens:
+    a resumed metrics.jsonl must still be the bytes of an uninterrupted one."""
+    def windows_open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None, **kw):
+        if "b" not in mode:
+            encoding = encoding or "cp1252"
+            newline = "\r\n" if newline is None and mode[0] in "wax" else newline
+        return open(file, mode, buffering, encoding, errors, newline, **kw)
+
+    monkeypatch.setattr(rundir, "open", windows_open, raising=False)
+    rundir.start_metrics(tmp_path)
+    rundir.append_metrics(tmp_path, {"epoch": 1, "note": "±"})
+    rundir.append_metrics(tmp_path, {"epoch": 2, "note": "±"})
+    whole = (tmp_path / rundir.METRICS).read_bytes()
+    assert b"\r" not in whole and "±".encode() not in whole  # json.dumps writes it as \u00b1
+    rundir.truncate_metrics(tmp_path, 1)
+    rundir.append_metrics(tmp_path, {"epoch": 2, "note": "±"})
+    assert (tmp_path / rundir.METRICS).read_bytes() == whole
+
+
+def test_no_text_file_is_opened_in_the_locales_encoding(sweep, tmp_path):
+    """PEP 597's warning names each open() or read_text() without an encoding: none in the files of a run, a
+    sweep's tables, the report's reading of them, or a resume's reading of its plugins."""
+    out = tmp_path / "s"
+    shutil.copytree(sweep, out)
+    run = next((out / "runs").iterdir()) / "seed0"
+    script = textwrap.dedent(f"""
+        import io, sys, warnings
+        from reste import plugins, rundir
+        from reste.experiments import cli, report
+        warnings.simplefilter("always", EncodingWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EncodingWarning)
+            rundir.append_metrics({str(tmp_path)!r}, {{"epoch": 1}})
+            rundir.divergence({str(run)!r}); rundir.record_divergence({str(run)!r}, 1, 2)
+            rundir.divergence({str(run)!r}); rundir.forget_divergence({str(run)!r})
+            rundir.config_keys({str(run)!r})
+            plugins.plugins_in_argv(["train", "--resume", {str(run)!r}])
+            sys.stdout = io.StringIO()
+            class Args: sweep_dir, plots = {str(out)!r}, False
+            cli.cmd_report(Args)  # the report's tables, written and read
+            sys.stdout = sys.__stdout__
+        for w in caught:
+            if issubclass(w.category, EncodingWarning) and "reste" in w.filename:
+                print(f"{{w.filename}}:{{w.lineno}}")
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC)
+    proc = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-c", script], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""

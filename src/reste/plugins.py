@@ -166,7 +166,7 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
     found = list(known.plugin)
     if known.resume and not found:  # given ones replace the saved ones (the plugin may have moved)
         try:
-            saved = json.loads((Path(known.resume) / "config.json").read_text()).get("plugins") or []
+            saved = json.loads((Path(known.resume) / "config.json").read_text(encoding="utf-8")).get("plugins") or []
         except (OSError, ValueError, AttributeError):
             saved = []  # the run itself reports what is wrong with it
         found = [s for s in saved if isinstance(s, str)] if isinstance(saved, list) else []  # "os": not o, s

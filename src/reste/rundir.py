@@ -136,7 +136,7 @@ def _remove_lock(lock_path: Path, release: Callable[[], None]) -> None:
 
 def _holder(lock_path: Path) -> str:
     try:
-        pid = lock_path.read_text().strip()
+        pid = lock_path.read_text(encoding="utf-8").strip()
     except OSError:
         pid = ""
     return f"pid {pid}" if pid.isdigit() else "another process"
@@ -513,7 +513,7 @@ def divergence(run_dir: str | os.PathLike) -> str | None:
     """Where the run in ``run_dir`` diverged, in words (``record_divergence``); None when it has no such record."""
     path = Path(run_dir) / DIVERGED
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
         epoch, step = record["epoch"], record["step"]
     except FileNotFoundError:
         return None
@@ -552,7 +552,7 @@ def run_config(run_dir: str | os.PathLike) -> TrainConfig:
 
 def config_keys(run_dir: str | os.PathLike) -> set[str]:
     """The settings ``config.json`` names (a damaged file may lack some)."""
-    data = json.loads((Path(run_dir) / CONFIG).read_text())
+    data = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
     return set(data) if isinstance(data, dict) else set()
 
 
@@ -629,7 +629,7 @@ def start_metrics(run_dir: str | os.PathLike) -> None:
 
 def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
     """Add the metrics line of a finished epoch, on disk (fsync) before the checkpoint that follows it."""
-    with open(Path(run_dir) / METRICS, "a") as f:
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8", newline="\n") as f:  # LF, as truncate_metrics
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())

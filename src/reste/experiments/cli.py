@@ -117,7 +117,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import summarize
 
     rows = summarize(args.sweep_dir, plots=args.plots, log=print)
-    print(open(f"{args.sweep_dir}/results.md").read(), end="")
+    print(open(f"{args.sweep_dir}/results.md", encoding="utf-8").read(), end="")
     return 0 if rows else 1
 
 

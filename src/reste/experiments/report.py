@@ -102,7 +102,7 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{out_dir} is not a sweep folder (no {MANIFEST}); run `reste sweep --out {out_dir}` first")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{path} is damaged ({str(err)[:80]}); run the sweep again to rewrite it") from None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("grid"), dict)
@@ -143,7 +143,7 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
             for s in settings
         ],
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str:
@@ -178,7 +178,7 @@ def epoch_rows(out_dir: str | Path, runs: list[dict[str, Any]]) -> list[dict[str
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     """The rows of a table this module wrote, each cell back to its value (``_cell`` in reverse)."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
     except (OSError, csv.Error, UnicodeDecodeError):
         return []
@@ -298,9 +298,9 @@ def _cell(value: Any) -> str:
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
-        path.write_text("")
+        path.write_text("", encoding="utf-8")
         return
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
@@ -380,7 +380,7 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     epochs = epoch_rows(out, runs)
     if epochs or (out / "epochs.csv").exists():  # no empty file where there never was one
         write_csv(out / "epochs.csv", epochs)
-    (out / "results.md").write_text(markdown_table(manifest, rows))
+    (out / "results.md").write_text(markdown_table(manifest, rows), encoding="utf-8")
     written = ["results.md", "results.csv", "runs.csv"] + (["epochs.csv"] if (out / "epochs.csv").exists() else [])
     if plots:
         from . import plots as plotting
