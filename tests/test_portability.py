@@ -19,7 +19,7 @@ from pathlib import Path, PureWindowsPath
 import pytest
 
 import reste
-from reste import checkpoint, rundir
+from reste import checkpoint, native, rundir
 from reste.cli import main
 from reste.errors import UsageError
 from reste.experiments import report
@@ -367,3 +367,33 @@ def test_no_text_file_is_opened_in_the_locales_encoding(sweep, tmp_path):
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
+
+
+# ------------------------------------------------------------------------------------ the C compiler
+
+
+needs_cc = pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler")
+SOURCE = "int seven(void) { return SEVEN; }\n"
+
+
+@needs_cc
+def test_cc_with_arguments_is_split_into_words(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", f"{shutil.which('cc')} -DSEVEN=7")
+    lib = native.compile_library("cc_words", SOURCE, [["-O1"]])
+    assert lib.seven() == 7
+
+
+@needs_cc
+def test_a_build_that_another_process_put_in_place_first_is_loaded(tmp_path, monkeypatch):
+    """Windows: the library another process built and loaded cannot be replaced; that one is loaded."""
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", shutil.which("cc"))
+
+    def taken(src, dst):
+        shutil.copy(src, dst)  # the other process's build, the same bytes
+        raise PermissionError(errno.EACCES, "Access is denied", str(dst))
+
+    monkeypatch.setattr(native.os, "replace", taken)
+    lib = native.compile_library("cc_taken", SOURCE.replace("SEVEN", "7"), [["-O1"]])
+    assert lib.seven() == 7

@@ -24,6 +24,7 @@ import hashlib
 import importlib.resources
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,15 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
     compiler = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
     if compiler is None:
         raise OSError("no C compiler found (set $CC)")
+    if shutil.which(compiler):  # one program, whose path may hold spaces and backslashes (Windows)
+        command = [compiler]
+    else:  # a command with its arguments, as make takes $CC: "ccache gcc", "gcc -m64"
+        try:
+            command = [w.strip('"') for w in shlex.split(compiler, posix=os.name != "nt")]
+        except ValueError as err:
+            raise OSError(f"$CC is not a command line ({err})") from None
+    if not command:
+        raise OSError("no C compiler found ($CC is blank)")
     errors = []
     root = writable_cache()
     for flags in flag_sets:
@@ -133,7 +143,7 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
             src.write_text(source)
             so = Path(tmp) / f"{name}.so"
             try:
-                proc = subprocess.run([compiler, *flags, "-fPIC", "-shared", str(src), "-o", str(so)],
+                proc = subprocess.run([*command, *flags, "-fPIC", "-shared", str(src), "-o", str(so)],
                                       capture_output=True, text=True, timeout=120)
             except (OSError, subprocess.SubprocessError) as err:
                 errors.append(str(err))
@@ -143,6 +153,11 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
                 continue
             try:
                 os.replace(so, lib)  # atomic: processes compiling at once all end with a whole file
+            except OSError as err:  # Windows: another process built it and has it loaded (it cannot be replaced)
+                if not lib.is_file():
+                    errors.append(str(err))
+                    continue
+            try:
                 return ctypes.CDLL(str(lib))
             except OSError as err:
                 errors.append(str(err))
