@@ -399,7 +399,13 @@ class Estimator(nn.Module):
         raise NotImplementedError
 
     def _f(self, x: Tensor, **p: float) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"estimator {self.name!r} defines no _f (F(x), the antiderivative of its g), which "
+                                  "forward_equivalent, the general indicators and `reste plot estimators` need")
+
+    @classmethod
+    def defines_f(cls) -> bool:
+        """Whether the class has its own ``_f`` (F(x)); the general indicators and the F plot need it."""
+        return cls._f is not Estimator._f
 
     def _kernel_kind(self) -> str | None:
         kind = self._kernel
@@ -718,6 +724,9 @@ def _key(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
+_BUILT_IN_DONE = False  # set at the end of this module
+
+
 def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     """Class decorator: register an estimator under ``cls.name``, live for every entry point.
 
@@ -728,8 +737,9 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     """
     if not (isinstance(cls, type) and issubclass(cls, Estimator)):
         raise ValueError(f"register_estimator takes an Estimator subclass, got {cls!r}")
-    if not cls.name or _key(cls.name) != cls.name:
-        raise ValueError(f"{cls.__name__} needs a lower-case name without dashes, got {cls.name!r}")
+    if not isinstance(cls.name, str) or not cls.name.isidentifier() or _key(cls.name) != cls.name:
+        raise ValueError(f"{cls.__name__} needs a name that is a lower-case Python identifier (letters, digits and "
+                         f"_, as in 'my_est'), got {cls.name!r}")
     old = _REGISTRY.get(cls.name)
     if old is not None and _origin(old) != _origin(cls):
         raise ValueError(f"estimator name {cls.name!r} is already registered by {old.__module__}.{old.__qualname__}")
@@ -745,7 +755,11 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     except KeyError as err:
         raise ValueError(f"estimator {cls.name!r}: its relations name {err}, which is neither a hyper-parameter "
                          f"nor one of {', '.join(_RELATIONS)}") from None
+    taken = _train_options()
     for p in cls.hyperparameters:
+        if p.dest in taken or p.option in taken or "--" + p.dest in taken:
+            raise ValueError(f"estimator {cls.name!r}: the flag {p.option} of its hyper-parameter {p.name!r} is taken "
+                             "by `reste train`; give it another flag= in its Param")
         for other, q in estimator_flags().get(p.dest, ()):
             if other != cls.name and (q.name, q.type) != (p.name, p.type):
                 raise ValueError(f"estimator {cls.name!r}: flag {p.option} means {q.type.__name__} {q.name!r} of "
@@ -755,6 +769,16 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
 
 
 register = register_estimator  # the earlier name
+
+
+def _train_options() -> set[str]:
+    """The flags `reste train` and `reste sweep` have for themselves; none while the built-ins register (the
+    command line's modules import this one)."""
+    if not _BUILT_IN_DONE:
+        return set()
+    from .flags import reserved_options
+
+    return reserved_options()
 
 
 def _origin(cls: type) -> tuple[str, str]:
@@ -820,7 +844,8 @@ def estimator_class(name: str) -> type[Estimator]:
     if key is None:
         raise UsageError(f"unknown estimator {name!r}; valid: {', '.join(_REGISTRY)} (an estimator of your own: "
                          f"register it with @reste.register_estimator in a module you import, load it with "
-                         f"--plugin MODULE, or name it in the {plugins.GROUP!r} entry point)")
+                         f"--plugin MODULE (in Python: import MODULE, or reste.plugins.load_plugins(['MODULE'])), or "
+                         f"name it in the {plugins.GROUP!r} entry point){plugins.broken_note()}")
     return _REGISTRY[key]
 
 
@@ -855,3 +880,6 @@ def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> 
 
 for _cls in (STE, ReSTE, ApproxSign, SignSwish, EDE, RBNN, DSQ, FDA):
     register_estimator(_cls)
+
+
+_BUILT_IN_DONE = True

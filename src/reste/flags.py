@@ -20,9 +20,10 @@ CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32",
                 "cuda_graphs", "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
 
 
-def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False, estimators: bool = True) -> None:
     """The flags of ``reste train``; ``sweep``: as ``reste sweep`` takes them (its --out is the sweep's folder,
-    and it has no --resume or --force: running a sweep again continues it)."""
+    and it has no --resume or --force: running a sweep again continues it); ``estimators``: with one flag per
+    hyper-parameter of the registered estimators."""
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
     g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default {TrainConfig.dataset})")
@@ -38,7 +39,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                    help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable); VALUE is "
                         "read as an integer, a float, true/false, else the text")
-    add_estimator_flags(p)
+    e = p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
     o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
     o.add_argument("--epochs", type=int, help="number of training epochs")
     o.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -105,6 +106,30 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                     help="log metrics, per-layer schedules and indicators, and the config to TensorBoard "
                          "(pip install 'reste[tensorboard]'): in RUN_DIR/tensorboard, or in DIR")
     g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    if estimators:
+        add_estimator_flags(p, e)  # last: a flag of reste train's own is taken, whatever an estimator declares
+
+
+def reserved_options() -> set[str]:
+    """The option strings and dests of `reste train` and `reste sweep` themselves (no estimator flags): an
+    estimator's hyper-parameter cannot take one as its flag (``register_estimator`` refuses it)."""
+    global _RESERVED
+    if _RESERVED is None:
+        from .experiments.cli import add_commands
+
+        parser = argparse.ArgumentParser(add_help=False)
+        sub = parser.add_subparsers()
+        add_train_flags(sub.add_parser("train"), estimators=False)
+        add_commands(sub, estimators=False)
+        names = {"help", "-h", "--help"}
+        for action in sub.choices["train"]._actions + sub.choices["sweep"]._actions:
+            names.update(action.option_strings)
+            names.add(action.dest)
+        _RESERVED = names
+    return _RESERVED
+
+
+_RESERVED: set[str] | None = None
 
 
 def tensorboard_dir(text: str) -> str:
@@ -115,9 +140,10 @@ def tensorboard_dir(text: str) -> str:
     return os.path.abspath(text) if text else TENSORBOARD_DIR
 
 
-def add_estimator_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per hyper-parameter of the registered estimators, made from their tables (``Param``)."""
-    e = p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
+def add_estimator_flags(p: argparse.ArgumentParser, e: Any = None) -> None:
+    """One flag per hyper-parameter of the registered estimators, made from their tables (``Param``), in
+    group ``e`` of ``p`` (default: a new one)."""
+    e = e or p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
     taken = {a.dest for a in p._actions}
     for dest, takers in estimator_flags().items():
         first = takers[0][1]

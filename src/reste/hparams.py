@@ -48,6 +48,11 @@ class Param:
     def __post_init__(self) -> None:
         if self.type not in (float, int, str):
             raise ValueError(f"hyper-parameter {self.name!r}: type must be float, int or str, got {self.type!r}")
+        if not isinstance(self.range, str):
+            raise ValueError(f"hyper-parameter {self.name!r}: range (the 5th argument) must be a string such as "
+                             f"'(0, inf)', got {self.range!r}; give the valid strings of a str as choices=(...)")
+        if not isinstance(self.choices, (tuple, list)) or not all(isinstance(c, str) for c in self.choices):
+            raise ValueError(f"hyper-parameter {self.name!r}: choices must be a tuple of strings, got {self.choices!r}")
         if self.range:
             self.bounds()  # a malformed range fails here, where the class is written
         if not self.name.isidentifier() or (self.flag and not self.flag.isidentifier()):

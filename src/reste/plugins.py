@@ -12,7 +12,8 @@ load one:
   file. A run saves its plugins in ``config.json`` (``TrainConfig.plugins``), so
   ``--resume`` loads them again.
 
-A plugin that cannot be loaded is a ``UsageError``: one line, exit status 2.
+A plugin that cannot be loaded is a ``UsageError``: one line, exit status 2. An installed entry point that
+fails to import is a warning: the other estimators work, and an unknown name's error notes the failure.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Iterable, Sequence
@@ -46,11 +48,20 @@ def load_entry_points() -> None:
     for ep in importlib.metadata.entry_points(group=GROUP):
         try:
             ep.load()
-        except Exception as err:  # noqa: BLE001 - any failure of a plugin's import is reported in one line
-            _entry_points_loaded = False
+        except Exception as err:  # noqa: BLE001 - one broken package must not stop the others, nor reste
             where = f" of {ep.dist.name}" if getattr(ep, "dist", None) is not None else ""
-            raise UsageError(f"estimator plugin {ep.name!r} ({ep.value}){where} failed to load: "
-                             f"{_first_line(err)}") from None
+            text = f"estimator plugin {ep.name!r} ({ep.value}){where} failed to load: {_first_line(err)}"
+            _broken.append(text)
+            warnings.warn(f"{text}; its estimators and models are missing (fix or uninstall that package)",
+                          stacklevel=2)
+
+
+_broken: list[str] = []  # the entry points that failed to load, as one line each
+
+
+def broken_note() -> str:
+    """For an unknown name's error: the installed plugins that failed to load (one may have held the name)."""
+    return "".join(f"; note: {text}" for text in _broken)
 
 
 def is_path(spec: str) -> bool:

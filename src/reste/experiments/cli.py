@@ -14,7 +14,8 @@ SWEEP_EXAMPLE = ("reste sweep --grid estimator=ste,reste,ede --seeds 0,1,2 --out
                  "--dataset fashion-mnist --epochs 5 --indicators")
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Any, estimators: bool = True) -> None:
+    """``estimators``: with the estimators' hyper-parameter flags on ``reste sweep``."""
     from ..flags import add_train_flags
 
     p = sub.add_parser(
@@ -34,7 +35,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--runs-dir", dest="runs_dir",
                    help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
-    add_train_flags(p, sweep=True)
+    add_train_flags(p, sweep=True, estimators=estimators)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="re-write the tables and figures of a sweep folder (also mid-sweep)")
@@ -91,9 +92,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = base_config(args)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     failures: list[tuple[str, int, str]] = []
-    rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
-                     report=args.report, log=lambda m: print(m, flush=True), flags=flags, progress=show_bar(args),
-                     failures=failures)
+    try:
+        rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
+                         report=args.report, log=lambda m: print(m, flush=True), flags=flags,
+                         progress=show_bar(args), failures=failures)
+    except UsageError as err:
+        if not str(err).startswith("unknown grid axis") or args.plugins:
+            raise
+        raise UsageError(f"{err}; the axes of a plugin's estimator or model exist once --plugin MODULE loads it "
+                         "(see `reste sweep --help`)") from None
     return 1 if failures or any(r["n"] < r["n_runs"] for r in rows) else 0
 
 
