@@ -162,8 +162,11 @@ def test_grid_parsing():
     values = ["16", "0.5", "true", " wide "]
     assert [parse_model_options([f"x={v}"])["x"] for v in values] == parse_grid([f"x={','.join(values)}"])["x"]
     assert parse_model_options(["act=none"]) == {"act": "none"} and parse_grid(["x=none,wide"])["x"] == [None, "wide"]
-    settings = expand_grid(TrainConfig(dataset="fmnist"), parse_grid(["width=8,none"]))
-    assert [s.config.model_options["width"] for s in settings] == [8, "none"]
+    settings = expand_grid(TrainConfig(dataset="fmnist"), parse_grid(["width=8,16"]))
+    assert [s.config.model_options["width"] for s in settings] == [8, 16]
+    # `none` reaches the config as the string, which the factory's `width: int` refuses before any run
+    with pytest.raises(UsageError, match="for 'fmnist_vgg28_1w1a': width must be an int, got 'none'"):
+        expand_grid(TrainConfig(dataset="fmnist"), parse_grid(["width=8,none"]))
 
 
 def _fake_run(run_dir: Path, accs: list[float], errors: list[float], stabs: list[float]) -> None:

@@ -224,7 +224,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if wrong:
         raise UsageError(f"checkpoint {path} is incomplete (missing or malformed: {', '.join(wrong)}); "
                          "use another checkpoint")
+    global _last_loaded
+    _last_loaded = (ckpt, path)  # model_from_checkpoint names the file in its errors
     return ckpt
+
+
+_last_loaded: tuple[dict[str, Any], Path] | None = None
+
+
+def _where(ckpt: dict[str, Any]) -> str:
+    """``rint2/last.pt`` when ``ckpt`` is the checkpoint loaded last, else ``the checkpoint``."""
+    if _last_loaded is not None and _last_loaded[0] is ckpt:
+        return str(_last_loaded[1])
+    return "the checkpoint"
 
 
 def model_arguments(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -263,8 +275,17 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
         missing = plugins.not_loaded(config.get("plugins") if isinstance(config, dict) else None)
         if not missing:
             raise
+        modules = ", ".join(repr(m) for m in missing)
         raise UsageError(f"{str(err).split(' (')[0]}; the run trained with --plugin {' '.join(missing)}: pass the "
-                         "same --plugin (only --resume loads a run's plugins itself)") from None
+                         "same --plugin (only --resume loads a run's plugins itself; in Python, import it or call "
+                         f"reste.plugins.load_plugins([{modules}]) first)") from None
+    except (ValueError, TypeError) as err:  # the plugin changed: its estimator or model takes other options now
+        name = settings.get("estimator", "reste")
+        saved = {**settings.get("estimator_options", {}), **{k: v for k, v in options.items() if k != "num_classes"}}
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"{_where(ckpt)} was trained with {ckpt['model_name']!r} ({name}) options "
+                         f"{saved or 'none'}, which the loaded code does not take ({why}); load the "
+                         "plugin version the run was trained with") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -28,6 +28,7 @@ from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_f
                     parse_model_options, show_bar, terminal)
 
 _add_train_flags, _bar, _terminal = add_train_flags, show_bar, terminal  # their names before reste.flags
+_KEPT = (parse_value, CONFIG_FLAGS)  # names kept here for code that imports them from reste.cli
 from .plugins import add_plugin_flag, load_plugins, plugins_in_argv
 
 
@@ -131,10 +132,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         raise UsageError(f"--a32 applies to binary models; {args.model!r} is full precision")
     options = parse_model_options(args.model_options or [])
     check_model_options(args.model, options)
-    try:
-        model = models.create(args.model, num_classes=args.num_classes, a32=args.a32, **options)
-    except (ValueError, TypeError) as err:
-        raise UsageError(f"bad --model-option for {args.model!r}: {err}") from None
+    model = models.create(args.model, num_classes=args.num_classes, a32=args.a32, **options)  # one-line errors
     size = tuple(info["input_size"]) if not args.input_size else (info["input_size"][0], args.input_size,
                                                                     args.input_size)
     try:
@@ -249,7 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--plugin NEW_PATH") from None
         parser = build_parser()
         # --debug anywhere on the line (the sub-commands' parsers do not know it)
-        args = parser.parse_args(["--debug", *(a for a in argv if a != "--debug")] if debug else argv)
+        try:
+            args = parser.parse_args(["--debug", *(a for a in argv if a != "--debug")] if debug else argv)
+        except UsageError as err:
+            raise UsageError(_flag_hint(str(err), argv)) from None
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
@@ -295,6 +296,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 usage_line = one_line  # its name here before reste.errors had it
+
+
+def _flag_hint(message: str, argv: Sequence[str]) -> str:
+    """An unknown flag of a sub-command: point to that command's --help, and (for those that take estimator and
+    model flags) say that a plugin's flags exist once --plugin loads it."""
+    command = _command(argv)
+    if not message.startswith("unrecognized arguments") or not command:
+        return message
+    text = message.rsplit(" (see `", 1)[0]
+    plugin = ("; a plugin's flags (--my-flag) exist only with its --plugin MODULE on the line"
+              if command in ("train", "sweep") and not any(a.startswith("--plugin") for a in argv) else "")
+    return f"{text} (see `reste {command} --help`{plugin})"
 
 
 # what a stopped `reste train` keeps, and how to go on

@@ -66,11 +66,13 @@ def check_workers(dataset: str, workers: int | None) -> None:
 def check_model_options(model: str, options: dict[str, Any]) -> None:
     """Refuse a ``--model-option`` that model ``model``'s factory does not take (one line, listing those it takes)."""
     from .models import model_keywords
+    from .models.registry import check_option_types
 
     accepted = model_keywords(model)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise UsageError(f"model {model!r} has no option {', '.join(unknown)}; valid: {', '.join(accepted) or 'none'}")
+    check_option_types(model, options)
 
 
 def check_data_path(dataset: str, data_path: str | None, download: bool = False) -> None:
@@ -226,6 +228,12 @@ class TrainConfig:
             raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
         if self.a32 and not model_info(self.model)["binary"]:
             raise UsageError(f"--a32 applies to binary models; {self.model!r} is full precision")
+        if not model_info(self.model)["binary"] and (self.estimator != TrainConfig.estimator or self.estimator_options):
+            given = (f"--estimator {self.estimator}" if self.estimator != TrainConfig.estimator else
+                     f"the estimator options {', '.join(self.estimator_options)}")
+            twin = model_info(self.model)["twin"]
+            raise UsageError(f"{self.model!r} is full precision: it has no estimator, so {given} would do nothing; "
+                             "drop it" + (f", or train its binary twin {twin!r}" if twin else ""))
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.indicators not in (None, *INDICATOR_MODES):
@@ -284,6 +292,23 @@ class TrainConfig:
             get_estimator(self.estimator, **self.estimator_options)
         except (ValueError, TypeError) as err:
             raise UsageError(f"bad estimator settings: {err}") from None
+        if self.indicators == "paper":
+            self._check_paper_indicators()
+        elif self.indicators == "general" and not estimator_class(self.estimator).defines_f():
+            raise UsageError(f"--indicators general reads F(x) of the estimator, and {self.estimator!r} defines no _f "
+                             "(the antiderivative of its g); add _f to its class, or drop --indicators")
+
+    def _check_paper_indicators(self) -> None:
+        """--indicators paper reads binary 3x3 convolutions only: a model without any is refused here, before
+        a run folder is made (the general mode reads every binary layer)."""
+        from .indicators import indicator_layers
+        from .models import create
+
+        if indicator_layers(create(self.model, estimator=self.estimator, estimator_options=self.estimator_options,
+                                   a32=self.a32, scaling=self.scaling, **self.model_options), "paper"):
+            return
+        raise UsageError(f"--indicators paper reads binary 3x3 convolutions only and {self.model!r} has none; use "
+                         "--indicators general")
 
     def _check_types(self) -> None:
         """Every field has its type (a hand-edited config.json may hold nulls or strings)."""

@@ -52,8 +52,9 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def estimator_curves(progress: float = 0.5, x: torch.Tensor | None = None
-                     ) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(label, x, F(x), g(x)) for every registered estimator; ReSTE at o = 1, 2, 3.
+                     ) -> list[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    """(label, x, F(x), g(x)) for every registered estimator; ReSTE at o = 1, 2, 3. F is ``None`` for an
+    estimator that defines no ``_f`` (its g is drawn alone).
 
     Estimators with a schedule are shown at ``progress`` (0 = start, 1 = end of training).
     """
@@ -72,25 +73,25 @@ def estimator_curves(progress: float = 0.5, x: torch.Tensor | None = None
             detail = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
             ests = [(f"{name}{f' ({detail})' if detail else ''}", est)]
         for label, est in ests:
-            curves.append((label, x, est.forward_equivalent(x), est.derivative(x)))
+            f = est.forward_equivalent(x) if type(est).defines_f() else None
+            curves.append((label, x, f, est.derivative(x)))
     return curves
 
 
 def plot_estimators(out: str | Path = "estimators.png", progress: float = 0.5) -> Path:
     """One figure: the forward-equivalent F (left) and backward g (right) of every estimator."""
-    from matplotlib import colormaps
-
     curves = estimator_curves(progress)
     fig = _figure(1, 2, width=6.4, height=4.8)
     ax_f, ax_g = fig.subplots(1, 2)
-    colors = colormaps["tab10"].colors
-    styles = ["-", "--", "-.", ":"]
+    colors = _colors(len(curves))  # each curve its own colour, a plugin's too
+    styles = ["-", "--"]
     x0 = curves[0][1]
     ax_f.plot(x0, torch.where(x0 < 0, -1.0, 1.0), color="black", lw=1, ls=":", label="sign")
     for i, (label, x, f, g) in enumerate(curves):
-        kw = dict(color=colors[i % len(colors)], ls=styles[i % 2 + 2 * (i >= len(colors))], lw=1.6, label=label)
-        ax_f.plot(x, f, **kw)
-        ax_g.plot(x, g, **kw)
+        kw = dict(color=colors[i], ls=styles[i % 2], lw=1.6)
+        if f is not None:
+            ax_f.plot(x, f, **kw)
+        ax_g.plot(x, g, label=label if f is not None else f"{label} (no F: it defines no _f)", **kw)
     ax_f.set_title("forward equivalent F(x) (actual forward: sign)")
     ax_g.set_title("backward multiplier g(x) = F'(x)")
     for ax in (ax_f, ax_g):

@@ -98,10 +98,14 @@ def register_model(
     input_size = spec.input_size if input_size is None else input_size
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        names = [(fn.__name__, binary)] + ([(twin, not binary)] if twin else [])
-        for name, is_binary in names:
+        names = [(getattr(fn, "__name__", ""), binary)] + ([(twin, not binary)] if twin else [])
+        for name, _ in names:  # all checked before any is registered
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"a model's name must be a Python identifier, got {name!r}: register a function "
+                                 "defined with def (its name is the model's), and give twin= such a name")
             if name in _MODELS:
                 raise ValueError(f"model {name!r} is already registered")
+        for name, is_binary in names:
             _MODELS[name] = fn
             _BINARY[name] = is_binary
             if mixed_estimators:
@@ -131,7 +135,8 @@ def _check_name(name: str) -> None:
     if name not in _MODELS:
         raise UsageError(f"unknown model {name!r}; valid: {', '.join(list_models())} (a model of your own: "
                          "register it with @reste.models.register_model in a module you import, or load it with "
-                         "--plugin MODULE)")
+                         "--plugin MODULE; in Python: import MODULE, or reste.plugins.load_plugins(['MODULE']))"
+                         f"{plugins.broken_note()}")
 
 
 def defined_in(name: str) -> str:
@@ -178,6 +183,7 @@ def create(
     """
     _check_name(name)
     model_options, legacy = _split_keywords(name, estimator, model_options)
+    check_option_types(name, model_options)
     options = dict(estimator_options or {})
     twice = sorted(set(options) & set(legacy))
     if twice:
@@ -194,7 +200,12 @@ def create(
         conv = ConvBuilder(est.spec(), a32=a32, scaling=scaling)
     else:
         conv = ConvBuilder()
-    model = _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
+    try:
+        model = _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
+    except (ValueError, TypeError) as err:  # a UsageError of a factory's own checks too: named as the option's
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"bad --model-option for {name!r}: {first} (its options: "
+                         f"{_options_text(name, model_options)})") from None
     if _BINARY[name] and name not in _MIXED:
         _check_estimators(name, model, est.spec())
     return model
@@ -245,6 +256,43 @@ def _split_keywords(name: str, estimator: Any, keywords: dict[str, Any]) -> tupl
                          f"); estimator hyper-parameters go in estimator_options{theirs}")
     model = {k: v for k, v in keywords.items() if k in accepted}
     return model, {k: v for k, v in keywords.items() if k not in accepted}
+
+
+def _options_text(name: str, given: dict[str, Any]) -> str:
+    """``width=abc (default 64)``: the options given, with their defaults."""
+    defaults = model_defaults(name)
+    return ", ".join(f"{k}={v!r}" + (f" (default {defaults[k]!r})" if k in defaults else "")
+                     for k, v in given.items()) or "none given"
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The defaults of the options model ``name``'s factory takes (those that have one)."""
+    _check_name(name)
+    params = inspect.signature(_MODELS[name]).parameters
+    return {k: params[k].default for k in model_keywords(name) if params[k].default is not inspect.Parameter.empty}
+
+
+def check_option_types(name: str, options: dict[str, Any]) -> None:
+    """A ``UsageError`` for a model option whose value is not of the type the factory's annotation or default
+    says (``width: int = 64`` given ``abc``): the factory would fail with an error of its own, or later."""
+    _check_name(name)
+    params = inspect.signature(_MODELS[name]).parameters
+    kinds = {"int": int, "float": float, "bool": bool, "str": str}
+    for key, value in options.items():
+        if key not in params:
+            continue
+        p = params[key]
+        kind = kinds.get(p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", ""))
+        if kind is None and p.default is not inspect.Parameter.empty and p.default is not None:
+            kind = type(p.default) if type(p.default) in kinds.values() else None
+        if kind is None:
+            continue
+        fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            fits = True
+        if not fits:
+            raise UsageError(f"bad --model-option for {name!r}: {key} must be {'an' if kind is int else 'a'} "
+                             f"{kind.__name__}, got {value!r}")
 
 
 def model_keywords(name: str) -> list[str]:
