@@ -158,6 +158,11 @@ def test_a_full_precision_model_refuses_estimator_settings(settings, given):
                                          "nothing; drop it, or train its binary twin 'digits_1w1a'"):
         TrainConfig(model="digits", epochs=1, **settings).resolve()
     assert TrainConfig(model="digits", epochs=1).resolve().estimator == "reste"
+    # what a run (and a sweep) records for a float model, the default estimator's options written out, is no change
+    from reste.engine import planned_config
+
+    recorded = planned_config(TrainConfig(model="digits", epochs=1))
+    assert recorded.estimator_options["o_end"] == 3.0 and recorded.resolve() == recorded
 
 
 def test_a_sweep_of_estimators_over_a_full_precision_model_is_refused(tmp_path, capsys):
@@ -203,7 +208,8 @@ def test_a_checkpoint_of_a_changed_or_missing_plugin_is_one_line(isolated, tmp_p
     (tmp_path / "v2" / "myest.py").write_text(WINDOW.replace("my_end", "my_stop"))
     for command in (["eval", str(run)], ["export", str(run), str(tmp_path / "m.rbnn")]):
         line = _one_line_error(capsys, *command, "--plugin", str(tmp_path / "v2" / "myest.py"))
-        assert f"{run / 'last.pt'} was trained with 'digits_1w1a' (myest) options {{'my_end': 0.25}}" in line, line
+        trained = "{'my_flag': 1.0, 'my_end': 0.25}"  # (every option the run trained with, as recorded)
+        assert f"{run / 'last.pt'} was trained with 'digits_1w1a' (myest) options {trained}" in line, line
         assert "no my_end" in line and "load the plugin version the run was trained with" in line
 
 

@@ -228,9 +228,11 @@ class TrainConfig:
             raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
         if self.a32 and not model_info(self.model)["binary"]:
             raise UsageError(f"--a32 applies to binary models; {self.model!r} is full precision")
-        if not model_info(self.model)["binary"] and (self.estimator != TrainConfig.estimator or self.estimator_options):
+        defaults = get_estimator(TrainConfig.estimator).config()  # (what a run records: as_recorded)
+        moved = [k for k, v in self.estimator_options.items() if defaults.get(k, object()) != v]
+        if not model_info(self.model)["binary"] and (self.estimator != TrainConfig.estimator or moved):
             given = (f"--estimator {self.estimator}" if self.estimator != TrainConfig.estimator else
-                     f"the estimator options {', '.join(self.estimator_options)}")
+                     f"the estimator options {', '.join(moved)}")
             twin = model_info(self.model)["twin"]
             raise UsageError(f"{self.model!r} is full precision: it has no estimator, so {given} would do nothing; "
                              "drop it" + (f", or train its binary twin {twin!r}" if twin else ""))
