@@ -269,3 +269,18 @@ def test_every_estimator_curve_has_its_own_colour(isolated, tmp_path, monkeypatc
     curves = [line for line in figures[0].axes[1].get_lines() if not line.get_label().startswith("_")]
     assert len(curves) >= 13
     assert len({to_rgba(line.get_color()) for line in curves}) == len(curves)
+
+
+# 6, on resume: a run whose estimator no loaded module registers is told to load it, not that a setting is bad
+def test_resuming_a_run_whose_plugin_is_not_loaded_says_so(tmp_path):
+    import json
+
+    from reste import engine
+
+    run = tmp_path / "run"
+    engine.train(TrainConfig(epochs=1, threads=1), run, progress=False, log=lambda _m: None)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "estimator": "ghostest", "estimator_options": {}}))
+    with pytest.raises(UsageError, match=f"^{run} trained with estimator 'ghostest', which no module loaded here "
+                                         "registers: pass --plugin MODULE, the module or .py file that does$"):
+        engine.resume(run, {"epochs": 2}, force=True, progress=False, log=lambda _m: None)

@@ -100,6 +100,11 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     try:
         return TrainConfig.from_dict(data).resolve()
     except UsageError as err:
+        missing = _unregistered(saved)
+        if missing:  # not a bad setting: the module that registers it is not loaded
+            recorded = f" (the run recorded --plugin {' '.join(saved.plugins)})" if saved.plugins else ""
+            raise UsageError(f"{run_dir} trained with {missing}, which no module loaded here registers: pass --plugin "
+                             f"MODULE, the module or .py file that does{recorded}") from None
         if _fails_alone(saved, err):  # config.json's own setting, not a flag given
             raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); give that setting again to replace "
                              "it (with --force where it changes training), or restore the file") from None
@@ -201,6 +206,18 @@ def _with_defaults(estimator: str, options: dict[str, Any]) -> dict[str, Any]:
         return {**estimator_class(estimator).check_hyperparameters(dict(options)), **options}
     except (ValueError, UsageError):
         return dict(options)
+
+
+def _unregistered(saved: TrainConfig) -> str | None:
+    """``estimator 'NAME'`` or ``model 'NAME'`` when the saved run's estimator or model is not registered here."""
+    from .models import model_info
+
+    for what, check, name in (("estimator", estimator_class, saved.estimator), ("model", model_info, saved.model)):
+        try:
+            check(name)
+        except UsageError:
+            return f"{what} {name!r}"
+    return None
 
 
 def _fails_alone(saved: TrainConfig, err: UsageError) -> bool:
