@@ -109,5 +109,7 @@ def test_a_bad_estimator_in_config_json_can_be_replaced(tmp_path, saved):
 
     damaged = dc.replace(saved, estimator="bogus", estimator_options={})
     assert resumption.continue_config(tmp_path, damaged, {"estimator": "STE"}, force=True).estimator == "ste"
-    with pytest.raises(UsageError, match="holds a bad setting .*unknown estimator 'bogus'"):
+    with pytest.raises(UsageError, match="trained with estimator 'bogus', which no module loaded here registers: "
+                                         "pass --plugin MODULE.*; or, where config.json was edited, give that "
+                                         "setting again to replace it"):
         resumption.continue_config(tmp_path, damaged, {}, force=False)

@@ -104,7 +104,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
         if missing:  # not a bad setting: the module that registers it is not loaded
             recorded = f" (the run recorded --plugin {' '.join(saved.plugins)})" if saved.plugins else ""
             raise UsageError(f"{run_dir} trained with {missing}, which no module loaded here registers: pass --plugin "
-                             f"MODULE, the module or .py file that does{recorded}") from None
+                             f"MODULE, the module or .py file that does{recorded}; or, where {CONFIG} was edited, "
+                             "give that setting again to replace it (with --force)") from None
         if _fails_alone(saved, err):  # config.json's own setting, not a flag given
             raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); give that setting again to replace "
                              "it (with --force where it changes training), or restore the file") from None
