@@ -570,3 +570,15 @@ def test_flags_that_would_be_ignored_are_refused(run, tmp_path, capsys):
         capsys, "sweep", "--seeds", "", "--out", str(tmp_path / "s"), "--grid", "estimator=ste")
     assert "held in memory" in _one_line_error(capsys, "eval", str(run), "--workers", "2")
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_device_reste_does_not_train_on_is_one_line(capsys, tmp_path, run):
+    out = tmp_path / "r"
+    for device, needle in (("mps", "device 'mps' is not supported: reste trains on cpu or cuda"),
+                           ("nope", "unknown device 'nope'")):
+        assert needle in _one_line_error(capsys, "train", "--device", device, "--epochs", "1", "--out", str(out))
+        assert needle in _one_line_error(capsys, "eval", str(run), "--device", device)
+        assert not out.exists()
+    if not torch.cuda.is_available():
+        line = _one_line_error(capsys, "train", "--device", "cuda", "--epochs", "1", "--out", str(out))
+        assert "CUDA is not available; use --device cpu" in line

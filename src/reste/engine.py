@@ -108,6 +108,8 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # e.g. mps: the run's sums are float64, which it has not
+        raise UsageError(f"device {name!r} is not supported: reste trains on cpu or cuda; use --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device
