@@ -555,6 +555,9 @@ def test_a_preset_run_names_what_it_changes_of_the_recipe():
     assert other == {"estimator": ("reste", "ste")}  # the other estimator's own options are not changes
     short = engine.preset_changes(config_from_preset("cifar10-resnet20-1w1a", epochs=3))
     assert short == {"epochs": (1000, 3), "warm_up": (5, 2)}
+    fast = config_from_preset("cifar10-resnet20-1w1a", compile=True, channels_last=True, indicators="paper")
+    assert engine.preset_changes(fast) == {}  # how fast it runs and what it measures: the same training
+    assert engine.preset_changes(TrainConfig(preset="my-label", epochs=1)) == {}  # a caller's own label
 
 
 def test_a_preset_under_torchrun_is_told_its_global_batch():

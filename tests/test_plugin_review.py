@@ -284,3 +284,23 @@ def test_resuming_a_run_whose_plugin_is_not_loaded_says_so(tmp_path):
     with pytest.raises(UsageError, match=f"^{run} trained with estimator 'ghostest', which no module loaded here "
                                          "registers: pass --plugin MODULE, the module or .py file that does; or"):
         engine.resume(run, {"epochs": 2}, force=True, progress=False, log=lambda _m: None)
+
+
+# --indicators on a float model names the cause, whichever mode; paper builds the model once per settings
+@pytest.mark.parametrize("mode", ["paper", "general"])
+def test_indicators_on_a_float_model_say_it_is_full_precision(mode):
+    with pytest.raises(UsageError, match="--indicators needs a binary model; 'digits' is full precision"):
+        TrainConfig(model="digits", epochs=1, indicators=mode).resolve()
+
+
+def test_paper_indicators_build_the_model_once_per_settings(monkeypatch):
+    from reste import config, models
+
+    built = []
+    create = models.create
+    monkeypatch.setattr(models, "create", lambda *a, **k: built.append(a) or create(*a, **k))
+    monkeypatch.setattr(config, "_PAPER_LAYERS", {})
+    for estimator in ("reste", "ste", "reste"):  # which layers are binary does not depend on the estimator
+        TrainConfig(epochs=1, indicators="paper", estimator=estimator).resolve()
+    TrainConfig(epochs=1, indicators="paper", a32=True).resolve()
+    assert built == [("digits_1w1a",), ("digits_1w1a",)]

@@ -116,6 +116,10 @@ def check_threads(threads: int | None) -> None:
                          f"got {threads}")
 
 
+# --indicators paper: whether a model's settings give it binary 3x3 convolutions (see _check_paper_indicators)
+_PAPER_LAYERS: dict[tuple, bool] = {}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. ``None`` means "the data set's default"."""
@@ -294,6 +298,8 @@ class TrainConfig:
             get_estimator(self.estimator, **self.estimator_options)
         except (ValueError, TypeError) as err:
             raise UsageError(f"bad estimator settings: {err}") from None
+        if self.indicators and not model_info(self.model)["binary"]:
+            raise UsageError(f"--indicators needs a binary model; {self.model!r} is full precision (no binary layers)")
         if self.indicators == "paper":
             self._check_paper_indicators()
         elif self.indicators == "general" and not estimator_class(self.estimator).defines_f():
@@ -302,12 +308,17 @@ class TrainConfig:
 
     def _check_paper_indicators(self) -> None:
         """--indicators paper reads binary 3x3 convolutions only: a model without any is refused here, before
-        a run folder is made (the general mode reads every binary layer)."""
+        a run folder is made (the general mode reads every binary layer). The model is built once per process
+        for its settings (not the estimator's: which layers are binary does not depend on it); a sweep or a report
+        resolves each run's settings several times."""
         from .indicators import indicator_layers
-        from .models import create
+        from .models import create, defined_in
 
-        if indicator_layers(create(self.model, estimator=self.estimator, estimator_options=self.estimator_options,
-                                   a32=self.a32, scaling=self.scaling, **self.model_options), "paper"):
+        key = (self.model, defined_in(self.model), repr(sorted(self.model_options.items())), self.a32, self.scaling)
+        if key not in _PAPER_LAYERS:
+            model = create(self.model, a32=self.a32, scaling=self.scaling, **self.model_options)
+            _PAPER_LAYERS[key] = bool(indicator_layers(model, "paper"))
+        if _PAPER_LAYERS[key]:
             return
         raise UsageError(f"--indicators paper reads binary 3x3 convolutions only and {self.model!r} has none; use "
                          "--indicators general")

@@ -52,8 +52,8 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import models, resumption
-from .config import (AMP_MODES, OPTIMIZERS, TrainConfig, as_recorded, canonical_estimator, check_data_path,
-                     check_workers, config_from_preset, default_workers, get_preset, max_threads)
+from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, canonical_estimator,
+                     check_data_path, check_workers, config_from_preset, default_workers, get_preset, max_threads)
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -924,15 +924,17 @@ def planned_config(config: TrainConfig) -> TrainConfig:
 def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[Any, Any]]:
     """{setting: (the preset's value, the run's)} for each setting of a preset run (``config.preset``) that
     makes it another training than the preset's: not the seed, nor the settings free to change on resume (data
-    path, workers, device, ...). An estimator option is ``estimator_options.NAME``; the batch is the one step's
-    over ``world_size`` processes (``--batch-size`` is per process); {} without a preset."""
-    if not config.preset:
+    path, workers, device, ...), nor how fast it runs or what it measures (``--compile``, ``--channels-last``,
+    ``--indicators``). An estimator option is ``estimator_options.NAME``; the batch is the one step's over
+    ``world_size`` processes (``--batch-size`` is per process); {} without a preset, or with a name that is none
+    of reste's (a label of the caller's)."""
+    if config.preset not in PRESETS:
         return {}
     ref, mine = (as_recorded(c.resolve()).to_dict() for c in (config_from_preset(config.preset), config))
     mine["batch_size"] *= world_size
     changes = {}
     for key, value in mine.items():
-        if key in IDENTITY_FREE:
+        if key in IDENTITY_FREE or key in ("compile", "channels_last", "indicators"):
             continue
         if key == "estimator_options" and mine["estimator"] == ref["estimator"]:
             changes.update({f"{key}.{k}": (ref[key].get(k), v) for k, v in value.items() if ref[key].get(k) != v})

@@ -14,6 +14,8 @@ import warnings
 from ..config import TrainConfig, as_recorded
 from ..rundir import IDENTITY_FREE  # (the seed has a folder of its own)
 
+FREE_FIELDS = IDENTITY_FREE  # the name this module gave them before rundir owned them
+
 
 def canonical(config: TrainConfig) -> TrainConfig:
     """The resolved config with the estimator's hyper-parameters written out in full."""
