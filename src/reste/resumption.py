@@ -214,6 +214,8 @@ def _unregistered(saved: TrainConfig) -> str | None:
     from .models import model_info
 
     for what, check, name in (("estimator", estimator_class, saved.estimator), ("model", model_info, saved.model)):
+        if not isinstance(name, str):  # a damaged config.json: its own message says which setting
+            continue
         try:
             check(name)
         except UsageError:
