@@ -424,7 +424,8 @@ def as_recorded(config: TrainConfig) -> TrainConfig:
     """``config`` (resolved) as a run records it in config.json and its checkpoints: its estimator named as
     registered with every hyper-parameter written out (those left at their defaults too: a default that changes
     later, in reste or a plugin, cannot move the run), and the plugins that define its estimator and model (a
-    Python caller's own imports too), for a resume, ``reste eval`` or a sweep's worker processes to load."""
+    Python caller's own imports too), for a resume or a sweep's worker processes to load (``reste eval`` and
+    ``export`` take ``--plugin``)."""
     from .models import defined_in
 
     with warnings.catch_warnings():
