@@ -304,3 +304,30 @@ def test_paper_indicators_build_the_model_once_per_settings(monkeypatch):
         TrainConfig(epochs=1, indicators="paper", estimator=estimator).resolve()
     TrainConfig(epochs=1, indicators="paper", a32=True).resolve()
     assert built == [("digits_1w1a",), ("digits_1w1a",)]
+
+
+# rev2 F11: range=None is "any" again; the hint about choices= only for a tuple or list
+def test_param_takes_range_none_and_hints_choices_only_for_a_sequence():
+    assert reste.Param("q", float, 1.0, "h", None).range_text() == ""
+    with pytest.raises(ValueError, match="must be a string such as") as info:
+        reste.Param("q", float, 1.0, "h", 3)
+    assert "choices" not in str(info.value)
+
+
+# rev2 F12: an estimator that overrides the public forward_equivalent has an F: the indicators take it, the plot
+# draws it
+def test_an_estimator_overriding_forward_equivalent_defines_f(isolated, tmp_path, monkeypatch):
+    from reste.experiments import plots
+
+    cls = _estimator("fe", (), with_f=False)
+    cls.forward_equivalent = lambda self, x: torch.ones_like(x)
+    reste.register_estimator(cls)
+    assert cls.defines_f()
+    TrainConfig(estimator="fe", indicators="general", epochs=1).resolve()
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or Path(out))
+    plots.plot_estimators(tmp_path / "e.png")
+    ax_f, ax_g = figures[0].axes
+    curves = [line.get_label() for line in ax_g.get_lines() if not line.get_label().startswith("_")]
+    assert curves[-1] == "fe"
+    assert len(ax_f.get_lines()) == 1 + len(curves) + 2  # sign, every curve's F (fe's too), the two axis lines

@@ -404,8 +404,9 @@ class Estimator(nn.Module):
 
     @classmethod
     def defines_f(cls) -> bool:
-        """Whether the class has its own ``_f`` (F(x)); the general indicators and the F plot need it."""
-        return cls._f is not Estimator._f
+        """Whether the class has its own F(x), as ``_f`` or as an override of ``forward_equivalent``; the general
+        indicators and the F plot need it."""
+        return cls._f is not Estimator._f or cls.forward_equivalent is not Estimator.forward_equivalent
 
     def _kernel_kind(self) -> str | None:
         kind = self._kernel

@@ -29,7 +29,7 @@ class Param:
         type: ``float``, ``int`` or ``str``.
         default: the value when the keyword is left out.
         help: a few words for ``reste train --help``.
-        range: the valid numbers as an interval, ``"(0, inf)"`` or ``"[1, inf)"``, or ``""`` for any.
+        range: the valid numbers as an interval, ``"(0, inf)"`` or ``"[1, inf)"``, or ``""`` (or ``None``) for any.
         choices: the valid strings of a ``str`` parameter.
         scheduled: a schedule moves it during training (``set_progress``); its current value is
             saved in the ``state_dict``, while ``config()`` keeps the value it started from.
@@ -48,9 +48,12 @@ class Param:
     def __post_init__(self) -> None:
         if self.type not in (float, int, str):
             raise ValueError(f"hyper-parameter {self.name!r}: type must be float, int or str, got {self.type!r}")
+        if self.range is None:  # "any", as before the check
+            object.__setattr__(self, "range", "")
         if not isinstance(self.range, str):
+            hint = "; give the valid strings of a str as choices=(...)" if isinstance(self.range, (tuple, list)) else ""
             raise ValueError(f"hyper-parameter {self.name!r}: range (the 5th argument) must be a string such as "
-                             f"'(0, inf)', got {self.range!r}; give the valid strings of a str as choices=(...)")
+                             f"'(0, inf)', got {self.range!r}{hint}")
         if not isinstance(self.choices, (tuple, list)) or not all(isinstance(c, str) for c in self.choices):
             raise ValueError(f"hyper-parameter {self.name!r}: choices must be a tuple of strings, got {self.choices!r}")
         if self.range:
