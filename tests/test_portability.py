@@ -338,14 +338,14 @@ def test_text_files_are_utf8_and_metrics_lines_end_in_lf(tmp_path, monkeypatch):
 
 def test_no_text_file_is_opened_in_the_locales_encoding(sweep, tmp_path):
     """PEP 597's warning names each open() or read_text() without an encoding: none in the files of a run, a
-    sweep's tables, the report's reading of them, or a resume's reading of its plugins."""
+    sweep's tables and its jobs' train.log, the report's reading of them, or a resume's reading of its plugins."""
     out = tmp_path / "s"
     shutil.copytree(sweep, out)
     run = next((out / "runs").iterdir()) / "seed0"
     script = textwrap.dedent(f"""
         import io, sys, warnings
         from reste import plugins, rundir
-        from reste.experiments import cli, report
+        from reste.experiments import cli, report, sweep
         warnings.simplefilter("always", EncodingWarning)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", EncodingWarning)
@@ -354,6 +354,7 @@ def test_no_text_file_is_opened_in_the_locales_encoding(sweep, tmp_path):
             rundir.divergence({str(run)!r}); rundir.forget_divergence({str(run)!r})
             rundir.config_keys({str(run)!r})
             plugins.plugins_in_argv(["train", "--resume", {str(run)!r}])
+            sweep._file_log({str(tmp_path / "train.log")!r})("-> ±")  # a sweep job's train.log
             sys.stdout = io.StringIO()
             class Args: sweep_dir, plots = {str(out)!r}, False
             cli.cmd_report(Args)  # the report's tables, written and read

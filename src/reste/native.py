@@ -140,7 +140,7 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
         lib.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
             src = Path(tmp) / f"{name}.c"
-            src.write_text(source)
+            src.write_text(source, encoding="utf-8")
             so = Path(tmp) / f"{name}.so"
             try:
                 proc = subprocess.run([*command, *flags, "-fPIC", "-shared", str(src), "-o", str(so)],

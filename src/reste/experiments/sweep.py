@@ -296,7 +296,7 @@ def _run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
 
 def _file_log(path: Path) -> Callable[[str], None]:
     def log(message: str) -> None:
-        with open(path, "a") as f:
+        with open(path, "a", encoding="utf-8", newline="\n") as f:
             f.write(message + "\n")
 
     return log
