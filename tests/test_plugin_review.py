@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 import warnings
@@ -331,3 +333,49 @@ def test_an_estimator_overriding_forward_equivalent_defines_f(isolated, tmp_path
     curves = [line.get_label() for line in ax_g.get_lines() if not line.get_label().startswith("_")]
     assert curves[-1] == "fe"
     assert len(ax_f.get_lines()) == 1 + len(curves) + 2  # sign, every curve's F (fe's too), the two axis lines
+
+
+# rev2 F10: the flags an estimator cannot take are written out (registering imports no command-line code) and match
+# the parsers of `reste train` and `reste sweep`
+def test_the_reserved_flags_are_those_of_the_train_and_sweep_parsers():
+    import argparse
+
+    from reste.experiments.cli import add_commands
+    from reste.flags import add_train_flags
+    from reste.hparams import RESERVED_FLAGS
+
+    parser = argparse.ArgumentParser(add_help=False)
+    sub = parser.add_subparsers()
+    add_train_flags(sub.add_parser("train"), estimators=False)
+    add_commands(sub, estimators=False)
+    names = {"help", "-h", "--help"}
+    for action in sub.choices["train"]._actions + sub.choices["sweep"]._actions:
+        names.update(action.option_strings)
+        names.add(action.dest)
+    assert RESERVED_FLAGS == names
+
+
+def test_registering_an_estimator_imports_no_command_line_code():
+    script = textwrap.dedent("""
+        import sys
+        import torch
+        import reste.estimators as e
+        before = set(sys.modules)
+        @e.register_estimator
+        class Mine(e.Estimator):
+            name = "mine"
+            hyperparameters = (e.Param("w", float, 1.0, "half-width", "(0, inf)"),)
+            _g = staticmethod(lambda x, w: (x.abs() <= w).to(x.dtype))
+        try:
+            e.register_estimator(type("Clash", (e.Estimator,), {"name": "clash", "_g": Mine._g,
+                                 "hyperparameters": (e.Param("epochs", int, 3, "n", "[1, inf)"),)}))
+        except ValueError as err:
+            assert "is taken by `reste train`" in str(err), err
+        else:
+            raise AssertionError("--epochs was not refused")
+        print(sorted(m for m in set(sys.modules) - before if m.startswith("reste")))
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(reste.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from . import cuda_ext, fused, plugins, schedules, triton_dispatch
 from ._dsq import dsq_consts
 from .errors import UsageError
-from .hparams import Param
+from .hparams import RESERVED_FLAGS, Param
 
 __all__ = [
     "ESTIMATORS",
@@ -772,14 +772,10 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
 register = register_estimator  # the earlier name
 
 
-def _train_options() -> set[str]:
-    """The flags `reste train` and `reste sweep` have for themselves; none while the built-ins register (the
-    command line's modules import this one)."""
-    if not _BUILT_IN_DONE:
-        return set()
-    from .flags import reserved_options
-
-    return reserved_options()
+def _train_options() -> frozenset[str]:
+    """The flags `reste train` and `reste sweep` have for themselves (``hparams.RESERVED_FLAGS``, written out: no
+    command-line module is imported); none while the built-ins register."""
+    return RESERVED_FLAGS if _BUILT_IN_DONE else frozenset()
 
 
 def _origin(cls: type) -> tuple[str, str]:

@@ -110,28 +110,6 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False, estimators:
         add_estimator_flags(p, e)  # last: a flag of reste train's own is taken, whatever an estimator declares
 
 
-def reserved_options() -> set[str]:
-    """The option strings and dests of `reste train` and `reste sweep` themselves (no estimator flags): an
-    estimator's hyper-parameter cannot take one as its flag (``register_estimator`` refuses it)."""
-    global _RESERVED
-    if _RESERVED is None:
-        from .experiments.cli import add_commands
-
-        parser = argparse.ArgumentParser(add_help=False)
-        sub = parser.add_subparsers()
-        add_train_flags(sub.add_parser("train"), estimators=False)
-        add_commands(sub, estimators=False)
-        names = {"help", "-h", "--help"}
-        for action in sub.choices["train"]._actions + sub.choices["sweep"]._actions:
-            names.update(action.option_strings)
-            names.add(action.dest)
-        _RESERVED = names
-    return _RESERVED
-
-
-_RESERVED: set[str] | None = None
-
-
 def tensorboard_dir(text: str) -> str:
     """``--tensorboard DIR``: DIR from the current folder; the bare flag (``""``): ``tensorboard``, which
     TrainConfig takes inside the run directory."""
