@@ -379,3 +379,45 @@ def test_registering_an_estimator_imports_no_command_line_code():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# rev2 F3: a checkpoint whose plugin *model* takes other options now names the file and the options it was trained
+# with, as the estimator's case does (not a --model-option or estimator_options message)
+def test_a_checkpoint_whose_plugin_model_changed_its_options_is_one_line(isolated, tmp_path, capsys):
+    (tmp_path / "rvmlp.py").write_text(MLP)
+    run = tmp_path / "run"
+    assert main(["train", "--plugin", str(tmp_path / "rvmlp.py"), "--model", "rv_mlp_1w1a", "--model-option",
+                 "width=8", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    versions = {"renamed": (MLP.replace("width", "size"), "(model 'rv_mlp_1w1a' takes no option 'width' (its "
+                                                          "options: size))"),
+                "tightened": (MLP.replace("1000", "4"), "(width must be at most 4 (its options: width=8")}
+    for version, (source, why) in versions.items():
+        for table in (registry._MODELS, registry._INFO, registry._BINARY):
+            table.pop("rv_mlp_1w1a", None), table.pop("rv_mlp", None)
+        plugins._loaded.clear()
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "rvmlp.py").write_text(source)
+        line = _one_line_error(capsys, "eval", str(run), "--plugin", str(tmp_path / version / "rvmlp.py"))
+        assert f"{run / 'last.pt'} was trained with 'rv_mlp_1w1a' (reste) options {{" in line, line
+        assert "'width': 8}, which the loaded code does not take " + why in line, line
+        assert line.endswith("; load the plugin version the run was trained with"), line
+        assert "estimator_options" not in line and "--model-option" not in line, line
+
+
+# rev2 F7: the file a checkpoint came from is remembered without keeping the checkpoint (weights, optimizer) alive
+def test_loading_a_checkpoint_keeps_no_reference_to_it():
+    import gc
+    import weakref
+
+    from reste import checkpoint
+
+    path = Path(__file__).parent / "fixtures" / "format2_run" / "last.pt"
+    ckpt = checkpoint.load_checkpoint(path)
+    assert checkpoint._where(ckpt) == str(path)
+    assert checkpoint._where(dict(ckpt)) == "the checkpoint"  # another dict, even with the same tensors
+    refs = [weakref.ref(t) for t in ckpt["model"].values() if isinstance(t, torch.Tensor)]
+    assert refs
+    del ckpt
+    gc.collect()
+    assert all(ref() is None for ref in refs)

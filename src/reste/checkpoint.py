@@ -37,6 +37,7 @@ import struct
 import tempfile
 import time
 import warnings
+import weakref
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +49,7 @@ from torch import nn
 
 from . import models, plugins
 from .errors import UsageError, read_user_file
+from .estimators import estimator_class
 
 FORMAT = "reste-checkpoint"
 VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comment; 1: none (zip CRCs)
@@ -225,18 +227,41 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise UsageError(f"checkpoint {path} is incomplete (missing or malformed: {', '.join(wrong)}); "
                          "use another checkpoint")
     global _last_loaded
-    _last_loaded = (ckpt, path)  # model_from_checkpoint names the file in its errors
+    tensor = _first_tensor(ckpt)  # model_from_checkpoint names the file in its errors; the dict is not kept alive
+    _last_loaded = (id(ckpt), weakref.ref(tensor), path) if tensor is not None else None
     return ckpt
 
 
-_last_loaded: tuple[dict[str, Any], Path] | None = None
+# The checkpoint loaded last: the id of its dict, a weak reference to its first weight and its file. A dict with that
+# id that still holds that very tensor is the same checkpoint (an id alone can be reused once the dict is freed).
+_last_loaded: tuple[int, weakref.ref, Path] | None = None
+
+
+def _first_tensor(ckpt: dict[str, Any]) -> torch.Tensor | None:
+    weights = ckpt.get("model")
+    values = weights.values() if isinstance(weights, dict) else ()
+    return next((v for v in values if isinstance(v, torch.Tensor)), None)
 
 
 def _where(ckpt: dict[str, Any]) -> str:
     """``rint2/last.pt`` when ``ckpt`` is the checkpoint loaded last, else ``the checkpoint``."""
-    if _last_loaded is not None and _last_loaded[0] is ckpt:
-        return str(_last_loaded[1])
+    if _last_loaded is not None:
+        key, ref, path = _last_loaded
+        tensor = ref()
+        if key == id(ckpt) and tensor is not None and tensor is _first_tensor(ckpt):
+            return str(path)
     return "the checkpoint"
+
+
+def _registered(model: str, estimator: Any) -> bool:
+    """Whether this process knows model ``model`` and estimator ``estimator`` by name."""
+    try:
+        models.model_info(model)
+        if isinstance(estimator, str):
+            estimator_class(estimator)
+    except UsageError:
+        return False
+    return True
 
 
 def model_arguments(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -265,27 +290,33 @@ def state_dict_error(err: RuntimeError) -> str:
     return first[:150]
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model stored in a checkpoint (eval mode)."""
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu",
+                          where: str | os.PathLike | None = None) -> nn.Module:
+    """Rebuild the model stored in a checkpoint (eval mode). ``where`` names the file in errors (by default the
+    file ``load_checkpoint`` read ``ckpt`` from)."""
     options, settings = model_arguments(ckpt)
     try:
         model = models.create(ckpt["model_name"], **settings, **options)
-    except UsageError as err:  # an estimator or model of the run's plugin: name it (loading is never automatic)
+    except (ValueError, TypeError) as err:  # a UsageError too (it is a ValueError)
         config = ckpt.get("config")
-        missing = plugins.not_loaded(config.get("plugins") if isinstance(config, dict) else None)
-        if not missing:
-            raise
-        modules = ", ".join(repr(m) for m in missing)
-        raise UsageError(f"{str(err).split(' (')[0]}; the run trained with --plugin {' '.join(missing)}: pass the "
-                         "same --plugin (only --resume loads a run's plugins itself; in Python, import it or call "
-                         f"reste.plugins.load_plugins([{modules}]) first)") from None
-    except (ValueError, TypeError) as err:  # the plugin changed: its estimator or model takes other options now
+        recorded = config.get("plugins") if isinstance(config, dict) else None
+        missing = plugins.not_loaded(recorded)
+        if not _registered(ckpt["model_name"], settings.get("estimator", "reste")):
+            if not missing:
+                raise  # an unknown name says so itself
+            modules = ", ".join(repr(m) for m in missing)  # the run's plugin is not loaded (never automatically)
+            raise UsageError(f"{str(err).split(' (')[0]}; the run trained with --plugin {' '.join(missing)}: pass "
+                             "the same --plugin (only --resume loads a run's plugins itself; in Python, import it or "
+                             f"call reste.plugins.load_plugins([{modules}]) first)") from None
+        # the model and estimator exist but take other options now: the plugin (or reste) changed since the run
         name = settings.get("estimator", "reste")
         saved = {**settings.get("estimator_options", {}), **{k: v for k, v in options.items() if k != "num_classes"}}
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"{_where(ckpt)} was trained with {ckpt['model_name']!r} ({name}) options "
-                         f"{saved or 'none'}, which the loaded code does not take ({why}); load the "
-                         "plugin version the run was trained with") from None
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0].split("; ")[0]
+        why = why.removeprefix(f"bad --model-option for {ckpt['model_name']!r}: ")
+        version = "plugin" if recorded else "reste"
+        raise UsageError(f"{where if where is not None else _where(ckpt)} was trained with {ckpt['model_name']!r} "
+                         f"({name}) options {saved or 'none'}, which the loaded code does not take ({why}); load the "
+                         f"{version} version the run was trained with") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
