@@ -421,3 +421,31 @@ def test_loading_a_checkpoint_keeps_no_reference_to_it():
     del ckpt
     gc.collect()
     assert all(ref() is None for ref in refs)
+
+
+# rev2 F4: a str option takes text that looks like a number; a type guessed from a default takes either number
+def test_model_options_that_surely_fit_are_passed_on(isolated, capsys):
+    from reste.config import check_model_options
+    from reste.flags import parse_model_options
+
+    got = []
+
+    @registry.register_model(dataset="digits")
+    def ov_mlp_1w1a(*, num_classes, conv, tag: str = "a", drop=0, width: int = 8):
+        got.append((tag, drop, width))
+        return nn.Sequential(nn.Flatten(), conv.linear(64, width), nn.Linear(width, num_classes))
+
+    options = parse_model_options(["tag=18", "drop=0.5"])
+    check_model_options("ov_mlp_1w1a", options)
+    TrainConfig(model="ov_mlp_1w1a", model_options=options, epochs=1).resolve()
+    registry.create("ov_mlp_1w1a", **options)
+    assert got[-1] == ("18", 0.5, 8)
+    registry.create("ov_mlp_1w1a", tag=True, drop=2, width=4)
+    assert got[-1] == ("true", 2, 4)
+    assert main(["summary", "ov_mlp_1w1a", "--model-option", "tag=0.25", "--model-option", "drop=1"]) == 0
+    assert got[-1] == ("0.25", 1, 8)
+    capsys.readouterr()
+    for bad in ("width=0.5", "width=abc", "drop=abc"):  # what surely cannot work is still refused, in one line
+        key, value = bad.split("=")
+        line = _one_line_error(capsys, "summary", "ov_mlp_1w1a", "--model-option", bad)
+        assert f"bad --model-option for 'ov_mlp_1w1a': {key} must be" in line and value in line, line

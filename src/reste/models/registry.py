@@ -183,7 +183,7 @@ def create(
     """
     _check_name(name)
     model_options, legacy = _split_keywords(name, estimator, model_options)
-    check_option_types(name, model_options)
+    model_options = check_option_types(name, model_options)  # a str option given 18 gets "18"
     options = dict(estimator_options or {})
     twice = sorted(set(options) & set(legacy))
     if twice:
@@ -272,27 +272,45 @@ def model_defaults(name: str) -> dict[str, Any]:
     return {k: params[k].default for k in model_keywords(name) if params[k].default is not inspect.Parameter.empty}
 
 
-def check_option_types(name: str, options: dict[str, Any]) -> None:
-    """A ``UsageError`` for a model option whose value is not of the type the factory's annotation or default
-    says (``width: int = 64`` given ``abc``): the factory would fail with an error of its own, or later."""
+def check_option_types(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A ``UsageError`` for a model option whose value surely does not fit the factory's annotation or default
+    (``width: int = 64`` given ``abc``): the factory would fail with an error of its own, or later. Returns the
+    options as the factory takes them: a ``str``-annotated option given a number or a bool (``tag=18``, which
+    the command line reads as a number) gets it back as text. Anything else is left to the factory."""
     _check_name(name)
     params = inspect.signature(_MODELS[name]).parameters
     kinds = {"int": int, "float": float, "bool": bool, "str": str}
+    out = dict(options)
     for key, value in options.items():
         if key not in params:
             continue
         p = params[key]
         kind = kinds.get(p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", ""))
-        if kind is None and p.default is not inspect.Parameter.empty and p.default is not None:
-            kind = type(p.default) if type(p.default) in kinds.values() else None
-        if kind is None:
+        if kind is str:
+            if isinstance(value, (bool, int, float)):
+                out[key] = _as_text(value)
             continue
-        fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            fits = True
+        guessed = kind is None
+        if guessed and p.default is not inspect.Parameter.empty and p.default is not None:
+            kind = type(p.default) if type(p.default) in kinds.values() else None
+        if kind is None or kind is str:  # a default's str: whatever it is, the factory says
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is bool:
+            fits = isinstance(value, bool)
+        elif kind is float or guessed:  # a float takes an int; a type guessed from a default, either number
+            fits = number
+        else:
+            fits = number and isinstance(value, int)
         if not fits:
             raise UsageError(f"bad --model-option for {name!r}: {key} must be {'an' if kind is int else 'a'} "
                              f"{kind.__name__}, got {value!r}")
+    return out
+
+
+def _as_text(value: bool | int | float) -> str:
+    """The text a value was most likely given as (``--model-option tag=18``): ``18``, ``0.5``, ``true``."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def model_keywords(name: str) -> list[str]:
