@@ -449,3 +449,23 @@ def test_model_options_that_surely_fit_are_passed_on(isolated, capsys):
         key, value = bad.split("=")
         line = _one_line_error(capsys, "summary", "ov_mlp_1w1a", "--model-option", bad)
         assert f"bad --model-option for 'ov_mlp_1w1a': {key} must be" in line and value in line, line
+
+
+# rev2 F3, on resume: a plugin edited in place so that its model takes other options
+def test_resuming_a_run_whose_plugin_model_changed_its_options_says_so(isolated, tmp_path, capsys):
+    plugin = tmp_path / "rvmlp.py"
+    plugin.write_text(MLP)
+    run = tmp_path / "run"
+    assert main(["train", "--plugin", str(plugin), "--model", "rv_mlp_1w1a", "--model-option", "width=8",
+                 "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    for table in (registry._MODELS, registry._INFO, registry._BINARY):
+        table.pop("rv_mlp_1w1a", None), table.pop("rv_mlp", None)
+    plugins._loaded.clear()
+    for name in [m for m in sys.modules if m.startswith("reste_plugin_")]:
+        del sys.modules[name]
+    plugin.write_text(MLP.replace("width", "size"))
+    line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress")
+    assert line == (f"reste: error: {run / 'config.json'} was trained with 'rv_mlp_1w1a' options {{'width': 8}}, "
+                    "which the loaded code does not take (model 'rv_mlp_1w1a' has no option width; valid: size); "
+                    "load the plugin version the run was trained with"), line

@@ -26,7 +26,7 @@ import torch
 
 from . import schedules
 from .checkpoint import load_checkpoint
-from .config import TrainConfig, canonical_estimator, max_threads
+from .config import TrainConfig, canonical_estimator, check_model_options, max_threads
 from .datasets import get_spec
 from .errors import UsageError
 from .estimators import estimator_class
@@ -106,6 +106,10 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
             raise UsageError(f"{run_dir} trained with {missing}, which no module loaded here registers: pass --plugin "
                              f"MODULE, the module or .py file that does{recorded}; or, where {CONFIG} was edited, "
                              "give that setting again to replace it (with --force)") from None
+        if _fails_alone(saved, err) and saved.plugins and _model_options_fail(saved):  # the plugin's model changed
+            raise UsageError(f"{run_dir / CONFIG} was trained with {saved.model!r} options {saved.model_options}, "
+                             f"which the loaded code does not take ({err}); load the plugin version the run was "
+                             "trained with") from None
         if _fails_alone(saved, err):  # config.json's own setting, not a flag given
             raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); give that setting again to replace "
                              "it (with --force where it changes training), or restore the file") from None
@@ -229,6 +233,15 @@ def _fails_alone(saved: TrainConfig, err: UsageError) -> bool:
         saved.resolve()
     except UsageError as own:
         return str(own) == str(err)
+    return False
+
+
+def _model_options_fail(saved: TrainConfig) -> bool:
+    """Whether the saved model options alone are refused by the model's (loaded) factory."""
+    try:
+        check_model_options(saved.model, saved.model_options)
+    except UsageError:
+        return True
     return False
 
 
