@@ -20,6 +20,7 @@ from reste.config import TrainConfig
 from reste.errors import UsageError
 from reste.estimators import _REGISTRY, Estimator, estimator_class
 from reste.models import registry
+from cli_checks import one_line_error as _one_line_error
 
 WINDOW = textwrap.dedent('''
     import reste
@@ -56,12 +57,15 @@ MLP = textwrap.dedent('''
 ''')
 
 
-def _one_line_error(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("reste: error: "), err
-    return lines[0]
+def _estimator_figure(monkeypatch, tmp_path):
+    """``reste plot estimators``'s F axes and the labels of its g curves, the figure kept instead of saved."""
+    from reste.experiments import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or Path(out))
+    plots.plot_estimators(tmp_path / "e.png")
+    ax_f, ax_g = figures[0].axes
+    return ax_f, [line.get_label() for line in ax_g.get_lines() if not line.get_label().startswith("_")]
 
 
 @pytest.fixture
@@ -241,18 +245,12 @@ def test_a_broken_entry_point_warns_and_the_rest_works(monkeypatch, capsys):
 
 # 15: an estimator without _f
 def test_an_estimator_without_f_is_refused_by_the_indicators_and_drawn_without_f(isolated, tmp_path, monkeypatch):
-    from reste.experiments import plots
-
     reste.register_estimator(_estimator("nof", (), with_f=False))
     with pytest.raises(UsageError, match="--indicators general reads F.* 'nof' defines no _f"):
         TrainConfig(estimator="nof", indicators="general", epochs=1).resolve()
     with pytest.raises(NotImplementedError, match="estimator 'nof' defines no _f"):
         reste.get_estimator("nof").forward_equivalent(torch.zeros(3))
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or Path(out))
-    plots.plot_estimators(tmp_path / "e.png")
-    ax_f, ax_g = figures[0].axes
-    curves = [line.get_label() for line in ax_g.get_lines() if not line.get_label().startswith("_")]
+    ax_f, curves = _estimator_figure(monkeypatch, tmp_path)
     assert curves[-1] == "nof (no F: it defines no _f)"
     assert len(ax_f.get_lines()) == 1 + (len(curves) - 1) + 2  # sign, the curves but nof's, the two axis lines
 
@@ -319,18 +317,12 @@ def test_param_takes_range_none_and_hints_choices_only_for_a_sequence():
 # rev2 F12: an estimator that overrides the public forward_equivalent has an F: the indicators take it, the plot
 # draws it
 def test_an_estimator_overriding_forward_equivalent_defines_f(isolated, tmp_path, monkeypatch):
-    from reste.experiments import plots
-
     cls = _estimator("fe", (), with_f=False)
     cls.forward_equivalent = lambda self, x: torch.ones_like(x)
     reste.register_estimator(cls)
     assert cls.defines_f()
     TrainConfig(estimator="fe", indicators="general", epochs=1).resolve()
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or Path(out))
-    plots.plot_estimators(tmp_path / "e.png")
-    ax_f, ax_g = figures[0].axes
-    curves = [line.get_label() for line in ax_g.get_lines() if not line.get_label().startswith("_")]
+    ax_f, curves = _estimator_figure(monkeypatch, tmp_path)
     assert curves[-1] == "fe"
     assert len(ax_f.get_lines()) == 1 + len(curves) + 2  # sign, every curve's F (fe's too), the two axis lines
 

@@ -8,6 +8,7 @@ eval and sweep.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -137,7 +138,7 @@ def test_a_run_records_the_module_a_python_caller_imported(plugin_file, monkeypa
 
     monkeypatch.syspath_prepend(str(plugin_file.parent))
     try:
-        import myest_plugin  # noqa: F401 - registers myest
+        importlib.import_module("myest_plugin")  # registers myest, as a caller's own import
 
         assert planned_config(TrainConfig(estimator="myest", epochs=1)).plugins == ["myest_plugin"]
         given = planned_config(TrainConfig(estimator="myest", epochs=1, plugins=["myest_plugin"]))

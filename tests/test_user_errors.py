@@ -10,14 +10,7 @@ import torch
 
 from reste.cli import main
 from reste.errors import UsageError
-
-
-def _one_line_error(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("reste: error: "), err
-    return lines[0]
+from cli_checks import one_line_error as _one_line_error
 
 
 @pytest.fixture(scope="module")
