@@ -568,3 +568,18 @@ def test_a_preset_under_torchrun_is_told_its_global_batch():
     assert four[1] == "note: --batch-size is per process; pass --batch-size 64 to keep the preset's batch of 256"
     assert "256 is not a multiple of 3 processes" in engine.recipe_notes(preset, 3)[1]
     assert engine.recipe_notes(config_from_preset("cifar10-resnet20-1w1a", batch_size=64), 4) == []
+
+
+def test_without_a_bar_an_epoch_says_where_it_is(tmp_path, monkeypatch):
+    """A log file gets a plain line every STEP_LINE_EVERY seconds inside an epoch (here: every step but the last)."""
+    monkeypatch.setattr(engine, "STEP_LINE_EVERY", 0.0)
+    lines = []
+    engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "r", progress=False, log=lines.append)
+    steps = [line for line in lines if line.startswith("  epoch 1/1  step ")]
+    total = int(steps[0].split("/")[2].split()[0])
+    assert len(steps) == total - 1 and steps[0].startswith(f"  epoch 1/1  step 1/{total}  train loss ")
+    assert steps[-1].startswith(f"  epoch 1/1  step {total - 1}/{total}") and "images/s)" in steps[-1]
+    monkeypatch.undo()
+    quiet = []
+    engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "q", progress=False, log=quiet.append)
+    assert not any("  step " in line for line in quiet)  # every 300 s by default: none in a short epoch

@@ -285,6 +285,13 @@ def test_paper_initialisation():
     assert vgg.conv5.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 512)), rel=0.05)
     assert vgg.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert (vgg.fc.bias == 0).all()
+    # the ImageNet ResNets as the authors' ImageNet code: every conv Kaiming normal (fan_in), the head left to PyTorch
+    for name in ("imagenet_resnet18_1w1a", "imagenet_resnet18"):
+        r18 = models.create(name)
+        assert r18.layers[3][1].conv2.weight.std().item() == pytest.approx(math.sqrt(2 / (512 * 9)), rel=0.05)
+        stem_conv = next(m for m in r18.modules() if isinstance(m, nn.Conv2d))
+        assert stem_conv.weight.std().item() == pytest.approx(math.sqrt(2 / (3 * 49)), rel=0.05)
+        assert r18.fc.weight.abs().max().item() <= 1 / math.sqrt(512)  # PyTorch's uniform default
 
 
 def test_shortcuts():

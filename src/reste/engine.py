@@ -274,6 +274,10 @@ def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
+#: seconds between the plain progress lines of an epoch when no bar is drawn (stderr not a terminal)
+STEP_LINE_EVERY = 300.0
+
+
 def stderr_is_terminal() -> bool:
     """Whether stderr is a terminal, where a progress bar is drawn (a log file or a pipe would fill with its
     frames); also what the ``reste`` command asks."""
@@ -526,6 +530,10 @@ class _Run:
         with _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress and self.dist.main,
                        start_step) as bar:
             shown = -float("inf")  # the first step shows its loss
+            # without a bar (a log file, nohup, a cluster job) a line every STEP_LINE_EVERY seconds says where the
+            # epoch is: an ImageNet epoch would otherwise print nothing for tens of minutes
+            lines = bar is None and self.dist.main
+            since, n_since = time.monotonic(), n
             batches, step = iter(self.train_loader), first - 1
             while True:
                 try:
@@ -557,6 +565,11 @@ class _Run:
                         if int(bad_step) >= 0 and not self.dist.enabled:  # with several, all stop together below
                             break
                         bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{100.0 * correct.item() / n:.2f}")
+                elif lines and time.monotonic() - since >= STEP_LINE_EVERY and step < steps - 1:
+                    rate = (n - n_since) / (time.monotonic() - since)
+                    self.log(f"  epoch {epoch + 1}/{cfg.epochs}  step {step + 1}/{steps}  train loss "
+                             f"{loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}  ({rate:,.0f} images/s)")
+                    since, n_since = time.monotonic(), n
                 if step < steps - 1:
                     due = self._checkpoint_due(step)
                     if due:

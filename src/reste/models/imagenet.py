@@ -6,7 +6,9 @@ shortcut around each binary 3x3 conv); when the shape changes the shortcut is a 
 Linear(512, classes). The parameter count is exactly torchvision's ResNet plus the 1,024
 of the BatchNorm1d: 11,690,536 (ResNet-18) and 21,798,696 (ResNet-34), which SPEC
 states, so the described architecture is taken literally (no conv biases). SPEC gives
-no initialization for these models: they keep PyTorch's defaults. Global pooling makes
+no initialization for these models; the authors' ImageNet code draws every conv weight
+Kaiming normal (fan_in, gain sqrt(2)) and sets BatchNorm2d to weight 1, bias 0, and so do
+these (the linear head keeps PyTorch's default, as theirs does). Global pooling makes
 them accept any input of at least 32x32.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 from torch import nn
 
 from .registry import ConvBuilder, register_model
-from .resnet import BiRealBlock, ResNet, conv1x1_bn, stem
+from .resnet import BiRealBlock, ResNet, conv1x1_bn, kaiming_init, stem
 
 _IMAGENET = {"dataset": "imagenet"}  # its classes and input size: the data set's
 _WIDTHS = (64, 128, 256, 512)
@@ -23,9 +25,9 @@ _STRIDES = (1, 2, 2, 2)
 
 
 def _resnet(conv: ConvBuilder, depths: tuple[int, ...], num_classes: int) -> nn.Module:
-    return ResNet(
+    return kaiming_init(ResNet(
         conv, stem(3, 64, 7, 2, maxpool=True), BiRealBlock, depths, _WIDTHS, _STRIDES, conv1x1_bn, num_classes
-    )
+    ), linear=False)
 
 
 @register_model(twin="imagenet_resnet18", **_IMAGENET)

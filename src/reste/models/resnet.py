@@ -122,10 +122,12 @@ def stem(in_channels: int, planes: int, kernel_size: int = 3, stride: int = 1, m
     return nn.Sequential(*layers)
 
 
-def kaiming_init(model: nn.Module) -> nn.Module:
-    """Kaiming normal (fan_in, ReLU gain) on every conv and linear weight; BN weight 1, bias 0."""
+def kaiming_init(model: nn.Module, linear: bool = True) -> nn.Module:
+    """Kaiming normal (fan_in, ReLU gain) on every conv weight, and every linear one unless ``linear`` is false
+    (then PyTorch's default); BN weight 1, bias 0."""
+    kinds = (nn.Conv2d, nn.Linear) if linear else nn.Conv2d
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, kinds):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.ones_(m.weight)
