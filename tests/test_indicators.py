@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -283,11 +284,42 @@ def test_paper_mode_takes_the_models_o_end_unless_told():
     assert EquilibriumMeter(models.create("resnet20_1w1a"), "paper", o_end=2.0).o_end == 2.0
 
 
-def test_a_frozen_layer_is_named_as_the_reason_for_a_missing_gradient():
+def test_frozen_layers_are_left_out_of_gradient_stability():
     model = nn.Sequential(BinaryLinear(4, 4), BinaryLinear(4, 2))
     model[1].weight.requires_grad_(False)
     model(torch.randn(3, 4)).sum().backward()
-    with pytest.raises(RuntimeError, match="layer '1' has no gradient: its weight is frozen"):
+    alone = torch.var(model[0].weight.grad.abs().flatten())
+    assert float(gradient_stability(model)) == pytest.approx(float(alone))  # raised 'has no gradient' before
+    meter = EquilibriumMeter(model)
+    with pytest.warns(UserWarning, match=r"1 of 2 binary layers are frozen \(1\) and left out"):
+        meter.update()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        meter.update()  # said once
+    model[0].weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="every layer of the 'general' indicators is frozen"):
         gradient_stability(model)
     with pytest.raises(RuntimeError, match="after backward"):
         gradient_stability(nn.Sequential(BinaryLinear(4, 4), BinaryLinear(4, 2)))
+
+
+def test_a_stability_read_before_zero_grad_is_taken():
+    model = nn.Sequential(BinaryLinear(4, 4), BinaryLinear(4, 2))
+    model(torch.randn(3, 4)).sum().backward()
+    s = gradient_stability(model)
+    model.zero_grad()
+    meter = EquilibriumMeter(model)
+    meter.update(s)
+    assert meter.epoch_end()["gradient_stability"] == pytest.approx(float(s))
+
+
+def test_a_meter_refuses_a_history_of_another_mode():
+    general, _, _ = run_meter("general", epochs=1, iters=1)
+    paper = EquilibriumMeter(make_model(), mode="paper")
+    with pytest.raises(ValueError, match="saved indicator history is in the 'general' mode, this run's is 'paper'"):
+        paper.load_state_dict(general.state_dict())
+    at_two = EquilibriumMeter(make_model(), mode="paper", o_end=2.0)
+    with pytest.raises(ValueError, match="o_end=3, this run's is 2"):
+        at_two.load_state_dict(EquilibriumMeter(make_model(), mode="paper", o_end=3.0).state_dict())
+    paper.load_state_dict({"history": general.state_dict()["history"]})  # an older state, without its mode
+    assert len(paper.history) == 1

@@ -105,7 +105,7 @@ def test_schedule_moves_and_indicators_are_logged(tmp_path):
         assert "train_loss" in row  # the module's own logging is untouched
     # the error shrinks as o grows (F comes closer to sign)
     assert rows[1]["reste/estimating_error"] < rows[0]["reste/estimating_error"]
-    assert callback.state_dict() == {"history": callback.history, "epochs": EPOCHS}
+    assert callback.state_dict() == {"history": callback.history, "epochs": EPOCHS, "mode": "general", "o_end": 3.0}
 
 
 def test_a_resume_with_another_max_epochs_says_the_schedule_jumps(tmp_path):
@@ -155,6 +155,75 @@ def test_indicators_once_per_optimizer_step(tmp_path, monkeypatch):
     monkeypatch.setattr(reste.EquilibriumMeter, "epoch_end", lambda self: {})
     fit(tmp_path, BinarizationCallback(indicators="paper"), limit_train_batches=6, accumulate_grad_batches=3)
     assert len(calls) == EPOCHS * 2  # 6 batches, a step every 3
+
+
+class ManualClassifier(Classifier):
+    """The same model and optimizer, under manual optimization with zero_grad() right after step()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        self.manual_backward(nn.functional.cross_entropy(self(x), y))
+        opt.step()
+        opt.zero_grad()  # the gradients are gone by on_train_batch_end
+
+
+def test_indicators_under_manual_optimization_match_the_automatic_ones(tmp_path):
+    automatic = BinarizationCallback(indicators=True)
+    fit(tmp_path, automatic, limit_train_batches=4)
+    manual = BinarizationCallback(indicators=True)
+    fit(tmp_path, manual, ManualClassifier(), limit_train_batches=4)  # raised 'has no gradient' at the first batch
+    assert len(manual.history) == EPOCHS
+    for a, m in zip(automatic.history, manual.history):
+        assert m == pytest.approx(a, rel=1e-5)
+
+
+def test_frozen_binary_layers_are_left_out_and_all_frozen_is_refused(tmp_path):
+    class TwoBinary(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            net = float_net()
+            net.insert(6, nn.Conv2d(16, 16, 3, padding=1, bias=False))  # a second binary conv
+            self.model = reste.binarize(net, "reste", o_end=3.0)
+            self.model[3].requires_grad_(False)  # a frozen backbone layer
+
+    callback = BinarizationCallback(indicators=True)
+    module, _ = fit(tmp_path, callback, TwoBinary(), limit_train_batches=2)  # raised 'frozen' at the first step
+    assert [n for n, _ in reste.binary_layers(module.model)] == ["3", "6"]
+    assert all(h["gradient_stability"] > 0 for h in callback.history) and len(callback.history) == EPOCHS
+
+    frozen = Classifier()
+    frozen.model[3].requires_grad_(False)  # its only binary layer
+    with pytest.raises(ValueError, match="every layer of the 'general' indicators is frozen"):
+        fit(tmp_path, BinarizationCallback(indicators=True), frozen, limit_train_batches=1)
+
+
+def test_a_resume_in_another_indicator_mode_is_refused(tmp_path):
+    module, trainer = fit(tmp_path, BinarizationCallback(epochs=4, indicators=True), limit_train_batches=2)
+    trainer.save_checkpoint(tmp_path / "general.ckpt")
+
+    def resume(callback: BinarizationCallback) -> BinarizationCallback:
+        longer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                            limit_train_batches=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            longer.fit(Classifier(), digits_loader(), ckpt_path=tmp_path / "general.ckpt")
+        return callback
+
+    with pytest.raises(ValueError, match="saved indicator history is in the 'general' mode, this run's is 'paper'"):
+        resume(BinarizationCallback(epochs=4, indicators="paper"))
+    assert len(resume(BinarizationCallback(epochs=4, indicators=True)).history) == 3  # the same mode carries on
+    ckpt = torch.load(tmp_path / "general.ckpt", weights_only=False)
+    for state in ckpt["callbacks"].values():  # a checkpoint of before the mode was saved
+        del state["mode"], state["o_end"]
+    torch.save(ckpt, tmp_path / "general.ckpt")
+    assert len(resume(BinarizationCallback(epochs=4, indicators="paper")).history) == 3
 
 
 def test_refusals(tmp_path):

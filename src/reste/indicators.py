@@ -3,7 +3,8 @@
 * estimating error e = sum over layers of || F(w) - sign(w) ||_2, F the estimator's
   forward-equivalent function, w a layer's latent weights;
 * gradient stability s = sum over layers of var(abs(dL/dw)) (unbiased variance),
-  read after the backward pass. Higher s means less stable gradients.
+  read after the backward pass. Higher s means less stable gradients. Layers whose weight
+  is frozen (``requires_grad=False``) get no gradient and are left out of s.
 
 Two modes:
 
@@ -20,6 +21,7 @@ reports the mean over all its iterations; over the run both are averaged.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -65,18 +67,32 @@ def estimating_error(model: nn.Module, mode: str = "general", o_end: float = 3.0
     return torch.zeros(()) if total is None else total
 
 
+def frozen_layers(model: nn.Module, mode: str = "general") -> list[str]:
+    """The indicator layers whose weight is frozen (``requires_grad=False``): gradient stability leaves them out."""
+    return [name for name, layer in indicator_layers(model, mode) if not layer.weight.requires_grad]
+
+
 @torch.no_grad()
 def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
-    """Sum over the indicator layers of the unbiased variance of abs(grad w) (a 0-dim tensor)."""
+    """Sum over the indicator layers of the unbiased variance of abs(grad w) (a 0-dim tensor).
+
+    Layers whose weight is frozen (``requires_grad=False``, e.g. a fine-tuned backbone) get no gradient and are
+    left out; a model whose indicator layers are all frozen is refused.
+    """
     total = None  # on the gradients' device, as in estimating_error
-    for name, layer in indicator_layers(model, mode):
+    layers = indicator_layers(model, mode)
+    for name, layer in layers:
+        if not layer.weight.requires_grad:
+            continue
         g = layer.weight.grad
         if g is None:
-            why = ("its weight is frozen (requires_grad=False); the indicators need every binary layer's gradient"
-                   if not layer.weight.requires_grad else "compute the indicators after backward()")
-            raise RuntimeError(f"layer {name!r} has no gradient: {why}")
+            raise RuntimeError(f"layer {name!r} has no gradient: compute the indicators after backward() and "
+                               "before zero_grad()")
         var = torch.var(g.detach().abs().float().flatten())
         total = var if total is None else total + var
+    if total is None and layers:
+        raise ValueError(f"every layer of the {mode!r} indicators is frozen (requires_grad=False): gradient "
+                         "stability has nothing to measure; unfreeze a binary layer or turn the indicators off")
     return torch.zeros(()) if total is None else total
 
 
@@ -97,6 +113,19 @@ def run_level(history: list[dict[str, float]], mode: str = "general") -> dict[st
     return {"estimating_error": err, "gradient_stability": stab if mode == "paper" else stab / n}
 
 
+def check_same_indicators(saved_mode: str | None, saved_o_end: float | None, mode: str, o_end: float | None,
+                          who: str) -> None:
+    """Refuse (ValueError) to continue a history measured in another mode, or in the paper mode at another o_end;
+    ``None`` (not saved) passes."""
+    if saved_mode is not None and saved_mode != mode:
+        raise ValueError(f"{who}: the saved indicator history is in the {saved_mode!r} mode, this run's is {mode!r}; "
+                         f"the two cannot be mixed: resume with indicators={saved_mode!r} or start a new run")
+    if (mode == "paper" and saved_mode == "paper" and saved_o_end is not None and o_end is not None
+            and float(saved_o_end) != float(o_end)):
+        raise ValueError(f"{who}: the saved paper-mode history was measured at o_end={saved_o_end:g}, this run's is "
+                         f"{o_end:g}; resume with o_end={saved_o_end:g} or start a new run")
+
+
 def _final_o(model: nn.Module) -> float:
     """The paper mode's o_end when none is given: the model's ReSTE o_end, else the paper's 3."""
     for est in estimators_of(model):
@@ -109,9 +138,10 @@ class EquilibriumMeter:
     """Collects the two indicators over training.
 
     Call ``update()`` after every optimizer step (the gradients must still be
-    there), ``epoch_end()`` once per epoch (returns that epoch's values) and
+    there, or pass the step's ``gradient_stability`` read before they went),
+    ``epoch_end()`` once per epoch (returns that epoch's values) and
     ``summary()`` at the end. ``state_dict``/``load_state_dict`` carry the history
-    across a resume.
+    across a resume (a history of another mode is refused).
 
     >>> meter = EquilibriumMeter(model, mode="paper", o_end=3.0)
     """
@@ -122,6 +152,7 @@ class EquilibriumMeter:
             raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers)")
         self.model, self.mode, self.o_end = model, mode, _final_o(model) if o_end is None else float(o_end)
         self.history: list[dict[str, float]] = []
+        self._told_frozen = False
         self._reset()
 
     @property
@@ -135,9 +166,18 @@ class EquilibriumMeter:
         self._stability: Tensor | None = None
         self._count = 0
 
-    def update(self) -> None:
+    def update(self, stability: Tensor | None = None) -> None:
+        """Add one step's values; ``stability``: this step's :func:`gradient_stability`, read earlier by a caller
+        whose gradients are gone by now (a loop that calls ``zero_grad()`` right after ``step()``)."""
+        if not self._told_frozen:
+            self._told_frozen = True
+            frozen = frozen_layers(self.model, self.mode)
+            if frozen:
+                warnings.warn(f"EquilibriumMeter: {len(frozen)} of {len(indicator_layers(self.model, self.mode))} "
+                              f"binary layers are frozen ({', '.join(frozen)}) and left out of gradient stability",
+                              UserWarning, stacklevel=2)
         e = estimating_error(self.model, self.mode, self.o_end)
-        s = gradient_stability(self.model, self.mode)
+        s = gradient_stability(self.model, self.mode) if stability is None else stability
         if self.mode == "paper" or self._error is None:  # paper: keep the last iteration only
             self._error, self._stability = e, s
         else:
@@ -164,4 +204,7 @@ class EquilibriumMeter:
         return {"mode": self.mode, "o_end": self.o_end, "history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a saved history; refused when it was measured in another mode (or, in the paper mode, at another
+        o_end): the two could not be averaged together. A state without them (an older one) is taken as it is."""
+        check_same_indicators(state.get("mode"), state.get("o_end"), self.mode, self.o_end, "EquilibriumMeter")
         self.history = [dict(h) for h in state["history"]]

@@ -9,7 +9,11 @@ the LightningModule (``reste.set_progress(module, epoch, epochs)``: ReSTE's o fr
 runs a ``reste.EquilibriumMeter`` after every optimizer step and logs the epoch's
 estimating error and gradient stability (``reste/estimating_error``,
 ``reste/gradient_stability``) through the trainer's logger at the epoch's end.
-The meter's history is saved in Lightning checkpoints with the callback's state.
+Under manual optimization the gradients are read just before each ``opt.step()``
+(``on_before_optimizer_step``), so a ``zero_grad()`` right after the step is fine.
+Binary layers frozen with ``requires_grad=False`` are left out of gradient stability.
+The meter's history and its mode are saved in Lightning checkpoints with the
+callback's state; resuming with another indicator mode is refused.
 
 Needs Lightning: ``pip install 'reste[lightning]'``.
 """
@@ -21,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from ..indicators import MODES, EquilibriumMeter
+from ..indicators import MODES, EquilibriumMeter, check_same_indicators, gradient_stability
 from ..layers import binary_layers, set_progress
 from ..schedules import length_change
 
@@ -86,6 +90,8 @@ class BinarizationCallback(Callback):
         self._last_step = -1
         self._epochs_used: int | None = None  # the schedule's length at the last epoch start (saved)
         self._saved_epochs: int | None = None  # a checkpoint's, to compare at the next epoch start
+        self._saved_indicators: tuple[str | None, float | None] = (None, None)  # a checkpoint's mode and o_end
+        self._stability: Any = None  # under manual optimization: the last step's gradient stability
 
     def _model(self, pl_module: LightningModule) -> nn.Module:
         """The module whose binary layers are scheduled."""
@@ -111,8 +117,14 @@ class BinarizationCallback(Callback):
             raise ValueError("BinarizationCallback: the model has no binary layers (see reste.binarize)")
         if self.mode is not None:
             self.meter = EquilibriumMeter(model, self.mode, self.o_end)
+            self._check_saved_indicators()
             self.meter.history = [dict(h) for h in self._history]
         self._last_step = trainer.global_step
+        self._stability = None
+
+    def _check_saved_indicators(self) -> None:
+        if self.meter is not None and self._history:
+            check_same_indicators(*self._saved_indicators, self.meter.mode, self.meter.o_end, "BinarizationCallback")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epochs = self._epochs(trainer)
@@ -135,7 +147,19 @@ class BinarizationCallback(Callback):
         if self.meter is None or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        self.meter.update()
+        if pl_module.automatic_optimization:
+            self.meter.update()  # the gradients are still there (Lightning zeroes them before the next backward)
+        else:
+            stability, self._stability = self._stability, None
+            if stability is None:  # no optimizer step of the callback's seeing: the gradients are read here
+                self.meter.update()
+            else:
+                self.meter.update(stability)
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        # Manual optimization: the user may zero the gradients right after opt.step(); read them before it.
+        if self.meter is not None and not pl_module.automatic_optimization:
+            self._stability = gradient_stability(self.meter.model, self.meter.mode)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.meter is None or self.meter._count == 0:
@@ -155,10 +179,15 @@ class BinarizationCallback(Callback):
         return [dict(h) for h in self._history]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "epochs": self._epochs_used}
+        state: dict[str, Any] = {"history": self.history, "epochs": self._epochs_used}
+        if self.meter is not None:  # what the history was measured with (a resume in another mode is refused)
+            state.update(mode=self.meter.mode, o_end=self.meter.o_end)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._history = [dict(h) for h in state_dict.get("history", [])]
+        self._saved_indicators = (state_dict.get("mode"), state_dict.get("o_end"))  # absent in older checkpoints
+        self._check_saved_indicators()  # here if the meter exists, else at on_fit_start
         # compared at the next epoch start (some strategies restore after on_fit_start, the default one before)
         self._saved_epochs = state_dict.get("epochs")
         if self.meter is not None:
