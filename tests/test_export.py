@@ -644,3 +644,34 @@ def test_an_optional_argument_is_traced_at_its_default_and_refusals_name_what_an
         export_model(_TwoInputs().eval(), tmp_path / "two.rbnn", input_size=(3, 8, 8))
     with pytest.raises(UsageError, match=r"method 'permute' is not supported \(at test_export.py:\d+, in forward\)"):
         export_model(_Permuted().eval(), tmp_path / "p.rbnn", input_size=(3, 8, 8))
+
+
+def _small_binary_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardtanh(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardtanh(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    return _calibrate(reste.binarize(net, "reste"), (1, 8, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_bf16_or_fp16_model_exports_as_its_float32_copy(tmp_path, dtype):
+    net = _small_binary_net()
+    low = copy.deepcopy(net).to(dtype)  # as Lightning's precision="bf16-true" leaves it
+    report = export_model(low, tmp_path / "low.rbnn", input_size=(1, 8, 8))  # raised a dtype error after writing
+    assert report["verify"]["ok"]
+    export_model(copy.deepcopy(low).float(), tmp_path / "up.rbnn", input_size=(1, 8, 8), verify=False)
+    assert (tmp_path / "low.rbnn").read_bytes() == (tmp_path / "up.rbnn").read_bytes()  # the exact upcast's file
+    assert next(low.parameters()).dtype == dtype  # the user's model is left as it was
+
+
+def test_compiled_and_data_parallel_models_export_as_the_model_inside(tmp_path):
+    net = _small_binary_net()
+    export_model(net, tmp_path / "plain.rbnn", input_size=(1, 8, 8), verify=False)
+    wrapped = {"compiled": torch.compile(net), "data_parallel": nn.DataParallel(net),
+               "both": torch.compile(nn.DataParallel(net))}
+    for name, model in wrapped.items():  # torch.fx could not trace the wrappers: a cryptic error
+        export_model(model, tmp_path / f"{name}.rbnn", input_size=(1, 8, 8), verify=False)
+        assert (tmp_path / f"{name}.rbnn").read_bytes() == (tmp_path / "plain.rbnn").read_bytes(), name
+    with pytest.raises(UsageError, match="expected a torch.nn.Module, got OrderedDict"):
+        export_model(net.state_dict(), tmp_path / "sd.rbnn")

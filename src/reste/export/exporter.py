@@ -16,6 +16,7 @@ The size report compares the file with the float model:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import operator
@@ -85,7 +86,11 @@ def export_model(
     """Write ``model`` (its eval-mode forward) to one packed-model file; returns the size report.
 
     Args:
-        model: a model of float layers and reste binary layers (torch.fx-traceable).
+        model: a model of float layers and reste binary layers (torch.fx-traceable). A ``torch.compile``d
+            model is exported through its ``_orig_mod``, an ``nn.DataParallel`` or ``DistributedDataParallel``
+            one through its ``.module``; a model in another float dtype (bfloat16 after Lightning's
+            ``precision="bf16-true"``, float16, float64) through a float32 copy (the file holds float32 and
+            bits; the signs of bfloat16 and float16 weights are those of their exact float32 values).
         path: the file to write.
         input_size: (C, H, W), stored in the file; with ``verify`` the packed engine and
             the float32 model are then checked against the model in float64 on 16 random
@@ -100,6 +105,7 @@ def export_model(
     check_output_path(path)
     input_size = _checked_input_size(input_size)
     meta = _checked_meta(meta, input_size)
+    model = _as_float32(unwrapped(model))
     with eval_mode(model):
         nodes, output, folded = to_graph(model, input_size)
         if input_size is not None:
@@ -124,6 +130,29 @@ def export_model(
         if verify and input_size is not None:
             report["verify"] = verify_export(model, path, input_size)
     return report
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s ``OptimizedModule`` (``_orig_mod``) and inside ``nn.DataParallel`` or
+    ``DistributedDataParallel`` (``.module``), however nested: torch.fx cannot trace the wrappers themselves."""
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"cannot export: expected a torch.nn.Module, got {type(model).__name__}")
+    while True:
+        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _as_float32(model: nn.Module) -> nn.Module:
+    """``model``, or a float32 copy of it when a floating parameter or buffer has another dtype: the file and the
+    verification work in float32 (and float64 for the reference)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+        return model
+    return copy.deepcopy(model).float()
 
 
 def _checked_input_size(input_size: Any) -> tuple[int, ...] | None:
