@@ -226,6 +226,48 @@ def test_a_resume_in_another_indicator_mode_is_refused(tmp_path):
     assert len(resume(BinarizationCallback(epochs=4, indicators="paper")).history) == 3
 
 
+class Recording(Classifier):
+    """Records o at every training batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(reste.schedule_values(self.model)["o"])
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_one_epoch_schedule_warns_or_moves_per_step(tmp_path):
+    def run(callback: BinarizationCallback, loader=None, limit=4) -> tuple[Recording, list[str]]:
+        module = Recording()
+        trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                             limit_train_batches=limit)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer.fit(module, digits_loader() if loader is None else loader)
+        return module, [str(w.message) for w in record if "BinarizationCallback" in str(w.message)]
+
+    module, told = run(BinarizationCallback())
+    assert module.seen == [1.0] * 4  # o never moved, as before; now it is said
+    assert len(told) == 1 and "per_step=True" in told[0]
+    module, told = run(BinarizationCallback(per_step=True))
+    expected = reste.get_estimator("reste", o_end=3.0)
+    values = []
+    for i in range(4):
+        expected.set_progress(i / 4, 1)
+        values.append(expected.o)
+    assert module.seen == pytest.approx(values) and told == [] and values[-1] > values[1] > 1.0
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(digits_loader().dataset)
+
+    with pytest.raises(ValueError, match="per_step=True.*needs the number of batches per epoch"):
+        run(BinarizationCallback(per_step=True), torch.utils.data.DataLoader(Stream(), batch_size=64), limit=None)
+
+
 def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="indicator mode"):
         BinarizationCallback(indicators="exact")

@@ -66,6 +66,11 @@ class BinarizationCallback(Callback):
         prefix: the prefix of every logged name.
         module: the attribute of the LightningModule that holds the binary model
             (``"model"``); by default the LightningModule itself.
+        per_step: move the schedules before every training batch, to the fractional epoch
+            ``epoch + batch_idx / batches_per_epoch`` (needs a train loader with a length), instead of once
+            per epoch as ``reste train``. For runs of a few long epochs: with the per-epoch default a
+            1-epoch schedule keeps o at its start (1) for the whole run, and says so once. ``reste/o`` is
+            still logged once per epoch, its value at the epoch's start.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class BinarizationCallback(Callback):
         o_end: float | None = None,
         prefix: str = "reste/",
         module: str | None = None,
+        per_step: bool = False,
     ) -> None:
         super().__init__()
         if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
@@ -84,6 +90,8 @@ class BinarizationCallback(Callback):
         self.o_end = None if o_end is None else float(o_end)
         self.prefix = prefix
         self.module = module
+        self.per_step = bool(per_step)
+        self._told_short = False
         self.meter: EquilibriumMeter | None = None
         self.schedule: dict[str, float] = {}
         self._history: list[dict[str, float]] = []
@@ -133,12 +141,25 @@ class BinarizationCallback(Callback):
             told = length_change(saved, epochs, trainer.current_epoch, "the estimators' schedules")
             warnings.warn(f"BinarizationCallback: {told}", stacklevel=2)
         self._epochs_used = epochs
+        if self.per_step and not 0 < trainer.num_training_batches < float("inf"):
+            raise ValueError("BinarizationCallback(per_step=True) needs the number of batches per epoch: give the "
+                             "Trainer a train loader with a length, or limit_train_batches")
+        if epochs == 1 and not self.per_step and not self._told_short:
+            self._told_short = True
+            warnings.warn("BinarizationCallback: a 1-epoch schedule moves once per epoch, so the estimators stay "
+                          "at their start (ReSTE's o = 1) for the whole run; use BinarizationCallback(per_step=True) "
+                          "to move them every batch", UserWarning, stacklevel=2)
         self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, epochs)
         if self.schedule:
             pl_module.log_dict(
                 {self.prefix + k: float(v) for k, v in self.schedule.items()}, on_step=False, on_epoch=True,
                 sync_dist=True,  # the same on every process: the mean changes nothing, and DDP does not warn
             )
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.per_step:
+            progress = trainer.current_epoch + batch_idx / trainer.num_training_batches
+            set_progress(self._model(pl_module), progress, self._epochs_used or self._epochs(trainer))
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
