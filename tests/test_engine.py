@@ -583,3 +583,12 @@ def test_without_a_bar_an_epoch_says_where_it_is(tmp_path, monkeypatch):
     quiet = []
     engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "q", progress=False, log=quiet.append)
     assert not any("  step " in line for line in quiet)  # every 300 s by default: none in a short epoch
+
+
+def test_a_forced_resume_in_another_indicator_mode_starts_its_history_afresh(tmp_path):
+    out, lines = tmp_path / "r", []
+    engine.train(TrainConfig(epochs=1, threads=1, indicators="paper"), out, progress=False, log=quiet)
+    result = engine.resume(out, {"epochs": 2, "indicators": "general"}, force=True, progress=False, log=lines.append)
+    assert any("indicators so far were measured in the 'paper' mode at o_end 3, and this resume measures them in "
+               "the 'general' mode: the run-level indicators count epoch 2 on only" in line for line in lines), lines
+    assert result["indicators_mode"] == "general" and len(load_checkpoint(out / "last.pt")["indicators"]["history"]) == 1

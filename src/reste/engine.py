@@ -482,7 +482,14 @@ class _Run:
         self.saved = (self.start_epoch, self.start_step)
         self.last_metrics = ckpt["metrics"]
         if self.meter and ckpt.get("indicators"):
-            self.meter.load_state_dict(ckpt["indicators"])
+            try:
+                self.meter.load_state_dict(ckpt["indicators"])
+            except ValueError:  # (--force) another --indicators mode or o_end: the two cannot be averaged together
+                saved = ckpt["indicators"]
+                self.log(f"note: {self.run_dir}'s indicators so far were measured in the "
+                         f"{_meter_mode(saved.get('mode'), saved.get('o_end'))}, and this resume measures them in the "
+                         f"{_meter_mode(self.meter.mode, self.meter.o_end)}: the run-level indicators count epoch "
+                         f"{self.start_epoch + 1} on only")
         ckpt_io.set_rng_state(ckpt["rng"])
 
     # -- epochs ------------------------------------------------------------
@@ -782,6 +789,12 @@ class StopRequest:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def _meter_mode(mode: Any, o_end: Any) -> str:
+    """An indicator mode as a note names it: ``'paper' mode at o_end 3``."""
+    at = f" at o_end {o_end:g}" if mode == "paper" and isinstance(o_end, (int, float)) else ""
+    return f"{mode!r} mode{at}"
 
 
 def _meter_partial(meter: EquilibriumMeter) -> dict[str, Any]:
