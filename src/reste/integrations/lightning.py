@@ -196,7 +196,9 @@ class BinarizationCallback(Callback):
 
     @property
     def history(self) -> list[dict[str, float]]:
-        """The indicators of every finished epoch (``estimating_error``, ``gradient_stability``)."""
+        """The indicators of every finished epoch (``estimating_error``, ``gradient_stability``), in the process
+        that trained. Under ``strategy="ddp_spawn"`` the launching process's callback stays empty: the values are
+        in the logger, ``trainer.callback_metrics`` and the checkpoint's ``callbacks`` state."""
         return [dict(h) for h in self._history]
 
     def state_dict(self) -> dict[str, Any]:
