@@ -253,15 +253,16 @@ def _where(ckpt: dict[str, Any]) -> str:
     return "the checkpoint"
 
 
-def _registered(model: str, estimator: Any) -> bool:
-    """Whether this process knows model ``model`` and estimator ``estimator`` by name."""
-    try:
-        models.model_info(model)
-        if isinstance(estimator, str):
-            estimator_class(estimator)
-    except UsageError:
-        return False
-    return True
+def unregistered(model: Any, estimator: Any) -> str | None:
+    """``estimator 'NAME'`` or ``model 'NAME'`` when this process knows no estimator or model of that name (one
+    that is not text, from a damaged file, is left to the checks that name it); None when it knows both."""
+    for what, check, name in (("estimator", estimator_class, estimator), ("model", models.model_info, model)):
+        if isinstance(name, str):
+            try:
+                check(name)
+            except UsageError:
+                return f"{what} {name!r}"
+    return None
 
 
 def model_arguments(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -301,7 +302,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
         config = ckpt.get("config")
         recorded = config.get("plugins") if isinstance(config, dict) else None
         missing = plugins.not_loaded(recorded)
-        if not _registered(ckpt["model_name"], settings.get("estimator", "reste")):
+        if unregistered(ckpt["model_name"], settings.get("estimator", "reste")):
             if not missing:
                 raise  # an unknown name says so itself
             modules = ", ".join(repr(m) for m in missing)  # the run's plugin is not loaded (never automatically)

@@ -226,20 +226,21 @@ class TrainConfig:
         if not isinstance(self.plugins, list) or not all(isinstance(x, str) for x in self.plugins):
             raise UsageError(f"--plugin must be a list of module names or .py files, got {self.plugins!r}")
         load_plugins(self.plugins)  # first: a plugin may register the model
-        model_info(self.model)  # an unknown model: the registry's one line, naming the valid ones
+        info = model_info(self.model)  # an unknown model: the registry's one line, naming the valid ones
         estimator_class(self.estimator)  # an unknown one: the UsageError listing the valid names
         if self.scaling not in SCALINGS:
             raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
-        if self.a32 and not model_info(self.model)["binary"]:
+        if self.a32 and not info["binary"]:
             raise UsageError(f"--a32 applies to binary models; {self.model!r} is full precision")
-        defaults = get_estimator(TrainConfig.estimator).config()  # (what a run records: as_recorded)
-        moved = [k for k, v in self.estimator_options.items() if defaults.get(k, object()) != v]
-        if not model_info(self.model)["binary"] and (self.estimator != TrainConfig.estimator or moved):
-            given = (f"--estimator {self.estimator}" if self.estimator != TrainConfig.estimator else
-                     f"the estimator options {', '.join(moved)}")
-            twin = model_info(self.model)["twin"]
-            raise UsageError(f"{self.model!r} is full precision: it has no estimator, so {given} would do nothing; "
-                             "drop it" + (f", or train its binary twin {twin!r}" if twin else ""))
+        if not info["binary"]:  # the default estimator's options written out (as_recorded) change nothing
+            defaults = get_estimator(TrainConfig.estimator).config()
+            moved = [k for k, v in self.estimator_options.items() if defaults.get(k, object()) != v]
+            if self.estimator != TrainConfig.estimator or moved:
+                given = (f"--estimator {self.estimator}" if self.estimator != TrainConfig.estimator else
+                         f"the estimator options {', '.join(moved)}")
+                raise UsageError(f"{self.model!r} is full precision: it has no estimator, so {given} would do "
+                                 "nothing; drop it" + (f", or train its binary twin {info['twin']!r}" if info["twin"]
+                                                       else ""))
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.indicators not in (None, *INDICATOR_MODES):
@@ -298,7 +299,7 @@ class TrainConfig:
             get_estimator(self.estimator, **self.estimator_options)
         except (ValueError, TypeError) as err:
             raise UsageError(f"bad estimator settings: {err}") from None
-        if self.indicators and not model_info(self.model)["binary"]:
+        if self.indicators and not info["binary"]:
             raise UsageError(f"--indicators needs a binary model; {self.model!r} is full precision (no binary layers)")
         if self.indicators == "paper":
             self._check_paper_indicators()

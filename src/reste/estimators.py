@@ -725,9 +725,6 @@ def _key(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
-_BUILT_IN_DONE = False  # set at the end of this module
-
-
 def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     """Class decorator: register an estimator under ``cls.name``, live for every entry point.
 
@@ -756,9 +753,8 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     except KeyError as err:
         raise ValueError(f"estimator {cls.name!r}: its relations name {err}, which is neither a hyper-parameter "
                          f"nor one of {', '.join(_RELATIONS)}") from None
-    taken = _train_options()
-    for p in cls.hyperparameters:
-        if p.dest in taken or p.option in taken or "--" + p.dest in taken:
+    for p in cls.hyperparameters:  # (reste train's and sweep's own flags: RESERVED_FLAGS, no CLI import)
+        if p.dest in RESERVED_FLAGS or p.option in RESERVED_FLAGS or "--" + p.dest in RESERVED_FLAGS:
             raise ValueError(f"estimator {cls.name!r}: the flag {p.option} of its hyper-parameter {p.name!r} is taken "
                              "by `reste train`; give it another flag= in its Param")
         for other, q in estimator_flags().get(p.dest, ()):
@@ -770,12 +766,6 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
 
 
 register = register_estimator  # the earlier name
-
-
-def _train_options() -> frozenset[str]:
-    """The flags `reste train` and `reste sweep` have for themselves (``hparams.RESERVED_FLAGS``, written out: no
-    command-line module is imported); none while the built-ins register."""
-    return RESERVED_FLAGS if _BUILT_IN_DONE else frozenset()
 
 
 def _origin(cls: type) -> tuple[str, str]:
@@ -878,5 +868,3 @@ def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> 
 for _cls in (STE, ReSTE, ApproxSign, SignSwish, EDE, RBNN, DSQ, FDA):
     register_estimator(_cls)
 
-
-_BUILT_IN_DONE = True

@@ -20,10 +20,9 @@ CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32",
                 "cuda_graphs", "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
 
 
-def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False, estimators: bool = True) -> None:
+def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The flags of ``reste train``; ``sweep``: as ``reste sweep`` takes them (its --out is the sweep's folder,
-    and it has no --resume or --force: running a sweep again continues it); ``estimators``: with one flag per
-    hyper-parameter of the registered estimators."""
+    and it has no --resume or --force: running a sweep again continues it)."""
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
     g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default {TrainConfig.dataset})")
@@ -106,8 +105,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False, estimators:
                     help="log metrics, per-layer schedules and indicators, and the config to TensorBoard "
                          "(pip install 'reste[tensorboard]'): in RUN_DIR/tensorboard, or in DIR")
     g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    if estimators:
-        add_estimator_flags(p, e)  # last: a flag of reste train's own is taken, whatever an estimator declares
+    add_estimator_flags(p, e)  # last: a flag of reste train's own is taken, whatever an estimator declares
 
 
 def tensorboard_dir(text: str) -> str:
@@ -118,10 +116,9 @@ def tensorboard_dir(text: str) -> str:
     return os.path.abspath(text) if text else TENSORBOARD_DIR
 
 
-def add_estimator_flags(p: argparse.ArgumentParser, e: Any = None) -> None:
+def add_estimator_flags(p: argparse.ArgumentParser, e: Any) -> None:
     """One flag per hyper-parameter of the registered estimators, made from their tables (``Param``), in
-    group ``e`` of ``p`` (default: a new one)."""
-    e = e or p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
+    argument group ``e`` of ``p``."""
     taken = {a.dest for a in p._actions}
     for dest, takers in estimator_flags().items():
         first = takers[0][1]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import schedules
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, unregistered
 from .config import TrainConfig, canonical_estimator, check_model_options, max_threads
 from .datasets import get_spec
 from .errors import UsageError
@@ -100,7 +100,7 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     try:
         return TrainConfig.from_dict(data).resolve()
     except UsageError as err:
-        missing = _unregistered(saved)
+        missing = unregistered(saved.model, saved.estimator)
         if missing:  # not a bad setting: the module that registers it is not loaded
             recorded = f" (the run recorded --plugin {' '.join(saved.plugins)})" if saved.plugins else ""
             raise UsageError(f"{run_dir} trained with {missing}, which no module loaded here registers: pass --plugin "
@@ -211,20 +211,6 @@ def _with_defaults(estimator: str, options: dict[str, Any]) -> dict[str, Any]:
         return {**estimator_class(estimator).check_hyperparameters(dict(options)), **options}
     except (ValueError, UsageError):
         return dict(options)
-
-
-def _unregistered(saved: TrainConfig) -> str | None:
-    """``estimator 'NAME'`` or ``model 'NAME'`` when the saved run's estimator or model is not registered here."""
-    from .models import model_info
-
-    for what, check, name in (("estimator", estimator_class, saved.estimator), ("model", model_info, saved.model)):
-        if not isinstance(name, str):  # a damaged config.json: its own message says which setting
-            continue
-        try:
-            check(name)
-        except UsageError:
-            return f"{what} {name!r}"
-    return None
 
 
 def _fails_alone(saved: TrainConfig, err: UsageError) -> bool:

@@ -14,8 +14,7 @@ SWEEP_EXAMPLE = ("reste sweep --grid estimator=ste,reste,ede --seeds 0,1,2 --out
                  "--dataset fashion-mnist --epochs 5 --indicators")
 
 
-def add_commands(sub: Any, estimators: bool = True) -> None:
-    """``estimators``: with the estimators' hyper-parameter flags on ``reste sweep``."""
+def add_commands(sub: Any) -> None:
     from ..flags import add_train_flags
 
     p = sub.add_parser(
@@ -35,7 +34,7 @@ def add_commands(sub: Any, estimators: bool = True) -> None:
     s.add_argument("--runs-dir", dest="runs_dir",
                    help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
-    add_train_flags(p, sweep=True, estimators=estimators)
+    add_train_flags(p, sweep=True)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="re-write the tables and figures of a sweep folder (also mid-sweep)")
