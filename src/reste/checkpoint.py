@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from . import models, plugins
-from .errors import UsageError, read_user_file
+from .errors import ModelOptionError, UsageError, read_user_file
 from .estimators import estimator_class
 
 FORMAT = "reste-checkpoint"
@@ -312,8 +312,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
         # the model and estimator exist but take other options now: the plugin (or reste) changed since the run
         name = settings.get("estimator", "reste")
         saved = {**settings.get("estimator_options", {}), **{k: v for k, v in options.items() if k != "num_classes"}}
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0].split("; ")[0]
-        why = why.removeprefix(f"bad --model-option for {ckpt['model_name']!r}: ")
+        why = err.reason if isinstance(err, ModelOptionError) else \
+            (str(err).strip().splitlines() or [type(err).__name__])[0].split("; ")[0]
         version = "plugin" if recorded else "reste"
         raise UsageError(f"{where if where is not None else _where(ckpt)} was trained with {ckpt['model_name']!r} "
                          f"({name}) options {saved or 'none'}, which the loaded code does not take ({why}); load the "

@@ -57,7 +57,7 @@ from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, c
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
-from .errors import UsageError, one_line
+from .errors import ModelOptionError, UsageError, one_line
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
@@ -1026,7 +1026,16 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     saved = saved_config(run_dir)
     resumption.check_last_kept(run_dir)
     config = resumption.continue_config(run_dir, saved, overrides, force)
-    run = _Run(config, run_dir, log, progress)
+    try:
+        run = _Run(config, run_dir, log, progress)
+    except ModelOptionError as err:
+        if "model_options" in (overrides or {}):  # the options given again: the error names them as they are
+            raise
+        # the run's own options, which its model's factory took then: the code that defines the model changed
+        code = "plugin" if saved.plugins else "reste"
+        raise UsageError(f"{run_dir} was trained with {saved.model!r} options {saved.model_options or 'none'}, "
+                         f"which the loaded code does not take ({err.reason}); load the {code} version the run "
+                         "was trained with") from None
     run.stop = stop
     config = run.config
     trained = saved  # the settings the run trained with: last.pt's (config.json's where it has none)

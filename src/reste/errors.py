@@ -14,6 +14,15 @@ class UsageError(ValueError):
     """Bad input the user can fix; the message is one self-contained line."""
 
 
+class ModelOptionError(UsageError):
+    """A model factory refused its options (``reste.models.create``); ``reason`` is the factory's own first line,
+    for a caller that words the error another way (a run resumed or a checkpoint loaded with code that changed)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def one_line(err: BaseException) -> str:
     """The one line of a UsageError. One that a DataLoader worker raised comes back with the worker's traceback
     around it ("Caught UsageError in DataLoader worker process 0." first, the message last)."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import plugins
 from ..datasets import DATASETS, get_spec
-from ..errors import UsageError
+from ..errors import ModelOptionError, UsageError
 from ..estimators import Estimator, estimator_class, get_estimator
 from ..layers import SCALINGS, BinaryConv2d, BinaryLinear
 
@@ -204,8 +204,8 @@ def create(
         model = _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
     except (ValueError, TypeError) as err:  # a UsageError of a factory's own checks too: named as the option's
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"bad --model-option for {name!r}: {first} (its options: "
-                         f"{_options_text(name, model_options)})") from None
+        raise ModelOptionError(f"bad --model-option for {name!r}: {first} (its options: "
+                               f"{_options_text(name, model_options)})", first) from None
     if _BINARY[name] and name not in _MIXED:
         _check_estimators(name, model, est.spec())
     return model
@@ -303,8 +303,8 @@ def check_option_types(name: str, options: dict[str, Any]) -> dict[str, Any]:
         else:
             fits = number and isinstance(value, int)
         if not fits:
-            raise UsageError(f"bad --model-option for {name!r}: {key} must be {'an' if kind is int else 'a'} "
-                             f"{kind.__name__}, got {value!r}")
+            why = f"{key} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}"
+            raise ModelOptionError(f"bad --model-option for {name!r}: {why}", why)
     return out
 
 
