@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 
 import pytest
 import torch
@@ -376,6 +377,24 @@ def test_resuming_with_other_threads_says_the_last_bits_may_differ(tmp_path):
     lines.clear()
     engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
     assert not any("CPU thread" in line for line in lines)  # the recorded count (now 2) is kept
+
+
+def test_a_checkpoint_records_its_software_and_a_resume_on_other_software_says_so(tmp_path, monkeypatch):
+    from reste import checkpoint
+
+    engine.train(small(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["software"] == {
+        "reste": reste.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    lines = []
+    engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
+    assert not any("other software" in line for line in lines)
+    real = checkpoint.software()
+    monkeypatch.setattr(checkpoint, "software", lambda: {**real, "torch": "9.9.9"})
+    engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
+    assert [line for line in lines if "other software" in line] == [
+        f"note: {tmp_path / 'run' / 'last.pt'} was written by other software (torch {torch.__version__} -> 9.9.9): "
+        "the result can differ in its last bits from an uninterrupted run"]
+    assert checkpoint.software_change(None) is None and checkpoint.software_change({"torch": 2}) is None
 
 
 def test_a_run_from_a_bigger_machine_resumes_with_this_ones_threads(tmp_path, monkeypatch):

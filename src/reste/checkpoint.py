@@ -10,7 +10,8 @@ A checkpoint is a dict of plain data and tensors, loadable with
     (number of finished epochs), best_acc, best_epoch, metrics (the last
     epoch's metrics line), indicators (meter history), rng, and for a checkpoint
     taken inside an epoch (preemption, ``--save-every``) ``step`` (batches of
-    epoch ``epoch + 1`` already trained) with ``partial`` (that epoch's running sums).
+    epoch ``epoch + 1`` already trained) with ``partial`` (that epoch's running sums);
+    and ``software``, the versions of reste, PyTorch and Python that wrote it (``software()``).
 
 The file is the zip that ``torch.save`` writes, whose zip comment holds
 ``reste-sha256:`` and the SHA-256 of the file as written with an empty comment.
@@ -31,6 +32,7 @@ import hashlib
 import io
 import os
 import pickle
+import platform
 import random
 import re
 import struct
@@ -120,10 +122,28 @@ def orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if pattern.match(p.name) and p.is_file()) if folder.is_dir() else []
 
 
+def software() -> dict[str, str]:
+    """The versions of reste, PyTorch and Python in this process, as a checkpoint records them."""
+    from . import __version__
+
+    return {"reste": str(__version__), "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def software_change(saved: Any) -> str | None:
+    """How the software of this process differs from ``saved`` (a checkpoint's ``software``), in words, for reste
+    and PyTorch (whose kernels can round differently); None when they are the same or the file records none."""
+    if not isinstance(saved, dict):
+        return None
+    now = software()
+    changed = [f"{name} {saved[name]} -> {now[name]}" for name in ("reste", "torch")
+               if isinstance(saved.get(name), str) and saved[name] != now[name]]
+    return ", ".join(changed) or None
+
+
 def checkpoint_bytes(state: dict[str, Any]) -> bytes:
     """The bytes of a checkpoint file: ``torch.save`` of the state, its SHA-256 in the zip comment."""
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    torch.save({"format": FORMAT, "version": VERSION, "software": software(), **state}, buffer)
     raw = buffer.getvalue()
     if _EOCD.unpack_from(raw, len(raw) - _EOCD.size)[0] != b"PK\x05\x06":
         raise RuntimeError("torch.save wrote an unexpected zip layout")

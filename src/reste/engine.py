@@ -1057,6 +1057,10 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
             ckpt = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.endswith("_extra_state")}}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs
+    changed = ckpt_io.software_change(ckpt.get("software")) if last.exists() else None
+    if not idle and changed:
+        run.log(f"note: {last} was written by other software ({changed}): the result can differ in its last bits "
+                "from an uninterrupted run")
     if not idle and run.device.type == "cpu" and saved.threads and config.threads != saved.threads:
         run.log(f"note: {run_dir} trained with {saved.threads} CPU thread(s) and continues with {config.threads}: "
                 "float32 sums may round differently, so the result can differ in its last bits from an "
