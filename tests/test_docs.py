@@ -84,3 +84,63 @@ def test_the_readme_table_of_defaults_per_data_set_is_the_specs():
             c.model, c.epochs, c.batch_size, c.eval_batch_size, c.warm_up), name
         assert (optimizer.lower(), float(lr), float(weight_decay)) == (c.optimizer, c.lr, c.weight_decay), name
         assert (augmentation != "none") == c.augment, name
+
+
+def _option_strings() -> set[str]:
+    """Every option string of every ``reste`` command (and the top-level parser)."""
+    import argparse
+
+    found, todo = set(), [build_parser()]
+    while todo:
+        parser = todo.pop()
+        for action in parser._actions:
+            found.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    return found
+
+
+# flags of other tools that the README names in backticks: pip, pytest, torchrun, SLURM, the C compiler
+_OTHER_TOOLS = {"--system-site-packages", "--nproc_per_node", "--nproc-per-node", "--nnodes", "--node_rank",
+                "--master_addr", "--master_port", "--rdzv_backend", "--rdzv_endpoint", "--rdzv-backend",
+                "--rdzv-endpoint", "--max-restarts", "--requeue", "--signal", "--standalone", "--gres",
+                "--ntasks-per-node", "--cpus-per-task", "--index-url", "--extra-index-url", "--no-build-isolation",
+                "--durations", "--co", "--collect-only", "--user", "--help", "--master-addr", "--master-port",
+                "--node-rank", "--logdir",
+                "--my-flag"}  # the README's own plugin example
+
+
+def _script_flags() -> set[str]:
+    """The flags the repository's scripts (benchmarks, docs/results) define."""
+    found = set()
+    for path in [*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "docs").rglob("*.py")]:
+        found.update(re.findall(r"add_argument\(\s*[\"'](--[a-z][a-z0-9_-]*)", path.read_text()))
+    return found
+
+
+def test_every_flag_the_readme_names_is_one_of_restes_or_another_tools():
+    text = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*[a-z0-9])", text))
+    unknown = sorted(named - _option_strings() - _script_flags() - _OTHER_TOOLS)
+    assert not unknown, f"the README names flags no reste command has: {unknown}"
+
+
+def test_every_reste_environment_variable_is_in_the_readme():
+    """A ``RESTE_*`` setting read from the environment in src/ is documented (C macros are not settings)."""
+    read = set()
+    for path in (ROOT / "src" / "reste").rglob("*.py"):  # a whole quoted name: the -DRESTE_... of a build are not
+        read.update(re.findall(r"[\"'](RESTE_[A-Z0-9_]+)[\"']", path.read_text()))
+    assert {"RESTE_FUSED", "RESTE_CUDA_EXT", "RESTE_PACKED_ISA"} <= read  # the pattern finds them
+    text = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in read if name not in text)
+    assert not missing, f"environment variables the README does not name: {missing}"
+
+
+def test_only_the_entry_points_that_start_training_import_the_engine():
+    """docs/ARCHITECTURE.md: everything after training reads the run directory, not the engine."""
+    pattern = re.compile(r"from (?:\.+|reste\.)engine import|from (?:\.+|reste) import [\w, ]*\bengine\b"
+                         r"|import reste\.engine")
+    importers = sorted(p.relative_to(ROOT / "src" / "reste").as_posix()
+                       for p in (ROOT / "src" / "reste").rglob("*.py")
+                       if p.name != "engine.py" and pattern.search(p.read_text()))
+    assert importers == ["cli.py", "experiments/sweep.py"], importers

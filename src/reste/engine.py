@@ -57,7 +57,7 @@ from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, c
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
-from .errors import ModelOptionError, UsageError, one_line
+from .errors import ModelOptionError, UsageError, one_line, stderr_is_terminal
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
@@ -276,12 +276,6 @@ def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.
 
 #: seconds between the plain progress lines of an epoch when no bar is drawn (stderr not a terminal)
 STEP_LINE_EVERY = 300.0
-
-
-def stderr_is_terminal() -> bool:
-    """Whether stderr is a terminal, where a progress bar is drawn (a log file or a pipe would fill with its
-    frames); also what the ``reste`` command asks."""
-    return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:

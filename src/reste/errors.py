@@ -7,6 +7,7 @@ exits with status 2, without a traceback. It subclasses ``ValueError`` so
 library callers can catch it either way.
 """
 
+import sys
 from pathlib import Path
 
 
@@ -45,3 +46,9 @@ def read_user_file(path, missing: str) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise UsageError(f"cannot read {path} ({err.strerror})") from None
+
+
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal, where a progress bar is drawn (a log file or a pipe would fill with its
+    frames): the library's rule (``reste.engine``) and the command's (``reste.flags``)."""
+    return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from .config import TrainConfig, parse_value
 from .datasets import DATASETS
-from .errors import UsageError
+from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
 from .plugins import add_plugin_flag, saved_form
 
@@ -90,7 +90,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         g2.add_argument("--auto-resume", dest="auto_resume", action="store_true",
                         help="with --out: continue the run in that folder when it holds one (as --resume does, "
                              "with the same flags), else start it: one command for the first start and every "
-                             "restart (torchrun --max-restarts, SLURM --requeue)")
+                             "restart (a SLURM --requeue job script)")
         g2.add_argument("--force", action="store_true",
                         help="with --resume or --auto-resume: accept settings that differ")
         g2.add_argument("--print-config", dest="print_config", action="store_true",
@@ -191,6 +191,4 @@ def show_bar(args: argparse.Namespace) -> bool:
 
 
 def terminal() -> bool:
-    from .engine import stderr_is_terminal  # the library's rule for the bar
-
-    return stderr_is_terminal()
+    return stderr_is_terminal()  # the library's rule for the bar
