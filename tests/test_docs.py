@@ -144,3 +144,67 @@ def test_only_the_entry_points_that_start_training_import_the_engine():
                        for p in (ROOT / "src" / "reste").rglob("*.py")
                        if p.name != "engine.py" and pattern.search(p.read_text()))
     assert importers == ["cli.py", "experiments/sweep.py"], importers
+
+
+def _table(heading_row: str) -> list[list[str]]:
+    """The body rows of the README table whose header row starts with ``heading_row``, as lists of cells."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading_row))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_the_readme_preset_table_is_the_presets():
+    from reste.config import PRESETS
+
+    seen = set()
+    for name, model, a, epochs, batch, published in _table("| preset | model | A |"):
+        stem, _, group = name.partition("{")
+        names = [stem + part for part in group.rstrip("}").split(",")] if group else [name]
+        tops = [t.strip() for t in re.sub(r"\([^)]*\)", "", published).split(",")]
+        fives = re.findall(r"\(([\d.]+)\)", published) or [None] * len(names)
+        assert len(tops) == len(names), name
+        for preset_name, top1, top5 in zip(names, tops, fives):
+            preset = PRESETS[preset_name]
+            s = preset.settings
+            assert model.split(",")[0] == s["model"], preset_name
+            if "o_end" in model:
+                assert f"o_end {s['estimator_options']['o_end']:g}" in model, preset_name
+            assert int(a) == (32 if s.get("a32") else 1), preset_name
+            assert (int(epochs), int(batch)) == (s["epochs"], s["batch_size"]), preset_name
+            assert float(top1) == preset.top1, preset_name
+            assert (float(top5) if top5 else None) == preset.top5, preset_name
+            seen.add(preset_name)
+    assert seen == set(PRESETS), sorted(set(PRESETS) - seen)
+
+
+def test_the_readme_estimator_table_gives_the_defaults_and_the_end_values():
+    """Each row's defaults and schedule ends are the estimator's ``Param`` defaults, and the values at the last
+    epoch of a 1000-epoch run are those the text under the table names."""
+    from reste.estimators import estimator_class, get_estimator
+
+    rows = {name.strip("`"): (g, schedule) for name, _, g, schedule in _table("| name | paper | g(x)")}
+    assert set(rows) == {"ste", "reste", "approx_sign", "sign_swish", "ede", "rbnn", "dsq", "fda"}
+
+    def default(est: str, param: str) -> float:
+        return next(p.default for p in estimator_class(est).hyperparameters if p.name == param)
+
+    assert f"clip ({default('ste', 'clip'):g})" in rows["ste"][0]
+    assert f"b = {default('sign_swish', 'beta'):g}" in rows["sign_swish"][0]
+    assert f"o: {default('reste', 'o'):g} -> o_end ({default('reste', 'schedule')})" in rows["reste"][1]
+    for est in ("ede", "rbnn"):
+        assert rows[est][1].startswith(f"t: {default(est, 't_min'):g} -> {default(est, 't_max'):g} (geometric)")
+    assert rows["dsq"][1].startswith(f"alpha: {default('dsq', 'alpha'):g} -> {default('dsq', 'alpha_end'):g} "
+                                     f"({default('dsq', 'schedule')}")
+    assert rows["fda"][1].startswith(f"n: {default('fda', 'n'):g} -> {default('fda', 'n_end'):g}")
+    assert f"w = {default('fda', 'w'):g}" in rows["fda"][0]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    reste, fda = get_estimator("reste"), get_estimator("fda")
+    reste.set_progress(999, 1000), fda.set_progress(999, 1000)
+    o, n = reste.schedule_values()["o"], fda.schedule_values()["n"]
+    assert f"ReSTE's o at {o:.5f} of {default('reste', 'o_end'):g} in a 1000-epoch run" in text, o
+    assert f"at {n:g} of {default('fda', 'n_end'):g}" in text, n
