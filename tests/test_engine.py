@@ -55,6 +55,8 @@ def test_run_directory_contents(tmp_path):
     assert result["best_acc"] == ckpt["best_acc"]
     best = load_checkpoint(out / "best.pt")
     assert best["metrics"]["test_acc"] == ckpt["best_acc"]
+    assert result["best_top5"] == best["metrics"]["test_top5"]  # the done line gives it beside the best top-1
+    assert f"(epoch {result['best_epoch']}, top-5 {result['best_top5']:.2f}%)" in engine.format_result(result)
     for key in ("optimizer", "rng", "model", "indicators"):
         assert ckpt[key]
 
@@ -100,8 +102,9 @@ def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
     full = engine.resume(tmp_path / "full", progress=False, log=quiet)
     again = engine.resume(tmp_path / "cut", progress=False, log=quiet)
     best = max(rundir.read_metrics(tmp_path / "full"), key=lambda m: m["test_acc"])
-    assert (full["best_acc"], full["best_epoch"]) == (again["best_acc"], again["best_epoch"]) == (
-        best["test_acc"], best["epoch"])
+    assert (full["best_acc"], full["best_epoch"], full["best_top5"]) == (
+        again["best_acc"], again["best_epoch"], again["best_top5"]) == (best["test_acc"], best["epoch"],
+                                                                         best["test_top5"])
     assert load_checkpoint(tmp_path / "cut" / "best.pt")["epoch"] == best["epoch"]
 
 

@@ -64,9 +64,9 @@ from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, IDENTITY_FREE, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics,
-                     best_checkpoint, check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, repair_best,
-                     require_run_path, restore_config, run_config, saved_config, schedule_fields, start_metrics,
-                     sweep_folder_hint, truncate_metrics, write_config)
+                     best_checkpoint, check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, read_metrics,
+                     repair_best, require_run_path, restore_config, run_config, saved_config, schedule_fields,
+                     start_metrics, sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
@@ -658,6 +658,7 @@ class _Run:
             "run_dir": str(self.run_dir),
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
+            "best_top5": self._best_top5(),
             "final_acc": self.last_metrics.get("test_acc"),
             "final_top5": self.last_metrics.get("test_top5"),
             "epochs": cfg.epochs,
@@ -667,6 +668,14 @@ class _Run:
             result["indicators"], result["indicators_mode"] = self.meter.summary(), self.meter.mode
         self.log(format_result(result))
         return result
+
+    def _best_top5(self) -> float | None:
+        """The test top-5 of the best epoch, from its metrics line (None on a process other than rank 0, or where
+        the line is gone)."""
+        if not self.dist.main or self.best_epoch < 1:
+            return None
+        lines = read_metrics(self.run_dir, missing_ok=True)
+        return next((m.get("test_top5") for m in reversed(lines) if m.get("epoch") == self.best_epoch), None)
 
     def save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
         """The end of an epoch: metrics line, ``last.pt``, ``best.pt`` (the same bytes), then ``top/``.
@@ -837,7 +846,8 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 
 def format_result(r: dict[str, Any]) -> str:
-    line = (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}), "
+    top5 = f", top-5 {r['best_top5']:.2f}%" if r.get("best_top5") is not None else ""
+    line = (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}{top5}), "
             f"final test acc {r['final_acc']:.2f}% after {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, "
             f"{r['seconds']:.0f}s -> {r['run_dir']}")
     if r.get("indicators"):  # the run-level values (reste.indicators.run_level: paper mode sums the stability)
@@ -860,8 +870,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
 
-    Returns a dict with ``best_acc``, ``final_acc``, ``best_epoch``, ``run_dir``,
-    and the run-level ``indicators`` when they were on. The folder must be new or empty
+    Returns a dict with ``best_acc``, ``best_epoch``, ``best_top5`` (that epoch's top-5), ``final_acc``,
+    ``final_top5``, ``epochs``, ``seconds``, ``run_dir``, and the run-level ``indicators`` when they were on. The folder must be new or empty
     and is locked for the whole run; a run that ends before it saved a checkpoint removes
     what it wrote. SIGTERM or SIGUSR1 raise :class:`Preempted` after a mid-epoch checkpoint.
     ``progress``: each epoch's bar on stderr; by default when stderr is a terminal (pass True in a notebook).
