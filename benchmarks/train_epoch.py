@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     if args.epochs < 2 or args.steps < 1 or args.images < args.batch_size or args.test_images < 1:
-        ap.error("need --epochs >= 2 (the first is not timed), --steps >= 1, --test-images >= 1 and --images >= --batch-size")
+        ap.error("need --epochs >= 2 (the first is not timed), --steps >= 1, --test-images >= 1 and "
+                 "--images >= --batch-size")
     return args
 
 

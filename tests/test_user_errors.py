@@ -354,7 +354,8 @@ def test_the_library_export_does_not_overwrite_a_file_of_the_run_either(run, nam
                   lambda: export_checkpoint(run / "last.pt", tmp_path / "m.rbnn", onnx_path=target),
                   lambda: export_model(torch.nn.Linear(2, 2), target),
                   lambda: export_onnx(torch.nn.Linear(2, 2), target, (2,))):
-        with pytest.raises(UsageError, match="would overwrite a file of the run|would write into the run's|the checkpoint being"):
+        with pytest.raises(UsageError,
+                           match="would overwrite a file of the run|would write into the run's|the checkpoint being"):
             write()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before and not (tmp_path / "m.rbnn").exists()
     loose = tmp_path / "model.pt"

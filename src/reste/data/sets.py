@@ -1,7 +1,8 @@
 """The data sets themselves: each spec's loader, from the files to the train and test sets.
 
 A :class:`reste.datasets.DatasetSpec` names its loader here by a string
-(``"reste.data.sets:_load_digits"``; also ``_load_fashion_mnist``, ``_load_cifar10``, ``_load_imagenet``). Each reads its files with :mod:`reste.data.formats` and returns
+(``"reste.data.sets:_load_digits"``; also ``_load_fashion_mnist``, ``_load_cifar10``, ``_load_imagenet``).
+Each reads its files with :mod:`reste.data.formats` and returns
 ``(train, test, DatasetInfo)``: :class:`~reste.data.memory.InMemoryDataset` s of uint8
 pixels with their normalisation and batched augmentation, or, for data sets read per
 sample, a :class:`~reste.data.sampling.TransformDataset` with torchvision transforms.
