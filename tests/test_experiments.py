@@ -514,6 +514,34 @@ def test_a_paper_mode_sweep_reports_the_authors_aggregate(tmp_path, capsys):
     assert "gradient stability sum over epochs (the authors' aggregate)" in (tmp_path / "s" / "results.md").read_text()
 
 
+def test_a_paper_mode_sweep_over_estimators_warns_that_the_error_does_not_compare(tmp_path, capsys, monkeypatch):
+    """Paper mode's error is ReSTE's F at o_end for every estimator: a sweep comparing estimators says so at its
+    start, in results.md and on error_vs_stability.png (review sweep M1)."""
+    from reste.experiments import plots
+
+    captions = []
+    draw = plots.error_vs_stability_figure
+    monkeypatch.setattr(plots, "error_vs_stability_figure",
+                        lambda out, rows, mode, warning="": captions.append(warning) or draw(out, rows, mode, warning))
+    assert main(["sweep", "--grid", "estimator=ste,ede", "--seeds", "0", "--epochs", "1", "--indicators", "paper",
+                 "--threads", "1", "--no-progress", "--out", str(tmp_path / "s")]) == 0
+    said = "does not compare across estimators (use --indicators general)"
+    assert said in capsys.readouterr().out
+    assert said in (tmp_path / "s" / "results.md").read_text()
+    assert len(captions) == 1 and said in captions[0] and "ede, ste" in captions[0]
+    assert _is_png(tmp_path / "s" / "error_vs_stability.png")
+
+
+def test_a_paper_mode_sweep_of_one_estimator_or_a_general_one_does_not_warn(sweep):
+    from reste.experiments.report import paper_mode_estimators
+
+    out, _ = sweep  # ste and reste, general mode
+    assert "WARNING" not in (out / "results.md").read_text()
+    assert paper_mode_estimators([{"estimator": "reste", "indicators": "paper"}] * 2) == []
+    assert paper_mode_estimators([{"estimator": "reste", "indicators": "paper"},
+                                  {"estimator": "ste", "indicators": "general"}]) == []
+
+
 def test_a_grid_over_data_sets_passes_each_data_flag_where_it_means_something():
     from reste.experiments import expand_grid
 
@@ -641,6 +669,17 @@ def test_sweep_flags_that_would_be_ignored_are_refused(argv, message, tmp_path, 
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_the_unknown_axis_message_lists_only_axes_that_are_taken(capsys, tmp_path):
+    """(review sweep L4) no field that is then refused as 'not a grid axis'."""
+    from reste.rundir import RESUME_FREE
+
+    assert main(["sweep", "--grid", "foo=1", "--epochs", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown grid axis 'foo'" in err and "estimator" in err and err.count("\n") == 1
+    listed = err.split("a TrainConfig field (")[1].split(")")[0].split(", ")
+    assert "lr" in listed and not set(listed) & set(RESUME_FREE)
 
 
 def test_grid_values_none_and_close_floats():

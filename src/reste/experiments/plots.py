@@ -302,6 +302,8 @@ def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]
     With the indicators: ``indicators.png`` and ``error_vs_stability.png``; with an
     ``o_end`` axis in the grid: ``accuracy_vs_o_end.png``.
     """
+    from .report import paper_warning
+
     written = []
     wanted = wanted_figures(manifest, rows)
     have_ind = "indicators.png" in wanted
@@ -309,7 +311,7 @@ def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]
         if indicators_figure(out, manifest, runs):
             written.append("indicators.png")
         mode = None if "indicators" in manifest["grid"] else manifest["base"].get("indicators") or "general"
-        written.append(error_vs_stability_figure(out, rows, mode))
+        written.append(error_vs_stability_figure(out, rows, mode, paper_warning(manifest)))
     o_axis = _o_axis(manifest)
     if o_axis:
         written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind))
@@ -356,9 +358,10 @@ def indicators_figure(out: Path, manifest: dict[str, Any], runs: list[dict[str, 
     return "indicators.png"
 
 
-def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str | None = "general") -> str:
+def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str | None = "general",
+                              warning: str = "") -> str:
     """``error_vs_stability.png``: one point per setting (the run-level indicators of ``mode``, averaged over
-    seeds)."""
+    seeds); ``warning``, when given, goes under the figure (``report.paper_warning``)."""
     fig = _figure(1, 1, width=6.8, height=5.2)
     ax = fig.subplots()
     pts = [r for r in rows if r["estimating_error_mean"] is not None and r["gradient_stability_mean"] is not None]
@@ -375,6 +378,8 @@ def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str |
     ax.grid(alpha=0.3)
     _maybe_log(ax, [r["gradient_stability_mean"] for r in pts])
     _maybe_log(ax, [r["estimating_error_mean"] for r in pts], ratio=4.0, axis="x")
+    if warning:
+        fig.supxlabel(textwrap.fill(warning, 90), fontsize=8, color="darkred")
     _save(fig, out / "error_vs_stability.png")
     return "error_vs_stability.png"
 

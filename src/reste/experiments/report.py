@@ -324,6 +324,25 @@ def _indicator_rule(mode: str | None, varies: bool = False) -> str:
             + (" (the authors' aggregate)" if mode == "paper" else ""))
 
 
+PAPER_ACROSS_ESTIMATORS = ("paper-mode estimating error uses ReSTE's F at o_end (3 for an estimator without one) "
+                           "for every estimator: it measures the weights, not the estimator, and does not compare "
+                           "across estimators (use --indicators general)")
+
+
+def paper_mode_estimators(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The estimators of ``configs`` (settings' configs) trained with paper-mode indicators when there are several:
+    their paper-mode errors do not compare (:data:`PAPER_ACROSS_ESTIMATORS`); [] when they do."""
+    names = sorted({str(c.get("estimator")) for c in configs if isinstance(c, dict) and c.get("indicators") == "paper"})
+    return names if len(names) > 1 else []
+
+
+def paper_warning(manifest: dict[str, Any]) -> str:
+    """:data:`PAPER_ACROSS_ESTIMATORS`, naming the estimators, when the sweep compares several in paper mode."""
+    names = paper_mode_estimators([s.get("config") or {**manifest["base"], **s.get("values", {})}
+                                   for s in manifest["settings"]])
+    return f"WARNING ({', '.join(names)}): {PAPER_ACROSS_ESTIMATORS}" if names else ""
+
+
 def _shared(manifest: dict[str, Any], field: str) -> tuple[bool, Any]:
     """(whether every setting trains with the same ``field``, that value): from the settings' own configs (the
     defaults resolved, the grid applied); a manifest written before they were recorded gives its base's."""
@@ -350,6 +369,8 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"seeds {', '.join(map(str, manifest['seeds']))}; mean ± sample std over seeds{rule}"
             + ("; NOTE: the stability sums run over each setting's own number of epochs, which differ here, so "
                "they do not compare" if not one_count and sums else "") + ".")
+    if paper_warning(manifest):
+        head += f"\n\n**{paper_warning(manifest)}.**"
     lines = [head, "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n |",
              "|---|---|---|---|---|---|"]

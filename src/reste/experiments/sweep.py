@@ -47,7 +47,8 @@ from ..checkpoint import load_checkpoint
 from ..rundir import (CONFIG, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, holds_run, last_checkpoint,
                       make_folders, read_metrics, record_divergence, remove_folders)
 from .identity import canonical, config_key
-from .report import MANIFEST, collect, load_manifest, run_status, summarize, write_manifest
+from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_status,
+                     summarize, write_manifest)
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
@@ -83,7 +84,8 @@ _TABLE_COLUMNS = ("setting", "seed", "n", "n_runs", "n_diverged", "run_dir")
 
 
 def _config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_AXES]
+    """The TrainConfig fields that can be grid axes (not the seed, nor one that cannot change a run's result)."""
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_AXES and f.name not in RESUME_FREE]
 
 
 def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
@@ -543,6 +545,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     n_done = sum(job["state"] == "done" for _, _, job in todo)
     log(f"sweep: {n_set} setting{'s' * (n_set != 1)} x {len(seeds)} seed{'s' * (len(seeds) != 1)} = {total} runs "
         f"({n_done} already finished) -> {out}")
+    mixed = paper_mode_estimators([s.config.to_dict() for s in settings])
+    if mixed:
+        log(f"sweep: WARNING ({', '.join(mixed)}): {PAPER_ACROSS_ESTIMATORS}")
 
     failed = 0
     count = 0
