@@ -742,8 +742,8 @@ def test_a_sweep_that_would_drop_anothers_runs_from_its_folder_is_refused(sweep,
 
     out, _ = _copy(sweep, tmp_path)
     base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1)
-    with pytest.raises(UsageError, match=r"holds a sweep with 2 run.s. that this one leaves out \(estimator=reste, "):
-        run_sweep(base, {"estimator": ["ste"]}, [0], out, log=lambda m: None)
+    with pytest.raises(UsageError, match=r"holds a sweep with 1 run.s. that this one leaves out \(estimator=reste\)"):
+        run_sweep(dataclasses.replace(base, indicators="general"), {"estimator": ["ste"]}, [0], out, log=print)
     (out / "sweep.json").unlink()
     assert _is_png(out / "indicators.png")
     run_sweep(base, {"estimator": ["ste"]}, [0], out, log=lambda m: None)
@@ -771,8 +771,33 @@ def test_a_sweep_of_the_same_grid_whose_keys_changed_says_so(sweep, tmp_path):
     base = TrainConfig.from_dict(manifest["base"])
     with pytest.raises(UsageError, match="by other keys than this version of reste gives the same settings"):
         run_sweep(base, {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
-    with pytest.raises(UsageError, match="holds a sweep with 1 run.s. that this one leaves out"):  # another flag
+    with pytest.raises(UsageError, match="other fixed settings .lr 0.1 -> 0.05.: these are different runs"):
         run_sweep(dataclasses.replace(base, lr=0.05), {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
+
+
+def test_a_sweep_with_a_changed_fixed_flag_names_it_and_an_older_base_is_a_version_change(sweep, tmp_path):
+    """(review sweep M4) the same grid and seeds with --epochs changed: 'epochs 1 -> 2', not 'give its grid and
+    seeds again'; a base written by an older version (unresolved None, fewer fields) with other keys: a version
+    change, not a changed flag."""
+    from reste.experiments import run_sweep
+
+    out, _ = _copy(sweep, tmp_path)
+    manifest = json.loads((out / "sweep.json").read_text())
+    base = TrainConfig.from_dict(manifest["base"])
+    with pytest.raises(UsageError, match=r"other fixed settings \(epochs 1 -> 2\): these are different runs") as err:
+        run_sweep(dataclasses.replace(base, epochs=2), {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
+    assert "give its grid" not in str(err.value)
+    for s in manifest["settings"]:  # as an older version wrote it: no resolved configs, other keys
+        s["key"] = "0123456789"
+        del s["config"]
+    manifest["base"]["lr"] = None
+    del manifest["base"]["scaling"]
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="by other keys than this version of reste gives the same settings"):
+        run_sweep(dataclasses.replace(base, lr=0.1, scaling="none"), {"estimator": ["ste", "reste"]}, [0], out,
+                  log=lambda m: None)
+    with pytest.raises(UsageError, match=r"other fixed settings \(epochs 1 -> 2\)"):
+        run_sweep(dataclasses.replace(base, epochs=2), {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
 
 
 def test_a_one_job_sweep_shows_each_runs_bar_when_asked(tmp_path, monkeypatch):

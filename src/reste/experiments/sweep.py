@@ -429,16 +429,38 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
         return
     labels = sorted(set(dropped.values()))
     given = {(s.label, seed) for s in settings for seed in seeds}
-    same_base = json.dumps(old.get("base"), sort_keys=True, default=str) == json.dumps(
-        base.to_dict(), sort_keys=True, default=str)
-    if same_base and all((label, seed) in given for (_, seed), label in dropped.items()):  # other keys now
+    changed = _changed_fields(old, base, settings)
+    if changed:
+        raise UsageError(f"{out} holds a sweep with other fixed settings ({'; '.join(changed)}): these are different "
+                         f"runs, and its tables would lose the {len(dropped)} it has; pass another --out, or delete "
+                         f"{out / MANIFEST} to start the tables afresh")
+    if all((label, seed) in given for (_, seed), label in dropped.items()):  # the same settings, other keys now
         raise UsageError(f"{out}/{MANIFEST} names {len(dropped)} run(s) ({', '.join(labels[:3])}) by other keys than "
                          "this version of reste gives the same settings (their code or defaults changed), so this "
-                         f"sweep would train them again and its tables lose their rows: pass another --out, or "
-                         f"delete {out / MANIFEST} to start its tables afresh")
+                         f"sweep would train them again and its tables lose their rows: pass another --out, run it "
+                         f"with the reste that wrote it, or delete {out / MANIFEST} to start its tables afresh")
     raise UsageError(f"{out} holds a sweep with {len(dropped)} run(s) that this one leaves out ({', '.join(labels[:3])}"
                      f"{', ...' if len(labels) > 3 else ''}), which its tables would lose: give its grid and seeds "
                      f"again (more is fine), pass another --out, or delete {out / MANIFEST} to start the tables afresh")
+
+
+def _changed_fields(old: dict[str, Any], base: TrainConfig, settings: list[Setting]) -> list[str]:
+    """The settings that can change a run (not the seed) that differ from those of sweep.json ``old``, as
+    'epochs 20 -> 10': each setting's resolved config against the old one of its label; a sweep.json without them
+    (an older version's) by its base, where the older version wrote a field and resolved it (not None)."""
+    pairs = []
+    configs = {s.get("label"): s.get("config") for s in old.get("settings", []) if isinstance(s, dict)}
+    if all(isinstance(c, dict) for c in configs.values()):
+        pairs = [(configs[s.label], s.config.to_dict()) for s in settings if s.label in configs]
+    elif isinstance(old.get("base"), dict):
+        pairs = [({k: v for k, v in old["base"].items() if v is not None}, base.to_dict())]
+    changed: dict[str, None] = {}
+    for was, now in pairs:
+        for name, value in now.items():
+            texts = [json.dumps(v, sort_keys=True, default=str) for v in (was.get(name), value)]
+            if name in was and name not in RESUME_FREE and name != "seed" and texts[0] != texts[1]:
+                changed[f"{name} {texts[0]} -> {texts[1]}"] = None
+    return list(changed)
 
 
 def _duration(seconds: float) -> str:
