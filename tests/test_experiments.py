@@ -91,12 +91,36 @@ def test_sweep_skips_finished_runs_and_resumes_partial_ones(sweep, capsys):
     capsys.readouterr()
     assert main(argv) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert "estimator=ste seed 0: already finished" in lines[0]
-    assert "estimator=reste seed 0: best" in lines[1]
-    assert lines[1].endswith(" so far]") and "left" not in lines[1]  # the last run: nothing left to estimate
+    assert lines[1] == f"[2/2] estimator=reste seed 0: mending its checkpoint files -> {reste_} (epochs in its " \
+                       "train.log)"
+    assert "estimator=reste seed 0: best" in lines[2]
+    assert lines[2].endswith(" so far]") and "left" not in lines[2]  # the last run: nothing left to estimate
     assert (ste / "last.pt").stat().st_mtime_ns == ste_mtime
     assert run_state(reste_, 1) == "done" and len(read_metrics(reste_)) == 1 and (reste_ / "best.pt").is_file()
+
+
+def test_a_sweep_says_when_each_run_starts_or_resumes_and_where_its_epochs_go(tmp_path, monkeypatch):
+    """(review sweep M5) a sweep whose output is a file says which run trains (or resumes, and where) and the folder
+    whose train.log has its epoch lines; a resumed run's line says it was resumed."""
+    from reste import engine
+    from reste.experiments import run_sweep
+
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=2, estimator="ste")
+    lines: list[str] = []
+    run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lines.append, report=False)
+    run = next((tmp_path / "s" / "runs").glob("*/seed0"))
+    assert lines[1] == f"[1/1] ste seed 0: training -> {run} (epochs in its train.log)"
+    assert "ste seed 0: best" in lines[2] and "resumed" not in lines[2]
+    assert sum(line.startswith("epoch ") for line in (run / "train.log").read_text().splitlines()) == 2
+    metrics = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text(metrics[0])  # as if stopped after epoch 1
+    monkeypatch.setattr(engine, "resume", lambda *a, **k: {"best_acc": 50.0, "final_acc": 50.0})
+    lines.clear()
+    run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lines.append, report=False)
+    assert lines[1] == f"[1/1] ste seed 0: resuming at epoch 2/2 -> {run} (epochs in its train.log)"
+    assert "(0s, resumed at epoch 2)" in lines[2]
 
 
 def _copy(sweep, tmp_path):

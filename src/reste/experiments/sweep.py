@@ -463,6 +463,14 @@ def _changed_fields(old: dict[str, Any], base: TrainConfig, settings: list[Setti
     return list(changed)
 
 
+def _epochs_recorded(run_dir: Path) -> int:
+    """The last epoch in a run's metrics.jsonl (0: none, or unreadable): where a resume goes on."""
+    try:
+        return max((int(m["epoch"]) for m in read_metrics(run_dir, missing_ok=True)), default=0)
+    except (UsageError, KeyError, TypeError, ValueError):
+        return 0
+
+
 def _duration(seconds: float) -> str:
     if seconds < 59.5:
         return f"{seconds:.0f}s"
@@ -470,10 +478,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
-def time_left(elapsed: float, trained: int, left: int) -> str:
+def time_left(elapsed: float, trained: float, left: int) -> str:
     """'' before the first trained run; otherwise the wall time so far and the time left at the pace of the
-    runs trained in this sweep (which, with several jobs, already counts their overlap)."""
-    if trained < 1:
+    runs trained in this sweep (which, with several jobs, already counts their overlap); ``trained`` counts a
+    resumed run by the part of its epochs trained here."""
+    if trained <= 0:
         return ""
     text = f"{_duration(elapsed)} so far"
     return text + (f", about {_duration(elapsed / trained * left)} left" if left else "")
@@ -494,7 +503,9 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
     ind = r.get("indicators")
     if ind:
         line += f"  error {ind['estimating_error']:.4g} stability {ind['gradient_stability']:.4g}"
-    return line + f"  ({outcome['seconds']:.0f}s)"
+    resumed = (f", resumed at epoch {outcome['from_epoch'] + 1}"
+               if 0 < outcome.get("from_epoch", 0) < (setting.config.epochs or 0) else "")
+    return line + f"  ({outcome['seconds']:.0f}s{resumed})"
 
 
 def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int] | None, out_dir: str | os.PathLike,
@@ -509,7 +520,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     sweeps with the same ``runs_dir`` share identical runs. ``jobs`` > 1 trains that
     many runs at a time in worker processes, each with ``threads`` torch threads
     (default ``cores // jobs``; with one job, default: torch's own setting).
-    Each run logs to its ``train.log``; one line per run goes to ``log``. With
+    Each run logs to its ``train.log`` (a line per epoch); ``log`` gets a line when a run starts (training, or
+    resuming at epoch k, and its folder) and one when it ends. With
     ``report`` the tables are written to ``out_dir`` after every finished run, and the
     figures at the end (see ``summarize``); without, the rows are returned all the same.
     ``progress``: each run's progress bar, on stderr, when the runs train in this process (one job).
@@ -546,7 +558,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             else:
                 state = status if status in ("damaged", "diverged") else "partial" if holds_run(run_dir) else "new"
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
-                                   "state": state, "why": why, "progress": progress and jobs == 1}))
+                                   "state": state, "why": why, "progress": progress and jobs == 1,
+                                   "from_epoch": _epochs_recorded(run_dir) if state == "partial" else 0}))
     created: list[Path] = []  # what to remove again if the sweep cannot start
     try:
         for folder, flag in ((out, "--out"), (runs_root, "--runs-dir")):
@@ -585,7 +598,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             failures.append((s.label, seed, outcome["status"]))
         line = _progress_line(count, total, s, seed, outcome)
         if outcome["status"] not in ("skipped", "left out") and not outcome.get("earlier"):
-            trained += 1
+            epochs = max(1, s.config.epochs or 1)  # the part of the run trained here: a resumed one's pace is its own
+            trained += max(1, epochs - outcome.get("from_epoch", 0)) / epochs
             line += f"  [{time_left(time.monotonic() - start, trained, total - count)}]"
         log(line)
         if report and outcome["status"] == "done" and count < total:
@@ -603,6 +617,18 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                     "the sweep goes on")
             table_error = True
 
+    started = 0
+
+    def announce(s: Setting, seed: int, job: dict[str, Any]) -> None:
+        """The line when a run starts: which, from where, and the folder whose train.log has its epochs."""
+        nonlocal started
+        started += 1
+        i = total - len(pending) + started
+        epochs = s.config.epochs
+        doing = ("training" if not job["resume"] else "mending its checkpoint files" if job["from_epoch"] >= epochs
+                 else f"resuming at epoch {job['from_epoch'] + 1}/{epochs}")
+        log(f"[{i}/{total}] {s.label} seed {seed}: {doing} -> {job['run_dir']} (epochs in its {TRAIN_LOG})")
+
     pending = []
     for s, seed, job in todo:
         if job["state"] == "done":
@@ -615,7 +641,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         else:
             pending.append((s, seed, job))
     try:
-        _run_pending(pending, jobs, threads, report_one)
+        _run_pending(pending, jobs, threads, report_one, announce)
     except Exception as err:
         if type(err).__name__ != "Preempted":
             raise
@@ -645,7 +671,8 @@ def _check_data(configs: list[TrainConfig]) -> None:
 
 
 def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, threads: int | None,
-                 report_one: Callable[[Setting, int, dict[str, Any]], None]) -> None:
+                 report_one: Callable[[Setting, int, dict[str, Any]], None],
+                 announce: Callable[[Setting, int, dict[str, Any]], None] = lambda s, seed, job: None) -> None:
     """Train the pending runs, in this process or ``jobs`` at a time in worker processes, each with the
     same torch threads either way: a run does not depend on how many others are pending."""
     per_run = threads or (threads_per_job(jobs) if jobs > 1 else None)  # None: torch's own setting
@@ -657,15 +684,17 @@ def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, 
             torch.set_num_threads(per_run)
         try:
             for s, seed, job in pending:
-                report_one(s, seed, _execute(job))
+                announce(s, seed, job)
+                report_one(s, seed, {**_execute(job), "from_epoch": job["from_epoch"]})
         finally:
             torch.set_num_threads(before)
     else:
-        _run_in_workers(pending, jobs, per_run, report_one)
+        _run_in_workers(pending, jobs, per_run, report_one, announce)
 
 
 def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, per_run: int | None,
-                    report_one: Callable[[Setting, int, dict[str, Any]], None]) -> None:
+                    report_one: Callable[[Setting, int, dict[str, Any]], None],
+                    announce: Callable[[Setting, int, dict[str, Any]], None]) -> None:
     """``jobs`` runs at a time in worker processes. A stop signal (SIGTERM, SIGUSR1) is passed on to the workers:
     no further run starts, the running ones save their step and stop, then ``Preempted`` is raised here, as with
     one job; a worker whose sweep died stops the same way (Linux)."""
@@ -678,8 +707,12 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                                initargs=(per_run, os.getpid()))
     preempted: Preempted | None = None
     with StopRequest().handling() as stop, pool:  # a stop signal sets stop.signum, as in a run
-        futures = {pool.submit(_execute, job): (s, seed) for s, seed, job in pending}
+        futures = {pool.submit(_execute, job): (s, seed, job) for s, seed, job in pending}
         waiting = set(futures)
+        queue = list(futures)  # the pool starts them in this order, one as each running one ends
+        for fut in queue[:jobs]:
+            announce(*futures[fut])
+        queue = queue[jobs:]
         while waiting:
             done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
             if stop.signum:  # again at each turn: a worker may have taken a queued run since
@@ -691,9 +724,11 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
             for fut in done:
                 if fut.cancelled():
                     continue
-                s, seed = futures[fut]
+                s, seed, job = futures[fut]
+                if queue and not stop.signum:
+                    announce(*futures[queue.pop(0)])
                 try:
-                    outcome = fut.result()
+                    outcome = {**fut.result(), "from_epoch": job["from_epoch"]}
                 except Preempted as err:
                     preempted = preempted or err
                     stop.signum = stop.signum or err.signum
