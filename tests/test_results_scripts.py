@@ -1,6 +1,7 @@
 """The analysis scripts of docs/results on synthetic sweeps whose answer is known."""
 
 import csv
+import json
 import importlib.util
 import math
 import os
@@ -184,7 +185,8 @@ def test_trend_reads_the_gain_of_the_last_fifth_from_a_line():
 
 
 def _runs_csv(path, rows, axis="estimator"):
-    """A sweep folder whose runs.csv holds rows of (setting, seed, final_acc, run_dir)."""
+    """A sweep folder whose runs.csv holds rows of (setting, seed, final_acc, run_dir); the run folders are in
+    a runs folder beside the sweeps (../r/...), as the study's --runs-dir: sweeps that share a run name one folder."""
     path.mkdir(parents=True)
     with open(path / "runs.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -199,13 +201,13 @@ def _five_seed_study(out):
     """estimators (seeds 0-2), o_end_5seeds (ReSTE at o_end 3 is the estimators sweep's ReSTE) and the
     strongest two at seeds 3 and 4; ReSTE is 0.5 ahead of dsq and 1.0 ahead of fda in every seed."""
     reste = {s: 88.0 + 0.1 * s for s in range(5)}
-    _runs_csv(out / "estimators", [(f"estimator={e}", s, reste[s] - d, f"r/{e}/seed{s}")
+    _runs_csv(out / "estimators", [(f"estimator={e}", s, reste[s] - d, f"../r/{e}/seed{s}")
                                    for e, d in (("reste", 0), ("dsq", 0.5), ("fda", 1.0), ("ste", 2.0))
                                    for s in range(3)])
     _runs_csv(out / "o_end_5seeds", [(f"o_end={o}", s, reste[s] - (0 if o == 3 else 0.3),
-                                      f"r/reste/seed{s}" if o == 3 else f"r/reste-o{o}/seed{s}")
+                                      f"../r/reste/seed{s}" if o == 3 else f"../r/reste-o{o}/seed{s}")
                                      for o in (2, 3) for s in range(5)], axis="o_end")
-    _runs_csv(out / "strongest_seeds34", [(f"estimator={e}", s, reste[s] - d, f"r/{e}/seed{s}")
+    _runs_csv(out / "strongest_seeds34", [(f"estimator={e}", s, reste[s] - d, f"../r/{e}/seed{s}")
                                           for e, d in (("dsq", 0.5), ("fda", 1.0)) for s in (3, 4)])
 
 
@@ -299,7 +301,7 @@ def _png(path):
 
 def test_longer_pairs_each_setting_over_the_seeds_both_finished(tmp_path, capsys):
     longer = _script("longer")
-    short = _runs_csv(tmp_path / "e64", [(f"estimator={e}", s, 88.0 + 0.1 * s, f"r/{e}/seed{s}")
+    short = _runs_csv(tmp_path / "e64", [(f"estimator={e}", s, 88.0 + 0.1 * s, f"../r/{e}/seed{s}")
                                          for e in ("ste", "reste") for s in range(3)])
     # 128 epochs: ste gains 0.5 in every seed, reste 0.0, 0.2 and -0.2; reste seed 2 has not finished
     long = _runs_csv(tmp_path / "e128", [("estimator=ste", s, 88.5 + 0.1 * s, f"q/ste/seed{s}") for s in range(3)]
@@ -329,10 +331,10 @@ def _epochs_csv(sweep, settings, seeds=(0, 1, 2), epochs=5):
 def test_combine_joins_an_o_end_axis_with_its_epochs(tmp_path):
     """The 128-epoch study: ReSTE's runs of leaders are o_end = 3 of the o_end study (its default)."""
     combine, o_end = _script("combine"), _script("o_end")
-    leaders = _runs_csv(tmp_path / "leaders", [(f"estimator={e}", s, 88.0 + 0.1 * s, f"r/{e}/seed{s}")
+    leaders = _runs_csv(tmp_path / "leaders", [(f"estimator={e}", s, 88.0 + 0.1 * s, f"../r/{e}/seed{s}")
                                                for e in ("ste", "reste") for s in range(3)])
     _epochs_csv(leaders, ["estimator=ste", "estimator=reste"])
-    others = _runs_csv(tmp_path / "o_end_others", [(f"o_end={o}", s, 87.0 + 0.1 * s, f"r/o{o}/seed{s}")
+    others = _runs_csv(tmp_path / "o_end_others", [(f"o_end={o}", s, 87.0 + 0.1 * s, f"../r/o{o}/seed{s}")
                                                    for o in (2, 5) for s in range(3)], axis="o_end")
     _epochs_csv(others, ["o_end=2", "o_end=5"])
     combine.main([str(tmp_path / "o_end"), str(others), str(leaders), "--settings", "o_end=2,o_end=3,o_end=5",
@@ -351,9 +353,9 @@ def test_combine_joins_an_o_end_axis_with_its_epochs(tmp_path):
 
 def test_combine_writes_no_partial_curves(tmp_path, capsys):
     combine = _script("combine")
-    leaders = _runs_csv(tmp_path / "leaders", [("estimator=reste", s, 88.0, f"r/reste/seed{s}") for s in range(3)])
+    leaders = _runs_csv(tmp_path / "leaders", [("estimator=reste", s, 88.0, f"../r/reste/seed{s}") for s in range(3)])
     _epochs_csv(leaders, ["estimator=reste"], seeds=(0, 1))  # seed 2 has no epochs
-    others = _runs_csv(tmp_path / "others", [("estimator=rbnn", s, 80.0, f"r/rbnn/seed{s}") for s in range(3)])
+    others = _runs_csv(tmp_path / "others", [("estimator=rbnn", s, 80.0, f"../r/rbnn/seed{s}") for s in range(3)])
     _epochs_csv(others, ["estimator=rbnn"])
     combine.main([str(tmp_path / "joined"), str(leaders), str(others), "--settings", "estimator=reste,estimator=rbnn"])
     assert "no lines in their sweep's epochs.csv (first: estimator=reste seed 2)" in capsys.readouterr().out
@@ -368,21 +370,21 @@ def test_summarize_joins_the_rest_of_the_study_with_leaders(tmp_path, seeds34):
     out = tmp_path / "out"
     leaders = ("ste", "reste", "approx_sign", "dsq", "fda")
     _epochs_csv(_runs_csv(out / "leaders", [(f"estimator={e}", s, 88.0 + 0.1 * s - 0.2 * (e != "reste"),
-                                              f"r/{e}/seed{s}") for e in leaders for s in range(3)]),
+                                              f"../r/{e}/seed{s}") for e in leaders for s in range(3)]),
                 [f"estimator={e}" for e in leaders])
-    _epochs_csv(_runs_csv(out / "others", [(f"estimator={e}", s, 85.0 + 0.1 * s, f"r/{e}/seed{s}")
+    _epochs_csv(_runs_csv(out / "others", [(f"estimator={e}", s, 85.0 + 0.1 * s, f"../r/{e}/seed{s}")
                                            for e in ("sign_swish", "ede", "rbnn") for s in range(3)]),
                 [f"estimator={e}" for e in ("sign_swish", "ede", "rbnn")])
     o_ends = (1, 1.5, 2, 5, 10)
     _epochs_csv(_runs_csv(out / "o_end_others", [(f"o_end={o:g}", s, 88.0 + 0.1 * s - abs(math.log(o / 3)),
-                                                  f"r/o{o:g}/seed{s}") for o in o_ends for s in range(3)],
+                                                  f"../r/o{o:g}/seed{s}") for o in o_ends for s in range(3)],
                           axis="o_end"), [f"o_end={o:g}" for o in o_ends])
     sweeps = "others o_end_others"
     if seeds34:  # o_end 3 at seeds 3 and 4 is 0.3 above o_end 2 and 5; the strongest two 0.2 below it
         _epochs_csv(_runs_csv(out / "o_end_seeds34", [(f"o_end={o}", s, 88.0 + 0.1 * s - 0.3 * (o != 3),
-                                                       f"r/o{o}/seed{s}") for o in (2, 3, 5) for s in (3, 4)],
+                                                       f"../r/o{o}/seed{s}") for o in (2, 3, 5) for s in (3, 4)],
                               axis="o_end"), ["o_end=2", "o_end=3", "o_end=5"], seeds=(3, 4))
-        _epochs_csv(_runs_csv(out / "strongest_seeds34", [(f"estimator={e}", s, 87.8 + 0.1 * s, f"r/{e}/seed{s}")
+        _epochs_csv(_runs_csv(out / "strongest_seeds34", [(f"estimator={e}", s, 87.8 + 0.1 * s, f"../r/{e}/seed{s}")
                                                           for e in ("ste", "fda") for s in (3, 4)]),
                     ["estimator=ste", "estimator=fda"], seeds=(3, 4))
         sweeps += " o_end_seeds34 strongest_seeds34"
@@ -438,3 +440,106 @@ def test_paired_says_what_it_needs(tmp_path, capsys):
     paired.main(["paired.py", str(sweep), "o_end=3", "final_acc"])
     out = capsys.readouterr().out
     assert "vs o_end=2" in out and "+1.00" in out and "ahead in 3/3" in out
+
+
+def _study_sweep(path, rows, epochs, mode=None, axis="o_end", planned=None):
+    """A sweep folder as `reste sweep` leaves it: runs.csv rows of (setting, seed, final_acc, run_dir) of
+    ``epochs`` epochs; with ``mode``, a sweep.json whose settings train with that indicator mode (``planned``:
+    setting -> its seeds, default those of the rows)."""
+    path.mkdir(parents=True)
+    with open(path / "runs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", axis, "seed", "best_acc", "final_acc", "epochs", "estimating_error",
+                    "gradient_stability", "run_dir"])
+        for setting, seed, acc, run_dir in rows:
+            w.writerow([setting, setting.split("=")[1], seed, acc + 0.1, acc, epochs,
+                        400.0 + 10 * float(setting.split("=")[1] != "ste") + 0.123 * seed, 1e-6 * (1 + seed), run_dir])
+    if mode:
+        seeds = planned or {}
+        for setting, seed, _, _ in rows:
+            seeds.setdefault(setting, [])
+            if seed not in seeds[setting]:
+                seeds[setting].append(seed)
+        settings = [{"label": label, "values": {}, "key": label, "config": {"indicators": mode, "epochs": epochs},
+                     "runs": {str(s): f"runs/{label}/seed{s}" for s in ss}} for label, ss in seeds.items()]
+        (path / "sweep.json").write_text(json.dumps({"base": {"indicators": mode}, "grid": {}, "seeds": [],
+                                                     "settings": settings}))
+    return path
+
+
+def test_combine_refuses_runs_of_other_epochs_or_indicator_modes_and_names_the_mode(tmp_path, capsys):
+    """(review sweep M2) a 20-epoch paper-mode sweep and a 3-epoch general-mode one do not join into one row;
+    the joined results.md names the real indicator mode."""
+    combine = _script("combine")
+    rows = [("o_end=3", s, 88.0, f"../runs/reste-a/seed{s}") for s in range(2)]
+    long_paper = _study_sweep(tmp_path / "s2", rows, 20, "paper")
+    short_general = _study_sweep(tmp_path / "s6", [("o_end=3", 2, 80.0, "../runs/reste-b/seed2")], 3, "general")
+    with pytest.raises(SystemExit, match="do not compare: other numbers of epochs"):
+        combine.main([str(tmp_path / "comb"), str(long_paper), str(short_general), "--settings", "o_end=3"])
+    general20 = _study_sweep(tmp_path / "s7", [("o_end=3", 2, 80.0, "../runs/reste-c/seed2")], 20, "general")
+    with pytest.raises(SystemExit, match="do not compare: other indicator modes"):
+        combine.main([str(tmp_path / "comb"), str(long_paper), str(general20), "--settings", "o_end=3"])
+    paper20 = _study_sweep(tmp_path / "s8", [("o_end=3", 2, 80.0, "../runs/reste-d/seed2")], 20, "paper")
+    combine.main([str(tmp_path / "comb"), str(long_paper), str(paper20), "--settings", "o_end=3"])
+    head = (tmp_path / "comb" / "results.md").read_text().splitlines()[0]
+    assert "20 epochs" in head and "indicators (paper mode)" in head and "sum over epochs" in head
+    assert "410.1 ± 0.12 |" in (tmp_path / "comb" / "results.md").read_text()  # the std as `reste sweep` writes it
+
+
+def test_a_joined_folder_names_its_runs_relative_to_itself_so_o_end_counts_them_once(tmp_path):
+    """(review sweep M3) a joined folder deeper than its sources: o_end.py over a source and the joined folder
+    counts each run once; and by the run folders' names even when a runs.csv names them from elsewhere."""
+    combine, o_end = _script("combine"), _script("o_end")
+    s2 = _study_sweep(tmp_path / "s2", [(f"o_end={o}", s, 85.0 + o + 0.1 * s, f"runs/reste-o{o}/seed{s}")
+                                        for o in (1, 2, 3) for s in range(2)], 20, "general")
+    combine.main([str(tmp_path / "deep" / "comb"), str(s2), "--settings", "o_end=1,o_end=2,o_end=3"])
+    rows = list(csv.DictReader(open(tmp_path / "deep" / "comb" / "runs.csv")))
+    assert rows[0]["run_dir"] == "../../s2/runs/reste-o1/seed0"
+    assert len(o_end.read_runs([str(s2), str(tmp_path / "deep" / "comb")], "final_acc")) == 6
+    moved = _study_sweep(tmp_path / "elsewhere", [("o_end=3", 0, 88.0, "/somewhere/reste-o3/seed0")], 20, "general")
+    assert len(o_end.read_runs([str(s2), str(moved)], "final_acc")) == 6
+
+
+def test_o_end_refuses_runs_of_other_epochs_or_two_runs_at_one_point(tmp_path):
+    """(review sweep M2) 3- and 6-epoch runs are not one parabola; two different runs at one (seed, o_end) are
+    not silently one."""
+    o_end = _script("o_end")
+    e6 = _study_sweep(tmp_path / "e6", [(f"o_end={o}", s, 85.0, f"../r/o{o}e6/seed{s}") for o in (1, 2, 3)
+                                        for s in range(2)], 6, "general")
+    e3 = _study_sweep(tmp_path / "e3", [(f"o_end={o}", s, 80.0, f"../r/o{o}e3/seed{s}") for o in (1, 2, 3)
+                                        for s in range(2)], 3, "general")
+    with pytest.raises(SystemExit, match="do not compare: epochs 6"):
+        o_end.read_runs([str(e6), str(e3)], "final_acc")
+    other = _study_sweep(tmp_path / "lr", [("o_end=3", 0, 70.0, "../rlr/o3/seed0x")], 6, "general")
+    with pytest.raises(SystemExit, match="o_end 3 seed 0 is two different runs"):
+        o_end.read_runs([str(e6), str(other)], "estimating_error")
+    paper = _study_sweep(tmp_path / "p", [("o_end=5", 0, 70.0, "../rp/o5/seed0")], 6, "paper")
+    assert len(o_end.read_runs([str(e6), str(paper)], "final_acc")) == 7  # accuracy does not depend on the mode
+    with pytest.raises(SystemExit, match="do not compare: indicator mode general"):
+        o_end.read_runs([str(e6), str(paper)], "estimating_error")
+
+
+def test_curves_refuse_a_setting_whose_runs_have_other_numbers_of_epochs():
+    curves = _script("curves")
+    assert curves.mean_curves({"a": [[1.0, 2.0], [3.0, 4.0]]}) == {"a": [2.0, 3.0]}
+    with pytest.raises(SystemExit, match="the runs of o_end=3 have 3 and 20 epochs: they do not compare"):
+        curves.mean_curves({"o_end=3": [[1.0] * 20, [1.0] * 3]})
+
+
+def test_combine_carries_the_runs_planned_and_diverged(tmp_path):
+    """(review sweep L3) a seed that diverged in a source is counted in the joined table ('2/3, 1 diverged')."""
+    combine = _script("combine")
+    src = _study_sweep(tmp_path / "a", [("estimator=ste", s, 80.0, f"../r/ste/seed{s}") for s in range(2)]
+                       + [("estimator=reste", s, 82.0, f"../r/reste/seed{s}") for s in range(3)], 6, "general",
+                       axis="estimator", planned={"estimator=ste": [0, 1, 2]})
+    with open(src / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "n", "n_runs", "n_diverged"])
+        w.writerows([["estimator=ste", 2, 3, 1], ["estimator=reste", 3, 3, 0]])
+    combine.main([str(tmp_path / "j"), str(src), "--settings", "estimator=reste,estimator=ste"])
+    text = (tmp_path / "j" / "results.md").read_text()
+    assert "| 2/3, 1 diverged | 0 1 |" in text and "| 3 | 0 1 2 |" in text
+    table = {r["setting"]: r for r in csv.DictReader(open(tmp_path / "j" / "results.csv"))}
+    assert (table["estimator=ste"]["n_runs"], table["estimator=ste"]["missing_seeds"]) == ("3", "2")
+    combine.main([str(tmp_path / "j2"), str(tmp_path / "j"), "--settings", "estimator=ste"])  # a joined source
+    assert "| 2/3, 1 diverged |" in (tmp_path / "j2" / "results.md").read_text()

@@ -11,31 +11,58 @@ joined folder as it reads a sweep.
 --alias gives a setting of a source sweep the label it has in OUT (o_end=3 -> estimator=reste), and
 --settings lists OUT's settings in order. A (setting, seed) that two sweeps hold must be the same run
 (the same run folder and the same accuracies), else the script stops: an alias that joins two
-different runs is refused rather than averaged. Aggregates are as `reste sweep` writes them: mean and
-sample std over the seeds, and n.
+different runs is refused rather than averaged, and so are runs that do not compare: of another number of
+epochs or another indicator mode (paper mode sums the stability over epochs). Each joined run's run_dir is
+written relative to OUT, so a script reading OUT finds (and counts once) the run a source names. Aggregates are as
+`reste sweep` writes them: mean and sample std over the seeds, n, and the runs planned (n_runs) and diverged
+(n_diverged) that the sources' tables name.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import sys
 from pathlib import Path
 
 from reste.experiments.plots import error_vs_stability_figure, o_end_figure  # and its figures
-from reste.experiments.report import METRICS, _mean_std, _pm, write_csv  # as `reste sweep` writes its tables
+from reste.experiments.report import (METRICS, _indicator_rule, _mean_std, _pm,  # as `reste sweep` writes its tables
+                                     write_csv)
 
 COLUMNS = ("setting", "estimator", "seed", *METRICS, "epochs", "seconds", "run_dir", "sweep")
 
 
-def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str]) -> dict[tuple[str, int], dict]:
-    """(setting, seed) -> row, over the sweeps' runs.csv; refuses two different runs under one key. Each row
-    carries its setting's axis as a column (o_end = 3 for a ReSTE run aliased to o_end=3), as o_end.py reads it."""
+def indicator_modes(sweep: str) -> dict[str, str | None]:
+    """setting -> its indicator mode ("general", "paper"; None: no indicators): from the sweep's sweep.json, else,
+    for a folder this script joined, from the mode its results.md names; {} when neither says."""
+    path = Path(sweep) / "sweep.json"
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        base = manifest.get("base", {})
+        return {s["label"]: (s.get("config") or {**base, **s.get("values", {})}).get("indicators")
+                for s in manifest.get("settings", [])}
+    md = Path(sweep) / "results.md"
+    head = md.read_text().split("\n", 1)[0] if md.is_file() else ""
+    for mode in ("general", "paper"):
+        if f"indicators ({mode} mode)" in head:
+            return {"*": mode}
+    return {}
+
+
+def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str], out: str | Path = "."
+              ) -> dict[tuple[str, int], dict]:
+    """(setting, seed) -> row, over the sweeps' runs.csv; refuses two different runs under one key, and runs that
+    do not compare (another number of epochs or indicator mode). Each row carries its setting's axis as a column
+    (o_end = 3 for a ReSTE run aliased to o_end=3), as o_end.py reads it, its run_dir relative to ``out`` and its
+    indicator mode under "indicators" ("?" when its sweep does not say)."""
     rows: dict[tuple[str, int], dict] = {}
     for sweep in sweeps:
         path = Path(sweep) / "runs.csv"
         if not path.is_file():
             sys.exit(f"combine.py: {sweep} has no runs.csv; give the folders of finished sweeps")
+        modes = indicator_modes(sweep)
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 setting = aliases.get(row["setting"], row["setting"])
@@ -43,8 +70,11 @@ def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str]) -> di
                     continue
                 axis, value = setting.split("=", 1)
                 key = (setting, int(row["seed"]))
+                run_dir = Path(os.path.relpath(Path(sweep) / row["run_dir"], out)).as_posix() if row.get("run_dir") \
+                    else ""
+                mode = modes.get(row["setting"], modes.get("*", "?")) or "none"
                 new = {c: row.get(c, "") for c in COLUMNS} | {"setting": setting, "seed": key[1], "sweep": sweep,
-                                                               axis: value}
+                                                               axis: value, "run_dir": run_dir, "indicators": mode}
                 if axis != "estimator":  # an o_end sweep's runs.csv has no estimator column: it is ReSTE's
                     new["estimator"] = row.get("estimator") or "reste"
                 old = rows.get(key)
@@ -55,6 +85,16 @@ def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str]) -> di
                     sys.exit(f"combine.py: {setting} seed {key[1]} is a different run in {old['sweep']} "
                              f"({old['run_dir']}, final {old['final_acc']}) and in {sweep} ({new['run_dir']}, "
                              f"final {new['final_acc']}); check the --alias")
+    for field, what in (("epochs", "numbers of epochs"), ("indicators", "indicator modes")):
+        seen: dict[str, dict] = {}
+        for r in rows.values():
+            if r[field] not in ("", "?"):
+                seen.setdefault(r[field], r)
+        if len(seen) > 1:
+            a, b = list(seen.values())[:2]
+            sys.exit(f"combine.py: the runs do not compare: other {what} ({a['setting']} seed {a['seed']} in "
+                     f"{a['sweep']}: {field} {a[field]}; {b['setting']} seed {b['seed']} in {b['sweep']}: {field} "
+                     f"{b[field]}); join sweeps of one configuration")
     return rows
 
 
@@ -83,7 +123,34 @@ def read_epochs(rows: dict[tuple[str, int], dict], aliases: dict[str, str]) -> l
     return out
 
 
-def aggregate(rows: dict[tuple[str, int], dict], keep: list[str]) -> list[dict]:
+def unreported(sweeps: list[str], keep: list[str], aliases: dict[str, str], rows: dict[tuple[str, int], dict]
+               ) -> dict[str, tuple[list[int], int]]:
+    """setting -> (the seeds a source planned and no source reported, how many of them diverged): the planned runs
+    from each source's sweep.json (or, for a folder this script joined, its results.csv's missing_seeds), the
+    diverged ones from its results.csv's n_diverged (at most the seeds still missing)."""
+    missing: dict[str, set[int]] = {s: set() for s in keep}
+    diverged = dict.fromkeys(keep, 0)
+    for sweep in sweeps:
+        table = {}
+        if (Path(sweep) / "results.csv").is_file():
+            with open(Path(sweep) / "results.csv", newline="") as f:
+                table = {r["setting"]: r for r in csv.DictReader(f)}
+        planned: dict[str, list[int]] = {}
+        if (Path(sweep) / "sweep.json").is_file():
+            manifest = json.loads((Path(sweep) / "sweep.json").read_text())
+            planned = {st["label"]: [int(k) for k in st.get("runs", {})] for st in manifest.get("settings", [])}
+        else:
+            planned = {label: [int(k) for k in (r.get("missing_seeds") or "").split()] for label, r in table.items()}
+        for label, seeds in planned.items():
+            setting = aliases.get(label, label)
+            if setting in missing:
+                missing[setting] |= {seed for seed in seeds if (setting, seed) not in rows}
+                diverged[setting] = max(diverged[setting], int(table.get(label, {}).get("n_diverged") or 0))
+    return {s: (sorted(missing[s]), min(diverged[s], len(missing[s]))) for s in keep}
+
+
+def aggregate(rows: dict[tuple[str, int], dict], keep: list[str],
+              unplanned: dict[str, tuple[list[int], int]] | None = None) -> list[dict]:
     out = []
     for setting in keep:
         runs = [r for (s, _), r in sorted(rows.items()) if s == setting]
@@ -91,18 +158,22 @@ def aggregate(rows: dict[tuple[str, int], dict], keep: list[str]) -> list[dict]:
         agg: dict = {"setting": setting, axis: value}
         for m in METRICS:
             agg[f"{m}_mean"], agg[f"{m}_std"] = _mean_std([float(r[m]) for r in runs if r[m] not in ("", None)])
+        missing, diverged = (unplanned or {}).get(setting, ([], 0))
         agg["n"] = len(runs)
+        agg["n_runs"] = len(runs) + len(missing)
+        agg["n_diverged"] = diverged
         agg["seeds"] = " ".join(str(r["seed"]) for r in runs)
+        agg["missing_seeds"] = " ".join(map(str, missing))
         out.append(agg)
     return out
 
 
-def figures(out: Path, table: list[dict], axes: list[str]) -> None:
+def figures(out: Path, table: list[dict], axes: list[str], mode: str | None = "general") -> None:
     """The figures `reste sweep` draws from its per-setting table: error against stability and, on an o_end
     axis, accuracy and the indicators against o_end (its per-epoch figures need the run folders)."""
     have_ind = all(r["estimating_error_mean"] is not None for r in table)
     if have_ind:
-        error_vs_stability_figure(out, table)
+        error_vs_stability_figure(out, table, mode or "general")
     if "o_end" in axes:
         o_end_figure(out, {"grid": {"o_end": []}}, table, "o_end", indicators=have_ind)
 
@@ -115,7 +186,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--alias", nargs=2, action="append", default=[], metavar=("FROM", "TO"))
     args = p.parse_args(argv)
     keep = args.settings.split(",")
-    rows = read_rows(args.sweeps, keep, dict(args.alias))
+    rows = read_rows(args.sweeps, keep, dict(args.alias), args.out)
     missing = [s for s in keep if not any(k[0] == s for k in rows)]
     if missing:
         sys.exit(f"combine.py: no run of {', '.join(missing)} in {', '.join(args.sweeps)}")
@@ -128,19 +199,25 @@ def main(argv: list[str]) -> None:
     if epochs:
         write_csv(out / "epochs.csv", sorted(epochs, key=lambda e: (keep.index(e["setting"]), int(e["seed"]),
                                                                       int(e["epoch"]))))
-    table = aggregate(rows, keep)
+    table = aggregate(rows, keep, unreported(args.sweeps, keep, dict(args.alias), rows))
     write_csv(out / "results.csv", table)
-    figures(out, table, axes)
+    modes = {r["indicators"] for r in rows.values()} - {"?", "none"}
+    mode = modes.pop() if modes else None
+    figures(out, table, axes, mode)
+    rule = _indicator_rule(mode) if mode else "; indicators: mode not recorded by the sources"
+    count = next((f"{r['epochs']} epochs; " for r in rows.values() if r["epochs"]), "")
     lines = [f"Joined from the runs.csv of {', '.join(args.sweeps)} by docs/results/combine.py; "
-             "mean ± sample std over seeds; indicators: mean over epochs.", "",
+             f"{count}mean ± sample std over seeds{rule}.", "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n | seeds |",
              "|---|---|---|---|---|---|---|"]
     for r in table:
+        n = f"{r['n']}{'' if r['n'] == r['n_runs'] else '/' + str(r['n_runs'])}"
+        n += f", {r['n_diverged']} diverged" if r["n_diverged"] else ""
         lines.append(f"| {r['setting']} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} | "
                      f"{_pm(r['final_acc_mean'], r['final_acc_std'], '.2f')} | "
-                     f"{_pm(r['estimating_error_mean'], r['estimating_error_std'], '.4g')} | "
-                     f"{_pm(r['gradient_stability_mean'], r['gradient_stability_std'], '.3g')} | "
-                     f"{r['n']} | {r['seeds']} |")
+                     f"{_pm(r['estimating_error_mean'], r['estimating_error_std'], '.4g', '.2g')} | "
+                     f"{_pm(r['gradient_stability_mean'], r['gradient_stability_std'], '.3g', '.2g')} | "
+                     f"{n} | {r['seeds']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print(f"{len(rows)} runs of {len(keep)} settings -> {out}")
 

@@ -47,10 +47,15 @@ def read_runs(sweep: Path) -> tuple[dict[str, list[list[float]]], dict[str, int]
 
 
 def mean_curves(per_setting: dict[str, list[list[float]]]) -> dict[str, list[float]]:
-    """setting -> mean test top-1 per epoch over its runs (as many epochs as the shortest run has)."""
+    """setting -> mean test top-1 per epoch over its runs; refuses a setting whose runs have other numbers of
+    epochs (runs of sweeps of other --epochs joined into one folder): their mean would be cut to the shortest."""
     out = {}
     for setting, runs in per_setting.items():
         epochs = min(len(r) for r in runs)
+        if any(len(r) != epochs for r in runs):
+            counts = " and ".join(map(str, sorted({len(r) for r in runs})))
+            raise SystemExit(f"curves.py: the runs of {setting} have {counts} epochs: they do not compare; give a "
+                             "folder whose runs trained alike")
         out[setting] = [statistics.fmean(r[e] for r in runs) for e in range(epochs)]
     return out
 

@@ -34,9 +34,15 @@ import math
 import statistics
 from collections import defaultdict
 
-import numpy as np
+import os
+import sys
 from pathlib import Path
+
+import numpy as np
 from scipy import stats
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from combine import indicator_modes  # noqa: E402  (a sweep's or a joined folder's indicator mode: combine's fact)
 
 
 def fit(rows: list[tuple[int, float, float]]) -> dict[str, float]:
@@ -76,17 +82,39 @@ INDICATORS = ("estimating_error", "gradient_stability")
 
 
 def read_runs(sweeps: list[str], metric: str) -> list[tuple[int, float, float]]:
-    """(seed, o_end, metric) of every finished run of the sweeps, each run directory once."""
-    rows, seen = [], set()
+    """(seed, o_end, metric) of every finished run of the sweeps, each run once: by its folder's name
+    (ESTIMATOR-KEY/seedN, whichever sweep's runs.csv names it and relative to whichever folder). Refuses runs that
+    do not compare: of other numbers of epochs, of other indicator modes (for an indicator), or two different runs
+    at one (seed, o_end) (sweeps of other settings)."""
+    rows, seen, at, facts = [], set(), {}, {}
     for sweep in sweeps:
+        modes = indicator_modes(sweep)
         with open(Path(sweep) / "runs.csv", newline="") as f:
             for row in csv.DictReader(f):
                 if row.get(metric) in (None, "") or row.get("o_end") in (None, ""):
                     continue
-                run = (Path(sweep) / row["run_dir"]).resolve()
-                if run not in seen:
-                    seen.add(run)
-                    rows.append((int(row["seed"]), float(row["o_end"]), float(row[metric])))
+                run = "/".join(Path(row["run_dir"]).parts[-2:]) if row.get("run_dir") else (sweep, row["setting"],
+                                                                                             row["seed"])
+                if run in seen:
+                    continue
+                seen.add(run)
+                key = (int(row["seed"]), float(row["o_end"]))
+                where = f"{row['setting']} seed {row['seed']} in {sweep}"
+                mine = {"epochs": row.get("epochs") or None}
+                if metric in INDICATORS:
+                    mine["indicator mode"] = modes.get(row["setting"], modes.get("*"))
+                for name, value in mine.items():
+                    if value is None:
+                        continue
+                    first = facts.setdefault(name, (value, where))
+                    if first[0] != value:
+                        raise SystemExit(f"the runs do not compare: {name} {first[0]} ({first[1]}) and {value} "
+                                         f"({where}); give sweeps of one configuration")
+                if key in at:
+                    raise SystemExit(f"o_end {key[1]:g} seed {key[0]} is two different runs ({at[key]}; {where}): "
+                                     "give sweeps of one configuration")
+                at[key] = where
+                rows.append((key[0], key[1], float(row[metric])))
     return rows
 
 
