@@ -5,6 +5,7 @@ import json
 import importlib.util
 import math
 import os
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -543,3 +544,35 @@ def test_combine_carries_the_runs_planned_and_diverged(tmp_path):
     assert (table["estimator=ste"]["n_runs"], table["estimator=ste"]["missing_seeds"]) == ("3", "2")
     combine.main([str(tmp_path / "j2"), str(tmp_path / "j"), "--settings", "estimator=ste"])  # a joined source
     assert "| 2/3, 1 diverged |" in (tmp_path / "j2" / "results.md").read_text()
+
+
+def test_paired_names_what_is_wrong_and_equal_differences_are_not_an_absurd_t(tmp_path, capsys):
+    """(review sweep L1) no common seed: one line; an unknown column is named; differences that are all equal
+    (accuracies move in steps of one test image) give t inf, 'identical differences', not t 1e14."""
+    paired = _script("paired")
+    apart = tmp_path / "pp"
+    apart.mkdir()
+    (apart / "runs.csv").write_text("setting,seed,best_acc\na,0,90\nb,1,91\n")
+    paired.main(["paired.py", str(apart), "a"])
+    assert "vs b                        no seed that both finished (a: 0; b: 1)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="has no column 'nosuchcol'; give one of setting, seed, best_acc"):
+        paired.main(["paired.py", str(apart), "a", "nosuchcol"])
+    ref, other = [91.38888888888889, 86.66666666666667, 77.5], [90.0, 85.27777777777777, 76.11111111111111]
+    assert statistics.stdev([a - b for a, b in zip(ref, other)]) > 0  # 8e-15: five test images each, in floats
+    steps = _sweep(tmp_path / "s", lambda s, o: (ref if o == 3 else other)[s], o_ends=(1, 3))
+    r = paired.paired(ref, other)
+    assert r["std"] == 0 and r["t"] == math.inf
+    paired.main(["paired.py", str(steps), "o_end=3", "final_acc"])
+    out = capsys.readouterr().out
+    assert "+1.39 ±  0.00  identical differences  t inf" in out
+
+
+def test_paired_says_when_a_setting_lacks_planned_or_diverged_runs(tmp_path, capsys):
+    """(review sweep L3) 'ahead in 2/2' says that a third run of the other setting diverged."""
+    paired = _script("paired")
+    sweep = _runs_csv(tmp_path / "s", [("estimator=reste", s, 88.0, f"../r/reste/seed{s}") for s in range(3)]
+                      + [("estimator=ste", s, 87.0, f"../r/ste/seed{s}") for s in range(2)])
+    (sweep / "results.csv").write_text("setting,n,n_runs,n_diverged\nestimator=reste,3,3,0\nestimator=ste,2,3,1\n")
+    paired.main(["paired.py", str(sweep), "estimator=reste", "final_acc"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "vs estimator=ste" in x)
+    assert "ahead in 2/2; estimator=ste has 2 of 3 runs, 1 diverged)" in line

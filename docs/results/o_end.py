@@ -34,15 +34,16 @@ import math
 import statistics
 from collections import defaultdict
 
-import os
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from combine import indicator_modes  # noqa: E402  (a sweep's or a joined folder's indicator mode: combine's fact)
+_spec = importlib.util.spec_from_file_location("combine", Path(__file__).with_name("combine.py"))
+_combine = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_combine)
+indicator_modes = _combine.indicator_modes  # a sweep's or a joined folder's indicator mode: combine.py's fact
 
 
 def fit(rows: list[tuple[int, float, float]]) -> dict[str, float]:

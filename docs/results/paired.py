@@ -27,10 +27,15 @@ def paired(values_ref: list[float], values_other: list[float]) -> dict[str, floa
     """Mean, sample std, 95% CI half-width and t of the differences ref - other."""
     diffs = [a - b for a, b in zip(values_ref, values_other)]
     n = len(diffs)
+    if not n:
+        raise ValueError("no seed to pair")
     mean = statistics.fmean(diffs)
     std = statistics.stdev(diffs) if n > 1 else math.nan
+    if n > 1 and std <= 1e-9 * max(abs(mean), 1e-12):  # equal differences: the std is float noise (accuracies
+        std = 0.0                                        # move in steps of one test image), not a spread
     half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-    t = mean / (std / math.sqrt(n)) if n > 1 and std > 0 else math.nan
+    t = (mean / (std / math.sqrt(n)) if std > 0 else math.copysign(math.inf, mean) if mean else math.nan
+         ) if n > 1 else math.nan
     return {"n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "t": t,
             "wins": sum(d > 0 for d in diffs), "diffs": diffs}
 
@@ -39,20 +44,39 @@ def interval(r: dict[str, float]) -> str:
     """The 95% CI of a paired() result as text; one seed has none (rather than printing nan)."""
     if r["n"] < 2:
         return f"no 95% CI from {r['n']} seed"
+    if r["std"] == 0:
+        return "identical differences"
     return f"95% CI [{r['lo']:+.2f}, {r['hi']:+.2f}]"
 
 
 def read_metric(sweep: str, metric: str) -> dict[str, dict[str, float]]:
-    """setting -> seed -> ``metric`` of each run in the sweep's runs.csv that has it."""
+    """setting -> seed -> ``metric`` of each run in the sweep's runs.csv that has it; an unknown column is an
+    error."""
     path = Path(sweep) / "runs.csv"
     if not path.is_file():
         sys.exit(f"{sweep} has no runs.csv; give the folder of a finished sweep")
     runs: dict[str, dict[str, float]] = defaultdict(dict)
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        if metric not in (reader.fieldnames or []):
+            sys.exit(f"{path} has no column {metric!r}; give one of {', '.join(reader.fieldnames or [])}")
+        for row in reader:
             if row.get(metric) not in (None, ""):
                 runs[row["setting"]][row["seed"]] = float(row[metric])
     return runs
+
+
+def counts(sweep: str) -> dict[str, str]:
+    """setting -> how many of its planned runs its results.csv reports, when not all ('2 of 3 runs, 1 diverged')."""
+    path = Path(sweep) / "results.csv"
+    out = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                n, n_runs, diverged = (int(row.get(k) or 0) for k in ("n", "n_runs", "n_diverged"))
+                if n_runs > n:
+                    out[row["setting"]] = f"{n} of {n_runs} runs" + (f", {diverged} diverged" if diverged else "")
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -67,14 +91,22 @@ def main(argv: list[str]) -> None:
     if ref not in runs:
         sys.exit(f"no setting {ref!r}; settings: {', '.join(runs)}")
     print(f"{metric}: {ref} minus each setting, per seed; 95% CI of the mean difference (t, n - 1 dof)")
+    short = counts(sweep)
+    if ref in short:
+        print(f"  note: {ref} has {short[ref]}")
     for setting, by_seed in runs.items():
         if setting == ref:
             continue
         seeds = sorted(set(by_seed) & set(runs[ref]), key=int)
+        note = f"; {setting} has {short[setting]}" if setting in short else ""
+        if not seeds:
+            print(f"  vs {setting:24s} no seed that both finished ({ref}: {' '.join(sorted(runs[ref], key=int))}; "
+                  f"{setting}: {' '.join(sorted(by_seed, key=int))}){note}")
+            continue
         r = paired([runs[ref][s] for s in seeds], [by_seed[s] for s in seeds])
         spread = f" ± {r['std']:5.2f}  {interval(r)}  t {r['t']:.2f}" if r["n"] > 1 else f"  {interval(r)}"
         print(f"  vs {setting:24s} {r['mean']:+7.2f}{spread}  (per seed: {', '.join(f'{d:+.2f}' for d in r['diffs'])}; "
-              f"{ref} ahead in {r['wins']}/{r['n']})")
+              f"{ref} ahead in {r['wins']}/{r['n']}{note})")
 
 
 if __name__ == "__main__":
