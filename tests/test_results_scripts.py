@@ -576,3 +576,21 @@ def test_paired_says_when_a_setting_lacks_planned_or_diverged_runs(tmp_path, cap
     paired.main(["paired.py", str(sweep), "estimator=reste", "final_acc"])
     line = next(x for x in capsys.readouterr().out.splitlines() if "vs estimator=ste" in x)
     assert "ahead in 2/2; estimator=ste has 2 of 3 runs, 1 diverged)" in line
+
+
+def test_the_t_values_in_the_results_readme_are_those_paired_prints(capsys):
+    """(review sweep L2) the 6-epoch table's t and the o_end sentence's, as paired.py prints them."""
+    paired = _script("paired")
+    text = (ROOT / "docs" / "results" / "README.md").read_text()
+    names = {"STE": "ste", "ApproxSign": "approx_sign", "SignSwish": "sign_swish", "EDE": "ede", "RBNN": "rbnn",
+             "DSQ": "dsq", "FDA": "fda"}
+    paired.main(["paired.py", str(ROOT / "docs/results/epochs6/estimators"), "estimator=reste"])
+    printed = {line.split()[1]: line.split(" t ")[1].split()[0] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("  vs ")}
+    for name, key in names.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} | +"))
+        assert row.split(" | ")[4] == printed[f"estimator={key}"], name
+    paired.main(["paired.py", str(ROOT / "docs/results/epochs6/o_end"), "o_end=3"])
+    sentence = " ".join(text.split("`o_end = 3` minus the other `o_end` values")[1].split("\n\n")[0].split())
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        assert f"t = {line.split(' t ')[1].split()[0]})" in sentence, line
