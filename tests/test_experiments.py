@@ -536,6 +536,12 @@ def test_a_paper_mode_sweep_reports_the_authors_aggregate(tmp_path, capsys):
     assert float(run["gradient_stability"]) == pytest.approx(sum(m["gradient_stability"] for m in metrics))
     assert float(run["estimating_error"]) == pytest.approx(statistics.fmean(m["estimating_error"] for m in metrics))
     assert "gradient stability sum over epochs (the authors' aggregate)" in (tmp_path / "s" / "results.md").read_text()
+    assert not (tmp_path / "s" / "accuracy_vs_o_end.png").exists()  # one o_end: no curve (review sweep L5)
+    from reste.experiments.plots import wanted_figures
+
+    rows = [{"o_end": o, "n": 1, "estimating_error_mean": None} for o in (1, 3)]
+    assert wanted_figures({"grid": {"o_end": [1, 3]}}, rows) == ["accuracy_vs_o_end.png"]
+    assert wanted_figures({"grid": {"o_end": [1, 3]}}, [rows[0], {**rows[1], "n": 0}]) == []
 
 
 def test_a_paper_mode_sweep_over_estimators_warns_that_the_error_does_not_compare(tmp_path, capsys, monkeypatch):

@@ -174,7 +174,7 @@ def figures(out: Path, table: list[dict], axes: list[str], mode: str | None = "g
     have_ind = all(r["estimating_error_mean"] is not None for r in table)
     if have_ind:
         error_vs_stability_figure(out, table, mode or "general")
-    if "o_end" in axes:
+    if "o_end" in axes and len({r["o_end"] for r in table if r.get("o_end") is not None}) > 1:
         o_end_figure(out, {"grid": {"o_end": []}}, table, "o_end", indicators=have_ind)
 
 

@@ -300,7 +300,7 @@ def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]
     """Write the sweep's figures into ``out`` from ``report.collect``'s rows and runs; returns their file names.
 
     With the indicators: ``indicators.png`` and ``error_vs_stability.png``; with an
-    ``o_end`` axis in the grid: ``accuracy_vs_o_end.png``.
+    ``o_end`` axis in the grid and runs at two values of it or more: ``accuracy_vs_o_end.png``.
     """
     from .report import paper_warning
 
@@ -313,7 +313,7 @@ def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]
         mode = None if "indicators" in manifest["grid"] else manifest["base"].get("indicators") or "general"
         written.append(error_vs_stability_figure(out, rows, mode, paper_warning(manifest)))
     o_axis = _o_axis(manifest)
-    if o_axis:
+    if "accuracy_vs_o_end.png" in wanted:
         written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind))
     return written
 
@@ -327,7 +327,8 @@ def wanted_figures(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list
     names = []
     if any(r["estimating_error_mean"] is not None for r in rows):
         names += ["indicators.png", "error_vs_stability.png"]
-    if _o_axis(manifest) and any(r["n"] for r in rows):
+    o_axis = _o_axis(manifest)
+    if o_axis and len({str(r.get(o_axis)) for r in rows if r["n"]}) > 1:  # a curve needs two values of o_end
         names.append("accuracy_vs_o_end.png")
     return names
 
