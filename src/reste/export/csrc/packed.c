@@ -61,6 +61,15 @@ void reste_pack_signs(const float *x, int64_t H, int64_t W, int64_t C, uint8_t *
             }
 }
 
+/* A 64-bit word at any address: a row read in place (kernels.py: Rows, narrow pixels) starts wherever its pixel
+   does, so it is generally not 8-byte aligned, and a uint64_t dereference there is undefined behaviour.
+   Compilers make this fixed-size memcpy one load. */
+static inline uint64_t ld64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
 /* Short copies inline (a call to memcpy per few bytes dominates the small-channel layers). */
 static inline void copy_bytes(uint8_t *dst, const uint8_t *src, int64_t n) {
     while (n >= 8) {
@@ -172,15 +181,15 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
     __m512i acc[ROWS][2];
     for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
     for (int64_t s = 0; s < nseg; s++) {
-        const uint64_t *p[ROWS];
-        for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+        const uint8_t *p[ROWS];
+        for (int r = 0; r < ROWS; r++) p[r] = rows[r] + off[s];
         const uint64_t *w = Wb + s * L * LANES;
         for (int64_t k = 0; k < L; k++) {
             __m512i w0 = _mm512_loadu_si512((const void *)(w + k * LANES));
             __m512i w1 = _mm512_loadu_si512((const void *)(w + k * LANES + 8));
 #pragma GCC unroll 8
             for (int r = 0; r < ROWS; r++) {
-                __m512i x = _mm512_set1_epi64((long long)p[r][k]);
+                __m512i x = _mm512_set1_epi64((long long)ld64(p[r] + 8 * k));
                 acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_xor_si512(x, w0)));
                 acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_xor_si512(x, w1)));
             }
@@ -207,8 +216,8 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
     for (int r = 0; r < ROWS; r++) tot[r][0] = tot[r][1] = b[r][0] = b[r][1] = zero;
     int since = 0;
     for (int64_t s = 0; s < nseg; s++) {
-        const uint64_t *p[ROWS];
-        for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+        const uint8_t *p[ROWS];
+        for (int r = 0; r < ROWS; r++) p[r] = rows[r] + off[s];
         const uint64_t *w = Wb + s * L * LANES;
         for (int64_t k = 0; k < L; k++) {
             __m512i w0 = _mm512_loadu_si512((const void *)(w + k * LANES));
@@ -216,7 +225,7 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
             __m512i h0 = _mm512_srli_epi64(w0, 4), h1 = _mm512_srli_epi64(w1, 4);
 #pragma GCC unroll 4
             for (int r = 0; r < ROWS; r++) {
-                __m512i x = _mm512_set1_epi64((long long)p[r][k]), xh = _mm512_srli_epi64(x, 4);
+                __m512i x = _mm512_set1_epi64((long long)ld64(p[r] + 8 * k)), xh = _mm512_srli_epi64(x, 4);
                 __m512i c0 = _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_ternarylogic_epi64(x, w0, nib, 0x28)),
                                              _mm512_shuffle_epi8(lut, _mm512_ternarylogic_epi64(xh, h0, nib, 0x28)));
                 __m512i c1 = _mm512_add_epi8(_mm512_shuffle_epi8(lut, _mm512_ternarylogic_epi64(x, w1, nib, 0x28)),
@@ -271,15 +280,15 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
         for (int r = 0; r < ROWS; r++) tot[r][0] = tot[r][1] = b[r][0] = b[r][1] = zero;
         int since = 0;
         for (int64_t s = 0; s < nseg; s++) {
-            const uint64_t *p[ROWS];
-            for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+            const uint8_t *p[ROWS];
+            for (int r = 0; r < ROWS; r++) p[r] = rows[r] + off[s];
             const uint64_t *w = Wb + s * L * LANES + 8 * h;
             for (int64_t k = 0; k < L; k++) {
                 __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * LANES));
                 __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * LANES + 4));
 #pragma GCC unroll 4
                 for (int r = 0; r < ROWS; r++) {
-                    __m256i x = _mm256_set1_epi64x((long long)p[r][k]);
+                    __m256i x = _mm256_set1_epi64x((long long)ld64(p[r] + 8 * k));
                     b[r][0] = _mm256_add_epi8(b[r][0], pc8(_mm256_xor_si256(x, w0), lut, nib));
                     b[r][1] = _mm256_add_epi8(b[r][1], pc8(_mm256_xor_si256(x, w1), lut, nib));
                 }
@@ -331,8 +340,8 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
     for (int r = 0; r < ROWS; r++)
         for (int j = 0; j < 8; j++) tot[r][j] = vdupq_n_u64(0);
     for (int64_t s = 0; s < nseg; s++) {
-        const uint64_t *p[ROWS];
-        for (int r = 0; r < ROWS; r++) p[r] = (const uint64_t *)(rows[r] + off[s]);
+        const uint8_t *p[ROWS];
+        for (int r = 0; r < ROWS; r++) p[r] = rows[r] + off[s];
         const uint64_t *w = Wb + s * L * LANES;
         for (int64_t k = 0; k < L;) {
             int64_t end = k + 31 < L ? k + 31 : L;
@@ -343,7 +352,7 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
                 uint64x2_t wv[8];
                 for (int j = 0; j < 8; j++) wv[j] = vld1q_u64(w + k * LANES + 2 * j);
                 for (int r = 0; r < ROWS; r++) {
-                    uint64x2_t x = vdupq_n_u64(p[r][k]);
+                    uint64x2_t x = vdupq_n_u64(ld64(p[r] + 8 * k));
                     for (int j = 0; j < 8; j++)
                         b[r][j] = vaddq_u8(b[r][j], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, wv[j]))));
                 }
@@ -362,10 +371,10 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
                          const uint64_t *Wb, uint64_t *cnt) {
     uint64_t c[LANES] = {0};
     for (int64_t s = 0; s < nseg; s++) {
-        const uint64_t *p = (const uint64_t *)(rows[0] + off[s]);
+        const uint8_t *p = rows[0] + off[s];
         const uint64_t *w = Wb + s * L * LANES;
         for (int64_t k = 0; k < L; k++) {
-            uint64_t a = p[k];
+            uint64_t a = ld64(p + 8 * k);
             for (int j = 0; j < LANES; j++) c[j] += (uint64_t)__builtin_popcountll(a ^ w[k * LANES + j]);
         }
     }
@@ -435,9 +444,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
             px[r] = mode == 2 ? out + n * on + oh * ohs + ow * ows : 0;
             krow[r] = K;
             for (int64_t sg = 0; tail && sg < nseg; sg++) {
-                uint64_t last;
-                memcpy(&last, rows[r] + off[sg] + 8 * (L - 1), 8);
-                krow[r] += 2 * __builtin_popcountll(last & tail);
+                krow[r] += 2 * __builtin_popcountll(ld64(rows[r] + off[sg] + 8 * (L - 1)) & tail);
             }
             if (r + 1 >= nr) continue;
             p++;
