@@ -675,3 +675,16 @@ def test_compiled_and_data_parallel_models_export_as_the_model_inside(tmp_path):
         assert (tmp_path / f"{name}.rbnn").read_bytes() == (tmp_path / "plain.rbnn").read_bytes(), name
     with pytest.raises(UsageError, match="expected a torch.nn.Module, got OrderedDict"):
         export_model(net.state_dict(), tmp_path / "sd.rbnn")
+
+
+def test_a_failed_torchscript_export_prints_nothing_and_the_fallback_says_why(tmp_path, capfd):
+    """A model the TorchScript exporter rejects (an adaptive pool to a size that does not divide the map):
+    its C++ side prints the whole IR graph on file descriptor 1; silenced, and one line says why dynamo ran."""
+    pytest.importorskip("onnxscript")
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 3, padding=1),
+                        nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(), nn.Linear(96, 10))
+    model = _calibrate(reste.binarize(net), (3, 11, 13))
+    info = export_onnx(model, tmp_path / "a.onnx", (3, 11, 13), check=False)
+    out, err = capfd.readouterr()
+    assert info["exporter"] == "dynamo" and info["fallback"] and "\n" not in info["fallback"]
+    assert "graph(" not in out + err and len((out + err).splitlines()) < 3, out + err

@@ -99,6 +99,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         elif "max_abs_diff" in o:
             check = f"; onnxruntime vs float32 model: max |logit diff| {o['max_abs_diff']:.2e}"
         print(f"wrote {o['path']} ({o['bytes']:,} bytes, {o['exporter']} exporter{check})")
+        if "fallback" in o:
+            print(f"  (the TorchScript exporter failed, so the dynamo exporter wrote it: {o['fallback']})")
     return status
 
 

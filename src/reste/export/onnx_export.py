@@ -12,10 +12,11 @@ import contextlib
 import copy
 import io
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -78,6 +79,33 @@ def deploy_model(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """File descriptors 1 and 2 sent to /dev/null for the duration: the exporters' C++ side prints there
+    (the TorchScript exporter dumps its whole IR graph when it fails), where ``redirect_stdout`` cannot
+    reach. Process-wide: other threads' output in that time is lost too."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = []
+    try:
+        with open(os.devnull, "wb") as null:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                except OSError:  # a closed descriptor: nothing to silence
+                    continue
+                os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, copy_fd in saved:
+            os.dup2(copy_fd, fd)
+            os.close(copy_fd)
+
+
 def _export(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool) -> None:
     kwargs: dict[str, Any] = dict(input_names=["images"], output_names=["logits"], opset_version=OPSET)
     if dynamo:
@@ -106,10 +134,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
                 check: bool = True) -> dict[str, Any]:
     """Write the eval-mode ``model`` as ONNX (input ``images`` (N, *input_size), output ``logits``).
 
-    Tries the TorchScript exporter, then the dynamo exporter. With ``check`` (and
+    Tries the TorchScript exporter, then the dynamo exporter; what they print (on file descriptors 1 and
+    2) is silenced, and ``"fallback"`` gives the first line of the TorchScript exporter's error when
+    dynamo wrote the file. With ``check`` (and
     onnxruntime installed) the file is run on 16 random images and compared with the
     model in float64 (see :func:`check_onnx`).
-    Returns ``{"path", "bytes", "exporter"}`` and the check's keys.
+    Returns ``{"path", "bytes", "exporter"}`` [``"fallback"``] and the check's keys.
     """
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
 
@@ -123,7 +153,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     errors = []
     for exporter, dynamo in (("torchscript", False), ("dynamo", True)):
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _quiet_fds():
                 _export(deploy, x, path, dynamo)
             break
         except Exception as err:  # noqa: BLE001 - fall back to the other exporter
@@ -131,6 +161,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     else:
         raise UsageError(f"ONNX export failed ({'; '.join(errors)})")
     info: dict[str, Any] = {"path": str(path), "bytes": path.stat().st_size, "exporter": exporter}
+    if errors:  # the first exporter failed: why, in one line (its own output was silenced)
+        info["fallback"] = errors[0].partition(": ")[2].strip("'\"")
     if check:
         info.update(check_onnx(model, path, input_size))
     return info
