@@ -92,6 +92,11 @@ EDITS = {
     "a negative offset": lambda h: h["tensors"][0].__setitem__(2, -8),
     "aliased tensors (each listed copy was loaded)": lambda h: h["tensors"].extend([list(h["tensors"][0])] * 50),
     "meta that is not a mapping": lambda h: h.__setitem__("meta", [1, 2]),
+    # the input's shape: a raw TypeError when read, a raw conv2d error at the first call
+    "an input shape that is a number": lambda h: _set(h["nodes"][0], "shape", -1),
+    "an input shape of 2 channels for a 1-channel conv": lambda h: _set(h["nodes"][0], "shape", [2, 8, 8]),
+    "an input shape with a zero": lambda h: _set(h["nodes"][0], "shape", [1, 0, 8]),
+    "an input shape without (H, W) for a conv": lambda h: _set(h["nodes"][0], "shape", [1, 8]),
     "a clip whose low end is above its high end": lambda h: h["nodes"].insert(len(h["nodes"]), {
         "op": "hardtanh", "lo": 1.0, "hi": -1.0, "in": [h["output"]]}) or h.__setitem__("output", len(h["nodes"]) - 1),
 }
@@ -105,6 +110,27 @@ def test_a_crafted_file_is_refused_at_load_with_one_line(model_file, tmp_path, w
             PackedModel.load(path, backend=backend)
         message = str(info.value)
         assert "\n" not in message and ("corrupted packed model" in message), message
+
+
+NEWER = {  # what a newer writer would make: "upgrade reste", not "corrupted"
+    "an attribute this reste does not know": lambda h: _set(_bconvs(h)[0], "new_attr", 1),
+    "another format name": lambda h: h.__setitem__("format", "reste-packed-3"),
+}
+
+
+@pytest.mark.parametrize("what", list(NEWER))
+def test_a_file_from_a_newer_writer_says_upgrade_in_one_line(model_file, tmp_path, what):
+    path = _crafted(model_file, tmp_path, NEWER[what])
+    with pytest.raises(UsageError) as info:
+        PackedModel.load(path, backend="numpy")
+    message = str(info.value)
+    assert "\n" not in message and "newer reste" in message and "corrupted" not in message, message
+
+
+def test_a_header_without_the_format_name_is_refused(model_file, tmp_path):
+    path = _crafted(model_file, tmp_path, lambda h: h.pop("format"))
+    with pytest.raises(UsageError, match="header has no format name, not 'reste-packed'"):
+        PackedModel.load(path, backend="numpy")
 
 
 def test_the_untouched_file_loads(model_file, tmp_path):

@@ -36,7 +36,7 @@ from . import format as fmt
 from . import ir
 from .graph import Bits, eval_mode, to_graph
 
-FORMAT_NAME = "reste-packed"
+FORMAT_NAME = ir.FORMAT_NAME
 
 
 def _json_safe(value: Any) -> Any:

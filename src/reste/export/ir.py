@@ -89,6 +89,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("cpad", ("pads", "value")),
 )}
 
+#: The header's ``format``: what every file reste writes names itself (a reader refuses any other name).
+FORMAT_NAME = "reste-packed"
+
 #: The binary layers: weights stored as bits, inputs signed when ``bin_in``.
 BINARY_OPS = ("bconv", "blinear")
 
@@ -246,11 +249,41 @@ def _tensor_shapes(op: str, node: dict[str, Any], where: str, tensors: list[Any]
         raise ValueError(f"{where} weight has shape {list(shapes['w'])}")
 
 
+def _input_shape(nodes: list[dict[str, Any]], tensors: list[Any]) -> None:
+    """The input node's ``shape`` (when the file records one): positive integers, and the channels (features)
+    that the layers reading the input directly take, where their weights say it."""
+    if "shape" not in nodes[0]:
+        return
+    shape = nodes[0]["shape"]
+    _ints(shape, None, 1, "node 0 (input) shape")
+    if not shape:
+        raise ValueError("node 0 (input) shape is empty")
+    for i, node in enumerate(nodes[1:], 1):
+        if 0 not in node["in"] or node["op"] not in ("conv", "bconv", "linear", "blinear", "affine"):
+            continue
+        key = "scale" if node["op"] == "affine" else "w"
+        w = tuple(tensors[node[key]][1])
+        if node["op"] in ("conv", "bconv"):
+            takes, size = w[1] * node.get("groups", 1), (shape[0] if len(shape) == 3 else None)
+        else:  # a linear layer reads the last dimension, a batch norm the first
+            takes, size = w[1] if key == "w" else w[0], shape[-1] if key == "w" else shape[0]
+        if size != takes:
+            raise ValueError(f"node 0 (input) shape {shape} does not fit node {i} ({node['op']}), which takes "
+                             f"{takes} channels{' in (C, H, W) images' if node['op'] in ('conv', 'bconv') else ''}")
+
+
 def check_graph(header: dict[str, Any]) -> None:
     """``ValueError`` unless the header's graph is one the runtime can run safely: every node with its op's
     keys, attributes of the types and ranges the kernels assume (a negative pad would write before a
-    buffer), inputs that come before it, tensors of the right kind and matching lengths, and an output node.
-    A file's checksum only catches accidents; this catches a file made to disagree with itself."""
+    buffer), inputs that come before it, tensors of the right kind and matching lengths, an input shape that
+    its readers take, and an output node. A file's checksum only catches accidents; this catches a file made
+    to disagree with itself. ``UsageError`` (with "newer reste") for what a newer writer would make: another
+    ``format`` name, an op or a node attribute this reste does not know."""
+    name = header.get("format")
+    if name != FORMAT_NAME:
+        got = "no format name" if name is None else f"format {str(name)[:60]!r}"
+        raise UsageError(f"the packed model's header has {got}, not {FORMAT_NAME!r}: it was written by a newer "
+                         "reste (upgrade reste) or by another program")
     nodes, tensors, output = header["nodes"], header["tensors"], header["output"]
     if not isinstance(nodes, list) or not nodes or not isinstance(tensors, list):
         raise ValueError("no nodes")
@@ -259,13 +292,19 @@ def check_graph(header: dict[str, Any]) -> None:
             raise ValueError(f"node {i} is not an op")
         op = node["op"]
         where = f"node {i} ({op}{', ' + str(node['name'])[:60] if node.get('name') else ''})"
-        check_node(node)
         if (op == "input") != (i == 0):
             raise ValueError(f"{where}: the input is node 0 and only it")
+        spec = get_op(op)
+        unknown = set(node) - set(NODE_KEYS + spec.attrs + spec.tensors + spec.optional + spec.build_only)
+        if unknown:
+            raise UsageError(f"{where} has attributes this reste does not know ({', '.join(sorted(unknown))[:100]}); "
+                             "the packed model was likely written by a newer reste: upgrade reste")
+        check_node(node)
         ins = node.get("in", [])
         if not isinstance(ins, list) or not all(type(j) is int and 0 <= j < i for j in ins):
             raise ValueError(f"{where} takes {ins!r}; a node takes earlier nodes")
         _attributes(op, node, where)
         _tensor_shapes(op, node, where, tensors)
+    _input_shape(nodes, tensors)
     if type(output) is not int or not 0 <= output < len(nodes):
         raise ValueError(f"output {output!r} is not a node")
