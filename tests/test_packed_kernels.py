@@ -488,3 +488,38 @@ def test_dispatch_never_picks_a_variant_the_cpu_lacks():
         assert lib.reste_isa() == K._ISA_ID[isa]
         assert isa == "scalar" or features & K._ISA_FEATURE[isa]
     assert K.choose_isa() == ISAS[0]
+
+
+_FORK = """
+import os, sys, torch
+from reste.export import PackedModel
+torch.set_num_threads(1)  # the README's fork-safe setting: 1 torch thread and the POSIX pool in the parent
+packed = PackedModel.load(sys.argv[1], backend="c", threads=2, pool="posix")
+x = torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+want = packed(x)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if torch.equal(packed(x), want) else 1)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
+def test_a_model_loaded_before_a_fork_runs_in_the_child_with_the_readmes_setting(block_file):
+    """What the README's Deployment section promises a pre-fork server (the default OpenMP pool, or torch on
+    2 threads in the parent, hangs the child: libgomp's threads do not survive a fork)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(reste.__file__).parent.parent), "RESTE_PACKED_POOL": ""}
+    proc = subprocess.run([sys.executable, "-c", _FORK, str(block_file)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0 and "child 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    readme = (Path(reste.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    deployment = readme.split("## Deployment", 1)[1].split("\n## ", 1)[0]
+    assert "RESTE_PACKED_POOL=posix" in deployment and "torch.set_num_threads(1)" in deployment
+    assert "after the fork" in deployment and "preload_app" in deployment
+
+
+def test_the_readme_says_the_batch_size_can_change_the_last_bits_of_the_logits():
+    readme = (Path(reste.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    deployment = readme.split("## Deployment", 1)[1].split("\n## ", 1)[0]
+    assert "batches requests" in deployment and "near-tie prediction can change" in deployment
