@@ -364,6 +364,14 @@ def print_table(rows: list[dict], memory: bool) -> None:
           "fresh process while it loads the engine and runs one batch, over its RSS after the imports.")
 
 
+def _load() -> str:
+    """The 1-minute load average (the runs' times and ratios move with it on a shared machine), or n/a."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except (OSError, AttributeError):  # not available on this platform (Windows has no getloadavg)
+        return "n/a"
+
+
 def main() -> None:
     from reste.export.kernels import ISAS
 
@@ -394,11 +402,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    start = time.time()
+    start, load = time.time(), _load()
     if args.scaling:
         with tempfile.TemporaryDirectory() as tmp:
             bench_threads(args.models, args, Path(tmp))
-        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {time.time() - start:.0f} s")
+        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {time.time() - start:.0f} s, "
+              f"load average {load} at the start and {_load()} at the end (1 min)")
         return
     if not args.no_layers:
         bench_layers(args)
@@ -407,7 +416,8 @@ def main() -> None:
         for name in args.models:
             rows += bench_model(name, args, Path(tmp))
     print_table(rows, not args.no_memory)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {time.time() - start:.0f} s")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {time.time() - start:.0f} s, "
+          f"load average {load} at the start and {_load()} at the end (1 min)")
 
 
 if __name__ == "__main__":

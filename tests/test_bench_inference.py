@@ -33,3 +33,5 @@ def test_the_inference_benchmark_runs_its_checks_and_prints_its_tables():
     assert len(latency) == 3 and len(ratios) == 2 and all(r.endswith("x") for r in ratios), row
     assert int(runs[0]) >= 6, row
     assert "packed faster than: float / packed and float* / packed" in out
+    # the load average, without which a ratio measured on a shared machine cannot be judged
+    assert "load average" in out.splitlines()[-1], out.splitlines()[-1]
