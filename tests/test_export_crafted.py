@@ -125,6 +125,7 @@ def test_a_file_from_a_newer_writer_says_upgrade_in_one_line(model_file, tmp_pat
         PackedModel.load(path, backend="numpy")
     message = str(info.value)
     assert "\n" not in message and "newer reste" in message and "corrupted" not in message, message
+    assert message.startswith(f"{path}: "), message  # the file it is about, as every other load error names it
 
 
 def test_a_header_without_the_format_name_is_refused(model_file, tmp_path):
@@ -194,3 +195,17 @@ def test_the_exporter_refuses_what_a_reader_would(tmp_path):
     assert export_model(pad_one, tmp_path / "one.rbnn", input_size=(1, 8, 8))["verify"]["ok"]
     with pytest.raises(UsageError, match=r"cannot export: node 1 \(bconv, 0\) pad .* is over 1024"):
         export_model(nn.Sequential(reste.BinaryConv2d(1, 4, 3, padding=1025)), tmp_path / "p.rbnn")
+
+
+def test_a_graph_the_writer_makes_but_its_reader_refuses_is_called_a_bug_at_export(monkeypatch, tmp_path):
+    from reste.export import exporter, ir
+
+    def refuse(header):
+        raise UsageError("unknown op 'gelu' in the packed model; it needs a newer reste")
+
+    monkeypatch.setattr(ir, "check_graph", refuse)
+    with pytest.raises(UsageError) as info:
+        exporter.export_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), tmp_path / "m.rbnn",
+                              input_size=(1, 2, 2))
+    message = str(info.value)
+    assert "this is a bug in reste" in message and "\n" not in message, message

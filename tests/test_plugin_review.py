@@ -445,8 +445,11 @@ def test_model_options_that_surely_fit_are_passed_on(isolated, capsys):
         assert f"bad --model-option for 'ov_mlp_1w1a': {key} must be" in line and value in line, line
 
 
-# rev2 F3, on resume: a plugin edited in place so that its model takes other options
-def test_resuming_a_run_whose_plugin_model_changed_its_options_says_so(isolated, tmp_path, capsys):
+# rev2 F3, on resume: a plugin edited in place so that its model takes other options (renamed), or refuses the
+# run's value (tightened: the same option names): either names the run and its options, not "bad --model-option"
+# (none was given); options given again are named as given
+@pytest.mark.parametrize("edit", ["renamed", "tightened"])
+def test_resuming_a_run_whose_plugin_model_changed_its_options_says_so(isolated, tmp_path, capsys, edit):
     plugin = tmp_path / "rvmlp.py"
     plugin.write_text(MLP)
     run = tmp_path / "run"
@@ -458,32 +461,13 @@ def test_resuming_a_run_whose_plugin_model_changed_its_options_says_so(isolated,
     plugins._loaded.clear()
     for name in [m for m in sys.modules if m.startswith("reste_plugin_")]:
         del sys.modules[name]
-    plugin.write_text(MLP.replace("width", "size"))
+    plugin.write_text(MLP.replace("width", "size") if edit == "renamed" else MLP.replace("1000", "4"))
+    where, why = {"renamed": (run / "config.json", "model 'rv_mlp_1w1a' has no option width; valid: size"),
+                  "tightened": (run, "width must be at most 4")}[edit]
     line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress")
-    assert line == (f"reste: error: {run / 'config.json'} was trained with 'rv_mlp_1w1a' options {{'width': 8}}, "
-                    "which the loaded code does not take (model 'rv_mlp_1w1a' has no option width; valid: size); "
-                    "load the plugin version the run was trained with"), line
-
-
-# a resume of a plugin model whose factory got stricter (the same option names, a value it refuses now) names the
-# run and its options, not "bad --model-option" (none was given); given again, the options are named as given
-def test_resuming_a_run_whose_plugin_model_got_stricter_says_so(isolated, tmp_path, capsys):
-    plugin = tmp_path / "rvmlp.py"
-    plugin.write_text(MLP)
-    run = tmp_path / "run"
-    assert main(["train", "--plugin", str(plugin), "--model", "rv_mlp_1w1a", "--model-option", "width=8",
-                 "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
-    capsys.readouterr()
-    for table in (registry._MODELS, registry._INFO, registry._BINARY):
-        table.pop("rv_mlp_1w1a", None), table.pop("rv_mlp", None)
-    plugins._loaded.clear()
-    for name in [m for m in sys.modules if m.startswith("reste_plugin_")]:
-        del sys.modules[name]
-    plugin.write_text(MLP.replace("1000", "4"))
-    line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress")
-    assert line == (f"reste: error: {run} was trained with 'rv_mlp_1w1a' options {{'width': 8}}, which the loaded "
-                    "code does not take (width must be at most 4); load the plugin version the run was trained "
-                    "with"), line
-    line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress",
-                           "--model-option", "width=6")
-    assert line.startswith("reste: error: bad --model-option for 'rv_mlp_1w1a': width must be at most 4"), line
+    assert line == (f"reste: error: {where} was trained with 'rv_mlp_1w1a' options {{'width': 8}}, which the loaded "
+                    f"code does not take ({why}); load the plugin version the run was trained with"), line
+    if edit == "tightened":
+        line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress",
+                               "--model-option", "width=6")
+        assert line.startswith("reste: error: bad --model-option for 'rv_mlp_1w1a': width must be at most 4"), line

@@ -122,8 +122,16 @@ def orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if pattern.match(p.name) and p.is_file()) if folder.is_dir() else []
 
 
+def code_changed(where: Any, what: str, options: dict[str, Any], reason: str, plugin: bool) -> UsageError:
+    """The error for a run or checkpoint (``where``) whose model or estimator (``what``) the loaded code builds no
+    more with the ``options`` it trained with (``reason``: the code's own words): the plugin, or reste, changed."""
+    return UsageError(f"{where} was trained with {what} options {options or 'none'}, which the loaded code does not "
+                      f"take ({reason}); load the {'plugin' if plugin else 'reste'} version the run was trained with")
+
+
 def software() -> dict[str, str]:
-    """The versions of reste, PyTorch and Python in this process, as a checkpoint records them."""
+    """The versions of reste, PyTorch and Python in this process, as a checkpoint records them. reste's is its
+    release number (``reste.__version__``): code changed within one release does not show in it."""
     from . import __version__
 
     return {"reste": str(__version__), "torch": str(torch.__version__), "python": platform.python_version()}
@@ -334,10 +342,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
         saved = {**settings.get("estimator_options", {}), **{k: v for k, v in options.items() if k != "num_classes"}}
         why = err.reason if isinstance(err, ModelOptionError) else \
             (str(err).strip().splitlines() or [type(err).__name__])[0].split("; ")[0]
-        version = "plugin" if recorded else "reste"
-        raise UsageError(f"{where if where is not None else _where(ckpt)} was trained with {ckpt['model_name']!r} "
-                         f"({name}) options {saved or 'none'}, which the loaded code does not take ({why}); load the "
-                         f"{version} version the run was trained with") from None
+        raise code_changed(where if where is not None else _where(ckpt), f"{ckpt['model_name']!r} ({name})", saved,
+                           why, plugin=bool(recorded)) from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

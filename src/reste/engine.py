@@ -674,7 +674,10 @@ class _Run:
         the line is gone)."""
         if not self.dist.main or self.best_epoch < 1:
             return None
-        lines = read_metrics(self.run_dir, missing_ok=True)
+        try:
+            lines = read_metrics(self.run_dir, missing_ok=True)
+        except (UsageError, OSError):  # a damaged file: the run's result stands without it
+            return None
         return next((m.get("test_top5") for m in reversed(lines) if m.get("epoch") == self.best_epoch), None)
 
     def save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
@@ -870,7 +873,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
 
-    Returns a dict with ``best_acc``, ``best_epoch``, ``best_top5`` (that epoch's top-5), ``final_acc``,
+    Returns a dict with ``best_acc``, ``best_epoch``, ``best_top5`` (that epoch's top-5; None on processes other
+    than rank 0), ``final_acc``,
     ``final_top5``, ``epochs``, ``seconds``, ``run_dir``, and the run-level ``indicators`` when they were on.
     The folder must be new or empty and is locked for the whole run; a run that ends before it saved a checkpoint
     removes what it wrote. SIGTERM or SIGUSR1 raise :class:`Preempted` after a mid-epoch checkpoint.
@@ -1036,10 +1040,8 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         if "model_options" in (overrides or {}):  # the options given again: the error names them as they are
             raise
         # the run's own options, which its model's factory took then: the code that defines the model changed
-        code = "plugin" if saved.plugins else "reste"
-        raise UsageError(f"{run_dir} was trained with {saved.model!r} options {saved.model_options or 'none'}, "
-                         f"which the loaded code does not take ({err.reason}); load the {code} version the run "
-                         "was trained with") from None
+        raise ckpt_io.code_changed(run_dir, repr(saved.model), saved.model_options, err.reason,
+                                   plugin=bool(saved.plugins)) from None
     run.stop = stop
     config = run.config
     trained = saved  # the settings the run trained with: last.pt's (config.json's where it has none)

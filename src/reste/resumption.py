@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import schedules
-from .checkpoint import load_checkpoint, unregistered
+from .checkpoint import code_changed, load_checkpoint, unregistered
 from .config import TrainConfig, canonical_estimator, check_model_options, max_threads
 from .datasets import get_spec
 from .errors import UsageError
@@ -107,9 +107,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
                              f"MODULE, the module or .py file that does{recorded}; or, where {CONFIG} was edited, "
                              "give that setting again to replace it (with --force)") from None
         if _fails_alone(saved, err) and saved.plugins and _model_options_fail(saved):  # the plugin's model changed
-            raise UsageError(f"{run_dir / CONFIG} was trained with {saved.model!r} options {saved.model_options}, "
-                             f"which the loaded code does not take ({err}); load the plugin version the run was "
-                             "trained with") from None
+            raise code_changed(run_dir / CONFIG, repr(saved.model), saved.model_options, str(err),
+                               plugin=True) from None
         if _fails_alone(saved, err):  # config.json's own setting, not a flag given
             raise UsageError(f"{run_dir / CONFIG} holds a bad setting ({err}); give that setting again to replace "
                              "it (with --force where it changes training), or restore the file") from None

@@ -115,6 +115,9 @@ def export_model(
                   "output": output}
         try:
             ir.check_graph({**header, "tensors": writer.entries()})  # what a reader will check
+        except UsageError as err:  # an op, attribute or format this reste's reader refuses: its writer's mistake
+            raise UsageError(f"cannot export: reste wrote a graph its own reader refuses ({err}); this is a bug in "
+                             "reste, please report it with the model") from None
         except ValueError as err:
             raise UsageError(f"cannot export: {err}") from None
         path = Path(path)

@@ -135,7 +135,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     """Write the eval-mode ``model`` as ONNX (input ``images`` (N, *input_size), output ``logits``).
 
     Tries the TorchScript exporter, then the dynamo exporter; what they print (on file descriptors 1 and
-    2) is silenced, and ``"fallback"`` gives the first line of the TorchScript exporter's error when
+    2) is silenced (process-wide: while an exporter runs, the output of other threads and any warning are lost
+    too), and ``"fallback"`` gives the first line of the TorchScript exporter's error when
     dynamo wrote the file. With ``check`` (and
     onnxruntime installed) the file is run on 16 random images and compared with the
     model in float64 (see :func:`check_onnx`).

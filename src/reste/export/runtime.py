@@ -408,8 +408,8 @@ class PackedModel:
         header, tensors = fmt.read(path)
         try:
             return cls(header, tensors, backend=backend, threads=threads, isa=isa, pool=pool, fuse_signs=fuse_signs)
-        except UsageError:
-            raise
+        except UsageError as err:  # the header's own checks (format, ops, attributes): named with the file
+            raise UsageError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise UsageError(f"{path} is a corrupted packed model ({type(err).__name__}: {err})") from None
 
