@@ -594,3 +594,32 @@ def test_the_t_values_in_the_results_readme_are_those_paired_prints(capsys):
     sentence = " ".join(text.split("`o_end = 3` minus the other `o_end` values")[1].split("\n\n")[0].split())
     for line in capsys.readouterr().out.splitlines()[1:]:
         assert f"t = {line.split(' t ')[1].split()[0]})" in sentence, line
+
+
+def test_o_end_reads_indicator_modes_without_torch_or_reste():
+    """(review rev3 M1) o_end.py loads combine.py for indicator_modes alone: neither torch nor reste comes with it."""
+    code = (f"import runpy, sys; sys.argv = ['o_end.py', '--help']\n"
+            f"try:\n    runpy.run_path({str(ROOT / 'docs' / 'results' / 'o_end.py')!r}, run_name='__main__')\n"
+            f"except SystemExit:\n    pass\n"
+            f"print(sorted(m for m in ('torch', 'reste') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run(["python", "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_combine_joins_runs_without_indicators_to_any_mode_and_warns_of_paper_mode_estimators(tmp_path):
+    """(review rev3 L7) a sweep trained without indicators joins a general-mode one (its accuracy compares); joined
+    paper-mode runs of several estimators carry report.paper_warning in results.md."""
+    combine = _script("combine")
+    general = _study_sweep(tmp_path / "g", [("o_end=3", s, 88.0, f"../runs/g/seed{s}") for s in range(2)], 6, "general")
+    off = _study_sweep(tmp_path / "off", [("o_end=2", 0, 87.0, "../runs/off/seed0")], 6, "general")
+    manifest = json.loads((off / "sweep.json").read_text())
+    manifest["settings"][0]["config"]["indicators"] = None
+    (off / "sweep.json").write_text(json.dumps(manifest))
+    combine.main([str(tmp_path / "j"), str(general), str(off), "--settings", "o_end=2,o_end=3"])
+    text = (tmp_path / "j" / "results.md").read_text()
+    assert "indicators (general mode)" in text.splitlines()[0] and "WARNING" not in text
+    rows = [(f"estimator={e}", s, 88.0, f"../runs/{e}/seed{s}") for e in ("reste", "ste") for s in range(2)]
+    paper = _study_sweep(tmp_path / "p", rows, 6, "paper", axis="estimator")
+    combine.main([str(tmp_path / "pj"), str(paper), "--settings", "estimator=reste,estimator=ste"])
+    assert "**WARNING (reste, ste): paper-mode estimating error" in (tmp_path / "pj" / "results.md").read_text()

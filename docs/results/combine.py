@@ -27,11 +27,14 @@ import os
 import sys
 from pathlib import Path
 
-from reste.experiments.plots import error_vs_stability_figure, o_end_figure  # and its figures
-from reste.experiments.report import (METRICS, _indicator_rule, _mean_std, _pm,  # as `reste sweep` writes its tables
-                                     write_csv)
+# reste (and so torch) is imported inside the functions that need it: o_end.py loads this file for
+# indicator_modes alone and starts in numpy's time, not torch's.
 
-COLUMNS = ("setting", "estimator", "seed", *METRICS, "epochs", "seconds", "run_dir", "sweep")
+
+def columns() -> tuple[str, ...]:
+    """runs.csv's columns of a joined folder (the metrics as `reste sweep` names them)."""
+    from reste.experiments.report import METRICS
+    return ("setting", "estimator", "seed", *METRICS, "epochs", "seconds", "run_dir", "sweep")
 
 
 def indicator_modes(sweep: str) -> dict[str, str | None]:
@@ -58,6 +61,7 @@ def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str], out: 
     (o_end = 3 for a ReSTE run aliased to o_end=3), as o_end.py reads it, its run_dir relative to ``out`` and its
     indicator mode under "indicators" ("?" when its sweep does not say)."""
     rows: dict[tuple[str, int], dict] = {}
+    cols = columns()
     for sweep in sweeps:
         path = Path(sweep) / "runs.csv"
         if not path.is_file():
@@ -73,7 +77,7 @@ def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str], out: 
                 run_dir = Path(os.path.relpath(Path(sweep) / row["run_dir"], out)).as_posix() if row.get("run_dir") \
                     else ""
                 mode = modes.get(row["setting"], modes.get("*", "?")) or "none"
-                new = {c: row.get(c, "") for c in COLUMNS} | {"setting": setting, "seed": key[1], "sweep": sweep,
+                new = {c: row.get(c, "") for c in cols} | {"setting": setting, "seed": key[1], "sweep": sweep,
                                                                axis: value, "run_dir": run_dir, "indicators": mode}
                 if axis != "estimator":  # an o_end sweep's runs.csv has no estimator column: it is ReSTE's
                     new["estimator"] = row.get("estimator") or "reste"
@@ -88,7 +92,7 @@ def read_rows(sweeps: list[str], keep: list[str], aliases: dict[str, str], out: 
     for field, what in (("epochs", "numbers of epochs"), ("indicators", "indicator modes")):
         seen: dict[str, dict] = {}
         for r in rows.values():
-            if r[field] not in ("", "?"):
+            if r[field] not in ("", "?", "none"):  # a run without indicators joins any mode: its accuracy compares
                 seen.setdefault(r[field], r)
         if len(seen) > 1:
             a, b = list(seen.values())[:2]
@@ -151,6 +155,7 @@ def unreported(sweeps: list[str], keep: list[str], aliases: dict[str, str], rows
 
 def aggregate(rows: dict[tuple[str, int], dict], keep: list[str],
               unplanned: dict[str, tuple[list[int], int]] | None = None) -> list[dict]:
+    from reste.experiments.report import METRICS, _mean_std
     out = []
     for setting in keep:
         runs = [r for (s, _), r in sorted(rows.items()) if s == setting]
@@ -168,12 +173,13 @@ def aggregate(rows: dict[tuple[str, int], dict], keep: list[str],
     return out
 
 
-def figures(out: Path, table: list[dict], axes: list[str], mode: str | None = "general") -> None:
-    """The figures `reste sweep` draws from its per-setting table: error against stability and, on an o_end
-    axis, accuracy and the indicators against o_end (its per-epoch figures need the run folders)."""
+def figures(out: Path, table: list[dict], axes: list[str], mode: str | None = "general", warning: str = "") -> None:
+    """The figures `reste sweep` draws from its per-setting table: error against stability (``warning`` under it)
+    and, on an o_end axis, accuracy and the indicators against o_end (its per-epoch figures need the run folders)."""
+    from reste.experiments.plots import error_vs_stability_figure, o_end_figure
     have_ind = all(r["estimating_error_mean"] is not None for r in table)
     if have_ind:
-        error_vs_stability_figure(out, table, mode or "general")
+        error_vs_stability_figure(out, table, mode or "general", warning)
     if "o_end" in axes and len({r["o_end"] for r in table if r.get("o_end") is not None}) > 1:
         o_end_figure(out, {"grid": {"o_end": []}}, table, "o_end", indicators=have_ind)
 
@@ -185,6 +191,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--settings", required=True, help="OUT's settings, comma-separated, in order")
     p.add_argument("--alias", nargs=2, action="append", default=[], metavar=("FROM", "TO"))
     args = p.parse_args(argv)
+    from reste.experiments.report import _indicator_rule, _pm, configs_paper_warning, write_csv  # as `reste sweep` does
+    cols = columns()
     keep = args.settings.split(",")
     rows = read_rows(args.sweeps, keep, dict(args.alias), args.out)
     missing = [s for s in keep if not any(k[0] == s for k in rows)]
@@ -193,8 +201,8 @@ def main(argv: list[str]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (keep.index(k[0]), k[1]))]
-    axes = [a for a in dict.fromkeys(s.split("=", 1)[0] for s in keep) if a not in COLUMNS]
-    write_csv(out / "runs.csv", [{c: r.get(c, "") for c in (*COLUMNS[:2], *axes, *COLUMNS[2:])} for r in ordered])
+    axes = [a for a in dict.fromkeys(s.split("=", 1)[0] for s in keep) if a not in cols]
+    write_csv(out / "runs.csv", [{c: r.get(c, "") for c in (*cols[:2], *axes, *cols[2:])} for r in ordered])
     epochs = read_epochs(rows, dict(args.alias))
     if epochs:
         write_csv(out / "epochs.csv", sorted(epochs, key=lambda e: (keep.index(e["setting"]), int(e["seed"]),
@@ -203,11 +211,12 @@ def main(argv: list[str]) -> None:
     write_csv(out / "results.csv", table)
     modes = {r["indicators"] for r in rows.values()} - {"?", "none"}
     mode = modes.pop() if modes else None
-    figures(out, table, axes, mode)
+    warning = configs_paper_warning([{"estimator": r["estimator"], "indicators": r["indicators"]} for r in ordered])
+    figures(out, table, axes, mode, warning)
     rule = _indicator_rule(mode) if mode else "; indicators: mode not recorded by the sources"
     count = next((f"{r['epochs']} epochs; " for r in rows.values() if r["epochs"]), "")
     lines = [f"Joined from the runs.csv of {', '.join(args.sweeps)} by docs/results/combine.py; "
-             f"{count}mean ± sample std over seeds{rule}.", "",
+             f"{count}mean ± sample std over seeds{rule}." + (f"\n\n**{warning}.**" if warning else ""), "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n | seeds |",
              "|---|---|---|---|---|---|---|"]
     for r in table:

@@ -338,8 +338,13 @@ def paper_mode_estimators(configs: Sequence[dict[str, Any]]) -> list[str]:
 
 def paper_warning(manifest: dict[str, Any]) -> str:
     """:data:`PAPER_ACROSS_ESTIMATORS`, naming the estimators, when the sweep compares several in paper mode."""
-    names = paper_mode_estimators([s.get("config") or {**manifest["base"], **s.get("values", {})}
-                                   for s in manifest["settings"]])
+    return configs_paper_warning([s.get("config") or {**manifest["base"], **s.get("values", {})}
+                                  for s in manifest["settings"]])
+
+
+def configs_paper_warning(configs: Sequence[dict[str, Any]]) -> str:
+    """:func:`paper_warning` of runs' or settings' configs (their "estimator" and "indicators")."""
+    names = paper_mode_estimators(configs)
     return f"WARNING ({', '.join(names)}): {PAPER_ACROSS_ESTIMATORS}" if names else ""
 
 
