@@ -562,6 +562,30 @@ def test_a_paper_mode_sweep_over_estimators_warns_that_the_error_does_not_compar
     assert _is_png(tmp_path / "s" / "error_vs_stability.png")
 
 
+def test_plots_takes_the_paper_warning_from_its_caller_and_imports_nothing_of_report():
+    """(review rev3 L11) report imports plots (lazily); plots importing report back would be a cycle."""
+    import ast
+    from reste.experiments import plots
+
+    tree = ast.parse(Path(plots.__file__).read_text())
+    names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    names += [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    assert not [n for n in names if n and n.split(".")[-1] == "report"]
+
+
+def test_the_docs_state_when_accuracy_vs_o_end_is_drawn():
+    """(review rev3 L8) the figure needs reported runs at two values of the o_end axis, and the docs say so."""
+    from reste.experiments import plots, report
+
+    manifest = {"grid": {"o_end": [2, 3]}}
+    row = {"estimating_error_mean": None, "n": 1}
+    assert plots.wanted_figures(manifest, [row | {"o_end": 2}, row | {"o_end": 3, "n": 0}]) == []
+    assert plots.wanted_figures(manifest, [row | {"o_end": 2}, row | {"o_end": 3}]) == ["accuracy_vs_o_end.png"]
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "results" / "README.md").read_text()
+    for text in (report.__doc__, readme):
+        assert "runs at two of its values or more are reported" in " ".join(text.split())
+
+
 def test_a_paper_mode_sweep_of_one_estimator_or_a_general_one_does_not_warn(sweep):
     from reste.experiments.report import paper_mode_estimators
 

@@ -296,14 +296,13 @@ SWEEP_FIGURES = ("indicators.png", "error_vs_stability.png", "accuracy_vs_o_end.
 
 
 def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]],
-                  runs: list[dict[str, Any]]) -> list[str]:
+                  runs: list[dict[str, Any]], warning: str = "") -> list[str]:
     """Write the sweep's figures into ``out`` from ``report.collect``'s rows and runs; returns their file names.
 
-    With the indicators: ``indicators.png`` and ``error_vs_stability.png``; with an
-    ``o_end`` axis in the grid and runs at two values of it or more: ``accuracy_vs_o_end.png``.
+    With the indicators: ``indicators.png`` and ``error_vs_stability.png`` (``warning``, the caller's
+    ``report.paper_warning``, under it); with an ``o_end`` axis in the grid and runs at two values of it or more:
+    ``accuracy_vs_o_end.png``.
     """
-    from .report import paper_warning
-
     written = []
     wanted = wanted_figures(manifest, rows)
     have_ind = "indicators.png" in wanted
@@ -311,7 +310,7 @@ def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]
         if indicators_figure(out, manifest, runs):
             written.append("indicators.png")
         mode = None if "indicators" in manifest["grid"] else manifest["base"].get("indicators") or "general"
-        written.append(error_vs_stability_figure(out, rows, mode, paper_warning(manifest)))
+        written.append(error_vs_stability_figure(out, rows, mode, warning))
     o_axis = _o_axis(manifest)
     if "accuracy_vs_o_end.png" in wanted:
         written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind))

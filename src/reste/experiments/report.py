@@ -7,9 +7,9 @@ Per epoch of every finished run (``epochs.csv``): the metrics of its line of ``m
 (which are not committed); a run reported once is reported from these two tables when its folder is gone.
 Per setting (``results.csv``, ``results.md``): the mean and the sample standard
 deviation (n - 1; blank for one seed) of those over the seeds whose run finished,
-n, the planned runs (n_runs) and those that diverged (n_diverged). Figures: ``indicators.png`` (both indicators per epoch, one line per
-setting, mean over seeds), ``error_vs_stability.png`` (one point per setting) and,
-when ``o_end`` is a grid axis, ``accuracy_vs_o_end.png``.
+n, the planned runs (n_runs) and those that diverged (n_diverged). Figures: ``indicators.png`` (both indicators
+per epoch, one line per setting, mean over seeds), ``error_vs_stability.png`` (one point per setting) and,
+when ``o_end`` is a grid axis and runs at two of its values or more are reported, ``accuracy_vs_o_end.png``.
 """
 
 from __future__ import annotations
@@ -411,7 +411,7 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     if plots:
         from . import plots as plotting
 
-        drawn = plotting.sweep_figures(out, manifest, rows, runs) if runs else []
+        drawn = plotting.sweep_figures(out, manifest, rows, runs, paper_warning(manifest)) if runs else []
         wanted = plotting.wanted_figures(manifest, rows)
         for name in set(plotting.SWEEP_FIGURES) - set(wanted):  # an earlier sweep's, which these tables do not show
             (out / name).unlink(missing_ok=True)
