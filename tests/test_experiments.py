@@ -854,6 +854,33 @@ def test_a_sweep_with_a_changed_fixed_flag_names_it_and_an_older_base_is_a_versi
         run_sweep(dataclasses.replace(base, epochs=2), {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
 
 
+def test_a_sweep_tells_a_changed_default_from_a_changed_flag_and_ignores_the_preset(sweep, tmp_path):
+    """(review rev3 M2, M3) the same flags, but the sweep's resolved configs hold another weight_decay (a reste whose
+    default changed wrote it): said as a default of this reste, with "run it with the reste that wrote it"; a
+    preset name recorded in the configs (a field that changes no run, rundir.IDENTITY_FREE) is no changed setting."""
+    from reste.experiments import run_sweep
+
+    out, _ = _copy(sweep, tmp_path)
+    manifest = json.loads((out / "sweep.json").read_text())
+    base = TrainConfig.from_dict(manifest["base"])
+    for s in manifest["settings"]:
+        s["key"] = "0123456789"
+        s["config"]["preset"] = "an-old-preset"
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="by other keys than this version of reste gives the same settings"):
+        run_sweep(base, {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
+    for s in manifest["settings"]:
+        s["config"]["weight_decay"] = 0.00123
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match=r"resolves otherwise \(weight_decay 0.00123 -> [0-9.e-]+: its defaults "
+                                         r"differ .*run it with the reste that wrote it") as err:
+        run_sweep(base, {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
+    assert "\n" not in str(err.value) and "preset" not in str(err.value)
+    with pytest.raises(UsageError, match=r"other fixed settings \(weight_decay 0.00123 -> 0.01\): these are different"):
+        run_sweep(dataclasses.replace(base, weight_decay=0.01), {"estimator": ["ste", "reste"]}, [0], out,
+                  log=lambda m: None)
+
+
 def test_a_one_job_sweep_shows_each_runs_bar_when_asked(tmp_path, monkeypatch):
     from reste import engine
     from reste.experiments import run_sweep

@@ -44,8 +44,8 @@ from ..errors import UsageError
 from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
-from ..rundir import (CONFIG, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, holds_run, last_checkpoint,
-                      make_folders, read_metrics, record_divergence, remove_folders)
+from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, holds_run,
+                      last_checkpoint, make_folders, read_metrics, record_divergence, remove_folders)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_status,
                      summarize, write_manifest)
@@ -429,11 +429,16 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
         return
     labels = sorted(set(dropped.values()))
     given = {(s.label, seed) for s in settings for seed in seeds}
-    changed = _changed_fields(old, base, settings)
-    if changed:
-        raise UsageError(f"{out} holds a sweep with other fixed settings ({'; '.join(changed)}): these are different "
+    flags, defaults = _changed_fields(old, base, settings)
+    if flags:
+        raise UsageError(f"{out} holds a sweep with other fixed settings ({'; '.join(flags)}): these are different "
                          f"runs, and its tables would lose the {len(dropped)} it has; pass another --out, or delete "
                          f"{out / MANIFEST} to start the tables afresh")
+    if defaults:
+        raise UsageError(f"{out} holds a sweep whose flags this reste resolves otherwise ({'; '.join(defaults)}: its "
+                         "defaults differ from those of the reste that wrote it), so its tables would lose the "
+                         f"{len(dropped)} runs they have: run it with the reste that wrote it, pass another --out, or "
+                         f"delete {out / MANIFEST} to start its tables afresh")
     if all((label, seed) in given for (_, seed), label in dropped.items()):  # the same settings, other keys now
         raise UsageError(f"{out}/{MANIFEST} names {len(dropped)} run(s) ({', '.join(labels[:3])}) by other keys than "
                          "this version of reste gives the same settings (their code or defaults changed), so this "
@@ -444,23 +449,32 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
                      f"again (more is fine), pass another --out, or delete {out / MANIFEST} to start the tables afresh")
 
 
-def _changed_fields(old: dict[str, Any], base: TrainConfig, settings: list[Setting]) -> list[str]:
-    """The settings that can change a run (not the seed) that differ from those of sweep.json ``old``, as
-    'epochs 20 -> 10': each setting's resolved config against the old one of its label; a sweep.json without them
-    (an older version's) by its base, where the older version wrote a field and resolved it (not None)."""
+def _changed_fields(old: dict[str, Any], base: TrainConfig, settings: list[Setting]) -> tuple[list[str], list[str]]:
+    """The fields that can change a run (not those of rundir.IDENTITY_FREE) that differ from those of sweep.json
+    ``old``, as 'epochs 20 -> 10': (those whose given value, the unresolved base, differs too: a flag given otherwise;
+    those that differ only once resolved: this reste's defaults or presets differ from the old one's). Each
+    setting's resolved config is compared with the old one of its label; a sweep.json without them (an older
+    version's) by its base, where the older version wrote a field and resolved it (not None): a flag given otherwise.
+    """
+    def text(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    given = base.to_dict()
+    was_given = old.get("base") if isinstance(old.get("base"), dict) else {}
     pairs = []
     configs = {s.get("label"): s.get("config") for s in old.get("settings", []) if isinstance(s, dict)}
     if all(isinstance(c, dict) for c in configs.values()):
         pairs = [(configs[s.label], s.config.to_dict()) for s in settings if s.label in configs]
-    elif isinstance(old.get("base"), dict):
-        pairs = [({k: v for k, v in old["base"].items() if v is not None}, base.to_dict())]
-    changed: dict[str, None] = {}
+    elif was_given:
+        was_given, pairs = {}, [({k: v for k, v in old["base"].items() if v is not None}, given)]
+    flags: dict[str, None] = {}
+    defaults: dict[str, None] = {}
     for was, now in pairs:
         for name, value in now.items():
-            texts = [json.dumps(v, sort_keys=True, default=str) for v in (was.get(name), value)]
-            if name in was and name not in RESUME_FREE and name != "seed" and texts[0] != texts[1]:
-                changed[f"{name} {texts[0]} -> {texts[1]}"] = None
-    return list(changed)
+            if name in was and name not in IDENTITY_FREE and text(was[name]) != text(value):
+                same = name in was_given and text(was_given[name]) == text(given.get(name))
+                (defaults if same else flags)[f"{name} {text(was[name])} -> {text(value)}"] = None
+    return list(flags), list(defaults)
 
 
 def _epochs_recorded(run_dir: Path) -> int:
