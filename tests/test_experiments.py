@@ -526,6 +526,26 @@ def test_a_table_that_cannot_be_written_mid_sweep_does_not_stop_the_runs(tmp_pat
     assert sum("cannot write the tables so far" in line for line in lines) == 1
 
 
+def test_a_parallel_runs_end_line_carries_the_number_of_its_start_line(tmp_path, monkeypatch):
+    """(review rev3 L10) with --jobs > 1 runs end in another order than they start: each end line carries the
+    [i/N] of its run's start line, not its place among the ends."""
+    from reste.experiments import sweep as sw
+
+    def parallel(pending, jobs, threads, report_one, announce):  # all start, then end last first
+        for s, seed, job in pending:
+            announce(s, seed, job)
+        for s, seed, job in reversed(pending):
+            report_one(s, seed, {"status": "failed", "error": "boom", "seconds": 0.0})
+
+    monkeypatch.setattr(sw, "_run_pending", parallel)
+    lines = []
+    sw.run_sweep(TrainConfig(dataset="digits", epochs=1), {"estimator": ["ste"]}, [0, 1, 2], tmp_path / "s", jobs=3,
+                 log=lines.append, report=False)
+    starts = {line.split(":")[0] for line in lines if ": training ->" in line}
+    ends = {line.split(":")[0] for line in lines if "FAILED" in line}
+    assert starts == ends == {f"[{i + 1}/3] estimator=ste seed {i}" for i in range(3)}
+
+
 def test_a_paper_mode_sweep_reports_the_authors_aggregate(tmp_path, capsys):
     """Paper mode: per run, the error averaged and the stability summed over epochs, as the authors and as
     `reste train --indicators paper` ends; the table says so."""

@@ -610,7 +610,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         failed += outcome["status"] not in ("done", "skipped")
         if failures is not None and outcome["status"] not in ("done", "skipped"):
             failures.append((s.label, seed, outcome["status"]))
-        line = _progress_line(count, total, s, seed, outcome)
+        line = _progress_line(numbers.pop((s.label, seed), count), total, s, seed, outcome)
         if outcome["status"] not in ("skipped", "left out") and not outcome.get("earlier"):
             epochs = max(1, s.config.epochs or 1)  # the part of the run trained here: a resumed one's pace is its own
             trained += max(1, epochs - outcome.get("from_epoch", 0)) / epochs
@@ -632,12 +632,14 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             table_error = True
 
     started = 0
+    numbers: dict[tuple[str, int], int] = {}  # a started run's [i/N], for its end line: runs in parallel end in
+    # another order than they start
 
     def announce(s: Setting, seed: int, job: dict[str, Any]) -> None:
         """The line when a run starts: which, from where, and the folder whose train.log has its epochs."""
         nonlocal started
         started += 1
-        i = total - len(pending) + started
+        i = numbers[(s.label, seed)] = total - len(pending) + started
         epochs = s.config.epochs
         doing = ("training" if not job["resume"] else "mending its checkpoint files" if job["from_epoch"] >= epochs
                  else f"resuming at epoch {job['from_epoch'] + 1}/{epochs}")
