@@ -3,12 +3,17 @@ docs/ parses with the CLI as it is, and every script or document they name exist
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import reste
 from reste.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,3 +214,32 @@ def test_the_readme_estimator_table_gives_the_defaults_and_the_end_values():
     o, n = reste.schedule_values()["o"], fda.schedule_values()["n"]
     assert f"ReSTE's o at {o:.5f} of {default('reste', 'o_end'):g} in a 1000-epoch run" in text, o
     assert f"at {n:g} of {default('fda', 'n_end'):g}" in text, n
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+# a block that cannot run by itself, and why (every other block must run as it stands)
+NOT_RUN = {"from reste.export import export_model, PackedModel": "continues a model of the reader's (bnn, mean, std, "
+           "images) and reads CIFAR-10; examples/own_model.py runs the same calls"}
+OPTIONAL = ("lightning", "tensorboard", "timm")  # a block that imports one of them runs when it is installed
+
+
+@pytest.mark.parametrize("block", _python_blocks(), ids=lambda b: b.splitlines()[0][:50])
+def test_each_readme_python_block_runs_on_a_cpu_without_downloads(block, tmp_path):
+    for start, why in NOT_RUN.items():
+        if block.startswith(start):
+            pytest.skip(why)
+    for package in OPTIONAL:
+        if re.search(rf"^\s*(?:import|from) {package}\b", block, re.M) and importlib.util.find_spec(package) is None:
+            pytest.skip(f"needs the optional package {package}")
+    name = re.match(r"# (\w+)\.py\n", block)  # a plugin module (`# myest.py`): written as a file, then imported
+    if name:
+        (tmp_path / f"{name[1]}.py").write_text(block)
+        block = f"import {name[1]}\n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(reste.__file__).parents[1]), str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", block], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"this README block fails:\n{block}\n{done.stderr[-3000:]}"
