@@ -1,0 +1,24 @@
+"""The examples run as their docstrings say (with their quick setting)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import reste
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_own_model_trains_exports_and_the_packed_file_scores_as_the_model(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(reste.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", str(ROOT / "examples" / "own_model.py"),
+                           "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^epoch 1/1  loss \S+  test acc \S+  estimating error", done.stdout, re.M), done.stdout
+    packed, float_acc = re.search(r"packed own_model.rbnn: test acc (\S+) \(float model (\S+)\)", done.stdout).groups()
+    assert packed == float_acc and (tmp_path / "own_model.rbnn").is_file()
