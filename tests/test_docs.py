@@ -243,3 +243,17 @@ def test_each_readme_python_block_runs_on_a_cpu_without_downloads(block, tmp_pat
     done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", block], cwd=tmp_path, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, f"this README block fails:\n{block}\n{done.stderr[-3000:]}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but '-' dropped, spaces as '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_readme_contents_and_other_in_page_links_name_headings():
+    text = (ROOT / "README.md").read_text()
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.*)$", prose, re.M)}
+    links = re.findall(r"\]\(#([^)\s]+)\)", prose)
+    assert "python-api" in links and "command-line" in links, "the README has no table of contents"
+    assert not sorted(set(links) - anchors), f"links to headings the README lacks: {sorted(set(links) - anchors)}"
