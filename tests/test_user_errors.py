@@ -576,3 +576,20 @@ def test_a_device_reste_does_not_train_on_is_one_line(capsys, tmp_path, run):
     if not torch.cuda.is_available():
         line = _one_line_error(capsys, "train", "--device", "cuda", "--epochs", "1", "--out", str(out))
         assert "CUDA is not available; use --device cpu" in line
+
+
+def test_a_misspelt_flag_gets_the_closest_flag_and_no_plugin_hint(capsys):
+    line = _one_line_error(capsys, "train", "--threds", "1")
+    assert "unrecognized arguments: --threds 1" in line and "did you mean --threads?" in line
+    assert "--plugin" not in line and "see `reste train --help`" in line
+    assert "did you mean --batch-size?" in _one_line_error(capsys, "eval", "x", "--batchsize", "3")
+    assert "--plugin MODULE" in _one_line_error(capsys, "train", "--frobnicate")  # none close: a plugin's flag?
+
+
+def test_a_flag_is_never_taken_abbreviated(capsys):
+    """--epoch is not --epochs (argparse's allow_abbrev is off in every reste parser, the plugin pre-parser too:
+    --plug does not load a plugin)."""
+    line = _one_line_error(capsys, "train", "--epoch", "1", "--thread", "1")
+    assert "unrecognized arguments: --epoch 1 --thread 1" in line and "did you mean --epochs, --threads?" in line
+    line = _one_line_error(capsys, "train", "--plug", "no_such_plugin_module")
+    assert "did you mean --plugin?" in line and "no_such_plugin_module" in line.split("(")[0]

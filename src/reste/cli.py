@@ -13,6 +13,7 @@ Bad input gets one line on stderr and exit status 2 (``--debug`` shows the trace
 from __future__ import annotations
 
 import argparse
+import difflib
 import contextlib
 import errno
 import json
@@ -33,7 +34,12 @@ from .plugins import add_plugin_flag, load_plugins, plugins_in_argv
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors."""
+    """argparse with one-line errors, and no abbreviated flags (``--epoch`` is not ``--epochs``: an abbreviation
+    would change meaning the day a flag with that prefix is added; an unknown flag gets a suggestion instead)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -250,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args = parser.parse_args(["--debug", *(a for a in argv if a != "--debug")] if debug else argv)
         except UsageError as err:
-            raise UsageError(_flag_hint(str(err), argv)) from None
+            raise UsageError(_flag_hint(str(err), argv, parser)) from None
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
@@ -298,16 +304,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 usage_line = one_line  # its name here before reste.errors had it
 
 
-def _flag_hint(message: str, argv: Sequence[str]) -> str:
-    """An unknown flag of a sub-command: point to that command's --help, and (for those that take estimator and
-    model flags) say that a plugin's flags exist once --plugin loads it."""
+def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """An unknown flag of a sub-command: suggest the command's flag closest to it (``--threds``: did you mean
+    --threads?), point to that command's --help, and (for those that take estimator and model flags, when no flag
+    is close) say that a plugin's flags exist once --plugin loads it."""
     command = _command(argv)
     if not message.startswith("unrecognized arguments") or not command:
         return message
     text = message.rsplit(" (see `", 1)[0]
+    known = _command_flags(parser, command)
+    unknown = [a.split("=", 1)[0] for a in text.split(":", 1)[1].split() if a.startswith("--")]
+    close = [m for flag in unknown for m in difflib.get_close_matches(flag, known, n=1, cutoff=0.7)]
+    if close:
+        return f"{text} (did you mean {', '.join(dict.fromkeys(close))}? see `reste {command} --help`)"
     plugin = ("; a plugin's flags (--my-flag) exist only with its --plugin MODULE on the line"
               if command in ("train", "sweep") and not any(a.startswith("--plugin") for a in argv) else "")
     return f"{text} (see `reste {command} --help`{plugin})"
+
+
+def _command_flags(parser: argparse.ArgumentParser, command: str) -> list[str]:
+    """The long flags of ``reste COMMAND``'s parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+            return [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    return []
 
 
 # what a stopped `reste train` keeps, and how to go on

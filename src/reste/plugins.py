@@ -167,7 +167,7 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
 
     They are loaded before the parser is built, so that their estimators' flags exist.
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--plugin", action="append", default=[])
     pre.add_argument("--resume")
     try:
