@@ -17,7 +17,7 @@ def test_train_then_eval(capsys, tmp_path):
     assert lines[0].startswith("training digits_1w1a (reste) on digits: 2 epochs")
     assert re.match(r"epoch 1/2  lr 0\.1  o 1  train loss \d\.\d{4} acc [\d.]+  test loss", lines[1])
     assert "o 1.586" in lines[2]  # cosine ramp at e/E = 1/2
-    final = re.search(r"best test acc ([\d.]+)% \(epoch (\d)\), final test acc ([\d.]+)%", lines[-1])
+    final = re.search(r"best test acc ([\d.]+)% \(epoch (\d), top-5 [\d.]+%\), final test acc ([\d.]+)%", lines[-1])
     assert final and float(final.group(1)) >= float(final.group(3))
 
     assert main(["eval", str(out)]) == 0
