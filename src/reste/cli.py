@@ -120,6 +120,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from .runinfo import show_run
+
+    print(show_run(args.run_dir))
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from . import models
     from .config import check_model_options
@@ -187,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "to reproduce its logged accuracy)")
     add_plugin_flag(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("show", help="a run's settings, progress, best and last accuracy and indicators (also "
+                                    "while it trains)")
+    p.add_argument("run_dir", help="the run's folder (its --out)")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model")
     p.add_argument("model", nargs="?", help="a model name (see --list)")

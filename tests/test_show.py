@@ -1,0 +1,55 @@
+"""reste show RUN_DIR: a run's settings, progress, best and last accuracy and indicators, from its files alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reste.cli import main
+from reste.rundir import METRICS
+from cli_checks import one_line_error
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("show") / "digits"
+    assert main(["train", "--epochs", "2", "--indicators", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+def test_show_gives_the_settings_the_best_and_last_epochs_and_the_indicators(run, capsys):
+    capsys.readouterr()
+    assert main(["show", str(run)]) == 0
+    text = capsys.readouterr().out
+    metrics = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+    best = max(metrics, key=lambda m: (m["test_acc"], -m["epoch"]))
+    assert "digits_1w1a (reste) on digits: 2 epochs, batch 64, sgd lr 0.1, seed 0" in text
+    assert "o_end=3.0" in text and "finished: 2 of 2 epochs" in text
+    assert (f"best       test top-1 {best['test_acc']:.2f}%, top-5 {best['test_top5']:.2f}% at epoch {best['epoch']}"
+            in text)
+    assert f"last       test top-1 {metrics[-1]['test_acc']:.2f}%, top-5 {metrics[-1]['test_top5']:.2f}% at epoch 2" \
+        in text
+    mean_error = sum(m["estimating_error"] for m in metrics) / 2
+    assert f"indicators (general mode, 2 epochs): estimating error {mean_error:.4g} (mean over epochs)" in text
+
+
+def test_show_of_an_unfinished_run_says_how_to_continue_it(run, tmp_path, capsys):
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "config.json").write_text((run / "config.json").read_text())
+    (part / METRICS).write_text((run / METRICS).read_text().splitlines()[0] + "\n")
+    capsys.readouterr()
+    assert main(["show", str(part)]) == 0
+    text = capsys.readouterr().out
+    assert "1 of 2 epochs (training, or stopped: `reste train --resume" in text and "at epoch 1" in text
+    (part / METRICS).unlink()  # started, no epoch finished yet
+    assert main(["show", str(part)]) == 0
+    assert "0 of 2 epochs" in capsys.readouterr().out
+
+
+def test_show_of_a_folder_that_holds_no_run_is_one_line(tmp_path, capsys):
+    assert "is not a run directory" in one_line_error(capsys, "show", str(tmp_path))
+    assert "does not exist" in one_line_error(capsys, "show", str(tmp_path / "nope"))
+    (tmp_path / "config.json").write_text("{")
+    assert "is corrupted" in one_line_error(capsys, "show", str(tmp_path))
