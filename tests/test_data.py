@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 import urllib.error
@@ -589,6 +590,29 @@ def test_cifar10_offline_download(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     msg = usage_error(load_datasets, "cifar10", tmp_path / "dl", download=True)
     assert "offline" in msg and "--data-path" in msg and "CIFAR-10" in msg
+
+
+def test_a_failed_download_removes_the_folders_it_made_and_only_those(tmp_path, monkeypatch):
+    """As torchvision: the data set's folders are made, then the network fails. Those folders go again (the
+    parents too, when the download made them); a folder that was there before stays, with what it held."""
+    import torchvision
+
+    def offline(root, *args, **kwargs):
+        raise urllib.error.URLError("<urlopen error [Errno 101] Network is unreachable>")
+
+    def fashion_offline(root, *args, **kwargs):
+        os.makedirs(Path(root) / "FashionMNIST" / "raw", exist_ok=True)
+        offline(root)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fashion_offline)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    usage_error(load_datasets, "fashion-mnist", tmp_path / "new" / "fm", download=True, match="offline")
+    usage_error(load_datasets, "cifar10", tmp_path / "new" / "c10", download=True, match="offline")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    usage_error(load_datasets, "fashion-mnist", tmp_path / "old", download=True, match="offline")
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["notes.txt"]
 
 
 def write_cifar_archive(root: Path, per_batch=2, n_test=3) -> tuple[Path, dict[str, str]]:

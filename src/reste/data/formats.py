@@ -37,14 +37,22 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _download_torchvision(what: str, fn: Callable[[], object], root: Path, note: Callable[[], str] | None = None
-                          ) -> None:
-    """``fn()``, its failure one line; ``note()`` adds what the files already in ``root`` tell about it."""
+def _download_torchvision(what: str, fn: Callable[[], object], root: Path, note: Callable[[], str] | None = None,
+                          folder: Path | None = None) -> None:
+    """``fn()``, its failure one line; ``note()`` adds what the files already in ``root`` tell about it. The
+    download's ``folder`` (default ``root``) and the folders above it are made first; on failure those this call
+    made are removed again when empty (a folder that was there before is never touched)."""
+    from ..rundir import make_folders, remove_folders
+
+    made: list[Path] = []
     try:
+        made = make_folders(folder or root)
         fn()
     except UsageError:
+        remove_folders(made)
         raise
     except Exception as exc:  # network, disk, checksum... all the user can do is fetch it elsewhere
+        remove_folders(made)
         raise UsageError(
             f"could not download {what} into {root} ({type(exc).__name__}: {_one_line(exc)}); "
             f"are you offline? Download it on a machine with internet access and pass --data-path"
@@ -144,7 +152,7 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
         def fetch():
             torchvision.datasets.FashionMNIST(root=str(root), train=True, download=True)
 
-        _download_torchvision("Fashion-MNIST", fetch, root)
+        _download_torchvision("Fashion-MNIST", fetch, root, folder=root / "FashionMNIST" / "raw")
         files, missing = _find_idx_files(root / "FashionMNIST" / "raw")
         if missing:
             raise UsageError(f"Fashion-MNIST download into {root} left no {missing[0]}; {_FMNIST_HINT}")
