@@ -475,7 +475,7 @@ def test_a_warning_of_the_command_is_one_line_shown_once(capsys, tmp_path, monke
     assert _command(monkeypatch, *WARNS, "--out", str(tmp_path / "r")) == 0
     err = capsys.readouterr().err.splitlines()
     assert err == ["reste: warning: ReSTE o falls over training, from o = 5.0 to o_end = 2.0; the paper's schedule "
-                   "rises from 1: pass o_end > o if that was meant"], err
+                   "rises from 1: pass --o-end > o if that was meant"], err
 
 
 def test_a_warning_with_stderr_closed_does_not_stop_the_run(capsys, tmp_path, monkeypatch):
@@ -593,3 +593,19 @@ def test_a_flag_is_never_taken_abbreviated(capsys):
     assert "unrecognized arguments: --epoch 1 --thread 1" in line and "did you mean --epochs, --threads?" in line
     line = _one_line_error(capsys, "train", "--plug", "no_such_plugin_module")
     assert "did you mean --plugin?" in line and "no_such_plugin_module" in line.split("(")[0]
+
+
+def test_errors_name_flags_on_the_command_line_and_keywords_in_python(capsys, tmp_path):
+    """reste.errors.option: one message, spelt for whoever gets it."""
+    import reste
+    from reste.data import load_datasets
+
+    line = _one_line_error(capsys, "train", "--dataset", "cifar10", "--data-path", str(tmp_path / "no"),
+                           "--out", str(tmp_path / "r"))
+    assert "pass --download to fetch it" in line and "or --data-path a folder" in line and "=" not in line.split(";")[1]
+    with pytest.raises(UsageError) as err:
+        load_datasets("cifar10", tmp_path / "no")
+    assert "pass download=True to fetch it" in str(err.value) and "data_path=" in str(err.value)
+    assert "--" not in str(err.value)
+    with pytest.warns(UserWarning, match=r"pass o_end > o or schedule='constant'"):
+        reste.get_estimator("reste", o_end=1.0)

@@ -22,7 +22,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-from .errors import UsageError, one_line
+from .errors import UsageError, command_line, one_line
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import parse_value  # noqa: F401 - kept for code that imported it from here
 from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
@@ -252,6 +252,12 @@ def one_line_warnings() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``reste`` command line; its messages name settings by their flags (``reste.errors.command_line``)."""
+    with command_line():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:

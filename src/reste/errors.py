@@ -7,6 +7,8 @@ exits with status 2, without a traceback. It subclasses ``ValueError`` so
 library callers can catch it either way.
 """
 
+import contextlib
+import contextvars
 import sys
 from pathlib import Path
 
@@ -22,6 +24,25 @@ class ModelOptionError(UsageError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+_COMMAND_LINE = contextvars.ContextVar("reste_command_line", default=False)
+
+
+def option(flag: str, keyword: str) -> str:
+    """How a message names a setting: as the ``reste`` command's ``flag`` inside :func:`command_line` (``--download``),
+    else as the Python keyword a library caller passes (``download=True``)."""
+    return flag if _COMMAND_LINE.get() else keyword
+
+
+@contextlib.contextmanager
+def command_line():
+    """Messages raised inside name settings by their flags (:func:`option`); ``reste.cli.main`` runs in it."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
 
 
 def one_line(err: BaseException) -> str:

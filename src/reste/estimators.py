@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from . import cuda_ext, fused, plugins, schedules, triton_dispatch
 from ._dsq import dsq_consts
-from .errors import UsageError
+from .errors import UsageError, option
 from .hparams import RESERVED_FLAGS, Param
 
 __all__ = [
@@ -563,13 +563,14 @@ class ReSTE(Estimator):
         if self.schedule != "constant" and self.o_end == self.o:
             warnings.warn(
                 f"ReSTE o schedule {self.schedule!r} never changes (o = o_end = {self.o}); "
-                "pass o_end > o or schedule='constant'",
+                f"pass {option('--o-end', 'o_end')} > o or "
+                f"{option('--o-schedule constant', 'schedule=' + repr('constant'))}",
                 stacklevel=3,  # the caller of ReSTE(...)
             )
         elif self.schedule != "constant" and self.o_end < self.o:
             warnings.warn(
                 f"ReSTE o falls over training, from o = {self.o} to o_end = {self.o_end}; the paper's schedule "
-                "rises from 1: pass o_end > o if that was meant",
+                f"rises from 1: pass {option('--o-end', 'o_end')} > o if that was meant",
                 stacklevel=3,
             )
 

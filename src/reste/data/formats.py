@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .._pixels import eight_bit
-from ..errors import UsageError
+from ..errors import UsageError, option
 
 __all__ = ["read_idx", "find_fashion_mnist", "read_fashion_mnist", "find_cifar10", "read_cifar10",
            "image_folders", "SYSTEM_FASHION_MNIST", "DEFAULT_ROOT"]
@@ -55,7 +55,8 @@ def _download_torchvision(what: str, fn: Callable[[], object], root: Path, note:
         remove_folders(made)
         raise UsageError(
             f"could not download {what} into {root} ({type(exc).__name__}: {_one_line(exc)}); "
-            f"are you offline? Download it on a machine with internet access and pass --data-path"
+            f"are you offline? Download it on a machine with internet access and pass "
+            f"{option('--data-path', 'data_path=')}"
             + (note() if note is not None else "")
         ) from None
 
@@ -71,8 +72,9 @@ _FMNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_FMNIST_HINT = ("install Debian's dataset-fashion-mnist package, pass --download, or pass "
-                "--data-path to a folder holding the four idx files")
+def _fmnist_hint() -> str:
+    return (f"install Debian's dataset-fashion-mnist package, pass {option('--download', 'download=True')}, or pass "
+            f"{option('--data-path', 'data_path=')} a folder holding the four idx files")
 
 
 def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.ndarray:
@@ -155,10 +157,10 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
         _download_torchvision("Fashion-MNIST", fetch, root, folder=root / "FashionMNIST" / "raw")
         files, missing = _find_idx_files(root / "FashionMNIST" / "raw")
         if missing:
-            raise UsageError(f"Fashion-MNIST download into {root} left no {missing[0]}; {_FMNIST_HINT}")
+            raise UsageError(f"Fashion-MNIST download into {root} left no {missing[0]}; {_fmnist_hint()}")
 
     if files is None:
-        hint = _FMNIST_HINT
+        hint = _fmnist_hint()
         if data_path is not None and not _find_idx_files(SYSTEM_FASHION_MNIST)[1]:  # the system's copy is whole
             hint = f"a whole copy is in {SYSTEM_FASHION_MNIST}: use that folder (the default) or fix this one"
         if partial is not None:
@@ -195,8 +197,10 @@ _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_ARCHIVE = "cifar-10-python.tar.gz"  # what the CIFAR page serves, and torchvision's file name for it
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
-_CIFAR_HINT = ("pass --download to fetch it (about 170 MB), or --data-path to a folder holding "
-               "cifar-10-batches-py/ from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+def _cifar_hint_missing() -> str:
+    return (f"pass {option('--download', 'download=True')} to fetch it (about 170 MB), or "
+            f"{option('--data-path', 'data_path=')} a folder holding cifar-10-batches-py/ from "
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -274,10 +278,11 @@ def _cifar_hint(root: Path) -> str:
     """What to do about missing batches: unpack the archive lying in ``root``, if one does, else fetch it."""
     archive = root / _CIFAR_ARCHIVE
     if not archive.is_file():
-        return _CIFAR_HINT
+        return _cifar_hint_missing()
     # torchvision's CIFAR10(download=True) unpacks a file of that name whose MD5 is the official archive's, and
     # downloads over any other: say so rather than promise an offline unpack
-    return (f"{archive} is there: unpack it with `tar xzf {archive} -C {root}`, or pass --download, "
+    return (f"{archive} is there: unpack it with `tar xzf {archive} -C {root}`, or pass "
+            f"{option('--download', 'download=True')}, "
             f"which unpacks it without downloading when its MD5 is the official archive's (else downloads it again)")
 
 
@@ -317,9 +322,9 @@ def find_cifar10(data_path, download: bool) -> Path:
         folder = _cifar_folder(root)
     if folder is None:
         if not root.exists():
-            raise UsageError(f"CIFAR-10 data path {root} does not exist; {_CIFAR_HINT}")
+            raise UsageError(f"CIFAR-10 data path {root} does not exist; {_cifar_hint_missing()}")
         if root.is_dir() and not any(root.iterdir()):
-            raise UsageError(f"CIFAR-10 data path {root} is empty; {_CIFAR_HINT}")
+            raise UsageError(f"CIFAR-10 data path {root} is empty; {_cifar_hint_missing()}")
         raise UsageError(f"no CIFAR-10 python batches (cifar-10-batches-py/data_batch_1..5, test_batch) "
                          f"in {root}; {_cifar_hint(root)}")
     missing = [n for n in _CIFAR_TRAIN + _CIFAR_TEST if not (folder / n).is_file()]
@@ -336,8 +341,9 @@ def read_cifar10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------- ImageNet
 
-_IMAGENET_HINT = ("ImageNet cannot be downloaded automatically: get ILSVRC2012 from image-net.org and "
-                  "pass --data-path to a folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
+def _imagenet_hint() -> str:
+    return ("ImageNet cannot be downloaded automatically: get ILSVRC2012 from image-net.org and "
+            f"pass {option('--data-path', 'data_path=')} a folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
 
 
 def _read_image(path: str):
@@ -357,13 +363,13 @@ def _image_folder(path: Path, split: str):
 
     top = str(path)
     if not path.is_dir():
-        raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_IMAGENET_HINT}")
+        raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_imagenet_hint()}")
     try:
         # allow_empty: a class folder without images is ours to name below, with its own remedy
         folder = VisibleImageFolder(top, loader=_read_image, is_valid_file=VisibleFile(top), allow_empty=True)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
-                         f"{_IMAGENET_HINT}") from None
+                         f"{_imagenet_hint()}") from None
     _check_no_empty_class(folder, path, split, IMG_EXTENSIONS)
     return folder
 
@@ -378,7 +384,7 @@ def _check_no_empty_class(folder, path: Path, split: str, extensions: tuple[str,
     kinds = f"no image file ({' '.join(extensions)}; hidden files do not count)"
     if len(empty) == len(folder.classes):  # not one class folder to keep: the data set is missing, not a class
         raise UsageError(f"ImageNet {split} folder {path} has no usable images: its class folders have {kinds}; "
-                         f"{_IMAGENET_HINT}")
+                         f"{_imagenet_hint()}")
     if len(empty) == 1:
         raise UsageError(f"ImageNet {split}/ class folder {path / empty[0]} has {kinds}; remove it or add its images")
     names = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
@@ -390,14 +396,14 @@ def image_folders(data_path, download: bool, train: bool = True):
     """torchvision ``ImageFolder`` s of ``data_path/train`` and ``data_path/val``, with the same classes;
     ``train=False``: ``(None, val)``, the train folder not scanned."""
     if download:
-        raise UsageError(_IMAGENET_HINT)
+        raise UsageError(_imagenet_hint())
     if data_path is None:
-        raise UsageError(f"ImageNet needs --data-path; {_IMAGENET_HINT}")
+        raise UsageError(f"ImageNet needs {option('--data-path', 'data_path=')}; {_imagenet_hint()}")
     root = Path(data_path).expanduser()
     if not root.exists():
-        raise UsageError(f"ImageNet data path {root} does not exist; {_IMAGENET_HINT}")
+        raise UsageError(f"ImageNet data path {root} does not exist; {_imagenet_hint()}")
     if not root.is_dir() or not any(root.iterdir()):
-        raise UsageError(f"ImageNet data path {root} is empty; {_IMAGENET_HINT}")
+        raise UsageError(f"ImageNet data path {root} is empty; {_imagenet_hint()}")
     train_base = _image_folder(root / "train", "train") if train else None
     val_base = _image_folder(root / "val", "val")
     if not train:
