@@ -459,6 +459,11 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
     out = capsys.readouterr().out
     assert "compression" in out and "against the model in float64" in out and "NOT" not in out
     assert (tmp_path / "d.onnx").is_file() and "onnxruntime vs float64" in out
+    assert "replacing" not in out and "earlier export" not in out
+    assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn")]) == 0  # again, without --onnx
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'd.rbnn'} (replacing the file that was there)" in out
+    assert f"note: {tmp_path / 'd.onnx'} beside it is from an earlier export, not this one" in out
     assert main(["predict", str(tmp_path / "d.rbnn")]) == 0  # the export's data set: digits
     out = capsys.readouterr().out
     packed = PackedModel.load(tmp_path / "d.rbnn")
@@ -481,8 +486,11 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
     assert main(["predict", str(tmp_path / "d.pt")]) == 2
     assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "nope.npy")]) == 2
     assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "o.rbnn")]) == 2
+    np.save(tmp_path / "grey.npy", np.zeros((3, 28, 28), np.uint8))  # (N, H, W): 3 grey images of the wrong size
+    assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "grey.npy")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("reste: error:") for line in err)
+    assert len(err) == 5 and all(line.startswith("reste: error:") for line in err)
+    assert "(a uint8 array of shape (3, 28, 28), read as 3 images) holds images of shape (1, 28, 28)" in err[4]
     assert "does not exist" in err[0] and "not a reste packed model" in err[1]
 
 

@@ -76,8 +76,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     for path in (out, onnx_path):
         if path is not None:
             _check_writable(path, (args.checkpoint,))  # a run folder's checkpoints: the .pt rule below
+    replaced = [p for p in (out, onnx_path) if p is not None and p.is_file()]
+    stale = out.with_suffix(".onnx") if onnx_path is None and out.with_suffix(".onnx").is_file() else None
     report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path)
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (" (replacing the file that was there)" if out in replaced else ""))
     print(format_report(report))
     status = 0
     if not report.get("verify", {}).get("ok", True):
@@ -98,9 +100,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                 status = 1
         elif "max_abs_diff" in o:
             check = f"; onnxruntime vs float32 model: max |logit diff| {o['max_abs_diff']:.2e}"
-        print(f"wrote {o['path']} ({o['bytes']:,} bytes, {o['exporter']} exporter{check})")
+        again = " (replacing the file that was there)" if onnx_path in replaced else ""
+        print(f"wrote {o['path']}{again} ({o['bytes']:,} bytes, {o['exporter']} exporter{check})")
         if "fallback" in o:
             print(f"  (the TorchScript exporter failed, so the dynamo exporter wrote it: {o['fallback']})")
+    if stale is not None:
+        print(f"note: {stale} beside it is from an earlier export, not this one (pass --onnx to write it again)")
     return status
 
 

@@ -129,5 +129,7 @@ def raw_inputs(images: np.ndarray, size: tuple[int, int, int], prep: Preprocessi
     """uint8 pixels in any of ``raw_batch``'s layouts -> float32 (N, C, H, W) model inputs of ``size``, with
     ``prep``'s normalisation; other image shapes are refused."""
     batch = raw_batch(images, size, what)
+    if images.ndim != batch.ndim:  # a layout the shape alone does not tell: say how the array was read
+        what = f"{what} (a uint8 array of shape {images.shape}, read as {len(batch)} image{'s' * (len(batch) != 1)})"
     check_shape(size, batch.shape[1:], what)
     return normalise(batch, prep, prep.pixel_scale)
