@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .datasets import DATASETS, SPECS, get_spec
+from .datasets import SPECS, dataset_names, get_spec
 from .errors import UsageError
 from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
@@ -193,7 +193,7 @@ class TrainConfig:
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled in, validated. Raises ``UsageError``."""
         if not isinstance(self.dataset, str):
-            raise UsageError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+            raise UsageError(f"unknown dataset {self.dataset!r}; valid: {', '.join(dataset_names())}")
         for name in ("estimator_options", "model_options"):
             if not isinstance(getattr(self, name), dict):
                 raise UsageError(f"{name} must be a mapping of names to values, got {getattr(self, name)!r}")
@@ -204,7 +204,7 @@ class TrainConfig:
                                   estimator=canonical_estimator(self.estimator),
                                   estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
-        defaults = dict(SPECS[out.dataset].defaults)
+        defaults = dict(get_spec(out.dataset).defaults)
         defaults["workers"] = default_workers(out.dataset)
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for
@@ -212,8 +212,11 @@ class TrainConfig:
         for key, value in defaults.items():
             if getattr(out, key) is None:
                 setattr(out, key, value)
+        if out.model is None:  # a registered data set whose spec names no default model
+            raise UsageError(f"dataset {out.dataset!r} has no default model; pass --model (see `reste summary "
+                             "--list`)")
         out.validate()
-        if out.data_path and SPECS[out.dataset].reads_files:
+        if out.data_path and get_spec(out.dataset).reads_files:
             # config.json records where the data is, not how it was typed: `reste eval RUN_DIR` and `--resume` run
             # from other folders. absolute(), not resolve(): a symlinked data folder stays the link the user gave
             out.data_path = str(Path(out.data_path).expanduser().absolute())
@@ -424,16 +427,18 @@ def canonical_estimator(name: Any) -> Any:
 def as_recorded(config: TrainConfig) -> TrainConfig:
     """``config`` (resolved) as a run records it in config.json and its checkpoints: its estimator named as
     registered with every hyper-parameter written out (those left at their defaults too: a default that changes
-    later, in reste or a plugin, cannot move the run), and the plugins that define its estimator and model (a
-    Python caller's own imports too), for a resume or a sweep's worker processes to load (``reste eval`` and
+    later, in reste or a plugin, cannot move the run), and the plugins that define its estimator, model and
+    data set (a Python caller's own imports too), for a resume or a sweep's worker processes to load (``reste eval`` and
     ``export`` take ``--plugin``)."""
+    from .datasets import defined_in as dataset_module
     from .models import defined_in
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1: told at training
         est = get_estimator(config.estimator, **config.estimator_options)
     given = {saved_form(spec) for spec in config.plugins}
-    found = [spec for spec in defining([type(est).__module__, defined_in(config.model)]) if spec not in given]
+    found = [spec for spec in defining([type(est).__module__, defined_in(config.model),
+                                            dataset_module(config.dataset)]) if spec not in given]
     return dataclasses.replace(config, estimator=est.name, estimator_options=est.config(),
                                plugins=[*config.plugins, *found])
 

@@ -7,6 +7,10 @@ mean/std a deployed model expects). This module imports neither torch nor the lo
 it is cheap to import anywhere; a spec names its loader and :meth:`DatasetSpec.load`
 imports it on use.
 
+A data set of your own is a spec passed to :func:`register_dataset` (from a plugin module, loaded by
+``--plugin MODULE``): from then on its name works wherever a built-in's does. ``SPECS`` and ``DATASETS`` are the
+built-ins; :func:`dataset_names` and :func:`get_spec` see the registered ones too.
+
 >>> from reste.datasets import get_spec
 >>> spec = get_spec("fmnist")
 >>> spec.name, spec.input_size, spec.mean, spec.std
@@ -15,13 +19,19 @@ imports it on use.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from . import plugins
 from .errors import UsageError
 
-__all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec", "dataset_names"]
+__all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec", "dataset_names", "register_dataset", "defined_in",
+           "RECIPE_KEYS"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,7 @@ class DatasetSpec:
     ``train_size``/``test_size`` are ``None`` where they depend on the user's copy
     (ImageNet folders). ``fits_in_memory`` says whether the whole set can be held as
     uint8 tensors on the training device (``--data-device``). ``loader`` is
-    ``"module:function"``, a function ``(data_path, download, augment, in_memory, train)``
+    ``"module:function"`` or the function itself, ``(data_path, download, augment, in_memory, train)``
     returning ``(train, test, DatasetInfo)``. ``defaults`` is the recipe used when the
     user does not say otherwise (model, epochs, batch sizes, lr, warm-up). ``augments``: whether
     the loader has a train augmentation (random crop and flip) that ``--augment`` turns on.
@@ -49,7 +59,7 @@ class DatasetSpec:
     train_size: int | None
     test_size: int | None
     fits_in_memory: bool
-    loader: str
+    loader: str | Callable[..., Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     augments: bool = True  # whether its loader has a train augmentation for --augment to turn on
@@ -60,6 +70,8 @@ class DatasetSpec:
              in_memory: bool | None = None, train: bool = True):
         """Run this data set's loader: ``(train, test, DatasetInfo)``; ``train=False``: the train split is
         neither read nor returned (None)."""
+        if callable(self.loader):
+            return self.loader(data_path, download, augment, in_memory, train)
         module, _, function = self.loader.partition(":")
         return getattr(importlib.import_module(module), function)(data_path, download, augment, in_memory, train)
 
@@ -103,13 +115,33 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     ),
 )}
 
-#: The canonical names, in the order they are listed to users.
+#: The canonical names of the built-in data sets, in the order they are listed to users.
 DATASETS: tuple[str, ...] = tuple(SPECS)
+
+#: The settings a spec's ``defaults`` may give (``TrainConfig`` fields); a registered set's missing ones are
+#: ``GENERIC_RECIPE``'s (but ``model``: without one, ``--model`` must be given).
+RECIPE_KEYS = ("model", "augment", "optimizer", "lr", "weight_decay", "epochs", "batch_size", "eval_batch_size",
+               "warm_up")
+GENERIC_RECIPE: dict[str, Any] = dict(augment=False, optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=10,
+                                      batch_size=64, eval_batch_size=256, warm_up=0)
+
+_REGISTERED: dict[str, DatasetSpec] = {}  # the data sets of plugins, by name
+_DEFINED_IN: dict[str, str] = {}  # the module that registered each of them
+
+
+def _key(name: str) -> str:
+    return str(name).strip().lower().replace("_", "-")
+
+
+def _all() -> dict[str, DatasetSpec]:
+    return {**SPECS, **_REGISTERED}
 
 
 def dataset_names() -> tuple[str, ...]:
-    """The canonical names (``DATASETS``); kept for code written before ``DATASETS``."""
-    return DATASETS
+    """The canonical names of every data set now: the built-ins (``DATASETS``), then the registered ones (an
+    installed plugin's included)."""
+    plugins.load_entry_points()
+    return tuple(_all())
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -117,8 +149,108 @@ def get_spec(name: str) -> DatasetSpec:
 
     Raises :class:`UsageError` (one line, listing the valid names) for an unknown name.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    for spec in SPECS.values():
+    spec = _find(_key(name))
+    if spec is None:
+        plugins.load_entry_points()  # an installed package's module may register data sets too
+        spec = _find(_key(name))
+    if spec is None:
+        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())} (a data set of "
+                         "your own: register it with reste.datasets.register_dataset in a module you load with "
+                         f"--plugin MODULE){plugins.broken_note()}")
+    return spec
+
+
+def _find(key: str) -> DatasetSpec | None:
+    for spec in _all().values():
         if key == spec.name or key in spec.aliases:
             return spec
-    raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(SPECS)}")
+    return None
+
+
+def defined_in(name: str) -> str:
+    """The module that registered data set ``name`` (``reste.datasets`` for a built-in)."""
+    spec = get_spec(name)
+    return _DEFINED_IN.get(spec.name, __name__)
+
+
+_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Register a data set of your own; its name then works wherever a built-in's does (``--dataset``,
+    ``register_model(dataset=...)``, ``reste summary``, ``eval``, ``export``, ``predict``, sweeps, and a run's
+    default recipe: the spec's ``defaults``, the missing ones ``GENERIC_RECIPE``'s). Call it in a plugin module;
+    a run records that module in its ``config.json``, so ``--resume`` loads it. Registering again from the same
+    module (a reload) replaces the spec. Returns the spec as registered.
+
+    Raises ``ValueError`` (one line) for a name or alias taken by another data set, a name that is not lower
+    case letters, digits and ``-``, or a field of the wrong kind.
+    """
+    if not isinstance(spec, DatasetSpec):
+        raise ValueError(f"register_dataset takes a reste.datasets.DatasetSpec, got {type(spec).__name__}")
+    caller = inspect.currentframe()
+    module = caller.f_back.f_globals.get("__name__", "") if caller and caller.f_back else ""
+    spec = _checked(spec)
+    taken = {_key(n): s.name for s in _all().values() if s.name != spec.name or s.name in SPECS
+             for n in (s.name, *s.aliases)}
+    for name in (spec.name, *spec.aliases):
+        if name in taken:
+            raise ValueError(f"dataset name {name!r} is taken by {'the built-in' if taken[name] in SPECS else 'the'}"
+                             f" data set {taken[name]!r}; choose another")
+    old = _DEFINED_IN.get(spec.name)
+    if old is not None and old != module:
+        raise ValueError(f"dataset {spec.name!r} is already registered by {old}; choose another name")
+    _REGISTERED[spec.name] = spec
+    _DEFINED_IN[spec.name] = module
+    return spec
+
+
+def _checked(spec: DatasetSpec) -> DatasetSpec:
+    """``spec`` with its sizes as tuples and its recipe completed; a ``ValueError`` naming the first bad field."""
+    def bad(what: str) -> ValueError:
+        return ValueError(f"dataset {spec.name!r}: {what}")
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name):
+        hint = f" (as {_key(spec.name)!r})" if isinstance(spec.name, str) and _NAME.fullmatch(_key(spec.name)) else ""
+        raise ValueError(f"a dataset's name must be lower case letters, digits and '-', starting with a letter, got "
+                         f"{spec.name!r}{hint}")
+    aliases = tuple(spec.aliases) if isinstance(spec.aliases, (tuple, list)) else None
+    if aliases is None or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in aliases):
+        raise bad(f"aliases must be a tuple of names of lower case letters, digits and '-', got {spec.aliases!r}")
+    if not whole(spec.num_classes) or spec.num_classes < 1:
+        raise bad(f"num_classes must be a positive integer, got {spec.num_classes!r}")
+    size = spec.input_size
+    if not isinstance(size, (tuple, list)) or len(size) != 3 or not all(whole(v) and v > 0 for v in size):
+        raise bad(f"input_size must be 3 positive integers (C, H, W), got {size!r}")
+    for field_name in ("mean", "std"):
+        values = getattr(spec, field_name)
+        if (not isinstance(values, (tuple, list)) or len(values) != size[0]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in values)):
+            raise bad(f"{field_name} must be {size[0]} finite number(s), one per channel, got {values!r}")
+    if not all(v > 0 for v in spec.std):
+        raise bad(f"std must be positive, got {spec.std!r}")
+    if not isinstance(spec.scale, (int, float)) or isinstance(spec.scale, bool) or not 0 < spec.scale < math.inf:
+        raise bad(f"scale (the raw value of white) must be a positive number, got {spec.scale!r}")
+    for field_name in ("train_size", "test_size"):
+        value = getattr(spec, field_name)
+        if value is not None and (not whole(value) or value < 0):
+            raise bad(f"{field_name} must be None or an integer >= 0, got {value!r}")
+    for field_name in ("fits_in_memory", "augments", "reads_files", "folder_classes"):
+        if not isinstance(getattr(spec, field_name), bool):
+            raise bad(f"{field_name} must be True or False, got {getattr(spec, field_name)!r}")
+    loader = spec.loader
+    if not (callable(loader) or isinstance(loader, str) and re.fullmatch(r"[\w.]+:\w+", loader)):
+        raise bad(f"loader must be a function or 'module:function', got {loader!r}")
+    if not isinstance(spec.defaults, dict) or set(spec.defaults) - set(RECIPE_KEYS):
+        unknown = sorted(set(spec.defaults) - set(RECIPE_KEYS)) if isinstance(spec.defaults, dict) else spec.defaults
+        raise bad(f"defaults takes {', '.join(RECIPE_KEYS)}; got {unknown!r}")
+    if spec.defaults.get("augment") and not spec.augments:
+        raise bad("defaults has augment=True but augments=False (its loader has no augmentation)")
+    if not isinstance(spec.description, str):
+        raise bad(f"description must be a string, got {spec.description!r}")
+    return dataclasses.replace(spec, aliases=aliases, input_size=tuple(size), mean=tuple(spec.mean),
+                               std=tuple(spec.std), defaults={**GENERIC_RECIPE, **spec.defaults})

@@ -8,7 +8,7 @@ import os
 from typing import Any, Sequence
 
 from .config import TrainConfig, parse_value
-from .datasets import DATASETS
+from .datasets import dataset_names
 from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
 from .plugins import add_plugin_flag, saved_form
@@ -25,7 +25,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     and it has no --resume or --force: running a sweep again continues it)."""
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
-    g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default {TrainConfig.dataset})")
+    g.add_argument("--dataset", help=f"{', '.join(dataset_names())} (default {TrainConfig.dataset})")
     g.add_argument("--data-path", "--data_path", dest="data_path", help="data set folder")
     g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
     g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")

@@ -78,6 +78,7 @@ from .sets import (
     IMAGENET_STD,
     DatasetInfo,
     check_classes,
+    from_tensors,
     load_datasets,
 )
 
@@ -88,6 +89,7 @@ __all__ = [
     "DatasetInfo",
     "Normalize",
     "check_classes",
+    "from_tensors",
     "load_datasets",
     "make_loaders",
     "data_device",

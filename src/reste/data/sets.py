@@ -24,7 +24,7 @@ from .formats import find_cifar10, find_fashion_mnist, image_folders, read_cifar
 from .memory import InMemoryDataset, Normalize, RandomCropFlip
 from .sampling import TransformDataset
 
-__all__ = ["DatasetInfo", "load_datasets", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN",
+__all__ = ["DatasetInfo", "load_datasets", "from_tensors", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN",
            "IMAGENET_STD", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES"]
 
 # The facts of each data set (names, sizes, mean/std) live in reste.datasets; these are views of them.
@@ -70,6 +70,41 @@ def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, down
     if in_memory and not spec.fits_in_memory:
         raise UsageError(f"{spec.name} does not fit in memory; it is read from files by DataLoader workers")
     return spec.load(data_path, download=download, augment=augment, in_memory=in_memory, train=train)
+
+
+def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequence[str] | None = None,
+                 augment: bool = False, pad: int = 0):
+    """``(train_ds, test_ds, DatasetInfo)`` of images held in memory, for the loader of a data set of your own
+    (:func:`reste.datasets.register_dataset`): ``train`` and ``test`` are ``(images, labels)``, the images
+    ``(N, C, H, W)`` uint8 in the spec's pixel units (0..``scale``), the labels integers. Batches are normalised
+    with the spec's mean/std where the tensors are (the training GPU with ``--data-device auto``);
+    ``augment`` with ``pad`` > 0 adds a random crop (padding ``pad``) and flip to the train batches. ``train=None``
+    (the loader's ``train=False``): no train set."""
+    spec = get_spec(name)
+    norm = Normalize.of(spec.name)
+    names = [str(c) for c in classes] if classes is not None else [str(c) for c in range(spec.num_classes)]
+    if len(names) != spec.num_classes:
+        raise UsageError(f"{spec.name}: {len(names)} class names for {spec.num_classes} classes")
+
+    def build(pair, aug):
+        images, labels = (torch.as_tensor(np.asarray(v)) for v in pair)
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != spec.input_size or len(images) != len(labels):
+            raise UsageError(f"{spec.name}: images must be uint8 (N, {', '.join(map(str, spec.input_size))}) with "
+                             f"one label each, got {images.dtype} {tuple(images.shape)} and {len(labels)} labels")
+        labels = labels.to(torch.int64)
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < spec.num_classes:
+            raise UsageError(f"{spec.name}: labels must be in [0, {spec.num_classes}), got {int(labels.min())}.."
+                             f"{int(labels.max())}")
+        return InMemoryDataset(images.contiguous(), labels, augment=aug, classes=names, normalize=norm)
+
+    crop = RandomCropFlip(spec.input_size[-1], pad, fill=norm.fill()) if augment and pad > 0 else None
+    if crop is not None and spec.input_size[1] != spec.input_size[2]:
+        raise UsageError(f"{spec.name}: the random crop is square; its images are {spec.input_size[1]}x"
+                         f"{spec.input_size[2]}")
+    train_ds = build(train, crop) if train is not None else None
+    test_ds = build(test, None)
+    return train_ds, test_ds, DatasetInfo(spec.name, spec.num_classes, spec.input_size,
+                                          None if train_ds is None else len(train_ds), len(test_ds), tuple(names))
 
 
 def _info(name: str, train, test, classes: Sequence[str]) -> DatasetInfo:

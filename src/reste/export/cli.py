@@ -60,6 +60,7 @@ def add_commands(subparsers: Any) -> None:
                    help="XOR/popcount kernels: compiled C (auto when a compiler exists) or NumPy")
     p.add_argument("--threads", type=int,
                    help="CPU threads for the kernels and torch's float ops (default: torch's; 1 is best on a busy CPU)")
+    add_plugin_flag(p)  # a data set of your own (--dataset)
     p.set_defaults(func=cmd_predict)
 
 

@@ -14,8 +14,9 @@ twin of the same architecture (``model_info(name)["twin"]``). Add a model with
 :func:`register_model` on a keyword-only factory ``fn(*, num_classes, conv)``.
 """
 
+from ..datasets import DATASETS  # the built-in data sets (reste.datasets.dataset_names(): the registered ones too)
 from . import cifar, imagenet, small  # noqa: F401  (register the models)
-from .registry import DATASETS, ConvBuilder, create, defined_in, list_models, model_info, model_keywords, register_model
+from .registry import ConvBuilder, create, defined_in, list_models, model_info, model_keywords, register_model
 from .summary import count_parameters, describe, format_summary, format_totals, layer_summary, summary_totals
 
 __all__ = [

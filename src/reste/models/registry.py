@@ -20,7 +20,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .. import plugins
-from ..datasets import DATASETS, get_spec
+from ..datasets import dataset_names, get_spec
 from ..errors import ModelOptionError, UsageError
 from ..estimators import Estimator, estimator_class, get_estimator
 from ..layers import SCALINGS, BinaryConv2d, BinaryLinear
@@ -91,8 +91,9 @@ def register_model(
     factory gives some binary layers estimators of its own on purpose (a Bi-Real-style
     activation estimator beside the run's), so :func:`create` does not check them.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    if dataset not in dataset_names():
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(dataset_names())} (register a data set of "
+                         "your own with reste.datasets.register_dataset first)")
     spec = get_spec(dataset)
     num_classes = spec.num_classes if num_classes is None else num_classes
     input_size = spec.input_size if input_size is None else input_size
