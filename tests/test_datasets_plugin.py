@@ -1,0 +1,203 @@
+"""A data set of your own, in one plugin file: registered with ``reste.datasets.register_dataset``, then trained,
+resumed, evaluated, exported, predicted, summarised and swept by name, as a built-in is."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import reste
+from reste import datasets, plugins
+from reste.cli import main
+from reste.config import TrainConfig, as_recorded
+from reste.datasets import DatasetSpec, dataset_names, get_spec, register_dataset
+from reste.errors import UsageError
+from reste.models import registry
+from cli_checks import one_line_error
+
+PLUGIN = textwrap.dedent('''
+    """toyset: 1x8x8 images of 3 classes, class c a bright band at rows 3c and 3c+1 over uniform noise."""
+    import numpy as np
+    from torch import nn
+
+    from reste.data import from_tensors
+    from reste.datasets import DatasetSpec, register_dataset
+    from reste.models import ConvBuilder, register_model
+
+
+    def _split(n, seed):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 3, n)
+        x = rng.integers(0, 120, (n, 1, 8, 8))
+        for c in range(3):
+            x[y == c, :, 3 * c:3 * c + 2, :] += 130
+        return x.astype(np.uint8), y
+
+
+    def load(data_path, download, augment, in_memory, train):
+        return from_tensors("toyset", _split(240, 0) if train else None, _split(90, 1), classes=("a", "b", "c"))
+
+
+    SPEC = register_dataset(DatasetSpec(
+        name="toyset", aliases=("toy",), num_classes=3, input_size=(1, 8, 8), mean=(0.3,), std=(0.3,), scale=255.0,
+        train_size=240, test_size=90, fits_in_memory=True, loader=load, augments=False, reads_files=False,
+        defaults=dict(model="toy_mlp_1w1a", epochs=2, batch_size=32, lr=0.01)))
+
+
+    @register_model(dataset="toyset", twin="toy_mlp")
+    def toy_mlp_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 16) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.BatchNorm1d(width),
+                             conv.linear(width, width), nn.BatchNorm1d(width), nn.Linear(width, num_classes))
+''')
+
+TOY = DatasetSpec(name="mine", aliases=("mine8",), num_classes=3, input_size=(1, 8, 8), mean=(0.5,), std=(0.25,),
+                  scale=255.0, train_size=None, test_size=None, fits_in_memory=True, loader="mymod:load")
+
+
+@pytest.fixture
+def isolated(monkeypatch):
+    """The registries and loaded plugins as they were before the test."""
+    monkeypatch.setattr(datasets, "_REGISTERED", dict(datasets._REGISTERED))
+    monkeypatch.setattr(datasets, "_DEFINED_IN", dict(datasets._DEFINED_IN))
+    for attr in ("_MODELS", "_INFO", "_BINARY"):
+        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
+    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("reste_plugin_"):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def plugin_file(tmp_path: Path) -> Path:
+    path = tmp_path / "toyset.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_registered_set_is_known_everywhere_a_builtin_is(isolated):
+    assert "mine" not in dataset_names()
+    spec = register_dataset(TOY)
+    assert dataset_names()[-1] == "mine" and datasets.DATASETS == ("digits", "fashion-mnist", "cifar10", "imagenet")
+    assert get_spec("MINE8") is spec and datasets.defined_in("mine") == __name__
+    assert datasets.defined_in("digits") == "reste.datasets"
+    assert spec.defaults == datasets.GENERIC_RECIPE  # the recipe a spec leaves out
+    assert register_dataset(TOY) == spec  # again from the same module (a reload): fine
+
+    def mine_mlp(*, num_classes, conv):
+        raise AssertionError("not built here")
+
+    registry.register_model(dataset="mine", binary=False)(mine_mlp)
+    assert registry.model_info("mine_mlp")["num_classes"] == 3 and registry.model_info("mine_mlp")["dataset"] == "mine"
+    with pytest.raises(UsageError, match="has no default model; pass --model"):
+        TrainConfig(dataset="mine").resolve()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(name="digits"), "dataset name 'digits' is taken by the built-in data set 'digits'"),
+    (dict(aliases=("fmnist",)), "dataset name 'fmnist' is taken by the built-in data set 'fashion-mnist'"),
+    (dict(name="my_set"), r"lower case letters, digits and '-', starting with a letter, got 'my_set' \(as 'my-set'\)"),
+    (dict(name="my set!"), "lower case letters, digits and '-'"),
+    (dict(aliases=("ok", "No")), "aliases must be a tuple of names"),
+    (dict(num_classes=0), "num_classes must be a positive integer, got 0"),
+    (dict(num_classes=True), "num_classes must be a positive integer, got True"),
+    (dict(input_size=(1, 8)), r"input_size must be 3 positive integers \(C, H, W\), got \(1, 8\)"),
+    (dict(input_size=(1, 0, 8)), "input_size must be 3 positive integers"),
+    (dict(mean=(0.5, 0.5)), r"mean must be 1 finite number\(s\), one per channel"),
+    (dict(std=()), r"std must be 1 finite number\(s\)"),
+    (dict(std=(0.0,)), "std must be positive"),
+    (dict(scale=0), "scale .* must be a positive number"),
+    (dict(test_size=-1), "test_size must be None or an integer >= 0"),
+    (dict(fits_in_memory="yes"), "fits_in_memory must be True or False"),
+    (dict(loader="nocolon"), "loader must be a function or 'module:function'"),
+    (dict(defaults={"epochz": 3}), r"defaults takes model, .*; got \['epochz'\]"),
+])
+def test_bad_specs_are_one_line_errors(isolated, change, message):
+    with pytest.raises(ValueError, match=message) as err:
+        register_dataset(dataclasses.replace(TOY, **change))
+    assert "\n" not in str(err.value) and "mine" not in dataset_names()
+
+
+def test_a_name_or_alias_another_module_registered_is_refused(isolated):
+    register_dataset(TOY)
+    namespace = {"__name__": "othermod", "register_dataset": register_dataset, "TOY": TOY,
+                 "replace": dataclasses.replace}
+    with pytest.raises(ValueError, match="dataset 'mine' is already registered by .*test_datasets_plugin"):
+        exec("register_dataset(TOY)", namespace)
+    with pytest.raises(ValueError, match="dataset name 'mine8' is taken by the data set 'mine'"):
+        exec("register_dataset(replace(TOY, name='yours'))", namespace)
+    with pytest.raises(ValueError, match="takes a reste.datasets.DatasetSpec"):
+        register_dataset({"name": "x"})
+
+
+def test_bad_plugin_specs_are_one_line_on_the_command_line(isolated, tmp_path, capsys):
+    bad = tmp_path / "badset.py"
+    bad.write_text(PLUGIN.replace("num_classes=3,", "num_classes=0,"))
+    line = one_line_error(capsys, "train", "--plugin", str(bad), "--dataset", "toyset", "--threads", "1")
+    assert "failed to load: ValueError: dataset 'toyset': num_classes must be a positive integer, got 0" in line
+    line = one_line_error(capsys, "train", "--dataset", "nosuch", "--threads", "1", "--out", str(tmp_path / "r"))
+    assert "unknown dataset 'nosuch'" in line and "--plugin MODULE" in line
+
+
+def test_train_eval_export_predict_summary_with_a_plugin_set(isolated, plugin_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(["train", "--help", "--plugin", str(plugin_file)])
+    assert "imagenet, toyset" in " ".join(capsys.readouterr().out.split())  # --dataset's help lists it
+    assert main(["train", "--plugin", str(plugin_file), "--dataset", "toy", "--threads", "1", "--no-progress",
+                 "--out", str(run)]) == 0, capsys.readouterr().err
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["dataset"] == "toyset" and saved["model"] == "toy_mlp_1w1a" and saved["epochs"] == 2  # its recipe
+    assert saved["plugins"] == [str(plugin_file)] and saved["lr"] == 0.01 and saved["optimizer"] == "adam"
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2] and _metrics(run)[-1]["test_acc"] > 60  # chance: 33%
+    capsys.readouterr()
+    assert main(["eval", str(run), "--plugin", str(plugin_file), "--device", "cpu"]) == 0
+    assert "toy_mlp_1w1a on toyset test" in capsys.readouterr().out
+    out = tmp_path / "m.rbnn"
+    assert main(["export", str(run), str(out), "--plugin", str(plugin_file)]) == 0 and out.is_file()
+    capsys.readouterr()
+    assert main(["predict", str(out), "--plugin", str(plugin_file), "--threads", "1"]) == 0
+    assert "on toyset test: top-1" in capsys.readouterr().out
+    assert main(["summary", "toy_mlp_1w1a", "--plugin", str(plugin_file)]) == 0
+    assert main(["summary", "--list", "--plugin", str(plugin_file)]) == 0
+    assert "toy_mlp_1w1a                 toyset" in capsys.readouterr().out
+
+
+def test_a_python_caller_s_set_is_recorded_too(isolated, plugin_file):
+    module = plugins.load_plugin(str(plugin_file))
+    config = as_recorded(TrainConfig(dataset="toyset", model="toy_mlp_1w1a", estimator="ste").resolve())
+    assert config.plugins == [str(plugin_file)] and datasets.defined_in("toyset") == module.__name__
+
+
+def test_resume_loads_the_recorded_plugin_and_a_sweep_takes_it(isolated, plugin_file, tmp_path, capsys):
+    cwd = plugin_file.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(  # this reste, from any folder
+        [str(Path(reste.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "reste", "train", "--plugin", "toyset", "--dataset", "toyset",
+                        "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run"],
+                       cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((cwd / "run" / "config.json").read_text())["plugins"] == ["toyset"]
+    r = subprocess.run([sys.executable, "-m", "reste", "train", "--resume", "run", "--epochs", "2", "--force",
+                        "--no-progress"], cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [m["epoch"] for m in _metrics(cwd / "run")] == [1, 2]
+
+    assert main(["sweep", "--plugin", str(plugin_file), "--dataset", "toyset", "--grid", "estimator=ste,reste",
+                 "--epochs", "1", "--threads", "1", "--no-progress", "--no-report", "--out", str(tmp_path / "sw")]) \
+        == 0, capsys.readouterr().err
+    configs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sw" / "runs").glob("*/*/config.json"))]
+    assert sorted(c["estimator"] for c in configs) == ["reste", "ste"]
+    assert all(c["dataset"] == "toyset" and c["plugins"] == [str(plugin_file)] for c in configs)
