@@ -31,7 +31,7 @@ from . import plugins
 from .errors import UsageError
 
 __all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec", "dataset_names", "register_dataset", "defined_in",
-           "RECIPE_KEYS"]
+           "RECIPE_KEYS", "GENERIC_RECIPE"]
 
 
 @dataclass(frozen=True)
