@@ -190,6 +190,10 @@ def test_resume_loads_the_recorded_plugin_and_a_sweep_takes_it(isolated, plugin_
                        cwd=cwd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads((cwd / "run" / "config.json").read_text())["plugins"] == ["toyset"]
+    r = subprocess.run([sys.executable, "-m", "reste", "eval", "run"], cwd=cwd, env=env, capture_output=True,
+                       text=True)  # eval loads no plugin by itself: it names the one the run recorded
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "unknown dataset 'toyset'" in r.stderr and "the run trained with --plugin toyset: pass the same" in r.stderr
     r = subprocess.run([sys.executable, "-m", "reste", "train", "--resume", "run", "--epochs", "2", "--force",
                         "--no-progress"], cwd=cwd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -122,6 +122,15 @@ def orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if pattern.match(p.name) and p.is_file()) if folder.is_dir() else []
 
 
+def pass_the_plugins(err: Exception, missing: list[str]) -> UsageError:
+    """The error for a name (``err``: unknown estimator, model or data set) that the run's recorded plugins
+    (``missing``: those not loaded here) register: load them (never done automatically but by ``--resume``)."""
+    modules = ", ".join(repr(m) for m in missing)
+    return UsageError(f"{str(err).split(' (')[0]}; the run trained with --plugin {' '.join(missing)}: pass the same "
+                      "--plugin (only --resume loads a run's plugins itself; in Python, import it or call "
+                      f"reste.plugins.load_plugins([{modules}]) first)")
+
+
 def code_changed(where: Any, what: str, options: dict[str, Any], reason: str, plugin: bool) -> UsageError:
     """The error for a run or checkpoint (``where``) whose model or estimator (``what``) the loaded code builds no
     more with the ``options`` it trained with (``reason``: the code's own words): the plugin, or reste, changed."""
@@ -333,10 +342,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
         if unregistered(ckpt["model_name"], settings.get("estimator", "reste")):
             if not missing:
                 raise  # an unknown name says so itself
-            modules = ", ".join(repr(m) for m in missing)  # the run's plugin is not loaded (never automatically)
-            raise UsageError(f"{str(err).split(' (')[0]}; the run trained with --plugin {' '.join(missing)}: pass "
-                             "the same --plugin (only --resume loads a run's plugins itself; in Python, import it or "
-                             f"call reste.plugins.load_plugins([{modules}]) first)") from None
+            raise pass_the_plugins(err, missing) from None
         # the model and estimator exist but take other options now: the plugin (or reste) changed since the run
         name = settings.get("estimator", "reste")
         saved = {**settings.get("estimator_options", {}), **{k: v for k, v in options.items() if k != "num_classes"}}

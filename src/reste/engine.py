@@ -51,9 +51,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from . import models, resumption
+from . import models, plugins, resumption
 from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, canonical_estimator,
                      check_data_path, check_workers, config_from_preset, default_workers, get_preset, max_threads)
+from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
@@ -228,6 +229,13 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         raise UsageError(sweep_folder_hint(path))
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
+    try:
+        get_spec(config.dataset)
+    except UsageError as err:  # a plugin's data set: the run recorded the module that registers it
+        missing = plugins.not_loaded(config.plugins if isinstance(config.plugins, list) else None)
+        if missing:
+            raise ckpt_io.pass_the_plugins(err, missing) from None
+        raise
     check_data_path(config.dataset, data_path, download)
     check_workers(config.dataset, workers)
     workers = default_workers(config.dataset) if workers is None else workers
