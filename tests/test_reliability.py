@@ -687,3 +687,47 @@ def test_a_trained_epoch_resumed_on_a_longer_schedule_keeps_the_values_it_traine
     second = rundir.read_metrics(tmp_path / "run")[1]
     assert (second["lr"], second["o"]) == (0.05, pytest.approx(1.586, abs=1e-3))  # the 2-epoch schedule's epoch 2
     assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "run")] == [1, 2, 3]
+
+
+# ------------------------------------------------------------- a log file's lines
+
+
+def _unbuffered_env_removed():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTHONUNBUFFERED", None)  # as under a scheduler: Python's own block buffering of a file
+    return env
+
+
+def test_a_log_file_holds_each_epoch_line_before_the_process_ends(tmp_path):
+    """stdout a file (a cluster job's log): the epoch line is there while the run goes on, and a kill -9 after it
+    keeps it (block buffering would hold every line until the process exits)."""
+    log = tmp_path / "train.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reste", "train", "--epochs", "6", "--threads", "1",
+                                 "--no-progress", "--out", str(tmp_path / "run")],
+                                stdout=out, stderr=subprocess.STDOUT, env=_unbuffered_env_removed())
+    try:
+        _wait_for(lambda: "epoch 1/6" in log.read_text() or proc.poll() is not None)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == -signal.SIGKILL, text  # killed while it ran, not flushed at its exit
+    assert "epoch 1/6" in text and "done:" not in text, text
+
+
+def test_the_library_default_log_flushes_each_line(tmp_path):
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:  # os._exit: no flush at exit, as a kill -9
+        subprocess.run([sys.executable, "-c", "import os; from reste.errors import print_line; "
+                        "print_line('epoch 1/1'); os._exit(0)"], stdout=out, env=_unbuffered_env_removed(),
+                       check=True)
+    assert log.read_text() == "epoch 1/1\n"
+    from reste.errors import print_line
+    from reste.experiments.sweep import run_sweep
+    import inspect
+
+    for fn in (engine.train, engine.resume, engine.train_or_resume, run_sweep):
+        assert inspect.signature(fn).parameters["log"].default is print_line, fn.__name__

@@ -251,8 +251,18 @@ def one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def line_buffered() -> None:
+    """Each line of stdout and stderr written when printed, also where they are a file (a cluster job's log,
+    nohup): Python buffers a file's output in blocks, so a log stays empty while the job runs, a kill -9 loses its
+    lines, and a stderr line lands before the stdout lines printed earlier."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # no stream, or not a TextIOWrapper
+            stream.reconfigure(line_buffering=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``reste`` command line; its messages name settings by their flags (``reste.errors.command_line``)."""
+    line_buffered()
     with command_line():
         return _main(argv)
 

@@ -58,7 +58,7 @@ from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
-from .errors import ModelOptionError, UsageError, one_line, stderr_is_terminal
+from .errors import ModelOptionError, UsageError, one_line, print_line, stderr_is_terminal
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
@@ -878,7 +878,7 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print_line) -> dict[str, Any]:
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
 
     Returns a dict with ``best_acc``, ``best_epoch``, ``best_top5`` (that epoch's top-5; None on processes other
@@ -1013,7 +1013,7 @@ def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,
-           progress: bool | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+           progress: bool | None = None, log: Callable[[str], None] = print_line) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last finished epoch (``progress`` as for :func:`train`).
 
     ``overrides`` are settings given again on the command line; a setting that
@@ -1107,7 +1107,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
 
 def train_or_resume(config: TrainConfig, out: str | os.PathLike, *, overrides: dict[str, Any] | None = None,
                     force: bool = False, progress: bool | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = print_line) -> dict[str, Any]:
     """Start ``config`` in ``out``, or continue the run ``out`` holds already: one call for a job that may be
     preempted and started again (what ``reste train --auto-resume --out DIR`` does).
 

@@ -73,3 +73,9 @@ def stderr_is_terminal() -> bool:
     """Whether stderr is a terminal, where a progress bar is drawn (a log file or a pipe would fill with its
     frames): the library's rule (``reste.engine``) and the command's (``reste.flags``)."""
     return sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+def print_line(message: str) -> None:
+    """The library's default ``log``: ``print`` with a flush, so each line is on disk when stdout is a file (a
+    cluster job's log), not in a buffer that a kill -9 loses."""
+    print(message, flush=True)

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_keywords
-from ..errors import UsageError
+from ..errors import UsageError, print_line
 from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
@@ -524,7 +524,7 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
 
 def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int] | None, out_dir: str | os.PathLike,
               jobs: int = 1, *, runs_dir: str | os.PathLike | None = None, threads: int | None = None,
-              log: Callable[[str], None] = print, report: bool = True, flags: dict[str, Any] | None = None,
+              log: Callable[[str], None] = print_line, report: bool = True, flags: dict[str, Any] | None = None,
               progress: bool = False, failures: list[tuple[str, int, str]] | None = None) -> list[dict[str, Any]]:
     """Train every setting of ``grid`` (on top of ``base``) for every seed; returns the table rows.
 
