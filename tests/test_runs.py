@@ -458,3 +458,31 @@ def test_a_relative_data_path_is_recorded_as_an_absolute_one(tmp_path, monkeypat
     assert TrainConfig(dataset="cifar10").resolve().data_path is None
     monkeypatch.setenv("HOME", str(tmp_path))
     assert TrainConfig(dataset="cifar10", data_path="~/cifar").resolve().data_path == str(tmp_path / "cifar")
+
+
+def test_a_failed_starts_cleanup_that_fails_leaves_the_original_error_and_a_note(capsys, tmp_path, monkeypatch):
+    """The folder turned unwritable before the first checkpoint: the checkpoint's error is the one reported, the
+    cleanup's failure a note naming what it left; the lock is released."""
+    import errno
+
+    run = tmp_path / "run"
+
+    def no_room(_state, path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    unlink = Path.unlink
+
+    def stuck(self, missing_ok=False):
+        if self.name == "config.json":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(engine.ckpt_io, "save_checkpoint", no_room)
+    monkeypatch.setattr(Path, "unlink", stuck)
+    assert main(["train", *ARGS, "--out", str(run)]) == 1
+    out, err = capsys.readouterr()
+    assert "last.pt" in _one_line(err) and "config.json" not in err, err
+    assert "note: the failed start's cleanup could not remove config.json" in out, out
+    monkeypatch.undo()
+    assert not (run / ".lock").exists() and (run / "config.json").exists()
+    RunDirectory.open(run, fresh=False).close()  # the lock was released

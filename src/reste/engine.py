@@ -899,7 +899,10 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
             return _train_locked(config, run_dir, progress, log, stop)
     except BaseException:
         if lock is not None and not last_checkpoint(run_dir).exists():
-            lock.discard()  # nothing was kept: a failed start leaves no run directory behind
+            left = lock.discard()  # nothing was kept: a failed start leaves no run directory behind
+            if left:  # the error on its way out says what failed; this is a note beside it
+                log(f"note: the failed start's cleanup could not remove {', '.join(left)} from {run_dir}: remove "
+                    "that folder, or start the same command with --auto-resume, once it is writable")
         raise
     finally:
         if lock is not None:

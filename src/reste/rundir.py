@@ -329,22 +329,40 @@ class RunDirectory:
             _release(self._fd)
             self._fd = None
 
-    def discard(self) -> None:
+    def discard(self) -> list[str]:
         """Remove the files of a run that never finished an epoch, then release the lock.
 
-        The folder goes too when this run created it, and the folders above it that it created.
+        The folder goes too when this run created it, and the folders above it that it created. Best effort (it
+        runs while an error is on its way out, which must win): the names it could not remove are returned, and
+        the lock is released in any case.
         """
+        left: list[str] = []
+
+        def remove(path: Path) -> None:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # an unwritable or vanished folder, a stale network file handle
+                left.append(path.name)
+
         for name in RUN_FILES:
-            (self.path / name).unlink(missing_ok=True)
-        for tmp in orphaned_temporaries(self.path):
-            tmp.unlink(missing_ok=True)
-        _remove_lock(self.path / LOCK_NAME, self.close)  # a process waiting on it sees it went and retries
+            remove(self.path / name)
+        try:
+            temporaries = orphaned_temporaries(self.path)
+        except OSError:
+            temporaries = []
+        for tmp in temporaries:
+            remove(tmp)
+        try:
+            _remove_lock(self.path / LOCK_NAME, self.close)  # a process waiting on it sees it went and retries
+        except OSError:
+            left.append(LOCK_NAME)
+            self.close()
         for folder in self.created:  # a file browser's litter (.DS_Store) would keep a folder made here
             with contextlib.suppress(OSError):
                 for litter in [p for p in folder.iterdir() if _litter(p.name)]:
                     litter.unlink()
         remove_folders(self.created)
-
+        return left
 
     def __enter__(self) -> "RunDirectory":
         return self
