@@ -731,3 +731,36 @@ def test_the_library_default_log_flushes_each_line(tmp_path):
 
     for fn in (engine.train, engine.resume, engine.train_or_resume, run_sweep):
         assert inspect.signature(fn).parameters["log"].default is print_line, fn.__name__
+
+
+@pytest.mark.parametrize("code, advice", [("ENOSPC", "free some space"), ("EFBIG", "ulimit -f")])
+def test_a_full_disk_or_a_file_size_limit_names_the_file_and_its_run(capsys, tmp_path, monkeypatch, code, advice):
+    """write() errors carry no file name: the line names the file being written (its final name, not the
+    temporary one), which names the run, and EFBIG (ulimit -f) gets advice, not a traceback-style line."""
+    import errno
+
+    number = getattr(errno, code)
+
+    def full(f):
+        raise OSError(number, os.strerror(number))
+
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "last.pt", full)
+    assert info.value.filename == str(tmp_path / "last.pt") and info.value.errno == number
+    assert not [p for p in tmp_path.iterdir()]  # no temporary file left
+    monkeypatch.setattr(os, "fsync", lambda _fd: full(None))
+    with pytest.raises(OSError) as info:
+        rundir.append_metrics(tmp_path, {"epoch": 1})
+    assert info.value.filename == str(tmp_path / "metrics.jsonl")
+    monkeypatch.undo()
+
+    run = tmp_path / "run"
+    real = atomic_write
+
+    def failing(path, write):
+        return real(path, full if Path(path).name == "last.pt" else write)
+
+    monkeypatch.setattr("reste.checkpoint.atomic_write", failing)
+    code_, _, err = run_cli(capsys, *TRAIN, "--out", str(run))
+    assert code_ == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"writing {run / 'last.pt'}; " in err and advice in err and "--debug" not in err, err

@@ -71,7 +71,10 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     either the old file or the new one, never a torn one.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise naming(err, path) from err
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
@@ -79,9 +82,11 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise naming(err, path, tmp) from err
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -91,6 +96,14 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def naming(err: OSError, path: str | os.PathLike, tmp: str | None = None) -> OSError:
+    """``err`` naming the file being written, ``path``, where it names none (a ``write()``'s ENOSPC or EFBIG) or
+    the temporary file that stands in for it (which is gone by the time anyone reads the message)."""
+    if err.errno is None or (err.filename is not None and err.filename != tmp):
+        return err
+    return type(err)(err.errno, err.strerror, str(path))
 
 
 def _replace(tmp: str, path: Path, tries: int = 10) -> None:

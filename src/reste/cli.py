@@ -393,13 +393,15 @@ def _unexpected(err: Exception, debug: bool, command: str = "") -> int:
     TrainingDiverged = _engine_error("TrainingDiverged")
     if debug:
         raise  # called inside the except block: the original traceback
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         where = f" writing {err.filename}" if err.filename else ""
+        room = ("raise the file size limit (`ulimit -f`, the job's) or write elsewhere" if err.errno == errno.EFBIG
+                else "free some space")
         if command in ("train", "sweep"):
-            then = (f"free some space; {_RUN_KEPT}" if command == "train" else "finished runs and epochs are kept: "
-                    "free some space and run the same command again")
+            then = (f"{room}; {_RUN_KEPT}" if command == "train" else "finished runs and epochs are kept: "
+                    f"{room} and run the same command again")
         else:
-            then = "free some space and run it again"
+            then = f"{room} and run it again"
         print(f"{_error_prefix()} {err.strerror}{where}; {then}", file=sys.stderr)
         return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "

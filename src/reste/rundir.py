@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import atomic_write, damage, load_checkpoint, orphaned_temporaries
+from .checkpoint import atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TrainConfig
 from .errors import UsageError
 
@@ -647,10 +647,14 @@ def start_metrics(run_dir: str | os.PathLike) -> None:
 
 def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
     """Add the metrics line of a finished epoch, on disk (fsync) before the checkpoint that follows it."""
-    with open(Path(run_dir) / METRICS, "a", encoding="utf-8", newline="\n") as f:  # LF, as truncate_metrics
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a", encoding="utf-8", newline="\n") as f:  # LF, as truncate_metrics
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise naming(err, path) from err
 
 
 _MEND = "mend or delete that line (one JSON object per epoch; resume puts back the last epoch's from last.pt)"
