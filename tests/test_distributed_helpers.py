@@ -95,3 +95,31 @@ def _first_fails(rank: int, store: str, log: str) -> None:
 def test_local_rank_first_says_why_the_others_stop_when_the_first_fails(tmp_path):
     _, log = _two_processes(_first_fails, tmp_path)
     assert log == "1: the first process of this node could not prepare the data; see its error\n"
+
+
+def _stop_agreed(rank: int, store: str, log: str) -> None:
+    import signal
+    import types
+
+    import torch.distributed as dist
+
+    from reste import engine
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:  # SIGUSR1 came to rank 1 only; rank 0 has a --save-every checkpoint due
+        run = types.SimpleNamespace(dist=distributed.Dist(rank=rank, world_size=2, local_rank=rank),
+                                    device=torch.device("cpu"),
+                                    stop=types.SimpleNamespace(signum=signal.SIGUSR1 if rank else 0))
+        flag = engine._Run._agree_stop(run, 2 if run.stop.signum else 1)
+        with open(log, "a") as f:
+            f.write(f"{rank} {flag} {int(run.stop.signum)}\n")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_processes_agree_on_the_stop_signal_so_rank_0_names_the_one_that_came(tmp_path):
+    import signal
+
+    codes, log = _two_processes(_stop_agreed, tmp_path)
+    assert codes == [0, 0], log
+    assert sorted(log.splitlines()) == [f"0 2 {int(signal.SIGUSR1)}", f"1 2 {int(signal.SIGUSR1)}"]

@@ -660,7 +660,7 @@ class _Run:
                     self.board.log_epoch(metrics, self.model, self.meter)
             self.saved, self._last_save = (epoch + 1, 0), time.monotonic()
             self.log(format_epoch(metrics, cfg.epochs))
-            if epoch + 1 < cfg.epochs and self._agree(2 if self.stop.signum else 0) == 2:
+            if epoch + 1 < cfg.epochs and self._agree_stop(2 if self.stop.signum else 0) == 2:
                 self._stopped(epoch + 1, 0, len(self.train_loader))
         result = {
             "run_dir": str(self.run_dir),
@@ -766,7 +766,7 @@ class _Run:
             local = 1
         if self.dist.enabled and (step + 1) % _SYNC_STEPS:
             return 0
-        return self._agree(local)
+        return self._agree_stop(local)
 
     def _agree(self, local: int) -> int:
         if not self.dist.enabled:
@@ -774,6 +774,18 @@ class _Run:
         flag = torch.tensor([local], device=self.device, dtype=torch.long)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
+
+    def _agree_stop(self, local: int) -> int:
+        """:meth:`_agree` on a flag of :meth:`_checkpoint_due`, and on the stop signal: a process that got none
+        takes the one another got (the largest number, where several came), so rank 0's stop line names it."""
+        if not self.dist.enabled:
+            return local
+        both = torch.tensor([local, self.stop.signum], device=self.device, dtype=torch.long)
+        torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+        flag, signum = (int(v) for v in both.tolist())
+        if signum:
+            self.stop.signum = signum
+        return flag
 
     def _stopped(self, epoch: int, step: int, steps: int) -> None:
         signum = self.stop.signum or signal.SIGTERM
