@@ -154,8 +154,9 @@ def test_cuda_graphs_usage_errors(capsys, tmp_path, monkeypatch, argv, message):
 
 
 def test_cuda_graphs_refuse_torchrun(monkeypatch, tmp_path):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UsageError, match="torchrun"):
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match="cuda"):
         engine.train(TrainConfig(cuda_graphs=True, epochs=1), tmp_path / "r", progress=False, log=lambda _m: None)
 
 

@@ -123,3 +123,23 @@ def test_the_processes_agree_on_the_stop_signal_so_rank_0_names_the_one_that_cam
     codes, log = _two_processes(_stop_agreed, tmp_path)
     assert codes == [0, 0], log
     assert sorted(log.splitlines()) == [f"0 2 {int(signal.SIGUSR1)}", f"1 2 {int(signal.SIGUSR1)}"]
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK is not: launch with torchrun, or unset WORLD_SIZE"),
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number: launch with torchrun, or unset it"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 is set but MASTER_ADDR is not"),
+    ({"WORLD_SIZE": "2", "RANK": "x", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK='x' is not a process of"),
+])
+def test_stray_launcher_variables_are_one_line(capsys, monkeypatch, tmp_path, env, needle):
+    """A job script's WORLD_SIZE without torchrun: one line saying so, not a KeyError or ValueError."""
+    from cli_checks import one_line_error
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    line = one_line_error(capsys, "train", "--epochs", "1", "--threads", "1", "--no-progress", "--out",
+                          str(tmp_path / "r"))
+    assert needle in line, line
+    assert not (tmp_path / "r").exists()

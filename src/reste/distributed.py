@@ -63,8 +63,24 @@ def env_rank() -> int:
 
 
 def env_world_size() -> int:
-    """The number of processes torchrun started (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """The number of processes torchrun started (1 without torchrun). A job script's stray ``WORLD_SIZE`` (not a
+    number, or without the ``RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` that torchrun sets beside it) is a
+    :class:`UsageError`."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(value)
+    except ValueError:
+        raise UsageError(f"WORLD_SIZE={value!r} is not a number: launch with torchrun, or unset it") from None
+    if world > 1:
+        for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(name, "").strip():
+                raise UsageError(f"WORLD_SIZE={value} is set but {name} is not: launch with torchrun, or unset "
+                                 "WORLD_SIZE")
+        rank = os.environ["RANK"]
+        if not rank.strip().isdigit() or int(rank) >= world:
+            raise UsageError(f"RANK={rank!r} is not a process of WORLD_SIZE={value}: launch with torchrun, or "
+                             "unset them")
+    return world
 
 
 @dataclasses.dataclass
