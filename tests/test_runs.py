@@ -486,3 +486,46 @@ def test_a_failed_starts_cleanup_that_fails_leaves_the_original_error_and_a_note
     monkeypatch.undo()
     assert not (run / ".lock").exists() and (run / "config.json").exists()
     RunDirectory.open(run, fresh=False).close()  # the lock was released
+
+
+def _sigterm_in_epoch_2(monkeypatch):
+    original = engine._Run._checkpoint_due
+
+    def sigterm_at_step_3_of_epoch_2(self, step):
+        if self.saved == (1, 0) and step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step)
+
+    monkeypatch.setattr(engine._Run, "_checkpoint_due", sigterm_at_step_3_of_epoch_2)
+
+
+def test_a_preemption_whose_checkpoint_fails_is_still_a_preemption(capsys, tmp_path, monkeypatch, one_thread):
+    """The folder turned unwritable (or the disk full) when the scheduler's SIGTERM came: exit 143 as any
+    preemption (a requeue continues), saying the stop and that the earlier last.pt is intact."""
+    import errno
+
+    run = tmp_path / "run"
+    _sigterm_in_epoch_2(monkeypatch)
+    real = engine._Run.save_partial
+
+    def unwritable(self, *args):
+        raise PermissionError(errno.EACCES, "Permission denied", str(run / "last.pt"))
+
+    monkeypatch.setattr(engine._Run, "save_partial", unwritable)
+    assert main(["train", *ARGS, "--batch-size", "256", "--out", str(run)]) == 128 + signal.SIGTERM
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("reste: stopped by SIGTERM (a preemption) at epoch 2, step 3/"), line
+    assert "its checkpoint failed (PermissionError: " in line and "last.pt is intact and keeps epoch 1" in line
+    assert f"`reste train --resume {run}`" in line
+    monkeypatch.setattr(engine._Run, "save_partial", real)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_the_stop_line_of_an_auto_resumed_run_says_to_run_the_command_again(capsys, tmp_path, monkeypatch,
+                                                                            one_thread):
+    run = tmp_path / "run"
+    _sigterm_in_epoch_2(monkeypatch)
+    assert main(["train", *ARGS, "--batch-size", "256", "--out", str(run), "--auto-resume"]) == 128 + signal.SIGTERM
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("reste: stopped by SIGTERM at epoch 2, step 3/"), line
+    assert line.endswith("holds it: run the same command again to continue") and "--resume" not in line, line

@@ -58,7 +58,7 @@ from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     stop_signals
-from .errors import ModelOptionError, UsageError, one_line, print_line, stderr_is_terminal
+from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
@@ -85,9 +85,16 @@ class TrainingDiverged(RuntimeError):
 class Preempted(Exception):
     """A stop signal arrived; the run saved ``last.pt`` at the current step. ``signum`` names it."""
 
-    def __init__(self, message: str, signum: int) -> None:
+    def __init__(self, message: str, signum: int, kept: str = "") -> None:
         super().__init__(message)
         self.signum = signum
+        self.kept = kept  # the message without how to go on, which train_or_resume words as itself
+
+    def run_again(self) -> None:
+        """Say "run the same command again" (``reste train --auto-resume``, ``train_or_resume``), not --resume."""
+        if self.kept:
+            again = option("run the same command again to continue", "call train_or_resume again to continue")
+            self.args = (f"{self.kept}: {again}",)
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled from a sweep's worker process to the sweep
         return type(self), (str(self), self.signum)
@@ -584,9 +591,10 @@ class _Run:
                     if due:
                         if self._agree(int(bad_step)) >= 0:
                             break  # never checkpoint a diverged state
-                        self.save_partial(epoch, step + 1, [float(loss_sum), int(correct), n, int(bad_step)])
+                        sums = [float(loss_sum), int(correct), n, int(bad_step)]
                         if due == 2:
-                            self._stopped(epoch, step + 1, steps)
+                            self._stop_saving(epoch, step + 1, steps, sums)
+                        self.save_partial(epoch, step + 1, sums)
         bad = self._agree(int(bad_step))  # the processes stop together: a lone one would hang the others
         if bad >= 0:
             if self.saved is None:
@@ -790,8 +798,32 @@ class _Run:
     def _stopped(self, epoch: int, step: int, steps: int) -> None:
         signum = self.stop.signum or signal.SIGTERM
         where = f"epoch {epoch + 1}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
-        raise Preempted(f"stopped by {signal.Signals(signum).name} at {where}; {last_checkpoint(self.run_dir)} "
-                        f"holds it: continue with `reste train --resume {self.run_dir}`", signum)
+        self._preempted(f"stopped by {signal.Signals(signum).name} at {where}; {last_checkpoint(self.run_dir)} "
+                        "holds it", signum)
+
+    def _preempted(self, kept: str, signum: int) -> None:
+        raise Preempted(f"{kept}: continue with `reste train --resume {self.run_dir}`", signum, kept)
+
+    def _stop_saving(self, epoch: int, step: int, steps: int, sums: list[float | int]) -> None:
+        """A stop signal's checkpoint after ``step`` batches of epoch ``epoch + 1``, then :class:`Preempted`.
+
+        Where the save fails (a full disk, a folder turned unwritable), the stop is still a preemption, exit status
+        128 + the signal, which a scheduler requeues: the earlier ``last.pt`` is whole (the write goes through a
+        temporary file), so the requeued job continues from it and loses only this part of the epoch; if the
+        folder is still unwritable then, that job fails at its start, with exit status 1, and nothing loops."""
+        signum = self.stop.signum or signal.SIGTERM
+        try:
+            self.save_partial(epoch, step, sums)
+        except OSError as err:
+            if self.saved is None:
+                kept = "nothing was saved before it"
+            else:
+                e, s = self.saved
+                kept = f"{last_checkpoint(self.run_dir)} is intact and keeps " + \
+                    (f"epoch {e + 1} up to step {s}" if s else f"epoch {e}")
+            self._preempted(f"stopped by {signal.Signals(signum).name} (a preemption) at epoch {epoch + 1}, step "
+                            f"{step}/{steps}, but its checkpoint failed ({type(err).__name__}: {one_line(err)}); {kept}", signum)
+        self._stopped(epoch, step, steps)
 
 
 class StopRequest:
@@ -1134,6 +1166,15 @@ def train_or_resume(config: TrainConfig, out: str | os.PathLike, *, overrides: d
     """
     if out is None or not str(out).strip():
         raise UsageError("train_or_resume needs out: the folder to start the run in, or to continue it from")
+    try:
+        return _train_or_resume(config, out, overrides, force, progress, log)
+    except Preempted as err:
+        err.run_again()  # --auto-resume: the job script runs again as it is
+        raise
+
+
+def _train_or_resume(config: TrainConfig, out: str | os.PathLike, overrides: dict[str, Any] | None, force: bool,
+                     progress: bool | None, log: Callable[[str], None]) -> dict[str, Any]:
     if not holds_run(out):
         return train(config, out, progress=progress, log=log)
     saved = run_config(out)
