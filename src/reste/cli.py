@@ -297,7 +297,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if debug:
             raise
         print(f"{_error_prefix()} {usage_line(err)}", file=sys.stderr)
-        return 2
+        return EX_TEMPFAIL if _run_in_use(err) else 2
     except BrokenPipeError:  # the reader of the output went away (`reste ... | head`): stop quietly
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -330,6 +330,14 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 usage_line = one_line  # its name here before reste.errors had it
+
+EX_TEMPFAIL = 75  # sysexits.h: the run folder is held by another job; a requeue may try again later
+
+
+def _run_in_use(err: Exception) -> bool:
+    """``err`` is :class:`reste.rundir.RunInUse` (the module is loaded where it was raised)."""
+    rundir = sys.modules.get(f"{__package__}.rundir")
+    return rundir is not None and isinstance(err, rundir.RunInUse)
 
 
 def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParser) -> str:
