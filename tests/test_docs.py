@@ -257,3 +257,30 @@ def test_the_readme_contents_and_other_in_page_links_name_headings():
     links = re.findall(r"\]\(#([^)\s]+)\)", prose)
     assert "python-api" in links and "command-line" in links, "the README has no table of contents"
     assert not sorted(set(links) - anchors), f"links to headings the README lacks: {sorted(set(links) - anchors)}"
+
+
+def test_the_readme_example_run_prints_lines_of_the_engines_format():
+    """The sample under "What `reste train` prints": its done line is what ``format_result`` writes for its numbers,
+    and each epoch line what ``format_epoch`` writes."""
+    from reste import engine
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## What `reste train` prints", 1)[1].split("```\n", 2)[1]
+    done = next(line for line in block.splitlines() if line.startswith("done: "))
+    m = re.match(r"done: best test acc ([\d.]+)% \(epoch (\d+), top-5 ([\d.]+)%\), final test acc ([\d.]+)% after "
+                 r"(\d+) epochs, (\d+)s -> (\S+)$", done)
+    assert m, done
+    best, epoch, top5, final, epochs, seconds, run_dir = m.groups()
+    assert engine.format_result({"best_acc": float(best), "best_epoch": int(epoch), "best_top5": float(top5),
+                                 "final_acc": float(final), "epochs": int(epochs), "seconds": float(seconds),
+                                 "run_dir": run_dir}) == done
+    for line in block.splitlines():
+        e = re.match(r"epoch +(\d+)/(\d+)  lr (\S+)  o (\S+)  train loss (\S+) acc (\S+)  test loss (\S+) acc (\S+) "
+                     r"top5 (\S+)  \((\S+)s\)$", line)
+        if line.startswith("epoch"):
+            assert e, line
+            n, total, lr, o, tl, ta, vl, va, v5, t = e.groups()
+            metrics = {"epoch": int(n), "lr": float(lr), "o": float(o), "train_loss": float(tl),
+                       "train_acc": float(ta), "test_loss": float(vl), "test_acc": float(va), "test_top5": float(v5),
+                       "time": float(t)}
+            assert engine.format_epoch(metrics, int(total)) == line
