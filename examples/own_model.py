@@ -60,4 +60,4 @@ export_model(model, args.out, input_size=spec.input_size,
                    "dataset": args.dataset})
 packed = PackedModel.load(args.out)
 top1 = evaluate_packed(packed, args.dataset, data_path=args.data_path)["top1"]
-print(f"packed {args.out}: test acc {top1:.2f} (float model {100 * correct / len(test):.2f})")
+print(f"packed {args.out}: test acc {top1:.2f} (PyTorch model {100 * correct / len(test):.2f})")

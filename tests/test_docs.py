@@ -241,7 +241,7 @@ def test_each_readme_python_block_runs_on_a_cpu_without_downloads(block, tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(reste.__file__).parents[1]), str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"this README block fails:\n{block}\n{done.stderr[-3000:]}"
 
 

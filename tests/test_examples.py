@@ -17,8 +17,12 @@ def test_own_model_trains_exports_and_the_packed_file_scores_as_the_model(tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(reste.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-W", "error::UserWarning", str(ROOT / "examples" / "own_model.py"),
-                           "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+                           "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^epoch 1/1  loss \S+  test acc \S+  estimating error", done.stdout, re.M), done.stdout
-    packed, float_acc = re.search(r"packed own_model.rbnn: test acc (\S+) \(float model (\S+)\)", done.stdout).groups()
-    assert packed == float_acc and (tmp_path / "own_model.rbnn").is_file()
+    packed, torch_acc = re.search(r"packed own_model.rbnn: test acc (\S+) \(PyTorch model (\S+)\)",
+                                  done.stdout).groups()
+    # the same network: the packed engine's sums are exact, PyTorch's float32 ones may tip a near-tie pre-activation
+    # the other way on another CPU, so a test image or two (of digits' 360: 0.28 points each) may change class
+    assert abs(float(packed) - float(torch_acc)) <= 2 * 100 / 360 + 1e-9, done.stdout
+    assert (tmp_path / "own_model.rbnn").is_file()

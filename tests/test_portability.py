@@ -98,7 +98,7 @@ def test_without_fcntl_reste_runs_and_locks_its_run_directory_with_msvcrt(tmp_pa
     try:
         assert holder.stdout.readline().strip() == "ready"
         proc = _reste(env, "train", *TINY, "--out", str(tmp_path / "held"))
-        assert proc.returncode == 2
+        assert proc.returncode == 75  # EX_TEMPFAIL: held by another job
         assert proc.stderr.strip().splitlines() == [
             f"reste: error: {tmp_path / 'held'} is in use by pid {holder.pid} (a run is writing to it); wait for it "
             "to finish, or use another folder"]

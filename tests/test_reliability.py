@@ -733,6 +733,28 @@ def test_the_library_default_log_flushes_each_line(tmp_path):
         assert inspect.signature(fn).parameters["log"].default is print_line, fn.__name__
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_a_file_size_limit_during_a_real_checkpoint_write_is_the_oserror(tmp_path):
+    """torch.save's zip writer reports a failed write of a tensor of more than its buffer as a RuntimeError
+    ("unexpected pos"); atomic_write gives the OSError that caused it, naming the file, as for a small one."""
+    script = (
+        "import resource, signal, sys, torch\n"
+        "from reste.checkpoint import atomic_write\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "try:\n"
+        "    atomic_write(sys.argv[1], lambda f: torch.save({'x': [torch.zeros(100_000)] * 4}, f))\n"
+        "except OSError as err:\n"
+        "    print('OSError', err.errno, err.filename)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(engine.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "last.pt")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    import errno
+
+    assert proc.stdout.split() == ["OSError", str(errno.EFBIG), str(tmp_path / "last.pt")], proc.stderr
+    assert not list(tmp_path.iterdir())  # no temporary file left
+
+
 @pytest.mark.parametrize("code, advice", [("ENOSPC", "free some space"), ("EFBIG", "ulimit -f")])
 def test_a_full_disk_or_a_file_size_limit_names_the_file_and_its_run(capsys, tmp_path, monkeypatch, code, advice):
     """write() errors carry no file name: the line names the file being written (its final name, not the

@@ -53,3 +53,8 @@ def test_show_of_a_folder_that_holds_no_run_is_one_line(tmp_path, capsys):
     assert "does not exist" in one_line_error(capsys, "show", str(tmp_path / "nope"))
     (tmp_path / "config.json").write_text("{")
     assert "is corrupted" in one_line_error(capsys, "show", str(tmp_path))
+
+
+def test_show_of_a_file_of_the_run_points_to_its_folder(run, capsys):
+    line = one_line_error(capsys, "show", str(run / "last.pt"))
+    assert f"{run / 'last.pt'} is a file; pass the run's folder" in line and f"reste show {run}" in line, line

@@ -584,6 +584,8 @@ def test_a_misspelt_flag_gets_the_closest_flag_and_no_plugin_hint(capsys):
     assert "--plugin" not in line and "see `reste train --help`" in line
     assert "did you mean --batch-size?" in _one_line_error(capsys, "eval", "x", "--batchsize", "3")
     assert "--plugin MODULE" in _one_line_error(capsys, "train", "--frobnicate")  # none close: a plugin's flag?
+    line = _one_line_error(capsys, "--debg", "train")  # reste's own flag, before the command
+    assert "did you mean --debug?" in line and "--plugin" not in line, line
 
 
 def test_a_flag_is_never_taken_abbreviated(capsys):
@@ -605,7 +607,7 @@ def test_errors_name_flags_on_the_command_line_and_keywords_in_python(capsys, tm
     assert "pass --download to fetch it" in line and "or --data-path a folder" in line and "=" not in line.split(";")[1]
     with pytest.raises(UsageError) as err:
         load_datasets("cifar10", tmp_path / "no")
-    assert "pass download=True to fetch it" in str(err.value) and "data_path=" in str(err.value)
+    assert "pass download=True to fetch it" in str(err.value) and "or data_path a folder" in str(err.value)
     assert "--" not in str(err.value)
     with pytest.warns(UserWarning, match=r"pass o_end > o or schedule='constant'"):
         reste.get_estimator("reste", o_end=1.0)

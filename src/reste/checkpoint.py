@@ -75,10 +75,12 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise naming(err, path) from err
+    writes = _Writes()
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            writes.file = f
+            write(writes)
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, path)
@@ -87,6 +89,8 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             os.unlink(tmp)
         if isinstance(err, OSError):
             raise naming(err, path, tmp) from err
+        if writes.error is not None:  # torch.save's zip writer turns a failed write into a RuntimeError
+            raise naming(writes.error, path, tmp) from err
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -96,6 +100,41 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+class _Writes(io.RawIOBase):
+    """The file ``atomic_write`` hands to its writer, passing everything to ``file``; it keeps the ``OSError`` of a
+    failed write (a full disk, a file-size limit), which torch.save's zip writer reports only as a RuntimeError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.file: Any = None
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def seekable(self) -> bool:
+        return self.file.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
 
 
 def naming(err: OSError, path: str | os.PathLike, tmp: str | None = None) -> OSError:

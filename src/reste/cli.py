@@ -359,12 +359,13 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
 
 
 def _command_flags(parser: argparse.ArgumentParser, command: str) -> list[str]:
-    """The long flags of ``reste COMMAND``'s parser."""
+    """The long flags of ``reste COMMAND``'s parser, and of ``reste`` itself (``--debug``), which stand before it."""
+    own = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and command in action.choices:
             sub = action.choices[command]
-            return [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
-    return []
+            return [o for a in sub._actions for o in a.option_strings if o.startswith("--")] + own
+    return own
 
 
 # what a stopped `reste train` keeps, and how to go on

@@ -822,7 +822,8 @@ class _Run:
                 kept = f"{last_checkpoint(self.run_dir)} is intact and keeps " + \
                     (f"epoch {e + 1} up to step {s}" if s else f"epoch {e}")
             self._preempted(f"stopped by {signal.Signals(signum).name} (a preemption) at epoch {epoch + 1}, step "
-                            f"{step}/{steps}, but its checkpoint failed ({type(err).__name__}: {one_line(err)}); {kept}", signum)
+                            f"{step}/{steps}, but its checkpoint failed ({type(err).__name__}: {one_line(err)}); "
+                            f"{kept}", signum)
         self._stopped(epoch, step, steps)
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .errors import UsageError
 from .indicators import RUN_LEVEL, run_level
 from .rundir import read_metrics, saved_config, schedule_fields
 
 
 def show_run(run_dir: str | os.PathLike) -> str:
     """What ``reste show RUN_DIR`` prints; a folder that holds no run is a one-line ``UsageError``."""
+    if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
+        raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json), e.g. "
+                         f"reste show {os.path.dirname(os.path.abspath(run_dir))}")
     config = saved_config(run_dir)
     metrics = read_metrics(run_dir, missing_ok=True)
     options = " ".join(f"{k}={v}" for k, v in sorted({**config.estimator_options, **config.model_options}.items()))

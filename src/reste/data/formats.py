@@ -56,7 +56,7 @@ def _download_torchvision(what: str, fn: Callable[[], object], root: Path, note:
         raise UsageError(
             f"could not download {what} into {root} ({type(exc).__name__}: {_one_line(exc)}); "
             f"are you offline? Download it on a machine with internet access and pass "
-            f"{option('--data-path', 'data_path=')}"
+            f"{option('--data-path', 'data_path')}"
             + (note() if note is not None else "")
         ) from None
 
@@ -72,9 +72,11 @@ _FMNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+
+
 def _fmnist_hint() -> str:
     return (f"install Debian's dataset-fashion-mnist package, pass {option('--download', 'download=True')}, or pass "
-            f"{option('--data-path', 'data_path=')} a folder holding the four idx files")
+            f"{option('--data-path', 'data_path')} a folder holding the four idx files")
 
 
 def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.ndarray:
@@ -197,9 +199,11 @@ _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_ARCHIVE = "cifar-10-python.tar.gz"  # what the CIFAR page serves, and torchvision's file name for it
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
+
+
 def _cifar_hint_missing() -> str:
     return (f"pass {option('--download', 'download=True')} to fetch it (about 170 MB), or "
-            f"{option('--data-path', 'data_path=')} a folder holding cifar-10-batches-py/ from "
+            f"{option('--data-path', 'data_path')} a folder holding cifar-10-batches-py/ from "
             "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
 
 
@@ -343,7 +347,7 @@ def read_cifar10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _imagenet_hint() -> str:
     return ("ImageNet cannot be downloaded automatically: get ILSVRC2012 from image-net.org and "
-            f"pass {option('--data-path', 'data_path=')} a folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
+            f"pass {option('--data-path', 'data_path')} a folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
 
 
 def _read_image(path: str):
@@ -398,7 +402,7 @@ def image_folders(data_path, download: bool, train: bool = True):
     if download:
         raise UsageError(_imagenet_hint())
     if data_path is None:
-        raise UsageError(f"ImageNet needs {option('--data-path', 'data_path=')}; {_imagenet_hint()}")
+        raise UsageError(f"ImageNet needs {option('--data-path', 'data_path')}; {_imagenet_hint()}")
     root = Path(data_path).expanduser()
     if not root.exists():
         raise UsageError(f"ImageNet data path {root} does not exist; {_imagenet_hint()}")

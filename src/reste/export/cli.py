@@ -78,7 +78,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if path is not None:
             _check_writable(path, (args.checkpoint,))  # a run folder's checkpoints: the .pt rule below
     replaced = [p for p in (out, onnx_path) if p is not None and p.is_file()]
-    stale = out.with_suffix(".onnx") if onnx_path is None and out.with_suffix(".onnx").is_file() else None
+    beside = out.with_suffix(".onnx")
+    stale = beside if onnx_path is None and beside != out and beside.is_file() else None
     report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path)
     print(f"wrote {out}" + (" (replacing the file that was there)" if out in replaced else ""))
     print(format_report(report))
