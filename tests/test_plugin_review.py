@@ -235,10 +235,10 @@ def test_a_broken_entry_point_warns_and_the_rest_works(monkeypatch, capsys):
         warnings.simplefilter("always")
         assert main(["presets"]) == 0
     assert [str(w.message) for w in caught if "epest" in str(w.message)] == [
-        "estimator plugin 'epest' (mypackage.nosuch) failed to load: ModuleNotFoundError: No module named "
-        "'mypackage'; its estimators and models are missing (fix or uninstall that package)"]
+        "plugin 'epest' (mypackage.nosuch) failed to load: ModuleNotFoundError: No module named "
+        "'mypackage'; its estimators, models and data sets are missing (fix or uninstall that package)"]
     assert reste.get_estimator("ste").name == "ste"
-    with pytest.raises(UsageError, match="unknown estimator 'epest'.*; note: estimator plugin 'epest' "
+    with pytest.raises(UsageError, match="unknown estimator 'epest'.*; note: plugin 'epest' "
                                          r"\(mypackage.nosuch\) failed to load"):
         estimator_class("epest")
 

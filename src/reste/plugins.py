@@ -50,9 +50,9 @@ def load_entry_points() -> None:
             ep.load()
         except Exception as err:  # noqa: BLE001 - one broken package must not stop the others, nor reste
             where = f" of {ep.dist.name}" if getattr(ep, "dist", None) is not None else ""
-            text = f"estimator plugin {ep.name!r} ({ep.value}){where} failed to load: {_first_line(err)}"
+            text = f"plugin {ep.name!r} ({ep.value}){where} failed to load: {_first_line(err)}"
             _broken.append(text)
-            warnings.warn(f"{text}; its estimators and models are missing (fix or uninstall that package)",
+            warnings.warn(f"{text}; its estimators, models and data sets are missing (fix or uninstall that package)",
                           stacklevel=2)
 
 
