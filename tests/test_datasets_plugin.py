@@ -151,6 +151,15 @@ def test_bad_plugin_specs_are_one_line_on_the_command_line(isolated, tmp_path, c
     assert "unknown dataset 'nosuch'" in line and "--plugin MODULE" in line
 
 
+def test_a_sweep_of_a_plugin_set_without_a_default_model_is_the_one_line_error(isolated, tmp_path, capsys):
+    nomodel = tmp_path / "nomodel.py"
+    nomodel.write_text(PLUGIN.replace('model="toy_mlp_1w1a", ', ""))
+    line = one_line_error(capsys, "sweep", "--plugin", str(nomodel), "--dataset", "toyset", "--grid", "lr=0.01,0.02",
+                          "--threads", "1", "--out", str(tmp_path / "sw"))
+    assert "dataset 'toyset' has no default model; pass --model" in line
+    assert not (tmp_path / "sw").exists()
+
+
 def test_train_eval_export_predict_summary_with_a_plugin_set(isolated, plugin_file, tmp_path, capsys):
     run = tmp_path / "run"
     with pytest.raises(SystemExit):

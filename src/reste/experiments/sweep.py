@@ -183,7 +183,9 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
     if not models:  # each data set's default model (by any of its names: --dataset fmnist)
         for ds in [base.dataset, *grid.get("dataset", [])]:
             with contextlib.suppress(UsageError, TypeError, AttributeError):  # an unknown one: validate says so
-                models.append(get_spec(ds).defaults["model"])
+                model = get_spec(ds).defaults.get("model")  # a plugin's may have none: resolve says so
+                if model is not None:
+                    models.append(model)
     kinds = {key: axis_kind(key, models) for key in grid}
     scoped = {key: flag_takers(key.strip().replace("-", "_")) for key in grid
               if kinds[key][0] == "estimator" and key.strip().replace("-", "_") in _flag_aliases()}
