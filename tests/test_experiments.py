@@ -1107,3 +1107,24 @@ def test_a_finished_run_whose_last_checkpoint_is_damaged_is_skipped_with_a_word(
     text = capsys.readouterr().out
     assert "estimator=ste seed 0: already finished, skipped (its last.pt is damaged" in text
     assert "estimator=reste seed 0: already finished, skipped\n" in text
+
+
+def test_a_parallel_sweeps_workers_warn_as_the_command_does(tmp_path):
+    """(review rev4 M3) a --jobs 2 sweep's workers (spawned) name flags, as the command does, in its one-line
+    warning format: not `o_end` in Python's two-line format."""
+    import os
+    import subprocess
+    import sys
+
+    import reste
+
+    src = str(Path(reste.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    r = subprocess.run([sys.executable, "-m", "reste", "sweep", "--dataset", "digits", "--epochs", "1", "--grid",
+                        "o_end=1,2", "--jobs", "2", "--threads", "1", "--no-report", "--no-progress", "--out",
+                        str(tmp_path / "s")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "never changes" in line]
+    assert said == ["reste: warning: ReSTE o schedule 'cosine' never changes (o = o_end = 1.0); pass --o-end > o "
+                    "or --o-schedule constant"], r.stderr

@@ -32,6 +32,7 @@ import json
 import os
 import time
 import traceback
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_keywords
-from ..errors import UsageError, print_line
+from ..errors import _COMMAND_LINE, UsageError, print_line
 from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
@@ -377,13 +378,29 @@ def _sweep_died(_signum: int, _frame: Any) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _init_worker(threads: int, parent: int | None = None) -> None:
+def _one_line_warnings_shown() -> bool:
+    """Whether this process shows warnings in the ``reste`` command's one-line format (``cli.one_line_warnings``)."""
+    show = warnings.showwarning
+    return (getattr(show, "__module__", None) == f"{__package__.rpartition('.')[0]}.cli"
+            and getattr(show, "__qualname__", "").startswith("one_line_warnings."))
+
+
+def _init_worker(threads: int, parent: int | None = None, command_line: bool = False, one_line: bool = False) -> None:
     """A sweep's worker process (``parent``: the sweep's PID): its torch threads; a stop signal between runs
     starts no other run (a run catches them itself, and the sweep passes them on to its workers); on Linux, a
-    signal when the sweep dies (PR_SET_PDEATHSIG), so that a killed sweep leaves no run training on its own."""
+    signal when the sweep dies (PR_SET_PDEATHSIG), so that a killed sweep leaves no run training on its own.
+    ``command_line``: the sweep runs as the ``reste`` command, so the worker's messages name flags (``--o-end``,
+    ``reste.errors.option``); ``one_line``: its warnings are shown as the command's, one ``reste: warning:`` line."""
     import signal
 
     import torch
+
+    if command_line:  # a spawned worker starts with the ContextVar's default; this is its whole life
+        _COMMAND_LINE.set(True)
+    if one_line:
+        from ..cli import one_line_warnings
+
+        one_line_warnings()
 
     torch.set_num_threads(threads)
     try:
@@ -722,7 +739,7 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
 
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(per_run, os.getpid()))
+                               initargs=(per_run, os.getpid(), _COMMAND_LINE.get(), _one_line_warnings_shown()))
     preempted: Preempted | None = None
     with StopRequest().handling() as stop, pool:  # a stop signal sets stop.signum, as in a run
         futures = {pool.submit(_execute, job): (s, seed, job) for s, seed, job in pending}
