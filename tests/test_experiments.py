@@ -1128,3 +1128,46 @@ def test_a_parallel_sweeps_workers_warn_as_the_command_does(tmp_path):
     said = [line for line in r.stderr.splitlines() if "never changes" in line]
     assert said == ["reste: warning: ReSTE o schedule 'cosine' never changes (o = o_end = 1.0); pass --o-end > o "
                     "or --o-schedule constant"], r.stderr
+
+
+def test_a_second_sweep_on_a_held_out_folder_is_refused_with_75(tmp_path, capsys):
+    """(review rev4 M1) a sweep holds its --out (sweep.lock): a second one is refused with one line naming the
+    holder's PID and exit status 75, before it announces a run or writes a table."""
+    import os
+
+    from reste.experiments.sweep import SWEEP_LOCK
+    from reste.rundir import folder_lock
+
+    out = tmp_path / "s"
+    out.mkdir()
+    with folder_lock(out, SWEEP_LOCK, "a sweep", "pass another --out"):
+        code = main(["sweep", "--dataset", "digits", "--epochs", "1", "--grid", "estimator=ste", "--threads", "1",
+                     "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 75 and captured.out == "", captured
+    assert captured.err.strip().splitlines() == [
+        f"reste: error: {out} is in use by pid {os.getpid()} (a sweep is writing to it); wait for it to finish, or "
+        "use another folder"]
+    assert sorted(p.name for p in out.iterdir()) == []  # no table, no manifest, and the lock went with its holder
+
+
+def test_a_sweep_whose_only_failures_are_held_runs_exits_75(tmp_path, capsys, monkeypatch):
+    """(review rev4 M1) a run another job holds (RunInUse) is not a failure with a train.log to read: the sweep
+    says it is held and exits 75, as `reste train` on it would."""
+    from reste import engine
+    from reste.rundir import RunInUse
+
+    def held(config, run_dir, **kwargs):
+        raise RunInUse(f"{run_dir} is in use by pid 4242 (a run is writing to it); wait for it to finish, or use "
+                       "another folder")
+
+    monkeypatch.setattr(engine, "train", held)
+    out = tmp_path / "s"
+    code = main(["sweep", "--dataset", "digits", "--epochs", "1", "--grid", "estimator=ste", "--threads", "1",
+                 "--no-report", "--out", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 75, lines
+    assert "HELD BY ANOTHER JOB, not trained: RunInUse:" in lines[-2] and "pid 4242" in lines[-2]
+    assert lines[-1] == "sweep: 1 run held by another job: run it again later"
+    assert not any("train.log in" in line for line in lines)
+    assert not list(out.glob("runs/*/seed0/train.log"))

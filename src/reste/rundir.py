@@ -239,8 +239,8 @@ class RunDirectory:
                 from None
 
     @staticmethod
-    def _lock(path: Path, remedy: str) -> int:
-        lock_path = path / LOCK_NAME
+    def _lock(path: Path, remedy: str, name: str = LOCK_NAME, what: str = "a run") -> int:
+        lock_path = path / name
         while True:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -252,7 +252,7 @@ class RunDirectory:
                 os.close(fd)
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise UsageError(f"cannot lock run directory {path} ({err.strerror})") from None
-                raise RunInUse(f"{path} is in use by {_holder(lock_path)} (a run is writing to it); "
+                raise RunInUse(f"{path} is in use by {_holder(lock_path)} ({what} is writing to it); "
                                  "wait for it to finish, or use another folder") from None
             try:  # the holder before us may have removed the lock file: then lock the new one
                 same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
@@ -373,6 +373,22 @@ class RunDirectory:
 
 class RunInUse(UsageError):
     """The run directory is locked by another process (a run is writing to it)."""
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path, name: str, what: str, remedy: str):
+    """Hold the lock file ``path/name`` for the block, as a run holds its folder's (:class:`RunDirectory`): one
+    more holder is refused with :class:`RunInUse` naming its PID (``what`` is writing to ``path``); the file goes
+    at the end. A sweep holds its --out folder with it."""
+    fd = RunDirectory._lock(path, remedy, name=name, what=what)
+    _HELD.add(fd)
+    pid = os.getpid()
+    try:
+        yield
+    finally:
+        if os.getpid() == pid:  # a fork's copy holds no lock (its descriptors closed at the fork)
+            _HELD.discard(fd)
+            _remove_lock(path / name, lambda: _release(fd))
 
 
 def make_folders(path: Path) -> list[Path]:

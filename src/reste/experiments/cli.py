@@ -100,6 +100,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise
         raise UsageError(f"{err}; the axes of a plugin's estimator or model exist once --plugin MODULE loads it "
                          "(see `reste sweep --help`)") from None
+    if failures and all(status == "busy" for _, _, status in failures):
+        from ..cli import EX_TEMPFAIL
+
+        return EX_TEMPFAIL  # only runs another job holds: a requeue may try again later, as `reste train`'s 75
     return 1 if failures or any(r["n"] < r["n_runs"] for r in rows) else 0
 
 

@@ -45,13 +45,14 @@ from ..errors import _COMMAND_LINE, UsageError, print_line
 from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
-from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, holds_run,
-                      last_checkpoint, make_folders, read_metrics, record_divergence, remove_folders)
+from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
+                      holds_run, last_checkpoint, make_folders, read_metrics, record_divergence, remove_folders)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_status,
                      summarize, write_manifest)
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
+SWEEP_LOCK = "sweep.lock"  # in --out while a sweep runs there: a second sweep on it is refused (exit status 75)
 
 
 # ------------------------------------------------------------------ grid specs
@@ -334,7 +335,8 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             raise
         if not isinstance(err, RunInUse):  # another process's run: its log, not this one's
             log(traceback.format_exc())
-        status = "diverged" if isinstance(err, engine.TrainingDiverged) else "failed"
+        status = ("busy" if isinstance(err, RunInUse) else "diverged" if isinstance(err, engine.TrainingDiverged)
+                  else "failed")
         if status == "diverged":  # it would diverge again: a rerun of the sweep leaves it out, saying why
             try:
                 record_divergence(run_dir, err.epoch, err.step)
@@ -529,6 +531,8 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
         return f"{head} LEFT OUT: {outcome['error']}"
     if outcome.get("earlier"):
         return f"{head} not trained again: {outcome['error']}"
+    if outcome["status"] == "busy":  # another job's run (`reste train` on its folder): not touched here
+        return f"{head} HELD BY ANOTHER JOB, not trained: {outcome['error']}"
     if outcome["status"] != "done":
         return f"{head} {outcome['status'].upper()} after {outcome['seconds']:.0f}s: {outcome['error']}"
     r = outcome["result"]
@@ -594,6 +598,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                                    "state": state, "why": why, "progress": progress and jobs == 1,
                                    "from_epoch": _epochs_recorded(run_dir) if state == "partial" else 0}))
     created: list[Path] = []  # what to remove again if the sweep cannot start
+    held = contextlib.ExitStack()  # the lock of --out, for the whole sweep
     try:
         for folder, flag in ((out, "--out"), (runs_root, "--runs-dir")):
             try:
@@ -601,11 +606,25 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             except OSError as err:
                 raise UsageError(f"cannot create the sweep folder {folder} ({err.strerror}); pass another "
                                  f"{flag}") from None
+            if folder == out:  # a second sweep on it is refused before it announces a run or writes a table
+                held.enter_context(folder_lock(out, SWEEP_LOCK, "a sweep", "pass another --out"))
+                _check_out(out, base, settings, seeds)  # again, under the lock: the holder may have changed it
         # before any run: a bad data folder is one error, and a download happens once
         _check_data([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
     except BaseException:
+        held.close()
         remove_folders(created)  # a sweep that could not start leaves no folder of its own
         raise
+    with held:
+        return _sweep(base, grid, seeds, settings, out, todo, jobs, threads, log, report, failures)
+
+
+def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], settings: list[Setting], out: Path,
+           todo: list[tuple[Setting, int, dict[str, Any]]], jobs: int, threads: int | None,
+           log: Callable[[str], None], report: bool, failures: list[tuple[str, int, str]] | None
+           ) -> list[dict[str, Any]]:
+    """The sweep of :func:`run_sweep` once it holds its --out folder: train the runs of ``todo``, then the
+    tables."""
 
     write_manifest(out, base, grid, seeds, settings)
     total = len(todo)
@@ -618,15 +637,17 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         log(f"sweep: WARNING ({', '.join(mixed)}): {PAPER_ACROSS_ESTIMATORS}")
 
     failed = 0
+    busy = 0  # of them, runs another job holds (RunInUse)
     count = 0
     trained = 0
     table_error = False
     start = time.monotonic()
 
     def report_one(s: Setting, seed: int, outcome: dict[str, Any]) -> None:
-        nonlocal count, failed, trained
+        nonlocal count, failed, trained, busy
         count += 1
         failed += outcome["status"] not in ("done", "skipped")
+        busy += outcome["status"] == "busy"
         if failures is not None and outcome["status"] not in ("done", "skipped"):
             failures.append((s.label, seed, outcome["status"]))
         line = _progress_line(numbers.pop((s.label, seed), count), total, s, seed, outcome)
@@ -685,9 +706,12 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         signum = getattr(err, "signum", signal.SIGTERM)
         raise type(err)(f"sweep stopped by {signal.Signals(signum).name}; run the same command again to continue "
                         "(finished runs are skipped, stopped ones resume at their last step)", signum) from None
-    if failed:
-        log(f"sweep: {failed} run{'s' * (failed != 1)} failed or left out; see the lines above and train.log in "
-            "their run folders")
+    if busy:
+        log(f"sweep: {busy} run{'s' * (busy != 1)} held by another job: run it again later")
+    if failed > busy:
+        n = failed - busy
+        log(f"sweep: {n} run{'s' * (n != 1)} failed or left out; see the lines above and train.log in their run "
+            "folders")
     if not report:
         return collect(out)[2]  # the rows, for the caller to tell a complete sweep, without writing the tables
     return summarize(out, log=log)
