@@ -786,3 +786,12 @@ def test_a_full_disk_or_a_file_size_limit_names_the_file_and_its_run(capsys, tmp
     code_, _, err = run_cli(capsys, *TRAIN, "--out", str(run))
     assert code_ == 1 and len(err.strip().splitlines()) == 1, err
     assert f"writing {run / 'last.pt'}; " in err and advice in err and "--debug" not in err, err
+
+
+def test_a_preemption_pickled_from_a_sweep_worker_keeps_what_run_again_words():
+    stop = engine.Preempted("stopped by SIGTERM at epoch 2: continue with --resume R", signal.SIGTERM,
+                            kept="stopped by SIGTERM at epoch 2")
+    back = pickle.loads(pickle.dumps(stop))
+    assert (str(back), back.signum, back.kept) == (str(stop), stop.signum, stop.kept)
+    back.run_again()
+    assert str(back).startswith("stopped by SIGTERM at epoch 2: ") and "--resume" not in str(back)

@@ -97,7 +97,7 @@ class Preempted(Exception):
             self.args = (f"{self.kept}: {again}",)
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled from a sweep's worker process to the sweep
-        return type(self), (str(self), self.signum)
+        return type(self), (str(self), self.signum, self.kept)
 
 
 # ----------------------------------------------------------------------- setup
