@@ -1171,3 +1171,25 @@ def test_a_sweep_whose_only_failures_are_held_runs_exits_75(tmp_path, capsys, mo
     assert lines[-1] == "sweep: 1 run held by another job: run it again later"
     assert not any("train.log in" in line for line in lines)
     assert not list(out.glob("runs/*/seed0/train.log"))
+
+
+def test_a_sweeps_tables_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """results.csv and the others are replaced atomically: a failure (or a kill) mid-write leaves the old table,
+    and a report running beside the sweep never reads a torn one."""
+    from reste.experiments import report
+
+    path = tmp_path / "results.csv"
+    report.write_csv(path, [{"a": 1, "b": 2.5}])
+    before = path.read_bytes()
+    calls = []
+
+    def cell(value):
+        calls.append(value)
+        if len(calls) > 3:
+            raise RuntimeError("killed mid-write")
+        return str(value)
+
+    monkeypatch.setattr(report, "_cell", cell)
+    with pytest.raises(RuntimeError):
+        report.write_csv(path, [{"a": i, "b": i} for i in range(10)])
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["results.csv"]

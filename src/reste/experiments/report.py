@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import json
 import os
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..checkpoint import atomic_write
 from ..config import TrainConfig
 from ..errors import UsageError
 from ..indicators import RUN_LEVEL, run_level
@@ -143,7 +145,7 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
             for s in settings
         ],
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str:
@@ -296,15 +298,20 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def write_text(path: Path, text: str) -> None:
+    """``path`` holds ``text`` (UTF-8), written atomically: a sweep and a ``reste report`` writing the same table at
+    once, or a kill mid-write, leave the old file or the new one, never a torn one."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        path.write_text("", encoding="utf-8")
-        return
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    text = io.StringIO(newline="")
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _cell(v) for k, v in row.items()})
+    write_text(path, text.getvalue())
 
 
 def _pm(mean: float | None, std: float | None, fmt: str, std_fmt: str | None = None) -> str:
@@ -406,7 +413,7 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     epochs = epoch_rows(out, runs)
     if epochs or (out / "epochs.csv").exists():  # no empty file where there never was one
         write_csv(out / "epochs.csv", epochs)
-    (out / "results.md").write_text(markdown_table(manifest, rows), encoding="utf-8")
+    write_text(out / "results.md", markdown_table(manifest, rows))
     written = ["results.md", "results.csv", "runs.csv"] + (["epochs.csv"] if (out / "epochs.csv").exists() else [])
     if plots:
         from . import plots as plotting
