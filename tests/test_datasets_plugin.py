@@ -62,21 +62,6 @@ TOY = DatasetSpec(name="mine", aliases=("mine8",), num_classes=3, input_size=(1,
 
 
 @pytest.fixture
-def isolated(monkeypatch):
-    """The registries and loaded plugins as they were before the test."""
-    monkeypatch.setattr(datasets, "_REGISTERED", dict(datasets._REGISTERED))
-    monkeypatch.setattr(datasets, "_DEFINED_IN", dict(datasets._DEFINED_IN))
-    for attr in ("_MODELS", "_INFO", "_BINARY"):
-        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
-    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("reste_plugin_"):
-            del sys.modules[name]
-
-
-@pytest.fixture
 def plugin_file(tmp_path: Path) -> Path:
     path = tmp_path / "toyset.py"
     path.write_text(PLUGIN)

@@ -18,7 +18,7 @@ from reste import estimators, plugins
 from reste.cli import build_parser, main
 from reste.config import TrainConfig
 from reste.errors import UsageError
-from reste.estimators import _REGISTRY, Estimator, estimator_class
+from reste.estimators import Estimator, estimator_class
 from reste.models import registry
 from cli_checks import one_line_error as _one_line_error
 
@@ -66,20 +66,6 @@ def _estimator_figure(monkeypatch, tmp_path):
     plots.plot_estimators(tmp_path / "e.png")
     ax_f, ax_g = figures[0].axes
     return ax_f, [line.get_label() for line in ax_g.get_lines() if not line.get_label().startswith("_")]
-
-
-@pytest.fixture
-def isolated(monkeypatch):
-    """Registries and loaded plugins as they were before the test."""
-    monkeypatch.setattr("reste.estimators._REGISTRY", dict(_REGISTRY))
-    for attr in ("_MODELS", "_INFO", "_BINARY"):
-        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
-    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("reste_plugin_"):
-            del sys.modules[name]
 
 
 def _estimator(name, params, with_f=True):
