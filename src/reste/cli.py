@@ -7,14 +7,16 @@
     reste eval CHECKPOINT          top-1/top-5 on the test split
     reste summary MODEL            per-layer precision, parameters, MACs, sizes
 
-Bad input gets one line on stderr and exit status 2 (``--debug`` shows the traceback).
+Bad input gets one line on stderr and exit status 2 (``--debug`` shows the traceback); a run folder held by
+another job, 75 (``EX_TEMPFAIL``); a stop signal, 128 + its number. The README's Command line section has the
+table.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import contextlib
+import difflib
 import errno
 import json
 import os
@@ -248,6 +250,7 @@ def one_line_warnings() -> None:
         except OSError:  # a closed stderr: the warning is lost, the run goes on
             pass
 
+    show.reste_one_line = True  # type: ignore[attr-defined]  (a sweep's workers show theirs so too)
     warnings.showwarning = show
 
 

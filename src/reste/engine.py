@@ -927,8 +927,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
 
     Returns a dict with ``best_acc``, ``best_epoch``, ``best_top5`` (that epoch's top-5; None on processes other
-    than rank 0), ``final_acc``,
-    ``final_top5``, ``epochs``, ``seconds``, ``run_dir``, and the run-level ``indicators`` when they were on.
+    than rank 0), ``final_acc``, ``final_top5``, ``epochs``, ``seconds``, ``run_dir``, and the run-level
+    ``indicators`` when they were on.
     The folder must be new or empty and is locked for the whole run; a run that ends before it saved a checkpoint
     removes what it wrote. SIGTERM or SIGUSR1 raise :class:`Preempted` after a mid-epoch checkpoint.
     ``progress``: each epoch's bar on stderr; by default when stderr is a terminal (pass True in a notebook).

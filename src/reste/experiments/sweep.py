@@ -382,9 +382,7 @@ def _sweep_died(_signum: int, _frame: Any) -> None:
 
 def _one_line_warnings_shown() -> bool:
     """Whether this process shows warnings in the ``reste`` command's one-line format (``cli.one_line_warnings``)."""
-    show = warnings.showwarning
-    return (getattr(show, "__module__", None) == f"{__package__.rpartition('.')[0]}.cli"
-            and getattr(show, "__qualname__", "").startswith("one_line_warnings."))
+    return bool(getattr(warnings.showwarning, "reste_one_line", False))
 
 
 def _init_worker(threads: int, parent: int | None = None, command_line: bool = False, one_line: bool = False) -> None:
