@@ -795,3 +795,26 @@ def test_a_preemption_pickled_from_a_sweep_worker_keeps_what_run_again_words():
     assert (str(back), back.signum, back.kept) == (str(stop), stop.signum, stop.kept)
     back.run_again()
     assert str(back).startswith("stopped by SIGTERM at epoch 2: ") and "--resume" not in str(back)
+
+
+def test_under_torchrun_a_worker_says_rank_0s_stop_checkpoint_failed(tmp_path):
+    """Rank 0 writes last.pt: when its save fails, the processes agree on it, so a worker (whose save_partial wrote
+    nothing and succeeded) does not claim that last.pt holds the stop."""
+    run = engine._Run.__new__(engine._Run)
+    run.run_dir, run.saved, run.stop = tmp_path, (1, 0), engine.StopRequest()
+    run.stop.signum = signal.SIGTERM
+
+    def saved_nothing(epoch, step, sums):
+        run.saved = (epoch, step)  # what save_partial records on a process that writes no file
+
+    run.save_partial = saved_nothing
+    run._agree = lambda local: 1  # rank 0 reported a failure
+    with pytest.raises(engine.Preempted) as info:
+        run._stop_saving(1, 7, 10, [0.0, 0, 0, 0])
+    text = str(info.value)
+    assert "but its checkpoint failed (on rank 0)" in text and "keeps epoch 1" in text, text
+    assert run.saved == (1, 0)
+    run._agree = lambda local: local  # no process failed: the usual stop line
+    with pytest.raises(engine.Preempted) as info:
+        run._stop_saving(1, 7, 10, [0.0, 0, 0, 0])
+    assert "failed" not in str(info.value) and "holds it" in str(info.value), str(info.value)

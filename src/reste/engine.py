@@ -812,18 +812,22 @@ class _Run:
         temporary file), so the requeued job continues from it and loses only this part of the epoch; if the
         folder is still unwritable then, that job fails at its start, with exit status 1, and nothing loops."""
         signum = self.stop.signum or signal.SIGTERM
+        before, error = self.saved, None
         try:
             self.save_partial(epoch, step, sums)
         except OSError as err:
-            if self.saved is None:
+            error = err
+        if self._agree(int(error is not None)):  # rank 0 writes: under torchrun every process learns it failed
+            self.saved = before
+            if before is None:
                 kept = "nothing was saved before it"
             else:
-                e, s = self.saved
+                e, s = before
                 kept = f"{last_checkpoint(self.run_dir)} is intact and keeps " + \
                     (f"epoch {e + 1} up to step {s}" if s else f"epoch {e}")
+            why = f"{type(error).__name__}: {one_line(error)}" if error is not None else "on rank 0"
             self._preempted(f"stopped by {signal.Signals(signum).name} (a preemption) at epoch {epoch + 1}, step "
-                            f"{step}/{steps}, but its checkpoint failed ({type(err).__name__}: {one_line(err)}); "
-                            f"{kept}", signum)
+                            f"{step}/{steps}, but its checkpoint failed ({why}); {kept}", signum)
         self._stopped(epoch, step, steps)
 
 
