@@ -221,8 +221,7 @@ def _python_blocks() -> list[str]:
 
 
 # a block that cannot run by itself, and why (every other block must run as it stands)
-NOT_RUN = {"from reste.export import export_model, PackedModel": "continues a model of the reader's (bnn, mean, std, "
-           "images) and reads CIFAR-10; examples/own_model.py runs the same calls"}
+NOT_RUN: dict[str, str] = {}
 OPTIONAL = ("lightning", "tensorboard", "timm")  # a block that imports one of them runs when it is installed
 
 
