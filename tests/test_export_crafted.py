@@ -209,3 +209,19 @@ def test_a_graph_the_writer_makes_but_its_reader_refuses_is_called_a_bug_at_expo
                               input_size=(1, 2, 2))
     message = str(info.value)
     assert "this is a bug in reste" in message and "\n" not in message, message
+
+
+def test_tensors_sharing_bytes_are_refused_before_any_is_copied(model_file, tmp_path, monkeypatch):
+    """A small file whose entries all point at the same bytes would take one copy each (memory without bound):
+    the overlap is refused before the first copy."""
+    header, data = _split(model_file)
+    header = copy.deepcopy(header)
+    header["tensors"] = [["f32", [len(data) // 4], 0]] * 200
+    path = tmp_path / "shared.rbnn"
+    _seal(path, json.dumps(header).encode(), data)
+    copies = []
+    real = fmt.np.frombuffer
+    monkeypatch.setattr(fmt.np, "frombuffer", lambda *a, **k: copies.append(1) or real(*a, **k))
+    with pytest.raises(UsageError, match="tensors overlap"):
+        fmt.read(path)
+    assert not copies

@@ -169,7 +169,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
             raise ValueError(f"header over {MAX_HEADER >> 20} MiB")
         header = json.loads(text.decode("utf-8"))
         data_start = start + hlen + (-(start + hlen) % 8)
-        tensors, spans = [], []
+        entries = []
         for kind, shape, offset in header["tensors"]:
             if kind not in KINDS or not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape) \
                     or type(offset) is not int or offset < 0:
@@ -178,13 +178,17 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
             lo = data_start + offset
             if lo + size > len(blob):
                 raise ValueError("tensor out of range")
-            spans.append((lo, lo + size))
+            entries.append((kind, shape, lo, size))
+        spans = sorted((lo, lo + size) for _, _, lo, size in entries)
+        # each tensor its own bytes, checked before any is copied: entries sharing bytes would make a small file
+        # take memory without bound
+        if any(b[0] < a[1] for a, b in zip(spans, spans[1:]) if b[0] < b[1]):
+            raise ValueError("tensors overlap")
+        tensors = []
+        for kind, shape, lo, size in entries:
             raw = np.frombuffer(blob, dtype="<f4" if kind == "f32" else np.uint8,
                                 count=size // 4 if kind == "f32" else size, offset=lo)
             tensors.append(raw.reshape(shape).astype(np.float32) if kind == "f32" else raw.copy())
-        spans.sort()
-        if any(b[0] < a[1] for a, b in zip(spans, spans[1:]) if b[0] < b[1]):  # each tensor its own bytes
-            raise ValueError("tensors overlap")
         header["nodes"], header["output"]  # noqa: B018 - presence check
     except (zlib.error, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise UsageError(f"{path} is a truncated or corrupted packed model ({type(err).__name__}: "
