@@ -318,3 +318,15 @@ def test_a_plugin_registers_a_model(tmp_path, monkeypatch):
     cfg = TrainConfig(model="plug_mlp", plugins=[str(tmp_path / "mlp_plugin.py")], epochs=1).resolve()
     assert cfg.dataset == "digits" and "plug_mlp" in models.list_models()
     assert type(models.create("plug_mlp_1w1a", estimator="ste")[3]) is reste.BinaryLinear
+
+
+def test_only_train_resume_imports_the_plugins_a_run_folder_names(tmp_path):
+    """A --resume typed after another command (eval, sweep) is refused by that command's parser, and must not
+    first import the module a (possibly foreign) run folder's config.json names."""
+    from reste.plugins import plugins_in_argv
+
+    (tmp_path / "config.json").write_text(json.dumps({"plugins": ["evil_module"]}))
+    assert plugins_in_argv(["train", "--resume", str(tmp_path)]) == ["evil_module"]
+    assert plugins_in_argv(["--debug", "train", "--resume", str(tmp_path)]) == ["evil_module"]
+    for command in (["eval", "x"], ["sweep"], ["show", "x"], ["report", "x"]):
+        assert plugins_in_argv([*command, "--resume", str(tmp_path)]) == [], command

@@ -163,7 +163,9 @@ def add_plugin_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def plugins_in_argv(argv: Sequence[str]) -> list[str]:
-    """The plugins a command line asks for: its ``--plugin`` values, else those a ``--resume``d run saved.
+    """The plugins a command line asks for: its ``--plugin`` values, else those the run of ``reste train --resume``
+    saved (only that command: a ``--resume`` typed after another command is an error of its parser, and must not
+    import a module a run folder names first).
 
     They are loaded before the parser is built, so that their estimators' flags exist.
     """
@@ -175,7 +177,8 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
     except SystemExit:  # e.g. --plugin without a value: the real parser says so
         return []
     found = list(known.plugin)
-    if known.resume and not found:  # given ones replace the saved ones (the plugin may have moved)
+    command = next((a for a in argv if not a.startswith("-")), None)  # reste's own flags take no value
+    if known.resume and not found and command == "train":  # given ones replace the saved ones (the plugin may have moved)
         try:
             saved = json.loads((Path(known.resume) / "config.json").read_text(encoding="utf-8")).get("plugins") or []
         except (OSError, ValueError, AttributeError):
