@@ -9,6 +9,7 @@ thread split they accept; everything else must fall through to PyTorch.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -271,6 +272,38 @@ def test_native_library_builds_and_caches(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == built
     broken = NativeLibrary("broken", "this is not C", {})
     assert broken.get() is None and "could not compile" in broken.error()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_a_cached_library_others_could_have_planted_is_not_loaded(tmp_path, monkeypatch):
+    """A shared $RESTE_CACHE: a library under the predictable name that any user may write, a link, or another
+    user's file is not loaded (its code would run here); this user's own build is."""
+    import ctypes
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    src = "#include <stdint.h>\nint64_t thrice(int64_t v) { return 3 * v; }\n"
+    lib = NativeLibrary("planted", src, {"thrice": ([ctypes.c_int64], ctypes.c_int64)})
+    assert lib.get().thrice(2) == 6
+    (built,) = tmp_path.glob("planted_*.so")
+    assert built.stat().st_mode & 0o777 == 0o755
+    os.chmod(built, 0o777)  # any user could have replaced it: built again, over it
+    lib.reset()
+    assert lib.get().thrice(3) == 9 and built.stat().st_mode & 0o777 == 0o755
+    from reste import native
+
+    def no_compiler(*args, **kwargs):
+        raise OSError("no compiler here")
+
+    monkeypatch.setattr(native.subprocess, "run", no_compiler)  # where it cannot be built again: refused
+    os.chmod(built, 0o777)
+    lib.reset()
+    assert lib.get() is None and "may be written by any user, so it is not loaded" in lib.error()
+    os.chmod(built, 0o755)
+    lib.reset()
+    assert lib.get().thrice(4) == 12  # this user's own build loads without a compiler
+    monkeypatch.setattr(os, "getuid", lambda: os.lstat(built).st_uid + 1)  # as seen by another user
+    lib.reset()
+    assert lib.get() is None and "belongs to another user" in lib.error()
 
 
 @pytest.mark.parametrize("total,threads,align,work,parts", [

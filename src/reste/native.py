@@ -26,6 +26,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,22 @@ def writable_cache() -> Path:
     return _writable(cache_dir())
 
 
+def _distrust(lib: Path) -> str | None:
+    """Why a cached library must not be loaded (a link, another user's file, one others may write: in a shared
+    $RESTE_CACHE anyone could plant a library under the predictable name), or None. Not checked without POSIX
+    owners (Windows)."""
+    if not hasattr(os, "getuid"):
+        return None
+    info = os.lstat(lib)
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if info.st_uid != os.getuid():
+        return f"belongs to another user (uid {info.st_uid})"
+    if info.st_mode & 0o002:
+        return "may be written by any user"
+    return None
+
+
 def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> ctypes.CDLL:
     """Compile ``source`` (or load the cached build) and return it; ``OSError`` when nothing compiles."""
     compiler = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
@@ -132,11 +149,17 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
     for flags in flag_sets:
         key = hashlib.sha256("\0".join([source, compiler, *flags, _cpu_tag(), sys.platform]).encode()).hexdigest()
         lib = root / f"{name}_{key[:20]}.so"
-        if lib.is_file():
-            try:
-                return ctypes.CDLL(str(lib))
-            except OSError:
-                pass
+        if lib.is_file() or lib.is_symlink():
+            distrust = _distrust(lib)
+            if distrust:  # its code would run in this process: only a file this user made and alone can change;
+                # built again below, over it, where this user may replace it
+                errors.append(f"the cached {lib} {distrust}, so it is not loaded; set $RESTE_CACHE to a folder of "
+                              "your own")
+            else:
+                try:
+                    return ctypes.CDLL(str(lib))
+                except OSError:
+                    pass
         lib.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
             src = Path(tmp) / f"{name}.c"
@@ -152,9 +175,10 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
                 errors.append((proc.stderr.strip().splitlines() or ["failed"])[-1])
                 continue
             try:
+                os.chmod(so, 0o755)  # what this user's later loads trust (_distrust), whatever the umask
                 os.replace(so, lib)  # atomic: processes compiling at once all end with a whole file
             except OSError as err:  # Windows: another process built it and has it loaded (it cannot be replaced)
-                if not lib.is_file():
+                if not lib.is_file() or _distrust(lib):  # (or a planted file this user may not replace)
                     errors.append(str(err))
                     continue
             try:
