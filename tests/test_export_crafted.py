@@ -225,3 +225,18 @@ def test_tensors_sharing_bytes_are_refused_before_any_is_copied(model_file, tmp_
     with pytest.raises(UsageError, match="tensors overlap"):
         fmt.read(path)
     assert not copies
+
+
+def test_geometry_beyond_any_real_model_is_refused_at_load(model_file, tmp_path):
+    """A stride, padding, dilation, kernel or pooled size over ir.MAX_GEOMETRY would make inference allocate and
+    compute without bound (a float conv's pad of 20000 asks for terabytes): refused in one line when loaded."""
+    from reste.export import ir
+
+    path = _crafted(model_file, tmp_path, lambda h: _set(_bconvs(h)[0], "stride", [ir.MAX_GEOMETRY + 1, 1]))
+    with pytest.raises(UsageError, match=rf"stride must be a list of 2 integers in \[1, {ir.MAX_GEOMETRY}\]"):
+        PackedModel.load(path, backend="numpy")
+    with pytest.raises(ValueError, match="integers in"):
+        ir._attributes("conv", {"stride": [1, 1], "pad": [20000] * 4, "dil": [1, 1], "groups": 1, "bin_in": False},
+                       "node 1 (conv)")
+    with pytest.raises(ValueError, match="size must be two integers in"):
+        ir._attributes("adaptive_avgpool", {"size": [30000, 30000]}, "node 2 (adaptive_avgpool)")

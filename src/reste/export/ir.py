@@ -168,13 +168,16 @@ class Preprocessing:
 
 #: the most padding a binary conv may have in a file (a real one has a few pixels)
 MAX_PAD = 1024
+#: the largest stride, padding, dilation, kernel or pooled size any node may have (a real one: a few, up to a few
+#: hundred pixels); a crafted file's larger ones would make inference allocate and compute without bound
+MAX_GEOMETRY = 4096
 
 
-def _ints(value: Any, n: int | None, low: int, what: str) -> None:
+def _ints(value: Any, n: int | None, low: int, what: str, high: int = MAX_GEOMETRY) -> None:
     if not isinstance(value, list) or (n is not None and len(value) != n) \
-            or not all(type(v) is int and v >= low for v in value):
+            or not all(type(v) is int and low <= v <= high for v in value):
         size = f"{n} " if n is not None else ""
-        raise ValueError(f"{what} must be a list of {size}integers >= {low}, got {value!r}")
+        raise ValueError(f"{what} must be a list of {size}integers in [{low}, {high}], got {value!r}"[:200])
 
 
 def _number(value: Any, what: str, infinite: bool = False) -> None:
@@ -199,8 +202,8 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
         if op == "maxpool":
             _ints(node["dil"], 2, 1, f"{where} dil")
     if op == "adaptive_avgpool" and not (isinstance(node["size"], list) and len(node["size"]) == 2 and all(
-            v is None or (type(v) is int and v >= 1) for v in node["size"])):
-        raise ValueError(f"{where} size must be two integers >= 1 (or null), got {node['size']!r}")
+            v is None or (type(v) is int and 1 <= v <= MAX_GEOMETRY) for v in node["size"])):
+        raise ValueError(f"{where} size must be two integers in [1, {MAX_GEOMETRY}] (or null), got {node['size']!r}")
     if op == "hardtanh":
         _number(node["lo"], f"{where} lo", infinite=True)
         _number(node["hi"], f"{where} hi", infinite=True)
@@ -209,11 +212,11 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
     if op == "leaky_relu":
         _number(node["slope"], f"{where} slope")
     if op == "reshape":
-        _ints(node["shape"], None, -1, f"{where} shape")
+        _ints(node["shape"], None, -1, f"{where} shape", high=2 ** 40)
         if 0 in node["shape"] or node["shape"].count(-1) > 1:
             raise ValueError(f"{where} shape must hold sizes >= 1 and at most one -1, got {node['shape']!r}")
     if op == "cpad":
-        _ints(node["pads"], None, -(2 ** 31), f"{where} pads")
+        _ints(node["pads"], None, -(2 ** 31), f"{where} pads")  # a negative pad crops: any size does
         _number(node["value"], f"{where} value", infinite=True)  # -inf padding before a max pool
 
 
@@ -255,7 +258,7 @@ def _input_shape(nodes: list[dict[str, Any]], tensors: list[Any]) -> None:
     if "shape" not in nodes[0]:
         return
     shape = nodes[0]["shape"]
-    _ints(shape, None, 1, "node 0 (input) shape")
+    _ints(shape, None, 1, "node 0 (input) shape", high=2 ** 20)
     if not shape:
         raise ValueError("node 0 (input) shape is empty")
     for i, node in enumerate(nodes[1:], 1):
