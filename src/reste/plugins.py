@@ -178,7 +178,7 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
         return []
     found = list(known.plugin)
     command = next((a for a in argv if not a.startswith("-")), None)  # reste's own flags take no value
-    if known.resume and not found and command == "train":  # given ones replace the saved ones (the plugin may have moved)
+    if known.resume and not found and command == "train":  # given ones replace the saved ones (it may have moved)
         try:
             saved = json.loads((Path(known.resume) / "config.json").read_text(encoding="utf-8")).get("plugins") or []
         except (OSError, ValueError, AttributeError):
