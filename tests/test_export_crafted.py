@@ -240,3 +240,17 @@ def test_geometry_beyond_any_real_model_is_refused_at_load(model_file, tmp_path)
                        "node 1 (conv)")
     with pytest.raises(ValueError, match="size must be two integers in"):
         ir._attributes("adaptive_avgpool", {"size": [30000, 30000]}, "node 2 (adaptive_avgpool)")
+
+
+def test_an_attribute_that_does_not_fit_its_shapes_is_one_line_when_run(model_file, tmp_path):
+    """The load checks each attribute's type and range; one that only fails on the shapes it meets (a flatten of
+    dimensions the tensor does not have) is a UsageError naming the node, not a raw torch error."""
+    def bad_flatten(h):
+        node = next(n for n in h["nodes"] if n["op"] == "flatten")
+        node["start"], node["end"] = 7, 9
+
+    model = PackedModel.load(_crafted(model_file, tmp_path, bad_flatten), backend="numpy")
+    with pytest.raises(UsageError) as info:
+        model(np.zeros((2, 1, 8, 8), np.float32))
+    message = str(info.value)
+    assert "\n" not in message and "cannot run on images of shape (1, 8, 8)" in message, message

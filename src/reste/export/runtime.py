@@ -560,10 +560,18 @@ class PackedModel:
         for step, (target, inputs, fn) in enumerate(self._steps):
             if trace is not None and step in self._sign_steps:
                 trace.append(values[inputs[0]].clone())
-            if trace is None and step in self._bit_steps:
-                values[target] = fn.to_bits(values[inputs[0]])
-            else:
-                values[target] = fn(x) if not inputs else fn(*(values[j] for j in inputs))
+            try:
+                if trace is None and step in self._bit_steps:
+                    values[target] = fn.to_bits(values[inputs[0]])
+                else:
+                    values[target] = fn(x) if not inputs else fn(*(values[j] for j in inputs))
+            except (RuntimeError, TypeError, IndexError, ValueError) as err:
+                if isinstance(err, UsageError):
+                    raise
+                # the load checks every attribute's type and range, not whether each fits the shapes it meets
+                raise UsageError(f"the packed model's node {target} cannot run on images of shape "
+                                 f"{tuple(x.shape)[1:]} ({type(err).__name__}: {str(err).splitlines()[0][:150]}): "
+                                 "a corrupted file, or one another program wrote; export it again") from None
             for j in self._last_use[step]:
                 values.pop(j, None)
         return values[self._output]
