@@ -200,11 +200,12 @@ class TrainConfig:
         if isinstance(self.plugins, list) and all(isinstance(x, str) for x in self.plugins):
             load_plugins(self.plugins)  # first: a plugin's estimator names count when the name is made canonical
         # the canonical name (case, '_' or '-' and the aliases as everywhere else: --dataset FMNIST works)
-        out = dataclasses.replace(self, dataset=get_spec(self.dataset).name,
+        spec = get_spec(self.dataset)
+        out = dataclasses.replace(self, dataset=spec.name,
                                   estimator=canonical_estimator(self.estimator),
                                   estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
-        defaults = dict(get_spec(out.dataset).defaults)
+        defaults = dict(spec.defaults)
         defaults["workers"] = default_workers(out.dataset)
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for
@@ -216,7 +217,7 @@ class TrainConfig:
             raise UsageError(f"dataset {out.dataset!r} has no default model; pass --model (see `reste summary "
                              "--list`)")
         out.validate()
-        if out.data_path and get_spec(out.dataset).reads_files:
+        if out.data_path and spec.reads_files:
             # config.json records where the data is, not how it was typed: `reste eval RUN_DIR` and `--resume` run
             # from other folders. absolute(), not resolve(): a symlinked data folder stays the link the user gave
             out.data_path = str(Path(out.data_path).expanduser().absolute())

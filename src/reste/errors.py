@@ -35,6 +35,16 @@ def option(flag: str, keyword: str) -> str:
     return flag if _COMMAND_LINE.get() else keyword
 
 
+def on_command_line() -> bool:
+    """Whether messages now name settings by their flags (inside :func:`command_line`)."""
+    return _COMMAND_LINE.get()
+
+
+def join_command_line() -> None:
+    """Name settings by their flags for the rest of this context: a worker process the command started."""
+    _COMMAND_LINE.set(True)
+
+
 @contextlib.contextmanager
 def command_line():
     """Messages raised inside name settings by their flags (:func:`option`); ``reste.cli.main`` runs in it."""

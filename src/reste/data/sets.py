@@ -103,12 +103,11 @@ def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequen
                          f"{spec.input_size[2]}")
     train_ds = build(train, crop) if train is not None else None
     test_ds = build(test, None)
-    return train_ds, test_ds, DatasetInfo(spec.name, spec.num_classes, spec.input_size,
-                                          None if train_ds is None else len(train_ds), len(test_ds), tuple(names))
+    return train_ds, test_ds, _info(spec.name, train_ds, test_ds, names)
 
 
 def _info(name: str, train, test, classes: Sequence[str]) -> DatasetInfo:
-    return DatasetInfo(name, len(classes), SPECS[name].input_size, None if train is None else len(train),
+    return DatasetInfo(name, len(classes), get_spec(name).input_size, None if train is None else len(train),
                        len(test), tuple(classes))
 
 

@@ -381,8 +381,9 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"seeds {', '.join(map(str, manifest['seeds']))}; mean ± sample std over seeds{rule}"
             + ("; NOTE: the stability sums run over each setting's own number of epochs, which differ here, so "
                "they do not compare" if not one_count and sums else "") + ".")
-    if paper_warning(manifest):
-        head += f"\n\n**{paper_warning(manifest)}.**"
+    warning = paper_warning(manifest)
+    if warning:
+        head += f"\n\n**{warning}.**"
     lines = [head, "",
              "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n |",
              "|---|---|---|---|---|---|"]

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_keywords
-from ..errors import _COMMAND_LINE, UsageError, print_line
+from ..errors import UsageError, join_command_line, on_command_line, print_line
 from ..distributed import stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
@@ -396,7 +396,7 @@ def _init_worker(threads: int, parent: int | None = None, command_line: bool = F
     import torch
 
     if command_line:  # a spawned worker starts with the ContextVar's default; this is its whole life
-        _COMMAND_LINE.set(True)
+        join_command_line()
     if one_line:
         from ..cli import one_line_warnings
 
@@ -761,7 +761,7 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
 
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(per_run, os.getpid(), _COMMAND_LINE.get(), _one_line_warnings_shown()))
+                               initargs=(per_run, os.getpid(), on_command_line(), _one_line_warnings_shown()))
     preempted: Preempted | None = None
     with StopRequest().handling() as stop, pool:  # a stop signal sets stop.signum, as in a run
         futures = {pool.submit(_execute, job): (s, seed, job) for s, seed, job in pending}
