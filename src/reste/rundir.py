@@ -694,6 +694,11 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def best_line(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The metrics line of the best epoch by test top-1, the first of a tie (the epoch ``best.pt`` holds)."""
+    return max(metrics, key=lambda m: m["test_acc"])  # max keeps the first of equal ones
+
+
 def read_metrics(run_dir: str | os.PathLike, *, missing_ok: bool = False) -> list[dict[str, Any]]:
     """The metrics lines of a run directory, one dict per finished epoch (a torn last line left out).
 

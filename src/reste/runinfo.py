@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import UsageError
 from .indicators import RUN_LEVEL, run_level
-from .rundir import read_metrics, saved_config, schedule_fields
+from .rundir import best_line, read_metrics, saved_config, schedule_fields
 
 
 def show_run(run_dir: str | os.PathLike) -> str:
@@ -32,7 +32,7 @@ def show_run(run_dir: str | os.PathLike) -> str:
                      f"`reste train --resume {run_dir}` continues it)")
     if not metrics:
         return "\n".join(lines)
-    best = max(metrics, key=lambda m: (m["test_acc"], -m["epoch"]))  # the first epoch of the best top-1, as best.pt
+    best = best_line(metrics)
     last = metrics[-1]
     lines.append(f"best       test top-1 {best['test_acc']:.2f}%, top-5 {_top5(best)} at epoch {best['epoch']}")
     sched = " ".join(f"{k} {v:.4g}" for k, v in schedule_fields(last).items())

@@ -27,8 +27,8 @@ from ..checkpoint import atomic_write
 from ..config import TrainConfig
 from ..errors import UsageError
 from ..indicators import RUN_LEVEL, run_level
-from ..rundir import (METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, divergence, holds_run, read_metrics,
-                      run_config)
+from ..rundir import (METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, divergence, holds_run,
+                      read_metrics, run_config)
 from .identity import canonical, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -77,7 +77,7 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
 
 def _accuracy(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """A run's best test top-1 and its epoch (the first of a tie), and its final top-1 and top-5."""
-    best = max(metrics, key=lambda m: m["test_acc"])  # max keeps the first of equal ones
+    best = best_line(metrics)
     return {"best_acc": best["test_acc"], "best_epoch": best["epoch"], "final_acc": metrics[-1]["test_acc"],
             "final_top5": metrics[-1].get("test_top5")}
 
