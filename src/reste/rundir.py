@@ -134,12 +134,19 @@ def _remove_lock(lock_path: Path, release: Callable[[], None]) -> None:
         release()
 
 
-def _holder(lock_path: Path) -> str:
-    try:
-        pid = lock_path.read_text(encoding="utf-8").strip()
-    except OSError:
-        pid = ""
-    return f"pid {pid}" if pid.isdigit() else "another process"
+def _holder(lock_path: Path, tries: int = 10) -> str:
+    """Who holds the lock, for the refusal's line: the holder writes its pid just after it takes the lock, so an
+    empty file is read again a few times (20 ms apart) before the line settles for "another process"."""
+    for attempt in range(tries):
+        try:
+            pid = lock_path.read_text(encoding="utf-8").strip()
+        except OSError:
+            pid = ""
+        if pid.isdigit():
+            return f"pid {pid}"
+        if attempt + 1 < tries:
+            time.sleep(0.02)
+    return "another process"
 
 
 _HELD: set[int] = set()  # the descriptors of the locks this process holds
