@@ -685,6 +685,37 @@ def test_compiled_and_data_parallel_models_export_as_the_model_inside(tmp_path):
         export_model(net.state_dict(), tmp_path / "sd.rbnn")
 
 
+def test_export_onnx_takes_wrapped_and_low_precision_models_as_export_model_does(tmp_path, monkeypatch):
+    """A compiled, DataParallel or bf16 model failed both ONNX exporters (a dtype error, "DataParallel is not
+    supported", "dynamo-optimized function"); each now gives the graph of the float32 model inside."""
+    pytest.importorskip("onnxruntime")
+    from reste.export import onnx_export, run_onnx
+
+    net = _small_binary_net()
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    low = copy.deepcopy(net).to(torch.bfloat16)
+    expected = {}  # the logits of the float32 model each should give: net's, and the exact upcast of low's
+    for name, model in (("float32", net), ("upcast", copy.deepcopy(low).float())):
+        export_onnx(model, tmp_path / f"{name}.onnx", (1, 8, 8), check=False)
+        expected[name] = run_onnx(tmp_path / f"{name}.onnx", x.numpy())
+    wrapped = {"compiled": torch.compile(net), "data_parallel": nn.DataParallel(net), "bf16": low,
+               "bf16_in_data_parallel": nn.DataParallel(low)}
+    for name, model in wrapped.items():
+        info = export_onnx(model, tmp_path / f"{name}.onnx", (1, 8, 8))
+        assert info["exporter"] == "torchscript" and info["same_predictions"], (name, info)
+        np.testing.assert_array_equal(run_onnx(tmp_path / f"{name}.onnx", x.numpy()),
+                                      expected["upcast" if name.startswith("bf16") else "float32"], err_msg=name)
+    assert next(low.parameters()).dtype == torch.bfloat16  # the user's model is left as it was
+
+    def coloured(*_args):  # dynamo's messages carry ANSI colours: the one-line error must not
+        raise RuntimeError("\x1b[96mThis is step 1/3\x1b[0m of exporting")
+
+    monkeypatch.setattr(onnx_export, "_export", coloured)
+    with pytest.raises(UsageError, match=r"torchscript: This is step 1/3 of exporting; dynamo: This") as err:
+        export_onnx(net, tmp_path / "x.onnx", (1, 8, 8))
+    assert "\x1b" not in str(err.value)
+
+
 def test_a_failed_torchscript_export_prints_nothing_and_the_fallback_says_why(tmp_path, capfd):
     """A model the TorchScript exporter rejects (an adaptive pool to a size that does not divide the map):
     its C++ side prints the whole IR graph on file descriptor 1; silenced, and one line says why dynamo ran."""

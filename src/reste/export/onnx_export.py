@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -24,6 +25,7 @@ from torch import nn
 from ..errors import UsageError
 
 OPSET = 18
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class OnnxSign(nn.Module):
@@ -134,6 +136,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
                 check: bool = True) -> dict[str, Any]:
     """Write the eval-mode ``model`` as ONNX (input ``images`` (N, *input_size), output ``logits``).
 
+    A ``torch.compile``d, ``nn.DataParallel`` or ``DistributedDataParallel`` model is exported as the model inside,
+    one in another float dtype (bfloat16, float16, float64) as its float32 copy, as :func:`export_model` does.
+
     Tries the TorchScript exporter, then the dynamo exporter; what they print (on file descriptors 1 and
     2) is silenced (process-wide: while an exporter runs, the output of other threads and any warning are lost
     too), and ``"fallback"`` gives the first line of the TorchScript exporter's error when
@@ -143,10 +148,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     Returns ``{"path", "bytes", "exporter"}`` [``"fallback"``] and the check's keys.
     """
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
+    from .exporter import _as_float32, unwrapped
 
     path = Path(path)
     check_output_path(path)
     require_onnx()
+    model = _as_float32(unwrapped(model))  # the exporters cannot trace the wrappers; the check runs in float32
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
     deploy = deploy_model(model)
@@ -158,7 +165,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
                 _export(deploy, x, path, dynamo)
             break
         except Exception as err:  # noqa: BLE001 - fall back to the other exporter
-            errors.append(f"{exporter}: {str(err).strip().splitlines()[0][:150] if str(err).strip() else err!r}")
+            text = _ANSI.sub("", str(err)).strip()  # dynamo colours its messages
+            errors.append(f"{exporter}: {text.splitlines()[0][:150] if text else repr(err)}")
     else:
         raise UsageError(f"ONNX export failed ({'; '.join(errors)})")
     info: dict[str, Any] = {"path": str(path), "bytes": path.stat().st_size, "exporter": exporter}
