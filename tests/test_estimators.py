@@ -666,6 +666,11 @@ def test_hyperparameters_are_passed():
         ("fda", {"n": 5, "n_end": 3}),
         ("fda", {"n": 1.5}),
         ("fda", {"w": 0.0}),
+        # outside the normal float32 numbers, where the float32 kernels and the PyTorch path disagreed
+        ("reste", {"interval": 1e-40}),
+        ("reste", {"t": 1e39}),
+        ("ste", {"clip": 1e39}),
+        ("ede", {"t_max": 1e31}),
     ],
 )
 def test_bad_hyperparameters_raise_value_error(name, kwargs):
@@ -735,6 +740,36 @@ def test_sign_swish_published_form_at_points():
     assert est.derivative(x).tolist() == pytest.approx(expected, abs=1e-6)
 
 
+
+def test_sign_swish_float32_is_even_and_within_its_rounding_of_float64():
+    """g is even and computed at v = beta abs(x) with q = sigmoid(-v): no 1 - sigmoid(v) cancelling for x > 0
+    (in float32 that made g(3) 17% off and g(3.5) = 0, while g(-3.5) was right; an atol of 2e-5 hid it).
+    The bound, from the computation: about 8 float32 operations, each within an ulp of a value no larger than
+    2 beta q (1-q) (2 + v), and the rounding of v = beta x, moving g by at most 2 beta q (1-q) (3 + 2v) v eps."""
+    est = get_estimator("sign_swish")
+    beta = est.beta
+    x = torch.linspace(0.0, 8.0, 40001)
+    g = est.derivative(x)
+    assert torch.equal(g, est.derivative(-x))
+    v = beta * x.double()
+    q = torch.sigmoid(-v)
+    bound = torch.finfo(torch.float32).eps * 2 * beta * q * (1 - q) * (8 * (2 + v) + v * (3 + 2 * v))
+    err = (g.double() - est.derivative(x.double())).abs()
+    assert (err <= bound).all(), (x[(err / bound).argmax()], (err / bound).max())
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_equivalent_is_finite_and_odd_at_the_ends_of_the_floats(name, dtype):
+    """F at +-inf is its limit (finite), as at +-3e38: SignSwish's beta x (1 - sigmoid(beta x)) was inf * 0 = NaN."""
+    big = torch.finfo(dtype).max
+    x = torch.tensor([math.inf, 3e38, big], dtype=dtype)
+    est = get_estimator(name)
+    f = est.forward_equivalent(x)
+    assert torch.isfinite(f).all() and torch.equal(est.forward_equivalent(-x), -f), f
+    assert f[0] == f[2], f  # the limit is the value at the largest float
+
+
 # ------------------------------------------------------------------ the hyper-parameter tables
 
 # The `reste train` estimator flags as cli.py wrote them by hand before the tables made them:
@@ -787,8 +822,9 @@ def test_the_tables_make_the_hand_written_flags():
         ("dsq", {"alpha": 1.0}, "alpha must be in (0, 1), got 1.0"),
         ("fda", {"n": 1.5}, "n must be an integer >= 0, got 1.5"),
         ("fda", {"n": 5, "n_end": 3}, "n_end must be at least n (5), got 3"),
-        ("ste", {"clip": "wide"}, "clip must be a number > 0, got 'wide'"),
-        ("ste", {"clip": True}, "clip must be a number > 0, got True"),
+        ("ste", {"clip": "wide"}, "clip must be a number in [1e-30, 1e30], got 'wide'"),
+        ("ste", {"clip": True}, "clip must be a number in [1e-30, 1e30], got True"),
+        ("reste", {"interval": 1e-40}, "interval must be in [1e-30, 1e30], got 1e-40"),
     ],
 )
 def test_the_table_checks_name_the_valid_range(name, kwargs, message):

@@ -177,11 +177,11 @@ def _finite(u):
 
 @triton.jit
 def _sign_swish_g(x, beta, two_beta, PRECISE: tl.constexpr):
-    """g = 2 beta s (1 - s)(2 + u (1 - 2 s)), u = beta x clamped to the finite floats (g = 0 at +-inf),
-    s = sigmoid(u)."""
-    u = _finite(beta * x)
-    s = _div(1.0, 1.0 + _exp(-u, PRECISE), PRECISE)
-    return two_beta * s * (1.0 - s) * (2.0 + u * (1.0 - 2.0 * s))
+    """g = 2 beta q (1 - q)(2 - v (1 - 2 q)), v = abs(beta x) clamped to the finite floats (g = 0 at +-inf),
+    q = sigmoid(-v): g is even, and this form has no 1 - sigmoid(v) that cancels (see estimators.sign_swish_g)."""
+    v = _finite(tl.abs(beta * x))
+    q = _div(1.0, 1.0 + _exp(v, PRECISE), PRECISE)
+    return two_beta * q * (1.0 - q) * (2.0 - v * (1.0 - 2.0 * q))
 
 
 @triton.jit

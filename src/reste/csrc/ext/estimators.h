@@ -60,11 +60,11 @@ RESTE_HD float g(float x, const Params& p) {
     }
     case kApproxSign:  // max(2 - 2a, 0)
       return clamp_min(2.0f - 2.0f * a, 0.0f);
-    case kSignSwish: {  // 2 beta s (1 - s)(2 + u (1 - 2s)), u = beta x, s = sigmoid(u)
-      const float v = p.s[0] * x;  // clamped to the finite floats: g = 0 at +-inf (its limit), NaN kept
-      const float u = v > FLT_MAX ? FLT_MAX : (v < -FLT_MAX ? -FLT_MAX : v);
-      const float s = 1.0f / (1.0f + expf(-u));
-      return p.s[1] * s * (1.0f - s) * (2.0f + u * (1.0f - 2.0f * s));
+    case kSignSwish: {  // even: 2 beta q (1 - q)(2 - v (1 - 2q)), v = abs(beta x), q = sigmoid(-v), no cancelling
+      const float w = fabsf(p.s[0] * x);  // clamped to the finite floats: g = 0 at +-inf (its limit), NaN kept
+      const float v = w > FLT_MAX ? FLT_MAX : w;
+      const float q = 1.0f / (1.0f + expf(v));
+      return p.s[1] * q * (1.0f - q) * (2.0f - v * (1.0f - 2.0f * q));
     }
     case kEde:  // k t (1 - tanh(t x)^2)
       return tanh_bump(p.s[0] * x, p.s[1]);
