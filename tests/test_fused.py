@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -341,3 +344,38 @@ def test_a_run_without_the_kernels_says_so(tmp_path, monkeypatch):
     lines = []
     engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "r", progress=False, log=lines.append)
     assert any("the fused C kernels are unavailable (no C compiler found" in line for line in lines)
+
+
+_UBSAN_CALL = """
+import ctypes, math, sys
+lib = ctypes.CDLL(sys.argv[1])
+F = ctypes.c_float
+values = [math.nan, -math.nan, math.inf, -math.inf, 0.0, -0.0, 0.1, 1.5, 1.6, 1e-45, 3e38]
+n = len(values)
+x, g, out = (F * n)(*values), (F * n)(*[1.0] * n), (F * n)()
+lib.reste_reste_bwd_f32.argtypes = [ctypes.c_void_p] * 3 + [F] * 5 + [ctypes.c_int64, ctypes.c_int32]
+lib.reste_reste_bwd_f32(x, g, out, -2.0 / 3.0, 1.0 / 3.0, 1.5, 0.1, 0.1 ** (1 / 3) / 0.1, n, 1)
+print(" ".join(repr(v) for v in out))
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_the_reste_kernel_runs_clean_under_ubsan_on_nan_and_the_edges(tmp_path):
+    """The kernel's bit tricks (log2 from the exponent bits, 2^k put in them, exp2_mid's float-to-int rounding)
+    must stay defined C on every input: built with UBSan, float-cast-overflow included and every report fatal, it
+    runs on NaN, +-inf, +-0, subnormal and huge inputs and keeps NaN where x is NaN. (A NaN x never reaches the
+    conversion: log2_pos reads a NaN's bits as a finite number, and the result is replaced by x after.)"""
+    src = tmp_path / "fused.c"
+    src.write_text(fused._SOURCE.read_text(encoding="utf-8"), encoding="utf-8")
+    lib = tmp_path / "fused_ubsan.so"
+    proc = subprocess.run(["gcc", "-O2", "-ffp-contract=off", "-fsanitize=undefined,float-cast-overflow",
+                           "-fno-sanitize-recover=all", "-fPIC", "-shared", "-o", str(lib), str(src)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"gcc cannot build with -fsanitize=undefined here: {proc.stderr.strip()[-200:]}")
+    run = subprocess.run([sys.executable, "-c", _UBSAN_CALL, str(lib)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "runtime error" not in run.stderr, run.stderr
+    out = [float(v) for v in run.stdout.split()]
+    assert math.isnan(out[0]) and math.isnan(out[1]) and out[2:4] == [0.0, 0.0], out  # NaN kept; g(+-inf) = 0
+    assert out[4] == out[5] == out[9] == pytest.approx(0.1 ** (1 / 3) / 0.1) and out[8] == 0.0, out
