@@ -333,7 +333,8 @@ def check(name, ok, detail=""):
 
 
 # 10 steps of resnet20_1w1a: 2 eager warm-up steps, 3 replays, then an epoch boundary (lr and
-# o move: the step is captured again), 2 eager steps, 3 replays; against 10 eager steps.
+# o move: the step is captured again), 1 eager step, 2 replays, a partial batch of 40 (an epoch's last:
+# the graph is released and it runs eagerly), a capture again; against 10 eager steps.
 for amp in ("none", "bf16"):
     torch.manual_seed(0)
     model = models.create("resnet20_1w1a", num_classes=10).to(dev)
@@ -347,8 +348,8 @@ for amp in ("none", "bf16"):
             return torch.autocast("cuda", enabled=False)
     step = GraphedStep(model, opts[0], autocast=cast, backend=CudaGraphs(dev), warmup=2)
     g = torch.Generator(device=dev).manual_seed(1)
-    batches = [(torch.randn(64, 3, 32, 32, device=dev, generator=g),
-                torch.randint(0, 10, (64,), device=dev, generator=g)) for _ in range(10)]
+    batches = [(torch.randn(n, 3, 32, 32, device=dev, generator=g),
+                torch.randint(0, 10, (n,), device=dev, generator=g)) for n in [64] * 8 + [40, 64]]
     for m in (model, twin):
         set_progress(m, 0, 10)
     for i, (x, y) in enumerate(batches):
@@ -380,7 +381,7 @@ for amp in ("none", "bf16"):
     # the same kernels in the same order give the same bits; 1e-4 of a tensor's scale leaves room
     # for a reduction order that differs between capture and eager, and is far below a wrong step
     check(f"10 steps with --cuda-graphs equal 10 eager steps ({amp}, {mode}), {step.captures} captures",
-          worst <= 1e-4 and step.captures == 2, f"largest difference {worst:.1e} of the tensor's scale")
+          worst <= 1e-4 and step.captures == 3, f"largest difference {worst:.1e} of the tensor's scale")
 
 if mode == "ext":  # the rest checks the graphs themselves, the same on either path
     print(f"  {len(failures)} failure(s)")

@@ -90,14 +90,28 @@ def test_graphed_steps_train_like_eager_steps_and_recapture_after_invalidate():
     assert step.captures == 2 and all(torch.isfinite(torch.tensor(losses)))
 
 
-def test_a_captured_step_refuses_another_batch_shape():
+def test_a_batch_of_another_shape_trains_eagerly_and_the_step_is_captured_again():
+    """An epoch's last partial batch: the captured graph holds the full batch's shape, so that batch releases it
+    and trains eagerly (it was refused before, and the engine dropped it: --cuda-graphs left images out and
+    the paper-mode indicators read another step than the authors'); the next full batch is captured again."""
+    torch.manual_seed(0)
     model = create("digits_1w1a", num_classes=10)
-    step = GraphedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), backend=ReplayByCalling(), warmup=1)
-    x, y = _batches(1)[0]
-    step(x, y)
-    step(x, y)  # captured now
-    with pytest.raises(ValueError, match="drop_last"):
-        step(x[:5], y[:5])
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    backend = ReplayByCalling()
+    step = GraphedStep(model, opt, backend=backend, warmup=1)
+    full = _batches(4)
+    batches = [*full[:3], (full[3][0][:5], full[3][1][:5]), *_batches(3, seed=1)]
+    for x, y in batches:
+        loss, logits = step(x, y)
+        assert logits.shape == (len(x), 10) and torch.isfinite(loss)
+    _eager_steps(twin, opt_twin, batches)
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        assert not torch.is_tensor(a) or torch.equal(a, b)
+    # 1 warm-up, capture, 2 replays; the partial batch eagerly (the one eager step after a release); capture,
+    # 3 replays
+    assert (backend.captured, backend.eager_steps, backend.replays) == (2, 2, 5) and step.captures == 2
     with pytest.raises(ValueError, match="warmup"):
         GraphedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), backend=ReplayByCalling(), warmup=0)
 
@@ -108,9 +122,9 @@ def test_the_real_backend_needs_a_cuda_device():
 
 
 def test_a_graphed_engine_run_equals_an_eager_run_over_the_same_batches(tmp_path, monkeypatch):
-    """Through the engine (digits, 2 epochs, indicators on): --cuda-graphs drops the last partial
-    batch, captures the step once per epoch and the evaluation once per run; an eager run given the
-    same batches (drop_last forced) ends with the same weights and metrics."""
+    """Through the engine (digits, 2 epochs, indicators on): --cuda-graphs captures the step once per epoch, runs
+    each epoch's last partial batch eagerly and captures the evaluation once per run; it ends with the weights
+    and metrics of an eager run (the same batches: --cuda-graphs no longer drops the partial one)."""
     cfg = dict(dataset="digits", epochs=2, device="cpu", seed=5, indicators="general")
     backends = []
 
@@ -122,13 +136,12 @@ def test_a_graphed_engine_run_equals_an_eager_run_over_the_same_batches(tmp_path
     graphed = engine.train(TrainConfig(**cfg, cuda_graphs=True), tmp_path / "graphed", progress=False,
                            log=lambda _m: None)
     monkeypatch.undo()
-    real_make_loaders = engine.make_loaders
-    monkeypatch.setattr(engine, "make_loaders", lambda *a, **kw: real_make_loaders(*a, **{**kw, "drop_last": True}))
     eager = engine.train(TrainConfig(**cfg), tmp_path / "eager", progress=False, log=lambda _m: None)
-    steps = 1437 // 64  # digits' train split at batch 64, last partial batch dropped
-    # the step: captured in each epoch, after 2 eager steps in the first and 1 in the second; the test
-    # evaluation (360 images, one batch): captured once, replayed in both epochs
-    assert backends[0].captured == 3 and backends[0].replays == (steps - 2) + (steps - 1) + 2
+    full = 1437 // 64  # digits' train split at batch 64: 22 full batches and one of 29
+    # the step: captured in each epoch, after 2 eager steps in the first and 1 in the second, the partial batch
+    # eager in both; the test evaluation (360 images, one batch): captured once, replayed in both epochs
+    assert backends[0].captured == 3 and backends[0].replays == (full - 2) + (full - 1) + 2
+    assert backends[0].eager_steps >= 2 + 1 + 2
     keep = ("train_loss", "train_acc", "test_acc", "estimating_error", "gradient_stability")
     rows = [[{k: m[k] for k in keep} for m in rundir.read_metrics(tmp_path / d)] for d in ("graphed", "eager")]
     assert rows[0] == rows[1]

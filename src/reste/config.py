@@ -151,7 +151,7 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
-    cuda_graphs: bool = False  # capture each training step as one CUDA graph (drops the last partial batch)
+    cuda_graphs: bool = False  # capture each training step as one CUDA graph (the last partial batch runs eagerly)
     sync_bn: bool = True
     threads: int | None = None  # torch CPU threads (None: torch's default)
     preset: str | None = None

@@ -11,8 +11,10 @@ What a capture freezes, and how the engine keeps it right:
   parameter group, and the estimators' schedule values (ReSTE's o, EDE's t, ...). Both move
   once per epoch in reste, so the engine calls :meth:`GraphedStep.invalidate` at every epoch
   start and the next step captures again (a few milliseconds, once per epoch).
-* Shapes: the train loader drops its last partial batch (``drop_last``), so every step has
-  the batch shape of the capture.
+* Shapes: a capture holds one batch shape. A batch of another shape (the last partial batch of
+  an epoch) releases the graph and trains eagerly; the next step warms up and captures again,
+  as after an epoch's :meth:`invalidate`. So no image is left out, and the last step of an epoch
+  (the one the paper-mode indicators read) is the one an eager run takes.
 * Addresses: the batch is copied into a static input tensor; the loss and the logits are
   read from static output tensors, valid until the next replay. Parameters, BatchNorm
   buffers and optimizer state are updated in place, as eager training does, so
@@ -170,7 +172,14 @@ class GraphedStep:
         self.optimizer.step()
         return loss.detach(), logits.detach()
 
+    def _fits(self, images: torch.Tensor, target: torch.Tensor) -> bool:
+        """Whether the static tensors of the capture take this batch."""
+        return (self._x is not None and self._x.shape == images.shape and self._x.stride() == images.stride()
+                and self._x.dtype == images.dtype and self._y.shape == target.shape)
+
     def __call__(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._replay is not None and not self._fits(images, target):
+            self.invalidate()  # another shape (an epoch's last partial batch): trained eagerly, captured again later
         if self._replay is None and self._eager_left > 0:
             self._eager_left -= 1
             result: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -181,11 +190,7 @@ class GraphedStep:
 
             self.backend.eager(eager_step)
             return result[0]
-        if self._x is None or self._x.shape != images.shape or self._x.stride() != images.stride() \
-                or self._x.dtype != images.dtype or self._y.shape != target.shape:
-            if self._replay is not None:
-                raise ValueError(f"a CUDA-graphed step was captured for batches of shape {tuple(self._x.shape)}, "
-                                 f"got {tuple(images.shape)}; drop the last partial batch (drop_last=True)")
+        if not self._fits(images, target):
             self._x, self._y = torch.empty_like(images), torch.empty_like(target)
         self._x.copy_(images)
         self._y.copy_(target)

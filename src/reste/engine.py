@@ -353,7 +353,7 @@ class _Run:
                 distributed=self.dist.enabled, device=where, drop_last=drop_last,
             )
 
-        self.train_loader, self.test_loader = loaders(config.cuda_graphs)
+        self.train_loader, self.test_loader = loaders(False)
         if config.amp == "fp16" and self.device.type == "cpu" and self.dist.main:
             print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
                   "use --amp bf16 or none", file=sys.stderr)
@@ -369,7 +369,7 @@ class _Run:
             raise UsageError(f"{config.model} cannot train on batches of one sample (--batch-size "
                              f"{config.batch_size}, {per_rank} training image(s) per process): its BatchNorm1d "
                              "needs at least 2; raise --batch-size or add images")
-        if (per_rank > config.batch_size and per_rank % config.batch_size == 1 and not config.cuda_graphs
+        if (per_rank > config.batch_size and per_rank % config.batch_size == 1
                 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())):
             self.log(f"note: the last batch of each epoch would hold one sample, too few for BatchNorm's batch "
                      f"statistics; it is left out ({per_rank - 1} of {per_rank} samples an epoch)")
@@ -1060,8 +1060,7 @@ def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool
     if device.type != "cuda" or config.cuda_graphs or config.compile or config.amp == "fp16" or distributed:
         return None
     return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
-            "ResNet-20 ReSTE step took 4.15 ms graphed against 19.7 ms eager: benchmarks/RESULTS.md); its steps "
-            "keep one shape, so each epoch leaves out its last partial batch")
+            "ResNet-20 ReSTE step took 4.15 ms graphed against 19.7 ms eager: benchmarks/RESULTS.md)")
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,

@@ -75,8 +75,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     r.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
                    help="GPU: replay each training step as one CUDA graph, recaptured each epoch, and the "
-                        "test evaluation's forward (drops the last partial train batch; not with --compile, "
-                        "--amp fp16 or torchrun)")
+                        "test evaluation's forward (an epoch's last partial batch runs eagerly; not with "
+                        "--compile, --amp fp16 or torchrun)")
     r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="with torchrun: keep per-process BatchNorm statistics")
     g2 = p.add_argument_group("run directory")
