@@ -555,6 +555,10 @@ class ReSTE(Estimator):
     ``o`` is the exponent now (``o=1`` is a clipped STE with clip ``t``). During
     training ``set_progress`` moves it from ``o`` to ``o_end`` along ``schedule``
     (``"cosine"``, the paper's progressive ramp; ``"linear"``; ``"constant"``).
+
+    The bounds are those of the input's dtype: ``interval=0.1`` means float32(0.1) for a float32 input (slightly
+    above 0.1), on every path alike, so an input equal to it is inside the interval. A NaN input gets gradient
+    NaN, except at ``o=1`` (a clipped STE, as ``ste``), where it gets 0.
     """
 
     name = "reste"

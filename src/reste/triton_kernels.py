@@ -17,6 +17,8 @@ They compute what the PyTorch expressions compute, in float32 (16-bit inputs are
 loaded, computed in float32 and rounded once when stored, as the PyTorch path's
 ``(g * grad).to(dtype)``), with the same float32 comparisons deciding the regions,
 so the zeros, the clipping and ReSTE's constant near 0 land on the same elements.
+Compiled, Triton may contract a * b + c into one fused multiply-add (the C++ extension is
+built with ``--fmad=false``), so a value may differ from the PyTorch path's in its last bits.
 Compiled for a GPU, the transcendental functions (log2, exp2, exp, cos, tanh) are
 CUDA's libdevice ones, as accurate as the ``torch`` CUDA kernels; under Triton's
 interpreter (``TRITON_INTERPRET=1``, how the tests run them on the CPU) they are
