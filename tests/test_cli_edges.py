@@ -4,6 +4,9 @@ piped into a reader that stops early."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -67,7 +70,12 @@ def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(cli, "cmd_train", presets)  # a run stopped with its output says how to go on
     assert main(["train"]) == 141
-    assert "finished epochs are kept (continue with --resume RUN_DIR)" in capsys.readouterr().err
+    assert "its finished epochs at least (continue it with --resume RUN_DIR)" in capsys.readouterr().err
+    assert main(["train", "--out", "my run"]) == 141  # the folder named, quoted for the shell
+    assert "my run keeps what the run saved, its finished epochs at least (continue it with `reste train --resume " \
+        "'my run'`)" in capsys.readouterr().err
+    assert main(["train", "--print-config"]) == 141  # nothing trained: nothing to say
+    assert capsys.readouterr().err == ""
 
 
 def test_under_torchrun_a_failing_process_other_than_the_first_names_its_rank(monkeypatch, capsys):
@@ -85,3 +93,14 @@ def test_boolean_settings_must_be_booleans():
     for field, flag in (("augment", "--augment"), ("cuda_graphs", "--cuda-graphs")):
         with pytest.raises(UsageError, match=f"{flag} must be bool, got 'false'"):
             TrainConfig(dataset="fashion-mnist", **{field: "false"}).resolve()
+
+
+def test_python_m_reste_cli_is_the_reste_command(tmp_path):
+    """`python -m reste.cli` (the form torchrun runs) printed Python's two-line warnings, each twice; it now runs
+    as the reste command does: one `reste: warning:` line."""
+    proc = subprocess.run([sys.executable, "-m", "reste.cli", "train", "--epochs", "1", "--o-end", "1",
+                           "--no-progress", "--threads", "1", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["reste: warning: ReSTE o schedule 'cosine' never changes (o = o_end = 1.0); "
+                                        "pass --o-end > o or --o-schedule constant"], proc.stderr

@@ -348,6 +348,60 @@ def test_sigterm_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, one_th
     assert final.split(" after")[0] == full_final.split(" after")[0]  # the same best and final accuracy
 
 
+def _signalled_run(out: Path, sig: str, ignore: bool = False) -> subprocess.CompletedProcess:
+    """A 3-epoch digits run that sends itself ``sig`` at step 7 of epoch 2 (with ``ignore``: a run started with that
+    signal ignored, as nohup starts one with SIGHUP)."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        from reste import engine
+        from reste.cli import main
+        if {ignore}:
+            signal.signal(signal.{sig}, signal.SIG_IGN)
+        due = engine._Run._checkpoint_due
+        def checkpoint_due(self, step):
+            if self.saved == (1, 0) and step == 6:
+                os.kill(os.getpid(), signal.{sig})
+            return due(self, step)
+        engine._Run._checkpoint_due = checkpoint_due
+        sys.exit(main(sys.argv[1:]))
+    """)
+    return subprocess.run([sys.executable, "-c", code, "train", *ARGS, "--out", str(out)], env=ENV,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("sig, named", [("SIGINT", "Ctrl-C (SIGINT)"), ("SIGHUP", "SIGHUP (its terminal closed)")])
+def test_ctrl_c_and_a_closed_terminal_save_the_step_as_sigterm_does(tmp_path, sig, named):
+    """Ctrl-C and SIGHUP (a closed terminal, a dropped ssh) lost the epoch in progress: Ctrl-C kept the last
+    finished epoch only, SIGHUP killed the run without a line. Both now checkpoint the step and stop with the
+    stop line and 128 + the signal, and a run started with the signal ignored (nohup) keeps running."""
+    run = tmp_path / "run"
+    proc = _signalled_run(run, sig)
+    assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"reste: stopped by {named} at epoch 2, step 7/23; ") and "--resume" in lines[-1]
+    assert len(lines) == (2 if sig == "SIGINT" else 1), lines  # Ctrl-C says at once what it does
+    assert sig != "SIGINT" or lines[0] == ("reste: Ctrl-C: stopping after saving the current step (press it again "
+                                           "to stop at once, without saving)")
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 7)
+    kept = _signalled_run(tmp_path / "nohup", sig, ignore=True)
+    assert kept.returncode == 0 and kept.stderr == "", kept.stderr
+    assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "nohup")] == [1, 2, 3]
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    """The first Ctrl-C asks for the checkpoint; the second gets Python's handler back: KeyboardInterrupt at once
+    (a save that hangs, a slow file system), and the handlers are the ones before the block after it."""
+    before, asked = signal.getsignal(signal.SIGINT), []
+    with pytest.raises(KeyboardInterrupt):
+        with engine.StopRequest().handling() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            asked.append(stop.signum)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # not reached
+    assert asked == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is before
+
+
 def test_save_every_then_kill_9_mid_epoch_resumes_exactly(tmp_path, full_run, one_thread):
     """--save-every writes mid-epoch checkpoints (here at every step); kill -9 after one and resume."""
     full, _ = full_run

@@ -403,6 +403,8 @@ def test_a_closed_stderr_does_not_stop_training(tmp_path, monkeypatch):
     (["eval", "RUN"], "reste: interrupted\n"),
     (["sweep", "--out", "x"], "run the same command again to continue"),
     (["train"], "continue it with --resume RUN_DIR"),
+    (["train", "--resume=runs/a"], "runs/a keeps what the run saved, its finished epochs at least (continue it with "
+     "`reste train --resume runs/a`)"),
 ])
 def test_ctrl_c_says_what_the_command_keeps(argv, says, capsys, monkeypatch):
     from reste import cli

@@ -20,6 +20,7 @@ import difflib
 import errno
 import json
 import os
+import shlex
 import sys
 import warnings
 from typing import Any, Sequence
@@ -307,18 +308,20 @@ def _main(argv: Sequence[str] | None) -> int:
         except OSError:
             pass
         command = _command(argv)
-        if command in ("train", "sweep"):  # training stopped with its output: say how to go on
+        if command in ("train", "sweep") and "--print-config" not in argv:  # training stopped: say how to go on
             with contextlib.suppress(Exception):
-                print("reste: stopped: its output's reader went away; finished epochs are kept (continue with "
-                      f"{'--resume RUN_DIR' if command == 'train' else 'the same command'})", file=sys.stderr)
+                print("reste: stopped: its output's reader went away; "
+                      f"{_run_kept(argv) if command == 'train' else 'run the same command again to continue'}",
+                      file=sys.stderr)
         return 141  # 128 + SIGPIPE, as a tool killed by it
     except Exception as err:  # noqa: BLE001 - sorted below
         if not isinstance(err, _engine_error("Preempted")):
-            return _unexpected(err, debug, _command(argv))
+            return _unexpected(err, debug, _command(argv), argv)
         from .distributed import env_rank
 
         if env_rank() == 0:  # under torchrun, one line for all the processes
-            print(f"reste: {err}", file=sys.stderr)
+            with contextlib.suppress(OSError):  # (SIGHUP: its terminal may be gone)
+                print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
         command = _command(argv)
@@ -326,7 +329,7 @@ def _main(argv: Sequence[str] | None) -> int:
             print("reste: interrupted; the sweep keeps its finished runs and each run its finished epochs: run the "
                   "same command again to continue", file=sys.stderr)
         elif command == "train":
-            print(f"reste: interrupted; {_RUN_KEPT}", file=sys.stderr)
+            print(f"reste: interrupted; {_run_kept(argv)}", file=sys.stderr)
         else:
             print("reste: interrupted", file=sys.stderr)
         return 130
@@ -371,9 +374,15 @@ def _command_flags(parser: argparse.ArgumentParser, command: str) -> list[str]:
     return own
 
 
-# what a stopped `reste train` keeps, and how to go on
-_RUN_KEPT = ("a run keeps what it saved, its finished epochs at least (continue it with --resume RUN_DIR); a new "
-             "run that saved nothing is removed")
+def _run_kept(argv: Sequence[str]) -> str:
+    """What a stopped ``reste train`` keeps, and how to go on, naming its folder where the command line does."""
+    folder = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--out", "--resume")), None)
+    folder = folder or next((a.split("=", 1)[1] for a in argv if a.startswith(("--out=", "--resume="))), None)
+    if not folder:
+        return ("a run keeps what it saved, its finished epochs at least (continue it with --resume RUN_DIR); a new "
+                "run that saved nothing is removed")
+    return (f"{folder} keeps what the run saved, its finished epochs at least (continue it with `reste train --resume "
+            f"{shlex.quote(folder)}`); a new run that saved nothing is removed")
 
 
 def _command(argv: Sequence[str]) -> str:
@@ -400,7 +409,7 @@ def _engine_error(name: str) -> Any:
     return getattr(engine, name)
 
 
-def _unexpected(err: Exception, debug: bool, command: str = "") -> int:
+def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[str] = ()) -> int:
     """The last line of defence keeps tracebacks behind --debug."""
     TrainingDiverged = _engine_error("TrainingDiverged")
     if debug:
@@ -410,7 +419,7 @@ def _unexpected(err: Exception, debug: bool, command: str = "") -> int:
         room = ("raise the file size limit (`ulimit -f`, the job's) or write elsewhere" if err.errno == errno.EFBIG
                 else "free some space")
         if command in ("train", "sweep"):
-            then = (f"{room}; {_RUN_KEPT}" if command == "train" else "finished runs and epochs are kept: "
+            then = (f"{room}; {_run_kept(argv)}" if command == "train" else "finished runs and epochs are kept: "
                     f"{room} and run the same command again")
         else:
             then = f"{room} and run it again"
@@ -422,5 +431,7 @@ def _unexpected(err: Exception, debug: bool, command: str = "") -> int:
     return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m reste.cli (torchrun's form): as the reste command, one-line warnings and all
+    from reste.__main__ import run
+
+    sys.exit(run())

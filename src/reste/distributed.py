@@ -24,15 +24,30 @@ from torch import Tensor
 
 from .errors import UsageError
 
-#: the signals that stop a run after a checkpoint inside its epoch (preemption); the run's handler catches
-#: them (engine.StopRequest), the data-loading processes ignore them, and no handler runs while a process
-#: waits for the others to join
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+#: the signals that stop a run after a checkpoint inside its epoch (preemption; Ctrl-C; a closed terminal or a
+#: dropped ssh); the run's handler catches them (engine.StopRequest), the data-loading processes ignore them, and
+#: no handler runs while a process waits for the others to join
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP")
+#: the terminal's signals: left alone where this process ignores them (nohup ignores SIGHUP, a script's background
+#: job SIGINT), so such a run keeps running when they come
+_TERMINAL_SIGNALS = ("SIGINT", "SIGHUP")
+
+
+def signal_text(signum: int, preemption: str = "") -> str:
+    """How a stop line names a stop signal: ``SIGTERM`` (with ``preemption`` after it), ``Ctrl-C (SIGINT)``,
+    ``SIGHUP (its terminal closed)``."""
+    name = signal.Signals(signum).name
+    return {"SIGINT": "Ctrl-C (SIGINT)", "SIGHUP": "SIGHUP (its terminal closed)"}.get(name, name + preemption)
 
 
 def stop_signals() -> list[signal.Signals]:
-    """The :data:`STOP_SIGNALS` this platform has."""
-    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    """The :data:`STOP_SIGNALS` this platform has, less a terminal signal this process ignores."""
+    signals = []
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None and not (name in _TERMINAL_SIGNALS and signal.getsignal(sig) == signal.SIG_IGN):
+            signals.append(sig)
+    return signals
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, c
 from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
-    stop_signals
+    signal_text, stop_signals
 from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
@@ -798,7 +798,7 @@ class _Run:
     def _stopped(self, epoch: int, step: int, steps: int) -> None:
         signum = self.stop.signum or signal.SIGTERM
         where = f"epoch {epoch + 1}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
-        self._preempted(f"stopped by {signal.Signals(signum).name} at {where}; {last_checkpoint(self.run_dir)} "
+        self._preempted(f"stopped by {signal_text(signum)} at {where}; {last_checkpoint(self.run_dir)} "
                         "holds it", signum)
 
     def _preempted(self, kept: str, signum: int) -> None:
@@ -826,13 +826,14 @@ class _Run:
                 kept = f"{last_checkpoint(self.run_dir)} is intact and keeps " + \
                     (f"epoch {e + 1} up to step {s}" if s else f"epoch {e}")
             why = f"{type(error).__name__}: {one_line(error)}" if error is not None else "on rank 0"
-            self._preempted(f"stopped by {signal.Signals(signum).name} (a preemption) at epoch {epoch + 1}, step "
+            self._preempted(f"stopped by {signal_text(signum, ' (a preemption)')} at epoch {epoch + 1}, step "
                             f"{step}/{steps}, but its checkpoint failed ({why}); {kept}", signum)
         self._stopped(epoch, step, steps)
 
 
 class StopRequest:
-    """Set by SIGTERM or SIGUSR1: the run checkpoints at its next step and stops."""
+    """Set by a stop signal (SIGTERM, SIGUSR1, Ctrl-C's SIGINT, SIGHUP): the run checkpoints at its next step and
+    stops. A second Ctrl-C gets Python's own handler back: KeyboardInterrupt at once, without that checkpoint."""
 
     signum: int = 0
 
@@ -844,7 +845,13 @@ class StopRequest:
             return
 
         def handler(signum: int, _frame: Any) -> None:
-            self.signum = signum
+            self.signum = self.signum or signum
+            if signum == signal.SIGINT:
+                signal.signal(signum, previous[signum])
+                if env_rank() == 0:  # os.write: safe in a handler that may interrupt a print
+                    with contextlib.suppress(OSError):
+                        os.write(2, b"reste: Ctrl-C: stopping after saving the current step (press it again to "
+                                    b"stop at once, without saving)\n")
 
         previous = {sig: signal.signal(sig, handler) for sig in stop_signals()}
         try:

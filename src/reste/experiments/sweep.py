@@ -42,7 +42,7 @@ from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_keywords
 from ..errors import UsageError, join_command_line, on_command_line, print_line
-from ..distributed import stop_signals
+from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
@@ -702,7 +702,7 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
         import signal
 
         signum = getattr(err, "signum", signal.SIGTERM)
-        raise type(err)(f"sweep stopped by {signal.Signals(signum).name}; run the same command again to continue "
+        raise type(err)(f"sweep stopped by {signal_text(signum)}; run the same command again to continue "
                         "(finished runs are skipped, stopped ones resume at their last step)", signum) from None
     if busy:
         log(f"sweep: {busy} run{'s' * (busy != 1)} held by another job: run it again later")
