@@ -431,7 +431,12 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
     return 1
 
 
-if __name__ == "__main__":  # python -m reste.cli (torchrun's form): as the reste command, one-line warnings and all
-    from reste.__main__ import run
+def command() -> int:
+    """The ``reste`` command once imported: warnings as one ``reste: warning:`` line each (not with --debug)."""
+    if "--debug" not in sys.argv[1:]:
+        one_line_warnings()
+    return main()
 
-    sys.exit(run())
+
+if __name__ == "__main__":  # python -m reste.cli (torchrun's form): as the reste command
+    sys.exit(command())
