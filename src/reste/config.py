@@ -365,9 +365,14 @@ class Preset:
     top5: float | None = None
 
 
+# SPEC section 6, the recipe of every preset, written out in full: a preset takes nothing from its data set's defaults
+# (reste.datasets) or TrainConfig's, which may change for quick runs without moving a paper row
+_RECIPE = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, augment=True, scaling="layer", a32=False)
+
+
 def _cifar(model: str, top1: float, desc: str, estimator: str = "reste", **extra: Any) -> dict[str, Any]:
     settings = dict(dataset="cifar10", model=model, epochs=1000, batch_size=256, eval_batch_size=128,
-                    lr=0.1, warm_up=5, estimator=estimator)
+                    warm_up=5, estimator=estimator, **_RECIPE)
     options = {"o_end": 3.0} if estimator == "reste" else {}
     options.update(extra.pop("estimator_options", {}))
     settings.update(extra, estimator_options=options)
@@ -376,7 +381,7 @@ def _cifar(model: str, top1: float, desc: str, estimator: str = "reste", **extra
 
 def _imagenet(model: str, top1: float, top5: float, desc: str, **extra: Any) -> dict[str, Any]:
     settings = dict(dataset="imagenet", model=model, epochs=250, batch_size=750, eval_batch_size=128,
-                    lr=0.1, warm_up=0, estimator="reste", estimator_options={"o_end": 3.0})
+                    warm_up=0, estimator="reste", estimator_options={"o_end": 3.0}, **_RECIPE)
     settings.update(extra)
     return dict(settings=settings, top1=top1, top5=top5, description=desc)
 
