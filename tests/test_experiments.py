@@ -1193,3 +1193,64 @@ def test_a_sweeps_tables_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         report.write_csv(path, [{"a": i, "b": i} for i in range(10)])
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def _finished_run(run_dir: Path, config: TrainConfig, best: float) -> None:
+    """A finished run of ``config`` (a line for each of its epochs) whose best test top-1 is ``best``."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    lines = [dict(epoch=e, train_acc=50.0, test_acc=best if e == config.epochs // 2 else best - 1, train_loss=1.0,
+                  test_loss=1.0) for e in range(1, config.epochs + 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+def test_a_preset_sweep_gives_the_published_number_and_best_minus_published(tmp_path):
+    """(paper review 4) each setting that trains a preset's recipe gets that preset's published top-1 (top-5) and
+    the mean best top-1 minus it; a setting that changes the recipe gets '-'; a sweep of no preset, none of whose
+    settings trains a preset's recipe, gets no such column."""
+    from reste.config import config_from_preset
+    from reste.experiments.identity import canonical, config_key
+    from reste.experiments.report import published
+
+    cases = {  # label: (config, best top-1 of seeds 0 and 1)
+        "estimator=reste": (config_from_preset("cifar10-resnet20-1w1a"), (87.0, 86.0)),
+        "estimator=ste": (config_from_preset("cifar10-resnet20-1w1a", estimator="ste"), (84.0,)),
+        "o_end=2": (config_from_preset("cifar10-resnet20-1w1a", estimator_options={"o_end": 2.0}), (85.0,)),
+        "bf16": (config_from_preset("cifar10-resnet20-1w1a", amp="bf16"), (86.0,)),
+        "imagenet": (config_from_preset("imagenet-resnet18-1w1a", indicators="paper", channels_last=True), (61.0,)),
+    }
+    settings = []
+    for label, (config, bests) in cases.items():
+        config = canonical(config)
+        runs = {}
+        for seed, best in enumerate(bests):
+            runs[str(seed)] = f"runs/{label}/seed{seed}"
+            _finished_run(tmp_path / runs[str(seed)], dataclasses.replace(config, seed=seed), best)
+        settings.append({"label": label, "values": {}, "key": config_key(config), "config": config.to_dict(),
+                         "runs": runs})
+    base = config_from_preset("cifar10-resnet20-1w1a").to_dict()
+    manifest = {"base": base, "grid": {"estimator": ["reste", "ste"]}, "seeds": [0, 1], "settings": settings}
+    (tmp_path / "sweep.json").write_text(json.dumps(manifest))
+    rows = {r["setting"]: r for r in summarize(tmp_path, plots=False)}
+    assert {k: rows[k]["published_preset"] for k in cases} == {
+        "estimator=reste": "cifar10-resnet20-1w1a", "estimator=ste": "cifar10-resnet20-ste", "o_end=2": None,
+        "bf16": None, "imagenet": "imagenet-resnet18-1w1a"}
+    assert rows["estimator=reste"]["best_minus_published"] == pytest.approx(86.5 - 86.75)
+    md = (tmp_path / "results.md").read_text()
+    assert "| setting | best acc (%) | published (%) | best - published | final acc (%) |" in md
+    assert "| estimator=reste | 86.50 ± 0.71 | 86.75 | -0.25 |" in md
+    assert "| estimator=ste | 84.00 | 84.44 | -0.44 |" in md
+    assert "| o_end=2 | 85.00 | - | - |" in md and "| bf16 | 86.00 | - | - |" in md
+    assert "| imagenet | 61.00 | 60.88 (82.59) | +0.12 |" in md
+    csv_row = {r["setting"]: r for r in _read_csv(tmp_path / "results.csv")}["estimator=ste"]
+    assert (csv_row["published_top1"], float(csv_row["best_minus_published"])) == ("84.44", pytest.approx(-0.44))
+
+    # no preset in the base: the column only where a setting trains a preset's recipe (cifar10's defaults do)
+    manifest["base"] = TrainConfig(dataset="cifar10").to_dict()
+    assert published(manifest)[0] == "cifar10-resnet20-1w1a"
+    manifest["settings"] = [s for s in settings if s["label"] in ("o_end=2", "bf16")]
+    assert published(manifest) is None
+    (tmp_path / "sweep.json").write_text(json.dumps(manifest))
+    summarize(tmp_path, plots=False)
+    assert "published" not in (tmp_path / "results.md").read_text()
+    assert "published_top1" not in (tmp_path / "results.csv").read_text()

@@ -10,12 +10,15 @@ deviation (n - 1; blank for one seed) of those over the seeds whose run finished
 n, the planned runs (n_runs) and those that diverged (n_diverged). Figures: ``indicators.png`` (both indicators
 per epoch, one line per setting, mean over seeds), ``error_vs_stability.png`` (one point per setting) and,
 when ``o_end`` is a grid axis and runs at two of its values or more are reported, ``accuracy_vs_o_end.png``.
+A sweep of a preset (``--preset``), or one whose settings train a preset's recipe, gets the paper's number beside
+each setting that trains a preset's recipe, and the difference best - published (:func:`published`).
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import functools
 import io
 import json
 import os
@@ -24,11 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..checkpoint import atomic_write
-from ..config import TrainConfig
+from ..config import PRESETS, TrainConfig, config_from_preset
 from ..errors import UsageError
 from ..indicators import RUN_LEVEL, run_level
-from ..rundir import (METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, divergence, holds_run,
-                      read_metrics, run_config)
+from ..rundir import (IDENTITY_FREE, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, divergence,
+                      holds_run, read_metrics, run_config)
 from .identity import canonical, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -228,6 +231,43 @@ def _setting_key(s: dict[str, Any]) -> str | None:
         return None
 
 
+# what does not make a run another training than its preset's (as reste.engine.preset_changes, which a report cannot
+# import): the settings free to change, and how fast a run goes or what it measures
+_NOT_RECIPE = (*IDENTITY_FREE, "compile", "channels_last", "indicators")
+PUBLISHED_COLUMNS = ("published_preset", "published_top1", "published_top5", "best_minus_published")
+
+
+def _recipe(config: TrainConfig) -> str | None:
+    """The settings of ``config`` that make its training, as one text to compare; None when it does not resolve."""
+    try:
+        data = canonical(config).to_dict()
+    except (UsageError, TypeError, ValueError):
+        return None
+    return json.dumps({k: v for k, v in data.items() if k not in _NOT_RECIPE}, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=1)
+def _preset_recipes() -> dict[str, str]:
+    """{recipe: preset name} of reste's presets."""
+    return {_recipe(config_from_preset(name)): name for name in PRESETS}
+
+
+def published(manifest: dict[str, Any]) -> list[str | None] | None:
+    """Per setting of the sweep, the preset whose recipe it trains (its published numbers apply: the paper's one run),
+    None where it trains none (another estimator option, fewer epochs, bf16, ...); None in all when the sweep has no
+    published column: its base names no preset of reste's and no setting trains one's recipe."""
+    recipes = _preset_recipes()
+    names = []
+    for s in manifest["settings"]:
+        config = s.get("config")
+        try:
+            recipe = _recipe(TrainConfig.from_saved(config)) if isinstance(config, dict) else None
+        except (UsageError, TypeError, ValueError):
+            recipe = None
+        names.append(recipes.get(recipe))
+    return names if any(names) or manifest["base"].get("preset") in PRESETS else None
+
+
 RUN_COLUMNS = ("best_acc", "best_epoch", "final_acc", "final_top5", "epochs", "seconds", *INDICATORS)
 
 
@@ -284,6 +324,12 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
         row["n_runs"] = len(s["runs"])
         row["n_diverged"] = diverged
         rows.append(row)
+    presets = published(manifest)
+    for row, name in zip(rows, presets or []):
+        preset = PRESETS.get(name)
+        best = row["best_acc_mean"]
+        row.update(zip(PUBLISHED_COLUMNS, (name, *((preset.top1, preset.top5) if preset else (None, None)),
+                                            best - preset.top1 if preset and best is not None else None)))
     if kept and log:
         log(f"report: {kept} run{'s' * (kept != 1)} reported from the runs.csv (and epochs.csv) an earlier report "
             "wrote; delete a row there to drop a run")
@@ -384,12 +430,23 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     warning = paper_warning(manifest)
     if warning:
         head += f"\n\n**{warning}.**"
+    shown = any("published_top1" in r for r in rows)
+    if shown:
+        head += ("\n\npublished: the paper's top-1 (top-5) of the preset whose recipe the setting trains, one run each "
+                 "(reste.config.PRESETS), and the mean best top-1 minus it; - where the setting trains no preset's "
+                 "recipe (other estimator options, epochs, batch, --amp, --cuda-graphs, ...).")
     lines = [head, "",
-             "| setting | best acc (%) | final acc (%) | estimating error | gradient stability | n |",
-             "|---|---|---|---|---|---|"]
+             "| setting | best acc (%) |" + (" published (%) | best - published |" if shown else "")
+             + " final acc (%) | estimating error | gradient stability | n |",
+             "|---|---|" + ("---|---|" if shown else "") + "---|---|---|---|"]
     for r in rows:
+        paper = ""
+        if shown:
+            top1, top5, gap = r.get("published_top1"), r.get("published_top5"), r.get("best_minus_published")
+            paper = (f" {'-' if top1 is None else format(top1, '.2f')}{f' ({top5:.2f})' if top5 else ''} | "
+                     f"{'-' if gap is None else format(gap, '+.2f')} |")
         lines.append(
-            f"| {r['setting']} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} | "
+            f"| {r['setting']} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} |{paper} "
             f"{_pm(r['final_acc_mean'], r['final_acc_std'], '.2f')} | "
             f"{_pm(r['estimating_error_mean'], r['estimating_error_std'], '.4g', '.2g')} | "
             f"{_pm(r['gradient_stability_mean'], r['gradient_stability_std'], '.3g', '.2g')} | "
