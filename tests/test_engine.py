@@ -567,7 +567,8 @@ def test_paper_indicators_are_computed_at_each_epochs_last_step_alone(tmp_path, 
 
 
 def test_a_preset_run_names_what_it_changes_of_the_recipe():
-    same = config_from_preset("cifar10-resnet20-1w1a", data_path="x", workers=0, seed=7, device="cpu", threads=1)
+    same = config_from_preset("cifar10-resnet20-1w1a", data_path="x", workers=0, seed=7, device="cpu", threads=1,
+                              cuda_graphs=True, channels_last=True, indicators="paper")  # how fast, what is measured
     assert engine.preset_changes(same) == {} and engine.recipe_notes(same) == []
     assert engine.preset_changes(TrainConfig()) == {}  # no preset
     changed = config_from_preset("cifar10-resnet20-1w1a", lr=0.05, amp="bf16", estimator_options={"o_end": 5.0})

@@ -64,7 +64,7 @@ from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimi
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
-from .rundir import (CONFIG, IDENTITY_FREE, METRIC_FIELDS, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics,
+from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics,
                      best_checkpoint, check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, read_metrics,
                      repair_best, require_run_path, restore_config, run_config, saved_config, schedule_fields,
                      start_metrics, sweep_folder_hint, truncate_metrics, write_config)
@@ -1026,7 +1026,7 @@ def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[
     """{setting: (the preset's value, the run's)} for each setting of a preset run (``config.preset``) that
     makes it another training than the preset's: not the seed, nor the settings free to change on resume (data
     path, workers, device, ...), nor how fast it runs or what it measures (``--compile``, ``--channels-last``,
-    ``--indicators``). An estimator option is ``estimator_options.NAME``; the batch is the one step's over
+    ``--cuda-graphs``, ``--indicators``): :data:`reste.rundir.RECIPE_FREE`. An estimator option is ``estimator_options.NAME``; the batch is the one step's over
     ``world_size`` processes (``--batch-size`` is per process); {} without a preset, or with a name that is none
     of reste's (a label of the caller's)."""
     if config.preset not in PRESETS:
@@ -1035,7 +1035,7 @@ def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[
     mine["batch_size"] *= world_size
     changes = {}
     for key, value in mine.items():
-        if key in IDENTITY_FREE or key in ("compile", "channels_last", "indicators"):
+        if key in RECIPE_FREE:
             continue
         if key == "estimator_options" and mine["estimator"] == ref["estimator"]:
             changes.update({f"{key}.{k}": (ref[key].get(k), v) for k, v in value.items() if ref[key].get(k) != v})

@@ -71,6 +71,9 @@ RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eva
 # preset is its settings) and the seed (a draw of the same training): left out of a sweep run's identity, and of
 # what a preset run changes of its preset
 IDENTITY_FREE = (*RESUME_FREE, "preset", "seed")
+# and besides them the settings of how fast a run trains or what it measures: not a change of a preset's recipe
+# (a CUDA-graphed step is the eager step replayed, an epoch's last partial batch runs eagerly)
+RECIPE_FREE = (*IDENTITY_FREE, "compile", "channels_last", "cuda_graphs", "indicators")
 # the fields of a metrics.jsonl line; the line holds besides them the schedule values of the run's estimator (o, t,
 # k, ...) under their names, which therefore may not be these
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "estimating_error",

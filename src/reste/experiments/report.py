@@ -30,7 +30,7 @@ from ..checkpoint import atomic_write
 from ..config import PRESETS, TrainConfig, config_from_preset
 from ..errors import UsageError
 from ..indicators import RUN_LEVEL, run_level
-from ..rundir import (IDENTITY_FREE, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, divergence,
+from ..rundir import (METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, divergence,
                       holds_run, read_metrics, run_config)
 from .identity import canonical, config_key
 
@@ -233,7 +233,6 @@ def _setting_key(s: dict[str, Any]) -> str | None:
 
 # what does not make a run another training than its preset's (as reste.engine.preset_changes, which a report cannot
 # import): the settings free to change, and how fast a run goes or what it measures
-_NOT_RECIPE = (*IDENTITY_FREE, "compile", "channels_last", "indicators")
 PUBLISHED_COLUMNS = ("published_preset", "published_top1", "published_top5", "best_minus_published")
 
 
@@ -243,7 +242,7 @@ def _recipe(config: TrainConfig) -> str | None:
         data = canonical(config).to_dict()
     except (UsageError, TypeError, ValueError):
         return None
-    return json.dumps({k: v for k, v in data.items() if k not in _NOT_RECIPE}, sort_keys=True, default=str)
+    return json.dumps({k: v for k, v in data.items() if k not in RECIPE_FREE}, sort_keys=True, default=str)
 
 
 @functools.lru_cache(maxsize=1)
