@@ -1254,3 +1254,31 @@ def test_a_preset_sweep_gives_the_published_number_and_best_minus_published(tmp_
     summarize(tmp_path, plots=False)
     assert "published" not in (tmp_path / "results.md").read_text()
     assert "published_top1" not in (tmp_path / "results.csv").read_text()
+
+
+def test_a_dry_run_lists_the_plan_and_makes_nothing(tmp_path, capsys):
+    """--dry-run: each run in the order and with the number the sweep would give it, what it would do, and what a
+    setting changes of the preset's recipe; no folder, no lock, no training."""
+    out = tmp_path / "sw"
+    argv = ["sweep", "--grid", "lr=0.05,0.1", "--seeds", "0,1", "--epochs", "1", "--threads", "1", "--out", str(out),
+            "--no-progress"]
+    assert main([*argv, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "sweep (dry run, nothing trained): 2 settings x 2 seeds = 4 runs"
+    assert [ln.split(" -> ")[0] for ln in lines[1:5]] == [
+        "[1/4] lr=0.05 seed 0: would train", "[2/4] lr=0.1 seed 0: would train",
+        "[3/4] lr=0.05 seed 1: would train", "[4/4] lr=0.1 seed 1: would train"]
+    assert lines[-1] == "sweep (dry run): 4 to train" and not out.exists()
+    assert main([*argv[:4], "0", *argv[5:], "--no-report"]) == 0  # seed 0 trained
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("[1/4] lr=0.05 seed 0: finished: skipped -> ")
+    assert lines[-1] == "sweep (dry run): 2 finished, 2 to train"
+    assert sorted(p.name for p in (out / "runs").glob("*/*")) == ["seed0", "seed0"]  # no folder for seed 1
+    preset = ["sweep", "--preset", "cifar10-resnet20-1w1a", "--grid", "o_end=3,10", "--epochs", "10", "--out",
+              str(tmp_path / "c10"), "--dry-run"]
+    assert main(preset) == 0  # no CIFAR-10 here: a plan reads no data
+    text = capsys.readouterr().out
+    assert ("o_end=10: note: this run changes preset cifar10-resnet20-1w1a's recipe: estimator_options.o_end 10.0 "
+            "(preset: 3.0), epochs 10 (preset: 1000)") in text and not (tmp_path / "c10").exists()

@@ -34,6 +34,9 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--runs-dir", dest="runs_dir",
                    help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
+    s.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="list each run (to train, to resume, finished) and what each setting changes of a --preset's "
+                        "recipe; make no folder and train nothing")
     add_train_flags(p, sweep=True)
     p.set_defaults(func=cmd_sweep)
 
@@ -94,12 +97,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
                          report=args.report, log=lambda m: print(m, flush=True), flags=flags,
-                         progress=show_bar(args), failures=failures)
+                         progress=show_bar(args), failures=failures, dry_run=args.dry_run)
     except UsageError as err:
         if not str(err).startswith("unknown grid axis") or args.plugins:
             raise
         raise UsageError(f"{err}; the axes of a plugin's estimator or model exist once --plugin MODULE loads it "
                          "(see `reste sweep --help`)") from None
+    if args.dry_run:
+        return 0
     if failures and all(status == "busy" for _, _, status in failures):
         from ..cli import EX_TEMPFAIL
 

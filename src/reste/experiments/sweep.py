@@ -546,7 +546,8 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
 def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int] | None, out_dir: str | os.PathLike,
               jobs: int = 1, *, runs_dir: str | os.PathLike | None = None, threads: int | None = None,
               log: Callable[[str], None] = print_line, report: bool = True, flags: dict[str, Any] | None = None,
-              progress: bool = False, failures: list[tuple[str, int, str]] | None = None) -> list[dict[str, Any]]:
+              progress: bool = False, failures: list[tuple[str, int, str]] | None = None,
+              dry_run: bool = False) -> list[dict[str, Any]]:
     """Train every setting of ``grid`` (on top of ``base``) for every seed; returns the table rows.
 
     Runs go to ``runs_dir`` (default ``out_dir/runs``), one folder per setting
@@ -567,6 +568,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     A run that fails or diverges is reported and left out of the table (unless an earlier report wrote its row);
     so is one that cannot be reported (``report.run_status``), which is not trained again, nor is one that
     diverged (the sweep records it in the run's folder: ``reste.rundir.record_divergence``).
+    ``dry_run``: ``log`` gets the plan (each run, and what it would do; what each setting changes of its preset's
+    recipe), and nothing is made, locked or trained; returns [].
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
@@ -595,6 +598,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
                                    "state": state, "why": why, "progress": progress and jobs == 1,
                                    "from_epoch": _epochs_recorded(run_dir) if state == "partial" else 0}))
+    if dry_run:
+        _plan(seeds, settings, todo, log)
+        return []
     created: list[Path] = []  # what to remove again if the sweep cannot start
     held = contextlib.ExitStack()  # the lock of --out, for the whole sweep
     try:
@@ -615,6 +621,32 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         raise
     with held:
         return _sweep(base, grid, seeds, settings, out, todo, jobs, threads, log, report, failures)
+
+
+def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, int, dict[str, Any]]],
+          log: Callable[[str], None]) -> None:
+    """What the sweep would do (``--dry-run``), in the order and with the numbers it would run them."""
+    from .. import engine
+
+    total = len(todo)
+    log(f"sweep (dry run, nothing trained): {len(settings)} setting{'s' * (len(settings) != 1)} x {len(seeds)} "
+        f"seed{'s' * (len(seeds) != 1)} = {total} runs")
+    mixed = paper_mode_estimators([s.config.to_dict() for s in settings])
+    if mixed:
+        log(f"sweep: WARNING ({', '.join(mixed)}): {PAPER_ACROSS_ESTIMATORS}")
+    counts: dict[str, int] = {}
+    for i, (s, seed, job) in enumerate(todo, 1):
+        state = job["state"]
+        counts[state] = counts.get(state, 0) + 1
+        what = {"new": "would train", "done": "finished: skipped",
+                "partial": f"would resume at epoch {min(job['from_epoch'] + 1, s.config.epochs)}/{s.config.epochs}",
+                }.get(state, f"{state}, left as it is: {job['why']}")
+        log(f"[{i}/{total}] {s.label} seed {seed}: {what} -> {job['run_dir']}")
+    for s in settings:
+        for note in engine.recipe_notes(s.config):
+            log(f"{s.label}: {note}")
+    named = {"new": "to train", "partial": "to resume", "done": "finished"}
+    log("sweep (dry run): " + ", ".join(f"{n} {named.get(k, k)}" for k, n in counts.items()))
 
 
 def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], settings: list[Setting], out: Path,
