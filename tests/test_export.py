@@ -406,11 +406,9 @@ def test_grouped_binary_convs_export_as_sign_and_a_float_conv(tmp_path, a32, sca
     w = unpack_state(tmp_path / "g.rbnn")[f"{nodes.index(depthwise[-1])}.conv.w"]
     assert sorted({round(abs(float(v)), 6) for v in w.ravel()}) == sorted(
         {round(float(a), 6) for a in (model[2].scale() if scaling != "none" else torch.ones(1)).detach().ravel()})
-    x = torch.randn(32, 3, 12, 12)
-    for backend in ("numpy", "c"):
-        got = PackedModel.load(tmp_path / "g.rbnn", backend=backend)(x)
-        with torch.no_grad():
-            assert torch.allclose(torch.as_tensor(got), model(x), atol=1e-5)
+    # both engines and the model against the float64 reference, not against each other: with a32, a sign input
+    # here lies within float32 rounding of zero (a near-tie), which another CPU's rounding may flip
+    _check_model(model, tmp_path, (3, 12, 12), torch.randn(32, 3, 12, 12))
 
 
 class _ViewMinusOne(nn.Module):
