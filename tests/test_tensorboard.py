@@ -43,8 +43,13 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     (read raw, so an epoch logged twice shows twice)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+    def opened_at(path: Path) -> float:
+        # the first event's time: the names sort by whole seconds, then by PID and a per-process writer count as
+        # text ("...10" before "...9"), not in the order written when two writers open in one second
+        return next(iter(EventFileLoader(str(path)).Load())).wall_time
+
     out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(folder.glob("events.out.tfevents.*")):
+    for path in sorted(folder.glob("events.out.tfevents.*"), key=opened_at):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:  # the loader turns simple values into scalar tensors
                 if value.metadata.plugin_data.plugin_name == "scalars":
