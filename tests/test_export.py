@@ -184,6 +184,9 @@ def test_real_input_binary_layers_and_fusion_paths(tmp_path, backend):
             x = x.view(x.size(0), -1)
             return self.fc2(F.hardtanh(self.fc1(x)))
 
+    # seeded: the weights and images came from what the tests before left in torch's generator, and about 1 state
+    # in 16 put 16 of every image's bn1 outputs within float32 rounding of zero, so that no image agreed
+    torch.manual_seed(0)
     model = _calibrate(Net(), (3, 8, 8))
     x = torch.randn(6, 3, 8, 8)
     _check_model(model, tmp_path, (3, 8, 8), x, backends=[backend])
