@@ -403,6 +403,7 @@ def test_a_checkpoint_records_its_software_and_a_resume_on_other_software_says_s
 def test_a_run_from_a_bigger_machine_resumes_with_this_ones_threads(tmp_path, monkeypatch):
     """A recorded thread count above this machine's limit (a run started on a 64-core node) is not refused: the
     resume takes this machine's default, and says the last bits may differ."""
+    monkeypatch.setattr(config, "usable_cpus", lambda: 2)  # the bigger machine: 8 threads allowed (up to 4 a CPU)
     engine.train(small(epochs=1, threads=8), tmp_path / "run", progress=False, log=quiet)
     monkeypatch.setattr(config, "usable_cpus", lambda: 1)
     lines = []
