@@ -104,3 +104,25 @@ def test_python_m_reste_cli_is_the_reste_command(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == ["reste: warning: ReSTE o schedule 'cosine' never changes (o = o_end = 1.0); "
                                         "pass --o-end > o or --o-schedule constant"], proc.stderr
+
+
+def test_a_character_the_output_cannot_encode_is_escaped_not_a_crash(tmp_path, capsys):
+    """`reste report` printed `±` and failed (exit 1, after writing its files) where stdout is ASCII
+    (PYTHONIOENCODING=ascii, a serial console); any such character is now written as \\xb1."""
+    run = tmp_path / "r±é"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+    proc = subprocess.run([sys.executable, "-m", "reste", "show", str(run)], capture_output=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="ascii"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == b"run        " + str(tmp_path).encode() + b"/r\\xb1\\xe9"
+
+
+def test_a_sweep_run_log_takes_a_path_the_file_system_could_not_decode(tmp_path):
+    """Under a non-UTF-8 file-system encoding (PYTHONUTF8=0 with an ASCII locale) a non-ASCII --out reaches
+    Python as surrogates; each run of the sweep failed writing it to its train.log. Its bytes go back as they were."""
+    from reste.experiments.sweep import _file_log
+
+    log = tmp_path / "train.log"
+    _file_log(log)("run -> sw\udcc3\udca9/estimator=ste")
+    assert log.read_bytes() == "run -> swé/estimator=ste\n".encode()

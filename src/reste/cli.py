@@ -258,10 +258,33 @@ def one_line_warnings() -> None:
 def line_buffered() -> None:
     """Each line of stdout and stderr written when printed, also where they are a file (a cluster job's log,
     nohup): Python buffers a file's output in blocks, so a log stays empty while the job runs, a kill -9 loses its
-    lines, and a stderr line lands before the stdout lines printed earlier."""
+    lines, and a stderr line lands before the stdout lines printed earlier. A character the stream's encoding
+    lacks (``±`` on an ASCII terminal, ``PYTHONIOENCODING=ascii``) is written as ``\\xb1``, not a crash after the
+    work is done."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):  # no stream, or not a TextIOWrapper
-            stream.reconfigure(line_buffering=True)
+            stream.reconfigure(line_buffering=True, errors=_never_fail())
+
+
+def _never_fail() -> str:
+    """A codec error handler that writes a path's undecodable bytes back as they were (``surrogateescape``, a
+    path read in a non-UTF-8 locale) and any other character the encoding lacks as ``\\xb1``."""
+    import codecs
+
+    name = "reste.never_fail"
+    try:
+        codecs.lookup_error(name)
+    except LookupError:
+        escape, replace = codecs.lookup_error("surrogateescape"), codecs.lookup_error("backslashreplace")
+
+        def handle(err: UnicodeError) -> tuple[str | bytes, int]:
+            try:
+                return escape(err)
+            except UnicodeError:
+                return replace(err)
+
+        codecs.register_error(name, handle)
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

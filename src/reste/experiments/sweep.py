@@ -301,8 +301,10 @@ def _run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
 
 
 def _file_log(path: Path) -> Callable[[str], None]:
+    """Lines appended to ``path``. A path in them that the file system's encoding could not decode (a non-UTF-8
+    locale, ``PYTHONUTF8=0``) holds surrogates; they are written back as the bytes they stand for."""
     def log(message: str) -> None:
-        with open(path, "a", encoding="utf-8", newline="\n") as f:
+        with open(path, "a", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
             f.write(message + "\n")
 
     return log
