@@ -5,6 +5,7 @@ piped into a reader that stops early."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -126,3 +127,32 @@ def test_a_sweep_run_log_takes_a_path_the_file_system_could_not_decode(tmp_path)
     log = tmp_path / "train.log"
     _file_log(log)("run -> sw\udcc3\udca9/estimator=ste")
     assert log.read_bytes() == "run -> swé/estimator=ste\n".encode()
+
+
+def test_suggested_commands_quote_a_folder_with_a_space(tmp_path, capsys):
+    """A command a message suggests can be copied as it is: `--resume dir with spaces/my run` was two arguments."""
+    import shlex
+    from types import SimpleNamespace
+
+    from reste import engine
+
+    run = tmp_path / "my run"
+    word = shlex.quote(str(run))
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    assert f"continue it with --resume {word} or" in _one_line(capsys, ["train", "--out", str(run)])
+    assert f"see it with `reste show {word}`" in _one_line(capsys, ["report", str(run)])
+    assert f"e.g. reste show {word}" in _one_line(capsys, ["show", str(run / "last.pt")])
+    (run / "metrics.jsonl").write_text("")  # no epoch finished: show says how to continue it
+    assert main(["show", str(run)]) == 0
+    assert f"`reste train --resume {word}` continues it" in capsys.readouterr().out
+    stopped = SimpleNamespace(run_dir=run)
+    with pytest.raises(engine.Preempted, match=f"continue with `reste train --resume {re.escape(word)}`$"):
+        engine._Run._preempted(stopped, "stopped by SIGTERM", 15)
+    err = cli.UsageError("a file is damaged")
+    engine._Run._tell_kept(stopped, err, "last.pt keeps epoch 1")
+    assert f"continue with `reste train --resume {word}` once the data is mended" in str(err)
+    empty = tmp_path / "empty folder"
+    empty.mkdir()
+    assert f"run `reste sweep --out {shlex.quote(str(empty))}` first" in _one_line(capsys, ["report", str(empty)])
+    assert _one_line(capsys, ["report", str(tmp_path / "nothere")]).endswith(
+        "nothere does not exist; pass a sweep's folder (its --out)")

@@ -58,7 +58,7 @@ from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
     signal_text, stop_signals
-from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
+from .errors import ModelOptionError, UsageError, one_line, option, print_line, shell_word, stderr_is_terminal
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
@@ -755,13 +755,13 @@ class _Run:
             self._tell_kept(err, where)
         else:  # the loader itself (a worker killed by the out-of-memory killer, say): its own error follows
             self.log(f"note: the training data's loader failed in epoch {epoch + 1} ({type(err).__name__}); {where}: "
-                     f"continue with `reste train --resume {self.run_dir}`")
+                     f"continue with `reste train --resume {shell_word(self.run_dir)}`")
 
     def _tell_kept(self, err: UsageError, kept: str) -> None:
         """Add to a data error's one line what ``last.pt`` keeps and how to go on (one that a DataLoader worker
         raised holds the worker's traceback: its own line first, then this)."""
-        err.args = (f"{one_line(err)}; {kept}: continue with `reste train --resume {self.run_dir}` once the data is "
-                    "mended",)
+        err.args = (f"{one_line(err)}; {kept}: continue with `reste train --resume {shell_word(self.run_dir)}` once "
+                    "the data is mended",)
 
     def _checkpoint_due(self, step: int) -> int:
         """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop.
@@ -802,7 +802,7 @@ class _Run:
                         "holds it", signum)
 
     def _preempted(self, kept: str, signum: int) -> None:
-        raise Preempted(f"{kept}: continue with `reste train --resume {self.run_dir}`", signum, kept)
+        raise Preempted(f"{kept}: continue with `reste train --resume {shell_word(self.run_dir)}`", signum, kept)
 
     def _stop_saving(self, epoch: int, step: int, steps: int, sums: list[float | int]) -> None:
         """A stop signal's checkpoint after ``step`` batches of epoch ``epoch + 1``, then :class:`Preempted`.

@@ -65,6 +65,15 @@ def one_line(err: BaseException) -> str:
     return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
 
 
+def shell_word(path) -> str:
+    """A path as one word of a command a message suggests, quoted for the shell where it must be (a folder with
+    a space), so the command can be copied as it is."""
+    import os
+    import shlex
+
+    return shlex.quote(os.fspath(path))
+
+
 def read_user_file(path, missing: str) -> bytes:
     """The bytes of a file the user named; a :class:`UsageError` when it is a folder, is not there
     (``missing``: the whole message) or cannot be read (the OS's reason)."""

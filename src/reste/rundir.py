@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from .checkpoint import atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TrainConfig
-from .errors import UsageError
+from .errors import UsageError, shell_word
 
 try:
     import fcntl
@@ -192,7 +192,7 @@ class RunDirectory:
         if fresh:
             created = cls._create(path)
         elif not path.is_dir():
-            raise UsageError(f"{path} is not a run directory (no such folder); start one with --out {path}")
+            raise UsageError(f"{path} is not a run directory (no such folder); start one with --out {shell_word(path)}")
         had_lock = (path / LOCK_NAME).exists()
         try:
             fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run")
@@ -304,7 +304,7 @@ class RunDirectory:
         path = self.path
         if fresh:
             if holds_run(path):
-                raise UsageError(f"{path} already holds a run; continue it with --resume {path} "
+                raise UsageError(f"{path} already holds a run; continue it with --resume {shell_word(path)} "
                                  "or choose another --out")
             # a sweep's log, and the record of a run that diverged before it kept anything (trained again here)
             # and what Finder or Explorer wrote there (.DS_Store, Thumbs.db, ...)
@@ -656,7 +656,7 @@ def _config_remedy(run_dir: str | os.PathLike) -> str:
 def sweep_folder_hint(folder: str | os.PathLike) -> str:
     """The one line for a sweep's folder given where a run's is wanted."""
     return (f"{folder} is a sweep's folder, not a run's: give one of its runs ({Path(folder) / 'runs'}/.../seedN), or "
-            f"write its tables and figures with `reste report {folder}`")
+            f"write its tables and figures with `reste report {shell_word(folder)}`")
 
 
 def schedule_fields(line: dict[str, Any]) -> dict[str, float]:

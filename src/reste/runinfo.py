@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
 from .rundir import best_line, read_metrics, saved_config, schedule_fields
 
@@ -15,7 +15,7 @@ def show_run(run_dir: str | os.PathLike) -> str:
     """What ``reste show RUN_DIR`` prints; a folder that holds no run is a one-line ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json), e.g. "
-                         f"reste show {os.path.dirname(os.path.abspath(run_dir))}")
+                         f"reste show {shell_word(os.path.dirname(os.path.abspath(run_dir)))}")
     config = saved_config(run_dir)
     metrics = read_metrics(run_dir, missing_ok=True)
     options = " ".join(f"{k}={v}" for k, v in sorted({**config.estimator_options, **config.model_options}.items()))
@@ -29,7 +29,7 @@ def show_run(run_dir: str | os.PathLike) -> str:
         lines.append(f"progress   finished: {done} of {config.epochs} epochs")
     else:
         lines.append(f"progress   {done} of {config.epochs} epochs (training, or stopped: "
-                     f"`reste train --resume {run_dir}` continues it)")
+                     f"`reste train --resume {shell_word(run_dir)}` continues it)")
     if not metrics:
         return "\n".join(lines)
     best = best_line(metrics)

@@ -105,7 +105,16 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     """The sweep's ``sweep.json``, checked: a damaged one is a one-line error, not a KeyError later."""
     path = out_dir / MANIFEST
     if not path.is_file():
-        raise UsageError(f"{out_dir} is not a sweep folder (no {MANIFEST}); run `reste sweep --out {out_dir}` first")
+        from ..errors import shell_word
+        from ..rundir import CONFIG
+
+        if not out_dir.exists():
+            raise UsageError(f"{out_dir} does not exist; pass a sweep's folder (its --out)")
+        if (out_dir / CONFIG).is_file():
+            raise UsageError(f"{out_dir} is a training run, not a sweep; see it with "
+                             f"`reste show {shell_word(out_dir)}`")
+        raise UsageError(f"{out_dir} is not a sweep folder (no {MANIFEST}); run "
+                         f"`reste sweep --out {shell_word(out_dir)}` first")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
