@@ -156,3 +156,39 @@ def test_suggested_commands_quote_a_folder_with_a_space(tmp_path, capsys):
     assert f"run `reste sweep --out {shlex.quote(str(empty))}` first" in _one_line(capsys, ["report", str(empty)])
     assert _one_line(capsys, ["report", str(tmp_path / "nothere")]).endswith(
         "nothere does not exist; pass a sweep's folder (its --out)")
+
+
+def test_a_full_stdout_is_named_not_the_disk(tmp_path):
+    """`reste presets > /dev/full` said "No space left on device; free some space": the disk was not full,
+    the output was."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "reste", "presets"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == ("reste: error: cannot write the output (stdout): No space left on device; send the "
+                           "output elsewhere and run it again\n")
+
+
+def test_each_setting_is_blamed_alone(capsys):
+    assert _one_line(capsys, ["train", "--momentum", "1.5", "--print-config"]).endswith(
+        "--momentum must be in [0, 1), got 1.5")
+    assert _one_line(capsys, ["train", "--weight-decay", "-1", "--print-config"]).endswith(
+        "--weight-decay must be >= 0, got -1.0")
+
+
+def test_a_missing_data_path_is_quoted_and_located(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = _one_line(capsys, ["train", "--dataset", "cifar10", "--out", "r", "--no-progress"])
+    assert f"CIFAR-10 data path 'data' (the default, {tmp_path / 'data'}) does not exist;" in line
+    line = _one_line(capsys, ["train", "--dataset", "cifar10", "--data-path", "cif", "--no-progress"])
+    assert f"CIFAR-10 data path '{tmp_path / 'cif'}' does not exist;" in line  # the flag's path made absolute
+
+
+def test_amp_is_named_by_its_flag_in_eval_as_in_train(capsys, tmp_path):
+    run = tmp_path / "r"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert "unknown --amp 'bf17'; valid:" in _one_line(capsys, ["eval", str(run), "--amp", "bf17"])
+    assert "unknown --amp 'fp32'; valid:" in _one_line(capsys, ["train", "--amp", "fp32", "--print-config"])

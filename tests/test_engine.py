@@ -290,7 +290,7 @@ def test_mixed_precision_trains(tmp_path, amp, float32_epoch):
     # and the checkpoint evaluates with the same autocast to the logged accuracy
     assert engine.evaluate_checkpoint(out / "last.pt")["top1"] == pytest.approx(m["test_acc"])
     assert engine.evaluate_checkpoint(out / "last.pt", amp="none")["amp"] == "none"  # float32 on request
-    with pytest.raises(UsageError, match="unknown amp 'fp32'"):
+    with pytest.raises(UsageError, match="unknown --amp 'fp32'"):
         engine.evaluate_checkpoint(out / "last.pt", amp="fp32")
 
 

@@ -93,7 +93,7 @@ def test_debug_goes_anywhere_on_the_line(capsys):
     (["--seeds", "-1"], "non-negative"),
     (["--grid", "lr=0.1,0.1"], "a value twice"),
     (["--grid", "o_end=2,3", "--estimator", "ste"], "an option of no estimator this sweep trains (ste)"),
-    (["--dataset", "fashion-mnist", "--data-path", "/nonexistent/fm"], "data path /nonexistent/fm does not exist"),
+    (["--dataset", "fashion-mnist", "--data-path", "/nonexistent/fm"], "data path '/nonexistent/fm' does not exist"),
 ])
 def test_sweep_inputs_are_checked_before_any_run(tmp_path, capsys, argv, message):
     out = tmp_path / "new" / "s"

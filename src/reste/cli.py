@@ -432,6 +432,19 @@ def _engine_error(name: str) -> Any:
     return getattr(engine, name)
 
 
+def _stdout_fails() -> bool:
+    """Whether writing to stdout fails now (an empty write reaches the device: ``/dev/full`` refuses it)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # no stream, or not a file's (io.UnsupportedOperation)
+        return False
+    try:
+        os.write(fd, b"")
+    except OSError:
+        return True
+    return False
+
+
 def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[str] = ()) -> int:
     """The last line of defence keeps tracebacks behind --debug."""
     TrainingDiverged = _engine_error("TrainingDiverged")
@@ -441,6 +454,9 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
         where = f" writing {err.filename}" if err.filename else ""
         room = ("raise the file size limit (`ulimit -f`, the job's) or write elsewhere" if err.errno == errno.EFBIG
                 else "free some space")
+        if err.filename is None and _stdout_fails():  # `> /dev/full`, or a full disk under the output's file
+            where, room = "", "send the output elsewhere"
+            err.strerror = f"cannot write the output (stdout): {err.strerror}"
         if command in ("train", "sweep"):
             then = (f"{room}; {_run_kept(argv)}" if command == "train" else "finished runs and epochs are kept: "
                     f"{room} and run the same command again")

@@ -275,10 +275,10 @@ class TrainConfig:
             raise UsageError(f"--seed must be in [0, 2**63 - 1], got {self.seed}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        if not math.isfinite(self.weight_decay) or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise UsageError(
-                f"--weight-decay must be >= 0 and --momentum in [0, 1), got {self.weight_decay} and {self.momentum}"
-            )
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"--momentum must be in [0, 1), got {self.momentum}")
         for name in ("lr", "weight_decay"):  # the optimizers take them as float32 scalars
             if getattr(self, name) > FLOAT32_MAX:
                 raise UsageError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX!r} (the largest float32), "

@@ -248,7 +248,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     workers = default_workers(config.dataset) if workers is None else workers
     amp = config.amp if amp is None else amp
     if amp not in AMP_MODES:
-        raise UsageError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
+        raise UsageError(f"unknown --amp {amp!r}; valid: {', '.join(AMP_MODES)}")
     dev = pick_device(device)
     if amp == "fp16" and dev.type == "cpu":
         print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "

@@ -632,8 +632,7 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     if not Path(run_dir).exists():
         raise UsageError(f"{run_dir} does not exist; pass the folder of a run (its --out)")
     if not cfg_path.is_file():
-        raise UsageError(f"{run_dir} is not a run directory (no {CONFIG}); a new run needs --out and an empty or "
-                         "new folder")
+        raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out)")
     try:
         data = json.loads(cfg_path.read_bytes().decode("utf-8"))
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)

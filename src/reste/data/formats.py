@@ -33,6 +33,13 @@ SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path("data")
 
 
+def _data_path(root: Path) -> str:
+    """A data path as a message names it: quoted (``data`` reads as a word), and where it is relative, where it
+    lies (the default ``data`` is a folder of the current directory)."""
+    where = "" if root.is_absolute() else f" ({'the default, ' if root == DEFAULT_ROOT else ''}{root.absolute()})"
+    return f"{str(root)!r}{where}"
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -170,9 +177,9 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
             raise UsageError(f"Fashion-MNIST in {folder} is incomplete: missing {', '.join(missing)} "
                              f"(plain or .gz); {hint}")
         if data_path is not None and not root.exists():
-            raise UsageError(f"Fashion-MNIST data path {root} does not exist; {hint}")
+            raise UsageError(f"Fashion-MNIST data path {_data_path(root)} does not exist; {hint}")
         if data_path is not None and root.is_dir() and not any(root.iterdir()):
-            raise UsageError(f"Fashion-MNIST data path {root} is empty; {hint}")
+            raise UsageError(f"Fashion-MNIST data path {_data_path(root)} is empty; {hint}")
         looked = " and ".join(str(c) for c in candidates)
         raise UsageError(f"Fashion-MNIST idx files not found in {looked}; {hint}")
     return files
@@ -326,9 +333,9 @@ def find_cifar10(data_path, download: bool) -> Path:
         folder = _cifar_folder(root)
     if folder is None:
         if not root.exists():
-            raise UsageError(f"CIFAR-10 data path {root} does not exist; {_cifar_hint_missing()}")
+            raise UsageError(f"CIFAR-10 data path {_data_path(root)} does not exist; {_cifar_hint_missing()}")
         if root.is_dir() and not any(root.iterdir()):
-            raise UsageError(f"CIFAR-10 data path {root} is empty; {_cifar_hint_missing()}")
+            raise UsageError(f"CIFAR-10 data path {_data_path(root)} is empty; {_cifar_hint_missing()}")
         raise UsageError(f"no CIFAR-10 python batches (cifar-10-batches-py/data_batch_1..5, test_batch) "
                          f"in {root}; {_cifar_hint(root)}")
     missing = [n for n in _CIFAR_TRAIN + _CIFAR_TEST if not (folder / n).is_file()]
@@ -405,9 +412,9 @@ def image_folders(data_path, download: bool, train: bool = True):
         raise UsageError(f"ImageNet needs {option('--data-path', 'data_path')}; {_imagenet_hint()}")
     root = Path(data_path).expanduser()
     if not root.exists():
-        raise UsageError(f"ImageNet data path {root} does not exist; {_imagenet_hint()}")
+        raise UsageError(f"ImageNet data path {_data_path(root)} does not exist; {_imagenet_hint()}")
     if not root.is_dir() or not any(root.iterdir()):
-        raise UsageError(f"ImageNet data path {root} is empty; {_imagenet_hint()}")
+        raise UsageError(f"ImageNet data path {_data_path(root)} is empty; {_imagenet_hint()}")
     train_base = _image_folder(root / "train", "train") if train else None
     val_base = _image_folder(root / "val", "val")
     if not train:
