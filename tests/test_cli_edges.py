@@ -192,3 +192,16 @@ def test_amp_is_named_by_its_flag_in_eval_as_in_train(capsys, tmp_path):
     capsys.readouterr()
     assert "unknown --amp 'bf17'; valid:" in _one_line(capsys, ["eval", str(run), "--amp", "bf17"])
     assert "unknown --amp 'fp32'; valid:" in _one_line(capsys, ["train", "--amp", "fp32", "--print-config"])
+
+
+def test_an_unknown_name_gets_the_closest_valid_one_first(capsys):
+    """The flags had "did you mean"; a sub-command's name and the model, data set and estimator names (a list
+    of ~600 characters for the models) now have it too, before the list."""
+    assert "invalid choice: 'traim'; did you mean 'train'? (choose from " in _one_line(capsys, ["traim"])
+    for flag, typo, meant, then in (("--model", "resnet2O", "resnet20", "valid: "),
+                                    ("--dataset", "mnist", "fashion-mnist", "choose one of: "),
+                                    ("--estimator", "rest", "reste", "valid: ")):
+        line = _one_line(capsys, ["train", flag, typo, "--print-config"])
+        assert f"unknown {flag[2:]} {typo!r}; did you mean {meant!r}? {then}" in line, line
+    line = _one_line(capsys, ["train", "--estimator", "zzz", "--print-config"])
+    assert "unknown estimator 'zzz'; valid: " in line  # nothing close: no guess

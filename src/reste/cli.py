@@ -20,12 +20,13 @@ import difflib
 import errno
 import json
 import os
+import re
 import shlex
 import sys
 import warnings
 from typing import Any, Sequence
 
-from .errors import UsageError, command_line, one_line
+from .errors import UsageError, command_line, did_you_mean, one_line
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import parse_value  # noqa: F401 - kept for code that imported it from here
 from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
@@ -373,6 +374,11 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
     """An unknown flag of a sub-command: suggest the command's flag closest to it (``--threds``: did you mean
     --threads?), point to that command's --help, and (for those that take estimator and model flags, when no flag
     is close) say that a plugin's flags exist once --plugin loads it."""
+    choice = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+    if choice:  # a sub-command's name (or a value of a flag with choices): the one closest to it first
+        hint = did_you_mean(choice.group(1), [c.strip(" '") for c in choice.group(2).split(",")])
+        return message.replace(f"{choice.group(1)!r} (choose", f"{choice.group(1)!r}; {hint}(choose", 1) \
+            if hint else message
     command = _command(argv)
     if not message.startswith("unrecognized arguments") or not command:
         return message

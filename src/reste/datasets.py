@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import plugins
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 
 __all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec", "dataset_names", "register_dataset", "defined_in",
            "RECIPE_KEYS", "GENERIC_RECIPE"]
@@ -154,7 +154,8 @@ def get_spec(name: str) -> DatasetSpec:
         plugins.load_entry_points()  # an installed package's module may register data sets too
         spec = _find(_key(name))
     if spec is None:
-        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())} (a data set of "
+        raise UsageError(f"unknown dataset {name!r}; {did_you_mean(name, dataset_names())}choose one of: "
+                         f"{', '.join(dataset_names())} (a data set of "
                          "your own: register it with reste.datasets.register_dataset in a module you load with "
                          f"--plugin MODULE){plugins.broken_note()}")
     return spec

@@ -65,6 +65,20 @@ def one_line(err: BaseException) -> str:
     return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
 
 
+def did_you_mean(name: object, choices) -> str:
+    """``"did you mean 'resnet20'? "`` for an unknown name close to one of ``choices`` (a typo, another case, a
+    name inside one: ``mnist`` for ``fashion-mnist``), to go before a message's list of the valid names; else ``""``."""
+    import difflib
+
+    if not isinstance(name, str) or not name:
+        return ""
+    choices = [str(c) for c in choices]
+    folded = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(folded), n=1)
+    close = close or [c for c in folded if name.lower() in c][:1]
+    return f"did you mean {folded[close[0]]!r}? " if close else ""
+
+
 def shell_word(path) -> str:
     """A path as one word of a command a message suggests, quoted for the shell where it must be (a folder with
     a space), so the command can be copied as it is."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import plugins
 from ..datasets import dataset_names, get_spec
-from ..errors import ModelOptionError, UsageError
+from ..errors import ModelOptionError, UsageError, did_you_mean
 from ..estimators import Estimator, estimator_class, get_estimator
 from ..layers import SCALINGS, BinaryConv2d, BinaryLinear
 
@@ -134,7 +134,8 @@ def _check_name(name: str) -> None:
     if name not in _MODELS:
         plugins.load_entry_points()  # an installed package's module may register models too
     if name not in _MODELS:
-        raise UsageError(f"unknown model {name!r}; valid: {', '.join(list_models())} (a model of your own: "
+        raise UsageError(f"unknown model {name!r}; {did_you_mean(name, list_models())}valid: "
+                         f"{', '.join(list_models())} (a model of your own: "
                          "register it with @reste.models.register_model in a module you import, or load it with "
                          "--plugin MODULE; in Python: import MODULE, or reste.plugins.load_plugins(['MODULE']))"
                          f"{plugins.broken_note()}")
