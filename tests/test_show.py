@@ -49,7 +49,8 @@ def test_show_of_an_unfinished_run_says_how_to_continue_it(run, tmp_path, capsys
 
 
 def test_show_of_a_folder_that_holds_no_run_is_one_line(tmp_path, capsys):
-    assert "holds no run (no config.json); pass a run's folder (its --out)" in one_line_error(capsys, "show", str(tmp_path))
+    line = one_line_error(capsys, "show", str(tmp_path))
+    assert "holds no run (no config.json); pass a run's folder (its --out)" in line
     assert "does not exist" in one_line_error(capsys, "show", str(tmp_path / "nope"))
     (tmp_path / "config.json").write_text("{")
     assert "is corrupted" in one_line_error(capsys, "show", str(tmp_path))
