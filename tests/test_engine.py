@@ -222,7 +222,7 @@ def test_the_bar_reads_the_loss_at_most_once_a_second(tmp_path, monkeypatch):
     from tqdm.auto import tqdm
 
     shown = []
-    monkeypatch.setattr(tqdm, "set_postfix", lambda self, **values: shown.append(values))
+    monkeypatch.setattr(tqdm, "set_postfix_str", lambda self, text, refresh=True: shown.append(text))
     config = small(epochs=1, seed=7, batch_size=16)  # 90 steps
     clock = iter(i * 0.25 for i in range(10**6))  # a quarter of a second each time it is read
     monkeypatch.setattr(engine.time, "monotonic", lambda: next(clock))
@@ -607,6 +607,25 @@ def test_without_a_bar_an_epoch_says_where_it_is(tmp_path, monkeypatch):
     quiet = []
     engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "q", progress=False, log=quiet.append)
     assert not any("  step " in line for line in quiet)  # every 300 s by default: none in a short epoch
+
+
+def test_a_bar_that_is_not_drawn_gives_the_step_lines(tmp_path, monkeypatch, capsys):
+    """tqdm hides its bar under TQDM_DISABLE=1 and on a 0-row pty; reste then printed nothing inside an epoch.
+    TERM=dumb (Emacs' shell) gets no bar either. Both now get the plain step lines a log file gets."""
+    from tqdm.auto import tqdm
+
+    monkeypatch.setattr(engine, "STEP_LINE_EVERY", 0.0)
+    real = tqdm.__init__
+    for name, value in (("TQDM_DISABLE", "1"), ("TERM", "dumb")):
+        with monkeypatch.context() as env:
+            if name == "TERM":
+                env.setenv(name, value)
+            else:  # what TQDM_DISABLE=1 does (tqdm reads it once, at import)
+                env.setattr(tqdm, "__init__", lambda self, *args, **kw: real(self, *args, **{**kw, "disable": True}))
+            lines = []
+            engine.train(TrainConfig(epochs=1, threads=1), tmp_path / name, progress=True, log=lines.append)
+        assert sum(line.startswith("  epoch 1/1  step ") for line in lines) > 1, (name, lines)
+        assert "epoch 1/1:" not in capsys.readouterr().err  # no bar frame
 
 
 def test_a_forced_resume_in_another_indicator_mode_starts_its_history_afresh(tmp_path):

@@ -299,12 +299,19 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     loader iterated it twice: tqdm.auto's class calls iter() on what it wraps when it is made, and a
     loader that counts its epochs then served the next epoch's batches, so a run with the bar trained
     on other batches than one without, and under torchrun rank 0 on another permutation than the
-    other ranks.)"""
-    if not enabled or sys.stderr is None:  # a closed stderr (`2>&-`) shows no bar, and training goes on
+    other ranks.)
+
+    The numbers come first and the bar takes the width left, so a narrow terminal cuts the bar, not the loss;
+    it is redrawn once a second (a screen reader reads each frame). ``TERM=dumb`` (Emacs' shell) gets no bar:
+    the plain step lines a log gets."""
+    if not enabled or sys.stderr is None or os.environ.get("TERM") == "dumb":  # a closed stderr (`2>&-`): no bar
         return contextlib.nullcontext()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                unit="batch", mininterval=1.0,
+                bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt}{postfix} [{elapsed}<{remaining}, "
+                           "{rate_fmt}] {bar}")
 
 
 class _Run:
@@ -547,8 +554,10 @@ class _Run:
                        start_step) as bar:
             shown = -float("inf")  # the first step shows its loss
             # without a bar (a log file, nohup, a cluster job) a line every STEP_LINE_EVERY seconds says where the
-            # epoch is: an ImageNet epoch would otherwise print nothing for tens of minutes
-            lines = bar is None and self.dist.main
+            # epoch is: an ImageNet epoch would otherwise print nothing for tens of minutes. tqdm hides a bar
+            # itself under TQDM_DISABLE=1 and on a terminal of 0 rows (some CI and `docker exec -t` ptys)
+            drawn = bar is not None and not getattr(bar, "disable", False)
+            lines = not drawn and self.dist.main
             since, n_since = time.monotonic(), n
             batches, step = iter(self.train_loader), first - 1
             while True:
@@ -573,14 +582,14 @@ class _Run:
                 loss_sum += detached * target.numel()
                 correct += (logits.argmax(1) == target).sum()
                 n += target.numel()
-                if bar is not None:
+                if drawn:
                     bar.update()
                     # the bar's loss and accuracy wait for the device: at most once a second (and at the end)
                     if time.monotonic() - shown >= 1.0 or step == steps - 1:
                         shown = time.monotonic()
                         if int(bad_step) >= 0 and not self.dist.enabled:  # with several, all stop together below
                             break
-                        bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", acc=f"{100.0 * correct.item() / n:.2f}")
+                        bar.set_postfix_str(f"loss {loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}")
                 elif lines and time.monotonic() - since >= STEP_LINE_EVERY and step < steps - 1:
                     rate = (n - n_since) / (time.monotonic() - since)
                     self.log(f"  epoch {epoch + 1}/{cfg.epochs}  step {step + 1}/{steps}  train loss "
