@@ -95,8 +95,31 @@ def test_summary_takes_model_options_as_train_does(capsys):
 
 
 def test_help_and_no_command(capsys):
-    assert main([]) == 2
-    assert "train" in capsys.readouterr().out
+    assert main([]) == 2  # a missing command is bad input: the help goes to stderr, as an error's line does
+    shown = capsys.readouterr()
+    assert "train" in shown.err and shown.out == ""
+
+
+def test_help_names_choices_positionals_and_what_each_command_does(capsys):
+    import pytest
+
+    for command in ("train", "eval", "show", "summary", "presets", "report", "export", "predict", "sweep", "plot"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        description = text.split("\n\n")[1]  # after the usage block
+        assert not description.lstrip().startswith(("positional arguments:", "options:")), (command, text[:300])
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--amp {none,bf16,fp16}", "--scaling {layer,channel,none}", "--optimizer {sgd,adam,adamw}",
+                  "--data-device {auto,cpu}", "--indicators [{general,paper}]", "a bare --indicators means general",
+                  "usage: reste train [--preset NAME] [flags]"):
+        assert shown in text, shown
+    for argv, names in ((["export"], "CHECKPOINT, OUT"), (["show"], "RUN_DIR"), (["report"], "SWEEP_DIR"),
+                        (["eval"], "CHECKPOINT"), (["predict"], "EXPORTED")):
+        assert main(argv) == 2
+        assert f"the following arguments are required: {names} " in capsys.readouterr().err
 
 
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from .errors import UsageError, command_line, did_you_mean, one_line
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
-from .config import parse_value  # noqa: F401 - kept for code that imported it from here
+from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
 from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
                     parse_model_options, show_bar, terminal)
 
@@ -176,15 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a model (no flags: 1W1A on digits, under a minute on a CPU)")
+    p = sub.add_parser("train", help="train a model (no flags: 1W1A on digits, under a minute on a CPU)",
+                       usage="%(prog)s [--preset NAME] [flags]",
+                       description="Train a model into a run folder (--out), or continue one (--resume); with no "
+                                   "flags, a 1W1A net on digits in under a minute on a CPU. `reste train --preset "
+                                   "NAME --print-config` shows every setting a run would use. Exit status: 0 done, "
+                                   "1 failed, 2 bad input, 75 the folder is in use, 143/138/130/129 stopped by "
+                                   "SIGTERM/SIGUSR1/Ctrl-C/SIGHUP (last.pt holds the step; --resume continues), "
+                                   "141 the output's reader went away. The log is for reading; parse the run's "
+                                   "metrics.jsonl.")
     add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("presets", help="list the paper's settings with their published accuracy")
+    p = sub.add_parser("presets", help="list the paper's settings with their published accuracy",
+                       description="List the presets (the rows of the paper's tables) with their model, estimator, "
+                                   "recipe and published top-1/top-5.")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on the test split")
-    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its last.pt)")
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on the test split",
+                       description="Evaluate a checkpoint (or a run's last.pt) on its data set's test split: top-1, "
+                                   "top-5 and loss, beside the accuracy stored at training.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt checkpoint or a run directory (uses its last.pt)")
     p.add_argument("--data-path", "--data_path", dest="data_path",
                    help="data set folder (default: the one the run was trained with)")
     p.add_argument("--download", action="store_true",
@@ -194,18 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None,
                    help="data loading processes for image files (default: 1 per usable CPU, up to 8)")
-    p.add_argument("--amp", help="autocast of the evaluation: none, bf16 or fp16 (default: the run's own, "
-                                 "to reproduce its logged accuracy)")
+    p.add_argument("--amp", metavar="{" + ",".join(AMP_MODES) + "}",
+                   help="autocast of the evaluation (default: the run's own, to reproduce its logged accuracy)")
     add_plugin_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("show", help="a run's settings, progress, best and last accuracy and indicators (also "
-                                    "while it trains)")
-    p.add_argument("run_dir", help="the run's folder (its --out)")
+                                    "while it trains)",
+                       description="Show a run's settings, progress, best and last accuracy and indicators, read "
+                                   "from its config.json and metrics.jsonl (also while it trains).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (its --out)")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model")
-    p.add_argument("model", nargs="?", help="a model name (see --list)")
+    p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model",
+                       description="Print a model's layers with their precision, parameters and MACs, and its "
+                                   "size in float32 and bit-packed; --list lists the models.")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="a model name (see --list)")
     p.add_argument("--list", action="store_true", help="list the models")
     p.add_argument("--num-classes", dest="num_classes", type=int,
                    help="classes of the output layer (default: the model's data set)")
@@ -313,8 +329,8 @@ def _main(argv: Sequence[str] | None) -> int:
             args = parser.parse_args(["--debug", *(a for a in argv if a != "--debug")] if debug else argv)
         except UsageError as err:
             raise UsageError(_flag_hint(str(err), argv, parser)) from None
-        if not getattr(args, "func", None):
-            parser.print_help()
+        if not getattr(args, "func", None):  # a missing command is bad input: the help on stderr, status 2
+            parser.print_help(sys.stderr)
             return 2
         status = args.func(args)
         from .distributed import leave_process_group

@@ -7,10 +7,12 @@ import argparse
 import os
 from typing import Any, Sequence
 
-from .config import TrainConfig, parse_value
+from .config import AMP_MODES, DATA_DEVICES, OPTIMIZERS, TrainConfig, parse_value
 from .datasets import dataset_names
 from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
+from .indicators import MODES as INDICATOR_MODES
+from .layers import SCALINGS
 from .plugins import add_plugin_flag, saved_form
 
 # Train flags that map one-to-one onto TrainConfig fields.
@@ -34,7 +36,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    "without - and _, and larq's ste_sign and swish_sign)")
     add_plugin_flag(g)
     g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
-    g.add_argument("--scaling", help="weight scaling: layer (default), channel or none")
+    g.add_argument("--scaling", metavar=_choices(SCALINGS), help="weight scaling: layer (default), channel or none")
     g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                    help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable); VALUE is "
                         "read as an integer, a float, true/false, else the text")
@@ -48,15 +50,16 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="training batch size (per process under torchrun)")
     o.add_argument("--eval-batch-size", "--batch_size_test", dest="eval_batch_size", type=int,
                    help="batch size of the test-split evaluation")
-    o.add_argument("--optimizer", help="sgd, adam or adamw (default: the data set's recipe)")
+    o.add_argument("--optimizer", metavar=_choices(OPTIMIZERS), help="default: the data set's recipe")
     o.add_argument("--lr", type=float, help="peak learning rate (cosine decay to 0 after the warm-up)")
     o.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float,
                    help="weight decay (default: the data set's recipe)")
     o.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     o.add_argument("--warm-up", "--warm_up", dest="warm_up", type=int, nargs="?", const=5,
                    help="linear warm-up epochs (bare flag: 5, as the paper on CIFAR-10)")
-    o.add_argument("--indicators", nargs="?", const="general",
-                   help="log the estimating error and gradient stability: general (default) or paper")
+    o.add_argument("--indicators", nargs="?", const="general", metavar=_choices(INDICATOR_MODES),
+                   help="log the estimating error and gradient stability (off unless given; a bare --indicators "
+                        "means general)")
     o.add_argument("--cal_ind", "--cal-ind", dest="indicators", action="store_const", const="paper",
                    help="the authors' flag: --indicators paper")
     o.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -64,12 +67,12 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--workers", type=int,
                    help="data loading processes (default: 0; ImageNet: 1 per usable CPU, up to 8)")
     r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
-    r.add_argument("--data-device", dest="data_device",
+    r.add_argument("--data-device", dest="data_device", metavar=_choices(DATA_DEVICES),
                    help="where digits, Fashion-MNIST and CIFAR-10 live, as uint8, with crop, flip and "
                         "normalisation batched there: auto (default: the training device) or cpu")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is best on a busy CPU)")
-    r.add_argument("--amp", help="mixed precision: none (default), bf16 or fp16 (on the CPU bf16; fp16 with a "
-                   "warning)")
+    r.add_argument("--amp", metavar=_choices(AMP_MODES),
+                   help="mixed precision: none (default), bf16 or fp16 (on the CPU bf16; fp16 with a warning)")
     r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="channels_last memory format for the model and its inputs")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -106,6 +109,12 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                          "(pip install 'reste[tensorboard]'): in RUN_DIR/tensorboard, or in DIR")
     g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     add_estimator_flags(p, e)  # last: a flag of reste train's own is taken, whatever an estimator declares
+
+
+def _choices(names: Sequence[str]) -> str:
+    """The metavar of a flag that takes one of ``names``: ``{none,bf16,fp16}`` in --help. (Not argparse's
+    ``choices``: reste's own check names the flag and the valid values in its one line.)"""
+    return "{" + ",".join(names) + "}"
 
 
 def tensorboard_dir(text: str) -> str:

@@ -19,6 +19,7 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "sweep", help="train a grid of settings over several seeds; tables and figures of the results",
+        usage="%(prog)s --out DIR --grid KEY=V1,V2,... [--seeds S1,S2,...] [flags of reste train]",
         description="Train every combination of the --grid axes for every seed (finished runs are skipped, "
                     "partial ones resumed), then write results.md/.csv, runs.csv and figures into --out. "
                     "The other flags are those of `reste train` and fix the settings that do not vary. "
@@ -40,8 +41,10 @@ def add_commands(sub: Any) -> None:
     add_train_flags(p, sweep=True)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="re-write the tables and figures of a sweep folder (also mid-sweep)")
-    p.add_argument("sweep_dir", help="the sweep folder (the --out of reste sweep)")
+    p = sub.add_parser("report", help="re-write the tables and figures of a sweep folder (also mid-sweep)",
+                       description="Write a sweep folder's results.md, results.csv, runs.csv, epochs.csv and "
+                                   "figures again from its runs (also while the sweep runs).")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the sweep folder (the --out of reste sweep)")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="write the tables only, no figures")
     p.set_defaults(func=cmd_report)
 

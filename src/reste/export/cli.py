@@ -26,8 +26,8 @@ def add_commands(subparsers: Any) -> None:
                               description="Pack every binary weight 8 per byte, fold the batch norms that "
                                           "fold exactly, and write one file that `reste predict` (or "
                                           "reste.export.PackedModel) runs without the training code.")
-    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses its last.pt)")
-    p.add_argument("out", help="the packed file to write (e.g. model.rbnn)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt checkpoint or a run directory (uses its last.pt)")
+    p.add_argument("out", metavar="OUT", help="the packed file to write (e.g. model.rbnn)")
     p.add_argument("--onnx", nargs="?", const="", default=None, metavar="PATH",
                    help="also write ONNX (default path: OUT with the suffix .onnx)")
     add_plugin_flag(p)
@@ -40,8 +40,8 @@ def add_commands(subparsers: Any) -> None:
                                           "prints its class. Raw images (an image file, a uint8 array) are "
                                           "resized and normalised with the input size, mean and std the export "
                                           "records; a float array is taken as preprocessed.")
-    p.add_argument("exported", help="a file written by `reste export`")
-    p.add_argument("images", nargs="?",
+    p.add_argument("exported", metavar="EXPORTED", help="a file written by `reste export`")
+    p.add_argument("images", metavar="IMAGES", nargs="?",
                    help="a .npy array: float (N, C, H, W) preprocessed, or uint8 raw pixels (N, C, H, W), "
                         "(N, H, W) for one channel, or one image; or one image file (PNG, JPEG, ...)")
     p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
