@@ -205,3 +205,32 @@ def test_an_unknown_name_gets_the_closest_valid_one_first(capsys):
         assert f"unknown {flag[2:]} {typo!r}; did you mean {meant!r}? {then}" in line, line
     line = _one_line(capsys, ["train", "--estimator", "zzz", "--print-config"])
     assert "unknown estimator 'zzz'; valid: " in line  # nothing close: no guess
+
+
+def test_durations_and_counts_read_as_words():
+    """The done line and `reste show` said `93612s`; a sweep's lines already said `26h00m`. And `1 epochs`,
+    `1 batch norms folded`."""
+    from reste import engine
+    from reste.export.exporter import format_report
+    from reste.wording import count, duration
+
+    assert [duration(s) for s in (0.4, 42, 59.4, 60, 599, 3600, 93612)] == ["0s", "42s", "59s", "1m", "10m", "1h00m",
+                                                                          "26h00m"]
+    assert (count(0, "epoch"), count(1, "epoch"), count(2, "epoch")) == ("0 epochs", "1 epoch", "2 epochs")
+    result = {"best_acc": 93.1, "best_epoch": 900, "best_top5": None, "final_acc": 92.9, "epochs": 1000,
+              "seconds": 93612.0, "run_dir": "r"}
+    assert engine.format_result(result).endswith("after 1000 epochs, 26h00m -> r")
+    report = {"params": 1, "binary_params": 1, "float_bytes": 4, "file_bytes": 1, "binary_bytes": 1, "fp_bytes": 0,
+              "header_bytes": 0, "ratio": 4.0, "bound": 4.0, "gap": 0.0, "param_bound": 4.0, "binary_layers": 2,
+              "folded_batch_norms": 1, "affine_ops": 0}
+    assert "2 binary layers, 1 batch norm folded, 0 kept as affine" in format_report(report)
+
+
+def test_show_counts_one_epoch_as_one(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["show", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "on digits: 1 epoch, batch 64" in text and "progress   finished: 1 of 1 epoch\n" in text, text
+    assert re.search(r", \d+s of training\n", text), text

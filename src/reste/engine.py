@@ -69,6 +69,7 @@ from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, SWEEP_MANIFEST
                      repair_best, require_run_path, restore_config, run_config, saved_config, schedule_fields,
                      start_metrics, sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
+from .wording import count, duration
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
@@ -924,8 +925,8 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 def format_result(r: dict[str, Any]) -> str:
     top5 = f", top-5 {r['best_top5']:.2f}%" if r.get("best_top5") is not None else ""
     line = (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}{top5}), "
-            f"final test acc {r['final_acc']:.2f}% after {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, "
-            f"{r['seconds']:.0f}s -> {r['run_dir']}")
+            f"final test acc {r['final_acc']:.2f}% after {count(r['epochs'], 'epoch')}, {duration(r['seconds'])} -> "
+            f"{r['run_dir']}")
     if r.get("indicators"):  # the run-level values (reste.indicators.run_level: paper mode sums the stability)
         mode = r.get("indicators_mode", "general")
         error, stability = RUN_LEVEL[mode]

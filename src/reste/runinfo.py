@@ -9,6 +9,7 @@ from typing import Any
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
 from .rundir import best_line, read_metrics, saved_config, schedule_fields
+from .wording import count, duration
 
 
 def show_run(run_dir: str | os.PathLike) -> str:
@@ -21,14 +22,14 @@ def show_run(run_dir: str | os.PathLike) -> str:
     options = " ".join(f"{k}={v}" for k, v in sorted({**config.estimator_options, **config.model_options}.items()))
     lines = [f"run        {run_dir}",
              f"settings   {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
-             f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
+             f"{count(config.epochs, 'epoch')}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
              f"seed {config.seed}{f', preset {config.preset}' if config.preset else ''}"
              + (f"\n           {options}" if options else "")]
     done = len(metrics)
     if done >= config.epochs:
-        lines.append(f"progress   finished: {done} of {config.epochs} epochs")
+        lines.append(f"progress   finished: {done} of {count(config.epochs, 'epoch')}")
     else:
-        lines.append(f"progress   {done} of {config.epochs} epochs (training, or stopped: "
+        lines.append(f"progress   {done} of {count(config.epochs, 'epoch')} (training, or stopped: "
                      f"`reste train --resume {shell_word(run_dir)}` continues it)")
     if not metrics:
         return "\n".join(lines)
@@ -37,7 +38,7 @@ def show_run(run_dir: str | os.PathLike) -> str:
     lines.append(f"best       test top-1 {best['test_acc']:.2f}%, top-5 {_top5(best)} at epoch {best['epoch']}")
     sched = " ".join(f"{k} {v:.4g}" for k, v in schedule_fields(last).items())
     lines.append(f"last       test top-1 {last['test_acc']:.2f}%, top-5 {_top5(last)} at epoch {last['epoch']}"
-                 f"{f' ({sched})' if sched else ''}, {sum(m.get('time', 0.0) for m in metrics):.0f}s of training")
+                 f"{f' ({sched})' if sched else ''}, {duration(sum(m.get('time', 0.0) for m in metrics))} of training")
     history = [m for m in metrics if "estimating_error" in m]
     if history:
         mode = config.indicators or "general"

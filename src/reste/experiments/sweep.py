@@ -45,6 +45,7 @@ from ..errors import UsageError, join_command_line, on_command_line, print_line
 from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
+from ..wording import duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
                       holds_run, last_checkpoint, make_folders, read_metrics, record_divergence, remove_folders)
 from .identity import canonical, config_key
@@ -506,21 +507,14 @@ def _epochs_recorded(run_dir: Path) -> int:
         return 0
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 59.5:
-        return f"{seconds:.0f}s"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
-
-
 def time_left(elapsed: float, trained: float, left: int) -> str:
     """'' before the first trained run; otherwise the wall time so far and the time left at the pace of the
     runs trained in this sweep (which, with several jobs, already counts their overlap); ``trained`` counts a
     resumed run by the part of its epochs trained here."""
     if trained <= 0:
         return ""
-    text = f"{_duration(elapsed)} so far"
-    return text + (f", about {_duration(elapsed / trained * left)} left" if left else "")
+    text = f"{duration(elapsed)} so far"
+    return text + (f", about {duration(elapsed / trained * left)} left" if left else "")
 
 
 def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dict[str, Any]) -> str:

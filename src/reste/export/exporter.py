@@ -238,8 +238,8 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append("note            no binary layers: a full-precision model, stored in float32 (nothing to pack); "
                      "export a binary run for 1-bit weights")
     if "folded_batch_norms" in r:
-        lines.append(f"graph           {r['binary_layers']} binary layers, {r['folded_batch_norms']} batch norms "
-                     f"folded, {r['affine_ops']} kept as affine")
+        lines.append(f"graph           {r['binary_layers']} binary layers, {r['folded_batch_norms']} batch "
+                     f"norm{'s' * (r['folded_batch_norms'] != 1)} folded, {r['affine_ops']} kept as affine")
     if "verify" in r:
         lines.extend(format_verify(r["verify"]))
     return "\n".join(lines)
