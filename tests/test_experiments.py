@@ -255,6 +255,21 @@ def _real_like_run(run_dir: Path, estimator: str, losses: list[float], schedule:
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
 
 
+def test_runs_of_a_comparison_differ_by_marker_not_colour_alone(tmp_path):
+    """`reste plot A B C D` told runs apart by colour alone (red and green look alike to some readers)."""
+    from reste.experiments.plots import runs_figure
+
+    for name, est in (("a", "reste"), ("b", "ste"), ("c", "ede")):
+        _real_like_run(tmp_path / name, est, [2.0, 0.5, 0.1], {})
+    fig = runs_figure([tmp_path / n for n in "abc"])
+    acc = next(ax for ax in fig.axes if ax.get_title() == "accuracy (%)")
+    test_lines = acc.lines[1::2]  # train, test for each run
+    assert len({line.get_marker() for line in test_lines}) == 3
+    assert len({h.get_marker() for h in fig.legends[0].legend_handles}) == 3
+    one = runs_figure([tmp_path / "a"])  # one run: its markers as before
+    assert [line.get_marker() for line in one.axes[0].lines] == [".", "o"]
+
+
 def test_run_curves_for_people(tmp_path):
     import matplotlib.colors
 

@@ -198,20 +198,25 @@ def runs_figure(run_dirs: Sequence[str | Path]) -> Any:
     colors = _colors(len(data))
     for i, (name, metrics) in enumerate(data):
         color = colors[i]
+        # several runs: a marker shape each as well as a colour (red and green look alike to some readers);
+        # train and test differ by line style, and train's markers are hollow
+        mark = _run_marker(i) if several else None
         ep = [m["epoch"] for m in metrics]
         for panel in ("acc", "loss"):
             ax = by_panel[panel]
-            ax.plot(ep, _series(metrics, f"train_{panel}"), color=color, ls="--", marker=".")
-            ax.plot(ep, _series(metrics, f"test_{panel}"), color=color, marker="o", ms=3)
+            ax.plot(ep, _series(metrics, f"train_{panel}"), color=color, ls="--", marker=mark or ".",
+                    ms=4 if mark else None, mfc="none" if mark else None)
+            ax.plot(ep, _series(metrics, f"test_{panel}"), color=color, marker=mark or "o", ms=4 if mark else 3)
         if lr_ax is not None:
-            lr_ax.plot(ep, _series(metrics, "lr"), color=color, marker=".")
+            lr_ax.plot(ep, _series(metrics, "lr"), color=color, marker=mark or ".", ms=4 if mark else None)
         for j, k in enumerate(sched):
             if twin is not None and any(k in m for m in metrics):
-                twin.plot(ep, _series(metrics, k), color=color, ls=["--", ":", "-.", (0, (1, 3))][j % 4], marker="x",
-                          ms=4)
+                twin.plot(ep, _series(metrics, k), color=color, ls=["--", ":", "-.", (0, (1, 3))][j % 4],
+                          marker=mark or "x", ms=4, mfc="none" if mark else None)
         for panel in LABELS:
             if panel in by_panel:
-                by_panel[panel].plot(ep, _series(metrics, panel), color=color, marker=".")
+                by_panel[panel].plot(ep, _series(metrics, panel), color=color, marker=mark or ".",
+                                     ms=4 if mark else None)
     schedule_title = "learning rate and schedule" if has_lr and sched else "learning rate" if has_lr else "schedule"
     titles = {"acc": "accuracy (%)", "loss": "cross-entropy loss (log)", "schedule": schedule_title, **LABELS}
     for panel, ax in by_panel.items():
@@ -228,6 +233,13 @@ def runs_figure(run_dirs: Sequence[str | Path]) -> Any:
                                   for j, k in enumerate(sched)))
     _legends(fig, by_panel, data, several)
     return fig
+
+
+RUN_MARKERS = "osD^vP*Xph<>"  # one per run (or setting) of a figure, as its colour
+
+
+def _run_marker(i: int) -> str:
+    return RUN_MARKERS[i % len(RUN_MARKERS)]
 
 
 def _colors(count: int) -> list[Any]:
@@ -257,7 +269,8 @@ def _legends(fig: Any, by_panel: dict[str, Any], data: list[tuple[str, Any]], se
     by_panel["acc"].legend(handles=styles, fontsize=7, loc="lower right", handlelength=3.5)
     if several:
         colors = _colors(len(data))
-        runs = [Line2D([], [], color=colors[i], lw=2, label=name) for i, (name, _) in enumerate(data)]
+        runs = [Line2D([], [], color=colors[i], lw=2, marker=_run_marker(i), ms=6, label=name)
+                for i, (name, _) in enumerate(data)]
         fig.legend(handles=runs, loc="outside lower center", ncols=min(len(runs), 3), fontsize=8)
 
 
@@ -365,10 +378,9 @@ def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str |
     fig = _figure(1, 1, width=6.8, height=5.2)
     ax = fig.subplots()
     pts = [r for r in rows if r["estimating_error_mean"] is not None and r["gradient_stability_mean"] is not None]
-    markers = "osD^vP*Xph<>"
     for i, r in enumerate(pts):
         ax.errorbar(r["estimating_error_mean"], r["gradient_stability_mean"], xerr=r["estimating_error_std"],
-                    yerr=r["gradient_stability_std"], fmt=markers[i % len(markers)], ms=7, color=f"C{i % 10}",
+                    yerr=r["gradient_stability_std"], fmt=_run_marker(i), ms=7, color=f"C{i % 10}",
                     capsize=3, label=_short(r["setting"]))
     ax.legend(fontsize=8, loc="best")
     error, stability = RUN_LEVEL[mode] if mode else ("run-level, each setting's mode",) * 2
