@@ -79,6 +79,21 @@ def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_a_closed_pipe_after_the_last_epoch_says_the_run_finished(capsys, monkeypatch, tmp_path):
+    """`reste train --epochs 3 | head -3`: only the done line met the closed pipe; the line said to continue it."""
+    run = tmp_path / "r"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+
+    def closed(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_train", closed)
+    assert main(["train", "--epochs", "1", "--out", str(run)]) == 141
+    assert capsys.readouterr().err == (f"reste: stopped: its output's reader went away; the run had finished: {run} "
+                                       "holds it whole\n")
+
+
 def test_under_torchrun_a_failing_process_other_than_the_first_names_its_rank(monkeypatch, capsys):
     assert main(["train", "--model", "nope"]) == 2
     assert capsys.readouterr().err.startswith("reste: error: unknown model 'nope'")

@@ -426,8 +426,20 @@ def _run_kept(argv: Sequence[str]) -> str:
     if not folder:
         return ("a run keeps what it saved, its finished epochs at least (continue it with --resume RUN_DIR); a new "
                 "run that saved nothing is removed")
+    if _finished(folder):  # `reste train ... | head -3`: only the done line met the closed pipe
+        return f"the run had finished: {folder} holds it whole"
     return (f"{folder} keeps what the run saved, its finished epochs at least (continue it with `reste train --resume "
             f"{shlex.quote(folder)}`); a new run that saved nothing is removed")
+
+
+def _finished(folder: str) -> bool:
+    """Whether the run in ``folder`` has logged every epoch of its settings (False where that cannot be read)."""
+    try:
+        from .rundir import read_metrics, saved_config
+
+        return len(read_metrics(folder, missing_ok=True)) >= saved_config(folder).epochs
+    except Exception:  # noqa: BLE001 - no run, or damaged files: say what a stopped run keeps
+        return False
 
 
 def _command(argv: Sequence[str]) -> str:
