@@ -347,3 +347,54 @@ def test_batch_norms_next_to_a_linear_fold_only_on_two_dimensional_inputs(tmp_pa
         got = PackedModel.load(tmp_path / "m.rbnn", backend="numpy")(x)
         assert report["folded_batch_norms"] == folds  # (N, 8) folds both; (N, 8, 8) neither
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_writes_the_format_its_output_names(capsys, tmp_path, digits_export, monkeypatch):
+    """`-o preds.csv` wrote NPY bytes and `-o -` a file named `-`: the suffix now picks NPY, CSV or JSON, `-` is
+    CSV on stdout (its line on stderr), and another suffix is refused before any work."""
+    import csv
+    import io
+    import os
+
+    path, test = digits_export
+    images = tmp_path / "x.npy"
+    np.save(images, test.data.numpy()[:5].astype(np.uint8))
+    assert _run(capsys, "predict", str(path), str(images), "-o", str(tmp_path / "p.npy"))[0] == 0
+    want = np.load(tmp_path / "p.npy")
+    names = PackedModel.load(path).meta.get("classes")
+    name = [str(names[c]) if names else "" for c in want]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, "predict", str(path), str(images), "-o", "-")
+    assert code == 0 and not os.path.exists("-"), err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows == [["index", "class", "name"]] + [[str(i), str(c), n] for i, (c, n) in enumerate(zip(want, name))]
+    assert err.startswith("5 predictions written to stdout (")
+    assert _run(capsys, "predict", str(path), str(images), "-o", str(tmp_path / "p.csv"))[0] == 0
+    assert (tmp_path / "p.csv").read_text() == out
+    assert _run(capsys, "predict", str(path), str(images), "-o", str(tmp_path / "p.json"))[0] == 0
+    assert json.loads((tmp_path / "p.json").read_text()) == [
+        {"index": i, "class": int(c), "name": n or None} for i, (c, n) in enumerate(zip(want, name))]
+    line = _one_line_error(capsys, "predict", str(path), str(images), "-o", str(tmp_path / "p.txt"))
+    assert "p.txt: its suffix names the format; use .npy (also no suffix), .csv or .json" in line
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_predict_quotes_the_class_name_and_writes_it(capsys, tmp_path, digits_export, monkeypatch):
+    """`one.png: class 0 (0)`: the name, quoted, cannot be read as another number; CSV and JSON carry it."""
+    from PIL import Image
+
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    path, test = digits_export
+    ckpt = load_checkpoint(path.with_name("d.pt"))
+    ckpt["classes"] = [str(i) for i in range(10)]
+    save_checkpoint(ckpt, tmp_path / "named.pt")
+    assert _run(capsys, "export", str(tmp_path / "named.pt"), str(tmp_path / "named.rbnn"))[0] == 0
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "one.png")
+    code, out, err = _run(capsys, "predict", str(tmp_path / "named.rbnn"), str(tmp_path / "one.png"))
+    assert code == 0, err
+    got = int(out.split(": class ")[1].split()[0])
+    assert f": class {got} ('{got}') (" in out
+    monkeypatch.chdir(tmp_path)  # (a `-` written as a file would land here)
+    code, out, err = _run(capsys, "predict", str(tmp_path / "named.rbnn"), str(tmp_path / "one.png"), "-o", "-")
+    assert code == 0 and out == f"index,class,name\n0,{got},{got}\n", (out, err)

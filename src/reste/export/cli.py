@@ -3,8 +3,8 @@
     reste export CHECKPOINT OUT [--onnx [PATH]]    packed 1-bit file (+ ONNX), prints the size report
     reste predict EXPORTED --dataset NAME [--data-path P] [--download]   accuracy of the packed engine on the
                                                      test split
-    reste predict EXPORTED IMAGES.npy [--labels L.npy] [--output P.npy]   predictions for float (preprocessed)
-                                                     or uint8 (raw) images
+    reste predict EXPORTED IMAGES.npy [--labels L.npy] [--output P.npy|P.csv|P.json|-]   predictions for float
+                                                     (preprocessed) or uint8 (raw) images
     reste predict EXPORTED photo.png                 the class of one image file (preprocessed as the
                                                      export header says)
 """
@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,7 +54,9 @@ def add_commands(subparsers: Any) -> None:
                    help="download the data set's files first (torchvision), as `reste train --download`")
     p.add_argument("--labels",
                    help="a .npy array of the labels of IMAGES.npy (for an image file: a .npy holding its one label)")
-    p.add_argument("--output", "-o", help="where to write the predictions (.npy; default IMAGES.pred.npy)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="where to write the predictions, in the format its suffix names: .npy (also no suffix), "
+                        ".csv (index,class,name) or .json; - writes CSV to stdout (default IMAGES.pred.npy)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256)")
     from .kernels import BACKENDS
@@ -133,14 +138,45 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
         raise UsageError(f"cannot write {path}: permission denied; pass a writable path")
 
 
-def _save_predictions(out: Path, pred: Any) -> None:
-    """Write ``pred`` as .npy to exactly ``out`` (np.save would add .npy to a name without it)."""
+PREDICTION_FORMATS = {".npy": "npy", "": "npy", ".csv": "csv", ".json": "json"}
+
+
+def _prediction_format(output: str) -> str:
+    """The format of ``--output``: its suffix's (``-``, stdout: CSV); another suffix is refused in one line."""
+    if output == "-":
+        return "csv"
+    suffix = Path(output).suffix.lower()
+    if suffix not in PREDICTION_FORMATS:
+        raise UsageError(f"--output {output}: its suffix names the format; use .npy (also no suffix), .csv or .json, "
+                         "or - for CSV on stdout")
+    return PREDICTION_FORMATS[suffix]
+
+
+def _prediction_text(pred: Any, names: Any, form: str) -> str:
+    """The predictions as CSV (``index,class,name`` rows) or JSON (a list of such objects); the name is the
+    class's as the export records it, empty (CSV) or null (JSON) where it records none."""
+    def name(c: int) -> str | None:
+        return str(names[c]) if isinstance(names, list) and 0 <= c < len(names) else None
+
+    rows = [(i, int(c), name(int(c))) for i, c in enumerate(pred)]
+    if form == "json":
+        return json.dumps([{"index": i, "class": c, "name": n} for i, c, n in rows]) + "\n"
+    text = io.StringIO()
+    table = csv.writer(text, lineterminator="\n")
+    table.writerow(("index", "class", "name"))
+    table.writerows((i, c, "" if n is None else n) for i, c, n in rows)
+    return text.getvalue()
+
+
+def _save_predictions(out: Path, pred: Any, names: Any = None, form: str = "npy") -> None:
+    """Write ``pred`` to exactly ``out`` (np.save would add .npy to a name without it), as .npy, CSV or JSON."""
     import numpy as np
 
     from ..checkpoint import atomic_write
 
+    data = None if form == "npy" else _prediction_text(pred, names, form).encode("utf-8")
     try:
-        atomic_write(out, lambda f: np.save(f, pred))
+        atomic_write(out, (lambda f: np.save(f, pred)) if data is None else (lambda f: f.write(data)))
     except OSError as err:
         raise UsageError(f"cannot write {out} ({err.strerror or err}); pass a writable --output") from None
 
@@ -181,6 +217,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--labels and --output go with IMAGES.npy")
     if args.images and (args.data_path or args.download):
         raise UsageError("--data-path and --download go with --dataset (or the export's data set), not IMAGES")
+    if args.output and args.output != "-":  # before any work: an input given as the output, then the format
+        _check_writable(Path(args.output), (args.exported, args.images, args.labels))
+    form = _prediction_format(args.output) if args.output else "npy"
     if args.threads:
         import torch
 
@@ -197,6 +236,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             images = model_inputs(_load_npy(args.images, "images"), args.images, model.input_size,
                                   model.preprocessing)
         out = Path(args.output) if args.output else Path(args.images).with_suffix(".pred.npy")
+        to_stdout = args.output == "-"
         write = not one_file or args.output
         labels = None
         if args.labels:
@@ -210,21 +250,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise UsageError(f"{args.labels} holds {int(outside.sum())} label(s) outside the model's classes "
                                  f"0..{classes - 1 if classes else 'N'} (first: {labels[outside][0]}); pass the "
                                  "labels as class indices")
-        if write:
+        if write and not to_stdout:
             _check_writable(out, (args.exported, args.images, args.labels))
         start = time.perf_counter()
         pred = model.predict(images, batch_size=args.batch_size)
         seconds = time.perf_counter() - start
-        if write:
-            _save_predictions(out, pred)
+        names = model.meta.get("classes")
+        if to_stdout:  # the predictions are the output; the line about them goes to stderr
+            sys.stdout.write(_prediction_text(pred, names, form))
+            line = f"{len(pred)} predictions written to stdout ({seconds:.2f} s, {model.backend} kernels)"
+        elif write:
+            _save_predictions(out, pred, names, form)
             line = f"{len(pred)} predictions written to {out} ({seconds:.2f} s, {model.backend} kernels)"
         else:
-            names = model.meta.get("classes")
-            name = f" ({names[int(pred[0])]})" if isinstance(names, list) and int(pred[0]) < len(names) else ""
+            name = f" ({str(names[int(pred[0])])!r})" if isinstance(names, list) and int(pred[0]) < len(names) \
+                else ""
             line = f"{args.images}: class {int(pred[0])}{name} ({seconds:.2f} s, {model.backend} kernels)"
         if labels is not None:
             line += f"; accuracy {100.0 * float((pred == labels).mean()):.2f}%"
-        print(line)
+        print(line, file=sys.stderr if to_stdout else sys.stdout)
         return 0
     r = evaluate_packed(model, args.dataset, data_path=args.data_path, download=args.download,
                         batch_size=args.batch_size)
