@@ -4,6 +4,7 @@ piped into a reader that stops early."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -249,3 +250,16 @@ def test_show_counts_one_epoch_as_one(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "on digits: 1 epoch, batch 64" in text and "progress   finished: 1 of 1 epoch\n" in text, text
     assert re.search(r", \d+s of training\n", text), text
+
+
+def test_eval_json_is_one_object(capsys, tmp_path):
+    run = tmp_path / "r"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    r = json.loads(out)
+    assert (r["model"], r["dataset"], r["epoch"], r["step"], r["amp"]) == ("digits_1w1a", "digits", 1, 0, "none")
+    assert r["images"] == 360 and r["top1"] == r["stored_top1"] and 0 <= r["top5"] <= 100 and r["seconds"] >= 0
+    assert r["loss"] > 0

@@ -110,12 +110,18 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
     from .engine import evaluate_checkpoint
 
-
+    start = time.perf_counter()
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp, download=args.download,
                             progress=terminal())
+    if args.json:  # one object, for a script: no line to parse
+        keys = ("model", "dataset", "epoch", "step", "amp", "images", "top1", "top5", "loss", "stored_top1")
+        print(json.dumps({**{k: r.get(k) for k in keys}, "seconds": round(time.perf_counter() - start, 3)}))
+        return 0
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
     amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
     when = f"epoch {r['epoch']}" + (f" + {r['step']} steps" if r.get("step") else "")
@@ -208,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data loading processes for image files (default: 1 per usable CPU, up to 8)")
     p.add_argument("--amp", metavar="{" + ",".join(AMP_MODES) + "}",
                    help="autocast of the evaluation (default: the run's own, to reproduce its logged accuracy)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (model, dataset, epoch, step, amp, images, top1, top5, loss, "
+                        "stored_top1, seconds) instead of the line")
     add_plugin_flag(p)
     p.set_defaults(func=cmd_eval)
 

@@ -269,7 +269,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     step = int(ckpt.get("step") or 0)  # a checkpoint taken inside an epoch has no test accuracy of its own
     return {**result, "epoch": ckpt["epoch"], "step": step,
             "stored_top1": None if step else ckpt["metrics"].get("test_acc"),
-            "model": ckpt["model_name"], "dataset": config.dataset, "amp": amp}
+            "model": ckpt["model_name"], "dataset": config.dataset, "amp": amp, "images": len(test_ds)}
 
 
 # -------------------------------------------------------------------- training
