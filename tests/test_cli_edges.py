@@ -263,3 +263,28 @@ def test_eval_json_is_one_object(capsys, tmp_path):
     assert (r["model"], r["dataset"], r["epoch"], r["step"], r["amp"]) == ("digits_1w1a", "digits", 1, 0, "none")
     assert r["images"] == 360 and r["top1"] == r["stored_top1"] and 0 <= r["top5"] <= 100 and r["seconds"] >= 0
     assert r["loss"] > 0
+
+
+def test_presets_align_their_numbers_and_summary_list_has_a_header(capsys):
+    assert main(["presets"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    header = rows[0]
+    table = rows[1:rows.index("")]
+    for column in ("epochs", "batch"):  # right-aligned: each number's last digit under the header's last letter
+        end = header.index(column) + len(column)
+        assert all(row[end - 1].isdigit() and row[end] == " " for row in table), (column, table)
+    assert main(["summary", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["model", "data", "set", "precision"]
+
+
+def test_predict_says_when_it_replaces_a_file(capsys, tmp_path):
+    import numpy as np
+
+    run = tmp_path / "r"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    assert main(["export", str(run), str(tmp_path / "m.rbnn")]) == 0
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
+    capsys.readouterr()
+    for again in ("", " (replacing the file that was there)"):
+        assert main(["predict", str(tmp_path / "m.rbnn"), str(tmp_path / "x.npy")]) == 0
+        assert f"written to {tmp_path / 'x.pred.npy'}{again} (" in capsys.readouterr().out

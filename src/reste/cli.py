@@ -101,8 +101,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
                      str(s["epochs"]), str(s["batch_size"]), f"{p.top1:.2f}",
                      f"{p.top5:.2f}" if p.top5 is not None else "-", p.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    numeric = {3, 4, 5, 6, 7}  # A, epochs, batch, top-1, top-5: right-aligned, so their digits line up
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+        print("  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+              + "  " + r[-1])
     print("\npublished top-1/top-5 (%) of Wu et al., ICCV 2023: the best test accuracy over the epochs (the test set\n"
           "picks the epoch), which reste reports as 'best test acc' (best.pt). Every setting of a preset:\n"
           "`reste train --preset NAME --print-config`; run one with `reste train --preset NAME --data-path DIR`")
@@ -142,6 +144,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .config import check_model_options
 
     if args.list or not args.model:
+        print(f"{'model':28s} {'data set':14s} precision")
         for name in models.list_models():
             info = models.model_info(name)
             print(f"{name:28s} {info['dataset']:14s} {'binary' if info['binary'] else 'float'}")

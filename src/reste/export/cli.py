@@ -260,8 +260,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             sys.stdout.write(_prediction_text(pred, names, form))
             line = f"{len(pred)} predictions written to stdout ({seconds:.2f} s, {model.backend} kernels)"
         elif write:
+            replacing = " (replacing the file that was there)" if out.is_file() else ""
             _save_predictions(out, pred, names, form)
-            line = f"{len(pred)} predictions written to {out} ({seconds:.2f} s, {model.backend} kernels)"
+            line = f"{len(pred)} predictions written to {out}{replacing} ({seconds:.2f} s, {model.backend} kernels)"
         else:
             name = f" ({str(names[int(pred[0])])!r})" if isinstance(names, list) and int(pred[0]) < len(names) \
                 else ""
