@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from reste import models
 from reste.cli import main
 from reste.config import PRESETS
@@ -101,8 +103,6 @@ def test_help_and_no_command(capsys):
 
 
 def test_help_names_choices_positionals_and_what_each_command_does(capsys):
-    import pytest
-
     for command in ("train", "eval", "show", "summary", "presets", "report", "export", "predict", "sweep", "plot"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
