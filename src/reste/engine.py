@@ -1054,6 +1054,14 @@ def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[
     return changes
 
 
+def _setting_name(key: str) -> str:
+    """A TrainConfig field as a note names it: its flag on the command line (``warm_up``: ``--warm-up``), else
+    the field; an estimator option (``estimator_options.o_end``) and ``sync_bn`` (a --no- flag alone) as they are."""
+    if "." in key or key == "sync_bn":
+        return key
+    return option("--model-option" if key == "model_options" else f"--{key.replace('_', '-')}", key)
+
+
 def recipe_notes(config: TrainConfig, world_size: int = 1) -> list[str]:
     """What a preset run does differently from its preset (:func:`preset_changes`), and under torchrun, when that
     is the batch, the ``--batch-size`` that keeps it."""
@@ -1061,7 +1069,7 @@ def recipe_notes(config: TrainConfig, world_size: int = 1) -> list[str]:
     if not changes:
         return []
     name = {"batch_size": f"batch ({world_size} processes)"} if world_size > 1 else {}
-    what = ", ".join(f"{name.get(k, k)} {b!r} (preset: {a!r})" for k, (a, b) in changes.items())
+    what = ", ".join(f"{name.get(k) or _setting_name(k)} {b!r} (preset: {a!r})" for k, (a, b) in changes.items())
     notes = [f"note: this run changes preset {config.preset}'s recipe: {what}"]
     recipe = changes.get("batch_size", (0,))[0]
     if world_size > 1 and recipe:
