@@ -287,4 +287,6 @@ def test_predict_says_when_it_replaces_a_file(capsys, tmp_path):
     capsys.readouterr()
     for again in ("", " (replacing the file that was there)"):
         assert main(["predict", str(tmp_path / "m.rbnn"), str(tmp_path / "x.npy")]) == 0
-        assert f"written to {tmp_path / 'x.pred.npy'}{again} (" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"written to {tmp_path / 'x.pred.npy'}{again} (" in out
+        assert re.search(r" \(\d+\.\d\ds, \w+ kernels\)$", out.strip()), out  # seconds as the epoch line writes them

@@ -28,7 +28,9 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
     g.add_argument("--dataset", help=f"{', '.join(dataset_names())} (default {TrainConfig.dataset})")
-    g.add_argument("--data-path", "--data_path", dest="data_path", help="data set folder")
+    g.add_argument("--data-path", "--data_path", dest="data_path",
+                   help="data set folder (default ./data; Fashion-MNIST also looks in "
+                        "/usr/share/datasets/fashion-mnist; ImageNet needs it)")
     g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
     g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")
     g.add_argument("--estimator", help=f"{', '.join(list_estimators())} (default {TrainConfig.estimator}; "
@@ -41,7 +43,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable); VALUE is "
                         "read as an integer, a float, true/false, else the text")
     e = p.add_argument_group("estimator hyper-parameters (each applies to the estimators named)")
-    o = p.add_argument_group("recipe (defaults depend on the data set: see README)")
+    o = p.add_argument_group("recipe (defaults depend on the data set: `reste train --dataset NAME --print-config` "
+                             "shows every value)")
     o.add_argument("--epochs", type=int, help="number of training epochs")
     o.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop and flip of the train images (default: the data set's recipe; "

@@ -258,15 +258,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         names = model.meta.get("classes")
         if to_stdout:  # the predictions are the output; the line about them goes to stderr
             sys.stdout.write(_prediction_text(pred, names, form))
-            line = f"{len(pred)} predictions written to stdout ({seconds:.2f} s, {model.backend} kernels)"
+            line = f"{len(pred)} predictions written to stdout ({seconds:.2f}s, {model.backend} kernels)"
         elif write:
             replacing = " (replacing the file that was there)" if out.is_file() else ""
             _save_predictions(out, pred, names, form)
-            line = f"{len(pred)} predictions written to {out}{replacing} ({seconds:.2f} s, {model.backend} kernels)"
+            line = f"{len(pred)} predictions written to {out}{replacing} ({seconds:.2f}s, {model.backend} kernels)"
         else:
             name = f" ({str(names[int(pred[0])])!r})" if isinstance(names, list) and int(pred[0]) < len(names) \
                 else ""
-            line = f"{args.images}: class {int(pred[0])}{name} ({seconds:.2f} s, {model.backend} kernels)"
+            line = f"{args.images}: class {int(pred[0])}{name} ({seconds:.2f}s, {model.backend} kernels)"
         if labels is not None:
             line += f"; accuracy {100.0 * float((pred == labels).mean()):.2f}%"
         print(line, file=sys.stderr if to_stdout else sys.stdout)
@@ -275,5 +275,5 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size)
     extra = f" (stored at training: {r['stored_top1']:.2f}%)" if r["stored_top1"] is not None else ""
     print(f"{r['model'] or Path(args.exported).name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} "
-          f"images{extra} ({r['seconds']:.2f} s, {r['backend']} kernels)")
+          f"images{extra} ({r['seconds']:.2f}s, {r['backend']} kernels)")
     return 0
