@@ -148,7 +148,8 @@ def test_resume_with_different_settings_is_refused_unless_forced(capsys, tmp_pat
     line = assert_one_line_error(capsys, ["train", "--resume", str(finished_run), "--lr", "0.3",
                                           "--estimator", "ste"], "differ")
     assert "lr: saved 0.1, given 0.3" in line and "estimator: saved 'reste', given 'ste'" in line
-    assert_one_line_error(capsys, ["train", "--resume", str(tmp_path), "--no-progress"], "holds no run (no config.json); pass a run's folder")
+    assert_one_line_error(capsys, ["train", "--resume", str(tmp_path), "--no-progress"],
+                          "holds no run (no config.json); pass a run's folder")
 
 
 class _Payload:
