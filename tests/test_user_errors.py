@@ -560,8 +560,10 @@ def test_a_lock_that_cannot_be_made_leaves_no_folder(tmp_path, monkeypatch):
 
 def test_flags_that_would_be_ignored_are_refused(run, tmp_path, capsys):
     """review T: --progress on a run's curves, an empty --seeds, --workers on a data set held in memory."""
-    assert "--progress is for `reste plot estimators`" in _one_line_error(
-        capsys, "plot", str(run), "--progress", "0.3", "--out", str(tmp_path / "c.png"))
+    for flag in ("--at", "--progress"):  # (its former name)
+        assert "--at is for `reste plot estimators`" in _one_line_error(
+            capsys, "plot", str(run), flag, "0.3", "--out", str(tmp_path / "c.png"))
+    assert "--at must be in [0, 1], got 1.5" in _one_line_error(capsys, "plot", "estimators", "--at", "1.5")
     assert "--seeds expects integers" in _one_line_error(
         capsys, "sweep", "--seeds", "", "--out", str(tmp_path / "s"), "--grid", "estimator=ste")
     assert "held in memory" in _one_line_error(capsys, "eval", str(run), "--workers", "2")

@@ -60,8 +60,9 @@ def add_commands(sub: Any) -> None:
                    help="`estimators`, or one or more run directories")
     p.add_argument("--out", help=".png, .pdf or .svg file (default estimators.png; RUN_DIR/curves.png for one run, "
                                   "else curves.png)")
-    p.add_argument("--progress", type=float,
-                   help="plot estimators: where in training scheduled estimators are drawn, 0..1 (default 0.5)")
+    p.add_argument("--at", "--progress", dest="progress", type=float, metavar="FRACTION",
+                   help="plot estimators: how far into training the scheduled estimators are drawn, 0..1 (default "
+                        "0.5); --progress is its former name (not the progress bar)")
     add_plugin_flag(p)
     p.set_defaults(func=cmd_plot)
 
@@ -151,7 +152,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         path = plot_estimators(args.out or "estimators.png", progress=0.5 if args.progress is None else args.progress)
     else:
         if args.progress is not None:
-            raise UsageError("--progress is for `reste plot estimators` (where in training the schedules are drawn); "
+            raise UsageError("--at is for `reste plot estimators` (where in training the schedules are drawn); "
                              "a run's curves show every epoch")
         path = plot_runs(args.targets, args.out)
     print(f"wrote {path}")

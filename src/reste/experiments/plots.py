@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from ..checkpoint import atomic_write
-from ..errors import UsageError
+from ..errors import UsageError, option
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import RUN_LEVEL
 from ..rundir import CURVES, read_metrics, run_config, schedule_fields
@@ -59,7 +59,7 @@ def estimator_curves(progress: float = 0.5, x: torch.Tensor | None = None
     Estimators with a schedule are shown at ``progress`` (0 = start, 1 = end of training).
     """
     if not 0.0 <= progress <= 1.0:
-        raise UsageError(f"--progress must be in [0, 1], got {progress}")
+        raise UsageError(f"{option('--at', 'progress')} must be in [0, 1], got {progress}")
     if x is None:
         x = torch.linspace(-2.0, 2.0, 4001, dtype=torch.float64)
     curves = []
