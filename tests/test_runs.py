@@ -22,6 +22,7 @@ from reste.checkpoint import load_checkpoint, save_checkpoint
 from reste.cli import main
 from reste.config import TrainConfig
 from reste.datasets import SPECS
+from reste.errors import UsageError
 from reste.rundir import RunDirectory
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -126,11 +127,34 @@ def test_the_refusal_waits_briefly_for_the_holders_pid(tmp_path, monkeypatch):
             lock.write_text("4242\n")
 
     monkeypatch.setattr(rundir.time, "sleep", nap)
-    assert rundir._holder(lock) == "pid 4242" and len(naps) == 2
-    monkeypatch.setattr(rundir.time, "sleep", naps.append)  # no holder writes now
-    lock.write_text("")
-    naps.clear()
-    assert rundir._holder(lock, tries=3) == "another process" and len(naps) == 2
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        assert rundir._holder(fd) == "pid 4242" and len(naps) == 2
+        monkeypatch.setattr(rundir.time, "sleep", naps.append)  # no holder writes now
+        os.truncate(lock, 0)
+        naps.clear()
+        assert rundir._holder(fd, tries=3) == "another process" and len(naps) == 2
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling", "hardlink", "fifo", "folder"])
+def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_left_alone(tmp_path, kind):
+    """sec2 2: the pid is written over the lock file, so a .lock (or sweep.lock) planted in a received or shared
+    folder as a link to another file would have truncated that file; it, and a FIFO (opening one can block), is
+    refused with one line, and the file it names is not touched (nor, when dangling, made)."""
+    victim, run = tmp_path / "victim.txt", tmp_path / "run"
+    victim.write_text("precious\n")
+    run.mkdir()
+    lock = run / ".lock"
+    {"symlink": lambda: lock.symlink_to(victim), "dangling": lambda: lock.symlink_to(tmp_path / "made"),
+     "hardlink": lambda: os.link(victim, lock), "fifo": lambda: os.mkfifo(lock), "folder": lock.mkdir}[kind]()
+    for opening in (lambda: RunDirectory.open(run, fresh=True),
+                    lambda: rundir.folder_lock(run, ".lock", "a sweep", "use another folder").__enter__()):
+        with pytest.raises(UsageError, match=r"\.lock is not a plain file .* remove it and run again"):
+            opening()
+    assert victim.read_text() == "precious\n" and not (tmp_path / "made").exists()
+    assert os.path.lexists(lock)  # left for the user to look at
 
 
 def test_two_runs_started_together_on_one_folder(tmp_path):

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -137,12 +138,39 @@ def _remove_lock(lock_path: Path, release: Callable[[], None]) -> None:
         release()
 
 
-def _holder(lock_path: Path, tries: int = 10) -> str:
-    """Who holds the lock, for the refusal's line: the holder writes its pid just after it takes the lock, so an
-    empty file is read again a few times (20 ms apart) before the line settles for "another process"."""
+# A lock file is opened without following a link (where the OS can), and must be a plain file with one name: the
+# pid is written over it, so a .lock planted in a received or shared folder as a link (or a hard link) to another
+# file would otherwise have that file truncated; a FIFO or a device is refused too (opening one can block).
+_LOCK_OPEN = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
+    | getattr(os, "O_NONBLOCK", 0)
+
+
+def _open_lock_file(lock_path: Path, path: Path, remedy: str) -> int:
+    """Open (or make) the lock file ``lock_path`` of the folder ``path``; ``UsageError`` when it cannot be written,
+    or is not a plain file of its own (a symbolic or hard link, a folder, a FIFO, a device)."""
+    not_plain = UsageError(f"{lock_path} is not a plain file (a link, a folder or a device someone put there); "
+                           "look at what it is, remove it and run again")
+    try:
+        fd = os.open(lock_path, _LOCK_OPEN, 0o644)
+    except OSError as err:
+        if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
+            raise not_plain from None
+        raise UsageError(f"run directory {path} is not writable ({err.strerror}); {remedy}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        raise not_plain
+    return fd
+
+
+def _holder(fd: int, tries: int = 10) -> str:
+    """Who holds the lock file open as ``fd``, for the refusal's line (read through ``fd``: the file checked,
+    not whatever the name holds by then): the holder writes its pid just after it takes the lock, so an empty
+    file is read again a few times (20 ms apart) before the line settles for "another process"."""
     for attempt in range(tries):
         try:
-            pid = lock_path.read_text(encoding="utf-8").strip()
+            os.lseek(fd, 0, os.SEEK_SET)
+            pid = os.read(fd, 32).decode("ascii", "replace").strip()
         except OSError:
             pid = ""
         if pid.isdigit():
@@ -252,20 +280,18 @@ class RunDirectory:
     def _lock(path: Path, remedy: str, name: str = LOCK_NAME, what: str = "a run") -> int:
         lock_path = path / name
         while True:
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as err:
-                raise UsageError(f"run directory {path} is not writable ({err.strerror}); {remedy}") from None
+            fd = _open_lock_file(lock_path, path, remedy)
             try:
                 _try_lock(fd)
             except OSError as err:
+                holder = _holder(fd) if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else ""
                 os.close(fd)
-                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if not holder:
                     raise UsageError(f"cannot lock run directory {path} ({err.strerror})") from None
-                raise RunInUse(f"{path} is in use by {_holder(lock_path)} ({what} is writing to it); "
+                raise RunInUse(f"{path} is in use by {holder} ({what} is writing to it); "
                                  "wait for it to finish, or use another folder") from None
             try:  # the holder before us may have removed the lock file: then lock the new one
-                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+                same = os.lstat(lock_path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
             if same:
