@@ -686,6 +686,19 @@ def test_compiled_and_data_parallel_models_export_as_the_model_inside(tmp_path):
         export_model(net.state_dict(), tmp_path / "sd.rbnn")
 
 
+def test_the_packed_file_is_written_through_a_temporary_file_no_one_could_plant(tmp_path):
+    """sec2 4: the file went through the fixed name .NAME.tmp, opened with open(): a link planted there in a
+    shared folder had its target overwritten with the model, and the output became that link."""
+    victim, shared = tmp_path / "victim.txt", tmp_path / "shared"
+    victim.write_text("precious\n")
+    shared.mkdir()
+    (shared / ".m.rbnn.tmp").symlink_to(victim)
+    export_model(_small_binary_net(), shared / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    assert victim.read_text() == "precious\n"
+    assert not (shared / "m.rbnn").is_symlink() and PackedModel.load(shared / "m.rbnn") is not None
+    assert sorted(p.name for p in shared.iterdir()) == [".m.rbnn.tmp", "m.rbnn"]  # no temporary file of ours left
+
+
 def test_export_onnx_takes_wrapped_and_low_precision_models_as_export_model_does(tmp_path, monkeypatch):
     """A compiled, DataParallel or bf16 model failed both ONNX exporters (a dtype error, "DataParallel is not
     supported", "dynamo-optimized function"); each now gives the graph of the float32 model inside."""

@@ -118,23 +118,21 @@ class Writer:
         prefix = _PREFIX.pack(MAGIC, VERSION, len(packed_header))
         pad = -(len(prefix) + len(packed_header)) % 8
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        digest = hashlib.sha256()
+
+        def emit(f: Any) -> None:
+            digest = hashlib.sha256()
+            for part in (prefix, packed_header, b"\0" * pad, *(self._tensors[i][2].tobytes() for i in order)):
+                digest.update(part)
+                f.write(part)
+            f.write(digest.digest())
+
+        # through a temporary file of a random name made with O_EXCL (sec2 4: a fixed name could be a link or a
+        # file someone else planted in a shared folder); imported here, as only writing needs torch's side of reste
+        from ..checkpoint import atomic_write
         try:
-            with open(tmp, "wb") as f:
-                for part in (prefix, packed_header, b"\0" * pad, *(self._tensors[i][2].tobytes() for i in order)):
-                    digest.update(part)
-                    f.write(part)
-                f.write(digest.digest())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, emit)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise UsageError(f"cannot write {path} ({err.strerror or err}); pass a writable path") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return path.stat().st_size
 
 
