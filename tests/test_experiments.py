@@ -101,6 +101,27 @@ def test_sweep_skips_finished_runs_and_resumes_partial_ones(sweep, capsys):
     assert run_state(reste_, 1) == "done" and len(read_metrics(reste_)) == 1 and (reste_ / "best.pt").is_file()
 
 
+def test_a_runs_log_planted_as_a_link_is_not_appended_to(tmp_path, monkeypatch):
+    """sec2 6: a run's train.log was opened with open(path, "a"): one planted as a link (a received or shared
+    sweep folder) had the run's lines appended to its target. The run now fails, naming the file."""
+    from reste import engine
+    from reste.experiments import run_sweep
+
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, estimator="ste")
+    monkeypatch.setattr(engine, "train", lambda *a, **k: 1 / 0)  # a first try that made the run's folder
+    run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lambda line: None, report=False)
+    run = next((tmp_path / "s" / "runs").glob("*/seed0"))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (run / "train.log").unlink()
+    (run / "train.log").symlink_to(victim)
+    monkeypatch.undo()
+    lines: list[str] = []
+    run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lines.append, report=False)
+    assert victim.read_text() == "precious\n"
+    assert any("UsageError" in line and "train.log is not a plain file" in line for line in lines), lines
+
+
 def test_a_sweep_says_when_each_run_starts_or_resumes_and_where_its_epochs_go(tmp_path, monkeypatch):
     """(review sweep M5) a sweep whose output is a file says which run trains (or resumes, and where) and the folder
     whose train.log has its epoch lines; a resumed run's line says it was resumed."""
@@ -1296,4 +1317,4 @@ def test_a_dry_run_lists_the_plan_and_makes_nothing(tmp_path, capsys):
     assert main(preset) == 0  # no CIFAR-10 here: a plan reads no data
     text = capsys.readouterr().out
     assert ("o_end=10: note: this run changes preset cifar10-resnet20-1w1a's recipe: estimator_options.o_end 10.0 "
-            "(preset: 3.0), epochs 10 (preset: 1000)") in text and not (tmp_path / "c10").exists()
+            "(preset: 3.0), --epochs 10 (preset: 1000)") in text and not (tmp_path / "c10").exists()

@@ -368,13 +368,14 @@ def test_sigterm_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, one_th
 
 def _signalled_run(out: Path, sig: str, ignore: bool = False) -> subprocess.CompletedProcess:
     """A 3-epoch digits run that sends itself ``sig`` at step 7 of epoch 2 (with ``ignore``: a run started with that
-    signal ignored, as nohup starts one with SIGHUP)."""
+    signal ignored, as nohup starts one with SIGHUP). Without, the signal gets its usual handler first: the tests
+    themselves may run with it ignored (a CI script started with nohup, or as a background job: SIGINT)."""
     code = textwrap.dedent(f"""
         import os, signal, sys
         from reste import engine
         from reste.cli import main
-        if {ignore}:
-            signal.signal(signal.{sig}, signal.SIG_IGN)
+        usual = signal.default_int_handler if signal.{sig} == signal.SIGINT else signal.SIG_DFL
+        signal.signal(signal.{sig}, signal.SIG_IGN if {ignore} else usual)
         due = engine._Run._checkpoint_due
         def checkpoint_due(self, step):
             if self.saved == (1, 0) and step == 6:
@@ -410,14 +411,19 @@ def test_ctrl_c_and_a_closed_terminal_save_the_step_as_sigterm_does(tmp_path, si
 def test_a_second_ctrl_c_stops_at_once():
     """The first Ctrl-C asks for the checkpoint; the second gets Python's handler back: KeyboardInterrupt at once
     (a save that hangs, a slow file system), and the handlers are the ones before the block after it."""
-    before, asked = signal.getsignal(signal.SIGINT), []
-    with pytest.raises(KeyboardInterrupt):
-        with engine.StopRequest().handling() as stop:
-            os.kill(os.getpid(), signal.SIGINT)
-            asked.append(stop.signum)
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)  # not reached
-    assert asked == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is before
+    # Python's own handler, as an interactive run has it (tests run as a background job have SIGINT ignored)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        asked = []
+        with pytest.raises(KeyboardInterrupt):
+            with engine.StopRequest().handling() as stop:
+                os.kill(os.getpid(), signal.SIGINT)
+                asked.append(stop.signum)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # not reached
+        assert asked == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_save_every_then_kill_9_mid_epoch_resumes_exactly(tmp_path, full_run, one_thread):

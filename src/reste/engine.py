@@ -1036,9 +1036,9 @@ def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[
     """{setting: (the preset's value, the run's)} for each setting of a preset run (``config.preset``) that
     makes it another training than the preset's: not the seed, nor the settings free to change on resume (data
     path, workers, device, ...), nor how fast it runs or what it measures (``--compile``, ``--channels-last``,
-    ``--cuda-graphs``, ``--indicators``): :data:`reste.rundir.RECIPE_FREE`. An estimator option is ``estimator_options.NAME``; the batch is the one step's over
-    ``world_size`` processes (``--batch-size`` is per process); {} without a preset, or with a name that is none
-    of reste's (a label of the caller's)."""
+    ``--cuda-graphs``, ``--indicators``): :data:`reste.rundir.RECIPE_FREE`. An estimator option is
+    ``estimator_options.NAME``; the batch is the one step's over ``world_size`` processes (``--batch-size`` is
+    per process); {} without a preset, or with a name that is none of reste's (a label of the caller's)."""
     if config.preset not in PRESETS:
         return {}
     ref, mine = (as_recorded(c.resolve()).to_dict() for c in (config_from_preset(config.preset), config))

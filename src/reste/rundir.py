@@ -696,11 +696,35 @@ def start_metrics(run_dir: str | os.PathLike) -> None:
     atomic_write(Path(run_dir) / METRICS, lambda f: None)
 
 
+# O_NONBLOCK: a FIFO planted there is refused at once (ENXIO) rather than waited on; a plain file ignores it
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
+    | getattr(os, "O_NONBLOCK", 0)
+
+
+def open_append(path: str | os.PathLike, **text: Any) -> Any:
+    """``open(path, "a", **text)`` that appends only to a plain file: a link there is not followed (sec2 6: a
+    run's log planted in a received or shared folder as a link had reste's lines appended to its target), and
+    it, a FIFO or a folder is a ``UsageError`` naming it; other failures are the ``OSError``."""
+    path = Path(path)
+    refusal = UsageError(f"{path} is not a plain file (a link, a folder or a device); reste appends only to a "
+                         "plain file: look at what it is and remove it")
+    try:
+        fd = os.open(path, _APPEND, 0o666)
+    except OSError:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise refusal from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise refusal
+    return os.fdopen(fd, "a", **text)
+
+
 def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
     """Add the metrics line of a finished epoch, on disk (fsync) before the checkpoint that follows it."""
     path = Path(run_dir) / METRICS
     try:
-        with open(path, "a", encoding="utf-8", newline="\n") as f:  # LF, as truncate_metrics
+        with open_append(path, encoding="utf-8", newline="\n") as f:  # LF, as truncate_metrics
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())

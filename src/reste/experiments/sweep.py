@@ -47,7 +47,8 @@ from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
 from ..wording import duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
-                      holds_run, last_checkpoint, make_folders, read_metrics, record_divergence, remove_folders)
+                      holds_run, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
+                      remove_folders)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_status,
                      summarize, write_manifest)
@@ -302,10 +303,11 @@ def _run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
 
 
 def _file_log(path: Path) -> Callable[[str], None]:
-    """Lines appended to ``path``. A path in them that the file system's encoding could not decode (a non-UTF-8
-    locale, ``PYTHONUTF8=0``) holds surrogates; they are written back as the bytes they stand for."""
+    """Lines appended to ``path``, a plain file (``open_append``: a link there is a ``UsageError``, the run's
+    failure). A path in them that the file system's encoding could not decode (a non-UTF-8 locale,
+    ``PYTHONUTF8=0``) holds surrogates; they are written back as the bytes they stand for."""
     def log(message: str) -> None:
-        with open(path, "a", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        with open_append(path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
             f.write(message + "\n")
 
     return log
@@ -332,19 +334,21 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         return {"status": "done", "result": result, "seconds": time.time() - start}
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
         if isinstance(err, engine.Preempted):  # a stop signal stops the sweep (the run saved its step)
-            log(str(err))
+            with contextlib.suppress(OSError, UsageError):
+                log(str(err))
             if _WORKER["parent"] is not None:
                 _WORKER["stopped"] = err.signum
             raise
         if not isinstance(err, RunInUse):  # another process's run: its log, not this one's
-            log(traceback.format_exc())
+            with contextlib.suppress(OSError, UsageError):  # the log itself may be what failed
+                log(traceback.format_exc())
         status = ("busy" if isinstance(err, RunInUse) else "diverged" if isinstance(err, engine.TrainingDiverged)
                   else "failed")
         if status == "diverged":  # it would diverge again: a rerun of the sweep leaves it out, saying why
             try:
                 record_divergence(run_dir, err.epoch, err.step)
             except OSError as write_error:  # a full disk: the sweep goes on; a rerun trains the run again
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, UsageError):
                     log(f"cannot record the divergence in {run_dir} ({write_error.strerror})")
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start}
