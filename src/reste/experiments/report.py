@@ -201,6 +201,8 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 def _value(text: str | None) -> Any:
     if text is None or text == "":
         return None
+    if text.startswith("'") and text[1:].startswith(_FORMULA_START):
+        return text[1:]  # text _cell kept from a spreadsheet's formulas
     for kind in (int, float):
         try:
             return kind(text)
@@ -344,12 +346,19 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
     return manifest, runs, rows
 
 
+# A spreadsheet takes a cell that starts with one of these for a formula, and runs it (=HYPERLINK(...) sends the
+# sheet's cells away): text that does, a label or a grid value of a received sweep.json, is written after a "'"
+# (read as text), which _value takes off again (sec2 8). Numbers are written as they are: -0.5 stays a number.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return repr(value)
-    return str(value)
+    text = str(value)
+    return "'" + text if isinstance(value, str) and text.startswith(_FORMULA_START) else text
 
 
 def write_text(path: Path, text: str) -> None:
@@ -453,8 +462,9 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             top1, top5, gap = r.get("published_top1"), r.get("published_top5"), r.get("best_minus_published")
             paper = (f" {'-' if top1 is None else format(top1, '.2f')}{f' ({top5:.2f})' if top5 else ''} | "
                      f"{'-' if gap is None else format(gap, '+.2f')} |")
+        label = " ".join(str(r["setting"]).split()).replace("|", "\\|")  # a received sweep.json's | or line break
         lines.append(
-            f"| {r['setting']} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} |{paper} "
+            f"| {label} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} |{paper} "
             f"{_pm(r['final_acc_mean'], r['final_acc_std'], '.2f')} | "
             f"{_pm(r['estimating_error_mean'], r['estimating_error_std'], '.4g', '.2g')} | "
             f"{_pm(r['gradient_stability_mean'], r['gradient_stability_std'], '.3g', '.2g')} | "
