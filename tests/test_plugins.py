@@ -330,3 +330,30 @@ def test_only_train_resume_imports_the_plugins_a_run_folder_names(tmp_path):
     assert plugins_in_argv(["--debug", "train", "--resume", str(tmp_path)]) == ["evil_module"]
     for command in (["eval", "x"], ["sweep"], ["show", "x"], ["report", "x"]):
         assert plugins_in_argv([*command, "--resume", str(tmp_path)]) == [], command
+
+
+def test_a_resume_imports_no_code_inside_the_run_folder_unless_given_again(tmp_path, monkeypatch):
+    """A run's config.json names its plugins and --resume imports them: a run folder from elsewhere whose config.json
+    names code it holds itself (run/evil.py, the module run.evil, the folder as a package) ran that code by being
+    resumed. Such a plugin is imported only when --plugin names it again; code outside the folder still loads."""
+    r = _reste("train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    (run / "evil.py").write_text("import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('ran')\n")
+    (tmp_path / "mine.py").write_text("")
+    monkeypatch.chdir(tmp_path)  # where a module name is looked for, and a relative path starts
+    for spec in ("run.evil", "run/evil.py", str(run / "evil.py"), "./run/../run/evil.py"):
+        assert not plugins.loads_on_resume(spec, run) and not plugins.loads_on_resume(spec, "run/../run"), spec
+    for spec in ("mine.py", "mine", "json", "no_such_module"):  # the last fails as a given one does
+        assert plugins.loads_on_resume(spec, run), spec
+    (run / "__init__.py").write_text("")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "plugins": ["run", "mine"]}))
+    assert not plugins.loads_on_resume("run", run) and plugins.plugins_in_argv(["train", "--resume", "run"]) == ["mine"]
+    (run / "__init__.py").unlink()
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 2, "plugins": ["run.evil"]}))
+    r = _reste("train", "--resume", "run", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0 and not (run / "RAN").exists(), r.stderr
+    r = _reste("train", "--resume", "run", "--epochs", "3", "--force", "--plugin", "run/evil.py", "--no-progress",
+               cwd=tmp_path)
+    assert r.returncode == 0 and (run / "RAN").exists(), r.stderr  # given again: the user's choice

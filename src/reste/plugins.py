@@ -10,7 +10,9 @@ load one:
 * ``--plugin MODULE`` on ``reste train``, ``sweep``, ``eval`` and ``export``: a module
   name importable from ``sys.path`` or the current folder, or a path to a ``.py``
   file. A run saves its plugins in ``config.json`` (``TrainConfig.plugins``), so
-  ``--resume`` loads them again.
+  ``--resume`` loads them again, but for code inside the run folder itself (a ``.py`` file
+  there, or the folder as a package): that is given again with ``--plugin``, so that a run
+  folder from elsewhere cannot run code of its own by being resumed.
 
 A plugin that cannot be loaded is a ``UsageError``: one line, exit status 2. An installed entry point that
 fails to import is a warning: the other estimators work, and an unknown name's error notes the failure.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
@@ -28,7 +31,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import UsageError
 
@@ -72,6 +75,34 @@ def is_path(spec: str) -> bool:
 def saved_form(spec: str) -> str:
     """How a ``--plugin`` value is saved in ``config.json``: a file as an absolute path, a module as given."""
     return str(Path(spec).resolve()) if is_path(spec) else spec
+
+
+def loads_on_resume(spec: Any, run_dir: str | os.PathLike) -> bool:
+    """Whether a resume of ``run_dir`` imports ``spec``, a plugin its ``config.json`` records, without it being
+    given again: not when the code it names lies inside the run folder (a ``.py`` file there, the folder itself as a
+    package, or a module in it), which may be code that came with a folder from elsewhere, made to run by being
+    resumed. ``False`` for what is not a plugin's name; the others are imported (or fail) as given ones are."""
+    if not isinstance(spec, str) or not spec.strip():
+        return False
+    inside = Path(run_dir).resolve()
+
+    def within(where: Any) -> bool:
+        return isinstance(where, str) and Path(where).resolve().is_relative_to(inside)
+
+    if is_path(spec):
+        return not within(spec)
+    if spec in sys.modules or spec in _loaded:
+        return True
+    top = spec.split(".")[0]
+    path = [*sys.path, os.getcwd()]  # where _import_module looks
+    try:
+        found = importlib.machinery.PathFinder.find_spec(top, path)
+    except (ImportError, ValueError):
+        return True  # its import says what is wrong
+    if found is None:
+        return True
+    places = [found.origin, *(found.submodule_search_locations or [])]
+    return not any(within(place) for place in places)
 
 
 def defining(modules: Iterable[str]) -> list[str]:
@@ -183,5 +214,5 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
             saved = json.loads((Path(known.resume) / "config.json").read_text(encoding="utf-8")).get("plugins") or []
         except (OSError, ValueError, AttributeError):
             saved = []  # the run itself reports what is wrong with it
-        found = [s for s in saved if isinstance(s, str)] if isinstance(saved, list) else []  # "os": not o, s
+        found = [s for s in saved if loads_on_resume(s, known.resume)] if isinstance(saved, list) else []
     return found

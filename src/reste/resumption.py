@@ -28,7 +28,8 @@ from . import schedules
 from .checkpoint import code_changed, load_checkpoint, unregistered
 from .config import TrainConfig, canonical_estimator, check_model_options, max_threads
 from .datasets import get_spec
-from .errors import UsageError
+from .errors import UsageError, shell_word
+from .plugins import loads_on_resume
 from .estimators import estimator_class
 from .rundir import (BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_keys, finished_epochs,
                      last_checkpoint, top_checkpoints)
@@ -94,6 +95,10 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
         if key in overrides and not (key == "estimator_options" and "estimator" in diffs):
             overrides[key] = {**getattr(saved, key), **overrides[key]}
     data = saved.to_dict()
+    held: list[str] = []
+    if "plugins" not in overrides and isinstance(saved.plugins, list):  # what config.json names, not the user
+        held = [p for p in saved.plugins if not loads_on_resume(p, run_dir)]
+        data["plugins"] = [p for p in saved.plugins if p not in held]
     data.update(overrides)
     if "threads" not in overrides and isinstance(saved.threads, int) and saved.threads > max_threads():
         data["threads"] = None  # recorded on a bigger machine: this one's default (the resume notes the change)
@@ -103,6 +108,10 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
         missing = unregistered(saved.model, saved.estimator)
         if missing:  # not a bad setting: the module that registers it is not loaded
             recorded = f" (the run recorded --plugin {' '.join(saved.plugins)})" if saved.plugins else ""
+            if held:
+                recorded += ("; a resume imports code inside the run folder that the run names "
+                             f"({', '.join(shell_word(str(p)) for p in held)}) only when --plugin gives it again: "
+                             "a run folder from elsewhere could run code of its own")
             raise UsageError(f"{run_dir} trained with {missing}, which no module loaded here registers: pass --plugin "
                              f"MODULE, the module or .py file that does{recorded}; or, where {CONFIG} was edited, "
                              "give that setting again to replace it (with --force)") from None
