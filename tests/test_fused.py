@@ -309,6 +309,125 @@ def test_a_cached_library_others_could_have_planted_is_not_loaded(tmp_path, monk
     assert lib.get() is None and "belongs to another user" in lib.error()
 
 
+def _probe(name: str, value: int, function: str = "value") -> NativeLibrary:
+    from reste import native
+
+    return NativeLibrary(name, f"int {function}(void) {{ return {value}; }}\n", {function: ([], native.I32)})
+
+
+def _no_compiler(monkeypatch) -> None:
+    """Where the library cannot be built again: a refused cache file leaves it unavailable, with the reason."""
+    from reste import native
+
+    def run(*args, **kwargs):
+        raise OSError("no compiler here")
+
+    monkeypatch.setattr(native.subprocess, "run", run)
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+@pytest.mark.parametrize("planted,why", [("link", "is a symbolic link"), ("folder", "is not a regular file")])
+def test_a_cached_library_that_is_not_a_file_of_its_own_is_not_loaded(tmp_path, monkeypatch, planted, why):
+    """A link under the library's name (to a library that is this user's own, even) or something else than a file
+    is not loaded; a build then replaces it."""
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    lib = _probe("linked", 5)
+    assert lib.get().value() == 5
+    (built,) = tmp_path.glob("linked_*.so")
+    os.replace(built, tmp_path / "elsewhere.so")
+    if planted == "link":
+        built.symlink_to(tmp_path / "elsewhere.so")
+    else:
+        built.mkdir()
+    lib.reset()
+    with monkeypatch.context() as m:
+        _no_compiler(m)
+        assert lib.get() is None and f"{why}, so it is not loaded" in lib.error()
+    if planted == "link":
+        lib.reset()
+        assert lib.get().value() == 5 and not built.is_symlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_a_cached_library_its_group_may_write_is_loaded_only_where_the_group_is_the_users_own(tmp_path, monkeypatch):
+    """A group-writable library: refused, unless the group is the user's private group (a umask of 002 on a
+    system with user private groups makes this user's files group-writable, and no one else is in the group)."""
+    from reste import native
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    lib = _probe("grouped", 6)
+    assert lib.get().value() == 6
+    (built,) = tmp_path.glob("grouped_*.so")
+    os.chmod(built, 0o775)
+    _no_compiler(monkeypatch)
+    monkeypatch.setattr(native, "_private_group", lambda gid: False)
+    lib.reset()
+    assert lib.get() is None and f"may be written by its group (gid {built.stat().st_gid})" in lib.error()
+    monkeypatch.setattr(native, "_private_group", lambda gid: True)
+    lib.reset()
+    assert lib.get().value() == 6
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX users and groups")
+def test_the_users_private_group_is_told_from_a_shared_one(monkeypatch):
+    import grp
+    import pwd
+
+    from reste import native
+
+    user = pwd.struct_passwd(("me", "x", 1000, 1000, "", "/home/me", "/bin/sh"))
+    groups = {1000: ("me", []), 1001: ("me", ["me"]), 100: ("users", ["me", "you"]), 1002: ("team", [])}
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: user)
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: grp.struct_group((*groups[gid][:1], "x", gid, groups[gid][1])))
+    assert native._private_group(1000)
+    assert not native._private_group(1001)  # not the login group
+    user = pwd.struct_passwd(("me", "x", 1000, 100, "", "/home/me", "/bin/sh"))
+    assert not native._private_group(100)  # the login group, shared
+    user = pwd.struct_passwd(("me", "x", 1000, 1002, "", "/home/me", "/bin/sh"))
+    assert not native._private_group(1002)  # named otherwise
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="loads through /proc/self/fd")
+def test_a_library_renamed_over_the_cached_one_after_its_check_is_not_the_one_loaded(tmp_path, monkeypatch):
+    """The race of a cache folder others may write (security review 2, finding 5): a library renamed over the
+    cached one between its check and its load. The file checked, through its descriptor, is the file loaded."""
+    from reste import native
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "built"))
+    mine, other = _probe("raced", 1), _probe("planted", 2)
+    assert mine.get().value() == 1 and other.get().value() == 2
+    (tmp_path / "shared").mkdir()
+    for built in (tmp_path / "built").glob("*.so"):  # files not loaded yet (glibc would answer with those)
+        shutil.copy2(built, tmp_path / "shared")
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "shared"))
+    (cached,), (planted,) = (tmp_path / "shared").glob("raced_*.so"), (tmp_path / "shared").glob("planted_*.so")
+    check = native._untrusted
+
+    def check_then_swap(info):
+        why = check(info)
+        if planted.exists():
+            os.replace(planted, cached)  # what another user could do in a folder they may write
+        return why
+
+    monkeypatch.setattr(native, "_untrusted", check_then_swap)
+    _no_compiler(monkeypatch)
+    mine.reset()
+    assert mine.get().value() == 1 and not planted.exists()
+
+
+def test_libraries_loaded_in_turn_are_each_their_own(tmp_path, monkeypatch):
+    """glibc knows a library by the name it was loaded under: a second library loaded through a reused
+    /proc/self/fd/N would be the first one again (and lack its functions)."""
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    first, second = _probe("first", 1, "alpha"), _probe("second", 2, "beta")
+    assert first.get().alpha() == 1 and second.get().beta() == 2  # built
+    _no_compiler(monkeypatch)
+    first.reset()
+    second.reset()
+    assert first.get().alpha() == 1 and second.get().beta() == 2  # loaded from the cache, one after the other
+
+
 @pytest.mark.parametrize("total,threads,align,work,parts", [
     (10, 4, 1, None, 1),                 # too little work per piece
     (1_000_000, 2, 1, None, 2),

@@ -114,20 +114,75 @@ def writable_cache() -> Path:
     return _writable(cache_dir())
 
 
-def _distrust(lib: Path) -> str | None:
-    """Why a cached library must not be loaded (a link, another user's file, one others may write: in a shared
-    $RESTE_CACHE anyone could plant a library under the predictable name), or None. Not checked without POSIX
-    owners (Windows)."""
-    if not hasattr(os, "getuid"):
-        return None
-    info = os.lstat(lib)
-    if stat.S_ISLNK(info.st_mode):
-        return "is a symbolic link"
+def _private_group(gid: int) -> bool:
+    """Whether group ``gid`` is this user's own, a group of one: named after the user, the user's login group
+    and listing no other member, as systems with user private groups make one for each user (and then give
+    users a umask of 002, so that a folder of their own is group-writable)."""
+    try:
+        import grp
+        import pwd
+
+        user = pwd.getpwuid(os.getuid())
+        group = grp.getgrgid(gid)
+    except (ImportError, KeyError):  # no such user or group (a uid without a name in a container)
+        return False
+    return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
+
+
+def _untrusted(info: os.stat_result) -> str | None:
+    """Why a file or folder with ``info`` (its ``stat``) cannot be trusted with code this process runs: another
+    user's, or one another user may write (in a shared $RESTE_CACHE anyone could plant or change a library under
+    its predictable name); None where it is this user's alone."""
     if info.st_uid != os.getuid():
         return f"belongs to another user (uid {info.st_uid})"
     if info.st_mode & 0o002:
         return "may be written by any user"
+    if info.st_mode & 0o020 and not _private_group(info.st_gid):
+        return f"may be written by its group (gid {info.st_gid})"
     return None
+
+
+class _Untrusted(OSError):
+    """A cached library that is not loaded, and why."""
+
+    def __init__(self, lib: Path, why: str) -> None:
+        super().__init__(f"the cached {lib} {why}, so it is not loaded; set $RESTE_CACHE to a folder of your own")
+
+
+_HELD: list[int] = []  # the descriptors libraries were loaded through (see _load)
+
+
+def _load(lib: Path) -> ctypes.CDLL:
+    """``lib`` loaded, where it is this user's own file that no one else may write (:func:`_untrusted`);
+    ``_Untrusted`` where it is not, ``OSError`` where it cannot be opened or loaded. The file checked is the file
+    loaded: it is opened once, never through a link, checked through that descriptor and loaded as
+    /proc/self/fd/N, so a file renamed over ``lib`` after the check (another user's, in a folder they may write)
+    is not the one that runs. Without /proc (macOS) the path is loaded after its file was checked. Not checked
+    without POSIX owners (Windows)."""
+    if not hasattr(os, "getuid"):
+        return ctypes.CDLL(str(lib))
+    try:  # O_NONBLOCK: a FIFO planted under the name would block the open; it is refused below instead
+        fd = os.open(lib, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        if os.path.islink(lib):  # O_NOFOLLOW's error (ELOOP, or EMLINK on FreeBSD) says it less clearly
+            raise _Untrusted(lib, "is a symbolic link") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        why = _untrusted(info) or (None if stat.S_ISREG(info.st_mode) else "is not a regular file")
+        if why:
+            raise _Untrusted(lib, why)
+        by_fd = f"/proc/self/fd/{fd}"
+        if not os.path.exists(by_fd):
+            return ctypes.CDLL(str(lib))
+        loaded = ctypes.CDLL(by_fd)
+        # Kept open for good: glibc knows a library by the name it was loaded under, and would answer a later
+        # load of another library through a reused /proc/self/fd/N with this one.
+        _HELD.append(fd)
+        return loaded
+    finally:
+        if fd not in _HELD:
+            os.close(fd)
 
 
 def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> ctypes.CDLL:
@@ -149,17 +204,12 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
     for flags in flag_sets:
         key = hashlib.sha256("\0".join([source, compiler, *flags, _cpu_tag(), sys.platform]).encode()).hexdigest()
         lib = root / f"{name}_{key[:20]}.so"
-        if lib.is_file() or lib.is_symlink():
-            distrust = _distrust(lib)
-            if distrust:  # its code would run in this process: only a file this user made and alone can change;
-                # built again below, over it, where this user may replace it
-                errors.append(f"the cached {lib} {distrust}, so it is not loaded; set $RESTE_CACHE to a folder of "
-                              "your own")
-            else:
-                try:
-                    return ctypes.CDLL(str(lib))
-                except OSError:
-                    pass
+        try:
+            return _load(lib)
+        except _Untrusted as err:  # its code would run in this process: built again below, over it, where this user
+            errors.append(str(err))  # may replace it
+        except OSError:  # not built yet, or not a library this machine loads: built below
+            pass
         lib.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
             src = Path(tmp) / f"{name}.c"
@@ -175,14 +225,12 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
                 errors.append((proc.stderr.strip().splitlines() or ["failed"])[-1])
                 continue
             try:
-                os.chmod(so, 0o755)  # what this user's later loads trust (_distrust), whatever the umask
+                os.chmod(so, 0o755)  # what this user's later loads trust (_untrusted), whatever the umask
                 os.replace(so, lib)  # atomic: processes compiling at once all end with a whole file
-            except OSError as err:  # Windows: another process built it and has it loaded (it cannot be replaced)
-                if not lib.is_file() or _distrust(lib):  # (or a planted file this user may not replace)
-                    errors.append(str(err))
-                    continue
+            except OSError as err:  # Windows: another process built it and has it loaded (it cannot be replaced);
+                errors.append(str(err))  # or a planted file this user may not replace, which _load refuses
             try:
-                return ctypes.CDLL(str(lib))
+                return _load(lib)  # checked again: the file renamed into place may not be the one loaded
             except OSError as err:
                 errors.append(str(err))
     raise OSError(f"could not compile the {name} kernels: {'; '.join(dict.fromkeys(errors))}")  # each error once
