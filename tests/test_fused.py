@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -406,7 +407,7 @@ def test_a_library_renamed_over_the_cached_one_after_its_check_is_not_the_one_lo
 
     def check_then_swap(info):
         why = check(info)
-        if planted.exists():
+        if planted.exists() and stat.S_ISREG(info.st_mode):  # the library's check, not its folder's
             os.replace(planted, cached)  # what another user could do in a folder they may write
         return why
 
@@ -452,6 +453,79 @@ def test_an_unwritable_cache_builds_the_kernels_elsewhere(tmp_path, monkeypatch)
     lib = native.NativeLibrary("probe", "int probe(void) { return 7; }", {"probe": ([], native.I32)})
     assert lib.get() is not None and lib.get().probe() == 7
     assert any(p.name.startswith("probe_") for p in (tmp_path / "tmp").glob("reste-cache-*/*.so"))
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_a_cache_folder_others_may_write_is_not_used(tmp_path, monkeypatch):
+    """A $RESTE_CACHE shared with a group (security review 2, finding 5): another user could rename a library of
+    theirs into it. It is not used: a warning says so, and the kernels are built in this user's own temporary
+    folder and work."""
+    from reste import native
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o775)
+    monkeypatch.setenv("RESTE_CACHE", str(shared))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(native, "_private_group", lambda gid: False)
+    lib = _probe("shared", 8)
+    with pytest.warns(RuntimeWarning, match=f"{shared} may be written by its group .* set \\$RESTE_CACHE to a folder"):
+        assert lib.get().value() == 8
+    assert not list(shared.iterdir()) and list((tmp_path / "tmp").glob("reste-cache-*/shared_*.so"))
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+@pytest.mark.parametrize("mode,private", [(0o755, False), (0o700, False), (0o775, True)])
+def test_a_cache_folder_of_the_users_own_is_used_as_before(tmp_path, monkeypatch, mode, private):
+    """$RESTE_CACHE at a folder of the user's own (0o775 where the group is the user's private one, as a umask
+    of 002 makes it): used, without a word."""
+    import warnings
+
+    from reste import native
+
+    mine = tmp_path / "home" / "cache"
+    mine.mkdir(parents=True)
+    os.chmod(mine, mode)
+    monkeypatch.setenv("RESTE_CACHE", str(mine))
+    monkeypatch.setattr(native, "_private_group", lambda gid: private)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _probe("own", 9).get().value() == 9
+    assert list(mine.glob("own_*.so"))
+
+
+def test_a_cache_folder_reste_makes_is_private_whatever_the_umask(tmp_path, monkeypatch):
+    from reste import native
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "new" / "cache"))
+    old = os.umask(0o002)
+    try:
+        assert native.writable_cache() == tmp_path / "new" / "cache"
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new" / "cache").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_untrusted_folder(tmp_path, monkeypatch):
+    from reste import native
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder)
+    monkeypatch.setattr(native, "_private_group", lambda gid: False)
+    for mode, why in [(0o755, None), (0o700, None), (0o777, "may be written by any user"),
+                      (0o1777, "may be written by any user"),  # sticky: others may still add files under any name
+                      (0o770, "may be written by its group"), (0o1770, "may be written by its group")]:
+        os.chmod(folder, mode)
+        said = native.untrusted_folder(folder)
+        assert said is None if why is None else said.startswith(why), (oct(mode), said)
+    os.chmod(folder, 0o755)
+    assert native.untrusted_folder(tmp_path / "link") is None  # a link to a folder of the user's own: the folder
+    assert native.untrusted_folder(tmp_path / "link", follow=False) == "is a symbolic link"
+    monkeypatch.setattr(os, "getuid", lambda: folder.stat().st_uid + 1)
+    assert native.untrusted_folder(folder).startswith("belongs to another user")
 
 
 def test_a_run_without_the_kernels_says_so(tmp_path, monkeypatch):

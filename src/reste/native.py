@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -91,20 +92,27 @@ def _cpu_tag() -> str:
 
 
 def _writable(folder: Path) -> Path:
-    """``folder``, made if needed, or, where it cannot be written (a read-only home, a bad $RESTE_CACHE), a
-    folder of this user's under the temporary directory: the kernels are then built there, not lost."""
+    """``folder``, made if needed, or, where it cannot be written (a read-only home, a bad $RESTE_CACHE) or is not
+    this user's alone (:func:`untrusted_folder`: a shared $RESTE_CACHE, said in a warning), a folder of this user's
+    under the temporary directory: the kernels are then built there, not lost."""
+    refused = None  # why a folder that can be written is not used
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private whatever the umask: refused below if not
         if os.access(folder, os.W_OK | os.X_OK):
-            return folder
+            refused = untrusted_folder(folder)
+            if refused is None:
+                return folder
     except OSError:
         pass
     fallback = Path(tempfile.gettempdir()) / f"reste-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     fallback.mkdir(mode=0o700, exist_ok=True)
-    info = fallback.lstat()
-    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022 or fallback.is_symlink()):
-        raise OSError(f"{folder} is not writable, and {fallback} is not this user's own (libraries loaded from it "
-                      "could be anyone's); set $RESTE_CACHE to a writable folder")
+    if untrusted_folder(fallback, follow=False):  # in a folder anyone may write: made by another user, maybe
+        raise OSError(f"{folder} {refused or 'is not writable'}, and {fallback} is not this user's own (libraries "
+                      "loaded from it could be anyone's); set $RESTE_CACHE to a folder of your own")
+    if refused:
+        warnings.warn(f"{folder} {refused}, so reste keeps its cache in {fallback} instead (code others put there "
+                      "would run in this process); set $RESTE_CACHE to a folder of your own", RuntimeWarning,
+                      stacklevel=3)
     return fallback
 
 
@@ -140,6 +148,17 @@ def _untrusted(info: os.stat_result) -> str | None:
     if info.st_mode & 0o020 and not _private_group(info.st_gid):
         return f"may be written by its group (gid {info.st_gid})"
     return None
+
+
+def untrusted_folder(folder: Path, follow: bool = True) -> str | None:
+    """Why files found in ``folder`` could be another user's, or None: a folder another user owns or may write
+    (:func:`_untrusted`) could hold anything under any name, and a name there could be renamed over after a
+    check (the kernel libraries, torch's extension build). ``follow=False``: a link is refused too. Not checked
+    without POSIX owners (Windows)."""
+    if not hasattr(os, "getuid"):
+        return None
+    info = os.stat(folder, follow_symlinks=follow)
+    return "is a symbolic link" if stat.S_ISLNK(info.st_mode) else _untrusted(info)
 
 
 class _Untrusted(OSError):
