@@ -10,6 +10,7 @@ On a GPU, ``RESTE_TEST_DEVICE=cuda`` runs this file on CUDA tensors through the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -405,6 +406,50 @@ def test_an_unwritable_cache_builds_the_extension_elsewhere(tmp_path, monkeypatc
     with pytest.raises(Stop):
         cuda_ext.build(cuda=False)
     assert seen and seen[0].is_dir() and seen[0].parent.parent.name.startswith("reste-cache-")
+
+
+def test_the_build_folder_is_made_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
+    old = os.umask(0o002)
+    try:
+        folder = cuda_ext._build_folder("reste_ext_probe")
+    finally:
+        os.umask(old)
+    assert folder == tmp_path / "cache" / "ext" / "reste_ext_probe"
+    assert [p.stat().st_mode & 0o777 for p in (folder.parent, folder)] == [0o700, 0o700]
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+@pytest.mark.parametrize("which,made,said", [
+    ("ext", "group-writable", "may be written by its group"),
+    ("ext/reste_ext_probe", "group-writable", "may be written by its group"),
+    ("ext/reste_ext_probe", "world-writable", "may be written by any user"),
+    ("ext", "another user's", "belongs to another user"),
+])
+def test_a_build_folder_others_could_have_filled_is_refused(tmp_path, monkeypatch, which, made, said):
+    """torch imports the extension it finds up to date in its build folder, unchecked (security review 2, finding
+    5): where ``ext`` or ``ext/<name>`` is not this user's alone, another user could have planted it there. The
+    build is refused before torch is asked (a warning then says why, and the Triton path runs)."""
+    from torch.utils import cpp_extension
+
+    from reste import native
+
+    cache = tmp_path / "cache"
+    (cache / "ext" / "reste_ext_probe").mkdir(parents=True)
+    monkeypatch.setattr(cuda_ext, "writable_cache", lambda: cache)  # the cache folder itself passed its check
+    monkeypatch.setattr(native, "_private_group", lambda gid: False)
+    if made == "another user's":
+        monkeypatch.setattr(os, "getuid", lambda: os.stat(cache).st_uid + 1)
+    else:
+        os.chmod(cache / which, 0o770 if made == "group-writable" else 0o777)
+    refused = re.escape(f"{cache / which} {said}") + r"( \(\w+ \d+\))?, so the extension is not built"
+    with pytest.raises(OSError, match=refused):
+        cuda_ext._build_folder("reste_ext_probe")
+    monkeypatch.setattr(cuda_ext, "_build_name", lambda with_cuda: "reste_ext_probe")
+    monkeypatch.setattr(cuda_ext, "_STATE", [])
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: pytest.fail("torch was asked to load from it"))
+    with pytest.raises(OSError, match=said):
+        cuda_ext.build(cuda=False)
 
 
 def test_a_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path, monkeypatch):

@@ -55,7 +55,7 @@ from torch import Tensor
 
 from . import fused
 from .kernel_args import KINDS, autocast_dtype, kernel_scalars
-from .native import EnvSwitch, writable_cache
+from .native import EnvSwitch, untrusted_folder, writable_cache
 
 __all__ = ["available", "binary_sign", "build", "cuda_home", "error", "forced", "may_take", "requested",
            "scaled_sign", "set_enabled", "sign"]
@@ -148,8 +148,7 @@ def build(cuda: bool | None = None) -> str:
                 raise RuntimeError("no CUDA toolkit: nvcc was not found (put it on PATH or set CUDA_HOME)")
             cpp_extension.CUDA_HOME = home  # torch's build reads its own guess, made once at its import
         name = _build_name(with_cuda)
-        directory = writable_cache() / "ext" / name  # a read-only cache folder: the temporary one
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = _build_folder(name)
         if not (directory / f"{name}.so").exists():
             print(f"reste: building the {'C++/CUDA' if with_cuda else 'C++'} extension in {directory} "
                   "(once, about a minute)", file=sys.stderr, flush=True)
@@ -164,6 +163,21 @@ def build(cuda: bool | None = None) -> str:
         _MODULE[:] = [module]
         _STATE[:] = ["cuda" if with_cuda else "cpu"]
         return _STATE[0]
+
+
+def _build_folder(name: str) -> Path:
+    """``ext/<name>`` in reste's cache (a read-only cache folder: the temporary one), made if needed: where torch
+    builds the extension and imports the ``<name>.so`` it finds up to date, unchecked. So ``ext`` and it must be
+    this user's alone (:func:`reste.native.untrusted_folder`), or that library could be another user's;
+    ``OSError`` where they are not."""
+    ext = writable_cache() / "ext"
+    for folder in (ext, ext / name):
+        folder.mkdir(mode=0o700, exist_ok=True)  # private whatever the umask
+        why = untrusted_folder(folder)
+        if why:
+            raise OSError(f"{folder} {why}, so the extension is not built or loaded there (the library torch "
+                          "would load from it could be anyone's); remove it, and reste makes it again, private")
+    return ext / name
 
 
 @contextlib.contextmanager
