@@ -28,8 +28,9 @@ tracing, ReSTE's ``o`` held in a tensor, ``RESTE_FUSED=0``), the Triton kernels 
 PyTorch ops run as before.
 
 It is built on first use with ``torch.utils.cpp_extension`` (a C++ compiler, and ``nvcc`` for the
-CUDA kernels; about a minute, once) and cached under :func:`reste.native.cache_dir`. Where the
-build fails, a warning says why and the Triton path runs. Built without CUDA (no ``nvcc``, or
+CUDA kernels; about a minute, once) and cached under :func:`reste.native.cache_dir`, in folders that
+must be the user's alone (torch imports what it finds there). Where the build fails, or is refused,
+a warning says why and the Triton path runs. Built without CUDA (no ``nvcc``, or
 :func:`forced` in the tests), the same nodes run serial CPU loops over the same ``g``
 (``estimators.h``): that is how CI tests them without a GPU.
 """

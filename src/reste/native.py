@@ -6,7 +6,11 @@ compiles its source with the system C compiler (``$CC``, ``cc``, ``gcc`` or ``cl
 it is needed, trying a list of flag sets from the fastest (``-march=native``) to
 the most portable, and caches the shared object under ``$RESTE_CACHE`` or
 ``~/.cache/reste`` (keyed by the source, compiler, flags and CPU, so a changed
-kernel or machine gets a fresh build). Where nothing compiles the library
+kernel or machine gets a fresh build). That folder and each library loaded from it must be
+the user's alone, since their code runs in the process (:func:`untrusted_folder`): a folder
+another user owns or may write is not used (a warning says so, and the kernels are built in a
+private folder under the temporary directory), and a library that is a link, another user's
+or writable by others is not loaded. Where nothing compiles the library
 reports ``None`` and callers use their pure-PyTorch or NumPy path. The C code computes
 what that path computes, exactly or within the float32 rounding each kernel states (the ReSTE
 backward's power law: a few units in the last place, :mod:`reste.fused`); a binary network can
@@ -118,7 +122,7 @@ def _writable(folder: Path) -> Path:
 
 def writable_cache() -> Path:
     """:func:`cache_dir`, made if needed, or this user's own folder under the temporary directory where it
-    cannot be written; ``OSError`` when neither can be used."""
+    cannot be written or is not this user's alone; ``OSError`` when neither can be used."""
     return _writable(cache_dir())
 
 
