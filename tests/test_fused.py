@@ -417,6 +417,24 @@ def test_a_library_renamed_over_the_cached_one_after_its_check_is_not_the_one_lo
     assert mine.get().value() == 1 and not planted.exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_without_proc_the_checked_library_is_loaded_by_its_path(tmp_path, monkeypatch):
+    """macOS has no /proc/self/fd: the file is checked as on Linux, then loaded by its path."""
+    from reste import native
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    exists = os.path.exists
+    monkeypatch.setattr(native.os.path, "exists", lambda p: not str(p).startswith("/proc/self/fd/") and exists(p))
+    lib = _probe("pathed", 3)
+    assert lib.get().value() == 3
+    (built,) = tmp_path.glob("pathed_*.so")
+    assert lib.get()._name == str(built)
+    os.chmod(built, 0o777)
+    _no_compiler(monkeypatch)
+    lib.reset()
+    assert lib.get() is None and "may be written by any user, so it is not loaded" in lib.error()
+
+
 def test_libraries_loaded_in_turn_are_each_their_own(tmp_path, monkeypatch):
     """glibc knows a library by the name it was loaded under: a second library loaded through a reused
     /proc/self/fd/N would be the first one again (and lack its functions)."""
