@@ -513,6 +513,7 @@ def test_a_cache_folder_of_the_users_own_is_used_as_before(tmp_path, monkeypatch
     assert list(mine.glob("own_*.so"))
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX modes")
 def test_a_cache_folder_reste_makes_is_private_whatever_the_umask(tmp_path, monkeypatch):
     from reste import native
 
