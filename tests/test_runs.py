@@ -329,43 +329,6 @@ def test_resume_repairs_a_stale_best_pt(tmp_path, full_run):
 # ------------------------------------------------------------------ preemption
 
 
-def test_sigterm_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, one_thread):
-    """SIGTERM inside epoch 2 checkpoints at the current step and exits with one line and 143;
-    --resume continues inside the epoch and ends with the uninterrupted run's files."""
-    full, _ = full_run
-    sig = "SIGTERM"
-    cut = tmp_path / "cut"
-    # the child signals itself at step 7 of epoch 2: a real signal, at a known step
-    code = textwrap.dedent(f"""
-        import os, signal, sys
-        from reste import engine
-        from reste.cli import main
-        due = engine._Run._checkpoint_due
-        def checkpoint_due(self, step):
-            if self.saved == (1, 0) and step == 6:
-                os.kill(os.getpid(), signal.{sig})
-            return due(self, step)
-        engine._Run._checkpoint_due = checkpoint_due
-        sys.exit(main(sys.argv[1:]))
-    """)
-    proc = subprocess.run([sys.executable, "-c", code, "train", *ARGS, "--out", str(cut)], env=ENV,
-                          capture_output=True, text=True)
-    signum = getattr(signal, sig)
-    assert proc.returncode == 128 + signum, proc.stderr
-    line = _one_line(proc.stderr)
-    assert line.startswith(f"reste: stopped by {sig} at epoch 2, step 7/23") and "--resume" in line
-    ckpt = load_checkpoint(cut / "last.pt")
-    assert (ckpt["epoch"], ckpt["step"]) == (1, 7)
-    assert [m["epoch"] for m in rundir.read_metrics(cut)] == [1]
-    evaluated = engine.evaluate_checkpoint(cut / "last.pt")
-    assert (evaluated["epoch"], evaluated["step"], evaluated["stored_top1"]) == (1, 7, None)
-    resumed = _resume_here(cut)
-    assert "at epoch 2/3, step 8/23" in resumed
-    assert_same_run(full, cut)
-    final, full_final = resumed.strip().splitlines()[-1], full_run[1].strip().splitlines()[-1]
-    assert final.split(" after")[0] == full_final.split(" after")[0]  # the same best and final accuracy
-
-
 def _signalled_run(out: Path, sig: str, ignore: bool = False) -> subprocess.CompletedProcess:
     """A 3-epoch digits run that sends itself ``sig`` at step 7 of epoch 2 (with ``ignore``: a run started with that
     signal ignored, as nohup starts one with SIGHUP). Without, the signal gets its usual handler first: the tests
@@ -386,6 +349,29 @@ def _signalled_run(out: Path, sig: str, ignore: bool = False) -> subprocess.Comp
     """)
     return subprocess.run([sys.executable, "-c", code, "train", *ARGS, "--out", str(out)], env=ENV,
                           capture_output=True, text=True)
+
+
+def test_sigterm_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, one_thread):
+    """SIGTERM inside epoch 2 checkpoints at the current step and exits with one line and 143;
+    --resume continues inside the epoch and ends with the uninterrupted run's files."""
+    full, _ = full_run
+    sig = "SIGTERM"
+    cut = tmp_path / "cut"
+    proc = _signalled_run(cut, sig)  # a real signal, at a known step
+    signum = getattr(signal, sig)
+    assert proc.returncode == 128 + signum, proc.stderr
+    line = _one_line(proc.stderr)
+    assert line.startswith(f"reste: stopped by {sig} at epoch 2, step 7/23") and "--resume" in line
+    ckpt = load_checkpoint(cut / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 7)
+    assert [m["epoch"] for m in rundir.read_metrics(cut)] == [1]
+    evaluated = engine.evaluate_checkpoint(cut / "last.pt")
+    assert (evaluated["epoch"], evaluated["step"], evaluated["stored_top1"]) == (1, 7, None)
+    resumed = _resume_here(cut)
+    assert "at epoch 2/3, step 8/23" in resumed
+    assert_same_run(full, cut)
+    final, full_final = resumed.strip().splitlines()[-1], full_run[1].strip().splitlines()[-1]
+    assert final.split(" after")[0] == full_final.split(" after")[0]  # the same best and final accuracy
 
 
 @pytest.mark.parametrize("sig, named", [("SIGINT", "Ctrl-C (SIGINT)"), ("SIGHUP", "SIGHUP (its terminal closed)")])
