@@ -907,6 +907,75 @@ def test_an_image_too_large_for_pillow_is_one_line_naming_it(tmp_path, monkeypat
     assert message.startswith("cannot read image ") and message.endswith("; remove or replace it")
 
 
+#: What the security review put in an image folder: PostScript, which Pillow hands to Ghostscript to decode.
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+
+
+def test_an_image_file_holding_postscript_is_refused_and_no_program_runs(tmp_path, monkeypatch):
+    """Pillow picks the decoder from a file's first bytes, not its name: a .png holding PostScript was run by
+    Ghostscript, from an image folder or ``reste predict`` (security review 2, finding 1). Both readers refuse it
+    with a one-line error naming the file, and start no program (a fake ``gs`` first on PATH would leave a mark)."""
+    import subprocess
+
+    from reste.export.inputs import read_image
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(f"#!/bin/sh\ntouch {tmp_path / 'gs-ran'}\nexit 1\n")
+    (bin_dir / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    started = []
+
+    def no_program(*args, **kwargs):
+        started.append(args)
+        raise AssertionError(f"a program was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_program)
+    evil = tmp_path / "x.png"
+    evil.write_bytes(POSTSCRIPT)
+    why = "not an image in a format reste reads: JPEG, PNG, PPM, BMP, TIFF, WEBP"
+    usage_error(formats._read_image, str(evil), match=f"cannot read image {evil} ({why}); remove or replace it")
+    usage_error(read_image, evil, (3, 8, 8), match=f"{evil} is neither a .npy array nor an image file reste can "
+                                                  f"read ({why})")
+    assert started == [] and not (tmp_path / "gs-ran").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"])
+def test_images_of_every_extension_an_image_folder_takes_still_read(tmp_path, suffix):
+    from PIL import Image
+
+    from reste.export.inputs import read_image
+
+    path = tmp_path / f"a{suffix}"
+    Image.new("L" if suffix == ".pgm" else "RGB", (6, 4), 200).save(path)
+    rgb = np.asarray(formats._read_image(str(path)))
+    assert rgb.shape == (4, 6, 3) and abs(int(rgb[2, 3, 0]) - 200) <= 2
+    assert read_image(path, (3, 4, 4)).shape == (1, 3, 4, 4)
+
+
+def test_the_image_formats_are_those_of_the_extensions_an_image_folder_takes():
+    """One list (``reste._pixels.IMAGE_FORMATS``) for both readers: the formats Pillow registers for the image
+    folder's extensions."""
+    from PIL import Image
+
+    from reste._pixels import IMAGE_FORMATS
+    from reste.data.imagefolder import IMG_EXTENSIONS
+
+    Image.init()
+    assert set(IMAGE_FORMATS) == {Image.registered_extensions()[e] for e in IMG_EXTENSIONS}
+
+
+def test_a_camera_jpeg_of_two_pictures_still_reads(tmp_path):
+    """A JPEG holding more than one picture is what Pillow calls MPO; its JPEG opener, allowed, gives it."""
+    from PIL import Image
+
+    Image.new("RGB", (6, 4), (250, 0, 0)).save(tmp_path / "two.jpg", "MPO", save_all=True,
+                                               append_images=[Image.new("RGB", (6, 4))])
+    with Image.open(tmp_path / "two.jpg") as image:
+        assert image.format == "MPO"
+    assert np.asarray(formats._read_image(str(tmp_path / "two.jpg")))[..., 0].min() > 200
+
+
 @pytest.mark.parametrize("labels,why", [
     (["cat"] * 4, "of shape (4,) and type <U3"), ([None] * 4, "of shape (4,) and type object"),
     ([2**70] * 4, "of shape (4,) and type object"), ([1.7] * 4, "of shape (4,) and type float64"),

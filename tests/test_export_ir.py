@@ -237,7 +237,8 @@ def test_predict_takes_an_image_file(capsys, tmp_path, digits_export):
     assert code == 0 and ": class " in out, err
     # errors: one line, status 2
     (tmp_path / "text.png").write_text("not an image")
-    assert "Pillow can read" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "text.png"))
+    assert "image file reste can read (not an image in a format reste reads: JPEG, " in _one_line_error(
+        capsys, "predict", str(path), str(tmp_path / "text.png"))
     assert "does not exist" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "gone.png"))
     assert "is a folder" in _one_line_error(capsys, "predict", str(path), str(tmp_path))
 

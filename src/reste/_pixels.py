@@ -7,6 +7,32 @@ from typing import Any
 
 import numpy as np
 
+#: The Pillow formats reste reads image files in: those of the extensions an image folder's files may have
+#: (torchvision's ``IMG_EXTENSIONS``: .jpg .jpeg .png .ppm .pgm .bmp .tif .tiff .webp). Pillow picks the decoder
+#: from a file's first bytes, whatever its name: without this list a ".JPEG" holding PostScript is run by
+#: Ghostscript (and a file in any of Pillow's other formats reaches a decoder no data set needs). A camera's JPEG
+#: holding more than one picture (Pillow's MPO) is opened by Pillow's JPEG opener, so "JPEG" takes it too.
+IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP")
+
+
+def open_image(fp: Any) -> Any:
+    """``PIL.Image.open(fp)`` as reste's readers open an image: only in :data:`IMAGE_FORMATS`. Raises Pillow's
+    ``UnidentifiedImageError`` (an ``OSError``), which the readers word with the file's name (:func:`unreadable`)."""
+    from PIL import Image
+
+    return Image.open(fp, formats=IMAGE_FORMATS)
+
+
+def unreadable(err: BaseException) -> str:
+    """Why an image file could not be read, as the readers' one-line errors say it: where Pillow found none of
+    :data:`IMAGE_FORMATS` (its own message only repeats the file's name), which formats reste reads; else the
+    first 100 characters of Pillow's message."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return f"not an image in a format reste reads: {', '.join(IMAGE_FORMATS)}"
+    return " ".join(str(err).split())[:100] or type(err).__name__
+
 
 def eight_bit(image: Any) -> Any:
     """A 16- or 32-bit integer greyscale Pillow image scaled to 8 bits ("L"); any other image as it is. (Pillow's

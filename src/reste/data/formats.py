@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .._pixels import eight_bit
+from .._pixels import eight_bit, open_image, unreadable
 from ..errors import UsageError, option
 
 __all__ = ["read_idx", "find_fashion_mnist", "read_fashion_mnist", "find_cifar10", "read_cifar10",
@@ -359,14 +359,14 @@ def _imagenet_hint() -> str:
 
 def _read_image(path: str):
     """ImageFolder's loader: RGB (16-bit images scaled to 8 bits), with a one-line error naming the file when it
-    is not a readable image."""
+    is not a readable image in one of the formats reste reads (:func:`reste._pixels.open_image`)."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f:
-            return eight_bit(Image.open(f)).convert("RGB")
+            return eight_bit(open_image(f)).convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError: OSError
-        raise UsageError(f"cannot read image {path} ({_one_line(exc)[:100]}); remove or replace it") from None
+        raise UsageError(f"cannot read image {path} ({unreadable(exc)}); remove or replace it") from None
 
 
 def _image_folder(path: Path, split: str):

@@ -3,7 +3,7 @@
 * A float array is preprocessed already: (N, C, H, W), what the model takes.
 * A uint8 array holds raw pixels in the data set's units (0 .. ``pixel_scale``): (N, C, H, W),
   (N, H, W) for one channel, or one image ((C, H, W), or (H, W) for one channel).
-* An image file (PNG, JPEG, ... as Pillow reads it) is converted to the model's channels
+* An image file (JPEG, PNG, BMP, PPM/PGM, TIFF or WebP, read with Pillow) is converted to the model's channels
   (grey or RGB), scaled to cover the model's input size with its aspect ratio kept
   (bilinear) and cropped at the centre; its pixels run from 0 to 255.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._pixels import eight_bit
+from .._pixels import eight_bit, open_image, unreadable
 from ..errors import UsageError
 from .ir import Preprocessing
 
@@ -62,11 +62,11 @@ def read_image(path: str | os.PathLike, size: tuple[int, int, int]) -> np.ndarra
     except ImportError:
         raise UsageError("reading image files needs Pillow (pip install pillow); pass a .npy array") from None
     try:
-        with Image.open(path) as opened:
+        with open_image(path) as opened:
             image = eight_bit(ImageOps.exif_transpose(opened)).convert(_MODES[channels])
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise UsageError(f"{path} is neither a .npy array nor an image file Pillow can read "
-                         f"({str(err).splitlines()[0][:100] if str(err) else type(err).__name__})") from None
+        raise UsageError(f"{path} is neither a .npy array nor an image file reste can read "
+                         f"({unreadable(err)})") from None
     w, h = image.size
     scale = max(width / w, height / h)
     cover = (max(width, round(w * scale)), max(height, round(h * scale)))
