@@ -907,6 +907,68 @@ def test_an_image_too_large_for_pillow_is_one_line_naming_it(tmp_path, monkeypat
     assert message.startswith("cannot read image ") and message.endswith("; remove or replace it")
 
 
+def test_an_image_past_pillows_pixel_limit_is_refused_before_its_pixels_are_decoded(tmp_path, monkeypatch):
+    """Pillow refuses an image of more than twice ``MAX_IMAGE_PIXELS`` but only warns below that: a 328 KB 16-bit
+    PNG of 13000 x 13000 took 4.8 GB (security review 2, finding 7c). Past the limit both readers refuse it, one
+    line naming the file, before a pixel is decoded."""
+    import warnings
+
+    from PIL import Image, ImageFile
+
+    from reste.export.inputs import read_image
+
+    Image.new("I;16", (64, 64)).save(tmp_path / "deep.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # 4096 pixels: past the limit, within twice it
+
+    def no_decoding(self):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's own, before reste's refusal
+        usage_error(formats._read_image, str(tmp_path / "deep.png"),
+                    match="deep.png (Image size (4096 pixels) exceeds limit of 4000 pixels")
+        usage_error(read_image, tmp_path / "deep.png", (1, 4, 4), match="(Image size (4096 pixels) exceeds limit")
+
+
+@pytest.mark.parametrize("mode, values", [
+    ("I;16", np.arange(65536).reshape(256, 256)),
+    ("I", np.concatenate([np.arange(-300, 70000), [2**31 - 1, -2**31]]).reshape(2, -1)),
+    ("I", np.arange(256).reshape(16, 16)),  # no value above 255: taken as 8 bits
+])
+def test_deep_images_scale_as_rounding_the_float_quotient_did(mode, values):
+    """16- and 32-bit greyscale goes to 8 bits in integers (below), each pixel what ``rint(value * 255 / top)``,
+    clipped, gave."""
+    from PIL import Image
+
+    from reste._pixels import eight_bit
+
+    image = Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.int32))
+    assert image.mode == mode
+    top = 65535.0 if mode == "I;16" or values.max() > 255 else 255.0
+    want = np.clip(np.rint(values.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(eight_bit(image)), want)
+
+
+def test_a_16_bit_image_is_scaled_without_float_copies():
+    """The float64 scaling made three copies of the image, 24 bytes a pixel (security review 2, finding 7c); in
+    integers a 16-bit image of a million pixels needs under 10."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from reste._pixels import eight_bit
+
+    big = Image.fromarray((np.arange(1000 * 1000) % 65536).astype(np.uint16).reshape(1000, 1000))
+    tracemalloc.start()
+    try:
+        eight_bit(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 1000 * 1000, peak
+
+
 #: What the security review put in an image folder: PostScript, which Pillow hands to Ghostscript to decode.
 POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
 
