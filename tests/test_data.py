@@ -251,12 +251,42 @@ def test_read_idx_validates(tmp_path):
     short.write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8))[:-1])
     usage_error(read_idx, short, match="truncated")
     badgz = tmp_path / "bad.gz"
-    badgz.write_bytes(gzip.compress(b"x" * 100)[:20])
-    usage_error(read_idx, badgz, match="gzip")
+    for broken in (b"\x1f\x8b" + b"junk" * 5, gzip.compress(b"x" * 100)[:8]):  # a bad and a cut gzip header
+        badgz.write_bytes(broken)
+        usage_error(read_idx, badgz, match="gzip")
+    noise = np.random.default_rng(0).integers(0, 256, (3, 20, 20), dtype=np.uint8)
+    cut = gzip.compress(idx_bytes(noise))
+    badgz.write_bytes(cut[: len(cut) // 2])  # a whole idx header, then the data ends mid-stream
+    usage_error(read_idx, badgz, match="is not a valid gzip file")
     usage_error(read_idx, tmp_path / "missing", match="cannot read")
     wraps = tmp_path / "wraps"  # dimensions whose int64 product wraps to 0, and no data
     wraps.write_bytes(struct.pack(">BBBB3I", 0, 0, 8, 3, 2 ** 22, 2 ** 21, 2 ** 21))
     usage_error(read_idx, wraps, match="holds 0 data bytes but its header")
+
+
+def test_a_gzip_idx_is_inflated_no_further_than_its_header_says(tmp_path):
+    """A gzip idx was inflated whole before its header was compared with its size: 1 MB became 2 GB (security
+    review 2, finding 7a). Now what its header asks and one byte more are inflated, and a header asking for more
+    than the file holds allocates no more than the file holds."""
+    import tracemalloc
+
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip.compress(struct.pack(">BBBB3I", 0, 0, 8, 3, 1, 28, 28) + bytes(8 << 20)))
+    assert bomb.stat().st_size < 100_000  # 8 MB of pixels for a header that needs 784
+    tracemalloc.start()
+    try:
+        usage_error(read_idx, bomb, expect_magic=2051,
+                    match="holds more than 784 data bytes but its header (1, 28, 28) needs 784; the file is truncated")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    huge = tmp_path / "huge.gz"  # a header of 2**64 bytes over 3 bytes of data
+    huge.write_bytes(gzip.compress(struct.pack(">BBBB3I", 0, 0, 8, 3, 2 ** 22, 2 ** 21, 2 ** 21) + bytes(3)))
+    usage_error(read_idx, huge, match=f"holds 3 data bytes but its header (4194304, 2097152, 2097152) needs {2 ** 64}")
+    good = tmp_path / "good.gz"
+    good.write_bytes(gzip.compress(idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))))
+    assert read_idx(good).tolist() == np.arange(24).reshape(2, 3, 4).tolist()
 
 
 def test_fashion_mnist_errors(tmp_path, monkeypatch):

@@ -94,31 +94,58 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")
     except OSError as exc:
         raise UsageError(f"cannot read idx file {path}: {_one_line(exc.strerror or exc)}") from None
-    if raw[:2] == b"\x1f\x8b":
+    with f:
+        gz = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
         try:
-            raw = gzip.decompress(raw)
+            # a gzip file is inflated as far as its header says, no further: a 1 MB one inflates to 2 GB
+            return _read_idx_stream(gzip.GzipFile(fileobj=f) if gz else f, path, expect_magic,
+                                    None if gz else os.fstat(f.fileno()).st_size)
         except (OSError, EOFError, zlib.error) as exc:
+            if not gz:
+                raise UsageError(f"cannot read idx file {path}: {_one_line(exc.strerror or exc)}") from None
             raise UsageError(f"{path} is not a valid gzip file ({_one_line(exc)}); re-download it") from None
-    if len(raw) < 4:
-        raise UsageError(f"{path} is too short to be an idx file ({len(raw)} bytes); re-download it")
-    magic = struct.unpack(">I", raw[:4])[0]
-    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0 or (
+
+
+def _read_idx_stream(f, path: Path, expect_magic: int | None, size: int | None) -> np.ndarray:
+    """:func:`read_idx` of the open (and, for a gzip file, inflating) ``f``; ``size``: the plain file's size."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise UsageError(f"{path} is too short to be an idx file ({len(head)} bytes); re-download it")
+    magic = struct.unpack(">I", head)[0]
+    if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES or head[3] == 0 or (
             expect_magic is not None and magic != expect_magic):
         want = f" (expected {expect_magic})" if expect_magic is not None else ""
         raise UsageError(f"{path} is not an idx file of the right kind: bad magic number {magic}{want}")
-    dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    dtype, ndim = _IDX_TYPES[head[2]], head[3]
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise UsageError(f"{path} has a truncated idx header; re-download it")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    count = math.prod(dims)  # exact: an int64 product could wrap to a size the data has
-    if len(raw) - header != count * dtype.itemsize:
-        raise UsageError(f"{path} holds {len(raw) - header} data bytes but its header {tuple(dims)} "
-                         f"needs {count * dtype.itemsize}; the file is truncated or corrupted")
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    need = math.prod(dims) * dtype.itemsize  # exact: an int64 product could wrap to a size the data has
+    held = size - 4 - 4 * ndim if size is not None else None
+    if held is None or held == need:  # (a plain file's size is known: nothing read when it is wrong)
+        data = _read_at_most(f, need + 1)
+        held = len(data) if len(data) <= need else f"more than {need}"
+    if held != need:
+        raise UsageError(f"{path} holds {held} data bytes but its header {tuple(dims)} needs {need}; the file is "
+                         "truncated or corrupted")
+    return np.frombuffer(data, dtype=dtype, count=need // dtype.itemsize).reshape(dims)
+
+
+def _read_at_most(f, limit: int, chunk: int = 1 << 24) -> bytearray:
+    """Up to ``limit`` bytes of ``f``, as many as it holds: read in chunks, since a single ``read(limit)``
+    allocates all of ``limit`` at once, and ``limit`` comes from a header."""
+    data = bytearray()
+    while len(data) < limit:
+        part = f.read(min(chunk, limit - len(data)))
+        if not part:
+            break
+        data += part
+    return data
 
 
 def _find_idx_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
