@@ -1098,6 +1098,78 @@ def test_a_python_2_pickle_with_empty_bytes_reads(tmp_path):
     assert images.shape == (0, 32, 32, 3) and labels.shape == (0,)
 
 
+def python_2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A CIFAR-10 batch as the real files are: pickled by Python 2's cPickle (protocol 2), whose str is bytes
+    (read with encoding latin1), of NumPy 1's names (``numpy.core.multiarray._reconstruct``)."""
+    def text(b: bytes) -> bytes:
+        return b"T" + struct.pack("<I", len(b)) + b  # BINSTRING
+
+    rows, width = data.shape
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + text(b"b") + b"\x87R("
+             + b"K\x01M" + struct.pack("<H", rows) + b"M" + struct.pack("<H", width) + b"\x86"
+             + b"cnumpy\ndtype\n" + text(b"u1") + b"K\x00K\x01\x87R(K\x03" + text(b"|")
+             + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89" + text(data.tobytes()) + b"tb")
+    items = b"".join(b"K" + bytes([v]) for v in labels)
+    return b"\x80\x02}(" + text(b"batch_label") + text(b"x") + text(b"data") + array + text(b"labels") + b"](" \
+        + items + b"eu."
+
+
+class _Bomb:
+    """Pickles as numpy's ``_reconstruct(ndarray, shape, typecode)``: what allocates ``shape`` at once."""
+
+    def __init__(self, shape, typecode, state=None):
+        self.args, self.state = (np.ndarray, shape, typecode), state
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, self.args) if self.state is None else (_reconstruct, self.args, self.state)
+
+
+@pytest.mark.parametrize("bomb", [
+    _Bomb((10 ** 7,), np.dtype(object)),  # the review's, a tenth of its size: 80 MB of None from 300 bytes
+    _Bomb((10 ** 7,), b"b"),
+    _Bomb((0,), np.dtype(np.float64)),
+], ids=["object", "int8", "float"])
+def test_a_cifar10_pickle_may_not_allocate_arrays_or_hold_other_types(tmp_path, bomb):
+    """The allow-list unpickler let ``_reconstruct`` allocate any shape before a thing was checked: 112 bytes
+    asked for 762 MB (security review 2, finding 7b). Only what pickling an array writes is taken: shape (0,)
+    (its bytes come after, size-checked), a dtype of booleans or integers. A real, Python 2 batch still reads."""
+    import tracemalloc
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": bomb, b"labels": [0]}, protocol=2))
+    assert path.stat().st_size < 400
+    tracemalloc.start()
+    try:
+        usage_error(formats._read_cifar_batch, path, match="is not a CIFAR-10 python batch (unexpected array ")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3072), dtype=np.uint8)
+    path.write_bytes(python_2_batch(pixels, [3, 9]))
+    images, labels = formats._read_cifar_batch(path)
+    assert np.array_equal(images, pixels.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1)) and labels.tolist() == [3, 9]
+
+
+def test_an_object_array_short_of_its_shape_does_not_crash_the_reader(tmp_path):
+    """An object array whose BUILD gives fewer items than its shape crashed numpy 2.4 (a segmentation fault); its
+    dtype is refused first. In a process of its own: a crash is a failure here, not the end of the test run."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": _Bomb((0,), b"b", (1, (1000,), np.dtype(object), False, [None])),
+                                   b"labels": [0]}, protocol=2))
+    code = ("import sys; from reste.data import formats\n"
+            "try: formats._read_cifar_batch(sys.argv[1])\n"
+            "except formats.UsageError as e: print(e)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0 and "(unexpected array type object)" in done.stdout, (done.returncode, done.stderr)
+
+
 def test_a_wrong_fashion_mnist_path_points_at_the_system_copy(tmp_path, monkeypatch):
     write_fashion(tmp_path / "system")
     monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "system")

@@ -10,6 +10,7 @@ file and the way out.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -242,7 +243,8 @@ def _cifar_hint_missing() -> str:
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Only what a CIFAR batch needs: numpy arrays, dicts, lists, str/bytes/ints."""
+    """Only what a CIFAR batch needs: numpy arrays, dicts, lists, str/bytes/ints. An array is made as a pickle
+    of one makes it (:func:`_pickled_array`), of booleans or integers only (:func:`_pickled_dtype`)."""
 
     _ALLOWED = {
         ("numpy", "ndarray"), ("numpy", "dtype"),
@@ -254,9 +256,31 @@ class _SafeUnpickler(pickle.Unpickler):
     _PY2 = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # names a protocol-2 pickle from Python 2 uses
 
     def find_class(self, module, name):
-        if (self._PY2.get(module, module), name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        if (self._PY2.get(module, module), name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        found = super().find_class(module, name)
+        if name == "_reconstruct":
+            return functools.partial(_pickled_array, found)
+        return _pickled_dtype if found is np.dtype else found
+
+
+def _pickled_array(reconstruct: Callable, subtype, shape, typecode):
+    """numpy's ``_reconstruct`` as a pickled array calls it: an empty ndarray (of a dummy type), which the
+    pickle's BUILD then sizes and fills from bytes of its own, a size-checked copy. ``_reconstruct`` allocates
+    any other ``shape`` before a thing is checked: 112 bytes of pickle asked for 762 MB."""
+    if subtype is not np.ndarray or not isinstance(shape, tuple) or shape != (0,) or typecode not in (b"b", "b"):
+        raise pickle.UnpicklingError(f"unexpected array of shape {str(shape)[:40]}")
+    return reconstruct(subtype, shape, typecode)
+
+
+def _pickled_dtype(*args) -> np.dtype:
+    """``numpy.dtype(*args)`` for a pickle: booleans and integers only (a batch holds uint8 pixels). An object
+    dtype lets an array hold whatever the pickle builds, and numpy 2.4 crashes (a segmentation fault) on the
+    BUILD of an object array given fewer items than its shape."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject or dtype.kind not in "biu":
+        raise pickle.UnpicklingError(f"unexpected array type {str(dtype)[:40]}")
+    return dtype
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
