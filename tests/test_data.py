@@ -798,6 +798,57 @@ def test_a_class_folder_without_images_is_named(tmp_path, split, content):
     assert "n04" in msg and "n05" in msg
 
 
+def _scan_val_folder(root: Path) -> list[list]:
+    """``image_folders(root)``'s val samples, each read by the loader, in a process of its own that may take 60
+    seconds: a scan or a read that never ends fails the test instead of hanging the run."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from reste.data import formats\n"
+            "_, val = formats.image_folders(sys.argv[1], False, train=False)\n"
+            "[val.loader(path) for path, _ in val.samples]\n"
+            "print(json.dumps([[p[len(sys.argv[1]):], i] for p, i in val.samples]))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"scanning and reading {root} did not end within 60 seconds")
+    assert done.returncode == 0, done.stderr
+    import json
+
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_an_image_folder_with_a_link_loop_is_scanned_once_and_linked_folders_still_count(tmp_path):
+    """torchvision walks with os.walk(followlinks=True): two links to ``..`` in a class folder made the scan branch
+    without end (security review 2, finding 7d). Each real folder is now walked once; a class's images linked in
+    from elsewhere (a usual layout) still count."""
+    write_image_folder(tmp_path / "i")
+    val = tmp_path / "i" / "val"
+    (val / "n01" / "l1").symlink_to("..")
+    (val / "n01" / "l2").symlink_to("..")
+    (val / "n02" / "more").symlink_to(tmp_path / "i" / "train" / "n02")  # 2 more images for n02
+    (tmp_path / "i" / "train" / "n02" / "back").symlink_to(val / "n02")  # and a loop through the two
+    samples = _scan_val_folder(tmp_path / "i")
+    assert ["/val/n02/img0.JPEG", 1] in samples and ["/val/n02/more/img1.JPEG", 1] in samples
+    assert sum(i == 1 for _, i in samples) == 3 and sum(i == 2 for _, i in samples) == 1
+    assert ["/val/n01/img0.JPEG", 0] in samples and all(p.count("/l") <= 1 for p, _ in samples)
+
+
+def test_a_fifo_named_as_an_image_is_no_sample(tmp_path):
+    """A FIFO named x.JPEG was a sample, and reading it blocked the loader for ever (security review 2, finding
+    7d): only regular files (or links to them) are samples. A dangling link still is one: reading it names it."""
+    write_image_folder(tmp_path / "i")
+    os.mkfifo(tmp_path / "i" / "val" / "n01" / "x.JPEG")
+    assert _scan_val_folder(tmp_path / "i") == [["/val/n01/img0.JPEG", 0], ["/val/n02/img0.JPEG", 1],
+                                                ["/val/n03/img0.JPEG", 2]]
+    (tmp_path / "i" / "val" / "n01" / "gone.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    _, val = formats.image_folders(tmp_path / "i", False, train=False)
+    assert [p for p, _ in val.samples] == [str(tmp_path / "i" / "val" / n) for n in
+                                           ("n01/gone.JPEG", "n01/img0.JPEG", "n02/img0.JPEG", "n03/img0.JPEG")]
+    usage_error(val.loader, val.samples[0][0], match="cannot read image ")
+
+
 def test_a_class_mismatch_names_the_side_and_tells_unicode_forms_apart(tmp_path):
     """Which of train/ and val/ holds the class the other lacks, and the names as ascii() writes them: a folder
     copied between macOS and Linux can come back in another Unicode normalisation, and look the same printed."""

@@ -9,6 +9,7 @@ torchvision; :mod:`reste.data.formats` imports it only when an image folder is r
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
@@ -40,3 +41,56 @@ class VisibleImageFolder(ImageFolder):
         if not classes:
             raise FileNotFoundError(f"no class folder in {directory}")
         return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...] | None = None,
+                     is_valid_file: Callable[[str], bool] | None = None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        """torchvision's samples, in its order: each class folder's files that ``is_valid_file`` takes (or that
+        have one of ``extensions``), folder by folder sorted by path, then by name; but the folders walked by
+        :func:`_folders_below`."""
+        valid = is_valid_file or (lambda path: has_file_allowed_extension(path, extensions))
+        samples = []
+        for target in sorted(class_to_idx):
+            top = os.path.join(directory, target)
+            if os.path.isdir(top):
+                samples += [(path, class_to_idx[target]) for root, names in _folders_below(top)
+                            for path in (os.path.join(root, name) for name in sorted(names)) if valid(path)]
+        held = {i for _, i in samples}
+        empty = sorted(target for target, i in class_to_idx.items() if i not in held)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}")
+        return samples
+
+
+def _folders_below(top: str) -> list[tuple[str, list[str]]]:
+    """``(folder, names of its files)`` for ``top`` and each folder below it, sorted by folder: what
+    ``os.walk(top, followlinks=True)`` gives, which torchvision walks, but for two things. Links to folders are
+    followed (class folders linked in from another disk are usual), into each real folder once: a link back up
+    (``l -> ..``) made that walk branch without end. And a FIFO, socket or device is no file: reading a FIFO named
+    x.JPEG blocked for ever. (A dangling link stays a file, as before: reading it names it.)"""
+    found, seen, todo = [], set(), [top]
+    while todo:
+        folder = todo.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name, reverse=True)  # the stack pops the first name first
+        except OSError:  # gone, or not listable: os.walk passes it by too
+            continue
+        files = []
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    todo.append(entry.path)
+                    continue
+                regular = entry.is_file()
+            except OSError:  # a link to itself (ELOOP): a file to os.walk
+                regular = False
+            if regular or not os.path.exists(entry.path):  # (a dangling or looping link does not exist)
+                files.append(entry.name)
+        found.append((folder, files))
+    return sorted(found)
