@@ -914,6 +914,51 @@ def test_download_paths_use_torchvision_then_our_readers(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("dataset, planted, kind", [
+    ("cifar10", "cifar-10-batches-py/data_batch_1", "link"),  # the review's: one batch missing, one a link
+    ("cifar10", "cifar-10-batches-py/readme.html", "link"),
+    ("cifar10", "cifar-10-python.tar.gz", "link"),
+    ("cifar10", "cifar-10-batches-py", "folder link"),
+    ("cifar10", "cifar-10-batches-py/batches.meta", "hard link"),
+    ("cifar10", "cifar-10-batches-py/test_batch", "fifo"),
+    ("fashion-mnist", "FashionMNIST/raw/train-images-idx3-ubyte.gz", "link"),
+    ("fashion-mnist", "FashionMNIST/raw/t10k-labels-idx1-ubyte", "link"),
+    ("fashion-mnist", "FashionMNIST", "folder link"),
+])
+def test_a_download_will_not_write_through_links_planted_in_the_data_folder(tmp_path, monkeypatch, dataset,
+                                                                              planted, kind):
+    """torchvision downloads and unpacks with ``open(path, "wb")`` and an unfiltered tarfile, following links: a
+    received data folder with ``cifar-10-batches-py/data_batch_1 -> ~/somefile`` and a batch missing had
+    ``--download`` overwrite ~/somefile (security review 2, finding 3). Such a folder is refused, naming the path,
+    before torchvision is called."""
+    import torchvision
+
+    reached = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda *a, **k: reached.append(a) or pytest.fail("CIFAR10"))
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *a, **k: reached.append(a) or pytest.fail("FM"))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("precious")
+    root = tmp_path / "received"
+    path = root / planted
+    path.parent.mkdir(parents=True)
+    if kind == "link":
+        path.symlink_to(victim / "precious.txt")
+    elif kind == "folder link":
+        path.symlink_to(victim)
+    elif kind == "hard link":
+        os.link(victim / "precious.txt", path)
+    else:
+        os.mkfifo(path)
+    why = {"link": "a symbolic link", "folder link": "a symbolic link", "hard link": "one of 2 hard links",
+           "fifo": "not a regular file"}[kind]
+    usage_error(load_datasets, dataset, root, download=True,
+                match=f"will not download {'CIFAR-10' if dataset == 'cifar10' else 'Fashion-MNIST'} into {root}: "
+                      f"it writes {path}, which is {why}")
+    assert reached == [] and (victim / "precious.txt").read_text() == "precious"
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
+
+
 def test_the_test_split_alone_is_the_same_test_set_and_reads_no_train_file(tmp_path, monkeypatch):
     """``train=False`` (``reste eval``, ``reste predict --dataset``): the same test batches, and the train files
     are not read (ImageNet's train folder is not even scanned: a broken one does not matter)."""

@@ -15,10 +15,11 @@ import gzip
 import math
 import os
 import pickle
+import stat
 import struct
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -67,6 +68,29 @@ def _download_torchvision(what: str, fn: Callable[[], object], root: Path, note:
             f"{option('--data-path', 'data_path')}"
             + (note() if note is not None else "")
         ) from None
+
+
+def _refuse_unsafe_targets(what: str, root: Path, folders: Sequence[Path], files: Sequence[Path]) -> None:
+    """Refuse a download into ``root`` where a path torchvision will write (``folders`` it makes, ``files`` it
+    writes) is already there as a symbolic link or as other than it would make it. torchvision writes with plain
+    ``open(path, "wb")`` and unpacks with tarfile unfiltered (before Python 3.14), both following links: a link
+    planted in a received data folder had it overwrite the file the link names (and a hard link, the other
+    name's file; a FIFO blocks it)."""
+    for path, folder in [(p, True) for p in folders] + [(p, False) for p in files]:
+        try:
+            info = os.lstat(path)
+        except OSError:  # not there (the usual case), or not to be looked at: torchvision says what is wrong
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            why = "a symbolic link (the download would write where it points)"
+        elif not (stat.S_ISDIR if folder else stat.S_ISREG)(info.st_mode):
+            why = f"not a {'folder' if folder else 'regular file'}"
+        elif not folder and info.st_nlink > 1:
+            why = f"one of {info.st_nlink} hard links to a file (the download would change the others)"
+        else:
+            continue
+        raise UsageError(f"will not download {what} into {root}: it writes {path}, which is {why}; remove it, or "
+                         f"pass {option('--data-path', 'data_path')} a folder of your own")
 
 
 # --------------------------------------------------------------------------- idx / Fashion-MNIST
@@ -191,7 +215,10 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
         def fetch():
             torchvision.datasets.FashionMNIST(root=str(root), train=True, download=True)
 
-        _download_torchvision("Fashion-MNIST", fetch, root, folder=root / "FashionMNIST" / "raw")
+        raw = root / "FashionMNIST" / "raw"
+        _refuse_unsafe_targets("Fashion-MNIST", root, [raw.parent, raw],
+                               [raw / (n + gz) for n in _FMNIST_FILES.values() for gz in (".gz", "")])
+        _download_torchvision("Fashion-MNIST", fetch, root, folder=raw)
         files, missing = _find_idx_files(root / "FashionMNIST" / "raw")
         if missing:
             raise UsageError(f"Fashion-MNIST download into {root} left no {missing[0]}; {_fmnist_hint()}")
@@ -234,6 +261,7 @@ _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_ARCHIVE = "cifar-10-python.tar.gz"  # what the CIFAR page serves, and torchvision's file name for it
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
+_CIFAR_MEMBERS = _CIFAR_TRAIN + _CIFAR_TEST + ("batches.meta", "readme.html")  # what the archive unpacks there
 
 
 def _cifar_hint_missing() -> str:
@@ -380,6 +408,8 @@ def find_cifar10(data_path, download: bool) -> Path:
         def fetch():
             torchvision.datasets.CIFAR10(root=str(root), train=True, download=True)
 
+        _refuse_unsafe_targets("CIFAR-10", root, [root / _CIFAR_FOLDER],
+                               [root / _CIFAR_ARCHIVE] + [root / _CIFAR_FOLDER / n for n in _CIFAR_MEMBERS])
         _download_torchvision("CIFAR-10", fetch, root, lambda: _cifar_archive_note(root))
         folder = _cifar_folder(root)
     if folder is None:
