@@ -1353,3 +1353,29 @@ def test_digits_come_from_the_cache_after_the_first_load(tmp_path, monkeypatch):
         assert all(np.array_equal(a, b) for a, b in zip(first, sets._digits_split()))
         assert kept[0].read_bytes() == whole
     assert [p.name for p in tmp_path.glob("digits-*")] == [kept[0].name]  # made again, no temporary left
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="no POSIX owners and modes (Windows): nothing is checked")
+@pytest.mark.parametrize("how", ["writable by all", "a link"])
+def test_a_digits_cache_file_others_may_have_made_is_not_used(tmp_path, monkeypatch, how):
+    """In a shared $RESTE_CACHE another user could swap the digits split (all zeros, every label 7) under its
+    predictable name (security review 2, finding 10). A file others may write, or a link, is passed by, as the
+    cache's kernels are, and made again; no error."""
+    from reste.data import sets
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
+    real = sets._digits_split()
+    kept = next((tmp_path / "cache").glob("digits-*.npz"))
+    fake = dict(zip(("x_tr", "x_te", "y_tr", "y_te"), (np.zeros_like(a) if i < 2 else np.full_like(a, 7)
+                                                         for i, a in enumerate(real))))
+    planted = kept if how == "writable by all" else tmp_path / "elsewhere.npz"
+    np.savez(planted.with_suffix(""), **fake)  # (savez adds the .npz)
+    if how == "writable by all":
+        kept.chmod(0o666)
+    else:
+        kept.unlink()
+        kept.symlink_to(planted)
+    got = sets._digits_split()
+    assert all(np.array_equal(a, b) for a, b in zip(real, got))
+    assert not kept.is_symlink() and not kept.stat().st_mode & 0o002  # made again, this user's own
+    assert all(np.array_equal(a, b) for a, b in zip(real, sets._digits_split()))
