@@ -527,7 +527,7 @@ def test_a_cache_folder_reste_makes_is_private_whatever_the_umask(tmp_path, monk
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
-def test_untrusted_folder(tmp_path, monkeypatch):
+def test_untrusted_path(tmp_path, monkeypatch):
     from reste import native
 
     folder = tmp_path / "f"
@@ -538,13 +538,13 @@ def test_untrusted_folder(tmp_path, monkeypatch):
                       (0o1777, "may be written by any user"),  # sticky: others may still add files under any name
                       (0o770, "may be written by its group"), (0o1770, "may be written by its group")]:
         os.chmod(folder, mode)
-        said = native.untrusted_folder(folder)
+        said = native.untrusted_path(folder)
         assert said is None if why is None else said.startswith(why), (oct(mode), said)
     os.chmod(folder, 0o755)
-    assert native.untrusted_folder(tmp_path / "link") is None  # a link to a folder of the user's own: the folder
-    assert native.untrusted_folder(tmp_path / "link", follow=False) == "is a symbolic link"
+    assert native.untrusted_path(tmp_path / "link") is None  # a link to a folder of the user's own: the folder
+    assert native.untrusted_path(tmp_path / "link", follow=False) == "is a symbolic link"
     monkeypatch.setattr(os, "getuid", lambda: folder.stat().st_uid + 1)
-    assert native.untrusted_folder(folder).startswith("belongs to another user")
+    assert native.untrusted_path(folder).startswith("belongs to another user")
 
 
 def test_a_run_without_the_kernels_says_so(tmp_path, monkeypatch):

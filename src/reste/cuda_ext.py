@@ -56,7 +56,7 @@ from torch import Tensor
 
 from . import fused
 from .kernel_args import KINDS, autocast_dtype, kernel_scalars
-from .native import EnvSwitch, untrusted_folder, writable_cache
+from .native import EnvSwitch, untrusted_path, writable_cache
 
 __all__ = ["available", "binary_sign", "build", "cuda_home", "error", "forced", "may_take", "requested",
            "scaled_sign", "set_enabled", "sign"]
@@ -169,12 +169,12 @@ def build(cuda: bool | None = None) -> str:
 def _build_folder(name: str) -> Path:
     """``ext/<name>`` in reste's cache (a read-only cache folder: the temporary one), made if needed: where torch
     builds the extension and imports the ``<name>.so`` it finds up to date, unchecked. So ``ext`` and it must be
-    this user's alone (:func:`reste.native.untrusted_folder`), or that library could be another user's;
+    this user's alone (:func:`reste.native.untrusted_path`), or that library could be another user's;
     ``OSError`` where they are not."""
     ext = writable_cache() / "ext"
     for folder in (ext, ext / name):
         folder.mkdir(mode=0o700, exist_ok=True)  # private whatever the umask
-        why = untrusted_folder(folder)
+        why = untrusted_path(folder)
         if why:
             raise OSError(f"{folder} {why}, so the extension is not built or loaded there (the library torch "
                           "would load from it could be anyone's); remove it, and reste makes it again, private")

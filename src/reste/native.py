@@ -7,7 +7,7 @@ it is needed, trying a list of flag sets from the fastest (``-march=native``) to
 the most portable, and caches the shared object under ``$RESTE_CACHE`` or
 ``~/.cache/reste`` (keyed by the source, compiler, flags and CPU, so a changed
 kernel or machine gets a fresh build). That folder and each library loaded from it must be
-the user's alone, since their code runs in the process (:func:`untrusted_folder`): a folder
+the user's alone, since their code runs in the process (:func:`untrusted_path`): a folder
 another user owns or may write is not used (a warning says so, and the kernels are built in a
 private folder under the temporary directory), and a library that is a link, another user's
 or writable by others is not loaded. Where nothing compiles the library
@@ -97,20 +97,20 @@ def _cpu_tag() -> str:
 
 def _writable(folder: Path) -> Path:
     """``folder``, made if needed, or, where it cannot be written (a read-only home, a bad $RESTE_CACHE) or is not
-    this user's alone (:func:`untrusted_folder`: a shared $RESTE_CACHE, said in a warning), a folder of this user's
+    this user's alone (:func:`untrusted_path`: a shared $RESTE_CACHE, said in a warning), a folder of this user's
     under the temporary directory: the kernels are then built there, not lost."""
     refused = None  # why a folder that can be written is not used
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private whatever the umask: refused below if not
         if os.access(folder, os.W_OK | os.X_OK):
-            refused = untrusted_folder(folder)
+            refused = untrusted_path(folder)
             if refused is None:
                 return folder
     except OSError:
         pass
     fallback = Path(tempfile.gettempdir()) / f"reste-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     fallback.mkdir(mode=0o700, exist_ok=True)
-    if untrusted_folder(fallback, follow=False):  # in a folder anyone may write: made by another user, maybe
+    if untrusted_path(fallback, follow=False):  # in a folder anyone may write: made by another user, maybe
         raise OSError(f"{folder} {refused or 'is not writable'}, and {fallback} is not this user's own (libraries "
                       "loaded from it could be anyone's); set $RESTE_CACHE to a folder of your own")
     if refused:
@@ -154,11 +154,12 @@ def _untrusted(info: os.stat_result) -> str | None:
     return None
 
 
-def untrusted_folder(folder: Path, follow: bool = True) -> str | None:
+def untrusted_path(folder: Path, follow: bool = True) -> str | None:
     """Why files found in ``folder`` could be another user's, or None: a folder another user owns or may write
     (:func:`_untrusted`) could hold anything under any name, and a name there could be renamed over after a
-    check (the kernel libraries, torch's extension build). ``follow=False``: a link is refused too. Not checked
-    without POSIX owners (Windows)."""
+    check (the kernel libraries, torch's extension build). ``follow=False``: a link is refused too. A cached file
+    that is read, not run (the digits split), is checked the same way. Not checked without POSIX owners
+    (Windows)."""
     if not hasattr(os, "getuid"):
         return None
     info = os.stat(folder, follow_symlinks=follow)

@@ -136,10 +136,10 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits, split (stratified, seed 0) into 1,437 train and 360 test images: (x_tr, x_te,
     y_tr, y_te). Kept in reste's cache per scikit-learn version, since importing scikit-learn takes about a
     second, a tenth of a whole default run; a cache that cannot be read or written is passed by, and so is a file
-    this user may not have made alone (the check the cache's kernels get, :func:`reste.native._distrust`)."""
+    this user may not have made alone (the check the cache's kernels get, :func:`reste.native.untrusted_path`)."""
     import importlib.metadata
 
-    from ..native import _distrust, writable_cache
+    from ..native import untrusted_path, writable_cache
 
     names = ("x_tr", "x_te", "y_tr", "y_te")
     try:
@@ -148,7 +148,7 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         cached = None
     try:  # a link, another user's file or one others may write: in a shared $RESTE_CACHE anyone could swap the
         # default data set (all zeros, every label 7) under its predictable name; made again below, over it
-        trusted = cached is not None and cached.is_file() and _distrust(cached) is None
+        trusted = cached is not None and cached.is_file() and untrusted_path(cached, follow=False) is None
     except OSError:  # gone since
         trusted = False
     if trusted:
