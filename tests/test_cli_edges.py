@@ -221,6 +221,8 @@ def test_an_unknown_name_gets_the_closest_valid_one_first(capsys):
         assert f"unknown {flag[2:]} {typo!r}; did you mean {meant!r}? {then}" in line, line
     line = _one_line(capsys, ["train", "--estimator", "zzz", "--print-config"])
     assert "unknown estimator 'zzz'; valid: " in line  # nothing close: no guess
+    with pytest.raises(cli.UsageError, match="unknown estimator 'rest'; did you mean 'reste'[?] valid: "):
+        reste.get_estimator("rest")  # the Python API's error too (the registry owns the hint)
 
 
 def test_durations_and_counts_read_as_words():

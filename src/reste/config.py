@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import SPECS, dataset_names, get_spec
-from .errors import UsageError, did_you_mean
-from .estimators import estimator_class, get_estimator, list_estimators
+from .errors import UsageError
+from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
 from .plugins import defining, load_plugins, saved_form
@@ -231,11 +231,7 @@ class TrainConfig:
             raise UsageError(f"--plugin must be a list of module names or .py files, got {self.plugins!r}")
         load_plugins(self.plugins)  # first: a plugin may register the model
         info = model_info(self.model)  # an unknown model: the registry's one line, naming the valid ones
-        try:
-            estimator_class(self.estimator)  # an unknown one: the UsageError listing the valid names
-        except UsageError as err:  # with the name closest to it first
-            hint = did_you_mean(self.estimator, list_estimators())
-            raise UsageError(str(err).replace("; valid: ", f"; {hint}valid: ", 1) if hint else str(err)) from None
+        estimator_class(self.estimator)  # an unknown one: the UsageError naming the closest, then the valid ones
         if self.scaling not in SCALINGS:
             raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
         if self.a32 and not info["binary"]:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from . import cuda_ext, fused, plugins, schedules, triton_dispatch
 from ._dsq import dsq_consts
-from .errors import UsageError, option
+from .errors import UsageError, did_you_mean, option
 from .hparams import RESERVED_FLAGS, Param
 
 __all__ = [
@@ -843,7 +843,8 @@ def estimator_class(name: str) -> type[Estimator]:
         plugins.load_entry_points()
         key = _lookup(_key(name))
     if key is None:
-        raise UsageError(f"unknown estimator {name!r}; valid: {', '.join(_REGISTRY)} (an estimator of your own: "
+        raise UsageError(f"unknown estimator {name!r}; {did_you_mean(name, _REGISTRY)}valid: {', '.join(_REGISTRY)} "
+                         "(an estimator of your own: "
                          f"register it with @reste.register_estimator in a module you import, load it with "
                          f"--plugin MODULE (in Python: import MODULE, or reste.plugins.load_plugins(['MODULE'])), or "
                          f"name it in the {plugins.GROUP!r} entry point){plugins.broken_note()}")
