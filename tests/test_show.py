@@ -34,6 +34,30 @@ def test_show_gives_the_settings_the_best_and_last_epochs_and_the_indicators(run
     assert f"indicators (general mode, 2 epochs): estimating error {mean_error:.4g} (mean over epochs)" in text
 
 
+def test_show_json_gives_the_same_figures_as_one_object(run, tmp_path, capsys):
+    """reste show --json: the figures of the lines as one JSON object, for scripts (CLI review 6)."""
+    capsys.readouterr()
+    assert main(["show", str(run), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    metrics = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+    best = max(metrics, key=lambda m: (m["test_acc"], -m["epoch"]))
+    assert got["config"] == json.loads((run / "config.json").read_text())
+    assert (got["run_dir"], got["epochs_done"], got["finished"]) == (str(run), 2, True)
+    assert got["best"] == {k: best[k] for k in ("epoch", "test_acc", "test_top5")}
+    assert got["last"]["epoch"] == 2 and got["last"]["schedule"] == {"o": metrics[-1]["o"]}
+    assert got["train_seconds"] == pytest.approx(sum(m["time"] for m in metrics))
+    assert got["indicators"] == {"mode": "general", "epochs": 2,
+                                 "estimating_error": pytest.approx(sum(m["estimating_error"] for m in metrics) / 2),
+                                 "gradient_stability": pytest.approx(sum(m["gradient_stability"] for m in metrics) / 2)}
+    part = tmp_path / "part"  # no epoch yet
+    part.mkdir()
+    (part / "config.json").write_text((run / "config.json").read_text())
+    assert main(["show", str(part), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["epochs_done"], got["finished"], got["best"], got["last"], got["indicators"]) == (0, False, None, None,
+                                                                                                  None)
+
+
 def test_show_of_an_unfinished_run_says_how_to_continue_it(run, tmp_path, capsys):
     part = tmp_path / "part"
     part.mkdir()

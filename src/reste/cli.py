@@ -133,9 +133,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .runinfo import show_run
+    from .runinfo import run_summary, show_run
 
-    print(show_run(args.run_dir))
+    print(json.dumps(run_summary(args.run_dir)) if args.json else show_run(args.run_dir))
     return 0
 
 
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show a run's settings, progress, best and last accuracy and indicators, read "
                                    "from its config.json and metrics.jsonl (also while it trains).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (its --out)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (run_dir, config, epochs_done, finished, best, last, train_seconds, "
+                        "indicators) instead of the lines")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model",

@@ -12,41 +12,67 @@ from .rundir import best_line, read_metrics, saved_config, schedule_fields
 from .wording import count, duration
 
 
-def show_run(run_dir: str | os.PathLike) -> str:
-    """What ``reste show RUN_DIR`` prints; a folder that holds no run is a one-line ``UsageError``."""
+_POINT = ("epoch", "test_acc", "test_top5")  # what the summary gives of the best and the last epoch
+
+
+def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What ``reste show RUN_DIR --json`` prints, as a dict: ``run_dir``, ``config`` (config.json's settings),
+    ``epochs_done``, ``finished``, ``best`` and ``last`` (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its
+    ``schedule`` values; None before the first epoch), ``train_seconds`` and ``indicators`` (``mode``, ``epochs``,
+    ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None when not measured). A
+    folder that holds no run is a one-line ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json), e.g. "
                          f"reste show {shell_word(os.path.dirname(os.path.abspath(run_dir)))}")
     config = saved_config(run_dir)
     metrics = read_metrics(run_dir, missing_ok=True)
-    options = " ".join(f"{k}={v}" for k, v in sorted({**config.estimator_options, **config.model_options}.items()))
-    lines = [f"run        {run_dir}",
-             f"settings   {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
-             f"{count(config.epochs, 'epoch')}, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
-             f"seed {config.seed}{f', preset {config.preset}' if config.preset else ''}"
-             + (f"\n           {options}" if options else "")]
-    done = len(metrics)
-    if done >= config.epochs:
-        lines.append(f"progress   finished: {done} of {count(config.epochs, 'epoch')}")
-    else:
-        lines.append(f"progress   {done} of {count(config.epochs, 'epoch')} (training, or stopped: "
-                     f"`reste train --resume {shell_word(run_dir)}` continues it)")
+    summary: dict[str, Any] = {"run_dir": os.fspath(run_dir), "config": config.to_dict(),
+                               "epochs_done": len(metrics), "finished": len(metrics) >= config.epochs,
+                               "best": None, "last": None, "train_seconds": 0.0, "indicators": None}
     if not metrics:
-        return "\n".join(lines)
-    best = best_line(metrics)
-    last = metrics[-1]
-    lines.append(f"best       test top-1 {best['test_acc']:.2f}%, top-5 {_top5(best)} at epoch {best['epoch']}")
-    sched = " ".join(f"{k} {v:.4g}" for k, v in schedule_fields(last).items())
-    lines.append(f"last       test top-1 {last['test_acc']:.2f}%, top-5 {_top5(last)} at epoch {last['epoch']}"
-                 f"{f' ({sched})' if sched else ''}, {duration(sum(m.get('time', 0.0) for m in metrics))} of training")
+        return summary
+    best, last = best_line(metrics), metrics[-1]
+    summary.update(best={k: best.get(k) for k in _POINT}, last={**{k: last.get(k) for k in _POINT},
+                                                                 "schedule": schedule_fields(last)},
+                   train_seconds=sum(m.get("time", 0.0) for m in metrics))
     history = [m for m in metrics if "estimating_error" in m]
     if history:
         mode = config.indicators or "general"
-        values = run_level(history, mode)
-        error, stability = RUN_LEVEL[mode]
-        lines.append(f"indicators ({mode} mode, {len(history)} epochs): estimating error "
-                     f"{values['estimating_error']:.4g} ({error}), gradient stability "
-                     f"{values['gradient_stability']:.4g} ({stability})")
+        summary["indicators"] = {"mode": mode, "epochs": len(history), **run_level(history, mode)}
+    return summary
+
+
+def show_run(run_dir: str | os.PathLike) -> str:
+    """What ``reste show RUN_DIR`` prints: :func:`run_summary` as lines."""
+    summary = run_summary(run_dir)
+    config = summary["config"]
+    options = " ".join(f"{k}={v}" for k, v in sorted({**config["estimator_options"],
+                                                       **config["model_options"]}.items()))
+    epochs = count(config["epochs"], "epoch")
+    preset = f", preset {config['preset']}" if config["preset"] else ""
+    lines = [f"run        {run_dir}",
+             f"settings   {config['model']} ({config['estimator']}{', 1W/32A' if config['a32'] else ''}) on "
+             f"{config['dataset']}: {epochs}, batch {config['batch_size']}, {config['optimizer']} lr "
+             f"{config['lr']:g}, seed {config['seed']}{preset}" + (f"\n           {options}" if options else "")]
+    done = summary["epochs_done"]
+    if summary["finished"]:
+        lines.append(f"progress   finished: {done} of {epochs}")
+    else:
+        lines.append(f"progress   {done} of {epochs} (training, or stopped: "
+                     f"`reste train --resume {shell_word(run_dir)}` continues it)")
+    best, last = summary["best"], summary["last"]
+    if best is None:
+        return "\n".join(lines)
+    lines.append(f"best       test top-1 {best['test_acc']:.2f}%, top-5 {_top5(best)} at epoch {best['epoch']}")
+    sched = " ".join(f"{k} {v:.4g}" for k, v in last["schedule"].items())
+    lines.append(f"last       test top-1 {last['test_acc']:.2f}%, top-5 {_top5(last)} at epoch {last['epoch']}"
+                 f"{f' ({sched})' if sched else ''}, {duration(summary['train_seconds'])} of training")
+    ind = summary["indicators"]
+    if ind:
+        error, stability = RUN_LEVEL[ind["mode"]]
+        lines.append(f"indicators ({ind['mode']} mode, {ind['epochs']} epochs): estimating error "
+                     f"{ind['estimating_error']:.4g} ({error}), gradient stability "
+                     f"{ind['gradient_stability']:.4g} ({stability})")
     return "\n".join(lines)
 
 
