@@ -142,7 +142,7 @@ def _remove_lock(lock_path: Path, release: Callable[[], None]) -> None:
 # pid is written over it, so a .lock planted in a received or shared folder as a link (or a hard link) to another
 # file would otherwise have that file truncated; a FIFO or a device is refused too (opening one can block).
 _LOCK_OPEN = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
-    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _open_lock_file(lock_path: Path, path: Path, remedy: str) -> int:
@@ -696,9 +696,10 @@ def start_metrics(run_dir: str | os.PathLike) -> None:
     atomic_write(Path(run_dir) / METRICS, lambda f: None)
 
 
-# O_NONBLOCK: a FIFO planted there is refused at once (ENXIO) rather than waited on; a plain file ignores it
+# O_NONBLOCK: a FIFO planted there is refused at once (ENXIO) rather than waited on; a plain file ignores it.
+# O_BINARY (Windows): LF stays LF, as open() writes it
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
-    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 def open_append(path: str | os.PathLike, **text: Any) -> Any:
