@@ -175,7 +175,7 @@ def test_a_python_caller_s_set_is_recorded_too(isolated, plugin_file):
     assert config.plugins == [str(plugin_file)] and datasets.defined_in("toyset") == module.__name__
 
 
-def test_resume_loads_the_recorded_plugin_and_a_sweep_takes_it(isolated, plugin_file, tmp_path, capsys):
+def test_resume_asks_for_the_recorded_plugin_and_a_sweep_takes_it(isolated, plugin_file, tmp_path, capsys):
     cwd = plugin_file.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(  # this reste, from any folder
         [str(Path(reste.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
@@ -190,6 +190,9 @@ def test_resume_loads_the_recorded_plugin_and_a_sweep_takes_it(isolated, plugin_
     assert "unknown dataset 'toyset'" in r.stderr and "the run trained with --plugin toyset: pass the same" in r.stderr
     r = subprocess.run([sys.executable, "-m", "reste", "train", "--resume", "run", "--epochs", "2", "--force",
                         "--no-progress"], cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "only when --plugin gives it again" in r.stderr, r.stderr  # the current folder's
+    r = subprocess.run([sys.executable, "-m", "reste", "train", "--resume", "run", "--epochs", "2", "--force",
+                        "--plugin", "toyset", "--no-progress"], cwd=cwd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert [m["epoch"] for m in _metrics(cwd / "run")] == [1, 2]
 

@@ -1003,6 +1003,24 @@ def test_a_received_label_that_a_spreadsheet_would_run_is_written_as_text(sweep,
     assert md[0].count(" | ") == (out / "results.md").read_text().splitlines()[4].count(" | ")
 
 
+def test_a_report_or_a_rerun_imports_no_plugin_a_received_sweep_names(sweep, tmp_path):
+    """rev5: the report resolved the configs of sweep.json and of each run's config.json, which imported the
+    plugins they name: a sweep folder from elsewhere ran its code on `reste report`, or on a rerun that skipped its
+    finished runs. Their plugins are not imported now (a sweep's own come with --plugin)."""
+    out, argv = _copy(sweep, tmp_path)
+    evil = out / "evil.py"
+    evil.write_text("import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('ran')\n")
+    manifest = json.loads((out / "sweep.json").read_text())
+    for setting in manifest["settings"]:
+        setting["config"]["plugins"] = [str(evil)]
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    for config in out.glob("runs/*/seed0/config.json"):
+        config.write_text(json.dumps({**json.loads(config.read_text()), "plugins": [str(evil)]}))
+    assert main(["report", str(out), "--no-plots"]) == 0 and not (out / "RAN").exists()
+    assert main(argv) == 0 and not (out / "RAN").exists()
+    assert len(_read_csv(out / "runs.csv")) == 2  # both runs still reported
+
+
 def test_a_failed_run_fails_the_sweep_even_with_a_kept_row(sweep, tmp_path, capsys):
     out, argv = _copy(sweep, tmp_path)
     run = next((out / "runs").glob("ste-*/seed0"))

@@ -450,10 +450,11 @@ def test_resuming_a_run_whose_plugin_model_changed_its_options_says_so(isolated,
     plugin.write_text(MLP.replace("width", "size") if edit == "renamed" else MLP.replace("1000", "4"))
     where, why = {"renamed": (run / "config.json", "model 'rv_mlp_1w1a' has no option width; valid: size"),
                   "tightened": (run, "width must be at most 4")}[edit]
-    line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress")
+    again = ("--plugin", str(plugin))  # a .py file: a resume imports it when given again
+    line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress", *again)
     assert line == (f"reste: error: {where} was trained with 'rv_mlp_1w1a' options {{'width': 8}}, which the loaded "
                     f"code does not take ({why}); load the plugin version the run was trained with"), line
     if edit == "tightened":
         line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress",
-                               "--model-option", "width=6")
+                               "--model-option", "width=6", *again)
         assert line.startswith("reste: error: bad --model-option for 'rv_mlp_1w1a': width must be at most 4"), line

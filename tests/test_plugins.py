@@ -186,8 +186,12 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     assert len(_metrics(run)) == 1 and "estimating_error" in json.dumps(_metrics(run)[0])
     assert _metrics(run)[0]["my_flag"] == 0.5 and "  my_flag 0.5  " in r.stdout  # the schedule, line and file
 
-    # resume: config.json names the plugin, so the flag is known without --plugin
+    # resume: config.json names the plugin, a module of the current folder, which a resume imports only when
+    # --plugin names it again (a run folder from elsewhere could run code by being resumed)
     r = _reste("train", "--resume", "run", "--my-flag", "0.5", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
+    assert r.returncode == 2 and "exist only with its --plugin MODULE" in r.stderr, r.stderr
+    r = _reste("train", "--resume", "run", "--plugin", "myest_plugin", "--my-flag", "0.5", "--epochs", "2", "--force",
+               "--no-progress", cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert [m["epoch"] for m in _metrics(run)] == [1, 2]
     # the plugin may move: --plugin is free on resume, like --data-path
@@ -308,6 +312,9 @@ def test_a_plugin_registers_a_model(tmp_path, monkeypatch):
                cwd=tmp_path)
     assert r.returncode == 0 and "training plug_mlp_1w1a (ste)" in r.stdout, r.stderr
     r = _reste("train", "--resume", "run", "--epochs", "2", "--force", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2 and "only when --plugin gives it again" in r.stderr, r.stderr  # a .py file
+    r = _reste("train", "--resume", "run", "--epochs", "2", "--force", "--plugin", "mlp_plugin.py", "--no-progress",
+               cwd=tmp_path)
     assert r.returncode == 0 and [m["epoch"] for m in _metrics(tmp_path / "run")] == [1, 2], r.stderr
     r = _reste("export", "run", "m.rbnn", "--plugin", "mlp_plugin.py", cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "m.rbnn").is_file(), r.stderr
@@ -325,32 +332,42 @@ def test_only_train_resume_imports_the_plugins_a_run_folder_names(tmp_path):
     first import the module a (possibly foreign) run folder's config.json names."""
     from reste.plugins import plugins_in_argv
 
-    (tmp_path / "config.json").write_text(json.dumps({"plugins": ["evil_module"]}))
-    assert plugins_in_argv(["train", "--resume", str(tmp_path)]) == ["evil_module"]
-    assert plugins_in_argv(["--debug", "train", "--resume", str(tmp_path)]) == ["evil_module"]
+    (tmp_path / "config.json").write_text(json.dumps({"plugins": ["json"]}))  # an installed module (the stdlib's)
+    assert plugins_in_argv(["train", "--resume", str(tmp_path)]) == ["json"]
+    assert plugins_in_argv(["--debug", "train", "--resume", str(tmp_path)]) == ["json"]
     for command in (["eval", "x"], ["sweep"], ["show", "x"], ["report", "x"]):
         assert plugins_in_argv([*command, "--resume", str(tmp_path)]) == [], command
 
 
 def test_a_resume_imports_no_code_inside_the_run_folder_unless_given_again(tmp_path, monkeypatch):
-    """A run's config.json names its plugins and --resume imports them: a run folder from elsewhere whose config.json
-    names code it holds itself (run/evil.py, the module run.evil, the folder as a package) ran that code by being
-    resumed. Such a plugin is imported only when --plugin names it again; code outside the folder still loads."""
+    """A run's config.json names its plugins and --resume imported them: a run folder from elsewhere whose config.json
+    names code it holds itself (run/evil.py, the module run.evil, the folder as a package), a file planted elsewhere
+    or a module of the current folder ran that code by being resumed. Only an installed module is imported now;
+    the others when --plugin names them again."""
     r = _reste("train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "run"
     (run / "evil.py").write_text("import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('ran')\n")
     (tmp_path / "mine.py").write_text("")
     monkeypatch.chdir(tmp_path)  # where a module name is looked for, and a relative path starts
-    for spec in ("run.evil", "run/evil.py", str(run / "evil.py"), "./run/../run/evil.py"):
+    for spec in ("run.evil", "run/evil.py", str(run / "evil.py"), "./run/../run/evil.py", "mine.py", "mine",
+                 "no_such_module", str(tmp_path / "mine.py")):
         assert not plugins.loads_on_resume(spec, run) and not plugins.loads_on_resume(spec, "run/../run"), spec
-    for spec in ("mine.py", "mine", "json", "no_such_module"):  # the last fails as a given one does
+    for spec in ("json", "email.mime", "sys"):
         assert plugins.loads_on_resume(spec, run), spec
     (run / "__init__.py").write_text("")
     config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "plugins": ["run", "mine"]}))
-    assert not plugins.loads_on_resume("run", run) and plugins.plugins_in_argv(["train", "--resume", "run"]) == ["mine"]
+    (run / "config.json").write_text(json.dumps({**config, "plugins": ["run", "mine", "json"]}))
+    assert not plugins.loads_on_resume("run", run) and plugins.plugins_in_argv(["train", "--resume", "run"]) == ["json"]
+    monkeypatch.syspath_prepend(str(tmp_path))  # the run folder's parent on Python's path: its code is still held
+    monkeypatch.chdir(run)
+    assert not plugins.loads_on_resume("run.evil", run) and not plugins.loads_on_resume("run", run)
+    assert plugins.loads_on_resume("mine", run)  # found on the path, outside the run folder
+    monkeypatch.chdir(tmp_path)
     (run / "__init__.py").unlink()
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 2, "lr": -1, "plugins": ["run/evil.py"]}))
+    r = _reste("train", "--resume", "run", "--no-progress", cwd=tmp_path)  # a bad setting: its error path too
+    assert r.returncode == 2 and "holds a bad setting" in r.stderr and not (run / "RAN").exists(), r.stderr
     (run / "config.json").write_text(json.dumps({**config, "epochs": 2, "plugins": ["run.evil"]}))
     r = _reste("train", "--resume", "run", "--no-progress", cwd=tmp_path)
     assert r.returncode == 0 and not (run / "RAN").exists(), r.stderr

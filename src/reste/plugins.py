@@ -10,9 +10,9 @@ load one:
 * ``--plugin MODULE`` on ``reste train``, ``sweep``, ``eval`` and ``export``: a module
   name importable from ``sys.path`` or the current folder, or a path to a ``.py``
   file. A run saves its plugins in ``config.json`` (``TrainConfig.plugins``), so
-  ``--resume`` loads them again, but for code inside the run folder itself (a ``.py`` file
-  there, or the folder as a package): that is given again with ``--plugin``, so that a run
-  folder from elsewhere cannot run code of its own by being resumed.
+  ``--resume`` loads them again where they are installed modules; a ``.py`` file, a module of
+  the current folder, or code inside the run folder is given again with ``--plugin``, so that
+  a run folder from elsewhere cannot run code by being resumed (:func:`loads_on_resume`).
 
 A plugin that cannot be loaded is a ``UsageError``: one line, exit status 2. An installed entry point that
 fails to import is a warning: the other estimators work, and an unknown name's error notes the failure.
@@ -21,6 +21,7 @@ fails to import is a warning: the other estimators work, and an unknown name's e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.metadata
@@ -78,31 +79,41 @@ def saved_form(spec: str) -> str:
 
 
 def loads_on_resume(spec: Any, run_dir: str | os.PathLike) -> bool:
-    """Whether a resume of ``run_dir`` imports ``spec``, a plugin its ``config.json`` records, without it being
-    given again: not when the code it names lies inside the run folder (a ``.py`` file there, the folder itself as a
-    package, or a module in it), which may be code that came with a folder from elsewhere, made to run by being
-    resumed. ``False`` for what is not a plugin's name; the others are imported (or fail) as given ones are."""
-    if not isinstance(spec, str) or not spec.strip():
+    """Whether a resume of ``run_dir`` imports ``spec``, a plugin its ``config.json`` records, without ``--plugin``
+    naming it again: a module this process has, or one installed on Python's path (found there without the current
+    folder) whose code is not inside the run folder. A ``.py`` file, a module of the current folder (where a
+    received folder is unpacked; any folder there is a namespace package) or code inside the run folder is not:
+    a run folder from elsewhere could otherwise run code it brought, or a file someone planted (``/tmp/x.py``),
+    by being resumed."""
+    if not isinstance(spec, str) or not spec.strip() or is_path(spec):
         return False
-    inside = Path(run_dir).resolve()
-
-    def within(where: Any) -> bool:
-        return isinstance(where, str) and Path(where).resolve().is_relative_to(inside)
-
-    if is_path(spec):
-        return not within(spec)
-    if spec in sys.modules or spec in _loaded:
+    if spec in sys.modules:
         return True
     top = spec.split(".")[0]
-    path = [*sys.path, os.getcwd()]  # where _import_module looks
-    try:
-        found = importlib.machinery.PathFinder.find_spec(top, path)
-    except (ImportError, ValueError):
-        return True  # its import says what is wrong
-    if found is None:
+    if top in sys.builtin_module_names:
         return True
-    places = [found.origin, *(found.submodule_search_locations or [])]
-    return not any(within(place) for place in places)
+    here = os.path.abspath(os.getcwd())
+    try:
+        found = importlib.machinery.PathFinder.find_spec(top, [p for p in sys.path if p and os.path.abspath(p) != here])
+    except (ImportError, ValueError):
+        return False
+    if found is None:  # only in the current folder, or nowhere (then --plugin's import says so)
+        return False
+    try:
+        folder = os.stat(run_dir)
+    except OSError:
+        return True  # no run folder to hold code
+
+    def inside(place: Any) -> bool:  # by the folders' identity: a link, or another case of its name, is the same
+        if not isinstance(place, str):
+            return False
+        for above in (Path(place).resolve(), *Path(place).resolve().parents):
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.stat(above), folder):
+                    return True
+        return False
+
+    return not any(inside(p) for p in (found.origin, *(found.submodule_search_locations or [])))
 
 
 def defining(modules: Iterable[str]) -> list[str]:

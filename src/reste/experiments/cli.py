@@ -46,6 +46,7 @@ def add_commands(sub: Any) -> None:
                                    "figures again from its runs (also while the sweep runs).")
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the sweep folder (the --out of reste sweep)")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="write the tables only, no figures")
+    add_plugin_flag(p)  # a sweep's own plugins: a sweep.json's are not imported
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

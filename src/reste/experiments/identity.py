@@ -7,6 +7,7 @@ and the settings that cannot change the result (``reste.rundir.RESUME_FREE``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -22,6 +23,14 @@ def canonical(config: TrainConfig) -> TrainConfig:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1
         return as_recorded(config.resolve())
+
+
+def canonical_saved(config: TrainConfig) -> TrainConfig:
+    """:func:`canonical` of a config read from a file (a sweep.json's setting, a run's config.json), whose plugins
+    are not imported: a sweep folder from elsewhere could name code of its own there, run by a report or a rerun.
+    The estimators and models of plugins already loaded (``--plugin``) count; the plugins stay recorded (they
+    are no part of a run's identity)."""
+    return dataclasses.replace(canonical(dataclasses.replace(config, plugins=[])), plugins=config.plugins)
 
 
 def config_key(config: TrainConfig) -> str:

@@ -32,7 +32,7 @@ from ..errors import UsageError
 from ..indicators import RUN_LEVEL, run_level
 from ..rundir import (METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, divergence,
                       holds_run, read_metrics, run_config)
-from .identity import canonical, config_key
+from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
 
@@ -59,7 +59,7 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
         lines = read_metrics(run_dir, missing_ok=True)
     except UsageError as err:
         return "damaged", str(err)
-    if key is not None and config_key(canonical(config)) != key:
+    if key is not None and config_key(canonical_saved(config)) != key:
         return "changed", (f"it holds a run with other settings ({config.epochs} epochs, estimator "
                             f"{config.estimator}) than its setting: changed since with --resume --force?")
     by_epoch = {m["epoch"]: m for m in lines}
@@ -237,7 +237,7 @@ def _setting_key(s: dict[str, Any]) -> str | None:
     if not isinstance(s.get("config"), dict):
         return None
     try:
-        return config_key(canonical(TrainConfig.from_saved(s["config"])))
+        return config_key(canonical_saved(TrainConfig.from_saved(s["config"])))
     except (UsageError, TypeError, ValueError):
         return None
 
@@ -250,7 +250,7 @@ PUBLISHED_COLUMNS = ("published_preset", "published_top1", "published_top5", "be
 def _recipe(config: TrainConfig) -> str | None:
     """The settings of ``config`` that make its training, as one text to compare; None when it does not resolve."""
     try:
-        data = canonical(config).to_dict()
+        data = canonical_saved(config).to_dict()
     except (UsageError, TypeError, ValueError):
         return None
     return json.dumps({k: v for k, v in data.items() if k not in RECIPE_FREE}, sort_keys=True, default=str)
