@@ -312,7 +312,7 @@ def test_a_plugin_registers_a_model(tmp_path, monkeypatch):
                cwd=tmp_path)
     assert r.returncode == 0 and "training plug_mlp_1w1a (ste)" in r.stdout, r.stderr
     r = _reste("train", "--resume", "run", "--epochs", "2", "--force", "--no-progress", cwd=tmp_path)
-    assert r.returncode == 2 and "only when --plugin gives it again" in r.stderr, r.stderr  # a .py file
+    assert r.returncode == 2 and "a resume imports only when given again" in r.stderr, r.stderr  # a .py file
     r = _reste("train", "--resume", "run", "--epochs", "2", "--force", "--plugin", "mlp_plugin.py", "--no-progress",
                cwd=tmp_path)
     assert r.returncode == 0 and [m["epoch"] for m in _metrics(tmp_path / "run")] == [1, 2], r.stderr
@@ -366,11 +366,13 @@ def test_a_resume_imports_no_code_inside_the_run_folder_unless_given_again(tmp_p
     monkeypatch.chdir(tmp_path)
     (run / "__init__.py").unlink()
     (run / "config.json").write_text(json.dumps({**config, "epochs": 2, "lr": -1, "plugins": ["run/evil.py"]}))
-    r = _reste("train", "--resume", "run", "--no-progress", cwd=tmp_path)  # a bad setting: its error path too
-    assert r.returncode == 2 and "holds a bad setting" in r.stderr and not (run / "RAN").exists(), r.stderr
+    r = _reste("train", "--resume", "run", "--no-progress", cwd=tmp_path)  # a bad setting: no error path imports it
+    assert r.returncode == 2 and "pass --plugin run/evil.py (or where" in r.stderr, r.stderr
+    assert not (run / "RAN").exists()
     (run / "config.json").write_text(json.dumps({**config, "epochs": 2, "plugins": ["run.evil"]}))
     r = _reste("train", "--resume", "run", "--no-progress", cwd=tmp_path)
-    assert r.returncode == 0 and not (run / "RAN").exists(), r.stderr
+    assert r.returncode == 2 and "names plugins that a resume imports only when given again" in r.stderr, r.stderr
+    assert not (run / "RAN").exists()
     r = _reste("train", "--resume", "run", "--epochs", "3", "--force", "--plugin", "run/evil.py", "--no-progress",
                cwd=tmp_path)
     assert r.returncode == 0 and (run / "RAN").exists(), r.stderr  # given again: the user's choice

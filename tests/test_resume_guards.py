@@ -296,7 +296,7 @@ def test_a_moved_plugin_of_a_resumed_run_says_what_to_do(capsys, run):
     cfg = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**cfg, "plugins": [str(run / "gone.py")]}))
     line = _error(capsys, "train", "--resume", str(run), "--no-progress")
-    assert "no such file" in line and "config.json" in line and "pass --plugin NEW_PATH" in line
+    assert "config.json names plugins" in line and f"pass --plugin {run / 'gone.py'} (or where they are now)" in line
 
 
 def test_a_crafted_step_past_the_epoch_is_refused(capsys, run):

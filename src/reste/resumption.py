@@ -75,10 +75,12 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     again). Another data set is refused always, other settings outside ``RESUME_FREE`` unless ``force``;
     given estimator or model options refine the saved ones, and another estimator drops the old one's."""
     overrides = dict(overrides or {})
-    held: list[str] = []
-    if "plugins" not in overrides and isinstance(saved.plugins, list):  # what config.json names, not the user:
-        held = [p for p in saved.plugins if not loads_on_resume(p, run_dir)]  # left out of every resolve below
-        saved = dataclasses.replace(saved, plugins=[p for p in saved.plugins if p not in held])
+    if "plugins" not in overrides and isinstance(saved.plugins, list) \
+            and not all(loads_on_resume(p, run_dir) for p in saved.plugins):  # before anything resolves it
+        again = " ".join(f"--plugin {shell_word(str(p))}" for p in saved.plugins)
+        raise UsageError(f"{run_dir / CONFIG} names plugins that a resume imports only when given again (a .py file, "
+                         "a module of the current folder or code in the run folder: in a run folder from elsewhere, "
+                         f"anyone's code); pass {again} (or where they are now)")
     if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
         overrides["dataset"] = get_spec(overrides["dataset"]).name
     if isinstance(overrides.get("estimator"), str):  # and ReSTE is reste, on either side
@@ -107,12 +109,7 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     except UsageError as err:
         missing = unregistered(saved.model, saved.estimator)
         if missing:  # not a bad setting: the module that registers it is not loaded
-            recorded = f" (the run recorded --plugin {' '.join(map(str, saved.plugins + held))})" \
-                if saved.plugins or held else ""
-            if held:
-                recorded += ("; a resume imports a .py file, a module of the current folder or code in the run folder "
-                             f"that the run names ({' '.join(shell_word(str(p)) for p in held)}) only when --plugin "
-                             "gives it again: a run folder from elsewhere could run code by being resumed")
+            recorded = f" (the run recorded --plugin {' '.join(saved.plugins)})" if saved.plugins else ""
             raise UsageError(f"{run_dir} trained with {missing}, which no module loaded here registers: pass --plugin "
                              f"MODULE, the module or .py file that does{recorded}; or, where {CONFIG} was edited, "
                              "give that setting again to replace it (with --force)") from None
