@@ -138,7 +138,7 @@ def test_the_refusal_waits_briefly_for_the_holders_pid(tmp_path, monkeypatch):
         os.close(fd)
 
 
-@pytest.mark.parametrize("kind", ["symlink", "dangling", "hardlink", "fifo", "folder"])
+@pytest.mark.parametrize("kind", ["symlink", "dangling", "fifo", "folder"])
 def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_left_alone(tmp_path, kind):
     """sec2 2: the pid is written over the lock file, so a .lock (or sweep.lock) planted in a received or shared
     folder as a link to another file would have truncated that file; it, and a FIFO (opening one can block), is
@@ -148,13 +148,28 @@ def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_left_alone(tmp_path
     run.mkdir()
     lock = run / ".lock"
     {"symlink": lambda: lock.symlink_to(victim), "dangling": lambda: lock.symlink_to(tmp_path / "made"),
-     "hardlink": lambda: os.link(victim, lock), "fifo": lambda: os.mkfifo(lock), "folder": lock.mkdir}[kind]()
+     "fifo": lambda: os.mkfifo(lock), "folder": lock.mkdir}[kind]()
     for opening in (lambda: RunDirectory.open(run, fresh=True),
                     lambda: rundir.folder_lock(run, ".lock", "a sweep", "use another folder").__enter__()):
         with pytest.raises(UsageError, match=r"\.lock is not a plain file .* remove it and run again"):
             opening()
     assert victim.read_text() == "precious\n" and not (tmp_path / "made").exists()
     assert os.path.lexists(lock)  # left for the user to look at
+
+
+def test_a_lock_file_with_another_name_is_replaced_not_written(tmp_path):
+    """A .lock that is a hard link (a run folder copied with cp -al, or a link planted to another file) gets a file
+    of its own; the other name's file is left as it was (rev5: such a copy could not be resumed)."""
+    victim, run = tmp_path / "victim.txt", tmp_path / "run"
+    victim.write_text("precious\n")
+    run.mkdir()
+    os.link(victim, run / ".lock")
+    with RunDirectory.open(run, fresh=True):
+        assert (run / ".lock").read_text() == f"{os.getpid()}\n" and os.stat(run / ".lock").st_nlink == 1
+    os.link(victim, run / "sweep.lock")
+    with rundir.folder_lock(run, "sweep.lock", "a sweep", "use another folder"):
+        assert os.stat(run / "sweep.lock").st_nlink == 1
+    assert victim.read_text() == "precious\n" and os.stat(victim).st_nlink == 1
 
 
 def test_two_runs_started_together_on_one_folder(tmp_path):

@@ -138,16 +138,16 @@ def _remove_lock(lock_path: Path, release: Callable[[], None]) -> None:
         release()
 
 
-# A lock file is opened without following a link (where the OS can), and must be a plain file with one name: the
-# pid is written over it, so a .lock planted in a received or shared folder as a link (or a hard link) to another
-# file would otherwise have that file truncated; a FIFO or a device is refused too (opening one can block).
+# A lock file is opened without following a link (where the OS can), and must be a plain file: the pid is written
+# over it, so a .lock planted in a received or shared folder as a link to another file would otherwise have that file
+# truncated; a FIFO or a device is refused too (opening one can block). A hard link is replaced (RunDirectory._lock).
 _LOCK_OPEN = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
     | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _open_lock_file(lock_path: Path, path: Path, remedy: str) -> int:
     """Open (or make) the lock file ``lock_path`` of the folder ``path``; ``UsageError`` when it cannot be written,
-    or is not a plain file of its own (a symbolic or hard link, a folder, a FIFO, a device)."""
+    or is not a plain file (a symbolic link, a folder, a FIFO, a device)."""
     not_plain = UsageError(f"{lock_path} is not a plain file (a link, a folder or a device someone put there); "
                            "look at what it is, remove it and run again")
     try:
@@ -156,8 +156,7 @@ def _open_lock_file(lock_path: Path, path: Path, remedy: str) -> int:
         if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
             raise not_plain from None
         raise UsageError(f"run directory {path} is not writable ({err.strerror}); {remedy}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise not_plain
     return fd
@@ -294,9 +293,15 @@ class RunDirectory:
                 same = os.lstat(lock_path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
+            if same and os.fstat(fd).st_nlink > 1 and not _WINDOWS:
+                # a file with another name too: a run folder copied with hard links (cp -al), or a link planted to
+                # another file, whose pid would be written over it; this folder gets a .lock of its own (locked, so
+                # no one else holds it), the file keeps its other name untouched
+                os.unlink(lock_path)
+                same = False
             if same:
                 break
-            os.close(fd)
+            _release(fd)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
