@@ -78,6 +78,27 @@ def saved_form(spec: str) -> str:
     return str(Path(spec).resolve()) if is_path(spec) else spec
 
 
+def _installed_spec(top: str) -> Any:
+    """Where Python would import the top-level module ``top`` from, leaving out the current folder (as the import
+    finders see it: sys.path's entries, and the finders of editable installs); None where it is not found. No
+    module's code runs."""
+    here = os.path.abspath(os.getcwd())
+    path = [p for p in sys.path if p and os.path.abspath(p) != here]
+    for finder in sys.meta_path:
+        try:
+            if finder is importlib.machinery.PathFinder:
+                found = finder.find_spec(top, path)
+            elif hasattr(finder, "find_spec"):
+                found = finder.find_spec(top, None)
+            else:
+                continue
+        except (ImportError, ValueError, TypeError):
+            continue
+        if found is not None:
+            return found
+    return None
+
+
 def loads_on_resume(spec: Any, run_dir: str | os.PathLike) -> bool:
     """Whether a resume of ``run_dir`` imports ``spec``, a plugin its ``config.json`` records, without ``--plugin``
     naming it again: a module this process has, or one installed on Python's path (found there without the current
@@ -89,14 +110,7 @@ def loads_on_resume(spec: Any, run_dir: str | os.PathLike) -> bool:
         return False
     if spec in sys.modules:
         return True
-    top = spec.split(".")[0]
-    if top in sys.builtin_module_names:
-        return True
-    here = os.path.abspath(os.getcwd())
-    try:
-        found = importlib.machinery.PathFinder.find_spec(top, [p for p in sys.path if p and os.path.abspath(p) != here])
-    except (ImportError, ValueError):
-        return False
+    found = _installed_spec(spec.split(".")[0])
     if found is None:  # only in the current folder, or nowhere (then --plugin's import says so)
         return False
     try:
