@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from reste.cli import main
-from reste.rundir import METRICS
+from reste import rundir
+from reste.rundir import METRICS, RunDirectory
 from cli_checks import one_line_error
 
 
@@ -43,6 +45,7 @@ def test_show_json_gives_the_same_figures_as_one_object(run, tmp_path, capsys):
     best = max(metrics, key=lambda m: (m["test_acc"], -m["epoch"]))
     assert got["config"] == json.loads((run / "config.json").read_text())
     assert (got["run_dir"], got["epochs_done"], got["finished"]) == (str(run), 2, True)
+    assert (got["state"], got["pid"]) == ("finished" if os.path.exists("/proc/locks") else None, None)
     assert got["best"] == {k: best[k] for k in ("epoch", "test_acc", "test_top5")}
     assert got["last"]["epoch"] == 2 and got["last"]["schedule"] == {"o": metrics[-1]["o"]}
     assert got["train_seconds"] == pytest.approx(sum(m["time"] for m in metrics))
@@ -58,7 +61,8 @@ def test_show_json_gives_the_same_figures_as_one_object(run, tmp_path, capsys):
                                                                                                   None)
 
 
-def test_show_of_an_unfinished_run_says_how_to_continue_it(run, tmp_path, capsys):
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="which process holds a folder: Linux's /proc/locks")
+def test_show_of_an_unfinished_run_says_whether_it_trains_and_how_to_continue_it(run, tmp_path, capsys, monkeypatch):
     part = tmp_path / "part"
     part.mkdir()
     (part / "config.json").write_text((run / "config.json").read_text())
@@ -66,7 +70,18 @@ def test_show_of_an_unfinished_run_says_how_to_continue_it(run, tmp_path, capsys
     capsys.readouterr()
     assert main(["show", str(part)]) == 0
     text = capsys.readouterr().out
-    assert "1 of 2 epochs (training, or stopped: `reste train --resume" in text and "at epoch 1" in text
+    assert "1 of 2 epochs: stopped (no process on this machine holds it; `reste train --resume" in text, text
+    assert "at epoch 1" in text
+    with RunDirectory.open(part, fresh=False):  # as a run training in it holds it
+        assert main(["show", str(part)]) == 0
+        assert f"progress   1 of 2 epochs: training now (pid {os.getpid()})" in capsys.readouterr().out
+        assert main(["show", str(part), "--json"]) == 0
+        assert {k: v for k, v in json.loads(capsys.readouterr().out).items() if k in ("state", "pid")} == {
+            "state": "training", "pid": os.getpid()}
+    assert main(["show", str(part)]) == 0 and ": stopped (" in capsys.readouterr().out  # released
+    monkeypatch.setattr(rundir, "_PROC_LOCKS", str(tmp_path / "none"))  # not Linux: it cannot be told
+    assert main(["show", str(part)]) == 0
+    assert "1 of 2 epochs (training, or stopped: `reste train --resume" in capsys.readouterr().out
     (part / METRICS).unlink()  # started, no epoch finished yet
     assert main(["show", str(part)]) == 0
     assert "0 of 2 epochs" in capsys.readouterr().out

@@ -602,6 +602,33 @@ def forget_divergence(run_dir: str | os.PathLike) -> None:
     (Path(run_dir) / DIVERGED).unlink(missing_ok=True)
 
 
+_PROC_LOCKS = "/proc/locks"  # Linux's table of the file locks held on this machine
+
+
+def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
+    """Who holds the lock of the folder ``path`` (its ``name`` file), told without taking it (a probe would refuse a
+    run starting at that moment): the holder's pid; 0 when no process on this machine holds it (or there is no lock
+    file); None where that cannot be told (no /proc/locks: not Linux). A run on another machine that shares the
+    folder (NFS) is not seen."""
+    try:
+        info = os.lstat(Path(path) / name)
+    except FileNotFoundError:
+        return 0  # a run holds its .lock while it runs
+    except OSError:
+        return None
+    try:
+        with open(_PROC_LOCKS, encoding="ascii", errors="replace") as f:
+            table = f.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in table:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter's line has "->" after "1:"
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
+            return int(fields[4]) if fields[4].isdigit() else -1
+    return 0
+
+
 def holds_run(path: str | os.PathLike) -> bool:
     """Whether the folder holds a run (its settings or a checkpoint): a new run refuses it, a resume takes it."""
     path = Path(path)

@@ -1,5 +1,6 @@
 """``reste show RUN_DIR``: a run's settings, progress, accuracy and indicators, read from its ``config.json`` and
-``metrics.jsonl`` alone (no checkpoint loaded, no data read, no lock taken: a run still training can be shown)."""
+``metrics.jsonl`` alone (no checkpoint loaded, no data read, no lock taken: a run still training can be shown; on
+Linux, /proc/locks tells whether a process holds it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
-from .rundir import best_line, read_metrics, saved_config, schedule_fields
+from .rundir import best_line, lock_holder, read_metrics, saved_config, schedule_fields
 from .wording import count, duration
 
 
@@ -17,17 +18,23 @@ _POINT = ("epoch", "test_acc", "test_top5")  # what the summary gives of the bes
 
 def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     """What ``reste show RUN_DIR --json`` prints, as a dict: ``run_dir``, ``config`` (config.json's settings),
-    ``epochs_done``, ``finished``, ``best`` and ``last`` (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its
-    ``schedule`` values; None before the first epoch), ``train_seconds`` and ``indicators`` (``mode``, ``epochs``,
-    ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None when not measured). A
+    ``epochs_done``, ``finished``, ``state`` ("training" while a process on this machine holds the folder, with its
+    ``pid``; else "finished" or "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last``
+    (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
+    ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the
+    run-level rule of that mode; None when not measured). A
     folder that holds no run is a one-line ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json), e.g. "
                          f"reste show {shell_word(os.path.dirname(os.path.abspath(run_dir)))}")
     config = saved_config(run_dir)
     metrics = read_metrics(run_dir, missing_ok=True)
+    holder = lock_holder(run_dir)
+    finished = len(metrics) >= config.epochs
+    state = ("training" if holder else "finished" if finished else "stopped" if holder == 0 else None)
     summary: dict[str, Any] = {"run_dir": os.fspath(run_dir), "config": config.to_dict(),
-                               "epochs_done": len(metrics), "finished": len(metrics) >= config.epochs,
+                               "epochs_done": len(metrics), "finished": finished, "state": state,
+                               "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None}
     if not metrics:
         return summary
@@ -54,12 +61,18 @@ def show_run(run_dir: str | os.PathLike) -> str:
              f"settings   {config['model']} ({config['estimator']}{', 1W/32A' if config['a32'] else ''}) on "
              f"{config['dataset']}: {epochs}, batch {config['batch_size']}, {config['optimizer']} lr "
              f"{config['lr']:g}, seed {config['seed']}{preset}" + (f"\n           {options}" if options else "")]
-    done = summary["epochs_done"]
-    if summary["finished"]:
+    done, state, resume = summary["epochs_done"], summary["state"], f"reste train --resume {shell_word(run_dir)}"
+    if state == "training":
+        pid = f" (pid {summary['pid']})" if summary["pid"] else ""
+        lines.append(f"progress   {done} of {epochs}: training now{pid}")
+    elif state == "finished":
         lines.append(f"progress   finished: {done} of {epochs}")
-    else:
-        lines.append(f"progress   {done} of {epochs} (training, or stopped: "
-                     f"`reste train --resume {shell_word(run_dir)}` continues it)")
+    elif state == "stopped":
+        lines.append(f"progress   {done} of {epochs}: stopped (no process on this machine holds it; `{resume}` "
+                     "continues it)")
+    else:  # where the lock cannot be read without taking it
+        lines.append(f"progress   {done} of {epochs}{': finished' if summary['finished'] else ''} (training, or "
+                     f"stopped: `{resume}` continues it)")
     best, last = summary["best"], summary["last"]
     if best is None:
         return "\n".join(lines)
