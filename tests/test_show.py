@@ -79,6 +79,13 @@ def test_show_of_an_unfinished_run_says_whether_it_trains_and_how_to_continue_it
         assert {k: v for k, v in json.loads(capsys.readouterr().out).items() if k in ("state", "pid")} == {
             "state": "training", "pid": os.getpid()}
     assert main(["show", str(part)]) == 0 and ": stopped (" in capsys.readouterr().out  # released
+    mounts = tmp_path / "mounts"  # the folder on NFS: a run on another machine holds it out of sight
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\nserver:/export {tmp_path} nfs4 rw 0 0\n")
+    monkeypatch.setattr(rundir, "_MOUNTS", str(mounts))
+    assert main(["show", str(part)]) == 0
+    assert "1 of 2 epochs (training, or stopped: `reste train --resume" in capsys.readouterr().out
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\n/dev/vdb {tmp_path.parent} ext4 rw 0 0\n")
+    assert main(["show", str(part)]) == 0 and ": stopped (" in capsys.readouterr().out
     monkeypatch.setattr(rundir, "_PROC_LOCKS", str(tmp_path / "none"))  # not Linux: it cannot be told
     assert main(["show", str(part)]) == 0
     assert "1 of 2 epochs (training, or stopped: `reste train --resume" in capsys.readouterr().out

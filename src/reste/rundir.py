@@ -603,13 +603,36 @@ def forget_divergence(run_dir: str | os.PathLike) -> None:
 
 
 _PROC_LOCKS = "/proc/locks"  # Linux's table of the file locks held on this machine
+_MOUNTS = "/proc/self/mounts"  # and its mount table
+_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p", "afs")
+
+
+def _shared_file_system(path: Path) -> bool:
+    """Whether ``path`` lies on a file system other machines may share (NFS, Lustre, ...; a FUSE one too), by the
+    mount table of Linux; False where it cannot be read."""
+    try:
+        with open(_MOUNTS, encoding="utf-8", errors="replace") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    best = ("", "")
+    for fields in mounts:
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fields[2])
+    kind = best[1]
+    return kind.split(".")[0] in _NETWORK_FS or kind.startswith("fuse")
 
 
 def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
     """Who holds the lock of the folder ``path`` (its ``name`` file), told without taking it (a probe would refuse a
-    run starting at that moment): the holder's pid; 0 when no process on this machine holds it (or there is no lock
-    file); None where that cannot be told (no /proc/locks: not Linux). A run on another machine that shares the
-    folder (NFS) is not seen."""
+    run starting at that moment): the holder's pid (-1 where the table gives none); 0 when no process holds it (or
+    there is no lock file); None where that cannot be told: no /proc/locks (not Linux), or a file system that other
+    machines may share (NFS, Lustre, ...), where a run elsewhere holds it out of this machine's sight."""
     try:
         info = os.lstat(Path(path) / name)
     except FileNotFoundError:
@@ -620,6 +643,8 @@ def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
         with open(_PROC_LOCKS, encoding="ascii", errors="replace") as f:
             table = f.read().splitlines()
     except OSError:
+        return None
+    if _shared_file_system(Path(path)):  # a run on another machine holds its lock there, not in this table
         return None
     where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
     for line in table:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter's line has "->" after "1:"
