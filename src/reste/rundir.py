@@ -297,7 +297,12 @@ class RunDirectory:
                 # a file with another name too: a run folder copied with hard links (cp -al), or a link planted to
                 # another file, whose pid would be written over it; this folder gets a .lock of its own (locked, so
                 # no one else holds it), the file keeps its other name untouched
-                os.unlink(lock_path)
+                try:
+                    os.unlink(lock_path)
+                except OSError as err:
+                    _release(fd)
+                    raise UsageError(f"{lock_path} is a hard link to another file and cannot be removed "
+                                     f"({err.strerror}); remove it and run again") from None
                 same = False
             if same:
                 break
