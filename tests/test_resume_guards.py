@@ -321,3 +321,26 @@ def test_a_forced_change_of_activations_carries_the_weights(tmp_path):
     assert not any("input_estimator" in k for k in state) and not torch.equal(state["conv1.weight"], weight)
     result, _ = _resume(out, {"a32": False, "epochs": 3}, force=True)
     assert result["epochs"] == 3 and any("input_estimator" in k for k in load_checkpoint(out / "last.pt")["model"])
+
+
+def test_a_resume_says_where_config_json_sends_its_tensorboard_events(run, tmp_path):
+    """sec2 9: a received run's config.json chooses the TensorBoard folder (any absolute path); a resume that was
+    not given --tensorboard again says where the events go, so the place is not chosen in silence."""
+    pytest.importorskip("torch.utils.tensorboard")
+    elsewhere = tmp_path / "elsewhere"
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "tensorboard": str(elsewhere)}))
+    _, lines = _resume(run, {"epochs": 3}, force=True)
+    assert f"note: TensorBoard events go to {elsewhere}, as config.json records (--tensorboard DIR moves them)" \
+        in lines, lines
+    _, lines = _resume(run, {"epochs": 4, "tensorboard": str(elsewhere)}, force=True)  # given again: the user's
+    assert not any("TensorBoard events go to" in line for line in lines), lines
+    (run / "config.json").write_text(json.dumps({**cfg, "epochs": 4, "tensorboard": str(run / "tb")}))
+    _, lines = _resume(run, {"epochs": 5}, force=True)  # inside the run folder
+    assert not any("TensorBoard events go to" in line for line in lines), lines
+    from reste.resumption import recorded_places_notes
+
+    fmnist = TrainConfig(dataset="fashion-mnist", download=True, data_path=str(elsewhere))
+    assert recorded_places_notes(run, fmnist, {}) == [
+        f"note: missing data is downloaded into {elsewhere}, as config.json records (--data-path DIR moves it)"]
+    assert recorded_places_notes(run, fmnist, {"download": True}) == []

@@ -1137,6 +1137,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)
         done = ckpt["epoch"] + resumption.trained_epoch(ckpt)  # (an epoch saved before its evaluation is trained)
         notes += resumption.schedule_notes(trained.epochs, config.epochs, done)
+        notes += resumption.recorded_places_notes(run_dir, config, overrides)
         for note in notes:
             run.log(note)
         if trained.optimizer != config.optimizer:  # another optimizer's state starts afresh

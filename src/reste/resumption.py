@@ -183,6 +183,22 @@ def trained_settings(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConf
     return trained, notes
 
 
+def recorded_places_notes(run_dir: Path, config: TrainConfig, overrides: dict[str, Any] | None) -> list[str]:
+    """A note for each place outside the run folder that the resume writes to because ``config.json`` says so,
+    not a flag given again (sec2 9: a run folder from elsewhere chooses them): the TensorBoard folder, and the data
+    folder that --download fills."""
+    given, notes = overrides or {}, []
+    if isinstance(config.tensorboard, str) and config.tensorboard and "tensorboard" not in given:
+        folder = Path(config.tensorboard)
+        if folder.is_absolute() and not folder.resolve().is_relative_to(Path(run_dir).resolve()):
+            notes.append(f"note: TensorBoard events go to {folder}, as {CONFIG} records (--tensorboard DIR moves "
+                         "them)")
+    if config.download is True and "download" not in given and config.data_path:
+        notes.append(f"note: missing data is downloaded into {config.data_path}, as {CONFIG} records (--data-path "
+                     "DIR moves it)")
+    return notes
+
+
 def settings_to_record(config: TrainConfig, trained: TrainConfig, idle: bool) -> TrainConfig:
     """What config.json holds after the resume: the settings it continues with, or, with nothing left to train,
     the settings it trained with and where its files are now (``RESUME_FREE``, less the thread count)."""
