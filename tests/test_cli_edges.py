@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import warnings
 
 import pytest
@@ -121,6 +122,24 @@ def test_python_m_reste_cli_is_the_reste_command(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == ["reste: warning: ReSTE o schedule 'cosine' never changes (o = o_end = 1.0); "
                                         "pass --o-end > o or --o-schedule constant"], proc.stderr
+
+
+def test_a_ctrl_c_while_the_command_exits_ends_it_without_a_traceback():
+    """Once the command is done, a Ctrl-C during Python's shutdown (a second one after a stopped run: atexit
+    callbacks, torch's among them) printed a KeyboardInterrupt traceback; SIGINT now ends the process as Ctrl-C does.
+    One the process was started with ignored (nohup, a background job) stays ignored."""
+    code = textwrap.dedent("""
+        import signal, sys
+        from reste.cli import command
+        # (set either way: a test run as a background job starts its children with SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == "ignored" else signal.default_int_handler)
+        sys.argv = ["reste", "presets"]
+        command()
+        print({signal.SIG_DFL: "default", signal.SIG_IGN: "ignored"}.get(signal.getsignal(signal.SIGINT), "python's"))
+    """)
+    for start, after in (("python's", "default"), ("ignored", "ignored")):
+        proc = subprocess.run([sys.executable, "-c", code, start], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == after, (start, proc.stdout, proc.stderr)
 
 
 def test_a_character_the_output_cannot_encode_is_escaped_not_a_crash(tmp_path, capsys):

@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from its config.json and metrics.jsonl (also while it trains).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (its --out)")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object (run_dir, config, epochs_done, finished, best, last, train_seconds, "
-                        "indicators) instead of the lines")
+                   help="print one JSON object (run_dir, config, epochs_done, finished, state, pid, best, last, "
+                        "train_seconds, indicators) instead of the lines")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model",
@@ -523,7 +523,14 @@ def command() -> int:
     """The ``reste`` command once imported: warnings as one ``reste: warning:`` line each (not with --debug)."""
     if "--debug" not in sys.argv[1:]:
         one_line_warnings()
-    return main()
+    try:
+        return main()
+    finally:  # done (a stopped run saved and said so): a Ctrl-C while Python shuts down (atexit callbacks, torch's
+        # among them) ends the process as Ctrl-C does, not with a KeyboardInterrupt traceback
+        import signal
+
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (an ignored one stays ignored)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # python -m reste.cli (torchrun's form): as the reste command
