@@ -572,6 +572,9 @@ def test_a_preset_run_names_what_it_changes_of_the_recipe():
                               cuda_graphs=True, channels_last=True, indicators="paper")  # how fast, what is measured
     assert engine.preset_changes(same) == {} and engine.recipe_notes(same) == []
     assert engine.preset_changes(TrainConfig()) == {}  # no preset
+    smoke = engine.recipe_notes(config_from_preset("cifar10-resnet20-1w1a", epochs=1))  # the warm-up shortened
+    assert smoke == ["note: this run changes preset cifar10-resnet20-1w1a's recipe: epochs 1 (preset: 1000), "
+                     "warm_up 0 (preset: 5; shortened to fit 1 epoch)"], smoke  # (named by field in Python)
     changed = config_from_preset("cifar10-resnet20-1w1a", lr=0.05, amp="bf16", estimator_options={"o_end": 5.0})
     assert engine.preset_changes(changed) == {"lr": (0.1, 0.05), "amp": ("none", "bf16"),
                                              "estimator_options.o_end": (3.0, 5.0)}

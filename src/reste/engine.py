@@ -1069,7 +1069,12 @@ def recipe_notes(config: TrainConfig, world_size: int = 1) -> list[str]:
     if not changes:
         return []
     name = {"batch_size": f"batch ({world_size} processes)"} if world_size > 1 else {}
-    what = ", ".join(f"{name.get(k) or _setting_name(k)} {b!r} (preset: {a!r})" for k, (a, b) in changes.items())
+    why = {}
+    warm_up, epochs = changes.get("warm_up"), config.epochs
+    if warm_up and "epochs" in changes and isinstance(warm_up[0], int) and warm_up[1] == min(warm_up[0], epochs - 1):
+        why["warm_up"] = f"; shortened to fit {count(epochs, 'epoch')}"  # not a flag given: the default's clamp
+    what = ", ".join(f"{name.get(k) or _setting_name(k)} {b!r} (preset: {a!r}{why.get(k, '')})"
+                     for k, (a, b) in changes.items())
     notes = [f"note: this run changes preset {config.preset}'s recipe: {what}"]
     recipe = changes.get("batch_size", (0,))[0]
     if world_size > 1 and recipe:
