@@ -494,6 +494,30 @@ def test_a_cache_folder_others_may_write_is_not_used(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_a_cache_folder_inside_a_folder_others_may_write_is_not_used(tmp_path, monkeypatch):
+    """rev5 5: $RESTE_CACHE of the user's own, but in a project folder a group may write (not sticky): another
+    member could rename the cache folder away and put one of theirs in its place between the check and the build.
+    It is not used (a warning, the private fallback); a sticky folder above (/tmp) is fine."""
+    from reste import native
+
+    project = tmp_path / "project"
+    (project / "cache").mkdir(parents=True)
+    os.chmod(project / "cache", 0o700)
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(native, "_private_group", lambda gid: False)
+    monkeypatch.setenv("RESTE_CACHE", str(project / "cache"))
+    os.chmod(project, 0o775)
+    with pytest.warns(RuntimeWarning, match=f"{project / 'cache'} lies in {project}, which may be written by its "
+                                            "group"):
+        assert native.writable_cache() == tmp_path / "tmp" / f"reste-cache-{os.getuid()}"
+    os.chmod(project, 0o1777)  # sticky: only an entry's owner may rename it
+    assert native.writable_cache() == project / "cache"
+    os.chmod(project, 0o755)
+    assert native.writable_cache() == project / "cache"
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
 @pytest.mark.parametrize("mode,private", [(0o755, False), (0o700, False), (0o775, True)])
 def test_a_cache_folder_of_the_users_own_is_used_as_before(tmp_path, monkeypatch, mode, private):
     """$RESTE_CACHE at a folder of the user's own (0o775 where the group is the user's private one, as a umask

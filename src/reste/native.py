@@ -103,7 +103,7 @@ def _writable(folder: Path) -> Path:
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private whatever the umask: refused below if not
         if os.access(folder, os.W_OK | os.X_OK):
-            refused = untrusted_path(folder)
+            refused = untrusted_path(folder) or _untrusted_above(folder)
             if refused is None:
                 return folder
     except OSError:
@@ -164,6 +164,28 @@ def untrusted_path(folder: Path, follow: bool = True) -> str | None:
         return None
     info = os.stat(folder, follow_symlinks=follow)
     return "is a symbolic link" if stat.S_ISLNK(info.st_mode) else _untrusted(info)
+
+
+def _untrusted_above(folder: Path) -> str | None:
+    """Why a folder above ``folder`` could let another user swap ``folder`` itself for one of theirs (rev5 5: a
+    group-writable project folder holding $RESTE_CACHE), or None: each must be root's or this user's, and no one
+    else may write it unless it is sticky (/tmp: there only an entry's owner may rename it)."""
+    if not hasattr(os, "getuid"):
+        return None
+    for above in Path(folder).resolve().parents:
+        try:
+            info = os.stat(above)
+        except OSError:  # not there (yet), or not for this user to look at: nothing to swap through
+            continue
+        if info.st_mode & stat.S_ISVTX:
+            continue
+        if info.st_uid not in (0, os.getuid()):
+            return f"lies in {above}, which belongs to another user (uid {info.st_uid})"
+        if info.st_mode & 0o002:
+            return f"lies in {above}, which may be written by any user"
+        if info.st_mode & 0o020 and not _private_group(info.st_gid):
+            return f"lies in {above}, which may be written by its group (gid {info.st_gid})"
+    return None
 
 
 class _Untrusted(OSError):
