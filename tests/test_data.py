@@ -281,9 +281,13 @@ def test_a_gzip_idx_is_inflated_no_further_than_its_header_says(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak
-    huge = tmp_path / "huge.gz"  # a header of 2**64 bytes over 3 bytes of data
+    huge = tmp_path / "huge.gz"  # a header of 2**64 bytes over 3 bytes of data: refused before any is inflated
     huge.write_bytes(gzip.compress(struct.pack(">BBBB3I", 0, 0, 8, 3, 2 ** 22, 2 ** 21, 2 ** 21) + bytes(3)))
-    usage_error(read_idx, huge, match=f"holds 3 data bytes but its header (4194304, 2097152, 2097152) needs {2 ** 64}")
+    usage_error(read_idx, huge, match=f"header (4194304, 2097152, 2097152) asks for {2 ** 64} bytes, more than the "
+                                      f"{2 << 30} reste inflates from a .gz idx file; gunzip it first")
+    plain = tmp_path / "huge"  # uncompressed, its size is checked against the header first, as before
+    plain.write_bytes(gzip.decompress(huge.read_bytes()))
+    usage_error(read_idx, plain, match=f"holds 3 data bytes but its header (4194304, 2097152, 2097152) needs {2 ** 64}")
     good = tmp_path / "good.gz"
     good.write_bytes(gzip.compress(idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))))
     assert read_idx(good).tolist() == np.arange(24).reshape(2, 3, 4).tolist()
