@@ -141,17 +141,22 @@ def _private_group(gid: int) -> bool:
     return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
 
 
+def _others_may_write(info: os.stat_result) -> str | None:
+    """Why another user may write the file or folder with ``info`` (its ``stat``), or None."""
+    if info.st_mode & 0o002:
+        return "may be written by any user"
+    if info.st_mode & 0o020 and not _private_group(info.st_gid):
+        return f"may be written by its group (gid {info.st_gid})"
+    return None
+
+
 def _untrusted(info: os.stat_result) -> str | None:
     """Why a file or folder with ``info`` (its ``stat``) cannot be trusted with code this process runs: another
     user's, or one another user may write (in a shared $RESTE_CACHE anyone could plant or change a library under
     its predictable name); None where it is this user's alone."""
     if info.st_uid != os.getuid():
         return f"belongs to another user (uid {info.st_uid})"
-    if info.st_mode & 0o002:
-        return "may be written by any user"
-    if info.st_mode & 0o020 and not _private_group(info.st_gid):
-        return f"may be written by its group (gid {info.st_gid})"
-    return None
+    return _others_may_write(info)
 
 
 def untrusted_path(folder: Path, follow: bool = True) -> str | None:
@@ -179,12 +184,10 @@ def _untrusted_above(folder: Path) -> str | None:
             continue
         if info.st_mode & stat.S_ISVTX:
             continue
-        if info.st_uid not in (0, os.getuid()):
-            return f"lies in {above}, which belongs to another user (uid {info.st_uid})"
-        if info.st_mode & 0o002:
-            return f"lies in {above}, which may be written by any user"
-        if info.st_mode & 0o020 and not _private_group(info.st_gid):
-            return f"lies in {above}, which may be written by its group (gid {info.st_gid})"
+        why = (f"belongs to another user (uid {info.st_uid})" if info.st_uid not in (0, os.getuid())
+               else _others_may_write(info))
+        if why:
+            return f"lies in {above}, which {why}"
     return None
 
 

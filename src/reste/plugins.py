@@ -121,7 +121,8 @@ def loads_on_resume(spec: Any, run_dir: str | os.PathLike) -> bool:
     def inside(place: Any) -> bool:  # by the folders' identity: a link, or another case of its name, is the same
         if not isinstance(place, str):
             return False
-        for above in (Path(place).resolve(), *Path(place).resolve().parents):
+        real = Path(place).resolve()
+        for above in (real, *real.parents):
             with contextlib.suppress(OSError):
                 if os.path.samestat(os.stat(above), folder):
                     return True

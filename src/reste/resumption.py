@@ -29,6 +29,7 @@ from .checkpoint import code_changed, load_checkpoint, unregistered
 from .config import TrainConfig, canonical_estimator, check_model_options, max_threads
 from .datasets import get_spec
 from .errors import UsageError, shell_word
+from .integrations.tensorboard import log_dir
 from .plugins import loads_on_resume
 from .estimators import estimator_class
 from .rundir import (BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_keys, finished_epochs,
@@ -189,8 +190,8 @@ def recorded_places_notes(run_dir: Path, config: TrainConfig, overrides: dict[st
     folder that --download fills."""
     given, notes = overrides or {}, []
     if isinstance(config.tensorboard, str) and config.tensorboard and "tensorboard" not in given:
-        folder = Path(config.tensorboard)
-        if folder.is_absolute() and not folder.resolve().is_relative_to(Path(run_dir).resolve()):
+        folder = log_dir(config.tensorboard, run_dir)
+        if not folder.resolve().is_relative_to(Path(run_dir).resolve()):
             notes.append(f"note: TensorBoard events go to {folder}, as {CONFIG} records (--tensorboard DIR moves "
                          "them)")
     if config.download is True and "download" not in given and config.data_path:

@@ -145,21 +145,30 @@ _LOCK_OPEN = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os,
     | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
+def _open_plain(path: Path, flags: int, mode: int, refusal: UsageError) -> int:
+    """``os.open(path, flags, mode)`` of a plain file (``flags`` hold O_NOFOLLOW where the OS has it): ``refusal``
+    where ``path`` is a symbolic link, a folder, a FIFO or a device; the ``OSError`` of any other failure."""
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise refusal from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise refusal
+    return fd
+
+
 def _open_lock_file(lock_path: Path, path: Path, remedy: str) -> int:
     """Open (or make) the lock file ``lock_path`` of the folder ``path``; ``UsageError`` when it cannot be written,
     or is not a plain file (a symbolic link, a folder, a FIFO, a device)."""
     not_plain = UsageError(f"{lock_path} is not a plain file (a link, a folder or a device someone put there); "
                            "look at what it is, remove it and run again")
     try:
-        fd = os.open(lock_path, _LOCK_OPEN, 0o644)
+        return _open_plain(lock_path, _LOCK_OPEN, 0o644, not_plain)
     except OSError as err:
-        if lock_path.is_symlink() or (lock_path.exists() and not lock_path.is_file()):
-            raise not_plain from None
         raise UsageError(f"run directory {path} is not writable ({err.strerror}); {remedy}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise not_plain
-    return fd
 
 
 def _holder(fd: int, tries: int = 10) -> str:
@@ -771,16 +780,7 @@ def open_append(path: str | os.PathLike, **text: Any) -> Any:
     path = Path(path)
     refusal = UsageError(f"{path} is not a plain file (a link, a folder or a device); reste appends only to a "
                          "plain file: look at what it is and remove it")
-    try:
-        fd = os.open(path, _APPEND, 0o666)
-    except OSError:
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            raise refusal from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise refusal
-    return os.fdopen(fd, "a", **text)
+    return os.fdopen(_open_plain(path, _APPEND, 0o666, refusal), "a", **text)
 
 
 def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:

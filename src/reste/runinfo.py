@@ -22,8 +22,8 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     ``pid``; else "finished" or "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last``
     (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the
-    run-level rule of that mode; None when not measured). A
-    folder that holds no run is a one-line ``UsageError``."""
+    run-level rule of that mode; None when not measured). A folder that holds no run is a one-line
+    ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json), e.g. "
                          f"reste show {shell_word(os.path.dirname(os.path.abspath(run_dir)))}")
