@@ -615,3 +615,21 @@ def test_errors_name_flags_on_the_command_line_and_keywords_in_python(capsys, tm
     assert "--" not in str(err.value)
     with pytest.warns(UserWarning, match=r"pass o_end > o or schedule='constant'"):
         reste.get_estimator("reste", o_end=1.0)
+
+
+@pytest.mark.parametrize("damaged", ["config.json", "metrics.jsonl"])
+def test_json_nested_too_deeply_is_damage_like_any_other(run, capsys, tmp_path, damaged):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    deep = '{"epoch": 1, "x": ' + "[" * 200_000 + "]" * 200_000 + "}\n"  # past the parser's recursion limit
+    if damaged == "config.json":
+        (copy / damaged).write_text(deep)
+    else:
+        (copy / damaged).write_text(deep + (copy / damaged).read_text())
+    for command in (["show", str(copy)], ["train", "--resume", str(copy), "--epochs", "2", "--force"]):
+        err = _one_line_error(capsys, *command)
+        assert "RecursionError" not in err, err
+        assert ("is corrupted (its JSON is nested too deeply)" in err) if damaged == "config.json" \
+            else ("line 1 is not JSON" in err), err

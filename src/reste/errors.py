@@ -9,8 +9,10 @@ library callers can catch it either way.
 
 import contextlib
 import contextvars
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 class UsageError(ValueError):
@@ -100,6 +102,17 @@ def read_user_file(path, missing: str) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise UsageError(f"cannot read {path} ({err.strerror})") from None
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, where nesting too deep for the parser (a damaged or crafted file) is a
+    ``json.JSONDecodeError`` like any other damage, which the callers already word, not a ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        err = json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0)
+        err.args = ("its JSON is nested too deeply",)  # no position: the parser gave none
+        raise err from None
 
 
 def stderr_is_terminal() -> bool:

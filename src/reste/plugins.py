@@ -26,7 +26,6 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
-import json
 import os
 import sys
 import warnings
@@ -34,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable, Sequence
 
-from .errors import UsageError
+from .errors import UsageError, parse_json
 
 GROUP = "reste.estimators"
 
@@ -237,7 +236,7 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
     command = next((a for a in argv if not a.startswith("-")), None)  # reste's own flags take no value
     if known.resume and not found and command == "train":  # given ones replace the saved ones (it may have moved)
         try:
-            saved = json.loads((Path(known.resume) / "config.json").read_text(encoding="utf-8")).get("plugins") or []
+            saved = parse_json((Path(known.resume) / "config.json").read_text(encoding="utf-8")).get("plugins") or []
         except (OSError, ValueError, AttributeError):
             saved = []  # the run itself reports what is wrong with it
         found = [s for s in saved if loads_on_resume(s, known.resume)] if isinstance(saved, list) else []

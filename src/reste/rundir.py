@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from .checkpoint import atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TrainConfig
-from .errors import UsageError, shell_word
+from .errors import UsageError, parse_json, shell_word
 
 try:
     import fcntl
@@ -602,7 +602,7 @@ def divergence(run_dir: str | os.PathLike) -> str | None:
     """Where the run in ``run_dir`` diverged, in words (``record_divergence``); None when it has no such record."""
     path = Path(run_dir) / DIVERGED
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = parse_json(path.read_text(encoding="utf-8"))
         epoch, step = record["epoch"], record["step"]
     except FileNotFoundError:
         return None
@@ -693,7 +693,7 @@ def run_config(run_dir: str | os.PathLike) -> TrainConfig:
 
 def config_keys(run_dir: str | os.PathLike) -> set[str]:
     """The settings ``config.json`` names (a damaged file may lack some)."""
-    data = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    data = parse_json((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
     return set(data) if isinstance(data, dict) else set()
 
 
@@ -731,7 +731,7 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     if not cfg_path.is_file():
         raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out)")
     try:
-        data = json.loads(cfg_path.read_bytes().decode("utf-8"))
+        data = parse_json(cfg_path.read_bytes().decode("utf-8"))
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
         if missing:
             raise UsageError(f"{cfg_path} is corrupted (no {', '.join(missing)}); start a new run")
@@ -805,7 +805,7 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for i, line in enumerate(lines):
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break  # torn by a crash in the middle of its write

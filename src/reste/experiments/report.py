@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from ..checkpoint import atomic_write
 from ..config import PRESETS, TrainConfig, config_from_preset
-from ..errors import UsageError
+from ..errors import UsageError, parse_json
 from ..indicators import RUN_LEVEL, run_level
 from ..rundir import (METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, divergence,
                       holds_run, read_metrics, run_config)
@@ -116,7 +116,7 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{out_dir} is not a sweep folder (no {MANIFEST}); run "
                          f"`reste sweep --out {shell_word(out_dir)}` first")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{path} is damaged ({str(err)[:80]}); run the sweep again to rewrite it") from None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("grid"), dict)

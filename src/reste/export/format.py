@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError, read_user_file
+from ..errors import UsageError, parse_json, read_user_file
 
 MAGIC = b"RESTEBNN"
 VERSION = 2
@@ -165,7 +165,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
         text = inflate.decompress(blob[start:start + hlen], MAX_HEADER)
         if inflate.unconsumed_tail:
             raise ValueError(f"header over {MAX_HEADER >> 20} MiB")
-        header = json.loads(text.decode("utf-8"))
+        header = parse_json(text.decode("utf-8"))
         data_start = start + hlen + (-(start + hlen) % 8)
         entries = []
         for kind, shape, offset in header["tensors"]:
