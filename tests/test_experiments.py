@@ -109,7 +109,9 @@ def test_a_runs_log_planted_as_a_link_is_not_appended_to(tmp_path, monkeypatch):
 
     base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, estimator="ste")
     monkeypatch.setattr(engine, "train", lambda *a, **k: 1 / 0)  # a first try that made the run's folder
-    run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lambda line: None, report=False)
+    first: list[str] = []
+    run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=first.append, report=False)
+    assert first[-1] == "sweep: 1 run failed or left out; see the lines above and train.log in their run folders"
     run = next((tmp_path / "s" / "runs").glob("*/seed0"))
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -120,6 +122,7 @@ def test_a_runs_log_planted_as_a_link_is_not_appended_to(tmp_path, monkeypatch):
     run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lines.append, report=False)
     assert victim.read_text() == "precious\n"
     assert any("UsageError" in line and "train.log is not a plain file" in line for line in lines), lines
+    assert lines[-1] == "sweep: 1 run failed or left out; see the lines above", lines  # not the log that failed
 
 
 def test_a_sweep_says_when_each_run_starts_or_resumes_and_where_its_epochs_go(tmp_path, monkeypatch):

@@ -339,9 +339,11 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             if _WORKER["parent"] is not None:
                 _WORKER["stopped"] = err.signum
             raise
+        logged = False  # whether its train.log holds the traceback, for the sweep's summary to point at
         if not isinstance(err, RunInUse):  # another process's run: its log, not this one's
             with contextlib.suppress(OSError, UsageError):  # the log itself may be what failed
                 log(traceback.format_exc())
+                logged = True
         status = ("busy" if isinstance(err, RunInUse) else "diverged" if isinstance(err, engine.TrainingDiverged)
                   else "failed")
         if status == "diverged":  # it would diverge again: a rerun of the sweep leaves it out, saying why
@@ -351,7 +353,8 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
                 with contextlib.suppress(OSError, UsageError):
                     log(f"cannot record the divergence in {run_dir} ({write_error.strerror})")
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start}
+        return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start,
+                "logged": logged}
     finally:
         _WORKER["running"] = False
         if _WORKER["orphaned"]:  # the sweep died: no one to report to
@@ -668,16 +671,18 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
 
     failed = 0
     busy = 0  # of them, runs another job holds (RunInUse)
+    logged = 0  # and runs whose train.log holds the error's traceback
     count = 0
     trained = 0
     table_error = False
     start = time.monotonic()
 
     def report_one(s: Setting, seed: int, outcome: dict[str, Any]) -> None:
-        nonlocal count, failed, trained, busy
+        nonlocal count, failed, trained, busy, logged
         count += 1
         failed += outcome["status"] not in ("done", "skipped")
         busy += outcome["status"] == "busy"
+        logged += bool(outcome.get("logged"))
         if failures is not None and outcome["status"] not in ("done", "skipped"):
             failures.append((s.label, seed, outcome["status"]))
         line = _progress_line(numbers.pop((s.label, seed), count), total, s, seed, outcome)
@@ -740,8 +745,8 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
         log(f"sweep: {busy} run{'s' * (busy != 1)} held by another job: run it again later")
     if failed > busy:
         n = failed - busy
-        log(f"sweep: {n} run{'s' * (n != 1)} failed or left out; see the lines above and train.log in their run "
-            "folders")
+        where = " and train.log in their run folders" if logged else ""  # not where writing it is what failed
+        log(f"sweep: {n} run{'s' * (n != 1)} failed or left out; see the lines above{where}")
     if not report:
         return collect(out)[2]  # the rows, for the caller to tell a complete sweep, without writing the tables
     return summarize(out, log=log)
