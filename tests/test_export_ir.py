@@ -399,3 +399,38 @@ def test_predict_quotes_the_class_name_and_writes_it(capsys, tmp_path, digits_ex
     monkeypatch.chdir(tmp_path)  # (a `-` written as a file would land here)
     code, out, err = _run(capsys, "predict", str(tmp_path / "named.rbnn"), str(tmp_path / "one.png"), "-o", "-")
     assert code == 0 and out == f"index,class,name\n0,{got},{got}\n", (out, err)
+
+
+def test_predict_json_prints_one_object_in_each_mode(capsys, tmp_path, digits_export):
+    """`reste predict --json`: the line's facts as one JSON object, for a script, in each of predict's modes."""
+    import json
+
+    from PIL import Image
+
+    path, test = digits_export
+    packed = PackedModel.load(path)
+    expected = packed.predict(test.images.numpy())
+    code, out, err = _run(capsys, "predict", str(path), "--json")  # the export's data set's test split
+    assert code == 0, err
+    r = json.loads(out)
+    assert set(r) == {"model", "dataset", "images", "top1", "stored_top1", "seconds", "backend"}
+    assert (r["dataset"], r["images"], r["backend"]) == ("digits", len(expected), packed.backend)
+    assert r["top1"] == pytest.approx(100.0 * float((expected == test.labels.numpy()).mean()))
+    np.save(tmp_path / "x.npy", test.images.numpy())
+    np.save(tmp_path / "y.npy", test.labels.numpy())
+    code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                          "-o", str(tmp_path / "p.csv"), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["images"], r["output"], r["accuracy"]) == (len(expected), str(tmp_path / "p.csv"), pytest.approx(
+        100.0 * float((expected == test.labels.numpy()).mean())))
+    assert (tmp_path / "p.csv").read_text().count("\n") == len(expected) + 1  # the header and a row per image
+    grey = (test.data.numpy()[7, 0].astype(np.int32) * 255 // 16).astype(np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "seven.png")
+    code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "seven.png"), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["output"] is None and r["images"] == 1 and r["accuracy"] is None
+    assert out.count("\n") == 1 and isinstance(r["class"], int) and r["name"] in (None, str(r["class"]))
+    line = _one_line_error(capsys, "predict", str(path), str(tmp_path / "x.npy"), "-o", "-", "--json")
+    assert "--json and --output - both write to stdout" in line

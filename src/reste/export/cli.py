@@ -59,6 +59,10 @@ def add_commands(subparsers: Any) -> None:
                         ".csv (index,class,name) or .json; - writes CSV to stdout (default IMAGES.pred.npy)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of the line: with --dataset model, dataset, images, top1, "
+                        "stored_top1, seconds, backend; with IMAGES images, output, accuracy, seconds, backend "
+                        "(and class, name for one image file)")
     from .kernels import BACKENDS
 
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -217,6 +221,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--labels and --output go with IMAGES.npy")
     if args.images and (args.data_path or args.download):
         raise UsageError("--data-path and --download go with --dataset (or the export's data set), not IMAGES")
+    if args.json and args.output == "-":
+        raise UsageError("--json and --output - both write to stdout; pass --output FILE (.csv or .json) for the "
+                         "predictions")
     if args.output and args.output != "-":  # before any work: an input given as the output, then the format
         _check_writable(Path(args.output), (args.exported, args.images, args.labels))
     form = _prediction_format(args.output) if args.output else "npy"
@@ -267,12 +274,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
             name = f" ({str(names[int(pred[0])])!r})" if isinstance(names, list) and int(pred[0]) < len(names) \
                 else ""
             line = f"{args.images}: class {int(pred[0])}{name} ({seconds:.2f}s, {model.backend} kernels)"
-        if labels is not None:
-            line += f"; accuracy {100.0 * float((pred == labels).mean()):.2f}%"
+        accuracy = 100.0 * float((pred == labels).mean()) if labels is not None else None
+        if accuracy is not None:
+            line += f"; accuracy {accuracy:.2f}%"
+        if args.json:  # one object, for a script: no line to parse
+            summary = {"images": len(pred), "output": str(out) if write else None, "accuracy": accuracy,
+                       "seconds": round(seconds, 3), "backend": model.backend}
+            if one_file:
+                c = int(pred[0])
+                summary.update({"class": c, "name": str(names[c]) if isinstance(names, list) and c < len(names)
+                                else None})
+            line = json.dumps(summary)
         print(line, file=sys.stderr if to_stdout else sys.stdout)
         return 0
     r = evaluate_packed(model, args.dataset, data_path=args.data_path, download=args.download,
                         batch_size=args.batch_size)
+    if args.json:
+        keys = ("model", "dataset", "images", "top1", "stored_top1", "seconds", "backend")
+        print(json.dumps({k: round(r[k], 3) if k == "seconds" else r[k] for k in keys}))
+        return 0
     extra = f" (stored at training: {r['stored_top1']:.2f}%)" if r["stored_top1"] is not None else ""
     print(f"{r['model'] or Path(args.exported).name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} "
           f"images{extra} ({r['seconds']:.2f}s, {r['backend']} kernels)")
