@@ -1362,3 +1362,40 @@ def test_a_dry_run_lists_the_plan_and_makes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert ("o_end=10: note: this run changes preset cifar10-resnet20-1w1a's recipe: estimator_options.o_end 10.0 "
             "(preset: 3.0), --epochs 10 (preset: 1000)") in text and not (tmp_path / "c10").exists()
+
+
+def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, tmp_path):
+    """`reste plot SWEEP_DIR [--setting KEY=V]`: the sweep's runs, named as the sweep names them, in one figure in
+    its folder; --setting keeps those of some values; runs with no epoch yet are left out, saying so."""
+    from reste.experiments import plots, sweep_run_dirs
+
+    out, _ = _copy(sweep, tmp_path)
+    drawn: list[tuple[list[Path], list[str] | None]] = []
+    real = plots.runs_figure
+
+    def spy(dirs, labels=None):
+        drawn.append(([Path(d) for d in dirs], labels))
+        return real(dirs, labels)
+
+    ste, reste_ = (next((out / "runs").glob(f"{e}-*/seed0")) for e in ("ste", "reste"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "runs_figure", spy)
+        assert main(["plot", str(out)]) == 0
+        assert capsys.readouterr().out == f"wrote {out / 'curves.png'}\n" and _is_png(out / "curves.png")
+        assert drawn[-1] == ([ste, reste_], ["estimator=ste seed 0", "estimator=reste seed 0"])
+        assert main(["plot", str(out), "--setting", "estimator=reste", "--setting", "seed=0", "--out",
+                     str(tmp_path / "r.png")]) == 0
+        assert drawn[-1] == ([reste_], ["estimator=reste seed 0"]) and _is_png(tmp_path / "r.png")
+        (ste / "metrics.jsonl").unlink()  # as if it had not finished its first epoch
+        assert main(["plot", str(out)]) == 0
+        assert "plot: 1 of the sweep's 2 runs has no finished epoch yet; left out" in capsys.readouterr().out
+        assert drawn[-1][0] == [reste_]
+        assert main(["plot", str(reste_), str(out)]) == 0  # a run beside a sweep: labelled by what differs
+        assert drawn[-1][1] is None
+    assert sweep_run_dirs(out, ["seed=0,1"]) == [reste_]
+    for flag, wanted in (("o_end=10", "o_end is not an axis of the sweep"), ("estimator", "write it KEY=VALUE"),
+                         ("estimator=dsq", "no run of the sweep in")):
+        assert main(["plot", str(out), "--setting", flag]) == 2
+        assert wanted in capsys.readouterr().err
+    assert main(["plot", str(reste_), "--setting", "seed=0"]) == 2
+    assert "--setting picks runs of a sweep" in capsys.readouterr().err

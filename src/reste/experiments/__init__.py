@@ -7,15 +7,16 @@
 >>> rows = summarize("sweeps/demo")          # again, e.g. while a sweep is still running
 
 Command line: ``reste sweep``, ``reste report``, ``reste plot estimators`` and
-``reste plot RUN_DIR...`` (see :mod:`reste.experiments.cli`).
+``reste plot RUN_DIR|SWEEP_DIR...`` (see :mod:`reste.experiments.cli`).
 """
 
 from .cli import add_commands
 from .plots import estimator_curves, plot_estimators, plot_runs
-from .report import collect, run_summary, summarize
+from .report import collect, plot_runs_or_sweeps, run_summary, summarize, sweep_run_dirs
 from .sweep import Setting, expand_grid, parse_grid, parse_seeds, run_state, run_sweep
 
 __all__ = [
     "add_commands", "run_sweep", "summarize", "collect", "run_summary", "expand_grid", "parse_grid",
-    "parse_seeds", "run_state", "Setting", "plot_estimators", "plot_runs", "estimator_curves",
+    "parse_seeds", "run_state", "Setting", "plot_estimators", "plot_runs", "estimator_curves", "plot_runs_or_sweeps",
+    "sweep_run_dirs",
 ]

@@ -55,12 +55,16 @@ def add_commands(sub: Any) -> None:
                     "backward g of "
                     "every registered estimator; reste plot RUN_DIR... [--out FILE] draws the training curves "
                     "(accuracy, loss on a log axis, learning rate and schedule, indicators) of runs, "
-                    "several runs in one figure with a legend by the settings that differ.",
+                    "several runs in one figure with a legend by the settings that differ. A sweep's folder "
+                    "stands for its runs (--setting picks some).",
     )
     p.add_argument("targets", nargs="+", metavar="estimators|RUN_DIR",
-                   help="`estimators`, or one or more run directories")
-    p.add_argument("--out", help=".png, .pdf or .svg file (default estimators.png; RUN_DIR/curves.png for one run, "
-                                  "else curves.png)")
+                   help="`estimators`, or one or more run directories; a sweep's folder stands for its runs")
+    p.add_argument("--out", help=".png, .pdf or .svg file (default estimators.png; RUN_DIR/curves.png for one run or "
+                                  "SWEEP_DIR/curves.png for one sweep, else curves.png)")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=V[,V...]",
+                   help="of a sweep's runs, draw those whose setting has one of these values (a grid axis, or seed; "
+                        "repeatable: all must hold), e.g. --setting o_end=5,10 --setting seed=0")
     p.add_argument("--at", "--progress", dest="progress", type=float, metavar="FRACTION",
                    help="plot estimators: how far into training the scheduled estimators are drawn, 0..1 (default "
                         "0.5); --progress is its former name (not the progress bar)")
@@ -144,17 +148,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .plots import plot_estimators, plot_runs
+    from ..errors import print_line
+    from .plots import plot_estimators
+    from .report import plot_runs_or_sweeps
 
     if args.targets[0] == "estimators" and not (Path("estimators") / "metrics.jsonl").is_file():
-        if len(args.targets) > 1:
-            raise UsageError("`reste plot estimators` takes no run directories; plot runs with "
+        if len(args.targets) > 1 or args.setting:
+            raise UsageError("`reste plot estimators` takes no run directories nor --setting; plot runs with "
                              "`reste plot RUN_DIR...`")
         path = plot_estimators(args.out or "estimators.png", progress=0.5 if args.progress is None else args.progress)
     else:
         if args.progress is not None:
             raise UsageError("--at is for `reste plot estimators` (where in training the schedules are drawn); "
                              "a run's curves show every epoch")
-        path = plot_runs(args.targets, args.out)
+        path = plot_runs_or_sweeps(args.targets, args.out, args.setting, log=print_line)
     print(f"wrote {path}")
     return 0

@@ -30,7 +30,8 @@ from ..checkpoint import atomic_write
 from ..config import PRESETS, TrainConfig, config_from_preset
 from ..errors import UsageError, parse_json
 from ..indicators import RUN_LEVEL, run_level
-from ..rundir import (METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, divergence,
+from ..rundir import (CURVES, METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
+                      divergence,
                       holds_run, read_metrics, run_config)
 from .identity import canonical_saved, config_key
 
@@ -229,6 +230,88 @@ def _earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
         row["metrics"] = [] if key in shared else epochs.get(key, [])
         earlier[(_folder(row["run_dir"]), row["seed"])] = row
     return earlier
+
+
+def _matches(value: Any, text: str) -> bool:
+    """Whether a setting's ``value`` is the one a user wrote as ``text`` (``o_end=10`` for 10.0, ``1e-3`` for 0.001)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value).lower() == text.lower()
+    try:
+        return float(text) == value
+    except ValueError:
+        return False
+
+
+def sweep_run_dirs(out_dir: str | os.PathLike, where: Sequence[str] = (),
+                   log: Callable[[str], None] | None = None) -> list[Path]:
+    """The folders of the sweep's runs that have finished an epoch or more: settings in the sweep's order, then
+    seeds. ``where`` keeps the runs whose setting has, for each ``KEY=V1[,V2...]`` (a grid axis, or ``seed``), one
+    of those values. ``log`` gets a line for runs left out because they have no epoch yet or a damaged file."""
+    return [d for d, _ in _sweep_runs(out_dir, where, log)]
+
+
+def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[[str], None] | None
+                ) -> list[tuple[Path, str]]:
+    """(folder, "SETTING seed N") of each run :func:`sweep_run_dirs` gives."""
+    out = Path(out_dir)
+    manifest = load_manifest(out)
+    axes = list(manifest["grid"])
+    wanted: dict[str, list[str]] = {}
+    for item in where:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise UsageError(f"--setting {item}: write it KEY=VALUE (e.g. o_end=10, or seed=0)")
+        if key.strip() not in axes + ["seed"]:
+            raise UsageError(f"--setting {item}: {key.strip()} is not an axis of the sweep in {out} (its axes: "
+                             f"{', '.join(axes + ['seed'])})")
+        wanted.setdefault(key.strip(), []).extend(v.strip() for v in values.split(","))
+    chosen = []
+    for s in manifest["settings"]:
+        for seed, rel in s["runs"].items():
+            values = {**s["values"], "seed": int(seed)}
+            if all(any(_matches(values.get(k), v) for v in texts) for k, texts in wanted.items()):
+                chosen.append((out / _folder(rel), f"{s['label']} seed {seed}"))
+    if not chosen:
+        labels = ", ".join(s["label"] for s in manifest["settings"][:6]) + (", ..." if len(manifest["settings"]) > 6
+                                                                           else "")
+        raise UsageError(f"no run of the sweep in {out} has {' '.join(where)} (its settings: {labels}; seeds "
+                         f"{', '.join(map(str, manifest['seeds']))})")
+    dirs, unstarted = [], []
+    for d, label in chosen:
+        try:
+            started = holds_run(d) and (d / METRICS_FILE).is_file() and read_metrics(d)
+            (dirs if started else unstarted).append((d, label))
+        except UsageError as err:  # a damaged run: the others are still drawn
+            if log:
+                log(f"plot: {d} is left out: {err}")
+    if unstarted and log:
+        n = len(unstarted)
+        log(f"plot: {n} of the sweep's {len(chosen)} runs {'has' if n == 1 else 'have'} no finished epoch yet; left "
+            "out")
+    if not dirs:
+        raise UsageError(f"no run of the sweep in {out}{' with ' + ' '.join(where) if where else ''} has finished an "
+                         "epoch yet")
+    return dirs
+
+
+def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
+                        where: Sequence[str] = (), log: Callable[[str], None] | None = None) -> Path:
+    """:func:`~reste.experiments.plots.plot_runs`, where a sweep's folder stands for its runs (those ``where``
+    keeps: :func:`sweep_run_dirs`). The figure goes to ``out``; by default a sweep's alone goes to its folder."""
+    from . import plots as plotting
+
+    sweeps = [Path(t) for t in targets if (Path(t) / MANIFEST).is_file() and not holds_run(t)]
+    if where and not sweeps:
+        raise UsageError("--setting picks runs of a sweep; give a sweep's folder (its --out)")
+    runs: list[tuple[Path, str]] = []
+    for t in targets:
+        label = f"{Path(t).name}: " if len(targets) > 1 else ""  # several sweeps: whose run it is
+        runs += [(d, label + s) for d, s in _sweep_runs(t, where, log)] if Path(t) in sweeps else [(Path(t), "")]
+    if out is None and len(targets) == 1 and sweeps:
+        out = sweeps[0] / CURVES
+    # runs of sweeps alone are named as the sweep names them ("o_end=10 seed 0"), else by the settings that differ
+    labels = [s for _, s in runs] if len(sweeps) == len(targets) else None
+    return plotting.plot_runs([d for d, _ in runs], out, labels)
 
 
 def _setting_key(s: dict[str, Any]) -> str | None:
