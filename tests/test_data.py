@@ -1058,7 +1058,7 @@ def test_an_image_past_pillows_pixel_limit_is_refused_before_its_pixels_are_deco
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's own, before reste's refusal
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own is not shown: the refusal is
         usage_error(formats._read_image, str(tmp_path / "deep.png"),
                     match="deep.png (Image size (4096 pixels) exceeds limit of 4000 pixels")
         usage_error(read_image, tmp_path / "deep.png", (1, 4, 4), match="(Image size (4096 pixels) exceeds limit")

@@ -18,13 +18,17 @@ IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP")
 def open_image(fp: Any) -> Any:
     """``PIL.Image.open(fp)`` as reste's readers open an image: only in :data:`IMAGE_FORMATS`, and refused before
     its pixels are decoded when it has more than ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's limit, about 89 million
-    pixels, 9459 x 9459: far above any data set's photographs). Pillow itself only warns up to twice that, and a
-    328 KB 16-bit PNG of 13000 x 13000 then took 4.8 GB (and as much in each DataLoader worker). Raises Pillow's
-    ``UnidentifiedImageError`` (an ``OSError``) or ``DecompressionBombError``, which the readers word with the
-    file's name (:func:`unreadable`)."""
+    pixels, 9459 x 9459: far above any data set's photographs), without Pillow's own warning. Pillow itself only
+    warns up to twice that, and a 328 KB 16-bit PNG of 13000 x 13000 then took 4.8 GB (and as much in each
+    DataLoader worker). Raises Pillow's ``UnidentifiedImageError`` (an ``OSError``) or ``DecompressionBombError``,
+    which the readers word with the file's name (:func:`unreadable`)."""
+    import warnings
+
     from PIL import Image
 
-    image = Image.open(fp, formats=IMAGE_FORMATS)
+    with warnings.catch_warnings():  # Pillow's warning between its limit and twice it: reste's refusal below says it
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(fp, formats=IMAGE_FORMATS)
     width, height = image.size
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
