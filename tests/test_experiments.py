@@ -1399,3 +1399,57 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
         assert wanted in capsys.readouterr().err
     assert main(["plot", str(reste_), "--setting", "seed=0"]) == 2
     assert "--setting picks runs of a sweep" in capsys.readouterr().err
+
+
+def test_devices_spread_a_sweeps_jobs_and_are_checked_before_anything_is_made(tmp_path, capsys, monkeypatch):
+    """`reste sweep --devices 0,1`: job k trains on device k % n (the runs of a multi-GPU machine), in place of
+    --device; bad lists are one line before any folder is made."""
+    import queue
+
+    import torch
+
+    from reste.experiments import run_sweep
+    from reste.experiments import sweep as sw
+
+    assert sw.sweep_devices(["0", " cuda:1", "cpu"], 3, check=False) == ["cuda:0", "cuda:1", "cpu"]
+    assert sw.sweep_devices(None, 4) is None
+    for devices, jobs, wanted in ((["cpu", "cpu"], 2, "names a device twice"), (["cpu", "0"], 1, "give --jobs 2"),
+                                  (["tpu"], 1, "unknown device 'tpu'"), (["mps"], 1, "reste trains on cpu or cuda")):
+        with pytest.raises(UsageError, match=wanted):
+            sw.sweep_devices(devices, jobs)
+    with pytest.MonkeyPatch.context() as mp:  # a machine with two GPUs: a third is refused, naming the two
+        mp.setattr(torch.cuda, "is_available", lambda: True)
+        mp.setattr(torch.cuda, "device_count", lambda: 2)
+        with pytest.raises(UsageError, match=r"has 2 CUDA devices \(cuda:0 to cuda:1\)"):
+            sw.sweep_devices(["0", "2"], 2)
+    # a worker takes its number from the queue, and trains its runs on that device
+    slots: queue.Queue = queue.Queue()
+    slots.put(1)
+    threads = torch.get_num_threads()
+    monkeypatch.setitem(sw._WORKER, "slot", 0)
+    try:
+        sw._init_worker(threads, None, slots=slots)
+    finally:
+        torch.set_num_threads(threads)
+    assert sw._WORKER["slot"] == 1
+    seen = []
+    monkeypatch.setattr("reste.engine.train", lambda config, *a, **k: seen.append(config.device) or {})
+    sw._execute({"config": TrainConfig(dataset="digits").to_dict(), "run_dir": str(tmp_path / "r"), "resume": False,
+                 "devices": ["cpu", "cuda:3"]})
+    assert seen == ["cuda:3"]
+    monkeypatch.undo()
+    # the sweep's own process (one job) trains on the first; two workers, each on its own
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1)
+    run_sweep(base, {}, [0], tmp_path / "one", threads=1, log=lambda line: None, report=False, devices=["cpu"])
+    assert json.loads(next((tmp_path / "one" / "runs").glob("*/seed0/config.json")).read_text())["device"] == "cpu"
+    run_sweep(base, {"estimator": ["ste", "reste"]}, [0], tmp_path / "two", jobs=2, threads=1,
+              log=lambda line: None, report=False, devices=["cpu", "auto"])
+    recorded = [json.loads(p.read_text())["device"] for p in (tmp_path / "two" / "runs").glob("*/seed0/config.json")]
+    assert len(recorded) == 2 and set(recorded) <= {"cpu", "auto"}  # which worker takes which run is the pool's
+    # the command line: --devices sets --jobs, and refuses --device beside it
+    for argv, wanted in ((["--devices", "cpu", "--device", "cpu"], "--device and --devices both given"),
+                         (["--devices", "cpu,"], "write the devices separated by commas"),
+                         (["--devices", "cpu,auto", "--jobs", "1"], "give --jobs 2")):
+        assert main(["sweep", "--dataset", "digits", "--out", str(tmp_path / "cli"), *argv]) == 2
+        assert wanted in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()

@@ -121,6 +121,10 @@ def pick_device(name: str) -> torch.device:
         raise UsageError(f"device {name!r} is not supported: reste trains on cpu or cuda; use --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UsageError(f"device {name!r} requested but this machine has {n} CUDA device{'s' * (n != 1)} "
+                         f"(cuda:0 to cuda:{n - 1}); pick one of them")
     return device
 
 

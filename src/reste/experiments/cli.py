@@ -30,8 +30,12 @@ def add_commands(sub: Any) -> None:
                    help="a grid axis (repeatable): a TrainConfig field (estimator, lr, epochs, ...), an estimator "
                         "hyper-parameter (o_end, t, beta, ...) or a model option (width)")
     s.add_argument("--seeds", help="seeds, comma-separated (default: --seed, or 0)")
-    s.add_argument("--jobs", "-j", type=int, default=1,
-                   help="runs at a time, in worker processes with cores/jobs threads each (default 1)")
+    s.add_argument("--jobs", "-j", type=int,
+                   help="runs at a time, in worker processes with cores/jobs threads each (default 1, or one per "
+                        "device of --devices)")
+    s.add_argument("--devices", metavar="D1,D2,...",
+                   help="spread the runs over these devices, one per job in turn: 0,1,2,3 (cuda:0 to cuda:3) or "
+                        "device names (cuda:1,cpu); in place of --device")
     s.add_argument("--runs-dir", dest="runs_dir",
                    help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
@@ -100,13 +104,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     clash = [key for key in grid if _bare(key) in fixed or _same_option(_bare(key), flags)]
     if clash:
         raise UsageError(f"{clash[0]!r} is both a grid axis and a fixed flag; give its values in --grid only")
+    devices = args.devices.split(",") if args.devices is not None else None
+    if devices and args.device is not None:
+        raise UsageError("--device and --devices both given; --devices gives each job its device")
+    if devices is not None and not all(d.strip() for d in devices):
+        raise UsageError(f"--devices {args.devices!r}: write the devices separated by commas, e.g. 0,1 or cuda:0,cuda:1")
+    jobs = args.jobs if args.jobs is not None else len(devices) if devices else 1
     base = base_config(args)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     failures: list[tuple[str, int, str]] = []
     try:
-        rows = run_sweep(base, grid, seeds, args.out, jobs=args.jobs, runs_dir=args.runs_dir, threads=args.threads,
+        rows = run_sweep(base, grid, seeds, args.out, jobs=jobs, runs_dir=args.runs_dir, threads=args.threads,
                          report=args.report, log=lambda m: print(m, flush=True), flags=flags,
-                         progress=show_bar(args), failures=failures, dry_run=args.dry_run)
+                         progress=show_bar(args), failures=failures, dry_run=args.dry_run, devices=devices)
     except UsageError as err:
         if not str(err).startswith("unknown grid axis") or args.plugins:
             raise

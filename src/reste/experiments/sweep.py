@@ -326,6 +326,8 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     _WORKER["running"] = True
     try:
         config = TrainConfig.from_dict(job["config"])
+        if job.get("devices"):  # this worker's device (the sweep's own process: the first)
+            config = dataclasses.replace(config, device=job["devices"][_WORKER["slot"] % len(job["devices"])])
         if job["resume"]:
             free = {k: getattr(config, k) for k in RESUME_FREE}
             result = engine.resume(run_dir, free, progress=job.get("progress", False), log=log)
@@ -361,9 +363,10 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             os._exit(1)
 
 
-# A sweep's worker process: the sweep's PID, whether a run is going on, whether the sweep died, and the stop
-# signal that reached it (0: none). Only workers set them (the sweep's own process may run several sweeps).
-_WORKER: dict[str, Any] = {"parent": None, "running": False, "orphaned": False, "stopped": 0}
+# A sweep's worker process: the sweep's PID, whether a run is going on, whether the sweep died, the stop
+# signal that reached it (0: none) and its number among the workers (which of --devices it trains on). Only workers
+# set them (the sweep's own process may run several sweeps).
+_WORKER: dict[str, Any] = {"parent": None, "running": False, "orphaned": False, "stopped": 0, "slot": 0}
 _PARENT_DIED = "SIGUSR2"  # what Linux sends a worker when the sweep dies (PR_SET_PDEATHSIG)
 
 
@@ -395,8 +398,10 @@ def _one_line_warnings_shown() -> bool:
     return bool(getattr(warnings.showwarning, "reste_one_line", False))
 
 
-def _init_worker(threads: int, parent: int | None = None, command_line: bool = False, one_line: bool = False) -> None:
-    """A sweep's worker process (``parent``: the sweep's PID): its torch threads; a stop signal between runs
+def _init_worker(threads: int, parent: int | None = None, command_line: bool = False, one_line: bool = False,
+                 slots: Any = None) -> None:
+    """A sweep's worker process (``parent``: the sweep's PID): its number, taken from the queue ``slots``; its
+    torch threads; a stop signal between runs
     starts no other run (a run catches them itself, and the sweep passes them on to its workers); on Linux, a
     signal when the sweep dies (PR_SET_PDEATHSIG), so that a killed sweep leaves no run training on its own.
     ``command_line``: the sweep runs as the ``reste`` command, so the worker's messages name flags (``--o-end``,
@@ -405,6 +410,8 @@ def _init_worker(threads: int, parent: int | None = None, command_line: bool = F
 
     import torch
 
+    if slots is not None:
+        _WORKER["slot"] = slots.get()
     if command_line:  # a spawned worker starts with the ContextVar's default; this is its whole life
         join_command_line()
     if one_line:
@@ -432,6 +439,25 @@ def _init_worker(threads: int, parent: int | None = None, command_line: bool = F
             pass
     if os.getppid() != parent:  # it died before the request took effect
         os._exit(1)
+
+
+def sweep_devices(devices: Sequence[str] | None, jobs: int, check: bool = True) -> list[str] | None:
+    """``devices`` as the runs take them (``"1"`` is ``"cuda:1"``), checked: each one a device of this machine
+    (``check``; a dry run does not train), and not more of them than ``jobs``."""
+    if not devices:
+        return None
+    names = [f"cuda:{d.strip()}" if d.strip().isdigit() else d.strip() for d in devices]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--devices names a device twice: {','.join(devices)}")
+    if len(names) > jobs:
+        raise UsageError(f"--devices names {len(names)} devices but --jobs {jobs} trains {jobs} run"
+                         f"{'s' * (jobs != 1)} at a time; give --jobs {len(names)} (or fewer devices)")
+    if check:
+        from ..engine import pick_device
+
+        for name in names:
+            pick_device(name)  # the one-line refusal of --device, before any folder is made
+    return names
 
 
 def threads_per_job(jobs: int) -> int:
@@ -550,7 +576,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
               jobs: int = 1, *, runs_dir: str | os.PathLike | None = None, threads: int | None = None,
               log: Callable[[str], None] = print_line, report: bool = True, flags: dict[str, Any] | None = None,
               progress: bool = False, failures: list[tuple[str, int, str]] | None = None,
-              dry_run: bool = False) -> list[dict[str, Any]]:
+              dry_run: bool = False, devices: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Train every setting of ``grid`` (on top of ``base``) for every seed; returns the table rows.
 
     Runs go to ``runs_dir`` (default ``out_dir/runs``), one folder per setting
@@ -573,11 +599,15 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     diverged (the sweep records it in the run's folder: ``reste.rundir.record_divergence``).
     ``dry_run``: ``log`` gets the plan (each run, and what it would do; what each setting changes of its preset's
     recipe), and nothing is made, locked or trained; returns [].
+    ``devices`` (``["cuda:0", "cuda:1"]``; a bare number is that CUDA device): each of the ``jobs`` workers trains
+    its runs on one, in turn (job k on ``devices[k % len(devices)]``), in place of ``base.device``: the runs of a
+    multi-GPU machine's sweep are spread over its GPUs. Not more devices than ``jobs``.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"--threads must be a positive integer, got {threads!r}")
+    devices = sweep_devices(devices, jobs, check=not dry_run)
     seeds = [base.seed] if not seeds else [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"the seeds {', '.join(map(str, seeds))} name a seed twice; give each once")
@@ -599,7 +629,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             else:
                 state = status if status in ("damaged", "diverged") else "partial" if holds_run(run_dir) else "new"
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
-                                   "state": state, "why": why, "progress": progress and jobs == 1,
+                                   "state": state, "why": why, "progress": progress and jobs == 1, "devices": devices,
                                    "from_epoch": _epochs_recorded(run_dir) if state == "partial" else 0}))
     if dry_run:
         _plan(seeds, settings, todo, log)
@@ -797,8 +827,12 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
     from ..engine import Preempted, StopRequest
 
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(per_run, os.getpid(), on_command_line(), _one_line_warnings_shown()))
+    workers = min(jobs, len(pending))
+    slots = ctx.Queue()  # each worker's number: the pool starts them as it needs them, in no set order
+    for i in range(workers):
+        slots.put(i)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(per_run, os.getpid(), on_command_line(), _one_line_warnings_shown(), slots))
     preempted: Preempted | None = None
     with StopRequest().handling() as stop, pool:  # a stop signal sets stop.signum, as in a run
         futures = {pool.submit(_execute, job): (s, seed, job) for s, seed, job in pending}
