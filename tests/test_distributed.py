@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,13 @@ ARGS = ["--epochs", "6", "--seed", "3", "--no-progress", "--device", "cpu"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(*args: str, program: tuple[str, ...] = ("-m", "reste.cli")) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-            "--master-port", str(_free_port()), *program, "train", *args]
+    """torchrun with 2 processes on this machine. ``--standalone``: the launcher's store listens on a port the
+    system gives it when it binds (``localhost:0``), and the workers join through that store. A port picked
+    beforehand (bind port 0, close, pass the number) could be taken by another process before torchrun bound it
+    again: a rare EADDRINUSE in CI."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *program,
+            "train", *args]
 
 
 #: What a process prints when C++ aborts it (std::terminate, e.g. a thread still joinable while the
