@@ -143,3 +143,35 @@ def test_stray_launcher_variables_are_one_line(capsys, monkeypatch, tmp_path, en
                           str(tmp_path / "r"))
     assert needle in line, line
     assert not (tmp_path / "r").exists()
+
+
+_JOIN_AFTER_A_STOP = """
+import os, signal, sys, time
+from reste import distributed, engine
+
+with engine.StopRequest().handling() as stop:  # the run's handler, installed explicitly (nohup leaves SIGTERM alone)
+    if sys.argv[1] == "stopped":
+        os.kill(os.getpid(), signal.SIGTERM)
+        while not stop.signum:  # the handler runs between bytecodes, soon after the kill
+            time.sleep(0.001)
+    with distributed._stop_signals_kill(lambda: stop.signum):
+        time.sleep(5)  # stands for the join's wait in C++ for a rank that never comes
+print("joined")
+"""
+
+
+@pytest.mark.parametrize("before", ["stopped", "not stopped"])
+def test_a_stop_signal_noted_before_the_join_ends_the_process_there(tmp_path, before):
+    """The run's handler only notes a stop signal (for a checkpoint after the join); one noted before the join
+    ends the process at the join, as if it had come a moment later, not after a wait for the group."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "join.py"
+    script.write_text(_JOIN_AFTER_A_STOP)
+    proc = subprocess.run([sys.executable, str(script), before], capture_output=True, text=True, timeout=120)
+    if before == "stopped":
+        assert proc.returncode == -signal.SIGTERM and "joined" not in proc.stdout, (proc.returncode, proc.stderr)
+    else:
+        assert proc.returncode == 0 and proc.stdout == "joined\n", proc.stderr

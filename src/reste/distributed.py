@@ -17,6 +17,7 @@ import dataclasses
 import os
 import signal
 import threading
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -50,15 +51,30 @@ def stop_signals() -> list[signal.Signals]:
     return signals
 
 
+def _no_stop() -> int:
+    return 0
+
+
 @contextlib.contextmanager
-def _stop_signals_kill():
+def _stop_signals_kill(stopped: Callable[[], int] = _no_stop):
     """The stop signals' default action (end the process) while the block waits in C++, where a Python
     handler cannot run: a process waiting for a rank that never joins (rank 0 refused the run folder)
-    would otherwise ignore the launcher's SIGTERM until its SIGKILL, 30 s later."""
+    would otherwise ignore the launcher's SIGTERM until its SIGKILL, 30 s later.
+
+    ``stopped()`` is the stop signal the run's handler caught before the block (0: none). That signal ends
+    the process here, as it would have a moment later: the handler only noted it, for a checkpoint that
+    comes after the join, and the process would wait for the group until the SIGKILL. (Rank 1 installs
+    that handler 2 to 3 ms before its join; when rank 0 refused the folder at the same time, the launcher's
+    SIGTERM could land in between.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in stop_signals()}
+    # after the switch: a signal from now on ends the process; one before it, the handler noted (signal.signal
+    # runs the handler of one that came but was not yet handled before it changes the handler)
+    signum = stopped()
+    if signum in previous:
+        signal.raise_signal(signum)  # its default action: the process ends here
     try:
         yield
     finally:
@@ -116,29 +132,31 @@ class Dist:
 
 
 @contextlib.contextmanager
-def local_rank_first(d: Dist, needed: bool = True):
+def local_rank_first(d: Dist, needed: bool = True, stopped: Callable[[], int] = _no_stop):
     """Run the block on each node's local rank 0 first, then on its other processes (a ``--download`` into
-    one folder: every process fetching the same archive at once would corrupt it). No-op in one process."""
+    one folder: every process fetching the same archive at once would corrupt it). No-op in one process.
+    ``stopped``: the stop signal the run caught so far (see :func:`_stop_signals_kill`)."""
     if not (needed and d.enabled):
         yield
         return
     if d.local_rank != 0:
-        with _stop_signals_kill():  # waiting in C++: a failed download's SIGTERM from the launcher ends us
+        with _stop_signals_kill(stopped):  # waiting in C++: a failed download's SIGTERM from the launcher ends us
             try:
                 dist.barrier()
             except RuntimeError:  # the first process failed (its own line says why) and left the group
                 raise UsageError("the first process of this node could not prepare the data; see its error") from None
     yield
     if d.local_rank == 0:
-        with _stop_signals_kill():
+        with _stop_signals_kill(stopped):
             dist.barrier()
 
 
-def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+def init_distributed(device: torch.device, stopped: Callable[[], int] = _no_stop) -> tuple[Dist, torch.device]:
     """Join the process group when launched by torchrun; this process's device.
 
     ``device`` is the device asked for; on CUDA each process takes the GPU of its
-    ``LOCAL_RANK``.
+    ``LOCAL_RANK``. ``stopped()``: the stop signal the run's handler caught so far (0: none), which
+    ends the process at the join (see :func:`_stop_signals_kill`).
     """
     world = env_world_size()
     if world <= 1:
@@ -149,7 +167,7 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         _import_before_the_group()
-        with _stop_signals_kill():
+        with _stop_signals_kill(stopped):
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank, world, local), device
 

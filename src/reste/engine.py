@@ -322,7 +322,11 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
 class _Run:
     """One training run in a directory: state, epochs, checkpoints and logs."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool | None) -> None:
+    def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool | None,
+                 stop: StopRequest | None = None) -> None:
+        # train() and resume() hand in the StopRequest their signal handlers set, before the join: a stop that
+        # came before it ends the process there (init_distributed)
+        self.stop = stop if stop is not None else StopRequest()
         # the bar by default only on a terminal: a log file or a pipe would fill with its frames
         progress = stderr_is_terminal() if progress is None else progress
         config = as_recorded(config)  # what config.json and the checkpoints record: every estimator option
@@ -332,7 +336,7 @@ class _Run:
             torch.set_num_threads(config.threads)
         if config.cuda_graphs and env_world_size() > 1:
             raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
-        self.dist, self.device = init_distributed(pick_device(config.device))
+        self.dist, self.device = init_distributed(pick_device(config.device), lambda: self.stop.signum)
         select_cuda_device(self.device)
         if config.threads is None and self.device.type == "cpu":
             # recorded: a CPU run's float sums depend on its thread count, so a resume uses the same
@@ -353,7 +357,7 @@ class _Run:
         seed_everything(config.seed)
 
         where = data_device(config.dataset, config.data_device, self.device)  # None: read from files
-        with local_rank_first(self.dist, needed=bool(config.download)):
+        with local_rank_first(self.dist, needed=bool(config.download), stopped=lambda: self.stop.signum):
             train_ds, test_ds, self.info = load_datasets(config.dataset, config.data_path, download=config.download,
                                                          augment=config.augment, in_memory=where is not None)
         if len(train_ds) == 0:
@@ -427,7 +431,6 @@ class _Run:
         self.train_size = len(train_ds)  # recorded: a mid-epoch state continues only on as many images
         self.files_to_read = where is None  # images read from files (ImageNet), not held in memory
         self._epoch_sums: list[float | int] | None = None
-        self.stop = StopRequest()  # train() and resume() hand in the one their signal handlers set
         self._last_save = time.monotonic()
         self.board = TensorBoardLog(config.tensorboard, run_dir, config.to_dict()) \
             if config.tensorboard is not None and self.dist.main else None
@@ -1010,8 +1013,7 @@ def _torch_threads_kept():
 
 def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Callable[[str], None],
                   stop: StopRequest) -> dict[str, Any]:
-    run = _Run(config, run_dir, log, progress)
-    run.stop = stop
+    run = _Run(config, run_dir, log, progress, stop)
     config = run.config  # with the CPU threads it runs with
     if run.dist.main:
         write_config(run_dir, config)
@@ -1128,14 +1130,13 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     resumption.check_last_kept(run_dir)
     config = resumption.continue_config(run_dir, saved, overrides, force)
     try:
-        run = _Run(config, run_dir, log, progress)
+        run = _Run(config, run_dir, log, progress, stop)
     except ModelOptionError as err:
         if "model_options" in (overrides or {}):  # the options given again: the error names them as they are
             raise
         # the run's own options, which its model's factory took then: the code that defines the model changed
         raise ckpt_io.code_changed(run_dir, repr(saved.model), saved.model_options, err.reason,
                                    plugin=bool(saved.plugins)) from None
-    run.stop = stop
     config = run.config
     trained = saved  # the settings the run trained with: last.pt's (config.json's where it has none)
     if last.exists():
