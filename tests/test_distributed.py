@@ -151,11 +151,52 @@ def test_a_rank_waiting_to_join_ends_on_the_launchers_sigterm(full_run):
     """Rank 0 refuses a folder that holds a run before it joins the group; the launcher then sends SIGTERM to
     rank 1, which waits in C++ for the group, where a Python handler cannot run. It ends at once: the stop
     signals keep their default action while a process joins (it ignored them and was SIGKILLed 30 s later)."""
-    proc = subprocess.run(_torchrun(*ARGS, "--out", str(full_run[0])), capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    _refused_then_stopped(_torchrun(*ARGS, "--out", str(full_run[0])))
+
+
+_STOP_BEFORE_THE_JOIN = """
+import os, sys, time
+from reste import cli, distributed, engine
+
+stops = []
+handling = engine.StopRequest.handling
+def noting(self):
+    stops.append(self)
+    return handling(self)
+engine.StopRequest.handling = noting
+
+before = distributed._import_before_the_group
+def after_the_stop():  # rank 1, between its stop handler and its join, waits for the launcher's SIGTERM
+    before()
+    if os.environ["RANK"] == "1":
+        start = time.monotonic()
+        while not stops[-1].signum and time.monotonic() - start < 120:
+            time.sleep(0.01)
+        print(f"rank 1 noted signal {stops[-1].signum} before its join", file=sys.stderr, flush=True)
+distributed._import_before_the_group = after_the_stop
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_noted_just_before_the_join_ends_the_process_there(full_run, tmp_path):
+    """The race of the test above, made certain: rank 1 installs its stop handler 2 to 3 ms before it joins,
+    and rank 0's refusal can bring the launcher's SIGTERM in between. The handler notes it (for a checkpoint
+    after the join); the join then ends the process on it, instead of waiting for a rank 0 that never comes
+    until the launcher's SIGKILL 30 s later."""
+    script = tmp_path / "main.py"
+    script.write_text(_STOP_BEFORE_THE_JOIN)
+    err = _refused_then_stopped(_torchrun(*ARGS, "--out", str(full_run[0]), program=(str(script),)))
+    assert f"rank 1 noted signal {int(signal.SIGTERM)} before its join" in err, err[-3000:]
+
+
+def _refused_then_stopped(cmd: list[str]) -> str:
+    """Runs ``cmd``, a torchrun whose rank 0 refuses its folder, and checks that the launcher stopped rank 1
+    with SIGTERM, not with SIGKILL after 30 s; returns its stderr."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode != 0 and "already holds a run" in proc.stderr, proc.stderr[-3000:]
     assert "closing signal SIGTERM" in proc.stderr  # the launcher did stop rank 1 ...
-    assert "forcefully exiting via 9" not in proc.stderr  # ... with SIGTERM, not its SIGKILL after 30 s
+    assert "forcefully exiting via 9" not in proc.stderr, proc.stderr[-3000:]  # ... with SIGTERM, not SIGKILL
+    return proc.stderr
 
 
 def _descendants(pid: int) -> list[int]:
