@@ -1453,3 +1453,23 @@ def test_devices_spread_a_sweeps_jobs_and_are_checked_before_anything_is_made(tm
         assert main(["sweep", "--dataset", "digits", "--out", str(tmp_path / "cli"), *argv]) == 2
         assert wanted in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_a_float_baseline_in_a_sweep_with_indicators_trains_without_them(tmp_path):
+    """--grid model=digits_1w1a,digits --indicators: the binary model's runs measure the indicators, the float
+    baseline's train without them (it has no binary layer), said in one note, with empty indicator columns."""
+    from reste.experiments import run_sweep
+
+    base = TrainConfig(dataset="digits", epochs=1, indicators="general")
+    settings = expand_grid(base, {"model": ["digits_1w1a", "digits"]})
+    assert [s.config.indicators for s in settings] == ["general", None]
+    lines: list[str] = []
+    rows = run_sweep(base, {"model": ["digits_1w1a", "digits"]}, [0], tmp_path / "s", threads=1, log=lines.append)
+    assert lines[0] == ("sweep: note: model=digits trains without --indicators (full precision: no binary layer to "
+                        "measure); their indicator columns stay empty")
+    by_model = {r["setting"]: r for r in rows}
+    assert by_model["model=digits_1w1a"]["estimating_error_mean"] is not None and by_model["model=digits"]["n"] == 1
+    assert by_model["model=digits"]["estimating_error_mean"] is None
+    with pytest.raises(UsageError, match="every setting of this sweep is full precision"):  # nothing to measure
+        run_sweep(dataclasses.replace(base, model="digits"), {"lr": [0.1, 0.2]}, [0], tmp_path / "f", log=print)
+    assert not (tmp_path / "f").exists()

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
-from ..models import model_keywords
+from ..models import model_info, model_keywords
 from ..errors import UsageError, join_command_line, on_command_line, print_line
 from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
@@ -236,6 +236,8 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         config = TrainConfig.from_dict(data)
         if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others: left out there
             config = config.without_idle_data_flags(keep=idle_everywhere)
+        if config.indicators and not _binary(config):  # a float baseline beside binary runs: nothing to measure
+            config = dataclasses.replace(config, indicators=None)
         config = canonical(config)
         key = config_key(config)
         if key not in settings:
@@ -251,6 +253,31 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         raise UsageError(f"grid axis {unused[0]!r} is an option of no estimator this sweep trains "
                          f"({', '.join(trained)}); add one it belongs to (--grid estimator=...) or drop the axis")
     return list(settings.values())
+
+
+def _binary(config: TrainConfig) -> bool:
+    """Whether ``config``'s model (its data set's default where it names none) has binary layers; an unknown one
+    counts as binary, for ``resolve`` to name it."""
+    try:
+        model = config.model or get_spec(config.dataset).defaults.get("model")
+        return model is None or bool(model_info(model)["binary"])
+    except (UsageError, TypeError, AttributeError):
+        return True
+
+
+def unmeasured(base: TrainConfig, settings: Sequence[Setting]) -> str | None:
+    """The line saying which settings train without ``base``'s indicators (full-precision models); None if none.
+    A sweep where every setting would is refused, as ``reste train`` refuses the indicators of a float model."""
+    if not base.indicators:
+        return None
+    labels = [s.label for s in settings if not s.config.indicators]
+    if not labels:
+        return None
+    if len(labels) == len(settings):
+        raise UsageError("--indicators needs a binary model, and every setting of this sweep is full precision (no "
+                         "binary layers); drop --indicators")
+    return (f"sweep: note: {', '.join(labels)} train{'s' * (len(labels) == 1)} without --indicators (full precision: "
+            "no binary layer to measure); their indicator columns stay empty")
 
 
 def _fmt(value: Any) -> str:
@@ -612,6 +639,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"the seeds {', '.join(map(str, seeds))} name a seed twice; give each once")
     settings = expand_grid(base, dict(grid), flags)
+    note = unmeasured(base, settings)
+    if note:
+        log(note)
     out = Path(out_dir)
     runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
     _check_out(out, base, settings, seeds)
