@@ -54,7 +54,8 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
-        "plot", help="`plot estimators`: F and g of every estimator; `plot RUN_DIR...`: training curves",
+        "plot", help="`plot estimators`: F and g of every estimator; `plot RUN_DIR...`: training curves (of a "
+                     "SWEEP_DIR's runs too)",
         description="reste plot estimators [--out FILE.png|.pdf|.svg] draws the forward-equivalent F and the "
                     "backward g of "
                     "every registered estimator; reste plot RUN_DIR... [--out FILE] draws the training curves "
