@@ -189,12 +189,15 @@ def test_grid_axes_resolve_and_identical_settings_are_shared():
     assert [s.config.model_options for s in fm] == [{"width": 4}, {"width": 8}]
 
 
-@pytest.mark.parametrize("spec", ["estimator", "estimator=", "estimator=ste,,reste", "bogus=1,2", "seed=0,1"])
+@pytest.mark.parametrize("spec", ["estimator", "estimator=", "estimator=ste,,reste", "bogus=1,2", "seed=0,1",
+                                  "preset=cifar10-resnet20-1w1a,cifar10-vgg-small-1w1a"])
 def test_bad_grid_is_a_one_line_usage_error(spec, tmp_path, capsys):
     rc = main(["sweep", "--grid", spec, "--out", str(tmp_path / "s"), "--epochs", "1"])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("reste: error:") and err.count("\n") == 1
+    if spec.startswith("preset="):
+        assert "preset is not a grid axis: a preset is a whole recipe; run one sweep per preset" in err
     assert not (tmp_path / "s" / "runs").exists()
 
 

@@ -100,6 +100,9 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
         return prefix.split("_")[0], rest
     if key == "seed":
         raise UsageError("seed is not a grid axis; give the seeds with --seeds 0,1,2")
+    if key == "preset":  # a whole recipe, whose flags the other axes and flags would override in turn
+        raise UsageError("preset is not a grid axis: a preset is a whole recipe; run one sweep per preset "
+                         "(reste sweep --preset NAME --out sweeps/NAME ...), and vary its settings with --grid")
     if key in RESUME_FREE:
         flag = "--plugin" if key == "plugins" else "--" + key.replace("_", "-")
         raise UsageError(f"{key!r} is not a grid axis: it does not change what a run trains, so all its values "
