@@ -105,3 +105,45 @@ def test_show_of_a_folder_that_holds_no_run_is_one_line(tmp_path, capsys):
 def test_show_of_a_file_of_the_run_points_to_its_folder(run, capsys):
     line = one_line_error(capsys, "show", str(run / "last.pt"))
     assert f"{run / 'last.pt'} is a file; pass the run's folder" in line and f"reste show {run}" in line, line
+
+
+def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
+    """reste show SWEEP_DIR: a line per run (finished with its best, training now with its pid, stopped, diverged,
+    damaged, not started), whether a sweep process holds the folder, and how to continue; --json the same."""
+    import shutil
+
+    from reste.experiments.sweep import SWEEP_LOCK
+
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "lr=0.05,0.1,0.2", "--seeds", "0,1", "--epochs", "1", "--threads", "1",
+                 "--no-report", "--out", str(out)]) == 0
+    capsys.readouterr()
+    runs = {(s["label"], int(seed)): out / rel for s in json.loads((out / "sweep.json").read_text())["settings"]
+            for seed, rel in s["runs"].items()}
+    best = json.loads((runs["lr=0.05", 0] / METRICS).read_text().splitlines()[0])["test_acc"]
+    (runs["lr=0.05", 1] / METRICS).write_text("")  # stopped before its first epoch ended
+    shutil.rmtree(runs["lr=0.1", 0])  # not started
+    rundir.record_divergence(runs["lr=0.1", 1], 1, 7)
+    (runs["lr=0.2", 0] / "config.json").write_text("{")
+    with rundir.folder_lock(runs["lr=0.2", 1], rundir.LOCK_NAME, "a run", "wait"), \
+            rundir.folder_lock(out, SWEEP_LOCK, "a sweep", "wait"):
+        assert main(["show", str(out)]) == 0
+        text = capsys.readouterr().out
+        assert main(["show", str(out), "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+    lines = text.splitlines()
+    assert lines[0] == f"sweep      {out}: 3 settings, 6 runs; a sweep process runs it now (pid {os.getpid()})"
+    assert lines[1] == ("progress   1 finished, 1 training, 1 stopped, 1 diverged, 1 damaged, 1 not started")
+    assert lines[2] == f"  lr=0.05  seed 0: finished, best {best:.2f}% at epoch 1"
+    assert lines[3] == "           seed 1: 0 of 1 epochs: stopped"
+    assert lines[4] == "  lr=0.1   seed 0: not started"
+    assert lines[5] == "           seed 1: it diverged (non-finite loss at epoch 1, step 7) after 1 of 1 epochs"
+    assert lines[6].startswith("  lr=0.2   seed 0: damaged: ") and "config.json is corrupted" in lines[6]
+    assert lines[7].startswith(f"           seed 1: 1 of 1 epochs: training now (pid {os.getpid()})")
+    assert not any(line.startswith("continue") for line in lines)  # the sweep runs: it continues them itself
+    assert status["running"] == os.getpid() and status["counts"]["not started"] == 1
+    assert [r["state"] for s in status["settings"] for r in s["runs"]] == [
+        "finished", "stopped", "not started", "diverged", "damaged", "training"]
+    assert main(["show", str(out)]) == 0  # no sweep process: say how to continue
+    assert ("continue   the same `reste sweep` command trains the 2 runs left (finished runs are skipped, stopped "
+            "ones resume)") in capsys.readouterr().out

@@ -133,9 +133,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .runinfo import run_summary, show_run
+    from .experiments.status import folder_summary, show_folder
 
-    print(json.dumps(run_summary(args.run_dir)) if args.json else show_run(args.run_dir))
+    print(json.dumps(folder_summary(args.run_dir)) if args.json else show_folder(args.run_dir))
     return 0
 
 
@@ -224,13 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("show", help="a run's settings, progress, best and last accuracy and indicators (also "
-                                    "while it trains)",
+                                    "while it trains); a sweep's runs",
                        description="Show a run's settings, progress, best and last accuracy and indicators, read "
-                                   "from its config.json and metrics.jsonl (also while it trains).")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (its --out)")
+                                   "from its config.json and metrics.jsonl (also while it trains). Of a sweep's "
+                                   "folder: each run's state (finished, training now, stopped, diverged, not "
+                                   "started), epochs and best top-1 so far.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (its --out), or a sweep's")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (run_dir, config, epochs_done, finished, state, pid, best, last, "
-                        "train_seconds, indicators) instead of the lines")
+                        "train_seconds, indicators; of a sweep: sweep_dir, running, counts, settings and their "
+                        "runs) instead of the lines")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("summary", help="per-layer precision, parameters, MACs and sizes of a model",

@@ -751,8 +751,9 @@ def _config_remedy(run_dir: str | os.PathLike) -> str:
 
 def sweep_folder_hint(folder: str | os.PathLike) -> str:
     """The one line for a sweep's folder given where a run's is wanted."""
-    return (f"{folder} is a sweep's folder, not a run's: give one of its runs ({Path(folder) / 'runs'}/.../seedN), or "
-            f"write its tables and figures with `reste report {shell_word(folder)}`")
+    return (f"{folder} is a sweep's folder, not a run's: give one of its runs ({Path(folder) / 'runs'}/.../seedN; "
+            f"`reste show {shell_word(folder)}` lists them), or write its tables and figures with "
+            f"`reste report {shell_word(folder)}`")
 
 
 def schedule_fields(line: dict[str, Any]) -> dict[str, float]:

@@ -1,0 +1,118 @@
+"""``reste show SWEEP_DIR``: where a sweep stands, run by run, read from its ``sweep.json`` and each run's
+``config.json`` and ``metrics.jsonl`` (:func:`reste.runinfo.run_summary`): nothing is locked, trained or written,
+so a sweep still running can be shown. ``reste report`` writes its tables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError, shell_word
+from ..rundir import SWEEP_MANIFEST, divergence, holds_run, lock_holder
+from ..runinfo import run_summary, show_run
+from ..wording import count
+from .report import _folder, load_manifest
+from .sweep import SWEEP_LOCK
+
+# a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
+STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "damaged", "not started")
+
+
+def is_sweep_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a sweep's folder (its ``sweep.json``), not a run's."""
+    return (Path(path) / SWEEP_MANIFEST).is_file() and not holds_run(path)
+
+
+def _run_status(run_dir: Path) -> dict[str, Any]:
+    """One run of a sweep: its state (:data:`STATES`), epochs done and planned, best top-1 and epoch, pid."""
+    entry: dict[str, Any] = {"run_dir": os.fspath(run_dir), "state": "not started", "epochs_done": 0,
+                             "epochs": None, "best": None, "pid": None, "why": None}
+    if not holds_run(run_dir):
+        return entry
+    try:
+        summary = run_summary(run_dir)
+    except UsageError as err:  # a damaged file: the others are still shown
+        return {**entry, "state": "damaged", "why": str(err)}
+    diverged = divergence(run_dir)
+    state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
+    entry.update(epochs_done=summary["epochs_done"], epochs=summary["config"]["epochs"], pid=summary["pid"],
+                 best=summary["best"], state="diverged" if diverged and state != "training" else state,
+                 why=diverged if diverged and state != "training" else None)
+    return entry
+
+
+def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """What ``reste show SWEEP_DIR --json`` prints: ``sweep_dir``; ``running`` (the pid of the sweep process that
+    holds the folder, 0 when none does, None where that cannot be told: not Linux, a shared file system);
+    ``counts`` (runs in each of :data:`STATES`); ``settings``, each with its ``label``, grid ``values`` and
+    ``runs`` (``seed``, ``run_dir``, ``state``, ``epochs_done``, ``epochs``, ``best``: epoch and top-1 of the best
+    epoch so far, ``pid`` of a run training now, ``why`` a run diverged or is damaged)."""
+    out = Path(out_dir)
+    manifest = load_manifest(out)
+    settings = []
+    counts = dict.fromkeys(STATES, 0)
+    for s in manifest["settings"]:
+        runs = []
+        for seed, rel in s["runs"].items():
+            entry = {"seed": int(seed), **_run_status(out / _folder(rel))}
+            counts[entry["state"]] += 1
+            runs.append(entry)
+        settings.append({"label": s["label"], "values": s["values"], "runs": runs})
+    holder = lock_holder(out, SWEEP_LOCK)
+    return {"sweep_dir": os.fspath(out_dir), "running": holder if holder is None or holder >= 0 else -1,
+            "counts": counts, "settings": settings}
+
+
+def show_sweep(out_dir: str | os.PathLike) -> str:
+    """What ``reste show SWEEP_DIR`` prints: :func:`sweep_status` as lines, a line per run."""
+    status = sweep_status(out_dir)
+    total = sum(status["counts"].values())
+    n_set = len(status["settings"])
+    running = status["running"]
+    process = ("a sweep process runs it now" + (f" (pid {running})" if running > 0 else "") if running
+               else "no sweep process runs it now" if running == 0 else "whether a sweep process runs it cannot be "
+               "told here")
+    lines = [f"sweep      {out_dir}: {count(n_set, 'setting')}, {count(total, 'run')}; {process}",
+             "progress   " + ", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)]
+    width = max((len(s["label"]) for s in status["settings"]), default=0)
+    for s in status["settings"]:
+        for i, run in enumerate(s["runs"]):
+            label = (s["label"] if i == 0 else "").ljust(width)
+            lines.append(f"  {label}  seed {run['seed']}: {_run_line(run)}")
+    left = sum(status["counts"][k] for k in ("stopped", "training or stopped", "not started"))
+    if left and running == 0:
+        lines.append(f"continue   the same `reste sweep` command trains the {count(left, 'run')} left (finished runs are "
+                     "skipped, stopped ones resume)")
+    lines.append(f"tables     `reste report {shell_word(out_dir)}` writes them (also while it runs); one run: "
+                 f"`reste show {shell_word(status['settings'][0]['runs'][0]['run_dir']) if total else 'RUN_DIR'}`")
+    return "\n".join(lines)
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    state, best = run["state"], run["best"]
+    if state == "not started":
+        return "not started"
+    if state == "damaged":
+        return f"damaged: {run['why']}"
+    done = f"{run['epochs_done']} of {run['epochs']} epochs"
+    best_text = f", best {best['test_acc']:.2f}% at epoch {best['epoch']}" if best else ""
+    if state == "training":
+        pid = f" (pid {run['pid']})" if run["pid"] else ""
+        return f"{done}: training now{pid}{best_text}"
+    if state == "diverged":
+        return f"{run['why']} after {done}"
+    if state == "finished":
+        return f"finished{best_text}"
+    return f"{done}: {state}{best_text}"
+
+
+def folder_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """``reste show --json`` of a run's folder (:func:`reste.runinfo.run_summary`) or a sweep's
+    (:func:`sweep_status`)."""
+    return sweep_status(path) if is_sweep_folder(path) else run_summary(path)
+
+
+def show_folder(path: str | os.PathLike) -> str:
+    """``reste show`` of a run's folder (:func:`reste.runinfo.show_run`) or a sweep's (:func:`show_sweep`)."""
+    return show_sweep(path) if is_sweep_folder(path) else show_run(path)
