@@ -1218,7 +1218,7 @@ def test_a_second_sweep_on_a_held_out_folder_is_refused_with_75(tmp_path, capsys
     holder's PID and exit status 75, before it announces a run or writes a table."""
     import os
 
-    from reste.experiments.sweep import SWEEP_LOCK
+    from reste.rundir import SWEEP_LOCK
     from reste.rundir import folder_lock
 
     out = tmp_path / "s"

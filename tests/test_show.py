@@ -112,7 +112,7 @@ def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
     damaged, not started), whether a sweep process holds the folder, and how to continue; --json the same."""
     import shutil
 
-    from reste.experiments.sweep import SWEEP_LOCK
+    from reste.rundir import SWEEP_LOCK
 
     out = tmp_path / "s"
     assert main(["sweep", "--grid", "lr=0.05,0.1,0.2", "--seeds", "0,1", "--epochs", "1", "--threads", "1",

@@ -23,10 +23,9 @@ import os
 import re
 import shlex
 import sys
-import warnings
 from typing import Any, Sequence
 
-from .errors import UsageError, command_line, did_you_mean, one_line
+from .errors import EX_TEMPFAIL, UsageError, command_line, did_you_mean, one_line, one_line_warnings
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
 from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
@@ -269,27 +268,6 @@ def _feature_modules() -> list[Any]:
     return found
 
 
-def one_line_warnings() -> None:
-    """Show warnings as ``reste: warning: ...``, one line each and each once (Python's format takes two lines,
-    with the source line, and a check repeated by the config and the model printed it twice). For the ``reste``
-    command (``reste.__main__.run``); the library and ``main`` leave warnings to Python."""
-    shown: set[str] = set()
-
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - warnings' signature
-        text = " ".join(str(message).split())
-        stream = sys.stderr if file is None else file
-        if text in shown or stream is None:  # as Python's own: no stderr, no warning
-            return
-        shown.add(text)
-        try:
-            stream.write(f"reste: warning: {text}\n")
-        except OSError:  # a closed stderr: the warning is lost, the run goes on
-            pass
-
-    show.reste_one_line = True  # type: ignore[attr-defined]  (a sweep's workers show theirs so too)
-    warnings.showwarning = show
-
-
 def line_buffered() -> None:
     """Each line of stdout and stderr written when printed, also where they are a file (a cluster job's log,
     nohup): Python buffers a file's output in blocks, so a log stays empty while the job runs, a kill -9 loses its
@@ -394,9 +372,6 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 usage_line = one_line  # its name here before reste.errors had it
-
-EX_TEMPFAIL = 75  # sysexits.h: the run folder is held by another job; a requeue may try again later
-
 
 def _run_in_use(err: Exception) -> bool:
     """``err`` is :class:`reste.rundir.RunInUse` (the module is loaded where it was raised)."""

@@ -11,8 +11,12 @@ import contextlib
 import contextvars
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
+
+
+EX_TEMPFAIL = 75  # sysexits.h: the exit status when the run folder is held by another job; a requeue may try later
 
 
 class UsageError(ValueError):
@@ -113,6 +117,28 @@ def parse_json(text: str | bytes) -> Any:
         err = json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0)
         err.args = ("its JSON is nested too deeply",)  # no position: the parser gave none
         raise err from None
+
+
+def one_line_warnings() -> None:
+    """Show warnings as ``reste: warning: ...``, one line each and each once (Python's format takes two lines,
+    with the source line, and a check repeated by the config and the model printed it twice). For the ``reste``
+    command (``reste.__main__.run``) and a sweep's workers; the library and ``reste.cli.main`` leave warnings to
+    Python."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - warnings' signature
+        text = " ".join(str(message).split())
+        stream = sys.stderr if file is None else file
+        if text in shown or stream is None:  # as Python's own: no stderr, no warning
+            return
+        shown.add(text)
+        try:
+            stream.write(f"reste: warning: {text}\n")
+        except OSError:  # a closed stderr: the warning is lost, the run goes on
+            pass
+
+    show.reste_one_line = True  # type: ignore[attr-defined]  (a sweep's workers show theirs so too)
+    warnings.showwarning = show
 
 
 def stderr_is_terminal() -> bool:

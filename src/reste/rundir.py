@@ -54,6 +54,7 @@ except ImportError:  # not Windows
 
 LOCK_NAME = ".lock"
 SWEEP_MANIFEST = "sweep.json"  # what makes a folder a sweep's (reste.experiments.report writes and reads it)
+SWEEP_LOCK = "sweep.lock"  # in --out while a sweep runs there: a second sweep on it is refused (exit status 75)
 CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.pt"
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)

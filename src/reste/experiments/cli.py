@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import EX_TEMPFAIL, UsageError
 from ..estimators import estimator_flags, list_estimators
 from ..plugins import add_plugin_flag
 
@@ -126,8 +126,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     if failures and all(status == "busy" for _, _, status in failures):
-        from ..cli import EX_TEMPFAIL
-
         return EX_TEMPFAIL  # only runs another job holds: a requeue may try again later, as `reste train`'s 75
     return 1 if failures or any(r["n"] < r["n_runs"] for r in rows) else 0
 

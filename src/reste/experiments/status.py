@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, shell_word
-from ..rundir import SWEEP_MANIFEST, divergence, holds_run, lock_holder
+from ..rundir import SWEEP_LOCK, SWEEP_MANIFEST, divergence, holds_run, lock_holder
 from ..runinfo import run_summary, show_run
 from ..wording import count
 from .report import _folder, load_manifest
-from .sweep import SWEEP_LOCK
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
 STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "damaged", "not started")

@@ -46,7 +46,7 @@ from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, list_estimators
 from ..checkpoint import load_checkpoint
 from ..wording import duration
-from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
+from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
                       holds_run, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
                       remove_folders)
 from .identity import canonical, config_key
@@ -54,7 +54,6 @@ from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, 
                      summarize, write_manifest)
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
-SWEEP_LOCK = "sweep.lock"  # in --out while a sweep runs there: a second sweep on it is refused (exit status 75)
 
 
 # ------------------------------------------------------------------ grid specs
@@ -424,7 +423,7 @@ def _sweep_died(_signum: int, _frame: Any) -> None:
 
 
 def _one_line_warnings_shown() -> bool:
-    """Whether this process shows warnings in the ``reste`` command's one-line format (``cli.one_line_warnings``)."""
+    """Whether this process shows warnings in the ``reste`` command's one-line format (``errors.one_line_warnings``)."""
     return bool(getattr(warnings.showwarning, "reste_one_line", False))
 
 
@@ -445,7 +444,7 @@ def _init_worker(threads: int, parent: int | None = None, command_line: bool = F
     if command_line:  # a spawned worker starts with the ContextVar's default; this is its whole life
         join_command_line()
     if one_line:
-        from ..cli import one_line_warnings
+        from ..errors import one_line_warnings
 
         one_line_warnings()
 
