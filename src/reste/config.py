@@ -116,6 +116,21 @@ def check_threads(threads: int | None) -> None:
                          f"got {threads}")
 
 
+def check_accumulate(batch_size: int, accumulate: int, cuda_graphs: bool = False) -> None:
+    """Refuse an ``--accumulate`` that is not a positive integer dividing ``--batch-size`` (each optimizer step
+    sums the gradients of ``accumulate`` micro-batches of ``batch_size // accumulate`` images), or one above 1 with
+    ``--cuda-graphs`` (a capture holds one batch's step)."""
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise UsageError(f"--accumulate must be a positive integer (micro-batches per optimizer step), got "
+                         f"{accumulate!r}")
+    if batch_size % accumulate:
+        raise UsageError(f"--accumulate {accumulate} does not divide --batch-size {batch_size}: each step's batch is "
+                         f"split into {accumulate} equal micro-batches; pick a divisor of {batch_size}")
+    if accumulate > 1 and cuda_graphs:
+        raise UsageError(f"--cuda-graphs captures one batch's step, not {accumulate} accumulated micro-batches; drop "
+                         "--cuda-graphs, or --accumulate where the batch fits")
+
+
 # --indicators paper: whether a model's settings give it binary 3x3 convolutions (see _check_paper_indicators)
 _PAPER_LAYERS: dict[tuple, bool] = {}
 
@@ -137,6 +152,7 @@ class TrainConfig:
     augment: bool | None = None  # train-split augmentation (the data set's default recipe says)
     epochs: int | None = None
     batch_size: int | None = None
+    accumulate: int = 1  # micro-batches per optimizer step: each of batch_size // accumulate images, gradients summed
     eval_batch_size: int | None = None
     optimizer: str | None = None
     lr: float | None = None
@@ -269,6 +285,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        check_accumulate(self.batch_size, self.accumulate, self.cuda_graphs)
         if self.epochs > MAX_EPOCHS:
             raise UsageError(f"--epochs must be at most {MAX_EPOCHS:,}, got {self.epochs}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -336,7 +353,7 @@ class TrainConfig:
             "data_device": (str,), "amp": (str,), "estimator_options": (dict,), "model_options": (dict,),
             "download": (bool,), "cuda_graphs": (bool,),
             "a32": (bool,), "channels_last": (bool,), "compile": (bool,), "sync_bn": (bool,),
-            "model": (str,), "epochs": (int,), "batch_size": (int,), "eval_batch_size": (int,),
+            "model": (str,), "epochs": (int,), "batch_size": (int,), "accumulate": (int,), "eval_batch_size": (int,),
             "warm_up": (int,), "seed": (int,), "workers": (int,), "lr": number, "weight_decay": number,
             "momentum": number, "keep_top": (int,),
         }

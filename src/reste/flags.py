@@ -17,7 +17,7 @@ from .plugins import add_plugin_flag, saved_form
 
 # Train flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
-                "batch_size", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
+                "batch_size", "accumulate", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
                 "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile",
                 "cuda_graphs", "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
 
@@ -83,6 +83,11 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="GPU: replay each training step as one CUDA graph, recaptured each epoch, and the "
                         "test evaluation's forward (an epoch's last partial batch runs eagerly; not with "
                         "--compile, --amp fp16 or torchrun)")
+    r.add_argument("--accumulate", type=int, metavar="N",
+                   help="split each step's --batch-size into N micro-batches of batch/N, their gradients summed "
+                        "into one optimizer step (the batch's mean gradient with 1/N of the activation memory; "
+                        "BatchNorm normalises over each micro-batch). Default 1; free to change on --resume; "
+                        "not with --cuda-graphs")
     r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="with torchrun: keep per-process BatchNorm statistics")
     g2 = p.add_argument_group("run directory")

@@ -66,9 +66,10 @@ CURVES = "curves.png"  # `reste plot RUN_DIR`'s figure of one run
 # why it is missing; a resume removes it (it tries again)
 DIVERGED = "diverged.json"
 # Settings that may differ when resuming without --force: they do not change what is trained (another CPU
-# thread count can change the last bits of float32 sums: resume notes it).
+# thread count can change the last bits of float32 sums, and another --accumulate the micro-batches BatchNorm
+# normalises over, the step's gradient being the batch's either way: resume notes both).
 RESUME_FREE = ("data_path", "download", "workers", "device", "data_device", "eval_batch_size", "threads",
-               "save_every", "tensorboard", "keep_top", "plugins")
+               "save_every", "tensorboard", "keep_top", "plugins", "accumulate")
 # the settings that do not make a run another training: those free to change on resume, the preset's name (a
 # preset is its settings) and the seed (a draw of the same training): left out of a sweep run's identity, and of
 # what a preset run changes of its preset
