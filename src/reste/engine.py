@@ -279,6 +279,15 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
 # -------------------------------------------------------------------- training
 
 
+def micro_batches(n: int, micro: int) -> list[int]:
+    """The sizes of the micro-batches a batch of ``n`` images trains as, ``micro`` = ``--batch-size`` //
+    ``--accumulate`` the largest: a full batch in ``--accumulate`` equal ones, a smaller one (an epoch's last) in as
+    few near-equal ones as fit (``micro_batches(100, 64)``: ``[50, 50]``, not ``[64, 36]``)."""
+    parts = max(1, -(-n // micro))
+    size, extra = divmod(n, parts)
+    return [size + 1] * extra + [size] * (parts - extra)
+
+
 def _to_device(images: torch.Tensor, target: torch.Tensor, device: torch.device,
                channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     images = images.to(device, non_blocking=True)
@@ -380,15 +389,20 @@ class _Run:
             raise UsageError(f"estimator {config.estimator!r} schedules {', '.join(clash)}, a name each line of "
                              f"{METRICS} uses for its own field; give that hyper-parameter another name")
         per_rank = -(-len(train_ds) // self.dist.world_size)  # each process's share, padded as the samplers do
-        if (min(config.batch_size, per_rank) == 1
+        micro = config.batch_size // config.accumulate  # what a forward holds (BatchNorm's statistics are its)
+        split = f" in {config.accumulate} micro-batches" if config.accumulate > 1 else ""
+        if (1 in micro_batches(min(config.batch_size, per_rank), micro)
                 and any(isinstance(m, nn.BatchNorm1d) for m in self.model.modules())):
             raise UsageError(f"{config.model} cannot train on batches of one sample (--batch-size "
-                             f"{config.batch_size}, {per_rank} training image(s) per process): its BatchNorm1d "
-                             "needs at least 2; raise --batch-size or add images")
-        if (per_rank > config.batch_size and per_rank % config.batch_size == 1
+                             f"{config.batch_size}{split}, {per_rank} training image(s) per process): its "
+                             f"BatchNorm1d needs at least 2; raise --batch-size{', lower --accumulate' * bool(split)} "
+                             "or add images")
+        if (per_rank > config.batch_size and 1 in micro_batches(per_rank % config.batch_size, micro)
                 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())):
-            self.log(f"note: the last batch of each epoch would hold one sample, too few for BatchNorm's batch "
-                     f"statistics; it is left out ({per_rank - 1} of {per_rank} samples an epoch)")
+            one = "train a micro-batch of" if split else "hold"
+            self.log(f"note: the last batch of each epoch would {one} one sample, too few for BatchNorm's batch "
+                     f"statistics; it is left out ({per_rank - per_rank % config.batch_size} of {per_rank} samples "
+                     "an epoch)")
             self.train_loader, self.test_loader = loaders(True)
         _check_model_fits(self.model, test_ds, self.info, config, self.device)
         if config.channels_last:
@@ -401,6 +415,7 @@ class _Run:
             if config.indicators else None
         )
         self.net: nn.Module = self.model
+        self.ddp: nn.parallel.DistributedDataParallel | None = None  # under torchrun (its no_sync: --accumulate)
         if self.dist.enabled:
             if config.sync_bn:  # BatchNorm statistics over all processes
                 if self.device.type == "cuda":
@@ -412,7 +427,7 @@ class _Run:
                     self.meter = EquilibriumMeter(self.model, config.indicators, self.meter.o_end)
                 self.net = self.model
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+            self.net = self.ddp = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         if config.compile:
             self.net = torch.compile(self.net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
@@ -519,17 +534,45 @@ class _Run:
     # -- epochs ------------------------------------------------------------
 
     def step(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training step on a batch already on the device: ``(loss, logits)``, not synced."""
-        if self.graphed is not None:
-            return self.graphed(images, target)
-        with _autocast(self.device, self.config.amp):
-            logits = self.net(images)
-            loss = F.cross_entropy(logits.float(), target)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        """One optimizer step on a batch: ``(loss, logits)`` of the whole batch, on the device, not synced.
+
+        ``images`` may still be on the host: each micro-batch moves to the device as it trains. With
+        ``--accumulate N`` the batch is split into micro-batches (:func:`micro_batches`), each one's mean loss
+        weighted by its share of the batch (1/N for a full batch), so the gradients summed over them are the
+        batch's mean gradient; the optimizer (and the fp16 GradScaler: unscaled, checked and updated once) steps
+        once, and under torchrun only the last micro-batch's backward all-reduces (DDP's ``no_sync``)."""
+        cfg = self.config
+        if self.graphed is not None:  # (--accumulate 1: config refuses more with --cuda-graphs)
+            return self.graphed(*_to_device(images, target, self.device, cfg.channels_last))
+        sizes = micro_batches(len(target), cfg.batch_size // cfg.accumulate)
+        if len(sizes) == 1:
+            images, target = _to_device(images, target, self.device, cfg.channels_last)
+            with _autocast(self.device, cfg.amp):
+                logits = self.net(images)
+                loss = F.cross_entropy(logits.float(), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            losses, outputs = [], []
+            for i, (x, y) in enumerate(zip(images.split(sizes), target.split(sizes))):
+                x, y = _to_device(x, y, self.device, cfg.channels_last)
+                sync = i == len(sizes) - 1  # the gradients are all-reduced once, after the last micro-batch
+                with (contextlib.nullcontext() if sync else self._no_sync()):
+                    with _autocast(self.device, cfg.amp):
+                        logits = self.net(x)
+                        part = F.cross_entropy(logits.float(), y) * (len(y) / len(target))
+                    self.scaler.scale(part).backward()
+                losses.append(part.detach())
+                outputs.append(logits.detach())
+            loss, logits = torch.stack(losses).sum(), torch.cat(outputs)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss, logits
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` (a micro-batch's backward keeps its gradients local); nothing in one process."""
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
     def train_epoch(self, epoch: int, start_step: int = 0, partial: dict[str, Any] | None = None
                     ) -> dict[str, float]:
@@ -581,7 +624,7 @@ class _Run:
                 step += 1
                 if step < start_step:
                     continue
-                images, target = _to_device(images, target, device, cfg.channels_last)
+                target = target.to(device, non_blocking=True)  # the images move in step, micro-batch by micro-batch
                 loss, logits = self.step(images, target)
                 if self.meter and (self.meter.every_step or step == steps - 1):  # (paper: the last step's alone)
                     self.meter.update()
@@ -1023,10 +1066,13 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
         bn = "synchronised BatchNorm" if config.sync_bn else "BatchNorm per process"
         procs = f", {world} processes ({bn})"
         batch += f" per process ({config.batch_size * world} in all)"
+    if config.accumulate > 1:
+        batch += f" ({config.accumulate} micro-batches of {config.batch_size // config.accumulate} a step)"
     run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {config.optimizer} "
             f"lr {config.lr}, device {run.device}{procs} -> {run_dir}")
-    for note in (*recipe_notes(config, world), cuda_graphs_tip(config, run.device, run.dist.enabled)):
+    for note in (*recipe_notes(config, world), accumulate_note(config, run.model, world_size=world),
+                 cuda_graphs_tip(config, run.device, run.dist.enabled)):
         if note:
             run.log(note)
     return run.run()
@@ -1091,6 +1137,33 @@ def recipe_notes(config: TrainConfig, world_size: int = 1) -> list[str]:
     return notes
 
 
+def accumulate_note(config: TrainConfig, model: nn.Module, was: int | None = None, world_size: int = 1) -> str | None:
+    """The BatchNorm caveat of ``--accumulate`` for a model with BatchNorm: each step's gradient is the batch's
+    mean, but BatchNorm normalises each micro-batch over itself. ``was``: on resume, the --accumulate the run
+    trained with (a note only where it differs); ``world_size``: processes, whose micro-batches synchronised
+    BatchNorm normalises together."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None
+    batch = config.batch_size
+
+    def images(accumulate: int) -> str:
+        n = batch // accumulate
+        together = world_size > 1 and config.sync_bn
+        return f"{n} images{f' per process ({n * world_size} in all)' if together else ''}"
+
+    if was is None:
+        if config.accumulate == 1:
+            return None
+        return (f"note: --accumulate {config.accumulate}: each step's gradient is the batch of {batch}'s (up to "
+                f"rounding), but BatchNorm normalises over each micro-batch of {images(config.accumulate)}, so the "
+                "run differs from one on whole batches")
+    if was == config.accumulate:
+        return None
+    return (f"note: the run trained with --accumulate {was} and continues with {config.accumulate}: each step's "
+            f"gradient stays the batch of {batch}'s (up to rounding), but BatchNorm now normalises over "
+            f"{images(config.accumulate)} instead of {images(was)}")
+
+
 def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
     """A note for an eager CUDA run that ``--cuda-graphs`` could take (one process, no --compile, no fp16)."""
     if device.type != "cuda" or config.cuda_graphs or config.compile or config.amp == "fp16" or distributed:
@@ -1148,7 +1221,9 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         done = ckpt["epoch"] + resumption.trained_epoch(ckpt)  # (an epoch saved before its evaluation is trained)
         notes += resumption.schedule_notes(trained.epochs, config.epochs, done)
         notes += resumption.recorded_places_notes(run_dir, config, overrides)
-        for note in notes:
+        if done < config.epochs:
+            notes.append(accumulate_note(config, run.model, trained.accumulate, run.dist.world_size))
+        for note in filter(None, notes):
             run.log(note)
         if trained.optimizer != config.optimizer:  # another optimizer's state starts afresh
             ckpt = {**ckpt, "optimizer": None}
