@@ -371,5 +371,6 @@ def test_an_eager_gpu_run_is_told_about_cuda_graphs_when_it_could_use_them():
                                         (TrainConfig(cuda_graphs=True), cuda, False),
                                         (TrainConfig(compile=True), cuda, False),
                                         (TrainConfig(amp="fp16"), cuda, False),
+                                        (TrainConfig(accumulate=2), cuda, False),  # refused with it
                                         (TrainConfig(), cuda, True)):
         assert engine.cuda_graphs_tip(config, device, distributed) is None

@@ -1165,8 +1165,10 @@ def accumulate_note(config: TrainConfig, model: nn.Module, was: int | None = Non
 
 
 def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
-    """A note for an eager CUDA run that ``--cuda-graphs`` could take (one process, no --compile, no fp16)."""
-    if device.type != "cuda" or config.cuda_graphs or config.compile or config.amp == "fp16" or distributed:
+    """A note for an eager CUDA run that ``--cuda-graphs`` could take (one process, no --compile, no fp16, no
+    --accumulate)."""
+    if (device.type != "cuda" or config.cuda_graphs or config.compile or config.amp == "fp16" or distributed
+            or config.accumulate > 1):
         return None
     return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
             "ResNet-20 ReSTE step took 4.15 ms graphed against 19.7 ms eager: benchmarks/RESULTS.md)")
