@@ -255,7 +255,7 @@ def test_a_resume_may_change_accumulate_and_names_the_batchnorm_caveat(tmp_path,
 def test_a_run_says_how_it_splits_its_batch(tmp_path):
     lines = []
     engine.train(small(epochs=1, accumulate=4, threads=1), tmp_path / "r", progress=False, log=lines.append)
-    assert "batch 64 (4 micro-batches of 16 a step)" in lines[0]
+    assert "batch 64, in 4 micro-batches of 16, sgd" in lines[0]
     assert any(x.startswith("note: --accumulate 4: each step's gradient is the batch of 64's")
                and "BatchNorm normalises over each micro-batch of 16 images" in x for x in lines), lines
 

@@ -360,3 +360,14 @@ def test_sigterm_to_a_two_process_run_then_resume_is_exact(tmp_path):
                              env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_end(full, cut, epochs=3)
+
+
+def test_torchrun_accumulates_micro_batches_with_synchronised_batchnorm(tmp_path):
+    """--accumulate 2 under two processes: each micro-batch's forward synchronises BatchNorm across them (a
+    collective per micro-batch, the same count on each rank), the backward all-reduces once a step; the run
+    finishes and says how it splits the batch."""
+    proc, _ = _run_fresh(lambda attempt: (*ARGS[2:], "--epochs", "1", "--accumulate", "2", "--out",
+                                          str(tmp_path / f"run{attempt}")))
+    assert proc.returncode == 0, proc.stderr
+    assert "batch 64 per process (128 in all), in 2 micro-batches of 32" in proc.stdout
+    assert "BatchNorm normalises over each micro-batch of 32 images per process (64 in all)" in proc.stdout

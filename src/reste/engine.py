@@ -1067,7 +1067,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
         procs = f", {world} processes ({bn})"
         batch += f" per process ({config.batch_size * world} in all)"
     if config.accumulate > 1:
-        batch += f" ({config.accumulate} micro-batches of {config.batch_size // config.accumulate} a step)"
+        batch += f", in {config.accumulate} micro-batches of {config.batch_size // config.accumulate}"
     run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {config.optimizer} "
             f"lr {config.lr}, device {run.device}{procs} -> {run_dir}")
@@ -1144,7 +1144,7 @@ def accumulate_note(config: TrainConfig, model: nn.Module, was: int | None = Non
     BatchNorm normalises together."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return None
-    batch = config.batch_size
+    batch, step = config.batch_size, config.batch_size * world_size  # (--batch-size is per process)
 
     def images(accumulate: int) -> str:
         n = batch // accumulate
@@ -1154,13 +1154,13 @@ def accumulate_note(config: TrainConfig, model: nn.Module, was: int | None = Non
     if was is None:
         if config.accumulate == 1:
             return None
-        return (f"note: --accumulate {config.accumulate}: each step's gradient is the batch of {batch}'s (up to "
+        return (f"note: --accumulate {config.accumulate}: each step's gradient is the batch of {step}'s (up to "
                 f"rounding), but BatchNorm normalises over each micro-batch of {images(config.accumulate)}, so the "
                 "run differs from one on whole batches")
     if was == config.accumulate:
         return None
     return (f"note: the run trained with --accumulate {was} and continues with {config.accumulate}: each step's "
-            f"gradient stays the batch of {batch}'s (up to rounding), but BatchNorm now normalises over "
+            f"gradient stays the batch of {step}'s (up to rounding), but BatchNorm now normalises over "
             f"{images(config.accumulate)} instead of {images(was)}")
 
 
