@@ -258,6 +258,9 @@ def test_a_run_says_how_it_splits_its_batch(tmp_path):
     assert "batch 64, in 4 micro-batches of 16, sgd" in lines[0]
     assert any(x.startswith("note: --accumulate 4: each step's gradient is the batch of 64's")
                and "BatchNorm normalises over each micro-batch of 16 images" in x for x in lines), lines
+    from reste.runinfo import show_run
+
+    assert "1 epoch, batch 64, in 4 micro-batches of 16, sgd lr 0.1" in show_run(tmp_path / "r")
 
 
 def test_accumulate_is_a_machine_setting_not_a_recipe_or_identity_change():

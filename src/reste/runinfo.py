@@ -49,6 +49,12 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
+def _micro_batches(config: dict[str, Any]) -> str:
+    """``", in 4 micro-batches of 16"`` for a run that accumulates (``--accumulate``; older runs record none)."""
+    n = config.get("accumulate") or 1
+    return f", in {n} micro-batches of {config['batch_size'] // n}" if n > 1 else ""
+
+
 def show_run(run_dir: str | os.PathLike) -> str:
     """What ``reste show RUN_DIR`` prints: :func:`run_summary` as lines."""
     summary = run_summary(run_dir)
@@ -59,8 +65,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
     preset = f", preset {config['preset']}" if config["preset"] else ""
     lines = [f"run        {run_dir}",
              f"settings   {config['model']} ({config['estimator']}{', 1W/32A' if config['a32'] else ''}) on "
-             f"{config['dataset']}: {epochs}, batch {config['batch_size']}, {config['optimizer']} lr "
-             f"{config['lr']:g}, seed {config['seed']}{preset}" + (f"\n           {options}" if options else "")]
+             f"{config['dataset']}: {epochs}, batch {config['batch_size']}{_micro_batches(config)}, "
+             f"{config['optimizer']} lr {config['lr']:g}, seed {config['seed']}{preset}" + (f"\n           {options}" if options else "")]
     done, state, resume = summary["epochs_done"], summary["state"], f"reste train --resume {shell_word(run_dir)}"
     if state == "training":
         pid = f" (pid {summary['pid']})" if summary["pid"] else ""
