@@ -1181,8 +1181,9 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     ``overrides`` are settings given again on the command line; a setting that
     differs from the saved one is refused (naming it) unless ``force`` is true.
     Settings that do not change what is trained (data path, workers, device, eval
-    batch size, threads, save_every) may always differ; another CPU thread count can
-    change the last bits of float32 sums, and a note says so. A CPU run continues with
+    batch size, threads, save_every, accumulate) may always differ; another CPU thread count can
+    change the last bits of float32 sums, another ``accumulate`` the micro-batches BatchNorm normalises
+    over, and a note says so. A CPU run continues with
     the thread count it recorded unless told otherwise. The folder is locked for the
     whole run, and a mid-epoch ``last.pt`` continues at its step.
     """
