@@ -1137,31 +1137,32 @@ def recipe_notes(config: TrainConfig, world_size: int = 1) -> list[str]:
     return notes
 
 
-def accumulate_note(config: TrainConfig, model: nn.Module, was: int | None = None, world_size: int = 1) -> str | None:
+def accumulate_note(config: TrainConfig, model: nn.Module, was: TrainConfig | None = None,
+                    world_size: int = 1) -> str | None:
     """The BatchNorm caveat of ``--accumulate`` for a model with BatchNorm: each step's gradient is the batch's
-    mean, but BatchNorm normalises each micro-batch over itself. ``was``: on resume, the --accumulate the run
-    trained with (a note only where it differs); ``world_size``: processes, whose micro-batches synchronised
+    mean, but BatchNorm normalises each micro-batch over itself. ``was``: on resume, the settings the run trained
+    with (a note only where its --accumulate differs); ``world_size``: processes, whose micro-batches synchronised
     BatchNorm normalises together."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return None
-    batch, step = config.batch_size, config.batch_size * world_size  # (--batch-size is per process)
 
-    def images(accumulate: int) -> str:
-        n = batch // accumulate
+    def images(settings: TrainConfig) -> str:
+        n = settings.batch_size // settings.accumulate
         together = world_size > 1 and config.sync_bn
         return f"{n} images{f' per process ({n * world_size} in all)' if together else ''}"
 
+    step = config.batch_size * world_size  # the step's batch (--batch-size is per process)
     if was is None:
         if config.accumulate == 1:
             return None
         return (f"note: --accumulate {config.accumulate}: each step's gradient is the batch of {step}'s (up to "
-                f"rounding), but BatchNorm normalises over each micro-batch of {images(config.accumulate)}, so the "
-                "run differs from one on whole batches")
-    if was == config.accumulate:
+                f"rounding), but BatchNorm normalises over each micro-batch of {images(config)}, so the run differs "
+                "from one on whole batches")
+    if was.accumulate == config.accumulate:
         return None
-    return (f"note: the run trained with --accumulate {was} and continues with {config.accumulate}: each step's "
-            f"gradient stays the batch of {step}'s (up to rounding), but BatchNorm now normalises over "
-            f"{images(config.accumulate)} instead of {images(was)}")
+    return (f"note: the run trained with --accumulate {was.accumulate} and continues with {config.accumulate}: "
+            f"each step's gradient stays the batch of {step}'s (up to rounding), but BatchNorm now normalises over "
+            f"{images(config)} instead of {images(was)}")
 
 
 def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
@@ -1225,7 +1226,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         notes += resumption.schedule_notes(trained.epochs, config.epochs, done)
         notes += resumption.recorded_places_notes(run_dir, config, overrides)
         if done < config.epochs:
-            notes.append(accumulate_note(config, run.model, trained.accumulate, run.dist.world_size))
+            notes.append(accumulate_note(config, run.model, trained, run.dist.world_size))
         for note in filter(None, notes):
             run.log(note)
         if trained.optimizer != config.optimizer:  # another optimizer's state starts afresh

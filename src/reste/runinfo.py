@@ -66,7 +66,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
     lines = [f"run        {run_dir}",
              f"settings   {config['model']} ({config['estimator']}{', 1W/32A' if config['a32'] else ''}) on "
              f"{config['dataset']}: {epochs}, batch {config['batch_size']}{_micro_batches(config)}, "
-             f"{config['optimizer']} lr {config['lr']:g}, seed {config['seed']}{preset}" + (f"\n           {options}" if options else "")]
+             f"{config['optimizer']} lr {config['lr']:g}, seed {config['seed']}{preset}"
+             + (f"\n           {options}" if options else "")]
     done, state, resume = summary["epochs_done"], summary["state"], f"reste train --resume {shell_word(run_dir)}"
     if state == "training":
         pid = f" (pid {summary['pid']})" if summary["pid"] else ""
