@@ -186,7 +186,7 @@ def test_under_ddp_only_the_last_micro_batch_all_reduces(tmp_path):
 
             net.register_comm_hook(None, hook)
             run = engine._Run.__new__(engine._Run)
-            run.config = dataclasses.replace(small(accumulate=n), amp="none")
+            run.config = small(accumulate=n)
             run.graphed, run.device, run.net, run.ddp = None, torch.device("cpu"), net, net
             run.optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
             run.scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -284,4 +284,4 @@ def test_help_names_accumulate(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--accumulate N" in text and "not with --cuda-graphs" in text and "free to change on --resume" in text
+    assert "--accumulate N" in text and "not with --cuda-graphs" in text and "may change when a run is resumed" in text

@@ -86,7 +86,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--accumulate", type=int, metavar="N",
                    help="split each step's --batch-size into N micro-batches of batch/N, their gradients summed "
                         "into one optimizer step (the batch's mean gradient with 1/N of the activation memory; "
-                        "BatchNorm normalises over each micro-batch). Default 1; free to change on --resume; "
+                        "BatchNorm normalises over each micro-batch). Default 1; may change when a run is resumed; "
                         "not with --cuda-graphs")
     r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="with torchrun: keep per-process BatchNorm statistics")
