@@ -109,7 +109,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if devices and args.device is not None:
         raise UsageError("--device and --devices both given; --devices gives each job its device")
     if devices is not None and not all(d.strip() for d in devices):
-        raise UsageError(f"--devices {args.devices!r}: write the devices separated by commas, e.g. 0,1 or cuda:0,cuda:1")
+        raise UsageError(f"--devices {args.devices!r}: write the devices separated by commas, e.g. 0,1 or "
+                         "cuda:0,cuda:1")
     jobs = args.jobs if args.jobs is not None else len(devices) if devices else 1
     base = base_config(args)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None

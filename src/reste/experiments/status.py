@@ -81,8 +81,8 @@ def show_sweep(out_dir: str | os.PathLike) -> str:
             lines.append(f"  {label}  seed {run['seed']}: {_run_line(run)}")
     left = sum(status["counts"][k] for k in ("stopped", "training or stopped", "not started"))
     if left and running == 0:
-        lines.append(f"continue   the same `reste sweep` command trains the {count(left, 'run')} left (finished runs are "
-                     "skipped, stopped ones resume)")
+        lines.append(f"continue   the same `reste sweep` command trains the {count(left, 'run')} left (finished runs "
+                     "are skipped, stopped ones resume)")
     lines.append(f"tables     `reste report {shell_word(out_dir)}` writes them (also while it runs); one run: "
                  f"`reste show {shell_word(status['settings'][0]['runs'][0]['run_dir']) if total else 'RUN_DIR'}`")
     return "\n".join(lines)
