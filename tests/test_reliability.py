@@ -125,6 +125,33 @@ def test_truncated_and_corrupted_checkpoints(capsys, tmp_path, finished_run):
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
     assert_one_line_error(capsys, ["eval", str(other)], "not a reste checkpoint")
+    assert "Lightning" not in _load_error(other)
+
+
+def _load_error(path) -> str:
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(path)
+    return str(info.value)
+
+
+def test_a_lightning_checkpoint_says_how_to_export_its_module(capsys, tmp_path):
+    """(Lightning review M5) `reste export` of a Lightning .ckpt said only 'not a reste checkpoint': it now says what
+    the file is and how to export its module, whether its hyper-parameters load as plain data or not."""
+    import argparse
+
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"pytorch-lightning_version": "2.5.0", "epoch": 1, "state_dict": {"w": torch.zeros(2)}}, plain)
+    assert_one_line_error(capsys, ["export", str(plain), str(tmp_path / "m.rbnn")],
+                          "not a reste checkpoint (no 'reste-checkpoint' header); it is a PyTorch Lightning checkpoint:"
+                          " load your LightningModule from it (load_from_checkpoint) and export the binarized model it "
+                          "holds from Python, reste.export.export_model(model, OUT)")
+    objects = tmp_path / "objects.ckpt"  # save_hyperparameters() of an argparse Namespace: a class to build on load
+    torch.save({"pytorch-lightning_version": "2.5.0", "hyper_parameters": argparse.Namespace(lr=0.1)}, objects)
+    text = _load_error(objects)
+    assert text.startswith(f"refusing to load {objects}: it holds objects that would run code on load")
+    assert text.endswith("it is a PyTorch Lightning checkpoint: load your LightningModule from it "
+                         "(load_from_checkpoint) and export the binarized model it holds from Python, "
+                         "reste.export.export_model(model, OUT)")
 
 
 def test_checkpoint_of_another_model_or_class_count(capsys, tmp_path, finished_run):

@@ -269,6 +269,11 @@ def damage(path: str | os.PathLike) -> str | None:
     return None
 
 
+_LIGHTNING_KEY = b"pytorch-lightning_version"  # a key of every PyTorch Lightning checkpoint
+_LIGHTNING_HINT = ("it is a PyTorch Lightning checkpoint: load your LightningModule from it (load_from_checkpoint) and "
+                   "export the binarized model it holds from Python, reste.export.export_model(model, OUT)")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint without executing code; bad files raise a one-line ``UsageError``.
 
@@ -298,14 +303,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         detail = (lines[0] if lines else type(err).__name__)[:120]
         if isinstance(err, pickle.UnpicklingError) and "global" in text.lower():
             # the file names a function or class to call on load
-            raise UsageError(
-                f"refusing to load {path}: it holds objects that would run code on load ({detail}); "
-                "only load checkpoints you trust with torch.load directly"
-            ) from None
+            remedy = (_LIGHTNING_HINT if _LIGHTNING_KEY in blob
+                      else "only load checkpoints you trust with torch.load directly")
+            raise UsageError(f"refusing to load {path}: it holds objects that would run code on load ({detail}); "
+                             f"{remedy}") from None
         raise UsageError(f"checkpoint {path} is truncated or corrupted ({detail}); use another checkpoint") \
             from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a reste checkpoint (no '{FORMAT}' header)")
+        lightning = f"; {_LIGHTNING_HINT}" if isinstance(ckpt, dict) and _LIGHTNING_KEY.decode() in ckpt else ""
+        raise UsageError(f"{path} is not a reste checkpoint (no '{FORMAT}' header){lightning}")
     version = ckpt.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
         raise UsageError(f"{path} was written by a newer reste (format {version}); upgrade reste")
