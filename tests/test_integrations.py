@@ -289,3 +289,34 @@ def test_core_does_not_import_lightning():
     code = ("import sys, reste; "
             "assert not any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_per_layer_logs_each_estimators_schedule_and_each_layers_indicators(tmp_path):
+    """(Lightning review M3) per_layer=True logs what reste train --tensorboard logs per layer: every estimator's
+    schedule values, so layers whose estimators differ each show theirs, and the two indicators of each layer at
+    the epoch's last step; the run-level history stays the two indicators alone."""
+    from reste.integrations.tensorboard import layer_schedules
+
+    class TwoLayers(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            net = float_net()
+            net.insert(6, nn.Conv2d(16, 16, 3, padding=1, bias=False))  # a second binary conv
+            net.insert(7, nn.BatchNorm2d(16))
+            self.model = reste.binarize(net, "reste", o_end=3.0)
+            self.model[6].weight_estimator.o_end = 6.0  # one layer's own schedule
+
+    callback = BinarizationCallback(indicators=True, per_layer=True)
+    module, trainer = fit(tmp_path, callback, module=TwoLayers(), limit_train_batches=4)
+    rows = logged_epochs(trainer)
+    schedules = layer_schedules(module)  # the last epoch's values, named in the LightningModule, as logged
+    assert {"schedule/model.3.weight_estimator/o", "schedule/model.6.weight_estimator/o"} <= set(schedules)
+    for key, value in schedules.items():
+        assert rows[-1][f"reste/{key}"] == pytest.approx(value)
+    assert rows[-1]["reste/schedule/model.6.weight_estimator/o"] > rows[-1]["reste/schedule/model.3.weight_estimator/o"]
+    for layer in ("model.3", "model.6"):
+        for key in ("estimating_error", "gradient_stability"):
+            assert all(math.isfinite(row[f"reste/indicators/{layer}/{key}"]) for row in rows)
+    assert all(set(h) == {"estimating_error", "gradient_stability"} for h in callback.history)
+    assert not any(k.startswith("reste/schedule/") for k in logged_epochs(fit(
+        tmp_path / "plain", BinarizationCallback(), limit_train_batches=2)[1])[-1])  # off by default

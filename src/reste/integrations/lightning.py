@@ -28,6 +28,7 @@ from torch import nn
 from ..indicators import MODES, EquilibriumMeter, check_same_indicators, gradient_stability
 from ..layers import binary_layers, set_progress
 from ..schedules import length_change
+from .tensorboard import layer_indicators, layer_schedules
 
 try:
     from lightning.pytorch import LightningModule, Trainer
@@ -71,6 +72,11 @@ class BinarizationCallback(Callback):
             per epoch as ``reste train``. For runs of a few long epochs: with the per-epoch default a
             1-epoch schedule keeps o at its start (1) for the whole run, and says so once. ``reste/o`` is
             still logged once per epoch, its value at the epoch's start.
+        per_layer: also log every estimator's schedule values per layer
+            (``<prefix>schedule/<estimator module>/<name>``, at each epoch's start) and, with ``indicators``, the two
+            indicators per layer (``<prefix>indicators/<layer>/estimating_error`` and ``.../gradient_stability``,
+            at each epoch's last step), as ``reste train --tensorboard`` does: a model whose layers have
+            estimators of other kinds or other schedules shows each of them.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class BinarizationCallback(Callback):
         prefix: str = "reste/",
         module: str | None = None,
         per_step: bool = False,
+        per_layer: bool = False,
     ) -> None:
         super().__init__()
         if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
@@ -91,6 +98,7 @@ class BinarizationCallback(Callback):
         self.prefix = prefix
         self.module = module
         self.per_step = bool(per_step)
+        self.per_layer = bool(per_layer)
         self._told_short = False
         self.meter: EquilibriumMeter | None = None
         self.schedule: dict[str, float] = {}
@@ -150,9 +158,12 @@ class BinarizationCallback(Callback):
                           "at their start (ReSTE's o = 1) for the whole run; use BinarizationCallback(per_step=True) "
                           "to move them every batch", UserWarning, stacklevel=2)
         self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, epochs)
-        if self.schedule:
+        values = {k: float(v) for k, v in self.schedule.items()}
+        if self.per_layer:
+            values.update(layer_schedules(self._model(pl_module)))
+        if values:
             pl_module.log_dict(
-                {self.prefix + k: float(v) for k, v in self.schedule.items()}, on_step=False, on_epoch=True,
+                {self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True,
                 sync_dist=True,  # the same on every process: the mean changes nothing, and DDP does not warn
             )
 
@@ -185,7 +196,9 @@ class BinarizationCallback(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.meter is None or self.meter._count == 0:
             return
-        values = self.meter.epoch_end()
+        values = dict(self.meter.epoch_end())  # (a copy: the meter keeps its own in its history)
+        if self.per_layer:  # the weights and gradients of the epoch's last step, as reste train --tensorboard
+            values.update(layer_indicators(self.meter))
         self._history = [dict(h) for h in self.meter.history]
         # the same on every process too (DDP's weights and averaged gradients)
         pl_module.log_dict({self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True,
