@@ -320,3 +320,27 @@ def test_per_layer_logs_each_estimators_schedule_and_each_layers_indicators(tmp_
     assert all(set(h) == {"estimating_error", "gradient_stability"} for h in callback.history)
     assert not any(k.startswith("reste/schedule/") for k in logged_epochs(fit(
         tmp_path / "plain", BinarizationCallback(), limit_train_batches=2)[1])[-1])  # off by default
+
+
+def test_warnings_come_once_from_rank_zero_and_two_callbacks_keep_their_states_apart(tmp_path, monkeypatch):
+    """(Lightning review P1, P2) the callback's warnings go through rank_zero_warn (under DDP every process printed
+    them); two callbacks (two modules, or two prefixes) have their own state keys in a checkpoint, and the default
+    one keeps the key earlier checkpoints have."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    def one_epoch_warnings() -> list[str]:
+        trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
+                             callbacks=[BinarizationCallback()], enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False, limit_train_batches=1)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer.fit(Classifier(), digits_loader())
+        return [str(w.message) for w in record if "BinarizationCallback" in str(w.message)]
+
+    assert len(one_epoch_warnings()) == 1
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # as in any process of a DDP run but the first
+    assert one_epoch_warnings() == []
+    monkeypatch.undo()
+    keys = {BinarizationCallback().state_key, BinarizationCallback(module="model").state_key,
+            BinarizationCallback(module="teacher").state_key, BinarizationCallback(prefix="student/").state_key}
+    assert len(keys) == 4 and BinarizationCallback().state_key == "BinarizationCallback"

@@ -20,7 +20,6 @@ Needs Lightning: ``pip install 'reste[lightning]'``.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from torch import nn
@@ -33,10 +32,12 @@ from .tensorboard import layer_indicators, layer_schedules
 try:
     from lightning.pytorch import LightningModule, Trainer
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities import rank_zero_warn
 except ImportError:  # pragma: no cover - depends on what is installed
     try:
         from pytorch_lightning import LightningModule, Trainer
         from pytorch_lightning.callbacks import Callback
+        from pytorch_lightning.utilities import rank_zero_warn
     except ImportError:
         raise ImportError(
             "reste.integrations.lightning needs PyTorch Lightning: pip install 'reste[lightning]'"
@@ -109,6 +110,15 @@ class BinarizationCallback(Callback):
         self._saved_indicators: tuple[str | None, float | None] = (None, None)  # a checkpoint's mode and o_end
         self._stability: Any = None  # under manual optimization: the last step's gradient stability
 
+    @property
+    def state_key(self) -> str:
+        """The key of its state in a checkpoint: two callbacks for two modules (``module=``) or with two
+        ``prefix``es keep theirs apart; the default one keeps Lightning's key (the class name), which checkpoints
+        written before this one have."""
+        if self.module is None and self.prefix == "reste/":
+            return super().state_key
+        return self._generate_state_key(module=self.module, prefix=self.prefix)
+
     def _model(self, pl_module: LightningModule) -> nn.Module:
         """The module whose binary layers are scheduled."""
         if self.module is None:
@@ -147,16 +157,16 @@ class BinarizationCallback(Callback):
         saved, self._saved_epochs = self._saved_epochs, None
         if saved is not None and saved != epochs:  # resumed from a checkpoint with another max_epochs
             told = length_change(saved, epochs, trainer.current_epoch, "the estimators' schedules")
-            warnings.warn(f"BinarizationCallback: {told}", stacklevel=2)
+            rank_zero_warn(f"BinarizationCallback: {told}")  # once, not once per process
         self._epochs_used = epochs
         if self.per_step and not 0 < trainer.num_training_batches < float("inf"):
             raise ValueError("BinarizationCallback(per_step=True) needs the number of batches per epoch: give the "
                              "Trainer a train loader with a length, or limit_train_batches")
         if epochs == 1 and not self.per_step and not self._told_short:
             self._told_short = True
-            warnings.warn("BinarizationCallback: a 1-epoch schedule moves once per epoch, so the estimators stay "
-                          "at their start (ReSTE's o = 1) for the whole run; use BinarizationCallback(per_step=True) "
-                          "to move them every batch", UserWarning, stacklevel=2)
+            rank_zero_warn("BinarizationCallback: a 1-epoch schedule moves once per epoch, so the estimators stay "
+                           "at their start (ReSTE's o = 1) for the whole run; use BinarizationCallback(per_step=True) "
+                           "to move them every batch")
         self.schedule = set_progress(self._model(pl_module), trainer.current_epoch, epochs)
         values = {k: float(v) for k, v in self.schedule.items()}
         if self.per_layer:
