@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import signal
 
 import pytest
@@ -25,6 +24,7 @@ from reste.config import TrainConfig
 from reste.errors import UsageError
 from reste.indicators import EquilibriumMeter
 from cli_checks import one_line_error
+from run_checks import stop_in_epoch_2
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -205,20 +205,7 @@ def test_a_mid_epoch_checkpoint_of_an_accumulating_run_resumes_exactly(tmp_path,
     resume ends with the metrics and weights of the uninterrupted run."""
     cfg = small(accumulate=4, indicators="general", batch_size=256)
     engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
-    original = engine._Run._checkpoint_due
-
-    def signal_at_step_3_of_epoch_2(self, step):
-        if self.saved == (1, 0) and step == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return original(self, step)
-
-    engine._Run._checkpoint_due = signal_at_step_3_of_epoch_2
-    try:
-        with pytest.raises(engine.Preempted, match="stopped by SIGUSR1 at epoch 2, step 3/6"):
-            engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
-    finally:
-        engine._Run._checkpoint_due = original
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
+    stop_in_epoch_2(cfg, tmp_path / "cut", quiet, step=3, steps=6)
     engine.resume(tmp_path / "cut", progress=False, log=quiet)
     strip = lambda ms: [{k: v for k, v in m.items() if k != "time"} for m in ms]  # noqa: E731
     assert strip(rundir.read_metrics(tmp_path / "full")) == strip(rundir.read_metrics(tmp_path / "cut"))

@@ -24,6 +24,7 @@ from reste.config import TrainConfig
 from reste.datasets import SPECS
 from reste.errors import UsageError
 from reste.rundir import RunDirectory
+from run_checks import stop_in_epoch_2
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 ARGS = ["--epochs", "3", "--seed", "5", "--no-progress"]
@@ -459,21 +460,8 @@ def test_sigusr1_mid_epoch_with_indicators_in_process(tmp_path, one_thread):
     the mid-epoch checkpoint."""
     cfg = TrainConfig(epochs=2, seed=2, indicators="general", estimator="ede", batch_size=256)
     engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
-    original = engine._Run._checkpoint_due
-
-    def signal_at_step_3_of_epoch_2(self, step):
-        if self.saved == (1, 0) and step == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return original(self, step)
-
-    engine._Run._checkpoint_due = signal_at_step_3_of_epoch_2
-    try:
-        with pytest.raises(engine.Preempted, match="stopped by SIGUSR1 at epoch 2, step 3/6"):
-            engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
-    finally:
-        engine._Run._checkpoint_due = original
+    stop_in_epoch_2(cfg, tmp_path / "cut", quiet, step=3, steps=6)
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # the handler is gone with the run
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
     engine.resume(tmp_path / "cut", progress=False, log=quiet)
     a, b = rundir.read_metrics(tmp_path / "full"), rundir.read_metrics(tmp_path / "cut")
     assert _strip(a) == _strip(b)
@@ -506,19 +494,7 @@ def test_mid_epoch_resume_of_in_memory_cifar10(tmp_path, one_thread):
     cfg = TrainConfig(dataset="cifar10", data_path=str(tmp_path / "cifar"), epochs=2, batch_size=16,
                       eval_batch_size=16, seed=3)
     engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
-    original = engine._Run._checkpoint_due
-
-    def signal_at_step_2_of_epoch_2(self, step):
-        if self.saved == (1, 0) and step == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, step)
-
-    engine._Run._checkpoint_due = signal_at_step_2_of_epoch_2
-    try:
-        with pytest.raises(engine.Preempted, match="epoch 2, step 2/5"):
-            engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
-    finally:
-        engine._Run._checkpoint_due = original
+    stop_in_epoch_2(cfg, tmp_path / "cut", quiet, step=2, steps=5, sig=signal.SIGTERM)
     engine.resume(tmp_path / "cut", progress=False, log=quiet)
     assert_same_run(tmp_path / "full", tmp_path / "cut")
 
