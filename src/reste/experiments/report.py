@@ -242,6 +242,11 @@ def _matches(value: Any, text: str) -> bool:
         return False
 
 
+def is_sweep_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a sweep's folder (its ``sweep.json``), not a run's."""
+    return (Path(path) / MANIFEST).is_file() and not holds_run(path)
+
+
 def sweep_run_dirs(out_dir: str | os.PathLike, where: Sequence[str] = (),
                    log: Callable[[str], None] | None = None) -> list[Path]:
     """The folders of the sweep's runs that have finished an epoch or more: settings in the sweep's order, then
@@ -300,7 +305,7 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
     keeps: :func:`sweep_run_dirs`). The figure goes to ``out``; by default a sweep's alone goes to its folder."""
     from . import plots as plotting
 
-    sweeps = [Path(t) for t in targets if (Path(t) / MANIFEST).is_file() and not holds_run(t)]
+    sweeps = [Path(t) for t in targets if is_sweep_folder(t)]
     if where and not sweeps:
         raise UsageError("--setting picks runs of a sweep; give a sweep's folder (its --out)")
     runs: list[tuple[Path, str]] = []

@@ -9,18 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, shell_word
-from ..rundir import SWEEP_LOCK, SWEEP_MANIFEST, divergence, holds_run, lock_holder
+from ..rundir import SWEEP_LOCK, divergence, holds_run, lock_holder
 from ..runinfo import run_summary, show_run
 from ..wording import count
-from .report import _folder, load_manifest
+from .report import _folder, is_sweep_folder, load_manifest
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
 STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "damaged", "not started")
-
-
-def is_sweep_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a sweep's folder (its ``sweep.json``), not a run's."""
-    return (Path(path) / SWEEP_MANIFEST).is_file() and not holds_run(path)
 
 
 def _run_status(run_dir: Path) -> dict[str, Any]:
