@@ -888,3 +888,23 @@ def test_ede_and_rbnn_warn_when_t_falls(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reste.get_estimator(name)
+
+
+@pytest.mark.parametrize("name", ["reste", "ste", "approx_sign"])
+def test_per_sample_gradients_with_torch_func(name):
+    """torch.func.grad under vmap (per-sample gradients, as for differential privacy) of a binarized model: each
+    sample's gradient is the one backward() gives for that sample alone."""
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 3)), name)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+
+    def loss(p, xi, yi):
+        return nn.functional.cross_entropy(torch.func.functional_call(model, p, (xi[None],)), yi[None])
+
+    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(len(x)):
+        model.zero_grad()
+        loss(dict(model.named_parameters()), x[i], y[i]).backward()
+        for k, p in model.named_parameters():
+            torch.testing.assert_close(grads[k][i], p.grad)

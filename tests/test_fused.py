@@ -615,3 +615,22 @@ def test_the_reste_kernel_runs_clean_under_ubsan_on_nan_and_the_edges(tmp_path):
     out = [float(v) for v in run.stdout.split()]
     assert math.isnan(out[0]) and math.isnan(out[1]) and out[2:4] == [0.0, 0.0], out  # NaN kept; g(+-inf) = 0
     assert out[4] == out[5] == out[9] == pytest.approx(0.1 ** (1 / 3) / 0.1) and out[8] == 0.0, out
+
+
+def test_a_model_traced_by_torch_jit_computes_its_signs():
+    """The kernels write through data_ptr(), which torch.jit.trace does not record: under no_grad a traced
+    binary model held the trace's empty output buffer (values like 1e29), so tracing must take PyTorch's ops."""
+    torch.manual_seed(0)
+    model = reste.binarize(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 4))).eval()
+    x, other = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(traced(other), model(other))
+
+
+def test_functorch_wrapped_tensors_fall_through():
+    x = torch.randn(4, 6)
+    got = torch.vmap(estimators.sign)(x)  # a batched tensor has no data pointer
+    assert torch.equal(got, torch_sign(x))

@@ -273,14 +273,20 @@ class _SignFunction(torch.autograd.Function):
 
     ``fast(x, grad)``, where given, is a fused kernel for the same product; it
     returns ``None`` for inputs it does not take (the PyTorch expression runs).
+    With ``setup_context`` apart from ``forward`` it also runs under ``torch.func`` (``grad``, ``vmap``: per-sample
+    gradients), where the fused kernels step aside.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, x: Tensor, g: Callable[[Tensor], Tensor], fast: FusedBackward | None) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.g = g
-        ctx.fast = fast
+    def forward(x: Tensor, g: Callable[[Tensor], Tensor], fast: FusedBackward | None) -> Tensor:
         return sign(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, ctx.g, ctx.fast = inputs
+        ctx.save_for_backward(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
@@ -289,8 +295,8 @@ class _SignFunction(torch.autograd.Function):
             out = ctx.fast(x, grad)
             if out is not None:
                 return out, None, None
-        g = ctx.g(_compute_dtype(x))  # a fresh tensor: safe to update in place
-        if g.dtype == grad.dtype:
+        g = ctx.g(_compute_dtype(x))  # a fresh tensor: safe to update in place (not under vmap: grad is batched)
+        if g.dtype == grad.dtype and not fused.functorch_wrapped(grad):
             return g.mul_(grad), None, None
         return (g * grad).to(grad.dtype), None, None
 

@@ -91,9 +91,15 @@ def _lib_for(x: Tensor, *others: Tensor):
     for t in others:
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.shape != x.shape or t.stride() != x.stride():
             return None
-    if torch.compiler.is_compiling():
-        return None
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or functorch_wrapped(x, *others):
+        return None  # the kernels write through data_ptr(): a trace would not record them, a wrapper has no data
     return _LIB.get()
+
+
+def functorch_wrapped(*tensors: Tensor) -> bool:
+    """Whether any tensor is a ``torch.func`` wrapper (``vmap``, ``grad``), which has no data pointer."""
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and any(wrapped(t) for t in tensors)
 
 
 def _threads() -> int:

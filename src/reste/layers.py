@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .estimators import Estimator, get_estimator
+from .fused import functorch_wrapped
 
 SCALINGS = ("layer", "channel", "none")
 
@@ -102,8 +103,9 @@ class _BinaryMixin:
     def binary_input(self, x: Tensor) -> Tensor:
         if self.input_estimator is None:
             return x
-        # (never while compiling or exporting: a data-dependent check would split the graph)
-        if not torch.compiler.is_compiling() and self.watch_inputs is not None:
+        # (never while compiling, exporting, tracing or under torch.func's vmap: a data-dependent check would split
+        # the graph, differ between torch.jit.trace's two runs, or fail on vmap's batched tensor)
+        if self.watch_inputs is not None and not _transformed(x):
             _check_constant_input(self, x)
         return self.input_estimator(x)
 
@@ -111,6 +113,11 @@ class _BinaryMixin:
         a = "real" if self.input_estimator is None else self.input_estimator.name
         base = super().extra_repr()  # type: ignore[misc]  # nn.Conv2d's / nn.Linear's
         return f"{base}, weights={self.weight_estimator.name}, inputs={a}, scaling={self.scaling}"
+
+
+def _transformed(x: Tensor) -> bool:
+    """Whether ``x`` flows through a compiler, a tracer or a ``torch.func`` transform rather than eagerly."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or functorch_wrapped(x)
 
 
 _CONSTANT_INPUTS_TOLD = [False]  # the warning below, once per process
