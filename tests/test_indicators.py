@@ -165,11 +165,14 @@ def test_bad_mode_and_empty_model():
         estimating_error(model, mode="bogus")
     with pytest.raises(ValueError):
         EquilibriumMeter(model, mode="bogus")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no binary layers"):
         EquilibriumMeter(nn.Sequential(nn.Conv2d(1, 1, 3)), mode="general")
-    # only 1x1 binary convs: nothing for the paper mode
-    with pytest.raises(ValueError):
-        EquilibriumMeter(nn.Sequential(BinaryConv2d(1, 1, 1)), mode="paper")
+    # only 1x1 binary convs, or binary linears (a binarized MLP): nothing for the paper mode, which the error says
+    # (it said "no binary layers", wrong for such a model)
+    for binary in (BinaryConv2d(1, 1, 1), reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4),
+                                                                          nn.Linear(4, 2)))):
+        with pytest.raises(ValueError, match="no binary 3x3 conv.*use mode='general'"):
+            EquilibriumMeter(nn.Sequential(binary), mode="paper")
 
 
 # ------------------------------------------------------------------ the meter

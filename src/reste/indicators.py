@@ -149,7 +149,11 @@ class EquilibriumMeter:
     def __init__(self, model: nn.Module, mode: str = "general", o_end: float | None = None) -> None:
         _check_mode(mode)
         if not indicator_layers(model, mode):
-            raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers)")
+            if binary_layers(model):  # binary, but no 3x3 conv: an MLP, a transformer, 1x1 convs
+                raise ValueError("the model has no binary 3x3 conv, the only layers of the 'paper' indicators (the "
+                                 "authors'); use mode='general', which reads every binary layer")
+            raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers); pass the "
+                             "model that reste.binarize returned")
         self.model, self.mode, self.o_end = model, mode, _final_o(model) if o_end is None else float(o_end)
         self.history: list[dict[str, float]] = []
         self._told_frozen = False
