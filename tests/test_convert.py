@@ -195,6 +195,16 @@ def test_unmatched_keep_pattern_raises():
         binarize(make_net(), keep=["layer1.conv1", "nothere*"])
 
 
+def test_a_keep_pattern_naming_a_block_says_how_to_keep_its_layers():
+    """keep=["layer2"] (a torchvision-style block, not a layer) matches nothing; the error says 'layer2.*'."""
+    with pytest.raises(ValueError, match=r"\['layer2'\] match no conv or linear layer \(to keep every layer "
+                                         r"inside a block: 'layer2\.\*'\)"):
+        binarize(make_net(), keep=["layer2"])
+    with pytest.raises(ValueError, match=r"layer; layers:"):  # no block of that name: no hint
+        binarize(make_net(), keep=["nothere"])
+    assert all(not isinstance(m, BinaryConv2d) for m in binarize(make_net(), keep=["layer2.*"]).layer2.modules())
+
+
 def test_binarizing_first_and_last_warns():
     with pytest.warns(UserWarning, match="first"):
         bnet = binarize(make_net(), keep_first=False)

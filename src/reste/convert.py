@@ -214,8 +214,11 @@ def binarize(
     candidates = [n for n, _ in named] + [n for n, _ in others]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in candidates)]
     if unmatched:
+        # a block's name ('layer4') names no layer: its layers are 'layer4.*'
+        blocks = [f"{p}.*" for p in unmatched if any(fnmatch.fnmatchcase(n, f"{p}.*") for n in candidates)]
+        hint = f" (to keep every layer inside a block: {', '.join(map(repr, blocks))})" if blocks else ""
         raise ValueError(
-            f"keep pattern(s) {unmatched} match no conv or linear layer; layers: {', '.join(candidates)}"
+            f"keep pattern(s) {unmatched} match no conv or linear layer{hint}; layers: {', '.join(candidates)}"
         )
     others = [(n, m) for n, m in others if not any(fnmatch.fnmatchcase(n, p) for p in patterns)
               and not (keep_first and n == first) and not (keep_last and n == last)]
