@@ -97,7 +97,10 @@ def _lib_for(x: Tensor, *others: Tensor):
 
 
 def functorch_wrapped(*tensors: Tensor) -> bool:
-    """Whether any tensor is a ``torch.func`` wrapper (``vmap``, ``grad``), which has no data pointer."""
+    """Whether any tensor is a ``torch.func`` wrapper (``vmap``, ``grad``), which has no data pointer (never while
+    compiling: the compiler cannot trace the test, and its tensors are its own)."""
+    if torch.compiler.is_compiling():
+        return False
     wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
     return wrapped is not None and any(wrapped(t) for t in tensors)
 
