@@ -655,6 +655,29 @@ def test_an_optional_argument_is_traced_at_its_default_and_refusals_name_what_an
         export_model(_Permuted().eval(), tmp_path / "p.rbnn", input_size=(3, 8, 8))
 
 
+class _ReadsShape(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        n, c, h, w = x.shape  # torchvision's ViT does this
+        return self.conv(x).view(n, -1)
+
+
+def test_every_refusal_of_a_function_or_method_names_the_models_line(tmp_path):
+    """A refusal raised while building a function's or method's node (reading x.shape[1], ...) names the model's
+    line too, also in a model whose code lives in torchvision (its files were taken for torch's own: a prefix)."""
+    with pytest.raises(UsageError, match=r"only the batch size \(x.shape\[0\]\) may be read from a shape "
+                                         r"\(at test_export.py:\d+, in forward\)"):
+        export_model(_ReadsShape().eval(), tmp_path / "s.rbnn", input_size=(3, 8, 8))
+    torchvision = pytest.importorskip("torchvision")
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=1, hidden_dim=8,
+                                               mlp_dim=8, num_classes=3).eval()
+    with pytest.raises(UsageError, match=r"\(at vision_transformer.py:\d+, in _process_input\)"):
+        export_model(vit, tmp_path / "v.rbnn", input_size=(3, 16, 16))
+
+
 def _small_binary_net() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardtanh(),

@@ -24,7 +24,7 @@ import math
 import operator
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -277,11 +277,21 @@ class _Builder:
                     continue  # fx's guards of a parameter traced at its default
                 if n.target is operator.eq and isinstance(self.env.get(n.args[0]), _Default):
                     continue  # the guard's test of that default
-                self.env[n] = self.function(n)
+                self.env[n] = self._located(self.function, n)
             elif n.op == "call_method":
-                self.env[n] = self.method(n)
+                self.env[n] = self._located(self.method, n)
         assert output is not None
         return self.nodes, output
+
+    @staticmethod
+    def _located(build: Callable[[fx.Node], Any], n: fx.Node) -> Any:
+        """``build(n)``, whose refusal names the model's line that made ``n`` (``to_graph`` finds it)."""
+        try:
+            return build(n)
+        except _Refused:
+            raise
+        except UsageError as err:
+            raise _Refused(str(err), n.name) from None
 
     @staticmethod
     def _per_sample(arg: Any) -> int | None:
@@ -489,7 +499,7 @@ def _line_of(model: nn.Module, node: str) -> str:
         return ""
     n = next((m for m in graph.nodes if m.name == node), None)
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', getattr(n, "stack_trace", None) or "")
-    torch_dir = os.path.dirname(torch.__file__)
+    torch_dir = os.path.join(os.path.dirname(torch.__file__), "")  # with its separator: torchvision's are the model's
     frames = [f for f in frames if not f[0].startswith(torch_dir)]  # the model's frames, not fx's own
     if not frames:
         return ""
