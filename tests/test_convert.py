@@ -496,6 +496,21 @@ def test_a_weight_computed_by_a_norm_hook_starts_the_binary_layer(norm):
     assert bnet.layer1.conv1.weight.grad is not None
 
 
+def test_a_parametrized_layer_is_named_with_how_to_convert_it():
+    """torch.nn.utils.parametrizations (the new weight_norm, spectral_norm) make a ParametrizedConv2d, which stays
+    float: the warning says how to make it the plain layer binarize converts, and that works."""
+    from torch.nn.utils import parametrizations, parametrize
+
+    net = make_net()
+    net.layer1.conv1 = parametrizations.weight_norm(net.layer1.conv1)
+    with pytest.warns(UserWarning, match=r"'layer1.conv1' \(ParametrizedConv2d: torch.nn.utils.parametrize."
+                                         r"remove_parametrizations\(layer, 'weight'\) before binarize makes it the "
+                                         r"Conv2d it converts\)"):
+        assert not isinstance(binarize(net).layer1.conv1, BinaryConv2d)
+    parametrize.remove_parametrizations(net.layer1.conv1, "weight")
+    assert isinstance(binarize(net).layer1.conv1, BinaryConv2d)
+
+
 @pytest.mark.filterwarnings("ignore:.*weight_norm.*is deprecated:FutureWarning")
 def test_a_model_torch_cannot_copy_says_to_convert_in_place():
     net = make_net()

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .estimators import get_estimator
 from .layers import SCALINGS, BinaryConv2d, BinaryLinear
@@ -43,6 +44,10 @@ def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8, attention: fr
         if n.endswith(".out_proj") and parent in attention:
             return f"{n!r} ({type(m).__name__}, and the in-projection weights of {parent!r}: all of that " \
                 "MultiheadAttention)"
+        base = type(m).__bases__[0] if parametrize.is_parametrized(m) else None
+        if base in (nn.Conv2d, nn.Linear):  # torch.nn.utils.parametrizations.weight_norm, spectral_norm, ...
+            return f"{n!r} ({type(m).__name__}: torch.nn.utils.parametrize.remove_parametrizations(layer, " \
+                f"'{next(iter(m.parametrizations))}') before binarize makes it the {base.__name__} it converts)"
         return f"{n!r} ({type(m).__name__})"
 
     text = ", ".join(one(n, m) for n, m in layers[:limit])
