@@ -201,3 +201,27 @@ def test_schedules_and_clipping_on_a_model_with_no_binary_layer_warn():
         warnings.simplefilter("error")
         set_progress(binary, 1, 10)
         assert clip_weights(binary) == 1
+
+
+@pytest.mark.parametrize("scaling", ["layer", "channel", "none"])
+def test_torch_fx_traces_a_binarized_model_and_keeps_its_estimators(scaling):
+    """torch.fx.symbolic_trace (what torchvision's create_feature_extractor runs) of a binarized model: each
+    estimator is one call of its module, so the traced graph computes the model's outputs and gradients and
+    follows its schedule (it failed on the estimator's branch on requires_grad, a Proxy)."""
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(),
+                                         nn.Linear(8 * 16, 8), nn.Linear(8, 2)), scaling=scaling)
+    traced = torch.fx.symbolic_trace(model)
+    calls = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert {"2.weight_estimator", "2.input_estimator", "5.weight_estimator", "5.input_estimator"} <= set(calls)
+    x = torch.randn(4, 3, 4, 4)
+    reste.set_progress(model, 7, 10)  # the traced graph calls the same estimators
+    grads = []
+    for run in (model, traced):
+        model.zero_grad()
+        out = run(x)
+        out.square().sum().backward()
+        grads.append([out.detach()] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

@@ -423,6 +423,9 @@ class Estimator(nn.Module):
         return kind if kind is not None and type(self)._g is _KERNEL_G.get(kind) else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, torch.fx.Proxy):  # torch.fx tracing (torchvision's create_feature_extractor): the graph
+            tracer = x.tracer            # calls this module, which keeps its backward, as it calls a leaf module
+            return tracer.create_proxy("call_module", tracer.path_of_module(self), (x,), {})
         if not torch.is_grad_enabled() or not x.requires_grad:
             return sign(x)
         p, kind = self.params(), self._kernel_kind()

@@ -80,7 +80,8 @@ class _BinaryMixin:
         if self.scaling == "layer":
             return w.abs().mean()
         if self.scaling == "channel":
-            return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+            ndim = self._parameters["weight"].dim()  # not w.dim(): under torch.fx, w is a Proxy of no known shape
+            return w.abs().mean(dim=tuple(range(1, ndim)), keepdim=True)
         return None
 
     def binary_weight(self) -> Tensor:
@@ -89,7 +90,7 @@ class _BinaryMixin:
         On a GPU with ``layer`` or ``channel`` scaling this is one fused computation (the estimator's
         ``scaled_sign``: two Triton launches forward and two backward); elsewhere PyTorch ops."""
         scaled_sign = getattr(self.weight_estimator, "scaled_sign", None)  # any module may stand in
-        if scaled_sign is not None and self.scaling != "none":
+        if scaled_sign is not None and self.scaling != "none" and not isinstance(self.weight, torch.fx.Proxy):
             fused = scaled_sign(self.weight, 1 if self.scaling == "layer" else self.weight.shape[0])
             if fused is not None:
                 return fused
@@ -117,7 +118,8 @@ class _BinaryMixin:
 
 def _transformed(x: Tensor) -> bool:
     """Whether ``x`` flows through a compiler, a tracer or a ``torch.func`` transform rather than eagerly."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or functorch_wrapped(x)
+    return (isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or functorch_wrapped(x))
 
 
 _CONSTANT_INPUTS_TOLD = [False]  # the warning below, once per process
