@@ -326,3 +326,20 @@ def test_a_meter_refuses_a_history_of_another_mode():
         at_two.load_state_dict(EquilibriumMeter(make_model(), mode="paper", o_end=3.0).state_dict())
     paper.load_state_dict({"history": general.state_dict()["history"]})  # an older state, without its mode
     assert len(paper.history) == 1
+
+
+def test_general_indicators_refuse_an_estimator_without_f_before_training(isolated):
+    """An estimator of one's own with _g alone: EquilibriumMeter(mode='general') says so when it is built (it failed
+    at the first update(), after a training step, inside a Lightning fit too); the paper mode takes it."""
+
+    @reste.register_estimator
+    class OnlyG(reste.Estimator):
+        name = "only_g_test"
+        hyperparameters = ()
+        _g = staticmethod(lambda x: (x.abs() <= 1).to(x.dtype))
+
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2)),
+                           "only_g_test")
+    with pytest.raises(ValueError, match="estimator\\(s\\) 'only_g_test' define no _f; .* or use mode='paper'"):
+        EquilibriumMeter(model, mode="general")
+    assert EquilibriumMeter(model, mode="paper").mode == "paper"

@@ -154,6 +154,14 @@ class EquilibriumMeter:
                                  "authors'); use mode='general', which reads every binary layer")
             raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers); pass the "
                              "model that reste.binarize returned")
+        if mode == "general":  # F of each layer's estimator: one without it is refused now, not after a step
+            lacking = sorted({est.name for _, layer in indicator_layers(model, mode)
+                              for est in [getattr(layer, "weight_estimator", None)]
+                              if callable(getattr(est, "defines_f", None)) and not est.defines_f()})
+            if lacking:
+                raise ValueError(f"the 'general' indicators need each estimator's F(x), and estimator(s) "
+                                 f"{', '.join(map(repr, lacking))} define no _f; give the class an _f (the "
+                                 "antiderivative of its _g), or use mode='paper', which needs none")
         self.model, self.mode, self.o_end = model, mode, _final_o(model) if o_end is None else float(o_end)
         self.history: list[dict[str, float]] = []
         self._told_frozen = False
