@@ -343,3 +343,15 @@ def test_general_indicators_refuse_an_estimator_without_f_before_training(isolat
     with pytest.raises(ValueError, match="estimator\\(s\\) 'only_g_test' define no _f; .* or use mode='paper'"):
         EquilibriumMeter(model, mode="general")
     assert EquilibriumMeter(model, mode="paper").mode == "paper"
+
+
+def test_a_binary_layer_the_forward_did_not_use_is_named_as_such():
+    """An auxiliary head the forward skipped has no gradient while the others have: the error says so and how to
+    leave it out (it said to compute the indicators after backward(), which the caller did)."""
+    model = nn.ModuleDict({"body": BinaryLinear(4, 4), "aux": BinaryLinear(4, 2)})
+    model["body"](torch.randn(3, 4)).sum().backward()
+    with pytest.raises(RuntimeError, match=r"layer 'aux' has no gradient while other binary layers have theirs: "
+                                           r"the forward did not use it .* freeze it"):
+        gradient_stability(model)
+    model["aux"].weight.requires_grad_(False)
+    assert float(gradient_stability(model)) == pytest.approx(float(torch.var(model["body"].weight.grad.abs())))

@@ -86,6 +86,10 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
             continue
         g = layer.weight.grad
         if g is None:
+            if any(m.weight.grad is not None for _, m in layers):  # others have theirs: this one was not used
+                raise RuntimeError(f"layer {name!r} has no gradient while other binary layers have theirs: the "
+                                   "forward did not use it (an auxiliary head, a skipped branch?); freeze it "
+                                   "(requires_grad_(False)) to leave it out of gradient stability")
             raise RuntimeError(f"layer {name!r} has no gradient: compute the indicators after backward() and "
                                "before zero_grad()")
         var = torch.var(g.detach().abs().float().flatten())
