@@ -303,6 +303,19 @@ def test_size_report_resnet20_within_5_percent_of_bound(tmp_path):
     assert "bound" in text and "gap" in text and "no binary layers" not in text
 
 
+def test_a_weight_tied_between_binary_layers_counts_once(tmp_path):
+    """Two binary layers sharing one weight: the report's binary parameters are among its parameters, each once (it
+    said '466 parameters (512 binary)' and a negative bound from the counts)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Linear(16, 16), nn.BatchNorm1d(16),
+                        nn.Linear(16, 16), nn.Linear(16, 2))
+    net[4].weight = net[2].weight
+    model = reste.binarize(net).eval()
+    r = export_model(model, tmp_path / "tied.rbnn", input_size=(4,), verify=False)
+    assert r["params"] == sum(p.numel() for p in model.parameters()) and r["binary_params"] == 256
+    assert r["param_bound"] > 0
+
+
 def test_the_report_says_when_a_model_has_no_binary_layers(tmp_path):
     """Exporting a full-precision run (the float twin) works, and the report says that nothing was packed."""
     r = export_model(models.create("digits").eval(), tmp_path / "fp.rbnn", input_size=(1, 8, 8), verify=False)

@@ -66,9 +66,11 @@ def _serialize(nodes: list[dict[str, Any]], writer: fmt.Writer) -> list[dict[str
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters, each once (as ``model.parameters()``), and those of them that are binary weights: a weight tied
+    between two binary layers counts once in both (it counted twice in ``binary``, more than the total)."""
     total = sum(p.numel() for p in model.parameters())
-    binary = sum(m.weight.numel() for m in model.modules() if getattr(m, "precision", 32) == 1)
-    return {"total": total, "binary": binary}
+    binary = {id(m.weight): m.weight.numel() for m in model.modules() if getattr(m, "precision", 32) == 1}
+    return {"total": total, "binary": sum(binary.values())}
 
 
 def _state_bytes(model: nn.Module) -> int:
