@@ -570,3 +570,22 @@ def test_a_freshly_binarized_model_compiles_whole_and_exports():
     assert torch.equal(compiled(x), model(x))
     exported = torch.export.export(binarize(net, "ste").eval(), (x,))
     assert exported.module()(x).shape == (2, 2)
+
+
+def test_a_transformer_encoder_layer_evaluates_through_its_binary_linears():
+    """nn.TransformerEncoderLayer's inference fast path (eval, no gradients) runs a fused kernel on linear1.weight
+    and linear2.weight, the float latent weights: binarize turns it off, so torch.no_grad() evaluation computes the
+    binary model (it computed a float feed-forward: outputs 0.57 apart)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                        nn.Linear(16, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the attention's out_proj stays float, said in a warning
+        model = binarize(net).eval()
+        assert isinstance(model[1].layers[0].linear1, BinaryLinear)
+        x = torch.randn(2, 5, 8)
+        with torch.no_grad():
+            fast = model(x)
+        torch.testing.assert_close(fast, model(x).detach())
+    assert net[1].layers[0].activation_relu_or_gelu  # the float model keeps its fast path

@@ -127,6 +127,16 @@ def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Mod
     return new
 
 
+def _no_fast_path(model: nn.Module) -> None:
+    """Turn off the inference fast path of each ``nn.TransformerEncoderLayer`` with a binary linear: in eval mode
+    without gradients it runs one fused kernel on ``linear1.weight`` and ``linear2.weight`` as they are (the float
+    latent weights), not through the layers. The flag it tests is read by that test alone."""
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and any(
+                getattr(getattr(m, n, None), "precision", 32) == 1 for n in ("linear1", "linear2")):
+            m.activation_relu_or_gelu = False
+
+
 def _estimator_config(spec: Any, **hyperparameters: Any) -> Any:
     """Validate ``spec`` once and return what each layer should build its own estimator from."""
     est = get_estimator(spec, **hyperparameters)
@@ -180,7 +190,9 @@ def binarize(
         remove them; a copy's hooks are copies, which the original's handles do not reach). A weight that
         a hook computes (``spectral_norm``, the old ``weight_norm``) is taken at its current values,
         without the hook, with a warning. A layer used under several names becomes one binary layer, set
-        at each (kept in float when one of its names is kept).
+        at each (kept in float when one of its names is kept). An ``nn.TransformerEncoderLayer`` whose
+        feed-forward linears become binary has its inference fast path turned off: in eval mode without
+        gradients that fused kernel reads their float latent weights, not the binary layers.
 
     Only exact ``nn.Conv2d`` and ``nn.Linear`` layers are converted. Other convolutions
     and linears (Conv1d, subclasses with their own forward such as timm's
@@ -263,6 +275,7 @@ def binarize(
             parent, attr = _parent(model, name)
             setattr(parent, attr, new)
         converted += 1
+    _no_fast_path(model)
     if not converted and not any(getattr(m, "precision", 32) == 1 for m in model.modules()):
         kept = [n for n in (first if keep_first else None, last if keep_last else None) if n]
         why = f" (kept in float: {', '.join(kept)} by keep_first/keep_last)" if kept else ""
