@@ -908,3 +908,15 @@ def test_per_sample_gradients_with_torch_func(name):
         loss(dict(model.named_parameters()), x[i], y[i]).backward()
         for k, p in model.named_parameters():
             torch.testing.assert_close(grads[k][i], p.grad)
+
+
+def test_an_estimator_class_instead_of_an_instance_says_what_to_pass():
+    """binarize(model, reste.ReSTE) or weight_estimator=reste.STE (the class): the error says to pass its name or an
+    instance (it said 'got type')."""
+    with pytest.raises(ValueError, match=r"got the class ReSTE: pass its name \('reste', with hyper-parameters as "
+                                         r"keywords\) or an instance \(ReSTE\(...\)\)"):
+        reste.binarize(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)), reste.ReSTE)
+    with pytest.raises(ValueError, match="got the class STE"):
+        reste.BinaryLinear(2, 2, weight_estimator=reste.STE)
+    with pytest.raises(ValueError, match="got int"):
+        get_estimator(3)

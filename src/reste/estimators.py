@@ -880,6 +880,10 @@ def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> 
         if hyperparameters:
             raise ValueError("hyper-parameters can only be given with an estimator name, not an instance")
         return name_or_instance
+    if isinstance(name_or_instance, type) and issubclass(name_or_instance, Estimator):
+        cls = name_or_instance
+        raise ValueError(f"expected an estimator name or instance, got the class {cls.__name__}: pass its name "
+                         f"({cls.name!r}, with hyper-parameters as keywords) or an instance ({cls.__name__}(...))")
     if not isinstance(name_or_instance, str):
         raise ValueError(f"expected an estimator name or instance, got {type(name_or_instance).__name__}")
     cls = estimator_class(name_or_instance)
