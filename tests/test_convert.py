@@ -589,3 +589,17 @@ def test_a_transformer_encoder_layer_evaluates_through_its_binary_linears():
             fast = model(x)
         torch.testing.assert_close(fast, model(x).detach())
     assert net[1].layers[0].activation_relu_or_gelu  # the float model keeps its fast path
+
+
+def test_bad_arguments_are_refused_before_the_model_is_copied(monkeypatch):
+    """A misspelt estimator, hyper-parameter or scaling is refused before binarize deep-copies the model (seconds
+    and gigabytes for a big one)."""
+    import copy
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("copied")
+
+    monkeypatch.setattr(copy, "deepcopy", no_copy)
+    for kwargs in ({"estimator": "restе"}, {"estimator": "ste", "o_end": 3.0}, {"scaling": "per_channel"}):
+        with pytest.raises(ValueError, match="unknown estimator|no o_end|unknown scaling"):
+            binarize(make_net(), **kwargs)

@@ -204,16 +204,16 @@ def binarize(
     keep = [keep] if isinstance(keep, str) else list(keep) if isinstance(keep, Iterable) else keep
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise TypeError(f"keep takes layer names or glob patterns (strings), got {keep!r}")
+    weight_spec = _estimator_config(estimator, **hyperparameters)  # checked before a big model is copied
+    input_spec = weight_spec if activations else None
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     if not inplace:
         try:
             model = copy.deepcopy(model)
         except (RuntimeError, TypeError) as err:  # the old weight_norm's computed weight; a lock held by the model
             raise ValueError(f"binarize cannot copy the model ({str(err).splitlines()[0][:120]}); convert it in "
                              "place with inplace=True") from None
-    weight_spec = _estimator_config(estimator, **hyperparameters)
-    input_spec = weight_spec if activations else None
-    if scaling not in SCALINGS:
-        raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     patterns = [keep] if isinstance(keep, str) else list(keep)
 
     binary = [n for n, m in model.named_modules() if getattr(m, "precision", 32) == 1]
