@@ -603,3 +603,18 @@ def test_bad_arguments_are_refused_before_the_model_is_copied(monkeypatch):
     for kwargs in ({"estimator": "restе"}, {"estimator": "ste", "o_end": 3.0}, {"scaling": "per_channel"}):
         with pytest.raises(ValueError, match="unknown estimator|no o_end|unknown scaling"):
             binarize(make_net(), **kwargs)
+
+
+def test_a_model_that_is_one_layer_is_refused_when_it_would_be_converted():
+    """binarize(nn.Linear(...), keep_first=False, keep_last=False) set a child named '' on the float layer and
+    returned it, silently float; now it says how to binarize one layer. Kept (the default), it stays float with
+    the usual warning."""
+    for layer, binary in ((nn.Linear(3, 3), "BinaryLinear"), (nn.Conv2d(3, 3, 3), "BinaryConv2d")):
+        with pytest.raises(ValueError, match=f"this model is one layer .*nn.Sequential\\(layer\\) and take its "
+                                             f"\\[0\\], or build reste.{binary} directly"):
+            binarize(layer, keep_first=False, keep_last=False)
+        with pytest.warns(UserWarning, match="no layer of the model was converted"):
+            assert type(binarize(layer)) is type(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert isinstance(binarize(nn.Sequential(nn.Linear(3, 3)), keep_first=False, keep_last=False)[0], BinaryLinear)

@@ -256,6 +256,10 @@ def binarize(
         return ((keep_first and name == first) or (keep_last and name == last)
                 or any(fnmatch.fnmatchcase(name, p) for p in patterns))
 
+    if any(n == "" for n, _ in named) and not kept(""):  # nowhere to set its binary layer: it is the model
+        raise ValueError(f"binarize converts the layers inside a model, and this model is one layer "
+                         f"({type(model).__name__}); binarize nn.Sequential(layer) and take its [0], or build "
+                         f"reste.Binary{type(model).__name__} directly")
     converted = 0
     common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
     for module, layer_names in layers.values():
