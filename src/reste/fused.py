@@ -101,8 +101,10 @@ def functorch_wrapped(*tensors: Tensor) -> bool:
     compiling: the compiler cannot trace the test, and its tensors are its own)."""
     if torch.compiler.is_compiling():
         return False
-    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return wrapped is not None and any(wrapped(t) for t in tensors)
+    return _IS_WRAPPED is not None and any(_IS_WRAPPED(t) for t in tensors)
+
+
+_IS_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
 
 
 def _threads() -> int:
