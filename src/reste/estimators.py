@@ -296,7 +296,7 @@ class _SignFunction(torch.autograd.Function):
             if out is not None:
                 return out, None, None
         g = ctx.g(_compute_dtype(x))  # a fresh tensor: safe to update in place (not under vmap: grad is batched)
-        if g.dtype == grad.dtype and not fused.functorch_wrapped(grad):
+        if g.dtype == grad.dtype and not fused.under_functorch():
             return g.mul_(grad), None, None
         return (g * grad).to(grad.dtype), None, None
 

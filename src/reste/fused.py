@@ -91,20 +91,18 @@ def _lib_for(x: Tensor, *others: Tensor):
     for t in others:
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.shape != x.shape or t.stride() != x.stride():
             return None
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or functorch_wrapped(x, *others):
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or under_functorch():
         return None  # the kernels write through data_ptr(): a trace would not record them, a wrapper has no data
     return _LIB.get()
 
 
-def functorch_wrapped(*tensors: Tensor) -> bool:
-    """Whether any tensor is a ``torch.func`` wrapper (``vmap``, ``grad``), which has no data pointer (never while
-    compiling: the compiler cannot trace the test, and its tensors are its own)."""
-    if torch.compiler.is_compiling():
-        return False
-    return _IS_WRAPPED is not None and any(_IS_WRAPPED(t) for t in tensors)
+def under_functorch() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``) runs, whose tensors are wrappers without a data
+    pointer (never while compiling: the compiler cannot trace the test, and its tensors are its own)."""
+    return _TRANSFORMS_ACTIVE is not None and not torch.compiler.is_compiling() and _TRANSFORMS_ACTIVE()
 
 
-_IS_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)  # one global flag: cheap
 
 
 def _threads() -> int:

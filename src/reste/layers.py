@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .estimators import Estimator, get_estimator
-from .fused import functorch_wrapped
+from .fused import under_functorch
 
 SCALINGS = ("layer", "channel", "none")
 
@@ -119,7 +119,7 @@ class _BinaryMixin:
 def _transformed(x: Tensor) -> bool:
     """Whether ``x`` flows through a compiler, a tracer or a ``torch.func`` transform rather than eagerly."""
     return (isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or functorch_wrapped(x))
+            or under_functorch())
 
 
 _CONSTANT_INPUTS_TOLD = [False]  # the warning below, once per process
