@@ -344,3 +344,17 @@ def test_warnings_come_once_from_rank_zero_and_two_callbacks_keep_their_states_a
     keys = {BinarizationCallback().state_key, BinarizationCallback(module="model").state_key,
             BinarizationCallback(module="teacher").state_key, BinarizationCallback(prefix="student/").state_key}
     assert len(keys) == 4 and BinarizationCallback().state_key == "BinarizationCallback"
+
+
+def test_module_takes_a_dotted_path(tmp_path):
+    """module="net.body" reaches a binary model nested inside another attribute (it took one attribute name only)."""
+
+    class Nested(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.ModuleDict({"body": self.model})
+
+    module, _ = fit(tmp_path, BinarizationCallback(module="net.body", epochs=4), Nested())
+    assert reste.schedule_values(module.model)["o"] > 1.0
+    with pytest.raises(ValueError, match="no module attribute 'net.head'"):
+        fit(tmp_path, BinarizationCallback(module="net.head"), Nested())

@@ -67,7 +67,7 @@ class BinarizationCallback(Callback):
         o_end: the final o for the ``"paper"`` indicators (default: the model's ReSTE ``o_end``, else 3).
         prefix: the prefix of every logged name.
         module: the attribute of the LightningModule that holds the binary model
-            (``"model"``); by default the LightningModule itself.
+            (``"model"``, or a dotted path such as ``"model.backbone"``); by default the LightningModule itself.
         per_step: move the schedules before every training batch, to the fractional epoch
             ``epoch + batch_idx / batches_per_epoch`` (needs a train loader with a length), instead of once
             per epoch as ``reste train``. For runs of a few long epochs: with the per-epoch default a
@@ -123,7 +123,10 @@ class BinarizationCallback(Callback):
         """The module whose binary layers are scheduled."""
         if self.module is None:
             return pl_module
-        model = getattr(pl_module, self.module, None)
+        try:  # a dotted path reaches a nested module ("model.backbone")
+            model = pl_module.get_submodule(self.module)
+        except AttributeError:
+            model = None
         if not isinstance(model, nn.Module):
             raise ValueError(f"the LightningModule has no module attribute {self.module!r}")
         return model
