@@ -185,8 +185,10 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
     The logits are compared with the model in float64 (the exported graph with exact
     binary sums, :mod:`reste.export.reference`); an image whose logits differ is
     explained when one of its sign inputs lies within float32 rounding of zero.
-    Returns ``{"images", "reference" (the comparison), "ok", "max_abs_diff" and
-    "same_predictions" (against the float32 model)}``.
+    Returns ``{"images", "max_abs_diff", "same_predictions"}`` (against the float32 model) and, where the packed
+    format can hold the model (the float64 reference is built from it), ``"reference"`` (the comparison) and
+    ``"ok"``; a model it cannot hold (a transformer's LayerNorm, attention) gets no ``"ok"``: read
+    ``report.get("ok")``.
     """
     try:
         import onnxruntime as ort
