@@ -920,3 +920,35 @@ def test_an_estimator_class_instead_of_an_instance_says_what_to_pass():
         reste.BinaryLinear(2, 2, weight_estimator=reste.STE)
     with pytest.raises(ValueError, match="got int"):
         get_estimator(3)
+
+
+def test_torch_func_tensors_go_to_no_gpu_kernel():
+    """Under torch.func (vmap, grad) the Triton and C++ kernels are not given the transforms' wrapped tensors (on a
+    GPU a failing launch turns the Triton path off for the whole process); forced stand-in kernels that refuse
+    every call show it on the CPU."""
+    import types
+
+    from reste import triton_dispatch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kernel was given a torch.func tensor")
+
+    stub = types.SimpleNamespace(KINDS=frozenset(reste.list_estimators()), sign=refuse, backward=refuse,
+                                 scaled_sign=refuse, scaled_sign_backward=refuse)
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 3)))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(5, 4)
+
+    def loss(p, xi):
+        return torch.func.functional_call(model, p, (xi[None],)).square().sum()
+
+    with triton_dispatch.forced(stub):
+        grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+        with torch.no_grad():
+            signs = torch.func.vmap(reste.sign)(x)
+    assert torch.equal(signs, torch.where(x < 0, -1.0, 1.0))
+    model.zero_grad()
+    loss(dict(model.named_parameters()), x[0]).backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(grads[k][0], p.grad)

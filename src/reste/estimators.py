@@ -82,13 +82,14 @@ def sign(x: Tensor) -> Tensor:
     clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
     turn a diverged activation into +1).
     """
-    y = cuda_ext.sign(x)  # None unless the compiled extension takes x (RESTE_CUDA_EXT=1)
-    if y is None:
-        y = triton_dispatch.sign(x)
-    if y is None:
-        y = fused.sign(x)
-    if y is not None:
-        return y
+    if not fused.under_functorch():  # torch.func's tensors are wrappers that no kernel can read
+        y = cuda_ext.sign(x)  # None unless the compiled extension takes x (RESTE_CUDA_EXT=1)
+        if y is None:
+            y = triton_dispatch.sign(x)
+        if y is None:
+            y = fused.sign(x)
+        if y is not None:
+            return y
     return torch.sign(x).add_(0.5).sign_().add_(x.clamp(0.0, 0.0))
 
 
@@ -429,18 +430,18 @@ class Estimator(nn.Module):
         if not torch.is_grad_enabled() or not x.requires_grad:
             return sign(x)
         p, kind = self.params(), self._kernel_kind()
+        if torch.compiler.is_compiling() or fused.under_functorch():  # the compiler fuses the PyTorch expression
+            return _SignFunction.apply(x, lambda z: self._g(z, **p), None)  # itself; torch.func's wrappers: no kernel
         y = cuda_ext.binary_sign(kind, x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
         if y is not None:
             return y
-        if torch.compiler.is_compiling():  # the compiler fuses the PyTorch expression itself
-            return _SignFunction.apply(x, lambda z: self._g(z, **p), None)
         return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(kind, self._fused, p))
 
     def scaled_sign(self, w: Tensor, groups: int) -> Tensor | None:
         """sign(w) * mean(abs(w)) over ``groups`` (1: the whole tensor; w.shape[0]: per output channel), with
         this estimator's backward for the sign, by fused GPU kernels (two launches forward, two backward);
         ``None`` where they do not apply (the caller computes it with PyTorch ops)."""
-        if not (triton_dispatch.may_take(w) or cuda_ext.may_take(w)):
+        if not (triton_dispatch.may_take(w) or cuda_ext.may_take(w)) or fused.under_functorch():
             return None
         kind = self._kernel_kind()
         if kind is None or self._forward_pre_hooks or self._forward_hooks:
