@@ -225,3 +225,17 @@ def test_torch_fx_traces_a_binarized_model_and_keeps_its_estimators(scaling):
         grads.append([out.detach()] + [p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+def test_a_pruned_binary_layer_runs(scaling):
+    """torch.nn.utils.prune keeps the weight as a plain attribute computed by a hook (weight_orig is the Parameter):
+    the scale reads the weight itself."""
+    from torch.nn.utils import prune
+
+    conv, linear = BinaryConv2d(4, 4, 3, scaling=scaling), BinaryLinear(4, 4, scaling=scaling)
+    for layer in (conv, linear):
+        prune.l1_unstructured(layer, "weight", amount=0.3)
+    assert conv(torch.randn(1, 4, 5, 5)).shape == (1, 4, 3, 3) and linear(torch.randn(2, 4)).shape == (2, 4)
+    alpha = conv.scale()
+    torch.testing.assert_close(alpha, alpha_of(conv.weight, scaling))

@@ -80,7 +80,8 @@ class _BinaryMixin:
         if self.scaling == "layer":
             return w.abs().mean()
         if self.scaling == "channel":
-            ndim = self._parameters["weight"].dim()  # not w.dim(): under torch.fx, w is a Proxy of no known shape
+            # under torch.fx w is a Proxy, of no known rank: the layer's own (out, in, *kernel_size)
+            ndim = 2 + len(getattr(self, "kernel_size", ())) if isinstance(w, torch.fx.Proxy) else w.dim()
             return w.abs().mean(dim=tuple(range(1, ndim)), keepdim=True)
         return None
 
