@@ -618,3 +618,19 @@ def test_a_model_that_is_one_layer_is_refused_when_it_would_be_converted():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert isinstance(binarize(nn.Sequential(nn.Linear(3, 3)), keep_first=False, keep_last=False)[0], BinaryLinear)
+
+
+def test_a_pruned_layer_is_binarized_from_its_pruned_weight():
+    """torch.nn.utils.prune computes the weight in a forward pre-hook from weight_orig and weight_mask: in place,
+    the binary layer starts from the pruned weight without that hook, with the warning (the hook came along and
+    the first forward raised AttributeError: no weight_mask)."""
+    from torch.nn.utils import prune
+
+    net = make_net()
+    prune.l1_unstructured(net.layer1.conv1, "weight", amount=0.5)
+    weight = net.layer1.conv1.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"the weight of 'layer1.conv1' is computed by L1Unstructured"):
+        bnet = binarize(net, inplace=True)
+    assert torch.equal(bnet.layer1.conv1.weight, weight) and not bnet.layer1.conv1._forward_pre_hooks
+    bnet(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert bnet.layer1.conv1.weight.grad is not None

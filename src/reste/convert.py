@@ -109,11 +109,12 @@ def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Mod
             f"cannot binarize layer {name!r} ({type(module).__name__}): {exc}; "
             "keep it in full precision with keep=[...]"
         ) from exc
-    # a weight computed before each forward by a hook (spectral_norm, the old weight_norm) from other parameters:
-    # the binary layer starts from its current values, and that hook, which reads the float layer's own
-    # attributes (weight_orig, weight_g), stays behind
+    # a weight computed before each forward by a hook (spectral_norm, the old weight_norm, torch.nn.utils.prune)
+    # from other parameters: the binary layer starts from its current values, and that hook, which reads the float
+    # layer's own attributes (weight_orig, weight_g, weight_mask), stays behind
     computing = {k: h for k, h in getattr(module, "_forward_pre_hooks", {}).items()
-                 if getattr(h, "name", None) in ("weight", "bias") and not isinstance(module.weight, nn.Parameter)}
+                 if (getattr(h, "name", None) or getattr(h, "_tensor_name", None)) in ("weight", "bias")
+                 and not isinstance(module.weight, nn.Parameter)}
     for hooks in _HOOK_DICTS:
         if hasattr(module, hooks):
             setattr(new, hooks, getattr(module, hooks))
