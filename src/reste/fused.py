@@ -91,8 +91,9 @@ def _lib_for(x: Tensor, *others: Tensor):
     for t in others:
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.shape != x.shape or t.stride() != x.stride():
             return None
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or under_functorch():
-        return None  # the kernels write through data_ptr(): a trace would not record them, a wrapper has no data
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None  # the kernels write through data_ptr(), which a trace would not record
+    # (torch.func's wrapped tensors, which have no data, never come here: the estimators test under_functorch)
     return _LIB.get()
 
 
