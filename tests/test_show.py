@@ -147,3 +147,23 @@ def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
     assert main(["show", str(out)]) == 0  # no sweep process: say how to continue
     assert ("continue   the same `reste sweep` command trains the 2 runs left (finished runs are skipped, stopped "
             "ones resume)") in capsys.readouterr().out
+
+
+def test_show_of_a_sweep_names_a_run_that_diverged_in_its_first_epoch(tmp_path, capsys):
+    """Such a run leaves no settings nor checkpoint, only the sweep's record of the divergence: it is diverged
+    (not 'not started', which the sweep would not train again), with the epochs the sweep planned for it."""
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "lr=1e30,0.1", "--epochs", "1", "--threads", "1", "--no-report",
+                 "--estimator", "ste", "--out", str(out)]) == 1
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "progress   1 finished, 1 diverged"
+    assert lines[2].startswith("  lr=1e+30  seed 0: it diverged (non-finite loss at epoch 1, step ")
+    assert lines[2].endswith(" after 0 of 1 epochs")
+    assert not any(line.startswith("continue") for line in lines)  # nothing left that a rerun would train
+    good = json.loads((out / "sweep.json").read_text())["settings"][1]["runs"]["0"]
+    assert lines[-1].endswith(f"one run: `reste show {out / good}`")  # one that can be shown
+    assert main(["show", str(out), "--json"]) == 0
+    runs = [s["runs"][0] for s in json.loads(capsys.readouterr().out)["settings"]]
+    assert [(r["state"], r["epochs_done"], r["epochs"]) for r in runs] == [("diverged", 0, 1), ("finished", 1, 1)]

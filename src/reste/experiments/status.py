@@ -18,12 +18,14 @@ from .report import _folder, is_sweep_folder, load_manifest
 STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "damaged", "not started")
 
 
-def _run_status(run_dir: Path) -> dict[str, Any]:
-    """One run of a sweep: its state (:data:`STATES`), epochs done and planned, best top-1 and epoch, pid."""
+def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
+    """One run of a sweep: its state (:data:`STATES`), epochs done and planned (``epochs``, the sweep's plan, where
+    the run's own settings are missing), best top-1 and epoch, pid."""
     entry: dict[str, Any] = {"run_dir": os.fspath(run_dir), "state": "not started", "epochs_done": 0,
-                             "epochs": None, "best": None, "pid": None, "why": None}
-    if not holds_run(run_dir):
-        return entry
+                             "epochs": epochs, "best": None, "pid": None, "why": None}
+    if not holds_run(run_dir):  # a run that diverged in its first epoch leaves only the sweep's record of it
+        diverged = divergence(run_dir)
+        return {**entry, "state": "diverged", "why": diverged} if diverged else entry
     try:
         summary = run_summary(run_dir)
     except UsageError as err:  # a damaged file: the others are still shown
@@ -49,7 +51,8 @@ def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
     for s in manifest["settings"]:
         runs = []
         for seed, rel in s["runs"].items():
-            entry = {"seed": int(seed), **_run_status(out / _folder(rel))}
+            planned = s["config"].get("epochs") if isinstance(s.get("config"), dict) else None
+            entry = {"seed": int(seed), **_run_status(out / _folder(rel), planned)}
             counts[entry["state"]] += 1
             runs.append(entry)
         settings.append({"label": s["label"], "values": s["values"], "runs": runs})
@@ -78,8 +81,10 @@ def show_sweep(out_dir: str | os.PathLike) -> str:
     if left and running == 0:
         lines.append(f"continue   the same `reste sweep` command trains the {count(left, 'run')} left (finished runs "
                      "are skipped, stopped ones resume)")
+    shown = [r["run_dir"] for s in status["settings"] for r in s["runs"] if r["state"] != "not started"
+             and holds_run(r["run_dir"])]  # a run `reste show` can show (not one that diverged at once)
     lines.append(f"tables     `reste report {shell_word(out_dir)}` writes them (also while it runs); one run: "
-                 f"`reste show {shell_word(status['settings'][0]['runs'][0]['run_dir']) if total else 'RUN_DIR'}`")
+                 f"`reste show {shell_word(shown[0]) if shown else 'RUN_DIR'}`")
     return "\n".join(lines)
 
 
