@@ -1420,6 +1420,14 @@ def test_devices_spread_a_sweeps_jobs_and_are_checked_before_anything_is_made(tm
                                   (["tpu"], 1, "unknown device 'tpu'"), (["mps"], 1, "reste trains on cpu or cuda")):
         with pytest.raises(UsageError, match=wanted):
             sw.sweep_devices(devices, jobs)
+        with pytest.raises(UsageError, match=wanted):  # a dry run too: no machine has them
+            sw.sweep_devices(devices, jobs, check=False)
+    with pytest.MonkeyPatch.context() as mp:  # a machine without GPUs: the remedy is not --device, refused beside it
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(UsageError) as refused:
+            sw.sweep_devices(["0", "1"], 2)
+        assert str(refused.value) == ("--devices: device 'cuda:0' requested but CUDA is not available; drop --devices "
+                                      "to train on the CPU")
     with pytest.MonkeyPatch.context() as mp:  # a machine with two GPUs: a third is refused, naming the two
         mp.setattr(torch.cuda, "is_available", lambda: True)
         mp.setattr(torch.cuda, "device_count", lambda: 2)

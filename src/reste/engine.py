@@ -110,7 +110,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, present: bool = True) -> torch.device:
+    """The device ``name`` (auto, cpu, cuda, cuda:N) names; refused where it is unknown, not supported, or (``present``)
+    not on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -119,6 +121,8 @@ def pick_device(name: str) -> torch.device:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):  # e.g. mps: the run's sums are float64, which it has not
         raise UsageError(f"device {name!r} is not supported: reste trains on cpu or cuda; use --device cpu")
+    if not present:
+        return device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

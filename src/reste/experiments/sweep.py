@@ -481,11 +481,14 @@ def sweep_devices(devices: Sequence[str] | None, jobs: int, check: bool = True) 
     if len(names) > jobs:
         raise UsageError(f"--devices names {len(names)} devices but --jobs {jobs} trains {jobs} run"
                          f"{'s' * (jobs != 1)} at a time; give --jobs {len(names)} (or fewer devices)")
-    if check:
-        from ..engine import pick_device
+    from ..engine import pick_device
 
-        for name in names:
-            pick_device(name)  # the one-line refusal of --device, before any folder is made
+    for name in names:  # the one-line refusal of --device, before any folder is made; a dry run (which may plan a
+        try:  # GPU sweep on a machine without them) refuses only a name that no machine has
+            pick_device(name, present=check)
+        except UsageError as err:  # its remedy as --devices takes it
+            raise UsageError(f"--devices: {err}".replace("use --device cpu", "drop --devices to train on the CPU")
+                             ) from None
     return names
 
 
