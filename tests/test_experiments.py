@@ -1213,6 +1213,47 @@ def test_a_parallel_sweeps_workers_warn_as_the_command_does(tmp_path):
                     "or --o-schedule constant"], r.stderr
 
 
+def test_a_worker_that_dies_is_one_line_naming_its_runs(tmp_path):
+    """A worker killed (the system's OOM killer, a signal) breaks the pool: one line naming the runs it may have been
+    training and how to continue, not 'BrokenProcessPool: A process in the process pool was terminated abruptly'."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    import reste
+
+    (tmp_path / "dying.py").write_text(textwrap.dedent('''
+        import multiprocessing
+        import os
+
+        from torch import nn
+
+        from reste.models import ConvBuilder, register_model
+
+
+        @register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))
+        def dying_mlp_1w1a(*, num_classes, conv: ConvBuilder, width: int = 32):
+            if width == 13 and multiprocessing.parent_process() is not None:  # in a sweep's worker: killed
+                os._exit(9)
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.BatchNorm1d(width),
+                                 conv.linear(width, width), nn.BatchNorm1d(width), nn.Linear(width, num_classes))
+    '''))
+    src = str(Path(reste.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    r = subprocess.run([sys.executable, "-m", "reste", "sweep", "--plugin", "dying.py", "--model", "dying_mlp_1w1a",
+                        "--epochs", "1", "--grid", "width=13,16", "--jobs", "2", "--threads", "1", "--no-report",
+                        "--no-progress", "--out", str(tmp_path / "s")], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.splitlines()[-1]
+    assert line.startswith("reste: error: BrokenProcessPool: a worker process of the sweep died (killed: by a "
+                           "signal, or by the system for memory) while training one of: width=13 seed 0"), r.stderr
+    assert line.endswith("run the same command again to continue (fewer --jobs if memory ran out) (run with --debug "
+                         "for the traceback)"), line
+
+
 def test_a_second_sweep_on_a_held_out_folder_is_refused_with_75(tmp_path, capsys):
     """(review rev4 M1) a sweep holds its --out (sweep.lock): a second one is refused with one line naming the
     holder's PID and exit status 75, before it announces a run or writes a table."""

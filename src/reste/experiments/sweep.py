@@ -34,6 +34,7 @@ import time
 import traceback
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -873,7 +874,9 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
         futures = {pool.submit(_execute, job): (s, seed, job) for s, seed, job in pending}
         waiting = set(futures)
         queue = list(futures)  # the pool starts them in this order, one as each running one ends
-        for fut in queue[:jobs]:
+        started = queue[:jobs]  # announced: running, or ended (their outcome taken)
+        ended: set = set()
+        for fut in started:
             announce(*futures[fut])
         queue = queue[jobs:]
         while waiting:
@@ -888,17 +891,27 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                 if fut.cancelled():
                     continue
                 s, seed, job = futures[fut]
-                if queue and not stop.signum:
-                    announce(*futures[queue.pop(0)])
                 try:
                     outcome = {**fut.result(), "from_epoch": job["from_epoch"]}
+                    ended.add(fut)
                 except Preempted as err:
                     preempted = preempted or err
                     stop.signum = stop.signum or err.signum
                     continue
+                except BrokenProcessPool:  # the pool stops the other workers' runs (SIGTERM: each saves its step)
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    runs = ", ".join(f"{r.label} seed {r_seed}" for r, r_seed, _ in
+                                     (futures[f] for f in started if f not in ended))
+                    raise BrokenProcessPool(
+                        f"a worker process of the sweep died (killed: by a signal, or by the system for memory) while "
+                        f"training one of: {runs}; the other runs were stopped with it. Each keeps its finished "
+                        "epochs: run the same command again to continue (fewer --jobs if memory ran out)") from None
                 except BaseException:
                     pool.shutdown(wait=False, cancel_futures=True)  # start no further run
                     raise
+                if queue and not stop.signum:
+                    started.append(queue[0])
+                    announce(*futures[queue.pop(0)])
                 report_one(s, seed, outcome)
     if preempted is not None:
         raise preempted
