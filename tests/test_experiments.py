@@ -1445,6 +1445,18 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
     assert "--setting picks runs of a sweep" in capsys.readouterr().err
 
 
+def test_a_setting_takes_an_axis_spelled_as_the_grid_takes_it(tmp_path):
+    """--grid o-end=2,3 is the axis o_end: --setting o-end=3 picks its runs as --setting o_end=3 does."""
+    from reste.experiments import sweep_run_dirs
+
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "o-end=2,3", "--dataset", "digits", "--epochs", "1", "--threads", "1",
+                 "--no-report", "--out", str(out)]) == 0
+    three = [out / s["runs"]["0"] for s in json.loads((out / "sweep.json").read_text())["settings"]
+             if s["values"] == {"o_end": 3}]
+    assert sweep_run_dirs(out, ["o-end=3"]) == sweep_run_dirs(out, ["o_end=3"]) == three
+
+
 def test_devices_spread_a_sweeps_jobs_and_are_checked_before_anything_is_made(tmp_path, capsys, monkeypatch):
     """`reste sweep --devices 0,1`: job k trains on device k % n (the runs of a multi-GPU machine), in place of
     --device; bad lists are one line before any folder is made."""

@@ -261,15 +261,16 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
     out = Path(out_dir)
     manifest = load_manifest(out)
     axes = list(manifest["grid"])
+    named = {axis.replace("-", "_"): axis for axis in [*axes, "seed"]}  # o-end=3 as --grid o-end=... takes it
     wanted: dict[str, list[str]] = {}
     for item in where:
         key, sep, values = item.partition("=")
         if not sep or not key.strip() or not values.strip():
             raise UsageError(f"--setting {item}: write it KEY=VALUE (e.g. o_end=10, or seed=0)")
-        if key.strip() not in axes + ["seed"]:
+        if key.strip().replace("-", "_") not in named:
             raise UsageError(f"--setting {item}: {key.strip()} is not an axis of the sweep in {out} (its axes: "
                              f"{', '.join(axes + ['seed'])})")
-        wanted.setdefault(key.strip(), []).extend(v.strip() for v in values.split(","))
+        wanted.setdefault(named[key.strip().replace("-", "_")], []).extend(v.strip() for v in values.split(","))
     chosen = []
     for s in manifest["settings"]:
         for seed, rel in s["runs"].items():
