@@ -434,3 +434,10 @@ def test_predict_json_prints_one_object_in_each_mode(capsys, tmp_path, digits_ex
     assert out.count("\n") == 1 and isinstance(r["class"], int) and r["name"] in (None, str(r["class"]))
     line = _one_line_error(capsys, "predict", str(path), str(tmp_path / "x.npy"), "-o", "-", "--json")
     assert "--json and --output - both write to stdout" in line
+    np.save(tmp_path / "none.npy", test.images.numpy()[:0])  # no images: valid JSON (no NaN), no warning
+    np.save(tmp_path / "no_labels.npy", test.labels.numpy()[:0])
+    code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "none.npy"), "--labels",
+                          str(tmp_path / "no_labels.npy"), "--json")
+    assert code == 0 and err == "", err
+    r = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert (r["images"], r["accuracy"]) == (0, None)

@@ -274,7 +274,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             name = f" ({str(names[int(pred[0])])!r})" if isinstance(names, list) and int(pred[0]) < len(names) \
                 else ""
             line = f"{args.images}: class {int(pred[0])}{name} ({seconds:.2f}s, {model.backend} kernels)"
-        accuracy = 100.0 * float((pred == labels).mean()) if labels is not None else None
+        # of no images, none (not NaN, which JSON has not, nor NumPy's two warnings on the empty mean)
+        accuracy = 100.0 * float((pred == labels).mean()) if labels is not None and len(pred) else None
         if accuracy is not None:
             line += f"; accuracy {accuracy:.2f}%"
         if args.json:  # one object, for a script: no line to parse
