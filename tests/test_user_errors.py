@@ -617,17 +617,21 @@ def test_errors_name_flags_on_the_command_line_and_keywords_in_python(capsys, tm
         reste.get_estimator("reste", o_end=1.0)
 
 
+@pytest.mark.parametrize("levels", [200_000, 600])
 @pytest.mark.parametrize("damaged", ["config.json", "metrics.jsonl"])
-def test_json_nested_too_deeply_is_damage_like_any_other(run, capsys, tmp_path, damaged):
+def test_json_nested_too_deeply_is_damage_like_any_other(run, capsys, tmp_path, damaged, levels):
+    """Past the parser's recursion limit (200,000), or within it but past what code walking the value recursively
+    takes (600: dataclasses.asdict of the config needs two frames a level)."""
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    deep = '{"epoch": 1, "x": ' + "[" * 200_000 + "]" * 200_000 + "}\n"  # past the parser's recursion limit
-    if damaged == "config.json":
-        (copy / damaged).write_text(deep)
-    else:
-        (copy / damaged).write_text(deep + (copy / damaged).read_text())
+    text = (copy / damaged).read_text()  # whole but for one deep value: in the run's settings, its epoch's line
+    value = json.loads(text if damaged == "config.json" else text.splitlines()[0])
+    (value["estimator_options"] if damaged == "config.json" else value)["o_end"] = "DEEP"
+    deep = json.dumps(value).replace('"DEEP"', "[" * levels + "]" * levels) + "\n"
+    (copy / damaged).write_text(deep if damaged == "config.json" else deep + text)  # (not as the last line: that
+    # one a crash may have cut, and it is left out)
     for command in (["show", str(copy)], ["train", "--resume", str(copy), "--epochs", "2", "--force"]):
         err = _one_line_error(capsys, *command)
         assert "RecursionError" not in err, err

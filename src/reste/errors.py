@@ -108,15 +108,38 @@ def read_user_file(path, missing: str) -> bytes:
         raise UsageError(f"cannot read {path} ({err.strerror})") from None
 
 
+#: the deepest nesting of lists and objects ``parse_json`` takes: reste's own files nest a few levels, and code
+#: that walks a value recursively (``dataclasses.asdict``, ``copy.deepcopy``, ``json.dumps``) takes two or more
+#: frames a level, so a value the parser took (up to about 1000 levels) could still end in a ``RecursionError``
+JSON_DEPTH = 100
+
+
 def parse_json(text: str | bytes) -> Any:
-    """``json.loads``, where nesting too deep for the parser (a damaged or crafted file) is a
-    ``json.JSONDecodeError`` like any other damage, which the callers already word, not a ``RecursionError``."""
+    """``json.loads``, where nesting too deep (a damaged or crafted file: past the parser's recursion limit, or past
+    :data:`JSON_DEPTH`) is a ``json.JSONDecodeError`` like any other damage, which the callers already word, not a
+    ``RecursionError`` (in the parser, or later in code that walks the value)."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        too_deep = _deeper_than(value, JSON_DEPTH)
     except RecursionError:
+        too_deep = True
+    if too_deep:
         err = json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0)
         err.args = ("its JSON is nested too deeply",)  # no position: the parser gave none
         raise err from None
+    return value
+
+
+def _deeper_than(value: Any, depth: int) -> bool:
+    """Whether lists and objects nest in ``value`` more than ``depth`` levels (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level > depth:
+                return True
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def one_line_warnings() -> None:
