@@ -167,3 +167,25 @@ def test_show_of_a_sweep_names_a_run_that_diverged_in_its_first_epoch(tmp_path, 
     assert main(["show", str(out), "--json"]) == 0
     runs = [s["runs"][0] for s in json.loads(capsys.readouterr().out)["settings"]]
     assert [(r["state"], r["epochs_done"], r["epochs"]) for r in runs] == [("diverged", 0, 1), ("finished", 1, 1)]
+
+
+@pytest.mark.parametrize("line", ['{"epoch": 1}', '{"epoch": 1, "test_acc": "90"}',
+                                  '{"epoch": 1, "test_acc": 9, "time": []}'])
+def test_show_of_a_metrics_line_without_numbers_is_damage(run, capsys, tmp_path, line):
+    """A metrics line whose test top-1 (or another value) is no number: a one-line error naming the file and the
+    epoch, not 'KeyError: test_acc' or a TypeError; in a sweep, that run is damaged and the others are shown."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / METRICS).write_text(line + "\n" + (copy / METRICS).read_text())
+    error = one_line_error(capsys, "show", str(copy))
+    assert f"{copy / METRICS}: the line of epoch 1 has no number as its " in error and "mend or delete" in error
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--threads", "1", "--no-report",
+                 "--out", str(out)]) == 0
+    first = out / json.loads((out / "sweep.json").read_text())["settings"][0]["runs"]["0"]
+    (first / METRICS).write_text(line + "\n" + (first / METRICS).read_text())
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "progress   1 finished, 1 damaged"

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
-from .rundir import best_line, lock_holder, read_metrics, saved_config, schedule_fields
+from .rundir import METRICS, best_line, lock_holder, read_metrics, saved_config, schedule_fields
 from .wording import count, duration
 
 
@@ -29,6 +29,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
                          f"reste show {shell_word(os.path.dirname(os.path.abspath(run_dir)))}")
     config = saved_config(run_dir)
     metrics = read_metrics(run_dir, missing_ok=True)
+    _check_numbers(run_dir, metrics)
     holder = lock_holder(run_dir)
     finished = len(metrics) >= config.epochs
     state = ("training" if holder else "finished" if finished else "stopped" if holder == 0 else None)
@@ -47,6 +48,20 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         mode = config.indicators or "general"
         summary["indicators"] = {"mode": mode, "epochs": len(history), **run_level(history, mode)}
     return summary
+
+
+def _check_numbers(run_dir: str | os.PathLike, metrics: list[dict[str, Any]]) -> None:
+    """A one-line ``UsageError`` for a metrics line whose values are not numbers (a test top-1 at least): what the
+    summary computes and prints of them would fail with a ``KeyError`` or ``TypeError``."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for m in metrics:
+        bad = "test_acc" if not number(m.get("test_acc")) else next(
+            (k for k, v in m.items() if v is not None and not number(v)), None)
+        if bad:
+            raise UsageError(f"{os.path.join(run_dir, METRICS)}: the line of epoch {m['epoch']} has no number as its "
+                             f"{bad}; the file is damaged: mend or delete that line (one JSON object per epoch)")
 
 
 def _micro_batches(config: dict[str, Any]) -> str:
