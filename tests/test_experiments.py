@@ -1519,6 +1519,16 @@ def test_devices_spread_a_sweeps_jobs_and_are_checked_before_anything_is_made(tm
     assert not (tmp_path / "cli").exists()
 
 
+def test_a_sweep_under_torchrun_is_refused_before_anything_is_made(tmp_path, capsys, monkeypatch):
+    """Each of torchrun's processes would run the whole sweep: the first held --out and the others were refused it
+    (exit 75), so torchrun stopped the first. One line up front says to run it alone, with --devices."""
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    assert main(["sweep", "--dataset", "digits", "--grid", "estimator=ste,reste", "--out", str(tmp_path / "s")]) == 2
+    assert "run it without torchrun (--devices 0,1,... spreads its runs over GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_float_baseline_in_a_sweep_with_indicators_trains_without_them(tmp_path):
     """--grid model=digits_1w1a,digits --indicators: the binary model's runs measure the indicators, the float
     baseline's train without them (it has no binary layer), said in one note, with empty indicator columns."""

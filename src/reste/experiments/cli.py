@@ -91,6 +91,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..flags import overrides_from_args, show_bar
     from .sweep import parse_grid, parse_seeds, run_sweep
 
+    from ..distributed import env_world_size
+
+    if env_world_size() > 1:  # each process would run the whole sweep, and all but the first are refused its --out
+        raise UsageError("reste sweep starts its own worker processes: run it without torchrun (--devices 0,1,... "
+                         "spreads its runs over GPUs, --jobs N trains N at a time)")
     if not args.out:
         raise UsageError(f"a sweep needs --out DIR for its runs and tables, e.g. {SWEEP_EXAMPLE}")
     grid = parse_grid(args.grid)
