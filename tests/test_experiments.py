@@ -1486,6 +1486,9 @@ def test_devices_spread_a_sweeps_jobs_and_are_checked_before_anything_is_made(tm
         mp.setattr(torch.cuda, "device_count", lambda: 2)
         with pytest.raises(UsageError, match=r"has 2 CUDA devices \(cuda:0 to cuda:1\)"):
             sw.sweep_devices(["0", "2"], 2)
+        mp.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU: named alone, not 'cuda:0 to cuda:0'
+        with pytest.raises(UsageError, match=r"has 1 CUDA device \(cuda:0\); pick it$"):
+            sw.sweep_devices(["0", "1"], 2)
     # a worker takes its number from the queue, and trains its runs on that device
     slots: queue.Queue = queue.Queue()
     slots.put(1)

@@ -127,8 +127,8 @@ def pick_device(name: str, present: bool = True) -> torch.device:
         raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise UsageError(f"device {name!r} requested but this machine has {n} CUDA device{'s' * (n != 1)} "
-                         f"(cuda:0 to cuda:{n - 1}); pick one of them")
+        which = "cuda:0); pick it" if n == 1 else f"cuda:0 to cuda:{n - 1}); pick one of them"
+        raise UsageError(f"device {name!r} requested but this machine has {n} CUDA device{'s' * (n != 1)} ({which}")
     return device
 
 
