@@ -96,8 +96,14 @@ def test_show_of_an_unfinished_run_says_whether_it_trains_and_how_to_continue_it
 
 def test_show_of_a_folder_that_holds_no_run_is_one_line(tmp_path, capsys):
     line = one_line_error(capsys, "show", str(tmp_path))
-    assert "holds no run (no config.json); pass a run's folder (its --out)" in line
+    assert line.endswith("holds no run (no config.json); pass a run's folder (its --out)")
     assert "does not exist" in one_line_error(capsys, "show", str(tmp_path / "nope"))
+    run = tmp_path / "runs" / "ste-0123456789" / "seed0"  # a sweep's runs folder, or a setting's: one of its runs
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    for folder in (tmp_path / "runs", run.parent):
+        assert one_line_error(capsys, "show", str(folder)).endswith(
+            f"holds no run (no config.json); pass a run's folder (its --out), e.g. {run} (a run this folder holds)")
     (tmp_path / "config.json").write_text("{")
     assert "is corrupted" in one_line_error(capsys, "show", str(tmp_path))
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import math
 import os
@@ -731,7 +732,9 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     if not Path(run_dir).exists():
         raise UsageError(f"{run_dir} does not exist; pass the folder of a run (its --out)")
     if not cfg_path.is_file():
-        raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out)")
+        inner = next(itertools.chain(Path(run_dir).glob(f"*/{CONFIG}"), Path(run_dir).glob(f"*/*/{CONFIG}")), None)
+        example = f", e.g. {inner.parent} (a run this folder holds)" if inner is not None else ""  # a sweep's runs
+        raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out){example}")
     try:
         data = parse_json(cfg_path.read_bytes().decode("utf-8"))
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
