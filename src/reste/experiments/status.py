@@ -40,10 +40,11 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
 
 def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
     """What ``reste show SWEEP_DIR --json`` prints: ``sweep_dir``; ``running`` (the pid of the sweep process that
-    holds the folder, 0 when none does, None where that cannot be told: not Linux, a shared file system);
-    ``counts`` (runs in each of :data:`STATES`); ``settings``, each with its ``label``, grid ``values`` and
-    ``runs`` (``seed``, ``run_dir``, ``state``, ``epochs_done``, ``epochs``, ``best``: epoch and top-1 of the best
-    epoch so far, ``pid`` of a run training now, ``why`` a run diverged or is damaged)."""
+    holds the folder, -1 when one does whose pid the lock table does not give, 0 when none does, None where that
+    cannot be told: not Linux, a shared file system); ``counts`` (runs in each of :data:`STATES`); ``settings``, each
+    with its ``label``, grid ``values`` and ``runs`` (``seed``, ``run_dir``, ``state``, ``epochs_done``, ``epochs``
+    (the sweep's plan for a run not started), ``best``: epoch and top-1 of the best epoch so far, ``pid`` of a run
+    training now, ``why`` a run diverged or is damaged)."""
     out = Path(out_dir)
     manifest = load_manifest(out)
     settings = []
