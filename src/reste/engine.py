@@ -69,7 +69,7 @@ from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, SWEEP_MANIFEST
                      repair_best, require_run_path, restore_config, run_config, saved_config, schedule_fields,
                      start_metrics, sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
-from .wording import count, duration
+from .wording import count, duration, split_batch
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
@@ -110,9 +110,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str, present: bool = True) -> torch.device:
+def pick_device(name: str, present: bool = True, on_cpu: str = "use --device cpu") -> torch.device:
     """The device ``name`` (auto, cpu, cuda, cuda:N) names; refused where it is unknown, not supported, or (``present``)
-    not on this machine."""
+    not on this machine; ``on_cpu``: the refusal's remedy, training on the CPU, as the caller's flags say it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -120,11 +120,11 @@ def pick_device(name: str, present: bool = True) -> torch.device:
     except RuntimeError:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):  # e.g. mps: the run's sums are float64, which it has not
-        raise UsageError(f"device {name!r} is not supported: reste trains on cpu or cuda; use --device cpu")
+        raise UsageError(f"device {name!r} is not supported: reste trains on cpu or cuda; {on_cpu}")
     if not present:
         return device
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise UsageError(f"device {name!r} requested but CUDA is not available; {on_cpu}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
         which = "cuda:0); pick it" if n == 1 else f"cuda:0 to cuda:{n - 1}); pick one of them"
@@ -1070,8 +1070,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
         bn = "synchronised BatchNorm" if config.sync_bn else "BatchNorm per process"
         procs = f", {world} processes ({bn})"
         batch += f" per process ({config.batch_size * world} in all)"
-    if config.accumulate > 1:
-        batch += f", in {config.accumulate} micro-batches of {config.batch_size // config.accumulate}"
+    batch += split_batch(config.batch_size, config.accumulate)
     run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {config.optimizer} "
             f"lr {config.lr}, device {run.device}{procs} -> {run_dir}")

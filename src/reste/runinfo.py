@@ -10,7 +10,7 @@ from typing import Any
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
 from .rundir import METRICS, best_line, lock_holder, read_metrics, saved_config, schedule_fields
-from .wording import count, duration
+from .wording import count, duration, split_batch
 
 
 _POINT = ("epoch", "test_acc", "test_top5")  # what the summary gives of the best and the last epoch
@@ -64,12 +64,6 @@ def _check_numbers(run_dir: str | os.PathLike, metrics: list[dict[str, Any]]) ->
                              f"{bad}; the file is damaged: mend or delete that line (one JSON object per epoch)")
 
 
-def _micro_batches(config: dict[str, Any]) -> str:
-    """``", in 4 micro-batches of 16"`` for a run that accumulates (``--accumulate``; older runs record none)."""
-    n = config.get("accumulate") or 1
-    return f", in {n} micro-batches of {config['batch_size'] // n}" if n > 1 else ""
-
-
 def show_run(run_dir: str | os.PathLike) -> str:
     """What ``reste show RUN_DIR`` prints: :func:`run_summary` as lines."""
     summary = run_summary(run_dir)
@@ -80,7 +74,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
     preset = f", preset {config['preset']}" if config["preset"] else ""
     lines = [f"run        {run_dir}",
              f"settings   {config['model']} ({config['estimator']}{', 1W/32A' if config['a32'] else ''}) on "
-             f"{config['dataset']}: {epochs}, batch {config['batch_size']}{_micro_batches(config)}, "
+             f"{config['dataset']}: {epochs}, batch {config['batch_size']}"
+             f"{split_batch(config['batch_size'], config.get('accumulate'))}, "
              f"{config['optimizer']} lr {config['lr']:g}, seed {config['seed']}{preset}"
              + (f"\n           {options}" if options else "")]
     done, state, resume = summary["epochs_done"], summary["state"], f"reste train --resume {shell_word(run_dir)}"

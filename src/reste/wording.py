@@ -1,5 +1,5 @@
 """How reste's lines word a number of things: a duration (``42s``, ``5m``, ``26h00m``) and a count with its noun
-(``1 epoch``, ``3 epochs``)."""
+(``1 epoch``, ``3 epochs``), and a batch split into micro-batches."""
 
 from __future__ import annotations
 
@@ -16,3 +16,10 @@ def duration(seconds: float) -> str:
 def count(n: int, noun: str) -> str:
     """``1 epoch``, ``2 epochs``, ``0 epochs`` (a regular noun: an ``s`` for any number but one)."""
     return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def split_batch(batch_size: int, accumulate: int) -> str:
+    """``", in 4 micro-batches of 16"`` after a batch that ``--accumulate`` splits; nothing for one that it does not
+    (``accumulate`` 1, or None: a run recorded before the setting)."""
+    n = accumulate or 1
+    return f", in {n} micro-batches of {batch_size // n}" if n > 1 else ""

@@ -267,10 +267,11 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
         key, sep, values = item.partition("=")
         if not sep or not key.strip() or not values.strip():
             raise UsageError(f"--setting {item}: write it KEY=VALUE (e.g. o_end=10, or seed=0)")
-        if key.strip().replace("-", "_") not in named:
+        axis = named.get(key.strip().replace("-", "_"))
+        if axis is None:
             raise UsageError(f"--setting {item}: {key.strip()} is not an axis of the sweep in {out} (its axes: "
                              f"{', '.join(axes + ['seed'])})")
-        wanted.setdefault(named[key.strip().replace("-", "_")], []).extend(v.strip() for v in values.split(","))
+        wanted.setdefault(axis, []).extend(v.strip() for v in values.split(","))
     chosen = []
     for s in manifest["settings"]:
         for seed, rel in s["runs"].items():
@@ -285,7 +286,7 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
     dirs, unstarted = [], []
     for d, label in chosen:
         try:
-            started = holds_run(d) and (d / METRICS_FILE).is_file() and read_metrics(d)
+            started = holds_run(d) and read_metrics(d, missing_ok=True)
             (dirs if started else unstarted).append((d, label))
         except UsageError as err:  # a damaged run: the others are still drawn
             if log:

@@ -30,11 +30,10 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
         summary = run_summary(run_dir)
     except UsageError as err:  # a damaged file: the others are still shown
         return {**entry, "state": "damaged", "why": str(err)}
-    diverged = divergence(run_dir)
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
+    diverged = divergence(run_dir) if state != "training" else None  # (a run training again is training)
     entry.update(epochs_done=summary["epochs_done"], epochs=summary["config"]["epochs"], pid=summary["pid"],
-                 best=summary["best"], state="diverged" if diverged and state != "training" else state,
-                 why=diverged if diverged and state != "training" else None)
+                 best=summary["best"], state="diverged" if diverged else state, why=diverged)
     return entry
 
 
@@ -51,15 +50,14 @@ def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
     counts = dict.fromkeys(STATES, 0)
     for s in manifest["settings"]:
         runs = []
+        planned = s["config"].get("epochs") if isinstance(s.get("config"), dict) else None
         for seed, rel in s["runs"].items():
-            planned = s["config"].get("epochs") if isinstance(s.get("config"), dict) else None
             entry = {"seed": int(seed), **_run_status(out / _folder(rel), planned)}
             counts[entry["state"]] += 1
             runs.append(entry)
         settings.append({"label": s["label"], "values": s["values"], "runs": runs})
-    holder = lock_holder(out, SWEEP_LOCK)
-    return {"sweep_dir": os.fspath(out_dir), "running": holder if holder is None or holder >= 0 else -1,
-            "counts": counts, "settings": settings}
+    return {"sweep_dir": os.fspath(out_dir), "running": lock_holder(out, SWEEP_LOCK), "counts": counts,
+            "settings": settings}
 
 
 def show_sweep(out_dir: str | os.PathLike) -> str:

@@ -486,10 +486,9 @@ def sweep_devices(devices: Sequence[str] | None, jobs: int, check: bool = True) 
 
     for name in names:  # the one-line refusal of --device, before any folder is made; a dry run (which may plan a
         try:  # GPU sweep on a machine without them) refuses only a name that no machine has
-            pick_device(name, present=check)
-        except UsageError as err:  # its remedy as --devices takes it
-            raise UsageError(f"--devices: {err}".replace("use --device cpu", "drop --devices to train on the CPU")
-                             ) from None
+            pick_device(name, present=check, on_cpu="drop --devices to train on the CPU")
+        except UsageError as err:
+            raise UsageError(f"--devices: {err}") from None
     return names
 
 
