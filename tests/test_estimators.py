@@ -488,6 +488,9 @@ def test_fda_n_ramp():
         assert g0 == pytest.approx(4 * 0.1 / math.pi * (est.n + 1), rel=1e-9)
     assert ns[0] == 9 and ns[-1] == 18
     assert all(b >= a for a, b in zip(ns, ns[1:]))
+    # as its docstring says: over E epochs the last one trains with n_end - 1 (the paper's 1000)
+    est.set_progress(999, 1000)
+    assert est.n == 17
 
 
 @pytest.mark.parametrize("name", ["ste", "approx_sign", "sign_swish"])

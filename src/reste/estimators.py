@@ -709,7 +709,9 @@ class FDA(Estimator):
     """Fourier-series approximation of sign (Xu et al., NeurIPS 2021).
 
     g = (4 w / pi) sum_{i=0..n} cos((2i+1) w x) on abs(x) <= 1, else 0; n grows
-    linearly (rounded down) from ``n`` to ``n_end`` over training.
+    linearly (rounded down) from ``n`` towards ``n_end`` over training. Like every ramp it is
+    evaluated at e/E, so ``n_end`` is its limit: over E epochs the last epoch uses n_end - 1
+    (n = 9 to 17 for the defaults), and n_end is reached only past E.
     """
 
     name = "fda"

@@ -17,6 +17,11 @@ epochs and the stability summed.
 ``"general"`` works for every estimator: every binary layer, F is the layer's
 own estimator at its current schedule values, sign maps 0 to +1, and each epoch
 reports the mean over all its iterations; over the run both are averaged.
+
+Both modes keep the authors' per-layer form: the norm and the variance are taken in each
+layer and then summed, which is not the norm or variance of all weights concatenated
+(sum_l ||d_l|| >= ||concat d_l||). The modes differ only in the layer set, in F and its o,
+in sign(0) and in the averaging.
 """
 
 from __future__ import annotations
