@@ -6,8 +6,8 @@ handling, dtypes, layouts, block edges, the weight-scale reductions) is tested h
 against the PyTorch expressions of ``reste.estimators``. The variable must be set
 before Triton is first imported (Triton decorates its own library functions then), so
 this module sets it at import, before importing Triton, and keeps it set: on a machine
-without a GPU nothing else can run Triton kernels anyway, and so a plain
-``python -m pytest -q`` runs these tests (no other test module imports Triton). Where a
+without a GPU nothing else can run Triton kernels anyway, and so the README's
+test command runs these tests (no other test module imports Triton). Where a
 GPU is present it skips instead, unless ``TRITON_INTERPRET=1`` is already set (the
 compiled kernels there are checked by ``benchmarks/gpu_check.sh``). It imports its own
 copy of ``reste.triton_kernels``, and ``triton_dispatch.forced`` routes CPU tensors

@@ -21,8 +21,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from reste.rundir import read_metrics
-
+# reste.rundir (and so torch, seconds to import) only where a run's folder is here to read: a committed
+# study reads its epochs.csv alone
 
 def read_runs(sweep: Path) -> tuple[dict[str, list[list[float]]], dict[str, int]]:
     """(setting -> test top-1 per epoch of each finished run, setting -> runs that runs.csv lists). A run's
@@ -40,6 +40,7 @@ def read_runs(sweep: Path) -> tuple[dict[str, list[list[float]]], dict[str, int]
             listed[row["setting"]] += 1
             run_dir = (sweep / row["run_dir"]).resolve()
             if (run_dir / "metrics.jsonl").is_file():
+                from reste.rundir import read_metrics
                 per_setting[row["setting"]].append([m["test_acc"] for m in read_metrics(run_dir)])
             elif saved.get((row["setting"], row["seed"])):
                 per_setting[row["setting"]].append(saved[row["setting"], row["seed"]])
