@@ -1392,13 +1392,18 @@ def test_a_dry_run_lists_the_plan_and_makes_nothing(tmp_path, capsys):
     assert [ln.split(" -> ")[0] for ln in lines[1:5]] == [
         "[1/4] lr=0.05 seed 0: would train", "[2/4] lr=0.1 seed 0: would train",
         "[3/4] lr=0.05 seed 1: would train", "[4/4] lr=0.1 seed 1: would train"]
-    assert lines[-1] == "sweep (dry run): 4 to train" and not out.exists()
+    assert lines[-2:] == ["sweep (dry run): 4 to train",
+                          "sweep (dry run): one run at a time, on --device auto, 1 torch thread"]
+    assert not out.exists()
     assert main([*argv[:4], "0", *argv[5:], "--no-report"]) == 0  # seed 0 trained
     capsys.readouterr()
     assert main([*argv, "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("[1/4] lr=0.05 seed 0: finished: skipped -> ")
-    assert lines[-1] == "sweep (dry run): 2 finished, 2 to train"
+    assert lines[-2] == "sweep (dry run): 2 finished, 2 to train"
+    assert main([*argv, "--dry-run", "--jobs", "2", "--devices", "0,1"]) == 0  # placed as the workers would be
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "sweep (dry run): 2 runs at a time, on cuda:0, cuda:1 (job k on device k % 2), 1 torch thread each")
     assert sorted(p.name for p in (out / "runs").glob("*/*")) == ["seed0", "seed0"]  # no folder for seed 1
     preset = ["sweep", "--preset", "cifar10-resnet20-1w1a", "--grid", "o_end=3,10", "--epochs", "10", "--out",
               str(tmp_path / "c10"), "--dry-run"]

@@ -668,6 +668,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                                    "from_epoch": _epochs_recorded(run_dir) if state == "partial" else 0}))
     if dry_run:
         _plan(seeds, settings, todo, log)
+        log(_placement(base, sum(job["state"] in ("new", "partial") for _, _, job in todo), jobs, threads, devices))
         return []
     created: list[Path] = []  # what to remove again if the sweep cannot start
     held = contextlib.ExitStack()  # the lock of --out, for the whole sweep
@@ -715,6 +716,21 @@ def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, i
             log(f"{s.label}: {note}")
     named = {"new": "to train", "partial": "to resume", "done": "finished"}
     log("sweep (dry run): " + ", ".join(f"{n} {named.get(k, k)}" for k, n in counts.items()))
+
+
+def _placement(base: TrainConfig, pending: int, jobs: int, threads: int | None, devices: list[str] | None) -> str:
+    """Where a dry run's ``pending`` runs would train: how many at a time, on which devices, with how many threads
+    (as ``_run_pending`` and the workers would place them)."""
+    workers = max(1, min(jobs, pending))
+    per_run = threads or (threads_per_job(jobs) if workers > 1 else None)
+    at_once = "one run at a time" if workers == 1 else f"{workers} runs at a time"
+    if devices:
+        used = devices[:workers]
+        where = used[0] if len(used) == 1 else f"{', '.join(used)} (job k on device k % {len(used)})"
+    else:
+        where = f"--device {base.device}"
+    threading = f", {per_run} torch thread{'s' * (per_run != 1)}{' each' * (workers > 1)}" if per_run else ""
+    return f"sweep (dry run): {at_once}, on {where}{threading}"
 
 
 def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], settings: list[Setting], out: Path,
