@@ -18,6 +18,7 @@ and what the measured epoch implies for the wall time of each CIFAR-10 preset of
     python benchmarks/train_epoch.py --device cuda --amp bf16 --channels-last --cuda-graphs
     python benchmarks/train_epoch.py --device cpu --threads 2 --images 5000 --test-images 1000
     python benchmarks/train_epoch.py --json epoch.json     # also write the figures as JSON
+    python benchmarks/train_epoch.py --device cpu --accumulate 4   # each step's batch in 4 micro-batches
 
 On the CPU the images/s are those of this machine's cores; the ratio is the meaningful figure.
 """
@@ -38,7 +39,8 @@ import numpy as np
 import torch
 
 from reste import engine, rundir
-from reste.config import PRESETS, TrainConfig
+from reste.config import PRESETS, TrainConfig, check_accumulate
+from reste.errors import UsageError
 
 
 def write_cifar10(root: Path, train_images: int, test_images: int, seed: int = 0) -> Path:
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--amp", default="none", help="none (default), bf16 or fp16")
     ap.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay each step as one CUDA graph")
+    ap.add_argument("--accumulate", type=int, default=1,
+                    help="micro-batches per optimizer step, as reste train --accumulate (default 1)")
     ap.add_argument("--data-device", default="auto", help="auto (the training device) or cpu")
     ap.add_argument("--images", type=int, default=50_000, help="train images (default 50,000)")
     ap.add_argument("--test-images", type=int, default=10_000, help="test images (default 10,000)")
@@ -72,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
+    try:
+        check_accumulate(args.batch_size, args.accumulate, args.cuda_graphs)
+    except UsageError as err:
+        ap.error(str(err))
     if args.epochs < 2 or args.steps < 1 or args.images < args.batch_size or args.test_images < 1:
         ap.error("need --epochs >= 2 (the first is not timed), --steps >= 1, --test-images >= 1 and "
                  "--images >= --batch-size")
@@ -178,14 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     base = dict(dataset="cifar10", model=args.model, estimator=args.estimator, batch_size=args.batch_size,
                 eval_batch_size=max(args.batch_size, 256), epochs=args.epochs, warm_up=0, amp=args.amp,
-                channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, device=args.device,
+                channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, accumulate=args.accumulate,
+                device=args.device,
                 data_device=args.data_device, threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="reste-epoch-") as tmp:
         data = write_cifar10(Path(tmp) / "cifar", args.images, args.test_images)
         config = TrainConfig(**base, data_path=str(data)).resolve()
         before = bare_step(config, Path(tmp) / "bare", args.steps)
         print(f"device {before['device']}, {args.model} ({args.estimator}), batch {args.batch_size}, amp {args.amp}"
-              f"{', channels_last' if args.channels_last else ''}{', CUDA graphs' if args.cuda_graphs else ''}; "
+              f"{', channels_last' if args.channels_last else ''}{', CUDA graphs' if args.cuda_graphs else ''}"
+              f"{f', {args.accumulate} micro-batches per step' if args.accumulate > 1 else ''}; "
               f"{args.images:,} train / {args.test_images:,} test images")
         epoch = whole_epochs(config, Path(tmp) / "run")
         step = both_sides(before, bare_step(config, Path(tmp) / "bare-after", args.steps))

@@ -186,13 +186,16 @@ def test_the_whole_epoch_benchmark_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "_graph_backend", ReplayByCalling)
     argv = ["--device", "cpu", "--threads", "1", "--images", "96", "--test-images", "16", "--batch-size", "32",
             "--epochs", "3", "--steps", "1", "--model", "resnet20_1w1a", "--json", str(tmp_path / "e.json")]
-    for extra in ([], ["--cuda-graphs"]):
+    for extra in ([], ["--cuda-graphs"], ["--accumulate", "2"]):
         out = bench.main(argv + extra)
         e = out["epoch"]  # the median of epochs 2 and 3 (the first pays for warm-up)
         assert e["epochs_timed"] == 2 and 0 < e["epoch_min_s"] <= e["epoch_s"] <= e["epoch_max_s"]
         assert out["bare_step"]["images_per_s"] > 0
         assert set(out["implied_hours"]) >= {"cifar10-resnet20-1w1a"}
     assert (tmp_path / "e.json").is_file()
+    with pytest.raises(SystemExit) as refused:  # as reste train refuses it: one line, status 2
+        bench.main(argv + ["--cuda-graphs", "--accumulate", "2"])
+    assert refused.value.code == 2
 
 
 class _FakeCuda:
