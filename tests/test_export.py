@@ -6,6 +6,7 @@ import copy
 
 import hashlib
 import json
+import math
 import struct
 import zlib
 
@@ -20,6 +21,7 @@ from reste import models
 from reste.errors import UsageError
 from reste.export import PackedModel, export_model, export_onnx, format_report, pack_bits, read_header, \
     unpack_bits, unpack_state
+from reste.export import graph
 from reste.export import kernels as K
 from reste.export.reference import Comparison, compare, graph_reference, trace_model
 from reste.native import NativeLibrary
@@ -777,3 +779,47 @@ def test_a_failed_torchscript_export_prints_nothing_and_the_fallback_says_why(tm
     out, err = capfd.readouterr()
     assert info["exporter"] == "dynamo" and info["fallback"] and "\n" not in info["fallback"]
     assert "graph(" not in out + err and len((out + err).splitlines()) < 3, out + err
+
+
+class _Clamped(nn.Module):
+    """Clamps written as functions and as methods (Lightning models clamp where nn models use Hardtanh)."""
+
+    def __init__(self, clamp) -> None:
+        super().__init__()
+        self.conv = reste.BinaryConv2d(3, 8, 3, padding=1, bias=False, input_estimator=None)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = reste.BinaryLinear(8 * 8 * 8, 4)
+        self.clamp_ = clamp
+
+    def forward(self, x):
+        x = self.clamp_(self.bn(self.conv(x)))
+        return self.fc(x.flatten(1))
+
+
+_CLAMPS = {
+    "torch.clamp(x, -1, 1)": lambda x: torch.clamp(x, -1, 1),
+    "x.clip(min=-0.5, max=2)": lambda x: x.clip(min=-0.5, max=2),
+    "torch.clip(x, 0, 6)": lambda x: torch.clip(x, 0.0, 6.0),
+    "x.clamp(min=0)": lambda x: x.clamp(min=0),
+}
+
+
+@pytest.mark.parametrize("how", list(_CLAMPS))
+def test_a_clamp_with_constant_bounds_exports_as_hardtanh_or_relu(tmp_path, how):
+    torch.manual_seed(0)
+    model = _calibrate(_Clamped(_CLAMPS[how]), (3, 8, 8))
+    _check_model(model, tmp_path, (3, 8, 8), torch.randn(6, 3, 8, 8))
+    ops = [n["op"] for n in graph.to_graph(model, (3, 8, 8))[0]]
+    assert ("relu" if how == "x.clamp(min=0)" else "hardtanh") in ops
+
+
+@pytest.mark.parametrize("clamp, wanted", [
+    (lambda x: x.clamp(min=-1), r"clamp with one bound \(min=-1, max=None\): give both"),
+    (lambda x: torch.clamp(x, max=1.0), r"clamp with one bound \(min=None, max=1.0\)"),
+    (lambda x: x.clamp(1.0, -1.0), r"clamp\(min=1.0, max=-1.0\): min is above max"),
+    (lambda x: torch.clamp(x, -math.inf, 1.0), "bounds must be finite numbers"),
+])
+def test_a_clamp_the_format_cannot_hold_is_refused_in_one_line(tmp_path, clamp, wanted):
+    model = _calibrate(_Clamped(clamp), (3, 8, 8))
+    with pytest.raises(UsageError, match=wanted):
+        export_model(model, tmp_path / "c.rbnn", input_size=(3, 8, 8))

@@ -201,6 +201,8 @@ class _Shape:
 
 _ADD = (operator.add, operator.iadd, torch.add)
 _RELU = (F.relu, torch.relu)
+_CLAMP = (torch.clamp, torch.clip)
+_CLAMP_METHODS = ("clamp", "clip", "clamp_", "clip_")
 
 
 @contextlib.contextmanager
@@ -322,6 +324,8 @@ class _Builder:
             return self.add({"op": "add"}, [self.tensor(a[0], where), self.tensor(a[1], where)])
         if f in _RELU:
             return self.add({"op": "relu"}, [self.tensor(a[0], where)])
+        if f in _CLAMP:
+            return self.clamp(n, self.tensor(a[0], where))
         if f is F.hardtanh:
             lo, hi = self._kw(n, 1, "min_val", -1.0), self._kw(n, 2, "max_val", 1.0)
             return self.add({"op": "hardtanh", "lo": float(lo), "hi": float(hi)}, [self.tensor(a[0], where)])
@@ -373,6 +377,8 @@ class _Builder:
             return x
         if name == "relu":
             return self.add({"op": "relu"}, [x])
+        if name in _CLAMP_METHODS:
+            return self.clamp(n, x)
         if name == "add":
             return self.add({"op": "add"}, [x, self.tensor(a[1], "add")])
         if name == "flatten":
@@ -392,6 +398,21 @@ class _Builder:
                                  "or x.view(-1, n) with n one sample's size when input_size is given)")
             return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
         raise _Refused(f"cannot export: tensor method {name!r} is not supported", n.name)
+
+    def clamp(self, n: fx.Node, x: int) -> int:
+        """``clamp``/``clip`` with constant bounds: a ``hardtanh`` (both bounds), or a ``relu`` (min 0 alone)."""
+        lo, hi = self._kw(n, 1, "min", None), self._kw(n, 2, "max", None)
+        name = getattr(n.target, "__name__", n.target)
+        if not all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in (lo, hi)):
+            raise _Refused(f"cannot export {name}(min={lo}, max={hi}): its bounds must be finite numbers", n.name)
+        if lo is not None and hi is not None:
+            if lo > hi:
+                raise _Refused(f"cannot export {name}(min={lo}, max={hi}): min is above max", n.name)
+            return self.add({"op": "hardtanh", "lo": float(lo), "hi": float(hi)}, [x])
+        if lo == 0 and hi is None:
+            return self.add({"op": "relu"}, [x])
+        raise _Refused(f"cannot export {name} with one bound (min={lo}, max={hi}): give both (as Hardtanh), "
+                       "or min=0 alone (as ReLU)", n.name)
 
     def mean(self, n: fx.Node) -> int:
         dims = self._kw(n, 1, "dim", None)
