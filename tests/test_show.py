@@ -195,3 +195,29 @@ def test_show_of_a_metrics_line_without_numbers_is_damage(run, capsys, tmp_path,
     capsys.readouterr()
     assert main(["show", str(out)]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "progress   1 finished, 1 damaged"
+
+
+def test_a_sweep_folder_moved_away_from_its_outside_runs_still_finds_them(tmp_path, capsys):
+    """The manifest keeps each run's folder relative to the sweep (a sweep moved with its runs) and where it was
+    written: a sweep folder moved away from its --runs-dir still shows, reports and draws its finished runs."""
+    from reste.experiments import collect, sweep_run_dirs
+
+    root = tmp_path / "root"
+    out, runs_dir = root / "a" / "s", root / "shared-runs"
+    assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--threads", "1", "--no-report", "--out",
+                 str(out), "--runs-dir", str(runs_dir)]) == 0
+    moved = tmp_path / "archive" / "s"
+    moved.parent.mkdir()
+    out.rename(moved)
+    capsys.readouterr()
+    assert main(["show", str(moved), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"]["finished"] == 2
+    assert all(r["run_dir"].startswith(str(runs_dir)) for s in status["settings"] for r in s["runs"]), status
+    assert [d.parent.parent for d in sweep_run_dirs(moved)] == [runs_dir, runs_dir]
+    assert len(collect(moved)[1]) == 2  # the tables' rows
+    # moved back, then the whole tree moved: the relative folders, not the old absolute ones
+    moved.rename(out)
+    root.rename(tmp_path / "root2")
+    found = sweep_run_dirs(tmp_path / "root2" / "a" / "s")
+    assert [d.resolve().parent.parent for d in found] == [(tmp_path / "root2" / "shared-runs").resolve()] * 2

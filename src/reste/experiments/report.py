@@ -144,6 +144,31 @@ def _folder(rel: str) -> str:
     return rel.replace("\\", "/")
 
 
+def _absolute(path: Path) -> str:
+    """``path`` absolute, as a manifest's ``at`` keeps it beside the relative folder of a run outside the sweep
+    folder (``--runs-dir``): a sweep folder moved away from its runs still finds them."""
+    return Path(os.path.abspath(path)).as_posix()
+
+
+def _outside(path: Path, root: Path) -> bool:
+    """Whether ``path`` is outside the folder ``root`` (a run inside it moves with it, and a copy of the sweep
+    must not find the original's runs)."""
+    rel = _rel(path, root)
+    return rel == ".." or rel.startswith("../") or Path(rel).is_absolute()  # (absolute: another drive)
+
+
+def run_folder(out_dir: Path, setting: dict[str, Any], seed: str) -> Path:
+    """The folder of a manifest setting's run for ``seed``: relative to the sweep folder where it is there (the
+    sweep moved with its runs, the usual case), else, for a run outside the sweep folder, where the sweep wrote it
+    (the sweep folder moved away from its ``--runs-dir``), else the relative one (a run not started yet)."""
+    inside = out_dir / _folder(setting["runs"][seed])
+    at = setting.get("at")
+    written = at.get(seed) if isinstance(at, dict) else None
+    if not inside.exists() and isinstance(written, str) and written and Path(written).exists():
+        return Path(written)
+    return inside
+
+
 def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int],
                    settings: Sequence[Any]) -> None:
     """Write the sweep's ``sweep.json``: its base settings, grid, seeds and each setting (a
@@ -154,7 +179,8 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
         "seeds": list(seeds),
         "settings": [
             {"label": s.label, "values": s.values, "key": s.key, "config": s.config.to_dict(),
-             "runs": {str(seed): _rel(path, out_dir) for seed, path in s.runs.items()}}
+             "runs": {str(seed): _rel(path, out_dir) for seed, path in s.runs.items()},
+             "at": {str(seed): _absolute(path) for seed, path in s.runs.items() if _outside(path, out_dir)}}
             for s in settings
         ],
     }
@@ -274,10 +300,10 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
         wanted.setdefault(axis, []).extend(v.strip() for v in values.split(","))
     chosen = []
     for s in manifest["settings"]:
-        for seed, rel in s["runs"].items():
+        for seed in s["runs"]:
             values = {**s["values"], "seed": int(seed)}
             if all(any(_matches(values.get(k), v) for v in texts) for k, texts in wanted.items()):
-                chosen.append((out / _folder(rel), f"{s['label']} seed {seed}"))
+                chosen.append((run_folder(out, s, seed), f"{s['label']} seed {seed}"))
     if not chosen:
         labels = ", ".join(s["label"] for s in manifest["settings"][:6]) + (", ..." if len(manifest["settings"]) > 6
                                                                            else "")
@@ -395,7 +421,7 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
         key = _setting_key(s)
         for seed, rel in s["runs"].items():
             rel = _folder(rel)
-            status, summary = run_status(out / rel, key)
+            status, summary = run_status(run_folder(out, s, seed), key)
             if status != "done":
                 why, old = summary, earlier.get((rel, int(seed)))
                 if old is None or old.get("best_acc") is None:

@@ -12,7 +12,7 @@ from ..errors import UsageError, shell_word
 from ..rundir import SWEEP_LOCK, divergence, holds_run, lock_holder
 from ..runinfo import run_summary, show_run
 from ..wording import count
-from .report import _folder, is_sweep_folder, load_manifest
+from .report import is_sweep_folder, load_manifest, run_folder
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
 STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "damaged", "not started")
@@ -51,8 +51,8 @@ def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
     for s in manifest["settings"]:
         runs = []
         planned = s["config"].get("epochs") if isinstance(s.get("config"), dict) else None
-        for seed, rel in s["runs"].items():
-            entry = {"seed": int(seed), **_run_status(out / _folder(rel), planned)}
+        for seed in s["runs"]:
+            entry = {"seed": int(seed), **_run_status(run_folder(out, s, seed), planned)}
             counts[entry["state"]] += 1
             runs.append(entry)
         settings.append({"label": s["label"], "values": s["values"], "runs": runs})
