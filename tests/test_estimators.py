@@ -566,16 +566,22 @@ def test_a_state_loads_into_an_estimator_of_its_own_name_only():
     with pytest.raises(RuntimeError, match=r"_extra_state: the state of a 'reste' estimator cannot load into a "
                                            r"'ede' one"):
         _model("ede").load_state_dict(sd)  # before: no key in common, nothing loaded, silently
-    other = _model("reste", o_end=5.0)  # the same estimator with other settings: its schedule state loads
-    other.load_state_dict(sd)
-    assert [e.schedule_values() for e in reste.estimators_of(other)] == \
+    # the same estimator with other hyper-parameters would train on with its own, silently: refused, naming them
+    with pytest.raises(RuntimeError, match=r"_extra_state: the state of a 'reste' estimator with o_end=3.0 cannot "
+                                           r"load into one with o_end=5.0 \(build the model with the saved"):
+        _model("reste", o_end=5.0).load_state_dict(sd)
+    same = _model("reste", o_end=3.0)  # the same ones: its schedule state loads
+    same.load_state_dict(sd)
+    assert [e.schedule_values() for e in reste.estimators_of(same)] == \
         [e.schedule_values() for e in reste.estimators_of(trained)]
+    assert all(e.o != 1.0 for e in reste.estimators_of(same))
     weights = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
     ste = _model("ste")
     assert not ste.load_state_dict(weights).missing_keys  # the weights alone, as the message says
-    # a state saved before the name was kept (schedule values only) loads as it did
-    legacy = {k: ({n: x for n, x in v.items() if n != "estimator"} if k.endswith("_extra_state") else v)
-              for k, v in sd.items()}
+    assert not _model("reste", o_end=5.0).load_state_dict(weights).missing_keys
+    # a state saved before the name and hyper-parameters were kept (schedule values only) loads as it did
+    legacy = {k: ({n: x for n, x in v.items() if n not in ("estimator", "config")} if k.endswith("_extra_state")
+                  else v) for k, v in sd.items()}
     fresh = _model("reste")
     fresh.load_state_dict(legacy)
     assert [e.o for e in reste.estimators_of(fresh)] == [e.o for e in reste.estimators_of(trained)]

@@ -479,8 +479,14 @@ class Estimator(nn.Module):
         return {k: getattr(self, k) for k in self._state_names()}
 
     def get_extra_state(self) -> dict[str, Any]:
-        """The schedule's state, and the estimator's name (a state loads into an estimator of that name only)."""
-        return {"estimator": self.name, **{k: float(getattr(self, k)) for k in self._state_names()}}
+        """The schedule's state, the estimator's name and its hyper-parameters (a state loads into an estimator of
+        that name and those hyper-parameters only)."""
+        state: dict[str, Any] = {"estimator": self.name, **{k: float(getattr(self, k)) for k in self._state_names()}}
+        try:
+            state["config"] = self.config()
+        except NotImplementedError:  # a plugin's constructor that declares nothing: its name alone is checked
+            pass
+        return state
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
@@ -495,6 +501,23 @@ class Estimator(nn.Module):
                 f"(build the model with estimator {saved!r}, or leave out the keys ending in '_extra_state' to "
                 "load the weights alone)")
             return
+        # and one of other hyper-parameters (a ReSTE of o_end 5 into one of o_end 3) would train on with the model's
+        # own, silently (a state saved before they were kept loads as before)
+        config = state.get("config") if isinstance(state, dict) else None
+        if isinstance(config, dict):
+            try:
+                own = self.config()
+            except NotImplementedError:
+                own = config
+            differ = sorted(k for k in set(config) | set(own) if config.get(k) != own.get(k))
+            if differ:
+                saved_values = ", ".join(f"{k}={config.get(k)!r}" for k in differ)
+                own_values = ", ".join(f"{k}={own.get(k)!r}" for k in differ)
+                error_msgs.append(
+                    f"{prefix}_extra_state: the state of a {self.name!r} estimator with {saved_values} cannot load "
+                    f"into one with {own_values} (build the model with the saved hyper-parameters, or leave out the "
+                    "keys ending in '_extra_state' to load the weights alone, the schedule from its start)")
+                return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
