@@ -1555,3 +1555,28 @@ def test_a_float_baseline_in_a_sweep_with_indicators_trains_without_them(tmp_pat
     with pytest.raises(UsageError, match="every setting of this sweep is full precision"):  # nothing to measure
         run_sweep(dataclasses.replace(base, model="digits"), {"lr": [0.1, 0.2]}, [0], tmp_path / "f", log=print)
     assert not (tmp_path / "f").exists()
+
+
+def test_a_float_baseline_beside_an_estimator_grid_trains_once_without_the_estimators_settings(capsys):
+    """--grid estimator=ste,reste o_end=2,3 model=digits_1w1a,digits: the float model has no estimator, so its
+    setting leaves out the estimator axes and flags (and --scaling, --a32), and is one setting, not one per
+    estimator value; a sweep of float models alone still refuses an estimator as `reste train` does."""
+    base = TrainConfig(dataset="digits", epochs=1, estimator="ste", scaling="channel",
+                       estimator_options={"clip": 2.0})
+    settings = expand_grid(base, {"estimator": ["ste", "reste"], "o_end": [2, 3], "model": ["digits_1w1a", "digits"]})
+    labels = [s.label for s in settings]
+    assert labels == ["estimator=ste,model=digits_1w1a", "model=digits", "estimator=reste,o_end=2,model=digits_1w1a",
+                      "estimator=reste,o_end=3,model=digits_1w1a"]
+    baseline = settings[1].config
+    assert settings[1].values == {"model": "digits"}
+    from reste.estimators import get_estimator
+
+    assert (baseline.estimator, baseline.estimator_options, baseline.scaling) == (  # the defaults, written out
+        TrainConfig.estimator, get_estimator(TrainConfig.estimator).config(), TrainConfig.scaling)
+    assert settings[0].config.estimator_options == {"clip": 2.0} and settings[0].config.scaling == "channel"
+    assert main(["sweep", "--grid", "estimator=ste,reste", "--grid", "model=digits_1w1a,digits", "--dry-run",
+                 "--out", "unused"]) == 0
+    assert "3 settings x 1 seed = 3 runs" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="'digits' is full precision: it has no estimator, so --estimator ste"):
+        expand_grid(dataclasses.replace(base, model="digits", estimator_options={}), {"lr": [0.1, 0.2]})[0] \
+            .config.resolve()

@@ -194,6 +194,9 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
                 if model is not None:
                     models.append(model)
     kinds = {key: axis_kind(key, models) for key in grid}
+    # a float baseline beside binary models (--grid model=resnet20_1w1a,resnet20): it has no estimator, so the
+    # estimator's settings (axes and flags) are left out of it, and it trains once, not once per estimator value
+    float_beside_binary = len({_binary_model(m) for m in models}) == 2
     scoped = {key: flag_takers(key.strip().replace("-", "_")) for key in grid
               if kinds[key][0] == "estimator" and key.strip().replace("-", "_") in _flag_aliases()}
     fixed_takers = {dest: flag_takers(dest) for dest in flags}
@@ -237,6 +240,11 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         values = {key: value for key, value in zip(grid, combo)
                   if key not in skipped and not (kinds[key][0] == "estimator" and kinds[key][1] in dropped)}
         config = TrainConfig.from_dict(data)
+        if float_beside_binary and not _binary(config):
+            data.update({name: getattr(TrainConfig, name) for name in BINARY_ONLY}, estimator_options={})
+            values = {key: value for key, value in values.items()
+                      if not (kinds[key][0] == "estimator" or kinds[key] in {("field", n) for n in BINARY_ONLY})}
+            config = TrainConfig.from_dict(data)
         if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others: left out there
             config = config.without_idle_data_flags(keep=idle_everywhere)
         if config.indicators and not _binary(config):  # a float baseline beside binary runs: nothing to measure
@@ -246,7 +254,8 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         if key not in settings:
             label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or config.estimator
             settings[key] = Setting(label=label, values=values, config=config, key=key)
-    trained = sorted({s.config.estimator for s in settings.values()})
+    binary = [s for s in settings.values() if _binary(s.config)] or list(settings.values())
+    trained = sorted({s.config.estimator for s in binary})  # (a float baseline's is no estimator it trains)
     for dest in flags:
         if not set(flag_takers(dest)) & set(trained):
             raise UsageError(f"--{dest.replace('_', '-')} applies to the {'/'.join(flag_takers(dest))} estimator, "
@@ -258,14 +267,26 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
     return list(settings.values())
 
 
+#: The fields that apply to binary models only: a float baseline's are its defaults.
+BINARY_ONLY = ("estimator", "a32", "scaling")
+
+
+def _binary_model(name: str) -> bool:
+    """Whether model ``name`` has binary layers; an unknown one counts as binary, for ``resolve`` to name it."""
+    try:
+        return bool(model_info(name)["binary"])
+    except (UsageError, TypeError, AttributeError):
+        return True
+
+
 def _binary(config: TrainConfig) -> bool:
     """Whether ``config``'s model (its data set's default where it names none) has binary layers; an unknown one
     counts as binary, for ``resolve`` to name it."""
     try:
         model = config.model or get_spec(config.dataset).defaults.get("model")
-        return model is None or bool(model_info(model)["binary"])
     except (UsageError, TypeError, AttributeError):
         return True
+    return model is None or _binary_model(model)
 
 
 def unmeasured(base: TrainConfig, settings: Sequence[Setting]) -> str | None:
