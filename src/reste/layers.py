@@ -1,13 +1,13 @@
 """Binary convolution and linear layers.
 
-``BinaryConv2d`` and ``BinaryLinear`` take the ``nn.Conv2d`` / ``nn.Linear``
-arguments plus
+``BinaryConv1d``, ``BinaryConv2d`` and ``BinaryLinear`` take the ``nn.Conv1d`` /
+``nn.Conv2d`` / ``nn.Linear`` arguments plus
 
 * ``weight_estimator``: the estimator binarizing the latent weights (name or instance);
 * ``input_estimator``: the estimator binarizing the inputs, or ``None`` for real
   activations (1W/32A); defaults to the same kind as ``weight_estimator``;
 * ``scaling``: ``"layer"`` (one alpha = mean(abs(W)), not detached, as the paper),
-  ``"channel"`` (one alpha per output channel) or ``"none"``.
+  ``"channel"`` (one alpha per output channel: the mean over its inputs and kernel taps) or ``"none"``.
 
 Forward: y = op(Q_a(x), Q_w(W) * alpha). Each layer reports ``precision = 1``
 (its weights) and ``input_precision`` (1, or 32 for real activations), so tools
@@ -113,7 +113,7 @@ class _BinaryMixin:
 
     def extra_repr(self) -> str:
         a = "real" if self.input_estimator is None else self.input_estimator.name
-        base = super().extra_repr()  # type: ignore[misc]  # nn.Conv2d's / nn.Linear's
+        base = super().extra_repr()  # type: ignore[misc]  # nn.Conv1d's / nn.Conv2d's / nn.Linear's
         return f"{base}, weights={self.weight_estimator.name}, inputs={a}, scaling={self.scaling}"
 
 
@@ -140,6 +140,39 @@ def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:
         "binarized first layer?), and likely those of the layers like it: sign makes them +1 everywhere, so they "
         "carry nothing and the layers before get no useful gradient; binarize with activations=False (1W/32A), or "
         "put the sign before the ReLU (BatchNorm -> sign -> conv, as the zoo's blocks do)", stacklevel=3)
+
+
+class BinaryConv1d(_BinaryMixin, nn.Conv1d):
+    """1-D convolution (audio, keyword spotting, sensor signals: (N, C, L) inputs) with binary weights (and binary
+    inputs unless ``input_estimator=None``); ``channel`` scaling takes one alpha per output channel over its
+    (in_channels / groups, kernel) weights."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int],
+        stride: int | tuple[int] = 1,
+        padding: int | tuple[int] | str = 0,
+        dilation: int | tuple[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        weight_estimator: Any = "reste",
+        input_estimator: Any = _DEFAULT,
+        scaling: str = "layer",
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype,
+        )
+        self._setup(weight_estimator, input_estimator, scaling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
