@@ -267,7 +267,7 @@ def test_binarized_model_runs_and_trains_mode_is_kept():
 
 
 class Odd(nn.Module):
-    """A model with layers that have no binary version: a Conv1d and a Conv2d subclass."""
+    """A model with layers that have no binary version: a ConvTranspose1d and a Conv2d subclass."""
 
     class PaddedConv(nn.Conv2d):  # its own forward, like timm's Conv2dSame
         def forward(self, x):
@@ -278,7 +278,7 @@ class Odd(nn.Module):
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.mid = nn.Conv2d(4, 4, 3, padding=1)
         self.same = self.PaddedConv(4, 4, 3)
-        self.gate = nn.Conv1d(1, 1, 3, padding=1)
+        self.gate = nn.ConvTranspose1d(1, 1, 3, padding=1)  # the same length out
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
@@ -293,15 +293,16 @@ def test_unconvertible_layers_are_named_in_one_warning():
         bnet = binarize(Odd())
     messages = [str(w.message) for w in record if "no binary version" in str(w.message)]
     assert len(messages) == 1
-    assert "'same' (PaddedConv)" in messages[0] and "'gate' (Conv1d)" in messages[0]
+    assert "'same' (PaddedConv)" in messages[0] and "'gate' (ConvTranspose1d)" in messages[0]
+    assert "only exact nn.Conv1d, nn.Conv2d and nn.Linear are converted" in messages[0]
     assert isinstance(bnet.mid, BinaryConv2d)
-    assert type(bnet.same) is Odd.PaddedConv and type(bnet.gate) is nn.Conv1d
+    assert type(bnet.same) is Odd.PaddedConv and type(bnet.gate) is nn.ConvTranspose1d
     assert bnet(torch.randn(2, 3, 6, 6)).shape == (2, 3)
     # keep= names them: no warning, and a pattern that matches only them is not "unmatched"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         binarize(Odd(), keep=["same", "gate"])
-    with pytest.warns(UserWarning, match=r"'gate' \(Conv1d\)") as record:
+    with pytest.warns(UserWarning, match=r"'gate' \(ConvTranspose1d\)") as record:
         binarize(Odd(), keep=["same"])
     assert "'same'" not in str(record[0].message)
 

@@ -1,4 +1,4 @@
-"""``binarize``: turn the convolutions and linears of a float model into binary layers."""
+"""``binarize``: turn the 1-D and 2-D convolutions and the linears of a float model into binary layers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .estimators import get_estimator
-from .layers import SCALINGS, BinaryConv2d, BinaryLinear
+from .layers import SCALINGS, BinaryConv1d, BinaryConv2d, BinaryLinear
+
+#: the layer types ``binarize`` converts (exactly these types, not their subclasses) and their binary versions
+CONVERTED: dict[type, type] = {nn.Conv1d: BinaryConv1d, nn.Conv2d: BinaryConv2d, nn.Linear: BinaryLinear}
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -23,20 +26,20 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def _unconvertible(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Convolutions and linears that ``binarize`` has no binary version of.
 
-    Conv1d/Conv3d/transposed convs, and subclasses of ``nn.Conv2d``/``nn.Linear`` with
-    their own forward (timm's ``Conv2dSame``, ``StdConv2d``, a parametrized or lazy
+    Conv3d and transposed convs, and subclasses of ``nn.Conv1d``/``nn.Conv2d``/``nn.Linear``
+    with their own forward (timm's ``Conv2dSame``, ``StdConv2d``, a parametrized or lazy
     layer, the ``out_proj`` of ``nn.MultiheadAttention``); layers that are already
     binary are not listed.
     """
     return [
         (n, m) for n, m in model.named_modules()
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-        and type(m) not in (nn.Conv2d, nn.Linear) and getattr(m, "precision", 32) != 1
+        and type(m) not in CONVERTED and getattr(m, "precision", 32) != 1
     ]
 
 
 def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8, attention: frozenset[str] = frozenset()) -> str:
-    """``'a' (Conv1d), 'b' (Conv2dSame)``, the first ``limit`` of them and a count of the rest; the ``out_proj``
+    """``'a' (Conv3d), 'b' (Conv2dSame)``, the first ``limit`` of them and a count of the rest; the ``out_proj``
     of an ``nn.MultiheadAttention`` (among the names ``attention``) is said with the in-projection that stays
     float beside it (a Parameter of the attention, not a layer)."""
     def one(n: str, m: nn.Module) -> str:
@@ -45,7 +48,7 @@ def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8, attention: fr
             return f"{n!r} ({type(m).__name__}, and the in-projection weights of {parent!r}: all of that " \
                 "MultiheadAttention)"
         base = type(m).__bases__[0] if parametrize.is_parametrized(m) else None
-        if base in (nn.Conv2d, nn.Linear):  # torch.nn.utils.parametrizations.weight_norm, spectral_norm, ...
+        if base in CONVERTED:  # torch.nn.utils.parametrizations.weight_norm, spectral_norm, ...
             return f"{n!r} ({type(m).__name__}: torch.nn.utils.parametrize.remove_parametrizations(layer, " \
                 f"'{next(iter(m.parametrizations))}') before binarize makes it the {base.__name__} it converts)"
         return f"{n!r} ({type(m).__name__})"
@@ -83,8 +86,8 @@ def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Mod
     training them, and their ``requires_grad``, their ties to other layers and their memory format stay. The
     hooks registered on ``module`` stay too (the same dicts, so their handles still remove them)."""
     try:
-        if isinstance(module, nn.Conv2d):
-            new: nn.Module = BinaryConv2d(
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            new: nn.Module = CONVERTED[type(module)](
                 module.in_channels, module.out_channels, module.kernel_size, module.stride,
                 module.padding, module.dilation, module.groups, module.bias is not None,
                 module.padding_mode, module.weight.device, module.weight.dtype, **common,
@@ -158,11 +161,11 @@ def binarize(
     inplace: bool = False,
     **hyperparameters: Any,
 ) -> nn.Module:
-    """Replace the ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` with binary ones.
+    """Replace the ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` with binary ones.
 
     Each binary layer keeps the latent weights and biases of the layer it replaces, so a
-    pre-trained float model starts from its own weights. By default the first conv (an
-    MLP's first linear) and the last linear layer stay full precision (the usual BNN
+    pre-trained float model starts from its own weights. By default the first conv (1-D or
+    2-D; an MLP's first linear) and the last linear layer stay full precision (the usual BNN
     practice and the paper's: a first layer with binary input would see only the signs of
     the pixels).
 
@@ -195,8 +198,9 @@ def binarize(
         feed-forward linears become binary has its inference fast path turned off: in eval mode without
         gradients that fused kernel reads their float latent weights, not the binary layers.
 
-    Only exact ``nn.Conv2d`` and ``nn.Linear`` layers are converted. Other convolutions
-    and linears (Conv1d, subclasses with their own forward such as timm's
+    Only exact ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Linear`` layers are converted (to
+    ``BinaryConv1d``, ``BinaryConv2d``, ``BinaryLinear``). Other convolutions and linears
+    (Conv3d, ConvTranspose1d/2d/3d, subclasses with their own forward such as timm's
     ``Conv2dSame``) stay in full precision with one warning that names them, unless
     ``keep`` lists them. A layer that cannot be copied raises a ``ValueError`` naming it.
     """
@@ -226,7 +230,7 @@ def binarize(
             stacklevel=2,
         )
     # every name of each layer: a module used in two places is one layer, converted once and set at each
-    named = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if type(m) in (nn.Conv2d, nn.Linear)]
+    named = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if type(m) in CONVERTED]
     others = _unconvertible(model)
     first, last = _first_and_last(model, {n for n, _ in named + others})
     candidates = [n for n, _ in named] + [n for n, _ in others]
@@ -243,9 +247,8 @@ def binarize(
     if others:
         warnings.warn(
             f"binarize: {len(others)} layer(s) have no binary version in reste and stay in full precision: "
-            f"{_describe(others, attention=_attention_names(model))}; only exact nn.Conv2d and nn.Linear are "
-            "converted (list them in keep= "
-            "to silence this)",
+            f"{_describe(others, attention=_attention_names(model))}; only exact nn.Conv1d, nn.Conv2d and "
+            "nn.Linear are converted (list them in keep= to silence this)",
             stacklevel=2,
         )
 

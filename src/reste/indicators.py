@@ -9,12 +9,12 @@
 Two modes:
 
 ``"paper"`` reproduces the authors' ``--cal_ind`` exactly: only binary 3x3 conv
-weights; F is the unclipped power function sign(w) abs(w)^(1/o_end) at o_end
+weights (2-D: a 1-D conv's kernel is never 3x3); F is the unclipped power function sign(w) abs(w)^(1/o_end) at o_end
 (whatever the estimator and the current o), compared with torch.sign (0 for 0);
 each epoch reports its last iteration; over the run the error is averaged over
 epochs and the stability summed.
 
-``"general"`` works for every estimator: every binary layer, F is the layer's
+``"general"`` works for every estimator: every binary layer (linear, 1-D and 2-D conv), F is the layer's
 own estimator at its current schedule values, sign maps 0 to +1, and each epoch
 reports the mean over all its iterations; over the run both are averaged.
 
@@ -158,9 +158,9 @@ class EquilibriumMeter:
     def __init__(self, model: nn.Module, mode: str = "general", o_end: float | None = None) -> None:
         _check_mode(mode)
         if not indicator_layers(model, mode):
-            if binary_layers(model):  # binary, but no 3x3 conv: an MLP, a transformer, 1x1 convs
-                raise ValueError("the model has no binary 3x3 conv, the only layers of the 'paper' indicators (the "
-                                 "authors'); use mode='general', which reads every binary layer")
+            if binary_layers(model):  # binary, but no 3x3 conv: an MLP, a transformer, 1x1 or 1-D convs
+                raise ValueError("the model has no binary 3x3 conv (2-D), the only layers of the 'paper' indicators "
+                                 "(the authors'); use mode='general', which reads every binary layer")
             raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers); pass the "
                              "model that reste.binarize returned")
         if mode == "general":  # F of each layer's estimator: one without it is refused now, not after a step

@@ -23,7 +23,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def _macs(module: nn.Module, out: torch.Tensor) -> int:
     """Multiply-accumulates of one call of a conv or linear layer, per sample of the batch."""
     per_sample = out[0].numel() if out.dim() > 1 else out.numel()
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size)
     if isinstance(module, nn.Linear):
         return per_sample * module.in_features
