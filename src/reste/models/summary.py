@@ -100,7 +100,8 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
 
 
 def describe(model: nn.Module, input_size: tuple[int, ...]) -> str:
-    """The per-layer table and the totals of ``model`` on one input of ``input_size`` (C, H, W), as
+    """The per-layer table and the totals of ``model`` on one input of ``input_size`` ((C, H, W); (C, L) for a
+    1-D conv model), as
     ``reste summary`` prints them: ``print(reste.models.describe(model, (3, 32, 32)))``."""
     rows = layer_summary(model, input_size)
     return f"{format_summary(rows)}\n\n{format_totals(summary_totals(rows, input_size))}"
@@ -149,11 +150,14 @@ def summary_totals(rows: list[dict[str, Any]], input_size: tuple[int, ...]) -> d
 def format_totals(totals: dict[str, Any]) -> str:
     """Four lines: input size, parameters, operations and sizes with the compression ratio."""
     size = "x".join(map(str, totals["input_size"]))
+    # what the sizes are: an image's (C, H, W), a 1-D signal's (C, L) (a Conv1d model), a vector's (features)
+    shape = {3: "C x H x W, one image", 2: "C x L, one sequence", 1: "features, one sample"}.get(
+        len(totals["input_size"]), "one sample")
     return "\n".join([
-        f"input       {size} (C x H x W, one image)",
+        f"input       {size} ({shape})",
         f"parameters  {totals['params']:,}, binary {totals['binary_params']:,} "
         f"({100 * totals['binary_share']:.1f}%)",
-        f"MACs        {totals['macs']:,} per image, binary ops {totals['binary_ops']:,} "
+        f"MACs        {totals['macs']:,} per {'image' if len(totals['input_size']) == 3 else 'sample'}, binary ops {totals['binary_ops']:,} "
         f"({100 * totals['binary_ops_share']:.1f}%)",
         f"size        float {totals['float_bytes'] / 1024:,.1f} KiB, packed {totals['packed_bytes'] / 1024:,.1f} KiB: "
         f"compression {totals['compression']:.1f}x",
