@@ -8,6 +8,11 @@ arrays in the node (``Bits`` for binary weights) until the file is written.
 The ops and their attributes are listed in :mod:`reste.export.ir`, the table that the
 file writer and the runtime read too.
 
+A 1-D layer (``Conv1d`` float or binary, ``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d``) becomes its
+2-D op on a height of 1 between an ``unsqueeze`` and a ``squeeze`` of dimension 2; :func:`drop_unit_dims`
+then moves each squeeze past the per-element and per-channel ops after it and drops it where the next
+1-D layer's unsqueeze undoes it, so a 1-D network runs as a 2-D one on (N, C, 1, L).
+
 Batch norms are folded where that is exact: into the float conv or linear they
 directly follow, and into a float linear they directly precede (BatchNorm1d ->
 Linear); next to a linear only where its tensor is (N, features), which the shapes
@@ -79,20 +84,30 @@ def _pair(v: Any) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
 
 
-def _conv_padding(m: nn.Conv2d, name: str) -> list[int]:
+def _lifted(v: Any) -> list[int]:
+    """A 1-D layer's size, stride or dilation (``k`` or ``(k,)``) as its 2-D op's on a height of 1: ``[1, k]``."""
+    return [1, int(v[0] if isinstance(v, (tuple, list)) else v)]
+
+
+def _conv_padding(m: nn.Conv1d | nn.Conv2d, name: str) -> list[int]:
+    """[top, bottom, left, right] of a 2-D conv; of a 1-D one, [0, 0, left, right] (on a height of 1)."""
     if m.padding_mode != "zeros":
         raise UsageError(f"cannot export {name} ({m.__class__.__name__}): padding_mode={m.padding_mode!r} is not "
                          "supported, only 'zeros'")
+    pads: list[int] = []
     if isinstance(m.padding, str):
-        if m.padding == "valid":
-            return [0, 0, 0, 0]
-        pads = []
         for k, d in zip(m.kernel_size, m.dilation):
-            total = d * (k - 1)
+            total = 0 if m.padding == "valid" else d * (k - 1)
             pads += [total // 2, total - total // 2]
-        return pads
-    ph, pw = _pair(m.padding)
-    return [ph, ph, pw, pw]
+    else:
+        sizes = [m.padding] * len(m.kernel_size) if isinstance(m.padding, int) else m.padding
+        pads = [int(p) for p in sizes for _ in range(2)]
+    return [0, 0] * (2 - len(pads) // 2) + pads
+
+
+def _on_unit_height(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A 1-D layer's nodes: its 2-D op(s) on (N, C, 1, L), between an unsqueeze and a squeeze of that height."""
+    return [{"op": "unsqueeze", "dim": 2}, *parts, {"op": "squeeze", "dim": 2}]
 
 
 def _affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray]:
@@ -123,22 +138,50 @@ def _binary_weights(m: nn.Module) -> tuple[Bits, np.ndarray | None]:
     return Bits(_np(torch.where(w < 0, -1.0, 1.0))), a
 
 
+def _conv_nodes(m: nn.Conv1d | nn.Conv2d, name: str) -> dict[str, Any] | list[dict[str, Any]]:
+    """The 2-D conv node(s) of a float or binary conv; a 1-D one's act on a height of 1 (weights (O, I, 1, k))."""
+    binary = getattr(m, "precision", 32) == 1
+    geometry = _lifted if isinstance(m, nn.Conv1d) else _pair
+
+    def four_d(a: np.ndarray) -> np.ndarray:  # (O, I, k) -> (O, I, 1, k)
+        return a.reshape(a.shape[0], a.shape[1], 1, a.shape[2]) if a.ndim == 3 else a
+
+    node: dict[str, Any] = {
+        "stride": geometry(m.stride), "pad": _conv_padding(m, name), "dil": geometry(m.dilation), "b": _np(m.bias),
+    }
+    if not binary:
+        return {"op": "conv", **node, "w": four_d(_np(m.weight)), "groups": m.groups}
+    w, alpha = _binary_weights(m)
+    w = Bits(four_d(w.array))
+    if m.groups != 1:  # no packed kernel: sign, then a float conv on its +-alpha weights (exact values)
+        scaled = w.array if alpha is None else w.array * alpha.reshape(-1, 1, 1, 1)
+        conv = {"op": "conv", **node, "w": scaled, "groups": m.groups}
+        return [{"op": "sign"}, conv] if getattr(m, "input_precision", 1) == 1 else [conv]
+    return {"op": "bconv", **node, "w": w, "alpha": alpha, "bin_in": getattr(m, "input_precision", 1) == 1}
+
+
+def _pool1d(m: nn.Module, name: str) -> list[dict[str, Any]]:
+    """A 1-D pooling layer's nodes: its 2-D pool on a height of 1."""
+    if isinstance(m, nn.MaxPool1d):
+        if m.return_indices:
+            raise UsageError(f"cannot export {name}: MaxPool1d(return_indices=True)")
+        return _on_unit_height([_maxpool(_lifted(m.kernel_size), _lifted(m.stride or m.kernel_size),
+                                         [0, _lifted(m.padding)[1]], _lifted(m.dilation), m.ceil_mode)])
+    if isinstance(m, nn.AvgPool1d):
+        return _on_unit_height([_avgpool(_lifted(m.kernel_size), _lifted(m.stride or m.kernel_size),
+                                         [0, _lifted(m.padding)[1]], m.ceil_mode, m.count_include_pad, None)])
+    return _on_unit_height([{"op": "adaptive_avgpool", "size": _lifted(m.output_size)}])
+
+
 def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any]] | None:
     """The node for a leaf module (a list: nodes in a chain); ``None`` for modules that are the identity in
     eval mode."""
     binary = getattr(m, "precision", 32) == 1
+    if isinstance(m, nn.Conv1d):
+        node = _conv_nodes(m, name)
+        return _on_unit_height(node if isinstance(node, list) else [node])
     if isinstance(m, nn.Conv2d):
-        node: dict[str, Any] = {
-            "stride": _pair(m.stride), "pad": _conv_padding(m, name), "dil": _pair(m.dilation), "b": _np(m.bias),
-        }
-        if not binary:
-            return {"op": "conv", **node, "w": _np(m.weight), "groups": m.groups}
-        w, alpha = _binary_weights(m)
-        if m.groups != 1:  # no packed kernel: sign, then a float conv on its +-alpha weights (exact values)
-            scaled = w.array if alpha is None else w.array * alpha.reshape(-1, 1, 1, 1)
-            conv = {"op": "conv", **node, "w": scaled, "groups": m.groups}
-            return [{"op": "sign"}, conv] if getattr(m, "input_precision", 1) == 1 else [conv]
-        return {"op": "bconv", **node, "w": w, "alpha": alpha, "bin_in": getattr(m, "input_precision", 1) == 1}
+        return _conv_nodes(m, name)
     if isinstance(m, nn.Linear):
         if not binary:
             return {"op": "linear", "w": _np(m.weight), "b": _np(m.bias)}
@@ -170,15 +213,21 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
     if isinstance(m, nn.MaxPool2d):
         if m.return_indices:
             raise UsageError(f"cannot export {name}: MaxPool2d(return_indices=True)")
-        return {"op": "maxpool", "k": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size),
-                "pad": _pair(m.padding), "dil": _pair(m.dilation), "ceil": bool(m.ceil_mode)}
+        return _maxpool(_pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding), _pair(m.dilation),
+                        m.ceil_mode)
+    if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)):
+        return _pool1d(m, name)
     if isinstance(m, nn.AvgPool2d):
         return _avgpool(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return {"op": "adaptive_avgpool", "size": _adaptive_size(m.output_size)}
     raise UsageError(f"cannot export {name}: module type {type(m).__name__} is not supported; "
-                     "supported: Conv2d, Linear, binary layers, BatchNorm1d/2d, ReLU, ReLU6, Hardtanh, "
-                     "LeakyReLU, PReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Identity, Dropout")
+                     "supported: Conv1d/2d, Linear, binary layers, BatchNorm1d/2d, ReLU, ReLU6, Hardtanh, "
+                     "LeakyReLU, PReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, Identity, Dropout")
+
+
+def _maxpool(k: list[int], stride: list[int], pad: list[int], dil: list[int], ceil: bool) -> dict[str, Any]:
+    return {"op": "maxpool", "k": k, "stride": stride, "pad": pad, "dil": dil, "ceil": bool(ceil)}
 
 
 def _avgpool(k: Any, stride: Any, pad: Any, ceil: bool, incl: bool, div: Any) -> dict[str, Any]:
@@ -352,10 +401,26 @@ class _Builder:
             return self.add(node, [self.tensor(a[0], where)])
         if f is F.max_pool2d:
             k = self._kw(n, 1, "kernel_size", None)
-            node = {"op": "maxpool", "k": _pair(k), "stride": _pair(self._kw(n, 2, "stride", None) or k),
-                    "pad": _pair(self._kw(n, 3, "padding", 0)), "dil": _pair(self._kw(n, 4, "dilation", 1)),
-                    "ceil": bool(self._kw(n, 5, "ceil_mode", False))}
+            node = _maxpool(_pair(k), _pair(self._kw(n, 2, "stride", None) or k), _pair(self._kw(n, 3, "padding", 0)),
+                            _pair(self._kw(n, 4, "dilation", 1)), self._kw(n, 5, "ceil_mode", False))
             return self.add(node, [self.tensor(a[0], where)])
+        if f is F.max_pool1d:
+            k = self._kw(n, 1, "kernel_size", None)
+            node = _maxpool(_lifted(k), _lifted(self._kw(n, 2, "stride", None) or k),
+                            [0, _lifted(self._kw(n, 3, "padding", 0))[1]], _lifted(self._kw(n, 4, "dilation", 1)),
+                            self._kw(n, 5, "ceil_mode", False))
+            return self.chain(_on_unit_height([node]), self.tensor(a[0], where))
+        if f is F.avg_pool1d:
+            k = self._kw(n, 1, "kernel_size", None)
+            node = _avgpool(_lifted(k), _lifted(self._kw(n, 2, "stride", None) or k),
+                            [0, _lifted(self._kw(n, 3, "padding", 0))[1]], self._kw(n, 4, "ceil_mode", False),
+                            self._kw(n, 5, "count_include_pad", True), None)
+            return self.chain(_on_unit_height([node]), self.tensor(a[0], where))
+        if f is F.adaptive_avg_pool1d:
+            node = {"op": "adaptive_avgpool", "size": _lifted(self._kw(n, 1, "output_size", None))}
+            return self.chain(_on_unit_height([node]), self.tensor(a[0], where))
+        if f in (torch.unsqueeze, torch.squeeze):
+            return self.unit_dim(n, f.__name__)
         if f is torch.mean:
             return self.mean(n)
         if f in (F.dropout, F.dropout2d):
@@ -386,6 +451,8 @@ class _Builder:
                              "end": self._kw(n, 2, "end_dim", -1)}, [x])
         if name == "mean":
             return self.mean(n)
+        if name in ("unsqueeze", "squeeze"):
+            return self.unit_dim(n, name)
         if name in ("view", "reshape"):
             shape = [_const(s, self.env) for s in a[1:]]
             if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
@@ -413,6 +480,29 @@ class _Builder:
             return self.add({"op": "relu"}, [x])
         raise _Refused(f"cannot export {name} with one bound (min={lo}, max={hi}): give both (as Hardtanh), "
                        "or min=0 alone (as ReLU)", n.name)
+
+    def chain(self, parts: list[dict[str, Any]], x: int) -> int:
+        """Nodes one after the other from ``x``; the last one's index."""
+        for part in parts:
+            x = self.add(part, [x])
+        return x
+
+    def unit_dim(self, n: fx.Node, name: str) -> int:
+        """``x.unsqueeze(dim)`` / ``x.squeeze(dim)`` (or torch's functions): a unit dimension added or removed, never
+        the batch; a negative ``dim`` where the shapes were propagated (``input_size``) give the rank."""
+        dim = self._kw(n, 1, "dim", None)
+        meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
+        rank = len(meta.shape) if isinstance(meta, TensorMetadata) else None
+        if isinstance(dim, int) and dim < 0 and rank is not None:
+            dim += rank + (name == "unsqueeze")
+        if not isinstance(dim, int) or not 1 <= dim <= ir.MAX_DIM:
+            given = "no dim" if dim is None else f"dim={dim!r}"
+            raise UsageError(f"cannot export {name} with {given}: give one dimension after the batch (x.{name}(1); a "
+                             "negative one needs input_size)")
+        if name == "squeeze" and isinstance(meta, TensorMetadata) and (dim >= rank or meta.shape[dim] != 1):
+            raise UsageError(f"cannot export squeeze({dim}) of a tensor of shape {tuple(meta.shape)}: only a "
+                             "dimension of size 1 (one that squeeze removes)")
+        return self.add({"op": name, "dim": dim}, [self.tensor(n.args[0], name)])
 
     def mean(self, n: fx.Node) -> int:
         dims = self._kw(n, 1, "dim", None)
@@ -489,6 +579,58 @@ def fold_batch_norms(nodes: list[dict[str, Any]], output: int,
             folded += 1
     output = alias.get(output, output)
     return _compact(nodes, output) + (folded,)
+
+
+#: ops that act on each element, or on each channel (axis 1), the same way at any rank: a squeeze of a later
+#: dimension gives the same values before them as after them
+_PER_CHANNEL = ("relu", "sign", "hardtanh", "leaky_relu", "prelu", "affine")
+
+
+def drop_unit_dims(nodes: list[dict[str, Any]], output: int, ranks: dict[int, int] | None = None
+                   ) -> tuple[list[dict[str, Any]], int, dict[int, int]]:
+    """Move each ``squeeze`` past the per-element and per-channel ops that follow it (and an ``add`` of two
+    values squeezed the same way), and drop it where an ``unsqueeze`` of the same dimension undoes it; a
+    squeeze still needed is made once, where its value is first read. A 1-D network (Conv1d -> BatchNorm1d
+    -> sign -> Conv1d ...) then runs as a 2-D one on (N, C, 1, L), each conv straight into the nodes the
+    runtime fuses with it and the batch norm that folds into it. Returns (nodes, output, ranks), ``ranks``
+    (node index -> rank of its output, as :func:`fold_batch_norms` takes them) renumbered."""
+    ranks = ranks or {}
+    out: list[dict[str, Any]] = []
+    new_ranks: dict[int, int] = {}
+    where: dict[int, tuple[int, int | None]] = {}  # node -> (new node, the dim of a squeeze after it not made yet)
+    squeezes: dict[tuple[int, int], int] = {}  # (new node, dim) -> its squeeze, once made
+    names: dict[tuple[int, int], Any] = {}  # the module a pending squeeze came from
+
+    def emit(node: dict[str, Any], inputs: list[int], rank: int | None) -> int:
+        out.append({**node, "in": inputs})
+        if rank is not None:
+            new_ranks[len(out) - 1] = rank
+        return len(out) - 1
+
+    def value(i: int) -> int:
+        j, dim = where[i]
+        if dim is None:
+            return j
+        if (j, dim) not in squeezes:
+            named = {"name": names[j, dim]} if names.get((j, dim)) is not None else {}
+            squeezes[j, dim] = emit({"op": "squeeze", "dim": dim, **named}, [j], ranks.get(i))
+        return squeezes[j, dim]
+
+    for i, node in enumerate(nodes):
+        pending = [where[k] for k in node["in"]]
+        op, rank = node["op"], ranks.get(i)
+        if op == "squeeze" and pending[0][1] is None:
+            where[i] = (pending[0][0], node["dim"])
+            names.setdefault(where[i], node.get("name"))
+        elif op == "unsqueeze" and pending[0][1] == node["dim"]:
+            where[i] = (pending[0][0], None)
+        elif pending and pending[0][1] is not None and (
+                op in _PER_CHANNEL or op == "add" and pending[1][1] == pending[0][1]):
+            j = emit(node, [p[0] for p in pending], None if rank is None else rank + 1)
+            where[i] = (j, pending[0][1])
+        else:
+            where[i] = (emit(node, [value(k) for k in node["in"]], rank), None)
+    return out, value(output), new_ranks
 
 
 def _compact(nodes: list[dict[str, Any]], output: int) -> tuple[list[dict[str, Any]], int]:
@@ -578,4 +720,4 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
     for n, i in builder.env.items():  # the fx node that made a graph node comes first (identities reuse it)
         if isinstance(i, int) and isinstance(n.meta.get("tensor_meta"), TensorMetadata):
             ranks.setdefault(i, len(n.meta["tensor_meta"].shape))
-    return fold_batch_norms(nodes, output, ranks)
+    return fold_batch_norms(*drop_unit_dims(nodes, output, ranks))

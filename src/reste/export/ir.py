@@ -9,7 +9,10 @@ imported here, so the runtime reads the table without torch.fx or the training c
 
 A node is a dict: ``op`` (a name in :data:`OPS`), ``in`` (indices of earlier nodes; node 0
 is the input), optionally ``name`` (the module it came from), and the op's attributes.
-``pad`` is ``[top, bottom, left, right]``. The ops:
+``pad`` is ``[top, bottom, left, right]``. A 1-D layer (``Conv1d``, ``MaxPool1d``, ...) is its 2-D op
+on a height of 1 (kernel, stride, padding and dilation 1 along the height) between an ``unsqueeze``
+and a ``squeeze`` of that height; the graph builder drops each ``squeeze`` that an ``unsqueeze`` of the
+same dimension undoes, so consecutive 1-D layers run as 2-D ones on (N, C, 1, L). The ops:
 
     input     [shape]                                   node 0; shape (C, H, W) when known
     conv      w, b, stride, pad, dil, groups [shift_err] float convolution
@@ -30,6 +33,8 @@ is the input), optionally ``name`` (the module it came from), and the op's attri
     reshape   shape (without the batch dimension)
     slice     ranges: [start, stop, step] per dimension from 0 (null = default)
     cpad      pads (``F.pad`` order), value             constant padding
+    unsqueeze dim                                       a new dimension of size 1 at dim (>= 1)
+    squeeze   dim                                       removes dimension dim (>= 1), of size 1
 
 ``shift_err`` (built, not written; export's check adds it to the float32 reference's bounds): how far
 the float32 model may put a batch norm's shift from the stored one, which it computes from the running
@@ -87,7 +92,12 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("reshape", ("shape",)),
     Op("slice", ("ranges",)),
     Op("cpad", ("pads", "value")),
+    Op("unsqueeze", ("dim",)),
+    Op("squeeze", ("dim",)),
 )}
+
+#: the most dimensions an ``unsqueeze`` or ``squeeze`` may name (the batch is dimension 0, never named)
+MAX_DIM = 8
 
 #: The header's ``format``: what every file reste writes names itself (a reader refuses any other name).
 FORMAT_NAME = "reste-packed"
@@ -215,6 +225,8 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
         _ints(node["shape"], None, -1, f"{where} shape", high=2 ** 40)
         if 0 in node["shape"] or node["shape"].count(-1) > 1:
             raise ValueError(f"{where} shape must hold sizes >= 1 and at most one -1, got {node['shape']!r}")
+    if op in ("unsqueeze", "squeeze") and not (type(node["dim"]) is int and 1 <= node["dim"] <= MAX_DIM):
+        raise ValueError(f"{where} dim must be an integer in [1, {MAX_DIM}], got {node['dim']!r}")
     if op == "cpad":
         _ints(node["pads"], None, -(2 ** 31), f"{where} pads")  # a negative pad crops: any size does
         _number(node["value"], f"{where} value", infinite=True)  # -inf padding before a max pool

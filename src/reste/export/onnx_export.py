@@ -39,12 +39,17 @@ def _float_layer(m: nn.Module, name: str) -> nn.Module:
     """A plain float layer computing the eval forward of binary layer ``m`` (``name``: for errors)."""
     with torch.no_grad():
         w = m.binary_weight().detach().clone()
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         if m.padding_mode != "zeros":
             raise UsageError(f"cannot export {name} to ONNX: padding_mode={m.padding_mode!r} is not supported, "
                              "only 'zeros'")
-        new: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                                   m.groups, bias=m.bias is not None)
+        conv = nn.Conv1d if isinstance(m, nn.Conv1d) else nn.Conv2d
+        padding = m.padding
+        totals = [d * (k - 1) for k, d in zip(m.kernel_size, m.dilation)]
+        if padding == "same" and all(t % 2 == 0 for t in totals):  # ONNX Runtime's SAME takes no dilation
+            padding = tuple(t // 2 for t in totals)
+        new: nn.Module = conv(m.in_channels, m.out_channels, m.kernel_size, m.stride, padding, m.dilation,
+                              m.groups, bias=m.bias is not None)
     elif isinstance(m, nn.Linear):
         new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     else:

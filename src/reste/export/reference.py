@@ -27,7 +27,8 @@ depend on the summation order, and the tolerance that follows from the computati
   add                    ``e_a + e_b + u (|a| + |b|)``
   average, mean          the average of ``e_in`` plus ``g(k + 1)`` times the average of
                          ``|x|``, k the window size
-  max pool, slices, ...  carried through (``|max x' - max x| <= max |x' - x|``)
+  max pool, slices,      carried through (``|max x' - max x| <= max |x' - x|``)
+  (un)squeeze, ...
   relu, hardtanh         carried through; leaky ReLU / PReLU: times ``max(1, |slope|)``
   sign                   0 (exact, unless it flips)
   =====================  ==============================================================
@@ -60,6 +61,7 @@ from torch import nn
 
 from . import format as fmt
 from . import ir
+from .runtime import unit_squeeze
 
 #: float32 unit roundoff.
 U32 = 2.0 ** -24
@@ -194,6 +196,10 @@ class _Evaluator:
             return v[index], e[index]
         if op == "cpad":
             return F.pad(v, node["pads"], "constant", node["value"]), F.pad(e, node["pads"], "constant", 0.0)
+        if op == "unsqueeze":
+            return v.unsqueeze(node["dim"]), e.unsqueeze(node["dim"])
+        if op == "squeeze":
+            return unit_squeeze(v, node["dim"]), unit_squeeze(e, node["dim"])
         raise ValueError(f"the float64 reference does not know op {op!r}")
 
     def matmul(self, node: dict[str, Any], v: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,10 +334,16 @@ def _within(got: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor) -> tuple[
     return bool((diff <= allowed).all()), ratio
 
 
+def _same_but_unit_dims(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether two shapes hold the same values in the same order: the same batch and sizes but for sizes 1."""
+    return a[:1] == b[:1] and [d for d in a[1:] if d != 1] == [d for d in b[1:] if d != 1]
+
+
 def compare(ref: Reference, logits: Any, sites: list[Any] | None = None) -> Comparison:
     """Sort each image into agree / near-tie / mismatch (see the module docstring).
 
-    ``sites`` are the implementation's sign inputs in the order of ``ref.sites``; with
+    ``sites`` are the implementation's sign inputs in the order of ``ref.sites`` (of the same shapes but for
+    sizes 1: a 1-D layer's (N, C, L) is the graph's (N, C, 1, L)); with
     a different count (or ``None``) only the logits are compared, and a disagreeing
     image counts as a near-tie when the reference has any sign input within the slack
     bound of zero for it.
@@ -339,10 +351,11 @@ def compare(ref: Reference, logits: Any, sites: list[Any] | None = None) -> Comp
     got = torch.as_tensor(np.asarray(logits)).to(torch.float64)
     n = got.shape[0]
     traced = sites is not None and len(sites) == len(ref.sites) and all(
-        tuple(s.shape) == tuple(r.shape) for s, r in zip(sites, ref.sites))
+        _same_but_unit_dims(tuple(s.shape), tuple(r.shape)) for s, r in zip(sites, ref.sites))
     result = Comparison(images=n, traced=traced)
     result.same_predictions = int((got.argmax(1) == ref.logits.argmax(1)).sum())
-    traced_sites = [torch.as_tensor(s) for s in sites] if traced else None
+    # a 1-D layer's sign input is (N, C, L) in the model and (N, C, 1, L) in the graph: the same values
+    traced_sites = [torch.as_tensor(s).reshape(r.shape) for s, r in zip(sites, ref.sites)] if traced else None
     for i in range(n):
         status, detail, ratio = _image_status(ref, got, traced_sites, i)
         if status == "agree":

@@ -251,6 +251,13 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
 
 
+def unit_squeeze(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` without its dimension ``dim``, which must have size 1 (``torch.squeeze`` would keep any other)."""
+    if not 0 < dim < x.dim() or x.shape[dim] != 1:
+        raise ValueError(f"squeeze of dimension {dim}, which is not of size 1 in shape {tuple(x.shape)}")
+    return x.squeeze(dim)
+
+
 def _last_axis(x: torch.Tensor, channels: int) -> np.ndarray | None:
     """A float32 activation as a C-contiguous NumPy (..., C) view of its memory, channels last (what
     the C kernels' per-channel ops take): for (N, C, H, W) in channels-last memory and contiguous
@@ -496,6 +503,12 @@ class PackedModel:
         if op == "cpad":
             pads, value = node["pads"], node["value"]
             return lambda x: F.pad(x, pads, "constant", value)
+        if op == "unsqueeze":
+            dim = node["dim"]
+            return lambda x: x.unsqueeze(dim)
+        if op == "squeeze":
+            dim = node["dim"]
+            return lambda x: unit_squeeze(x, dim)
         raise AssertionError(f"{op!r} is in the op table (reste.export.ir) but the runtime cannot run it")
 
     def _conv_relu_affine(self, conv: Callable, scale: np.ndarray, shift: np.ndarray) -> Callable:
