@@ -169,8 +169,8 @@ def test_bad_mode_and_empty_model():
         EquilibriumMeter(nn.Sequential(nn.Conv2d(1, 1, 3)), mode="general")
     # only 1x1 binary convs, or binary linears (a binarized MLP): nothing for the paper mode, which the error says
     # (it said "no binary layers", wrong for such a model)
-    for binary in (BinaryConv2d(1, 1, 1), reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4),
-                                                                          nn.Linear(4, 2)))):
+    for binary in (BinaryConv2d(1, 1, 1), reste.BinaryConv1d(1, 1, 3),  # a 1-D kernel of 3 is not a 3x3 one
+                   reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)))):
         with pytest.raises(ValueError, match="no binary 3x3 conv.*use mode='general'"):
             EquilibriumMeter(nn.Sequential(binary), mode="paper")
 
