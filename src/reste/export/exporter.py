@@ -94,7 +94,8 @@ def export_model(
             ``precision="bf16-true"``, float16, float64) through a float32 copy (the file holds float32 and
             bits; the signs of bfloat16 and float16 weights are those of their exact float32 values).
         path: the file to write.
-        input_size: (C, H, W), stored in the file; with ``verify`` the packed engine and
+        input_size: (C, H, W) ((C, L) for a 1-D conv model, (features,) for an MLP), stored in the file; with
+            ``verify`` the packed engine and
             the float32 model are then checked against the model in float64 on 16 random
             images, and the report gets ``verify`` (see :func:`verify_export`).
         meta: free-form JSON-safe information stored in the header (model name, data set, ...);

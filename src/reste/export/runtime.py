@@ -15,6 +15,7 @@ writes that conv's packed sign bits directly (``_BinaryConv.to_bits``; not while
 
 >>> model = PackedModel.load("resnet20.rbnn")
 >>> logits = model(images)            # (N, C, H, W) -> (N, classes) float32 tensor, as model.forward
+>>> logits = model1d(signals)         # (N, C, L) for a model of 1-D layers (run as 2-D ones on a height of 1)
 >>> labels = model.predict(images)
 """
 

@@ -157,7 +157,8 @@ def format_totals(totals: dict[str, Any]) -> str:
         f"input       {size} ({shape})",
         f"parameters  {totals['params']:,}, binary {totals['binary_params']:,} "
         f"({100 * totals['binary_share']:.1f}%)",
-        f"MACs        {totals['macs']:,} per {'image' if len(totals['input_size']) == 3 else 'sample'}, binary ops {totals['binary_ops']:,} "
+        f"MACs        {totals['macs']:,} per {'image' if len(totals['input_size']) == 3 else 'sample'}, "
+        f"binary ops {totals['binary_ops']:,} "
         f"({100 * totals['binary_ops_share']:.1f}%)",
         f"size        float {totals['float_bytes'] / 1024:,.1f} KiB, packed {totals['packed_bytes'] / 1024:,.1f} KiB: "
         f"compression {totals['compression']:.1f}x",
