@@ -489,3 +489,57 @@ def test_onnx_export_of_the_1d_cnn_matches_with_onnxruntime(tmp_path, trained):
     export_model(model, tmp_path / "d.rbnn", input_size=(1, 64), verify=False)
     c = compare(graph_reference(tmp_path / "d.rbnn", x[:50]), got)  # logits only: ONNX Runtime gives no signs
     assert c.mismatch == 0 and c.agree >= 1, c.problems
+
+
+def test_reste_predict_takes_float_signals_of_the_models_input_size(tmp_path, trained, capsys):
+    from reste.cli import main
+
+    model, x, y, _ = trained
+    export_model(model, tmp_path / "d.rbnn", input_size=(1, 64), verify=False)
+    np.save(tmp_path / "x.npy", x[:40].numpy())
+    np.save(tmp_path / "y.npy", y[:40].numpy())
+    assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "x.npy"), "--labels",
+                 str(tmp_path / "y.npy")]) == 0
+    got = np.load(tmp_path / "x.pred.npy")
+    assert got.shape == (40,) and float((got == y[:40].numpy()).mean()) > 0.6
+    np.save(tmp_path / "flat.npy", x[:4, 0].numpy())  # (N, L): the channel left out
+    assert main(["predict", str(tmp_path / "d.rbnn"), str(tmp_path / "flat.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("reste: error: ") and "must hold preprocessed float inputs (N, 1, 64)" in err[-1]
+
+
+class _Branches(nn.Module):
+    """Two binary 1-D branches concatenated along the channels, and a residual add, between two pools."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.BatchNorm1d(8))
+        self.a = nn.Sequential(BinaryConv1d(8, 8, 3, padding=1), nn.BatchNorm1d(8))
+        self.b = nn.Sequential(BinaryConv1d(8, 8, 5, padding=2, scaling="channel"), nn.BatchNorm1d(8))
+        self.mix = nn.Sequential(BinaryConv1d(16, 8, 1), nn.BatchNorm1d(8))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.max_pool1d(self.stem(x), 2)
+        y = self.mix(torch.cat([self.a(x), self.b(x)], 1)) + x
+        return self.fc(torch.flatten(F.adaptive_avg_pool1d(y, 1), 1))
+
+
+def test_branches_cat_and_residual_add_stay_on_the_unit_height(tmp_path):
+    torch.manual_seed(0)
+    model = _Branches().train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 2, 20))
+    model.eval()
+    report = export_model(model, tmp_path / "b.rbnn", input_size=(2, 20))
+    assert report["verify"]["ok"], report["verify"]
+    ops = [n["op"] for n in fmt.read(tmp_path / "b.rbnn")[0]["nodes"]]
+    assert ops.count("unsqueeze") == 1 and ops.count("squeeze") == 1, ops  # once in, once out before the flatten
+    x = torch.randn(6, 2, 20)
+    ref = graph_reference(tmp_path / "b.rbnn", x)
+    for backend in BACKENDS:
+        trace: list[torch.Tensor] = []
+        _assert_explained(compare(ref, PackedModel.load(tmp_path / "b.rbnn", backend=backend).forward(
+            x, trace=trace), trace), backend)
+    _assert_explained(compare(ref, *trace_model(model, x)), "model")

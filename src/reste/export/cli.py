@@ -45,7 +45,8 @@ def add_commands(subparsers: Any) -> None:
                                           "records; a float array is taken as preprocessed.")
     p.add_argument("exported", metavar="EXPORTED", help="a file written by `reste export`")
     p.add_argument("images", metavar="IMAGES", nargs="?",
-                   help="a .npy array: float (N, C, H, W) preprocessed, or uint8 raw pixels (N, C, H, W), "
+                   help="a .npy array: float (N, C, H, W) preprocessed ((N, C, L) for a model of 1-D layers), or "
+                        "uint8 raw pixels (N, C, H, W), "
                         "(N, H, W) for one channel, or one image; or one image file (PNG, JPEG, ...)")
     p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
     p.add_argument("--data-path", "--data_path", dest="data_path",

@@ -588,8 +588,8 @@ _PER_CHANNEL = ("relu", "sign", "hardtanh", "leaky_relu", "prelu", "affine")
 
 def drop_unit_dims(nodes: list[dict[str, Any]], output: int, ranks: dict[int, int] | None = None
                    ) -> tuple[list[dict[str, Any]], int, dict[int, int]]:
-    """Move each ``squeeze`` past the per-element and per-channel ops that follow it (and an ``add`` of two
-    values squeezed the same way), and drop it where an ``unsqueeze`` of the same dimension undoes it; a
+    """Move each ``squeeze`` past the per-element and per-channel ops that follow it (and an ``add`` or a ``cat``
+    along an earlier dimension of values squeezed the same way), and drop it where an ``unsqueeze`` of the same dimension undoes it; a
     squeeze still needed is made once, where its value is first read. A 1-D network (Conv1d -> BatchNorm1d
     -> sign -> Conv1d ...) then runs as a 2-D one on (N, C, 1, L), each conv straight into the nodes the
     runtime fuses with it and the batch norm that folds into it. Returns (nodes, output, ranks), ``ranks``
@@ -625,7 +625,9 @@ def drop_unit_dims(nodes: list[dict[str, Any]], output: int, ranks: dict[int, in
         elif op == "unsqueeze" and pending[0][1] == node["dim"]:
             where[i] = (pending[0][0], None)
         elif pending and pending[0][1] is not None and (
-                op in _PER_CHANNEL or op == "add" and pending[1][1] == pending[0][1]):
+                op in _PER_CHANNEL or op == "add" and pending[1][1] == pending[0][1]
+                or op == "cat" and all(p[1] == pending[0][1] for p in pending)
+                and type(node["dim"]) is int and 1 <= node["dim"] < pending[0][1]):  # channels: before the squeeze
             j = emit(node, [p[0] for p in pending], None if rank is None else rank + 1)
             where[i] = (j, pending[0][1])
         else:

@@ -96,19 +96,21 @@ def check_shape(size: tuple[int, ...] | None, shape: tuple[int, ...], what: str)
 
 def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple[int, ...] | None,
                  prep: Preprocessing | None) -> np.ndarray:
-    """Float32 (N, C, H, W) model inputs, of the model's input ``size`` when known, from a loaded
-    ``.npy`` array (``images``) or, with ``images=None``, from the image file at ``path``; raw
-    pixels get ``prep``."""
+    """Float32 (N, C, H, W) model inputs (N, *size: (N, C, L) for a model of 1-D layers), of the model's input
+    ``size`` when known, from a loaded ``.npy`` array (``images``) or, with ``images=None``, from the image file
+    at ``path``; raw pixels get ``prep``."""
     raw = images is None or images.dtype == np.uint8
     if not raw:
-        if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
+        rank = len(size) + 1 if size else 4
+        if images.ndim != rank or not np.issubdtype(images.dtype, np.floating):
             hint = (" (integer pixels: save them as uint8, e.g. array.astype(np.uint8))"
                     if np.issubdtype(images.dtype, np.integer) else "")
-            raise UsageError(f"{path} must hold preprocessed float images (N, C, H, W) or raw uint8 pixels, "
+            shape = "(N, C, H, W)" if rank == 4 else f"(N, {', '.join(map(str, size))})"
+            raise UsageError(f"{path} must hold preprocessed float inputs {shape} or raw uint8 pixels, "
                              f"got shape {images.shape} of {images.dtype}{hint}")
         check_shape(size, images.shape[1:], str(path))
         out = images.astype(np.float32)
-        bad = ~np.isfinite(out).all(axis=(1, 2, 3))
+        bad = ~np.isfinite(out).all(axis=tuple(range(1, out.ndim)))
         if bad.any():  # a NaN or inf pixel gives a class anyway (sign(NaN) and argmax are defined): refuse it
             first = [int(i) for i in np.flatnonzero(bad)[:5]]
             raise UsageError(f"{path} holds NaN or infinite values in {int(bad.sum())} of its {len(out)} images "
