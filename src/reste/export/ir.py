@@ -14,7 +14,7 @@ on a height of 1 (kernel, stride, padding and dilation 1 along the height) betwe
 and a ``squeeze`` of that height; the graph builder drops each ``squeeze`` that an ``unsqueeze`` of the
 same dimension undoes, so consecutive 1-D layers run as 2-D ones on (N, C, 1, L). The ops:
 
-    input     [shape]                                   node 0; shape (C, H, W) when known
+    input     [shape]                                   node 0; shape (C, H, W) when known ((C, L): 1-D layers)
     conv      w, b, stride, pad, dil, groups [shift_err] float convolution
     bconv     w (bits), alpha, b, stride, pad, dil, bin_in
                                                         conv(sign(x) or x, sign(w) * alpha) + b,
