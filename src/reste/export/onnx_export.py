@@ -212,7 +212,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
         with eval_mode(model):
             ref32 = model(x).float()
         with tempfile.TemporaryDirectory() as tmp:
-            export_model(model, Path(tmp) / "reference.rbnn", verify=False)
+            export_model(model, Path(tmp) / "reference.rbnn", input_size=input_size, verify=False)
             reference = compare(model_reference(model, Path(tmp) / "reference.rbnn", x), got)
         info: dict[str, Any] = {"reference": asdict(reference), "ok": reference.ok}
     except UsageError:  # a model the packed format cannot hold: the float32 model only
