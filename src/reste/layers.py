@@ -142,68 +142,29 @@ def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:
         "put the sign before the ReLU (BatchNorm -> sign -> conv, as the zoo's blocks do)", stacklevel=3)
 
 
-class BinaryConv1d(_BinaryMixin, nn.Conv1d):
+class _BinaryConv(_BinaryMixin):
+    """The binary convolutions' constructor and forward: the ``nn.ConvNd`` arguments, then the keyword-only
+    ``weight_estimator``, ``input_estimator`` and ``scaling``."""
+
+    def __init__(self, *args: Any, weight_estimator: Any = "reste", input_estimator: Any = _DEFAULT,
+                 scaling: str = "layer", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # nn.Conv1d's / nn.Conv2d's (after this mixin in the MRO)
+        self._setup(weight_estimator, input_estimator, scaling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)  # type: ignore[attr-defined]
+
+
+class BinaryConv1d(_BinaryConv, nn.Conv1d):
     """1-D convolution (audio, keyword spotting, sensor signals: (N, C, L) inputs) with binary weights (and binary
     inputs unless ``input_estimator=None``); ``channel`` scaling takes one alpha per output channel over its
-    (in_channels / groups, kernel) weights."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int],
-        stride: int | tuple[int] = 1,
-        padding: int | tuple[int] | str = 0,
-        dilation: int | tuple[int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        weight_estimator: Any = "reste",
-        input_estimator: Any = _DEFAULT,
-        scaling: str = "layer",
-    ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
-        )
-        self._setup(weight_estimator, input_estimator, scaling)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+    (in_channels / groups, kernel) weights. Arguments: ``nn.Conv1d``'s, then ``weight_estimator``,
+    ``input_estimator`` and ``scaling`` by keyword."""
 
 
-class BinaryConv2d(_BinaryMixin, nn.Conv2d):
-    """2-D convolution with binary weights (and binary inputs unless ``input_estimator=None``)."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        weight_estimator: Any = "reste",
-        input_estimator: Any = _DEFAULT,
-        scaling: str = "layer",
-    ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
-        )
-        self._setup(weight_estimator, input_estimator, scaling)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+class BinaryConv2d(_BinaryConv, nn.Conv2d):
+    """2-D convolution with binary weights (and binary inputs unless ``input_estimator=None``). Arguments:
+    ``nn.Conv2d``'s, then ``weight_estimator``, ``input_estimator`` and ``scaling`` by keyword."""
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
