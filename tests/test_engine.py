@@ -639,3 +639,27 @@ def test_a_forced_resume_in_another_indicator_mode_starts_its_history_afresh(tmp
                "the 'general' mode: the run-level indicators count epoch 2 on only" in line for line in lines), lines
     assert result["indicators_mode"] == "general"
     assert len(load_checkpoint(out / "last.pt")["indicators"]["history"]) == 1  # epoch 2's alone
+
+
+def test_cudnn_tunes_convolutions_on_cuda_for_the_run_only(tmp_path, monkeypatch):
+    """On CUDA a run turns cuDNN's autotuner on (fixed shapes: the fastest algorithm, timed once), not where cuDNN
+    is asked to be deterministic, and never on the CPU; the caller's setting comes back after the run."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    engine.tune_convolutions(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    engine.tune_convolutions(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    engine.tune_convolutions(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is True
+    torch.backends.cudnn.benchmark = False
+    seen = []
+
+    def tune(device):  # as on a GPU: the run turns it on
+        torch.backends.cudnn.benchmark = True
+        seen.append(device.type)
+
+    monkeypatch.setattr(engine, "tune_convolutions", tune)
+    engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
+    assert seen == ["cpu"] and torch.backends.cudnn.benchmark is False

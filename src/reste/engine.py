@@ -270,7 +270,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
                                   seed=config.seed)
     if config.channels_last:  # the run's layout and (on the CPU) thread count: the logged numbers to the bit
         model = model.to(memory_format=torch.channels_last)
-    with _torch_threads_kept(), cuda_device(dev):
+    with _torch_settings_kept(), cuda_device(dev):
+        tune_convolutions(dev)
         if dev.type == "cpu" and config.threads:
             torch.set_num_threads(min(config.threads, max_threads()))
         result = evaluate(model, test_loader, dev, amp, config.channels_last, progress=progress)
@@ -351,6 +352,7 @@ class _Run:
             raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
         self.dist, self.device = init_distributed(pick_device(config.device), lambda: self.stop.signum)
         select_cuda_device(self.device)
+        tune_convolutions(self.device)
         if config.threads is None and self.device.type == "cpu":
             # recorded: a CPU run's float sums depend on its thread count, so a resume uses the same
             self.config = config = dataclasses.replace(config, threads=torch.get_num_threads())
@@ -1015,7 +1017,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     # only the main process (rank 0 under torchrun) creates, checks and locks the folder
     lock = RunDirectory.open(run_dir, fresh=True) if env_rank() == 0 else None
     try:
-        with StopRequest().handling() as stop, _torch_threads_kept():
+        with StopRequest().handling() as stop, _torch_settings_kept():
             return _train_locked(config, run_dir, progress, log, stop)
     except BaseException:
         if lock is not None and not last_checkpoint(run_dir).exists():
@@ -1048,14 +1050,25 @@ def kernel_path(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def _torch_threads_kept():
-    """A run sets torch's CPU threads to its own ``threads``; the caller's count comes back after it."""
-    before = torch.get_num_threads()
+def _torch_settings_kept():
+    """A run sets torch's CPU threads to its own ``threads``, and on CUDA cuDNN's autotuner on
+    (:func:`tune_convolutions`); the caller's settings come back after it."""
+    threads, tuned = torch.get_num_threads(), torch.backends.cudnn.benchmark
     try:
         yield
     finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = tuned
+
+
+def tune_convolutions(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per shape and keep the fastest
+    (``torch.backends.cudnn.benchmark``, as the authors' training sets it): a run's shapes are fixed, so the
+    timing is paid in its first steps. Not where cuDNN is asked to be deterministic: its autotuner may pick
+    another algorithm in another process."""
+    if device.type == "cuda" and not torch.backends.cudnn.deterministic:
+        torch.backends.cudnn.benchmark = True
 
 
 def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Callable[[str], None],
@@ -1194,7 +1207,7 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     run_dir = require_run_path(run_dir)
     lock = RunDirectory.open(run_dir, fresh=False) if env_rank() == 0 else None
     try:
-        with StopRequest().handling() as stop, _torch_threads_kept():
+        with StopRequest().handling() as stop, _torch_settings_kept():
             return _resume_locked(run_dir, overrides, force, progress, log, stop)
     finally:
         if lock is not None:
