@@ -74,6 +74,7 @@ from torch import nn
 import reste
 from reste import cuda_ext, fused, models, triton_dispatch
 from reste.cudagraph import CudaGraphs, GraphedStep
+from reste.engine import tune_convolutions
 from reste.estimators import ReSTE
 
 VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops", "ste_ext", "reste_ext", "fp_graphed",
@@ -605,6 +606,7 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device is available")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    tune_convolutions(device)  # every variant's convolutions as `reste train` runs them (cuDNN's autotuner on CUDA)
     rows = args.rows if args.rows is not None else ("all" if device.type == "cuda" else "")
     names = list(GPU_ROWS) if rows == "all" else [n for n in rows.split(",") if n]
     unknown = [n for n in names if n not in GPU_ROWS]
