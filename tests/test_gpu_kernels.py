@@ -57,7 +57,7 @@ pytest.importorskip("triton")
 import reste  # noqa: E402
 from reste import estimators, fused, triton_dispatch  # noqa: E402
 from reste.estimators import get_estimator  # noqa: E402
-from reste.layers import BinaryConv2d  # noqa: E402
+from reste.layers import BinaryConv1d, BinaryConv2d  # noqa: E402
 from kernel_checks import (  # noqa: E402
     DTYPES, ESTIMATORS, SHAPE, ULP16, ULP32, _bounds, assert_scaled_sign_within, assert_sign_matches,
     assert_within, inputs, layouts, tolerance, torch_backward, torch_scaled_sign, weight,
@@ -196,6 +196,25 @@ def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
     assert_scaled_sign_within(est, w, groups, upstream, (y, dw), (ref_y, ref_dw))
     if layout != "input_major":  # copied to the contiguous layout, whose groups are consecutive
         assert y.stride() == w.stride() and dw.stride() == w.stride()
+
+
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+@pytest.mark.parametrize("layout", ["contiguous", "input_major"])
+def test_a_1d_convs_weight_takes_the_scaled_sign_kernels(scaling, layout):
+    """A BinaryConv1d's (out, in, k) weight: the same two launches each way as a 2-D conv's, within the same
+    bound of the layer's PyTorch expression (the kernels see the weight's groups, not its rank)."""
+    est = ESTIMATORS["reste"]()
+    w = weight((6, 4, 5), layout)
+    groups = 1 if scaling == "layer" else w.shape[0]
+    upstream = torch.randn(w.shape, generator=torch.Generator().manual_seed(5))
+    y, partials = K.scaled_sign(w, groups)
+    dw = K.scaled_sign_backward("reste", w, upstream, partials, groups, est.params())
+    assert_scaled_sign_within(est, w, groups, upstream, (y, dw), torch_scaled_sign(est, w, groups, upstream))
+    conv = BinaryConv1d(4, 6, 5, padding=2, bias=False, scaling=scaling)
+    counted = counting(K)
+    with triton_dispatch.forced(counted):
+        conv(torch.randn(2, 4, 9)).sum().backward()
+    assert counted.calls["scaled_sign"] == 1 and counted.calls["scaled_sign_backward"] == 1
 
 
 @pytest.mark.parametrize("scaling", ["layer", "channel"])
