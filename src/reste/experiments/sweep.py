@@ -518,6 +518,13 @@ def threads_per_job(jobs: int) -> int:
     return max(1, usable_cpus() // jobs)
 
 
+def _threads_per_run(jobs: int, threads: int | None) -> int | None:
+    """The torch threads each run of a sweep trains with: ``threads``, else the cores shared out among ``jobs``
+    (also for a run that trains alone: a run does not depend on how many others are pending); None with one job:
+    torch's own setting."""
+    return threads or (threads_per_job(jobs) if jobs > 1 else None)
+
+
 def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Sequence[int]) -> None:
     """Refuse an ``--out`` whose files the sweep would mix into or lose: a training run's folder, or a sweep
     whose settings or seeds this one leaves out (its tables would drop their rows). A study's other files (notes,
@@ -743,7 +750,7 @@ def _placement(base: TrainConfig, pending: int, jobs: int, threads: int | None, 
     """Where a dry run's ``pending`` runs would train: how many at a time, on which devices, with how many threads
     (as ``_run_pending`` and the workers would place them)."""
     workers = max(1, min(jobs, pending))
-    per_run = threads or (threads_per_job(jobs) if workers > 1 else None)
+    per_run = _threads_per_run(jobs, threads)
     at_once = "one run at a time" if workers == 1 else f"{workers} runs at a time"
     if devices:
         used = devices[:workers]
@@ -871,7 +878,7 @@ def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, 
                  announce: Callable[[Setting, int, dict[str, Any]], None] = lambda s, seed, job: None) -> None:
     """Train the pending runs, in this process or ``jobs`` at a time in worker processes, each with the
     same torch threads either way: a run does not depend on how many others are pending."""
-    per_run = threads or (threads_per_job(jobs) if jobs > 1 else None)  # None: torch's own setting
+    per_run = _threads_per_run(jobs, threads)
     if jobs == 1 or len(pending) <= 1:
         import torch
 
