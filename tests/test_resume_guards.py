@@ -18,6 +18,7 @@ from reste.cli import _unexpected, main
 from reste.config import TrainConfig
 from reste.cudagraph import load_optimizer_state
 from reste.errors import UsageError
+from reste.estimators import get_estimator
 from reste.schedules import learning_rate
 
 
@@ -321,6 +322,19 @@ def test_a_forced_change_of_activations_carries_the_weights(tmp_path):
     assert not any("input_estimator" in k for k in state) and not torch.equal(state["conv1.weight"], weight)
     result, _ = _resume(out, {"a32": False, "epochs": 3}, force=True)
     assert result["epochs"] == 3 and any("input_estimator" in k for k in load_checkpoint(out / "last.pt")["model"])
+
+
+def test_a_forced_change_of_an_estimator_option_carries_the_weights(tmp_path):
+    """--o-end 5 --force on a run of o_end 3: the estimators' states now record their hyper-parameters and refuse
+    other ones, so the resume drops them as it does for another estimator; the new o_end's schedule trains on."""
+    out = tmp_path / "r"
+    engine.train(TrainConfig(epochs=1, threads=1), out, progress=False, log=lambda _m: None)
+    result, _ = _resume(out, {"estimator_options": {"o_end": 5.0}, "epochs": 2}, force=True)
+    assert result["epochs"] == 2 and json.loads((out / "config.json").read_text())["estimator_options"]["o_end"] == 5
+    state = load_checkpoint(out / "last.pt")["model"]["conv1.weight_estimator._extra_state"]
+    fresh = get_estimator("reste", o_end=5.0)
+    fresh.set_progress(1, 2)  # the last epoch's o on the new schedule
+    assert state["config"]["o_end"] == 5.0 and state["o"] == fresh.o
 
 
 def test_a_resume_says_where_config_json_sends_its_tensorboard_events(run, tmp_path):

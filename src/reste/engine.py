@@ -1247,9 +1247,11 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
             run.log(note)
         if trained.optimizer != config.optimizer:  # another optimizer's state starts afresh
             ckpt = {**ckpt, "optimizer": None}
-        if canonical_estimator(trained.estimator) != config.estimator or trained.a32 != config.a32:
-            # (--force) the weights go on, not the old estimators' schedule state, which another estimator refuses
-            # and a layer without (or with a new) input estimator does not have (set_progress sets the new ones)
+        if canonical_estimator(trained.estimator) != config.estimator or trained.a32 != config.a32 \
+                or trained.estimator_options != config.estimator_options:
+            # (--force) the weights go on, not the old estimators' schedule state, which another estimator (or one
+            # of other hyper-parameters: --o-end 5) refuses and a layer without (or with a new) input estimator does
+            # not have (set_progress sets the new ones at the epoch's start)
             ckpt = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.endswith("_extra_state")}}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs
