@@ -496,6 +496,23 @@ def test_onnx_export_of_the_1d_cnn_matches_with_onnxruntime(tmp_path, trained):
     assert c.mismatch == 0 and c.agree >= 1, c.problems
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("k", [3, 4], ids=["symmetric", "one-more-right"])
+def test_onnx_export_of_dilated_same_convs_runs_in_onnxruntime(tmp_path, k):
+    """ONNX Runtime's SAME padding takes no dilation: a dilated 'same' conv, binary or float (the first), of an
+    odd or even kernel, is written with its padding spelt out, and the check runs it (it raised from ONNX Runtime)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(
+        nn.Conv1d(4, 8, k, padding="same", dilation=2), nn.BatchNorm1d(8),
+        nn.Conv1d(8, 8, k, padding="same", dilation=3), nn.BatchNorm1d(8),
+        nn.Flatten(), nn.Linear(8 * 20, 3))).eval()
+    assert isinstance(model[2], BinaryConv1d) and type(model[0]) is nn.Conv1d
+    info = export_onnx(model, tmp_path / "s.onnx", (4, 20))
+    assert info["ok"] and info["reference"]["mismatch"] == 0 and info["reference"]["agree"] >= 1
+
+
 def test_reste_predict_takes_float_signals_of_the_models_input_size(tmp_path, trained, capsys):
     from reste.cli import main
 

@@ -35,6 +35,34 @@ class OnnxSign(nn.Module):
         return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
 
 
+def _dilated_same(m: nn.Module) -> bool:
+    """A conv of padding='same' and a dilation: ONNX Runtime's SAME (the exporter's auto_pad) takes no
+    dilation, so its padding is written out."""
+    return isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding == "same" and any(d != 1 for d in m.dilation)
+
+
+def _plain_conv(m: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """A float nn.Conv1d/2d of ``m``'s geometry and ``weight``; a dilated 'same' padding as numbers, after an
+    explicit zero pad where the two sides differ (an even kernel: PyTorch pads one more on the right)."""
+    conv = nn.Conv1d if isinstance(m, nn.Conv1d) else nn.Conv2d
+    padding, pad = m.padding, None
+    if _dilated_same(m):
+        totals = [d * (k - 1) for k, d in zip(m.kernel_size, m.dilation)]
+        padding = tuple(t // 2 for t in totals)
+        if any(t % 2 for t in totals):
+            pad = [n for t in reversed(totals) for n in (t // 2, t - t // 2)]  # F.pad's order: last dim first
+            padding = (0,) * len(totals)
+    new = conv(m.in_channels, m.out_channels, m.kernel_size, m.stride, padding, m.dilation, m.groups,
+               bias=m.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if m.bias is not None:
+            new.bias.copy_(m.bias.detach())
+    if pad is None:
+        return new
+    return nn.Sequential((nn.ConstantPad1d if conv is nn.Conv1d else nn.ConstantPad2d)(tuple(pad), 0.0), new)
+
+
 def _float_layer(m: nn.Module, name: str) -> nn.Module:
     """A plain float layer computing the eval forward of binary layer ``m`` (``name``: for errors)."""
     with torch.no_grad():
@@ -43,28 +71,23 @@ def _float_layer(m: nn.Module, name: str) -> nn.Module:
         if m.padding_mode != "zeros":
             raise UsageError(f"cannot export {name} to ONNX: padding_mode={m.padding_mode!r} is not supported, "
                              "only 'zeros'")
-        conv = nn.Conv1d if isinstance(m, nn.Conv1d) else nn.Conv2d
-        padding = m.padding
-        totals = [d * (k - 1) for k, d in zip(m.kernel_size, m.dilation)]
-        if padding == "same" and all(t % 2 == 0 for t in totals):  # ONNX Runtime's SAME takes no dilation
-            padding = tuple(t // 2 for t in totals)
-        new: nn.Module = conv(m.in_channels, m.out_channels, m.kernel_size, m.stride, padding, m.dilation,
-                              m.groups, bias=m.bias is not None)
+        new: nn.Module = _plain_conv(m, w)
     elif isinstance(m, nn.Linear):
         new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(w)
+            if m.bias is not None:
+                new.bias.copy_(m.bias.detach())
     else:
         raise UsageError(f"cannot export binary layer type {type(m).__name__} to ONNX")
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if m.bias is not None:
-            new.bias.copy_(m.bias.detach())
     if getattr(m, "input_precision", 1) == 1:
         return nn.Sequential(OnnxSign(), new)
     return new
 
 
 def deploy_model(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every binary layer replaced by sign + a float layer."""
+    """An eval-mode copy of ``model`` with every binary layer replaced by sign + a float layer (and a dilated
+    'same' conv, float too, by one of explicit padding)."""
     from ..estimators import Estimator
 
     model = copy.deepcopy(model).eval()
@@ -78,6 +101,9 @@ def deploy_model(model: nn.Module) -> nn.Module:
             replacement = made[id(m)] = _float_layer(m, name)
         elif replacement is None and isinstance(m, Estimator):
             replacement = made[id(m)] = OnnxSign()
+        elif replacement is None and type(m) in (nn.Conv1d, nn.Conv2d) and _dilated_same(m) \
+                and m.padding_mode == "zeros":  # a float one too
+            replacement = made[id(m)] = _plain_conv(m, m.weight.detach())
         if replacement is not None and name:
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
