@@ -813,6 +813,36 @@ def test_a_clamp_with_constant_bounds_exports_as_hardtanh_or_relu(tmp_path, how)
     assert ("relu" if how == "x.clamp(min=0)" else "hardtanh") in ops
 
 
+class _ClampedInPlace(nn.Module):
+    """x.clamp_(...) as a statement: the tensor x, clamped in place, is what the next layer reads."""
+
+    def __init__(self, assigned: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = reste.BinaryConv2d(8, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+        self.assigned = assigned
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.assigned:
+            x = x.clamp_(0.2, 0.7)
+        else:
+            x.clamp_(0.2, 0.7)
+        return self.fc(self.conv2(x).flatten(1))
+
+
+def test_an_in_place_clamp_exports_only_where_its_result_is_what_is_read(tmp_path):
+    """The graph has no in-place ops: x.clamp_(...) as a statement would leave the next layer the value before
+    the clamp (here all sign inputs +1 in the model, mixed in the file), so it is refused; x = x.clamp_(...)
+    exports."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 8, 8)
+    _check_model(_ClampedInPlace(assigned=True).eval(), tmp_path, (3, 8, 8), x)
+    with pytest.raises(UsageError, match=r"x.clamp_\(...\) with x read after it .*write x = x.clamp\(...\)"):
+        export_model(_ClampedInPlace(assigned=False).eval(), tmp_path / "c.rbnn", input_size=(3, 8, 8))
+
+
 @pytest.mark.parametrize("clamp, wanted", [
     (lambda x: x.clamp(min=-1), r"clamp with one bound \(min=-1, max=None\): give both"),
     (lambda x: torch.clamp(x, max=1.0), r"clamp with one bound \(min=None, max=1.0\)"),

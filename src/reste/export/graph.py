@@ -472,6 +472,14 @@ class _Builder:
         name = getattr(n.target, "__name__", n.target)
         if not all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in (lo, hi)):
             raise _Refused(f"cannot export {name}(min={lo}, max={hi}): its bounds must be finite numbers", n.name)
+        source = n.args[0]
+        if isinstance(source, fx.Node) and isinstance(name, str) and name.endswith("_"):
+            # the graph has no in-place ops: a later read of x (x.clamp_(...) as a statement) would get the
+            # value before the clamp
+            order = {m: i for i, m in enumerate(n.graph.nodes)}
+            if any(order[u] > order[n] for u in source.users if u is not n):
+                raise _Refused(f"cannot export x.{name}(...) with x read after it (the graph has no in-place ops): "
+                               f"write x = x.{name[:-1]}(...)", n.name)
         if lo is not None and hi is not None:
             if lo > hi:
                 raise _Refused(f"cannot export {name}(min={lo}, max={hi}): min is above max", n.name)
