@@ -651,6 +651,10 @@ def test_cudnn_tunes_convolutions_on_cuda_for_the_run_only(tmp_path, monkeypatch
     engine.tune_convolutions(torch.device("cuda", 0))
     assert torch.backends.cudnn.benchmark is False
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)  # use_deterministic_algorithms
+    engine.tune_convolutions(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
     engine.tune_convolutions(torch.device("cuda", 0))
     assert torch.backends.cudnn.benchmark is True
     torch.backends.cudnn.benchmark = False

@@ -1065,9 +1065,10 @@ def _torch_settings_kept():
 def tune_convolutions(device: torch.device) -> None:
     """On CUDA, let cuDNN time its convolution algorithms once per shape and keep the fastest
     (``torch.backends.cudnn.benchmark``, as the authors' training sets it): a run's shapes are fixed, so the
-    timing is paid in its first steps. Not where cuDNN is asked to be deterministic: its autotuner may pick
-    another algorithm in another process."""
-    if device.type == "cuda" and not torch.backends.cudnn.deterministic:
+    timing is paid in its first steps. Not where cuDNN, or torch as a whole (``torch.use_deterministic_algorithms``),
+    is asked to be deterministic: its autotuner may pick another algorithm in another process."""
+    deterministic = torch.backends.cudnn.deterministic or torch.are_deterministic_algorithms_enabled()
+    if device.type == "cuda" and not deterministic:
         torch.backends.cudnn.benchmark = True
 
 
