@@ -579,6 +579,12 @@ def test_a_state_loads_into_an_estimator_of_its_own_name_only():
     ste = _model("ste")
     assert not ste.load_state_dict(weights).missing_keys  # the weights alone, as the message says
     assert not _model("reste", o_end=5.0).load_state_dict(weights).missing_keys
+    # a hyper-parameter added to the class since the state was saved: the state trained with its default
+    added = {k: ({**v, "config": {n: x for n, x in v["config"].items() if n != "interval"}}
+                 if k.endswith("_extra_state") else v) for k, v in sd.items()}
+    _model("reste", o_end=3.0).load_state_dict(added)
+    with pytest.raises(RuntimeError, match=r"with interval=0.1 cannot load into one with interval=0.2"):
+        _model("reste", o_end=3.0, interval=0.2).load_state_dict(added)
     # a state saved before the name and hyper-parameters were kept (schedule values only) loads as it did
     legacy = {k: ({n: x for n, x in v.items() if n not in ("estimator", "config")} if k.endswith("_extra_state")
                   else v) for k, v in sd.items()}

@@ -509,9 +509,12 @@ class Estimator(nn.Module):
                 own = self.config()
             except NotImplementedError:
                 own = config
-            differ = sorted(k for k in set(config) | set(own) if config.get(k) != own.get(k))
+            # a hyper-parameter the saved state does not name was added to the class since (a plugin's new
+            # version, or reste's): the state trained with what its default gives, so only another value differs
+            defaults = self._defaults()
+            differ = sorted(k for k in set(config) | set(own) if config.get(k, defaults.get(k)) != own.get(k))
             if differ:
-                saved_values = ", ".join(f"{k}={config.get(k)!r}" for k in differ)
+                saved_values = ", ".join(f"{k}={config.get(k, defaults.get(k))!r}" for k in differ)
                 own_values = ", ".join(f"{k}={own.get(k)!r}" for k in differ)
                 error_msgs.append(
                     f"{prefix}_extra_state: the state of a {self.name!r} estimator with {saved_values} cannot load "
@@ -520,6 +523,14 @@ class Estimator(nn.Module):
                 return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        """Each hyper-parameter's default, checked as the constructor checks it (``{}`` where none is declared)."""
+        try:
+            return {p.name: p.check(p.default, p.name) for p in cls.hyperparameters}
+        except ValueError:  # a default outside its own range: no default to stand in for a missing value
+            return {}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         for k in self._state_names():
