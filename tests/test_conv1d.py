@@ -513,6 +513,30 @@ def test_onnx_export_of_dilated_same_convs_runs_in_onnxruntime(tmp_path, k):
     assert info["ok"] and info["reference"]["mismatch"] == 0 and info["reference"]["agree"] >= 1
 
 
+class _LinearOverTime(nn.Module):
+    """A linear over the length of (N, C, L) (the time axis), then a classifier."""
+
+    def __init__(self, binary: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.bn = nn.BatchNorm1d(8)
+        self.time = reste.BinaryLinear(20, 5) if binary else nn.Linear(20, 5)
+        self.fc = nn.Linear(8 * 5, 3)
+
+    def forward(self, x):
+        return self.fc(self.time(self.bn(self.conv(x))).flatten(1))
+
+
+def test_a_binary_linear_over_the_length_is_refused_at_export_and_a_float_one_exports(tmp_path):
+    """The packed binary linear takes (N, features): on (N, C, L) the file could not run, and the check raised a
+    bare RuntimeError from its reference; a float linear there exports."""
+    torch.manual_seed(0)
+    with pytest.raises(UsageError, match=r"cannot export time \(BinaryLinear\) on \(N, 8, 20\) inputs: a binary "
+                                         r"linear layer takes \(N, features\); flatten"):
+        export_model(_LinearOverTime(binary=True).eval(), tmp_path / "t.rbnn", input_size=(4, 20))
+    assert export_model(_LinearOverTime(binary=False).eval(), tmp_path / "t.rbnn", input_size=(4, 20))["verify"]["ok"]
+
+
 def test_reste_predict_takes_float_signals_of_the_models_input_size(tmp_path, trained, capsys):
     from reste.cli import main
 

@@ -319,6 +319,13 @@ class _Builder:
             elif n.op == "call_module":
                 m = self.modules[n.target]
                 x = self.tensor(n.args[0], n.target)
+                meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
+                if isinstance(m, nn.Linear) and getattr(m, "precision", 32) == 1 and isinstance(meta, TensorMetadata) \
+                        and len(meta.shape) != 2:  # (a Linear over the last dimension of (N, C, L): float only)
+                    shape = ", ".join(["N", *map(str, meta.shape[1:])])
+                    raise UsageError(f"cannot export {n.target} ({type(m).__name__}) on ({shape}) inputs: a binary "
+                                     "linear layer takes (N, features); flatten its input first, or keep the layer "
+                                     f"float (binarize(..., keep=[{n.target!r}]))")
                 node = _module_node(m, n.target)
                 for part in [] if node is None else node if isinstance(node, list) else [node]:
                     x = self.add({**part, "name": n.target}, [x])
