@@ -17,7 +17,7 @@ from reste.config import TrainConfig
 from reste.rundir import read_metrics
 from reste.errors import UsageError
 from reste.experiments import expand_grid, parse_grid, run_state, summarize
-from reste.experiments.sweep import time_left
+from reste.experiments.sweep import threads_per_job, time_left
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -1405,6 +1405,13 @@ def test_a_dry_run_lists_the_plan_and_makes_nothing(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == (
         "sweep (dry run): 2 runs at a time, on cuda:0, cuda:1 (job k on device k % 2), 1 torch thread each")
     assert sorted(p.name for p in (out / "runs").glob("*/*")) == ["seed0", "seed0"]  # no folder for seed 1
+    # one run left under --jobs 2 trains in this process, with the threads of one of 2 jobs, as it would beside another
+    assert main(["sweep", "--grid", "lr=0.05", "--epochs", "1", "--out", str(tmp_path / "one"), "--dry-run",
+                 "--jobs", "2"]) == 0
+    threads = threads_per_job(2)
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "sweep (dry run): 1 to train",
+        f"sweep (dry run): one run at a time, on --device auto, {threads} torch thread{'s' * (threads != 1)}"]
     preset = ["sweep", "--preset", "cifar10-resnet20-1w1a", "--grid", "o_end=3,10", "--epochs", "10", "--out",
               str(tmp_path / "c10"), "--dry-run"]
     assert main(preset) == 0  # no CIFAR-10 here: a plan reads no data
