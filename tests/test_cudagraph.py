@@ -186,8 +186,17 @@ def test_the_whole_epoch_benchmark_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "_graph_backend", ReplayByCalling)
     argv = ["--device", "cpu", "--threads", "1", "--images", "96", "--test-images", "16", "--batch-size", "32",
             "--epochs", "3", "--steps", "1", "--model", "resnet20_1w1a", "--json", str(tmp_path / "e.json")]
+    splits = []
+    real_split = engine.micro_batches
+    monkeypatch.setattr(engine, "micro_batches", lambda *a: splits.append(real_split(*a)) or splits[-1])
     for extra in ([], ["--cuda-graphs"], ["--accumulate", "2"]):
+        splits.clear()
         out = bench.main(argv + extra)
+        # the engine's steps (bare and whole epochs) split each batch of 32 as asked, into 2 micro-batches of 16
+        assert out["args"]["accumulate"] == (2 if extra[:1] == ["--accumulate"] else 1)
+        if extra[:1] == ["--accumulate"]:
+            steps = [sizes for sizes in splits if sum(sizes) == 32]  # (not the engine's check of a last batch)
+            assert len(steps) > 3 and all(sizes == [16, 16] for sizes in steps), splits
         e = out["epoch"]  # the median of epochs 2 and 3 (the first pays for warm-up)
         assert e["epochs_timed"] == 2 and 0 < e["epoch_min_s"] <= e["epoch_s"] <= e["epoch_max_s"]
         assert out["bare_step"]["images_per_s"] > 0

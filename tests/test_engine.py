@@ -655,6 +655,10 @@ def test_cudnn_tunes_convolutions_on_cuda_for_the_run_only(tmp_path, monkeypatch
     engine.tune_convolutions(torch.device("cuda", 0))
     assert torch.backends.cudnn.benchmark is False
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    monkeypatch.setenv("RESTE_CUDNN_BENCHMARK", "0")  # the command line's way to keep it off
+    engine.tune_convolutions(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.delenv("RESTE_CUDNN_BENCHMARK")
     engine.tune_convolutions(torch.device("cuda", 0))
     assert torch.backends.cudnn.benchmark is True
     torch.backends.cudnn.benchmark = False

@@ -284,9 +284,15 @@ def test_integer_arrays_other_than_uint8_are_refused_not_taken_as_preprocessed()
     from reste.export.inputs import model_inputs
 
     pixels = np.full((1, 1, 4, 4), 200, np.int64)  # np.array of a list of pixels: int64
-    with pytest.raises(UsageError, match="save them as uint8"):
+    with pytest.raises(UsageError, match=r"raw pixels as uint8, e.g. array.astype\(np.uint8\); other values, such "
+                                         r"as int16 audio, preprocessed as float32"):
         model_inputs(pixels, "pixels.npy", (1, 4, 4), None)
     assert model_inputs(pixels.astype(np.float32) / 255, "x.npy", (1, 4, 4), None).dtype == np.float32
+    # a file that records no input size: images, or a 1-D model's (N, C, L) signals; other ranks named
+    assert model_inputs(np.zeros((2, 3, 8), np.float32), "s.npy", None, None).shape == (2, 3, 8)
+    assert model_inputs(np.zeros((2, 3, 4, 4), np.float32), "i.npy", None, None).shape == (2, 3, 4, 4)
+    with pytest.raises(UsageError, match=r"preprocessed float inputs \(N, C, H, W\) or \(N, C, L\)"):
+        model_inputs(np.zeros((2, 8), np.float32), "flat.npy", None, None)
 
 
 def test_float_images_with_nan_or_inf_are_refused_naming_them():

@@ -239,3 +239,17 @@ def test_a_pruned_binary_layer_runs(scaling):
     assert conv(torch.randn(1, 4, 5, 5)).shape == (1, 4, 3, 3) and linear(torch.randn(2, 4)).shape == (2, 4)
     alpha = conv.scale()
     torch.testing.assert_close(alpha, alpha_of(conv.weight, scaling))
+
+
+@pytest.mark.parametrize("cls, base", [(reste.BinaryConv1d, nn.Conv1d), (reste.BinaryConv2d, nn.Conv2d)])
+def test_a_binary_convs_signature_is_its_float_convs_and_the_estimator_keywords(cls, base):
+    """help(), inspect and IDEs show the nn.ConvNd arguments, then the keyword-only estimator ones."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    floats = [p for p in inspect.signature(base.__init__).parameters if p != "self"]
+    assert list(params) == floats + ["weight_estimator", "input_estimator", "scaling"]
+    assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in ("weight_estimator", "scaling"))
+    assert params["scaling"].default == "layer" and repr(params["input_estimator"].default) == "<as weight_estimator>"
+    layer = cls(2, 3, 3, 1, 1, weight_estimator="ste", scaling="channel")  # as the signature says
+    assert layer.padding == base(2, 3, 3, 1, 1).padding and layer.weight_estimator.name == "ste"

@@ -24,6 +24,7 @@ from pathlib import Path
 # reste.rundir (and so torch, seconds to import) only where a run's folder is here to read: a committed
 # study reads its epochs.csv alone
 
+
 def read_runs(sweep: Path) -> tuple[dict[str, list[list[float]]], dict[str, int]]:
     """(setting -> test top-1 per epoch of each finished run, setting -> runs that runs.csv lists). A run's
     epochs come from its folder if it is here, else from the sweep's epochs.csv (written by sweeps since

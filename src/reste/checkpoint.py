@@ -383,7 +383,7 @@ def state_dict_error(err: RuntimeError) -> str:
     where)."""
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()] or [type(err).__name__]
     first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
-    return first[:150]
+    return first if len(first) <= 400 else first[:397] + "..."  # (a whole refusal and its advice fit)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu",

@@ -1066,9 +1066,10 @@ def tune_convolutions(device: torch.device) -> None:
     """On CUDA, let cuDNN time its convolution algorithms once per shape and keep the fastest
     (``torch.backends.cudnn.benchmark``, as the authors' training sets it): a run's shapes are fixed, so the
     timing is paid in its first steps. Not where cuDNN, or torch as a whole (``torch.use_deterministic_algorithms``),
-    is asked to be deterministic: its autotuner may pick another algorithm in another process."""
+    is asked to be deterministic: its autotuner may pick another algorithm in another process; nor with
+    ``RESTE_CUDNN_BENCHMARK=0`` in the environment (the command line's way to keep it off)."""
     deterministic = torch.backends.cudnn.deterministic or torch.are_deterministic_algorithms_enabled()
-    if device.type == "cuda" and not deterministic:
+    if device.type == "cuda" and not deterministic and os.environ.get("RESTE_CUDNN_BENCHMARK", "1").strip() != "0":
         torch.backends.cudnn.benchmark = True
 
 

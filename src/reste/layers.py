@@ -16,6 +16,7 @@ can tell binary layers from float ones without knowing their types.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -28,7 +29,14 @@ from .fused import under_functorch
 
 SCALINGS = ("layer", "channel", "none")
 
-_DEFAULT = object()
+class _SameAsWeights:
+    """``input_estimator``'s default: an estimator of the weight estimator's kind (so said in ``help()``)."""
+
+    def __repr__(self) -> str:
+        return "<as weight_estimator>"
+
+
+_DEFAULT = _SameAsWeights()
 
 
 def _estimator_spec(spec: Any) -> Estimator:
@@ -165,6 +173,19 @@ class BinaryConv1d(_BinaryConv, nn.Conv1d):
 class BinaryConv2d(_BinaryConv, nn.Conv2d):
     """2-D convolution with binary weights (and binary inputs unless ``input_estimator=None``). Arguments:
     ``nn.Conv2d``'s, then ``weight_estimator``, ``input_estimator`` and ``scaling`` by keyword."""
+
+
+def _signature(conv: type) -> inspect.Signature:
+    """``conv``'s constructor arguments and the estimator keywords: what ``help()``, ``inspect`` and IDEs show of a
+    binary convolution (its own ``__init__`` passes the former on as ``*args, **kwargs``)."""
+    base = [p for p in inspect.signature(conv.__init__).parameters.values() if p.name != "self"]
+    own = inspect.signature(_BinaryConv.__init__).parameters
+    keywords = [own[k] for k in ("weight_estimator", "input_estimator", "scaling")]
+    return inspect.Signature(base + keywords)
+
+
+for _conv, _base in ((BinaryConv1d, nn.Conv1d), (BinaryConv2d, nn.Conv2d)):
+    _conv.__signature__ = _signature(_base)  # type: ignore[attr-defined]
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):

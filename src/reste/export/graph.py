@@ -477,8 +477,13 @@ class _Builder:
         """``clamp``/``clip`` with constant bounds: a ``hardtanh`` (both bounds), or a ``relu`` (min 0 alone)."""
         lo, hi = self._kw(n, 1, "min", None), self._kw(n, 2, "max", None)
         name = getattr(n.target, "__name__", n.target)
-        if not all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in (lo, hi)):
-            raise _Refused(f"cannot export {name}(min={lo}, max={hi}): its bounds must be finite numbers", n.name)
+        if not all(v is None or (isinstance(v, (int, float)) and not math.isnan(v)) for v in (lo, hi)):
+            raise _Refused(f"cannot export {name}(min={lo}, max={hi}): its bounds must be numbers", n.name)
+        lo = None if lo == -math.inf else lo  # an infinite bound is no bound (clamp(min=0, max=inf) is a relu)
+        hi = None if hi == math.inf else hi
+        if (lo is not None and math.isinf(lo)) or (hi is not None and math.isinf(hi)):
+            raise _Refused(f"cannot export {name}(min={lo}, max={hi}): every value would be clamped to infinity",
+                           n.name)
         source = n.args[0]
         if isinstance(source, fx.Node) and isinstance(name, str) and name.endswith("_"):
             # the graph has no in-place ops: a later read of x (x.clamp_(...) as a statement) would get the
@@ -491,6 +496,8 @@ class _Builder:
             if lo > hi:
                 raise _Refused(f"cannot export {name}(min={lo}, max={hi}): min is above max", n.name)
             return self.add({"op": "hardtanh", "lo": float(lo), "hi": float(hi)}, [x])
+        if lo is None and hi is None:  # infinite bounds: the identity
+            return x
         if lo == 0 and hi is None:
             return self.add({"op": "relu"}, [x])
         raise _Refused(f"cannot export {name} with one bound (min={lo}, max={hi}): give both (as Hardtanh), "
@@ -604,11 +611,11 @@ _PER_CHANNEL = ("relu", "sign", "hardtanh", "leaky_relu", "prelu", "affine")
 def drop_unit_dims(nodes: list[dict[str, Any]], output: int, ranks: dict[int, int] | None = None
                    ) -> tuple[list[dict[str, Any]], int, dict[int, int]]:
     """Move each ``squeeze`` past the per-element and per-channel ops that follow it (and an ``add`` or a ``cat``
-    along an earlier dimension of values squeezed the same way), and drop it where an ``unsqueeze`` of the same dimension undoes it; a
-    squeeze still needed is made once, where its value is first read. A 1-D network (Conv1d -> BatchNorm1d
-    -> sign -> Conv1d ...) then runs as a 2-D one on (N, C, 1, L), each conv straight into the nodes the
-    runtime fuses with it and the batch norm that folds into it. Returns (nodes, output, ranks), ``ranks``
-    (node index -> rank of its output, as :func:`fold_batch_norms` takes them) renumbered."""
+    along an earlier dimension of values squeezed the same way), and drop it where an ``unsqueeze`` of the same
+    dimension undoes it; a squeeze still needed is made once, where its value is first read. A 1-D network (Conv1d
+    -> BatchNorm1d -> sign -> Conv1d ...) then runs as a 2-D one on (N, C, 1, L), each conv straight into the nodes
+    the runtime fuses with it and the batch norm that folds into it. Returns (nodes, output, ranks), ``ranks`` (node
+    index -> rank of its output, as :func:`fold_batch_norms` takes them) renumbered."""
     ranks = ranks or {}
     out: list[dict[str, Any]] = []
     new_ranks: dict[int, int] = {}

@@ -101,11 +101,12 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
     at ``path``; raw pixels get ``prep``."""
     raw = images is None or images.dtype == np.uint8
     if not raw:
-        rank = len(size) + 1 if size else 4
-        if images.ndim != rank or not np.issubdtype(images.dtype, np.floating):
-            hint = (" (integer pixels: save them as uint8, e.g. array.astype(np.uint8))"
-                    if np.issubdtype(images.dtype, np.integer) else "")
-            shape = "(N, C, H, W)" if rank == 4 else f"(N, {', '.join(map(str, size))})"
+        ranks = (len(size) + 1,) if size else (4, 3)  # no size recorded: images, or a 1-D model's signals
+        if images.ndim not in ranks or not np.issubdtype(images.dtype, np.floating):
+            hint = (" (integers: raw pixels as uint8, e.g. array.astype(np.uint8); other values, such as int16 "
+                    "audio, preprocessed as float32)" if np.issubdtype(images.dtype, np.integer) else "")
+            shape = ("(N, C, H, W) or (N, C, L)" if not size else "(N, C, H, W)" if len(size) == 3
+                     else f"(N, {', '.join(map(str, size))})")
             raise UsageError(f"{path} must hold preprocessed float inputs {shape} or raw uint8 pixels, "
                              f"got shape {images.shape} of {images.dtype}{hint}")
         check_shape(size, images.shape[1:], str(path))
