@@ -101,7 +101,7 @@ import torch
 
 from reste import fused, triton_dispatch
 from reste.estimators import ESTIMATORS, _compute_dtype, get_estimator, sign
-from reste.layers import BinaryConv2d
+from reste.layers import BinaryConv1d, BinaryConv2d
 
 dev = torch.device("cuda")
 # float32 convs in full float32: with TF32 (cuDNN's default) a binary weight +-alpha that two correct paths
@@ -238,6 +238,26 @@ for name, scaling, dtype, fmt in [("reste", "layer", torch.float32, torch.contig
         s = float(b.float().abs().max())
         oks.append(close(a, b, torch.full(b.shape, (1e-3 + 2 * ULP16[dtype]) * s, device=dev)))
     check(f"BinaryConv2d step {name} {scaling} {str(dtype)[6:]}", all(ok for ok, _ in oks),
+          ", ".join(d for _, d in oks))
+
+# a 1-D conv's (out, in, k) weight takes the same kernels (their groups, not the weight's rank): the same bound
+for name, scaling, dtype in [("reste", "channel", torch.float32), ("ste", "layer", torch.bfloat16)]:
+    def step1d():
+        torch.manual_seed(0)
+        conv = BinaryConv1d(64, 64, 5, padding=2, bias=False, weight_estimator=estimator(name),
+                            input_estimator=estimator(name), scaling=scaling).to(dev)
+        g = torch.Generator().manual_seed(1)
+        x = (torch.randn(16, 64, 128, generator=g) * 1.2).to(dev).requires_grad_(True)
+        target = torch.randn(16, 64, 128, generator=g).to(dev)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            y = conv(x)
+        (y.float() * target).sum().backward()
+        return y.detach(), x.grad, conv.weight.grad
+
+    got, want = step1d(), torch_path(step1d)
+    oks = [close(a, b, torch.full(b.shape, (1e-3 + 2 * ULP16[dtype]) * float(b.float().abs().max()), device=dev))
+           for a, b in zip(got, want)]
+    check(f"BinaryConv1d step {name} {scaling} {str(dtype)[6:]}", all(ok for ok, _ in oks),
           ", ".join(d for _, d in oks))
 
 # a weight of 2.6M elements scaled as one group (a large fully connected layer): each partial sum of the
