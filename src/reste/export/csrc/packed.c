@@ -131,6 +131,7 @@ typedef struct {
     const float *alpha, *bias, *scale, *shift, *res;
     const int32_t *lo, *hi;
     uint8_t *out;
+    uint64_t tail;
 } emit_ctx;
 
 #if RESTE_AVX512
@@ -178,13 +179,14 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
                        const uint64_t *Wb, int64_t nr, int64_t m0, const int32_t *krow,
                        const int32_t *const *crow, uint8_t *const *px, int64_t o0, int64_t no,
                        const emit_ctx *e) {
+    const __m512i keep = _mm512_set1_epi64((long long)~e->tail);
     __m512i acc[ROWS][2];
     for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
     for (int64_t s = 0; s < nseg; s++) {
         const uint8_t *p[ROWS];
         for (int r = 0; r < ROWS; r++) p[r] = rows[r] + off[s];
         const uint64_t *w = Wb + s * L * LANES;
-        for (int64_t k = 0; k < L; k++) {
+        for (int64_t k = 0; k < L - 1; k++) {
             __m512i w0 = _mm512_loadu_si512((const void *)(w + k * LANES));
             __m512i w1 = _mm512_loadu_si512((const void *)(w + k * LANES + 8));
 #pragma GCC unroll 8
@@ -193,6 +195,21 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
                 acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_xor_si512(x, w0)));
                 acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_xor_si512(x, w1)));
             }
+        }
+        /* the segment's last word: its bits past the window (e->tail) masked off with the XOR, (x ^ w) & keep
+           in one VPTERNLOG, so the count has only the window's bits and krow needs no correction (reste_bconv:
+           the other variants count those bits per row and add them to krow, a third of the time of a
+           16-channel layer here) */
+        int64_t k = L - 1;
+        __m512i w0 = _mm512_loadu_si512((const void *)(w + k * LANES));
+        __m512i w1 = _mm512_loadu_si512((const void *)(w + k * LANES + 8));
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; r++) {
+            __m512i x = _mm512_set1_epi64((long long)ld64(p[r] + 8 * k));
+            __m512i d0 = _mm512_ternarylogic_epi64(x, w0, keep, 0x28);
+            __m512i d1 = _mm512_ternarylogic_epi64(x, w1, keep, 0x28);
+            acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(d0));
+            acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(d1));
         }
     }
     for (int r = 0; r < ROWS && r < nr; r++)
@@ -410,7 +427,8 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
    (implicit GEMM on a padded activation, or one segment of an im2col row). tail: the bits of each
    segment's last word that lie past the window (a kernel row of narrow pixels read in place, see
    kernels.py: Rows), 0 when none; the weights are 0 there, so popcount(a ^ w) counts the activation's bits
-   there in every lane, and they are subtracted (K + 2 e in the row's dot products, e their popcount).
+   there in every lane, and they are subtracted (K + 2 e in the row's dot products, e their popcount; the
+   AVX-512 VPOPCNTDQ variant masks them off in its XOR instead).
    Bt: (ceil(O / 16), nseg * L, 16) words. t[m, o] = K - 2 popcount - corr[m % (OH * OW), o] (corr may be
    NULL) is the exact +-1 dot product, and the output is (corr, alpha, bias, scale, shift, lo and hi are
    padded to whole blocks of 16 channels: (P, 16 ceil(O / 16)) and 16 ceil(O / 16); lo > hi on the padding)
@@ -426,27 +444,28 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                  int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
 #if RESTE_BLOCK_EMIT
-    emit_ctx e = {mode, O, obytes, alpha, bias, scale, shift, res, lo, hi, out};
+    emit_ctx e = {mode, O, obytes, alpha, bias, scale, shift, res, lo, hi, out, tail};
 #else
     uint64_t cnt[ROWS * LANES];
 #endif
+    /* (n, oh, ow) of the first row: divided out once (not per block), then stepped row by row */
+    int64_t n = m0 / P, p = m0 % P, oh = p / OW, ow = p % OW;
     for (int64_t r0 = m0; r0 < m1; r0 += ROWS) {
         int64_t nr = m1 - r0 < ROWS ? m1 - r0 : ROWS;
         const uint8_t *rows[ROWS];
         const int32_t *crow[ROWS];
         uint8_t *px[ROWS];
         int32_t krow[ROWS];
-        /* (n, oh, ow) of the block's first row, then stepped (a row past the end repeats the last one) */
-        int64_t n = r0 / P, p = r0 % P, oh = p / OW, ow = p % OW;
+        /* a row past the end repeats the last one */
         for (int r = 0; r < ROWS; r++) {
             rows[r] = X + n * sn + oh * sh + ow * sw;
             crow[r] = corr ? corr + p * blocks * LANES : 0;
             px[r] = mode == 2 ? out + n * on + oh * ohs + ow * ows : 0;
             krow[r] = K;
-            for (int64_t sg = 0; tail && sg < nseg; sg++) {
+            for (int64_t sg = 0; RESTE_ISA != 2 && tail && sg < nseg; sg++) {  /* (ISA 2 masks them instead) */
                 krow[r] += 2 * __builtin_popcountll(ld64(rows[r] + off[sg] + 8 * (L - 1)) & tail);
             }
-            if (r + 1 >= nr) continue;
+            if (r + 1 >= nr && nr < ROWS) continue;  /* (a whole block steps on past its last row: the next block) */
             p++;
             if (++ow == OW) {
                 ow = 0;
