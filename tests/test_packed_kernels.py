@@ -147,6 +147,33 @@ def test_rows_split_over_two_threads_give_the_same_results(pool):
             assert torch.equal(out[1][0], out[threads][0]) and np.array_equal(out[1][1], out[threads][1]), isa
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1999), (3, 3, 29, 31)], ids=["1d", "2d"])
+def test_narrow_rows_with_a_tail_split_over_threads_give_the_exact_dot_products(shape):
+    """Narrow pixels read in place with bits past each kernel row (13 channels: 2 bytes a pixel, a kernel
+    row of 6 bytes in one word), a 1-D layer (a height of 1, kernel 1x3) and a 2-D one, large enough to be
+    split over threads (pieces that start mid-image and a last block of fewer rows): every variant gives
+    the exact integers (the AVX-512 one masks the tail bits in its XOR, the others subtract them), and
+    the float output and the fused sign bits do not depend on the thread count."""
+    rng = np.random.default_rng(13)
+    kh, kw, h, w = shape
+    case = dict(stride=(1, 1), pad=(kh // 2, kh // 2, 1, 1), dil=(1, 1))
+    first_signs, second_signs = _signs(rng, (16, 13, kh, kw)), _signs(rng, (8, 16, kh, kw))
+    post = (rng.normal(size=16).astype(np.float32), rng.normal(size=16).astype(np.float32))
+    x = torch.randn(15, 13, h, w)
+    assert 15 * h * w * 16 * kh >= 2 * 200_000 and (15 * h * w) % 8 != 0
+    want = _exact_conv(x, first_signs, case)
+    for isa in ISAS:
+        out = {}
+        for threads in (1, 3):
+            kern = K.get_kernels("c", threads, isa)
+            first, second = _layer(first_signs, case, kern, post), _layer(second_signs, case, kern)
+            assert first.narrow and _rows_of(first, x).tail != 0 and first.fuse_next(second)
+            assert (kern._parts(15 * h * w, 15 * h * w * 16 * kh, kern.rows_per_block) > 1) == (threads > 1)
+            np.testing.assert_array_equal(_dots(first, x), want, err_msg=f"{isa}, {threads} threads")
+            out[threads] = (first(x), first.to_bits(x).data)
+        assert torch.equal(out[1][0], out[3][0]) and np.array_equal(out[1][1], out[3][1]), isa
+
+
 def test_the_kernels_follow_torchs_thread_count_at_each_call(tmp_path):
     """Without ``threads=`` the kernels split over torch's thread count as it is when they run, not as it
     was when the model was loaded (a later ``torch.set_num_threads`` counts); a count given stays."""
