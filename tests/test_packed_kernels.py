@@ -174,6 +174,35 @@ def test_narrow_rows_with_a_tail_split_over_threads_give_the_exact_dot_products(
         assert torch.equal(out[1][0], out[3][0]) and np.array_equal(out[1][1], out[3][1]), isa
 
 
+@pytest.mark.parametrize("cout", [13, 20, 64, 72])
+def test_a_layer_with_its_residual_writes_the_sign_bits_its_reader_would_pack(cout):
+    """``with_signs`` (kernel mode 3): the float output plus residual, and in the same pass its sign bits in
+    the reader's packed layout (narrow pixels below 64 channels, whole words from 64 on, the reader's
+    padding): exactly the float path's output and the bits the reader packs from it, in every variant, with
+    NaN, -0 and exact zeros in the output (a residual cancelling it) and at 1 and 3 threads."""
+    rng = np.random.default_rng(cout)
+    case = dict(stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1))
+    signs, reader_signs = _signs(rng, (cout, 24, 3, 3)), _signs(rng, (8, cout, 3, 3))
+    alpha = np.full(cout, 0.5, np.float32)
+    x = torch.randn(7, 24, 37, 29)
+    residual = torch.randn(7, cout, 37, 29).contiguous(memory_format=torch.channels_last)
+    for isa in ISAS:
+        for threads in (1, 3):
+            kern = K.get_kernels("c", threads, isa)
+            layer = _layer(signs, case, kern, alpha=alpha)
+            reader = _layer(reader_signs, dict(case, pad=(2, 0, 1, 1)), kern)
+            base = layer(x)
+            res = residual.clone()
+            res[0, :, :3] = -base[0, :, :3]  # exact zeros (+1)
+            res[1, 0, :2] = float("nan")
+            res[2, 1, :2] = -0.0 - base[2, 1, :2]  # (-0 where base is +0: +1)
+            want = layer(x, res)
+            got, bits = layer.with_signs(reader, x, res)
+            assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num()), isa
+            packed, h, w = reader._packed_input(want)
+            assert bits.hw == (h, w) and np.array_equal(bits.data, packed), f"{isa}, {threads} threads"
+
+
 def test_the_kernels_follow_torchs_thread_count_at_each_call(tmp_path):
     """Without ``threads=`` the kernels split over torch's thread count as it is when they run, not as it
     was when the model was loaded (a later ``torch.set_num_threads`` counts); a count given stays."""

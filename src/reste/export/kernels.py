@@ -28,7 +28,9 @@ weight rows:
   another binary conv, its sign bits straight into that conv's packed input: the
   sign of the float32 epilogue is a step function of the integer dot product, so
   ``sign_thresholds`` turns it into an integer interval per channel, found on the
-  same float32 expression, and the bits are exactly those of the float path.
+  same float32 expression, and the bits are exactly those of the float path. Or both: the
+  float output and its sign bits (value < 0) in the next layer's packed layout, in one pass
+  (a residual block's output, which the next block's conv and its residual add both read).
 
 Two backends compute the same integers: ``"numpy"`` (portable; ``np.bitwise_count``)
 and ``"c"``, compiled on first use by :mod:`reste.native` (the system C compiler,
@@ -231,7 +233,7 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "reste_pack_signs": ([_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I], None),
     "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
     "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _U64, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
-                     _P, _I, _I, _I, _I, _I, _I], None),
+                     _P, _P, _I, _I, _I, _I, _I, _I], None),
     "reste_channel_affine": ([_P, _P, _I, _P, _P, _I32, _I, _I], None),
 }
 # the same kernels over their whole range, split into pieces run in parallel in C: (..., total, parts, pool)
@@ -505,11 +507,14 @@ class CKernels:
         return np.ascontiguousarray(padded.reshape(blocks, 16, w).transpose(0, 2, 1))
 
     def bconv(self, x: np.ndarray, rows: Rows, bt: np.ndarray, o: int, k: int, corr: np.ndarray | None,
-              epilogue: "Epilogue", bits: "BitsOut | None" = None, residual: np.ndarray | None = None) -> np.ndarray:
+              epilogue: "Epilogue", bits: "BitsOut | None" = None, residual: np.ndarray | None = None,
+              signs: "BitsOut | None" = None) -> np.ndarray:
         """XOR/popcount convolution of the packed activation ``x`` (addressed by ``rows``) with the
         blocked weights ``bt``: int32 dot products (``epilogue=None``), float32 (M, O) through the
         epilogue (plus ``residual``, (M, O) float32, when given), or, with ``bits``, the sign bits
-        written into ``bits.out`` (returned)."""
+        written into ``bits.out`` (returned). With ``signs`` (and an epilogue), the float32 output and,
+        in the same pass, its sign bits (value < 0, as :meth:`pack_signs`) written into ``signs.out``
+        (its ``lo`` and ``hi`` are not read)."""
         oh, ow = rows.out_hw
         m = rows.images * oh * ow
         assert bt.shape[1] == len(rows.off) * rows.words and bt.shape[0] * 16 >= o
@@ -518,22 +523,23 @@ class CKernels:
         null = (None, None)
         if bits is not None:
             mode, out = 2, bits.out
-            geometry = (out.ctypes.data + bits.origin, *bits.strides, -(-o // 8))
+            geometry = (out.ctypes.data + bits.origin, None, *bits.strides, -(-o // 8))
             scale_shift, thresholds, ab = null, (pin(bits.lo, lanes), pin(bits.hi, lanes)), null
         else:
-            mode = 0 if epilogue is None else 1
+            mode = 0 if epilogue is None else 3 if signs is not None else 1
             out = np.empty((m, o), dtype=np.int32 if epilogue is None else np.float32)
-            geometry = (out.ctypes.data, 0, 0, 0, 0)
+            geometry = (out.ctypes.data, None, 0, 0, 0, 0) if signs is None else \
+                (out.ctypes.data, signs.out.ctypes.data + signs.origin, *signs.strides, -(-o // 8))
             ab = null if epilogue is None else (pin(epilogue.alpha, lanes), pin(epilogue.bias, lanes))
             post = None if epilogue is None else epilogue.post
             scale_shift = (pin(post[0], lanes), pin(post[1], lanes)) if post is not None else null
             thresholds = null
         res = None
         if residual is not None:
-            assert mode == 1 and residual.dtype == np.float32 and residual.size == m * o
+            assert mode in (1, 3) and residual.dtype == np.float32 and residual.size == m * o
             residual = np.ascontiguousarray(residual)
             res = residual.ctypes.data
-        keep = (x, residual)  # noqa: F841 - keep the buffers alive during the call (the pinned ones are)
+        keep = (x, residual, signs)  # noqa: F841 - keep the buffers alive during the call (the pinned ones are)
         args = (x.ctypes.data, rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, pin(rows.off),
                 rows.tail, pin(bt), o, k, pin(corr, lanes), mode, *ab, *scale_shift, res, *thresholds, *geometry)
         self.lib.reste_bconv_mt(*args, m, self._parts(m, m * o * bt.shape[1], align=self.rows_per_block), self._pool)

@@ -11,7 +11,10 @@ separate ops: a binary conv with the ReLU, affine (batch norm) and residual add 
 follow it (one kernel epilogue); a float conv with its ReLU and affine (in place);
 and, on the C backend, a binary conv whose output only feeds another binary conv
 writes that conv's packed sign bits directly (``_BinaryConv.to_bits``; not while
-``forward`` records a trace, which needs the float values).
+``forward`` records a trace, which needs the float values); and a binary conv with its
+residual add whose output feeds another binary conv (and the next residual add) writes
+the float output and, in the same pass, the packed sign bits that conv reads
+(``_BinaryConv.with_signs``), so they are not packed again from the floats.
 
 >>> model = PackedModel.load("resnet20.rbnn")
 >>> logits = model(images)            # (N, C, H, W) -> (N, classes) float32 tensor, as model.forward
@@ -183,6 +186,33 @@ class _BinaryConv:
         y = torch.from_numpy(out).view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
         return y if residual is None or res is not None else torch.add(y, residual)
 
+    def _bits_for(self, nxt: "_BinaryConv", n: int, oh: int, ow: int,
+                  thresholds: tuple[np.ndarray, np.ndarray] | tuple[None, None]) -> BitsOut:
+        """A zero-filled packed input for ``nxt`` (its padding, its pixel bytes) for this layer's output."""
+        pt, pb, pl, pr = nxt.pad
+        hp, wp, cb = oh + pt + pb, ow + pl + pr, nxt.pixel_bytes
+        out = packed_buffer((n, hp, wp, cb))
+        return BitsOut(out, (pt * wp + pl) * cb, (hp * wp * cb, wp * cb, cb), *thresholds)
+
+    def with_signs(self, nxt: "_BinaryConv", x: torch.Tensor | PackedActivation,
+                   residual: torch.Tensor) -> tuple[torch.Tensor, PackedActivation | None]:
+        """``self(x, residual)`` and, from the same pass of the kernel, its sign bits packed and padded as ``nxt``
+        reads them (the bits :meth:`_packed_input` would pack from the float output); ``None`` for the bits
+        where the residual is not added in the kernel (they are then packed from the float output by ``nxt``)."""
+        xp, h, w = self._packed_input(x)
+        n = xp.shape[0]
+        oh, ow = self.out_hw(h, w)
+        if not (self.fast and nxt.fast and nxt.in_channels == self.out_channels
+                and tuple(residual.shape) == (n, self.out_channels, oh, ow) and residual.dtype == torch.float32):
+            return self(PackedActivation(xp, (h, w)), residual), None
+        res = residual.permute(0, 2, 3, 1).contiguous().numpy()
+        signs = self._bits_for(nxt, n, oh, ow, (None, None))
+        src, rows = self._rows(xp, (oh, ow))
+        out = self.kernels.bconv(src, rows, self.blocked, self.out_channels, self.k, self._correction(h, w),
+                                 self.epilogue, residual=res, signs=signs)
+        y = torch.from_numpy(out).view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+        return y, PackedActivation(signs.out, (oh, ow))
+
     def fuse_next(self, nxt: "_BinaryConv") -> bool:
         """Write sign bits for ``nxt`` instead of floats (C backend, exact thresholds found); False if not."""
         if not (self.fast and nxt.fast and nxt.in_channels == self.out_channels):
@@ -204,14 +234,11 @@ class _BinaryConv:
         xp, h, w = self._packed_input(x)
         n = xp.shape[0]
         oh, ow = self.out_hw(h, w)
-        pt, pb, pl, pr = nxt.pad
-        hp, wp, cb = oh + pt + pb, ow + pl + pr, nxt.pixel_bytes
-        out = packed_buffer((n, hp, wp, cb))
-        bits = BitsOut(out, (pt * wp + pl) * cb, (hp * wp * cb, wp * cb, cb), *self._thresholds)
+        bits = self._bits_for(nxt, n, oh, ow, self._thresholds)
         src, rows = self._rows(xp, (oh, ow))
         self.kernels.bconv(src, rows, self.blocked, self.out_channels, self.k, self._correction(h, w), self.epilogue,
                            bits)
-        return PackedActivation(out, (oh, ow))
+        return PackedActivation(bits.out, (oh, ow))
 
 
 class _BinaryLinear:
@@ -364,6 +391,25 @@ class PackedModel:
             self._steps.append((target, inputs, self._build(node, t, post)))
         self._last_use = self._free_plan()
         self._bit_steps = self._fuse_signs(users) if fuse_signs else set()
+        self._sign_pairs = self._sign_readers() if fuse_signs else {}
+
+    def _sign_readers(self) -> dict[int, int]:
+        """Steps whose binary conv (with its residual add fused) also writes the sign bits of its output for the
+        first binary conv that reads that value (C backend): step -> that reader's step. The float output is
+        kept for its other readers (the next residual add); the reader takes the bits, exactly those it would
+        pack from the floats, without a second pass over them."""
+        pairs = {}
+        for step, (target, inputs, fn) in enumerate(self._steps):
+            if not (isinstance(fn, _BinaryConv) and fn.fast and len(inputs) == 2 and target != self._output):
+                continue
+            reader = next((s for s in range(step + 1, len(self._steps)) if target in self._steps[s][1]), None)
+            if reader is None:
+                continue
+            _, reader_inputs, reader_fn = self._steps[reader]
+            if isinstance(reader_fn, _BinaryConv) and reader_fn.fast and reader_inputs[0] == target \
+                    and reader_fn.in_channels == fn.out_channels:
+                pairs[step] = reader
+        return pairs
 
     def _fuse_signs(self, users: list[int]) -> set[int]:
         """Steps whose binary conv writes its sign bits straight into the next binary conv's packed
@@ -571,11 +617,21 @@ class PackedModel:
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         values: dict[int, torch.Tensor] = {}
+        packed: dict[int, PackedActivation] = {}  # a step's packed input, written by a _sign_pairs producer
         for step, (target, inputs, fn) in enumerate(self._steps):
             if trace is not None and step in self._sign_steps:
                 trace.append(values[inputs[0]].clone())
             try:
-                if trace is None and step in self._bit_steps:
+                if trace is None and step in self._sign_pairs:
+                    reader = self._sign_pairs[step]
+                    values[target], bits = fn.with_signs(self._steps[reader][2], *(values[j] for j in inputs))
+                    if bits is not None:
+                        packed[reader] = bits
+                elif step in packed:  # (only without a trace)
+                    first = packed.pop(step)
+                    values[target] = fn.to_bits(first) if step in self._bit_steps else \
+                        fn(first, *(values[j] for j in inputs[1:]))
+                elif trace is None and step in self._bit_steps:
                     values[target] = fn.to_bits(values[inputs[0]])
                 else:
                     values[target] = fn(x) if not inputs else fn(*(values[j] for j in inputs))

@@ -134,6 +134,13 @@ typedef struct {
     uint64_t tail;
 } emit_ctx;
 
+/* Mode 3's sign bits of one pixel's lanes (bit j: lane j's float output < 0, as reste_pack_signs), the first
+   obytes bytes of the pixel. */
+static inline void store_bits(uint8_t *px, int64_t o0, uint32_t bits, int64_t obytes) {
+    px[o0 / 8] = (uint8_t)bits;
+    if (o0 / 8 + 1 < obytes) px[o0 / 8 + 1] = (uint8_t)(bits >> 8);
+}
+
 #if RESTE_AVX512
 /* The AVX-512 kernels do a whole block in registers: the counts of output rows m0 + r (r < nr) for the
    channels o0 .. o0+no-1, their dot products t = krow[r] - 2 count - crow[r] (crow[r] NULL: none), and the
@@ -148,7 +155,7 @@ static inline void emit16(__m512i c, int32_t krow, const int32_t *crow, uint8_t 
     int64_t at = m * e->O + o0;
     if (e->mode == 0) {
         _mm512_mask_storeu_epi32((int32_t *)e->out + at, keep, t);
-    } else if (e->mode == 1) {
+    } else if (e->mode != 2) {
         __m512 x = _mm512_cvtepi32_ps(t);
         x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(e->alpha + o0), x), _mm512_loadu_ps(e->bias + o0));
         if (e->scale) {
@@ -158,6 +165,8 @@ static inline void emit16(__m512i c, int32_t krow, const int32_t *crow, uint8_t 
         }
         if (e->res) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(keep, e->res + at));
         _mm512_mask_storeu_ps((float *)e->out + at, keep, x);
+        if (e->mode == 3) store_bits(px, o0, _mm512_mask_cmp_ps_mask(keep, x, _mm512_setzero_ps(), _CMP_LT_OQ),
+                                     e->obytes);
     } else {
         uint32_t bits = _mm512_cmp_epi32_mask(t, _mm512_loadu_si512((const void *)(e->lo + o0)), _MM_CMPINT_NLT) &
                         _mm512_cmp_epi32_mask(t, _mm512_loadu_si512((const void *)(e->hi + o0)), _MM_CMPINT_LE);
@@ -330,7 +339,7 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
             int64_t at = (m0 + r) * e->O + c0;
             if (e->mode == 0) {
                 _mm256_maskstore_epi32((int *)e->out + at, keep, t);
-            } else if (e->mode == 1) {
+            } else if (e->mode != 2) {
                 __m256 x = _mm256_cvtepi32_ps(t);
                 x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(e->alpha + c0), x), _mm256_loadu_ps(e->bias + c0));
                 if (e->scale) {
@@ -340,6 +349,10 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
                 }
                 if (e->res) x = _mm256_add_ps(x, _mm256_maskload_ps(e->res + at, keep));
                 _mm256_maskstore_ps((float *)e->out + at, keep, x);
+                if (e->mode == 3 && o0 / 8 + h < e->obytes) {
+                    int neg = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+                    px[r][o0 / 8 + h] = (uint8_t)(neg & _mm256_movemask_ps(_mm256_castsi256_ps(keep)));
+                }
             } else if (o0 / 8 + h < e->obytes) {  /* lo <= t <= hi: neither lo > t nor t > hi */
                 __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(e->lo + c0)), t),
                                               _mm256_cmpgt_epi32(t, _mm256_loadu_si256((const __m256i *)(e->hi + c0))));
@@ -436,12 +449,15 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
      mode 1: float32 (M, O), alpha[o] t + bias[o] [-> ReLU -> * scale[o] + shift[o]] (scale NULL: none)
              [+ res[m, o]] (res NULL: none; a residual added in the same pass);
      mode 2: sign bits of the next layer's packed input: bit o of out + n * on + oh * ohs + ow * ows
-             is lo[o] <= t <= hi[o]; the first obytes bytes of that pixel are written. */
+             is lo[o] <= t <= hi[o]; the first obytes bytes of that pixel are written;
+     mode 3: mode 1's float output, and its sign bits (value < 0, as reste_pack_signs: not -0, not NaN)
+             written as mode 2 writes them but into bits (a layer whose output, after its residual add,
+             feeds another binary layer and something else: no second pass to pack it). */
 void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
                  int64_t nseg, int64_t L, const int64_t *off, uint64_t tail, const uint64_t *Bt, int64_t O, int32_t K,
                  const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
                  const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
-                 int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
+                 uint8_t *bits, int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
 #if RESTE_BLOCK_EMIT
     emit_ctx e = {mode, O, obytes, alpha, bias, scale, shift, res, lo, hi, out, tail};
@@ -460,7 +476,8 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
         for (int r = 0; r < ROWS; r++) {
             rows[r] = X + n * sn + oh * sh + ow * sw;
             crow[r] = corr ? corr + p * blocks * LANES : 0;
-            px[r] = mode == 2 ? out + n * on + oh * ohs + ow * ows : 0;
+            uint8_t *dst = mode == 2 ? out : mode == 3 ? bits : 0;
+            px[r] = dst ? dst + n * on + oh * ohs + ow * ows : 0;
             krow[r] = K;
             for (int64_t sg = 0; RESTE_ISA != 2 && tail && sg < nseg; sg++) {  /* (ISA 2 masks them instead) */
                 krow[r] += 2 * __builtin_popcountll(ld64(rows[r] + off[sg] + 8 * (L - 1)) & tail);
@@ -492,7 +509,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                     int32_t *y = (int32_t *)out + (r0 + r) * O + o0;
                     if (no == LANES) memcpy(y, t, sizeof t);  /* a fixed size: one vector store, not a call */
                     else memcpy(y, t, (size_t)no * sizeof(int32_t));
-                } else if (mode == 1) {
+                } else if (mode != 2) {
                     lanes_float(t, alpha + o0, bias + o0, scale ? scale + o0 : 0, scale ? shift + o0 : 0, v);
                     if (res) {
                         const float *rs = res + (r0 + r) * O + o0;
@@ -504,6 +521,11 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                     float *y = (float *)out + (r0 + r) * O + o0;
                     if (no == LANES) memcpy(y, v, sizeof v);
                     else memcpy(y, v, (size_t)no * sizeof(float));
+                    if (mode == 3) {
+                        uint32_t bits = 0;
+                        for (int64_t j = 0; j < no; j++) bits |= (uint32_t)(v[j] < 0.0f) << j;
+                        store_bits(px[r], o0, bits, obytes);
+                    }
                 } else {
                     uint32_t bits = lanes_bits(t, lo + o0, hi + o0);
                     px[r][o0 / 8] = (uint8_t)bits;
@@ -666,15 +688,15 @@ typedef struct {
     int32_t mode;
     const float *alpha, *bias, *scale, *shift, *res;
     const int32_t *lo, *hi;
-    uint8_t *out;
+    uint8_t *out, *bits;
     int64_t on, ohs, ows, obytes;
 } bconv_ctx;
 
 static void bconv_range(const void *c, int64_t m0, int64_t m1) {
     const bconv_ctx *a = (const bconv_ctx *)c;
     reste_bconv(a->X, a->sn, a->sh, a->sw, a->OH, a->OW, a->nseg, a->L, a->off, a->tail, a->Bt, a->O, a->K, a->corr,
-                a->mode, a->alpha, a->bias, a->scale, a->shift, a->res, a->lo, a->hi, a->out, a->on, a->ohs, a->ows,
-                a->obytes, m0, m1);
+                a->mode, a->alpha, a->bias, a->scale, a->shift, a->res, a->lo, a->hi, a->out, a->bits, a->on, a->ohs,
+                a->ows, a->obytes, m0, m1);
 }
 
 /* reste_bconv over output rows [0, M), in `parts` pieces of whole ROWS-row blocks. */
@@ -682,10 +704,10 @@ void reste_bconv_mt(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_
                     int64_t nseg, int64_t L, const int64_t *off, uint64_t tail, const uint64_t *Bt, int64_t O,
                     int32_t K, const int32_t *corr, int32_t mode, const float *alpha, const float *bias,
                     const float *scale, const float *shift, const float *res, const int32_t *lo, const int32_t *hi,
-                    uint8_t *out, int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M, int64_t parts,
-                    int32_t pool) {
+                    uint8_t *out, uint8_t *bits, int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M,
+                    int64_t parts, int32_t pool) {
     bconv_ctx a = {X, sn, sh, sw, OH, OW, nseg, L, off, tail, Bt, O, K, corr, mode, alpha, bias, scale, shift, res,
-                   lo, hi, out, on, ohs, ows, obytes};
+                   lo, hi, out, bits, on, ohs, ows, obytes};
     run_parallel(bconv_range, &a, M, parts, ROWS, pool);
 }
 
