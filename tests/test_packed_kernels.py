@@ -480,6 +480,36 @@ def test_fused_model_equals_traced_model_and_the_reference_on_every_variant(bloc
     assert all(torch.equal(v, logits[0]) for v in logits)
 
 
+def test_calls_from_several_threads_and_batch_sizes_give_each_its_own_results(block_file):
+    """A layer's kernel arguments are made once per input geometry (``BconvPlan``) and copied at each call,
+    so that two Python threads running one model at once (ctypes lets go of the GIL in the kernel) do not
+    write into each other's buffers; the residual blocks write the bits their reader takes (``_sign_pairs``)."""
+    import threading
+
+    packed = PackedModel.load(block_file, backend="c", threads=1)
+    assert packed._sign_pairs
+    inputs = [torch.randn(b, 3, 12, 12, generator=torch.Generator().manual_seed(b)) for b in (1, 5, 5, 9)]
+    want = [PackedModel.load(block_file, backend="c", threads=1, fuse_signs=False)(x) for x in inputs]
+    plans = None
+    for _ in range(2):
+        got: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(inputs))}
+
+        def run(i: int) -> None:
+            for _ in range(40):
+                got[i].append(packed(inputs[i]))
+
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        for i, x in enumerate(inputs):
+            assert len(got[i]) == 40 and all(torch.equal(y, want[i]) for y in got[i]), i
+        made = sum(len(fn._plans) for _, _, fn in packed._steps if isinstance(fn, R._BinaryConv))
+        assert plans is None or made == plans  # none made again for a geometry seen before
+        plans = made
+
+
 def test_the_engine_looks_each_address_up_once_and_pins_nothing_per_call(block_file):
     """The kernels keep the addresses of the arrays that live as long as a layer (CKernels._pin): after
     the first batch of a size, further batches pin nothing new, and the results stay the same."""

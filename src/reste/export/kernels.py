@@ -240,6 +240,16 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
 _SIGNATURES.update({f"{name}_mt": (args + [_I32], None) for name, (args, _) in _SIGNATURES.items()
                     if name not in ("reste_isa", "reste_rows")})
 _SIGNATURES["reste_use_openmp"] = ([_P, _P, _P], None)
+_SIGNATURES["reste_bconv_args_mt"] = ([_P, _I, _I, _I32], None)
+
+
+class BconvArgs(ctypes.Structure):
+    """``reste_bconv_mt``'s arguments but the last three, as ``bconv_ctx`` in ``packed.c`` (the same layout)."""
+
+    _fields_ = [("X", _P), *((f, _I) for f in ("sn", "sh", "sw", "OH", "OW", "nseg", "L")), ("off", _P),
+                ("tail", _U64), ("Bt", _P), ("O", _I), ("K", _I32), ("corr", _P), ("mode", _I32),
+                *((f, _P) for f in ("alpha", "bias", "scale", "shift", "res", "lo", "hi", "out", "bits")),
+                *((f, _I) for f in ("on", "ohs", "ows", "obytes"))]
 _CPU = NativeLibrary("cpu", _CPU_SOURCE, {"reste_cpu_features": ([], ctypes.c_int)}, flag_sets=(("-O2",),))
 
 
@@ -544,6 +554,48 @@ class CKernels:
                 rows.tail, pin(bt), o, k, pin(corr, lanes), mode, *ab, *scale_shift, res, *thresholds, *geometry)
         self.lib.reste_bconv_mt(*args, m, self._parts(m, m * o * bt.shape[1], align=self.rows_per_block), self._pool)
         return out
+
+    def bconv_plan(self, rows: Rows, bt: np.ndarray, o: int, k: int, corr: np.ndarray | None, epilogue: "Epilogue",
+                   mode: int, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
+                   strides: tuple[int, int, int] = (0, 0, 0)) -> "BconvPlan":
+        """What :meth:`bconv` passes to the kernel for one layer, input shape and output kind (mode 1 float,
+        2 sign bits through ``lo``/``hi``, 3 both; ``strides`` those of the bits' (n, h, w)), but the buffers'
+        addresses: :class:`BconvPlan` takes those at each call. The arrays must live as long as the plan."""
+        oh, ow = rows.out_hw
+        assert bt.shape[1] == len(rows.off) * rows.words and bt.shape[0] * 16 >= o and mode in (1, 2, 3)
+        lanes = bt.shape[0] * 16
+        pin = self._pin
+        a = BconvArgs()
+        a.sn, a.sh, a.sw, a.OH, a.OW, a.nseg, a.L = rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words
+        a.off, a.tail, a.Bt, a.O, a.K, a.corr, a.mode = pin(rows.off), rows.tail, pin(bt), o, k, pin(corr, lanes), mode
+        if mode == 2:
+            a.lo, a.hi = pin(lo, lanes), pin(hi, lanes)
+        else:
+            a.alpha, a.bias = pin(epilogue.alpha, lanes), pin(epilogue.bias, lanes)
+            if epilogue.post is not None:
+                a.scale, a.shift = pin(epilogue.post[0], lanes), pin(epilogue.post[1], lanes)
+        if mode != 1:
+            a.on, a.ohs, a.ows = strides
+            a.obytes = -(-o // 8)
+        m = rows.images * oh * ow
+        return BconvPlan(self, a, m, m * o * bt.shape[1])
+
+
+class BconvPlan:
+    """One layer's kernel call with its fixed arguments made once (:meth:`CKernels.bconv_plan`): a call then
+    sets the buffers' addresses in a copy of them (calls from several threads do not share it) and passes it
+    whole (``reste_bconv_args_mt``), the thread count as it is at the call."""
+
+    def __init__(self, kernels: CKernels, args: BconvArgs, m: int, work: int) -> None:
+        self.kernels, self.args, self.m, self.work = kernels, args, m, work
+
+    def __call__(self, x: int, out: int, bits: int | None = None, res: int | None = None) -> None:
+        """Run it on the activation at address ``x``, writing ``out`` (mode 2: the bits' interior) and, in mode 3,
+        ``bits`` (their interior); ``res``: the residual's address (mode 1 and 3), or None."""
+        a = BconvArgs.from_buffer_copy(self.args)
+        a.X, a.out, a.bits, a.res = x, out, bits, res
+        k = self.kernels
+        k.lib.reste_bconv_args_mt(ctypes.addressof(a), self.m, k._parts(self.m, self.work, k.rows_per_block), k._pool)
 
 
 @dataclass
