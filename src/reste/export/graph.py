@@ -105,6 +105,12 @@ def _conv_padding(m: nn.Conv1d | nn.Conv2d, name: str) -> list[int]:
     return [0, 0] * (2 - len(pads) // 2) + pads
 
 
+def _shape_of(arg: Any) -> tuple[int, ...] | None:
+    """The shape of an fx node's value where :class:`ShapeProp` propagated it (``input_size`` given), else None."""
+    meta = arg.meta.get("tensor_meta") if isinstance(arg, fx.Node) else None
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
 def _on_unit_height(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A 1-D layer's nodes: its 2-D op(s) on (N, C, 1, L), between an unsqueeze and a squeeze of that height."""
     return [{"op": "unsqueeze", "dim": 2}, *parts, {"op": "squeeze", "dim": 2}]
@@ -160,17 +166,29 @@ def _conv_nodes(m: nn.Conv1d | nn.Conv2d, name: str) -> dict[str, Any] | list[di
     return {"op": "bconv", **node, "w": w, "alpha": alpha, "bin_in": getattr(m, "input_precision", 1) == 1}
 
 
+def _maxpool1d(k: Any, stride: Any, pad: Any, dil: Any, ceil: bool) -> list[dict[str, Any]]:
+    """A 1-D max pool's nodes (module or function): its 2-D pool on a height of 1."""
+    return _on_unit_height([_maxpool(_lifted(k), _lifted(stride or k), [0, _lifted(pad)[1]], _lifted(dil), ceil)])
+
+
+def _avgpool1d(k: Any, stride: Any, pad: Any, ceil: bool, incl: bool) -> list[dict[str, Any]]:
+    """A 1-D average pool's nodes (module or function): its 2-D pool on a height of 1."""
+    return _on_unit_height([_avgpool(_lifted(k), _lifted(stride or k), [0, _lifted(pad)[1]], ceil, incl, None)])
+
+
+def _adaptive_avgpool1d(size: Any) -> list[dict[str, Any]]:
+    return _on_unit_height([{"op": "adaptive_avgpool", "size": _lifted(size)}])
+
+
 def _pool1d(m: nn.Module, name: str) -> list[dict[str, Any]]:
     """A 1-D pooling layer's nodes: its 2-D pool on a height of 1."""
     if isinstance(m, nn.MaxPool1d):
         if m.return_indices:
             raise UsageError(f"cannot export {name}: MaxPool1d(return_indices=True)")
-        return _on_unit_height([_maxpool(_lifted(m.kernel_size), _lifted(m.stride or m.kernel_size),
-                                         [0, _lifted(m.padding)[1]], _lifted(m.dilation), m.ceil_mode)])
+        return _maxpool1d(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
     if isinstance(m, nn.AvgPool1d):
-        return _on_unit_height([_avgpool(_lifted(m.kernel_size), _lifted(m.stride or m.kernel_size),
-                                         [0, _lifted(m.padding)[1]], m.ceil_mode, m.count_include_pad, None)])
-    return _on_unit_height([{"op": "adaptive_avgpool", "size": _lifted(m.output_size)}])
+        return _avgpool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+    return _adaptive_avgpool1d(m.output_size)
 
 
 def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any]] | None:
@@ -319,10 +337,10 @@ class _Builder:
             elif n.op == "call_module":
                 m = self.modules[n.target]
                 x = self.tensor(n.args[0], n.target)
-                meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
-                if isinstance(m, nn.Linear) and getattr(m, "precision", 32) == 1 and isinstance(meta, TensorMetadata) \
-                        and len(meta.shape) != 2:  # (a Linear over the last dimension of (N, C, L): float only)
-                    shape = ", ".join(["N", *map(str, meta.shape[1:])])
+                shape = _shape_of(n.args[0])
+                if isinstance(m, nn.Linear) and getattr(m, "precision", 32) == 1 and shape is not None \
+                        and len(shape) != 2:  # (a Linear over the last dimension of (N, C, L): float only)
+                    shape = ", ".join(["N", *map(str, shape[1:])])
                     raise UsageError(f"cannot export {n.target} ({type(m).__name__}) on ({shape}) inputs: a binary "
                                      "linear layer takes (N, features); flatten its input first, or keep the layer "
                                      f"float (binarize(..., keep=[{n.target!r}]))")
@@ -354,8 +372,8 @@ class _Builder:
     @staticmethod
     def _per_sample(arg: Any) -> int | None:
         """The number of elements of one sample of ``arg`` (known when shapes were propagated)."""
-        meta = arg.meta.get("tensor_meta") if isinstance(arg, fx.Node) else None
-        return math.prod(meta.shape[1:]) if isinstance(meta, TensorMetadata) else None
+        shape = _shape_of(arg)
+        return None if shape is None else math.prod(shape[1:])
 
     def _kw(self, n: fx.Node, index: int, name: str, default: Any) -> Any:
         if len(n.args) > index:
@@ -412,20 +430,17 @@ class _Builder:
                             _pair(self._kw(n, 4, "dilation", 1)), self._kw(n, 5, "ceil_mode", False))
             return self.add(node, [self.tensor(a[0], where)])
         if f is F.max_pool1d:
-            k = self._kw(n, 1, "kernel_size", None)
-            node = _maxpool(_lifted(k), _lifted(self._kw(n, 2, "stride", None) or k),
-                            [0, _lifted(self._kw(n, 3, "padding", 0))[1]], _lifted(self._kw(n, 4, "dilation", 1)),
-                            self._kw(n, 5, "ceil_mode", False))
-            return self.chain(_on_unit_height([node]), self.tensor(a[0], where))
+            parts = _maxpool1d(self._kw(n, 1, "kernel_size", None), self._kw(n, 2, "stride", None),
+                               self._kw(n, 3, "padding", 0), self._kw(n, 4, "dilation", 1),
+                               self._kw(n, 5, "ceil_mode", False))
+            return self.chain(parts, self.tensor(a[0], where))
         if f is F.avg_pool1d:
-            k = self._kw(n, 1, "kernel_size", None)
-            node = _avgpool(_lifted(k), _lifted(self._kw(n, 2, "stride", None) or k),
-                            [0, _lifted(self._kw(n, 3, "padding", 0))[1]], self._kw(n, 4, "ceil_mode", False),
-                            self._kw(n, 5, "count_include_pad", True), None)
-            return self.chain(_on_unit_height([node]), self.tensor(a[0], where))
+            parts = _avgpool1d(self._kw(n, 1, "kernel_size", None), self._kw(n, 2, "stride", None),
+                               self._kw(n, 3, "padding", 0), self._kw(n, 4, "ceil_mode", False),
+                               self._kw(n, 5, "count_include_pad", True))
+            return self.chain(parts, self.tensor(a[0], where))
         if f is F.adaptive_avg_pool1d:
-            node = {"op": "adaptive_avgpool", "size": _lifted(self._kw(n, 1, "output_size", None))}
-            return self.chain(_on_unit_height([node]), self.tensor(a[0], where))
+            return self.chain(_adaptive_avgpool1d(self._kw(n, 1, "output_size", None)), self.tensor(a[0], where))
         if f in (torch.unsqueeze, torch.squeeze):
             return self.unit_dim(n, f.__name__)
         if f is torch.mean:
@@ -513,16 +528,16 @@ class _Builder:
         """``x.unsqueeze(dim)`` / ``x.squeeze(dim)`` (or torch's functions): a unit dimension added or removed, never
         the batch; a negative ``dim`` where the shapes were propagated (``input_size``) give the rank."""
         dim = self._kw(n, 1, "dim", None)
-        meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
-        rank = len(meta.shape) if isinstance(meta, TensorMetadata) else None
+        shape = _shape_of(n.args[0])
+        rank = None if shape is None else len(shape)
         if isinstance(dim, int) and dim < 0 and rank is not None:
             dim += rank + (name == "unsqueeze")
         if not isinstance(dim, int) or not 1 <= dim <= ir.MAX_DIM:
             given = "no dim" if dim is None else f"dim={dim!r}"
             raise UsageError(f"cannot export {name} with {given}: give one dimension after the batch (x.{name}(1); a "
                              "negative one needs input_size)")
-        if name == "squeeze" and isinstance(meta, TensorMetadata) and (dim >= rank or meta.shape[dim] != 1):
-            raise UsageError(f"cannot export squeeze({dim}) of a tensor of shape {tuple(meta.shape)}: only a "
+        if name == "squeeze" and shape is not None and (dim >= len(shape) or shape[dim] != 1):
+            raise UsageError(f"cannot export squeeze({dim}) of a tensor of shape {shape}: only a "
                              "dimension of size 1 (one that squeeze removes)")
         return self.add({"op": name, "dim": dim}, [self.tensor(n.args[0], name)])
 
@@ -742,6 +757,7 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
                          "input_size against the model")
     ranks: dict[int, int] = {}
     for n, i in builder.env.items():  # the fx node that made a graph node comes first (identities reuse it)
-        if isinstance(i, int) and isinstance(n.meta.get("tensor_meta"), TensorMetadata):
-            ranks.setdefault(i, len(n.meta["tensor_meta"].shape))
+        shape = _shape_of(n)
+        if isinstance(i, int) and shape is not None:
+            ranks.setdefault(i, len(shape))
     return fold_batch_norms(*drop_unit_dims(nodes, output, ranks))
