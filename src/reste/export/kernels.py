@@ -527,42 +527,36 @@ class CKernels:
         (its ``lo`` and ``hi`` are not read)."""
         oh, ow = rows.out_hw
         m = rows.images * oh * ow
-        assert bt.shape[1] == len(rows.off) * rows.words and bt.shape[0] * 16 >= o
-        lanes = bt.shape[0] * 16
-        pin = self._pin
-        null = (None, None)
+        extra = None  # mode 3: the sign bits' interior
         if bits is not None:
             mode, out = 2, bits.out
-            geometry = (out.ctypes.data + bits.origin, None, *bits.strides, -(-o // 8))
-            scale_shift, thresholds, ab = null, (pin(bits.lo, lanes), pin(bits.hi, lanes)), null
+            plan = self.bconv_plan(rows, bt, o, k, corr, epilogue, 2, bits.lo, bits.hi, bits.strides)
+            target = out.ctypes.data + bits.origin
         else:
             mode = 0 if epilogue is None else 3 if signs is not None else 1
             out = np.empty((m, o), dtype=np.int32 if epilogue is None else np.float32)
-            geometry = (out.ctypes.data, None, 0, 0, 0, 0) if signs is None else \
-                (out.ctypes.data, signs.out.ctypes.data + signs.origin, *signs.strides, -(-o // 8))
-            ab = null if epilogue is None else (pin(epilogue.alpha, lanes), pin(epilogue.bias, lanes))
-            post = None if epilogue is None else epilogue.post
-            scale_shift = (pin(post[0], lanes), pin(post[1], lanes)) if post is not None else null
-            thresholds = null
+            plan = self.bconv_plan(rows, bt, o, k, corr, epilogue, mode,
+                                   strides=(0, 0, 0) if signs is None else signs.strides)
+            target = out.ctypes.data
+            if signs is not None:
+                extra = signs.out.ctypes.data + signs.origin
         res = None
         if residual is not None:
             assert mode in (1, 3) and residual.dtype == np.float32 and residual.size == m * o
-            residual = np.ascontiguousarray(residual)
+            residual = np.ascontiguousarray(residual)  # (alive, as x and signs are, until the call returns)
             res = residual.ctypes.data
-        keep = (x, residual, signs)  # noqa: F841 - keep the buffers alive during the call (the pinned ones are)
-        args = (x.ctypes.data, rows.sn, rows.sh, rows.sw, oh, ow, len(rows.off), rows.words, pin(rows.off),
-                rows.tail, pin(bt), o, k, pin(corr, lanes), mode, *ab, *scale_shift, res, *thresholds, *geometry)
-        self.lib.reste_bconv_mt(*args, m, self._parts(m, m * o * bt.shape[1], align=self.rows_per_block), self._pool)
+        plan(x.ctypes.data, target, extra, res)
         return out
 
     def bconv_plan(self, rows: Rows, bt: np.ndarray, o: int, k: int, corr: np.ndarray | None, epilogue: "Epilogue",
                    mode: int, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
                    strides: tuple[int, int, int] = (0, 0, 0)) -> "BconvPlan":
-        """What :meth:`bconv` passes to the kernel for one layer, input shape and output kind (mode 1 float,
-        2 sign bits through ``lo``/``hi``, 3 both; ``strides`` those of the bits' (n, h, w)), but the buffers'
-        addresses: :class:`BconvPlan` takes those at each call. The arrays must live as long as the plan."""
+        """What :meth:`bconv` passes to the kernel for one layer, input shape and output kind (mode 0 int32 dot
+        products, 1 float, 2 sign bits through ``lo``/``hi``, 3 both; ``strides`` those of the bits' (n, h, w)),
+        but the buffers' addresses: :class:`BconvPlan` takes those at each call. The arrays must live as long as
+        the plan."""
         oh, ow = rows.out_hw
-        assert bt.shape[1] == len(rows.off) * rows.words and bt.shape[0] * 16 >= o and mode in (1, 2, 3)
+        assert bt.shape[1] == len(rows.off) * rows.words and bt.shape[0] * 16 >= o and mode in (0, 1, 2, 3)
         lanes = bt.shape[0] * 16
         pin = self._pin
         a = BconvArgs()
@@ -570,11 +564,11 @@ class CKernels:
         a.off, a.tail, a.Bt, a.O, a.K, a.corr, a.mode = pin(rows.off), rows.tail, pin(bt), o, k, pin(corr, lanes), mode
         if mode == 2:
             a.lo, a.hi = pin(lo, lanes), pin(hi, lanes)
-        else:
+        elif mode != 0:
             a.alpha, a.bias = pin(epilogue.alpha, lanes), pin(epilogue.bias, lanes)
             if epilogue.post is not None:
                 a.scale, a.shift = pin(epilogue.post[0], lanes), pin(epilogue.post[1], lanes)
-        if mode != 1:
+        if mode in (2, 3):
             a.on, a.ohs, a.ows = strides
             a.obytes = -(-o // 8)
         m = rows.images * oh * ow
