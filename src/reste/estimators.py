@@ -512,9 +512,10 @@ class Estimator(nn.Module):
             # a hyper-parameter the saved state does not name was added to the class since (a plugin's new
             # version, or reste's): the state trained with what its default gives, so only another value differs
             defaults = self._defaults()
-            differ = sorted(k for k in set(config) | set(own) if config.get(k, defaults.get(k)) != own.get(k))
+            trained = {k: config.get(k, defaults.get(k)) for k in set(config) | set(own)}
+            differ = sorted(k for k, v in trained.items() if v != own.get(k))
             if differ:
-                saved_values = ", ".join(f"{k}={config.get(k, defaults.get(k))!r}" for k in differ)
+                saved_values = ", ".join(f"{k}={trained[k]!r}" for k in differ)
                 own_values = ", ".join(f"{k}={own.get(k)!r}" for k in differ)
                 error_msgs.append(
                     f"{prefix}_extra_state: the state of a {self.name!r} estimator with {saved_values} cannot load "

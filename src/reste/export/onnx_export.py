@@ -41,6 +41,15 @@ def _dilated_same(m: nn.Module) -> bool:
     return isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding == "same" and any(d != 1 for d in m.dilation)
 
 
+def _filled(new: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``new`` (a float conv or linear) holding ``weight`` and ``bias``."""
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias.detach())
+    return new
+
+
 def _plain_conv(m: nn.Module, weight: torch.Tensor) -> nn.Module:
     """A float nn.Conv1d/2d of ``m``'s geometry and ``weight``; a dilated 'same' padding as numbers, after an
     explicit zero pad where the two sides differ (an even kernel: PyTorch pads one more on the right)."""
@@ -52,12 +61,8 @@ def _plain_conv(m: nn.Module, weight: torch.Tensor) -> nn.Module:
         if any(t % 2 for t in totals):
             pad = [n for t in reversed(totals) for n in (t // 2, t - t // 2)]  # F.pad's order: last dim first
             padding = (0,) * len(totals)
-    new = conv(m.in_channels, m.out_channels, m.kernel_size, m.stride, padding, m.dilation, m.groups,
-               bias=m.bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if m.bias is not None:
-            new.bias.copy_(m.bias.detach())
+    new = _filled(conv(m.in_channels, m.out_channels, m.kernel_size, m.stride, padding, m.dilation, m.groups,
+                       bias=m.bias is not None), weight, m.bias)
     if pad is None:
         return new
     return nn.Sequential((nn.ConstantPad1d if conv is nn.Conv1d else nn.ConstantPad2d)(tuple(pad), 0.0), new)
@@ -73,11 +78,7 @@ def _float_layer(m: nn.Module, name: str) -> nn.Module:
                              "only 'zeros'")
         new: nn.Module = _plain_conv(m, w)
     elif isinstance(m, nn.Linear):
-        new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        with torch.no_grad():
-            new.weight.copy_(w)
-            if m.bias is not None:
-                new.bias.copy_(m.bias.detach())
+        new = _filled(nn.Linear(m.in_features, m.out_features, bias=m.bias is not None), w, m.bias)
     else:
         raise UsageError(f"cannot export binary layer type {type(m).__name__} to ONNX")
     if getattr(m, "input_precision", 1) == 1:
