@@ -197,6 +197,7 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
     # a float baseline beside binary models (--grid model=resnet20_1w1a,resnet20): it has no estimator, so the
     # estimator's settings (axes and flags) are left out of it, and it trains once, not once per estimator value
     float_beside_binary = len({_binary_model(m) for m in models}) == 2
+    binary_axes = {k for k in grid if kinds[k][0] == "estimator" or kinds[k] in {("field", n) for n in BINARY_ONLY}}
     scoped = {key: flag_takers(key.strip().replace("-", "_")) for key in grid
               if kinds[key][0] == "estimator" and key.strip().replace("-", "_") in _flag_aliases()}
     fixed_takers = {dest: flag_takers(dest) for dest in flags}
@@ -242,8 +243,7 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         config = TrainConfig.from_dict(data)
         if float_beside_binary and not _binary(config):
             data.update({name: getattr(TrainConfig, name) for name in BINARY_ONLY}, estimator_options={})
-            values = {key: value for key, value in values.items()
-                      if not (kinds[key][0] == "estimator" or kinds[key] in {("field", n) for n in BINARY_ONLY})}
+            values = {key: value for key, value in values.items() if key not in binary_axes}
             config = TrainConfig.from_dict(data)
         if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others: left out there
             config = config.without_idle_data_flags(keep=idle_everywhere)
