@@ -267,24 +267,28 @@ def test_binarized_model_runs_and_trains_mode_is_kept():
 
 
 class Odd(nn.Module):
-    """A model with layers that have no binary version: a ConvTranspose1d and a Conv2d subclass."""
+    """A model with layers that have no binary version: a Conv2d subclass and a Linear subclass."""
 
     class PaddedConv(nn.Conv2d):  # its own forward, like timm's Conv2dSame
         def forward(self, x):
             return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+    class Gate(nn.Linear):
+        def forward(self, x):
+            return torch.sigmoid(super().forward(x))
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.mid = nn.Conv2d(4, 4, 3, padding=1)
         self.same = self.PaddedConv(4, 4, 3)
-        self.gate = nn.ConvTranspose1d(1, 1, 3, padding=1)  # the same length out
+        self.gate = self.Gate(4, 4)
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
         x = self.same(torch.relu(self.mid(torch.relu(self.stem(x)))))
         y = x.mean(dim=(2, 3))
-        return self.fc(y * torch.sigmoid(self.gate(y.unsqueeze(1)).squeeze(1)))
+        return self.fc(y * self.gate(y))
 
 
 def test_unconvertible_layers_are_named_in_one_warning():
@@ -293,16 +297,16 @@ def test_unconvertible_layers_are_named_in_one_warning():
         bnet = binarize(Odd())
     messages = [str(w.message) for w in record if "no binary version" in str(w.message)]
     assert len(messages) == 1
-    assert "'same' (PaddedConv)" in messages[0] and "'gate' (ConvTranspose1d)" in messages[0]
-    assert "only exact nn.Conv1d, nn.Conv2d and nn.Linear are converted" in messages[0]
+    assert "'same' (PaddedConv)" in messages[0] and "'gate' (Gate)" in messages[0]
+    assert "only exact torch.nn convolutions (Conv1d/2d/3d, ConvTranspose1d/2d/3d) and nn.Linear" in messages[0]
     assert isinstance(bnet.mid, BinaryConv2d)
-    assert type(bnet.same) is Odd.PaddedConv and type(bnet.gate) is nn.ConvTranspose1d
+    assert type(bnet.same) is Odd.PaddedConv and type(bnet.gate) is Odd.Gate
     assert bnet(torch.randn(2, 3, 6, 6)).shape == (2, 3)
     # keep= names them: no warning, and a pattern that matches only them is not "unmatched"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         binarize(Odd(), keep=["same", "gate"])
-    with pytest.warns(UserWarning, match=r"'gate' \(ConvTranspose1d\)") as record:
+    with pytest.warns(UserWarning, match=r"'gate' \(Gate\)") as record:
         binarize(Odd(), keep=["same"])
     assert "'same'" not in str(record[0].message)
 

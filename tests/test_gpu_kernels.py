@@ -57,7 +57,7 @@ pytest.importorskip("triton")
 import reste  # noqa: E402
 from reste import estimators, fused, triton_dispatch  # noqa: E402
 from reste.estimators import get_estimator  # noqa: E402
-from reste.layers import BinaryConv1d, BinaryConv2d  # noqa: E402
+from reste.layers import BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose2d  # noqa: E402
 from kernel_checks import (  # noqa: E402
     DTYPES, ESTIMATORS, SHAPE, ULP16, ULP32, _bounds, assert_scaled_sign_within, assert_sign_matches,
     assert_within, inputs, layouts, tolerance, torch_backward, torch_scaled_sign, weight,
@@ -215,6 +215,30 @@ def test_a_1d_convs_weight_takes_the_scaled_sign_kernels(scaling, layout):
     with triton_dispatch.forced(counted):
         conv(torch.randn(2, 4, 9)).sum().backward()
     assert counted.calls["scaled_sign"] == 1 and counted.calls["scaled_sign_backward"] == 1
+
+
+@pytest.mark.parametrize("layer, fused", [
+    (lambda: BinaryConv3d(3, 4, 3, padding=1, scaling="channel"), True),
+    (lambda: BinaryConvTranspose2d(3, 4, 3, padding=1, scaling="layer"), True),
+    # a transposed weight is (in, out, *k): an output channel's weights are not one block of memory
+    (lambda: BinaryConvTranspose2d(3, 4, 3, padding=1, scaling="channel"), False),
+], ids=["conv3d-channel", "convT2d-layer", "convT2d-channel"])
+def test_the_other_convs_take_the_kernels_where_their_groups_are_consecutive(layer, fused):
+    """Forced onto the kernels, a 3-D or a transposed conv's step gives the PyTorch path's gradients (within the
+    kernels' float32 bound: their sums run in another order), launching them only where they apply."""
+    torch.manual_seed(0)
+    conv = layer()
+    x = torch.randn(2, 3, *[5] * (conv.weight.dim() - 2))
+    grads = []
+    for forced in (False, True):
+        conv.weight.grad = None
+        counted = counting(K)
+        with triton_dispatch.forced(counted) if forced else _null():
+            conv(x).square().sum().backward()
+        grads.append(conv.weight.grad.clone())
+        assert counted.calls["scaled_sign"] == counted.calls["scaled_sign_backward"] == int(forced and fused)
+    bound = 64 * 2.0 ** -24 * float(grads[0].abs().max()) * conv.weight.numel()
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=bound)
 
 
 @pytest.mark.parametrize("scaling", ["layer", "channel"])

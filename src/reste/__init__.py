@@ -18,7 +18,8 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "estimators": ("DSQ", "EDE", "ESTIMATORS", "FDA", "RBNN", "STE", "ApproxSign", "Estimator", "Param", "ReSTE",
                    "SignSwish", "get_estimator", "list_estimators", "register_estimator", "sign"),
     "indicators": ("EquilibriumMeter", "estimating_error", "gradient_stability"),
-    "layers": ("BinaryConv1d", "BinaryConv2d", "BinaryLinear", "binary_layers", "clip_weights", "estimators_of",
+    "layers": ("BinaryConv1d", "BinaryConv2d", "BinaryConv3d", "BinaryConvTranspose1d", "BinaryConvTranspose2d",
+               "BinaryConvTranspose3d", "BinaryLinear", "binary_layers", "clip_weights", "estimators_of",
                "schedule_values", "set_progress"),
 }, globals())
 
@@ -27,7 +28,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ESTIMATORS", "Estimator", "STE", "ReSTE", "ApproxSign", "SignSwish", "EDE", "RBNN", "DSQ", "FDA",
     "Param", "get_estimator", "list_estimators", "register_estimator", "sign", "BinaryConv1d", "BinaryConv2d",
-    "BinaryLinear", "binarize", "binary_layers", "clip_weights",
+    "BinaryConv3d", "BinaryConvTranspose1d", "BinaryConvTranspose2d", "BinaryConvTranspose3d", "BinaryLinear",
+    "binarize", "binary_layers", "clip_weights",
     "estimators_of", "set_progress", "schedule_values", "EquilibriumMeter", "estimating_error",
     "gradient_stability", "__version__",
 ]

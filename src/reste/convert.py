@@ -1,4 +1,5 @@
-"""``binarize``: turn the 1-D and 2-D convolutions and the linears of a float model into binary layers."""
+"""``binarize``: turn the convolutions (1-D to 3-D, transposed or not) and the linears of a float model into binary
+layers."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .estimators import get_estimator
-from .layers import SCALINGS, BinaryConv1d, BinaryConv2d, BinaryLinear
+from .layers import SCALINGS, BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose1d, \
+    BinaryConvTranspose2d, BinaryConvTranspose3d, BinaryLinear
 
 #: the layer types ``binarize`` converts (exactly these types, not their subclasses) and their binary versions
-CONVERTED: dict[type, type] = {nn.Conv1d: BinaryConv1d, nn.Conv2d: BinaryConv2d, nn.Linear: BinaryLinear}
+CONVERTED: dict[type, type] = {
+    nn.Conv1d: BinaryConv1d, nn.Conv2d: BinaryConv2d, nn.Conv3d: BinaryConv3d,
+    nn.ConvTranspose1d: BinaryConvTranspose1d, nn.ConvTranspose2d: BinaryConvTranspose2d,
+    nn.ConvTranspose3d: BinaryConvTranspose3d, nn.Linear: BinaryLinear,
+}
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -26,9 +32,8 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def _unconvertible(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Convolutions and linears that ``binarize`` has no binary version of.
 
-    Conv3d and transposed convs, and subclasses of ``nn.Conv1d``/``nn.Conv2d``/``nn.Linear``
-    with their own forward (timm's ``Conv2dSame``, ``StdConv2d``, a parametrized or lazy
-    layer, the ``out_proj`` of ``nn.MultiheadAttention``); layers that are already
+    Subclasses of the converted types with their own forward (timm's ``Conv2dSame``, ``StdConv2d``, a
+    parametrized or lazy layer, the ``out_proj`` of ``nn.MultiheadAttention``); layers that are already
     binary are not listed.
     """
     return [
@@ -39,7 +44,7 @@ def _unconvertible(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8, attention: frozenset[str] = frozenset()) -> str:
-    """``'a' (Conv3d), 'b' (Conv2dSame)``, the first ``limit`` of them and a count of the rest; the ``out_proj``
+    """``'a' (LazyConv2d), 'b' (Conv2dSame)``, the first ``limit`` of them and a count of the rest; the ``out_proj``
     of an ``nn.MultiheadAttention`` (among the names ``attention``) is said with the in-projection that stays
     float beside it (a Parameter of the attention, not a layer)."""
     def one(n: str, m: nn.Module) -> str:
@@ -86,8 +91,14 @@ def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Mod
     training them, and their ``requires_grad``, their ties to other layers and their memory format stay. The
     hooks registered on ``module`` stay too (the same dicts, so their handles still remove them)."""
     try:
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
             new: nn.Module = CONVERTED[type(module)](
+                module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                module.output_padding, module.groups, module.bias is not None, module.dilation,
+                module.padding_mode, module.weight.device, module.weight.dtype, **common,
+            )
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            new = CONVERTED[type(module)](
                 module.in_channels, module.out_channels, module.kernel_size, module.stride,
                 module.padding, module.dilation, module.groups, module.bias is not None,
                 module.padding_mode, module.weight.device, module.weight.dtype, **common,
@@ -198,11 +209,11 @@ def binarize(
         feed-forward linears become binary has its inference fast path turned off: in eval mode without
         gradients that fused kernel reads their float latent weights, not the binary layers.
 
-    Only exact ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Linear`` layers are converted (to
-    ``BinaryConv1d``, ``BinaryConv2d``, ``BinaryLinear``). Other convolutions and linears
-    (Conv3d, ConvTranspose1d/2d/3d, subclasses with their own forward such as timm's
-    ``Conv2dSame``) stay in full precision with one warning that names them, unless
-    ``keep`` lists them. A layer that cannot be copied raises a ``ValueError`` naming it.
+    Only exact ``nn.Conv1d``/``2d``/``3d``, ``nn.ConvTranspose1d``/``2d``/``3d`` and ``nn.Linear`` layers
+    are converted (to ``BinaryConv1d``, ..., ``BinaryLinear``: ``CONVERTED``). Other convolutions and
+    linears (subclasses with their own forward such as timm's ``Conv2dSame``, lazy or parametrized
+    layers) stay in full precision with one warning that names them, unless ``keep`` lists them. A layer that
+    cannot be copied raises a ``ValueError`` naming it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"binarize takes a torch.nn.Module, got {type(model).__name__}")
@@ -247,8 +258,8 @@ def binarize(
     if others:
         warnings.warn(
             f"binarize: {len(others)} layer(s) have no binary version in reste and stay in full precision: "
-            f"{_describe(others, attention=_attention_names(model))}; only exact nn.Conv1d, nn.Conv2d and "
-            "nn.Linear are converted (list them in keep= to silence this)",
+            f"{_describe(others, attention=_attention_names(model))}; only exact torch.nn convolutions "
+            "(Conv1d/2d/3d, ConvTranspose1d/2d/3d) and nn.Linear are converted (list them in keep= to silence this)",
             stacklevel=2,
         )
 

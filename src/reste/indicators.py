@@ -9,12 +9,12 @@
 Two modes:
 
 ``"paper"`` reproduces the authors' ``--cal_ind`` exactly: only binary 3x3 conv
-weights (2-D: a 1-D conv's kernel is never 3x3); F is the unclipped power function sign(w) abs(w)^(1/o_end) at o_end
+weights (2-D, not transposed: a 1-D conv's kernel is never 3x3); F is the unclipped power function sign(w) abs(w)^(1/o_end) at o_end
 (whatever the estimator and the current o), compared with torch.sign (0 for 0);
 each epoch reports its last iteration; over the run the error is averaged over
 epochs and the stability summed.
 
-``"general"`` works for every estimator: every binary layer (linear, 1-D and 2-D conv), F is the layer's
+``"general"`` works for every estimator: every binary layer (linear, conv of any kind), F is the layer's
 own estimator at its current schedule values, sign maps 0 to +1, and each epoch
 reports the mean over all its iterations; over the run both are averaged.
 
@@ -47,8 +47,9 @@ def indicator_layers(model: nn.Module, mode: str = "general") -> list[tuple[str,
     """The layers the indicators are computed over."""
     _check_mode(mode)
     layers = binary_layers(model)
-    if mode == "paper":
-        layers = [(n, m) for n, m in layers if getattr(m, "kernel_size", None) == (3, 3)]
+    if mode == "paper":  # the authors' binary layers: 3x3 2-D convs (never transposed ones)
+        layers = [(n, m) for n, m in layers if getattr(m, "kernel_size", None) == (3, 3)
+                  and not isinstance(m, nn.modules.conv._ConvTransposeNd)]
     return layers
 
 

@@ -1,13 +1,14 @@
 """Binary convolution and linear layers.
 
-``BinaryConv1d``, ``BinaryConv2d`` and ``BinaryLinear`` take the ``nn.Conv1d`` /
-``nn.Conv2d`` / ``nn.Linear`` arguments plus
+``BinaryConv1d``, ``BinaryConv2d``, ``BinaryConv3d``, ``BinaryConvTranspose1d`` / ``2d`` / ``3d`` and
+``BinaryLinear`` take the arguments of the ``torch.nn`` layer they are named after, plus
 
 * ``weight_estimator``: the estimator binarizing the latent weights (name or instance);
 * ``input_estimator``: the estimator binarizing the inputs, or ``None`` for real
   activations (1W/32A); defaults to the same kind as ``weight_estimator``;
 * ``scaling``: ``"layer"`` (one alpha = mean(abs(W)), not detached, as the paper),
   ``"channel"`` (one alpha per output channel: the mean over its inputs and kernel taps) or ``"none"``.
+  A transposed convolution's weight is (in, out / groups, *kernel): its output channels are along dim 1.
 
 Forward: y = op(Q_a(x), Q_w(W) * alpha). Each layer reports ``precision = 1``
 (its weights) and ``input_precision`` (1, or 32 for real activations), so tools
@@ -93,14 +94,20 @@ class _BinaryMixin:
             return w.abs().mean(dim=tuple(range(1, ndim)), keepdim=True)
         return None
 
+    def _fused_groups(self) -> int | None:
+        """How many alphas the fused ``scaled_sign`` computes, each over a consecutive block of the weight's memory
+        (1: the layer's; out_channels: per output channel, dim 0); ``None``: no fused form for this scaling."""
+        return {"layer": 1, "channel": self.weight.shape[0]}.get(self.scaling)
+
     def binary_weight(self) -> Tensor:
         """The weight used in the forward pass: sign(W) (with the estimator's backward) times alpha.
 
         On a GPU with ``layer`` or ``channel`` scaling this is one fused computation (the estimator's
         ``scaled_sign``: two Triton launches forward and two backward); elsewhere PyTorch ops."""
         scaled_sign = getattr(self.weight_estimator, "scaled_sign", None)  # any module may stand in
-        if scaled_sign is not None and self.scaling != "none" and not isinstance(self.weight, torch.fx.Proxy):
-            fused = scaled_sign(self.weight, 1 if self.scaling == "layer" else self.weight.shape[0])
+        groups = None if isinstance(self.weight, torch.fx.Proxy) else self._fused_groups()
+        if scaled_sign is not None and groups is not None:
+            fused = scaled_sign(self.weight, groups)
             if fused is not None:
                 return fused
         bw = self.weight_estimator(self.weight)
@@ -184,7 +191,57 @@ def _signature(conv: type) -> inspect.Signature:
     return inspect.Signature(base + keywords)
 
 
-for _conv, _base in ((BinaryConv1d, nn.Conv1d), (BinaryConv2d, nn.Conv2d)):
+class BinaryConv3d(_BinaryConv, nn.Conv3d):
+    """3-D convolution (video, volumes: (N, C, D, H, W) inputs) with binary weights (and binary inputs unless
+    ``input_estimator=None``). Arguments: ``nn.Conv3d``'s, then ``weight_estimator``, ``input_estimator`` and
+    ``scaling`` by keyword. Trains and saves like the others; ``reste.export`` does not take it."""
+
+
+class _BinaryConvTranspose(_BinaryConv):
+    """The binary transposed convolutions: ``nn.ConvTransposeNd``'s forward (``output_size`` included) on the
+    binary inputs and weights. Their weight is (in_channels, out_channels / groups, *kernel_size), so ``channel``
+    scaling takes the mean over each output channel's (in_channels / groups, kernel) weights, as for a conv."""
+
+    def scale(self) -> Tensor | None:
+        if self.scaling != "channel":
+            return super().scale()
+        g, rows = self.groups, self.in_channels // self.groups  # type: ignore[attr-defined]
+        ndim = 2 + len(self.kernel_size)  # type: ignore[attr-defined]  # (known under torch.fx too)
+        # (in, out/g, *k) -> (g, in/g, out/g, *k): the mean over in/g and the kernel, then repeated on each weight row
+        per_group = self.weight.abs().unflatten(0, (g, rows)).mean(dim=(1, *range(3, ndim + 1)), keepdim=True)
+        return per_group.expand(g, rows, *[-1] * (ndim - 1)).flatten(0, 1)
+
+    def _fused_groups(self) -> int | None:
+        return 1 if self.scaling == "layer" else None  # an output channel's weights are not consecutive in memory
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        dims = len(self.kernel_size)  # type: ignore[attr-defined]
+        padding = self._output_padding(x, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
+                                       self.kernel_size, dims, self.dilation)  # type: ignore[attr-defined]
+        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
+        return conv(self.binary_input(x), self.binary_weight(), self.bias,  # type: ignore[attr-defined]
+                    self.stride, self.padding, padding, self.groups, self.dilation)  # type: ignore[attr-defined]
+
+
+class BinaryConvTranspose1d(_BinaryConvTranspose, nn.ConvTranspose1d):
+    """1-D transposed convolution with binary weights (and binary inputs unless ``input_estimator=None``).
+    Arguments: ``nn.ConvTranspose1d``'s, then the estimator keywords; ``reste.export`` does not take it."""
+
+
+class BinaryConvTranspose2d(_BinaryConvTranspose, nn.ConvTranspose2d):
+    """2-D transposed convolution (the upsampling path of a segmentation net or a decoder) with binary weights
+    (and binary inputs unless ``input_estimator=None``). Arguments: ``nn.ConvTranspose2d``'s, then the estimator
+    keywords; ``reste.export`` does not take it."""
+
+
+class BinaryConvTranspose3d(_BinaryConvTranspose, nn.ConvTranspose3d):
+    """3-D transposed convolution with binary weights (and binary inputs unless ``input_estimator=None``).
+    Arguments: ``nn.ConvTranspose3d``'s, then the estimator keywords; ``reste.export`` does not take it."""
+
+
+for _conv, _base in ((BinaryConv1d, nn.Conv1d), (BinaryConv2d, nn.Conv2d), (BinaryConv3d, nn.Conv3d),
+                     (BinaryConvTranspose1d, nn.ConvTranspose1d), (BinaryConvTranspose2d, nn.ConvTranspose2d),
+                     (BinaryConvTranspose3d, nn.ConvTranspose3d)):
     _conv.__signature__ = _signature(_base)  # type: ignore[attr-defined]
 
 

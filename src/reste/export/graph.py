@@ -207,7 +207,9 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
         return {"op": "blinear", "w": w, "alpha": alpha, "b": _np(m.bias),
                 "bin_in": getattr(m, "input_precision", 1) == 1}
     if binary:
-        raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported")
+        raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported (export "
+                         "takes binary Conv1d/2d and Linear layers); binarize with keep=[...] naming it to keep it "
+                         "in float")
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         scale, shift = _affine(m)
         return {"op": "affine", "scale": scale, "shift": shift, "shift_err": _shift_error(m, scale),
@@ -240,7 +242,7 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return {"op": "adaptive_avgpool", "size": _adaptive_size(m.output_size)}
     raise UsageError(f"cannot export {name}: module type {type(m).__name__} is not supported; "
-                     "supported: Conv1d/2d, Linear, binary layers, BatchNorm1d/2d, ReLU, ReLU6, Hardtanh, "
+                     "supported: Conv1d/2d, Linear, their binary layers, BatchNorm1d/2d, ReLU, ReLU6, Hardtanh, "
                      "LeakyReLU, PReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, Identity, Dropout")
 
 

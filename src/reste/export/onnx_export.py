@@ -80,7 +80,8 @@ def _float_layer(m: nn.Module, name: str) -> nn.Module:
     elif isinstance(m, nn.Linear):
         new = _filled(nn.Linear(m.in_features, m.out_features, bias=m.bias is not None), w, m.bias)
     else:
-        raise UsageError(f"cannot export binary layer type {type(m).__name__} to ONNX")
+        raise UsageError(f"cannot export binary layer type {type(m).__name__} to ONNX (export takes binary "
+                         "Conv1d/2d and Linear layers); binarize with keep=[...] naming it to keep it in float")
     if getattr(m, "input_precision", 1) == 1:
         return nn.Sequential(OnnxSign(), new)
     return new

@@ -20,10 +20,13 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": total, "binary": binary}
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
-    """Multiply-accumulates of one call of a conv or linear layer, per sample of the batch."""
+def _macs(module: nn.Module, x: Any, out: torch.Tensor) -> int:
+    """Multiply-accumulates of one call of a conv or linear layer on input ``x``, per sample of the batch."""
     per_sample = out[0].numel() if out.dim() > 1 else out.numel()
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) and isinstance(x, torch.Tensor):
+        # each input value meets out_channels / groups kernels (some products fall outside the output: still done)
+        return x[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.modules.conv._ConvNd):
         return per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size)
     if isinstance(module, nn.Linear):
         return per_sample * module.in_features
@@ -36,7 +39,7 @@ def _packed_bytes(module: nn.Module, params: int) -> int:
         return 4 * params
     weight = module.weight.numel()
     scaling = getattr(module, "scaling", "layer")
-    scales = {"layer": 1, "channel": module.weight.shape[0]}.get(scaling, 0)
+    scales = {"layer": 1, "channel": getattr(module, "out_channels", module.weight.shape[0])}.get(scaling, 0)
     return -(-weight // 8) + 4 * scales + 4 * (params - weight)
 
 
@@ -56,7 +59,7 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
     def hook(name: str):
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             if isinstance(output, torch.Tensor):
-                stats[name]["macs"] += _macs(module, output)
+                stats[name]["macs"] += _macs(module, inputs[0] if inputs else None, output)
                 stats[name]["output_shape"] = tuple(output.shape[1:])
         return record
 
