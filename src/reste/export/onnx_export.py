@@ -28,6 +28,11 @@ OPSET = 18
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_PADS = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+
+
 class OnnxSign(nn.Module):
     """sign with sign(0) = +1, as ``torch.where`` (exports to ONNX ``Where``)."""
 
@@ -38,7 +43,7 @@ class OnnxSign(nn.Module):
 def _dilated_same(m: nn.Module) -> bool:
     """A conv of padding='same' and a dilation: ONNX Runtime's SAME (the exporter's auto_pad) takes no
     dilation, so its padding is written out."""
-    return isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding == "same" and any(d != 1 for d in m.dilation)
+    return isinstance(m, _CONVS) and m.padding == "same" and any(d != 1 for d in m.dilation)
 
 
 def _filled(new: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
@@ -51,9 +56,10 @@ def _filled(new: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 def _plain_conv(m: nn.Module, weight: torch.Tensor) -> nn.Module:
-    """A float nn.Conv1d/2d of ``m``'s geometry and ``weight``; a dilated 'same' padding as numbers, after an
+    """A float nn.Conv1d/2d/3d of ``m``'s geometry and ``weight``; a dilated 'same' padding as numbers, after an
     explicit zero pad where the two sides differ (an even kernel: PyTorch pads one more on the right)."""
-    conv = nn.Conv1d if isinstance(m, nn.Conv1d) else nn.Conv2d
+    dims = len(m.kernel_size)
+    conv = _CONVS[dims - 1]
     padding, pad = m.padding, None
     if _dilated_same(m):
         totals = [d * (k - 1) for k, d in zip(m.kernel_size, m.dilation)]
@@ -65,23 +71,33 @@ def _plain_conv(m: nn.Module, weight: torch.Tensor) -> nn.Module:
                        bias=m.bias is not None), weight, m.bias)
     if pad is None:
         return new
-    return nn.Sequential((nn.ConstantPad1d if conv is nn.Conv1d else nn.ConstantPad2d)(tuple(pad), 0.0), new)
+    return nn.Sequential(_PADS[dims - 1](tuple(pad), 0.0), new)
+
+
+def _plain_transposed(m: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """A float nn.ConvTranspose1d/2d/3d of ``m``'s geometry and ``weight``."""
+    kind = _TRANSPOSED[len(m.kernel_size) - 1]
+    return _filled(kind(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.output_padding,
+                        m.groups, m.bias is not None, m.dilation), weight, m.bias)
 
 
 def _float_layer(m: nn.Module, name: str) -> nn.Module:
     """A plain float layer computing the eval forward of binary layer ``m`` (``name``: for errors)."""
     with torch.no_grad():
         w = m.binary_weight().detach().clone()
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        if m.padding_mode != "zeros":
-            raise UsageError(f"cannot export {name} to ONNX: padding_mode={m.padding_mode!r} is not supported, "
-                             "only 'zeros'")
+    if isinstance(m, _CONVS + _TRANSPOSED) and m.padding_mode != "zeros":
+        raise UsageError(f"cannot export {name} to ONNX: padding_mode={m.padding_mode!r} is not supported, "
+                         "only 'zeros'")
+    if isinstance(m, _CONVS):
         new: nn.Module = _plain_conv(m, w)
+    elif isinstance(m, _TRANSPOSED):
+        new = _plain_transposed(m, w)
     elif isinstance(m, nn.Linear):
         new = _filled(nn.Linear(m.in_features, m.out_features, bias=m.bias is not None), w, m.bias)
     else:
-        raise UsageError(f"cannot export binary layer type {type(m).__name__} to ONNX (export takes binary "
-                         "Conv1d/2d and Linear layers); binarize with keep=[...] naming it to keep it in float")
+        raise UsageError(f"cannot export binary layer type {type(m).__name__} to ONNX (it takes binary convs, "
+                         "transposed or not, and Linear layers); binarize with keep=[...] naming it to keep it "
+                         "in float")
     if getattr(m, "input_precision", 1) == 1:
         return nn.Sequential(OnnxSign(), new)
     return new
@@ -103,7 +119,7 @@ def deploy_model(model: nn.Module) -> nn.Module:
             replacement = made[id(m)] = _float_layer(m, name)
         elif replacement is None and isinstance(m, Estimator):
             replacement = made[id(m)] = OnnxSign()
-        elif replacement is None and type(m) in (nn.Conv1d, nn.Conv2d) and _dilated_same(m) \
+        elif replacement is None and type(m) in _CONVS and _dilated_same(m) \
                 and m.padding_mode == "zeros":  # a float one too
             replacement = made[id(m)] = _plain_conv(m, m.weight.detach())
         if replacement is not None and name:
