@@ -137,10 +137,25 @@ def test_a_section_that_hangs_costs_itself_and_the_budget_not_the_report(tmp_pat
     # tick in those few milliseconds left it 9 s, and it was NOT RUN instead of TIMED OUT
     rc, out = _fake_run(tmp_path, FAKE_HANG_KERNELS="1", GPU_CHECK_BUDGET="37")
     assert rc == 1, out
+    # what the section printed before it hung is in the log: Python writes into the pipe unbuffered (held back,
+    # it died with the process)
+    assert "(fake) kernels: started" in out
     summary = out[out.index("== Summary"):]
     assert "1. Triton kernels: TIMED OUT" in summary
     assert "4. training-step rows: NOT RUN (out of time)" in summary
     assert "NOT MEASURED" in summary and "6. target report: ok" in summary
+
+
+def test_the_extension_section_leaves_the_timed_sections_their_time(tmp_path):
+    """The extension's build and tests (limits 300 and 240 s) come before the timed rows: a hang there is cut so
+    that sections 4 and 5, the targets' figures, keep 150 s of the budget (without it the fake tests here would
+    hang 165 s)."""
+    rc, out = _fake_run(tmp_path, FAKE_HANG_PYTEST="1", GPU_CHECK_BUDGET="190")
+    assert rc == 1, out
+    summary = out[out.index("== Summary"):]
+    assert "3. extension tests on CUDA: TIMED OUT" in summary
+    assert "4. training-step rows: ok" in summary and "5. whole epoch: ok" in summary
+    assert "NOT MEASURED" not in summary.split("C++ nodes")[0]  # the rows' own targets were measured
 
 
 def test_an_extension_that_fails_its_checks_is_not_timed_and_no_nvcc_is_the_environment(tmp_path):
