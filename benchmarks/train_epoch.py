@@ -202,9 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"bare step: {1000 * step['median_s']:.2f} ms median of {2 * args.steps}, timed before and after the "
               f"epochs ({1000 * step['median_before_s']:.2f} and {1000 * step['median_after_s']:.2f} ms) = "
               f"{step['images_per_s']:,.0f} images/s")
-    steps = args.images // args.batch_size if args.cuda_graphs else -(-args.images // args.batch_size)
-    trained = min(args.images, steps * args.batch_size)
-    epoch_rate = trained / epoch["epoch_s"]
+    # an epoch trains every image: the last partial batch too, with --cuda-graphs as well (eagerly, between captures)
+    epoch_rate = args.images / epoch["epoch_s"]
     ratio = epoch_rate / step["images_per_s"]
     timed = (f"epoch {args.epochs}" if epoch["epochs_timed"] == 1 else
              f"median of epochs 2-{args.epochs} ({epoch['epoch_min_s']:.2f}-{epoch['epoch_max_s']:.2f} s)")
