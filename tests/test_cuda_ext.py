@@ -558,7 +558,7 @@ def test_without_nvcc_cuda_tensors_are_refused_in_one_line(monkeypatch):
 
 def _toolkit(home: Path) -> Path:
     """A stand-in CUDA toolkit: nvcc, the runtime's header and library (empty files)."""
-    for name in ("bin/nvcc", "include/cuda_runtime.h", "lib64/libcudart.so.13"):
+    for name in ("bin/nvcc", "include/cuda_runtime.h", "lib64/libcudart.so", "lib64/libcudart.so.13"):
         (home / name).parent.mkdir(parents=True, exist_ok=True)
         (home / name).write_text("")
     (home / "bin" / "nvcc").chmod(0o755)
@@ -586,7 +586,7 @@ def test_the_toolkit_is_found_behind_an_nvcc_wrapper(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "12.6")
     assert cuda_ext.cuda_home() == str(tmp_path / "cuda-12.10")  # 12.10 is newer than 12.9, and 13 is not 12
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    (new / "lib64" / "libcudart.so.13").unlink()
+    (new / "lib64" / "libcudart.so").unlink()  # the versioned library alone (pip's layout): -lcudart finds none
     assert cuda_ext.cuda_home() == str(tmp_path / "cuda-12.10")  # one without its runtime library is passed over
 
     wrapper.unlink()  # nvcc on PATH as a link into a toolkit: followed, before the usual places
