@@ -463,8 +463,10 @@ out = engine.train(TrainConfig(dataset="digits", epochs=12, device="cuda", cuda_
 check("reste train --cuda-graphs on digits trains", out["best_acc"] > 50.0, f"best {out['best_acc']:.2f}%")
 mib = [r / 2**20 for r in reserved]
 if len(mib) == 12:
-    check("the memory reserved stays flat over the epochs' captures", mib[-1] <= mib[3] + 2.0,
-          f"{mib[3]:.0f} MiB after epoch 4, {mib[-1]:.0f} MiB after epoch 12")
+    # a leak grows with every capture (each holds a pool of at least one 2 MiB segment): the last 4 epochs add
+    # 8 MiB or more to the most held over epochs 4 to 8; one more cached segment at some epoch is not a leak
+    check("the memory reserved stays flat over the epochs' captures", mib[-1] <= max(mib[3:8]) + 2.0,
+          "MiB after each epoch: " + " ".join(f"{m:.0f}" for m in mib))
 else:
     check("the memory reserved stays flat over the epochs' captures", False, f"{len(mib)} epoch lines, not 12")
 print(f"  {len(failures)} failure(s)")
