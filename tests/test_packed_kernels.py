@@ -48,12 +48,12 @@ def _exact_conv(x: torch.Tensor, signs: np.ndarray, case: dict) -> np.ndarray:
     return y.permute(0, 2, 3, 1).round().to(torch.int32).numpy()
 
 
-def _layer(signs: np.ndarray, case: dict, kernels, post=None, alpha=None, bias=None) -> R._BinaryConv:
+def _layer(signs: np.ndarray, case: dict, kernels, post=None, alpha=None, bias=None, relu=True) -> R._BinaryConv:
     o = signs.shape[0]
     node = {"stride": list(case["stride"]), "pad": list(case["pad"]), "dil": list(case["dil"])}
     alpha = np.ones(o, np.float32) if alpha is None else alpha
     bias = np.zeros(o, np.float32) if bias is None else bias
-    return R._BinaryConv(node, signs, alpha, bias, post, kernels)
+    return R._BinaryConv(node, signs, alpha, bias, post, kernels, relu)
 
 
 def _dots(layer: R._BinaryConv, x: torch.Tensor) -> np.ndarray:
@@ -317,7 +317,11 @@ def _rows_of(layer: R._BinaryConv, x: torch.Tensor) -> K.Rows:
     return layer._rows(xp, layer.out_hw(h, w))[1]
 
 
-def test_float_epilogue_is_identical_across_variants():
+@pytest.mark.parametrize("relu", [True, False], ids=["relu-bn", "bn"])
+def test_float_epilogue_is_identical_across_variants(relu):
+    """The same float32 operations in the same order in every variant and in NumPy: equal bits, NaN where NaN.
+    Without the ReLU (conv -> BN), also exactly what the unfused path computes: the conv's output, then
+    ``* scale + shift`` as a second float32 pass (negative and zero scales, -inf times them)."""
     case = CASES[2]
     rng = np.random.default_rng(2)
     o = case["cout"]
@@ -325,15 +329,21 @@ def test_float_epilogue_is_identical_across_variants():
     alpha = rng.uniform(0.01, 2, o).astype(np.float32)
     bias = rng.normal(size=o).astype(np.float32)
     post = (rng.normal(size=o).astype(np.float32), rng.normal(size=o).astype(np.float32))
-    bias[:2] = [np.nan, -np.inf]  # a diverged parameter: ReLU keeps NaN as torch.relu does
+    bias[:3] = [np.nan, -np.inf, -np.inf]  # a diverged parameter: ReLU keeps NaN as torch.relu does
+    post[0][1:5] = [0.0, -2.0, 0.0, -0.0]  # -inf * 0: NaN; -inf * -2: +inf
     x = torch.randn(2, case["cin"], 7, 8)
-    outs = [_layer(signs, case, K.get_kernels("c", 1, isa), post, alpha, bias)(x) for isa in ISAS]
-    numpy_out = _layer(signs, case, K.NumpyKernels(), post, alpha, bias)(x)
+    outs = [_layer(signs, case, K.get_kernels("c", 1, isa), post, alpha, bias, relu)(x) for isa in ISAS]
+    numpy_out = _layer(signs, case, K.NumpyKernels(), post, alpha, bias, relu)(x)
     assert torch.isnan(numpy_out[:, 0]).all()
     for isa, out in zip(ISAS, outs):
-        # the same float32 operations in the same order: equal bits, NaN where NaN
         np.testing.assert_array_equal(out.numpy(), outs[0].numpy(), err_msg=isa)
         np.testing.assert_array_equal(out.numpy(), numpy_out.numpy(), err_msg=isa)
+    if not relu:
+        plain = _layer(signs, case, K.get_kernels("c", 1, ISAS[0]), None, alpha, bias)(x)
+        scale, shift = (torch.from_numpy(p).view(1, -1, 1, 1) for p in post)
+        unfused = (plain * scale + shift).numpy()
+        assert np.isnan(unfused[:, 1]).all() and np.isposinf(unfused[:, 2]).all()
+        np.testing.assert_array_equal(outs[0].numpy(), unfused)
 
 
 def test_pack_signs_identical_across_variants():
@@ -350,14 +360,18 @@ def test_pack_signs_identical_across_variants():
 
 
 def _negative(t: np.ndarray, ep: K.Epilogue) -> np.ndarray:
-    y = ep.alpha * t.astype(np.float32) + ep.bias
-    if ep.post is not None:
-        y = np.where(y > 0, y, np.float32(0)) * ep.post[0] + ep.post[1]
+    with np.errstate(over="ignore", invalid="ignore"):  # (inf and NaN where a test makes them)
+        y = ep.alpha * t.astype(np.float32) + ep.bias
+        if ep.post is not None:
+            y = (np.where(y > 0, y, np.float32(0)) if ep.relu else y) * ep.post[0] + ep.post[1]
     return y < 0
 
 
-@pytest.mark.parametrize("with_post", [False, True])
-def test_sign_thresholds_reproduce_the_float32_epilogue_on_every_integer(with_post):
+@pytest.mark.parametrize("post_kind", ["none", "relu-bn", "bn"])
+def test_sign_thresholds_reproduce_the_float32_epilogue_on_every_integer(post_kind):
+    """Every channel's bits on every integer t, with zero and tiny alphas, large biases, and for the affine
+    (after a ReLU or straight on the conv: then negative where alpha * scale is negative at the high end)
+    negative, zero and -0 scales with negative, zero and positive shifts, and exact ties at integers."""
     rng = np.random.default_rng(4)
     o, k = 64, 300
     alpha = rng.normal(size=o).astype(np.float32)
@@ -365,13 +379,18 @@ def test_sign_thresholds_reproduce_the_float32_epilogue_on_every_integer(with_po
     bias = (rng.normal(size=o) * 50).astype(np.float32)
     bias[4:8] = [0.0, np.float32(0.1) * 7, -1e9, 1e9]
     post = None
-    if with_post:
+    if post_kind != "none":
         scale = rng.normal(size=o).astype(np.float32)
         scale[8:10] = 0.0
         shift = rng.normal(size=o).astype(np.float32)
         shift[10:12] = 0.0
+        scale[16:22] = [0.0, 0.0, -0.0, -0.0, 0.0, -1.0]
+        shift[16:22] = [-1.0, 0.0, -1.0, 0.0, 1.0, 0.0]
+        # ties in the affine: (alpha t + bias) * scale + shift exactly 0 at t = 4, scale of either sign
+        alpha[22:24], bias[22:24], scale[22:24], shift[22:24] = 1.0, 0.0, [0.5, -0.5], [-2.0, 2.0]
+        alpha[24:26], bias[24:26], scale[24:26], shift[24:26] = -1.0, 0.0, [0.5, -0.5], [2.0, -2.0]
         post = (scale, shift)
-    ep = K.Epilogue(alpha, bias, post)
+    ep = K.Epilogue(alpha, bias, post, relu=post_kind == "relu-bn")
     # ties: t * alpha + bias exactly 0 at an integer t
     alpha[12], bias[12] = np.float32(0.25), np.float32(-3.0)
     got = K.sign_thresholds(k, ep)
@@ -385,17 +404,35 @@ def test_no_thresholds_for_non_finite_parameters():
     one, zero = np.ones(2, np.float32), np.zeros(2, np.float32)
     assert K.sign_thresholds(8, K.Epilogue(one, zero)) is not None
     assert K.sign_thresholds(8, K.Epilogue(np.array([1, np.inf], np.float32), zero)) is None
-    assert K.sign_thresholds(8, K.Epilogue(one, zero, (one, np.array([0, np.nan], np.float32)))) is None
+    for relu in (True, False):
+        assert K.sign_thresholds(8, K.Epilogue(one, zero, (one, np.array([0, np.nan], np.float32)), relu)) is None
 
 
-def test_fused_bits_equal_the_signs_of_the_float_output():
+def test_no_thresholds_where_the_conv_output_overflows_into_a_bn_without_relu():
+    """alpha t overflows to +-inf for |t| >= 4, and a zero scale makes NaN of both: without a ReLU the sign is
+    negative only in the middle (not one step). k is large enough that the thresholds are not checked on every
+    integer, so only the overflow check keeps the float path. With the ReLU, -inf becomes 0: one step."""
+    k, alpha, zero = 2 ** 20, np.array([1e38], np.float32), np.zeros(1, np.float32)
+    post = (zero, np.array([-1.0], np.float32))
+    assert K.sign_thresholds(k, K.Epilogue(alpha, zero, post, relu=False)) is None
+    t = np.arange(-8, 9)
+    assert not _negative(t[:, None], K.Epilogue(alpha, zero, post, relu=False))[[0, -1]].any()
+    lo, hi = K.sign_thresholds(k, K.Epilogue(alpha, zero, post))
+    assert (lo[0], hi[0]) == (-k, 3)
+    np.testing.assert_array_equal(_negative(t[:, None], K.Epilogue(alpha, zero, post))[:, 0], t <= 3)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu-bn", "bn"])
+def test_fused_bits_equal_the_signs_of_the_float_output(relu):
+    """Per channel, scales negative, zero (shift negative, zero, positive) and positive."""
     rng = np.random.default_rng(5)
     kern = K.get_kernels("c", 1, ISAS[0])
     for cin, mid in ((16, 13), (64, 70), (70, 128)):
         case = dict(stride=(1, 1), pad=(1, 1, 1, 1), dil=(1, 1))
         post = (rng.normal(size=mid).astype(np.float32), rng.normal(size=mid).astype(np.float32))
+        post[0][:3], post[1][1:3] = 0.0, [0.0, 1.0]
         first = _layer(_signs(rng, (mid, cin, 3, 3)), case, kern, post, rng.uniform(0.1, 1, mid).astype(np.float32),
-                       rng.normal(size=mid).astype(np.float32))
+                       rng.normal(size=mid).astype(np.float32), relu)
         second = _layer(_signs(rng, (8, mid, 3, 3)), dict(case, pad=(2, 1, 0, 1)), kern)
         assert first.fuse_next(second)
         x = torch.randn(2, cin, 9, 7)

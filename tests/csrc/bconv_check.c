@@ -10,7 +10,7 @@
 
 typedef void (*bconv_fn)(const uint8_t *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                          const int64_t *, uint64_t, const uint64_t *, int64_t, int32_t, const int32_t *, int32_t,
-                         const float *, const float *, const float *, const float *, const float *,
+                         const float *, const float *, const float *, const float *, int32_t, const float *,
                          const int32_t *, const int32_t *, uint8_t *, uint8_t *, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int64_t);
 
@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
         int32_t K = (int32_t)(kh * span * 8);
         for (int i = 0; i < 2; i++)
             fn[i](X, Hp * Wp * cb, sh * Wp * cb, sw * cb, OH, OW, kh, L, off, tail, Bt, O, K, 0, 0, 0, 0, 0, 0, 0, 0,
-                  0, (uint8_t *)out[i], 0, 0, 0, 0, 0, 0, M);
+                  0, 0, (uint8_t *)out[i], 0, 0, 0, 0, 0, 0, M);
         for (int64_t m = 0; m < M; m++) {
             int64_t n = m / (OH * OW), oh = m % (OH * OW) / OW, ow = m % OW;
             for (int64_t o = 0; o < O; o++) {

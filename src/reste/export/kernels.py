@@ -23,8 +23,8 @@ weight rows:
   position and channel (it depends on the position, not the image) and the GEMM
   subtracts it, so the result is exact.
 * epilogue: ``y = alpha[o] * (K - 2 popcount - corr[p, o]) + b[o]``, optionally
-  followed by ReLU and a per-channel affine (the conv -> ReLU -> BN of every
-  binary block) and a residual add, in one pass. Or, where the output only feeds
+  followed by a per-channel affine, after a ReLU (the conv -> ReLU -> BN of every
+  binary block) or straight on it (conv -> BN), and a residual add, in one pass. Or, where the output only feeds
   another binary conv, its sign bits straight into that conv's packed input: the
   sign of the float32 epilogue is a step function of the integer dot product, so
   ``sign_thresholds`` turns it into an integer interval per channel, found on the
@@ -169,9 +169,9 @@ class NumpyKernels:
         np.copyto(dst, windows)
         return cols.reshape(n * oh * ow, row_bytes)
 
-    def gemm(self, a: np.ndarray, b: np.ndarray, k: int, corr: np.ndarray | None, alpha: np.ndarray,
-             bias: np.ndarray, post: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-        """(M, O) float32 = epilogue of K - 2 popcount(a[m] ^ b[o]) - corr[m % P, o]."""
+    def gemm(self, a: np.ndarray, b: np.ndarray, k: int, corr: np.ndarray | None,
+             epilogue: "Epilogue") -> np.ndarray:
+        """(M, O) float32 = ``epilogue`` of K - 2 popcount(a[m] ^ b[o]) - corr[m % P, o]."""
         m, words = a.shape
         o = b.shape[0]
         out = np.empty((m, o), dtype=np.float32)
@@ -194,10 +194,7 @@ class NumpyKernels:
             v = k - 2 * acc[:r].astype(np.int32)
             if corr is not None:
                 v = (v.reshape(-1, p, o) - corr[None]).reshape(r, o)
-            y = v.astype(np.float32) * alpha + bias
-            if post is not None:
-                y = np.maximum(y, 0.0) * post[0] + post[1]
-            out[s:e] = y
+            out[s:e] = epilogue.apply(v)
         return out
 
 
@@ -232,8 +229,8 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "reste_rows": ([], ctypes.c_int),
     "reste_pack_signs": ([_P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I, _I], None),
     "reste_im2col": ([_P] + [_I] * 11 + [_P, _I, _I, _I], None),
-    "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _U64, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _P,
-                     _P, _P, _I, _I, _I, _I, _I, _I], None),
+    "reste_bconv": ([_P, _I, _I, _I, _I, _I, _I, _I, _P, _U64, _P, _I, _I32, _P, _I32, _P, _P, _P, _P, _I32, _P, _P,
+                     _P, _P, _P, _I, _I, _I, _I, _I, _I], None),
     "reste_channel_affine": ([_P, _P, _I, _P, _P, _I32, _I, _I], None),
 }
 # the same kernels over their whole range, split into pieces run in parallel in C: (..., total, parts, pool)
@@ -248,7 +245,8 @@ class BconvArgs(ctypes.Structure):
 
     _fields_ = [("X", _P), *((f, _I) for f in ("sn", "sh", "sw", "OH", "OW", "nseg", "L")), ("off", _P),
                 ("tail", _U64), ("Bt", _P), ("O", _I), ("K", _I32), ("corr", _P), ("mode", _I32),
-                *((f, _P) for f in ("alpha", "bias", "scale", "shift", "res", "lo", "hi", "out", "bits")),
+                *((f, _P) for f in ("alpha", "bias", "scale", "shift")), ("relu", _I32),
+                *((f, _P) for f in ("res", "lo", "hi", "out", "bits")),
                 *((f, _I) for f in ("on", "ohs", "ows", "obytes"))]
 _CPU = NativeLibrary("cpu", _CPU_SOURCE, {"reste_cpu_features": ([], ctypes.c_int)}, flag_sets=(("-O2",),))
 
@@ -568,6 +566,7 @@ class CKernels:
             a.alpha, a.bias = pin(epilogue.alpha, lanes), pin(epilogue.bias, lanes)
             if epilogue.post is not None:
                 a.scale, a.shift = pin(epilogue.post[0], lanes), pin(epilogue.post[1], lanes)
+                a.relu = int(epilogue.relu)
         if mode in (2, 3):
             a.on, a.ohs, a.ows = strides
             a.obytes = -(-o // 8)
@@ -594,16 +593,29 @@ class BconvPlan:
 
 @dataclass
 class Epilogue:
-    """``alpha * t + bias`` per output channel, then optionally ReLU and ``* scale + shift`` (``post``)."""
+    """``alpha * t + bias`` per output channel, then optionally ``* scale + shift`` (``post``), after a ReLU
+    (``relu``: conv -> ReLU -> BN, every binary block) or straight on it (conv -> BN, as many user models)."""
 
     alpha: np.ndarray
     bias: np.ndarray
     post: tuple[np.ndarray, np.ndarray] | None = None
+    relu: bool = True
 
     def padded(self) -> "Epilogue":
         """The same with every array padded to whole blocks of 16 channels (what the C kernels read)."""
         post = None if self.post is None else (pad_lanes(self.post[0]), pad_lanes(self.post[1]))
-        return Epilogue(pad_lanes(self.alpha), pad_lanes(self.bias), post)
+        return Epilogue(pad_lanes(self.alpha), pad_lanes(self.bias), post, self.relu)
+
+    def apply(self, t: np.ndarray) -> np.ndarray:
+        """The float32 epilogue of the dot products ``t`` (..., O), as every kernel computes it (ReLU as
+        ``torch.relu``: NaN and -0 kept; overflows to inf and NaNs as the kernels make them, silently)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = self.alpha * t.astype(np.float32) + self.bias
+            if self.post is None:
+                return y
+            if self.relu:
+                y = np.where(y < 0, np.float32(0), y)
+            return y * self.post[0] + self.post[1]
 
 
 @dataclass
@@ -624,24 +636,27 @@ def sign_thresholds(k: int, epilogue: Epilogue) -> tuple[np.ndarray, np.ndarray]
     the dot product t (``|t| <= k``) is negative, i.e. where the next layer's sign is -1.
 
     The epilogue is a composition of float32 operations that are each monotone in t (a product
-    with a constant, a sum, ReLU), so its sign is a step function of t; the step is found by
-    bisection on the same float32 expression the kernels compute, so the bits are identical to
-    computing the float and taking its sign. ``None`` when some channel is not a single step
-    (cannot happen for finite parameters, and non-finite ones get ``None``; checked on every
-    integer for safety when k is small).
+    with a constant of either sign, a sum, ReLU), so its sign is a step function of t: negative at
+    the low end or at the high end (alpha, or alpha * scale without the ReLU, positive or negative),
+    everywhere or nowhere (a zero alpha or scale). The step is found by bisection on the same float32
+    expression the kernels compute, so the bits are identical to computing the float and taking its
+    sign. ``None`` when some channel is not a single step: non-finite parameters (inf * 0 makes NaNs),
+    and without the ReLU an ``alpha * t + bias`` that overflows at t = +-k (times a zero scale: NaN at
+    both ends, negative between them); checked on every integer for safety when k is small.
     """
     alpha, bias = epilogue.alpha.astype(np.float32), epilogue.bias.astype(np.float32)
-    post = epilogue.post
+    post = None if epilogue.post is None else tuple(p.astype(np.float32) for p in epilogue.post)
     if not all(np.isfinite(a).all() for a in (alpha, bias, *(post or ()))):
         return None  # inf * 0 makes NaNs: keep the float path
+    ep = Epilogue(alpha, bias, post, epilogue.relu)
+    o = alpha.shape[0]
+    if post is not None and not epilogue.relu:
+        if not np.isfinite(Epilogue(alpha, bias).apply(np.array([[-k], [k]]))).all():
+            return None  # (with the ReLU, -inf becomes 0 and +inf * 0 a NaN at one end only: still one step)
 
     def negative(t: np.ndarray) -> np.ndarray:
-        y = alpha * t.astype(np.float32) + bias
-        if post is not None:
-            y = np.where(y > 0, y, np.float32(0)) * post[0] + post[1]
-        return y < 0
+        return ep.apply(t) < 0
 
-    o = alpha.shape[0]
     first, last = negative(np.full(o, -k)), negative(np.full(o, k))
     lo = np.full(o, -k, dtype=np.int64)
     hi = np.full(o, k, dtype=np.int64)

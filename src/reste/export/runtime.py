@@ -63,7 +63,7 @@ NARROW_IN_PLACE = True
 
 
 class _BinaryConv:
-    """conv(sign(x), sign(w) * alpha) + b [-> ReLU -> affine] on packed bits.
+    """conv(sign(x), sign(w) * alpha) + b [-> [ReLU ->] affine] on packed bits.
 
     On the C backend the kernel reads the packed input in place where pixels are whole words
     (``IMPLICIT_MIN_CHANNELS``) and can write the sign bits of its output directly into the next
@@ -71,13 +71,14 @@ class _BinaryConv:
     """
 
     def __init__(self, node: dict[str, Any], signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray,
-                 post: tuple[np.ndarray, np.ndarray] | None, kernels: Any) -> None:
+                 post: tuple[np.ndarray, np.ndarray] | None, kernels: Any, relu: bool = True) -> None:
         self.out_channels, self.in_channels, kh, kw = signs.shape
         self.name = str(node.get("name", "?"))
         self.kernel = (kh, kw)
         self.stride, self.pad, self.dil = tuple(node["stride"]), tuple(node["pad"]), tuple(node["dil"])
         self.k = self.in_channels * kh * kw
         self.alpha, self.bias, self.post = alpha, bias, post
+        self.spec = Epilogue(alpha, bias, post, relu)  # (unpadded: the NumPy kernels, the sign thresholds)
         self.kernels = kernels
         self.fast = hasattr(kernels, "bconv")
         self.implicit = self.fast and self.in_channels >= IMPLICIT_MIN_CHANNELS
@@ -90,7 +91,7 @@ class _BinaryConv:
         self.row_bytes = self.words.shape[1] * 8
         if self.fast:
             self.blocked = kernels.block_weights(self.words)
-            self.epilogue = Epilogue(alpha, bias, post).padded()
+            self.epilogue = self.spec.padded()
         self.next: _BinaryConv | None = None  # the layer that takes this one's output bits (to_bits)
         self._thresholds: tuple[np.ndarray, np.ndarray] | None = None
         self._corr: dict[tuple[int, int], np.ndarray | None] = {}
@@ -184,7 +185,7 @@ class _BinaryConv:
             y = y.permute(0, 3, 1, 2)
             return y if residual is None or res is not None else torch.add(y, residual)
         cols = self.kernels.im2col(xp, self.kernel, self.stride, self.dil, (oh, ow), self.row_bytes)
-        out = self.kernels.gemm(cols.view(np.uint64), self.words, self.k, corr, self.alpha, self.bias, self.post)
+        out = self.kernels.gemm(cols.view(np.uint64), self.words, self.k, corr, self.spec)
         y = torch.from_numpy(out).view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
         return y if residual is None or res is not None else torch.add(y, residual)
 
@@ -236,7 +237,7 @@ class _BinaryConv:
         if not (self.fast and nxt.fast and nxt.in_channels == self.out_channels):
             return False
         o = self.out_channels
-        thresholds = sign_thresholds(self.k, Epilogue(self.alpha, self.bias, self.post))
+        thresholds = sign_thresholds(self.k, self.spec)
         if thresholds is None:
             return False
         self._thresholds = (pad_lanes(thresholds[0], 1), pad_lanes(thresholds[1], 0))  # empty on the padding
@@ -259,17 +260,18 @@ class _BinaryConv:
 
 
 class _BinaryLinear:
-    """linear(sign(x), sign(w) * alpha) + b on packed bits."""
+    """linear(sign(x), sign(w) * alpha) + b [-> [ReLU ->] affine] on packed bits."""
 
     def __init__(self, signs: np.ndarray, alpha: np.ndarray, bias: np.ndarray,
-                 post: tuple[np.ndarray, np.ndarray] | None, kernels: Any) -> None:
+                 post: tuple[np.ndarray, np.ndarray] | None, kernels: Any, relu: bool = True) -> None:
         self.out_features, self.in_features = signs.shape
         self.words = pack_rows(signs < 0)
         self.alpha, self.bias, self.post, self.kernels = alpha, bias, post, kernels
+        self.spec = Epilogue(alpha, bias, post, relu)
         self.fast = hasattr(kernels, "bconv")
         if self.fast:
             self.blocked = kernels.block_weights(self.words)
-            self.epilogue = Epilogue(alpha, bias, post).padded()
+            self.epilogue = self.spec.padded()
         self._geometry: dict[int, Rows] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,8 +289,7 @@ class _BinaryLinear:
         rows = packed.reshape(n, -1)
         a = np.zeros((n, row_bytes), dtype=np.uint8)
         a[:, : rows.shape[1]] = rows
-        out = self.kernels.gemm(a.view(np.uint64), self.words, self.in_features, None, self.alpha, self.bias,
-                                self.post)
+        out = self.kernels.gemm(a.view(np.uint64), self.words, self.in_features, None, self.spec)
         return torch.from_numpy(out)
 
 

@@ -124,9 +124,9 @@ void reste_im2col(const uint8_t *xp, int64_t Hp, int64_t Wp, int64_t Cb, int64_t
    cnt[r * 16 + j] = sum over the row's words of popcount(a ^ w). */
 #define LANES 16
 
-/* What a block writes (see reste_bconv): mode, the row length O, the per-channel arrays, the output. */
+/* What a block writes (see reste_bconv): mode, relu, the row length O, the per-channel arrays, the output. */
 typedef struct {
-    int32_t mode;
+    int32_t mode, relu;
     int64_t O, obytes;
     const float *alpha, *bias, *scale, *shift, *res;
     const int32_t *lo, *hi;
@@ -160,7 +160,7 @@ static inline void emit16(__m512i c, int32_t krow, const int32_t *crow, uint8_t 
         x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(e->alpha + o0), x), _mm512_loadu_ps(e->bias + o0));
         if (e->scale) {
             /* torch.relu: NaN and -0 kept */
-            x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NLT_UQ), x);
+            if (e->relu) x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NLT_UQ), x);
             x = _mm512_add_ps(_mm512_mul_ps(x, _mm512_loadu_ps(e->scale + o0)), _mm512_loadu_ps(e->shift + o0));
         }
         if (e->res) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(keep, e->res + at));
@@ -344,7 +344,7 @@ static void block_emit(const uint8_t *const *rows, int64_t nseg, int64_t L, cons
                 x = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(e->alpha + c0), x), _mm256_loadu_ps(e->bias + c0));
                 if (e->scale) {
                     /* torch.relu: NaN and -0 kept */
-                    x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NLT_UQ), x);
+                    if (e->relu) x = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NLT_UQ), x);
                     x = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(e->scale + c0)), _mm256_loadu_ps(e->shift + c0));
                 }
                 if (e->res) x = _mm256_add_ps(x, _mm256_maskload_ps(e->res + at, keep));
@@ -416,8 +416,8 @@ static void block_counts(const uint8_t *const *rows, int64_t nseg, int64_t L, co
 int reste_rows(void) { return ROWS; }
 
 /* t[j] = K - 2 c[j] - cr[j] (cr may be NULL) and v[j] = alpha[j] t[j] + bias[j] [-> ReLU -> * scale[j] + shift[j]]
-   on one block of 16 lanes: the same float32 operations, in the same order, in every variant (AVX-512 and
-   AVX2: in emit16 and block_emit). */
+   (the ReLU where relu is not 0) on one block of 16 lanes: the same float32 operations, in the same order, in
+   every variant (AVX-512 and AVX2: in emit16 and block_emit). */
 #if !RESTE_BLOCK_EMIT
 static inline uint32_t lanes_bits(const int32_t *t, const int32_t *lo, const int32_t *hi) {
     uint32_t bits = 0;
@@ -428,10 +428,12 @@ static inline void lanes_dot(const uint64_t *c, int32_t K, const int32_t *cr, in
     for (int j = 0; j < LANES; j++) t[j] = K - 2 * (int32_t)c[j] - (cr ? cr[j] : 0);
 }
 static inline void lanes_float(const int32_t *t, const float *alpha, const float *bias, const float *scale,
-                               const float *shift, float *v) {
+                               const float *shift, int32_t relu, float *v) {
     for (int j = 0; j < LANES; j++) v[j] = alpha[j] * (float)t[j] + bias[j];
-    if (scale)
+    if (scale && relu)
         for (int j = 0; j < LANES; j++) v[j] = (v[j] < 0.0f ? 0.0f : v[j]) * scale[j] + shift[j];  /* as torch.relu */
+    else if (scale)
+        for (int j = 0; j < LANES; j++) v[j] = v[j] * scale[j] + shift[j];
 }
 #endif
 
@@ -446,8 +448,9 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
    NULL) is the exact +-1 dot product, and the output is (corr, alpha, bias, scale, shift, lo and hi are
    padded to whole blocks of 16 channels: (P, 16 ceil(O / 16)) and 16 ceil(O / 16); lo > hi on the padding)
      mode 0: t as int32 (M, O);
-     mode 1: float32 (M, O), alpha[o] t + bias[o] [-> ReLU -> * scale[o] + shift[o]] (scale NULL: none)
-             [+ res[m, o]] (res NULL: none; a residual added in the same pass);
+     mode 1: float32 (M, O), alpha[o] t + bias[o] [-> ReLU -> * scale[o] + shift[o]] (scale NULL: none; the
+             ReLU only where relu is not 0: a batch norm straight after the conv) [+ res[m, o]] (res NULL:
+             none; a residual added in the same pass);
      mode 2: sign bits of the next layer's packed input: bit o of out + n * on + oh * ohs + ow * ows
              is lo[o] <= t <= hi[o]; the first obytes bytes of that pixel are written;
      mode 3: mode 1's float output, and its sign bits (value < 0, as reste_pack_signs: not -0, not NaN)
@@ -456,11 +459,11 @@ static inline void lanes_float(const int32_t *t, const float *alpha, const float
 void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
                  int64_t nseg, int64_t L, const int64_t *off, uint64_t tail, const uint64_t *Bt, int64_t O, int32_t K,
                  const int32_t *corr, int32_t mode, const float *alpha, const float *bias, const float *scale,
-                 const float *shift, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
+                 const float *shift, int32_t relu, const float *res, const int32_t *lo, const int32_t *hi, uint8_t *out,
                  uint8_t *bits, int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t m0, int64_t m1) {
     int64_t P = OH * OW, blocks = (O + LANES - 1) / LANES, Kw = nseg * L;
 #if RESTE_BLOCK_EMIT
-    emit_ctx e = {mode, O, obytes, alpha, bias, scale, shift, res, lo, hi, out, tail};
+    emit_ctx e = {mode, relu, O, obytes, alpha, bias, scale, shift, res, lo, hi, out, tail};
 #else
     uint64_t cnt[ROWS * LANES];
 #endif
@@ -510,7 +513,7 @@ void reste_bconv(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t O
                     if (no == LANES) memcpy(y, t, sizeof t);  /* a fixed size: one vector store, not a call */
                     else memcpy(y, t, (size_t)no * sizeof(int32_t));
                 } else if (mode != 2) {
-                    lanes_float(t, alpha + o0, bias + o0, scale ? scale + o0 : 0, scale ? shift + o0 : 0, v);
+                    lanes_float(t, alpha + o0, bias + o0, scale ? scale + o0 : 0, scale ? shift + o0 : 0, relu, v);
                     if (res) {
                         const float *rs = res + (r0 + r) * O + o0;
                         if (no == LANES)
@@ -686,7 +689,9 @@ typedef struct {
     int32_t K;
     const int32_t *corr;
     int32_t mode;
-    const float *alpha, *bias, *scale, *shift, *res;
+    const float *alpha, *bias, *scale, *shift;
+    int32_t relu;
+    const float *res;
     const int32_t *lo, *hi;
     uint8_t *out, *bits;
     int64_t on, ohs, ows, obytes;
@@ -695,19 +700,19 @@ typedef struct {
 static void bconv_range(const void *c, int64_t m0, int64_t m1) {
     const bconv_ctx *a = (const bconv_ctx *)c;
     reste_bconv(a->X, a->sn, a->sh, a->sw, a->OH, a->OW, a->nseg, a->L, a->off, a->tail, a->Bt, a->O, a->K, a->corr,
-                a->mode, a->alpha, a->bias, a->scale, a->shift, a->res, a->lo, a->hi, a->out, a->bits, a->on, a->ohs,
-                a->ows, a->obytes, m0, m1);
+                a->mode, a->alpha, a->bias, a->scale, a->shift, a->relu, a->res, a->lo, a->hi, a->out, a->bits, a->on,
+                a->ohs, a->ows, a->obytes, m0, m1);
 }
 
 /* reste_bconv over output rows [0, M), in `parts` pieces of whole ROWS-row blocks. */
 void reste_bconv_mt(const uint8_t *X, int64_t sn, int64_t sh, int64_t sw, int64_t OH, int64_t OW,
                     int64_t nseg, int64_t L, const int64_t *off, uint64_t tail, const uint64_t *Bt, int64_t O,
                     int32_t K, const int32_t *corr, int32_t mode, const float *alpha, const float *bias,
-                    const float *scale, const float *shift, const float *res, const int32_t *lo, const int32_t *hi,
-                    uint8_t *out, uint8_t *bits, int64_t on, int64_t ohs, int64_t ows, int64_t obytes, int64_t M,
-                    int64_t parts, int32_t pool) {
-    bconv_ctx a = {X, sn, sh, sw, OH, OW, nseg, L, off, tail, Bt, O, K, corr, mode, alpha, bias, scale, shift, res,
-                   lo, hi, out, bits, on, ohs, ows, obytes};
+                    const float *scale, const float *shift, int32_t relu, const float *res, const int32_t *lo,
+                    const int32_t *hi, uint8_t *out, uint8_t *bits, int64_t on, int64_t ohs, int64_t ows,
+                    int64_t obytes, int64_t M, int64_t parts, int32_t pool) {
+    bconv_ctx a = {X, sn, sh, sw, OH, OW, nseg, L, off, tail, Bt, O, K, corr, mode, alpha, bias, scale, shift, relu,
+                   res, lo, hi, out, bits, on, ohs, ows, obytes};
     run_parallel(bconv_range, &a, M, parts, ROWS, pool);
 }
 
