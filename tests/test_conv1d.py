@@ -18,6 +18,7 @@ from reste.errors import UsageError
 from reste.export import PackedModel, export_model, export_onnx
 from reste.export import format as fmt
 from reste.export import kernels as K
+from reste.export import runtime as R
 from reste.export.graph import to_graph
 from reste.export.reference import Comparison, compare, graph_reference, trace_model
 
@@ -411,6 +412,10 @@ def test_the_trained_1d_cnn_exports_verified_and_runs_as_a_2d_graph(tmp_path, tr
     for backend in BACKENDS:
         trace: list[torch.Tensor] = []
         packed = PackedModel.load(tmp_path / "d.rbnn", backend=backend)
+        # each batch norm runs in its binary conv's kernel epilogue (conv -> BN, no ReLU): no affine step of its own
+        convs = [fn for _, _, fn in packed._steps if isinstance(fn, R._BinaryConv)]
+        assert len(packed._steps) == len(ops) - 2 and [(c.spec.post is not None, c.spec.relu) for c in convs] == [
+            (True, False)] * 2
         c = compare(ref, packed.forward(x, trace=trace), trace)
         _assert_explained(c, backend)
         # predictions: the reference's, but where a near-tie flipped a sign or two top logits tie within rounding

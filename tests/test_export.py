@@ -23,6 +23,7 @@ from reste.export import PackedModel, export_model, export_onnx, format_report, 
     unpack_bits, unpack_state
 from reste.export import graph
 from reste.export import kernels as K
+from reste.export import runtime as R
 from reste.export.reference import Comparison, compare, graph_reference, trace_model
 from reste.native import NativeLibrary
 
@@ -181,7 +182,7 @@ def test_real_input_binary_layers_and_fusion_paths(tmp_path, backend):
         def forward(self, x):
             x = self.bn0(self.stem(x))  # foldable
             x = F.relu(self.real(x))
-            x = self.bn1(self.bin(x))  # BN straight after a binary conv: kept as affine
+            x = self.bn1(self.bin(x))  # BN straight after a binary conv: in its epilogue, without a ReLU
             x = self.act(x)
             x = x.view(x.size(0), -1)
             return self.fc2(F.hardtanh(self.fc1(x)))
@@ -242,6 +243,75 @@ def test_zoo_models_match(tmp_path, name, opts):
     torch.manual_seed(0)
     model = _calibrate(models.create(name, **opts), (3, 32, 32))
     _check_model(model, tmp_path, (3, 32, 32), torch.randn(8, 3, 32, 32), backends=[BACKENDS[-1]])
+
+
+class _BareBatchNorms(nn.Module):
+    """Binary convs each followed straight by a batch norm (no ReLU), the next binary conv reading it, and a
+    Bi-Real-style residual (x + bn(conv(x))); 2-D, or 1-D (Conv1d layers, run as 2-D ones on a height of 1).
+    Each batch norm has a negative, a zero and a -0 weight (per-channel scales of every sign)."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        conv, bn = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
+        bconv = reste.BinaryConv2d if dims == 2 else reste.BinaryConv1d
+        self.stem = nn.Sequential(conv(3, 16, 3, padding=1), bn(16))  # (folded into the float conv)
+        self.convs = nn.ModuleList([bconv(16, 24, 3, padding=1, bias=False, scaling="channel"),
+                                    bconv(24, 70, 3, stride=2, padding=1, bias=True),
+                                    bconv(70, 70, 3, padding=1, bias=False, scaling="channel"),
+                                    bconv(70, 13, 3, padding=1, bias=False)])
+        self.bns = nn.ModuleList([bn(c) for c in (24, 70, 70, 13)])
+        self.head = nn.Linear(13, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.bns[0](self.convs[0](x))
+        x = self.bns[1](self.convs[1](x))
+        x = x + self.bns[2](self.convs[2](x))  # the residual: the epilogue adds it, and writes the next signs
+        x = self.bns[3](self.convs[3](x))
+        return self.head(x.flatten(2).mean(2))
+
+
+def _bare_batch_norms(dims: int) -> nn.Module:
+    torch.manual_seed(dims)
+    model = _BareBatchNorms(dims)
+    for bn in model.bns:
+        with torch.no_grad():
+            bn.weight[:3] = torch.tensor([-1.5, 0.0, -0.0])
+            bn.bias[1:3] = torch.tensor([-0.5, 0.0])  # a zero scale: the sign of the shift everywhere
+    return _calibrate(model, (3, 9, 11) if dims == 2 else (3, 40))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dims", [2, 1], ids=["2d", "1d"])
+def test_a_batch_norm_straight_after_a_binary_conv_runs_in_its_epilogue(tmp_path, monkeypatch, backend, dims):
+    """conv -> BN (no ReLU) -> binary conv: the batch norm is in the conv's kernel epilogue (no affine step left)
+    and, on the C backend, the conv writes the next conv's sign bits; the logits and every sign input are
+    bit-identical to the unfused path (the affine as a step of its own, the floats packed again), and the
+    float64 reference explains them."""
+    size = (3, 9, 11) if dims == 2 else (3, 40)
+    model = _bare_batch_norms(dims)
+    path = tmp_path / "bn.rbnn"
+    export_model(model, path, input_size=size, verify=False)
+    nodes = read_header(path)["nodes"]
+    affines = [i for i, n in enumerate(nodes) if n["op"] == "affine"]
+    assert len(affines) == 4 and all(nodes[nodes[i]["in"][0]]["op"] == "bconv" for i in affines)
+    fused = PackedModel.load(path, backend=backend)
+    convs = [fn for _, _, fn in fused._steps if isinstance(fn, R._BinaryConv)]
+    assert len(convs) == 4 and all(c.spec.post is not None and not c.spec.relu for c in convs)
+    assert not [t for t, _, fn in fused._steps if t in affines and not isinstance(fn, R._BinaryConv)]
+    if backend == "c":
+        # the sign bits fused too: the first conv's (its only reader is the second), the residual's (mode 3)
+        assert len(fused._bit_steps) == 1 and len(fused._sign_pairs) == 1
+    monkeypatch.setattr(R, "FUSE_BARE_AFFINE", False)
+    unfused = PackedModel.load(path, backend=backend, fuse_signs=False)
+    assert len(unfused._steps) == len(fused._steps) + 5  # the four affines, and the add (after an affine step)
+    assert all(fn.spec.post is None for _, _, fn in unfused._steps if isinstance(fn, R._BinaryConv))
+    x = torch.randn(5, *size, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(fused(x), unfused(x))
+    traces: list[list[torch.Tensor]] = [[], []]
+    assert torch.equal(fused.forward(x, trace=traces[0]), unfused.forward(x, trace=traces[1]))
+    assert len(traces[0]) == 4 and all(torch.equal(a, b) for a, b in zip(*traces))
+    _assert_explained(_packed_vs_reference(fused, path, x), backend)
 
 
 def test_backends_agree(tmp_path):

@@ -134,6 +134,26 @@ def test_a_header_without_the_format_name_is_refused(model_file, tmp_path):
         PackedModel.load(path, backend="numpy")
 
 
+def _one_value_batch_norm(h: dict[str, Any]) -> None:
+    affine = next(n for n in h["nodes"] if n["op"] == "affine")
+    for key in ("scale", "shift"):
+        h["tensors"][affine[key]][1] = [1]
+
+
+def test_a_batch_norm_of_one_value_after_a_binary_conv_stays_a_step_and_broadcasts(model_file, tmp_path):
+    """An affine of one value straight after a 16-channel binary conv (no writer makes it): the kernels read one
+    value a channel (lanes 1-15 would be the padding's zeros), so it stays a separate step, which broadcasts as
+    torch does, on both backends."""
+    path = _crafted(model_file, tmp_path, _one_value_batch_norm)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32))
+    out = []
+    for backend, fuse_signs in (("numpy", True), ("c", True), ("c", False)):  # (unfused signs: the C float epilogue)
+        packed = PackedModel.load(path, backend=backend, fuse_signs=fuse_signs)
+        assert sum(1 for _, _, fn in packed._steps if getattr(fn, "post", None) is not None) == 1, backend
+        out.append(packed(x))
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+
+
 def test_the_untouched_file_loads(model_file, tmp_path):
     path = _crafted(model_file, tmp_path, lambda h: None)
     x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)

@@ -7,14 +7,15 @@ Activations are kept channels-last, so the binary layers read and write NHWC
 without copies. Needs only NumPy and PyTorch, not the training code.
 
 Steps are fused where the graph allows, with the same float32 operations as the
-separate ops: a binary conv with the ReLU, affine (batch norm) and residual add that
-follow it (one kernel epilogue); a float conv with its ReLU and affine (in place);
-and, on the C backend, a binary conv whose output only feeds another binary conv
-writes that conv's packed sign bits directly (``_BinaryConv.to_bits``; not while
-``forward`` records a trace, which needs the float values); and a binary conv with its
-residual add whose output feeds another binary conv (and the next residual add) writes
-the float output and, in the same pass, the packed sign bits that conv reads
-(``_BinaryConv.with_signs``), so they are not packed again from the floats.
+separate ops: a binary conv with the affine (batch norm) that follows it, after a ReLU or
+straight on its output, and the residual add after that (one kernel epilogue); a float
+conv with its ReLU and affine (in place); and, on the C backend, a binary conv whose
+output only feeds another binary conv writes that conv's packed sign bits directly
+(``_BinaryConv.to_bits``; not while ``forward`` records a trace, which needs the float
+values); and a binary conv with its residual add whose output feeds another binary conv
+(and the next residual add) writes the float output and, in the same pass, the packed
+sign bits that conv reads (``_BinaryConv.with_signs``), so they are not packed again
+from the floats.
 
 >>> model = PackedModel.load("resnet20.rbnn")
 >>> logits = model(images)            # (N, C, H, W) -> (N, classes) float32 tensor, as model.forward
@@ -60,6 +61,9 @@ IMPLICIT_MIN_CHANNELS = 64
 #: 1.2-1.5x faster layers with AVX-512, slower with AVX2 where it adds words); else, and with this
 #: False, the windows are copied into compact rows first (im2col).
 NARROW_IN_PLACE = True
+#: A batch norm straight after a binary layer (conv -> BN, no ReLU between them) goes into the layer's kernel
+#: epilogue as conv -> ReLU -> BN does (the same float32 operations); False keeps it a separate ``affine`` step.
+FUSE_BARE_AFFINE = True
 
 
 class _BinaryConv:
@@ -327,6 +331,12 @@ def _last_axis(x: torch.Tensor, channels: int) -> np.ndarray | None:
     return x.numpy() if x.is_contiguous() else None
 
 
+def _scale_shift(affine: dict[str, Any], tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """An ``affine`` node's (scale, shift) as contiguous float32 arrays (what a fused epilogue reads)."""
+    return (np.ascontiguousarray(tensors[affine["scale"]], np.float32),
+            np.ascontiguousarray(tensors[affine["shift"]], np.float32))
+
+
 def _channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.view((1, -1) + (1,) * (ndim - 2))
 
@@ -390,10 +400,10 @@ class PackedModel:
             t = {k: (None if node.get(k) is None else tensors[node[k]]) for k in ir.tensor_keys(node)}
             inputs = list(node["in"])
             target = i
-            post = None
+            post, relu = None, True
             if node["op"] in ir.BINARY_OPS and node["bin_in"]:
-                # fuse bconv -> relu -> affine into one kernel epilogue
-                post, fused = self._relu_affine(nodes, users, tensors, i)
+                # fuse bconv -> relu -> affine (or bconv -> affine) into one kernel epilogue
+                post, relu, fused = self._epilogue_affine(nodes, users, tensors, i)
                 if fused:
                     skip.update(fused)
                     target = fused[-1]  # the fused step produces the affine's value
@@ -407,7 +417,7 @@ class PackedModel:
                         inputs.append(other[0])
                         target = add
                         if other[0] > i:
-                            deferred[add] = (target, inputs, self._build(node, t, post), True)
+                            deferred[add] = (target, inputs, self._build(node, t, post, relu), True)
                             continue
                         skip.add(add)
             elif node["op"] == "conv":
@@ -418,7 +428,7 @@ class PackedModel:
                     target = fused[-1]
             if ir.takes_sign(node):
                 self._sign_steps.add(len(self._steps))
-            self._steps.append((target, inputs, self._build(node, t, post)))
+            self._steps.append((target, inputs, self._build(node, t, post, relu)))
         self._last_use = self._free_plan()
         self._bit_steps = self._fuse_signs(users) if fuse_signs else set()
         self._sign_pairs = self._sign_readers() if fuse_signs else {}
@@ -464,9 +474,23 @@ class PackedModel:
         aff = self._sole_user(nodes, users, relu, "affine") if relu is not None else None
         if aff is None:
             return None, ()
-        post = (np.ascontiguousarray(tensors[nodes[aff]["scale"]], np.float32),
-                np.ascontiguousarray(tensors[nodes[aff]["shift"]], np.float32))
-        return post, (relu, aff)
+        return _scale_shift(nodes[aff], tensors), (relu, aff)
+
+    def _epilogue_affine(self, nodes: list[dict[str, Any]], users: list[int], tensors: list[np.ndarray],
+                         i: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, bool, tuple[int, ...]]:
+        """What a binary layer's epilogue takes in after node ``i``: a relu -> affine pair (:meth:`_relu_affine`,
+        ``relu`` True) or else, with :data:`FUSE_BARE_AFFINE`, an affine straight on its output that only node
+        ``i`` feeds (``relu`` False): (scale, shift), ``relu`` and the fused node indices; ``(None, True, ())``
+        when neither, or when the affine has another length than the layer's channels (the kernels read one
+        value a channel; a file made that way keeps its separate steps, which broadcast as torch does)."""
+        post, fused = self._relu_affine(nodes, users, tensors, i)
+        relu = True
+        aff = self._sole_user(nodes, users, i, "affine") if not fused and FUSE_BARE_AFFINE else None
+        if aff is not None:
+            post, relu, fused = _scale_shift(nodes[aff], tensors), False, (aff,)
+        if post is None or post[0].shape != (self.header["tensors"][nodes[i]["w"]][1][0],):
+            return None, True, ()
+        return post, relu, fused
 
     def _sole_user(self, nodes: list[dict[str, Any]], users: list[int], i: int, op: str) -> int | None:
         """The node that alone reads node ``i``'s value, when it is an ``op``."""
@@ -500,7 +524,7 @@ class PackedModel:
     # ------------------------------------------------------------------ op builders
 
     def _build(self, node: dict[str, Any], t: dict[str, np.ndarray | None],
-               post: tuple[np.ndarray, np.ndarray] | None) -> Callable[..., torch.Tensor]:
+               post: tuple[np.ndarray, np.ndarray] | None, relu: bool = True) -> Callable[..., torch.Tensor]:
         op = node["op"]
         tt = {k: None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
               for k, v in t.items()}
@@ -515,8 +539,8 @@ class PackedModel:
                 np.broadcast_to(t["alpha"].astype(np.float32), (out_ch,)).copy()
             bias = np.zeros(out_ch, np.float32) if t["b"] is None else t["b"].astype(np.float32)
             if node["bin_in"]:
-                layer = (_BinaryConv(node, signs, alpha, bias, post, self.kernels) if op == "bconv"
-                         else _BinaryLinear(signs, alpha, bias, post, self.kernels))
+                layer = (_BinaryConv(node, signs, alpha, bias, post, self.kernels, relu) if op == "bconv"
+                         else _BinaryLinear(signs, alpha, bias, post, self.kernels, relu))
                 held = [layer.words, alpha, bias, getattr(layer, "s", None), *(post or ())]
                 self.weight_bytes += sum(a.nbytes for a in held if a is not None)
                 return layer
