@@ -1,6 +1,7 @@
 """The packed kernels' C source checked by an independent harness (tests/csrc/bconv_check.c): exact
 dot products against a bytewise popcount, on random narrow (read in place past each kernel row) and
-word-aligned layouts. Natively for the x86 variants this CPU runs, and the AArch64 NEON variant cross-
+word-aligned layouts, and the float epilogue (the affine after a ReLU or without one) bit for bit against
+the scalar build's. Natively for the x86 variants this CPU runs, and the AArch64 NEON variant cross-
 compiled and run under qemu where ``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` are installed (CI
 installs them; elsewhere that test is skipped). The same runs with the kernels built under UBSan (gcc's
 -fsanitize=undefined, alignment included, every report fatal): the narrow rows start at any byte, and a word

@@ -1,12 +1,15 @@
 /* Checks reste_bconv (mode 0: exact int32 dot products) of two builds of reste/export/csrc/packed.c against
    a bytewise popcount, on random layouts: narrow pixels read in place (the bits past each kernel row
-   subtracted, Rows.tail) and word-aligned ones, strides 1 and 2, partial channel blocks. Built for
-   another architecture and run under an emulator by tests/test_packed_cross.py (the NEON variant).
+   subtracted, Rows.tail) and word-aligned ones, strides 1 and 2, partial channel blocks; and its float
+   epilogue (mode 1: alpha t + bias, then * scale + shift after a ReLU or, every other case, without one)
+   bit for bit between the two builds. Built for another architecture and run under an emulator by
+   tests/test_packed_cross.py (the NEON variant).
    Usage: bconv_check LIB_A LIB_B; prints "N cases, M mismatches", exits 1 on a mismatch. */
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef void (*bconv_fn)(const uint8_t *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                          const int64_t *, uint64_t, const uint64_t *, int64_t, int32_t, const int32_t *, int32_t,
@@ -58,7 +61,15 @@ int main(int argc, char **argv) {
                 for (int i = 0; i < 2; i++) bad += out[i][m * O + o] != K - 2 * differ;
             }
         }
-        free(X), free(Bt), free(out[0]), free(out[1]);
+        /* per-channel arrays of whole 16-lane blocks, multiples of 1/256 in (-4, 4): negative alphas and scales */
+        int64_t lanes = blocks * 16;
+        float *pc = malloc(4 * lanes * sizeof(float));
+        for (int64_t i = 0; i < 4 * lanes; i++) pc[i] = (float)((int64_t)(next() % 2047) - 1023) / 256.0f;
+        for (int i = 0; i < 2; i++)
+            fn[i](X, Hp * Wp * cb, sh * Wp * cb, sw * cb, OH, OW, kh, L, off, tail, Bt, O, K, 0, 1, pc, pc + lanes,
+                  pc + 2 * lanes, pc + 3 * lanes, c % 2, 0, 0, 0, (uint8_t *)out[i], 0, 0, 0, 0, 0, 0, M);
+        bad += memcmp(out[0], out[1], (size_t)(M * O) * sizeof(float)) != 0;
+        free(X), free(Bt), free(out[0]), free(out[1]), free(pc);
     }
     printf("%d cases, %d mismatches\n", cases, bad);
     return bad != 0;
