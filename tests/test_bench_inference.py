@@ -1,4 +1,5 @@
-"""benchmarks/inference.py still runs and checks what it times: one short run (a tiny time budget)."""
+"""benchmarks/inference.py still runs and checks what it times: one short run (a tiny time budget); so does
+benchmarks/conv_bn_1d.py, its batch norms in the binary convs' epilogues unless told not to."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from reste.export import kernels as K
 
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "inference.py"
+CONV_BN = SCRIPT.parent / "conv_bn_1d.py"
 
 
 @pytest.mark.skipif(K.c_kernel_error() is not None, reason="no C compiler: the packed kernels fall back to NumPy")
@@ -35,3 +37,12 @@ def test_the_inference_benchmark_runs_its_checks_and_prints_its_tables():
     assert "packed faster than: float / packed and float* / packed" in out
     # the load average, without which a ratio measured on a shared machine cannot be judged
     assert "load average" in out.splitlines()[-1], out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags, affine_steps", [([], 0), (["--unfused", "--float-outputs"], 4)])
+def test_the_conv_bn_benchmark_runs_and_says_how_many_affine_steps_it_keeps(flags, affine_steps):
+    proc = subprocess.run([sys.executable, str(CONV_BN), "--length", "64", "--runs", "1", "--batches", "1", "3",
+                           *flags], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f": {affine_steps} affine steps of their own, predictions as the float model's: " in proc.stdout
+    assert "batch 1: " in proc.stdout and "batch 3: " in proc.stdout
