@@ -24,13 +24,14 @@ weight rows:
   subtracts it, so the result is exact.
 * epilogue: ``y = alpha[o] * (K - 2 popcount - corr[p, o]) + b[o]``, optionally
   followed by a per-channel affine, after a ReLU (the conv -> ReLU -> BN of every
-  binary block) or straight on it (conv -> BN), and a residual add, in one pass. Or, where the output only feeds
-  another binary conv, its sign bits straight into that conv's packed input: the
-  sign of the float32 epilogue is a step function of the integer dot product, so
-  ``sign_thresholds`` turns it into an integer interval per channel, found on the
-  same float32 expression, and the bits are exactly those of the float path. Or both: the
-  float output and its sign bits (value < 0) in the next layer's packed layout, in one pass
-  (a residual block's output, which the next block's conv and its residual add both read).
+  binary block) or straight on y (a conv -> BN), and a residual add, in one pass.
+  Or, where the output only feeds another binary conv, its sign bits straight into
+  that conv's packed input: the sign of the float32 epilogue is a step function of
+  the integer dot product, so ``sign_thresholds`` turns it into an integer interval
+  per channel, found on the same float32 expression, and the bits are exactly those
+  of the float path. Or both: the float output and its sign bits (value < 0) in the
+  next layer's packed layout, in one pass (a residual block's output, which the next
+  block's conv and its residual add both read).
 
 Two backends compute the same integers: ``"numpy"`` (portable; ``np.bitwise_count``)
 and ``"c"``, compiled on first use by :mod:`reste.native` (the system C compiler,
@@ -636,9 +637,10 @@ def sign_thresholds(k: int, epilogue: Epilogue) -> tuple[np.ndarray, np.ndarray]
     the dot product t (``|t| <= k``) is negative, i.e. where the next layer's sign is -1.
 
     The epilogue is a composition of float32 operations that are each monotone in t (a product
-    with a constant of either sign, a sum, ReLU), so its sign is a step function of t: negative at
-    the low end or at the high end (alpha, or alpha * scale without the ReLU, positive or negative),
-    everywhere or nowhere (a zero alpha or scale). The step is found by bisection on the same float32
+    with a constant of either sign, a sum, ReLU), so its sign is a step function of t: negative for
+    every t up to a bound or from a bound on (which one follows the signs of alpha and scale: a
+    negative batch-norm scale turns it round), everywhere or nowhere (a zero alpha or scale: the
+    sign of what is added after it). The step is found by bisection on the same float32
     expression the kernels compute, so the bits are identical to computing the float and taking its
     sign. ``None`` when some channel is not a single step: non-finite parameters (inf * 0 makes NaNs),
     and without the ReLU an ``alpha * t + bias`` that overflows at t = +-k (times a zero scale: NaN at
