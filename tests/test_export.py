@@ -314,6 +314,28 @@ def test_a_batch_norm_straight_after_a_binary_conv_runs_in_its_epilogue(tmp_path
     _assert_explained(_packed_vs_reference(fused, path, x), backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batch_norm_straight_after_a_binary_linear_runs_in_its_epilogue(tmp_path, monkeypatch, backend):
+    """BinaryLinear -> BatchNorm1d (weights -1, 0, -0 among them) -> BinaryLinear: the same logits as the
+    separate affine step, one step fewer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 40), nn.BatchNorm1d(40), reste.BinaryLinear(40, 33), nn.BatchNorm1d(33),
+                          reste.BinaryLinear(33, 7))
+    with torch.no_grad():
+        model[3].weight[:3] = torch.tensor([-1.0, 0.0, -0.0])
+    model = _calibrate(model, (20,))
+    path = tmp_path / "lin.rbnn"
+    export_model(model, path, input_size=(20,), verify=False)
+    fused = PackedModel.load(path, backend=backend)
+    assert [(fn.spec.post is not None, fn.spec.relu) for _, _, fn in fused._steps
+            if isinstance(fn, R._BinaryLinear)] == [(True, False), (False, True)]
+    monkeypatch.setattr(R, "FUSE_BARE_AFFINE", False)
+    unfused = PackedModel.load(path, backend=backend)
+    x = torch.randn(9, 20, generator=torch.Generator().manual_seed(3))
+    assert len(unfused._steps) == len(fused._steps) + 1 and torch.equal(fused(x), unfused(x))
+    _assert_explained(_packed_vs_reference(fused, path, x), backend)
+
+
 def test_backends_agree(tmp_path):
     if len(BACKENDS) < 2:
         pytest.skip("no C compiler: only the numpy backend")
