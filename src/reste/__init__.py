@@ -18,6 +18,7 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "estimators": ("DSQ", "EDE", "ESTIMATORS", "FDA", "RBNN", "STE", "ApproxSign", "Estimator", "Param", "ReSTE",
                    "SignSwish", "get_estimator", "list_estimators", "register_estimator", "sign"),
     "indicators": ("EquilibriumMeter", "estimating_error", "gradient_stability"),
+    "optim": ("Bop", "split_binary"),
     "layers": ("BinaryConv1d", "BinaryConv2d", "BinaryConv3d", "BinaryConvTranspose1d", "BinaryConvTranspose2d",
                "BinaryConvTranspose3d", "BinaryLinear", "binary_layers", "clip_weights", "estimators_of",
                "schedule_values", "set_progress"),
@@ -31,5 +32,5 @@ __all__ = [
     "BinaryConv3d", "BinaryConvTranspose1d", "BinaryConvTranspose2d", "BinaryConvTranspose3d", "BinaryLinear",
     "binarize", "binary_layers", "clip_weights",
     "estimators_of", "set_progress", "schedule_values", "EquilibriumMeter", "estimating_error",
-    "gradient_stability", "__version__",
+    "gradient_stability", "Bop", "split_binary", "__version__",
 ]
