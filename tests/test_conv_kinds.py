@@ -311,3 +311,30 @@ def test_onnx_export_runs_them_in_onnxruntime(tmp_path):
     got = run_onnx(tmp_path / "volume.onnx", x.numpy())
     # then the same float32 sums in another order: a few units in the last place of terms below 100
     assert got.shape == (32, 3) and float(abs(got - expected)[clear].max()) < 1e-4
+
+
+class Decoder(nn.Module):
+    """A float conv down, then a binary transposed conv back up to the input's size given as ``output_size`` (an
+    odd 7x7 image: without it the transposed conv makes 5x5), as a U-Net's decoder matches its skip connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.up = BinaryConvTranspose2d(4, 3, 3, stride=2, padding=1)
+        self.head = nn.Linear(3 * 7 * 7, 2)
+
+    def forward(self, x):
+        return self.head(self.up(self.down(x), output_size=x.shape[2:]).flatten(1))
+
+
+def test_onnx_export_keeps_a_transposed_convs_output_size(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from reste.export import export_onnx
+    from reste.export.onnx_export import deploy_model
+    torch.manual_seed(0)
+    model = Decoder().eval()
+    x = torch.randn(4, 2, 7, 7)
+    with torch.no_grad():  # the deployed copy: sign, then a float transposed conv on the same +-alpha weights
+        torch.testing.assert_close(deploy_model(model)(x), model(x), rtol=0, atol=0)
+    info = export_onnx(model, tmp_path / "decoder.onnx", input_size=(2, 7, 7))
+    assert "max_abs_diff" in info

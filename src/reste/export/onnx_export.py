@@ -81,6 +81,13 @@ def _plain_transposed(m: nn.Module, weight: torch.Tensor) -> nn.Module:
                         m.groups, m.bias is not None, m.dilation), weight, m.bias)
 
 
+class _SignedTransposed(nn.Sequential):
+    """sign, then a float transposed conv, which takes ``output_size`` as ``nn.ConvTransposeNd`` does."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        return self[1](self[0](x), output_size)
+
+
 def _float_layer(m: nn.Module, name: str) -> nn.Module:
     """A plain float layer computing the eval forward of binary layer ``m`` (``name``: for errors)."""
     with torch.no_grad():
@@ -99,7 +106,7 @@ def _float_layer(m: nn.Module, name: str) -> nn.Module:
                          "transposed or not, and Linear layers); binarize with keep=[...] naming it to keep it "
                          "in float")
     if getattr(m, "input_precision", 1) == 1:
-        return nn.Sequential(OnnxSign(), new)
+        return (_SignedTransposed if isinstance(m, _TRANSPOSED) else nn.Sequential)(OnnxSign(), new)
     return new
 
 
