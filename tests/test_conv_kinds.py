@@ -155,6 +155,37 @@ def test_output_size_and_the_signatures_are_the_torch_layers():
         BinaryConvTranspose1d(1, 2, 3, scaling="row")
 
 
+class _ToSize(nn.Module):
+    """A binary transposed conv whose output size is given: the input's own (x.shape, a value under torch.fx) or a
+    constant one."""
+
+    def __init__(self, size: list[int] | None) -> None:
+        super().__init__()
+        self.size = size
+        self.down = nn.Conv2d(2, 2, 3, stride=2, padding=1)
+        self.up = BinaryConvTranspose2d(2, 3, 3, stride=2, padding=1, scaling="channel")
+
+    def forward(self, x):
+        return self.up(self.down(x), output_size=x.shape[2:] if self.size is None else self.size)
+
+
+@pytest.mark.parametrize("size", [None, [8, 8]], ids=["input's", "constant"])
+def test_output_size_under_torch_fx_export_and_compile(size):
+    """torch.fx cannot trace torch's output-padding search (it compares the input's sizes): it is one call in the
+    graph, as a float nn.ConvTranspose2d, a leaf module there, is one."""
+    torch.manual_seed(0)
+    model = _ToSize(size).eval()
+    x = torch.randn(2, 2, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+        assert want.shape == (2, 3, 8, 8)  # (7 x 7 without the output size)
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), want)
+        assert torch.equal(torch.export.export(model, (x,)).module()(x), want)
+        torch.testing.assert_close(torch.compile(model, backend="aot_eager")(x), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="output size"):  # torch's own check, also in the traced graph
+        torch.fx.symbolic_trace(_ToSize([12, 12]))(x)
+
+
 class Upsampler(nn.Module):
     """A float stem, then a binary conv down (8x8 -> 4x4), a binary transposed conv back up (-> 8x8), a binary
     3-D conv over (channels, 2 halves of the image, rows, columns), and a float head."""

@@ -197,6 +197,15 @@ class BinaryConv3d(_BinaryConv, nn.Conv3d):
     ``scaling`` by keyword. Trains and saves like the others; ``reste.export`` does not take it."""
 
 
+@torch.fx.wrap
+def _output_padding(x: Tensor, output_size: list[int], stride: tuple[int, ...], padding: tuple[int, ...],
+                    kernel_size: tuple[int, ...], dims: int, dilation: tuple[int, ...]) -> list[int]:
+    """The output padding that makes ``output_size``, as ``nn.ConvTransposeNd`` finds it (its checks and errors). One
+    call under torch.fx, which cannot trace through it: it reads and compares the input's sizes."""
+    return nn.modules.conv._ConvTransposeNd._output_padding(  # (its self is read only without an output_size)
+        None, x, output_size, stride, padding, kernel_size, dims, dilation)  # type: ignore[arg-type]
+
+
 class _BinaryConvTranspose(_BinaryConv):
     """The binary transposed convolutions: ``nn.ConvTransposeNd``'s forward (``output_size`` included) on the
     binary inputs and weights. Their weight is (in_channels, out_channels / groups, *kernel_size), so ``channel``
@@ -216,8 +225,9 @@ class _BinaryConvTranspose(_BinaryConv):
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         dims = len(self.kernel_size)  # type: ignore[attr-defined]
-        padding = self._output_padding(x, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
-                                       self.kernel_size, dims, self.dilation)  # type: ignore[attr-defined]
+        padding = self.output_padding if output_size is None else _output_padding(  # type: ignore[attr-defined]
+            x, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
+            self.kernel_size, dims, self.dilation)  # type: ignore[attr-defined]
         conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
         return conv(self.binary_input(x), self.binary_weight(), self.bias,  # type: ignore[attr-defined]
                     self.stride, self.padding, padding, self.groups, self.dilation)  # type: ignore[attr-defined]
