@@ -194,7 +194,8 @@ def _signature(conv: type) -> inspect.Signature:
 class BinaryConv3d(_BinaryConv, nn.Conv3d):
     """3-D convolution (video, volumes: (N, C, D, H, W) inputs) with binary weights (and binary inputs unless
     ``input_estimator=None``). Arguments: ``nn.Conv3d``'s, then ``weight_estimator``, ``input_estimator`` and
-    ``scaling`` by keyword. Trains and saves like the others; ``reste.export`` does not take it."""
+    ``scaling`` by keyword. Trains and saves like the others;
+    ``export_onnx`` writes it, the packed format does not."""
 
 
 @torch.fx.wrap
@@ -235,18 +236,20 @@ class _BinaryConvTranspose(_BinaryConv):
 
 class BinaryConvTranspose1d(_BinaryConvTranspose, nn.ConvTranspose1d):
     """1-D transposed convolution with binary weights (and binary inputs unless ``input_estimator=None``).
-    Arguments: ``nn.ConvTranspose1d``'s, then the estimator keywords; ``reste.export`` does not take it."""
+    Arguments: ``nn.ConvTranspose1d``'s, then the estimator keywords; ``export_onnx`` writes it,
+    the packed format does not."""
 
 
 class BinaryConvTranspose2d(_BinaryConvTranspose, nn.ConvTranspose2d):
     """2-D transposed convolution (the upsampling path of a segmentation net or a decoder) with binary weights
     (and binary inputs unless ``input_estimator=None``). Arguments: ``nn.ConvTranspose2d``'s, then the estimator
-    keywords; ``reste.export`` does not take it."""
+    keywords; ``export_onnx`` writes it, the packed format does not."""
 
 
 class BinaryConvTranspose3d(_BinaryConvTranspose, nn.ConvTranspose3d):
     """3-D transposed convolution with binary weights (and binary inputs unless ``input_estimator=None``).
-    Arguments: ``nn.ConvTranspose3d``'s, then the estimator keywords; ``reste.export`` does not take it."""
+    Arguments: ``nn.ConvTranspose3d``'s, then the estimator keywords; ``export_onnx`` writes it,
+    the packed format does not."""
 
 
 for _conv, _base in ((BinaryConv1d, nn.Conv1d), (BinaryConv2d, nn.Conv2d), (BinaryConv3d, nn.Conv3d),

@@ -206,6 +206,10 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
         w, alpha = _binary_weights(m)
         return {"op": "blinear", "w": w, "alpha": alpha, "b": _np(m.bias),
                 "bin_in": getattr(m, "input_precision", 1) == 1}
+    if binary and isinstance(m, (nn.Conv3d, nn.modules.conv._ConvTransposeNd)):  # (nor their float forms)
+        raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported (the packed "
+                         "format takes binary Conv1d/2d and Linear layers, and no 3-D or transposed conv, binary or "
+                         "float); write the model with reste.export.export_onnx instead")
     if binary:
         raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported (export "
                          "takes binary Conv1d/2d and Linear layers); binarize with keep=[...] naming it to keep it "
