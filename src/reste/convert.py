@@ -172,11 +172,11 @@ def binarize(
     inplace: bool = False,
     **hyperparameters: Any,
 ) -> nn.Module:
-    """Replace the ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` with binary ones.
+    """Replace the convolutions (1-D to 3-D, transposed or not) and the linears of ``model`` with binary ones.
 
     Each binary layer keeps the latent weights and biases of the layer it replaces, so a
-    pre-trained float model starts from its own weights. By default the first conv (1-D or
-    2-D; an MLP's first linear) and the last linear layer stay full precision (the usual BNN
+    pre-trained float model starts from its own weights. By default the first conv (of any
+    kind; an MLP's first linear) and the last linear layer stay full precision (the usual BNN
     practice and the paper's: a first layer with binary input would see only the signs of
     the pixels).
 
