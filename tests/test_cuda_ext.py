@@ -600,6 +600,17 @@ def test_the_toolkit_is_found_behind_an_nvcc_wrapper(tmp_path, monkeypatch):
     assert cuda_ext.cuda_home() == str(tmp_path / "usr")
 
 
+def test_the_runtime_library_is_looked_for_where_torchs_link_step_looks(tmp_path):
+    """torch links with -L<home>/lib64 -lcudart, or -L<home>/lib where there is no lib64: a libcudart.so in lib
+    beside a lib64 that lacks it is not found at link time, so that toolkit is not complete."""
+    home = _toolkit(tmp_path / "cuda")
+    assert cuda_ext._complete(home)
+    (home / "lib64").rename(home / "lib")  # lib alone (conda's layout): -L<home>/lib
+    assert cuda_ext._complete(home)
+    (home / "lib64").mkdir()  # an empty lib64 beside it: torch takes lib64, which has no libcudart.so
+    assert not cuda_ext._complete(home)
+
+
 def test_bad_arguments_are_refused_in_one_line():
     x = on(torch.randn(4))
     with pytest.raises(RuntimeError, match="unknown estimator kind 'nope'"):

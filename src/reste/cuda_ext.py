@@ -99,8 +99,10 @@ _TOOLKITS = ("/usr/local/cuda", "/usr/local/cuda-*")  # where a CUDA toolkit is 
 
 def _complete(home: Path) -> bool:
     """Whether ``home`` holds what the build needs: nvcc, the runtime's header and its library as torch's link
-    step names it (``-lcudart``: ``libcudart.so``; a folder of pip's NVIDIA wheels has ``libcudart.so.13`` alone)."""
-    library = (home / "lib64" / "libcudart.so").exists() or (home / "lib" / "libcudart.so").exists()
+    step names it (``-lcudart``: ``libcudart.so``; a folder of pip's NVIDIA wheels has ``libcudart.so.13`` alone),
+    in the folder it passes with ``-L``: ``lib64``, or ``lib`` where there is no ``lib64``."""
+    lib = "lib" if not (home / "lib64").exists() and (home / "lib").exists() else "lib64"
+    library = (home / lib / "libcudart.so").exists()
     return (home / "bin" / "nvcc").is_file() and (home / "include" / "cuda_runtime.h").is_file() and library
 
 
