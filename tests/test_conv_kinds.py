@@ -278,6 +278,15 @@ def test_the_summary_counts_their_operations_and_packed_bytes():
     assert rows["vol"]["macs"] == 16 * 32 * 16 * 18
     # 1 bit a weight, one float32 alpha per output channel (16 for the transposed conv's (32, 16, 2, 2) weight)
     assert rows["up"]["packed_bytes"] == 32 * 16 * 4 // 8 + 4 * 16
+    # the same count with the input passed by keyword (the hook reads it there)
+    keyword = nn.Sequential(nn.Conv2d(1, 4, 1))
+    keyword.up = BinaryConvTranspose2d(4, 2, 3, stride=2)
+    keyword.forward = lambda x: keyword.up(input=keyword[0](x))
+    counted = {r["name"]: r for r in layer_summary(keyword, (1, 5, 5))}
+    assert counted["up"]["macs"] == 4 * 5 * 5 * 2 * 9
+    for layer, x in ((reste.BinaryConv2d(4, 2, 3), torch.randn(1, 4, 5, 5)),
+                     (reste.BinaryLinear(4, 2), torch.randn(3, 4)), (BinaryConv3d(4, 2, 1), torch.randn(1, 4, 2, 2, 2))):
+        assert torch.equal(layer(input=x), layer(x))  # torch.nn's keyword, as a float layer takes it
     assert rows["vol"]["packed_bytes"] == 16 * 16 * 18 // 8 + 4 * 16
 
 

@@ -166,8 +166,9 @@ class _BinaryConv(_BinaryMixin):
         super().__init__(*args, **kwargs)  # nn.Conv1d's / nn.Conv2d's (after this mixin in the MRO)
         self._setup(weight_estimator, input_estimator, scaling)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)  # type: ignore[attr-defined]
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.ConvNd's name: layer(input=x) keeps working
+        x = self.binary_input(input)
+        return self._conv_forward(x, self.binary_weight(), self.bias)  # type: ignore[attr-defined]
 
 
 class BinaryConv1d(_BinaryConv, nn.Conv1d):
@@ -224,13 +225,13 @@ class _BinaryConvTranspose(_BinaryConv):
     def _fused_groups(self) -> int | None:
         return 1 if self.scaling == "layer" else None  # an output channel's weights are not consecutive in memory
 
-    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:  # noqa: A002 - torch's names
         dims = len(self.kernel_size)  # type: ignore[attr-defined]
         padding = self.output_padding if output_size is None else _output_padding(  # type: ignore[attr-defined]
-            x, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
+            input, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
             self.kernel_size, dims, self.dilation)  # type: ignore[attr-defined]
         conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
-        return conv(self.binary_input(x), self.binary_weight(), self.bias,  # type: ignore[attr-defined]
+        return conv(self.binary_input(input), self.binary_weight(), self.bias,  # type: ignore[attr-defined]
                     self.stride, self.padding, padding, self.groups, self.dilation)  # type: ignore[attr-defined]
 
 
@@ -276,8 +277,8 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         super().__init__(in_features, out_features, bias, device, dtype)
         self._setup(weight_estimator, input_estimator, scaling)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.binary_input(x), self.binary_weight(), self.bias)
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Linear's name: layer(input=x) keeps working
+        return F.linear(self.binary_input(input), self.binary_weight(), self.bias)
 
 
 def binary_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -23,7 +23,9 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def _macs(module: nn.Module, x: Any, out: torch.Tensor) -> int:
     """Multiply-accumulates of one call of a conv or linear layer on input ``x``, per sample of the batch."""
     per_sample = out[0].numel() if out.dim() > 1 else out.numel()
-    if isinstance(module, nn.modules.conv._ConvTransposeNd) and isinstance(x, torch.Tensor):
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"cannot count the operations of a {type(module).__name__} whose input is no tensor")
         # each input value meets out_channels / groups kernels (some products fall outside the output: still done)
         return x[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -57,13 +59,14 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
     stats: dict[str, dict[str, Any]] = {n: {"macs": 0, "output_shape": None} for n, _ in layers}
 
     def hook(name: str):
-        def record(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                stats[name]["macs"] += _macs(module, inputs[0] if inputs else None, output)
+        def record(module: nn.Module, inputs: Any, kwargs: dict[str, Any], output: Any) -> None:
+            if isinstance(output, torch.Tensor):  # (the input passed by keyword: layer(input=x))
+                x = inputs[0] if inputs else kwargs.get("input", next(iter(kwargs.values()), None))
+                stats[name]["macs"] += _macs(module, x, output)
                 stats[name]["output_shape"] = tuple(output.shape[1:])
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers]
+    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
     training = model.training
     try:
         param = next(model.parameters(), None)
