@@ -128,7 +128,7 @@ class _BinaryMixin:
 
     def extra_repr(self) -> str:
         a = "real" if self.input_estimator is None else self.input_estimator.name
-        base = super().extra_repr()  # type: ignore[misc]  # nn.Conv1d's / nn.Conv2d's / nn.Linear's
+        base = super().extra_repr()  # type: ignore[misc]  # the torch.nn layer's
         return f"{base}, weights={self.weight_estimator.name}, inputs={a}, scaling={self.scaling}"
 
 
@@ -163,7 +163,7 @@ class _BinaryConv(_BinaryMixin):
 
     def __init__(self, *args: Any, weight_estimator: Any = "reste", input_estimator: Any = _DEFAULT,
                  scaling: str = "layer", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # nn.Conv1d's / nn.Conv2d's (after this mixin in the MRO)
+        super().__init__(*args, **kwargs)  # the torch.nn convolution's (after this mixin in the MRO)
         self._setup(weight_estimator, input_estimator, scaling)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.ConvNd's name: layer(input=x) keeps working

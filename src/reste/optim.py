@@ -48,7 +48,7 @@ class Bop(torch.optim.Optimizer):
     Args:
         params: the binary weights (``split_binary(model)[0]``) or parameter groups.
         gamma: the moving average's rate, in (0, 1].
-        threshold: the signal ``w * m`` must pass to flip a weight, >= 0.
+        threshold: the signal ``sign(w) * m`` must pass to flip a weight, >= 0.
 
     State per weight: ``"m"`` (the moving average, in the weight's dtype). ``state_dict`` holds it, so a resumed
     run flips exactly as an uninterrupted one. ``flips``: a 0-d int64 tensor on the weights' device, the number
