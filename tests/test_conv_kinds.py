@@ -150,6 +150,10 @@ def test_output_size_and_the_signatures_are_the_torch_layers():
         assert names[:3] == ["in_channels", "out_channels", "kernel_size"]
         assert names[-3:] == ["weight_estimator", "input_estimator", "scaling"]
     assert "output_padding" in inspect.signature(BinaryConvTranspose3d).parameters
+    for layer, x in ((reste.BinaryConv2d(4, 2, 3), torch.randn(1, 4, 5, 5)),
+                     (reste.BinaryLinear(4, 2), torch.randn(3, 4)),
+                     (BinaryConv3d(4, 2, 1), torch.randn(1, 4, 2, 2, 2)), (up, torch.randn(1, 2, 4, 4))):
+        assert torch.equal(layer(input=x), layer(x))  # torch.nn's keyword, as the float layers take it
     assert "scaling=channel" in repr(BinaryConv3d(1, 2, 3, scaling="channel"))
     with pytest.raises(ValueError, match="unknown scaling"):
         BinaryConvTranspose1d(1, 2, 3, scaling="row")
@@ -284,9 +288,6 @@ def test_the_summary_counts_their_operations_and_packed_bytes():
     keyword.forward = lambda x: keyword.up(input=keyword[0](x))
     counted = {r["name"]: r for r in layer_summary(keyword, (1, 5, 5))}
     assert counted["up"]["macs"] == 4 * 5 * 5 * 2 * 9
-    for layer, x in ((reste.BinaryConv2d(4, 2, 3), torch.randn(1, 4, 5, 5)),
-                     (reste.BinaryLinear(4, 2), torch.randn(3, 4)), (BinaryConv3d(4, 2, 1), torch.randn(1, 4, 2, 2, 2))):
-        assert torch.equal(layer(input=x), layer(x))  # torch.nn's keyword, as a float layer takes it
     assert rows["vol"]["packed_bytes"] == 16 * 16 * 18 // 8 + 4 * 16
 
 

@@ -9,8 +9,8 @@
 Two modes:
 
 ``"paper"`` reproduces the authors' ``--cal_ind`` exactly: only binary 3x3 conv
-weights (2-D, not transposed: a 1-D conv's kernel is never 3x3); F is the unclipped power function sign(w) abs(w)^(1/o_end) at o_end
-(whatever the estimator and the current o), compared with torch.sign (0 for 0);
+weights (2-D, not transposed: a 1-D conv's kernel is never 3x3); F is the unclipped power function
+sign(w) abs(w)^(1/o_end) at o_end (whatever the estimator and the current o), compared with torch.sign (0 for 0);
 each epoch reports its last iteration; over the run the error is averaged over
 epochs and the stability summed.
 
