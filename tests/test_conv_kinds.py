@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 
 import pytest
 import torch
@@ -388,3 +389,30 @@ def test_onnx_export_keeps_a_transposed_convs_output_size(tmp_path):
         torch.testing.assert_close(deploy_model(model)(x), model(x), rtol=0, atol=0)
     info = export_onnx(model, tmp_path / "decoder.onnx", input_size=(2, 7, 7))
     assert "max_abs_diff" in info
+
+
+def test_convs_after_the_last_linear_are_named_in_a_warning():
+    class AutoEncoder(nn.Module):  # a linear bottleneck, then a decoder whose last transposed conv makes the image
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+            self.mid = nn.Conv2d(4, 4, 3, padding=1)
+            self.code = nn.Linear(64, 64)
+            self.dec = nn.ConvTranspose2d(4, 4, 2, stride=2)
+            self.out = nn.ConvTranspose2d(4, 1, 3, padding=1)
+
+        def forward(self, x):
+            z = self.mid(self.enc(x))
+            return self.out(self.dec(self.code(z.flatten(1)).view(-1, 4, 4, 4)))
+
+    with pytest.warns(UserWarning, match=r"'dec' \(ConvTranspose2d\), 'out' \(ConvTranspose2d\) come\(s\) after the "
+                      r"last linear 'code'") as record:
+        model = reste.binarize(AutoEncoder(), "ste")
+    assert len([w for w in record if "after the last linear" in str(w.message)]) == 1
+    assert type(model.out) is BinaryConvTranspose2d and model(torch.randn(2, 1, 8, 8)).shape == (2, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # keeping the output conv: only 'dec' is left, and it is named
+        with pytest.raises(UserWarning, match=r"'dec' \(ConvTranspose2d\) come\(s\) after"):
+            reste.binarize(AutoEncoder(), "ste", keep=["out"])
+        reste.binarize(AutoEncoder(), "ste", keep=["out", "dec"])  # nothing after the linear is binarized: silent
+        reste.binarize(Upsampler(), "ste")  # a classifier: its linear head is last

@@ -88,7 +88,9 @@ class _HeadFirst(nn.Module):
 
 
 def test_the_first_layer_is_the_first_conv_even_after_a_head_defined_first():
-    k = kinds(binarize(_HeadFirst()))
+    # the convs defined after the head are named (were one of them the output, keep_last would miss it)
+    with pytest.warns(UserWarning, match=r"'conv2' \(Conv2d\) come\(s\) after the last linear 'fc'"):
+        k = kinds(binarize(_HeadFirst()))
     assert (k["conv1"], k["conv2"], k["fc"]) == (nn.Conv2d, BinaryConv2d, nn.Linear)
 
 

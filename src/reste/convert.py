@@ -79,6 +79,22 @@ def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str 
     return first, (linears[-1] if linears else (convs[-1] if convs else None))
 
 
+def _warn_convs_after_the_last_linear(model: nn.Module, named: list[tuple[str, nn.Module]], last: str | None,
+                                      kept: Any) -> None:
+    """Warn when convolutions that will be binarized come after the last linear that keep_last keeps (in the order
+    the model defines them): a decoder's output conv after a linear bottleneck (an autoencoder) would make the
+    model's output from binary weights, which keep_last is there to avoid."""
+    if last is None or not isinstance(model.get_submodule(last), nn.Linear):
+        return
+    order = [n for n, _ in model.named_modules()]
+    after = [(n, m) for n, m in named if isinstance(m, nn.modules.conv._ConvNd) and not kept(n)
+             and n in order and order.index(n) > order.index(last)]
+    if after:
+        warnings.warn(f"binarize: {_describe(after, limit=4)} come(s) after the last linear {last!r}, which "
+                      "keep_last keeps in float, and are binarized; if one of them makes the model's output (a "
+                      "decoder's last conv), keep it in float with keep=[...]", stacklevel=3)
+
+
 # the hooks of a layer, kept by the binary layer that replaces it (the same dicts: their handles still work)
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
                "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook")
@@ -194,7 +210,8 @@ def binarize(
             such as timm's dla, the last conv: its classifier). First and last go by the
             order the model defines its modules (``named_modules``), which is the order most
             models run them; name the layers in ``keep`` for a model that defines them in
-            another order.
+            another order. Convolutions defined after the last linear (a decoder after a
+            linear bottleneck) are binarized with a warning naming them.
         inplace: convert ``model`` itself (and return it); by default a deep copy
             is converted and ``model`` is left untouched.
 
@@ -275,6 +292,7 @@ def binarize(
         raise ValueError(f"binarize converts the layers inside a model, and this model is one layer "
                          f"({type(model).__name__}); binarize nn.Sequential(layer) and take its [0], or build "
                          f"reste.Binary{type(model).__name__} directly")
+    _warn_convs_after_the_last_linear(model, named, last if keep_last else None, kept)
     converted = 0
     common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
     for module, layer_names in layers.values():
