@@ -26,3 +26,17 @@ def test_own_model_trains_exports_and_the_packed_file_scores_as_the_model(tmp_pa
     # the other way on another CPU, so a test image or two (of digits' 360: 0.28 points each) may change class
     assert abs(float(packed) - float(torch_acc)) <= 2 * 100 / 360 + 1e-9, done.stdout
     assert (tmp_path / "own_model.rbnn").is_file()
+
+
+def test_bop_example_trains_the_three_ways_and_reports_bops_flips(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(reste.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", str(ROOT / "examples" / "bop.py"),
+                           "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = dict(re.findall(r"^(ste|reste|bop) +test acc (\S+)", done.stdout, re.M))
+    assert set(rows) == {"ste", "reste", "bop"}, done.stdout
+    # one epoch on digits: each far above chance (10 %); 83, 83 and 92 on the machine that wrote this
+    assert all(float(acc) > 60 for acc in rows.values()), done.stdout
+    flips = re.search(r"^bop .*\((\d+) weight flips in the last epoch\)", done.stdout, re.M)
+    assert flips and int(flips.group(1)) > 0, done.stdout
