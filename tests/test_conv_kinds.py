@@ -290,6 +290,9 @@ def test_the_summary_counts_their_operations_and_packed_bytes():
     counted = {r["name"]: r for r in layer_summary(keyword, (1, 5, 5))}
     assert counted["up"]["macs"] == 4 * 5 * 5 * 2 * 9
     assert rows["vol"]["packed_bytes"] == 16 * 16 * 18 // 8 + 4 * 16
+    volume = reste.binarize(nn.Sequential(nn.Conv3d(1, 4, 1), nn.Conv3d(4, 4, 3, padding=1), nn.Flatten(),
+                                          nn.Linear(4 * 2 * 3 * 3, 2)), "ste")
+    assert "input       1x2x3x3 (C x D x H x W, one volume)" in reste.models.describe(volume, (1, 2, 3, 3))
 
 
 @pytest.mark.parametrize("layer, size", [(BinaryConv3d(2, 2, 1), (2, 3, 4, 4)),

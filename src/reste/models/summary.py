@@ -156,9 +156,10 @@ def summary_totals(rows: list[dict[str, Any]], input_size: tuple[int, ...]) -> d
 def format_totals(totals: dict[str, Any]) -> str:
     """Four lines: input size, parameters, operations and sizes with the compression ratio."""
     size = "x".join(map(str, totals["input_size"]))
-    # what the sizes are: an image's (C, H, W), a 1-D signal's (C, L) (a Conv1d model), a vector's (features)
-    shape = {3: "C x H x W, one image", 2: "C x L, one sequence", 1: "features, one sample"}.get(
-        len(totals["input_size"]), "one sample")
+    # what the sizes are: an image's (C, H, W), a 1-D signal's (C, L) (a Conv1d model), a vector's (features), a
+    # volume's (C, D, H, W) (a Conv3d model)
+    shape = {4: "C x D x H x W, one volume", 3: "C x H x W, one image", 2: "C x L, one sequence",
+             1: "features, one sample"}.get(len(totals["input_size"]), "one sample")
     return "\n".join([
         f"input       {size} ({shape})",
         f"parameters  {totals['params']:,}, binary {totals['binary_params']:,} "
