@@ -568,6 +568,20 @@ def test_the_engine_looks_each_address_up_once_and_pins_nothing_per_call(block_f
     assert len(kern._pins) <= K._MAX_PINS
 
 
+def test_address_is_numpys_for_every_kind_of_array():
+    """``kernels.address``, the kernels' cheaper ``a.ctypes.data``: the first byte of a view inside a larger buffer
+    (a packed activation, a slice, a NumPy view of a channels-last tensor), and NumPy's answer where the buffer
+    cannot be taken writable and whole (read-only, empty, strided)."""
+    base = np.zeros(100, np.uint8)
+    t = torch.zeros(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    arrays = [K.packed_buffer((2, 3, 4, 1)), base[5:], base[7:47].reshape(5, 8), base[3:].view(np.uint8),
+              np.zeros((3, 4), np.float32)[1:], t.permute(0, 2, 3, 1).numpy(), t[1:].permute(0, 2, 3, 1).numpy(),
+              np.frombuffer(bytes(16), np.uint8)[4:], base[:0], base[1::2], np.zeros((4, 6), np.int32)[:, 1:]]
+    for a in arrays:
+        assert K.address(a) == a.ctypes.data, (a.shape, a.strides, a.flags.writeable)
+    assert K.address(base[5:]) == base.ctypes.data + 5
+
+
 def test_environment_variable_forces_a_variant(block_file, monkeypatch):
     for isa in ISAS:
         monkeypatch.setenv(K.ISA_ENV, isa)

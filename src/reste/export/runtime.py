@@ -36,8 +36,8 @@ from ..errors import UsageError
 from . import format as fmt
 from . import ir
 from .inputs import raw_batch, raw_inputs
-from .kernels import (BitsOut, Epilogue, Rows, conv_weight_words, get_kernels, pack_rows, packed_buffer, pad_lanes,
-                      padding_correction, sign_thresholds)
+from .kernels import (BitsOut, Epilogue, Rows, address, conv_weight_words, get_kernels, pack_rows, packed_buffer,
+                      pad_lanes, padding_correction, sign_thresholds)
 
 
 def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
@@ -231,10 +231,10 @@ class _BinaryConv:
             plan = self.kernels.bconv_plan(rows, self.blocked, self.out_channels, self.k, self._correction(h, w),
                                            self.epilogue, mode, lo, hi, bits.strides if bits is not None else (0, 0, 0))
             hit = self._plans[key] = (rows, plan)
-        at = None if bits is None else bits.out.ctypes.data + bits.origin
+        at = None if bits is None else address(bits.out) + bits.origin
         if mode == 2:
             out, at = at, None
-        hit[1](src.ctypes.data, out, at, res)
+        hit[1](address(src), out, at, res)
 
     def fuse_next(self, nxt: "_BinaryConv") -> bool:
         """Write sign bits for ``nxt`` instead of floats (C backend, exact thresholds found); False if not."""
