@@ -175,9 +175,11 @@ static inline void emit16(__m512i c, int32_t krow, const int32_t *crow, uint8_t 
     }
 }
 
-/* 16 64-bit counts (a: lanes 0-7, b: 8-15) as 16 int32. */
+/* 16 64-bit counts (a: lanes 0-7, b: 8-15) as 16 int32: the low half of each, in one two-source permute (what
+   two VPMOVQD and an insert give, in one instruction instead of five on the port the popcounts need). */
 static inline __m512i counts16(__m512i a, __m512i b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a)), _mm512_cvtepi64_epi32(b), 1);
+    const __m512i low = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_epi32(a, low, b);
 }
 #endif
 
