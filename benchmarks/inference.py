@@ -26,6 +26,8 @@ variant is printed (``--isa`` or ``$RESTE_PACKED_ISA`` forces one).
     python benchmarks/inference.py --threads 2 --models resnet20_1w1a --batches 1 8 64
     python benchmarks/inference.py --isa avx2 --no-memory    # any of reste.export.kernels.ISAS
     python benchmarks/inference.py --scaling 2 --batches 64   # packed engine, 1 vs 2 threads
+    python benchmarks/inference.py --packed-only --budget 6   # the packed engine alone: no float runs between
+                                                              # its runs (two trees compared run by run)
 """
 
 from __future__ import annotations
@@ -230,6 +232,27 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     return rows
 
 
+def bench_packed(names: list[str], args: argparse.Namespace, tmp: Path) -> None:
+    """The packed engine's latency alone per model and batch (median of about ``--budget`` seconds of runs):
+    float runs between its own, as the full table has, move a shared machine's caches and clocks, which hides
+    a change of a few percent when two trees are compared."""
+    import torch
+
+    from reste.export import PackedModel, export_model
+
+    for name in names:
+        model, size = _build(name)
+        export_model(model, tmp / f"{name}.rbnn", input_size=size, verify=False)
+        packed = PackedModel.load(tmp / f"{name}.rbnn", backend=args.backend, threads=args.threads, isa=args.isa,
+                                  pool=args.pool)
+        variant = f"{packed.backend}/{packed.isa}" if packed.isa else packed.backend
+        for batch in args.batches:
+            x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
+            runs = _time({"packed": lambda x=x: packed(x)}, args.budget)["packed"]
+            print(f"{name:15s} batch {batch:3d}: packed {1000 * statistics.median(runs):8.3f} ms "
+                  f"(median of {len(runs)} runs, {variant}, {args.threads} thread(s))")
+
+
 def bench_threads(names: list[str], args: argparse.Namespace, tmp: Path) -> None:
     """The packed engine with 1 thread and with ``--scaling`` threads, side by side (interleaved), at
     the largest batch: the throughput ratio (issue 17's target: at least 1.7x with 2 threads)."""
@@ -388,6 +411,8 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per model and batch size")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer microbenchmark")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--packed-only", action="store_true",
+                   help="time the packed engine alone (no float baselines, layers or memory)")
     p.add_argument("--scaling", type=int, metavar="N",
                    help="only the thread scaling: the packed engine with 1 and with N threads, largest batch")
     p.add_argument("--child", choices=("float", "packed"), help=argparse.SUPPRESS)
@@ -403,9 +428,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     start, load = time.time(), _load()
-    if args.scaling:
+    if args.scaling or args.packed_only:
         with tempfile.TemporaryDirectory() as tmp:
-            bench_threads(args.models, args, Path(tmp))
+            (bench_threads if args.scaling else bench_packed)(args.models, args, Path(tmp))
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {time.time() - start:.0f} s, "
               f"load average {load} at the start and {_load()} at the end (1 min)")
         return

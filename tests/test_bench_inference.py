@@ -46,3 +46,15 @@ def test_the_conv_bn_benchmark_runs_and_says_how_many_affine_steps_it_keeps(flag
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f": {affine_steps} affine steps of their own, predictions as the float model's: " in proc.stdout
     assert "batch 1: " in proc.stdout and "batch 3: " in proc.stdout
+
+
+@pytest.mark.skipif(K.c_kernel_error() is not None, reason="no C compiler: the packed kernels fall back to NumPy")
+def test_packed_only_times_the_packed_engine_alone():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--packed-only", "--models", "resnet20_1w1a", "--batches",
+                           "1", "2", "--budget", "0.05"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("resnet20_1w1a")]
+    assert [line.split()[2] for line in rows] == ["1:", "2:"], proc.stdout
+    assert all(" ms (median of " in line and "runs, c/" in line for line in rows), rows
+    assert "float*" not in proc.stdout and "latency ms" not in proc.stdout  # no baselines, no table
+    assert "load average" in proc.stdout.splitlines()[-1]
