@@ -13,12 +13,18 @@ import reste
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_own_model_trains_exports_and_the_packed_file_scores_as_the_model(tmp_path):
+def run_example(name: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``examples/<name>`` run with this checkout's reste, one thread, UserWarnings as errors; it must succeed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(reste.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-W", "error::UserWarning", str(ROOT / "examples" / "own_model.py"),
-                           "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", str(ROOT / "examples" / name), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_own_model_trains_exports_and_the_packed_file_scores_as_the_model(tmp_path):
+    done = run_example("own_model.py", tmp_path, "--epochs", "1")
     assert re.search(r"^epoch 1/1  loss \S+  test acc \S+  estimating error", done.stdout, re.M), done.stdout
     packed, torch_acc = re.search(r"packed own_model.rbnn: test acc (\S+) \(PyTorch model (\S+)\)",
                                   done.stdout).groups()
@@ -29,11 +35,7 @@ def test_own_model_trains_exports_and_the_packed_file_scores_as_the_model(tmp_pa
 
 
 def test_bop_example_trains_the_three_ways_and_reports_bops_flips(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(reste.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-W", "error::UserWarning", str(ROOT / "examples" / "bop.py"),
-                           "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_example("bop.py", tmp_path, "--epochs", "1")
     rows = dict(re.findall(r"^(ste|reste|bop) +test acc (\S+)", done.stdout, re.M))
     assert set(rows) == {"ste", "reste", "bop"}, done.stdout
     # one epoch on digits: each far above chance (10 %); 83, 83 and 92 on the machine that wrote this
