@@ -431,6 +431,23 @@ def test_cpu_defaults_count_the_cpus_this_process_may_run_on(monkeypatch):
     assert TrainConfig(dataset="cifar10").resolve().workers == 0
 
 
+def test_loader_workers_share_the_node_among_torchruns_processes(monkeypatch):
+    """torchrun binds no CPUs: 8 processes on a 32-CPU node share its CPUs (4 workers each, not 8 = 64 in all); a
+    mask narrower than the machine (SLURM's binding) is already the process's share."""
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 32)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    for local, workers in (("8", 4), ("2", 8), ("64", 1), ("1", 8), ("not a number", 8)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert config.default_workers("imagenet") == workers, local
+        assert config.default_workers("digits") == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert config.default_workers("imagenet") == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert TrainConfig(dataset="imagenet").resolve().workers == 8
+
+
 def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path):
     from reste import fused
 

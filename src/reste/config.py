@@ -50,9 +50,24 @@ def parse_value(text: str, none: bool = True) -> Any:
 
 
 def default_workers(dataset: str) -> int:
-    """DataLoader worker processes by default: none for a data set held in memory, one per usable CPU (up to 8)
-    for one read from files."""
-    return 0 if get_spec(dataset).fits_in_memory else min(8, usable_cpus())
+    """DataLoader worker processes by default: none for a data set held in memory; for one read from files, one per
+    CPU of this process's share (up to 8). The share: the CPUs it may use, split among the node's training
+    processes (torchrun's ``LOCAL_WORLD_SIZE``) unless an affinity mask narrower than the machine already gave it
+    its own (SLURM's CPU binding, taskset): 8 processes of 8 workers each on a 32-CPU node would run 64."""
+    if get_spec(dataset).fits_in_memory:
+        return 0
+    cpus = usable_cpus()
+    if cpus >= (os.cpu_count() or cpus):  # no narrower mask: the node's CPUs, shared by its processes
+        cpus //= _local_processes()
+    return max(1, min(8, cpus))
+
+
+def _local_processes() -> int:
+    """The training processes on this node as torchrun says (``LOCAL_WORLD_SIZE``); 1 when it says nothing."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def check_workers(dataset: str, workers: int | None) -> None:
@@ -161,7 +176,7 @@ class TrainConfig:
     warm_up: int | None = None
     indicators: str | None = None  # None, "general" or "paper"
     seed: int = 0
-    workers: int | None = None  # None: 0 for in-memory data sets, 1 per usable CPU up to 8 for image files
+    workers: int | None = None  # None: 0 for in-memory data sets, default_workers for image files
     device: str = "auto"
     data_device: str = "auto"  # in-memory data sets: "auto" on the training device, "cpu" on the CPU
     amp: str = "none"

@@ -68,7 +68,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     o.add_argument("--seed", type=int, help="random seed (default 0)")
     r = p.add_argument_group("machine")
     r.add_argument("--workers", type=int,
-                   help="data loading processes (default: 0; ImageNet: 1 per usable CPU, up to 8)")
+                   help="data loading processes (default: 0; ImageNet: 1 per CPU of this process's share of the "
+                        "node, up to 8)")
     r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     r.add_argument("--data-device", dest="data_device", metavar=_choices(DATA_DEVICES),
                    help="where digits, Fashion-MNIST and CIFAR-10 live, as uint8, with crop, flip and "
