@@ -172,17 +172,26 @@ def _time(fns: dict, budget: float) -> dict[str, list[float]]:
     return times
 
 
-def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
-    import torch
-
-    from reste.export import PackedModel, export_model, format_report
+def _exported(name: str, args: argparse.Namespace, tmp: Path):
+    """Zoo model ``name`` (random weights, BN statistics of random batches), its input size, its packed file in
+    ``tmp``, the export's report and the file loaded as ``args`` say."""
+    from reste.export import PackedModel, export_model
 
     model, size = _build(name)
     packed_path = tmp / f"{name}.rbnn"
     report = export_model(model, packed_path, input_size=size, meta={"model_name": name}, verify=False)
+    packed = PackedModel.load(packed_path, backend=args.backend, threads=args.threads, isa=args.isa, pool=args.pool)
+    return model, size, packed_path, report, packed
+
+
+def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
+    import torch
+
+    from reste.export import format_report
+
+    model, size, packed_path, report, packed = _exported(name, args, tmp)
     float_path = tmp / f"{name}.pt"
     torch.save(model.state_dict(), float_path)
-    packed = PackedModel.load(packed_path, backend=args.backend, threads=args.threads, isa=args.isa, pool=args.pool)
     deploy = precomputed(model)  # float layers with sign(W) * alpha precomputed, the model's sign op
     float_weights = sum(t.numel() * t.element_size() for t in model.state_dict().values()
                         if isinstance(t, torch.Tensor))
@@ -238,13 +247,8 @@ def bench_packed(names: list[str], args: argparse.Namespace, tmp: Path) -> None:
     a change of a few percent when two trees are compared."""
     import torch
 
-    from reste.export import PackedModel, export_model
-
     for name in names:
-        model, size = _build(name)
-        export_model(model, tmp / f"{name}.rbnn", input_size=size, verify=False)
-        packed = PackedModel.load(tmp / f"{name}.rbnn", backend=args.backend, threads=args.threads, isa=args.isa,
-                                  pool=args.pool)
+        _, size, _, _, packed = _exported(name, args, tmp)
         variant = f"{packed.backend}/{packed.isa}" if packed.isa else packed.backend
         for batch in args.batches:
             x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import warnings
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -80,15 +80,15 @@ def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str 
 
 
 def _warn_convs_after_the_last_linear(model: nn.Module, named: list[tuple[str, nn.Module]], last: str | None,
-                                      kept: Any) -> None:
+                                      kept: Callable[[str], bool]) -> None:
     """Warn when convolutions that will be binarized come after the last linear that keep_last keeps (in the order
     the model defines them): a decoder's output conv after a linear bottleneck (an autoencoder) would make the
     model's output from binary weights, which keep_last is there to avoid."""
     if last is None or not isinstance(model.get_submodule(last), nn.Linear):
         return
-    order = [n for n, _ in model.named_modules()]
+    position = {n: k for k, (n, _) in enumerate(model.named_modules())}  # (a layer's first name only)
     after = [(n, m) for n, m in named if isinstance(m, nn.modules.conv._ConvNd) and not kept(n)
-             and n in order and order.index(n) > order.index(last)]
+             and position.get(n, -1) > position[last]]
     if after:
         warnings.warn(f"binarize: {_describe(after, limit=4)} come(s) after the last linear {last!r}, which "
                       "keep_last keeps in float, and are binarized; if one of them makes the model's output (a "
@@ -107,17 +107,13 @@ def _binary_copy(name: str, module: nn.Module, common: dict[str, Any]) -> nn.Mod
     training them, and their ``requires_grad``, their ties to other layers and their memory format stay. The
     hooks registered on ``module`` stay too (the same dicts, so their handles still remove them)."""
     try:
-        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        if isinstance(module, nn.modules.conv._ConvNd):
+            transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
             new: nn.Module = CONVERTED[type(module)](
-                module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                module.output_padding, module.groups, module.bias is not None, module.dilation,
-                module.padding_mode, module.weight.device, module.weight.dtype, **common,
-            )
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            new = CONVERTED[type(module)](
-                module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, module.dilation, module.groups, module.bias is not None,
-                module.padding_mode, module.weight.device, module.weight.dtype, **common,
+                module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                padding=module.padding, dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
+                padding_mode=module.padding_mode, device=module.weight.device, dtype=module.weight.dtype,
+                **({"output_padding": module.output_padding} if transposed else {}), **common,
             )
         else:
             new = BinaryLinear(

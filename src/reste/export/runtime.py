@@ -81,7 +81,6 @@ class _BinaryConv:
         self.kernel = (kh, kw)
         self.stride, self.pad, self.dil = tuple(node["stride"]), tuple(node["pad"]), tuple(node["dil"])
         self.k = self.in_channels * kh * kw
-        self.alpha, self.bias, self.post = alpha, bias, post
         self.spec = Epilogue(alpha, bias, post, relu)  # (unpadded: the NumPy kernels, the sign thresholds)
         self.kernels = kernels
         self.fast = hasattr(kernels, "bconv")
@@ -270,7 +269,7 @@ class _BinaryLinear:
                  post: tuple[np.ndarray, np.ndarray] | None, kernels: Any, relu: bool = True) -> None:
         self.out_features, self.in_features = signs.shape
         self.words = pack_rows(signs < 0)
-        self.alpha, self.bias, self.post, self.kernels = alpha, bias, post, kernels
+        self.kernels = kernels
         self.spec = Epilogue(alpha, bias, post, relu)
         self.fast = hasattr(kernels, "bconv")
         if self.fast:
