@@ -235,6 +235,11 @@ class _BinaryConv:
             out, at = at, None
         hit[1](address(src), out, at, res)
 
+    @property
+    def post(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (scale, shift) of the affine its epilogue takes in, if any."""
+        return self.spec.post
+
     def fuse_next(self, nxt: "_BinaryConv") -> bool:
         """Write sign bits for ``nxt`` instead of floats (C backend, exact thresholds found); False if not."""
         if not (self.fast and nxt.fast and nxt.in_channels == self.out_channels):
@@ -276,6 +281,8 @@ class _BinaryLinear:
             self.blocked = kernels.block_weights(self.words)
             self.epilogue = self.spec.padded()
         self._geometry: dict[int, Rows] = {}
+
+    post = _BinaryConv.post
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
