@@ -112,7 +112,7 @@ def test_help_names_choices_positionals_and_what_each_command_does(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("--amp {none,bf16,fp16}", "--scaling {layer,channel,none}", "--optimizer {sgd,adam,adamw}",
+    for shown in ("--amp {none,bf16,fp16}", "--scaling {layer,channel,none}", "--optimizer {sgd,adam,adamw,bop}",
                   "--data-device {auto,cpu}", "--indicators [{general,paper}]", "a bare --indicators means general",
                   "usage: reste train [--preset NAME] [flags]"):
         assert shown in text, shown

@@ -371,3 +371,21 @@ def test_torchrun_accumulates_micro_batches_with_synchronised_batchnorm(tmp_path
     assert proc.returncode == 0, proc.stderr
     assert "batch 64 per process (128 in all), in 2 micro-batches of 32" in proc.stdout
     assert "BatchNorm normalises over each micro-batch of 32 images per process (64 in all)" in proc.stdout
+
+
+def test_torchrun_trains_with_bop(tmp_path):
+    """--optimizer bop under two processes: Bop steps on the all-reduced gradients in each (its flips agree), rank 0
+    saves its state beside Adam's, and the binary weights it saves are +-1."""
+    proc, attempt = _run_fresh(lambda attempt: (*ARGS[2:], "--epochs", "2", "--optimizer", "bop", "--estimator", "ste",
+                                                "--scaling", "none", "--bop-gamma", "1e-3", "--out",
+                                                str(tmp_path / f"run{attempt}")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / f"run{attempt}"
+    flips = [m["flips"] for m in rundir.read_metrics(out)]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert flips[0] > 0 and ckpt["optimizer"]["optimizers"][0]["flipped"] == sum(flips)
+    from reste.layers import binary_layers
+    from reste.models import create
+
+    names = [f"{name}.weight" for name, _ in binary_layers(create(ckpt["model_name"], **ckpt["model_options"]))]
+    assert names and all(set(ckpt["model"][k].unique().tolist()) == {-1.0, 1.0} for k in names)

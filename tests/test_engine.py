@@ -494,10 +494,13 @@ def test_each_optimizer_the_config_takes_is_built_as_itself():
     from reste.config import OPTIMIZERS
     from reste.engine import build_optimizer
 
-    model = torch.nn.Linear(2, 2)
-    built = {name: type(build_optimizer(TrainConfig(optimizer=name, lr=0.1, weight_decay=0.0, momentum=0.9), model))
-             for name in OPTIMIZERS}
-    assert built == {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    model = reste.binarize(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
+                           "ste", scaling="none")
+    settings = dict(lr=0.1, weight_decay=0.0, momentum=0.9, bop_gamma=1e-4, bop_threshold=1e-8)
+    built = {name: build_optimizer(TrainConfig(optimizer=name, **settings), model) for name in OPTIMIZERS}
+    kinds = {name: [type(o) for o in getattr(opt, "optimizers", [opt])] for name, opt in built.items()}
+    assert kinds == {"sgd": [torch.optim.SGD], "adam": [torch.optim.Adam], "adamw": [torch.optim.AdamW],
+                     "bop": [reste.Bop, torch.optim.Adam]}
     with pytest.raises(UsageError, match="unknown optimizer 'lion'"):
         build_optimizer(TrainConfig(optimizer="lion", lr=0.1, weight_decay=0.0, momentum=0.9), model)
 

@@ -21,9 +21,14 @@ from .errors import UsageError
 from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
+from .optim import DEFAULT_GAMMA, DEFAULT_THRESHOLD, check_settings
 from .plugins import defining, load_plugins, saved_form
 
-OPTIMIZERS = ("sgd", "adam", "adamw")  # reste.engine.build_optimizer builds each
+# reste.engine.build_optimizer builds each; bop: Bop (reste.optim) for the binary weights, Adam for the other parameters
+OPTIMIZERS = ("sgd", "adam", "adamw", "bop")
+# each optimizer's learning rate where the data set's recipe names another optimizer (whose lr would not suit it):
+# SGD's the paper's, Adam's (bop's Adam over the float parameters too) the usual 1e-3
+OPTIMIZER_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "bop": 1e-3}
 MAX_EPOCHS = 1_000_000
 MAX_SEED = 2**63 - 1
 AMP_MODES = ("none", "bf16", "fp16")
@@ -34,6 +39,16 @@ def __getattr__(name: str) -> Any:
     if name == "DATASET_DEFAULTS":  # the recipes by data set, as this module kept a copy of them before: ask the specs
         return {spec_name: dict(spec.defaults) for spec_name, spec in SPECS.items()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def optimizer_text(settings: dict[str, Any]) -> str:
+    """How a run's optimizer is told (the run's start line, ``reste show``), from its settings (``to_dict()``):
+    ``sgd lr 0.1``, or for bop its gamma and threshold and the float parameters' Adam."""
+    lr = f"lr {settings['lr']:g}"
+    if settings["optimizer"] != "bop":
+        return f"{settings['optimizer']} {lr}"
+    return (f"bop gamma {settings.get('bop_gamma') or DEFAULT_GAMMA:g} threshold "
+            f"{settings.get('bop_threshold') or DEFAULT_THRESHOLD:g} (adam {lr} for the float parameters)")
 
 
 def parse_value(text: str, none: bool = True) -> Any:
@@ -173,6 +188,8 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float | None = None
     momentum: float = 0.9
+    bop_gamma: float | None = None  # --optimizer bop only (None: reste.optim.DEFAULT_GAMMA); follows the lr schedule
+    bop_threshold: float | None = None  # --optimizer bop only (None: reste.optim.DEFAULT_THRESHOLD)
     warm_up: int | None = None
     indicators: str | None = None  # None, "general" or "paper"
     seed: int = 0
@@ -238,6 +255,10 @@ class TrainConfig:
                                   model_options=dict(self.model_options))
         defaults = dict(spec.defaults)
         defaults["workers"] = default_workers(out.dataset)
+        if out.lr is None and out.optimizer in OPTIMIZER_LR and out.optimizer != defaults.get("optimizer"):
+            defaults["lr"] = OPTIMIZER_LR[out.optimizer]  # the recipe's lr is for the recipe's optimizer
+        if out.optimizer == "bop":
+            defaults.update(bop_gamma=DEFAULT_GAMMA, bop_threshold=DEFAULT_THRESHOLD)
         if out.warm_up is None and isinstance(out.epochs, int) and out.epochs > 0:
             # a default warm-up never exceeds a short run the user asked for
             defaults["warm_up"] = min(defaults["warm_up"], out.epochs - 1)
@@ -278,6 +299,11 @@ class TrainConfig:
                                                        else ""))
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "bop":
+            self._check_bop(info["binary"])
+        elif self.bop_gamma is not None or self.bop_threshold is not None:
+            given = "--bop-gamma" if self.bop_gamma is not None else "--bop-threshold"
+            raise UsageError(f"{given} is a setting of Bop: add --optimizer bop, or drop it")
         if self.indicators not in (None, *INDICATOR_MODES):
             raise UsageError(f"unknown indicator mode {self.indicators!r}; valid: {', '.join(INDICATOR_MODES)}")
         if self.amp not in AMP_MODES:
@@ -343,6 +369,27 @@ class TrainConfig:
             raise UsageError(f"--indicators general reads F(x) of the estimator, and {self.estimator!r} defines no _f "
                              "(the antiderivative of its g); add _f to its class, or drop --indicators")
 
+    def _check_bop(self, binary: bool) -> None:
+        """--optimizer bop: a binary model, trained with the STE and no weight scale (Bop flips each +-1 weight by
+        its own gradient, which the STE passes as it is at +-1 when its clip is >= 1, and a scale would
+        change), gamma and threshold in range, and no CUDA graphs (its step has not been captured on a GPU)."""
+        if not binary:
+            raise UsageError(f"--optimizer bop trains binary weights and {self.model!r} is full precision; use "
+                             "another --optimizer")
+        if self.estimator != "ste" or self.scaling != "none":
+            raise UsageError("--optimizer bop flips each +-1 weight by its gradient, which the STE passes unchanged "
+                             "and a weight scale would alter: add --estimator ste --scaling none")
+        clip = self.estimator_options.get("clip", 1.0)
+        if isinstance(clip, (int, float)) and clip < 1:
+            raise UsageError(f"--optimizer bop needs the STE's gradient at +-1: --clip must be >= 1, got {clip}")
+        if self.cuda_graphs:
+            raise UsageError("--cuda-graphs cannot be combined with --optimizer bop (its step is not captured yet); "
+                             "drop --cuda-graphs")
+        try:
+            check_settings(self.bop_gamma, self.bop_threshold, flags=True)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
     def _check_paper_indicators(self) -> None:
         """--indicators paper reads binary 3x3 convolutions only: a model without any is refused here, before
         a run folder is made (the general mode reads every binary layer). The model is built once per process
@@ -374,7 +421,7 @@ class TrainConfig:
         }
         optional: dict[str, tuple[type, ...]] = {
             "data_path": (str,), "indicators": (str,), "threads": (int,), "preset": (str,), "save_every": number,
-            "tensorboard": (str,), "augment": (bool,),
+            "tensorboard": (str,), "augment": (bool,), "bop_gamma": number, "bop_threshold": number,
         }
         for name, kind in (*kinds.items(), *optional.items()):
             value = getattr(self, name)

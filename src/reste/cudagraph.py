@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .optim import member_states
+
 __all__ = ["GraphedForward", "GraphedStep", "CudaGraphs", "graphable_optimizer_options", "load_optimizer_state"]
 
 
@@ -108,6 +110,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     device for a capturable group and leaves it where it was loaded otherwise; a checkpoint loaded onto a
     GPU has it there, and a group that is not capturable then reads it back to the host twice a parameter
     and step. Such a group keeps it on the CPU, as torch's own Adam does."""
+    members = getattr(optimizer, "optimizers", None)  # a reste.optim.Composite: each member its own state
+    if members is not None:
+        for member, member_state in zip(members, member_states(optimizer, state)):
+            load_optimizer_state(member, member_state)
+        return
     groups = optimizer.param_groups
     saved = state.get("param_groups", [])
     if len(saved) == len(groups):  # else load_state_dict says why

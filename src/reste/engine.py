@@ -53,7 +53,8 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import models, plugins, resumption
 from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, canonical_estimator,
-                     check_data_path, check_workers, config_from_preset, default_workers, get_preset, max_threads)
+                     check_data_path, check_workers, config_from_preset, default_workers, get_preset, max_threads,
+                     optimizer_text)
 from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
@@ -63,6 +64,7 @@ from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
+from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics,
                      best_checkpoint, check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, read_metrics,
@@ -156,9 +158,26 @@ def estimator_settings(config: TrainConfig) -> dict[str, Any]:
     return {key: getattr(config, key) for key in ckpt_io.ESTIMATOR_KEYS}
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def set_rates(optimizer: torch.optim.Optimizer | Composite, lr: float, config: TrainConfig) -> None:
+    """An epoch's rates: ``lr`` in every group; Bop's gamma follows the same schedule, ``bop_gamma * lr / --lr``
+    (the paper decays it as the learning rate)."""
+    for opt in getattr(optimizer, "optimizers", [optimizer]):
+        for group in opt.param_groups:
+            if isinstance(opt, Bop):
+                group["gamma"] = config.bop_gamma * lr / config.lr
+            else:
+                group["lr"] = lr
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer | Composite:
+    """The run's optimizer over ``model``'s parameters; for bop a :class:`reste.optim.Composite` of Bop over the
+    binary weights and Adam (``--lr``, ``--weight-decay``) over the rest."""
     params = model.parameters()
     extra = graphable_optimizer_options(config.optimizer) if config.cuda_graphs else {}
+    if config.optimizer == "bop":
+        binary, others = split_binary(model)
+        return Composite(Bop(binary, gamma=config.bop_gamma, threshold=config.bop_threshold),
+                         torch.optim.Adam(others, lr=config.lr, weight_decay=config.weight_decay))
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                                **extra)
@@ -452,6 +471,7 @@ class _Run:
         self.train_size = len(train_ds)  # recorded: a mid-epoch state continues only on as many images
         self.files_to_read = where is None  # images read from files (ImageNet), not held in memory
         self._epoch_sums: list[float | int] | None = None
+        self._flips_start = 0  # --optimizer bop: Bop's count of flips when this epoch began
         self._last_save = time.monotonic()
         self.board = TensorBoardLog(config.tensorboard, run_dir, config.to_dict()) \
             if config.tensorboard is not None and self.dist.main else None
@@ -695,8 +715,7 @@ class _Run:
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.time()
             lr = learning_rate(cfg.lr, epoch, cfg.epochs, cfg.warm_up)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            set_rates(self.optimizer, lr, cfg)
             sched = set_progress(self.model, epoch, cfg.epochs) if self.scheduled else {}
             if self.graphed is not None:
                 self.graphed.invalidate()  # the captured step holds this epoch's lr and schedule values
@@ -705,6 +724,9 @@ class _Run:
                 lr, sched = partial["lr"], dict(partial.get("schedule") or {})  # keeps what it trained with
             if partial and "time" in partial:
                 t0 -= float(partial["time"])  # the epoch's time includes the part before the checkpoint
+            bop = self._bop()
+            if bop is not None:  # Bop's count of flips when the epoch began (before a mid-epoch checkpoint's part)
+                self._flips_start = int((partial or {}).get("flips_start", bop.flipped))
             self._epoch_t0 = t0
             train_metrics = self.train_epoch(epoch, start_step, partial)
             if self.files_to_read and start_step < len(self.train_loader):
@@ -723,6 +745,8 @@ class _Run:
                                        "test_top5": test["top5"]}
             if self.meter:
                 metrics.update(self.meter.epoch_end())
+            if bop is not None:
+                metrics.update(gamma=cfg.bop_gamma * lr / cfg.lr, flips=int(bop.flipped) - self._flips_start)
             metrics["time"] = time.time() - t0
             is_best = test["top1"] > self.best_acc
             if is_best:
@@ -785,9 +809,18 @@ class _Run:
         if self.dist.main:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
                        "time": time.time() - self._epoch_t0, "trained": True, "lr": lr,
-                       "schedule": {k: float(v) for k, v in schedule.items()}}
+                       "schedule": {k: float(v) for k, v in schedule.items()}, **self._bop_partial()}
             ckpt_io.save_checkpoint(self.state(epoch, steps, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, steps), time.monotonic()
+
+    def _bop(self) -> Bop | None:
+        """The run's Bop (``--optimizer bop``), else None."""
+        return next((opt for opt in getattr(self.optimizer, "optimizers", ()) if isinstance(opt, Bop)), None)
+
+    def _bop_partial(self) -> dict[str, int]:
+        """What a mid-epoch checkpoint adds for Bop: its count of flips when the epoch began (the epoch's line
+        counts from there)."""
+        return {"flips_start": self._flips_start} if self._bop() is not None else {}
 
     def save_partial(self, epoch: int, step: int, sums: list[float | int]) -> None:
         """``last.pt`` after ``step`` batches of epoch ``epoch + 1`` (every process's running sums)."""
@@ -799,7 +832,7 @@ class _Run:
             ranks = [[t[0].item(), int(t[1].item()), int(t[2].item()), int(t[3].item())] for t in gathered]
         if self.dist.main:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
-                       "time": time.time() - self._epoch_t0}
+                       "time": time.time() - self._epoch_t0, **self._bop_partial()}
             ckpt_io.save_checkpoint(self.state(epoch, step, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, step), time.monotonic()
 
@@ -970,11 +1003,14 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
     """An epoch's line: its metrics, with every schedule value of the estimator (``rundir.schedule_fields``)."""
     sched = " ".join(f"{k} {v:.4g}" for k, v in schedule_fields(m).items())
-    line = (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  lr {m['lr']:.4g}  {sched + '  ' if sched else ''}"
+    gamma = f"gamma {m['gamma']:.4g}  " if "gamma" in m else ""
+    line = (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  lr {m['lr']:.4g}  {gamma}{sched + '  ' if sched else ''}"
             f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.2f}  "
             f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f} top5 {m['test_top5']:.2f}")
     if "estimating_error" in m:
         line += f"  error {m['estimating_error']:.4g} stability {m['gradient_stability']:.4g}"
+    if "flips" in m:
+        line += f"  flips {m['flips']:,}"
     return line + f"  ({m['time']:.1f}s)"
 
 
@@ -1087,8 +1123,8 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
         batch += f" per process ({config.batch_size * world} in all)"
     batch += split_batch(config.batch_size, config.accumulate)
     run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
-            f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {config.optimizer} "
-            f"lr {config.lr}, device {run.device}{procs} -> {run_dir}")
+            f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {optimizer_text(config.to_dict())}, "
+            f"device {run.device}{procs} -> {run_dir}")
     for note in (*recipe_notes(config, world), accumulate_note(config, run.model, world_size=world),
                  cuda_graphs_tip(config, run.device, run.dist.enabled)):
         if note:

@@ -13,11 +13,13 @@ from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
+from .optim import DEFAULT_GAMMA, DEFAULT_THRESHOLD
 from .plugins import add_plugin_flag, saved_form
 
 # Train flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
-                "batch_size", "accumulate", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum", "warm_up",
+                "batch_size", "accumulate", "eval_batch_size", "optimizer", "lr", "weight_decay", "momentum",
+                "bop_gamma", "bop_threshold", "warm_up",
                 "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile",
                 "cuda_graphs", "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
 
@@ -53,11 +55,23 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="training batch size (per process under torchrun)")
     o.add_argument("--eval-batch-size", "--batch_size_test", dest="eval_batch_size", type=int,
                    help="batch size of the test-split evaluation")
-    o.add_argument("--optimizer", metavar=_choices(OPTIMIZERS), help="default: the data set's recipe")
-    o.add_argument("--lr", type=float, help="peak learning rate (cosine decay to 0 after the warm-up)")
+    o.add_argument("--optimizer", metavar=_choices(OPTIMIZERS),
+                   help="default: the data set's recipe. bop: Bop flips the binary weights (no latent weights; "
+                        "with --estimator ste --scaling none), Adam trains the other parameters")
+    o.add_argument("--lr", type=float,
+                   help="peak learning rate (cosine decay to 0 after the warm-up); default: the data set's recipe, "
+                        "or for another --optimizer than the recipe's, its usual one (sgd 0.1, adam, adamw and "
+                        "bop's Adam 0.001)")
     o.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float,
                    help="weight decay (default: the data set's recipe)")
     o.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    o.add_argument("--bop-gamma", dest="bop_gamma", type=float, metavar="X",
+                   help=f"--optimizer bop: the rate of the gradient's moving average, in (0, 1], scaled each epoch "
+                        f"as the learning rate (default {DEFAULT_GAMMA:g}, larq's, for runs of hundreds of epochs; "
+                        "short runs need more)")
+    o.add_argument("--bop-threshold", dest="bop_threshold", type=float, metavar="X",
+                   help=f"--optimizer bop: a weight flips when the moving average passes this against its sign "
+                        f"(default {DEFAULT_THRESHOLD:g})")
     o.add_argument("--warm-up", "--warm_up", dest="warm_up", type=int, nargs="?", const=5,
                    help="linear warm-up epochs (bare flag: 5, as the paper on CIFAR-10)")
     o.add_argument("--indicators", nargs="?", const="general", metavar=_choices(INDICATOR_MODES),

@@ -122,6 +122,7 @@ class Param:
 # that registering an estimator imports no command-line code; tests/test_plugin_review.py compares it with them.
 RESERVED_FLAGS: frozenset[str] = frozenset((
     "--a32", "--accumulate", "--amp", "--augment", "--auto-resume", "--batch-size", "--batch_size", "--batch_size_test",
+    "--bop-gamma", "--bop-threshold",
     "--cal-ind", "--cal_ind", "--channels-last", "--compile", "--cuda-graphs", "--data-device", "--data-path",
     "--data_path", "--dataset", "--device", "--devices", "--download", "--dry-run", "--epochs", "--estimator",
     "--eval-batch-size", "--force", "--grid", "--help", "--indicators", "--jobs", "--keep-top", "--lr", "--model",
@@ -129,7 +130,8 @@ RESERVED_FLAGS: frozenset[str] = frozenset((
     "--out", "--plugin", "--preset", "--print-config", "--resume", "--runs-dir", "--save-every", "--scaling", "--seed",
     "--seeds", "--tensorboard", "--threads", "--warm-up", "--warm_up", "--weight-decay", "--weight_decay", "--workers",
     "-b", "-h", "-j", "-m",
-    "a32", "accumulate", "amp", "augment", "auto_resume", "batch_size", "channels_last", "compile", "cuda_graphs",
+    "a32", "accumulate", "amp", "augment", "auto_resume", "batch_size", "bop_gamma", "bop_threshold", "channels_last",
+    "compile", "cuda_graphs",
     "data_device", "data_path", "dataset", "device", "devices", "download", "dry_run", "epochs", "estimator",
     "eval_batch_size", "force", "grid", "help", "indicators", "jobs", "keep_top", "lr", "model", "model_options",
     "momentum", "optimizer", "out", "plugins", "preset", "print_config", "progress", "report", "resume", "runs_dir",

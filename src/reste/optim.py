@@ -13,20 +13,20 @@ minimum signal (too high: nothing flips; too low: noise flips weights). The defa
 paper's, gamma 1e-4 and threshold 1e-8, for runs of hundreds of epochs; a short run needs a larger gamma.
 
 Bop trains the binary weights only; the other parameters (batch norms, float layers) keep an ordinary optimizer
-(larq's ``CaseOptimizer``: here two optimizers, each stepped). For Bop to see the gradient of the binary weight
-itself, binarize with the STE (its backward passes 1 at +-1) and ``scaling="none"`` (with a scale, the
-gradient also flows through mean |w|, which Bop never changes)::
+(larq's ``CaseOptimizer``; here :class:`Composite`, two optimizers stepped as one). For Bop to see the gradient of
+the binary weight itself, binarize with the STE (its backward passes 1 at +-1) and ``scaling="none"`` (with a
+scale, the gradient also flows through mean |w|, which Bop never changes)::
 
-    from reste.optim import Bop, split_binary
+    from reste.optim import Bop, Composite, split_binary
 
     model = reste.binarize(float_model, "ste", scaling="none")
     binary, others = split_binary(model)
-    bop, adam = Bop(binary, gamma=1e-3), torch.optim.Adam(others, lr=1e-3)
+    optimizer = Composite(Bop(binary, gamma=1e-3), torch.optim.Adam(others, lr=1e-3))
     ...
-    loss.backward(); bop.step(); adam.step(); bop.zero_grad(); adam.zero_grad()
+    loss.backward(); optimizer.step(); optimizer.zero_grad()
 
-Each step's flips are counted on the device (``flips``, no host sync): the paper's diagnostic of how much the
-network still changes.
+``reste train --optimizer bop`` builds just this. Each step's flips are counted on the device (``flips``, and
+``flipped`` over every step, with no host sync): the paper's diagnostic of how much the network still changes.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ from torch import nn
 
 from .layers import binary_layers
 
-__all__ = ["Bop", "split_binary"]
+__all__ = ["Bop", "Composite", "split_binary"]
+
+#: Bop's defaults, larq's and the paper's (for runs of hundreds of epochs): ``reste train --optimizer bop`` takes
+#: them where ``--bop-gamma`` and ``--bop-threshold`` are not given.
+DEFAULT_GAMMA, DEFAULT_THRESHOLD = 1e-4, 1e-8
 
 
 class Bop(torch.optim.Optimizer):
@@ -55,13 +59,12 @@ class Bop(torch.optim.Optimizer):
     of weights the last step flipped (read it with ``int(bop.flips)``, which waits for the device).
     """
 
-    def __init__(self, params: Iterable[Any], gamma: float = 1e-4, threshold: float = 1e-8) -> None:
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"Bop's gamma must be in (0, 1], got {gamma!r}")
-        if not threshold >= 0.0:
-            raise ValueError(f"Bop's threshold must be >= 0, got {threshold!r}")
+    def __init__(self, params: Iterable[Any], gamma: float = DEFAULT_GAMMA,
+                 threshold: float = DEFAULT_THRESHOLD) -> None:
+        check_settings(gamma, threshold)
         super().__init__(params, {"gamma": gamma, "threshold": threshold})
         self.flips = torch.zeros((), dtype=torch.int64)
+        self.flipped = torch.zeros((), dtype=torch.int64)  # every step's flips added up, in state_dict too
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -91,7 +94,98 @@ class Bop(torch.optim.Optimizer):
                 flips = count if flips is None else flips + count.to(flips.device)
         if flips is not None:
             self.flips = flips
+            self.flipped = self.flipped.to(flips.device) + flips
         return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state (each weight's ``m``, the groups' settings) and ``"flipped"``, the flips of
+        every step so far (an int: this waits for the device)."""
+        return {**super().state_dict(), "flipped": int(self.flipped)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        flipped = state.pop("flipped", 0)
+        super().load_state_dict(state)
+        self.flipped = torch.tensor(int(flipped), dtype=torch.int64)
+
+
+def check_settings(gamma: Any, threshold: Any, flags: bool = False) -> None:
+    """Refuse a ``gamma`` outside (0, 1] or a ``threshold`` below 0 (or not a finite number) with a ``ValueError``
+    naming them as the constructor's arguments, or as ``reste train``'s flags."""
+    names = ("--bop-gamma", "--bop-threshold") if flags else ("Bop's gamma", "Bop's threshold")
+    number = (int, float)
+    if isinstance(gamma, bool) or not isinstance(gamma, number) or not 0.0 < gamma <= 1.0:
+        raise ValueError(f"{names[0]} must be in (0, 1] (the moving average's rate), got {gamma!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, number) or not 0.0 <= threshold < float("inf"):
+        raise ValueError(f"{names[1]} must be >= 0 and finite, got {threshold!r}")
+
+
+class Composite:
+    """Several optimizers, each over its own parameters, stepped as one (larq's ``CaseOptimizer``): Bop for the
+    binary weights and Adam for the rest, as ``reste train --optimizer bop`` builds it::
+
+        binary, others = split_binary(model)
+        optimizer = Composite(Bop(binary), torch.optim.Adam(others, lr=1e-3))
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
+    It answers what a training loop and ``torch.amp.GradScaler`` ask of one optimizer: ``step``, ``zero_grad``,
+    ``param_groups`` (all members' groups, the same dicts: setting a group's ``lr`` sets the member's),
+    ``state`` (all members' per-parameter state), ``state_dict`` and ``load_state_dict``.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        if not optimizers:
+            raise ValueError("Composite needs at least one optimizer")
+        owned: set[int] = set()
+        for opt in optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in owned:
+                        raise ValueError("Composite: a parameter belongs to two of its optimizers; give each "
+                                         "parameter to one (split_binary splits a model's)")
+                    owned.add(id(p))
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self) -> dict[Any, Any]:
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Each member's step, in order; ``closure`` (when given) is evaluated once, before them."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for opt, state in zip(self.optimizers, member_states(self, state_dict)):
+            opt.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return "Composite(" + ", ".join(type(opt).__name__ for opt in self.optimizers) + ")"
+
+
+def member_states(composite: Composite, state_dict: Any) -> list[dict[str, Any]]:
+    """The members' states in a ``Composite.state_dict()``; a ``ValueError`` where it is not one of as many."""
+    states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
+    if not isinstance(states, list) or len(states) != len(composite.optimizers):
+        raise ValueError(f"not the state of a Composite of {len(composite.optimizers)} optimizers "
+                         f"({', '.join(type(o).__name__ for o in composite.optimizers)})")
+    return states
 
 
 def split_binary(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

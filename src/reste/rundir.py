@@ -80,8 +80,8 @@ IDENTITY_FREE = (*RESUME_FREE, "preset", "seed")
 RECIPE_FREE = (*IDENTITY_FREE, "compile", "channels_last", "cuda_graphs", "indicators")
 # the fields of a metrics.jsonl line; the line holds besides them the schedule values of the run's estimator (o, t,
 # k, ...) under their names, which therefore may not be these
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "estimating_error",
-                 "gradient_stability", "time")
+METRIC_FIELDS = ("epoch", "lr", "gamma", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
+                 "estimating_error", "gradient_stability", "flips", "time")  # gamma, flips: --optimizer bop's
 # what every run's config.json holds since the first version: without them it is not a run's
 _IDENTITY = ("dataset", "model", "estimator", "epochs", "seed")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .config import optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
 from .rundir import METRICS, best_line, lock_holder, read_metrics, saved_config, schedule_fields
@@ -76,7 +77,7 @@ def show_run(run_dir: str | os.PathLike) -> str:
              f"settings   {config['model']} ({config['estimator']}{', 1W/32A' if config['a32'] else ''}) on "
              f"{config['dataset']}: {epochs}, batch {config['batch_size']}"
              f"{split_batch(config['batch_size'], config.get('accumulate'))}, "
-             f"{config['optimizer']} lr {config['lr']:g}, seed {config['seed']}{preset}"
+             f"{optimizer_text(config)}, seed {config['seed']}{preset}"
              + (f"\n           {options}" if options else "")]
     done, state, resume = summary["epochs_done"], summary["state"], f"reste train --resume {shell_word(run_dir)}"
     if state == "training":

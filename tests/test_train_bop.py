@@ -1,0 +1,174 @@
+"""`reste train --optimizer bop`: Bop over the binary weights and Adam over the rest, as one optimizer
+(reste.optim.Composite); gamma on the learning-rate schedule; each epoch's flips in its metrics line; exact
+resume inside an epoch; the settings it refuses; and each optimizer's own learning rate where the data set's
+recipe is another optimizer's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import reste
+from reste import engine, models, rundir, runinfo
+from reste.checkpoint import load_checkpoint
+from reste.config import TrainConfig
+from reste.cudagraph import load_optimizer_state
+from reste.errors import UsageError
+from reste.optim import DEFAULT_GAMMA, DEFAULT_THRESHOLD, Bop, Composite, split_binary
+from reste.schedules import learning_rate
+
+from run_checks import stop_in_epoch_2
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+
+def quiet(_msg):
+    pass
+
+
+def bop(**kw) -> TrainConfig:
+    base = dict(dataset="digits", epochs=3, batch_size=64, seed=1, optimizer="bop", estimator="ste",
+                scaling="none", bop_gamma=1e-3, bop_threshold=1e-7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def strip(lines):
+    return [{k: v for k, v in m.items() if k != "time"} for m in lines]
+
+
+def test_a_bop_run_trains_plus_minus_one_weights_and_logs_its_flips(tmp_path):
+    lines = []
+    result = engine.train(bop(epochs=4), tmp_path / "r", progress=False, log=lines.append)
+    assert result["best_acc"] > 85.0
+    assert "bop gamma 0.001 threshold 1e-07 (adam lr 0.001 for the float parameters)" in lines[0]
+    metrics = rundir.read_metrics(tmp_path / "r")
+    for m in metrics:  # gamma follows the lr schedule: bop_gamma * lr / --lr
+        assert m["lr"] == learning_rate(1e-3, m["epoch"] - 1, 4)
+        assert m["gamma"] == pytest.approx(1e-3 * m["lr"] / 1e-3, rel=1e-15)
+    flips = [m["flips"] for m in metrics]
+    assert all(isinstance(f, int) for f in flips) and flips[0] > flips[-1] > 0
+    assert f"flips {flips[0]:,}" in lines[1] and "gamma 0.001 " in lines[1]
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    bop_state, adam_state = ckpt["optimizer"]["optimizers"]
+    assert bop_state["flipped"] == sum(flips)  # the epochs' counts add up to every step's
+    assert "exp_avg" in next(iter(adam_state["state"].values()))
+    model = models.create(ckpt["model_name"], **ckpt["model_options"], estimator="ste", scaling="none")
+    model.load_state_dict(ckpt["model"])
+    binary, _ = split_binary(model)
+    assert all(set(w.unique().tolist()) == {-1.0, 1.0} for w in binary)  # no latent weights: each is +-1
+    assert "bop gamma 0.001 threshold 1e-07" in runinfo.show_run(tmp_path / "r")
+
+
+def test_a_bop_run_stopped_inside_an_epoch_resumes_exactly(tmp_path):
+    cfg = bop()
+    engine.train(cfg, tmp_path / "full", progress=False, log=quiet)
+    stop_in_epoch_2(cfg, tmp_path / "cut", quiet, step=10, steps=23)
+    engine.resume(tmp_path / "cut", progress=False, log=quiet)
+    full, cut = rundir.read_metrics(tmp_path / "full"), rundir.read_metrics(tmp_path / "cut")
+    assert strip(full) == strip(cut) and full[1]["flips"] > 0  # epoch 2's flips counted across the stop
+    a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "cut"))
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items() if isinstance(v, torch.Tensor))
+    assert a["optimizer"]["optimizers"][0]["flipped"] == b["optimizer"]["optimizers"][0]["flipped"]
+
+
+def test_defaults_come_from_reste_optim_and_each_optimizer_gets_its_own_lr():
+    cfg = TrainConfig(optimizer="bop", estimator="ste", scaling="none").resolve()
+    assert (cfg.bop_gamma, cfg.bop_threshold, cfg.lr) == (DEFAULT_GAMMA, DEFAULT_THRESHOLD, 1e-3)
+    assert TrainConfig().resolve().lr == 0.1  # digits' recipe: SGD at 0.1
+    assert TrainConfig(optimizer="sgd").resolve().lr == 0.1  # the recipe's own optimizer keeps its lr
+    assert TrainConfig(optimizer="adam").resolve().lr == 1e-3  # not SGD's 0.1
+    assert TrainConfig(optimizer="adam", lr=0.05).resolve().lr == 0.05
+    assert TrainConfig(dataset="fashion-mnist", optimizer="sgd").resolve().lr == 0.1  # its recipe: Adam at 1e-3
+    assert TrainConfig(optimizer="sgd", dataset="cifar10", download=True).resolve().lr == 0.1
+    assert TrainConfig(optimizer="adamw", dataset="cifar10", download=True).resolve().lr == 1e-3
+    assert TrainConfig().resolve().bop_gamma is None  # Bop's settings belong to --optimizer bop alone
+
+
+@pytest.mark.parametrize("changes, text", [
+    (dict(estimator="reste"), "add --estimator ste --scaling none"),
+    (dict(scaling="layer"), "add --estimator ste --scaling none"),
+    (dict(estimator_options={"clip": 0.5}), "--clip must be >= 1, got 0.5"),
+    (dict(model="digits", estimator="reste", scaling="layer"), "'digits' is full precision"),
+    (dict(cuda_graphs=True), "--cuda-graphs cannot be combined with --optimizer bop"),
+    (dict(bop_gamma=0.0), r"--bop-gamma must be in \(0, 1\]"),
+    (dict(bop_gamma=2.0), r"--bop-gamma must be in \(0, 1\]"),
+    (dict(bop_threshold=-1.0), "--bop-threshold must be >= 0"),
+    (dict(bop_threshold=float("inf")), "--bop-threshold must be >= 0 and finite"),
+    (dict(bop_gamma="0.1"), "--bop-gamma must be int or float"),
+    (dict(optimizer="sgd", bop_gamma=None), "--bop-threshold is a setting of Bop: add --optimizer bop"),
+    (dict(optimizer="adam", bop_threshold=None), "--bop-gamma is a setting of Bop: add --optimizer bop"),
+])
+def test_settings_bop_cannot_train_with_are_refused_in_one_line(changes, text):
+    with pytest.raises(UsageError, match=text):
+        bop(**changes).resolve()
+
+
+def test_the_command_line_takes_bop_and_its_flags(tmp_path, capsys):
+    from reste.cli import main
+
+    main(["train", "--optimizer", "bop", "--estimator", "ste", "--scaling", "none", "--bop-gamma", "0.002",
+          "--bop-threshold", "0", "--print-config"])
+    out = capsys.readouterr().out
+    assert '"bop_gamma": 0.002' in out and '"bop_threshold": 0' in out and '"lr": 0.001' in out
+    assert main(["train", "--optimizer", "bop"]) == 2
+    assert "add --estimator ste --scaling none" in capsys.readouterr().err
+
+
+def test_composite_shares_its_members_groups_and_state_and_loads_as_it_saved():
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                                         nn.Flatten(), nn.Linear(4, 2)), "ste", scaling="none")
+    binary, others = split_binary(model)
+
+    def make():
+        return Composite(Bop(binary, gamma=0.5, threshold=0.0), torch.optim.Adam(others, lr=1e-2))
+
+    opt = make()
+    assert len(opt.param_groups) == 2 and opt.param_groups[1] is opt.optimizers[1].param_groups[0]
+    opt.param_groups[1]["lr"] = 0.5  # a group set through the composite is the member's
+    assert opt.optimizers[1].param_groups[0]["lr"] == 0.5
+    x = torch.randn(8, 1, 5, 5)
+    model(x).square().mean().backward()
+    opt.step()
+    assert set(opt.state) == set(binary) | {p for p in others if p.grad is not None}
+    saved = opt.state_dict()
+    other = make()
+    load_optimizer_state(other, saved)  # as a resume loads it: each member's own settings kept
+    assert other.optimizers[1].param_groups[0]["lr"] == 1e-2
+    assert other.optimizers[0].flipped.item() == opt.optimizers[0].flipped.item() > 0
+    assert torch.equal(other.state[binary[0]]["m"], opt.state[binary[0]]["m"])
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="belongs to two"):
+        Composite(Bop(binary), torch.optim.Adam(model.parameters()))
+    with pytest.raises(ValueError, match="not the state of a Composite of 2 optimizers"):
+        other.load_state_dict(torch.optim.Adam(others).state_dict())
+
+
+def test_a_grad_scaler_unscales_every_members_gradients():
+    """fp16 training steps the optimizer through torch.amp.GradScaler: Bop must see the unscaled gradient."""
+    w = nn.Parameter(torch.ones(3))
+    b = nn.Parameter(torch.zeros(3))
+    opt = Composite(Bop([w], gamma=1.0, threshold=0.5), torch.optim.SGD([b], lr=1.0))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    loss = (w * torch.tensor([0.4, 0.6, -1.0])).sum() + b.sum()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    assert w.tolist() == [1.0, -1.0, 1.0]  # m = g: 0.6 > 0.5 flips, 0.4 does not (scaled, all would)
+    assert b.tolist() == [-1.0, -1.0, -1.0]
+
+
+def test_build_optimizer_builds_bop_as_a_composite_over_split_binary():
+    cfg = bop(weight_decay=1e-4, lr=2e-3).resolve()
+    model = engine.build_model(cfg, 10)
+    opt = engine.build_optimizer(cfg, model)
+    assert isinstance(opt, Composite) and [type(o) for o in opt.optimizers] == [Bop, torch.optim.Adam]
+    binary, others = split_binary(model)
+    assert opt.optimizers[0].param_groups[0]["params"] == binary
+    assert opt.optimizers[1].param_groups[0]["params"] == others
+    assert opt.optimizers[1].param_groups[0]["weight_decay"] == 1e-4
+    engine.set_rates(opt, 1e-3, cfg)  # half the peak lr: half gamma
+    assert opt.optimizers[0].param_groups[0]["gamma"] == pytest.approx(5e-4)
+    assert opt.optimizers[1].param_groups[0]["lr"] == 1e-3 and "lr" not in opt.optimizers[0].param_groups[0]
