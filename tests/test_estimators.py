@@ -416,7 +416,7 @@ def test_reste_schedule_kinds():
     lin = reste.ReSTE(o=1.0, o_end=3.0, schedule="linear")
     lin.set_progress(250, 1000)
     assert lin.o == pytest.approx(1.5)
-    const = reste.ReSTE(o=2.0, schedule="constant")
+    const = reste.ReSTE(o=2.0, o_end=2.0, schedule="constant")
     const.set_progress(900, 1000)
     assert const.o == 2.0
 
@@ -891,7 +891,28 @@ def test_reste_warns_when_its_o_schedule_falls():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reste.ReSTE(o=1.0, o_end=3.0)
-        reste.ReSTE(o=5.0, o_end=3.0, schedule="constant")
+        reste.ReSTE(o=5.0, o_end=5.0, schedule="constant")
+
+
+@pytest.mark.parametrize("name, start, end, option", [("reste", "o", "o_end", "o"), ("dsq", "alpha", "alpha_end", "alpha")])
+def test_a_constant_schedule_given_an_end_it_never_reaches_says_so(name, start, end, option):
+    """A constant schedule holds the start value: an end value beside it trains nothing (a sweep over it would
+    train one network at each value), which the estimator says and reports as unused; an end equal to the start
+    says nothing (but is as unused)."""
+    import warnings
+
+    values = {"reste": (1.0, 5.0), "dsq": (0.2, 0.1)}[name]
+    with pytest.warns(UserWarning, match=rf"constant schedule holds {start} at {values[0]:g} for the whole run: "
+                                         rf"{end} = {values[1]:g} is never reached; pass {option}={values[1]:g}"):
+        est = reste.get_estimator(name, schedule="constant", **{start: values[0], end: values[1]})
+    est.set_progress(999, 1000)
+    assert getattr(est, start) == values[0] and est.unused_hyperparameters() == {end}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = reste.get_estimator(name, schedule="constant", **{start: values[1], end: values[1]})
+        moving = reste.get_estimator(name, schedule="linear", **{start: values[0], end: values[1]})
+    assert same.unused_hyperparameters() == {end} and moving.unused_hyperparameters() == frozenset()
+    assert reste.get_estimator("ste").unused_hyperparameters() == frozenset()
 
 
 @pytest.mark.parametrize("name", ["ede", "rbnn"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -796,6 +797,23 @@ def test_the_unknown_axis_message_lists_only_axes_that_are_taken(capsys, tmp_pat
     assert "unknown grid axis 'foo'" in err and "estimator" in err and err.count("\n") == 1
     listed = err.split("a TrainConfig field (")[1].split(")")[0].split(", ")
     assert "lr" in listed and not set(listed) & set(RESUME_FREE)
+    keywords = err.split("an estimator hyper-parameter (")[1].split(")")[0].split(", ")
+    assert {"o_end", "fda_n"} <= set(keywords) and "n" not in keywords  # FDA's n is an axis as fda_n (n: a column)
+
+
+@pytest.mark.parametrize("grid, flags, message, settings", [
+    (["o_end=2,3"], {"o_schedule": "constant"}, "grid axis 'o_end' would train the same network at each value: "
+                                                "reste's constant schedule (--o-schedule constant) never moves", 2),
+    (["alpha_end=0.1,0.05", "estimator=dsq,reste"], {"alpha_schedule": "constant"},
+     "grid axis 'alpha_end' would train the same network at each value: dsq's constant schedule", 3),
+])
+def test_an_axis_that_a_constant_schedule_leaves_unused_is_refused(grid, flags, message, settings):
+    """(review user9 #1) o_end under --o-schedule constant: o stays at o, so each value trains one network, and the
+    tables would show an o_end effect that never happened (paper mode measures F at o_end)."""
+    base = TrainConfig(dataset="digits", epochs=1)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        expand_grid(base, parse_grid(grid), flags)
+    assert len(expand_grid(base, parse_grid(grid))) == settings  # the default schedules move: each value a run
 
 
 def test_grid_values_none_and_close_floats():

@@ -377,6 +377,11 @@ class Estimator(nn.Module):
     def _setup(self) -> None:
         """Derived state, after the hyper-parameters are set (a hook for subclasses)."""
 
+    def unused_hyperparameters(self) -> frozenset[str]:
+        """The hyper-parameters that these settings leave without effect on training (a constant schedule's end
+        value): a sweep refuses a grid axis over one, whose runs would all train the same network."""
+        return frozenset()
+
     @classmethod
     def check_hyperparameters(cls, values: dict[str, Any], flags: bool = False) -> dict[str, Any]:
         """Every hyper-parameter of the table (defaults filled in), checked and in its type.
@@ -618,7 +623,9 @@ class ReSTE(Estimator):
     relations = (("t", ">", "interval"),)
 
     def _setup(self) -> None:
-        if self.schedule != "constant" and self.o_end == self.o:
+        if self.schedule == "constant" and self.o_end != self.o:
+            _warn_end_unused("ReSTE", "o", self.o, self.o_end, "o_schedule")  # (and unused_hyperparameters)
+        elif self.schedule != "constant" and self.o_end == self.o:
             warnings.warn(
                 f"ReSTE o schedule {self.schedule!r} never changes (o = o_end = {self.o}); "
                 f"pass {option('--o-end', 'o_end')} > o or "
@@ -632,6 +639,9 @@ class ReSTE(Estimator):
                 stacklevel=3,
             )
 
+    def unused_hyperparameters(self) -> frozenset[str]:
+        return frozenset({"o_end"}) if self.schedule == "constant" else frozenset()
+
     def params(self) -> dict[str, float]:
         return {"o": self.o, "t": self.t, "m": self.interval}
 
@@ -642,6 +652,19 @@ class ReSTE(Estimator):
 
     def set_progress(self, epoch: float, epochs: int) -> None:
         self.o = schedules.ramp(self.schedule, self._config["o"], self.o_end, epoch, epochs)
+
+
+def _warn_end_unused(who: str, name: str, start: float, end: float, schedule_flag: str) -> None:
+    """The warning of a constant schedule given an end value it never reaches: a sweep over that end would train
+    the same network at each value."""
+    flag, moving = "--" + name.replace("_", "-"), "--" + schedule_flag.replace("_", "-")
+    warnings.warn(
+        f"{who}'s constant schedule holds {name} at {start:g} for the whole run: {name}_end = {end:g} is never "
+        f"reached; pass {option(f'{flag} {end:g} {flag}-end {end:g}', f'{name}={end:g}, {name}_end={end:g}')} to "
+        f"hold {name} there, or {option(f'{moving} cosine', repr('cosine') + ' as schedule')} (or linear) to move "
+        "it",
+        stacklevel=4,  # the caller of the estimator's constructor
+    )
 
 
 class ApproxSign(Estimator):
@@ -728,6 +751,13 @@ class DSQ(Estimator):
         Param("alpha_end", float, 0.05, "final alpha", "(0, 1)"),
         Param("schedule", str, "linear", "schedule of alpha", choices=schedules.RAMPS, flag="alpha_schedule"),
     )
+
+    def _setup(self) -> None:
+        if self.schedule == "constant" and self.alpha_end != self.alpha:
+            _warn_end_unused("DSQ", "alpha", self.alpha, self.alpha_end, "alpha_schedule")
+
+    def unused_hyperparameters(self) -> frozenset[str]:
+        return frozenset({"alpha_end"}) if self.schedule == "constant" else frozenset()
 
     def params(self) -> dict[str, float]:
         return {"alpha": self.alpha}

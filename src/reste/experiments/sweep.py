@@ -44,7 +44,7 @@ from ..datasets import get_spec
 from ..models import model_info, model_keywords
 from ..errors import UsageError, join_command_line, on_command_line, print_line
 from ..distributed import signal_text, stop_signals
-from ..estimators import estimator_class, estimator_flags, list_estimators
+from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
 from ..wording import duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
@@ -122,7 +122,8 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
         return "model", key
     raise UsageError(
         f"unknown grid axis {key!r}; valid: a TrainConfig field ({', '.join(_config_fields())}), an estimator "
-        f"hyper-parameter ({', '.join(_all_estimator_keywords() + sorted(aliases))}) or a model option "
+        f"hyper-parameter ({', '.join(k for k in _all_estimator_keywords() + sorted(aliases) if k not in _TABLE_COLUMNS)}"
+        f") or a model option "
         f"({', '.join(model_keys) or 'none for this model'})"
     )
 
@@ -264,7 +265,35 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
     if unused:
         raise UsageError(f"grid axis {unused[0]!r} is an option of no estimator this sweep trains "
                          f"({', '.join(trained)}); add one it belongs to (--grid estimator=...) or drop the axis")
+    for key in grid:
+        if kinds[key][0] == "estimator":
+            _check_axis_trains(key, kinds[key][1], scoped.get(key, {}), settings.values())
     return list(settings.values())
+
+
+def _check_axis_trains(key: str, name: str, scoped: dict[str, str], settings: Iterable[Setting]) -> None:
+    """Refuse an estimator axis that changes no run's training: each setting that takes it has settings that leave
+    it unused (``Estimator.unused_hyperparameters``: o_end under ReSTE's constant schedule). Its runs would train one
+    network at every value, and the tables would show a difference that is not there."""
+    takers = [s for s in settings if key in s.values]
+    idle = []
+    for setting in takers:
+        config = setting.config
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (the constant schedule's own warning: this line says it)
+                est = get_estimator(config.estimator, **config.estimator_options)
+        except (UsageError, ValueError, TypeError):  # bad settings: resolve names them
+            return
+        if scoped.get(est.name, name) not in est.unused_hyperparameters():
+            return
+        idle.append(est)
+    if idle:
+        schedule = next((f"{p.option} constant" for p in type(idle[0]).hyperparameters if p.name == "schedule"),
+                        "a constant schedule")
+        raise UsageError(f"grid axis {key!r} would train the same network at each value: {idle[0].name}'s constant "
+                         f"schedule ({schedule}) never moves towards it; give a moving schedule (cosine or "
+                         "linear), or grid the start value instead")
 
 
 #: The fields that apply to binary models only: a float baseline's are its defaults.
