@@ -780,6 +780,8 @@ def test_estimator_flags_apply_to_the_estimators_they_belong_to():
     (["--o-schedule", "constant", "--grid", "schedule=cosine,linear"], "'schedule' is both a grid axis"),
     (["--seed", "5", "--seeds", "0", "--grid", "lr=0.1"], "--seed and --seeds both given"),
     (["--o-end", "5", "--grid", "estimator_options.o_end=2,3"], "'estimator_options.o_end' is both a grid axis"),
+    (["--grid", "lr=0.05,0.1", "--tensorboard", "tb"], "would give every run of the sweep one folder of events; "
+                                                       "pass the bare --tensorboard"),  # (review user9 #2)
 ])
 def test_sweep_flags_that_would_be_ignored_are_refused(argv, message, tmp_path, capsys):
     assert main(["sweep", *argv, "--epochs", "1", "--out", str(tmp_path / "s")]) == 2

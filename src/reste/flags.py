@@ -129,7 +129,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                          "RUN_DIR/top/epoch0007-acc91.23.pt (default 0: only last.pt and best.pt)")
     g2.add_argument("--tensorboard", nargs="?", const="", type=tensorboard_dir, metavar="DIR",
                     help="log metrics, per-layer schedules and indicators, and the config to TensorBoard "
-                         "(pip install 'reste[tensorboard]'): in RUN_DIR/tensorboard, or in DIR")
+                         "(pip install 'reste[tensorboard]'): in RUN_DIR/tensorboard"
+                         + (" (each run its own; a sweep takes no DIR)" if sweep else ", or in DIR"))
     g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     add_estimator_flags(p, e)  # last: a flag of reste train's own is taken, whatever an estimator declares
 

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_info, model_keywords
-from ..errors import UsageError, join_command_line, on_command_line, print_line
+from ..errors import UsageError, join_command_line, on_command_line, print_line, shell_word
 from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
@@ -700,6 +700,11 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     seeds = [base.seed] if not seeds else [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"the seeds {', '.join(map(str, seeds))} name a seed twice; give each once")
+    if isinstance(base.tensorboard, str) and os.path.isabs(base.tensorboard):  # (a relative one: in each run's folder)
+        where = Path(runs_dir) if runs_dir is not None else Path(out_dir) / "runs"
+        raise UsageError(f"--tensorboard {base.tensorboard} would give every run of the sweep one folder of events; "
+                         f"pass the bare --tensorboard (each run's own, RUN_DIR/tensorboard), then `tensorboard "
+                         f"--logdir {shell_word(where)}` shows them all")
     settings = expand_grid(base, dict(grid), flags)
     note = unmeasured(base, settings)
     if note:
