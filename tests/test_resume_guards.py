@@ -104,6 +104,18 @@ def test_settings_written_by_a_forced_resume_that_crashed_before_saving(run):
     assert rundir.read_metrics(run)[-1]["lr"] == pytest.approx(learning_rate(0.05, 2, 3, warm_up))
 
 
+def test_a_forced_resume_over_such_settings_says_what_it_continues_with(run):
+    """(review user9 #3) after a forced resume that diverged before saving (config.json: lr 1e30), the next forced
+    resume with --lr 0.05 trains at 0.05; the note said it went on with config.json's 1e30."""
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "epochs": 3, "lr": 1e30}))
+    _, lines = _resume(run, {"lr": 0.05}, force=True)
+    note = next(m for m in lines if "differs from the settings last.pt trained with" in m)
+    assert "epochs 3 (was 2), lr 1e+30 (was 0.1)" in note
+    assert note.endswith("the run continues with lr 0.05 as this command gives, and config.json's other settings")
+    assert rundir.read_metrics(run)[-1]["lr"] == pytest.approx(learning_rate(0.05, 2, 3, cfg["warm_up"]))
+
+
 def test_a_bad_value_in_config_json_names_the_file(capsys, run):
     cfg = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**cfg, "model_options": None}))

@@ -176,8 +176,12 @@ def trained_settings(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConf
     notes = []
     edited = _config_edits(set(ckpt["config"]), trained, saved, run_dir)
     if edited and ckpt["epoch"] < config.epochs:
-        notes.append(f"note: {run_dir / CONFIG} differs from the settings {LAST} trained with ({edited}); "
-                     f"the run continues with {CONFIG}'s")
+        text = ", ".join(f"{k} {getattr(saved, k)!r} (was {getattr(trained, k)!r})" for k in edited)
+        given = [k for k in edited if getattr(config, k) != getattr(saved, k)]  # this command's flags (--force)
+        goes_on = f"the run continues with {CONFIG}'s" if not given else (
+            "the run continues with " + ", ".join(f"{k} {getattr(config, k)!r}" for k in given) + " as this command "
+            "gives" + (f", and {CONFIG}'s other settings" if len(given) < len(edited) else ""))
+        notes.append(f"note: {run_dir / CONFIG} differs from the settings {LAST} trained with ({text}); {goes_on}")
     if trained.optimizer != config.optimizer:
         notes.append(f"note: the optimizer changes from {trained.optimizer} to {config.optimizer}; its state "
                      "(momentum, moments) starts afresh")
@@ -260,10 +264,10 @@ def _what_is_left(run_dir: Path) -> str:
     return f"evaluate its {BEST} with reste eval, or start a new run" if best.exists() else "start a new run"
 
 
-def _config_edits(held: set[str], was: TrainConfig, saved: TrainConfig, run_dir: Path) -> str:
-    """How ``config.json`` (``saved``) differs from the settings ``last.pt`` trained with (``was``; ``held``: the
-    names its copy has), as ``"lr 0.05 (was 0.1)"``: a resume given other settings with ``--force`` writes them
-    before its first save, or a hand edit. A setting that ``last.pt`` holds and ``config.json`` lacks is damage:
+def _config_edits(held: set[str], was: TrainConfig, saved: TrainConfig, run_dir: Path) -> list[str]:
+    """The settings in which ``config.json`` (``saved``) differs from those ``last.pt`` trained with (``was``;
+    ``held``: the names its copy has): a resume given other settings with ``--force`` writes them before its first
+    save, or a hand edit. A setting that ``last.pt`` holds and ``config.json`` lacks is damage:
     refused, as a default would silently stand in (a setting a newer reste added is missing from an older run's
     config.json, and takes the value it had: no difference)."""
     changed = [f.name for f in dataclasses.fields(TrainConfig)
@@ -272,4 +276,4 @@ def _config_edits(held: set[str], was: TrainConfig, saved: TrainConfig, run_dir:
     if missing:
         raise UsageError(f"{run_dir / CONFIG} lacks {', '.join(missing)}, which {LAST} holds: it is damaged; "
                          f"delete it and resume again ({LAST} holds the settings to write it from)")
-    return ", ".join(f"{k} {getattr(saved, k)!r} (was {getattr(was, k)!r})" for k in changed)
+    return changed
