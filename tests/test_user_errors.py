@@ -83,6 +83,10 @@ def test_export_and_predict_never_write_over_their_inputs_or_a_checkpoint(run, t
         assert "is an input of this command" in _one_line_error(capsys, "predict", str(model), str(images),
                                                                  "--output", str(target))
     assert "a file, not a folder" in _one_line_error(capsys, "export", str(run), str(images / "m.rbnn"))
+    # (review user9 #4) OUT named .onnx held the packed format, which onnxruntime refused
+    err = _one_line_error(capsys, "export", str(run), str(tmp_path / "model.onnx"))
+    assert "is written in reste's packed format, not ONNX" in err and "model.rbnn --onnx" in err
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_debug_goes_anywhere_on_the_line(capsys):

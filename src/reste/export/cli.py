@@ -79,6 +79,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .from_checkpoint import export_checkpoint
 
     out = Path(args.out)
+    if out.suffix.lower() == ".onnx":  # the packed format is reste's own: onnxruntime would refuse the file
+        packed = out.with_suffix(".rbnn")
+        raise UsageError(f"OUT {out} is written in reste's packed format, not ONNX; pass `{packed} --onnx {out}` "
+                         f"(the packed model and the ONNX one), or `{packed} --onnx` to write {out} beside it")
     onnx_path = None
     if args.onnx is not None:
         onnx_path = Path(args.onnx) if args.onnx else out.with_suffix(".onnx")
