@@ -594,6 +594,9 @@ def test_a_misspelt_flag_gets_the_closest_flag_and_no_plugin_hint(capsys):
     assert "--plugin MODULE" in _one_line_error(capsys, "train", "--frobnicate")  # none close: a plugin's flag?
     line = _one_line_error(capsys, "--debg", "train")  # reste's own flag, before the command
     assert "did you mean --debug?" in line and "--plugin" not in line, line
+    # (review user9 #5) two axes after one --grid: the second is a stray argument, and --grid takes one axis
+    line = _one_line_error(capsys, "sweep", "--grid", "model=digits_1w1a,digits", "estimator=ste,reste", "--out", "s")
+    assert "one axis per --grid: --grid estimator=ste,reste" in line and "--plugin" not in line
 
 
 def test_a_flag_is_never_taken_abbreviated(capsys):

@@ -393,7 +393,11 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
         return message
     text = message.rsplit(" (see `", 1)[0]
     known = _command_flags(parser, command)
-    unknown = [a.split("=", 1)[0] for a in text.split(":", 1)[1].split() if a.startswith("--")]
+    words = text.split(":", 1)[1].split()
+    axes = [a for a in words if not a.startswith("-") and "=" in a]
+    if command == "sweep" and axes:  # `--grid a=1,2 b=3,4`: --grid takes one axis
+        return f"{text} (one axis per --grid: {' '.join('--grid ' + a for a in axes)}; see `reste sweep --help`)"
+    unknown = [a.split("=", 1)[0] for a in words if a.startswith("--")]
     close = [m for flag in unknown for m in difflib.get_close_matches(flag, known, n=1, cutoff=0.7)]
     if close:
         return f"{text} (did you mean {', '.join(dict.fromkeys(close))}? see `reste {command} --help`)"
