@@ -644,3 +644,19 @@ def test_json_nested_too_deeply_is_damage_like_any_other(run, capsys, tmp_path, 
         assert "RecursionError" not in err, err
         assert ("is corrupted (its JSON is nested too deeply)" in err) if damaged == "config.json" \
             else ("line 1 is not JSON" in err), err
+
+
+def test_a_preset_on_a_data_set_without_augmentation_names_the_preset(capsys):
+    """(review user9 #7) the preset's recipe augments, not a flag of the user's: 'drop --augment' named none."""
+    line = _one_line_error(capsys, "train", "--preset", "cifar10-resnet20-1w1a", "--dataset", "digits")
+    assert "preset cifar10-resnet20-1w1a (a recipe for cifar10) augments; add --no-augment" in line
+
+
+def test_a_quoted_error_is_cut_between_words():
+    """(review user9 #8) torch's message, quoted in one of reste's lines, was cut at 120 characters mid-word."""
+    from reste.wording import gist
+
+    long = "expected input[1, 1, 28, 28] to have 3 channels, but got 1 channels instead " * 3
+    cut = gist("\n  " + long + "\nsecond line")
+    assert len(cut) <= 160 and cut.endswith("...") and long.startswith(cut[:-3]) and long[len(cut) - 3] == " "
+    assert gist("short\nsecond") == "short" and gist("x" * 200) == "x" * 157 + "..."

@@ -52,6 +52,7 @@ from torch import nn
 from . import models, plugins
 from .errors import ModelOptionError, UsageError, read_user_file
 from .estimators import estimator_class
+from .wording import gist
 
 FORMAT = "reste-checkpoint"
 VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comment; 1: none (zip CRCs)
@@ -300,7 +301,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     except Exception as err:  # noqa: BLE001 - any failure to read the file is the file's fault
         text = str(err)
         lines = [ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[-1].splitlines() if ln.strip()]
-        detail = (lines[0] if lines else type(err).__name__)[:120]
+        detail = gist(lines[0] if lines else type(err).__name__)
         if isinstance(err, pickle.UnpicklingError) and "global" in text.lower():
             # the file names a function or class to call on load
             remedy = (_LIGHTNING_HINT if _LIGHTNING_KEY in blob

@@ -315,6 +315,9 @@ class TrainConfig:
         check_data_path(self.dataset, self.data_path, self.download)
         spec = get_spec(self.dataset)
         if self.augment and not spec.augments:
+            if self.preset in PRESETS and PRESETS[self.preset].settings.get("augment"):  # not given: the recipe's
+                raise UsageError(f"{self.dataset} has no train augmentation, and preset {self.preset} (a recipe for "
+                                 f"{PRESETS[self.preset].settings['dataset']}) augments; add --no-augment")
             raise UsageError(f"{self.dataset} has no train augmentation; drop --augment")
         check_workers(spec.name, self.workers)
         if self.data_device != "auto" and not spec.fits_in_memory:

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from .estimators import get_estimator
 from .layers import SCALINGS, BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose1d, \
     BinaryConvTranspose2d, BinaryConvTranspose3d, BinaryLinear
+from .wording import gist
 
 #: the layer types ``binarize`` converts (exactly these types, not their subclasses) and their binary versions
 CONVERTED: dict[type, type] = {
@@ -241,7 +242,7 @@ def binarize(
         try:
             model = copy.deepcopy(model)
         except (RuntimeError, TypeError) as err:  # the old weight_norm's computed weight; a lock held by the model
-            raise ValueError(f"binarize cannot copy the model ({str(err).splitlines()[0][:120]}); convert it in "
+            raise ValueError(f"binarize cannot copy the model ({gist(str(err))}); convert it in "
                              "place with inplace=True") from None
     patterns = [keep] if isinstance(keep, str) else list(keep)
 

@@ -71,7 +71,7 @@ from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, SWEEP_MANIFEST
                      repair_best, require_run_path, restore_config, run_config, saved_config, schedule_fields,
                      start_metrics, sweep_folder_hint, truncate_metrics, write_config)
 from .schedules import learning_rate
-from .wording import count, duration, split_batch
+from .wording import count, duration, gist, split_batch
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
@@ -990,7 +990,7 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
             out = model(image.unsqueeze(0).to(device))
     except (RuntimeError, ValueError) as err:
         raise UsageError(f"model {config.model!r} does not fit {config.dataset} images of shape "
-                         f"{tuple(image.shape)} ({str(err).strip().splitlines()[0][:120]}); "
+                         f"{tuple(image.shape)} ({gist(str(err))}); "
                          "pick a model for this data set (`reste summary --list`)") from None
     finally:
         model.train(was_training)

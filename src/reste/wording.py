@@ -23,3 +23,13 @@ def split_batch(batch_size: int, accumulate: int) -> str:
     (``accumulate`` 1, or None: a run recorded before the setting)."""
     n = accumulate or 1
     return f", in {n} micro-batches of {batch_size // n}" if n > 1 else ""
+
+
+def gist(text: str, limit: int = 160) -> str:
+    """The first non-empty line of ``text`` (an error of torch's, quoted in one of reste's lines), at most ``limit``
+    characters: a longer one is cut at a space and ends in ``...``, never inside a word."""
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    if len(line) <= limit:
+        return line
+    cut = line.rfind(" ", 0, limit - 3)
+    return line[:cut if cut > 0 else limit - 3].rstrip(" ,;:") + "..."
