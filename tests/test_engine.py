@@ -87,7 +87,13 @@ def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
         engine.train(cfg, tmp_path / "cut", progress=False, log=quiet)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
     monkeypatch.undo()
-    engine.resume(tmp_path / "cut", progress=False, log=quiet)
+    lines = []
+    resumed = engine.resume(tmp_path / "cut", progress=False, log=lines.append)
+    # (review user9 #10) the result line gave this process's time as if it were the run's
+    times = [m["time"] for m in rundir.read_metrics(tmp_path / "cut")]
+    assert resumed["run_seconds"] == sum(times)
+    assert f"here ({engine.duration(sum(times))} in all) -> " in lines[-1]
+    assert "run_seconds" not in engine.train(cfg, tmp_path / "again", progress=False, log=quiet)
 
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
     for key, value in a["model"].items():

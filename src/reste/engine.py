@@ -760,31 +760,34 @@ class _Run:
             self.log(format_epoch(metrics, cfg.epochs))
             if epoch + 1 < cfg.epochs and self._agree_stop(2 if self.stop.signum else 0) == 2:
                 self._stopped(epoch + 1, 0, len(self.train_loader))
+        lines = self._own_metrics()
         result = {
             "run_dir": str(self.run_dir),
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
-            "best_top5": self._best_top5(),
+            "best_top5": next((m.get("test_top5") for m in reversed(lines) if m.get("epoch") == self.best_epoch),
+                              None),
             "final_acc": self.last_metrics.get("test_acc"),
             "final_top5": self.last_metrics.get("test_top5"),
             "epochs": cfg.epochs,
             "seconds": time.time() - start,
         }
+        if (self.start_epoch or self.start_step) and lines:  # resumed: the epochs' times add up to the run's
+            result["run_seconds"] = sum(m.get("time", 0.0) for m in lines)
         if self.meter and self.meter.history:
             result["indicators"], result["indicators_mode"] = self.meter.summary(), self.meter.mode
         self.log(format_result(result))
         return result
 
-    def _best_top5(self) -> float | None:
-        """The test top-5 of the best epoch, from its metrics line (None on a process other than rank 0, or where
-        the line is gone)."""
-        if not self.dist.main or self.best_epoch < 1:
-            return None
+    def _own_metrics(self) -> list[dict[str, Any]]:
+        """The run's metrics lines, for its result (the best epoch's top-5, the whole run's time); none on a process
+        other than rank 0, or where the file is damaged (the run's result stands without them)."""
+        if not self.dist.main:
+            return []
         try:
-            lines = read_metrics(self.run_dir, missing_ok=True)
-        except (UsageError, OSError):  # a damaged file: the run's result stands without it
-            return None
-        return next((m.get("test_top5") for m in reversed(lines) if m.get("epoch") == self.best_epoch), None)
+            return read_metrics(self.run_dir, missing_ok=True)
+        except (UsageError, OSError):
+            return []
 
     def save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
         """The end of an epoch: metrics line, ``last.pt``, ``best.pt`` (the same bytes), then ``top/``.
@@ -1016,8 +1019,11 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 def format_result(r: dict[str, Any]) -> str:
     top5 = f", top-5 {r['best_top5']:.2f}%" if r.get("best_top5") is not None else ""
+    # a resumed run: this process's time, and the whole run's (its epochs' times)
+    whole = f" here ({duration(r['run_seconds'])} in all)" if r.get("run_seconds") is not None else ""
     line = (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}{top5}), "
-            f"final test acc {r['final_acc']:.2f}% after {count(r['epochs'], 'epoch')}, {duration(r['seconds'])} -> "
+            f"final test acc {r['final_acc']:.2f}% after {count(r['epochs'], 'epoch')}, {duration(r['seconds'])}"
+            f"{whole} -> "
             f"{r['run_dir']}")
     if r.get("indicators"):  # the run-level values (reste.indicators.run_level: paper mode sums the stability)
         mode = r.get("indicators_mode", "general")
