@@ -221,3 +221,27 @@ def test_a_sweep_folder_moved_away_from_its_outside_runs_still_finds_them(tmp_pa
     root.rename(tmp_path / "root2")
     found = sweep_run_dirs(tmp_path / "root2" / "a" / "s")
     assert [d.resolve().parent.parent for d in found] == [(tmp_path / "root2" / "shared-runs").resolve()] * 2
+
+
+def test_show_of_a_run_stopped_inside_an_epoch_gives_the_steps_last_pt_holds(tmp_path, capsys):
+    """(review user9 #11) `reste eval` said how far into the epoch last.pt is, `reste show` did not."""
+    from reste.config import TrainConfig
+    from run_checks import stop_in_epoch_2
+
+    stop_in_epoch_2(TrainConfig(epochs=2, threads=1), tmp_path / "cut", lambda _m: None, step=10, steps=23)
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "cut"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["epochs_done"], got["saved_step"]) == (1, 10)
+    assert main(["show", str(tmp_path / "cut")]) == 0
+    assert "progress   1 of 2 epochs, and 10 steps of epoch 2" in capsys.readouterr().out
+
+
+def test_show_refuses_metrics_of_more_epochs_than_the_config_plans(run, tmp_path, capsys):
+    """(review user9 #13) another run's config.json over these metrics showed 'finished: 4 of 2 epochs'."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "epochs": 1}))
+    (mixed / METRICS).write_text((run / METRICS).read_text())
+    line = one_line_error(capsys, "show", str(mixed))
+    assert "holds 2 epochs, more than the 1 that" in line and "not one run's" in line

@@ -5,12 +5,13 @@ Linux, /proc/locks tells whether a process holds it)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .config import optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
-from .rundir import METRICS, best_line, lock_holder, read_metrics, saved_config, schedule_fields
+from .rundir import CONFIG, METRICS, best_line, last_checkpoint, lock_holder, read_metrics, saved_config, schedule_fields
 from .wording import count, duration, split_batch
 
 
@@ -22,7 +23,8 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     ``epochs_done``, ``finished``, ``state`` ("training" while a process on this machine holds the folder, with its
     ``pid``; else "finished" or "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last``
     (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
-    ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the
+    ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
+    else None), ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the
     run-level rule of that mode; None when not measured). A folder that holds no run is a one-line
     ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
@@ -31,13 +33,18 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     config = saved_config(run_dir)
     metrics = read_metrics(run_dir, missing_ok=True)
     _check_numbers(run_dir, metrics)
+    if len(metrics) > config.epochs:  # a resume never plans fewer epochs than finished: the files are two runs'
+        raise UsageError(f"{Path(run_dir) / METRICS} holds {len(metrics)} epochs, more than the {config.epochs} that "
+                         f"{Path(run_dir) / CONFIG} plans: they are not one run's (a config.json copied or edited by "
+                         "hand?); `reste train --resume` names which settings last.pt holds")
     holder = lock_holder(run_dir)
     finished = len(metrics) >= config.epochs
     state = ("training" if holder else "finished" if finished else "stopped" if holder == 0 else None)
     summary: dict[str, Any] = {"run_dir": os.fspath(run_dir), "config": config.to_dict(),
                                "epochs_done": len(metrics), "finished": finished, "state": state,
                                "pid": holder if holder and holder > 0 else None,
-                               "best": None, "last": None, "train_seconds": 0.0, "indicators": None}
+                               "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
+                               "saved_step": _saved_step(run_dir, len(metrics)) if state != "finished" else None}
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -49,6 +56,22 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         mode = config.indicators or "general"
         summary["indicators"] = {"mode": mode, "epochs": len(history), **run_level(history, mode)}
     return summary
+
+
+def _saved_step(run_dir: str | os.PathLike, done: int) -> int | None:
+    """The batches of epoch ``done + 1`` that ``last.pt`` holds (a run stopped inside it), else None: also where
+    the file is missing, damaged or being replaced (``reste eval`` and ``--resume`` say why)."""
+    from .checkpoint import load_checkpoint
+
+    path = last_checkpoint(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except (UsageError, OSError, RuntimeError):
+        return None
+    step = ckpt.get("step") if isinstance(ckpt, dict) else None
+    return step if isinstance(step, int) and step > 0 and ckpt.get("epoch") == done else None
 
 
 def _check_numbers(run_dir: str | os.PathLike, metrics: list[dict[str, Any]]) -> None:
@@ -80,16 +103,17 @@ def show_run(run_dir: str | os.PathLike) -> str:
              f"{optimizer_text(config)}, seed {config['seed']}{preset}"
              + (f"\n           {options}" if options else "")]
     done, state, resume = summary["epochs_done"], summary["state"], f"reste train --resume {shell_word(run_dir)}"
+    inside = f", and {count(summary['saved_step'], 'step')} of epoch {done + 1}" if summary["saved_step"] else ""
     if state == "training":
         pid = f" (pid {summary['pid']})" if summary["pid"] else ""
         lines.append(f"progress   {done} of {epochs}: training now{pid}")
     elif state == "finished":
         lines.append(f"progress   finished: {done} of {epochs}")
     elif state == "stopped":
-        lines.append(f"progress   {done} of {epochs}: stopped (no process on this machine holds it; `{resume}` "
+        lines.append(f"progress   {done} of {epochs}{inside}: stopped (no process on this machine holds it; `{resume}` "
                      "continues it)")
     else:  # where the lock cannot be read without taking it
-        lines.append(f"progress   {done} of {epochs}{': finished' if summary['finished'] else ''} (training, or "
+        lines.append(f"progress   {done} of {epochs}{inside}{': finished' if summary['finished'] else ''} (training, or "
                      f"stopped: `{resume}` continues it)")
     best, last = summary["best"], summary["last"]
     if best is None:
