@@ -894,7 +894,8 @@ def test_reste_warns_when_its_o_schedule_falls():
         reste.ReSTE(o=5.0, o_end=5.0, schedule="constant")
 
 
-@pytest.mark.parametrize("name, start, end, option", [("reste", "o", "o_end", "o"), ("dsq", "alpha", "alpha_end", "alpha")])
+@pytest.mark.parametrize("name, start, end, option", [("reste", "o", "o_end", "o"),
+                                                      ("dsq", "alpha", "alpha_end", "alpha")])
 def test_a_constant_schedule_given_an_end_it_never_reaches_says_so(name, start, end, option):
     """A constant schedule holds the start value: an end value beside it trains nothing (a sweep over it would
     train one network at each value), which the estimator says and reports as unused; an end equal to the start

@@ -113,6 +113,14 @@ def test_show_of_a_file_of_the_run_points_to_its_folder(run, capsys):
     assert f"{run / 'last.pt'} is a file; pass the run's folder" in line and f"reste show {run}" in line, line
 
 
+def test_show_of_a_file_outside_a_run_suggests_no_folder(tmp_path, capsys):
+    """(review user9 #12) an exported model's folder was offered as the run's, though it holds none."""
+    model = tmp_path / "digits.rbnn"
+    model.write_bytes(b"x")
+    line = one_line_error(capsys, "show", str(model))
+    assert line.endswith("is a file; pass the run's folder (the one holding config.json)"), line
+
+
 def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
     """reste show SWEEP_DIR: a line per run (finished with its best, training now with its pid, stopped, diverged,
     damaged, not started), whether a sweep process holds the folder, and how to continue; --json the same."""

@@ -83,6 +83,15 @@ def test_export_and_predict_never_write_over_their_inputs_or_a_checkpoint(run, t
         assert "is an input of this command" in _one_line_error(capsys, "predict", str(model), str(images),
                                                                  "--output", str(target))
     assert "a file, not a folder" in _one_line_error(capsys, "export", str(run), str(images / "m.rbnn"))
+    # (review user9 #12) a sweep's folder, and a run's before its first checkpoint, say so to export and eval alike
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.json").write_text((run / "config.json").read_text())
+    for command in (["export", str(started), str(tmp_path / "s.rbnn")], ["eval", str(started)]):
+        err = _one_line_error(capsys, *command)
+        assert "holds a run but no checkpoint yet: it stopped before its first epoch ended" in err, err
+    (started / "sweep.json").write_text("{}")
+    assert "is a sweep's folder, not a run's" in _one_line_error(capsys, "export", str(started), str(model))
     # (review user9 #4) OUT named .onnx held the packed format, which onnxruntime refused
     err = _one_line_error(capsys, "export", str(run), str(tmp_path / "model.onnx"))
     assert "is written in reste's packed format, not ONNX" in err and "model.rbnn --onnx" in err

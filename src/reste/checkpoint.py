@@ -179,9 +179,10 @@ def pass_the_plugins(err: Exception, missing: list[str]) -> UsageError:
     """The error for a name (``err``: unknown estimator, model or data set) that the run's recorded plugins
     (``missing``: those not loaded here) register: load them (never done automatically but by ``--resume``)."""
     modules = ", ".join(repr(m) for m in missing)
+    resume = "" if any(plugins.is_path(m) for m in missing) else \
+        "only --resume loads a run's installed plugin modules itself; "  # (never a .py file: loads_on_resume)
     return UsageError(f"{str(err).split(' (')[0]}; the run trained with --plugin {' '.join(missing)}: pass the same "
-                      "--plugin (only --resume loads a run's plugins itself; in Python, import it or call "
-                      f"reste.plugins.load_plugins([{modules}]) first)")
+                      f"--plugin ({resume}in Python, import it or call reste.plugins.load_plugins([{modules}]) first)")
 
 
 def code_changed(where: Any, what: str, options: dict[str, Any], reason: str, plugin: bool) -> UsageError:

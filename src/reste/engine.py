@@ -66,10 +66,11 @@ from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
-from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, SWEEP_MANIFEST, RunDirectory, append_metrics,
-                     best_checkpoint, check_kept, forget_divergence, holds_run, keep_top, last_checkpoint, read_metrics,
+from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
+                     best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, holds_run, keep_top,
+                     last_checkpoint, read_metrics,
                      repair_best, require_run_path, restore_config, run_config, saved_config, schedule_fields,
-                     start_metrics, sweep_folder_hint, truncate_metrics, write_config)
+                     start_metrics, truncate_metrics, write_config)
 from .schedules import learning_rate
 from .wording import count, duration, gist, split_batch
 from .syncbn import ProcessGroupBatchNorm
@@ -260,8 +261,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
-    if Path(path).is_dir() and (Path(path) / SWEEP_MANIFEST).is_file():
-        raise UsageError(sweep_folder_hint(path))
+    check_has_checkpoint(path)
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
     try:

@@ -570,6 +570,23 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / LAST
 
 
+def check_has_checkpoint(path: str | os.PathLike) -> None:
+    """Before a command reads the checkpoint of ``path`` (a .pt file, or a run folder: its last.pt): a one-line
+    ``UsageError`` for a sweep's folder (name one of its runs) and for a run folder whose first epoch has not ended
+    (no last.pt yet: whether a process trains it now). Anything else is for ``load_checkpoint`` to read or refuse."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    if (folder / SWEEP_MANIFEST).is_file():
+        raise UsageError(sweep_folder_hint(folder))
+    if (folder / CONFIG).is_file() and not last_checkpoint(folder).exists():
+        holder = lock_holder(folder)
+        now = (f"its first epoch is still training (pid {holder} on this machine)" if holder and holder > 0 else
+               f"it stopped before its first epoch ended (`reste train --resume {shell_word(folder)}` starts it "
+               "again)" if holder == 0 else "its first epoch has not ended")
+        raise UsageError(f"{folder} holds a run but no checkpoint yet: {now}")
+
+
 def best_checkpoint(run_dir: str | os.PathLike) -> Path:
     """``run_dir/best.pt``: the checkpoint of the epoch with the best test top-1."""
     return Path(run_dir) / BEST

@@ -11,7 +11,8 @@ from typing import Any
 from .config import optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
-from .rundir import CONFIG, METRICS, best_line, last_checkpoint, lock_holder, read_metrics, saved_config, schedule_fields
+from .rundir import (CONFIG, METRICS, best_line, last_checkpoint, lock_holder, read_metrics, saved_config,
+                     schedule_fields)
 from .wording import count, duration, split_batch
 
 
@@ -24,12 +25,13 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     ``pid``; else "finished" or "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last``
     (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
-    else None), ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the
-    run-level rule of that mode; None when not measured). A folder that holds no run is a one-line
-    ``UsageError``."""
+    else None), ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``,
+    ``gradient_stability``, by the run-level rule of that mode; None when not measured). A folder that holds no run
+    is a one-line ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
-        raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json), e.g. "
-                         f"reste show {shell_word(os.path.dirname(os.path.abspath(run_dir)))}")
+        parent = os.path.dirname(os.path.abspath(run_dir))
+        example = f", e.g. reste show {shell_word(parent)}" if os.path.isfile(os.path.join(parent, CONFIG)) else ""
+        raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json){example}")
     config = saved_config(run_dir)
     metrics = read_metrics(run_dir, missing_ok=True)
     _check_numbers(run_dir, metrics)
@@ -113,7 +115,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
         lines.append(f"progress   {done} of {epochs}{inside}: stopped (no process on this machine holds it; `{resume}` "
                      "continues it)")
     else:  # where the lock cannot be read without taking it
-        lines.append(f"progress   {done} of {epochs}{inside}{': finished' if summary['finished'] else ''} (training, or "
+        finished = ": finished" if summary["finished"] else ""
+        lines.append(f"progress   {done} of {epochs}{inside}{finished} (training, or "
                      f"stopped: `{resume}` continues it)")
     best, last = summary["best"], summary["last"]
     if best is None:

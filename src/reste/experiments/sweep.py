@@ -46,7 +46,7 @@ from ..errors import UsageError, join_command_line, on_command_line, print_line,
 from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
-from ..wording import duration
+from ..wording import count, duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
                       holds_run, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
                       remove_folders)
@@ -118,12 +118,13 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
     if key in _all_estimator_keywords():
         return "estimator", key
     model_keys = sorted({k for m in models for k in model_keywords(m)})
+    columns = set(_TABLE_COLUMNS)  # (FDA's n is an axis as fda_n)
     if key in model_keys:
         return "model", key
     raise UsageError(
         f"unknown grid axis {key!r}; valid: a TrainConfig field ({', '.join(_config_fields())}), an estimator "
-        f"hyper-parameter ({', '.join(k for k in _all_estimator_keywords() + sorted(aliases) if k not in _TABLE_COLUMNS)}"
-        f") or a model option "
+        f"hyper-parameter ({', '.join(k for k in _all_estimator_keywords() + sorted(aliases) if k not in columns)}) "
+        "or a model option "
         f"({', '.join(model_keys) or 'none for this model'})"
     )
 
@@ -760,8 +761,8 @@ def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, i
     from .. import engine
 
     total = len(todo)
-    log(f"sweep (dry run, nothing trained): {len(settings)} setting{'s' * (len(settings) != 1)} x {len(seeds)} "
-        f"seed{'s' * (len(seeds) != 1)} = {total} runs")
+    log(f"sweep (dry run, nothing trained): {count(len(settings), 'setting')} x {count(len(seeds), 'seed')} = "
+        f"{count(total, 'run')}")
     mixed = paper_mode_estimators([s.config.to_dict() for s in settings])
     if mixed:
         log(f"sweep: WARNING ({', '.join(mixed)}): {PAPER_ACROSS_ESTIMATORS}")
@@ -806,7 +807,7 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     total = len(todo)
     n_set = len(settings)
     n_done = sum(job["state"] == "done" for _, _, job in todo)
-    log(f"sweep: {n_set} setting{'s' * (n_set != 1)} x {len(seeds)} seed{'s' * (len(seeds) != 1)} = {total} runs "
+    log(f"sweep: {count(n_set, 'setting')} x {count(len(seeds), 'seed')} = {count(total, 'run')} "
         f"({n_done} already finished) -> {out}")
     mixed = paper_mode_estimators([s.config.to_dict() for s in settings])
     if mixed:
@@ -815,26 +816,26 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     failed = 0
     busy = 0  # of them, runs another job holds (RunInUse)
     logged = 0  # and runs whose train.log holds the error's traceback
-    count = 0
+    ended = 0
     trained = 0
     table_error = False
     start = time.monotonic()
 
     def report_one(s: Setting, seed: int, outcome: dict[str, Any]) -> None:
-        nonlocal count, failed, trained, busy, logged
-        count += 1
+        nonlocal ended, failed, trained, busy, logged
+        ended += 1
         failed += outcome["status"] not in ("done", "skipped")
         busy += outcome["status"] == "busy"
         logged += bool(outcome.get("logged"))
         if failures is not None and outcome["status"] not in ("done", "skipped"):
             failures.append((s.label, seed, outcome["status"]))
-        line = _progress_line(numbers.pop((s.label, seed), count), total, s, seed, outcome)
+        line = _progress_line(numbers.pop((s.label, seed), ended), total, s, seed, outcome)
         if outcome["status"] not in ("skipped", "left out") and not outcome.get("earlier"):
             epochs = max(1, s.config.epochs or 1)  # the part of the run trained here: a resumed one's pace is its own
             trained += max(1, epochs - outcome.get("from_epoch", 0)) / epochs
-            line += f"  [{time_left(time.monotonic() - start, trained, total - count)}]"
+            line += f"  [{time_left(time.monotonic() - start, trained, total - ended)}]"
         log(line)
-        if report and outcome["status"] == "done" and count < total:
+        if report and outcome["status"] == "done" and ended < total:
             tables_so_far()
 
     def tables_so_far() -> None:

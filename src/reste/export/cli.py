@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..wording import count
 from ..plugins import add_plugin_flag
 
 
@@ -270,11 +271,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         names = model.meta.get("classes")
         if to_stdout:  # the predictions are the output; the line about them goes to stderr
             sys.stdout.write(_prediction_text(pred, names, form))
-            line = f"{len(pred)} predictions written to stdout ({seconds:.2f}s, {model.backend} kernels)"
+            line = f"{count(len(pred), 'prediction')} written to stdout ({seconds:.2f}s, {model.backend} kernels)"
         elif write:
             replacing = " (replacing the file that was there)" if out.is_file() else ""
             _save_predictions(out, pred, names, form)
-            line = f"{len(pred)} predictions written to {out}{replacing} ({seconds:.2f}s, {model.backend} kernels)"
+            line = (f"{count(len(pred), 'prediction')} written to {out}{replacing} ({seconds:.2f}s, {model.backend} "
+                    "kernels)")
         else:
             name = f" ({str(names[int(pred[0])])!r})" if isinstance(names, list) and int(pred[0]) < len(names) \
                 else ""

@@ -12,7 +12,7 @@ from .. import models
 from ..checkpoint import load_checkpoint, model_arguments, model_from_checkpoint
 from ..datasets import get_spec
 from ..errors import UsageError
-from ..rundir import check_output_path
+from ..rundir import check_has_checkpoint, check_output_path
 from . import ir
 from .exporter import export_model
 from .onnx_export import export_onnx, require_onnx
@@ -51,6 +51,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
     """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
     (and, with ``onnx_path``, an ONNX file); returns the size report. Neither may be the checkpoint, each other,
     or a file of a run (``reste.rundir.check_output_path``)."""
+    check_has_checkpoint(ckpt_path)
     for out in (out_path, onnx_path):
         if out is not None and Path(out).exists() and Path(ckpt_path).exists() and Path(out).samefile(ckpt_path):
             raise UsageError(f"{out} is the checkpoint being exported; pass another output path")

@@ -120,8 +120,9 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
     if prep is None:
         what = "an image file" if images is None else "raw uint8 images"
         raise UsageError(f"the packed model does not record its preprocessing (input size, mean, std), so it "
-                         f"cannot take {what}; export it again with `reste export`, or pass preprocessed "
-                         "float images (N, C, H, W) in a .npy file")
+                         f"cannot take {what}; export it again with `reste export CHECKPOINT` (or in Python, "
+                         "export_model(..., meta=reste.export.ir.Preprocessing(input_size, mean, std, "
+                         "pixel_scale).to_meta())), or pass preprocessed float images (N, C, H, W) in a .npy file")
     size3 = tuple(size) if size and len(size) == 3 else prep.input_size
     if images is None:
         return normalise(read_image(path, size3), prep, IMAGE_WHITE)
