@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import reste
-from reste import config, engine, rundir
+from reste import config, engine, rundir, runinfo
 from reste.checkpoint import load_checkpoint
 from reste.config import PRESETS, TrainConfig, config_from_preset
 from reste.errors import UsageError
@@ -174,16 +174,21 @@ def test_eval_reproduces_the_logged_loss_in_the_runs_layout_and_threads(tmp_path
 
 
 def test_a32_and_float_twin_train(tmp_path):
-    r = engine.train(small(epochs=1, a32=True, estimator="ste"), tmp_path / "a32", progress=False, log=quiet)
-    assert r["final_acc"] > 50
+    lines = []
+    r = engine.train(small(epochs=1, a32=True, estimator="ste"), tmp_path / "a32", progress=False, log=lines.append)
+    assert r["final_acc"] > 50 and lines[0].startswith("training digits_1w1a (ste, 1W/32A) on digits")
     import warnings
 
+    lines.clear()
     with warnings.catch_warnings(record=True) as seen:  # a float twin has nothing to schedule, and is not told so
         warnings.simplefilter("always")
         r = engine.train(small(epochs=1, model="digits", optimizer="adam", lr=1e-3), tmp_path / "fp",
-                         progress=False, log=quiet)
+                         progress=False, log=lines.append)
     assert r["final_acc"] > 50
     assert not [w for w in seen if "no binary layer" in str(w.message)]
+    # (review user9 #14) its recorded estimator, the default, trains nothing: not named as if it did
+    assert lines[0].startswith("training digits (full precision) on digits")
+    assert "settings   digits (full precision) on digits" in runinfo.show_run(tmp_path / "fp")
 
 
 def test_seeded_runs_are_identical(tmp_path):

@@ -51,6 +51,19 @@ def optimizer_text(settings: dict[str, Any]) -> str:
             f"{settings.get('bop_threshold') or DEFAULT_THRESHOLD:g} (adam {lr} for the float parameters)")
 
 
+def binarization_text(settings: dict[str, Any]) -> str:
+    """How a run's binarization is told (its start line, ``reste show``), from its settings (``to_dict()``): the
+    estimator (``reste``, ``reste, 1W/32A``), or ``full precision`` for a model without binary layers (whose
+    recorded estimator, the default, trains nothing)."""
+    from .models import model_info
+
+    try:
+        binary = model_info(settings["model"])["binary"]
+    except (UsageError, KeyError, TypeError):  # a plugin's model not loaded here: as recorded
+        binary = True
+    return f"{settings['estimator']}{', 1W/32A' if settings.get('a32') else ''}" if binary else "full precision"
+
+
 def parse_value(text: str, none: bool = True) -> Any:
     """A value given as text (``--model-option``, a ``--grid`` value): int, float, bool (true/false), None
     (none/null; with ``none=False`` they stay strings, as a model option's value: ``act=none``) or the string."""

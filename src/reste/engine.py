@@ -54,7 +54,7 @@ from . import checkpoint as ckpt_io
 from . import models, plugins, resumption
 from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, canonical_estimator,
                      check_data_path, check_workers, config_from_preset, default_workers, get_preset, max_threads,
-                     optimizer_text)
+                     binarization_text, optimizer_text)
 from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
@@ -1128,7 +1128,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
         procs = f", {world} processes ({bn})"
         batch += f" per process ({config.batch_size * world} in all)"
     batch += split_batch(config.batch_size, config.accumulate)
-    run.log(f"training {config.model} ({config.estimator}{', 1W/32A' if config.a32 else ''}) on {config.dataset}: "
+    run.log(f"training {config.model} ({binarization_text(config.to_dict())}) on {config.dataset}: "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {optimizer_text(config.to_dict())}, "
             f"device {run.device}{procs} -> {run_dir}")
     for note in (*recipe_notes(config, world), accumulate_note(config, run.model, world_size=world),

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import optimizer_text
+from .config import binarization_text, optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
 from .rundir import (CONFIG, METRICS, best_line, last_checkpoint, lock_holder, read_metrics, saved_config,
@@ -99,7 +99,7 @@ def show_run(run_dir: str | os.PathLike) -> str:
     epochs = count(config["epochs"], "epoch")
     preset = f", preset {config['preset']}" if config["preset"] else ""
     lines = [f"run        {run_dir}",
-             f"settings   {config['model']} ({config['estimator']}{', 1W/32A' if config['a32'] else ''}) on "
+             f"settings   {config['model']} ({binarization_text(config)}) on "
              f"{config['dataset']}: {epochs}, batch {config['batch_size']}"
              f"{split_batch(config['batch_size'], config.get('accumulate'))}, "
              f"{optimizer_text(config)}, seed {config['seed']}{preset}"
