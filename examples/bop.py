@@ -15,7 +15,7 @@ from torch import nn
 
 import reste
 from reste import data, datasets
-from reste.optim import Bop, split_binary
+from reste.optim import Bop, Composite, split_binary
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
@@ -44,24 +44,22 @@ def run(name: str) -> tuple[float, int | None]:
     if name == "bop":  # +-1 weights: the STE passes 1 there, and no scale, so Bop reads dL/dw of the binary weight
         model = reste.binarize(float_cnn(), "ste", scaling="none")
         binary, others = split_binary(model)
-        optimizers = [Bop(binary, gamma=args.gamma, threshold=args.threshold), torch.optim.Adam(others, lr=1e-3)]
+        bop = Bop(binary, gamma=args.gamma, threshold=args.threshold)
+        optimizer = Composite(bop, torch.optim.Adam(others, lr=1e-3))  # stepped as one
     else:  # latent float weights, their sign in the forward, the estimator's g in the backward
         model = reste.binarize(float_cnn(), name, **({"o_end": 3.0} if name == "reste" else {}))
-        optimizers = [torch.optim.Adam(model.parameters(), lr=1e-3)]
+        optimizer, bop = torch.optim.Adam(model.parameters(), lr=1e-3), None
     flips = None
     for epoch in range(args.epochs):
         reste.set_progress(model, epoch, args.epochs)
         train_loader.set_epoch(epoch)
         model.train()
-        flipped = torch.zeros((), dtype=torch.int64)
+        before = int(bop.flipped) if bop else 0
         for images, labels in train_loader:
             nn.functional.cross_entropy(model(images), labels).backward()
-            for opt in optimizers:
-                opt.step()
-                opt.zero_grad()
-            if name == "bop":
-                flipped += optimizers[0].flips
-        flips = int(flipped) if name == "bop" else None
+            optimizer.step()
+            optimizer.zero_grad()
+        flips = int(bop.flipped) - before if bop else None  # (flipped: every step's flips, counted on the device)
     model.eval()
     with torch.no_grad():
         correct = sum((model(x).argmax(1) == y).sum().item() for x, y in test_loader)
