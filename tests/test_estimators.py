@@ -897,9 +897,9 @@ def test_reste_warns_when_its_o_schedule_falls():
 @pytest.mark.parametrize("name, start, end, option", [("reste", "o", "o_end", "o"),
                                                       ("dsq", "alpha", "alpha_end", "alpha")])
 def test_a_constant_schedule_given_an_end_it_never_reaches_says_so(name, start, end, option):
-    """A constant schedule holds the start value: an end value beside it trains nothing (a sweep over it would
-    train one network at each value), which the estimator says and reports as unused; an end equal to the start
-    says nothing (but is as unused)."""
+    """A constant schedule holds the start value: an end value given beside it trains nothing (a sweep over it
+    would train one network at each value), which the estimator says and reports as unused; an end equal to the
+    start, or left at its default (ReSTE(o=2, schedule="constant") holds o at 2), says nothing (but is as unused)."""
     import warnings
 
     values = {"reste": (1.0, 5.0), "dsq": (0.2, 0.1)}[name]
@@ -911,8 +911,10 @@ def test_a_constant_schedule_given_an_end_it_never_reaches_says_so(name, start, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         same = reste.get_estimator(name, schedule="constant", **{start: values[1], end: values[1]})
+        held = reste.get_estimator(name, schedule="constant", **{start: values[1]})  # the end left at its default
         moving = reste.get_estimator(name, schedule="linear", **{start: values[0], end: values[1]})
-    assert same.unused_hyperparameters() == {end} and moving.unused_hyperparameters() == frozenset()
+    assert same.unused_hyperparameters() == held.unused_hyperparameters() == {end}
+    assert moving.unused_hyperparameters() == frozenset()
     assert reste.get_estimator("ste").unused_hyperparameters() == frozenset()
 
 

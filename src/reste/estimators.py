@@ -623,7 +623,7 @@ class ReSTE(Estimator):
     relations = (("t", ">", "interval"),)
 
     def _setup(self) -> None:
-        if self.schedule == "constant" and self.o_end != self.o:
+        if self.schedule == "constant" and self.o_end not in (self.o, _default(self, "o_end")):
             _warn_end_unused("ReSTE", "o", self.o, self.o_end, "o_schedule")  # (and unused_hyperparameters)
         elif self.schedule != "constant" and self.o_end == self.o:
             warnings.warn(
@@ -654,9 +654,15 @@ class ReSTE(Estimator):
         self.o = schedules.ramp(self.schedule, self._config["o"], self.o_end, epoch, epochs)
 
 
+def _default(est: Estimator, name: str) -> Any:
+    """The default of hyper-parameter ``name`` in ``est``'s table."""
+    return next(p.default for p in type(est).hyperparameters if p.name == name)
+
+
 def _warn_end_unused(who: str, name: str, start: float, end: float, schedule_flag: str) -> None:
-    """The warning of a constant schedule given an end value it never reaches: a sweep over that end would train
-    the same network at each value."""
+    """The warning of a constant schedule given an end value it never reaches (one other than its default: a
+    constant schedule is the way to hold o at a value, ``ReSTE(o=2, schedule="constant")``, and says nothing), as
+    one changed for a run would change nothing; a sweep over that end refuses (``unused_hyperparameters``)."""
     flag, moving = "--" + name.replace("_", "-"), "--" + schedule_flag.replace("_", "-")
     warnings.warn(
         f"{who}'s constant schedule holds {name} at {start:g} for the whole run: {name}_end = {end:g} is never "
@@ -753,7 +759,7 @@ class DSQ(Estimator):
     )
 
     def _setup(self) -> None:
-        if self.schedule == "constant" and self.alpha_end != self.alpha:
+        if self.schedule == "constant" and self.alpha_end not in (self.alpha, _default(self, "alpha_end")):
             _warn_end_unused("DSQ", "alpha", self.alpha, self.alpha_end, "alpha_schedule")
 
     def unused_hyperparameters(self) -> frozenset[str]:
