@@ -381,7 +381,7 @@ def test_torchrun_trains_with_bop(tmp_path):
                                                 str(tmp_path / f"run{attempt}")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / f"run{attempt}"
-    flips = [m["flips"] for m in rundir.read_metrics(out)]
+    flips = [m["bop_flips"] for m in rundir.read_metrics(out)]
     ckpt = load_checkpoint(out / "last.pt")
     assert flips[0] > 0 and ckpt["optimizer"]["optimizers"][0]["flipped"] == sum(flips)
     from reste.layers import binary_layers

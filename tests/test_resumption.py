@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from reste import resumption, rundir
-from reste.config import TrainConfig
+from reste.config import OPTIMIZER_LR, TrainConfig
 from reste.errors import UsageError
 
 
@@ -85,8 +85,10 @@ def test_notes_on_what_last_pt_trained_with(tmp_path, saved):
     assert len(notes) == 1 and "(lr 0.05 (was 0.1)); the run continues with config.json's" in notes[0]
     sgd = dataclasses.replace(saved, optimizer="sgd" if saved.optimizer != "sgd" else "adam")
     _, notes = resumption.trained_settings(ckpt, saved, sgd, tmp_path)
+    usual = OPTIMIZER_LR[sgd.optimizer]
+    advice = f" (--lr changes it; {sgd.optimizer}'s usual one is {usual:g})" if usual != sgd.lr else ""
     assert notes == [f"note: the optimizer changes from {saved.optimizer} to {sgd.optimizer}; its state "
-                     "(momentum, moments) starts afresh"]
+                     f"(momentum, moments) starts afresh, at lr {sgd.lr:g}{advice}"]
     assert resumption.trained_settings({"epoch": 2}, saved, saved, tmp_path) == (saved, [])
 
 

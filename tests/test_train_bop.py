@@ -46,8 +46,8 @@ def test_a_bop_run_trains_plus_minus_one_weights_and_logs_its_flips(tmp_path):
     metrics = rundir.read_metrics(tmp_path / "r")
     for m in metrics:  # gamma follows the lr schedule: bop_gamma * lr / --lr
         assert m["lr"] == learning_rate(1e-3, m["epoch"] - 1, 4)
-        assert m["gamma"] == pytest.approx(1e-3 * m["lr"] / 1e-3, rel=1e-15)
-    flips = [m["flips"] for m in metrics]
+        assert m["bop_gamma"] == pytest.approx(1e-3 * m["lr"] / 1e-3, rel=1e-15)
+    flips = [m["bop_flips"] for m in metrics]
     assert all(isinstance(f, int) for f in flips) and flips[0] > flips[-1] > 0
     assert f"flips {flips[0]:,}" in lines[1] and "gamma 0.001 " in lines[1]
     ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
@@ -67,7 +67,7 @@ def test_a_bop_run_stopped_inside_an_epoch_resumes_exactly(tmp_path):
     stop_in_epoch_2(cfg, tmp_path / "cut", quiet, step=10, steps=23)
     engine.resume(tmp_path / "cut", progress=False, log=quiet)
     full, cut = rundir.read_metrics(tmp_path / "full"), rundir.read_metrics(tmp_path / "cut")
-    assert strip(full) == strip(cut) and full[1]["flips"] > 0  # epoch 2's flips counted across the stop
+    assert strip(full) == strip(cut) and full[1]["bop_flips"] > 0  # epoch 2's flips counted across the stop
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "cut"))
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items() if isinstance(v, torch.Tensor))
     assert a["optimizer"]["optimizers"][0]["flipped"] == b["optimizer"]["optimizers"][0]["flipped"]
@@ -84,6 +84,12 @@ def test_defaults_come_from_reste_optim_and_each_optimizer_gets_its_own_lr():
     assert TrainConfig(optimizer="sgd", dataset="cifar10", download=True).resolve().lr == 0.1
     assert TrainConfig(optimizer="adamw", dataset="cifar10", download=True).resolve().lr == 1e-3
     assert TrainConfig().resolve().bop_gamma is None  # Bop's settings belong to --optimizer bop alone
+    # (review rev10 #2) a preset's lr is its SGD's too
+    from reste.config import config_from_preset
+
+    assert config_from_preset("cifar10-resnet20-ste", optimizer="adam").lr == 1e-3
+    assert config_from_preset("cifar10-resnet20-ste", optimizer="adam", lr=0.01).lr == 0.01
+    assert config_from_preset("cifar10-resnet20-ste", optimizer="sgd").lr == 0.1
 
 
 @pytest.mark.parametrize("changes, text", [
@@ -172,3 +178,51 @@ def test_build_optimizer_builds_bop_as_a_composite_over_split_binary():
     engine.set_rates(opt, 1e-3, cfg)  # half the peak lr: half gamma
     assert opt.optimizers[0].param_groups[0]["gamma"] == pytest.approx(5e-4)
     assert opt.optimizers[1].param_groups[0]["lr"] == 1e-3 and "lr" not in opt.optimizers[0].param_groups[0]
+
+
+def test_a_bop_run_resumed_under_another_optimizer_leaves_bops_settings(tmp_path):
+    """(review rev10 #1) config.json's bop_gamma went on into an sgd resume, which refused it as a flag never
+    given; now leaving bop drops Bop's settings, the optimizer starts afresh, and the note names the lr kept."""
+    engine.train(bop(epochs=1), tmp_path / "r", progress=False, log=quiet)
+    lines = []
+    engine.resume(tmp_path / "r", {"optimizer": "sgd", "epochs": 2}, force=True, progress=False, log=lines.append)
+    saved = rundir.saved_config(tmp_path / "r")
+    assert (saved.optimizer, saved.bop_gamma, saved.bop_threshold) == ("sgd", None, None)
+    assert any("the optimizer changes from bop to sgd; its state (momentum, moments) starts afresh, at lr 0.001 "
+               "(--lr changes it; sgd's usual one is 0.1)" in m for m in lines)
+    assert "bop_flips" in rundir.read_metrics(tmp_path / "r")[0] and "bop_flips" not in rundir.read_metrics(
+        tmp_path / "r")[1]
+    with pytest.raises(UsageError, match="--bop-gamma is a setting of Bop"):  # given with sgd: still refused
+        engine.resume(tmp_path / "r", {"epochs": 3, "bop_gamma": 0.01}, force=True, progress=False, log=quiet)
+
+
+def test_the_command_line_can_turn_cuda_graphs_off_for_a_resume_under_bop(tmp_path, capsys):
+    """(review rev10 #1) a run recorded with --cuda-graphs could not switch to bop: no flag turned graphs off."""
+    from reste.cli import main
+
+    engine.train(bop(epochs=1, optimizer="sgd", bop_gamma=None, bop_threshold=None), tmp_path / "r",
+                 progress=False, log=quiet)
+    path = tmp_path / "r" / "config.json"
+    path.write_text(path.read_text().replace('"cuda_graphs": false', '"cuda_graphs": true'))
+    assert main(["train", "--resume", str(tmp_path / "r"), "--optimizer", "bop", "--epochs", "2", "--force",
+                 "--no-progress"]) == 2
+    assert "--cuda-graphs cannot be combined with --optimizer bop" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "r"), "--optimizer", "bop", "--no-cuda-graphs", "--epochs", "2",
+                 "--force", "--no-progress"]) == 0
+    saved = rundir.saved_config(tmp_path / "r")
+    assert (saved.optimizer, saved.cuda_graphs, saved.bop_gamma) == ("bop", False, DEFAULT_GAMMA)
+
+
+def test_a_sweep_over_optimizers_gives_bops_settings_to_bop_alone():
+    """(review rev10 #1) --grid optimizer=sgd,bop with --bop-gamma refused the sgd setting for a flag meant for
+    bop's; a bop_gamma axis makes one sgd setting, not one per value."""
+    from reste.experiments import expand_grid, parse_grid
+
+    base = TrainConfig(dataset="digits", epochs=1, estimator="ste", scaling="none", bop_threshold=1e-6)
+    settings = expand_grid(base, parse_grid(["optimizer=sgd,bop", "bop_gamma=0.001,0.01"]))
+    assert [s.label for s in settings] == ["optimizer=sgd", "optimizer=bop,bop_gamma=0.001",
+                                           "optimizer=bop,bop_gamma=0.01"]
+    assert [(s.config.bop_gamma, s.config.bop_threshold) for s in settings] == [(None, None), (0.001, 1e-6),
+                                                                                (0.01, 1e-6)]
+    for s in settings:
+        s.config.resolve()  # each one trains

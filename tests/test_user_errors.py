@@ -4,6 +4,7 @@ nothing a run finished is lost or mixed up."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -90,6 +91,12 @@ def test_export_and_predict_never_write_over_their_inputs_or_a_checkpoint(run, t
     for command in (["export", str(started), str(tmp_path / "s.rbnn")], ["eval", str(started)]):
         err = _one_line_error(capsys, *command)
         assert "holds a run but no checkpoint yet: it stopped before its first epoch ended" in err, err
+    finished = tmp_path / "finished"  # (review rev10 #4) a finished run whose last.pt is gone is not a new one
+    shutil.copytree(run, finished)
+    (finished / "last.pt").unlink()
+    for command in (["export", str(finished), str(tmp_path / "f.rbnn")], ["eval", str(finished)]):
+        err = _one_line_error(capsys, *command)
+        assert f"has finished epochs but no last.pt (deleted or lost); pass {finished / 'best.pt'}" in err, err
     (started / "sweep.json").write_text("{}")
     assert "is a sweep's folder, not a run's" in _one_line_error(capsys, "export", str(started), str(model))
     # (review user9 #4) OUT named .onnx held the packed format, which onnxruntime refused
@@ -606,6 +613,11 @@ def test_a_misspelt_flag_gets_the_closest_flag_and_no_plugin_hint(capsys):
     # (review user9 #5) two axes after one --grid: the second is a stray argument, and --grid takes one axis
     line = _one_line_error(capsys, "sweep", "--grid", "model=digits_1w1a,digits", "estimator=ste,reste", "--out", "s")
     assert "one axis per --grid: --grid estimator=ste,reste" in line and "--plugin" not in line
+    # (review rev10 #6) not for a stray value of another flag
+    line = _one_line_error(capsys, "sweep", "--grid", "estimator=ste,reste", "--model-option", "width=2", "act=none",
+                           "--out", "s")
+    assert "one KEY=VALUE per --model-option: --model-option act=none" in line and "--grid" not in line
+    assert "--plugin MODULE" in _one_line_error(capsys, "train", "--epochs", "2", "foo=3")
 
 
 def test_a_flag_is_never_taken_abbreviated(capsys):

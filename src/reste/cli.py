@@ -394,9 +394,9 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
     text = message.rsplit(" (see `", 1)[0]
     known = _command_flags(parser, command)
     words = text.split(":", 1)[1].split()
-    axes = [a for a in words if not a.startswith("-") and "=" in a]
-    if command == "sweep" and axes:  # `--grid a=1,2 b=3,4`: --grid takes one axis
-        return f"{text} (one axis per --grid: {' '.join('--grid ' + a for a in axes)}; see `reste sweep --help`)"
+    repeat = _one_per_flag(words, argv)
+    if repeat:  # `--grid a=1,2 b=3,4`: --grid (and --model-option) takes one KEY=VALUE
+        return f"{text} ({repeat}; see `reste {command} --help`)"
     unknown = [a.split("=", 1)[0] for a in words if a.startswith("--")]
     close = [m for flag in unknown for m in difflib.get_close_matches(flag, known, n=1, cutoff=0.7)]
     if close:
@@ -404,6 +404,25 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
     plugin = ("; a plugin's flags (--my-flag) exist only with its --plugin MODULE on the line"
               if command in ("train", "sweep") and not any(a.startswith("--plugin") for a in argv) else "")
     return f"{text} (see `reste {command} --help`{plugin})"
+
+
+def _one_per_flag(stray: Sequence[str], argv: Sequence[str]) -> str:
+    """The hint for a stray ``KEY=VALUE`` given after another one to a flag that takes one at a time (``--grid
+    a=1 b=2``: ``one axis per --grid: --grid b=2``), or "" where none of ``stray`` is such a one."""
+    takers = {"--grid": "axis", "--model-option": "KEY=VALUE"}
+    hints = []
+    for word in stray:
+        if word.startswith("-") or "=" not in word or word not in argv:
+            continue
+        i = list(argv).index(word)
+        before = argv[i - 1] if i >= 1 else ""
+        flag = argv[i - 2] if i >= 2 and not before.startswith("-") else before.split("=", 1)[0]
+        if flag in takers and "=" in before:
+            hints.append((flag, word))
+    if not hints:
+        return ""
+    flag = hints[0][0]
+    return f"one {takers[flag]} per {flag}: " + " ".join(f"{f} {w}" for f, w in hints)
 
 
 def _command_flags(parser: argparse.ArgumentParser, command: str) -> list[str]:

@@ -556,6 +556,9 @@ def config_from_preset(name: str, **overrides: Any) -> TrainConfig:
                                                        **overrides.get("estimator_options", {})})
     else:
         overrides = dict(overrides, estimator_options=dict(overrides.get("estimator_options", {})))
+    if overrides.get("optimizer") != data.get("optimizer") and "lr" not in overrides \
+            and overrides.get("optimizer") in OPTIMIZER_LR:  # the preset's lr is for the preset's optimizer
+        overrides = dict(overrides, lr=OPTIMIZER_LR[overrides["optimizer"]])
     data.update(overrides)
     epochs = overrides.get("epochs")
     if "warm_up" not in overrides and isinstance(epochs, int) and 0 < epochs <= (data.get("warm_up") or 0):

@@ -165,9 +165,14 @@ def set_rates(optimizer: torch.optim.Optimizer | Composite, lr: float, config: T
     for opt in getattr(optimizer, "optimizers", [optimizer]):
         for group in opt.param_groups:
             if isinstance(opt, Bop):
-                group["gamma"] = config.bop_gamma * lr / config.lr
+                group["gamma"] = bop_rate(config, lr)
             else:
                 group["lr"] = lr
+
+
+def bop_rate(config: TrainConfig, lr: float) -> float:
+    """Bop's gamma in an epoch at learning rate ``lr``: ``--bop-gamma`` scaled as ``lr`` is of ``--lr``."""
+    return config.bop_gamma * lr / config.lr
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer | Composite:
@@ -746,7 +751,7 @@ class _Run:
             if self.meter:
                 metrics.update(self.meter.epoch_end())
             if bop is not None:
-                metrics.update(gamma=cfg.bop_gamma * lr / cfg.lr, flips=int(bop.flipped) - self._flips_start)
+                metrics.update(bop_gamma=bop_rate(cfg, lr), bop_flips=int(bop.flipped) - self._flips_start)
             metrics["time"] = time.time() - t0
             is_best = test["top1"] > self.best_acc
             if is_best:
@@ -1006,14 +1011,14 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
     """An epoch's line: its metrics, with every schedule value of the estimator (``rundir.schedule_fields``)."""
     sched = " ".join(f"{k} {v:.4g}" for k, v in schedule_fields(m).items())
-    gamma = f"gamma {m['gamma']:.4g}  " if "gamma" in m else ""
+    gamma = f"gamma {m['bop_gamma']:.4g}  " if "bop_gamma" in m else ""
     line = (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  lr {m['lr']:.4g}  {gamma}{sched + '  ' if sched else ''}"
             f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.2f}  "
             f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f} top5 {m['test_top5']:.2f}")
     if "estimating_error" in m:
         line += f"  error {m['estimating_error']:.4g} stability {m['gradient_stability']:.4g}"
-    if "flips" in m:
-        line += f"  flips {m['flips']:,}"
+    if "bop_flips" in m:
+        line += f"  flips {m['bop_flips']:,}"
     return line + f"  ({m['time']:.1f}s)"
 
 

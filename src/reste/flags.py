@@ -94,7 +94,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="channels_last memory format for the model and its inputs")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    r.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=None,
+    r.add_argument("--cuda-graphs", dest="cuda_graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="GPU: replay each training step as one CUDA graph, recaptured each epoch, and the "
                         "test evaluation's forward (an epoch's last partial batch runs eagerly; not with "
                         "--compile, --amp fp16 or torchrun)")

@@ -26,7 +26,7 @@ import torch
 
 from . import schedules
 from .checkpoint import code_changed, load_checkpoint, unregistered
-from .config import TrainConfig, canonical_estimator, check_model_options, max_threads
+from .config import OPTIMIZER_LR, TrainConfig, canonical_estimator, check_model_options, max_threads
 from .datasets import get_spec
 from .errors import UsageError, shell_word
 from .integrations.tensorboard import log_dir
@@ -103,6 +103,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
             overrides[key] = {**getattr(saved, key), **overrides[key]}
     data = saved.to_dict()
     data.update(overrides)
+    if data.get("optimizer") != "bop":  # (--force) leaving bop: its recorded settings go (a flag given stays, refused)
+        data.update({k: None for k in ("bop_gamma", "bop_threshold") if k not in overrides})
     if "threads" not in overrides and isinstance(saved.threads, int) and saved.threads > max_threads():
         data["threads"] = None  # recorded on a bigger machine: this one's default (the resume notes the change)
     try:
@@ -183,8 +185,11 @@ def trained_settings(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConf
             "gives" + (f", and {CONFIG}'s other settings" if len(given) < len(edited) else ""))
         notes.append(f"note: {run_dir / CONFIG} differs from the settings {LAST} trained with ({text}); {goes_on}")
     if trained.optimizer != config.optimizer:
+        usual = OPTIMIZER_LR.get(config.optimizer)
+        advice = f" (--lr changes it; {config.optimizer}'s usual one is {usual:g})" if usual not in (None, config.lr) \
+            else ""
         notes.append(f"note: the optimizer changes from {trained.optimizer} to {config.optimizer}; its state "
-                     "(momentum, moments) starts afresh")
+                     f"(momentum, moments) starts afresh, at lr {config.lr:g}{advice}")
     return trained, notes
 
 

@@ -80,8 +80,8 @@ IDENTITY_FREE = (*RESUME_FREE, "preset", "seed")
 RECIPE_FREE = (*IDENTITY_FREE, "compile", "channels_last", "cuda_graphs", "indicators")
 # the fields of a metrics.jsonl line; the line holds besides them the schedule values of the run's estimator (o, t,
 # k, ...) under their names, which therefore may not be these
-METRIC_FIELDS = ("epoch", "lr", "gamma", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
-                 "estimating_error", "gradient_stability", "flips", "time")  # gamma, flips: --optimizer bop's
+METRIC_FIELDS = ("epoch", "lr", "bop_gamma", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
+                 "estimating_error", "gradient_stability", "bop_flips", "time")  # bop_*: --optimizer bop's
 # what every run's config.json holds since the first version: without them it is not a run's
 _IDENTITY = ("dataset", "model", "estimator", "epochs", "seed")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
@@ -580,6 +580,11 @@ def check_has_checkpoint(path: str | os.PathLike) -> None:
     if (folder / SWEEP_MANIFEST).is_file():
         raise UsageError(sweep_folder_hint(folder))
     if (folder / CONFIG).is_file() and not last_checkpoint(folder).exists():
+        best = best_checkpoint(folder)
+        if best.exists() or (folder / METRICS).is_file() and (folder / METRICS).stat().st_size:
+            kept = f"pass {shell_word(best)}, the checkpoint of its best epoch" if best.exists() else \
+                "no checkpoint of it is left"
+            raise UsageError(f"{folder} has finished epochs but no {LAST} (deleted or lost); {kept}")
         holder = lock_holder(folder)
         now = (f"its first epoch is still training (pid {holder} on this machine)" if holder and holder > 0 else
                f"it stopped before its first epoch ended (`reste train --resume {shell_word(folder)}` starts it "

@@ -19,13 +19,13 @@ from .wording import count, duration, split_batch
 _POINT = ("epoch", "test_acc", "test_top5")  # what the summary gives of the best and the last epoch
 
 
-def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any]:
     """What ``reste show RUN_DIR --json`` prints, as a dict: ``run_dir``, ``config`` (config.json's settings),
     ``epochs_done``, ``finished``, ``state`` ("training" while a process on this machine holds the folder, with its
     ``pid``; else "finished" or "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last``
     (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
-    else None), ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``,
+    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``,
     ``gradient_stability``, by the run-level rule of that mode; None when not measured). A folder that holds no run
     is a one-line ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
@@ -46,7 +46,8 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
                                "epochs_done": len(metrics), "finished": finished, "state": state,
                                "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
-                               "saved_step": _saved_step(run_dir, len(metrics)) if state != "finished" else None}
+                               "saved_step": _saved_step(run_dir, len(metrics)) if steps and state == "stopped" else
+                               None}
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]

@@ -27,7 +27,7 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
         diverged = divergence(run_dir)
         return {**entry, "state": "diverged", "why": diverged} if diverged else entry
     try:
-        summary = run_summary(run_dir)
+        summary = run_summary(run_dir, steps=False)  # (its last.pt unread: a line per run of many)
     except UsageError as err:  # a damaged file: the others are still shown
         return {**entry, "state": "damaged", "why": str(err)}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")

@@ -249,6 +249,9 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
             config = TrainConfig.from_dict(data)
         if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others: left out there
             config = config.without_idle_data_flags(keep=idle_everywhere)
+        if "optimizer" in grid and config.optimizer != "bop":  # Bop's settings (flags, axes): its settings' alone
+            config = dataclasses.replace(config, bop_gamma=None, bop_threshold=None)
+            values = {key: value for key, value in values.items() if kinds[key] not in BOP_AXES}
         if config.indicators and not _binary(config):  # a float baseline beside binary runs: nothing to measure
             config = dataclasses.replace(config, indicators=None)
         config = canonical(config)
@@ -296,6 +299,9 @@ def _check_axis_trains(key: str, name: str, scoped: dict[str, str], settings: It
                          f"schedule ({schedule}) never moves towards it; give a moving schedule (cosine or "
                          "linear), or grid the start value instead")
 
+
+#: The axes that are Bop's settings: left out of the settings of another optimizer in a grid over optimizers.
+BOP_AXES = (("field", "bop_gamma"), ("field", "bop_threshold"))
 
 #: The fields that apply to binary models only: a float baseline's are its defaults.
 BINARY_ONLY = ("estimator", "a32", "scaling")
