@@ -1466,8 +1466,9 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
         assert main(["plot", str(out)]) == 0
         assert "plot: 1 of the sweep's 2 runs has no finished epoch yet; left out" in capsys.readouterr().out
         assert drawn[-1][0] == [reste_]
+        mp.chdir(tmp_path)  # several runs' figure goes to ./curves.png: here, not into the repository
         assert main(["plot", str(reste_), str(out)]) == 0  # a run beside a sweep: labelled by what differs
-        assert drawn[-1][1] is None
+        assert drawn[-1][1] is None and _is_png(tmp_path / "curves.png")
     assert sweep_run_dirs(out, ["seed=0,1"]) == [reste_]
     for flag, wanted in (("o_end=10", "o_end is not an axis of the sweep"), ("estimator", "write it KEY=VALUE"),
                          ("estimator=dsq", "no run of the sweep in")):
