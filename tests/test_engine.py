@@ -702,3 +702,20 @@ def test_cudnn_tunes_convolutions_on_cuda_for_the_run_only(tmp_path, monkeypatch
     monkeypatch.setattr(engine, "tune_convolutions", tune)
     engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
     assert seen == ["cpu"] and torch.backends.cudnn.benchmark is False
+
+
+def test_a_checkpoint_rebuilt_to_evaluate_says_nothing_of_its_schedule(tmp_path):
+    """(review rev10 #7) the schedule warnings are for the run that trains: eval, export and predict of its
+    checkpoint repeated them (a ScheduleWarning, which model_from_checkpoint leaves unsaid)."""
+    import warnings
+
+    from reste.checkpoint import model_from_checkpoint
+    from reste.estimators import ScheduleWarning
+
+    with pytest.warns(ScheduleWarning, match="never changes"):
+        engine.train(TrainConfig(epochs=1, estimator_options={"o_end": 1.0}), tmp_path / "r", progress=False,
+                     log=quiet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model_from_checkpoint(load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert issubclass(ScheduleWarning, UserWarning)

@@ -51,7 +51,7 @@ from torch import nn
 
 from . import models, plugins
 from .errors import ModelOptionError, UsageError, read_user_file
-from .estimators import estimator_class
+from .estimators import ScheduleWarning, estimator_class
 from .wording import gist
 
 FORMAT = "reste-checkpoint"
@@ -394,7 +394,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     file ``load_checkpoint`` read ``ckpt`` from)."""
     options, settings = model_arguments(ckpt)
     try:
-        model = models.create(ckpt["model_name"], **settings, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ScheduleWarning)  # (told when the run trained; it is done)
+            model = models.create(ckpt["model_name"], **settings, **options)
     except (ValueError, TypeError) as err:  # a UsageError too (it is a ValueError)
         config = ckpt.get("config")
         recorded = config.get("plugins") if isinstance(config, dict) else None

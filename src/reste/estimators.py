@@ -49,6 +49,7 @@ from .hparams import RESERVED_FLAGS, Param
 
 __all__ = [
     "ESTIMATORS",
+    "ScheduleWarning",
     "Estimator",
     "STE",
     "ReSTE",
@@ -326,6 +327,12 @@ _RELATIONS = {">": ("larger than the", lambda a, b: a > b), ">=": ("at least", l
 
 
 # ---------------------------------------------------------------------- classes
+
+
+class ScheduleWarning(UserWarning):
+    """An estimator's settings that move its schedule oddly (o never moves, falls, or a constant schedule's end that
+    is never reached): said when a run builds it; a model rebuilt from a checkpoint to evaluate or export says
+    nothing (its training is done)."""
 
 
 class Estimator(nn.Module):
@@ -630,13 +637,13 @@ class ReSTE(Estimator):
                 f"ReSTE o schedule {self.schedule!r} never changes (o = o_end = {self.o}); "
                 f"pass {option('--o-end', 'o_end')} > o or "
                 f"{option('--o-schedule constant', 'schedule=' + repr('constant'))}",
-                stacklevel=3,  # the caller of ReSTE(...)
+                ScheduleWarning, stacklevel=3,  # the caller of ReSTE(...)
             )
         elif self.schedule != "constant" and self.o_end < self.o:
             warnings.warn(
                 f"ReSTE o falls over training, from o = {self.o} to o_end = {self.o_end}; the paper's schedule "
                 f"rises from 1: pass {option('--o-end', 'o_end')} > o if that was meant",
-                stacklevel=3,
+                ScheduleWarning, stacklevel=3,
             )
 
     def unused_hyperparameters(self) -> frozenset[str]:
@@ -669,7 +676,7 @@ def _warn_end_unused(who: str, name: str, start: float, end: float, schedule_fla
         f"reached; pass {option(f'{flag} {end:g} {flag}-end {end:g}', f'{name}={end:g}, {name}_end={end:g}')} to "
         f"hold {name} there, or {option(f'{moving} cosine', repr('cosine') + ' as schedule')} (or linear) to move "
         "it",
-        stacklevel=4,  # the caller of the estimator's constructor
+        ScheduleWarning, stacklevel=4,  # the caller of the estimator's constructor
     )
 
 
@@ -711,7 +718,7 @@ class EDE(Estimator):
                 f"{type(self).__name__} t falls over training, from t_min = {self.t_min} to t_max = {self.t_max} "
                 "(the estimator moves away from sign); the paper's schedule rises: pass t_max > t_min if that was "
                 "meant",
-                stacklevel=3,  # the caller of EDE(...)
+                ScheduleWarning, stacklevel=3,  # the caller of EDE(...)
             )
         self.set_progress(0, 1)
 
