@@ -572,8 +572,9 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path:
 
 def check_has_checkpoint(path: str | os.PathLike) -> None:
     """Before a command reads the checkpoint of ``path`` (a .pt file, or a run folder: its last.pt): a one-line
-    ``UsageError`` for a sweep's folder (name one of its runs) and for a run folder whose first epoch has not ended
-    (no last.pt yet: whether a process trains it now). Anything else is for ``load_checkpoint`` to read or refuse."""
+    ``UsageError`` for a sweep's folder (name one of its runs), a run folder whose first epoch has not ended (no
+    last.pt yet: whether a process trains it now) and one with finished epochs whose last.pt is gone (its best.pt,
+    where kept). Anything else is for ``load_checkpoint`` to read or refuse."""
     folder = Path(path)
     if not folder.is_dir():
         return

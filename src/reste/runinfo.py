@@ -25,9 +25,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     ``pid``; else "finished" or "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last``
     (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
-    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``train_seconds`` and ``indicators`` (``mode``, ``epochs``, ``estimating_error``,
-    ``gradient_stability``, by the run-level rule of that mode; None when not measured). A folder that holds no run
-    is a one-line ``UsageError``."""
+    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``train_seconds`` and ``indicators``
+    (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None
+    when not measured). A folder that holds no run is a one-line ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
         parent = os.path.dirname(os.path.abspath(run_dir))
         example = f", e.g. reste show {shell_word(parent)}" if os.path.isfile(os.path.join(parent, CONFIG)) else ""
