@@ -384,10 +384,36 @@ class Estimator(nn.Module):
     def _setup(self) -> None:
         """Derived state, after the hyper-parameters are set (a hook for subclasses)."""
 
+    #: (start, end) of the hyper-parameter that its ``schedule`` option ramps (ReSTE's o to o_end): a constant
+    #: schedule holds the start all run long, and leaves the end without effect
+    ramped: tuple[str, str] | None = None
+
     def unused_hyperparameters(self) -> frozenset[str]:
         """The hyper-parameters that these settings leave without effect on training (a constant schedule's end
         value): a sweep refuses a grid axis over one, whose runs would all train the same network."""
+        if self.ramped is not None and getattr(self, "schedule", None) == "constant":
+            return frozenset({self.ramped[1]})
         return frozenset()
+
+    def _warn_end_unused(self) -> None:
+        """For ``_setup``: warn of a constant schedule given an end value it never reaches, as one changed for a run
+        would change nothing (a sweep over it refuses: ``unused_hyperparameters``). Not for an end at its default or
+        equal to the start: a constant schedule is the way to hold o at a value (``ReSTE(o=2,
+        schedule="constant")``)."""
+        if not self.unused_hyperparameters():
+            return
+        name, end_name = self.ramped
+        start, end = getattr(self, name), getattr(self, end_name)
+        if end in (start, self._defaults().get(end_name)):
+            return
+        flags = {p.name: p.option for p in self.hyperparameters}
+        hold = option(f"{flags[name]} {end:g} {flags[end_name]} {end:g}", f"{name}={end:g}, {end_name}={end:g}")
+        move = option(f"{flags['schedule']} cosine", repr("cosine") + " as schedule")
+        warnings.warn(
+            f"{type(self).__name__}'s constant schedule holds {name} at {start:g} for the whole run: {end_name} = "
+            f"{end:g} is never reached; pass {hold} to hold {name} there, or {move} (or linear) to move it",
+            ScheduleWarning, stacklevel=4,  # the caller of the estimator's constructor
+        )
 
     @classmethod
     def check_hyperparameters(cls, values: dict[str, Any], flags: bool = False) -> dict[str, Any]:
@@ -629,9 +655,11 @@ class ReSTE(Estimator):
     )
     relations = (("t", ">", "interval"),)
 
+    ramped = ("o", "o_end")
+
     def _setup(self) -> None:
-        if self.schedule == "constant" and self.o_end not in (self.o, _default(self, "o_end")):
-            _warn_end_unused("ReSTE", "o", self.o, self.o_end, "o_schedule")  # (and unused_hyperparameters)
+        if self.schedule == "constant":
+            self._warn_end_unused()
         elif self.schedule != "constant" and self.o_end == self.o:
             warnings.warn(
                 f"ReSTE o schedule {self.schedule!r} never changes (o = o_end = {self.o}); "
@@ -646,9 +674,6 @@ class ReSTE(Estimator):
                 ScheduleWarning, stacklevel=3,
             )
 
-    def unused_hyperparameters(self) -> frozenset[str]:
-        return frozenset({"o_end"}) if self.schedule == "constant" else frozenset()
-
     def params(self) -> dict[str, float]:
         return {"o": self.o, "t": self.t, "m": self.interval}
 
@@ -659,25 +684,6 @@ class ReSTE(Estimator):
 
     def set_progress(self, epoch: float, epochs: int) -> None:
         self.o = schedules.ramp(self.schedule, self._config["o"], self.o_end, epoch, epochs)
-
-
-def _default(est: Estimator, name: str) -> Any:
-    """The default of hyper-parameter ``name`` in ``est``'s table."""
-    return next(p.default for p in type(est).hyperparameters if p.name == name)
-
-
-def _warn_end_unused(who: str, name: str, start: float, end: float, schedule_flag: str) -> None:
-    """The warning of a constant schedule given an end value it never reaches (one other than its default: a
-    constant schedule is the way to hold o at a value, ``ReSTE(o=2, schedule="constant")``, and says nothing), as
-    one changed for a run would change nothing; a sweep over that end refuses (``unused_hyperparameters``)."""
-    flag, moving = "--" + name.replace("_", "-"), "--" + schedule_flag.replace("_", "-")
-    warnings.warn(
-        f"{who}'s constant schedule holds {name} at {start:g} for the whole run: {name}_end = {end:g} is never "
-        f"reached; pass {option(f'{flag} {end:g} {flag}-end {end:g}', f'{name}={end:g}, {name}_end={end:g}')} to "
-        f"hold {name} there, or {option(f'{moving} cosine', repr('cosine') + ' as schedule')} (or linear) to move "
-        "it",
-        ScheduleWarning, stacklevel=4,  # the caller of the estimator's constructor
-    )
 
 
 class ApproxSign(Estimator):
@@ -765,12 +771,10 @@ class DSQ(Estimator):
         Param("schedule", str, "linear", "schedule of alpha", choices=schedules.RAMPS, flag="alpha_schedule"),
     )
 
-    def _setup(self) -> None:
-        if self.schedule == "constant" and self.alpha_end not in (self.alpha, _default(self, "alpha_end")):
-            _warn_end_unused("DSQ", "alpha", self.alpha, self.alpha_end, "alpha_schedule")
+    ramped = ("alpha", "alpha_end")
 
-    def unused_hyperparameters(self) -> frozenset[str]:
-        return frozenset({"alpha_end"}) if self.schedule == "constant" else frozenset()
+    def _setup(self) -> None:
+        self._warn_end_unused()
 
     def params(self) -> dict[str, float]:
         return {"alpha": self.alpha}
