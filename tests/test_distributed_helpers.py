@@ -80,6 +80,9 @@ def _first_fails(rank: int, store: str, log: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    # Both joined before rank 0 fails: its init can return while rank 1's is still connecting, and an exit then
+    # fails rank 1's init (under load), not the barrier this test is about.
+    dist.barrier()
     d = distributed.Dist(rank=rank, world_size=2, local_rank=rank)
     try:
         with distributed.local_rank_first(d):
