@@ -50,6 +50,10 @@ def test_print_config_shows_every_setting_the_run_records(capsys, tmp_path):
     assert config["estimator_options"] == {"o": 1.0, "t": 1.5, "interval": 0.1, "o_end": 3.0, "schedule": "cosine"}
     assert (config["lr"], config["epochs"], config["warm_up"], config["batch_size"]) == (0.05, 1000, 5, 256)
     assert "changes preset cifar10-resnet20-1w1a's recipe: --lr 0.05 (preset: 0.1)" in shown.err
+    assert "full precision" not in shown.err
+    assert main(["train", "--model", "digits", "--print-config"]) == 0  # (review userB #1) a float twin
+    assert "note: digits is full precision: estimator, estimator_options, a32 and scaling are recorded but train " \
+           "nothing" in capsys.readouterr().err
     out = tmp_path / "run"
     flags = ["train", "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "1", "--alpha", "0.3"]
     assert main([*flags, "--estimator", "dsq", "--print-config"]) == 0 and not out.exists()

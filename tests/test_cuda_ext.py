@@ -9,6 +9,7 @@ On a GPU, ``RESTE_TEST_DEVICE=cuda`` runs this file on CUDA tensors through the 
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -376,6 +377,37 @@ def test_what_does_not_take_the_extension(monkeypatch):
     fused.set_enabled(None)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert cuda_ext.sign(x.detach()) is None
+
+
+def test_what_the_extension_leaves_to_the_other_paths(monkeypatch):
+    """(review gpurev #1-#3) A wrapper subclass (no memory of its own), a plugin's hyper-parameter that is no
+    number, and compiled autograd (whose tracing the C++ nodes do not support) take the Triton or PyTorch path."""
+    two = pytest.importorskip("torch.testing._internal.two_tensor").TwoTensor
+    a = on(torch.randn(10))
+    params = {"o": 2.0, "t": 1.5, "m": 0.1}
+    assert cuda_ext.sign(two(a, a.clone())) is None
+    assert cuda_ext.binary_sign("reste", two(a, a.clone()).requires_grad_(), params) is None
+    assert cuda_ext.binary_sign("ste", a.clone().requires_grad_(), {"clip": 1.0, "tag": "a"}) is None
+    assert cuda_ext.binary_sign("ste", a.clone().requires_grad_(), {"clip": 1.0, "bins": [1, 2]}) is None
+    dynamo = importlib.import_module("torch._dynamo")
+    monkeypatch.setattr(dynamo.config, "compiled_autograd", True)
+    assert cuda_ext.binary_sign("reste", a.clone().requires_grad_(), params) is None
+    monkeypatch.setattr(dynamo.config, "compiled_autograd", False)
+    assert cuda_ext.binary_sign("reste", a.clone().requires_grad_(), params) is not None
+
+
+def test_a_cuda_build_is_kept_per_gpu_architecture(monkeypatch):
+    """(review gpurev #6) torch compiles for the visible GPUs (or TORCH_CUDA_ARCH_LIST): a cache shared by hosts with
+    other GPUs keeps a build for each, instead of one folder rebuilt (or a build for another GPU loaded)."""
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(cuda_ext, "_architectures", lambda: [(9, 0)])
+    hopper = cuda_ext._build_name(True)
+    monkeypatch.setattr(cuda_ext, "_architectures", lambda: [(8, 0)])
+    ampere = cuda_ext._build_name(True)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    listed = cuda_ext._build_name(True)
+    assert len({hopper, ampere, listed}) == 3
+    assert cuda_ext._build_name(False) == (monkeypatch.delenv("TORCH_CUDA_ARCH_LIST") or cuda_ext._build_name(False))
 
 
 def test_opt_in_by_environment(monkeypatch):

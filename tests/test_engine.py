@@ -188,7 +188,9 @@ def test_a32_and_float_twin_train(tmp_path):
     assert not [w for w in seen if "no binary layer" in str(w.message)]
     # (review user9 #14) its recorded estimator, the default, trains nothing: not named as if it did
     assert lines[0].startswith("training digits (full precision) on digits")
-    assert "settings   digits (full precision) on digits" in runinfo.show_run(tmp_path / "fp")
+    shown = runinfo.show_run(tmp_path / "fp")
+    assert "settings   digits (full precision) on digits" in shown
+    assert "o_end" not in shown  # (review userB #1) nor its recorded estimator's settings
 
 
 def test_seeded_runs_are_identical(tmp_path):

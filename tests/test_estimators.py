@@ -991,3 +991,19 @@ def test_torch_func_tensors_go_to_no_gpu_kernel():
     loss(dict(model.named_parameters()), x[0]).backward()
     for k, p in model.named_parameters():
         torch.testing.assert_close(grads[k][0], p.grad)
+
+
+def test_reste_g_of_an_o_in_a_tensor_reads_nothing_back_to_the_host(monkeypatch):
+    """(review gpurev #8) With o in a (device) tensor the PyTorch expression never asks its value on the host (a
+    CUDA graph capture refuses that), and at o = 1 it equals the step the float o = 1 takes."""
+    from reste.estimators import reste_g
+
+    x = torch.tensor([0.0, -0.05, 0.1, 0.5, -1.5, 1.6, 3.0])
+
+    def refused(self):
+        raise AssertionError("a tensor's truth value was read")
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", refused)
+    assert torch.equal(reste_g(x, torch.tensor(1.0), 1.5, 0.1), reste_g(x, 1.0, 1.5, 0.1))
+    for o in (2.0, 3.0):  # (o's scalars rounded to float32 in the tensor: a few ulps apart at most)
+        torch.testing.assert_close(reste_g(x, torch.tensor(o), 1.5, 0.1), reste_g(x, o, 1.5, 0.1), rtol=1e-6, atol=0)

@@ -878,12 +878,26 @@ def test_a_sweep_that_would_drop_anothers_runs_from_its_folder_is_refused(sweep,
 
     out, _ = _copy(sweep, tmp_path)
     base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1)
-    with pytest.raises(UsageError, match=r"holds a sweep with 1 run.s. that this one leaves out \(estimator=reste\)"):
+    with pytest.raises(UsageError, match=r"holds a sweep with 1 run.s. that this one leaves out \(estimator=reste "
+                                         r"\(seed 0\)\)"):
         run_sweep(dataclasses.replace(base, indicators="general"), {"estimator": ["ste"]}, [0], out, log=print)
     (out / "sweep.json").unlink()
     assert _is_png(out / "indicators.png")
     run_sweep(base, {"estimator": ["ste"]}, [0], out, log=lambda m: None)
     assert not (out / "indicators.png").exists() and not (out / "error_vs_stability.png").exists()
+
+
+def test_a_refused_sweep_names_the_seeds_it_leaves_out(tmp_path):
+    """(review userB #3) Each setting left out is named with its seeds left out: a setting kept for seed 0 but not
+    for seed 1 is not told as left out altogether."""
+    from reste.experiments import run_sweep
+
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, threads=1)
+    grid = {"lr": [0.05, 0.1]}
+    run_sweep(base, grid, [0, 1], tmp_path / "s", report=False, log=lambda m: None)
+    with pytest.raises(UsageError, match=r"with 3 run.s. that this one leaves out \(lr=0.05 \(seeds 0, 1\), "
+                                         r"lr=0.1 \(seed 1\)\)"):
+        run_sweep(base, {"lr": [0.1]}, [0], tmp_path / "s", report=False, log=lambda m: None)
 
 
 def test_a_sweep_does_not_write_into_a_run(tmp_path, capsys):

@@ -178,6 +178,10 @@ def test_inputs_the_kernels_do_not_take_fall_through():
     assert fused.ste_backward(x, grad.t().contiguous().t(), 1.0) is None  # strides differ
     assert fused.ste_backward(x, grad.to(torch.bfloat16), 1.0) is None
     assert fused.reste_backward(x, torch.ones(1).expand(8, 8), 2.0, 1.5, 0.1) is None  # broadcast grad
+    two = pytest.importorskip("torch.testing._internal.two_tensor").TwoTensor
+    assert fused.sign(two(x, x.clone())) is None  # a wrapper subclass: data_ptr() 0 (it segfaulted)
+    assert fused.ste_backward(x, two(grad, grad.clone()), 1.0) is None
+    assert torch.equal(ReSTE()(two(x, x.clone())).a, torch_sign(x))
     fused.set_enabled(False)
     assert not fused.enabled() and fused.sign(x) is None and fused.ste_backward(x, grad, 1.0) is None
     fused.set_enabled(None)

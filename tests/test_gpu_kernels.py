@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -737,3 +738,43 @@ def test_an_out_of_memory_error_is_not_taken_for_a_triton_failure(monkeypatch):
     with pytest.warns(RuntimeWarning, match="Triton GPU kernels failed"):
         assert td._launch(compile_error, torch.zeros(1)) is None
     assert td._MODULE == [None] and "no C compiler" in td._ERROR[0]
+
+
+@pytest.mark.parametrize("error", [torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+                                   RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"),
+                                   RuntimeError("CUDA error: device-side assert triggered")])
+def test_a_lost_cuda_context_is_not_taken_for_a_triton_failure(monkeypatch, error):
+    """(review gpurev #5) An earlier kernel's fault, reported at a Triton launch, is raised as it is: Triton stays
+    on, and the message is not blamed on it (the fallback would fail on the same lost context)."""
+    from reste import triton_dispatch as td
+
+    monkeypatch.setattr(td, "_FORCED", [])
+    monkeypatch.setattr(td, "_MODULE", ["kernels"])
+    monkeypatch.setattr(td, "_ERROR", [])
+
+    def lost():
+        raise error
+
+    with pytest.raises(type(error), match=re.escape(str(error))):
+        td._launch(lost, torch.zeros(1))
+    assert td._MODULE == ["kernels"] and td._ERROR == []
+
+
+def test_wrapper_subclasses_take_the_pytorch_ops():
+    """(review gpurev #1) A wrapper subclass (DTensor, TwoTensor) has no memory of its own (data_ptr() 0): no
+    kernel path takes it, and the estimators give what the PyTorch ops give."""
+    two = pytest.importorskip("torch.testing._internal.two_tensor").TwoTensor
+    a = torch.randn(16)
+    x = two(a, a.clone())
+    with triton_dispatch.forced(K):
+        assert triton_dispatch._kernels_for(x) is None and triton_dispatch._kernels_for(a, x) is None
+        assert triton_dispatch._kernels_for(a) is K
+    assert fused._lib_for(x) is None and fused._lib_for(a, x) is None
+    for name in ("reste", "ste"):
+        est = estimators.get_estimator(name)
+        xs = x.clone().requires_grad_()
+        y = est(xs)
+        y.backward(torch.ones_like(y))
+        want = a.clone().requires_grad_()
+        est(want).backward(torch.ones(16))
+        assert torch.equal(y.a, estimators.sign(a)) and torch.equal(xs.grad.a, want.grad)

@@ -154,6 +154,31 @@ def test_stability_by_hand(mode, names):
     assert float(got) == pytest.approx(hand_stability(model, names), rel=1e-5)
 
 
+def test_a_float64_model_keeps_float64_indicators():
+    """(review userB #4) Both sums are taken in float64 for a float64 model (float32 before: 1.5e-7 off), and in
+    float32 otherwise."""
+    model = make_model().double()
+    gen = torch.Generator().manual_seed(1)
+    x, target = torch.randn(3, 2, 6, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (3,), generator=gen)
+    nn.functional.cross_entropy(model(x), target).backward()
+    for mode, names in (("paper", PAPER), ("general", GENERAL)):
+        assert gradient_stability(model, mode).dtype == torch.float64
+        assert float(gradient_stability(model, mode)) == pytest.approx(hand_stability(model, names), rel=1e-12)
+    error = estimating_error(model, "paper")
+    assert error.dtype == torch.float64 and float(error) == pytest.approx(hand_error_paper(model, 3.0), rel=1e-12)
+    assert estimating_error(make_model(), "paper").dtype == torch.float32
+
+
+def test_the_indicator_functions_refuse_a_model_without_their_layers():
+    """(review userA #8) A sum over no layer, 0, would read as a network in perfect equilibrium: refused, as the
+    meter refuses it."""
+    for f in (estimating_error, gradient_stability):
+        with pytest.raises(ValueError, match="no binary layers"):
+            f(nn.Sequential(nn.Conv2d(1, 1, 3)))
+        with pytest.raises(ValueError, match="no binary 3x3 conv"):
+            f(reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))), "paper")
+
+
 def test_stability_needs_gradients():
     with pytest.raises(RuntimeError):
         gradient_stability(make_model(), "paper")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -161,6 +162,28 @@ def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
     assert main(["show", str(out)]) == 0  # no sweep process: say how to continue
     assert ("continue   the same `reste sweep` command trains the 2 runs left (finished runs are skipped, stopped "
             "ones resume)") in capsys.readouterr().out
+
+
+def test_show_of_a_sweep_says_a_gone_run_keeps_its_reported_row(tmp_path, capsys):
+    """(review userB #2) A run whose folder was deleted after a report: `reste report` keeps its row, so `show`
+    says so beside 'not started' (the sweep would train it again) rather than 'not started' alone."""
+    import shutil
+
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--threads", "1", "--out", str(out)]) == 0
+    settings = json.loads((out / "sweep.json").read_text())["settings"]
+    shutil.rmtree(out / settings[0]["runs"]["0"])
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(r for r in csv.DictReader(open(out / "runs.csv")) if r["setting"] == "lr=0.05")
+    assert lines[2] == (f"  lr=0.05  seed 0: not started: its folder is gone, and the row an earlier report wrote is "
+                        f"kept (best {float(row['best_acc']):.2f}% at epoch 1); the sweep would train it again")
+    assert lines[3].startswith("  lr=0.1   seed 0: finished")
+    assert main(["show", str(out), "--json"]) == 0
+    runs = [s["runs"][0] for s in json.loads(capsys.readouterr().out)["settings"]]
+    assert runs[0]["state"] == "not started" and runs[0]["reported"]["best_epoch"] == 1
+    assert runs[1]["reported"] is None
 
 
 def test_show_of_a_sweep_names_a_run_that_diverged_in_its_first_epoch(tmp_path, capsys):

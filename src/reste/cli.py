@@ -50,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import engine
-    from .config import TrainConfig
+    from .config import FULL_PRECISION, TrainConfig, binarization_text
     from .rundir import holds_run, run_config
 
     log = print
@@ -64,6 +64,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         for note in engine.recipe_notes(config, env_world_size()):
             print(note, file=sys.stderr)
+        if binarization_text(config.to_dict()) == FULL_PRECISION:
+            print(f"note: {config.model} is full precision: estimator, estimator_options, a32 and scaling are "
+                  "recorded but train nothing", file=sys.stderr)
         return 0
     if args.auto_resume:
         if args.resume is not None:

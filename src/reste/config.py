@@ -51,6 +51,9 @@ def optimizer_text(settings: dict[str, Any]) -> str:
             f"{settings.get('bop_threshold') or DEFAULT_THRESHOLD:g} (adam {lr} for the float parameters)")
 
 
+FULL_PRECISION = "full precision"  # binarization_text of a model without binary layers
+
+
 def binarization_text(settings: dict[str, Any]) -> str:
     """How a run's binarization is told (its start line, ``reste show``), from its settings (``to_dict()``): the
     estimator (``reste``, ``reste, 1W/32A``), or ``full precision`` for a model without binary layers (whose
@@ -61,7 +64,7 @@ def binarization_text(settings: dict[str, Any]) -> str:
         binary = model_info(settings["model"])["binary"]
     except (UsageError, KeyError, TypeError):  # a plugin's model not loaded here: as recorded
         binary = True
-    return f"{settings['estimator']}{', 1W/32A' if settings.get('a32') else ''}" if binary else "full precision"
+    return f"{settings['estimator']}{', 1W/32A' if settings.get('a32') else ''}" if binary else FULL_PRECISION
 
 
 def parse_value(text: str, none: bool = True) -> Any:

@@ -91,7 +91,17 @@ def _build_name(cuda: bool) -> str:
     for name in (_CPP, _CU, _HEADER):
         digest.update((SOURCE_DIR / name).read_bytes())
     digest.update(f"{torch.__version__} {torch.version.cuda} {sys.version_info[:2]}".encode())
+    if cuda:  # torch compiles for the visible GPUs' architectures, or TORCH_CUDA_ARCH_LIST's: a cache shared by
+        # hosts with other GPUs (a home folder on a cluster) keeps a build per set, not one rebuilt at each switch
+        digest.update(f" {_architectures()} {os.environ.get('TORCH_CUDA_ARCH_LIST', '')}".encode())
     return f"reste_ext_{'cuda' if cuda else 'cpu'}_{digest.hexdigest()[:12]}"
+
+
+def _architectures() -> list[tuple[int, int]]:
+    """The compute capabilities of the visible GPUs, each once."""
+    if not torch.cuda.is_available():
+        return []
+    return sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
 
 
 _TOOLKITS = ("/usr/local/cuda", "/usr/local/cuda-*")  # where a CUDA toolkit is looked for when torch's guess lacks one
@@ -306,7 +316,21 @@ def may_take(x: Tensor) -> bool:
 def _usable(x: Tensor) -> bool:
     if x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled():
         return False
+    if not fused.plain(x) or _compiled_autograd():  # (a wrapper subclass has no memory of its own to take)
+        return False
     return _loaded(x.is_cuda)
+
+
+def _compiled_autograd() -> bool:
+    """Whether compiled autograd is on (``torch._dynamo.config.compiled_autograd``): it traces each backward node
+    through ``compiled_args``, which the extension's C++ nodes do not define, so their backward would fail."""
+    dynamo = sys.modules.get("torch._dynamo")  # never imported here: where nothing imported it, it is off
+    if dynamo is None:
+        return False
+    config = getattr(dynamo, "config", None)
+    compiled = sys.modules.get("torch._dynamo.compiled_autograd")
+    return bool(getattr(config, "compiled_autograd", False)) or bool(
+        compiled is not None and getattr(compiled, "compiled_autograd_enabled", False))
 
 
 _ESTIMATORS: dict[tuple, Any] = {}  # (kind, params) -> its extension Estimator: a schedule moves once per epoch
@@ -316,10 +340,12 @@ def _estimator(kind: str | None, params: dict[str, Any]) -> Any:
     """The extension's ``Estimator`` for estimator ``kind`` with ``params`` (its kernel scalars, parsed once, and
     its parameters by name for a double backward), or ``None`` where the extension does not take the estimator
     (no kernel for it, or a parameter held in a tensor)."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.values()):
+        return None  # a tensor, or a plugin's str or list hyper-parameter: the Triton path or the PyTorch ops
     key = (kind, *params.items())
     est = _ESTIMATORS.get(key)
     if est is None:
-        if kind not in KINDS or any(isinstance(v, Tensor) for v in params.values()):
+        if kind not in KINDS:
             return None
         scalars, count, _ = kernel_scalars(kind, params)
         est = _MODULE[0].Estimator(kind, [float(v) for v in scalars], count, ",".join(params),

@@ -133,8 +133,8 @@ def reste_g(x: Tensor, o: float, t: float, m: float) -> Tensor:
     chord slope, which avoids the pole at 0); 0 beyond t.
     """
     a = x.abs()
-    if o == 1.0:
-        return _step_le(a, t)
+    if not isinstance(o, Tensor) and o == 1.0:  # (an o held in a device tensor: no host read, which a CUDA graph
+        return _step_le(a, t)                     # capture refuses; the expression below is the step at o = 1)
     # g = max(a, m)^p * factor, p = (1 - o)/o, with factor 1 on [0, m] (there
     # m^p = m^(1/o)/m), 1/o on (m, t] and 0 beyond t; all arithmetic, no branches.
     p = (1.0 - o) / o

@@ -82,9 +82,19 @@ def error() -> str | None:
     return _LIB.error()
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def plain(*tensors: Tensor) -> bool:
+    """Whether each tensor is a plain one (or a Parameter) whose memory a kernel may take by ``data_ptr()``. A
+    subclass may be a wrapper without memory of its own (DTensor, torch's TwoTensor, quantisation wrappers:
+    ``data_ptr()`` 0, and the numel of the whole, not of a shard): it takes the PyTorch ops, which dispatch it."""
+    return all(type(t) in _PLAIN for t in tensors)
+
+
 def _lib_for(x: Tensor, *others: Tensor):
     """The library when ``x`` (and ``others``, same layout) can go through the kernels, else ``None``."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled():
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled() or not plain(x, *others):
         return None
     if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
         return None

@@ -53,6 +53,24 @@ def indicator_layers(model: nn.Module, mode: str = "general") -> list[tuple[str,
     return layers
 
 
+def _measured_layers(model: nn.Module, mode: str) -> list[tuple[str, nn.Module]]:
+    """:func:`indicator_layers`, or a ``ValueError`` saying why there are none (a sum over no layer, 0, would
+    read as a network in perfect equilibrium)."""
+    layers = indicator_layers(model, mode)
+    if not layers:
+        if binary_layers(model):  # binary, but no 3x3 conv: an MLP, a transformer, 1x1 or 1-D convs
+            raise ValueError("the model has no binary 3x3 conv (2-D), the only layers of the 'paper' indicators "
+                             "(the authors'); use mode='general', which reads every binary layer")
+        raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers); pass the "
+                         "model that reste.binarize returned")
+    return layers
+
+
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 where it is (a float64 model's indicators keep its precision)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def paper_forward(w: Tensor, o: float) -> Tensor:
     """The authors' unclipped power function sign(w) abs(w)^(1/o)."""
     return torch.sign(w) * w.abs().pow(1.0 / o)
@@ -62,15 +80,15 @@ def paper_forward(w: Tensor, o: float) -> Tensor:
 def estimating_error(model: nn.Module, mode: str = "general", o_end: float = 3.0) -> Tensor:
     """Sum over the indicator layers of || F(w) - sign(w) ||_2 (a 0-dim tensor)."""
     total = None  # summed on the weights' device: a CPU zero copied there would wait for the GPU every step
-    for _, layer in indicator_layers(model, mode):
+    for _, layer in _measured_layers(model, mode):
         w = layer.weight.detach()
         if mode == "paper":
             diff = paper_forward(w, o_end) - torch.sign(w)
         else:
             diff = layer.weight_estimator.forward_equivalent(w) - sign(w)
-        norm = torch.linalg.vector_norm(diff.float())
+        norm = torch.linalg.vector_norm(_wide(diff))
         total = norm if total is None else total + norm
-    return torch.zeros(()) if total is None else total
+    return total
 
 
 def frozen_layers(model: nn.Module, mode: str = "general") -> list[str]:
@@ -86,7 +104,7 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
     left out; a model whose indicator layers are all frozen is refused.
     """
     total = None  # on the gradients' device, as in estimating_error
-    layers = indicator_layers(model, mode)
+    layers = _measured_layers(model, mode)
     for name, layer in layers:
         if not layer.weight.requires_grad:
             continue
@@ -98,12 +116,12 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
                                    "(requires_grad_(False)) to leave it out of gradient stability")
             raise RuntimeError(f"layer {name!r} has no gradient: compute the indicators after backward() and "
                                "before zero_grad()")
-        var = torch.var(g.detach().abs().float().flatten())
+        var = torch.var(_wide(g.detach().abs()).flatten())
         total = var if total is None else total + var
-    if total is None and layers:
+    if total is None:
         raise ValueError(f"every layer of the {mode!r} indicators is frozen (requires_grad=False): gradient "
                          "stability has nothing to measure; unfreeze a binary layer or turn the indicators off")
-    return torch.zeros(()) if total is None else total
+    return total
 
 
 # how a run's per-epoch indicators make its run-level values: (estimating error, gradient stability) per mode
@@ -157,13 +175,7 @@ class EquilibriumMeter:
     """
 
     def __init__(self, model: nn.Module, mode: str = "general", o_end: float | None = None) -> None:
-        _check_mode(mode)
-        if not indicator_layers(model, mode):
-            if binary_layers(model):  # binary, but no 3x3 conv: an MLP, a transformer, 1x1 or 1-D convs
-                raise ValueError("the model has no binary 3x3 conv (2-D), the only layers of the 'paper' indicators "
-                                 "(the authors'); use mode='general', which reads every binary layer")
-            raise ValueError(f"the model has no layers for the {mode!r} indicators (no binary layers); pass the "
-                             "model that reste.binarize returned")
+        _measured_layers(model, mode)
         if mode == "general":  # F of each layer's estimator: one without it is refused now, not after a step
             lacking = sorted({est.name for _, layer in indicator_layers(model, mode)
                               for est in [getattr(layer, "weight_estimator", None)]

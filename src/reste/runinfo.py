@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import binarization_text, optimizer_text
+from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
 from .rundir import (CONFIG, METRICS, best_line, last_checkpoint, lock_holder, read_metrics, saved_config,
@@ -95,12 +95,13 @@ def show_run(run_dir: str | os.PathLike) -> str:
     """What ``reste show RUN_DIR`` prints: :func:`run_summary` as lines."""
     summary = run_summary(run_dir)
     config = summary["config"]
-    options = " ".join(f"{k}={v}" for k, v in sorted({**config["estimator_options"],
-                                                       **config["model_options"]}.items()))
+    binarized = binarization_text(config)
+    estimator = config["estimator_options"] if binarized != FULL_PRECISION else {}  # (recorded, unused)
+    options = " ".join(f"{k}={v}" for k, v in sorted({**estimator, **config["model_options"]}.items()))
     epochs = count(config["epochs"], "epoch")
     preset = f", preset {config['preset']}" if config["preset"] else ""
     lines = [f"run        {run_dir}",
-             f"settings   {config['model']} ({binarization_text(config)}) on "
+             f"settings   {config['model']} ({binarized}) on "
              f"{config['dataset']}: {epochs}, batch {config['batch_size']}"
              f"{split_batch(config['batch_size'], config.get('accumulate'))}, "
              f"{optimizer_text(config)}, seed {config['seed']}{preset}"

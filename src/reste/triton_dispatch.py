@@ -19,6 +19,7 @@ production code never sets it.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -82,8 +83,23 @@ def _launch(run: Callable[[], Tensor], x: Tensor) -> Tensor | None:
     except Exception as err:
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             raise  # inside a CUDA graph capture the fallback would run into a capture already broken
+        if _context_lost(err):
+            raise  # an earlier kernel's fault, reported at this launch: not Triton's, and the fallback would fail too
         _disable(err)
         return None
+
+
+# What CUDA reports once its context is lost (a kernel's bad address or failed assert, whichever kernel it was): the
+# error sticks to every later call, so it is no sign that Triton cannot run here.
+_STICKY = re.compile(r"illegal memory access|illegal address|device-side assert|unspecified launch failure|"
+                     r"misaligned address|illegal instruction|hardware stack error", re.IGNORECASE)
+
+
+def _context_lost(err: Exception) -> bool:
+    """Whether ``err`` says the CUDA context is lost (``torch.AcceleratorError``, or Triton's launcher quoting
+    such an error), rather than that Triton cannot compile or launch."""
+    accelerator = getattr(torch, "AcceleratorError", None)  # (torch >= 2.8)
+    return (accelerator is not None and isinstance(err, accelerator)) or bool(_STICKY.search(str(err)))
 
 
 def available() -> bool:
@@ -120,6 +136,8 @@ def _kernels_for(x: Tensor, *others: Tensor) -> ModuleType | None:
     if not may_take(x):
         return None
     if x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled():
+        return None
+    if not fused.plain(x, *others):  # a wrapper subclass's data_ptr() is 0: a launch would fault the GPU
         return None
     for t in others:
         if t.device != x.device or t.dtype != x.dtype or t.shape != x.shape:

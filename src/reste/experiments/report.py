@@ -138,7 +138,7 @@ def _rel(path: Path, root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def _folder(rel: str) -> str:
+def folder_name(rel: str) -> str:
     """A run folder as ``_rel`` writes it, from a manifest or runs.csv; one written by an older version on Windows
     has '\\' between its parts (reste's run folder names hold none)."""
     return rel.replace("\\", "/")
@@ -161,7 +161,7 @@ def run_folder(out_dir: Path, setting: dict[str, Any], seed: str) -> Path:
     """The folder of a manifest setting's run for ``seed``: relative to the sweep folder where it is there (the
     sweep moved with its runs, the usual case), else, for a run outside the sweep folder, where the sweep wrote it
     (the sweep folder moved away from its ``--runs-dir``), else the relative one (a run not started yet)."""
-    inside = out_dir / _folder(setting["runs"][seed])
+    inside = out_dir / folder_name(setting["runs"][seed])
     at = setting.get("at")
     written = at.get(seed) if isinstance(at, dict) else None
     if not inside.exists() and isinstance(written, str) and written and Path(written).exists():
@@ -238,7 +238,7 @@ def _value(text: str | None) -> Any:
     return text
 
 
-def _earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
+def earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
     """The runs an earlier report wrote (runs.csv, with their epochs from epochs.csv), by (run folder, seed)."""
     epochs: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for row in _read_csv(out / "epochs.csv"):
@@ -254,7 +254,7 @@ def _earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
     for row in rows:
         key = (row.get("setting"), row["seed"])
         row["metrics"] = [] if key in shared else epochs.get(key, [])
-        earlier[(_folder(row["run_dir"]), row["seed"])] = row
+        earlier[(folder_name(row["run_dir"]), row["seed"])] = row
     return earlier
 
 
@@ -413,14 +413,14 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
     that outlives the run folders. ``log`` gets a line for each run kept so, or left out, and why."""
     out = Path(out_dir)
     manifest = load_manifest(out)
-    earlier = _earlier_rows(out)
+    earlier = earlier_rows(out)
     axes = list(manifest["grid"])
     runs, rows, kept = [], [], 0
     for s in manifest["settings"]:
         finished, diverged = [], 0
         key = _setting_key(s)
         for seed, rel in s["runs"].items():
-            rel = _folder(rel)
+            rel = folder_name(rel)
             status, summary = run_status(run_folder(out, s, seed), key)
             if status != "done":
                 why, old = summary, earlier.get((rel, int(seed)))

@@ -12,7 +12,7 @@ from ..errors import UsageError, shell_word
 from ..rundir import SWEEP_LOCK, divergence, holds_run, lock_holder
 from ..runinfo import run_summary, show_run
 from ..wording import count
-from .report import is_sweep_folder, load_manifest, run_folder
+from .report import earlier_rows, folder_name, is_sweep_folder, load_manifest, run_folder
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
 STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "damaged", "not started")
@@ -22,7 +22,7 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
     """One run of a sweep: its state (:data:`STATES`), epochs done and planned (``epochs``, the sweep's plan, where
     the run's own settings are missing), best top-1 and epoch, pid."""
     entry: dict[str, Any] = {"run_dir": os.fspath(run_dir), "state": "not started", "epochs_done": 0,
-                             "epochs": epochs, "best": None, "pid": None, "why": None}
+                             "epochs": epochs, "best": None, "pid": None, "why": None, "reported": None}
     if not holds_run(run_dir):  # a run that diverged in its first epoch leaves only the sweep's record of it
         diverged = divergence(run_dir)
         return {**entry, "state": "diverged", "why": diverged} if diverged else entry
@@ -43,9 +43,11 @@ def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
     cannot be told: not Linux, a shared file system); ``counts`` (runs in each of :data:`STATES`); ``settings``, each
     with its ``label``, grid ``values`` and ``runs`` (``seed``, ``run_dir``, ``state``, ``epochs_done``, ``epochs``
     (the sweep's plan for a run not started), ``best``: epoch and top-1 of the best epoch so far, ``pid`` of a run
-    training now, ``why`` a run diverged or is damaged)."""
+    training now, ``why`` a run diverged or is damaged, ``reported``: for a run not started whose folder is gone,
+    the best top-1 and epoch of the row an earlier report wrote and ``reste report`` keeps, else None)."""
     out = Path(out_dir)
     manifest = load_manifest(out)
+    earlier = earlier_rows(out)
     settings = []
     counts = dict.fromkeys(STATES, 0)
     for s in manifest["settings"]:
@@ -53,6 +55,9 @@ def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
         planned = s["config"].get("epochs") if isinstance(s.get("config"), dict) else None
         for seed in s["runs"]:
             entry = {"seed": int(seed), **_run_status(run_folder(out, s, seed), planned)}
+            row = earlier.get((folder_name(s["runs"][seed]), int(seed)))
+            if entry["state"] == "not started" and row is not None and row.get("best_acc") is not None:
+                entry["reported"] = {"best_acc": row["best_acc"], "best_epoch": row.get("best_epoch")}
             counts[entry["state"]] += 1
             runs.append(entry)
         settings.append({"label": s["label"], "values": s["values"], "runs": runs})
@@ -89,6 +94,11 @@ def show_sweep(out_dir: str | os.PathLike) -> str:
 
 def _run_line(run: dict[str, Any]) -> str:
     state, best = run["state"], run["best"]
+    if state == "not started" and run.get("reported"):  # its folder deleted or moved after a report
+        kept = run["reported"]
+        at = f" at epoch {kept['best_epoch']}" if kept["best_epoch"] is not None else ""
+        return (f"not started: its folder is gone, and the row an earlier report wrote is kept (best "
+                f"{kept['best_acc']:.2f}%{at}); the sweep would train it again")
     if state == "not started":
         return "not started"
     if state == "damaged":

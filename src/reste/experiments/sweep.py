@@ -595,8 +595,13 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
                          "this version of reste gives the same settings (their code or defaults changed), so this "
                          f"sweep would train them again and its tables lose their rows: pass another --out, run it "
                          f"with the reste that wrote it, or delete {out / MANIFEST} to start its tables afresh")
-    raise UsageError(f"{out} holds a sweep with {len(dropped)} run(s) that this one leaves out ({', '.join(labels[:3])}"
-                     f"{', ...' if len(labels) > 3 else ''}), which its tables would lose: give its grid and seeds "
+    seeds_of: dict[str, list[int]] = {}
+    for (_, seed), label in sorted(dropped.items(), key=lambda item: item[0][1]):
+        seeds_of.setdefault(label, []).append(seed)
+    left = [f"{label} ({'seed' if len(ss) == 1 else 'seeds'} {', '.join(map(str, ss))})"
+            for label, ss in sorted(seeds_of.items())]
+    raise UsageError(f"{out} holds a sweep with {len(dropped)} run(s) that this one leaves out ({', '.join(left[:3])}"
+                     f"{', ...' if len(left) > 3 else ''}), which its tables would lose: give its grid and seeds "
                      f"again (more is fine), pass another --out, or delete {out / MANIFEST} to start the tables afresh")
 
 
