@@ -253,3 +253,24 @@ def test_a_binary_convs_signature_is_its_float_convs_and_the_estimator_keywords(
     assert params["scaling"].default == "layer" and repr(params["input_estimator"].default) == "<as weight_estimator>"
     layer = cls(2, 3, 3, 1, 1, weight_estimator="ste", scaling="channel")  # as the signature says
     assert layer.padding == base(2, 3, 3, 1, 1).padding and layer.weight_estimator.name == "ste"
+
+
+def test_a_state_loads_into_layers_of_its_own_scaling_only():
+    """(review userA #1) A state saved with one scaling loaded into a model of another without a word, and the
+    outputs changed: refused by name, as an estimator of other settings is. A state saved before the layers kept
+    their scaling (no layer key) loads as it did."""
+    def model(scaling):
+        torch.manual_seed(0)
+        return reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3),
+                                            nn.Flatten(), nn.Linear(16, 3)), scaling=scaling)
+
+    state = model("channel").state_dict()
+    assert state["1._extra_state"] == {"scaling": "channel"}
+    with pytest.raises(RuntimeError, match=r"1._extra_state: the state of a binary layer with scaling 'channel' "
+                                           r"cannot load into one with scaling 'none' .*build the model with "
+                                           r"scaling='channel'"):
+        model("none").load_state_dict(state)
+    assert not model("channel").load_state_dict(state).missing_keys
+    older = {k: v for k, v in state.items() if k not in ("1._extra_state", "2._extra_state")}
+    result = model("channel").load_state_dict(older)
+    assert not result.missing_keys and not result.unexpected_keys

@@ -55,6 +55,10 @@ def _float_layer_loaded(module: nn.Module, incompatible: Any) -> None:
     if prefix is not None:
         ours = {prefix + "weight_estimator._extra_state", prefix + "input_estimator._extra_state"}
         incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in ours]
+    # the layer's own settings (its scaling), which a state saved before they were kept lacks: it loads as it did
+    loaded = module.__dict__.pop("_loaded_prefix", None)
+    if loaded is not None:
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k != loaded + "_extra_state"]
 
 
 class _BinaryMixin:
@@ -73,10 +77,28 @@ class _BinaryMixin:
         self.input_estimator = None if input_estimator is None else _estimator_spec(input_estimator)
         self.register_load_state_dict_post_hook(_float_layer_loaded)
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """The layer's own setting that its weights do not show: its scaling (a state loads into a layer of the
+        same scaling only)."""
+        return {"scaling": self.scaling}
+
+    def set_extra_state(self, state: Any) -> None:
+        pass  # (checked by _load_from_state_dict before it comes here)
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # a float layer's state (its weight, and no estimator state): its estimators keep their schedules
         self._float_state = prefix if prefix + "weight" in state_dict and not any(
             k.startswith(prefix) and k.endswith("_extra_state") for k in state_dict) else None
+        self._loaded_prefix = prefix
+        # a state of another scaling would load without a word and give other outputs: refused by name, as an
+        # estimator of other settings is
+        saved = state_dict.get(prefix + "_extra_state")
+        scaling = saved.get("scaling") if isinstance(saved, dict) else None
+        if scaling is not None and scaling != self.scaling:
+            args[-1].append(f"{prefix}_extra_state: the state of a binary layer with scaling {scaling!r} cannot load "
+                            f"into one with scaling {self.scaling!r} (the weights' scale, and so the outputs, would "
+                            f"differ); build the model with scaling={scaling!r}")
+            return
         super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
 
     @property
