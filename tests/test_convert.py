@@ -94,6 +94,23 @@ def test_the_first_layer_is_the_first_conv_even_after_a_head_defined_first():
     assert (k["conv1"], k["conv2"], k["fc"]) == (nn.Conv2d, BinaryConv2d, nn.Linear)
 
 
+def test_a_linear_input_projection_before_the_first_conv_is_named():
+    """(review userA #2) keep_first keeps the first conv; a linear that runs before it (an input projection of a
+    speech or tabular model) reads the raw input, and would be binarized without a word: it is named, as the convs
+    after the last linear are."""
+    model = nn.Sequential(nn.Linear(20, 64), nn.Unflatten(1, (4, 16)), nn.BatchNorm1d(4),
+                          nn.Conv1d(4, 8, 3, padding=1), nn.BatchNorm1d(8), nn.Conv1d(8, 8, 3, padding=1),
+                          nn.BatchNorm1d(8), nn.Flatten(), nn.Linear(128, 3))
+    with pytest.warns(UserWarning, match=r"'0' \(Linear\) come\(s\) before the first conv '3', which keep_first "
+                                         r"keeps in float, and are binarized"):
+        binary = binarize(model)
+    assert [type(binary[i]) for i in (0, 3, 5, 8)] == [BinaryLinear, nn.Conv1d, reste.BinaryConv1d, nn.Linear]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binary = binarize(model, keep=["0"])  # kept as the warning says: nothing to say
+    assert type(binary[0]) is nn.Linear
+
+
 def test_a_float_state_dict_loads_strictly_into_the_binarized_model():
     """Pretrain in float, binarize, then load float weights again (larq's load_weights): the estimators'
     schedule state is not in a float model's state_dict, and stays where it is."""

@@ -33,7 +33,7 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def _unconvertible(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Convolutions and linears that ``binarize`` has no binary version of.
 
-    Subclasses of the converted types with their own forward (timm's ``Conv2dSame``, ``StdConv2d``, a
+    Subclasses of the converted types (timm's ``Conv2dSame``, ``StdConv2d``, any other: it may run its own forward; a
     parametrized or lazy layer, the ``out_proj`` of ``nn.MultiheadAttention``); layers that are already
     binary are not listed.
     """
@@ -94,6 +94,23 @@ def _warn_convs_after_the_last_linear(model: nn.Module, named: list[tuple[str, n
         warnings.warn(f"binarize: {_describe(after, limit=4)} come(s) after the last linear {last!r}, which "
                       "keep_last keeps in float, and are binarized; if one of them makes the model's output (a "
                       "decoder's last conv), keep it in float with keep=[...]", stacklevel=3)
+
+
+def _warn_linears_before_the_first_conv(model: nn.Module, named: list[tuple[str, nn.Module]], first: str | None,
+                                        kept: Callable[[str], bool]) -> None:
+    """Warn when linears that will be binarized come before the first conv that keep_first keeps (in the order the
+    model defines them): an input projection before a conv stack (a speech or tabular model) would read the raw
+    input with binary weights and inputs, which keep_first is there to avoid (the mirror of
+    :func:`_warn_convs_after_the_last_linear`)."""
+    if first is None or not isinstance(model.get_submodule(first), nn.modules.conv._ConvNd):
+        return
+    position = {n: k for k, (n, _) in enumerate(model.named_modules())}  # (a layer's first name only)
+    before = [(n, m) for n, m in named if isinstance(m, nn.Linear) and not kept(n)
+              and position.get(n, len(position)) < position[first]]
+    if before:
+        warnings.warn(f"binarize: {_describe(before, limit=4)} come(s) before the first conv {first!r}, which "
+                      "keep_first keeps in float, and are binarized; if one of them reads the model's input (an "
+                      "input projection), keep it in float with keep=[...]", stacklevel=3)
 
 
 # the hooks of a layer, kept by the binary layer that replaces it (the same dicts: their handles still work)
@@ -208,7 +225,8 @@ def binarize(
             order the model defines its modules (``named_modules``), which is the order most
             models run them; name the layers in ``keep`` for a model that defines them in
             another order. Convolutions defined after the last linear (a decoder after a
-            linear bottleneck) are binarized with a warning naming them.
+            linear bottleneck), and linears defined before the first conv (an input projection),
+            are binarized with a warning naming them.
         inplace: convert ``model`` itself (and return it); by default a deep copy
             is converted and ``model`` is left untouched.
 
@@ -225,8 +243,8 @@ def binarize(
 
     Only exact ``nn.Conv1d``/``2d``/``3d``, ``nn.ConvTranspose1d``/``2d``/``3d`` and ``nn.Linear`` layers
     are converted (to ``BinaryConv1d``, ..., ``BinaryLinear``: ``CONVERTED``). Other convolutions and
-    linears (subclasses with their own forward such as timm's ``Conv2dSame``, lazy or parametrized
-    layers) stay in full precision with one warning that names them, unless ``keep`` lists them. A layer that
+    linears (every subclass, such as timm's ``Conv2dSame``, even one that only changes ``__init__``; lazy or
+    parametrized layers) stay in full precision with one warning that names them, unless ``keep`` lists them. A layer that
     cannot be copied raises a ``ValueError`` naming it.
     """
     if not isinstance(model, nn.Module):
@@ -290,6 +308,7 @@ def binarize(
                          f"({type(model).__name__}); binarize nn.Sequential(layer) and take its [0], or build "
                          f"reste.Binary{type(model).__name__} directly")
     _warn_convs_after_the_last_linear(model, named, last if keep_last else None, kept)
+    _warn_linears_before_the_first_conv(model, named, first if keep_first else None, kept)
     converted = 0
     common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
     for module, layer_names in layers.values():
