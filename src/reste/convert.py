@@ -244,8 +244,8 @@ def binarize(
     Only exact ``nn.Conv1d``/``2d``/``3d``, ``nn.ConvTranspose1d``/``2d``/``3d`` and ``nn.Linear`` layers
     are converted (to ``BinaryConv1d``, ..., ``BinaryLinear``: ``CONVERTED``). Other convolutions and
     linears (every subclass, such as timm's ``Conv2dSame``, even one that only changes ``__init__``; lazy or
-    parametrized layers) stay in full precision with one warning that names them, unless ``keep`` lists them. A layer that
-    cannot be copied raises a ``ValueError`` naming it.
+    parametrized layers) stay in full precision with one warning that names them, unless ``keep`` lists them. A
+    layer that cannot be copied raises a ``ValueError`` naming it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"binarize takes a torch.nn.Module, got {type(model).__name__}")
