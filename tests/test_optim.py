@@ -4,6 +4,9 @@ binary weights Bop trains beyond what the same network learns with them frozen."
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,3 +154,21 @@ def test_bop_trains_a_binarized_digits_cnn_beyond_its_frozen_binary_weights():
     assert flips > 0
     for _, layer in reste.binary_layers(model):
         assert set(layer.weight.detach().unique().tolist()) == {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("estimator, scaling, said", [
+    ("approx_sign", "none", "approx_sign: g(-1), g(+1) = 0, 0"),  # its weights never flip after the first step
+    ("sign_swish", "none", "sign_swish: g(-1), g(+1) = -0.195, -0.195"),  # they flip the wrong way
+    ("ste", "layer", "scaling 'layer'"),
+])
+def test_split_binary_names_layers_whose_gradient_bop_cannot_read(estimator, scaling, said):
+    """(review userA #3) Bop reads the gradient of the binary weight itself: the STE (g = 1 at +-1) without a
+    scale. Another estimator or a scale trained nothing, silently; `reste train` refuses them, the API warns."""
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                                         nn.Linear(16, 3)), estimator, scaling=scaling)
+    with pytest.warns(UserWarning, match=re.escape(f"'1' ({said})")):
+        split_binary(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_binary(reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                                                  nn.Linear(4, 3)), "ste", scaling="none"))

@@ -31,6 +31,7 @@ scale, the gradient also flows through mean |w|, which Bop never changes)::
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -206,4 +207,26 @@ def split_binary(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
         raise ValueError("split_binary: every binary weight of the model is frozen (requires_grad=False): "
                          "there is nothing for Bop to train")
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    _warn_unfit_layers(layers)
     return binary, others
+
+
+def _warn_unfit_layers(layers: list[tuple[str, nn.Module]]) -> None:
+    """Warn about binary layers whose weight gradient is not that of the binary weight itself: an estimator whose
+    g at +-1 is not 1 (ApproxSign's and, late in their schedules, EDE's and RBNN's are 0: Bop never flips those
+    weights again; SignSwish's is negative: it flips them the wrong way) or a weight scale (its gradient also flows
+    through mean |w|, which Bop never changes). ``reste train --optimizer bop`` refuses both."""
+    unfit = []
+    for name, layer in layers:
+        est = layer.weight_estimator
+        with torch.no_grad():
+            g = est.derivative(torch.tensor([-1.0, 1.0], dtype=layer.weight.dtype))
+        if not bool((g == 1).all()):
+            unfit.append(f"{name!r} ({est.name}: g(-1), g(+1) = {float(g[0]):.3g}, {float(g[1]):.3g})")
+        elif layer.scaling != "none":
+            unfit.append(f"{name!r} (scaling {layer.scaling!r})")
+    if unfit:
+        more = f" and {len(unfit) - 3} more" if len(unfit) > 3 else ""
+        warnings.warn(f"split_binary: Bop reads the gradient of each binary weight itself, which these layers do not "
+                      f"give: {', '.join(unfit[:3])}{more}; binarize with 'ste' (clip >= 1) and scaling='none'",
+                      UserWarning, stacklevel=3)
