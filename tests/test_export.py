@@ -234,6 +234,23 @@ def test_trained_digits_model_predictions_identical(tmp_path, digits_model, back
     np.testing.assert_array_equal(packed.predict(images.numpy(), batch_size=100), packed(images).argmax(1))
 
 
+def test_the_packed_model_refuses_nan_or_infinite_inputs(tmp_path, digits_model):
+    """(review userA #4) The PyTorch model gives NaN logits for a NaN pixel, the packed one gave a confident class
+    (sign(NaN) and the integer sums are defined): refused naming the images, as `reste predict` refuses them."""
+    model, images, _ = digits_model
+    export_model(model, tmp_path / "d.rbnn", input_size=(1, 8, 8), verify=False)
+    packed = PackedModel.load(tmp_path / "d.rbnn")
+    x = images[:4].clone()
+    x[1, 0, 3, 3], x[3, 0, 0, 0] = float("nan"), float("-inf")
+    assert torch.isnan(model(x)[1]).all()
+    for given in (x, x.numpy()):
+        with pytest.raises(UsageError, match=r"NaN or infinite values in 2 of 4 images \(first at index 1, 3\)"):
+            packed(given)
+        with pytest.raises(UsageError, match="NaN or infinite"):
+            packed.predict(given)
+    assert packed(x[[0, 2]]).shape == (2, 10)
+
+
 @pytest.mark.parametrize("name,opts", [
     ("resnet20_1w1a", {}),
     ("resnet20_bireal_1w1a", {"scaling": "channel"}),

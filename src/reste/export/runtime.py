@@ -749,6 +749,13 @@ class PackedModel:
         if size and (x.dim() != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):
             raise UsageError(f"the model expects images of shape (N, {', '.join(map(str, size))}), "
                              f"got {tuple(x.shape)}")
+        if x.dim() and x.numel() and not bool(torch.isfinite(x).all()):
+            # the PyTorch model gives NaN logits there, the packed one a confident class (sign(NaN) and the integer
+            # sums are defined), which nothing downstream could tell from a good one: refused, as `reste predict` does
+            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+            first = ", ".join(str(int(i)) for i in torch.nonzero(bad).flatten()[:5])
+            raise UsageError(f"the inputs hold NaN or infinite values in {int(bad.sum())} of {len(x)} images (first "
+                             f"at index {first}); fix or drop those images")
         return x
 
     @property
