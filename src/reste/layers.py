@@ -17,8 +17,10 @@ can tell binary layers from float ones without knowing their types.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -161,6 +163,21 @@ def _transformed(x: Tensor) -> bool:
 
 
 _CONSTANT_INPUTS_TOLD = [False]  # the warning below, once per process
+
+
+@contextlib.contextmanager
+def unwatched(model: nn.Module) -> Iterator[None]:
+    """Inside the block, forwards of ``model`` leave the first-forward check of the binary layers' inputs (see
+    :func:`_check_constant_input`) for a later, real batch: a summary's or an export's zero dummy input (all >= 0,
+    and exact zeros after a bias-free conv and an untrained BatchNorm) is no sign of a ReLU before a layer."""
+    watched = [(m, m.watch_inputs) for m in model.modules() if getattr(m, "watch_inputs", None) is not None]
+    for m, _ in watched:
+        m.watch_inputs = None
+    try:
+        yield
+    finally:
+        for m, name in watched:
+            m.watch_inputs = name
 
 
 def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:

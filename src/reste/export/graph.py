@@ -39,6 +39,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..errors import UsageError
 from ..estimators import Estimator
+from ..layers import unwatched
 from . import ir
 
 
@@ -748,7 +749,7 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
         sample = torch.zeros(1, *input_size, dtype=param.dtype if param is not None and param.is_floating_point()
                              else torch.float32, device=param.device if param is not None else "cpu")
         try:  # ShapeProp prints the traceback of a node that fails: kept for the one line below
-            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), unwatched(model):
                 ShapeProp(gm).propagate(sample)
         except Exception as err:  # noqa: BLE001 - the model's own error, said once the graph is known
             failed = err.__cause__ or err

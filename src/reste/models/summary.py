@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers import unwatched
+
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """``total``: every parameter; ``binary``: the weights of layers with ``precision == 1``."""
@@ -72,7 +74,7 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
         param = next(model.parameters(), None)
         kwargs = {} if param is None else {"device": param.device, "dtype": param.dtype}
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), unwatched(model):  # (a zero input is no sign of a ReLU before a binary layer)
             model(torch.zeros(1, *input_size, **kwargs))
     finally:
         model.train(training)
