@@ -419,3 +419,26 @@ def test_convs_after_the_last_linear_are_named_in_a_warning():
             reste.binarize(AutoEncoder(), "ste", keep=["out"])
         reste.binarize(AutoEncoder(), "ste", keep=["out", "dec"])  # nothing after the linear is binarized: silent
         reste.binarize(Upsampler(), "ste")  # a classifier: its linear head is last
+
+
+def test_the_summary_counts_attention_and_grouped_convs_as_deployed():
+    """(review userA #6, #7) nn.MultiheadAttention reads its out_proj weight without calling it: its projections
+    and attention products were missing (a transformer's binary share read 90.8% for 45.6%). A grouped binary conv
+    is stored in the packed file as float weights (no packed kernel takes it), not 1 bit each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (attention stays float, said in a warning)
+        model = reste.binarize(nn.Sequential(nn.Linear(8, 32), nn.TransformerEncoderLayer(32, 4, 64,
+                                                                                          batch_first=True),
+                                             nn.Linear(32, 5)))
+    rows = {r["name"]: r for r in layer_summary(model, (6, 8))}
+    # per sample: q, k, v projections of 6 positions (3 x 6 x 32 x 32), Q K^T and A V (2 x 6 x 6 x 32); out_proj
+    assert rows["1.self_attn"]["macs"] == 3 * 6 * 32 * 32 + 2 * 6 * 6 * 32
+    assert rows["1.self_attn.out_proj"]["macs"] == 6 * 32 * 32
+    assert rows["1.self_attn.out_proj"]["output_shape"] == (6, 32)
+    text = reste.models.describe(model, (6, 8))
+    assert "binary ops 24,576 (45.6%)" in text and "input       6x8 (one sample)" in text
+    depthwise = reste.binarize(nn.Sequential(nn.Conv2d(1, 8, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 1),
+                                             nn.Flatten(), nn.Linear(8 * 4 * 4, 2)), "ste")
+    rows = {r["name"]: r for r in layer_summary(depthwise, (1, 6, 6))}
+    assert rows["1"]["packed_bytes"] == 4 * (8 * 9 + 8)  # float weights and bias
+    assert rows["2"]["packed_bytes"] == 8 * 8 // 8 + 4 + 4 * 8  # 1 bit a weight, an alpha, the bias

@@ -37,9 +37,24 @@ def _macs(module: nn.Module, x: Any, out: torch.Tensor) -> int:
     return 0
 
 
+def _attention_macs(module: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int]:
+    """(in-projections and the two attention products, out_proj) multiply-accumulates of one call of an
+    ``nn.MultiheadAttention``, per sample: its ``out_proj`` weight is read directly, never called as a layer."""
+    names = ("query", "key", "value")
+    q, k, v = (args[i] if len(args) > i else kwargs.get(names[i]) for i in range(3))
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return 0, 0
+    seq = 1 if module.batch_first and q.dim() == 3 else 0  # (N, L, E) or (L, N, E) or unbatched (L, E)
+    length, source, e = q.shape[seq], k.shape[seq], module.embed_dim
+    projections = length * e * e + source * module.kdim * e + source * module.vdim * e
+    return projections + 2 * length * source * e, length * e * e
+
+
 def _packed_bytes(module: nn.Module, params: int) -> int:
-    """Deployed size: 1 bit per binary weight (rounded up to bytes), 4 bytes per scale and float value."""
-    if getattr(module, "precision", 32) != 1:
+    """Deployed size: 1 bit per binary weight (rounded up to bytes), 4 bytes per scale and float value; a grouped
+    binary conv (a depthwise one) 4 bytes per weight, as the packed file stores it (its sign, then a float conv:
+    no packed kernel takes it)."""
+    if getattr(module, "precision", 32) != 1 or getattr(module, "groups", 1) != 1:
         return 4 * params
     weight = module.weight.numel()
     scaling = getattr(module, "scaling", "layer")
@@ -55,14 +70,23 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
     ``precision`` (1 or 32), ``input_precision``, ``output_shape``, ``params``,
     ``binary_params`` (binary weights), ``macs``, ``binary_ops`` (MACs of 1W1A layers),
     ``float_bytes`` (params * 4) and ``packed_bytes`` (binary weights / 8, a 4-byte
-    alpha per layer or per channel, float params * 4). MACs are per sample.
+    alpha per layer or per channel, float params * 4; a grouped binary conv's weights 4 bytes each, as the packed
+    file stores them). MACs are per sample; an ``nn.MultiheadAttention`` counts its in-projections and attention
+    products, its ``out_proj`` row the output projection.
     """
     layers = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
     stats: dict[str, dict[str, Any]] = {n: {"macs": 0, "output_shape": None} for n, _ in layers}
 
     def hook(name: str):
         def record(module: nn.Module, inputs: Any, kwargs: dict[str, Any], output: Any) -> None:
-            if isinstance(output, torch.Tensor):  # (the input passed by keyword: layer(input=x))
+            if isinstance(module, nn.MultiheadAttention) and isinstance(output, tuple) and output:
+                inner, outer = _attention_macs(module, inputs, kwargs)
+                stats[name]["macs"] += inner
+                stats[name]["output_shape"] = tuple(output[0].shape[1:])
+                if f"{name}.out_proj" in stats:
+                    stats[f"{name}.out_proj"]["macs"] += outer
+                    stats[f"{name}.out_proj"]["output_shape"] = tuple(output[0].shape[1:])
+            elif isinstance(output, torch.Tensor):  # (the input passed by keyword: layer(input=x))
                 x = inputs[0] if inputs else kwargs.get("input", next(iter(kwargs.values()), None))
                 stats[name]["macs"] += _macs(module, x, output)
                 stats[name]["output_shape"] = tuple(output.shape[1:])
@@ -143,7 +167,8 @@ def summary_totals(rows: list[dict[str, Any]], input_size: tuple[int, ...]) -> d
 
     Keys: ``input_size`` (C, H, W as given), ``params``, ``binary_params``, ``binary_share``
     (binary weights / all parameters), ``macs``, ``binary_ops``, ``binary_ops_share``,
-    ``float_bytes``, ``packed_bytes`` and ``compression`` (float bytes / packed bytes).
+    ``float_bytes``, ``packed_bytes``, ``compression`` (float bytes / packed bytes) and ``conv1d`` (whether a layer is
+    a 1-D conv: a 2-D input is then (C, L)).
     """
     layers = [r for r in rows if r["name"] != "total"]
     totals: dict[str, Any] = {"input_size": tuple(input_size)}
@@ -152,6 +177,8 @@ def summary_totals(rows: list[dict[str, Any]], input_size: tuple[int, ...]) -> d
     totals["binary_share"] = totals["binary_params"] / totals["params"] if totals["params"] else 0.0
     totals["binary_ops_share"] = totals["binary_ops"] / totals["macs"] if totals["macs"] else 0.0
     totals["compression"] = totals["float_bytes"] / totals["packed_bytes"] if totals["packed_bytes"] else 1.0
+    # whether a 2-D input is a 1-D conv model's (C, L) signal, not a transformer's (L, features) sequence
+    totals["conv1d"] = any(r["type"].endswith("Conv1d") for r in layers)
     return totals
 
 
@@ -160,7 +187,8 @@ def format_totals(totals: dict[str, Any]) -> str:
     size = "x".join(map(str, totals["input_size"]))
     # what the sizes are: an image's (C, H, W), a 1-D signal's (C, L) (a Conv1d model), a vector's (features), a
     # volume's (C, D, H, W) (a Conv3d model)
-    shape = {4: "C x D x H x W, one volume", 3: "C x H x W, one image", 2: "C x L, one sequence",
+    shape = {4: "C x D x H x W, one volume", 3: "C x H x W, one image",
+             2: "C x L, one sequence" if totals.get("conv1d", True) else "one sample",
              1: "features, one sample"}.get(len(totals["input_size"]), "one sample")
     return "\n".join([
         f"input       {size} ({shape})",
