@@ -581,13 +581,14 @@ def test_a_state_loads_into_an_estimator_of_its_own_name_only():
     assert not _model("reste", o_end=5.0).load_state_dict(weights).missing_keys
     # a hyper-parameter added to the class since the state was saved: the state trained with its default
     added = {k: ({**v, "config": {n: x for n, x in v["config"].items() if n != "interval"}}
-                 if k.endswith("_extra_state") else v) for k, v in sd.items()}
+                 if k.endswith("estimator._extra_state") else v) for k, v in sd.items()}
     _model("reste", o_end=3.0).load_state_dict(added)
     with pytest.raises(RuntimeError, match=r"with interval=0.1 cannot load into one with interval=0.2"):
         _model("reste", o_end=3.0, interval=0.2).load_state_dict(added)
     # a state saved before the name and hyper-parameters were kept (schedule values only) loads as it did
-    legacy = {k: ({n: x for n, x in v.items() if n not in ("estimator", "config")} if k.endswith("_extra_state")
-                  else v) for k, v in sd.items()}
+    legacy = {k: ({n: x for n, x in v.items() if n not in ("estimator", "config")}
+                  if k.endswith("estimator._extra_state") else v) for k, v in sd.items() if k.count("estimator")
+              or not k.endswith("_extra_state")}  # (nor the layers' scaling, kept since)
     fresh = _model("reste")
     fresh.load_state_dict(legacy)
     assert [e.o for e in reste.estimators_of(fresh)] == [e.o for e in reste.estimators_of(trained)]
@@ -1009,3 +1010,14 @@ def test_reste_g_of_an_o_in_a_tensor_reads_nothing_back_to_the_host(monkeypatch)
     assert torch.equal(got[1.0], reste_g(x, 1.0, 1.5, 0.1))
     for o in (2.0, 3.0):  # (o's scalars rounded to float32 in the tensor: a few ulps apart at most)
         torch.testing.assert_close(got[o], reste_g(x, o, 1.5, 0.1), rtol=1e-6, atol=0)
+
+
+def test_sign_of_an_integer_or_bool_tensor_is_one_line():
+    """(review userA #9) torch's "result type Float can't be cast to the desired output type Long" became a
+    TypeError that says what sign takes; an estimator says the same."""
+    for x in (torch.tensor([1, -2, 0]), torch.tensor([True, False])):
+        with pytest.raises(TypeError, match=rf"sign takes floating-point tensors .*got {x.dtype}; convert with "
+                                            r"x.float\(\)"):
+            reste.sign(x)
+        with pytest.raises(TypeError, match="sign takes floating-point tensors"):
+            get_estimator("reste")(x)

@@ -83,6 +83,9 @@ def sign(x: Tensor) -> Tensor:
     clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
     turn a diverged activation into +1).
     """
+    if isinstance(x, Tensor) and not x.is_floating_point():  # (an fx Proxy passes: its dtype is not known)
+        raise TypeError(f"sign takes floating-point tensors (its +-1 and NaN are floats), got {x.dtype}; "
+                        "convert with x.float()")
     if not fused.under_functorch():  # torch.func's tensors are wrappers that no kernel can read
         y = cuda_ext.sign(x)  # None unless the compiled extension takes x (RESTE_CUDA_EXT=1)
         if y is None:
