@@ -780,6 +780,26 @@ def test_an_optional_argument_is_traced_at_its_default_and_refusals_name_what_an
         export_model(_Permuted().eval(), tmp_path / "p.rbnn", input_size=(3, 8, 8))
 
 
+class _Outputs(nn.Module):
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), reste.BinaryConv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 2))
+
+    def forward(self, x):
+        y = self.net(x)
+        return {"logits": y, "features": x} if self.form == "dict" else (y, x)
+
+
+@pytest.mark.parametrize("form, said", [("dict", r"returns a dict \(keys 'logits', 'features'\); export a module "
+                                                 r"that returns the logits tensor alone"),
+                                        ("tuple", "more than one output")])
+def test_an_output_that_is_no_single_tensor_is_named(tmp_path, form, said):
+    """(review userA #11) A dict output was refused as 'an input is not a tensor computed by the model'."""
+    with pytest.raises(UsageError, match=said):
+        export_model(_Outputs(form).eval(), tmp_path / "o.rbnn", input_size=(3, 8, 8))
+
+
 class _ReadsShape(nn.Module):
     def __init__(self) -> None:
         super().__init__()

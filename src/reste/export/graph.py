@@ -334,6 +334,10 @@ class _Builder:
                 self.env[n] = self.add({"op": "input"}, [])
             elif n.op == "output":
                 out = n.args[0]
+                if isinstance(out, dict):  # ({"logits": x}: a Hugging Face style output)
+                    raise UsageError(f"cannot export a model whose forward returns a dict (keys "
+                                     f"{', '.join(map(repr, out))}); export a module that returns the logits tensor "
+                                     "alone (a wrapper whose forward returns model(x)[key])")
                 if isinstance(out, (tuple, list)):
                     if len(out) != 1:
                         raise UsageError("cannot export a model with more than one output")
