@@ -111,6 +111,27 @@ def test_a_linear_input_projection_before_the_first_conv_is_named():
     assert type(binary[0]) is nn.Linear
 
 
+def test_the_activations_take_an_estimator_of_their_own():
+    """(review userA #12) Bi-Real style: the STE on the weights, ApproxSign on the inputs, given as a name, a spec
+    dict or an instance; each layer its own (an instance shared); anything else refused in one line."""
+    model = binarize(make_net(), "ste", activations="approx_sign")
+    layers = [m for m in model.modules() if getattr(m, "precision", 32) == 1]
+    assert layers and all(m.weight_estimator.name == "ste" and m.input_estimator.name == "approx_sign"
+                          for m in layers)
+    assert len({id(m.input_estimator) for m in layers}) == len(layers)
+    spec = binarize(make_net(), "ste", activations={"name": "reste", "o_end": 5.0})
+    reste.set_progress(spec, 9, 10)  # the inputs' schedule moves with the model's
+    inputs = [m.input_estimator for m in spec.modules() if getattr(m, "precision", 32) == 1]
+    assert all(e.config()["o_end"] == 5.0 and e.o > 4 for e in inputs)
+    shared = reste.get_estimator("dsq")
+    assert all(m.input_estimator is shared for m in binarize(make_net(), activations=shared).modules()
+               if getattr(m, "precision", 32) == 1)
+    with pytest.raises(TypeError, match="activations takes True, False or an estimator"):
+        binarize(make_net(), activations=1)
+    with pytest.raises(ValueError, match="unknown estimator 'bogus'"):
+        binarize(make_net(), activations="bogus")
+
+
 def test_a_float_state_dict_loads_strictly_into_the_binarized_model():
     """Pretrain in float, binarize, then load float weights again (larq's load_weights): the estimators'
     schedule state is not in a float model's state_dict, and stays where it is."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .estimators import get_estimator
+from .estimators import Estimator, get_estimator
 from .layers import SCALINGS, BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose1d, \
     BinaryConvTranspose2d, BinaryConvTranspose3d, BinaryLinear
 from .wording import gist
@@ -190,11 +190,23 @@ def _estimator_config(spec: Any, **hyperparameters: Any) -> Any:
     return est  # an instance is shared by every layer
 
 
+def _input_config(activations: Any, weight_spec: Any) -> Any:
+    """The inputs' estimator (as :func:`_estimator_config` gives it) for ``binarize``'s ``activations``."""
+    if isinstance(activations, bool):
+        return weight_spec if activations else None
+    if isinstance(activations, dict):
+        return Estimator.from_spec(activations).spec()
+    if isinstance(activations, (str, Estimator)):
+        return _estimator_config(activations)
+    raise TypeError(f"activations takes True, False or an estimator (a name, a spec dict, an instance), got "
+                    f"{activations!r}")
+
+
 def binarize(
     model: nn.Module,
     estimator: Any = "reste",
     *,
-    activations: bool = True,
+    activations: Any = True,
     scaling: str = "layer",
     keep: Iterable[str] = (),
     keep_first: bool = True,
@@ -214,8 +226,10 @@ def binarize(
         model: the float model.
         estimator: an estimator name (each layer gets its own instance, built with
             ``hyperparameters``) or an instance (shared by every layer).
-        activations: binarize the inputs of the converted layers too (1W1A);
-            ``False`` keeps real activations (1W/32A).
+        activations: binarize the inputs of the converted layers too (1W1A), with an estimator like the
+            weights'; ``False`` keeps real activations (1W/32A). An estimator name, spec dict
+            (``{"name": "approx_sign"}``, ``{"name": "reste", "o_end": 5}``) or instance gives the inputs an
+            estimator of their own (Bi-Real Net's ApproxSign on the activations, the STE on the weights).
         scaling: ``"layer"``, ``"channel"`` or ``"none"``.
         keep: names or glob patterns (``"layer1.*"``, ``"*downsample*"``) of more
             layers to keep in full precision.
@@ -253,7 +267,7 @@ def binarize(
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise TypeError(f"keep takes layer names or glob patterns (strings), got {keep!r}")
     weight_spec = _estimator_config(estimator, **hyperparameters)  # checked before a big model is copied
-    input_spec = weight_spec if activations else None
+    input_spec = _input_config(activations, weight_spec)
     if scaling not in SCALINGS:
         raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     if not inplace:
@@ -322,7 +336,7 @@ def binarize(
                     stacklevel=2,
                 )
         new = _binary_copy(layer_names[0], module, common)
-        if activations:  # its first forward warns when its inputs are all >= 0 (after a ReLU)
+        if input_spec is not None:  # its first forward warns when its inputs are all >= 0 (after a ReLU)
             new.watch_inputs = layer_names[0]
         for name in layer_names:
             parent, attr = _parent(model, name)
