@@ -410,6 +410,35 @@ def test_a_cuda_build_is_kept_per_gpu_architecture(monkeypatch):
     assert cuda_ext._build_name(False) == (monkeypatch.delenv("TORCH_CUDA_ARCH_LIST") or cuda_ext._build_name(False))
 
 
+def test_a_build_whose_kernels_cannot_run_leaves_the_triton_path(monkeypatch):
+    """(review gpurev #4) A build can succeed and its kernels not run (a GPU outside TORCH_CUDA_ARCH_LIST): one
+    launch at the first CUDA use finds it, warns once and leaves the Triton path, instead of a layer's forward
+    ending the run. The launch check itself: the real kernels pass it, a failing or wrong sign does not."""
+    class Failing:
+        def sign(self, x):
+            raise RuntimeError("CUDA error: no kernel image is available for execution on the device\ndetails")
+
+    class Wrong:
+        def sign(self, x):
+            return torch.sign(x)
+
+    cpu = torch.device("cpu")
+    assert cuda_ext._launch_fails(cuda_ext._MODULE[0], cpu) is None
+    assert cuda_ext._launch_fails(Failing(), cpu) == ("RuntimeError: CUDA error: no kernel image is available for "
+                                                      "execution on the device")
+    assert "its sign gave [-1.0, 0.0, 0.0, 1.0, 0.0]" in cuda_ext._launch_fails(Wrong(), cpu)
+    monkeypatch.setattr(cuda_ext, "_STATE", ["cuda"])
+    monkeypatch.setattr(cuda_ext, "_ERROR", [])
+    monkeypatch.setattr(cuda_ext, "_SMOKED", [])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(cuda_ext, "_launch_fails", lambda module, device: "RuntimeError: no kernel image")
+    with pytest.warns(RuntimeWarning, match=r"built but cannot run its kernels on this GPU \(RuntimeError: no "
+                                            r"kernel image\); using the Triton kernels"):
+        assert not cuda_ext._loaded(cuda=True)
+    assert cuda_ext._STATE == [None] and not cuda_ext._loaded(cuda=True)  # once: no second launch, no warning
+
+
 def test_opt_in_by_environment(monkeypatch):
     cpu = torch.randn(3)
     monkeypatch.setattr(cuda_ext, "_FORCED", [])

@@ -24,13 +24,15 @@ expression (:func:`reste.estimators.reference_backward`).
 
 **Opt-in while unmeasured**: ``RESTE_CUDA_EXT=1`` (or :func:`set_enabled`) turns it on for CUDA
 tensors; by default, and wherever it does not apply (CPU tensors, float64, ``torch.compile``
-tracing, ReSTE's ``o`` held in a tensor, ``RESTE_FUSED=0``), the Triton kernels and then the
-PyTorch ops run as before.
+tracing, compiled autograd, ReSTE's ``o`` held in a tensor, a plugin's hyper-parameter that is no number,
+a tensor subclass such as DTensor, ``RESTE_FUSED=0``), the Triton kernels and then the PyTorch ops run as
+before.
 
 It is built on first use with ``torch.utils.cpp_extension`` (a C++ compiler, and ``nvcc`` for the
 CUDA kernels; about a minute, once) and cached under :func:`reste.native.cache_dir`, in folders that
 must be the user's alone (torch imports what it finds there). Where the build fails, or is refused,
-a warning says why and the Triton path runs. Built without CUDA (no ``nvcc``, or
+a warning says why and the Triton path runs; so it does where the build's kernels cannot run on the GPU
+(one launch at the first CUDA use checks it). Built without CUDA (no ``nvcc``, or
 :func:`forced` in the tests), the same nodes run serial CPU loops over the same ``g``
 (``estimators.h``): that is how CI tests them without a GPU.
 """
@@ -274,7 +276,37 @@ def _loaded(cuda: bool) -> bool:
         if not _ERROR:
             _fail("it was built without its CUDA kernels in this process", "cannot take CUDA tensors", keep=True)
         return False
+    if cuda and not _SMOKED:
+        _SMOKED.append(True)
+        if not torch.cuda.is_current_stream_capturing():  # (never so: a capture comes after eager warm-up steps)
+            why = _launch_fails(_MODULE[0], torch.device("cuda", torch.cuda.current_device()))
+            if why is not None:
+                _fail(why, "built but cannot run its kernels on this GPU")
+                return False
     return True
+
+
+_SMOKED: list[bool] = []  # whether the built CUDA kernels were launched once in this process
+
+
+def _launch_fails(module: Any, device: torch.device) -> str | None:
+    """Why ``module``'s kernels cannot run on ``device`` (``None`` when its sign runs right): a build can succeed
+    and its kernels still not run, for a GPU outside ``TORCH_CUDA_ARCH_LIST`` ("no kernel image is available") or a
+    driver older than the toolkit. Found here, the Triton path takes over; found at a layer's forward, the run
+    would end."""
+    x = torch.tensor([-2.0, -0.0, 0.0, 3.0, float("nan")], device=device)
+    try:
+        y = module.sign(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # (an error of the launch itself may come back later)
+        got = y.cpu().tolist()
+    except Exception as err:  # noqa: BLE001 - whatever the launch raised, said in the warning
+        text = str(err).strip()
+        return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    want = [-1.0, 1.0, 1.0, 1.0]
+    if got[:4] != want or got[4] == got[4]:
+        return f"its sign gave {got} for [-2, -0, 0, 3, nan]"
+    return None
 
 
 def _fail(message: str, what: str, keep: bool = False) -> None:
