@@ -388,3 +388,23 @@ def test_an_eager_gpu_run_is_told_about_cuda_graphs_when_it_could_use_them():
                                         (TrainConfig(accumulate=2), cuda, False),  # refused with it
                                         (TrainConfig(), cuda, True)):
         assert engine.cuda_graphs_tip(config, device, distributed) is None
+
+
+def test_the_graphed_evaluation_is_captured_again_each_epoch_for_an_estimator_with_its_own_forward():
+    """(review gpurev #7) A built-in estimator's forward is sign, whatever its schedule: the evaluation graph is
+    captured once per run. An estimator with a forward of its own (a plugin's) may read its schedule values, which
+    a capture freezes: the engine then captures the evaluation again each epoch."""
+    import reste
+    from reste.estimators import STE
+
+    class Soft(STE):  # (not registered: only the forward matters here)
+        def forward(self, x):
+            return torch.tanh(3.0 * x)
+
+    model = create("digits_1w1a", num_classes=10)
+    assert not engine._forward_reads_schedule(model)
+    layer = next(m for m in model.modules() if getattr(m, "precision", 32) == 1)
+    layer.input_estimator = Soft()
+    assert engine._forward_reads_schedule(model)
+    assert not engine._forward_reads_schedule(reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4),
+                                                                           nn.Linear(4, 2)), "dsq"))

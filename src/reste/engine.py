@@ -64,6 +64,7 @@ from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, set_progress
+from .estimators import Estimator
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
@@ -724,6 +725,8 @@ class _Run:
             sched = set_progress(self.model, epoch, cfg.epochs) if self.scheduled else {}
             if self.graphed is not None:
                 self.graphed.invalidate()  # the captured step holds this epoch's lr and schedule values
+            if self.graphed_eval is not None and sched and _forward_reads_schedule(self.model):
+                self.graphed_eval.release()  # (a built-in forward is sign, whatever the schedule: captured once)
             start_step, partial = (self.start_step, self.partial) if epoch == self.start_epoch else (0, None)
             if partial and partial.get("trained") and "lr" in partial:  # its training is done: the epoch's line
                 lr, sched = partial["lr"], dict(partial.get("schedule") or {})  # keeps what it trained with
@@ -1228,6 +1231,12 @@ def accumulate_note(config: TrainConfig, model: nn.Module, was: TrainConfig | No
     return (f"note: the run trained with --accumulate {was.accumulate} and continues with {config.accumulate}: "
             f"each step's gradient stays the batch of {step}'s (up to rounding), but BatchNorm now normalises over "
             f"{images(config)} instead of {images(was)}")
+
+
+def _forward_reads_schedule(model: nn.Module) -> bool:
+    """Whether an estimator of ``model`` has a forward of its own (a plugin's), which may read its schedule values:
+    the graphed evaluation, captured with the values of its capture, is then captured again each epoch."""
+    return any(type(est).forward is not Estimator.forward for est in estimators_of(model))
 
 
 def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
