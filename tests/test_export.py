@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 import hashlib
 import json
 import math
@@ -484,6 +483,44 @@ def test_onnx_matches_with_onnxruntime(tmp_path, digits_model):
     _assert_onnx_explained(model, tmp_path, (1, 8, 8), images, got)
     zeros = np.zeros((2, 1, 8, 8), np.float32)  # sign(0) = +1 in the exported graph too
     _assert_onnx_explained(model, tmp_path, (1, 8, 8), zeros, session.run(None, {"images": zeros})[0])
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_onnx_takes_a_binary_convs_padding_mode(tmp_path, mode):
+    """(review userA #13) ONNX pads reflect, replicate and circular (Pad's modes): a binary conv of such a
+    padding_mode exports (the packed format still takes zeros alone); a dilated 'same' one of an even extent,
+    padded differently on its two sides, is refused in one line."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode=mode), nn.BatchNorm2d(8),
+                                         nn.Conv2d(8, 8, 3, padding=1, padding_mode=mode), nn.BatchNorm2d(8),
+                                         nn.Conv2d(8, 8, 3, padding="same", dilation=2, padding_mode=mode),
+                                         nn.Flatten(), nn.Linear(8 * 64, 4))).eval()
+    info = export_onnx(model, tmp_path / "m.onnx", (3, 8, 8))
+    assert info["images"] == 16 and "ok" not in info  # (checked against the float32 model only: see below)
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    # against the model in float64 (the packed reference takes zero padding alone), on the images whose sign inputs
+    # are all at least 1e-4 from 0 there: a sign input is a sum of 72 terms of size about 1 (fresh BatchNorms
+    # scale by 1), whose float32 rounding stays below 72 * 3 * 2^-24 = 1.3e-5, so no sign of theirs can flip
+    wide = copy.deepcopy(model).double()
+    margins = []
+    for m in wide.modules():
+        if getattr(m, "input_precision", 32) == 1:
+            m.register_forward_pre_hook(lambda _m, args: margins.append(args[0].abs().flatten(1).min(1).values))
+    with torch.no_grad():
+        want = wide(x.double()).numpy()
+    assert len(margins) == 2
+    far = (torch.stack(margins).min(0).values > 1e-4).numpy()
+    assert far.sum() >= 16, far
+    np.testing.assert_allclose(got[far], want[far], rtol=0, atol=1e-4 * np.abs(want).max())
+    even = reste.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 2, padding="same", dilation=3,
+                                                                      padding_mode=mode),
+                                        nn.Flatten(), nn.Linear(8 * 36, 4))).eval()
+    with pytest.raises(UsageError, match="padding='same', an even dilated extent and padding_mode"):
+        export_onnx(even, tmp_path / "e.onnx", (3, 8, 8))
 
 
 # ---------------------------------------------------------------------- errors

@@ -67,8 +67,11 @@ def _plain_conv(m: nn.Module, weight: torch.Tensor) -> nn.Module:
         if any(t % 2 for t in totals):
             pad = [n for t in reversed(totals) for n in (t // 2, t - t // 2)]  # F.pad's order: last dim first
             padding = (0,) * len(totals)
+    if pad is not None and m.padding_mode != "zeros":
+        raise UsageError(f"cannot export a conv of padding='same', an even dilated extent and padding_mode="
+                         f"{m.padding_mode!r} to ONNX (its two sides pad differently); pad explicitly before the conv")
     new = _filled(conv(m.in_channels, m.out_channels, m.kernel_size, m.stride, padding, m.dilation, m.groups,
-                       bias=m.bias is not None), weight, m.bias)
+                       bias=m.bias is not None, padding_mode=m.padding_mode), weight, m.bias)
     if pad is None:
         return new
     return nn.Sequential(_PADS[dims - 1](tuple(pad), 0.0), new)
@@ -92,10 +95,7 @@ def _float_layer(m: nn.Module, name: str) -> nn.Module:
     """A plain float layer computing the eval forward of binary layer ``m`` (``name``: for errors)."""
     with torch.no_grad():
         w = m.binary_weight().detach().clone()
-    if isinstance(m, _CONVS + _TRANSPOSED) and m.padding_mode != "zeros":
-        raise UsageError(f"cannot export {name} to ONNX: padding_mode={m.padding_mode!r} is not supported, "
-                         "only 'zeros'")
-    if isinstance(m, _CONVS):
+    if isinstance(m, _CONVS):  # (padding_mode kept: ONNX pads reflect, replicate and circular with Pad's modes)
         new: nn.Module = _plain_conv(m, w)
     elif isinstance(m, _TRANSPOSED):
         new = _plain_transposed(m, w)
@@ -126,8 +126,7 @@ def deploy_model(model: nn.Module) -> nn.Module:
             replacement = made[id(m)] = _float_layer(m, name)
         elif replacement is None and isinstance(m, Estimator):
             replacement = made[id(m)] = OnnxSign()
-        elif replacement is None and type(m) in _CONVS and _dilated_same(m) \
-                and m.padding_mode == "zeros":  # a float one too
+        elif replacement is None and type(m) in _CONVS and _dilated_same(m):  # a float one too
             replacement = made[id(m)] = _plain_conv(m, m.weight.detach())
         if replacement is not None and name:
             parent_name, _, attr = name.rpartition(".")
