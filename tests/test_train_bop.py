@@ -153,6 +153,75 @@ def test_composite_shares_its_members_groups_and_state_and_loads_as_it_saved():
         other.load_state_dict(torch.optim.Adam(others).state_dict())
 
 
+def test_torchs_lr_schedulers_drive_adams_lr_and_bops_gamma_alike():
+    """(review userA #14) Composite is a torch.optim.Optimizer: a scheduler takes it, scales Adam's lr and Bop's lr
+    (a factor on gamma, 1 at first) from where they started, as `reste train` scales gamma; Bop's moving average
+    then moves at gamma * lr. It pickles and deep-copies without a scheduler's wrapper; add_param_group is refused;
+    a rate past 1 is refused before any weight moves."""
+    import copy
+    import pickle
+
+    w, b = nn.Parameter(torch.ones(4)), nn.Parameter(torch.zeros(2))
+    bop = Bop([w], gamma=0.5, threshold=10.0)  # (no flips: m alone is followed)
+    opt = Composite(bop, torch.optim.SGD([b], lr=0.2))
+    assert isinstance(opt, torch.optim.Optimizer)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    m = torch.zeros(4)
+    for epoch in range(3):
+        factor = 0.5 ** epoch
+        assert [g["lr"] for g in opt.param_groups] == [factor, 0.2 * factor]
+        w.grad, b.grad = torch.ones(4), torch.ones(2)
+        opt.step()
+        m = m + 0.5 * factor * (1 - m)
+        torch.testing.assert_close(bop.state[w]["m"], m, rtol=1e-6, atol=0)
+        scheduler.step()
+    for copied in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)):
+        assert type(copied) is Composite and copied.param_groups[0]["lr"] == 0.125 and "step" not in vars(copied)
+    with pytest.raises(TypeError, match="add the group to one of them"):
+        opt.add_param_group({"params": [nn.Parameter(torch.ones(1))]})
+    bop.param_groups[0]["lr"] = 4.0
+    before = w.detach().clone(), bop.state[w]["m"].clone()
+    with pytest.raises(ValueError, match=r"Bop's rate gamma \* lr must be in \[0, 1\]"):
+        opt.step()
+    assert torch.equal(w.detach(), before[0]) and torch.equal(bop.state[w]["m"], before[1])
+
+
+def test_lightning_fits_and_resumes_a_composite_with_a_scheduler(tmp_path):
+    """Lightning's configure_optimizers takes the Composite and its scheduler; its checkpoint resumes Bop's state."""
+    L = pytest.importorskip("lightning")
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
+                                                    nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(),
+                                                    nn.Linear(4 * 36, 3)), "ste", scaling="none")
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            binary, others = split_binary(self.net)
+            self.bop = Bop(binary, gamma=0.05)
+            opt = Composite(self.bop, torch.optim.Adam(others, lr=1e-2))
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, 4)}
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 1, 6, 6),
+                                                                      torch.randint(0, 3, (32,))), batch_size=8)
+    quiet = dict(enable_progress_bar=False, logger=False, enable_model_summary=False, accelerator="cpu")
+    first = Module()
+    L.Trainer(max_epochs=2, default_root_dir=tmp_path / "a", **quiet).fit(first, data)
+    assert first.bop.param_groups[0]["lr"] == pytest.approx(0.5) and int(first.bop.flipped) > 0
+    checkpoint = next((tmp_path / "a").rglob("*.ckpt"))
+    again = Module()
+    L.Trainer(max_epochs=2, default_root_dir=tmp_path / "b", **quiet).fit(again, data, ckpt_path=checkpoint)
+    assert int(again.bop.flipped) == int(first.bop.flipped)  # restored, nothing trained past max_epochs
+    assert torch.equal(again.bop.state[again.bop.param_groups[0]["params"][0]]["m"],
+                       first.bop.state[first.bop.param_groups[0]["params"][0]]["m"])
+
+
 def test_a_grad_scaler_unscales_every_members_gradients():
     """fp16 training steps the optimizer through torch.amp.GradScaler: Bop must see the unscaled gradient."""
     w = nn.Parameter(torch.ones(3))
@@ -177,7 +246,8 @@ def test_build_optimizer_builds_bop_as_a_composite_over_split_binary():
     assert opt.optimizers[1].param_groups[0]["weight_decay"] == 1e-4
     engine.set_rates(opt, 1e-3, cfg)  # half the peak lr: half gamma
     assert opt.optimizers[0].param_groups[0]["gamma"] == pytest.approx(5e-4)
-    assert opt.optimizers[1].param_groups[0]["lr"] == 1e-3 and "lr" not in opt.optimizers[0].param_groups[0]
+    assert opt.optimizers[1].param_groups[0]["lr"] == 1e-3
+    assert opt.optimizers[0].param_groups[0]["lr"] == 1.0  # (Bop's factor on gamma stays: gamma itself moved)
 
 
 def test_a_bop_run_resumed_under_another_optimizer_leaves_bops_settings(tmp_path):

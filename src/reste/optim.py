@@ -22,6 +22,7 @@ scale, the gradient also flows through mean |w|, which Bop never changes)::
     model = reste.binarize(float_model, "ste", scaling="none")
     binary, others = split_binary(model)
     optimizer = Composite(Bop(binary, gamma=1e-3), torch.optim.Adam(others, lr=1e-3))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)  # Adam's lr, Bop's gamma alike
     ...
     loss.backward(); optimizer.step(); optimizer.zero_grad()
 
@@ -55,6 +56,11 @@ class Bop(torch.optim.Optimizer):
         gamma: the moving average's rate, in (0, 1].
         threshold: the signal ``sign(w) * m`` must pass to flip a weight, >= 0.
 
+    Each group also has an ``lr``, 1 by default: a factor on gamma (the moving average's rate is ``gamma * lr``),
+    there for torch's LR schedulers, which scale each group's ``lr`` from where it started; inside a
+    :class:`Composite` they so scale Bop's gamma as they scale the other optimizer's learning rate, as ``reste
+    train`` does.
+
     State per weight: ``"m"`` (the moving average, in the weight's dtype). ``state_dict`` holds it, so a resumed
     run flips exactly as an uninterrupted one. ``flips``: a 0-d int64 tensor on the weights' device, the number
     of weights the last step flipped (read it with ``int(bop.flips)``, which waits for the device).
@@ -63,7 +69,7 @@ class Bop(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], gamma: float = DEFAULT_GAMMA,
                  threshold: float = DEFAULT_THRESHOLD) -> None:
         check_settings(gamma, threshold)
-        super().__init__(params, {"gamma": gamma, "threshold": threshold})
+        super().__init__(params, {"gamma": gamma, "threshold": threshold, "lr": 1.0})
         self.flips = torch.zeros((), dtype=torch.int64)
         self.flipped = torch.zeros((), dtype=torch.int64)  # every step's flips added up, in state_dict too
 
@@ -75,9 +81,14 @@ class Bop(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        rates = [group["gamma"] * group.get("lr", 1.0) for group in self.param_groups]  # (a state saved without lr)
+        for group, rate in zip(self.param_groups, rates):  # all checked before any weight moves
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"Bop's rate gamma * lr must be in [0, 1] (the moving average's), got "
+                                 f"{group['gamma']!r} * {group.get('lr')!r}; a scheduler's lr is a factor on gamma")
         flips = None
-        for group in self.param_groups:
-            gamma, threshold = group["gamma"], group["threshold"]
+        for group, gamma in zip(self.param_groups, rates):
+            threshold = group["threshold"]
             for w in group["params"]:
                 if w.grad is None:
                     continue
@@ -121,17 +132,21 @@ def check_settings(gamma: Any, threshold: Any, flags: bool = False) -> None:
         raise ValueError(f"{names[1]} must be >= 0 and finite, got {threshold!r}")
 
 
-class Composite:
+class Composite(torch.optim.Optimizer):
     """Several optimizers, each over its own parameters, stepped as one (larq's ``CaseOptimizer``): Bop for the
     binary weights and Adam for the rest, as ``reste train --optimizer bop`` builds it::
 
         binary, others = split_binary(model)
         optimizer = Composite(Bop(binary), torch.optim.Adam(others, lr=1e-3))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)  # Adam's lr and Bop's gamma
         loss.backward(); optimizer.step(); optimizer.zero_grad()
 
-    It answers what a training loop and ``torch.amp.GradScaler`` ask of one optimizer: ``step``, ``zero_grad``,
-    ``param_groups`` (all members' groups, the same dicts: setting a group's ``lr`` sets the member's),
-    ``state`` (all members' per-parameter state), ``state_dict`` and ``load_state_dict``.
+    A ``torch.optim.Optimizer``, so torch's LR schedulers, ``torch.amp.GradScaler`` and Lightning's
+    ``configure_optimizers`` take it: ``step`` (a closure evaluated once), ``zero_grad``, ``param_groups`` (all
+    members' groups, the same dicts: setting a group's ``lr`` sets the member's; a Bop group's ``lr`` is a factor
+    on its gamma), ``state`` (all members' per-parameter state), ``state_dict`` and ``load_state_dict`` (each
+    member's), the step hooks. Its parameters belong to its members: ``add_param_group`` is refused (add the group
+    to a member).
     """
 
     def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
@@ -146,6 +161,19 @@ class Composite:
                                          "parameter to one (split_binary splits a model's)")
                     owned.add(id(p))
         self.optimizers = list(optimizers)
+        # torch.optim.Optimizer.__init__ takes parameters of its own, which the members hold here: what the base
+        # class's hooks read is set as it sets it
+        self.defaults: dict[str, Any] = {}
+        self.__setstate__({})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the members (the base class's pickles param_groups and state, views of theirs here); as the base class,
+        # neither the hooks nor a scheduler's wrapper of step (set back on load)
+        return {"optimizers": self.optimizers, "defaults": self.defaults}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        raise TypeError("Composite's parameters belong to its optimizers: add the group to one of them "
+                        "(composite.optimizers[i].add_param_group(...))")
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -155,11 +183,11 @@ class Composite:
     def state(self) -> dict[Any, Any]:
         return {p: s for opt in self.optimizers for p, s in opt.state.items()}
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:  # type: ignore[override]
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Each member's step, in order; ``closure`` (when given) is evaluated once, before them."""
         loss = None
         if closure is not None:
