@@ -283,6 +283,27 @@ def _real_like_run(run_dir: Path, estimator: str, losses: list[float], schedule:
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
 
 
+def test_a_plot_of_runs_whose_indicators_were_measured_in_other_modes_says_so(tmp_path):
+    """(review userB #5) Paper and general indicators read other layers, F and averaging: drawn on one axis they
+    looked comparable. A warning says so, and the panels' titles too; runs of one mode draw as before."""
+    import warnings
+
+    from reste.experiments.plots import runs_figure
+
+    for name, mode in (("p", "paper"), ("g", "general"), ("g2", "general")):
+        _real_like_run(tmp_path / name, "reste", [2.0, 0.5], {"estimating_error": [3.0, 2.0],
+                                                             "gradient_stability": [1e-5, 2e-5]})
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        (tmp_path / name / "config.json").write_text(json.dumps({**config, "indicators": mode}))
+    with pytest.warns(UserWarning, match="measured the indicators in other modes"):
+        fig = runs_figure([tmp_path / "p", tmp_path / "g"])
+    assert "estimating error (modes differ!)" in [ax.get_title() for ax in fig.axes]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = runs_figure([tmp_path / "g", tmp_path / "g2"])
+    assert "estimating error" in [ax.get_title() for ax in fig.axes]
+
+
 def test_runs_of_a_comparison_differ_by_marker_not_colour_alone(tmp_path):
     """`reste plot A B C D` told runs apart by colour alone (red and green look alike to some readers)."""
     from reste.experiments.plots import runs_figure

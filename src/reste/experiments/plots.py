@@ -10,6 +10,7 @@ import json
 import math
 import statistics
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -220,6 +221,13 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
                                      ms=4 if mark else None)
     schedule_title = "learning rate and schedule" if has_lr and sched else "learning rate" if has_lr else "schedule"
     titles = {"acc": "accuracy (%)", "loss": "cross-entropy loss (log)", "schedule": schedule_title, **LABELS}
+    modes = {(_run_config(d) or {}).get("indicators") for d, (_, ms) in zip(dirs, data)
+             if any(k in m for m in ms for k in LABELS)}
+    if len(modes) > 1:  # other layers, F, sign(0) and averaging: one axis would compare what does not compare
+        warnings.warn("plot: these runs measured the indicators in other modes (paper and general: other layers, "
+                      "F and averaging), so their indicator curves do not compare; plot each mode's runs apart",
+                      UserWarning, stacklevel=3)
+        titles.update({k: f"{v} (modes differ!)" for k, v in LABELS.items()})
     for panel, ax in by_panel.items():
         ax.set_title(titles[panel])
         _epoch_axis(ax)
