@@ -422,11 +422,10 @@ def test_a_build_whose_kernels_cannot_run_leaves_the_triton_path(monkeypatch):
         def sign(self, x):
             return torch.sign(x)
 
-    cpu = torch.device("cpu")
-    assert cuda_ext._launch_fails(cuda_ext._MODULE[0], cpu) is None
-    assert cuda_ext._launch_fails(Failing(), cpu) == ("RuntimeError: CUDA error: no kernel image is available for "
-                                                      "execution on the device")
-    assert "its sign gave [-1.0, 0.0, 0.0, 1.0, 0.0]" in cuda_ext._launch_fails(Wrong(), cpu)
+    assert cuda_ext._launch_fails(cuda_ext._MODULE[0], DEVICE) is None
+    assert cuda_ext._launch_fails(Failing(), DEVICE) == ("RuntimeError: CUDA error: no kernel image is available "
+                                                         "for execution on the device")
+    assert "its sign gave [-1.0, 0.0, 0.0, 1.0, 0.0]" in cuda_ext._launch_fails(Wrong(), DEVICE)
     monkeypatch.setattr(cuda_ext, "_STATE", ["cuda"])
     monkeypatch.setattr(cuda_ext, "_ERROR", [])
     monkeypatch.setattr(cuda_ext, "_SMOKED", [])
