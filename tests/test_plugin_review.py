@@ -327,7 +327,7 @@ def test_the_reserved_flags_are_those_of_the_train_and_sweep_parsers():
     sub = parser.add_subparsers()
     add_train_flags(sub.add_parser("train"))
     add_commands(sub)
-    names = {"help", "-h", "--help"}
+    names = {"help", "-h", "--help", "--debug", "debug"}  # (reste's own --debug is taken from anywhere in argv)
     own = [a for a in sub.choices["train"]._actions + sub.choices["sweep"]._actions if a.dest not in estimator_flags()]
     for action in own:
         names.update(action.option_strings)

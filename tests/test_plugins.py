@@ -224,8 +224,10 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
 def test_bad_plugins_get_one_line(tmp_path):
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
     (tmp_path / "needs.py").write_text("import no_such_module_here\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")  # (review userE #9: it ended reste silently, 0)
     for spec, needle in (("no_such_plugin", "no module named 'no_such_plugin'"), ("broken.py", "RuntimeError: boom"),
-                         ("needs", "No module named 'no_such_module_here'"), ("missing.py", "no such file")):
+                         ("needs", "No module named 'no_such_module_here'"), ("missing.py", "no such file"),
+                         ("exits", "it called sys.exit(0) while being imported")):
         r = _reste("train", "--plugin", spec, "--epochs", "1", cwd=tmp_path)
         assert r.returncode == 2, (spec, r.stderr)
         lines = r.stderr.strip().splitlines()
@@ -271,6 +273,22 @@ def test_bad_scaling_is_a_usage_error_before_any_data_is_loaded(capsys, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown --scaling 'bogus'; valid: layer, channel, none" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_scheduled_string_and_the_debug_flag_are_refused_where_the_class_is_written():
+    """(review userE #4, #5) A scheduled str registered, then every run failed ('could not convert string to float':
+    the state saves a number); a hyper-parameter flagged --debug registered, then reste's own --debug took it."""
+    with pytest.raises(ValueError, match="'phase': a scheduled one must be a float or an int"):
+        reste.Param("phase", str, "wide", "phase", choices=("wide", "narrow"), scheduled=True)
+
+    class Debugged(Estimator):
+        name = "debugged"
+        hyperparameters = (reste.Param("debug", float, 1.0, "x", "(0, inf)"),)
+        _g = staticmethod(lambda x, debug: (x.abs() <= debug).to(x.dtype))
+
+    with pytest.raises(ValueError, match="--debug"):
+        reste.register_estimator(Debugged)
+    assert "debugged" not in _REGISTRY
 
 
 def test_a_scheduled_value_named_like_a_metrics_field_is_refused(tmp_path):

@@ -48,6 +48,9 @@ class Param:
     def __post_init__(self) -> None:
         if self.type not in (float, int, str):
             raise ValueError(f"hyper-parameter {self.name!r}: type must be float, int or str, got {self.type!r}")
+        if self.scheduled and self.type is str:  # a schedule's value is saved as a number in the state_dict
+            raise ValueError(f"hyper-parameter {self.name!r}: a scheduled one must be a float or an int (its current "
+                             "value is saved as a number); schedule a number and derive the string from it")
         if self.range is None:  # "any", as before the check
             object.__setattr__(self, "range", "")
         if not isinstance(self.range, str):
@@ -124,7 +127,8 @@ RESERVED_FLAGS: frozenset[str] = frozenset((
     "--a32", "--accumulate", "--amp", "--augment", "--auto-resume", "--batch-size", "--batch_size", "--batch_size_test",
     "--bop-gamma", "--bop-threshold",
     "--cal-ind", "--cal_ind", "--channels-last", "--compile", "--cuda-graphs", "--data-device", "--data-path",
-    "--data_path", "--dataset", "--device", "--devices", "--download", "--dry-run", "--epochs", "--estimator",
+    "--data_path", "--dataset", "--debug", "--device", "--devices", "--download", "--dry-run", "--epochs",
+    "--estimator",
     "--eval-batch-size", "--force", "--grid", "--help", "--indicators", "--jobs", "--keep-top", "--lr", "--model",
     "--model-option", "--momentum", "--no-augment", "--no-cuda-graphs", "--no-progress", "--no-report", "--no-sync-bn",
     "--optimizer", "--out", "--plugin", "--preset", "--print-config", "--resume", "--runs-dir", "--save-every",
@@ -133,7 +137,7 @@ RESERVED_FLAGS: frozenset[str] = frozenset((
     "-b", "-h", "-j", "-m",
     "a32", "accumulate", "amp", "augment", "auto_resume", "batch_size", "bop_gamma", "bop_threshold", "channels_last",
     "compile", "cuda_graphs",
-    "data_device", "data_path", "dataset", "device", "devices", "download", "dry_run", "epochs", "estimator",
+    "data_device", "data_path", "dataset", "debug", "device", "devices", "download", "dry_run", "epochs", "estimator",
     "eval_batch_size", "force", "grid", "help", "indicators", "jobs", "keep_top", "lr", "model", "model_options",
     "momentum", "optimizer", "out", "plugins", "preset", "print_config", "progress", "report", "resume", "runs_dir",
     "save_every", "scaling", "seed", "seeds", "sync_bn", "tensorboard", "threads", "warm_up", "weight_decay", "workers",

@@ -157,6 +157,10 @@ def load_plugin(spec: str) -> ModuleType:
         raise
     except Exception as err:  # noqa: BLE001 - the plugin's own code failed: one line
         raise UsageError(f"--plugin {spec!r} failed to load: {_first_line(err)}") from None
+    except SystemExit as err:  # a script's sys.exit() on import: reste would end silently with its status
+        raise UsageError(f"--plugin {spec!r} failed to load: it called sys.exit({err.code!r}) while being imported "
+                         "(a script rather than a module? keep its main code under `if __name__ == '__main__':`)"
+                         ) from None
     _loaded[spec] = module
     return module
 
