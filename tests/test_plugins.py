@@ -220,6 +220,19 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     assert sorted(c["estimator_options"]["my_flag"] for c in configs) == [0.5, 0.8]
     assert all(c["plugins"] == [str(plugin_file)] for c in configs)
 
+    # (review userE #8) a --plugin the run does not use is not recorded: a resume does not ask for it again; a
+    # sweep over estimators records it in its plugin estimator's runs alone
+    r = _reste("train", "--plugin", str(plugin_file), "--out", "unused", *common, cwd=cwd)
+    assert r.returncode == 0 and json.loads((cwd / "unused" / "config.json").read_text())["plugins"] == [], r.stderr
+    r = _reste("train", "--resume", "unused", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    r = _reste("sweep", "--plugin", str(plugin_file), "--grid", "estimator=ste,myest", "--out", "both",
+               "--no-report", *common, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    recorded = {c["estimator"]: c["plugins"] for c in
+                (json.loads(p.read_text()) for p in (cwd / "both" / "runs").glob("*/*/config.json"))}
+    assert recorded == {"ste": [], "myest": [str(plugin_file)]}
+
 
 def test_bad_plugins_get_one_line(tmp_path):
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")

@@ -22,7 +22,7 @@ from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
 from .optim import DEFAULT_GAMMA, DEFAULT_THRESHOLD, check_settings
-from .plugins import defining, load_plugins, saved_form
+from .plugins import defining, load_plugins, needed, saved_form
 
 # reste.engine.build_optimizer builds each; bop: Bop (reste.optim) for the binary weights, Adam for the other parameters
 OPTIMIZERS = ("sgd", "adam", "adamw", "bop")
@@ -533,18 +533,19 @@ def as_recorded(config: TrainConfig) -> TrainConfig:
     registered with every hyper-parameter written out (those left at their defaults too: a default that changes
     later, in reste or a plugin, cannot move the run), and the plugins that define its estimator, model and
     data set (a Python caller's own imports too), for a resume or a sweep's worker processes to load (``reste eval`` and
-    ``export`` take ``--plugin``)."""
+    ``export`` take ``--plugin``); a plugin given that defines none of them is left out."""
     from .datasets import defined_in as dataset_module
     from .models import defined_in
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1: told at training
         est = get_estimator(config.estimator, **config.estimator_options)
-    given = {saved_form(spec) for spec in config.plugins}
-    found = [spec for spec in defining([type(est).__module__, defined_in(config.model),
-                                            dataset_module(config.dataset)]) if spec not in given]
-    return dataclasses.replace(config, estimator=est.name, estimator_options=est.config(),
-                               plugins=[*config.plugins, *found])
+    used = [type(est).__module__, defined_in(config.model), dataset_module(config.dataset)]
+    # a --plugin given that defines nothing the run uses is not recorded: a resume would ask for it again (a sweep
+    # over estimators, one of them a plugin's, gives it to every setting)
+    given = needed(config.plugins, used)
+    found = [spec for spec in defining(used) if spec not in {saved_form(s) for s in given}]
+    return dataclasses.replace(config, estimator=est.name, estimator_options=est.config(), plugins=[*given, *found])
 
 
 def config_from_preset(name: str, **overrides: Any) -> TrainConfig:

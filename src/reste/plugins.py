@@ -145,6 +145,26 @@ def defining(modules: Iterable[str]) -> list[str]:
     return specs
 
 
+def needed(specs: Iterable[str], modules: Iterable[str]) -> list[str]:
+    """Those of ``specs`` (``--plugin`` values given) that define one of ``modules`` (the modules of what a run
+    uses: its estimator, model and data set): the spec's own module or a package holding it. A spec not loaded here
+    is kept, and so is every spec where a used module is none of theirs (defined by a module a plugin imported:
+    which one imported it cannot be told)."""
+    specs = list(specs)
+    names = {}
+    for spec in specs:
+        module = _loaded.get(spec) or next((m for s, m in _loaded.items() if saved_form(s) == saved_form(spec)), None)
+        names[spec] = getattr(module, "__name__", None)
+    used = [m for m in dict.fromkeys(modules) if m and m.split(".")[0] not in ("reste", "builtins")]
+
+    def holds(name: str | None, module: str) -> bool:
+        return name is not None and (module == name or module.startswith(name + "."))
+
+    if any(not any(holds(n, m) for n in names.values()) for m in used):
+        return specs
+    return [spec for spec, n in names.items() if n is None or any(holds(n, m) for m in used)]
+
+
 def load_plugin(spec: str) -> ModuleType:
     """Import the module ``spec`` names (a module name or a ``.py`` file), once."""
     if spec in _loaded:
