@@ -64,7 +64,7 @@ def test_sweep_help_shows_a_sweeps_flags(capsys):
     assert "the sweep's folder" in text and "--resume" not in text and "--force" not in text
 
 
-def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
+def test_a_closed_pipe_ends_quietly(capsys, monkeypatch, tmp_path):
     def presets(_args):
         raise BrokenPipeError(32, "Broken pipe")
 
@@ -74,9 +74,17 @@ def test_a_closed_pipe_ends_quietly(capsys, monkeypatch):
     monkeypatch.setattr(cli, "cmd_train", presets)  # a run stopped with its output says how to go on
     assert main(["train"]) == 141
     assert "its finished epochs at least (continue it with --resume RUN_DIR)" in capsys.readouterr().err
-    assert main(["train", "--out", "my run"]) == 141  # the folder named, quoted for the shell
-    assert "my run keeps what the run saved, its finished epochs at least (continue it with `reste train --resume " \
-        "'my run'`)" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "none")]) == 141  # (review userD #7) no run there: not resumed
+    assert f"nothing was saved in {tmp_path / 'none'} (a new run's folder goes with it): run the command again" \
+        in capsys.readouterr().err
+    run = tmp_path / "my run"
+    monkeypatch.undo()
+    assert main(["train", "--epochs", "2", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    monkeypatch.setattr(cli, "cmd_train", presets)
+    assert main(["train", "--out", str(run)]) == 141  # the folder named, quoted for the shell
+    assert f"{run} keeps what the run saved, its finished epochs at least (continue it with `reste train --resume " \
+        f"'{run}'`)" in capsys.readouterr().err
     assert main(["train", "--print-config"]) == 141  # nothing trained: nothing to say
     assert capsys.readouterr().err == ""
 
@@ -94,6 +102,33 @@ def test_a_closed_pipe_after_the_last_epoch_says_the_run_finished(capsys, monkey
     assert main(["train", "--epochs", "1", "--out", str(run)]) == 141
     assert capsys.readouterr().err == (f"reste: stopped: its output's reader went away; the run had finished: {run} "
                                        "holds it whole\n")
+
+
+def test_a_run_whose_last_checkpoint_write_failed_is_not_told_finished(capsys, monkeypatch, tmp_path):
+    """(review userD #1) A full disk at the last epoch's last.pt: metrics.jsonl (written first) holds every epoch,
+    last.pt one fewer. The failure's line said 'the run had finished ... holds it whole', and `reste show` said
+    finished: both now say it is stopped, and how to continue."""
+    import shutil
+
+    from reste import runinfo
+
+    run = tmp_path / "r"
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "one"), "--no-progress", "--threads", "1"]) == 0
+    assert main(["train", "--epochs", "2", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+    shutil.copy(tmp_path / "one" / "last.pt", run / "last.pt")  # the epoch-1 checkpoint, as the failed write left it
+
+    def full(_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "cmd_train", full)
+    main(["train", "--epochs", "2", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert "had finished" not in err and f"continue it with `reste train --resume {run}`" in err, err
+    summary = runinfo.run_summary(run)
+    assert not summary["finished"] and summary["saved_epoch"] == 1 and summary["state"] == "stopped"
+    assert "progress   2 of 2 epochs logged, but last.pt holds 1 epoch (its last write failed: a full disk?): " \
+        "stopped" in runinfo.show_run(run)
 
 
 def test_under_torchrun_a_failing_process_other_than_the_first_names_its_rank(monkeypatch, capsys):

@@ -445,6 +445,10 @@ def _run_kept(argv: Sequence[str]) -> str:
     if not folder:
         return ("a run keeps what it saved, its finished epochs at least (continue it with --resume RUN_DIR); a new "
                 "run that saved nothing is removed")
+    from .rundir import holds_run
+
+    if not holds_run(folder):  # a new run that saved nothing: its folder went
+        return f"nothing was saved in {folder} (a new run's folder goes with it): run the command again"
     if _finished(folder):  # `reste train ... | head -3`: only the done line met the closed pipe
         return f"the run had finished: {folder} holds it whole"
     return (f"{folder} keeps what the run saved, its finished epochs at least (continue it with `reste train --resume "
@@ -452,11 +456,16 @@ def _run_kept(argv: Sequence[str]) -> str:
 
 
 def _finished(folder: str) -> bool:
-    """Whether the run in ``folder`` has logged every epoch of its settings (False where that cannot be read)."""
+    """Whether the run in ``folder`` has logged every epoch of its settings and its last.pt holds them all (a
+    failed last write leaves metrics.jsonl ahead of it); False where that cannot be read."""
     try:
         from .rundir import read_metrics, saved_config
+        from .runinfo import saved_position
 
-        return len(read_metrics(folder, missing_ok=True)) >= saved_config(folder).epochs
+        epochs = saved_config(folder).epochs
+        saved = saved_position(folder)
+        return (len(read_metrics(folder, missing_ok=True)) >= epochs and saved is not None and saved[0] >= epochs
+                and not saved[1])
     except Exception:  # noqa: BLE001 - no run, or damaged files: say what a stopped run keeps
         return False
 

@@ -25,7 +25,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     ``pid``; else "finished" or "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last``
     (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
-    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``train_seconds`` and ``indicators``
+    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_epoch`` (where metrics.jsonl holds
+    every epoch but ``last.pt`` fewer, its last write having failed: the epochs it holds, and the run is stopped, not
+    finished; with ``steps`` only), ``train_seconds`` and ``indicators``
     (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None
     when not measured). A folder that holds no run is a one-line ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
@@ -41,13 +43,18 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                          "hand?); `reste train --resume` names which settings last.pt holds")
     holder = lock_holder(run_dir)
     finished = len(metrics) >= config.epochs
+    behind = None  # the epoch last.pt holds, where a finished-looking run's last write failed (a full disk)
+    if finished and steps and not holder:
+        saved = saved_position(run_dir)
+        if saved is not None and (saved[0] < config.epochs or saved[1]):
+            finished, behind = False, saved[0]
     state = ("training" if holder else "finished" if finished else "stopped" if holder == 0 else None)
     summary: dict[str, Any] = {"run_dir": os.fspath(run_dir), "config": config.to_dict(),
                                "epochs_done": len(metrics), "finished": finished, "state": state,
                                "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
                                "saved_step": _saved_step(run_dir, len(metrics)) if steps and state == "stopped" else
-                               None}
+                               None, "saved_epoch": behind}
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -64,6 +71,13 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
 def _saved_step(run_dir: str | os.PathLike, done: int) -> int | None:
     """The batches of epoch ``done + 1`` that ``last.pt`` holds (a run stopped inside it), else None: also where
     the file is missing, damaged or being replaced (``reste eval`` and ``--resume`` say why)."""
+    saved = saved_position(run_dir)
+    return saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
+
+
+def saved_position(run_dir: str | os.PathLike) -> tuple[int, int] | None:
+    """(the epochs, the batches of the next) that the run's ``last.pt`` holds; None where it is missing, damaged
+    or being replaced. It reads the whole file."""
     from .checkpoint import load_checkpoint
 
     path = last_checkpoint(run_dir)
@@ -73,8 +87,8 @@ def _saved_step(run_dir: str | os.PathLike, done: int) -> int | None:
         ckpt = load_checkpoint(path)
     except (UsageError, OSError, RuntimeError):
         return None
-    step = ckpt.get("step") if isinstance(ckpt, dict) else None
-    return step if isinstance(step, int) and step > 0 and ckpt.get("epoch") == done else None
+    epoch, step = (ckpt.get("epoch"), ckpt.get("step") or 0) if isinstance(ckpt, dict) else (None, None)
+    return (epoch, step) if isinstance(epoch, int) and isinstance(step, int) else None
 
 
 def _check_numbers(run_dir: str | os.PathLike, metrics: list[dict[str, Any]]) -> None:
@@ -113,6 +127,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
         lines.append(f"progress   {done} of {epochs}: training now{pid}")
     elif state == "finished":
         lines.append(f"progress   finished: {done} of {epochs}")
+    elif state == "stopped" and summary["saved_epoch"] is not None:  # metrics.jsonl logged, last.pt not written
+        lines.append(f"progress   {done} of {epochs} logged, but last.pt holds {count(summary['saved_epoch'], 'epoch')}"
+                     f" (its last write failed: a full disk?): stopped; `{resume}` trains the rest again")
     elif state == "stopped":
         lines.append(f"progress   {done} of {epochs}{inside}: stopped (no process on this machine holds it; `{resume}` "
                      "continues it)")
