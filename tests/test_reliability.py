@@ -848,3 +848,24 @@ def test_under_torchrun_a_worker_says_rank_0s_stop_checkpoint_failed(tmp_path):
     with pytest.raises(engine.Preempted) as info:
         run._stop_saving(1, 7, 10, [0.0, 0, 0, 0])
     assert "failed" not in str(info.value) and "holds it" in str(info.value), str(info.value)
+
+
+def test_an_epochs_line_is_told_once_last_pt_holds_it_even_where_best_pt_then_fails(tmp_path, monkeypatch):
+    """(review userD #5) A full disk at best.pt: the epoch's line came after best.pt, so the log never showed an
+    epoch that metrics.jsonl and last.pt kept (nor did the resume that repaired best.pt)."""
+    from reste import checkpoint as ckpt_io
+
+    real = ckpt_io.atomic_write
+
+    def full_at_best(path, write, *args, **kwargs):
+        if Path(path).name == "best.pt":
+            raise OSError(28, "No space left on device")
+        return real(path, write, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io, "atomic_write", full_at_best)
+    lines = []
+    with pytest.raises(OSError, match="No space left"):
+        engine.train(TrainConfig(dataset="digits", epochs=2, threads=1), tmp_path / "r", progress=False,
+                     log=lines.append)
+    assert any(line.startswith("epoch 1/2") for line in lines), lines
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1

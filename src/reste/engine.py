@@ -760,12 +760,14 @@ class _Run:
             if is_best:
                 self.best_acc, self.best_epoch = test["top1"], epoch + 1
             self.last_metrics = metrics
-            if self.dist.main:
-                self.save(epoch + 1, metrics, is_best)
+            line = format_epoch(metrics, cfg.epochs)
+            if self.dist.main:  # the line once last.pt holds the epoch: a failed best.pt write cannot hide it
+                self.save(epoch + 1, metrics, is_best, lambda: self.log(line))
                 if self.board is not None:
                     self.board.log_epoch(metrics, self.model, self.meter)
+            else:
+                self.log(line)
             self.saved, self._last_save = (epoch + 1, 0), time.monotonic()
-            self.log(format_epoch(metrics, cfg.epochs))
             if epoch + 1 < cfg.epochs and self._agree_stop(2 if self.stop.signum else 0) == 2:
                 self._stopped(epoch + 1, 0, len(self.train_loader))
         lines = self._own_metrics()
@@ -797,13 +799,16 @@ class _Run:
         except (UsageError, OSError):
             return []
 
-    def save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
-        """The end of an epoch: metrics line, ``last.pt``, ``best.pt`` (the same bytes), then ``top/``.
+    def save(self, epoch: int, metrics: dict[str, Any], is_best: bool, saved: Callable[[], None] = lambda: None
+             ) -> None:
+        """The end of an epoch: metrics line, ``last.pt`` (then ``saved()``: the epoch is kept), ``best.pt`` (the
+        same bytes), then ``top/``.
 
         A crash between two of these writes is repaired on resume (see :func:`repair_best`).
         """
         append_metrics(self.run_dir, metrics)
         blob = ckpt_io.save_checkpoint(self.state(epoch), last_checkpoint(self.run_dir))
+        saved()
         if is_best:
             ckpt_io.atomic_write(best_checkpoint(self.run_dir), lambda f: f.write(blob))
         if self.config.keep_top:
