@@ -322,6 +322,54 @@ def test_per_layer_logs_each_estimators_schedule_and_each_layers_indicators(tmp_
         tmp_path / "plain", BinarizationCallback(), limit_train_batches=2)[1])[-1])  # off by default
 
 
+def test_per_layer_indicators_are_read_at_the_last_step_though_validation_zeroes_the_gradients(tmp_path):
+    """(review userE #3) Lightning zeroes the gradients before a validation run, which comes before the epoch's
+    end: the per-layer gradient stability, read there, was never logged."""
+    class Validated(Classifier):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    module = Validated()
+    trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="logs"),
+                         callbacks=[BinarizationCallback(indicators=True, per_layer=True)], enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, limit_train_batches=3,
+                         limit_val_batches=1, num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, digits_loader(), digits_loader())
+    rows = logged_epochs(trainer)
+    assert all(math.isfinite(row["reste/indicators/model.3/gradient_stability"]) for row in rows), rows
+    assert all("val_loss" in row for row in rows)
+
+
+def test_lightning_draws_the_epochs_batches_of_an_in_memory_loader_and_resumes_exactly(tmp_path):
+    """(review userE #1) reste's in-memory loader moved to the next epoch at every iteration, and Lightning iterates
+    a loader more often than once an epoch: a fit resumed from its checkpoint drew other batches (weights 0.039
+    apart). Lightning sets each epoch through loader.sampler.set_epoch, which the loader now takes."""
+    from reste.data import load_datasets, make_loaders
+
+    train, test, _ = load_datasets("digits")
+
+    def run(max_epochs, ckpt=None, save=None):
+        loader = make_loaders(train, test, batch_size=256, eval_batch_size=512, seed=3)[0]
+        module = Classifier()
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                             callbacks=[BinarizationCallback()], enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, loader, ckpt_path=ckpt)
+        if save:
+            trainer.save_checkpoint(save)
+        return module.state_dict()
+
+    whole = run(2)
+    run(1, save=tmp_path / "one.ckpt")
+    resumed = run(2, ckpt=tmp_path / "one.ckpt")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole if torch.is_tensor(whole[k]))
+
+
 def test_warnings_come_once_from_rank_zero_and_two_callbacks_keep_their_states_apart(tmp_path, monkeypatch):
     """(Lightning review P1, P2) the callback's warnings go through rank_zero_warn (under DDP every process printed
     them); two callbacks (two modules, or two prefixes) have their own state keys in a checkpoint, and the default

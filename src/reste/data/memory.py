@@ -264,6 +264,14 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         self._epoch = int(epoch)
 
+    @property
+    def sampler(self) -> "InMemoryLoader":
+        """The loader itself, whose :meth:`set_epoch` Lightning calls at each epoch's start through
+        ``loader.sampler.set_epoch`` (as for a DataLoader's DistributedSampler): the epoch it trains is then the
+        epoch's batches, however often it iterated the loader before (a resumed fit draws what an uninterrupted one
+        does)."""
+        return self
+
     # -- sizes
     @property
     def num_samples(self) -> int:

@@ -109,6 +109,7 @@ class BinarizationCallback(Callback):
         self._saved_epochs: int | None = None  # a checkpoint's, to compare at the next epoch start
         self._saved_indicators: tuple[str | None, float | None] = (None, None)  # a checkpoint's mode and o_end
         self._stability: Any = None  # under manual optimization: the last step's gradient stability
+        self._layers: dict[str, float] | None = None  # per_layer: each layer's indicators at the last step
 
     @property
     def state_key(self) -> str:
@@ -194,6 +195,8 @@ class BinarizationCallback(Callback):
         self._last_step = trainer.global_step
         if pl_module.automatic_optimization:
             self.meter.update()  # the gradients are still there (Lightning zeroes them before the next backward)
+            if self.per_layer:  # read now: a validation run before the epoch's end zeroes them first
+                self._layers = layer_indicators(self.meter)
         else:
             stability, self._stability = self._stability, None
             if stability is None:  # no optimizer step of the callback's seeing: the gradients are read here
@@ -205,13 +208,16 @@ class BinarizationCallback(Callback):
         # Manual optimization: the user may zero the gradients right after opt.step(); read them before it.
         if self.meter is not None and not pl_module.automatic_optimization:
             self._stability = gradient_stability(self.meter.model, self.meter.mode)
+            if self.per_layer:
+                self._layers = layer_indicators(self.meter)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.meter is None or self.meter._count == 0:
             return
         values = dict(self.meter.epoch_end())  # (a copy: the meter keeps its own in its history)
         if self.per_layer:  # the weights and gradients of the epoch's last step, as reste train --tensorboard
-            values.update(layer_indicators(self.meter))
+            values.update(self._layers if self._layers is not None else layer_indicators(self.meter))
+            self._layers = None
         self._history = [dict(h) for h in self.meter.history]
         # the same on every process too (DDP's weights and averaged gradients)
         pl_module.log_dict({self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True,
