@@ -1031,13 +1031,29 @@ def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
     assert abs(rgb.mean() - 127.5) < 1.0
 
 
+def test_float_images_are_scaled_to_8_bits_or_refused(tmp_path):
+    """(review userD #4) A float TIFF in [0, 1] came out all black (Pillow's convert truncates): [0, 1] is scaled by
+    255, [0, 255] kept, anything else refused in one line naming the file."""
+    from PIL import Image
+
+    values = np.linspace(0, 1, 30 * 40, dtype=np.float32).reshape(30, 40)
+    for scale in (1.0, 255.0):
+        Image.fromarray(values * scale).save(tmp_path / "f.tiff")
+        rgb = np.asarray(formats._read_image(str(tmp_path / "f.tiff")))
+        assert rgb.shape == (30, 40, 3) and rgb.min() == 0 and rgb.max() == 255
+        assert np.abs(rgb[..., 0] / 255.0 - values).max() <= 0.5 / 255 + 1e-6  # rounded once
+    Image.fromarray(values * 1000).save(tmp_path / "f.tiff")
+    usage_error(formats._read_image, str(tmp_path / "f.tiff"), match="f.tiff (float pixels outside [0, 1] and [0, 255]")
+
+
 def test_an_image_too_large_for_pillow_is_one_line_naming_it(tmp_path, monkeypatch):
     from PIL import Image
 
     Image.new("L", (64, 64)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is then past twice the limit
     message = usage_error(formats._read_image, str(tmp_path / "big.png"), match="big.png (Image size (4096 pixels)")
-    assert message.startswith("cannot read image ") and message.endswith("; remove or replace it")
+    assert message.startswith("cannot read image ") and message.endswith(
+        "; replace it with a readable copy (or remove it: a run saved inside an epoch cannot then continue that epoch)")
 
 
 def test_an_image_past_pillows_pixel_limit_is_refused_before_its_pixels_are_decoded(tmp_path, monkeypatch):
@@ -1129,7 +1145,7 @@ def test_an_image_file_holding_postscript_is_refused_and_no_program_runs(tmp_pat
     evil = tmp_path / "x.png"
     evil.write_bytes(POSTSCRIPT)
     why = "not an image in a format reste reads: JPEG, PNG, PPM, BMP, TIFF, WEBP"
-    usage_error(formats._read_image, str(evil), match=f"cannot read image {evil} ({why}); remove or replace it")
+    usage_error(formats._read_image, str(evil), match=f"cannot read image {evil} ({why}); replace it with a readable copy")
     usage_error(read_image, evil, (3, 8, 8), match=f"{evil} is neither a .npy array nor an image file reste can "
                                                   f"read ({why})")
     assert started == [] and not (tmp_path / "gs-ran").exists()

@@ -50,8 +50,10 @@ def unreadable(err: BaseException) -> str:
 
 
 def eight_bit(image: Any) -> Any:
-    """A 16- or 32-bit integer greyscale Pillow image scaled to 8 bits ("L"); any other image as it is. (Pillow's
-    own ``convert`` clips such an image at 255: a 16-bit one comes out nearly all white.)"""
+    """A 16- or 32-bit integer greyscale Pillow image scaled to 8 bits ("L"), and a float one ("F": values in [0, 1]
+    scaled by 255, values in [0, 255] as they are, others a ``ValueError``); any other image as it is. (Pillow's
+    own ``convert`` clips an integer image at 255: a 16-bit one comes out nearly all white; it truncates floats:
+    one in [0, 1] comes out all black.)"""
     if image.mode == "I" or image.mode.startswith("I;16"):
         from PIL import Image
 
@@ -65,4 +67,12 @@ def eight_bit(image: Any) -> Any:
         scaled += step // 2
         scaled //= step
         return Image.fromarray(scaled.astype(np.uint8), "L")
+    if image.mode == "F":  # float greyscale (a float TIFF): Pillow's convert truncates [0, 1) to 0, an all-black image
+        from PIL import Image
+
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 255:
+            raise ValueError("float pixels outside [0, 1] and [0, 255] (or not finite): save it as 8 or 16 bits")
+        top = 1.0 if values.max(initial=0) <= 1 else 255.0  # [0, 1] floats, or 8-bit values kept as floats
+        return Image.fromarray(np.rint(values * (255.0 / top)).astype(np.uint8), "L")
     return image

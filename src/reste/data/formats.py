@@ -454,7 +454,8 @@ def _read_image(path: str):
         with open(path, "rb") as f:
             return eight_bit(open_image(f)).convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError: OSError
-        raise UsageError(f"cannot read image {path} ({unreadable(exc)}); remove or replace it") from None
+        raise UsageError(f"cannot read image {path} ({unreadable(exc)}); replace it with a readable copy (or remove "
+                         "it: a run saved inside an epoch cannot then continue that epoch)") from None
 
 
 def _image_folder(path: Path, split: str):
