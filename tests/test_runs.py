@@ -242,7 +242,7 @@ _CRASHER = textwrap.dedent("""
         state = {"epoch": 0}
         save, real_replace, real_save = engine._Run.save, os.replace, checkpoint.save_checkpoint
 
-        def saving(self, e, metrics, is_best):
+        def saving(self, e, metrics, is_best, *told):
             state["epoch"] = e
             if e == epoch and point == "before-metrics":
                 crash()
@@ -250,7 +250,7 @@ _CRASHER = textwrap.dedent("""
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
                     f.write('{"epoch": %d, "lr": 0.' % e)
                 crash()
-            return save(self, e, metrics, is_best)
+            return save(self, e, metrics, is_best, *told)
 
         def replace(src, dst):
             name = os.path.basename(str(dst))

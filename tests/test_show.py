@@ -79,6 +79,9 @@ def test_show_of_an_unfinished_run_says_whether_it_trains_and_how_to_continue_it
         assert main(["show", str(part), "--json"]) == 0
         assert {k: v for k, v in json.loads(capsys.readouterr().out).items() if k in ("state", "pid")} == {
             "state": "training", "pid": os.getpid()}
+        (part / ".lock").unlink()  # (review userD #6) removed by hand: the folder's own lock still tells
+        assert main(["show", str(part)]) == 0
+        assert f"progress   1 of 2 epochs: training now (pid {os.getpid()})" in capsys.readouterr().out
     assert main(["show", str(part)]) == 0 and ": stopped (" in capsys.readouterr().out  # released
     mounts = tmp_path / "mounts"  # the folder on NFS: a run on another machine holds it out of sight
     mounts.write_text(f"/dev/vda / ext4 rw 0 0\nserver:/export {tmp_path} nfs4 rw 0 0\n")

@@ -669,16 +669,25 @@ def _shared_file_system(path: Path) -> bool:
 
 
 def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
-    """Who holds the lock of the folder ``path`` (its ``name`` file), told without taking it (a probe would refuse a
-    run starting at that moment): the holder's pid (-1 where the table gives none); 0 when no process holds it (or
-    there is no lock file); None where that cannot be told: no /proc/locks (not Linux), or a file system that other
-    machines may share (NFS, Lustre, ...), where a run elsewhere holds it out of this machine's sight."""
-    try:
-        info = os.lstat(Path(path) / name)
-    except FileNotFoundError:
-        return 0  # a run holds its .lock while it runs
-    except OSError:
-        return None
+    """Who holds the lock of the folder ``path`` (its ``name`` file, and for a run's ``.lock`` the folder itself),
+    told without taking it (a probe would refuse a run starting at that moment): the holder's pid (-1 where the table
+    gives none); 0 when no process holds it (or there is nothing to lock); None where that cannot be told: no
+    /proc/locks (not Linux), or a file system that other machines may share (NFS, Lustre, ...), where a run elsewhere
+    holds it out of this machine's sight."""
+    files = [Path(path) / name]
+    if name == LOCK_NAME:  # a run also locks its folder itself (RunDirectory._lock_folder): its .lock may be gone
+        files.append(Path(path))
+    places = []
+    for file in files:
+        try:
+            info = os.lstat(file)
+        except FileNotFoundError:
+            continue  # a run holds its .lock while it runs
+        except OSError:
+            return None
+        places.append(f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}")
+    if not places:
+        return 0
     try:
         with open(_PROC_LOCKS, encoding="ascii", errors="replace") as f:
             table = f.read().splitlines()
@@ -686,10 +695,9 @@ def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
         return None
     if _shared_file_system(Path(path)):  # a run on another machine holds its lock there, not in this table
         return None
-    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
     for line in table:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter's line has "->" after "1:"
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] in places:
             return int(fields[4]) if fields[4].isdigit() else -1
     return 0
 
