@@ -1154,6 +1154,37 @@ def test_a_grid_of_model_options_works_under_a_data_set_alias():
     assert [s.config.model_options for s in settings] == [{"width": 8}, {"width": 16}]
 
 
+def test_an_axis_named_by_an_estimator_and_a_model_option_is_refused_and_a_number_twice_too(isolated):
+    """(review userE #6, #7) `width`, a plugin estimator's hyper-parameter and the model's option, went to the
+    estimator without a word: refused, naming both spellings, each of which works. `drop=1,1.0` of a float model
+    option trained one setting twice under two identical labels."""
+    from torch import nn
+
+    import reste
+    from reste.models import ConvBuilder, register_model
+
+    @reste.register_estimator
+    class Wide(reste.Estimator):
+        name = "wide_axis"
+        hyperparameters = (reste.Param("width", float, 1.0, "window", "(0, inf)"),)
+        _g = staticmethod(lambda x, width: (x.abs() <= width).to(x.dtype))
+
+    @register_model(dataset="digits")
+    def axis_mlp_1w1a(*, num_classes: int, conv: ConvBuilder, width: int = 8, drop: float = 0.0) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.Dropout(drop), conv.linear(width, num_classes))
+
+    base = TrainConfig(dataset="digits", model="axis_mlp_1w1a", estimator="wide_axis")
+    with pytest.raises(UsageError, match="grid axis 'width' is both an estimator hyper-parameter and an option of "
+                                         "the model; name the one you mean: estimator_options.width or "
+                                         "model_options.width"):
+        expand_grid(base, {"width": [16, 32]})
+    assert [s.config.model_options["width"] for s in expand_grid(base, {"model_options.width": [16, 32]})] == [16, 32]
+    assert [s.config.estimator_options["width"] for s in expand_grid(base, {"estimator_options.width": [2, 3]})] == \
+        [2.0, 3.0]
+    with pytest.raises(UsageError, match=r"--grid drop has a value twice \(1, 1.0: a number written two ways"):
+        expand_grid(base, {"drop": [1, 1.0]})
+
+
 def test_a_figure_that_cannot_be_written_leaves_the_one_that_was_there(tmp_path, monkeypatch):
     """A full disk while drawing: one line, and the earlier figure whole (an empty file before; review T)."""
     import errno

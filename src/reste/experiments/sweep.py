@@ -113,11 +113,14 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
         raise UsageError(f"grid axis {key!r} has the name of a column of the tables; name it {other}")
     if key in _config_fields():
         return "field", key
+    model_keys = sorted({k for m in models for k in model_keywords(m)})
+    if key in model_keys and (key in aliases or key in _all_estimator_keywords()):
+        raise UsageError(f"grid axis {key!r} is both an estimator hyper-parameter and an option of the model; name "
+                         f"the one you mean: estimator_options.{aliases.get(key, key)} or model_options.{key}")
     if key in aliases:
         return "estimator", aliases[key]
     if key in _all_estimator_keywords():
         return "estimator", key
-    model_keys = sorted({k for m in models for k in model_keywords(m)})
     columns = set(_TABLE_COLUMNS)  # (FDA's n is an axis as fda_n)
     if key in model_keys:
         return "model", key
@@ -196,6 +199,11 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
                 if model is not None:
                     models.append(model)
     kinds = {key: axis_kind(key, models) for key in grid}
+    for key, values in grid.items():  # 1 and 1.0 of a float option: one setting twice, under two labels
+        numbers = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
+        if kinds[key][0] == "model" and len(set(map(repr, numbers))) != len(values):
+            raise UsageError(f"--grid {key} has a value twice ({', '.join(map(repr, values))}: a number written "
+                             "two ways is one value)")
     # a float baseline beside binary models (--grid model=resnet20_1w1a,resnet20): it has no estimator, so the
     # estimator's settings (axes and flags) are left out of it, and it trains once, not once per estimator value
     float_beside_binary = len({_binary_model(m) for m in models}) == 2

@@ -307,6 +307,8 @@ def check_option_types(name: str, options: dict[str, Any]) -> dict[str, Any]:
         if not fits:
             why = f"{key} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}"
             raise ModelOptionError(f"bad --model-option for {name!r}: {why}", why)
+        if kind is float and not guessed and isinstance(value, int):  # drop=1 is drop=1.0: one setting, one value
+            out[key] = float(value)
     return out
 
 
