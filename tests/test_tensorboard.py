@@ -187,6 +187,21 @@ def test_tensorboard_dir_and_a_folder_of_another_run(capsys, tmp_path, one_threa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "already holds TensorBoard events" in err[0]
     assert not (tmp_path / "b").exists()
+    # (review userE #2) a resume checked nothing: another run's events were mixed in, its own epochs hidden; a new
+    # run could write into another run's folder
+    assert (board / "reste-run.txt").read_text().strip() == str((tmp_path / "a").resolve())
+    train(capsys, "--epochs", "1", "--out", str(tmp_path / "c"))
+    code = main(["train", "--resume", str(tmp_path / "c"), "--epochs", "2", "--force", "--tensorboard", str(board),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{board} holds TensorBoard events of another run ({(tmp_path / 'a').resolve()})" in err
+    assert len(rundir.read_metrics(tmp_path / "c")) == 1
+    code = main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "d"), "--tensorboard", str(tmp_path / "c")])
+    assert code == 2 and "is another run's folder; pass a folder of this run's own" in capsys.readouterr().err
+    code = main(["train", "--resume", str(tmp_path / "a"), "--epochs", "2", "--force", "--tensorboard", str(board),
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err  # its own folder
+    assert [step for step, _ in scalars(board)["test/acc"]] == [1, 2]
 
 
 def test_without_the_package_one_line_and_exit_2_before_any_data(capsys, tmp_path, monkeypatch):

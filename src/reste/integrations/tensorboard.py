@@ -31,10 +31,11 @@ from torch import nn
 from ..errors import UsageError
 from ..indicators import EquilibriumMeter, estimating_error, gradient_stability, indicator_layers
 from ..layers import estimators_of, schedule_values
-from ..rundir import TENSORBOARD_DIR, last_checkpoint, read_metrics
+from ..rundir import TENSORBOARD_DIR, holds_run, last_checkpoint, read_metrics
 
 INSTALL = "pip install 'reste[tensorboard]'"
 IN_RUN = TENSORBOARD_DIR  # the default folder, inside the run directory
+OWNER = "reste-run.txt"  # in a folder outside the run directory: the run whose events it holds (its path)
 
 
 def log_dir(setting: str, run_dir: str | os.PathLike) -> Path:
@@ -58,9 +59,40 @@ def check(setting: str | None, run_dir: str | os.PathLike) -> None:
         raise UsageError(f"--tensorboard {setting}: {blocker} is a file, not a folder; pass a folder")
     if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
         raise UsageError(f"--tensorboard {setting}: {blocker} is not writable; pass a writable folder")
+    if folder.resolve() != Path(run_dir).resolve() and holds_run(folder):
+        raise UsageError(f"--tensorboard {setting}: {folder} is another run's folder; pass a folder of this run's own")
     if not last_checkpoint(run_dir).exists() and _event_files(folder):
         raise UsageError(f"{folder} already holds TensorBoard events of another run; pass a new folder "
                          "to --tensorboard (one per run)")
+    owner = _owner(folder, run_dir)
+    if owner is not None and owner != _identity(run_dir) and _event_files(folder):  # (a resume)
+        raise UsageError(f"{folder} holds TensorBoard events of another run ({owner}); pass a new folder to "
+                         f"--tensorboard (one per run), or, where this run moved there, delete {folder / OWNER}")
+
+
+def _inside(folder: Path, run_dir: str | os.PathLike) -> bool:
+    """Whether ``folder`` is in the run directory (the default's case): it moves with the run, which its lock
+    guards."""
+    try:
+        folder.resolve().relative_to(Path(run_dir).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _identity(run_dir: str | os.PathLike) -> str:
+    return str(Path(run_dir).resolve())
+
+
+def _owner(folder: Path, run_dir: str | os.PathLike) -> str | None:
+    """The run a folder outside the run directory holds the events of, as its :data:`OWNER` file names it (None:
+    inside the run directory, or not recorded: a new folder, or one an older reste wrote)."""
+    if _inside(folder, run_dir):
+        return None
+    try:
+        return (folder / OWNER).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _event_files(folder: Path) -> list[Path]:
@@ -147,6 +179,8 @@ class TensorBoardLog:
 
         logged, has_hparams = _logged(self.dir) if _event_files(self.dir) else (set(), False)
         self.writer = SummaryWriter(str(self.dir), purge_step=step)
+        if not _inside(self.dir, self.run_dir):  # whose events these are: another run is refused the folder
+            (self.dir / OWNER).write_text(_identity(self.run_dir) + "\n", encoding="utf-8")
         if not has_hparams:
             for summary in hparams_summaries(hparams(self.config), {"test/acc": 0.0, "test/loss": 0.0}):
                 self.writer.file_writer.add_summary(summary)
