@@ -625,6 +625,32 @@ def test_an_unreadable_test_image_keeps_the_trained_epoch(tmp_path, folder_refer
     _same_run(run, folder_reference)
 
 
+def test_a_stop_signal_during_the_evaluation_stops_there(tmp_path, folder_reference, monkeypatch):
+    """(review userD #3) The evaluation of image files (minutes on ImageNet's 50,000) went on to its end after a
+    SIGTERM, past a scheduler's grace time (SIGKILL). last.pt holds the epoch's training by then: the run stops at
+    once, and a resume evaluates the epoch, as the uninterrupted run did."""
+    import signal
+
+    root = folder_reference[0]
+    real = engine._evaluate_batches
+
+    def signalled(*args, **kwargs):  # the signal comes as the evaluation starts
+        monkeypatch.setattr(engine.StopRequest, "signum", int(signal.SIGTERM))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_evaluate_batches", signalled)
+    run = tmp_path / "run"
+    with pytest.raises(engine.Preempted, match=r"stopped by SIGTERM at the evaluation of epoch 1; .*last\.pt holds "
+                                               r"its training: continue with `reste train --resume"):
+        engine.train(_folder_config(root), run, progress=False, log=lambda _m: None)
+    assert not rundir.read_metrics(run)
+    monkeypatch.undo()
+    lines: list[str] = []
+    engine.resume(run, progress=False, log=lines.append)
+    assert lines[0] == f"resuming {run} at the evaluation of epoch 1/1 (its training is done)"
+    _same_run(run, folder_reference)
+
+
 def test_an_unreadable_training_image_keeps_the_steps_before_it(tmp_path, folder_reference, monkeypatch):
     """A bad file mid-epoch keeps the steps done (one process), says how to go on; a resume over another number
     of images is refused (its epoch order would differ), and over the mended set gives the uninterrupted run."""

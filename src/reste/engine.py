@@ -205,15 +205,22 @@ def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.
     return hits[:, 0].sum(), hits.any(dim=1).sum()
 
 
+class EvaluationStopped(Exception):
+    """:func:`evaluate` left early: its ``stop()`` said so between two batches."""
+
+
 @torch.no_grad()
 def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: str, channels_last: bool,
                       forward: Callable[[torch.Tensor], torch.Tensor] | None, bar: Any,
-                      sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> int:
+                      sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                      stop: Callable[[], bool] | None = None) -> int:
     """The loop of :func:`evaluate`: adds each batch's loss and top-1/top-5 counts to ``sums``; returns the
-    number of images."""
+    number of images. :class:`EvaluationStopped` where ``stop()`` is true before a batch."""
     loss_sum, top1, top5 = sums
     n = 0
     for images, target in loader:
+        if stop is not None and stop():
+            raise EvaluationStopped
         images, target = _to_device(images, target, device, channels_last)
         if forward is not None:
             logits = forward(images)
@@ -233,16 +240,18 @@ def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
              channels_last: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             progress: bool = False) -> dict[str, float]:
+             progress: bool = False, stop: Callable[[], bool] | None = None) -> dict[str, float]:
     """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``. ``forward(images)``, where
     given, computes the logits instead of ``model`` under autocast (a :class:`GraphedForward`);
-    ``progress``: a bar over the batches."""
+    ``progress``: a bar over the batches; ``stop()``, asked before each batch (one process only): true ends it
+    with :class:`EvaluationStopped`."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
     with _progress(len(loader), "evaluating", progress) as bar:
-        n = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar, (loss_sum, top1, top5))
+        n = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar, (loss_sum, top1, top5),
+                              None if is_distributed() else stop)
     counts = torch.stack([loss_sum, top1.double(), top5.double(), torch.tensor(float(n), device=device,
                                                                                 dtype=torch.float64)])
     if is_distributed():  # each process evaluated its shard (make_loaders(distributed=True)): add them up
@@ -741,9 +750,14 @@ class _Run:
                 # the test images are files, read only now: one that cannot be read must not cost the epoch's
                 # training (on ImageNet, hours). last.pt holds the trained epoch, which a resume evaluates
                 self._save_trained(epoch, len(self.train_loader), lr, sched)
+            trained_saved = self.saved == (epoch, len(self.train_loader))  # (image files: saved before this)
             try:
                 test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last,
-                                self.graphed_eval)
+                                self.graphed_eval, stop=(lambda: bool(self.stop.signum)) if trained_saved else None)
+            except EvaluationStopped:  # a stop signal: the evaluation (minutes on ImageNet) is done again on resume
+                signum = self.stop.signum or signal.SIGTERM
+                self._preempted(f"stopped by {signal_text(signum)} at the evaluation of epoch {epoch + 1}; "
+                                f"{last_checkpoint(self.run_dir)} holds its training", signum)
             except UsageError as err:
                 if self.files_to_read and self.saved == (epoch, len(self.train_loader)):
                     self._tell_kept(err, f"{last_checkpoint(self.run_dir)} keeps epoch {epoch + 1}'s training")
