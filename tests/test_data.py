@@ -1145,7 +1145,8 @@ def test_an_image_file_holding_postscript_is_refused_and_no_program_runs(tmp_pat
     evil = tmp_path / "x.png"
     evil.write_bytes(POSTSCRIPT)
     why = "not an image in a format reste reads: JPEG, PNG, PPM, BMP, TIFF, WEBP"
-    usage_error(formats._read_image, str(evil), match=f"cannot read image {evil} ({why}); replace it with a readable copy")
+    usage_error(formats._read_image, str(evil),
+                match=f"cannot read image {evil} ({why}); replace it with a readable copy")
     usage_error(read_image, evil, (3, 8, 8), match=f"{evil} is neither a .npy array nor an image file reste can "
                                                   f"read ({why})")
     assert started == [] and not (tmp_path / "gs-ran").exists()

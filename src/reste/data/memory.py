@@ -265,7 +265,7 @@ class TensorLoader:
         self._epoch = int(epoch)
 
     @property
-    def sampler(self) -> "InMemoryLoader":
+    def sampler(self) -> "TensorLoader":
         """The loader itself, whose :meth:`set_epoch` Lightning calls at each epoch's start through
         ``loader.sampler.set_epoch`` (as for a DataLoader's DistributedSampler): the epoch it trains is then the
         epoch's batches, however often it iterated the loader before (a resumed fit draws what an uninterrupted one
