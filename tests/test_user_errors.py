@@ -426,8 +426,12 @@ def test_a_closed_stderr_does_not_stop_training(tmp_path, monkeypatch):
     (["train", "--resume=runs/a"], "runs/a keeps what the run saved, its finished epochs at least (continue it with "
      "`reste train --resume runs/a`)"),
 ])
-def test_ctrl_c_says_what_the_command_keeps(argv, says, capsys, monkeypatch):
+def test_ctrl_c_says_what_the_command_keeps(argv, says, capsys, monkeypatch, tmp_path):
     from reste import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "config.json").write_text("{}")  # a run there (one that saved nothing has no folder)
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
