@@ -234,6 +234,24 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     assert recorded == {"ste": [], "myest": [str(plugin_file)]}
 
 
+def test_a_resume_names_the_hyper_parameters_its_estimator_gained_since(plugin_file, tmp_path):
+    """(review userE #10) A plugin edited to take one more hyper-parameter: the resume took its default without a
+    word; it now says the run trained without it."""
+    cwd = plugin_file.parent
+    r = _reste("train", "--plugin", str(plugin_file), "--estimator", "myest", "--out", "run", "--epochs", "1",
+               "--threads", "1", "--no-progress", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    plugin_file.write_text(PLUGIN.replace(
+        'reste.Param("my_end", float, 0.5, "final half-width", "(0, inf)"),',
+        'reste.Param("my_end", float, 0.5, "final half-width", "(0, inf)"),\n'
+        '            reste.Param("my_extra", float, 2.0, "more", "(0, inf)"),'))
+    r = _reste("train", "--resume", "run", "--plugin", str(plugin_file), "--epochs", "2", "--force", "--no-progress",
+               cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert ("note: estimator 'myest' has hyper-parameter(s) last.pt did not record, which the run continues with at "
+            "their defaults: my_extra=2.0") in r.stdout + r.stderr
+
+
 def test_bad_plugins_get_one_line(tmp_path):
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
     (tmp_path / "needs.py").write_text("import no_such_module_here\n")

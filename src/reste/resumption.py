@@ -184,6 +184,12 @@ def trained_settings(ckpt: dict[str, Any], saved: TrainConfig, config: TrainConf
             "the run continues with " + ", ".join(f"{k} {getattr(config, k)!r}" for k in given) + " as this command "
             "gives" + (f", and {CONFIG}'s other settings" if len(given) < len(edited) else ""))
         notes.append(f"note: {run_dir / CONFIG} differs from the settings {LAST} trained with ({text}); {goes_on}")
+    added = sorted(set(config.estimator_options) - set(trained.estimator_options))
+    if trained.estimator == config.estimator and added and ckpt["epoch"] < config.epochs:
+        # the estimator's code gained them since (a plugin edited): the run trained without, and goes on with them
+        values = ", ".join(f"{k}={config.estimator_options[k]!r}" for k in added)
+        notes.append(f"note: estimator {config.estimator!r} has hyper-parameter(s) {LAST} did not record, which the "
+                     f"run continues with at their defaults: {values} (its code changed since it trained?)")
     if trained.optimizer != config.optimizer:
         usual = OPTIMIZER_LR.get(config.optimizer)
         advice = f" (--lr changes it; {config.optimizer}'s usual one is {usual:g})" if usual not in (None, config.lr) \
