@@ -349,6 +349,17 @@ def test_a_forced_change_of_an_estimator_option_carries_the_weights(tmp_path):
     assert state["config"]["o_end"] == 5.0 and state["o"] == fresh.o
 
 
+def test_a_forced_change_of_scaling_carries_the_weights(tmp_path):
+    """(review rev11 #1) The binary layers' state names their scaling, and refuses another: --scaling channel --force
+    took the refusal's advice for an answer. The weights go on, and so do the estimators' schedules."""
+    out = tmp_path / "r"
+    engine.train(TrainConfig(epochs=1, threads=1), out, progress=False, log=lambda _m: None)
+    result, _ = _resume(out, {"scaling": "channel", "epochs": 2}, force=True)
+    assert result["epochs"] == 2 and json.loads((out / "config.json").read_text())["scaling"] == "channel"
+    state = load_checkpoint(out / "last.pt")["model"]
+    assert state["conv1._extra_state"] == {"scaling": "channel"} and state["conv1.weight_estimator._extra_state"]["o"] > 1
+
+
 def test_a_resume_says_where_config_json_sends_its_tensorboard_events(run, tmp_path):
     """sec2 9: a received run's config.json chooses the TensorBoard folder (any absolute path); a resume that was
     not given --tensorboard again says where the events go, so the place is not chosen in silence."""

@@ -1330,6 +1330,9 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
             # of other hyper-parameters: --o-end 5) refuses and a layer without (or with a new) input estimator does
             # not have (set_progress sets the new ones at the epoch's start)
             ckpt = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.endswith("_extra_state")}}
+        elif trained.scaling != config.scaling:  # (--force) the layers' own state names the scaling they trained with
+            ckpt = {**ckpt, "model": {k: v for k, v in ckpt["model"].items()
+                                      if not (k.endswith("._extra_state") and set(v or {}) == {"scaling"})}}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs
     changed = ckpt_io.software_change(ckpt.get("software")) if last.exists() else None

@@ -61,15 +61,12 @@ def _plain_conv(m: nn.Module, weight: torch.Tensor) -> nn.Module:
     dims = len(m.kernel_size)
     conv = _CONVS[dims - 1]
     padding, pad = m.padding, None
-    if _dilated_same(m):
+    if _dilated_same(m) and m.padding_mode == "zeros":  # (another mode: torch pads in F.pad itself, Pad in ONNX)
         totals = [d * (k - 1) for k, d in zip(m.kernel_size, m.dilation)]
         padding = tuple(t // 2 for t in totals)
         if any(t % 2 for t in totals):
             pad = [n for t in reversed(totals) for n in (t // 2, t - t // 2)]  # F.pad's order: last dim first
             padding = (0,) * len(totals)
-    if pad is not None and m.padding_mode != "zeros":
-        raise UsageError(f"cannot export a conv of padding='same', an even dilated extent and padding_mode="
-                         f"{m.padding_mode!r} to ONNX (its two sides pad differently); pad explicitly before the conv")
     new = _filled(conv(m.in_channels, m.out_channels, m.kernel_size, m.stride, padding, m.dilation, m.groups,
                        bias=m.bias is not None, padding_mode=m.padding_mode), weight, m.bias)
     if pad is None:
@@ -126,7 +123,8 @@ def deploy_model(model: nn.Module) -> nn.Module:
             replacement = made[id(m)] = _float_layer(m, name)
         elif replacement is None and isinstance(m, Estimator):
             replacement = made[id(m)] = OnnxSign()
-        elif replacement is None and type(m) in _CONVS and _dilated_same(m):  # a float one too
+        elif replacement is None and type(m) in _CONVS and _dilated_same(m) \
+                and m.padding_mode == "zeros":  # a float one too
             replacement = made[id(m)] = _plain_conv(m, m.weight.detach())
         if replacement is not None and name:
             parent_name, _, attr = name.rpartition(".")
