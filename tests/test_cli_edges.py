@@ -117,6 +117,8 @@ def test_a_run_whose_last_checkpoint_write_failed_is_not_told_finished(capsys, m
     assert main(["train", "--epochs", "2", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
     capsys.readouterr()
     shutil.copy(tmp_path / "one" / "last.pt", run / "last.pt")  # the epoch-1 checkpoint, as the failed write left it
+    older = (run / "metrics.jsonl").stat().st_mtime_ns - 10**9  # (written before the last metrics line, as then)
+    os.utime(run / "last.pt", ns=(older, older))
 
     def full(_args):
         raise OSError(28, "No space left on device")

@@ -1183,6 +1183,11 @@ def test_an_axis_named_by_an_estimator_and_a_model_option_is_refused_and_a_numbe
         [2.0, 3.0]
     with pytest.raises(UsageError, match=r"--grid drop has a value twice \(1, 1.0: a number written two ways"):
         expand_grid(base, {"drop": [1, 1.0]})
+    # (review rev11 #7) where no estimator of the sweep takes the name, it is the model's option alone
+    ste = dataclasses.replace(base, estimator="ste")
+    assert [s.config.model_options["width"] for s in expand_grid(ste, {"width": [16, 32]})] == [16, 32]
+    with pytest.raises(UsageError, match="is both an estimator hyper-parameter"):  # one of the grid's estimators
+        expand_grid(ste, {"width": [16, 32], "estimator": ["ste", "wide_axis"]})
 
 
 def test_a_figure_that_cannot_be_written_leaves_the_one_that_was_there(tmp_path, monkeypatch):

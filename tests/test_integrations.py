@@ -335,9 +335,20 @@ def test_per_layer_indicators_are_read_at_the_last_step_though_validation_zeroes
                          callbacks=[BinarizationCallback(indicators=True, per_layer=True)], enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, limit_train_batches=3,
                          limit_val_batches=1, num_sanity_val_steps=0)
-    with warnings.catch_warnings():
+    from reste.integrations import lightning as integration
+
+    calls = []
+    real = integration.layer_indicators
+
+    def counted(meter):
+        calls.append(1)
+        return real(meter)
+
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        patch.setattr(integration, "layer_indicators", counted)
         warnings.simplefilter("ignore")
         trainer.fit(module, digits_loader(), digits_loader())
+    assert len(calls) == EPOCHS  # once an epoch, at its last step (review rev11 #3: each step read them)
     rows = logged_epochs(trainer)
     assert all(math.isfinite(row["reste/indicators/model.3/gradient_stability"]) for row in rows), rows
     assert all("val_loss" in row for row in rows)

@@ -291,6 +291,10 @@ def test_an_installed_entry_point_is_found(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = _reste("train", "--estimator", "myest", "--epochs", "1", cwd=work, env=env)  # its name: the error says why
     assert r.returncode == 2 and "unknown estimator 'myest'" in r.stderr and "half installed" in r.stderr, r.stderr
+    (site / "myest_plugin.py").write_text("import sys\nsys.exit(0)\n")  # (review rev11 #6: reste ended silently)
+    r = _reste("presets", cwd=work, env=env)
+    assert r.returncode == 0 and "failed to load: it called sys.exit(0) while being imported" in r.stderr, r.stderr
+    assert "cifar10-resnet20-1w1a" in r.stdout
 
 
 def test_bad_scaling_is_a_usage_error_before_any_data_is_loaded(capsys, tmp_path, monkeypatch):

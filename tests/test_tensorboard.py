@@ -197,7 +197,11 @@ def test_tensorboard_dir_and_a_folder_of_another_run(capsys, tmp_path, one_threa
     assert code == 2 and f"{board} holds TensorBoard events of another run ({(tmp_path / 'a').resolve()})" in err
     assert len(rundir.read_metrics(tmp_path / "c")) == 1
     code = main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "d"), "--tensorboard", str(tmp_path / "c")])
-    assert code == 2 and "is another run's folder; pass a folder of this run's own" in capsys.readouterr().err
+    assert code == 2 and "is in another run's folder" in capsys.readouterr().err
+    train(capsys, "--epochs", "1", "--out", str(tmp_path / "e"), "--tensorboard")  # its events inside it
+    code = main(["train", "--resume", str(tmp_path / "c"), "--epochs", "2", "--force", "--tensorboard",
+                 str(tmp_path / "e" / "tensorboard"), "--no-progress"])  # (review rev11 #4: it was taken)
+    assert code == 2 and f"is in another run's folder ({(tmp_path / 'e').resolve()})" in capsys.readouterr().err
     code = main(["train", "--resume", str(tmp_path / "a"), "--epochs", "2", "--force", "--tensorboard", str(board),
                  "--no-progress"])
     assert code == 0, capsys.readouterr().err  # its own folder

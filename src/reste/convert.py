@@ -229,7 +229,8 @@ def binarize(
         activations: binarize the inputs of the converted layers too (1W1A), with an estimator like the
             weights'; ``False`` keeps real activations (1W/32A). An estimator name, spec dict
             (``{"name": "approx_sign"}``, ``{"name": "reste", "o_end": 5}``) or instance gives the inputs an
-            estimator of their own (Bi-Real Net's ApproxSign on the activations, the STE on the weights).
+            estimator of their own (Bi-Real Net's ApproxSign on the activations, the STE on the weights); a
+            name is built with its defaults (``hyperparameters`` are the weights'), a spec dict with its own.
         scaling: ``"layer"``, ``"channel"`` or ``"none"``.
         keep: names or glob patterns (``"layer1.*"``, ``"*downsample*"``) of more
             layers to keep in full precision.

@@ -276,13 +276,12 @@ def _loaded(cuda: bool) -> bool:
         if not _ERROR:
             _fail("it was built without its CUDA kernels in this process", "cannot take CUDA tensors", keep=True)
         return False
-    if cuda and not _SMOKED:
+    if cuda and not _SMOKED and not torch.cuda.is_current_stream_capturing():  # (a capture follows eager steps)
         _SMOKED.append(True)
-        if not torch.cuda.is_current_stream_capturing():  # (never so: a capture comes after eager warm-up steps)
-            why = _launch_fails(_MODULE[0], torch.device("cuda", torch.cuda.current_device()))
-            if why is not None:
-                _fail(why, "built but cannot run its kernels on this GPU")
-                return False
+        why = _launch_fails(_MODULE[0], torch.device("cuda", torch.cuda.current_device()))
+        if why is not None:
+            _fail(why, "built but cannot run its kernels on this GPU")
+            return False
     return True
 
 

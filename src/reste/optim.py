@@ -57,9 +57,12 @@ class Bop(torch.optim.Optimizer):
         threshold: the signal ``sign(w) * m`` must pass to flip a weight, >= 0.
 
     Each group also has an ``lr``, 1 by default: a factor on gamma (the moving average's rate is ``gamma * lr``),
-    there for torch's LR schedulers, which scale each group's ``lr`` from where it started; inside a
-    :class:`Composite` they so scale Bop's gamma as they scale the other optimizer's learning rate, as ``reste
-    train`` does.
+    there for torch's LR schedulers that scale each group's ``lr`` from where it started (StepLR,
+    CosineAnnealingLR, LambdaLR, ExponentialLR, ...): inside a :class:`Composite` they so scale Bop's gamma as they
+    scale the other optimizer's learning rate, as ``reste train`` does. Those that set absolute values (OneCycleLR
+    and CyclicLR's ``max_lr``/``base_lr``, ReduceLROnPlateau's ``min_lr``) take a list with a value per group,
+    this factor's (1 at the peak) among them; given one number, they would set the factor to another optimizer's
+    learning rate. (Lightning's LearningRateMonitor shows the factor as the group's learning rate.)
 
     State per weight: ``"m"`` (the moving average, in the weight's dtype). ``state_dict`` holds it, so a resumed
     run flips exactly as an uninterrupted one. ``flips``: a 0-d int64 tensor on the weights' device, the number
@@ -170,6 +173,9 @@ class Composite(torch.optim.Optimizer):
         # the members (the base class's pickles param_groups and state, views of theirs here); as the base class,
         # neither the hooks nor a scheduler's wrapper of step (set back on load)
         return {"optimizers": self.optimizers, "defaults": self.defaults}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({"defaults": {}, **state})  # (a Composite pickled before it was an Optimizer has none)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         raise TypeError("Composite's parameters belong to its optimizers: add the group to one of them "

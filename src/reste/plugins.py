@@ -51,9 +51,11 @@ def load_entry_points() -> None:
     for ep in importlib.metadata.entry_points(group=GROUP):
         try:
             ep.load()
-        except Exception as err:  # noqa: BLE001 - one broken package must not stop the others, nor reste
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - one broken package stops neither the others nor reste
             where = f" of {ep.dist.name}" if getattr(ep, "dist", None) is not None else ""
-            text = f"plugin {ep.name!r} ({ep.value}){where} failed to load: {_first_line(err)}"
+            why = f"it called sys.exit({err.code!r}) while being imported" if isinstance(err, SystemExit) \
+                else _first_line(err)
+            text = f"plugin {ep.name!r} ({ep.value}){where} failed to load: {why}"
             _broken.append(text)
             warnings.warn(f"{text}; its estimators, models and data sets are missing (fix or uninstall that package)",
                           stacklevel=2)

@@ -27,7 +27,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
     else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_epoch`` (where metrics.jsonl holds
     every epoch but ``last.pt`` fewer, its last write having failed: the epochs it holds, and the run is stopped, not
-    finished; with ``steps`` only), ``train_seconds`` and ``indicators``
+    finished; with ``steps`` only, read where ``last.pt`` is older than metrics.jsonl), ``train_seconds`` and
+    ``indicators``
     (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None
     when not measured). A folder that holds no run is a one-line ``UsageError``."""
     if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
@@ -44,7 +45,7 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     holder = lock_holder(run_dir)
     finished = len(metrics) >= config.epochs
     behind = None  # the epoch last.pt holds, where a finished-looking run's last write failed (a full disk)
-    if finished and steps and not holder:
+    if finished and steps and not holder and _last_older(run_dir):
         saved = saved_position(run_dir)
         if saved is not None and (saved[0] < config.epochs or saved[1]):
             finished, behind = False, saved[0]
@@ -73,6 +74,15 @@ def _saved_step(run_dir: str | os.PathLike, done: int) -> int | None:
     the file is missing, damaged or being replaced (``reste eval`` and ``--resume`` say why)."""
     saved = saved_position(run_dir)
     return saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
+
+
+def _last_older(run_dir: str | os.PathLike) -> bool:
+    """Whether ``last.pt`` was written before metrics.jsonl's last line (an epoch's last.pt is written after it): only
+    then is the whole checkpoint read to tell which epoch it holds (a copy of the folder may also order them so)."""
+    try:
+        return os.stat(last_checkpoint(run_dir)).st_mtime_ns < os.stat(Path(run_dir) / METRICS).st_mtime_ns
+    except OSError:
+        return False
 
 
 def saved_position(run_dir: str | os.PathLike) -> tuple[int, int] | None:

@@ -92,8 +92,9 @@ def _config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_AXES and f.name not in RESUME_FREE]
 
 
-def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
-    """Where grid axis ``key`` goes: ("field" | "estimator" | "model", the name there)."""
+def axis_kind(key: str, models: Iterable[str], estimators: Iterable[str] | None = None) -> tuple[str, str]:
+    """Where grid axis ``key`` goes: ("field" | "estimator" | "model", the name there). ``estimators``: those the
+    sweep trains (None: any registered), which decide whether a model option's name is also an estimator's."""
     key = key.strip().replace("-", "_")
     prefix, dot, rest = key.partition(".")
     if dot and prefix in ("estimator_options", "model_options") and rest:
@@ -114,16 +115,25 @@ def axis_kind(key: str, models: Iterable[str]) -> tuple[str, str]:
     if key in _config_fields():
         return "field", key
     model_keys = sorted({k for m in models for k in model_keywords(m)})
-    if key in model_keys and (key in aliases or key in _all_estimator_keywords()):
+
+    def an_estimators(name: str) -> bool:  # (one this sweep trains; an unknown one is said elsewhere)
+        with contextlib.suppress(UsageError, TypeError):
+            return key in _estimator_keywords(name) or name in flag_takers(key)
+        return False
+
+    trained = None if estimators is None else [e for e in estimators if isinstance(e, str)]
+    taken = (key in aliases or key in _all_estimator_keywords()) if trained is None else \
+        any(map(an_estimators, trained))
+    if key in model_keys and taken:
         raise UsageError(f"grid axis {key!r} is both an estimator hyper-parameter and an option of the model; name "
                          f"the one you mean: estimator_options.{aliases.get(key, key)} or model_options.{key}")
+    if key in model_keys:  # (no estimator of this sweep takes it)
+        return "model", key
     if key in aliases:
         return "estimator", aliases[key]
     if key in _all_estimator_keywords():
         return "estimator", key
     columns = set(_TABLE_COLUMNS)  # (FDA's n is an axis as fda_n)
-    if key in model_keys:
-        return "model", key
     raise UsageError(
         f"unknown grid axis {key!r}; valid: a TrainConfig field ({', '.join(_config_fields())}), an estimator "
         f"hyper-parameter ({', '.join(k for k in _all_estimator_keywords() + sorted(aliases) if k not in columns)}) "
@@ -198,7 +208,7 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
                 model = get_spec(ds).defaults.get("model")  # a plugin's may have none: resolve says so
                 if model is not None:
                     models.append(model)
-    kinds = {key: axis_kind(key, models) for key in grid}
+    kinds = {key: axis_kind(key, models, [base.estimator, *grid.get("estimator", [])]) for key in grid}
     for key, values in grid.items():  # 1 and 1.0 of a float option: one setting twice, under two labels
         numbers = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
         if kinds[key][0] == "model" and len(set(map(repr, numbers))) != len(values):

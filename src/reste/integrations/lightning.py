@@ -110,6 +110,7 @@ class BinarizationCallback(Callback):
         self._saved_indicators: tuple[str | None, float | None] = (None, None)  # a checkpoint's mode and o_end
         self._stability: Any = None  # under manual optimization: the last step's gradient stability
         self._layers: dict[str, float] | None = None  # per_layer: each layer's indicators at the last step
+        self._batch = 0  # the batch index of the step running
 
     @property
     def state_key(self) -> str:
@@ -182,6 +183,7 @@ class BinarizationCallback(Callback):
             )
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch = batch_idx
         if self.per_step:
             progress = trainer.current_epoch + batch_idx / trainer.num_training_batches
             set_progress(self._model(pl_module), progress, self._epochs_used or self._epochs(trainer))
@@ -195,7 +197,7 @@ class BinarizationCallback(Callback):
         self._last_step = trainer.global_step
         if pl_module.automatic_optimization:
             self.meter.update()  # the gradients are still there (Lightning zeroes them before the next backward)
-            if self.per_layer:  # read now: a validation run before the epoch's end zeroes them first
+            if self.per_layer and self._last_batch(trainer, batch_idx):  # now: a validation zeroes them first
                 self._layers = layer_indicators(self.meter)
         else:
             stability, self._stability = self._stability, None
@@ -208,8 +210,14 @@ class BinarizationCallback(Callback):
         # Manual optimization: the user may zero the gradients right after opt.step(); read them before it.
         if self.meter is not None and not pl_module.automatic_optimization:
             self._stability = gradient_stability(self.meter.model, self.meter.mode)
-            if self.per_layer:
+            if self.per_layer and self._last_batch(trainer, self._batch):
                 self._layers = layer_indicators(self.meter)
+
+    @staticmethod
+    def _last_batch(trainer: Trainer, batch_idx: int) -> bool:
+        """Whether batch ``batch_idx`` is the epoch's last (every batch where the count is not known)."""
+        total = trainer.num_training_batches
+        return not 0 < total < float("inf") or batch_idx + 1 >= total
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.meter is None or self.meter._count == 0:

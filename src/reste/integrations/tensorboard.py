@@ -59,8 +59,13 @@ def check(setting: str | None, run_dir: str | os.PathLike) -> None:
         raise UsageError(f"--tensorboard {setting}: {blocker} is a file, not a folder; pass a folder")
     if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
         raise UsageError(f"--tensorboard {setting}: {blocker} is not writable; pass a writable folder")
-    if folder.resolve() != Path(run_dir).resolve() and holds_run(folder):
-        raise UsageError(f"--tensorboard {setting}: {folder} is another run's folder; pass a folder of this run's own")
+    mine = Path(run_dir).resolve()
+    for place in (folder.resolve(), *folder.resolve().parents):  # up to this run's folder (the default's case)
+        if place == mine:
+            break
+        if holds_run(place):  # another run's folder, or its own tensorboard/ (which names no owner: inside it)
+            raise UsageError(f"--tensorboard {setting}: {folder} is in another run's folder ({place}); pass a folder "
+                             "of this run's own")
     if not last_checkpoint(run_dir).exists() and _event_files(folder):
         raise UsageError(f"{folder} already holds TensorBoard events of another run; pass a new folder "
                          "to --tensorboard (one per run)")

@@ -178,7 +178,7 @@ def summary_totals(rows: list[dict[str, Any]], input_size: tuple[int, ...]) -> d
     totals["binary_ops_share"] = totals["binary_ops"] / totals["macs"] if totals["macs"] else 0.0
     totals["compression"] = totals["float_bytes"] / totals["packed_bytes"] if totals["packed_bytes"] else 1.0
     # whether a 2-D input is a 1-D conv model's (C, L) signal, not a transformer's (L, features) sequence
-    totals["conv1d"] = any(r["type"].endswith("Conv1d") for r in layers)
+    totals["conv1d"] = any(r["type"].endswith(("Conv1d", "ConvTranspose1d")) for r in layers)
     return totals
 
 
