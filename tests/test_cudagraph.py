@@ -408,3 +408,21 @@ def test_the_graphed_evaluation_is_captured_again_each_epoch_for_an_estimator_wi
     assert engine._forward_reads_schedule(model)
     assert not engine._forward_reads_schedule(reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4),
                                                                            nn.Linear(4, 2)), "dsq"))
+
+
+@pytest.mark.parametrize("reads", [False, True])
+def test_the_engine_captures_the_evaluation_once_or_each_epoch(tmp_path, monkeypatch, reads):
+    """Through the engine (the stand-in backend, 2 epochs): the evaluation is captured once per run, or in each
+    epoch where an estimator's forward may read its schedule."""
+    backends = []
+
+    def stand_in(device):
+        backends.append(ReplayByCalling(device))
+        return backends[-1]
+
+    monkeypatch.setattr(engine, "_graph_backend", stand_in)
+    monkeypatch.setattr(engine, "_forward_reads_schedule", lambda model: reads)
+    engine.train(TrainConfig(dataset="digits", epochs=2, device="cpu", seed=5, cuda_graphs=True), tmp_path / "r",
+                 progress=False, log=lambda _m: None)
+    # the step: captured in each epoch (2); the evaluation: once, or once an epoch
+    assert backends[0].captured == 2 + (2 if reads else 1)
