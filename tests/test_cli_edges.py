@@ -133,6 +133,26 @@ def test_a_run_whose_last_checkpoint_write_failed_is_not_told_finished(capsys, m
         "stopped" in runinfo.show_run(run)
 
 
+def test_under_torchrun_a_process_left_by_another_says_so(monkeypatch, capsys, tmp_path):
+    """(review userD) A rank whose collective failed because another rank ended first printed gloo's own words
+    ("Connection closed by peer ... GLHF!") as its error, which a job log read first; it now says another process
+    stopped first, with gloo's line in brackets. Alone, the same error is the error it is."""
+    gone = RuntimeError("[/__w/pytorch/third_party/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:48332\nmore")
+    assert cli._unexpected(gone, False, "eval", ["eval", "RUN"]) == 1
+    assert "RuntimeError: [/__w/pytorch" in capsys.readouterr().err  # one process: no other to blame
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert cli._unexpected(gone, False, "eval", ["eval", "RUN"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("reste: error: another process of this run stopped first (its own `reste: error` line "
+                          "says why), so this one cannot go on ([/__w/pytorch") and err.count("\n") == 1, err
+    assert cli._unexpected(RuntimeError("CUDA out of memory"), False, "eval", []) == 1  # other errors: as they are
+    assert "RuntimeError: CUDA out of memory" in capsys.readouterr().err
+
+
 def test_under_torchrun_a_failing_process_other_than_the_first_names_its_rank(monkeypatch, capsys):
     assert main(["train", "--model", "nope"]) == 2
     assert capsys.readouterr().err.startswith("reste: error: unknown model 'nope'")

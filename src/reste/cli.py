@@ -26,6 +26,7 @@ import sys
 from typing import Any, Sequence
 
 from .errors import EX_TEMPFAIL, UsageError, command_line, did_you_mean, one_line, one_line_warnings
+from .wording import gist
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
 from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
@@ -507,6 +508,22 @@ def _stdout_fails() -> bool:
     return False
 
 
+_PEER_GONE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|NCCL communicator was aborted"
+                        r"|remote process exited|The other side is gone", re.IGNORECASE)
+
+
+def _peer_gone(err: Exception) -> bool:
+    """Whether ``err`` is a collective failing because another process of a torchrun run ended (an error of its own,
+    which that process's line gives)."""
+    from .distributed import env_world_size
+
+    try:
+        several = env_world_size() > 1
+    except Exception:  # noqa: BLE001 - stray launcher variables: said elsewhere
+        return False
+    return several and isinstance(err, RuntimeError) and bool(_PEER_GONE.search(str(err)))
+
+
 def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[str] = ()) -> int:
     """The last line of defence keeps tracebacks behind --debug."""
     TrainingDiverged = _engine_error("TrainingDiverged")
@@ -525,6 +542,12 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
         else:
             then = f"{room} and run it again"
         print(f"{_error_prefix()} {err.strerror}{where}; {then}", file=sys.stderr)
+        return 1
+    if _peer_gone(err):  # gloo's or NCCL's words for another process of the run that ended first
+        then = f"; {_run_kept(argv)}" if command == "train" else ""
+        print(f"{_error_prefix()} another process of this run stopped first (its own `reste: error` line says why), "
+              f"so this one cannot go on ({gist(str(err).splitlines()[0] if str(err) else type(err).__name__)})"
+              f"{then}", file=sys.stderr)
         return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
     print(f"{_error_prefix()} {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
