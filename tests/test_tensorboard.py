@@ -202,6 +202,10 @@ def test_tensorboard_dir_and_a_folder_of_another_run(capsys, tmp_path, one_threa
     code = main(["train", "--resume", str(tmp_path / "c"), "--epochs", "2", "--force", "--tensorboard",
                  str(tmp_path / "e" / "tensorboard"), "--no-progress"])  # (review rev11 #4: it was taken)
     assert code == 2 and f"is in another run's folder ({(tmp_path / 'e').resolve()})" in capsys.readouterr().err
+    project = tmp_path / "project"  # a project's own config.json above the folder: no run's
+    project.mkdir()
+    (project / "config.json").write_text("{}")
+    train(capsys, "--epochs", "1", "--out", str(tmp_path / "f"), "--tensorboard", str(project / "tb"))
     code = main(["train", "--resume", str(tmp_path / "a"), "--epochs", "2", "--force", "--tensorboard", str(board),
                  "--no-progress"])
     assert code == 0, capsys.readouterr().err  # its own folder

@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import UsageError
 from ..indicators import EquilibriumMeter, estimating_error, gradient_stability, indicator_layers
 from ..layers import estimators_of, schedule_values
-from ..rundir import TENSORBOARD_DIR, holds_run, last_checkpoint, read_metrics
+from ..rundir import CONFIG, LAST, LOCK_NAME, METRICS, TENSORBOARD_DIR, last_checkpoint, read_metrics
 
 INSTALL = "pip install 'reste[tensorboard]'"
 IN_RUN = TENSORBOARD_DIR  # the default folder, inside the run directory
@@ -63,7 +63,7 @@ def check(setting: str | None, run_dir: str | os.PathLike) -> None:
     for place in (folder.resolve(), *folder.resolve().parents):  # up to this run's folder (the default's case)
         if place == mine:
             break
-        if holds_run(place):  # another run's folder, or its own tensorboard/ (which names no owner: inside it)
+        if _a_run(place):  # another run's folder, or its own tensorboard/ (which names no owner: inside it)
             raise UsageError(f"--tensorboard {setting}: {folder} is in another run's folder ({place}); pass a folder "
                              "of this run's own")
     if not last_checkpoint(run_dir).exists() and _event_files(folder):
@@ -73,6 +73,13 @@ def check(setting: str | None, run_dir: str | os.PathLike) -> None:
     if owner is not None and owner != _identity(run_dir) and _event_files(folder):  # (a resume)
         raise UsageError(f"{folder} holds TensorBoard events of another run ({owner}); pass a new folder to "
                          f"--tensorboard (one per run), or, where this run moved there, delete {folder / OWNER}")
+
+
+def _a_run(place: Path) -> bool:
+    """Whether the folder ``place`` holds a run: its checkpoint, or its config.json beside its metrics or lock (a
+    config.json alone may be a project's own, above the folders a user keeps runs in)."""
+    return (place / LAST).exists() or (place / CONFIG).is_file() and any(
+        (place / name).exists() for name in (METRICS, LOCK_NAME))
 
 
 def _inside(folder: Path, run_dir: str | os.PathLike) -> bool:
