@@ -310,6 +310,25 @@ def test_bad_scaling_is_a_usage_error_before_any_data_is_loaded(capsys, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_plugin_that_registers_nothing_is_said_so(tmp_path, monkeypatch):
+    """(review userE) A --plugin that imports but registers nothing (the wrong module, a package folder) was taken
+    without a word; it gets one warning. One the caller imported before (it registered then) gets none."""
+    (tmp_path / "nothing_here.py").write_text("x = 1\n")
+    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.warns(UserWarning, match="--plugin 'nothing_here' registered no estimator, model or data set"):
+            plugins.load_plugin("nothing_here")
+        plugins._loaded.pop("nothing_here")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plugins.load_plugin("nothing_here")  # imported already: nothing to tell from the registries
+    finally:
+        sys.modules.pop("nothing_here", None)
+
+
 def test_a_scheduled_string_and_the_debug_flag_are_refused_where_the_class_is_written():
     """(review userE #4, #5) A scheduled str registered, then every run failed ('could not convert string to float':
     the state saves a number); a hyper-parameter flagged --debug registered, then reste's own --debug took it."""

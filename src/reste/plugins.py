@@ -173,6 +173,8 @@ def load_plugin(spec: str) -> ModuleType:
         return _loaded[spec]
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError(f"--plugin expects a module name or a .py file, got {spec!r}")
+    name = f"{_FILE_PREFIX}{Path(spec).stem}" if is_path(spec) else spec
+    fresh, before = name not in sys.modules, _registered()
     try:
         module = _import_file(spec) if is_path(spec) else _import_module(spec)
     except UsageError:
@@ -184,7 +186,19 @@ def load_plugin(spec: str) -> ModuleType:
                          "(a script rather than a module? keep its main code under `if __name__ == '__main__':`)"
                          ) from None
     _loaded[spec] = module
+    if fresh and _registered() == before:  # (a module imported before, by the caller, registered then)
+        warnings.warn(f"--plugin {spec!r} registered no estimator, model or data set (is it the module that "
+                      "registers them, with @reste.register_estimator, register_model or register_dataset?)",
+                      stacklevel=2)
     return module
+
+
+def _registered() -> tuple[int, int, int]:
+    """How many estimators, models and data sets are registered now."""
+    from . import datasets, estimators
+    from .models import registry
+
+    return len(estimators._REGISTRY), len(registry._MODELS), len(datasets._REGISTERED)
 
 
 def load_plugins(specs: Iterable[str]) -> None:
