@@ -80,37 +80,28 @@ def _first_and_last(model: nn.Module, names: set[str]) -> tuple[str | None, str 
     return first, (linears[-1] if linears else (convs[-1] if convs else None))
 
 
-def _warn_convs_after_the_last_linear(model: nn.Module, named: list[tuple[str, nn.Module]], last: str | None,
-                                      kept: Callable[[str], bool]) -> None:
-    """Warn when convolutions that will be binarized come after the last linear that keep_last keeps (in the order
-    the model defines them): a decoder's output conv after a linear bottleneck (an autoencoder) would make the
-    model's output from binary weights, which keep_last is there to avoid."""
-    if last is None or not isinstance(model.get_submodule(last), nn.Linear):
-        return
+def _warn_beyond_the_kept_ends(model: nn.Module, named: list[tuple[str, nn.Module]], first: str | None,
+                               last: str | None, kept: Callable[[str], bool]) -> None:
+    """Warn where layers that will be binarized lie beyond a kept end (in the order the model defines them):
+    convolutions after the last linear that keep_last keeps (a decoder's output conv after a linear bottleneck
+    would make the model's output from binary weights), and linears before the first conv that keep_first keeps
+    (an input projection before a conv stack, in a speech or tabular model, would read the raw input in binary):
+    what keep_first and keep_last are there to avoid."""
     position = {n: k for k, (n, _) in enumerate(model.named_modules())}  # (a layer's first name only)
-    after = [(n, m) for n, m in named if isinstance(m, nn.modules.conv._ConvNd) and not kept(n)
-             and position.get(n, -1) > position[last]]
-    if after:
-        warnings.warn(f"binarize: {_describe(after, limit=4)} come(s) after the last linear {last!r}, which "
-                      "keep_last keeps in float, and are binarized; if one of them makes the model's output (a "
-                      "decoder's last conv), keep it in float with keep=[...]", stacklevel=3)
-
-
-def _warn_linears_before_the_first_conv(model: nn.Module, named: list[tuple[str, nn.Module]], first: str | None,
-                                        kept: Callable[[str], bool]) -> None:
-    """Warn when linears that will be binarized come before the first conv that keep_first keeps (in the order the
-    model defines them): an input projection before a conv stack (a speech or tabular model) would read the raw
-    input with binary weights and inputs, which keep_first is there to avoid (the mirror of
-    :func:`_warn_convs_after_the_last_linear`)."""
-    if first is None or not isinstance(model.get_submodule(first), nn.modules.conv._ConvNd):
-        return
-    position = {n: k for k, (n, _) in enumerate(model.named_modules())}  # (a layer's first name only)
-    before = [(n, m) for n, m in named if isinstance(m, nn.Linear) and not kept(n)
-              and position.get(n, len(position)) < position[first]]
-    if before:
-        warnings.warn(f"binarize: {_describe(before, limit=4)} come(s) before the first conv {first!r}, which "
-                      "keep_first keeps in float, and are binarized; if one of them reads the model's input (an "
-                      "input projection), keep it in float with keep=[...]", stacklevel=3)
+    conv, linear = nn.modules.conv._ConvNd, nn.Linear
+    ends = ((last, linear, conv, 1, "after the last linear", "keep_last",
+             "makes the model's output (a decoder's last conv)"),
+            (first, conv, linear, -1, "before the first conv", "keep_first",
+             "reads the model's input (an input projection)"))
+    for end, end_kind, kind, side, where, flag, role in ends:
+        if end is None or not isinstance(model.get_submodule(end), end_kind):
+            continue
+        beyond = [(n, m) for n, m in named if isinstance(m, kind) and not kept(n)
+                  and side * (position.get(n, -side * len(position)) - position[end]) > 0]
+        if beyond:
+            warnings.warn(f"binarize: {_describe(beyond, limit=4)} come(s) {where} {end!r}, which {flag} keeps in "
+                          f"float, and are binarized; if one of them {role}, keep it in float with keep=[...]",
+                          stacklevel=3)
 
 
 # the hooks of a layer, kept by the binary layer that replaces it (the same dicts: their handles still work)
@@ -322,8 +313,7 @@ def binarize(
         raise ValueError(f"binarize converts the layers inside a model, and this model is one layer "
                          f"({type(model).__name__}); binarize nn.Sequential(layer) and take its [0], or build "
                          f"reste.Binary{type(model).__name__} directly")
-    _warn_convs_after_the_last_linear(model, named, last if keep_last else None, kept)
-    _warn_linears_before_the_first_conv(model, named, first if keep_first else None, kept)
+    _warn_beyond_the_kept_ends(model, named, first if keep_first else None, last if keep_last else None, kept)
     converted = 0
     common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
     for module, layer_names in layers.values():

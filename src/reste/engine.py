@@ -759,7 +759,7 @@ class _Run:
                 self._preempted(f"stopped by {signal_text(signum)} at the evaluation of epoch {epoch + 1}; "
                                 f"{last_checkpoint(self.run_dir)} holds its training", signum)
             except UsageError as err:
-                if self.files_to_read and self.saved == (epoch, len(self.train_loader)):
+                if self.files_to_read and trained_saved:
                     self._tell_kept(err, f"{last_checkpoint(self.run_dir)} keeps epoch {epoch + 1}'s training")
                 raise
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,

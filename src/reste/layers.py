@@ -57,10 +57,6 @@ def _float_layer_loaded(module: nn.Module, incompatible: Any) -> None:
     if prefix is not None:
         ours = {prefix + "weight_estimator._extra_state", prefix + "input_estimator._extra_state"}
         incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in ours]
-    # the layer's own settings (its scaling), which a state saved before they were kept lacks: it loads as it did
-    loaded = module.__dict__.pop("_loaded_prefix", None)
-    if loaded is not None:
-        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k != loaded + "_extra_state"]
 
 
 class _BinaryMixin:
@@ -91,7 +87,6 @@ class _BinaryMixin:
         # a float layer's state (its weight, and no estimator state): its estimators keep their schedules
         self._float_state = prefix if prefix + "weight" in state_dict and not any(
             k.startswith(prefix) and k.endswith("_extra_state") for k in state_dict) else None
-        self._loaded_prefix = prefix
         # a state of another scaling would load without a word and give other outputs: refused by name, as an
         # estimator of other settings is
         saved = state_dict.get(prefix + "_extra_state")
@@ -102,6 +97,9 @@ class _BinaryMixin:
                             f"differ); build the model with scaling={scaling!r}")
             return
         super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        missing = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if prefix + "_extra_state" in missing:  # a state saved before the layer kept its scaling: it loads as it did
+            missing.remove(prefix + "_extra_state")
 
     @property
     def input_precision(self) -> int:

@@ -165,8 +165,7 @@ class Composite(torch.optim.Optimizer):
                     owned.add(id(p))
         self.optimizers = list(optimizers)
         # torch.optim.Optimizer.__init__ takes parameters of its own, which the members hold here: what the base
-        # class's hooks read is set as it sets it
-        self.defaults: dict[str, Any] = {}
+        # class's hooks read (defaults, the hook tables) is set as unpickling sets it
         self.__setstate__({})
 
     def __getstate__(self) -> dict[str, Any]:

@@ -94,6 +94,15 @@ def check_shape(size: tuple[int, ...] | None, shape: tuple[int, ...], what: str)
         raise UsageError(f"{what} holds images of shape {tuple(shape)} but the model takes {tuple(size)}; {fix}")
 
 
+def nonfinite_images(images: np.ndarray) -> tuple[int, str] | None:
+    """(how many images of the batch ``images`` hold a NaN or an infinite value, the indices of the first five as
+    text), or None where none does."""
+    bad = ~np.isfinite(images.reshape(len(images), -1)).all(axis=1) if images.ndim and images.size else None
+    if bad is None or not bad.any():
+        return None
+    return int(bad.sum()), ", ".join(str(int(i)) for i in np.flatnonzero(bad)[:5])
+
+
 def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple[int, ...] | None,
                  prep: Preprocessing | None) -> np.ndarray:
     """Float32 (N, C, H, W) model inputs (N, *size: (N, C, L) for a model of 1-D layers), of the model's input
@@ -111,11 +120,10 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
                              f"got shape {images.shape} of {images.dtype}{hint}")
         check_shape(size, images.shape[1:], str(path))
         out = images.astype(np.float32)
-        bad = ~np.isfinite(out).all(axis=tuple(range(1, out.ndim)))
-        if bad.any():  # a NaN or inf pixel gives a class anyway (sign(NaN) and argmax are defined): refuse it
-            first = [int(i) for i in np.flatnonzero(bad)[:5]]
-            raise UsageError(f"{path} holds NaN or infinite values in {int(bad.sum())} of its {len(out)} images "
-                             f"(first at index {', '.join(map(str, first))}); fix or drop those images")
+        bad = nonfinite_images(out)
+        if bad:  # a NaN or inf pixel gives a class anyway (sign(NaN) and argmax are defined): refuse it
+            raise UsageError(f"{path} holds NaN or infinite values in {bad[0]} of its {len(out)} images "
+                             f"(first at index {bad[1]}); fix or drop those images")
         return out
     if prep is None:
         what = "an image file" if images is None else "raw uint8 images"

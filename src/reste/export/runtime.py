@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from . import format as fmt
 from . import ir
-from .inputs import raw_batch, raw_inputs
+from .inputs import nonfinite_images, raw_batch, raw_inputs
 from .kernels import (BitsOut, Epilogue, Rows, address, conv_weight_words, get_kernels, pack_rows, packed_buffer,
                       pad_lanes, padding_correction, sign_thresholds)
 
@@ -749,13 +749,11 @@ class PackedModel:
         if size and (x.dim() != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):
             raise UsageError(f"the model expects images of shape (N, {', '.join(map(str, size))}), "
                              f"got {tuple(x.shape)}")
-        if x.dim() and x.numel() and not bool(torch.isfinite(x).all()):
-            # the PyTorch model gives NaN logits there, the packed one a confident class (sign(NaN) and the integer
-            # sums are defined), which nothing downstream could tell from a good one: refused, as `reste predict` does
-            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
-            first = ", ".join(str(int(i)) for i in torch.nonzero(bad).flatten()[:5])
-            raise UsageError(f"the inputs hold NaN or infinite values in {int(bad.sum())} of {len(x)} images (first "
-                             f"at index {first}); fix or drop those images")
+        bad = nonfinite_images(x.numpy())
+        if bad:  # the PyTorch model gives NaN logits there, the packed one a confident class (sign(NaN) and the
+            # integer sums are defined), which nothing downstream could tell from a good one: refused, as predict does
+            raise UsageError(f"the inputs hold NaN or infinite values in {bad[0]} of {len(x)} images (first "
+                             f"at index {bad[1]}); fix or drop those images")
         return x
 
     @property
