@@ -368,3 +368,31 @@ def test_predict_says_when_it_replaces_a_file(capsys, tmp_path):
         out = capsys.readouterr().out
         assert f"written to {tmp_path / 'x.pred.npy'}{again} (" in out
         assert re.search(r" \(\d+\.\d\ds, \w+ kernels\)$", out.strip()), out  # seconds as the epoch line writes them
+
+
+def test_a_closed_pipe_at_an_epochs_line_still_writes_its_best(tmp_path):
+    """(review docs #2) `reste train | head -2`: the epoch's line, printed once last.pt holds the epoch, met the
+    closed pipe, and the run ended before best.pt (and top/) took that epoch: `reste show` said epoch 2 was the
+    best, best.pt held epoch 1."""
+    import torch
+
+    from reste.config import TrainConfig
+    from reste.engine import train
+    from reste.rundir import top_checkpoints
+
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        if line.startswith("epoch 2/"):
+            raise BrokenPipeError(32, "Broken pipe")
+        lines.append(line)
+
+    run = tmp_path / "r"
+    config = TrainConfig(epochs=3, threads=1, keep_top=2, estimator_options={"o_end": 1.5})
+    with pytest.raises(BrokenPipeError):
+        train(config, run, progress=False, log=log)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    best = max(json.loads(x)["test_acc"] for x in (run / "metrics.jsonl").read_text().splitlines())
+    saved = torch.load(run / "best.pt", weights_only=False)
+    assert saved["epoch"] == 2 and best == json.loads((run / "metrics.jsonl").read_text().splitlines()[1])["test_acc"]
+    assert sorted(top_checkpoints(run)) == [1, 2]

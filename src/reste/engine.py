@@ -818,15 +818,18 @@ class _Run:
         """The end of an epoch: metrics line, ``last.pt`` (then ``saved()``: the epoch is kept), ``best.pt`` (the
         same bytes), then ``top/``.
 
-        A crash between two of these writes is repaired on resume (see :func:`repair_best`).
+        A crash between two of these writes is repaired on resume (see :func:`repair_best`); a ``saved()`` that
+        raises (its line printed to a closed pipe) ends the run after them, not between them.
         """
         append_metrics(self.run_dir, metrics)
         blob = ckpt_io.save_checkpoint(self.state(epoch), last_checkpoint(self.run_dir))
-        saved()
-        if is_best:
-            ckpt_io.atomic_write(best_checkpoint(self.run_dir), lambda f: f.write(blob))
-        if self.config.keep_top:
-            keep_top(self.run_dir, self.config.keep_top, epoch, blob)
+        try:
+            saved()
+        finally:
+            if is_best:
+                ckpt_io.atomic_write(best_checkpoint(self.run_dir), lambda f: f.write(blob))
+            if self.config.keep_top:
+                keep_top(self.run_dir, self.config.keep_top, epoch, blob)
 
     # -- mid-epoch checkpoints ------------------------------------------------
 
