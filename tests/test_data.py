@@ -1403,3 +1403,23 @@ def test_a_digits_cache_file_others_may_have_made_is_not_used(tmp_path, monkeypa
     assert all(np.array_equal(a, b) for a, b in zip(real, got))
     assert not kept.is_symlink() and not kept.stat().st_mode & 0o002  # made again, this user's own
     assert all(np.array_equal(a, b) for a, b in zip(real, sets._digits_split()))
+
+
+def test_cifar10_default_folder_is_recorded_so_eval_finds_it_from_elsewhere(tmp_path, monkeypatch):
+    """(review docs #1) Without --data-path a CIFAR-10 run reads ./data; config.json recorded null, so `reste eval
+    RUN_DIR` or --resume from any other folder looked for another ./data."""
+    import json
+
+    from reste.cli import main
+    from reste.config import TrainConfig
+
+    here, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    write_cifar(here / "data", per_batch=4, n_test=6)
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    assert TrainConfig(dataset="cifar10").resolve().data_path == str(here / "data")
+    assert main(["train", "--dataset", "cifar10", "--epochs", "1", "--batch-size", "4", "--out", "run",
+                 "--no-progress", "--threads", "1"]) == 0
+    assert json.loads((here / "run" / "config.json").read_text())["data_path"] == str(here / "data")
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(here / "run" / "last.pt"), "--json"]) == 0

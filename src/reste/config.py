@@ -285,6 +285,9 @@ class TrainConfig:
             raise UsageError(f"dataset {out.dataset!r} has no default model; pass --model (see `reste summary "
                              "--list`)")
         out.validate()
+        if not out.data_path and spec.reads_files and spec.reads_default_root:
+            from .data.formats import DEFAULT_ROOT
+            out.data_path = str(DEFAULT_ROOT)  # the folder it reads, which the run must find from elsewhere too
         if out.data_path and spec.reads_files:
             # config.json records where the data is, not how it was typed: `reste eval RUN_DIR` and `--resume` run
             # from other folders. absolute(), not resolve(): a symlinked data folder stays the link the user gave

@@ -65,6 +65,9 @@ class DatasetSpec:
     augments: bool = True  # whether its loader has a train augmentation for --augment to turn on
     reads_files: bool = True  # whether it is read from a folder (--data-path); digits comes with scikit-learn
     folder_classes: bool = False  # whether its classes are those of the user's folder (num_classes: the usual copy's)
+    # whether, without --data-path, its loader reads the current folder's data/ (DEFAULT_ROOT): config.json then
+    # records that folder, absolute, so `reste eval` and --resume find it from any folder
+    reads_default_root: bool = False
 
     def load(self, data_path=None, *, download: bool = False, augment: bool = True,
              in_memory: bool | None = None, train: bool = True):
@@ -102,7 +105,7 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         train_size=50000, test_size=10000, fits_in_memory=True, loader="reste.data.sets:_load_cifar10",
         defaults=dict(model="resnet20_1w1a", augment=True, optimizer="sgd", lr=0.1, weight_decay=1e-4, epochs=1000,
                       batch_size=256, eval_batch_size=128, warm_up=5),
-        description="CIFAR-10 python pickle batches (150 MB as uint8)",
+        description="CIFAR-10 python pickle batches (150 MB as uint8)", reads_default_root=True,
     ),
     DatasetSpec(
         name="imagenet", aliases=(), num_classes=1000, input_size=(3, 224, 224),
@@ -240,7 +243,7 @@ def _checked(spec: DatasetSpec) -> DatasetSpec:
         value = getattr(spec, field_name)
         if value is not None and (not whole(value) or value < 0):
             raise bad(f"{field_name} must be None or an integer >= 0, got {value!r}")
-    for field_name in ("fits_in_memory", "augments", "reads_files", "folder_classes"):
+    for field_name in ("fits_in_memory", "augments", "reads_files", "folder_classes", "reads_default_root"):
         if not isinstance(getattr(spec, field_name), bool):
             raise bad(f"{field_name} must be True or False, got {getattr(spec, field_name)!r}")
     loader = spec.loader
