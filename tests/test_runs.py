@@ -523,8 +523,9 @@ def test_augment_switch_reaches_the_train_loader(tmp_path):
 
 def test_a_relative_data_path_is_recorded_as_an_absolute_one(tmp_path, monkeypatch):
     """config.json records where the data was, not how it was typed: ``reste eval RUN_DIR`` and ``--resume RUN_DIR``
-    from another folder find it. A resume may give another path, relative to where it is given; no path (the
-    default data root) stays None."""
+    from another folder find it. A resume may give another path, relative to where it is given; no path: the
+    default data root, ./data where the run starts (review docs #1: it stayed None, read from the folder of each
+    later command)."""
     _write_cifar(tmp_path / "work" / "cifar", per_batch=2, n_test=4)
     _write_cifar(tmp_path / "other" / "cifar", per_batch=2, n_test=4)
     monkeypatch.chdir(tmp_path / "work")
@@ -538,7 +539,7 @@ def test_a_relative_data_path_is_recorded_as_an_absolute_one(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path / "other")
     engine.resume(tmp_path / "run", {"epochs": 3, "data_path": "cifar"}, force=True, progress=False, log=quiet)
     assert rundir.run_config(tmp_path / "run").data_path == str(tmp_path / "other" / "cifar")
-    assert TrainConfig(dataset="cifar10").resolve().data_path is None
+    assert TrainConfig(dataset="cifar10").resolve().data_path == str(tmp_path / "other" / "data")  # (the default)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert TrainConfig(dataset="cifar10", data_path="~/cifar").resolve().data_path == str(tmp_path / "cifar")
 
