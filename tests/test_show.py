@@ -220,7 +220,7 @@ def test_show_of_a_metrics_line_without_numbers_is_damage(run, capsys, tmp_path,
     shutil.copytree(run, copy)
     (copy / METRICS).write_text(line + "\n" + (copy / METRICS).read_text())
     error = one_line_error(capsys, "show", str(copy))
-    assert f"{copy / METRICS}: the line of epoch 1 has no number as its " in error and "mend or delete" in error
+    assert f"{copy / METRICS} line 1 (epoch 1) has no number as its " in error and "mend or delete" in error
     out = tmp_path / "s"
     assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--threads", "1", "--no-report",
                  "--out", str(out)]) == 0
@@ -229,6 +229,11 @@ def test_show_of_a_metrics_line_without_numbers_is_damage(run, capsys, tmp_path,
     capsys.readouterr()
     assert main(["show", str(out)]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "progress   1 finished, 1 damaged"
+    # (review sweeps #1) the report and the sweep, even a dry run, name the damage: not a TypeError of the whole
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert f"{first / METRICS} line 1 (epoch 1) has no number" in capsys.readouterr().out
+    assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--out", str(out), "--dry-run"]) == 0
+    assert f"{first / METRICS} line 1 (epoch 1) has no number" in capsys.readouterr().out
 
 
 def test_a_sweep_folder_moved_away_from_its_outside_runs_still_finds_them(tmp_path, capsys):

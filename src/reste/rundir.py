@@ -849,8 +849,17 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
             raise UsageError(f"{path} line {i + 1} is not JSON; the file is corrupted: {_MEND}") from None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise UsageError(f"{path} line {i + 1} is not a metrics record; the file is corrupted: {_MEND}")
+        bad = "test_acc" if not _number(record.get("test_acc")) else next(
+            (k for k, v in record.items() if v is not None and not _number(v)), None)
+        if bad:  # every reader computes with them (a best, a mean, a curve): a TypeError far from the file
+            raise UsageError(f"{path} line {i + 1} (epoch {record['epoch']}) has no number as its {bad}; the file "
+                             f"is corrupted: {_MEND}")
         out.append((line, record))
     return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def best_line(metrics: list[dict[str, Any]]) -> dict[str, Any]:

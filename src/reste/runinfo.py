@@ -37,7 +37,6 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json){example}")
     config = saved_config(run_dir)
     metrics = read_metrics(run_dir, missing_ok=True)
-    _check_numbers(run_dir, metrics)
     if len(metrics) > config.epochs:  # a resume never plans fewer epochs than finished: the files are two runs'
         raise UsageError(f"{Path(run_dir) / METRICS} holds {len(metrics)} epochs, more than the {config.epochs} that "
                          f"{Path(run_dir) / CONFIG} plans: they are not one run's (a config.json copied or edited by "
@@ -99,20 +98,6 @@ def saved_position(run_dir: str | os.PathLike) -> tuple[int, int] | None:
         return None
     epoch, step = (ckpt.get("epoch"), ckpt.get("step") or 0) if isinstance(ckpt, dict) else (None, None)
     return (epoch, step) if isinstance(epoch, int) and isinstance(step, int) else None
-
-
-def _check_numbers(run_dir: str | os.PathLike, metrics: list[dict[str, Any]]) -> None:
-    """A one-line ``UsageError`` for a metrics line whose values are not numbers (a test top-1 at least): what the
-    summary computes and prints of them would fail with a ``KeyError`` or ``TypeError``."""
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    for m in metrics:
-        bad = "test_acc" if not number(m.get("test_acc")) else next(
-            (k for k, v in m.items() if v is not None and not number(v)), None)
-        if bad:
-            raise UsageError(f"{os.path.join(run_dir, METRICS)}: the line of epoch {m['epoch']} has no number as its "
-                             f"{bad}; the file is damaged: mend or delete that line (one JSON object per epoch)")
 
 
 def show_run(run_dir: str | os.PathLike) -> str:
