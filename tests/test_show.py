@@ -284,3 +284,23 @@ def test_show_refuses_metrics_of_more_epochs_than_the_config_plans(run, tmp_path
     (mixed / METRICS).write_text((run / METRICS).read_text())
     line = one_line_error(capsys, "show", str(mixed))
     assert "holds 2 epochs, more than the 1 that" in line and "not one run's" in line
+
+
+def test_show_counts_a_runs_epochs_not_its_lines(run, capsys, tmp_path):
+    """(review sweeps #2) `reste show` counted metrics lines: a line deleted in the middle read as a run stopped
+    an epoch short (which the sweep leaves out as damaged), and a repeated line standing in for a lost last one as
+    a finished run (which the report leaves out as unfinished). It now counts the set of epochs, as they do."""
+    import shutil
+
+    from reste.runinfo import run_summary
+
+    lines = (run / METRICS).read_text().splitlines()
+    gap, repeated = tmp_path / "gap", tmp_path / "repeated"
+    shutil.copytree(run, gap)
+    shutil.copytree(run, repeated)
+    (gap / METRICS).write_text(lines[1] + "\n")  # epoch 2 without epoch 1
+    error = one_line_error(capsys, "show", str(gap))
+    assert f"{gap / METRICS} has no line for epoch 1, though it has later ones" in error
+    (repeated / METRICS).write_text(lines[0] + "\n" + lines[0] + "\n")  # epoch 1 twice, epoch 2 lost
+    summary = run_summary(repeated, steps=False)
+    assert (summary["epochs_done"], summary["finished"], summary["last"]["epoch"]) == (1, False, 1)

@@ -11,8 +11,8 @@ from typing import Any
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
-from .rundir import (CONFIG, METRICS, best_line, last_checkpoint, lock_holder, read_metrics, saved_config,
-                     schedule_fields)
+from .rundir import (CONFIG, METRICS, best_line, epoch_lines, last_checkpoint, lock_holder, read_metrics,
+                     saved_config, schedule_fields)
 from .wording import count, duration, split_batch
 
 
@@ -36,7 +36,10 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
         example = f", e.g. reste show {shell_word(parent)}" if os.path.isfile(os.path.join(parent, CONFIG)) else ""
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json){example}")
     config = saved_config(run_dir)
-    metrics = read_metrics(run_dir, missing_ok=True)
+    metrics, gap = epoch_lines(read_metrics(run_dir, missing_ok=True))
+    if gap is not None:  # (a sweep leaves the run out, a report too: not "stopped", which a sweep would continue)
+        raise UsageError(f"{Path(run_dir) / METRICS} has no line for epoch {gap}, though it has later ones: the file "
+                         "is damaged; put that line back, or train the run again")
     if len(metrics) > config.epochs:  # a resume never plans fewer epochs than finished: the files are two runs'
         raise UsageError(f"{Path(run_dir) / METRICS} holds {len(metrics)} epochs, more than the {config.epochs} that "
                          f"{Path(run_dir) / CONFIG} plans: they are not one run's (a config.json copied or edited by "

@@ -31,8 +31,7 @@ from ..config import PRESETS, TrainConfig, config_from_preset
 from ..errors import UsageError, parse_json
 from ..indicators import RUN_LEVEL, run_level
 from ..rundir import (CURVES, METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
-                      divergence,
-                      holds_run, read_metrics, run_config)
+                      divergence, epoch_lines, holds_run, read_metrics, run_config)
 from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -63,15 +62,13 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     if key is not None and config_key(canonical_saved(config)) != key:
         return "changed", (f"it holds a run with other settings ({config.epochs} epochs, estimator "
                             f"{config.estimator}) than its setting: changed since with --resume --force?")
-    by_epoch = {m["epoch"]: m for m in lines}
-    done = max(by_epoch, default=0)
-    gaps = [e for e in range(1, min(done, config.epochs) + 1) if e not in by_epoch]
-    if gaps:
-        return "damaged", (f"{run_dir / METRICS_FILE} has no line for epoch {gaps[0]}; train the run again "
+    lines, gap = epoch_lines(lines)
+    if gap is not None and gap <= config.epochs:
+        return "damaged", (f"{run_dir / METRICS_FILE} has no line for epoch {gap}; train the run again "
                             "(delete its folder) to report it")
-    if done < config.epochs:
+    metrics = [m for m in lines if m["epoch"] <= config.epochs]
+    if len(metrics) < config.epochs:
         return ("diverged", diverged) if diverged else ("pending", None)
-    metrics = [by_epoch[e] for e in range(1, config.epochs + 1)]
     row: dict[str, Any] = {**_accuracy(metrics), "epochs": len(metrics),
                            "seconds": sum(m.get("time", 0.0) for m in metrics)}
     history = [m for m in metrics if all(k in m for k in INDICATORS)]
