@@ -531,6 +531,25 @@ def test_a_stop_signal_reaches_the_runs_of_a_parallel_sweep(parallel_sweep):
         assert "stopped by SIGTERM" in log.read_text().splitlines()[-1]
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_second_ctrl_c_stops_a_parallel_sweep_at_once(parallel_sweep):
+    """(review sweeps #5) Two SIGINTs to the sweep alone (`kill -INT`), the second before the sweep passed the first
+    on: its KeyboardInterrupt left the pool's block, whose exit ran every queued run to its end, without a word.
+    Now the running runs stop, the queued one never starts, and Ctrl-C's line is printed once (not per worker)."""
+    import signal
+    import time
+
+    proc, workers, out = parallel_sweep
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.count("Ctrl-C: stopping after saving the current step") == 1, err
+    assert _gone(workers, 30), workers
+    assert len(list(out.glob("runs/*/seed0/train.log"))) == 2 and not list(out.glob("runs/ede-*")), err
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (PR_SET_PDEATHSIG is Linux's)")
 def test_the_runs_of_a_killed_parallel_sweep_stop_with_it(parallel_sweep):
     """SIGKILL to a sweep of 2 jobs: its workers save their step and exit."""

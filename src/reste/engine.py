@@ -968,6 +968,7 @@ class StopRequest:
     stops. A second Ctrl-C gets Python's own handler back: KeyboardInterrupt at once, without that checkpoint."""
 
     signum: int = 0
+    announce: bool = True  # whether Ctrl-C is answered with a line (not in a sweep's worker: the sweep says it)
 
     @contextlib.contextmanager
     def handling(self):
@@ -980,7 +981,7 @@ class StopRequest:
             self.signum = self.signum or signum
             if signum == signal.SIGINT:
                 signal.signal(signum, previous[signum])
-                if env_rank() == 0:  # os.write: safe in a handler that may interrupt a print
+                if env_rank() == 0 and self.announce:  # os.write: safe in a handler that may interrupt a print
                     with contextlib.suppress(OSError):
                         os.write(2, b"reste: Ctrl-C: stopping after saving the current step (press it again to "
                                     b"stop at once, without saving)\n")

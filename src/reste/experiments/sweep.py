@@ -531,6 +531,9 @@ def _init_worker(threads: int, parent: int | None = None, command_line: bool = F
         pass
     if parent is None:
         return
+    from ..engine import StopRequest
+
+    StopRequest.announce = False  # a Ctrl-C reaches the sweep too, which says it once for all its runs
     _WORKER["parent"] = parent
     for sig in stop_signals():
         signal.signal(sig, _stop_between_runs)
@@ -966,6 +969,7 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
     no further run starts, the running ones save their step and stop, then ``Preempted`` is raised here, as with
     one job; a worker whose sweep died stops the same way (Linux)."""
     import multiprocessing
+    import signal
 
     from ..engine import Preempted, StopRequest
 
@@ -986,40 +990,50 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
         for fut in started:
             announce(*futures[fut])
         queue = queue[jobs:]
-        while waiting:
-            done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
-            if stop.signum:  # again at each turn: a worker may have taken a queued run since
-                for fut in waiting:
-                    fut.cancel()
-                for pid in list(getattr(pool, "_processes", None) or {}):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, stop.signum)
-            for fut in done:
-                if fut.cancelled():
-                    continue
-                s, seed, job = futures[fut]
-                try:
-                    outcome = {**fut.result(), "from_epoch": job["from_epoch"]}
-                    ended.add(fut)
-                except Preempted as err:
-                    preempted = preempted or err
-                    stop.signum = stop.signum or err.signum
-                    continue
-                except BrokenProcessPool:  # the pool stops the other workers' runs (SIGTERM: each saves its step)
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    runs = ", ".join(f"{r.label} seed {r_seed}" for r, r_seed, _ in
-                                     (futures[f] for f in started if f not in ended))
-                    raise BrokenProcessPool(
-                        f"a worker process of the sweep died (killed: by a signal, or by the system for memory) while "
-                        f"training one of: {runs}; the other runs were stopped with it. Each keeps its finished "
-                        "epochs: run the same command again to continue (fewer --jobs if memory ran out)") from None
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)  # start no further run
-                    raise
-                if queue and not stop.signum:
-                    started.append(queue[0])
-                    announce(*futures[queue.pop(0)])
-                report_one(s, seed, outcome)
+
+        def pass_on(signum: int) -> None:
+            for pid in list(getattr(pool, "_processes", None) or {}):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+
+        try:
+            while waiting:
+                done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+                if stop.signum:  # again at each turn: a worker may have taken a queued run since
+                    for fut in waiting:
+                        fut.cancel()
+                    pass_on(stop.signum)
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    s, seed, job = futures[fut]
+                    try:
+                        outcome = {**fut.result(), "from_epoch": job["from_epoch"]}
+                        ended.add(fut)
+                    except Preempted as err:
+                        preempted = preempted or err
+                        stop.signum = stop.signum or err.signum
+                        continue
+                    except BrokenProcessPool:  # the pool stops the other workers' runs (SIGTERM: each saves its step)
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        runs = ", ".join(f"{r.label} seed {r_seed}" for r, r_seed, _ in
+                                         (futures[f] for f in started if f not in ended))
+                        raise BrokenProcessPool(
+                            "a worker process of the sweep died (killed: by a signal, or by the system for memory) "
+                            f"while training one of: {runs}; the other runs were stopped with it. Each keeps its "
+                            "finished epochs: run the same command again to continue (fewer --jobs if memory ran out)"
+                        ) from None
+                    except BaseException:
+                        pool.shutdown(wait=False, cancel_futures=True)  # start no further run
+                        raise
+                    if queue and not stop.signum:
+                        started.append(queue[0])
+                        announce(*futures[queue.pop(0)])
+                    report_one(s, seed, outcome)
+        except KeyboardInterrupt:  # a second Ctrl-C, "stop at once": the running runs stop too, and no queued run
+            pass_on(signal.SIGINT)  # may start (the pool's exit would run them all)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     if preempted is not None:
         raise preempted
     if stop.signum:  # the signal came when no run was left to stop
