@@ -304,3 +304,25 @@ def test_show_counts_a_runs_epochs_not_its_lines(run, capsys, tmp_path):
     (repeated / METRICS).write_text(lines[0] + "\n" + lines[0] + "\n")  # epoch 1 twice, epoch 2 lost
     summary = run_summary(repeated, steps=False)
     assert (summary["epochs_done"], summary["finished"], summary["last"]["epoch"]) == (1, False, 1)
+
+
+@pytest.mark.parametrize("key, value", [("epochs", "1"), ("lr", "0.05")])
+def test_a_config_json_value_of_another_type_is_that_runs_damage(tmp_path, capsys, key, value):
+    """(review sweeps #13) A run's config.json with "epochs": "1": `reste show` ended in a TypeError, and the report
+    and the sweep (even --dry-run) in "--epochs must be int" for the whole sweep, naming neither the file nor
+    the run; the file is now named as damaged, and the other runs are shown, reported and kept."""
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--threads", "1", "--no-report",
+                 "--out", str(out)]) == 0
+    first = out / json.loads((out / "sweep.json").read_text())["settings"][0]["runs"]["0"]
+    config = json.loads((first / "config.json").read_text())
+    (first / "config.json").write_text(json.dumps({**config, key: value}))
+    capsys.readouterr()
+    error = one_line_error(capsys, "show", str(first))
+    assert f"{first / 'config.json'} is corrupted ({key} must be " in error and "delete it: --resume" in error
+    assert main(["show", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "progress   1 finished, 1 damaged"
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert f"{first / 'config.json'} is corrupted ({key} must be " in capsys.readouterr().out
+    assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--out", str(out), "--dry-run"]) == 0
+    assert f"{first / 'config.json'} is corrupted ({key} must be " in capsys.readouterr().out

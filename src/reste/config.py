@@ -429,8 +429,9 @@ class TrainConfig:
         raise UsageError(f"--indicators paper reads binary 3x3 convolutions only and {self.model!r} has none; use "
                          "--indicators general")
 
-    def _check_types(self) -> None:
-        """Every field has its type (a hand-edited config.json may hold nulls or strings)."""
+    def _check_types(self, keys: bool = False) -> None:
+        """Every field has its type (a hand-edited config.json may hold nulls or strings); ``keys``: the error
+        names the field as a file does (``epochs``), not as a flag (``--epochs``)."""
         number = (int, float)
         kinds: dict[str, tuple[type, ...]] = {
             "dataset": (str,), "estimator": (str,), "scaling": (str,), "optimizer": (str,), "device": (str,),
@@ -451,7 +452,7 @@ class TrainConfig:
                 continue
             bad_bool = isinstance(value, bool) and bool not in kind
             if bad_bool or not isinstance(value, kind):
-                flag = "--" + name.replace("_", "-")
+                flag = name if keys else "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be {' or '.join(k.__name__ for k in kind)}, got {value!r}")
 
 

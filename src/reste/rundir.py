@@ -771,7 +771,9 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
         if missing:
             raise UsageError(f"{cfg_path} is corrupted (no {', '.join(missing)}); start a new run")
-        return TrainConfig.from_saved(data)
+        config = TrainConfig.from_saved(data)
+        config._check_types(keys=True)  # ("epochs": "6" went on to a TypeError of whatever compared it)
+        return config
     except UsageError as err:
         raise UsageError(f"{cfg_path} is corrupted ({err}); {_config_remedy(run_dir)}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as err:

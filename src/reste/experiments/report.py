@@ -57,9 +57,10 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     try:
         config = run_config(run_dir)
         lines = read_metrics(run_dir, missing_ok=True)
+        changed = key is not None and config_key(canonical_saved(config)) != key
     except UsageError as err:
         return "damaged", str(err)
-    if key is not None and config_key(canonical_saved(config)) != key:
+    if changed:
         return "changed", (f"it holds a run with other settings ({config.epochs} epochs, estimator "
                             f"{config.estimator}) than its setting: changed since with --resume --force?")
     lines, gap = epoch_lines(lines)
