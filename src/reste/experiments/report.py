@@ -37,6 +37,10 @@ from .identity import canonical_saved, config_key
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
 
 METRICS = ("best_acc", "final_acc", "estimating_error", "gradient_stability")
+# the legend of results.md's published column; what it names as another recipe is none of RECIPE_FREE
+PUBLISHED_NOTE = ("published: the paper's top-1 (top-5) of the preset whose recipe the setting trains, one run each "
+                  "(reste.config.PRESETS), and the mean best top-1 minus it; - where the setting trains no preset's "
+                  "recipe (other estimator options, epochs, batch, --amp, ...).")
 INDICATORS = ("estimating_error", "gradient_stability")
 
 
@@ -563,9 +567,7 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         head += f"\n\n**{warning}.**"
     shown = any("published_top1" in r for r in rows)
     if shown:
-        head += ("\n\npublished: the paper's top-1 (top-5) of the preset whose recipe the setting trains, one run each "
-                 "(reste.config.PRESETS), and the mean best top-1 minus it; - where the setting trains no preset's "
-                 "recipe (other estimator options, epochs, batch, --amp, --cuda-graphs, ...).")
+        head += "\n\n" + PUBLISHED_NOTE
     lines = [head, "",
              "| setting | best acc (%) |" + (" published (%) | best - published |" if shown else "")
              + " final acc (%) | estimating error | gradient stability | n |",
