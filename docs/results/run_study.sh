@@ -5,12 +5,13 @@
 # Tables and figures go to docs/results/epochs$EPOCHS/{estimators,o_end}/.
 # Run from anywhere; re-running skips finished runs and resumes interrupted ones.
 #   EPOCHS=6 docs/results/run_study.sh      (the main study; EPOCHS=3 gives the pilot)
+#   OUT=study6 EPOCHS=6 docs/results/run_study.sh   (with a reste later than 800c232: a new folder)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 EPOCHS=${EPOCHS:-6}
 RUNS=${RUNS:-runs/study}   # checkpoints and logs (git-ignored)
 JOBS=${JOBS:-2}            # runs at a time, one torch thread each
-OUT=docs/results/epochs$EPOCHS
+OUT=${OUT:-docs/results/epochs$EPOCHS}   # tables and figures; a later reste than 800c232 needs a new one (README)
 # the recipe pinned (SGD, crop + flip): Fashion-MNIST's defaults have changed since (Adam, no augmentation)
 COMMON=(--dataset fashion-mnist --model fmnist_vgg_1w1a --model-option width=8 --epochs "$EPOCHS"
         --optimizer sgd --lr 0.1 --momentum 0.9 --weight-decay 1e-4 --batch-size 256 --warm-up 0 --augment
