@@ -223,7 +223,8 @@ def test_grid_parsing():
 
 def _fake_run(run_dir: Path, accs: list[float], errors: list[float], stabs: list[float]) -> None:
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(TrainConfig(dataset="digits", epochs=len(accs)).to_dict()))
+    config = TrainConfig(dataset="digits", epochs=len(accs)).resolve()  # (as reste train writes it)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     (run_dir / "last.pt").write_bytes(b"")
     lines = [dict(epoch=i + 1, train_acc=a, test_acc=a, train_loss=1.0, test_loss=1.0, estimating_error=e,
                   gradient_stability=s) for i, (a, e, s) in enumerate(zip(accs, errors, stabs))]
@@ -276,7 +277,7 @@ def test_plot_estimators_and_runs(tmp_path, capsys):
 def _real_like_run(run_dir: Path, estimator: str, losses: list[float], schedule: dict[str, list[float]]) -> None:
     """A run directory as reste train writes it: config.json with the estimator, lr and schedule per epoch."""
     run_dir.mkdir(parents=True)
-    config = TrainConfig(dataset="digits", epochs=len(losses), estimator=estimator).to_dict()
+    config = TrainConfig(dataset="digits", epochs=len(losses), estimator=estimator).resolve().to_dict()
     (run_dir / "config.json").write_text(json.dumps(config))
     lines = [dict(epoch=i + 1, lr=0.1 / (i + 1), train_acc=50.0 + i, test_acc=48.0 + i, train_loss=loss,
                   test_loss=2 * loss, **{k: v[i] for k, v in schedule.items()}) for i, loss in enumerate(losses)]
@@ -1544,9 +1545,9 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
     drawn: list[tuple[list[Path], list[str] | None]] = []
     real = plots.runs_figure
 
-    def spy(dirs, labels=None):
+    def spy(dirs, labels=None, metrics=None):
         drawn.append(([Path(d) for d in dirs], labels))
-        return real(dirs, labels)
+        return real(dirs, labels, metrics)
 
     ste, reste_ = (next((out / "runs").glob(f"{e}-*/seed0")) for e in ("ste", "reste"))
     with pytest.MonkeyPatch.context() as mp:
@@ -1703,3 +1704,28 @@ def test_a_float_baseline_beside_an_estimator_grid_trains_once_without_the_estim
     with pytest.raises(UsageError, match="'digits' is full precision: it has no estimator, so --estimator ste"):
         expand_grid(dataclasses.replace(base, model="digits", estimator_options={}), {"lr": [0.1, 0.2]})[0] \
             .config.resolve()
+
+
+def test_plot_of_a_sweep_whose_run_folders_are_gone_draws_its_epochs_csv(tmp_path, capsys, monkeypatch):
+    """(review sweeps #14) A committed study keeps runs.csv and epochs.csv, not its run folders: `reste plot SWEEP`
+    said its runs had "no finished epoch yet" and drew nothing. It draws them from epochs.csv, and says so."""
+    from reste.experiments import plots
+
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "2", "--threads", "1", "--out", str(out),
+                 "--no-report"]) == 0
+    assert main(["report", str(out), "--no-plots"]) == 0
+    shutil.rmtree(out / "runs")
+    drawn = []
+    real = plots.runs_figure
+    monkeypatch.setattr(plots, "runs_figure", lambda dirs, labels=None, metrics=None: drawn.append(
+        (labels, metrics)) or real(dirs, labels, metrics))
+    capsys.readouterr()
+    assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
+    assert f"plot: 2 of the sweep's 2 runs drawn from {out / 'epochs.csv'} (their folders are gone)" in \
+        capsys.readouterr().out
+    (labels, metrics), = drawn
+    assert labels == ["lr=0.05 seed 0", "lr=0.1 seed 0"] and [len(m) for m in metrics] == [2, 2]
+    rows = [r for r in _read_csv(out / "epochs.csv") if r["setting"] == "lr=0.1"]
+    assert [m["test_acc"] for m in metrics[1]] == [float(r["test_acc"]) for r in rows]
+    assert (tmp_path / "c.png").stat().st_size > 0

@@ -326,3 +326,23 @@ def test_a_config_json_value_of_another_type_is_that_runs_damage(tmp_path, capsy
     assert f"{first / 'config.json'} is corrupted ({key} must be " in capsys.readouterr().out
     assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--out", str(out), "--dry-run"]) == 0
     assert f"{first / 'config.json'} is corrupted ({key} must be " in capsys.readouterr().out
+
+
+def test_a_failed_sweep_run_is_named_by_show_and_report_until_it_trains_again(tmp_path, capsys):
+    """(review sweeps #3) A run that failed (here: a model that does not fit the data) was told only in the
+    sweep's own output: `reste show` said "not started", and the report's table showed 0/1 without a word."""
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "model=digits_1w1a,resnet20_1w1a", "--epochs", "1", "--threads", "1",
+                 "--no-report", "--out", str(out)]) == 1
+    failed = out / json.loads((out / "sweep.json").read_text())["settings"][1]["runs"]["0"]
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "progress   1 finished, 1 failed"
+    assert lines[3].startswith("  model=resnet20_1w1a  seed 0: it failed (UsageError: model 'resnet20_1w1a' ")
+    assert lines[3].endswith(f"; its traceback is in {failed / 'train.log'}")
+    assert lines[4].startswith("continue   the same `reste sweep` command trains the 1 run left")
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert f"report: model=resnet20_1w1a seed 0 is left out: it failed (UsageError: " in capsys.readouterr().out
+    assert main(["train", "--out", str(failed), "--epochs", "1", "--threads", "1", "--no-progress"]) == 0
+    assert not (failed / "failed.json").exists()  # the record goes where the run starts again (a sweep too)

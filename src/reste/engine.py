@@ -68,10 +68,10 @@ from .estimators import Estimator
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
-                     best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, holds_run, keep_top,
-                     last_checkpoint, read_metrics,
-                     repair_best, require_run_path, restore_config, run_config, saved_config, schedule_fields,
-                     start_metrics, truncate_metrics, write_config)
+                     best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
+                     holds_run, keep_top, last_checkpoint, read_metrics, repair_best, require_run_path,
+                     restore_config, run_config, saved_config, schedule_fields, start_metrics, truncate_metrics,
+                     write_config)
 from .schedules import learning_rate
 from .wording import count, duration, gist, split_batch
 from .syncbn import ProcessGroupBatchNorm
@@ -717,7 +717,8 @@ class _Run:
 
     def run(self) -> dict[str, Any]:
         if self.dist.main:
-            forget_divergence(self.run_dir)  # a sweep's record that the run diverged: it tries again
+            forget_divergence(self.run_dir)  # a sweep's record that the run diverged or failed: it tries again
+            forget_failure(self.run_dir)
         try:
             return self._epochs()
         finally:

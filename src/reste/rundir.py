@@ -66,6 +66,9 @@ CURVES = "curves.png"  # `reste plot RUN_DIR`'s figure of one run
 # a sweep's record that the run diverged (non-finite loss): the sweep does not train it again and the report says
 # why it is missing; a resume removes it (it tries again)
 DIVERGED = "diverged.json"
+# a sweep's record that the run failed (an error, its traceback in train.log): a sweep trains it again, and until
+# then `reste show` and the report say why it is missing; the run's next start removes it
+FAILED = "failed.json"
 # Settings that may differ when resuming without --force: they do not change what is trained (another CPU
 # thread count can change the last bits of float32 sums, and another --accumulate the micro-batches BatchNorm
 # normalises over, the step's gradient being the batch's either way: resume notes both).
@@ -356,7 +359,7 @@ class RunDirectory:
                                  "or choose another --out")
             # a sweep's log, and the record of a run that diverged before it kept anything (trained again here)
             # and what Finder or Explorer wrote there (.DS_Store, Thumbs.db, ...)
-            others = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, DIVERGED)
+            others = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, DIVERGED, FAILED)
                             and not p.name.endswith(".log") and not (p.name.startswith(".") and p.name.endswith(".tmp"))
                             and not _litter(p.name))
             if others:
@@ -610,7 +613,7 @@ def check_output_path(path: str | os.PathLike) -> None:
     ``tensorboard/`` folder."""
     path = Path(path)
     folder = path.parent
-    names = (*RUN_FILES, LOCK_NAME, DIVERGED, TRAIN_LOG, CURVES)
+    names = (*RUN_FILES, LOCK_NAME, DIVERGED, FAILED, TRAIN_LOG, CURVES)
     if (folder / CONFIG).is_file() and (path.suffix == ".pt" or path.name in names):
         raise UsageError(f"{path} would overwrite a file of the run in {folder}; pass another output path")
     if folder.name in (TOP_DIR, TENSORBOARD_DIR) and (folder.parent / CONFIG).is_file():
@@ -640,6 +643,31 @@ def divergence(run_dir: str | os.PathLike) -> str | None:
 def forget_divergence(run_dir: str | os.PathLike) -> None:
     """Remove the record of a divergence: the run trains again."""
     (Path(run_dir) / DIVERGED).unlink(missing_ok=True)
+
+
+def record_failure(run_dir: str | os.PathLike, error: str) -> None:
+    """Record that the run in ``run_dir`` failed with ``error`` (one line: the exception's type and message)."""
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)  # a run that failed at its start removed what it wrote
+    atomic_write(path / FAILED, lambda f: f.write(json.dumps({"error": error}).encode() + b"\n"))
+
+
+def failure(run_dir: str | os.PathLike) -> str | None:
+    """Why the run in ``run_dir`` failed, in words (``record_failure``); None when it has no such record."""
+    path = Path(run_dir) / FAILED
+    try:
+        error = parse_json(path.read_text(encoding="utf-8"))["error"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"it failed (its record {path} is damaged)"
+    log = f"; its traceback is in {path.parent / TRAIN_LOG}" if (path.parent / TRAIN_LOG).is_file() else ""
+    return f"it failed ({error}){log}"
+
+
+def forget_failure(run_dir: str | os.PathLike) -> None:
+    """Remove the record of a failure: the run starts again."""
+    (Path(run_dir) / FAILED).unlink(missing_ok=True)
 
 
 _PROC_LOCKS = "/proc/locks"  # Linux's table of the file locks held on this machine

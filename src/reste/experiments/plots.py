@@ -161,27 +161,31 @@ def _panel_axes(fig: Any, count: int) -> list[Any]:
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
-              labels: Sequence[str] | None = None) -> Path:
+              labels: Sequence[str] | None = None, metrics: Sequence[list[dict[str, Any]] | None] | None = None
+              ) -> Path:
     """Training curves of runs: accuracy, loss (log axis), learning rate and estimator schedule,
     and the indicators when logged. Several runs share the figure, one colour each, labelled by ``labels`` or else
-    the settings that differ between them (from their config.json); ``out`` may be .png, .pdf or .svg."""
+    the settings that differ between them (from their config.json); ``out`` may be .png, .pdf or .svg.
+    ``metrics``: a run's epochs where its folder is gone (a sweep's epochs.csv kept them), None: read them there."""
     dirs = [Path(d) for d in run_dirs]
     if out is not None and Path(out).suffix.lower() not in FORMATS:
         _save(None, out)  # the one-line refusal, before any work
-    fig = runs_figure(dirs, labels)
+    fig = runs_figure(dirs, labels, metrics)
     if out is None:
         out = dirs[0] / CURVES if len(dirs) == 1 else Path(CURVES)
     return _save(fig, out)
 
 
-def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> Any:
+def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
+                metrics_of: Sequence[list[dict[str, Any]] | None] | None = None) -> Any:
     """The figure of :func:`plot_runs` (a ``matplotlib.figure.Figure``), not saved."""
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise UsageError("give at least one run directory")
     data = []
-    for d, label in zip(dirs, _setting_labels(dirs) if labels is None else labels):
-        metrics = read_metrics(d)
+    given = list(metrics_of) if metrics_of is not None else [None] * len(dirs)
+    for d, label, kept in zip(dirs, _setting_labels(dirs) if labels is None else labels, given):
+        metrics = kept if kept is not None else read_metrics(d)
         if not metrics:
             raise UsageError(f"{d} has no finished epoch yet")
         data.append((label, metrics))

@@ -31,7 +31,7 @@ from ..config import PRESETS, TrainConfig, config_from_preset
 from ..errors import UsageError, parse_json
 from ..indicators import RUN_LEVEL, run_level
 from ..rundir import (CURVES, METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
-                      divergence, epoch_lines, holds_run, read_metrics, run_config)
+                      divergence, epoch_lines, failure, holds_run, read_metrics, run_config)
 from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -54,10 +54,14 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     be reported (a damaged file, an epoch's line missing in the middle). ``("changed", why)``: a run with settings
     other than ``key`` (its setting's :func:`~reste.experiments.identity.config_key`), changed since with
     ``reste train --resume --force``. ``("diverged", why)``: an unfinished run that a sweep recorded as diverged
-    (``reste.rundir.record_divergence``; its loss became NaN or infinite), which a sweep does not train again."""
+    (``reste.rundir.record_divergence``; its loss became NaN or infinite), which a sweep does not train again.
+    ``("failed", why)``: an unfinished run that a sweep recorded as failed (``reste.rundir.record_failure``), which
+    the sweep trains again."""
     diverged = divergence(run_dir)
-    if not holds_run(run_dir):  # a run that diverged in epoch 1 kept no files but its record
-        return ("diverged", diverged) if diverged else ("pending", None)
+    unfinished = ("diverged", diverged) if diverged else ("failed", failed) if (failed := failure(run_dir)) \
+        else ("pending", None)
+    if not holds_run(run_dir):  # a run that diverged or failed at its start kept no files but its record
+        return unfinished
     try:
         config = run_config(run_dir)
         lines = read_metrics(run_dir, missing_ok=True)
@@ -73,7 +77,7 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
                             "(delete its folder) to report it")
     metrics = [m for m in lines if m["epoch"] <= config.epochs]
     if len(metrics) < config.epochs:
-        return ("diverged", diverged) if diverged else ("pending", None)
+        return unfinished
     row: dict[str, Any] = {**_accuracy(metrics), "epochs": len(metrics),
                            "seconds": sum(m.get("time", 0.0) for m in metrics)}
     history = [m for m in metrics if all(k in m for k in INDICATORS)]
@@ -280,12 +284,13 @@ def sweep_run_dirs(out_dir: str | os.PathLike, where: Sequence[str] = (),
     """The folders of the sweep's runs that have finished an epoch or more: settings in the sweep's order, then
     seeds. ``where`` keeps the runs whose setting has, for each ``KEY=V1[,V2...]`` (a grid axis, or ``seed``), one
     of those values. ``log`` gets a line for runs left out because they have no epoch yet or a damaged file."""
-    return [d for d, _ in _sweep_runs(out_dir, where, log)]
+    return [d for d, _, _ in _sweep_runs(out_dir, where, log)]
 
 
-def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[[str], None] | None
-                ) -> list[tuple[Path, str]]:
-    """(folder, "SETTING seed N") of each run :func:`sweep_run_dirs` gives."""
+def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[[str], None] | None,
+                kept: bool = False) -> list[tuple[Path, str, list[dict[str, Any]] | None]]:
+    """(folder, "SETTING seed N", None) of each run :func:`sweep_run_dirs` gives; ``kept``: also (folder, label,
+    its epochs) of each run whose folder is gone, from the epochs.csv an earlier report wrote."""
     out = Path(out_dir)
     manifest = load_manifest(out)
     axes = list(manifest["grid"])
@@ -305,24 +310,37 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
         for seed in s["runs"]:
             values = {**s["values"], "seed": int(seed)}
             if all(any(_matches(values.get(k), v) for v in texts) for k, texts in wanted.items()):
-                chosen.append((run_folder(out, s, seed), f"{s['label']} seed {seed}"))
+                chosen.append((run_folder(out, s, seed), f"{s['label']} seed {seed}", folder_name(s["runs"][seed]),
+                               int(seed)))
     if not chosen:
         labels = ", ".join(s["label"] for s in manifest["settings"][:6]) + (", ..." if len(manifest["settings"]) > 6
                                                                            else "")
         raise UsageError(f"no run of the sweep in {out} has {' '.join(where)} (its settings: {labels}; seeds "
                          f"{', '.join(map(str, manifest['seeds']))})")
-    dirs, unstarted = [], []
-    for d, label in chosen:
+    dirs: list[tuple[Path, str, list[dict[str, Any]] | None]] = []
+    unstarted, from_table = 0, 0
+    earlier = earlier_rows(out) if kept else {}
+    for d, label, folder, seed in chosen:
         try:
             started = holds_run(d) and read_metrics(d, missing_ok=True)
-            (dirs if started else unstarted).append((d, label))
         except UsageError as err:  # a damaged run: the others are still drawn
             if log:
                 log(f"plot: {d} is left out: {err}")
+            continue
+        epochs = earlier.get((folder, seed), {}).get("metrics") if not holds_run(d) else None
+        if started:
+            dirs.append((d, label, None))
+        elif epochs:  # its folder is gone (git-ignored runs of a committed study): the report kept its epochs
+            dirs.append((d, label, [{k: v for k, v in m.items() if v is not None} for m in epochs]))
+            from_table += 1
+        else:
+            unstarted += 1
+    if from_table and log:
+        log(f"plot: {from_table} of the sweep's {len(chosen)} runs drawn from {out / 'epochs.csv'} (their folders are "
+            "gone)")
     if unstarted and log:
-        n = len(unstarted)
-        log(f"plot: {n} of the sweep's {len(chosen)} runs {'has' if n == 1 else 'have'} no finished epoch yet; left "
-            "out")
+        log(f"plot: {unstarted} of the sweep's {len(chosen)} runs {'has' if unstarted == 1 else 'have'} no finished "
+            "epoch yet; left out")
     if not dirs:
         raise UsageError(f"no run of the sweep in {out}{' with ' + ' '.join(where) if where else ''} has finished an "
                          "epoch yet")
@@ -341,12 +359,13 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
     runs: list[tuple[Path, str]] = []
     for t in targets:
         label = f"{Path(t).name}: " if len(targets) > 1 else ""  # several sweeps: whose run it is
-        runs += [(d, label + s) for d, s in _sweep_runs(t, where, log)] if Path(t) in sweeps else [(Path(t), "")]
+        runs += [(d, label + s, m) for d, s, m in _sweep_runs(t, where, log, kept=True)] if Path(t) in sweeps \
+            else [(Path(t), "", None)]
     if out is None and len(targets) == 1 and sweeps:
         out = sweeps[0] / CURVES
     # runs of sweeps alone are named as the sweep names them ("o_end=10 seed 0"), else by the settings that differ
-    labels = [s for _, s in runs] if len(sweeps) == len(targets) else None
-    return plotting.plot_runs([d for d, _ in runs], out, labels)
+    labels = [s for _, s, _ in runs] if len(sweeps) == len(targets) else None
+    return plotting.plot_runs([d for d, _, _ in runs], out, labels, [m for _, _, m in runs])
 
 
 def _setting_key(s: dict[str, Any]) -> str | None:

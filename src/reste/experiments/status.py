@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, shell_word
-from ..rundir import SWEEP_LOCK, divergence, holds_run, lock_holder
+from ..rundir import SWEEP_LOCK, divergence, failure, holds_run, lock_holder
 from ..runinfo import run_summary, show_run
 from ..wording import count
 from .report import earlier_rows, folder_name, is_sweep_folder, load_manifest, run_folder
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
-STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "damaged", "not started")
+STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "failed", "damaged", "not started")
 
 
 def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
@@ -23,18 +23,27 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
     the run's own settings are missing), best top-1 and epoch, pid."""
     entry: dict[str, Any] = {"run_dir": os.fspath(run_dir), "state": "not started", "epochs_done": 0,
                              "epochs": epochs, "best": None, "pid": None, "why": None, "reported": None}
-    if not holds_run(run_dir):  # a run that diverged in its first epoch leaves only the sweep's record of it
-        diverged = divergence(run_dir)
-        return {**entry, "state": "diverged", "why": diverged} if diverged else entry
+    if not holds_run(run_dir):  # a run that diverged in its first epoch, or failed at its start, leaves only the
+        record = _unfinished(run_dir)  # sweep's record of it
+        return {**entry, "state": record[0], "why": record[1]} if record else entry
     try:
         summary = run_summary(run_dir, steps=False)  # (its last.pt unread: a line per run of many)
     except UsageError as err:  # a damaged file: the others are still shown
         return {**entry, "state": "damaged", "why": str(err)}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
-    diverged = divergence(run_dir) if state != "training" else None  # (a run training again is training)
+    record = _unfinished(run_dir) if state != "training" else None  # (a run training again is training)
     entry.update(epochs_done=summary["epochs_done"], epochs=summary["config"]["epochs"], pid=summary["pid"],
-                 best=summary["best"], state="diverged" if diverged else state, why=diverged)
+                 best=summary["best"], state=record[0] if record else state, why=record[1] if record else None)
     return entry
+
+
+def _unfinished(run_dir: Path) -> tuple[str, str] | None:
+    """("diverged" or "failed", why) where a sweep recorded that the run in ``run_dir`` diverged or failed."""
+    diverged = divergence(run_dir)
+    if diverged:
+        return "diverged", diverged
+    failed = failure(run_dir)
+    return ("failed", failed) if failed else None
 
 
 def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -81,7 +90,7 @@ def show_sweep(out_dir: str | os.PathLike) -> str:
         for i, run in enumerate(s["runs"]):
             label = (s["label"] if i == 0 else "").ljust(width)
             lines.append(f"  {label}  seed {run['seed']}: {_run_line(run)}")
-    left = sum(status["counts"][k] for k in ("stopped", "training or stopped", "not started"))
+    left = sum(status["counts"][k] for k in ("stopped", "training or stopped", "failed", "not started"))
     if left and running == 0:
         lines.append(f"continue   the same `reste sweep` command trains the {count(left, 'run')} left (finished runs "
                      "are skipped, stopped ones resume)")
@@ -110,6 +119,8 @@ def _run_line(run: dict[str, Any]) -> str:
         return f"{done}: training now{pid}{best_text}"
     if state == "diverged":
         return f"{run['why']} after {done}"
+    if state == "failed":  # (the sweep trains it again)
+        return f"{done}: {run['why']}" if run["epochs_done"] else run["why"]
     if state == "finished":
         return f"finished{best_text}"
     return f"{done}: {state}{best_text}"

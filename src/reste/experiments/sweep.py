@@ -48,8 +48,8 @@ from ..estimators import estimator_class, estimator_flags, get_estimator, list_e
 from ..checkpoint import load_checkpoint
 from ..wording import count, duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
-                      holds_run, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
-                      remove_folders)
+                      forget_failure, holds_run, last_checkpoint, make_folders, open_append, read_metrics,
+                      record_divergence, record_failure, remove_folders)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_status,
                      summarize, write_manifest)
@@ -430,6 +430,7 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     start = time.time()
     _WORKER["running"] = True
     try:
+        forget_failure(run_dir)  # (an earlier sweep's record: the run starts again)
         config = TrainConfig.from_dict(job["config"])
         if job.get("devices"):  # this worker's device (the sweep's own process: the first)
             config = dataclasses.replace(config, device=job["devices"][_WORKER["slot"] % len(job["devices"])])
@@ -460,6 +461,9 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
                 with contextlib.suppress(OSError, UsageError):
                     log(f"cannot record the divergence in {run_dir} ({write_error.strerror})")
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if status == "failed":  # for `reste show` and the report, until the sweep trains it again
+            with contextlib.suppress(OSError):
+                record_failure(run_dir, f"{type(err).__name__}: {message}")
         return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start,
                 "logged": logged}
     finally:
