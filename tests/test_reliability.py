@@ -355,6 +355,9 @@ ERROR_CASES = {
     "weight-decay-inf": (["--weight-decay", "inf"], None, ["--weight-decay must be >= 0"]),
     "epochs-2**70": (["--epochs", str(2**70)], None, ["--epochs must be at most"]),
     "a32-float-model": (["--model", "digits", "--a32"], None, ["--a32 applies to binary models"]),
+    # (review docs #8) it trained, and made a sweep setting of its own that trains the same run
+    "scaling-float-model": (["--model", "digits", "--scaling", "channel"], None,
+                            ["--scaling applies to binary weights; 'digits' is full precision"]),
     "save-every-0": (["--save-every", "0"], None, ["--save-every must be a positive"]),
     "out-empty": (["train", "--out", ""], None, ["empty"]),
     "null-config-fields": (None, _null_config, ["must be"]),
