@@ -613,3 +613,21 @@ def test_the_stop_line_of_an_auto_resumed_run_says_to_run_the_command_again(caps
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("reste: stopped by SIGTERM at epoch 2, step 3/"), line
     assert line.endswith("holds it: run the same command again to continue") and "--resume" not in line, line
+
+
+def test_the_default_folder_taken_by_another_run_of_the_same_second_gets_a_suffix(tmp_path, monkeypatch):
+    """(review newuser #1) `reste train` twice at once without --out: both named runs/MODEL-ESTIMATOR-TIME, and
+    the second was refused a folder its user never chose (in use, or already holding a run)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(engine, "default_run_dir", lambda config: Path("runs") / "same-second")
+    config = TrainConfig(epochs=1, threads=1)
+    first = engine.train(config, progress=False, log=lambda _m: None)
+    assert first["run_dir"] == str(Path("runs") / "same-second")
+    second = engine.train(config, progress=False, log=lambda _m: None)  # the folder holds a run
+    assert second["run_dir"] == str(Path("runs") / "same-second-2")
+    with RunDirectory.open(tmp_path / "runs" / "same-second-3", fresh=True):  # another run is writing there
+        third = engine.train(config, progress=False, log=lambda _m: None)
+    assert third["run_dir"] == str(Path("runs") / "same-second-4")
+    assert not (tmp_path / "runs" / "same-second-3" / "config.json").exists()
+    with pytest.raises(UsageError, match="already holds a run"):  # a folder the user chose is refused, as before
+        engine.train(config, Path("runs") / "same-second", progress=False, log=lambda _m: None)

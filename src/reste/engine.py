@@ -1073,6 +1073,19 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.estimator}-{stamp}"
 
 
+def _open_default(run_dir: Path) -> tuple[RunDirectory, Path]:
+    """Lock the default folder ``run_dir``, or, where another run took it (two started in the same second),
+    ``run_dir-2``, ``run_dir-3``, ... (under torchrun each process names the folder itself: no suffix there)."""
+    for n in range(1, 1000):
+        candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}-{n}")
+        try:
+            return RunDirectory.open(candidate, fresh=True), candidate
+        except UsageError:
+            if not candidate.exists():  # not taken: the refusal is about the place (unwritable, ...)
+                raise
+    raise UsageError(f"{run_dir} and 998 more folders of its name are taken; pass --out")
+
+
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool | None = None,
           log: Callable[[str], None] = print_line) -> dict[str, Any]:
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
@@ -1089,7 +1102,10 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
         raise UsageError("--out is empty; pass a run directory")
     run_dir = Path(out) if out is not None else default_run_dir(config)
     # only the main process (rank 0 under torchrun) creates, checks and locks the folder
-    lock = RunDirectory.open(run_dir, fresh=True) if env_rank() == 0 else None
+    if out is None and env_world_size() == 1:  # a name the user did not choose is never refused as taken
+        lock, run_dir = _open_default(run_dir)
+    else:
+        lock = RunDirectory.open(run_dir, fresh=True) if env_rank() == 0 else None
     try:
         with StopRequest().handling() as stop, _torch_settings_kept():
             return _train_locked(config, run_dir, progress, log, stop)
