@@ -65,6 +65,10 @@ def test_a_config_without_a_runs_identity_is_refused(run, tmp_path, capsys):
     (broken / "config.json").write_text("{}")
     err = _one_line_error(capsys, "train", "--resume", str(broken))
     assert "corrupted (no dataset, model, estimator, epochs, seed)" in err
+    (broken / "config.json").write_text("[1, 2]")  # (review newuser #4) the path, and two remedies, were said twice
+    err = _one_line_error(capsys, "show", str(broken))
+    assert err == (f"reste: error: {broken / 'config.json'} is corrupted (no dataset, model, estimator, epochs, seed); "
+                   "delete it: --resume writes it again from last.pt")
 
 
 def test_export_and_predict_never_write_over_their_inputs_or_a_checkpoint(run, tmp_path, capsys):

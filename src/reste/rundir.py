@@ -798,7 +798,7 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
         data = parse_json(cfg_path.read_bytes().decode("utf-8"))
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
         if missing:
-            raise UsageError(f"{cfg_path} is corrupted (no {', '.join(missing)}); start a new run")
+            raise UsageError(f"no {', '.join(missing)}")
         config = TrainConfig.from_saved(data)
         config._check_types(keys=True)  # ("epochs": "6" went on to a TypeError of whatever compared it)
         return config
