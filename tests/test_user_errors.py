@@ -605,9 +605,18 @@ def test_a_device_reste_does_not_train_on_is_one_line(capsys, tmp_path, run):
         assert needle in _one_line_error(capsys, "train", "--device", device, "--epochs", "1", "--out", str(out))
         assert needle in _one_line_error(capsys, "eval", str(run), "--device", device)
         assert not out.exists()
+        # (review newuser #5, #6) --print-config said it was fine; a sweep failed each run, after making its folder
+        assert needle in _one_line_error(capsys, "train", "--device", device, "--print-config")
+        assert needle in _one_line_error(capsys, "sweep", "--device", device, "--grid", "lr=0.1,0.2", "--out",
+                                         str(out))
+        assert needle in _one_line_error(capsys, "sweep", "--device", device, "--grid", "lr=0.1,0.2", "--out",
+                                         str(out), "--dry-run")
+        assert not out.exists()
     if not torch.cuda.is_available():
         line = _one_line_error(capsys, "train", "--device", "cuda", "--epochs", "1", "--out", str(out))
         assert "CUDA is not available; use --device cpu" in line
+        line = _one_line_error(capsys, "sweep", "--device", "cuda", "--grid", "lr=0.1,0.2", "--out", str(out))
+        assert "CUDA is not available; use --device cpu" in line and not out.exists()
 
 
 def test_a_misspelt_flag_gets_the_closest_flag_and_no_plugin_hint(capsys):

@@ -121,6 +121,20 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
     check_option_types(model, options)
 
 
+def device_named(name: str, on_cpu: str = "use --device cpu") -> Any:  # a torch.device
+    """The torch device ``name`` (cpu, cuda, cuda:N) names; refused where it is unknown or not supported (whether
+    this machine has it is ``reste.engine.pick_device``'s check); ``on_cpu``: the refusal's remedy."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # e.g. mps: the run's sums are float64, which it has not
+        raise UsageError(f"device {name!r} is not supported: reste trains on cpu or cuda; {on_cpu}")
+    return device
+
+
 def check_data_path(dataset: str, data_path: str | None, download: bool = False) -> None:
     """Refuse a ``--data-path`` or ``--download`` for a data set that reads no files (it would be ignored)."""
     if (data_path or download) and not get_spec(dataset).reads_files:
@@ -319,6 +333,8 @@ class TrainConfig:
                 raise UsageError(f"{self.model!r} is full precision: it has no estimator, so {given} would do "
                                  "nothing; drop it" + (f", or train its binary twin {info['twin']!r}" if info["twin"]
                                                        else ""))
+        if self.device != "auto":  # its spelling (whether this machine has it: when the run starts)
+            device_named(self.device)
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.optimizer == "bop":

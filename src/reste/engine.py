@@ -53,8 +53,8 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import models, plugins, resumption
 from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, canonical_estimator,
-                     check_data_path, check_workers, config_from_preset, default_workers, get_preset, max_threads,
-                     binarization_text, optimizer_text)
+                     check_data_path, check_workers, config_from_preset, default_workers, device_named, get_preset,
+                     max_threads, binarization_text, optimizer_text)
 from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
@@ -119,12 +119,7 @@ def pick_device(name: str, present: bool = True, on_cpu: str = "use --device cpu
     not on this machine; ``on_cpu``: the refusal's remedy, training on the CPU, as the caller's flags say it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):  # e.g. mps: the run's sums are float64, which it has not
-        raise UsageError(f"device {name!r} is not supported: reste trains on cpu or cuda; {on_cpu}")
+    device = device_named(name, on_cpu)
     if not present:
         return device
     if device.type == "cuda" and not torch.cuda.is_available():

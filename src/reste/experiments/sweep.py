@@ -734,6 +734,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"--threads must be a positive integer, got {threads!r}")
     devices = sweep_devices(devices, jobs, check=not dry_run)
+    if not devices and not dry_run and isinstance(base.device, str):  # (its spelling: resolve's, each setting's)
+        from ..engine import pick_device
+
+        pick_device(base.device)  # a --device this machine lacks: one line before any folder, not a FAILED per run
     seeds = [base.seed] if not seeds else [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"the seeds {', '.join(map(str, seeds))} name a seed twice; give each once")
