@@ -345,7 +345,9 @@ ERROR_CASES = {
     "scaling": (["--scaling", "nope"], None, ["unknown --scaling 'nope'", "layer"]),
     "seed-2**70": (["--seed", str(2**70)], None, ["--seed must be in"]),
     "seed-negative": (["--seed", "-1"], None, ["--seed must be in"]),
-    "model-data-mismatch": (["--model", "resnet20_1w1a"], None, ["does not fit digits images", "(1, 8, 8)"]),
+    "model-data-mismatch": (["--model", "resnet20_1w1a"], None, ["does not fit digits images", "(1, 8, 8)",
+                                                                  # (review newuser #7: it said to pick another model)
+                                                                  "it is a cifar10 model: add --dataset cifar10"]),
     "empty-train-set": ([], _empty_train_set, ["training set of fashion-mnist is empty"]),
     "garbage-jpeg": ([], _garbage_jpeg, ["cannot read image", "broken.JPEG"]),
     "threads": (["--threads", "100000"], None, ["--threads must be in [1, "]),

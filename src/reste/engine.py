@@ -1019,9 +1019,13 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
         with torch.no_grad():
             out = model(image.unsqueeze(0).to(device))
     except (RuntimeError, ValueError) as err:
+        from .models import model_info
+
+        home = model_info(config.model).get("dataset")  # where its user probably meant it to train
+        remedy = (f"it is a {home} model: add --dataset {home}, or pick a {config.dataset} model"
+                  if home and home != config.dataset else "pick a model for this data set")
         raise UsageError(f"model {config.model!r} does not fit {config.dataset} images of shape "
-                         f"{tuple(image.shape)} ({gist(str(err))}); "
-                         "pick a model for this data set (`reste summary --list`)") from None
+                         f"{tuple(image.shape)} ({gist(str(err))}); {remedy} (`reste summary --list`)") from None
     finally:
         model.train(was_training)
         torch.set_rng_state(rng)
