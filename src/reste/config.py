@@ -321,9 +321,6 @@ class TrainConfig:
             raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
         if self.a32 and not info["binary"]:
             raise UsageError(f"--a32 applies to binary models; {self.model!r} is full precision")
-        if self.scaling != TrainConfig.scaling and not info["binary"]:  # (it made a sweep setting of its own)
-            raise UsageError(f"--scaling applies to binary weights; {self.model!r} is full precision, so --scaling "
-                             f"{self.scaling} would do nothing; drop it")
         if not info["binary"]:  # the default estimator's options written out (as_recorded) change nothing
             defaults = get_estimator(TrainConfig.estimator).config()
             moved = [k for k, v in self.estimator_options.items() if defaults.get(k, object()) != v]
@@ -335,6 +332,9 @@ class TrainConfig:
                                                        else ""))
         if self.device != "auto":  # its spelling (whether this machine has it: when the run starts)
             device_named(self.device)
+        if self.scaling != TrainConfig.scaling and not info["binary"]:  # (it made a sweep setting of its own)
+            raise UsageError(f"--scaling applies to binary weights; {self.model!r} is full precision, so --scaling "
+                             f"{self.scaling} would do nothing; drop it")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.optimizer == "bop":
