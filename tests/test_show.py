@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -346,3 +347,19 @@ def test_a_failed_sweep_run_is_named_by_show_and_report_until_it_trains_again(tm
     assert f"report: model=resnet20_1w1a seed 0 is left out: it failed (UsageError: " in capsys.readouterr().out
     assert main(["train", "--out", str(failed), "--epochs", "1", "--threads", "1", "--no-progress"]) == 0
     assert not (failed / "failed.json").exists()  # the record goes where the run starts again (a sweep too)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="tells stopped from training by /proc/locks")
+def test_show_of_a_stopped_run_whose_last_checkpoint_is_damaged_does_not_say_resume(run, capsys, tmp_path):
+    """(review newuser #8) `reste show` told to `--resume` a run whose last.pt is truncated, which the resume refuses."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / METRICS).write_text((copy / METRICS).read_text().splitlines()[0] + "\n")  # stopped after epoch 1
+    (copy / "last.pt").write_bytes((copy / "last.pt").read_bytes()[:5000])
+    capsys.readouterr()
+    assert main(["show", str(copy)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("progress"))
+    assert line.startswith("progress   1 of 2 epochs: stopped, and its last.pt is damaged (") and "--resume" not in line
+    assert line.endswith("the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")

@@ -27,7 +27,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
     else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_epoch`` (where metrics.jsonl holds
     every epoch but ``last.pt`` fewer, its last write having failed: the epochs it holds, and the run is stopped, not
-    finished; with ``steps`` only, read where ``last.pt`` is older than metrics.jsonl), ``train_seconds`` and
+    finished; with ``steps`` only, read where ``last.pt`` is older than metrics.jsonl), ``last_damaged`` (a stopped
+    run's ``last.pt`` that it cannot continue from: what is wrong with it; with ``steps`` only), ``train_seconds`` and
     ``indicators``
     (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None
     when not measured). A folder that holds no run is a one-line ``UsageError``."""
@@ -57,7 +58,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                                "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
                                "saved_step": _saved_step(run_dir, len(metrics)) if steps and state == "stopped" else
-                               None, "saved_epoch": behind}
+                               None, "saved_epoch": behind,
+                               "last_damaged": _last_damaged(run_dir) if steps and state == "stopped" else None}
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -76,6 +78,15 @@ def _saved_step(run_dir: str | os.PathLike, done: int) -> int | None:
     the file is missing, damaged or being replaced (``reste eval`` and ``--resume`` say why)."""
     saved = saved_position(run_dir)
     return saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
+
+
+def _last_damaged(run_dir: str | os.PathLike) -> str | None:
+    """What is wrong with a stopped run's ``last.pt`` (truncated, a checksum that does not match), None where it is
+    whole or missing (a run stopped before its first checkpoint: ``--resume`` says so)."""
+    from .checkpoint import damage
+
+    problem = damage(last_checkpoint(run_dir))
+    return None if problem == "missing" else problem
 
 
 def _last_older(run_dir: str | os.PathLike) -> bool:
@@ -128,6 +139,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
     elif state == "stopped" and summary["saved_epoch"] is not None:  # metrics.jsonl logged, last.pt not written
         lines.append(f"progress   {done} of {epochs} logged, but last.pt holds {count(summary['saved_epoch'], 'epoch')}"
                      f" (its last write failed: a full disk?): stopped; `{resume}` trains the rest again")
+    elif state == "stopped" and summary["last_damaged"]:  # (review newuser #8: it said to resume it)
+        lines.append(f"progress   {done} of {epochs}: stopped, and its last.pt is damaged ({summary['last_damaged']}):"
+                     " the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")
     elif state == "stopped":
         lines.append(f"progress   {done} of {epochs}{inside}: stopped (no process on this machine holds it; `{resume}` "
                      "continues it)")
