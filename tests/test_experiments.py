@@ -169,6 +169,25 @@ def test_a_finished_run_whose_checkpoints_were_deleted_is_still_finished(sweep, 
     assert (out / "runs.csv").read_text() == before
 
 
+def test_a_run_folder_whose_config_was_deleted_is_left_out_saying_what_to_do(sweep, capsys, tmp_path):
+    """(review sweeps #4) its metrics.jsonl and train.log left, a new run there is refused in every sweep (`pass a
+    new or empty folder as --out`, no flag of a sweep): the dry run and the sweep leave it out, saying so."""
+    out, argv = _copy(sweep, tmp_path)
+    run = next((out / "runs").glob("ste-*/seed0"))
+    for name in ("config.json", "last.pt", "best.pt"):
+        (run / name).unlink()
+    (out / "runs.csv").unlink()  # (no earlier row to keep)
+    capsys.readouterr()
+    why = f"{run} has no config.json but holds metrics.jsonl, so no run can start there; delete the folder to train "
+    assert main([*argv, "--dry-run"]) == 0
+    assert f"estimator=ste seed 0: damaged, left as it is: {why}" in capsys.readouterr().out
+    assert main(argv) == 1
+    assert f"estimator=ste seed 0: LEFT OUT: {why}" in capsys.readouterr().out
+    assert not (run / "config.json").exists()
+    shutil.rmtree(run)  # as it says
+    assert main(argv) == 0 and (run / "config.json").is_file()
+
+
 def test_time_left_is_the_pace_of_the_runs_trained_so_far():
     assert time_left(100.0, 0, 5) == ""  # nothing trained yet: no estimate
     assert time_left(600.0, 2, 4) == "10m so far, about 20m left"

@@ -357,11 +357,7 @@ class RunDirectory:
             if holds_run(path):
                 raise UsageError(f"{path} already holds a run; continue it with --resume {shell_word(path)} "
                                  "or choose another --out")
-            # a sweep's log, and the record of a run that diverged before it kept anything (trained again here)
-            # and what Finder or Explorer wrote there (.DS_Store, Thumbs.db, ...)
-            others = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_NAME, DIVERGED, FAILED)
-                            and not p.name.endswith(".log") and not (p.name.startswith(".") and p.name.endswith(".tmp"))
-                            and not _litter(p.name))
+            others = stray_files(path)
             if others:
                 raise UsageError(f"{path} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
                                  "and holds no run; pass a new or empty folder as --out")
@@ -728,6 +724,15 @@ def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] in places:
             return int(fields[4]) if fields[4].isdigit() else -1
     return 0
+
+
+def stray_files(path: str | os.PathLike) -> list[str]:
+    """The names in a folder that a new run there refuses: all but its lock, a sweep's log, the record of a run
+    that diverged or failed before it kept anything (trained again there) and what Finder or Explorer wrote (.DS_Store,
+    Thumbs.db, ...)."""
+    return sorted(p.name for p in Path(path).iterdir() if p.name not in (LOCK_NAME, DIVERGED, FAILED)
+                  and not p.name.endswith(".log") and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                  and not _litter(p.name))
 
 
 def holds_run(path: str | os.PathLike) -> bool:
