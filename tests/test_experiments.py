@@ -221,6 +221,20 @@ def test_bad_grid_is_a_one_line_usage_error(spec, tmp_path, capsys):
     assert not (tmp_path / "s" / "runs").exists()
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("o_end=3,3.0", "--grid o_end has a value twice (3, 3.0: a number written two ways is one value)"),
+    ("estimator=ste,STE", "--grid estimator has a value twice ('ste', 'STE': two names of one estimator)"),
+    ("dataset=fmnist,fashion-mnist", "--grid dataset has a value twice ('fmnist', 'fashion-mnist': two names"),
+    ("lr=0.1,1e-1", "--grid lr has a value twice"),
+])
+def test_grid_values_that_name_one_setting_are_refused_as_a_value_twice(spec, message, tmp_path, capsys):
+    """(review sweeps #9) o_end=3,3.0 and estimator=ste,STE became one setting without a word, where lr=0.1,1e-1
+    and a model option written two ways are refused."""
+    rc = main(["sweep", "--grid", spec, "--epochs", "2", "--out", str(tmp_path / "s"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err, err
+
+
 def test_grid_parsing():
     assert parse_grid(["estimator=ste,reste", "o_end=1,1.5", "a32=true,false"]) == {
         "estimator": ["ste", "reste"], "o_end": [1, 1.5], "a32": [True, False]}

@@ -209,11 +209,14 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
                 if model is not None:
                     models.append(model)
     kinds = {key: axis_kind(key, models, [base.estimator, *grid.get("estimator", [])]) for key in grid}
-    for key, values in grid.items():  # 1 and 1.0 of a float option: one setting twice, under two labels
-        numbers = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
-        if kinds[key][0] == "model" and len(set(map(repr, numbers))) != len(values):
-            raise UsageError(f"--grid {key} has a value twice ({', '.join(map(repr, values))}: a number written "
-                             "two ways is one value)")
+    for key, values in grid.items():  # 1 and 1.0 of a float option, ste and STE: one setting, which the user
+        spelled = [repr(_one_value(kinds[key], v)) for v in values]  # asked for twice
+        twice = next((i for i, text in enumerate(spelled) if text in spelled[:i]), None)
+        if twice is not None:
+            first = values[spelled.index(spelled[twice])]
+            why = ("a number written two ways is one value" if isinstance(first, (int, float))
+                   else f"two names of one {kinds[key][1]}")
+            raise UsageError(f"--grid {key} has a value twice ({first!r}, {values[twice]!r}: {why}); give it once")
     # a float baseline beside binary models (--grid model=resnet20_1w1a,resnet20): it has no estimator, so the
     # estimator's settings (axes and flags) are left out of it, and it trains once, not once per estimator value
     float_beside_binary = len({_binary_model(m) for m in models}) == 2
@@ -291,6 +294,17 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         if kinds[key][0] == "estimator":
             _check_axis_trains(key, kinds[key][1], scoped.get(key, {}), settings.values())
     return list(settings.values())
+
+
+def _one_value(kind: tuple[str, str], value: Any) -> Any:
+    """A grid value as its setting takes it: a number as a float (1 and 1.0 of a float option are one value), an
+    estimator's or a data set's name as the registry names it (ste and STE, fmnist and fashion-mnist)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind in (("field", "estimator"), ("field", "dataset")) and isinstance(value, str):
+        with contextlib.suppress(UsageError, TypeError):  # an unknown one: the one-line error later
+            return (estimator_class(value) if kind[1] == "estimator" else get_spec(value)).name
+    return value
 
 
 def _check_axis_trains(key: str, name: str, scoped: dict[str, str], settings: Iterable[Setting]) -> None:
