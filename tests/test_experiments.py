@@ -189,10 +189,44 @@ def test_a_run_folder_whose_config_was_deleted_is_left_out_saying_what_to_do(swe
 
 
 def test_time_left_is_the_pace_of_the_runs_trained_so_far():
-    assert time_left(100.0, 0, 5) == ""  # nothing trained yet: no estimate
-    assert time_left(600.0, 2, 4) == "10m so far, about 20m left"
-    assert time_left(3 * 3600.0, 30, 21) == "3h00m so far, about 2h06m left"
-    assert time_left(42.0, 1, 0) == "42s so far"
+    from reste.experiments.sweep import _seconds_left
+
+    assert time_left(100.0, None) == ""  # nothing trained yet: no estimate
+    assert time_left(600.0, 1200.0) == "10m so far, about 20m left"
+    assert time_left(3 * 3600.0, 7560.0) == "3h00m so far, about 2h06m left"
+    assert time_left(42.0, 0.0) == "42s so far"
+    assert _seconds_left([], [20, 20], 1) is None
+    trained = [(10.0, 8.0, 20), (10.0, 8.0, 20)]  # two runs of 20 epochs: 10 s each, 2 s of it their start-up
+    assert _seconds_left(trained, [20, 20, 20], 1) == pytest.approx(30.0)
+    assert _seconds_left(trained, [20, 20, 20], 2) == pytest.approx(15.0)  # two at a time
+    assert _seconds_left(trained, [], 2) == 0.0
+
+
+def test_the_time_left_does_not_take_a_resumed_runs_start_up_for_epochs_nor_a_held_run_for_a_trained_one(
+        tmp_path, capsys, monkeypatch):
+    """(review sweeps #7) a resumed run of 3 epochs left that took 4 s, 2.5 s of them its start-up, set the pace
+    of every run at 4 s per 3/20 of a run (7x too slow); a held run counted as a run trained in 0 s ("about 0s
+    left" with runs to train)."""
+    from reste import engine
+    from reste.experiments.sweep import _seconds_left
+    from reste.rundir import RunInUse
+
+    assert _seconds_left([(4.0, 1.5, 3)], [3], 1) == pytest.approx(2.5 + 1.5)  # its start-up, then 3 epochs
+    assert _seconds_left([(4.0, 1.5, 3)], [20], 1) == pytest.approx(2.5 + 10.0)  # a new run: all 20 epochs
+    train = engine.train
+
+    def held_first(config, run_dir, **kwargs):
+        if config.seed == 0:
+            raise RunInUse(f"{run_dir} is in use by pid 4242 (a run is writing to it); wait for it to finish")
+        return train(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(engine, "train", held_first)
+    main(["sweep", "--dataset", "digits", "--epochs", "1", "--grid", "estimator=ste", "--seeds", "0,1,2",
+          "--threads", "1", "--no-report", "--out", str(tmp_path / "s")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert lines[1].startswith("[1/3] estimator=ste seed 0: HELD BY ANOTHER JOB") and lines[1].endswith("finish")
+    assert re.search(r"\[2/3\] estimator=ste seed 1: best .*  \[\d+s so far, about \d+s left\]$", lines[3])
+    assert re.search(r"\[3/3\] .*  \[\d+s so far\]$", lines[5])
 
 
 def test_grid_axes_resolve_and_identical_settings_are_shared():

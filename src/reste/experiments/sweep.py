@@ -688,14 +688,25 @@ def _epochs_recorded(run_dir: Path) -> int:
         return 0
 
 
-def time_left(elapsed: float, trained: float, left: int) -> str:
-    """'' before the first trained run; otherwise the wall time so far and the time left at the pace of the
-    runs trained in this sweep (which, with several jobs, already counts their overlap); ``trained`` counts a
-    resumed run by the part of its epochs trained here."""
-    if trained <= 0:
+def time_left(elapsed: float, left: float | None) -> str:
+    """'' without an estimate (``left`` None: no run trained yet); otherwise the wall time so far and, while runs
+    are left (``left`` > 0 seconds), about how long they take."""
+    if left is None:
         return ""
     text = f"{duration(elapsed)} so far"
-    return text + (f", about {duration(elapsed / trained * left)} left" if left else "")
+    return text + (f", about {duration(left)} left" if left > 0 else "")
+
+
+def _seconds_left(trained: list[tuple[float, float, int]], left: list[int], jobs: int) -> float | None:
+    """The wall time the runs ``left`` (each, the epochs it trains) take at the pace of those ``trained`` here
+    (each, its wall time, its epochs' time and their number), ``jobs`` at a time: each run's start-up (its wall
+    time beyond its epochs': the data, the model) once, and its epochs at the time of an epoch so far; a resumed
+    run's start-up is not taken for epochs. None before the first trained run."""
+    if not trained:
+        return None
+    start_up = sum(max(0.0, wall - own) for wall, own, _ in trained) / len(trained)
+    per_epoch = sum(own for _, own, _ in trained) / max(1, sum(n for _, _, n in trained))
+    return sum(start_up + per_epoch * n for n in left) / max(1, min(jobs, len(left)))
 
 
 def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dict[str, Any]) -> str:
@@ -883,12 +894,14 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     busy = 0  # of them, runs another job holds (RunInUse)
     logged = 0  # and runs whose train.log holds the error's traceback
     ended = 0
-    trained = 0
+    trained: list[tuple[float, float, int]] = []  # each run trained here: its wall time, its epochs' and their number
+    to_train = {(s.label, seed): max(0, s.config.epochs - job["from_epoch"]) for s, seed, job in todo
+                if job["state"] in ("new", "partial")}  # the epochs each run not ended yet trains
     table_error = False
     start = time.monotonic()
 
     def report_one(s: Setting, seed: int, outcome: dict[str, Any]) -> None:
-        nonlocal ended, failed, trained, busy, logged
+        nonlocal ended, failed, busy, logged
         ended += 1
         failed += outcome["status"] not in ("done", "skipped")
         busy += outcome["status"] == "busy"
@@ -896,10 +909,13 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
         if failures is not None and outcome["status"] not in ("done", "skipped"):
             failures.append((s.label, seed, outcome["status"]))
         line = _progress_line(numbers.pop((s.label, seed), ended), total, s, seed, outcome)
-        if outcome["status"] not in ("skipped", "left out") and not outcome.get("earlier"):
-            epochs = max(1, s.config.epochs or 1)  # the part of the run trained here: a resumed one's pace is its own
-            trained += max(1, epochs - outcome.get("from_epoch", 0)) / epochs
-            line += f"  [{time_left(time.monotonic() - start, trained, total - ended)}]"
+        epochs = to_train.pop((s.label, seed), 0)
+        if outcome["status"] == "done":  # the pace: not of a held run, nor of one that failed (no epochs' time)
+            seconds = outcome.get("seconds", 0.0)
+            trained.append((seconds, float(outcome["result"].get("seconds", seconds)), epochs))
+        pace = time_left(time.monotonic() - start, _seconds_left(trained, list(to_train.values()), jobs))
+        if pace and outcome["status"] not in ("skipped", "left out") and not outcome.get("earlier"):
+            line += f"  [{pace}]"
         log(line)
         if report and outcome["status"] == "done" and ended < total:
             tables_so_far()
