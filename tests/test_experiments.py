@@ -809,6 +809,33 @@ def test_a_finished_run_changed_since_is_refused_by_the_sweep_and_kept_by_the_re
     assert (out / "runs.csv").read_text() == before
 
 
+def test_a_sweep_moved_away_from_its_runs_dir_goes_on_with_the_runs_its_sweep_json_records(tmp_path, capsys):
+    """(review sweeps #6) continued without --runs-dir, it trained every run again under OUT/runs and its sweep.json
+    forgot the finished ones, which `reste report` and `reste show` find. Where some of its runs are under OUT/runs
+    too, it is refused, naming the --runs-dir to pass."""
+    argv = ["sweep", "--dataset", "digits", "--grid", "estimator=ste,reste", "--epochs", "1", "--threads", "1",
+            "--no-report"]
+    assert main([*argv, "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "A")]) == 0
+    moved = tmp_path / "deep" / "er" / "A2"
+    shutil.copytree(tmp_path / "A", moved)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(moved)]) == 0
+    out = capsys.readouterr().out
+    assert f"sweep: {moved / 'sweep.json'} records its runs under {tmp_path / 'runs'} (its --runs-dir): the sweep " \
+        "goes on there; pass --runs-dir to train them elsewhere" in out
+    assert out.count("already finished, skipped") == 2 and "training" not in out
+    assert not (moved / "runs").exists()
+    manifest = json.loads((moved / "sweep.json").read_text())
+    assert [s["at"]["0"] for s in manifest["settings"]] == [str(p) for p in sorted(
+        (tmp_path / "runs").glob("*/seed0"), key=lambda p: not p.parent.name.startswith("ste"))]
+    ste = next((tmp_path / "runs").glob("ste-*"))
+    shutil.copytree(ste, moved / "runs" / ste.name)  # one of its runs under OUT/runs: which one to go on with?
+    assert main([*argv, "--out", str(moved)]) == 2
+    assert f"reste: error: {moved / 'sweep.json'} records 1 run of this sweep under {tmp_path / 'runs'}, which it " \
+        f"would train again under {moved / 'runs'}: pass --runs-dir {tmp_path / 'runs'} to continue them there\n" \
+        == capsys.readouterr().err
+
+
 def test_runs_csv_names_the_best_epoch_and_the_final_top5_also_of_a_kept_row(sweep, tmp_path):
     """runs.csv has each run's best epoch and final top-5; a row an older report wrote without them gets them from
     the epochs it kept in epochs.csv when the run's folder is gone (review P)."""

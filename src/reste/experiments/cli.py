@@ -37,7 +37,8 @@ def add_commands(sub: Any) -> None:
                    help="spread the runs over these devices, one per job in turn: 0,1,2,3 (cuda:0 to cuda:3) or "
                         "device names (cuda:1,cpu); in place of --device")
     s.add_argument("--runs-dir", dest="runs_dir",
-                   help="where the runs go (default OUT/runs); sweeps sharing it share identical runs")
+                   help="where the runs go (default OUT/runs, or where OUT/sweep.json records them); sweeps "
+                        "sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
     s.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="list each run (to train, to resume, finished) and what each setting changes of a --preset's "

@@ -51,8 +51,8 @@ from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG,
                       forget_failure, holds_run, last_checkpoint, make_folders, open_append, read_metrics,
                       record_divergence, record_failure, remove_folders, stray_files)
 from .identity import canonical, config_key
-from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_status,
-                     summarize, write_manifest)
+from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_folder,
+                     run_status, summarize, write_manifest)
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
@@ -644,6 +644,38 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
                      f"again (more is fine), pass another --out, or delete {out / MANIFEST} to start the tables afresh")
 
 
+def _recorded_runs_dir(out: Path, runs_root: Path, settings: list[Setting], seeds: Sequence[int]) -> Path | None:
+    """The folder where ``out``'s sweep.json records the runs of this sweep that are not under ``runs_root`` (the
+    default, ``out/runs``: the sweep folder moved away from its ``--runs-dir`` and is continued without it), where
+    all of them are there and none under ``runs_root``; None where none is elsewhere. Otherwise a ``UsageError``
+    naming it: the sweep would train them again, and its sweep.json forget them."""
+    try:
+        old = load_manifest(out)
+        at = {(s["key"], str(seed)): run_folder(out, s, str(seed)) for s in old["settings"] for seed in s["runs"]}
+    except (UsageError, KeyError, TypeError, AttributeError):
+        return None  # none, or a damaged one: nothing recorded to keep
+    here = 0
+    elsewhere: dict[Path, int] = {}
+    for s in settings:
+        for seed in seeds:
+            name = Path(f"{s.config.estimator}-{s.key}", f"seed{seed}")
+            run = at.get((s.key, str(seed)))
+            if holds_run(runs_root / name):
+                here += 1
+            elif run is not None and run.parts[-2:] == name.parts and holds_run(run):
+                root = Path(os.path.abspath(run.parent.parent))
+                elsewhere[root] = elsewhere.get(root, 0) + 1
+    if not elsewhere:
+        return None
+    root = max(elsewhere, key=elsewhere.__getitem__)
+    if len(elsewhere) == 1 and not here:
+        return root
+    others = f" (and {count(len(elsewhere) - 1, 'other folder')})" if len(elsewhere) > 1 else ""
+    raise UsageError(f"{out / MANIFEST} records {count(sum(elsewhere.values()), 'run')} of this sweep under {root}"
+                     f"{others}, which it would train again under {runs_root}: pass --runs-dir {shell_word(root)} to "
+                     "continue them there")
+
+
 def _changed_fields(old: dict[str, Any], base: TrainConfig, settings: list[Setting]) -> tuple[list[str], list[str]]:
     """The fields that can change a run (not those of rundir.IDENTITY_FREE) that differ from those of sweep.json
     ``old``, as 'epochs 20 -> 10': (those whose given value, the unresolved base, differs too: a flag given otherwise;
@@ -738,7 +770,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
               dry_run: bool = False, devices: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Train every setting of ``grid`` (on top of ``base``) for every seed; returns the table rows.
 
-    Runs go to ``runs_dir`` (default ``out_dir/runs``), one folder per setting
+    Runs go to ``runs_dir`` (default ``out_dir/runs``, or the folder outside it where ``out_dir``'s sweep.json
+    records them: a sweep folder moved away from its ``runs_dir`` goes on there), one folder per setting
     (``ESTIMATOR-HASH``) with one sub-folder per seed; finished runs are skipped and
     partial ones resumed, so an interrupted sweep continues where it stopped and two
     sweeps with the same ``runs_dir`` share identical runs. ``jobs`` > 1 trains that
@@ -786,6 +819,11 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     out = Path(out_dir)
     runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
     _check_out(out, base, settings, seeds)
+    recorded = _recorded_runs_dir(out, runs_root, settings, seeds) if runs_dir is None else None
+    if recorded is not None:
+        log(f"sweep: {out / MANIFEST} records its runs under {recorded} (its --runs-dir): the sweep goes on there; "
+            "pass --runs-dir to train them elsewhere")
+        runs_root = recorded
     todo: list[tuple[Setting, int, dict[str, Any]]] = []
     for seed in seeds:  # seed-major: after a third of the time, every setting has one seed
         for s in settings:
