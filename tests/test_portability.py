@@ -327,12 +327,12 @@ def test_text_files_are_utf8_and_metrics_lines_end_in_lf(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rundir, "open", windows_open, raising=False)
     rundir.start_metrics(tmp_path)
-    rundir.append_metrics(tmp_path, {"epoch": 1, "note": "±"})
-    rundir.append_metrics(tmp_path, {"epoch": 2, "note": "±"})
+    rundir.append_metrics(tmp_path, {"epoch": 1, "test_acc": 50.0, "±": 1.0})  # (a plugin's schedule value's name)
+    rundir.append_metrics(tmp_path, {"epoch": 2, "test_acc": 60.0, "±": 2.0})
     whole = (tmp_path / rundir.METRICS).read_bytes()
     assert b"\r" not in whole and "±".encode() not in whole  # json.dumps writes it as \u00b1
     rundir.truncate_metrics(tmp_path, 1)
-    rundir.append_metrics(tmp_path, {"epoch": 2, "note": "±"})
+    rundir.append_metrics(tmp_path, {"epoch": 2, "test_acc": 60.0, "±": 2.0})
     assert (tmp_path / rundir.METRICS).read_bytes() == whole
 
 
