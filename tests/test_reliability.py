@@ -361,6 +361,9 @@ ERROR_CASES = {
     "scaling-float-model": (["--model", "digits", "--scaling", "channel"], None,
                             ["--scaling applies to binary weights; 'digits' is full precision"]),
     "save-every-0": (["--save-every", "0"], None, ["--save-every must be a positive"]),
+    # (review newuser #13) "got 5", a number the user never typed
+    "bare-warm-up": (["--warm-up"], None, ["got 5 (what a bare --warm-up means) for 1 epoch; give --warm-up N with "
+                                           "N < 1"]),
     "out-empty": (["train", "--out", ""], None, ["empty"]),
     "null-config-fields": (None, _null_config, ["must be"]),
     "eval-batch-size-0": (["eval", "RUN", "--batch-size", "0"], None, ["--batch-size must be a positive integer"]),

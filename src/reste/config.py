@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .datasets import SPECS, dataset_names, get_spec
+from .datasets import DEFAULT_ROOT, SPECS, dataset_names, get_spec
 from .errors import UsageError
 from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
 from .optim import DEFAULT_GAMMA, DEFAULT_THRESHOLD, check_settings
+from .wording import count
 from .plugins import defining, load_plugins, needed, saved_form
 
 # reste.engine.build_optimizer builds each; bop: Bop (reste.optim) for the binary weights, Adam for the other parameters
@@ -119,6 +120,9 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
     if unknown:
         raise UsageError(f"model {model!r} has no option {', '.join(unknown)}; valid: {', '.join(accepted) or 'none'}")
     check_option_types(model, options)
+
+
+BARE_WARM_UP = 5  # the warm-up epochs of a bare --warm-up, as the paper's on CIFAR-10
 
 
 def device_named(name: str, on_cpu: str = "use --device cpu") -> Any:  # a torch.device
@@ -300,7 +304,6 @@ class TrainConfig:
                              "--list`)")
         out.validate()
         if not out.data_path and spec.reads_files and spec.reads_default_root:
-            from .data.formats import DEFAULT_ROOT
             out.data_path = str(DEFAULT_ROOT)  # the folder it reads, which the run must find from elsewhere too
         if out.data_path and spec.reads_files:
             # config.json records where the data is, not how it was typed: `reste eval RUN_DIR` and `--resume` run
@@ -383,7 +386,9 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX!r} (the largest float32), "
                                  f"got {getattr(self, name)!r}")
         if not 0 <= self.warm_up < self.epochs:
-            raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up} for {self.epochs} epochs")
+            bare = " (what a bare --warm-up means)" if self.warm_up == BARE_WARM_UP else ""
+            raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up}{bare} for {count(self.epochs, 'epoch')}; "
+                             f"give --warm-up N with N < {self.epochs}")
         check_threads(self.threads)
         if self.save_every is not None and not (math.isfinite(self.save_every) and self.save_every > 0):
             raise UsageError(f"--save-every must be a positive number of minutes, got {self.save_every}")

@@ -25,6 +25,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from . import plugins
@@ -32,6 +33,10 @@ from .errors import UsageError, did_you_mean
 
 __all__ = ["DatasetSpec", "SPECS", "DATASETS", "get_spec", "dataset_names", "register_dataset", "defined_in",
            "RECIPE_KEYS", "GENERIC_RECIPE"]
+
+
+#: The folder a data set without --data-path is read from (torchvision's convention: ``./data``).
+DEFAULT_ROOT = Path("data")
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class DatasetSpec:
     augments: bool = True  # whether its loader has a train augmentation for --augment to turn on
     reads_files: bool = True  # whether it is read from a folder (--data-path); digits comes with scikit-learn
     folder_classes: bool = False  # whether its classes are those of the user's folder (num_classes: the usual copy's)
-    # whether, without --data-path, its loader reads the current folder's data/ (DEFAULT_ROOT): config.json then
+    # whether, without --data-path, its loader reads DEFAULT_ROOT of the current folder: config.json then
     # records that folder, absolute, so `reste eval` and --resume find it from any folder
     reads_default_root: bool = False
 

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any, Sequence
 
-from .config import AMP_MODES, DATA_DEVICES, OPTIMIZERS, TrainConfig, parse_value
+from .config import AMP_MODES, BARE_WARM_UP, DATA_DEVICES, OPTIMIZERS, TrainConfig, parse_value
 from .datasets import dataset_names
 from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
@@ -72,8 +72,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     o.add_argument("--bop-threshold", dest="bop_threshold", type=float, metavar="X",
                    help=f"--optimizer bop: a weight flips when the moving average passes this against its sign "
                         f"(default {DEFAULT_THRESHOLD:g})")
-    o.add_argument("--warm-up", "--warm_up", dest="warm_up", type=int, nargs="?", const=5,
-                   help="linear warm-up epochs (bare flag: 5, as the paper on CIFAR-10)")
+    o.add_argument("--warm-up", "--warm_up", dest="warm_up", type=int, nargs="?", const=BARE_WARM_UP,
+                   help=f"linear warm-up epochs (bare flag: {BARE_WARM_UP}, as the paper on CIFAR-10)")
     o.add_argument("--indicators", nargs="?", const="general", metavar=_choices(INDICATOR_MODES),
                    help="log the estimating error and gradient stability (off unless given; a bare --indicators "
                         "means general)")

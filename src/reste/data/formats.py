@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .._pixels import eight_bit, open_image, unreadable
+from ..datasets import DEFAULT_ROOT as _DEFAULT_ROOT
 from ..errors import UsageError, option
 
 __all__ = ["read_idx", "find_fashion_mnist", "read_fashion_mnist", "find_cifar10", "read_cifar10",
@@ -31,8 +32,7 @@ __all__ = ["read_idx", "find_fashion_mnist", "read_fashion_mnist", "find_cifar10
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the idx files.
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-#: Default root for downloads (torchvision's convention).
-DEFAULT_ROOT = Path("data")
+DEFAULT_ROOT = _DEFAULT_ROOT  # (the data-set registry's: read here, where tests put another)
 
 
 def _data_path(root: Path) -> str:
