@@ -361,6 +361,7 @@ ERROR_CASES = {
     "scaling-float-model": (["--model", "digits", "--scaling", "channel"], None,
                             ["--scaling applies to binary weights; 'digits' is full precision"]),
     "save-every-0": (["--save-every", "0"], None, ["--save-every must be a positive"]),
+    "force-new-run": (["--force"], None, ["--force goes with --resume or --auto-resume"]),  # (review newuser #9)
     # (review newuser #13) "got 5", a number the user never typed
     "bare-warm-up": (["--warm-up"], None, ["got 5 (what a bare --warm-up means) for 1 epoch; give --warm-up N with "
                                            "N < 1"]),

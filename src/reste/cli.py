@@ -90,6 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         args._base_estimator = run_config(args.resume).estimator
         engine.resume(args.resume, overrides_from_args(args), force=args.force, progress=show_bar(args), log=log)
         return 0
+    if args.force:  # (read as "overwrite", it trained, or was refused a folder without a word about it)
+        raise UsageError("--force goes with --resume or --auto-resume (to accept settings that differ from the "
+                         "run's); a new run has none to differ: drop it")
     engine.train(config_from_args(args), args.out, progress=show_bar(args), log=log)
     return 0
 
