@@ -362,6 +362,12 @@ ERROR_CASES = {
                             ["--scaling applies to binary weights; 'digits' is full precision"]),
     "save-every-0": (["--save-every", "0"], None, ["--save-every must be a positive"]),
     "force-new-run": (["--force"], None, ["--force goes with --resume or --auto-resume"]),  # (review newuser #9)
+    # (review newuser #10) torch's allocator error, exit 1
+    "model-too-big": (["--dataset", "fashion-mnist", "--model", "fmnist_vgg_1w1a", "--model-option",
+                       "width=1000000"], None, ["'fmnist_vgg_1w1a' with num_classes=10, width=1000000 needs more "
+                                                "memory than this machine has"]),
+    "summary-model-too-big": (["summary", "digits_1w1a", "--num-classes", "100000000"], None,
+                              ["needs more memory than this machine has for its parameters"]),
     # (review newuser #13) "got 5", a number the user never typed
     "bare-warm-up": (["--warm-up"], None, ["got 5 (what a bare --warm-up means) for 1 epoch; give --warm-up N with "
                                            "N < 1"]),

@@ -208,6 +208,13 @@ def create(
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelOptionError(f"bad --model-option for {name!r}: {first} (its options: "
                                f"{_options_text(name, model_options)})", first) from None
+    except (RuntimeError, MemoryError) as err:  # torch's allocator: a width or class count of a size no machine has
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if not (isinstance(err, MemoryError) or "allocate" in first or "out of memory" in first):
+            raise
+        given = ", ".join([f"num_classes={num_classes}"] + [f"{k}={v}" for k, v in model_options.items()])
+        raise UsageError(f"{name!r} with {given} needs more memory than this machine has for its parameters; pass "
+                         "smaller values") from None
     if _BINARY[name] and name not in _MIXED:
         _check_estimators(name, model, est.spec())
     return model
