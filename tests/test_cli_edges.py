@@ -396,3 +396,17 @@ def test_a_closed_pipe_at_an_epochs_line_still_writes_its_best(tmp_path):
     saved = torch.load(run / "best.pt", weights_only=False)
     assert saved["epoch"] == 2 and best == json.loads((run / "metrics.jsonl").read_text().splitlines()[1])["test_acc"]
     assert sorted(top_checkpoints(run)) == [1, 2]
+
+
+def test_a_path_argument_starting_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """(review newuser #12) `--out=~/a` (which the shell leaves as it is) made a folder named `~` in the current
+    one, which `rm -rf ~` would then "clean up"."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert main(["train", "--epochs", "1", "--out=~/run", "--no-progress", "--threads", "1"]) == 0
+    assert (home / "run" / "last.pt").is_file() and not (here / "~").exists()
+    assert main(["export", "~/run", "~/m.rbnn"]) == 0
+    assert (home / "m.rbnn").is_file() and main(["show", "~/run"]) == 0 and not (here / "~").exists()

@@ -97,6 +97,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# the arguments that name a file or folder (of every sub-command)
+PATH_ARGS = ("out", "resume", "checkpoint", "run_dir", "runs_dir", "data_path", "tensorboard", "output", "onnx",
+             "exported", "images", "labels", "targets", "sweep_dir")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """A leading ``~`` of a path argument is the home folder, as the shell makes it of a bare word: ``--out=~/a``
+    and a quoted '~/a' reach reste unexpanded (they made a folder named ``~`` in the current one)."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+                                 for v in value])
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import PRESETS
 
@@ -335,6 +352,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if not getattr(args, "func", None):  # a missing command is bad input: the help on stderr, status 2
             parser.print_help(sys.stderr)
             return 2
+        _expand_home(args)
         status = args.func(args)
         from .distributed import leave_process_group
 
