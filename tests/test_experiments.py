@@ -1823,3 +1823,15 @@ def test_plot_of_a_sweep_whose_run_folders_are_gone_draws_its_epochs_csv(tmp_pat
     rows = [r for r in _read_csv(out / "epochs.csv") if r["setting"] == "lr=0.1"]
     assert [m["test_acc"] for m in metrics[1]] == [float(r["test_acc"]) for r in rows]
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_sweep_over_optimizers_gives_momentum_to_sgd_alone(capsys):
+    """(review newuser #2) --momentum is SGD's: the other optimizers' settings keep the default (as Bop's settings
+    are Bop's alone), and a momentum grid without SGD is refused, not trained as equal runs."""
+    base = TrainConfig(epochs=1, momentum=0.5)
+    settings = expand_grid(base, {"optimizer": ["sgd", "adam"]})
+    assert [(s.config.optimizer, s.config.momentum) for s in settings] == [("sgd", 0.5), ("adam", 0.9)]
+    with pytest.raises(UsageError, match="--momentum is a setting of SGD; --optimizer adam has none"):
+        expand_grid(dataclasses.replace(base, optimizer="adam"), {"momentum": [0.5, 0.8]})
+    saved = TrainConfig.from_saved({**TrainConfig(optimizer="adam").to_dict(), "momentum": 0.5})
+    assert saved.momentum == 0.9  # a run saved before the refusal: what it trained with (no momentum)

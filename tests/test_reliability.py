@@ -361,6 +361,9 @@ ERROR_CASES = {
     "scaling-float-model": (["--model", "digits", "--scaling", "channel"], None,
                             ["--scaling applies to binary weights; 'digits' is full precision"]),
     "save-every-0": (["--save-every", "0"], None, ["--save-every must be a positive"]),
+    # (review newuser #2) momentum did nothing with adam: a sweep over it tabulated equal runs as two settings
+    "momentum-adam": (["--optimizer", "adam", "--momentum", "0.5"], None, ["--momentum is a setting of SGD; "
+                                                                        "--optimizer adam has none"]),
     "force-new-run": (["--force"], None, ["--force goes with --resume or --auto-resume"]),  # (review newuser #9)
     # (review newuser #10) torch's allocator error, exit 1
     "model-too-big": (["--dataset", "fashion-mnist", "--model", "fmnist_vgg_1w1a", "--model-option",

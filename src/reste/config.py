@@ -258,6 +258,8 @@ class TrainConfig:
         setting that did not exist yet gets the value those runs always had."""
         data = dict(data)
         data.setdefault("augment", True)  # before --augment, every run augmented its train images
+        if data.get("optimizer", "sgd") != "sgd" and "momentum" in data:  # what it did: none (since refused)
+            data["momentum"] = cls.momentum
         return cls.from_dict(data).without_idle_data_flags()  # what such a run did, whatever it saved
 
     def without_idle_data_flags(self, keep: set[str] = frozenset()) -> "TrainConfig":
@@ -340,6 +342,9 @@ class TrainConfig:
                              f"{self.scaling} would do nothing; drop it")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.optimizer != "sgd" and self.momentum != TrainConfig.momentum:  # (a sweep tabulated equal runs)
+            raise UsageError(f"--momentum is a setting of SGD; --optimizer {self.optimizer} has none: add --optimizer "
+                             "sgd, or drop it")
         if self.optimizer == "bop":
             self._check_bop(info["binary"])
         elif self.bop_gamma is not None or self.bop_threshold is not None:

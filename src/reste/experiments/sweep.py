@@ -273,6 +273,9 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         if "optimizer" in grid and config.optimizer != "bop":  # Bop's settings (flags, axes): its settings' alone
             config = dataclasses.replace(config, bop_gamma=None, bop_threshold=None)
             values = {key: value for key, value in values.items() if kinds[key] not in BOP_AXES}
+        if "optimizer" in grid and config.optimizer != "sgd":  # momentum (flag, axis): SGD's settings' alone
+            config = dataclasses.replace(config, momentum=TrainConfig.momentum)
+            values = {key: value for key, value in values.items() if kinds[key] != ("field", "momentum")}
         if config.indicators and not _binary(config):  # a float baseline beside binary runs: nothing to measure
             config = dataclasses.replace(config, indicators=None)
         config = canonical(config)
