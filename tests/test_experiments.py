@@ -1835,3 +1835,10 @@ def test_a_sweep_over_optimizers_gives_momentum_to_sgd_alone(capsys):
         expand_grid(dataclasses.replace(base, optimizer="adam"), {"momentum": [0.5, 0.8]})
     saved = TrainConfig.from_saved({**TrainConfig(optimizer="adam").to_dict(), "momentum": 0.5})
     assert saved.momentum == 0.9  # a run saved before the refusal: what it trained with (no momentum)
+
+
+def test_a_gridless_sweep_of_a_float_model_is_labelled_by_the_model():
+    """(review docs #6) The README's full-precision baseline sweep (`--model resnet20`, no grid) labelled its one
+    setting `reste`, an estimator the float model does not train."""
+    assert [s.label for s in expand_grid(TrainConfig(model="digits", epochs=1), {})] == ["model=digits"]
+    assert [s.label for s in expand_grid(TrainConfig(epochs=1), {})] == ["reste"]
