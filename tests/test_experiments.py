@@ -1842,3 +1842,23 @@ def test_a_gridless_sweep_of_a_float_model_is_labelled_by_the_model():
     setting `reste`, an estimator the float model does not train."""
     assert [s.label for s in expand_grid(TrainConfig(model="digits", epochs=1), {})] == ["model=digits"]
     assert [s.label for s in expand_grid(TrainConfig(epochs=1), {})] == ["reste"]
+
+
+def test_a_report_says_which_kept_rows_a_hand_edited_sweep_json_drops(tmp_path, capsys):
+    """(review sweeps #8) A sweep.json edited by hand (a setting removed, a config that is no mapping): the report
+    rewrote runs.csv without the rows of the runs it no longer names, without a word."""
+    out = tmp_path / "s"
+    assert main(["sweep", "--grid", "lr=0.05,0.1", "--epochs", "1", "--threads", "1", "--out", str(out),
+                 "--no-report"]) == 0
+    assert main(["report", str(out), "--no-plots"]) == 0
+    manifest = json.loads((out / "sweep.json").read_text())
+    dropped = manifest["settings"].pop(1)
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert f"report: 1 row of the earlier runs.csv names no run of {out / 'sweep.json'} (edited?), and go: " \
+        f"{dropped['runs']['0']}\n" in capsys.readouterr().out
+    manifest["settings"][0]["config"] = [1]
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    assert main(["report", str(out)]) == 2
+    assert "has a config that is not a mapping of settings" in capsys.readouterr().err

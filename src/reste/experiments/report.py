@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from ..checkpoint import atomic_write
 from ..config import PRESETS, TrainConfig, config_from_preset
 from ..errors import UsageError, parse_json
+from ..wording import count
 from ..indicators import RUN_LEVEL, run_level
 from ..rundir import (CURVES, METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
                       divergence, epoch_lines, failure, holds_run, read_metrics, run_config)
@@ -203,6 +204,8 @@ def _manifest_problem(manifest: dict[str, Any]) -> str:
         if not (isinstance(s, dict) and isinstance(s.get("label"), str) and isinstance(s.get("values"), dict)
                 and isinstance(s.get("runs"), dict)):
             return f"setting {i + 1} lacks its label, values or runs"
+        if "config" in s and not isinstance(s["config"], dict):
+            return f"setting {s['label']!r} has a config that is not a mapping of settings"
         for seed, rel in s["runs"].items():
             if not (isinstance(seed, str) and seed.lstrip("-").isdigit() and isinstance(rel, str) and rel):
                 return f"setting {s['label']!r} has a run that is not 'seed': 'folder'"
@@ -480,6 +483,12 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
     if kept and log:
         log(f"report: {kept} run{'s' * (kept != 1)} reported from the runs.csv (and epochs.csv) an earlier report "
             "wrote; delete a row there to drop a run")
+    named = {(folder_name(rel), int(seed)) for s in manifest["settings"] for seed, rel in s["runs"].items()}
+    gone = sorted(key for key in earlier if key not in named)
+    if gone and log:  # a sweep never leaves out a setting it had (it refuses): its sweep.json was edited by hand?
+        log(f"report: {count(len(gone), 'row')} of the earlier runs.csv {'names' if len(gone) == 1 else 'name'} no "
+            f"run of {out / MANIFEST} (edited?), and go: {', '.join(folder for folder, _ in gone[:3])}"
+            f"{', ...' if len(gone) > 3 else ''}")
     return manifest, runs, rows
 
 
