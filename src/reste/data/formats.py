@@ -38,7 +38,9 @@ DEFAULT_ROOT = _DEFAULT_ROOT  # (the data-set registry's: read here, where tests
 def _data_path(root: Path) -> str:
     """A data path as a message names it: quoted (``data`` reads as a word), and where it is relative, where it
     lies (the default ``data`` is a folder of the current directory)."""
-    where = "" if root.is_absolute() else f" ({'the default, ' if root == DEFAULT_ROOT else ''}{root.absolute()})"
+    if root.absolute() == DEFAULT_ROOT.absolute():  # (as config.json records it: absolute)
+        return f"{str(DEFAULT_ROOT)!r} (the default, {DEFAULT_ROOT.absolute()})"
+    where = "" if root.is_absolute() else f" ({root.absolute()})"
     return f"{str(root)!r}{where}"
 
 
