@@ -1862,3 +1862,24 @@ def test_a_report_says_which_kept_rows_a_hand_edited_sweep_json_drops(tmp_path, 
     (out / "sweep.json").write_text(json.dumps(manifest))
     assert main(["report", str(out)]) == 2
     assert "has a config that is not a mapping of settings" in capsys.readouterr().err
+
+
+def test_a_sweep_folder_moved_while_the_sweep_runs_is_said_so(tmp_path, monkeypatch):
+    """(review sweeps #10) `mv` of the sweep's folder mid-sweep: each later run failed on a raw FileNotFoundError, and
+    the end said the folder 'does not exist; pass a sweep's folder', as if the user had mistyped it."""
+    from reste import engine
+    from reste.experiments.sweep import run_sweep
+
+    real_train = engine.train
+
+    def train(config, run_dir, **kw):
+        result = real_train(config, run_dir, **kw)
+        if (tmp_path / "s").exists():
+            (tmp_path / "s").rename(tmp_path / "moved")
+        return result
+
+    monkeypatch.setattr(engine, "train", train)
+    base = TrainConfig(dataset="digits", model="digits_1w1a", epochs=1, threads=1)
+    with pytest.raises(UsageError, match=r"the sweep folder .*/s was moved or deleted while the sweep ran: the runs "
+                                         "since failed; run the same command with --out where the folder is now"):
+        run_sweep(base, {"lr": [0.05, 0.1]}, [0], tmp_path / "s", log=lambda _m: None)

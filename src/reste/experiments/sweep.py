@@ -1010,6 +1010,9 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
         signum = getattr(err, "signum", signal.SIGTERM)
         raise type(err)(f"sweep stopped by {signal_text(signum)}; run the same command again to continue "
                         "(finished runs are skipped, stopped ones resume at their last step)", signum) from None
+    if not (out / MANIFEST).is_file():  # (its runs failed on their files' paths; the tables cannot be written)
+        raise UsageError(f"the sweep folder {out} was moved or deleted while the sweep ran: the runs since failed; "
+                         "run the same command with --out where the folder is now to continue there")
     if busy:
         log(f"sweep: {busy} run{'s' * (busy != 1)} held by another job: run it again later")
     if failed > busy:
