@@ -109,6 +109,9 @@ def test_show_of_a_folder_that_holds_no_run_is_one_line(tmp_path, capsys):
     for folder in (tmp_path / "runs", run.parent):
         assert one_line_error(capsys, "show", str(folder)).endswith(
             f"holds no run (no config.json); pass a run's folder (its --out), e.g. {run} (a run this folder holds)")
+    (run / "top").mkdir()  # (review newuser suggestion) a folder inside a run: that run named
+    assert one_line_error(capsys, "show", str(run / "top")).endswith(
+        f"holds no run (no config.json); pass a run's folder (its --out): {run}, the run it is in")
     (tmp_path / "config.json").write_text("{")
     assert "is corrupted" in one_line_error(capsys, "show", str(tmp_path))
 

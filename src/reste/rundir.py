@@ -798,6 +798,9 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
     if not cfg_path.is_file():
         inner = next(itertools.chain(Path(run_dir).glob(f"*/{CONFIG}"), Path(run_dir).glob(f"*/*/{CONFIG}")), None)
         example = f", e.g. {inner.parent} (a run this folder holds)" if inner is not None else ""  # a sweep's runs
+        outer = Path(run_dir).absolute().parent
+        if not example and (outer / CONFIG).is_file():  # its top/ or tensorboard/
+            example = f": {Path(run_dir).parent if str(Path(run_dir).parent) != '.' else outer}, the run it is in"
         raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out){example}")
     try:
         data = parse_json(cfg_path.read_bytes().decode("utf-8"))
