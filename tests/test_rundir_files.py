@@ -49,9 +49,15 @@ def test_every_reader_and_the_truncation_leave_out_a_torn_last_line(tmp_path):
 
 
 @pytest.mark.parametrize("text,line", [
-    (_lines({"epoch": 1}, torn="not json\n") + _lines({"epoch": 2}), "line 2 is not JSON"),
-    (_lines({"epoch": 1}, [1, 2]), "line 2 is not a metrics record"),
+    (_lines({"epoch": 1, "test_acc": 1.0}, torn="not json\n") + _lines({"epoch": 2, "test_acc": 2.0}),
+     "line 2 is not JSON"),
+    (_lines({"epoch": 1, "test_acc": 1.0}, [1, 2]), "line 2 is not a metrics record"),
     (_lines({"lr": 0.1}), "line 1 is not a metrics record"),
+    # (review sweeps #1) values every reader computes with: a string, a null test top-1, none at all
+    (_lines({"epoch": 1, "test_acc": "90"}, {"epoch": 2, "test_acc": 2.0}), r"line 1 \(epoch 1\) has no number as its "
+                                                                             "test_acc"),
+    (_lines({"epoch": 1, "test_acc": 1.0, "time": []}, {"epoch": 2, "test_acc": 2.0}), "no number as its time"),
+    (_lines({"epoch": 1}, {"epoch": 2, "test_acc": 2.0}), "no number as its test_acc"),
 ])
 def test_damage_before_the_last_line_is_a_one_line_error(tmp_path, text, line):
     (tmp_path / rundir.METRICS).write_text(text)

@@ -741,11 +741,12 @@ def holds_run(path: str | os.PathLike) -> bool:
     return (path / CONFIG).exists() or (path / LAST).exists()
 
 
-def run_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The settings of a run: its ``config.json``, or, where that is missing, ``last.pt``'s copy of them."""
+def run_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConfig:
+    """The settings of a run: its ``config.json``, or, where that is missing, ``last.pt``'s copy of them.
+    ``checked``: config.json's values of another type are its damage (see :func:`saved_config`)."""
     run_dir = require_run_path(run_dir)
     if (run_dir / CONFIG).exists() or not (run_dir / LAST).is_file():
-        return saved_config(run_dir)
+        return saved_config(run_dir, checked)
     try:
         saved = load_checkpoint(run_dir / LAST).get("config")
     except UsageError as err:
@@ -788,8 +789,10 @@ def require_run_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir)
 
 
-def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig saved in a run directory's config.json."""
+def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConfig:
+    """The TrainConfig saved in a run directory's config.json. ``checked``: a value of another type (``"epochs":
+    "6"``, which what reads the settings would compare or format) is the file's damage, a one-line ``UsageError``
+    (a resume names it its own way, saying how to give the setting again)."""
     cfg_path = require_run_path(run_dir) / CONFIG
     if not cfg_path.is_file() and (Path(run_dir) / SWEEP_MANIFEST).is_file():
         raise UsageError(sweep_folder_hint(run_dir))
@@ -808,7 +811,8 @@ def saved_config(run_dir: str | os.PathLike) -> TrainConfig:
         if missing:
             raise UsageError(f"no {', '.join(missing)}")
         config = TrainConfig.from_saved(data)
-        config._check_types(keys=True)  # ("epochs": "6" went on to a TypeError of whatever compared it)
+        if checked:
+            config._check_types(keys=True)
         return config
     except UsageError as err:
         raise UsageError(f"{cfg_path} is corrupted ({err}); {_config_remedy(run_dir)}") from None

@@ -36,7 +36,7 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
         parent = os.path.dirname(os.path.abspath(run_dir))
         example = f", e.g. reste show {shell_word(parent)}" if os.path.isfile(os.path.join(parent, CONFIG)) else ""
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json){example}")
-    config = saved_config(run_dir)
+    config = saved_config(run_dir, checked=True)
     metrics, gap = epoch_lines(read_metrics(run_dir, missing_ok=True))
     if gap is not None:  # (a sweep leaves the run out, a report too: not "stopped", which a sweep would continue)
         raise UsageError(f"{Path(run_dir) / METRICS} has no line for epoch {gap}, though it has later ones: the file "

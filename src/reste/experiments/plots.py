@@ -127,7 +127,7 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     """A run's settings (``rundir.run_config``) flattened (``estimator_options.o_end`` -> ``o_end``); {} when
     unreadable."""
     try:
-        config = run_config(run_dir).to_dict()
+        config = run_config(run_dir, checked=True).to_dict()
     except UsageError:
         return {}
     flat = {k: v for k, v in config.items() if not isinstance(v, dict)}

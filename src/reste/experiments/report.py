@@ -64,7 +64,7 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     if not holds_run(run_dir):  # a run that diverged or failed at its start kept no files but its record
         return unfinished
     try:
-        config = run_config(run_dir)
+        config = run_config(run_dir, checked=True)
         lines = read_metrics(run_dir, missing_ok=True)
         changed = key is not None and config_key(canonical_saved(config)) != key
     except UsageError as err:
