@@ -721,3 +721,17 @@ def test_a_checkpoint_rebuilt_to_evaluate_says_nothing_of_its_schedule(tmp_path)
         warnings.simplefilter("error")
         model_from_checkpoint(load_checkpoint(tmp_path / "r" / "last.pt"))
     assert issubclass(ScheduleWarning, UserWarning)
+
+
+def test_a_long_evaluation_without_a_bar_says_where_it_is(monkeypatch):
+    """(review newuser suggestion) An evaluation into a log file (an ImageNet test split on a CPU: minutes) said
+    nothing until its end; training's steps say where they are every STEP_LINE_EVERY seconds, and now so does it."""
+    from reste import engine
+
+    monkeypatch.setattr(engine, "STEP_LINE_EVERY", 0.0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    loader = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(3)]
+    lines: list[str] = []
+    result = engine.evaluate(model, loader, torch.device("cpu"), log=lines.append)
+    assert [line.split("  (")[0] for line in lines] == ["  evaluating: batch 1/3", "  evaluating: batch 2/3"]
+    assert result["top1"] == engine.evaluate(model, loader, torch.device("cpu"))["top1"]  # (no log: as before)

@@ -142,7 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp, download=args.download,
-                            progress=terminal())
+                            progress=terminal(), log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:  # one object, for a script: no line to parse
         keys = ("model", "dataset", "epoch", "step", "amp", "images", "top1", "top5", "loss", "stored_top1")
         print(json.dumps({**{k: r.get(k) for k in keys}, "seconds": round(time.perf_counter() - start, 3)}))

@@ -208,12 +208,14 @@ class EvaluationStopped(Exception):
 def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: str, channels_last: bool,
                       forward: Callable[[torch.Tensor], torch.Tensor] | None, bar: Any,
                       sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                      stop: Callable[[], bool] | None = None) -> int:
+                      stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> int:
     """The loop of :func:`evaluate`: adds each batch's loss and top-1/top-5 counts to ``sums``; returns the
-    number of images. :class:`EvaluationStopped` where ``stop()`` is true before a batch."""
+    number of images. :class:`EvaluationStopped` where ``stop()`` is true before a batch. ``log``: a line every
+    STEP_LINE_EVERY seconds (where no bar is drawn: a log file)."""
     loss_sum, top1, top5 = sums
     n = 0
-    for images, target in loader:
+    since, n_since, total = time.monotonic(), 0, len(loader)
+    for i, (images, target) in enumerate(loader):
         if stop is not None and stop():
             raise EvaluationStopped
         images, target = _to_device(images, target, device, channels_last)
@@ -229,24 +231,31 @@ def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: 
         n += target.numel()
         if bar is not None:
             bar.update()
+        elif log is not None and time.monotonic() - since >= STEP_LINE_EVERY and i < total - 1:
+            rate = (n - n_since) / (time.monotonic() - since)
+            log(f"  evaluating: batch {i + 1}/{total}  ({rate:,.0f} images/s)")
+            since, n_since = time.monotonic(), n
     return n
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
              channels_last: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             progress: bool = False, stop: Callable[[], bool] | None = None) -> dict[str, float]:
+             progress: bool = False, stop: Callable[[], bool] | None = None,
+             log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``. ``forward(images)``, where
     given, computes the logits instead of ``model`` under autocast (a :class:`GraphedForward`);
     ``progress``: a bar over the batches; ``stop()``, asked before each batch (one process only): true ends it
-    with :class:`EvaluationStopped`."""
+    with :class:`EvaluationStopped`; ``log``: where no bar is drawn, a line every few minutes (a long evaluation
+    into a log file said nothing)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
     with _progress(len(loader), "evaluating", progress) as bar:
-        n = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar, (loss_sum, top1, top5),
-                              None if is_distributed() else stop)
+        drawn = bar is not None and not getattr(bar, "disable", False)
+        n = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar if drawn else None,
+                              (loss_sum, top1, top5), None if is_distributed() else stop, log)
     counts = torch.stack([loss_sum, top1.double(), top5.double(), torch.tensor(float(n), device=device,
                                                                                 dtype=torch.float64)])
     if is_distributed():  # each process evaluated its shard (make_loaders(distributed=True)): add them up
@@ -259,8 +268,10 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
                         device: str = "auto", workers: int | None = None, amp: str | None = None,
-                        download: bool = False, progress: bool = False) -> dict[str, Any]:
+                        download: bool = False, progress: bool = False,
+                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on its data set's test split; returns the metrics and the stored ones.
+    ``log``: without the bar, a line every few minutes of a long evaluation.
 
     ``amp`` is the autocast of the evaluation: by default the run's own (``--amp``), so the
     result reproduces the test accuracy logged during training; ``"none"`` evaluates in float32.
@@ -303,7 +314,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         tune_convolutions(dev)
         if dev.type == "cpu" and config.threads:
             torch.set_num_threads(min(config.threads, max_threads()))
-        result = evaluate(model, test_loader, dev, amp, config.channels_last, progress=progress)
+        result = evaluate(model, test_loader, dev, amp, config.channels_last, progress=progress, log=log)
     step = int(ckpt.get("step") or 0)  # a checkpoint taken inside an epoch has no test accuracy of its own
     return {**result, "epoch": ckpt["epoch"], "step": step,
             "stored_top1": None if step else ckpt["metrics"].get("test_acc"),
@@ -749,7 +760,8 @@ class _Run:
             trained_saved = self.saved == (epoch, len(self.train_loader))  # (image files: saved before this)
             try:
                 test = evaluate(self.net, self.test_loader, self.device, cfg.amp, cfg.channels_last,
-                                self.graphed_eval, stop=(lambda: bool(self.stop.signum)) if trained_saved else None)
+                                self.graphed_eval, stop=(lambda: bool(self.stop.signum)) if trained_saved else None,
+                                log=self.log)
             except EvaluationStopped:  # a stop signal: the evaluation (minutes on ImageNet) is done again on resume
                 signum = self.stop.signum or signal.SIGTERM
                 self._preempted(f"stopped by {signal_text(signum)} at the evaluation of epoch {epoch + 1}; "
