@@ -92,7 +92,7 @@ def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
     # (review user9 #10) the result line gave this process's time as if it were the run's
     times = [m["time"] for m in rundir.read_metrics(tmp_path / "cut")]
     assert resumed["run_seconds"] == sum(times)
-    assert f"here ({engine.duration(sum(times))} in all) -> " in lines[-1]
+    assert f"here ({engine.duration(sum(times))} of epochs in all) -> " in lines[-1]
     assert "run_seconds" not in engine.train(cfg, tmp_path / "again", progress=False, log=quiet)
 
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")

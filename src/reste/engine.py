@@ -1063,7 +1063,7 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 def format_result(r: dict[str, Any]) -> str:
     top5 = f", top-5 {r['best_top5']:.2f}%" if r.get("best_top5") is not None else ""
     # a resumed run: this process's time, and the whole run's (its epochs' times)
-    whole = f" here ({duration(r['run_seconds'])} in all)" if r.get("run_seconds") is not None else ""
+    whole = f" here ({duration(r['run_seconds'])} of epochs in all)" if r.get("run_seconds") is not None else ""
     line = (f"done: best test acc {r['best_acc']:.2f}% (epoch {r['best_epoch']}{top5}), "
             f"final test acc {r['final_acc']:.2f}% after {count(r['epochs'], 'epoch')}, {duration(r['seconds'])}"
             f"{whole} -> "
