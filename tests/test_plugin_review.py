@@ -78,8 +78,8 @@ def _estimator(name, params, with_f=True):
 # 1, 17: names the command line or Python cannot carry are refused where the class is registered
 @pytest.mark.parametrize("name", ["epochs", "lr", "seed", "threads", "batch_size", "jobs", "out"])
 def test_a_hyperparameter_named_like_a_train_or_sweep_flag_is_refused_at_registration(isolated, name):
-    with pytest.raises(ValueError, match=f"the flag --{name.replace('_', '-')} .* is taken by `reste train`; give it "
-                                         "another flag= in its Param"):
+    with pytest.raises(ValueError, match=f"the flag --{name.replace('_', '-')} .* is taken by `reste train` or `reste "
+                                         "sweep`; give it another flag= in its Param"):
         reste.register_estimator(_estimator("clash", (reste.Param(name, int, 3, "n", "[1, inf)"),)))
     assert "clash" not in reste.list_estimators()
     reste.register_estimator(_estimator("clash", (reste.Param(name, int, 3, "n", "[1, inf)", flag=f"my_{name}"),)))
@@ -350,7 +350,7 @@ def test_registering_an_estimator_imports_no_command_line_code():
             e.register_estimator(type("Clash", (e.Estimator,), {"name": "clash", "_g": Mine._g,
                                  "hyperparameters": (e.Param("epochs", int, 3, "n", "[1, inf)"),)}))
         except ValueError as err:
-            assert "is taken by `reste train`" in str(err), err
+            assert "is taken by `reste train` or `reste sweep`" in str(err), err
         else:
             raise AssertionError("--epochs was not refused")
         print(sorted(m for m in set(sys.modules) - before if m.startswith("reste")))

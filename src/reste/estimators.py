@@ -867,7 +867,7 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     for p in cls.hyperparameters:  # (reste train's and sweep's own flags: RESERVED_FLAGS, no CLI import)
         if p.dest in RESERVED_FLAGS or p.option in RESERVED_FLAGS or "--" + p.dest in RESERVED_FLAGS:
             raise ValueError(f"estimator {cls.name!r}: the flag {p.option} of its hyper-parameter {p.name!r} is taken "
-                             "by `reste train`; give it another flag= in its Param")
+                             "by `reste train` or `reste sweep`; give it another flag= in its Param")
         for other, q in estimator_flags().get(p.dest, ()):
             if other != cls.name and (q.name, q.type) != (p.name, p.type):
                 raise ValueError(f"estimator {cls.name!r}: flag {p.option} means {q.type.__name__} {q.name!r} of "

@@ -168,7 +168,7 @@ def add_estimator_flags(p: argparse.ArgumentParser, e: Any) -> None:
                                 f"default {defaults})")
         except argparse.ArgumentError:
             raise UsageError(f"estimator {names!r}: the flag {first.option} of its hyper-parameter {first.name!r} is "
-                             f"taken by `reste train`; give it another flag= in its Param") from None
+                             f"taken by `{p.prog}`; give it another flag= in its Param") from None
 
 
 def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
