@@ -1835,6 +1835,9 @@ def test_a_sweep_over_optimizers_gives_momentum_to_sgd_alone(capsys):
         expand_grid(dataclasses.replace(base, optimizer="adam"), {"momentum": [0.5, 0.8]})
     saved = TrainConfig.from_saved({**TrainConfig(optimizer="adam").to_dict(), "momentum": 0.5})
     assert saved.momentum == 0.9  # a run saved before the refusal: what it trained with (no momentum)
+    saved = TrainConfig.from_saved({**TrainConfig(model="digits").to_dict(), "scaling": "channel"})
+    assert saved.scaling == "layer" and saved.resolve().scaling == "layer"  # (review rev12 #2: a float run, too)
+    assert TrainConfig.from_saved({**TrainConfig().to_dict(), "scaling": "channel"}).scaling == "channel"
 
 
 def test_a_gridless_sweep_of_a_float_model_is_labelled_by_the_model():

@@ -260,6 +260,9 @@ class TrainConfig:
         data.setdefault("augment", True)  # before --augment, every run augmented its train images
         if data.get("optimizer", "sgd") != "sgd" and "momentum" in data:  # what it did: none (since refused)
             data["momentum"] = cls.momentum
+        if data.get("scaling", cls.scaling) != cls.scaling and binarization_text(
+                {"estimator": "", **data}) == FULL_PRECISION:  # a float model's: none either (since refused)
+            data["scaling"] = cls.scaling
         return cls.from_dict(data).without_idle_data_flags()  # what such a run did, whatever it saved
 
     def without_idle_data_flags(self, keep: set[str] = frozenset()) -> "TrainConfig":

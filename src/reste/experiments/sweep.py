@@ -631,9 +631,9 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
                          f"{out / MANIFEST} to start the tables afresh")
     if defaults:
         raise UsageError(f"{out} holds a sweep whose flags this reste resolves otherwise ({'; '.join(defaults)}: its "
-                         "defaults differ from those of the reste that wrote it), so its tables would lose the "
-                         f"{len(dropped)} runs they have: run it with the reste that wrote it, pass another --out, or "
-                         f"delete {out / MANIFEST} to start its tables afresh")
+                         "defaults, or where a setting applies, differ from those of the reste that wrote it), so its "
+                         f"tables would lose the {count(len(dropped), 'run')} they have: run it with the reste that "
+                         f"wrote it, pass another --out, or delete {out / MANIFEST} to start its tables afresh")
     if all((label, seed) in given for (_, seed), label in dropped.items()):  # the same settings, other keys now
         raise UsageError(f"{out}/{MANIFEST} names {len(dropped)} run(s) ({', '.join(labels[:3])}) by other keys than "
                          "this version of reste gives the same settings (their code or defaults changed), so this "
