@@ -410,3 +410,8 @@ def test_a_path_argument_starting_with_a_tilde_is_the_home_folder(tmp_path, monk
     assert (home / "run" / "last.pt").is_file() and not (here / "~").exists()
     assert main(["export", "~/run", "~/m.rbnn"]) == 0
     assert (home / "m.rbnn").is_file() and main(["show", "~/run"]) == 0 and not (here / "~").exists()
+    (home / "noop.py").write_text("")  # (review rev12 #3) the flags a type= or the plugin loader reads first
+    with pytest.warns(UserWarning, match="registered no estimator, model or data set"):
+        assert main(["train", "--epochs", "1", "--out=~/run2", "--no-progress", "--threads", "1",
+                     "--tensorboard=~/tb", "--plugin=~/noop.py"]) == 0
+    assert list((home / "tb").glob("events.out.tfevents.*")) and not (here / "~").exists()

@@ -146,7 +146,7 @@ def tensorboard_dir(text: str) -> str:
     TrainConfig takes inside the run directory."""
     from .rundir import TENSORBOARD_DIR
 
-    return os.path.abspath(text) if text else TENSORBOARD_DIR
+    return os.path.abspath(os.path.expanduser(text)) if text else TENSORBOARD_DIR  # (=~/tb: the home's, as --out)
 
 
 def add_estimator_flags(p: argparse.ArgumentParser, e: Any) -> None:

@@ -76,7 +76,7 @@ def is_path(spec: str) -> bool:
 
 def saved_form(spec: str) -> str:
     """How a ``--plugin`` value is saved in ``config.json``: a file as an absolute path, a module as given."""
-    return str(Path(spec).resolve()) if is_path(spec) else spec
+    return str(Path(spec).expanduser().resolve()) if is_path(spec) else spec  # (--plugin=~/x.py: the home's)
 
 
 def _installed_spec(top: str) -> Any:
@@ -226,7 +226,7 @@ def _import_module(name: str) -> ModuleType:
 
 
 def _import_file(path: str) -> ModuleType:
-    file = Path(path).resolve()
+    file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise UsageError(f"--plugin {path!r}: no such file")
     name = f"{_FILE_PREFIX}{file.stem}"
