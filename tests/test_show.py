@@ -335,6 +335,9 @@ def test_a_config_json_value_of_another_type_is_that_runs_damage(tmp_path, capsy
 def test_a_failed_sweep_run_is_named_by_show_and_report_until_it_trains_again(tmp_path, capsys):
     """(review sweeps #3) A run that failed (here: a model that does not fit the data) was told only in the
     sweep's own output: `reste show` said "not started", and the report's table showed 0/1 without a word."""
+    import shutil
+
+    from reste import rundir
     out = tmp_path / "s"
     assert main(["sweep", "--grid", "model=digits_1w1a,resnet20_1w1a", "--epochs", "1", "--threads", "1",
                  "--no-report", "--out", str(out)]) == 1
@@ -348,6 +351,20 @@ def test_a_failed_sweep_run_is_named_by_show_and_report_until_it_trains_again(tm
     assert lines[4].startswith("continue   the same `reste sweep` command trains the 1 run left")
     assert main(["report", str(out), "--no-plots"]) == 0
     assert f"report: model=resnet20_1w1a seed 0 is left out: it failed (UsageError: " in capsys.readouterr().out
+    # (review rev12 #4) `reste show RUN_DIR` of it too: failed at its start, or stopped by the failure
+    line = one_line_error(capsys, "show", str(failed))
+    assert line.startswith(f"reste: error: {failed} holds no run: it failed (UsageError: model 'resnet20_1w1a' ")
+    assert line.endswith("; the sweep trains it again")
+    good = out / json.loads((out / "sweep.json").read_text())["settings"][0]["runs"]["0"]
+    stopped = tmp_path / "stopped"
+    shutil.copytree(good, stopped)
+    (stopped / "metrics.jsonl").write_text("")
+    rundir.record_failure(stopped, "RuntimeError: CUDA error: an illegal memory access")
+    assert main(["show", str(stopped)]) == 0
+    progress = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("progress"))
+    if Path("/proc/locks").exists():
+        assert progress.startswith("progress   0 of 1 epoch: stopped: it failed (RuntimeError: CUDA error: an illegal "
+                                   "memory access); its traceback is in ")
     assert main(["train", "--out", str(failed), "--epochs", "1", "--threads", "1", "--no-progress"]) == 0
     assert not (failed / "failed.json").exists()  # the record goes where the run starts again (a sweep too)
 

@@ -804,6 +804,9 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
         outer = Path(run_dir).absolute().parent
         if not example and (outer / CONFIG).is_file():  # its top/ or tensorboard/
             example = f": {Path(run_dir).parent if str(Path(run_dir).parent) != '.' else outer}, the run it is in"
+        failed = failure(run_dir)  # a sweep's run that failed before it kept anything
+        if failed:
+            raise UsageError(f"{run_dir} holds no run: {failed}; the sweep trains it again")
         raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out){example}")
     try:
         data = parse_json(cfg_path.read_bytes().decode("utf-8"))

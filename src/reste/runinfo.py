@@ -11,7 +11,7 @@ from typing import Any
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
-from .rundir import (CONFIG, METRICS, best_line, epoch_lines, last_checkpoint, lock_holder, read_metrics,
+from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lock_holder, read_metrics,
                      saved_config, schedule_fields)
 from .wording import count, duration, split_batch
 
@@ -28,7 +28,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_epoch`` (where metrics.jsonl holds
     every epoch but ``last.pt`` fewer, its last write having failed: the epochs it holds, and the run is stopped, not
     finished; with ``steps`` only, read where ``last.pt`` is older than metrics.jsonl), ``last_damaged`` (a stopped
-    run's ``last.pt`` that it cannot continue from: what is wrong with it; with ``steps`` only), ``train_seconds`` and
+    run's ``last.pt`` that it cannot continue from: what is wrong with it; with ``steps`` only), ``failed`` (an
+    unfinished sweep run that failed: why, ``reste.rundir.failure``), ``train_seconds`` and
     ``indicators``
     (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None
     when not measured). A folder that holds no run is a one-line ``UsageError``."""
@@ -59,7 +60,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
                                "saved_step": _saved_step(run_dir, len(metrics)) if steps and state == "stopped" else
                                None, "saved_epoch": behind,
-                               "last_damaged": _last_damaged(run_dir) if steps and state == "stopped" else None}
+                               "last_damaged": _last_damaged(run_dir) if steps and state == "stopped" else None,
+                               "failed": failure(run_dir) if state != "training" and not finished else None}
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -142,6 +144,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
     elif state == "stopped" and summary["last_damaged"]:  # (review newuser #8: it said to resume it)
         lines.append(f"progress   {done} of {epochs}: stopped, and its last.pt is damaged ({summary['last_damaged']}):"
                      " the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")
+    elif state == "stopped" and summary["failed"]:  # a sweep's run (the sweep trains it again)
+        lines.append(f"progress   {done} of {epochs}{inside}: stopped: {summary['failed']}; `{resume}` continues it")
     elif state == "stopped":
         lines.append(f"progress   {done} of {epochs}{inside}: stopped (no process on this machine holds it; `{resume}` "
                      "continues it)")
