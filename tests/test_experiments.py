@@ -1843,7 +1843,7 @@ def test_a_sweep_over_optimizers_gives_momentum_to_sgd_alone(capsys):
 def test_a_gridless_sweep_of_a_float_model_is_labelled_by_the_model():
     """(review docs #6) The README's full-precision baseline sweep (`--model resnet20`, no grid) labelled its one
     setting `reste`, an estimator the float model does not train."""
-    assert [s.label for s in expand_grid(TrainConfig(model="digits", epochs=1), {})] == ["model=digits"]
+    assert [s.label for s in expand_grid(TrainConfig(model="digits", epochs=1), {})] == ["digits (full precision)"]
     assert [s.label for s in expand_grid(TrainConfig(epochs=1), {})] == ["reste"]
 
 

@@ -372,6 +372,7 @@ ERROR_CASES = {
     "summary-model-too-big": (["summary", "digits_1w1a", "--num-classes", "100000000"], None,
                               ["needs more memory than this machine has for its parameters"]),
     # (review newuser #13) "got 5", a number the user never typed
+    "typed-warm-up": (["--warm-up", "5"], None, ["got 5 for 1 epoch; give"]),  # (review rev12 #5: typed, not bare)
     "bare-warm-up": (["--warm-up"], None, ["got 5 (what a bare --warm-up means) for 1 epoch; give --warm-up N with "
                                            "N < 1"]),
     "out-empty": (["train", "--out", ""], None, ["empty"]),

@@ -122,7 +122,11 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
     check_option_types(model, options)
 
 
-BARE_WARM_UP = 5  # the warm-up epochs of a bare --warm-up, as the paper's on CIFAR-10
+class _Bare(int):
+    """A number a bare flag gave (``--warm-up``): its refusal says so, as the user typed none."""
+
+
+BARE_WARM_UP = _Bare(5)  # the warm-up epochs of a bare --warm-up, as the paper's on CIFAR-10
 
 
 def device_named(name: str, on_cpu: str = "use --device cpu") -> Any:  # a torch.device
@@ -308,6 +312,7 @@ class TrainConfig:
             raise UsageError(f"dataset {out.dataset!r} has no default model; pass --model (see `reste summary "
                              "--list`)")
         out.validate()
+        out.warm_up = int(out.warm_up)  # (a bare flag's _Bare: a plain number in config.json and checkpoints)
         if not out.data_path and spec.reads_files and spec.reads_default_root:
             out.data_path = str(DEFAULT_ROOT)  # the folder it reads, which the run must find from elsewhere too
         if out.data_path and spec.reads_files:
@@ -394,7 +399,7 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX!r} (the largest float32), "
                                  f"got {getattr(self, name)!r}")
         if not 0 <= self.warm_up < self.epochs:
-            bare = " (what a bare --warm-up means)" if self.warm_up == BARE_WARM_UP else ""
+            bare = " (what a bare --warm-up means)" if isinstance(self.warm_up, _Bare) else ""
             raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up}{bare} for {count(self.epochs, 'epoch')}; "
                              f"give --warm-up N with N < {self.epochs}")
         check_threads(self.threads)

@@ -281,9 +281,10 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
         config = canonical(config)
         key = config_key(config)
         if key not in settings:
-            # no axis: the estimator it trains; a float model's, which trains none, is the model (review docs #6)
+            # no axis: the estimator it trains; a float model's, which trains none, the model (review docs #6; not
+            # written model=NAME, which reads as an axis: --setting would take it)
             label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or (
-                config.estimator if _binary(config) else f"model={config.model}")
+                config.estimator if _binary(config) else f"{config.model} (full precision)")
             settings[key] = Setting(label=label, values=values, config=config, key=key)
     binary = [s for s in settings.values() if _binary(s.config)] or list(settings.values())
     trained = sorted({s.config.estimator for s in binary})  # (a float baseline's is no estimator it trains)
