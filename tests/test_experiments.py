@@ -183,6 +183,8 @@ def test_a_run_folder_whose_config_was_deleted_is_left_out_saying_what_to_do(swe
     assert f"estimator=ste seed 0: damaged, left as it is: {why}" in capsys.readouterr().out
     assert main(argv) == 1
     assert f"estimator=ste seed 0: LEFT OUT: {why}" in capsys.readouterr().out
+    assert main(["show", str(out)]) == 0  # (review rev12 #8) not "not started", which the same command trains
+    assert f"seed 0: damaged: {why}" in capsys.readouterr().out
     assert not (run / "config.json").exists()
     shutil.rmtree(run)  # as it says
     assert main(argv) == 0 and (run / "config.json").is_file()

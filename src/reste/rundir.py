@@ -735,6 +735,21 @@ def stray_files(path: str | os.PathLike) -> list[str]:
                   and not _litter(p.name))
 
 
+def blocked(run_dir: str | os.PathLike) -> str | None:
+    """Why no run can start in ``run_dir``, a folder that holds none but files a new run refuses (a finished run's
+    config.json deleted, its metrics.jsonl left), in words; None where one can (or the folder is unreadable: the
+    run says so)."""
+    path = Path(run_dir)
+    try:
+        stray = stray_files(path) if path.is_dir() and not holds_run(path) else []
+    except OSError:
+        return None
+    if not stray:
+        return None
+    return (f"{path} has no {CONFIG} but holds {', '.join(stray[:3])}, so no run can start there; delete the folder "
+            "to train the run again")
+
+
 def holds_run(path: str | os.PathLike) -> bool:
     """Whether the folder holds a run (its settings or a checkpoint): a new run refuses it, a resume takes it."""
     path = Path(path)

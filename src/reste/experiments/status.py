@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, shell_word
-from ..rundir import SWEEP_LOCK, divergence, failure, holds_run, lock_holder
+from ..rundir import SWEEP_LOCK, blocked, divergence, failure, holds_run, lock_holder
 from ..runinfo import run_summary, show_run
 from ..wording import count
 from .report import earlier_rows, folder_name, is_sweep_folder, load_manifest, run_folder
@@ -25,7 +25,9 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
                              "epochs": epochs, "best": None, "pid": None, "why": None, "reported": None}
     if not holds_run(run_dir):  # a run that diverged in its first epoch, or failed at its start, leaves only the
         record = _unfinished(run_dir)  # sweep's record of it
-        return {**entry, "state": record[0], "why": record[1]} if record else entry
+        stuck = blocked(run_dir) if record is None else None  # (which the sweep leaves out, as damaged)
+        return {**entry, "state": record[0], "why": record[1]} if record else \
+            {**entry, "state": "damaged", "why": stuck} if stuck else entry
     try:
         summary = run_summary(run_dir, steps=False)  # (its last.pt unread: a line per run of many)
     except UsageError as err:  # a damaged file: the others are still shown

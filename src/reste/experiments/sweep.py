@@ -47,9 +47,9 @@ from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
 from ..wording import count, duration
-from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunInUse, epoch_end_whole, folder_lock,
-                      forget_failure, holds_run, last_checkpoint, make_folders, open_append, read_metrics,
-                      record_divergence, record_failure, remove_folders, stray_files)
+from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunInUse, blocked, epoch_end_whole,
+                      folder_lock, forget_failure, holds_run, last_checkpoint, make_folders, open_append, read_metrics,
+                      record_divergence, record_failure, remove_folders)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_folder,
                      run_status, summarize, write_manifest)
@@ -710,14 +710,6 @@ def _changed_fields(old: dict[str, Any], base: TrainConfig, settings: list[Setti
     return list(flags), list(defaults)
 
 
-def _stray(run_dir: Path) -> list[str]:
-    """The files of a folder that holds no run which a new run there would refuse (``rundir.stray_files``)."""
-    try:
-        return stray_files(run_dir) if run_dir.is_dir() else []
-    except OSError:  # unreadable: the run says so
-        return []
-
-
 def _epochs_recorded(run_dir: Path) -> int:
     """The last epoch in a run's metrics.jsonl (0: none, or unreadable): where a resume goes on."""
     try:
@@ -843,10 +835,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                 state, why = _run_state(run_dir, config.epochs)
             else:
                 state = status if status in ("damaged", "diverged") else "partial" if holds_run(run_dir) else "new"
-                stray = _stray(run_dir) if state == "new" else []
-                if stray:  # (a finished run's config.json deleted) a new run there would fail in every sweep
-                    state, why = "damaged", (f"{run_dir} has no {CONFIG} but holds {', '.join(stray[:3])}, so no run "
-                                             "can start there; delete the folder to train the run again")
+                stuck = blocked(run_dir) if state == "new" else None
+                if stuck:  # (a finished run's config.json deleted) a new run there would fail in every sweep
+                    state, why = "damaged", stuck
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
                                    "state": state, "why": why, "progress": progress and jobs == 1, "devices": devices,
                                    "from_epoch": _epochs_recorded(run_dir) if state == "partial" else 0}))
