@@ -1825,6 +1825,11 @@ def test_plot_of_a_sweep_whose_run_folders_are_gone_draws_its_epochs_csv(tmp_pat
     rows = [r for r in _read_csv(out / "epochs.csv") if r["setting"] == "lr=0.1"]
     assert [m["test_acc"] for m in metrics[1]] == [float(r["test_acc"]) for r in rows]
     assert (tmp_path / "c.png").stat().st_size > 0
+    lone = tmp_path / "lone"  # (review rev12 #6) beside a run folder: the gone runs keep the sweep's names
+    assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(lone)]) == 0
+    drawn.clear()
+    assert main(["plot", str(out), str(lone), "--out", str(tmp_path / "d.png")]) == 0
+    assert drawn[0][0] == ["s: lr=0.05 seed 0", "s: lr=0.1 seed 0", "lone"]
 
 
 def test_a_sweep_over_optimizers_gives_momentum_to_sgd_alone(capsys):

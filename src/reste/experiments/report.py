@@ -368,6 +368,8 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
         out = sweeps[0] / CURVES
     # runs of sweeps alone are named as the sweep names them ("o_end=10 seed 0"), else by the settings that differ
     labels = [s for _, s, _ in runs] if len(sweeps) == len(targets) else None
+    if labels is None and any(m is not None for _, _, m in runs):  # a gone run has no config.json to tell its
+        labels = [s or d.name for d, s, _ in runs]  # settings by: the sweep's names, a run's folder (review rev12 #6)
     return plotting.plot_runs([d for d, _, _ in runs], out, labels, [m for _, _, m in runs])
 
 
