@@ -1105,8 +1105,9 @@ def test_a_sweep_tells_a_changed_default_from_a_changed_flag_and_ignores_the_pre
     for s in manifest["settings"]:
         s["config"]["weight_decay"] = 0.00123
     (out / "sweep.json").write_text(json.dumps(manifest))
-    with pytest.raises(UsageError, match=r"resolves otherwise \(weight_decay 0.00123 -> [0-9.e-]+: its defaults "
-                                         r"differ .*run it with the reste that wrote it") as err:
+    with pytest.raises(UsageError, match=r"resolves otherwise \(weight_decay 0.00123 -> [0-9.e-]+: its defaults, "
+                                         r"or where a setting applies, differ .*run it with the reste that wrote "
+                                         r"it") as err:
         run_sweep(base, {"estimator": ["ste", "reste"]}, [0], out, log=lambda m: None)
     assert "\n" not in str(err.value) and "preset" not in str(err.value)
     with pytest.raises(UsageError, match=r"other fixed settings \(weight_decay 0.00123 -> 0.01\): these are different"):
