@@ -425,8 +425,7 @@ class _Builder:
             return self.add({"op": "cpad", "pads": [int(p) for p in self._kw(n, 1, "pad", None)],
                              "value": float(value or 0.0)}, [self.tensor(a[0], where)])
         if f is torch.cat:
-            xs = [self.tensor(t, where) for t in a[0]]
-            return self.add({"op": "cat", "dim": self._kw(n, 1, "dim", 0)}, xs)
+            return self.cat(n, where)
         if f is F.adaptive_avg_pool2d:
             return self.add({"op": "adaptive_avgpool", "size": _adaptive_size(self._kw(n, 1, "output_size", None))},
                             [self.tensor(a[0], where)])
@@ -551,6 +550,22 @@ class _Builder:
             raise UsageError(f"cannot export squeeze({dim}) of a tensor of shape {shape}: only a "
                              "dimension of size 1 (one that squeeze removes)")
         return self.add({"op": name, "dim": dim}, [self.tensor(n.args[0], name)])
+
+    def cat(self, n: fx.Node, where: str) -> int:
+        """``torch.cat`` along a dimension after the batch (a negative ``dim`` where the shapes were propagated give
+        the rank): one along the batch would give more rows than images."""
+        tensors, dim = n.args[0], self._kw(n, 1, "dim", 0)
+        xs = [self.tensor(t, where) for t in tensors]
+        shape = _shape_of(tensors[0]) if tensors else None
+        if isinstance(dim, int) and not isinstance(dim, bool) and dim < 0 and shape is not None:
+            dim += len(shape)
+        if dim == 0:
+            raise UsageError("cannot export torch.cat along the batch dimension (each image would give more than "
+                             "one output row); concatenate along a dimension after it (torch.cat(xs, 1): channels)")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= ir.MAX_DIM:
+            raise UsageError(f"cannot export torch.cat with dim={dim!r}: give a dimension after the batch "
+                             "(torch.cat(xs, 1); a negative one needs input_size)")
+        return self.add({"op": "cat", "dim": dim}, xs)
 
     def mean(self, n: fx.Node) -> int:
         dims = self._kw(n, 1, "dim", None)

@@ -225,6 +225,10 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
         _ints(node["shape"], None, -1, f"{where} shape", high=2 ** 40)
         if 0 in node["shape"] or node["shape"].count(-1) > 1:
             raise ValueError(f"{where} shape must hold sizes >= 1 and at most one -1, got {node['shape']!r}")
+    if op == "cat" and not (type(node["dim"]) is int and node["dim"] != 0 and -MAX_DIM - 1 <= node["dim"] <= MAX_DIM):
+        # (an earlier reste wrote a negative dim as given: the runtime refuses one that reaches the batch)
+        raise ValueError(f"{where} dim must be a dimension after the batch, an integer in [1, {MAX_DIM}], "
+                         f"got {node['dim']!r}")
     if op in ("unsqueeze", "squeeze") and not (type(node["dim"]) is int and 1 <= node["dim"] <= MAX_DIM):
         raise ValueError(f"{where} dim must be an integer in [1, {MAX_DIM}], got {node['dim']!r}")
     if op == "cpad":

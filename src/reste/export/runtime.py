@@ -326,6 +326,15 @@ def unit_squeeze(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.squeeze(dim)
 
 
+def _after_batch(dim: int, x: torch.Tensor, op: str) -> int:
+    """``dim`` of ``x``, refused where a negative one names the batch (a file an earlier reste wrote)."""
+    if dim < 0 and dim + x.dim() == 0:
+        raise UsageError(f"the packed model's {op} along dimension {dim} of {x.dim()}-D values reaches the batch: "
+                         "each image would give more than one row; export the model again with its op along a "
+                         "dimension after the batch")
+    return dim
+
+
 def _last_axis(x: torch.Tensor, channels: int) -> np.ndarray | None:
     """A float32 activation as a C-contiguous NumPy (..., C) view of its memory, channels last (what
     the C kernels' per-channel ops take): for (N, C, H, W) in channels-last memory and contiguous
@@ -585,7 +594,7 @@ class PackedModel:
             return torch.add
         if op == "cat":
             dim = node["dim"]
-            return lambda *xs: torch.cat(xs, dim)
+            return lambda *xs: torch.cat(xs, _after_batch(dim, xs[0], "cat"))
         if op == "maxpool":
             k, s, p, d, c = node["k"], node["stride"], node["pad"], node["dil"], node["ceil"]
             return lambda x: F.max_pool2d(x, k, s, p, d, c)
