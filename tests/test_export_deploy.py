@@ -4,10 +4,12 @@ that is no classifier, batch sizes, raw pixels out of range, meta arrays, interr
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import reste
 from reste.errors import UsageError
 from reste.export import PackedModel, export_model
 from reste.layers import BinaryConv2d
@@ -68,3 +70,68 @@ def test_a_file_with_cat_along_the_batch_is_refused(tmp_path):
     model = PackedModel.load(_crafted(tmp_path / "c.rbnn", tmp_path, cat_dim(-4)))
     with pytest.raises(UsageError, match="reaches the batch"):
         model(torch.randn(2, 3, 8, 8))
+
+
+def _run(capsys, *argv):
+    from reste.cli import main
+
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_error(capsys, *argv):
+    code, _, err = _run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("reste: error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory):
+    """A fully convolutional binarized model on 1x8x8 digits-like images: its output is (N, 3, 8, 8)."""
+    from reste.export.ir import Preprocessing
+
+    torch.manual_seed(0)
+    seg = reste.binarize(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                                       nn.BatchNorm2d(8), nn.Conv2d(8, 3, 1))).eval()
+    path = tmp_path_factory.mktemp("seg") / "seg.rbnn"
+    export_model(seg, path, input_size=(1, 8, 8), meta={**Preprocessing((1, 8, 8), (0.3,), (0.37,), 16.0).to_meta(),
+                                                        "dataset": "digits"})
+    return path
+
+
+def test_predict_refuses_a_model_that_is_no_classifier(capsys, tmp_path, segmenter):
+    """(review deploy #2) reste predict on a (N, 3, 8, 8) output: a TypeError, a broadcast error, or an (N, 8, 8)
+    array written as "predictions" with status 0."""
+    raw = np.random.default_rng(0).integers(0, 17, (12, 1, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "raw.npy", raw)
+    np.save(tmp_path / "y.npy", np.zeros(12, np.int64))
+    for extra in (["-o", str(tmp_path / "s.csv")], ["-o", str(tmp_path / "s.npy")],
+                  ["--labels", str(tmp_path / "y.npy"), "-o", str(tmp_path / "l.npy")]):
+        line = _one_line_error(capsys, "predict", str(segmenter), str(tmp_path / "raw.npy"), *extra)
+        assert "output is (N, 3, 8, 8), not (N, classes)" in line and "take classifiers" in line, line
+    assert not any((tmp_path / n).exists() for n in ("s.csv", "s.npy", "l.npy", "raw.pred.npy"))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "one.png")
+    assert "not (N, classes)" in _one_line_error(capsys, "predict", str(segmenter), str(tmp_path / "one.png"))
+    assert "not (N, classes)" in _one_line_error(capsys, "predict", str(segmenter), "--dataset", "digits")
+    model = PackedModel.load(segmenter)
+    assert tuple(model(raw).shape) == (12, 3, 8, 8)  # the model itself runs
+    with pytest.raises(UsageError, match="not \\(N, classes\\)"):
+        model.predict(raw)
+
+
+def test_a_file_whose_output_is_an_inner_node_is_no_classifier(capsys, tmp_path):
+    """(review deploy #2) a header whose output names an inner node (a feature map): no "predictions" of it."""
+    from test_export_crafted import _crafted
+
+    torch.manual_seed(0)
+    export_model(_CatBatch(1).eval(), tmp_path / "c.rbnn", input_size=(3, 8, 8), verify=False)
+    path = _crafted(tmp_path / "c.rbnn", tmp_path, lambda h: h.__setitem__("output", 0))
+    x = torch.randn(4, 3, 8, 8)
+    np.save(tmp_path / "x.npy", x.numpy())
+    assert "output is (N, 3, 8, 8)" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "x.npy"),
+                                                         "-o", str(tmp_path / "o.npy"))
+    assert not (tmp_path / "o.npy").exists()

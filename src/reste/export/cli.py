@@ -238,6 +238,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)  # the binary kernels follow torch's count
     model = PackedModel.load(args.exported, backend=args.backend)
+    if args.images and model.input_size:  # a model that is no classifier, refused before any image is read
+        import torch
+
+        from .runtime import class_scores
+
+        class_scores(model.forward(torch.zeros(1, *model.input_size)))
     if args.images:
         one_file = is_image_file(args.images)  # one image file: print its class (write it only with --output)
         if one_file:

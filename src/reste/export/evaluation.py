@@ -28,11 +28,13 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     ``top1`` (%), ``images``, ``seconds``, ``backend`` and ``stored_top1`` (the checkpoint's own test top-1 that
     the export recorded, or None). The model's input size and classes are checked against the data set before any
     file is read or downloaded."""
+    import torch
+
     from ..config import check_data_path
     from ..data import check_classes, load_datasets, make_loaders
     from ..datasets import get_spec
     from .inputs import check_shape
-    from .runtime import PackedModel
+    from .runtime import PackedModel, class_scores
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
@@ -45,6 +47,8 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
         raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")
     spec = get_spec(dataset)  # checked before any file is read or downloaded
     check_shape(model.input_size, spec.input_size, f"the {spec.name} data set")
+    if model.input_size:  # a model that is no classifier, refused before any file is read
+        class_scores(model.forward(torch.zeros(1, *model.input_size)))
     classes = model_classes(model)
     if classes is not None and classes != spec.num_classes and not spec.folder_classes:
         raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
@@ -56,7 +60,7 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     correct = total = 0
     start = time.perf_counter()
     for images, labels in loader:
-        pred = model.forward(images).argmax(1)
+        pred = class_scores(model.forward(images)).argmax(1)
         correct += int((pred == labels).sum())
         total += int(labels.numel())
     seconds = time.perf_counter() - start

@@ -366,6 +366,17 @@ def _array_or_tensor(images: Any) -> Any:
     return images
 
 
+def class_scores(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` when they are (N, classes), what a class prediction is the argmax of; a ``UsageError`` for a model
+    whose output is something else (a fully convolutional one's (N, C, H, W)), whose argmax would be no class."""
+    if logits.dim() != 2:
+        shape = ", ".join(["N", *map(str, logits.shape[1:])])
+        raise UsageError(f"class predictions need a classifier, and this packed model's output is ({shape}), not "
+                         "(N, classes): reste predict and PackedModel.predict take classifiers; run "
+                         "PackedModel.load(path)(images) for the model's outputs")
+    return logits
+
+
 class PackedModel:
     """A packed-model file loaded for inference (see :func:`reste.export.export_model`).
 
@@ -729,7 +740,8 @@ class PackedModel:
             images = raw_batch(images, self._size(), "the uint8 images")  # a view in (N, C, H, W)
         else:
             images = self._inputs(images)
-        out = [self.forward(images[i:i + batch_size]).argmax(1).numpy() for i in range(0, len(images), batch_size)]
+        out = [class_scores(self.forward(images[i:i + batch_size])).argmax(1).numpy()
+               for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def _size(self) -> tuple[int, ...]:
