@@ -135,3 +135,16 @@ def test_a_file_whose_output_is_an_inner_node_is_no_classifier(capsys, tmp_path)
     assert "output is (N, 3, 8, 8)" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "x.npy"),
                                                          "-o", str(tmp_path / "o.npy"))
     assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize("size", [-1, 0, 2.5, True, "4", None])
+def test_predict_refuses_a_batch_size_that_is_no_positive_integer(tmp_path, size):
+    """(review deploy #3) batch_size=-1 returned no predictions for 6 images; 0 and 2.5 raised raw errors."""
+    torch.manual_seed(0)
+    export_model(_CatBatch(1).eval(), tmp_path / "c.rbnn", input_size=(3, 8, 8), verify=False)
+    model, x = PackedModel.load(tmp_path / "c.rbnn"), torch.randn(6, 3, 8, 8)
+    with pytest.raises(UsageError, match=r"batch_size must be a positive integer .*got "):
+        model.predict(x, batch_size=size)
+    want = model(x).argmax(1).numpy()
+    for good in (1, 4, np.int64(5), 256):
+        np.testing.assert_array_equal(model.predict(x, batch_size=good), want)

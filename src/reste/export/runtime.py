@@ -733,6 +733,9 @@ class PackedModel:
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class indices (int64) for the images (any form :meth:`forward` takes), computed in batches (a large
         uint8 array is converted batch by batch, not whole)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive integer (images per forward pass), got {batch_size!r}")
+        batch_size = int(batch_size)
         images = _array_or_tensor(images)
         if len(images) == 0:
             return np.zeros(0, np.int64)
