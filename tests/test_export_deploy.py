@@ -148,3 +148,60 @@ def test_predict_refuses_a_batch_size_that_is_no_positive_integer(tmp_path, size
     want = model(x).argmax(1).numpy()
     for good in (1, 4, np.int64(5), 256):
         np.testing.assert_array_equal(model.predict(x, batch_size=good), want)
+
+
+def _interrupted(*_args, **_kwargs):
+    raise KeyboardInterrupt  # a Ctrl-C, a preemption: the process stops where it is
+
+
+def test_an_interrupted_onnx_export_leaves_the_earlier_file_whole(tmp_path, monkeypatch):
+    """(review deploy #6) the ONNX file was written in place: a SIGTERM mid-write left a truncated .onnx (an ONNX
+    runtime refuses it) under the final name, in place of the good one an earlier export wrote."""
+    pytest.importorskip("onnxruntime")
+    from reste.export import export_onnx, onnx_export, run_onnx
+
+    torch.manual_seed(0)
+    model = _CatBatch(1).eval()
+    path = tmp_path / "m.onnx"
+    info = export_onnx(model, path, (3, 8, 8))
+    good = path.read_bytes()
+    assert info["path"] == str(path) and info["bytes"] == len(good) and info["ok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    real = onnx_export._export
+
+    def half_then_stopped(deploy, x, where, dynamo):
+        assert where != path  # never the final name
+        real(deploy, x, where, dynamo)
+        with open(where, "r+b") as f:
+            f.truncate(where.stat().st_size // 2)
+        raise KeyboardInterrupt
+
+    for stop in ("write", "check"):
+        monkeypatch.setattr(onnx_export, "_export", half_then_stopped if stop == "write" else real)
+        monkeypatch.setattr(onnx_export, "check_onnx", _interrupted if stop == "check" else onnx_export.check_onnx)
+        with pytest.raises(KeyboardInterrupt):
+            export_onnx(model, path, (3, 8, 8))
+        assert path.read_bytes() == good, stop
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"], stop  # no temporary file left
+    monkeypatch.undo()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(run_onnx(path, x.numpy()), model(x).numpy(), atol=1e-4)
+
+
+def test_an_interrupted_packed_check_leaves_no_unchecked_file_under_its_name(tmp_path, monkeypatch):
+    """(review deploy #6) a stop during the 16-image check left the new, never checked, file in place."""
+    from reste.export import exporter
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.rbnn"
+    export_model(_CatBatch(1).eval(), path, input_size=(3, 8, 8))
+    good = path.read_bytes()
+    monkeypatch.setattr(exporter, "verify_export", _interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(_CatBatch(1).eval(), path, input_size=(3, 8, 8))  # other weights
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["m.rbnn"]
+    monkeypatch.undo()
+    (tmp_path / "new").mkdir()
+    export_model(_CatBatch(1).eval(), tmp_path / "new" / "m.rbnn", input_size=(3, 8, 8))
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["m.rbnn"]

@@ -16,6 +16,7 @@ The size report compares the file with the float model:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -25,7 +26,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -37,6 +38,42 @@ from . import ir
 from .graph import Bits, eval_mode, to_graph
 
 FORMAT_NAME = ir.FORMAT_NAME
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the block to write and check; once the block is done it replaces
+    ``path`` by a rename (fsynced), and if the block fails or is interrupted it is removed. An export stopped at any
+    moment (Ctrl-C, a preemption, a full disk) leaves the earlier file whole (or none), never a truncated or
+    unchecked one under the final name. Named as ``atomic_write`` names its own (``.NAME.XXXXXXXX.tmp``, made with
+    O_EXCL), so one that a killed process left is found as theirs are (``checkpoint.orphaned_temporaries``)."""
+    import tempfile
+
+    from ..checkpoint import _replace, _umask
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UsageError(f"cannot write {path} ({err.strerror or err}); pass a writable path") from None
+    os.close(fd)
+    try:
+        os.chmod(name, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
+        yield Path(name)
+        with open(name, "rb+") as f:
+            os.fsync(f.fileno())
+        _replace(name, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        if isinstance(err, OSError):
+            raise UsageError(f"cannot write {path} ({err.strerror or err}); pass a writable path") from None
+        raise
+    with contextlib.suppress(OSError):  # the rename itself made durable
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def _json_safe(value: Any) -> Any:
@@ -128,13 +165,17 @@ def export_model(
             raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
         if path.is_dir():
             raise UsageError(f"cannot write {path}: it is a folder; pass a file name")
-        file_bytes = writer.write(path, header)
-        report = size_report(model, writer.tensor_bytes(), file_bytes)
-        report.update(path=str(path), folded_batch_norms=folded,
-                      binary_layers=sum(1 for n in nodes if n["op"] in ir.BINARY_OPS),
-                      affine_ops=sum(1 for n in nodes if n["op"] == "affine"))
-        if verify and input_size is not None:
-            report["verify"] = verify_export(model, path, input_size)
+        with staged(path) as tmp:  # checked before it takes the name: an interrupted check leaves no unchecked file
+            try:
+                file_bytes = writer.write(tmp, header)
+            except UsageError as err:  # (named as the file it stands for)
+                raise UsageError(str(err).replace(str(tmp), str(path))) from None
+            report = size_report(model, writer.tensor_bytes(), file_bytes)
+            report.update(path=str(path), folded_batch_norms=folded,
+                          binary_layers=sum(1 for n in nodes if n["op"] in ir.BINARY_OPS),
+                          affine_ops=sum(1 for n in nodes if n["op"] == "affine"))
+            if verify and input_size is not None:
+                report["verify"] = verify_export(model, tmp, input_size)
     return report
 
 

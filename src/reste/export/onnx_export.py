@@ -201,7 +201,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     Returns ``{"path", "bytes", "exporter"}`` [``"fallback"``] and the check's keys.
     """
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
-    from .exporter import _as_float32, unwrapped
+    from .exporter import _as_float32, staged, unwrapped
 
     path = Path(path)
     check_output_path(path)
@@ -212,21 +212,22 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     deploy = deploy_model(model)
     x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
     errors = []
-    for exporter, dynamo in (("torchscript", False), ("dynamo", True)):
-        try:
-            with torch.no_grad(), _quiet_fds():
-                _export(deploy, x, path, dynamo)
-            break
-        except Exception as err:  # noqa: BLE001 - fall back to the other exporter
-            text = _ANSI.sub("", str(err)).strip()  # dynamo colours its messages
-            errors.append(f"{exporter}: {text.splitlines()[0][:150] if text else repr(err)}")
-    else:
-        raise UsageError(f"ONNX export failed ({'; '.join(errors)})")
-    info: dict[str, Any] = {"path": str(path), "bytes": path.stat().st_size, "exporter": exporter}
-    if errors:  # the first exporter failed: why, in one line (its own output was silenced)
-        info["fallback"] = errors[0].partition(": ")[2].strip("'\"")
-    if check:
-        info.update(check_onnx(model, path, input_size))
+    with staged(path) as tmp:  # written and checked beside it, then renamed: never a torn file under its name
+        for exporter, dynamo in (("torchscript", False), ("dynamo", True)):
+            try:
+                with torch.no_grad(), _quiet_fds():
+                    _export(deploy, x, tmp, dynamo)
+                break
+            except Exception as err:  # noqa: BLE001 - fall back to the other exporter
+                text = _ANSI.sub("", str(err)).strip()  # dynamo colours its messages
+                errors.append(f"{exporter}: {text.splitlines()[0][:150] if text else repr(err)}")
+        else:
+            raise UsageError(f"ONNX export failed ({'; '.join(errors)})")
+        info: dict[str, Any] = {"path": str(path), "bytes": tmp.stat().st_size, "exporter": exporter}
+        if errors:  # the first exporter failed: why, in one line (its own output was silenced)
+            info["fallback"] = errors[0].partition(": ")[2].strip("'\"")
+        if check:
+            info.update(check_onnx(model, tmp, input_size))
     return info
 
 
