@@ -205,3 +205,64 @@ def test_an_interrupted_packed_check_leaves_no_unchecked_file_under_its_name(tmp
     (tmp_path / "new").mkdir()
     export_model(_CatBatch(1).eval(), tmp_path / "new" / "m.rbnn", input_size=(3, 8, 8))
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["m.rbnn"]
+
+
+def _photo(path, h=375, w=500):
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = ((np.sin(xx / 7.0) + np.cos(yy / 11.0)) * 60 + 128).astype(np.uint8)
+    Image.fromarray(np.stack([img, img[::-1], img[:, ::-1]], -1)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("h, w", [(375, 500), (500, 375), (300, 300)])
+def test_an_imagenet_export_prepares_image_files_as_its_validation_images(tmp_path, h, w):
+    """(review deploy #9) an image file went to the 224 crop with its shorter side scaled to 224, where ImageNet's
+    evaluation resizes it to 256 first (1.14x the scale the model was evaluated at)."""
+    T = pytest.importorskip("torchvision.transforms")
+    from PIL import Image
+
+    from reste.datasets import get_spec
+    from reste.export.from_checkpoint import _preprocessing
+    from reste.export.inputs import model_inputs
+    from reste.export.ir import Preprocessing
+
+    s = get_spec("imagenet")
+    meta = _preprocessing("imagenet", (3, 224, 224))
+    prep = Preprocessing.from_meta(meta)
+    assert meta["resize"] == 256 and prep.resize == 256 and "resize" not in _preprocessing("cifar10", None)
+    photo = _photo(tmp_path / "photo.png", h, w)
+    val = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(s.mean, s.std)])  # data/sets.py
+    want = val(Image.open(photo).convert("RGB")).numpy()
+    got = model_inputs(None, photo, (3, 224, 224), prep)[0]
+    assert got.shape == want.shape and abs(got - want).max() < 1e-5
+
+
+def test_a_recorded_resize_goes_through_export_and_predict(tmp_path, capsys):
+    """(review deploy #9) the header's resize, written by export_model and used by reste predict photo.png."""
+    T = pytest.importorskip("torchvision.transforms")
+    from PIL import Image
+
+    from reste.export import ir
+
+    torch.manual_seed(0)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    model = reste.binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(),
+                                         nn.Linear(8 * 16 * 16, 5))).eval()
+    path = tmp_path / "r.rbnn"
+    export_model(model, path, input_size=(3, 16, 16),
+                 meta=ir.Preprocessing((3, 16, 16), mean, std, 255.0, 20).to_meta())
+    packed = PackedModel.load(path)
+    assert packed.preprocessing.resize == 20
+    photo = _photo(tmp_path / "p.png", 60, 90)
+    x = T.Compose([T.Resize(20), T.CenterCrop(16), T.ToTensor(), T.Normalize(mean, std)])(
+        Image.open(photo).convert("RGB"))[None]
+    code, out, err = _run(capsys, "predict", str(path), str(photo), "-o", str(tmp_path / "p.npy"))
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), packed.predict(x))
+    for bad in (12, 16.5, True):  # a crop of 16x16 needs a shorter side of 16 at least
+        meta = {**ir.Preprocessing((3, 16, 16), mean, std, 255.0).to_meta(), "resize": bad}
+        with pytest.raises(UsageError, match="a resize, if given, an integer at least"):
+            export_model(model, tmp_path / "bad.rbnn", input_size=(3, 16, 16), meta=meta)

@@ -137,8 +137,8 @@ def export_model(
             images, and the report gets ``verify`` (see :func:`verify_export`).
         meta: free-form JSON-safe information stored in the header (model name, data set, ...);
             the keys of :class:`reste.export.ir.Preprocessing` (``input_size``, ``mean``, ``std``,
-            ``pixel_scale``, as ``Preprocessing(...).to_meta()`` gives them) let the packed model
-            take raw images (``reste predict model.rbnn photo.png``).
+            ``pixel_scale``, and optionally ``resize``, as ``Preprocessing(...).to_meta()`` gives them) let the
+            packed model take raw images (``reste predict model.rbnn photo.png``).
     """
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
 
@@ -232,8 +232,9 @@ def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, An
                       "images (reste predict photo.png); give all of input_size, mean, std and pixel_scale",
                       UserWarning, stacklevel=3)
     if all(meta.get(k) is not None for k in ir.Preprocessing.KEYS) and ir.Preprocessing.from_meta(meta) is None:
-        raise UsageError(f"meta's preprocessing ({', '.join(ir.Preprocessing.KEYS)}) is invalid (one mean and one "
-                         "std > 0 per channel, a pixel_scale > 0); build it with Preprocessing(...).to_meta()")
+        raise UsageError(f"meta's preprocessing ({', '.join(ir.Preprocessing.KEYS)}, resize) is invalid (one mean "
+                         "and one std > 0 per channel, a pixel_scale > 0, a resize, if given, an integer at least "
+                         "the input's height and width); build it with Preprocessing(...).to_meta()")
     recorded = meta.get("input_size")
     if recorded is not None and input_size is not None:
         try:

@@ -4,8 +4,9 @@
 * A uint8 array holds raw pixels in the data set's units (0 .. ``pixel_scale``): (N, C, H, W),
   (N, H, W) for one channel, or one image ((C, H, W), or (H, W) for one channel).
 * An image file (JPEG, PNG, BMP, PPM/PGM, TIFF or WebP, read with Pillow) is converted to the model's channels
-  (grey or RGB), scaled to cover the model's input size with its aspect ratio kept
-  (bilinear) and cropped at the centre; its pixels run from 0 to 255.
+  (grey or RGB), scaled with its aspect ratio kept (bilinear), its shorter side to the header's ``resize`` where
+  it records one (ImageNet: 256, as its validation images are) and else to just cover the model's input size, and
+  cropped at the centre; its pixels run from 0 to 255.
 
 Raw pixels get the preprocessing the export header records (:class:`reste.export.ir.Preprocessing`):
 ``(pixel / white - mean[c]) / std[c]`` in float32, in the order the training data takes it,
@@ -50,9 +51,10 @@ def raw_batch(images: np.ndarray, size: tuple[int, int, int], what: str) -> np.n
     return images
 
 
-def read_image(path: str | os.PathLike, size: tuple[int, int, int]) -> np.ndarray:
+def read_image(path: str | os.PathLike, size: tuple[int, int, int], resize: int | None = None) -> np.ndarray:
     """The image file as uint8 (1, C, H, W) for a model of input ``size`` (C, H, W): its channels,
-    scaled to cover (H, W) with the aspect ratio kept and cropped at the centre."""
+    scaled with the aspect ratio kept, its shorter side to ``resize`` (torchvision's ``Resize(resize)``) or, without
+    it, to just cover (H, W), and cropped at the centre (``CenterCrop``)."""
     channels, height, width = size
     if channels not in _MODES:
         raise UsageError(f"the model takes {channels}-channel images; an image file gives 1 (grey) or 3 (RGB); "
@@ -68,11 +70,17 @@ def read_image(path: str | os.PathLike, size: tuple[int, int, int]) -> np.ndarra
         raise UsageError(f"{path} is neither a .npy array nor an image file reste can read "
                          f"({unreadable(err)})") from None
     w, h = image.size
-    scale = max(width / w, height / h)
-    cover = (max(width, round(w * scale)), max(height, round(h * scale)))
+    if resize is not None:  # torchvision's Resize(resize): the shorter side to resize, the longer one truncated
+        cover = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+        cover = (max(width, cover[0]), max(height, cover[1]))
+    else:
+        scale = max(width / w, height / h)
+        cover = (max(width, round(w * scale)), max(height, round(h * scale)))
     if cover != (w, h):
         image = image.resize(cover, Image.BILINEAR)
     left, top = (cover[0] - width) // 2, (cover[1] - height) // 2
+    if resize is not None:  # CenterCrop's rounding
+        left, top = int(round((cover[0] - width) / 2.0)), int(round((cover[1] - height) / 2.0))
     if cover != (width, height):
         image = image.crop((left, top, left + width, top + height))
     pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
@@ -133,7 +141,7 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
                          "pixel_scale).to_meta())), or pass preprocessed float images (N, C, H, W) in a .npy file")
     size3 = tuple(size) if size and len(size) == 3 else prep.input_size
     if images is None:
-        return normalise(read_image(path, size3), prep, IMAGE_WHITE)
+        return normalise(read_image(path, size3, prep.resize), prep, IMAGE_WHITE)
     return raw_inputs(images, size3, prep, str(path))
 
 

@@ -143,18 +143,23 @@ def check_node(node: dict[str, Any]) -> None:
 class Preprocessing:
     """What raw images need before the model, as the header's ``meta`` records it: the model's
     ``input_size`` (C, H, W) and the data set's normalisation: a pixel ``p`` stored as 0..``pixel_scale``
-    becomes ``(p / pixel_scale - mean[c]) / std[c]``."""
+    becomes ``(p / pixel_scale - mean[c]) / std[c]``. ``resize`` (optional): the shorter side an image file is
+    resized to (bilinear, aspect ratio kept) before the centre crop of (H, W), as the data set's test images are
+    (ImageNet: 256, torchvision's ``Resize(256), CenterCrop(224)``); without it an image file is resized to just
+    cover (H, W)."""
 
     input_size: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     pixel_scale: float
+    resize: int | None = None
 
-    KEYS = ("input_size", "mean", "std", "pixel_scale")
+    KEYS = ("input_size", "mean", "std", "pixel_scale")  # (the required ones; ``resize`` is optional)
 
     def to_meta(self) -> dict[str, Any]:
-        return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
+        meta = {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
                 "pixel_scale": self.pixel_scale}
+        return meta if self.resize is None else {**meta, "resize": self.resize}
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> "Preprocessing | None":
@@ -171,7 +176,14 @@ class Preprocessing:
         if len(size) != 3 or len(mean) != size[0] or len(std) != size[0] or not scale > 0 or not min(std) > 0 \
                 or not all(abs(v) < float("inf") for v in (*mean, *std, scale)):  # NaN and inf fail too
             return None
-        return cls(size, mean, std, scale)
+        resize = meta.get("resize")
+        if resize is not None and not (type(resize) is int and max(size[1:]) <= resize <= MAX_RESIZE):
+            return None  # (a crop of (H, W) needs a shorter side of at least H and W)
+        return cls(size, mean, std, scale, resize)
+
+
+#: the largest ``resize`` a header may record (a real one: a few hundred pixels)
+MAX_RESIZE = 1 << 14
 
 
 # ------------------------------------------------------------------ a read graph, checked
