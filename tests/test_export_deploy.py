@@ -266,3 +266,23 @@ def test_a_recorded_resize_goes_through_export_and_predict(tmp_path, capsys):
         meta = {**ir.Preprocessing((3, 16, 16), mean, std, 255.0).to_meta(), "resize": bad}
         with pytest.raises(UsageError, match="a resize, if given, an integer at least"):
             export_model(model, tmp_path / "bad.rbnn", input_size=(3, 16, 16), meta=meta)
+
+
+def test_meta_takes_numpy_arrays_and_tensors(tmp_path):
+    """(review deploy #7) a mean/std given as a NumPy array or a tensor: "can only convert an array of size 1 to a
+    Python scalar" (a traceback), though _checked_meta had accepted them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), BinaryConv2d(8, 8, 3, padding=1),
+                          nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    for kind in (np.array, torch.tensor):
+        path = tmp_path / f"{kind.__name__}.rbnn"
+        export_model(model, path, input_size=(3, 6, 6), verify=False,
+                     meta={"input_size": np.array([3, 6, 6]), "mean": kind(mean), "std": kind(std),
+                           "pixel_scale": np.float32(255.0), "epoch": np.int64(3), "one": kind([7])})
+        packed = PackedModel.load(path)
+        prep = packed.preprocessing
+        assert prep is not None and prep.input_size == (3, 6, 6) and prep.pixel_scale == 255.0
+        np.testing.assert_allclose(prep.mean, mean, rtol=1e-6)
+        np.testing.assert_allclose(prep.std, std, rtol=1e-6)
+        assert packed.meta["epoch"] == 3 and packed.meta["one"] == [7]

@@ -77,7 +77,9 @@ def staged(path: Path) -> Iterator[Path]:
 
 
 def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+    """``value`` as JSON gives it back: NumPy arrays and scalars and tensors of any size as (nested) lists or numbers
+    (``tolist``; ``item`` takes one element alone), anything else JSON does not take as its text."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 def _serialize(nodes: list[dict[str, Any]], writer: fmt.Writer) -> list[dict[str, Any]]:
