@@ -286,3 +286,29 @@ def test_meta_takes_numpy_arrays_and_tensors(tmp_path):
         np.testing.assert_allclose(prep.mean, mean, rtol=1e-6)
         np.testing.assert_allclose(prep.std, std, rtol=1e-6)
         assert packed.meta["epoch"] == 3 and packed.meta["one"] == [7]
+
+
+def test_raw_pixels_above_the_recorded_white_are_refused(tmp_path, capsys):
+    """(review deploy #4) 8-bit pixels (0..255) given to a model whose raw pixels run 0..16 (digits) were normalised
+    far outside its data without a word (97.78% -> 72.50% accuracy)."""
+    from reste.export.ir import Preprocessing
+
+    torch.manual_seed(0)
+    model = nn.Sequential(BinaryConv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(512, 10)).eval()
+    path = tmp_path / "d.rbnn"
+    export_model(model, path, input_size=(1, 8, 8), meta=Preprocessing((1, 8, 8), (0.3,), (0.37,), 16.0).to_meta())
+    raw = np.random.default_rng(0).integers(0, 17, (20, 1, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "raw.npy", raw)
+    np.save(tmp_path / "raw255.npy", (raw.astype(np.uint16) * 255 // 16).astype(np.uint8))
+    assert _run(capsys, "predict", str(path), str(tmp_path / "raw.npy"))[0] == 0  # 0..16: taken
+    line = _one_line_error(capsys, "predict", str(path), str(tmp_path / "raw255.npy"), "-o", str(tmp_path / "b.npy"))
+    assert "pixel values up to 255, but the model's raw pixels run 0..16" in line and "rescaling" in line, line
+    assert not (tmp_path / "b.npy").exists()
+    packed = PackedModel.load(path)
+    big = np.concatenate([raw, raw[:1] + 1])  # one pixel of 17 in the last image
+    for call in (packed, packed.forward, packed.predict, lambda x: packed.predict(x, batch_size=4)):
+        with pytest.raises(UsageError, match="pixel values up to 17"):
+            call(big)
+        with pytest.raises(UsageError, match="pixel values up to 17"):
+            call(torch.from_numpy(big))
+    np.testing.assert_array_equal(packed.predict(raw, batch_size=4), packed(raw).argmax(1).numpy())

@@ -152,4 +152,19 @@ def raw_inputs(images: np.ndarray, size: tuple[int, int, int], prep: Preprocessi
     if images.ndim != batch.ndim:  # a layout the shape alone does not tell: say how the array was read
         what = f"{what} (a uint8 array of shape {images.shape}, read as {len(batch)} image{'s' * (len(batch) != 1)})"
     check_shape(size, batch.shape[1:], what)
+    check_pixel_range(batch, prep, what)
     return normalise(batch, prep, prep.pixel_scale)
+
+
+def check_pixel_range(images: np.ndarray, prep: Preprocessing, what: str) -> None:
+    """Refuse uint8 pixels above the recorded ``pixel_scale``, the white of the data set's raw units (digits: 16):
+    they cannot be its pixels, and the likely mistake, 8-bit images (0..255) given to such a model, would be
+    normalised far outside anything it saw and silently cost accuracy."""
+    if prep.pixel_scale >= 255 or images.size == 0:
+        return
+    top = int(images.max())
+    if top > prep.pixel_scale:
+        scale = f"{prep.pixel_scale:g}"
+        raise UsageError(f"{what} holds pixel values up to {top}, but the model's raw pixels run 0..{scale} (the "
+                         f"export's pixel_scale, its data set's white); 8-bit images (0..255) need rescaling first "
+                         f"(np.round(images * {scale} / 255).astype(np.uint8)), or pass them as an image file")

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from . import format as fmt
 from . import ir
-from .inputs import nonfinite_images, raw_batch, raw_inputs
+from .inputs import check_pixel_range, nonfinite_images, raw_batch, raw_inputs
 from .kernels import (BitsOut, Epilogue, Rows, address, conv_weight_words, get_kernels, pack_rows, packed_buffer,
                       pad_lanes, padding_correction, sign_thresholds)
 
@@ -741,6 +741,8 @@ class PackedModel:
             return np.zeros(0, np.int64)
         if isinstance(images, np.ndarray) and images.dtype == np.uint8:
             images = raw_batch(images, self._size(), "the uint8 images")  # a view in (N, C, H, W)
+            if self.preprocessing is not None:  # every image's range, before any batch is computed
+                check_pixel_range(images, self.preprocessing, "the uint8 images")
         else:
             images = self._inputs(images)
         out = [class_scores(self.forward(images[i:i + batch_size])).argmax(1).numpy()
