@@ -312,3 +312,47 @@ def test_raw_pixels_above_the_recorded_white_are_refused(tmp_path, capsys):
         with pytest.raises(UsageError, match="pixel values up to 17"):
             call(torch.from_numpy(big))
     np.testing.assert_array_equal(packed.predict(raw, batch_size=4), packed(raw).argmax(1).numpy())
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    from reste import models
+    from reste.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "d.pt"
+    save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10},
+                     "model": models.create("digits_1w1a").eval().state_dict(), "dataset": "digits", "epoch": 1,
+                     "best_acc": 50.0, "config": {"dataset": "digits"}, "metrics": {"epoch": 1, "test_acc": 48.5}},
+                    path)
+    return path
+
+
+def test_export_prints_the_packed_report_before_the_onnx_step(tmp_path, capsys, monkeypatch, digits_checkpoint):
+    """(review deploy #8) reste export printed nothing until the packed file, its check, the ONNX file and its check
+    were all done (a minute of silence for ImageNet models), and an ONNX failure left the packed file's report
+    unshown."""
+    pytest.importorskip("onnx")
+    from reste.export import from_checkpoint
+
+    seen = {}
+    real = from_checkpoint.export_onnx
+
+    def onnx_step(*args, **kwargs):
+        seen["before"] = capsys.readouterr().out  # what the user had read when the ONNX step began
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(from_checkpoint, "export_onnx", onnx_step)
+    out_path = tmp_path / "d.rbnn"
+    code, out, err = _run(capsys, "export", str(digits_checkpoint), str(out_path), "--onnx")
+    assert code == 0, err
+    assert seen["before"].startswith(f"wrote {out_path}\n") and "compression" in seen["before"]
+    assert seen["before"].rstrip().endswith(f"writing {tmp_path / 'd.onnx'} (ONNX) ...")
+    assert out.startswith(f"wrote {tmp_path / 'd.onnx'} (") and "compression" not in out
+
+    def failed(*_args, **_kwargs):
+        raise UsageError("ONNX export failed (torchscript: no; dynamo: no)")
+
+    monkeypatch.setattr(from_checkpoint, "export_onnx", failed)
+    code, out, err = _run(capsys, "export", str(digits_checkpoint), str(out_path), "--onnx")
+    assert code == 2 and "compression" in out and "ONNX export failed" in err

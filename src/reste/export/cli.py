@@ -95,15 +95,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     replaced = [p for p in (out, onnx_path) if p is not None and p.is_file()]
     beside = out.with_suffix(".onnx")
     stale = beside if onnx_path is None and beside != out and beside.is_file() else None
-    report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path)
-    print(f"wrote {out}" + (" (replacing the file that was there)" if out in replaced else ""))
-    print(format_report(report))
     status = 0
-    if not report.get("verify", {}).get("ok", True):
-        problems = "; ".join(report["verify"]["packed"]["problems"] + report["verify"]["model"]["problems"])
-        print(f"reste: error: {out} does not compute what the model computes, beyond float32 rounding "
-              f"({problems[:300]}); please report this with the checkpoint", file=sys.stderr)
-        status = 1
+
+    def packed(report: dict[str, Any]) -> None:  # printed as soon as it is checked, before the ONNX file is begun
+        nonlocal status
+        print(f"wrote {out}" + (" (replacing the file that was there)" if out in replaced else ""))
+        print(format_report(report), flush=True)
+        if not report.get("verify", {}).get("ok", True):
+            problems = "; ".join(report["verify"]["packed"]["problems"] + report["verify"]["model"]["problems"])
+            print(f"reste: error: {out} does not compute what the model computes, beyond float32 rounding "
+                  f"({problems[:300]}); please report this with the checkpoint", file=sys.stderr, flush=True)
+            status = 1
+        if onnx_path is not None:
+            print(f"writing {onnx_path} (ONNX) ...", flush=True)
+
+    report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path, on_packed=packed)
     if "onnx" in report:
         o = report["onnx"]
         check = ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import models
 from ..checkpoint import load_checkpoint, model_arguments, model_from_checkpoint
@@ -56,10 +56,12 @@ def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str,
 
 
 def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *,
-                      onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
+                      onnx_path: str | os.PathLike | None = None,
+                      on_packed: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Export a training checkpoint (``.pt`` or run directory) to a packed-model file
     (and, with ``onnx_path``, an ONNX file); returns the size report. Neither may be the checkpoint, each other,
-    or a file of a run (``reste.rundir.check_output_path``)."""
+    or a file of a run (``reste.rundir.check_output_path``). ``on_packed(report)`` is called once the packed file
+    is written and checked, before the ONNX file is begun (``reste export`` prints its report then)."""
     check_has_checkpoint(ckpt_path)
     for out in (out_path, onnx_path):
         if out is not None and Path(out).exists() and Path(ckpt_path).exists() and Path(out).samefile(ckpt_path):
@@ -89,9 +91,11 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
     }
     size = _input_size(ckpt, dataset)
     meta.update(_preprocessing(dataset, size))
+    if onnx_path is not None and size is None:  # before any file is written
+        raise UsageError(f"cannot export {ckpt.get('model_name')!r} to ONNX: its input size is unknown")
     report = export_model(model, out_path, input_size=size, meta=meta)
+    if on_packed is not None:
+        on_packed(report)
     if onnx_path is not None:
-        if size is None:
-            raise UsageError(f"cannot export {ckpt.get('model_name')!r} to ONNX: its input size is unknown")
         report["onnx"] = export_onnx(model, onnx_path, size)
     return report
