@@ -356,3 +356,60 @@ def test_export_prints_the_packed_report_before_the_onnx_step(tmp_path, capsys, 
     monkeypatch.setattr(from_checkpoint, "export_onnx", failed)
     code, out, err = _run(capsys, "export", str(digits_checkpoint), str(out_path), "--onnx")
     assert code == 2 and "compression" in out and "ONNX export failed" in err
+
+
+class _MixesTheBatch(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c, self.bn, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), BinaryConv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 64 if how in ("flatten", "x.flatten()", "nn.Flatten(0)") else 16, 10)
+        self.flat = nn.Flatten(0)
+
+    def forward(self, x):
+        y = self.b(self.bn(self.c(x)))
+        if self.how == "mean((0, 2, 3))":
+            return self.fc(y.mean((0, 2, 3)))
+        if self.how == "mean(-4)":
+            return self.fc(y.mean((2, 3)).unsqueeze(2).unsqueeze(3).mean(-4))
+        if self.how == "flatten":
+            return self.fc(torch.flatten(y))
+        if self.how == "x.flatten()":
+            return self.fc(y.flatten())
+        return self.fc(self.flat(y))
+
+
+@pytest.mark.parametrize("how", ["mean((0, 2, 3))", "mean(-4)", "flatten", "x.flatten()", "nn.Flatten(0)"])
+def test_a_mean_or_flatten_over_the_batch_is_refused_in_one_line(tmp_path, how):
+    """(review deploy #1, the same for mean and flatten) a mean or a flatten reaching the batch: a traceback from
+    the check (IndexError, a matrix size error), or a file giving one row for N images."""
+    what = "mean over" if how.startswith("mean") else "flatten of"
+    with pytest.raises(UsageError, match=f"cannot export a {what} the batch dimension") as info:
+        export_model(_MixesTheBatch(how).eval(), tmp_path / "m.rbnn", input_size=(3, 8, 8))
+    assert "\n" not in str(info.value) and not (tmp_path / "m.rbnn").exists()
+
+
+def test_a_file_with_a_mean_or_flatten_over_the_batch_is_refused(tmp_path):
+    from test_export_crafted import _crafted
+
+    torch.manual_seed(0)
+    export_model(_CatBatch(1).eval(), tmp_path / "c.rbnn", input_size=(3, 8, 8), verify=False)
+
+    def edit(op, key, value):
+        def change(h):
+            next(n for n in h["nodes"] if n["op"] == op)[key] = value
+        return change
+
+    for op, key, value in (("mean", "dims", [0, 2, 3]), ("mean", "dims", []), ("mean", "dims", [2, 3.0])):
+        with pytest.raises(UsageError, match="corrupted packed model.*dims must be dimensions after the batch"):
+            PackedModel.load(_crafted(tmp_path / "c.rbnn", tmp_path, edit(op, key, value)))
+    model = PackedModel.load(_crafted(tmp_path / "c.rbnn", tmp_path, edit("mean", "dims", [-4, 2])))
+    with pytest.raises(UsageError, match="mean along dimension -4 of 4-D values reaches the batch"):
+        model(torch.randn(2, 3, 8, 8))
+
+    def flatten_all(h):
+        h["nodes"].append({"op": "flatten", "start": 0, "end": -1, "in": [h["output"]]})
+        h["output"] = len(h["nodes"]) - 1
+
+    with pytest.raises(UsageError, match="corrupted packed model.*the start one after the batch, got 0, -1"):
+        PackedModel.load(_crafted(tmp_path / "c.rbnn", tmp_path, flatten_all))

@@ -303,6 +303,23 @@ def _const(v: Any, env: dict[fx.Node, Any]) -> Any:
     return v
 
 
+def _batch_kept(node: dict[str, Any], arg: Any) -> dict[str, Any]:
+    """``node``, a ``flatten`` or a ``mean`` of ``arg``, refused where it reaches the batch dimension (a negative
+    dimension resolved where the shapes were propagated): each image would no longer give its own row."""
+    shape = _shape_of(arg)
+
+    def at(d: Any) -> Any:
+        return d + len(shape) if isinstance(d, int) and d < 0 and shape is not None else d
+
+    if node["op"] == "mean" and (not node["dims"] or 0 in [at(d) for d in node["dims"]]):  # (dim=(): all of them)
+        raise UsageError("cannot export a mean over the batch dimension (it would mix the images); take it over "
+                         "dimensions after the batch (x.mean((2, 3)))")
+    if node["op"] == "flatten" and at(node["start"]) == 0 and at(node["end"]) != 0:
+        raise UsageError("cannot export a flatten of the batch dimension (x.flatten() and torch.flatten(x) start at "
+                         "0); flatten after it: x.flatten(1), torch.flatten(x, 1) or nn.Flatten()")
+    return node
+
+
 class _Builder:
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
@@ -356,6 +373,8 @@ class _Builder:
                                      "linear layer takes (N, features); flatten its input first, or keep the layer "
                                      f"float (binarize(..., keep=[{n.target!r}]))")
                 node = _module_node(m, n.target)
+                if isinstance(node, dict) and node["op"] == "flatten":  # nn.Flatten(0)
+                    _batch_kept(node, n.args[0])
                 for part in [] if node is None else node if isinstance(node, list) else [node]:
                     x = self.add({**part, "name": n.target}, [x])
                 self.env[n] = x
@@ -415,8 +434,8 @@ class _Builder:
             lo, hi = self._kw(n, 1, "min_val", -1.0), self._kw(n, 2, "max_val", 1.0)
             return self.add({"op": "hardtanh", "lo": float(lo), "hi": float(hi)}, [self.tensor(a[0], where)])
         if f is torch.flatten:
-            return self.add({"op": "flatten", "start": self._kw(n, 1, "start_dim", 0),
-                             "end": self._kw(n, 2, "end_dim", -1)}, [self.tensor(a[0], where)])
+            node = {"op": "flatten", "start": self._kw(n, 1, "start_dim", 0), "end": self._kw(n, 2, "end_dim", -1)}
+            return self.add(_batch_kept(node, a[0]), [self.tensor(a[0], where)])
         if f is F.pad:
             mode = self._kw(n, 2, "mode", "constant")
             if mode != "constant":
@@ -479,8 +498,8 @@ class _Builder:
         if name == "add":
             return self.add({"op": "add"}, [x, self.tensor(a[1], "add")])
         if name == "flatten":
-            return self.add({"op": "flatten", "start": self._kw(n, 1, "start_dim", 0),
-                             "end": self._kw(n, 2, "end_dim", -1)}, [x])
+            node = {"op": "flatten", "start": self._kw(n, 1, "start_dim", 0), "end": self._kw(n, 2, "end_dim", -1)}
+            return self.add(_batch_kept(node, a[0]), [x])
         if name == "mean":
             return self.mean(n)
         if name in ("unsqueeze", "squeeze"):
@@ -572,8 +591,8 @@ class _Builder:
         if dims is None:
             raise UsageError("cannot export: mean over all dimensions (it would mix the batch)")
         dims = [dims] if isinstance(dims, int) else list(dims)
-        return self.add({"op": "mean", "dims": dims, "keepdim": bool(self._kw(n, 2, "keepdim", False))},
-                        [self.tensor(n.args[0], "mean")])
+        node = {"op": "mean", "dims": dims, "keepdim": bool(self._kw(n, 2, "keepdim", False))}
+        return self.add(_batch_kept(node, n.args[0]), [self.tensor(n.args[0], "mean")])
 
     def slice(self, x: int, index: Any) -> int:
         index = index if isinstance(index, tuple) else (index,)

@@ -241,6 +241,14 @@ def _attributes(op: str, node: dict[str, Any], where: str) -> None:
         # (an earlier reste wrote a negative dim as given: the runtime refuses one that reaches the batch)
         raise ValueError(f"{where} dim must be a dimension after the batch, an integer in [1, {MAX_DIM}], "
                          f"got {node['dim']!r}")
+    if op == "mean" and not (isinstance(node["dims"], list) and node["dims"] and all(
+            type(d) is int and d != 0 and -MAX_DIM - 1 <= d <= MAX_DIM for d in node["dims"])):
+        raise ValueError(f"{where} dims must be dimensions after the batch, integers in [1, {MAX_DIM}], "
+                         f"got {node['dims']!r}"[:200])
+    if op == "flatten" and not (all(type(node[k]) is int for k in ("start", "end"))
+                                and (node["start"] != 0 or node["end"] == 0)):
+        raise ValueError(f"{where} start and end must be integer dimensions, the start one after the batch, got "
+                         f"{node['start']!r}, {node['end']!r}")
     if op in ("unsqueeze", "squeeze") and not (type(node["dim"]) is int and 1 <= node["dim"] <= MAX_DIM):
         raise ValueError(f"{where} dim must be an integer in [1, {MAX_DIM}], got {node['dim']!r}")
     if op == "cpad":

@@ -617,10 +617,10 @@ class PackedModel:
             return lambda x: F.adaptive_avg_pool2d(x, size)
         if op == "mean":
             dims, keep = node["dims"], node["keepdim"]
-            return lambda x: x.mean(dim=dims, keepdim=keep)
+            return lambda x: x.mean(dim=[_after_batch(d, x, "mean") for d in dims], keepdim=keep)
         if op == "flatten":
             start, end = node["start"], node["end"]
-            return lambda x: torch.flatten(x, start, end)
+            return lambda x: torch.flatten(x, _after_batch(start, x, "flatten"), end)
         if op == "reshape":
             shape = node["shape"]
             return lambda x: x.reshape(x.shape[0], *shape)
