@@ -413,3 +413,18 @@ def test_a_file_with_a_mean_or_flatten_over_the_batch_is_refused(tmp_path):
 
     with pytest.raises(UsageError, match="corrupted packed model.*the start one after the batch, got 0, -1"):
         PackedModel.load(_crafted(tmp_path / "c.rbnn", tmp_path, flatten_all))
+
+
+def test_a_header_whose_class_names_are_no_list_is_refused_at_load(tmp_path, capsys):
+    """(review deploy, suggestions) meta["classes"] = 5 gave `reste: error: TypeError: 'int' object is not
+    iterable` (status 1) on --dataset."""
+    from test_export_crafted import _crafted
+
+    torch.manual_seed(0)
+    names = [str(i) for i in range(10)]
+    export_model(nn.Sequential(BinaryConv2d(1, 8, 3, padding=1), nn.Flatten(), nn.Linear(512, 10)).eval(),
+                 tmp_path / "d.rbnn", input_size=(1, 8, 8), meta={"dataset": "digits", "classes": names})
+    path = _crafted(tmp_path / "d.rbnn", tmp_path, lambda h: h["meta"].__setitem__("classes", 5))
+    line = _one_line_error(capsys, "predict", str(path), "--dataset", "digits")
+    assert "corrupted packed model" in line and "meta classes is not a list of names: 5" in line, line
+    assert PackedModel.load(tmp_path / "d.rbnn").meta["classes"][3] == "3"

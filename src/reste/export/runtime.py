@@ -395,6 +395,8 @@ class PackedModel:
         ir.check_graph(header)  # before anything reaches the kernels
         if not isinstance(header.get("meta", {}), dict):
             raise ValueError("meta is not a mapping")
+        if not isinstance(header.get("meta", {}).get("classes", []), (list, type(None))):  # the names of the labels
+            raise ValueError(f"meta classes is not a list of names: {header['meta']['classes']!r}"[:200])
         self.header = header
         self.meta: dict[str, Any] = header.get("meta", {})
         self.kernels = get_kernels(backend, threads, isa, pool)
