@@ -428,3 +428,20 @@ def test_a_header_whose_class_names_are_no_list_is_refused_at_load(tmp_path, cap
     line = _one_line_error(capsys, "predict", str(path), "--dataset", "digits")
     assert "corrupted packed model" in line and "meta classes is not a list of names: 5" in line, line
     assert PackedModel.load(tmp_path / "d.rbnn").meta["classes"][3] == "3"
+
+
+def test_the_channels_last_hint_for_one_image_is_its_own_transpose(tmp_path):
+    """(review deploy, suggestions) one (H, W, C) image was told array.transpose(0, 3, 1, 2), a batch's transpose."""
+    from reste.export.ir import Preprocessing
+
+    torch.manual_seed(0)
+    path = tmp_path / "c.rbnn"
+    export_model(_CatBatch(1).eval(), path, input_size=(3, 8, 8), verify=False,
+                 meta=Preprocessing((3, 8, 8), (0.5,) * 3, (0.25,) * 3, 255.0).to_meta())
+    model = PackedModel.load(path)
+    with pytest.raises(UsageError, match=r"it looks channels-last \(H, W, C\): transpose it to \(C, H, W\), "
+                                         r"array.transpose\(2, 0, 1\)$"):
+        model(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(UsageError, match=r"array.transpose\(0, 3, 1, 2\) for \(N, H, W, C\)"):
+        model(np.zeros((2, 8, 8, 3), np.uint8))
+    assert model(np.zeros((8, 8, 3), np.uint8).transpose(2, 0, 1)).shape == (1, 10)

@@ -92,12 +92,14 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() != ".npy"
 
 
-def check_shape(size: tuple[int, ...] | None, shape: tuple[int, ...], what: str) -> None:
-    """Refuse images whose (C, H, W) is not the model's ``size`` (when it is known)."""
+def check_shape(size: tuple[int, ...] | None, shape: tuple[int, ...], what: str, one: bool = False) -> None:
+    """Refuse images whose (C, H, W) is not the model's ``size`` (when it is known); ``one``: the array was one
+    image, not a batch (the transpose it needs)."""
     if size and tuple(shape) != tuple(size):
         fix = "pass images of its shape"
         if len(size) == 3 and tuple(shape) == (size[1], size[2], size[0]):  # (H, W, C): how images are often stored
-            fix = ("they look channels-last (H, W, C): transpose them to (C, H, W), e.g. array.transpose(0, 3, 1, 2) "
+            fix = ("it looks channels-last (H, W, C): transpose it to (C, H, W), array.transpose(2, 0, 1)" if one else
+                   "they look channels-last (H, W, C): transpose them to (C, H, W), e.g. array.transpose(0, 3, 1, 2) "
                    "for (N, H, W, C)")
         raise UsageError(f"{what} holds images of shape {tuple(shape)} but the model takes {tuple(size)}; {fix}")
 
@@ -151,7 +153,7 @@ def raw_inputs(images: np.ndarray, size: tuple[int, int, int], prep: Preprocessi
     batch = raw_batch(images, size, what)
     if images.ndim != batch.ndim:  # a layout the shape alone does not tell: say how the array was read
         what = f"{what} (a uint8 array of shape {images.shape}, read as {len(batch)} image{'s' * (len(batch) != 1)})"
-    check_shape(size, batch.shape[1:], what)
+    check_shape(size, batch.shape[1:], what, one=images.ndim == 3 and batch.shape[0] == 1 and size[0] != 1)
     check_pixel_range(batch, prep, what)
     return normalise(batch, prep, prep.pixel_scale)
 
