@@ -445,3 +445,16 @@ def test_the_channels_last_hint_for_one_image_is_its_own_transpose(tmp_path):
     with pytest.raises(UsageError, match=r"array.transpose\(0, 3, 1, 2\) for \(N, H, W, C\)"):
         model(np.zeros((2, 8, 8, 3), np.uint8))
     assert model(np.zeros((8, 8, 3), np.uint8).transpose(2, 0, 1)).shape == (1, 10)
+
+
+def test_predict_on_an_onnx_file_says_what_runs_it(tmp_path, capsys):
+    """(review deploy, suggestions) `reste predict model.onnx` said "create one with reste export"."""
+    pytest.importorskip("onnx")
+    from reste.export import export_onnx
+
+    torch.manual_seed(0)
+    export_onnx(_CatBatch(1).eval(), tmp_path / "m.onnx", (3, 8, 8), check=False)
+    line = _one_line_error(capsys, "predict", str(tmp_path / "m.onnx"))
+    assert "is an ONNX file, which reste does not run: run it with onnxruntime" in line, line
+    (tmp_path / "text.rbnn").write_text("no model")
+    assert "is not a reste packed model" in _one_line_error(capsys, "predict", str(tmp_path / "text.rbnn"))

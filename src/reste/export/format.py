@@ -147,6 +147,9 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:
     """
     path = Path(path)
     blob = read_user_file(path, f"exported model {path} does not exist; create one with `reste export CHECKPOINT OUT`")
+    if (len(blob) < _PREFIX.size or blob[:8] != MAGIC) and path.suffix.lower() == ".onnx":
+        raise UsageError(f"{path} is an ONNX file, which reste does not run: run it with onnxruntime "
+                         "(reste.export.run_onnx), or pass the packed file `reste export` wrote beside it (OUT.rbnn)")
     if len(blob) < _PREFIX.size or blob[:8] != MAGIC:
         raise UsageError(f"{path} is not a reste packed model (no {MAGIC.decode()} header); "
                          "create one with `reste export CHECKPOINT OUT`")
