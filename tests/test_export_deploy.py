@@ -458,3 +458,17 @@ def test_predict_on_an_onnx_file_says_what_runs_it(tmp_path, capsys):
     assert "is an ONNX file, which reste does not run: run it with onnxruntime" in line, line
     (tmp_path / "text.rbnn").write_text("no model")
     assert "is not a reste packed model" in _one_line_error(capsys, "predict", str(tmp_path / "text.rbnn"))
+
+
+def test_the_stale_onnx_note_is_printed_with_onnx_written_elsewhere(tmp_path, capsys, digits_checkpoint):
+    """(review deploy, suggestions) `reste export ... --onnx other.onnx` left OUT.onnx of an earlier export beside the
+    new packed file without the note a plain export prints."""
+    pytest.importorskip("onnx")
+    out = tmp_path / "d.rbnn"
+    (tmp_path / "d.onnx").write_bytes(b"an earlier export's")
+    code, printed, err = _run(capsys, "export", str(digits_checkpoint), str(out), "--onnx", str(tmp_path / "o.onnx"))
+    assert code == 0, err
+    assert (f"note: {tmp_path / 'd.onnx'} beside it is from an earlier export, not this one (--onnx wrote "
+            f"{tmp_path / 'o.onnx'} instead)") in printed
+    code, printed, err = _run(capsys, "export", str(digits_checkpoint), str(out), "--onnx")
+    assert code == 0 and "note:" not in printed, err

@@ -94,7 +94,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             _check_writable(path, (args.checkpoint,))  # a run folder's checkpoints: the .pt rule below
     replaced = [p for p in (out, onnx_path) if p is not None and p.is_file()]
     beside = out.with_suffix(".onnx")
-    stale = beside if onnx_path is None and beside != out and beside.is_file() else None
+    stale = beside if beside != out and beside.is_file() and (
+        onnx_path is None or onnx_path.resolve() != beside.resolve()) else None  # (--onnx elsewhere leaves it too)
     status = 0
 
     def packed(report: dict[str, Any]) -> None:  # printed as soon as it is checked, before the ONNX file is begun
@@ -128,7 +129,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if "fallback" in o:
             print(f"  (the TorchScript exporter failed, so the dynamo exporter wrote it: {o['fallback']})")
     if stale is not None:
-        print(f"note: {stale} beside it is from an earlier export, not this one (pass --onnx to write it again)")
+        again = "pass --onnx to write it again" if onnx_path is None else f"--onnx wrote {onnx_path} instead"
+        print(f"note: {stale} beside it is from an earlier export, not this one ({again})")
     return status
 
 
