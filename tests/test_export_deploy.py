@@ -472,3 +472,20 @@ def test_the_stale_onnx_note_is_printed_with_onnx_written_elsewhere(tmp_path, ca
             f"{tmp_path / 'o.onnx'} instead)") in printed
     code, printed, err = _run(capsys, "export", str(digits_checkpoint), str(out), "--onnx")
     assert code == 0 and "note:" not in printed, err
+
+
+def test_export_says_which_checkpoint_it_exported(tmp_path, capsys, digits_checkpoint):
+    """(review deploy, suggestions) `reste export RUN_DIR` took last.pt without a word (after a preemption, a model
+    from inside an epoch), and the header's source was '' for `runs/live/` (a trailing slash)."""
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    code, out, err = _run(capsys, "export", str(digits_checkpoint), str(tmp_path / "a.rbnn"))
+    assert code == 0 and f"\n  from {digits_checkpoint}, epoch 1\n" in out, err
+    assert PackedModel.load(tmp_path / "a.rbnn").meta["source"] == "d.pt"
+    run = tmp_path / "live"
+    run.mkdir()
+    save_checkpoint({**load_checkpoint(digits_checkpoint), "step": 50}, run / "last.pt")
+    code, out, err = _run(capsys, "export", str(run) + "/", str(tmp_path / "b.rbnn"))
+    assert code == 0, err
+    assert f"  from {run / 'last.pt'}, epoch 1 + 50 steps (taken inside an epoch: no test accuracy" in out
+    assert PackedModel.load(tmp_path / "b.rbnn").meta["source"] == "live/last.pt"

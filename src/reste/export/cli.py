@@ -101,6 +101,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     def packed(report: dict[str, Any]) -> None:  # printed as soon as it is checked, before the ONNX file is begun
         nonlocal status
         print(f"wrote {out}" + (" (replacing the file that was there)" if out in replaced else ""))
+        source = report.get("checkpoint", {})
+        if source:  # which checkpoint (a run folder's last.pt: maybe one taken inside an epoch, not its best)
+            when = f"epoch {source['epoch']}" + (f" + {source['step']} steps (taken inside an epoch: no test "
+                                                 "accuracy of its own)" if source["step"] else "")
+            print(f"  from {source['path']}, {when}")
         print(format_report(report), flush=True)
         if not report.get("verify", {}).get("ok", True):
             problems = "; ".join(report["verify"]["packed"]["problems"] + report["verify"]["model"]["problems"])

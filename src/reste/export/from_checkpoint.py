@@ -74,6 +74,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
         require_onnx()  # before the packed file is written
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
+    given = Path(ckpt_path)  # (a run folder: its last.pt, which the header names, trailing slash or not)
+    source = f"{given.resolve().name}/last.pt" if given.is_dir() else given.name
     config = ckpt.get("config") or {}
     dataset = ckpt.get("dataset") or (config.get("dataset") if isinstance(config, dict) else None)
     options, settings = model_arguments(ckpt)
@@ -87,13 +89,15 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
         "best_acc": ckpt.get("best_acc"),
         # this checkpoint's own test top-1 (none for one taken inside an epoch)
         "test_acc": None if ckpt.get("step") else (ckpt.get("metrics") or {}).get("test_acc"),
-        "source": os.path.basename(str(ckpt_path)),
+        "source": source,
     }
     size = _input_size(ckpt, dataset)
     meta.update(_preprocessing(dataset, size))
     if onnx_path is not None and size is None:  # before any file is written
         raise UsageError(f"cannot export {ckpt.get('model_name')!r} to ONNX: its input size is unknown")
     report = export_model(model, out_path, input_size=size, meta=meta)
+    report["checkpoint"] = {"path": str(given / "last.pt" if given.is_dir() else given), "epoch": ckpt.get("epoch"),
+                            "step": int(ckpt.get("step") or 0)}  # what was exported: reste export says it
     if on_packed is not None:
         on_packed(report)
     if onnx_path is not None:
