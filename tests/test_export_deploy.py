@@ -489,3 +489,37 @@ def test_export_says_which_checkpoint_it_exported(tmp_path, capsys, digits_check
     assert code == 0, err
     assert f"  from {run / 'last.pt'}, epoch 1 + 50 steps (taken inside an epoch: no test accuracy" in out
     assert PackedModel.load(tmp_path / "b.rbnn").meta["source"] == "live/last.pt"
+
+
+@pytest.mark.parametrize("during", ["check", "onnx"])
+def test_a_sigterm_during_export_says_what_is_left_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch,
+                                                                                digits_checkpoint, during):
+    """(review deploy #6 and suggestions) a SIGTERM ended reste export with status 143 and no line at all, and left
+    its temporary file."""
+    import os
+    import signal
+
+    pytest.importorskip("onnx")
+    from reste.export import exporter, from_checkpoint
+
+    out, onnx = tmp_path / "d.rbnn", tmp_path / "d.onnx"
+    assert _run(capsys, "export", str(digits_checkpoint), str(out), "--onnx")[0] == 0
+    before = {p.name: p.read_bytes() for p in (out, onnx)}
+
+    def terminated(*_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop the export")
+
+    monkeypatch.setattr(exporter if during == "check" else from_checkpoint,
+                        "verify_export" if during == "check" else "export_onnx", terminated)
+    code, printed, err = _run(capsys, "export", str(digits_checkpoint), str(out), "--onnx")
+    assert code == 128 + signal.SIGTERM
+    if during == "check":
+        assert err == f"reste: export stopped by SIGTERM; {out} and {onnx} are as before (nothing half-written " \
+                      "is left)\n"
+        assert {p.name: p.read_bytes() for p in (out, onnx)} == before
+    else:
+        assert f"reste: export stopped by SIGTERM; {out} was written and checked; {onnx} is as before" in err
+        assert onnx.read_bytes() == before["d.onnx"] and "compression" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "d.rbnn"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

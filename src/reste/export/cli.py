@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import UsageError
 from ..wording import count
@@ -115,7 +116,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         if onnx_path is not None:
             print(f"writing {onnx_path} (ONNX) ...", flush=True)
 
-    report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path, on_packed=packed)
+    written: list[Path] = []
+    try:
+        with _stop_signals() as stopped:
+            report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path,
+                                       on_packed=lambda r: (packed(r), written.append(out)))
+    except _Stopped:
+        import signal
+
+        name = signal.Signals(stopped[0]).name
+        left = [p for p in (out, onnx_path) if p is not None and p not in written]
+        done = f"{written[0]} was written and checked; " if written else ""
+        print(f"reste: export stopped by {name}; {done}{' and '.join(map(str, left))} "
+              f"{'is' if len(left) == 1 else 'are'} as before (nothing half-written is left)", file=sys.stderr)
+        return 128 + stopped[0]
     if "onnx" in report:
         o = report["onnx"]
         check = ""
@@ -137,6 +151,38 @@ def cmd_export(args: argparse.Namespace) -> int:
         again = "pass --onnx to write it again" if onnx_path is None else f"--onnx wrote {onnx_path} instead"
         print(f"note: {stale} beside it is from an earlier export, not this one ({again})")
     return status
+
+
+class _Stopped(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) during an export: raised where the export is, so that its temporary files are
+    removed on the way out (a BaseException: no ``except Exception`` on the way takes it)."""
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[list[int]]:
+    """SIGTERM and SIGHUP, where they would end the process, raise :class:`_Stopped` for the block instead (in the
+    main thread, the one that takes signals); the list it yields gets the signal's number."""
+    import signal
+    import threading
+
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        got.append(signum)
+        raise _Stopped(signum)
+
+    numbers = [getattr(signal, s) for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    taken = [n for n in numbers if signal.getsignal(n) is signal.SIG_DFL]  # (an ignored one, nohup's, stays so)
+    for n in taken:
+        signal.signal(n, stop)
+    try:
+        yield got
+    finally:
+        for n in taken:
+            signal.signal(n, signal.SIG_DFL)
 
 
 def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
