@@ -523,3 +523,24 @@ def test_a_sigterm_during_export_says_what_is_left_and_leaves_no_temporary_file(
         assert onnx.read_bytes() == before["d.onnx"] and "compression" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "d.rbnn"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_an_invalid_recorded_preprocessing_is_named_as_such(tmp_path, capsys):
+    """(review deploy, suggestions) a header whose preprocessing is invalid (std 0) was said to record none."""
+    from test_export_crafted import _crafted
+
+    from reste.export.ir import Preprocessing
+
+    torch.manual_seed(0)
+    export_model(_CatBatch(1).eval(), tmp_path / "c.rbnn", input_size=(3, 8, 8), verify=False,
+                 meta=Preprocessing((3, 8, 8), (0.5,) * 3, (0.25,) * 3, 255.0).to_meta())
+    path = _crafted(tmp_path / "c.rbnn", tmp_path, lambda h: h["meta"].__setitem__("std", [0.25, 0.0, 0.25]))
+    np.save(tmp_path / "raw.npy", np.zeros((2, 3, 8, 8), np.uint8))
+    line = _one_line_error(capsys, "predict", str(path), str(tmp_path / "raw.npy"))
+    assert "the packed model records an invalid preprocessing (input_size [3, 8, 8], mean [0.5, 0.5, 0.5], std " \
+           "[0.25, 0.0, 0.25], pixel_scale 255.0: one mean" in line, line
+    with pytest.raises(UsageError, match="this packed model records an invalid preprocessing"):
+        PackedModel.load(path)(np.zeros((2, 3, 8, 8), np.uint8))
+    export_model(_CatBatch(1).eval(), tmp_path / "none.rbnn", input_size=(3, 8, 8), verify=False)
+    assert "does not record its preprocessing" in _one_line_error(capsys, "predict", str(tmp_path / "none.rbnn"),
+                                                                 str(tmp_path / "raw.npy"))

@@ -309,10 +309,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if not Path(args.images).is_file():
                 raise UsageError(f"image file {args.images} does not exist" if not Path(args.images).is_dir()
                                  else f"{args.images} is a folder; pass one image file or a .npy array")
-            images = model_inputs(None, args.images, model.input_size, model.preprocessing)
+            images = model_inputs(None, args.images, model.input_size, model.preprocessing, model.meta)
         else:
             images = model_inputs(_load_npy(args.images, "images"), args.images, model.input_size,
-                                  model.preprocessing)
+                                  model.preprocessing, model.meta)
         out = Path(args.output) if args.output else Path(args.images).with_suffix(".pred.npy")
         to_stdout = args.output == "-"
         write = not one_file or args.output

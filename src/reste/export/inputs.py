@@ -22,7 +22,7 @@ import numpy as np
 
 from .._pixels import eight_bit, open_image, unreadable
 from ..errors import UsageError
-from .ir import Preprocessing
+from .ir import Preprocessing, invalid_preprocessing
 
 #: The white of an 8-bit image file.
 IMAGE_WHITE = 255.0
@@ -114,10 +114,10 @@ def nonfinite_images(images: np.ndarray) -> tuple[int, str] | None:
 
 
 def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple[int, ...] | None,
-                 prep: Preprocessing | None) -> np.ndarray:
+                 prep: Preprocessing | None, meta: dict | None = None) -> np.ndarray:
     """Float32 (N, C, H, W) model inputs (N, *size: (N, C, L) for a model of 1-D layers), of the model's input
     ``size`` when known, from a loaded ``.npy`` array (``images``) or, with ``images=None``, from the image file
-    at ``path``; raw pixels get ``prep``."""
+    at ``path``; raw pixels get ``prep`` (``meta``: the header's, for a refusal that says what is wrong)."""
     raw = images is None or images.dtype == np.uint8
     if not raw:
         ranks = (len(size) + 1,) if size else (4, 3)  # no size recorded: images, or a 1-D model's signals
@@ -137,8 +137,9 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
         return out
     if prep is None:
         what = "an image file" if images is None else "raw uint8 images"
-        raise UsageError(f"the packed model does not record its preprocessing (input size, mean, std), so it "
-                         f"cannot take {what}; export it again with `reste export CHECKPOINT` (or in Python, "
+        invalid = invalid_preprocessing(meta or {})
+        raise UsageError(f"the packed model {invalid or 'does not record its preprocessing (input size, mean, std)'}, "
+                         f"so it cannot take {what}; export it again with `reste export CHECKPOINT` (or in Python, "
                          "export_model(..., meta=reste.export.ir.Preprocessing(input_size, mean, std, "
                          "pixel_scale).to_meta())), or pass preprocessed float images (N, C, H, W) in a .npy file")
     size3 = tuple(size) if size and len(size) == 3 else prep.input_size

@@ -182,6 +182,16 @@ class Preprocessing:
         return cls(size, mean, std, scale, resize)
 
 
+def invalid_preprocessing(meta: dict[str, Any]) -> str:
+    """For a header whose preprocessing cannot be used (``Preprocessing.from_meta`` gives None): " records an invalid
+    preprocessing (...)" where it records every key (a file made by hand, or damaged), else "" (it records none)."""
+    if not all(meta.get(k) is not None for k in Preprocessing.KEYS):
+        return ""
+    given = ", ".join(f"{k} {meta[k]!r}" for k in (*Preprocessing.KEYS, "resize") if meta.get(k) is not None)
+    return (f"records an invalid preprocessing ({given[:150]}: one mean and one std > 0 per channel of a (C, H, W) "
+            "input_size, a pixel_scale > 0)")
+
+
 #: the largest ``resize`` a header may record (a real one: a few hundred pixels)
 MAX_RESIZE = 1 << 14
 

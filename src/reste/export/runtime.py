@@ -765,8 +765,10 @@ class PackedModel:
         if isinstance(images, np.ndarray) and images.dtype == np.uint8:  # raw pixels, as `reste predict` takes them
             prep = self.preprocessing
             if prep is None:
-                raise UsageError("uint8 images are raw pixels, and this packed model records no preprocessing "
-                                 "(mean, std, pixel scale) to apply; pass float32 images, preprocessed")
+                invalid = ir.invalid_preprocessing(self.meta)
+                raise UsageError(f"uint8 images are raw pixels, and this packed model "
+                                 f"{invalid or 'records no preprocessing (mean, std, pixel scale)'} to apply; pass "
+                                 "float32 images, preprocessed")
             images = raw_inputs(images, self._size(), prep, "the uint8 images")
         elif (isinstance(images, np.ndarray) and not np.issubdtype(images.dtype, np.floating)
               or isinstance(images, torch.Tensor) and not images.dtype.is_floating_point):
