@@ -1841,6 +1841,12 @@ def test_a_sweep_over_optimizers_gives_momentum_to_sgd_alone(capsys):
     assert [(s.config.optimizer, s.config.momentum) for s in settings] == [("sgd", 0.5), ("adam", 0.9)]
     with pytest.raises(UsageError, match="--momentum is a setting of SGD; --optimizer adam has none"):
         expand_grid(dataclasses.replace(base, optimizer="adam"), {"momentum": [0.5, 0.8]})
+    for grid in ({"optimizer": ["adam", "adamw"]}, {"optimizer": ["adam", "adamw"], "momentum": [0.5, 0.8]}):
+        with pytest.raises(UsageError, match="--momentum is a setting of --optimizer sgd, which no setting of this "
+                                             "sweep trains"):  # (review rev12 #5: it was dropped without a word)
+            expand_grid(base, grid)
+    with pytest.raises(UsageError, match="--bop-gamma is a setting of --optimizer bop, which no setting"):
+        expand_grid(TrainConfig(epochs=1, bop_gamma=1e-3), {"optimizer": ["adam", "sgd"]})
     saved = TrainConfig.from_saved({**TrainConfig(optimizer="adam").to_dict(), "momentum": 0.5})
     assert saved.momentum == 0.9  # a run saved before the refusal: what it trained with (no momentum)
     saved = TrainConfig.from_saved({**TrainConfig(model="digits").to_dict(), "scaling": "channel"})

@@ -286,6 +286,13 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
             label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or (
                 config.estimator if _binary(config) else f"{config.model} (full precision)")
             settings[key] = Setting(label=label, values=values, config=config, key=key)
+    if "optimizer" in grid:  # a setting of one optimizer that no setting trains: dropped from each, said here
+        used = {s.config.optimizer for s in settings.values()}
+        for optimizer, names in (("sgd", ("momentum",)), ("bop", ("bop_gamma", "bop_threshold"))):
+            given = [n for n in names if n in grid or getattr(base, n) != getattr(TrainConfig, n)]
+            if given and optimizer not in used:
+                raise UsageError(f"--{given[0].replace('_', '-')} is a setting of --optimizer {optimizer}, which no "
+                                 f"setting of this sweep trains; drop it, or add {optimizer} to --grid optimizer")
     binary = [s for s in settings.values() if _binary(s.config)] or list(settings.values())
     trained = sorted({s.config.estimator for s in binary})  # (a float baseline's is no estimator it trains)
     for dest in flags:
