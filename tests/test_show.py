@@ -365,6 +365,9 @@ def test_a_failed_sweep_run_is_named_by_show_and_report_until_it_trains_again(tm
     if Path("/proc/locks").exists():
         assert progress.startswith("progress   0 of 1 epoch: stopped: it failed (RuntimeError: CUDA error: an illegal "
                                    "memory access); its traceback is in ")
+    rundir.record_failure(good, "UsageError: it already holds a run")  # (review rev12 #7) a second sweep's start
+    assert main(["show", str(out)]) == 0  # on a run another sweep (a shared --runs-dir) had just finished
+    assert capsys.readouterr().out.splitlines()[1] == "progress   1 finished, 1 failed"
     assert main(["train", "--out", str(failed), "--epochs", "1", "--threads", "1", "--no-progress"]) == 0
     assert not (failed / "failed.json").exists()  # the record goes where the run starts again (a sweep too)
 

@@ -34,6 +34,8 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
         return {**entry, "state": "damaged", "why": str(err)}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
     record = _unfinished(run_dir) if state != "training" else None  # (a run training again is training)
+    if record and record[0] == "failed" and state == "finished":  # another sweep finished it (a shared --runs-dir)
+        record = None
     entry.update(epochs_done=summary["epochs_done"], epochs=summary["config"]["epochs"], pid=summary["pid"],
                  best=summary["best"], state=record[0] if record else state, why=record[1] if record else None)
     return entry
