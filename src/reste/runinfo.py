@@ -21,9 +21,11 @@ _POINT = ("epoch", "test_acc", "test_top5")  # what the summary gives of the bes
 
 def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any]:
     """What ``reste show RUN_DIR --json`` prints, as a dict: ``run_dir``, ``config`` (config.json's settings),
-    ``epochs_done``, ``finished``, ``state`` ("training" while a process on this machine holds the folder, with its
-    ``pid``; else "finished" or "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last``
-    (``epoch``, ``test_acc``, ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
+    ``epochs_done`` (the last epoch metrics.jsonl has a line for), ``lost_epochs`` (those before it that it has
+    none for: a damaged line a resume went on without, which a sweep's report cannot report), ``finished``,
+    ``state`` ("training" while a process on this machine holds the folder, with its ``pid``; else "finished" or
+    "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last`` (``epoch``, ``test_acc``,
+    ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
     else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_epoch`` (where metrics.jsonl holds
     every epoch but ``last.pt`` fewer, its last write having failed: the epochs it holds, and the run is stopped, not
@@ -39,15 +41,14 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json){example}")
     config = saved_config(run_dir, checked=True)
     metrics, gap = epoch_lines(read_metrics(run_dir, missing_ok=True))
-    if gap is not None:  # (a sweep leaves the run out, a report too: not "stopped", which a sweep would continue)
-        raise UsageError(f"{Path(run_dir) / METRICS} has no line for epoch {gap}, though it has later ones: the file "
-                         "is damaged; put that line back, or train the run again")
-    if len(metrics) > config.epochs:  # a resume never plans fewer epochs than finished: the files are two runs'
-        raise UsageError(f"{Path(run_dir) / METRICS} holds {len(metrics)} epochs, more than the {config.epochs} that "
+    done = metrics[-1]["epoch"] if metrics else 0  # (by its epochs, not its lines: a line may repeat)
+    lost = [e for e in range(1, done + 1) if e not in {m["epoch"] for m in metrics}] if gap is not None else []
+    if done > config.epochs:  # a resume never plans fewer epochs than finished: the files are two runs'
+        raise UsageError(f"{Path(run_dir) / METRICS} holds {done} epochs, more than the {config.epochs} that "
                          f"{Path(run_dir) / CONFIG} plans: they are not one run's (a config.json copied or edited by "
                          "hand?); `reste train --resume` names which settings last.pt holds")
     holder = lock_holder(run_dir)
-    finished = len(metrics) >= config.epochs
+    finished = done >= config.epochs
     behind = None  # the epoch last.pt holds, where a finished-looking run's last write failed (a full disk)
     if finished and steps and not holder and _last_older(run_dir):
         saved = saved_position(run_dir)
@@ -55,10 +56,10 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
             finished, behind = False, saved[0]
     state = ("training" if holder else "finished" if finished else "stopped" if holder == 0 else None)
     summary: dict[str, Any] = {"run_dir": os.fspath(run_dir), "config": config.to_dict(),
-                               "epochs_done": len(metrics), "finished": finished, "state": state,
+                               "epochs_done": done, "lost_epochs": lost, "finished": finished, "state": state,
                                "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
-                               "saved_step": _saved_step(run_dir, len(metrics)) if steps and state == "stopped" else
+                               "saved_step": _saved_step(run_dir, done) if steps and state == "stopped" else
                                None, "saved_epoch": behind,
                                "last_damaged": _last_damaged(run_dir) if steps and state == "stopped" else None,
                                "failed": failure(run_dir) if state != "training" and not finished else None}
@@ -153,6 +154,11 @@ def show_run(run_dir: str | os.PathLike) -> str:
         finished = ": finished" if summary["finished"] else ""
         lines.append(f"progress   {done} of {epochs}{inside}{finished} (training, or "
                      f"stopped: `{resume}` continues it)")
+    if summary["lost_epochs"]:
+        lost = summary["lost_epochs"]
+        which = f"epoch{'s' * (len(lost) > 1)} {', '.join(map(str, lost[:5]))}{', ...' if len(lost) > 5 else ''}"
+        lines.append(f"lost       {METRICS} has no line for {which} (damaged, then left out by a resume): their "
+                     "metrics are lost, and a sweep's report leaves the run out")
     best, last = summary["best"], summary["last"]
     if best is None:
         return "\n".join(lines)

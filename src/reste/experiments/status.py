@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, shell_word
-from ..rundir import SWEEP_LOCK, blocked, divergence, failure, holds_run, lock_holder
+from ..rundir import METRICS, SWEEP_LOCK, blocked, divergence, failure, holds_run, lock_holder
 from ..runinfo import run_summary, show_run
 from ..wording import count
 from .report import earlier_rows, folder_name, is_sweep_folder, load_manifest, run_folder
@@ -32,6 +32,9 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
         summary = run_summary(run_dir, steps=False)  # (its last.pt unread: a line per run of many)
     except UsageError as err:  # a damaged file: the others are still shown
         return {**entry, "state": "damaged", "why": str(err)}
+    if summary["lost_epochs"]:  # which the sweep leaves out (report.run_status), not "stopped", which it continues
+        return {**entry, "state": "damaged", "why": f"{run_dir / METRICS} has no line for epoch "
+                f"{summary['lost_epochs'][0]}; train the run again (delete its folder) to report it"}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
     record = _unfinished(run_dir) if state != "training" else None  # (a run training again is training)
     if record and record[0] == "failed" and state == "finished":  # another sweep finished it (a shared --runs-dir)
