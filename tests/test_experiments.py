@@ -818,11 +818,14 @@ def test_a_sweep_moved_away_from_its_runs_dir_goes_on_with_the_runs_its_sweep_js
     argv = ["sweep", "--dataset", "digits", "--grid", "estimator=ste,reste", "--epochs", "1", "--threads", "1",
             "--no-report"]
     assert main([*argv, "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "A")]) == 0
+    assert main(["report", str(tmp_path / "A"), "--no-plots"]) == 0
     moved = tmp_path / "deep" / "er" / "A2"
     shutil.copytree(tmp_path / "A", moved)
     capsys.readouterr()
     assert main([*argv, "--out", str(moved)]) == 0
     out = capsys.readouterr().out
+    assert main(["report", str(moved), "--no-plots"]) == 0  # (review rev12 #12) its rows name the runs otherwise
+    assert "name no run" not in capsys.readouterr().out and "names no run" not in out
     assert f"sweep: {moved / 'sweep.json'} records its runs under {tmp_path / 'runs'} (its --runs-dir): the sweep " \
         "goes on there; pass --runs-dir to train them elsewhere" in out
     assert out.count("already finished, skipped") == 2 and "training" not in out
@@ -1900,3 +1903,18 @@ def test_a_sweep_folder_moved_while_the_sweep_runs_is_said_so(tmp_path, monkeypa
     with pytest.raises(UsageError, match=r"the sweep folder .*/s was moved or deleted while the sweep ran: the runs "
                                          "since failed; run the same command with --out where the folder is now"):
         run_sweep(base, {"lr": [0.05, 0.1]}, [0], tmp_path / "s", log=lambda _m: None)
+
+
+def test_a_run_another_sweep_finished_first_is_held_not_failed(tmp_path):
+    """(review rev12 #11) Two sweeps sharing a --runs-dir: the slower one's start of a run the other had just
+    finished was 'FAILED', and wrote its traceback and a failure record into that finished run (shown as failed
+    for good). It is held by another job, as a run being trained is, and the folder is left as it was."""
+    from reste.experiments import sweep as sw
+    from reste.rundir import FAILED, TRAIN_LOG
+
+    run = tmp_path / "r"
+    config = TrainConfig(dataset="digits", epochs=1, threads=1)
+    assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    outcome = sw._execute({"config": config.to_dict(), "run_dir": str(run), "resume": False})
+    assert outcome["status"] == "busy" and "already holds a run" in outcome["error"]
+    assert not (run / FAILED).exists() and not (run / TRAIN_LOG).exists()

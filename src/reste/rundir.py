@@ -355,7 +355,7 @@ class RunDirectory:
         path = self.path
         if fresh:
             if holds_run(path):
-                raise UsageError(f"{path} already holds a run; continue it with --resume {shell_word(path)} "
+                raise RunExists(f"{path} already holds a run; continue it with --resume {shell_word(path)} "
                                  "or choose another --out")
             others = stray_files(path)
             if others:
@@ -430,6 +430,10 @@ class RunDirectory:
 
 class RunInUse(UsageError):
     """The run directory is locked by another process (a run is writing to it)."""
+
+
+class RunExists(UsageError):
+    """A new run's folder already holds a run (a sweep sharing its --runs-dir may have trained it meanwhile)."""
 
 
 @contextlib.contextmanager

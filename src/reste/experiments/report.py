@@ -486,7 +486,9 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
         log(f"report: {kept} run{'s' * (kept != 1)} reported from the runs.csv (and epochs.csv) an earlier report "
             "wrote; delete a row there to drop a run")
     named = {(folder_name(rel), int(seed)) for s in manifest["settings"] for seed, rel in s["runs"].items()}
-    gone = sorted(key for key in earlier if key not in named)
+    labels = {(s["label"], int(seed)) for s in manifest["settings"] for seed in s["runs"]}  # (a moved sweep's
+    gone = sorted(key for key, row in earlier.items()  # rows name its runs by other relative folders)
+                  if key not in named and (row.get("setting"), row["seed"]) not in labels)
     if gone and log:  # a sweep never leaves out a setting it had (it refuses): its sweep.json was edited by hand?
         log(f"report: {count(len(gone), 'row')} of the earlier runs.csv {'names' if len(gone) == 1 else 'name'} no "
             f"run of {out / MANIFEST} (edited?), and go: {', '.join(folder for folder, _ in gone[:3])}"

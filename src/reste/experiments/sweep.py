@@ -47,9 +47,9 @@ from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
 from ..wording import count, duration
-from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunInUse, blocked, epoch_end_whole,
-                      folder_lock, forget_failure, holds_run, last_checkpoint, make_folders, open_append, read_metrics,
-                      record_divergence, record_failure, remove_folders)
+from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
+                      epoch_end_whole, folder_lock, forget_failure, holds_run, last_checkpoint, make_folders,
+                      open_append, read_metrics, record_divergence, record_failure, remove_folders)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_folder,
                      run_status, summarize, write_manifest)
@@ -475,12 +475,15 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
                 _WORKER["stopped"] = err.signum
             raise
         logged = False  # whether its train.log holds the traceback, for the sweep's summary to point at
-        if not isinstance(err, RunInUse):  # another process's run: its log, not this one's
+        # its start found a run there: another sweep's (a shared --runs-dir), which it neither failed nor logs in
+        taken = isinstance(err, RunExists)
+        if not isinstance(err, RunInUse) and not taken:  # another process's run: its log, not this one's
             with contextlib.suppress(OSError, UsageError):  # the log itself may be what failed
                 log(traceback.format_exc())
                 logged = True
         status = ("busy" if isinstance(err, RunInUse) else "diverged" if isinstance(err, engine.TrainingDiverged)
                   else "failed")
+        status = "busy" if taken else status
         if status == "diverged":  # it would diverge again: a rerun of the sweep leaves it out, saying why
             try:
                 record_divergence(run_dir, err.epoch, err.step)
