@@ -382,3 +382,15 @@ def test_a_resume_says_where_config_json_sends_its_tensorboard_events(run, tmp_p
     assert recorded_places_notes(run, fmnist, {}) == [
         f"note: missing data is downloaded into {elsewhere}, as config.json records (--data-path DIR moves it)"]
     assert recorded_places_notes(run, fmnist, {"download": True}) == []
+
+
+def test_a_resume_to_another_optimizer_leaves_sgds_momentum_behind(tmp_path, capsys):
+    """(review rev12 #13) an SGD run saved with --momentum 0.5, resumed with --optimizer adam --force: refused for
+    a --momentum that was not on the command line (the saved one, which Adam has no use for)."""
+    out = tmp_path / "mo"
+    assert main(["train", "--epochs", "1", "--momentum", "0.5", "--threads", "1", "--no-progress", "--out",
+                 str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--optimizer", "adam", "--force",
+                 "--no-progress"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["optimizer"], saved["momentum"]) == ("adam", 0.9)

@@ -105,6 +105,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     data.update(overrides)
     if data.get("optimizer") != "bop":  # (--force) leaving bop: its recorded settings go (a flag given stays, refused)
         data.update({k: None for k in ("bop_gamma", "bop_threshold") if k not in overrides})
+    if data.get("optimizer") != "sgd" and "momentum" not in overrides:  # (--force) leaving SGD: its momentum too
+        data["momentum"] = TrainConfig.momentum
     if "threads" not in overrides and isinstance(saved.threads, int) and saved.threads > max_threads():
         data["threads"] = None  # recorded on a bigger machine: this one's default (the resume notes the change)
     try:
