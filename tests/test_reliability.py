@@ -380,6 +380,9 @@ ERROR_CASES = {
     "eval-batch-size-0": (["eval", "RUN", "--batch-size", "0"], None, ["--batch-size must be a positive integer"]),
     "summary-input-size-0": (["summary", "resnet20_1w1a", "--input-size", "0"], None, ["--input-size must be"]),
     "summary-input-size-small": (["summary", "digits_1w1a", "--input-size", "1"], None, ["pass a larger --input-size"]),
+    # (review deploy #5) a model fixed to its own size was told to take a larger one
+    "summary-input-size-fixed": (["summary", "fmnist_vgg_1w1a", "--input-size", "64"], None,
+                                 ["it takes its own, 28x28; drop --input-size"]),
     "summary-a32-float": (["summary", "digits", "--a32"], None, ["--a32 applies to binary models"]),
 }
 

@@ -191,6 +191,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if isinstance(err, MemoryError) or "allocate" in first or "out of memory" in first:
             raise UsageError(f"{args.model!r} at {size[1]}x{size[2]} needs more memory than this machine has; "
                              "pass a smaller --input-size") from None
+        own = tuple(info["input_size"][1:])
+        if size[1:] > own:  # a larger one fails where a layer is fixed to its own size (a Flatten before a Linear)
+            raise UsageError(f"{args.model!r} cannot take inputs of size {size[1]}x{size[2]} ({first[:150]}): it "
+                             f"takes its own, {own[0]}x{own[1]}; drop --input-size") from None
         raise UsageError(f"{args.model!r} cannot take inputs of size {size[1]}x{size[2]} ({first[:150]}); pass a "
                          "larger --input-size") from None
     expects = "x".join(map(str, info["input_size"]))
