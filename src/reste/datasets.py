@@ -73,6 +73,9 @@ class DatasetSpec:
     # whether, without --data-path, its loader reads DEFAULT_ROOT of the current folder: config.json then
     # records that folder, absolute, so `reste eval` and --resume find it from any folder
     reads_default_root: bool = False
+    # the shorter side its test images are resized to before the centre crop of input_size (None: not resized),
+    # as its loader does it and an exported model prepares an image file
+    test_resize: int | None = None
 
     def load(self, data_path=None, *, download: bool = False, augment: bool = True,
              in_memory: bool | None = None, train: bool = True):
@@ -116,7 +119,7 @@ SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         name="imagenet", aliases=(), num_classes=1000, input_size=(3, 224, 224),
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=255.0,
         train_size=None, test_size=None, fits_in_memory=False, loader="reste.data.sets:_load_imagenet",
-        folder_classes=True,
+        folder_classes=True, test_resize=256,
         defaults=dict(model="imagenet_resnet18_1w1a", augment=True, optimizer="sgd", lr=0.1, weight_decay=1e-4,
                       epochs=250, batch_size=750, eval_batch_size=128, warm_up=0),
         description="ImageFolder trees train/ and val/ (JPEG files, read by DataLoader workers)",
@@ -244,7 +247,7 @@ def _checked(spec: DatasetSpec) -> DatasetSpec:
         raise bad(f"std must be positive, got {spec.std!r}")
     if not isinstance(spec.scale, (int, float)) or isinstance(spec.scale, bool) or not 0 < spec.scale < math.inf:
         raise bad(f"scale (the raw value of white) must be a positive number, got {spec.scale!r}")
-    for field_name in ("train_size", "test_size"):
+    for field_name in ("train_size", "test_size", "test_resize"):
         value = getattr(spec, field_name)
         if value is not None and (not whole(value) or value < 0):
             raise bad(f"{field_name} must be None or an integer >= 0, got {value!r}")

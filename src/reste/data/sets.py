@@ -258,12 +258,14 @@ def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | N
     train_base, val_base = image_folders(data_path, download, train=train)
     from torchvision import transforms as T
 
-    norm = [T.ToTensor(), T.Normalize(SPECS["imagenet"].mean, SPECS["imagenet"].std)]
+    spec = SPECS["imagenet"]
+    norm = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     if augment:
-        train_tf = T.Compose([T.RandomResizedCrop(224, scale=(0.08, 1.25)), T.RandomHorizontalFlip()] + norm)
+        train_tf = T.Compose([T.RandomResizedCrop(spec.input_size[1], scale=(0.08, 1.25)), T.RandomHorizontalFlip()]
+                             + norm)
     else:
-        train_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
-    val_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
+        train_tf = T.Compose([T.Resize(spec.test_resize), T.CenterCrop(spec.input_size[1])] + norm)
+    val_tf = T.Compose([T.Resize(spec.test_resize), T.CenterCrop(spec.input_size[1])] + norm)
     train = TransformDataset(train_base, train_tf) if train else None
     test = TransformDataset(val_base, val_tf)
     return train, test, _info("imagenet", train, test, val_base.classes)

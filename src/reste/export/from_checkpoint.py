@@ -37,12 +37,6 @@ def _input_size(ckpt: dict[str, Any], dataset: Any) -> tuple[int, int, int] | No
         return None
 
 
-#: The shorter side a data set's test images are resized to before the centre crop of its input size, where its
-#: loader does so (reste.data.sets: ImageNet's Resize(256), CenterCrop(224)); an image file given to the export is
-#: prepared the same way.
-TEST_RESIZE = {"imagenet": 256}
-
-
 def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str, Any]:
     """What an input needs before the model: its size, the data set's normalisation,
     ``(pixel / scale - mean) / std`` per channel, and the resize of its test images (empty for an unknown
@@ -51,7 +45,7 @@ def _preprocessing(dataset: Any, size: tuple[int, int, int] | None) -> dict[str,
     if spec is None:
         return {}
     size = tuple(size or spec.input_size)
-    resize = TEST_RESIZE.get(spec.name) if size == tuple(spec.input_size) else None
+    resize = spec.test_resize if size == tuple(spec.input_size) else None  # (the data set's: DatasetSpec)
     return ir.Preprocessing(size, spec.mean, spec.std, spec.scale, resize).to_meta()
 
 
