@@ -2,10 +2,11 @@
 # The Fashion-MNIST estimator study of docs/results/README.md: 8 estimators x 3 seeds and
 # ReSTE with o_end in {1, 1.5, 2, 3, 5, 10} x 3 seeds (the o_end = 3 runs are the ReSTE runs of
 # the first grid: both sweeps share --runs-dir, and identical settings share their runs).
-# Tables and figures go to docs/results/epochs$EPOCHS/{estimators,o_end}/.
+# Tables and figures go to $OUT/{estimators,o_end}/ (default OUT: docs/results/epochs$EPOCHS).
 # Run from anywhere; re-running skips finished runs and resumes interrupted ones.
 #   EPOCHS=6 docs/results/run_study.sh      (the main study; EPOCHS=3 gives the pilot)
-#   OUT=study6 EPOCHS=6 docs/results/run_study.sh   (with a reste later than 800c232: a new folder)
+#   OUT=study6 EPOCHS=6 docs/results/run_study.sh   (with a reste later than 800c232: a new folder, relative to the
+#   repository's root, where the script runs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 EPOCHS=${EPOCHS:-6}

@@ -55,6 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .rundir import holds_run, run_config
 
     log = print
+    if args.force and args.resume is None and not args.auto_resume:  # (read as "overwrite", it did nothing)
+        raise UsageError("--force goes with --resume or --auto-resume (to accept settings that differ from the "
+                         "run's); a new run has none to differ: drop it")
     if args.print_config:
         if args.resume is not None:
             raise UsageError(f"--print-config shows the settings of a new run; a run's own are in its "
@@ -90,9 +93,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         args._base_estimator = run_config(args.resume).estimator
         engine.resume(args.resume, overrides_from_args(args), force=args.force, progress=show_bar(args), log=log)
         return 0
-    if args.force:  # (read as "overwrite", it trained, or was refused a folder without a word about it)
-        raise UsageError("--force goes with --resume or --auto-resume (to accept settings that differ from the "
-                         "run's); a new run has none to differ: drop it")
     engine.train(config_from_args(args), args.out, progress=show_bar(args), log=log)
     return 0
 

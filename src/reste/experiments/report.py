@@ -70,7 +70,7 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     except UsageError as err:
         return "damaged", str(err)
     if changed:
-        return "changed", (f"it holds a run with other settings ({config.epochs} epochs, estimator "
+        return "changed", (f"it holds a run with other settings ({count(config.epochs, 'epoch')}, estimator "
                             f"{config.estimator}) than its setting: changed since with --resume --force?")
     lines, gap = epoch_lines(lines)
     if gap is not None and gap <= config.epochs:
