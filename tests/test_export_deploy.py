@@ -14,6 +14,8 @@ from reste.errors import UsageError
 from reste.export import PackedModel, export_model
 from reste.layers import BinaryConv2d
 
+from cli_checks import one_line_error as _one_line_error
+
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
@@ -78,13 +80,6 @@ def _run(capsys, *argv):
     code = main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def _one_line_error(capsys, *argv):
-    code, _, err = _run(capsys, *argv)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("reste: error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

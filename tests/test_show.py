@@ -352,7 +352,7 @@ def test_a_failed_sweep_run_is_named_by_show_and_report_until_it_trains_again(tm
     assert lines[3].endswith(f"; its traceback is in {failed / 'train.log'}")
     assert lines[4].startswith("continue   the same `reste sweep` command trains the 1 run left")
     assert main(["report", str(out), "--no-plots"]) == 0
-    assert f"report: model=resnet20_1w1a seed 0 is left out: it failed (UsageError: " in capsys.readouterr().out
+    assert "report: model=resnet20_1w1a seed 0 is left out: it failed (UsageError: " in capsys.readouterr().out
     # (review rev12 #4) `reste show RUN_DIR` of it too: failed at its start, or stopped by the failure
     line = one_line_error(capsys, "show", str(failed))
     assert line.startswith(f"reste: error: {failed} holds no run: it failed (UsageError: model 'resnet20_1w1a' ")

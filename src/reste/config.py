@@ -400,8 +400,8 @@ class TrainConfig:
                                  f"got {getattr(self, name)!r}")
         if not 0 <= self.warm_up < self.epochs:
             bare = " (what a bare --warm-up means)" if isinstance(self.warm_up, _Bare) else ""
-            raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up}{bare} for {count(self.epochs, 'epoch')}; "
-                             f"give --warm-up N with N < {self.epochs}")
+            raise UsageError(f"--warm-up must be in [0, epochs), got {self.warm_up}{bare} for "
+                             f"{count(self.epochs, 'epoch')}; give --warm-up N with N < {self.epochs}")
         check_threads(self.threads)
         if self.save_every is not None and not (math.isfinite(self.save_every) and self.save_every > 0):
             raise UsageError(f"--save-every must be a positive number of minutes, got {self.save_every}")
