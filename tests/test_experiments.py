@@ -536,9 +536,11 @@ def parallel_sweep(tmp_path):
 
     out = tmp_path / "s"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # (a terminal's Ctrl-C: a job started in the background, as CI's, inherits SIGINT ignored, which reste keeps)
     proc = subprocess.Popen([sys.executable, "-m", "reste.cli", "sweep", "--grid", "estimator=ste,reste,ede",
                              "--seeds", "0", "--epochs", "500", "--jobs", "2", "--threads", "1", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 180
