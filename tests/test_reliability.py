@@ -384,6 +384,7 @@ ERROR_CASES = {
     "summary-input-size-fixed": (["summary", "fmnist_vgg_1w1a", "--input-size", "64"], None,
                                  ["it takes its own, 28x28; drop --input-size"]),
     "summary-a32-float": (["summary", "digits", "--a32"], None, ["--a32 applies to binary models"]),
+    "summary-list-and-model": (["summary", "--list", "digits"], None, ["--list lists every model; drop it"]),
 }
 
 

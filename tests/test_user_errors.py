@@ -599,6 +599,11 @@ def test_flags_that_would_be_ignored_are_refused(run, tmp_path, capsys):
 
 
 def test_a_device_reste_does_not_train_on_is_one_line(capsys, tmp_path, run):
+    from reste import engine
+    from reste.config import TrainConfig
+
+    # (review newuser suggestion) a device's name in any case, as a data set's or an estimator's
+    assert TrainConfig(device=" CPU").resolve().device == "cpu" and engine.pick_device("CPU").type == "cpu"
     out = tmp_path / "r"
     for device, needle in (("mps", "device 'mps' is not supported: reste trains on cpu or cuda"),
                            ("nope", "unknown device 'nope'")):

@@ -166,6 +166,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from . import models
     from .config import check_model_options
 
+    if args.list and args.model:  # (it listed them all, the model given ignored)
+        raise UsageError(f"--list lists every model; drop it to summarise {args.model!r}")
     if args.list or not args.model:
         print(f"{'model':28s} {'data set':14s} precision")
         for name in models.list_models():

@@ -296,6 +296,8 @@ class TrainConfig:
                                   estimator=canonical_estimator(self.estimator),
                                   estimator_options=dict(self.estimator_options),
                                   model_options=dict(self.model_options))
+        if isinstance(out.device, str):  # CPU, Cuda:1 as --dataset DIGITS is taken: names in any case
+            out.device = out.device.strip().lower()
         defaults = dict(spec.defaults)
         defaults["workers"] = default_workers(out.dataset)
         if out.lr is None and out.optimizer in OPTIMIZER_LR and out.optimizer != defaults.get("optimizer"):

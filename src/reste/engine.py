@@ -117,6 +117,7 @@ def seed_everything(seed: int) -> None:
 def pick_device(name: str, present: bool = True, on_cpu: str = "use --device cpu") -> torch.device:
     """The device ``name`` (auto, cpu, cuda, cuda:N) names; refused where it is unknown, not supported, or (``present``)
     not on this machine; ``on_cpu``: the refusal's remedy, training on the CPU, as the caller's flags say it."""
+    name = name.strip().lower() if isinstance(name, str) else name  # (CPU, Cuda:1: names in any case)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = device_named(name, on_cpu)
