@@ -735,3 +735,14 @@ def test_a_long_evaluation_without_a_bar_says_where_it_is(monkeypatch):
     result = engine.evaluate(model, loader, torch.device("cpu"), log=lines.append)
     assert [line.split("  (")[0] for line in lines] == ["  evaluating: batch 1/3", "  evaluating: batch 2/3"]
     assert result["top1"] == engine.evaluate(model, loader, torch.device("cpu"))["top1"]  # (no log: as before)
+
+
+def test_a_batch_larger_than_the_training_set_is_noted(tmp_path):
+    """(review newuser suggestion) --batch-size 100000 on digits' 1437 training images trained one step an epoch
+    without a word."""
+    from reste.config import TrainConfig
+
+    lines: list[str] = []
+    engine.train(TrainConfig(epochs=1, threads=1, batch_size=100000), tmp_path / "r", progress=False,
+                 log=lines.append)
+    assert "note: --batch-size 100000 is more than the 1437 training images: each epoch is one step of 1437" in lines

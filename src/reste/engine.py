@@ -451,6 +451,9 @@ class _Run:
                      f"statistics; it is left out ({per_rank - per_rank % config.batch_size} of {per_rank} samples "
                      "an epoch)")
             self.train_loader, self.test_loader = loaders(True)
+        if per_rank < config.batch_size:  # (a batch of 100000 on 1437 digits: one step an epoch, without a word)
+            self.log(f"note: --batch-size {config.batch_size} is more than the {per_rank} training images"
+                     f"{' of each process' if self.dist.enabled else ''}: each epoch is one step of {per_rank}")
         _check_model_fits(self.model, test_ds, self.info, config, self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
