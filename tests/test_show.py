@@ -389,3 +389,15 @@ def test_show_of_a_stopped_run_whose_last_checkpoint_is_damaged_does_not_say_res
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("progress"))
     assert line.startswith("progress   1 of 2 epochs: stopped, and its last.pt is damaged (") and "--resume" not in line
     assert line.endswith("the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")
+
+
+def test_show_of_a_run_whose_config_json_is_gone_reads_last_pts_copy(run, capsys, tmp_path):
+    """(review rev12 suggestion) config.json deleted (the remedy of a damaged one): `reste show` said the folder
+    holds no run, while a sweep counts it finished and a resume writes the file again from last.pt."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "config.json").unlink()
+    assert main(["show", str(copy)]) == 0
+    assert "progress   finished: 2 of 2 epochs" in capsys.readouterr().out

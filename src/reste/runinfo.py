@@ -1,6 +1,6 @@
 """``reste show RUN_DIR``: a run's settings, progress, accuracy and indicators, read from its ``config.json`` and
-``metrics.jsonl`` alone (no checkpoint loaded, no data read, no lock taken: a run still training can be shown; on
-Linux, /proc/locks tells whether a process holds it)."""
+``metrics.jsonl`` alone (no checkpoint loaded, but for the settings where config.json is gone; no data read, no
+lock taken: a run still training can be shown; on Linux, /proc/locks tells whether a process holds it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
 from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lock_holder, read_metrics,
-                     saved_config, schedule_fields)
+                     run_config, schedule_fields)
 from .wording import count, duration, split_batch
 
 
@@ -39,7 +39,7 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
         parent = os.path.dirname(os.path.abspath(run_dir))
         example = f", e.g. reste show {shell_word(parent)}" if os.path.isfile(os.path.join(parent, CONFIG)) else ""
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json){example}")
-    config = saved_config(run_dir, checked=True)
+    config = run_config(run_dir, checked=True)  # (config.json; where it is gone, last.pt's copy, as a resume reads)
     metrics, gap = epoch_lines(read_metrics(run_dir, missing_ok=True))
     done = metrics[-1]["epoch"] if metrics else 0  # (by its epochs, not its lines: a line may repeat)
     lost = [e for e in range(1, done + 1) if e not in {m["epoch"] for m in metrics}] if gap is not None else []
