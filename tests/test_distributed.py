@@ -350,6 +350,8 @@ def test_sigterm_to_a_two_process_run_then_resume_is_exact(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     stops = [ln for ln in err.splitlines() if ln.startswith("reste: stopped by SIGTERM at ")]
     assert len(stops) == 1, err[-3000:]  # one line, from rank 0
+    # (review dist #1) how to go on under torchrun: `reste train --resume` alone is one process, refused mid-epoch
+    assert stops[0].endswith(f"continue with torchrun again, 2 processes, running `-m reste.cli train --resume {cut}`")
     ckpt = load_checkpoint(cut / "last.pt")
     assert ckpt["world_size"] == 2
     if ckpt["step"]:  # inside an epoch: both processes' running sums are kept

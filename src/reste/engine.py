@@ -899,13 +899,21 @@ class _Run:
             self._tell_kept(err, where)
         else:  # the loader itself (a worker killed by the out-of-memory killer, say): its own error follows
             self.log(f"note: the training data's loader failed in epoch {epoch + 1} ({type(err).__name__}); {where}: "
-                     f"continue with `reste train --resume {shell_word(self.run_dir)}`")
+                     f"continue with {self._resume_command()}")
 
     def _tell_kept(self, err: UsageError, kept: str) -> None:
         """Add to a data error's one line what ``last.pt`` keeps and how to go on (one that a DataLoader worker
         raised holds the worker's traceback: its own line first, then this)."""
-        err.args = (f"{one_line(err)}; {kept}: continue with `reste train --resume {shell_word(self.run_dir)}` once "
-                    "the data is mended",)
+        err.args = (f"{one_line(err)}; {kept}: continue with {self._resume_command()} once the data is mended",)
+
+    def _resume_command(self) -> str:
+        """How to continue the run, as its stop lines say it: under torchrun, the same command with ``--resume`` and
+        as many processes (a checkpoint taken inside an epoch holds each process's place)."""
+        resume = f"`reste train --resume {shell_word(self.run_dir)}`"
+        if not self.dist.enabled:
+            return resume
+        return (f"torchrun again, {self.dist.world_size} processes, running `-m reste.cli train --resume "
+                f"{shell_word(self.run_dir)}`")
 
     def _checkpoint_due(self, step: int) -> int:
         """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop.
@@ -946,7 +954,7 @@ class _Run:
                         "holds it", signum)
 
     def _preempted(self, kept: str, signum: int) -> None:
-        raise Preempted(f"{kept}: continue with `reste train --resume {shell_word(self.run_dir)}`", signum, kept)
+        raise Preempted(f"{kept}: continue with {self._resume_command()}", signum, kept)
 
     def _stop_saving(self, epoch: int, step: int, steps: int, sums: list[float | int]) -> None:
         """A stop signal's checkpoint after ``step`` batches of epoch ``epoch + 1``, then :class:`Preempted`.
