@@ -148,7 +148,8 @@ def test_under_torchrun_a_process_left_by_another_says_so(monkeypatch, capsys, t
     assert cli._unexpected(gone, False, "eval", ["eval", "RUN"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("reste: error: another process of this run stopped first (its own `reste: error` line "
-                          "says why), so this one cannot go on ([/__w/pytorch") and err.count("\n") == 1, err
+                          "says why; one killed by a signal, torchrun's report), so this one cannot go on "
+                          "([/__w/pytorch") and err.count("\n") == 1, err  # (review dist #2: SIGKILL leaves no line)
     assert cli._unexpected(RuntimeError("CUDA out of memory"), False, "eval", []) == 1  # other errors: as they are
     assert "RuntimeError: CUDA out of memory" in capsys.readouterr().err
 

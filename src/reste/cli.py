@@ -572,9 +572,9 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
         return 1
     if _peer_gone(err):  # gloo's or NCCL's words for another process of the run that ended first
         then = f"; {_run_kept(argv)}" if command == "train" else ""
-        print(f"{_error_prefix()} another process of this run stopped first (its own `reste: error` line says why), "
-              f"so this one cannot go on ({gist(str(err).splitlines()[0] if str(err) else type(err).__name__)})"
-              f"{then}", file=sys.stderr)
+        print(f"{_error_prefix()} another process of this run stopped first (its own `reste: error` line says why; "
+              "one killed by a signal, torchrun's report), so this one cannot go on "
+              f"({gist(str(err).splitlines()[0] if str(err) else type(err).__name__)}){then}", file=sys.stderr)
         return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
     print(f"{_error_prefix()} {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
