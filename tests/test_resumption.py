@@ -75,6 +75,9 @@ def test_a_checkpoint_that_cannot_continue_as_configured(tmp_path, saved):
     resumption.check_checkpoint(inside, saved, last)
     with pytest.raises(UsageError, match="ends before it: pass at least 3"):
         resumption.check_checkpoint(inside, dataclasses.replace(saved, epochs=2), last)
+    # (review dist #4) fewer than the epochs finished, inside the next: the least that the next check takes
+    with pytest.raises(UsageError, match="already finished 2 epochs; --epochs 1 is fewer: pass at least 3"):
+        resumption.check_checkpoint(inside, dataclasses.replace(saved, epochs=1), last)
 
 
 def test_notes_on_what_last_pt_trained_with(tmp_path, saved):

@@ -150,9 +150,9 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> N
             raise UsageError(f"{last} holds a malformed {name} ({ckpt.get(name)!r:.40}); it cannot continue: start a "
                              "new run, or resume from another checkpoint")
     done, step = ckpt["epoch"], int(ckpt.get("step") or 0)
-    if done > config.epochs:
+    if done > config.epochs:  # (inside an epoch: that one too, which the next check asks for)
         raise UsageError(f"{last.parent} already finished {done} epochs; --epochs {config.epochs} is fewer: "
-                         f"pass at least {done}")
+                         f"pass at least {done + (1 if step else 0)}")
     if step and done >= config.epochs:
         raise UsageError(f"{last} was saved inside epoch {done + 1} (after {step} batches); --epochs {config.epochs} "
                          f"ends before it: pass at least {done + 1}")
