@@ -238,12 +238,13 @@ def test_suggested_commands_quote_a_folder_with_a_space(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("")  # no epoch finished: show says how to continue it
     assert main(["show", str(run)]) == 0
     assert f"`reste train --resume {word}` continues it" in capsys.readouterr().out
-    stopped = SimpleNamespace(run_dir=run)
+    stopped = SimpleNamespace(run_dir=run, dist=SimpleNamespace(world_size=1))
     with pytest.raises(engine.Preempted, match=f"continue with `reste train --resume {re.escape(word)}`$"):
         engine._Run._preempted(stopped, "stopped by SIGTERM", 15)
     err = cli.UsageError("a file is damaged")
     engine._Run._tell_kept(stopped, err, "last.pt keeps epoch 1")
     assert f"continue with `reste train --resume {word}` once the data is mended" in str(err)
+    assert engine.resume_command(run, 2) == f"torchrun again, 2 processes, running `-m reste.cli train --resume {word}`"
     empty = tmp_path / "empty folder"
     empty.mkdir()
     assert f"run `reste sweep --out {shlex.quote(str(empty))}` first" in _one_line(capsys, ["report", str(empty)])

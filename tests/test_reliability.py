@@ -881,6 +881,9 @@ def test_under_torchrun_a_worker_says_rank_0s_stop_checkpoint_failed(tmp_path):
     nothing and succeeded) does not claim that last.pt holds the stop."""
     run = engine._Run.__new__(engine._Run)
     run.run_dir, run.saved, run.stop = tmp_path, (1, 0), engine.StopRequest()
+    from reste.distributed import Dist
+
+    run.dist = Dist(rank=1, world_size=2)  # (a worker: rank 0 writes last.pt)
     run.stop.signum = signal.SIGTERM
 
     def saved_nothing(epoch, step, sums):

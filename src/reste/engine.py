@@ -899,21 +899,13 @@ class _Run:
             self._tell_kept(err, where)
         else:  # the loader itself (a worker killed by the out-of-memory killer, say): its own error follows
             self.log(f"note: the training data's loader failed in epoch {epoch + 1} ({type(err).__name__}); {where}: "
-                     f"continue with {self._resume_command()}")
+                     f"continue with {resume_command(self.run_dir, self.dist.world_size)}")
 
     def _tell_kept(self, err: UsageError, kept: str) -> None:
         """Add to a data error's one line what ``last.pt`` keeps and how to go on (one that a DataLoader worker
         raised holds the worker's traceback: its own line first, then this)."""
-        err.args = (f"{one_line(err)}; {kept}: continue with {self._resume_command()} once the data is mended",)
-
-    def _resume_command(self) -> str:
-        """How to continue the run, as its stop lines say it: under torchrun, the same command with ``--resume`` and
-        as many processes (a checkpoint taken inside an epoch holds each process's place)."""
-        resume = f"`reste train --resume {shell_word(self.run_dir)}`"
-        if not self.dist.enabled:
-            return resume
-        return (f"torchrun again, {self.dist.world_size} processes, running `-m reste.cli train --resume "
-                f"{shell_word(self.run_dir)}`")
+        err.args = (f"{one_line(err)}; {kept}: continue with {resume_command(self.run_dir, self.dist.world_size)} "
+                    "once the data is mended",)
 
     def _checkpoint_due(self, step: int) -> int:
         """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop.
@@ -954,7 +946,7 @@ class _Run:
                         "holds it", signum)
 
     def _preempted(self, kept: str, signum: int) -> None:
-        raise Preempted(f"{kept}: continue with {self._resume_command()}", signum, kept)
+        raise Preempted(f"{kept}: continue with {resume_command(self.run_dir, self.dist.world_size)}", signum, kept)
 
     def _stop_saving(self, epoch: int, step: int, steps: int, sums: list[float | int]) -> None:
         """A stop signal's checkpoint after ``step`` batches of epoch ``epoch + 1``, then :class:`Preempted`.
@@ -1012,6 +1004,14 @@ class StopRequest:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def resume_command(run_dir: str | os.PathLike, world_size: int = 1) -> str:
+    """How to continue a run, as its stop lines say it: under torchrun (``world_size`` processes), torchrun again
+    with ``--resume`` and as many processes (a checkpoint taken inside an epoch holds each process's place)."""
+    if world_size <= 1:
+        return f"`reste train --resume {shell_word(run_dir)}`"
+    return f"torchrun again, {world_size} processes, running `-m reste.cli train --resume {shell_word(run_dir)}`"
 
 
 def _meter_mode(mode: Any, o_end: Any) -> str:
