@@ -922,12 +922,12 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def epoch_lines(metrics: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int | None]:
-    """The lines of the epochs ``metrics`` holds, in order, a repeated epoch's last line; and the first epoch below
-    the last that has none (None): runs are counted by their set of epochs, which a repeated line cannot fool."""
+def epoch_lines(metrics: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The lines of the epochs ``metrics`` holds, in order, a repeated epoch's last line; and the epochs below the
+    last that have none: runs are counted by their set of epochs, which a repeated line cannot fool."""
     by_epoch = {m["epoch"]: m for m in metrics}
-    gap = next((e for e in range(1, max(by_epoch, default=0) + 1) if e not in by_epoch), None)
-    return [by_epoch[e] for e in sorted(by_epoch)], gap
+    missing = [e for e in range(1, max(by_epoch, default=0) + 1) if e not in by_epoch]
+    return [by_epoch[e] for e in sorted(by_epoch)], missing
 
 
 def _number(value: Any) -> bool:

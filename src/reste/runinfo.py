@@ -40,9 +40,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
         example = f", e.g. reste show {shell_word(parent)}" if os.path.isfile(os.path.join(parent, CONFIG)) else ""
         raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json){example}")
     config = run_config(run_dir, checked=True)  # (config.json; where it is gone, last.pt's copy, as a resume reads)
-    metrics, gap = epoch_lines(read_metrics(run_dir, missing_ok=True))
+    metrics, lost = epoch_lines(read_metrics(run_dir, missing_ok=True))
     done = metrics[-1]["epoch"] if metrics else 0  # (by its epochs, not its lines: a line may repeat)
-    lost = [e for e in range(1, done + 1) if e not in {m["epoch"] for m in metrics}] if gap is not None else []
     if done > config.epochs:  # a resume never plans fewer epochs than finished: the files are two runs'
         raise UsageError(f"{Path(run_dir) / METRICS} holds {done} epochs, more than the {config.epochs} that "
                          f"{Path(run_dir) / CONFIG} plans: they are not one run's (a config.json copied or edited by "
@@ -59,10 +58,12 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                                "epochs_done": done, "lost_epochs": lost, "finished": finished, "state": state,
                                "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
-                               "saved_step": _saved_step(run_dir, done) if steps and state == "stopped" else
-                               None, "saved_epoch": behind,
-                               "last_damaged": _last_damaged(run_dir) if steps and state == "stopped" else None,
+                               "saved_step": None, "saved_epoch": behind, "last_damaged": None,
                                "failed": failure(run_dir) if state != "training" and not finished else None}
+    if steps and state == "stopped":  # last.pt read once: the step it holds, or what is wrong with it
+        saved = saved_position(run_dir)
+        summary["saved_step"] = saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
+        summary["last_damaged"] = _last_damaged(run_dir) if saved is None else None
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -74,13 +75,6 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
         mode = config.indicators or "general"
         summary["indicators"] = {"mode": mode, "epochs": len(history), **run_level(history, mode)}
     return summary
-
-
-def _saved_step(run_dir: str | os.PathLike, done: int) -> int | None:
-    """The batches of epoch ``done + 1`` that ``last.pt`` holds (a run stopped inside it), else None: also where
-    the file is missing, damaged or being replaced (``reste eval`` and ``--resume`` say why)."""
-    saved = saved_position(run_dir)
-    return saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
 
 
 def _last_damaged(run_dir: str | os.PathLike) -> str | None:

@@ -58,11 +58,8 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     (``reste.rundir.record_divergence``; its loss became NaN or infinite), which a sweep does not train again.
     ``("failed", why)``: an unfinished run that a sweep recorded as failed (``reste.rundir.record_failure``), which
     the sweep trains again."""
-    diverged = divergence(run_dir)
-    unfinished = ("diverged", diverged) if diverged else ("failed", failed) if (failed := failure(run_dir)) \
-        else ("pending", None)
     if not holds_run(run_dir):  # a run that diverged or failed at its start kept no files but its record
-        return unfinished
+        return recorded_end(run_dir) or ("pending", None)
     try:
         config = run_config(run_dir, checked=True)
         lines = read_metrics(run_dir, missing_ok=True)
@@ -72,18 +69,33 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     if changed:
         return "changed", (f"it holds a run with other settings ({count(config.epochs, 'epoch')}, estimator "
                             f"{config.estimator}) than its setting: changed since with --resume --force?")
-    lines, gap = epoch_lines(lines)
-    if gap is not None and gap <= config.epochs:
-        return "damaged", (f"{run_dir / METRICS_FILE} has no line for epoch {gap}; train the run again "
-                            "(delete its folder) to report it")
+    lines, missing = epoch_lines(lines)
+    if missing and missing[0] <= config.epochs:
+        return "damaged", missing_line(run_dir, missing[0])
     metrics = [m for m in lines if m["epoch"] <= config.epochs]
     if len(metrics) < config.epochs:
-        return unfinished
+        return recorded_end(run_dir) or ("pending", None)
     row: dict[str, Any] = {**_accuracy(metrics), "epochs": len(metrics),
                            "seconds": sum(m.get("time", 0.0) for m in metrics)}
     history = [m for m in metrics if all(k in m for k in INDICATORS)]
     row.update(dict.fromkeys(INDICATORS), **run_level(history, config.indicators or "general"))
     return "done", {**row, "metrics": metrics}
+
+
+def recorded_end(run_dir: Path) -> tuple[str, str] | None:
+    """("diverged" or "failed", why) where a sweep recorded that the run in ``run_dir`` diverged or failed
+    (``reste.rundir.record_divergence``, ``record_failure``); None where it recorded neither."""
+    diverged = divergence(run_dir)
+    if diverged:
+        return "diverged", diverged
+    failed = failure(run_dir)
+    return ("failed", failed) if failed else None
+
+
+def missing_line(run_dir: Path, epoch: int) -> str:
+    """Why a run whose metrics.jsonl lost the line of ``epoch`` (below later ones) cannot be reported."""
+    return (f"{run_dir / METRICS_FILE} has no line for epoch {epoch}; train the run again (delete its folder) to "
+            "report it")
 
 
 def _accuracy(metrics: list[dict[str, Any]]) -> dict[str, Any]:

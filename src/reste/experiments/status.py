@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, shell_word
-from ..rundir import METRICS, SWEEP_LOCK, blocked, divergence, failure, holds_run, lock_holder
+from ..rundir import SWEEP_LOCK, blocked, holds_run, lock_holder
 from ..runinfo import run_summary, show_run
 from ..wording import count
-from .report import earlier_rows, folder_name, is_sweep_folder, load_manifest, run_folder
+from .report import (earlier_rows, folder_name, is_sweep_folder, load_manifest, missing_line, recorded_end,
+                     run_folder)
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
 STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "failed", "damaged", "not started")
@@ -24,7 +25,7 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"run_dir": os.fspath(run_dir), "state": "not started", "epochs_done": 0,
                              "epochs": epochs, "best": None, "pid": None, "why": None, "reported": None}
     if not holds_run(run_dir):  # a run that diverged in its first epoch, or failed at its start, leaves only the
-        record = _unfinished(run_dir)  # sweep's record of it
+        record = recorded_end(run_dir)  # sweep's record of it
         stuck = blocked(run_dir) if record is None else None  # (which the sweep leaves out, as damaged)
         return {**entry, "state": record[0], "why": record[1]} if record else \
             {**entry, "state": "damaged", "why": stuck} if stuck else entry
@@ -33,24 +34,14 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
     except UsageError as err:  # a damaged file: the others are still shown
         return {**entry, "state": "damaged", "why": str(err)}
     if summary["lost_epochs"]:  # which the sweep leaves out (report.run_status), not "stopped", which it continues
-        return {**entry, "state": "damaged", "why": f"{run_dir / METRICS} has no line for epoch "
-                f"{summary['lost_epochs'][0]}; train the run again (delete its folder) to report it"}
+        return {**entry, "state": "damaged", "why": missing_line(run_dir, summary["lost_epochs"][0])}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
-    record = _unfinished(run_dir) if state != "training" else None  # (a run training again is training)
+    record = recorded_end(run_dir) if state != "training" else None  # (a run training again is training)
     if record and record[0] == "failed" and state == "finished":  # another sweep finished it (a shared --runs-dir)
         record = None
     entry.update(epochs_done=summary["epochs_done"], epochs=summary["config"]["epochs"], pid=summary["pid"],
                  best=summary["best"], state=record[0] if record else state, why=record[1] if record else None)
     return entry
-
-
-def _unfinished(run_dir: Path) -> tuple[str, str] | None:
-    """("diverged" or "failed", why) where a sweep recorded that the run in ``run_dir`` diverged or failed."""
-    diverged = divergence(run_dir)
-    if diverged:
-        return "diverged", diverged
-    failed = failure(run_dir)
-    return ("failed", failed) if failed else None
 
 
 def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
