@@ -254,7 +254,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
     with _progress(len(loader), "evaluating", progress) as bar:
-        drawn = bar is not None and not getattr(bar, "disable", False)
+        drawn = _drawn(bar)
         n = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar if drawn else None,
                               (loss_sum, top1, top5), None if is_distributed() else stop, log)
     counts = torch.stack([loss_sum, top1.double(), top5.double(), torch.tensor(float(n), device=device,
@@ -351,6 +351,12 @@ def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.
 
 #: seconds between the plain progress lines of an epoch when no bar is drawn (stderr not a terminal)
 STEP_LINE_EVERY = 300.0
+
+
+def _drawn(bar: Any) -> bool:
+    """Whether :func:`_progress`'s ``bar`` shows (tqdm hides one itself under TQDM_DISABLE=1 and on a terminal of 0
+    rows): where it does not, the loops print a line every STEP_LINE_EVERY seconds."""
+    return bar is not None and not getattr(bar, "disable", False)
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
@@ -656,9 +662,8 @@ class _Run:
                        start_step) as bar:
             shown = -float("inf")  # the first step shows its loss
             # without a bar (a log file, nohup, a cluster job) a line every STEP_LINE_EVERY seconds says where the
-            # epoch is: an ImageNet epoch would otherwise print nothing for tens of minutes. tqdm hides a bar
-            # itself under TQDM_DISABLE=1 and on a terminal of 0 rows (some CI and `docker exec -t` ptys)
-            drawn = bar is not None and not getattr(bar, "disable", False)
+            # epoch is: an ImageNet epoch would otherwise print nothing for tens of minutes
+            drawn = _drawn(bar)
             lines = not drawn and self.dist.main
             since, n_since = time.monotonic(), n
             batches, step = iter(self.train_loader), first - 1
