@@ -206,6 +206,19 @@ def test_a_rank_waiting_to_join_ends_on_the_launchers_sigterm(full_run):
     _refused_then_stopped(_torchrun(*ARGS, "--out", str(full_run[0])))
 
 
+def test_a_resume_of_a_folder_another_job_holds_is_rank_0s_line_alone(full_run):
+    """(review dist #3) rank 1 read a held folder before rank 0's verdict and printed its own error about what it
+    read (here the settings differ) beside rank 0's "in use" line: it now waits for its own rank 0's lock, and the
+    launcher stops it when rank 0 refuses."""
+    with rundir.RunDirectory.open(full_run[0], fresh=False, job="another job"):
+        proc = subprocess.run(_torchrun("--resume", str(full_run[0]), "--epochs", "9", "--lr", "0.5", "--no-progress"),
+                              capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode != 0
+    assert f"reste: error: {full_run[0]} is in use by pid {os.getpid()} " in proc.stderr, proc.stderr[-3000:]
+    assert "(rank 1)" not in proc.stderr and "settings differ" not in proc.stderr, proc.stderr[-3000:]
+    assert "closing signal SIGTERM" in proc.stderr and "forcefully exiting via 9" not in proc.stderr
+
+
 _STOP_BEFORE_THE_JOIN = """
 import os, sys, time
 from reste import cli, distributed, engine

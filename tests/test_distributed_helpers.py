@@ -178,3 +178,33 @@ def test_a_stop_signal_noted_before_the_join_ends_the_process_there(tmp_path, be
         assert proc.returncode == -signal.SIGTERM and "joined" not in proc.stdout, (proc.returncode, proc.stderr)
     else:
         assert proc.returncode == 0 and proc.stdout == "joined\n", proc.stderr
+
+
+def test_the_job_token_is_one_line_alike_in_every_process_of_a_job(monkeypatch):
+    """(review dist #3) what rank 0 writes in the run's lock and the other processes look for: the same in each
+    rank of one job, another for another rendezvous or restart round, empty without torchrun."""
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                 "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.job_token() == ""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "a\nb")
+    tokens = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        tokens.append(distributed.job_token())
+    assert tokens[0] == tokens[1] and "\n" not in tokens[0] and "29500" in tokens[0]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert distributed.job_token() != tokens[0]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "")
+    monkeypatch.setenv("MASTER_PORT", "29501")
+    assert distributed.job_token() != tokens[0]
+
+
+def test_await_main_waits_for_ready_or_its_timeout():
+    calls = []
+    assert distributed.await_main(lambda: calls.append(1) or len(calls) >= 3, timeout=60, poll=0.001)
+    assert len(calls) == 3
+    assert not distributed.await_main(lambda: False, timeout=0.05, poll=0.01)

@@ -105,3 +105,24 @@ def test_a_forked_process_does_not_keep_the_run_locked(tmp_path):
         os.waitpid(child, 0)
         os.close(ready)
         os.close(told)
+
+
+def test_the_lock_records_the_torchrun_job_and_still_names_its_pid(tmp_path):
+    """(review dist #3) rank 0 writes its job's line after its pid; a process of that job reads it (held_by), a
+    second opener still reads the pid, and a file the holder left behind (SIGKILL) names no holder."""
+    import os
+
+    run = rundir.RunDirectory.open(tmp_path / "run", fresh=True, job="MASTER_PORT=1 job a")
+    try:
+        assert (tmp_path / "run" / rundir.LOCK_NAME).read_text() == f"{os.getpid()}\nMASTER_PORT=1 job a\n"
+        assert rundir.held_by(tmp_path / "run", "MASTER_PORT=1 job a")
+        assert not rundir.held_by(tmp_path / "run", "MASTER_PORT=2 job b")  # another job's rank 0 holds it
+        assert not rundir.held_by(tmp_path / "run", "")
+        with pytest.raises(rundir.RunInUse, match=f"in use by pid {os.getpid()} "):
+            rundir.RunDirectory.open(tmp_path / "run", fresh=False)
+    finally:
+        run.close()
+    assert not rundir.held_by(tmp_path / "run", "MASTER_PORT=1 job a")  # gone with its lock
+    (tmp_path / "run" / rundir.LOCK_NAME).write_text("4242\nMASTER_PORT=1 job a\n")  # left by a killed holder
+    if rundir.lock_holder(tmp_path / "run") == 0:  # where the lock table can tell (Linux, a local file system)
+        assert not rundir.held_by(tmp_path / "run", "MASTER_PORT=1 job a")

@@ -17,6 +17,7 @@ import dataclasses
 import os
 import signal
 import threading
+import time
 from typing import Callable
 
 import torch
@@ -81,8 +82,8 @@ def _stop_signals_kill(stopped: Callable[[], int] = _no_stop):
         for sig, old in previous.items():
             signal.signal(sig, old)
 
-__all__ = ["Dist", "env_rank", "env_world_size", "init_distributed", "is_distributed", "rank_and_world_size",
-           "all_reduce", "leave_process_group"]
+__all__ = ["Dist", "await_main", "env_rank", "env_world_size", "init_distributed", "job_token", "is_distributed",
+           "rank_and_world_size", "all_reduce", "leave_process_group"]
 
 
 def env_rank() -> int:
@@ -112,6 +113,35 @@ def env_world_size() -> int:
             raise UsageError(f"RANK={rank!r} is not a process of WORLD_SIZE={value}: launch with torchrun, or "
                              "unset them")
     return world
+
+
+#: the variables whose values name one torchrun job in each of its processes and no other job running at the same
+#: time (its rendezvous listens on MASTER_ADDR:MASTER_PORT, which one job at a time can; the run id and the restart
+#: round tell a job's later rounds apart)
+_JOB_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+
+
+def job_token() -> str:
+    """One line that every process of this torchrun job computes alike and another job running meanwhile does not
+    ("" without torchrun): rank 0 writes it in the lock of the run folder it takes (:mod:`reste.rundir`), so the
+    other processes can tell their job's lock from another job's."""
+    if env_world_size() <= 1:
+        return ""
+    return " ".join(f"{name}={os.environ.get(name, '')}" for name in _JOB_VARIABLES).replace("\n", " ")
+
+
+def await_main(ready: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
+    """(A process other than rank 0, before the process group exists) wait until ``ready()`` (rank 0 did its part:
+    took the run folder's lock) or ``timeout`` seconds passed (False). The stop signals keep their default action
+    meanwhile: when rank 0 refuses and exits, the launcher's SIGTERM ends this process where it waits, so only rank
+    0's line is printed."""
+    end = time.monotonic() + timeout
+    with _stop_signals_kill():
+        while not ready():
+            if time.monotonic() >= end:
+                return False
+            time.sleep(poll)
+    return True
 
 
 @dataclasses.dataclass

@@ -57,8 +57,8 @@ from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, c
                      max_threads, binarization_text, optimizer_text)
 from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
-from .distributed import env_rank, env_world_size, init_distributed, is_distributed, local_rank_first, \
-    signal_text, stop_signals
+from .distributed import await_main, env_rank, env_world_size, init_distributed, is_distributed, job_token, \
+    local_rank_first, signal_text, stop_signals
 from .errors import ModelOptionError, UsageError, one_line, option, print_line, shell_word, stderr_is_terminal
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
@@ -69,7 +69,7 @@ from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
                      best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
-                     holds_run, keep_top, last_checkpoint, read_metrics, repair_best, require_run_path,
+                     held_by, holds_run, keep_top, last_checkpoint, read_metrics, repair_best, require_run_path,
                      restore_config, run_config, saved_config, schedule_fields, start_metrics, truncate_metrics,
                      write_config)
 from .schedules import learning_rate
@@ -1331,13 +1331,32 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     whole run, and a mid-epoch ``last.pt`` continues at its step.
     """
     run_dir = require_run_path(run_dir)
-    lock = RunDirectory.open(run_dir, fresh=False) if env_rank() == 0 else None
+    if env_rank() == 0:
+        lock = RunDirectory.open(run_dir, fresh=False, job=job_token())
+    else:
+        lock = None
+        _await_main_lock(run_dir, log)
     try:
         with StopRequest().handling() as stop, _torch_settings_kept():
             return _resume_locked(run_dir, overrides, force, progress, log, stop)
     finally:
         if lock is not None:
             lock.close()
+
+
+#: how long a process other than rank 0 waits for its rank 0 to lock the run folder it resumes
+MAIN_LOCK_WAIT = 300.0
+
+
+def _await_main_lock(run_dir: Path, log: Callable[[str], None]) -> None:
+    """(torchrun, a process other than rank 0) Wait until this job's rank 0 holds the lock of ``run_dir``, before
+    this process reads the run. A folder another job is using, which rank 0 refuses ("in use by pid N"), would give
+    this process an error of its own about what it read there (the other job's settings, a checkpoint being
+    written), printed beside rank 0's line or before it. When rank 0 refuses, the launcher ends this process as it
+    waits; after :data:`MAIN_LOCK_WAIT` seconds it reads the run anyway, with a note."""
+    if not await_main(lambda: held_by(run_dir, job_token()), MAIN_LOCK_WAIT):
+        log(f"note: rank 0 has not locked {run_dir} in {MAIN_LOCK_WAIT:.0f}s; this process reads it without the "
+            "lock")
 
 
 def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool, progress: bool,

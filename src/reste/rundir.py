@@ -1,8 +1,9 @@
 """Run directories: an exclusive lock held for the whole run, race-free creation, clean failure.
 
 ``RunDirectory.open(path, fresh=...)`` creates the folder if needed and takes an
-``fcntl.flock`` on ``path/.lock`` (which records the holder's PID) and on the folder itself (so
-a ``.lock`` removed by hand lets no second writer in; on Windows, an ``msvcrt`` lock on ``.lock``). The lock is held
+``fcntl.flock`` on ``path/.lock`` (which records the holder's PID, and under torchrun its job) and on the folder
+itself (so a ``.lock`` removed by hand lets no second writer in; on Windows, an ``msvcrt`` lock on ``.lock``). The
+lock is held
 until ``close()`` or until the process dies (the OS releases it), so a second
 writer, whether ``reste train`` on the same ``--out``, ``--resume`` or a sweep job,
 is refused with one line naming the PID. Every check of what the folder holds
@@ -184,7 +185,7 @@ def _holder(fd: int, tries: int = 10) -> str:
     for attempt in range(tries):
         try:
             os.lseek(fd, 0, os.SEEK_SET)
-            pid = os.read(fd, 32).decode("ascii", "replace").strip()
+            pid = os.read(fd, 32).decode("ascii", "replace").split("\n")[0].strip()  # (a job's line may follow)
         except OSError:
             pid = ""
         if pid.isdigit():
@@ -220,11 +221,12 @@ class RunDirectory:
         _HELD.update(f for f in (fd, folder_fd) if f is not None)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, fresh: bool) -> "RunDirectory":
+    def open(cls, path: str | os.PathLike, *, fresh: bool, job: str = "") -> "RunDirectory":
         """Create (``fresh``) or open the run directory ``path`` and lock it.
 
         ``fresh``: the folder may not exist yet, or be empty, but must not hold a
         run or other files (log files aside). Otherwise it must hold a run (``config.json``).
+        ``job``: a line the lock records after the pid (rank 0's ``distributed.job_token()``: see :func:`held_by`).
         Raises ``UsageError`` with one line.
         """
         path = Path(path)
@@ -237,7 +239,7 @@ class RunDirectory:
             raise UsageError(f"{path} is not a run directory (no such folder); start one with --out {shell_word(path)}")
         had_lock = (path / LOCK_NAME).exists()
         try:
-            fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run")
+            fd = cls._lock(path, "pass another --out" if fresh else "make it writable to continue the run", job=job)
         except UsageError:  # the folders made here go again, while empty (a lock another start holds stays)
             remove_folders(created)
             raise
@@ -291,7 +293,7 @@ class RunDirectory:
                 from None
 
     @staticmethod
-    def _lock(path: Path, remedy: str, name: str = LOCK_NAME, what: str = "a run") -> int:
+    def _lock(path: Path, remedy: str, name: str = LOCK_NAME, what: str = "a run", job: str = "") -> int:
         lock_path = path / name
         while True:
             fd = _open_lock_file(lock_path, path, remedy)
@@ -324,7 +326,7 @@ class RunDirectory:
             _release(fd)
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.write(fd, (f"{os.getpid()}\n" + (f"{job}\n" if job else "")).encode())
         except OSError as err:  # a full disk: the lock file this process holds goes (a stale one too)
             _remove_lock(lock_path, lambda: _release(fd))
             raise UsageError(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
@@ -728,6 +730,18 @@ def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] in places:
             return int(fields[4]) if fields[4].isdigit() else -1
     return 0
+
+
+def held_by(path: str | os.PathLike, job: str) -> bool:
+    """Whether the run folder ``path`` is locked for the torchrun job ``job`` (a ``distributed.job_token()``): its
+    ``.lock`` records it, which only that job's rank 0 writes, once it holds the lock, and some process holds the
+    lock (where :func:`lock_holder` can tell: a holder killed by SIGKILL leaves its file behind)."""
+    try:
+        with open(Path(path) / LOCK_NAME, "rb") as f:
+            lines = f.read(4096).decode("utf-8", "replace").split("\n")
+    except OSError:
+        return False
+    return bool(job) and len(lines) > 1 and lines[1] == job and lock_holder(path) != 0
 
 
 def stray_files(path: str | os.PathLike) -> list[str]:
