@@ -308,11 +308,13 @@ def test_durations_and_counts_read_as_words():
     `1 batch norms folded`."""
     from reste import engine
     from reste.export.exporter import format_report
-    from reste.wording import count, duration
+    from reste.wording import count, duration, taken_at
 
     assert [duration(s) for s in (0.4, 42, 59.4, 60, 599, 3600, 93612)] == ["0s", "42s", "59s", "1m", "10m", "1h00m",
                                                                           "26h00m"]
     assert (count(0, "epoch"), count(1, "epoch"), count(2, "epoch")) == ("0 epochs", "1 epoch", "2 epochs")
+    # (review dist) `reste eval` of a checkpoint inside the first epoch said "epoch 0 + 10 steps"
+    assert (taken_at(3, 0), taken_at(3, None), taken_at(0, 10)) == ("epoch 3", "epoch 3", "step 10 of epoch 1")
     result = {"best_acc": 93.1, "best_epoch": 900, "best_top5": None, "final_acc": 92.9, "epochs": 1000,
               "seconds": 93612.0, "run_dir": "r"}
     assert engine.format_result(result).endswith("after 1000 epochs, 26h00m -> r")

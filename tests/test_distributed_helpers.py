@@ -208,3 +208,15 @@ def test_await_main_waits_for_ready_or_its_timeout():
     assert distributed.await_main(lambda: calls.append(1) or len(calls) >= 3, timeout=60, poll=0.001)
     assert len(calls) == 3
     assert not distributed.await_main(lambda: False, timeout=0.05, poll=0.01)
+
+
+def test_eval_under_torchrun_is_refused_in_one_line(capsys, monkeypatch, tmp_path):
+    """(review dist) `reste eval` under torchrun evaluated the whole test set in every process, each printing its
+    line; it is one process's work (the README says so), refused before any checkpoint is read."""
+    from cli_checks import one_line_error
+
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    line = one_line_error(capsys, "eval", str(tmp_path / "missing.pt"))
+    assert line == ("reste: error: reste eval runs in one process (under torchrun each would evaluate the "
+                    "whole test set): run it without torchrun"), line

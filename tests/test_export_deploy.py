@@ -482,7 +482,7 @@ def test_export_says_which_checkpoint_it_exported(tmp_path, capsys, digits_check
     save_checkpoint({**load_checkpoint(digits_checkpoint), "step": 50}, run / "last.pt")
     code, out, err = _run(capsys, "export", str(run) + "/", str(tmp_path / "b.rbnn"))
     assert code == 0, err
-    assert f"  from {run / 'last.pt'}, epoch 1 + 50 steps (taken inside an epoch: no test accuracy" in out
+    assert f"  from {run / 'last.pt'}, step 50 of epoch 2 (taken inside an epoch: no test accuracy" in out
     assert PackedModel.load(tmp_path / "b.rbnn").meta["source"] == "live/last.pt"
 
 

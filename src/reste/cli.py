@@ -137,8 +137,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import time
 
+    from .distributed import env_world_size
     from .engine import evaluate_checkpoint
+    from .wording import taken_at
 
+    if env_world_size() > 1:  # each process evaluated the whole test set and printed its line
+        raise UsageError("reste eval runs in one process (under torchrun each would evaluate the whole test set): "
+                         "run it without torchrun")
     start = time.perf_counter()
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp, download=args.download,
@@ -149,8 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
     amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
-    when = f"epoch {r['epoch']}" + (f" + {r['step']} steps" if r.get("step") else "")
-    print(f"{r['model']} on {r['dataset']} test, {when}{amp}: top-1 {r['top1']:.2f}%  "
+    print(f"{r['model']} on {r['dataset']} test, {taken_at(r['epoch'], r.get('step'))}{amp}: top-1 {r['top1']:.2f}%  "
           f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}{stored}")
     return 0
 

@@ -1,5 +1,5 @@
 """How reste's lines word a number of things: a duration (``42s``, ``5m``, ``26h00m``) and a count with its noun
-(``1 epoch``, ``3 epochs``), and a batch split into micro-batches."""
+(``1 epoch``, ``3 epochs``), a batch split into micro-batches, and where in a run a checkpoint was taken."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def split_batch(batch_size: int, accumulate: int) -> str:
     (``accumulate`` 1, or None: a run recorded before the setting)."""
     n = accumulate or 1
     return f", in {n} micro-batches of {batch_size // n}" if n > 1 else ""
+
+
+def taken_at(epoch: int, step: int | None) -> str:
+    """Where a checkpoint was taken: ``epoch 3`` at an epoch's end, ``step 50 of epoch 2`` inside one (``epoch`` the
+    epochs it finished, ``step`` the steps of the next)."""
+    return f"step {step} of epoch {epoch + 1}" if step else f"epoch {epoch}"
 
 
 def gist(text: str, limit: int = 160) -> str:

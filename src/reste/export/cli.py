@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UsageError
-from ..wording import count
+from ..wording import count, taken_at
 from ..plugins import add_plugin_flag
 
 
@@ -104,9 +104,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {out}" + (" (replacing the file that was there)" if out in replaced else ""))
         source = report.get("checkpoint", {})
         if source:  # which checkpoint (a run folder's last.pt: maybe one taken inside an epoch, not its best)
-            when = f"epoch {source['epoch']}" + (f" + {source['step']} steps (taken inside an epoch: no test "
-                                                 "accuracy of its own)" if source["step"] else "")
-            print(f"  from {source['path']}, {when}")
+            inside = " (taken inside an epoch: no test accuracy of its own)" if source["step"] else ""
+            print(f"  from {source['path']}, {taken_at(source['epoch'], source['step'])}{inside}")
         print(format_report(report), flush=True)
         if not report.get("verify", {}).get("ok", True):
             problems = "; ".join(report["verify"]["packed"]["problems"] + report["verify"]["model"]["problems"])
