@@ -455,7 +455,7 @@ class _Run:
             one = "train a micro-batch of" if split else "hold"
             self.log(f"note: the last batch of each epoch would {one} one sample, too few for BatchNorm's batch "
                      f"statistics; it is left out ({per_rank - per_rank % config.batch_size} of {per_rank} samples "
-                     "an epoch)")
+                     f"{'of each process ' * self.dist.enabled}an epoch)")
             self.train_loader, self.test_loader = loaders(True)
         if per_rank < config.batch_size:  # (a batch of 100000 on 1437 digits: one step an epoch, without a word)
             self.log(f"note: --batch-size {config.batch_size} is more than the {per_rank} training images"
