@@ -385,6 +385,11 @@ ERROR_CASES = {
                                  ["it takes its own, 28x28; drop --input-size"]),
     "summary-a32-float": (["summary", "digits", "--a32"], None, ["--a32 applies to binary models"]),
     "summary-list-and-model": (["summary", "--list", "digits"], None, ["--list lists every model; drop it"]),
+    # (review newuser) the list was printed and --a32 ignored
+    "summary-list-a32": (["summary", "--list", "--a32"], None, ["--a32 shapes one model: name it (reste summary "
+                                                                 "MODEL ...), or drop it to list the models"]),
+    "summary-shaping-no-model": (["summary", "--input-size", "5", "--model-option", "width=3"], None,
+                                 ["--input-size, --model-option shape one model: name it", "drop them"]),
 }
 
 

@@ -172,6 +172,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     if args.list and args.model:  # (it listed them all, the model given ignored)
         raise UsageError(f"--list lists every model; drop it to summarise {args.model!r}")
+    shaping = [flag for flag, given in (("--num-classes", args.num_classes is not None), ("--a32", args.a32),
+                                        ("--input-size", args.input_size is not None),
+                                        ("--model-option", bool(args.model_options))) if given]
+    if shaping and not args.model:  # (the list was printed, the flags ignored)
+        raise UsageError(f"{', '.join(shaping)} shape{'s' * (len(shaping) == 1)} one model: name it (reste summary "
+                         f"MODEL ...), or drop {'it' if len(shaping) == 1 else 'them'} to list the models")
     if args.list or not args.model:
         print(f"{'model':28s} {'data set':14s} precision")
         for name in models.list_models():
