@@ -1423,3 +1423,27 @@ def test_cifar10_default_folder_is_recorded_so_eval_finds_it_from_elsewhere(tmp_
     assert json.loads((here / "run" / "config.json").read_text())["data_path"] == str(here / "data")
     monkeypatch.chdir(elsewhere)
     assert main(["eval", str(here / "run" / "last.pt"), "--json"]) == 0
+
+
+def test_fashion_mnist_read_from_the_current_folders_data_is_recorded(tmp_path, monkeypatch):
+    """(left alone twice) Fashion-MNIST without --data-path, found in ./data/FashionMNIST/raw (where --download puts
+    it when there is no system copy): config.json recorded null, so `reste eval` or --resume from another folder
+    looked in that folder's ./data. It records the folder read, absolute, as CIFAR-10's default is; the system copy,
+    found from anywhere, stays unrecorded."""
+    from reste import engine, rundir
+    from reste.config import TrainConfig
+
+    write_fashion(tmp_path / "work" / "data" / "FashionMNIST" / "raw", n_train=20, n_test=10)
+    monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = TrainConfig(dataset="fashion-mnist", epochs=1, batch_size=10, eval_batch_size=10, threads=1)
+    engine.train(cfg, tmp_path / "run", progress=False, log=lambda line: None)
+    assert rundir.run_config(tmp_path / "run").data_path == str(tmp_path / "work" / "data")
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    result = engine.evaluate_checkpoint(tmp_path / "run" / "best.pt")
+    assert result["top1"] == result["stored_top1"]
+
+    write_fashion(tmp_path / "system", n_train=20, n_test=10)
+    monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "system")
+    engine.train(cfg, tmp_path / "run2", progress=False, log=lambda line: None)
+    assert rundir.run_config(tmp_path / "run2").data_path is None

@@ -424,6 +424,8 @@ class _Run:
                                                          augment=config.augment, in_memory=where is not None)
         if len(train_ds) == 0:
             raise UsageError(f"the training set of {config.dataset} is empty; check --data-path")
+        if config.data_path is None and self.info.read_from:  # found in ./data: recorded, for eval from elsewhere
+            self.config = config = dataclasses.replace(config, data_path=self.info.read_from)
         def loaders(drop_last: bool) -> tuple[Any, Any]:
             return make_loaders(
                 train_ds, test_ds, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,

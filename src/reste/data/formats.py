@@ -28,7 +28,7 @@ from ..datasets import DEFAULT_ROOT as _DEFAULT_ROOT
 from ..errors import UsageError, option
 
 __all__ = ["read_idx", "find_fashion_mnist", "read_fashion_mnist", "find_cifar10", "read_cifar10",
-           "image_folders", "SYSTEM_FASHION_MNIST", "DEFAULT_ROOT"]
+           "image_folders", "SYSTEM_FASHION_MNIST", "DEFAULT_ROOT", "default_root_read"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the idx files.
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -247,6 +247,14 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
         looked = " and ".join(str(c) for c in candidates)
         raise UsageError(f"Fashion-MNIST idx files not found in {looked}; {hint}")
     return files
+
+
+def default_root_read(files: dict[str, Path]) -> str | None:
+    """Where files found without --data-path were read, when that is :data:`DEFAULT_ROOT` of the current folder
+    (its absolute path, as --data-path would name it; config.json records it, so `reste eval` and --resume find
+    the data from another folder); None for the system's copy, found from anywhere."""
+    first = next(iter(files.values()))
+    return str(DEFAULT_ROOT.absolute()) if first.absolute().is_relative_to(DEFAULT_ROOT.absolute()) else None
 
 
 def read_fashion_mnist(files: dict[str, Path], split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,8 @@ import torch
 
 from ..datasets import SPECS, get_spec
 from ..errors import UsageError
-from .formats import find_cifar10, find_fashion_mnist, image_folders, read_cifar10, read_fashion_mnist
+from .formats import (default_root_read, find_cifar10, find_fashion_mnist, image_folders, read_cifar10,
+                      read_fashion_mnist)
 from .memory import InMemoryDataset, Normalize, RandomCropFlip
 from .sampling import TransformDataset
 
@@ -43,6 +44,9 @@ class DatasetInfo:
     train_size: int | None  # None when the train split was not loaded (``load_datasets(train=False)``)
     test_size: int
     classes: tuple[str, ...] | None = None  # the name of each label (an ImageNet folder's: its class folders)
+    # the folder the files were read from when no data path named one and it was the current folder's data/
+    # (formats.default_root_read): the run records it as its data path
+    read_from: str | None = None
 
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -106,9 +110,9 @@ def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequen
     return train_ds, test_ds, _info(spec.name, train_ds, test_ds, names)
 
 
-def _info(name: str, train, test, classes: Sequence[str]) -> DatasetInfo:
+def _info(name: str, train, test, classes: Sequence[str], read_from: str | None = None) -> DatasetInfo:
     return DatasetInfo(name, len(classes), get_spec(name).input_size, None if train is None else len(train),
-                       len(test), tuple(classes))
+                       len(test), tuple(classes), read_from)
 
 
 def check_classes(learned: int | None, names: Sequence[str] | None, info: DatasetInfo,
@@ -203,7 +207,8 @@ def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: boo
     fill = (0.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
     train = build("train", RandomCropFlip(28, 2, fill=fill) if augment else None) if train else None
     test = build("test", None)
-    return train, test, _info("fashion-mnist", train, test, FASHION_MNIST_CLASSES)
+    read_from = default_root_read(files) if data_path is None else None
+    return train, test, _info("fashion-mnist", train, test, FASHION_MNIST_CLASSES, read_from)
 
 
 class _ArrayImages:
