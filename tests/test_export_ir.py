@@ -261,9 +261,12 @@ def test_read_image_converts_scales_and_crops_at_the_centre(tmp_path):
         read_image(tmp_path / "red.png", (2, 4, 4))
 
 
-def test_read_image_scales_16_bit_grey_and_follows_the_exif_rotation(tmp_path):
+def test_read_image_scales_16_bit_grey_and_reads_a_photo_as_training_does(tmp_path):
+    """(review imgdist #1) an EXIF orientation was applied by predict and not by the training's and evaluation's
+    reader (torchvision's ImageFolder's way): a phone photo was another image to predict than the one evaluated."""
     from PIL import Image
 
+    from reste.data.formats import _read_image
     from reste.export.inputs import read_image
 
     deep = np.array([[0, 4000, 32768, 65535]], np.uint16).repeat(4, 0)
@@ -276,8 +279,9 @@ def test_read_image_scales_16_bit_grey_and_follows_the_exif_rotation(tmp_path):
     exif = img.getexif()
     exif[0x0112] = 6  # the viewer turns it 90 degrees clockwise
     img.save(tmp_path / "turned.jpg", exif=exif, quality=100)
-    view = read_image(tmp_path / "turned.jpg", (1, 6, 2))[0, 0]
-    assert view[:2].min() > 200 and view[-2:].max() < 50
+    view = read_image(tmp_path / "turned.jpg", (3, 2, 6))[0]  # as stored: 2 high, 6 wide, white on the left
+    assert view[:, :, :2].min() > 200 and view[:, :, -2:].max() < 50
+    assert np.array_equal(view, np.asarray(_read_image(str(tmp_path / "turned.jpg"))).transpose(2, 0, 1))
 
 
 def test_integer_arrays_other_than_uint8_are_refused_not_taken_as_preprocessed():

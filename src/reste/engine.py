@@ -1135,7 +1135,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     if out is None and env_world_size() == 1:  # a name the user did not choose is never refused as taken
         lock, run_dir = _open_default(run_dir)
     else:
-        lock = RunDirectory.open(run_dir, fresh=True) if env_rank() == 0 else None
+        lock = RunDirectory.open(run_dir, fresh=True, job=job_token()) if env_rank() == 0 else None
     try:
         with StopRequest().handling() as stop, _torch_settings_kept():
             return _train_locked(config, run_dir, progress, log, stop)

@@ -60,12 +60,14 @@ def read_image(path: str | os.PathLike, size: tuple[int, int, int], resize: int 
         raise UsageError(f"the model takes {channels}-channel images; an image file gives 1 (grey) or 3 (RGB); "
                          "pass a .npy array")
     try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise UsageError("reading image files needs Pillow (pip install pillow); pass a .npy array") from None
     try:
         with open_image(path) as opened:
-            image = eight_bit(ImageOps.exif_transpose(opened)).convert(_MODES[channels])
+            # the pixels as stored, an EXIF orientation not applied: as the training's and evaluation's reader
+            # (formats._read_image, torchvision's ImageFolder) reads them, so a photo is the image the model saw
+            image = eight_bit(opened).convert(_MODES[channels])
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise UsageError(f"{path} is neither a .npy array nor an image file reste can read "
                          f"({unreadable(err)})") from None
