@@ -220,3 +220,22 @@ def test_eval_under_torchrun_is_refused_in_one_line(capsys, monkeypatch, tmp_pat
     line = one_line_error(capsys, "eval", str(tmp_path / "missing.pt"))
     assert line == ("reste: error: reste eval runs in one process (under torchrun each would evaluate the "
                     "whole test set): run it without torchrun"), line
+
+
+def test_a_stopped_torchrun_runs_line_says_to_run_torchrun_again(monkeypatch, tmp_path):
+    """(review imgdist #2) a rank's error line under torchrun said `reste train --resume DIR`, one process, which a
+    checkpoint taken inside an epoch by 2 refuses."""
+    from reste import cli, rundir
+    from reste.config import TrainConfig
+    from reste.errors import shell_word
+
+    (tmp_path / "run").mkdir()
+    rundir.write_config(tmp_path / "run", TrainConfig(epochs=2).resolve())
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    line = cli._run_kept(["train", "--out", str(tmp_path / "run")])
+    assert (f"continue it with torchrun again, 2 processes, running `-m reste.cli train --resume "
+            f"{shell_word(tmp_path / 'run')}`" in line), line
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert f"continue it with `reste train --resume {shell_word(tmp_path / 'run')}`" in cli._run_kept(
+        ["train", "--out", str(tmp_path / "run")])

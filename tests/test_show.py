@@ -278,6 +278,20 @@ def test_show_of_a_run_stopped_inside_an_epoch_gives_the_steps_last_pt_holds(tmp
     assert (got["epochs_done"], got["saved_step"]) == (1, 10)
     assert main(["show", str(tmp_path / "cut")]) == 0
     assert "progress   1 of 2 epochs, and 10 steps of epoch 2" in capsys.readouterr().out
+    # (review imgdist #2) taken by 2 torchrun processes: they continue it, not `reste train --resume` (one process,
+    # refused for it); a stopped run's own line under torchrun says the same
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
+    save_checkpoint({**ckpt, "world_size": 2}, tmp_path / "cut" / "last.pt")
+    assert main(["show", str(tmp_path / "cut"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["saved_processes"] == 2
+    assert main(["show", str(tmp_path / "cut")]) == 0
+    from reste.errors import shell_word
+
+    word = shell_word(tmp_path / "cut")
+    assert (f"stopped (no process on this machine holds it; torchrun again, 2 processes, running `-m reste.cli train "
+            f"--resume {word}` continues it)") in capsys.readouterr().out
 
 
 def test_show_refuses_metrics_of_more_epochs_than_the_config_plans(run, tmp_path, capsys):

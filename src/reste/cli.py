@@ -21,7 +21,6 @@ import errno
 import json
 import os
 import re
-import shlex
 import sys
 from typing import Any, Sequence
 
@@ -489,8 +488,15 @@ def _run_kept(argv: Sequence[str]) -> str:
         return f"nothing was saved in {folder} (a new run's folder goes with it): run the command again"
     if _finished(folder):  # `reste train ... | head -3`: only the done line met the closed pipe
         return f"the run had finished: {folder} holds it whole"
-    return (f"{folder} keeps what the run saved, its finished epochs at least (continue it with `reste train --resume "
-            f"{shlex.quote(folder)}`); a new run that saved nothing is removed")
+    from .distributed import env_world_size
+    from .rundir import resume_command
+
+    try:  # (review imgdist #2) under torchrun, torchrun again with as many processes: `reste train --resume` is one
+        processes = env_world_size()
+    except UsageError:  # (a stray WORLD_SIZE: refused before any run started)
+        processes = 1
+    return (f"{folder} keeps what the run saved, its finished epochs at least (continue it with "
+            f"{resume_command(folder, processes)}); a new run that saved nothing is removed")
 
 
 def _finished(folder: str) -> bool:

@@ -59,7 +59,7 @@ from .datasets import get_spec
 from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import await_main, env_rank, env_world_size, init_distributed, is_distributed, job_token, \
     local_rank_first, signal_text, stop_signals
-from .errors import ModelOptionError, UsageError, one_line, option, print_line, shell_word, stderr_is_terminal
+from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
@@ -69,7 +69,7 @@ from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
                      best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
-                     held_by, holds_run, keep_top, last_checkpoint, read_metrics, repair_best, require_run_path,
+                     held_by, holds_run, keep_top, resume_command, last_checkpoint, read_metrics, repair_best, require_run_path,
                      restore_config, run_config, saved_config, schedule_fields, start_metrics, truncate_metrics,
                      write_config)
 from .schedules import learning_rate
@@ -1011,14 +1011,6 @@ class StopRequest:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
-
-
-def resume_command(run_dir: str | os.PathLike, world_size: int = 1) -> str:
-    """How to continue a run, as its stop lines say it: under torchrun (``world_size`` processes), torchrun again
-    with ``--resume`` and as many processes (a checkpoint taken inside an epoch holds each process's place)."""
-    if world_size <= 1:
-        return f"`reste train --resume {shell_word(run_dir)}`"
-    return f"torchrun again, {world_size} processes, running `-m reste.cli train --resume {shell_word(run_dir)}`"
 
 
 def _meter_mode(mode: Any, o_end: Any) -> str:

@@ -815,6 +815,15 @@ def restore_config(run_dir: str | os.PathLike, write: bool = True) -> bool:
     return True
 
 
+def resume_command(run_dir: str | os.PathLike, world_size: int = 1) -> str:
+    """How to continue a run, as its stop lines and ``reste show`` say it: under torchrun (``world_size``
+    processes), torchrun again with ``--resume`` and as many processes (a checkpoint taken inside an epoch holds
+    each process's place; ``reste train --resume`` alone is one process, refused for it)."""
+    if world_size <= 1:
+        return f"`reste train --resume {shell_word(run_dir)}`"
+    return f"torchrun again, {world_size} processes, running `-m reste.cli train --resume {shell_word(run_dir)}`"
+
+
 def require_run_path(run_dir: str | os.PathLike) -> Path:
     """``run_dir`` as a path; an empty one (an unset shell variable) is refused, not taken as ``.``."""
     if not str(run_dir).strip():

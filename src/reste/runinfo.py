@@ -12,7 +12,7 @@ from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError, shell_word
 from .indicators import RUN_LEVEL, run_level
 from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lock_holder, read_metrics,
-                     run_config, schedule_fields)
+                     resume_command, run_config, schedule_fields)
 from .wording import count, duration, split_batch
 
 
@@ -27,7 +27,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last`` (``epoch``, ``test_acc``,
     ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
-    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_epoch`` (where metrics.jsonl holds
+    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_processes`` (then, the torchrun
+    processes that trained it, which the resume must run again; else None), ``saved_epoch`` (where metrics.jsonl holds
     every epoch but ``last.pt`` fewer, its last write having failed: the epochs it holds, and the run is stopped, not
     finished; with ``steps`` only, read where ``last.pt`` is older than metrics.jsonl), ``last_damaged`` (a stopped
     run's ``last.pt`` that it cannot continue from: what is wrong with it; with ``steps`` only), ``failed`` (an
@@ -58,11 +59,14 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                                "epochs_done": done, "lost_epochs": lost, "finished": finished, "state": state,
                                "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
-                               "saved_step": None, "saved_epoch": behind, "last_damaged": None,
+                               "saved_step": None, "saved_processes": None, "saved_epoch": behind,
+                               "last_damaged": None,
                                "failed": failure(run_dir) if state != "training" and not finished else None}
     if steps and state == "stopped":  # last.pt read once: the step it holds, or what is wrong with it
         saved = saved_position(run_dir)
         summary["saved_step"] = saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
+        # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes
+        summary["saved_processes"] = saved[2] if summary["saved_step"] else None
         summary["last_damaged"] = _last_damaged(run_dir) if saved is None else None
     if not metrics:
         return summary
@@ -95,9 +99,9 @@ def _last_older(run_dir: str | os.PathLike) -> bool:
         return False
 
 
-def saved_position(run_dir: str | os.PathLike) -> tuple[int, int] | None:
-    """(the epochs, the batches of the next) that the run's ``last.pt`` holds; None where it is missing, damaged
-    or being replaced. It reads the whole file."""
+def saved_position(run_dir: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(the epochs, the batches of the next, the processes that trained them) that the run's ``last.pt`` holds;
+    None where it is missing, damaged or being replaced. It reads the whole file."""
     from .checkpoint import load_checkpoint
 
     path = last_checkpoint(run_dir)
@@ -107,8 +111,10 @@ def saved_position(run_dir: str | os.PathLike) -> tuple[int, int] | None:
         ckpt = load_checkpoint(path)
     except (UsageError, OSError, RuntimeError):
         return None
-    epoch, step = (ckpt.get("epoch"), ckpt.get("step") or 0) if isinstance(ckpt, dict) else (None, None)
-    return (epoch, step) if isinstance(epoch, int) and isinstance(step, int) else None
+    if not isinstance(ckpt, dict):
+        return None
+    epoch, step, world = ckpt.get("epoch"), ckpt.get("step") or 0, ckpt.get("world_size") or 1
+    return (epoch, step, world) if all(isinstance(v, int) for v in (epoch, step, world)) else None
 
 
 def show_run(run_dir: str | os.PathLike) -> str:
@@ -126,7 +132,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
              f"{split_batch(config['batch_size'], config.get('accumulate'))}, "
              f"{optimizer_text(config)}, seed {config['seed']}{preset}"
              + (f"\n           {options}" if options else "")]
-    done, state, resume = summary["epochs_done"], summary["state"], f"reste train --resume {shell_word(run_dir)}"
+    done, state = summary["epochs_done"], summary["state"]
+    resume = resume_command(run_dir, summary["saved_processes"] or 1)
     inside = f", and {count(summary['saved_step'], 'step')} of epoch {done + 1}" if summary["saved_step"] else ""
     if state == "training":
         pid = f" (pid {summary['pid']})" if summary["pid"] else ""
@@ -135,19 +142,19 @@ def show_run(run_dir: str | os.PathLike) -> str:
         lines.append(f"progress   finished: {done} of {epochs}")
     elif state == "stopped" and summary["saved_epoch"] is not None:  # metrics.jsonl logged, last.pt not written
         lines.append(f"progress   {done} of {epochs} logged, but last.pt holds {count(summary['saved_epoch'], 'epoch')}"
-                     f" (its last write failed: a full disk?): stopped; `{resume}` trains the rest again")
+                     f" (its last write failed: a full disk?): stopped; {resume} trains the rest again")
     elif state == "stopped" and summary["last_damaged"]:  # (review newuser #8: it said to resume it)
         lines.append(f"progress   {done} of {epochs}: stopped, and its last.pt is damaged ({summary['last_damaged']}):"
                      " the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")
     elif state == "stopped" and summary["failed"]:  # a sweep's run (the sweep trains it again)
-        lines.append(f"progress   {done} of {epochs}{inside}: stopped: {summary['failed']}; `{resume}` continues it")
+        lines.append(f"progress   {done} of {epochs}{inside}: stopped: {summary['failed']}; {resume} continues it")
     elif state == "stopped":
-        lines.append(f"progress   {done} of {epochs}{inside}: stopped (no process on this machine holds it; `{resume}` "
+        lines.append(f"progress   {done} of {epochs}{inside}: stopped (no process on this machine holds it; {resume} "
                      "continues it)")
     else:  # where the lock cannot be read without taking it
         finished = ": finished" if summary["finished"] else ""
         lines.append(f"progress   {done} of {epochs}{inside}{finished} (training, or "
-                     f"stopped: `{resume}` continues it)")
+                     f"stopped: {resume} continues it)")
     if summary["lost_epochs"]:
         lost = summary["lost_epochs"]
         which = f"epoch{'s' * (len(lost) > 1)} {', '.join(map(str, lost[:5]))}{', ...' if len(lost) > 5 else ''}"
