@@ -547,7 +547,7 @@ def test_a_start_that_finds_the_lock_taken_leaves_the_folder_to_its_holder(tmp_p
     from reste import rundir
     from reste.errors import UsageError
 
-    def taken(path, remedy):  # the other start made its .lock in the folder and holds it
+    def taken(path, remedy, job=""):  # the other start made its .lock in the folder and holds it
         (path / rundir.LOCK_NAME).write_text("1\n")
         raise UsageError(f"{path} is in use by pid 1 (a run is writing to it)")
 
