@@ -104,6 +104,30 @@ def test_a_closed_pipe_after_the_last_epoch_says_the_run_finished(capsys, monkey
                                        "holds it whole\n")
 
 
+def test_a_finished_run_stopped_before_its_last_top_copy_is_told_to_resume(capsys, monkeypatch, tmp_path):
+    """(review combos #4) a second Ctrl-C (or a crash) between the last epoch's last.pt and its top/ copy or best.pt:
+    the line said the folder held the run whole, so nothing prompted the resume that writes them."""
+    from reste.rundir import top_checkpoints
+
+    run = tmp_path / "r"
+    flags = ["train", "--epochs", "2", "--keep-top", "2", "--out", str(run), "--no-progress", "--threads", "1"]
+    assert main(flags) == 0
+    capsys.readouterr()
+    top_checkpoints(run)[2].unlink()  # both epochs are among the 2 best: epoch 2's copy is what the stop left out
+
+    def closed(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_train", closed)
+    assert main(flags) == 141
+    assert capsys.readouterr().err == ("reste: stopped: its output's reader went away; the run had finished, but its "
+                                       f"best.pt or top/ were not yet written: `reste train --resume {run}` writes "
+                                       "them\n")
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert sorted(top_checkpoints(run)) == [1, 2]
+
+
 def test_a_run_whose_last_checkpoint_write_failed_is_not_told_finished(capsys, monkeypatch, tmp_path):
     """(review userD #1) A full disk at the last epoch's last.pt: metrics.jsonl (written first) holds every epoch,
     last.pt one fewer. The failure's line said 'the run had finished ... holds it whole', and `reste show` said

@@ -24,7 +24,7 @@ import re
 import sys
 from typing import Any, Sequence
 
-from .errors import EX_TEMPFAIL, UsageError, command_line, did_you_mean, one_line, one_line_warnings
+from .errors import EX_TEMPFAIL, UsageError, command_line, did_you_mean, one_line, one_line_warnings, shell_word
 from .wording import gist
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
@@ -486,8 +486,12 @@ def _run_kept(argv: Sequence[str]) -> str:
 
     if not holds_run(folder):  # a new run that saved nothing: its folder went
         return f"nothing was saved in {folder} (a new run's folder goes with it): run the command again"
-    if _finished(folder):  # `reste train ... | head -3`: only the done line met the closed pipe
+    finished = _finished(folder)
+    if finished == "whole":  # `reste train ... | head -3`: only the done line met the closed pipe
         return f"the run had finished: {folder} holds it whole"
+    if finished:  # (review combos #4) stopped between the last epoch's last.pt and its best.pt or top/ copy
+        return (f"the run had finished, but its best.pt or top/ were not yet written: `reste train --resume "
+                f"{shell_word(folder)}` writes them")
     from .distributed import env_world_size
     from .rundir import resume_command
 
@@ -499,19 +503,23 @@ def _run_kept(argv: Sequence[str]) -> str:
             f"{resume_command(folder, processes)}); a new run that saved nothing is removed")
 
 
-def _finished(folder: str) -> bool:
+def _finished(folder: str) -> str:
     """Whether the run in ``folder`` has logged every epoch of its settings and its last.pt holds them all (a
-    failed last write leaves metrics.jsonl ahead of it); False where that cannot be read."""
+    failed last write leaves metrics.jsonl ahead of it): ``"whole"``, or ``"lagging"`` where its best.pt or top/
+    are not yet the last epoch's end's (``rundir.epoch_end_whole``); "" where it has not or that cannot be read."""
     try:
-        from .rundir import read_metrics, saved_config
-        from .runinfo import saved_position
+        from .checkpoint import load_checkpoint
+        from .rundir import epoch_end_whole, last_checkpoint, read_metrics, saved_config
 
         epochs = saved_config(folder).epochs
-        saved = saved_position(folder)
-        return (len(read_metrics(folder, missing_ok=True)) >= epochs and saved is not None and saved[0] >= epochs
-                and not saved[1])
+        if len(read_metrics(folder, missing_ok=True)) < epochs:
+            return ""
+        last = load_checkpoint(last_checkpoint(folder))
+        if not isinstance(last.get("epoch"), int) or last["epoch"] < epochs or last.get("step"):
+            return ""
+        return "whole" if epoch_end_whole(folder, last) else "lagging"
     except Exception:  # noqa: BLE001 - no run, or damaged files: say what a stopped run keeps
-        return False
+        return ""
 
 
 def _command(argv: Sequence[str]) -> str:
