@@ -63,6 +63,10 @@ def test_print_config_shows_every_setting_the_run_records(capsys, tmp_path):
     assert json.loads((out / "config.json").read_text()) == shown  # defaults included: a later default cannot move it
     assert main(["train", "--resume", str(out), "--print-config"]) == 2
     assert "a run's own are in its" in capsys.readouterr().err
+    # (review combos #6) --auto-resume on a folder holding a run continues that run: not a new run's settings
+    assert main(["train", "--out", str(out), "--auto-resume", "--print-config"]) == 2
+    assert f"a run's own are in its {out}/config.json" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "new"), "--auto-resume", "--print-config"]) == 0  # starts one
 
 
 def test_summary_totals(capsys):

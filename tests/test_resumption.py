@@ -49,10 +49,14 @@ def test_given_options_refine_the_saved_ones_and_another_estimator_drops_them(tm
 
 
 def test_the_settings_recorded_after_a_resume(saved):
-    given = dataclasses.replace(saved, lr=0.5, threads=2, keep_top=3)
+    given = dataclasses.replace(saved, lr=0.5, threads=2, keep_top=3, accumulate=4, eval_batch_size=7,
+                                data_path="/elsewhere")
+    assert resumption.settings_to_record(given, saved, idle=True).accumulate == saved.accumulate
     assert resumption.settings_to_record(given, saved, idle=False) == given
-    # nothing left to train: what it trained with, and where its files are now (not the thread count)
-    assert resumption.settings_to_record(given, saved, idle=True) == dataclasses.replace(saved, keep_top=3)
+    # nothing left to train: what it trained with, and where its files are now (not the thread count, nor the
+    # micro-batches or the evaluation's batch: review combos #7)
+    assert resumption.settings_to_record(given, saved, idle=True) == dataclasses.replace(saved, keep_top=3,
+                                                                                          data_path="/elsewhere")
 
 
 def test_a_checkpoint_that_cannot_continue_as_configured(tmp_path, saved):

@@ -58,9 +58,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--force goes with --resume or --auto-resume (to accept settings that differ from the "
                          "run's); a new run has none to differ: drop it")
     if args.print_config:
-        if args.resume is not None:
+        held = args.resume if args.resume is not None else args.out if args.auto_resume and args.out and \
+            holds_run(args.out) else None  # (review combos #6: --auto-resume would continue that run)
+        if held is not None:
             raise UsageError(f"--print-config shows the settings of a new run; a run's own are in its "
-                             f"{args.resume}/config.json")
+                             f"{held}/config.json")
         config = engine.planned_config(config_from_args(args))
         print(json.dumps(config.to_dict(), indent=2))
         from .distributed import env_world_size

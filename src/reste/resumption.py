@@ -217,12 +217,17 @@ def recorded_places_notes(run_dir: Path, config: TrainConfig, overrides: dict[st
     return notes
 
 
+#: the settings free on resume (RESUME_FREE) that tell how a run was computed, not where its files are: a resume
+#: with nothing left to train keeps those it trained with (review combos #7: --accumulate 4 was recorded so)
+_HOW_COMPUTED = ("threads", "accumulate", "eval_batch_size", "device", "data_device", "workers")
+
+
 def settings_to_record(config: TrainConfig, trained: TrainConfig, idle: bool) -> TrainConfig:
     """What config.json holds after the resume: the settings it continues with, or, with nothing left to train,
-    the settings it trained with and where its files are now (``RESUME_FREE``, less the thread count)."""
+    the settings it trained with and where its files are now (``RESUME_FREE``, less ``_HOW_COMPUTED``)."""
     if not idle:
         return config
-    return dataclasses.replace(trained, **{k: getattr(config, k) for k in RESUME_FREE if k != "threads"})
+    return dataclasses.replace(trained, **{k: getattr(config, k) for k in RESUME_FREE if k not in _HOW_COMPUTED})
 
 
 def schedule_notes(trained: int | None, epochs: int, done: int) -> list[str]:
