@@ -76,6 +76,11 @@ def test_a_checkpoint_that_cannot_continue_as_configured(tmp_path, saved):
     inside = {**ckpt, "epoch": 2, "step": 5}
     with pytest.raises(UsageError, match=f"cannot change there: resume with --batch-size {saved.batch_size},"):
         resumption.check_checkpoint(inside, dataclasses.replace(saved, batch_size=saved.batch_size + 1), last)
+    # (review combos #5) --force --seed inside an epoch skipped batches of another order
+    with pytest.raises(UsageError, match=f"the order seed {saved.seed} draws; the seed cannot change there: resume "
+                                         f"with --seed {saved.seed}, and change it once"):
+        resumption.check_checkpoint(inside, dataclasses.replace(saved, seed=saved.seed + 1), last)
+    resumption.check_checkpoint(ckpt, dataclasses.replace(saved, seed=saved.seed + 1), last)  # at an epoch's end
     resumption.check_checkpoint(inside, saved, last)
     with pytest.raises(UsageError, match="ends before it: pass at least 3"):
         resumption.check_checkpoint(inside, dataclasses.replace(saved, epochs=2), last)

@@ -162,6 +162,13 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> N
         raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of size {size}; the batch size "
                          f"cannot change there: resume with --batch-size {size}, and change it once that epoch "
                          "has finished")
+    seed = trained.get("seed") if isinstance(trained, dict) else None
+    if step and not trained_epoch(ckpt) and seed is not None and seed != config.seed:
+        # (review combos #5) the epoch's order is a function of (seed, epoch): the batches skipped would not be
+        # those trained
+        raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of the order seed {seed} draws; "
+                         f"the seed cannot change there: resume with --seed {seed}, and change it once that epoch "
+                         "has finished")
 
 
 def trained_epoch(ckpt: dict[str, Any]) -> bool:
