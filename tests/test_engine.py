@@ -393,6 +393,17 @@ def test_resuming_with_other_threads_says_the_last_bits_may_differ(tmp_path):
     lines.clear()
     engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
     assert not any("CPU thread" in line for line in lines)  # the recorded count (now 2) is kept
+    assert not any("evaluated with batches" in line for line in lines)
+
+
+def test_resuming_with_another_eval_batch_says_the_test_metrics_may_differ(tmp_path):
+    """(review combos #2) --eval-batch-size is free on resume, and changed the logged test loss without a word."""
+    engine.train(small(epochs=1, threads=1, eval_batch_size=64), tmp_path / "run", progress=False, log=quiet)
+    lines = []
+    engine.resume(tmp_path / "run", {"epochs": 2, "eval_batch_size": 7}, force=True, progress=False,
+                  log=lines.append)
+    assert any("evaluated with batches of 64 and continues with 7: the test metrics can differ in their last bits"
+               in line for line in lines), lines
 
 
 def test_a_checkpoint_records_its_software_and_a_resume_on_other_software_says_so(tmp_path, monkeypatch):

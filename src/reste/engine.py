@@ -1405,6 +1405,11 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         run.log(f"note: {run_dir} trained with {saved.threads} CPU thread(s) and continues with {config.threads}: "
                 "float32 sums may round differently, so the result can differ in its last bits from an "
                 "uninterrupted run")
+    if not idle and trained.eval_batch_size and config.eval_batch_size != trained.eval_batch_size:
+        # (review combos #2) another batch computes the test logits with other sums
+        run.log(f"note: {run_dir} evaluated with batches of {trained.eval_batch_size} and continues with "
+                f"{config.eval_batch_size}: the test metrics can differ in their last bits (and a near-tie in a "
+                "prediction) from an uninterrupted run's")
     if run.dist.main:
         record = resumption.settings_to_record(config, trained, idle)
         if record != saved:
