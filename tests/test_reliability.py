@@ -746,6 +746,41 @@ def test_a_loader_that_fails_otherwise_keeps_the_steps_and_blames_no_data(tmp_pa
     assert "mended" not in note and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL") or sys.platform == "win32", reason="POSIX signals")
+def test_a_loader_worker_killed_during_a_step_keeps_the_steps_done(tmp_path, folder_reference, monkeypatch):
+    """(review imgdist #4) PyTorch's SIGCHLD handler raised a killed worker's death inside the step the main thread
+    was in: the steps done were lost, and a first epoch's run folder removed. The death now comes from the batch
+    the loader waits for, after the steps done are saved."""
+    from reste.data import formats
+
+    real_read, reads = formats._read_image, []
+
+    def read(path):  # in the worker: it dies (as by the out-of-memory killer) at its 6th image, inside batch 3
+        reads.append(path)
+        if len(reads) == 6:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_read(path)
+
+    real_step = engine._Run.step
+
+    def slow_step(self, images, target):  # the main thread is inside a step when the worker dies
+        time.sleep(0.5)
+        return real_step(self, images, target)
+
+    monkeypatch.setattr(formats, "_read_image", read)
+    monkeypatch.setattr(engine._Run, "step", slow_step)
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid\(s\) \d+\) exited unexpectedly"):
+        engine.train(_folder_config(folder_reference[0], workers=1), tmp_path / "run", progress=False,
+                     log=lines.append)
+    # the batches trained before the death: 1 or 2 (batch 2 may die in the worker's queue with it)
+    kept = load_checkpoint(tmp_path / "run" / "last.pt")["step"]
+    assert kept in (1, 2), lines
+    note = next(line for line in lines if line.startswith("note: the training data's loader"))
+    assert f"keeps epoch 1 up to step {kept}/4" in note
+    assert callable(signal.getsignal(signal.SIGCHLD))  # the loader's own handler is back for other loaders
+
+
 def test_a_trained_epoch_resumed_on_a_longer_schedule_keeps_the_values_it_trained_with(tmp_path, folder_reference,
                                                                                          monkeypatch):
     """An epoch saved before its evaluation trained on the old schedule: its line keeps that lr and o, and the

@@ -661,14 +661,14 @@ class _Run:
         first = start_step if start_step and getattr(self.train_loader, "start_at", lambda _s: False)(start_step) \
             else 0
         with _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", self.progress and self.dist.main,
-                       start_step) as bar:
+                       start_step) as bar, _worker_deaths_at_next(self.train_loader) as batches:
             shown = -float("inf")  # the first step shows its loss
             # without a bar (a log file, nohup, a cluster job) a line every STEP_LINE_EVERY seconds says where the
             # epoch is: an ImageNet epoch would otherwise print nothing for tens of minutes
             drawn = _drawn(bar)
             lines = not drawn and self.dist.main
             since, n_since = time.monotonic(), n
-            batches, step = iter(self.train_loader), first - 1
+            step = first - 1
             while True:
                 try:
                     images, target = next(batches)
@@ -1159,6 +1159,26 @@ def kernel_path(device: torch.device) -> str:
             return "C++ extension (RESTE_CUDA_EXT=1)"
         return "Triton kernels" if triton_dispatch.available() else "PyTorch ops (no Triton)"
     return "PyTorch ops"
+
+
+@contextlib.contextmanager
+def _worker_deaths_at_next(loader: Any):
+    """An iterator of ``loader``'s batches, and SIGCHLD at its default action while they are trained (POSIX, the
+    main thread; set after the iterator, whose first worker process installs the handler). PyTorch's
+    DataLoader handler raises the death of a worker (the out-of-memory killer's usual victim) wherever the main
+    thread is, mostly inside a step, whose state cannot be kept: the steps done were lost, and a run in its first
+    epoch removed. Without the handler the loader raises it from the batch it waits for (its status check, every
+    5 s), where the steps done are kept (:meth:`_Run._data_failed`; review imgdist #4)."""
+    batches = iter(loader)
+    chld = getattr(signal, "SIGCHLD", None)
+    if chld is None or threading.current_thread() is not threading.main_thread():
+        yield batches
+        return
+    previous = signal.signal(chld, signal.SIG_DFL)
+    try:
+        yield batches
+    finally:
+        signal.signal(chld, signal.SIG_DFL if previous is None else previous)  # (None: not set from Python)
 
 
 @contextlib.contextmanager
