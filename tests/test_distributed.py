@@ -37,12 +37,14 @@ def _torchrun(*args: str, program: tuple[str, ...] = ("-m", "reste.cli")) -> lis
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
-def _run_fresh(args_for, tries: int = 2) -> tuple[subprocess.CompletedProcess, int]:
+def _run_fresh(args_for, tries: int = 2, program: tuple[str, ...] = ("-m", "reste.cli")
+               ) -> tuple[subprocess.CompletedProcess, int]:
     """torchrun with ``args_for(attempt)``, run again (into a fresh run directory, which ``args_for``
     names) only when an attempt died of the teardown abort above; any other failure is final.
     Returns the last process and its attempt number."""
     for attempt in range(tries):
-        proc = subprocess.run(_torchrun(*args_for(attempt)), capture_output=True, text=True, env=ENV, timeout=300)
+        proc = subprocess.run(_torchrun(*args_for(attempt), program=program), capture_output=True, text=True, env=ENV,
+                              timeout=300)
         if proc.returncode == 0 or TEARDOWN_ABORT not in proc.stderr:
             break
         # visible in the run's warnings summary: the fix above should make this never happen
@@ -217,6 +219,19 @@ def test_a_resume_of_a_folder_another_job_holds_is_rank_0s_line_alone(full_run):
     assert f"reste: error: {full_run[0]} is in use by pid {os.getpid()} " in proc.stderr, proc.stderr[-3000:]
     assert "(rank 1)" not in proc.stderr and "settings differ" not in proc.stderr, proc.stderr[-3000:]
     assert "closing signal SIGTERM" in proc.stderr and "forcefully exiting via 9" not in proc.stderr
+
+
+def test_the_step_lines_under_torchrun_say_they_are_rank_0s_shard(tmp_path):
+    """(review imgdist #3) the lines inside an epoch gave rank 0's loss, accuracy and images/s as the job's."""
+    script = tmp_path / "main.py"
+    script.write_text("import sys\nfrom reste import cli, engine\nengine.STEP_LINE_EVERY = 0.0\n"
+                      "sys.exit(cli.main(sys.argv[1:]))\n")
+    proc, _ = _run_fresh(lambda attempt: ("--epochs", "1", "--no-progress", "--device", "cpu", "--batch-size", "128",
+                                          "--out", str(tmp_path / f"run{attempt}")), program=(str(script),))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [line for line in proc.stdout.splitlines() if line.startswith("  epoch 1/1  step ")]
+    assert steps and all("(rank 0's shard; " in line and " images/s here, about " in line and line.endswith(" in all)")
+                         for line in steps), proc.stdout
 
 
 _STOP_BEFORE_THE_JOIN = """

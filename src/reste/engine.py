@@ -698,11 +698,17 @@ class _Run:
                         shown = time.monotonic()
                         if int(bad_step) >= 0 and not self.dist.enabled:  # with several, all stop together below
                             break
-                        bar.set_postfix_str(f"loss {loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}")
+                        bar.set_postfix_str(f"loss {loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}"
+                                            + (" (rank 0's shard)" if self.dist.enabled else ""))
                 elif lines and time.monotonic() - since >= STEP_LINE_EVERY and step < steps - 1:
                     rate = (n - n_since) / (time.monotonic() - since)
+                    # (review imgdist #3) under torchrun, this process's shard: no collective at a moment each
+                    # process picks by its own clock
+                    world = self.dist.world_size
+                    speed = f"{rate:,.0f} images/s" if world == 1 else \
+                        f"rank 0's shard; {rate:,.0f} images/s here, about {rate * world:,.0f} in all"
                     self.log(f"  epoch {epoch + 1}/{cfg.epochs}  step {step + 1}/{steps}  train loss "
-                             f"{loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}  ({rate:,.0f} images/s)")
+                             f"{loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}  ({speed})")
                     since, n_since = time.monotonic(), n
                 if step < steps - 1:
                     due = self._checkpoint_due(step)
