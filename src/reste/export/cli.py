@@ -62,6 +62,9 @@ def add_commands(subparsers: Any) -> None:
                         ".csv (index,class,name) or .json; - writes CSV to stdout (default IMAGES.pred.npy)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --dataset: data loading processes for image files (default: 1 per usable CPU, up to "
+                        "8), as reste eval")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the line: with --dataset model, dataset, images, top1, "
                         "stored_top1, seconds, backend; with IMAGES images, output, accuracy, seconds, backend "
@@ -283,8 +286,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("pass either IMAGES.npy or --dataset, not both")
     if not args.images and (args.labels or args.output):
         raise UsageError("--labels and --output go with IMAGES.npy")
-    if args.images and (args.data_path or args.download):
-        raise UsageError("--data-path and --download go with --dataset (or the export's data set), not IMAGES")
+    if args.images and (args.data_path or args.download or args.workers is not None):
+        raise UsageError("--data-path, --download and --workers go with --dataset (or the export's data set), not "
+                         "IMAGES")
     if args.json and args.output == "-":
         raise UsageError("--json and --output - both write to stdout; pass --output FILE (.csv or .json) for the "
                          "predictions")
@@ -359,8 +363,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             line = json.dumps(summary)
         print(line, file=sys.stderr if to_stdout else sys.stdout)
         return 0
+    from ..engine import STEP_LINE_EVERY
+
     r = evaluate_packed(model, args.dataset, data_path=args.data_path, download=args.download,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, workers=args.workers, line_every=STEP_LINE_EVERY,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         keys = ("model", "dataset", "images", "top1", "stored_top1", "seconds", "backend")
         print(json.dumps({k: round(r[k], 3) if k == "seconds" else r[k] for k in keys}))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import UsageError
 
@@ -22,15 +22,17 @@ def model_classes(model: Any) -> int | None:
 
 
 def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | os.PathLike | None = None,
-                    download: bool = False, batch_size: int = 256, backend: str = "auto") -> dict[str, Any]:
+                    download: bool = False, batch_size: int = 256, backend: str = "auto", workers: int | None = None,
+                    log: Callable[[str], None] | None = None, line_every: float = 300.0) -> dict[str, Any]:
     """Top-1 of a packed model (a :class:`~reste.export.runtime.PackedModel` or the path of its file) on the test
     split of ``dataset`` (default: the data set its export names). Returns ``model`` (its name), ``dataset``,
     ``top1`` (%), ``images``, ``seconds``, ``backend`` and ``stored_top1`` (the checkpoint's own test top-1 that
     the export recorded, or None). The model's input size and classes are checked against the data set before any
-    file is read or downloaded."""
+    file is read or downloaded. ``workers``: DataLoader processes for a data set read from files (by default as
+    ``reste eval``: one per usable CPU, up to 8); ``log``: a line every ``line_every`` seconds of a long run."""
     import torch
 
-    from ..config import check_data_path
+    from ..config import check_data_path, check_workers, default_workers
     from ..data import check_classes, load_datasets, make_loaders
     from ..datasets import get_spec
     from .inputs import check_shape
@@ -38,6 +40,8 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
     name = None
     if not isinstance(model, PackedModel):
         name = Path(model).name
@@ -54,15 +58,23 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
         raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
                          "pass the data set it was trained on")
     check_data_path(spec.name, data_path, download)
+    check_workers(spec.name, workers)
     _, test_ds, info = load_datasets(dataset, data_path, download=download, train=False)
     check_classes(classes, model.meta.get("classes"), info, data_path)  # a folder's, known once it is read
-    _, loader = make_loaders(None, test_ds, batch_size=batch_size, eval_batch_size=batch_size)
+    # (review imgdist #6) an image folder's files decoded by worker processes, as reste eval does, with its lines
+    workers = default_workers(spec.name) if workers is None else workers
+    _, loader = make_loaders(None, test_ds, batch_size=batch_size, eval_batch_size=batch_size, workers=workers)
     correct = total = 0
-    start = time.perf_counter()
-    for images, labels in loader:
+    start = since = time.perf_counter()
+    n_since, batches = 0, len(loader)
+    for i, (images, labels) in enumerate(loader):
         pred = class_scores(model.forward(images)).argmax(1)
         correct += int((pred == labels).sum())
         total += int(labels.numel())
+        if log is not None and time.perf_counter() - since >= line_every and i < batches - 1:
+            log(f"  predicting: batch {i + 1}/{batches}  ({(total - n_since) / (time.perf_counter() - since):,.0f} "
+                "images/s)")
+            since, n_since = time.perf_counter(), total
     seconds = time.perf_counter() - start
     if total == 0:
         raise UsageError("the test set is empty; check --data-path")
