@@ -301,12 +301,12 @@ def test_a_folder_with_other_classes_is_refused_by_eval_resume_and_predict(tmp_p
     assert main(["predict", str(model), "--data-path", str(trained)]) == 0
     capsys.readouterr()
     # (review imgdist #6) predict on image files decoded them in its own process and printed nothing meanwhile
-    from reste import data, engine
+    from reste import data, wording
 
     taken: list[int] = []
     real = data.make_loaders
     monkeypatch.setattr(data, "make_loaders", lambda *a, **k: taken.append(k["workers"]) or real(*a, **k))
-    monkeypatch.setattr(engine, "STEP_LINE_EVERY", 0.0)
+    monkeypatch.setattr(wording, "LINE_EVERY", 0.0)
     assert main(["predict", str(model), "--data-path", str(trained), "--workers", "1", "--batch-size", "1"]) == 0
     assert taken == [1] and "  predicting: batch 3/4  (" in capsys.readouterr().err
     assert "--workers go with --dataset" in _one_line_error(capsys, "predict", str(model), str(model), "--workers",

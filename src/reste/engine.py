@@ -73,7 +73,7 @@ from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, 
                      restore_config, run_config, saved_config, schedule_fields, start_metrics, truncate_metrics,
                      write_config)
 from .schedules import learning_rate
-from .wording import count, duration, gist, split_batch
+from .wording import LINE_EVERY, count, duration, gist, split_batch
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
@@ -349,8 +349,9 @@ def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
-#: seconds between the plain progress lines of an epoch when no bar is drawn (stderr not a terminal)
-STEP_LINE_EVERY = 300.0
+#: seconds between the plain progress lines of an epoch when no bar is drawn (stderr not a terminal); the
+#: default is wording's, which reste predict reads (set this one for training and evaluation)
+STEP_LINE_EVERY = LINE_EVERY
 
 
 def _drawn(bar: Any) -> bool:

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+#: seconds between the plain progress lines of long work when no bar is drawn (a log file): training's and
+#: evaluation's (``reste.engine.STEP_LINE_EVERY``, which starts at this) and reste predict's
+LINE_EVERY = 300.0
+
 
 def duration(seconds: float) -> str:
     """``42s`` under a minute, ``5m`` under an hour, else ``26h00m``: a 1000-epoch run reads ``26h00m``, not

@@ -363,10 +363,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             line = json.dumps(summary)
         print(line, file=sys.stderr if to_stdout else sys.stdout)
         return 0
-    from ..engine import STEP_LINE_EVERY
+    from .. import wording
 
     r = evaluate_packed(model, args.dataset, data_path=args.data_path, download=args.download,
-                        batch_size=args.batch_size, workers=args.workers, line_every=STEP_LINE_EVERY,
+                        batch_size=args.batch_size, workers=args.workers, line_every=wording.LINE_EVERY,
                         log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         keys = ("model", "dataset", "images", "top1", "stored_top1", "seconds", "backend")

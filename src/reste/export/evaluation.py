@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UsageError
+from ..wording import LINE_EVERY
 
 
 def model_classes(model: Any) -> int | None:
@@ -23,7 +24,7 @@ def model_classes(model: Any) -> int | None:
 
 def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | os.PathLike | None = None,
                     download: bool = False, batch_size: int = 256, backend: str = "auto", workers: int | None = None,
-                    log: Callable[[str], None] | None = None, line_every: float = 300.0) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
     """Top-1 of a packed model (a :class:`~reste.export.runtime.PackedModel` or the path of its file) on the test
     split of ``dataset`` (default: the data set its export names). Returns ``model`` (its name), ``dataset``,
     ``top1`` (%), ``images``, ``seconds``, ``backend`` and ``stored_top1`` (the checkpoint's own test top-1 that
