@@ -321,6 +321,8 @@ def test_show_counts_a_runs_epochs_not_its_lines(run, capsys, tmp_path):
     text = capsys.readouterr().out
     assert f"lost       {METRICS} has no line for epoch 1 (damaged, then left out by a resume)" in text
     assert "progress   finished: 2 of 2 epochs" in text
+    # (review combos #1) the best of the lines kept need not be the run's
+    assert f"at epoch 2 (of the epochs {METRICS} holds; best.pt holds the run's best)" in text
     (repeated / METRICS).write_text(lines[0] + "\n" + lines[0] + "\n")  # epoch 1 twice, epoch 2 lost
     summary = run_summary(repeated, steps=False)
     assert (summary["epochs_done"], summary["finished"], summary["last"]["epoch"]) == (1, False, 1)
@@ -415,3 +417,20 @@ def test_show_of_a_run_whose_config_json_is_gone_reads_last_pts_copy(run, capsys
     (copy / "config.json").unlink()
     assert main(["show", str(copy)]) == 0
     assert "progress   finished: 2 of 2 epochs" in capsys.readouterr().out
+
+
+def test_show_of_a_run_whose_metrics_lost_lines_says_what_last_pt_holds(tmp_path, capsys):
+    """(review combos #1) metrics.jsonl deleted: show said "0 of 2 epochs: stopped" of a last.pt holding an epoch
+    and steps; after the resume wrote the last line back, its best was the lines' best, not the run's."""
+    from reste.config import TrainConfig
+    from run_checks import stop_in_epoch_2
+
+    stop_in_epoch_2(TrainConfig(epochs=2, threads=1), tmp_path / "cut", lambda _m: None, step=10, steps=23)
+    (tmp_path / "cut" / METRICS).unlink()
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "cut")]) == 0
+    out = capsys.readouterr().out
+    assert (f"progress   0 of 2 epochs logged, but last.pt holds 1 epoch and 10 steps of epoch 2 ({METRICS} lost "
+            "lines): stopped; `reste train --resume") in out, out
+    assert main(["show", str(tmp_path / "cut"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unlogged"] == [1, 10]

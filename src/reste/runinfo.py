@@ -31,7 +31,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     processes that trained it, which the resume must run again; else None), ``saved_epoch`` (where metrics.jsonl holds
     every epoch but ``last.pt`` fewer, its last write having failed: the epochs it holds, and the run is stopped, not
     finished; with ``steps`` only, read where ``last.pt`` is older than metrics.jsonl), ``last_damaged`` (a stopped
-    run's ``last.pt`` that it cannot continue from: what is wrong with it; with ``steps`` only), ``failed`` (an
+    run's ``last.pt`` that it cannot continue from: what is wrong with it; with ``steps`` only), ``unlogged`` (a
+    stopped run whose ``last.pt`` holds more epochs than metrics.jsonl has lines for, lines lost: [its epochs, its
+    steps of the next]; with ``steps`` only), ``failed`` (an
     unfinished sweep run that failed: why, ``reste.rundir.failure``), ``train_seconds`` and
     ``indicators``
     (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None
@@ -60,14 +62,16 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                                "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
                                "saved_step": None, "saved_processes": None, "saved_epoch": behind,
-                               "last_damaged": None,
+                               "last_damaged": None, "unlogged": None,
                                "failed": failure(run_dir) if state != "training" and not finished else None}
     if steps and state == "stopped":  # last.pt read once: the step it holds, or what is wrong with it
         saved = saved_position(run_dir)
         summary["saved_step"] = saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
         # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes
-        summary["saved_processes"] = saved[2] if summary["saved_step"] else None
+        summary["saved_processes"] = saved[2] if saved is not None and saved[1] > 0 else None
         summary["last_damaged"] = _last_damaged(run_dir) if saved is None else None
+        if saved is not None and saved[0] > done:  # (review combos #1) metrics.jsonl lost lines last.pt holds
+            summary["unlogged"] = [saved[0], saved[1]]
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -148,6 +152,12 @@ def show_run(run_dir: str | os.PathLike) -> str:
                      " the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")
     elif state == "stopped" and summary["failed"]:  # a sweep's run (the sweep trains it again)
         lines.append(f"progress   {done} of {epochs}{inside}: stopped: {summary['failed']}; {resume} continues it")
+    elif state == "stopped" and summary["unlogged"]:  # metrics.jsonl lost lines (deleted, damaged)
+        held, step = summary["unlogged"]
+        within = f" and {count(step, 'step')} of epoch {held + 1}" if step else ""
+        lines.append(f"progress   {done} of {epochs} logged, but last.pt holds {count(held, 'epoch')}{within} "
+                     f"({METRICS} lost lines): stopped; {resume} continues it and writes the last epoch's line "
+                     "back")
     elif state == "stopped":
         lines.append(f"progress   {done} of {epochs}{inside}: stopped (no process on this machine holds it; {resume} "
                      "continues it)")
@@ -163,7 +173,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
     best, last = summary["best"], summary["last"]
     if best is None:
         return "\n".join(lines)
-    lines.append(f"best       test top-1 {best['test_acc']:.2f}%, top-5 {_top5(best)} at epoch {best['epoch']}")
+    among = f" (of the epochs {METRICS} holds; best.pt holds the run's best)" if summary["lost_epochs"] else ""
+    lines.append(f"best       test top-1 {best['test_acc']:.2f}%, top-5 {_top5(best)} at epoch {best['epoch']}{among}")
     sched = " ".join(f"{k} {v:.4g}" for k, v in last["schedule"].items())
     lines.append(f"last       test top-1 {last['test_acc']:.2f}%, top-5 {_top5(last)} at epoch {last['epoch']}"
                  f"{f' ({sched})' if sched else ''}, {duration(summary['train_seconds'])} of training")
