@@ -443,3 +443,40 @@ def test_a_path_argument_starting_with_a_tilde_is_the_home_folder(tmp_path, monk
         assert main(["train", "--epochs", "1", "--out=~/run2", "--no-progress", "--threads", "1",
                      "--tensorboard=~/tb", "--plugin=~/noop.py"]) == 0
     assert list((home / "tb").glob("events.out.tfevents.*")) and not (here / "~").exists()
+
+
+_CTRL_C_IN_THE_IMPORT = """
+import os, signal, sys
+
+class Bomb:
+    def __del__(self):  # a Ctrl-C arriving here raises where Python only prints it ("Exception ignored")
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10000):
+            pass
+
+class Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name == "reste.cli":
+            Bomb()
+        return None
+
+sys.meta_path.insert(0, Finder())
+from reste.__main__ import run
+sys.argv = ["reste", "summary", "digits"]
+sys.exit(run())
+"""
+
+
+def test_a_ctrl_c_while_the_command_imports_torch_ends_it(tmp_path):
+    """(review combos #3) a Ctrl-C in the first seconds (torch's import) was raised inside callbacks: one was
+    printed as "Exception ignored" and the command ran to its end; another aborted the process in C++. It is noted
+    during the import and ends the command after it, with the one line."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "c.py"
+    script.write_text(_CTRL_C_IN_THE_IMPORT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (CI's job ignores it)
+    assert proc.returncode == 130 and proc.stderr == "reste: interrupted\n", (proc.returncode, proc.stderr)
+    assert "digits" not in proc.stdout
