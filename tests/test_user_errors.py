@@ -181,7 +181,7 @@ def test_predict_refuses_what_it_would_ignore_or_misread(packed, tmp_path, capsy
     np.save(labels, np.array([0, 99, -1]))
     assert "2 label(s) outside the model's classes 0..9 (first: 99)" in _one_line_error(
         capsys, "predict", str(packed), str(images), "--labels", str(labels))
-    assert "--data-path and --download go with --dataset" in _one_line_error(
+    assert "--data-path, --download and --workers go with --dataset" in _one_line_error(
         capsys, "predict", str(packed), str(images), "--data-path", str(tmp_path))
     assert "digits reads no files" in _one_line_error(capsys, "predict", str(packed), "--data-path", str(tmp_path))
     assert f"{tmp_path} is a folder; pass a file" in _one_line_error(capsys, "predict", str(tmp_path))
