@@ -146,6 +146,15 @@ def test_a_sweep_says_when_each_run_starts_or_resumes_and_where_its_epochs_go(tm
     run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lines.append, report=False)
     assert lines[1] == f"[1/1] ste seed 0: resuming at epoch 2/2 -> {run} (epochs in its train.log)"
     assert "(0s, resumed at epoch 2)" in lines[2]
+    # (review combos) stopped inside its first epoch, it resumed too
+    from types import SimpleNamespace
+
+    from reste.experiments.sweep import _progress_line
+
+    setting = SimpleNamespace(label="ste", config=base)
+    done = {"status": "done", "seconds": 1.0, "result": {"best_acc": 1.0, "final_acc": 1.0}, "from_epoch": 0}
+    assert "resumed at epoch 1" in _progress_line(1, 1, setting, 0, {**done, "resumed": True})
+    assert "resumed" not in _progress_line(1, 1, setting, 0, {**done, "resumed": False})
 
 
 def _copy(sweep, tmp_path):

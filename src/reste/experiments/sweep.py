@@ -766,8 +766,10 @@ def _progress_line(i: int, total: int, setting: Setting, seed: int, outcome: dic
     ind = r.get("indicators")
     if ind:
         line += f"  error {ind['estimating_error']:.4g} stability {ind['gradient_stability']:.4g}"
+    # (a run stopped inside its first epoch resumed too: review combos)
     resumed = (f", resumed at epoch {outcome['from_epoch'] + 1}"
-               if 0 < outcome.get("from_epoch", 0) < (setting.config.epochs or 0) else "")
+               if (outcome.get("resumed") or outcome.get("from_epoch", 0) > 0)
+               and outcome.get("from_epoch", 0) < (setting.config.epochs or 0) else "")
     return line + f"  ({outcome['seconds']:.0f}s{resumed})"
 
 
@@ -1053,7 +1055,7 @@ def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, 
         try:
             for s, seed, job in pending:
                 announce(s, seed, job)
-                report_one(s, seed, {**_execute(job), "from_epoch": job["from_epoch"]})
+                report_one(s, seed, {**_execute(job), "from_epoch": job["from_epoch"], "resumed": job["resume"]})
         finally:
             torch.set_num_threads(before)
     else:
@@ -1106,7 +1108,7 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                         continue
                     s, seed, job = futures[fut]
                     try:
-                        outcome = {**fut.result(), "from_epoch": job["from_epoch"]}
+                        outcome = {**fut.result(), "from_epoch": job["from_epoch"], "resumed": job["resume"]}
                         ended.add(fut)
                     except Preempted as err:
                         preempted = preempted or err
