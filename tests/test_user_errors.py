@@ -184,6 +184,8 @@ def test_predict_refuses_what_it_would_ignore_or_misread(packed, tmp_path, capsy
     assert "--data-path, --download and --workers go with --dataset" in _one_line_error(
         capsys, "predict", str(packed), str(images), "--data-path", str(tmp_path))
     assert "digits reads no files" in _one_line_error(capsys, "predict", str(packed), "--data-path", str(tmp_path))
+    assert "--labels and --output go with IMAGES (a .npy array or an image file)" in _one_line_error(
+        capsys, "predict", str(packed), "--output", str(tmp_path / "p.csv"))
     assert f"{tmp_path} is a folder; pass a file" in _one_line_error(capsys, "predict", str(tmp_path))
 
 

@@ -285,7 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.images and args.dataset:
         raise UsageError("pass either IMAGES.npy or --dataset, not both")
     if not args.images and (args.labels or args.output):
-        raise UsageError("--labels and --output go with IMAGES.npy")
+        raise UsageError("--labels and --output go with IMAGES (a .npy array or an image file)")
     if args.images and (args.data_path or args.download or args.workers is not None):
         raise UsageError("--data-path, --download and --workers go with --dataset (or the export's data set), not "
                          "IMAGES")
