@@ -69,9 +69,9 @@ from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
                      best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
-                     held_by, holds_run, keep_top, resume_command, last_checkpoint, read_metrics, repair_best, require_run_path,
-                     restore_config, run_config, saved_config, schedule_fields, start_metrics, truncate_metrics,
-                     write_config)
+                     held_by, holds_run, keep_top, last_checkpoint, read_metrics, repair_best, require_run_path,
+                     restore_config, resume_command, run_config, saved_config, schedule_fields, start_metrics,
+                     truncate_metrics, write_config)
 from .schedules import learning_rate
 from .wording import LINE_EVERY, count, duration, gist, split_batch
 from .syncbn import ProcessGroupBatchNorm
