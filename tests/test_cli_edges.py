@@ -454,16 +454,27 @@ class Bomb:
         for _ in range(10000):
             pass
 
+NTH = int(sys.argv[2])
+
+
 class Finder:
+    seen = 0
+
     def find_spec(self, name, path=None, target=None):
         if name == "reste.cli":
-            Bomb()
+            Finder.seen += 1
+            if Finder.seen == NTH:  # (python -m reste.cli finds it once before it runs)
+                Bomb()
         return None
 
 sys.meta_path.insert(0, Finder())
-from reste.__main__ import run
-sys.argv = ["reste", "summary", "digits"]
-sys.exit(run())
+if sys.argv[1] == "reste":
+    from reste.__main__ import run
+    sys.argv = ["reste", "summary", "digits"]
+    sys.exit(run())
+import runpy  # python -m reste.cli, torchrun's form (review rev13 #4)
+sys.argv = ["reste.cli", "summary", "digits"]
+runpy.run_module("reste.cli", run_name="__main__", alter_sys=True)
 """
 
 
@@ -476,7 +487,41 @@ def test_a_ctrl_c_while_the_command_imports_torch_ends_it(tmp_path):
 
     script = tmp_path / "c.py"
     script.write_text(_CTRL_C_IN_THE_IMPORT)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (CI's job ignores it)
+    for form, nth in (("reste", "1"), ("-m", "2")):
+        proc = subprocess.run([sys.executable, str(script), form, nth], capture_output=True, text=True, timeout=120,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (CI ignores it)
+        assert proc.returncode == 130 and proc.stderr == "reste: interrupted\n", (form, proc.returncode, proc.stderr)
+        assert "digits" not in proc.stdout
+
+
+_IMPORT_THAT_HANGS = """
+import os, signal, sys, threading, time
+
+class Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name == "reste.cli":
+            def ctrl_c_twice():
+                for _ in range(2):
+                    time.sleep(1.0)
+                    os.kill(os.getpid(), signal.SIGINT)
+            threading.Thread(target=ctrl_c_twice, daemon=True).start()
+            time.sleep(600)  # an import that hangs (a stalled network file system)
+        return None
+
+sys.meta_path.insert(0, Finder())
+from reste.__main__ import run
+sys.argv = ["reste", "summary", "digits"]
+sys.exit(run())
+"""
+
+
+def test_a_second_ctrl_c_ends_an_import_that_hangs(tmp_path):
+    """(review rev13 #9) every Ctrl-C during the import was only noted: one that hangs could not be stopped."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "h.py"
+    script.write_text(_IMPORT_THAT_HANGS)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (CI ignores it)
     assert proc.returncode == 130 and proc.stderr == "reste: interrupted\n", (proc.returncode, proc.stderr)
-    assert "digits" not in proc.stdout

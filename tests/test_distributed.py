@@ -227,11 +227,15 @@ def test_the_step_lines_under_torchrun_say_they_are_rank_0s_shard(tmp_path):
     script.write_text("import sys\nfrom reste import cli, engine\nengine.STEP_LINE_EVERY = 0.0\n"
                       "sys.exit(cli.main(sys.argv[1:]))\n")
     proc, _ = _run_fresh(lambda attempt: ("--epochs", "1", "--no-progress", "--device", "cpu", "--batch-size", "128",
-                                          "--out", str(tmp_path / f"run{attempt}")), program=(str(script),))
+                                          "--eval-batch-size", "60", "--out", str(tmp_path / f"run{attempt}")),
+                          program=(str(script),))
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [line for line in proc.stdout.splitlines() if line.startswith("  epoch 1/1  step ")]
     assert steps and all("(rank 0's shard; " in line and " images/s here, about " in line and line.endswith(" in all)")
                          for line in steps), proc.stdout
+    # (review rev13 #7) and the evaluation's lines at the epoch's end
+    evals = [line for line in proc.stdout.splitlines() if line.startswith("  evaluating: batch ")]
+    assert evals and all("(rank 0's shard; " in line for line in evals), proc.stdout
 
 
 _STOP_BEFORE_THE_JOIN = """

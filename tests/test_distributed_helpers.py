@@ -220,6 +220,13 @@ def test_eval_under_torchrun_is_refused_in_one_line(capsys, monkeypatch, tmp_pat
     line = one_line_error(capsys, "eval", str(tmp_path / "missing.pt"))
     assert line == ("reste: error: reste eval runs in one process (under torchrun each would evaluate the "
                     "whole test set): run it without torchrun"), line
+    # (review rev13 #3) its twin, predict: each process predicted, and wrote the same output file
+    line = one_line_error(capsys, "predict", str(tmp_path / "m.rbnn"))
+    assert line.startswith("reste: error: reste predict runs in one process (under torchrun each would predict "), line
+    # (review rev13 #2) a job script's stray WORLD_SIZE is no torchrun: eval ran, and is not refused for it
+    monkeypatch.delenv("RANK")
+    line = one_line_error(capsys, "eval", str(tmp_path / "missing.pt"))
+    assert "runs in one process" not in line and "launch with torchrun" not in line, line
 
 
 def test_a_stopped_torchrun_runs_line_says_to_run_torchrun_again(monkeypatch, tmp_path):

@@ -24,6 +24,12 @@ import re
 import sys
 from typing import Any, Sequence
 
+if __name__ == "__main__":  # python -m reste.cli (torchrun's form) is the reste command: reste.__main__.run imports
+    # this module again, a Ctrl-C while torch imports noted there, not raised inside torch (review rev13 #4)
+    from .__main__ import run as _run
+
+    sys.exit(_run())
+
 from .errors import EX_TEMPFAIL, UsageError, command_line, did_you_mean, one_line, one_line_warnings, shell_word
 from .wording import gist
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
@@ -138,13 +144,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import time
 
-    from .distributed import env_world_size
+    from .distributed import one_process
     from .engine import evaluate_checkpoint
     from .wording import taken_at
 
-    if env_world_size() > 1:  # each process evaluated the whole test set and printed its line
-        raise UsageError("reste eval runs in one process (under torchrun each would evaluate the whole test set): "
-                         "run it without torchrun")
+    one_process("reste eval", "evaluate the whole test set")
     start = time.perf_counter()
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp, download=args.download,
@@ -621,6 +625,3 @@ def command() -> int:
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (an ignored one stays ignored)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-
-if __name__ == "__main__":  # python -m reste.cli (torchrun's form): as the reste command
-    sys.exit(command())

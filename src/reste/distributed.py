@@ -83,7 +83,7 @@ def _stop_signals_kill(stopped: Callable[[], int] = _no_stop):
             signal.signal(sig, old)
 
 __all__ = ["Dist", "await_main", "env_rank", "env_world_size", "init_distributed", "job_token", "is_distributed",
-           "rank_and_world_size", "all_reduce", "leave_process_group"]
+           "one_process", "rank_and_world_size", "all_reduce", "leave_process_group"]
 
 
 def env_rank() -> int:
@@ -113,6 +113,18 @@ def env_world_size() -> int:
             raise UsageError(f"RANK={rank!r} is not a process of WORLD_SIZE={value}: launch with torchrun, or "
                              "unset them")
     return world
+
+
+def one_process(command: str, work: str) -> None:
+    """Refuse ``command``, one process's work (``reste eval``, ``reste predict``), under torchrun, where each process
+    would ``work`` and print its line (or write its file). A job script's stray WORLD_SIZE is no torchrun: ignored
+    here, as these commands need no process group (review rev13 #2)."""
+    try:
+        world = env_world_size()
+    except UsageError:
+        return
+    if world > 1:
+        raise UsageError(f"{command} runs in one process (under torchrun each would {work}): run it without torchrun")
 
 
 #: the variables whose values name one torchrun job in each of its processes and no other job running at the same

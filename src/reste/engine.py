@@ -234,7 +234,8 @@ def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: 
             bar.update()
         elif log is not None and time.monotonic() - since >= STEP_LINE_EVERY and i < total - 1:
             rate = (n - n_since) / (time.monotonic() - since)
-            log(f"  evaluating: batch {i + 1}/{total}  ({rate:,.0f} images/s)")
+            world = torch.distributed.get_world_size() if is_distributed() else 1
+            log(f"  evaluating: batch {i + 1}/{total}  ({shard_rate(rate, world)})")
             since, n_since = time.monotonic(), n
     return n
 
@@ -347,6 +348,15 @@ def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
+
+
+def shard_rate(rate: float, world: int) -> str:
+    """The pace a plain progress line gives: ``1,234 images/s``; under torchrun (``world`` processes) the line's
+    numbers are rank 0's shard, said so, beside an estimate of the job's (no collective at a moment each process
+    picks by its own clock; review imgdist #3, rev13 #7)."""
+    if world <= 1:
+        return f"{rate:,.0f} images/s"
+    return f"rank 0's shard; {rate:,.0f} images/s here, about {rate * world:,.0f} in all"
 
 
 #: seconds between the plain progress lines of an epoch when no bar is drawn (stderr not a terminal); the
@@ -703,13 +713,9 @@ class _Run:
                                             + (" (rank 0's shard)" if self.dist.enabled else ""))
                 elif lines and time.monotonic() - since >= STEP_LINE_EVERY and step < steps - 1:
                     rate = (n - n_since) / (time.monotonic() - since)
-                    # (review imgdist #3) under torchrun, this process's shard: no collective at a moment each
-                    # process picks by its own clock
-                    world = self.dist.world_size
-                    speed = f"{rate:,.0f} images/s" if world == 1 else \
-                        f"rank 0's shard; {rate:,.0f} images/s here, about {rate * world:,.0f} in all"
                     self.log(f"  epoch {epoch + 1}/{cfg.epochs}  step {step + 1}/{steps}  train loss "
-                             f"{loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}  ({speed})")
+                             f"{loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}  "
+                             f"({shard_rate(rate, self.dist.world_size)})")
                     since, n_since = time.monotonic(), n
                 if step < steps - 1:
                     due = self._checkpoint_due(step)

@@ -64,7 +64,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                                "saved_step": None, "saved_processes": None, "saved_epoch": behind,
                                "last_damaged": None, "unlogged": None,
                                "failed": failure(run_dir) if state != "training" and not finished else None}
-    if steps and state == "stopped":  # last.pt read once: the step it holds, or what is wrong with it
+    # last.pt read once: the step it holds, or what is wrong with it; also where the lock table cannot tell (a shared
+    # file system, where torchrun runs of several nodes live: review rev13 #6)
+    if steps and state in ("stopped", None):
         saved = saved_position(run_dir)
         summary["saved_step"] = saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
         # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes
@@ -173,7 +175,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
     best, last = summary["best"], summary["last"]
     if best is None:
         return "\n".join(lines)
-    among = f" (of the epochs {METRICS} holds; best.pt holds the run's best)" if summary["lost_epochs"] else ""
+    among = f" (of the epochs {METRICS} holds; best.pt holds the run's best)" \
+        if summary["lost_epochs"] or summary["unlogged"] else ""
     lines.append(f"best       test top-1 {best['test_acc']:.2f}%, top-5 {_top5(best)} at epoch {best['epoch']}{among}")
     sched = " ".join(f"{k} {v:.4g}" for k, v in last["schedule"].items())
     lines.append(f"last       test top-1 {last['test_acc']:.2f}%, top-5 {_top5(last)} at epoch {last['epoch']}"

@@ -278,7 +278,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .runtime import PackedModel
 
     from ..config import check_threads
+    from ..distributed import one_process
 
+    one_process("reste predict", "predict every image, and write its output")  # (review rev13 #3)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_threads(args.threads)
