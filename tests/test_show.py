@@ -266,7 +266,7 @@ def test_a_sweep_folder_moved_away_from_its_outside_runs_still_finds_them(tmp_pa
     assert [d.resolve().parent.parent for d in found] == [(tmp_path / "root2" / "shared-runs").resolve()] * 2
 
 
-def test_show_of_a_run_stopped_inside_an_epoch_gives_the_steps_last_pt_holds(tmp_path, capsys):
+def test_show_of_a_run_stopped_inside_an_epoch_gives_the_steps_last_pt_holds(tmp_path, capsys, monkeypatch):
     """(review user9 #11) `reste eval` said how far into the epoch last.pt is, `reste show` did not."""
     from reste.config import TrainConfig
     from run_checks import stop_in_epoch_2
@@ -292,6 +292,13 @@ def test_show_of_a_run_stopped_inside_an_epoch_gives_the_steps_last_pt_holds(tmp
     word = shell_word(tmp_path / "cut")
     assert (f"stopped (no process on this machine holds it; torchrun again, 2 processes, running `-m reste.cli train "
             f"--resume {word}` continues it)") in capsys.readouterr().out
+    # (review rev13 #6) on a shared file system, where the lock table cannot tell whether it runs
+    from reste import rundir
+
+    monkeypatch.setattr(rundir, "_shared_file_system", lambda _path: True)
+    assert main(["show", str(tmp_path / "cut")]) == 0
+    assert (f"(training, or stopped: torchrun again, 2 processes, running `-m reste.cli train --resume {word}` "
+            "continues it)") in capsys.readouterr().out
 
 
 def test_show_refuses_metrics_of_more_epochs_than_the_config_plans(run, tmp_path, capsys):
