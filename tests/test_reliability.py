@@ -746,6 +746,26 @@ def test_a_loader_that_fails_otherwise_keeps_the_steps_and_blames_no_data(tmp_pa
     assert "mended" not in note and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
 
 
+def test_a_worker_killed_while_it_sends_a_batch_is_said_to_have_died(tmp_path, monkeypatch):
+    """(review rev13 #8) a worker killed in the middle of sending its batch ended the run with a bare
+    "ConnectionResetError: [Errno 104] Connection reset by peer" (or EOFError), which says nothing of a worker."""
+    from reste.data import memory
+
+    real = memory.TensorLoader._batches
+
+    def two_then_cut(self, order, gen):
+        for i, batch in enumerate(real(self, order, gen)):
+            if i == 2 and self.shuffle:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            yield batch
+
+    monkeypatch.setattr(memory.TensorLoader, "_batches", two_then_cut)
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match=r"^a DataLoader worker died while sending a batch \(ConnectionResetError: "):
+        engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "run", progress=False, log=lines.append)
+    assert any("keeps epoch 1 up to step 2/" in line for line in lines), lines
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL") or sys.platform == "win32", reason="POSIX signals")
 def test_a_loader_worker_killed_during_a_step_keeps_the_steps_done(tmp_path, folder_reference, monkeypatch):
     """(review imgdist #4) PyTorch's SIGCHLD handler raised a killed worker's death inside the step the main thread

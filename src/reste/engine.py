@@ -686,9 +686,15 @@ class _Run:
                 except StopIteration:
                     break
                 except Exception as err:
+                    died = None
+                    if isinstance(err, (ConnectionError, EOFError)):  # a worker killed while it sent its batch
+                        died = RuntimeError(f"a DataLoader worker died while sending a batch ({type(err).__name__}"
+                                            f"{': ' + str(err) if str(err) else ''})")
                     # step + 1 batches are done: keep them (a later epoch's error keeps its finished steps too)
-                    self._data_failed(err, epoch, step + 1, steps, start_step,
+                    self._data_failed(died or err, epoch, step + 1, steps, start_step,
                                       [float(loss_sum), int(correct), n, int(bad_step)])
+                    if died is not None:
+                        raise died from err
                     raise
                 step += 1
                 if step < start_step:
@@ -1190,6 +1196,14 @@ def _worker_deaths_at_next(loader: Any):
     previous = signal.signal(chld, signal.SIG_DFL)
     try:
         yield batches
+    except BaseException:
+        # the run ends: its workers go now, while their deaths raise nothing (review rev13 #8: shut down later by the
+        # garbage collector, after PyTorch's handler was back, their exits raised inside the failed start's cleanup)
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            with contextlib.suppress(Exception):
+                shutdown()
+        raise
     finally:
         signal.signal(chld, signal.SIG_DFL if previous is None else previous)  # (None: not set from Python)
 
