@@ -24,11 +24,16 @@ import re
 import sys
 from typing import Any, Sequence
 
-if __name__ == "__main__":  # python -m reste.cli (torchrun's form) is the reste command: reste.__main__.run imports
-    # this module again, a Ctrl-C while torch imports noted there, not raised inside torch (review rev13 #4)
-    from .__main__ import run as _run
+if __name__ == "__main__":  # python -m reste.cli (torchrun's form) is the reste command: this module imported
+    # again as reste.cli, a Ctrl-C while torch imports noted, not raised inside torch (reste._startup)
+    from ._startup import run as _start
 
-    sys.exit(_run())
+    def _load() -> Any:
+        from reste import cli
+
+        return cli.command
+
+    sys.exit(_start(_load))
 
 from .errors import EX_TEMPFAIL, UsageError, command_line, did_you_mean, one_line, one_line_warnings, shell_word
 from .wording import gist
