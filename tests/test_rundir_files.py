@@ -122,4 +122,6 @@ def test_the_lock_records_the_torchrun_job_and_still_names_its_pid(tmp_path):
             rundir.RunDirectory.open(tmp_path / "run", fresh=False)
     finally:
         run.close()
-    assert not rundir.held_by(tmp_path / "run", "MASTER_PORT=1 job a")  # gone with its lock
+    # another job that takes the folder next writes its own line: while anyone holds the lock, the line is theirs
+    with rundir.RunDirectory.open(tmp_path / "run", fresh=True, job="MASTER_PORT=2 job b"):
+        assert not rundir.held_by(tmp_path / "run", "MASTER_PORT=1 job a")

@@ -734,10 +734,11 @@ def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
 
 def held_by(path: str | os.PathLike, job: str) -> bool:
     """Whether the run folder ``path`` is locked for the torchrun job ``job`` (a ``distributed.job_token()``): its
-    ``.lock`` records it, which only that job's rank 0 writes, once it holds the lock. (Not asked of the lock table:
-    on a shared file system it does not know, another node's lock is not in this machine's table, and the other
-    processes waited for nothing; a file left by a killed round of the very same job lets them read the run at
-    once, as they did before rank 0's line was waited for: review rev13 #5.)"""
+    ``.lock`` records it, which only that job's rank 0 writes, once it holds the lock. While any process holds the
+    lock, the line is its own (each holder writes its line over the last). Not asked of the lock table: on a shared
+    file system it does not know, another node's lock is not in this machine's table, and the other processes
+    waited for nothing (review rev13 #5). The line a past round of the same job left (the file stays) lets them
+    read the run at once; no other job holds it then, or the line would be that job's."""
     try:
         with open(Path(path) / LOCK_NAME, "rb") as f:
             lines = f.read(4096).decode("utf-8", "replace").split("\n")
