@@ -1395,7 +1395,10 @@ def _await_main_lock(run_dir: Path, log: Callable[[str], None]) -> None:
     this process an error of its own about what it read there (the other job's settings, a checkpoint being
     written), printed beside rank 0's line or before it. When rank 0 refuses, the launcher ends this process as it
     waits; after :data:`MAIN_LOCK_WAIT` seconds it reads the run anyway, with a note."""
-    if not await_main(lambda: held_by(run_dir, job_token()), MAIN_LOCK_WAIT):
+    job = job_token()
+    if not job:  # a RANK without torchrun's other variables: no job whose rank 0 could be waited for
+        return
+    if not await_main(lambda: held_by(run_dir, job), MAIN_LOCK_WAIT):
         log(f"note: rank 0 has not locked {run_dir} in {MAIN_LOCK_WAIT:.0f}s; this process reads it without the "
             "lock")
 
