@@ -503,15 +503,12 @@ def _run_kept(argv: Sequence[str]) -> str:
     if finished:  # (review combos #4) stopped between the last epoch's last.pt and its best.pt or top/ copy
         return (f"the run had finished, but its best.pt or top/ were not yet written: `reste train --resume "
                 f"{shell_word(folder)}` writes them")
-    from .distributed import env_world_size
+    from .distributed import launched_world
     from .rundir import resume_command
 
-    try:  # (review imgdist #2) under torchrun, torchrun again with as many processes: `reste train --resume` is one
-        processes = env_world_size()
-    except UsageError:  # (a stray WORLD_SIZE: refused before any run started)
-        processes = 1
+    # (review imgdist #2) under torchrun, torchrun again with as many processes: `reste train --resume` is one
     return (f"{folder} keeps what the run saved, its finished epochs at least (continue it with "
-            f"{resume_command(folder, processes)}); a new run that saved nothing is removed")
+            f"{resume_command(folder, launched_world())}); a new run that saved nothing is removed")
 
 
 def _finished(folder: str) -> str:

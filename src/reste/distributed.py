@@ -83,7 +83,7 @@ def _stop_signals_kill(stopped: Callable[[], int] = _no_stop):
             signal.signal(sig, old)
 
 __all__ = ["Dist", "await_main", "env_rank", "env_world_size", "init_distributed", "job_token", "is_distributed",
-           "one_process", "rank_and_world_size", "all_reduce", "leave_process_group"]
+           "launched_world", "one_process", "rank_and_world_size", "all_reduce", "leave_process_group"]
 
 
 def env_rank() -> int:
@@ -115,15 +115,19 @@ def env_world_size() -> int:
     return world
 
 
+def launched_world() -> int:
+    """:func:`env_world_size` for a command that needs no process group: a job script's stray WORLD_SIZE (no
+    torchrun) is 1 process, not an error (review rev13 #2)."""
+    try:
+        return env_world_size()
+    except UsageError:
+        return 1
+
+
 def one_process(command: str, work: str) -> None:
     """Refuse ``command``, one process's work (``reste eval``, ``reste predict``), under torchrun, where each process
-    would ``work`` and print its line (or write its file). A job script's stray WORLD_SIZE is no torchrun: ignored
-    here, as these commands need no process group (review rev13 #2)."""
-    try:
-        world = env_world_size()
-    except UsageError:
-        return
-    if world > 1:
+    would ``work`` and print its line (or write its file)."""
+    if launched_world() > 1:
         raise UsageError(f"{command} runs in one process (under torchrun each would {work}): run it without torchrun")
 
 
