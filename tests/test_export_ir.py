@@ -240,7 +240,71 @@ def test_predict_takes_an_image_file(capsys, tmp_path, digits_export):
     assert "image file reste can read (not an image in a format reste reads: JPEG, " in _one_line_error(
         capsys, "predict", str(path), str(tmp_path / "text.png"))
     assert "does not exist" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "gone.png"))
-    assert "is a folder" in _one_line_error(capsys, "predict", str(path), str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image")
+    assert "is a folder without image files" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "empty"))
+
+
+def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path, digits_export):
+    """Image files and folders of them: each file's class, the same as predict of that file alone gives; a folder's
+    files in the image-folder loader's order, hidden ones and other extensions left out; an unreadable file left
+    out with a line and exit status 1."""
+    import csv
+    import json
+
+    from PIL import Image
+
+    path, test = digits_export
+    pixels = (test.data.numpy()[:, 0].astype(np.int32) * 255 // 16).astype(np.uint8)
+    top = tmp_path / "photos"
+    (top / "b").mkdir(parents=True)
+    (top / ".cache").mkdir()
+    names = {}
+    for i in range(7):
+        file = top / ("b" if i % 2 else "") / f"img{i}.png"
+        Image.fromarray(pixels[i], "L").save(file)
+        names[str(file)] = i
+    Image.fromarray(pixels[0], "L").save(top / ".cache" / "hidden.png")
+    Image.fromarray(pixels[0], "L").save(top / "._img0.png")  # macOS's metadata twin: hidden
+    (top / "notes.txt").write_text("not an image")
+    one_by_one = {}
+    for file in names:
+        code, out, err = _run(capsys, "predict", str(path), file)
+        assert code == 0, err
+        one_by_one[file] = int(out.split(": class ")[1].split()[0])
+    want_order = [str(top / f"img{i}.png") for i in (0, 2, 4, 6)] + [str(top / "b" / f"img{i}.png") for i in (1, 3, 5)]
+    code, out, err = _run(capsys, "predict", str(path), str(top))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split(": class ")[0] for line in lines] == want_order
+    assert [int(line.split(": class ")[1].split()[0]) for line in lines] == [one_by_one[f] for f in want_order]
+    assert "7 predictions (" in err
+    # a file and a folder, as CSV on stdout and as JSON
+    code, out, err = _run(capsys, "predict", str(path), str(top / "img0.png"), str(top / "b"), "-o", "-")
+    assert code == 0, err
+    rows = list(csv.reader(out.splitlines()))
+    assert rows[0] == ["file", "class", "name"]
+    assert [r[0] for r in rows[1:]] == [str(top / "img0.png")] + want_order[4:]
+    assert [int(r[1]) for r in rows[1:]] == [one_by_one[r[0]] for r in rows[1:]]
+    assert _run(capsys, "predict", str(path), str(top), "-o", str(tmp_path / "p.json"))[0] == 0
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert [(r["file"], r["class"]) for r in saved] == [(f, one_by_one[f]) for f in want_order]
+    # an unreadable file: left out, with a line, the others predicted, exit status 1
+    (top / "b" / "broken.png").write_bytes(b"\x89PNG but no more")
+    code, out, err = _run(capsys, "predict", str(path), str(top), "--json", "--workers", "2", "--batch-size", "3")
+    assert code == 1
+    summary = json.loads(out)
+    assert [u["file"] for u in summary["unreadable"]] == [str(top / "b" / "broken.png")]
+    assert [(r["file"], r["class"]) for r in summary["predictions"]] == [(f, one_by_one[f]) for f in want_order]
+    assert "left out: " in err and "broken.png" in err
+    # refusals: one line each, before any work
+    assert "holds no file names" in _one_line_error(capsys, "predict", str(path), str(top), "-o",
+                                                     str(tmp_path / "p.npy"))
+    assert "--labels goes with" in _one_line_error(capsys, "predict", str(path), str(top), "--labels", "y.npy")
+    assert "not several arrays" in _one_line_error(capsys, "predict", str(path), str(top), "x.npy")
+    assert "does not exist" in _one_line_error(capsys, "predict", str(path), str(top), str(tmp_path / "gone.png"))
+    assert "--workers goes with" in _one_line_error(capsys, "predict", str(path), str(top / "img0.png"),
+                                                    "--workers", "2")
 
 
 def test_read_image_converts_scales_and_crops_at_the_centre(tmp_path):

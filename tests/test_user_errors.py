@@ -181,10 +181,10 @@ def test_predict_refuses_what_it_would_ignore_or_misread(packed, tmp_path, capsy
     np.save(labels, np.array([0, 99, -1]))
     assert "2 label(s) outside the model's classes 0..9 (first: 99)" in _one_line_error(
         capsys, "predict", str(packed), str(images), "--labels", str(labels))
-    assert "--data-path, --download and --workers go with --dataset" in _one_line_error(
+    assert "--data-path and --download go with --dataset" in _one_line_error(
         capsys, "predict", str(packed), str(images), "--data-path", str(tmp_path))
     assert "digits reads no files" in _one_line_error(capsys, "predict", str(packed), "--data-path", str(tmp_path))
-    assert "--labels and --output go with IMAGES (a .npy array or an image file)" in _one_line_error(
+    assert "--labels and --output go with IMAGES (a .npy array, image files or folders of them)" in _one_line_error(
         capsys, "predict", str(packed), "--output", str(tmp_path / "p.csv"))
     assert f"{tmp_path} is a folder; pass a file" in _one_line_error(capsys, "predict", str(tmp_path))
 
@@ -311,7 +311,7 @@ def test_a_folder_with_other_classes_is_refused_by_eval_resume_and_predict(tmp_p
     monkeypatch.setattr(wording, "LINE_EVERY", 0.0)
     assert main(["predict", str(model), "--data-path", str(trained), "--workers", "1", "--batch-size", "1"]) == 0
     assert taken == [1] and "  predicting: batch 3/4  (" in capsys.readouterr().err
-    assert "--workers go with --dataset" in _one_line_error(capsys, "predict", str(model), str(model), "--workers",
+    assert "--workers goes with --dataset or several image files" in _one_line_error(capsys, "predict", str(model), str(model), "--workers",
                                                             "1")
     refusal = "has other classes than the model learned (label 0 is 'n02', was 'n01')"
     assert refusal in _one_line_error(capsys, "eval", str(run), "--data-path", str(other))

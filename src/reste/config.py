@@ -86,8 +86,12 @@ def default_workers(dataset: str) -> int:
     CPU of this process's share (up to 8). The share: the CPUs it may use, split among the node's training
     processes (torchrun's ``LOCAL_WORLD_SIZE``) unless an affinity mask narrower than the machine already gave it
     its own (SLURM's CPU binding, taskset): 8 processes of 8 workers each on a 32-CPU node would run 64."""
-    if get_spec(dataset).fits_in_memory:
-        return 0
+    return 0 if get_spec(dataset).fits_in_memory else file_workers()
+
+
+def file_workers() -> int:
+    """Worker processes for reading image files (:func:`default_workers`; ``reste predict`` on image files): one
+    per CPU of this process's share, up to 8."""
     cpus = usable_cpus()
     if cpus >= (os.cpu_count() or cpus):  # no narrower mask: the node's CPUs, shared by its processes
         cpus //= _local_processes()

@@ -14,7 +14,7 @@ from typing import Callable
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-__all__ = ["VisibleImageFolder", "VisibleFile", "IMG_EXTENSIONS"]
+__all__ = ["VisibleImageFolder", "VisibleFile", "IMG_EXTENSIONS", "image_files_below"]
 
 
 class VisibleFile:
@@ -54,13 +54,25 @@ class VisibleImageFolder(ImageFolder):
         for target in sorted(class_to_idx):
             top = os.path.join(directory, target)
             if os.path.isdir(top):
-                samples += [(path, class_to_idx[target]) for root, names in _folders_below(top)
-                            for path in (os.path.join(root, name) for name in sorted(names)) if valid(path)]
+                samples += [(path, class_to_idx[target]) for path in _files_below(top) if valid(path)]
         held = {i for _, i in samples}
         empty = sorted(target for target, i in class_to_idx.items() if i not in held)
         if empty and not allow_empty:
             raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}")
         return samples
+
+
+def image_files_below(top: str) -> list[str]:
+    """The image files an image folder's class folder ``top`` would hold: those :class:`VisibleFile` takes, below
+    ``top`` too, in the loader's order (folder by folder sorted by path, then by name). What ``reste predict`` reads
+    from a folder of images."""
+    valid = VisibleFile(top)
+    return [path for path in _files_below(top) if valid(path)]
+
+
+def _files_below(top: str) -> list[str]:
+    """The paths of the files below ``top`` (:func:`_folders_below`), folder by folder, then by name."""
+    return [os.path.join(root, name) for root, names in _folders_below(top) for name in sorted(names)]
 
 
 def _folders_below(top: str) -> list[tuple[str, list[str]]]:

@@ -20,7 +20,7 @@ from .._lazy import lazy_names
 _SOURCES = {
     "exporter": ("export_model", "format_report", "size_report", "read_header", "unpack_state"),
     "format": ("pack_bits", "unpack_bits"),
-    "evaluation": ("evaluate_packed",),
+    "evaluation": ("evaluate_packed", "predict_images"),
     "from_checkpoint": ("export_checkpoint",),
     "kernels": ("BACKENDS",),
     "onnx_export": ("deploy_model", "export_onnx", "run_onnx"),

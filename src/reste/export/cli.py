@@ -42,14 +42,17 @@ def add_commands(subparsers: Any) -> None:
                               description="Run a file written by `reste export`. With --dataset, prints the "
                                           "test accuracy; with IMAGES.npy, writes the predicted classes (and "
                                           "prints the accuracy with --labels); with an image file (PNG, JPEG), "
-                                          "prints its class. Raw images (an image file, a uint8 array) are "
+                                          "prints its class; with several image files or a folder of them, "
+                                          "prints (or writes with --output) each file's class. "
+                                          "Raw images (an image file, a uint8 array) are "
                                           "resized and normalised with the input size, mean and std the export "
                                           "records; a float array is taken as preprocessed.")
     p.add_argument("exported", metavar="EXPORTED", help="a file written by `reste export`")
-    p.add_argument("images", metavar="IMAGES", nargs="?",
+    p.add_argument("images", metavar="IMAGES", nargs="*", default=[],
                    help="a .npy array: float (N, C, H, W) preprocessed ((N, C, L) for a model of 1-D layers), or "
                         "uint8 raw pixels (N, C, H, W), "
-                        "(N, H, W) for one channel, or one image; or one image file (PNG, JPEG, ...)")
+                        "(N, H, W) for one channel, or one image; or image files (PNG, JPEG, ...) and folders of "
+                        "them (their image files, below them too, sorted; hidden ones left out)")
     p.add_argument("--dataset", help="evaluate on this data set's test split (default: the export's data set)")
     p.add_argument("--data-path", "--data_path", dest="data_path",
                    help="the data set's folder, as for `reste train --data-path` (with --dataset or the export's)")
@@ -59,16 +62,18 @@ def add_commands(subparsers: Any) -> None:
                    help="a .npy array of the labels of IMAGES.npy (for an image file: a .npy holding its one label)")
     p.add_argument("--output", "-o", metavar="FILE",
                    help="where to write the predictions, in the format its suffix names: .npy (also no suffix), "
-                        ".csv (index,class,name) or .json; - writes CSV to stdout (default IMAGES.pred.npy)")
+                        ".csv (index,class,name; for image files file,class,name) or .json; - writes CSV to "
+                        "stdout (default IMAGES.pred.npy; for image files, a line per file on stdout)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256)")
     p.add_argument("--workers", type=int, default=None,
-                   help="with --dataset: data loading processes for image files (default: 1 per usable CPU, up to "
-                        "8), as reste eval")
+                   help="with --dataset or several image files: processes decoding image files (default: 1 per "
+                        "usable CPU, up to 8, as reste eval; for image files none when they fit in one batch)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the line: with --dataset model, dataset, images, top1, "
                         "stored_top1, seconds, backend; with IMAGES images, output, accuracy, seconds, backend "
-                        "(and class, name for one image file)")
+                        "(and class, name for one image file; unreadable, and without --output predictions, for "
+                        "several)")
     from .kernels import BACKENDS
 
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -223,29 +228,40 @@ def _prediction_format(output: str) -> str:
     return PREDICTION_FORMATS[suffix]
 
 
-def _prediction_text(pred: Any, names: Any, form: str) -> str:
-    """The predictions as CSV (``index,class,name`` rows) or JSON (a list of such objects); the name is the
-    class's as the export records it, empty (CSV) or null (JSON) where it records none."""
-    def name(c: int) -> str | None:
-        return str(names[c]) if isinstance(names, list) and 0 <= c < len(names) else None
+def _class_name(names: Any, c: int) -> str | None:
+    """Class ``c``'s name as the export records it (None where it records none)."""
+    return str(names[c]) if isinstance(names, list) and 0 <= c < len(names) else None
 
-    rows = [(i, int(c), name(int(c))) for i, c in enumerate(pred)]
+
+def _prediction_rows(pred: Any, names: Any, files: list[str] | None = None) -> list[dict[str, Any]]:
+    """One ``{"index" (or "file" for image files), "class", "name"}`` per prediction."""
+    key = "index" if files is None else "file"
+    return [{key: i if files is None else files[i], "class": int(c), "name": _class_name(names, int(c))}
+            for i, c in enumerate(pred)]
+
+
+def _prediction_text(pred: Any, names: Any, form: str, files: list[str] | None = None) -> str:
+    """The predictions as CSV (``index,class,name`` rows; ``file,class,name`` for image files) or JSON (a list of
+    such objects); the name is the class's as the export records it, empty (CSV) or null (JSON) where it records
+    none."""
+    rows = _prediction_rows(pred, names, files)
     if form == "json":
-        return json.dumps([{"index": i, "class": c, "name": n} for i, c, n in rows]) + "\n"
+        return json.dumps(rows) + "\n"
     text = io.StringIO()
     table = csv.writer(text, lineterminator="\n")
-    table.writerow(("index", "class", "name"))
-    table.writerows((i, c, "" if n is None else n) for i, c, n in rows)
+    table.writerow(tuple(rows[0]) if rows else ("index" if files is None else "file", "class", "name"))
+    table.writerows(tuple("" if v is None else v for v in row.values()) for row in rows)
     return text.getvalue()
 
 
-def _save_predictions(out: Path, pred: Any, names: Any = None, form: str = "npy") -> None:
+def _save_predictions(out: Path, pred: Any, names: Any = None, form: str = "npy", files: list[str] | None = None
+                      ) -> None:
     """Write ``pred`` to exactly ``out`` (np.save would add .npy to a name without it), as .npy, CSV or JSON."""
     import numpy as np
 
     from ..checkpoint import atomic_write
 
-    data = None if form == "npy" else _prediction_text(pred, names, form).encode("utf-8")
+    data = None if form == "npy" else _prediction_text(pred, names, form, files).encode("utf-8")
     try:
         atomic_write(out, (lambda f: np.save(f, pred)) if data is None else (lambda f: f.write(data)))
     except OSError as err:
@@ -284,18 +300,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_threads(args.threads)
+    paths = args.images or []
+    if len(paths) > 1 and not all(is_image_file(path) for path in paths):
+        raise UsageError("pass one .npy array, or image files and folders of them; not several arrays, nor arrays "
+                         "with image files")
+    # several image files, or a folder of them: a class per file (review imgdist, suggestion: one file per call)
+    several = len(paths) > 1 or (len(paths) == 1 and Path(paths[0]).is_dir())
+    args.images = None if not paths else paths if several else paths[0]
     if args.images and args.dataset:
-        raise UsageError("pass either IMAGES.npy or --dataset, not both")
+        raise UsageError("pass either IMAGES (a .npy array, image files) or --dataset, not both")
     if not args.images and (args.labels or args.output):
-        raise UsageError("--labels and --output go with IMAGES (a .npy array or an image file)")
-    if args.images and (args.data_path or args.download or args.workers is not None):
-        raise UsageError("--data-path, --download and --workers go with --dataset (or the export's data set), not "
-                         "IMAGES")
+        raise UsageError("--labels and --output go with IMAGES (a .npy array, image files or folders of them)")
+    if args.images and (args.data_path or args.download):
+        raise UsageError("--data-path and --download go with --dataset (or the export's data set), not IMAGES")
+    if args.images and not several and args.workers is not None:
+        raise UsageError("--workers goes with --dataset or several image files (processes decoding them), not one "
+                         "file")
+    if several and args.labels:
+        raise UsageError("--labels goes with IMAGES.npy or one image file; for several image files, write their "
+                         "classes (--output FILE.csv, rows file,class,name) and compare them with your labels")
+    if several and args.output and _prediction_format(args.output) == "npy":
+        raise UsageError(f"--output {args.output}: a .npy array holds no file names; for image files use .csv or "
+                         ".json (file,class,name), or - for CSV on stdout")
     if args.json and args.output == "-":
         raise UsageError("--json and --output - both write to stdout; pass --output FILE (.csv or .json) for the "
                          "predictions")
     if args.output and args.output != "-":  # before any work: an input given as the output, then the format
-        _check_writable(Path(args.output), (args.exported, args.images, args.labels))
+        _check_writable(Path(args.output), (args.exported, *paths, args.labels))
     form = _prediction_format(args.output) if args.output else "npy"
     if args.threads:
         import torch
@@ -308,6 +339,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .runtime import class_scores
 
         class_scores(model.forward(torch.zeros(1, *model.input_size)))
+    if several:
+        return _predict_files(args, model, form)
     if args.images:
         one_file = is_image_file(args.images)  # one image file: print its class (write it only with --output)
         if one_file:
@@ -378,3 +411,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{r['model'] or Path(args.exported).name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} "
           f"images{extra} ({r['seconds']:.2f}s, {r['backend']} kernels)")
     return 0
+
+
+def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
+    """``reste predict EXPORTED FILES_OR_FOLDERS...``: the class of each image file, a line per file on stdout, or
+    written to ``--output`` (CSV or JSON rows file,class,name); a file that is no readable image is left out with a
+    line on stderr, and makes the exit status 1."""
+    from .. import wording
+    from .evaluation import predict_images
+
+    r = predict_images(model, args.images, batch_size=args.batch_size, workers=args.workers,
+                       line_every=wording.LINE_EVERY, log=lambda line: print(line, file=sys.stderr, flush=True))
+    names = model.meta.get("classes")
+    pred, files, seconds = r["classes"], r["files"], r["seconds"]
+    out = Path(args.output) if args.output and args.output != "-" else None
+    if out is not None:
+        replacing = " (replacing the file that was there)" if out.is_file() else ""
+        _save_predictions(out, pred, names, form, files)
+        line = f"{count(len(pred), 'prediction')} written to {out}{replacing}"
+    elif args.output == "-":
+        sys.stdout.write(_prediction_text(pred, names, "csv", files))
+        line = f"{count(len(pred), 'prediction')} written to stdout"
+    else:
+        line = f"{count(len(pred), 'prediction')}"
+        if not args.json:
+            for row in _prediction_rows(pred, names, files):
+                name = f" ({row['name']!r})" if row["name"] is not None else ""
+                print(f"{row['file']}: class {row['class']}{name}")
+    line += f" ({seconds:.2f}s, {model.backend} kernels)"
+    if r["unreadable"]:
+        left = len(r["unreadable"])
+        line += f"; {count(left, 'file')} left out (no image reste reads: listed above)"
+    if args.json:
+        summary: dict[str, Any] = {"images": len(pred), "output": str(out) if out is not None else None,
+                                   "accuracy": None, "seconds": round(seconds, 3), "backend": model.backend,
+                                   "unreadable": [{"file": f, "reason": why} for f, why in r["unreadable"]]}
+        if not args.output:
+            summary["predictions"] = _prediction_rows(pred, names, files)
+        print(json.dumps(summary))
+    else:  # beside the predictions on stdout, the line about them goes to stderr
+        print(line, file=sys.stdout if out is not None else sys.stderr)
+    return 1 if r["unreadable"] else 0

@@ -83,3 +83,59 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     return {"model": model.meta.get("model_name") or name, "dataset": info.name, "top1": 100.0 * correct / total,
             "images": total, "seconds": seconds, "backend": model.backend,
             "stored_top1": float(stored) if isinstance(stored, (int, float)) else None}
+
+
+def _as_list(batch: list) -> list:
+    """A DataLoader's collate for :class:`~reste.export.inputs.ImageFileInputs`: its items as they are (an
+    unreadable file's reason is text, which no tensor holds)."""
+    return batch
+
+
+def predict_images(model: Any, paths: Any, *, batch_size: int = 256, workers: int | None = None,
+                   log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
+    """The classes a packed model (a :class:`~reste.export.runtime.PackedModel`) predicts for image files: those
+    ``paths`` name, a folder standing for the image files below it (:func:`reste.export.inputs.image_files`).
+    Each file gets the preprocessing the export records, as one image file given to ``reste predict`` does.
+    Returns ``files`` (the files predicted, in order), ``classes`` (an int64 array, one per file), ``unreadable``
+    (``(file, reason)`` for each file that is no image reste reads: left out, the others predicted) and
+    ``seconds``. ``workers``: DataLoader processes decoding the files (default: none for a batch or less, else
+    one per usable CPU, up to 8); ``log``: a line every ``line_every`` seconds of a long run."""
+    import numpy as np
+    import torch
+
+    from ..config import file_workers
+    from .inputs import ImageFileInputs, check_takes_raw, image_files
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
+    check_takes_raw(model.input_size, model.preprocessing, model.meta)  # before any file is read
+    files = image_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
+    if workers is None:  # processes to start only where there is more than one batch to decode
+        workers = file_workers() if len(files) > batch_size else 0
+    inputs = ImageFileInputs(files, model.input_size, model.preprocessing, model.meta)
+    loader = torch.utils.data.DataLoader(inputs, batch_size=batch_size, num_workers=min(workers, len(files)),
+                                         collate_fn=_as_list)
+    kept: list[int] = []
+    classes: list[np.ndarray] = []
+    unreadable: list[tuple[str, str]] = []
+    start = since = time.perf_counter()
+    done = done_since = 0
+    for batch in loader:
+        good = [(i, x) for i, x in batch if not isinstance(x, str)]
+        for i, reason in ((i, x) for i, x in batch if isinstance(x, str)):
+            unreadable.append((files[i], reason))
+            if log is not None:
+                log(f"  left out: {reason}")
+        if good:
+            kept += [i for i, _ in good]
+            classes.append(model.predict(np.stack([x for _, x in good]), batch_size=batch_size))
+        done += len(batch)
+        if log is not None and time.perf_counter() - since >= line_every and done < len(files):
+            rate = (done - done_since) / (time.perf_counter() - since)
+            log(f"  predicting: {done:,} of {len(files):,} images ({rate:,.0f} images/s)")
+            since, done_since = time.perf_counter(), done
+    pred = np.concatenate(classes).astype(np.int64) if classes else np.zeros(0, np.int64)
+    return {"files": [files[i] for i in kept], "classes": pred, "unreadable": unreadable,
+            "seconds": time.perf_counter() - start}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -94,6 +95,49 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() != ".npy"
 
 
+def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The image files that ``paths`` name, in their order: a file as given (read as an image whatever its name);
+    a folder, the image files below it as an image folder's loader takes them (an image extension, nothing hidden
+    on the way, sorted folder by folder; :func:`reste.data.imagefolder.image_files_below`). A path that does not
+    exist, or a folder without an image file, is refused in one line."""
+    files: list[str] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            from ..data.imagefolder import IMG_EXTENSIONS, image_files_below
+
+            found = image_files_below(str(path))
+            if not found:
+                raise UsageError(f"{path} is a folder without image files ({' '.join(IMG_EXTENSIONS)}, hidden ones "
+                                 "left out); pass image files or folders holding them")
+            files += found
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise UsageError(f"image file {path} does not exist" if not path.exists() else
+                             f"{path} is neither a file nor a folder; pass image files or folders of them")
+    return files
+
+
+class ImageFileInputs:
+    """The model inputs of image files, one per index: ``(index, float32 (C, H, W))``, or ``(index, the one-line
+    reason)`` for a file that cannot be read, so that a DataLoader's worker hands it back instead of raising.
+    A class at module level: a DataLoader started by ``spawn`` (macOS, Windows) pickles it by its name."""
+
+    def __init__(self, files: Sequence[str], size: tuple[int, ...] | None, prep: Preprocessing | None,
+                 meta: dict | None = None):
+        self.files, self.size, self.prep, self.meta = list(files), size, prep, meta
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | str]:
+        try:
+            return index, model_inputs(None, self.files[index], self.size, self.prep, self.meta)[0]
+        except UsageError as err:
+            return index, str(err)
+
+
 def check_shape(size: tuple[int, ...] | None, shape: tuple[int, ...], what: str, one: bool = False) -> None:
     """Refuse images whose (C, H, W) is not the model's ``size`` (when it is known); ``one``: the array was one
     image, not a batch (the transpose it needs)."""
@@ -137,17 +181,28 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
             raise UsageError(f"{path} holds NaN or infinite values in {bad[0]} of its {len(out)} images "
                              f"(first at index {bad[1]}); fix or drop those images")
         return out
+    size3 = check_takes_raw(size, prep, meta, "an image file" if images is None else "raw uint8 images")
+    if images is None:
+        return normalise(read_image(path, size3, prep.resize), prep, IMAGE_WHITE)
+    return raw_inputs(images, size3, prep, str(path))
+
+
+def check_takes_raw(size: tuple[int, ...] | None, prep: Preprocessing | None, meta: dict | None,
+                    what: str = "an image file") -> tuple[int, int, int]:
+    """The (C, H, W) raw images become for a model of input ``size`` whose export records ``prep`` (``meta``: its
+    header); a model that records no preprocessing, or whose inputs no image file gives (``what``), is refused in
+    one line."""
     if prep is None:
-        what = "an image file" if images is None else "raw uint8 images"
         invalid = invalid_preprocessing(meta or {})
         raise UsageError(f"the packed model {invalid or 'does not record its preprocessing (input size, mean, std)'}, "
                          f"so it cannot take {what}; export it again with `reste export CHECKPOINT` (or in Python, "
                          "export_model(..., meta=reste.export.ir.Preprocessing(input_size, mean, std, "
                          "pixel_scale).to_meta())), or pass preprocessed float images (N, C, H, W) in a .npy file")
     size3 = tuple(size) if size and len(size) == 3 else prep.input_size
-    if images is None:
-        return normalise(read_image(path, size3, prep.resize), prep, IMAGE_WHITE)
-    return raw_inputs(images, size3, prep, str(path))
+    if what == "an image file" and size3[0] not in _MODES:
+        raise UsageError(f"the model takes {size3[0]}-channel images; an image file gives 1 (grey) or 3 (RGB); "
+                         "pass a .npy array")
+    return size3
 
 
 def raw_inputs(images: np.ndarray, size: tuple[int, int, int], prep: Preprocessing, what: str) -> np.ndarray:
