@@ -202,3 +202,59 @@ def test_resume_asks_for_the_recorded_plugin_and_a_sweep_takes_it(isolated, plug
     configs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sw" / "runs").glob("*/*/config.json"))]
     assert sorted(c["estimator"] for c in configs) == ["reste", "ste"]
     assert all(c["dataset"] == "toyset" and c["plugins"] == [str(plugin_file)] for c in configs)
+
+
+FILE_SET = '''
+import torch
+from torch.utils.data import Dataset
+from reste.data.sets import DatasetInfo
+from reste.datasets import DatasetSpec, register_dataset
+
+
+class Ramp(Dataset):  # read item by item, as files are: DataLoader workers get it
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.full((1, 4, 4), float(i)), i % 3
+
+
+def load(data_path, download, augment, in_memory, train):
+    return (Ramp(12) if train else None), Ramp(6), DatasetInfo("ramp", 3, (1, 4, 4), 12 if train else None, 6)
+
+
+register_dataset(DatasetSpec(name="ramp", aliases=(), num_classes=3, input_size=(1, 4, 4), mean=(0.0,), std=(1.0,),
+                             scale=1.0, train_size=12, test_size=6, fits_in_memory=False, loader=load,
+                             augments=False, reads_files=False))
+'''
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_worker_processes_started_by_spawn_read_a_plugin_file_s_data_set(tmp_path, method):
+    """(review portable #1) macOS and Windows start DataLoader workers by spawn (Linux by forkserver from Python
+    3.14): each unpickled the data set, whose class lives in the module reste named the plugin file
+    (reste_plugin_NAME), and died with "No module named 'reste_plugin_ramp'"."""
+    (tmp_path / "ramp.py").write_text(FILE_SET)
+    script = textwrap.dedent(f'''
+        import multiprocessing
+        if __name__ == "__main__":
+            multiprocessing.set_start_method({method!r}, force=True)
+            from reste.data import load_datasets, make_loaders
+            from reste.plugins import load_plugin
+            load_plugin({str(tmp_path / "ramp.py")!r})
+            train, test, _ = load_datasets("ramp", None)
+            loaders = make_loaders(train, test, batch_size=4, eval_batch_size=4, workers=2)
+            for loader in loaders:
+                loader.set_epoch(1)
+                print(sorted(int(x[0, 0, 0]) for images, _ in loader for x in images))
+    ''')
+    (tmp_path / "run.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(reste.__file__).parents[1]),
+                                                                    os.environ.get("PYTHONPATH")] if p)}
+    done = subprocess.run([sys.executable, str(tmp_path / "run.py")], capture_output=True, text=True, timeout=240,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == [str(list(range(12))), str(list(range(6)))]

@@ -193,6 +193,19 @@ def load_plugin(spec: str) -> ModuleType:
     return module
 
 
+def loaded_files() -> list[str]:
+    """The ``.py`` files loaded as plugins in this process (absolute paths), in the order they were loaded: what a
+    process started by ``spawn`` must load again before it can unpickle their classes (:func:`load_files`)."""
+    return list(dict.fromkeys(str(Path(m.__file__)) for spec, m in _loaded.items()
+                              if is_path(spec) and getattr(m, "__file__", None)))
+
+
+def load_files(files: Iterable[str]) -> None:
+    """Load the plugin files ``files`` (as :func:`loaded_files` gives them) in this process, each once."""
+    for file in files:
+        load_plugin(file)
+
+
 def _registered() -> tuple[int, int, int]:
     """How many estimators, models and data sets are registered now."""
     from . import datasets, estimators

@@ -49,6 +49,52 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(s % (2 ** 32))
 
 
+class WithPluginFiles(torch.utils.data.Dataset):
+    """A data set for DataLoader workers, with the plugin files (``--plugin FILE.py``) this process loaded.
+
+    A worker started by ``spawn`` or ``forkserver`` (macOS's and Windows's way, Linux's from Python 3.14) unpickles
+    its data set, which names a plugin file's classes by the module name reste gave that file
+    (``reste_plugin_NAME``): no such module exists there until the file is loaded (review portable #1). So the
+    data set travels as those files and its own bytes, and is unpickled after the files are loaded. A forked
+    worker (Linux's default) gets it as it is, with the files loaded already."""
+
+    def __init__(self, dataset: Any, files: list[str]):
+        self.dataset, self.files = dataset, list(files)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __reduce__(self) -> tuple[Any, tuple[list[str], bytes]]:
+        from multiprocessing.reduction import ForkingPickler
+
+        # torch's reducers are ForkingPickler's (tensors through shared memory), as the worker's own pickle has
+        return _with_plugin_files, (self.files, bytes(ForkingPickler.dumps(self.dataset)))
+
+
+def _with_plugin_files(files: list[str], data: bytes) -> WithPluginFiles:
+    """Unpickle :class:`WithPluginFiles`: the plugin files first, then the data set whose classes they define."""
+    import pickle
+
+    from ..plugins import load_files
+
+    load_files(files)
+    return WithPluginFiles(pickle.loads(data), files)
+
+
+def _for_workers(dataset: Any, workers: int) -> Any:
+    """``dataset`` as DataLoader workers get it: in :class:`WithPluginFiles` where it has workers and plugin files
+    are loaded (one of them may define it, or what it holds)."""
+    from ..plugins import loaded_files
+
+    files = loaded_files() if workers > 0 else []
+    if not files or isinstance(dataset, torch.utils.data.IterableDataset):
+        return dataset
+    return WithPluginFiles(dataset, files)
+
+
 #: the iterators with loading processes alive now, and the loading processes themselves (multiprocessing
 #: keeps them until they are joined, also after their iterator is gone)
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -170,7 +216,7 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
     train_sampler = EpochSampler(len(train_ds), seed, inner=inner, tag=tag)
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                   worker_init_fn=_worker_init if workers > 0 else None)
-    train = EpochDataLoader(train_ds, batch_size=batch_size, sampler=train_sampler,
+    train = EpochDataLoader(_for_workers(train_ds, workers), batch_size=batch_size, sampler=train_sampler,
                             drop_last=drop_last, generator=seeded_generator(seed, 0, 2), **common)
     return train, _test_loader(test_ds, eval_batch_size, workers, seed, pin_memory, rank, world)
 
@@ -185,7 +231,8 @@ def _test_loader(test_ds, batch_size: int, workers: int, seed: int, pin_memory: 
                             seed=seed, augment=None, pin_memory=pin_memory, rank=rank, world_size=world, pad=False,
                             dataset=test_ds, normalize=test_ds.normalize)
     pin = bool(pin_memory) and torch.cuda.is_available()
-    return EpochDataLoader(test_ds, batch_size=batch_size, sampler=ShardSampler(len(test_ds), rank, world),
+    return EpochDataLoader(_for_workers(test_ds, workers), batch_size=batch_size,
+                           sampler=ShardSampler(len(test_ds), rank, world),
                            drop_last=False, generator=seeded_generator(seed, 0, 3), num_workers=workers,
                            # not persistent: kept between the evaluations, its processes sat idle through every
                            # epoch beside the training loader's, each with its copy of the file list (16 per
