@@ -707,17 +707,19 @@ def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
     files = [Path(path) / name]
     if name == LOCK_NAME:  # a run also locks its folder itself (RunDirectory._lock_folder): its .lock may be gone
         files.append(Path(path))
-    places = []
+    found = []
     for file in files:
         try:
-            info = os.lstat(file)
+            found.append(os.lstat(file))
         except FileNotFoundError:
             continue  # a run holds its .lock while it runs
         except OSError:
             return None
-        places.append(f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}")
-    if not places:
+    if not found:
         return 0
+    if not hasattr(os, "major"):  # Windows: no device numbers, and no /proc/locks (review portable #2)
+        return None
+    places = [f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}" for info in found]
     try:
         with open(_PROC_LOCKS, encoding="ascii", errors="replace") as f:
             table = f.read().splitlines()
