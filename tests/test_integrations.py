@@ -381,6 +381,35 @@ def test_lightning_draws_the_epochs_batches_of_an_in_memory_loader_and_resumes_e
     assert all(torch.equal(whole[k], resumed[k]) for k in whole if torch.is_tensor(whole[k]))
 
 
+class Evaluated(Classifier):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_acc", (self(batch[0]).argmax(1) == batch[1]).float().mean())
+
+    test_step = validation_step
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0]).argmax(1)
+
+
+def test_lightning_validates_tests_and_predicts_with_reste_s_loaders():
+    """(review models #1) Lightning reads loader.batch_sampler of an evaluation loader that has a sampler, which the
+    in-memory loader lacked: its validation, test and predict failed with an AttributeError."""
+    from reste.data import load_datasets, make_loaders
+
+    train, test, _ = load_datasets("digits")
+    loader, test_loader = make_loaders(train, test, batch_size=256, eval_batch_size=512, seed=3)
+    module = Evaluated()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[BinarizationCallback()],
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader, test_loader)
+        tested = trainer.test(module, test_loader, verbose=False)
+        predicted = torch.cat(trainer.predict(module, test_loader))
+    assert len(predicted) == len(test)
+    assert tested[0]["val_acc"] == pytest.approx(float((predicted == test.labels).float().mean()), abs=1e-6)
+
+
 def test_warnings_come_once_from_rank_zero_and_two_callbacks_keep_their_states_apart(tmp_path, monkeypatch):
     """(Lightning review P1, P2) the callback's warnings go through rank_zero_warn (under DDP every process printed
     them); two callbacks (two modules, or two prefixes) have their own state keys in a checkpoint, and the default

@@ -272,6 +272,11 @@ class TensorLoader:
         does)."""
         return self
 
+    #: no batch sampler: the loader draws its batches itself. Lightning, seeing a ``sampler``, reads this of every
+    #: evaluation loader (to warn of a shuffled one), and its validation, test and predict failed without it
+    #: (review models #1)
+    batch_sampler = None
+
     # -- sizes
     @property
     def num_samples(self) -> int:
