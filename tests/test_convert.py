@@ -570,8 +570,6 @@ def test_inputs_that_a_relu_made_non_negative_get_one_warning(monkeypatch):
     warning."""
     import warnings
 
-    from reste import layers
-
     def net():
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                              nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16, 2))
@@ -581,7 +579,6 @@ def test_inputs_that_a_relu_made_non_negative_get_one_warning(monkeypatch):
                         (lambda: binarize(net(), "ste", activations=False), 0),
                         (lambda: binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1),
                                                         nn.Flatten(), nn.Linear(32, 2)), "ste"), 0)):
-        monkeypatch.setattr(layers, "_CONSTANT_INPUTS_TOLD", [False])
         model = build()
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
@@ -594,17 +591,32 @@ def test_inputs_that_a_relu_made_non_negative_get_one_warning(monkeypatch):
         assert all(m.watch_inputs is None for m in model.modules() if hasattr(m, "watch_inputs"))
 
 
+def test_each_binarized_model_warns_of_inputs_all_non_negative():
+    """(review models #2) the warning came once per process: a second model (a notebook, a script comparing
+    architectures) whose binary layers all read a ReLU trained without it. Now once per binarize."""
+    import warnings
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16, 2))
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for model in (binarize(net(), "ste"), binarize(net(), "reste")):
+            for _ in range(2):
+                model(torch.randn(2, 3, 4, 4))
+    assert len([w for w in seen if "are all >= 0" in str(w.message)]) == 2
+
+
 def test_a_summary_or_an_exports_zero_input_leaves_the_input_check_to_a_real_batch(monkeypatch, tmp_path):
     """(review userA #5) describe() and export run a zero dummy input, which a bias-free conv and an untrained
     BatchNorm keep at exact zeros: the check took it for a ReLU before the binary layer, warned wrongly (advising
     1W/32A) and was spent for the process. It now waits for a real batch."""
     import warnings
 
-    from reste import layers
     from reste.export import export_model
     from reste.models import describe
 
-    monkeypatch.setattr(layers, "_CONSTANT_INPUTS_TOLD", [False])
     model = binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
                                    nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Flatten(),
                                    nn.Linear(8 * 16, 2)), "ste")
@@ -613,7 +625,7 @@ def test_a_summary_or_an_exports_zero_input_leaves_the_input_check_to_a_real_bat
         describe(model, (3, 4, 4))
         export_model(model.eval(), tmp_path / "m.rbnn", input_size=(3, 4, 4), verify=False)
     assert not [w for w in seen if "are all >= 0" in str(w.message)], [str(w.message) for w in seen]
-    assert model[2].watch_inputs == "2" and not layers._CONSTANT_INPUTS_TOLD[0]
+    assert model[2].watch_inputs == "2" and not model[2].inputs_told[0]
     with pytest.warns(UserWarning, match="binary layer '2' are all >= 0"):  # a real batch of such inputs still is
         model[2](torch.rand(2, 8, 4, 4))
 

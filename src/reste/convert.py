@@ -316,6 +316,7 @@ def binarize(
     _warn_beyond_the_kept_ends(model, named, first if keep_first else None, last if keep_last else None, kept)
     converted = 0
     common = {"weight_estimator": weight_spec, "input_estimator": input_spec, "scaling": scaling}
+    told = [False]  # the model's layers share it: one warning of inputs all >= 0 per binarize (review models #2)
     for module, layer_names in layers.values():
         if any(kept(n) for n in layer_names):  # kept under one of its names: kept wherever it is used
             continue
@@ -328,7 +329,7 @@ def binarize(
                 )
         new = _binary_copy(layer_names[0], module, common)
         if input_spec is not None:  # its first forward warns when its inputs are all >= 0 (after a ReLU)
-            new.watch_inputs = layer_names[0]
+            new.watch_inputs, new.inputs_told = layer_names[0], told
         for name in layer_names:
             parent, attr = _parent(model, name)
             setattr(parent, attr, new)

@@ -136,8 +136,10 @@ class _BinaryMixin:
         alpha = self.scale()
         return bw if alpha is None else bw * alpha
 
-    # ``binarize`` sets this to the layer's name: its first forward checks that the inputs are not all >= 0
+    # ``binarize`` sets this to the layer's name: its first forward checks that the inputs are not all >= 0; and
+    # ``inputs_told`` to a flag its model's layers share, so that the model warns once
     watch_inputs: str | None = None
+    inputs_told: list[bool] | None = None
 
     def binary_input(self, x: Tensor) -> Tensor:
         if self.input_estimator is None:
@@ -160,9 +162,6 @@ def _transformed(x: Tensor) -> bool:
             or under_functorch())
 
 
-_CONSTANT_INPUTS_TOLD = [False]  # the warning below, once per process
-
-
 @contextlib.contextmanager
 def unwatched(model: nn.Module) -> Iterator[None]:
     """Inside the block, forwards of ``model`` leave the first-forward check of the binary layers' inputs (see
@@ -179,14 +178,17 @@ def unwatched(model: nn.Module) -> Iterator[None]:
 
 
 def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:
-    """Once per layer (at its first forward), once per process: warn when a binarized layer's inputs are all >= 0
-    (a ReLU before it, as in torchvision's and timm's ResNets), which sign makes +1 everywhere."""
+    """Once per layer (at its first forward), once per model (per ``binarize``: its layers share ``inputs_told``):
+    warn when a binarized layer's inputs are all >= 0 (a ReLU before it, as in torchvision's and timm's ResNets),
+    which sign makes +1 everywhere. Once per process was too few: a second model, in a notebook or a script comparing
+    architectures, was not told."""
     if not x.numel():  # an empty batch tells nothing: the next one is checked
         return
     name, layer.watch_inputs = layer.watch_inputs, None
-    if _CONSTANT_INPUTS_TOLD[0] or not x.is_floating_point() or not bool((x.detach() >= 0).all()):
+    told = layer.inputs_told if layer.inputs_told is not None else [False]
+    if told[0] or not x.is_floating_point() or not bool((x.detach() >= 0).all()):
         return
-    _CONSTANT_INPUTS_TOLD[0] = True
+    told[0] = True
     warnings.warn(
         f"binarize: the inputs of binary layer {name!r} are all >= 0 (a ReLU before it, or images in [0, 1] into a "
         "binarized first layer?), and likely those of the layers like it: sign makes them +1 everywhere, so they "
