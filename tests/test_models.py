@@ -375,6 +375,18 @@ def test_layer_summary_rows():
     assert described.startswith(table) and "binary 1,024" in described and "compression" in described
 
 
+def test_a_summary_leaves_each_module_in_its_own_mode():
+    """(review models #4) describe() put a frozen BatchNorm of a training model back in training mode: it then
+    updated its running statistics from the next batch on."""
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(),
+                                         nn.Linear(8 * 64, 10)))
+    model.train()
+    model[1].eval()  # fine-tuning with frozen statistics
+    models.describe(model, (1, 8, 8))
+    assert [m.training for m in model] == [True, False, True, True, True, True]
+
+
 @pytest.mark.parametrize("name", ["resnet20_1w1a", "vgg_small_1w1a", "resnet20_bireal_1w1a", "digits_1w1a",
                                   "fmnist_vgg_1w1a", "resnet20"])
 def test_fx_tracing_with_binary_leaves(name):

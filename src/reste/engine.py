@@ -63,7 +63,7 @@ from .errors import ModelOptionError, UsageError, one_line, option, print_line, 
 from .indicators import RUN_LEVEL, EquilibriumMeter
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
-from .layers import binary_layers, estimators_of, set_progress
+from .layers import binary_layers, estimators_of, eval_mode, set_progress
 from .estimators import Estimator
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
@@ -1055,10 +1055,8 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
     if not isinstance(image, torch.Tensor):
         return
     rng = torch.get_rng_state()
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):  # each module back in its own mode after (review models #4)
             out = model(image.unsqueeze(0).to(device))
     except (RuntimeError, ValueError) as err:
         from .models import model_info
@@ -1069,7 +1067,6 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
         raise UsageError(f"model {config.model!r} does not fit {config.dataset} images of shape "
                          f"{tuple(image.shape)} ({gist(str(err))}); {remedy} (`reste summary --list`)") from None
     finally:
-        model.train(was_training)
         torch.set_rng_state(rng)
     if out.dim() != 2 or out.shape[1] != info.num_classes:
         raise UsageError(f"model {config.model!r} gives outputs of shape {tuple(out.shape)[1:]} for "

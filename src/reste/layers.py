@@ -163,6 +163,20 @@ def _transformed(x: Tensor) -> bool:
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then every module back in its own mode (``model.train(was)``
+    would put a frozen batch norm inside a training model back in training mode): for the dummy forwards of a
+    summary, an export, a check."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
 def unwatched(model: nn.Module) -> Iterator[None]:
     """Inside the block, forwards of ``model`` leave the first-forward check of the binary layers' inputs (see
     :func:`_check_constant_input`) for a later, real batch: a summary's or an export's zero dummy input (all >= 0,

@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..layers import eval_mode
 from . import format as fmt
 from . import ir
-from .graph import Bits, eval_mode, to_graph
+from .graph import Bits, to_graph
 
 FORMAT_NAME = ir.FORMAT_NAME
 

@@ -29,7 +29,7 @@ import math
 import operator
 import os
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -277,19 +277,6 @@ _ADD = (operator.add, operator.iadd, torch.add)
 _RELU = (F.relu, torch.relu)
 _CLAMP = (torch.clamp, torch.clip)
 _CLAMP_METHODS = ("clamp", "clip", "clamp_", "clip_")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block, then every module back in its own mode (``model.train(was)``
-    would put a frozen batch norm inside a training model back in training mode)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _const(v: Any, env: dict[fx.Node, Any]) -> Any:

@@ -251,7 +251,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
     from dataclasses import asdict
 
     from .exporter import export_model, model_reference
-    from .graph import eval_mode
+    from ..layers import eval_mode
     from .reference import compare
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -271,7 +271,7 @@ def trace_model(model: nn.Module, images: np.ndarray | torch.Tensor,
     float64 a copy of the model runs in float64.
     """
     from ..estimators import Estimator
-    from .graph import eval_mode
+    from ..layers import eval_mode
 
     if dtype != torch.float32:
         import copy

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import unwatched
+from ..layers import eval_mode, unwatched
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -93,15 +93,13 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
         return record
 
     handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
-    training = model.training
     try:
         param = next(model.parameters(), None)
         kwargs = {} if param is None else {"device": param.device, "dtype": param.dtype}
-        model.eval()
-        with torch.no_grad(), unwatched(model):  # (a zero input is no sign of a ReLU before a binary layer)
-            model(torch.zeros(1, *input_size, **kwargs))
+        # each module back in its own mode after: a frozen BatchNorm stays frozen (review models #4)
+        with torch.no_grad(), unwatched(model), eval_mode(model):  # (a zero input is no sign of a ReLU before a
+            model(torch.zeros(1, *input_size, **kwargs))           # binary layer)
     finally:
-        model.train(training)
         for h in handles:
             h.remove()
 
