@@ -601,7 +601,7 @@ def test_paper_indicators_are_computed_at_each_epochs_last_step_alone(tmp_path, 
 
     calls = []
     real = EquilibriumMeter.update
-    monkeypatch.setattr(EquilibriumMeter, "update", lambda self: calls.append(1) or real(self))
+    monkeypatch.setattr(EquilibriumMeter, "update", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     lean = engine.train(small(epochs=2, indicators="paper"), tmp_path / "lean", progress=False, log=quiet)
     assert len(calls) == 2
     monkeypatch.setattr(EquilibriumMeter, "every_step", property(lambda self: True))

@@ -380,3 +380,34 @@ def test_a_binary_layer_the_forward_did_not_use_is_named_as_such():
         gradient_stability(model)
     model["aux"].weight.requires_grad_(False)
     assert float(gradient_stability(model)) == pytest.approx(float(torch.var(model["body"].weight.grad.abs())))
+
+
+@pytest.mark.parametrize("mode", ["general", "paper"])
+def test_a_step_fp16_s_scaler_skipped_is_left_out(mode):
+    """(review math #1) a step the GradScaler skips has inf or NaN gradients: fed to the meter, it made the epoch's
+    and the run's gradient stability NaN. A real GradScaler (on the CPU) skips a step whose loss overflows; the
+    meter leaves it out, in the general mode from the mean, in the paper mode as the epoch's last step."""
+    from reste.indicators import amp_scale, amp_skipped
+
+    torch.manual_seed(0)
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    meter = EquilibriumMeter(model, mode=mode)
+    taken = []
+    for step, factor in enumerate([1.0, 1.0, float("inf"), 1.0, float("inf")]):  # the epoch's last step skipped
+        optimizer.zero_grad()
+        scaler.scale(model(torch.randn(4, 2, 5, 5)).sum() * factor).backward()
+        before = amp_scale(scaler)
+        scaler.step(optimizer)
+        scaler.update()
+        skipped = amp_skipped(before, amp_scale(scaler))
+        assert bool(skipped) == (factor != 1.0)
+        if not skipped:
+            taken.append((float(estimating_error(model, mode)), float(gradient_stability(model, mode))))
+        meter.update(skipped=skipped)
+    got = meter.epoch_end()
+    want = taken[-1] if mode == "paper" else np.mean(taken, axis=0)
+    assert got["estimating_error"] == pytest.approx(want[0], rel=1e-5)
+    assert got["gradient_stability"] == pytest.approx(want[1], rel=1e-5)
+    assert amp_scale(torch.amp.GradScaler("cpu", enabled=False)) is None and amp_skipped(None, None) is None

@@ -151,7 +151,7 @@ def test_module_attribute_epochs_and_no_indicators(tmp_path):
 
 def test_indicators_once_per_optimizer_step(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(reste.EquilibriumMeter, "update", lambda self: calls.append(1))
+    monkeypatch.setattr(reste.EquilibriumMeter, "update", lambda self, *a, **k: calls.append(1))
     monkeypatch.setattr(reste.EquilibriumMeter, "epoch_end", lambda self: {})
     fit(tmp_path, BinarizationCallback(indicators="paper"), limit_train_batches=6, accumulate_grad_batches=3)
     assert len(calls) == EPOCHS * 2  # 6 batches, a step every 3

@@ -60,7 +60,7 @@ from .data import check_classes, data_device, load_datasets, make_loaders
 from .distributed import await_main, env_rank, env_world_size, init_distributed, is_distributed, job_token, \
     local_rank_first, signal_text, stop_signals
 from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
-from .indicators import RUN_LEVEL, EquilibriumMeter
+from .indicators import RUN_LEVEL, EquilibriumMeter, amp_scale, amp_skipped
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, eval_mode, set_progress
@@ -500,6 +500,7 @@ class _Run:
         if config.compile:
             self.net = torch.compile(self.net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.skipped: torch.Tensor | None = None  # whether the scaler skipped the last step (fp16), on the device
         self.graphed = self.graphed_eval = None
         if graph_backend is not None:
             def graph_cast() -> contextlib.AbstractContextManager:  # no cast cache across a capture
@@ -636,8 +637,10 @@ class _Run:
                 losses.append(part.detach())
                 outputs.append(logits.detach())
             loss, logits = torch.stack(losses).sum(), torch.cat(outputs)
+        before = amp_scale(self.scaler)  # (fp16 only)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.skipped = amp_skipped(before, amp_scale(self.scaler))  # the indicators leave a skipped step out
         return loss, logits
 
     def _no_sync(self) -> contextlib.AbstractContextManager:
@@ -701,8 +704,9 @@ class _Run:
                     continue
                 target = target.to(device, non_blocking=True)  # the images move in step, micro-batch by micro-batch
                 loss, logits = self.step(images, target)
-                if self.meter and (self.meter.every_step or step == steps - 1):  # (paper: the last step's alone)
-                    self.meter.update()
+                # (paper: the last step's alone; with fp16's scaler, the last one taken: each step tells)
+                if self.meter and (self.meter.every_step or step == steps - 1 or self.skipped is not None):
+                    self.meter.update(skipped=self.skipped)
                 detached = loss.detach()
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
                 loss_sum += detached * target.numel()

@@ -124,6 +124,24 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
     return total
 
 
+def amp_scale(scaler: Any) -> Tensor | None:
+    """The scale of an fp16 ``torch.amp.GradScaler`` now, a 0-dim tensor on its device (no host sync); None where
+    it scales nothing (disabled, or no scaler). Read it before ``scaler.step`` and give the one after
+    ``scaler.update`` to :func:`amp_skipped`."""
+    if scaler is None or not callable(getattr(scaler, "is_enabled", None)) or not scaler.is_enabled():
+        return None
+    scale = getattr(scaler, "_scale", None)  # (the tensor get_scale() reads with a sync)
+    return scale.detach().clone() if isinstance(scale, Tensor) else torch.tensor(float(scaler.get_scale()))
+
+
+def amp_skipped(before: Tensor | None, after: Tensor | None) -> Tensor | None:
+    """Whether the optimizer step between two :func:`amp_scale` readings was skipped (the scaler lowers its scale
+    exactly when it skips a step for inf or NaN gradients), a 0-dim bool tensor; None without a scaler."""
+    if before is None or after is None:
+        return None
+    return after < before
+
+
 # how a run's per-epoch indicators make its run-level values: (estimating error, gradient stability) per mode
 RUN_LEVEL = {"general": ("mean over epochs", "mean over epochs"),
              "paper": ("mean over epochs", "sum over epochs")}  # the authors' aggregate
@@ -198,11 +216,17 @@ class EquilibriumMeter:
     def _reset(self) -> None:
         self._error: Tensor | None = None
         self._stability: Tensor | None = None
-        self._count = 0
+        self._count = 0  # update() calls
+        self._taken: Tensor | int = 0  # of them, the steps the optimizer took (general mode)
 
-    def update(self, stability: Tensor | None = None) -> None:
+    def update(self, stability: Tensor | None = None, skipped: Tensor | bool | None = None) -> None:
         """Add one step's values; ``stability``: this step's :func:`gradient_stability`, read earlier by a caller
-        whose gradients are gone by now (a loop that calls ``zero_grad()`` right after ``step()``)."""
+        whose gradients are gone by now (a loop that calls ``zero_grad()`` right after ``step()``); ``skipped``:
+        whether the optimizer left this step out (an fp16 ``GradScaler`` that found inf or NaN gradients, see
+        :func:`amp_skipped`), a bool or a 0-dim bool tensor (read without a host sync). A skipped step's values
+        are left out: its gradients are inf or NaN by definition, and made the epoch's stability NaN (review
+        math #1). In the paper mode the epoch's value is then its last step that was not skipped, so a caller
+        whose steps may be skipped updates at every step."""
         if not self._told_frozen:
             self._told_frozen = True
             frozen = frozen_layers(self.model, self.mode)
@@ -212,19 +236,31 @@ class EquilibriumMeter:
                               UserWarning, stacklevel=2)
         e = estimating_error(self.model, self.mode, self.o_end)
         s = gradient_stability(self.model, self.mode) if stability is None else stability
+        self._count += 1
+        if skipped is not None:
+            taken = ~torch.as_tensor(skipped, dtype=torch.bool, device=e.device)
+            if self.mode == "paper":  # the last step taken (a skipped first one stands until a step is taken)
+                if self._error is not None:
+                    e, s = torch.where(taken, e, self._error), torch.where(taken, s, self._stability)
+            else:
+                zero = torch.zeros((), dtype=e.dtype, device=e.device)
+                e, s = torch.where(taken, e, zero), torch.where(taken, s, zero.to(s.dtype))
+                self._taken = self._taken + taken.to(torch.long)
+        elif self.mode != "paper":
+            self._taken = self._taken + 1
         if self.mode == "paper" or self._error is None:  # paper: keep the last iteration only
             self._error, self._stability = e, s
         else:
             self._error, self._stability = self._error + e, self._stability + s
-        self._count += 1
 
     def epoch_end(self) -> dict[str, float]:
         if self._count == 0:
             raise RuntimeError("no update() since the last epoch_end()")
-        n = 1 if self.mode == "paper" else self._count
+        n = 1 if self.mode == "paper" else int(self._taken)
+        nan = float("nan")  # (every step of the epoch skipped: nothing measured)
         values = {
-            "estimating_error": float(self._error) / n,
-            "gradient_stability": float(self._stability) / n,
+            "estimating_error": float(self._error) / n if n else nan,
+            "gradient_stability": float(self._stability) / n if n else nan,
         }
         self.history.append(values)
         self._reset()

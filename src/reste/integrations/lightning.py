@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from ..indicators import MODES, EquilibriumMeter, check_same_indicators, gradient_stability
+from ..indicators import MODES, EquilibriumMeter, amp_scale, amp_skipped, check_same_indicators, gradient_stability
 from ..layers import binary_layers, set_progress
 from ..schedules import length_change
 from .tensorboard import layer_indicators, layer_schedules
@@ -109,6 +109,7 @@ class BinarizationCallback(Callback):
         self._saved_epochs: int | None = None  # a checkpoint's, to compare at the next epoch start
         self._saved_indicators: tuple[str | None, float | None] = (None, None)  # a checkpoint's mode and o_end
         self._stability: Any = None  # under manual optimization: the last step's gradient stability
+        self._scale: Any = None  # fp16's scale before the last optimizer step (amp_scale)
         self._layers: dict[str, float] | None = None  # per_layer: each layer's indicators at the last step
         self._batch = 0  # the batch index of the step running
 
@@ -195,18 +196,22 @@ class BinarizationCallback(Callback):
         if self.meter is None or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        if pl_module.automatic_optimization:
-            self.meter.update()  # the gradients are still there (Lightning zeroes them before the next backward)
+        # a step fp16's scaler skipped (inf or NaN gradients) is left out of the indicators (review math #1)
+        skipped, self._scale = amp_skipped(self._scale, amp_scale(_scaler(trainer))), None
+        if pl_module.automatic_optimization:  # the gradients are still there (zeroed before the next backward)
+            self.meter.update(skipped=skipped)
             if self.per_layer and self._last_batch(trainer, batch_idx):  # now: a validation zeroes them first
                 self._layers = layer_indicators(self.meter)
         else:
             stability, self._stability = self._stability, None
             if stability is None:  # no optimizer step of the callback's seeing: the gradients are read here
-                self.meter.update()
+                self.meter.update(skipped=skipped)
             else:
-                self.meter.update(stability)
+                self.meter.update(stability, skipped=skipped)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if self.meter is not None:  # fp16's scale before the step: lower after it where the scaler skipped it
+            self._scale = amp_scale(_scaler(trainer))
         # Manual optimization: the user may zero the gradients right after opt.step(); read them before it.
         if self.meter is not None and not pl_module.automatic_optimization:
             self._stability = gradient_stability(self.meter.model, self.meter.mode)
@@ -255,3 +260,8 @@ class BinarizationCallback(Callback):
         self._saved_epochs = state_dict.get("epochs")
         if self.meter is not None:
             self.meter.history = self.history
+
+
+def _scaler(trainer: Any) -> Any:
+    """The fp16 ``GradScaler`` of the trainer's precision (``precision="16-mixed"``), or None."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
