@@ -446,3 +446,53 @@ def test_module_takes_a_dotted_path(tmp_path):
     assert reste.schedule_values(module.model)["o"] > 1.0
     with pytest.raises(ValueError, match="no module attribute 'net.head'"):
         fit(tmp_path, BinarizationCallback(module="net.head"), Nested())
+
+
+def test_lightning_trains_each_epoch_on_that_epoch_s_batches():
+    """(review models #8) Lightning makes an iterator it never reads (a check), then the epoch's, then calls
+    set_epoch: the in-memory loader took its epoch when the iterator was made, so epoch 0 trained on epoch 1's
+    batches and epoch 1 again on them. The epochs' first labels now match a plain loop's."""
+    from reste.data import load_datasets, make_loaders
+
+    train, test, _ = load_datasets("digits")
+
+    def loader():
+        return make_loaders(train, test, batch_size=256, eval_batch_size=512, seed=5)[0]
+
+    plain = loader()
+    want = [[int(y[:8].sum()) for _, y in plain] for _ in range(2)]
+    assert want[0] != want[1]
+
+    class Seen(Classifier):
+        def __init__(self):
+            super().__init__()
+            self.seen = [[], []]
+
+        def training_step(self, batch, batch_idx):
+            self.seen[self.current_epoch].append(int(batch[1][:8].sum()))
+            return super().training_step(batch, batch_idx)
+
+    module = Seen()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader())
+    assert module.seen == want
+
+
+def test_a_loader_for_one_process_read_in_a_process_group_warns(monkeypatch):
+    """(review models #10) Lightning shards a torch DataLoader, not reste's in-memory loader: given to a DDP run, each
+    process read the whole data set in the same order, without a word."""
+    import torch.distributed as dist
+
+    from reste.data import load_datasets, make_loaders
+    from reste.data import memory
+
+    train, test, _ = load_datasets("digits")
+    loader = make_loaders(train, test, batch_size=256, eval_batch_size=512)[0]
+    monkeypatch.setattr(memory, "_TOLD_UNSHARDED", [False])
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    with pytest.warns(UserWarning, match="process group of 2: each process reads the whole data set"):
+        next(iter(loader))

@@ -11,6 +11,7 @@ is the very batch the CPU gives.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -209,6 +210,25 @@ class InMemoryDataset(Dataset):
         return self.labels.tolist()
 
 
+_TOLD_UNSHARDED = [False]
+
+
+def _warn_unsharded() -> None:
+    """Warn, once per process, when a loader built for one process is read in a process group of several (a
+    Lightning DDP run given loaders made before it started): each process then trains on the whole data set in
+    the same order, the same batch N times over (review models #10). Lightning shards a torch DataLoader itself,
+    not this loader."""
+    import torch.distributed as dist
+
+    if _TOLD_UNSHARDED[0] or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    _TOLD_UNSHARDED[0] = True
+    warnings.warn(f"reste's in-memory loader was built for one process but runs in a process group of "
+                  f"{dist.get_world_size()}: each process reads the whole data set in the same order; build it "
+                  "once the group is up, with make_loaders(..., distributed=True) (under Lightning: in "
+                  "train_dataloader() or a LightningDataModule's setup())", UserWarning, stacklevel=3)
+
+
 class TensorLoader:
     """Fast batch iterator over in-memory tensors, on the CPU or on the training device.
 
@@ -294,11 +314,16 @@ class TensorLoader:
         return shard(order, self.rank, self.world_size, self.pad)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A generator: the epoch is taken when the first batch is drawn, not when the iterator is made. Lightning
+        # makes one it never reads (a check that the loader iterates), then the epoch's, then calls set_epoch: an
+        # iterator that took its epoch at once gave epoch 0 the batches of epoch 1 (review models #8).
         epoch = self._epoch
         self._epoch = epoch + 1
+        if self.world_size == 1:
+            _warn_unsharded()
         order = self.indices(epoch)
         aug_gen = seeded_generator(self.seed, epoch, self.rank, 1) if self.augment is not None else None
-        return self._batches(order, aug_gen)
+        yield from self._batches(order, aug_gen)
 
     def _batches(self, order: torch.Tensor, aug_gen):
         m = len(order)
