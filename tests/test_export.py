@@ -1027,3 +1027,46 @@ def test_a_clamp_the_format_cannot_hold_is_refused_in_one_line(tmp_path, clamp, 
     model = _calibrate(_Clamped(clamp), (3, 8, 8))
     with pytest.raises(UsageError, match=wanted):
         export_model(model, tmp_path / "c.rbnn", input_size=(3, 8, 8))
+
+
+def _small_bnn() -> nn.Module:
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(),
+                                         nn.Linear(8 * 64, 10)))
+    model(torch.randn(16, 1, 8, 8))  # the batch norms' statistics
+    return model.eval()
+
+
+def test_an_export_says_what_it_did_not_check_or_could_not_hold(tmp_path):
+    """(review models #6, #9) export_model without input_size wrote an unchecked file without a word; the forward
+    hooks of a model are not in the file, and a check that failed was a False in the returned dict alone."""
+    import warnings
+
+    model = _small_bnn()
+    with pytest.warns(UserWarning, match="unchecked: without input_size"):
+        report = export_model(model, tmp_path / "a.rbnn")
+    assert "verify" not in report
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checked export of a model without hooks: no warning
+        assert export_model(model, tmp_path / "b.rbnn", input_size=(1, 8, 8))["verify"]["ok"]
+        assert export_model(model, tmp_path / "c.rbnn", verify=False)
+    model[2].register_forward_hook(lambda m, i, o: -o)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = export_model(model, tmp_path / "d.rbnn", input_size=(1, 8, 8))
+    said = [str(w.message) for w in seen]
+    assert any("the forward hooks on '2' are not exported" in m for m in said), said
+    assert not report["verify"]["ok"] and any("disagrees with the model beyond near-ties" in m for m in said), said
+
+
+def test_a_signal_model_s_preprocessing_is_refused_for_its_cause(tmp_path):
+    """(review models #11) raw-image preprocessing for a (C, L) model was refused with conditions that all held."""
+    from reste.export.ir import Preprocessing
+
+    model = reste.binarize(nn.Sequential(nn.Conv1d(1, 8, 5, padding=2), nn.BatchNorm1d(8),
+                                         nn.Conv1d(8, 8, 3, padding=1), nn.BatchNorm1d(8), nn.Flatten(),
+                                         nn.Linear(8 * 16, 4))).eval()
+    with pytest.raises(UsageError, match=r"takes a \(C, H, W\) input_size \(raw images\), got \(1, 16\)"):
+        export_model(model, tmp_path / "s.rbnn", input_size=(1, 16),
+                     meta=Preprocessing((1, 16), (0.5,), (0.25,), 255.0).to_meta())

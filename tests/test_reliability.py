@@ -144,14 +144,15 @@ def test_a_lightning_checkpoint_says_how_to_export_its_module(capsys, tmp_path):
     assert_one_line_error(capsys, ["export", str(plain), str(tmp_path / "m.rbnn")],
                           "not a reste checkpoint (no 'reste-checkpoint' header); it is a PyTorch Lightning checkpoint:"
                           " load your LightningModule from it (load_from_checkpoint) and export the binarized model it "
-                          "holds from Python, reste.export.export_model(model, OUT)")
+                          "holds from Python, reste.export.export_model(model, OUT, "
+                          "input_size=(C, H, W))")
     objects = tmp_path / "objects.ckpt"  # save_hyperparameters() of an argparse Namespace: a class to build on load
     torch.save({"pytorch-lightning_version": "2.5.0", "hyper_parameters": argparse.Namespace(lr=0.1)}, objects)
     text = _load_error(objects)
     assert text.startswith(f"refusing to load {objects}: it holds objects that would run code on load")
     assert text.endswith("it is a PyTorch Lightning checkpoint: load your LightningModule from it "
                          "(load_from_checkpoint) and export the binarized model it holds from Python, "
-                         "reste.export.export_model(model, OUT)")
+                         "reste.export.export_model(model, OUT, input_size=(C, H, W))")
 
 
 def test_checkpoint_of_another_model_or_class_count(capsys, tmp_path, finished_run):

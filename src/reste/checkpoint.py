@@ -273,7 +273,8 @@ def damage(path: str | os.PathLike) -> str | None:
 
 _LIGHTNING_KEY = b"pytorch-lightning_version"  # a key of every PyTorch Lightning checkpoint
 _LIGHTNING_HINT = ("it is a PyTorch Lightning checkpoint: load your LightningModule from it (load_from_checkpoint) and "
-                   "export the binarized model it holds from Python, reste.export.export_model(model, OUT)")
+                   "export the binarized model it holds from Python, reste.export.export_model(model, OUT, "
+                   "input_size=(C, H, W))")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

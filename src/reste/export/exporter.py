@@ -149,6 +149,7 @@ def export_model(
     input_size = _checked_input_size(input_size)
     meta = _checked_meta(meta, input_size)
     model = _as_float32(unwrapped(model))
+    warn_hooks(model, "export_model")
     with eval_mode(model):
         nodes, output, folded = to_graph(model, input_size)
         if input_size is not None:
@@ -179,7 +180,30 @@ def export_model(
                           affine_ops=sum(1 for n in nodes if n["op"] == "affine"))
             if verify and input_size is not None:
                 report["verify"] = verify_export(model, tmp, input_size)
+    if verify and input_size is None:  # (review models #6) nothing to run the check on, and nothing said
+        warnings.warn(f"export_model wrote {path} unchecked: without input_size=(C, H, W) there is nothing to run "
+                      "the packed file and the model on; pass input_size to check it (or verify=False)", UserWarning,
+                      stacklevel=2)
+    elif verify and not report["verify"]["ok"]:  # reste export exits 1 here; a Python caller gets the warning
+        checked = report["verify"]
+        wrong = max(checked["packed"].get("mismatch", 0), checked["model"].get("mismatch", 0))
+        warnings.warn(f"export_model: {path} disagrees with the model beyond near-ties "
+                      f"({wrong} of {checked['images']} images; report['verify'] has the "
+                      "details): an op the file does not hold as the model computes it (a forward hook?), or a bug",
+                      UserWarning, stacklevel=2)
     return report
+
+
+def warn_hooks(model: nn.Module, who: str) -> None:
+    """Warn that the forward hooks on ``model``'s modules are not exported (review models #9): the file computes
+    the model without them (torch.fx does not trace a module's hooks), so a hook that changes an output makes the
+    file disagree with the model."""
+    hooked = [name or "the model" for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        more = f" and {len(hooked) - 3} more" if len(hooked) > 3 else ""
+        warnings.warn(f"{who}: the forward hooks on {', '.join(map(repr, hooked[:3]))}{more} are not exported: the "
+                      "file computes the model without them; remove them (or fold what they do into the model)",
+                      UserWarning, stacklevel=3)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -235,6 +259,11 @@ def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, An
                       "images (reste predict photo.png); give all of input_size, mean, std and pixel_scale",
                       UserWarning, stacklevel=3)
     if all(meta.get(k) is not None for k in ir.Preprocessing.KEYS) and ir.Preprocessing.from_meta(meta) is None:
+        size = meta.get("input_size")
+        if isinstance(size, (list, tuple)) and len(size) != 3:  # (review models #11: every condition named held)
+            raise UsageError(f"meta's preprocessing takes a (C, H, W) input_size (raw images), got {tuple(size)}; a "
+                             "model of other inputs ((C, L) signals, features) takes them preprocessed, as float "
+                             "arrays: drop mean, std and pixel_scale from meta")
         raise UsageError(f"meta's preprocessing ({', '.join(ir.Preprocessing.KEYS)}, resize) is invalid (one mean "
                          "and one std > 0 per channel, a pixel_scale > 0, a resize, if given, an integer at least "
                          "the input's height and width); build it with Preprocessing(...).to_meta()")

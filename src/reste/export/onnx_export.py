@@ -201,12 +201,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     Returns ``{"path", "bytes", "exporter"}`` [``"fallback"``] and the check's keys.
     """
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
-    from .exporter import _as_float32, staged, unwrapped
+    from .exporter import _as_float32, staged, unwrapped, warn_hooks
 
     path = Path(path)
     check_output_path(path)
     require_onnx()
     model = _as_float32(unwrapped(model))  # the exporters cannot trace the wrappers; the check runs in float32
+    warn_hooks(model, "export_onnx")
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
     deploy = deploy_model(model)
