@@ -1070,3 +1070,25 @@ def test_a_signal_model_s_preprocessing_is_refused_for_its_cause(tmp_path):
     with pytest.raises(UsageError, match=r"takes a \(C, H, W\) input_size \(raw images\), got \(1, 16\)"):
         export_model(model, tmp_path / "s.rbnn", input_size=(1, 16),
                      meta=Preprocessing((1, 16), (0.5,), (0.25,), 255.0).to_meta())
+
+
+@pytest.mark.parametrize("convert", ["ProcessGroupBatchNorm", "SyncBatchNorm"])
+def test_a_model_with_synchronised_batch_norms_exports_as_with_batch_norms(tmp_path, convert):
+    """(review models #12) a model trained under DDP holds SyncBatchNorm (GPUs) or reste's ProcessGroupBatchNorm
+    (CPUs), which compute a BatchNorm in eval mode; export refused both (one traced into, with an error naming
+    neither layer nor cause)."""
+    from reste.syncbn import ProcessGroupBatchNorm
+
+    model = _small_bnn()
+    model.insert(5, nn.BatchNorm1d(512))  # a 1-D one before the float linear: folded into it
+    model[5].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    plain = export_model(model, tmp_path / "plain.rbnn", input_size=(1, 8, 8))
+    synced = (ProcessGroupBatchNorm.convert(copy.deepcopy(model)) if convert == "ProcessGroupBatchNorm"
+              else nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))).eval()
+    assert type(synced[1]).__name__ == convert
+    report = export_model(synced, tmp_path / "synced.rbnn", input_size=(1, 8, 8))
+    assert report["verify"]["ok"]
+    assert (report["folded_batch_norms"], report["affine_ops"]) == (plain["folded_batch_norms"], plain["affine_ops"])
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(PackedModel.load(tmp_path / "synced.rbnn")(x), PackedModel.load(tmp_path / "plain.rbnn")(x))

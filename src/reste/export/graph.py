@@ -70,9 +70,17 @@ class _Default:
         self.value = value
 
 
+def _batch_norms() -> tuple[type, ...]:
+    """The batch norms the file takes, as the BatchNorm they are in eval mode: BatchNorm1d/2d, and the synchronised
+    ones a DDP run trains with (``nn.SyncBatchNorm``, reste's ``ProcessGroupBatchNorm``; review models #12)."""
+    from ..syncbn import ProcessGroupBatchNorm
+
+    return nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, ProcessGroupBatchNorm
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if getattr(m, "precision", 32) == 1 or isinstance(m, Estimator):
+        if getattr(m, "precision", 32) == 1 or isinstance(m, (Estimator, *_batch_norms())):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -215,10 +223,11 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
         raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported (export "
                          "takes binary Conv1d/2d and Linear layers); binarize with keep=[...] naming it to keep it "
                          "in float")
-    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    if isinstance(m, _batch_norms()):
         scale, shift = _affine(m)
+        # (a synchronised one of any rank may fold into a linear after it: the fold checks the input's rank)
         return {"op": "affine", "scale": scale, "shift": shift, "shift_err": _shift_error(m, scale),
-                "bn1d": isinstance(m, nn.BatchNorm1d)}
+                "bn1d": not isinstance(m, nn.BatchNorm2d)}
     if isinstance(m, Estimator):
         return {"op": "sign"}
     if isinstance(m, nn.ReLU):
@@ -247,8 +256,8 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return {"op": "adaptive_avgpool", "size": _adaptive_size(m.output_size)}
     raise UsageError(f"cannot export {name}: module type {type(m).__name__} is not supported; "
-                     "supported: Conv1d/2d, Linear, their binary layers, BatchNorm1d/2d, ReLU, ReLU6, Hardtanh, "
-                     "LeakyReLU, PReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, Identity, Dropout")
+                     "supported: Conv1d/2d, Linear, their binary layers, BatchNorm1d/2d (synchronised too), ReLU, "
+                     "ReLU6, Hardtanh, LeakyReLU, PReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, Identity, Dropout")
 
 
 def _maxpool(k: list[int], stride: list[int], pad: list[int], dil: list[int], ceil: bool) -> dict[str, Any]:
