@@ -715,3 +715,37 @@ def test_a_pruned_layer_is_binarized_from_its_pruned_weight():
     assert torch.equal(bnet.layer1.conv1.weight, weight) and not bnet.layer1.conv1._forward_pre_hooks
     bnet(torch.randn(2, 3, 8, 8)).sum().backward()
     assert bnet.layer1.conv1.weight.grad is not None
+
+
+def test_binarize_refuses_a_torchscript_model_and_an_undeclared_estimator_by_name():
+    """(review models #3, #7) a scripted model was returned unconverted with "no layer was converted"; an estimator
+    whose constructor declares no hyper-parameters made print(model) raise, and binarize by its name raised
+    NotImplementedError."""
+    from reste import estimators
+
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(512, 10))
+    with pytest.raises(TypeError, match="not a TorchScript one"):
+        binarize(torch.jit.script(net))
+
+    class Clipped(reste.Estimator):
+        name = "clipped_review_models_7"
+
+        def __init__(self, width=1.0):
+            super().__init__()
+            self.width = width
+
+        def _g(self, x, **p):
+            return (x.abs() <= self.width).to(x.dtype)
+
+        def _f(self, x, **p):
+            return x.clamp(-self.width, self.width)
+
+    estimators.register_estimator(Clipped)
+    try:
+        model = binarize(net, Clipped(0.5))
+        assert "name='clipped_review_models_7'" in repr(model)
+        with pytest.raises(ValueError, match="pass an instance, binarize\\(model, Clipped\\(...\\)\\)"):
+            binarize(net, "clipped_review_models_7")
+    finally:
+        estimators._REGISTRY.pop("clipped_review_models_7", None)

@@ -177,7 +177,13 @@ def _estimator_config(spec: Any, **hyperparameters: Any) -> Any:
     """Validate ``spec`` once and return what each layer should build its own estimator from."""
     est = get_estimator(spec, **hyperparameters)
     if isinstance(spec, str):
-        return est.spec()
+        try:
+            return est.spec()
+        except NotImplementedError:  # each layer builds its own from the spec, which such a class cannot give
+            raise ValueError(f"estimator {spec!r} ({type(est).__name__}) has a constructor of its own that declares "
+                             "no hyper-parameters, so binarize cannot build one per layer from its name: pass an "
+                             f"instance, binarize(model, {type(est).__name__}(...)), or declare `hyperparameters` in "
+                             "the class") from None
     return est  # an instance is shared by every layer
 
 
@@ -255,6 +261,9 @@ def binarize(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"binarize takes a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):  # its layers are script modules: none converted (review models #3)
+        raise TypeError("binarize takes the eager model, not a TorchScript one (torch.jit.script or trace): binarize "
+                        "the model before scripting it")
     keep = [keep] if isinstance(keep, str) else list(keep) if isinstance(keep, Iterable) else keep
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise TypeError(f"keep takes layer names or glob patterns (strings), got {keep!r}")

@@ -606,7 +606,10 @@ class Estimator(nn.Module):
         """The settings it was built with, and where its schedule stands now: ``o=1, ..., now: o=2.69``."""
         show = lambda items: ", ".join(  # noqa: E731
             f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in items)
-        text = show(self.config().items())
+        try:
+            text = show(self.config().items())
+        except NotImplementedError:  # a constructor of its own that declares nothing: its name alone (review models
+            text = f"name={self.name!r}"  # #7: print(model) raised)
         now = self.schedule_values()
         return f"{text}, now: {show(now.items())}" if now else text
 
