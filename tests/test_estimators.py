@@ -1021,3 +1021,27 @@ def test_sign_of_an_integer_or_bool_tensor_is_one_line():
             reste.sign(x)
         with pytest.raises(TypeError, match="sign takes floating-point tensors"):
             get_estimator("reste")(x)
+
+
+def test_reste_with_o_in_a_tensor_gives_the_kernels_gradient_at_o_1():
+    """(review math #5) at o = 1 held in a tensor the PyTorch path gave NaN gradients for +-inf and NaN inputs,
+    where the fused kernels (and a float o) give the step's 0."""
+    from reste.estimators import reste_g
+
+    x = torch.tensor([0.5, 2.0, float("inf"), -float("inf"), float("nan"), 0.0])
+    want = reste_g(x, 1.0, 1.5, 0.1)
+    got = reste_g(x, torch.tensor(1.0), 1.5, 0.1)
+    assert torch.equal(got, want) and want.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    # elsewhere the tensor o is the float o's expression
+    assert torch.allclose(reste_g(x[:2], torch.tensor(2.0), 1.5, 0.1), reste_g(x[:2], 2.0, 1.5, 0.1))
+
+
+def test_rbnn_keeps_t_squared_a_float32_number():
+    """(review math #4) t past 1.8e19 made t^2 overflow float32: a NaN gradient at 0 and F = -inf."""
+    with pytest.raises(ValueError, match=r"t_max must be in \[1e-19, 1e19\]"):
+        reste.get_estimator("rbnn", t_max=1e20)
+    est = reste.get_estimator("rbnn", t_min=1e-2, t_max=1e19)
+    est.set_progress(1, 1)
+    x = torch.tensor([0.0, -0.0, 1e-30, 0.5], requires_grad=True)
+    est(x).sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -143,7 +143,10 @@ def reste_g(x: Tensor, o: float, t: float, m: float) -> Tensor:
     p = (1.0 - o) / o
     inside_t = _step_le(a, t)
     factor = _step_le(a, m).mul_(1.0 - 1.0 / o).add_(1.0 / o).mul_(inside_t)
-    return a.clamp_(min=m).log2_().mul_(p).exp2_() * factor  # (not in place: exp2's backward reads its result)
+    g = a.clamp_(min=m).log2_().mul_(p).exp2_() * factor  # (not in place: exp2's backward reads its result)
+    if isinstance(o, Tensor):  # at o = 1 the step, as the kernels give it: 0 * log2(inf) made +-inf and NaN inputs
+        g = torch.where(p == 0, inside_t, g)  # NaN here (review math #5)
+    return g
 
 
 def reste_f(x: Tensor, o: float, t: float, m: float) -> Tensor:
@@ -755,7 +758,9 @@ class RBNN(EDE):
     """
 
     name = "rbnn"
-    hyperparameters = (dataclasses.replace(EDE.hyperparameters[0], default=1e-2), EDE.hyperparameters[1])
+    # t^2 stays a float32 number (t up to 1.8e19): past it g was NaN at 0 and F -inf (review math #4)
+    hyperparameters = (dataclasses.replace(EDE.hyperparameters[0], default=1e-2, range="[1e-19, 1e19]"),
+                       dataclasses.replace(EDE.hyperparameters[1], range="[1e-19, 1e19]"))
 
     _g = staticmethod(rbnn_g)
     _kernel = "rbnn"
