@@ -515,3 +515,22 @@ def test_predict_json_prints_one_object_in_each_mode(capsys, tmp_path, digits_ex
     assert code == 0 and err == "", err
     r = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     assert (r["images"], r["accuracy"]) == (0, None)
+
+
+def test_predictions_are_written_as_utf8_bytes_whatever_the_names_or_stdout(tmp_path, monkeypatch):
+    """(review portable #4, #12) a class folder whose name is not UTF-8 (held with surrogate escapes) made the CSV
+    writer raise after the work; -o - wrote names through stdout's encoding (Windows' code page) and its
+    backslashreplace handler, so the CSV on stdout differed from the file's."""
+    import io
+
+    from reste.export.cli import _save_predictions, _write_stdout, _prediction_text
+
+    names = ["caf\udce9", "\u9ce5", "low"]
+    pred = np.array([0, 1, 2])
+    _save_predictions(tmp_path / "p.csv", pred, names, "csv")
+    raw = (tmp_path / "p.csv").read_bytes()
+    assert raw == b"index,class,name\n0,0,caf\xe9\n1,1,\xe9\xb3\xa5\n2,2,low\n"
+    out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="backslashreplace")
+    monkeypatch.setattr(sys, "stdout", out)
+    _write_stdout(_prediction_text(pred, names, "csv"))
+    assert out.buffer.getvalue() == raw

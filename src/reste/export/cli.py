@@ -254,6 +254,24 @@ def _prediction_text(pred: Any, names: Any, form: str, files: list[str] | None =
     return text.getvalue()
 
 
+def _as_bytes(text: str) -> bytes:
+    """Predictions' text as UTF-8; a class name read from a folder whose name is not UTF-8 (held with surrogate
+    escapes) as the folder's own bytes (review portable #12: the CSV writer raised after the work)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _write_stdout(text: str) -> None:
+    """The predictions on stdout as the same bytes a file gets (``-o -``; review portable #4: stdout's encoding,
+    Windows' code page when redirected, and its error handler changed the class names)."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text stream without bytes (a test's capture): its own encoding
+        sys.stdout.write(text)
+        return
+    buffer.write(_as_bytes(text))
+    buffer.flush()
+
+
 def _save_predictions(out: Path, pred: Any, names: Any = None, form: str = "npy", files: list[str] | None = None
                       ) -> None:
     """Write ``pred`` to exactly ``out`` (np.save would add .npy to a name without it), as .npy, CSV or JSON."""
@@ -261,7 +279,7 @@ def _save_predictions(out: Path, pred: Any, names: Any = None, form: str = "npy"
 
     from ..checkpoint import atomic_write
 
-    data = None if form == "npy" else _prediction_text(pred, names, form, files).encode("utf-8")
+    data = None if form == "npy" else _as_bytes(_prediction_text(pred, names, form, files))
     try:
         atomic_write(out, (lambda f: np.save(f, pred)) if data is None else (lambda f: f.write(data)))
     except OSError as err:
@@ -373,7 +391,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         names = model.meta.get("classes")
         if to_stdout:  # the predictions are the output; the line about them goes to stderr
-            sys.stdout.write(_prediction_text(pred, names, form))
+            _write_stdout(_prediction_text(pred, names, form))
             line = f"{count(len(pred), 'prediction')} written to stdout ({seconds:.2f}s, {model.backend} kernels)"
         elif write:
             replacing = " (replacing the file that was there)" if out.is_file() else ""
@@ -430,7 +448,7 @@ def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
         _save_predictions(out, pred, names, form, files)
         line = f"{count(len(pred), 'prediction')} written to {out}{replacing}"
     elif args.output == "-":
-        sys.stdout.write(_prediction_text(pred, names, "csv", files))
+        _write_stdout(_prediction_text(pred, names, "csv", files))
         line = f"{count(len(pred), 'prediction')} written to stdout"
     else:
         line = f"{count(len(pred), 'prediction')}"
