@@ -638,3 +638,20 @@ def test_functorch_wrapped_tensors_fall_through():
     x = torch.randn(4, 6)
     got = torch.vmap(estimators.sign)(x)  # a batched tensor has no data pointer
     assert torch.equal(got, torch_sign(x))
+
+
+def test_with_no_home_to_be_found_the_cache_is_not_a_folder_named_tilde(monkeypatch, tmp_path):
+    """(review portable #9) HOME unset and a uid without a passwd entry: expanduser("~") stays "~", and the cache
+    (the compiled kernels, the digits split) was made under ./~/.cache of whatever folder the command ran in."""
+    import tempfile
+    from pathlib import Path
+
+    from reste import native
+
+    for name in ("RESTE_CACHE", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # what it gives when no home can be found
+    monkeypatch.chdir(tmp_path)
+    folder = native.cache_dir()
+    assert folder.is_absolute() and folder.parent == Path(tempfile.gettempdir())
+    assert native.writable_cache() == folder and not (tmp_path / "~").exists()

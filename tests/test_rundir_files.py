@@ -125,3 +125,24 @@ def test_the_lock_records_the_torchrun_job_and_still_names_its_pid(tmp_path):
     # another job that takes the folder next writes its own line: while anyone holds the lock, the line is theirs
     with rundir.RunDirectory.open(tmp_path / "run", fresh=True, job="MASTER_PORT=2 job b"):
         assert not rundir.held_by(tmp_path / "run", "MASTER_PORT=1 job a")
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_one_warning(tmp_path, monkeypatch):
+    """(review portable #10) Lustre mounted without -o flock answers flock with ENOSYS (NFSv3 without its lock
+    daemon: ENOLCK): no run or sweep could start there. It now goes on unlocked, as where the platform has no
+    locks, and says so once per file system."""
+    import errno
+    import os
+    import warnings
+
+    def flock(fd, op):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+    monkeypatch.setattr(rundir, "_TOLD_UNLOCKED", set())
+    with pytest.warns(UserWarning, match="cannot lock files .*two runs given the same folder are not kept apart"):
+        run = rundir.RunDirectory.open(tmp_path / "a", fresh=True)
+    run.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per file system
+        rundir.RunDirectory.open(tmp_path / "b", fresh=True).close()

@@ -80,10 +80,20 @@ class EnvSwitch:
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$RESTE_CACHE`` or ``$XDG_CACHE_HOME/reste`` (``~/.cache/reste``)."""
+    """Where compiled kernels are kept: ``$RESTE_CACHE`` or ``$XDG_CACHE_HOME/reste`` (``~/.cache/reste``); with no
+    home to be found (HOME unset and a user the password database lacks: a container's arbitrary uid), this user's
+    folder under the temporary directory, not a folder named ``~`` in the current one (review portable #9)."""
+    home = os.path.expanduser("~")
     root = os.environ.get("RESTE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "reste")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"), "reste")
+    if not os.path.isabs(root) and not os.environ.get("RESTE_CACHE"):  # (a given relative $RESTE_CACHE is meant)
+        return _private_temp()
     return Path(root)
+
+
+def _private_temp() -> Path:
+    """This user's folder under the temporary directory (its checks: :func:`_writable`)."""
+    return Path(tempfile.gettempdir()) / f"reste-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 def _cpu_tag() -> str:
@@ -108,7 +118,9 @@ def _writable(folder: Path) -> Path:
                 return folder
     except OSError:
         pass
-    fallback = Path(tempfile.gettempdir()) / f"reste-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    fallback = _private_temp()
+    if folder == fallback:
+        refused = None
     fallback.mkdir(mode=0o700, exist_ok=True)
     if untrusted_path(fallback, follow=False):  # in a folder anyone may write: made by another user, maybe
         raise OSError(f"{folder} {refused or 'is not writable'}, and {fallback} is not this user's own (libraries "

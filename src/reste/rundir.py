@@ -38,6 +38,7 @@ import os
 import re
 import stat
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -103,6 +104,26 @@ _LITTER = {".ds_store", "thumbs.db", "desktop.ini"}  # what Finder and Explorer 
 def _litter(name: str) -> bool:
     """Whether ``name`` is a file the OS's file browser wrote (``._*`` being macOS's AppleDouble files)."""
     return name.lower() in _LITTER or name.startswith("._")
+
+
+# what flock answers on a file system that keeps no locks (review portable #10): Lustre mounted without -o flock
+# (ENOSYS), NFSv3 whose lock daemon cannot be reached (ENOLCK), some SMB mounts (EOPNOTSUPP)
+_CANNOT_LOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+_TOLD_UNLOCKED: set[str] = set()
+
+
+def _warn_unlocked(path: Path, err: OSError) -> None:
+    """Say once per file system (per process) that its run folders go unlocked, as where the platform has no locks."""
+    try:
+        device = str(os.stat(path).st_dev)
+    except OSError:
+        device = str(path)
+    if device in _TOLD_UNLOCKED:
+        return
+    _TOLD_UNLOCKED.add(device)
+    warnings.warn(f"the file system of {path} cannot lock files ({err.strerror}): its run folders go unlocked, so two "
+                  "runs given the same folder are not kept apart (on Lustre, mount with -o flock or localflock)",
+                  UserWarning, stacklevel=4)
 
 
 def _try_lock(fd: int) -> None:
@@ -300,12 +321,15 @@ class RunDirectory:
             try:
                 _try_lock(fd)
             except OSError as err:
-                holder = _holder(fd) if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else ""
-                os.close(fd)
-                if not holder:
-                    raise UsageError(f"cannot lock run directory {path} ({err.strerror})") from None
-                raise RunInUse(f"{path} is in use by {holder} ({what} is writing to it); "
-                                 "wait for it to finish, or use another folder") from None
+                if err.errno in _CANNOT_LOCK:  # this file system has no locks: go on as where the platform has none
+                    _warn_unlocked(path, err)
+                else:
+                    holder = _holder(fd) if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else ""
+                    os.close(fd)
+                    if not holder:
+                        raise UsageError(f"cannot lock run directory {path} ({err.strerror})") from None
+                    raise RunInUse(f"{path} is in use by {holder} ({what} is writing to it); "
+                                   "wait for it to finish, or use another folder") from None
             try:  # the holder before us may have removed the lock file: then lock the new one
                 same = os.lstat(lock_path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
