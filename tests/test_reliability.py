@@ -982,3 +982,36 @@ def test_an_epochs_line_is_told_once_last_pt_holds_it_even_where_best_pt_then_fa
                      log=lines.append)
     assert any(line.startswith("epoch 1/2") for line in lines), lines
     assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("at", ["train", "eval"])
+def test_a_loader_process_the_stop_signal_killed_as_it_started_is_a_stop(tmp_path, monkeypatch, at):
+    """(review portable #8) a worker started by spawn (macOS, Windows; forkserver, Linux from Python 3.14) sets its
+    handlers only after importing torch: the job's SIGTERM (or a terminal's Ctrl-C) in those seconds killed it, and
+    the run, its step saved, ended as an error (exit 1) instead of a stop (143). Here the loader fails the way the
+    killed worker makes it fail, after the signal reached the run."""
+    import os
+
+    from reste.data import memory
+
+    real = memory.TensorLoader._batches
+
+    def killed(self, order, gen):
+        for i, batch in enumerate(real(self, order, gen)):
+            if (i == 2 and self.shuffle) if at == "train" else not self.shuffle:
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise RuntimeError("DataLoader worker (pid(s) 1234) exited unexpectedly")
+            yield batch
+
+    monkeypatch.setattr(memory.TensorLoader, "_batches", killed)
+    monkeypatch.setattr(engine, "data_device", lambda *a: None)  # read as image files are (eval: training saved first)
+    lines: list[str] = []
+    with pytest.raises(engine.Preempted) as stopped:
+        engine.train(TrainConfig(epochs=1, threads=1), tmp_path / "run", progress=False, log=lines.append)
+    assert stopped.value.signum == signal.SIGTERM
+    if at == "train":
+        assert "stopped by SIGTERM at epoch 1, step 2/" in str(stopped.value)
+        assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+    else:
+        assert "stopped by SIGTERM at the evaluation of epoch 1" in str(stopped.value)

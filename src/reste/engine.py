@@ -693,9 +693,16 @@ class _Run:
                     if isinstance(err, (ConnectionError, EOFError)):  # a worker killed while it sent its batch
                         died = RuntimeError(f"a DataLoader worker died while sending a batch ({type(err).__name__}"
                                             f"{': ' + str(err) if str(err) else ''})")
+                    sums = [float(loss_sum), int(correct), n, int(bad_step)]
+                    if self.stop.signum and not isinstance(err, UsageError) and not self.dist.enabled:
+                        # the stop signal reached a loading process that had not yet set its handlers (a worker
+                        # started by spawn imports torch first: seconds), and killed it: a stop, not a failure
+                        # (review portable #8)
+                        if step + 1 > start_step:
+                            self._stop_saving(epoch, step + 1, steps, sums)
+                        self._stopped_before(epoch)
                     # step + 1 batches are done: keep them (a later epoch's error keeps its finished steps too)
-                    self._data_failed(died or err, epoch, step + 1, steps, start_step,
-                                      [float(loss_sum), int(correct), n, int(bad_step)])
+                    self._data_failed(died or err, epoch, step + 1, steps, start_step, sums)
                     if died is not None:
                         raise died from err
                     raise
@@ -804,6 +811,12 @@ class _Run:
                 if self.files_to_read and trained_saved:
                     self._tell_kept(err, f"{last_checkpoint(self.run_dir)} keeps epoch {epoch + 1}'s training")
                 raise
+            except Exception:  # a loading process the stop signal killed as it started (review portable #8)
+                if not (self.stop.signum and trained_saved and not self.dist.enabled):
+                    raise
+                signum = self.stop.signum
+                self._preempted(f"stopped by {signal_text(signum)} at the evaluation of epoch {epoch + 1}; "
+                                f"{last_checkpoint(self.run_dir)} holds its training", signum)
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
                                        "test_loss": test["loss"], "test_acc": test["top1"],
                                        "test_top5": test["top5"]}
@@ -974,6 +987,16 @@ class _Run:
         where = f"epoch {epoch + 1}, step {step}/{steps}" if step else f"the end of epoch {epoch}"
         self._preempted(f"stopped by {signal_text(signum)} at {where}; {last_checkpoint(self.run_dir)} "
                         "holds it", signum)
+
+    def _stopped_before(self, epoch: int) -> None:
+        """A stop signal before epoch ``epoch + 1`` trained a step past what ``last.pt`` holds: :class:`Preempted`
+        where a checkpoint holds the run (else the failure goes on as one: a run that saved nothing starts over)."""
+        if self.saved is not None:
+            signum = self.stop.signum or signal.SIGTERM
+            e, step = self.saved
+            where = f"epoch {e + 1}, step {step}" if step else f"the end of epoch {e}"
+            self._preempted(f"stopped by {signal_text(signum)} in epoch {epoch + 1}; {last_checkpoint(self.run_dir)} "
+                            f"holds {where}", signum)
 
     def _preempted(self, kept: str, signum: int) -> None:
         raise Preempted(f"{kept}: continue with {resume_command(self.run_dir, self.dist.world_size)}", signum, kept)
