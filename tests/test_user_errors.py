@@ -716,3 +716,16 @@ def test_a_quoted_error_is_cut_between_words():
     cut = gist("\n  " + long + "\nsecond line")
     assert len(cut) <= 160 and cut.endswith("...") and long.startswith(cut[:-3]) and long[len(cut) - 3] == " "
     assert gist("short\nsecond") == "short" and gist("x" * 200) == "x" * 157 + "..."
+
+
+def test_suggested_commands_quote_paths_for_the_platform_s_shell(monkeypatch):
+    """(review portable #7) on Windows the suggested commands quoted paths with single quotes (POSIX), which
+    cmd.exe keeps as part of the word: the folder was then not found."""
+    import os
+
+    from reste.errors import shell_word
+
+    assert shell_word("runs/my run") == "'runs/my run'" and shell_word("runs/digits") == "runs/digits"
+    monkeypatch.setattr(os, "name", "nt")
+    assert shell_word(r"runs\digits") == r"runs\digits"
+    assert shell_word(r"C:\Users\me\my runs\digits") == r'"C:\Users\me\my runs\digits"'

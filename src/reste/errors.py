@@ -91,6 +91,10 @@ def shell_word(path) -> str:
     import os
     import shlex
 
+    if os.name == "nt":  # cmd.exe keeps single quotes as part of the word: double quotes where needed (review
+        import subprocess  # portable #7), which cmd.exe and PowerShell both read
+
+        return subprocess.list2cmdline([os.fspath(path)])
     return shlex.quote(os.fspath(path))
 
 

@@ -1092,6 +1092,8 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
         queue = queue[jobs:]
 
         def pass_on(signum: int) -> None:
+            if os.name == "nt":  # os.kill there is TerminateProcess: the workers' steps would be lost. A console's
+                return  # Ctrl-C reaches them itself; nothing else can send them a stop (review portable #6)
             for pid in list(getattr(pool, "_processes", None) or {}):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signum)
