@@ -729,3 +729,17 @@ def test_suggested_commands_quote_paths_for_the_platform_s_shell(monkeypatch):
     monkeypatch.setattr(os, "name", "nt")
     assert shell_word(r"runs\digits") == r"runs\digits"
     assert shell_word(r"C:\Users\me\my runs\digits") == r'"C:\Users\me\my runs\digits"'
+
+
+def test_classes_that_differ_only_in_unicode_normalisation_are_told_apart():
+    """(review portable #3) a class folder copied from macOS comes back in NFD: the refusal printed two names that
+    look the same."""
+    import unicodedata
+
+    from reste.data.sets import DatasetInfo, check_classes
+
+    learned = ["chat noir \u00e9", "chien"]
+    found = DatasetInfo("imagenet", 2, (3, 8, 8), 2, 2, (unicodedata.normalize("NFD", learned[0]), "chien"))
+    with pytest.raises(UsageError, match=r"label 0 is 'chat noir e\\u0301', was 'chat noir \\xe9': names that "
+                                         "differ only in Unicode normalisation"):
+        check_classes(2, learned, found, "data")

@@ -131,7 +131,14 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
     if len(names) != len(found):
         raise UsageError(f"{what} has {len(found)} classes but the model learned {len(names)}; pass the data "
                          "it was trained on")
+    import unicodedata
+
     i = next(i for i, (a, b) in enumerate(zip(names, found)) if a != b)
+    now, was = str(found[i]), str(names[i])
+    if unicodedata.normalize("NFC", now) == unicodedata.normalize("NFC", was):  # they print alike: ascii() tells
+        raise UsageError(f"{what} has other classes than the model learned (label {i} is {ascii(now)}, was "  # them
+                         f"{ascii(was)}: names that differ only in Unicode normalisation, as a folder copied from "
+                         "macOS comes back); rename the class folders as the model learned them")  # (portable #3)
     raise UsageError(f"{what} has other classes than the model learned (label {i} is {found[i]!r}, was "
                      f"{names[i]!r}); pass the data it was trained on, with the same class folders")
 
