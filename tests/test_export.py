@@ -8,6 +8,7 @@ import json
 import math
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1092,3 +1093,28 @@ def test_a_model_with_synchronised_batch_norms_exports_as_with_batch_norms(tmp_p
     assert (report["folded_batch_norms"], report["affine_ops"]) == (plain["folded_batch_norms"], plain["affine_ops"])
     x = torch.randn(5, 1, 8, 8)
     assert torch.equal(PackedModel.load(tmp_path / "synced.rbnn")(x), PackedModel.load(tmp_path / "plain.rbnn")(x))
+
+
+def test_onnx_export_to_a_folder_whose_path_is_not_utf8(tmp_path):
+    """(review portable #13) onnxruntime and the TorchScript exporter take text paths alone: the ONNX check raised a
+    TypeError, and the TorchScript exporter failed over to the dynamo one."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import os
+
+    folder = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9"))
+    folder.mkdir()
+    report = export_onnx(_small_bnn(), folder / "m.onnx", (1, 8, 8))
+    assert report["ok"] and report["exporter"] == "torchscript", report
+
+
+def test_tensorboard_refuses_a_folder_whose_path_is_not_utf8(tmp_path):
+    """(review portable #13) TensorBoard's writer takes text paths: the run failed after its first epoch."""
+    pytest.importorskip("torch.utils.tensorboard")
+    import os
+
+    from reste.integrations.tensorboard import check
+
+    run = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9")
+    with pytest.raises(UsageError, match="is not valid UTF-8, which TensorBoard's writer needs"):
+        check("", run)

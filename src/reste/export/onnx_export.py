@@ -171,9 +171,11 @@ def _export(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool) -> None
         program.save(str(path))
     else:
         kwargs["dynamic_axes"] = {"images": {0: "batch"}, "logits": {0: "batch"}}
+        buffer = io.BytesIO()  # written by us: its C++ writer takes text paths alone (review portable #13)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(path), dynamo=False, do_constant_folding=True, **kwargs)
+            torch.onnx.export(model, (x,), buffer, dynamo=False, do_constant_folding=True, **kwargs)
+        path.write_bytes(buffer.getvalue())
 
 
 def require_onnx() -> None:
@@ -255,13 +257,15 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
     from ..layers import eval_mode
     from .reference import compare
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # (the file's bytes, not its path: onnxruntime takes text paths alone, review portable #13)
+    session = ort.InferenceSession(Path(path).read_bytes(), providers=["CPUExecutionProvider"])
     x = torch.randn(images, *input_size, generator=torch.Generator().manual_seed(1))
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     try:
         with eval_mode(model):
             ref32 = model(x).float()
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (export_onnx said what there is to say about the model)
             export_model(model, Path(tmp) / "reference.rbnn", input_size=input_size, verify=False)
             reference = compare(model_reference(model, Path(tmp) / "reference.rbnn", x), got)
         info: dict[str, Any] = {"reference": asdict(reference), "ok": reference.ok}
@@ -277,6 +281,6 @@ def run_onnx(path: str | os.PathLike, images: Any) -> Any:
     import numpy as np
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(Path(path).read_bytes(), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: np.asarray(images, dtype=np.float32)})[0]
 
