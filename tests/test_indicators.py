@@ -319,7 +319,7 @@ def test_frozen_layers_are_left_out_of_gradient_stability():
     alone = torch.var(model[0].weight.grad.abs().flatten())
     assert float(gradient_stability(model)) == pytest.approx(float(alone))  # raised 'has no gradient' before
     meter = EquilibriumMeter(model)
-    with pytest.warns(UserWarning, match=r"1 of 2 binary layers are frozen \(1\) and left out"):
+    with pytest.warns(UserWarning, match=r"1 of 2 binary layers are frozen or of one weight \(1\) and left out"):
         meter.update()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -411,3 +411,17 @@ def test_a_step_fp16_s_scaler_skipped_is_left_out(mode):
     assert got["estimating_error"] == pytest.approx(want[0], rel=1e-5)
     assert got["gradient_stability"] == pytest.approx(want[1], rel=1e-5)
     assert amp_scale(torch.amp.GradScaler("cpu", enabled=False)) is None and amp_skipped(None, None) is None
+
+
+def test_a_binary_layer_of_one_weight_is_left_out_of_gradient_stability():
+    """(review math #3) the unbiased variance of one weight is undefined: one such layer made the sum, each epoch's
+    value and the run's NaN, with only torch's warning."""
+    torch.manual_seed(0)
+    bnn = reste.binarize(nn.Sequential(nn.Linear(4, 1), nn.Linear(1, 1), nn.Linear(1, 3), nn.Linear(3, 2)), "ste")
+    bnn(torch.randn(8, 4)).sum().backward()
+    meter = EquilibriumMeter(bnn, mode="general")
+    with pytest.warns(UserWarning, match=r"1 of 2 binary layers are frozen or of one weight \(1\)"):
+        meter.update()
+    values = meter.epoch_end()
+    want = float(torch.var(bnn[2].weight.grad.abs().flatten()))
+    assert values["gradient_stability"] == pytest.approx(want, rel=1e-6)

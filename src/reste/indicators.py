@@ -92,8 +92,10 @@ def estimating_error(model: nn.Module, mode: str = "general", o_end: float = 3.0
 
 
 def frozen_layers(model: nn.Module, mode: str = "general") -> list[str]:
-    """The indicator layers whose weight is frozen (``requires_grad=False``): gradient stability leaves them out."""
-    return [name for name, layer in indicator_layers(model, mode) if not layer.weight.requires_grad]
+    """The indicator layers whose weight is frozen (``requires_grad=False``), or is a single weight (no variance):
+    gradient stability leaves them out."""
+    return [name for name, layer in indicator_layers(model, mode)
+            if not layer.weight.requires_grad or layer.weight.numel() < 2]
 
 
 @torch.no_grad()
@@ -101,12 +103,13 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
     """Sum over the indicator layers of the unbiased variance of abs(grad w) (a 0-dim tensor).
 
     Layers whose weight is frozen (``requires_grad=False``, e.g. a fine-tuned backbone) get no gradient and are
-    left out; a model whose indicator layers are all frozen is refused.
+    left out, and so are layers of a single weight, whose variance is undefined (review math #3: one made the sum
+    NaN); a model whose indicator layers are all left out is refused.
     """
     total = None  # on the gradients' device, as in estimating_error
     layers = _measured_layers(model, mode)
     for name, layer in layers:
-        if not layer.weight.requires_grad:
+        if not layer.weight.requires_grad or layer.weight.numel() < 2:
             continue
         g = layer.weight.grad
         if g is None:
@@ -119,8 +122,9 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
         var = torch.var(_wide(g.detach().abs()).flatten())
         total = var if total is None else total + var
     if total is None:
-        raise ValueError(f"every layer of the {mode!r} indicators is frozen (requires_grad=False): gradient "
-                         "stability has nothing to measure; unfreeze a binary layer or turn the indicators off")
+        raise ValueError(f"every layer of the {mode!r} indicators is frozen (requires_grad=False) or of one weight: "
+                         "gradient stability has nothing to measure; unfreeze a binary layer or turn the indicators "
+                         "off")
     return total
 
 
@@ -232,7 +236,8 @@ class EquilibriumMeter:
             frozen = frozen_layers(self.model, self.mode)
             if frozen:
                 warnings.warn(f"EquilibriumMeter: {len(frozen)} of {len(indicator_layers(self.model, self.mode))} "
-                              f"binary layers are frozen ({', '.join(frozen)}) and left out of gradient stability",
+                              f"binary layers are frozen or of one weight ({', '.join(frozen)}) and left out of "
+                              "gradient stability",
                               UserWarning, stacklevel=2)
         e = estimating_error(self.model, self.mode, self.o_end)
         s = gradient_stability(self.model, self.mode) if stability is None else stability
