@@ -1045,3 +1045,23 @@ def test_rbnn_keeps_t_squared_a_float32_number():
     x = torch.tensor([0.0, -0.0, 1e-30, 0.5], requires_grad=True)
     est(x).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_ede_and_dsq_keep_their_relative_precision_where_g_is_small():
+    """(review math #2) g = k t (1 - tanh(t x)^2) cancelled in float32 once tanh rounds near 1: at the end of EDE's
+    schedule (t = 10) g was 96% off at x = 0.9 and exactly 0 beyond. The float64 value of the same expression is
+    reference is 1 / cosh(z)^2 in float64 (the same function, without the difference); the float32 one takes exp
+    (a few ulp), a square and a division: relative error well below 1e-5."""
+    from reste.estimators import dsq_consts, dsq_g, ede_g
+
+    x = torch.linspace(0.0, 3.0, 301)
+    want = 10.0 / torch.cosh(10.0 * x.double()).square()
+    got = ede_g(x, 10.0, 1.0).double()
+    assert ((got - want).abs() <= 1e-5 * want).all(), float(((got - want).abs() / want).max())
+    assert (got > 0).all()
+    m, k, s = dsq_consts(1e-6, -1.0, 1.0)
+    x = torch.linspace(-1.0, 1.0, 201)
+    want = s * k / torch.cosh(k * (x.double() - m)).square()
+    got = dsq_g(x, 1e-6).double()
+    assert ((got - want).abs() <= 1e-5 * want).all(), float(((got - want).abs() / want).max())
+    assert ede_g(torch.tensor([float("inf"), -float("inf")]), 10.0, 1.0).tolist() == [0.0, 0.0]

@@ -19,7 +19,7 @@ loaded, computed in float32 and rounded once when stored, as the PyTorch path's
 so the zeros, the clipping and ReSTE's constant near 0 land on the same elements.
 Compiled, Triton may contract a * b + c into one fused multiply-add (the C++ extension is
 built with ``--fmad=false``), so a value may differ from the PyTorch path's in its last bits.
-Compiled for a GPU, the transcendental functions (log2, exp2, exp, cos, tanh) are
+Compiled for a GPU, the transcendental functions (log2, exp2, exp, cos) are
 CUDA's libdevice ones, as accurate as the ``torch`` CUDA kernels; under Triton's
 interpreter (``TRITON_INTERPRET=1``, how the tests run them on the CPU) they are
 Triton's portable ``tl.*`` functions, evaluated by NumPy.
@@ -103,17 +103,6 @@ def _div(a, b, PRECISE: tl.constexpr):
 
 
 @triton.jit
-def _tanh(x, PRECISE: tl.constexpr):
-    if PRECISE:
-        return libdevice.tanh(x)
-    else:
-        # tanh(z) = sign(z) (1 - e) / (1 + e), e = exp(-2 abs(z)) in (0, 1]: no overflow
-        e = tl.exp(-2.0 * tl.abs(x))
-        r = (1.0 - e) / (1.0 + e)
-        return tl.where(x < 0.0, -r, r)
-
-
-@triton.jit
 def _load_f32(ptr, offs, mask):
     """Elements of ``ptr`` as float32 (exact). bfloat16 is widened by its bits (the upper half of a float32),
     which is also exact for its subnormals under the interpreter, whose own conversion flushes them."""
@@ -188,9 +177,10 @@ def _sign_swish_g(x, beta, two_beta, PRECISE: tl.constexpr):
 
 @triton.jit
 def _tanh_bump(z, scale, PRECISE: tl.constexpr):
-    """scale (1 - tanh(z)^2)."""
-    th = _tanh(z, PRECISE)
-    return scale * (1.0 - th * th)
+    """scale (1 - tanh(z)^2), as scale 4e / (1 + e)^2 with e = exp(-2 abs(z)): no cancellation where tanh is near
+    1 (estimators._tanh_bump)."""
+    e = _exp(-2.0 * tl.abs(z), PRECISE)
+    return scale * _div(4.0 * e, (1.0 + e) * (1.0 + e), PRECISE)
 
 
 @triton.jit

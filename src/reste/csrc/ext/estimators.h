@@ -3,7 +3,7 @@
 // Each g is the PyTorch expression of reste/estimators.py, written with the same float32 operations
 // in the same order (the build turns off contraction into fused multiply-adds), so the regions
 // (the comparisons that decide zeros, clipping and ReSTE's constant near 0) land on the same
-// elements; only the transcendental functions (log2, exp2, exp, cos, tanh) come from another
+// elements; only the transcendental functions (log2, exp2, exp, cos) come from another
 // library. The scalars are those of reste/kernel_args.py, the same the Triton kernels receive.
 #pragma once
 
@@ -41,10 +41,10 @@ RESTE_HD float step_le(float a, float bound) { return a <= bound ? 1.0f : 0.0f; 
 // max(v, lo) with NaN kept, as torch.clamp(min=)
 RESTE_HD float clamp_min(float v, float lo) { return v < lo ? lo : v; }
 
-// scale (1 - tanh(z)^2)
+// scale (1 - tanh(z)^2), as scale 4e / (1 + e)^2 with e = exp(-2 |z|): 1 - tanh^2 cancels where tanh is near 1
 RESTE_HD float tanh_bump(float z, float scale) {
-  const float th = tanhf(z);
-  return scale * (1.0f - th * th);
+  const float e = expf(-2.0f * fabsf(z));
+  return scale * (4.0f * e / ((1.0f + e) * (1.0f + e)));
 }
 
 RESTE_HD float g(float x, const Params& p) {
