@@ -1065,3 +1065,23 @@ def test_ede_and_dsq_keep_their_relative_precision_where_g_is_small():
     got = dsq_g(x, 1e-6).double()
     assert ((got - want).abs() <= 1e-5 * want).all(), float(((got - want).abs() / want).max())
     assert ede_g(torch.tensor([float("inf"), -float("inf")]), 10.0, 1.0).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["reste", "ste", "ede", "sign_swish"])
+def test_forward_mode_differentiation_takes_the_estimator_s_derivative(name):
+    """(review math #6) torch.func.jacfwd, jvp and forward_ad gave an all-zero derivative (sign's own), silently,
+    where reverse mode gives g(x)."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import jacfwd, jacrev, jvp
+
+    est = reste.get_estimator(name)
+    est.set_progress(1, 2)
+    x = torch.tensor([-1.2, -0.3, 0.0, 0.05, 0.7, 2.5])
+    want = jacrev(est)(x).diag()
+    assert want.abs().sum() > 0
+    assert torch.allclose(jacfwd(est)(x).diag(), want)
+    assert torch.allclose(jvp(est, (x,), (torch.ones_like(x),))[1], want)
+    with fwAD.dual_level():
+        assert torch.allclose(fwAD.unpack_dual(est(fwAD.make_dual(x, torch.ones_like(x)))).tangent, want)
+    layer = reste.BinaryLinear(6, 3, weight_estimator=name, input_estimator=name)
+    assert torch.allclose(jacfwd(layer)(x), jacrev(layer)(x), atol=1e-6)

@@ -317,6 +317,28 @@ class _SignFunction(torch.autograd.Function):
         return (g * grad).to(grad.dtype), None, None
 
 
+class _SignFunctionForward(_SignFunction):
+    """:class:`_SignFunction` with forward mode too (``torch.func.jvp``, ``jacfwd``, ``forward_ad``): the tangent
+    times g(x), the derivative the backward uses (review math #6: it was sign's own, 0). A class apart: torch.compile
+    does not trace a Function that defines ``jvp``."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _SignFunction.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: Tensor, _g: Any, _fast: Any) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return (ctx.g(_compute_dtype(x)) * tangent).to(tangent.dtype)
+
+
+def _forward_mode() -> bool:
+    """Whether forward-mode differentiation may be running (a dual level is open: ``forward_ad``, ``torch.func.jvp``
+    and ``jacfwd``): its tangents do not make the input require grad, so sign's own derivative (0) would be taken."""
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or fused.under_functorch()
+
+
 def reference_backward(kind: str, x: Tensor, grad: Tensor, groups: int, params: dict[str, Any]) -> Tensor:
     """The gradient a fused kernel of estimator ``kind`` computes, as the differentiable PyTorch expression
     (what a double backward through the compiled extension runs): ``groups=0``, the activation's
@@ -479,11 +501,13 @@ class Estimator(nn.Module):
         if isinstance(x, torch.fx.Proxy):  # torch.fx tracing (torchvision's create_feature_extractor): the graph
             tracer = x.tracer            # calls this module, which keeps its backward, as it calls a leaf module
             return tracer.create_proxy("call_module", tracer.path_of_module(self), (x,), {})
-        if not torch.is_grad_enabled() or not x.requires_grad:
+        if (not torch.is_grad_enabled() or not x.requires_grad) and not _forward_mode():
             return sign(x)
         p, kind = self.params(), self._kernel_kind()
-        if torch.compiler.is_compiling() or fused.under_functorch():  # the compiler fuses the PyTorch expression
-            return _SignFunction.apply(x, lambda z: self._g(z, **p), None)  # itself; torch.func's wrappers: no kernel
+        if torch.compiler.is_compiling():  # the compiler fuses the PyTorch expression itself
+            return _SignFunction.apply(x, lambda z: self._g(z, **p), None)
+        if _forward_mode():  # torch.func's wrappers, forward_ad's duals: no kernel
+            return _SignFunctionForward.apply(x, lambda z: self._g(z, **p), None)
         y = cuda_ext.binary_sign(kind, x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
         if y is not None:
             return y
