@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import reste
 from reste import datasets, plugins
@@ -258,3 +259,20 @@ def test_worker_processes_started_by_spawn_read_a_plugin_file_s_data_set(tmp_pat
                           cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == [str(list(range(12))), str(list(range(6)))]
+
+
+def test_a_data_set_of_five_classes_or_fewer_has_no_top5():
+    """(review imgdist, suggestion) top-5 of 3 classes is every image: the epoch lines, eval and show printed
+    "top5 100.00" for it. Now none: null in metrics.jsonl and eval's JSON, left out of the lines."""
+    from reste import engine
+
+    class Three(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3]
+
+    loader = [(torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))]
+    result = engine.evaluate(Three(), loader, torch.device("cpu"))
+    assert result["top5"] is None and 0 <= result["top1"] <= 100
+    line = engine.format_epoch({"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 50.0, "test_loss": 1.0,
+                                "test_acc": 50.0, "test_top5": None, "time": 0.5}, 2)
+    assert "test loss 1.0000 acc 50.00  (0.5s)" in line and "top5" not in line

@@ -164,8 +164,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
     amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
+    top5 = f"top-5 {r['top5']:.2f}%  " if r.get("top5") is not None else ""  # (none for 5 classes or fewer)
     print(f"{r['model']} on {r['dataset']} test, {taken_at(r['epoch'], r.get('step'))}{amp}: top-1 {r['top1']:.2f}%  "
-          f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}{stored}")
+          f"{top5}loss {r['loss']:.4f}{stored}")
     return 0
 
 

@@ -211,10 +211,10 @@ def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: 
                       sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                       stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> int:
     """The loop of :func:`evaluate`: adds each batch's loss and top-1/top-5 counts to ``sums``; returns the
-    number of images. :class:`EvaluationStopped` where ``stop()`` is true before a batch. ``log``: a line every
+    number of images and of the model's classes (its outputs). :class:`EvaluationStopped` where ``stop()`` is true before a batch. ``log``: a line every
     STEP_LINE_EVERY seconds (where no bar is drawn: a log file)."""
     loss_sum, top1, top5 = sums
-    n = 0
+    n = classes = 0
     since, n_since, total = time.monotonic(), 0, len(loader)
     for i, (images, target) in enumerate(loader):
         if stop is not None and stop():
@@ -227,6 +227,7 @@ def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: 
                 logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
         c1, c5 = _accuracy_counts(logits, target)
+        classes = logits.shape[1]
         top1 += c1
         top5 += c5
         n += target.numel()
@@ -237,7 +238,7 @@ def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: 
             world = torch.distributed.get_world_size() if is_distributed() else 1
             log(f"  evaluating: batch {i + 1}/{total}  ({shard_rate(rate, world)})")
             since, n_since = time.monotonic(), n
-    return n
+    return n, classes
 
 
 @torch.no_grad()
@@ -245,7 +246,8 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
              channels_last: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
              progress: bool = False, stop: Callable[[], bool] | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``. ``forward(images)``, where
+    """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader`` (top-5 None for a model of 5 classes or
+    fewer, where it is 100% by definition). ``forward(images)``, where
     given, computes the logits instead of ``model`` under autocast (a :class:`GraphedForward`);
     ``progress``: a bar over the batches; ``stop()``, asked before each batch (one process only): true ends it
     with :class:`EvaluationStopped`; ``log``: where no bar is drawn, a line every few minutes (a long evaluation
@@ -256,8 +258,8 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     top5 = torch.zeros((), device=device, dtype=torch.long)
     with _progress(len(loader), "evaluating", progress) as bar:
         drawn = _drawn(bar)
-        n = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar if drawn else None,
-                              (loss_sum, top1, top5), None if is_distributed() else stop, log)
+        n, classes = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar if drawn else None,
+                                       (loss_sum, top1, top5), None if is_distributed() else stop, log)
     counts = torch.stack([loss_sum, top1.double(), top5.double(), torch.tensor(float(n), device=device,
                                                                                 dtype=torch.float64)])
     if is_distributed():  # each process evaluated its shard (make_loaders(distributed=True)): add them up
@@ -265,7 +267,8 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     loss_sum, top1, top5, n = counts.tolist()
     if n == 0:
         raise UsageError("the test set is empty; check --data-path")
-    return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+    # top-5 of 5 classes or fewer holds every image: no figure (a 3-class folder printed "top5 100.00")
+    return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n if classes > 5 else None}
 
 
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
@@ -1106,7 +1109,8 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
     gamma = f"gamma {m['bop_gamma']:.4g}  " if "bop_gamma" in m else ""
     line = (f"epoch {m['epoch']:>{len(str(epochs))}}/{epochs}  lr {m['lr']:.4g}  {gamma}{sched + '  ' if sched else ''}"
             f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.2f}  "
-            f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f} top5 {m['test_top5']:.2f}")
+            f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f}"
+            + (f" top5 {m['test_top5']:.2f}" if m.get("test_top5") is not None else ""))
     if "estimating_error" in m:
         line += f"  error {m['estimating_error']:.4g} stability {m['gradient_stability']:.4g}"
     if "bop_flips" in m:
