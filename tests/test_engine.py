@@ -442,6 +442,7 @@ def test_cpu_defaults_count_the_cpus_this_process_may_run_on(monkeypatch):
     --threads limit for those, not for the whole machine; without an affinity mask (macOS), the machine's count."""
     from reste.experiments import sweep
 
+    monkeypatch.setattr(config, "_cpu_quota", lambda: None)  # (whatever quota the machine running this has)
     monkeypatch.setattr(config.os, "cpu_count", lambda: 64)
     monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert config.usable_cpus() == 2
@@ -453,11 +454,44 @@ def test_cpu_defaults_count_the_cpus_this_process_may_run_on(monkeypatch):
     assert config.usable_cpus() == 64 and sweep.threads_per_job(2) == 32
     assert TrainConfig(dataset="imagenet").resolve().workers == 8
     assert TrainConfig(dataset="cifar10").resolve().workers == 0
+    # (review portable, suggestion) a container's CPU quota: the node's 64 CPUs in its mask, 2.5 CPUs of time
+    monkeypatch.setattr(config, "_cpu_quota", lambda: 2.5)
+    assert config.usable_cpus() == 3 and TrainConfig(dataset="imagenet").resolve().workers == 3
+
+
+def test_the_cpu_quota_is_read_from_the_process_s_cgroup(monkeypatch, tmp_path):
+    """cgroup v2's cpu.max ("200000 100000": 2 CPUs; "max 100000": none) and v1's cfs quota and period, of the
+    cgroup /proc/self/cgroup names."""
+    import builtins
+    import io
+
+    files = {"/proc/self/cgroup": "0::/job\n", "/sys/fs/cgroup/job/cpu.max": "250000 100000\n"}
+    real_open = builtins.open
+
+    def fake_open(path, *a, **k):
+        if isinstance(path, str) and (path.startswith("/proc/self/cgroup") or path.startswith("/sys/fs/cgroup")):
+            if path not in files:
+                raise FileNotFoundError(path)
+            return io.StringIO(files[path])
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert config._cpu_quota() == 2.5
+    files["/sys/fs/cgroup/job/cpu.max"] = "max 100000\n"
+    assert config._cpu_quota() is None
+    files.clear()
+    files.update({"/proc/self/cgroup": "4:cpu,cpuacct:/job\n",
+                  "/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_quota_us": "150000\n",
+                  "/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_period_us": "100000\n"})
+    assert config._cpu_quota() == 1.5
+    files["/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_quota_us"] = "-1\n"
+    assert config._cpu_quota() is None
 
 
 def test_loader_workers_share_the_node_among_torchruns_processes(monkeypatch):
     """torchrun binds no CPUs: 8 processes on a 32-CPU node share its CPUs (4 workers each, not 8 = 64 in all); a
     mask narrower than the machine (SLURM's binding) is already the process's share."""
+    monkeypatch.setattr(config, "_cpu_quota", lambda: None)
     monkeypatch.setattr(config.os, "cpu_count", lambda: 32)
     monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     for local, workers in (("8", 4), ("2", 8), ("64", 1), ("1", 8), ("not a number", 8)):

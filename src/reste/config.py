@@ -92,8 +92,8 @@ def default_workers(dataset: str) -> int:
 def file_workers() -> int:
     """Worker processes for reading image files (:func:`default_workers`; ``reste predict`` on image files): one
     per CPU of this process's share, up to 8."""
-    cpus = usable_cpus()
-    if cpus >= (os.cpu_count() or cpus):  # no narrower mask: the node's CPUs, shared by its processes
+    cpus, mask = usable_cpus(), _mask_cpus()
+    if mask >= (os.cpu_count() or mask):  # no narrower mask: the node's CPUs (or quota), shared by its processes
         cpus //= _local_processes()
     return max(1, min(8, cpus))
 
@@ -169,11 +169,50 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask where the OS keeps one (taskset, a SLURM or cgroup
-    cpuset give a job a few of a big node's CPUs, which os.cpu_count() counts all of), else the machine's."""
+    cpuset give a job a few of a big node's CPUs, which os.cpu_count() counts all of), else the machine's; and at
+    most its CPU quota, rounded up (a container's ``--cpus 2``, a Kubernetes limit: the whole node's CPUs in its
+    mask, two CPUs' worth of time)."""
+    cpus = _mask_cpus()
+    quota = _cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _mask_cpus() -> int:
+    """The CPUs of this process's affinity mask (the machine's where the OS keeps none: macOS, Windows)."""
     try:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # macOS, Windows: no affinity mask to read
         return os.cpu_count() or 1
+
+
+def _cpu_quota() -> float | None:
+    """This process's cgroup CPU quota in CPUs (``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us`` of v1), or None
+    where it has none (or none can be read: not Linux). The cgroup is the process's own, read from
+    /proc/self/cgroup (review portable, suggestion)."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "0::/path" (v2) or "4:cpu,cpuacct:/path" (v1)
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        try:
+            if controllers == "":
+                with open(f"/sys/fs/cgroup{path.rstrip('/')}/cpu.max", encoding="utf-8") as f:
+                    quota, period = f.read().split()[:2]
+                if quota != "max" and float(period) > 0:
+                    return float(quota) / float(period)
+            elif "cpu" in controllers.split(","):
+                folder = f"/sys/fs/cgroup/{controllers}{path.rstrip('/')}"
+                with open(f"{folder}/cpu.cfs_quota_us", encoding="utf-8") as f:
+                    quota_us = float(f.read())
+                with open(f"{folder}/cpu.cfs_period_us", encoding="utf-8") as f:
+                    period_us = float(f.read())
+                if quota_us > 0 and period_us > 0:
+                    return quota_us / period_us
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def max_threads() -> int:
