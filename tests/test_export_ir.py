@@ -534,3 +534,22 @@ def test_predictions_are_written_as_utf8_bytes_whatever_the_names_or_stdout(tmp_
     monkeypatch.setattr(sys, "stdout", out)
     _write_stdout(_prediction_text(pred, names, "csv"))
     assert out.buffer.getvalue() == raw
+
+
+def test_a_dark_16_bit_pgm_is_read_in_its_own_range(tmp_path):
+    """(review datafid #1) Pillow opens a PGM of maxval 65535 as mode "I", and the range was guessed from its values:
+    a dark one (every value <= 255) was read as 8-bit, up to 257 times too bright, by training, eval and predict."""
+    from reste.data.formats import _read_image
+    from reste.export.inputs import read_image
+
+    def pgm(name, value, maxval=65535):
+        path = tmp_path / name
+        body = np.full((4, 4), value, ">u2" if maxval > 255 else np.uint8).tobytes()
+        path.write_bytes(f"P5\n4 4\n{maxval}\n".encode() + body)
+        return path
+
+    for value, want in ((200, 1), (300, 1), (32768, 128), (65535, 255)):
+        path = pgm(f"d{value}.pgm", value)
+        assert read_image(path, (1, 4, 4))[0, 0, 0, 0] == want, value
+        assert np.asarray(_read_image(str(path)))[0, 0, 0] == want, value
+    assert read_image(pgm("e.pgm", 200, 255), (1, 4, 4))[0, 0, 0, 0] == 200  # an 8-bit one as it is

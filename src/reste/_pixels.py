@@ -58,7 +58,10 @@ def eight_bit(image: Any) -> Any:
         from PIL import Image
 
         values = np.asarray(image)
-        top = 65535 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255
+        # a PGM/PPM of maxval above 255 opens as "I", already scaled by Pillow to 0..65535: its range is the format's,
+        # not a guess from its values (review datafid #1: a dark 16-bit PGM was read as 8-bit, up to 257x too bright)
+        sixteen = image.mode.startswith("I;16") or getattr(image, "format", None) == "PPM"
+        top = 65535 if sixteen or values.max(initial=0) > 255 else 255
         # round(value * 255 / top) in integers: top / 255 (257 or 1) is odd, so no value lies half way and
         # (value + step // 2) // step is what rounding the float quotient gave, without float64 copies of the image
         step = top // 255
