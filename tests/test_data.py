@@ -1447,3 +1447,22 @@ def test_fashion_mnist_read_from_the_current_folders_data_is_recorded(tmp_path, 
     monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "system")
     engine.train(cfg, tmp_path / "run2", progress=False, log=lambda line: None)
     assert rundir.run_config(tmp_path / "run2").data_path is None
+
+
+def test_an_in_memory_train_set_is_augmented_whatever_its_test_set():
+    """(review datafid #3) an in-memory train set paired with a test set read per image (a plugin's) went to the
+    DataLoader, which applies no augmentation: --augment was recorded and nothing was augmented."""
+    from reste.data import make_loaders
+    from reste.data.memory import InMemoryDataset, TensorLoader
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(16) % 4
+    train = InMemoryDataset(images.float() / 255, labels, augment=lambda x, gen: x.flip(3))
+    test = torch.utils.data.TensorDataset(images.float() / 255, labels)
+    loader, test_loader = make_loaders(train, test, batch_size=16, eval_batch_size=16)
+    assert isinstance(loader, TensorLoader)
+    x, y = next(iter(loader))
+    order = loader.indices(0)
+    assert torch.equal(x, (images.float() / 255)[order].flip(3)) and torch.equal(y, labels[order])
+    assert len(list(test_loader)) == 1

@@ -197,7 +197,9 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
 
     if train_ds is None:
         return None, _test_loader(test_ds, eval_batch_size, workers, seed, pin_memory, rank, world, device)
-    if isinstance(train_ds, InMemoryDataset) and isinstance(test_ds, InMemoryDataset):
+    # the train loader's kind follows the train set alone: an in-memory one paired with a test set read per image
+    # went to the DataLoader, which reads no augmentation, and trained unaugmented (review datafid #3)
+    if isinstance(train_ds, InMemoryDataset):
         if device is not None:
             train_ds = train_ds.to(device)
         train = TensorLoader(train_ds.data, train_ds.labels, batch_size=batch_size, shuffle=True,
