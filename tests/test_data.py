@@ -1466,3 +1466,19 @@ def test_an_in_memory_train_set_is_augmented_whatever_its_test_set():
     order = loader.indices(0)
     assert torch.equal(x, (images.float() / 255)[order].flip(3)) and torch.equal(y, labels[order])
     assert len(list(test_loader)) == 1
+
+
+def test_a_cifar_folder_is_named_by_its_batches_meta(tmp_path):
+    """(review datafid, suggestion) CIFAR-10's names were hard-coded and batches.meta never read: a folder in its
+    format of other classes was named, and exported, with CIFAR-10's. Its label_names now name them; a missing or
+    unusable batches.meta leaves CIFAR-10's."""
+    folder = write_cifar(tmp_path)
+    names = [f"kind {i}" for i in range(10)]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names]}, protocol=2))
+    for in_memory in (True, False):
+        train, test, info = load_datasets("cifar10", tmp_path, in_memory=in_memory)
+        assert list(info.classes) == names
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"same"] * 10}, protocol=2))
+    assert tuple(load_datasets("cifar10", tmp_path)[2].classes) == D.CIFAR10_CLASSES
+    (folder / "batches.meta").unlink()
+    assert tuple(load_datasets("cifar10", tmp_path)[2].classes) == D.CIFAR10_CLASSES

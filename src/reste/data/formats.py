@@ -442,6 +442,22 @@ def find_cifar10(data_path, download: bool) -> Path:
     return folder
 
 
+def read_cifar10_classes(folder: Path) -> tuple[str, ...] | None:
+    """The class names ``batches.meta`` gives (its ``label_names``: ten distinct names), or None where it is
+    absent or gives none that can be used (the batches alone train; the caller takes CIFAR-10's own names). A folder
+    in CIFAR-10's format of other classes is then named as its file says (review datafid, suggestion)."""
+    try:
+        with open(folder / "batches.meta", "rb") as f:
+            entry = _SafeUnpickler(f, encoding="latin1").load()
+        names = entry.get("label_names", entry.get(b"label_names")) if isinstance(entry, dict) else None
+        names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names or ())
+    except Exception:  # noqa: BLE001 - a missing or damaged meta file: the names are CIFAR-10's
+        return None
+    if len(names) != 10 or len(set(names)) != 10 or not all(isinstance(n, str) and n.strip() for n in names):
+        return None
+    return names
+
+
 def read_cifar10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The images (N, 32, 32, 3, uint8) and labels (N,) of ``split`` (``"train"`` or ``"test"``)."""
     parts = [_read_cifar_batch(folder / n) for n in (_CIFAR_TRAIN if split == "train" else _CIFAR_TEST)]

@@ -21,7 +21,7 @@ import torch
 from ..datasets import SPECS, get_spec
 from ..errors import UsageError
 from .formats import (default_root_read, find_cifar10, find_fashion_mnist, image_folders, read_cifar10,
-                      read_fashion_mnist)
+                      read_cifar10_classes, read_fashion_mnist)
 from .memory import InMemoryDataset, Normalize, RandomCropFlip
 from .sampling import TransformDataset
 
@@ -241,6 +241,7 @@ def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | No
     x_tr, y_tr = read_cifar10(folder, "train") if train else (None, None)
     x_te, y_te = read_cifar10(folder, "test")
     spec = SPECS["cifar10"]
+    classes = read_cifar10_classes(folder) or CIFAR10_CLASSES  # (the real files' are CIFAR10_CLASSES)
 
     if in_memory:
         # uint8 NCHW (50,000 train images: 150 MB); crop, flip and normalisation run batched
@@ -248,21 +249,21 @@ def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | No
 
         def tensors(x, y, aug):
             t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            return InMemoryDataset(t, torch.from_numpy(y), augment=aug, classes=CIFAR10_CLASSES,
+            return InMemoryDataset(t, torch.from_numpy(y), augment=aug, classes=classes,
                                    normalize=norm)
 
         train = tensors(x_tr, y_tr, RandomCropFlip(32, 4, fill=norm.fill()) if augment else None) if train else None
         test = tensors(x_te, y_te, None)
-        return train, test, _info("cifar10", train, test, CIFAR10_CLASSES)
+        return train, test, _info("cifar10", train, test, classes)
 
     from torchvision import transforms as T
 
     norm = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     train_tf = T.Compose(([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []) + norm)
     test_tf = T.Compose(norm)
-    train = TransformDataset(_ArrayImages(x_tr, y_tr, CIFAR10_CLASSES), train_tf) if train else None
-    test = TransformDataset(_ArrayImages(x_te, y_te, CIFAR10_CLASSES), test_tf)
-    return train, test, _info("cifar10", train, test, CIFAR10_CLASSES)
+    train = TransformDataset(_ArrayImages(x_tr, y_tr, classes), train_tf) if train else None
+    test = TransformDataset(_ArrayImages(x_te, y_te, classes), test_tf)
+    return train, test, _info("cifar10", train, test, classes)
 
 
 def _load_imagenet(data_path, download: bool, augment: bool, in_memory: bool | None = None,
