@@ -120,7 +120,7 @@ def test_accumulated_steps_train_the_weights_of_whole_batches(tmp_path, monkeypa
     """
     _float64_without_batch_statistics(monkeypatch)
     updates, real = [], EquilibriumMeter.update
-    monkeypatch.setattr(EquilibriumMeter, "update", lambda self, *a: updates.append(1) or real(self, *a))
+    monkeypatch.setattr(EquilibriumMeter, "update", lambda self, *a, **k: updates.append(1) or real(self, *a, **k))
     runs, steps = {}, 2 * -(-1437 // 64)
     for n in (1, 4, 8):
         runs[n] = engine.train(small(accumulate=n, a32=True, indicators="general"), tmp_path / f"n{n}",

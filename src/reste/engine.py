@@ -1070,11 +1070,11 @@ def _meter_mode(mode: Any, o_end: Any) -> str:
 
 def _meter_partial(meter: EquilibriumMeter) -> dict[str, Any]:
     """The running sums of an EquilibriumMeter inside an epoch."""
-    return {"error": meter._error, "stability": meter._stability, "count": meter._count}
+    return meter.partial_state()
 
 
 def _set_meter_partial(meter: EquilibriumMeter, state: dict[str, Any]) -> None:
-    meter._error, meter._stability, meter._count = state["error"], state["stability"], int(state["count"])
+    meter.load_partial_state(state)
 
 
 def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainConfig, device: torch.device) -> None:

@@ -258,6 +258,17 @@ class EquilibriumMeter:
         else:
             self._error, self._stability = self._error + e, self._stability + s
 
+    def partial_state(self) -> dict[str, Any]:
+        """The running sums inside an epoch (tensors on the gradients' device), which a mid-epoch checkpoint keeps
+        so that its epoch's values are those of an uninterrupted run (:meth:`load_partial_state`)."""
+        return {"error": self._error, "stability": self._stability, "count": self._count, "taken": self._taken}
+
+    def load_partial_state(self, state: dict[str, Any]) -> None:
+        """Continue an epoch from :meth:`partial_state`'s sums (a state saved before ``taken`` was kept: every
+        step counted)."""
+        self._error, self._stability, self._count = state["error"], state["stability"], int(state["count"])
+        self._taken = state.get("taken", self._count)
+
     def epoch_end(self) -> dict[str, float]:
         if self._count == 0:
             raise RuntimeError("no update() since the last epoch_end()")
