@@ -749,3 +749,14 @@ def test_binarize_refuses_a_torchscript_model_and_an_undeclared_estimator_by_nam
             binarize(net, "clipped_review_models_7")
     finally:
         estimators._REGISTRY.pop("clipped_review_models_7", None)
+
+
+def test_an_uninitialised_lazy_layer_is_named_with_what_to_do():
+    """(review models, suggestion) a LazyConv2d not yet run was named as having no binary version; one forward makes
+    it the Conv2d that binarize converts."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.LazyConv2d(4, 3), nn.BatchNorm2d(4),
+                          nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(64, 2))
+    with pytest.warns(UserWarning, match=r"'2' \(LazyConv2d: run one forward before binarize"):
+        binarize(model)
+    model(torch.randn(1, 1, 8, 8))
+    assert type(binarize(model)[2]).__name__ == "BinaryConv2d"

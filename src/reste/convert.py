@@ -53,6 +53,8 @@ def _describe(layers: list[tuple[str, nn.Module]], limit: int = 8, attention: fr
         if n.endswith(".out_proj") and parent in attention:
             return f"{n!r} ({type(m).__name__}, and the in-projection weights of {parent!r}: all of that " \
                 "MultiheadAttention)"
+        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
+            return f"{n!r} ({type(m).__name__}: run one forward before binarize, which makes it the layer it converts)"
         base = type(m).__bases__[0] if parametrize.is_parametrized(m) else None
         if base in CONVERTED:  # torch.nn.utils.parametrizations.weight_norm, spectral_norm, ...
             return f"{n!r} ({type(m).__name__}: torch.nn.utils.parametrize.remove_parametrizations(layer, " \
