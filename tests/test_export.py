@@ -1118,3 +1118,16 @@ def test_tensorboard_refuses_a_folder_whose_path_is_not_utf8(tmp_path):
     run = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9")
     with pytest.raises(UsageError, match="is not valid UTF-8, which TensorBoard's writer needs"):
         check("", run)
+
+
+def test_a_traced_or_exported_model_is_refused_for_the_eager_one(tmp_path):
+    """(review models, suggestion) torch.jit.trace's module failed with "torch.fx could not trace the model
+    (traced_func_name=forward ...)", a torch.export program inside torch."""
+    model = _small_bnn()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+    with pytest.raises(UsageError, match="cannot export a .*: the exporters trace the eager model"):
+        export_model(traced, tmp_path / "t.rbnn", input_size=(1, 8, 8))
+    with pytest.raises(UsageError, match="cannot export a ExportedProgram: the exporters trace the eager model"):
+        export_model(torch.export.export(model, (x,)), tmp_path / "e.rbnn", input_size=(1, 8, 8))

@@ -209,6 +209,9 @@ def warn_hooks(model: nn.Module, who: str) -> None:
 def unwrapped(model: nn.Module) -> nn.Module:
     """The model inside ``torch.compile``'s ``OptimizedModule`` (``_orig_mod``) and inside ``nn.DataParallel`` or
     ``DistributedDataParallel`` (``.module``), however nested: torch.fx cannot trace the wrappers themselves."""
+    if isinstance(model, torch.export.ExportedProgram) or isinstance(model, torch.jit.ScriptModule):
+        raise UsageError(f"cannot export a {type(model).__name__}: the exporters trace the eager model (the binarized "
+                         "nn.Module itself), not a torch.export, torch.jit.script or torch.jit.trace one; pass that")
     if not isinstance(model, nn.Module):
         raise UsageError(f"cannot export: expected a torch.nn.Module, got {type(model).__name__}")
     while True:
