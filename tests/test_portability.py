@@ -398,3 +398,21 @@ def test_a_build_that_another_process_put_in_place_first_is_loaded(tmp_path, mon
     monkeypatch.setattr(native.os, "replace", taken)
     lib = native.compile_library("cc_taken", SOURCE.replace("SEVEN", "7"), [["-O1"]])
     assert lib.seven() == 7
+
+
+def test_windows_limits_the_sweep_s_jobs_and_takes_ctrl_break_as_a_stop(monkeypatch, tmp_path):
+    """(review portable, suggestions) a process pool on Windows waits on at most 61 processes: --jobs 64 ended in
+    its ValueError; Ctrl-Break (SIGBREAK, Windows's alone) ended a run without a save."""
+    import os
+    import signal
+
+    from reste import distributed
+    from reste.config import TrainConfig
+    from reste.errors import UsageError
+    from reste.experiments import sweep
+
+    monkeypatch.setattr(os, "name", "nt")
+    with pytest.raises(UsageError, match="Windows runs at most 61 worker processes"):
+        sweep.run_sweep(TrainConfig(), {"estimator": ["ste"]}, [0], tmp_path / "sw", jobs=64)
+    monkeypatch.setattr(signal, "SIGBREAK", 21, raising=False)
+    assert 21 in distributed.stop_signals()

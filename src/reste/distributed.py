@@ -29,7 +29,7 @@ from .errors import UsageError
 #: the signals that stop a run after a checkpoint inside its epoch (preemption; Ctrl-C; a closed terminal or a
 #: dropped ssh); the run's handler catches them (engine.StopRequest), the data-loading processes ignore them, and
 #: no handler runs while a process waits for the others to join
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP", "SIGBREAK")  # (SIGBREAK: Windows's Ctrl-Break)
 #: the terminal's signals: left alone where this process ignores them (nohup ignores SIGHUP, a script's background
 #: job SIGINT), so such a run keeps running when they come
 _TERMINAL_SIGNALS = ("SIGINT", "SIGHUP")

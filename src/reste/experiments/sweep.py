@@ -807,6 +807,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
+    if jobs > 61 and os.name == "nt":  # (a process pool there waits on at most 61 processes: its ValueError)
+        raise UsageError(f"--jobs {jobs}: Windows runs at most 61 worker processes at a time; give --jobs 61 or fewer")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"--threads must be a positive integer, got {threads!r}")
     devices = sweep_devices(devices, jobs, check=not dry_run)
