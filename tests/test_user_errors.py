@@ -743,3 +743,18 @@ def test_classes_that_differ_only_in_unicode_normalisation_are_told_apart():
     with pytest.raises(UsageError, match=r"label 0 is 'chat noir e\\u0301', was 'chat noir \\xe9': names that "
                                          "differ only in Unicode normalisation"):
         check_classes(2, learned, found, "data")
+
+
+def test_compile_without_a_cxx_compiler_says_what_to_do(capsys):
+    """(review portable, suggestion) --compile on a CPU without g++ ended in torch's InductorError line."""
+    from reste import cli
+
+    class InductorError(RuntimeError):
+        pass
+
+    try:
+        raise InductorError("InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx")
+    except InductorError as err:
+        assert cli._unexpected(err, False, "eval", []) == 1
+    line = capsys.readouterr().err.strip()
+    assert "--compile on the CPU needs a C++ compiler" in line and "drop --compile" in line and "\n" not in line

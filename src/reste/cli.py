@@ -609,6 +609,11 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
               "one killed by a signal, torchrun's report), so this one cannot go on "
               f"({gist(str(err).splitlines()[0] if str(err) else type(err).__name__)}){then}", file=sys.stderr)
         return 1
+    if "InvalidCxxCompiler" in f"{type(err).__name__} {err}":  # torch.compile's Inductor on a CPU without g++
+        then = f"; {_run_kept(argv)}" if command == "train" else ""
+        print(f"{_error_prefix()} --compile on the CPU needs a C++ compiler (torch's Inductor found none: install g++, "
+              f"or clang on macOS), or drop --compile{then}", file=sys.stderr)
+        return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
     print(f"{_error_prefix()} {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
           else " (run with --debug for the traceback)"), file=sys.stderr)
