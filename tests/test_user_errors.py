@@ -311,8 +311,8 @@ def test_a_folder_with_other_classes_is_refused_by_eval_resume_and_predict(tmp_p
     monkeypatch.setattr(wording, "LINE_EVERY", 0.0)
     assert main(["predict", str(model), "--data-path", str(trained), "--workers", "1", "--batch-size", "1"]) == 0
     assert taken == [1] and "  predicting: batch 3/4  (" in capsys.readouterr().err
-    assert "--workers goes with --dataset or several image files" in _one_line_error(capsys, "predict", str(model), str(model), "--workers",
-                                                            "1")
+    refused = _one_line_error(capsys, "predict", str(model), str(model), "--workers", "1")
+    assert "--workers goes with --dataset or several image files" in refused
     refusal = "has other classes than the model learned (label 0 is 'n02', was 'n01')"
     assert refusal in _one_line_error(capsys, "eval", str(run), "--data-path", str(other))
     assert refusal in _one_line_error(capsys, "predict", str(model), "--data-path", str(other))

@@ -211,7 +211,8 @@ def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: 
                       sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                       stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> int:
     """The loop of :func:`evaluate`: adds each batch's loss and top-1/top-5 counts to ``sums``; returns the
-    number of images and of the model's classes (its outputs). :class:`EvaluationStopped` where ``stop()`` is true before a batch. ``log``: a line every
+    number of images and of the model's classes (its outputs). :class:`EvaluationStopped` where ``stop()`` is true
+    before a batch. ``log``: a line every
     STEP_LINE_EVERY seconds (where no bar is drawn: a log file)."""
     loss_sum, top1, top5 = sums
     n = classes = 0

@@ -57,8 +57,8 @@ def check(setting: str | None, run_dir: str | os.PathLike) -> None:
     try:  # TensorBoard's writer takes text paths: it failed after the first epoch (review portable #13)
         os.fspath(folder.absolute()).encode("utf-8")
     except UnicodeEncodeError:
-        raise UsageError(f"--tensorboard: the path of {ascii(os.fspath(folder))} is not valid UTF-8, which TensorBoard's "
-                         "writer needs; pass --tensorboard a folder whose path is") from None
+        raise UsageError(f"--tensorboard: the path of {ascii(os.fspath(folder))} is not valid UTF-8, which "
+                         "TensorBoard's writer needs; pass --tensorboard a folder whose path is") from None
     blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise UsageError(f"--tensorboard {setting}: {blocker} is a file, not a folder; pass a folder")
