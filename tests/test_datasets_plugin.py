@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -276,3 +277,11 @@ def test_a_data_set_of_five_classes_or_fewer_has_no_top5():
     line = engine.format_epoch({"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 50.0, "test_loss": 1.0,
                                 "test_acc": 50.0, "test_top5": None, "time": 0.5}, 2)
     assert "test loss 1.0000 acc 50.00  (0.5s)" in line and "top5" not in line
+
+
+def test_from_tensors_refuses_an_augmentation_it_would_not_do():
+    """(review datafid, suggestion) augment=True with pad=0 gave no augmentation at all, not even the flip."""
+    from reste.data import from_tensors
+
+    with pytest.raises(UsageError, match="augment=True crops with padding pad and flips; pass pad > 0"):
+        from_tensors("digits", None, (np.zeros((2, 1, 8, 8), np.uint8), np.zeros(2, np.int64)), augment=True)

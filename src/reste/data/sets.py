@@ -101,7 +101,10 @@ def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequen
                              f"{int(labels.max())}")
         return InMemoryDataset(images.contiguous(), labels, augment=aug, classes=names, normalize=norm)
 
-    crop = RandomCropFlip(spec.input_size[-1], pad, fill=norm.fill()) if augment and pad > 0 else None
+    if augment and not pad > 0:  # (review datafid, suggestion: augment=True with pad=0 augmented nothing, silently)
+        raise UsageError(f"{spec.name}: augment=True crops with padding pad and flips; pass pad > 0 (CIFAR-10's is 4), "
+                         "or augment=False")
+    crop = RandomCropFlip(spec.input_size[-1], pad, fill=norm.fill()) if augment else None
     if crop is not None and spec.input_size[1] != spec.input_size[2]:
         raise UsageError(f"{spec.name}: the random crop is square; its images are {spec.input_size[1]}x"
                          f"{spec.input_size[2]}")
