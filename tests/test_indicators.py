@@ -425,3 +425,8 @@ def test_a_binary_layer_of_one_weight_is_left_out_of_gradient_stability():
     values = meter.epoch_end()
     want = float(torch.var(bnn[2].weight.grad.abs().flatten()))
     assert values["gradient_stability"] == pytest.approx(want, rel=1e-6)
+    from reste.integrations.tensorboard import layer_indicators  # (review rev14 #2: per layer, it raised)
+
+    per_layer = layer_indicators(meter)
+    assert "indicators/1/gradient_stability" not in per_layer and "indicators/1/estimating_error" in per_layer
+    assert per_layer["indicators/2/gradient_stability"] == pytest.approx(want, rel=1e-6)

@@ -122,9 +122,9 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
         var = torch.var(_wide(g.detach().abs()).flatten())
         total = var if total is None else total + var
     if total is None:
-        raise ValueError(f"every layer of the {mode!r} indicators is frozen (requires_grad=False) or of one weight: "
-                         "gradient stability has nothing to measure; unfreeze a binary layer or turn the indicators "
-                         "off")
+        raise ValueError(f"every layer of the {mode!r} indicators is frozen (requires_grad=False) or of a single "
+                         "weight: gradient stability has nothing to measure; unfreeze a binary layer or turn the "
+                         "indicators off")
     return total
 
 

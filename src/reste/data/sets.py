@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -136,12 +136,18 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
                          "it was trained on")
     import unicodedata
 
+    def nfc(name: Any) -> str:
+        return unicodedata.normalize("NFC", str(name))
+
+    # the same names but for their Unicode normalisation (a folder copied from macOS comes back in NFD, and may sort
+    # in another order): they print alike, so ascii() tells them apart (review portable #3, rev14 #4)
+    if sorted(map(nfc, names)) == sorted(map(nfc, found)):
+        was = next(str(n) for n in names if str(n) not in {str(f) for f in found})
+        now = next(str(f) for f in found if nfc(f) == nfc(was))
+        raise UsageError(f"{what} has other classes than the model learned (its {ascii(now)} was {ascii(was)}: "
+                         "names that differ only in Unicode normalisation, as a folder copied from macOS comes back); "
+                         "rename the class folders as the model learned them")
     i = next(i for i, (a, b) in enumerate(zip(names, found)) if a != b)
-    now, was = str(found[i]), str(names[i])
-    if unicodedata.normalize("NFC", now) == unicodedata.normalize("NFC", was):  # they print alike: ascii() tells
-        raise UsageError(f"{what} has other classes than the model learned (label {i} is {ascii(now)}, was "  # them
-                         f"{ascii(was)}: names that differ only in Unicode normalisation, as a folder copied from "
-                         "macOS comes back); rename the class folders as the model learned them")  # (portable #3)
     raise UsageError(f"{what} has other classes than the model learned (label {i} is {found[i]!r}, was "
                      f"{names[i]!r}); pass the data it was trained on, with the same class folders")
 

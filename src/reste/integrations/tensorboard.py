@@ -147,7 +147,7 @@ def layer_indicators(meter: EquilibriumMeter) -> dict[str, float]:
     out = {}
     for name, layer in indicator_layers(meter.model, meter.mode):
         out[f"indicators/{name}/estimating_error"] = float(estimating_error(layer, meter.mode, meter.o_end))
-        if layer.weight.grad is not None:
+        if layer.weight.grad is not None and layer.weight.numel() > 1:  # (one weight: no variance, no value)
             out[f"indicators/{name}/gradient_stability"] = float(gradient_stability(layer, meter.mode))
     return out
 
