@@ -729,6 +729,8 @@ def test_suggested_commands_quote_paths_for_the_platform_s_shell(monkeypatch):
     monkeypatch.setattr(os, "name", "nt")
     assert shell_word(r"runs\digits") == r"runs\digits"
     assert shell_word(r"C:\Users\me\my runs\digits") == r'"C:\Users\me\my runs\digits"'
+    for special in ("R&D", "a;b", "it's", "a|b", "x^y", "a$b"):  # (review rev14 #3: left bare, each a shell's syntax)
+        assert shell_word(f"runs\\{special}") == f'"runs\\{special}"'
 
 
 def test_classes_that_differ_only_in_unicode_normalisation_are_told_apart():

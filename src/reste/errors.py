@@ -10,6 +10,7 @@ library callers can catch it either way.
 import contextlib
 import contextvars
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -91,11 +92,13 @@ def shell_word(path) -> str:
     import os
     import shlex
 
-    if os.name == "nt":  # cmd.exe keeps single quotes as part of the word: double quotes where needed (review
-        import subprocess  # portable #7), which cmd.exe and PowerShell both read
-
-        return subprocess.list2cmdline([os.fspath(path)])
-    return shlex.quote(os.fspath(path))
+    text = os.fspath(path)
+    if os.name == "nt":  # cmd.exe keeps single quotes as part of the word: double quotes (review portable #7), which
+        # cmd.exe and PowerShell both read, around any path with more than letters, digits and _-.:\/ (& ; ' $ and
+        # the rest mean something to one shell or the other: rev14 #3); a Windows path holds no double quote. (Inside
+        # them cmd.exe still expands %VAR% and PowerShell $name: such a folder name is left to the user.)
+        return text if text and re.fullmatch(r"[\w\-.:\\/]+", text, re.ASCII) else f'"{text}"'
+    return shlex.quote(text)
 
 
 def read_user_file(path, missing: str) -> bytes:
