@@ -985,7 +985,7 @@ def test_an_epochs_line_is_told_once_last_pt_holds_it_even_where_best_pt_then_fa
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("at", ["train", "eval"])
+@pytest.mark.parametrize("at", ["train", "eval", "first"])
 def test_a_loader_process_the_stop_signal_killed_as_it_started_is_a_stop(tmp_path, monkeypatch, at):
     """(review portable #8) a worker started by spawn (macOS, Windows; forkserver, Linux from Python 3.14) sets its
     handlers only after importing torch: the job's SIGTERM (or a terminal's Ctrl-C) in those seconds killed it, and
@@ -999,7 +999,7 @@ def test_a_loader_process_the_stop_signal_killed_as_it_started_is_a_stop(tmp_pat
 
     def killed(self, order, gen):
         for i, batch in enumerate(real(self, order, gen)):
-            if (i == 2 and self.shuffle) if at == "train" else not self.shuffle:
+            if (i == {"train": 2, "first": 0}[at] and self.shuffle) if at != "eval" else not self.shuffle:
                 os.kill(os.getpid(), signal.SIGTERM)
                 raise RuntimeError("DataLoader worker (pid(s) 1234) exited unexpectedly")
             yield batch
@@ -1013,5 +1013,8 @@ def test_a_loader_process_the_stop_signal_killed_as_it_started_is_a_stop(tmp_pat
     if at == "train":
         assert "stopped by SIGTERM at epoch 1, step 2/" in str(stopped.value)
         assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+    elif at == "first":  # (review rev14 #5) before any step: a stop all the same, the new run's folder removed
+        assert str(stopped.value) == "stopped by SIGTERM before its first step; nothing was saved: call train again"
+        assert not (tmp_path / "run" / "config.json").exists()
     else:
         assert "stopped by SIGTERM at the evaluation of epoch 1" in str(stopped.value)

@@ -993,14 +993,18 @@ class _Run:
                         "holds it", signum)
 
     def _stopped_before(self, epoch: int) -> None:
-        """A stop signal before epoch ``epoch + 1`` trained a step past what ``last.pt`` holds: :class:`Preempted`
-        where a checkpoint holds the run (else the failure goes on as one: a run that saved nothing starts over)."""
-        if self.saved is not None:
-            signum = self.stop.signum or signal.SIGTERM
-            e, step = self.saved
-            where = f"epoch {e + 1}, step {step}" if step else f"the end of epoch {e}"
-            self._preempted(f"stopped by {signal_text(signum)} in epoch {epoch + 1}; {last_checkpoint(self.run_dir)} "
-                            f"holds {where}", signum)
+        """A stop signal before epoch ``epoch + 1`` trained a step past what ``last.pt`` holds: :class:`Preempted`,
+        with where the run is kept; a run that saved nothing is removed and starts over (review rev14 #5: it ended as
+        a failure, status 1, where the job's stop reached the loading processes before the first step)."""
+        signum = self.stop.signum or signal.SIGTERM
+        if self.saved is None:
+            kept = f"stopped by {signal_text(signum)} before its first step; nothing was saved"
+            again = option("run the same command again", "call train again")
+            raise Preempted(f"{kept}: {again}", signum, kept)
+        e, step = self.saved
+        where = f"epoch {e + 1}, step {step}" if step else f"the end of epoch {e}"
+        self._preempted(f"stopped by {signal_text(signum)} in epoch {epoch + 1}; {last_checkpoint(self.run_dir)} "
+                        f"holds {where}", signum)
 
     def _preempted(self, kept: str, signum: int) -> None:
         raise Preempted(f"{kept}: continue with {resume_command(self.run_dir, self.dist.world_size)}", signum, kept)
