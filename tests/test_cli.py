@@ -174,3 +174,13 @@ def test_every_flag_has_help_text():
     assert {"train", "eval", "summary", "export", "predict", "sweep", "report", "plot"} <= commands
     missing = _without_help(parser)
     assert missing == set(), f"arguments without help text: {sorted(missing)}"
+
+
+def test_a_shared_flag_gives_each_estimator_s_range_where_they_differ(capsys):
+    """(review rev14 #7) --t-max's help gave EDE's range alone, which RBNN's narrower one does not keep."""
+    from reste.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ede/rbnn: final t (ede: in [1e-30, 1e30]; rbnn: in [1e-19, 1e19]; default 10)" in text

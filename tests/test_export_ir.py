@@ -553,3 +553,21 @@ def test_a_dark_16_bit_pgm_is_read_in_its_own_range(tmp_path):
         assert read_image(path, (1, 4, 4))[0, 0, 0, 0] == want, value
         assert np.asarray(_read_image(str(path)))[0, 0, 0] == want, value
     assert read_image(pgm("e.pgm", 200, 255), (1, 4, 4))[0, 0, 0, 0] == 200  # an 8-bit one as it is
+
+
+def test_a_png_with_a_broken_chunk_is_an_unreadable_file(tmp_path, capsys, digits_export):
+    """(review rev14 #8) Pillow raises SyntaxError for a broken PNG chunk: predict of one file ended in
+    "error: SyntaxError", and a folder holding one gave no prediction at all."""
+    from PIL import Image
+
+    path, test = digits_export
+    good = tmp_path / "pics" / "good.png"
+    good.parent.mkdir()
+    Image.fromarray((test.data.numpy()[0, 0] * 15).astype(np.uint8), "L").save(good)
+    raw = bytearray(good.read_bytes())
+    raw[37] ^= 0xFF  # inside the chunk after IHDR: its type or CRC no longer holds
+    (tmp_path / "pics" / "broken.png").write_bytes(bytes(raw))
+    assert "neither a .npy array nor an image file" in _one_line_error(capsys, "predict", str(path),
+                                                                       str(tmp_path / "pics" / "broken.png"))
+    code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "pics"))
+    assert code == 1 and out.startswith(f"{good}: class ") and "left out: " in err and "broken.png" in err

@@ -158,6 +158,9 @@ def add_estimator_flags(p: argparse.ArgumentParser, e: Any) -> None:
         names = "/".join(name for name, _ in takers)
         defaults = " / ".join(dict.fromkeys(q.default_text() for _, q in takers))
         valid = " or ".join(", ".join(first.choices).rsplit(", ", 1)) if first.choices else first.range_text()
+        ranges = dict.fromkeys(q.range_text() for _, q in takers)
+        if not first.choices and len(ranges) > 1:  # each taker's where they differ (review rev14 #7: RBNN's t)
+            valid = "; ".join(f"{name}: {q.range_text()}" for name, q in takers)
         options = [first.option] + (["--" + dest] if "_" in dest else [])  # the authors' spelling: --o_end
         try:
             if dest in taken:

@@ -69,7 +69,8 @@ def read_image(path: str | os.PathLike, size: tuple[int, int, int], resize: int 
             # the pixels as stored, an EXIF orientation not applied: as the training's and evaluation's reader
             # (formats._read_image, torchvision's ImageFolder) reads them, so a photo is the image the model saw
             image = eight_bit(opened).convert(_MODES[channels])
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # (SyntaxError: Pillow's broken PNG chunk, review rev14 #8, as the training's reader takes it)
         raise UsageError(f"{path} is neither a .npy array nor an image file reste can read "
                          f"({unreadable(err)})") from None
     w, h = image.size
