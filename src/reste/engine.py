@@ -209,11 +209,11 @@ class EvaluationStopped(Exception):
 def _evaluate_batches(model: nn.Module, loader: Any, device: torch.device, amp: str, channels_last: bool,
                       forward: Callable[[torch.Tensor], torch.Tensor] | None, bar: Any,
                       sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                      stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> int:
+                      stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None
+                      ) -> tuple[int, int]:
     """The loop of :func:`evaluate`: adds each batch's loss and top-1/top-5 counts to ``sums``; returns the
     number of images and of the model's classes (its outputs). :class:`EvaluationStopped` where ``stop()`` is true
-    before a batch. ``log``: a line every
-    STEP_LINE_EVERY seconds (where no bar is drawn: a log file)."""
+    before a batch. ``log``: a line every STEP_LINE_EVERY seconds (where no bar is drawn: a log file)."""
     loss_sum, top1, top5 = sums
     n = classes = 0
     since, n_since, total = time.monotonic(), 0, len(loader)
@@ -248,8 +248,8 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
              progress: bool = False, stop: Callable[[], bool] | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Test loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader`` (top-5 None for a model of 5 classes or
-    fewer, where it is 100% by definition). ``forward(images)``, where
-    given, computes the logits instead of ``model`` under autocast (a :class:`GraphedForward`);
+    fewer, where it is 100% by definition). ``forward(images)``, where given, computes the logits instead of
+    ``model`` under autocast (a :class:`GraphedForward`);
     ``progress``: a bar over the batches; ``stop()``, asked before each batch (one process only): true ends it
     with :class:`EvaluationStopped`; ``log``: where no bar is drawn, a line every few minutes (a long evaluation
     into a log file said nothing)."""
