@@ -430,3 +430,10 @@ def test_a_binary_layer_of_one_weight_is_left_out_of_gradient_stability():
     per_layer = layer_indicators(meter)
     assert "indicators/1/gradient_stability" not in per_layer and "indicators/1/estimating_error" in per_layer
     assert per_layer["indicators/2/gradient_stability"] == pytest.approx(want, rel=1e-6)
+
+
+def test_a_model_whose_binary_layers_all_have_one_weight_is_refused_before_any_step():
+    """(review rev14 #10) it failed after its first step, saying to unfreeze a layer."""
+    bnn = reste.binarize(nn.Sequential(nn.Linear(4, 1), nn.Linear(1, 1), nn.Linear(1, 3)), "ste")
+    with pytest.raises(ValueError, match="every binary layer of the 'general' indicators has a single weight"):
+        EquilibriumMeter(bnn, mode="general")

@@ -490,9 +490,12 @@ def test_a_loader_for_one_process_read_in_a_process_group_warns(monkeypatch):
     from reste.data import memory
 
     train, test, _ = load_datasets("digits")
-    loader = make_loaders(train, test, batch_size=256, eval_batch_size=512)[0]
+    loader, test_loader = make_loaders(train, test, batch_size=256, eval_batch_size=512)
     monkeypatch.setattr(memory, "_TOLD_UNSHARDED", [False])
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (rev14) the test set read whole by one process of a group is meant
+        next(iter(test_loader))
     with pytest.warns(UserWarning, match="process group of 2: each process reads the whole data set"):
         next(iter(loader))

@@ -483,10 +483,10 @@ class _Run:
         self.optimizer = build_optimizer(config, self.model)
         if config.indicators and not binary_layers(self.model):
             raise UsageError(f"--indicators needs a binary model; {config.model!r} has no binary layers")
-        self.meter = (
-            EquilibriumMeter(self.model, config.indicators)  # paper mode: F at the model's ReSTE o_end (else 3)
-            if config.indicators else None
-        )
+        try:  # paper mode: F at the model's ReSTE o_end (else 3)
+            self.meter = EquilibriumMeter(self.model, config.indicators) if config.indicators else None
+        except ValueError as err:  # a model the indicators cannot measure: one line, before any step
+            raise UsageError(f"--indicators {config.indicators}: {err}") from None
         self.net: nn.Module = self.model
         self.ddp: nn.parallel.DistributedDataParallel | None = None  # under torchrun (its no_sync: --accumulate)
         if self.dist.enabled:

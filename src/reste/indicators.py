@@ -197,7 +197,10 @@ class EquilibriumMeter:
     """
 
     def __init__(self, model: nn.Module, mode: str = "general", o_end: float | None = None) -> None:
-        _measured_layers(model, mode)
+        layers = _measured_layers(model, mode)
+        if all(layer.weight.numel() < 2 for _, layer in layers):  # (review rev14 #10: known before any step)
+            raise ValueError(f"every binary layer of the {mode!r} indicators has a single weight, whose variance is "
+                             "undefined: gradient stability has nothing to measure; turn the indicators off")
         if mode == "general":  # F of each layer's estimator: one without it is refused now, not after a step
             lacking = sorted({est.name for _, layer in indicator_layers(model, mode)
                               for est in [getattr(layer, "weight_estimator", None)]

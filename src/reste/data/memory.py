@@ -319,8 +319,8 @@ class TensorLoader:
         # iterator that took its epoch at once gave epoch 0 the batches of epoch 1 (review models #8).
         epoch = self._epoch
         self._epoch = epoch + 1
-        if self.world_size == 1:
-            _warn_unsharded()
+        if self.world_size == 1 and self.shuffle:  # (a training loader: one process evaluating the whole test set
+            _warn_unsharded()                     # in a group is meant, rev14)
         order = self.indices(epoch)
         aug_gen = seeded_generator(self.seed, epoch, self.rank, 1) if self.augment is not None else None
         yield from self._batches(order, aug_gen)
