@@ -305,6 +305,8 @@ def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path,
     assert "does not exist" in _one_line_error(capsys, "predict", str(path), str(top), str(tmp_path / "gone.png"))
     assert "--workers goes with" in _one_line_error(capsys, "predict", str(path), str(top / "img0.png"),
                                                     "--workers", "2")
+    assert "empty path" in _one_line_error(capsys, "predict", str(path), "")  # (rev14 #11: not the current folder)
+    assert "empty path" in _one_line_error(capsys, "predict", str(path), "", str(top / "img0.png"))
 
 
 def test_read_image_converts_scales_and_crops_at_the_centre(tmp_path):

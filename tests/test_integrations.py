@@ -340,9 +340,9 @@ def test_per_layer_indicators_are_read_at_the_last_step_though_validation_zeroes
     calls = []
     real = integration.layer_indicators
 
-    def counted(meter):
+    def counted(meter, **kwargs):
         calls.append(1)
-        return real(meter)
+        return real(meter, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
         patch.setattr(integration, "layer_indicators", counted)

@@ -144,10 +144,10 @@ def test_a_crash_before_an_epoch_is_logged_is_filled_in_on_resume(capsys, tmp_pa
 
     log_epoch = TensorBoardLog.log_epoch
 
-    def dies_at_epoch_2(self, metrics, *args):
+    def dies_at_epoch_2(self, metrics, *args, **kwargs):
         if metrics["epoch"] == 2:
             raise RuntimeError("killed after last.pt, before the events")
-        log_epoch(self, metrics, *args)
+        log_epoch(self, metrics, *args, **kwargs)
 
     run = tmp_path / "run"
     monkeypatch.setattr(TensorBoardLog, "log_epoch", dies_at_epoch_2)

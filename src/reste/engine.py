@@ -837,7 +837,8 @@ class _Run:
             if self.dist.main:  # the line once last.pt holds the epoch: a failed best.pt write cannot hide it
                 self.save(epoch + 1, metrics, is_best, lambda: self.log(line))
                 if self.board is not None:
-                    self.board.log_epoch(metrics, self.model, self.meter)
+                    self.board.log_epoch(metrics, self.model, self.meter,
+                                         skipped=self.skipped is not None and bool(self.skipped))
             else:
                 self.log(line)
             self.saved, self._last_save = (epoch + 1, 0), time.monotonic()

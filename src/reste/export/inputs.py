@@ -103,6 +103,8 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     exist, or a folder without an image file, is refused in one line."""
     files: list[str] = []
     for given in paths:
+        if not os.fspath(given):  # Path("") is ".": an unset variable would walk the whole current folder (rev14 #11)
+            raise UsageError("an image path is empty (an unset variable?); pass image files or folders of them")
         path = Path(given)
         if path.is_dir():
             from ..data.imagefolder import IMG_EXTENSIONS, image_files_below

@@ -201,7 +201,7 @@ class BinarizationCallback(Callback):
         if pl_module.automatic_optimization:  # the gradients are still there (zeroed before the next backward)
             self.meter.update(skipped=skipped)
             if self.per_layer and self._last_batch(trainer, batch_idx):  # now: a validation zeroes them first
-                self._layers = layer_indicators(self.meter)
+                self._layers = layer_indicators(self.meter, stability=skipped is None or not bool(skipped))
         else:
             stability, self._stability = self._stability, None
             if stability is None:  # no optimizer step of the callback's seeing: the gradients are read here

@@ -141,13 +141,14 @@ def layer_schedules(model: nn.Module) -> dict[str, float]:
             for k, v in est.schedule_values().items()}
 
 
-def layer_indicators(meter: EquilibriumMeter) -> dict[str, float]:
+def layer_indicators(meter: EquilibriumMeter, stability: bool = True) -> dict[str, float]:
     """``indicators/<layer>/estimating_error`` and ``.../gradient_stability`` of each indicator layer,
-    now (the weights and the gradients of the last step)."""
+    now (the weights and the gradients of the last step); ``stability=False``: the error alone (a last step that
+    fp16's scaler skipped has inf or NaN gradients, review rev14 #12)."""
     out = {}
     for name, layer in indicator_layers(meter.model, meter.mode):
         out[f"indicators/{name}/estimating_error"] = float(estimating_error(layer, meter.mode, meter.o_end))
-        if layer.weight.grad is not None and layer.weight.numel() > 1:  # (one weight: no variance, no value)
+        if stability and layer.weight.grad is not None and layer.weight.numel() > 1:  # (one weight: no variance)
             out[f"indicators/{name}/gradient_stability"] = float(gradient_stability(layer, meter.mode))
     return out
 
@@ -174,8 +175,10 @@ class TensorBoardLog:
         self.run_dir, self.dir, self.config = Path(run_dir), log_dir(setting, run_dir), config
         self.writer: Any = None
 
-    def log_epoch(self, metrics: dict[str, Any], model: nn.Module, meter: EquilibriumMeter | None = None) -> None:
-        """Log one finished epoch: its metrics line, the per-layer schedule and indicators."""
+    def log_epoch(self, metrics: dict[str, Any], model: nn.Module, meter: EquilibriumMeter | None = None,
+                  skipped: bool = False) -> None:
+        """Log one finished epoch: its metrics line, the per-layer schedule and indicators (``skipped``: fp16's
+        scaler skipped its last step, whose gradients give no per-layer stability)."""
         step = int(metrics["epoch"])
         schedule = schedule_values(model)
         indicators = meter.history[-1] if meter is not None and meter.history else {}
@@ -184,7 +187,7 @@ class TensorBoardLog:
         scalars = metric_scalars(metrics, schedule, indicators)
         scalars.update(layer_schedules(model))
         if meter is not None:
-            scalars.update(layer_indicators(meter))
+            scalars.update(layer_indicators(meter, stability=not skipped))
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
