@@ -245,7 +245,7 @@ def test_predict_takes_an_image_file(capsys, tmp_path, digits_export):
     assert "is a folder without image files" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "empty"))
 
 
-def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path, digits_export):
+def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path, digits_export, monkeypatch):
     """Image files and folders of them: each file's class, the same as predict of that file alone gives; a folder's
     files in the image-folder loader's order, hidden ones and other extensions left out; an unreadable file left
     out with a line and exit status 1."""
@@ -297,6 +297,11 @@ def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path,
     assert [u["file"] for u in summary["unreadable"]] == [str(top / "b" / "broken.png")]
     assert [(r["file"], r["class"]) for r in summary["predictions"]] == [(f, one_by_one[f]) for f in want_order]
     assert "left out: " in err and "broken.png" in err
+    from reste import wording  # a progress line where a long run's pace would give one
+
+    monkeypatch.setattr(wording, "LINE_EVERY", 0.0)
+    code, out, err = _run(capsys, "predict", str(path), str(top), "--batch-size", "2", "-o", str(tmp_path / "q.csv"))
+    assert code == 1 and "  predicting: 2 of 8 images (" in err and " images/s)" in err
     # refusals: one line each, before any work
     assert "holds no file names" in _one_line_error(capsys, "predict", str(path), str(top), "-o",
                                                      str(tmp_path / "p.npy"))
