@@ -1127,7 +1127,9 @@ def test_a_traced_or_exported_model_is_refused_for_the_eager_one(tmp_path):
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         traced = torch.jit.trace(model, x)
-    with pytest.raises(UsageError, match="cannot export a .*: the exporters trace the eager model"):
-        export_model(traced, tmp_path / "t.rbnn", input_size=(1, 8, 8))
-    with pytest.raises(UsageError, match="cannot export a ExportedProgram: the exporters trace the eager model"):
-        export_model(torch.export.export(model, (x,)), tmp_path / "e.rbnn", input_size=(1, 8, 8))
+    program = torch.export.export(model, (x,))
+    # (review rev15 #1, #2) ep.module() too, and a traced module inside DataParallel or torch.compile
+    for made in (traced, nn.DataParallel(traced), torch.compile(traced), program, program.module()):
+        with pytest.raises(UsageError, match="cannot export what torch.(jit|export) made .*: the exporters trace "
+                                             "the eager model"):
+            export_model(made, tmp_path / "t.rbnn", input_size=(1, 8, 8))

@@ -206,15 +206,26 @@ def warn_hooks(model: nn.Module, who: str) -> None:
                       UserWarning, stacklevel=3)
 
 
+def _refuse_traced(model: Any) -> None:
+    """Refuse, in one line, what torch.export, torch.jit.script or torch.jit.trace made of a model (an
+    ``ExportedProgram``, the module its ``module()`` gives, a ``ScriptModule``): the exporters trace the eager one."""
+    from torch.export import ExportedProgram
+
+    exported = isinstance(model, ExportedProgram) or any(c.__module__ == "torch.export._unlift"
+                                                          for c in type(model).__mro__)  # (ep.module(): rev15 #1)
+    if exported or isinstance(model, torch.jit.ScriptModule):
+        what = "torch.export" if exported else "torch.jit"
+        raise UsageError(f"cannot export what {what} made ({type(model).__name__}): the exporters trace the eager "
+                         "model (the binarized nn.Module itself); pass that")
+
+
 def unwrapped(model: nn.Module) -> nn.Module:
     """The model inside ``torch.compile``'s ``OptimizedModule`` (``_orig_mod``) and inside ``nn.DataParallel`` or
     ``DistributedDataParallel`` (``.module``), however nested: torch.fx cannot trace the wrappers themselves."""
-    if isinstance(model, torch.export.ExportedProgram) or isinstance(model, torch.jit.ScriptModule):
-        raise UsageError(f"cannot export a {type(model).__name__}: the exporters trace the eager model (the binarized "
-                         "nn.Module itself), not a torch.export, torch.jit.script or torch.jit.trace one; pass that")
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"cannot export: expected a torch.nn.Module, got {type(model).__name__}")
     while True:
+        _refuse_traced(model)  # (inside the wrappers too: review rev15 #2)
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"cannot export: expected a torch.nn.Module, got {type(model).__name__}")
         if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod
         elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
