@@ -1478,7 +1478,17 @@ def test_a_cifar_folder_is_named_by_its_batches_meta(tmp_path):
     for in_memory in (True, False):
         train, test, info = load_datasets("cifar10", tmp_path, in_memory=in_memory)
         assert list(info.classes) == names
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"same"] * 10}, protocol=2))
-    assert tuple(load_datasets("cifar10", tmp_path)[2].classes) == D.CIFAR10_CLASSES
+    # (rev15 #3) not usable (a string array, which the safe reader of the pickles refuses, repeated names, one
+    # string): CIFAR-10's names, said
+    for odd in (np.array(names), [b"same"] * 10, "abcdefghij"):
+        (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": odd}, protocol=2))
+        with pytest.warns(UserWarning, match="gives no class names reste can use"):
+            assert tuple(load_datasets("cifar10", tmp_path)[2].classes) == D.CIFAR10_CLASSES
     (folder / "batches.meta").unlink()
     assert tuple(load_datasets("cifar10", tmp_path)[2].classes) == D.CIFAR10_CLASSES
+    # (rev15 #4) a run that recorded CIFAR-10's names (every run before batches.meta was read) takes the folder
+    from reste.data.sets import DatasetInfo, check_classes
+
+    check_classes(10, list(D.CIFAR10_CLASSES), DatasetInfo("cifar10", 10, (3, 32, 32), 20, 6, tuple(names)), "x")
+    with pytest.raises(UsageError, match="other classes"):
+        check_classes(10, names[::-1], DatasetInfo("cifar10", 10, (3, 32, 32), 20, 6, tuple(names)), "x")

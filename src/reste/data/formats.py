@@ -17,6 +17,7 @@ import os
 import pickle
 import stat
 import struct
+import warnings
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -446,14 +447,23 @@ def read_cifar10_classes(folder: Path) -> tuple[str, ...] | None:
     """The class names ``batches.meta`` gives (its ``label_names``: ten distinct names), or None where it is
     absent or gives none that can be used (the batches alone train; the caller takes CIFAR-10's own names). A folder
     in CIFAR-10's format of other classes is then named as its file says (review datafid, suggestion)."""
+    meta = folder / "batches.meta"
+    if not meta.exists():
+        return None
     try:
-        with open(folder / "batches.meta", "rb") as f:
+        with open(meta, "rb") as f:
             entry = _SafeUnpickler(f, encoding="latin1").load()
         names = entry.get("label_names", entry.get(b"label_names")) if isinstance(entry, dict) else None
-        names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names or ())
-    except Exception:  # noqa: BLE001 - a missing or damaged meta file: the names are CIFAR-10's
-        return None
-    if len(names) != 10 or len(set(names)) != 10 or not all(isinstance(n, str) and n.strip() for n in names):
+        if isinstance(names, np.ndarray):  # (a script's np.array(names): rev15 #3)
+            names = names.tolist()
+        if not isinstance(names, (list, tuple)):
+            raise ValueError(f"its label_names is {type(names).__name__}, not a list")
+        names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
+        if len(names) != 10 or len(set(names)) != 10 or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError("its label_names are not ten distinct names")
+    except Exception as err:  # noqa: BLE001 - a damaged or odd meta file: CIFAR-10's names, said (review rev15 #3)
+        warnings.warn(f"{meta} gives no class names reste can use ({_one_line(err)[:100]}); the classes are named "
+                      "as CIFAR-10's", UserWarning, stacklevel=2)
         return None
     return names
 

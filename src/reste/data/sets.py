@@ -131,6 +131,8 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
     found = info.classes
     if names is None or found is None or list(names) == list(found):
         return
+    if info.name == "cifar10" and tuple(names) == CIFAR10_CLASSES:  # a run named by CIFAR-10's own names (the
+        return  # default, and all an older reste read of a folder of other names: review rev15 #4): the labels hold
     if len(names) != len(found):
         raise UsageError(f"{what} has {len(found)} classes but the model learned {len(names)}; pass the data "
                          "it was trained on")
@@ -141,7 +143,7 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
 
     # the same names but for their Unicode normalisation (a folder copied from macOS comes back in NFD, and may sort
     # in another order): they print alike, so ascii() tells them apart (review portable #3, rev14 #4)
-    if sorted(map(nfc, names)) == sorted(map(nfc, found)):
+    if {str(n) for n in names} != {str(f) for f in found} and sorted(map(nfc, names)) == sorted(map(nfc, found)):
         was = next(str(n) for n in names if str(n) not in {str(f) for f in found})
         now = next(str(f) for f in found if nfc(f) == nfc(was))
         raise UsageError(f"{what} has other classes than the model learned (its {ascii(now)} was {ascii(was)}: "
