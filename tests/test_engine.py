@@ -486,6 +486,17 @@ def test_the_cpu_quota_is_read_from_the_process_s_cgroup(monkeypatch, tmp_path):
     assert config._cpu_quota() == 1.5
     files["/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_quota_us"] = "-1\n"
     assert config._cpu_quota() is None
+    # (review rev15 #5) a container without a cgroup namespace names its host path; its own cgroup is the mount's
+    # root. And a limit on a parent holds: the smallest along the path counts.
+    files.clear()
+    files.update({"/proc/self/cgroup": "12:cpu,cpuacct:/docker/abc\n",
+                  "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "200000\n",
+                  "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert config._cpu_quota() == 2.0
+    files.clear()
+    files.update({"/proc/self/cgroup": "0::/init.scope\n", "/sys/fs/cgroup/cpu.max": "300000 100000\n",
+                  "/sys/fs/cgroup/init.scope/cpu.max": "max 100000\n"})
+    assert config._cpu_quota() == 3.0
 
 
 def test_loader_workers_share_the_node_among_torchruns_processes(monkeypatch):

@@ -187,32 +187,53 @@ def _mask_cpus() -> int:
 
 def _cpu_quota() -> float | None:
     """This process's cgroup CPU quota in CPUs (``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us`` of v1), or None
-    where it has none (or none can be read: not Linux). The cgroup is the process's own, read from
-    /proc/self/cgroup (review portable, suggestion)."""
+    where it has none (or none can be read: not Linux). Read along the cgroup /proc/self/cgroup names, from it up to
+    the mount's root, the smallest one counting (a limit on a parent holds its children; a container without a
+    cgroup namespace names its host path, while its own cgroup is the mount's root: review rev15 #5)."""
     try:
         with open("/proc/self/cgroup", encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError:
         return None
+    quotas = []
     for line in lines:  # "0::/path" (v2) or "4:cpu,cpuacct:/path" (v1)
-        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
-        try:
-            if controllers == "":
-                with open(f"/sys/fs/cgroup{path.rstrip('/')}/cpu.max", encoding="utf-8") as f:
-                    quota, period = f.read().split()[:2]
-                if quota != "max" and float(period) > 0:
-                    return float(quota) / float(period)
-            elif "cpu" in controllers.split(","):
-                folder = f"/sys/fs/cgroup/{controllers}{path.rstrip('/')}"
-                with open(f"{folder}/cpu.cfs_quota_us", encoding="utf-8") as f:
-                    quota_us = float(f.read())
-                with open(f"{folder}/cpu.cfs_period_us", encoding="utf-8") as f:
-                    period_us = float(f.read())
-                if quota_us > 0 and period_us > 0:
-                    return quota_us / period_us
-        except (OSError, ValueError):
+        if line.count(":") < 2:
             continue
-    return None
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            root, read = "/sys/fs/cgroup", _v2_quota
+        elif "cpu" in controllers.split(","):
+            root, read = f"/sys/fs/cgroup/{controllers}", _v1_quota
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        for depth in range(len(parts), -1, -1):  # the cgroup, its parents, the mount's root
+            quota = read("/".join([root, *parts[:depth]]))
+            if quota is not None:
+                quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def _v2_quota(folder: str) -> float | None:
+    """``cpu.max`` of a cgroup-v2 folder in CPUs ("200000 100000": 2; "max ...": none), None where unreadable."""
+    try:
+        with open(f"{folder}/cpu.max", encoding="utf-8") as f:
+            quota, period = f.read().split()[:2]
+        return float(quota) / float(period) if quota != "max" and float(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: str) -> float | None:
+    """``cpu.cfs_quota_us / cpu.cfs_period_us`` of a cgroup-v1 folder in CPUs (-1: none), None where unreadable."""
+    try:
+        with open(f"{folder}/cpu.cfs_quota_us", encoding="utf-8") as f:
+            quota = float(f.read())
+        with open(f"{folder}/cpu.cfs_period_us", encoding="utf-8") as f:
+            period = float(f.read())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def max_threads() -> int:
