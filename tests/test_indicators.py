@@ -438,5 +438,26 @@ def test_a_binary_layer_of_one_weight_is_left_out_of_gradient_stability():
 def test_a_model_whose_binary_layers_all_have_one_weight_is_refused_before_any_step():
     """(review rev14 #10) it failed after its first step, saying to unfreeze a layer."""
     bnn = reste.binarize(nn.Sequential(nn.Linear(4, 1), nn.Linear(1, 1), nn.Linear(1, 3)), "ste")
-    with pytest.raises(ValueError, match="every binary layer of the 'general' indicators has a single weight"):
+    with pytest.raises(ValueError, match="every binary layer of the 'general' indicators is frozen .* or has a single "
+                                         "weight"):
         EquilibriumMeter(bnn, mode="general")
+
+
+def test_the_partial_sums_of_another_mode_are_not_taken_and_all_frozen_is_refused_at_once():
+    """(review rev15 #6) a resume with another --indicators mode (--force) took the paper meter's last value as the
+    general meter's running sum; (rev15 #9) a model whose binary layers are all frozen failed after its first step."""
+    torch.manual_seed(0)
+    model = Tiny()
+    model(torch.randn(2, 2, 5, 5)).sum().backward()
+    paper = EquilibriumMeter(model, mode="paper")
+    paper.update()
+    general = EquilibriumMeter(model, mode="general")
+    general.load_partial_state(paper.partial_state())
+    general.update()
+    want = EquilibriumMeter(model, mode="general")
+    want.update()
+    assert general.epoch_end() == want.epoch_end()
+    for layer in (model.b1, model.b2, model.short, model.fc1):
+        layer.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="is frozen \\(requires_grad=False\\) or has a single weight"):
+        EquilibriumMeter(model, mode="general")

@@ -199,7 +199,7 @@ def test_frozen_binary_layers_are_left_out_and_all_frozen_is_refused(tmp_path):
 
     frozen = Classifier()
     frozen.model[3].requires_grad_(False)  # its only binary layer
-    with pytest.raises(ValueError, match="every layer of the 'general' indicators is frozen"):
+    with pytest.raises(ValueError, match="every binary layer of the 'general' indicators is frozen"):
         fit(tmp_path, BinarizationCallback(indicators=True), frozen, limit_train_batches=1)
 
 
@@ -499,3 +499,54 @@ def test_a_loader_for_one_process_read_in_a_process_group_warns(monkeypatch):
         next(iter(test_loader))
     with pytest.warns(UserWarning, match="process group of 2: each process reads the whole data set"):
         next(iter(loader))
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_steps_fp16_s_scaler_skips_give_no_nan_indicators(manual):
+    """(review math #1, rev14 #12, rev15 #10) a scaler whose scale overflows every step skips them all: the epoch's
+    indicators came out NaN, and so did the per-layer stability (under manual optimization too)."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    class Overflowing(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = reste.binarize(nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.BatchNorm1d(16),
+                                                    nn.Linear(16, 16), nn.BatchNorm1d(16), nn.Linear(16, 3)))
+            self.automatic_optimization = not manual
+
+        def training_step(self, batch, batch_idx):
+            loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+            if manual:
+                opt = self.optimizers()
+                opt.zero_grad()
+                self.manual_backward(loss)
+                opt.step()
+                return None
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    logged: dict[str, float] = {}
+
+    class Kept(pl.loggers.logger.Logger):
+        name, version, experiment = "kept", 0, None
+
+        def log_metrics(self, metrics, step=None):
+            logged.update(metrics)
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    data = torch.utils.data.TensorDataset(torch.randn(64, 16), torch.randint(0, 3, (64,)))
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1e30))
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", plugins=[plugin], logger=Kept(),
+                         callbacks=[BinarizationCallback(indicators=True, per_layer=True)], enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Overflowing(), torch.utils.data.DataLoader(data, batch_size=16))
+    per_layer = {k: v for k, v in logged.items() if "indicators/" in k}
+    assert per_layer and not any("gradient_stability" in k for k in per_layer), per_layer
+    assert all(math.isfinite(v) for v in per_layer.values()), per_layer

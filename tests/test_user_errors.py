@@ -731,6 +731,7 @@ def test_suggested_commands_quote_paths_for_the_platform_s_shell(monkeypatch):
     assert shell_word(r"C:\Users\me\my runs\digits") == r'"C:\Users\me\my runs\digits"'
     for special in ("R&D", "a;b", "it's", "a|b", "x^y", "a$b"):  # (review rev14 #3: left bare, each a shell's syntax)
         assert shell_word(f"runs\\{special}") == f'"runs\\{special}"'
+    assert shell_word("C:\\srv\\my share\\") == '"C:\\srv\\my share\\\\"'  # (rev15 #8: not \" at the end)
 
 
 def test_classes_that_differ_only_in_unicode_normalisation_are_told_apart():
@@ -766,3 +767,12 @@ def test_compile_without_a_cxx_compiler_says_what_to_do(capsys):
         assert cli._unexpected(err, False, "eval", []) == 1
     line = capsys.readouterr().err.strip()
     assert "--compile on the CPU needs a C++ compiler" in line and "drop --compile" in line and "\n" not in line
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(capsys):
+    """(review rev15 #7) an unset variable: EXPORTED, CHECKPOINT and --output "" were read as "." (a folder, or its
+    last.pt), and --output "" wrote nothing, silently."""
+    for argv, name in ((["predict", ""], "EXPORTED"), (["eval", ""], "CHECKPOINT"), (["export", "", "x.rbnn"],
+                                                                                       "CHECKPOINT"),
+                       (["predict", "m.rbnn", "p.png", "--output", ""], "--output")):
+        assert _one_line_error(capsys, *argv) == f"reste: error: {name} is empty (an unset variable?); pass a path"

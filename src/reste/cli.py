@@ -114,9 +114,18 @@ PATH_ARGS = ("out", "resume", "checkpoint", "run_dir", "runs_dir", "data_path", 
              "exported", "images", "labels", "targets", "sweep_dir")
 
 
+# path arguments an empty value of which (an unset variable) is refused here: Path("") is ".", which they read as
+# the current folder or its last.pt (review rev15 #7); the others say it themselves, or take "" as their default
+_NOT_EMPTY = {"checkpoint": "CHECKPOINT", "exported": "EXPORTED", "output": "--output", "labels": "--labels"}
+
+
 def _expand_home(args: argparse.Namespace) -> None:
     """A leading ``~`` of a path argument is the home folder, as the shell makes it of a bare word: ``--out=~/a``
-    and a quoted '~/a' reach reste unexpanded (they made a folder named ``~`` in the current one)."""
+    and a quoted '~/a' reach reste unexpanded (they made a folder named ``~`` in the current one). An empty one
+    is refused where it would be read as the current folder."""
+    for name, shown in _NOT_EMPTY.items():
+        if getattr(args, name, None) == "":
+            raise UsageError(f"{shown} is empty (an unset variable?); pass a path")
     for name in PATH_ARGS:
         value = getattr(args, name, None)
         if isinstance(value, str) and value.startswith("~"):

@@ -96,8 +96,11 @@ def shell_word(path) -> str:
     if os.name == "nt":  # cmd.exe keeps single quotes as part of the word: double quotes (review portable #7), which
         # cmd.exe and PowerShell both read, around any path with more than letters, digits and _-.:\/ (& ; ' $ and
         # the rest mean something to one shell or the other: rev14 #3); a Windows path holds no double quote. (Inside
-        # them cmd.exe still expands %VAR% and PowerShell $name: such a folder name is left to the user.)
-        return text if text and re.fullmatch(r"[\w\-.:\\/]+", text, re.ASCII) else f'"{text}"'
+        # them cmd.exe still expands %VAR% and PowerShell $name and backticks: such a folder name is left to the user.)
+        if text and re.fullmatch(r"[\w\-.:\\/]+", text, re.ASCII):
+            return text
+        tail = len(text) - len(text.rstrip("\\"))  # a backslash before the closing quote would escape it: doubled
+        return '"' + text + "\\" * tail + '"'
     return shlex.quote(text)
 
 

@@ -198,9 +198,11 @@ class EquilibriumMeter:
 
     def __init__(self, model: nn.Module, mode: str = "general", o_end: float | None = None) -> None:
         layers = _measured_layers(model, mode)
-        if all(layer.weight.numel() < 2 for _, layer in layers):  # (review rev14 #10: known before any step)
-            raise ValueError(f"every binary layer of the {mode!r} indicators has a single weight, whose variance is "
-                             "undefined: gradient stability has nothing to measure; turn the indicators off")
+        if all(layer.weight.numel() < 2 or not layer.weight.requires_grad for _, layer in layers):
+            # known before any step (review rev14 #10, rev15 #9)
+            raise ValueError(f"every binary layer of the {mode!r} indicators is frozen (requires_grad=False) or has "
+                             "a single weight: gradient stability has nothing to measure; unfreeze a binary layer or "
+                             "turn the indicators off")
         if mode == "general":  # F of each layer's estimator: one without it is refused now, not after a step
             lacking = sorted({est.name for _, layer in indicator_layers(model, mode)
                               for est in [getattr(layer, "weight_estimator", None)]
@@ -264,11 +266,16 @@ class EquilibriumMeter:
     def partial_state(self) -> dict[str, Any]:
         """The running sums inside an epoch (tensors on the gradients' device), which a mid-epoch checkpoint keeps
         so that its epoch's values are those of an uninterrupted run (:meth:`load_partial_state`)."""
-        return {"error": self._error, "stability": self._stability, "count": self._count, "taken": self._taken}
+        return {"error": self._error, "stability": self._stability, "count": self._count, "taken": self._taken,
+                "mode": self.mode}
 
     def load_partial_state(self, state: dict[str, Any]) -> None:
         """Continue an epoch from :meth:`partial_state`'s sums (a state saved before ``taken`` was kept: every
-        step counted)."""
+        step counted). The sums of another mode (a resume with another ``--indicators --force``) are not this
+        mode's: the epoch then counts its steps from here (review rev15 #6)."""
+        if state.get("mode", self.mode) != self.mode:
+            self._reset()
+            return
         self._error, self._stability, self._count = state["error"], state["stability"], int(state["count"])
         self._taken = state.get("taken", self._count)
 

@@ -208,6 +208,9 @@ class BinarizationCallback(Callback):
                 self.meter.update(skipped=skipped)
             else:
                 self.meter.update(stability, skipped=skipped)
+            if self._layers is not None and skipped is not None and bool(skipped):  # read before the step, which
+                self._layers = {k: v for k, v in self._layers.items()  # the scaler then skipped (review rev15 #10)
+                                if not k.endswith("/gradient_stability")}
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if self.meter is not None:  # fp16's scale before the step: lower after it where the scaler skipped it
