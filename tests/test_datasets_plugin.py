@@ -283,5 +283,7 @@ def test_from_tensors_refuses_an_augmentation_it_would_not_do():
     """(review datafid, suggestion) augment=True with pad=0 gave no augmentation at all, not even the flip."""
     from reste.data import from_tensors
 
+    split = (np.zeros((2, 1, 8, 8), np.uint8), np.zeros(2, np.int64))
     with pytest.raises(UsageError, match="augment=True crops with padding pad and flips; pass pad > 0"):
-        from_tensors("digits", None, (np.zeros((2, 1, 8, 8), np.uint8), np.zeros(2, np.int64)), augment=True)
+        from_tensors("digits", split, split, augment=True)
+    assert from_tensors("digits", None, split, augment=True)[1] is not None  # (rev15 #11) the test split alone: eval
