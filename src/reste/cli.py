@@ -382,7 +382,12 @@ def _main(argv: Sequence[str] | None) -> int:
         parser = build_parser()
         # --debug anywhere on the line (the sub-commands' parsers do not know it)
         try:
-            args = parser.parse_args(["--debug", *(a for a in argv if a != "--debug")] if debug else argv)
+            args, extra = parser.parse_known_args(["--debug", *(a for a in argv if a != "--debug")] if debug else argv)
+            if extra and getattr(args, "images", None) is not None:  # predict's IMAGES after a flag (review rev15
+                args.images = [*args.images, *(a for a in extra if not a.startswith("-"))]  # #14): argparse gave
+                extra = [a for a in extra if a.startswith("-")]  # the list its empty share at EXPORTED
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
         except UsageError as err:
             raise UsageError(_flag_hint(str(err), argv, parser)) from None
         if not getattr(args, "func", None):  # a missing command is bad input: the help on stderr, status 2
