@@ -767,6 +767,10 @@ def test_compile_without_a_cxx_compiler_says_what_to_do(capsys):
         assert cli._unexpected(err, False, "eval", []) == 1
     line = capsys.readouterr().err.strip()
     assert "--compile on the CPU needs a C++ compiler" in line and "drop --compile" in line and "\n" not in line
+    from reste.errors import machine_cause  # (rev15 #13) each run of a sweep says it so too: the same function
+
+    assert machine_cause(InductorError("InvalidCxxCompiler: none")) == line.split("error: ", 1)[1]
+    assert machine_cause(RuntimeError("other")) is None
 
 
 def test_an_empty_path_is_refused_not_read_as_the_current_folder(capsys):

@@ -35,7 +35,8 @@ if __name__ == "__main__":  # python -m reste.cli (torchrun's form) is the reste
 
     sys.exit(_start(_load))
 
-from .errors import EX_TEMPFAIL, UsageError, command_line, did_you_mean, one_line, one_line_warnings, shell_word
+from .errors import (EX_TEMPFAIL, UsageError, command_line, did_you_mean, machine_cause, one_line, one_line_warnings,
+                     shell_word)
 from .wording import gist
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
@@ -623,10 +624,10 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
               "one killed by a signal, torchrun's report), so this one cannot go on "
               f"({gist(str(err).splitlines()[0] if str(err) else type(err).__name__)}){then}", file=sys.stderr)
         return 1
-    if "InvalidCxxCompiler" in f"{type(err).__name__} {err}":  # torch.compile's Inductor on a CPU without g++
+    cause = machine_cause(err)  # (torch.compile's Inductor on a CPU without g++)
+    if cause:
         then = f"; {_run_kept(argv)}" if command == "train" else ""
-        print(f"{_error_prefix()} --compile on the CPU needs a C++ compiler (torch's Inductor found none: install g++, "
-              f"or clang on macOS), or drop --compile{then}", file=sys.stderr)
+        print(f"{_error_prefix()} {cause}{then}", file=sys.stderr)
         return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
     print(f"{_error_prefix()} {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)

@@ -86,6 +86,16 @@ def did_you_mean(name: object, choices) -> str:
     return f"did you mean {folded[close[0]]!r}? " if close else ""
 
 
+def machine_cause(err: BaseException) -> str | None:
+    """What an error of the machine rather than the settings comes to, in one line with its remedy, where reste
+    knows it: torch.compile's Inductor without a C++ compiler. None otherwise. (``reste train`` and each run of a
+    sweep say it so: review portable, suggestion; rev15 #13.)"""
+    if "InvalidCxxCompiler" in f"{type(err).__name__} {err}":
+        return ("--compile on the CPU needs a C++ compiler (torch's Inductor found none: install g++, or clang on "
+                "macOS), or drop --compile")
+    return None
+
+
 def shell_word(path) -> str:
     """A path as one word of a command a message suggests, quoted for the shell where it must be (a folder with
     a space), so the command can be copied as it is."""

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_info, model_keywords
-from ..errors import UsageError, join_command_line, on_command_line, print_line, shell_word
+from ..errors import UsageError, join_command_line, machine_cause, on_command_line, print_line, shell_word
 from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
@@ -491,10 +491,11 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
                 with contextlib.suppress(OSError, UsageError):
                     log(f"cannot record the divergence in {run_dir} ({write_error.strerror})")
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        said = machine_cause(err) or f"{type(err).__name__}: {message}"  # (--compile without g++: rev15 #13)
         if status == "failed":  # for `reste show` and the report, until the sweep trains it again
             with contextlib.suppress(OSError):
-                record_failure(run_dir, f"{type(err).__name__}: {message}")
-        return {"status": status, "error": f"{type(err).__name__}: {message}", "seconds": time.time() - start,
+                record_failure(run_dir, said)
+        return {"status": status, "error": said, "seconds": time.time() - start,
                 "logged": logged}
     finally:
         _WORKER["running"] = False
