@@ -465,7 +465,7 @@ def test_the_cpu_quota_is_read_from_the_process_s_cgroup(monkeypatch, tmp_path):
     import builtins
     import io
 
-    files = {"/proc/self/cgroup": "0::/job\n", "/sys/fs/cgroup/job/cpu.max": "250000 100000\n"}
+    files: dict[str, str] = {}
     real_open = builtins.open
 
     def fake_open(path, *a, **k):
@@ -476,27 +476,22 @@ def test_the_cpu_quota_is_read_from_the_process_s_cgroup(monkeypatch, tmp_path):
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(builtins, "open", fake_open)
-    assert config._cpu_quota() == 2.5
-    files["/sys/fs/cgroup/job/cpu.max"] = "max 100000\n"
-    assert config._cpu_quota() is None
-    files.clear()
-    files.update({"/proc/self/cgroup": "4:cpu,cpuacct:/job\n",
-                  "/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_quota_us": "150000\n",
-                  "/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_period_us": "100000\n"})
-    assert config._cpu_quota() == 1.5
-    files["/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_quota_us"] = "-1\n"
-    assert config._cpu_quota() is None
-    # (review rev15 #5) a container without a cgroup namespace names its host path; its own cgroup is the mount's
-    # root. And a limit on a parent holds: the smallest along the path counts.
-    files.clear()
-    files.update({"/proc/self/cgroup": "12:cpu,cpuacct:/docker/abc\n",
-                  "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "200000\n",
-                  "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
-    assert config._cpu_quota() == 2.0
-    files.clear()
-    files.update({"/proc/self/cgroup": "0::/init.scope\n", "/sys/fs/cgroup/cpu.max": "300000 100000\n",
-                  "/sys/fs/cgroup/init.scope/cpu.max": "max 100000\n"})
-    assert config._cpu_quota() == 3.0
+    v1 = "/sys/fs/cgroup/cpu,cpuacct"
+    cases = [  # (/proc/self/cgroup, the files it leads to, the quota)
+        ("0::/job", {"/sys/fs/cgroup/job/cpu.max": "250000 100000"}, 2.5),
+        ("0::/job", {"/sys/fs/cgroup/job/cpu.max": "max 100000"}, None),
+        ("4:cpu,cpuacct:/job", {f"{v1}/job/cpu.cfs_quota_us": "150000", f"{v1}/job/cpu.cfs_period_us": "100000"}, 1.5),
+        ("4:cpu,cpuacct:/job", {f"{v1}/job/cpu.cfs_quota_us": "-1", f"{v1}/job/cpu.cfs_period_us": "100000"}, None),
+        # (review rev15 #5) a container without a cgroup namespace names its host path, its own cgroup being the
+        # mount's root; and a limit on a parent holds: the smallest along the path counts
+        ("12:cpu,cpuacct:/docker/abc", {f"{v1}/cpu.cfs_quota_us": "200000", f"{v1}/cpu.cfs_period_us": "100000"}, 2.0),
+        ("0::/init.scope", {"/sys/fs/cgroup/cpu.max": "300000 100000",
+                            "/sys/fs/cgroup/init.scope/cpu.max": "max 100000"}, 3.0),
+    ]
+    for cgroup, found, quota in cases:
+        files.clear()
+        files.update({"/proc/self/cgroup": cgroup + "\n", **{k: v + "\n" for k, v in found.items()}})
+        assert config._cpu_quota() == quota, (cgroup, found)
 
 
 def test_loader_workers_share_the_node_among_torchruns_processes(monkeypatch):

@@ -101,8 +101,9 @@ def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequen
                              f"{int(labels.max())}")
         return InMemoryDataset(images.contiguous(), labels, augment=aug, classes=names, normalize=norm)
 
-    if augment and not pad > 0 and train is not None:  # (review datafid, suggestion: augment=True with pad=0
-        # augmented nothing, silently; a test split alone is never augmented: eval's load passes augment=True, rev15 #11)
+    # (review datafid, suggestion: augment=True with pad=0 augmented nothing, silently; a test split alone is never
+    # augmented, and eval's load passes augment=True: rev15 #11)
+    if augment and not pad > 0 and train is not None:
         raise UsageError(f"{spec.name}: augment=True crops with padding pad and flips; pass pad > 0 (CIFAR-10's is 4), "
                          "or augment=False")
     crop = RandomCropFlip(spec.input_size[-1], pad, fill=norm.fill()) if augment and train is not None else None
