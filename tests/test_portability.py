@@ -416,3 +416,23 @@ def test_windows_limits_the_sweep_s_jobs_and_takes_ctrl_break_as_a_stop(monkeypa
         sweep.run_sweep(TrainConfig(), {"estimator": ["ste"]}, [0], tmp_path / "sw", jobs=64)
     monkeypatch.setattr(signal, "SIGBREAK", 21, raising=False)
     assert 21 in distributed.stop_signals()
+
+
+def test_ctrl_break_is_answered_as_ctrl_c_is(monkeypatch, capfd):
+    """(review rev15 #15) Ctrl-Break (Windows's SIGBREAK, simulated by SIGUSR2) stopped a run without Ctrl-C's line,
+    and a second press waited for the save."""
+    import os
+    import signal
+
+    from reste import engine
+
+    if not hasattr(signal, "SIGUSR2"):
+        pytest.skip("no SIGUSR2 to stand for SIGBREAK")
+    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR2, raising=False)
+    before = signal.getsignal(signal.SIGUSR2)
+    stop = engine.StopRequest()
+    with stop.handling():
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.signum == signal.SIGUSR2
+        assert signal.getsignal(signal.SIGUSR2) == before  # a second press: the handler from before
+    assert "reste: Ctrl-Break: stopping after saving the current step" in capfd.readouterr().err

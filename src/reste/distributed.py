@@ -39,7 +39,8 @@ def signal_text(signum: int, preemption: str = "") -> str:
     """How a stop line names a stop signal: ``SIGTERM`` (with ``preemption`` after it), ``Ctrl-C (SIGINT)``,
     ``SIGHUP (its terminal closed)``."""
     name = signal.Signals(signum).name
-    return {"SIGINT": "Ctrl-C (SIGINT)", "SIGHUP": "SIGHUP (its terminal closed)"}.get(name, name + preemption)
+    return {"SIGINT": "Ctrl-C (SIGINT)", "SIGHUP": "SIGHUP (its terminal closed)",
+            "SIGBREAK": "Ctrl-Break (SIGBREAK)"}.get(name, name + preemption)
 
 
 def stop_signals() -> list[signal.Signals]:

@@ -1053,12 +1053,13 @@ class StopRequest:
 
         def handler(signum: int, _frame: Any) -> None:
             self.signum = self.signum or signum
-            if signum == signal.SIGINT:
+            key = {signal.SIGINT: "Ctrl-C", getattr(signal, "SIGBREAK", None): "Ctrl-Break"}.get(signum)
+            if key:  # a key pressed: said, and a second press stops at once (Windows's Ctrl-Break too: rev15 #15)
                 signal.signal(signum, previous[signum])
                 if env_rank() == 0 and self.announce:  # os.write: safe in a handler that may interrupt a print
                     with contextlib.suppress(OSError):
-                        os.write(2, b"reste: Ctrl-C: stopping after saving the current step (press it again to "
-                                    b"stop at once, without saving)\n")
+                        os.write(2, f"reste: {key}: stopping after saving the current step (press it again to "
+                                    "stop at once, without saving)\n".encode())
 
         previous = {sig: signal.signal(sig, handler) for sig in stop_signals()}
         try:
