@@ -117,7 +117,8 @@ PATH_ARGS = ("out", "resume", "checkpoint", "run_dir", "runs_dir", "data_path", 
 
 # path arguments an empty value of which (an unset variable) is refused here: Path("") is ".", which they read as
 # the current folder or its last.pt (review rev15 #7); the others say it themselves, or take "" as their default
-_NOT_EMPTY = {"checkpoint": "CHECKPOINT", "exported": "EXPORTED", "output": "--output", "labels": "--labels"}
+_NOT_EMPTY = {"checkpoint": "CHECKPOINT", "exported": "EXPORTED", "output": "--output", "labels": "--labels",
+              "images": "IMAGES"}
 
 
 def _expand_home(args: argparse.Namespace) -> None:
@@ -125,8 +126,12 @@ def _expand_home(args: argparse.Namespace) -> None:
     and a quoted '~/a' reach reste unexpanded (they made a folder named ``~`` in the current one). An empty one
     is refused where it would be read as the current folder."""
     for name, shown in _NOT_EMPTY.items():
-        if getattr(args, name, None) == "":
+        value = getattr(args, name, None)
+        if value == "":
             raise UsageError(f"{shown} is empty (an unset variable?); pass a path")
+        if isinstance(value, list) and "" in value:  # (predict's IMAGES: review rev14 #11)
+            raise UsageError(f"{shown} holds an empty path (an unset variable?); pass a .npy array, image files or "
+                             "folders of them")
     for name in PATH_ARGS:
         value = getattr(args, name, None)
         if isinstance(value, str) and value.startswith("~"):

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from . import fused
 from .kernel_args import KINDS, autocast_dtype, kernel_scalars
-from .native import EnvSwitch, untrusted_path, writable_cache
+from .native import CANNOT_LOCK, EnvSwitch, untrusted_path, writable_cache
 
 __all__ = ["available", "binary_sign", "build", "cuda_home", "error", "forced", "may_take", "requested",
            "scaled_sign", "set_enabled", "sign"]
@@ -207,13 +207,11 @@ def _builder(directory: Path) -> Iterator[None]:
     except ImportError:  # no fcntl (Windows): torch's own lock alone
         yield
         return
-    import errno
-
     with open(directory / "reste-build.lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError as err:  # a file system that keeps no locks (Lustre without -o flock): torch's own alone
-            if err.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):  # (review rev14, suggestion)
+            if err.errno not in CANNOT_LOCK:  # (review rev14, suggestion)
                 raise
             yield
             return

@@ -24,6 +24,7 @@ threads, see ``reste/export/csrc/packed.c``); :func:`split_parts` decides into h
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import importlib.resources
 import os
@@ -77,6 +78,12 @@ class EnvSwitch:
 
     def set(self, flag: bool | None) -> None:
         self._value = None if flag is None else bool(flag)
+
+
+#: what ``flock`` answers on a file system that keeps no locks (review portable #10): Lustre mounted without
+#: ``-o flock`` (ENOSYS), NFSv3 whose lock daemon cannot be reached (ENOLCK), some SMB mounts (EOPNOTSUPP). Run folders
+#: (``rundir``) and the extension's build (``cuda_ext``) then go on unlocked.
+CANNOT_LOCK = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
 
 
 def cache_dir() -> Path:

@@ -45,6 +45,7 @@ from typing import Any, Callable
 from .checkpoint import atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TrainConfig
 from .errors import UsageError, parse_json, shell_word
+from .native import CANNOT_LOCK
 
 try:
     import fcntl
@@ -106,9 +107,6 @@ def _litter(name: str) -> bool:
     return name.lower() in _LITTER or name.startswith("._")
 
 
-# what flock answers on a file system that keeps no locks (review portable #10): Lustre mounted without -o flock
-# (ENOSYS), NFSv3 whose lock daemon cannot be reached (ENOLCK), some SMB mounts (EOPNOTSUPP)
-_CANNOT_LOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 _TOLD_UNLOCKED: set[str] = set()
 
 
@@ -321,7 +319,7 @@ class RunDirectory:
             try:
                 _try_lock(fd)
             except OSError as err:
-                if err.errno in _CANNOT_LOCK:  # this file system has no locks: go on as where the platform has none
+                if err.errno in CANNOT_LOCK:  # this file system has no locks: go on as where the platform has none
                     _warn_unlocked(path, err)
                 else:
                     holder = _holder(fd) if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else ""

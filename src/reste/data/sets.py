@@ -145,8 +145,9 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
 
     # the same names but for their Unicode normalisation (a folder copied from macOS comes back in NFD, and may sort
     # in another order): they print alike, so ascii() tells them apart (review portable #3, rev14 #4)
-    if {str(n) for n in names} != {str(f) for f in found} and sorted(map(nfc, names)) == sorted(map(nfc, found)):
-        was = next(str(n) for n in names if str(n) not in {str(f) for f in found})
+    found_names = {str(f) for f in found}
+    if {str(n) for n in names} != found_names and sorted(map(nfc, names)) == sorted(map(nfc, found)):
+        was = next(str(n) for n in names if str(n) not in found_names)
         now = next(str(f) for f in found if nfc(f) == nfc(was))
         raise UsageError(f"{what} has other classes than the model learned (its {ascii(now)} was {ascii(was)}: "
                          "names that differ only in Unicode normalisation, as a folder copied from macOS comes back); "

@@ -319,9 +319,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_threads(args.threads)
     paths = args.images or []
-    if any(not path for path in paths):  # Path("") is "." (review rev14 #11): never the current folder by accident
-        raise UsageError("IMAGES holds an empty path (an unset variable?); pass a .npy array, image files or folders "
-                         "of them")
     if len(paths) > 1 and not all(is_image_file(path) for path in paths):
         raise UsageError("pass one .npy array, or image files and folders of them; not several arrays, nor arrays "
                          "with image files")

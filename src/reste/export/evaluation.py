@@ -22,6 +22,14 @@ def model_classes(model: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _check_counts(batch_size: Any, workers: Any) -> None:
+    """Refuse a batch size below 1 and a negative or non-integer worker count (None: the default), in one line."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
+
+
 def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | os.PathLike | None = None,
                     download: bool = False, batch_size: int = 256, backend: str = "auto", workers: int | None = None,
                     log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
@@ -39,10 +47,7 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     from .inputs import check_shape
     from .runtime import PackedModel, class_scores
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
+    _check_counts(batch_size, workers)
     name = None
     if not isinstance(model, PackedModel):
         name = Path(model).name
@@ -85,12 +90,6 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
             "stored_top1": float(stored) if isinstance(stored, (int, float)) else None}
 
 
-def _as_list(batch: list) -> list:
-    """A DataLoader's collate for :class:`~reste.export.inputs.ImageFileInputs`: its items as they are (an
-    unreadable file's reason is text, which no tensor holds)."""
-    return batch
-
-
 def predict_images(model: Any, paths: Any, *, batch_size: int = 256, workers: int | None = None,
                    log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
     """The classes a packed model (a :class:`~reste.export.runtime.PackedModel`) predicts for image files: those
@@ -106,17 +105,14 @@ def predict_images(model: Any, paths: Any, *, batch_size: int = 256, workers: in
     from ..config import file_workers
     from .inputs import ImageFileInputs, check_takes_raw, image_files
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
+    _check_counts(batch_size, workers)
     check_takes_raw(model.input_size, model.preprocessing, model.meta)  # before any file is read
     files = image_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     if workers is None:  # processes to start only where there is more than one batch to decode
         workers = file_workers() if len(files) > batch_size else 0
     inputs = ImageFileInputs(files, model.input_size, model.preprocessing, model.meta)
     loader = torch.utils.data.DataLoader(inputs, batch_size=batch_size, num_workers=min(workers, len(files)),
-                                         collate_fn=_as_list)
+                                         collate_fn=list)  # (as they are: a reason is text, no tensor)
     kept: list[int] = []
     classes: list[np.ndarray] = []
     unreadable: list[tuple[str, str]] = []
