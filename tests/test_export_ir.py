@@ -267,12 +267,22 @@ def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path,
     Image.fromarray(pixels[0], "L").save(top / ".cache" / "hidden.png")
     Image.fromarray(pixels[0], "L").save(top / "._img0.png")  # macOS's metadata twin: hidden
     (top / "notes.txt").write_text("not an image")
-    one_by_one = {}
-    for file in names:
+    from reste.export.inputs import model_inputs
+
+    packed = PackedModel.load(path)
+
+    def batched(*groups):
+        """Each file's class as the packed model gives it in these batches, the ones the command forms (a near-tie's
+        class may change with what the image is batched with: the same batches, the same arithmetic)."""
+        return {f: int(c) for group in groups for f, c in zip(group, packed.predict(np.stack(
+            [model_inputs(None, f, packed.input_size, packed.preprocessing, packed.meta)[0] for f in group])))}
+
+    want_order = [str(top / f"img{i}.png") for i in (0, 2, 4, 6)] + [str(top / "b" / f"img{i}.png") for i in (1, 3, 5)]
+    one_by_one = batched(want_order)  # (the default batch holds them all)
+    for file in names:  # and one file alone: the class of its one-image batch
         code, out, err = _run(capsys, "predict", str(path), file)
         assert code == 0, err
-        one_by_one[file] = int(out.split(": class ")[1].split()[0])
-    want_order = [str(top / f"img{i}.png") for i in (0, 2, 4, 6)] + [str(top / "b" / f"img{i}.png") for i in (1, 3, 5)]
+        assert int(out.split(": class ")[1].split()[0]) == batched([file])[file]
     code, out, err = _run(capsys, "predict", str(path), str(top))
     assert code == 0, err
     lines = out.splitlines()
@@ -285,7 +295,8 @@ def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path,
     rows = list(csv.reader(out.splitlines()))
     assert rows[0] == ["file", "class", "name"]
     assert [r[0] for r in rows[1:]] == [str(top / "img0.png")] + want_order[4:]
-    assert [int(r[1]) for r in rows[1:]] == [one_by_one[r[0]] for r in rows[1:]]
+    these = batched([r[0] for r in rows[1:]])
+    assert [int(r[1]) for r in rows[1:]] == [these[r[0]] for r in rows[1:]]
     assert _run(capsys, "predict", str(path), str(top), "-o", str(tmp_path / "p.json"))[0] == 0
     saved = json.loads((tmp_path / "p.json").read_text())
     assert [(r["file"], r["class"]) for r in saved] == [(f, one_by_one[f]) for f in want_order]
@@ -295,7 +306,9 @@ def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path,
     assert code == 1
     summary = json.loads(out)
     assert [u["file"] for u in summary["unreadable"]] == [str(top / "b" / "broken.png")]
-    assert [(r["file"], r["class"]) for r in summary["predictions"]] == [(f, one_by_one[f]) for f in want_order]
+    w = want_order  # batches of 3 in the folder's order, broken.png (first of b/) left out of the second
+    these = batched(w[0:3], [w[3], w[4]], w[5:7])
+    assert [(r["file"], r["class"]) for r in summary["predictions"]] == [(f, these[f]) for f in want_order]
     assert "left out: " in err and "broken.png" in err
     from reste import wording  # a progress line where a long run's pace would give one
 
