@@ -533,6 +533,44 @@ def test_a_stop_signal_stops_the_sweep(tmp_path, monkeypatch):
     assert len(calls) == 1  # the next runs did not start
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failure_of_the_machine_starts_no_further_run(tmp_path, monkeypatch, jobs):
+    """(review rev15 #13) --compile without a C++ compiler failed every run of a sweep, one after the other: each
+    later run would fail the same way, so none is started after the first such failure; they are said to be left
+    out, with the cause, and are not recorded as failed (the same command trains them once the machine is mended).
+    Two jobs: the pool is given a run as one ends (here threads stand in for the worker processes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reste import engine
+    from reste.experiments import sweep as sw
+    from reste.rundir import failure
+
+    class InductorError(RuntimeError):
+        pass
+
+    calls = []
+
+    def no_compiler(config, run_dir, **_kw):
+        calls.append(Path(run_dir))
+        raise InductorError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(engine, "train", no_compiler)
+    monkeypatch.setattr(sw, "ProcessPoolExecutor", lambda max_workers, **_kw: ThreadPoolExecutor(max_workers))
+    lines, failures = [], []
+    base = TrainConfig(dataset="digits", epochs=1)
+    sw.run_sweep(base, {"estimator": ["ste"]}, [0, 1, 2, 3, 4], tmp_path / "s", report=False, jobs=jobs,
+                 log=lines.append, failures=failures)
+    assert len(calls) == jobs  # the runs going on when the first failed: no other started
+    assert sorted(status for *_, status in failures) == ["failed"] * jobs + ["left out"] * (5 - jobs)
+    left = [line for line in lines if "LEFT OUT" in line]
+    assert len(left) == 5 - jobs and all("not started: it would fail for the machine's cause above" in line
+                                         for line in left)
+    assert sorted(int(re.match(r"\[(\d)/5\]", line)[1]) for line in lines if "FAILED" in line or "LEFT" in line) == [
+        1, 2, 3, 4, 5]  # each run its own number
+    assert all("needs a C++ compiler" in failure(d) for d in calls)
+    assert len(list((tmp_path / "s" / "runs").glob("*/seed*"))) == jobs  # no folder made for the others
+
+
 @pytest.fixture
 def parallel_sweep(tmp_path):
     """A 2-job sweep of three long digits runs (ste, reste, then ede), once the first two have finished an epoch:

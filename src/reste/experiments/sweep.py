@@ -491,12 +491,13 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
                 with contextlib.suppress(OSError, UsageError):
                     log(f"cannot record the divergence in {run_dir} ({write_error.strerror})")
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        said = machine_cause(err) or f"{type(err).__name__}: {message}"  # (--compile without g++: rev15 #13)
+        machine = machine_cause(err)  # (--compile without g++: rev15 #13) every later run would fail so too
+        said = machine or f"{type(err).__name__}: {message}"
         if status == "failed":  # for `reste show` and the report, until the sweep trains it again
             with contextlib.suppress(OSError):
                 record_failure(run_dir, said)
         return {"status": status, "error": said, "seconds": time.time() - start,
-                "logged": logged}
+                "logged": logged, "machine": machine is not None}
     finally:
         _WORKER["running"] = False
         if _WORKER["orphaned"]:  # the sweep died: no one to report to
@@ -951,14 +952,18 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     start = time.monotonic()
 
     def report_one(s: Setting, seed: int, outcome: dict[str, Any]) -> None:
-        nonlocal ended, failed, busy, logged
+        nonlocal ended, failed, busy, logged, started
         ended += 1
+        number = numbers.pop((s.label, seed), ended)
+        if "cause" in outcome:  # not started (a run before it failed for the machine): the next run's number
+            started += 1
+            number = total - len(pending) + started
         failed += outcome["status"] not in ("done", "skipped")
         busy += outcome["status"] == "busy"
         logged += bool(outcome.get("logged"))
         if failures is not None and outcome["status"] not in ("done", "skipped"):
             failures.append((s.label, seed, outcome["status"]))
-        line = _progress_line(numbers.pop((s.label, seed), ended), total, s, seed, outcome)
+        line = _progress_line(number, total, s, seed, outcome)
         epochs = to_train.pop((s.label, seed), 0)
         if outcome["status"] == "done":  # the pace: not of a held run, nor of one that failed (no epochs' time)
             seconds = outcome.get("seconds", 0.0)
@@ -1056,13 +1061,27 @@ def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, 
         if per_run:
             torch.set_num_threads(per_run)
         try:
+            machine = None  # a failure of the machine (no C++ compiler): the later runs would fail the same way
             for s, seed, job in pending:
+                if machine:
+                    report_one(s, seed, _not_started(machine))
+                    continue
                 announce(s, seed, job)
-                report_one(s, seed, {**_execute(job), "from_epoch": job["from_epoch"], "resumed": job["resume"]})
+                outcome = _execute(job)
+                report_one(s, seed, {**outcome, "from_epoch": job["from_epoch"], "resumed": job["resume"]})
+                machine = outcome["error"] if outcome.get("machine") else None
         finally:
             torch.set_num_threads(before)
     else:
         _run_in_workers(pending, jobs, per_run, report_one, announce)
+
+
+def _not_started(cause: str) -> dict[str, Any]:
+    """The outcome of a run not started because an earlier one failed for the machine (``errors.machine_cause``):
+    each later run would fail the same way. It is not recorded as failed: once the machine is mended, the same
+    command trains it."""
+    return {"status": "left out", "error": "not started: it would fail for the machine's cause above; the same "
+                                           "command trains it once that is mended", "seconds": 0.0, "cause": cause}
 
 
 def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, per_run: int | None,
@@ -1085,14 +1104,20 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                                initargs=(per_run, os.getpid(), on_command_line(), _one_line_warnings_shown(), slots))
     preempted: Preempted | None = None
     with StopRequest().handling() as stop, pool:  # a stop signal sets stop.signum, as in a run
-        futures = {pool.submit(_execute, job): (s, seed, job) for s, seed, job in pending}
+        # a run is given to the pool as one ends, not all at once: the pool would pass queued runs on to its
+        # workers' queue, where they can no longer be held back (a stop, a failure of the machine)
+        queue = list(pending)
+        futures: dict = {}  # each run given to the pool (running, or ended): its (setting, seed, job)
+
+        def start_next() -> None:
+            s, seed, job = queue.pop(0)
+            futures[pool.submit(_execute, job)] = (s, seed, job)
+            announce(s, seed, job)
+
+        for _ in range(workers):
+            start_next()
         waiting = set(futures)
-        queue = list(futures)  # the pool starts them in this order, one as each running one ends
-        started = queue[:jobs]  # announced: running, or ended (their outcome taken)
         ended: set = set()
-        for fut in started:
-            announce(*futures[fut])
-        queue = queue[jobs:]
 
         def pass_on(signum: int) -> None:
             if os.name == "nt":  # os.kill there is TerminateProcess: the workers' steps would be lost. A console's
@@ -1122,7 +1147,7 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                     except BrokenProcessPool:  # the pool stops the other workers' runs (SIGTERM: each saves its step)
                         pool.shutdown(wait=False, cancel_futures=True)
                         runs = ", ".join(f"{r.label} seed {r_seed}" for r, r_seed, _ in
-                                         (futures[f] for f in started if f not in ended))
+                                         (futures[f] for f in futures if f not in ended))
                         raise BrokenProcessPool(
                             "a worker process of the sweep died (killed: by a signal, or by the system for memory) "
                             f"while training one of: {runs}; the other runs were stopped with it. Each keeps its "
@@ -1131,10 +1156,14 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                     except BaseException:
                         pool.shutdown(wait=False, cancel_futures=True)  # start no further run
                         raise
+                    left_out = queue[:] if outcome.get("machine") else []  # they would fail the same way
+                    del queue[:len(left_out)]
                     if queue and not stop.signum:
-                        started.append(queue[0])
-                        announce(*futures[queue.pop(0)])
+                        start_next()
+                        waiting.add(next(reversed(futures)))
                     report_one(s, seed, outcome)
+                    for s_left, seed_left, _ in left_out:
+                        report_one(s_left, seed_left, _not_started(outcome["error"]))
         except KeyboardInterrupt:  # a second Ctrl-C, "stop at once": the running runs stop too, and no queued run
             pass_on(signal.SIGINT)  # may start (the pool's exit would run them all)
             pool.shutdown(wait=False, cancel_futures=True)
