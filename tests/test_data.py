@@ -1437,16 +1437,19 @@ def test_fashion_mnist_read_from_the_current_folders_data_is_recorded(tmp_path, 
     monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "absent")
     monkeypatch.chdir(tmp_path / "work")
     cfg = TrainConfig(dataset="fashion-mnist", epochs=1, batch_size=10, eval_batch_size=10, threads=1)
+    planned = engine.planned_config(cfg)  # (review rev13 #10) --print-config shows it too, before anything is read
     engine.train(cfg, tmp_path / "run", progress=False, log=lambda line: None)
-    assert rundir.run_config(tmp_path / "run").data_path == str(tmp_path / "work" / "data")
+    assert rundir.run_config(tmp_path / "run").data_path == str(tmp_path / "work" / "data") == planned.data_path
+    assert rundir.run_config(tmp_path / "run") == planned
     monkeypatch.chdir(tmp_path)  # no ./data here
+    assert engine.planned_config(cfg).data_path is None  # (nothing to read: the run says so)
     result = engine.evaluate_checkpoint(tmp_path / "run" / "best.pt")
     assert result["top1"] == result["stored_top1"]
 
     write_fashion(tmp_path / "system", n_train=20, n_test=10)
     monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "system")
     engine.train(cfg, tmp_path / "run2", progress=False, log=lambda line: None)
-    assert rundir.run_config(tmp_path / "run2").data_path is None
+    assert rundir.run_config(tmp_path / "run2").data_path is None is engine.planned_config(cfg).data_path
 
 
 def test_an_in_memory_train_set_is_augmented_whatever_its_test_set():

@@ -56,7 +56,7 @@ from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, c
                      check_data_path, check_workers, config_from_preset, default_workers, device_named, get_preset,
                      max_threads, binarization_text, optimizer_text)
 from .datasets import get_spec
-from .data import check_classes, data_device, load_datasets, make_loaders
+from .data import check_classes, data_device, default_read_from, load_datasets, make_loaders
 from .distributed import await_main, env_rank, env_world_size, init_distributed, is_distributed, job_token, \
     local_rank_first, signal_text, stop_signals
 from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
@@ -1293,7 +1293,10 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
 def planned_config(config: TrainConfig) -> TrainConfig:
     """The settings a run of ``config`` trains with, as its config.json records them (:func:`reste.config.as_recorded`;
     the machine's, such as CPU threads, as given)."""
-    return as_recorded(config.resolve())
+    planned = as_recorded(config.resolve())
+    if planned.data_path is None and (read_from := default_read_from(planned.dataset)):  # (review rev13 #10)
+        planned = dataclasses.replace(planned, data_path=read_from)
+    return planned
 
 
 def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[Any, Any]]:

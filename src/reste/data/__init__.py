@@ -78,6 +78,7 @@ from .sets import (
     IMAGENET_STD,
     DatasetInfo,
     check_classes,
+    default_read_from,
     from_tensors,
     load_datasets,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "DatasetInfo",
     "Normalize",
     "check_classes",
+    "default_read_from",
     "from_tensors",
     "load_datasets",
     "make_loaders",

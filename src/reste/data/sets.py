@@ -25,7 +25,7 @@ from .formats import (default_root_read, find_cifar10, find_fashion_mnist, image
 from .memory import InMemoryDataset, Normalize, RandomCropFlip
 from .sampling import TransformDataset
 
-__all__ = ["DatasetInfo", "load_datasets", "from_tensors", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN",
+__all__ = ["DatasetInfo", "load_datasets", "from_tensors", "default_read_from", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN",
            "IMAGENET_STD", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES"]
 
 # The facts of each data set (names, sizes, mean/std) live in reste.datasets; these are views of them.
@@ -230,6 +230,19 @@ def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: boo
     test = build("test", None)
     read_from = default_root_read(files) if data_path is None else None
     return train, test, _info("fashion-mnist", train, test, FASHION_MNIST_CLASSES, read_from)
+
+
+def default_read_from(dataset: str) -> str | None:
+    """The folder a run of ``dataset`` without --data-path will read, as its config.json records it
+    (``DatasetInfo.read_from``), found without reading the files: Fashion-MNIST's ``./data`` (absolute) when the
+    files are there and not in the system's copy. None otherwise: the data path stays unset (digits, the system's
+    copy), or ``TrainConfig.resolve`` sets it (CIFAR-10, ``reads_default_root``)."""
+    if get_spec(dataset).name != "fashion-mnist":
+        return None
+    try:
+        return default_root_read(find_fashion_mnist(None, download=False))
+    except UsageError:  # nothing to read yet: the run says so (or downloads with --download)
+        return None
 
 
 class _ArrayImages:
