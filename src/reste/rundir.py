@@ -245,7 +245,8 @@ class RunDirectory:
 
         ``fresh``: the folder may not exist yet, or be empty, but must not hold a
         run or other files (log files aside). Otherwise it must hold a run (``config.json``).
-        ``job``: a line the lock records after the pid (rank 0's ``distributed.job_token()``: see :func:`held_by`).
+        ``job``: a line the lock records after the pid (rank 0's ``distributed.job_token()``: see :func:`held_by`;
+        empty otherwise), then, on Linux, the holder's PID namespace (:func:`lock_holder`).
         Raises ``UsageError`` with one line.
         """
         path = Path(path)
@@ -348,7 +349,9 @@ class RunDirectory:
             _release(fd)
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, (f"{os.getpid()}\n" + (f"{job}\n" if job else "")).encode())
+            namespace = _pid_namespace()  # (a reader in another one cannot see this process: lock_holder)
+            os.write(fd, (f"{os.getpid()}\n" + (f"{job}\n" if job or namespace else "")
+                          + (f"{namespace}\n" if namespace else "")).encode())
         except OSError as err:  # a full disk: the lock file this process holds goes (a stale one too)
             _remove_lock(lock_path, lambda: _release(fd))
             raise UsageError(f"cannot write {lock_path} ({err.strerror}); free some space or {remedy}") from None
@@ -720,12 +723,22 @@ def _shared_file_system(path: Path) -> bool:
     return kind.split(".")[0] in _NETWORK_FS or kind.startswith("fuse")
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace on Linux (``pid:[4026531836]``), "" elsewhere: a lock file records it, as a
+    process in another namespace (another container on the same volume) is out of this one's lock table."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except (OSError, AttributeError, NotImplementedError):
+        return ""
+
+
 def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
     """Who holds the lock of the folder ``path`` (its ``name`` file, and for a run's ``.lock`` the folder itself),
     told without taking it (a probe would refuse a run starting at that moment): the holder's pid (-1 where the table
     gives none); 0 when no process holds it (or there is nothing to lock); None where that cannot be told: no
     /proc/locks (not Linux), or a file system that other machines may share (NFS, Lustre, ...), where a run elsewhere
-    holds it out of this machine's sight."""
+    holds it out of this machine's sight, and where the lock file was last taken from another PID namespace (another
+    container on the same volume), whose processes this one's table leaves out (review portable #11)."""
     files = [Path(path) / name]
     if name == LOCK_NAME:  # a run also locks its folder itself (RunDirectory._lock_folder): its .lock may be gone
         files.append(Path(path))
@@ -752,7 +765,14 @@ def lock_holder(path: str | os.PathLike, name: str = LOCK_NAME) -> int | None:
     for line in table:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter's line has "->" after "1:"
         fields = line.split()
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] in places:
-            return int(fields[4]) if fields[4].isdigit() else -1
+            return int(fields[4]) if fields[4].isdigit() and fields[4] != "0" else -1  # (0: out of sight, old kernels)
+    try:  # no holder in sight: none, unless the last holder's processes are out of this namespace's table
+        with open(files[0], "rb") as f:
+            lines = f.read(4096).decode("utf-8", "replace").split("\n")
+    except OSError:
+        lines = []
+    if len(lines) > 2 and lines[2].startswith("pid:") and lines[2] != _pid_namespace():
+        return None
     return 0
 
 
