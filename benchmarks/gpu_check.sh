@@ -331,6 +331,27 @@ from_tensor = triton_dispatch.backward("reste", x, grad, **{**p, "o": torch.tens
 check("ReSTE backward with o as a device tensor", from_tensor is not None
       and torch.equal(from_float.nan_to_num(), from_tensor.nan_to_num()))
 
+# the in-memory loader's batches made on the GPU (gather, random crop with padding, flip, normalise) against the
+# same epochs' batches made on the CPU: the README says a batch is the same wherever it is made (review gpucode,
+# suggestion 2)
+from reste.data import from_tensors, make_loaders  # noqa: E402
+
+g = torch.Generator().manual_seed(3)
+images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=g)
+labels = torch.randint(0, 10, (300,), generator=g)
+train_set, test_set, _ = from_tensors("cifar10", (images, labels), (images[:50], labels[:50]), augment=True, pad=4)
+loaders = {where: make_loaders(train_set, test_set, batch_size=64, eval_batch_size=50, seed=5, device=where)
+           for where in ("cpu", dev)}
+worst, same = 0.0, True
+for epoch in (0, 1):
+    for loader, _ in loaders.values():
+        loader.set_epoch(epoch)
+    for (x_cpu, y_cpu), (x_gpu, y_gpu) in zip(*(iter(loaders[w][0]) for w in ("cpu", dev))):
+        same = same and torch.equal(x_cpu, x_gpu.cpu()) and torch.equal(y_cpu, y_gpu.cpu())
+        worst = max(worst, float((x_cpu - x_gpu.cpu()).abs().max()))
+check("an in-memory set's augmented batches on the GPU equal the CPU's, bit for bit", same,
+      f"largest difference {worst:.1e}")
+
 # a kernel that failed turns Triton off with a warning, and the checks above would then pass on PyTorch ops
 check("the Triton kernels stayed on through every check", triton_dispatch.error() is None,
       triton_dispatch.error() or "")
@@ -344,6 +365,7 @@ echo
 echo "== 2. --cuda-graphs: graphed steps against eager steps, graphed evaluation, a graphed run through the engine"
 cat > "$WORK/graphs.py" <<'PY'
 import copy
+import math
 import sys
 
 import torch
@@ -352,6 +374,7 @@ import torch.nn.functional as F
 from reste import cuda_ext, engine, models, set_progress
 from reste.config import TrainConfig
 from reste.cudagraph import CudaGraphs, GraphedStep
+from reste.rundir import read_metrics
 
 work, mode = sys.argv[1], sys.argv[2]  # mode: "triton" (the default path) or "ext" (RESTE_CUDA_EXT=1's C++ nodes)
 dev = torch.device("cuda")
@@ -469,6 +492,16 @@ if len(mib) == 12:
           "MiB after each epoch: " + " ".join(f"{m:.0f}" for m in mib))
 else:
     check("the memory reserved stays flat over the epochs' captures", False, f"{len(mib)} epoch lines, not 12")
+
+# cuDNN's autotuner on, as `reste train` has it on a GPU, and an epoch of 3 batches whose last is partial (digits'
+# 1437 images at 600): that batch must run eagerly before its shape is captured, its algorithm search outside any
+# capture (review gpucode #1)
+torch.backends.cudnn.deterministic = False
+out = engine.train(TrainConfig(dataset="digits", epochs=3, batch_size=600, device="cuda", cuda_graphs=True),
+                   f"{work}/digits-partial", progress=False, log=lambda message: None)
+losses = [m["train_loss"] for m in read_metrics(f"{work}/digits-partial")]
+check("a --cuda-graphs run whose third step is a partial batch runs its 3 epochs (cuDNN autotuner on)",
+      out["epochs"] == 3 and all(map(math.isfinite, losses)), f"train losses {losses}, best {out['best_acc']:.2f}%")
 print(f"  {len(failures)} failure(s)")
 sys.exit(1 if failures else 0)
 PY

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import pickle
 import statistics
@@ -108,8 +109,15 @@ def bare_step(config: TrainConfig, run_dir: Path, steps: int) -> dict[str, float
         run.step(images, target)
         _sync(run.device)
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "images_per_s": images.shape[0] / statistics.median(times),
-            "device": str(run.device), "times_s": times, "batch": images.shape[0]}
+    result = {"median_s": statistics.median(times), "images_per_s": images.shape[0] / statistics.median(times),
+              "device": str(run.device), "times_s": times, "batch": images.shape[0]}
+    if run.graphed is not None:  # its graphs and data on the device go now, not beside the epochs timed next
+        run.graphed.invalidate()
+    del run, images, target
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
 
 
 def both_sides(before: dict, after: dict) -> dict:

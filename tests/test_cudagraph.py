@@ -116,6 +116,66 @@ def test_a_batch_of_another_shape_trains_eagerly_and_the_step_is_captured_again(
         GraphedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), backend=ReplayByCalling(), warmup=0)
 
 
+@pytest.mark.parametrize("start", [0, 1])
+def test_a_shape_is_captured_only_once_it_ran_eagerly(start):
+    """(review gpucode #1) The step after the warm-up was captured whatever its shape: an epoch of warmup + 1
+    batches whose last is partial (start 0), or a resumed epoch with that many left (start 1: one eager step, as
+    after an invalidate), captured the partial batch, unseen, so cuDNN's algorithm search and Triton's first launch
+    of its shape ran inside the capture. It runs eagerly; the next epoch's full batch is captured."""
+    torch.manual_seed(0)
+    model = create("digits_1w1a", num_classes=10)
+    twin = copy.deepcopy(model)
+    opt, opt_twin = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, twin))
+    backend = ReplayByCalling()
+    step = GraphedStep(model, opt, backend=backend, warmup=2)
+    full = _batches(6)
+    epoch = [*full[:2], (full[2][0][:5], full[2][1][:5])]
+    if start:  # a resumed run: its first capture comes after one eager step
+        step.invalidate()
+        step.captures = 1
+        step.invalidate()
+        epoch = epoch[1:]
+    shapes = []
+    backend.capture = (lambda capture: lambda fn, clear: shapes.append(tuple(step._x.shape)) or capture(fn, clear))(
+        backend.capture)
+    for x, y in epoch:
+        step(x, y)
+    assert backend.captured == 0 and backend.eager_steps == len(epoch)  # the partial batch too: never captured
+    step.invalidate()  # the next epoch
+    for x, y in full[3:]:
+        step(x, y)
+    assert shapes == [(16, 1, 8, 8)] and backend.replays == 3 - (2 if start == 0 else 1)  # after its warm-up
+    _eager_steps(twin, opt_twin, [*epoch, *full[3:]])
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        assert not torch.is_tensor(a) or torch.equal(a, b)
+
+
+def test_the_real_backends_eager_steps_share_one_side_stream(monkeypatch):
+    """(review gpucode #2) Each eager step made a new CUDA stream: PyTorch gives each stream its own cuBLAS
+    workspace (32 MiB on Hopper), never freed, so a --cuda-graphs run's memory grew every epoch. One side stream,
+    waiting on the current stream before each step and waited on after it."""
+    made, events = [], []
+
+    class Stream:
+        def __init__(self, _device=None) -> None:
+            made.append(self)
+
+        def wait_stream(self, other) -> None:
+            events.append(("wait", self, other))
+
+    current = Stream()
+    made.clear()
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda _d=None: current)
+    monkeypatch.setattr(torch.cuda, "stream", lambda _s: contextlib.nullcontext())
+    backend = CudaGraphs(torch.device("cuda"))
+    for i in range(5):
+        backend.eager(lambda i=i: events.append(("step", i)))
+    assert len(made) == 1
+    side = made[0]
+    assert events == [e for i in range(5) for e in (("wait", side, current), ("step", i), ("wait", current, side))]
+
+
 def test_the_real_backend_needs_a_cuda_device():
     with pytest.raises(ValueError, match="CUDA"):
         CudaGraphs(torch.device("cpu"))

@@ -23,7 +23,9 @@ What a capture freezes, and how the engine keeps it right:
 The first ``warmup`` steps run eagerly, on a side stream (they are real training steps: nothing
 is thrown away), and one step after each later :meth:`invalidate`. They let lazy initialisation
 happen outside the capture: Triton compiles its kernels, cuDNN picks algorithms, the optimizer
-creates its momentum buffers. The step after them is captured and replayed.
+creates its momentum buffers. The step after them is captured and replayed, if its batch shape ran
+eagerly before (else it runs eagerly too: an epoch's last partial batch right after the warm-up). The
+eager steps share one side stream.
 
 :class:`GraphedForward` does the same for the test evaluation's forward, once per batch shape and
 run.
@@ -59,9 +61,16 @@ class CudaGraphs:
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.device = device
         self.capture_stream: torch.cuda.Stream | None = None
+        self.side_stream: torch.cuda.Stream | None = None
 
     def eager(self, fn: Callable[[], None]) -> None:
-        side = torch.cuda.Stream(self.device)
+        """Run ``fn`` on the side stream, after what the current stream holds and before what follows. One side
+        stream for the run: each new stream gets a cuBLAS workspace of its own (32 MiB on Hopper) that is never
+        given back, and a cache of blocks the other streams cannot reuse (review gpucode #2). The wait at the start
+        also keeps the side stream from reusing memory of its earlier outputs that the current stream still reads."""
+        if self.side_stream is None:
+            self.side_stream = torch.cuda.Stream(self.device)
+        side = self.side_stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             fn()
@@ -162,6 +171,7 @@ class GraphedStep:
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
         self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ran: set[tuple] = set()  # the batch shapes that ran eagerly: only those are captured
 
     def invalidate(self) -> None:
         """Forget the captured graph: the next steps warm up and capture again. Call it whenever
@@ -187,8 +197,13 @@ class GraphedStep:
     def __call__(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._replay is not None and not self._fits(images, target):
             self.invalidate()  # another shape (an epoch's last partial batch): trained eagerly, captured again later
-        if self._replay is None and self._eager_left > 0:
-            self._eager_left -= 1
+        shape = (tuple(images.shape), images.stride(), images.dtype, tuple(target.shape))
+        # a shape is captured only once it ran eagerly: an epoch's last partial batch right after the warm-up (an
+        # epoch of warmup + 1 batches, or a resumed one with so many left) would have cuDNN choose its algorithms
+        # and Triton compile inside the capture (review gpucode #1)
+        if self._replay is None and (self._eager_left > 0 or shape not in self._ran):
+            self._eager_left = max(0, self._eager_left - 1)
+            self._ran.add(shape)
             result: list[tuple[torch.Tensor, torch.Tensor]] = []
 
             def eager_step() -> None:
