@@ -224,6 +224,23 @@ def test_autograd_uses_the_kernels_and_agrees(estimator, monkeypatch):
     torch.testing.assert_close(results[0][1], results[1][1], rtol=2 * reste_bound(2.3, 1.5, 0.1), atol=0)
 
 
+@pytest.mark.parametrize("parent", [STE, ReSTE])
+def test_a_subclass_with_its_own_g_trains_with_it_not_the_parents_kernel(parent):
+    """(review api #14) A subclass of STE or ReSTE overriding _g trained on the CPU with the parent's C kernel:
+    its derivative() said one g, training used another (the Triton path already checked the class's _g)."""
+    class Wide(parent):
+        _g = staticmethod(lambda x, **p: (x.abs() <= 2.0).to(x.dtype))
+
+    est = Wide()
+    assert est._kernel_kind() is None
+    fused.set_enabled(True)
+    x = (3 * torch.randn(4096, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    grad = torch.randn(4096, generator=torch.Generator().manual_seed(1))  # a plain tensor: the kernels' case
+    est(x).backward(grad)
+    assert torch.equal(x.grad, grad * est.derivative(x.detach()))
+    assert ((x.detach().abs() > 1.5) & (x.detach().abs() <= 2) & (x.grad != 0)).any()  # past either parent's window
+
+
 def test_double_backward_keeps_the_graph():
     est = ReSTE(o=2.0, o_end=2.0, schedule="constant")
     x = torch.randn(64, requires_grad=True)

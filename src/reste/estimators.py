@@ -511,7 +511,8 @@ class Estimator(nn.Module):
         y = cuda_ext.binary_sign(kind, x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
         if y is not None:
             return y
-        return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(kind, self._fused, p))
+        # the C kernels compute the built-in's g: not a subclass's own _g (review api #14)
+        return _SignFunction.apply(x, lambda z: self._g(z, **p), _fast_backward(kind, self._fused if kind else None, p))
 
     def scaled_sign(self, w: Tensor, groups: int) -> Tensor | None:
         """sign(w) * mean(abs(w)) over ``groups`` (1: the whole tensor; w.shape[0]: per output channel), with
