@@ -672,6 +672,29 @@ def test_a_transformer_encoder_layer_evaluates_through_its_binary_linears():
     assert net[1].layers[0].activation_relu_or_gelu  # the float model keeps its fast path
 
 
+def test_inputs_whose_values_cannot_be_read_leave_the_first_forward_check_for_a_real_batch():
+    """(review api #6, #15) The first-forward check of the inputs reads them: nn.TransformerEncoder's own fast path
+    (eval, no gradients, a padding mask) hands the layers a nested tensor, where it raised a dispatcher error; on
+    the meta device and under FakeTensorMode (shape inference) it could not be read. Those forwards run, and the
+    check waits for a real batch."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.TransformerEncoder(layer, 2), nn.Linear(16, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the attention's out_proj stays float; the nested tensor's prototype note
+        model = binarize(net).eval()
+        h, mask = torch.randn(3, 10, 16), torch.zeros(3, 10, dtype=torch.bool)
+        mask[0, 6:] = True
+        with torch.no_grad():
+            fast = model[2](model[1](model[0](h), src_key_padding_mask=mask))
+        slow = model[2](model[1](model[0](h), src_key_padding_mask=mask))  # (with gradients: no nested tensor)
+    torch.testing.assert_close(fast[~mask], slow.detach()[~mask])
+    conv = binarize(make_net())
+    assert all(m.watch_inputs for m in conv.modules() if isinstance(m, BinaryConv2d))
+    assert conv.to("meta")(torch.empty(2, 3, 8, 8, device="meta")).shape == (2, 3)
+    assert all(m.watch_inputs for m in conv.modules() if isinstance(m, BinaryConv2d))  # still to be checked
+
+
 def test_bad_arguments_are_refused_before_the_model_is_copied(monkeypatch):
     """A misspelt estimator, hyper-parameter or scaling is refused before binarize deep-copies the model (seconds
     and gigabytes for a big one)."""

@@ -241,6 +241,40 @@ def test_a_subclass_with_its_own_g_trains_with_it_not_the_parents_kernel(parent)
     assert ((x.detach().abs() > 1.5) & (x.detach().abs() <= 2) & (x.grad != 0)).any()  # past either parent's window
 
 
+def test_a_dispatch_mode_sees_every_op_the_kernels_step_aside():
+    """(review api #15) Under FakeTensorMode (shape inference with real weights), the C sign wrote through the data
+    pointer of a fake output, which has no memory: a segmentation fault. Any dispatch mode now sees PyTorch ops.
+    In a process of its own: without the fix it crashes."""
+    code = """
+import warnings
+import torch, reste
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from reste import fused
+fused.set_enabled(True)
+for activations in (False, True):
+    net = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                                       nn.Flatten(), nn.Linear(16, 3)), activations=activations)
+    net(torch.randn(2, 1, 6, 6))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        out = net(torch.empty(2, 1, 6, 6))
+        out.sum().backward()
+    print(tuple(out.shape))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["(2,", "3)", "(2,", "3)"]
+    assert fused._lib_for(torch.randn(4)) is not None or fused.error() is not None
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        assert fused.sign(torch.randn(4)) is None
+
+
 def test_double_backward_keeps_the_graph():
     est = ReSTE(o=2.0, o_end=2.0, schedule="constant")
     x = torch.randn(64, requires_grad=True)

@@ -103,6 +103,8 @@ def _lib_for(x: Tensor, *others: Tensor):
             return None
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None  # the kernels write through data_ptr(), which a trace would not record
+    if under_dispatch_mode():  # (FakeTensorMode: its empty_like has no memory, review api #15)
+        return None
     # (torch.func's wrapped tensors, which have no data, never come here: the estimators test under_functorch)
     return _LIB.get()
 
@@ -114,6 +116,15 @@ def under_functorch() -> bool:
 
 
 _TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)  # one global flag: cheap
+
+
+def under_dispatch_mode() -> bool:
+    """Whether a ``TorchDispatchMode`` is active (``FakeTensorMode``, a flop counter), which must see each op: the
+    kernels' writes through ``data_ptr()`` would go past it, and its tensors may have no memory."""
+    return _DISPATCH_MODES is not None and _DISPATCH_MODES() > 0
+
+
+_DISPATCH_MODES = getattr(torch._C, "_len_torch_dispatch_stack", None)  # how many are active: one call, cheap
 
 
 def _threads() -> int:

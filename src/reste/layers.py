@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .estimators import Estimator, get_estimator
-from .fused import under_functorch
+from .fused import under_dispatch_mode, under_functorch
 
 SCALINGS = ("layer", "channel", "none")
 
@@ -145,8 +145,9 @@ class _BinaryMixin:
         if self.input_estimator is None:
             return x
         # (never while compiling, exporting, tracing or under torch.func's vmap: a data-dependent check would split
-        # the graph, differ between torch.jit.trace's two runs, or fail on vmap's batched tensor)
-        if self.watch_inputs is not None and not _transformed(x):
+        # the graph, differ between torch.jit.trace's two runs, or fail on vmap's batched tensor; nor on a tensor
+        # whose values cannot be read: a later, real batch is checked)
+        if self.watch_inputs is not None and not _transformed(x) and not _unreadable(x):
             _check_constant_input(self, x)
         return self.input_estimator(x)
 
@@ -160,6 +161,13 @@ def _transformed(x: Tensor) -> bool:
     """Whether ``x`` flows through a compiler, a tracer or a ``torch.func`` transform rather than eagerly."""
     return (isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing()
             or under_functorch())
+
+
+def _unreadable(x: Tensor) -> bool:
+    """Whether the values of ``x`` cannot be read back to the host eagerly: the meta device, a nested tensor
+    (``nn.TransformerEncoder``'s fast path with a padding mask: review api #6), a tensor subclass, or any tensor under
+    a dispatch mode (``FakeTensorMode``: review api #15)."""
+    return x.is_meta or x.is_nested or type(x) is not torch.Tensor or under_dispatch_mode()
 
 
 @contextlib.contextmanager
