@@ -611,6 +611,47 @@ def parallel_sweep(tmp_path):
         proc.communicate()
 
 
+def test_a_stop_while_the_workers_start_and_a_reader_gone_stop_the_sweep(tmp_path):
+    """(review experiments #1) SIGTERM while the workers still started (spawn, import torch: seconds) killed them:
+    the pool broke, threads printed tracebacks, and the sweep said a worker died (exit 1, not 143). The stop is
+    held until a worker can take it. (#11) With the output's reader gone (`| head -1`), a parallel sweep went on
+    training every queued run, silently; it stops as on SIGTERM (exit 141), and no other run starts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "reste.cli", "sweep", "--grid", "estimator=ste,reste", "--seeds", "0,1", "--epochs",
+            "300", "--jobs", "2", "--threads", "1"]
+    proc = subprocess.Popen([*argv, "--out", str(tmp_path / "a")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        for line in proc.stdout:  # both runs announced: their workers are starting
+            if line.startswith("[2/4]"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "sweep stopped by SIGTERM" in err and "died" not in err and "Traceback" not in err
+    proc = subprocess.Popen([*argv, "--out", str(tmp_path / "b")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    try:
+        proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away
+        start = time.monotonic()
+        err = proc.communicate(timeout=300)[1].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 141 and "its output's reader went away" in err and "Traceback" not in err, err
+    assert not list((tmp_path / "b").glob("runs/*/seed1")), time.monotonic() - start  # no queued run started
+    trained = [p.read_text().count("\n") for p in (tmp_path / "b").glob("runs/*/seed0/metrics.jsonl")]
+    assert all(n < 300 for n in trained)  # the runs going on were stopped, not trained to their end
+
+
 def _gone(pids: list[int], seconds: float) -> bool:
     """Whether every process in ``pids`` ended (or is a zombie) within ``seconds``."""
     import time

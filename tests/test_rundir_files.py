@@ -114,7 +114,8 @@ def test_the_lock_records_the_torchrun_job_and_still_names_its_pid(tmp_path):
 
     run = rundir.RunDirectory.open(tmp_path / "run", fresh=True, job="MASTER_PORT=1 job a")
     try:
-        assert (tmp_path / "run" / rundir.LOCK_NAME).read_text() == f"{os.getpid()}\nMASTER_PORT=1 job a\n"
+        assert (tmp_path / "run" / rundir.LOCK_NAME).read_text() == \
+            f"{os.getpid()}\nMASTER_PORT=1 job a\n{os.readlink('/proc/self/ns/pid')}\n"  # (its PID namespace)
         assert rundir.held_by(tmp_path / "run", "MASTER_PORT=1 job a")
         assert not rundir.held_by(tmp_path / "run", "MASTER_PORT=2 job b")  # another job's rank 0 holds it
         assert not rundir.held_by(tmp_path / "run", "")

@@ -534,6 +534,31 @@ def _sweep_died(_signum: int, _frame: Any) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _stop_mask(how: int) -> Any:
+    """Block (``signal.SIG_BLOCK``) or unblock the stop signals in this thread, where the platform can (not on
+    Windows); the mask before, or None."""
+    import signal
+
+    mask = getattr(signal, "pthread_sigmask", None)
+    return None if mask is None else mask(how, set(stop_signals()))
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Any:
+    """The stop signals held back in this thread for the block: a worker process started in it inherits the mask,
+    so a stop that reaches it while it starts (spawn, site, ``import torch``: seconds) waits for the handlers of
+    :func:`_init_worker`, which take it, instead of killing it (the pool then broke, and the sweep said a worker
+    had died: review experiments #1). Signals sent to this process meanwhile wait the same moment."""
+    import signal
+
+    before = _stop_mask(signal.SIG_BLOCK)
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _one_line_warnings_shown() -> bool:
     """Whether this process shows warnings in the ``reste`` command's one-line format (``errors.one_line_warnings``)."""
     return bool(getattr(warnings.showwarning, "reste_one_line", False))
@@ -573,6 +598,7 @@ def _init_worker(threads: int, parent: int | None = None, command_line: bool = F
     _WORKER["parent"] = parent
     for sig in stop_signals():
         signal.signal(sig, _stop_between_runs)
+    _stop_mask(signal.SIG_UNBLOCK)  # (held since the start: _stop_signals_held) one that came meanwhile lands now
     if hasattr(signal, _PARENT_DIED):
         signal.signal(getattr(signal, _PARENT_DIED), _sweep_died)
         try:
@@ -1111,12 +1137,10 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
 
         def start_next() -> None:
             s, seed, job = queue.pop(0)
-            futures[pool.submit(_execute, job)] = (s, seed, job)
+            with _stop_signals_held():  # (the pool starts a worker process here, as it needs one)
+                futures[pool.submit(_execute, job)] = (s, seed, job)
             announce(s, seed, job)
 
-        for _ in range(workers):
-            start_next()
-        waiting = set(futures)
         ended: set = set()
 
         def pass_on(signum: int) -> None:
@@ -1127,6 +1151,9 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                     os.kill(pid, signum)
 
         try:
+            for _ in range(workers):
+                start_next()
+            waiting = set(futures)
             while waiting:
                 done, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
                 if stop.signum:  # again at each turn: a worker may have taken a queued run since
@@ -1164,10 +1191,13 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                     report_one(s, seed, outcome)
                     for s_left, seed_left, _ in left_out:
                         report_one(s_left, seed_left, _not_started(outcome["error"]))
-        except KeyboardInterrupt:  # a second Ctrl-C, "stop at once": the running runs stop too, and no queued run
-            pass_on(signal.SIGINT)  # may start (the pool's exit would run them all)
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        except BaseException as err:  # a second Ctrl-C, "stop at once"; the output's reader gone (BrokenPipeError:
+            # review experiments #11), an error here: the running runs stop too (each saves its step), and no other
+            # starts (the pool's exit waits for them)
+            at_once = isinstance(err, KeyboardInterrupt)
+            pass_on(signal.SIGINT if at_once else signal.SIGTERM)
+            pool.shutdown(wait=not at_once, cancel_futures=True)  # (a worker still starting would fail noisily
+            raise  # once this process has gone)
     if preempted is not None:
         raise preempted
     if stop.signum:  # the signal came when no run was left to stop
