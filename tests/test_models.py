@@ -219,8 +219,28 @@ def test_register_model(monkeypatch):
     }
     assert isinstance(models.create("tiny_1w1a", estimator="ste")[0], reste.BinaryConv2d)
     assert type(models.create("tiny", 3)[0]) is nn.Conv2d
-    with pytest.raises(ValueError, match="already registered"):
-        models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))(tiny_1w1a)
+    def elsewhere(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+    elsewhere.__name__, elsewhere.__module__ = "tiny_1w1a", "another_package.models"
+    with pytest.raises(ValueError, match=r"model 'tiny_1w1a' is already registered \(by "):
+        models.register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))(elsewhere)
+    # (review api #8) the same module again (importlib.reload, a notebook cell run again): the new factory replaces
+    # it; (#11) a data set by alias, as everywhere
+    @models.register_model(dataset="DIGITS", twin="tiny")
+    def tiny_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:  # noqa: F811
+        return nn.Sequential(nn.Flatten(), conv.linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, num_classes))
+
+    assert isinstance(models.create("tiny_1w1a", estimator="ste")[1], reste.BinaryLinear)
+    assert models.model_info("tiny")["dataset"] == "digits"
+
+    @models.register_model(dataset="fmnist")
+    def tiny_fm_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))
+
+    assert models.model_info("tiny_fm_1w1a")["dataset"] == "fashion-mnist"
+    with pytest.raises(ValueError, match="unknown dataset 'nope'; valid: digits"):
+        models.register_model(dataset="nope")
 
 
 def test_a_factory_builds_every_binary_layer_with_its_builder(monkeypatch):

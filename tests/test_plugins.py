@@ -297,6 +297,31 @@ def test_an_installed_entry_point_is_found(tmp_path):
     assert "cifar10-resnet20-1w1a" in r.stdout
 
 
+def test_an_installed_model_loads_whatever_reste_imports_first(tmp_path):
+    """(review api #1) importing reste.models first (a script's usual order) ran the zoo's registrations, which
+    loaded the installed plugins while reste.models was half made: a plugin importing register_model from it
+    failed, and its models were missing for the rest of the process."""
+    site = tmp_path / "site"
+    (site / "mlp_dist-0.1.dist-info").mkdir(parents=True)
+    (site / "mlp_plugin.py").write_text(
+        "from torch import nn\n"
+        "from reste.models import ConvBuilder, register_model\n\n\n"
+        "@register_model(dataset='digits')\n"
+        "def ep_mlp_1w1a(*, num_classes: int, conv: ConvBuilder) -> nn.Module:\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), conv.linear(16, 16),\n"
+        "                         nn.BatchNorm1d(16), nn.Linear(16, num_classes))\n")
+    (site / "mlp_dist-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: mlp-dist\nVersion: 0.1\n")
+    (site / "mlp_dist-0.1.dist-info" / "entry_points.txt").write_text("[reste.estimators]\nmlp = mlp_plugin\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep)}
+    for first in ("from reste import models", "from reste import engine; from reste import models", "import reste"):
+        code = (f"import warnings; warnings.simplefilter('error')\n{first}\n"
+                "from reste import models\nprint(type(models.create('ep_mlp_1w1a', estimator='ste')[3]).__name__)")
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0 and r.stdout.strip() == "BinaryLinear", (first, r.stderr[-1500:])
+
+
 def test_bad_scaling_is_a_usage_error_before_any_data_is_loaded(capsys, tmp_path, monkeypatch):
     from reste import engine
 

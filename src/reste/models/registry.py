@@ -91,10 +91,14 @@ def register_model(
     factory gives some binary layers estimators of its own on purpose (a Bi-Real-style
     activation estimator beside the run's), so :func:`create` does not check them.
     """
-    if dataset not in dataset_names():
+    # by name or alias, as everywhere; a built-in is found without loading the installed plugins, which reste's own
+    # zoo registers its models before: a plugin importing reste.models would meet it half made (review api #1, #11)
+    try:
+        spec = get_spec(dataset)
+    except UsageError:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(dataset_names())} (register a data set of "
-                         "your own with reste.datasets.register_dataset first)")
-    spec = get_spec(dataset)
+                         "your own with reste.datasets.register_dataset first)") from None
+    dataset = spec.name
     num_classes = spec.num_classes if num_classes is None else num_classes
     input_size = spec.input_size if input_size is None else input_size
 
@@ -104,9 +108,13 @@ def register_model(
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"a model's name must be a Python identifier, got {name!r}: register a function "
                                  "defined with def (its name is the model's), and give twin= such a name")
-            if name in _MODELS:
-                raise ValueError(f"model {name!r} is already registered")
-        for name, is_binary in names:
+            held = _MODELS.get(name)
+            if held is not None and getattr(held, "__module__", None) != getattr(fn, "__module__", None):
+                raise ValueError(f"model {name!r} is already registered (by {held.__module__}); give yours another "
+                                 "name")
+        for name, is_binary in names:  # (one of the same module's again: importlib.reload, a notebook cell run
+            # again; the new factory replaces it, as register_estimator and register_dataset do: review api #8)
+            _MIXED.discard(name)
             _MODELS[name] = fn
             _BINARY[name] = is_binary
             if mixed_estimators:
