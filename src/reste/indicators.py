@@ -26,6 +26,8 @@ in sign(0) and in the averaging.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Any
 
@@ -104,7 +106,8 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
 
     Layers whose weight is frozen (``requires_grad=False``, e.g. a fine-tuned backbone) get no gradient and are
     left out, and so are layers of a single weight, whose variance is undefined (review math #3: one made the sum
-    NaN); a model whose indicator layers are all left out is refused.
+    NaN); a model whose indicator layers are all left out is refused. A layer the step's forward did not use (no
+    gradient while others have theirs) is left out of that step, with a warning.
     """
     total = None  # on the gradients' device, as in estimating_error
     layers = _measured_layers(model, mode)
@@ -114,9 +117,13 @@ def gradient_stability(model: nn.Module, mode: str = "general") -> Tensor:
         g = layer.weight.grad
         if g is None:
             if any(m.weight.grad is not None for _, m in layers):  # others have theirs: this one was not used
-                raise RuntimeError(f"layer {name!r} has no gradient while other binary layers have theirs: the "
-                                   "forward did not use it (an auxiliary head, a skipped branch?); freeze it "
-                                   "(requires_grad_(False)) to leave it out of gradient stability")
+                # (a branch skipped at random, stochastic depth, a routed expert: it trains in other steps, so this
+                # step leaves it out; it ended the training loop: review api #10)
+                warnings.warn(f"layer {name!r} got no gradient in a step while other binary layers got theirs (the "
+                              "forward did not use it: a branch skipped at random, an auxiliary head?): gradient "
+                              "stability leaves it out of such steps; freeze it (requires_grad_(False)) if it never "
+                              "trains", stacklevel=2)
+                continue
             raise RuntimeError(f"layer {name!r} has no gradient: compute the indicators after backward() and "
                                "before zero_grad()")
         var = torch.var(_wide(g.detach().abs()).flatten())
@@ -211,6 +218,10 @@ class EquilibriumMeter:
                 raise ValueError(f"the 'general' indicators need each estimator's F(x), and estimator(s) "
                                  f"{', '.join(map(repr, lacking))} define no _f; give the class an _f (the "
                                  "antiderivative of its _g), or use mode='paper', which needs none")
+        if o_end is not None and (isinstance(o_end, bool) or not isinstance(o_end, numbers.Real)
+                                  or not 1.0 <= float(o_end) < math.inf):  # as ReSTE's o_end (review api #2)
+            raise ValueError(f"o_end must be a number >= 1 (the paper mode's F is sign(w) abs(w)^(1/o_end)), got "
+                             f"{o_end!r}")
         self.model, self.mode, self.o_end = model, mode, _final_o(model) if o_end is None else float(o_end)
         self.history: list[dict[str, float]] = []
         self._told_frozen = False
