@@ -7,6 +7,7 @@ import platform
 
 import pytest
 import torch
+from torch import nn
 
 import reste
 from reste import config, engine, rundir, runinfo
@@ -797,3 +798,20 @@ def test_a_batch_larger_than_the_training_set_is_noted(tmp_path):
     engine.train(TrainConfig(epochs=1, threads=1, batch_size=100000), tmp_path / "r", progress=False,
                  log=lines.append)
     assert "note: --batch-size 100000 is more than the 1437 training images: each epoch is one step of 1437" in lines
+
+
+def test_evaluate_gives_the_model_back_in_its_own_modes():
+    """(review api #5) engine.evaluate left the caller's model in eval mode: a training loop that evaluated
+    mid-epoch went on with frozen BatchNorm statistics. Each module is back in its own mode, a frozen one too."""
+    from reste import data, engine
+
+    train, test, _ = data.load_datasets("digits", in_memory=True)
+    _, test_loader = data.make_loaders(train, test, batch_size=64, eval_batch_size=120)
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(),
+                                         nn.Linear(8 * 64, 10)))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm
+    result = engine.evaluate(model, test_loader, torch.device("cpu"))
+    assert 0.0 <= result["top1"] <= 100.0
+    assert model.training and model[3].training and not model[1].training

@@ -252,12 +252,12 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     ``model`` under autocast (a :class:`GraphedForward`);
     ``progress``: a bar over the batches; ``stop()``, asked before each batch (one process only): true ends it
     with :class:`EvaluationStopped`; ``log``: where no bar is drawn, a line every few minutes (a long evaluation
-    into a log file said nothing)."""
-    model.eval()
+    into a log file said nothing). The model is evaluated in eval mode, then each module is back in its own mode
+    (a caller's training loop goes on training: review api #5)."""
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
-    with _progress(len(loader), "evaluating", progress) as bar:
+    with _progress(len(loader), "evaluating", progress) as bar, eval_mode(model):
         drawn = _drawn(bar)
         n, classes = _evaluate_batches(model, loader, device, amp, channels_last, forward, bar if drawn else None,
                                        (loss_sum, top1, top5), None if is_distributed() else stop, log)
