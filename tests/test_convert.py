@@ -230,6 +230,24 @@ def test_keep_by_name_and_glob():
     assert k["layer1.conv1"] is BinaryConv2d and k["layer1.conv2"] is BinaryConv2d
 
 
+def test_keep_takes_a_layers_exact_name_that_reads_as_a_glob():
+    """(review api #12) a ModuleDict key such as 'proj[0]' could not be kept by its name: '[0]' is a glob's
+    character class, and the refusal listed the very name it refused."""
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d = nn.ModuleDict({"inp": nn.Linear(4, 4), "proj[0]": nn.Linear(4, 4), "mid": nn.Linear(4, 4),
+                                    "out": nn.Linear(4, 2)})
+
+        def forward(self, x):
+            for layer in self.d.values():
+                x = layer(x)
+            return x
+
+    k = kinds(binarize(M(), keep=["d.proj[0]"]))
+    assert k["d.proj[0]"] is nn.Linear and k["d.mid"] is BinaryLinear
+
+
 def test_unmatched_keep_pattern_raises():
     with pytest.raises(ValueError, match="nothere"):
         binarize(make_net(), keep=["layer1.conv1", "nothere*"])

@@ -201,6 +201,12 @@ def _input_config(activations: Any, weight_spec: Any) -> Any:
                     f"{activations!r}")
 
 
+def _matches(name: str, pattern: str) -> bool:
+    """Whether a layer's ``name`` is ``pattern`` or matches it as a glob: a ModuleDict key may hold ``[``, a glob's
+    character class, and a name given as it is must still name its layer (review api #12)."""
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
 def binarize(
     model: nn.Module,
     estimator: Any = "reste",
@@ -294,7 +300,7 @@ def binarize(
     others = _unconvertible(model)
     first, last = _first_and_last(model, {n for n, _ in named + others})
     candidates = [n for n, _ in named] + [n for n, _ in others]
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in candidates)]
+    unmatched = [p for p in patterns if not any(_matches(n, p) for n in candidates)]
     if unmatched:
         # a block's name ('layer4') names no layer: its layers are 'layer4.*'
         blocks = [f"{p}.*" for p in unmatched if any(fnmatch.fnmatchcase(n, f"{p}.*") for n in candidates)]
@@ -302,7 +308,7 @@ def binarize(
         raise ValueError(
             f"keep pattern(s) {unmatched} match no conv or linear layer{hint}; layers: {', '.join(candidates)}"
         )
-    others = [(n, m) for n, m in others if not any(fnmatch.fnmatchcase(n, p) for p in patterns)
+    others = [(n, m) for n, m in others if not any(_matches(n, p) for p in patterns)
               and not (keep_first and n == first) and not (keep_last and n == last)]
     if others:
         warnings.warn(
@@ -318,7 +324,7 @@ def binarize(
 
     def kept(name: str) -> bool:
         return ((keep_first and name == first) or (keep_last and name == last)
-                or any(fnmatch.fnmatchcase(name, p) for p in patterns))
+                or any(_matches(name, p) for p in patterns))
 
     if any(n == "" for n, _ in named) and not kept(""):  # nowhere to set its binary layer: it is the model
         raise ValueError(f"binarize converts the layers inside a model, and this model is one layer "
