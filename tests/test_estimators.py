@@ -1085,3 +1085,18 @@ def test_forward_mode_differentiation_takes_the_estimator_s_derivative(name):
         assert torch.allclose(fwAD.unpack_dual(est(fwAD.make_dual(x, torch.ones_like(x)))).tangent, want)
     layer = reste.BinaryLinear(6, 3, weight_estimator=name, input_estimator=name)
     assert torch.allclose(jacfwd(layer)(x), jacrev(layer)(x), atol=1e-6)
+
+
+def test_numpy_numbers_are_taken_as_hyper_parameters():
+    """(review api #9) np.int64(9) and np.float32(0.1) were refused with a message whose condition they met (a
+    sweep over np.arange, values read from a table); a bool, NumPy's too, is still refused."""
+    import numpy as np
+
+    est = get_estimator("fda", n=np.int64(9), w=np.float32(0.5))
+    assert (est.n, est.w) == (9, 0.5) and type(est.n) is int and type(est.w) is float
+    assert get_estimator("reste", o_end=np.float64(3.5)).o_end == 3.5
+    for bad in (np.bool_(True), True, "3"):
+        with pytest.raises(ValueError, match="o_end must be a number >= 1"):
+            get_estimator("reste", o_end=bad)
+    with pytest.raises(ValueError, match="n must be an integer"):
+        get_estimator("fda", n=np.float32(9.5))

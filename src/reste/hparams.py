@@ -13,6 +13,7 @@ ValueError: --o-end must be >= 1, got 0.5
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +102,10 @@ class Param:
             return value
         rng = self.range_text()
         kind = "an integer" if self.type is int else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{label} must be {kind}{' ' + rng if rng else ''}, got {value!r}")
+        # a NumPy number (a sweep over np.arange, a value read from a table) as Python's own (review api #9)
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
         if not math.isfinite(value):
             where = f" ({label})" if label != self.name else ""
             raise ValueError(f"estimator option {self.name} must be a finite number{' ' + rng if rng else ''}"
