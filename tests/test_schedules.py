@@ -113,3 +113,15 @@ def test_fdas_term_count_is_exact_where_the_ramp_lands_on_an_integer_in_floats_j
         fda.set_progress(epoch, 22)
         counts.append(fda.n)
     assert counts == list(range(22))
+
+
+def test_the_learning_rate_holds_zero_past_the_last_epoch():
+    """(review api #4) past ``epochs`` the cosine rose back to the base lr (a loop running longer than it said,
+    a fine-tune going on), while every estimator ramp holds its end; a fractional or bool warm_up was taken."""
+    from reste.schedules import learning_rate
+
+    assert [learning_rate(0.1, e, 10) for e in (10, 15, 20)] == [0.0, 0.0, 0.0]
+    assert learning_rate(0.1, 9, 10) > 0.0
+    for warm_up in (5.5, True):
+        with pytest.raises(ValueError, match="warm_up must be an integer"):
+            learning_rate(0.1, 3, 10, warm_up)

@@ -681,8 +681,10 @@ class ReSTE(Estimator):
     training ``set_progress`` moves it from ``o`` to ``o_end`` along ``schedule``
     (``"cosine"``, the paper's progressive ramp; ``"linear"``; ``"constant"``).
 
-    The bounds are those of the input's dtype: ``interval=0.1`` means float32(0.1) for a float32 input (slightly
-    above 0.1), on every path alike, so an input equal to it is inside the interval. A NaN input gets gradient
+    The bounds are those of the dtype g is computed in: ``interval=0.1`` means float32(0.1) for a float32 input
+    (slightly above 0.1), on every path alike, so an input equal to it is inside the interval. A bfloat16 or float16
+    input is widened to float32 first and compared with the float32 bounds, not its own dtype's: bfloat16(0.1)
+    (0.10009765625) is above float32(0.1), so outside the interval (review api #16). A NaN input gets gradient
     NaN, except at ``o=1`` (a clipped STE, as ``ste``), where it gets 0.
     """
 

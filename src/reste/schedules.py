@@ -67,16 +67,18 @@ def learning_rate(base_lr: float, epoch: int, epochs: int, warm_up: int = 0) -> 
     ``warm_up`` epochs of linear warm-up, lr * (e + 1) / warm_up (warm_up = 5 gives
     0.02, 0.04, 0.06, 0.08, 0.10 for lr 0.1), then a cosine decay over the remaining
     epochs that starts at ``base_lr`` and reaches 0 after the last epoch:
-    lr * (1 + cos(pi * k / K)) / 2 with k = e - warm_up and K = epochs - warm_up.
+    lr * (1 + cos(pi * k / K)) / 2 with k = e - warm_up and K = epochs - warm_up. Past ``epochs`` (a loop that
+    runs longer than it said) it stays at 0, as the estimators' ramps hold their end (the cosine came back up to
+    ``base_lr``: review api #4).
     """
     check_progress(epoch, epochs)
     if base_lr <= 0:
         raise ValueError(f"lr must be positive, got {base_lr}")
-    if not 0 <= warm_up < epochs:
-        raise ValueError(f"warm_up must be in [0, epochs), got {warm_up} for {epochs} epochs")
+    if isinstance(warm_up, bool) or not isinstance(warm_up, numbers.Integral) or not 0 <= warm_up < epochs:
+        raise ValueError(f"warm_up must be an integer in [0, epochs), got {warm_up!r} for {epochs} epochs")
     if epoch < warm_up:
         return base_lr * (epoch + 1) / warm_up
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * (epoch - warm_up) / (epochs - warm_up)))
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(epoch - warm_up, epochs - warm_up) / (epochs - warm_up)))
 
 
 def length_change(trained: int, epochs: int, done: int, what: str = "the learning rate and the estimators' "
