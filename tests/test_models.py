@@ -395,6 +395,32 @@ def test_layer_summary_rows():
     assert described.startswith(table) and "binary 1,024" in described and "compression" in described
 
 
+def test_a_weight_two_binary_layers_share_counts_once():
+    """(review api #3) binarize keeps tied weights tied, but the counts summed each layer's weight: 128 binary
+    weights of which 64 exist, more parameters in the summary than the model has."""
+    from reste.models import count_parameters, layer_summary
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b1, self.b2 = nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False)
+            self.b2.weight = self.b1.weight
+            self.n, self.c = nn.BatchNorm1d(8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.c(self.n(self.b2(self.n(self.b1(self.n(self.a(x)))))))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = reste.binarize(Tied())
+    assert model.b1.weight is model.b2.weight
+    assert count_parameters(model) == {"total": 170, "binary": 64} and sum(p.numel() for p in model.parameters()) == 170
+    total = layer_summary(model, (8,))[-1]
+    assert (total["params"], total["binary_params"]) == (170, 64)
+    assert total["packed_bytes"] == 8 + 4 + 4 * (170 - 64)  # 64 bits, one alpha, the float parameters
+
+
 def test_a_summary_leaves_each_module_in_its_own_mode():
     """(review models #4) describe() put a frozen BatchNorm of a training model back in training mode: it then
     updated its running statistics from the next batch on."""

@@ -16,9 +16,11 @@ from ..layers import eval_mode, unwatched
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """``total``: every parameter; ``binary``: the weights of layers with ``precision == 1``."""
+    """``total``: every parameter; ``binary``: the weights of layers with ``precision == 1``; a weight two layers
+    share counts once (review api #3)."""
     total = sum(p.numel() for p in model.parameters())
-    binary = sum(m.weight.numel() for m in model.modules() if getattr(m, "precision", 32) == 1)
+    weights = {id(m.weight): m.weight for m in model.modules() if getattr(m, "precision", 32) == 1}
+    binary = sum(w.numel() for w in weights.values())
     return {"total": total, "binary": binary}
 
 
@@ -104,8 +106,12 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
             h.remove()
 
     rows = []
+    seen: set[int] = set()  # a Parameter two layers share (tied weights) counts in the first one's row alone
     for name, m in layers:
-        params = sum(p.numel() for p in m.parameters(recurse=False))
+        own = [p for p in m.parameters(recurse=False) if id(p) not in seen]
+        shared_weight = isinstance(getattr(m, "weight", None), torch.Tensor) and id(m.weight) in seen
+        seen.update(id(p) for p in own)
+        params = sum(p.numel() for p in own)
         precision = getattr(m, "precision", 32)
         input_precision = getattr(m, "input_precision", 32)
         macs = stats[name]["macs"]
@@ -116,11 +122,11 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
             "input_precision": input_precision,
             "output_shape": stats[name]["output_shape"],
             "params": params,
-            "binary_params": m.weight.numel() if precision == 1 else 0,
+            "binary_params": m.weight.numel() if precision == 1 and not shared_weight else 0,
             "macs": macs,
             "binary_ops": macs if precision == 1 and input_precision == 1 else 0,
             "float_bytes": 4 * params,
-            "packed_bytes": _packed_bytes(m, params),
+            "packed_bytes": 4 * params if shared_weight else _packed_bytes(m, params),
         })
     keys = ("params", "binary_params", "macs", "binary_ops", "float_bytes", "packed_bytes")
     total = {"name": "total", "type": "", "precision": None, "input_precision": None, "output_shape": None}
