@@ -268,7 +268,7 @@ def test_resuming_a_run_whose_plugin_is_not_loaded_says_so(tmp_path):
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "estimator": "ghostest", "estimator_options": {}}))
     with pytest.raises(UsageError, match=f"^{run} trained with estimator 'ghostest', which no module loaded here "
-                                         "registers: pass --plugin MODULE, the module or .py file that does; or"):
+                                         "registers: import the module that does .*; or"):
         engine.resume(run, {"epochs": 2}, force=True, progress=False, log=lambda _m: None)
 
 

@@ -28,7 +28,7 @@ from . import schedules
 from .checkpoint import code_changed, load_checkpoint, unregistered
 from .config import OPTIMIZER_LR, TrainConfig, canonical_estimator, check_model_options, max_threads
 from .datasets import get_spec
-from .errors import UsageError, shell_word
+from .errors import UsageError, option, shell_word
 from .integrations.tensorboard import log_dir
 from .plugins import loads_on_resume
 from .estimators import estimator_class
@@ -95,7 +95,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     blocking = {k: v for k, v in diffs.items() if k.split(".")[0] not in RESUME_FREE}
     if blocking and not force:
         detail = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in blocking.items())
-        raise UsageError(f"resume settings differ from the saved run ({detail}); drop them or pass --force")
+        raise UsageError(f"resume settings differ from the saved run ({detail}); drop them or pass "
+                         f"{option('--force', 'force=True')}")  # (review api #7: a Python caller has no flags)
     if overrides.get("estimator", saved.estimator) != saved.estimator:  # (--force) the old one's options go
         overrides["estimator_options"] = dict(overrides.get("estimator_options", {}))
     for key in ("estimator_options", "model_options"):  # given options refine the saved ones
@@ -115,9 +116,12 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
         missing = unregistered(saved.model, saved.estimator)
         if missing:  # not a bad setting: the module that registers it is not loaded
             recorded = f" (the run recorded --plugin {' '.join(saved.plugins)})" if saved.plugins else ""
-            raise UsageError(f"{run_dir} trained with {missing}, which no module loaded here registers: pass --plugin "
-                             f"MODULE, the module or .py file that does{recorded}; or, where {CONFIG} was edited, "
-                             "give that setting again to replace it (with --force)") from None
+            load = option("pass --plugin MODULE, the module or .py file that does",
+                          "import the module that does (or reste.plugins.load_plugins(['MODULE']) for it or its .py "
+                          "file)")
+            raise UsageError(f"{run_dir} trained with {missing}, which no module loaded here registers: {load}"
+                             f"{recorded}; or, where {CONFIG} was edited, give that setting again to replace it "
+                             f"(with {option('--force', 'force=True')})") from None
         if _fails_alone(saved, err) and saved.plugins and _model_options_fail(saved):  # the plugin's model changed
             raise code_changed(run_dir / CONFIG, repr(saved.model), saved.model_options, str(err),
                                plugin=True) from None
