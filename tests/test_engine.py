@@ -815,3 +815,26 @@ def test_evaluate_gives_the_model_back_in_its_own_modes():
     result = engine.evaluate(model, test_loader, torch.device("cpu"))
     assert 0.0 <= result["top1"] <= 100.0
     assert model.training and model[3].training and not model[1].training
+
+
+def test_a_run_whose_estimator_is_defined_in_main_is_told_it_cannot_be_loaded_elsewhere(tmp_path, monkeypatch):
+    """(review api #13) an estimator registered in the script or notebook that trains (``__main__``) is recorded
+    with no module to load it from: reste eval, export and --resume in another process cannot build the model, and
+    nothing said so."""
+    from reste import estimators
+
+    monkeypatch.setattr(estimators, "_REGISTRY", dict(estimators._REGISTRY))
+
+    @reste.register_estimator
+    class MainEst(reste.Estimator):
+        __module__ = "__main__"
+        name = "main_est_test"
+        hyperparameters = ()
+        _g = staticmethod(lambda x: (x.abs() <= 1).to(x.dtype))
+        _f = staticmethod(lambda x: x.clamp(-1, 1))
+
+    config = TrainConfig(dataset="digits", estimator="main_est_test", epochs=1, threads=1)
+    with pytest.warns(UserWarning, match=r"the run's estimator 'main_est_test' is defined in __main__ \(this script "
+                                         r"or notebook\).* define it in a module you import"):
+        engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
+    assert rundir.run_config(tmp_path / "run").plugins == []

@@ -42,6 +42,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -1174,6 +1175,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     ``progress``: each epoch's bar on stderr; by default when stderr is a terminal (pass True in a notebook).
     """
     config = config.resolve()
+    _warn_defined_in_main(config)
     if out is not None and not str(out).strip():
         raise UsageError("--out is empty; pass a run directory")
     run_dir = Path(out) if out is not None else default_run_dir(config)
@@ -1195,6 +1197,25 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     finally:
         if lock is not None:
             lock.close()
+
+
+def _warn_defined_in_main(config: TrainConfig) -> None:
+    """Warn (rank 0) where the run's estimator, model or data set is defined in ``__main__`` (the script or the
+    notebook that trains it): config.json can name no module to load it from, so ``reste eval``, ``reste export``
+    and a resume in another process cannot build the run's model (review api #13: it trained without a word)."""
+    from .datasets import defined_in as dataset_module
+    from .estimators import estimator_class
+
+    used = ((f"estimator {config.estimator!r}", estimator_class(config.estimator).__module__),
+            (f"model {config.model!r}", models.defined_in(config.model)),
+            (f"data set {config.dataset!r}", dataset_module(config.dataset)))
+    found = [what for what, module in used if module in ("__main__", "__mp_main__")]
+    if found and env_rank() == 0:
+        them = "it" if len(found) == 1 else "them"
+        warnings.warn(f"the run's {' and '.join(found)} {'is' if len(found) == 1 else 'are'} defined in __main__ "
+                      f"(this script or notebook): its config.json can name no module to load {them} from, so reste "
+                      f"eval, reste export and a resume in another process cannot build its model; define {them} in "
+                      "a module you import", stacklevel=3)
 
 
 def kernel_path(device: torch.device) -> str:
