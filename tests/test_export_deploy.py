@@ -3,6 +3,7 @@ that is no classifier, batch sizes, raw pixels out of range, meta arrays, interr
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -539,3 +540,40 @@ def test_an_invalid_recorded_preprocessing_is_named_as_such(tmp_path, capsys):
     export_model(_CatBatch(1).eval(), tmp_path / "none.rbnn", input_size=(3, 8, 8), verify=False)
     assert "does not record its preprocessing" in _one_line_error(capsys, "predict", str(tmp_path / "none.rbnn"),
                                                                  str(tmp_path / "raw.npy"))
+
+
+def test_a_full_disk_under_an_export_or_predictions_is_the_machines_not_a_bad_path(tmp_path, monkeypatch, capsys):
+    """(review chaos #4) ENOSPC writing an export or predictions was "cannot write ...; pass a writable path", status
+    2 (bad input, fails again as it is): the path is fine, the disk is full. It is said as for the other commands,
+    status 1 ("free some space and run it again"); a path that cannot be written stays a usage error."""
+    import errno
+    import tempfile
+
+    import numpy as np
+
+    from reste import cli
+    from reste.errors import UsageError
+    from reste.export.cli import _save_predictions
+    from reste.export.exporter import staged
+
+    real = tempfile.mkstemp
+    failure = {"errno": errno.ENOSPC}
+
+    def refused(*args, **kwargs):
+        raise OSError(failure["errno"], os.strerror(failure["errno"]), str(tmp_path / ".x.rbnn.abc.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError) as info:
+        with staged(tmp_path / "x.rbnn"):
+            pass
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.rbnn")
+    assert cli._unexpected(info.value, False, "export", []) == 1
+    assert capsys.readouterr().err.strip() == (f"reste: error: No space left on device writing {tmp_path / 'x.rbnn'}; "
+                                               "free some space and run it again")
+    with pytest.raises(OSError, match="No space left"):
+        _save_predictions(tmp_path / "p.npy", np.zeros(3, dtype=np.int64))
+    failure["errno"] = errno.EACCES
+    with pytest.raises(UsageError, match=r"cannot write .*x.rbnn \(Permission denied\); pass a writable path"):
+        with staged(tmp_path / "x.rbnn"):
+            pass
+    monkeypatch.setattr(tempfile, "mkstemp", real)

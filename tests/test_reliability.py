@@ -928,6 +928,35 @@ def test_a_full_disk_or_a_file_size_limit_names_the_file_and_its_run(capsys, tmp
     assert f"writing {run / 'last.pt'}; " in err and advice in err and "--debug" not in err, err
 
 
+@pytest.mark.parametrize("code, advice", [("EACCES", "make the folder writable again"),
+                                         ("EROFS", "the file system has gone read-only"), ("EIO", "check the disk")])
+def test_a_run_folder_that_stops_taking_writes_names_the_file_and_what_the_run_keeps(capsys, tmp_path, monkeypatch,
+                                                                                      code, advice):
+    """(review chaos #1) a run folder made read-only mid-run (its mode changed, a read-only remount, a failing disk)
+    ended in "PermissionError: ... '.last.pt.rszwhx5h.tmp'": a temporary file that never existed, and nothing of
+    what the run keeps. The line names last.pt, the cause and how to continue, as a full disk's does."""
+    import errno
+    import tempfile
+
+    number = getattr(errno, code)
+    real_mkstemp = tempfile.mkstemp
+    calls = []
+
+    def refused(*args, **kwargs):  # mkstemp's own error: the random name it tried
+        if kwargs.get("prefix", "").startswith(".last.pt."):
+            calls.append(1)
+            if len(calls) == 2:  # the second epoch's checkpoint
+                raise OSError(number, os.strerror(number), str(tmp_path / "run" / ".last.pt.rszwhx5h.tmp"))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    run = tmp_path / "run"
+    code_, _, err = run_cli(capsys, *TRAIN, "--epochs", "2", "--out", str(run))
+    assert code_ == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"writing {run / 'last.pt'}; {advice}" in err and "rszwhx5h" not in err and "--debug" not in err, err
+    assert "keeps" in err and "--resume" in err, err
+
+
 def test_a_preemption_pickled_from_a_sweep_worker_keeps_what_run_again_words():
     stop = engine.Preempted("stopped by SIGTERM at epoch 2: continue with --resume R", signal.SIGTERM,
                             kept="stopped by SIGTERM at epoch 2")

@@ -74,8 +74,8 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise naming(err, path) from err
+    except OSError as err:  # (its filename: the random name it tried, which never existed: review chaos #1)
+        raise naming(err, path, err.filename) from err
     writes = _Writes()
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600

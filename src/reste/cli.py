@@ -35,8 +35,8 @@ if __name__ == "__main__":  # python -m reste.cli (torchrun's form) is the reste
 
     sys.exit(_start(_load))
 
-from .errors import (EX_TEMPFAIL, UsageError, command_line, did_you_mean, machine_cause, one_line, one_line_warnings,
-                     shell_word)
+from .errors import (EX_TEMPFAIL, NO_ROOM, WRITES_REFUSED, UsageError, command_line, did_you_mean, machine_cause,
+                     one_line, one_line_warnings, shell_word)
 from .wording import gist
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
@@ -609,7 +609,17 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
     TrainingDiverged = _engine_error("TrainingDiverged")
     if debug:
         raise  # called inside the except block: the original traceback
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if isinstance(err, OSError) and err.errno in WRITES_REFUSED and err.filename and command in ("train", "sweep"):
+        # the run folder stopped taking writes (its mode changed, remounted read-only, a failing disk): what the run
+        # saved stays (review chaos #1: a temporary file's name, and Python's class, were all the line said)
+        remedy = ("the file system has gone read-only: remount it" if err.errno == errno.EROFS else
+                  "check the disk (the system log says more)" if err.errno == errno.EIO else
+                  "make the folder writable again")
+        then = (_run_kept(argv) if command == "train"
+                else "finished runs and epochs are kept: run the same command again")
+        print(f"{_error_prefix()} {err.strerror} writing {err.filename}; {remedy}; {then}", file=sys.stderr)
+        return 1
+    if isinstance(err, OSError) and err.errno in NO_ROOM:
         where = f" writing {err.filename}" if err.filename else ""
         room = ("raise the file size limit (`ulimit -f`, the job's) or write elsewhere" if err.errno == errno.EFBIG
                 else "free some space")

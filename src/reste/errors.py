@@ -9,6 +9,7 @@ library callers can catch it either way.
 
 import contextlib
 import contextvars
+import errno as errno_module
 import json
 import re
 import sys
@@ -84,6 +85,15 @@ def did_you_mean(name: object, choices) -> str:
     close = difflib.get_close_matches(name.lower(), list(folded), n=1)
     close = close or [c for c in folded if name.lower() in c][:1]
     return f"did you mean {folded[close[0]]!r}? " if close else ""
+
+
+#: The errnos of a write that found no room (a full disk, a quota, a file size limit): the machine's, not the
+#: command line's; the same command works once there is room.
+NO_ROOM = tuple(getattr(errno_module, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno_module, name))
+#: The errnos of a file system that stopped taking writes during a run (permissions changed, remounted read-only, a
+#: failing disk): what the run saved until then stays.
+WRITES_REFUSED = tuple(getattr(errno_module, name) for name in ("EACCES", "EPERM", "EROFS", "EIO")
+                       if hasattr(errno_module, name))
 
 
 def machine_cause(err: BaseException) -> str | None:

@@ -278,12 +278,13 @@ def _save_predictions(out: Path, pred: Any, names: Any = None, form: str = "npy"
     import numpy as np
 
     from ..checkpoint import atomic_write
+    from .exporter import cannot_write
 
     data = None if form == "npy" else _as_bytes(_prediction_text(pred, names, form, files))
     try:
         atomic_write(out, (lambda f: np.save(f, pred)) if data is None else (lambda f: f.write(data)))
     except OSError as err:
-        raise UsageError(f"cannot write {out} ({err.strerror or err}); pass a writable --output") from None
+        raise cannot_write(err, out, "pass a writable --output") from None
 
 
 def _load_npy(path: str, what: str) -> Any:

@@ -32,13 +32,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import NO_ROOM, UsageError
 from ..layers import eval_mode
 from . import format as fmt
 from . import ir
 from .graph import Bits, to_graph
 
 FORMAT_NAME = ir.FORMAT_NAME
+
+
+def cannot_write(err: OSError, path: Path, remedy: str) -> Exception:
+    """What a write of ``path`` that failed with ``err`` raises: a full disk (``errors.NO_ROOM``) as the OSError,
+    naming ``path``, which the command says as the machine's (free some space, status 1: review chaos #4); any other
+    as a one-line ``UsageError`` ending in ``remedy`` (status 2)."""
+    if err.errno in NO_ROOM:
+        return OSError(err.errno, err.strerror, str(path))
+    return UsageError(f"cannot write {path} ({err.strerror or err}); {remedy}")
 
 
 @contextlib.contextmanager
@@ -55,7 +64,7 @@ def staged(path: Path) -> Iterator[Path]:
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise UsageError(f"cannot write {path} ({err.strerror or err}); pass a writable path") from None
+        raise cannot_write(err, path, "pass a writable path") from None
     os.close(fd)
     try:
         os.chmod(name, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
@@ -67,7 +76,7 @@ def staged(path: Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(name)
         if isinstance(err, OSError):
-            raise UsageError(f"cannot write {path} ({err.strerror or err}); pass a writable path") from None
+            raise cannot_write(err, path, "pass a writable path") from None
         raise
     with contextlib.suppress(OSError):  # the rename itself made durable
         folder = os.open(path.parent, os.O_RDONLY)
