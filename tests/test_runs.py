@@ -236,6 +236,25 @@ def test_only_rank_0_touches_the_run_directory(tmp_path, monkeypatch, full_run):
         assert engine.resume(full_run[0], progress=False, log=quiet) == {"ran": True}
 
 
+def test_a_resume_of_a_folder_that_is_not_writable_is_refused_up_front(capsys, tmp_path, monkeypatch, full_run):
+    """(review chaos #2) a run folder made read-only was probed for a new run alone: a resume failed at its first
+    write, exit 1, naming a temporary file. It is refused in one line, status 2, as a new run's folder is."""
+    from pathlib import Path
+
+    real = Path.write_bytes
+
+    def refused(self, data):
+        if self.name == ".write-test":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refused)
+    assert main(["train", "--resume", str(full_run[0]), "--no-progress"]) == 2
+    assert _one_line(capsys.readouterr().err) == (f"reste: error: run directory {full_run[0]} is not writable "
+                                                  "(Permission denied); make it writable again (its mode, a "
+                                                  "read-only mount)")
+
+
 def test_a_folder_that_is_not_a_run_is_refused(capsys, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()

@@ -388,16 +388,16 @@ class RunDirectory:
             if others:
                 raise UsageError(f"{path} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
                                  "and holds no run; pass a new or empty folder as --out")
-            probe = path / ".write-test"
-            try:
-                probe.write_bytes(b"")
-                probe.unlink()
-            except OSError as err:
-                raise UsageError(f"run directory {path} is not writable ({err.strerror}); pass another --out") \
-                    from None
         elif not (path / CONFIG).is_file() and not (path / LAST).is_file():
             raise UsageError(f"{path} is not a run directory (no config.json); a new run needs --out and an "
                              "empty or new folder")
+        probe = path / ".write-test"  # a resume too: it failed at its first write, naming a temporary file (review
+        try:  # chaos #2)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            remedy = "pass another --out" if fresh else "make it writable again (its mode, a read-only mount)"
+            raise UsageError(f"run directory {path} is not writable ({err.strerror}); {remedy}") from None
 
     def close(self) -> None:
         """Release the lock (the lock file stays; it is harmless)."""
