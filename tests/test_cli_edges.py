@@ -153,8 +153,18 @@ def test_a_run_whose_last_checkpoint_write_failed_is_not_told_finished(capsys, m
     assert "had finished" not in err and f"continue it with `reste train --resume {run}`" in err, err
     summary = runinfo.run_summary(run)
     assert not summary["finished"] and summary["saved_epoch"] == 1 and summary["state"] == "stopped"
-    assert "progress   2 of 2 epochs logged, but last.pt holds 1 epoch (its last write failed: a full disk?): " \
+    assert "progress   2 of 2 epochs logged, but last.pt holds 1 epoch (its last write failed, or a crash cut it): " \
         "stopped" in runinfo.show_run(run)
+    # (review chaos #6) a run not at its end, cut between an epoch's metrics line and its last.pt: that epoch was
+    # shown done (and best), while the resume trains it again
+    import json
+
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 3}))
+    os.utime(run / "last.pt", ns=(older, older))
+    summary = runinfo.run_summary(run)
+    assert summary["saved_epoch"] == 1 and summary["state"] == "stopped" and not summary["finished"]
+    assert "progress   2 of 3 epochs logged, but last.pt holds 1 epoch" in runinfo.show_run(run)
 
 
 def test_under_torchrun_a_process_left_by_another_says_so(monkeypatch, capsys, tmp_path):

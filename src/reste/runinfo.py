@@ -28,9 +28,10 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
     else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_processes`` (then, the torchrun
-    processes that trained it, which the resume must run again; else None), ``saved_epoch`` (where metrics.jsonl holds
-    every epoch but ``last.pt`` fewer, its last write having failed: the epochs it holds, and the run is stopped, not
-    finished; with ``steps`` only, read where ``last.pt`` is older than metrics.jsonl), ``last_damaged`` (a stopped
+    processes that trained it, which the resume must run again; else None), ``saved_epoch`` (where ``last.pt`` holds
+    fewer epochs than metrics.jsonl logged, its last write having failed or been cut by a crash: the epochs it holds,
+    which the resume goes on from, and the run is stopped, not finished; with ``steps`` only, read where ``last.pt`` is
+    older than metrics.jsonl), ``last_damaged`` (a stopped
     run's ``last.pt`` that it cannot continue from: what is wrong with it; with ``steps`` only), ``unlogged`` (a
     stopped run whose ``last.pt`` holds more epochs than metrics.jsonl has lines for, lines lost: [its epochs, its
     steps of the next]; with ``steps`` only), ``failed`` (an
@@ -52,9 +53,11 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     holder = lock_holder(run_dir)
     finished = done >= config.epochs
     behind = None  # the epoch last.pt holds, where a finished-looking run's last write failed (a full disk)
-    if finished and steps and not holder and _last_older(run_dir):
+    if done and steps and not holder and _last_older(run_dir):  # (a stopped run's too: review chaos #6)
         saved = saved_position(run_dir)
-        if saved is not None and (saved[0] < config.epochs or saved[1]):
+        if saved is not None and saved[0] < done:  # last.pt holds fewer epochs than metrics.jsonl logged
+            finished, behind = False, saved[0]
+        elif finished and saved is not None and (saved[0] < config.epochs or saved[1]):
             finished, behind = False, saved[0]
     state = ("training" if holder else "finished" if finished else "stopped" if holder == 0 else None)
     summary: dict[str, Any] = {"run_dir": os.fspath(run_dir), "config": config.to_dict(),
@@ -148,7 +151,7 @@ def show_run(run_dir: str | os.PathLike) -> str:
         lines.append(f"progress   finished: {done} of {epochs}")
     elif state == "stopped" and summary["saved_epoch"] is not None:  # metrics.jsonl logged, last.pt not written
         lines.append(f"progress   {done} of {epochs} logged, but last.pt holds {count(summary['saved_epoch'], 'epoch')}"
-                     f" (its last write failed: a full disk?): stopped; {resume} trains the rest again")
+                     f" (its last write failed, or a crash cut it): stopped; {resume} trains the rest again")
     elif state == "stopped" and summary["last_damaged"]:  # (review newuser #8: it said to resume it)
         lines.append(f"progress   {done} of {epochs}: stopped, and its last.pt is damaged ({summary['last_damaged']}):"
                      " the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")
