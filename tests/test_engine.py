@@ -838,3 +838,17 @@ def test_a_run_whose_estimator_is_defined_in_main_is_told_it_cannot_be_loaded_el
                                          r"or notebook\).* define it in a module you import"):
         engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
     assert rundir.run_config(tmp_path / "run").plugins == []
+
+
+def test_a_run_that_diverges_again_where_it_diverged_before_keeps_the_record(tmp_path):
+    """(review readme2 #3) `reste train --out` into a sweep's diverged run folder removed its diverged.json, and a
+    run that diverged again wrote none back: the sweep then showed the run "not started" and its table lost the
+    divergence. The record stays when it diverges again, and goes when it trains."""
+    run = tmp_path / "run"
+    rundir.record_divergence(run, 1, 2)
+    config = TrainConfig(dataset="digits", epochs=1, lr=1e30, threads=1)
+    with pytest.raises(engine.TrainingDiverged):
+        engine.train(config, run, progress=False, log=lambda _m: None)
+    assert rundir.divergence(run) is not None and not rundir.holds_run(run)
+    engine.train(TrainConfig(dataset="digits", epochs=1, threads=1), run, progress=False, log=lambda _m: None)
+    assert rundir.divergence(run) is None and rundir.holds_run(run)

@@ -68,9 +68,10 @@ from .layers import binary_layers, estimators_of, eval_mode, set_progress
 from .estimators import Estimator
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
-from .rundir import (CONFIG, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
+from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
                      best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
-                     held_by, holds_run, keep_top, last_checkpoint, read_metrics, repair_best, require_run_path,
+                     held_by, holds_run, keep_top, last_checkpoint, read_metrics, record_divergence, repair_best,
+                     require_run_path,
                      restore_config, resume_command, run_config, saved_config, schedule_fields, start_metrics,
                      truncate_metrics, write_config)
 from .schedules import learning_rate
@@ -768,11 +769,18 @@ class _Run:
         return {"train_loss": loss_total / count, "train_acc": 100.0 * correct_total / count}
 
     def run(self) -> dict[str, Any]:
+        diverged_before = False
         if self.dist.main:
+            diverged_before = (self.run_dir / DIVERGED).exists()
             forget_divergence(self.run_dir)  # a sweep's record that the run diverged or failed: it tries again
             forget_failure(self.run_dir)
         try:
             return self._epochs()
+        except TrainingDiverged as err:  # it diverged again: the record stays, for the sweep's show and report
+            if diverged_before:  # (it was gone, and the run was "not started": review readme2 #3)
+                with contextlib.suppress(OSError):
+                    record_divergence(self.run_dir, err.epoch, err.step)
+            raise
         finally:
             if self.board is not None:
                 self.board.close()
