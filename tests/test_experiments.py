@@ -241,7 +241,7 @@ def test_the_time_left_does_not_take_a_resumed_runs_start_up_for_epochs_nor_a_he
 
 
 def test_grid_axes_resolve_and_identical_settings_are_shared():
-    base = TrainConfig(dataset="digits", epochs=1)
+    base = TrainConfig(dataset="digits", epochs=2)
     settings = expand_grid(base, {"estimator": ["ste", "reste"], "o_end": [2, 3]})
     # o_end does not apply to ste, so ste appears once
     assert [s.label for s in settings] == ["estimator=ste", "estimator=reste,o_end=2", "estimator=reste,o_end=3"]
@@ -381,6 +381,36 @@ def test_a_plot_of_runs_whose_indicators_were_measured_in_other_modes_says_so(tm
         warnings.simplefilter("error")
         fig = runs_figure([tmp_path / "g", tmp_path / "g2"])
     assert "estimating error" in [ax.get_title() for ax in fig.axes]
+
+
+def test_a_plot_draws_a_repeated_epoch_line_once_in_epoch_order(tmp_path):
+    """(review experiments #3) A repeated line of metrics.jsonl drew a second point, the curve running back to its
+    epoch; the plot reads a run's epochs as show and the report count them: each once, a repeated one's last line."""
+    from reste.experiments.plots import runs_figure
+
+    _real_like_run(tmp_path / "a", "reste", [2.0, 1.0, 0.5], {})
+    path = tmp_path / "a" / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, lines[1].replace('"test_acc": 49.0', '"test_acc": 60.0')]) + "\n")
+    acc = next(ax for ax in runs_figure([tmp_path / "a"]).axes if ax.get_title() == "accuracy (%)")
+    test = acc.lines[1]
+    assert list(test.get_xdata()) == [1, 2, 3] and list(test.get_ydata()) == [48.0, 60.0, 50.0]
+
+
+def test_the_legend_of_runs_names_no_setting_that_leaves_the_training_alone(tmp_path):
+    """(review experiments #8) The legend named --tensorboard, --threads, --keep-top ... where runs were given them
+    otherwise; it names the settings that change the training, --accumulate too (BatchNorm sees its micro-batches)."""
+    from reste.experiments.plots import _setting_labels
+
+    for name, epochs, free in (("a", 2, {"tensorboard": None, "threads": 1, "keep_top": 0}),
+                               ("b", 3, {"tensorboard": "tensorboard", "threads": 2, "keep_top": 3})):
+        _real_like_run(tmp_path / name, "reste", [2.0] * epochs, {})
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        (tmp_path / name / "config.json").write_text(json.dumps({**config, **free}))
+    assert _setting_labels([tmp_path / "a", tmp_path / "b"]) == ["epochs=2", "epochs=3"]
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**config, "accumulate": 2}))
+    assert _setting_labels([tmp_path / "a", tmp_path / "b"]) == ["accumulate=1, epochs=2", "accumulate=2, epochs=3"]
 
 
 def test_runs_of_a_comparison_differ_by_marker_not_colour_alone(tmp_path):
@@ -901,6 +931,49 @@ def test_a_finished_run_changed_since_is_refused_by_the_sweep_and_kept_by_the_re
     assert (out / "runs.csv").read_text() == before
 
 
+def test_show_and_plot_of_a_sweep_name_a_run_changed_since_and_do_not_count_it(sweep, tmp_path, capsys,
+                                                                             monkeypatch):
+    """(review experiments #2, readme2 #4) `reste show SWEEP` called a run changed with `reste train --resume --force`
+    finished, and `reste plot SWEEP` drew it as its setting's run, where the sweep stops at it and the report keeps
+    the row it wrote: show names it changed, with the reason; plot draws the epochs the report kept, or leaves it
+    out, saying so."""
+    from reste.experiments import plots
+
+    out, _ = _copy(sweep, tmp_path)
+    ste = next((out / "runs").glob("ste-*/seed0"))
+    config = json.loads((ste / "config.json").read_text())
+    (ste / "config.json").write_text(json.dumps({**config, "estimator": "ede", "estimator_options": {}}))
+    row = next(r for r in _read_csv(out / "runs.csv") if r["setting"] == "estimator=ste")
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "progress   1 finished, 1 changed"
+    assert lines[2] == ("  estimator=ste    seed 0: changed: it holds a run with other settings (1 epoch, estimator "
+                        "ede) than its setting: changed since with --resume --force; the row an earlier report wrote "
+                        f"is kept (best {float(row['best_acc']):.2f}% at epoch 1)")
+    assert any(line.startswith("changed    1 run holds other settings than its setting") for line in lines)
+    assert main(["show", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [r["state"] for s in status["settings"] for r in s["runs"]] == ["changed", "finished"]
+    assert status["counts"]["changed"] == 1 and status["counts"]["finished"] == 1
+    drawn = []
+    real = plots.runs_figure
+    monkeypatch.setattr(plots, "runs_figure", lambda dirs, labels=None, metrics=None, **kw: drawn.append(
+        (labels, metrics)) or real(dirs, labels, metrics, **kw))
+    assert main(["plot", str(out), "--out", str(tmp_path / "a.png")]) == 0
+    said = capsys.readouterr().out
+    assert ("plot: estimator=ste seed 0: it holds a run with other settings (1 epoch, estimator ede) than its "
+            f"setting: changed since with --resume --force; drawn from the epochs an earlier report kept in "
+            f"{out / 'epochs.csv'}") in said
+    kept = [float(r["test_acc"]) for r in _read_csv(out / "epochs.csv") if r["setting"] == "estimator=ste"]
+    assert drawn[-1][0] == ["estimator=ste seed 0", "estimator=reste seed 0"]
+    assert [m["test_acc"] for m in drawn[-1][1][0]] == kept and drawn[-1][1][1] is None
+    (out / "epochs.csv").unlink()
+    assert main(["plot", str(out), "--out", str(tmp_path / "b.png")]) == 0
+    assert "changed since with --resume --force; left out" in capsys.readouterr().out
+    assert drawn[-1][0] == ["estimator=reste seed 0"]
+
+
 def test_a_sweep_moved_away_from_its_runs_dir_goes_on_with_the_runs_its_sweep_json_records(tmp_path, capsys):
     """(review sweeps #6) continued without --runs-dir, it trained every run again under OUT/runs and its sweep.json
     forgot the finished ones, which `reste report` and `reste show` find. Where some of its runs are under OUT/runs
@@ -969,6 +1042,51 @@ def test_the_report_keeps_the_runs_whose_folders_are_gone(sweep, tmp_path):
     assert (out / "indicators.png").read_bytes() == indicators and "not drawn" in lines[-2]
 
 
+def test_a_kept_runs_csv_row_with_a_cell_that_is_no_number_is_one_line_naming_it(sweep, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """(review experiments #12) runs.csv edited in a spreadsheet (88.6%): the report ended in a bare TypeError, and
+    a sweep's tables so far let it escape past the runs still training. One line names the file, row and column;
+    the sweep goes on, saying the tables so far cannot be written."""
+    from reste.experiments import sweep as sweeping
+
+    out, argv = _copy(sweep, tmp_path)
+    shutil.rmtree(next((out / "runs").glob("ste-*/seed0")))  # its row is kept: the table is made of it
+    lines = (out / "runs.csv").read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("estimator=ste,"))
+    cells = lines[row].split(",")
+    cells[3] = "88.6%"  # setting, estimator, seed, best_acc
+    lines[row] = ",".join(cells)
+    (out / "runs.csv").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["report", str(out), "--no-plots"]) == 2
+    said = (f"reste: error: {out / 'runs.csv'} row {row + 1}: best_acc '88.6%' is not a number; write it as one "
+            "(88.61, not 88.6% or 88,61), or delete the row to drop the run\n")
+    assert capsys.readouterr().err == said
+    assert main(["show", str(out)]) == 2 and capsys.readouterr().err == said
+    called = []
+    real = sweeping.summarize
+    monkeypatch.setattr(sweeping, "summarize", lambda *a, **k: called.append(k) or real(*a, **k))
+    seeds = argv.index("--seeds") + 1
+    assert main([*argv[:seeds], "0,1", *argv[seeds + 1:]]) == 2  # 3 runs to train: the tables so far after the
+    text = capsys.readouterr()
+    assert text.out.count(f"sweep: cannot write the tables so far to {out} ({out / 'runs.csv'} row {row + 1}: "
+                          "best_acc '88.6%' is not a number") == 1 and text.err == said
+    assert len(called) == 3 and len(list((out / "runs").glob("*/seed1/config.json"))) == 2  # first two, the end
+
+
+def test_a_table_of_no_run_yet_is_its_header(sweep, tmp_path):
+    """(review experiments #7) runs.csv (and a rewritten epochs.csv) of a sweep with no run reported yet was an empty
+    file, which a reader cannot tell from a damaged one: it is the header alone, the one it has with rows."""
+    out, _ = _copy(sweep, tmp_path)
+    headers = {name: (out / name).read_text().splitlines()[0] for name in ("runs.csv", "epochs.csv")}
+    shutil.rmtree(out / "runs")
+    (out / "runs.csv").unlink()  # (no earlier row to keep)
+    summarize(out, plots=False)
+    for name, header in headers.items():
+        assert (out / name).read_text().splitlines() == [header]
+        assert csv.DictReader(open(out / name, newline="")).fieldnames == header.split(",")
+
+
 def test_a_run_with_an_epoch_missing_is_left_out_and_not_trained_again(tmp_path, capsys):
     argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "2", "--threads", "1", "--out",
             str(tmp_path / "s"), "--model", "digits_1w1a"]
@@ -986,8 +1104,35 @@ def test_a_run_with_an_epoch_missing_is_left_out_and_not_trained_again(tmp_path,
     assert (run / "last.pt").stat().st_mtime_ns == stamp  # not resumed, not retrained
 
 
+def test_a_stopped_run_whose_last_pt_is_gone_is_left_out_as_damaged(tmp_path, capsys):
+    """(review experiments #9) A stopped run whose last.pt was deleted: the dry run and `reste show` said it would
+    resume, and every rerun failed it again, advising to "start a new run". It is damaged: left out, not trained
+    again, and deleting its folder trains it again, as the sweep says."""
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "2", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a", "--no-report"]
+    assert main(argv) == 0
+    run = next((tmp_path / "s" / "runs").glob("ste-*/seed0"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")  # stopped after epoch 1 ...
+    (run / "last.pt").unlink()  # ... and its last.pt deleted
+    stamp = (run / "best.pt").stat().st_mtime_ns
+    why = (f"{run} has finished epochs but no last.pt (deleted or lost), so it cannot continue; delete its folder to "
+           "train it again")
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    assert f"[1/1] estimator=ste seed 0: damaged, left as it is: {why}" in capsys.readouterr().out
+    assert main(argv) == 1
+    assert f"[1/1] estimator=ste seed 0: LEFT OUT: {why}" in capsys.readouterr().out
+    assert (run / "best.pt").stat().st_mtime_ns == stamp and not (run / "failed.json").exists()
+    assert main(["show", str(tmp_path / "s")]) == 0
+    text = capsys.readouterr().out
+    assert f"  estimator=ste  seed 0: damaged: {why}" in text and "\ncontinue" not in text
+    shutil.rmtree(run)  # as it says
+    assert main(argv) == 0 and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_estimator_flags_apply_to_the_estimators_they_belong_to():
-    base = TrainConfig(dataset="digits", epochs=1)
+    base = TrainConfig(dataset="digits", epochs=2)  # (one epoch would train every schedule at its start value)
     settings = expand_grid(base, {"estimator": ["reste", "dsq"], "o_schedule": ["cosine", "linear"]})
     assert [s.label for s in settings] == ["estimator=reste,o_schedule=cosine", "estimator=reste,o_schedule=linear",
                                            "estimator=dsq"]
@@ -1020,6 +1165,42 @@ def test_sweep_flags_that_would_be_ignored_are_refused(argv, message, tmp_path, 
     assert not (tmp_path / "s").exists()
 
 
+def test_accumulate_is_no_grid_axis_for_a_true_reason_and_a_setting_of_mixed_accumulate_is_noted(sweep, tmp_path,
+                                                                                                   capsys):
+    """(review experiments #6) --accumulate was refused as an axis because "it does not change what a run trains",
+    false for a model with BatchNorm; it is free to change on resume, so no part of a run's folder name. A setting
+    whose finished runs trained with different --accumulate gets one note: its spread is not the seeds' alone."""
+    assert main(["sweep", "--grid", "accumulate=1,2", "--epochs", "1", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("reste: error: 'accumulate' is not a grid axis: it is free to change on --resume, so it is no part "
+                   "of a run's identity and runs of different --accumulate would share one run folder; give it as a "
+                   "fixed flag (--accumulate)\n") and not (tmp_path / "a").exists()
+    out, argv = _copy(sweep, tmp_path)
+    assert main(argv) == 0
+    assert "--accumulate" not in capsys.readouterr().out
+    seeds = argv.index("--seeds") + 1
+    assert main([*argv[:seeds], "0,1", *argv[seeds + 1:], "--accumulate", "2"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "--accumulate" in line]
+    assert notes == ["sweep: note: the finished runs of estimator=ste (1, 2), estimator=reste (1, 2) trained with "
+                     "different --accumulate; a model with BatchNorm normalises over each micro-batch, so their "
+                     "spread is not the seeds' alone"]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_sweep_refuses_more_threads_than_train_takes(dry_run, tmp_path, capsys):
+    """(review experiments #13) `reste sweep --threads 100 --jobs 2` took it (train refuses it), and each worker ran
+    100 threads on a few cores: one line, as `reste train` says it, before any folder is made."""
+    from reste.config import max_threads
+
+    out = tmp_path / "s"
+    argv = ["sweep", "--grid", "lr=0.1,0.2", "--epochs", "1", "--threads", str(max_threads() + 1), "--jobs", "2",
+            "--out", str(out), *(["--dry-run"] if dry_run else [])]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"reste: error: --threads must be in [1, {max_threads()}] (4 per CPU this "
+                                       f"process may use), got {max_threads() + 1}\n")
+    assert not out.exists()
+
+
 def test_the_unknown_axis_message_lists_only_axes_that_are_taken(capsys, tmp_path):
     """(review sweep L4) no field that is then refused as 'not a grid axis'."""
     from reste.rundir import RESUME_FREE
@@ -1042,10 +1223,32 @@ def test_the_unknown_axis_message_lists_only_axes_that_are_taken(capsys, tmp_pat
 def test_an_axis_that_a_constant_schedule_leaves_unused_is_refused(grid, flags, message, settings):
     """(review user9 #1) o_end under --o-schedule constant: o stays at o, so each value trains one network, and the
     tables would show an o_end effect that never happened (paper mode measures F at o_end)."""
-    base = TrainConfig(dataset="digits", epochs=1)
+    base = TrainConfig(dataset="digits", epochs=2)
     with pytest.raises(UsageError, match=re.escape(message)):
         expand_grid(base, parse_grid(grid), flags)
     assert len(expand_grid(base, parse_grid(grid))) == settings  # the default schedules move: each value a run
+
+
+@pytest.mark.parametrize("grid", [["o_end=2,5"], ["estimator=ede,rbnn", "t_max=2,5"],
+                                  ["estimator=dsq", "alpha_end=0.1,0.05"], ["estimator=fda", "fda_n_end=18,20"]])
+def test_a_grid_over_a_schedules_end_that_one_epoch_never_reaches_is_refused(grid, tmp_path, capsys):
+    """(review experiments #10) A schedule is set at each epoch's start: over one epoch o stays at its start value,
+    so a grid over o_end (any schedule's end) with --epochs 1 trained one network at every value, reported as
+    settings that differ. Refused in one line, before any folder; with two epochs each value is a run of its own."""
+    axis = grid[-1].split("=")[0]
+    name = "n_end" if axis == "fda_n_end" else axis
+    out = tmp_path / "s"
+    argv = ["sweep", *(a for g in grid for a in ("--grid", g)), "--dataset", "digits", "--threads", "1", "--out",
+            str(out)]
+    assert main([*argv, "--epochs", "1", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"reste: error: grid axis {axis!r} would train the same network at each value: ") and \
+        f"a 1-epoch run trains at its start value and never reaches {name}; give --epochs 2 or more, or grid the " \
+        "start value instead\n" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert len(expand_grid(TrainConfig(dataset="digits", epochs=2), parse_grid(grid))) == 2 * (1 + ("rbnn" in grid[0]))
+    with pytest.raises(UsageError, match="'o_schedule' would train the same network .* start value whatever o_schedule is"):
+        expand_grid(TrainConfig(dataset="digits", epochs=1), {"o_schedule": ["cosine", "linear"]})
 
 
 def test_grid_values_none_and_close_floats():
@@ -1505,7 +1708,7 @@ def test_a_parallel_sweeps_workers_warn_as_the_command_does(tmp_path):
     src = str(Path(reste.__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    r = subprocess.run([sys.executable, "-m", "reste", "sweep", "--dataset", "digits", "--epochs", "1", "--grid",
+    r = subprocess.run([sys.executable, "-m", "reste", "sweep", "--dataset", "digits", "--epochs", "2", "--grid",
                         "o_end=1,2", "--jobs", "2", "--threads", "1", "--no-report", "--no-progress", "--out",
                         str(tmp_path / "s")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -1726,6 +1929,35 @@ def test_a_dry_run_lists_the_plan_and_makes_nothing(tmp_path, capsys):
             "(preset: 3.0), --epochs 10 (preset: 1000)") in text and not (tmp_path / "c10").exists()
 
 
+def test_a_setting_that_trains_another_presets_recipe_is_said_to_train_it(tmp_path, capsys, monkeypatch):
+    """(review experiments #4) --grid estimator=ste on cifar10-resnet20-1w1a trains cifar10-resnet20-ste's recipe,
+    whose published number the report gives beside it, yet the dry run (and each run's train.log) said it "changes
+    preset cifar10-resnet20-1w1a's recipe". They name the preset whose recipe it trains."""
+    from reste import engine
+    from reste.config import config_from_preset
+    from reste.experiments import sweep as sweeping
+
+    argv = ["sweep", "--preset", "cifar10-resnet20-1w1a", "--grid", "estimator=ste,reste", "--out",
+            str(tmp_path / "c10"), "--dry-run"]
+    assert main(argv) == 0  # (a plan reads no data)
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note" in line]
+    trains = ("note: this run trains preset cifar10-resnet20-ste's recipe (not preset cifar10-resnet20-1w1a's): the "
+              "report gives cifar10-resnet20-ste's published number beside it")
+    assert notes == [f"estimator=ste: {trains}"]
+    setting = expand_grid(config_from_preset("cifar10-resnet20-1w1a"), {"estimator": ["ste"]})[0]
+
+    def train(config, run_dir, progress=False, log=print):  # a run's start, as engine.train logs it
+        log("training ...")
+        for note in engine.recipe_notes(config.resolve()):
+            log(note)
+        return {"best_acc": 10.0}
+
+    monkeypatch.setattr(engine, "train", train)
+    job = {"config": setting.config.to_dict(), "run_dir": str(tmp_path / "run"), "resume": False}
+    assert sweeping._execute(job)["status"] == "done"
+    assert (tmp_path / "run" / "train.log").read_text().splitlines() == ["training ...", trains]
+
+
 def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, tmp_path):
     """`reste plot SWEEP_DIR [--setting KEY=V]`: the sweep's runs, named as the sweep names them, in one figure in
     its folder; --setting keeps those of some values; runs with no epoch yet are left out, saying so."""
@@ -1735,9 +1967,9 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
     drawn: list[tuple[list[Path], list[str] | None]] = []
     real = plots.runs_figure
 
-    def spy(dirs, labels=None, metrics=None):
+    def spy(dirs, labels=None, metrics=None, **kw):
         drawn.append(([Path(d) for d in dirs], labels))
-        return real(dirs, labels, metrics)
+        return real(dirs, labels, metrics, **kw)
 
     ste, reste_ = (next((out / "runs").glob(f"{e}-*/seed0")) for e in ("ste", "reste"))
     with pytest.MonkeyPatch.context() as mp:
@@ -1769,7 +2001,7 @@ def test_a_setting_takes_an_axis_spelled_as_the_grid_takes_it(tmp_path):
     from reste.experiments import sweep_run_dirs
 
     out = tmp_path / "s"
-    assert main(["sweep", "--grid", "o-end=2,3", "--dataset", "digits", "--epochs", "1", "--threads", "1",
+    assert main(["sweep", "--grid", "o-end=2,3", "--dataset", "digits", "--epochs", "2", "--threads", "1",
                  "--no-report", "--out", str(out)]) == 0
     three = [out / s["runs"]["0"] for s in json.loads((out / "sweep.json").read_text())["settings"]
              if s["values"] == {"o_end": 3}]
@@ -1875,7 +2107,7 @@ def test_a_float_baseline_beside_an_estimator_grid_trains_once_without_the_estim
     """--grid estimator=ste,reste o_end=2,3 model=digits_1w1a,digits: the float model has no estimator, so its
     setting leaves out the estimator axes and flags (and --scaling, --a32), and is one setting, not one per
     estimator value; a sweep of float models alone still refuses an estimator as `reste train` does."""
-    base = TrainConfig(dataset="digits", epochs=1, estimator="ste", scaling="channel",
+    base = TrainConfig(dataset="digits", epochs=2, estimator="ste", scaling="channel",
                        estimator_options={"clip": 2.0})
     settings = expand_grid(base, {"estimator": ["ste", "reste"], "o_end": [2, 3], "model": ["digits_1w1a", "digits"]})
     labels = [s.label for s in settings]
@@ -1908,8 +2140,8 @@ def test_plot_of_a_sweep_whose_run_folders_are_gone_draws_its_epochs_csv(tmp_pat
     shutil.rmtree(out / "runs")
     drawn = []
     real = plots.runs_figure
-    monkeypatch.setattr(plots, "runs_figure", lambda dirs, labels=None, metrics=None: drawn.append(
-        (labels, metrics)) or real(dirs, labels, metrics))
+    monkeypatch.setattr(plots, "runs_figure", lambda dirs, labels=None, metrics=None, **kw: drawn.append(
+        (labels, metrics)) or real(dirs, labels, metrics, **kw))
     capsys.readouterr()
     assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
     assert f"plot: 2 of the sweep's 2 runs drawn from {out / 'epochs.csv'} (their folders are gone)" in \
@@ -1924,6 +2156,51 @@ def test_plot_of_a_sweep_whose_run_folders_are_gone_draws_its_epochs_csv(tmp_pat
     drawn.clear()
     assert main(["plot", str(out), str(lone), "--out", str(tmp_path / "d.png")]) == 0
     assert drawn[0][0] == ["s: lr=0.05 seed 0", "s: lr=0.1 seed 0", "lone"]
+
+
+def test_plot_of_a_sweep_with_some_run_folders_gone_does_not_say_the_modes_differ(sweep, tmp_path, capsys):
+    """(review readme2 #1) A run drawn from epochs.csv has no config.json: its mode read as None beside the others'
+    "general", and the plot warned that the runs' indicator modes differ. Its mode is its setting's."""
+    import warnings
+
+    out, _ = _copy(sweep, tmp_path)
+    shutil.rmtree(next((out / "runs").glob("ste-*/seed0")))
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
+    assert f"plot: 1 of the sweep's 2 runs drawn from {out / 'epochs.csv'}" in capsys.readouterr().out
+    assert not [w for w in caught if "other modes" in str(w.message)] and _is_png(tmp_path / "c.png")
+    manifest = json.loads((out / "sweep.json").read_text())  # a setting of the other mode: said, as before
+    manifest["settings"][0]["config"]["indicators"] = "paper"
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="measured the indicators in other modes"):
+        assert main(["plot", str(out), "--out", str(tmp_path / "d.png")]) == 0
+
+
+def test_plot_of_a_study_without_epochs_csv_says_why_and_draws_the_other_targets(sweep, tmp_path, capsys):
+    """(review experiments #5) A committed study of an older version keeps runs.csv, not epochs.csv: plot said its
+    finished runs had "no finished epoch yet", and such a sweep among several targets stopped the whole figure."""
+    gone, _ = _copy(sweep, tmp_path)
+    shutil.rmtree(gone / "runs")
+    (gone / "epochs.csv").unlink()
+    whole = tmp_path / "whole"
+    shutil.copytree(gone.parent / "s", whole, dirs_exist_ok=True)  # (a name of its own for the legend)
+    shutil.copytree(sweep[0] / "runs", whole / "runs")
+    shutil.copy(sweep[0] / "epochs.csv", whole / "epochs.csv")
+    capsys.readouterr()
+    assert main(["plot", str(gone), "--out", str(tmp_path / "a.png")]) == 2
+    said = capsys.readouterr()
+    assert ("plot: 2 of the sweep's 2 runs left out: their folders are gone and epochs.csv (older sweeps lack it) "
+            "holds none of their epochs") in said.out and "no finished epoch yet" not in said.out
+    assert said.err == (f"reste: error: no run of the sweep in {gone} has epochs to draw: the folders of its finished "
+                        "runs are gone and epochs.csv (older sweeps lack it) holds none of their epochs\n")
+    assert main(["plot", str(gone), str(whole), "--out", str(tmp_path / "b.png")]) == 0
+    said = capsys.readouterr().out
+    assert f"no run of the sweep in {gone} has epochs to draw" in said and "the other targets are drawn" in said
+    assert _is_png(tmp_path / "b.png")
+    assert main(["plot", str(gone), str(gone), "--out", str(tmp_path / "c.png")]) == 2
+    assert "none of the 2 sweeps given has a run with epochs to draw" in capsys.readouterr().err
 
 
 def test_a_sweep_over_optimizers_gives_momentum_to_sgd_alone(capsys):

@@ -20,7 +20,7 @@ from ..checkpoint import atomic_write
 from ..errors import UsageError, option
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import RUN_LEVEL
-from ..rundir import CURVES, read_metrics, run_config, schedule_fields
+from ..rundir import CURVES, RESUME_FREE, epoch_lines, read_metrics, run_config, schedule_fields
 
 LABELS = {"estimating_error": "estimating error", "gradient_stability": "gradient stability (var |grad|)"}
 
@@ -136,13 +136,18 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     return flat
 
 
+_LEGEND_FREE = (*(k for k in RESUME_FREE if k != "accumulate"), "preset")
+
+
 def _setting_labels(dirs: Sequence[Path]) -> list[str]:
     """One legend label per run: the settings that differ between the runs (its name otherwise)."""
     names = [_run_name(d, dirs) for d in dirs]
     configs = [_run_config(d) for d in dirs]
     if len(dirs) < 2 or not all(configs):
         return names
-    keys = sorted({k for c in configs for k in c} - {"data_path", "preset", "save_every"})
+    # not the settings free to change on resume (threads, tensorboard, ...: none changes what a run trains, as the
+    # sweep's identity leaves them out), but accumulate, which does with BatchNorm (review experiments #6, #8)
+    keys = sorted({k for c in configs for k in c} - set(_LEGEND_FREE))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     # each run names its own settings only: an option of another run's estimator is not one of this run's
     labels = [textwrap.fill(", ".join(f"{k}={c[k]}" for k in differ if k in c), 70) for c in configs]
@@ -161,23 +166,25 @@ def _panel_axes(fig: Any, count: int) -> list[Any]:
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
-              labels: Sequence[str] | None = None, metrics: Sequence[list[dict[str, Any]] | None] | None = None
-              ) -> Path:
+              labels: Sequence[str] | None = None, metrics: Sequence[list[dict[str, Any]] | None] | None = None,
+              *, modes: Sequence[str | None] | None = None) -> Path:
     """Training curves of runs: accuracy, loss (log axis), learning rate and estimator schedule,
     and the indicators when logged. Several runs share the figure, one colour each, labelled by ``labels`` or else
     the settings that differ between them (from their config.json); ``out`` may be .png, .pdf or .svg.
-    ``metrics``: a run's epochs where its folder is gone (a sweep's epochs.csv kept them), None: read them there."""
+    ``metrics``: a run's epochs where its folder is gone (a sweep's epochs.csv kept them), None: read them there;
+    ``modes``: the indicator mode of such a run (its sweep's setting's), which no config.json gives."""
     dirs = [Path(d) for d in run_dirs]
     if out is not None and Path(out).suffix.lower() not in FORMATS:
         _save(None, out)  # the one-line refusal, before any work
-    fig = runs_figure(dirs, labels, metrics)
+    fig = runs_figure(dirs, labels, metrics, modes=modes)
     if out is None:
         out = dirs[0] / CURVES if len(dirs) == 1 else Path(CURVES)
     return _save(fig, out)
 
 
 def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
-                metrics_of: Sequence[list[dict[str, Any]] | None] | None = None) -> Any:
+                metrics_of: Sequence[list[dict[str, Any]] | None] | None = None, *,
+                modes: Sequence[str | None] | None = None) -> Any:
     """The figure of :func:`plot_runs` (a ``matplotlib.figure.Figure``), not saved."""
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
@@ -185,7 +192,8 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
     data = []
     given = list(metrics_of) if metrics_of is not None else [None] * len(dirs)
     for d, label, kept in zip(dirs, _setting_labels(dirs) if labels is None else labels, given):
-        metrics = kept if kept is not None else read_metrics(d)
+        # each epoch once, in order (a repeated line is its last: as show and the report count it), not file order
+        metrics = kept if kept is not None else epoch_lines(read_metrics(d))[0]
         if not metrics:
             raise UsageError(f"{d} has no finished epoch yet")
         data.append((label, metrics))
@@ -225,9 +233,14 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
                                      ms=4 if mark else None)
     schedule_title = "learning rate and schedule" if has_lr and sched else "learning rate" if has_lr else "schedule"
     titles = {"acc": "accuracy (%)", "loss": "cross-entropy loss (log)", "schedule": schedule_title, **LABELS}
-    modes = {(_run_config(d) or {}).get("indicators") for d, (_, ms) in zip(dirs, data)
-             if any(k in m for m in ms for k in LABELS)}
-    if len(modes) > 1:  # other layers, F, sign(0) and averaging: one axis would compare what does not compare
+    # a run drawn from a sweep's epochs.csv has no config.json: its mode is its setting's (given), none is no mode
+    # (review readme2 #1: None beside "general" read as two modes)
+    given_modes = list(modes) if modes is not None else [None] * len(dirs)
+    measured = {(mode if kept is not None else None) or (_run_config(d) or {}).get("indicators")
+                for d, (_, ms), kept, mode in zip(dirs, data, given, given_modes)
+                if any(k in m for m in ms for k in LABELS)}
+    measured.discard(None)
+    if len(measured) > 1:  # other layers, F, sign(0) and averaging: one axis would compare what does not compare
         warnings.warn("plot: these runs measured the indicators in other modes (paper and general: other layers, "
                       "F and averaging), so their indicator curves do not compare; plot each mode's runs apart",
                       UserWarning, stacklevel=3)

@@ -31,7 +31,7 @@ from ..config import PRESETS, TrainConfig, config_from_preset
 from ..errors import UsageError, parse_json
 from ..wording import count
 from ..indicators import RUN_LEVEL, run_level
-from ..rundir import (CURVES, METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
+from ..rundir import (CURVES, LAST, METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
                       divergence, epoch_lines, failure, holds_run, read_metrics, run_config)
 from .identity import canonical_saved, config_key
 
@@ -63,12 +63,11 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     try:
         config = run_config(run_dir, checked=True)
         lines = read_metrics(run_dir, missing_ok=True)
-        changed = key is not None and config_key(canonical_saved(config)) != key
+        changed = changed_settings(config, key)
     except UsageError as err:
         return "damaged", str(err)
     if changed:
-        return "changed", (f"it holds a run with other settings ({count(config.epochs, 'epoch')}, estimator "
-                            f"{config.estimator}) than its setting: changed since with --resume --force?")
+        return "changed", changed
     lines, missing = epoch_lines(lines)
     if missing and missing[0] <= config.epochs:
         return "damaged", missing_line(run_dir, missing[0])
@@ -82,6 +81,16 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     return "done", {**row, "metrics": metrics}
 
 
+def changed_settings(config: TrainConfig, key: str | None) -> str | None:
+    """Why a run of settings ``config`` is not the run of its setting (``key``, the setting's
+    :func:`~reste.experiments.identity.config_key`; None: not checked): changed since with ``reste train --resume
+    --force``; None where it is."""
+    if key is None or config_key(canonical_saved(config)) == key:
+        return None
+    return (f"it holds a run with other settings ({count(config.epochs, 'epoch')}, estimator {config.estimator}) "
+            "than its setting: changed since with --resume --force?")
+
+
 def recorded_end(run_dir: Path) -> tuple[str, str] | None:
     """("diverged" or "failed", why) where a sweep recorded that the run in ``run_dir`` diverged or failed
     (``reste.rundir.record_divergence``, ``record_failure``); None where it recorded neither."""
@@ -90,6 +99,20 @@ def recorded_end(run_dir: Path) -> tuple[str, str] | None:
         return "diverged", diverged
     failed = failure(run_dir)
     return ("failed", failed) if failed else None
+
+
+def lost_last(run_dir: Path) -> str | None:
+    """Why a sweep cannot continue the unfinished run in ``run_dir``: finished epochs, but its ``last.pt`` deleted
+    or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again); None
+    where a resume can go on."""
+    from ..resumption import check_last_kept
+
+    try:
+        check_last_kept(run_dir)
+    except UsageError:
+        return (f"{run_dir} has finished epochs but no {LAST} (deleted or lost), so it cannot continue; delete its "
+                "folder to train it again")
+    return None
 
 
 def missing_line(run_dir: Path, epoch: int) -> str:
@@ -239,9 +262,15 @@ def epoch_rows(out_dir: str | Path, runs: list[dict[str, Any]]) -> list[dict[str
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     """The rows of a table this module wrote, each cell back to its value (``_cell`` in reverse)."""
+    return [row for _, row in _numbered_rows(path)]
+
+
+def _numbered_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """:func:`_read_csv`'s rows, each with its line in the file (the header is line 1), for a message to name."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            reader = csv.DictReader(f)
+            return [(reader.line_num, {k: _value(v) for k, v in row.items()}) for row in reader]
     except (OSError, csv.Error, UnicodeDecodeError):
         return []
 
@@ -260,13 +289,23 @@ def _value(text: str | None) -> Any:
 
 
 def earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """The runs an earlier report wrote (runs.csv, with their epochs from epochs.csv), by (run folder, seed)."""
+    """The runs an earlier report wrote (runs.csv, with their epochs from epochs.csv), by (run folder, seed). A
+    number of runs.csv that is not one (88.6% or 88,61 from a spreadsheet) is a one-line ``UsageError`` naming its
+    row and column: the tables and figures would be made of it (review experiments #12)."""
     epochs: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for row in _read_csv(out / "epochs.csv"):
         epochs.setdefault((row.get("setting"), row.get("seed")), []).append(
             {k: row.get(k) for k in EPOCH_COLUMNS})
-    rows = [r for r in _read_csv(out / "runs.csv")
-            if isinstance(r.get("run_dir"), str) and isinstance(r.get("seed"), int)]
+    rows = []
+    for line, r in _numbered_rows(out / "runs.csv"):
+        if not (isinstance(r.get("run_dir"), str) and isinstance(r.get("seed"), int)):
+            continue
+        for column in RUN_COLUMNS:
+            value = r.get(column)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise UsageError(f"{out / 'runs.csv'} row {line}: {column} {value!r} is not a number; write it as one "
+                                 "(88.61, not 88.6% or 88,61), or delete the row to drop the run")
+        rows.append(r)
     # epochs.csv names a run by its setting's label: where two runs share one (labels of older versions could),
     # its lines cannot be told apart, and none is attached
     counts = collections.Counter((r.get("setting"), r["seed"]) for r in rows)
@@ -298,14 +337,18 @@ def sweep_run_dirs(out_dir: str | os.PathLike, where: Sequence[str] = (),
                    log: Callable[[str], None] | None = None) -> list[Path]:
     """The folders of the sweep's runs that have finished an epoch or more: settings in the sweep's order, then
     seeds. ``where`` keeps the runs whose setting has, for each ``KEY=V1[,V2...]`` (a grid axis, or ``seed``), one
-    of those values. ``log`` gets a line for runs left out because they have no epoch yet or a damaged file."""
-    return [d for d, _, _ in _sweep_runs(out_dir, where, log)]
+    of those values. ``log`` gets a line for runs left out because they have no epoch yet, a damaged file, their
+    folder gone or settings changed since (``reste train --resume --force``: not the setting's run)."""
+    return [d for d, _, _, _ in _sweep_runs(out_dir, where, log)]
 
 
 def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[[str], None] | None,
-                kept: bool = False) -> list[tuple[Path, str, list[dict[str, Any]] | None]]:
-    """(folder, "SETTING seed N", None) of each run :func:`sweep_run_dirs` gives; ``kept``: also (folder, label,
-    its epochs) of each run whose folder is gone, from the epochs.csv an earlier report wrote."""
+                kept: bool = False, empty_ok: bool = False
+                ) -> list[tuple[Path, str, list[dict[str, Any]] | None, str | None]]:
+    """(folder, "SETTING seed N", None, None) of each run :func:`sweep_run_dirs` gives; ``kept``: also (folder,
+    label, its epochs, its setting's indicator mode) of each run whose folder is gone or whose settings were changed
+    since, from the epochs.csv an earlier report wrote. None drawn is a ``UsageError``, or with ``empty_ok`` [] and
+    a ``log`` line saying why."""
     out = Path(out_dir)
     manifest = load_manifest(out)
     axes = list(manifest["grid"])
@@ -322,43 +365,77 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
         wanted.setdefault(axis, []).extend(v.strip() for v in values.split(","))
     chosen = []
     for s in manifest["settings"]:
+        key = _setting_key(s)
+        # the mode its runs measured the indicators in, for those drawn from epochs.csv (no config.json to say it)
+        mode = (s["config"] if isinstance(s.get("config"), dict) else {**manifest["base"], **s["values"]}).get(
+            "indicators")
         for seed in s["runs"]:
             values = {**s["values"], "seed": int(seed)}
             if all(any(_matches(values.get(k), v) for v in texts) for k, texts in wanted.items()):
                 chosen.append((run_folder(out, s, seed), f"{s['label']} seed {seed}", folder_name(s["runs"][seed]),
-                               int(seed)))
+                               int(seed), key, mode))
     if not chosen:
         labels = ", ".join(s["label"] for s in manifest["settings"][:6]) + (", ..." if len(manifest["settings"]) > 6
                                                                            else "")
         raise UsageError(f"no run of the sweep in {out} has {' '.join(where)} (its settings: {labels}; seeds "
                          f"{', '.join(map(str, manifest['seeds']))})")
-    dirs: list[tuple[Path, str, list[dict[str, Any]] | None]] = []
-    unstarted, from_table = 0, 0
-    earlier = earlier_rows(out) if kept else {}
-    for d, label, folder, seed in chosen:
+    dirs: list[tuple[Path, str, list[dict[str, Any]] | None, str | None]] = []
+    unstarted, from_table, gone, other = 0, 0, 0, 0  # (other: damaged or changed, each said on its own line)
+    earlier = earlier_rows(out)
+    for d, label, folder, seed, key, mode in chosen:
         try:
             started = holds_run(d) and read_metrics(d, missing_ok=True)
         except UsageError as err:  # a damaged run: the others are still drawn
             if log:
                 log(f"plot: {d} is left out: {err}")
+            other += 1
             continue
-        epochs = earlier.get((folder, seed), {}).get("metrics") if not holds_run(d) else None
+        try:
+            changed = changed_settings(run_config(d, checked=True), key) if started else None
+        except UsageError:  # a damaged config.json: drawn by its metrics, as before
+            changed = None
+        row = earlier.get((folder, seed), {}) if not holds_run(d) or changed else {}
+        epochs = row.get("metrics") if kept else None
+        if changed:  # not the setting's run (the report keeps the row it wrote of the setting's)
+            if log:
+                log(f"plot: {label}: {changed.rstrip('?')}; " + ("drawn from the epochs an earlier report kept in "
+                    f"{out / 'epochs.csv'}" if epochs else "left out"))
+            if epochs:
+                dirs.append((d, label, [{k: v for k, v in m.items() if v is not None} for m in epochs], mode))
+            else:
+                other += 1
+            continue
         if started:
-            dirs.append((d, label, None))
+            dirs.append((d, label, None, None))
         elif epochs:  # its folder is gone (git-ignored runs of a committed study): the report kept its epochs
-            dirs.append((d, label, [{k: v for k, v in m.items() if v is not None} for m in epochs]))
+            dirs.append((d, label, [{k: v for k, v in m.items() if v is not None} for m in epochs], mode))
             from_table += 1
+        elif row.get("best_acc") is not None:  # finished and reported, its folder gone since: not "no epoch yet"
+            gone += 1
         else:
             unstarted += 1
     if from_table and log:
         log(f"plot: {from_table} of the sweep's {len(chosen)} runs drawn from {out / 'epochs.csv'} (their folders are "
             "gone)")
+    # (without ``kept`` a gone run's epochs are not drawn at all, wherever they are)
+    lost = "epochs.csv (older sweeps lack it) holds none of their epochs" if kept else "only runs.csv keeps them"
+    if gone and log:
+        log(f"plot: {gone} of the sweep's {len(chosen)} runs left out: their folders are gone and {lost}")
     if unstarted and log:
         log(f"plot: {unstarted} of the sweep's {len(chosen)} runs {'has' if unstarted == 1 else 'have'} no finished "
             "epoch yet; left out")
     if not dirs:
-        raise UsageError(f"no run of the sweep in {out}{' with ' + ' '.join(where) if where else ''} has finished an "
-                         "epoch yet")
+        parts = [f"{n} {what}" for n, what in ((unstarted, "with no finished epoch yet"),
+                                               (gone, "finished, whose folders are gone"),
+                                               (other, "damaged or changed")) if n]
+        why = (f"no run of the sweep in {out}{' with ' + ' '.join(where) if where else ''} " +
+               ("has finished an epoch yet" if unstarted == len(chosen) else "has epochs to draw: the folders of its "
+                f"finished runs are gone and {lost}" if gone == len(chosen) else
+                f"has epochs to draw ({', '.join(parts)})"))
+        if not empty_ok:
+            raise UsageError(why)
+        if log:
+            log(f"plot: {why}; the other targets are drawn")
     return dirs
 
 
@@ -371,18 +448,23 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
     sweeps = [Path(t) for t in targets if is_sweep_folder(t)]
     if where and not sweeps:
         raise UsageError("--setting picks runs of a sweep; give a sweep's folder (its --out)")
-    runs: list[tuple[Path, str]] = []
+    runs: list[tuple[Path, str, list[dict[str, Any]] | None, str | None]] = []
     for t in targets:
         label = f"{Path(t).name}: " if len(targets) > 1 else ""  # several sweeps: whose run it is
-        runs += [(d, label + s, m) for d, s, m in _sweep_runs(t, where, log, kept=True)] if Path(t) in sweeps \
-            else [(Path(t), "", None)]
+        # a sweep with nothing to draw among several targets is said, and the others drawn (review experiments #5)
+        runs += [(d, label + s, m, mode) for d, s, m, mode in _sweep_runs(t, where, log, kept=True,
+                                                                         empty_ok=len(targets) > 1)] \
+            if Path(t) in sweeps else [(Path(t), "", None, None)]
+    if not runs:
+        raise UsageError(f"none of the {len(targets)} sweeps given has a run with epochs to draw (see the lines above)")
     if out is None and len(targets) == 1 and sweeps:
         out = sweeps[0] / CURVES
     # runs of sweeps alone are named as the sweep names them ("o_end=10 seed 0"), else by the settings that differ
-    labels = [s for _, s, _ in runs] if len(sweeps) == len(targets) else None
-    if labels is None and any(m is not None for _, _, m in runs):  # a gone run has no config.json to tell its
-        labels = [s or d.name for d, s, _ in runs]  # settings by: the sweep's names, a run's folder (review rev12 #6)
-    return plotting.plot_runs([d for d, _, _ in runs], out, labels, [m for _, _, m in runs])
+    labels = [s for _, s, _, _ in runs] if len(sweeps) == len(targets) else None
+    if labels is None and any(m is not None for _, _, m, _ in runs):  # a gone run has no config.json to tell its
+        labels = [s or d.name for d, s, _, _ in runs]  # settings by: the sweep's names, a run's folder (rev12 #6)
+    return plotting.plot_runs([d for d, _, _, _ in runs], out, labels, [m for _, _, m, _ in runs],
+                              modes=[mode for _, _, _, mode in runs])
 
 
 def _setting_key(s: dict[str, Any]) -> str | None:
@@ -416,19 +498,23 @@ def _preset_recipes() -> dict[str, str]:
     return {_recipe(config_from_preset(name)): name for name in PRESETS}
 
 
+def trained_preset(config: TrainConfig) -> str | None:
+    """The preset whose recipe ``config`` trains (another one than its ``preset``, maybe: ``--grid estimator=ste``
+    on cifar10-resnet20-1w1a trains cifar10-resnet20-ste's); None where it trains none."""
+    return _preset_recipes().get(_recipe(config))
+
+
 def published(manifest: dict[str, Any]) -> list[str | None] | None:
     """Per setting of the sweep, the preset whose recipe it trains (its published numbers apply: the paper's one run),
     None where it trains none (another estimator option, fewer epochs, bf16, ...); None in all when the sweep has no
     published column: its base names no preset of reste's and no setting trains one's recipe."""
-    recipes = _preset_recipes()
     names = []
     for s in manifest["settings"]:
         config = s.get("config")
         try:
-            recipe = _recipe(TrainConfig.from_saved(config)) if isinstance(config, dict) else None
+            names.append(trained_preset(TrainConfig.from_saved(config)) if isinstance(config, dict) else None)
         except (UsageError, TypeError, ValueError):
-            recipe = None
-        names.append(recipes.get(recipe))
+            names.append(None)
     return names if any(names) or manifest["base"].get("preset") in PRESETS else None
 
 
@@ -529,13 +615,15 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = ()) -> None:
+    """``rows`` as a table with a header: their keys, or ``columns`` where there is no row (a table with no run yet
+    is its header alone, which a reader tells from a damaged file; an empty file it could not: review
+    experiments #7)."""
     text = io.StringIO(newline="")
-    if rows:
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else list(columns))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     write_text(path, text.getvalue())
 
 
@@ -646,10 +734,11 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     out = Path(out_dir)
     manifest, runs, rows = collect(out, log)
     write_csv(out / "results.csv", rows)
-    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "metrics"} for r in runs])
+    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "metrics"} for r in runs],
+              ["setting", *manifest["grid"], "seed", *RUN_COLUMNS, "run_dir"])
     epochs = epoch_rows(out, runs)
-    if epochs or (out / "epochs.csv").exists():  # no empty file where there never was one
-        write_csv(out / "epochs.csv", epochs)
+    if epochs or (out / "epochs.csv").exists():  # no table of no epochs where there never was one
+        write_csv(out / "epochs.csv", epochs, ["setting", "seed", *EPOCH_COLUMNS])
     write_text(out / "results.md", markdown_table(manifest, rows))
     written = ["results.md", "results.csv", "runs.csv"] + (["epochs.csv"] if (out / "epochs.csv").exists() else [])
     if plots:

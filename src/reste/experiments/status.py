@@ -9,19 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, shell_word
-from ..rundir import SWEEP_LOCK, blocked, holds_run, lock_holder
+from ..rundir import SWEEP_LOCK, blocked, holds_run, lock_holder, run_config
 from ..runinfo import run_summary, show_run
 from ..wording import count
-from .report import (earlier_rows, folder_name, is_sweep_folder, load_manifest, missing_line, recorded_end,
-                     run_folder)
+from .report import (_setting_key, changed_settings, earlier_rows, folder_name, is_sweep_folder, load_manifest,
+                     lost_last, missing_line, recorded_end, run_folder)
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
-STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "failed", "damaged", "not started")
+STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "failed", "damaged", "changed",
+          "not started")
 
 
-def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
+def _run_status(run_dir: Path, epochs: int | None = None, key: str | None = None) -> dict[str, Any]:
     """One run of a sweep: its state (:data:`STATES`), epochs done and planned (``epochs``, the sweep's plan, where
-    the run's own settings are missing), best top-1 and epoch, pid."""
+    the run's own settings are missing), best top-1 and epoch, pid. ``key``: its setting's identity, which a run
+    changed since with ``reste train --resume --force`` no longer has ("changed", as ``report.run_status`` says)."""
     entry: dict[str, Any] = {"run_dir": os.fspath(run_dir), "state": "not started", "epochs_done": 0,
                              "epochs": epochs, "best": None, "pid": None, "why": None, "reported": None}
     if not holds_run(run_dir):  # a run that diverged in its first epoch, or failed at its start, leaves only the
@@ -31,11 +33,19 @@ def _run_status(run_dir: Path, epochs: int | None = None) -> dict[str, Any]:
             {**entry, "state": "damaged", "why": stuck} if stuck else entry
     try:
         summary = run_summary(run_dir, steps=False)  # (its last.pt unread: a line per run of many)
+        changed = changed_settings(run_config(run_dir, checked=True), key)
     except UsageError as err:  # a damaged file: the others are still shown
         return {**entry, "state": "damaged", "why": str(err)}
+    if changed:  # not its setting's run, whatever its epochs: the sweep stops at it, the report leaves it out
+        return {**entry, "state": "changed", "why": changed, "epochs_done": summary["epochs_done"],
+                "epochs": summary["config"]["epochs"], "pid": summary["pid"], "best": summary["best"]}
     if summary["lost_epochs"]:  # which the sweep leaves out (report.run_status), not "stopped", which it continues
         return {**entry, "state": "damaged", "why": missing_line(run_dir, summary["lost_epochs"][0])}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
+    lost = lost_last(run_dir) if state in ("stopped", "training or stopped") else None
+    if lost:  # which the sweep leaves out, as damaged: no resume can continue it
+        return {**entry, "state": "damaged", "why": lost, "epochs_done": summary["epochs_done"],
+                "epochs": summary["config"]["epochs"], "best": summary["best"]}
     record = recorded_end(run_dir) if state != "training" else None  # (a run training again is training)
     if record and record[0] == "failed" and state == "finished":  # another sweep finished it (a shared --runs-dir)
         record = None
@@ -50,8 +60,9 @@ def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
     cannot be told: not Linux, a shared file system); ``counts`` (runs in each of :data:`STATES`); ``settings``, each
     with its ``label``, grid ``values`` and ``runs`` (``seed``, ``run_dir``, ``state``, ``epochs_done``, ``epochs``
     (the sweep's plan for a run not started), ``best``: epoch and top-1 of the best epoch so far, ``pid`` of a run
-    training now, ``why`` a run diverged or is damaged, ``reported``: for a run not started whose folder is gone,
-    the best top-1 and epoch of the row an earlier report wrote and ``reste report`` keeps, else None)."""
+    training now, ``why`` a run diverged, is damaged or was changed, ``reported``: for a run not started whose folder
+    is gone, or one changed since, the best top-1 and epoch of the row an earlier report wrote and ``reste report``
+    keeps, else None)."""
     out = Path(out_dir)
     manifest = load_manifest(out)
     earlier = earlier_rows(out)
@@ -60,10 +71,11 @@ def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
     for s in manifest["settings"]:
         runs = []
         planned = s["config"].get("epochs") if isinstance(s.get("config"), dict) else None
+        key = _setting_key(s)
         for seed in s["runs"]:
-            entry = {"seed": int(seed), **_run_status(run_folder(out, s, seed), planned)}
+            entry = {"seed": int(seed), **_run_status(run_folder(out, s, seed), planned, key)}
             row = earlier.get((folder_name(s["runs"][seed]), int(seed)))
-            if entry["state"] == "not started" and row is not None and row.get("best_acc") is not None:
+            if entry["state"] in ("not started", "changed") and row is not None and row.get("best_acc") is not None:
                 entry["reported"] = {"best_acc": row["best_acc"], "best_epoch": row.get("best_epoch")}
             counts[entry["state"]] += 1
             runs.append(entry)
@@ -88,6 +100,13 @@ def show_sweep(out_dir: str | os.PathLike) -> str:
         for i, run in enumerate(s["runs"]):
             label = (s["label"] if i == 0 else "").ljust(width)
             lines.append(f"  {label}  seed {run['seed']}: {_run_line(run)}")
+    changed = status["counts"]["changed"]
+    if changed:
+        them = "it" if changed == 1 else "them"
+        lines.append(f"changed    {count(changed, 'run')} {'holds' if changed == 1 else 'hold'} other settings than "
+                     f"{'its' if changed == 1 else 'their'} setting (`reste train --resume --force`): the sweep stops "
+                     f"at {them}, and the report counts {them} only by a row an earlier report wrote; move {them} "
+                     "away, or pass another --runs-dir")
     left = sum(status["counts"][k] for k in ("stopped", "training or stopped", "failed", "not started"))
     if left and running == 0:
         lines.append(f"continue   the same `reste sweep` command trains the {count(left, 'run')} left (finished runs "
@@ -110,6 +129,11 @@ def _run_line(run: dict[str, Any]) -> str:
         return "not started"
     if state == "damaged":
         return f"damaged: {run['why']}"
+    if state == "changed":
+        kept = run.get("reported")
+        at = f" at epoch {kept['best_epoch']}" if kept and kept["best_epoch"] is not None else ""
+        return (f"changed: {run['why'].rstrip('?')}; " + (f"the row an earlier report wrote is kept (best "
+                f"{kept['best_acc']:.2f}%{at})" if kept else "not counted in the tables"))
     done = f"{run['epochs_done']} of {run['epochs']} epochs"
     best_text = f", best {best['test_acc']:.2f}% at epoch {best['epoch']}" if best else ""
     if state == "training":

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import TrainConfig, idle_data_flags, parse_value, usable_cpus
+from ..config import TrainConfig, check_threads, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_info, model_keywords
 from ..errors import UsageError, join_command_line, machine_cause, on_command_line, print_line, shell_word
@@ -49,10 +49,10 @@ from ..checkpoint import load_checkpoint
 from ..wording import count, duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
                       epoch_end_whole, folder_lock, forget_failure, holds_run, last_checkpoint, make_folders,
-                      open_append, read_metrics, record_divergence, record_failure, remove_folders)
+                      open_append, read_metrics, record_divergence, record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
-from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, paper_mode_estimators, run_folder,
-                     run_status, summarize, write_manifest)
+from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, lost_last, paper_mode_estimators,
+                     run_folder, run_status, summarize, trained_preset, write_manifest)
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
@@ -104,6 +104,10 @@ def axis_kind(key: str, models: Iterable[str], estimators: Iterable[str] | None 
     if key == "preset":  # a whole recipe, whose flags the other axes and flags would override in turn
         raise UsageError("preset is not a grid axis: a preset is a whole recipe; run one sweep per preset "
                          "(reste sweep --preset NAME --out sweeps/NAME ...), and vary its settings with --grid")
+    if key == "accumulate":  # (it does change a model with BatchNorm: review experiments #6)
+        raise UsageError("'accumulate' is not a grid axis: it is free to change on --resume, so it is no part of a "
+                         "run's identity and runs of different --accumulate would share one run folder; give it as a "
+                         "fixed flag (--accumulate)")
     if key in RESUME_FREE:
         flag = "--plugin" if key == "plugins" else "--" + key.replace("_", "-")
         raise UsageError(f"{key!r} is not a grid axis: it does not change what a run trains, so all its values "
@@ -306,6 +310,7 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
     for key in grid:
         if kinds[key][0] == "estimator":
             _check_axis_trains(key, kinds[key][1], scoped.get(key, {}), settings.values())
+            _check_axis_reached(key, kinds[key][1], settings.values())
     return list(settings.values())
 
 
@@ -343,6 +348,65 @@ def _check_axis_trains(key: str, name: str, scoped: dict[str, str], settings: It
         raise UsageError(f"grid axis {key!r} would train the same network at each value: {idle[0].name}'s constant "
                          f"schedule ({schedule}) never moves towards it; give a moving schedule (cosine or "
                          "linear), or grid the start value instead")
+
+
+def _schedule_path(config: TrainConfig) -> tuple[str, ...] | None:
+    """What the estimator of ``config`` trains with in each of its epochs (``params()``, the keywords of its g and
+    F, once ``set_progress`` set the epoch's start, as the run does), as texts to compare; None where that cannot be
+    told (bad settings, which resolve names; no number of epochs)."""
+    epochs = config.epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        return None
+    path = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (a schedule's own warnings: the run says them)
+            est = get_estimator(config.estimator, **config.estimator_options)
+            for epoch in range(epochs):
+                est.set_progress(epoch, epochs)
+                path.append(repr(sorted(est.params().items())))
+    except Exception:  # noqa: BLE001 - bad settings, or a plugin's schedule that fails: the run says what is wrong
+        return None
+    return tuple(path)
+
+
+def _check_axis_reached(key: str, name: str, settings: Iterable[Setting]) -> None:
+    """Refuse an estimator axis whose values the runs' epochs never reach: settings that differ by it alone train
+    with the same values at every epoch (a schedule's end, o_end, t_max, alpha_end, n_end, ..., with --epochs 1: the
+    schedule is set at each epoch's start, so one epoch keeps its start value). As with
+    :func:`_check_axis_trains`, its runs would train one network, and the tables show a difference that is not there
+    (review experiments #10)."""
+    settings = list(settings)
+    groups: dict[str, list[tuple[Setting, tuple[str, ...]]]] = {}
+    for s in settings:
+        if key not in s.values:
+            continue
+        path = _schedule_path(s.config)
+        if path is None:
+            return
+        others = json.dumps({k: v for k, v in s.values.items() if k != key}, sort_keys=True, default=str)
+        groups.setdefault(others, []).append((s, path))
+    compared = [runs for runs in groups.values() if len(runs) > 1]
+    if not compared or any(len({path for _, path in runs}) > 1 for runs in compared):
+        return
+    config = compared[0][0][0].config
+    epochs = config.epochs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = get_estimator(config.estimator, **config.estimator_options)
+    moved = f"{est.name}'s schedule ({', '.join(est.schedule_values()) or 'its values'})"
+    # a value the schedule moves towards (o_end), or the way it moves (o_schedule)
+    towards = all(isinstance(v, (int, float)) and not isinstance(v, bool) for s in settings if key in s.values
+                  for v in [s.values[key]])
+    start = ", or grid the start value instead" if towards else ""
+    never = f"and never reaches {name}" if towards else f"whatever {key} is"
+    if epochs == 1:
+        raise UsageError(f"grid axis {key!r} would train the same network at each value: {moved} moves only between "
+                         "epochs (it is set at each epoch's start), so a 1-epoch run trains at its start value "
+                         f"{never}; give --epochs 2 or more{start}")
+    raise UsageError(f"grid axis {key!r} would train the same network at each value: over {count(epochs, 'epoch')} "
+                     f"{moved}, set at each epoch's start, takes the same values at every value of {key}; give more "
+                     f"--epochs{start}")
 
 
 #: The axes that are Bop's settings: left out of the settings of another optimizer in a grid over optimizers.
@@ -459,6 +523,7 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     try:
         forget_failure(run_dir)  # (an earlier sweep's record: the run starts again)
         config = TrainConfig.from_dict(job["config"])
+        log = _with_recipe_notes(log, config)
         if job.get("devices"):  # this worker's device (the sweep's own process: the first)
             config = dataclasses.replace(config, device=job["devices"][_WORKER["slot"] % len(job["devices"])])
         if job["resume"]:
@@ -502,6 +567,25 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         _WORKER["running"] = False
         if _WORKER["orphaned"]:  # the sweep died: no one to report to
             os._exit(1)
+
+
+def _with_recipe_notes(log: Callable[[str], None], config: TrainConfig) -> Callable[[str], None]:
+    """``log``, which writes the notes of :func:`recipe_notes` (a setting that trains another preset's recipe) in
+    place of those a run starts with (``engine.recipe_notes``, which compares with its own preset alone)."""
+    from .. import engine
+
+    said, meant = engine.recipe_notes(config), recipe_notes(config)
+    if said == meant:
+        return log
+
+    def with_notes(line: str) -> None:
+        if line == said[0]:  # the first of the run's notes: the sweep's in their place
+            for note in meant:
+                log(note)
+        elif line not in said:
+            log(line)
+
+    return with_notes
 
 
 # A sweep's worker process: the sweep's PID, whether a run is going on, whether the sweep died, the stop
@@ -839,6 +923,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         raise UsageError(f"--jobs {jobs}: Windows runs at most 61 worker processes at a time; give --jobs 61 or fewer")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"--threads must be a positive integer, got {threads!r}")
+    check_threads(threads)  # as `reste train` refuses it: a slip (100) each of --jobs workers would take
     devices = sweep_devices(devices, jobs, check=not dry_run)
     if not devices and not dry_run and isinstance(base.device, str):  # (its spelling: resolve's, each setting's)
         from ..engine import pick_device
@@ -877,8 +962,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                 state, why = _run_state(run_dir, config.epochs)
             else:
                 state = status if status in ("damaged", "diverged") else "partial" if holds_run(run_dir) else "new"
-                stuck = blocked(run_dir) if state == "new" else None
-                if stuck:  # (a finished run's config.json deleted) a new run there would fail in every sweep
+                # (a finished run's config.json deleted; a stopped run's last.pt) a new run there, or a resume, would
+                # fail in every sweep (review experiments #9)
+                stuck = blocked(run_dir) if state == "new" else lost_last(run_dir) if state == "partial" else None
+                if stuck:
                     state, why = "damaged", stuck
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
                                    "state": state, "why": why, "progress": progress and jobs == 1, "devices": devices,
@@ -912,8 +999,6 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
 def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, int, dict[str, Any]]],
           log: Callable[[str], None]) -> None:
     """What the sweep would do (``--dry-run``), in the order and with the numbers it would run them."""
-    from .. import engine
-
     total = len(todo)
     log(f"sweep (dry run, nothing trained): {count(len(settings), 'setting')} x {count(len(seeds), 'seed')} = "
         f"{count(total, 'run')}")
@@ -929,10 +1014,24 @@ def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, i
                 }.get(state, f"{state}, left as it is: {job['why']}")
         log(f"[{i}/{total}] {s.label} seed {seed}: {what} -> {job['run_dir']}")
     for s in settings:
-        for note in engine.recipe_notes(s.config):
+        for note in recipe_notes(s.config):
             log(f"{s.label}: {note}")
     named = {"new": "to train", "partial": "to resume", "done": "finished"}
     log("sweep (dry run): " + ", ".join(f"{n} {named.get(k, k)}" for k, n in counts.items()))
+
+
+def recipe_notes(config: TrainConfig) -> list[str]:
+    """What a setting's runs change of their preset's recipe (``engine.recipe_notes``), or, where the setting trains
+    another preset's recipe exactly (``--grid estimator=ste`` on cifar10-resnet20-1w1a), that it trains that one's:
+    the report gives that preset's published number beside it (review experiments #4)."""
+    from .. import engine
+
+    notes = engine.recipe_notes(config)
+    other = trained_preset(config) if notes else None
+    if not other:
+        return notes
+    return [f"note: this run trains preset {other}'s recipe (not preset {config.preset}'s): the report gives "
+            f"{other}'s published number beside it"]
 
 
 def _placement(base: TrainConfig, pending: int, jobs: int, threads: int | None, devices: list[str] | None) -> str:
@@ -1007,10 +1106,12 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
         nonlocal table_error
         try:
             summarize(out, plots=False)
-        except (OSError, UsageError) as err:  # the runs go on; the end says it again, or writes them
+        except Exception as err:  # noqa: BLE001 - the runs go on; the end says it again, or writes them (an error
+            # that escaped here passed by the runs still training: review experiments #12)
             if not table_error:
-                log(f"sweep: cannot write the tables so far to {out} ({getattr(err, 'strerror', None) or err}); "
-                    "the sweep goes on")
+                why = getattr(err, "strerror", None) or (err if isinstance(err, (OSError, UsageError)) else
+                                                         f"{type(err).__name__}: {err}")
+                log(f"sweep: cannot write the tables so far to {out} ({why}); the sweep goes on")
             table_error = True
 
     started = 0
@@ -1051,6 +1152,9 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     if not (out / MANIFEST).is_file():  # (its runs failed on their files' paths; the tables cannot be written)
         raise UsageError(f"the sweep folder {out} was moved or deleted while the sweep ran: the runs since failed; "
                          "run the same command with --out where the folder is now to continue there")
+    note = _accumulate_note(settings)
+    if note:
+        log(note)
     if busy:
         log(f"sweep: {busy} run{'s' * (busy != 1)} held by another job: run it again later")
     if failed > busy:
@@ -1060,6 +1164,26 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     if not report:
         return collect(out)[2]  # the rows, for the caller to tell a complete sweep, without writing the tables
     return summarize(out, log=log)
+
+
+def _accumulate_note(settings: list[Setting]) -> str | None:
+    """A note where the finished runs of a setting trained with different ``--accumulate``: it is no part of a run's
+    identity (free to change on resume), yet a model with BatchNorm normalises over each micro-batch, so the
+    spread over such a setting's seeds is not the seeds' alone (review experiments #6). None where none did."""
+    mixed = []
+    for s in settings:
+        values = set()
+        for run_dir in s.runs.values():
+            with contextlib.suppress(UsageError, OSError):
+                if run_status(run_dir, s.key)[0] == "done":
+                    values.add(run_config(run_dir).accumulate)
+        if len(values) > 1:
+            mixed.append(f"{s.label} ({', '.join(map(str, sorted(values)))})")
+    if not mixed:
+        return None
+    return (f"sweep: note: the finished runs of {', '.join(mixed[:3])}{', ...' if len(mixed) > 3 else ''} trained "
+            "with different --accumulate; a model with BatchNorm normalises over each micro-batch, so their spread "
+            "is not the seeds' alone")
 
 
 def _check_data(configs: list[TrainConfig]) -> None:
