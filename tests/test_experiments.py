@@ -1129,6 +1129,15 @@ def test_a_stopped_run_whose_last_pt_is_gone_is_left_out_as_damaged(tmp_path, ca
     assert f"  estimator=ste  seed 0: damaged: {why}" in text and "\ncontinue" not in text
     shutil.rmtree(run)  # as it says
     assert main(argv) == 0 and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    # (review chaos #3) a damaged last.pt: every rerun failed on it the same way, and show said to run it again
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[:len(data) // 2])
+    capsys.readouterr()
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert f"[1/1] estimator=ste seed 0: LEFT OUT: its {run / 'last.pt'} is damaged (" in out, out
+    assert "delete its folder to train it again" in out and not (run / "failed.json").exists()
 
 
 def test_estimator_flags_apply_to_the_estimators_they_belong_to():

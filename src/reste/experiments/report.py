@@ -103,8 +103,9 @@ def recorded_end(run_dir: Path) -> tuple[str, str] | None:
 
 def lost_last(run_dir: Path) -> str | None:
     """Why a sweep cannot continue the unfinished run in ``run_dir``: finished epochs, but its ``last.pt`` deleted
-    or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again); None
-    where a resume can go on."""
+    or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again), or
+    damaged; None where a resume can go on."""
+    from ..checkpoint import damage
     from ..resumption import check_last_kept
 
     try:
@@ -112,6 +113,11 @@ def lost_last(run_dir: Path) -> str | None:
     except UsageError:
         return (f"{run_dir} has finished epochs but no {LAST} (deleted or lost), so it cannot continue; delete its "
                 "folder to train it again")
+    last = Path(run_dir) / LAST
+    if os.access(last, os.R_OK):  # (one this user cannot read is a matter of its mode, not of its bytes)
+        problem = damage(last)  # truncated, a checksum that does not match: every rerun failed on it (review chaos #3)
+        if problem not in (None, "missing"):
+            return f"its {last} is damaged ({problem}), so it cannot continue; delete its folder to train it again"
     return None
 
 
