@@ -34,7 +34,8 @@ def kernel_scalars(kind: str, params: dict[str, Any]) -> tuple[tuple[float, ...]
 
     ReSTE's ``o`` may be a one-element tensor on the device: it is then returned as the third item
     (the Triton kernel reads it there) and s0..s2 are left 0. FDA's ``w`` is passed as its float32
-    value and the rest (``w - f32(w)``, exact in float64), so a kernel can rebuild it in float64.
+    value and the rest (``w - f32(w)``, exact in float64), so a kernel can rebuild it in float64: the C++
+    extension takes the rest as a double, whole; Triton rounds it to float32 (w to about 48 bits).
     """
     z = 0.0
     if kind == "ste":

@@ -185,8 +185,10 @@ def _tanh_bump(z, scale, PRECISE: tl.constexpr):
 
 @triton.jit
 def _fda_g(x, w_hi, w_lo, scale, n, PRECISE: tl.constexpr):
-    """g = scale sum_{i<=n} cos((2i+1) w x) (abs(x) <= 1); (2i+1) w in float64 (w = w_hi + w_lo),
-    rounded once to float32, as Python computes it."""
+    """g = scale sum_{i<=n} cos((2i+1) w x) (abs(x) <= 1); (2i+1) w in float64 (w = w_hi + w_lo), rounded once to
+    float32. Triton takes a Python float argument as float32, so w_lo is itself rounded: w is rebuilt to about 48
+    bits, not Python's 53 (the C++ extension gets it whole). The coefficient can then differ from Python's only
+    where (2i+1) w lies within 2^-48 of a float32 rounding boundary (review gpucode, suggestion 3)."""
     w64 = tl.cast(w_hi, tl.float64) + tl.cast(w_lo, tl.float64)
     c = tl.where(x > 1.0, 1.0, tl.where(x < -1.0, -1.0, x))  # finite outside [-1, 1], where g is 0; NaN kept
     acc = tl.zeros_like(x)
