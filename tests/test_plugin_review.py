@@ -157,6 +157,20 @@ def test_a_full_precision_model_refuses_estimator_settings(settings, given):
     assert recorded.estimator_options["o_end"] == 3.0 and recorded.resolve() == recorded
 
 
+@pytest.mark.parametrize("flags, named, them", [(["--estimator", "reste"], "--estimator", "it"),
+                                                (["--o-end", "3", "--o", "1"], "--o and --o-end", "them"),
+                                                (["--scaling", "layer"], "--scaling", "it"),
+                                                (["--estimator", "ste", "--scaling", "layer"],
+                                                 "--estimator and --scaling", "them")])
+def test_flags_of_a_binary_model_given_for_a_full_precision_one_are_refused_whatever_their_value(capsys, flags, named,
+                                                                                                   them):
+    """(review readme2 #2) `--model digits --estimator reste` (or --o-end 3, --scaling layer: their defaults) trained
+    without a word, while `--estimator ste` was refused: a flag given is refused whatever its value."""
+    line = _one_line_error(capsys, "train", "--model", "digits", *flags, "--epochs", "1", "--print-config")
+    assert line == (f"reste: error: 'digits' is full precision: it has no estimator and no binary weights, so {named} "
+                    f"would do nothing; drop {them}, or train its binary twin 'digits_1w1a'")
+
+
 def test_a_sweep_of_estimators_over_a_full_precision_model_is_refused(tmp_path, capsys):
     line = _one_line_error(capsys, "sweep", "--model", "digits", "--grid", "estimator=ste,reste", "--epochs", "1",
                            "--out", str(tmp_path / "sw"))

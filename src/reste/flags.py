@@ -214,10 +214,37 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that `reste train` flags (and --preset) describe."""
     from .config import config_from_preset, get_preset
 
+    out = overrides_from_args(args)
+    model = out.get("model") or (get_preset(args.preset).settings.get("model") if args.preset else None)
+    named = [next(iter(dict(takers).values())).option for dest, takers in estimator_flags().items()
+             if getattr(args, dest, None) is not None]  # the estimator flags given, as written
+    _refuse_idle_binary_flags(out, model, named)
     if args.preset:
         args._base_estimator = get_preset(args.preset).settings["estimator"]
-        return config_from_preset(args.preset, **overrides_from_args(args))
-    return TrainConfig.from_dict(overrides_from_args(args))
+        return config_from_preset(args.preset, **out)
+    return TrainConfig.from_dict(out)
+
+
+def _refuse_idle_binary_flags(given: dict[str, Any], model: str | None, named: Sequence[str] = ()) -> None:
+    """Refuse ``--estimator``, an estimator flag or ``--scaling`` given for a full-precision ``model``, whatever its
+    value: the settings alone cannot tell a flag that restates a default from none (``--model digits --estimator
+    reste`` trained without a word, ``--estimator ste`` was refused: review readme2 #2)."""
+    flags = (["--estimator"] if "estimator" in given else []) + (
+        list(named or ["estimator flags"]) if "estimator_options" in given else []) + (
+        ["--scaling"] if "scaling" in given else [])
+    if not flags or not isinstance(model, str):
+        return
+    from .models import model_info
+
+    try:
+        info = model_info(model)
+    except UsageError:  # an unknown model: the configuration's check names the valid ones
+        return
+    if not info["binary"]:
+        twin = f", or train its binary twin {info['twin']!r}" if info["twin"] else ""
+        listed = f"{', '.join(flags[:-1])} and {flags[-1]}" if len(flags) > 1 else flags[0]
+        raise UsageError(f"{model!r} is full precision: it has no estimator and no binary weights, so {listed} would "
+                         f"do nothing; drop {'it' if len(flags) == 1 else 'them'}{twin}")
 
 
 def show_bar(args: argparse.Namespace) -> bool:
