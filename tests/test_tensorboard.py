@@ -373,3 +373,32 @@ def test_keep_top_ranks_by_metrics_and_keeps_the_earlier_of_a_tie(tmp_path):
     assert sorted(top_checkpoints(tmp_path)) == [2]
     keep_top(tmp_path, 3, 1, None)  # resumed from epoch 1: later copies belong to another future
     assert top_checkpoints(tmp_path) == {}
+
+
+def test_a_full_disk_in_tensorboards_writer_thread_is_one_warning_not_a_traceback(capsys, monkeypatch):
+    """(review chaos #7) a disk that filled between two epochs failed TensorBoard's own writer thread, whose
+    traceback (threading's excepthook) came before reste's one-line error. It is one warning; another thread's
+    exception still goes to the hook there was."""
+    import threading
+    import warnings
+
+    from reste.integrations import tensorboard
+
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_type))
+    tensorboard._quiet_writer_thread()
+    tensorboard._quiet_writer_thread()  # (once: the hook is not wrapped twice)
+    code = compile("def write():\n    raise OSError(28, 'No space left on device')\n",
+                   os.path.join(os.sep, "site", "tensorboard", "summary", "writer", "event_file_writer.py"), "exec")
+    space: dict = {}
+    exec(code, space)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for target in (space["write"], lambda: 1 / 0):
+            thread = threading.Thread(target=target)
+            thread.start()
+            thread.join()
+    assert [str(w.message) for w in caught] == [
+        "TensorBoard's event writer stopped (No space left on device): the run goes on, without TensorBoard events "
+        "from here; a resume with --tensorboard writes them from metrics.jsonl"]
+    assert seen == [ZeroDivisionError] and "Traceback" not in capsys.readouterr().err

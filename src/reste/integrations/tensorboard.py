@@ -23,6 +23,8 @@ on resume) are logged from ``metrics.jsonl``; epochs already logged are not logg
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,7 @@ class TensorBoardLog:
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         logged, has_hparams = _logged(self.dir) if _event_files(self.dir) else (set(), False)
+        _quiet_writer_thread()
         self.writer = SummaryWriter(str(self.dir), purge_step=step)
         if not _inside(self.dir, self.run_dir):  # whose events these are: another run is refused the folder
             (self.dir / OWNER).write_text(_identity(self.run_dir) + "\n", encoding="utf-8")
@@ -215,6 +218,36 @@ class TensorBoardLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _quiet_writer_thread() -> None:
+    """Once per process: an OSError in TensorBoard's own writer thread (a disk that fills between two epochs) is one
+    warning, not the thread's traceback before reste's one-line error (review chaos #7); the run goes on without
+    events from there. Other threads' exceptions go to the hook there was."""
+    previous = threading.excepthook
+    if getattr(previous, "reste_tensorboard", False):
+        return
+
+    def hook(args: Any) -> None:
+        if isinstance(args.exc_value, OSError) and _in_tensorboard(args.exc_traceback):
+            err = args.exc_value
+            warnings.warn(f"TensorBoard's event writer stopped ({err.strerror or err}): the run goes on, without "
+                          "TensorBoard events from here; a resume with --tensorboard writes them from metrics.jsonl",
+                          stacklevel=1)
+            return
+        previous(args)
+
+    hook.reste_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+def _in_tensorboard(trace: Any) -> bool:
+    """Whether the traceback ``trace`` passes through the tensorboard package (its writer's code)."""
+    while trace is not None:
+        if f"{os.sep}tensorboard{os.sep}" in trace.tb_frame.f_code.co_filename:
+            return True
+        trace = trace.tb_next
+    return False
 
 
 def _logged(folder: Path) -> tuple[set[tuple[str, int]], bool]:
