@@ -255,6 +255,22 @@ def test_a_resume_of_a_folder_that_is_not_writable_is_refused_up_front(capsys, t
                                                   "read-only mount)")
 
 
+def test_a_resume_refuses_a_run_file_that_is_a_fifo_or_a_folder(capsys, tmp_path, full_run):
+    """(review chaos #5) a metrics.jsonl that is a FIFO blocked the resume's first read for ever, deaf to SIGTERM,
+    with the folder locked. A run file that is no regular file is refused in one line."""
+    import shutil
+
+    for name, make in (("best.pt", os.mkdir), ("metrics.jsonl", os.mkfifo)):  # (the FIFO last: it would block)
+        run = tmp_path / name
+        shutil.copytree(full_run[0], run)
+        (run / name).unlink()
+        make(run / name)
+        assert main(["train", "--resume", str(run), "--epochs", "3", "--force", "--no-progress"]) == 2
+        assert _one_line(capsys.readouterr().err) == (f"reste: error: {run / name} is not a file (a FIFO, a device or "
+                                                      f"a folder): a run's {name} is one; move it away, or restore "
+                                                      "the run's own")
+
+
 def test_a_folder_that_is_not_a_run_is_refused(capsys, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()

@@ -391,6 +391,15 @@ class RunDirectory:
         elif not (path / CONFIG).is_file() and not (path / LAST).is_file():
             raise UsageError(f"{path} is not a run directory (no config.json); a new run needs --out and an "
                              "empty or new folder")
+        else:
+            for name in RUN_FILES:  # a FIFO would block the resume's first read for ever, deaf to stop signals
+                try:  # (review chaos #5); a folder or a device, a read that fails
+                    mode = os.stat(path / name).st_mode
+                except OSError:
+                    continue  # missing (the resume says what that means) or unreadable (its read says why)
+                if not stat.S_ISREG(mode):
+                    raise UsageError(f"{path / name} is not a file (a FIFO, a device or a folder): a run's {name} is "
+                                     "one; move it away, or restore the run's own")
         probe = path / ".write-test"  # a resume too: it failed at its first write, naming a temporary file (review
         try:  # chaos #2)
             probe.write_bytes(b"")
