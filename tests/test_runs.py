@@ -271,6 +271,29 @@ def test_a_resume_refuses_a_run_file_that_is_a_fifo_or_a_folder(capsys, tmp_path
                                                       "the run's own")
 
 
+def test_a_config_json_edited_away_from_last_pt_is_named_in_the_refusal(full_run):
+    """(review chaos #8) config.json edited to another data set gave a line about class folders; to fewer epochs,
+    "--epochs 1 is fewer" though no --epochs was given. The refusals name config.json."""
+    import dataclasses
+
+    from reste import resumption
+    from reste.checkpoint import load_checkpoint
+
+    last = full_run[0] / "last.pt"
+    ckpt = load_checkpoint(last)
+    config = rundir.run_config(full_run[0])
+    with pytest.raises(UsageError, match=f"^{full_run[0] / 'config.json'} names data set fashion-mnist, but {last} "
+                                         "trained on digits: restore config.json, or delete it"):
+        resumption.check_checkpoint(ckpt, dataclasses.replace(config, dataset="fashion-mnist"), last)
+    fewer = dataclasses.replace(config, epochs=1)
+    with pytest.raises(UsageError, match="already finished 3 epochs, and its config.json plans 1: restore "
+                                         "config.json, or pass --epochs 3 or more with --force"):
+        resumption.check_checkpoint(ckpt, fewer, last)
+    with pytest.raises(UsageError, match="--epochs 1 is fewer: pass at least 3"):  # given by the command
+        resumption.check_checkpoint(ckpt, fewer, last, given={"epochs": 1})
+    resumption.check_checkpoint(ckpt, config, last)
+
+
 def test_a_folder_that_is_not_a_run_is_refused(capsys, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()

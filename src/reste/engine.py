@@ -1490,7 +1490,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     trained = saved  # the settings the run trained with: last.pt's (config.json's where it has none)
     if last.exists():
         ckpt = resumption.load_last(run_dir, run.device)
-        resumption.check_checkpoint(ckpt, config, last)
+        resumption.check_checkpoint(ckpt, config, last, given=overrides or {})
         check_classes((ckpt.get("model_options") or {}).get("num_classes"), ckpt.get("classes"), run.info,
                       config.data_path)
         trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)

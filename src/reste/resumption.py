@@ -140,9 +140,15 @@ def load_last(run_dir: Path, device: torch.device) -> dict[str, Any]:
         raise UsageError(f"{reason}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
 
 
-def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> None:
-    """Refuse a ``last.pt`` that cannot continue as ``config``: another model, fewer epochs than it holds, or a
-    mid-epoch state with another batch size."""
+def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path, given: Any = ()) -> None:
+    """Refuse a ``last.pt`` that cannot continue as ``config``: another model or data set, fewer epochs than it
+    holds, or a mid-epoch state with another batch size. ``given``: the settings this command gives (the others come
+    from config.json, whose edit the refusal then names: review chaos #8)."""
+    trained = ckpt.get("config")
+    was = trained.get("dataset") if isinstance(trained, dict) else None
+    if isinstance(was, str) and _canonical_dataset(was) != config.dataset:  # (a resume never changes it)
+        raise UsageError(f"{last.parent / CONFIG} names data set {config.dataset}, but {last} trained on {was}: "
+                         f"restore {CONFIG}, or delete it (--resume writes it again from {LAST})")
     if ckpt["model_name"] != config.model:
         raise UsageError(f"{last} holds model {ckpt['model_name']!r}, not {config.model!r}; a run keeps its model: "
                          "start a new run (--out) for the other one")
@@ -154,13 +160,15 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> N
             raise UsageError(f"{last} holds a malformed {name} ({ckpt.get(name)!r:.40}); it cannot continue: start a "
                              "new run, or resume from another checkpoint")
     done, step = ckpt["epoch"], int(ckpt.get("step") or 0)
+    if done > config.epochs and "epochs" not in given:  # config.json's own (a hand edit): not a flag of this command
+        raise UsageError(f"{last.parent} already finished {done} epochs, and its {CONFIG} plans {config.epochs}: "
+                         f"restore {CONFIG}, or pass --epochs {done + (1 if step else 0)} or more with --force")
     if done > config.epochs:  # (inside an epoch: that one too, which the next check asks for)
         raise UsageError(f"{last.parent} already finished {done} epochs; --epochs {config.epochs} is fewer: "
                          f"pass at least {done + (1 if step else 0)}")
     if step and done >= config.epochs:
         raise UsageError(f"{last} was saved inside epoch {done + 1} (after {step} batches); --epochs {config.epochs} "
                          f"ends before it: pass at least {done + 1}")
-    trained = ckpt.get("config")
     size = trained.get("batch_size") if isinstance(trained, dict) else None
     if step and not trained_epoch(ckpt) and size is not None and size != config.batch_size:
         raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of size {size}; the batch size "
@@ -173,6 +181,14 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path) -> N
         raise UsageError(f"{last} was saved inside epoch {done + 1} at batch {step} of the order seed {seed} draws; "
                          f"the seed cannot change there: resume with --seed {seed}, and change it once that epoch "
                          "has finished")
+
+
+def _canonical_dataset(name: str) -> str:
+    """A data set's canonical name (an unknown one as it is: compared, it differs)."""
+    try:
+        return get_spec(name).name
+    except UsageError:
+        return name
 
 
 def trained_epoch(ckpt: dict[str, Any]) -> bool:
