@@ -294,6 +294,21 @@ def test_a_config_json_edited_away_from_last_pt_is_named_in_the_refusal(full_run
     resumption.check_checkpoint(ckpt, config, last)
 
 
+def test_a_last_pt_that_cannot_be_read_for_its_mode_is_not_given_up(capsys, tmp_path, full_run, monkeypatch):
+    """(review chaos #2) a last.pt this user cannot read (its mode) was "the run cannot continue from it: evaluate its
+    best.pt, or start a new run": the run is whole; its mode is what to mend."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run[0], run)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (False if str(path).endswith("last.pt")
+                                                                 and mode == os.R_OK else real(path, mode, **kw)))
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--force", "--no-progress"]) == 2
+    assert _one_line(capsys.readouterr().err) == (f"reste: error: cannot read {run / 'last.pt'} (Permission "
+                                                  "denied); make it readable (its mode, its owner) and resume again")
+
+
 def test_a_folder_that_is_not_a_run_is_refused(capsys, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()

@@ -19,6 +19,7 @@ The settings that may always differ are ``reste.rundir.RESUME_FREE``. Every refu
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,12 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
 
 def load_last(run_dir: Path, device: torch.device) -> dict[str, Any]:
     """``last.pt``, loaded onto ``device``; a damaged one is refused, saying what the run still offers."""
+    last = last_checkpoint(run_dir)
+    if last.exists() and not os.access(last, os.R_OK):  # its mode, not its bytes: the run can go on once mended
+        raise UsageError(f"cannot read {last} (Permission denied); make it readable (its mode, its owner) and resume "
+                         "again")  # (it said to give the run up: review chaos #2)
     try:
-        return load_checkpoint(last_checkpoint(run_dir), map_location=device)
+        return load_checkpoint(last, map_location=device)
     except UsageError as err:
         reason = str(err).split("; use another checkpoint")[0].split("; pass a .pt file")[0]
         raise UsageError(f"{reason}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
