@@ -181,8 +181,15 @@ def test_clip_weights_clamps_the_latent_weights_of_binary_layers_only():
         assert model[i].weight.abs().max() == 0.5 and torch.equal(torch.sign(model[i].weight), s)
     assert torch.equal(model[3].weight, float_weight)
     assert model[0].weight.grad is None  # no autograd history
-    with pytest.raises(ValueError, match="bound must be > 0"):
-        reste.clip_weights(model, 0)
+    for bad in (0, "1", True):
+        with pytest.raises(ValueError, match="bound must be a number > 0"):
+            reste.clip_weights(model, bad)
+    # (review api, suggestion) a frozen binary layer (a fine-tuned backbone) keeps its weights, so its scale
+    with torch.no_grad():
+        model[0].weight.mul_(10)
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.clone()
+    assert reste.clip_weights(model, 0.5) == 1 and torch.equal(model[0].weight, frozen)
 
 
 def test_schedules_and_clipping_on_a_model_with_no_binary_layer_warn():

@@ -473,3 +473,13 @@ def test_a_resume_imports_no_code_inside_the_run_folder_unless_given_again(tmp_p
     r = _reste("train", "--resume", "run", "--epochs", "3", "--force", "--plugin", "run/evil.py", "--no-progress",
                cwd=tmp_path)
     assert r.returncode == 0 and (run / "RAN").exists(), r.stderr  # given again: the user's choice
+
+
+def test_load_plugins_takes_one_spec_as_a_string(tmp_path, monkeypatch):
+    """(review api, suggestion) load_plugins("x.py"), which the errors point Python callers to, iterated the
+    string's characters ("--plugin '/': no such file")."""
+    (tmp_path / "one_spec_plugin.py").write_text(
+        "import reste\n\n\n@reste.register_estimator\nclass OneSpec(reste.STE):\n    name = 'one_spec_test'\n")
+    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
+    plugins.load_plugins(str(tmp_path / "one_spec_plugin.py"))
+    assert reste.get_estimator("one_spec_test").name == "one_spec_test"

@@ -352,15 +352,19 @@ def clip_weights(model: nn.Module, bound: float = 1.0) -> int:
     """Clamp the latent weights of every binary layer of ``model`` to [-bound, bound], in place (larq's
     ``weight_clip``; BinaryConnect's clipping); call it after each ``optimizer.step()``. A latent weight past
     an estimator's window (STE's clip, ReSTE's t) gets no gradient through it and would stay there. The
-    signs are untouched, the layer scale (mean abs weight) may shrink. Returns the number of layers."""
-    if not bound > 0:
-        raise ValueError(f"bound must be > 0, got {bound!r}")
+    signs are untouched, the layer scale (mean abs weight) may shrink. A frozen weight (``requires_grad=False``: a
+    fine-tuned backbone) is left as it is: clamping it would change its scale, so the frozen layer's outputs (review
+    api, suggestion). Returns the number of layers clipped."""
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0:
+        raise ValueError(f"bound must be a number > 0, got {bound!r}")
     layers = binary_layers(model)
     if not layers:
         _nothing_binary("clip_weights")
-    for _, m in layers:
-        m.weight.clamp_(-bound, bound)
-    return len(layers)
+    clipped = [m for _, m in layers if m.weight.requires_grad]
+    with torch.no_grad():
+        for m in clipped:
+            m.weight.clamp_(-bound, bound)
+    return len(clipped)
 
 
 def estimators_of(model: nn.Module) -> list[Estimator]:

@@ -214,8 +214,10 @@ def _registered() -> tuple[int, int, int]:
     return len(estimators._REGISTRY), len(registry._MODELS), len(datasets._REGISTERED)
 
 
-def load_plugins(specs: Iterable[str]) -> None:
-    for spec in specs:
+def load_plugins(specs: Iterable[str] | str) -> None:
+    """Load each of ``specs`` as ``--plugin`` does (a module name, or a ``.py`` file): what it registers (estimators,
+    models, data sets) is then known by name. One string is one spec, not its characters (review api, suggestion)."""
+    for spec in [specs] if isinstance(specs, str) else specs:
         load_plugin(spec)
 
 
