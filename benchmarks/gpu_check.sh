@@ -514,7 +514,8 @@ echo "== 3. The compiled extension (reste.cuda_ext): its build, tests/test_cuda_
 EXT=0
 EXTBUILD=0
 # the timed targets come after this section: however long its build, tests or a hang take, sections 4 and 5 keep
-# 150 s (about 50 and 40 s on an H200, plus their start-up), and section 5 keeps 45 s of section 4's
+# 150 s (about 50 and 40 s on an H200, plus their start-up), and section 5 keeps 75 s of section 4's (a fresh
+# process that writes 50,000 images and trains 4 epochs: review gpucode, suggestion 4)
 KEEP=150
 wait "$BUILD" || EXTBUILD=$?  # (started before section 1)
 tail -n 40 "$WORK/ext-build.txt"
@@ -553,7 +554,7 @@ took
 echo
 echo "== 4. Training-step rows (benchmarks/train_step.py --device cuda)"
 ROWS=0
-KEEP=45
+KEEP=75
 limited 360 "$PYTHON" benchmarks/train_step.py --device cuda --graphs --repeats "$REPEATS" --warmup 3 \
   --json "$WORK/rows.json" ${EXTFLAG[@]+"${EXTFLAG[@]}"} || ROWS=$?
 [ "$ROWS" -eq 0 ] || echo "  train_step.py ended early (see above): the rows it could not measure are NOT MEASURED"
