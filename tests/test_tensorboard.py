@@ -402,3 +402,14 @@ def test_a_full_disk_in_tensorboards_writer_thread_is_one_warning_not_a_tracebac
         "TensorBoard's event writer stopped (No space left on device): the run goes on, without TensorBoard events "
         "from here; a resume with --tensorboard writes them from metrics.jsonl"]
     assert seen == [ZeroDivisionError] and "Traceback" not in capsys.readouterr().err
+
+
+def test_tensorboard_true_in_python_is_the_bare_flag():
+    """(review api, suggestion) TrainConfig(tensorboard=True), the natural spelling of the bare flag in Python, was
+    refused ("--tensorboard must be str"); False is off."""
+    from reste.errors import UsageError
+
+    assert TrainConfig(tensorboard=True).resolve().tensorboard == rundir.TENSORBOARD_DIR
+    assert TrainConfig(tensorboard=False).resolve().tensorboard is None
+    with pytest.raises(UsageError, match="^tensorboard is empty; pass a folder, or True for the run's own$"):
+        TrainConfig(tensorboard=" ").resolve()

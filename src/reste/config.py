@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import DEFAULT_ROOT, SPECS, dataset_names, get_spec
-from .errors import UsageError
+from .errors import UsageError, option
 from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
@@ -306,7 +306,8 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     preset: str | None = None
     save_every: float | None = None  # minutes between mid-epoch checkpoints (None: only at epoch ends)
-    tensorboard: str | None = None  # TensorBoard event folder, a relative one inside the run directory (None: off)
+    # TensorBoard event folder, a relative one inside the run directory (None: off; True: the bare flag's)
+    tensorboard: str | bool | None = None
     keep_top: int = 0  # also keep the checkpoints of the K best epochs by test top-1 in top/ (0: none)
 
     def to_dict(self) -> dict[str, Any]:
@@ -362,6 +363,10 @@ class TrainConfig:
                                   model_options=dict(self.model_options))
         if isinstance(out.device, str):  # CPU, Cuda:1 as --dataset DIGITS is taken: names in any case
             out.device = out.device.strip().lower()
+        if isinstance(out.tensorboard, bool):  # in Python, True is the bare flag (review api, suggestion)
+            from .rundir import TENSORBOARD_DIR
+
+            out.tensorboard = TENSORBOARD_DIR if out.tensorboard else None
         defaults = dict(spec.defaults)
         defaults["workers"] = default_workers(out.dataset)
         if out.lr is None and out.optimizer in OPTIMIZER_LR and out.optimizer != defaults.get("optimizer"):
@@ -474,7 +479,8 @@ class TrainConfig:
         if self.keep_top < 0:
             raise UsageError(f"--keep-top must be >= 0 (0 keeps no top checkpoints), got {self.keep_top}")
         if self.tensorboard is not None and not self.tensorboard.strip():
-            raise UsageError("--tensorboard is empty; pass a folder or the bare flag")
+            raise UsageError(option("--tensorboard is empty; pass a folder or the bare flag",
+                                    "tensorboard is empty; pass a folder, or True for the run's own"))
         if not isinstance(self.workers, int) or self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         check_model_options(self.model, self.model_options)
