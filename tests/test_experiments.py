@@ -2294,3 +2294,19 @@ def test_a_run_another_sweep_finished_first_is_held_not_failed(tmp_path):
     outcome = sw._execute({"config": config.to_dict(), "run_dir": str(run), "resume": False})
     assert outcome["status"] == "busy" and "already holds a run" in outcome["error"]
     assert not (run / FAILED).exists() and not (run / TRAIN_LOG).exists()
+
+
+def test_a_report_of_a_sweep_with_no_run_reported_exits_1(tmp_path, monkeypatch, capsys):
+    """(review experiments, suggestion) `reste report` exited 0 whatever it found: a row per setting is written
+    even when no run could be reported (every run failed, or none finished yet)."""
+    from reste import engine
+    from reste.experiments import sweep as sw
+
+    def fails(config, run_dir, **_kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "train", fails)
+    sw.run_sweep(TrainConfig(dataset="digits", epochs=1), {"estimator": ["ste"]}, [0], tmp_path / "s", report=False,
+                 log=lambda _m: None)
+    assert main(["report", str(tmp_path / "s"), "--no-plots"]) == 1
+    assert "| estimator=ste |" in capsys.readouterr().out

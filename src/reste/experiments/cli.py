@@ -158,7 +158,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     rows = summarize(args.sweep_dir, plots=args.plots, log=print)
     print(open(f"{args.sweep_dir}/results.md", encoding="utf-8").read(), end="")
-    return 0 if rows else 1
+    # 1 where no run could be reported (a row per setting is written all the same: review experiments, suggestion)
+    return 0 if any(r.get("n") for r in rows) else 1
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
