@@ -1256,7 +1256,8 @@ def test_a_grid_over_a_schedules_end_that_one_epoch_never_reaches_is_refused(gri
         "start value instead\n" in err and err.count("\n") == 1
     assert not out.exists()
     assert len(expand_grid(TrainConfig(dataset="digits", epochs=2), parse_grid(grid))) == 2 * (1 + ("rbnn" in grid[0]))
-    with pytest.raises(UsageError, match="'o_schedule' would train the same network .* start value whatever o_schedule is"):
+    with pytest.raises(UsageError, match="'o_schedule' would train the same network .* start value whatever "
+                                         "o_schedule is"):
         expand_grid(TrainConfig(dataset="digits", epochs=1), {"o_schedule": ["cosine", "linear"]})
 
 

@@ -267,6 +267,9 @@ def check_accumulate(batch_size: int, accumulate: int, cuda_graphs: bool = False
 _PAPER_LAYERS: dict[tuple, bool] = {}
 
 
+#: --tensorboard without a folder: the run's events, in this folder inside the run directory
+TENSORBOARD_DIR = "tensorboard"
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. ``None`` means "the data set's default"."""
@@ -364,8 +367,6 @@ class TrainConfig:
         if isinstance(out.device, str):  # CPU, Cuda:1 as --dataset DIGITS is taken: names in any case
             out.device = out.device.strip().lower()
         if isinstance(out.tensorboard, bool):  # in Python, True is the bare flag (review api, suggestion)
-            from .rundir import TENSORBOARD_DIR
-
             out.tensorboard = TENSORBOARD_DIR if out.tensorboard else None
         defaults = dict(spec.defaults)
         defaults["workers"] = default_workers(out.dataset)

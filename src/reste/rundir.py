@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoint import atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
-from .config import TrainConfig
+from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
 from .errors import UsageError, parse_json, shell_word
 from .native import CANNOT_LOCK
 
@@ -63,7 +63,6 @@ CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.p
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)
 TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints
-TENSORBOARD_DIR = "tensorboard"  # --tensorboard without a folder: the run's events, inside the run directory
 TRAIN_LOG = "train.log"  # a sweep's run logs its lines here
 CURVES = "curves.png"  # `reste plot RUN_DIR`'s figure of one run
 # a sweep's record that the run diverged (non-finite loss): the sweep does not train it again and the report says

@@ -25,8 +25,8 @@ from .formats import (default_root_read, find_cifar10, find_fashion_mnist, image
 from .memory import InMemoryDataset, Normalize, RandomCropFlip
 from .sampling import TransformDataset
 
-__all__ = ["DatasetInfo", "load_datasets", "from_tensors", "default_read_from", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN",
-           "IMAGENET_STD", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES"]
+__all__ = ["DatasetInfo", "load_datasets", "from_tensors", "default_read_from", "FASHION_MNIST_MEAN",
+           "FASHION_MNIST_STD", "IMAGENET_MEAN", "IMAGENET_STD", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES"]
 
 # The facts of each data set (names, sizes, mean/std) live in reste.datasets; these are views of them.
 FASHION_MNIST_MEAN = SPECS["fashion-mnist"].mean[0]
