@@ -955,6 +955,11 @@ def test_a_run_folder_that_stops_taking_writes_names_the_file_and_what_the_run_k
     assert code_ == 1 and len(err.strip().splitlines()) == 1, err
     assert f"writing {run / 'last.pt'}; {advice}" in err and "rszwhx5h" not in err and "--debug" not in err, err
     assert "keeps" in err and "--resume" in err, err
+    from reste import cli  # a read of the data set's files is no write of the run folder: not said as one
+
+    assert cli._unexpected(OSError(number, os.strerror(number), "/data/imagenet/train/n01/x.JPEG"), False,
+                           "train", []) == 1
+    assert "writing" not in capsys.readouterr().err
 
 
 def test_a_preemption_pickled_from_a_sweep_worker_keeps_what_run_again_words():

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 if __name__ == "__main__":  # python -m reste.cli (torchrun's form) is the reste command: this module imported
@@ -604,12 +605,24 @@ def _peer_gone(err: Exception) -> bool:
     return several and isinstance(err, RuntimeError) and bool(_PEER_GONE.search(str(err)))
 
 
+def _run_file(name: object) -> bool:
+    """Whether ``name`` is a file a run writes (its checkpoints, metrics, settings, top/ copies): an error naming one
+    is a write of the run folder, not a read of the data set's files."""
+    from .rundir import RUN_FILES, TOP_DIR
+
+    if not isinstance(name, (str, os.PathLike)):
+        return False
+    path = Path(os.fspath(name))
+    return path.name in RUN_FILES or path.parent.name == TOP_DIR
+
+
 def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[str] = ()) -> int:
     """The last line of defence keeps tracebacks behind --debug."""
     TrainingDiverged = _engine_error("TrainingDiverged")
     if debug:
         raise  # called inside the except block: the original traceback
-    if isinstance(err, OSError) and err.errno in WRITES_REFUSED and err.filename and command in ("train", "sweep"):
+    if isinstance(err, OSError) and err.errno in WRITES_REFUSED and _run_file(err.filename) and command in (
+            "train", "sweep"):
         # the run folder stopped taking writes (its mode changed, remounted read-only, a failing disk): what the run
         # saved stays (review chaos #1: a temporary file's name, and Python's class, were all the line said)
         remedy = ("the file system has gone read-only: remount it" if err.errno == errno.EROFS else
