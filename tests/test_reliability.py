@@ -360,7 +360,8 @@ ERROR_CASES = {
     "a32-float-model": (["--model", "digits", "--a32"], None, ["--a32 applies to binary models"]),
     # (review docs #8) it trained, and made a sweep setting of its own that trains the same run
     "scaling-float-model": (["--model", "digits", "--scaling", "channel"], None,
-                            ["--scaling applies to binary weights; 'digits' is full precision"]),
+                            ["'digits' is full precision: it has no estimator and no binary weights, so --scaling "
+                             "would do nothing"]),
     "save-every-0": (["--save-every", "0"], None, ["--save-every must be a positive"]),
     # (review newuser #2) momentum did nothing with adam: a sweep over it tabulated equal runs as two settings
     "momentum-adam": (["--optimizer", "adam", "--momentum", "0.5"], None, ["--momentum is a setting of SGD; "
