@@ -833,11 +833,18 @@ def test_a_run_whose_estimator_is_defined_in_main_is_told_it_cannot_be_loaded_el
         _g = staticmethod(lambda x: (x.abs() <= 1).to(x.dtype))
         _f = staticmethod(lambda x: x.clamp(-1, 1))
 
+    monkeypatch.setattr(engine, "_TOLD_MAIN", set())
     config = TrainConfig(dataset="digits", estimator="main_est_test", epochs=1, threads=1)
     with pytest.warns(UserWarning, match=r"the run's estimator 'main_est_test' is defined in __main__ \(this script "
-                                         r"or notebook\).* define it in a module you import"):
+                                         r"or notebook\).* define it in a module you import") as told:
         engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
     assert rundir.run_config(tmp_path / "run").plugins == []
+    assert [w.filename for w in told if "__main__" in str(w.message)] == [__file__]  # the caller's line
+    import warnings  # (review rev16 #6) once a process: a sweep's runs do not each say it again
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.train(config, tmp_path / "run2", progress=False, log=lambda _m: None)
 
 
 def test_a_run_that_diverges_again_where_it_diverged_before_keeps_the_record(tmp_path):

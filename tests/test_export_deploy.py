@@ -576,4 +576,24 @@ def test_a_full_disk_under_an_export_or_predictions_is_the_machines_not_a_bad_pa
     with pytest.raises(UsageError, match=r"cannot write .*x.rbnn \(Permission denied\); pass a writable path"):
         with staged(tmp_path / "x.rbnn"):
             pass
+    # (review rev16 #5) the packed file's own write (format.Writer, through atomic_write), and `reste plot --out`
+    from reste.errors import cannot_write
+
+    assert isinstance(cannot_write(OSError(errno.EACCES, "Permission denied"), tmp_path / "x", "r"), UsageError)
     monkeypatch.setattr(tempfile, "mkstemp", real)
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr("reste.checkpoint.atomic_write", full)
+    with pytest.raises(OSError) as info:
+        export_model(_CatBatch(1).eval(), tmp_path / "m.rbnn", input_size=(3, 8, 8))
+    assert info.value.errno == errno.ENOSPC and not isinstance(info.value, UsageError)
+    from matplotlib.figure import Figure
+
+    from reste.experiments import plots
+
+    monkeypatch.setattr(plots, "atomic_write", full)  # (its own name of it, bound at its import)
+    with pytest.raises(OSError) as info:
+        plots._save(Figure(), tmp_path / "c.png")
+    assert info.value.errno == errno.ENOSPC

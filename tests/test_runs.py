@@ -269,6 +269,17 @@ def test_a_resume_refuses_a_run_file_that_is_a_fifo_or_a_folder(capsys, tmp_path
         assert _one_line(capsys.readouterr().err) == (f"reste: error: {run / name} is not a file (a FIFO, a device or "
                                                       f"a folder): a run's {name} is one; move it away, or restore "
                                                       "the run's own")
+    # (review rev16 #3) a FIFO config.json: read for its plugins before anything else; in a process of its own,
+    # which a read that waits for ever would not end
+    run = tmp_path / "config"
+    shutil.copytree(full_run[0], run)
+    (run / "config.json").unlink()
+    os.mkfifo(run / "config.json")
+    for argv in (["train", "--resume", str(run), "--epochs", "4", "--force"], ["show", str(run)]):
+        done = _cli(*argv, timeout=120)
+        assert done.returncode == 2 and _one_line(done.stderr) == (
+            f"reste: error: {run / 'config.json'} is not a file (a FIFO, a device or a folder): a run's config.json "
+            "is one; move it away (a resume writes it again from last.pt), or restore the run's own"), done.stderr
 
 
 def test_a_config_json_edited_away_from_last_pt_is_named_in_the_refusal(full_run):

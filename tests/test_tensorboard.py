@@ -399,8 +399,8 @@ def test_a_full_disk_in_tensorboards_writer_thread_is_one_warning_not_a_tracebac
             thread.start()
             thread.join()
     assert [str(w.message) for w in caught] == [
-        "TensorBoard's event writer stopped (No space left on device): the run goes on, without TensorBoard events "
-        "from here; a resume with --tensorboard writes them from metrics.jsonl"]
+        "TensorBoard's event writer failed (No space left on device); a resume with --tensorboard writes the missing "
+        "events from metrics.jsonl"]
     assert seen == [ZeroDivisionError] and "Traceback" not in capsys.readouterr().err
 
 

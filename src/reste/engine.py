@@ -1217,13 +1217,27 @@ def _warn_defined_in_main(config: TrainConfig) -> None:
     used = ((f"estimator {config.estimator!r}", estimator_class(config.estimator).__module__),
             (f"model {config.model!r}", models.defined_in(config.model)),
             (f"data set {config.dataset!r}", dataset_module(config.dataset)))
-    found = [what for what, module in used if module in ("__main__", "__mp_main__")]
+    found = [what for what, module in used if module in ("__main__", "__mp_main__") and what not in _TOLD_MAIN]
     if found and env_rank() == 0:
+        _TOLD_MAIN.update(found)  # once a process (a sweep's runs: once, not once a run: rev16 #6)
         them = "it" if len(found) == 1 else "them"
         warnings.warn(f"the run's {' and '.join(found)} {'is' if len(found) == 1 else 'are'} defined in __main__ "
                       f"(this script or notebook): its config.json can name no module to load {them} from, so reste "
                       f"eval, reste export and a resume in another process cannot build its model; define {them} in "
-                      "a module you import", stacklevel=3)
+                      "a module you import", stacklevel=_outside_reste())
+
+
+_TOLD_MAIN: set[str] = set()  # what _warn_defined_in_main said in this process
+
+
+def _outside_reste() -> int:
+    """The ``stacklevel`` of a warning given by this module's caller that names the first frame outside reste (the
+    user's line, however deep inside reste it was given: engine.train, or run_sweep's)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 2, sys._getframe(2)  # the frame that called the warning's function (stacklevel 2)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def kernel_path(device: torch.device) -> str:

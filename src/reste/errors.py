@@ -96,6 +96,15 @@ WRITES_REFUSED = tuple(getattr(errno_module, name) for name in ("EACCES", "EPERM
                        if hasattr(errno_module, name))
 
 
+def cannot_write(err: OSError, path: Any, remedy: str) -> Exception:
+    """What a write of ``path`` that failed with ``err`` raises: no room (:data:`NO_ROOM`) as the OSError, naming
+    ``path``, which the command says as the machine's (free some space, status 1: review chaos #4, rev16 #5); any
+    other as a one-line ``UsageError`` ending in ``remedy`` (status 2)."""
+    if err.errno in NO_ROOM:
+        return OSError(err.errno, err.strerror, str(path))
+    return UsageError(f"cannot write {path} ({err.strerror or err}); {remedy}")
+
+
 def machine_cause(err: BaseException) -> str | None:
     """What an error of the machine rather than the settings comes to, in one line with its remedy, where reste
     knows it: torch.compile's Inductor without a C++ compiler. None otherwise. (``reste train`` and each run of a

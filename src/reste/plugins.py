@@ -27,6 +27,7 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -291,7 +292,10 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
     command = next((a for a in argv if not a.startswith("-")), None)  # reste's own flags take no value
     if known.resume and not found and command == "train":  # given ones replace the saved ones (it may have moved)
         try:
-            saved = parse_json((Path(known.resume) / "config.json").read_text(encoding="utf-8")).get("plugins") or []
+            path = Path(known.resume) / "config.json"
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block here for ever: the resume refuses it
+                raise OSError("not a file")  # (review rev16 #3)
+            saved = parse_json(path.read_text(encoding="utf-8")).get("plugins") or []
         except (OSError, ValueError, AttributeError):
             saved = []  # the run itself reports what is wrong with it
         found = [s for s in saved if loads_on_resume(s, known.resume)] if isinstance(saved, list) else []

@@ -895,6 +895,9 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
         raise UsageError(sweep_folder_hint(run_dir))
     if not Path(run_dir).exists():
         raise UsageError(f"{run_dir} does not exist; pass the folder of a run (its --out)")
+    if cfg_path.exists() and not cfg_path.is_file():  # (a FIFO, which a read would wait on for ever: rev16 #3)
+        raise UsageError(f"{cfg_path} is not a file (a FIFO, a device or a folder): a run's {CONFIG} is one; move "
+                         f"it away (a resume writes it again from {LAST}), or restore the run's own")
     if not cfg_path.is_file():
         inner = next(itertools.chain(Path(run_dir).glob(f"*/{CONFIG}"), Path(run_dir).glob(f"*/*/{CONFIG}")), None)
         example = f", e.g. {inner.parent} (a run this folder holds)" if inner is not None else ""  # a sweep's runs

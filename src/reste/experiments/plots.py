@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from ..checkpoint import atomic_write
-from ..errors import UsageError, option
+from ..errors import UsageError, cannot_write, option
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import RUN_LEVEL
 from ..rundir import CURVES, RESUME_FREE, epoch_lines, read_metrics, run_config, schedule_fields
@@ -45,7 +45,7 @@ def _save(fig: Any, path: str | Path) -> Path:
         # through a temporary file: a full disk leaves the figure that was there, not an empty file
         atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=path.suffix.lower()[1:]))
     except OSError as err:
-        raise UsageError(f"cannot write {path} ({err.strerror})") from None
+        raise cannot_write(err, path, "pass a writable --out") from None
     return path
 
 

@@ -101,10 +101,10 @@ def recorded_end(run_dir: Path) -> tuple[str, str] | None:
     return ("failed", failed) if failed else None
 
 
-def lost_last(run_dir: Path) -> str | None:
+def lost_last(run_dir: Path, read: bool = True) -> str | None:
     """Why a sweep cannot continue the unfinished run in ``run_dir``: finished epochs, but its ``last.pt`` deleted
-    or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again), or
-    damaged; None where a resume can go on."""
+    or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again), or,
+    with ``read`` (the whole file is read: seconds for an ImageNet run's), damaged; None where a resume can go on."""
     from ..checkpoint import damage
     from ..resumption import check_last_kept
 
@@ -114,7 +114,7 @@ def lost_last(run_dir: Path) -> str | None:
         return (f"{run_dir} has finished epochs but no {LAST} (deleted or lost), so it cannot continue; delete its "
                 "folder to train it again")
     last = Path(run_dir) / LAST
-    if os.access(last, os.R_OK):  # (one this user cannot read is a matter of its mode, not of its bytes)
+    if read and os.access(last, os.R_OK):  # (one this user cannot read is a matter of its mode, not of its bytes)
         problem = damage(last)  # truncated, a checksum that does not match: every rerun failed on it (review chaos #3)
         if problem not in (None, "missing"):
             return f"its {last} is damaged ({problem}), so it cannot continue; delete its folder to train it again"
@@ -295,9 +295,10 @@ def _value(text: str | None) -> Any:
 
 
 def earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """The runs an earlier report wrote (runs.csv, with their epochs from epochs.csv), by (run folder, seed). A
-    number of runs.csv that is not one (88.6% or 88,61 from a spreadsheet) is a one-line ``UsageError`` naming its
-    row and column: the tables and figures would be made of it (review experiments #12)."""
+    """The runs an earlier report wrote (runs.csv, with their epochs from epochs.csv), by (run folder, seed). A row
+    with a number that is not one (88.6% or 88,61 from a spreadsheet) says so under ``"bad"``: :func:`kept_row`
+    refuses it where it is used (a run whose folder is gone: review experiments #12); a row of a run whose folder is
+    there is not used, and the report writes it again (rev16 #2)."""
     epochs: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for row in _read_csv(out / "epochs.csv"):
         epochs.setdefault((row.get("setting"), row.get("seed")), []).append(
@@ -309,8 +310,9 @@ def earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
         for column in RUN_COLUMNS:
             value = r.get(column)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise UsageError(f"{out / 'runs.csv'} row {line}: {column} {value!r} is not a number; write it as one "
-                                 "(88.61, not 88.6% or 88,61), or delete the row to drop the run")
+                r["bad"] = (f"{out / 'runs.csv'} row {line}: {column} {value!r} is not a number; write it as one "
+                            "(88.61, not 88.6% or 88,61), or delete the row to drop the run")
+                break
         rows.append(r)
     # epochs.csv names a run by its setting's label: where two runs share one (labels of older versions could),
     # its lines cannot be told apart, and none is attached
@@ -322,6 +324,15 @@ def earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
         row["metrics"] = [] if key in shared else epochs.get(key, [])
         earlier[(folder_name(row["run_dir"]), row["seed"])] = row
     return earlier
+
+
+def kept_row(earlier: dict[tuple[str, int], dict[str, Any]], key: tuple[str, int]) -> dict[str, Any] | None:
+    """The row of :func:`earlier_rows` for ``key``, to be used; one whose numbers are not numbers is a one-line
+    ``UsageError`` naming its row and column."""
+    row = earlier.get(key)
+    if row is not None and row.get("bad"):
+        raise UsageError(row["bad"])
+    return row
 
 
 def _matches(value: Any, text: str) -> bool:
@@ -400,7 +411,7 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
             changed = changed_settings(run_config(d, checked=True), key) if started else None
         except UsageError:  # a damaged config.json: drawn by its metrics, as before
             changed = None
-        row = earlier.get((folder, seed), {}) if not holds_run(d) or changed else {}
+        row = (kept_row(earlier, (folder, seed)) or {}) if not holds_run(d) or changed else {}
         epochs = row.get("metrics") if kept else None
         if changed:  # not the setting's run (the report keeps the row it wrote of the setting's)
             if log:
@@ -553,7 +564,7 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
             rel = folder_name(rel)
             status, summary = run_status(run_folder(out, s, seed), key)
             if status != "done":
-                why, old = summary, earlier.get((rel, int(seed)))
+                why, old = summary, kept_row(earlier, (rel, int(seed)))
                 if old is None or old.get("best_acc") is None:
                     diverged += status == "diverged"  # a run an earlier report kept counts as reported only
                     if status != "pending" and log:

@@ -12,8 +12,8 @@ from ..errors import UsageError, shell_word
 from ..rundir import SWEEP_LOCK, blocked, holds_run, lock_holder, run_config
 from ..runinfo import run_summary, show_run
 from ..wording import count
-from .report import (_setting_key, changed_settings, earlier_rows, folder_name, is_sweep_folder, load_manifest,
-                     lost_last, missing_line, recorded_end, run_folder)
+from .report import (_setting_key, changed_settings, earlier_rows, folder_name, is_sweep_folder, kept_row,
+                     load_manifest, lost_last, missing_line, recorded_end, run_folder)
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
 STATES = ("finished", "training", "stopped", "training or stopped", "diverged", "failed", "damaged", "changed",
@@ -42,7 +42,8 @@ def _run_status(run_dir: Path, epochs: int | None = None, key: str | None = None
     if summary["lost_epochs"]:  # which the sweep leaves out (report.run_status), not "stopped", which it continues
         return {**entry, "state": "damaged", "why": missing_line(run_dir, summary["lost_epochs"][0])}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
-    lost = lost_last(run_dir) if state in ("stopped", "training or stopped") else None
+    # (its last.pt is not read: a line per run of many, review rev16 #7; a damaged one the sweep finds)
+    lost = lost_last(run_dir, read=False) if state in ("stopped", "training or stopped") else None
     if lost:  # which the sweep leaves out, as damaged: no resume can continue it
         return {**entry, "state": "damaged", "why": lost, "epochs_done": summary["epochs_done"],
                 "epochs": summary["config"]["epochs"], "best": summary["best"]}
@@ -74,8 +75,9 @@ def sweep_status(out_dir: str | os.PathLike) -> dict[str, Any]:
         key = _setting_key(s)
         for seed in s["runs"]:
             entry = {"seed": int(seed), **_run_status(run_folder(out, s, seed), planned, key)}
-            row = earlier.get((folder_name(s["runs"][seed]), int(seed)))
-            if entry["state"] in ("not started", "changed") and row is not None and row.get("best_acc") is not None:
+            row = (kept_row(earlier, (folder_name(s["runs"][seed]), int(seed)))
+                   if entry["state"] in ("not started", "changed") else None)  # (used only then: rev16 #2)
+            if row is not None and row.get("best_acc") is not None:
                 entry["reported"] = {"best_acc": row["best_acc"], "best_epoch": row.get("best_epoch")}
             counts[entry["state"]] += 1
             runs.append(entry)

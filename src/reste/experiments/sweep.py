@@ -1213,17 +1213,23 @@ def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, 
         try:
             machine = None  # a failure of the machine (no C++ compiler): the later runs would fail the same way
             for s, seed, job in pending:
-                if machine:
+                if machine and _fails_alike(job):
                     report_one(s, seed, _not_started(machine))
                     continue
                 announce(s, seed, job)
                 outcome = _execute(job)
                 report_one(s, seed, {**outcome, "from_epoch": job["from_epoch"], "resumed": job["resume"]})
-                machine = outcome["error"] if outcome.get("machine") else None
+                machine = machine or (outcome["error"] if outcome.get("machine") else None)
         finally:
             torch.set_num_threads(before)
     else:
         _run_in_workers(pending, jobs, per_run, report_one, announce)
+
+
+def _fails_alike(job: dict[str, Any]) -> bool:
+    """Whether a run would fail for the machine's cause that failed another (``errors.machine_cause``: torch.compile
+    without a C++ compiler): one with ``--compile`` (a compile axis also has runs without it: review rev16 #1)."""
+    return bool(job["config"].get("compile"))
 
 
 def _not_started(cause: str) -> dict[str, Any]:
@@ -1307,8 +1313,9 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                     except BaseException:
                         pool.shutdown(wait=False, cancel_futures=True)  # start no further run
                         raise
-                    left_out = queue[:] if outcome.get("machine") else []  # they would fail the same way
-                    del queue[:len(left_out)]
+                    # the queued runs that would fail the same way (--compile's: a run without it trains)
+                    left_out = [q for q in queue if _fails_alike(q[2])] if outcome.get("machine") else []
+                    queue[:] = [q for q in queue if q not in left_out]
                     if queue and not stop.signum:
                         start_next()
                         waiting.add(next(reversed(futures)))

@@ -278,7 +278,7 @@ def _save_predictions(out: Path, pred: Any, names: Any = None, form: str = "npy"
     import numpy as np
 
     from ..checkpoint import atomic_write
-    from .exporter import cannot_write
+    from ..errors import cannot_write
 
     data = None if form == "npy" else _as_bytes(_prediction_text(pred, names, form, files))
     try:

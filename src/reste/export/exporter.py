@@ -32,22 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NO_ROOM, UsageError
+from ..errors import UsageError, cannot_write
 from ..layers import eval_mode
 from . import format as fmt
 from . import ir
 from .graph import Bits, to_graph
 
 FORMAT_NAME = ir.FORMAT_NAME
-
-
-def cannot_write(err: OSError, path: Path, remedy: str) -> Exception:
-    """What a write of ``path`` that failed with ``err`` raises: a full disk (``errors.NO_ROOM``) as the OSError,
-    naming ``path``, which the command says as the machine's (free some space, status 1: review chaos #4); any other
-    as a one-line ``UsageError`` ending in ``remedy`` (status 2)."""
-    if err.errno in NO_ROOM:
-        return OSError(err.errno, err.strerror, str(path))
-    return UsageError(f"cannot write {path} ({err.strerror or err}); {remedy}")
 
 
 @contextlib.contextmanager

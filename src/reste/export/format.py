@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError, parse_json, read_user_file
+from ..errors import UsageError, cannot_write, parse_json, read_user_file
 
 MAGIC = b"RESTEBNN"
 VERSION = 2
@@ -132,7 +132,7 @@ class Writer:
         try:
             atomic_write(path, emit)
         except OSError as err:
-            raise UsageError(f"cannot write {path} ({err.strerror or err}); pass a writable path") from None
+            raise cannot_write(err, path, "pass a writable path") from None
         return path.stat().st_size
 
 

@@ -222,18 +222,18 @@ class TensorBoardLog:
 
 def _quiet_writer_thread() -> None:
     """Once per process: an OSError in TensorBoard's own writer thread (a disk that fills between two epochs) is one
-    warning, not the thread's traceback before reste's one-line error (review chaos #7); the run goes on without
-    events from there. Other threads' exceptions go to the hook there was."""
+    warning, not the thread's traceback before reste's one-line error (review chaos #7). Other threads' exceptions go
+    to the hook there was."""
     previous = threading.excepthook
     if getattr(previous, "reste_tensorboard", False):
         return
 
     def hook(args: Any) -> None:
         if isinstance(args.exc_value, OSError) and _in_tensorboard(args.exc_traceback):
-            err = args.exc_value
-            warnings.warn(f"TensorBoard's event writer stopped ({err.strerror or err}): the run goes on, without "
-                          "TensorBoard events from here; a resume with --tensorboard writes them from metrics.jsonl",
-                          stacklevel=1)
+            err = args.exc_value  # (the writer raises it again at the run's next event: the run's error line
+            # follows, saying what is kept; rev16 #4)
+            warnings.warn(f"TensorBoard's event writer failed ({err.strerror or err}); a resume with --tensorboard "
+                          "writes the missing events from metrics.jsonl", stacklevel=1)
             return
         previous(args)
 
@@ -242,9 +242,9 @@ def _quiet_writer_thread() -> None:
 
 
 def _in_tensorboard(trace: Any) -> bool:
-    """Whether the traceback ``trace`` passes through the tensorboard package (its writer's code)."""
+    """Whether the traceback ``trace`` passes through the tensorboard package's event writer."""
     while trace is not None:
-        if f"{os.sep}tensorboard{os.sep}" in trace.tb_frame.f_code.co_filename:
+        if f"{os.sep}tensorboard{os.sep}summary{os.sep}writer{os.sep}" in trace.tb_frame.f_code.co_filename:
             return True
         trace = trace.tb_next
     return False
