@@ -69,8 +69,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", help=".png, .pdf or .svg file (default estimators.png; RUN_DIR/curves.png for one run or "
                                   "SWEEP_DIR/curves.png for one sweep, else curves.png)")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=V[,V...]",
-                   help="of a sweep's runs, draw those whose setting has one of these values (a grid axis, or seed; "
-                        "repeatable: all must hold), e.g. --setting o_end=5,10 --setting seed=0")
+                   help="of a sweep's runs, draw those whose setting has one of these values (a grid axis, or "
+                        "seed; repeatable: all must hold; a key given twice takes both its values), e.g. --setting "
+                        "o_end=5,10 --setting seed=0")
     p.add_argument("--at", "--progress", dest="progress", type=float, metavar="FRACTION",
                    help="plot estimators: how far into training the scheduled estimators are drawn, 0..1 (default "
                         "0.5); --progress is its former name (not the progress bar)")
