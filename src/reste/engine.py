@@ -1378,6 +1378,13 @@ def recipe_notes(config: TrainConfig, world_size: int = 1) -> list[str]:
     changes = preset_changes(config, world_size)
     if not changes:
         return []
+    # the recipe of another preset (--estimator ste on cifar10-resnet20-1w1a trains cifar10-resnet20-ste's): said so,
+    # as the report gives that preset's published number beside it (review experiments #4)
+    other = next((name for name in PRESETS if name != config.preset
+                  and not preset_changes(dataclasses.replace(config, preset=name), world_size)), None)
+    if other:
+        return [f"note: this run trains preset {other}'s recipe (not preset {config.preset}'s): the report gives "
+                f"{other}'s published number beside it"]
     name = {"batch_size": f"batch ({world_size} processes)"} if world_size > 1 else {}
     why = {}
     warm_up, epochs = changes.get("warm_up"), config.epochs

@@ -52,7 +52,7 @@ from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG,
                       open_append, read_metrics, record_divergence, record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, lost_last, paper_mode_estimators,
-                     run_folder, run_status, summarize, trained_preset, write_manifest)
+                     run_folder, run_status, summarize, write_manifest)
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
@@ -523,7 +523,6 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     try:
         forget_failure(run_dir)  # (an earlier sweep's record: the run starts again)
         config = TrainConfig.from_dict(job["config"])
-        log = _with_recipe_notes(log, config)
         if job.get("devices"):  # this worker's device (the sweep's own process: the first)
             config = dataclasses.replace(config, device=job["devices"][_WORKER["slot"] % len(job["devices"])])
         if job["resume"]:
@@ -569,32 +568,6 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             os._exit(1)
 
 
-def _with_recipe_notes(log: Callable[[str], None], config: TrainConfig) -> Callable[[str], None]:
-    """``log``, which writes the notes of :func:`recipe_notes` (a setting that trains another preset's recipe) in
-    place of those a run starts with (``engine.recipe_notes``, which compares with its own preset alone)."""
-    from .. import engine
-
-    said, meant = engine.recipe_notes(config), recipe_notes(config)
-    if said == meant:
-        return log
-
-    def with_notes(line: str) -> None:
-        if line == said[0]:  # the first of the run's notes: the sweep's in their place
-            for note in meant:
-                log(note)
-        elif line not in said:
-            log(line)
-
-    return with_notes
-
-
-# A sweep's worker process: the sweep's PID, whether a run is going on, whether the sweep died, the stop
-# signal that reached it (0: none) and its number among the workers (which of --devices it trains on). Only workers
-# set them (the sweep's own process may run several sweeps).
-_WORKER: dict[str, Any] = {"parent": None, "running": False, "orphaned": False, "stopped": 0, "slot": 0}
-_PARENT_DIED = "SIGUSR2"  # what Linux sends a worker when the sweep dies (PR_SET_PDEATHSIG)
-
-
 def _stop_between_runs(signum: int, _frame: Any) -> None:
     """SIGTERM or SIGUSR1 in a worker between runs (a run catches them itself): start no further run."""
     _WORKER["stopped"] = signum
@@ -616,6 +589,13 @@ def _sweep_died(_signum: int, _frame: Any) -> None:
     if not _WORKER["running"]:
         os._exit(1)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+# A sweep's worker process: the sweep's PID, whether a run is going on, whether the sweep died, the stop
+# signal that reached it (0: none) and its number among the workers (which of --devices it trains on). Only workers
+# set them (the sweep's own process may run several sweeps).
+_WORKER: dict[str, Any] = {"parent": None, "running": False, "orphaned": False, "stopped": 0, "slot": 0}
+_PARENT_DIED = "SIGUSR2"  # what Linux sends a worker when the sweep dies (PR_SET_PDEATHSIG)
 
 
 def _stop_mask(how: int) -> Any:
@@ -999,6 +979,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
 def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, int, dict[str, Any]]],
           log: Callable[[str], None]) -> None:
     """What the sweep would do (``--dry-run``), in the order and with the numbers it would run them."""
+    from .. import engine
+
     total = len(todo)
     log(f"sweep (dry run, nothing trained): {count(len(settings), 'setting')} x {count(len(seeds), 'seed')} = "
         f"{count(total, 'run')}")
@@ -1014,24 +996,10 @@ def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, i
                 }.get(state, f"{state}, left as it is: {job['why']}")
         log(f"[{i}/{total}] {s.label} seed {seed}: {what} -> {job['run_dir']}")
     for s in settings:
-        for note in recipe_notes(s.config):
+        for note in engine.recipe_notes(s.config):
             log(f"{s.label}: {note}")
     named = {"new": "to train", "partial": "to resume", "done": "finished"}
     log("sweep (dry run): " + ", ".join(f"{n} {named.get(k, k)}" for k, n in counts.items()))
-
-
-def recipe_notes(config: TrainConfig) -> list[str]:
-    """What a setting's runs change of their preset's recipe (``engine.recipe_notes``), or, where the setting trains
-    another preset's recipe exactly (``--grid estimator=ste`` on cifar10-resnet20-1w1a), that it trains that one's:
-    the report gives that preset's published number beside it (review experiments #4)."""
-    from .. import engine
-
-    notes = engine.recipe_notes(config)
-    other = trained_preset(config) if notes else None
-    if not other:
-        return notes
-    return [f"note: this run trains preset {other}'s recipe (not preset {config.preset}'s): the report gives "
-            f"{other}'s published number beside it"]
 
 
 def _placement(base: TrainConfig, pending: int, jobs: int, threads: int | None, devices: list[str] | None) -> str:
