@@ -397,8 +397,7 @@ class RunDirectory:
                 except OSError:
                     continue  # missing (the resume says what that means) or unreadable (its read says why)
                 if not stat.S_ISREG(mode):
-                    raise UsageError(f"{path / name} is not a file (a FIFO, a device or a folder): a run's {name} is "
-                                     "one; move it away, or restore the run's own")
+                    raise not_a_file(path / name)
         probe = path / ".write-test"  # a resume too: it failed at its first write, naming a temporary file (review
         try:  # chaos #2)
             probe.write_bytes(b"")
@@ -680,6 +679,12 @@ def forget_divergence(run_dir: str | os.PathLike) -> None:
     (Path(run_dir) / DIVERGED).unlink(missing_ok=True)
 
 
+def not_a_file(path: Path, after_moving: str = "") -> UsageError:
+    """The refusal of a run's file that is no regular file (a FIFO, whose read waits for ever; a device; a folder)."""
+    return UsageError(f"{path} is not a file (a FIFO, a device or a folder): a run's {path.name} is one; move it "
+                      f"away{after_moving}, or restore the run's own")
+
+
 def record_failure(run_dir: str | os.PathLike, error: str) -> None:
     """Record that the run in ``run_dir`` failed with ``error`` (one line: the exception's type and message)."""
     path = Path(run_dir)
@@ -896,8 +901,7 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
     if not Path(run_dir).exists():
         raise UsageError(f"{run_dir} does not exist; pass the folder of a run (its --out)")
     if cfg_path.exists() and not cfg_path.is_file():  # (a FIFO, which a read would wait on for ever: rev16 #3)
-        raise UsageError(f"{cfg_path} is not a file (a FIFO, a device or a folder): a run's {CONFIG} is one; move "
-                         f"it away (a resume writes it again from {LAST}), or restore the run's own")
+        raise not_a_file(cfg_path, f" (a resume writes it again from {LAST})")
     if not cfg_path.is_file():
         inner = next(itertools.chain(Path(run_dir).glob(f"*/{CONFIG}"), Path(run_dir).glob(f"*/*/{CONFIG}")), None)
         example = f", e.g. {inner.parent} (a run this folder holds)" if inner is not None else ""  # a sweep's runs
