@@ -38,6 +38,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
     print(f"built the extension: {cuda_ext.build()}")
 
     est = estimators.get_estimator("reste", o_end=3.0)

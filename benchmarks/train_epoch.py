@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", default="resnet20_1w1a", help="a CIFAR-10 model of the zoo (default resnet20_1w1a)")
     ap.add_argument("--estimator", default="reste", help="estimator (default reste)")
     ap.add_argument("--batch-size", type=int, default=256, help="training batch size (default 256)")
-    ap.add_argument("--amp", default="none", help="none (default), bf16 or fp16")
+    ap.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="none (default), bf16 or fp16")
     ap.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay each step as one CUDA graph")
     ap.add_argument("--accumulate", type=int, default=1,
@@ -190,6 +190,13 @@ def _timed(phases: dict[str, float], config: TrainConfig, stamps: list[float]):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    try:
+        return _measure(args)
+    except UsageError as err:  # the run's own refusal (no CUDA device, --cuda-graphs on the CPU): one line
+        raise SystemExit(f"train_epoch.py: {err}") from None
+
+
+def _measure(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = dict(dataset="cifar10", model=args.model, estimator=args.estimator, batch_size=args.batch_size,

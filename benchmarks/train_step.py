@@ -43,8 +43,8 @@ the Triton kernels of ``reste.triton_kernels``):
   3x224x224, bf16 autocast + channels_last.
 
 GPU targets (issue 11): reste/fp <= 1.15 per row, reste/ste <= 1.05, reference/reste >= 3.
-``--graphs`` also times fp, ste and reste with each step captured as one CUDA graph by this
-script (``torch.cuda.graph``; o frozen at capture). ``--json FILE`` writes every row's medians
+``--graphs`` also times fp, ste and reste with each step captured as one CUDA graph and replayed
+by ``reste.cudagraph.GraphedStep``, as ``reste train --cuda-graphs`` does (o frozen at capture). ``--json FILE`` writes every row's medians
 and ratios (``benchmarks/gpu_check.sh`` reads it).
 
     python benchmarks/train_step.py --device cuda --json gpu_rows.json
@@ -549,8 +549,9 @@ def print_rows(results: dict[str, dict], args: argparse.Namespace, device: torch
               + f"{q['reste/fp']:>9.2f}x{q['reste/ste']:>9.2f}x{q['reference/reste']:>9.2f}x")
     print("  (*_ops: the same model with the fused kernels off, RESTE_FUSED=0: the PyTorch-op path;")
     print("   *_ext: the same model through the compiled extension's C++ autograd nodes, RESTE_CUDA_EXT=1;")
-    print("   *_graphed: the step captured as one CUDA graph by this script, o frozen; the reference")
-    print("   cannot be captured: its backward reads o on the host)")
+    print("   *_graphed: the step captured as one CUDA graph and replayed by reste.cudagraph.GraphedStep, as")
+    print("   reste train --cuda-graphs does, o frozen; the reference cannot be captured: its backward reads o")
+    print("   on the host)")
     print()
     for row, r in results.items():
         q = ratios(r)
@@ -584,13 +585,16 @@ def _triton_version() -> str:
     return triton.__version__
 
 
-def write_json(path: str | None, results: dict[str, dict], failed: dict[str, str], device: torch.device) -> None:
-    """The rows measured so far (with their ratios) and the rows that failed, to ``path`` (atomically)."""
+def write_json(path: str | None, results: dict[str, dict], failed: dict[str, str], device: torch.device,
+               planned: list[str]) -> None:
+    """The rows measured so far (with their ratios), the rows that failed and every row this run means to
+    measure (a run cut short by its time limit: the rows it did not reach are in neither), to ``path``
+    (atomically)."""
     if not path:
         return
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows_out = {n: {**r, "ratios": ratios(r)} for n, r in results.items()}
-    payload = {"torch": torch.__version__, "device": gpu, "rows": rows_out, "failed": failed}
+    payload = {"torch": torch.__version__, "device": gpu, "rows": rows_out, "failed": failed, "planned": planned}
     part = f"{path}.part"
     with open(part, "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=1)
@@ -616,6 +620,7 @@ def main() -> None:
     failed: dict[str, str] = {}
     if names:
         results = {}
+        write_json(args.json, results, failed, device, names)  # before the first: what a run killed in it missed
         for n in names:
             try:
                 results[n] = measure(*GPU_ROWS[n], args=args, device=device)
@@ -630,16 +635,17 @@ def main() -> None:
                     print(f"  the CUDA context is broken ({str(err).splitlines()[0][:200]}); the rows after {n} "
                           "are not measured", file=sys.stderr, flush=True)
                     write_json(args.json, results, {**failed, **{m: "not run (broken CUDA context)"
-                                                                for m in names[names.index(n) + 1:]}}, device)
+                                                                for m in names[names.index(n) + 1:]}}, device,
+                               names)
                     raise SystemExit(f"train_step.py: stopped after row {n}: the CUDA context is broken")
-            write_json(args.json, results, failed, device)  # after each row: a run cut short keeps its rows
+            write_json(args.json, results, failed, device, names)  # after each row: a run cut short keeps its rows
         if results:
             print_rows(results, args, device)
     else:
         r = measure("resnet20_1w1a", "resnet20", args.batch_size, 32, args.amp, args.channels_last, args, device)
         results = {"single": r}
         print_single(r, args, device)
-        write_json(args.json, results, failed, device)
+        write_json(args.json, results, failed, device, ["single"])
 
     if args.loader and results:
         med = results[next(iter(results))]["median_ms"]

@@ -40,13 +40,16 @@ def test_without_a_gpu_it_checks_nothing_and_says_so():
     assert done.stdout == ""
 
 
-def _report(tmp_path: Path, rows: dict | None, epoch: dict | None, failed: dict | None = None) -> str:
+def _report(tmp_path: Path, rows: dict | None, epoch: dict | None, failed: dict | None = None,
+            planned: list[str] | None = None) -> str:
     report = _python_parts()[2]
     rows_json, epoch_json = tmp_path / "rows.json", tmp_path / "epoch.json"
     if rows is not None:
         measured = {"torch": "x", "device": "a made-up GPU", "rows": rows}
         if failed is not None:  # train_step.py writes it since the rows are written one by one
             measured["failed"] = failed
+        if planned is not None:  # train_step.py writes the rows it means to measure before the first
+            measured["planned"] = planned
         rows_json.write_text(json.dumps(measured))
     if epoch is not None:
         epoch_json.write_text(json.dumps(epoch))
@@ -104,6 +107,27 @@ def test_a_row_that_failed_is_not_measured_and_the_others_count(tmp_path):
     assert next(x for x in lines if "--cuda-graphs" in x).endswith("NOT MEASURED (its row failed; see above)")
 
 
+def test_rows_that_section_4_did_not_reach_are_not_measured_and_named(tmp_path):
+    """train_step.py writes its file after each row: one cut by its time limit leaves the rows not reached out of
+    both ``rows`` and ``failed``. Each still gets its NOT MEASURED lines, and the graphed target says that its row
+    was never tried, not that the capture failed (review gpudry #1)."""
+    row = {"ratios": {"reste/fp": 1.10, "reste/ste": 1.02, "reference/reste": 3.5}, "median_ms": {"fp": 1.0}}
+    planned = ["resnet20-fp32", "resnet20-bf16-cl", "resnet18-224-bf16-cl"]
+    out = _report(tmp_path, {"resnet20-fp32": row}, None, failed={}, planned=planned)
+    lines = out.splitlines()
+    for name in planned[1:]:
+        assert f"row {name} was not reached" in out
+        for label in ("ReSTE / FP, eager ", "ReSTE / STE, eager ", "reference / ReSTE, eager ",
+                      "ReSTE / FP, eager, C++ nodes"):
+            assert next(x for x in lines if label in x and name in x).endswith("NOT MEASURED")
+    graphed = next(x for x in lines if "--cuda-graphs" in x)
+    assert graphed.endswith("NOT MEASURED (section 4 did not reach row resnet20-bf16-cl)")
+    # a row that ran but whose capture raised says so, with the error
+    row2 = {**row, "graph_errors": {"reste": "RuntimeError: capture failed"}}
+    out = _report(tmp_path, {"resnet20-bf16-cl": row2}, None, failed={}, planned=planned[1:2])
+    assert "could not be captured: RuntimeError: capture failed" in out
+
+
 FAKE = Path(__file__).resolve().parent / "fixtures" / "fake_gpu_python"
 
 
@@ -124,6 +148,7 @@ def test_the_run_keeps_its_log_and_figures_and_ends_with_a_summary(tmp_path):
     # the figures, and the full outputs the log shows only the end of (the extension's tests: review KK)
     assert kept == {"epoch.json", "rows.json", "gpu_check.log", "ext-build.txt", "ext-tests.txt", "nodes.txt",
                     "targets.txt"}
+    assert len(kept) <= 8  # the device tool brings back at most 8 files from $OUT and leaves the rest out silently
     log = (tmp_path / "save" / "gpu_check.log").read_text()
     assert "== 6. Targets" in log and log.rstrip().endswith(out.rstrip().splitlines()[-1])  # whole to its end
     summary = out[out.index("== Summary"):]
@@ -169,3 +194,12 @@ def test_an_extension_that_fails_its_checks_is_not_timed_and_no_nvcc_is_the_envi
     assert re.search(r"\(fake\) train_step\.py .*--no-ext", out)
     rc, out = _fake_run(tmp_path)
     assert rc == 0 and "--no-ext" not in out
+
+
+def test_a_timed_section_that_fails_or_hangs_is_exit_status_1(tmp_path):
+    """Whoever reads only the status of the one GPU run must not take a failed or cut benchmark for a clean pass
+    (review gpudry #2). (A section that runs out of time sets the same status, 124: the hang tests above.)"""
+    rc, out = _fake_run(tmp_path, FAKE_BENCH_RC="1")
+    assert rc == 1, out
+    assert "4. training-step rows: FAILED (exit 1)" in out and "5. whole epoch: FAILED (exit 1)" in out
+    assert "1. Triton kernels: ok" in out and "2. CUDA graphs: ok" in out  # the correctness checks passed
