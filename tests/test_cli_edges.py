@@ -535,3 +535,21 @@ def test_a_second_ctrl_c_ends_an_import_that_hangs(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (CI ignores it)
     assert proc.returncode == 130 and proc.stderr == "reste: interrupted\n", (proc.returncode, proc.stderr)
+
+
+def test_a_stray_rank_without_a_world_is_one_process_that_locks_its_folder(capsys, monkeypatch, tmp_path):
+    """A job's leftover RANK without WORLD_SIZE > 1: the run has one process, which creates and locks the folder it
+    writes (before, no process created or locked it, and the run ended on a FileNotFoundError: review dist #4)."""
+    from reste.distributed import env_rank
+    from reste.rundir import LOCK_NAME
+
+    for name in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert env_rank() == 0
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert env_rank() == 0
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    assert (out / "config.json").is_file() and (out / "last.pt").is_file() and (out / LOCK_NAME).is_file()
+    assert "error" not in capsys.readouterr().err

@@ -19,6 +19,7 @@ def test_without_torchrun(monkeypatch):
 
 
 def test_env_rank_reads_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     assert distributed.env_rank() == 3
     monkeypatch.setenv("RANK", "not a number")

@@ -88,8 +88,12 @@ __all__ = ["Dist", "await_main", "env_rank", "env_world_size", "init_distributed
 
 
 def env_rank() -> int:
-    """This process's rank under torchrun (0 otherwise), known before the process group exists."""
+    """This process's rank under torchrun (0 otherwise), known before the process group exists. A stray ``RANK``
+    without a ``WORLD_SIZE`` above 1 (a job script's leftover, a pod that exports it) is a run of one process, as
+    :func:`init_distributed` makes it: that process locks the run folder it writes (review dist #4)."""
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return 0
         return int(os.environ.get("RANK", "0"))
     except ValueError:
         return 0
