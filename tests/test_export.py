@@ -1133,3 +1133,154 @@ def test_a_traced_or_exported_model_is_refused_for_the_eager_one(tmp_path):
         with pytest.raises(UsageError, match="cannot export what torch.(jit|export) made .*: the exporters trace "
                                              "the eager model"):
             export_model(made, tmp_path / "t.rbnn", input_size=(1, 8, 8))
+
+
+class _Activated(nn.Module):
+    """An activation (a module, or a function ``act(self, x)``) on a float conv's output, read by a binary conv and
+    by the float linear layer: a wrong activation in the file changes the logits, not only signs."""
+
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.binary = reste.BinaryConv2d(8, 4, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8, 4)
+        self.weight = nn.Parameter(torch.linspace(-0.5, 1.5, 8))  # F.prelu's, one per channel
+        self.prelu = nn.PReLU(init=0.3)  # its weight read by F.prelu: a parameter of a submodule
+        self.register_buffer("slope", torch.tensor(0.2))  # a 0-d weight, which F.prelu takes too
+        self.act = act
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        h = self.act(h) if isinstance(self.act, nn.Module) else self.act(self, h)
+        return self.fc(h.mean((2, 3))) + self.binary(h).mean((2, 3))
+
+
+def _prelu_of(weight: torch.Tensor) -> nn.PReLU:
+    m = nn.PReLU(weight.numel())
+    with torch.no_grad():
+        m.weight.copy_(weight.reshape(-1))
+    return m
+
+
+# the functional form -> the module the README says it is the form of
+_FUNCTIONAL = {
+    "F.relu6(x)": (lambda s, x: F.relu6(x), lambda s: nn.ReLU6()),
+    "F.relu6(x, inplace=True)": (lambda s, x: F.relu6(x, inplace=True), lambda s: nn.ReLU6()),
+    "F.hardtanh(x, -0.5, 2.0)": (lambda s, x: F.hardtanh(x, -0.5, 2.0), lambda s: nn.Hardtanh(-0.5, 2.0)),
+    "F.hardtanh(x, min_val=-2, max_val=3, inplace=True)": (
+        lambda s, x: F.hardtanh(x, min_val=-2, max_val=3, inplace=True), lambda s: nn.Hardtanh(-2.0, 3.0)),
+    "F.hardtanh_(x, -1.0, 4.0)": (lambda s, x: F.hardtanh_(x, -1.0, 4.0), lambda s: nn.Hardtanh(-1.0, 4.0)),
+    "F.leaky_relu(x)": (lambda s, x: F.leaky_relu(x), lambda s: nn.LeakyReLU()),
+    "F.leaky_relu(x, 0.2)": (lambda s, x: F.leaky_relu(x, 0.2), lambda s: nn.LeakyReLU(0.2)),
+    "F.leaky_relu(x, negative_slope=-0.3, inplace=True)": (
+        lambda s, x: F.leaky_relu(x, negative_slope=-0.3, inplace=True), lambda s: nn.LeakyReLU(-0.3)),
+    "F.leaky_relu_(x, 0.5)": (lambda s, x: F.leaky_relu_(x, 0.5), lambda s: nn.LeakyReLU(0.5)),
+    "F.relu(x, inplace=True)": (lambda s, x: F.relu(x, inplace=True), lambda s: nn.ReLU()),
+    "F.relu_(x)": (lambda s, x: F.relu_(x), lambda s: nn.ReLU()),
+    "F.prelu(x, self.weight)": (lambda s, x: F.prelu(x, s.weight), lambda s: _prelu_of(s.weight)),
+    "F.prelu(x, weight=self.prelu.weight)": (lambda s, x: F.prelu(x, weight=s.prelu.weight),
+                                             lambda s: copy.deepcopy(s.prelu)),
+    "F.prelu(x, self.slope)": (lambda s, x: F.prelu(x, s.slope), lambda s: nn.PReLU(init=0.2)),
+}
+
+
+def _same_nodes(a: list[dict], b: list[dict]) -> bool:
+    """The same ops with the same attributes and tensors (module names aside)."""
+    def value(v):
+        v = v.array if isinstance(v, graph.Bits) else v
+        return v.tolist() if isinstance(v, np.ndarray) else v
+
+    return [{k: value(v) for k, v in n.items() if k != "name"} for n in a] == \
+        [{k: value(v) for k, v in n.items() if k != "name"} for n in b]
+
+
+@pytest.mark.parametrize("how", list(_FUNCTIONAL))
+def test_the_functional_activations_export_as_their_modules(tmp_path, how):
+    """(review deploy #1) The README says the functional forms of ReLU6, LeakyReLU and PReLU export: F.relu6,
+    F.leaky_relu (slope given or not, in place or not) and F.prelu were refused as unsupported functions. Each is
+    the node of its module, and the file computes what the model does."""
+    function, module = _FUNCTIONAL[how]
+    torch.manual_seed(0)
+    functional = _calibrate(_Activated(function), (3, 8, 8))
+    with torch.no_grad():
+        functional.bn.weight.fill_(4.0)  # values beyond the bounds of ReLU6 and each Hardtanh
+    modular = copy.deepcopy(functional)
+    modular.act = module(modular)
+    assert isinstance(modular.act, nn.Module)
+    size, x = (3, 8, 8), torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(functional(x), modular(x))  # (the two forms compute the same)
+    nodes = graph.to_graph(functional, size)[0]
+    assert _same_nodes(nodes, graph.to_graph(modular, size)[0])
+    assert {"hardtanh", "leaky_relu", "prelu", "relu"} & {n["op"] for n in nodes}
+    _check_model(functional, tmp_path, size, x)
+
+
+@pytest.mark.parametrize("act, wanted", [
+    (lambda s, x: F.prelu(x, x[:, :1].mean((1, 2, 3))), r"cannot export F.prelu with a weight computed in the "
+                                                         r"forward: pass a parameter of the model .* \(at test_export"),
+    (lambda s, x: (F.relu6(x, inplace=True), x)[1], r"cannot export F.relu6\(x, inplace=True\) with x read after it "
+                                                     r".*write x = F.relu6\(x, inplace=True\)"),
+    (lambda s, x: (F.leaky_relu_(x, 0.1), x)[1], r"cannot export F.leaky_relu_\(x, ...\) with x read after it"),
+    (lambda s, x: x + s.weight.view(1, -1, 1, 1), "the forward uses the tensor attribute 'weight' directly"),
+], ids=["computed prelu weight", "relu6 in place, x read after", "leaky_relu_, x read after", "tensor attribute"])
+def test_a_functional_activation_the_file_cannot_hold_is_refused_in_one_line(tmp_path, act, wanted):
+    """F.prelu takes its weight from the model's parameters; an in-place activation whose input is read after it
+    (the graph has no in-place ops) is refused as x.clamp_(...) is; a tensor attribute read as an input still is."""
+    model = _Activated(act).eval()  # (F.prelu's computed weight: one per image, as one channel, of one image)
+    with pytest.raises(UsageError, match=wanted) as info:
+        export_model(model, tmp_path / "a.rbnn", input_size=(3, 8, 8))
+    assert "\n" not in str(info.value)
+
+
+def test_predict_writes_one_image_file_as_a_folder_of_it(tmp_path, capsys):
+    """(review deploy #2) One image file with --output wrote rows index,class,name, and took a .npy (which holds no
+    file name); a folder of that one file wrote file,class,name and refused the .npy. The same for both now, the
+    class the PyTorch model gives."""
+    import csv
+    import json
+
+    from PIL import Image
+
+    from reste.cli import main
+    from reste.export.inputs import model_inputs
+    from reste.export.ir import Preprocessing
+
+    torch.manual_seed(0)
+    net = reste.binarize(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                                       nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 64, 3)))
+    model = _calibrate(net, (1, 8, 8))
+    names = ["cat", "dog", "owl"]
+    export_model(model, tmp_path / "m.rbnn", input_size=(1, 8, 8),
+                 meta={**Preprocessing((1, 8, 8), (0.5,), (0.25,), 255.0).to_meta(), "classes": names})
+    (tmp_path / "one").mkdir()
+    image = tmp_path / "one" / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8), "L").save(image)
+    packed = PackedModel.load(tmp_path / "m.rbnn")
+    x = torch.from_numpy(np.asarray(model_inputs(None, str(image), packed.input_size, packed.preprocessing,
+                                                 packed.meta), np.float32))
+    with torch.no_grad():
+        logits = model(x)
+    assert torch.allclose(torch.as_tensor(packed(x.numpy())), logits, atol=1e-4)
+    c = int(logits.argmax(1)[0])
+    want = [["file", "class", "name"], [str(image), str(c), names[c]]]
+
+    def run(*argv):
+        code = main(["predict", str(tmp_path / "m.rbnn"), *map(str, argv)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    for given in (image, tmp_path / "one"):  # the file, and a folder of it alone
+        code, out, err = run(given, "-o", "-")
+        assert code == 0 and list(csv.reader(out.splitlines())) == want, (given, out, err)
+        assert run(given, "-o", tmp_path / "p.csv")[0] == 0
+        assert list(csv.reader((tmp_path / "p.csv").read_text().splitlines())) == want
+        assert run(given, "-o", tmp_path / "p.json")[0] == 0
+        assert json.loads((tmp_path / "p.json").read_text()) == [{"file": str(image), "class": c, "name": names[c]}]
+        code, out, err = run(given, "-o", tmp_path / "p.npy")
+        assert code == 2 and not (tmp_path / "p.npy").exists()
+        assert err.strip() == (f"reste: error: --output {tmp_path / 'p.npy'}: a .npy array holds no file names; for "
+                               "image files use .csv or .json (file,class,name), or - for CSV on stdout"), err
+    code, out, err = run(image)  # without --output: its line, as before
+    assert code == 0 and out.startswith(f"{image}: class {c} ({names[c]!r})"), out

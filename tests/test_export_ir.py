@@ -229,8 +229,11 @@ def test_predict_takes_an_image_file(capsys, tmp_path, digits_export):
     assert code == 0, err
     assert out.startswith(f"{tmp_path / 'seven.png'}: class {want} ")
     assert not (tmp_path / "seven.pred.npy").exists()
-    assert _run(capsys, "predict", str(path), str(tmp_path / "seven.png"), "-o", str(tmp_path / "p.npy"))[0] == 0
-    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), [want])
+    assert "holds no file names" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "seven.png"), "-o",
+                                                     str(tmp_path / "p.npy"))
+    assert _run(capsys, "predict", str(path), str(tmp_path / "seven.png"), "-o", str(tmp_path / "p.json"))[0] == 0
+    assert [(r["file"], r["class"]) for r in json.loads((tmp_path / "p.json").read_text())] == [
+        (str(tmp_path / "seven.png"), want)]
     # an RGB JPEG of another size: grey, resized, classified
     Image.fromarray(np.full((40, 30, 3), 128, np.uint8), "RGB").save(tmp_path / "photo.jpg")
     code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "photo.jpg"))
@@ -498,7 +501,7 @@ def test_predict_quotes_the_class_name_and_writes_it(capsys, tmp_path, digits_ex
     assert f": class {got} ('{got}') (" in out
     monkeypatch.chdir(tmp_path)  # (a `-` written as a file would land here)
     code, out, err = _run(capsys, "predict", str(tmp_path / "named.rbnn"), str(tmp_path / "one.png"), "-o", "-")
-    assert code == 0 and out == f"index,class,name\n0,{got},{got}\n", (out, err)
+    assert code == 0 and out == f"file,class,name\n{tmp_path / 'one.png'},{got},{got}\n", (out, err)
 
 
 def test_predict_json_prints_one_object_in_each_mode(capsys, tmp_path, digits_export):

@@ -338,7 +338,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if several and args.labels:
         raise UsageError("--labels goes with IMAGES.npy or one image file; for several image files, write their "
                          "classes (--output FILE.csv, rows file,class,name) and compare them with your labels")
-    if several and args.output and _prediction_format(args.output) == "npy":
+    of_files = several or bool(args.images) and is_image_file(args.images)  # (one file too: rows file,class,name)
+    if of_files and args.output and _prediction_format(args.output) == "npy":
         raise UsageError(f"--output {args.output}: a .npy array holds no file names; for image files use .csv or "
                          ".json (file,class,name), or - for CSV on stdout")
     if args.json and args.output == "-":
@@ -391,12 +392,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         pred = model.predict(images, batch_size=args.batch_size)
         seconds = time.perf_counter() - start
         names = model.meta.get("classes")
+        file_names = [str(Path(args.images))] if one_file else None  # (as a folder of that one file gives it)
         if to_stdout:  # the predictions are the output; the line about them goes to stderr
-            _write_stdout(_prediction_text(pred, names, form))
+            _write_stdout(_prediction_text(pred, names, form, file_names))
             line = f"{count(len(pred), 'prediction')} written to stdout ({seconds:.2f}s, {model.backend} kernels)"
         elif write:
             replacing = " (replacing the file that was there)" if out.is_file() else ""
-            _save_predictions(out, pred, names, form)
+            _save_predictions(out, pred, names, form, file_names)
             line = (f"{count(len(pred), 'prediction')} written to {out}{replacing} ({seconds:.2f}s, {model.backend} "
                     "kernels)")
         else:

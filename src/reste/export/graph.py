@@ -200,6 +200,21 @@ def _pool1d(m: nn.Module, name: str) -> list[dict[str, Any]]:
     return _adaptive_avgpool1d(m.output_size)
 
 
+def _hardtanh(lo: Any, hi: Any) -> dict[str, Any]:
+    """A ``hardtanh`` node: ``Hardtanh``, ``ReLU6`` (0, 6) and a clamp with both bounds, as modules or functions."""
+    return {"op": "hardtanh", "lo": float(lo), "hi": float(hi)}
+
+
+def _leaky_relu(slope: Any) -> dict[str, Any]:
+    """A ``leaky_relu`` node: ``nn.LeakyReLU`` or ``F.leaky_relu``."""
+    return {"op": "leaky_relu", "slope": float(slope)}
+
+
+def _prelu(weight: torch.Tensor) -> dict[str, Any]:
+    """A ``prelu`` node: ``nn.PReLU`` or ``F.prelu`` on a parameter (a 0-d one, which F.prelu takes, as one of 1)."""
+    return {"op": "prelu", "w": _np(weight.reshape(-1))}
+
+
 def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any]] | None:
     """The node for a leaf module (a list: nodes in a chain); ``None`` for modules that are the identity in
     eval mode."""
@@ -233,13 +248,13 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
     if isinstance(m, nn.ReLU):
         return {"op": "relu"}
     if isinstance(m, nn.ReLU6):
-        return {"op": "hardtanh", "lo": 0.0, "hi": 6.0}
+        return _hardtanh(0.0, 6.0)
     if isinstance(m, nn.Hardtanh):
-        return {"op": "hardtanh", "lo": float(m.min_val), "hi": float(m.max_val)}
+        return _hardtanh(m.min_val, m.max_val)
     if isinstance(m, nn.LeakyReLU):
-        return {"op": "leaky_relu", "slope": float(m.negative_slope)}
+        return _leaky_relu(m.negative_slope)
     if isinstance(m, nn.PReLU):
-        return {"op": "prelu", "w": _np(m.weight)}
+        return _prelu(m.weight)
     if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)):
         return None
     if isinstance(m, nn.Flatten):
@@ -283,8 +298,18 @@ class _Shape:
         self.of = of
 
 
+class _Attr:
+    """A tensor attribute of the model read in the forward (fx's ``get_attr``: ``self.weight``): a function's weight
+    (``F.prelu(x, self.weight)``), refused as any other input."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+
 _ADD = (operator.add, operator.iadd, torch.add)
-_RELU = (F.relu, torch.relu)
+#: activation functions, with their in-place forms (F.relu_ is torch.relu_, F.prelu is torch.prelu): their module's node
+_ACTIVATIONS = (F.relu, torch.relu, torch.relu_, F.relu6, F.hardtanh, F.hardtanh_, F.leaky_relu, F.leaky_relu_,
+                torch.prelu)
 _CLAMP = (torch.clamp, torch.clip)
 _CLAMP_METHODS = ("clamp", "clip", "clamp_", "clip_")
 
@@ -331,8 +356,11 @@ class _Builder:
         return len(self.nodes) - 1
 
     def tensor(self, arg: Any, what: str) -> int:
-        if isinstance(arg, fx.Node) and isinstance(self.env.get(arg), int):
-            return self.env[arg]
+        got = self.env.get(arg) if isinstance(arg, fx.Node) else None
+        if isinstance(got, int):
+            return got
+        if isinstance(got, _Attr):
+            raise UsageError(f"cannot export: the forward uses the tensor attribute {got.target!r} directly")
         raise UsageError(f"cannot export {what}: an input is not a tensor computed by the model")
 
     def run(self) -> tuple[list[dict[str, Any]], int]:
@@ -357,8 +385,8 @@ class _Builder:
                         raise UsageError("cannot export a model with more than one output")
                     out = out[0]
                 output = self.tensor(out, "the output")
-            elif n.op == "get_attr":
-                raise UsageError(f"cannot export: the forward uses the tensor attribute {n.target!r} directly")
+            elif n.op == "get_attr":  # a function's weight (F.prelu(x, self.weight)); as a tensor input, refused
+                self.env[n] = _Attr(n.target)
             elif n.op == "call_module":
                 m = self.modules[n.target]
                 x = self.tensor(n.args[0], n.target)
@@ -423,13 +451,10 @@ class _Builder:
             if len(a) != 2 or n.kwargs.get("alpha", 1) != 1:
                 raise UsageError("cannot export: add supports two tensors only")
             return self.add({"op": "add"}, [self.tensor(a[0], where), self.tensor(a[1], where)])
-        if f in _RELU:
-            return self.add({"op": "relu"}, [self.tensor(a[0], where)])
+        if f in _ACTIVATIONS:
+            return self.activation(n, where)
         if f in _CLAMP:
             return self.clamp(n, self.tensor(a[0], where))
-        if f is F.hardtanh:
-            lo, hi = self._kw(n, 1, "min_val", -1.0), self._kw(n, 2, "max_val", 1.0)
-            return self.add({"op": "hardtanh", "lo": float(lo), "hi": float(hi)}, [self.tensor(a[0], where)])
         if f is torch.flatten:
             node = {"op": "flatten", "start": self._kw(n, 1, "start_dim", 0), "end": self._kw(n, 2, "end_dim", -1)}
             return self.add(_batch_kept(node, a[0]), [self.tensor(a[0], where)])
@@ -471,7 +496,7 @@ class _Builder:
             return self.unit_dim(n, f.__name__)
         if f is torch.mean:
             return self.mean(n)
-        if f in (F.dropout, F.dropout2d):
+        if f in (F.dropout, F.dropout1d, F.dropout2d):
             return self.tensor(a[0], where)
         raise _Refused(f"cannot export: function {where} is not supported", n.name)
 
@@ -514,6 +539,51 @@ class _Builder:
             return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
         raise _Refused(f"cannot export: tensor method {name!r} is not supported", n.name)
 
+    def activation(self, n: fx.Node, where: str) -> int:
+        """``F.relu``, ``F.relu6``, ``F.hardtanh``, ``F.leaky_relu`` and ``F.prelu`` (a parameter as its weight), their
+        in-place forms too (``inplace=True``, ``F.relu_``): the node of their module."""
+        f, inplace_at, more = n.target, 1, ""  # (more: the arguments after x, in a message)
+        if f is F.relu6:
+            node = _hardtanh(0.0, 6.0)
+        elif f in (F.hardtanh, F.hardtanh_):
+            lo, hi = self._kw(n, 1, "min_val", -1.0), self._kw(n, 2, "max_val", 1.0)
+            node, inplace_at, more = _hardtanh(lo, hi), 3, ", ..."
+        elif f in (F.leaky_relu, F.leaky_relu_):
+            node, inplace_at, more = _leaky_relu(self._kw(n, 1, "negative_slope", 0.01)), 2, ", ..."
+        elif f is torch.prelu:
+            node, inplace_at = _prelu(self.weight(n.args[1] if len(n.args) > 1 else n.kwargs.get("weight"))), None
+        else:
+            node = {"op": "relu"}
+        x = self.tensor(n.args[0], where)
+        call = f"F.{where}(x{more}"
+        if where.endswith("_"):  # (F.relu_(x) as a statement)
+            self._in_place(n, f"{call})", f"x = {call})")
+        elif inplace_at is not None and self._kw(n, inplace_at, "inplace", False):
+            self._in_place(n, f"{call}, inplace=True)", f"x = {call}, inplace=True)")
+        return self.add(node, [x])
+
+    def weight(self, arg: Any) -> torch.Tensor:
+        """The tensor of the model's attribute that ``arg`` reads (``F.prelu(x, self.weight)``)."""
+        got = self.env.get(arg) if isinstance(arg, fx.Node) else None
+        value: Any = self.gm
+        for part in got.target.split(".") if isinstance(got, _Attr) else ():
+            value = getattr(value, part)
+        if not isinstance(got, _Attr) or not isinstance(value, torch.Tensor):
+            raise UsageError("cannot export F.prelu with a weight computed in the forward: pass a parameter of the "
+                             "model (F.prelu(x, self.weight)), or use nn.PReLU")
+        return value.detach()
+
+    @staticmethod
+    def _in_place(n: fx.Node, written: str, instead: str) -> None:
+        """Refuse an in-place op whose input is read after it: the graph has no in-place ops, so that read would get
+        the value before the op."""
+        source = n.args[0]
+        if isinstance(source, fx.Node):
+            order = {m: i for i, m in enumerate(n.graph.nodes)}
+            if any(order[u] > order[n] for u in source.users if u is not n):
+                raise _Refused(f"cannot export {written} with x read after it (the graph has no in-place ops): "
+                               f"write {instead}", n.name)
+
     def clamp(self, n: fx.Node, x: int) -> int:
         """``clamp``/``clip`` with constant bounds: a ``hardtanh`` (both bounds), or a ``relu`` (min 0 alone)."""
         lo, hi = self._kw(n, 1, "min", None), self._kw(n, 2, "max", None)
@@ -525,18 +595,12 @@ class _Builder:
         if (lo is not None and math.isinf(lo)) or (hi is not None and math.isinf(hi)):
             raise _Refused(f"cannot export {name}(min={lo}, max={hi}): every value would be clamped to infinity",
                            n.name)
-        source = n.args[0]
-        if isinstance(source, fx.Node) and isinstance(name, str) and name.endswith("_"):
-            # the graph has no in-place ops: a later read of x (x.clamp_(...) as a statement) would get the
-            # value before the clamp
-            order = {m: i for i, m in enumerate(n.graph.nodes)}
-            if any(order[u] > order[n] for u in source.users if u is not n):
-                raise _Refused(f"cannot export x.{name}(...) with x read after it (the graph has no in-place ops): "
-                               f"write x = x.{name[:-1]}(...)", n.name)
+        if isinstance(name, str) and name.endswith("_"):  # x.clamp_(...) as a statement
+            self._in_place(n, f"x.{name}(...)", f"x = x.{name[:-1]}(...)")
         if lo is not None and hi is not None:
             if lo > hi:
                 raise _Refused(f"cannot export {name}(min={lo}, max={hi}): min is above max", n.name)
-            return self.add({"op": "hardtanh", "lo": float(lo), "hi": float(hi)}, [x])
+            return self.add(_hardtanh(lo, hi), [x])
         if lo is None and hi is None:  # infinite bounds: the identity
             return x
         if lo == 0 and hi is None:
