@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -181,9 +182,11 @@ def test_clip_weights_clamps_the_latent_weights_of_binary_layers_only():
         assert model[i].weight.abs().max() == 0.5 and torch.equal(torch.sign(model[i].weight), s)
     assert torch.equal(model[3].weight, float_weight)
     assert model[0].weight.grad is None  # no autograd history
-    for bad in (0, "1", True):
+    for bad in (0, "1", True, float("nan"), -np.float32(1), torch.tensor([1.0, 2.0])):
         with pytest.raises(ValueError, match="bound must be a number > 0"):
             reste.clip_weights(model, bad)
+    for bound in (np.float32(0.5), np.int64(1), torch.tensor(0.5)):  # NumPy and 0-dim numbers too (review diff10 #1)
+        assert reste.clip_weights(model, bound) == 2
     # (review api, suggestion) a frozen binary layer (a fine-tuned backbone) keeps its weights, so its scale
     with torch.no_grad():
         model[0].weight.mul_(10)

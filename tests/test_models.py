@@ -235,6 +235,9 @@ def test_register_model(monkeypatch):
 
     assert isinstance(models.create("tiny_1w1a", estimator="ste")[1], reste.BinaryLinear)
     assert models.model_info("tiny")["dataset"] == "digits"
+    # the same cell again, without the twin: the old twin goes too, not left building the old network (diff10 #2)
+    models.register_model(dataset="DIGITS")(again)
+    assert models.model_info("tiny_1w1a")["twin"] is None and "tiny" not in models.list_models()
 
     @models.register_model(dataset="fmnist")
     def tiny_fm_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import numbers
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -355,8 +356,11 @@ def clip_weights(model: nn.Module, bound: float = 1.0) -> int:
     signs are untouched, the layer scale (mean abs weight) may shrink. A frozen weight (``requires_grad=False``: a
     fine-tuned backbone) is left as it is: clamping it would change its scale, so the frozen layer's outputs (review
     api, suggestion). Returns the number of layers clipped."""
-    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0:
+    if isinstance(bound, Tensor) and bound.numel() == 1 and not bound.dtype.is_complex:
+        bound = bound.item()  # a 0-dim tensor, a value read from a table: as the hyper-parameters take them
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not bound > 0:
         raise ValueError(f"bound must be a number > 0, got {bound!r}")
+    bound = float(bound)
     layers = binary_layers(model)
     if not layers:
         _nothing_binary("clip_weights")

@@ -40,6 +40,11 @@ __all__ = ["check_checkpoint", "check_last_kept", "config_differences", "continu
            "settings_to_record", "spans", "trained_settings"]
 
 
+def epochs_option(n: int) -> str:
+    """``--epochs N`` for the command line, the override a Python caller passes otherwise (review diff10 #3)."""
+    return option(f"--epochs {n}", f"overrides={{'epochs': {n}}}")
+
+
 def check_last_kept(run_dir: Path) -> None:
     """Refuse a run whose ``last.pt`` was lost: more than one metrics line, a ``best.pt`` or ``top/`` files
     without it. One line and nothing else is a crash before epoch 1's first ``last.pt``: it restarts."""
@@ -167,9 +172,10 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path, give
     done, step = ckpt["epoch"], int(ckpt.get("step") or 0)
     if done > config.epochs and "epochs" not in given:  # config.json's own (a hand edit): not a flag of this command
         raise UsageError(f"{last.parent} already finished {done} epochs, and its {CONFIG} plans {config.epochs}: "
-                         f"restore {CONFIG}, or pass --epochs {done + (1 if step else 0)} or more with --force")
+                         f"restore {CONFIG}, or pass {epochs_option(done + (1 if step else 0))} or more with "
+                         f"{option('--force', 'force=True')}")
     if done > config.epochs:  # (inside an epoch: that one too, which the next check asks for)
-        raise UsageError(f"{last.parent} already finished {done} epochs; --epochs {config.epochs} is fewer: "
+        raise UsageError(f"{last.parent} already finished {done} epochs; {epochs_option(config.epochs)} is fewer: "
                          f"pass at least {done + (1 if step else 0)}")
     if step and done >= config.epochs:
         raise UsageError(f"{last} was saved inside epoch {done + 1} (after {step} batches); --epochs {config.epochs} "

@@ -112,6 +112,14 @@ def register_model(
             if held is not None and getattr(held, "__module__", None) != getattr(fn, "__module__", None):
                 raise ValueError(f"model {name!r} is already registered (by {held.__module__}); give yours another "
                                  "name")
+        new = {name for name, _ in names}
+        for name, _ in names:  # a twin that the entry replaced named and that this one drops or renames goes with it:
+            # it would build the old network (review diff10 #2)
+            old_twin = _INFO.get(name, {}).get("twin")
+            if old_twin and old_twin not in new and _INFO.get(old_twin, {}).get("twin") == name:
+                for table in (_MODELS, _BINARY, _INFO):
+                    table.pop(old_twin, None)
+                _MIXED.discard(old_twin)
         for name, is_binary in names:  # (one of the same module's again: importlib.reload, a notebook cell run
             # again; the new factory replaces it, as register_estimator and register_dataset do: review api #8)
             _MIXED.discard(name)
