@@ -667,7 +667,7 @@ def divergence(run_dir: str | os.PathLike) -> str | None:
     try:
         record = parse_json(path.read_text(encoding="utf-8"))
         epoch, step = record["epoch"], record["step"]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a file given for the folder: no record either)
         return None
     except (OSError, ValueError, TypeError, KeyError):
         return f"it diverged (its record {path} is damaged)"
@@ -685,6 +685,32 @@ def not_a_file(path: Path, after_moving: str = "") -> UsageError:
                       f"away{after_moving}, or restore the run's own")
 
 
+def not_a_folder(path: str | os.PathLike, command: str = "--resume") -> UsageError:
+    """The refusal of a file given where a run's folder is wanted (its last.pt or a log, a Lightning checkpoint):
+    where the file's own folder holds a run, ``command`` (``reste show``) with that folder is the example."""
+    parent = Path(os.path.abspath(path)).parent
+    kind = "a file" if os.path.isfile(path) else "not a folder"
+    example = f", e.g. {command} {shell_word(parent)}" if holds_run(parent) else ""
+    lightning = ""
+    if os.path.isfile(path):
+        from .checkpoint import _LIGHTNING_HINT, _LIGHTNING_KEY
+
+        lightning = f"; {_LIGHTNING_HINT}" if _pickle_holds(path, _LIGHTNING_KEY) else ""
+    return UsageError(f"{path} is {kind}; pass the run's folder (the one holding config.json){example}{lightning}")
+
+
+def _pickle_holds(path: str | os.PathLike, key: bytes) -> bool:
+    """Whether the torch zip file ``path`` pickles ``key`` (its data.pkl alone read, not its tensors)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            return name is not None and key in archive.read(name)
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError):
+        return False
+
+
 def record_failure(run_dir: str | os.PathLike, error: str) -> None:
     """Record that the run in ``run_dir`` failed with ``error`` (one line: the exception's type and message)."""
     path = Path(run_dir)
@@ -697,7 +723,7 @@ def failure(run_dir: str | os.PathLike) -> str | None:
     path = Path(run_dir) / FAILED
     try:
         error = parse_json(path.read_text(encoding="utf-8"))["error"]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a file given for the folder: no record either)
         return None
     except (OSError, ValueError, TypeError, KeyError):
         return f"it failed (its record {path} is damaged)"
@@ -900,6 +926,8 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
         raise UsageError(sweep_folder_hint(run_dir))
     if not Path(run_dir).exists():
         raise UsageError(f"{run_dir} does not exist; pass the folder of a run (its --out)")
+    if not Path(run_dir).is_dir():  # its last.pt, a Lightning .ckpt: not a run that failed (review dist #2)
+        raise not_a_folder(run_dir)
     if cfg_path.exists() and not cfg_path.is_file():  # (a FIFO, which a read would wait on for ever: rev16 #3)
         raise not_a_file(cfg_path, f" (a resume writes it again from {LAST})")
     if not cfg_path.is_file():

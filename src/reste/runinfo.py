@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import FULL_PRECISION, binarization_text, optimizer_text
-from .errors import UsageError, shell_word
+from .errors import UsageError
 from .indicators import RUN_LEVEL, run_level
-from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lock_holder, read_metrics,
-                     resume_command, run_config, schedule_fields)
+from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lock_holder, not_a_folder,
+                     read_metrics, resume_command, run_config, schedule_fields)
 from .wording import count, duration, split_batch
 
 
@@ -27,8 +27,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     "stopped"; None where that cannot be told, not on Linux), ``best`` and ``last`` (``epoch``, ``test_acc``,
     ``test_top5``; ``last`` also its ``schedule`` values; None before the first epoch),
     ``saved_step`` (a run stopped inside an epoch: the batches of epoch ``epochs_done + 1`` that ``last.pt`` holds;
-    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_processes`` (then, the torchrun
-    processes that trained it, which the resume must run again; else None), ``saved_epoch`` (where ``last.pt`` holds
+    else None; with ``steps`` only, as it reads the whole ``last.pt``), ``saved_processes`` (where ``last.pt`` was
+    read, the processes that trained it, which a resume runs again, as the run's stop line says: inside an epoch it
+    must; else None), ``saved_epoch`` (where ``last.pt`` holds
     fewer epochs than metrics.jsonl logged, its last write having failed or been cut by a crash: the epochs it holds,
     which the resume goes on from, and the run is stopped, not finished; with ``steps`` only, read where ``last.pt`` is
     older than metrics.jsonl), ``last_damaged`` (a stopped
@@ -39,10 +40,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     ``indicators``
     (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None
     when not measured). A folder that holds no run is a one-line ``UsageError``."""
-    if os.path.isfile(run_dir):  # a checkpoint or a log of the run: its folder is what shows it
-        parent = os.path.dirname(os.path.abspath(run_dir))
-        example = f", e.g. reste show {shell_word(parent)}" if os.path.isfile(os.path.join(parent, CONFIG)) else ""
-        raise UsageError(f"{run_dir} is a file; pass the run's folder (the one holding config.json){example}")
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):  # its checkpoint or log: its folder shows it
+        raise not_a_folder(run_dir, "reste show")
     config = run_config(run_dir, checked=True)  # (config.json; where it is gone, last.pt's copy, as a resume reads)
     metrics, lost = epoch_lines(read_metrics(run_dir, missing_ok=True))
     done = metrics[-1]["epoch"] if metrics else 0  # (by its epochs, not its lines: a line may repeat)
@@ -53,6 +52,7 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     holder = lock_holder(run_dir)
     finished = done >= config.epochs
     behind = None  # the epoch last.pt holds, where a finished-looking run's last write failed (a full disk)
+    saved = None  # (epochs, steps, processes) of last.pt, where it is read
     if done and steps and not holder and _last_older(run_dir):  # (a stopped run's too: review chaos #6)
         saved = saved_position(run_dir)
         if saved is not None and saved[0] < done:  # last.pt holds fewer epochs than metrics.jsonl logged
@@ -70,13 +70,14 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     # last.pt read once: the step it holds, or what is wrong with it; also where the lock table cannot tell (a shared
     # file system, where torchrun runs of several nodes live: review rev13 #6)
     if steps and state in ("stopped", None):
-        saved = saved_position(run_dir)
+        saved = saved if saved is not None else saved_position(run_dir)
         summary["saved_step"] = saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
-        # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes
-        summary["saved_processes"] = saved[2] if saved is not None and saved[1] > 0 else None
         summary["last_damaged"] = _last_damaged(run_dir) if saved is None else None
         if saved is not None and saved[0] > done:  # (review combos #1) metrics.jsonl lost lines last.pt holds
             summary["unlogged"] = [saved[0], saved[1]]
+    # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes; (review dist #3) at an
+    # epoch's end, its stop line says so too, and --batch-size is per process
+    summary["saved_processes"] = saved[2] if saved is not None else None
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -135,14 +136,16 @@ def show_run(run_dir: str | os.PathLike) -> str:
     options = " ".join(f"{k}={v}" for k, v in sorted({**estimator, **config["model_options"]}.items()))
     epochs = count(config["epochs"], "epoch")
     preset = f", preset {config['preset']}" if config["preset"] else ""
+    world = summary["saved_processes"] or 1  # (review dist #3) --batch-size is per process, as the run's first line
+    together = f" per process ({config['batch_size'] * world} in all, {world} processes)" if world > 1 else ""
     lines = [f"run        {run_dir}",
              f"settings   {config['model']} ({binarized}) on "
-             f"{config['dataset']}: {epochs}, batch {config['batch_size']}"
+             f"{config['dataset']}: {epochs}, batch {config['batch_size']}{together}"
              f"{split_batch(config['batch_size'], config.get('accumulate'))}, "
              f"{optimizer_text(config)}, seed {config['seed']}{preset}"
              + (f"\n           {options}" if options else "")]
     done, state = summary["epochs_done"], summary["state"]
-    resume = resume_command(run_dir, summary["saved_processes"] or 1)
+    resume = resume_command(run_dir, world)
     inside = f", and {count(summary['saved_step'], 'step')} of epoch {done + 1}" if summary["saved_step"] else ""
     if state == "training":
         pid = f" (pid {summary['pid']})" if summary["pid"] else ""

@@ -48,26 +48,35 @@ class ProcessGroupBatchNorm(_BatchNorm):
                 self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
         shape = [1, channels] + [1] * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.weight is not None:
+            y = y * self.weight.view(shape)
+        if self.bias is not None:
+            y = y + self.bias.view(shape)
         return y.to(x.dtype)
 
     @classmethod
     def convert(cls, module: nn.Module) -> nn.Module:
-        """Replace every BatchNorm of ``module`` (in place), keeping parameters and statistics."""
+        """Replace every BatchNorm of ``module`` (in place), as ``nn.SyncBatchNorm.convert_sync_batchnorm`` does.
+
+        The new layer takes over the old one's Parameter objects and buffers (not copies), so their dtype, device,
+        ``requires_grad`` (a frozen BatchNorm stays frozen) and membership of an optimizer built before stay as
+        they were; its training mode and ``qconfig`` carry over too.
+        """
+        out = module
         if isinstance(module, _BatchNorm) and not isinstance(module, cls):
-            new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-            state = module.state_dict()
-            if module.weight is not None:  # its dtype first (a float64 or half model stays so), then its values
-                new = new.to(dtype=module.weight.dtype)
-            elif module.running_mean is not None:
-                new = new.to(dtype=module.running_mean.dtype)
-            new.load_state_dict(state)
-            new.train(module.training)
-            return new.to(next(iter(state.values())).device) if state else new
+            out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            if module.affine:
+                out.weight = module.weight
+                out.bias = module.bias  # None for a BatchNorm built with bias=False
+            out.running_mean = module.running_mean
+            out.running_var = module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+            if hasattr(module, "qconfig"):
+                out.qconfig = module.qconfig
         for name, child in module.named_children():
-            setattr(module, name, cls.convert(child))
-        return module
+            out.add_module(name, cls.convert(child))
+        return out
 
 
 def local_moments(x: Tensor, dims: list[int]) -> tuple[Tensor, Tensor, Tensor]:
