@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -1053,3 +1054,40 @@ def test_a_loader_process_the_stop_signal_killed_as_it_started_is_a_stop(tmp_pat
         assert not (tmp_path / "run" / "config.json").exists()
     else:
         assert "stopped by SIGTERM at the evaluation of epoch 1" in str(stopped.value)
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl"])
+def test_a_run_file_that_cannot_be_read_is_said_as_a_read(capsys, tmp_path, monkeypatch, finished_run, name):
+    """(review diff10 #5) an unreadable config.json or metrics.jsonl (mode 000, which root's tests cannot make:
+    the read is refused here as the kernel refuses it) was said as a refused write, "make the folder writable
+    again", which the folder already was."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    real = Path.read_bytes
+
+    def refused(self):
+        if self == run / name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    for argv in (["train", "--resume", str(run), "--epochs", "3", "--force"], ["show", str(run)]):
+        assert_one_line_error(capsys, argv, f"cannot read {run / name} (Permission denied); make it readable")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_for_metrics_is_refused_by_show_as_by_the_resume(capsys, tmp_path, finished_run):
+    """(review diff10 #6) the resume refused a FIFO metrics.jsonl, while show took it for no lines and told to
+    resume, and a sweep's plan to continue it: each says the same now."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "metrics.jsonl").unlink()
+    os.mkfifo(run / "metrics.jsonl")
+    for argv in (["show", str(run)], ["train", "--resume", str(run)]):
+        assert_one_line_error(capsys, argv, f"{run / 'metrics.jsonl'} is not a file (a FIFO")
+    with pytest.raises(UsageError, match="is not a file"):
+        rundir.read_metrics(run, missing_ok=True)

@@ -880,7 +880,7 @@ def run_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConfig
 
 def config_keys(run_dir: str | os.PathLike) -> set[str]:
     """The settings ``config.json`` names (a damaged file may lack some)."""
-    data = parse_json((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    data = parse_json(read_run_file(Path(run_dir) / CONFIG).decode("utf-8"))
     return set(data) if isinstance(data, dict) else set()
 
 
@@ -941,7 +941,7 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
             raise UsageError(f"{run_dir} holds no run: {failed}; the sweep trains it again")
         raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out){example}")
     try:
-        data = parse_json(cfg_path.read_bytes().decode("utf-8"))
+        data = parse_json(read_run_file(cfg_path).decode("utf-8"))
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
         if missing:
             raise UsageError(f"no {', '.join(missing)}")
@@ -1009,13 +1009,28 @@ def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
         raise naming(err, path) from err
 
 
+def read_run_file(path: Path) -> bytes:
+    """The bytes of a run's own file (config.json, metrics.jsonl). A read that the file system refuses (the file's
+    mode, a failing disk) is a one-line error that says it is a read: it was said as a refused write, whose remedy
+    (make the folder writable) changed nothing (review diff10 #5)."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise UsageError(f"cannot read {path} ({err.strerror}); make it readable (its mode, its owner) and run "
+                             "the command again") from None
+        if err.errno == errno.EIO:
+            raise UsageError(f"cannot read {path} ({err.strerror}); check the disk (the system log says more)") from None
+        raise
+
+
 _MEND = "mend or delete that line (one JSON object per epoch; resume puts back the last epoch's from last.pt)"
 
 
 def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(line, record) of each metrics line of ``path``, by the one rule for a torn last line."""
     # bytes that are not UTF-8 (damage) become U+FFFD: their line is then not JSON, as any other damage
-    lines = [line for line in path.read_bytes().decode("utf-8", errors="replace").splitlines() if line.strip()]
+    lines = [line for line in read_run_file(path).decode("utf-8", errors="replace").splitlines() if line.strip()]
     out = []
     for i, line in enumerate(lines):
         try:
@@ -1058,6 +1073,8 @@ def read_metrics(run_dir: str | os.PathLike, *, missing_ok: bool = False) -> lis
     A missing ``metrics.jsonl`` is an error, or no lines with ``missing_ok``.
     """
     path = Path(run_dir) / METRICS
+    if path.exists() and not path.is_file():  # a FIFO, which a read waits on: what the resume refuses, show and a
+        raise not_a_file(path)  # sweep's plan say too (they took it for no lines: review diff10 #6)
     if not path.is_file():
         if missing_ok:
             return []
