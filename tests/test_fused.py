@@ -244,7 +244,10 @@ def test_a_subclass_with_its_own_g_trains_with_it_not_the_parents_kernel(parent)
 def test_a_dispatch_mode_sees_every_op_the_kernels_step_aside():
     """(review api #15) Under FakeTensorMode (shape inference with real weights), the C sign wrote through the data
     pointer of a fake output, which has no memory: a segmentation fault. Any dispatch mode now sees PyTorch ops.
-    In a process of its own: without the fix it crashes."""
+    In a process of its own: without the fix it crashes. Where the C kernels did not build, nothing steps aside and
+    nothing can crash: skipped, not passed (review diff10, suggestion)."""
+    if fused._lib_for(torch.randn(4)) is None:
+        pytest.skip(f"the fused C kernels are not built here ({fused.error()})")
     code = """
 import warnings
 import torch, reste
@@ -264,7 +267,6 @@ for activations in (False, True):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["(2,", "3)", "(2,", "3)"]
-    assert fused._lib_for(torch.randn(4)) is not None or fused.error() is not None
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
