@@ -150,6 +150,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 status = 1
         elif "max_abs_diff" in o:
             check = f"; onnxruntime vs float32 model: max |logit diff| {o['max_abs_diff']:.2e}"
+        elif "unchecked" in o:
+            check = f"; not checked: {o['unchecked']}"
         again = " (replacing the file that was there)" if onnx_path in replaced else ""
         print(f"wrote {o['path']}{again} ({o['bytes']:,} bytes, {o['exporter']} exporter{check})")
         if "fallback" in o:
@@ -353,12 +355,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)  # the binary kernels follow torch's count
     model = PackedModel.load(args.exported, backend=args.backend)
-    if args.images and model.input_size:  # a model that is no classifier, refused before any image is read
-        import torch
-
-        from .runtime import class_scores
-
-        class_scores(model.forward(torch.zeros(1, *model.input_size)))
+    # a model that is no classifier, refused before any image is read
+    classes = model_classes(model) if args.images and model.input_size else None
     if several:
         return _predict_files(args, model, form)
     if args.images:
@@ -380,7 +378,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
                 raise UsageError(f"{args.labels} must hold {len(images)} integer labels, got {len(labels)} "
                                  f"of {labels.dtype}")
-            classes = model_classes(model)
+            classes = classes if classes is not None else model_classes(model, images)
             outside = (labels < 0) | (labels >= classes) if classes else labels < 0
             if outside.any():
                 raise UsageError(f"{args.labels} holds {int(outside.sum())} label(s) outside the model's classes "

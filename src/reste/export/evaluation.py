@@ -15,11 +15,26 @@ from ..errors import UsageError
 from ..wording import LINE_EVERY
 
 
-def model_classes(model: Any) -> int | None:
-    """The number of outputs a packed model's export says it has (None when it does not say)."""
-    options = model.meta.get("model_options")
-    value = options.get("num_classes") if isinstance(options, dict) else None
-    return value if isinstance(value, int) else None
+def model_classes(model: Any, images: Any = None) -> int | None:
+    """The number of classes a packed model (a :class:`~reste.export.runtime.PackedModel`) predicts: the width of
+    the (N, classes) output its graph computes, on one input of its recorded size (zeros) or, where it records none,
+    on the first of ``images`` (a batch); a model whose output is something else is refused
+    (:func:`~reste.export.runtime.class_scores`). With no input to run, the ``num_classes`` its export records (None
+    where it records none). Review deploy #5: a file written by ``export_model`` records none, and was never
+    checked against a data set's classes or labels."""
+    import torch
+
+    from .runtime import class_scores
+
+    if model.input_size:
+        one = torch.zeros(1, *model.input_size)
+    elif images is not None and len(images):
+        one = images[:1]
+    else:
+        options = model.meta.get("model_options")
+        value = options.get("num_classes") if isinstance(options, dict) else None
+        return value if isinstance(value, int) else None
+    return int(class_scores(model.forward(one)).shape[1])
 
 
 def _check_counts(batch_size: Any, workers: Any) -> None:
@@ -39,8 +54,6 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     the export recorded, or None). The model's input size and classes are checked against the data set before any
     file is read or downloaded. ``workers``: DataLoader processes for a data set read from files (by default as
     ``reste eval``: one per usable CPU, up to 8); ``log``: a line every ``line_every`` seconds of a long run."""
-    import torch
-
     from ..config import check_data_path, check_workers, default_workers
     from ..data import check_classes, load_datasets, make_loaders
     from ..datasets import get_spec
@@ -57,15 +70,15 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
         raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")
     spec = get_spec(dataset)  # checked before any file is read or downloaded
     check_shape(model.input_size, spec.input_size, f"the {spec.name} data set")
-    if model.input_size:  # a model that is no classifier, refused before any file is read
-        class_scores(model.forward(torch.zeros(1, *model.input_size)))
-    classes = model_classes(model)
+    classes = model_classes(model)  # (a model that is no classifier: refused before any file is read)
     if classes is not None and classes != spec.num_classes and not spec.folder_classes:
         raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
                          "pass the data set it was trained on")
     check_data_path(spec.name, data_path, download)
     check_workers(spec.name, workers)
     _, test_ds, info = load_datasets(dataset, data_path, download=download, train=False)
+    if not model.input_size and len(test_ds):  # no recorded input size: the graph's outputs on a test image
+        classes = model_classes(model, test_ds[0][0][None])
     check_classes(classes, model.meta.get("classes"), info, data_path)  # a folder's, known once it is read
     # (review imgdist #6) an image folder's files decoded by worker processes, as reste eval does, with its lines
     workers = default_workers(spec.name) if workers is None else workers

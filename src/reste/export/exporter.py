@@ -31,9 +31,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..errors import UsageError, cannot_write
-from ..layers import eval_mode
+from ..layers import eval_mode, unwatched
 from . import format as fmt
 from . import ir
 from .graph import Bits, to_graph
@@ -149,6 +150,7 @@ def export_model(
     input_size = _checked_input_size(input_size)
     meta = _checked_meta(meta, input_size)
     model = _as_float32(unwrapped(model))
+    initialise_lazy(model, input_size)
     warn_hooks(model, "export_model")
     with eval_mode(model):
         nodes, output, folded = to_graph(model, input_size)
@@ -198,12 +200,46 @@ def warn_hooks(model: nn.Module, who: str) -> None:
     """Warn that the forward hooks on ``model``'s modules are not exported (review models #9): the file computes
     the model without them (torch.fx does not trace a module's hooks), so a hook that changes an output makes the
     file disagree with the model."""
-    hooked = [name or "the model" for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    hooked = [name or "the model" for name, m in model.named_modules() if m._forward_hooks or any(
+        getattr(hook, "__func__", None) is not LazyModuleMixin._infer_parameters  # (torch's own, review deploy #3)
+        for hook in m._forward_pre_hooks.values())]
     if hooked:
         more = f" and {len(hooked) - 3} more" if len(hooked) > 3 else ""
         warnings.warn(f"{who}: the forward hooks on {', '.join(map(repr, hooked[:3]))}{more} are not exported: the "
                       "file computes the model without them; remove them (or fold what they do into the model)",
                       UserWarning, stacklevel=3)
+
+
+def initialise_lazy(model: nn.Module, input_size: tuple[int, ...] | None) -> None:
+    """Give ``model``'s lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``, ... never run: no shape, no weights) their
+    weights as their first forward does, with one forward (eval mode, no gradient) of zeros of ``input_size``; refuse
+    in one line those it leaves without (no ``input_size``, or a module the forward does not run). Review deploy #3:
+    the exporters took torch's lazy-initialisation hook for a user's forward hook."""
+    def lazy() -> list[str]:
+        return [name or "the model" for name, m in model.named_modules()
+                if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
+
+    if not lazy():
+        return
+    if input_size is not None:
+        device = next((t.device for t in model.parameters()), torch.device("cpu"))
+        try:
+            with torch.no_grad(), eval_mode(model), unwatched(model):
+                model(torch.zeros(1, *input_size, device=device))
+        except Exception as err:  # noqa: BLE001 - the model's own error, in one line
+            first = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
+            raise UsageError(f"the model fails on an input of input_size {tuple(input_size)} ({first}); check "
+                             "input_size against the model") from None
+    left = lazy()
+    if not left:
+        return
+    many, more = len(left) > 1, f" and {len(left) - 3} more" if len(left) > 3 else ""
+    them = "them" if many else "it"
+    fix = (f"the model's forward does not run {them}; remove {them} from the model" if input_size is not None else
+           "pass input_size (the export runs the model once on it, as a first forward does), or run the model once "
+           "before exporting it")
+    raise UsageError(f"cannot export: the lazy module{'s' * many} {', '.join(map(repr, left[:3]))}{more} "
+                     f"{'have' if many else 'has'} no weights (never run); {fix}")
 
 
 def _refuse_traced(model: Any) -> None:
@@ -320,8 +356,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"parameters      {r['params']:,} ({r['binary_params']:,} binary)",
         f"float model     {r['float_bytes']:,} bytes (state_dict)",
-        f"packed file     {r['file_bytes']:,} bytes = {r['binary_bytes']:,} bits + {r['fp_bytes']:,} float32 "
-        f"+ {r['header_bytes']:,} header",
+        f"packed file     {r['file_bytes']:,} bytes = {r['binary_bytes']:,} bytes of packed bits + {r['fp_bytes']:,} "
+        f"of float32 + {r['header_bytes']:,} of header",
         f"compression     {r['ratio']:.2f}x  (bound {r['bound']:.2f}x, gap {100 * r['gap']:.2f}%; "
         f"from parameter counts {r['param_bound']:.2f}x)",
     ]

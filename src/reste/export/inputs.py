@@ -153,6 +153,12 @@ def check_shape(size: tuple[int, ...] | None, shape: tuple[int, ...], what: str,
         raise UsageError(f"{what} holds images of shape {tuple(shape)} but the model takes {tuple(size)}; {fix}")
 
 
+def as_float32(images: np.ndarray) -> np.ndarray:
+    """A float array as float32 in native byte order and C order, what ``torch.from_numpy`` takes (an array of another
+    byte order, e.g. from a big-endian tool, or with negative strides it refuses), copied only where it must be."""
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
 def nonfinite_images(images: np.ndarray) -> tuple[int, str] | None:
     """(how many images of the batch ``images`` hold a NaN or an infinite value, the indices of the first five as
     text), or None where none does."""
@@ -178,7 +184,7 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
             raise UsageError(f"{path} must hold preprocessed float inputs {shape} or raw uint8 pixels, "
                              f"got shape {images.shape} of {images.dtype}{hint}")
         check_shape(size, images.shape[1:], str(path))
-        out = images.astype(np.float32)
+        out = as_float32(images)
         bad = nonfinite_images(out)
         if bad:  # a NaN or inf pixel gives a class anyway (sign(NaN) and argmax are defined): refuse it
             raise UsageError(f"{path} holds NaN or infinite values in {bad[0]} of its {len(out)} images "

@@ -25,6 +25,8 @@ from torch import nn
 from ..errors import UsageError
 
 OPSET = 18
+#: Why an ONNX file was written unchecked: ``export_onnx``'s ``"unchecked"`` (review deploy #7).
+UNCHECKED = "onnxruntime is not installed; pip install onnxruntime to check it"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -197,18 +199,19 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     Tries the TorchScript exporter, then the dynamo exporter; what they print (on file descriptors 1 and
     2) is silenced (process-wide: while an exporter runs, the output of other threads and any warning are lost
     too), and ``"fallback"`` gives the first line of the TorchScript exporter's error when
-    dynamo wrote the file. With ``check`` (and
-    onnxruntime installed) the file is run on 16 random images and compared with the
-    model in float64 (see :func:`check_onnx`).
+    dynamo wrote the file. With ``check`` the file is run with onnxruntime on 16 random images and compared with
+    the model in float64 (see :func:`check_onnx`); without onnxruntime it is written unchecked, with a warning and
+    ``"unchecked"`` (why, and the command that installs it) in what is returned.
     Returns ``{"path", "bytes", "exporter"}`` [``"fallback"``] and the check's keys.
     """
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
-    from .exporter import _as_float32, staged, unwrapped, warn_hooks
+    from .exporter import _as_float32, initialise_lazy, staged, unwrapped, warn_hooks
 
     path = Path(path)
     check_output_path(path)
     require_onnx()
     model = _as_float32(unwrapped(model))  # the exporters cannot trace the wrappers; the check runs in float32
+    initialise_lazy(model, input_size)
     warn_hooks(model, "export_onnx")
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
@@ -231,13 +234,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
             info["fallback"] = errors[0].partition(": ")[2].strip("'\"")
         if check:
             info.update(check_onnx(model, tmp, input_size))
+    if "unchecked" in info:  # (reste export says it in its line)
+        warnings.warn(f"export_onnx wrote {path} unchecked: {info['unchecked']}", UserWarning, stacklevel=2)
     return info
 
 
 @torch.no_grad()
 def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, ...],
                images: int = 16) -> dict[str, Any]:
-    """Run an ONNX file with onnxruntime on random images (empty if no onnxruntime).
+    """Run an ONNX file with onnxruntime on random images (without onnxruntime: ``{"unchecked": UNCHECKED}``).
 
     The logits are compared with the model in float64 (the exported graph with exact
     binary sums, :mod:`reste.export.reference`); an image whose logits differ is
@@ -250,7 +255,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
     try:
         import onnxruntime as ort
     except ImportError:
-        return {}
+        return {"unchecked": UNCHECKED}
     from dataclasses import asdict
 
     from .exporter import export_model, model_reference

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from . import format as fmt
 from . import ir
-from .inputs import check_pixel_range, nonfinite_images, raw_batch, raw_inputs
+from .inputs import as_float32, check_pixel_range, nonfinite_images, raw_batch, raw_inputs
 from .kernels import (BitsOut, Epilogue, Rows, address, conv_weight_words, get_kernels, pack_rows, packed_buffer,
                       pad_lanes, padding_correction, sign_thresholds)
 
@@ -774,6 +774,8 @@ class PackedModel:
               or isinstance(images, torch.Tensor) and not images.dtype.is_floating_point):
             raise UsageError(f"images of type {images.dtype} are neither preprocessed floats nor uint8 pixels; pass "
                              "float32 (preprocessed) or uint8 (raw, e.g. array.astype(np.uint8))")
+        if isinstance(images, np.ndarray):  # (another byte order, negative strides: as reste predict takes them)
+            images = as_float32(images)
         x = torch.as_tensor(images).detach().to("cpu", torch.float32)
         size = self.input_size
         if size and (x.dim() != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):

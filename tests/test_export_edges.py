@@ -1,0 +1,176 @@
+"""review deploy (second pass): the classes of a file written from Python, lazy modules, the size line's units, an
+ONNX file written without onnxruntime, and images of another byte order given to PackedModel."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from reste.errors import UsageError
+from reste.export import PackedModel, export_model, export_onnx, format_report
+from reste.layers import BinaryConv2d
+
+from cli_checks import one_line_error
+from test_export_deploy import _run, digits_checkpoint  # noqa: F401 (a fixture, shared)
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+
+def _classifier(outputs: int, seed: int = 0) -> nn.Module:
+    """A small binarized classifier of 1x8x8 (digits-sized) images with ``outputs`` outputs."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), BinaryConv2d(4, 8, 3, padding=1),
+                         nn.Flatten(), nn.Linear(8 * 64, outputs)).eval()
+
+
+def _same_outputs(packed: PackedModel, model: nn.Module, x: torch.Tensor) -> None:
+    """The packed file computes the model's logits (and so its classes) on ``x``."""
+    with torch.no_grad():
+        want = model(x)
+    got = packed(x)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
+    np.testing.assert_array_equal(packed.predict(x.numpy()), want.argmax(1).numpy())
+
+
+@pytest.mark.parametrize("outputs", [5, 12])
+def test_a_file_from_python_is_checked_against_the_data_sets_classes_and_the_labels(tmp_path, capsys, outputs):
+    """(review deploy #5) a file export_model wrote records no num_classes: a 5-output model was scored on 10-class
+    digits, and labels 9 taken for a 5-output model, status 0; the number of outputs is the graph's."""
+    from reste.export import evaluate_packed
+    from reste.export.evaluation import model_classes
+
+    model = _classifier(outputs)
+    path = tmp_path / "m.rbnn"
+    export_model(model, path, input_size=(1, 8, 8))
+    packed = PackedModel.load(path)
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    _same_outputs(packed, model, x)
+    assert "model_options" not in packed.meta and model_classes(packed) == outputs
+    line = one_line_error(capsys, "predict", str(path), "--dataset", "digits")
+    assert f"the model predicts {outputs} classes but digits has 10" in line, line
+    with pytest.raises(UsageError, match=f"predicts {outputs} classes"):
+        evaluate_packed(path, "digits")
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "nine.npy", np.full(6, 9 if outputs == 5 else 11))
+    out = tmp_path / "p.npy"
+    args = ("predict", str(path), str(tmp_path / "x.npy"), "-o", str(out), "--labels", str(tmp_path / "nine.npy"))
+    if outputs == 5:  # a label no output stands for
+        line = one_line_error(capsys, *args)
+        assert "6 label(s) outside the model's classes 0..4 (first: 9)" in line and not out.exists(), line
+    else:
+        assert _run(capsys, *args)[0] == 0
+        np.testing.assert_array_equal(np.load(out), packed.predict(x.numpy()))
+
+
+def test_a_file_without_an_input_size_is_checked_on_its_images(tmp_path, capsys):
+    """(review deploy #5) without a recorded input size the graph's outputs are counted on the images given (on the
+    first test image for --dataset)."""
+    model = _classifier(5)
+    path = tmp_path / "m.rbnn"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (unchecked: no input size)
+        export_model(model, path)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    _same_outputs(PackedModel.load(path), model, x)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "nine.npy", np.full(3, 9))
+    line = one_line_error(capsys, "predict", str(path), str(tmp_path / "x.npy"), "--labels", str(tmp_path / "nine.npy"))
+    assert "outside the model's classes 0..4" in line, line
+    line = one_line_error(capsys, "predict", str(path), "--dataset", "digits")
+    assert "has 10 classes but the model learned 5" in line, line
+
+
+def _lazy_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LazyConv2d(6, 3, padding=1), nn.BatchNorm2d(6), BinaryConv2d(6, 6, 3, padding=1),
+                         nn.Flatten(), nn.LazyLinear(3)).eval()
+
+
+def test_a_lazy_module_is_initialised_not_warned_about_as_a_hook(tmp_path):
+    """(review deploy #3) torch's lazy-initialisation pre-hook made both exporters warn about "forward hooks" the
+    user never added; the ONNX one's TorchScript exporter failed on the uninitialised weights."""
+    model = _lazy_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = export_model(model, tmp_path / "l.rbnn", input_size=(3, 5, 5))
+    assert report["verify"]["ok"]
+    _same_outputs(PackedModel.load(tmp_path / "l.rbnn"), model, torch.randn(4, 3, 5, 5))
+    model = _lazy_model()
+    model[2].register_forward_hook(lambda *_: None)  # a hook of the user's is still named, and alone
+    with pytest.warns(UserWarning, match="the forward hooks on '2' are not exported") as seen:
+        export_model(model, tmp_path / "h.rbnn", input_size=(3, 5, 5))
+    assert len(seen) == 1
+
+
+def test_a_lazy_module_is_initialised_for_the_onnx_exporter_too(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = export_onnx(_lazy_model(), tmp_path / "l.onnx", (3, 5, 5))
+    assert info["exporter"] == "torchscript" and "fallback" not in info and info["ok"], info
+
+
+def test_a_lazy_module_left_without_weights_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UsageError, match="the lazy modules '0', '4' have no weights .*pass input_size") as info:
+        export_model(_lazy_model(), tmp_path / "l.rbnn")
+    assert "\n" not in str(info.value) and not (tmp_path / "l.rbnn").exists()
+
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.spare = _classifier(3), nn.LazyLinear(2)
+
+        def forward(self, x):
+            return self.body(x)
+
+    with pytest.raises(UsageError, match="the lazy module 'spare' has no weights .*forward does not run it"):
+        export_model(Unused().eval(), tmp_path / "u.rbnn", input_size=(1, 8, 8))
+
+
+def test_the_size_line_counts_bytes_not_bits(tmp_path):
+    """(review deploy #4) "8,960 bytes = 3,456 bits + ..." where 3,456 were the bytes of the packed bits."""
+    report = export_model(_classifier(10), tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    line = next(s for s in format_report(report).splitlines() if s.startswith("packed file"))
+    assert report["binary_bytes"] == 4 * 8 * 9 // 8  # the BinaryConv2d's 288 weights, 8 per byte
+    assert line == (f"packed file     {report['file_bytes']:,} bytes = 36 bytes of packed bits + "
+                    f"{report['fp_bytes']:,} of float32 + {report['header_bytes']:,} of header"), line
+
+
+NOT_CHECKED = "onnxruntime is not installed; pip install onnxruntime to check it"
+
+
+def test_an_onnx_file_written_without_onnxruntime_says_it_is_unchecked(tmp_path, capsys, monkeypatch,
+                                                                        digits_checkpoint):  # noqa: F811
+    """(review deploy #7) without onnxruntime, reste export --onnx wrote the file unchecked and said nothing."""
+    pytest.importorskip("onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime: ImportError
+    with pytest.warns(UserWarning, match=f"export_onnx wrote .*m.onnx unchecked: {NOT_CHECKED}"):
+        info = export_onnx(_classifier(3), tmp_path / "m.onnx", (1, 8, 8))
+    assert info["unchecked"] == NOT_CHECKED and "ok" not in info and (tmp_path / "m.onnx").is_file()
+    code, out, err = _run(capsys, "export", str(digits_checkpoint), str(tmp_path / "d.rbnn"), "--onnx")
+    assert code == 0 and err == "", err
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith(f"wrote {tmp_path / 'd.onnx'} (") and last.endswith(f"; not checked: {NOT_CHECKED})"), out
+
+
+@pytest.mark.parametrize("form", [">f4", ">f8", "<f2", "reversed"])
+def test_packed_model_takes_float_arrays_of_any_byte_order_and_strides(tmp_path, form):
+    """(review deploy #8) PackedModel(images), .forward and .predict raised torch's ValueError on a big-endian float
+    array (and on negative strides), which reste predict takes."""
+    model = _classifier(10)
+    export_model(model, tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    packed = PackedModel.load(tmp_path / "m.rbnn")
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    given = np.ascontiguousarray(x[..., ::-1])[..., ::-1] if form == "reversed" else x.astype(form)
+    native = torch.from_numpy(np.ascontiguousarray(given, dtype=np.float32))
+    _same_outputs(packed, model, native)
+    want = packed(native)
+    for run in (packed, packed.forward):
+        assert torch.equal(run(given), want)
+    np.testing.assert_array_equal(packed.predict(given, batch_size=2), want.argmax(1).numpy())
