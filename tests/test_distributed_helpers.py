@@ -224,6 +224,8 @@ def test_eval_under_torchrun_is_refused_in_one_line(capsys, monkeypatch, tmp_pat
     # (review rev13 #3) its twin, predict: each process predicted, and wrote the same output file
     line = one_line_error(capsys, "predict", str(tmp_path / "m.rbnn"))
     assert line.startswith("reste: error: reste predict runs in one process (under torchrun each would predict "), line
+    line = one_line_error(capsys, "export", str(tmp_path / "missing.pt"), str(tmp_path / "m.rbnn"))
+    assert line.startswith("reste: error: reste export runs in one process (under torchrun each would write "), line
     # (review rev13 #2) a job script's stray WORLD_SIZE is no torchrun: eval ran, and is not refused for it
     monkeypatch.delenv("RANK")
     line = one_line_error(capsys, "eval", str(tmp_path / "missing.pt"))

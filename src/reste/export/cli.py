@@ -85,9 +85,12 @@ def add_commands(subparsers: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..distributed import one_process
     from .exporter import format_report
     from .from_checkpoint import export_checkpoint
 
+    # (review dist, suggestion) each process wrote the same files and printed the whole report
+    one_process("reste export", "write the same files and print its report")
     out = Path(args.out)
     if out.suffix.lower() == ".onnx":  # the packed format is reste's own: onnxruntime would refuse the file
         packed = out.with_suffix(".rbnn")
