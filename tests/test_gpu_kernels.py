@@ -778,3 +778,46 @@ def test_wrapper_subclasses_take_the_pytorch_ops():
         want = a.clone().requires_grad_()
         est(want).backward(torch.ones(16))
         assert torch.equal(y.a, estimators.sign(a)) and torch.equal(xs.grad.a, want.grad)
+
+
+def test_the_launchers_refuse_what_they_would_read_past_or_narrow():
+    """(review triton #1-#3) Called directly (they are public), the launchers read past a smaller grad whose strides
+    matched, left the weight's last elements unwritten for groups that do not divide it, narrowed float64 (a tiny
+    negative value's sign became +1) and trusted partial sums of another grouping: each is refused now, as the
+    compiled extension refuses it."""
+    x = torch.full((4096,), 0.5)
+    with pytest.raises(ValueError, match=r"grad must be a float tensor of shape \(4096,\)"):
+        K.backward("ste", x, torch.ones(1), clip=1.0)
+    with pytest.raises(ValueError, match="grad must be"):
+        K.backward("ste", torch.full((4,), 0.5), torch.arange(8.0), clip=1.0)
+    with pytest.raises(TypeError, match="float32, bfloat16 or float16 tensors, got torch.float64"):
+        K.sign(torch.tensor([-1e-300, 2.0], dtype=torch.float64))
+    w = torch.randn(10)
+    for groups in (3, 0, 65536, True):
+        with pytest.raises(ValueError, match="groups must divide the weight's 10 elements"):
+            K.scaled_sign(w, groups)
+    w, up = torch.randn(6, 5000), torch.randn(6, 5000)
+    _, by_layer = K.scaled_sign(w, 1)
+    with pytest.raises(ValueError, match=r"partials must be what scaled_sign\(w, 6\) gave"):
+        K.scaled_sign_backward("ste", w, up, by_layer, 6, {"clip": 1.0})
+    _, by_channel = K.scaled_sign(w, 6)  # the right ones pass
+    assert K.scaled_sign_backward("ste", w, up, by_channel, 6, {"clip": 1.0}).shape == w.shape
+
+
+def test_a_dispatch_mode_takes_the_pytorch_ops_and_leaves_triton_on():
+    """(review triton #4) Under FakeTensorMode (its empty_like has no memory) the Triton path launched onto a fake
+    output, failed, and turned Triton off for the rest of the process; the CPU kernels already stepped aside (review
+    api #15). Every kernel path now asks fused.plain, which steps aside under any dispatch mode."""
+    from torch import nn
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(16)
+    with triton_dispatch.forced(K):
+        net = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3),
+                                           nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 3)), activations=True)
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            assert triton_dispatch._kernels_for(x) is None
+            out = net(torch.empty(2, 1, 6, 6))
+            out.sum().backward()
+        assert tuple(out.shape) == (2, 3)
+        assert triton_dispatch.error() is None and triton_dispatch._kernels_for(x) is K  # still on

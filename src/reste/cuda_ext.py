@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from . import fused
-from .kernel_args import KINDS, autocast_dtype, kernel_scalars
+from .kernel_args import KINDS, MAX_GROUPS, autocast_dtype, kernel_scalars
 from .native import CANNOT_LOCK, EnvSwitch, untrusted_path, writable_cache
 
 __all__ = ["available", "binary_sign", "build", "cuda_home", "error", "forced", "may_take", "requested",
@@ -66,7 +66,6 @@ __all__ = ["available", "binary_sign", "build", "cuda_home", "error", "forced", 
 SOURCE_DIR = Path(__file__).resolve().with_name("csrc") / "ext"
 _CPP, _CU, _HEADER = "ops.cpp", "kernels.cu", "estimators.h"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_MAX_GROUPS = 65535  # CUDA's limit on a grid's second dimension
 _STATE: list[str | None] = []  # "cuda" / "cpu" once built and loaded, None once failed
 _ERROR: list[str] = []
 _FORCED: list[bool] = []
@@ -415,7 +414,7 @@ def scaled_sign(w: Tensor, kind: str | None, groups: int, params: dict[str, Any]
     under autocast, as :func:`reste.kernel_args.autocast_dtype`); ``None`` where the extension does not apply."""
     if not may_take(w) or not _usable(w):
         return None
-    if not 1 <= groups <= _MAX_GROUPS or w.numel() == 0 or w.numel() % groups:
+    if not 1 <= groups <= MAX_GROUPS or w.numel() == 0 or w.numel() % groups:
         return None
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph

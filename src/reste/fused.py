@@ -86,10 +86,18 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def plain(*tensors: Tensor) -> bool:
-    """Whether each tensor is a plain one (or a Parameter) whose memory a kernel may take by ``data_ptr()``. A
-    subclass may be a wrapper without memory of its own (DTensor, torch's TwoTensor, quantisation wrappers:
-    ``data_ptr()`` 0, and the numel of the whole, not of a shard): it takes the PyTorch ops, which dispatch it."""
-    return all(type(t) in _PLAIN for t in tensors)
+    """Whether each tensor is a plain one (or a Parameter) whose memory a kernel may take by ``data_ptr()``, and
+    may be written there. A subclass may be a wrapper without memory of its own (DTensor, torch's TwoTensor,
+    quantisation wrappers: ``data_ptr()`` 0, and the numel of the whole, not of a shard), and so is the batched
+    gradient of ``autograd.grad(..., is_grads_batched=True)`` (legacy vmap); an active ``TorchDispatchMode`` must
+    see each op and may hand out tensors without memory (``FakeTensorMode``: review api #15, and for the GPU
+    kernels review triton #4, #6): these take the PyTorch ops, which dispatch them."""
+    if not all(type(t) in _PLAIN for t in tensors) or under_dispatch_mode():
+        return False
+    return _LEGACY_BATCHED is None or not any(map(_LEGACY_BATCHED, tensors))
+
+
+_LEGACY_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
 
 
 def _lib_for(x: Tensor, *others: Tensor):
@@ -103,8 +111,6 @@ def _lib_for(x: Tensor, *others: Tensor):
             return None
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None  # the kernels write through data_ptr(), which a trace would not record
-    if under_dispatch_mode():  # (FakeTensorMode: its empty_like has no memory, review api #15)
-        return None
     # (torch.func's wrapped tensors, which have no data, never come here: the estimators test under_functorch)
     return _LIB.get()
 

@@ -18,10 +18,13 @@ from torch import Tensor
 
 from ._dsq import dsq_consts
 
-__all__ = ["KINDS", "autocast_dtype", "f32", "kernel_scalars"]
+__all__ = ["KINDS", "MAX_GROUPS", "autocast_dtype", "f32", "kernel_scalars"]
 
 # every estimator a fused kernel computes, in the order the kernels number them
 KINDS = ("ste", "reste", "approx_sign", "sign_swish", "ede", "rbnn", "dsq", "fda")
+#: the most groups (a binary weight's scales: 1 per layer, or one per output channel) the GPU kernels take: one per
+#: program row of the grid, CUDA's limit on a grid's second dimension
+MAX_GROUPS = 65535
 
 
 def f32(v: float) -> float:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import fused
-from .kernel_args import autocast_dtype
+from .kernel_args import MAX_GROUPS, autocast_dtype
 
 __all__ = ["available", "backward", "error", "forced", "may_take", "scaled_sign", "sign"]
 
@@ -37,7 +37,6 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MODULE: list[ModuleType | None] = []  # the imported kernels module (None: Triton missing), once tried
 _ERROR: list[str] = []
 _FORCED: list[ModuleType] = []
-_MAX_GROUPS = 65535  # CUDA's limit on a grid's second dimension
 
 
 def _load() -> ModuleType | None:
@@ -197,7 +196,9 @@ class _ScaledSign(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None, None, None]:
         w, partials = ctx.saved_tensors
         dw = None
-        if not torch.is_grad_enabled():  # (create_graph: the PyTorch expression, which is differentiable)
+        # (create_graph: the PyTorch expression, which is differentiable; a batched grad, is_grads_batched=True: it
+        # has no memory for the kernels to read, review triton #6)
+        if not torch.is_grad_enabled() and fused.plain(grad):
             k = ctx.kernels
             dw = _launch(lambda: k.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, ctx.params), w)
         if dw is None:
@@ -218,7 +219,7 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
     k = _kernels_for(w)
     if k is None or kind not in k.KINDS or not _tensor_params_ok(w, params):
         return None
-    if not 1 <= groups <= _MAX_GROUPS or w.numel() % groups:
+    if not 1 <= groups <= MAX_GROUPS or w.numel() % groups:
         return None  # one group per program row of the grid: at most 65,535
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .kernel_args import KINDS, kernel_scalars
+from .kernel_args import KINDS, MAX_GROUPS, kernel_scalars
 
 try:  # CUDA's accurate math library; the interpreter has no implementation of it
     from triton.language.extra import libdevice
@@ -353,8 +353,24 @@ def _like(x: Tensor, other: Tensor) -> Tensor:
     return torch.empty_like(x, dtype=other.dtype).copy_(other)
 
 
+def _check(who: str, x: Tensor, grad: Tensor | None = None, groups: int | None = None) -> None:
+    """Refuse, as the compiled extension does, what the kernels would narrow (float64: a tiny negative value's sign),
+    read past (a smaller grad, whose strides may still match) or leave unwritten (groups that do not divide the
+    weight). The dispatcher never passes these; a direct caller may (review triton #1, #2)."""
+    if x.dtype not in DTYPES:
+        raise TypeError(f"triton_kernels.{who} takes float32, bfloat16 or float16 tensors, got {x.dtype}")
+    if grad is not None and (grad.shape != x.shape or grad.device != x.device or grad.dtype not in DTYPES):
+        raise ValueError(f"triton_kernels.{who}: grad must be a float tensor of shape {tuple(x.shape)} on {x.device},"
+                         f" got {tuple(grad.shape)} of {grad.dtype} on {grad.device}")
+    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= MAX_GROUPS
+                               or x.numel() % groups):
+        raise ValueError(f"triton_kernels.{who}: groups must divide the weight's {x.numel()} elements (1 to "
+                         f"{MAX_GROUPS}), got {groups!r}")
+
+
 def sign(x: Tensor) -> Tensor:
     """sign(x) with sign(0) = +1 and NaN kept, one pass; any float dtype of :data:`DTYPES`, any layout."""
+    _check("sign", x)
     if not _dense(x):
         x = x.contiguous()
     y = torch.empty_like(x)
@@ -366,6 +382,7 @@ def sign(x: Tensor) -> Tensor:
 
 def backward(kind: str, x: Tensor, grad: Tensor, **params) -> Tensor:
     """``grad * g(x)`` of estimator ``kind`` with its ``params()``, one pass, in x's dtype and layout."""
+    _check("backward", x, grad)
     scalars, count, o = _scalars(kind, params)
     if not _dense(x):
         x = x.contiguous()
@@ -396,6 +413,7 @@ def scaled_sign(w: Tensor, groups: int, dtype: torch.dtype | None = None) -> tup
     contiguous and the channels_last layouts), sign(0) = +1; two launches. The result is computed in
     float32 and rounded once to ``dtype`` (default: w's). ``partials`` (the sums of abs(w) by block) is
     what :func:`scaled_sign_backward` needs."""
+    _check("scaled_sign", w, groups=groups)
     if not _dense(w):
         w = w.contiguous()
     partials, size, nblocks, chunks = _partials(w, groups)
@@ -412,11 +430,16 @@ def scaled_sign_backward(kind: str, w: Tensor, grad: Tensor, partials: Tensor, g
     """dL/dw of ``sign(w) * alpha`` (estimator ``kind``'s g with its ``params()`` for the sign, alpha =
     mean(abs(w)) per group): g(w) grad alpha + sgn(w) sum(grad sign(w)) / size, in two launches, in w's
     dtype; ``grad`` may be of another float dtype (the 16-bit one of autocast)."""
+    _check("scaled_sign_backward", w, grad, groups)
     scalars, count, o = _scalars(kind, params)
     if not _dense(w):
         w = w.contiguous()
     grad = _like(w, grad)
     dots, size, nblocks, chunks = _partials(w, groups)
+    if partials.numel() != dots.numel() or partials.dtype != torch.float32 or partials.device != w.device:
+        raise ValueError(f"triton_kernels.scaled_sign_backward: partials must be what scaled_sign(w, {groups}) gave "
+                         f"({dots.numel()} float32 sums on {w.device}), got {partials.numel()} of {partials.dtype} "
+                         f"on {partials.device} (review triton #3)")
     out = torch.empty_like(w)
     if size:
         nb = triton.next_power_of_2(nblocks)

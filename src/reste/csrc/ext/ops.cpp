@@ -332,7 +332,8 @@ struct BinarySignBackward : public Node {
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) return {at::Tensor()};
     const at::Tensor xs = x.unpack();
-    if (at::GradMode::is_enabled()) return {reference_grad(*est, xs, grads[0], 0)};
+    // a double backward; a batched grad (is_grads_batched=True: legacy vmap), which has no storage to walk
+    if (at::GradMode::is_enabled() || !grads[0].has_storage()) return {reference_grad(*est, xs, grads[0], 0)};
     return {backward_with(xs, grads[0], est->params)};
   }
 };
@@ -352,7 +353,7 @@ struct ScaledSignBackward : public Node {
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) return {at::Tensor()};
     const at::Tensor ws = w.unpack();
-    if (at::GradMode::is_enabled()) return {reference_grad(*est, ws, grads[0], groups)};
+    if (at::GradMode::is_enabled() || !grads[0].has_storage()) return {reference_grad(*est, ws, grads[0], groups)};
     TORCH_CHECK(alpha.defined(), "reste_ext: the binary weight's backward ran twice without retain_graph=True");
     return {scaled_sign_backward_with(ws, grads[0], alpha, groups, est->params)};
   }
