@@ -92,9 +92,11 @@ def plain(*tensors: Tensor) -> bool:
     gradient of ``autograd.grad(..., is_grads_batched=True)`` (legacy vmap); an active ``TorchDispatchMode`` must
     see each op and may hand out tensors without memory (``FakeTensorMode``: review api #15, and for the GPU
     kernels review triton #4, #6): these take the PyTorch ops, which dispatch them."""
-    if not all(type(t) in _PLAIN for t in tensors) or under_dispatch_mode():
+    if not all(type(t) in _PLAIN for t in tensors):
         return False
-    return _LEGACY_BATCHED is None or not any(map(_LEGACY_BATCHED, tensors))
+    if torch.compiler.is_compiling():  # (no kernel runs in a compiled graph, whose callers ask is_compiling too;
+        return True  # the checks below do not trace: review ownmodel's run of test_convert)
+    return not under_dispatch_mode() and (_LEGACY_BATCHED is None or not any(map(_LEGACY_BATCHED, tensors)))
 
 
 _LEGACY_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
