@@ -251,8 +251,8 @@ def test_a_run_says_how_it_splits_its_batch(tmp_path):
 
 
 def test_accumulate_is_a_machine_setting_not_a_recipe_or_identity_change():
-    """Free on resume, so neither a change of a preset's recipe nor part of a sweep run's identity (nor a grid
-    axis): the same step's gradient, split to fit memory."""
+    """Free on resume, and no part of a sweep run's identity (nor a grid axis): the same step's gradient, split to
+    fit memory. For a model with BatchNorm it is a change of a preset's recipe all the same (review paper #2)."""
     from reste.experiments.identity import config_key
     from reste.experiments.sweep import axis_kind
 
@@ -262,7 +262,8 @@ def test_accumulate_is_a_machine_setting_not_a_recipe_or_identity_change():
     preset = TrainConfig(preset="cifar10-resnet20-1w1a", dataset="cifar10", model="resnet20_1w1a", epochs=1000,
                          batch_size=256, eval_batch_size=128, warm_up=5, optimizer="sgd", lr=0.1, weight_decay=1e-4,
                          augment=True, estimator_options={"o_end": 3.0}, accumulate=4)
-    assert engine.preset_changes(preset) == {}
+    # (review paper #2) BatchNorm then normalises over each micro-batch: a change of the recipe, which the run names
+    assert engine.preset_changes(preset) == {"accumulate": (1, 4)}
     with pytest.raises(UsageError, match="'accumulate' is not a grid axis"):
         axis_kind("accumulate", ["digits_1w1a"])
 

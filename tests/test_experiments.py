@@ -1899,11 +1899,15 @@ def test_a_preset_sweep_gives_the_published_number_and_best_minus_published(tmp_
     assert "| estimator=ste | 84.00 | 84.44 | -0.44 |" in md
     assert "| o_end=2 | 85.00 | - | - |" in md and "| bf16 | 86.00 | - | - |" in md
     assert "| imagenet | 61.00 | 60.88 (82.59) | +0.12 |" in md
+    from reste.config import config_from_preset
     from reste.experiments.report import PUBLISHED_NOTE
-    from reste.rundir import RECIPE_FREE
+    from reste.rundir import recipe_free
 
     assert PUBLISHED_NOTE in md  # (review sweeps #11: it said --cuda-graphs, which keeps the recipe, changes it)
-    assert not [k for k in RECIPE_FREE if "--" + k.replace("_", "-") in PUBLISHED_NOTE]
+    # (review paper #2) but BatchNorm over --accumulate's micro-batches is another recipe; --no-sync-bn, on one
+    # process (a sweep's run), is none
+    free = recipe_free(config_from_preset("cifar10-resnet20-1w1a", accumulate=2).resolve())
+    assert not [k for k in free if "--" + k.replace("_", "-") in PUBLISHED_NOTE] and "--accumulate" in PUBLISHED_NOTE
     csv_row = {r["setting"]: r for r in _read_csv(tmp_path / "results.csv")}["estimator=ste"]
     assert (csv_row["published_top1"], float(csv_row["best_minus_published"])) == ("84.44", pytest.approx(-0.44))
 

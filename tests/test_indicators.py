@@ -206,7 +206,7 @@ def test_bad_mode_and_empty_model():
 def run_meter(mode, epochs=3, iters=2):
     """Train the tiny model a little, recording hand-computed values after each step."""
     model = make_model()
-    meter = EquilibriumMeter(model, mode=mode, o_end=3.0)
+    meter = EquilibriumMeter(model, mode=mode, **({"o_end": 3.0} if mode == "paper" else {}))  # (paper's alone)
     names = PAPER if mode == "paper" else GENERAL
     per_epoch, logged = [], []
     step = 0
@@ -368,6 +368,22 @@ def test_general_indicators_refuse_an_estimator_without_f_before_training(isolat
     with pytest.raises(ValueError, match="estimator\\(s\\) 'only_g_test' define no _f; .* or use mode='paper'"):
         EquilibriumMeter(model, mode="general")
     assert EquilibriumMeter(model, mode="paper").mode == "paper"
+
+
+def test_an_o_end_that_the_general_mode_would_not_read_is_refused():
+    """(review paper #3) EquilibriumMeter(mode="general", o_end=5) measured what it measures without one (each layer's
+    estimator at its current o) and saved 5 in its state as if used. Refused in one line; the paper mode takes it,
+    and the general mode without one (its state's o_end the model's, unused) is as it was."""
+    model = make_model()
+    with pytest.raises(ValueError, match=r"^o_end applies to the 'paper' indicators only \(.*\): drop o_end, or pass "
+                                         r"mode='paper'$"):
+        EquilibriumMeter(model, mode="general", o_end=5.0)
+    with pytest.raises(ValueError, match="o_end must be a number >= 1"):  # a bad one is said so, whatever the mode
+        EquilibriumMeter(model, mode="general", o_end=0.5)
+    assert EquilibriumMeter(model, mode="paper", o_end=5.0).state_dict()["o_end"] == 5.0
+    general = EquilibriumMeter(model, mode="general")
+    assert (general.state_dict()["o_end"], general.measure()) == (3.0, {"indicators_o_end": None})
+    assert EquilibriumMeter(model, mode="paper").measure() == {"indicators_o_end": 3.0}
 
 
 def test_the_paper_modes_o_end_is_checked_when_the_meter_is_made():

@@ -61,6 +61,7 @@ from .data import check_classes, data_device, default_read_from, load_datasets, 
 from .distributed import await_main, env_rank, env_world_size, init_distributed, is_distributed, job_token, \
     local_rank_first, signal_text, stop_signals
 from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
+from .hparams import outside_reste
 from .indicators import RUN_LEVEL, EquilibriumMeter, amp_scale, amp_skipped
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
@@ -68,7 +69,7 @@ from .layers import binary_layers, estimators_of, eval_mode, set_progress
 from .estimators import Estimator
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
-from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, RECIPE_FREE, METRICS, RunDirectory, append_metrics,
+from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, METRICS, RunDirectory, append_metrics, recipe_free,
                      best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
                      held_by, holds_run, keep_top, last_checkpoint, read_metrics, record_divergence, repair_best,
                      require_run_path,
@@ -499,7 +500,7 @@ class _Run:
                     self.model = ProcessGroupBatchNorm.convert(self.model)
                 self.optimizer = build_optimizer(config, self.model)
                 if self.meter:
-                    self.meter = EquilibriumMeter(self.model, config.indicators, self.meter.o_end)
+                    self.meter = EquilibriumMeter(self.model, config.indicators)  # (the same estimators' o_end)
                 self.net = self.model
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = self.ddp = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
@@ -833,8 +834,8 @@ class _Run:
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
                                        "test_loss": test["loss"], "test_acc": test["top1"],
                                        "test_top5": test["top5"]}
-            if self.meter:
-                metrics.update(self.meter.epoch_end())
+            if self.meter:  # the values, and how they were measured (show and the report count the mode's alone)
+                metrics.update(self.meter.epoch_end(), **self.meter.measure())
             if bop is not None:
                 metrics.update(bop_gamma=bop_rate(cfg, lr), bop_flips=int(bop.flipped) - self._flips_start)
             metrics["time"] = time.time() - t0
@@ -1224,20 +1225,10 @@ def _warn_defined_in_main(config: TrainConfig) -> None:
         warnings.warn(f"the run's {' and '.join(found)} {'is' if len(found) == 1 else 'are'} defined in __main__ "
                       f"(this script or notebook): its config.json can name no module to load {them} from, so reste "
                       f"eval, reste export and a resume in another process cannot build its model; define {them} in "
-                      "a module you import", stacklevel=_outside_reste())
+                      "a module you import", stacklevel=outside_reste())
 
 
 _TOLD_MAIN: set[str] = set()  # what _warn_defined_in_main said in this process
-
-
-def _outside_reste() -> int:
-    """The ``stacklevel`` of a warning given by this module's caller that names the first frame outside reste (the
-    user's line, however deep inside reste it was given: engine.train, or run_sweep's)."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    level, frame = 2, sys._getframe(2)  # the frame that called the warning's function (stacklevel 2)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def kernel_path(device: torch.device) -> str:
@@ -1344,18 +1335,21 @@ def planned_config(config: TrainConfig) -> TrainConfig:
 
 def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[Any, Any]]:
     """{setting: (the preset's value, the run's)} for each setting of a preset run (``config.preset``) that
-    makes it another training than the preset's: not the seed, nor the settings free to change on resume (data
-    path, workers, device, ...), nor how fast it runs or what it measures (``--compile``, ``--channels-last``,
-    ``--cuda-graphs``, ``--indicators``): :data:`reste.rundir.RECIPE_FREE`. An estimator option is
-    ``estimator_options.NAME``; the batch is the one step's over ``world_size`` processes (``--batch-size`` is
-    per process); {} without a preset, or with a name that is none of reste's (a label of the caller's)."""
+    makes it another training than the preset's: not those of :func:`reste.rundir.recipe_free`, which decides
+    for the report's published number too (the seed, the settings free to change on resume, how fast it runs or what
+    it measures, ``sync_bn`` on one process; but ``accumulate`` where it splits the batch of a model with BatchNorm).
+    An estimator option is ``estimator_options.NAME``; the batch is the one step's over ``world_size`` processes
+    (``--batch-size`` is per process); {} without a preset, or with a name that is none of reste's (a label of the
+    caller's)."""
     if config.preset not in PRESETS:
         return {}
-    ref, mine = (as_recorded(c.resolve()).to_dict() for c in (config_from_preset(config.preset), config))
+    recorded = as_recorded(config.resolve())
+    ref, mine = as_recorded(config_from_preset(config.preset).resolve()).to_dict(), recorded.to_dict()
     mine["batch_size"] *= world_size
+    free = recipe_free(recorded, world_size)
     changes = {}
     for key, value in mine.items():
-        if key in RECIPE_FREE:
+        if key in free:
             continue
         if key == "estimator_options" and mine["estimator"] == ref["estimator"]:
             changes.update({f"{key}.{k}": (ref[key].get(k), v) for k, v in value.items() if ref[key].get(k) != v})

@@ -156,6 +156,7 @@ def amp_skipped(before: Tensor | None, after: Tensor | None) -> Tensor | None:
 # how a run's per-epoch indicators make its run-level values: (estimating error, gradient stability) per mode
 RUN_LEVEL = {"general": ("mean over epochs", "mean over epochs"),
              "paper": ("mean over epochs", "sum over epochs")}  # the authors' aggregate
+RUN_LEVEL_FIELDS = ("estimating_error", "gradient_stability")  # an epoch's values, as a metrics line holds them
 
 
 def run_level(history: list[dict[str, float]], mode: str = "general") -> dict[str, float]:
@@ -170,6 +171,47 @@ def run_level(history: list[dict[str, float]], mode: str = "general") -> dict[st
     return {"estimating_error": err, "gradient_stability": stab if mode == "paper" else stab / n}
 
 
+# the field of a metrics.jsonl line with indicators that says how they were measured: the paper mode's o_end (F at
+# it), null in the general mode (each layer's estimator at its current o); a line written before it was recorded has
+# none, and counts as measured in the run's mode
+MEASURE = "indicators_o_end"
+
+
+def current_history(lines: list[dict[str, Any]], mode: str | None = None
+                    ) -> tuple[list[dict[str, Any]], str, float | None]:
+    """The metrics lines of a run (``lines``, one per epoch, oldest first) that its indicator history holds now, as
+    ``reste train``'s meter keeps it across resumes: the last ones measured as the newest (its mode, and in the paper
+    mode its o_end, :data:`MEASURE`). A line without indicators, or measured otherwise (a ``--resume --force`` with
+    another ``--indicators`` or o_end, which starts the history again), ends it; a line that does not record how
+    (written before it was) counts as measured in ``mode``, the run's (None: the general mode). Returns the lines,
+    their mode and their paper o_end (None: the general mode, or not recorded)."""
+    kept: list[dict[str, Any]] = []
+    newest: tuple[str, float | None] | None = None
+    for line in reversed(lines):
+        if not all(k in line for k in RUN_LEVEL_FIELDS):
+            break
+        if MEASURE in line:
+            how = ("general", None) if line[MEASURE] is None else ("paper", float(line[MEASURE]))
+            if newest is not None and how != newest:
+                break
+            newest = how
+        kept.append(line)
+    how = newest or (mode or "general", None)
+    return kept[::-1], how[0], how[1]
+
+
+def run_indicators(lines: list[dict[str, Any]], mode: str | None = None) -> dict[str, Any] | None:
+    """A run's run-level indicators from its metrics lines, those of its current history alone
+    (:func:`current_history`, :func:`run_level`), as its training's last line gives them: ``mode``, ``o_end`` (the
+    paper mode's, where the lines record it), ``epochs``, ``first_epoch``, ``estimating_error`` and
+    ``gradient_stability``; None where they hold none."""
+    history, measured, o_end = current_history(lines, mode)
+    if not history:
+        return None
+    return {"mode": measured, "o_end": o_end, "epochs": len(history), "first_epoch": history[0]["epoch"],
+            **run_level(history, measured)}
+
+
 def check_same_indicators(saved_mode: str | None, saved_o_end: float | None, mode: str, o_end: float | None,
                           who: str) -> None:
     """Refuse (ValueError) to continue a history measured in another mode, or in the paper mode at another o_end;
@@ -181,6 +223,20 @@ def check_same_indicators(saved_mode: str | None, saved_o_end: float | None, mod
             and float(saved_o_end) != float(o_end)):
         raise ValueError(f"{who}: the saved paper-mode history was measured at o_end={saved_o_end:g}, this run's is "
                          f"{o_end:g}; resume with o_end={saved_o_end:g} or start a new run")
+
+
+def check_o_end(o_end: Any, mode: str | None, argument: str = "mode") -> None:
+    """Refuse (ValueError) an ``o_end`` that is not a number >= 1, or one given for indicators other than the paper
+    mode's (``mode``, given as ``argument``), which alone read it."""
+    if o_end is None:
+        return
+    if isinstance(o_end, bool) or not isinstance(o_end, numbers.Real) or not 1.0 <= float(o_end) < math.inf:
+        # as ReSTE's o_end (review api #2)
+        raise ValueError(f"o_end must be a number >= 1 (the paper mode's F is sign(w) abs(w)^(1/o_end)), got "
+                         f"{o_end!r}")
+    if mode != "paper":  # it would change nothing (review paper #3)
+        raise ValueError(f"o_end applies to the 'paper' indicators only (their F is at o_end; the general mode's is "
+                         f"each layer's estimator at its current o): drop o_end, or pass {argument}='paper'")
 
 
 def _final_o(model: nn.Module) -> float:
@@ -198,7 +254,8 @@ class EquilibriumMeter:
     there, or pass the step's ``gradient_stability`` read before they went),
     ``epoch_end()`` once per epoch (returns that epoch's values) and
     ``summary()`` at the end. ``state_dict``/``load_state_dict`` carry the history
-    across a resume (a history of another mode is refused).
+    across a resume (a history of another mode is refused). ``o_end``: the paper mode's F is at it (default: the
+    model's ReSTE o_end, else 3); the general mode reads none, and refuses one.
 
     >>> meter = EquilibriumMeter(model, mode="paper", o_end=3.0)
     """
@@ -218,10 +275,7 @@ class EquilibriumMeter:
                 raise ValueError(f"the 'general' indicators need each estimator's F(x), and estimator(s) "
                                  f"{', '.join(map(repr, lacking))} define no _f; give the class an _f (the "
                                  "antiderivative of its _g), or use mode='paper', which needs none")
-        if o_end is not None and (isinstance(o_end, bool) or not isinstance(o_end, numbers.Real)
-                                  or not 1.0 <= float(o_end) < math.inf):  # as ReSTE's o_end (review api #2)
-            raise ValueError(f"o_end must be a number >= 1 (the paper mode's F is sign(w) abs(w)^(1/o_end)), got "
-                             f"{o_end!r}")
+        check_o_end(o_end, mode)
         self.model, self.mode, self.o_end = model, mode, _final_o(model) if o_end is None else float(o_end)
         self.history: list[dict[str, float]] = []
         self._told_frozen = False
@@ -306,6 +360,10 @@ class EquilibriumMeter:
     def summary(self) -> dict[str, float]:
         """Run-level values (:func:`run_level`)."""
         return run_level(self.history, self.mode)
+
+    def measure(self) -> dict[str, float | None]:
+        """How this meter measures, as each metrics line with its values records it (:data:`MEASURE`)."""
+        return {MEASURE: self.o_end if self.mode == "paper" else None}
 
     def state_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "o_end": self.o_end, "history": [dict(h) for h in self.history]}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import json
 import math
@@ -45,6 +46,7 @@ from typing import Any, Callable
 from .checkpoint import atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
 from .errors import UsageError, parse_json, shell_word
+from .indicators import MEASURE
 from .native import CANNOT_LOCK
 
 try:
@@ -86,7 +88,7 @@ RECIPE_FREE = (*IDENTITY_FREE, "compile", "channels_last", "cuda_graphs", "indic
 # the fields of a metrics.jsonl line; the line holds besides them the schedule values of the run's estimator (o, t,
 # k, ...) under their names, which therefore may not be these
 METRIC_FIELDS = ("epoch", "lr", "bop_gamma", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
-                 "estimating_error", "gradient_stability", "bop_flips", "time")  # bop_*: --optimizer bop's
+                 "estimating_error", "gradient_stability", MEASURE, "bop_flips", "time")  # bop_*: --optimizer bop's
 # what every run's config.json holds since the first version: without them it is not a run's
 _IDENTITY = ("dataset", "model", "estimator", "epochs", "seed")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
@@ -100,6 +102,39 @@ _MSVCRT_BYTE = 1 << 20
 _WINDOWS = os.name == "nt"  # where an open file cannot be removed (a test sets it to take that order on Linux)
 _LITTER = {".ds_store", "thumbs.db", "desktop.ini"}  # what Finder and Explorer put in a folder they show
 
+
+
+def recipe_free(config: TrainConfig, world_size: int = 1) -> frozenset[str]:
+    """The settings of ``config`` that do not make it another training than a preset's, for the published number
+    (``reste.experiments.report.trained_preset``) and ``reste train``'s notes alike (``reste.engine.preset_changes``):
+    the seed, the settings free to change on resume, how fast it runs and what it measures (:data:`RECIPE_FREE`), but
+    not the images a BatchNorm normalises over, the whole step's batch in a preset's recipe: ``sync_bn`` is free on one
+    process (``world_size``; only torchrun's processes read it), and ``accumulate`` is not where its micro-batches
+    split the batch of a model with BatchNorm, each then normalised over itself (review paper #2)."""
+    free = set(RECIPE_FREE) | ({"sync_bn"} if world_size == 1 else set())
+    if (config.accumulate or 1) > 1 and _has_batchnorm(config.model, json.dumps(config.model_options, sort_keys=True)):
+        free.discard("accumulate")
+    return frozenset(free)
+
+
+@functools.lru_cache(maxsize=32)
+def _has_batchnorm(model: str | None, options: str) -> bool:
+    """Whether the model ``model`` built with the model options ``options`` (JSON) has a BatchNorm; True where it
+    cannot be built here (a plugin's not imported), as every model of the zoo has."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from .models import create
+
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):  # (no memory, no initialisation: milliseconds)
+            warnings.simplefilter("ignore")
+            built = create(model, None, **json.loads(options))
+    except Exception:  # noqa: BLE001 - what cannot be built here is counted as the zoo's models are
+        return True
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in built.modules())
 
 def _litter(name: str) -> bool:
     """Whether ``name`` is a file the OS's file browser wrote (``._*`` being macOS's AppleDouble files)."""
@@ -1020,7 +1055,8 @@ def read_run_file(path: Path) -> bytes:
             raise UsageError(f"cannot read {path} ({err.strerror}); make it readable (its mode, its owner) and run "
                              "the command again") from None
         if err.errno == errno.EIO:
-            raise UsageError(f"cannot read {path} ({err.strerror}); check the disk (the system log says more)") from None
+            raise UsageError(f"cannot read {path} ({err.strerror}); check the disk (the system log says more)"
+                             ) from None
         raise
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError
-from .indicators import RUN_LEVEL, run_level
+from .indicators import RUN_LEVEL, run_indicators
 from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lock_holder, not_a_folder,
                      read_metrics, resume_command, run_config, schedule_fields)
 from .wording import count, duration, split_batch
@@ -38,8 +38,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     steps of the next]; with ``steps`` only), ``failed`` (an
     unfinished sweep run that failed: why, ``reste.rundir.failure``), ``train_seconds`` and
     ``indicators``
-    (``mode``, ``epochs``, ``estimating_error``, ``gradient_stability``, by the run-level rule of that mode; None
-    when not measured). A folder that holds no run is a one-line ``UsageError``."""
+    (``reste.indicators.run_indicators``: ``mode``, ``o_end``, ``epochs``, ``first_epoch``, ``estimating_error``,
+    ``gradient_stability``, by the run-level rule of that mode, over the epochs its current history holds, as the
+    run's training counts them; None when not measured). A folder that holds no run is a one-line ``UsageError``."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):  # its checkpoint or log: its folder shows it
         raise not_a_folder(run_dir, "reste show")
     config = run_config(run_dir, checked=True)  # (config.json; where it is gone, last.pt's copy, as a resume reads)
@@ -83,11 +84,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     best, last = best_line(metrics), metrics[-1]
     summary.update(best={k: best.get(k) for k in _POINT}, last={**{k: last.get(k) for k in _POINT},
                                                                  "schedule": schedule_fields(last)},
-                   train_seconds=sum(m.get("time", 0.0) for m in metrics))
-    history = [m for m in metrics if "estimating_error" in m]
-    if history:
-        mode = config.indicators or "general"
-        summary["indicators"] = {"mode": mode, "epochs": len(history), **run_level(history, mode)}
+                   train_seconds=sum(m.get("time", 0.0) for m in metrics),
+                   indicators=run_indicators(metrics, config.indicators))
     return summary
 
 
@@ -190,7 +188,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
     ind = summary["indicators"]
     if ind:
         error, stability = RUN_LEVEL[ind["mode"]]
-        lines.append(f"indicators ({ind['mode']} mode, {ind['epochs']} epochs): estimating error "
+        at = f" at o_end {ind['o_end']:g}" if ind["o_end"] is not None else ""
+        since = f" from epoch {ind['first_epoch']} on" if ind["first_epoch"] > 1 else ""  # (turned on or changed)
+        lines.append(f"indicators ({ind['mode']} mode{at}, {count(ind['epochs'], 'epoch')}{since}): estimating error "
                      f"{ind['estimating_error']:.4g} ({error}), gradient stability "
                      f"{ind['gradient_stability']:.4g} ({stability})")
     return "\n".join(lines)

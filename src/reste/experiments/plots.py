@@ -19,7 +19,7 @@ import torch
 from ..checkpoint import atomic_write
 from ..errors import UsageError, cannot_write, option
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
-from ..indicators import RUN_LEVEL
+from ..indicators import MEASURE, RUN_LEVEL, current_history
 from ..rundir import CURVES, RESUME_FREE, epoch_lines, read_metrics, run_config, schedule_fields
 
 LABELS = {"estimating_error": "estimating error", "gradient_stability": "gradient stability (var |grad|)"}
@@ -191,18 +191,30 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
         raise UsageError("give at least one run directory")
     data = []
     given = list(metrics_of) if metrics_of is not None else [None] * len(dirs)
-    for d, label, kept in zip(dirs, _setting_labels(dirs) if labels is None else labels, given):
+    # a run drawn from a sweep's epochs.csv has no config.json: its mode is its setting's (given)
+    given_modes = list(modes) if modes is not None else [None] * len(dirs)
+    measured: set[str] = set()  # the runs' indicator modes (a run whose mode is not known: none)
+    left_out: list[str] = []  # the runs whose earlier epochs measured the indicators otherwise
+    for d, label, kept, mode in zip(dirs, _setting_labels(dirs) if labels is None else labels, given, given_modes):
         # each epoch once, in order (a repeated line is its last: as show and the report count it), not file order
         metrics = kept if kept is not None else epoch_lines(read_metrics(d))[0]
         if not metrics:
             raise UsageError(f"{d} has no finished epoch yet")
-        data.append((label, metrics))
+        # its indicators: its current mode's epochs alone (review paper #1), as show and the report count them
+        mode = (mode if kept is not None else None) or _run_config(d).get("indicators")
+        history, how, _ = current_history(metrics, mode)
+        now = {m["epoch"] for m in history}
+        if any(k in m for m in metrics if m["epoch"] not in now for k in LABELS):
+            left_out.append(f"{label} (from epoch {history[0]['epoch']} on)" if history else label)
+        if history and (mode or MEASURE in history[-1]):  # (review readme2 #1: None beside "general" read as two)
+            measured.add(how)
+        data.append((label, metrics, [m if m["epoch"] in now else {} for m in metrics]))
     # any estimator's schedule values, a plugin's too; a run resumed with --force may switch estimator: a key can
     # be in some lines only
-    sched = list(dict.fromkeys(k for _, ms in data for m in ms for k in schedule_fields(m)))
-    has_lr = any("lr" in m for _, ms in data for m in ms)
+    sched = list(dict.fromkeys(k for _, ms, _ in data for m in ms for k in schedule_fields(m)))
+    has_lr = any("lr" in m for _, ms, _ in data for m in ms)
     panels = ["acc", "loss"] + (["schedule"] if has_lr or sched else [])
-    panels += [k for k in LABELS if any(k in m for _, ms in data for m in ms)]
+    panels += [k for k in LABELS if any(k in m for _, _, ms in data for m in ms)]
     fig = _figure(2 if len(panels) > 3 else 1, 3 if len(panels) != 4 else 2, width=4.6)
     axes = _panel_axes(fig, len(panels))
     by_panel = dict(zip(panels, axes))
@@ -210,7 +222,7 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
     twin = (by_panel["schedule"].twinx() if has_lr else by_panel["schedule"]) if sched else None
     several = len(data) > 1
     colors = _colors(len(data))
-    for i, (name, metrics) in enumerate(data):
+    for i, (name, metrics, current) in enumerate(data):
         color = colors[i]
         # several runs: a marker shape each as well as a colour (red and green look alike to some readers);
         # train and test differ by line style, and train's markers are hollow
@@ -229,17 +241,15 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
                           marker=mark or "x", ms=4, mfc="none" if mark else None)
         for panel in LABELS:
             if panel in by_panel:
-                by_panel[panel].plot(ep, _series(metrics, panel), color=color, marker=mark or ".",
+                by_panel[panel].plot(ep, _series(current, panel), color=color, marker=mark or ".",
                                      ms=4 if mark else None)
     schedule_title = "learning rate and schedule" if has_lr and sched else "learning rate" if has_lr else "schedule"
     titles = {"acc": "accuracy (%)", "loss": "cross-entropy loss (log)", "schedule": schedule_title, **LABELS}
-    # a run drawn from a sweep's epochs.csv has no config.json: its mode is its setting's (given), none is no mode
-    # (review readme2 #1: None beside "general" read as two modes)
-    given_modes = list(modes) if modes is not None else [None] * len(dirs)
-    measured = {(mode if kept is not None else None) or (_run_config(d) or {}).get("indicators")
-                for d, (_, ms), kept, mode in zip(dirs, data, given, given_modes)
-                if any(k in m for m in ms for k in LABELS)}
-    measured.discard(None)
+    if left_out:  # (review paper #1: a run's two modes were drawn as one curve)
+        warnings.warn(f"plot: {', '.join(left_out)}: a resume measured the indicators otherwise (another --indicators "
+                      "or o_end, with --force) or turned them off, so their curves draw the current mode's epochs "
+                      "only, as reste show counts them", UserWarning, stacklevel=3)
+        titles.update({k: f"{v}\n(current mode only: epochs of another left out)" for k, v in LABELS.items()})
     if len(measured) > 1:  # other layers, F, sign(0) and averaging: one axis would compare what does not compare
         warnings.warn("plot: these runs measured the indicators in other modes (paper and general: other layers, "
                       "F and averaging), so their indicator curves do not compare; plot each mode's runs apart",
@@ -248,16 +258,18 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
     for panel, ax in by_panel.items():
         ax.set_title(titles[panel])
         _epoch_axis(ax)
+        if left_out and panel in LABELS:  # the epochs left out: as in the other panels, empty
+            ax.set_xlim(by_panel["acc"].get_xlim())
         ax.grid(alpha=0.3)
         if panel == "gradient_stability":
-            _maybe_log(ax, [m.get(panel) for _, ms in data for m in ms])
-    _log_if_positive(by_panel["loss"], [m.get(k) for _, ms in data for m in ms for k in ("train_loss", "test_loss")])
+            _maybe_log(ax, [m.get(panel) for _, _, ms in data for m in ms])
+    _log_if_positive(by_panel["loss"], [m.get(k) for _, ms, _ in data for m in ms for k in ("train_loss", "test_loss")])
     if lr_ax is not None:
         lr_ax.set_ylabel("learning rate (solid)")
     if twin is not None:
         twin.set_ylabel(", ".join(f"{k} ({['dashed', 'dotted', 'dash-dot', 'sparse dots'][j % 4]})"
                                   for j, k in enumerate(sched)))
-    _legends(fig, by_panel, data, several)
+    _legends(fig, by_panel, [(name, ms) for name, ms, _ in data], several)
     return fig
 
 

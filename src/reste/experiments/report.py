@@ -1,7 +1,7 @@
 """Tables and figures of a sweep: ``summarize(out_dir)``.
 
-Per run (``runs.csv``): best and final test top-1, and the run-level indicators,
-each the mean over the epochs of the per-epoch values in ``metrics.jsonl``.
+Per run (``runs.csv``): best and final test top-1, and the run-level indicators
+(``reste.indicators.run_indicators``: over the epochs of its current indicator mode in ``metrics.jsonl``).
 Per epoch of every finished run (``epochs.csv``): the metrics of its line of ``metrics.jsonl``
 (``EPOCH_COLUMNS``: not the schedule values), so that the learning curves outlive the run folders
 (which are not committed); a run reported once is reported from these two tables when its folder is gone.
@@ -30,26 +30,27 @@ from ..checkpoint import atomic_write
 from ..config import PRESETS, TrainConfig, config_from_preset
 from ..errors import UsageError, parse_json
 from ..wording import count
-from ..indicators import RUN_LEVEL, run_level
-from ..rundir import (CURVES, LAST, METRIC_FIELDS, RECIPE_FREE, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
-                      divergence, epoch_lines, failure, holds_run, read_metrics, run_config)
+from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
+from ..rundir import (CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
+                      divergence, epoch_lines, failure, holds_run, read_metrics, recipe_free, run_config)
 from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
 
 METRICS = ("best_acc", "final_acc", "estimating_error", "gradient_stability")
-# the legend of results.md's published column; what it names as another recipe is none of RECIPE_FREE
+# the legend of results.md's published column; what it names as another recipe is none of recipe_free's
 PUBLISHED_NOTE = ("published: the paper's top-1 (top-5) of the preset whose recipe the setting trains, one run each "
                   "(reste.config.PRESETS), and the mean best top-1 minus it; - where the setting trains no preset's "
-                  "recipe (other estimator options, epochs, batch, --amp, ...).")
-INDICATORS = ("estimating_error", "gradient_stability")
+                  "recipe (other estimator options, epochs, batch, --amp, BatchNorm over --accumulate's "
+                  "micro-batches, ...).")
+INDICATORS = RUN_LEVEL_FIELDS
 
 
 def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
     """Whether the run in ``run_dir`` can be reported, by the one rule of sweeps and reports alike.
 
     ``("done", summary)``: its settings (``config.json``, or ``last.pt``'s copy) and a metrics line for each of
-    its epochs; the summary holds best/final accuracy, the run-level indicators (``reste.indicators.run_level``:
+    its epochs; the summary holds best/final accuracy, the run-level indicators (``reste.indicators.run_indicators``:
     the authors' aggregate in paper mode) and, under ``"metrics"``, the lines of its epochs. ``("pending", None)``:
     no run there yet, or one still training (its first epochs recorded). ``("damaged", why)``: a run that cannot
     be reported (a damaged file, an epoch's line missing in the middle). ``("changed", why)``: a run with settings
@@ -76,8 +77,8 @@ def run_status(run_dir: Path, key: str | None = None) -> tuple[str, Any]:
         return recorded_end(run_dir) or ("pending", None)
     row: dict[str, Any] = {**_accuracy(metrics), "epochs": len(metrics),
                            "seconds": sum(m.get("time", 0.0) for m in metrics)}
-    history = [m for m in metrics if all(k in m for k in INDICATORS)]
-    row.update(dict.fromkeys(INDICATORS), **run_level(history, config.indicators or "general"))
+    indicators = run_indicators(metrics, config.indicators) or {}  # its current mode's epochs, as `reste show`
+    row.update({k: indicators.get(k) for k in INDICATORS})
     return "done", {**row, "metrics": metrics}
 
 
@@ -302,7 +303,7 @@ def earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
     epochs: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for row in _read_csv(out / "epochs.csv"):
         epochs.setdefault((row.get("setting"), row.get("seed")), []).append(
-            {k: row.get(k) for k in EPOCH_COLUMNS})
+            {k: row.get(k) for k in EPOCH_COLUMNS if k in row})  # (a column an older report did not write: absent)
     rows = []
     for line, r in _numbered_rows(out / "runs.csv"):
         if not (isinstance(r.get("run_dir"), str) and isinstance(r.get("seed"), int)):
@@ -495,18 +496,18 @@ def _setting_key(s: dict[str, Any]) -> str | None:
         return None
 
 
-# what does not make a run another training than its preset's (as reste.engine.preset_changes, which a report cannot
-# import): the settings free to change, and how fast a run goes or what it measures
 PUBLISHED_COLUMNS = ("published_preset", "published_top1", "published_top5", "best_minus_published")
 
 
 def _recipe(config: TrainConfig) -> str | None:
-    """The settings of ``config`` that make its training, as one text to compare; None when it does not resolve."""
+    """The settings of ``config`` that make its training, as one text to compare (not those of
+    :func:`~reste.rundir.recipe_free`, of a run of one process, as a sweep's); None when it does not resolve."""
     try:
-        data = canonical_saved(config).to_dict()
+        canonical = canonical_saved(config)
     except (UsageError, TypeError, ValueError):
         return None
-    return json.dumps({k: v for k, v in data.items() if k not in RECIPE_FREE}, sort_keys=True, default=str)
+    free = recipe_free(canonical)
+    return json.dumps({k: v for k, v in canonical.to_dict().items() if k not in free}, sort_keys=True, default=str)
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,7 +24,8 @@ from typing import Any
 
 from torch import nn
 
-from ..indicators import MODES, EquilibriumMeter, amp_scale, amp_skipped, check_same_indicators, gradient_stability
+from ..indicators import (MODES, EquilibriumMeter, amp_scale, amp_skipped, check_o_end, check_same_indicators,
+                          gradient_stability)
 from ..layers import binary_layers, set_progress
 from ..schedules import length_change
 from .tensorboard import layer_indicators, layer_schedules
@@ -64,7 +65,8 @@ class BinarizationCallback(Callback):
         indicators: ``False`` (default), ``True`` or ``"general"`` (every binary
             layer, each estimator's own F, epoch mean) or ``"paper"`` (the authors'
             ``--cal_ind``: binary 3x3 convs, F at ``o_end``, last iteration).
-        o_end: the final o for the ``"paper"`` indicators (default: the model's ReSTE ``o_end``, else 3).
+        o_end: the final o for the ``"paper"`` indicators (default: the model's ReSTE ``o_end``, else 3); refused
+            with other ``indicators``, which do not read it.
         prefix: the prefix of every logged name.
         module: the attribute of the LightningModule that holds the binary model
             (``"model"``, or a dotted path such as ``"model.backbone"``); by default the LightningModule itself.
@@ -95,6 +97,7 @@ class BinarizationCallback(Callback):
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         self.epochs = None if epochs is None else int(epochs)
         self.mode = _indicator_mode(indicators)
+        check_o_end(o_end, self.mode, "indicators")  # (an o_end the indicators would not read is refused)
         self.o_end = None if o_end is None else float(o_end)
         self.prefix = prefix
         self.module = module

@@ -31,7 +31,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError
-from ..indicators import EquilibriumMeter, estimating_error, gradient_stability, indicator_layers
+from ..indicators import MEASURE, EquilibriumMeter, estimating_error, gradient_stability, indicator_layers
 from ..layers import estimators_of, schedule_values
 from ..rundir import CONFIG, LAST, LOCK_NAME, METRICS, TENSORBOARD_DIR, last_checkpoint, read_metrics
 
@@ -131,9 +131,10 @@ def metric_tag(key: str, schedule: Any = (), indicators: Any = ()) -> str:
 
 
 def metric_scalars(metrics: dict[str, Any], schedule: Any = (), indicators: Any = ()) -> dict[str, float]:
-    """{tag: value} for every number of a metrics line but its ``epoch``."""
+    """{tag: value} for every number of a metrics line but its ``epoch`` and how its indicators were measured (the
+    paper mode's o_end: a setting, not a curve)."""
     return {metric_tag(k, schedule, indicators): float(v) for k, v in metrics.items()
-            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if k not in ("epoch", MEASURE) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def layer_schedules(model: nn.Module) -> dict[str, float]:
