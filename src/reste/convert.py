@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import inspect
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -12,8 +13,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .estimators import Estimator, get_estimator
-from .layers import SCALINGS, BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose1d, \
+from .errors import did_you_mean
+from .estimators import Estimator, estimator_class, estimator_flags, get_estimator
+from .layers import _DEFAULT, SCALINGS, BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose1d, \
     BinaryConvTranspose2d, BinaryConvTranspose3d, BinaryLinear
 from .wording import gist
 
@@ -176,29 +178,53 @@ def _no_fast_path(model: nn.Module) -> None:
 
 
 def _estimator_config(spec: Any, **hyperparameters: Any) -> Any:
-    """Validate ``spec`` once and return what each layer should build its own estimator from."""
+    """Validate ``spec`` (a name or an instance) once and return what each layer should build its own estimator from:
+    a spec dict, or the instance (shared by every layer)."""
     est = get_estimator(spec, **hyperparameters)
-    if isinstance(spec, str):
-        try:
-            return est.spec()
-        except NotImplementedError:  # each layer builds its own from the spec, which such a class cannot give
-            raise ValueError(f"estimator {spec!r} ({type(est).__name__}) has a constructor of its own that declares "
-                             "no hyper-parameters, so binarize cannot build one per layer from its name: pass an "
-                             f"instance, binarize(model, {type(est).__name__}(...)), or declare `hyperparameters` in "
-                             "the class") from None
-    return est  # an instance is shared by every layer
+    return est if est is spec else _layer_spec(est, "name", "binarize(model, {}(...))")
 
 
-def _input_config(activations: Any, weight_spec: Any) -> Any:
-    """The inputs' estimator (as :func:`_estimator_config` gives it) for ``binarize``'s ``activations``."""
+def _layer_spec(est: Estimator, given: str, instead: str) -> dict[str, Any]:
+    """``est.spec()``, which each layer builds its own estimator from; a ``ValueError`` saying to pass an instance
+    (``instead``, formatted with the class's name) for a class whose constructor declares no hyper-parameters."""
+    try:
+        return est.spec()
+    except NotImplementedError:
+        cls = type(est).__name__
+        raise ValueError(f"estimator {est.name!r} ({cls}) has a constructor of its own that declares no "
+                         f"hyper-parameters, so binarize cannot build one per layer from its {given}: pass an "
+                         f"instance, {instead.format(cls)}, or declare `hyperparameters` in the class") from None
+
+
+def _input_config(activations: Any) -> Any:
+    """The inputs' estimator (as :func:`_estimator_config` gives it) for ``binarize``'s ``activations``: ``True`` is
+    the layers' own default, built as the weights' is."""
     if isinstance(activations, bool):
-        return weight_spec if activations else None
+        return _DEFAULT if activations else None
+    if isinstance(activations, str):
+        return _layer_spec(get_estimator(activations), "name", "activations={}(...)")
     if isinstance(activations, dict):
-        return Estimator.from_spec(activations).spec()
-    if isinstance(activations, (str, Estimator)):
-        return _estimator_config(activations)
+        return _layer_spec(Estimator.from_spec(activations), "spec dict", "activations={}(...)")
+    if isinstance(activations, Estimator):
+        return activations  # shared by every layer, as the weights' instance
     raise TypeError(f"activations takes True, False or an estimator (a name, a spec dict, an instance), got "
                     f"{activations!r}")
+
+
+def _misspelt_keyword(estimator: Any, hyperparameters: dict[str, Any]) -> None:
+    """A ``TypeError`` for a keyword of ``binarize`` that reads as a slip in one of its own (``activation=``,
+    ``scale=``, ``in_place=``): one that no estimator takes (``o`` with ``"ste"`` is an estimator's, whose error
+    says so), close to one of ``binarize``'s keywords; otherwise the estimator's own check words the error."""
+    if not hyperparameters:
+        return
+    taken = {p.name for uses in estimator_flags().values() for _, p in uses}
+    if isinstance(estimator, str):  # (and a class with a constructor of its own: its keywords)
+        taken |= set(inspect.signature(estimator_class(estimator)).parameters)
+    own = [p.name for p in inspect.signature(binarize).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    for key in hyperparameters:
+        hint = "" if key in taken else did_you_mean(key, own)
+        if hint:
+            raise TypeError(f"binarize() got an unexpected keyword argument {key!r}; {hint.strip()}")
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -275,8 +301,9 @@ def binarize(
     keep = [keep] if isinstance(keep, str) else list(keep) if isinstance(keep, Iterable) else keep
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise TypeError(f"keep takes layer names or glob patterns (strings), got {keep!r}")
+    _misspelt_keyword(estimator, hyperparameters)
     weight_spec = _estimator_config(estimator, **hyperparameters)  # checked before a big model is copied
-    input_spec = _input_config(activations, weight_spec)
+    input_spec = _input_config(activations)
     if scaling not in SCALINGS:
         raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     if not inplace:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from . import cuda_ext, fused, plugins, schedules, triton_dispatch
 from ._dsq import dsq_consts
 from .errors import UsageError, did_you_mean, option
-from .hparams import RESERVED_FLAGS, Param
+from .hparams import RESERVED_FLAGS, Param, outside_reste
 
 __all__ = [
     "ESTIMATORS",
@@ -83,9 +83,7 @@ def sign(x: Tensor) -> Tensor:
     clamp(x, 0, 0) (0, or NaN for NaN: ``torch.sign`` maps NaN to 0, which would
     turn a diverged activation into +1).
     """
-    if isinstance(x, Tensor) and not x.is_floating_point():  # (an fx Proxy passes: its dtype is not known)
-        raise TypeError(f"sign takes floating-point tensors (its +-1 and NaN are floats), got {x.dtype}; "
-                        "convert with x.float()")
+    _floating_only(x, "sign", "its +-1 and NaN are floats")
     if not fused.under_functorch():  # torch.func's tensors are wrappers that no kernel can read
         y = cuda_ext.sign(x)  # None unless the compiled extension takes x (RESTE_CUDA_EXT=1)
         if y is None:
@@ -95,6 +93,13 @@ def sign(x: Tensor) -> Tensor:
         if y is not None:
             return y
     return torch.sign(x).add_(0.5).sign_().add_(x.clamp(0.0, 0.0))
+
+
+def _floating_only(x: Any, what: str, why: str) -> None:
+    """A one-line ``TypeError`` for a tensor that is not floating point (an integer or bool tensor): ``what`` takes
+    floating-point tensors (``why``). An fx Proxy passes: its dtype is not known."""
+    if isinstance(x, Tensor) and not x.is_floating_point():
+        raise TypeError(f"{what} takes floating-point tensors ({why}), got {x.dtype}; convert with x.float()")
 
 
 _MANTISSA_BITS = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}
@@ -448,7 +453,7 @@ class Estimator(nn.Module):
         warnings.warn(
             f"{type(self).__name__}'s constant schedule holds {name} at {start:g} for the whole run: {end_name} = "
             f"{end:g} is never reached; pass {hold} to hold {name} there, or {move} (or linear) to move it",
-            ScheduleWarning, stacklevel=4,  # the caller of the estimator's constructor
+            ScheduleWarning, stacklevel=outside_reste(),  # the user's line (a constructor, get_estimator, binarize)
         )
 
     @classmethod
@@ -481,7 +486,9 @@ class Estimator(nn.Module):
         return {p.name: getattr(self, p.name) for p in self.hyperparameters}
 
     def _g(self, x: Tensor, **p: float) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"estimator {self.name!r} ({type(self).__name__}) defines no _g (g(x), the factor "
+                                  "its backward multiplies the gradient by), which training needs: define _g(self, x, "
+                                  "**params)")
 
     def _f(self, x: Tensor, **p: float) -> Tensor:
         raise NotImplementedError(f"estimator {self.name!r} defines no _f (F(x), the antiderivative of its g), which "
@@ -536,10 +543,12 @@ class Estimator(nn.Module):
 
     def derivative(self, x: Tensor) -> Tensor:
         """g(x): the factor the backward multiplies the incoming gradient by."""
+        _floating_only(x, "derivative", "g is computed and returned in x's dtype")
         return self._g(_compute_dtype(x), **self.params()).to(x.dtype)
 
     def forward_equivalent(self, x: Tensor) -> Tensor:
         """F(x): the continuous function whose derivative is g."""
+        _floating_only(x, "forward_equivalent", "F is computed and returned in x's dtype")
         return self._f(_compute_dtype(x), **self.params()).to(x.dtype)
 
     def set_progress(self, epoch: float, epochs: int) -> None:
@@ -709,13 +718,13 @@ class ReSTE(Estimator):
                 f"ReSTE o schedule {self.schedule!r} never changes (o = o_end = {self.o}); "
                 f"pass {option('--o-end', 'o_end')} > o or "
                 f"{option('--o-schedule constant', 'schedule=' + repr('constant'))}",
-                ScheduleWarning, stacklevel=3,  # the caller of ReSTE(...)
+                ScheduleWarning, stacklevel=outside_reste(),  # the user's line (ReSTE(...), binarize(...))
             )
         elif self.schedule != "constant" and self.o_end < self.o:
             warnings.warn(
                 f"ReSTE o falls over training, from o = {self.o} to o_end = {self.o_end}; the paper's schedule "
                 f"rises from 1: pass {option('--o-end', 'o_end')} > o if that was meant",
-                ScheduleWarning, stacklevel=3,
+                ScheduleWarning, stacklevel=outside_reste(),
             )
 
     def params(self) -> dict[str, float]:
@@ -768,7 +777,7 @@ class EDE(Estimator):
                 f"{type(self).__name__} t falls over training, from t_min = {self.t_min} to t_max = {self.t_max} "
                 "(the estimator moves away from sign); the paper's schedule rises: pass t_max > t_min if that was "
                 "meant",
-                ScheduleWarning, stacklevel=3,  # the caller of EDE(...)
+                ScheduleWarning, stacklevel=outside_reste(),  # the user's line (EDE(...), binarize(...))
             )
         self.set_progress(0, 1)
 
@@ -838,8 +847,9 @@ class FDA(Estimator):
 
     g = (4 w / pi) sum_{i=0..n} cos((2i+1) w x) on abs(x) <= 1, else 0; n grows
     linearly (rounded down) from ``n`` towards ``n_end`` over training. Like every ramp it is
-    evaluated at e/E, so ``n_end`` is its limit: over E epochs the last epoch uses n_end - 1
-    (n = 9 to 17 for the defaults), and n_end is reached only past E.
+    evaluated at e/E, so ``n_end`` is its limit, reached only past E: over E epochs the last epoch
+    uses floor(n + (E - 1)/E (n_end - n)) = n_end - ceil((n_end - n)/E) terms, n_end - 1 once
+    E >= n_end - n (for the defaults, 9 to 18: 9 for E = 1, 13 for 2, 16 for 5, 17 from 9 on).
     """
 
     name = "fda"
@@ -884,8 +894,8 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
 
     ``get_estimator``, ``binarize``, the zoo's ``estimator=``, ``TrainConfig``, checkpoints,
     ``reste sweep`` and ``reste train --estimator NAME`` (with one flag per hyper-parameter)
-    know it from then on. Raises ``ValueError`` for a class without a name, a name taken by
-    another class, bad defaults, or a flag that another estimator uses with another meaning.
+    know it from then on. Raises ``ValueError`` for a class without a name or without ``_g``, a name taken
+    by another class, bad defaults, or a flag that another estimator uses with another meaning.
     """
     if not (isinstance(cls, type) and issubclass(cls, Estimator)):
         raise ValueError(f"register_estimator takes an Estimator subclass, got {cls!r}")
@@ -915,6 +925,11 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
             if other != cls.name and (q.name, q.type) != (p.name, p.type):
                 raise ValueError(f"estimator {cls.name!r}: flag {p.option} means {q.type.__name__} {q.name!r} of "
                                  f"{other!r}; give {p.name!r} another flag= in its Param")
+    if cls._g is Estimator._g:  # training would fail at its first backward (a typo: def g, _G; derivative alone)
+        alone = ", which the backward calls and an override of derivative() does not replace" \
+            if cls.derivative is not Estimator.derivative else ""
+        raise ValueError(f"estimator {cls.name!r} ({cls.__name__}) defines no _g (g(x), the factor its backward "
+                         f"multiplies the gradient by){alone}: define _g(self, x, **params)")
     _REGISTRY[cls.name] = cls
     return cls
 

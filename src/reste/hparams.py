@@ -5,6 +5,10 @@ An estimator class lists its hyper-parameters once, in a ``hyperparameters`` tab
 ``spec()`` and the schedule state from it, :mod:`reste.cli` the ``reste train`` flags
 and :mod:`reste.experiments.sweep` the grid axes.
 
+Two helpers for what a user hands the library: :func:`real_number` (a number given as a Python, NumPy or 0-dim tensor
+value: the hyper-parameters', ``clip_weights``' bound, Bop's settings) and :func:`outside_reste` (the ``stacklevel``
+of a warning that names the user's line, however deep inside reste it is given).
+
 >>> Param("o_end", float, 3.0, "final o", "[1, inf)").check(0.5, "--o-end")
 Traceback (most recent call last):
 ValueError: --o-end must be >= 1, got 0.5
@@ -14,8 +18,32 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
+
+
+def real_number(value: Any) -> int | float | None:
+    """``value`` as a Python ``int`` or ``float`` where it is a real number: Python's, NumPy's (a sweep over
+    ``np.arange``, a value read from a table) or a 0-dim real tensor or array (``.item()``); ``None`` for anything else,
+    a bool (or a bool tensor) included, so that the caller says what it takes."""
+    if not isinstance(value, numbers.Number) and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # a 0-dim tensor or array: its Python number (a complex one stays refused below)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def outside_reste() -> int:
+    """The ``stacklevel`` of a warning given by this function's caller that names the first frame outside reste: the
+    user's line, however deep inside reste it was given (``binarize(model, "reste", o_end=1.0)`` builds the estimator
+    in ``get_estimator``; a constructor called directly is its caller's line)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 2, sys._getframe(2)  # the frame that called the warning's function (stacklevel 2)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass(frozen=True)
@@ -102,10 +130,10 @@ class Param:
             return value
         rng = self.range_text()
         kind = "an integer" if self.type is int else "a number"
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        number = real_number(value)  # a NumPy number or a 0-dim tensor as Python's own (review api #9, ownmodel #1)
+        if number is None:
             raise ValueError(f"{label} must be {kind}{' ' + rng if rng else ''}, got {value!r}")
-        # a NumPy number (a sweep over np.arange, a value read from a table) as Python's own (review api #9)
-        value = int(value) if isinstance(value, numbers.Integral) else float(value)
+        value = number
         if not math.isfinite(value):
             where = f" ({label})" if label != self.name else ""
             raise ValueError(f"estimator option {self.name} must be a finite number{' ' + rng if rng else ''}"

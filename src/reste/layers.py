@@ -5,7 +5,8 @@
 
 * ``weight_estimator``: the estimator binarizing the latent weights (name or instance);
 * ``input_estimator``: the estimator binarizing the inputs, or ``None`` for real
-  activations (1W/32A); defaults to the same kind as ``weight_estimator``;
+  activations (1W/32A); defaults to the same kind as ``weight_estimator``, built as it is (from a name or a spec
+  dict: one of its own; an instance: that instance, shared, as ``binarize`` shares it);
 * ``scaling``: ``"layer"`` (one alpha = mean(abs(W)), not detached, as the paper),
   ``"channel"`` (one alpha per output channel: the mean over its inputs and kernel taps) or ``"none"``.
   A transposed convolution's weight is (in, out / groups, *kernel): its output channels are along dim 1.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import numbers
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .estimators import Estimator, get_estimator
 from .fused import under_dispatch_mode, under_functorch
+from .hparams import real_number
 
 SCALINGS = ("layer", "channel", "none")
 
@@ -71,8 +72,9 @@ class _BinaryMixin:
             raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
         self.scaling = scaling
         self.weight_estimator = _estimator_spec(weight_estimator)
-        if input_estimator is _DEFAULT:
-            input_estimator = self.weight_estimator.spec()
+        if input_estimator is _DEFAULT:  # built as the weights' is (binarize's activations=True too): a name or a spec
+            input_estimator = weight_estimator  # dict gives the inputs their own, an instance is shared, as it is (its
+            # class may be one the registry cannot build again: unregistered, or keeping its parent's name)
         self.input_estimator = None if input_estimator is None else _estimator_spec(input_estimator)
         self.register_load_state_dict_post_hook(_float_layer_loaded)
 
@@ -356,11 +358,10 @@ def clip_weights(model: nn.Module, bound: float = 1.0) -> int:
     signs are untouched, the layer scale (mean abs weight) may shrink. A frozen weight (``requires_grad=False``: a
     fine-tuned backbone) is left as it is: clamping it would change its scale, so the frozen layer's outputs (review
     api, suggestion). Returns the number of layers clipped."""
-    if isinstance(bound, Tensor) and bound.numel() == 1 and not bound.dtype.is_complex:
-        bound = bound.item()  # a 0-dim tensor, a value read from a table: as the hyper-parameters take them
-    if isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not bound > 0:
+    number = real_number(bound)  # a NumPy number or a 0-dim tensor (a value read from a table), as the
+    if number is None or not number > 0:  # hyper-parameters take them
         raise ValueError(f"bound must be a number > 0, got {bound!r}")
-    bound = float(bound)
+    bound = float(number)
     layers = binary_layers(model)
     if not layers:
         _nothing_binary("clip_weights")

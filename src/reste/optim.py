@@ -32,12 +32,14 @@ scale, the gradient also flows through mean |w|, which Bop never changes)::
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
+from .hparams import real_number
 from .layers import binary_layers
 
 __all__ = ["Bop", "Composite", "split_binary"]
@@ -71,7 +73,7 @@ class Bop(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], gamma: float = DEFAULT_GAMMA,
                  threshold: float = DEFAULT_THRESHOLD) -> None:
-        check_settings(gamma, threshold)
+        gamma, threshold = check_settings(gamma, threshold)
         super().__init__(params, {"gamma": gamma, "threshold": threshold, "lr": 1.0})
         self.flips = torch.zeros((), dtype=torch.int64)
         self.flipped = torch.zeros((), dtype=torch.int64)  # every step's flips added up, in state_dict too
@@ -124,15 +126,21 @@ class Bop(torch.optim.Optimizer):
         self.flipped = torch.tensor(int(flipped), dtype=torch.int64)
 
 
-def check_settings(gamma: Any, threshold: Any, flags: bool = False) -> None:
-    """Refuse a ``gamma`` outside (0, 1] or a ``threshold`` below 0 (or not a finite number) with a ``ValueError``
-    naming them as the constructor's arguments, or as ``reste train``'s flags."""
+def check_settings(gamma: Any, threshold: Any, flags: bool = False) -> tuple[float, float]:
+    """``(gamma, threshold)`` as Python floats (a NumPy number or a 0-dim tensor taken as its value); a ``ValueError``
+    naming them as the constructor's arguments, or as ``reste train``'s flags, for a ``gamma`` outside (0, 1] or a
+    ``threshold`` below 0 or not finite."""
     names = ("--bop-gamma", "--bop-threshold") if flags else ("Bop's gamma", "Bop's threshold")
-    number = (int, float)
-    if isinstance(gamma, bool) or not isinstance(gamma, number) or not 0.0 < gamma <= 1.0:
-        raise ValueError(f"{names[0]} must be in (0, 1] (the moving average's rate), got {gamma!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, number) or not 0.0 <= threshold < float("inf"):
-        raise ValueError(f"{names[1]} must be >= 0 and finite, got {threshold!r}")
+    checks = ((gamma, lambda v: 0.0 < v <= 1.0, "in (0, 1] (the moving average's rate)"),
+              (threshold, lambda v: 0.0 <= v < float("inf"), ">= 0 and finite"))
+    values = []
+    for name, (value, holds, valid) in zip(names, checks):
+        number = real_number(value)
+        if number is None or not holds(number):
+            kind = "a number " if number is None else ""
+            raise ValueError(f"{name} must be {kind}{valid}, got {value!r}")
+        values.append(float(number))
+    return values[0], values[1]
 
 
 class Composite(torch.optim.Optimizer):
@@ -246,16 +254,17 @@ def split_binary(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 def _warn_unfit_layers(layers: list[tuple[str, nn.Module]]) -> None:
     """Warn about binary layers whose weight gradient is not that of the binary weight itself: an estimator whose
-    g at +-1 is not 1 (ApproxSign's and, late in their schedules, EDE's and RBNN's are 0: Bop never flips those
-    weights again; SignSwish's is negative: it flips them the wrong way) or a weight scale (its gradient also flows
-    through mean |w|, which Bop never changes). ``reste train --optimizer bop`` refuses both."""
+    g at +-1 is not 1, now or at either end of its schedule (ApproxSign's and, late in their schedules, EDE's and
+    RBNN's are 0: Bop never flips those weights again; ReSTE's falls to 1/o_end, scaling down what Bop accumulates;
+    SignSwish's is negative: it flips them the wrong way) or a weight scale (its gradient also flows through
+    mean |w|, which Bop never changes). ``reste train --optimizer bop`` refuses both."""
     unfit = []
     for name, layer in layers:
         est = layer.weight_estimator
-        with torch.no_grad():
-            g = est.derivative(torch.tensor([-1.0, 1.0], dtype=layer.weight.dtype))
-        if not bool((g == 1).all()):
-            unfit.append(f"{name!r} ({est.name}: g(-1), g(+1) = {float(g[0]):.3g}, {float(g[1]):.3g})")
+        off = _g_at_signs(est, layer.weight.dtype)
+        if off is not None:
+            g, when = off
+            unfit.append(f"{name!r} ({est.name}: g(-1), g(+1) = {float(g[0]):.3g}, {float(g[1]):.3g}{when})")
         elif layer.scaling != "none":
             unfit.append(f"{name!r} (scaling {layer.scaling!r})")
     if unfit:
@@ -263,3 +272,20 @@ def _warn_unfit_layers(layers: list[tuple[str, nn.Module]]) -> None:
         warnings.warn(f"split_binary: Bop reads the gradient of each binary weight itself, which these layers do not "
                       f"give: {', '.join(unfit[:3])}{more}; binarize with 'ste' (clip >= 1) and scaling='none'",
                       UserWarning, stacklevel=3)
+
+
+def _g_at_signs(est: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, str] | None:
+    """(g(-1) and g(+1), where) for an estimator whose g at +-1 is not 1 now, at the start or at the end of its schedule
+    (ReSTE's is 1 at its start, o = 1, and 1/o_end at its end), each end taken on a copy; ``None`` where it is 1 at all
+    three."""
+    ones = torch.tensor([-1.0, 1.0], dtype=dtype)
+    for epoch, when in ((None, ""), (0, " at the start of its schedule"), (1, " at the end of its schedule")):
+        probe = est
+        if epoch is not None:
+            probe = copy.deepcopy(est)  # (the layer's own estimator keeps its place in the schedule)
+            probe.set_progress(epoch, 1)
+        with torch.no_grad():
+            g = probe.derivative(ones)
+        if not bool((g == 1).all()):
+            return g, when
+    return None
