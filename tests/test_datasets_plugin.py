@@ -110,11 +110,29 @@ def test_a_registered_set_is_known_everywhere_a_builtin_is(isolated):
     (dict(fits_in_memory="yes"), "fits_in_memory must be True or False"),
     (dict(loader="nocolon"), "loader must be a function or 'module:function'"),
     (dict(defaults={"epochz": 3}), r"defaults takes model, .*; got \['epochz'\]"),
+    # the values a run would refuse, refused here naming the default, not later blamed on a flag never given
+    (dict(defaults={"epochs": "5"}), r"^dataset 'mine': its default epochs must be int, got '5'$"),
+    (dict(defaults={"lr": -1.0}), r"^dataset 'mine': its default lr must be a positive number, got -1.0$"),
+    (dict(defaults={"batch_size": 0}), r"^dataset 'mine': its default batch_size must be a positive integer, got 0$"),
+    (dict(defaults={"augment": "yes"}), r"^dataset 'mine': its default augment must be bool, got 'yes'$"),
+    (dict(defaults={"eval_batch_size": 2.5}), "its default eval_batch_size must be int, got 2.5"),
+    (dict(defaults={"model": 3}), "its default model must be str, got 3"),
+    (dict(defaults={"weight_decay": float("nan")}), "its default weight_decay must be >= 0, got nan"),
+    (dict(defaults={"epochs": 5, "warm_up": 5}), r"its default warm_up must be in \[0, epochs\), got 5 for 5 epochs"),
+    (dict(defaults={"optimizer": "sgdd"}), "^dataset 'mine': its defaults: unknown optimizer 'sgdd'; valid: sgd, "),
 ])
 def test_bad_specs_are_one_line_errors(isolated, change, message):
     with pytest.raises(ValueError, match=message) as err:
         register_dataset(dataclasses.replace(TOY, **change))
     assert "\n" not in str(err.value) and "mine" not in dataset_names()
+
+
+def test_defaults_a_run_takes_are_registered(isolated):
+    """What a run would take is not refused: a model not registered yet (a plugin registers it after its data set),
+    Bop (whose estimator and scaling a run gives), no model at all."""
+    for defaults in (dict(model="later_mlp", epochs=3, warm_up=2, lr=1), dict(optimizer="bop"), dict(augment=False)):
+        assert register_dataset(dataclasses.replace(TOY, defaults=defaults)).defaults == {**datasets.GENERIC_RECIPE,
+                                                                                          **defaults}
 
 
 def test_a_name_or_alias_another_module_registered_is_refused(isolated):

@@ -51,22 +51,27 @@ def unreadable(err: BaseException) -> str:
 
 def eight_bit(image: Any) -> Any:
     """A 16- or 32-bit integer greyscale Pillow image scaled to 8 bits ("L"), and a float one ("F": values in [0, 1]
-    scaled by 255, values in [0, 255] as they are, others a ``ValueError``); any other image as it is. (Pillow's
-    own ``convert`` clips an integer image at 255: a 16-bit one comes out nearly all white; it truncates floats:
-    one in [0, 1] comes out all black.)"""
+    scaled by 255, values in [0, 255] as they are, others a ``ValueError``); any other image as it is. An integer
+    image's values are taken as 16 bits (0..65535), or as 8 bits where a 32-bit one ("I", not from a PGM/PPM) holds
+    none above 255; values outside 0..65535 are a ``ValueError`` (not clipped: no range is known to scale them by).
+    (Pillow's own ``convert`` clips an integer image at 255: a 16-bit one comes out nearly all white; it truncates
+    floats: one in [0, 1] comes out all black.)"""
     if image.mode == "I" or image.mode.startswith("I;16"):
         from PIL import Image
 
         values = np.asarray(image)
+        high = values.max(initial=0)
+        if high > 65535 or values.min(initial=0) < 0:  # a 32-bit image's (or a signed one's): clipping them lost them
+            raise ValueError("integer pixels outside [0, 65535]: save it as 8 or 16 bits")
         # a PGM/PPM of maxval above 255 opens as "I", already scaled by Pillow to 0..65535: its range is the format's,
         # not a guess from its values (review datafid #1: a dark 16-bit PGM was read as 8-bit, up to 257x too bright)
         sixteen = image.mode.startswith("I;16") or getattr(image, "format", None) == "PPM"
-        top = 65535 if sixteen or values.max(initial=0) > 255 else 255
+        top = 65535 if sixteen or high > 255 else 255
         # round(value * 255 / top) in integers: top / 255 (257 or 1) is odd, so no value lies half way and
         # (value + step // 2) // step is what rounding the float quotient gave, without float64 copies of the image
         step = top // 255
         scaled = np.empty(values.shape, np.uint32)
-        np.clip(values, 0, top, out=scaled, casting="unsafe")  # (exact: the values are in 0..top by then)
+        np.clip(values, 0, top, out=scaled, casting="unsafe")  # (exact: the values are in 0..top)
         scaled += step // 2
         scaled //= step
         return Image.fromarray(scaled.astype(np.uint8), "L")

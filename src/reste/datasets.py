@@ -260,9 +260,28 @@ def _checked(spec: DatasetSpec) -> DatasetSpec:
     if not isinstance(spec.defaults, dict) or set(spec.defaults) - set(RECIPE_KEYS):
         unknown = sorted(set(spec.defaults) - set(RECIPE_KEYS)) if isinstance(spec.defaults, dict) else spec.defaults
         raise bad(f"defaults takes {', '.join(RECIPE_KEYS)}; got {unknown!r}")
-    if spec.defaults.get("augment") and not spec.augments:
+    recipe = {**GENERIC_RECIPE, **spec.defaults}
+    _check_recipe(recipe, bad)
+    if recipe["augment"] and not spec.augments:
         raise bad("defaults has augment=True but augments=False (its loader has no augmentation)")
     if not isinstance(spec.description, str):
         raise bad(f"description must be a string, got {spec.description!r}")
     return dataclasses.replace(spec, aliases=aliases, input_size=tuple(size), mean=tuple(spec.mean),
-                               std=tuple(spec.std), defaults={**GENERIC_RECIPE, **spec.defaults})
+                               std=tuple(spec.std), defaults=recipe)
+
+
+def _check_recipe(recipe: dict[str, Any], bad: Callable[[str], ValueError]) -> None:
+    """Refuse a recipe value a run would refuse (``bad(what)``, naming it as the recipe's): ``TrainConfig``'s checks,
+    on a config of the recipe. Those of its values alone: the model is checked for its kind (a plugin may register
+    it after its data set), and the values stand in a config of digits and its model (this data set is not
+    registered yet)."""
+    from .config import TrainConfig  # (config imports this module)
+
+    values = {k: v for k, v in recipe.items() if k != "model"}
+    try:  # the kinds, named as keys; then the values, on digits (augment: whether this set augments is checked above)
+        TrainConfig(model=recipe.get("model") or "", workers=0, **values)._check_types(keys=True)
+        bop = dict(estimator="ste", scaling="none") if values["optimizer"] == "bop" else {}  # (what Bop asks for)
+        TrainConfig(dataset="digits", model="digits_1w1a", **{**values, "augment": None}, **bop).resolve()
+    except UsageError as err:
+        what = re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), str(err))  # as keys, not flags
+        raise bad(f"its default {what}" if what.split(" ", 1)[0] in RECIPE_KEYS else f"its defaults: {what}") from None

@@ -31,8 +31,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g.add_argument("--preset", help="a row of the paper's tables (see `reste presets`); other flags override it")
     g.add_argument("--dataset", help=f"{', '.join(dataset_names())} (default {TrainConfig.dataset})")
     g.add_argument("--data-path", "--data_path", dest="data_path",
-                   help="data set folder (default ./data; Fashion-MNIST also looks in "
-                        "/usr/share/datasets/fashion-mnist; ImageNet needs it)")
+                   help="data set folder (default ./data; without it Fashion-MNIST looks in "
+                        "/usr/share/datasets/fashion-mnist first, then ./data; ImageNet needs it)")
     g.add_argument("--download", action="store_true", default=None, help="download the data set (torchvision)")
     g.add_argument("--model", "-m", help="model name (see `reste summary --list`); default depends on the data set")
     g.add_argument("--estimator", help=f"{', '.join(list_estimators())} (default {TrainConfig.estimator}; "

@@ -11,15 +11,16 @@ this package reads the files and serves the batches. Four data sets are known
     and normalised with the train mean/std (the spec's); 1x8x8, no augmentation.
 ``fashion-mnist``
     the original idx files, read by our own parser from ``data_path`` (the folder
-    itself or ``data_path/FashionMNIST/raw``), else from Debian's
-    ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), else
-    from ``./data/FashionMNIST/raw`` (torchvision's layout; ``download=True`` fetches
-    it there). 1x28x28, train augmentation: random crop 28 with padding 2 and a
-    horizontal flip, done batched on tensors.
+    itself or ``data_path/FashionMNIST/raw``; nowhere else when it is given); without
+    a ``data_path``, first from Debian's ``dataset-fashion-mnist`` package
+    (``/usr/share/datasets/fashion-mnist``), then from ``./data/FashionMNIST/raw``
+    (torchvision's layout; ``download=True`` fetches it there). 1x28x28, train
+    augmentation: random crop 28 with padding 2 and a horizontal flip, done batched
+    on tensors.
 ``cifar10``
     the python pickle batches (``cifar-10-batches-py/data_batch_1..5``,
     ``test_batch``) under ``data_path`` (default ``./data``; ``download=True`` fetches
-    them with torchvision). Train: random crop 32 with padding 4, horizontal flip,
+    them with torchvision when one is missing). Train: random crop 32 with padding 4, horizontal flip,
     normalised with the ImageNet mean/std; test: normalised. With ``in_memory=True``
     (what training uses) the images are uint8 tensors and all of this runs batched;
     otherwise they are PIL images through torchvision's RandomCrop,
@@ -29,6 +30,9 @@ this package reads the files and serves the batches. Four data sets are known
     RandomResizedCrop(224, scale=(0.08, 1.25)), flip; val: Resize(256),
     CenterCrop(224). (torchvision accepts a scale above 1: a drawn area larger than
     the image is rejected and redrawn, as in the authors' code.)
+
+``load_datasets(train=False)`` (evaluation) needs the test split's files alone: a
+folder holding only ``test_batch``, or the two ``t10k`` idx files, will do.
 
 Loaders (``make_loaders``) yield ``(images float32 NCHW, labels int64)``. The
 in-memory sets (digits, Fashion-MNIST, CIFAR-10 with ``in_memory=True``) hold

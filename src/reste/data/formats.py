@@ -49,6 +49,26 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def _refuse_a_file(what: str, root: Path, holding: str, fits: Callable[[Path], bool]) -> None:
+    """Refuse a data path that is a file, not a folder (a batch, an idx file or an image named instead of the
+    folder holding it), naming the nearest folder above it that ``fits`` (holds what the reader looks for)."""
+    if not root.is_file():
+        return
+    guess = next((p for p in list(root.parents)[:3] if fits(p)), None)
+    raise UsageError(f"{what} data path {_data_path(root)} is a file, not a folder; pass the folder holding {holding}"
+                     + (f", such as {guess}" if guess is not None else ""))
+
+
+def _fetch_again(path: str | os.PathLike) -> str:
+    """What to do about a data file that is damaged (truncated, not of its format): a download fetches only the
+    files that are missing, so the damaged one must go first; the system's Fashion-MNIST comes from its package."""
+    if Path(path).absolute().is_relative_to(SYSTEM_FASHION_MNIST):
+        return (f"reinstall Debian's dataset-fashion-mnist package, or pass {option('--data-path', 'data_path')} a "
+                "folder holding a good copy")
+    download = option("--download", "download=True")
+    return f"delete it and run again with {download} ({download} fetches only missing files)"
+
+
 def _download_torchvision(what: str, fn: Callable[[], object], root: Path, note: Callable[[], str] | None = None,
                           folder: Path | None = None) -> None:
     """``fn()``, its failure one line; ``note()`` adds what the files already in ``root`` tell about it. The
@@ -135,7 +155,7 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.
         except (OSError, EOFError, zlib.error) as exc:
             if not gz:
                 raise UsageError(f"cannot read idx file {path}: {_one_line(exc.strerror or exc)}") from None
-            raise UsageError(f"{path} is not a valid gzip file ({_one_line(exc)}); re-download it") from None
+            raise UsageError(f"{path} is not a valid gzip file ({_one_line(exc)}); {_fetch_again(path)}") from None
 
 
 #: the most data a gzip-compressed idx file may inflate to (Fashion-MNIST's largest: 47 MB; EMNIST's: 0.55 GB)
@@ -146,7 +166,7 @@ def _read_idx_stream(f, path: Path, expect_magic: int | None, size: int | None) 
     """:func:`read_idx` of the open (and, for a gzip file, inflating) ``f``; ``size``: the plain file's size."""
     head = f.read(4)
     if len(head) < 4:
-        raise UsageError(f"{path} is too short to be an idx file ({len(head)} bytes); re-download it")
+        raise UsageError(f"{path} is too short to be an idx file ({len(head)} bytes); {_fetch_again(path)}")
     magic = struct.unpack(">I", head)[0]
     if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES or head[3] == 0 or (
             expect_magic is not None and magic != expect_magic):
@@ -155,7 +175,7 @@ def _read_idx_stream(f, path: Path, expect_magic: int | None, size: int | None) 
     dtype, ndim = _IDX_TYPES[head[2]], head[3]
     raw_dims = f.read(4 * ndim)
     if len(raw_dims) < 4 * ndim:
-        raise UsageError(f"{path} has a truncated idx header; re-download it")
+        raise UsageError(f"{path} has a truncated idx header; {_fetch_again(path)}")
     dims = struct.unpack(f">{ndim}I", raw_dims)
     need = math.prod(dims) * dtype.itemsize  # exact: an int64 product could wrap to a size the data has
     if size is None and need > MAX_IDX_GZIP_BYTES:  # a gzip's data is inflated into memory: a 2 MB one can fill 2 GB
@@ -167,7 +187,7 @@ def _read_idx_stream(f, path: Path, expect_magic: int | None, size: int | None) 
         held = len(data) if len(data) <= need else f"more than {need}"
     if held != need:
         raise UsageError(f"{path} holds {held} data bytes but its header {tuple(dims)} needs {need}; the file is "
-                         "truncated or corrupted")
+                         f"truncated or corrupted: {_fetch_again(path)}")
     return np.frombuffer(data, dtype=dtype, count=need // dtype.itemsize).reshape(dims)
 
 
@@ -183,9 +203,16 @@ def _read_at_most(f, limit: int, chunk: int = 1 << 24) -> bytearray:
     return data
 
 
-def _find_idx_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+def _fmnist_keys(train: bool) -> tuple[str, ...]:
+    """The idx files read: all four, or with ``train=False`` the test split's two."""
+    return tuple(k for k in _FMNIST_FILES if train or k.startswith("test_"))
+
+
+def _find_idx_files(folder: Path, keys: Sequence[str] = tuple(_FMNIST_FILES)) -> tuple[dict[str, Path], list[str]]:
+    """Those of the idx files ``keys`` that ``folder`` holds (plain or .gz), and the names of those it lacks."""
     found, missing = {}, []
-    for key, base in _FMNIST_FILES.items():
+    for key in keys:
+        base = _FMNIST_FILES[key]
         for cand in (folder / base, folder / (base + ".gz")):
             if cand.is_file():
                 found[key] = cand
@@ -195,15 +222,18 @@ def _find_idx_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
     return found, missing
 
 
-def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
-    """The four idx files (``train_images``, ``train_labels``, ``test_images``, ``test_labels``).
+def find_fashion_mnist(data_path, download: bool, train: bool = True) -> dict[str, Path]:
+    """The four idx files (``train_images``, ``train_labels``, ``test_images``, ``test_labels``); with
+    ``train=False`` the test split's two, all a folder then needs.
 
-    Looked for in ``data_path`` (the folder itself or ``data_path/FashionMNIST/raw``),
-    else in :data:`SYSTEM_FASHION_MNIST`, else in ``DEFAULT_ROOT/FashionMNIST/raw``;
-    ``download`` fetches them there with torchvision when none is complete.
+    Looked for in ``data_path`` (the folder itself or ``data_path/FashionMNIST/raw``) alone when it is given,
+    else first in :data:`SYSTEM_FASHION_MNIST`, then in ``DEFAULT_ROOT/FashionMNIST/raw``;
+    ``download`` fetches the whole set there with torchvision when none holds the files needed.
     """
+    keys = _fmnist_keys(train)
     if data_path is not None:
         root = Path(data_path).expanduser()
+        _refuse_a_file("Fashion-MNIST", root, "the idx files", lambda p: any(_find_idx_files(p)[0]))
         candidates = [root, root / "FashionMNIST" / "raw"]
     else:
         root = DEFAULT_ROOT
@@ -212,7 +242,7 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
     files = None
     partial: tuple[Path, list[str]] | None = None
     for folder in candidates:
-        found, missing = _find_idx_files(folder)
+        found, missing = _find_idx_files(folder, keys)
         if not missing:
             files = found
             break
@@ -229,13 +259,13 @@ def find_fashion_mnist(data_path, download: bool) -> dict[str, Path]:
         _refuse_unsafe_targets("Fashion-MNIST", root, [raw.parent, raw],
                                [raw / (n + gz) for n in _FMNIST_FILES.values() for gz in (".gz", "")])
         _download_torchvision("Fashion-MNIST", fetch, root, folder=raw)
-        files, missing = _find_idx_files(root / "FashionMNIST" / "raw")
+        files, missing = _find_idx_files(root / "FashionMNIST" / "raw", keys)
         if missing:
             raise UsageError(f"Fashion-MNIST download into {root} left no {missing[0]}; {_fmnist_hint()}")
 
     if files is None:
         hint = _fmnist_hint()
-        if data_path is not None and not _find_idx_files(SYSTEM_FASHION_MNIST)[1]:  # the system's copy is whole
+        if data_path is not None and not _find_idx_files(SYSTEM_FASHION_MNIST, keys)[1]:  # the system's copy will do
             hint = f"a whole copy is in {SYSTEM_FASHION_MNIST}: use that folder (the default) or fix this one"
         if partial is not None:
             folder, missing = partial
@@ -336,10 +366,9 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except OSError as exc:
         raise UsageError(f"cannot read CIFAR-10 batch {path}: {_one_line(exc.strerror or exc)}") from None
     except Exception as exc:
-        raise UsageError(f"{path} is not a CIFAR-10 python batch ({_one_line(exc)}); "
-                         f"re-download cifar-10-python.tar.gz") from None
+        raise UsageError(f"{path} is not a CIFAR-10 python batch ({_one_line(exc)}); {_fetch_again(path)}") from None
     if not isinstance(entry, dict):
-        raise UsageError(f"{path} is not a CIFAR-10 python batch (no dict inside); re-download it")
+        raise UsageError(f"{path} is not a CIFAR-10 python batch (no dict inside); {_fetch_again(path)}")
 
     def get(key):
         for k in (key, key.encode()):
@@ -350,20 +379,20 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data, labels = get("data"), get("labels")
     if data is None or labels is None:
         raise UsageError(f"{path} is not a CIFAR-10 python batch (no 'data'/'labels' entries); "
-                         f"re-download it")
+                         f"{_fetch_again(path)}")
     if not isinstance(data, np.ndarray):  # a real batch holds a uint8 array; a list could be nested without end
-        raise UsageError(f"{path} holds data of type {type(data).__name__}, not an array; re-download it")
+        raise UsageError(f"{path} holds data of type {type(data).__name__}, not an array; {_fetch_again(path)}")
     if isinstance(labels, (list, tuple)) and any(isinstance(v, (list, tuple, dict)) for v in labels):
         raise UsageError(f"{path} has labels of nested lists; a CIFAR-10 batch holds a flat list of integers; "
-                         "re-download it")  # before NumPy expands them: shared sublists nest without end
+                         f"{_fetch_again(path)}")  # before NumPy expands them: shared sublists nest without end
     try:
         data, labels = np.asarray(data), np.asarray(labels)
     except (ValueError, TypeError) as exc:  # ragged lists
         raise UsageError(f"{path} holds data or labels that are not arrays ({_one_line(exc)[:80]}); "
-                         "re-download it") from None
+                         f"{_fetch_again(path)}") from None
     if labels.ndim != 1 or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
         raise UsageError(f"{path} has labels of shape {labels.shape} and type {labels.dtype}; a CIFAR-10 batch "
-                         "holds a flat list of integers; re-download it")
+                         f"holds a flat list of integers; {_fetch_again(path)}")
     labels = labels.astype(np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise UsageError(f"{path} has data of shape {data.shape} and type {data.dtype}; a CIFAR-10 "
@@ -414,12 +443,16 @@ def _cifar_archive_note(root: Path) -> str:
             "torchvision tried to download it again)")
 
 
-def find_cifar10(data_path, download: bool) -> Path:
-    """The folder holding the six CIFAR-10 python batches, under ``data_path`` (default
-    ``DEFAULT_ROOT``); ``download`` fetches them there with torchvision when some are missing."""
+def find_cifar10(data_path, download: bool, train: bool = True) -> Path:
+    """The folder holding the six CIFAR-10 python batches (with ``train=False`` ``test_batch``, all a folder then
+    needs), under ``data_path`` (default ``DEFAULT_ROOT``); ``download`` fetches the whole set there with
+    torchvision when one needed is missing."""
     root = Path(data_path).expanduser() if data_path is not None else DEFAULT_ROOT
+    _refuse_a_file("CIFAR-10", root, "cifar-10-batches-py/ (or the batches themselves)",
+                   lambda p: _cifar_folder(p) is not None)
+    needed = _CIFAR_TRAIN + _CIFAR_TEST if train else _CIFAR_TEST
     folder = _cifar_folder(root) if root.is_dir() else None
-    complete = folder is not None and all((folder / n).is_file() for n in _CIFAR_TRAIN + _CIFAR_TEST)
+    complete = folder is not None and all((folder / n).is_file() for n in needed)
     if not complete and download:
         import torchvision
 
@@ -437,7 +470,7 @@ def find_cifar10(data_path, download: bool) -> Path:
             raise UsageError(f"CIFAR-10 data path {_data_path(root)} is empty; {_cifar_hint_missing()}")
         raise UsageError(f"no CIFAR-10 python batches (cifar-10-batches-py/data_batch_1..5, test_batch) "
                          f"in {root}; {_cifar_hint(root)}")
-    missing = [n for n in _CIFAR_TRAIN + _CIFAR_TEST if not (folder / n).is_file()]
+    missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise UsageError(f"CIFAR-10 in {folder} is incomplete: missing {', '.join(missing)}; {_cifar_hint(root)}")
     return folder
@@ -538,6 +571,7 @@ def image_folders(data_path, download: bool, train: bool = True):
     root = Path(data_path).expanduser()
     if not root.exists():
         raise UsageError(f"ImageNet data path {_data_path(root)} does not exist; {_imagenet_hint()}")
+    _refuse_a_file("ImageNet", root, "train/ and val/", lambda p: (p / "val").is_dir())
     if not root.is_dir() or not any(root.iterdir()):
         raise UsageError(f"ImageNet data path {_data_path(root)} is empty; {_imagenet_hint()}")
     train_base = _image_folder(root / "train", "train") if train else None

@@ -5,14 +5,17 @@ Epoch ``e`` of a run with seed ``s`` visits the training samples in the order
 batches of an epoch depend neither on what ran before nor on the device: a resumed run
 sees exactly the batches an uninterrupted one would. With several processes every
 rank draws the same order and :func:`shard` gives each its share. A per-sample
-augmentation (torchvision transforms, :class:`TransformDataset`) runs with a
-generator seeded from ``(seed, epoch, index)``.
+augmentation (torchvision transforms, :class:`TransformDataset`) runs with torch's,
+Python's and NumPy's global generators seeded from ``(seed, epoch, index)``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+import random
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -76,15 +79,34 @@ def shard_size(n: int, rank: int, world_size: int, pad: bool = True) -> int:
     return len(range(rank, n, world_size))
 
 
+@contextlib.contextmanager
+def _seeded_globals(*values: int) -> Iterator[None]:
+    """Torch's, Python's and NumPy's global generators seeded from ``values`` (torch's from ``mix_seed(*values)``,
+    as it always was; the others from sub-seeds derived from that), each put back as it was afterwards."""
+    seed = mix_seed(*values)
+    saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        torch.default_generator.manual_seed(seed)
+        random.seed(mix_seed(seed, 1))
+        np.random.seed(mix_seed(seed, 2) >> 31)  # (NumPy's legacy seed has 32 bits)
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
+
+
 class TransformDataset(Dataset):
     """Applies a (torchvision) transform to ``(image, label)`` samples of ``base``.
 
     Indexed with an ``int`` it behaves like any data set. Indexed with a key
     ``(seed, epoch, index)`` (what the train sampler of :func:`make_loaders` yields)
-    the transform runs with torch's global generator seeded from that key and
-    restored afterwards, so the augmentation of each sample depends on
-    ``(seed, epoch, index)`` only: not on the number of workers, the batch
-    boundaries, or what ran before.
+    the transform runs with the global generators seeded from that key and
+    restored afterwards: torch's (torchvision's random crops and flips), Python's ``random``
+    (torchvision's ``RandomChoice``, ``RandomOrder``) and NumPy's legacy ``numpy.random``. So the
+    augmentation of each sample depends on ``(seed, epoch, index)`` only: not on the number
+    of workers, the batch boundaries, or what ran before. (A transform drawing from a
+    generator of its own, such as ``numpy.random.default_rng()``, is beyond it.)
     """
 
     def __init__(self, base, transform: Callable | None = None, classes: Sequence[str] | None = None):
@@ -109,12 +131,8 @@ class TransformDataset(Dataset):
             seed, epoch, index = key
             image, label = self.base[index]
             if self.transform is not None:
-                state = torch.get_rng_state()
-                try:
-                    torch.default_generator.manual_seed(mix_seed(seed, epoch, index))
+                with _seeded_globals(seed, epoch, index):
                     image = self.transform(image)
-                finally:
-                    torch.set_rng_state(state)
             return image, label
         image, label = self.base[key]
         if self.transform is not None:

@@ -67,8 +67,9 @@ def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, down
     transforms, per sample), ImageNet never (``in_memory=True`` is then a
     :class:`UsageError`). Problems the user can fix (unknown name, missing or
     malformed files, a failed download) raise :class:`reste.errors.UsageError` with a
-    one-line message. ``train=False`` reads only the test split (evaluation: ImageNet's train
-    folder is not scanned) and returns ``None`` for the train set.
+    one-line message. ``train=False`` reads only the test split, whose files alone need be there
+    (evaluation: CIFAR-10's ``test_batch``, Fashion-MNIST's ``t10k`` files; ImageNet's train folder is not
+    scanned), and returns ``None`` for the train set.
     """
     spec = get_spec(name)
     if in_memory and not spec.fits_in_memory:
@@ -80,12 +81,16 @@ def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequen
                  augment: bool = False, pad: int = 0):
     """``(train_ds, test_ds, DatasetInfo)`` of images held in memory, for the loader of a data set of your own
     (:func:`reste.datasets.register_dataset`): ``train`` and ``test`` are ``(images, labels)``, the images
-    ``(N, C, H, W)`` uint8 in the spec's pixel units (0..``scale``), the labels integers. Batches are normalised
-    with the spec's mean/std where the tensors are (the training GPU with ``--data-device auto``);
+    ``(N, C, H, W)`` uint8 in the spec's pixel units (0..``scale``), the labels of an integer (or bool) type: float
+    labels are refused, even whole ones, rather than truncated (convert them yourself, once you know they are whole).
+    ``classes``: a sequence of names, one per class (a string is refused, not split into letters). Batches are
+    normalised with the spec's mean/std where the tensors are (the training GPU with ``--data-device auto``);
     ``augment`` with ``pad`` > 0 adds a random crop (padding ``pad``) and flip to the train batches. ``train=None``
     (the loader's ``train=False``): no train set."""
     spec = get_spec(name)
     norm = Normalize.of(spec.name)
+    if isinstance(classes, (str, bytes)):
+        raise UsageError(f"{spec.name}: classes must be a sequence of names, one per class, got a string {classes!r}")
     names = [str(c) for c in classes] if classes is not None else [str(c) for c in range(spec.num_classes)]
     if len(names) != spec.num_classes:
         raise UsageError(f"{spec.name}: {len(names)} class names for {spec.num_classes} classes")
@@ -95,6 +100,9 @@ def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequen
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != spec.input_size or len(images) != len(labels):
             raise UsageError(f"{spec.name}: images must be uint8 (N, {', '.join(map(str, spec.input_size))}) with "
                              f"one label each, got {images.dtype} {tuple(images.shape)} and {len(labels)} labels")
+        if (labels.dtype.is_floating_point or labels.dtype.is_complex) and labels.numel():  # ([] is float64)
+            raise UsageError(f"{spec.name}: labels must be integers, got {labels.dtype}; convert them (e.g. "
+                             "labels.astype(np.int64)) once you know they are whole numbers")
         labels = labels.to(torch.int64)
         if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < spec.num_classes:
             raise UsageError(f"{spec.name}: labels must be in [0, {spec.num_classes}), got {int(labels.min())}.."
@@ -214,7 +222,7 @@ def _load_digits(data_path=None, download: bool = False, augment: bool = True, i
 
 def _load_fashion_mnist(data_path, download: bool, augment: bool, in_memory: bool | None = None,
                         train: bool = True):
-    files = find_fashion_mnist(data_path, download)
+    files = find_fashion_mnist(data_path, download, train)
     norm = Normalize.of("fashion-mnist")
 
     def build(split, aug):
@@ -264,7 +272,7 @@ class _ArrayImages:
 
 def _load_cifar10(data_path, download: bool, augment: bool, in_memory: bool | None = None,
                   train: bool = True):
-    folder = find_cifar10(data_path, download)
+    folder = find_cifar10(data_path, download, train)
     x_tr, y_tr = read_cifar10(folder, "train") if train else (None, None)
     x_te, y_te = read_cifar10(folder, "test")
     spec = SPECS["cifar10"]
