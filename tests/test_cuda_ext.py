@@ -286,6 +286,25 @@ def test_double_backward_runs_the_differentiable_expression():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_a_batched_grad_takes_the_expression():
+    """(review triton #6) autograd.grad(..., is_grads_batched=True) hands the nodes a batched grad, which has no
+    storage: they crashed on its data pointer; they hand it to the PyTorch expression now, as a double backward."""
+    est = ESTIMATORS["reste"]()
+    x = on(torch.linspace(-2, 2, 6)).requires_grad_(True)
+    y = est(x)
+    assert "reste_ext" in type(y.grad_fn).__name__ or "reste_ext" in y.grad_fn.name()
+    (jac,) = torch.autograd.grad(y, x, on(torch.eye(6)), is_grads_batched=True)
+    torch.testing.assert_close(jac, torch.diag(est.derivative(x.detach())))
+    w = on(weight((2, 3), "contiguous")).requires_grad_(True)
+    fused.set_enabled(False)
+    try:
+        (want,) = torch.autograd.grad(est(w) * w.abs().mean(), w, on(torch.ones(2, 3)))
+    finally:
+        fused.set_enabled(None)
+    (dw,) = torch.autograd.grad(est.scaled_sign(w, 1), w, on(torch.ones(1, 2, 3)), is_grads_batched=True)
+    torch.testing.assert_close(dw[0], want, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch's forward_ad import
 def test_the_nodes_keep_the_autograd_contract():
     """Written as plain autograd Nodes, the two nodes keep what torch.autograd.Function gave: gradients

@@ -316,8 +316,9 @@ class _SignFunction(torch.autograd.Function):
             out = ctx.fast(x, grad)
             if out is not None:
                 return out, None, None
-        g = ctx.g(_compute_dtype(x))  # a fresh tensor: safe to update in place (not under vmap: grad is batched)
-        if g.dtype == grad.dtype and not fused.under_functorch():
+        g = ctx.g(_compute_dtype(x))  # a fresh tensor: safe to update in place (not under vmap, nor for
+        # is_grads_batched's grad: both batched, review triton #6)
+        if g.dtype == grad.dtype and not fused.under_functorch() and fused.plain(grad):
             return g.mul_(grad), None, None
         return (g * grad).to(grad.dtype), None, None
 
@@ -525,8 +526,8 @@ class Estimator(nn.Module):
         """sign(w) * mean(abs(w)) over ``groups`` (1: the whole tensor; w.shape[0]: per output channel), with
         this estimator's backward for the sign, by fused GPU kernels (two launches forward, two backward);
         ``None`` where they do not apply (the caller computes it with PyTorch ops)."""
-        if not (triton_dispatch.may_take(w) or cuda_ext.may_take(w)) or fused.under_functorch():
-            return None
+        if not (triton_dispatch.may_take(w) or cuda_ext.may_take(w)) or _forward_mode():
+            return None  # (forward mode: the kernels carry no tangent, the PyTorch path does: review triton #5)
         kind = self._kernel_kind()
         if kind is None or self._forward_pre_hooks or self._forward_hooks:
             return None  # hooks expect this module to be called on the weight
