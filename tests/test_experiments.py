@@ -336,6 +336,29 @@ def test_summarize_statistics_and_o_end_figure(tmp_path):
         assert _is_png(tmp_path / name), name
 
 
+def test_a_sweeps_one_run_is_named_in_its_figure(sweep, tmp_path):
+    """(review newuser #1) --setting that leaves one run of a sweep drew it without its name: the legend names it."""
+    from reste.experiments import plots
+
+    out, _ = sweep
+    reste_ = next((out / "runs").glob("reste-*/seed0"))
+    fig = plots.runs_figure([reste_], ["estimator=reste seed 0"])
+    assert [t.get_text() for legend in fig.legends for t in legend.get_texts()] == ["estimator=reste seed 0"]
+    assert not plots.runs_figure([reste_]).legends  # a run given alone: no legend to read
+
+
+def test_plot_estimators_is_the_estimators_figure_beside_a_run_of_that_name(tmp_path, capsys, monkeypatch, sweep):
+    """(review newuser #3) a run folder named estimators in the current folder took the word over, silently."""
+    import shutil
+
+    out, _ = sweep
+    shutil.copytree(next((out / "runs").glob("reste-*/seed0")), tmp_path / "estimators")
+    monkeypatch.chdir(tmp_path)
+    assert main(["plot", "estimators", "--out", "est.png", "--at", "0.3"]) == 0
+    assert "`reste plot ./estimators`" in capsys.readouterr().out
+    assert main(["plot", "./estimators", "--out", "run.png"]) == 0 and _is_png(tmp_path / "run.png")
+
+
 def test_plot_estimators_and_runs(tmp_path, capsys):
     assert main(["plot", "estimators", "--out", str(tmp_path / "est.png")]) == 0
     assert _is_png(tmp_path / "est.png")
@@ -2013,6 +2036,11 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
         assert main(["plot", str(out), "--setting", "estimator=reste", "--setting", "seed=0", "--out",
                      str(tmp_path / "r.png")]) == 0
         assert drawn[-1] == ([reste_], ["estimator=reste seed 0"]) and _is_png(tmp_path / "r.png")
+        capsys.readouterr()
+        # (review newuser #2) a listed value no run has is said, not a curve silently absent
+        assert main(["plot", str(out), "--setting", "estimator=reste,dsq", "--out", str(tmp_path / "r.png")]) == 0
+        assert f"plot: no run of the sweep in {out} has estimator=dsq beside" in capsys.readouterr().out
+        assert drawn[-1][0] == [reste_]
         (ste / "metrics.jsonl").unlink()  # as if it had not finished its first epoch
         assert main(["plot", str(out)]) == 0
         assert "plot: 1 of the sweep's 2 runs has no finished epoch yet; left out" in capsys.readouterr().out

@@ -170,11 +170,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_estimators
     from .report import plot_runs_or_sweeps
 
-    if args.targets[0] == "estimators" and not (Path("estimators") / "metrics.jsonl").is_file():
+    if args.targets[0] == "estimators":  # the word, always: a run folder of that name is ./estimators (review newuser #3)
         if len(args.targets) > 1 or args.setting:
             raise UsageError("`reste plot estimators` takes no run directories nor --setting; plot runs with "
                              "`reste plot RUN_DIR...`")
         path = plot_estimators(args.out or "estimators.png", progress=0.5 if args.progress is None else args.progress)
+        if (Path("estimators") / "metrics.jsonl").is_file():
+            print_line("note: `reste plot estimators` draws the estimators' F and g; the run in the folder estimators "
+                       "here is drawn by `reste plot ./estimators`")
     else:
         if args.progress is not None:
             raise UsageError("--at is for `reste plot estimators` (where in training the schedules are drawn); "

@@ -269,7 +269,8 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
     if twin is not None:
         twin.set_ylabel(", ".join(f"{k} ({['dashed', 'dotted', 'dash-dot', 'sparse dots'][j % 4]})"
                                   for j, k in enumerate(sched)))
-    _legends(fig, by_panel, [(name, ms) for name, ms, _ in data], several)
+    # one run named as the caller names it (a sweep's "o_end=3 seed 0") says which it is too (review newuser #1)
+    _legends(fig, by_panel, [(name, ms) for name, ms, _ in data], several or labels is not None)
     return fig
 
 
@@ -299,7 +300,7 @@ def _log_if_positive(ax: Any, values: list[Any]) -> None:
 
 
 def _legends(fig: Any, by_panel: dict[str, Any], data: list[tuple[str, Any]], several: bool) -> None:
-    """Train/test line styles in the accuracy panel; with several runs, one entry per setting below."""
+    """Train/test line styles in the accuracy panel; with several runs (or named ones), one entry per run below."""
     from matplotlib.lines import Line2D
 
     styles = [Line2D([], [], color="0.3", ls="--", marker=".", label="train"),

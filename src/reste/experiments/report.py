@@ -381,7 +381,7 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
             raise UsageError(f"--setting {item}: {key.strip()} is not an axis of the sweep in {out} (its axes: "
                              f"{', '.join(axes + ['seed'])})")
         wanted.setdefault(axis, []).extend(v.strip() for v in values.split(","))
-    chosen = []
+    chosen, chosen_values = [], []
     for s in manifest["settings"]:
         key = _setting_key(s)
         # the mode its runs measured the indicators in, for those drawn from epochs.csv (no config.json to say it)
@@ -392,11 +392,17 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
             if all(any(_matches(values.get(k), v) for v in texts) for k, texts in wanted.items()):
                 chosen.append((run_folder(out, s, seed), f"{s['label']} seed {seed}", folder_name(s["runs"][seed]),
                                int(seed), key, mode))
+                chosen_values.append(values)
     if not chosen:
         labels = ", ".join(s["label"] for s in manifest["settings"][:6]) + (", ..." if len(manifest["settings"]) > 6
                                                                            else "")
         raise UsageError(f"no run of the sweep in {out} has {' '.join(where)} (its settings: {labels}; seeds "
                          f"{', '.join(map(str, manifest['seeds']))})")
+    missing = [f"{k}={v}" for k, texts in wanted.items() for v in texts
+               if not any(_matches(values.get(k), v) for values in chosen_values)]
+    if missing and log:  # one value of a list that no run has (a typo): said, not a curve silently absent (newuser #2)
+        log(f"plot: no run of the sweep in {out} has {', '.join(missing)} beside the other --setting values; "
+            "the others are drawn")
     dirs: list[tuple[Path, str, list[dict[str, Any]] | None, str | None]] = []
     unstarted, from_table, gone, other = 0, 0, 0, 0  # (other: damaged or changed, each said on its own line)
     earlier = earlier_rows(out)
