@@ -191,7 +191,8 @@ def test_under_torchrun_a_process_left_by_another_says_so(monkeypatch, capsys, t
 def test_under_torchrun_a_failing_process_other_than_the_first_names_its_rank(monkeypatch, capsys):
     assert main(["train", "--model", "nope"]) == 2
     assert capsys.readouterr().err.startswith("reste: error: unknown model 'nope'")
-    monkeypatch.setenv("RANK", "1")
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):
+        monkeypatch.setenv(name, value)  # (RANK alone, without a WORLD_SIZE > 1, is one process: review dist #4)
     assert main(["train", "--model", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("reste: error (rank 1): unknown model 'nope'") and err.count("\n") == 1
