@@ -107,6 +107,8 @@ def test_a_registered_set_is_known_everywhere_a_builtin_is(isolated):
     (dict(std=(0.0,)), "std must be positive"),
     (dict(scale=0), "scale .* must be a positive number"),
     (dict(test_size=-1), "test_size must be None or an integer >= 0"),
+    (dict(test_resize=0), r"test_resize .* must be None or an integer >= 8, got 0"),  # (review data, suggestion)
+    (dict(test_resize=7), r"test_resize .* must be None or an integer >= 8, got 7"),
     (dict(fits_in_memory="yes"), "fits_in_memory must be True or False"),
     (dict(loader="nocolon"), "loader must be a function or 'module:function'"),
     (dict(defaults={"epochz": 3}), r"defaults takes model, .*; got \['epochz'\]"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -193,6 +195,19 @@ def test_clip_weights_clamps_the_latent_weights_of_binary_layers_only():
     model[0].weight.requires_grad_(False)
     frozen = model[0].weight.clone()
     assert reste.clip_weights(model, 0.5) == 1 and torch.equal(model[0].weight, frozen)
+
+
+def test_clip_weights_warns_where_a_binary_weight_is_a_float_layers_too():
+    """(review ownmodel, suggestion) a weight tied between a binary layer and a float one (kept last) was clamped in
+    the float layer too, without a word."""
+    model = reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)))
+    model[3].weight = model[1].weight  # tied with the kept last layer
+    with pytest.warns(UserWarning, match=r"also the weights of the float layer\(s\) '3' \(tied\)"):
+        reste.clip_weights(model)
+    untied = reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reste.clip_weights(untied) == 2
 
 
 def test_schedules_and_clipping_on_a_model_with_no_binary_layer_warn():

@@ -247,10 +247,14 @@ def _checked(spec: DatasetSpec) -> DatasetSpec:
         raise bad(f"std must be positive, got {spec.std!r}")
     if not isinstance(spec.scale, (int, float)) or isinstance(spec.scale, bool) or not 0 < spec.scale < math.inf:
         raise bad(f"scale (the raw value of white) must be a positive number, got {spec.scale!r}")
-    for field_name in ("train_size", "test_size", "test_resize"):
+    for field_name in ("train_size", "test_size"):
         value = getattr(spec, field_name)
         if value is not None and (not whole(value) or value < 0):
             raise bad(f"{field_name} must be None or an integer >= 0, got {value!r}")
+    crop = max(spec.input_size[1:], default=1)  # the centre crop that follows the resize (review data, suggestion)
+    if spec.test_resize is not None and (not whole(spec.test_resize) or spec.test_resize < crop):
+        raise bad(f"test_resize (the shorter side before the centre crop of {tuple(spec.input_size)}) must be None "
+                  f"or an integer >= {crop}, got {spec.test_resize!r}")
     for field_name in ("fits_in_memory", "augments", "reads_files", "folder_classes", "reads_default_root"):
         if not isinstance(getattr(spec, field_name), bool):
             raise bad(f"{field_name} must be True or False, got {getattr(spec, field_name)!r}")

@@ -366,6 +366,13 @@ def clip_weights(model: nn.Module, bound: float = 1.0) -> int:
     if not layers:
         _nothing_binary("clip_weights")
     clipped = [m for _, m in layers if m.weight.requires_grad]
+    floats = {id(p): name for name, m in model.named_modules() if getattr(m, "precision", 32) != 1
+              for p in m.parameters(recurse=False)}
+    tied = [floats[id(m.weight)] for m in clipped if id(m.weight) in floats]
+    if tied:  # (weight tying survives binarize) clamping the binary weight clamps the float layer's too
+        warnings.warn(f"clip_weights: the binary weights clamped are also the weights of the float layer(s) "
+                      f"{', '.join(map(repr, tied[:3]))} (tied), which are clamped with them; untie them to clip the "
+                      "binary ones alone (review ownmodel, suggestion)", UserWarning, stacklevel=2)
     with torch.no_grad():
         for m in clipped:
             m.weight.clamp_(-bound, bound)
