@@ -125,3 +125,22 @@ def test_the_lightning_callback_refuses_an_o_end_its_indicators_would_not_read()
             lightning.BinarizationCallback(indicators=indicators, o_end=5.0)
     assert lightning.BinarizationCallback(indicators="paper", o_end=5.0).o_end == 5.0
     assert lightning.BinarizationCallback(indicators=True).o_end is None
+
+
+@pytest.mark.parametrize("again", [{"indicators": "general"}, {"indicators": "paper"}])
+def test_a_run_written_before_the_measure_and_resumed_in_another_mode_counts_the_new_mode_alone(tmp_path, again):
+    """(review diff11 #1) a run of a version that did not record the measure, resumed with --force in another mode:
+    its old lines counted as the new mode's. The resume writes the checkpoint's own measure into the lines of its
+    history, so show counts the new mode's epochs alone, as the training line; resumed in the same mode, all."""
+    run = tmp_path / "old"
+    engine.train(TrainConfig(epochs=2, threads=1, indicators="paper"), run, progress=False, log=lambda _: None)
+    lines = read_metrics(run)
+    (run / METRICS).write_text("".join(json.dumps({k: v for k, v in m.items() if k != MEASURE}) + "\n"
+                                       for m in lines))  # as the earlier version wrote them
+    result = engine.resume(run, {"epochs": 4, **again}, force=True, progress=False, log=lambda _: None)
+    ind = run_summary(run)["indicators"]
+    same = again["indicators"] == "paper"
+    assert (ind["mode"], ind["epochs"]) == (again["indicators"], 4 if same else 2)
+    for key in ("estimating_error", "gradient_stability"):
+        assert ind[key] == pytest.approx(result["indicators"][key], rel=1e-12)
+    assert [m[MEASURE] for m in read_metrics(run)][:2] == [3.0, 3.0]  # the old lines now say how

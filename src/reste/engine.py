@@ -62,7 +62,7 @@ from .distributed import await_main, env_rank, env_world_size, init_distributed,
     local_rank_first, signal_text, stop_signals
 from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
 from .hparams import outside_reste
-from .indicators import RUN_LEVEL, EquilibriumMeter, amp_scale, amp_skipped
+from .indicators import RUN_LEVEL, EquilibriumMeter, amp_scale, amp_skipped, saved_measure
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, eval_mode, set_progress
@@ -1546,7 +1546,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         record = resumption.settings_to_record(config, trained, idle)
         if record != saved:
             write_config(run_dir, record)
-        lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics)
+        lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics, saved_measure(ckpt.get("indicators")))
         if lost:
             run.log(f"warning: {run_dir / METRICS} has no line for epoch(s) {resumption.spans(lost)} (damaged or "
                     "deleted); their metrics are lost")

@@ -200,6 +200,18 @@ def current_history(lines: list[dict[str, Any]], mode: str | None = None
     return kept[::-1], how[0], how[1]
 
 
+def saved_measure(state: Any) -> tuple[int, float | None] | None:
+    """From a checkpoint's meter state (:meth:`EquilibriumMeter.state_dict`): how many epochs its history holds, and
+    their :data:`MEASURE` value; None where it holds none. A resume writes that value into those epochs' lines where
+    a version before :data:`MEASURE` left it out, so a later change of mode is told apart (review diff11 #1)."""
+    if not isinstance(state, dict) or not isinstance(state.get("history"), list) or state.get("mode") not in MODES:
+        return None
+    o_end = state.get("o_end")
+    if state["mode"] == "paper" and not isinstance(o_end, (int, float)):
+        return None
+    return len(state["history"]), (float(o_end) if state["mode"] == "paper" else None)
+
+
 def run_indicators(lines: list[dict[str, Any]], mode: str | None = None) -> dict[str, Any] | None:
     """A run's run-level indicators from its metrics lines, those of its current history alone
     (:func:`current_history`, :func:`run_level`), as its training's last line gives them: ``mode``, ``o_end`` (the

@@ -1128,15 +1128,24 @@ def finished_epochs(run_dir: str | os.PathLike) -> int:
         return 0
 
 
-def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int, last_record: dict[str, Any] | None = None
-                     ) -> list[int]:
+def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int, last_record: dict[str, Any] | None = None,
+                     measured: tuple[int, float | None] | None = None) -> list[int]:
     """Keep the metrics lines of the epochs the checkpoint holds (a crash may leave one more, or a torn one).
 
     ``last_record``, the checkpoint's own record of epoch ``epochs_done``, puts that epoch's line back where
-    the file lost it (damaged, or deleted). Returns the epochs up to ``epochs_done`` that still have no line."""
+    the file lost it (damaged, or deleted). ``measured`` (``indicators.saved_measure`` of the checkpoint's meter):
+    the last that many lines with indicators that do not say how they were measured (a version before
+    ``indicators_o_end`` wrote them) get its value. Returns the epochs up to ``epochs_done`` that still have no
+    line."""
     path = Path(run_dir) / METRICS
     kept = [(line, record) for line, record in _metrics_lines(path) if record["epoch"] <= epochs_done] \
         if path.exists() else []
+    if measured is not None and measured[0] > 0:
+        with_values = [i for i, (_, record) in enumerate(kept) if "estimating_error" in record][-measured[0]:]
+        for i in with_values:
+            if MEASURE not in kept[i][1]:
+                record = {**kept[i][1], MEASURE: measured[1]}
+                kept[i] = (json.dumps(record), record)
     lines = [line for line, _ in kept]
     epochs = {record["epoch"] for _, record in kept}
     if last_record and last_record.get("epoch") == epochs_done and epochs_done not in epochs:
