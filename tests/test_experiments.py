@@ -357,6 +357,12 @@ def test_plot_estimators_is_the_estimators_figure_beside_a_run_of_that_name(tmp_
     assert main(["plot", "estimators", "--out", "est.png", "--at", "0.3"]) == 0
     assert "`reste plot ./estimators`" in capsys.readouterr().out
     assert main(["plot", "./estimators", "--out", "run.png"]) == 0 and _is_png(tmp_path / "run.png")
+    shutil.rmtree(tmp_path / "estimators")
+    shutil.copytree(out, tmp_path / "estimators")  # a sweep of that name (review diff11 #4)
+    assert main(["plot", "estimators", "--out", "est.png"]) == 0
+    assert "the sweep in the folder estimators here is drawn by `reste plot ./estimators`" in capsys.readouterr().out
+    assert main(["plot", "estimators", "--setting", "estimator=ste"]) == 2
+    assert "`reste plot ./estimators`" in capsys.readouterr().err
 
 
 def test_plot_estimators_and_runs(tmp_path, capsys):

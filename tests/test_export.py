@@ -1284,3 +1284,30 @@ def test_predict_writes_one_image_file_as_a_folder_of_it(tmp_path, capsys):
                                "image files use .csv or .json (file,class,name), or - for CSV on stdout"), err
     code, out, err = run(image)  # without --output: its line, as before
     assert code == 0 and out.startswith(f"{image}: class {c} ({names[c]!r})"), out
+
+
+def test_an_in_place_activation_module_read_after_is_refused_and_written_as_a_statement_exports(tmp_path):
+    """(review diff11 #5) nn.ReLU(inplace=True) whose input is read after it was exported as relu(x) + x where the model
+    computes relu(x) + relu(x) (a warning, the file kept); it is refused in one line as F.relu(x, inplace=True) is,
+    and the usual x = self.relu(x) exports and matches the model."""
+    class Residual(nn.Module):
+        def __init__(self, reuse: bool) -> None:
+            super().__init__()
+            self.reuse = reuse
+            self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), reste.BinaryConv2d(8, 8, 3, padding=1)
+            self.relu, self.fc = nn.ReLU(inplace=True), nn.Linear(8 * 64, 3)
+
+        def forward(self, x):
+            x = self.c1(x)
+            y = self.relu(x)
+            return self.fc(self.c2(y + x if self.reuse else y).flatten(1))
+
+    with pytest.raises(UsageError, match=r"cannot export self\.relu\(x\) \(ReLU\(inplace=True\)\) with x read after"):
+        export_model(Residual(True).eval(), tmp_path / "a.rbnn", input_size=(1, 8, 8))
+    torch.manual_seed(0)
+    model = Residual(False).eval()
+    export_model(model, tmp_path / "b.rbnn", input_size=(1, 8, 8))
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        want = model(x.clone())
+    assert torch.allclose(torch.as_tensor(PackedModel.load(tmp_path / "b.rbnn")(x.numpy())), want, atol=1e-4)

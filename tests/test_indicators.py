@@ -396,6 +396,7 @@ def test_the_paper_modes_o_end_is_checked_when_the_meter_is_made():
         with pytest.raises(ValueError, match="o_end must be a number >= 1"):
             EquilibriumMeter(model, mode="paper", o_end=bad)
     assert EquilibriumMeter(model, mode="paper", o_end=np.float32(2.5)).o_end == 2.5
+    assert EquilibriumMeter(model, mode="paper", o_end=torch.tensor(2.5)).o_end == 2.5  # as ReSTE's (diff11 #6)
 
 
 def test_a_binary_layer_the_forward_did_not_use_is_left_out_of_that_step():

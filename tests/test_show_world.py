@@ -87,3 +87,16 @@ def test_resume_of_a_lightning_checkpoint_gives_the_lightning_hint(capsys, tmp_p
         line = one_line_error(capsys, *argv, str(ckpt))
         assert f"{ckpt} is a file; pass the run's folder (the one holding config.json); it is a PyTorch Lightning " \
             "checkpoint: load your LightningModule from it (load_from_checkpoint)" in line, line
+
+
+def test_a_finished_torchrun_runs_show_gives_its_whole_batch(tmp_path):
+    """(review diff11 #3) a finished run's last.pt was not read: its batch read as one process's."""
+    from reste.runinfo import run_summary, show_run
+
+    out = tmp_path / "run"
+    engine.train(TrainConfig(epochs=1, threads=1), out, progress=False, log=lambda _m: None)
+    last = out / "last.pt"
+    save_checkpoint({**load_checkpoint(last), "world_size": 2}, last)  # as 2 torchrun processes leave it
+    assert run_summary(out)["state"] == "finished" and run_summary(out)["saved_processes"] == 2
+    assert "batch 64 per process (128 in all, 2 processes)" in show_run(out)
+    assert run_summary(out, steps=False)["saved_processes"] is None  # (a sweep's listing reads no last.pt)

@@ -27,7 +27,6 @@ in sign(0) and in the averaging.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .estimators import sign
+from .hparams import real_number
 from .layers import binary_layers, estimators_of
 
 MODES = ("general", "paper")
@@ -242,7 +242,8 @@ def check_o_end(o_end: Any, mode: str | None, argument: str = "mode") -> None:
     mode's (``mode``, given as ``argument``), which alone read it."""
     if o_end is None:
         return
-    if isinstance(o_end, bool) or not isinstance(o_end, numbers.Real) or not 1.0 <= float(o_end) < math.inf:
+    number = real_number(o_end)  # (a NumPy number or a 0-dim tensor too, as ReSTE's o_end: review diff11 #6)
+    if number is None or not 1.0 <= number < math.inf:
         # as ReSTE's o_end (review api #2)
         raise ValueError(f"o_end must be a number >= 1 (the paper mode's F is sign(w) abs(w)^(1/o_end)), got "
                          f"{o_end!r}")

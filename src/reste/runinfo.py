@@ -78,7 +78,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
             summary["unlogged"] = [saved[0], saved[1]]
     # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes; (review dist #3) at an
     # epoch's end, its stop line says so too, and --batch-size is per process
-    summary["saved_processes"] = saved[2] if saved is not None else None
+    summary["saved_processes"] = saved[2] if saved is not None else _saved_world(run_dir) if steps and finished \
+        else None  # (a finished run's too, read without its tensors: review diff11 #3)
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -123,6 +124,20 @@ def saved_position(run_dir: str | os.PathLike) -> tuple[int, int, int] | None:
         return None
     epoch, step, world = ckpt.get("epoch"), ckpt.get("step") or 0, ckpt.get("world_size") or 1
     return (epoch, step, world) if all(isinstance(v, int) for v in (epoch, step, world)) else None
+
+
+def _saved_world(run_dir: str | os.PathLike) -> int | None:
+    """The processes that trained the run, as its ``last.pt`` records them, read without its tensors (memory-mapped,
+    not read: a finished ImageNet run's is large); None where that cannot be read (its integrity is for the resume
+    to check)."""
+    import torch
+
+    try:
+        ckpt = torch.load(last_checkpoint(run_dir), map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001 - missing, damaged, not a zip: not told here
+        return None
+    world = ckpt.get("world_size") if isinstance(ckpt, dict) else None
+    return world if type(world) is int and world >= 1 else None
 
 
 def show_run(run_dir: str | os.PathLike) -> str:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 __all__ = ["mix_seed", "seeded_generator", "epoch_order", "shard", "shard_size", "TransformDataset", "EpochSampler",
            "ShardSampler"]
@@ -82,18 +82,22 @@ def shard_size(n: int, rank: int, world_size: int, pad: bool = True) -> int:
 @contextlib.contextmanager
 def _seeded_globals(*values: int) -> Iterator[None]:
     """Torch's, Python's and NumPy's global generators seeded from ``values`` (torch's from ``mix_seed(*values)``,
-    as it always was; the others from sub-seeds derived from that), each put back as it was afterwards."""
+    as it always was; the others from sub-seeds derived from that), each put back as it was afterwards in the main
+    process. A DataLoader worker's generators serve its samples alone, each seeded here: it skips the saving and
+    putting back, which for NumPy's state costs about 150 us a sample (review diff11 #2)."""
     seed = mix_seed(*values)
-    saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    saved = None if get_worker_info() is not None else (torch.get_rng_state(), random.getstate(),
+                                                        np.random.get_state())
     try:
         torch.default_generator.manual_seed(seed)
         random.seed(mix_seed(seed, 1))
         np.random.seed(mix_seed(seed, 2) >> 31)  # (NumPy's legacy seed has 32 bits)
         yield
     finally:
-        torch.set_rng_state(saved[0])
-        random.setstate(saved[1])
-        np.random.set_state(saved[2])
+        if saved is not None:
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
 
 
 class TransformDataset(Dataset):

@@ -168,16 +168,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     from ..errors import print_line
     from .plots import plot_estimators
-    from .report import plot_runs_or_sweeps
+    from ..rundir import holds_run
+    from .report import is_sweep_folder, plot_runs_or_sweeps
 
     if args.targets[0] == "estimators":  # the word, always: a run folder of that name is ./estimators (review newuser #3)
+        here = Path("estimators")  # a run or a sweep of that name here: said, with how to draw it (review diff11 #4)
+        folder = "sweep" if is_sweep_folder(here) else "run" if holds_run(here) else None
+        hint = f"; the {folder} in the folder estimators here is drawn by `reste plot ./estimators`" if folder else ""
         if len(args.targets) > 1 or args.setting:
             raise UsageError("`reste plot estimators` takes no run directories nor --setting; plot runs with "
-                             "`reste plot RUN_DIR...`")
+                             f"`reste plot RUN_DIR...`{hint}")
         path = plot_estimators(args.out or "estimators.png", progress=0.5 if args.progress is None else args.progress)
-        if (Path("estimators") / "metrics.jsonl").is_file():
-            print_line("note: `reste plot estimators` draws the estimators' F and g; the run in the folder estimators "
-                       "here is drawn by `reste plot ./estimators`")
+        if folder:
+            print_line(f"note: `reste plot estimators` draws the estimators' F and g{hint}")
     else:
         if args.progress is not None:
             raise UsageError("--at is for `reste plot estimators` (where in training the schedules are drawn); "

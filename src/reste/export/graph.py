@@ -389,6 +389,11 @@ class _Builder:
                 self.env[n] = _Attr(n.target)
             elif n.op == "call_module":
                 m = self.modules[n.target]
+                if getattr(m, "inplace", False) is True and not isinstance(m, nn.modules.dropout._DropoutNd):
+                    # (nn.ReLU(inplace=True) and kin: as their functional forms, review diff11 #5; dropout is the
+                    # identity in the file)
+                    self._in_place(n, f"self.{n.target}(x) ({type(m).__name__}(inplace=True))",
+                                   f"x = self.{n.target}(x), or build it with inplace=False")
                 x = self.tensor(n.args[0], n.target)
                 shape = _shape_of(n.args[0])
                 if isinstance(m, nn.Linear) and getattr(m, "precision", 32) == 1 and shape is not None \
