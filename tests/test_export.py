@@ -1311,3 +1311,19 @@ def test_an_in_place_activation_module_read_after_is_refused_and_written_as_a_st
     with torch.no_grad():
         want = model(x.clone())
     assert torch.allclose(torch.as_tensor(PackedModel.load(tmp_path / "b.rbnn")(x.numpy())), want, atol=1e-4)
+
+
+def test_an_op_on_a_tensor_attribute_names_the_attribute(tmp_path):
+    """(review diff11, suggestion) x * self.w.view(...) was refused as "function mul is not supported"; the refusal
+    names the attribute the file cannot hold, as a tensor input's does."""
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.b = nn.Conv2d(1, 4, 3, padding=1), reste.BinaryConv2d(4, 4, 3, padding=1)
+            self.w, self.fc = nn.Parameter(torch.ones(4)), nn.Linear(256, 2)
+
+        def forward(self, x):
+            return self.fc((self.b(self.c(x)) * self.w.view(1, -1, 1, 1)).flatten(1))
+
+    with pytest.raises(UsageError, match="the forward uses the tensor attribute 'w' directly"):
+        export_model(Scaled().eval(), tmp_path / "a.rbnn", input_size=(1, 8, 8))

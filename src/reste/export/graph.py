@@ -363,6 +363,13 @@ class _Builder:
             raise UsageError(f"cannot export: the forward uses the tensor attribute {got.target!r} directly")
         raise UsageError(f"cannot export {what}: an input is not a tensor computed by the model")
 
+    def _no_attribute(self, n: fx.Node) -> None:
+        """Refuse an op that reads a tensor attribute of the model (``self.w.shape``, ``x * self.b``) by naming the
+        attribute, as a tensor input does: the file holds no attributes (review diff11, suggestion)."""
+        for arg in n.all_input_nodes:
+            if isinstance(self.env.get(arg), _Attr):
+                self.tensor(arg, n.name)  # (its refusal names the attribute)
+
     def run(self) -> tuple[list[dict[str, Any]], int]:
         output = None
         for n in self.gm.graph.nodes:
@@ -503,6 +510,7 @@ class _Builder:
             return self.mean(n)
         if f in (F.dropout, F.dropout1d, F.dropout2d):
             return self.tensor(a[0], where)
+        self._no_attribute(n)
         raise _Refused(f"cannot export: function {where} is not supported", n.name)
 
     def method(self, n: fx.Node) -> Any:
@@ -542,6 +550,7 @@ class _Builder:
                 raise UsageError("cannot export: view/reshape must keep the batch dimension (x.view(x.size(0), ...), "
                                  "or x.view(-1, n) with n one sample's size when input_size is given)")
             return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
+        self._no_attribute(n)
         raise _Refused(f"cannot export: tensor method {name!r} is not supported", n.name)
 
     def activation(self, n: fx.Node, where: str) -> int:
