@@ -54,8 +54,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     finished = done >= config.epochs
     behind = None  # the epoch last.pt holds, where a finished-looking run's last write failed (a full disk)
     saved = None  # (epochs, steps, processes) of last.pt, where it is read
+    read = False  # (whether it was: a damaged one reads as None, and is not read twice)
     if done and steps and not holder and _last_older(run_dir):  # (a stopped run's too: review chaos #6)
-        saved = saved_position(run_dir)
+        saved, read = saved_position(run_dir), True
         if saved is not None and saved[0] < done:  # last.pt holds fewer epochs than metrics.jsonl logged
             finished, behind = False, saved[0]
         elif finished and saved is not None and (saved[0] < config.epochs or saved[1]):
@@ -71,7 +72,7 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     # last.pt read once: the step it holds, or what is wrong with it; also where the lock table cannot tell (a shared
     # file system, where torchrun runs of several nodes live: review rev13 #6)
     if steps and state in ("stopped", None):
-        saved = saved if saved is not None else saved_position(run_dir)
+        saved = saved if read else saved_position(run_dir)
         summary["saved_step"] = saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
         summary["last_damaged"] = _last_damaged(run_dir) if saved is None else None
         if saved is not None and saved[0] > done:  # (review combos #1) metrics.jsonl lost lines last.pt holds
