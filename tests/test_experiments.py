@@ -2368,3 +2368,20 @@ def test_a_report_of_a_sweep_with_no_run_reported_exits_1(tmp_path, monkeypatch,
                  log=lambda _m: None)
     assert main(["report", str(tmp_path / "s"), "--no-plots"]) == 1
     assert "| estimator=ste |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["cut", "fewer", "garbage"])
+def test_a_damaged_table_is_refused_before_the_report_writes_it_again(sweep, capsys, tmp_path, damage):
+    """(review chaos2 #1) with the run folders gone, runs.csv and epochs.csv are the runs' record: a damaged one was
+    read as far as it went and written again from that, a run's row and its epochs lost, exit 0."""
+    out, _ = _copy(sweep, tmp_path)
+    shutil.rmtree(out / "runs")  # a clone without the git-ignored run folders
+    table = out / ("epochs.csv" if damage == "fewer" else "runs.csv")
+    text = table.read_bytes()
+    table.write_bytes({"cut": text[:-7], "fewer": text.rstrip(b"\r\n").rsplit(b",", 3)[0] + b"\r\n",
+                       "garbage": b'garbage\x00,,\n"unterminated'}[damage])
+    before = {name: (out / name).read_bytes() for name in ("runs.csv", "epochs.csv")}
+    assert main(["report", str(out), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"reste: error: {table} is damaged (" in err and err.count("\n") == 1, err
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing written again

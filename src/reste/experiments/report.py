@@ -273,13 +273,34 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def _numbered_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """:func:`_read_csv`'s rows, each with its line in the file (the header is line 1), for a message to name."""
+    """:func:`_read_csv`'s rows, each with its line in the file (the header is line 1), for a message to name; none
+    where the file is missing. A damaged one (cut short, a row of fewer or more cells than the header, bytes that are
+    no CSV) is a one-line ``UsageError`` naming where: it is the record of the runs whose folders are gone, which a
+    report would write again from what it could read, losing the rest (review chaos2 #1)."""
+    def damaged(where: str) -> UsageError:
+        return UsageError(f"{path} is damaged ({where}); restore it (from git, or a copy), or delete it to drop the "
+                          "runs whose folders are gone from the tables")
+
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            return [(reader.line_num, {k: _value(v) for k, v in row.items()}) for row in reader]
-    except (OSError, csv.Error, UnicodeDecodeError):
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
         return []
+    except UnicodeDecodeError:
+        raise damaged("bytes that are not UTF-8") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {path} ({err.strerror}); make it readable and run the command again") from None
+    if text and not text.endswith("\n"):  # (the report ends each row with a line break: the last was cut)
+        raise damaged("its last row is cut short")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if None in row or None in row.values():  # more cells than the header, or fewer
+                raise damaged(f"line {reader.line_num} has {'more' if None in row else 'fewer'} cells than its header")
+            rows.append((reader.line_num, {k: _value(v) for k, v in row.items()}))
+    except csv.Error as err:
+        raise damaged(f"line {reader.line_num}: {err}") from None
+    return rows
 
 
 def _value(text: str | None) -> Any:
