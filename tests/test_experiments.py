@@ -2385,3 +2385,15 @@ def test_a_damaged_table_is_refused_before_the_report_writes_it_again(sweep, cap
     err = capsys.readouterr().err
     assert f"reste: error: {table} is damaged (" in err and err.count("\n") == 1, err
     assert {name: (out / name).read_bytes() for name in before} == before  # nothing written again
+
+
+def test_a_finished_runs_damaged_last_pt_is_named_by_its_whole_path(sweep, tmp_path):
+    """(review chaos2 #3) the note kept the last 80 characters of the error, which began inside the path."""
+    from reste.experiments.sweep import _run_state
+
+    out, _ = _copy(sweep, tmp_path)
+    run = next((out / "runs").glob("reste-*/seed0"))
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[:3000])
+    state, note = _run_state(run, 1)
+    assert state == "done" and f"checkpoint {last} is truncated or corrupted" in note, note

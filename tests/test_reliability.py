@@ -1091,3 +1091,8 @@ def test_a_fifo_for_metrics_is_refused_by_show_as_by_the_resume(capsys, tmp_path
         assert_one_line_error(capsys, argv, f"{run / 'metrics.jsonl'} is not a file (a FIFO")
     with pytest.raises(UsageError, match="is not a file"):
         rundir.read_metrics(run, missing_ok=True)
+    (run / "metrics.jsonl").unlink()
+    shutil.copy(finished_run / "metrics.jsonl", run / "metrics.jsonl")
+    (run / "top").write_text("a file")  # (review chaos2 #4) its FileExistsError was exit 1, the generic line
+    assert_one_line_error(capsys, ["train", "--resume", str(run), "--epochs", "3", "--force"],
+                          f"{run / 'top'} is not a folder")

@@ -433,6 +433,10 @@ class RunDirectory:
                     continue  # missing (the resume says what that means) or unreadable (its read says why)
                 if not stat.S_ISREG(mode):
                     raise not_a_file(path / name)
+            top = path / TOP_DIR  # (a file there failed the resume on a FileExistsError, exit 1: review chaos2 #4)
+            if top.exists() and not top.is_dir():
+                raise UsageError(f"{top} is not a folder: a run's {TOP_DIR} holds its best epochs' checkpoints; move "
+                                 "it away, or restore the run's own")
         probe = path / ".write-test"  # a resume too: it failed at its first write, naming a temporary file (review
         try:  # chaos #2)
             probe.write_bytes(b"")

@@ -489,7 +489,8 @@ def _run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
         try:
             ckpt = load_checkpoint(last)
         except UsageError as err:  # damaged, but the metrics hold every epoch: nothing to train, the report counts it
-            return "done", f"its {last.name} is damaged ({str(err).split(';')[0][-80:]}); its metrics are whole"
+            # (the whole first clause: a cut one began inside the path, review chaos2 #3)
+            return "done", f"its {last.name} is damaged ({str(err).split(';')[0]}); its metrics are whole"
         if ckpt.get("epoch", 0) >= epochs and not ckpt.get("step"):
             return ("done" if epoch_end_whole(run_dir, ckpt) else "partial"), ""  # resume repairs best.pt and top/
     return ("partial" if holds_run(run_dir) else "new"), ""
