@@ -284,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", metavar="{" + ",".join(AMP_MODES) + "}",
                    help="autocast of the evaluation (default: the run's own, to reproduce its logged accuracy)")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object (model, dataset, epoch, step, amp, images, top1, top5, loss, "
-                        "stored_top1, seconds) instead of the line")
+                   help="print one JSON object (model, dataset, epoch: the epochs finished, step: the batches of the "
+                        "next, 0 at an epoch's end; amp, images, top1, top5, loss, stored_top1, seconds) instead of "
+                        "the line")
     add_plugin_flag(p)
     p.set_defaults(func=cmd_eval)
 
