@@ -1503,6 +1503,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
                                    plugin=bool(saved.plugins)) from None
     config = run.config
     trained = saved  # the settings the run trained with: last.pt's (config.json's where it has none)
+    ckpt = None
     if last.exists():
         ckpt = resumption.load_last(run_dir, run.device)
         resumption.check_checkpoint(ckpt, config, last, given=overrides or {})
@@ -1546,7 +1547,8 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         record = resumption.settings_to_record(config, trained, idle)
         if record != saved:
             write_config(run_dir, record)
-        lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics, saved_measure(ckpt.get("indicators")))
+        measured = saved_measure(ckpt.get("indicators")) if ckpt is not None else None  # (no last.pt: none)
+        lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics, measured)
         if lost:
             run.log(f"warning: {run_dir / METRICS} has no line for epoch(s) {resumption.spans(lost)} (damaged or "
                     "deleted); their metrics are lost")
