@@ -44,8 +44,8 @@ the Triton kernels of ``reste.triton_kernels``):
 
 GPU targets (issue 11): reste/fp <= 1.15 per row, reste/ste <= 1.05, reference/reste >= 3.
 ``--graphs`` also times fp, ste and reste with each step captured as one CUDA graph and replayed
-by ``reste.cudagraph.GraphedStep``, as ``reste train --cuda-graphs`` does (o frozen at capture). ``--json FILE`` writes every row's medians
-and ratios (``benchmarks/gpu_check.sh`` reads it).
+by ``reste.cudagraph.GraphedStep``, as ``reste train --cuda-graphs`` does (o frozen at capture).
+``--json FILE`` writes every row's medians and ratios (``benchmarks/gpu_check.sh`` reads it).
 
     python benchmarks/train_step.py --device cuda --json gpu_rows.json
 """

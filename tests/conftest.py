@@ -65,3 +65,20 @@ def isolated(monkeypatch):
     for name in set(sys.modules) - before:
         if name.startswith("reste_plugin_"):
             del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    """A checkpoint of an untrained digits_1w1a, as reste train writes one (the export tests share it)."""
+    import torch
+
+    from reste import models
+    from reste.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "d.pt"
+    save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10},
+                     "model": models.create("digits_1w1a").eval().state_dict(), "dataset": "digits", "epoch": 1,
+                     "best_acc": 50.0, "config": {"dataset": "digits"}, "metrics": {"epoch": 1, "test_acc": 48.5}},
+                    path)
+    return path

@@ -311,20 +311,6 @@ def test_raw_pixels_above_the_recorded_white_are_refused(tmp_path, capsys):
     np.testing.assert_array_equal(packed.predict(raw, batch_size=4), packed(raw).argmax(1).numpy())
 
 
-@pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory):
-    from reste import models
-    from reste.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "d.pt"
-    save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10},
-                     "model": models.create("digits_1w1a").eval().state_dict(), "dataset": "digits", "epoch": 1,
-                     "best_acc": 50.0, "config": {"dataset": "digits"}, "metrics": {"epoch": 1, "test_acc": 48.5}},
-                    path)
-    return path
-
-
 def test_export_prints_the_packed_report_before_the_onnx_step(tmp_path, capsys, monkeypatch, digits_checkpoint):
     """(review deploy #8) reste export printed nothing until the packed file, its check, the ONNX file and its check
     were all done (a minute of silence for ImageNet models), and an ONNX failure left the packed file's report

@@ -16,7 +16,7 @@ from reste.export import PackedModel, export_model, export_onnx, format_report
 from reste.layers import BinaryConv2d
 
 from cli_checks import one_line_error
-from test_export_deploy import _run, digits_checkpoint  # noqa: F401 (a fixture, shared)
+from test_export_deploy import _run
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -146,7 +146,7 @@ NOT_CHECKED = "onnxruntime is not installed; pip install onnxruntime to check it
 
 
 def test_an_onnx_file_written_without_onnxruntime_says_it_is_unchecked(tmp_path, capsys, monkeypatch,
-                                                                        digits_checkpoint):  # noqa: F811
+                                                                        digits_checkpoint):
     """(review deploy #7) without onnxruntime, reste export --onnx wrote the file unchecked and said nothing."""
     pytest.importorskip("onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime: ImportError

@@ -73,7 +73,8 @@ def test_a_checkpoint_that_cannot_continue_as_configured(tmp_path, saved):
             resumption.check_checkpoint({**ckpt, name: value}, saved, last)
     with pytest.raises(UsageError, match="holds model 'resnet20', not"):
         resumption.check_checkpoint({**ckpt, "model_name": "resnet20"}, saved, last)
-    with pytest.raises(UsageError, match="already finished 4 epochs; overrides=.'epochs': 3. is fewer: pass at least 4"):
+    with pytest.raises(UsageError,
+                       match="already finished 4 epochs; overrides=.'epochs': 3. is fewer: pass at least 4"):
         resumption.check_checkpoint(ckpt, dataclasses.replace(saved, epochs=3), last, given={"epochs": 3})
     inside = {**ckpt, "epoch": 2, "step": 5}
     with pytest.raises(UsageError, match=f"cannot change there: resume with --batch-size {saved.batch_size},"):
@@ -87,7 +88,8 @@ def test_a_checkpoint_that_cannot_continue_as_configured(tmp_path, saved):
     with pytest.raises(UsageError, match="ends before it: pass at least 3"):
         resumption.check_checkpoint(inside, dataclasses.replace(saved, epochs=2), last)
     # (review dist #4) fewer than the epochs finished, inside the next: the least that the next check takes
-    with pytest.raises(UsageError, match="already finished 2 epochs; overrides=.'epochs': 1. is fewer: pass at least 3"):
+    with pytest.raises(UsageError,
+                       match="already finished 2 epochs; overrides=.'epochs': 1. is fewer: pass at least 3"):
         resumption.check_checkpoint(inside, dataclasses.replace(saved, epochs=1), last, given={"epochs": 1})
 
 

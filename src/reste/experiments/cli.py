@@ -171,7 +171,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from ..rundir import holds_run
     from .report import is_sweep_folder, plot_runs_or_sweeps
 
-    if args.targets[0] == "estimators":  # the word, always: a run folder of that name is ./estimators (review newuser #3)
+    if args.targets[0] == "estimators":  # the word, always: a folder of that name is ./estimators (review newuser #3)
         here = Path("estimators")  # a run or a sweep of that name here: said, with how to draw it (review diff11 #4)
         folder = "sweep" if is_sweep_folder(here) else "run" if holds_run(here) else None
         hint = f"; the {folder} in the folder estimators here is drawn by `reste plot ./estimators`" if folder else ""
