@@ -233,7 +233,10 @@ def test_only_rank_0_touches_the_run_directory(tmp_path, monkeypatch, full_run):
     monkeypatch.setattr(engine, "_resume_locked", lambda *a: {"ran": True})
     assert engine.train(TrainConfig(epochs=1), tmp_path / "new", progress=False, log=quiet) == {"ran": True}
     assert not (tmp_path / "new").exists()
-    with RunDirectory.open(full_run[0], fresh=False):  # rank 0 holds the lock: rank 1 goes on all the same
+    from reste.distributed import job_token
+
+    # rank 0 of this job holds the lock: rank 1 goes on (at once: another job's lock it would wait for, 300 s)
+    with RunDirectory.open(full_run[0], fresh=False, job=job_token()):
         assert engine.resume(full_run[0], progress=False, log=quiet) == {"ran": True}
 
 
