@@ -973,8 +973,8 @@ def test_torch_func_tensors_go_to_no_gpu_kernel():
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel was given a torch.func tensor")
 
-    stub = types.SimpleNamespace(KINDS=frozenset(reste.list_estimators()), sign=refuse, backward=refuse,
-                                 scaled_sign=refuse, scaled_sign_backward=refuse)
+    stub = types.SimpleNamespace(KINDS=frozenset(reste.list_estimators()), sign_trusted=refuse, backward_trusted=refuse,
+                                 scaled_sign_trusted=refuse, scaled_sign_backward_trusted=refuse)
     torch.manual_seed(0)
     model = reste.binarize(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 3)))
     params = {k: v.detach() for k, v in model.named_parameters()}

@@ -263,7 +263,9 @@ def test_large_groups_sum_several_blocks_per_partial_sum(monkeypatch, scaling):
 
 
 def counting(kernels):
-    """A stand-in for the kernels module that counts each launcher's calls."""
+    """A stand-in for the kernels module that counts each launcher's calls. The dispatcher calls the ``*_trusted``
+    entries, which skip the input checks; the stand-in runs the checked launchers instead, so these tests also show
+    that the dispatcher passes only what the checks accept."""
     calls = {"sign": 0, "backward": 0, "scaled_sign": 0, "scaled_sign_backward": 0}
 
     def wrap(name):
@@ -272,7 +274,7 @@ def counting(kernels):
             return getattr(kernels, name)(*args, **kwargs)
         return run
 
-    return SimpleNamespace(KINDS=kernels.KINDS, calls=calls, **{k: wrap(k) for k in calls})
+    return SimpleNamespace(KINDS=kernels.KINDS, calls=calls, **{f"{k}_trusted": wrap(k) for k in calls})
 
 
 def test_cpu_tensors_never_take_triton_unless_forced():

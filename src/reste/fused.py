@@ -96,6 +96,11 @@ def plain(*tensors: Tensor) -> bool:
         return False
     if torch.compiler.is_compiling():  # (no kernel runs in a compiled graph, whose callers ask is_compiling too;
         return True  # the checks below do not trace: review ownmodel's run of test_convert)
+    return _own_memory(tensors)
+
+
+def _own_memory(tensors: tuple[Tensor, ...]) -> bool:
+    """The part of :func:`plain` after its type test, for callers that know no compiler is tracing."""
     return not under_dispatch_mode() and (_LEGACY_BATCHED is None or not any(map(_LEGACY_BATCHED, tensors)))
 
 
@@ -104,15 +109,18 @@ _LEGACY_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batc
 
 def _lib_for(x: Tensor, *others: Tensor):
     """The library when ``x`` (and ``others``, same layout) can go through the kernels, else ``None``."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled() or not plain(x, *others):
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None  # the kernels write through data_ptr(), which a trace would not record
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled():
         return None
+    tensors = (x, *others)
+    if not all(type(t) in _PLAIN for t in tensors) or not _own_memory(tensors):
+        return None  # (plain's tests, without its second question to the compiler)
     if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
         return None
     for t in others:
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.shape != x.shape or t.stride() != x.stride():
             return None
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return None  # the kernels write through data_ptr(), which a trace would not record
     # (torch.func's wrapped tensors, which have no data, never come here: the estimators test under_functorch)
     return _LIB.get()
 

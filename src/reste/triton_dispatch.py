@@ -153,7 +153,7 @@ def sign(x: Tensor) -> Tensor | None:
     if x.requires_grad and torch.is_grad_enabled():
         return None
     k = _kernels_for(x)
-    return None if k is None else _launch(lambda: k.sign(x), x)
+    return None if k is None else _launch(lambda: k.sign_trusted(x), x)
 
 
 def _tensor_params_ok(x: Tensor, params: dict[str, Any]) -> bool:
@@ -171,7 +171,7 @@ def backward(kind: str, x: Tensor, grad: Tensor, **params: Any) -> Tensor | None
     k = _kernels_for(x, grad)
     if k is None or kind not in k.KINDS:
         return None
-    return _launch(lambda: k.backward(kind, x, grad, **params), x)
+    return _launch(lambda: k.backward_trusted(kind, x, grad, **params), x)
 
 
 # ----------------------------------------------------------- binary weights, fused
@@ -187,7 +187,7 @@ class _ScaledSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, w: Tensor, kernels: ModuleType, kind: str, groups: int, params: dict,
                 reference: Callable[[Tensor], Tensor], dtype: torch.dtype) -> Tensor:
-        y, partials = kernels.scaled_sign(w, groups, dtype)
+        y, partials = kernels.scaled_sign_trusted(w, groups, dtype)
         ctx.save_for_backward(w, partials)
         ctx.kernels, ctx.kind, ctx.groups, ctx.params, ctx.reference = kernels, kind, groups, params, reference
         return y
@@ -200,7 +200,7 @@ class _ScaledSign(torch.autograd.Function):
         # has no memory for the kernels to read, review triton #6)
         if not torch.is_grad_enabled() and fused.plain(grad):
             k = ctx.kernels
-            dw = _launch(lambda: k.scaled_sign_backward(ctx.kind, w, grad, partials, ctx.groups, ctx.params), w)
+            dw = _launch(lambda: k.scaled_sign_backward_trusted(ctx.kind, w, grad, partials, ctx.groups, ctx.params), w)
         if dw is None:
             create_graph = torch.is_grad_enabled()
             with torch.enable_grad():
@@ -225,5 +225,5 @@ def scaled_sign(w: Tensor, kind: str, groups: int, reference: Callable[[Tensor],
         return None  # w is computed from other tensors: keep the plain autograd graph
     dtype = autocast_dtype(w)
     if not (torch.is_grad_enabled() and w.requires_grad):
-        return _launch(lambda: k.scaled_sign(w, groups, dtype)[0], w)
+        return _launch(lambda: k.scaled_sign_trusted(w, groups, dtype)[0], w)
     return _launch(lambda: _ScaledSign.apply(w, k, kind, groups, params, reference, dtype), w)

@@ -49,7 +49,8 @@ try:  # CUDA's accurate math library; the interpreter has no implementation of i
 except ImportError:  # pragma: no cover - every Triton 3 ships it
     libdevice = None
 
-__all__ = ["DTYPES", "INTERPRETED", "KINDS", "backward", "scaled_sign", "scaled_sign_backward", "sign"]
+__all__ = ["DTYPES", "INTERPRETED", "KINDS", "backward", "backward_trusted", "scaled_sign", "scaled_sign_backward",
+           "scaled_sign_backward_trusted", "scaled_sign_trusted", "sign", "sign_trusted"]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024  # elements per program (8 per thread of 4 warps)
@@ -371,6 +372,12 @@ def _check(who: str, x: Tensor, grad: Tensor | None = None, groups: int | None =
 def sign(x: Tensor) -> Tensor:
     """sign(x) with sign(0) = +1 and NaN kept, one pass; any float dtype of :data:`DTYPES`, any layout."""
     _check("sign", x)
+    return sign_trusted(x)
+
+
+def sign_trusted(x: Tensor) -> Tensor:
+    """:func:`sign` without its checks of the input, for :mod:`reste.triton_dispatch`, which made them already (each
+    ``*_trusted`` entry saves about a microsecond per launch on the host-bound eager GPU step)."""
     if not _dense(x):
         x = x.contiguous()
     y = torch.empty_like(x)
@@ -383,6 +390,11 @@ def sign(x: Tensor) -> Tensor:
 def backward(kind: str, x: Tensor, grad: Tensor, **params) -> Tensor:
     """``grad * g(x)`` of estimator ``kind`` with its ``params()``, one pass, in x's dtype and layout."""
     _check("backward", x, grad)
+    return backward_trusted(kind, x, grad, **params)
+
+
+def backward_trusted(kind: str, x: Tensor, grad: Tensor, **params) -> Tensor:
+    """:func:`backward` without its checks of the inputs (see :func:`sign_trusted`)."""
     scalars, count, o = _scalars(kind, params)
     if not _dense(x):
         x = x.contiguous()
@@ -414,6 +426,11 @@ def scaled_sign(w: Tensor, groups: int, dtype: torch.dtype | None = None) -> tup
     float32 and rounded once to ``dtype`` (default: w's). ``partials`` (the sums of abs(w) by block) is
     what :func:`scaled_sign_backward` needs."""
     _check("scaled_sign", w, groups=groups)
+    return scaled_sign_trusted(w, groups, dtype)
+
+
+def scaled_sign_trusted(w: Tensor, groups: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`scaled_sign` without its checks of the inputs (see :func:`sign_trusted`)."""
     if not _dense(w):
         w = w.contiguous()
     partials, size, nblocks, chunks = _partials(w, groups)
@@ -431,6 +448,13 @@ def scaled_sign_backward(kind: str, w: Tensor, grad: Tensor, partials: Tensor, g
     mean(abs(w)) per group): g(w) grad alpha + sgn(w) sum(grad sign(w)) / size, in two launches, in w's
     dtype; ``grad`` may be of another float dtype (the 16-bit one of autocast)."""
     _check("scaled_sign_backward", w, grad, groups)
+    return scaled_sign_backward_trusted(kind, w, grad, partials, groups, params)
+
+
+def scaled_sign_backward_trusted(kind: str, w: Tensor, grad: Tensor, partials: Tensor, groups: int,
+                                 params: dict) -> Tensor:
+    """:func:`scaled_sign_backward` without the checks of :func:`_check` (see :func:`sign_trusted`); ``partials``
+    is still checked, as it is cheap next to the two launches."""
     scalars, count, o = _scalars(kind, params)
     if not _dense(w):
         w = w.contiguous()
