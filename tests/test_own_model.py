@@ -18,28 +18,17 @@ from reste import hparams
 from reste.estimators import ScheduleWarning
 from reste.optim import Bop, split_binary
 
+from estimator_checks import TableLess
+
 
 def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 16), nn.BatchNorm1d(16), nn.Linear(16, 4))
 
 
-class _Scaled(reste.Estimator):
+class _Scaled(TableLess):
     """A constructor of its own and no hyper-parameter table: it cannot give a spec."""
 
     name = "scaled_ownmodel"
-
-    def __init__(self, width: float = 1.0) -> None:
-        super().__init__()
-        self.width = width
-
-    def _g(self, x, **p):
-        return (x.abs() <= self.width).to(x.dtype)
-
-    def _f(self, x, **p):
-        return x.clamp(-self.width, self.width)
-
-    def params(self):
-        return {}
 
 
 class _Wide(reste.STE):
