@@ -121,24 +121,30 @@ def saved_position(run_dir: str | os.PathLike) -> tuple[int, int, int] | None:
         ckpt = load_checkpoint(path)
     except (UsageError, OSError, RuntimeError):
         return None
+    return _position(ckpt)
+
+
+def _position(ckpt: Any) -> tuple[int, int, int] | None:
+    """(epochs, batches of the next, processes) as a loaded checkpoint records them (no step: 0; no world size, as
+    before torchrun runs recorded it: 1); None where they are not whole numbers."""
     if not isinstance(ckpt, dict):
         return None
     epoch, step, world = ckpt.get("epoch"), ckpt.get("step") or 0, ckpt.get("world_size") or 1
-    return (epoch, step, world) if all(isinstance(v, int) for v in (epoch, step, world)) else None
+    return (epoch, step, world) if all(type(v) is int for v in (epoch, step, world)) and world >= 1 else None
 
 
 def _saved_world(run_dir: str | os.PathLike) -> int | None:
     """The processes that trained the run, as its ``last.pt`` records them, read without its tensors (memory-mapped,
     not read: a finished ImageNet run's is large); None where that cannot be read (its integrity is for the resume
-    to check)."""
+    to check, and :func:`saved_position` reads the whole file to check it)."""
     import torch
 
     try:
         ckpt = torch.load(last_checkpoint(run_dir), map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # noqa: BLE001 - missing, damaged, not a zip: not told here
         return None
-    world = ckpt.get("world_size") if isinstance(ckpt, dict) else None
-    return world if type(world) is int and world >= 1 else None
+    position = _position(ckpt)
+    return position[2] if position is not None else None
 
 
 def show_run(run_dir: str | os.PathLike) -> str:
