@@ -106,3 +106,26 @@ def test_models_create_takes_the_two_sets_apart():
         models.create("resnet20_1w1a", estimator="ste", clip=1.0, estimator_options={"clip": 2.0})
     with pytest.raises(ValueError, match="bad hyper-parameters for estimator 'ste'"):
         models.create("resnet20_1w1a", estimator="ste", estimator_options={"width": 8})
+
+
+def test_structure_damage_finds_a_file_cut_short_or_replaced_from_its_end(tmp_path):
+    """(review chaos2 #2) `reste show SWEEP_DIR` reads a stopped run's last.pt only as far as its zip's central
+    directory: a file cut anywhere, or other bytes, is damaged; a changed byte inside needs the whole read."""
+    from reste.checkpoint import damage, save_checkpoint, structure_damage
+
+    path = tmp_path / "last.pt"
+    blob = save_checkpoint({"epoch": 3, "model": {"w": torch.arange(5000.0)}}, path)
+    assert structure_damage(path) is None and damage(path) is None
+    assert structure_damage(FIXTURE / "last.pt") is None  # format 2
+    for cut in (10, len(blob) // 2, len(blob) - 90, len(blob) - 1):  # (-1, -90: inside the zip's comment)
+        path.write_bytes(blob[:cut])
+        assert structure_damage(path) is not None and damage(path) is not None
+        with pytest.raises(UsageError, match="corrupted|truncated"):
+            load_checkpoint(path)
+    path.write_bytes(b"\0" * 100)
+    assert structure_damage(path) == "not a PyTorch zip file"
+    changed = bytearray(blob)
+    changed[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(changed))
+    assert structure_damage(path) is None and damage(path) == "SHA-256 mismatch"
+    assert structure_damage(tmp_path / "gone.pt") == "missing"

@@ -149,6 +149,7 @@ def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
     best = json.loads((runs["lr=0.05", 0] / METRICS).read_text().splitlines()[0])["test_acc"]
     (runs["lr=0.05", 1] / METRICS).write_text("")  # stopped before its first epoch ended
     shutil.rmtree(runs["lr=0.1", 0])  # not started
+    (runs["lr=0.1", 1] / METRICS).write_text("")  # diverged inside its first epoch (a finished run's record is stray)
     rundir.record_divergence(runs["lr=0.1", 1], 1, 7)
     (runs["lr=0.2", 0] / "config.json").write_text("{")
     with rundir.folder_lock(runs["lr=0.2", 1], rundir.LOCK_NAME, "a run", "wait"), \
@@ -163,7 +164,7 @@ def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
     assert lines[2] == f"  lr=0.05  seed 0: finished, best {best:.2f}% at epoch 1"
     assert lines[3] == "           seed 1: 0 of 1 epochs: stopped"
     assert lines[4] == "  lr=0.1   seed 0: not started"
-    assert lines[5] == "           seed 1: it diverged (non-finite loss at epoch 1, step 7) after 1 of 1 epochs"
+    assert lines[5] == "           seed 1: it diverged (non-finite loss at epoch 1, step 7) after 0 of 1 epochs"
     assert lines[6].startswith("  lr=0.2   seed 0: damaged: ") and "config.json is corrupted" in lines[6]
     assert lines[7].startswith(f"           seed 1: 1 of 1 epochs: training now (pid {os.getpid()})")
     assert not any(line.startswith("continue") for line in lines)  # the sweep runs: it continues them itself
@@ -397,6 +398,11 @@ def test_a_failed_sweep_run_is_named_by_show_and_report_until_it_trains_again(tm
     rundir.record_failure(good, "UsageError: it already holds a run")  # (review rev12 #7) a second sweep's start
     assert main(["show", str(out)]) == 0  # on a run another sweep (a shared --runs-dir) had just finished
     assert capsys.readouterr().out.splitlines()[1] == "progress   1 finished, 1 failed"
+    (good / "diverged.json").write_text("[1,2")  # (review chaos2 #6) a damaged record beside a finished run: show
+    assert main(["show", str(out)]) == 0  # called it diverged, the sweep and the report finished
+    assert capsys.readouterr().out.splitlines()[1] == "progress   1 finished, 1 failed"
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert "model=digits_1w1a seed 0" not in capsys.readouterr().out  # (not left out)
     assert main(["train", "--out", str(failed), "--epochs", "1", "--threads", "1", "--no-progress"]) == 0
     assert not (failed / "failed.json").exists()  # the record goes where the run starts again (a sweep too)
 

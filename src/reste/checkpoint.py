@@ -234,7 +234,7 @@ def _verify(blob: bytes) -> bool | str:
     n = len(_SHA_TAG) + 64
     comment_at = len(blob) - n
     if comment_at < _EOCD.size or blob[comment_at:comment_at + len(_SHA_TAG)] != _SHA_TAG:
-        return False
+        return "its checksum record is damaged" if _checksum_cut(blob) else False
     eocd = comment_at - _EOCD.size
     if blob[eocd:eocd + 4] != b"PK\x05\x06" or struct.unpack_from("<H", blob, comment_at - 2)[0] != n:
         return "its checksum record is damaged"
@@ -242,6 +242,14 @@ def _verify(blob: bytes) -> bool | str:
     if hashlib.sha256(raw).hexdigest().encode() != blob[comment_at + len(_SHA_TAG):]:
         return "SHA-256 mismatch"
     return True
+
+
+def _checksum_cut(blob: bytes) -> bool:
+    """Whether ``blob`` (a file, or its last bytes) ends in the start of a checksum record that is not whole: a file
+    cut inside its zip comment, which the zip reader takes without a word."""
+    n = len(_SHA_TAG) + 64
+    tail = blob[-(n + _EOCD.size):]
+    return _SHA_TAG in tail and tail[-n:-64] != _SHA_TAG
 
 
 def _check_zip_crcs(blob: bytes) -> str | None:
@@ -268,6 +276,28 @@ def damage(path: str | os.PathLike) -> str | None:
         return verified
     if verified is False:
         return _check_zip_crcs(blob) if blob[:2] == b"PK" else "not a PyTorch zip file"
+    return None
+
+
+def structure_damage(path: str | os.PathLike) -> str | None:
+    """What :func:`damage` would say of a checkpoint cut short or replaced by other bytes, found from its zip's
+    central directory alone (a few kB at its end, whatever its size): missing, unreadable, not a zip, truncated.
+    ``None`` says only that its structure is whole: a changed byte inside a member is found by :func:`damage`,
+    which reads it all."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":
+                return "not a PyTorch zip file"
+            f.seek(max(0, os.fstat(f.fileno()).st_size - len(_SHA_TAG) - 64 - _EOCD.size))
+            if _checksum_cut(f.read()):
+                return "its checksum record is damaged"
+            zipfile.ZipFile(f).close()
+    except FileNotFoundError:
+        return "missing"
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as err:
+        return f"{type(err).__name__}: {str(err)[:80]}"
+    except OSError as err:
+        return err.strerror or type(err).__name__
     return None
 
 

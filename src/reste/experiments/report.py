@@ -104,9 +104,10 @@ def recorded_end(run_dir: Path) -> tuple[str, str] | None:
 
 def lost_last(run_dir: Path, read: bool = True) -> str | None:
     """Why a sweep cannot continue the unfinished run in ``run_dir``: finished epochs, but its ``last.pt`` deleted
-    or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again), or,
-    with ``read`` (the whole file is read: seconds for an ImageNet run's), damaged; None where a resume can go on."""
-    from ..checkpoint import damage
+    or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again), or
+    damaged: with ``read``, the whole file is read (seconds for an ImageNet run's); without, only its zip structure
+    (a file cut short or replaced: ``reste.checkpoint.structure_damage``). None where a resume can go on."""
+    from ..checkpoint import damage, structure_damage
     from ..resumption import check_last_kept
 
     try:
@@ -115,8 +116,9 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
         return (f"{run_dir} has finished epochs but no {LAST} (deleted or lost), so it cannot continue; delete its "
                 "folder to train it again")
     last = Path(run_dir) / LAST
-    if read and os.access(last, os.R_OK):  # (one this user cannot read is a matter of its mode, not of its bytes)
-        problem = damage(last)  # truncated, a checksum that does not match: every rerun failed on it (review chaos #3)
+    if os.access(last, os.R_OK):  # (one this user cannot read is a matter of its mode, not of its bytes)
+        # truncated, a checksum that does not match: every rerun failed on it (review chaos #3; chaos2 #2: show too)
+        problem = damage(last) if read else structure_damage(last)
         if problem not in (None, "missing"):
             return f"its {last} is damaged ({problem}), so it cannot continue; delete its folder to train it again"
     return None

@@ -42,14 +42,15 @@ def _run_status(run_dir: Path, epochs: int | None = None, key: str | None = None
     if summary["lost_epochs"]:  # which the sweep leaves out (report.run_status), not "stopped", which it continues
         return {**entry, "state": "damaged", "why": missing_line(run_dir, summary["lost_epochs"][0])}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
-    # (its last.pt is not read: a line per run of many, review rev16 #7; a damaged one the sweep finds)
+    # (its last.pt's zip structure alone is read: a line per run of many, review rev16 #7, chaos2 #2; a changed byte
+    # inside it the sweep finds)
     lost = lost_last(run_dir, read=False) if state in ("stopped", "training or stopped") else None
     if lost:  # which the sweep leaves out, as damaged: no resume can continue it
         return {**entry, "state": "damaged", "why": lost, "epochs_done": summary["epochs_done"],
                 "epochs": summary["config"]["epochs"], "best": summary["best"]}
     record = recorded_end(run_dir) if state != "training" else None  # (a run training again is training)
-    if record and record[0] == "failed" and state == "finished":  # another sweep finished it (a shared --runs-dir)
-        record = None
+    if record and state == "finished":  # every epoch logged: finished, as the sweep and the report count it (review
+        record = None  # chaos2 #6: a stray or damaged diverged.json; a failed.json where another sweep finished it)
     entry.update(epochs_done=summary["epochs_done"], epochs=summary["config"]["epochs"], pid=summary["pid"],
                  best=summary["best"], state=record[0] if record else state, why=record[1] if record else None)
     return entry
