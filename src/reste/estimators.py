@@ -289,14 +289,43 @@ def _fast_backward(kind: str | None, cpu: Callable[..., "Tensor | None"] | None,
     return run
 
 
+def _sign_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    """grad * g(x), by ``ctx.fast`` where it takes the tensors (a fused kernel), else by the PyTorch expression."""
+    (x,) = ctx.saved_tensors
+    if ctx.fast is not None:
+        out = ctx.fast(x, grad)
+        if out is not None:
+            return out, None, None
+    g = ctx.g(_compute_dtype(x))  # a fresh tensor: safe to update in place (not under vmap, nor for
+    # is_grads_batched's grad: both batched, review triton #6)
+    if g.dtype == grad.dtype and not fused.under_functorch() and fused.plain(grad):
+        return g.mul_(grad), None, None
+    return (g * grad).to(grad.dtype), None, None
+
+
 class _SignFunction(torch.autograd.Function):
     """Forward sign (0 -> +1); backward grad * g(x) with g frozen at forward time.
 
     ``fast(x, grad)``, where given, is a fused kernel for the same product; it
     returns ``None`` for inputs it does not take (the PyTorch expression runs).
-    With ``setup_context`` apart from ``forward`` it also runs under ``torch.func`` (``grad``, ``vmap``: per-sample
-    gradients), where the fused kernels step aside.
+    This is the eager node: its forward takes ``ctx``, because for a Function with ``setup_context`` apart PyTorch
+    binds the arguments through ``inspect.signature`` at every call, about 13 µs of host time per node (a binary
+    layer has two), which bounds an eager GPU step. Under ``torch.func`` and the compiler,
+    :class:`_SignFunctionSplit` runs instead.
     """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, g: Callable[[Tensor], Tensor], fast: FusedBackward | None) -> Tensor:
+        ctx.g, ctx.fast = g, fast
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    backward = staticmethod(_sign_backward)
+
+
+class _SignFunctionSplit(torch.autograd.Function):
+    """:class:`_SignFunction` with ``setup_context`` apart from ``forward``, so it also runs under ``torch.func``
+    (``grad``, ``vmap``: per-sample gradients), where the fused kernels step aside, and is traced by the compiler."""
 
     generate_vmap_rule = True
 
@@ -309,28 +338,17 @@ class _SignFunction(torch.autograd.Function):
         x, ctx.g, ctx.fast = inputs
         ctx.save_for_backward(x)
 
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        (x,) = ctx.saved_tensors
-        if ctx.fast is not None:
-            out = ctx.fast(x, grad)
-            if out is not None:
-                return out, None, None
-        g = ctx.g(_compute_dtype(x))  # a fresh tensor: safe to update in place (not under vmap, nor for
-        # is_grads_batched's grad: both batched, review triton #6)
-        if g.dtype == grad.dtype and not fused.under_functorch() and fused.plain(grad):
-            return g.mul_(grad), None, None
-        return (g * grad).to(grad.dtype), None, None
+    backward = staticmethod(_sign_backward)
 
 
-class _SignFunctionForward(_SignFunction):
-    """:class:`_SignFunction` with forward mode too (``torch.func.jvp``, ``jacfwd``, ``forward_ad``): the tangent
+class _SignFunctionForward(_SignFunctionSplit):
+    """:class:`_SignFunctionSplit` with forward mode too (``torch.func.jvp``, ``jacfwd``, ``forward_ad``): the tangent
     times g(x), the derivative the backward uses (review math #6: it was sign's own, 0). A class apart: torch.compile
     does not trace a Function that defines ``jvp``."""
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        _SignFunction.setup_context(ctx, inputs, output)
+        _SignFunctionSplit.setup_context(ctx, inputs, output)
         ctx.save_for_forward(inputs[0])
 
     @staticmethod
@@ -357,7 +375,7 @@ def reference_backward(kind: str, x: Tensor, grad: Tensor, groups: int, params: 
     create_graph = torch.is_grad_enabled() and x.requires_grad
     with torch.enable_grad():
         w = x if x.requires_grad else x.detach().requires_grad_()
-        y = _SignFunction.apply(w, lambda v: g(v, **params), None) * w.abs().mean(dim=dims, keepdim=groups > 1)
+        y = _SignFunctionSplit.apply(w, lambda v: g(v, **params), None) * w.abs().mean(dim=dims, keepdim=groups > 1)
         (dw,) = torch.autograd.grad(y, w, grad.to(y.dtype), create_graph=create_graph)
     return dw
 
@@ -513,7 +531,7 @@ class Estimator(nn.Module):
             return sign(x)
         p, kind = self.params(), self._kernel_kind()
         if torch.compiler.is_compiling():  # the compiler fuses the PyTorch expression itself
-            return _SignFunction.apply(x, lambda z: self._g(z, **p), None)
+            return _SignFunctionSplit.apply(x, lambda z: self._g(z, **p), None)
         if _forward_mode():  # torch.func's wrappers, forward_ad's duals: no kernel
             return _SignFunctionForward.apply(x, lambda z: self._g(z, **p), None)
         y = cuda_ext.binary_sign(kind, x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
@@ -538,7 +556,8 @@ class Estimator(nn.Module):
 
         def reference(z: Tensor) -> Tensor:
             dims = tuple(range(z.dim())) if groups == 1 else tuple(range(1, z.dim()))
-            return _SignFunction.apply(z, lambda v: self._g(v, **p), None) * z.abs().mean(dim=dims, keepdim=groups > 1)
+            scale = z.abs().mean(dim=dims, keepdim=groups > 1)
+            return _SignFunctionSplit.apply(z, lambda v: self._g(v, **p), None) * scale
 
         return triton_dispatch.scaled_sign(w, kind, groups, reference, p)
 
