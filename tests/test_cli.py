@@ -28,6 +28,28 @@ def test_train_then_eval(capsys, tmp_path):
     assert top1 == stored and top1 == final.group(3)
 
 
+def test_eval_takes_threads(capsys, tmp_path, monkeypatch):
+    """(review docs, suggestion) The README's first commands advise `--threads 1`, which eval refused; by default
+    it keeps the run's own count (its logged accuracy to the bit), and it puts torch's back after."""
+    import torch
+
+    from cli_checks import one_line_error
+
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "2"]) == 0
+    capsys.readouterr()
+    asked, before = [], torch.get_num_threads()
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (asked.append(n), real(n))[1])
+    assert main(["eval", str(out), "--threads", "1", "--device", "cpu"]) == 0
+    assert asked[0] == 1 and torch.get_num_threads() == before
+    asked.clear()
+    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    assert asked[0] == 2
+    capsys.readouterr()
+    assert "--threads must be in [1, " in one_line_error(capsys, "eval", str(out), "--threads", "0")
+
+
 def test_resume_a_finished_run_does_nothing(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0

@@ -187,7 +187,7 @@ def write_fashion(folder: Path, n_train=50, n_test=20, gz=True, seed=0) -> dict:
 @pytest.mark.parametrize("gz", [True, False])
 def test_fashion_mnist_from_idx_files(tmp_path, gz):
     arrays = write_fashion(tmp_path, gz=gz)
-    train, test, info = load_datasets("fashion-mnist", tmp_path)
+    train, test, info = load_datasets("fashion-mnist", tmp_path, augment=True)
     assert info == DatasetInfo("fashion-mnist", 10, (1, 28, 28), 50, 20, D.FASHION_MNIST_CLASSES)
     assert train.images.shape == (50, 1, 28, 28) and train.images.dtype == torch.float32
     assert torch.equal(train.labels, torch.arange(50) % 10) and train.labels.dtype == torch.int64
@@ -211,6 +211,8 @@ def test_fashion_mnist_from_idx_files(tmp_path, gz):
 
     plain, _, _ = load_datasets("fashion-mnist", tmp_path, augment=False)
     assert plain.augment is None
+    recipe, _, _ = load_datasets("fashion-mnist", tmp_path)  # (review docs #4) the recipe's: no augmentation, as
+    assert recipe.augment is None  # `reste train --dataset fashion-mnist` trains on
 
 
 def test_fashion_mnist_torchvision_layout(tmp_path):

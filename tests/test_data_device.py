@@ -146,7 +146,7 @@ def test_fashion_mnist_batches_are_bit_for_bit_those_of_the_float_pipeline(tmp_p
     x_tr, x_te = old("train-images-idx3-ubyte"), old("t10k-images-idx3-ubyte")
     y_tr = torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64))
     y_te = torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
-    train, test, _ = load_datasets("fashion-mnist", tmp_path / "f")
+    train, test, _ = load_datasets("fashion-mnist", tmp_path / "f", augment=True)
     assert train.data.dtype == torch.uint8
     assert torch.equal(train.images, x_tr) and torch.equal(test.images, x_te)
     new_tr, new_te = make_loaders(train, test, batch_size=16, eval_batch_size=5, seed=3)

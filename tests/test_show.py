@@ -451,3 +451,14 @@ def test_show_of_a_run_whose_metrics_lost_lines_says_what_last_pt_holds(tmp_path
             "lines): stopped; `reste train --resume") in out, out
     assert main(["show", str(tmp_path / "cut"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["unlogged"] == [1, 10]
+
+
+def test_shows_help_names_every_state_of_a_sweeps_run(capsys):
+    """(review docs #3) `reste show --help` named five of the states its sweep lines use."""
+    from reste.experiments.status import STATES
+
+    with pytest.raises(SystemExit):
+        main(["show", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for state in STATES:
+        assert all(word in text for word in state.split(" or ")), state

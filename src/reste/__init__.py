@@ -9,11 +9,11 @@ An estimator of your own: one class with ``@reste.register_estimator`` (see ``Es
 and ``Param``); ``reste train --plugin MODULE --estimator NAME`` then trains with it.
 """
 
-from ._lazy import lazy_names
+from ._lazy import lazy_names as _lazy_names
 
 # The names below are imported on first use, so that a deployed model's runtime
 # (``import reste.export.runtime``) does not load the training side.
-__getattr__, __dir__ = lazy_names(__name__, {
+__getattr__, __dir__ = _lazy_names(__name__, {
     "convert": ("binarize",),
     "estimators": ("DSQ", "EDE", "ESTIMATORS", "FDA", "RBNN", "STE", "ApproxSign", "Estimator", "Param", "ReSTE",
                    "SignSwish", "get_estimator", "list_estimators", "register_estimator", "sign"),

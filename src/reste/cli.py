@@ -173,7 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp, download=args.download,
-                            progress=terminal(), log=lambda line: print(line, file=sys.stderr, flush=True))
+                            progress=terminal(), log=lambda line: print(line, file=sys.stderr, flush=True),
+                            threads=args.threads)
     if args.json:  # one object, for a script: no line to parse
         keys = ("model", "dataset", "epoch", "step", "amp", "images", "top1", "top5", "loss", "stored_top1")
         print(json.dumps({**{k: r.get(k) for k in keys}, "seconds": round(time.perf_counter() - start, 3)}))
@@ -283,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data loading processes for image files (default: 1 per usable CPU, up to 8)")
     p.add_argument("--amp", metavar="{" + ",".join(AMP_MODES) + "}",
                    help="autocast of the evaluation (default: the run's own, to reproduce its logged accuracy)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads on the CPU (default: the run's own, to reproduce its logged accuracy to "
+                        "the bit; 1 is best on a busy CPU)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (model, dataset, epoch: the epochs finished, step: the batches of the "
                         "next, 0 at an epoch's end; amp, images, top1, top5, loss, stored_top1, seconds) instead of "
@@ -294,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "while it trains); a sweep's runs",
                        description="Show a run's settings, progress, best and last accuracy and indicators, read "
                                    "from its config.json and metrics.jsonl (also while it trains). Of a sweep's "
-                                   "folder: each run's state (finished, training now, stopped, diverged, not "
-                                   "started), epochs and best top-1 so far.")
+                                   "folder: each run's state (finished, training now, stopped, diverged, "
+                                   "failed, damaged, changed since, not started), epochs and best top-1 so far.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (its --out), or a sweep's")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (run_dir, config, epochs_done, finished, state, pid, best, last, "

@@ -54,8 +54,8 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import models, plugins, resumption
 from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, canonical_estimator,
-                     check_data_path, check_workers, config_from_preset, default_workers, device_named, get_preset,
-                     max_threads, binarization_text, optimizer_text)
+                     check_data_path, check_threads, check_workers, config_from_preset, default_workers, device_named,
+                     get_preset, max_threads, binarization_text, optimizer_text)
 from .datasets import get_spec
 from .data import check_classes, data_device, default_read_from, load_datasets, make_loaders
 from .distributed import await_main, env_rank, env_world_size, init_distributed, is_distributed, job_token, \
@@ -278,9 +278,11 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
 def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None, batch_size: int | None = None,
                         device: str = "auto", workers: int | None = None, amp: str | None = None,
                         download: bool = False, progress: bool = False,
-                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        log: Callable[[str], None] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on its data set's test split; returns the metrics and the stored ones.
-    ``log``: without the bar, a line every few minutes of a long evaluation.
+    ``log``: without the bar, a line every few minutes of a long evaluation. ``threads``: torch's CPU threads on
+    the CPU (by default the run's own, which reproduces its logged accuracy to the bit; another count may round a
+    near-tie pre-activation the other way).
 
     ``amp`` is the autocast of the evaluation: by default the run's own (``--amp``), so the
     result reproduces the test accuracy logged during training; ``"none"`` evaluates in float32.
@@ -291,6 +293,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise UsageError(f"--threads must be a whole number, got {threads!r}")
+    check_threads(threads)
     check_has_checkpoint(path)
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
@@ -321,8 +326,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         model = model.to(memory_format=torch.channels_last)
     with _torch_settings_kept(), cuda_device(dev):
         tune_convolutions(dev)
-        if dev.type == "cpu" and config.threads:
-            torch.set_num_threads(min(config.threads, max_threads()))
+        threads = threads or config.threads
+        if dev.type == "cpu" and threads:
+            torch.set_num_threads(min(threads, max_threads()))
         result = evaluate(model, test_loader, dev, amp, config.channels_last, progress=progress, log=log)
     step = int(ckpt.get("step") or 0)  # a checkpoint taken inside an epoch has no test accuracy of its own
     return {**result, "epoch": ckpt["epoch"], "step": step,

@@ -356,8 +356,8 @@ def clip_weights(model: nn.Module, bound: float = 1.0) -> int:
     ``weight_clip``; BinaryConnect's clipping); call it after each ``optimizer.step()``. A latent weight past
     an estimator's window (STE's clip, ReSTE's t) gets no gradient through it and would stay there. The
     signs are untouched, the layer scale (mean abs weight) may shrink. A frozen weight (``requires_grad=False``: a
-    fine-tuned backbone) is left as it is: clamping it would change its scale, so the frozen layer's outputs (review
-    api, suggestion). Returns the number of layers clipped."""
+    fine-tuned backbone) is left as it is: clamping it would change its scale, and so the outputs of a layer
+    that is not trained. Returns the number of layers clipped."""
     number = real_number(bound)  # a NumPy number or a 0-dim tensor (a value read from a table), as the
     if number is None or not number > 0:  # hyper-parameters take them
         raise ValueError(f"bound must be a number > 0, got {bound!r}")

@@ -56,11 +56,12 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, download: bool = False,
-                  augment: bool = True, in_memory: bool | None = None, train: bool = True):
+                  augment: bool | None = None, in_memory: bool | None = None, train: bool = True):
     """Load a data set: ``(train_ds, test_ds, DatasetInfo)``.
 
-    ``name`` is a name or alias of :mod:`reste.datasets`. ``augment=False`` turns off
-    the train augmentation (digits has none anyway). ``in_memory=True`` asks for
+    ``name`` is a name or alias of :mod:`reste.datasets`. ``augment``: whether the train set is augmented;
+    ``None`` (the default) takes the data set's recipe, as ``reste train`` does (CIFAR-10 and ImageNet yes,
+    Fashion-MNIST no; digits has none to give). ``in_memory=True`` asks for
     :class:`InMemoryDataset` s of uint8 pixels, which :func:`~reste.data.make_loaders` can put on
     the training device: digits and Fashion-MNIST are always loaded so, CIFAR-10
     only when asked (by default it is served as PIL images through torchvision
@@ -74,6 +75,8 @@ def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, down
     spec = get_spec(name)
     if in_memory and not spec.fits_in_memory:
         raise UsageError(f"{spec.name} does not fit in memory; it is read from files by DataLoader workers")
+    if augment is None:  # (review docs #4: True, whatever the recipe, gave Fashion-MNIST crops and flips)
+        augment = bool(spec.defaults["augment"])
     return spec.load(data_path, download=download, augment=augment, in_memory=in_memory, train=train)
 
 

@@ -19,9 +19,9 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "sweep", help="train a grid of settings over several seeds; tables and figures of the results",
-        usage="%(prog)s --out DIR --grid KEY=V1,V2,... [--seeds S1,S2,...] [flags of reste train]",
+        usage="%(prog)s --out DIR [--grid KEY=V1,V2,...] [--seeds S1,S2,...] [flags of reste train]",
         description="Train every combination of the --grid axes for every seed (finished runs are skipped, "
-                    "partial ones resumed), then write results.md/.csv, runs.csv and figures into --out. "
+                    "partial ones resumed), then write results.md/.csv, runs.csv, epochs.csv and figures into --out. "
                     "The other flags are those of `reste train` and fix the settings that do not vary. "
                     f"Example: {SWEEP_EXAMPLE}",
     )

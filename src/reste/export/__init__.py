@@ -15,7 +15,7 @@ The names are imported on first use, so that ``import reste.export.runtime`` (th
 inference side) loads neither torch.fx tracing nor the training code.
 """
 
-from .._lazy import lazy_names
+from .._lazy import lazy_names as _lazy_names
 
 _SOURCES = {
     "exporter": ("export_model", "format_report", "size_report", "read_header", "unpack_state"),
@@ -28,4 +28,4 @@ _SOURCES = {
     "runtime": ("PackedModel",),
 }
 __all__ = [name for names in _SOURCES.values() for name in names]
-__getattr__, __dir__ = lazy_names(__name__, _SOURCES, globals())
+__getattr__, __dir__ = _lazy_names(__name__, _SOURCES, globals())

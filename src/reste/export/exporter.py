@@ -122,7 +122,7 @@ def export_model(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     meta: dict[str, Any] | None = None,
     verify: bool = True,
 ) -> dict[str, Any]:
