@@ -2047,7 +2047,14 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
         assert main(["plot", str(out), "--setting", "estimator=reste", "--setting", "seed=0", "--out",
                      str(tmp_path / "r.png")]) == 0
         assert drawn[-1] == ([reste_], ["estimator=reste seed 0"]) and _is_png(tmp_path / "r.png")
+        # (review experiments #1) an estimator by any of its names, as the sweep takes it: larq's ste_sign, any case
+        assert main(["plot", str(out), "--setting", "estimator=STE_sign", "--out", str(tmp_path / "r.png")]) == 0
+        assert drawn[-1] == ([ste], ["estimator=ste seed 0"])
         capsys.readouterr()
+        # (review experiments #3) a sweep given twice, or a run beside its sweep: each run drawn once, and said
+        assert main(["plot", str(out), str(out), str(reste_), "--out", str(tmp_path / "r.png")]) == 0
+        assert [d for d in drawn[-1][0]] == [ste, reste_]
+        assert "plot: 2 runs given more than once (overlapping targets" in capsys.readouterr().out
         # (review newuser #2) a listed value no run has is said, not a curve silently absent
         assert main(["plot", str(out), "--setting", "estimator=reste,dsq", "--out", str(tmp_path / "r.png")]) == 0
         assert f"plot: no run of the sweep in {out} has estimator=dsq beside" in capsys.readouterr().out
@@ -2056,6 +2063,12 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
         assert main(["plot", str(out)]) == 0
         assert "plot: 1 of the sweep's 2 runs has no finished epoch yet; left out" in capsys.readouterr().out
         assert drawn[-1][0] == [reste_]
+        from reste import rundir  # (review experiments #2) one that diverged in it will never have one: not "yet"
+        rundir.record_divergence(ste, 1, 3)
+        assert main(["plot", str(out)]) == 0
+        assert ("plot: 1 of the sweep's 2 runs diverged before their first epoch ended (the sweep does not train them "
+                "again); left out") in capsys.readouterr().out
+        (ste / "diverged.json").unlink()
         mp.chdir(tmp_path)  # several runs' figure goes to ./curves.png: here, not into the repository
         assert main(["plot", str(reste_), str(out)]) == 0  # a run beside a sweep: labelled by what differs
         assert drawn[-1][1] is None and _is_png(tmp_path / "curves.png")

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..checkpoint import atomic_write
-from ..config import PRESETS, TrainConfig, config_from_preset
+from ..config import PRESETS, TrainConfig, canonical_estimator, config_from_preset
+from ..datasets import get_spec
 from ..errors import UsageError, parse_json
 from ..wording import count
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
@@ -359,14 +360,28 @@ def kept_row(earlier: dict[tuple[str, int], dict[str, Any]], key: tuple[str, int
     return row
 
 
-def _matches(value: Any, text: str) -> bool:
-    """Whether a setting's ``value`` is the one a user wrote as ``text`` (``o_end=10`` for 10.0, ``1e-3`` for 0.001)."""
+def _matches(value: Any, text: str, axis: str = "") -> bool:
+    """Whether a setting's ``value`` is the one a user wrote as ``text`` (``o_end=10`` for 10.0, ``1e-3`` for 0.001;
+    an estimator or a data set by any of its names, as the sweep takes them: ``sign_swish`` for ``SignSwish``)."""
+    if axis in _NAMED:
+        value, text = _NAMED[axis](str(value)), _NAMED[axis](text)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value).lower() == text.lower()
     try:
         return float(text) == value
     except ValueError:
         return False
+
+
+def _dataset_name(name: str) -> str:
+    try:
+        return get_spec(name).name
+    except UsageError:  # (a plugin's, not loaded here: as written)
+        return name
+
+
+# grid axes whose values have several names, each to its registered one (review experiments #1)
+_NAMED: dict[str, Callable[[str], str]] = {"estimator": canonical_estimator, "dataset": _dataset_name}
 
 
 def is_sweep_folder(path: str | os.PathLike) -> bool:
@@ -412,7 +427,7 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
             "indicators")
         for seed in s["runs"]:
             values = {**s["values"], "seed": int(seed)}
-            if all(any(_matches(values.get(k), v) for v in texts) for k, texts in wanted.items()):
+            if all(any(_matches(values.get(k), v, k) for v in texts) for k, texts in wanted.items()):
                 chosen.append((run_folder(out, s, seed), f"{s['label']} seed {seed}", folder_name(s["runs"][seed]),
                                int(seed), key, mode))
                 chosen_values.append(values)
@@ -422,12 +437,13 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
         raise UsageError(f"no run of the sweep in {out} has {' '.join(where)} (its settings: {labels}; seeds "
                          f"{', '.join(map(str, manifest['seeds']))})")
     missing = [f"{k}={v}" for k, texts in wanted.items() for v in texts
-               if not any(_matches(values.get(k), v) for values in chosen_values)]
+               if not any(_matches(values.get(k), v, k) for values in chosen_values)]
     if missing and log:  # one value of a list that no run has (a typo): said, not a curve silently absent (newuser #2)
         log(f"plot: no run of the sweep in {out} has {', '.join(missing)} beside the other --setting values; "
             "the others are drawn")
     dirs: list[tuple[Path, str, list[dict[str, Any]] | None, str | None]] = []
     unstarted, from_table, gone, other = 0, 0, 0, 0  # (other: damaged or changed, each said on its own line)
+    ended = {"diverged": 0, "failed": 0}  # runs a sweep recorded, ended before their first epoch
     earlier = earlier_rows(out)
     for d, label, folder, seed, key, mode in chosen:
         try:
@@ -459,6 +475,8 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
             from_table += 1
         elif row.get("best_acc") is not None:  # finished and reported, its folder gone since: not "no epoch yet"
             gone += 1
+        elif recorded_end(d):  # (review experiments #2) diverged or failed before its first epoch: not "yet"
+            ended[recorded_end(d)[0]] += 1
         else:
             unstarted += 1
     if from_table and log:
@@ -471,8 +489,14 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
     if unstarted and log:
         log(f"plot: {unstarted} of the sweep's {len(chosen)} runs {'has' if unstarted == 1 else 'have'} no finished "
             "epoch yet; left out")
+    ended_text = {"diverged": "diverged before their first epoch ended (the sweep does not train them again)",
+                  "failed": "failed before their first epoch ended (the sweep trains them again)"}
+    for state, n in ended.items():
+        if n and log:
+            log(f"plot: {n} of the sweep's {len(chosen)} runs {ended_text[state]}; left out")
     if not dirs:
         parts = [f"{n} {what}" for n, what in ((unstarted, "with no finished epoch yet"),
+                                               (ended["diverged"], "diverged"), (ended["failed"], "failed"),
                                                (gone, "finished, whose folders are gone"),
                                                (other, "damaged or changed")) if n]
         why = (f"no run of the sweep in {out}{' with ' + ' '.join(where) if where else ''} " +
@@ -504,14 +528,38 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
             if Path(t) in sweeps else [(Path(t), "", None, None)]
     if not runs:
         raise UsageError(f"none of the {len(targets)} sweeps given has a run with epochs to draw (see the lines above)")
+    runs = _once(runs, log)
     if out is None and len(targets) == 1 and sweeps:
         out = sweeps[0] / CURVES
+    elif out is None and len(targets) > 1:  # several targets' figure: here, even where they hold one run between them
+        out = Path(CURVES)
     # runs of sweeps alone are named as the sweep names them ("o_end=10 seed 0"), else by the settings that differ
     labels = [s for _, s, _, _ in runs] if len(sweeps) == len(targets) else None
     if labels is None and any(m is not None for _, _, m, _ in runs):  # a gone run has no config.json to tell its
         labels = [s or d.name for d, s, _, _ in runs]  # settings by: the sweep's names, a run's folder (rev12 #6)
     return plotting.plot_runs([d for d, _, _, _ in runs], out, labels, [m for _, _, m, _ in runs],
                               modes=[mode for _, _, _, mode in runs])
+
+
+def _once(runs: list[tuple[Path, str, Any, Any]],
+          log: Callable[[str], None] | None) -> list[tuple[Path, str, Any, Any]]:
+    """``runs`` with each run folder once, under its first name (review experiments #3: two sweeps sharing a
+    --runs-dir are the same runs, and a run given beside its sweep, or a target given twice, was drawn twice)."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    kept = []
+    for run in runs:
+        where = os.path.realpath(run[0])
+        if where in seen:
+            repeated.add(where)
+        else:
+            seen.add(where)
+            kept.append(run)
+    if repeated and log:
+        twice = len(repeated)
+        log(f"plot: {count(twice, 'run')} given more than once (overlapping targets, or sweeps sharing a --runs-dir) "
+            f"{'is' if twice == 1 else 'are'} drawn once")
+    return kept
 
 
 def _setting_key(s: dict[str, Any]) -> str | None:
