@@ -117,11 +117,19 @@ def test_structure_damage_finds_a_file_cut_short_or_replaced_from_its_end(tmp_pa
     blob = save_checkpoint({"epoch": 3, "model": {"w": torch.arange(5000.0)}}, path)
     assert structure_damage(path) is None and damage(path) is None
     assert structure_damage(FIXTURE / "last.pt") is None  # format 2
-    for cut in (10, len(blob) // 2, len(blob) - 90, len(blob) - 1):  # (-1, -90: inside the zip's comment)
-        path.write_bytes(blob[:cut])
-        assert structure_damage(path) is not None and damage(path) is not None
+    comment = len(blob) - 77  # (its 77 bytes: "reste-sha256:" and 64 hex digits; before them the 22-byte record)
+    for cut in (10, len(blob) // 2, comment - 10, comment, comment + 5, comment + 12, comment + 13, len(blob) - 1):
+        path.write_bytes(blob[:cut])  # (review diff12 #1: a cut that kept under 13 comment bytes passed as whole)
+        assert structure_damage(path) is not None and damage(path) is not None, cut - comment
         with pytest.raises(UsageError, match="corrupted|truncated"):
             load_checkpoint(path)
+    at = blob.find(b"PK\x01\x02")  # (review diff12 #3) a central directory entry's "version needed" byte changed:
+    version = bytearray(blob)  # zipfile's NotImplementedError escaped, and `reste show SWEEP_DIR` failed whole
+    version[at + 6] = 97
+    path.write_bytes(bytes(version))
+    assert structure_damage(path).startswith("NotImplementedError: ") and damage(path) is not None
+    with pytest.raises(UsageError, match="corrupted|truncated"):
+        load_checkpoint(path)
     path.write_bytes(b"\0" * 100)
     assert structure_damage(path) == "not a PyTorch zip file"
     changed = bytearray(blob)

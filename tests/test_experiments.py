@@ -1183,13 +1183,19 @@ def test_a_stopped_run_whose_last_pt_is_gone_is_left_out_as_damaged(tmp_path, ca
     capsys.readouterr()
     assert main(argv) == 1
     out = capsys.readouterr().out
-    assert f"[1/1] estimator=ste seed 0: LEFT OUT: its {run / 'last.pt'} is damaged (" in out, out
+    assert f"[1/1] estimator=ste seed 0: LEFT OUT: checkpoint {run / 'last.pt'} is truncated or corrupted (" in out
     assert "delete its folder to train it again" in out and not (run / "failed.json").exists()
     # (review chaos2 #2) show called it "stopped" and said the same sweep would train it: its zip structure tells
     assert main(["show", str(tmp_path / "s")]) == 0
     text = capsys.readouterr().out
     assert f"  estimator=ste  seed 0: damaged: its {run / 'last.pt'} is damaged (BadZipFile: " in text, text
     assert "\ncontinue" not in text
+    import torch  # (review diff12 #2) a whole zip that is no reste checkpoint: every resume refused it, and each
+    torch.save({"w": torch.zeros(3)}, run / "last.pt")  # sweep failed it again
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert f"[1/1] estimator=ste seed 0: LEFT OUT: {run / 'last.pt'} is not a reste checkpoint (" in out, out
+    assert not (run / "failed.json").exists()
 
 
 def test_estimator_flags_apply_to_the_estimators_they_belong_to():

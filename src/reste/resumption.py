@@ -146,8 +146,13 @@ def load_last(run_dir: Path, device: torch.device) -> dict[str, Any]:
     try:
         return load_checkpoint(last, map_location=device)
     except UsageError as err:
-        reason = str(err).split("; use another checkpoint")[0].split("; pass a .pt file")[0]
-        raise UsageError(f"{reason}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
+        raise UsageError(f"{refusal_reason(err)}; the run cannot continue from it: {_what_is_left(run_dir)}") from None
+
+
+def refusal_reason(err: UsageError) -> str:
+    """What :func:`reste.checkpoint.load_checkpoint`'s refusal says is wrong with the file, without its advice to
+    use another one (a run's own last.pt has no other)."""
+    return str(err).split("; use another checkpoint")[0].split("; pass a .pt file")[0]
 
 
 def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path, given: Any = ()) -> None:

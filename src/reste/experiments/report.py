@@ -106,10 +106,11 @@ def recorded_end(run_dir: Path) -> tuple[str, str] | None:
 def lost_last(run_dir: Path, read: bool = True) -> str | None:
     """Why a sweep cannot continue the unfinished run in ``run_dir``: finished epochs, but its ``last.pt`` deleted
     or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again), or
-    damaged: with ``read``, the whole file is read (seconds for an ImageNet run's); without, only its zip structure
-    (a file cut short or replaced: ``reste.checkpoint.structure_damage``). None where a resume can go on."""
-    from ..checkpoint import damage, structure_damage
-    from ..resumption import check_last_kept
+    damaged: with ``read``, it is loaded as the resume loads it (seconds for an ImageNet run's), so whatever a resume
+    refuses is said (review diff12 #2: a whole zip that is no reste checkpoint); without, only its zip structure is
+    read (a file cut short or replaced: ``reste.checkpoint.structure_damage``). None where a resume can go on."""
+    from ..checkpoint import load_checkpoint, structure_damage
+    from ..resumption import check_last_kept, refusal_reason
 
     try:
         check_last_kept(run_dir)
@@ -117,11 +118,17 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
         return (f"{run_dir} has finished epochs but no {LAST} (deleted or lost), so it cannot continue; delete its "
                 "folder to train it again")
     last = Path(run_dir) / LAST
-    if os.access(last, os.R_OK):  # (one this user cannot read is a matter of its mode, not of its bytes)
-        # truncated, a checksum that does not match: every rerun failed on it (review chaos #3; chaos2 #2: show too)
-        problem = damage(last) if read else structure_damage(last)
-        if problem not in (None, "missing"):
-            return f"its {last} is damaged ({problem}), so it cannot continue; delete its folder to train it again"
+    if not last.is_file() or not os.access(last, os.R_OK):  # (unreadable: a matter of its mode, not of its bytes)
+        return None
+    # truncated, a checksum that does not match: every rerun failed on it (review chaos #3; chaos2 #2: show too)
+    if not read:
+        problem = structure_damage(last)
+        return None if problem in (None, "missing") else \
+            f"its {last} is damaged ({problem}), so it cannot continue; delete its folder to train it again"
+    try:
+        load_checkpoint(last)
+    except UsageError as err:
+        return f"{refusal_reason(err)}, so it cannot continue; delete its folder to train it again"
     return None
 
 
