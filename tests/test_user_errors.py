@@ -780,3 +780,28 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(capsys):
                                                                                        "CHECKPOINT"),
                        (["predict", "m.rbnn", "p.png", "--output", ""], "--output")):
         assert _one_line_error(capsys, *argv) == f"reste: error: {name} is empty (an unset variable?); pass a path"
+
+
+def test_print_config_and_a_sweeps_dry_run_refuse_what_the_start_would(capsys, tmp_path):
+    """(review clifuzz #1, #6, #7) --print-config and `reste sweep --dry-run` printed a plan (status 0) for settings
+    that the run's start refuses: a model that does not fit the data set, --auto-resume without --out, an --out
+    where no folder can be made; and a sweep trained its other runs before failing the misfit one in every rerun.
+    Each is now the start's one line, and a refused sweep leaves no folder."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    fits = "model 'resnet20' does not fit digits images of shape (1, 8, 8)"
+    assert fits in _one_line_error(capsys, "train", "--model", "resnet20", "--print-config")
+    assert "--auto-resume needs --out" in _one_line_error(capsys, "train", "--auto-resume", "--print-config")
+    for out in (afile, afile / "x"):
+        line = _one_line_error(capsys, "train", "--out", str(out), "--print-config")
+        assert line.endswith(f"run directory {out} is not writable ({afile} is a file); pass another --out")
+    assert "--out is empty" in _one_line_error(capsys, "train", "--out", " ", "--print-config")
+    assert main(["train", "--print-config", "--out", str(tmp_path / "new")]) == 0  # a folder that can be made
+    capsys.readouterr()
+    line = _one_line_error(capsys, "sweep", "--out", str(afile), "--grid", "epochs=1,2", "--dry-run")
+    assert line.endswith(f"cannot create the sweep folder {afile} ({afile} is a file); pass another --out")
+    sweep = ["sweep", "--out", str(tmp_path / "s"), "--grid", "model=digits_1w1a,resnet20", "--epochs", "1",
+             "--threads", "1", "--no-progress"]
+    assert fits in _one_line_error(capsys, *sweep, "--dry-run")
+    assert fits in _one_line_error(capsys, *sweep)
+    assert not (tmp_path / "s").exists()

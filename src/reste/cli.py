@@ -64,19 +64,27 @@ class _Parser(argparse.ArgumentParser):
 def cmd_train(args: argparse.Namespace) -> int:
     from . import engine
     from .config import FULL_PRECISION, TrainConfig, binarization_text
-    from .rundir import holds_run, run_config
+    from .rundir import check_out, holds_run, run_config
 
     log = print
     if args.force and args.resume is None and not args.auto_resume:  # (read as "overwrite", it did nothing)
         raise UsageError("--force goes with --resume or --auto-resume (to accept settings that differ from the "
                          "run's); a new run has none to differ: drop it")
+    if args.auto_resume:  # (before --print-config, which refuses what the run would: review clifuzz #6)
+        if args.resume is not None:
+            raise UsageError("--auto-resume goes with --out (the folder to start or continue), not with --resume")
+        if not args.out:
+            raise UsageError("--auto-resume needs --out: the folder to start the run in, or to continue it from")
     if args.print_config:
         held = args.resume if args.resume is not None else args.out if args.auto_resume and args.out and \
             holds_run(args.out) else None  # (review combos #6: --auto-resume would continue that run)
         if held is not None:
             raise UsageError(f"--print-config shows the settings of a new run; a run's own are in its "
                              f"{held}/config.json")
+        if args.out is not None:
+            check_out(args.out)
         config = engine.planned_config(config_from_args(args))
+        engine.check_model_fits(config)
         print(json.dumps(config.to_dict(), indent=2))
         from .distributed import env_world_size
 
@@ -87,10 +95,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "recorded but train nothing", file=sys.stderr)
         return 0
     if args.auto_resume:
-        if args.resume is not None:
-            raise UsageError("--auto-resume goes with --out (the folder to start or continue), not with --resume")
-        if not args.out:
-            raise UsageError("--auto-resume needs --out: the folder to start the run in, or to continue it from")
         if holds_run(args.out):  # only the flags given are compared with the run's settings, and its preset
             args._base_estimator = run_config(args.out).estimator
             config, overrides = TrainConfig(preset=args.preset), overrides_from_args(args)

@@ -1105,8 +1105,25 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
     if len(test_ds) == 0:
         raise UsageError(f"the test set of {config.dataset} is empty; check --data-path")
     image = test_ds[0][0]
-    if not isinstance(image, torch.Tensor):
-        return
+    if isinstance(image, torch.Tensor):
+        _probe(model, image, info.num_classes, config, device)
+
+
+def check_model_fits(config: TrainConfig) -> None:
+    """The check a run makes with its first test image (:func:`_check_model_fits`), made with a blank image of the
+    data set's input size, no data read, on the CPU: ``--print-config`` and a sweep's plan refuse what the run
+    would (review clifuzz #6). ``config`` is resolved. The global RNG is left as it was, and the warnings of
+    building the model are the run's to give."""
+    spec = get_spec(config.dataset)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(config, spec.num_classes)
+        _probe(model, torch.zeros(spec.input_size), spec.num_classes, config, torch.device("cpu"))
+
+
+def _probe(model: nn.Module, image: torch.Tensor, num_classes: int, config: TrainConfig, device: torch.device) -> None:
+    """``image`` through ``model``: a model that does not take it, or gives other than ``num_classes`` outputs, is
+    a one-line error."""
     rng = torch.get_rng_state()
     try:
         with torch.no_grad(), eval_mode(model):  # each module back in its own mode after (review models #4)
@@ -1121,9 +1138,9 @@ def _check_model_fits(model: nn.Module, test_ds: Any, info: Any, config: TrainCo
                          f"{tuple(image.shape)} ({gist(str(err))}); {remedy} (`reste summary --list`)") from None
     finally:
         torch.set_rng_state(rng)
-    if out.dim() != 2 or out.shape[1] != info.num_classes:
+    if out.dim() != 2 or out.shape[1] != num_classes:
         raise UsageError(f"model {config.model!r} gives outputs of shape {tuple(out.shape)[1:]} for "
-                         f"{info.num_classes} classes of {config.dataset}")
+                         f"{num_classes} classes of {config.dataset}")
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:

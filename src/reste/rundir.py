@@ -525,6 +525,24 @@ def folder_lock(path: Path, name: str, what: str, remedy: str):
             _remove_lock(path / name, lambda: _release(fd))
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The first of ``path`` and the folders above it that exists and is not a folder (where no folder can be made
+    at ``path``), or None: for the checks of ``--print-config`` and ``--dry-run``, which make no folder."""
+    for level in (*reversed(Path(path).parents), Path(path)):
+        if level.exists() and not level.is_dir():
+            return level
+    return None
+
+
+def check_out(out: str | os.PathLike) -> None:
+    """Refuse an ``--out`` where no run folder can be made, as a run's start would: empty, or a file in the way."""
+    if not str(out).strip():
+        raise UsageError("--out is empty; pass a run directory")
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise UsageError(f"run directory {out} is not writable ({blocker} is a file); pass another --out")
+
+
 def make_folders(path: Path) -> list[Path]:
     """Make ``path`` and the folders above it; the ones this call made, deepest first. Each level is made on its
     own and recorded only when this call's mkdir made it, so a folder another process made meanwhile, or one

@@ -48,8 +48,8 @@ from ..estimators import estimator_class, estimator_flags, get_estimator, list_e
 from ..checkpoint import load_checkpoint
 from ..wording import count, duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
-                      epoch_end_whole, folder_lock, forget_failure, holds_run, last_checkpoint, make_folders,
-                      open_append, read_metrics, record_divergence, record_failure, remove_folders, run_config)
+                      epoch_end_whole, file_in_the_way, folder_lock, forget_failure, holds_run, last_checkpoint,
+                      make_folders, open_append, read_metrics, record_divergence, record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, lost_last, paper_mode_estimators,
                      run_folder, run_status, summarize, write_manifest)
@@ -951,7 +951,12 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             todo.append((s, seed, {"config": config.to_dict(), "run_dir": str(run_dir), "resume": state == "partial",
                                    "state": state, "why": why, "progress": progress and jobs == 1, "devices": devices,
                                    "from_epoch": _epochs_recorded(run_dir) if state == "partial" else 0}))
-    if dry_run:
+    if dry_run:  # what the sweep's start would refuse, refused (review clifuzz #1, #6)
+        for folder, flag in ((out, "--out"), (runs_root, "--runs-dir")):
+            blocker = file_in_the_way(folder)
+            if blocker is not None:
+                raise UsageError(f"cannot create the sweep folder {folder} ({blocker} is a file); pass another {flag}")
+        _check_models([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
         _plan(seeds, settings, todo, log)
         log(_placement(base, sum(job["state"] in ("new", "partial") for _, _, job in todo), jobs, threads, devices))
         return []
@@ -967,7 +972,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             if folder == out:  # a second sweep on it is refused before it announces a run or writes a table
                 held.enter_context(folder_lock(out, SWEEP_LOCK, "a sweep", "pass another --out"))
                 _check_out(out, base, settings, seeds)  # again, under the lock: the holder may have changed it
-        # before any run: a bad data folder is one error, and a download happens once
+        # before any run: a bad data folder is one error, and a download happens once; a model that does not fit
+        # its data set is one error too, not a run failed in every sweep (review clifuzz #6, #7)
+        _check_models([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
         _check_data([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
     except BaseException:
         held.close()
@@ -1153,6 +1160,20 @@ def _accumulate_note(settings: list[Setting]) -> str | None:
     return (f"sweep: note: the finished runs of {', '.join(mixed[:3])}{', ...' if len(mixed) > 3 else ''} trained "
             "with different --accumulate; a model with BatchNorm normalises over each micro-batch, so their spread "
             "is not the seeds' alone")
+
+
+def _check_models(configs: list[TrainConfig]) -> None:
+    """Each model of the runs to train through a blank image of its data set (``reste.engine.check_model_fits``),
+    once per model, options and data set: a model that does not fit is one error before any run, naming it."""
+    from .. import engine
+
+    seen = set()
+    for config in configs:
+        what = json.dumps([config.model, config.dataset, config.model_options, config.a32], sort_keys=True,
+                          default=str)
+        if what not in seen:
+            seen.add(what)
+            engine.check_model_fits(config)
 
 
 def _check_data(configs: list[TrainConfig]) -> None:
