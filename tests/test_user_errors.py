@@ -805,3 +805,18 @@ def test_print_config_and_a_sweeps_dry_run_refuse_what_the_start_would(capsys, t
     assert fits in _one_line_error(capsys, *sweep, "--dry-run")
     assert fits in _one_line_error(capsys, *sweep)
     assert not (tmp_path / "s").exists()
+
+
+def test_plot_and_report_name_a_missing_path_a_file_and_a_missing_out_folder(capsys, tmp_path):
+    """(review clifuzz #2-#4) plot said "has no metrics.jsonl; is it a reste run directory?" of a missing path, a file
+    and a misspelt `estimators`; report said to run a sweep into a file; plot --out made the folders of a typo."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert "does not exist; pass a run's or a sweep's folder" in _one_line_error(capsys, "plot", str(tmp_path / "x"))
+    assert "`reste plot estimators` draws" in _one_line_error(capsys, "plot", "estimatorz")
+    assert f"{afile} is a file; pass the run's folder" in _one_line_error(capsys, "plot", str(afile))
+    assert _one_line_error(capsys, "report", str(afile)).endswith(f"{afile} is a file; pass a sweep's folder (its --out)")
+    line = _one_line_error(capsys, "plot", "estimators", "--out", str(tmp_path / "typo" / "x.png"))
+    assert line.endswith(f"the folder {tmp_path / 'typo'} does not exist") and not (tmp_path / "typo").exists()
+    line = _one_line_error(capsys, "plot", "estimators", "--out", str(afile / "x.png"))
+    assert line.endswith(f"{afile} is a file, not a folder")

@@ -20,7 +20,7 @@ from ..checkpoint import atomic_write
 from ..errors import UsageError, cannot_write, option
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import MEASURE, RUN_LEVEL, current_history
-from ..rundir import CURVES, RESUME_FREE, epoch_lines, read_metrics, run_config, schedule_fields
+from ..rundir import CURVES, RESUME_FREE, epoch_lines, file_in_the_way, read_metrics, run_config, schedule_fields
 
 LABELS = {"estimating_error": "estimating error", "gradient_stability": "gradient stability (var |grad|)"}
 
@@ -34,14 +34,27 @@ def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.8) -> An
 FORMATS = (".png", ".pdf", ".svg")
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    """Write ``fig`` as PNG, PDF or SVG, by the file name's suffix."""
+def check_figure_path(path: str | Path) -> Path:
+    """``path`` as a figure's file, refused in one line where it cannot be one: not .png, .pdf or .svg, or its folder
+    missing or a file (a typo in --out made a stray tree of folders: review clifuzz #4; export and predict refuse)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise UsageError(f"figures are written as PNG, PDF or SVG; give a .png, .pdf or .svg file name, "
                          f"not {path.name!r}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; pass a file path")
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise UsageError(f"cannot write {path}: {blocker} is a file, not a folder")
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as PNG, PDF or SVG, by the file name's suffix."""
+    path = check_figure_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # through a temporary file: a full disk leaves the figure that was there, not an empty file
         atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=path.suffix.lower()[1:]))
     except OSError as err:
@@ -81,6 +94,7 @@ def estimator_curves(progress: float = 0.5, x: torch.Tensor | None = None
 
 def plot_estimators(out: str | Path = "estimators.png", progress: float = 0.5) -> Path:
     """One figure: the forward-equivalent F (left) and backward g (right) of every estimator."""
+    check_figure_path(out)  # (before any work)
     curves = estimator_curves(progress)
     fig = _figure(1, 2, width=6.4, height=4.8)
     ax_f, ax_g = fig.subplots(1, 2)
@@ -174,8 +188,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
     ``metrics``: a run's epochs where its folder is gone (a sweep's epochs.csv kept them), None: read them there;
     ``modes``: the indicator mode of such a run (its sweep's setting's), which no config.json gives."""
     dirs = [Path(d) for d in run_dirs]
-    if out is not None and Path(out).suffix.lower() not in FORMATS:
-        _save(None, out)  # the one-line refusal, before any work
+    if out is not None:
+        check_figure_path(out)  # the one-line refusal, before any work
     fig = runs_figure(dirs, labels, metrics, modes=modes)
     if out is None:
         out = dirs[0] / CURVES if len(dirs) == 1 else Path(CURVES)

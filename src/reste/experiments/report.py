@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import difflib
 import functools
 import io
 import json
@@ -33,7 +34,8 @@ from ..errors import UsageError, parse_json
 from ..wording import count
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
 from ..rundir import (CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
-                      divergence, epoch_lines, failure, holds_run, read_metrics, recipe_free, run_config)
+                      divergence, epoch_lines, failure, holds_run, not_a_folder, read_metrics, recipe_free,
+                      run_config)
 from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -170,6 +172,8 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
 
         if not out_dir.exists():
             raise UsageError(f"{out_dir} does not exist; pass a sweep's folder (its --out)")
+        if not out_dir.is_dir():  # (review clifuzz #2: it said to run a sweep into it, which no sweep can)
+            raise UsageError(f"{out_dir} is a file; pass a sweep's folder (its --out)")
         if (out_dir / CONFIG).is_file():
             raise UsageError(f"{out_dir} is a training run, not a sweep; see it with "
                              f"`reste show {shell_word(out_dir)}`")
@@ -523,6 +527,13 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
     keeps: :func:`sweep_run_dirs`). The figure goes to ``out``; by default a sweep's alone goes to its folder."""
     from . import plots as plotting
 
+    for t in targets:  # (review clifuzz #3: each was "has no metrics.jsonl; is it a reste run directory?")
+        if not os.path.lexists(t):
+            close = "estimators" if difflib.get_close_matches(str(t), ["estimators"], cutoff=0.75) else None
+            hint = "; `reste plot estimators` draws the estimators' curves" if close else ""
+            raise UsageError(f"{t} does not exist; pass a run's or a sweep's folder{hint}")
+        if not os.path.isdir(t):
+            raise not_a_folder(t, "reste plot")
     sweeps = [Path(t) for t in targets if is_sweep_folder(t)]
     if where and not sweeps:
         raise UsageError("--setting picks runs of a sweep; give a sweep's folder (its --out)")

@@ -49,7 +49,8 @@ from ..checkpoint import load_checkpoint
 from ..wording import count, duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
                       epoch_end_whole, file_in_the_way, folder_lock, forget_failure, holds_run, last_checkpoint,
-                      make_folders, open_append, read_metrics, record_divergence, record_failure, remove_folders, run_config)
+                      make_folders, open_append, read_metrics, record_divergence, record_failure, remove_folders,
+                      run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, lost_last, paper_mode_estimators,
                      run_folder, run_status, summarize, write_manifest)
