@@ -820,3 +820,13 @@ def test_plot_and_report_name_a_missing_path_a_file_and_a_missing_out_folder(cap
     assert line.endswith(f"the folder {tmp_path / 'typo'} does not exist") and not (tmp_path / "typo").exists()
     line = _one_line_error(capsys, "plot", "estimators", "--out", str(afile / "x.png"))
     assert line.endswith(f"{afile} is a file, not a folder")
+
+
+def test_a_model_option_given_twice_is_refused_and_a_bad_one_is_not_shown_as_the_option(capsys):
+    """(review clifuzz #8) the last of two --model-option width=... won without a word, and "its options: width=0
+    (default 32)" read as if 0 were the option's value."""
+    line = _one_line_error(capsys, "summary", "fmnist_vgg_1w1a", "--model-option", "width=8", "--model-option",
+                           "width=16")
+    assert line.endswith("--model-option width is given twice (8 and 16); give it once")
+    line = _one_line_error(capsys, "summary", "fmnist_vgg_1w1a", "--model-option", "width=0")
+    assert line.endswith("(its options: width (given 0, default 32))")

@@ -181,7 +181,11 @@ def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise UsageError(f"--model-option expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = parse_value(value, none=False)
+        key = key.strip().replace("-", "_")
+        if key in out:  # (the last one won without a word: review clifuzz #8; a sweep's --grid refuses an axis twice)
+            raise UsageError(f"--model-option {key} is given twice ({out[key]!r} and {item.partition('=')[2].strip()})"
+                             "; give it once")
+        out[key] = parse_value(value, none=False)
     return out
 
 

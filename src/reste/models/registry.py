@@ -284,9 +284,10 @@ def _split_keywords(name: str, estimator: Any, keywords: dict[str, Any]) -> tupl
 
 
 def _options_text(name: str, given: dict[str, Any]) -> str:
-    """``width=abc (default 64)``: the options given, with their defaults."""
+    """``width (given 'abc', default 64)``: the options given, with their defaults (not ``width=abc``, which read as
+    the option's own value: review clifuzz #8)."""
     defaults = model_defaults(name)
-    return ", ".join(f"{k}={v!r}" + (f" (default {defaults[k]!r})" if k in defaults else "")
+    return ", ".join(f"{k} (given {v!r}" + (f", default {defaults[k]!r})" if k in defaults else ")")
                      for k, v in given.items()) or "none given"
 
 
