@@ -117,7 +117,8 @@ def error() -> str | None:
 @contextlib.contextmanager
 def forced(kernels: ModuleType) -> Iterator[None]:
     """Inside the block, tensors on every device take ``kernels`` (a :mod:`reste.triton_kernels` module,
-    e.g. one imported under ``TRITON_INTERPRET=1``); for tests. The other conditions still apply."""
+    e.g. one imported under ``TRITON_INTERPRET=1``; a stand-in gives its ``KINDS`` and the ``*_trusted`` launchers,
+    which the dispatcher calls); for tests. The other conditions still apply."""
     _FORCED.append(kernels)
     try:
         yield
