@@ -121,7 +121,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                         help="with --resume or --auto-resume: accept settings that differ")
         g2.add_argument("--print-config", dest="print_config", action="store_true",
                         help="print every setting the run would train with (a preset's and the flags', each "
-                             "estimator hyper-parameter written out) as config.json will hold them, and exit")
+                             "estimator hyper-parameter written out) as config.json will hold them, and exit; "
+                             "what the run's start would refuse is refused")
     g2.add_argument("--save-every", dest="save_every", type=float, metavar="MINUTES",
                     help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
     g2.add_argument("--keep-top", dest="keep_top", type=int, metavar="K",
