@@ -137,3 +137,9 @@ def test_structure_damage_finds_a_file_cut_short_or_replaced_from_its_end(tmp_pa
     path.write_bytes(bytes(changed))
     assert structure_damage(path) is None and damage(path) == "SHA-256 mismatch"
     assert structure_damage(tmp_path / "gone.pt") == "missing"
+    tag = bytearray(blob)  # (review diff13 #6) a byte of the checksum's tag changed: "no checksum", and whole
+    tag[-70] ^= 1
+    path.write_bytes(bytes(tag))
+    assert structure_damage(path) == damage(path) == "its checksum record is damaged"
+    torch.save({"w": torch.zeros(3)}, path)  # (review diff13 #5) a whole zip that no resume takes
+    assert structure_damage(path) == "not a reste checkpoint (no 'reste-checkpoint' header)"

@@ -830,3 +830,56 @@ def test_a_model_option_given_twice_is_refused_and_a_bad_one_is_not_shown_as_the
     assert line.endswith("--model-option width is given twice (8 and 16); give it once")
     line = _one_line_error(capsys, "summary", "fmnist_vgg_1w1a", "--model-option", "width=0")
     assert line.endswith("(its options: width (given 0, default 32))")
+
+
+def test_print_config_refuses_the_folders_a_start_refuses(capsys, tmp_path, monkeypatch, run):
+    """(review diff13 #1, #2) --print-config passed a folder holding a run, a non-empty one, a broken link and a
+    file named runs where the default run folder goes; the start refused each, and named "." for the link."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    assert "already holds a run" in _one_line_error(capsys, "train", "--out", str(run), "--print-config")
+    assert "is not empty (notes.txt) and holds no run" in _one_line_error(capsys, "train", "--out", str(full),
+                                                                           "--print-config")
+    for argv in (["--print-config"], ["--epochs", "1", "--threads", "1", "--no-progress"]):
+        line = _one_line_error(capsys, "train", "--out", str(link), *argv)
+        assert line.endswith(f"({link} is a broken symbolic link); pass another --out"), line
+    line = _one_line_error(capsys, "sweep", "--out", str(link), "--grid", "lr=0.1", "--dry-run")
+    assert line.endswith(f"({link} is a broken symbolic link); pass another --out")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("")
+    assert "(runs is a file); pass another --out" in _one_line_error(capsys, "train", "--print-config")
+
+
+def test_a_sweep_checks_each_setting_that_builds_its_model_otherwise(capsys, tmp_path, isolated):
+    """(review diff13 #3, #4) the sweep's model check built a model once per model and data set: a factory that
+    refuses one of the grid's estimators was refused or run depending on the grid's order; and the check took the
+    registry's one warning of a model that mixes estimators, which the run then never gave."""
+    import warnings
+
+    from torch import nn
+
+    from reste import engine, models
+    from reste.config import TrainConfig
+    from reste.layers import BinaryLinear
+
+    @models.register_model(dataset="digits")
+    def fixed_review_diff13_1w1a(*, num_classes, conv, mixed=False):
+        own = BinaryLinear(16, 16, weight_estimator="ste", input_estimator="ste")  # its own, whatever is asked
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), own, nn.BatchNorm1d(16),
+                             *([conv.linear(16, 16), nn.BatchNorm1d(16)] if mixed else []),
+                             nn.Linear(16, num_classes))
+
+    argv = ["sweep", "--model", "fixed_review_diff13_1w1a", "--seeds", "0", "--epochs", "1", "--threads", "1",
+            "--out", str(tmp_path / "s"), "--dry-run"]
+    for grid in ("estimator=ste,reste", "estimator=reste,ste"):
+        assert "not the 'reste' asked for" in _one_line_error(capsys, *argv, "--grid", grid)
+    config = TrainConfig(dataset="digits", model="fixed_review_diff13_1w1a", estimator="reste",
+                         model_options={"mixed": True}).resolve()
+    engine.check_model_fits(config)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        engine.build_model(config, 10)
+    assert any("have another estimator than the 'reste' asked for" in str(w.message) for w in seen)

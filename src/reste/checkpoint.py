@@ -245,14 +245,17 @@ def _verify(blob: bytes) -> bool | str:
 
 
 def _checksum_cut(blob: bytes) -> bool:
-    """Whether ``blob`` (a file, or its last bytes) was cut inside its zip comment, where a reste checkpoint keeps its
-    checksum: the end-of-central-directory record declares more comment bytes than follow it, which the zip reader
-    takes without a word (review diff12 #1: a cut that kept less than the comment's tag)."""
-    tail = blob[-(len(_SHA_TAG) + 64 + _EOCD.size):]
+    """Whether ``blob`` (a file, or its last bytes) ends in a damaged checksum record, where a reste checkpoint keeps
+    it, in its zip comment: cut inside it (the end-of-central-directory record declares more comment bytes than
+    follow it, which the zip reader takes without a word: review diff12 #1), or a comment of a checksum's length
+    whose tag is changed (review diff13 #6; a zip of other origin has no comment, or one of another length)."""
+    n = len(_SHA_TAG) + 64
+    tail = blob[-(n + _EOCD.size):]
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < _EOCD.size:
         return False  # (no whole record: the zip reader refuses the file itself)
-    return struct.unpack_from("<H", tail, at + _EOCD.size - 2)[0] > len(tail) - at - _EOCD.size
+    declared, present = struct.unpack_from("<H", tail, at + _EOCD.size - 2)[0], len(tail) - at - _EOCD.size
+    return declared > present or (declared == present == n and tail[-n:-64] != _SHA_TAG)
 
 
 def _check_zip_crcs(blob: bytes) -> str | None:
@@ -283,10 +286,10 @@ def damage(path: str | os.PathLike) -> str | None:
 
 
 def structure_damage(path: str | os.PathLike) -> str | None:
-    """What :func:`damage` would say of a checkpoint cut short or replaced by other bytes, found from its zip's
-    central directory alone (a few kB at its end, whatever its size): missing, unreadable, not a zip, truncated.
-    ``None`` says only that its structure is whole: a changed byte inside a member is found by :func:`damage`,
-    which reads it all."""
+    """What :func:`damage` or the resume's load would say of a checkpoint cut short or replaced by other bytes, found
+    from its zip's central directory and its header alone (a few kB, whatever its size; no tensor is read): missing,
+    unreadable, not a zip, truncated, its checksum record damaged, no reste header. ``None`` says only that its
+    structure is whole: a changed byte inside a member is found by :func:`damage`, which reads it all."""
     try:
         with open(path, "rb") as f:
             if f.read(2) != b"PK":
@@ -295,12 +298,17 @@ def structure_damage(path: str | os.PathLike) -> str | None:
             if _checksum_cut(f.read()):
                 return "its checksum record is damaged"
             zipfile.ZipFile(f).close()
+        # its header alone (memory-mapped: no tensor read), as the resume checks it: a whole zip of other origin
+        # (review diff13 #5)
+        head = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        if not isinstance(head, dict) or head.get("format") != FORMAT:
+            return f"not a reste checkpoint (no {FORMAT!r} header)"
     except FileNotFoundError:
         return "missing"
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, RuntimeError) as err:
-        return f"{type(err).__name__}: {str(err)[:80]}"  # (RuntimeError: a version byte changed, review diff12 #3)
     except OSError as err:
         return err.strerror or type(err).__name__
+    except Exception as err:  # noqa: BLE001 - the zip reader's and torch.load's many ways to refuse a damaged file
+        return f"{type(err).__name__}: {gist(str(err))[:80]}"  # (NotImplementedError of a version byte: diff12 #3)
     return None
 
 

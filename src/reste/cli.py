@@ -81,9 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if held is not None:
             raise UsageError(f"--print-config shows the settings of a new run; a run's own are in its "
                              f"{held}/config.json")
-        if args.out is not None:
-            check_out(args.out)
         config = engine.planned_config(config_from_args(args))
+        check_out(args.out if args.out is not None else engine.default_run_dir(config))  # (runs/: diff13 #2)
         engine.check_model_fits(config)
         print(json.dumps(config.to_dict(), indent=2))
         from .distributed import env_world_size

@@ -1114,11 +1114,17 @@ def check_model_fits(config: TrainConfig) -> None:
     data set's input size, no data read, on the CPU: ``--print-config`` and a sweep's plan refuse what the run
     would (review clifuzz #6). ``config`` is resolved. The global RNG is left as it was, and the warnings of
     building the model are the run's to give."""
+    from .models import registry
+
     spec = get_spec(config.dataset)
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(config, spec.num_classes)
-        _probe(model, torch.zeros(spec.input_size), spec.num_classes, config, torch.device("cpu"))
+    warned = set(registry._WARNED)  # (the registry gives its mixed-estimator warning once: the run's, diff13 #4)
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(config, spec.num_classes)
+            _probe(model, torch.zeros(spec.input_size), spec.num_classes, config, torch.device("cpu"))
+    finally:
+        registry._WARNED.intersection_update(warned)
 
 
 def _probe(model: nn.Module, image: torch.Tensor, num_classes: int, config: TrainConfig, device: torch.device) -> None:

@@ -335,8 +335,8 @@ class RunDirectory:
             remove_folders(made)
             if path.is_dir():
                 return []
-            what = path if path.exists() else path.parent
-            raise UsageError(f"run directory {path} is not writable ({what} is a file); pass another --out") \
+            what = file_in_the_way(path) or path  # (a broken link at path: not its folder, review diff13 #2)
+            raise UsageError(f"run directory {path} is not writable ({in_the_way(what)}); pass another --out") \
                 from None
         except OSError as err:
             remove_folders(made)
@@ -415,13 +415,7 @@ class RunDirectory:
     def _check(self, fresh: bool) -> None:
         path = self.path
         if fresh:
-            if holds_run(path):
-                raise RunExists(f"{path} already holds a run; continue it with --resume {shell_word(path)} "
-                                 "or choose another --out")
-            others = stray_files(path)
-            if others:
-                raise UsageError(f"{path} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
-                                 "and holds no run; pass a new or empty folder as --out")
+            _check_fresh(path)
         elif not (path / CONFIG).is_file() and not (path / LAST).is_file():
             raise UsageError(f"{path} is not a run directory (no config.json); a new run needs --out and an "
                              "empty or new folder")
@@ -529,18 +523,38 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
     """The first of ``path`` and the folders above it that exists and is not a folder (where no folder can be made
     at ``path``), or None: for the checks of ``--print-config`` and ``--dry-run``, which make no folder."""
     for level in (*reversed(Path(path).parents), Path(path)):
-        if level.exists() and not level.is_dir():
+        if os.path.lexists(level) and not level.is_dir():  # (a broken link too: no folder can be made there)
             return level
     return None
 
 
+def _check_fresh(path: Path) -> None:
+    """Refuse, as a new run's start does, a folder that holds a run or other files (log files aside)."""
+    if holds_run(path):
+        raise RunExists(f"{path} already holds a run; continue it with --resume {shell_word(path)} "
+                        "or choose another --out")
+    others = stray_files(path)
+    if others:
+        raise UsageError(f"{path} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
+                         "and holds no run; pass a new or empty folder as --out")
+
+
 def check_out(out: str | os.PathLike) -> None:
-    """Refuse an ``--out`` where no run folder can be made, as a run's start would: empty, or a file in the way."""
+    """Refuse an ``--out`` that a new run's start refuses (:meth:`RunDirectory.open`), making no folder: empty, a
+    file or a broken link in the way, a folder that holds a run or other files (review diff13 #1, #2)."""
     if not str(out).strip():
         raise UsageError("--out is empty; pass a run directory")
     blocker = file_in_the_way(out)
     if blocker is not None:
-        raise UsageError(f"run directory {out} is not writable ({blocker} is a file); pass another --out")
+        raise UsageError(f"run directory {out} is not writable ({in_the_way(blocker)}); pass another --out")
+    if os.path.isdir(out):
+        _check_fresh(Path(out))
+
+
+def in_the_way(level: Path) -> str:
+    """What :func:`file_in_the_way` found, in words: a file, or a broken symbolic link."""
+    broken = os.path.islink(level) and not level.exists()
+    return f"{level} is a broken symbolic link" if broken else f"{level} is a file"
 
 
 def make_folders(path: Path) -> list[Path]:

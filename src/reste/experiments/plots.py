@@ -20,7 +20,8 @@ from ..checkpoint import atomic_write
 from ..errors import UsageError, cannot_write, option
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import MEASURE, RUN_LEVEL, current_history
-from ..rundir import CURVES, RESUME_FREE, epoch_lines, file_in_the_way, read_metrics, run_config, schedule_fields
+from ..rundir import (CURVES, RESUME_FREE, epoch_lines, file_in_the_way, in_the_way, read_metrics, run_config,
+                      schedule_fields)
 
 LABELS = {"estimating_error": "estimating error", "gradient_stability": "gradient stability (var |grad|)"}
 
@@ -45,7 +46,7 @@ def check_figure_path(path: str | Path) -> Path:
         raise UsageError(f"{path} is a folder; pass a file path")
     blocker = file_in_the_way(path.parent)
     if blocker is not None:
-        raise UsageError(f"cannot write {path}: {blocker} is a file, not a folder")
+        raise UsageError(f"cannot write {path}: {in_the_way(blocker)}, not a folder")
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: the folder {path.parent} does not exist")
     return path

@@ -48,9 +48,9 @@ from ..estimators import estimator_class, estimator_flags, get_estimator, list_e
 from ..checkpoint import load_checkpoint
 from ..wording import count, duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
-                      epoch_end_whole, file_in_the_way, folder_lock, forget_failure, holds_run, last_checkpoint,
-                      make_folders, open_append, read_metrics, record_divergence, record_failure, remove_folders,
-                      run_config)
+                      epoch_end_whole, file_in_the_way, folder_lock, forget_failure, holds_run, in_the_way,
+                      last_checkpoint, make_folders, open_append, read_metrics, record_divergence, record_failure,
+                      remove_folders, run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, lost_last, paper_mode_estimators,
                      run_folder, run_status, summarize, write_manifest)
@@ -956,7 +956,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         for folder, flag in ((out, "--out"), (runs_root, "--runs-dir")):
             blocker = file_in_the_way(folder)
             if blocker is not None:
-                raise UsageError(f"cannot create the sweep folder {folder} ({blocker} is a file); pass another {flag}")
+                raise UsageError(f"cannot create the sweep folder {folder} ({in_the_way(blocker)}); pass another "
+                                 f"{flag}")
         _check_models([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
         _plan(seeds, settings, todo, log)
         log(_placement(base, sum(job["state"] in ("new", "partial") for _, _, job in todo), jobs, threads, devices))
@@ -1169,9 +1170,9 @@ def _check_models(configs: list[TrainConfig]) -> None:
     from .. import engine
 
     seen = set()
-    for config in configs:
-        what = json.dumps([config.model, config.dataset, config.model_options, config.a32], sort_keys=True,
-                          default=str)
+    for config in configs:  # (all that builds the model: a factory may refuse an estimator, review diff13 #3)
+        what = json.dumps([config.model, config.dataset, config.model_options, engine.estimator_settings(config)],
+                          sort_keys=True, default=str)
         if what not in seen:
             seen.add(what)
             engine.check_model_fits(config)
