@@ -2060,7 +2060,8 @@ def test_plot_of_a_sweep_draws_its_runs_or_those_a_setting_picks(sweep, capsys, 
         # (review experiments #3) a sweep given twice, or a run beside its sweep: each run drawn once, and said
         assert main(["plot", str(out), str(out), str(reste_), "--out", str(tmp_path / "r.png")]) == 0
         assert [d for d in drawn[-1][0]] == [ste, reste_]
-        assert "plot: 2 runs given more than once (overlapping targets" in capsys.readouterr().out
+        assert "plot: 1 run given more than once (overlapping targets" in capsys.readouterr().out  # (a sweep given
+        # twice is one target, review diff13 #9; the run beside it, once more)
         # (review newuser #2) a listed value no run has is said, not a curve silently absent
         assert main(["plot", str(out), "--setting", "estimator=reste,dsq", "--out", str(tmp_path / "r.png")]) == 0
         assert f"plot: no run of the sweep in {out} has estimator=dsq beside" in capsys.readouterr().out
@@ -2290,7 +2291,8 @@ def test_plot_of_a_study_without_epochs_csv_says_why_and_draws_the_other_targets
     said = capsys.readouterr().out
     assert f"no run of the sweep in {gone} has epochs to draw" in said and "the other targets are drawn" in said
     assert _is_png(tmp_path / "b.png")
-    assert main(["plot", str(gone), str(gone), "--out", str(tmp_path / "c.png")]) == 2
+    shutil.copytree(gone, tmp_path / "gone2")  # (the same folder twice is one target: review diff13 #9)
+    assert main(["plot", str(gone), str(tmp_path / "gone2"), "--out", str(tmp_path / "c.png")]) == 2
     assert "none of the 2 sweeps given has a run with epochs to draw" in capsys.readouterr().err
 
 

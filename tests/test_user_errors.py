@@ -884,3 +884,43 @@ def test_a_sweep_checks_each_setting_that_builds_its_model_otherwise(capsys, tmp
         warnings.simplefilter("always")
         engine.build_model(config, 10)
     assert any("have another estimator than the 'reste' asked for" in str(w.message) for w in seen)
+
+
+def test_the_pre_start_check_names_a_models_own_failure_and_a_newer_last_pt_is_not_damage(capsys, tmp_path, run,
+                                                                                           isolated):
+    """(review diff13 #7-#9) a model's own assert in its forward, or a factory's IndexError, stopped a sweep on a bare
+    line naming neither; a last.pt of a newer reste was "damaged ... delete its folder"; `plot r1 r1` drew into
+    ./curves.png, not into r1 as one run's figure goes."""
+    from torch import nn
+
+    from reste import engine, models
+    from reste.checkpoint import FORMAT, VERSION, save_checkpoint
+    from reste.config import TrainConfig
+    from reste.experiments.report import lost_last
+
+    class Picky(nn.Module):
+        def __init__(self, num_classes):
+            super().__init__()
+            self.fc = nn.Linear(64, num_classes)
+
+        def forward(self, x):
+            assert x.shape[-1] == 16
+            return self.fc(x.flatten(1))
+
+    @models.register_model(dataset="digits", binary=False)
+    def picky_review_diff13(*, num_classes, conv, depth=1):
+        return [Picky(num_classes)][depth - 1]
+
+    for options, wanted in (({}, "model 'picky_review_diff13' does not fit digits images of shape (1, 8, 8) ("),
+                            ({"depth": 3}, "model 'picky_review_diff13' could not be built with depth=3 (IndexError")):
+        config = TrainConfig(dataset="digits", model="picky_review_diff13", model_options=options).resolve()
+        with pytest.raises(UsageError) as err:
+            engine.check_model_fits(config)
+        assert str(err.value).startswith(wanted), str(err.value)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped)
+    save_checkpoint({"format": FORMAT, "version": VERSION + 1}, stopped / "last.pt")
+    why = lost_last(stopped)
+    assert why.endswith("which this reste cannot continue; upgrade reste to continue it") and "delete" not in why
+    assert main(["plot", str(run), str(run) + "/"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {run / 'curves.png'}"

@@ -318,6 +318,10 @@ _LIGHTNING_HINT = ("it is a PyTorch Lightning checkpoint: load your LightningMod
                    "input_size=(C, H, W))")
 
 
+class NewerCheckpoint(UsageError):
+    """A checkpoint of a later format than this reste reads: whole, and for a newer reste to load."""
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint without executing code; bad files raise a one-line ``UsageError``.
 
@@ -358,7 +362,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise UsageError(f"{path} is not a reste checkpoint (no '{FORMAT}' header){lightning}")
     version = ckpt.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
-        raise UsageError(f"{path} was written by a newer reste (format {version}); upgrade reste")
+        raise NewerCheckpoint(f"{path} was written by a newer reste (format {version}); upgrade reste")
     if version >= 2 and verified is not True:
         raise UsageError(f"checkpoint {path} is corrupted (its SHA-256 is missing); use another checkpoint")
     wrong = [k for k, kind in REQUIRED.items() if not isinstance(ckpt.get(k), kind)]

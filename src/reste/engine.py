@@ -1121,7 +1121,14 @@ def check_model_fits(config: TrainConfig) -> None:
     try:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = build_model(config, spec.num_classes)
+            try:
+                model = build_model(config, spec.num_classes)
+            except UsageError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a factory's own failure (review diff13 #7), with its options
+                options = ", ".join(f"{k}={v!r}" for k, v in config.model_options.items()) or "its defaults"
+                raise UsageError(f"model {config.model!r} could not be built with {options} ({type(err).__name__}: "
+                                 f"{gist(str(err))}); pass other --model-option values") from None
             _probe(model, torch.zeros(spec.input_size), spec.num_classes, config, torch.device("cpu"))
     finally:
         registry._WARNED.intersection_update(warned)
@@ -1134,14 +1141,17 @@ def _probe(model: nn.Module, image: torch.Tensor, num_classes: int, config: Trai
     try:
         with torch.no_grad(), eval_mode(model):  # each module back in its own mode after (review models #4)
             out = model(image.unsqueeze(0).to(device))
-    except (RuntimeError, ValueError) as err:
+    except torch.cuda.OutOfMemoryError:
+        raise  # the device's memory, not the model's shape
+    except Exception as err:  # noqa: BLE001 - RuntimeError, ValueError, a model's own assert (review diff13 #7)
         from .models import model_info
 
         home = model_info(config.model).get("dataset")  # where its user probably meant it to train
         remedy = (f"it is a {home} model: add --dataset {home}, or pick a {config.dataset} model"
                   if home and home != config.dataset else "pick a model for this data set")
         raise UsageError(f"model {config.model!r} does not fit {config.dataset} images of shape "
-                         f"{tuple(image.shape)} ({gist(str(err))}); {remedy} (`reste summary --list`)") from None
+                         f"{tuple(image.shape)} ({gist(str(err)) or type(err).__name__}); {remedy} (`reste summary "
+                         "--list`)") from None
     finally:
         torch.set_rng_state(rng)
     if out.dim() != 2 or out.shape[1] != num_classes:

@@ -111,7 +111,7 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
     damaged: with ``read``, it is loaded as the resume loads it (seconds for an ImageNet run's), so whatever a resume
     refuses is said (review diff12 #2: a whole zip that is no reste checkpoint); without, only its zip structure is
     read (a file cut short or replaced: ``reste.checkpoint.structure_damage``). None where a resume can go on."""
-    from ..checkpoint import load_checkpoint, structure_damage
+    from ..checkpoint import NewerCheckpoint, load_checkpoint, structure_damage
     from ..resumption import check_last_kept, refusal_reason
 
     try:
@@ -129,6 +129,8 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
             f"its {last} is damaged ({problem}), so it cannot continue; delete its folder to train it again"
     try:
         load_checkpoint(last)
+    except NewerCheckpoint as err:  # whole: the newer reste continues it (review diff13 #8)
+        return f"{str(err).split('; upgrade reste')[0]}, which this reste cannot continue; upgrade reste to continue it"
     except UsageError as err:
         return f"{refusal_reason(err)}, so it cannot continue; delete its folder to train it again"
     return None
@@ -527,6 +529,10 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
     keeps: :func:`sweep_run_dirs`). The figure goes to ``out``; by default a sweep's alone goes to its folder."""
     from . import plots as plotting
 
+    once: dict[str, str | os.PathLike] = {}  # a folder given twice is one target (review diff13 #9: `plot r1 r1` drew
+    for t in targets:  # into ./curves.png, not r1/curves.png as one run's figure goes)
+        once.setdefault(os.path.realpath(t), t)
+    targets = list(once.values())
     for t in targets:  # (review clifuzz #3: each was "has no metrics.jsonl; is it a reste run directory?")
         if not os.path.lexists(t):
             close = "estimators" if difflib.get_close_matches(str(t), ["estimators"], cutoff=0.75) else None
