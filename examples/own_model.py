@@ -56,7 +56,7 @@ for epoch in range(args.epochs):
 
 # 1-bit export: checks the file against the model on 16 images; meta lets it take raw uint8 images
 export_model(model, args.out, input_size=spec.input_size,
-             meta={**Preprocessing(spec.input_size, spec.mean, spec.std, 255.0).to_meta(),
+             meta={**Preprocessing(spec.input_size, spec.mean, spec.std, spec.scale).to_meta(),
                    "dataset": args.dataset})
 packed = PackedModel.load(args.out)
 top1 = evaluate_packed(packed, args.dataset, data_path=args.data_path)["top1"]

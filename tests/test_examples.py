@@ -32,6 +32,13 @@ def test_own_model_trains_exports_and_the_packed_file_scores_as_the_model(tmp_pa
     # the other way on another CPU, so a test image or two (of digits' 360: 0.28 points each) may change class
     assert abs(float(packed) - float(torch_acc)) <= 2 * 100 / 360 + 1e-9, done.stdout
     assert (tmp_path / "own_model.rbnn").is_file()
+    # (review newuser2 #4) the file records digits' pixel scale (16, not 255): raw test pixels score as the model
+    from reste.data import load_datasets
+    from reste.export import PackedModel
+
+    _, test, _ = load_datasets("digits", in_memory=True, train=False)
+    raw = PackedModel.load(tmp_path / "own_model.rbnn").predict(test.data.numpy())  # uint8 0..16
+    assert abs(100 * float((raw == test.labels.numpy()).mean()) - float(packed)) <= 2 * 100 / 360 + 1e-9
 
 
 def test_bop_example_trains_the_three_ways_and_reports_bops_flips(tmp_path):

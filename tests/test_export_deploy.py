@@ -584,3 +584,34 @@ def test_a_full_disk_under_an_export_or_predictions_is_the_machines_not_a_bad_pa
     with pytest.raises(OSError) as info:
         plots._save(Figure(), tmp_path / "c.png")
     assert info.value.errno == errno.ENOSPC
+
+
+def test_a_data_sets_test_split_goes_through_the_normalisation_the_file_records(tmp_path):
+    """(review newuser2 #1) a model of your own trained on other units, which the export records (Preprocessing):
+    `reste predict FILE --dataset digits` fed it the data set's normalisation (98.06% scored as 21.11%). Its images
+    are now mapped to the recorded units: the same top-1 as normalising the raw pixels as the file says."""
+    from reste import models
+    from reste.data import load_datasets
+    from reste.export import evaluate_packed
+    from reste.export.ir import Preprocessing
+    from reste.export.runtime import class_scores
+
+    torch.manual_seed(0)
+    model = models.create("digits_1w1a", 10)
+    train, test, _ = load_datasets("digits", in_memory=True)
+    x, y = ((train.data.double() / 16.0 - 0.9) / 0.05).float(), train.labels  # its own units
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for step in range(60):
+        batch = torch.arange(step * 64, step * 64 + 64) % len(y)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        opt.step()
+    own = Preprocessing((1, 8, 8), (0.9,), (0.05,), 16.0)
+    export_model(model.eval(), tmp_path / "own.rbnn", input_size=(1, 8, 8), meta=own.to_meta())
+    packed = PackedModel.load(tmp_path / "own.rbnn")
+    pixels = test.data.double()
+    wanted = class_scores(packed.forward(((pixels / 16.0 - 0.9) / 0.05).float())).argmax(1)
+    top1 = 100.0 * float((wanted == test.labels).float().mean())
+    assert evaluate_packed(packed, "digits")["top1"] == pytest.approx(top1, abs=100.0 / len(test) + 1e-9)
+    theirs = class_scores(packed.forward(test.images)).argmax(1)  # (the data set's units: what --dataset fed it)
+    assert (theirs != wanted).sum() > len(test) // 10
