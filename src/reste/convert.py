@@ -381,6 +381,9 @@ def binarize(
     _no_fast_path(model)
     if not converted and not any(getattr(m, "precision", 32) == 1 for m in model.modules()):
         kept = [n for n in (first if keep_first else None, last if keep_last else None) if n]
-        why = f" (kept in float: {', '.join(kept)} by keep_first/keep_last)" if kept else ""
+        by_keep = [n for n, _ in named if any(_matches(n, p) for p in patterns) and n not in kept]
+        reasons = ([f"{', '.join(kept)} by keep_first/keep_last"] if kept else []) + (
+            [f"{', '.join(dict.fromkeys(by_keep))} by keep={patterns!r}"] if by_keep else [])  # (review newuser2 #5)
+        why = f" (kept in float: {'; '.join(reasons)})" if reasons else ""
         warnings.warn(f"binarize: no layer of the model was converted{why}; it has no binary layer", stacklevel=2)
     return model

@@ -487,6 +487,9 @@ class _Run:
             self.log(f"note: --batch-size {config.batch_size} is more than the {per_rank} training images"
                      f"{' of each process' if self.dist.enabled else ''}: each epoch is one step of {per_rank}")
         _check_model_fits(self.model, test_ds, self.info, config, self.device)
+        if config.epochs == 1 and _schedule_moves(self.model):  # (review newuser2 #3: o_end 3 shown, o = 1 trained)
+            self.log("note: a schedule moves at each epoch's start, so in a 1-epoch run the estimators stay at their "
+                     "start (ReSTE's o = 1) for the whole run; train 2 epochs or more to see it move")
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(config, self.model)
@@ -1157,6 +1160,19 @@ def _probe(model: nn.Module, image: torch.Tensor, num_classes: int, config: Trai
     if out.dim() != 2 or out.shape[1] != num_classes:
         raise UsageError(f"model {config.model!r} gives outputs of shape {tuple(out.shape)[1:]} for "
                          f"{num_classes} classes of {config.dataset}")
+
+
+def _schedule_moves(model: nn.Module) -> bool:
+    """Whether an estimator of ``model`` has other values at the end of training than at its start."""
+    import copy
+
+    for est in estimators_of(model):
+        start, end = copy.deepcopy(est), copy.deepcopy(est)
+        start.set_progress(0, 1)
+        end.set_progress(1, 1)
+        if start.schedule_values() != end.schedule_values():
+            return True
+    return False
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:

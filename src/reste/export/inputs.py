@@ -201,6 +201,10 @@ def check_takes_raw(size: tuple[int, ...] | None, prep: Preprocessing | None, me
     """The (C, H, W) raw images become for a model of input ``size`` whose export records ``prep`` (``meta``: its
     header); a model that records no preprocessing, or whose inputs no image file gives (``what``), is refused in
     one line."""
+    if prep is None and size is not None and len(size) != 3:  # a signal's or features' model (review newuser2 #7)
+        shape = ", ".join(["N", *map(str, size)])
+        raise UsageError(f"the packed model takes inputs of shape ({shape}), not images: it cannot take {what}; "
+                         "pass them preprocessed, as float32 in a .npy file")
     if prep is None:
         invalid = invalid_preprocessing(meta or {})
         raise UsageError(f"the packed model {invalid or 'does not record its preprocessing (input size, mean, std)'}, "
