@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -793,3 +794,16 @@ def test_an_uninitialised_lazy_layer_is_named_with_what_to_do():
         binarize(model)
     model(torch.randn(1, 1, 8, 8))
     assert type(binarize(model)[2]).__name__ == "BinaryConv2d"
+
+
+def test_the_no_binary_layer_warning_names_the_layers_keep_kept():
+    """(review newuser2 #5) a keep= pattern that kept every middle layer was blamed on keep_first/keep_last alone."""
+    def model():
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1),
+                             nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 2))
+
+    for keep in (["2", "4"], ["*"]):
+        with pytest.warns(UserWarning, match=re.escape(f"(kept in float: 0, 7 by keep_first/keep_last; 2, 4 by "
+                                                       f"keep={keep!r})")):
+            binarize(model(), "ste", keep=keep)

@@ -615,3 +615,16 @@ def test_a_data_sets_test_split_goes_through_the_normalisation_the_file_records(
     assert evaluate_packed(packed, "digits")["top1"] == pytest.approx(top1, abs=100.0 / len(test) + 1e-9)
     theirs = class_scores(packed.forward(test.images)).argmax(1)  # (the data set's units: what --dataset fed it)
     assert (theirs != wanted).sum() > len(test) // 10
+
+
+def test_a_signal_models_file_names_its_input_shape_for_raw_uint8(tmp_path, capsys):
+    """(review newuser2 #7) it was told to export again with a Preprocessing, which a (C, L) model cannot record, and
+    to pass (N, C, H, W) images."""
+    model = reste.binarize(nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.BatchNorm1d(8),
+                                         nn.Conv1d(8, 8, 3, padding=1), nn.BatchNorm1d(8), nn.Flatten(),
+                                         nn.Linear(512, 4)), "ste").eval()
+    export_model(model, tmp_path / "sig.rbnn", input_size=(1, 64))
+    np.save(tmp_path / "u8.npy", np.zeros((3, 1, 64), np.uint8))
+    line = _one_line_error(capsys, "predict", str(tmp_path / "sig.rbnn"), str(tmp_path / "u8.npy"))
+    assert line.endswith("takes inputs of shape (N, 1, 64), not images: it cannot take raw uint8 images; pass them "
+                         "preprocessed, as float32 in a .npy file")

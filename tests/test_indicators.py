@@ -341,6 +341,17 @@ def test_a_stability_read_before_zero_grad_is_taken():
     assert meter.epoch_end()["gradient_stability"] == pytest.approx(float(s))
 
 
+def test_zeroed_gradients_are_said():
+    """(review newuser2 #2) after zero_grad(set_to_none=False) the stability was 0.0, "perfectly stable", silently;
+    after zero_grad() the same mistake was an error. A warning, as a tiny model's first step may zero them all."""
+    model = nn.Sequential(BinaryLinear(4, 4), BinaryLinear(4, 2))
+    model(torch.randn(3, 4)).sum().backward()
+    model.zero_grad(set_to_none=False)
+    with pytest.warns(UserWarning, match=r"every binary layer's gradient is zero at the first update: compute the "
+                                         r"indicators after backward\(\) and before zero_grad\(\)"):
+        EquilibriumMeter(model).update()
+
+
 def test_a_meter_refuses_a_history_of_another_mode():
     general, _, _ = run_meter("general", epochs=1, iters=1)
     paper = EquilibriumMeter(make_model(), mode="paper")

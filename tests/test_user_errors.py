@@ -924,3 +924,16 @@ def test_the_pre_start_check_names_a_models_own_failure_and_a_newer_last_pt_is_n
     assert why.endswith("which this reste cannot continue; upgrade reste to continue it") and "delete" not in why
     assert main(["plot", str(run), str(run) + "/"]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {run / 'curves.png'}"
+
+
+def test_new_user_hints_name_the_right_flag_and_a_one_epoch_run_says_its_schedule_stays(capsys, tmp_path):
+    """(review newuser2 #3, #6) --datapath was offered the alias --data_path, --lr-schedule the o schedule's flag, and
+    eval --dataset a data path; a 1-epoch ReSTE run trained at o = 1 while its settings said o_end 3, without a word."""
+    assert "(did you mean --data-path? see" in _one_line_error(capsys, "train", "--datapath", "x")
+    assert "did you mean" not in _one_line_error(capsys, "train", "--lr-schedule", "step")
+    assert "the data set is the checkpoint's" in _one_line_error(capsys, "eval", "r", "--dataset", "digits")
+    stays = "so in a 1-epoch run the estimators stay at their start"
+    for estimator, epochs, told in (("reste", "1", True), ("ste", "1", False), ("reste", "2", False)):
+        assert main(["train", "--estimator", estimator, "--epochs", epochs, "--threads", "1", "--no-progress",
+                     "--out", str(tmp_path / f"{estimator}{epochs}")]) == 0
+        assert (stays in capsys.readouterr().out) is told, (estimator, epochs)
