@@ -807,3 +807,17 @@ def test_the_no_binary_layer_warning_names_the_layers_keep_kept():
         with pytest.warns(UserWarning, match=re.escape(f"(kept in float: 0, 7 by keep_first/keep_last; 2, 4 by "
                                                        f"keep={keep!r})")):
             binarize(model(), "ste", keep=keep)
+
+
+def test_the_package_gives_its_public_modules_and_binarize_takes_scaling_none():
+    """(review newuser2, suggestions) `import reste; reste.models.describe(...)` was an AttributeError, and
+    scaling=None was refused."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reste; assert 'reste.models' not in sys.modules; "
+            "print(reste.models.describe.__name__, reste.datasets.get_spec('digits').name, 'models' in dir(reste))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["describe", "digits", "True"]
+    model = binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)), "ste", scaling=None)
+    assert model[1].scaling == "none"

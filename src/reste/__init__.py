@@ -22,7 +22,7 @@ __getattr__, __dir__ = _lazy_names(__name__, {
     "layers": ("BinaryConv1d", "BinaryConv2d", "BinaryConv3d", "BinaryConvTranspose1d", "BinaryConvTranspose2d",
                "BinaryConvTranspose3d", "BinaryLinear", "binary_layers", "clip_weights", "estimators_of",
                "schedule_values", "set_progress"),
-}, globals())
+}, globals(), modules=("data", "datasets", "engine", "experiments", "export", "models", "schedules"))
 
 __version__ = "0.1.0"
 

@@ -238,7 +238,7 @@ def binarize(
     estimator: Any = "reste",
     *,
     activations: Any = True,
-    scaling: str = "layer",
+    scaling: str | None = "layer",
     keep: Iterable[str] = (),
     keep_first: bool = True,
     keep_last: bool = True,
@@ -262,7 +262,7 @@ def binarize(
             (``{"name": "approx_sign"}``, ``{"name": "reste", "o_end": 5}``) or instance gives the inputs an
             estimator of their own (Bi-Real Net's ApproxSign on the activations, the STE on the weights); a
             name is built with its defaults (``hyperparameters`` are the weights'), a spec dict with its own.
-        scaling: ``"layer"``, ``"channel"`` or ``"none"``.
+        scaling: ``"layer"``, ``"channel"`` or ``"none"`` (or ``None``).
         keep: names or glob patterns (``"layer1.*"``, ``"*downsample*"``) of more
             layers to keep in full precision.
         keep_first / keep_last: keep the first conv (in a model without one, the first
@@ -304,6 +304,7 @@ def binarize(
     _misspelt_keyword(estimator, hyperparameters)
     weight_spec = _estimator_config(estimator, **hyperparameters)  # checked before a big model is copied
     input_spec = _input_config(activations)
+    scaling = "none" if scaling is None else scaling  # (what a Python user types: review newuser2, suggestion)
     if scaling not in SCALINGS:
         raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     if not inplace:
