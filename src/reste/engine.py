@@ -487,9 +487,6 @@ class _Run:
             self.log(f"note: --batch-size {config.batch_size} is more than the {per_rank} training images"
                      f"{' of each process' if self.dist.enabled else ''}: each epoch is one step of {per_rank}")
         _check_model_fits(self.model, test_ds, self.info, config, self.device)
-        if config.epochs == 1 and _schedule_moves(self.model):  # (review newuser2 #3: o_end 3 shown, o = 1 trained)
-            self.log("note: a schedule moves at each epoch's start, so in a 1-epoch run the estimators stay at their "
-                     "start (ReSTE's o = 1) for the whole run; train 2 epochs or more to see it move")
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(config, self.model)
@@ -1162,17 +1159,21 @@ def _probe(model: nn.Module, image: torch.Tensor, num_classes: int, config: Trai
                          f"{num_classes} classes of {config.dataset}")
 
 
-def _schedule_moves(model: nn.Module) -> bool:
-    """Whether an estimator of ``model`` has other values at the end of training than at its start."""
+def _one_epoch_note(config: TrainConfig, model: nn.Module) -> str | None:
+    """A 1-epoch run whose estimators' schedules move: they stay at their start (review newuser2 #3: its settings
+    said o_end 3, and it trained at o = 1, without a word)."""
     import copy
 
+    if config.epochs != 1:
+        return None
     for est in estimators_of(model):
         start, end = copy.deepcopy(est), copy.deepcopy(est)
         start.set_progress(0, 1)
         end.set_progress(1, 1)
         if start.schedule_values() != end.schedule_values():
-            return True
-    return False
+            return ("note: a schedule moves at each epoch's start, so in a 1-epoch run the estimators stay at their "
+                    "start (ReSTE's o = 1) for the whole run; train 2 epochs or more to see it move")
+    return None
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
@@ -1373,7 +1374,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {optimizer_text(config.to_dict())}, "
             f"device {run.device}{procs} -> {run_dir}")
     for note in (*recipe_notes(config, world), accumulate_note(config, run.model, world_size=world),
-                 cuda_graphs_tip(config, run.device, run.dist.enabled)):
+                 cuda_graphs_tip(config, run.device, run.dist.enabled), _one_epoch_note(config, run.model)):
         if note:
             run.log(note)
     return run.run()
