@@ -816,8 +816,9 @@ def test_the_package_gives_its_public_modules_and_binarize_takes_scaling_none():
     import sys
 
     code = ("import sys, reste; assert 'reste.models' not in sys.modules; "
-            "print(reste.models.describe.__name__, reste.datasets.get_spec('digits').name, 'models' in dir(reste))")
+            "print(reste.models.describe.__name__, reste.datasets.get_spec('digits').name, 'models' in dir(reste), "
+            "reste.convert.binarize.__name__, reste.integrations.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["describe", "digits", "True"]
+    assert out.split() == ["describe", "digits", "True", "binarize", "reste.integrations"]
     model = binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)), "ste", scaling=None)
     assert model[1].scaling == "none"

@@ -609,10 +609,20 @@ def test_a_data_sets_test_split_goes_through_the_normalisation_the_file_records(
     own = Preprocessing((1, 8, 8), (0.9,), (0.05,), 16.0)
     export_model(model.eval(), tmp_path / "own.rbnn", input_size=(1, 8, 8), meta=own.to_meta())
     packed = PackedModel.load(tmp_path / "own.rbnn")
-    pixels = test.data.double()
-    wanted = class_scores(packed.forward(((pixels / 16.0 - 0.9) / 0.05).float())).argmax(1)
-    top1 = 100.0 * float((wanted == test.labels).float().mean())
-    assert evaluate_packed(packed, "digits")["top1"] == pytest.approx(top1, abs=100.0 / len(test) + 1e-9)
+    from reste.export.inputs import normalise
+
+    own_units = torch.from_numpy(normalise(test.data.numpy(), own, 16.0))  # what `reste predict raw.npy` computes
+    wanted = class_scores(packed.forward(own_units)).argmax(1)
+    top1 = 100.0 * int((wanted == test.labels).sum()) / len(test)
+    assert evaluate_packed(packed, "digits")["top1"] == top1  # (exactly: review diff14 #1, float64 made -0s of 0s)
+    from reste.export.evaluation import _to_recorded
+    from reste.datasets import get_spec
+
+    remap = _to_recorded(packed.meta, get_spec("digits"))
+    assert torch.equal(remap(test.images), own_units)
+    part = {k: v for k, v in own.to_meta().items() if k != "pixel_scale"}  # (review diff14 #3) a part of one
+    with pytest.raises(UsageError, match="records only part of its preprocessing \\(input_size, mean, std of "):
+        _to_recorded(part, get_spec("digits"))
     theirs = class_scores(packed.forward(test.images)).argmax(1)  # (the data set's units: what --dataset fed it)
     assert (theirs != wanted).sum() > len(test) // 10
 

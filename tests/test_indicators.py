@@ -345,11 +345,14 @@ def test_zeroed_gradients_are_said():
     """(review newuser2 #2) after zero_grad(set_to_none=False) the stability was 0.0, "perfectly stable", silently;
     after zero_grad() the same mistake was an error. A warning, as a tiny model's first step may zero them all."""
     model = nn.Sequential(BinaryLinear(4, 4), BinaryLinear(4, 2))
-    model(torch.randn(3, 4)).sum().backward()
-    model.zero_grad(set_to_none=False)
-    with pytest.warns(UserWarning, match=r"every binary layer's gradient is zero at the first update: compute the "
-                                         r"indicators after backward\(\) and before zero_grad\(\)"):
-        EquilibriumMeter(model).update()
+    meter = EquilibriumMeter(model)
+    for _ in range(2):
+        model(torch.randn(3, 4)).sum().backward()
+        model.zero_grad(set_to_none=False)
+        meter.update()
+    with pytest.warns(UserWarning, match=r"the gradient stability of this epoch is 0: every gradient it read was "
+                                         r"zero; compute the indicators after backward\(\) and before zero_grad"):
+        meter.epoch_end()
 
 
 def test_a_meter_refuses_a_history_of_another_mode():

@@ -911,6 +911,13 @@ def test_the_pre_start_check_names_a_models_own_failure_and_a_newer_last_pt_is_n
     def picky_review_diff13(*, num_classes, conv, depth=1):
         return [Picky(num_classes)][depth - 1]
 
+    @models.register_model(dataset="digits", binary=False)
+    def buggy_review_diff14(*, num_classes, conv):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)).not_a_method()
+
+    config = TrainConfig(dataset="digits", model="buggy_review_diff14").resolve()
+    with pytest.raises(AttributeError):  # (review diff14 #2) a bug of the model's code is told as it is
+        engine.check_model_fits(config)
     for options, wanted in (({}, "model 'picky_review_diff13' does not fit digits images of shape (1, 8, 8) ("),
                             ({"depth": 3}, "model 'picky_review_diff13' could not be built with depth=3 (IndexError")):
         config = TrainConfig(dataset="digits", model="picky_review_diff13", model_options=options).resolve()
@@ -930,8 +937,13 @@ def test_new_user_hints_name_the_right_flag_and_a_one_epoch_run_says_its_schedul
     """(review newuser2 #3, #6) --datapath was offered the alias --data_path, --lr-schedule the o schedule's flag, and
     eval --dataset a data path; a 1-epoch ReSTE run trained at o = 1 while its settings said o_end 3, without a word."""
     assert "(did you mean --data-path? see" in _one_line_error(capsys, "train", "--datapath", "x")
-    assert "did you mean" not in _one_line_error(capsys, "train", "--lr-schedule", "step")
-    assert "the data set is the checkpoint's" in _one_line_error(capsys, "eval", "r", "--dataset", "digits")
+    for flag in ("--lr-schedule", "--lr-scheduler", "--lr-shedule"):  # (review diff14 #5) the lr's: no o-schedule
+        assert "did you mean" not in _one_line_error(capsys, "train", flag, "step")
+    for flag, meant in (("--weigth-decay", "--weight-decay"), ("--bacth-size", "--batch-size"), ("--0-end", "--o-end"),
+                        ("--data-set", "--dataset")):  # (review diff14 #4) a misspelt first word keeps its hint
+        assert f"did you mean {meant}?" in _one_line_error(capsys, "train", flag, "1")
+    for flag in ("--dataset", "--data-set"):
+        assert "the data set is the checkpoint's" in _one_line_error(capsys, "eval", "r", flag, "digits")
     stays = "so in a 1-epoch run the estimators stay at their start"
     for estimator, epochs, told in (("reste", "1", True), ("ste", "1", False), ("reste", "2", False)):
         assert main(["train", "--estimator", estimator, "--epochs", epochs, "--threads", "1", "--no-progress",

@@ -22,7 +22,8 @@ __getattr__, __dir__ = _lazy_names(__name__, {
     "layers": ("BinaryConv1d", "BinaryConv2d", "BinaryConv3d", "BinaryConvTranspose1d", "BinaryConvTranspose2d",
                "BinaryConvTranspose3d", "BinaryLinear", "binary_layers", "clip_weights", "estimators_of",
                "schedule_values", "set_progress"),
-}, globals(), modules=("data", "datasets", "engine", "experiments", "export", "models", "schedules"))
+}, globals(), modules=("checkpoint", "config", "convert", "data", "datasets", "engine", "estimators", "experiments",
+                       "export", "indicators", "integrations", "layers", "models", "optim", "schedules"))
 
 __version__ = "0.1.0"
 

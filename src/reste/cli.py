@@ -460,10 +460,15 @@ def _run_in_use(err: Exception) -> bool:
     return rundir is not None and isinstance(err, rundir.RunInUse)
 
 
-def _another_things(a: str, b: str) -> bool:
-    """Whether flags ``a`` and ``b`` name the same setting of two things (--lr-schedule, --o-schedule)."""
-    x, y = a.lstrip("-").replace("_", "-").split("-"), b.lstrip("-").replace("_", "-").split("-")
-    return len(x) > 1 and len(y) > 1 and x[0] != y[0] and x[1:] == y[1:]
+def _another_things(a: str, b: str, known: Sequence[str]) -> bool:
+    """Whether the unknown flag ``a`` names a setting of another thing than the close flag ``b`` does: its first word
+    is that of a flag there is (--lr-scheduler: the lr's, not --o-schedule's o); a misspelt first word (--weigth-decay)
+    is no other thing (review diff14 #4, #5)."""
+    words, theirs = a.lstrip("-").replace("_", "-").split("-"), b.lstrip("-").replace("_", "-").split("-")
+    if len(words) < 2 or "".join(words) == "".join(theirs):  # (--data-set is --dataset)
+        return False
+    firsts = {k.lstrip("-").replace("_", "-").split("-")[0] for k in known}
+    return words[0] in firsts and words[0] != theirs[0]
 
 
 def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParser) -> str:
@@ -485,14 +490,14 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
     if repeat:  # `--grid a=1,2 b=3,4`: --grid (and --model-option) takes one KEY=VALUE
         return f"{text} ({repeat}; see `reste {command} --help`)"
     unknown = [a.split("=", 1)[0] for a in words if a.startswith("--")]
-    if command == "eval" and "--dataset" in unknown:  # (review newuser2 #6: it offered --data_path)
+    if command == "eval" and any(f.replace("-", "").replace("_", "") == "dataset" for f in unknown):  # (newuser2 #6)
         return (f"{text} (the data set is the checkpoint's; --data-path says where its files are; see `reste eval "
                 "--help`)")
     # a flag's dashed spelling, the one the help and the README give (--data-path, not its alias --data_path); not
     # another thing's same setting (--lr-schedule is no --o-schedule: review newuser2 #6)
     dashed = {m: m.replace("_", "-") if m.replace("_", "-") in known else m for m in known}
     close = [dashed[m] for flag in unknown for m in difflib.get_close_matches(flag, known, n=1, cutoff=0.7)
-             if not _another_things(flag, m)]
+             if not _another_things(flag, m, known)]
     if close:
         return f"{text} (did you mean {', '.join(dict.fromkeys(close))}? see `reste {command} --help`)"
     plugin = ("; a plugin's flags (--my-flag) exist only with its --plugin MODULE on the line"

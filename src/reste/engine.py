@@ -1123,12 +1123,10 @@ def check_model_fits(config: TrainConfig) -> None:
             warnings.simplefilter("ignore")
             try:
                 model = build_model(config, spec.num_classes)
-            except UsageError:
-                raise
-            except Exception as err:  # noqa: BLE001 - a factory's own failure (review diff13 #7), with its options
+            except (IndexError, AssertionError) as err:  # a factory's check of its options (review diff13 #7); a
                 options = ", ".join(f"{k}={v!r}" for k, v in config.model_options.items()) or "its defaults"
                 raise UsageError(f"model {config.model!r} could not be built with {options} ({type(err).__name__}: "
-                                 f"{gist(str(err))}); pass other --model-option values") from None
+                                 f"{gist(str(err))}); pass other --model-option values") from err  # bug, as it is
             _probe(model, torch.zeros(spec.input_size), spec.num_classes, config, torch.device("cpu"))
     finally:
         registry._WARNED.intersection_update(warned)
@@ -1143,7 +1141,8 @@ def _probe(model: nn.Module, image: torch.Tensor, num_classes: int, config: Trai
             out = model(image.unsqueeze(0).to(device))
     except torch.cuda.OutOfMemoryError:
         raise  # the device's memory, not the model's shape
-    except Exception as err:  # noqa: BLE001 - RuntimeError, ValueError, a model's own assert (review diff13 #7)
+    except (RuntimeError, ValueError, AssertionError, IndexError) as err:  # shapes (and a model's own assert on
+        # them: review diff13 #7); a bug of the model's code (AttributeError, NameError) is told as it is (diff14)
         from .models import model_info
 
         home = model_info(config.model).get("dataset")  # where its user probably meant it to train
@@ -1151,7 +1150,7 @@ def _probe(model: nn.Module, image: torch.Tensor, num_classes: int, config: Trai
                   if home and home != config.dataset else "pick a model for this data set")
         raise UsageError(f"model {config.model!r} does not fit {config.dataset} images of shape "
                          f"{tuple(image.shape)} ({gist(str(err)) or type(err).__name__}); {remedy} (`reste summary "
-                         "--list`)") from None
+                         "--list`)") from err
     finally:
         torch.set_rng_state(rng)
     if out.dim() != 2 or out.shape[1] != num_classes:
@@ -1172,7 +1171,8 @@ def _one_epoch_note(config: TrainConfig, model: nn.Module) -> str | None:
         end.set_progress(1, 1)
         if start.schedule_values() != end.schedule_values():
             return ("note: a schedule moves at each epoch's start, so in a 1-epoch run the estimators stay at their "
-                    "start (ReSTE's o = 1) for the whole run; train 2 epochs or more to see it move")
+                    "start values (those the epoch line shows) for the whole run; train 2 epochs or more to see "
+                    "them move")
     return None
 
 

@@ -322,14 +322,6 @@ class EquilibriumMeter:
                               f"binary layers are frozen or of one weight ({', '.join(frozen)}) and left out of "
                               "gradient stability",
                               UserWarning, stacklevel=2)
-            if stability is None:  # (once: a host sync per layer) zeroed gradients read as perfectly stable ones
-                grads = [m.weight.grad for _, m in _measured_layers(self.model, self.mode)
-                         if m.weight.requires_grad and m.weight.numel() > 1 and m.weight.grad is not None]
-                if grads and not any(bool(g.any()) for g in grads):  # (review newuser2 #2; a warning: a tiny model's
-                    warnings.warn("EquilibriumMeter: every binary layer's gradient is zero at the first update: "
-                                  "compute the indicators after backward() and before zero_grad() (zero_grad("
-                                  "set_to_none=False) leaves zeros, which read as a perfectly stable gradient)",
-                                  UserWarning, stacklevel=2)  # every weight may be past the window at once)
         e = estimating_error(self.model, self.mode, self.o_end)
         s = gradient_stability(self.model, self.mode) if stability is None else stability
         self._count += 1
@@ -374,6 +366,11 @@ class EquilibriumMeter:
             "estimating_error": float(self._error) / n if n else nan,
             "gradient_stability": float(self._stability) / n if n else nan,
         }
+        if values["gradient_stability"] == 0.0 and self._count > 1:  # (review newuser2 #2: zeroed gradients read
+            # as a perfectly stable one; an epoch, not a first step, which a zero-initialised residual branch zeroes)
+            warnings.warn("EquilibriumMeter: the gradient stability of this epoch is 0: every gradient it read was "
+                          "zero; compute the indicators after backward() and before zero_grad() (zero_grad("
+                          "set_to_none=False) leaves zeros)", UserWarning, stacklevel=2)
         self.history.append(values)
         self._reset()
         return values

@@ -45,21 +45,42 @@ def _check_counts(batch_size: Any, workers: Any) -> None:
         raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
 
 
-def _to_recorded(pre: Any, spec: Any) -> Callable[[Any], Any] | None:
+def _to_recorded(meta: dict[str, Any], spec: Any) -> Callable[[Any], Any] | None:
     """Where the export records a normalisation of its own (its mean, std and pixel scale: a model of yours trained
-    on other units), the per-channel map from the data set's normalised images to it: p = (x std + mean) scale
-    gives back the pixels, which the recorded preprocessing normalises (review newuser2 #1: --dataset fed the data
-    set's, 98.06% scored as 21.11%). None where it records the data set's own, or none."""
-    if pre is None or (tuple(pre.mean), tuple(pre.std), float(pre.pixel_scale)) == (
-            tuple(spec.mean), tuple(spec.std), float(spec.scale)):
+    on other units), what turns the data set's normalised images into it: their pixels, p = (x std + mean) scale,
+    rounded back to the whole numbers they were, then normalised as the raw-pixel path does, exactly (review
+    newuser2 #1: --dataset fed the data set's, 98.06% scored as 21.11%; diff14 #1: not in float64, which gave a
+    tiny negative for an exact 0). None where it records the data set's own. A file that records only part of one,
+    or another resize than the data set's test images had, is refused (review diff14 #3, #7)."""
+    from .inputs import normalise
+    from .ir import Preprocessing
+
+    pre = Preprocessing.from_meta(meta)
+    if pre is None:
+        if any(meta.get(k) is not None for k in Preprocessing.KEYS):
+            raise UsageError(f"the packed model records only part of its preprocessing ("
+                             f"{', '.join(k for k in Preprocessing.KEYS if meta.get(k) is not None)} of "
+                             f"{', '.join(Preprocessing.KEYS)}), so --dataset cannot tell which units it takes; export "
+                             "it again with all of them")
         return None
+    if (tuple(pre.mean), tuple(pre.std), float(pre.pixel_scale)) == (tuple(spec.mean), tuple(spec.std),
+                                                                     float(spec.scale)):
+        return None
+    if pre.resize is not None and pre.resize != spec.test_resize:
+        raise UsageError(f"the packed model records its own resize ({pre.resize}), not {spec.name}'s test images' "
+                         f"({spec.test_resize}); predict the image files themselves, which it resizes as it records")
+    import numpy as np
     import torch
 
     shape = (1, -1) + (1,) * (len(pre.input_size) - 1)
-    ds_mean, ds_std = torch.tensor(spec.mean).view(shape), torch.tensor(spec.std).view(shape)
-    mean, std = torch.tensor(pre.mean).view(shape), torch.tensor(pre.std).view(shape)
-    ratio = float(spec.scale) / float(pre.pixel_scale)
-    return lambda x: ((x.double() * ds_std + ds_mean) * ratio - mean).div(std).float()
+    ds_mean = np.asarray(spec.mean, np.float64).reshape(shape)
+    ds_std = np.asarray(spec.std, np.float64).reshape(shape)
+
+    def remap(x: Any) -> Any:
+        pixels = np.rint((x.double().numpy() * ds_std + ds_mean) * float(spec.scale))
+        return torch.from_numpy(normalise(np.clip(pixels, 0, None), pre, pre.pixel_scale))
+
+    return remap
 
 
 def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | os.PathLike | None = None,
@@ -75,7 +96,6 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     from ..data import check_classes, load_datasets, make_loaders
     from ..datasets import get_spec
     from .inputs import check_shape
-    from .ir import Preprocessing
     from .runtime import PackedModel, class_scores
 
     _check_counts(batch_size, workers)
@@ -92,6 +112,7 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     if classes is not None and classes != spec.num_classes and not spec.folder_classes:
         raise UsageError(f"the model predicts {classes} classes but {spec.name} has {spec.num_classes}; "
                          "pass the data set it was trained on")
+    recorded = _to_recorded(model.meta, spec)  # (None: the data set's images as they are; before any file is read)
     check_data_path(spec.name, data_path, download)
     check_workers(spec.name, workers)
     _, test_ds, info = load_datasets(dataset, data_path, download=download, train=False)
@@ -101,7 +122,6 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     # (review imgdist #6) an image folder's files decoded by worker processes, as reste eval does, with its lines
     workers = default_workers(spec.name) if workers is None else workers
     _, loader = make_loaders(None, test_ds, batch_size=batch_size, eval_batch_size=batch_size, workers=workers)
-    recorded = _to_recorded(Preprocessing.from_meta(model.meta), spec)  # (None: the data set's images as they are)
     correct = total = 0
     start = since = time.perf_counter()
     n_since, batches = 0, len(loader)
