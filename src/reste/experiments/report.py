@@ -109,8 +109,9 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
     """Why a sweep cannot continue the unfinished run in ``run_dir``: finished epochs, but its ``last.pt`` deleted
     or lost (``reste.resumption.check_last_kept``: every resume refuses it, so a rerun would fail it again), or
     damaged: with ``read``, it is loaded as the resume loads it (seconds for an ImageNet run's), so whatever a resume
-    refuses is said (review diff12 #2: a whole zip that is no reste checkpoint); without, only its zip structure is
-    read (a file cut short or replaced: ``reste.checkpoint.structure_damage``). None where a resume can go on."""
+    refuses is said (review diff12 #2: a whole zip that is no reste checkpoint); without, only its zip structure and
+    header are read (a file cut short or replaced: ``reste.checkpoint.structure_damage``). None where a resume can go
+    on."""
     from ..checkpoint import NewerCheckpoint, load_checkpoint, structure_damage
     from ..resumption import check_last_kept, refusal_reason
 
@@ -488,8 +489,8 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
             from_table += 1
         elif row.get("best_acc") is not None:  # finished and reported, its folder gone since: not "no epoch yet"
             gone += 1
-        elif recorded_end(d):  # (review experiments #2) diverged or failed before its first epoch: not "yet"
-            ended[recorded_end(d)[0]] += 1
+        elif (record := recorded_end(d)) is not None:  # (review experiments #2) diverged or failed before its first
+            ended[record[0]] += 1  # epoch: not "yet"
         else:
             unstarted += 1
     if from_table and log:

@@ -42,8 +42,8 @@ def _run_status(run_dir: Path, epochs: int | None = None, key: str | None = None
     if summary["lost_epochs"]:  # which the sweep leaves out (report.run_status), not "stopped", which it continues
         return {**entry, "state": "damaged", "why": missing_line(run_dir, summary["lost_epochs"][0])}
     state = summary["state"] or ("finished" if summary["finished"] else "training or stopped")
-    # (its last.pt's zip structure alone is read: a line per run of many, review rev16 #7, chaos2 #2; a changed byte
-    # inside it the sweep finds)
+    # (its last.pt's zip structure and header alone are read, no tensor: a line per run of many, review rev16 #7,
+    # chaos2 #2, diff13 #5; a changed byte inside it the sweep finds)
     lost = lost_last(run_dir, read=False) if state in ("stopped", "training or stopped") else None
     if lost:  # which the sweep leaves out, as damaged: no resume can continue it
         return {**entry, "state": "damaged", "why": lost, "epochs_done": summary["epochs_done"],
