@@ -59,6 +59,7 @@ VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comme
 ESTIMATOR_KEYS = ("estimator", "estimator_options", "a32", "scaling")  # format 3: models.create's binary layers
 _WINDOWS = os.name == "nt"  # _replace retries there (a test sets it to do so on Linux)
 _SHA_TAG = b"reste-sha256:"
+_COMMENT = len(_SHA_TAG) + 64  # the checksum's zip comment: its tag and the 64 hex digits of the SHA-256
 _EOCD = struct.Struct("<4s4H2IH")  # the zip's end-of-central-directory record (22 bytes)
 # keys every checkpoint holds, with their types (what eval, export and resume read)
 REQUIRED = {"config": dict, "model_name": str, "model_options": dict, "model": dict, "epoch": int,
@@ -231,7 +232,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> bytes:
 
 def _verify(blob: bytes) -> bool | str:
     """True when the stored SHA-256 matches; False when there is none; else what is wrong."""
-    n = len(_SHA_TAG) + 64
+    n = _COMMENT
     comment_at = len(blob) - n
     if comment_at < _EOCD.size or blob[comment_at:comment_at + len(_SHA_TAG)] != _SHA_TAG:
         return "its checksum record is damaged" if _checksum_cut(blob) else False
@@ -249,7 +250,7 @@ def _checksum_cut(blob: bytes) -> bool:
     it, in its zip comment: cut inside it (the end-of-central-directory record declares more comment bytes than
     follow it, which the zip reader takes without a word: review diff12 #1), or a comment of a checksum's length
     whose tag is changed (review diff13 #6; a zip of other origin has no comment, or one of another length)."""
-    n = len(_SHA_TAG) + 64
+    n = _COMMENT
     tail = blob[-(n + _EOCD.size):]
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < _EOCD.size:
@@ -294,7 +295,7 @@ def structure_damage(path: str | os.PathLike) -> str | None:
         with open(path, "rb") as f:
             if f.read(2) != b"PK":
                 return "not a PyTorch zip file"
-            f.seek(max(0, os.fstat(f.fileno()).st_size - len(_SHA_TAG) - 64 - _EOCD.size))
+            f.seek(max(0, os.fstat(f.fileno()).st_size - _COMMENT - _EOCD.size))  # (the tail _checksum_cut reads)
             if _checksum_cut(f.read()):
                 return "its checksum record is damaged"
             zipfile.ZipFile(f).close()
@@ -320,6 +321,10 @@ _LIGHTNING_HINT = ("it is a PyTorch Lightning checkpoint: load your LightningMod
 
 class NewerCheckpoint(UsageError):
     """A checkpoint of a later format than this reste reads: whole, and for a newer reste to load."""
+
+    def __init__(self, path: Path, version: int) -> None:
+        self.path, self.version = path, version
+        super().__init__(f"{path} was written by a newer reste (format {version}); upgrade reste")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -362,7 +367,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise UsageError(f"{path} is not a reste checkpoint (no '{FORMAT}' header){lightning}")
     version = ckpt.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
-        raise NewerCheckpoint(f"{path} was written by a newer reste (format {version}); upgrade reste")
+        raise NewerCheckpoint(path, version)
     if version >= 2 and verified is not True:
         raise UsageError(f"checkpoint {path} is corrupted (its SHA-256 is missing); use another checkpoint")
     wrong = [k for k, kind in REQUIRED.items() if not isinstance(ckpt.get(k), kind)]

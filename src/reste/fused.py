@@ -92,11 +92,16 @@ def plain(*tensors: Tensor) -> bool:
     gradient of ``autograd.grad(..., is_grads_batched=True)`` (legacy vmap); an active ``TorchDispatchMode`` must
     see each op and may hand out tensors without memory (``FakeTensorMode``: review api #15, and for the GPU
     kernels review triton #4, #6): these take the PyTorch ops, which dispatch them."""
-    if not all(type(t) in _PLAIN for t in tensors):
+    if not _plain_types(tensors):
         return False
     if torch.compiler.is_compiling():  # (no kernel runs in a compiled graph, whose callers ask is_compiling too;
         return True  # the checks below do not trace: review ownmodel's run of test_convert)
     return _own_memory(tensors)
+
+
+def _plain_types(tensors: tuple[Tensor, ...]) -> bool:
+    """The first of :func:`plain`'s tests: each a plain tensor or Parameter, no subclass."""
+    return all(type(t) in _PLAIN for t in tensors)
 
 
 def _own_memory(tensors: tuple[Tensor, ...]) -> bool:
@@ -114,7 +119,7 @@ def _lib_for(x: Tensor, *others: Tensor):
     if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled():
         return None
     tensors = (x, *others)
-    if not all(type(t) in _PLAIN for t in tensors) or not _own_memory(tensors):
+    if not _plain_types(tensors) or not _own_memory(tensors):
         return None  # (plain's tests, without its second question to the compiler)
     if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
         return None

@@ -131,7 +131,8 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
     try:
         load_checkpoint(last)
     except NewerCheckpoint as err:  # whole: the newer reste continues it (review diff13 #8)
-        return f"{str(err).split('; upgrade reste')[0]}, which this reste cannot continue; upgrade reste to continue it"
+        return (f"{err.path} was written by a newer reste (format {err.version}), which this reste cannot continue; "
+                "upgrade reste to continue it")
     except UsageError as err:
         return f"{refusal_reason(err)}, so it cannot continue; delete its folder to train it again"
     return None
