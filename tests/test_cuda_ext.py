@@ -692,21 +692,30 @@ def test_the_runtime_library_is_looked_for_where_torchs_link_step_looks(tmp_path
 
 
 def test_bad_arguments_are_refused_in_one_line():
+    """Each message whole, its numbers, shapes and devices too: on one GPU image a number streamed into a message
+    crashed the library (see ops.cpp's number())."""
     x = on(torch.randn(4))
     with pytest.raises(RuntimeError, match="unknown estimator kind 'nope'"):
         torch.ops.reste_ext.backward(x, x, "nope", [0.0] * 5, 0)
-    with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
+    with pytest.raises(RuntimeError, match="5 scalars expected, got 3"):
+        torch.ops.reste_ext.backward(x, x, "ste", [0.0] * 3, 0)
+    with pytest.raises(RuntimeError, match=r"grad has shape \[2, 2\], x \[4\]"):
+        torch.ops.reste_ext.backward(x, x.view(2, 2), "ste", [1.0] + [0.0] * 4, 0)
+    with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16, got Double"):
         torch.ops.reste_ext.sign(x.double())
-    with pytest.raises(RuntimeError, match="groups must divide"):
+    with pytest.raises(RuntimeError, match=r"groups must divide w's 4 elements \(1 to 65535\), got 3"):
         torch.ops.reste_ext.scaled_sign_forward(x, 3, None)
     w = on(torch.randn(8, 3, 3, 3))
     scalars, count, _ = kernel_scalars("ste", {"clip": 1.0})
     _, alpha = torch.ops.reste_ext.scaled_sign_forward(w, 8, None)
     for bad in (alpha[:2].clone(), alpha.double(), alpha.repeat(2)[::2]):  # (and its device: on a GPU only)
-        with pytest.raises(RuntimeError, match="alpha must be the forward's 8 float32 scales on w's device"):
+        with pytest.raises(RuntimeError, match="alpha must be the forward's 8 float32 scales on w's device, got "
+                           f"{bad.numel()} {'Double' if bad.dtype == torch.float64 else 'Float'} on {w.device}"):
             torch.ops.reste_ext.scaled_sign_backward(w, w, bad, 8, "ste", list(scalars), count)
-    with pytest.raises(RuntimeError, match="groups must divide"):
+    with pytest.raises(RuntimeError, match="groups must divide w's 216 elements"):
         torch.ops.reste_ext.scaled_sign_backward(w, w, alpha, 7, "ste", list(scalars), count)
+    with pytest.raises(RuntimeError, match=r"grad has shape \[8, 27\], w \[8, 3, 3, 3\]"):
+        torch.ops.reste_ext.scaled_sign_backward(w, w.view(8, 27), alpha, 8, "ste", list(scalars), count)
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="a tensor on another device than w: a GPU's case")

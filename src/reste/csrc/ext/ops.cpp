@@ -50,6 +50,18 @@ void scaled_sign_backward_cuda(const at::Tensor& w, const at::Tensor& grad, cons
 
 namespace {
 
+// Numbers, shapes and devices in error messages are made into text here, never streamed into TORCH_CHECK's
+// message: on the H200 image of 2026-12-04 (torch 2.11, nvcc 13) an integer streamed there crashed this library
+// (a segmentation fault in its copy of std::ostream's number formatting, reached through a locale facet),
+// while strings streamed fine. std::to_string uses no locale.
+std::string number(int64_t n) { return std::to_string(n); }
+
+std::string shape(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+
 const char* const kNames[kKinds] = {"ste", "reste", "approx_sign", "sign_swish", "ede", "rbnn", "dsq", "fda"};
 
 Params make_params(c10::string_view kind, at::ArrayRef<double> scalars, int64_t count) {
@@ -59,7 +71,8 @@ Params make_params(c10::string_view kind, at::ArrayRef<double> scalars, int64_t 
     if (kind.size() == std::strlen(kNames[k]) && std::memcmp(kind.data(), kNames[k], kind.size()) == 0) p.kind = k;
   }
   TORCH_CHECK(p.kind >= 0, "reste_ext: unknown estimator kind '", std::string(kind), "'");
-  TORCH_CHECK(scalars.size() == 5, "reste_ext: 5 scalars expected, got ", scalars.size());
+  TORCH_CHECK(scalars.size() == 5, "reste_ext: 5 scalars expected, got ",
+              number(static_cast<int64_t>(scalars.size())));
   for (int i = 0; i < 5; ++i) p.s[i] = static_cast<float>(scalars[i]);
   p.w = scalars[0] + scalars[1];  // FDA passes w as float32 part + rest: exact in float64
   p.count = static_cast<int>(count);
@@ -69,7 +82,7 @@ Params make_params(c10::string_view kind, at::ArrayRef<double> scalars, int64_t 
 void check_float(const at::Tensor& t, const char* what) {
   const auto s = t.scalar_type();
   TORCH_CHECK(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, "reste_ext: ", what,
-              " must be float32, bfloat16 or float16, got ", s);
+              " must be float32, bfloat16 or float16, got ", c10::toString(s));
 }
 
 // t itself when its elements fill its memory in one block (contiguous, channels_last, any permutation)
@@ -197,8 +210,10 @@ at::Tensor sign_impl(const at::Tensor& x_in) {
 at::Tensor backward_with(const at::Tensor& x_in, const at::Tensor& grad_in, const Params& p) {
   check_float(x_in, "x");
   const at::Tensor x = dense(x_in);
-  TORCH_CHECK(grad_in.sizes() == x.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", x ", x.sizes());
-  TORCH_CHECK(grad_in.device() == x.device(), "reste_ext: grad is on ", grad_in.device(), ", x on ", x.device());
+  TORCH_CHECK(grad_in.sizes() == x.sizes(), "reste_ext: grad has shape ", shape(grad_in.sizes()), ", x ",
+              shape(x.sizes()));
+  TORCH_CHECK(grad_in.device() == x.device(), "reste_ext: grad is on ", grad_in.device().str(), ", x on ",
+              x.device().str());
   const at::Tensor grad = like(x, grad_in.to(x.scalar_type()));
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
@@ -217,7 +232,8 @@ std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w_in, int6
                                                     std::optional<at::ScalarType> dtype) {
   check_float(w_in, "w");
   TORCH_CHECK(groups >= 1 && groups <= 65535 && w_in.numel() % groups == 0 && w_in.numel() > 0,
-              "reste_ext: groups must divide w's ", w_in.numel(), " elements (1 to 65535), got ", groups);
+              "reste_ext: groups must divide w's ", number(w_in.numel()), " elements (1 to 65535), got ",
+              number(groups));
   const at::Tensor w = grouped(w_in, groups);
   at::Tensor y = at::empty_like(w, w.options().dtype(dtype.value_or(w.scalar_type())));
   check_float(y, "the result");
@@ -236,14 +252,17 @@ at::Tensor scaled_sign_backward_with(const at::Tensor& w_in, const at::Tensor& g
                                      int64_t groups, const Params& p) {
   check_float(w_in, "w");
   TORCH_CHECK(groups >= 1 && groups <= 65535 && w_in.numel() % groups == 0 && w_in.numel() > 0,
-              "reste_ext: groups must divide w's ", w_in.numel(), " elements (1 to 65535), got ", groups);
+              "reste_ext: groups must divide w's ", number(w_in.numel()), " elements (1 to 65535), got ",
+              number(groups));
   TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.numel() == groups && alpha.is_contiguous() &&
                   alpha.device() == w_in.device(),
-              "reste_ext: alpha must be the forward's ", groups, " float32 scales on w's device, got ", alpha.numel(),
-              " ", alpha.scalar_type(), " on ", alpha.device());
+              "reste_ext: alpha must be the forward's ", number(groups), " float32 scales on w's device, got ",
+              number(alpha.numel()), " ", c10::toString(alpha.scalar_type()), " on ", alpha.device().str());
   const at::Tensor w = grouped(w_in, groups);
-  TORCH_CHECK(grad_in.sizes() == w.sizes(), "reste_ext: grad has shape ", grad_in.sizes(), ", w ", w.sizes());
-  TORCH_CHECK(grad_in.device() == w.device(), "reste_ext: grad is on ", grad_in.device(), ", w on ", w.device());
+  TORCH_CHECK(grad_in.sizes() == w.sizes(), "reste_ext: grad has shape ", shape(grad_in.sizes()), ", w ",
+              shape(w.sizes()));
+  TORCH_CHECK(grad_in.device() == w.device(), "reste_ext: grad is on ", grad_in.device().str(), ", w on ",
+              w.device().str());
   check_float(grad_in, "grad");
   const at::Tensor grad = like(w, grad_in);
   at::Tensor out = at::empty_like(w);
