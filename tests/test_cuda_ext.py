@@ -116,6 +116,28 @@ def test_backward_in_every_layout(kind, layout):
     assert_within(out.contiguous(), ref, tolerance(est, x.contiguous(), grad.contiguous(), ref))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [2, 7, 8, 9, 4099])
+@pytest.mark.parametrize("offsets", [(0, 0), (1, 0), (0, 1), (3, 5)])
+def test_every_element_of_any_length_and_alignment(dtype, n, offsets):
+    """On a GPU the elementwise kernels move 16 bytes at a time where x, grad and the result are 16-byte aligned,
+    then finish the last elements one at a time; a view that starts k elements into its storage is not aligned
+    and goes one at a time throughout. Each length and start gives the expression's values on every element."""
+    est = ESTIMATORS["reste"]()
+    g = torch.Generator().manual_seed(n)
+    x_base, g_base = (torch.randn(n + 8, generator=g).to(dtype) * 2 for _ in range(2))
+    x_base[offsets[0]], x_base[offsets[0] + n - 1] = -1.5, 0.5  # both signs, the first and last elements among them
+    x_base, g_base = on(x_base, g_base)  # moved whole: a view moved alone would start aligned there
+    x, grad = x_base[offsets[0]:offsets[0] + n], g_base[offsets[1]:offsets[1] + n]
+    assert (x.data_ptr() % 16 == 0) == (offsets[0] == 0)
+    assert_sign_matches(cuda_ext.sign(x), x)
+    ref = torch_backward(est, x, grad)
+    out = ops_backward("reste", x, grad, est.params())
+    assert out.shape == (n,)
+    assert_within(out, ref, tolerance(est, x, grad, ref))
+    assert torch.equal(out == 0, ref == 0)
+
+
 def test_schedule_values_move_the_result():
     """Scalars are arguments: each o and each n gives its own values, and o = 1 the clipped step."""
     x, grad = on(*inputs(torch.float32, [1.5, 0.1], seed=4))

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "estimators.h"
 
@@ -50,15 +51,57 @@ __device__ float block_sum(float v, float* shared) {
   return total;
 }
 
+// The elementwise kernels move 16 bytes a thread at a time (8 bf16 or fp16 values, 4 float32) where every pointer
+// is 16-byte aligned: one 2-byte load a thread keeps too few bytes in flight to fill the GPU's memory bandwidth
+// (on an H200 the ext's scalar kernels made an ImageNet ResNet-18 step 1.8 ms slower than the Triton ones). The
+// elements past the last whole 16 bytes, and every element of a tensor not so aligned, go one at a time, in the
+// same launch. Each element's arithmetic is the same either way.
 template <typename T>
-__global__ void sign_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  for (int64_t i = first_index(); i < n; i += stride()) y[i] = static_cast<T>(sign1(static_cast<float>(x[i])));
+constexpr int kPack = 16 / static_cast<int>(sizeof(T));
+
+__host__ __device__ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T>
+__device__ __forceinline__ void load16(const T* p, T (&v)[kPack<T>]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  memcpy(v, &raw, 16);
+}
+
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const T (&v)[kPack<T>]) {
+  uint4 raw;
+  memcpy(&raw, v, 16);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+template <typename T>
+__global__ void sign_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, bool packed) {
+  constexpr int kN = kPack<T>;
+  const int64_t whole = packed ? n / kN * kN : 0;
+  for (int64_t i = first_index() * kN; i < whole; i += stride() * kN) {
+    T v[kN];
+    load16(x + i, v);
+#pragma unroll
+    for (int k = 0; k < kN; ++k) v[k] = static_cast<T>(sign1(static_cast<float>(v[k])));
+    store16(y + i, v);
+  }
+  for (int64_t i = whole + first_index(); i < n; i += stride()) y[i] = static_cast<T>(sign1(static_cast<float>(x[i])));
 }
 
 template <typename T>
 __global__ void backward_kernel(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__ out, int64_t n,
-                                Params p) {
-  for (int64_t i = first_index(); i < n; i += stride()) {
+                                Params p, bool packed) {
+  constexpr int kN = kPack<T>;
+  const int64_t whole = packed ? n / kN * kN : 0;
+  for (int64_t i = first_index() * kN; i < whole; i += stride() * kN) {
+    T v[kN], d[kN];
+    load16(x + i, v);
+    load16(grad + i, d);
+#pragma unroll
+    for (int k = 0; k < kN; ++k) v[k] = static_cast<T>(g(static_cast<float>(v[k]), p) * static_cast<float>(d[k]));
+    store16(out + i, v);
+  }
+  for (int64_t i = whole + first_index(); i < n; i += stride()) {
     out[i] = static_cast<T>(g(static_cast<float>(x[i]), p) * static_cast<float>(grad[i]));
   }
 }
@@ -162,8 +205,10 @@ void sign_cuda(const at::Tensor& x, const at::Tensor& y) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.numel();
   RESTE_DISPATCH(x.scalar_type(), "reste_sign_cuda", [&] {
-    sign_kernel<scalar_t><<<elementwise_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), n);
+    const bool packed = aligned16(x.const_data_ptr()) && aligned16(y.const_data_ptr());
+    sign_kernel<scalar_t><<<elementwise_blocks(packed ? n / kPack<scalar_t> : n), kThreads, 0,
+                            c10::cuda::getCurrentCUDAStream()>>>(x.const_data_ptr<scalar_t>(),
+                                                                 y.mutable_data_ptr<scalar_t>(), n, packed);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -172,8 +217,12 @@ void backward_cuda(const at::Tensor& x, const at::Tensor& grad, const at::Tensor
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.numel();
   RESTE_DISPATCH(x.scalar_type(), "reste_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<elementwise_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, p);
+    const bool packed = aligned16(x.const_data_ptr()) && aligned16(grad.const_data_ptr()) &&
+                        aligned16(out.const_data_ptr());
+    backward_kernel<scalar_t><<<elementwise_blocks(packed ? n / kPack<scalar_t> : n), kThreads, 0,
+                                c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, p,
+        packed);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
