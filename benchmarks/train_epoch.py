@@ -188,6 +188,16 @@ def _timed(phases: dict[str, float], config: TrainConfig, stamps: list[float]):
             setattr(owner, name, fn)
 
 
+def full_epoch_s(epoch: dict, images: int, test_images: int) -> float:
+    """The seconds of an epoch of CIFAR-10's 50,000 train and 10,000 test images, from one of ``images`` and
+    ``test_images``: the steps (and the rest of the epoch) scale with the train images, the test evaluation with the
+    test images, and the checkpoint not at all (one an epoch, its size the model's)."""
+    phases = epoch["last_epoch_phases_s"]
+    checkpoint, evaluation = phases.get("checkpoint", 0.0), phases.get("test evaluation", 0.0)
+    rest = max(epoch["epoch_s"] - checkpoint - evaluation, 0.0)
+    return rest * 50_000 / images + evaluation * 10_000 / test_images + checkpoint
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
@@ -232,7 +242,7 @@ def _measure(args: argparse.Namespace) -> dict:
     for name, preset in PRESETS.items():
         cfg = preset.settings
         if cfg.get("dataset") == "cifar10" and cfg.get("model") == args.model:
-            implied[name] = cfg["epochs"] * epoch["epoch_s"] * (50_000 / args.images) / 3600
+            implied[name] = cfg["epochs"] * full_epoch_s(epoch, args.images, args.test_images) / 3600
             groups.setdefault((cfg["epochs"], cfg.get("batch_size", 256)), []).append(name)
     for (epochs, batch), names in groups.items():
         note = "" if batch == args.batch_size else f"; measured at batch {args.batch_size}, the presets use {batch}"

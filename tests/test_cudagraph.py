@@ -263,7 +263,13 @@ def test_the_whole_epoch_benchmark_runs(tmp_path, monkeypatch):
         assert out["epoch_images_per_s"] == pytest.approx(100 / e["epoch_s"])
         assert out["bare_step"]["images_per_s"] > 0
         assert set(out["implied_hours"]) >= {"cifar10-resnet20-1w1a"}
+        assert out["implied_hours"]["cifar10-resnet20-1w1a"] == pytest.approx(1000 * bench.full_epoch_s(e, 100, 16)
+                                                                                 / 3600)
     assert (tmp_path / "e.json").is_file()
+    # a tenth of the data: the steps ten times over, the evaluation five times over, the checkpoint once
+    epoch = {"epoch_s": 3.0, "last_epoch_phases_s": {"training steps (all)": 1.0, "test evaluation": 1.0,
+                                                     "checkpoint": 1.0}}
+    assert bench.full_epoch_s(epoch, 5_000, 2_000) == pytest.approx(10.0 + 5.0 + 1.0)
     with pytest.raises(SystemExit) as refused:  # as reste train refuses it: one line, status 2
         bench.main(argv + ["--cuda-graphs", "--accumulate", "2"])
     assert refused.value.code == 2
