@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 11 in one command, on one GPU, in a few minutes (85 s on an H200 on
-# 2026-11-30 for what sections 1, 2, 4, 5 and 6 then held; the extension's section, the longer epoch
-# benchmark and the per-section limits came later and have not run on a GPU yet). Sections:
+# Every GPU check of issue 11 in one command, on one GPU, in a few minutes (159 s on an H200 on
+# 2026-12-04, every section; its log is in benchmarks/logs/2026-12-04-h200). Sections:
 #   1. the fused Triton kernels on real CUDA tensors against the PyTorch path (fp32, bf16, fp16;
 #      contiguous and channels_last; every edge), a binary conv's training step (same gradients),
 #      no host-device synchronisation, and no recompilation when a schedule moves;
@@ -12,7 +11,7 @@
 #      tests/test_cuda_ext.py on CUDA tensors (its kernels and C++ autograd nodes against the PyTorch
 #      path, large-group reductions, no host-device synchronisation), section 2's graphed steps through
 #      its nodes, and the host time of a binary layer's nodes (benchmarks/node_overhead.py). Only an
-#      extension that passed these is timed in section 4 (it has never run on a GPU before);
+#      extension that passed these is timed in section 4;
 #   4. the training-step rows of benchmarks/train_step.py --device cuda (eager, eager through the C++
 #      nodes, graphed), each variant interleaved with the others;
 #   5. a whole CIFAR-10-shaped epoch through the engine (benchmarks/train_epoch.py; the median of
