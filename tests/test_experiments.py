@@ -381,6 +381,28 @@ def test_plot_estimators_and_runs(tmp_path, capsys):
     assert b"<svg" in (tmp_path / "curves.svg").read_bytes()[:2000]
 
 
+def test_plot_of_a_folder_of_runs_draws_the_runs_inside_it(tmp_path, capsys, monkeypatch):
+    """`reste train --out runs/a`, `--out runs/b`, then `reste plot runs`: the runs one level inside, each once,
+    into runs/curves.png; a folder with no run in it or below is said to be none of what plot takes."""
+    for name, acc in (("b", [40, 45]), ("a", [50, 60])):
+        _fake_run(tmp_path / "runs" / name, acc, [2, 1], [1e-5, 2e-5])
+    (tmp_path / "runs" / "notes").mkdir()  # a folder beside them that is no run: not drawn
+    from reste.experiments import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "plot_runs", lambda dirs, out, *a, **k: drawn.append(([d.name for d in dirs], out))
+                        or Path(out or "curves.png"))
+    assert main(["plot", str(tmp_path / "runs")]) == 0
+    assert drawn == [(["a", "b"], tmp_path / "runs" / "curves.png")]
+    assert f"{tmp_path / 'runs'} holds 2 runs (a, b); each is drawn" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "runs"), str(tmp_path / "runs" / "a")]) == 0  # a run beside its folder: once
+    assert drawn[-1] == (["a", "b"], Path("curves.png"))
+    assert main(["plot", str(tmp_path / "runs" / "a")]) == 0  # a run itself is not searched for runs inside it
+    assert drawn[-1] == (["a"], None)
+    assert main(["plot", str(tmp_path / "runs" / "notes")]) == 2
+    assert "is not a run, a sweep or a folder of runs" in capsys.readouterr().err
+
+
 def _real_like_run(run_dir: Path, estimator: str, losses: list[float], schedule: dict[str, list[float]]) -> None:
     """A run directory as reste train writes it: config.json with the estimator, lr and schedule per epoch."""
     run_dir.mkdir(parents=True)

@@ -33,7 +33,7 @@ from ..datasets import get_spec
 from ..errors import UsageError, parse_json
 from ..wording import count
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
-from ..rundir import (CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
+from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
                       divergence, epoch_lines, failure, holds_run, not_a_folder, read_metrics, recipe_free,
                       run_config)
 from .identity import canonical_saved, config_key
@@ -172,7 +172,6 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     path = out_dir / MANIFEST
     if not path.is_file():
         from ..errors import shell_word
-        from ..rundir import CONFIG
 
         if not out_dir.exists():
             raise UsageError(f"{out_dir} does not exist; pass a sweep's folder (its --out)")
@@ -546,17 +545,27 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
     if where and not sweeps:
         raise UsageError("--setting picks runs of a sweep; give a sweep's folder (its --out)")
     runs: list[tuple[Path, str, list[dict[str, Any]] | None, str | None]] = []
+    parents = []  # folders of runs (`reste train --out runs/r1`, `--out runs/r2`): the runs inside them
     for t in targets:
         label = f"{Path(t).name}: " if len(targets) > 1 else ""  # several sweeps: whose run it is
+        inner = [] if Path(t) in sweeps else _runs_inside(t)
+        if not inner and Path(t) not in sweeps and not _is_run(t):
+            raise UsageError(f"{t} is not a run, a sweep or a folder of runs (no {METRICS_FILE} or {CONFIG} in it "
+                             "or one level down); pass a run's or a sweep's folder (its --out)")
+        if inner:
+            parents.append(Path(t))
+            if log:
+                shown = ", ".join(d.name for d in inner[:6]) + (", ..." if len(inner) > 6 else "")
+                log(f"plot: {t} holds {count(len(inner), 'run')} ({shown}); each is drawn")
         # a sweep with nothing to draw among several targets is said, and the others drawn (review experiments #5)
         runs += [(d, label + s, m, mode) for d, s, m, mode in _sweep_runs(t, where, log, kept=True,
                                                                          empty_ok=len(targets) > 1)] \
-            if Path(t) in sweeps else [(Path(t), "", None, None)]
+            if Path(t) in sweeps else [(d, "", None, None) for d in inner] or [(Path(t), "", None, None)]
     if not runs:
         raise UsageError(f"none of the {len(targets)} sweeps given has a run with epochs to draw (see the lines above)")
     runs = _once(runs, log)
-    if out is None and len(targets) == 1 and sweeps:
-        out = sweeps[0] / CURVES
+    if out is None and len(targets) == 1 and (sweeps or parents):  # into the folder given
+        out = Path(targets[0]) / CURVES
     elif out is None and len(targets) > 1:  # several targets' figure: here, even where they hold one run between them
         out = Path(CURVES)
     # runs of sweeps alone are named as the sweep names them ("o_end=10 seed 0"), else by the settings that differ
@@ -565,6 +574,20 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
         labels = [s or d.name for d, s, _, _ in runs]  # settings by: the sweep's names, a run's folder (rev12 #6)
     return plotting.plot_runs([d for d, _, _, _ in runs], out, labels, [m for _, _, m, _ in runs],
                               modes=[mode for _, _, _, mode in runs])
+
+
+def _runs_inside(folder: str | os.PathLike) -> list[Path]:
+    """The runs one level inside ``folder``, by name, where ``folder`` is not a run itself (it has no metrics file
+    and no config.json); none where it is one, or holds none."""
+    folder = Path(folder)
+    if _is_run(folder):
+        return []
+    return sorted(p.parent for p in folder.glob(f"*/{METRICS_FILE}") if p.is_file())
+
+
+def _is_run(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a run's: it holds its metrics file or its config.json (a run before its first epoch)."""
+    return (Path(folder) / METRICS_FILE).exists() or (Path(folder) / CONFIG).exists()
 
 
 def _once(runs: list[tuple[Path, str, Any, Any]],
