@@ -462,6 +462,10 @@ def test_the_legend_of_runs_names_no_setting_that_leaves_the_training_alone(tmp_
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     (tmp_path / "b" / "config.json").write_text(json.dumps({**config, "accumulate": 2}))
     assert _setting_labels([tmp_path / "a", tmp_path / "b"]) == ["accumulate=1, epochs=2", "accumulate=2, epochs=3"]
+    (tmp_path / "b" / "config.json").write_text(json.dumps({**config, "indicators": "general"}))
+    # (newuser2: an unset setting read "indicators=None")
+    assert _setting_labels([tmp_path / "a", tmp_path / "b"]) == ["epochs=2, indicators=off",
+                                                                 "epochs=3, indicators=general"]
 
 
 def test_runs_of_a_comparison_differ_by_marker_not_colour_alone(tmp_path):

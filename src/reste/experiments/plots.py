@@ -165,10 +165,15 @@ def _setting_labels(dirs: Sequence[Path]) -> list[str]:
     keys = sorted({k for c in configs for k in c} - set(_LEGEND_FREE))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     # each run names its own settings only: an option of another run's estimator is not one of this run's
-    labels = [textwrap.fill(", ".join(f"{k}={c[k]}" for k in differ if k in c), 70) for c in configs]
+    labels = [textwrap.fill(", ".join(f"{k}={_shown(c[k])}" for k in differ if k in c), 70) for c in configs]
     if not differ or len(set(labels)) < len(labels):
         return names if not differ else [f"{lab} ({n})" for lab, n in zip(labels, names)]
     return labels
+
+
+def _shown(value: Any) -> Any:
+    """A setting's value as a legend shows it: an unset one (``indicators`` not measured, no ``preset``) as off."""
+    return "off" if value is None else value
 
 
 def _panel_axes(fig: Any, count: int) -> list[Any]:
