@@ -607,6 +607,7 @@ def test_inputs_that_a_relu_made_non_negative_get_one_warning(monkeypatch):
         assert len(relevant) == told, [str(w.message) for w in seen]
         if told:
             assert "'2'" in str(relevant[0].message) and "activations=False" in str(relevant[0].message)
+            assert relevant[0].filename == __file__  # the line of model(x), not one of layers.py (newuser2)
         assert all(m.watch_inputs is None for m in model.modules() if hasattr(m, "watch_inputs"))
 
 

@@ -35,13 +35,18 @@ def real_number(value: Any) -> int | float | None:
     return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
-def outside_reste() -> int:
+def outside_reste(*libraries: str) -> int:
     """The ``stacklevel`` of a warning given by this function's caller that names the first frame outside reste: the
     user's line, however deep inside reste it was given (``binarize(model, "reste", o_end=1.0)`` builds the estimator
-    in ``get_estimator``; a constructor called directly is its caller's line)."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    in ``get_estimator``; a constructor called directly is its caller's line). ``libraries``: the imported packages
+    (``"torch"``) whose frames are passed over too, as a layer's forward is called through ``nn.Module``'s."""
+    roots = [os.path.dirname(os.path.abspath(__file__)) + os.sep]
+    for name in libraries:
+        where = getattr(sys.modules.get(name), "__file__", None)
+        if where:
+            roots.append(os.path.dirname(os.path.abspath(where)) + os.sep)
     level, frame = 2, sys._getframe(2)  # the frame that called the warning's function (stacklevel 2)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(tuple(roots)):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .estimators import Estimator, get_estimator
 from .fused import under_dispatch_mode, under_functorch
-from .hparams import real_number
+from .hparams import outside_reste, real_number
 
 SCALINGS = ("layer", "channel", "none")
 
@@ -218,7 +218,8 @@ def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:
         f"binarize: the inputs of binary layer {name!r} are all >= 0 (a ReLU before it, or images in [0, 1] into a "
         "binarized first layer?), and likely those of the layers like it: sign makes them +1 everywhere, so they "
         "carry nothing and the layers before get no useful gradient; binarize with activations=False (1W/32A), or "
-        "put the sign before the ReLU (BatchNorm -> sign -> conv, as the zoo's blocks do)", stacklevel=3)
+        "put the sign before the ReLU (BatchNorm -> sign -> conv, as the zoo's blocks do)",
+        stacklevel=outside_reste("torch", "torchvision", "timm"))  # the user's model(x), not a forward of a library
 
 
 class _BinaryConv(_BinaryMixin):
