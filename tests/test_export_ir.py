@@ -207,8 +207,12 @@ def test_predict_takes_raw_uint8_arrays_with_the_training_preprocessing(capsys, 
         accuracy = 100.0 * float((expected == test.labels.numpy()).mean())
         assert f"accuracy {accuracy:.2f}%" in out
     np.save(tmp_path / "one.npy", raw[3, 0])  # one (H, W) image
-    assert _run(capsys, "predict", str(path), str(tmp_path / "one.npy"))[0] == 0
+    code, out, _ = _run(capsys, "predict", str(path), str(tmp_path / "one.npy"))
+    assert code == 0
     np.testing.assert_array_equal(np.load(tmp_path / "one.pred.npy"), expected[3:4])
+    assert out.rstrip().endswith(f"; class {int(expected[3])}")  # its class, as an image file's (newuser2)
+    code, out, _ = _run(capsys, "predict", str(path), str(tmp_path / "one.npy"), "--json")
+    assert json.loads(out)["class"] == int(expected[3])
     np.save(tmp_path / "bad.npy", raw[:, :, :4])
     assert "(1, 4, 8)" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "bad.npy"))
     np.save(tmp_path / "flat.npy", raw.reshape(-1))

@@ -238,6 +238,12 @@ def _class_name(names: Any, c: int) -> str | None:
     return str(names[c]) if isinstance(names, list) and 0 <= c < len(names) else None
 
 
+def _class_text(names: Any, c: int) -> str:
+    """``class 3 ('cat')``, or ``class 3`` where the export records no names."""
+    name = _class_name(names, c)
+    return f"class {c}" + ("" if name is None else f" ({name!r})")
+
+
 def _prediction_rows(pred: Any, names: Any, files: list[str] | None = None) -> list[dict[str, Any]]:
     """One ``{"index" (or "file" for image files), "class", "name"}`` per prediction."""
     key = "index" if files is None else "file"
@@ -402,10 +408,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _save_predictions(out, pred, names, form, file_names)
             line = (f"{count(len(pred), 'prediction')} written to {out}{replacing} ({seconds:.2f}s, {model.backend} "
                     "kernels)")
+            if len(pred) == 1:  # an array of one image: its class too, as an image file's (newuser2)
+                line += f"; {_class_text(names, int(pred[0]))}"
         else:
-            name = f" ({str(names[int(pred[0])])!r})" if isinstance(names, list) and int(pred[0]) < len(names) \
-                else ""
-            line = f"{args.images}: class {int(pred[0])}{name} ({seconds:.2f}s, {model.backend} kernels)"
+            line = f"{args.images}: {_class_text(names, int(pred[0]))} ({seconds:.2f}s, {model.backend} kernels)"
         # of no images, none (not NaN, which JSON has not, nor NumPy's two warnings on the empty mean)
         accuracy = 100.0 * float((pred == labels).mean()) if labels is not None and len(pred) else None
         if accuracy is not None:
@@ -413,10 +419,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.json:  # one object, for a script: no line to parse
             summary = {"images": len(pred), "output": str(out) if write else None, "accuracy": accuracy,
                        "seconds": round(seconds, 3), "backend": model.backend}
-            if one_file:
-                c = int(pred[0])
-                summary.update({"class": c, "name": str(names[c]) if isinstance(names, list) and c < len(names)
-                                else None})
+            if one_file or len(pred) == 1:  # one image: its class, as the line gives it
+                summary.update({"class": int(pred[0]), "name": _class_name(names, int(pred[0]))})
             line = json.dumps(summary)
         print(line, file=sys.stderr if to_stdout else sys.stdout)
         return 0
