@@ -1117,19 +1117,16 @@ def check_model_fits(config: TrainConfig) -> None:
     from .models import registry
 
     spec = get_spec(config.dataset)
-    warned = set(registry._WARNED)  # (the registry gives its mixed-estimator warning once: the run's, diff13 #4)
-    try:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                model = build_model(config, spec.num_classes)
-            except (IndexError, AssertionError) as err:  # a factory's check of its options (review diff13 #7); a
-                options = ", ".join(f"{k}={v!r}" for k, v in config.model_options.items()) or "its defaults"
-                raise UsageError(f"model {config.model!r} could not be built with {options} ({type(err).__name__}: "
-                                 f"{gist(str(err))}); pass other --model-option values") from err  # bug, as it is
-            _probe(model, torch.zeros(spec.input_size), spec.num_classes, config, torch.device("cpu"))
-    finally:
-        registry._WARNED.intersection_update(warned)
+    # (the registry gives its mixed-estimator warning once: the run's, diff13 #4)
+    with registry.unrecorded(), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = build_model(config, spec.num_classes)
+        except (IndexError, AssertionError) as err:  # a factory's check of its options (review diff13 #7); a
+            options = ", ".join(f"{k}={v!r}" for k, v in config.model_options.items()) or "its defaults"
+            raise UsageError(f"model {config.model!r} could not be built with {options} ({type(err).__name__}: "
+                             f"{gist(str(err))}); pass other --model-option values") from err  # bug, as it is
+        _probe(model, torch.zeros(spec.input_size), spec.num_classes, config, torch.device("cpu"))
 
 
 def _probe(model: nn.Module, image: torch.Tensor, num_classes: int, config: TrainConfig, device: torch.device) -> None:

@@ -13,8 +13,10 @@ the function's name and, with ``twin=...``, the float twin as well::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from torch import nn
@@ -262,6 +264,17 @@ def _check_estimators(name: str, model: nn.Module, spec: dict[str, Any]) -> None
     warnings.warn(f"model {name!r}: {len(layers)} layer(s) ({', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}"
                   f") have another estimator than the {spec['name']!r} asked for ({what} at {layer!r}); {how}, or "
                   "register it with mixed_estimators=True when that is on purpose", stacklevel=3)
+
+
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """Inside the block, a model built gives its once-only warnings without counting them as given: a trial build
+    (the check before a run, which hides its warnings) leaves them to the run's own build."""
+    warned = set(_WARNED)
+    try:
+        yield
+    finally:
+        _WARNED.intersection_update(warned)
 
 
 def _split_keywords(name: str, estimator: Any, keywords: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
