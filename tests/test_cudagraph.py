@@ -443,17 +443,24 @@ def test_graphed_evaluation_captures_each_shape_once_and_gives_the_eager_metrics
     assert forward(torch.randn(5, 1, 8, 8)).shape == (5, 10) and forward.captures == 3
 
 
-def test_an_eager_gpu_run_is_told_about_cuda_graphs_when_it_could_use_them():
+def test_an_eager_gpu_run_is_told_about_cuda_graphs_or_the_cpp_nodes(monkeypatch):
+    from reste import cuda_ext
+
     cuda = torch.device("cuda")
-    tip = engine.cuda_graphs_tip(TrainConfig(), cuda, False)
+    tip = engine.gpu_speed_tip(TrainConfig(), cuda, False)
     assert tip and "--cuda-graphs" in tip
     for config, device, distributed in ((TrainConfig(), torch.device("cpu"), False),
                                         (TrainConfig(cuda_graphs=True), cuda, False),
-                                        (TrainConfig(compile=True), cuda, False),
-                                        (TrainConfig(amp="fp16"), cuda, False),
-                                        (TrainConfig(accumulate=2), cuda, False),  # refused with it
-                                        (TrainConfig(), cuda, True)):
-        assert engine.cuda_graphs_tip(config, device, distributed) is None
+                                        (TrainConfig(compile=True), cuda, False)):
+        assert engine.gpu_speed_tip(config, device, distributed) is None
+    # where the graphs are refused (fp16, --accumulate, torchrun): the C++ nodes, unless they are asked for already
+    monkeypatch.setattr(cuda_ext, "requested", lambda: False)
+    for config, distributed in ((TrainConfig(amp="fp16"), False), (TrainConfig(accumulate=2), False),
+                                (TrainConfig(), True)):
+        tip = engine.gpu_speed_tip(config, cuda, distributed)
+        assert tip and "RESTE_CUDA_EXT=1" in tip and "--cuda-graphs" not in tip
+    monkeypatch.setattr(cuda_ext, "requested", lambda: True)
+    assert engine.gpu_speed_tip(TrainConfig(amp="fp16"), cuda, False) is None
 
 
 def test_the_graphed_evaluation_is_captured_again_each_epoch_for_an_estimator_with_its_own_forward():

@@ -1371,7 +1371,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {optimizer_text(config.to_dict())}, "
             f"device {run.device}{procs} -> {run_dir}")
     for note in (*recipe_notes(config, world), accumulate_note(config, run.model, world_size=world),
-                 cuda_graphs_tip(config, run.device, run.dist.enabled), _one_epoch_note(config, run.model)):
+                 gpu_speed_tip(config, run.device, run.dist.enabled), _one_epoch_note(config, run.model)):
         if note:
             run.log(note)
     return run.run()
@@ -1483,14 +1483,22 @@ def _forward_reads_schedule(model: nn.Module) -> bool:
     return any(type(est).forward is not Estimator.forward for est in estimators_of(model))
 
 
-def cuda_graphs_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
-    """A note for an eager CUDA run that ``--cuda-graphs`` could take (one process, no --compile, no fp16, no
-    --accumulate)."""
-    if (device.type != "cuda" or config.cuda_graphs or config.compile or config.amp == "fp16" or distributed
-            or config.accumulate > 1):
+def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
+    """A note for an eager CUDA run, whose small models' steps the host bounds: ``--cuda-graphs`` where the run could
+    take it (one process, no --compile, no fp16, no --accumulate), else the C++ nodes (``RESTE_CUDA_EXT=1``) where
+    they are not asked for. The figures are one run's of benchmarks/gpu_check.sh (RESULTS.md, 2026-12-04)."""
+    if device.type != "cuda" or config.cuda_graphs or config.compile:
         return None
-    return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
-            "ResNet-20 ReSTE step took 4.15 ms graphed against 19.7 ms eager: benchmarks/RESULTS.md)")
+    if not (config.amp == "fp16" or distributed or config.accumulate > 1):
+        return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
+                "ResNet-20 ReSTE step took 4.0 ms graphed against 14.1 ms eager: benchmarks/RESULTS.md)")
+    from . import cuda_ext
+
+    if cuda_ext.requested():
+        return None
+    return ("note: this GPU run is eager; RESTE_CUDA_EXT=1 runs each binary layer's autograd nodes in C++, built once "
+            "with nvcc (on an H200 a ResNet-20 ReSTE step took 8.7 ms with them against 14.1 ms: "
+            "benchmarks/RESULTS.md)")
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,
