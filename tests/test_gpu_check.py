@@ -203,3 +203,28 @@ def test_a_timed_section_that_fails_or_hangs_is_exit_status_1(tmp_path):
     assert rc == 1, out
     assert "4. training-step rows: FAILED (exit 1)" in out and "5. whole epoch: FAILED (exit 1)" in out
     assert "1. Triton kernels: ok" in out and "2. CUDA graphs: ok" in out  # the correctness checks passed
+
+
+PRESETS = SCRIPT.with_name("preset_epochs.sh")
+
+
+def test_the_preset_epochs_script_parses_refuses_without_a_gpu_and_summarises_its_figures(tmp_path):
+    """benchmarks/preset_epochs.sh: exit 77 where no GPU is visible; its summary reads train_epoch.py's JSON (the
+    figures here are made up for the test)."""
+    subprocess.run(["bash", "-n", str(PRESETS)], check=True)
+    if not torch.cuda.is_available():
+        done = subprocess.run(["bash", str(PRESETS)], capture_output=True, text=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+        assert done.returncode == 77 and "nothing was timed" in done.stderr and done.stdout == ""
+    summary = re.search(r"<<'PY'\n(.*?)\nPY\n", PRESETS.read_text(), re.S).group(1)
+    for name, graphed, hours in (("epoch-resnet20_1w1a.json", False, {"cifar10-resnet20-1w1a": 1.25,
+                                                                       "cifar10-resnet20-ste": 1.25}),
+                                 ("epoch-resnet20_1w1a-graphed.json", True, {"cifar10-resnet20-1w1a": 0.5})):
+        (tmp_path / name).write_text(json.dumps({"args": {"cuda_graphs": graphed}, "implied_hours": hours,
+                                                 "bare_step": {"median_s": 0.0123}}))
+    done = subprocess.run([sys.executable, "-c", summary, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "cifar10-resnet20-1w1a" in lines[0] and "graphed" in lines[0] and "0.50 h" in lines[0]
+    assert "cifar10-resnet20-1w1a and 1 more" in lines[1] and "eager" in lines[1] and "1.25 h" in lines[1]
+    assert "12.30 ms" in lines[1]
