@@ -387,6 +387,10 @@ def test_plot_of_a_folder_of_runs_draws_the_runs_inside_it(tmp_path, capsys, mon
     for name, acc in (("b", [40, 45]), ("a", [50, 60])):
         _fake_run(tmp_path / "runs" / name, acc, [2, 1], [1e-5, 2e-5])
     (tmp_path / "runs" / "notes").mkdir()  # a folder beside them that is no run: not drawn
+    (tmp_path / "runs" / "fresh").mkdir()  # a run before its first epoch: said, left out
+    shutil.copy(tmp_path / "runs" / "a" / "config.json", tmp_path / "runs" / "fresh")
+    (tmp_path / "runs" / "sw").mkdir()  # a sweep: said, not drawn (its folder stands for its runs when given)
+    (tmp_path / "runs" / "sw" / "sweep.json").write_text("{}")
     from reste.experiments import plots
 
     drawn = []
@@ -394,13 +398,20 @@ def test_plot_of_a_folder_of_runs_draws_the_runs_inside_it(tmp_path, capsys, mon
                         or Path(out or "curves.png"))
     assert main(["plot", str(tmp_path / "runs")]) == 0
     assert drawn == [(["a", "b"], tmp_path / "runs" / "curves.png")]
-    assert f"{tmp_path / 'runs'} holds 2 runs (a, b); each is drawn" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'runs'} holds 2 runs (a, b); each is drawn" in out
+    assert f"1 run in {tmp_path / 'runs'} has no finished epoch yet; left out" in out
+    assert "the sweep in it (sw) is drawn when given itself" in out
     assert main(["plot", str(tmp_path / "runs"), str(tmp_path / "runs" / "a")]) == 0  # a run beside its folder: once
     assert drawn[-1] == (["a", "b"], Path("curves.png"))
     assert main(["plot", str(tmp_path / "runs" / "a")]) == 0  # a run itself is not searched for runs inside it
     assert drawn[-1] == (["a"], None)
     assert main(["plot", str(tmp_path / "runs" / "notes")]) == 2
     assert "is not a run, a sweep or a folder of runs" in capsys.readouterr().err
+    for name in ("a", "b"):  # only runs with no finished epoch left: said so, not "no config.json" (review diff15 #3)
+        (tmp_path / "runs" / name / "metrics.jsonl").unlink()
+    assert main(["plot", str(tmp_path / "runs")]) == 2
+    assert "holds 3 runs, none with a finished epoch yet; the sweep in it (sw)" in capsys.readouterr().err
 
 
 def _real_like_run(run_dir: Path, estimator: str, losses: list[float], schedule: dict[str, list[float]]) -> None:

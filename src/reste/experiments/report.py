@@ -548,15 +548,9 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
     parents = []  # folders of runs (`reste train --out runs/r1`, `--out runs/r2`): the runs inside them
     for t in targets:
         label = f"{Path(t).name}: " if len(targets) > 1 else ""  # several sweeps: whose run it is
-        inner = [] if Path(t) in sweeps else _runs_inside(t)
-        if not inner and Path(t) not in sweeps and not _is_run(t):
-            raise UsageError(f"{t} is not a run, a sweep or a folder of runs (no {METRICS_FILE} or {CONFIG} in it "
-                             "or one level down); pass a run's or a sweep's folder (its --out)")
+        inner = [] if Path(t) in sweeps or _is_run(t) else _runs_inside(t, log)
         if inner:
             parents.append(Path(t))
-            if log:
-                shown = ", ".join(d.name for d in inner[:6]) + (", ..." if len(inner) > 6 else "")
-                log(f"plot: {t} holds {count(len(inner), 'run')} ({shown}); each is drawn")
         # a sweep with nothing to draw among several targets is said, and the others drawn (review experiments #5)
         runs += [(d, label + s, m, mode) for d, s, m, mode in _sweep_runs(t, where, log, kept=True,
                                                                          empty_ok=len(targets) > 1)] \
@@ -576,13 +570,32 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
                               modes=[mode for _, _, _, mode in runs])
 
 
-def _runs_inside(folder: str | os.PathLike) -> list[Path]:
-    """The runs one level inside ``folder``, by name, where ``folder`` is not a run itself (it has no metrics file
-    and no config.json); none where it is one, or holds none."""
-    folder = Path(folder)
-    if _is_run(folder):
-        return []
-    return sorted(p.parent for p in folder.glob(f"*/{METRICS_FILE}") if p.is_file())
+def _runs_inside(folder: str | os.PathLike, log: Callable[[str], None] | None) -> list[Path]:
+    """The runs one level inside ``folder`` (not itself a run or a sweep) that have an epoch to draw, by name, each
+    named in a line, with what else it holds; a ``UsageError`` where it holds none."""
+    inside = sorted(p for p in Path(folder).iterdir() if p.is_dir()) if Path(folder).is_dir() else []
+    runs = [p for p in inside if (p / METRICS_FILE).is_file()]
+    unstarted = [p for p in inside if p not in runs and (p / CONFIG).is_file()]
+    sweeps = [p for p in inside if is_sweep_folder(p)]
+    elsewhere = (f"; the sweep{'s' * (len(sweeps) > 1)} in it ({', '.join(p.name for p in sweeps)}) "
+                 f"{'are' if len(sweeps) > 1 else 'is'} drawn when given {'themselves' if len(sweeps) > 1 else 'itself'}"
+                 if sweeps else "")
+    if not runs:
+        if unstarted:
+            raise UsageError(f"{folder} holds {count(len(unstarted), 'run')}, none with a finished epoch yet"
+                             f"{elsewhere}")
+        raise UsageError(f"{folder} is not a run, a sweep or a folder of runs (no {METRICS_FILE} or {CONFIG} in it "
+                         f"or one level down){elsewhere or ''}; pass a run's or a sweep's folder (its --out)")
+    if log:
+        shown = ", ".join(d.name for d in runs[:6]) + (", ..." if len(runs) > 6 else "")
+        log(f"plot: {folder} holds {count(len(runs), 'run')} ({shown}); "
+            f"{'each is' if len(runs) > 1 else 'it is'} drawn")
+        if unstarted:
+            log(f"plot: {count(len(unstarted), 'run')} in {folder} "
+                f"{'has' if len(unstarted) == 1 else 'have'} no finished epoch yet; left out")
+        if elsewhere:
+            log(f"plot: {elsewhere[2:]}")
+    return runs
 
 
 def _is_run(folder: str | os.PathLike) -> bool:
