@@ -16,13 +16,17 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
 fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/reste-preset-epochs.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
+FAILED=()
 for cfg in "resnet20_1w1a 256" "vgg_small_1w1a 256" "resnet18_1w1a 96"; do
   set -- $cfg
   for graphs in "" "--cuda-graphs"; do
     echo "== $1, batch $2, fp32, ${graphs:-eager}"
     name="epoch-$1${graphs:+-graphed}.json"
+    rc=0
     timeout 120 "$PYTHON" benchmarks/train_epoch.py --device cuda --model "$1" --batch-size "$2" --amp none $graphs \
-      --epochs 2 --steps 20 --images 20000 --test-images 4000 --json "$WORK/$name" | grep -v "^  epoch" || true
+      --epochs 2 --steps 20 --images 20000 --test-images 4000 --json "$WORK/$name" > "$WORK/out.txt" 2>&1 || rc=$?
+    grep -v "^  epoch" "$WORK/out.txt" || true
+    if [ "$rc" -ne 0 ]; then FAILED+=("$1 ${graphs:-eager}: exit $rc"); fi
     if [ -n "$SAVE" ] && [ -f "$WORK/$name" ]; then cp "$WORK/$name" "$SAVE/"; fi
   done
 done
@@ -42,3 +46,8 @@ for path in sorted(Path(sys.argv[1]).glob("epoch-*.json")):
     print(f"  {presets[0] + more:<40} {mode:<8} {hours:6.2f} h  (bare step "
           f"{1000 * figures['bare_step']['median_s']:.2f} ms)")
 PY
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  echo "FAILED (not timed, see above):"
+  printf '  %s\n' "${FAILED[@]}"
+  exit 1
+fi
