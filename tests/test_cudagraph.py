@@ -270,6 +270,8 @@ def test_the_whole_epoch_benchmark_runs(tmp_path, monkeypatch):
     epoch = {"epoch_s": 3.0, "last_epoch_phases_s": {"training steps (all)": 1.0, "test evaluation": 1.0,
                                                      "checkpoint": 1.0}}
     assert bench.full_epoch_s(epoch, 5_000, 2_000) == pytest.approx(10.0 + 5.0 + 1.0)
+    epoch["epoch_s"], epoch["last_epoch_phases_s"][bench.CAPTURE] = 3.5, 0.5  # graphed: the captures once too
+    assert bench.full_epoch_s(epoch, 5_000, 2_000) == pytest.approx(10.0 + 5.0 + 1.0 + 0.5)
     with pytest.raises(SystemExit) as refused:  # as reste train refuses it: one line, status 2
         bench.main(argv + ["--cuda-graphs", "--accumulate", "2"])
     assert refused.value.code == 2
