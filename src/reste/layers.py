@@ -219,7 +219,7 @@ def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:
         "binarized first layer?), and likely those of the layers like it: sign makes them +1 everywhere, so they "
         "carry nothing and the layers before get no useful gradient; binarize with activations=False (1W/32A), or "
         "put the sign before the ReLU (BatchNorm -> sign -> conv, as the zoo's blocks do)",
-        stacklevel=outside_reste("torch", "torchvision", "timm", "transformers"))  # the user's model(x), not a library's
+        stacklevel=outside_reste("torch", "torchvision", "timm", "transformers"))  # the user's model(x)
 
 
 class _BinaryConv(_BinaryMixin):
