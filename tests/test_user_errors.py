@@ -949,3 +949,17 @@ def test_new_user_hints_name_the_right_flag_and_a_one_epoch_run_says_its_schedul
         assert main(["train", "--estimator", estimator, "--epochs", epochs, "--threads", "1", "--no-progress",
                      "--out", str(tmp_path / f"{estimator}{epochs}")]) == 0
         assert (stays in capsys.readouterr().out) is told, (estimator, epochs)
+
+
+def test_cuda_graphs_without_a_cuda_device_is_one_line_before_any_run(capsys, tmp_path, monkeypatch):
+    """(review newuser3 #1, #2) `--cuda-graphs --device cpu` passed --print-config and a sweep's --dry-run, which the
+    run refuses on any machine; a sweep with --cuda-graphs on a machine without CUDA started every run, each FAILED,
+    and exited 1. Both are now one line and status 2, before any folder."""
+    assert "--device cpu trains on the CPU" in _one_line_error(capsys, "train", "--cuda-graphs", "--device", "cpu",
+                                                               "--print-config")
+    plan = ["sweep", "--grid", "lr=0.1,0.2", "--epochs", "1", "--cuda-graphs", "--threads", "1"]
+    assert "--device cpu trains on the CPU" in _one_line_error(capsys, *plan, "--device", "cpu", "--dry-run",
+                                                               "--out", str(tmp_path / "dry"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "CUDA is not available here" in _one_line_error(capsys, *plan, "--out", str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists() and not (tmp_path / "dry").exists()

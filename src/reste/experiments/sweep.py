@@ -910,7 +910,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     if not devices and not dry_run and isinstance(base.device, str):  # (its spelling: resolve's, each setting's)
         from ..engine import pick_device
 
-        pick_device(base.device)  # a --device this machine lacks: one line before any folder, not a FAILED per run
+        # a --device this machine lacks: one line before any folder, not a FAILED per run; as is --cuda-graphs on a
+        # machine without CUDA (newuser3 #1)
+        if pick_device(base.device).type != "cuda" and base.cuda_graphs:
+            raise UsageError("--cuda-graphs needs a CUDA device, and CUDA is not available here; drop --cuda-graphs")
     seeds = [base.seed] if not seeds else [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"the seeds {', '.join(map(str, seeds))} name a seed twice; give each once")
