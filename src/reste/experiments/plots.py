@@ -245,13 +245,14 @@ def runs_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = N
     for i, (name, metrics, current) in enumerate(data):
         color = colors[i]
         # several runs: a marker shape each as well as a colour (red and green look alike to some readers);
-        # train and test differ by line style, and train's markers are hollow
+        # train and test differ by line style, and train's markers are hollow (one run's too: a 1-epoch run draws
+        # no line, only its two points: newuser3 #3)
         mark = _run_marker(i) if several else None
         ep = [m["epoch"] for m in metrics]
         for panel in ("acc", "loss"):
             ax = by_panel[panel]
-            ax.plot(ep, _series(metrics, f"train_{panel}"), color=color, ls="--", marker=mark or ".",
-                    ms=4 if mark else None, mfc="none" if mark else None)
+            ax.plot(ep, _series(metrics, f"train_{panel}"), color=color, ls="--", marker=mark or "o", ms=4,
+                    mfc="none")
             ax.plot(ep, _series(metrics, f"test_{panel}"), color=color, marker=mark or "o", ms=4 if mark else 3)
         if lr_ax is not None:
             lr_ax.plot(ep, _series(metrics, "lr"), color=color, marker=mark or ".", ms=4 if mark else None)
@@ -323,7 +324,7 @@ def _legends(fig: Any, by_panel: dict[str, Any], data: list[tuple[str, Any]], se
     """Train/test line styles in the accuracy panel; with several runs (or named ones), one entry per run below."""
     from matplotlib.lines import Line2D
 
-    styles = [Line2D([], [], color="0.3", ls="--", marker=".", label="train"),
+    styles = [Line2D([], [], color="0.3", ls="--", marker="o", ms=4, mfc="none", label="train"),
               Line2D([], [], color="0.3", marker="o", ms=3, label="test")]
     by_panel["acc"].legend(handles=styles, fontsize=7, loc="lower right", handlelength=3.5)
     if several:
@@ -337,7 +338,7 @@ def _epoch_axis(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # (one epoch: a tick at 1, not 0.96)
 
 
 def _maybe_log(ax: Any, values: list[Any], ratio: float = 30.0, axis: str = "y") -> None:
