@@ -490,8 +490,14 @@ def test_runs_of_a_comparison_differ_by_marker_not_colour_alone(tmp_path):
     test_lines = acc.lines[1::2]  # train, test for each run
     assert len({line.get_marker() for line in test_lines}) == 3
     assert len({h.get_marker() for h in fig.legends[0].legend_handles}) == 3
-    one = runs_figure([tmp_path / "a"])  # one run: its markers as before
-    assert [line.get_marker() for line in one.axes[0].lines] == [".", "o"]
+    one = runs_figure([tmp_path / "a"])  # one run: train hollow, test filled (newuser3 #3: a 1-epoch run's two points)
+    assert [(line.get_marker(), line.get_markerfacecolor()) for line in one.axes[0].lines][0][1] == "none"
+    assert one.axes[0].lines[1].get_markerfacecolor() != "none"
+    _real_like_run(tmp_path / "e1", "reste", [2.0], {})  # one epoch: the epoch axis ticks at whole epochs
+    acc = runs_figure([tmp_path / "e1"]).axes[0]
+    low, high = acc.get_xlim()
+    ticks = [t for t in acc.get_xticks() if low <= t <= high]
+    assert ticks == [1.0], ticks
 
 
 def test_run_curves_for_people(tmp_path):
@@ -2460,3 +2466,24 @@ def test_a_finished_runs_damaged_last_pt_is_named_by_its_whole_path(sweep, tmp_p
     last.write_bytes(last.read_bytes()[:3000])
     state, note = _run_state(run, 1)
     assert state == "done" and f"checkpoint {last} is truncated or corrupted" in note, note
+
+
+def test_a_folder_of_sweeps_is_named_by_report_and_show_and_drawn_by_plot(sweep, tmp_path, capsys, monkeypatch):
+    """(review newuser3 #4) The README's own layout, sweeps/est and sweeps/oend: `report sweeps` said to run a sweep
+    into the parent folder, `show sweeps` to pass a run's folder, `plot sweeps` that it took none of it."""
+    from reste.experiments import plots
+
+    out, _ = sweep
+    parent = tmp_path / "sweeps"
+    parent.mkdir()
+    for name in ("est", "oend"):
+        shutil.copytree(out, parent / name)
+    for command in ("report", "show"):
+        assert main([command, str(parent)]) == 2
+        err = capsys.readouterr().err
+        assert f"{parent} holds the sweeps est, oend: pass one, e.g. `reste {command} {parent / 'est'}`" in err, err
+    drawn = []
+    monkeypatch.setattr(plots, "plot_runs", lambda dirs, out, *a, **k: drawn.append((len(dirs), out)) or Path(out))
+    assert main(["plot", str(parent)]) == 0
+    assert f"{parent} holds 2 sweeps (est, oend); each is drawn" in capsys.readouterr().out
+    assert drawn == [(4, parent / "curves.png")]  # each sweep's two runs, into the folder given

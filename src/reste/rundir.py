@@ -1010,6 +1010,9 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
         failed = failure(run_dir)  # a sweep's run that failed before it kept anything
         if failed:
             raise UsageError(f"{run_dir} holds no run: {failed}; the sweep trains it again")
+        sweeps = sweeps_inside_hint(run_dir, "show")  # (a parent of sweeps: review newuser3 #4)
+        if sweeps and not example:
+            raise UsageError(sweeps)
         raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out){example}")
     try:
         data = parse_json(read_run_file(cfg_path).decode("utf-8"))
@@ -1031,6 +1034,25 @@ def _config_remedy(run_dir: str | os.PathLike) -> str:
     if (Path(run_dir) / LAST).is_file():
         return f"delete it: --resume writes it again from {LAST}"
     return "start a new run"
+
+
+def sweeps_inside(folder: str | os.PathLike) -> list[Path]:
+    """The sweeps' folders one level inside ``folder``, by name (``sweeps/est``, ``sweeps/oend`` of ``sweeps``)."""
+    try:
+        inside = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+    except OSError:
+        return []
+    return [p for p in inside if (p / SWEEP_MANIFEST).is_file() and not holds_run(p)]
+
+
+def sweeps_inside_hint(folder: str | os.PathLike, command: str) -> str | None:
+    """``folder holds the sweeps a, b: pass one, e.g. `reste COMMAND folder/a```, or None where it holds none."""
+    sweeps = sweeps_inside(folder)
+    if not sweeps:
+        return None
+    names = ", ".join(p.name for p in sweeps[:6]) + (", ..." if len(sweeps) > 6 else "")
+    return (f"{folder} holds {'the sweeps' if len(sweeps) > 1 else 'the sweep'} {names}: pass "
+            f"{'one' if len(sweeps) > 1 else 'it'}, e.g. `reste {command} {shell_word(sweeps[0])}`")
 
 
 def sweep_folder_hint(folder: str | os.PathLike) -> str:

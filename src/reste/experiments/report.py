@@ -35,7 +35,7 @@ from ..wording import count
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
 from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
                       divergence, epoch_lines, failure, holds_run, not_a_folder, read_metrics, recipe_free,
-                      run_config)
+                      run_config, sweeps_inside, sweeps_inside_hint)
 from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -180,6 +180,9 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
         if (out_dir / CONFIG).is_file():
             raise UsageError(f"{out_dir} is a training run, not a sweep; see it with "
                              f"`reste show {shell_word(out_dir)}`")
+        inside = sweeps_inside_hint(out_dir, "report")  # (a parent of sweeps: it said to sweep into it, newuser3 #4)
+        if inside:
+            raise UsageError(inside)
         raise UsageError(f"{out_dir} is not a sweep folder (no {MANIFEST}); run "
                          f"`reste sweep --out {shell_word(out_dir)}` first")
     try:
@@ -541,6 +544,8 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
             raise UsageError(f"{t} does not exist; pass a run's or a sweep's folder{hint}")
         if not os.path.isdir(t):
             raise not_a_folder(t, "reste plot")
+    given = targets
+    targets = [inner for t in given for inner in _sweeps_for(t, log)]
     sweeps = [Path(t) for t in targets if is_sweep_folder(t)]
     if where and not sweeps:
         raise UsageError("--setting picks runs of a sweep; give a sweep's folder (its --out)")
@@ -558,8 +563,8 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
     if not runs:
         raise UsageError(f"none of the {len(targets)} sweeps given has a run with epochs to draw (see the lines above)")
     runs = _once(runs, log)
-    if out is None and len(targets) == 1 and (sweeps or parents):  # into the folder given
-        out = Path(targets[0]) / CURVES
+    if out is None and len(given) == 1 and (sweeps or parents):  # into the folder given
+        out = Path(given[0]) / CURVES
     elif out is None and len(targets) > 1:  # several targets' figure: here, even where they hold one run between them
         out = Path(CURVES)
     # runs of sweeps alone are named as the sweep names them ("o_end=10 seed 0"), else by the settings that differ
@@ -568,6 +573,18 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
         labels = [s or d.name for d, s, _, _ in runs]  # settings by: the sweep's names, a run's folder (rev12 #6)
     return plotting.plot_runs([d for d, _, _, _ in runs], out, labels, [m for _, _, m, _ in runs],
                               modes=[mode for _, _, _, mode in runs])
+
+
+def _sweeps_for(target: str | os.PathLike, log: Callable[[str], None] | None) -> list[str | os.PathLike]:
+    """``target`` itself, or the sweeps one level inside it where it is a folder of sweeps (no run, no sweep, no run
+    one level down: ``sweeps`` of ``sweeps/est`` and ``sweeps/oend``), each named in a line."""
+    if _is_run(target) or is_sweep_folder(target) or any(_is_run(p) for p in Path(target).iterdir() if p.is_dir()):
+        return [target]
+    inside = sweeps_inside(target)
+    if inside and log:
+        log(f"plot: {target} holds {count(len(inside), 'sweep')} ({', '.join(p.name for p in inside)}); "
+            f"{'each is' if len(inside) > 1 else 'it is'} drawn")
+    return inside or [target]
 
 
 def _runs_inside(folder: str | os.PathLike, log: Callable[[str], None] | None) -> list[Path]:
