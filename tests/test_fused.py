@@ -199,6 +199,11 @@ def test_environment_switch(monkeypatch):
     assert fused.enabled()
     fused.set_enabled(False)  # the call wins over the environment
     assert not fused.enabled()
+    monkeypatch.setenv("RESTE_FUSED", "of")  # neither on nor off: the default, with a warning (newuser3)
+    fused.set_enabled(None)
+    with pytest.warns(RuntimeWarning, match="RESTE_FUSED='of' is neither on .* taken as unset: on"):
+        assert fused.enabled()
+    fused.set_enabled(None)
 
 
 # ----------------------------------------------------------------------- in training
