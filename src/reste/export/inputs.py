@@ -16,6 +16,7 @@ with ``white`` the header's ``pixel_scale`` for an array and 255 for an 8-bit im
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -189,11 +190,25 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
         if bad:  # a NaN or inf pixel gives a class anyway (sign(NaN) and argmax are defined): refuse it
             raise UsageError(f"{path} holds NaN or infinite values in {bad[0]} of its {len(out)} images "
                              f"(first at index {bad[1]}); fix or drop those images")
+        if prep is not None and looks_raw(out):  # (newuser3: raw digits saved as float scored 51%, not 97.5%)
+            warnings.warn(f"{path} holds float values that look like raw pixels (whole numbers from 0 to "
+                          f"{float(out.max()):g}), but a float array is taken as preprocessed (normalised); if they "
+                          "are raw pixels, save them as uint8 (array.astype(np.uint8)) so that the model's own "
+                          "preprocessing is applied", UserWarning, stacklevel=2)
         return out
     size3 = check_takes_raw(size, prep, meta, "an image file" if images is None else "raw uint8 images")
     if images is None:
         return normalise(read_image(path, size3, prep.resize), prep, IMAGE_WHITE)
     return raw_inputs(images, size3, prep, str(path))
+
+
+def looks_raw(images: np.ndarray) -> bool:
+    """Whether float ``images`` look like raw pixels rather than normalised inputs: whole numbers from 0 up to more
+    than 1 (normalised images have fractions and negatives)."""
+    if images.size == 0:
+        return False
+    top, low = float(images.max()), float(images.min())
+    return low >= 0 and 1 < top <= 255 and bool(np.all(images == np.round(images)))
 
 
 def check_takes_raw(size: tuple[int, ...] | None, prep: Preprocessing | None, meta: dict | None,
