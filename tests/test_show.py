@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,17 @@ def run(tmp_path_factory):
     return out
 
 
+def test_show_names_the_estimators_settings_apart_from_the_models_options(run, tmp_path):
+    """(review newuser3) `width=8` read as one of the estimator's hyper-parameters, in one list with them."""
+    from reste.runinfo import show_run
+
+    other = tmp_path / "w8"
+    shutil.copytree(run, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_options": {"width": 8}}))
+    assert "reste: interval=0.1 o=1.0 o_end=3.0 schedule=cosine t=1.5   model: width=8" in show_run(other)
+
+
 def test_show_gives_the_settings_the_best_and_last_epochs_and_the_indicators(run, capsys):
     capsys.readouterr()
     assert main(["show", str(run)]) == 0
@@ -30,6 +42,7 @@ def test_show_gives_the_settings_the_best_and_last_epochs_and_the_indicators(run
     best = max(metrics, key=lambda m: (m["test_acc"], -m["epoch"]))
     assert "digits_1w1a (reste) on digits: 2 epochs, batch 64, sgd lr 0.1, seed 0" in text
     assert "o_end=3.0" in text and "finished: 2 of 2 epochs" in text
+    assert "           reste: interval=0.1 o=1.0 o_end=3.0 schedule=cosine t=1.5\n" in text  # (no model option)
     assert (f"best       test top-1 {best['test_acc']:.2f}%, top-5 {best['test_top5']:.2f}% at epoch {best['epoch']}"
             in text)
     assert f"last       test top-1 {metrics[-1]['test_acc']:.2f}%, top-5 {metrics[-1]['test_top5']:.2f}% at epoch 2" \

@@ -153,7 +153,12 @@ def show_run(run_dir: str | os.PathLike) -> str:
     config = summary["config"]
     binarized = binarization_text(config)
     estimator = config["estimator_options"] if binarized != FULL_PRECISION else {}  # (recorded, unused)
-    options = " ".join(f"{k}={v}" for k, v in sorted({**estimator, **config["model_options"]}.items()))
+    # the estimator's hyper-parameters and the model's own options, each group named (newuser3: width=8 read as one
+    # of the estimator's)
+    groups = [(f"{config['estimator']}:" if isinstance(config.get("estimator"), str) else "estimator:", estimator),
+              ("model:", config["model_options"])]
+    options = "   ".join(f"{name} " + " ".join(f"{k}={v}" for k, v in sorted(values.items()))
+                         for name, values in groups if values)
     epochs = count(config["epochs"], "epoch")
     preset = f", preset {config['preset']}" if config["preset"] else ""
     world = summary["saved_processes"] or 1  # (review dist #3) --batch-size is per process, as the run's first line
