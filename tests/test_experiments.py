@@ -477,6 +477,10 @@ def test_the_legend_of_runs_names_no_setting_that_leaves_the_training_alone(tmp_
     # (newuser2: an unset setting read "indicators=None")
     assert _setting_labels([tmp_path / "a", tmp_path / "b"]) == ["epochs=2, indicators=off",
                                                                  "epochs=3, indicators=general"]
+    bop = {**config, "indicators": None, "optimizer": "bop", "bop_gamma": 1e-4, "bop_threshold": 1e-8}
+    (tmp_path / "b" / "config.json").write_text(json.dumps(bop))  # an SGD run beside a Bop run: no bop_gamma=off
+    assert _setting_labels([tmp_path / "a", tmp_path / "b"]) == [
+        "epochs=2, optimizer=sgd", "bop_gamma=0.0001, bop_threshold=1e-08, epochs=3, optimizer=bop"]
 
 
 def test_runs_of_a_comparison_differ_by_marker_not_colour_alone(tmp_path):

@@ -165,10 +165,15 @@ def _setting_labels(dirs: Sequence[Path]) -> list[str]:
     keys = sorted({k for c in configs for k in c} - set(_LEGEND_FREE))
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     # each run names its own settings only: an option of another run's estimator is not one of this run's
-    labels = [textwrap.fill(", ".join(f"{k}={_shown(c[k])}" for k in differ if k in c), 70) for c in configs]
+    # an unset setting is named only where unset means something (indicators=off), not bop_gamma=off on an SGD run
+    labels = [textwrap.fill(", ".join(f"{k}={_shown(c[k])}" for k in differ if k in c
+                                      and (c[k] is not None or k in _OFF_WHEN_UNSET)), 70) for c in configs]
     if not differ or len(set(labels)) < len(labels):
         return names if not differ else [f"{lab} ({n})" for lab, n in zip(labels, names)]
     return labels
+
+
+_OFF_WHEN_UNSET = ("indicators",)  # the settings whose unset value is a choice of its own, said as off
 
 
 def _shown(value: Any) -> Any:
