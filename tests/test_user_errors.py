@@ -960,6 +960,25 @@ def test_cuda_graphs_without_a_cuda_device_is_one_line_before_any_run(capsys, tm
     plan = ["sweep", "--grid", "lr=0.1,0.2", "--epochs", "1", "--cuda-graphs", "--threads", "1"]
     assert "--device cpu trains on the CPU" in _one_line_error(capsys, *plan, "--device", "cpu", "--dry-run",
                                                                "--out", str(tmp_path / "dry"))
+    for dry in ([], ["--dry-run"]):  # (review diff16 #2) --devices naming the CPU, refused before any folder
+        assert "--cuda-graphs needs CUDA devices; --devices cpu names the CPU" in _one_line_error(
+            capsys, *plan, "--devices", "cpu", "--out", str(tmp_path / "d"), *dry)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "CUDA is not available here" in _one_line_error(capsys, *plan, "--out", str(tmp_path / "s"))
-    assert not (tmp_path / "s").exists() and not (tmp_path / "dry").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine: --device cpu is the reason
+    assert "--device cpu trains on the CPU" in _one_line_error(capsys, *plan, "--device", "cpu",
+                                                               "--out", str(tmp_path / "g"))  # (review diff16 #1)
+    assert not any((tmp_path / name).exists() for name in ("s", "dry", "d", "g"))
+
+
+def test_a_run_recorded_with_cuda_graphs_is_told_how_to_continue_on_the_cpu(capsys, tmp_path, run):
+    """(review diff16 #3) a run trained with --cuda-graphs, resumed with --device cpu: "drop one of them" led nowhere;
+    the way on (--no-cuda-graphs --force) is said, and it works."""
+    graphed = tmp_path / "graphed"
+    shutil.copytree(run, graphed)
+    config = json.loads((graphed / "config.json").read_text())
+    (graphed / "config.json").write_text(json.dumps({**config, "cuda_graphs": True}))
+    err = _one_line_error(capsys, "train", "--resume", str(graphed), "--device", "cpu", "--threads", "1")
+    assert "was recorded with --cuda-graphs" in err and "continue it on the CPU with --no-cuda-graphs --force" in err
+    assert main(["train", "--resume", str(graphed), "--device", "cpu", "--no-cuda-graphs", "--force", "--epochs", "2",
+                 "--threads", "1", "--no-progress"]) == 0
