@@ -234,6 +234,11 @@ def test_raw_pixels_given_as_floats_are_warned_of(tmp_path, digits_export):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # preprocessed images (fractions, negatives): no warning
         model_inputs(test.images.numpy()[:20], "prep.npy", model.input_size, model.preprocessing, model.meta)
+        # (review diff16 #4) whole numbers that are this model's inputs: above its raw pixels' range, or where its
+        # normalisation is the identity
+        for prep in (ir.Preprocessing((1, 8, 8), (0.0,), (1.0,), 1.0),
+                     ir.Preprocessing((1, 8, 8), (0.0,), (1 / 16,), 16.0)):
+            model_inputs(raw, "whole.npy", model.input_size, prep, model.meta)
 
 
 def test_predict_takes_an_image_file(capsys, tmp_path, digits_export):

@@ -190,7 +190,7 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
         if bad:  # a NaN or inf pixel gives a class anyway (sign(NaN) and argmax are defined): refuse it
             raise UsageError(f"{path} holds NaN or infinite values in {bad[0]} of its {len(out)} images "
                              f"(first at index {bad[1]}); fix or drop those images")
-        if prep is not None and looks_raw(out):  # (newuser3: raw digits saved as float scored 51%, not 97.5%)
+        if prep is not None and looks_raw(out, prep):  # (newuser3: raw digits saved as float scored 51%, not 97.5%)
             warnings.warn(f"{path} holds float values that look like raw pixels (whole numbers from 0 to "
                           f"{float(out.max()):g}), but a float array is taken as preprocessed (normalised); if they "
                           "are raw pixels, save them as uint8 (array.astype(np.uint8)) so that the model's own "
@@ -202,13 +202,19 @@ def model_inputs(images: np.ndarray | None, path: str | os.PathLike, size: tuple
     return raw_inputs(images, size3, prep, str(path))
 
 
-def looks_raw(images: np.ndarray) -> bool:
-    """Whether float ``images`` look like raw pixels rather than normalised inputs: whole numbers from 0 up to more
-    than 1 (normalised images have fractions and negatives)."""
+def looks_raw(images: np.ndarray, prep: Preprocessing) -> bool:
+    """Whether float ``images`` look like raw pixels of the model that records ``prep`` rather than its normalised
+    inputs: whole numbers from 0 up to more than 1 and at most its ``pixel_scale`` (normalised images have fractions
+    and negatives), where its normalisation would change them (not where it is the identity: review diff16 #4)."""
     if images.size == 0:
         return False
     top, low = float(images.max()), float(images.min())
-    return low >= 0 and 1 < top <= 255 and bool(np.all(images == np.round(images)))
+    if not (low >= 0 and 1 < top <= prep.pixel_scale and bool(np.all(images == np.round(images)))):
+        return False
+    probe = np.arange(int(top) + 1, dtype=np.float32)  # the whole pixel values, in every channel
+    batch = np.broadcast_to(probe[None, None, :, None], (1, len(prep.mean), len(probe), 1)).astype(np.uint8)
+    kept = normalise(batch, prep, prep.pixel_scale)[0, :, :, 0]
+    return not np.allclose(kept, batch[0, :, :, 0], rtol=1e-5, atol=1e-5)
 
 
 def check_takes_raw(size: tuple[int, ...] | None, prep: Preprocessing | None, meta: dict | None,
