@@ -387,8 +387,9 @@ def test_plot_of_a_folder_of_runs_draws_the_runs_inside_it(tmp_path, capsys, mon
     for name, acc in (("b", [40, 45]), ("a", [50, 60])):
         _fake_run(tmp_path / "runs" / name, acc, [2, 1], [1e-5, 2e-5])
     (tmp_path / "runs" / "notes").mkdir()  # a folder beside them that is no run: not drawn
-    (tmp_path / "runs" / "fresh").mkdir()  # a run before its first epoch: said, left out
+    (tmp_path / "runs" / "fresh").mkdir()  # a run in its first epoch (its metrics file empty): said, left out
     shutil.copy(tmp_path / "runs" / "a" / "config.json", tmp_path / "runs" / "fresh")
+    (tmp_path / "runs" / "fresh" / "metrics.jsonl").write_text("")  # (as a run makes it: review diff16 #5)
     (tmp_path / "runs" / "sw").mkdir()  # a sweep: said, not drawn (its folder stands for its runs when given)
     (tmp_path / "runs" / "sw" / "sweep.json").write_text("{}")
     from reste.experiments import plots

@@ -62,14 +62,15 @@ def add_commands(sub: Any) -> None:
                     "every registered estimator; reste plot RUN_DIR... [--out FILE] draws the training curves "
                     "(accuracy, loss on a log axis, learning rate and schedule, indicators) of runs, "
                     "several runs in one figure with a legend by the settings that differ. A sweep's folder "
-                    "stands for its runs (--setting picks some), and a folder of runs (runs/r1, runs/r2) for the "
-                    "runs inside it.",
+                    "stands for its runs (--setting picks some), a folder of runs (runs/r1, runs/r2) for the "
+                    "runs inside it, and a folder of sweeps (sweeps/est, sweeps/oend) for the sweeps inside it.",
     )
     p.add_argument("targets", nargs="+", metavar="estimators|RUN_DIR",
-                   help="`estimators`, or one or more run directories; a sweep's folder, or a folder of runs, stands "
-                        "for its runs")
+                   help="`estimators`, or one or more run directories; a sweep's folder, a folder of runs or a "
+                        "folder of sweeps stands for the runs in it")
     p.add_argument("--out", help=".png, .pdf or .svg file (default estimators.png; RUN_DIR/curves.png for one run or "
-                                  "SWEEP_DIR/curves.png for one sweep or folder of runs, else curves.png)")
+                                  "FOLDER/curves.png for one sweep, folder of runs or folder of sweeps, else "
+                                  "curves.png)")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=V[,V...]",
                    help="of a sweep's runs, draw those whose setting has one of these values (a grid axis, or "
                         "seed; repeatable: all must hold; a key given twice takes both its values), e.g. --setting "

@@ -591,11 +591,13 @@ def _runs_inside(folder: str | os.PathLike, log: Callable[[str], None] | None) -
     """The runs one level inside ``folder`` (not itself a run or a sweep) that have an epoch to draw, by name, each
     named in a line, with what else it holds; a ``UsageError`` where it holds none."""
     inside = sorted(p for p in Path(folder).iterdir() if p.is_dir()) if Path(folder).is_dir() else []
-    runs = [p for p in inside if (p / METRICS_FILE).is_file()]
-    unstarted = [p for p in inside if p not in runs and (p / CONFIG).is_file()]
+    # (a run makes its metrics file empty at its start: an epoch to draw is a line in it, review diff16 #5)
+    runs = [p for p in inside if (p / METRICS_FILE).is_file() and (p / METRICS_FILE).stat().st_size > 0]
+    unstarted = [p for p in inside if p not in runs and _is_run(p)]
     sweeps = [p for p in inside if is_sweep_folder(p)]
-    elsewhere = (f"; the sweep{'s' * (len(sweeps) > 1)} in it ({', '.join(p.name for p in sweeps)}) "
-                 f"{'are' if len(sweeps) > 1 else 'is'} drawn when given {'themselves' if len(sweeps) > 1 else 'itself'}"
+    several = len(sweeps) > 1
+    elsewhere = (f"; the sweep{'s' * several} in it ({', '.join(p.name for p in sweeps)}) "
+                 f"{'are' if several else 'is'} drawn when given {'themselves' if several else 'itself'}"
                  if sweeps else "")
     if not runs:
         if unstarted:
