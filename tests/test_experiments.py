@@ -2487,6 +2487,8 @@ def test_a_folder_of_sweeps_is_named_by_report_and_show_and_drawn_by_plot(sweep,
         assert main([command, str(parent)]) == 2
         err = capsys.readouterr().err
         assert f"{parent} holds the sweeps est, oend: pass one, e.g. `reste {command} {parent / 'est'}`" in err, err
+    assert main(["train", "--resume", str(parent)]) == 2  # not show's advice, which a resume cannot follow (diff16 #7)
+    assert "holds no run (no config.json)" in capsys.readouterr().err
     drawn = []
     monkeypatch.setattr(plots, "plot_runs", lambda dirs, out, *a, **k: drawn.append((len(dirs), out)) or Path(out))
     assert main(["plot", str(parent)]) == 0

@@ -1010,9 +1010,6 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
         failed = failure(run_dir)  # a sweep's run that failed before it kept anything
         if failed:
             raise UsageError(f"{run_dir} holds no run: {failed}; the sweep trains it again")
-        sweeps = sweeps_inside_hint(run_dir, "show")  # (a parent of sweeps: review newuser3 #4)
-        if sweeps and not example:
-            raise UsageError(sweeps)
         raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out){example}")
     try:
         data = parse_json(read_run_file(cfg_path).decode("utf-8"))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, shell_word
-from ..rundir import SWEEP_LOCK, blocked, holds_run, lock_holder, run_config
+from ..rundir import SWEEP_LOCK, blocked, holds_run, lock_holder, run_config, sweeps_inside_hint
 from ..runinfo import run_summary, show_run
 from ..wording import count
 from .report import (_setting_key, changed_settings, earlier_rows, folder_name, is_sweep_folder, kept_row,
@@ -154,9 +154,20 @@ def _run_line(run: dict[str, Any]) -> str:
 def folder_summary(path: str | os.PathLike) -> dict[str, Any]:
     """``reste show --json`` of a run's folder (:func:`reste.runinfo.run_summary`) or a sweep's
     (:func:`sweep_status`)."""
+    _check_not_parent(path)
     return sweep_status(path) if is_sweep_folder(path) else run_summary(path)
 
 
 def show_folder(path: str | os.PathLike) -> str:
     """``reste show`` of a run's folder (:func:`reste.runinfo.show_run`) or a sweep's (:func:`show_sweep`)."""
+    _check_not_parent(path)
     return show_sweep(path) if is_sweep_folder(path) else show_run(path)
+
+
+def _check_not_parent(path: str | os.PathLike) -> None:
+    """A folder that holds sweeps one level down, and is no run (``sweeps`` of ``sweeps/est``): a one-line error
+    naming them (review newuser3 #4; it said to pass a run's folder)."""
+    if not holds_run(path) and not is_sweep_folder(path):
+        hint = sweeps_inside_hint(path, "show")
+        if hint:
+            raise UsageError(hint)
