@@ -982,3 +982,9 @@ def test_a_run_recorded_with_cuda_graphs_is_told_how_to_continue_on_the_cpu(caps
     assert "was recorded with --cuda-graphs" in err and "continue it on the CPU with --no-cuda-graphs --force" in err
     assert main(["train", "--resume", str(graphed), "--device", "cpu", "--no-cuda-graphs", "--force", "--epochs", "2",
                  "--threads", "1", "--no-progress"]) == 0
+    cpu = tmp_path / "cpu"  # the other way: a run recorded with --device cpu, given --cuda-graphs
+    shutil.copytree(run, cpu)
+    config = json.loads((cpu / "config.json").read_text())
+    (cpu / "config.json").write_text(json.dumps({**config, "device": "cpu"}))
+    err = _one_line_error(capsys, "train", "--resume", str(cpu), "--cuda-graphs", "--force")
+    assert "was recorded with --device cpu" in err and "add --device cuda, or drop --cuda-graphs" in err
