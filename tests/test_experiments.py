@@ -408,7 +408,7 @@ def test_plot_of_a_folder_of_runs_draws_the_runs_inside_it(tmp_path, capsys, mon
     assert main(["plot", str(tmp_path / "runs" / "a")]) == 0  # a run itself is not searched for runs inside it
     assert drawn[-1] == (["a"], None)
     assert main(["plot", str(tmp_path / "runs" / "notes")]) == 2
-    assert "is not a run, a sweep or a folder of runs" in capsys.readouterr().err
+    assert "is not a run, a sweep, or a folder of runs or sweeps" in capsys.readouterr().err
     for name in ("a", "b"):  # only runs with no finished epoch left: said so, not "no config.json" (review diff15 #3)
         (tmp_path / "runs" / name / "metrics.jsonl").unlink()
     assert main(["plot", str(tmp_path / "runs")]) == 2

@@ -594,7 +594,7 @@ def _runs_inside(folder: str | os.PathLike, log: Callable[[str], None] | None) -
     # (a run makes its metrics file empty at its start: an epoch to draw is a line in it, review diff16 #5)
     runs = [p for p in inside if (p / METRICS_FILE).is_file() and (p / METRICS_FILE).stat().st_size > 0]
     unstarted = [p for p in inside if p not in runs and _is_run(p)]
-    sweeps = [p for p in inside if is_sweep_folder(p)]
+    sweeps = sweeps_inside(folder)
     several = len(sweeps) > 1
     elsewhere = (f"; the sweep{'s' * several} in it ({', '.join(p.name for p in sweeps)}) "
                  f"{'are' if several else 'is'} drawn when given {'themselves' if several else 'itself'}"
@@ -603,8 +603,8 @@ def _runs_inside(folder: str | os.PathLike, log: Callable[[str], None] | None) -
         if unstarted:
             raise UsageError(f"{folder} holds {count(len(unstarted), 'run')}, none with a finished epoch yet"
                              f"{elsewhere}")
-        raise UsageError(f"{folder} is not a run, a sweep or a folder of runs (no {METRICS_FILE} or {CONFIG} in it "
-                         f"or one level down){elsewhere or ''}; pass a run's or a sweep's folder (its --out)")
+        raise UsageError(f"{folder} is not a run, a sweep, or a folder of runs or sweeps (no {METRICS_FILE} or "
+                         f"{CONFIG} in it or one level down); pass a run's or a sweep's folder (its --out)")
     if log:
         shown = ", ".join(d.name for d in runs[:6]) + (", ..." if len(runs) > 6 else "")
         log(f"plot: {folder} holds {count(len(runs), 'run')} ({shown}); "
