@@ -78,10 +78,9 @@ def test_show_json_gives_the_same_figures_as_one_object(run, tmp_path, capsys):
 
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="which process holds a folder: Linux's /proc/locks")
 def test_show_of_an_unfinished_run_says_whether_it_trains_and_how_to_continue_it(run, tmp_path, capsys, monkeypatch):
-    part = tmp_path / "part"
-    part.mkdir()
+    part = tmp_path / "part"  # a run stopped after epoch 1 of 2 (its last.pt holds that epoch: chaos3 #1)
+    assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(part)]) == 0
     (part / "config.json").write_text((run / "config.json").read_text())
-    (part / METRICS).write_text((run / METRICS).read_text().splitlines()[0] + "\n")
     capsys.readouterr()
     assert main(["show", str(part)]) == 0
     text = capsys.readouterr().out
@@ -436,6 +435,13 @@ def test_show_of_a_stopped_run_whose_last_checkpoint_is_damaged_does_not_say_res
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("progress"))
     assert line.startswith("progress   1 of 2 epochs: stopped, and its last.pt is damaged (") and "--resume" not in line
     assert line.endswith("the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")
+    (copy / "last.pt").unlink()  # gone after a finished epoch: the resume refuses it too (review chaos3 #1)
+    assert main(["show", str(copy)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("progress"))
+    assert line.startswith("progress   1 of 2 epochs: stopped, and its last.pt is gone (deleted or lost): the run "
+                           "cannot continue from it")
+    assert main(["show", str(copy), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["last_damaged"] == "missing"
 
 
 def test_show_of_a_run_whose_config_json_is_gone_reads_last_pts_copy(run, capsys, tmp_path):

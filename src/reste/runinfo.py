@@ -33,7 +33,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     fewer epochs than metrics.jsonl logged, its last write having failed or been cut by a crash: the epochs it holds,
     which the resume goes on from, and the run is stopped, not finished; with ``steps`` only, read where ``last.pt`` is
     older than metrics.jsonl), ``last_damaged`` (a stopped
-    run's ``last.pt`` that it cannot continue from: what is wrong with it; with ``steps`` only), ``unlogged`` (a
+    run's ``last.pt`` that it cannot continue from: what is wrong with it, ``"missing"`` where it is gone after
+    finished epochs; with ``steps`` only), ``unlogged`` (a
     stopped run whose ``last.pt`` holds more epochs than metrics.jsonl has lines for, lines lost: [its epochs, its
     steps of the next]; with ``steps`` only), ``failed`` (an
     unfinished sweep run that failed: why, ``reste.rundir.failure``), ``train_seconds`` and
@@ -74,7 +75,7 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     if steps and state in ("stopped", None):
         saved = saved if read else saved_position(run_dir)
         summary["saved_step"] = saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
-        summary["last_damaged"] = _last_damaged(run_dir) if saved is None else None
+        summary["last_damaged"] = _last_damaged(run_dir, done) if saved is None else None
         if saved is not None and saved[0] > done:  # (review combos #1) metrics.jsonl lost lines last.pt holds
             summary["unlogged"] = [saved[0], saved[1]]
     # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes; (review dist #3) at an
@@ -91,13 +92,14 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     return summary
 
 
-def _last_damaged(run_dir: str | os.PathLike) -> str | None:
-    """What is wrong with a stopped run's ``last.pt`` (truncated, a checksum that does not match), None where it is
-    whole or missing (a run stopped before its first checkpoint: ``--resume`` says so)."""
+def _last_damaged(run_dir: str | os.PathLike, done: int) -> str | None:
+    """What is wrong with a stopped run's ``last.pt`` (truncated, a checksum that does not match, or gone after
+    ``done`` finished epochs, which ``--resume`` refuses too: review chaos3 #1), None where it is whole, or missing
+    before the first epoch's end (a run stopped before its first checkpoint: ``--resume`` says so)."""
     from .checkpoint import damage
 
     problem = damage(last_checkpoint(run_dir))
-    return None if problem == "missing" else problem
+    return problem if problem != "missing" or done else None
 
 
 def _last_older(run_dir: str | os.PathLike) -> bool:
@@ -181,8 +183,10 @@ def show_run(run_dir: str | os.PathLike) -> str:
         lines.append(f"progress   {done} of {epochs} logged, but last.pt holds {count(summary['saved_epoch'], 'epoch')}"
                      f" (its last write failed, or a crash cut it): stopped; {resume} trains the rest again")
     elif state == "stopped" and summary["last_damaged"]:  # (review newuser #8: it said to resume it)
-        lines.append(f"progress   {done} of {epochs}: stopped, and its last.pt is damaged ({summary['last_damaged']}):"
-                     " the run cannot continue from it; evaluate its best.pt with reste eval, or start a new run")
+        what = ("is gone (deleted or lost)" if summary["last_damaged"] == "missing" else
+                f"is damaged ({summary['last_damaged']})")
+        lines.append(f"progress   {done} of {epochs}: stopped, and its last.pt {what}: the run cannot continue from "
+                     "it; evaluate its best.pt with reste eval, or start a new run")
     elif state == "stopped" and summary["failed"]:  # a sweep's run (the sweep trains it again)
         lines.append(f"progress   {done} of {epochs}{inside}: stopped: {summary['failed']}; {resume} continues it")
     elif state == "stopped" and summary["unlogged"]:  # metrics.jsonl lost lines (deleted, damaged)
