@@ -248,7 +248,7 @@ def test_a_resume_of_a_folder_that_is_not_writable_is_refused_up_front(capsys, t
     real = Path.write_bytes
 
     def refused(self, data):
-        if self.name == ".write-test":
+        if self.name == ".write-test.tmp":
             raise PermissionError(13, "Permission denied", str(self))
         return real(self, data)
 
@@ -257,6 +257,18 @@ def test_a_resume_of_a_folder_that_is_not_writable_is_refused_up_front(capsys, t
     assert _one_line(capsys.readouterr().err) == (f"reste: error: run directory {full_run[0]} is not writable "
                                                   "(Permission denied); make it writable again (its mode, a "
                                                   "read-only mount)")
+
+
+def test_a_probe_left_by_a_kill_does_not_block_the_next_start(tmp_path):
+    """(review chaos3 #4) a SIGKILL between the write probe's two calls left `.write-test`, which the next start's
+    "is the folder empty" check refused for good (exit 2). The probe is named as a temporary now, and an old one's
+    name is passed over."""
+    for left in (".write-test.tmp", ".write-test"):
+        folder = tmp_path / left.strip(".")
+        folder.mkdir()
+        (folder / left).write_bytes(b"")
+        assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(folder)]) == 0
+        assert (folder / "last.pt").is_file()
 
 
 def test_a_resume_refuses_a_run_file_that_is_a_fifo_or_a_folder(capsys, tmp_path, full_run):

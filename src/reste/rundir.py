@@ -431,8 +431,10 @@ class RunDirectory:
             if top.exists() and not top.is_dir():
                 raise UsageError(f"{top} is not a folder: a run's {TOP_DIR} holds its best epochs' checkpoints; move "
                                  "it away, or restore the run's own")
-        probe = path / ".write-test"  # a resume too: it failed at its first write, naming a temporary file (review
-        try:  # chaos #2)
+        # a resume too: it failed at its first write, naming a temporary file (review chaos #2); named as a temporary
+        # (.NAME.tmp), which a new run passes over: a kill between its two calls left a folder no start took (chaos3 #4)
+        probe = path / ".write-test.tmp"
+        try:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
@@ -905,7 +907,7 @@ def stray_files(path: str | os.PathLike) -> list[str]:
     """The names in a folder that a new run there refuses: all but its lock, a sweep's log, the record of a run
     that diverged or failed before it kept anything (trained again there) and what Finder or Explorer wrote (.DS_Store,
     Thumbs.db, ...)."""
-    return sorted(p.name for p in Path(path).iterdir() if p.name not in (LOCK_NAME, DIVERGED, FAILED)
+    return sorted(p.name for p in Path(path).iterdir() if p.name not in (LOCK_NAME, DIVERGED, FAILED, ".write-test")
                   and not p.name.endswith(".log") and not (p.name.startswith(".") and p.name.endswith(".tmp"))
                   and not _litter(p.name))
 
