@@ -61,9 +61,9 @@ def c_source(package: str, filename: str) -> SourceFile:
 
 class EnvSwitch:
     """An on/off switch read from environment variable ``name`` (1/on/true/yes or 0/off/false/no; unset gives
-    ``default``, and anything else too, with a warning) at the first call and kept: the fused paths ask several times a step, and a
-    read of the environment costs more than the rest of their check. ``set(flag)`` overrides it for this
-    process; ``set(None)`` goes back to the variable (read again)."""
+    ``default``, and anything else too, with a warning) at the first call and kept: the fused paths ask several
+    times a step, and a read of the environment costs more than the rest of their check. ``set(flag)`` overrides it
+    for this process; ``set(None)`` goes back to the variable (read again)."""
 
     def __init__(self, name: str, default: bool) -> None:
         self.name, self.default = name, default
@@ -74,9 +74,9 @@ class EnvSwitch:
             raw = os.environ.get(self.name, "").strip().lower()
             on, off = raw in ("1", "on", "true", "yes"), raw in ("0", "off", "false", "no")
             if raw and not (on or off):  # a value of neither kind: said once, not taken silently (newuser3)
-                warnings.warn(f"{self.name}={os.environ[self.name]!r} is neither on (1, on, true, yes) nor off (0, off, "
-                              f"false, no); it is taken as unset: {'on' if self.default else 'off'}", RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(f"{self.name}={os.environ[self.name]!r} is neither on (1, on, true, yes) nor off (0, "
+                              f"off, false, no); it is taken as unset: {'on' if self.default else 'off'}",
+                              RuntimeWarning, stacklevel=2)
             self._value = on or (self.default and not off)
         return self._value
 
