@@ -83,6 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"{held}/config.json")
         config = engine.planned_config(config_from_args(args))
         check_out(args.out if args.out is not None else engine.default_run_dir(config))  # (runs/: diff13 #2)
+        engine.check_graphs_device(config, here=False)  # (newuser3 #2: --device cpu, as the start refuses it)
         engine.check_model_fits(config)
         print(json.dumps(config.to_dict(), indent=2))
         from .distributed import env_world_size

@@ -416,8 +416,7 @@ class TrainConfig:
                                  "nothing; drop it" + (f", or train its binary twin {info['twin']!r}" if info["twin"]
                                                        else ""))
         if self.device != "auto":  # its spelling (whether this machine has it: when the run starts)
-            if device_named(self.device).type == "cpu" and self.cuda_graphs:  # (newuser3 #2: on any machine)
-                raise UsageError("--cuda-graphs needs a CUDA device; --device cpu trains on the CPU: drop one of them")
+            device_named(self.device)
         if self.scaling != TrainConfig.scaling and not info["binary"]:  # (it made a sweep setting of its own)
             raise UsageError(f"--scaling applies to binary weights; {self.model!r} is full precision, so --scaling "
                              f"{self.scaling} would do nothing; drop it")

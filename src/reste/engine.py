@@ -1546,6 +1546,41 @@ def _await_main_lock(run_dir: Path, log: Callable[[str], None]) -> None:
             "lock")
 
 
+def check_graphs_device(config: TrainConfig, here: bool = True) -> None:
+    """``--cuda-graphs`` on a device that cannot capture, refused as the run's start refuses it, before it
+    (``--print-config``, a sweep's plan): an explicit ``--device cpu`` always; ``--device auto`` where ``here``
+    (this machine's: a dry run may plan for a GPU machine) finds no CUDA."""
+    if config.cuda_graphs is not True or not isinstance(config.device, str):
+        return
+    name = config.device.strip().lower()
+    if name != "cpu" and not (here and name == "auto"):
+        return
+    device = pick_device(name, present=False)
+    try:
+        _graph_backend(device)
+    except ValueError:
+        why = "--device cpu trains on the CPU: drop one of them" if name == "cpu" else \
+            "CUDA is not available here; drop --cuda-graphs"
+        raise UsageError(f"--cuda-graphs needs a CUDA device; {why}") from None
+
+
+def _check_resumed_graphs(run_dir: Path, saved: TrainConfig, config: TrainConfig, given: dict[str, Any]) -> None:
+    """A resume whose ``--cuda-graphs`` meets a CPU: the way on, by which of the two was recorded (review diff16 #3:
+    "drop one of them" led nowhere)."""
+    try:
+        check_graphs_device(config)
+    except UsageError:
+        if saved.cuda_graphs is True and "cuda_graphs" not in given:
+            again = option("--no-cuda-graphs --force", 'overrides={"cuda_graphs": False}, force=True')
+            raise UsageError(f"{run_dir} was recorded with --cuda-graphs, which needs a CUDA device; continue it on "
+                             f"the CPU with {again}") from None
+        if "device" not in given and str(saved.device).strip().lower() == "cpu":
+            add = option("--device cuda", 'overrides={"device": "cuda"}')
+            raise UsageError(f"{run_dir} was recorded with --device cpu, and --cuda-graphs needs a CUDA device: add "
+                             f"{add}, or drop --cuda-graphs") from None
+        raise
+
+
 def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool, progress: bool,
                    log: Callable[[str], None], stop: StopRequest) -> dict[str, Any]:
     last = last_checkpoint(run_dir)
@@ -1554,6 +1589,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     saved = saved_config(run_dir)
     resumption.check_last_kept(run_dir)
     config = resumption.continue_config(run_dir, saved, overrides, force)
+    _check_resumed_graphs(run_dir, saved, config, overrides or {})
     try:
         run = _Run(config, run_dir, log, progress, stop)
     except ModelOptionError as err:

@@ -94,19 +94,6 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
         overrides["estimator"] = estimator_class(overrides["estimator"]).name
         # a bad saved one stays as it is, for the given one to replace
         saved = dataclasses.replace(saved, estimator=canonical_estimator(saved.estimator))
-    if saved.cuda_graphs is True and "cuda_graphs" not in overrides:  # (review diff16 #3: the way on was said nowhere)
-        device = overrides.get("device", saved.device)
-        given_cpu = isinstance(device, str) and device.strip().lower() == "cpu"
-        if given_cpu or (device == "auto" and not torch.cuda.is_available()):
-            why = "--device cpu trains on the CPU" if given_cpu else "CUDA is not available here"
-            raise UsageError(f"{run_dir} was recorded with --cuda-graphs, which needs a CUDA device ({why}); continue "
-                             "it on the CPU with " + option("--no-cuda-graphs --force",
-                                                            'overrides={"cuda_graphs": False}, force=True'))
-    if overrides.get("cuda_graphs") is True and "device" not in overrides and isinstance(saved.device, str) \
-            and saved.device.strip().lower() == "cpu":  # (review diff16 #3: it was told to drop a recorded --device)
-        add = option("--device cuda", 'overrides={"device": "cuda"}')
-        raise UsageError(f"{run_dir} was recorded with --device cpu, and --cuda-graphs needs a CUDA device: add {add}, "
-                         "or drop --cuda-graphs")
     diffs = config_differences(saved, overrides)
     if "dataset" in diffs:  # not even with --force: the checkpoint's model learned another data set
         raise UsageError(f"{run_dir} trained on {saved.dataset}, not {diffs['dataset'][1]}; a run keeps its data "

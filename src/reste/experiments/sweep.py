@@ -907,16 +907,21 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         raise UsageError(f"--threads must be a positive integer, got {threads!r}")
     check_threads(threads)  # as `reste train` refuses it: a slip (100) each of --jobs workers would take
     devices = sweep_devices(devices, jobs, check=not dry_run)
-    if base.cuda_graphs and devices and any(not name.startswith("cuda") for name in devices):  # (review diff16 #2)
-        raise UsageError(f"--cuda-graphs needs CUDA devices; --devices {','.join(devices)} names the CPU: drop one of "
-                         "them")
-    if not devices and not dry_run and isinstance(base.device, str):  # (its spelling: resolve's, each setting's)
-        from ..engine import pick_device
+    from .. import engine
 
-        # a --device this machine lacks: one line before any folder, not a FAILED per run; as is --cuda-graphs on a
-        # machine without CUDA (newuser3 #1; --device cpu: resolve's own line, review diff16 #1)
-        if pick_device(base.device).type != "cuda" and base.cuda_graphs and base.device == "auto":
-            raise UsageError("--cuda-graphs needs a CUDA device, and CUDA is not available here; drop --cuda-graphs")
+    # --cuda-graphs where no capture can run, one line before any folder, not a FAILED run per setting: a --devices
+    # naming the CPU (review diff16 #2), --device cpu, or no CUDA here (newuser3 #1, #2)
+    for name in devices or []:
+        try:
+            engine.check_graphs_device(dataclasses.replace(base, device=name), here=False)
+        except UsageError:
+            raise UsageError(f"--cuda-graphs needs CUDA devices; --devices {','.join(devices)} names the CPU: drop "
+                             "one of them") from None
+    if not devices:
+        engine.check_graphs_device(base, here=not dry_run)
+    if not devices and not dry_run and isinstance(base.device, str):  # (its spelling: resolve's, each setting's)
+        engine.pick_device(base.device)  # a --device this machine lacks: one line before any folder, not a FAILED
+        # per run
     seeds = [base.seed] if not seeds else [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"the seeds {', '.join(map(str, seeds))} name a seed twice; give each once")
