@@ -48,6 +48,7 @@ from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR
 from .errors import UsageError, parse_json, shell_word
 from .indicators import MEASURE
 from .native import CANNOT_LOCK
+from .wording import listed
 
 try:
     import fcntl
@@ -1049,7 +1050,7 @@ def sweeps_inside_hint(folder: str | os.PathLike, command: str) -> str | None:
     sweeps = sweeps_inside(folder)
     if not sweeps:
         return None
-    names = ", ".join(p.name for p in sweeps[:6]) + (", ..." if len(sweeps) > 6 else "")
+    names = listed([p.name for p in sweeps])
     return (f"{folder} holds {'the sweeps' if len(sweeps) > 1 else 'the sweep'} {names}: pass "
             f"{'one' if len(sweeps) > 1 else 'it'}, e.g. `reste {command} {shell_word(sweeps[0])}`")
 

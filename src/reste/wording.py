@@ -1,7 +1,10 @@
 """How reste's lines word a number of things: a duration (``42s``, ``5m``, ``26h00m``) and a count with its noun
-(``1 epoch``, ``3 epochs``), a batch split into micro-batches, and where in a run a checkpoint was taken."""
+(``1 epoch``, ``3 epochs``), a list of names cut short, a batch split into micro-batches, and where in a run a
+checkpoint was taken."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 #: seconds between the plain progress lines of long work when no bar is drawn (a log file): training's and
 #: evaluation's (``reste.engine.STEP_LINE_EVERY``, which starts at this) and reste predict's
@@ -20,6 +23,11 @@ def duration(seconds: float) -> str:
 def count(n: int, noun: str) -> str:
     """``1 epoch``, ``2 epochs``, ``0 epochs`` (a regular noun: an ``s`` for any number but one)."""
     return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def listed(names: Sequence[str], limit: int = 6) -> str:
+    """``a, b, c``: the first ``limit`` of ``names``, then ``, ...`` where there are more."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def split_batch(batch_size: int, accumulate: int) -> str:

@@ -31,7 +31,7 @@ from ..checkpoint import atomic_write
 from ..config import PRESETS, TrainConfig, canonical_estimator, config_from_preset
 from ..datasets import get_spec
 from ..errors import UsageError, parse_json
-from ..wording import count
+from ..wording import count, listed
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
 from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
                       divergence, epoch_lines, failure, holds_run, not_a_folder, read_metrics, recipe_free,
@@ -449,8 +449,7 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
                                int(seed), key, mode))
                 chosen_values.append(values)
     if not chosen:
-        labels = ", ".join(s["label"] for s in manifest["settings"][:6]) + (", ..." if len(manifest["settings"]) > 6
-                                                                           else "")
+        labels = listed([s["label"] for s in manifest["settings"]])
         raise UsageError(f"no run of the sweep in {out} has {' '.join(where)} (its settings: {labels}; seeds "
                          f"{', '.join(map(str, manifest['seeds']))})")
     missing = [f"{k}={v}" for k, texts in wanted.items() for v in texts
@@ -578,11 +577,13 @@ def plot_runs_or_sweeps(targets: Sequence[str | os.PathLike], out: str | os.Path
 def _sweeps_for(target: str | os.PathLike, log: Callable[[str], None] | None) -> list[str | os.PathLike]:
     """``target`` itself, or the sweeps one level inside it where it is a folder of sweeps (no run, no sweep, no run
     one level down: ``sweeps`` of ``sweeps/est`` and ``sweeps/oend``), each named in a line."""
-    if _is_run(target) or is_sweep_folder(target) or any(_is_run(p) for p in Path(target).iterdir() if p.is_dir()):
+    if _is_run(target) or is_sweep_folder(target):
         return [target]
-    inside = sweeps_inside(target)
+    runs, unstarted, inside = _contents(target)
+    if runs or unstarted:
+        return [target]
     if inside and log:
-        log(f"plot: {target} holds {count(len(inside), 'sweep')} ({', '.join(p.name for p in inside)}); "
+        log(f"plot: {target} holds {count(len(inside), 'sweep')} ({listed([p.name for p in inside])}); "
             f"{'each is' if len(inside) > 1 else 'it is'} drawn")
     return inside or [target]
 
@@ -590,13 +591,9 @@ def _sweeps_for(target: str | os.PathLike, log: Callable[[str], None] | None) ->
 def _runs_inside(folder: str | os.PathLike, log: Callable[[str], None] | None) -> list[Path]:
     """The runs one level inside ``folder`` (not itself a run or a sweep) that have an epoch to draw, by name, each
     named in a line, with what else it holds; a ``UsageError`` where it holds none."""
-    inside = sorted(p for p in Path(folder).iterdir() if p.is_dir()) if Path(folder).is_dir() else []
-    # (a run makes its metrics file empty at its start: an epoch to draw is a line in it, review diff16 #5)
-    runs = [p for p in inside if (p / METRICS_FILE).is_file() and (p / METRICS_FILE).stat().st_size > 0]
-    unstarted = [p for p in inside if p not in runs and _is_run(p)]
-    sweeps = sweeps_inside(folder)
+    runs, unstarted, sweeps = _contents(folder)
     several = len(sweeps) > 1
-    elsewhere = (f"; the sweep{'s' * several} in it ({', '.join(p.name for p in sweeps)}) "
+    elsewhere = (f"; the sweep{'s' * several} in it ({listed([p.name for p in sweeps])}) "
                  f"{'are' if several else 'is'} drawn when given {'themselves' if several else 'itself'}"
                  if sweeps else "")
     if not runs:
@@ -606,8 +603,7 @@ def _runs_inside(folder: str | os.PathLike, log: Callable[[str], None] | None) -
         raise UsageError(f"{folder} is not a run, a sweep, or a folder of runs or sweeps (no {METRICS_FILE} or "
                          f"{CONFIG} in it or one level down); pass a run's or a sweep's folder (its --out)")
     if log:
-        shown = ", ".join(d.name for d in runs[:6]) + (", ..." if len(runs) > 6 else "")
-        log(f"plot: {folder} holds {count(len(runs), 'run')} ({shown}); "
+        log(f"plot: {folder} holds {count(len(runs), 'run')} ({listed([d.name for d in runs])}); "
             f"{'each is' if len(runs) > 1 else 'it is'} drawn")
         if unstarted:
             log(f"plot: {count(len(unstarted), 'run')} in {folder} "
@@ -615,6 +611,14 @@ def _runs_inside(folder: str | os.PathLike, log: Callable[[str], None] | None) -
         if elsewhere:
             log(f"plot: {elsewhere[2:]}")
     return runs
+
+
+def _contents(folder: str | os.PathLike) -> tuple[list[Path], list[Path], list[Path]]:
+    """The folders one level inside ``folder``, by name: the runs with an epoch to draw, the runs with none yet (a run
+    makes its metrics file empty at its start: an epoch is a line in it, review diff16 #5), and the sweeps."""
+    inside = sorted(p for p in Path(folder).iterdir() if p.is_dir()) if Path(folder).is_dir() else []
+    runs = [p for p in inside if (p / METRICS_FILE).is_file() and (p / METRICS_FILE).stat().st_size > 0]
+    return runs, [p for p in inside if p not in runs and _is_run(p)], sweeps_inside(folder)
 
 
 def _is_run(folder: str | os.PathLike) -> bool:

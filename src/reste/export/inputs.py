@@ -211,10 +211,9 @@ def looks_raw(images: np.ndarray, prep: Preprocessing) -> bool:
     top, low = float(images.max()), float(images.min())
     if not (low >= 0 and 1 < top <= prep.pixel_scale and bool(np.all(images == np.round(images)))):
         return False
-    probe = np.arange(int(top) + 1, dtype=np.float32)  # the whole pixel values, in every channel
-    batch = np.broadcast_to(probe[None, None, :, None], (1, len(prep.mean), len(probe), 1)).astype(np.uint8)
-    kept = normalise(batch, prep, prep.pixel_scale)[0, :, :, 0]
-    return not np.allclose(kept, batch[0, :, :, 0], rtol=1e-5, atol=1e-5)
+    pixels = np.arange(int(top) + 1, dtype=np.uint8)  # the whole pixel values, as an image of each channel
+    batch = np.broadcast_to(pixels[None, None, :, None], (1, len(prep.mean), len(pixels), 1))
+    return not np.allclose(normalise(batch, prep, prep.pixel_scale), batch, rtol=1e-5, atol=1e-5)
 
 
 def check_takes_raw(size: tuple[int, ...] | None, prep: Preprocessing | None, meta: dict | None,
