@@ -45,7 +45,7 @@ def test_ext_rows_are_kept_only_where_the_cpp_nodes_take_the_layers(monkeypatch)
     x = torch.randn(2, 3, 32, 32)
     with cuda_ext.forced():  # CPU tensors through the extension's CPU loops, as CUDA ones on a GPU
         taken = bench.ext_nodes(model, x)
-        assert taken == 2 * len(binary_layers(model))  # the sign of the input and the scaled weight
+        assert taken == len(binary_layers(model))  # one node a layer: the sign of the input and the scaled weight
         monkeypatch.setattr(cuda_ext, "_STATE", [None])  # as after a failed build: the Triton path runs
         assert bench.ext_nodes(model, x) == 0
 

@@ -9,7 +9,9 @@ On a GPU, ``RESTE_TEST_DEVICE=cuda`` runs this file on CUDA tensors through the 
 
 from __future__ import annotations
 
+import copy
 import importlib
+import io
 import os
 import re
 import shutil
@@ -27,7 +29,7 @@ from kernel_checks import (
 from reste import cuda_ext, estimators, fused
 from reste.estimators import get_estimator
 from reste.kernel_args import kernel_scalars
-from reste.layers import BinaryConv1d, BinaryConv2d
+from reste.layers import BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose2d, BinaryLinear
 
 DEVICE = torch.device(os.environ.get("RESTE_TEST_DEVICE", "cpu"))
 if DEVICE.type == "cuda" and not torch.cuda.is_available():
@@ -371,6 +373,207 @@ def test_the_nodes_keep_the_autograd_contract():
         ws = est.scaled_sign(w, 1)
     assert packed == [leaf.shape, w.shape]
     (y.sum() + ws.sum()).backward()
+
+
+# ------------------------------------------------------------------- a binary layer in one call
+
+LAYER_NODE = "reste_ext::BinaryLayerBackward"
+LAYERS = {  # a layer of each kind, with the settings its one call passes on (stride, padding, dilation, groups)
+    "conv1d": (lambda **kw: BinaryConv1d(4, 6, 3, stride=2, padding=1, **kw), (3, 4, 11)),
+    "conv2d": (lambda **kw: BinaryConv2d(4, 6, 3, padding=(1, 2), dilation=2, groups=2, **kw), (3, 4, 9, 9)),
+    "conv3d": (lambda **kw: BinaryConv3d(4, 6, 2, **kw), (2, 4, 5, 5, 5)),
+    "linear": (lambda **kw: BinaryLinear(7, 5, **kw), (3, 7)),
+    # a layer's weight group above 65,536 (layer scaling) takes two launches of its own on a GPU, beside the input's
+    "linear-large": (lambda **kw: BinaryLinear(300, 240, **kw), (5, 300)),
+}
+
+
+def graph_nodes(y: torch.Tensor) -> list[str]:
+    """The names of the autograd nodes behind ``y``, each node once."""
+    seen, names, todo = set(), [], [y.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        todo += [n for n, _ in node.next_functions]
+    return names
+
+
+def layer_step(layer, x, upstream, one_call, monkeypatch, x_grad=True):
+    """Forward and backward of ``layer`` through its one call into the extension, or (``one_call=False``)
+    through its two estimators' nodes called one by one: the output, the gradients and the graph's nodes."""
+    real = cuda_ext.takes_layer
+    monkeypatch.setattr(cuda_ext, "takes_layer", real if one_call else lambda *args: False)
+    layer.zero_grad(set_to_none=True)
+    xi = x.clone().requires_grad_(x_grad)
+    y = layer(xi)
+    nodes = graph_nodes(y)
+    if y.requires_grad:
+        y.backward(upstream)
+    grads = [None if t.grad is None else t.grad.clone() for t in (xi, layer.weight, layer.bias) if t is not None]
+    monkeypatch.setattr(cuda_ext, "takes_layer", real)
+    return y.detach(), grads, nodes
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("inputs", ["binary", "real"])
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_a_binary_layer_is_one_call_and_one_node(kind, scaling, inputs, bias, monkeypatch):
+    """A binary conv or linear layer runs as one call into the extension, with one C++ node for its binary input
+    and weight, and gives exactly what its two estimators' nodes give called one by one: the same kernels and
+    the same op (stride, padding, dilation and groups passed on)."""
+    make, shape = LAYERS[kind]
+    torch.manual_seed(3)
+    layer = make(bias=bias, scaling=scaling, weight_estimator=ESTIMATORS["reste"](),
+                 **({"input_estimator": None} if inputs == "real" else {})).to(DEVICE)
+    x = on(torch.randn(shape))
+    upstream = on(torch.randn(layer(x).shape))
+    y, grads, nodes = layer_step(layer, x, upstream, True, monkeypatch)
+    ref_y, ref_grads, ref_nodes = layer_step(layer, x, upstream, False, monkeypatch)
+    assert nodes.count(LAYER_NODE) == 1 and not any("reste_ext::B" in n or "Scaled" in n for n in set(nodes) - {LAYER_NODE})
+    assert LAYER_NODE not in ref_nodes and "reste_ext::ScaledSignBackward" in ref_nodes
+    assert ("reste_ext::BinarySignBackward" in ref_nodes) == (inputs == "binary")
+    assert torch.equal(y, ref_y)
+    for got, want in zip(grads, ref_grads):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+def test_a_binary_layer_in_one_call_under_autocast(scaling, dtype, monkeypatch):
+    """Under bf16 autocast the conv of the one call runs in bf16 as the module path's does (autocast takes the op
+    called from C++ as it takes F.conv2d): the same output and gradients exactly. A bf16 input (a layer after a
+    16-bit one) shares its launch with the bf16 binary weight on a GPU; a float32 input does not."""
+    torch.manual_seed(4)
+    conv = BinaryConv2d(6, 8, 3, padding=1, scaling=scaling, weight_estimator=ESTIMATORS["ste"]()).to(DEVICE)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = on(torch.randn(4, 6, 7, 7)).to(dtype).contiguous(memory_format=torch.channels_last)
+    upstream = on(torch.randn(4, 8, 7, 7))
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        y, grads, nodes = layer_step(conv, x, upstream, True, monkeypatch)
+        ref_y, ref_grads, _ = layer_step(conv, x, upstream, False, monkeypatch)
+    assert y.dtype == torch.bfloat16 and LAYER_NODE in nodes
+    assert torch.equal(y, ref_y)
+    for got, want in zip(grads, ref_grads):
+        assert torch.equal(got, want)
+
+
+def test_a_binary_layer_in_one_call_follows_the_schedule(monkeypatch):
+    """ReSTE's o moves each epoch: the one call takes the new value (its form is kept per value, not for good)."""
+    torch.manual_seed(5)
+    est = get_estimator("reste", o_end=3.0)
+    conv = BinaryConv2d(3, 4, 3, padding=1, weight_estimator=est).to(DEVICE)
+    x = on(torch.randn(2, 3, 6, 6) * 0.5)
+    upstream = on(torch.randn(2, 4, 6, 6))
+    before = layer_step(conv, x, upstream, True, monkeypatch)[1]
+    est.set_progress(9, 10)
+    after, ref = (layer_step(conv, x, upstream, one, monkeypatch)[1] for one in (True, False))
+    assert not torch.equal(before[0], after[0])  # o moved, and so the input's gradient
+    for got, want in zip(after, ref):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("which", ["input", "weight", "neither"])
+def test_a_binary_layer_in_one_call_with_part_of_it_frozen(which, monkeypatch):
+    """An input that needs no gradient (the first layer's data), a frozen weight, or both: the node takes only
+    what needs a gradient, and none is made where nothing does."""
+    torch.manual_seed(6)
+    conv = BinaryConv2d(3, 4, 3, padding=1, bias=False, weight_estimator=ESTIMATORS["reste"]()).to(DEVICE)
+    conv.weight.requires_grad_(which == "input")
+    x = on(torch.randn(2, 3, 5, 5))
+    upstream = on(torch.randn(2, 4, 5, 5))
+    x_grad = which == "weight"
+    y, grads, nodes = layer_step(conv, x, upstream, True, monkeypatch, x_grad=x_grad)
+    ref_y, ref_grads, _ = layer_step(conv, x, upstream, False, monkeypatch, x_grad=x_grad)
+    assert (LAYER_NODE in nodes) == (which != "neither") and (not nodes) == (which == "neither")
+    assert torch.equal(y, ref_y)
+    for got, want in zip(grads, ref_grads):
+        assert (got is None and want is None) or torch.equal(got, want)
+
+
+def test_a_binary_layer_in_one_call_keeps_the_autograd_contract(monkeypatch):
+    """A double backward through the one node runs the differentiable expression (the same second derivative as
+    the PyTorch ops); a second backward is refused as torch refuses it; a model with the node pickles and copies."""
+    torch.manual_seed(7)
+    conv = BinaryConv2d(3, 4, 3, padding=1, bias=False, weight_estimator=ESTIMATORS["reste"]()).to(DEVICE)
+    x = on(torch.randn(2, 3, 5, 5) * 0.7)
+
+    def second(pytorch: bool):
+        if pytorch:
+            fused.set_enabled(False)
+        try:
+            xi = x.clone().requires_grad_(True)
+            y = conv(xi)
+            assert (LAYER_NODE in graph_nodes(y)) != pytorch
+            gx, gw = torch.autograd.grad(y.square().sum(), (xi, conv.weight), create_graph=True)
+            ggx, ggw = torch.autograd.grad((gx * gx).sum() + (gw * gw).sum(), (xi, conv.weight))
+            return gx.detach(), gw.detach(), ggx, ggw
+        finally:
+            fused.set_enabled(None)
+
+    # alpha, a mean of 108 weights, is summed in another order by the two paths: within 108 ulp32 relatively.
+    # The first derivatives carry it twice (y and the binary weight), the second four times, plus the
+    # rounding of their sums of at most 108 products: 1e-4 (840 ulp32) covers 4 * 108 + 108 ulp32.
+    for got, want in zip(second(False), second(True)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    y = conv(x.clone().requires_grad_(True))
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.sum().backward()
+    buffer = io.BytesIO()
+    torch.save(conv, buffer)
+    twin = copy.deepcopy(conv)
+    assert torch.equal(twin(x), conv(x))
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False)(x), conv(x))
+
+
+class _OwnForward(estimators.ReSTE):
+    name = "reste_own_forward_test"
+
+    def forward(self, x):
+        return super().forward(x) * 1.0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # torch's forward_ad import
+def test_what_a_binary_layer_leaves_to_its_modules():
+    """The one call stands in for the estimators' module calls only where nobody could tell: a hook on an
+    estimator (or on every module), an estimator with a forward of its own, a hyper-parameter in a tensor,
+    padding by name or by another mode, a transposed conv, the first forward's check of the inputs, and forward
+    mode take the module path."""
+    x = on(torch.randn(2, 3, 6, 6)).requires_grad_(True)
+
+    def one_call(layer, inp=x) -> bool:
+        return LAYER_NODE in graph_nodes(layer.to(DEVICE)(inp))
+
+    conv = BinaryConv2d(3, 4, 3, padding=1)
+    assert one_call(conv)
+    for register in (conv.input_estimator.register_forward_hook, conv.weight_estimator.register_forward_pre_hook):
+        handle = register(lambda *args: None)
+        assert not one_call(conv)
+        handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert not one_call(conv)
+    finally:
+        handle.remove()
+    assert one_call(conv)
+    assert not one_call(BinaryConv2d(3, 4, 3, padding=1, weight_estimator=_OwnForward()))
+    tensor_o = get_estimator("reste")
+    tensor_o.o = torch.tensor(2.0)
+    assert not one_call(BinaryConv2d(3, 4, 3, padding=1, weight_estimator=tensor_o, input_estimator="reste"))
+    assert not one_call(BinaryConv2d(3, 4, 3, padding="same"))
+    assert not one_call(BinaryConv2d(3, 4, 3, padding=1, padding_mode="reflect"))
+    assert not one_call(BinaryConvTranspose2d(3, 4, 3, padding=1))
+    watched = BinaryConv2d(3, 4, 3, padding=1)
+    watched.watch_inputs = "conv"
+    assert not one_call(watched) and one_call(watched)  # the check, then the one call
+    import torch.autograd.forward_ad as fwad
+    with fwad.dual_level():
+        assert not one_call(conv, fwad.make_dual(x.detach(), torch.ones_like(x)).requires_grad_(True))
 
 
 def test_the_op_schemas_build_the_same_nodes():

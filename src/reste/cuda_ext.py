@@ -60,8 +60,8 @@ from . import fused
 from .kernel_args import KINDS, MAX_GROUPS, autocast_dtype, kernel_scalars
 from .native import CANNOT_LOCK, EnvSwitch, untrusted_path, writable_cache
 
-__all__ = ["available", "binary_sign", "build", "cuda_home", "error", "forced", "may_take", "requested",
-           "scaled_sign", "set_enabled", "sign"]
+__all__ = ["available", "binary_layer", "binary_sign", "build", "cuda_home", "error", "forced", "form", "may_take",
+           "requested", "scaled_sign", "set_enabled", "sign", "takes_layer"]
 
 SOURCE_DIR = Path(__file__).resolve().with_name("csrc") / "ext"
 _CPP, _CU, _HEADER = "ops.cpp", "kernels.cu", "estimators.h"
@@ -406,6 +406,40 @@ def binary_sign(kind: str | None, x: Tensor, params: dict[str, Any]) -> Tensor |
         return None
     est = _estimator(kind, params)
     return None if est is None else _MODULE[0].binary_sign(x, est)
+
+
+def form(kind: str | None, params: dict[str, Any]) -> Any:
+    """The extension's form of estimator ``kind`` with ``params()`` (built once per schedule value), for
+    :func:`binary_layer`; ``None`` where the extension has no kernel for it or a parameter is no number."""
+    return _estimator(kind, params) if _MODULE else None
+
+
+def takes_layer(x: Tensor, w: Tensor, bias: Tensor | None) -> bool:
+    """Whether a binary layer's forward on input ``x`` with latent weight ``w`` and ``bias`` may run as one call
+    into the extension (:func:`binary_layer`): what :func:`binary_sign` and :func:`scaled_sign` ask of their
+    tensors, asked once for the layer (the caller has asked :func:`may_take`)."""
+    if type(x) not in fused.PLAIN or type(w) not in fused.PLAIN or (bias is not None and type(bias) not in fused.PLAIN):
+        return False  # (a subclass: a wrapper without memory of its own, an fx Proxy)
+    if x.dtype not in _DTYPES or w.dtype not in _DTYPES or not w.numel():
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled() or _compiled_autograd():
+        return False
+    if not fused.owns_memory(x) or (w.grad_fn is not None and torch.is_grad_enabled()):
+        return False  # (a computed weight keeps its plain autograd graph)
+    return _loaded(x.is_cuda)
+
+
+def binary_layer(x: Tensor, w: Tensor, bias: Tensor | None, est_x: Any, est_w: Any, groups: int, op: int,
+                 stride: Any = (), padding: Any = (), dilation: Any = (), conv_groups: int = 1) -> Tensor | None:
+    """A binary layer's forward, ``op(Q_a(x), Q_w(w) * alpha) + bias``, in one call: the activation's node (none
+    where ``est_x`` is ``None``: real inputs), the weight's node (``groups`` alphas, in autocast's dtype under
+    autocast), then ``op`` through the dispatcher: ``F.linear`` (``op=0``) or the convolution of ``op`` spatial
+    dimensions with ``stride``, ``padding`` (numbers), ``dilation`` and ``conv_groups``. The estimators' forms come
+    from :func:`form`; the caller has checked :func:`takes_layer`. ``None`` where the weight's groups do not fit."""
+    if not 1 <= groups <= MAX_GROUPS or w.numel() % groups:
+        return None
+    return _MODULE[0].binary_layer(x, w, bias, est_x, est_w, groups, autocast_dtype(w), op, stride, padding,
+                                   dilation, conv_groups)
 
 
 def scaled_sign(w: Tensor, kind: str | None, groups: int, params: dict[str, Any]) -> Tensor | None:

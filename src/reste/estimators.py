@@ -33,9 +33,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import operator
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
@@ -363,6 +365,32 @@ def _forward_mode() -> bool:
     return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or fused.under_functorch()
 
 
+_EXT_FORMS: weakref.WeakKeyDictionary[Estimator, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+_HOOKS = torch.nn.modules.module  # (its tables of hooks on every module)
+
+
+def _module_hooks() -> bool:
+    """Whether a hook registered for every module (``nn.modules.module.register_module_forward_hook`` and the
+    like) would see an estimator's call."""
+    return bool(_HOOKS._global_forward_hooks or _HOOKS._global_forward_pre_hooks or _HOOKS._global_backward_hooks
+                or _HOOKS._global_backward_pre_hooks)
+
+
+def layer_forms(input_estimator: Any, weight_estimator: Any) -> tuple[Any, Any] | None:
+    """A binary layer's two estimators as the compiled extension's one-call forward takes them (the input's
+    ``None`` for real inputs), or ``None`` where the layer must call them as modules (see ``Estimator._ext_form``),
+    or where forward-mode differentiation may run (the extension's nodes carry no tangent)."""
+    if not isinstance(weight_estimator, Estimator) or _forward_mode():
+        return None
+    w = weight_estimator._ext_form()
+    if w is None:
+        return None
+    if input_estimator is None:
+        return None, w
+    x = input_estimator._ext_form() if isinstance(input_estimator, Estimator) else None
+    return None if x is None else (x, w)
+
+
 def reference_backward(kind: str, x: Tensor, grad: Tensor, groups: int, params: dict[str, Any]) -> Tensor:
     """The gradient a fused kernel of estimator ``kind`` computes, as the differentiable PyTorch expression
     (what a double backward through the compiled extension runs): ``groups=0``, the activation's
@@ -560,6 +588,25 @@ class Estimator(nn.Module):
             return _SignFunctionSplit.apply(z, lambda v: self._g(v, **p), None) * scale
 
         return triton_dispatch.scaled_sign(w, kind, groups, reference, p)
+
+    def _ext_form(self) -> Any:
+        """This estimator as the compiled extension's one-call layer takes it (:func:`reste.cuda_ext.form`), or
+        ``None`` where calling this module must stay a module call: its own ``forward``, a hook on it (or on every
+        module), no kernel for its ``g``, a parameter that is no number. Kept per estimator while ``params()``
+        gives the same objects (the schedule sets new ones once per epoch)."""
+        if type(self).forward is not Estimator.forward or self._forward_hooks or self._forward_pre_hooks:
+            return None
+        if self._backward_hooks or self._backward_pre_hooks or _module_hooks():
+            return None
+        p = self.params()
+        values = tuple(p.values())
+        kept = _EXT_FORMS.get(self)
+        if kept is not None and len(kept[0]) == len(values) and all(map(operator.is_, kept[0], values)):
+            return kept[1]  # (the same objects: no number compared with a tensor, which would read it back)
+        kind = self._kernel_kind()
+        form = None if kind is None else cuda_ext.form(kind, p)
+        _EXT_FORMS[self] = (values, form)  # (values kept alive with it: their ids are not reused meanwhile)
+        return form
 
     def derivative(self, x: Tensor) -> Tensor:
         """g(x): the factor the backward multiplies the incoming gradient by."""

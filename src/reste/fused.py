@@ -82,7 +82,7 @@ def error() -> str | None:
     return _LIB.error()
 
 
-_PLAIN = (Tensor, torch.nn.Parameter)
+PLAIN = _PLAIN = (Tensor, torch.nn.Parameter)  # the types whose memory a kernel may take (see plain)
 
 
 def plain(*tensors: Tensor) -> bool:
@@ -110,6 +110,11 @@ def _own_memory(tensors: tuple[Tensor, ...]) -> bool:
 
 
 _LEGACY_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
+
+
+def owns_memory(x: Tensor) -> bool:
+    """:func:`plain`'s tests after its type test, for one tensor of a caller that knows no compiler is tracing."""
+    return not under_dispatch_mode() and (_LEGACY_BATCHED is None or not _LEGACY_BATCHED(x))
 
 
 def _lib_for(x: Tensor, *others: Tensor):

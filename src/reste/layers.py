@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .estimators import Estimator, get_estimator
-from .fused import under_dispatch_mode, under_functorch
+from . import cuda_ext
+from .estimators import Estimator, get_estimator, layer_forms
+from .fused import PLAIN, under_dispatch_mode, under_functorch
 from .hparams import outside_reste, real_number
 
 SCALINGS = ("layer", "channel", "none")
@@ -139,6 +140,32 @@ class _BinaryMixin:
         alpha = self.scale()
         return bw if alpha is None else bw * alpha
 
+    def _ext_forward(self, x: Tensor, op: int) -> Tensor | None:
+        """The layer's forward as one call into the compiled extension (``RESTE_CUDA_EXT=1``; ``op``: 0 linear, else
+        the convolution's spatial dimensions), or ``None`` where it does not take this call. The nodes are those that
+        ``binary_input`` and ``binary_weight`` make through it; what the one call saves is their host time in Python,
+        which bounds an eager GPU step."""
+        # (read from the module's tables, not through nn.Module's __getattr__: a microsecond a layer on a GPU host)
+        params, modules = self._parameters, self._modules  # type: ignore[attr-defined]
+        w, bias = params.get("weight"), params.get("bias", False)
+        # (None, real inputs, is kept as a plain attribute where it was never a module)
+        est_x = modules["input_estimator"] if "input_estimator" in modules else self.__dict__.get("input_estimator",
+                                                                                                  _ABSENT)
+        if w is None or bias is False or est_x is _ABSENT or self.watch_inputs is not None:
+            return None  # (a parametrized weight or bias; the first forward's check of the inputs: the module path)
+        if not cuda_ext.takes_layer(x, w, bias):
+            return None
+        forms = layer_forms(est_x, modules.get("weight_estimator"))
+        groups = 1 if self.scaling == "layer" else self._fused_groups()
+        if forms is None or groups is None:
+            return None
+        if not op:
+            return cuda_ext.binary_layer(x, w, bias, *forms, groups, 0)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):  # type: ignore[attr-defined]
+            return None  # (a padded copy first, or padding by name: the module path)
+        return cuda_ext.binary_layer(x, w, bias, *forms, groups, op, self.stride, self.padding,  # type: ignore
+                                     self.dilation, self.groups)  # type: ignore[attr-defined]
+
     # ``binarize`` sets this to the layer's name: its first forward checks that the inputs are not all >= 0; and
     # ``inputs_told`` to a flag its model's layers share, so that the model warns once
     watch_inputs: str | None = None
@@ -158,6 +185,15 @@ class _BinaryMixin:
         a = "real" if self.input_estimator is None else self.input_estimator.name
         base = super().extra_repr()  # type: ignore[misc]  # the torch.nn layer's
         return f"{base}, weights={self.weight_estimator.name}, inputs={a}, scaling={self.scaling}"
+
+
+_ABSENT = object()
+
+
+def _may_take(x: Any) -> bool:
+    """The first, cheap test of a layer's one call into the compiled extension: a plain tensor (not an fx Proxy,
+    whose attributes are traced) that the extension may take."""
+    return type(x) in PLAIN and cuda_ext.may_take(x)
 
 
 def _transformed(x: Tensor) -> bool:
@@ -232,6 +268,9 @@ class _BinaryConv(_BinaryMixin):
         self._setup(weight_estimator, input_estimator, scaling)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.ConvNd's name: layer(input=x) keeps working
+        y = self._ext_forward(input, len(self.kernel_size)) if _may_take(input) else None  # type: ignore
+        if y is not None:
+            return y
         x = self.binary_input(input)
         return self._conv_forward(x, self.binary_weight(), self.bias)  # type: ignore[attr-defined]
 
@@ -343,6 +382,9 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         self._setup(weight_estimator, input_estimator, scaling)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Linear's name: layer(input=x) keeps working
+        y = self._ext_forward(input, 0) if _may_take(input) else None
+        if y is not None:
+            return y
         return F.linear(self.binary_input(input), self.binary_weight(), self.bias)
 
 

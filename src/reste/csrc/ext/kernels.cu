@@ -74,26 +74,32 @@ __device__ __forceinline__ void store16(T* p, const T (&v)[kPack<T>]) {
   *reinterpret_cast<uint4*>(p) = raw;
 }
 
+// sign over the elements of x that block `block` of `blocks` takes (a grid-stride loop); the element's result does
+// not depend on the split, so a launch of its own and a share of a layer's launch give the same values
 template <typename T>
-__global__ void sign_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, bool packed) {
+__device__ __forceinline__ void sign_range(const T* __restrict__ x, T* __restrict__ y, int64_t n, bool packed,
+                                           int64_t block, int64_t blocks) {
   constexpr int kN = kPack<T>;
+  const int64_t first = block * blockDim.x + threadIdx.x, step = blocks * blockDim.x;
   const int64_t whole = packed ? n / kN * kN : 0;
-  for (int64_t i = first_index() * kN; i < whole; i += stride() * kN) {
+  for (int64_t i = first * kN; i < whole; i += step * kN) {
     T v[kN];
     load16(x + i, v);
 #pragma unroll
     for (int k = 0; k < kN; ++k) v[k] = static_cast<T>(sign1(static_cast<float>(v[k])));
     store16(y + i, v);
   }
-  for (int64_t i = whole + first_index(); i < n; i += stride()) y[i] = static_cast<T>(sign1(static_cast<float>(x[i])));
+  for (int64_t i = whole + first; i < n; i += step) y[i] = static_cast<T>(sign1(static_cast<float>(x[i])));
 }
 
+// grad * g(x) over block `block` of `blocks`'s share, as sign_range
 template <typename T>
-__global__ void backward_kernel(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__ out, int64_t n,
-                                Params p, bool packed) {
+__device__ __forceinline__ void backward_range(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__ out,
+                                               int64_t n, const Params& p, bool packed, int64_t block, int64_t blocks) {
   constexpr int kN = kPack<T>;
+  const int64_t first = block * blockDim.x + threadIdx.x, step = blocks * blockDim.x;
   const int64_t whole = packed ? n / kN * kN : 0;
-  for (int64_t i = first_index() * kN; i < whole; i += stride() * kN) {
+  for (int64_t i = first * kN; i < whole; i += step * kN) {
     T v[kN], d[kN];
     load16(x + i, v);
     load16(grad + i, d);
@@ -101,25 +107,63 @@ __global__ void backward_kernel(const T* __restrict__ x, const T* __restrict__ g
     for (int k = 0; k < kN; ++k) v[k] = static_cast<T>(g(static_cast<float>(v[k]), p) * static_cast<float>(d[k]));
     store16(out + i, v);
   }
-  for (int64_t i = whole + first_index(); i < n; i += stride()) {
+  for (int64_t i = whole + first; i < n; i += step) {
     out[i] = static_cast<T>(g(static_cast<float>(x[i]), p) * static_cast<float>(grad[i]));
   }
 }
 
+template <typename T>
+__global__ void sign_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, bool packed) {
+  sign_range(x, y, n, packed, blockIdx.x, gridDim.x);
+}
+
+template <typename T>
+__global__ void backward_kernel(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__ out, int64_t n,
+                                Params p, bool packed) {
+  backward_range(x, grad, out, n, p, packed, blockIdx.x, gridDim.x);
+}
+
 // ---------------------------------------------------------------- binary weight: one block per group
+
+// group `group` of the binary weight, by the whole block: alpha = mean(abs(w)) over the group, y = sign(w) * alpha.
+// The sum's order depends only on blockDim.x (kGroupThreads wherever it runs).
+template <typename W, typename Y>
+__device__ __forceinline__ void scaled_sign_group(const W* __restrict__ w, Y* __restrict__ y, float* __restrict__ alpha,
+                                                  int64_t size, int64_t group, float* shared) {
+  const int64_t base = group * size;
+  float acc = 0.0f;
+  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) acc += fabsf(static_cast<float>(w[base + i]));
+  const float a = block_sum(acc, shared) / static_cast<float>(size);
+  if (threadIdx.x == 0) alpha[group] = a;
+  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) {
+    y[base + i] = static_cast<Y>(sign1(static_cast<float>(w[base + i])) * a);
+  }
+}
+
+// the backward of group `group`, by the whole block, as scaled_sign_group
+template <typename W, typename G>
+__device__ __forceinline__ void scaled_sign_backward_group(const W* __restrict__ w, const G* __restrict__ grad,
+                                                           const float* __restrict__ alpha, W* __restrict__ out,
+                                                           int64_t size, const Params& p, int64_t group,
+                                                           float* shared) {
+  const int64_t base = group * size;
+  float acc = 0.0f;
+  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) {
+    acc += static_cast<float>(grad[base + i]) * sign1(static_cast<float>(w[base + i]));
+  }
+  const float d_alpha = block_sum(acc, shared) / static_cast<float>(size);
+  const float a = alpha[group];
+  for (int64_t i = base + threadIdx.x; i < base + size; i += blockDim.x) {
+    const float wi = static_cast<float>(w[i]);
+    out[i] = static_cast<W>(g(wi, p) * (static_cast<float>(grad[i]) * a) + sgn0(wi) * d_alpha);
+  }
+}
 
 template <typename W, typename Y>
 __global__ void scaled_sign_group_kernel(const W* __restrict__ w, Y* __restrict__ y, float* __restrict__ alpha,
                                          int64_t size) {
   __shared__ float shared[33];
-  const int64_t base = blockIdx.x * size;
-  float acc = 0.0f;
-  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) acc += fabsf(static_cast<float>(w[base + i]));
-  const float a = block_sum(acc, shared) / static_cast<float>(size);
-  if (threadIdx.x == 0) alpha[blockIdx.x] = a;
-  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) {
-    y[base + i] = static_cast<Y>(sign1(static_cast<float>(w[base + i])) * a);
-  }
+  scaled_sign_group(w, y, alpha, size, blockIdx.x, shared);
 }
 
 template <typename W, typename G>
@@ -127,17 +171,38 @@ __global__ void scaled_sign_backward_group_kernel(const W* __restrict__ w, const
                                                   const float* __restrict__ alpha, W* __restrict__ out, int64_t size,
                                                   Params p) {
   __shared__ float shared[33];
-  const int64_t base = blockIdx.x * size;
-  float acc = 0.0f;
-  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) {
-    acc += static_cast<float>(grad[base + i]) * sign1(static_cast<float>(w[base + i]));
+  scaled_sign_backward_group(w, grad, alpha, out, size, p, blockIdx.x, shared);
+}
+
+// ---------------------------------------------------------------- a binary layer's two, in one launch
+//
+// A layer's binary input and binary weight are independent: its first `groups` blocks compute the weight's groups,
+// the others the input's sign, so the layer costs one launch each way where it cost two. Each part computes what
+// its own kernel computes (the same device functions, the group sums with kGroupThreads threads as there).
+
+template <typename X>
+__global__ void layer_forward_kernel(const X* __restrict__ x, X* __restrict__ xb, int64_t n, bool packed,
+                                     const float* __restrict__ w, X* __restrict__ wb, float* __restrict__ alpha,
+                                     int64_t size, int64_t groups) {
+  __shared__ float shared[33];
+  if (blockIdx.x < groups) {
+    scaled_sign_group(w, wb, alpha, size, blockIdx.x, shared);
+    return;
   }
-  const float d_alpha = block_sum(acc, shared) / static_cast<float>(size);
-  const float a = alpha[blockIdx.x];
-  for (int64_t i = base + threadIdx.x; i < base + size; i += blockDim.x) {
-    const float wi = static_cast<float>(w[i]);
-    out[i] = static_cast<W>(g(wi, p) * (static_cast<float>(grad[i]) * a) + sgn0(wi) * d_alpha);
+  sign_range(x, xb, n, packed, blockIdx.x - groups, gridDim.x - groups);
+}
+
+template <typename X>
+__global__ void layer_backward_kernel(const X* __restrict__ x, const X* __restrict__ gx, X* __restrict__ outx,
+                                      int64_t n, bool packed, Params px, const float* __restrict__ w,
+                                      const X* __restrict__ gw, const float* __restrict__ alpha,
+                                      float* __restrict__ outw, int64_t size, int64_t groups, Params pw) {
+  __shared__ float shared[33];
+  if (blockIdx.x < groups) {
+    scaled_sign_backward_group(w, gw, alpha, outw, size, pw, blockIdx.x, shared);
+    return;
   }
+  backward_range(x, gx, outx, n, px, packed, blockIdx.x - groups, gridDim.x - groups);
 }
 
 // ---------------------------------------------------------------- binary weight: larger groups, two launches
@@ -225,6 +290,55 @@ void backward_cuda(const at::Tensor& x, const at::Tensor& grad, const at::Tensor
         packed);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+// the blocks of kGroupThreads threads that a layer launch gives the input's n elements (as elementwise_blocks)
+int64_t layer_sign_blocks(int64_t n, bool packed, int64_t pack) {
+  const int64_t units = packed ? n / pack : n;
+  return std::max<int64_t>(1, std::min<int64_t>((units + kGroupThreads - 1) / kGroupThreads, 8192));
+}
+
+// whether a layer's input and weight go in one launch: a float32 weight of groups up to kGroupMax, and the input,
+// its sign and the binary weight of one dtype (fp32 training; bf16 or fp16 autocast after a 16-bit layer)
+bool layer_fusable(const at::Tensor& x, const at::Tensor& w, int64_t groups, at::ScalarType y) {
+  return w.scalar_type() == at::kFloat && x.scalar_type() == y && x.numel() > 0 && w.numel() / groups <= kGroupMax;
+}
+
+bool layer_forward_cuda(const at::Tensor& x, const at::Tensor& xb, const at::Tensor& w, int64_t groups,
+                        const at::Tensor& wb, const at::Tensor& alpha) {
+  if (!layer_fusable(x, w, groups, wb.scalar_type())) return false;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  RESTE_DISPATCH(x.scalar_type(), "reste_layer_forward_cuda", [&] {
+    const bool packed = aligned16(x.const_data_ptr()) && aligned16(xb.const_data_ptr());
+    const int64_t blocks = groups + layer_sign_blocks(n, packed, kPack<scalar_t>);
+    layer_forward_kernel<scalar_t><<<static_cast<unsigned>(blocks), kGroupThreads, 0,
+                                     c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), xb.mutable_data_ptr<scalar_t>(), n, packed, w.const_data_ptr<float>(),
+        wb.mutable_data_ptr<scalar_t>(), alpha.mutable_data_ptr<float>(), w.numel() / groups, groups);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return true;
+}
+
+bool layer_backward_cuda(const at::Tensor& x, const at::Tensor& gx, const at::Tensor& outx, const Params& px,
+                         const at::Tensor& w, const at::Tensor& gw, const at::Tensor& alpha, int64_t groups,
+                         const at::Tensor& outw, const Params& pw) {
+  if (!layer_fusable(x, w, groups, gw.scalar_type()) || gx.scalar_type() != x.scalar_type()) return false;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = x.numel();
+  RESTE_DISPATCH(x.scalar_type(), "reste_layer_backward_cuda", [&] {
+    const bool packed = aligned16(x.const_data_ptr()) && aligned16(gx.const_data_ptr()) &&
+                        aligned16(outx.const_data_ptr());
+    const int64_t blocks = groups + layer_sign_blocks(n, packed, kPack<scalar_t>);
+    layer_backward_kernel<scalar_t><<<static_cast<unsigned>(blocks), kGroupThreads, 0,
+                                      c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), gx.const_data_ptr<scalar_t>(), outx.mutable_data_ptr<scalar_t>(), n, packed,
+        px, w.const_data_ptr<float>(), gw.const_data_ptr<scalar_t>(), alpha.const_data_ptr<float>(),
+        outw.mutable_data_ptr<float>(), w.numel() / groups, groups, pw);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return true;
 }
 
 void scaled_sign_cuda(const at::Tensor& w, int64_t groups, const at::Tensor& y, const at::Tensor& alpha) {

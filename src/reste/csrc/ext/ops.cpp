@@ -46,6 +46,11 @@ void backward_cuda(const at::Tensor& x, const at::Tensor& grad, const at::Tensor
 void scaled_sign_cuda(const at::Tensor& w, int64_t groups, const at::Tensor& y, const at::Tensor& alpha);
 void scaled_sign_backward_cuda(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& alpha,
                                int64_t groups, const at::Tensor& out, const Params& p);
+bool layer_forward_cuda(const at::Tensor& x, const at::Tensor& xb, const at::Tensor& w, int64_t groups,
+                        const at::Tensor& wb, const at::Tensor& alpha);
+bool layer_backward_cuda(const at::Tensor& x, const at::Tensor& gx, const at::Tensor& outx, const Params& px,
+                         const at::Tensor& w, const at::Tensor& gw, const at::Tensor& alpha, int64_t groups,
+                         const at::Tensor& outw, const Params& pw);
 #endif
 
 namespace {
@@ -192,68 +197,79 @@ void scaled_sign_backward_cpu(const at::Tensor& w, const at::Tensor& grad, const
 
 // ------------------------------------------------------------------------------ the ops, no autograd
 
-at::Tensor sign_impl(const at::Tensor& x_in) {
+// Each op in two parts: its checks and its tensors (the input laid out for the kernel, the output allocated), then
+// its kernel. A binary layer prepares its input's op and its weight's, then runs both in one launch on a GPU.
+struct Prepared {
+  at::Tensor in, grad, out, alpha;
+};
+
+Prepared sign_prepared(const at::Tensor& x_in) {
   check_float(x_in, "x");
   const at::Tensor x = dense(x_in);
-  at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
-  if (on_cuda(x)) {
-#ifdef RESTE_WITH_CUDA
-    sign_cuda(x, y);
-#endif
-  } else {
-    sign_cpu(x, y);
-  }
-  return y;
+  return {x, at::Tensor(), at::empty_like(x), at::Tensor()};
 }
 
-at::Tensor backward_with(const at::Tensor& x_in, const at::Tensor& grad_in, const Params& p) {
+void sign_run(const Prepared& s) {
+  if (s.in.numel() == 0) return;
+  if (on_cuda(s.in)) {
+#ifdef RESTE_WITH_CUDA
+    sign_cuda(s.in, s.out);
+#endif
+  } else {
+    sign_cpu(s.in, s.out);
+  }
+}
+
+Prepared backward_prepared(const at::Tensor& x_in, const at::Tensor& grad_in) {
   check_float(x_in, "x");
   const at::Tensor x = dense(x_in);
   TORCH_CHECK(grad_in.sizes() == x.sizes(), "reste_ext: grad has shape ", shape(grad_in.sizes()), ", x ",
               shape(x.sizes()));
   TORCH_CHECK(grad_in.device() == x.device(), "reste_ext: grad is on ", grad_in.device().str(), ", x on ",
               x.device().str());
-  const at::Tensor grad = like(x, grad_in.to(x.scalar_type()));
-  at::Tensor out = at::empty_like(x);
-  if (x.numel() == 0) return out;
-  if (on_cuda(x)) {
+  return {x, like(x, grad_in.to(x.scalar_type())), at::empty_like(x), at::Tensor()};
+}
+
+void backward_run(const Prepared& b, const Params& p) {
+  if (b.in.numel() == 0) return;
+  if (on_cuda(b.in)) {
 #ifdef RESTE_WITH_CUDA
-    backward_cuda(x, grad, out, p);
+    backward_cuda(b.in, b.grad, b.out, p);
 #endif
   } else {
-    backward_cpu(x, grad, out, p);
+    backward_cpu(b.in, b.grad, b.out, p);
   }
-  return out;
+}
+
+void check_groups(const at::Tensor& w, int64_t groups) {
+  TORCH_CHECK(groups >= 1 && groups <= 65535 && w.numel() % groups == 0 && w.numel() > 0,
+              "reste_ext: groups must divide w's ", number(w.numel()), " elements (1 to 65535), got ", number(groups));
 }
 
 // (sign(w) * alpha in dtype, alpha per group as float32)
-std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w_in, int64_t groups,
-                                                    std::optional<at::ScalarType> dtype) {
+Prepared scaled_sign_prepared(const at::Tensor& w_in, int64_t groups, std::optional<at::ScalarType> dtype) {
   check_float(w_in, "w");
-  TORCH_CHECK(groups >= 1 && groups <= 65535 && w_in.numel() % groups == 0 && w_in.numel() > 0,
-              "reste_ext: groups must divide w's ", number(w_in.numel()), " elements (1 to 65535), got ",
-              number(groups));
+  check_groups(w_in, groups);
   const at::Tensor w = grouped(w_in, groups);
   at::Tensor y = at::empty_like(w, w.options().dtype(dtype.value_or(w.scalar_type())));
   check_float(y, "the result");
-  at::Tensor alpha = at::empty({groups}, w.options().dtype(at::kFloat));
-  if (on_cuda(w)) {
-#ifdef RESTE_WITH_CUDA
-    scaled_sign_cuda(w, groups, y, alpha);
-#endif
-  } else {
-    scaled_sign_cpu(w, groups, y, alpha);
-  }
-  return {y, alpha};
+  return {w, at::Tensor(), y, at::empty({groups}, w.options().dtype(at::kFloat))};
 }
 
-at::Tensor scaled_sign_backward_with(const at::Tensor& w_in, const at::Tensor& grad_in, const at::Tensor& alpha,
-                                     int64_t groups, const Params& p) {
+void scaled_sign_run(const Prepared& s, int64_t groups) {
+  if (on_cuda(s.in)) {
+#ifdef RESTE_WITH_CUDA
+    scaled_sign_cuda(s.in, groups, s.out, s.alpha);
+#endif
+  } else {
+    scaled_sign_cpu(s.in, groups, s.out, s.alpha);
+  }
+}
+
+Prepared scaled_sign_backward_prepared(const at::Tensor& w_in, const at::Tensor& grad_in, const at::Tensor& alpha,
+                                       int64_t groups) {
   check_float(w_in, "w");
-  TORCH_CHECK(groups >= 1 && groups <= 65535 && w_in.numel() % groups == 0 && w_in.numel() > 0,
-              "reste_ext: groups must divide w's ", number(w_in.numel()), " elements (1 to 65535), got ",
-              number(groups));
+  check_groups(w_in, groups);
   TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.numel() == groups && alpha.is_contiguous() &&
                   alpha.device() == w_in.device(),
               "reste_ext: alpha must be the forward's ", number(groups), " float32 scales on w's device, got ",
@@ -264,16 +280,88 @@ at::Tensor scaled_sign_backward_with(const at::Tensor& w_in, const at::Tensor& g
   TORCH_CHECK(grad_in.device() == w.device(), "reste_ext: grad is on ", grad_in.device().str(), ", w on ",
               w.device().str());
   check_float(grad_in, "grad");
-  const at::Tensor grad = like(w, grad_in);
-  at::Tensor out = at::empty_like(w);
-  if (on_cuda(w)) {
+  return {w, like(w, grad_in), at::empty_like(w), alpha};
+}
+
+void scaled_sign_backward_run(const Prepared& b, int64_t groups, const Params& p) {
+  if (on_cuda(b.in)) {
 #ifdef RESTE_WITH_CUDA
-    scaled_sign_backward_cuda(w, grad, alpha, groups, out, p);
+    scaled_sign_backward_cuda(b.in, b.grad, b.alpha, groups, b.out, p);
 #endif
   } else {
-    scaled_sign_backward_cpu(w, grad, alpha, groups, out, p);
+    scaled_sign_backward_cpu(b.in, b.grad, b.alpha, groups, b.out, p);
   }
-  return out;
+}
+
+at::Tensor sign_impl(const at::Tensor& x) {
+  const Prepared s = sign_prepared(x);
+  sign_run(s);
+  return s.out;
+}
+
+at::Tensor backward_with(const at::Tensor& x, const at::Tensor& grad, const Params& p) {
+  const Prepared b = backward_prepared(x, grad);
+  backward_run(b, p);
+  return b.out;
+}
+
+std::tuple<at::Tensor, at::Tensor> scaled_sign_both(const at::Tensor& w, int64_t groups,
+                                                    std::optional<at::ScalarType> dtype) {
+  const Prepared s = scaled_sign_prepared(w, groups, dtype);
+  scaled_sign_run(s, groups);
+  return {s.out, s.alpha};
+}
+
+at::Tensor scaled_sign_backward_with(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& alpha,
+                                     int64_t groups, const Params& p) {
+  const Prepared b = scaled_sign_backward_prepared(w, grad, alpha, groups);
+  scaled_sign_backward_run(b, groups, p);
+  return b.out;
+}
+
+// Whether a layer's two prepared ops may share one launch: CUDA tensors of one device (layer_forward_cuda and
+// layer_backward_cuda then check the dtypes and sizes that the shared kernel takes).
+bool one_launch(const Prepared& a, const Prepared& b) {
+  return on_cuda(a.in) && a.in.numel() > 0 && a.in.device() == b.in.device();
+}
+
+// A binary layer's binary input (where x_too) and binary weight: (sign(x), sign(w) * alpha, alpha), in one launch
+// on a GPU where the kernels allow.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_both(const at::Tensor& x, bool x_too, const at::Tensor& w,
+                                                          int64_t groups, std::optional<at::ScalarType> dtype) {
+  const Prepared sw = scaled_sign_prepared(w, groups, dtype);
+  if (!x_too) {
+    scaled_sign_run(sw, groups);
+    return {x, sw.out, sw.alpha};
+  }
+  const Prepared sx = sign_prepared(x);
+  bool done = false;
+#ifdef RESTE_WITH_CUDA
+  done = one_launch(sx, sw) && layer_forward_cuda(sx.in, sx.out, sw.in, groups, sw.out, sw.alpha);
+#endif
+  if (!done) {
+    sign_run(sx);
+    scaled_sign_run(sw, groups);
+  }
+  return {sx.out, sw.out, sw.alpha};
+}
+
+// the backward of layer_both for both: (grad * g(x), dL/dw), in one launch on a GPU where the kernels allow
+std::tuple<at::Tensor, at::Tensor> layer_backward_both(const at::Tensor& x, const at::Tensor& gx, const Params& px,
+                                                       const at::Tensor& w, const at::Tensor& gw,
+                                                       const at::Tensor& alpha, int64_t groups, const Params& pw) {
+  const Prepared bx = backward_prepared(x, gx);
+  const Prepared bw = scaled_sign_backward_prepared(w, gw, alpha, groups);
+  bool done = false;
+#ifdef RESTE_WITH_CUDA
+  done = one_launch(bx, bw) && layer_backward_cuda(bx.in, bx.grad, bx.out, px, bw.in, bw.grad, bw.alpha, groups,
+                                                   bw.out, pw);
+#endif
+  if (!done) {
+    backward_run(bx, px);
+    scaled_sign_backward_run(bw, groups, pw);
+  }
+  return {bx.out, bw.out};
 }
 
 at::Tensor backward_impl(const at::Tensor& x, const at::Tensor& grad, c10::string_view kind,
@@ -444,6 +532,104 @@ std::tuple<at::Tensor, at::Tensor> scaled_sign_forward(const at::Tensor& w, int6
   return scaled_sign_both(w, groups, dtype);
 }
 
+// Both binary inputs of a layer's op as one node: the activation sign(x) (where the layer has binary inputs) and
+// the weight sign(w) * alpha. Its backward takes the op's two gradients at once (a convolution's backward gives
+// both together) and runs the two nodes' kernels above: one node for the autograd engine to run where there were
+// two, which on a GPU is host time an eager step saves.
+struct BinaryLayerBackward : public Node {
+  SavedVariable x, w;
+  at::Tensor alpha;  // float32, never requires grad
+  int64_t groups = 1;
+  EstimatorRef est_x, est_w;
+  int x_slot = -1, w_slot = -1;  // the node's input (a gradient of an output) for each; -1 where none
+
+  std::string name() const override { return "reste_ext::BinaryLayerBackward"; }
+  void release_variables() override {
+    x.reset_data();
+    w.reset_data();
+    alpha.reset();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(2);
+    const at::Tensor gx = x_slot >= 0 ? grads[x_slot] : at::Tensor();
+    const at::Tensor gw = w_slot >= 0 ? grads[w_slot] : at::Tensor();
+    // a double backward, or a batched grad (no storage to walk): the differentiable expression
+    const bool expression = at::GradMode::is_enabled() || (gx.defined() && !gx.has_storage()) ||
+                            (gw.defined() && !gw.has_storage());
+    const at::Tensor xs = gx.defined() ? x.unpack() : at::Tensor();  // (torch's error after a release)
+    const at::Tensor ws = gw.defined() ? w.unpack() : at::Tensor();
+    if (gw.defined() && !expression) {
+      TORCH_CHECK(alpha.defined(), "reste_ext: the binary layer's backward ran twice without retain_graph=True");
+    }
+    if (gx.defined() && gw.defined() && !expression) {
+      std::tie(out[0], out[1]) = layer_backward_both(xs, gx, est_x->params, ws, gw, alpha, groups, est_w->params);
+      return out;
+    }
+    if (gx.defined()) {
+      out[0] = expression ? reference_grad(*est_x, xs, gx, 0) : backward_with(xs, gx, est_x->params);
+    }
+    if (gw.defined()) {
+      out[1] = expression ? reference_grad(*est_w, ws, gw, groups)
+                          : scaled_sign_backward_with(ws, gw, alpha, groups, est_w->params);
+    }
+    return out;
+  }
+};
+
+// A binary layer's whole forward in one call from Python: op(Q_a(x), Q_w(w) * alpha) with `op` linear (0) or
+// a convolution of `op` spatial dimensions (1 to 3), called through the dispatcher, so that autocast and
+// autograd take the op as they take torch.nn's. Q_a is est_x's (none where it is null: real inputs), Q_w est_w's,
+// both under one BinaryLayerBackward node. What this saves over the two nodes called from Python one by one is
+// host time: two calls into Python and their checks, and one node.
+at::Tensor binary_layer(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                        const EstimatorRef& est_x, const EstimatorRef& est_w, int64_t groups,
+                        std::optional<at::ScalarType> dtype, int64_t op, std::vector<int64_t> stride,
+                        std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t conv_groups) {
+  TORCH_CHECK(est_w, "reste_ext: the weight's estimator is missing");
+  TORCH_CHECK(op >= 0 && op <= 3, "reste_ext: op must be 0 (linear) or 1 to 3 (a convolution's dimensions), got ",
+              number(op));
+  at::Tensor xb, wb, alpha;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(xb, wb, alpha) = layer_both(x, static_cast<bool>(est_x), w, groups, dtype);
+  }
+  const bool grad_x = est_x && torch::autograd::compute_requires_grad(x);
+  const bool grad_w = torch::autograd::compute_requires_grad(w);
+  if (grad_x || grad_w) {
+    TORCH_CHECK(!x._fw_grad(/*level=*/0).defined() && !w._fw_grad(/*level=*/0).defined(),
+                "reste_ext: forward-mode AD is not supported");
+    NodePtr node = make_node<BinaryLayerBackward>();
+    auto* n = static_cast<BinaryLayerBackward*>(node.get());
+    n->set_next_edges(torch::autograd::collect_next_edges(grad_x ? x : at::Tensor(), grad_w ? w : at::Tensor()));
+    int slot = 0;
+    if (grad_x) {
+      n->x = SavedVariable(x, /*is_output=*/false);
+      n->est_x = est_x;
+      n->x_slot = slot++;
+      torch::autograd::set_history(xb, node);
+    }
+    if (grad_w) {
+      n->w = SavedVariable(w, /*is_output=*/false);
+      n->alpha = alpha;
+      n->groups = groups;
+      n->est_w = est_w;
+      n->w_slot = slot++;
+      torch::autograd::set_history(wb, node);
+    }
+  }
+  switch (op) {
+    case 0:
+      return at::linear(xb, wb, bias);
+    case 1:
+      return at::conv1d(xb, wb, bias, stride, padding, dilation, conv_groups);
+    case 2:
+      return at::conv2d(xb, wb, bias, stride, padding, dilation, conv_groups);
+    default:
+      return at::conv3d(xb, wb, bias, stride, padding, dilation, conv_groups);
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY(reste_ext, m) {
@@ -488,4 +674,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("binary_sign", &reste_ext::binary_sign_node, py::arg("x"), py::arg("estimator"));
   m.def("scaled_sign", &reste_ext::scaled_sign_node, py::arg("w"), py::arg("groups"), py::arg("dtype"),
         py::arg("estimator"));
+  m.def("binary_layer", &reste_ext::binary_layer, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("est_x"),
+        py::arg("est_w"), py::arg("groups"), py::arg("dtype"), py::arg("op"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("conv_groups"));
 }
