@@ -1,19 +1,24 @@
 """reste's compiled extension: the binary activation and weight as C++ autograd nodes with CUDA kernels.
 
-On a GPU the eager step of a binary network is bound by the host: each binary layer adds two
-autograd nodes written in Python (:class:`reste.estimators._SignFunction` and the fused weight of
+On a GPU the eager step of a binary network is bound by the host: through the default path each binary layer adds
+two autograd nodes written in Python (:class:`reste.estimators._SignFunction` and the fused weight of
 :mod:`reste.triton_dispatch`) whose forward and backward launch Triton kernels from Python. The
-extension (``reste/csrc/ext``) makes both nodes C++, each with one CUDA launch per direction:
+extension (``reste/csrc/ext``) does that work in C++:
 
 * ``binary_sign``: forward sign(x) (sign(0) = +1, NaN kept), backward ``grad * g(x)``;
 * ``scaled_sign``: forward sign(w) * mean(abs(w)) per group (the layer, or each output channel),
   backward the estimator's g for the sign plus the derivative of the mean (two launches each way
-  for a group above 65,536 elements).
+  for a group above 65,536 elements);
+* ``binary_layer``: a binary conv's or linear layer's whole forward in one call (:func:`binary_layer`, which the
+  layers of :mod:`reste.layers` take where :func:`takes_layer` allows): both of the above under one node,
+  ``reste_ext::BinaryLayerBackward``, whose kernels share one CUDA launch each way (see ``kernels.cu``), then the
+  conv or linear op through the dispatcher. On an H200 host that made a binary layer cost 95 µs of host time
+  beyond a float one, against 206 µs through the two nodes called from Python one by one (RESULTS.md).
 
 They are plain autograd nodes, as PyTorch's own are (not ``torch.autograd.Function``), called through
 pybind11 with the estimator's arguments parsed once per schedule value, which costs a few
 microseconds of host time less per call than an ``autograd::Function`` called as a ``torch.ops`` op
-(``benchmarks/node_overhead.py`` times the nodes). The same nodes are registered as
+(``benchmarks/node_overhead.py`` times them). The first two are also registered as
 ``torch.ops.reste_ext.*`` (the estimator spelled out in the schema).
 
 The kernels compute what the Triton kernels and the PyTorch expressions of
@@ -22,10 +27,10 @@ fused multiply-adds), the same scalars (:mod:`reste.kernel_args`), 16-bit values
 and rounded once. A double backward (``create_graph=True``) runs the differentiable PyTorch
 expression (:func:`reste.estimators.reference_backward`).
 
-**Opt-in while unmeasured**: ``RESTE_CUDA_EXT=1`` (or :func:`set_enabled`) turns it on for CUDA
-tensors; by default, and wherever it does not apply (CPU tensors, float64, ``torch.compile``
-tracing, compiled autograd, ReSTE's ``o`` held in a tensor, a plugin's hyper-parameter that is no number,
-a tensor subclass such as DTensor, ``RESTE_FUSED=0``), the Triton kernels and then the PyTorch ops run as
+**Opt-in**: ``RESTE_CUDA_EXT=1`` (or :func:`set_enabled`) turns it on for CUDA tensors (the first use builds it
+with nvcc; it has run on one GPU model). By default, and wherever it does not apply (CPU tensors, float64,
+``torch.compile`` tracing, compiled autograd, ReSTE's ``o`` held in a tensor, a plugin's hyper-parameter that is no
+number, a tensor subclass such as DTensor, ``RESTE_FUSED=0``), the Triton kernels and then the PyTorch ops run as
 before.
 
 It is built on first use with ``torch.utils.cpp_extension`` (a C++ compiler, and ``nvcc`` for the

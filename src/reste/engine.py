@@ -1486,19 +1486,20 @@ def _forward_reads_schedule(model: nn.Module) -> bool:
 def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
     """A note for an eager CUDA run, whose small models' steps the host bounds: ``--cuda-graphs`` where the run could
     take it (one process, no --compile, no fp16, no --accumulate), else the C++ nodes (``RESTE_CUDA_EXT=1``) where
-    they are not asked for. The figures are one run's of benchmarks/gpu_check.sh (RESULTS.md, 2026-12-04)."""
+    they are not asked for. The figures are one run's of benchmarks/gpu_check.sh (RESULTS.md, 2026-12-04, second
+    session)."""
     if device.type != "cuda" or config.cuda_graphs or config.compile:
         return None
     if not (config.amp == "fp16" or distributed or config.accumulate > 1):
         return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
-                "ResNet-20 ReSTE step in bf16 took 4.0 ms graphed against 14.1 ms eager: benchmarks/RESULTS.md)")
+                "ResNet-20 ReSTE step in bf16 took 4.2 ms graphed against 21.3 ms eager: benchmarks/RESULTS.md)")
     from . import cuda_ext
 
     if cuda_ext.requested():
         return None
-    return ("note: this GPU run is eager; RESTE_CUDA_EXT=1 runs each binary layer's autograd nodes in C++, built once "
-            "with nvcc (on an H200 a ResNet-20 ReSTE step in bf16 took 8.7 ms with them against 14.1 ms: "
-            "benchmarks/RESULTS.md)")
+    return ("note: this GPU run is eager; RESTE_CUDA_EXT=1 runs each binary layer in one call to C++, built once "
+            "with nvcc (on an H200 a ResNet-20 ReSTE step in bf16 took 12.0 ms with it against 21.3 ms, and the float "
+            "step 11.7 ms: benchmarks/RESULTS.md)")
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,

@@ -1,7 +1,8 @@
 // CUDA kernels of reste's extension (ops.cpp): sign, grad * g(x), and the binary weight
 // sign(w) * mean(abs(w)) per group with its backward. Every kernel reads its inputs once and writes
 // its output once, computing in float32 (16-bit values are widened exactly and rounded once, to
-// nearest even, when stored). Sums over a group are reduced in a fixed order: deterministic.
+// nearest even, when stored). Sums over a group are reduced in a fixed order: deterministic. A binary
+// layer's input sign and weight share one launch each way (layer_forward_kernel, layer_backward_kernel).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>

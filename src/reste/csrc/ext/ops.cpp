@@ -2,19 +2,23 @@
 //
 // Written in Python (torch.autograd.Function), each binary layer adds two autograd nodes whose
 // forward and backward run Python and launch Triton kernels from it; on a GPU that host time,
-// not the arithmetic, is what a binary layer costs beyond a float one. Here both nodes are C++:
+// not the arithmetic, is what a binary layer costs beyond a float one. Here the nodes are C++:
 //
 //   reste_ext::binary_sign(x, ...)   forward sign(x) (sign(0) = +1, NaN kept); backward grad * g(x)
 //   reste_ext::scaled_sign(w, ...)   forward sign(w) * mean(abs(w)) per group; backward the
 //                                    estimator's g for the sign plus the derivative of the mean
+//   binary_layer(x, w, ...)          a binary conv's or linear layer's forward in one call: both of the
+//                                    above under one node (BinaryLayerBackward), then the op
 //
-// with one kernel launch each way (two for a weight group above kGroupMax elements). The kernels
-// are in kernels.cu (built with RESTE_WITH_CUDA); CPU tensors take the serial loops below, which
-// evaluate the same g (estimators.h) and exist so that the nodes are tested without a GPU.
+// with one kernel launch each way (two for a weight group above kGroupMax elements; a layer's two share
+// one where kernels.cu allows). The kernels are in kernels.cu (built with RESTE_WITH_CUDA); CPU tensors
+// take the serial loops below, which evaluate the same g (estimators.h) and exist so that the nodes are
+// tested without a GPU.
 //
 // Python calls them through this module's pybind11 entry points (binary_sign(x, estimator),
-// scaled_sign(w, groups, dtype, estimator), with an Estimator built once per schedule value); the
-// same nodes are registered as torch.ops.reste_ext.* with the estimator spelled out in the schema.
+// scaled_sign(w, groups, dtype, estimator), binary_layer(...), with an Estimator built once per schedule
+// value); the first two are also registered as torch.ops.reste_ext.* with the estimator spelled out in
+// the schema.
 //
 // A double backward (create_graph=True) calls reste_ext::reference_grad, which reste.cuda_ext
 // defines in Python as the differentiable PyTorch expression.
