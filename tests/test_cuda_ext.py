@@ -531,6 +531,15 @@ def test_a_binary_layer_in_one_call_keeps_the_autograd_contract(monkeypatch):
     assert torch.equal(torch.load(buffer, weights_only=False)(x), conv(x))
 
 
+class _Subclassed(BinaryConv2d):
+    pass
+
+
+class _OwnScale(BinaryConv2d):
+    def scale(self):
+        return 2 * super().scale()
+
+
 class _OwnForward(estimators.ReSTE):
     name = "reste_own_forward_test"
 
@@ -542,8 +551,8 @@ class _OwnForward(estimators.ReSTE):
 def test_what_a_binary_layer_leaves_to_its_modules():
     """The one call stands in for the estimators' module calls only where nobody could tell: a hook on an
     estimator (or on every module), an estimator with a forward of its own, a hyper-parameter in a tensor,
-    padding by name or by another mode, a transposed conv, the first forward's check of the inputs, and forward
-    mode take the module path."""
+    padding by name or by another mode, a transposed conv, a subclass with a step of the forward of its own, the
+    first forward's check of the inputs, and forward mode take the module path."""
     x = on(torch.randn(2, 3, 6, 6)).requires_grad_(True)
 
     def one_call(layer, inp=x) -> bool:
@@ -568,6 +577,10 @@ def test_what_a_binary_layer_leaves_to_its_modules():
     assert not one_call(BinaryConv2d(3, 4, 3, padding="same"))
     assert not one_call(BinaryConv2d(3, 4, 3, padding=1, padding_mode="reflect"))
     assert not one_call(BinaryConvTranspose2d(3, 4, 3, padding=1))
+    assert one_call(_Subclassed(3, 4, 3, padding=1))  # a subclass that changes no step of the forward
+    own = _OwnScale(3, 4, 3, padding=1).to(DEVICE)
+    assert not one_call(own)  # one that does: its module path calls it, and its weight is its own scale's
+    assert torch.equal(own.binary_weight(), 2 * conv.weight_estimator(own.weight) * own.weight.abs().mean())
     watched = BinaryConv2d(3, 4, 3, padding=1)
     watched.watch_inputs = "conv"
     assert not one_call(watched) and one_call(watched)  # the check, then the one call

@@ -299,3 +299,21 @@ def test_a_state_loads_into_layers_of_its_own_scaling_only():
     older = {k: v for k, v in state.items() if k not in ("1._extra_state", "2._extra_state")}
     result = model("channel").load_state_dict(older)
     assert not result.missing_keys and not result.unexpected_keys
+
+
+def test_a_subclass_that_scales_its_own_way_keeps_its_scale():
+    """A subclass's own ``scale`` is what its binary weight uses, whichever path computes the weight (a fused GPU
+    weight computes mean(abs(w)), so it steps aside), and torch.compile traces the test of that without a word."""
+
+    class Doubled(BinaryConv2d):
+        def scale(self):
+            return 2 * super().scale()
+
+    conv = Doubled(3, 4, 3, padding=1)
+    est = conv.weight_estimator
+    assert torch.equal(conv.binary_weight(), 2 * est(conv.weight) * conv.weight.abs().mean())
+    x = torch.randn(2, 3, 5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled = torch.compile(conv, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), conv(x))

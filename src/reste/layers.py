@@ -131,7 +131,9 @@ class _BinaryMixin:
         On a GPU with ``layer`` or ``channel`` scaling this is one fused computation (the estimator's
         ``scaled_sign``: two Triton launches forward and two backward); elsewhere PyTorch ops."""
         scaled_sign = getattr(self.weight_estimator, "scaled_sign", None)  # any module may stand in
-        groups = None if isinstance(self.weight, torch.fx.Proxy) else self._fused_groups()
+        # (a subclass's own scale: the fused weight's mean(abs(w)) is not it)
+        groups = None if isinstance(self.weight, torch.fx.Proxy) or _own_steps(type(self), ("scale",)) \
+            else self._fused_groups()
         if scaled_sign is not None and groups is not None:
             fused = scaled_sign(self.weight, groups)
             if fused is not None:
@@ -151,7 +153,7 @@ class _BinaryMixin:
         # (None, real inputs, is kept as a plain attribute where it was never a module)
         est_x = modules["input_estimator"] if "input_estimator" in modules else self.__dict__.get("input_estimator",
                                                                                                   _ABSENT)
-        if w is None or bias is False or est_x is _ABSENT or self.watch_inputs is not None:
+        if w is None or bias is False or est_x is _ABSENT or self.watch_inputs is not None or _own_steps(type(self)):
             return None  # (a parametrized weight or bias; the first forward's check of the inputs: the module path)
         if not cuda_ext.takes_layer(x, w, bias):
             return None
@@ -188,6 +190,23 @@ class _BinaryMixin:
 
 
 _ABSENT = object()
+# what a binary layer's forward calls, which a subclass may change (another scale, a conv of its own): the one call
+# into the extension would pass over it
+_STEPS = ("binary_input", "binary_weight", "scale", "_fused_groups", "_conv_forward")
+
+
+_OWN_STEPS: dict[tuple[type, tuple[str, ...]], bool] = {}  # (not functools.cache, which torch.compile warns of)
+
+
+def _own_steps(cls: type, steps: tuple[str, ...] = _STEPS) -> bool:
+    """Whether ``cls``, a subclass of one of the binary layers, defines one of ``steps`` of its forward of its own,
+    which its module path calls and the one call into the extension (or a fused weight) would not."""
+    own = _OWN_STEPS.get((cls, steps))
+    if own is None:
+        library = next(c for c in cls.__mro__ if c.__module__ == __name__ and not c.__name__.startswith("_"))
+        own = _OWN_STEPS[cls, steps] = any(getattr(cls, name, None) is not getattr(library, name, None)
+                                           for name in steps)
+    return own
 
 
 def _may_take(x: Any) -> bool:
