@@ -1199,6 +1199,35 @@ def test_a_run_with_an_epoch_missing_is_left_out_and_not_trained_again(tmp_path,
     assert (run / "last.pt").stat().st_mtime_ns == stamp  # not resumed, not retrained
 
 
+def test_a_finished_run_whose_lines_are_gone_is_left_out_as_damaged(tmp_path, capsys):
+    """(review chaos3 #3) A finished run whose metrics.jsonl was deleted: the sweep said it was resuming at epoch 1,
+    trained nothing, and the report could not show it. Its last.pt finished every epoch, so nothing is left to
+    train, and a resume puts back the last epoch's line alone (the checkpoint keeps it): it is damaged, and said so.
+    Where only that last line was lost, the sweep's resume mends the run."""
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "3", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a", "--no-report"]
+    assert main(argv) == 0
+    run = next((tmp_path / "s" / "runs").glob("ste-*/seed0"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").unlink()
+    stamp = (run / "last.pt").stat().st_mtime_ns
+    why = (f"its last.pt finished all 3 epochs, but {run / 'metrics.jsonl'} has no line for epochs 1-2 (deleted or "
+           "cut short), which cannot be recovered, so the run cannot be reported; delete its folder to train it again")
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    assert f"[1/1] estimator=ste seed 0: damaged, left as it is: {why}" in capsys.readouterr().out
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert f"[1/1] estimator=ste seed 0: LEFT OUT: {why}" in out and "resuming" not in out
+    assert (run / "last.pt").stat().st_mtime_ns == stamp and not (run / "failed.json").exists()
+    assert main(["show", str(tmp_path / "s")]) == 0  # (it said "stopped", which the sweep would continue)
+    text = capsys.readouterr().out
+    assert f"  estimator=ste  seed 0: damaged: {why}" in text and "\ncontinue" not in text
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines[:2]))  # the last line alone lost
+    assert main(argv) == 0
+    assert (run / "metrics.jsonl").read_text().splitlines() == lines  # put back from last.pt
+
+
 def test_a_stopped_run_whose_last_pt_is_gone_is_left_out_as_damaged(tmp_path, capsys):
     """(review experiments #9) A stopped run whose last.pt was deleted: the dry run and `reste show` said it would
     resume, and every rerun failed it again, advising to "start a new run". It is damaged: left out, not trained

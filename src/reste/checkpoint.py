@@ -291,26 +291,33 @@ def structure_damage(path: str | os.PathLike) -> str | None:
     from its zip's central directory and its header alone (a few kB, whatever its size; no tensor is read): missing,
     unreadable, not a zip, truncated, its checksum record damaged, no reste header. ``None`` says only that its
     structure is whole: a changed byte inside a member is found by :func:`damage`, which reads it all."""
+    return read_structure(path)[0]
+
+
+def read_structure(path: str | os.PathLike) -> tuple[str | None, dict[str, Any] | None]:
+    """:func:`structure_damage`'s answer, and where it is ``None`` the checkpoint's dict, its tensors memory-mapped
+    and unread (its epoch, its step: what a line per run of ``reste show`` may read)."""
     try:
         with open(path, "rb") as f:
             if f.read(2) != b"PK":
-                return "not a PyTorch zip file"
+                return "not a PyTorch zip file", None
             f.seek(max(0, os.fstat(f.fileno()).st_size - _COMMENT - _EOCD.size))  # (the tail _checksum_cut reads)
             if _checksum_cut(f.read()):
-                return "its checksum record is damaged"
+                return "its checksum record is damaged", None
             zipfile.ZipFile(f).close()
         # its header alone (memory-mapped: no tensor read), as the resume checks it: a whole zip of other origin
         # (review diff13 #5)
         head = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         if not isinstance(head, dict) or head.get("format") != FORMAT:
-            return f"not a reste checkpoint (no {FORMAT!r} header)"
+            return f"not a reste checkpoint (no {FORMAT!r} header)", None
     except FileNotFoundError:
-        return "missing"
+        return "missing", None
     except OSError as err:
-        return err.strerror or type(err).__name__
+        return err.strerror or type(err).__name__, None
     except Exception as err:  # noqa: BLE001 - the zip reader's and torch.load's many ways to refuse a damaged file
-        return f"{type(err).__name__}: {gist(str(err))[:80]}"  # (NotImplementedError of a version byte: diff12 #3)
-    return None
+        # (NotImplementedError of a version byte: diff12 #3)
+        return f"{type(err).__name__}: {gist(str(err))[:80]}", None
+    return None, head
 
 
 _LIGHTNING_KEY = b"pytorch-lightning_version"  # a key of every PyTorch Lightning checkpoint

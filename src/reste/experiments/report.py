@@ -112,7 +112,7 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
     refuses is said (review diff12 #2: a whole zip that is no reste checkpoint); without, only its zip structure and
     header are read (a file cut short or replaced: ``reste.checkpoint.structure_damage``). None where a resume can go
     on."""
-    from ..checkpoint import NewerCheckpoint, load_checkpoint, structure_damage
+    from ..checkpoint import NewerCheckpoint, load_checkpoint, read_structure
     from ..resumption import check_last_kept, refusal_reason
 
     try:
@@ -125,17 +125,45 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
         return None
     # truncated, a checksum that does not match: every rerun failed on it (review chaos #3; chaos2 #2: show too)
     if not read:
-        problem = structure_damage(last)
-        return None if problem in (None, "missing") else \
+        problem, head = read_structure(last)
+        if problem is None:
+            return _lines_lost(Path(run_dir), head)  # (its epoch and step: the header's, no tensor read)
+        return None if problem == "missing" else \
             f"its {last} is damaged ({problem}), so it cannot continue; delete its folder to train it again"
     try:
-        load_checkpoint(last)
+        ckpt = load_checkpoint(last)
     except NewerCheckpoint as err:  # whole: the newer reste continues it (review diff13 #8)
         return (f"{err.path} was written by a newer reste (format {err.version}), which this reste cannot continue; "
                 "upgrade reste to continue it")
     except UsageError as err:
         return f"{refusal_reason(err)}, so it cannot continue; delete its folder to train it again"
-    return None
+    return _lines_lost(Path(run_dir), ckpt)
+
+
+def _lines_lost(run_dir: Path, ckpt: dict[str, Any]) -> str | None:
+    """Why a run whose ``last.pt`` (``ckpt``) finished every epoch it plans, but whose metrics.jsonl lacks the lines of
+    the last of them (deleted, or cut short: each line is written before that epoch's ``last.pt``), can neither go on
+    nor be reported: a resume has nothing left to train, and puts back the last epoch's line alone, which the
+    checkpoint keeps (review chaos3 #3: the sweep said it was resuming at epoch 1, and trained nothing). None for any
+    other run: an unfinished one goes on, and its resume names the lines lost."""
+    from ..resumption import spans
+
+    finished = ckpt.get("epoch")
+    try:
+        planned = run_config(run_dir).epochs
+        recorded = {m["epoch"] for m in read_metrics(run_dir, missing_ok=True)}
+    except (UsageError, KeyError, TypeError):
+        return None  # (what the report's own reading says of such a run)
+    if type(finished) is not int or ckpt.get("step") or finished < planned:
+        return None
+    kept = ckpt.get("metrics")
+    kept = {kept.get("epoch")} if isinstance(kept, dict) else set()  # (the line a resume writes back)
+    lost = sorted(set(range(1, planned + 1)) - recorded - kept)
+    if not lost:
+        return None
+    return (f"its {LAST} finished all {count(planned, 'epoch')}, but {run_dir / METRICS_FILE} has no line for epoch"
+            f"{'s' * (len(lost) > 1)} {spans(lost)} (deleted or cut short), which cannot be recovered, so the run "
+            "cannot be reported; delete its folder to train it again")
 
 
 def missing_line(run_dir: Path, epoch: int) -> str:
