@@ -1199,6 +1199,18 @@ def test_a_run_with_an_epoch_missing_is_left_out_and_not_trained_again(tmp_path,
     assert (run / "last.pt").stat().st_mtime_ns == stamp  # not resumed, not retrained
 
 
+def left_out_as_damaged(argv: list[str], why: str, capsys) -> str:
+    """The one-run sweep ``argv`` again: its dry run says the run is damaged and left as it is, and the sweep leaves
+    it out (exit 1), both for ``why``; the sweep's output."""
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    assert f"[1/1] estimator=ste seed 0: damaged, left as it is: {why}" in capsys.readouterr().out
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert f"[1/1] estimator=ste seed 0: LEFT OUT: {why}" in out
+    return out
+
+
 def test_a_finished_run_whose_lines_are_gone_is_left_out_as_damaged(tmp_path, capsys):
     """(review chaos3 #3) A finished run whose metrics.jsonl was deleted: the sweep said it was resuming at epoch 1,
     trained nothing, and the report could not show it. Its last.pt finished every epoch, so nothing is left to
@@ -1213,12 +1225,7 @@ def test_a_finished_run_whose_lines_are_gone_is_left_out_as_damaged(tmp_path, ca
     stamp = (run / "last.pt").stat().st_mtime_ns
     why = (f"its last.pt finished all 3 epochs, but {run / 'metrics.jsonl'} has no line for epochs 1-2 (deleted or "
            "cut short), which cannot be recovered, so the run cannot be reported; delete its folder to train it again")
-    capsys.readouterr()
-    assert main([*argv, "--dry-run"]) == 0
-    assert f"[1/1] estimator=ste seed 0: damaged, left as it is: {why}" in capsys.readouterr().out
-    assert main(argv) == 1
-    out = capsys.readouterr().out
-    assert f"[1/1] estimator=ste seed 0: LEFT OUT: {why}" in out and "resuming" not in out
+    assert "resuming" not in left_out_as_damaged(argv, why, capsys)
     assert (run / "last.pt").stat().st_mtime_ns == stamp and not (run / "failed.json").exists()
     assert main(["show", str(tmp_path / "s")]) == 0  # (it said "stopped", which the sweep would continue)
     text = capsys.readouterr().out
@@ -1242,11 +1249,7 @@ def test_a_stopped_run_whose_last_pt_is_gone_is_left_out_as_damaged(tmp_path, ca
     stamp = (run / "best.pt").stat().st_mtime_ns
     why = (f"{run} has finished epochs but no last.pt (deleted or lost), so it cannot continue; delete its folder to "
            "train it again")
-    capsys.readouterr()
-    assert main([*argv, "--dry-run"]) == 0
-    assert f"[1/1] estimator=ste seed 0: damaged, left as it is: {why}" in capsys.readouterr().out
-    assert main(argv) == 1
-    assert f"[1/1] estimator=ste seed 0: LEFT OUT: {why}" in capsys.readouterr().out
+    left_out_as_damaged(argv, why, capsys)
     assert (run / "best.pt").stat().st_mtime_ns == stamp and not (run / "failed.json").exists()
     assert main(["show", str(tmp_path / "s")]) == 0
     text = capsys.readouterr().out
