@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -531,6 +532,31 @@ def test_a_binary_layer_in_one_call_keeps_the_autograd_contract(monkeypatch):
     assert torch.equal(torch.load(buffer, weights_only=False)(x), conv(x))
 
 
+def test_a_binary_conv_given_numbers_after_construction_takes_the_one_call(monkeypatch):
+    """(review diff17 #2) stride, padding or dilation set to a number after construction (model surgery), which
+    F.conv2d takes: the one call crashed with a wall of pybind11's text; it takes them, one per dimension."""
+    torch.manual_seed(9)
+    conv = BinaryConv2d(4, 6, 3, weight_estimator=ESTIMATORS["reste"]()).to(DEVICE)
+    conv.stride, conv.padding, conv.dilation = 2, 1, 2
+    x = on(torch.randn(2, 4, 9, 9))
+    upstream = on(torch.randn(conv(x).shape))
+    y, grads, nodes = layer_step(conv, x, upstream, True, monkeypatch)
+    ref_y, ref_grads, _ = layer_step(conv, x, upstream, False, monkeypatch)
+    assert LAYER_NODE in nodes and torch.equal(y, ref_y)
+    for got, want in zip(grads, ref_grads):
+        assert torch.equal(got, want)
+
+
+def test_a_traced_binary_model_warns_of_nothing_in_reste():
+    """(review diff17 #7) torch.jit.trace: the one call's tests asked a traced tensor for its size before asking
+    whether a trace runs, which warned from reste's code."""
+    model = torch.nn.Sequential(BinaryConv2d(4, 6, 3, padding=1), torch.nn.Flatten(), BinaryLinear(150, 3)).to(DEVICE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.jit.trace(model, on(torch.randn(2, 4, 5, 5)), check_trace=False)
+    assert not [w for w in caught if "reste" in w.filename], [str(w.message) for w in caught]
+
+
 class _Subclassed(BinaryConv2d):
     pass
 
@@ -538,6 +564,13 @@ class _Subclassed(BinaryConv2d):
 class _OwnScale(BinaryConv2d):
     def scale(self):
         return 2 * super().scale()
+
+
+class _OwnBinaryWeight(estimators.STE):
+    name = "ste_own_binary_weight_test"
+
+    def scaled_sign(self, w, groups):
+        return estimators.sign(w) * w.abs().amax()
 
 
 class _OwnForward(estimators.ReSTE):
@@ -578,6 +611,19 @@ def test_what_a_binary_layer_leaves_to_its_modules():
     assert not one_call(BinaryConv2d(3, 4, 3, padding=1, padding_mode="reflect"))
     assert not one_call(BinaryConvTranspose2d(3, 4, 3, padding=1))
     assert one_call(_Subclassed(3, 4, 3, padding=1))  # a subclass that changes no step of the forward
+    assert not one_call(BinaryConv2d(3, 4, 3, padding=1, weight_estimator=_OwnBinaryWeight()))  # (review diff17 #1)
+    patched = BinaryConv2d(3, 4, 3, padding=1)
+    patched.binary_input = lambda t: torch.zeros_like(t)  # a step set on the layer itself (review diff17 #6)
+    assert not one_call(patched)
+
+    class Recording(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Recording():  # it must see F.conv2d, which the one call runs from C++ (review diff17 #5)
+        assert not one_call(conv)
+    with torch.device(DEVICE):  # a mode that only places new tensors does not need to
+        assert one_call(conv)
     own = _OwnScale(3, 4, 3, padding=1).to(DEVICE)
     assert not one_call(own)  # one that does: its module path calls it, and its weight is its own scale's
     assert torch.equal(own.binary_weight(), 2 * conv.weight_estimator(own.weight) * own.weight.abs().mean())

@@ -1230,6 +1230,8 @@ def test_a_finished_run_whose_lines_are_gone_is_left_out_as_damaged(tmp_path, ca
     assert main(["show", str(tmp_path / "s")]) == 0  # (it said "stopped", which the sweep would continue)
     text = capsys.readouterr().out
     assert f"  estimator=ste  seed 0: damaged: {why}" in text and "\ncontinue" not in text
+    assert main(["show", str(run)]) == 0  # the run's own view says the same (review diff17 #4: "--resume continues")
+    assert f"progress   0 of 3 epochs logged: damaged: {why}" in capsys.readouterr().out
     (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines[:2]))  # the last line alone lost
     assert main(argv) == 0
     assert (run / "metrics.jsonl").read_text().splitlines() == lines  # put back from last.pt

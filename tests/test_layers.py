@@ -317,3 +317,24 @@ def test_a_subclass_that_scales_its_own_way_keeps_its_scale():
         warnings.simplefilter("error")
         compiled = torch.compile(conv, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), conv(x))
+
+
+def test_a_parametrized_layers_class_goes_with_it():
+    """(review diff17 #3) parametrize makes a class for each layer it takes; the table of which classes have steps of
+    their own held every such class for good (a leak in a notebook that builds models again and again)."""
+    import gc
+    import weakref
+
+    from torch.nn.utils import parametrize
+
+    class Twice(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    layer = BinaryLinear(4, 3)
+    parametrize.register_parametrization(layer, "weight", Twice())
+    layer(torch.randn(2, 4))
+    cls = weakref.ref(type(layer))
+    del layer
+    gc.collect()
+    assert cls() is None

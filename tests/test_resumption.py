@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from reste import resumption, rundir
+from reste import resumption, rundir, wording
 from reste.config import OPTIMIZER_LR, TrainConfig
 from reste.errors import UsageError, command_line
 
@@ -118,8 +118,8 @@ def test_lost_last_pt(tmp_path, saved):
 
 
 def test_spans():
-    assert resumption.spans([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
-    assert resumption.spans([]) == ""
+    assert wording.spans([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
+    assert wording.spans([]) == ""
 
 
 def test_a_bad_estimator_in_config_json_can_be_replaced(tmp_path, saved):

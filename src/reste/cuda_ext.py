@@ -425,13 +425,28 @@ def takes_layer(x: Tensor, w: Tensor, bias: Tensor | None) -> bool:
     tensors, asked once for the layer (the caller has asked :func:`may_take`)."""
     if type(x) not in fused.PLAIN or type(w) not in fused.PLAIN or (bias is not None and type(bias) not in fused.PLAIN):
         return False  # (a subclass: a wrapper without memory of its own, an fx Proxy)
-    if x.dtype not in _DTYPES or w.dtype not in _DTYPES or not w.numel():
-        return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled() or _compiled_autograd():
+        return False  # (first: a trace records the tests below)
+    if x.dtype not in _DTYPES or w.dtype not in _DTYPES or not w.numel() or _function_mode():
         return False
     if not fused.owns_memory(x) or (w.grad_fn is not None and torch.is_grad_enabled()):
         return False  # (a computed weight keeps its plain autograd graph)
     return _loaded(x.is_cuda)
+
+
+_FUNCTION_MODES = getattr(torch._C, "_len_torch_function_stack", None)  # how many are active: one call, cheap
+
+
+def _function_mode() -> bool:
+    """Whether a ``TorchFunctionMode`` is active that must see the layer's conv or linear as ``F.conv2d`` (a tracer, a
+    profiler at that level), which the one call runs from C++; ``torch.device`` as a context or the default device
+    (``DeviceContext``, which only places new tensors) is none of those."""
+    if _FUNCTION_MODES is None or not _FUNCTION_MODES():
+        return False
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+
+    return any(not isinstance(mode, DeviceContext) for mode in _get_current_function_mode_stack())
 
 
 def binary_layer(x: Tensor, w: Tensor, bias: Tensor | None, est_x: Any, est_w: Any, groups: int, op: int,

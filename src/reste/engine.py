@@ -76,7 +76,7 @@ from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, METRICS, RunDirectory, app
                      restore_config, resume_command, run_config, saved_config, schedule_fields, start_metrics,
                      truncate_metrics, write_config)
 from .schedules import learning_rate
-from .wording import LINE_EVERY, count, duration, gist, split_batch
+from .wording import LINE_EVERY, count, duration, gist, spans, split_batch
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
@@ -1648,7 +1648,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         measured = saved_measure(ckpt.get("indicators")) if ckpt is not None else None  # (no last.pt: none)
         lost = truncate_metrics(run_dir, run.start_epoch, run.last_metrics, measured)
         if lost:
-            run.log(f"warning: {run_dir / METRICS} has no line for epoch(s) {resumption.spans(lost)} (damaged or "
+            run.log(f"warning: {run_dir / METRICS} has no line for epoch(s) {spans(lost)} (damaged or "
                     "deleted); their metrics are lost")
         if last.exists():
             repair_best(run_dir, ckpt)

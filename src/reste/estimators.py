@@ -591,12 +591,15 @@ class Estimator(nn.Module):
 
     def _ext_form(self) -> Any:
         """This estimator as the compiled extension's one-call layer takes it (:func:`reste.cuda_ext.form`), or
-        ``None`` where calling this module must stay a module call: its own ``forward``, a hook on it (or on every
-        module), no kernel for its ``g``, a parameter that is no number. Kept per estimator while ``params()``
+        ``None`` where calling this module must stay a module call: its own ``forward`` or ``scaled_sign``, a hook on
+        it (or on every module), no kernel for its ``g``, a parameter that is no number. Kept per estimator while ``params()``
         gives the same objects (the schedule sets new ones once per epoch)."""
-        if type(self).forward is not Estimator.forward or self._forward_hooks or self._forward_pre_hooks:
+        cls = type(self)  # (its own forward, or its own binary weight, which a layer's module path calls)
+        if cls.forward is not Estimator.forward or cls.scaled_sign is not Estimator.scaled_sign:
             return None
-        if self._backward_hooks or self._backward_pre_hooks or _module_hooks():
+        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks:
+            return None
+        if _module_hooks() or "forward" in self.__dict__ or "scaled_sign" in self.__dict__:  # (one instance's own)
             return None
         p = self.params()
         values = tuple(p.values())

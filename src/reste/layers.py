@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,8 +133,7 @@ class _BinaryMixin:
         ``scaled_sign``: two Triton launches forward and two backward); elsewhere PyTorch ops."""
         scaled_sign = getattr(self.weight_estimator, "scaled_sign", None)  # any module may stand in
         # (a subclass's own scale: the fused weight's mean(abs(w)) is not it)
-        groups = None if isinstance(self.weight, torch.fx.Proxy) or _own_steps(type(self), ("scale",)) \
-            else self._fused_groups()
+        groups = None if isinstance(self.weight, torch.fx.Proxy) or self._own_scale() else self._fused_groups()
         if scaled_sign is not None and groups is not None:
             fused = scaled_sign(self.weight, groups)
             if fused is not None:
@@ -153,10 +153,12 @@ class _BinaryMixin:
         # (None, real inputs, is kept as a plain attribute where it was never a module)
         est_x = modules["input_estimator"] if "input_estimator" in modules else self.__dict__.get("input_estimator",
                                                                                                   _ABSENT)
-        if w is None or bias is False or est_x is _ABSENT or self.watch_inputs is not None or _own_steps(type(self)):
+        if w is None or bias is False or est_x is _ABSENT or self.watch_inputs is not None:
             return None  # (a parametrized weight or bias; the first forward's check of the inputs: the module path)
-        if not cuda_ext.takes_layer(x, w, bias):
+        if not cuda_ext.takes_layer(x, w, bias):  # (never while compiling: the tests below are not traced)
             return None
+        if not self.__dict__.keys().isdisjoint(_STEPS) or _class_steps(type(self), _STEPS):
+            return None  # a step of the forward of its own (set on the layer, or its class's): the module path
         forms = layer_forms(est_x, modules.get("weight_estimator"))
         groups = 1 if self.scaling == "layer" else self._fused_groups()
         if forms is None or groups is None:
@@ -165,8 +167,18 @@ class _BinaryMixin:
             return cuda_ext.binary_layer(x, w, bias, *forms, groups, 0)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):  # type: ignore[attr-defined]
             return None  # (a padded copy first, or padding by name: the module path)
-        return cuda_ext.binary_layer(x, w, bias, *forms, groups, op, self.stride, self.padding,  # type: ignore
-                                     self.dilation, self.groups)  # type: ignore[attr-defined]
+        stride, padding, dilation = self.stride, self.padding, self.dilation  # type: ignore[attr-defined]
+        if not (type(stride) is tuple and type(padding) is tuple and type(dilation) is tuple):
+            # (a number set after construction, m.stride = 2, which F.conv2d takes too: one per spatial dimension)
+            stride, padding, dilation = (v if isinstance(v, (tuple, list)) else (v,) * op
+                                         for v in (stride, padding, dilation))
+        return cuda_ext.binary_layer(x, w, bias, *forms, groups, op, stride, padding, dilation,
+                                     self.groups)  # type: ignore[attr-defined]
+
+    def _own_scale(self) -> bool:
+        """Whether this layer's class, or this layer itself (a method set on it), has a ``scale`` of its own, which the
+        module path's weight calls and a fused weight (mean(abs(w))) would not."""
+        return "scale" in self.__dict__ or _class_steps(type(self), ("scale",))
 
     # ``binarize`` sets this to the layer's name: its first forward checks that the inputs are not all >= 0; and
     # ``inputs_told`` to a flag its model's layers share, so that the model warns once
@@ -195,18 +207,26 @@ _ABSENT = object()
 _STEPS = ("binary_input", "binary_weight", "scale", "_fused_groups", "_conv_forward")
 
 
-_OWN_STEPS: dict[tuple[type, tuple[str, ...]], bool] = {}  # (not functools.cache, which torch.compile warns of)
+# per class (weakly: a parametrized layer's class is made for it, and goes with it), per tuple of steps
+_OWN_STEPS: weakref.WeakKeyDictionary[type, dict[tuple[str, ...], bool]] = weakref.WeakKeyDictionary()
 
 
-def _own_steps(cls: type, steps: tuple[str, ...] = _STEPS) -> bool:
-    """Whether ``cls``, a subclass of one of the binary layers, defines one of ``steps`` of its forward of its own,
-    which its module path calls and the one call into the extension (or a fused weight) would not."""
-    own = _OWN_STEPS.get((cls, steps))
+def _class_steps(cls: type, steps: tuple[str, ...]) -> bool:
+    """Whether ``cls``, a subclass of one of the binary layers, defines one of ``steps`` of its own."""
+    if torch.compiler.is_compiling():  # (the compiler traces the test itself, not a weak table)
+        return _differs(cls, steps)
+    known = _OWN_STEPS.get(cls)
+    if known is None:
+        known = _OWN_STEPS[cls] = {}
+    own = known.get(steps)
     if own is None:
-        library = next(c for c in cls.__mro__ if c.__module__ == __name__ and not c.__name__.startswith("_"))
-        own = _OWN_STEPS[cls, steps] = any(getattr(cls, name, None) is not getattr(library, name, None)
-                                           for name in steps)
+        own = known[steps] = _differs(cls, steps)
     return own
+
+
+def _differs(cls: type, steps: tuple[str, ...]) -> bool:
+    library = next(c for c in cls.__mro__ if c.__module__ == __name__ and not c.__name__.startswith("_"))
+    return any(getattr(cls, name, None) is not getattr(library, name, None) for name in steps)
 
 
 def _may_take(x: Any) -> bool:

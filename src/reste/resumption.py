@@ -37,7 +37,7 @@ from .rundir import (BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_ke
                      last_checkpoint, top_checkpoints)
 
 __all__ = ["check_checkpoint", "check_last_kept", "config_differences", "continue_config", "load_last",
-           "settings_to_record", "spans", "trained_settings"]
+           "settings_to_record", "trained_settings"]
 
 
 def epochs_option(n: int) -> str:
@@ -280,17 +280,6 @@ def schedule_notes(trained: int | None, epochs: int, done: int) -> list[str]:
     if not trained or trained == epochs or done >= epochs:
         return []
     return ["note: " + schedules.length_change(trained, epochs, done)]
-
-
-def spans(epochs: list[int]) -> str:
-    """``[1, 2, 3, 7]`` as ``1-3, 7``."""
-    out: list[str] = []
-    for e in epochs:
-        if out and int(out[-1].split("-")[-1]) == e - 1:
-            out[-1] = f"{out[-1].split('-')[0]}-{e}"
-        else:
-            out.append(str(e))
-    return ", ".join(out)
 
 
 def _with_defaults(estimator: str, options: dict[str, Any]) -> dict[str, Any]:

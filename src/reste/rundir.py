@@ -48,7 +48,7 @@ from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR
 from .errors import UsageError, parse_json, shell_word
 from .indicators import MEASURE
 from .native import CANNOT_LOCK
-from .wording import listed
+from .wording import count, listed, spans
 
 try:
     import fcntl
@@ -1184,6 +1184,25 @@ def finished_epochs(run_dir: str | os.PathLike) -> int:
         return len(read_metrics(run_dir, missing_ok=True))
     except UsageError:
         return 0
+
+
+def lines_beyond_repair(planned: int, recorded: Any, held: int, step: int) -> list[int]:
+    """The epochs of a run whose ``last.pt`` finished all ``planned`` epochs (it holds ``held`` of them and ``step``
+    batches of the next) that metrics.jsonl has no line for (``recorded``: the epochs it has) and no resume can put
+    back: all but the last, whose line the checkpoint keeps (:func:`truncate_metrics`). Nothing is left to train such a
+    run, and it cannot be reported. [] for any other run (an unfinished one goes on, its resume naming the lines
+    lost)."""
+    if step or held < planned:
+        return []
+    return sorted(set(range(1, planned + 1)) - set(recorded) - {held})
+
+
+def lines_lost_why(run_dir: str | os.PathLike, planned: int, lost: list[int]) -> str:
+    """What a finished run whose metrics.jsonl lost the lines of epochs ``lost`` (:func:`lines_beyond_repair`) is told,
+    in ``reste show``, a sweep and its report alike."""
+    return (f"its {LAST} finished all {count(planned, 'epoch')}, but {Path(run_dir) / METRICS} has no line for epoch"
+            f"{'s' * (len(lost) > 1)} {spans(lost)} (deleted or cut short), which cannot be recovered, so the run "
+            "cannot be reported; delete its folder to train it again")
 
 
 def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int, last_record: dict[str, Any] | None = None,

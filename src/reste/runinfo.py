@@ -11,8 +11,9 @@ from typing import Any
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError
 from .indicators import RUN_LEVEL, run_indicators
-from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lock_holder, not_a_folder,
-                     read_metrics, resume_command, run_config, schedule_fields)
+from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lines_beyond_repair,
+                     lines_lost_why, lock_holder, not_a_folder, read_metrics, resume_command, run_config,
+                     schedule_fields)
 from .wording import count, duration, split_batch
 
 
@@ -90,6 +91,14 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                    train_seconds=sum(m.get("time", 0.0) for m in metrics),
                    indicators=run_indicators(metrics, config.indicators))
     return summary
+
+
+def _beyond_repair(summary: dict[str, Any]) -> list[int]:
+    """The epochs whose lines a finished run's metrics.jsonl lost and no resume puts back
+    (``reste.rundir.lines_beyond_repair``), from :func:`run_summary` (``unlogged``: what last.pt holds)."""
+    held, step = summary["unlogged"]
+    done, lost = summary["epochs_done"], set(summary["lost_epochs"])
+    return lines_beyond_repair(summary["config"]["epochs"], set(range(1, done + 1)) - lost, held, step)
 
 
 def _last_damaged(run_dir: str | os.PathLike, done: int) -> str | None:
@@ -189,6 +198,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
                      "it; evaluate its best.pt with reste eval, or start a new run")
     elif state == "stopped" and summary["failed"]:  # a sweep's run (the sweep trains it again)
         lines.append(f"progress   {done} of {epochs}{inside}: stopped: {summary['failed']}; {resume} continues it")
+    elif state == "stopped" and summary["unlogged"] and _beyond_repair(summary):  # finished: nothing to train
+        lines.append(f"progress   {done} of {epochs} logged: damaged: "
+                     + lines_lost_why(summary["run_dir"], summary["config"]["epochs"], _beyond_repair(summary)))
     elif state == "stopped" and summary["unlogged"]:  # metrics.jsonl lost lines (deleted, damaged)
         held, step = summary["unlogged"]
         within = f" and {count(step, 'step')} of epoch {held + 1}" if step else ""

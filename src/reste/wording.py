@@ -1,5 +1,5 @@
 """How reste's lines word a number of things: a duration (``42s``, ``5m``, ``26h00m``) and a count with its noun
-(``1 epoch``, ``3 epochs``), a list of names cut short, a batch split into micro-batches, and where in a run a
+(``1 epoch``, ``3 epochs``), a list of names cut short, runs of epochs (``1-3, 7``), a batch split into micro-batches, and where in a run a
 checkpoint was taken."""
 
 from __future__ import annotations
@@ -51,3 +51,14 @@ def gist(text: str, limit: int = 160) -> str:
         return line
     cut = line.rfind(" ", 0, limit - 3)
     return line[:cut if cut > 0 else limit - 3].rstrip(" ,;:") + "..."
+
+
+def spans(epochs: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` (ascending) as ``1-3, 7``."""
+    out: list[str] = []
+    for e in epochs:
+        if out and int(out[-1].split("-")[-1]) == e - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{e}"
+        else:
+            out.append(str(e))
+    return ", ".join(out)

@@ -34,8 +34,8 @@ from ..errors import UsageError, parse_json
 from ..wording import count, listed
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
 from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
-                      divergence, epoch_lines, failure, holds_run, not_a_folder, read_metrics, recipe_free,
-                      run_config, sweeps_inside, sweeps_inside_hint)
+                      divergence, epoch_lines, failure, holds_run, lines_beyond_repair, lines_lost_why, not_a_folder,
+                      read_metrics, recipe_free, run_config, sweeps_inside, sweeps_inside_hint)
 from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -141,29 +141,19 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
 
 
 def _lines_lost(run_dir: Path, ckpt: dict[str, Any]) -> str | None:
-    """Why a run whose ``last.pt`` (``ckpt``) finished every epoch it plans, but whose metrics.jsonl lacks the lines of
-    the last of them (deleted, or cut short: each line is written before that epoch's ``last.pt``), can neither go on
-    nor be reported: a resume has nothing left to train, and puts back the last epoch's line alone, which the
-    checkpoint keeps (review chaos3 #3: the sweep said it was resuming at epoch 1, and trained nothing). None for any
-    other run: an unfinished one goes on, and its resume names the lines lost."""
-    from ..resumption import spans
-
-    finished = ckpt.get("epoch")
+    """Why a run whose ``last.pt`` (``ckpt``) finished every epoch it plans, but whose metrics.jsonl lacks lines that no
+    resume can put back (``reste.rundir.lines_beyond_repair``), can neither go on nor be reported (review chaos3 #3: the
+    sweep said it was resuming at epoch 1, and trained nothing); None for any other run."""
+    held, step = ckpt.get("epoch"), ckpt.get("step") or 0
     try:
         planned = run_config(run_dir).epochs
         recorded = {m["epoch"] for m in read_metrics(run_dir, missing_ok=True)}
     except (UsageError, KeyError, TypeError):
         return None  # (what the report's own reading says of such a run)
-    if type(finished) is not int or ckpt.get("step") or finished < planned:
+    if type(held) is not int or type(step) is not int:
         return None
-    kept = ckpt.get("metrics")
-    kept = {kept.get("epoch")} if isinstance(kept, dict) else set()  # (the line a resume writes back)
-    lost = sorted(set(range(1, planned + 1)) - recorded - kept)
-    if not lost:
-        return None
-    return (f"its {LAST} finished all {count(planned, 'epoch')}, but {run_dir / METRICS_FILE} has no line for epoch"
-            f"{'s' * (len(lost) > 1)} {spans(lost)} (deleted or cut short), which cannot be recovered, so the run "
-            "cannot be reported; delete its folder to train it again")
+    lost = lines_beyond_repair(planned, recorded, held, step)
+    return lines_lost_why(run_dir, planned, lost) if lost else None
 
 
 def missing_line(run_dir: Path, epoch: int) -> str:
