@@ -1218,13 +1218,16 @@ def test_a_finished_run_whose_lines_are_gone_is_left_out_as_damaged(tmp_path, ca
     Where only that last line was lost, the sweep's resume mends the run."""
     argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "3", "--threads", "1", "--out",
             str(tmp_path / "s"), "--model", "digits_1w1a", "--no-report"]
-    assert main(argv) == 0
+    assert main(argv) == 0 and main(["report", str(tmp_path / "s"), "--no-plots"]) == 0
     run = next((tmp_path / "s" / "runs").glob("ste-*/seed0"))
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").unlink()
     stamp = (run / "last.pt").stat().st_mtime_ns
     why = (f"its last.pt finished all 3 epochs, but {run / 'metrics.jsonl'} has no line for epochs 1-2 (deleted or "
            "cut short), which cannot be recovered, so the run cannot be reported; delete its folder to train it again")
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s"), "--no-plots"]) == 0  # (review chaos4 #7: "unfinished (training again?)")
+    assert f"report: estimator=ste seed 0: {why}; the row an earlier report wrote is kept" in capsys.readouterr().out
     assert "resuming" not in left_out_as_damaged(argv, why, capsys)
     assert (run / "last.pt").stat().st_mtime_ns == stamp and not (run / "failed.json").exists()
     assert main(["show", str(tmp_path / "s")]) == 0  # (it said "stopped", which the sweep would continue)
@@ -2528,3 +2531,23 @@ def test_a_folder_of_sweeps_is_named_by_report_and_show_and_drawn_by_plot(sweep,
     assert main(["plot", str(parent)]) == 0
     assert f"{parent} holds 2 sweeps (est, oend); each is drawn" in capsys.readouterr().out
     assert drawn == [(4, parent / "curves.png")]  # each sweep's two runs, into the folder given
+
+
+def test_a_report_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
+    """(review chaos4 #8) A sweep folder the report cannot write (a read-only study, another user's): Python's
+    PermissionError line, with no advice."""
+    from reste.experiments import report as report_module
+
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "1", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a", "--no-report"]
+    assert main(argv) == 0
+
+    def refused(path, write):
+        raise PermissionError(13, "Permission denied", str(path) + ".tmp")
+
+    monkeypatch.setattr(report_module, "atomic_write", refused)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s"), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"reste: error: cannot write {tmp_path / 's'}") and "Permission denied" in err, err
+    assert err.endswith("writable (its mode, its owner, a full disk) and run the command again") and "\n" not in err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +60,10 @@ def test_every_reader_and_the_truncation_leave_out_a_torn_last_line(tmp_path):
                                                                              "test_acc"),
     (_lines({"epoch": 1, "test_acc": 1.0, "time": []}, {"epoch": 2, "test_acc": 2.0}), "no number as its time"),
     (_lines({"epoch": 1}, {"epoch": 2, "test_acc": 2.0}), "no number as its test_acc"),
+    # (review chaos4 #4) Python's json reads NaN and Infinity: an accuracy never is one, a loss may be
+    ('{"epoch": 1, "test_acc": NaN}\n' + _lines({"epoch": 2, "test_acc": 2.0}), "no number as its test_acc"),
+    ('{"epoch": 1, "test_acc": 1.0, "train_acc": Infinity}\n' + _lines({"epoch": 2, "test_acc": 2.0}),
+     "no number as its train_acc"),
 ])
 def test_damage_before_the_last_line_is_a_one_line_error(tmp_path, text, line):
     (tmp_path / rundir.METRICS).write_text(text)
@@ -147,3 +153,9 @@ def test_a_file_system_without_locks_runs_unlocked_with_one_warning(tmp_path, mo
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per file system
         rundir.RunDirectory.open(tmp_path / "b", fresh=True).close()
+
+
+def test_a_loss_may_be_nan(tmp_path: Path):
+    """A diverged epoch's loss is NaN or infinite (json writes both): its line is read, not taken for damage."""
+    (tmp_path / rundir.METRICS).write_text('{"epoch": 1, "test_acc": 10.0, "train_loss": NaN}\n')
+    assert math.isnan(rundir.read_metrics(tmp_path)[0]["train_loss"])

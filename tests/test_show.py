@@ -442,6 +442,13 @@ def test_show_of_a_stopped_run_whose_last_checkpoint_is_damaged_does_not_say_res
                            "cannot continue from it")
     assert main(["show", str(copy), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["last_damaged"] == "missing"
+    # one line and nothing else: a crash between epoch 1's line and its first last.pt, which a resume trains again
+    # (review chaos4 #10: it said to start a new run)
+    (copy / "best.pt").unlink()
+    shutil.rmtree(copy / "top", ignore_errors=True)
+    assert main(["show", str(copy)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("progress"))
+    assert line.startswith("progress   1 of 2 epochs: stopped (") and "--resume" in line, line
 
 
 def test_show_of_a_run_whose_config_json_is_gone_reads_last_pts_copy(run, capsys, tmp_path):

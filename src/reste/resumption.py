@@ -33,8 +33,7 @@ from .errors import UsageError, option, shell_word
 from .integrations.tensorboard import log_dir
 from .plugins import loads_on_resume
 from .estimators import estimator_class
-from .rundir import (BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_keys, finished_epochs,
-                     last_checkpoint, top_checkpoints)
+from .rundir import BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_keys, last_checkpoint, last_lost
 
 __all__ = ["check_checkpoint", "check_last_kept", "config_differences", "continue_config", "load_last",
            "settings_to_record", "trained_settings"]
@@ -48,10 +47,8 @@ def epochs_option(n: int) -> str:
 def check_last_kept(run_dir: Path) -> None:
     """Refuse a run whose ``last.pt`` was lost: more than one metrics line, a ``best.pt`` or ``top/`` files
     without it. One line and nothing else is a crash before epoch 1's first ``last.pt``: it restarts."""
-    last = last_checkpoint(run_dir)
-    if not last.exists() and (finished_epochs(run_dir) > 1 or best_checkpoint(run_dir).exists()
-                              or top_checkpoints(run_dir)):
-        raise UsageError(f"{run_dir} has finished epochs but no {last.name} (deleted or lost), so it cannot continue; "
+    if last_lost(run_dir):
+        raise UsageError(f"{run_dir} has finished epochs but no {LAST} (deleted or lost), so it cannot continue; "
                          + _what_is_left(run_dir))
 
 
@@ -176,8 +173,15 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path, give
                              "new run, or resume from another checkpoint")
     done, step = ckpt["epoch"], int(ckpt.get("step") or 0)
     if done > config.epochs and "epochs" not in given:  # config.json's own (a hand edit): not a flag of this command
+        planned = trained.get("epochs") if isinstance(trained, dict) else None
+        least = done + (1 if step else 0)
+        if type(planned) is int and planned >= least:  # the run's own schedule, which last.pt keeps (review chaos4 #5)
+            raise UsageError(f"{last.parent} already finished {done} epochs of the {planned} its {LAST} planned, and "
+                             f"its {CONFIG} plans {config.epochs}: restore {CONFIG} (or delete it: --resume writes it "
+                             f"again from {LAST}), or pass {epochs_option(planned)} with "
+                             f"{option('--force', 'force=True')}")
         raise UsageError(f"{last.parent} already finished {done} epochs, and its {CONFIG} plans {config.epochs}: "
-                         f"restore {CONFIG}, or pass {epochs_option(done + (1 if step else 0))} or more with "
+                         f"restore {CONFIG}, or pass {epochs_option(least)} or more with "
                          f"{option('--force', 'force=True')}")
     if done > config.epochs:  # (inside an epoch: that one too, which the next check asks for)
         raise UsageError(f"{last.parent} already finished {done} epochs; {epochs_option(config.epochs)} is fewer: "

@@ -221,15 +221,15 @@ def _open_plain(path: Path, flags: int, mode: int, refusal: UsageError) -> int:
     return fd
 
 
-def _open_lock_file(lock_path: Path, path: Path, remedy: str) -> int:
-    """Open (or make) the lock file ``lock_path`` of the folder ``path``; ``UsageError`` when it cannot be written,
-    or is not a plain file (a symbolic link, a folder, a FIFO, a device)."""
+def _open_lock_file(lock_path: Path, path: Path, remedy: str, noun: str = "run directory") -> int:
+    """Open (or make) the lock file ``lock_path`` of the folder ``path`` (a ``noun``); ``UsageError`` when it cannot be
+    written, or is not a plain file (a symbolic link, a folder, a FIFO, a device)."""
     not_plain = UsageError(f"{lock_path} is not a plain file (a link, a folder or a device someone put there); "
                            "look at what it is, remove it and run again")
     try:
         return _open_plain(lock_path, _LOCK_OPEN, 0o644, not_plain)
     except OSError as err:
-        raise UsageError(f"run directory {path} is not writable ({err.strerror}); {remedy}") from None
+        raise UsageError(f"{noun} {path} is not writable ({err.strerror}); {remedy}") from None
 
 
 def _holder(fd: int, tries: int = 10) -> str:
@@ -350,8 +350,9 @@ class RunDirectory:
     @staticmethod
     def _lock(path: Path, remedy: str, name: str = LOCK_NAME, what: str = "a run", job: str = "") -> int:
         lock_path = path / name
+        noun = "run directory" if what == "a run" else "folder"
         while True:
-            fd = _open_lock_file(lock_path, path, remedy)
+            fd = _open_lock_file(lock_path, path, remedy, noun)
             try:
                 _try_lock(fd)
             except OSError as err:
@@ -1135,8 +1136,9 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
             raise UsageError(f"{path} line {i + 1} is not JSON; the file is corrupted: {_MEND}") from None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise UsageError(f"{path} line {i + 1} is not a metrics record; the file is corrupted: {_MEND}")
-        bad = "test_acc" if not _number(record.get("test_acc")) else next(
-            (k for k, v in record.items() if v is not None and not _number(v)), None)
+        bad = next((k for k in _ACCURACIES if k in record and not _finite(record[k])), None) \
+            if _number(record.get("test_acc")) else "test_acc"
+        bad = bad or next((k for k, v in record.items() if v is not None and not _number(v)), None)
         if bad:  # every reader computes with them (a best, a mean, a curve): a TypeError far from the file
             raise UsageError(f"{path} line {i + 1} (epoch {record['epoch']}) has no number as its {bad}; the file "
                              f"is corrupted: {_MEND}")
@@ -1154,6 +1156,15 @@ def epoch_lines(metrics: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# a line's accuracies, which every reader averages and ranks: never NaN or infinite (Python's json reads both), which a
+# loss may be (review chaos4 #4: the report died of a NaN accuracy with a Python error)
+_ACCURACIES = ("test_acc", "test_top5", "train_acc")
+
+
+def _finite(value: Any) -> bool:
+    return value is None or (_number(value) and math.isfinite(value))
 
 
 def best_line(metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1176,6 +1187,14 @@ def read_metrics(run_dir: str | os.PathLike, *, missing_ok: bool = False) -> lis
             raise UsageError(sweep_folder_hint(run_dir))
         raise UsageError(f"{run_dir} has no {METRICS}; is it a reste run directory?")
     return [record for _, record in _metrics_lines(path)]
+
+
+def last_lost(run_dir: str | os.PathLike) -> bool:
+    """Whether the run in ``run_dir`` lost its ``last.pt``: none, with more than one metrics line, a ``best.pt`` or
+    ``top/`` files beside. One line and nothing else is a crash between epoch 1's line and its first ``last.pt``: a
+    resume trains that epoch again (the rule of ``--resume`` and ``reste show`` alike)."""
+    return not last_checkpoint(run_dir).exists() and (finished_epochs(run_dir) > 1 or best_checkpoint(run_dir).exists()
+                                                      or bool(top_checkpoints(run_dir)))
 
 
 def finished_epochs(run_dir: str | os.PathLike) -> int:

@@ -11,9 +11,9 @@ from typing import Any
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError
 from .indicators import RUN_LEVEL, run_indicators
-from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, lines_beyond_repair,
-                     lines_lost_why, lock_holder, not_a_folder, read_metrics, resume_command, run_config,
-                     schedule_fields)
+from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, last_lost,
+                     lines_beyond_repair, lines_lost_why, lock_holder, not_a_folder, read_metrics, resume_command,
+                     run_config, schedule_fields)
 from .wording import count, duration, split_batch
 
 
@@ -102,13 +102,14 @@ def _beyond_repair(summary: dict[str, Any]) -> list[int]:
 
 
 def _last_damaged(run_dir: str | os.PathLike, done: int) -> str | None:
-    """What is wrong with a stopped run's ``last.pt`` (truncated, a checksum that does not match, or gone after
-    ``done`` finished epochs, which ``--resume`` refuses too: review chaos3 #1), None where it is whole, or missing
-    before the first epoch's end (a run stopped before its first checkpoint: ``--resume`` says so)."""
+    """What is wrong with a stopped run's ``last.pt`` (truncated, a checksum that does not match, or lost after
+    finished epochs, which ``--resume`` refuses too: review chaos3 #1), None where it is whole, or missing where a
+    resume goes on: before the first epoch's end, or after a crash between epoch 1's line and its first ``last.pt``
+    (``reste.rundir.last_lost``; review chaos4 #10: it said to start a new run)."""
     from .checkpoint import damage
 
     problem = damage(last_checkpoint(run_dir))
-    return problem if problem != "missing" or done else None
+    return problem if problem != "missing" or (done and last_lost(run_dir)) else None
 
 
 def _last_older(run_dir: str | os.PathLike) -> bool:

@@ -33,7 +33,7 @@ from ..datasets import get_spec
 from ..errors import UsageError, parse_json
 from ..wording import count, listed
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
-from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line,
+from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, blocked,
                       divergence, epoch_lines, failure, holds_run, lines_beyond_repair, lines_lost_why, not_a_folder,
                       read_metrics, recipe_free, run_config, sweeps_inside, sweeps_inside_hint)
 from .identity import canonical_saved, config_key
@@ -756,9 +756,10 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                     summary.update({k: v for k, v in _accuracy(old["metrics"]).items() if k not in ("best_acc",
                                                                                                    "final_acc")})
                 kept += 1
-                if status == "pending":
-                    why = ("its run folder is gone" if not (out / rel).exists() else
-                           "its run is unfinished (training again?)")
+                if status == "pending":  # (what the sweep and show say of a run it cannot continue: chaos4 #7)
+                    folder = run_folder(out, s, seed)
+                    why = ("its run folder is gone" if not (out / rel).exists() else blocked(folder)
+                           or lost_last(folder, read=False) or "its run is unfinished (training again?)")
                 if log:
                     log(f"report: {s['label']} seed {seed}: {why.rstrip('?.')}; the row an earlier report wrote is "
                         "kept")
@@ -809,8 +810,13 @@ def _cell(value: Any) -> str:
 
 def write_text(path: Path, text: str) -> None:
     """``path`` holds ``text`` (UTF-8), written atomically: a sweep and a ``reste report`` writing the same table at
-    once, or a kill mid-write, leave the old file or the new one, never a torn one."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    once, or a kill mid-write, leave the old file or the new one, never a torn one. A file that cannot be written is a
+    one-line ``UsageError`` (review chaos4 #8: a read-only study's folder gave Python's PermissionError)."""
+    try:
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    except OSError as err:
+        raise UsageError(f"cannot write {path} ({err.strerror or type(err).__name__}); make {path.parent} writable (its "
+                         "mode, its owner, a full disk) and run the command again") from None
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = ()) -> None:

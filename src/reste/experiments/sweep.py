@@ -983,7 +983,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                 raise UsageError(f"cannot create the sweep folder {folder} ({err.strerror}); pass another "
                                  f"{flag}") from None
             if folder == out:  # a second sweep on it is refused before it announces a run or writes a table
-                held.enter_context(folder_lock(out, SWEEP_LOCK, "a sweep", "pass another --out"))
+                held.enter_context(folder_lock(out, SWEEP_LOCK, "a sweep", "make it writable (its mode, its owner) to "
+                                               "continue this sweep, or pass another --out for a new one"))
                 _check_out(out, base, settings, seeds)  # again, under the lock: the holder may have changed it
         # before any run: a bad data folder is one error, and a download happens once; a model that does not fit
         # its data set is one error too, not a run failed in every sweep (review clifuzz #6, #7)
