@@ -2551,3 +2551,28 @@ def test_a_report_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"reste: error: cannot write {tmp_path / 's'}") and "Permission denied" in err, err
     assert err.endswith("writable (its mode, its owner, a full disk) and run the command again") and "\n" not in err
+
+
+def test_a_stop_signal_while_the_tables_are_written_ends_the_sweep_with_a_line(tmp_path, capsys, monkeypatch):
+    """(review chaos4 #9) SIGTERM (a cluster's preemption, a closed ssh) after the sweep's last run, while it writes
+    its tables: Python's default action ended it without a line, leaving the tables without the last run. The
+    tables are written, then the sweep stops with its usual line and 128 + the signal."""
+    import os
+    import signal
+
+    from reste.experiments import sweep as sweep_module
+
+    real = sweep_module.summarize
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "summarize", signalled)
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "1", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a"]
+    assert main(argv) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "reste: sweep stopped by SIGTERM after its last run, its tables written; run the same command again" in err
+    assert len((tmp_path / "s" / "runs.csv").read_text().splitlines()) == 2  # the header and the run
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back

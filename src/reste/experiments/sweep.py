@@ -30,6 +30,8 @@ import inspect
 import itertools
 import json
 import os
+import signal
+import threading
 import time
 import traceback
 import warnings
@@ -37,7 +39,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..config import TrainConfig, check_threads, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
@@ -579,7 +581,6 @@ def _sweep_died(_signum: int, _frame: Any) -> None:
     """The parent-death signal. Linux sends it when the thread that started the worker ends; that is the sweep's
     death only if the worker then has another parent (a moment later). A run going on saves its step and stops
     (as on SIGTERM), then the worker exits; an idle worker exits at once."""
-    import signal
 
     for _ in range(40):
         if os.getppid() != _WORKER["parent"]:
@@ -603,7 +604,6 @@ _PARENT_DIED = "SIGUSR2"  # what Linux sends a worker when the sweep dies (PR_SE
 def _stop_mask(how: int) -> Any:
     """Block (``signal.SIG_BLOCK``) or unblock the stop signals in this thread, where the platform can (not on
     Windows); the mask before, or None."""
-    import signal
 
     mask = getattr(signal, "pthread_sigmask", None)
     return None if mask is None else mask(how, set(stop_signals()))
@@ -615,7 +615,6 @@ def _stop_signals_held() -> Any:
     so a stop that reaches it while it starts (spawn, site, ``import torch``: seconds) waits for the handlers of
     :func:`_init_worker`, which take it, instead of killing it (the pool then broke, and the sweep said a worker
     had died: review experiments #1). Signals sent to this process meanwhile wait the same moment."""
-    import signal
 
     before = _stop_mask(signal.SIG_BLOCK)
     try:
@@ -638,7 +637,6 @@ def _init_worker(threads: int, parent: int | None = None, command_line: bool = F
     signal when the sweep dies (PR_SET_PDEATHSIG), so that a killed sweep leaves no run training on its own.
     ``command_line``: the sweep runs as the ``reste`` command, so the worker's messages name flags (``--o-end``,
     ``reste.errors.option``); ``one_line``: its warnings are shown as the command's, one ``reste: warning:`` line."""
-    import signal
 
     import torch
 
@@ -1134,11 +1132,41 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     except Exception as err:
         if type(err).__name__ != "Preempted":
             raise
-        import signal
 
         signum = getattr(err, "signum", signal.SIGTERM)
         raise type(err)(f"sweep stopped by {signal_text(signum)}; run the same command again to continue "
                         "(finished runs are skipped, stopped ones resume at their last step)", signum) from None
+    with _stops_kept() as caught:  # (a stop signal now ends the sweep once its tables are written: chaos4 #9)
+        result = _finish(out, settings, log, report, busy, failed, logged)
+    if caught:
+        from ..engine import Preempted
+
+        raise Preempted(f"sweep stopped by {signal_text(caught[0])} after its last run, its tables written; run the "
+                        "same command again to check (finished runs are skipped)", caught[0])
+    return result
+
+
+@contextlib.contextmanager
+def _stops_kept() -> Iterator[list[int]]:
+    """While the block runs (the main thread), a stop signal other than Ctrl-C's (SIGTERM, SIGHUP, SIGUSR1) is
+    recorded in the list yielded instead of ending the process at once: they took Python's default action once the
+    sweep's last run had returned, which ended a sweep writing its tables without a line (review chaos4 #9)."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    kept = [sig for sig in stop_signals() if sig != signal.SIGINT]
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in kept}
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _finish(out: Path, settings: list[Setting], log: Callable[[str], None], report: bool, busy: int, failed: int,
+            logged: int) -> list[dict[str, Any]]:
+    """The sweep's end once its runs ended: its notes and, with ``report``, its tables; the per-setting rows."""
     if not (out / MANIFEST).is_file():  # (its runs failed on their files' paths; the tables cannot be written)
         raise UsageError(f"the sweep folder {out} was moved or deleted while the sweep ran: the runs since failed; "
                          "run the same command with --out where the folder is now to continue there")
@@ -1251,7 +1279,6 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
     no further run starts, the running ones save their step and stop, then ``Preempted`` is raised here, as with
     one job; a worker whose sweep died stops the same way (Linux)."""
     import multiprocessing
-    import signal
 
     from ..engine import Preempted, StopRequest
 
