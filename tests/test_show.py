@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reste.cli import main
+from reste.errors import UsageError
 from reste import rundir
 from reste.rundir import METRICS, RunDirectory
 from cli_checks import one_line_error
@@ -489,3 +490,43 @@ def test_shows_help_names_every_state_of_a_sweeps_run(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for state in STATES:
         assert all(word in text for word in state.split(" or ")), state
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="tells stopped from training by /proc/locks")
+def test_a_checkpoint_that_cannot_be_read_is_not_called_damaged(run, capsys, tmp_path, monkeypatch):
+    """(review chaos4 #3) A last.pt or config.json that only cannot be read (its mode, its owner): show called last.pt
+    damaged and said to start a new run, the config.json line said both to make it readable and to delete it, and
+    a resume removed an unreadable top/ file. Each says to make it readable, and nothing is removed."""
+    import errno
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / METRICS).write_text((copy / METRICS).read_text().splitlines()[0] + "\n")  # stopped after epoch 1
+    refused = {copy / "last.pt", copy / "config.json"}
+    real = Path.read_bytes
+
+    def read_bytes(path):  # (as root, no mode refuses a read: the file system's answer stands in)
+        if path in refused:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(UsageError) as err:
+        rundir.run_config(copy)
+    assert str(err.value) == (f"cannot read {copy / 'config.json'} (Permission denied); make it readable (its mode, its "
+                              "owner) and run the command again")
+    refused.discard(copy / "config.json")
+    capsys.readouterr()
+    assert main(["show", str(copy)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("progress"))
+    assert line.startswith("progress   1 of 2 epochs: stopped, and its last.pt cannot be read (Permission denied): make "
+                           "it readable (its mode, its owner), then `reste train --resume") and "damaged" not in line
+    messages = []
+    top = copy / "top" / rundir.top_name(1, 50.0)
+    top.parent.mkdir(exist_ok=True)
+    shutil.copy(copy / "best.pt", top)
+    refused.add(top)
+    rundir.check_kept(copy, 1, messages.append)
+    assert top.exists() and messages == [f"warning: {top} cannot be read (Permission denied); make it readable (its "
+                                         "mode, its owner)"]

@@ -269,15 +269,18 @@ def _check_zip_crcs(blob: bytes) -> str | None:
     return None if bad is None else f"CRC mismatch in {bad}"  # byte, "zip file version 9.7": review diff12 #3)
 
 
+UNREADABLE = "cannot be read"  # how damage() begins for a file it could not read, whose bytes may be whole
+
+
 def damage(path: str | os.PathLike) -> str | None:
-    """What is wrong with the checkpoint file ``path``, found without unpickling it (missing, unreadable,
-    truncated, a checksum that does not match), or ``None`` when its bytes are whole."""
+    """What is wrong with the checkpoint file ``path``, found without unpickling it (missing, unreadable: ``cannot
+    be read (why)``, truncated, a checksum that does not match), or ``None`` when its bytes are whole."""
     try:
         blob = Path(path).read_bytes()
     except FileNotFoundError:
         return "missing"
-    except OSError as err:
-        return err.strerror or type(err).__name__
+    except OSError as err:  # (its mode, its owner: not damage, review chaos4 #3)
+        return f"{UNREADABLE} ({err.strerror or type(err).__name__})"
     verified = _verify(blob)
     if isinstance(verified, str):
         return verified

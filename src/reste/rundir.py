@@ -43,7 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
+from .checkpoint import UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
 from .errors import UsageError, parse_json, shell_word
 from .indicators import MEASURE
@@ -1015,8 +1015,9 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
         if failed:
             raise UsageError(f"{run_dir} holds no run: {failed}; the sweep trains it again")
         raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out){example}")
+    raw = read_run_file(cfg_path)  # (a refused read says so alone: it is no damage, review chaos4 #3)
     try:
-        data = parse_json(read_run_file(cfg_path).decode("utf-8"))
+        data = parse_json(raw.decode("utf-8"))
         missing = [k for k in _IDENTITY if k not in data] if isinstance(data, dict) else list(_IDENTITY)
         if missing:
             raise UsageError(f"no {', '.join(missing)}")
@@ -1256,12 +1257,17 @@ def check_kept(run_dir: str | os.PathLike, best_epoch: int, log: Any) -> None:
     (they then drop out of the ranking), so that a run never goes on as if they were whole."""
     best = best_checkpoint(run_dir)
     problem = damage(best) if best_epoch > 0 else None
-    if problem:
+    if problem and problem.startswith(UNREADABLE):  # whole, maybe: its weights are not lost (review chaos4 #3)
+        log(f"warning: {best} (epoch {best_epoch}) {problem}; make it readable (its mode, its owner): a later epoch "
+            "that beats it writes it again")
+    elif problem:
         log(f"warning: {best} (epoch {best_epoch}) is {'missing' if problem == 'missing' else 'damaged: ' + problem}"
             "; the weights of that epoch are lost, and the file is written again when a later epoch beats it")
     for epoch, path in top_checkpoints(run_dir).items():
         problem = damage(path)
-        if problem:
+        if problem and problem.startswith(UNREADABLE):  # kept: it may be whole
+            log(f"warning: {path} {problem}; make it readable (its mode, its owner)")
+        elif problem:
             path.unlink(missing_ok=True)
             log(f"warning: removed {path} ({problem}); epoch {epoch} leaves the top checkpoints")
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import UNREADABLE
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError
 from .indicators import RUN_LEVEL, run_indicators
@@ -192,6 +193,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
     elif state == "stopped" and summary["saved_epoch"] is not None:  # metrics.jsonl logged, last.pt not written
         lines.append(f"progress   {done} of {epochs} logged, but last.pt holds {count(summary['saved_epoch'], 'epoch')}"
                      f" (its last write failed, or a crash cut it): stopped; {resume} trains the rest again")
+    elif state == "stopped" and (summary["last_damaged"] or "").startswith(UNREADABLE):  # (review chaos4 #3)
+        lines.append(f"progress   {done} of {epochs}: stopped, and its last.pt {summary['last_damaged']}: make it "
+                     f"readable (its mode, its owner), then {resume} continues it")
     elif state == "stopped" and summary["last_damaged"]:  # (review newuser #8: it said to resume it)
         what = ("is gone (deleted or lost)" if summary["last_damaged"] == "missing" else
                 f"is damaged ({summary['last_damaged']})")
