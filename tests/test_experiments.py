@@ -1226,7 +1226,8 @@ def test_a_finished_run_whose_lines_are_gone_is_left_out_as_damaged(tmp_path, ca
     why = (f"its last.pt finished all 3 epochs, but {run / 'metrics.jsonl'} has no line for epochs 1-2 (deleted or "
            "cut short), which cannot be recovered, so the run cannot be reported; delete its folder to train it again")
     capsys.readouterr()
-    assert main(["report", str(tmp_path / "s"), "--no-plots"]) == 0  # (review chaos4 #7: "unfinished (training again?)")
+    # (review chaos4 #7: it said "unfinished (training again?)")
+    assert main(["report", str(tmp_path / "s"), "--no-plots"]) == 0
     assert f"report: estimator=ste seed 0: {why}; the row an earlier report wrote is kept" in capsys.readouterr().out
     assert "resuming" not in left_out_as_damaged(argv, why, capsys)
     assert (run / "last.pt").stat().st_mtime_ns == stamp and not (run / "failed.json").exists()

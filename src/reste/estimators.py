@@ -592,8 +592,8 @@ class Estimator(nn.Module):
     def _ext_form(self) -> Any:
         """This estimator as the compiled extension's one-call layer takes it (:func:`reste.cuda_ext.form`), or
         ``None`` where calling this module must stay a module call: its own ``forward`` or ``scaled_sign``, a hook on
-        it (or on every module), no kernel for its ``g``, a parameter that is no number. Kept per estimator while ``params()``
-        gives the same objects (the schedule sets new ones once per epoch)."""
+        it (or on every module), no kernel for its ``g``, a parameter that is no number. Kept per estimator while
+        ``params()`` gives the same objects (the schedule sets new ones once per epoch)."""
         cls = type(self)  # (its own forward, or its own binary weight, which a layer's module path calls)
         if cls.forward is not Estimator.forward or cls.scaled_sign is not Estimator.scaled_sign:
             return None

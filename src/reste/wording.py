@@ -1,6 +1,6 @@
 """How reste's lines word a number of things: a duration (``42s``, ``5m``, ``26h00m``) and a count with its noun
-(``1 epoch``, ``3 epochs``), a list of names cut short, runs of epochs (``1-3, 7``), a batch split into micro-batches, and where in a run a
-checkpoint was taken."""
+(``1 epoch``, ``3 epochs``), a list of names cut short, runs of epochs (``1-3, 7``), a batch split into
+micro-batches, and where in a run a checkpoint was taken."""
 
 from __future__ import annotations
 

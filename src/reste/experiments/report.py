@@ -815,8 +815,9 @@ def write_text(path: Path, text: str) -> None:
     try:
         atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     except OSError as err:
-        raise UsageError(f"cannot write {path} ({err.strerror or type(err).__name__}); make {path.parent} writable (its "
-                         "mode, its owner, a full disk) and run the command again") from None
+        why = err.strerror or type(err).__name__
+        raise UsageError(f"cannot write {path} ({why}); make {path.parent} writable (its mode, its owner, a full disk) "
+                         "and run the command again") from None
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = ()) -> None:
