@@ -2577,3 +2577,25 @@ def test_a_stop_signal_while_the_tables_are_written_ends_the_sweep_with_a_line(t
     assert "reste: sweep stopped by SIGTERM after its last run, its tables written; run the same command again" in err
     assert len((tmp_path / "s" / "runs.csv").read_text().splitlines()) == 2  # the header and the run
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+
+
+def test_a_sweep_whose_manifest_is_damaged_keeps_the_rows_of_its_runs(tmp_path, capsys):
+    """(review chaos4 #6) With sweep.json damaged, the guard against a rerun that leaves runs out was off: a rerun
+    with fewer seeds dropped the other runs' rows from runs.csv and epochs.csv, the only record of runs whose folders
+    are gone. runs.csv names them, and the settings and seeds to give again. (Deleted, it starts the tables afresh,
+    as the refusals say: test_a_sweep_that_would_drop_anothers_runs_from_its_folder_is_refused.)"""
+    out = tmp_path / "s"
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0,1", "--epochs", "1", "--threads", "1", "--out", str(out),
+            "--model", "digits_1w1a"]
+    assert main(argv) == 0
+    manifest = out / "sweep.json"
+    manifest.write_bytes(manifest.read_bytes()[:200])
+    rows = (out / "runs.csv").read_text()
+    capsys.readouterr()
+    assert main([*argv[:4], "0", *argv[5:]]) == 2  # seed 0 alone
+    err = capsys.readouterr().err
+    assert f"and {out / 'runs.csv'} records 1 run that this sweep leaves out (estimator=ste (seed 1)), which its " \
+           "tables would lose: give its settings (estimator=ste) and seeds (0, 1) again" in err, err
+    assert (out / "runs.csv").read_text() == rows
+    assert main(argv) == 0  # given again: the sweep goes on and writes sweep.json again
+    assert (out / "runs.csv").read_text().count("\n") == 3

@@ -54,8 +54,8 @@ from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG,
                       last_checkpoint, make_folders, open_append, read_metrics, record_divergence, record_failure,
                       remove_folders, run_config)
 from .identity import canonical, config_key
-from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, load_manifest, lost_last, paper_mode_estimators,
-                     run_folder, run_status, summarize, write_manifest)
+from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, earlier_rows, load_manifest, lost_last,
+                     paper_mode_estimators, run_folder, run_status, summarize, write_manifest)
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
 
@@ -719,8 +719,10 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
     try:
         old = load_manifest(out)
         planned = {(s["key"], int(seed)): s["label"] for s in old["settings"] for seed in s["runs"]}
-    except (UsageError, KeyError, TypeError):
-        return  # none, or a damaged sweep.json: nothing to report from it, this sweep writes it again
+    except (UsageError, KeyError, TypeError) as err:  # none (deleted: the tables start afresh), or a damaged one
+        if (out / MANIFEST).exists() and (out / "runs.csv").exists():
+            _check_rows_kept(out, settings, seeds, str(err).split(";")[0])
+        return
     kept = {(s.key, seed) for s in settings for seed in seeds}
     dropped = {k: label for k, label in planned.items() if k not in kept}
     if not dropped:
@@ -750,6 +752,28 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
     raise UsageError(f"{out} holds a sweep with {len(dropped)} run(s) that this one leaves out ({', '.join(left[:3])}"
                      f"{', ...' if len(left) > 3 else ''}), which its tables would lose: give its grid and seeds "
                      f"again (more is fine), pass another --out, or delete {out / MANIFEST} to start the tables afresh")
+
+
+def _check_rows_kept(out: Path, settings: list[Setting], seeds: Sequence[int], why: str) -> None:
+    """Where ``out``'s sweep.json is damaged (``why``), refuse a sweep that leaves out runs its runs.csv records by
+    setting and seed: the report would drop their rows (and their epochs), the only record of runs whose folders are
+    gone (review chaos4 #6); the user whose sweep.json is damaged is told the settings and seeds it held. (A deleted
+    sweep.json starts the tables afresh, as the refusals say.)"""
+    try:
+        recorded = {(row.get("setting"), row["seed"]) for row in earlier_rows(out).values()}
+    except (UsageError, OSError, KeyError):
+        return  # (a damaged runs.csv: the report says so)
+    given = {(s.label, seed) for s in settings for seed in seeds}
+    left = sorted((label, seed) for label, seed in recorded if isinstance(label, str) and (label, seed) not in given)
+    if not left:
+        return
+    labels = sorted({label for label, _ in recorded if isinstance(label, str)})
+    all_seeds = sorted({seed for _, seed in recorded})
+    raise UsageError(f"{why}, and {out / 'runs.csv'} records {count(len(left), 'run')} that this sweep leaves out "
+                     f"({', '.join(f'{label} (seed {seed})' for label, seed in left[:3])}{', ...' * (len(left) > 3)}), "
+                     f"which its tables would lose: give its settings ({', '.join(labels[:6])}"
+                     f"{', ...' * (len(labels) > 6)}) and seeds ({', '.join(map(str, all_seeds))}) again, pass another "
+                     f"--out, or delete {out / MANIFEST} to start the tables afresh")
 
 
 def _recorded_runs_dir(out: Path, runs_root: Path, settings: list[Setting], seeds: Sequence[int]) -> Path | None:
