@@ -2599,3 +2599,22 @@ def test_a_sweep_whose_manifest_is_damaged_keeps_the_rows_of_its_runs(tmp_path, 
     assert (out / "runs.csv").read_text() == rows
     assert main(argv) == 0  # given again: the sweep goes on and writes sweep.json again
     assert (out / "runs.csv").read_text().count("\n") == 3
+
+
+def test_a_sweep_leaves_out_a_run_with_another_runs_last_pt(tmp_path, capsys):
+    """(review chaos4 #1) A stopped sweep run whose last.pt was put back from another run: the sweep resumed it and
+    reported the mix as the setting's result. Its last.pt's own last line differs from metrics.jsonl's: damaged."""
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "2", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a", "--no-report"]
+    assert main(argv) == 0
+    run = next((tmp_path / "s" / "runs").glob("ste-*/seed0"))
+    first = (run / "metrics.jsonl").read_text().splitlines()[0]
+    (run / "metrics.jsonl").write_text(first + "\n")  # stopped after epoch 1 ...
+    ckpt = load_checkpoint(run / "last.pt")  # ... and another run's epoch-1 last.pt put back
+    save_checkpoint({**ckpt, "epoch": 1, "metrics": {**ckpt["metrics"], "epoch": 1, "test_acc": 12.5}}, run / "last.pt")
+    why = (f"{run / 'last.pt'} is not this run's: its epoch 1 scored test top-1 12.50%, where metrics.jsonl says "
+           f"{json.loads(first)['test_acc']:.2f}% (a checkpoint put back from another run?); put this run's own back, "
+           "or delete the folder to train the run again")
+    left_out_as_damaged(argv, why, capsys)

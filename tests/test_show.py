@@ -531,3 +531,33 @@ def test_a_checkpoint_that_cannot_be_read_is_not_called_damaged(run, capsys, tmp
     rundir.check_kept(copy, 1, messages.append)
     assert top.exists() and messages == [f"warning: {top} cannot be read (Permission denied); make it readable (its "
                                          "mode, its owner)"]
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="tells stopped from training by /proc/locks")
+def test_another_runs_last_pt_put_back_is_named(run, capsys, tmp_path):
+    """(review chaos4 #1) A last.pt put back from another run (a backup into the wrong folder) was trained on as the
+    run's own: show said --resume continues it, and the resume dropped the run's own lines. Its last line, which
+    the checkpoint keeps, differs from metrics.jsonl's: show, the resume and a sweep's plan say so."""
+    import shutil
+
+    import torch
+
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / METRICS).write_text((copy / METRICS).read_text().splitlines()[0] + "\n")  # stopped after epoch 1
+    ckpt = load_checkpoint(copy / "last.pt")
+    other = {**ckpt, "epoch": 1, "metrics": {**ckpt["metrics"], "epoch": 1, "test_acc": 12.5}}
+    save_checkpoint(other, copy / "last.pt")
+    first = json.loads((copy / METRICS).read_text())["test_acc"]
+    why = (f"{copy / 'last.pt'} is not this run's: its epoch 1 scored test top-1 12.50%, where metrics.jsonl says "
+           f"{first:.2f}% (a checkpoint put back from another run?); put this run's own back, or delete the folder to "
+           "train the run again")
+    capsys.readouterr()
+    assert main(["show", str(copy)]) == 0
+    assert f"progress   1 of 2 epochs: stopped, but {why}" in capsys.readouterr().out
+    assert main(["train", "--resume", str(copy)]) == 2
+    assert capsys.readouterr().err.strip() == f"reste: error: {why}"
+    assert torch.equal(load_checkpoint(copy / "last.pt")["model"][next(iter(ckpt["model"]))],
+                       ckpt["model"][next(iter(ckpt["model"]))])  # untouched

@@ -71,8 +71,8 @@ from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, METRICS, RunDirectory, append_metrics, recipe_free,
                      best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
-                     held_by, holds_run, keep_top, last_checkpoint, read_metrics, record_divergence, repair_best,
-                     require_run_path,
+                     held_by, holds_run, keep_top, last_checkpoint, other_run, read_metrics, record_divergence,
+                     repair_best, require_run_path,
                      restore_config, resume_command, run_config, saved_config, schedule_fields, start_metrics,
                      truncate_metrics, write_config)
 from .schedules import learning_rate
@@ -1605,6 +1605,9 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     if last.exists():
         ckpt = resumption.load_last(run_dir, run.device)
         resumption.check_checkpoint(ckpt, config, last, given=overrides or {})
+        foreign = other_run(run_dir, ckpt)
+        if foreign:
+            raise UsageError(foreign)
         check_classes((ckpt.get("model_options") or {}).get("num_classes"), ckpt.get("classes"), run.info,
                       config.data_path)
         trained, notes = resumption.trained_settings(ckpt, saved, config, run_dir)

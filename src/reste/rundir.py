@@ -1206,6 +1206,26 @@ def finished_epochs(run_dir: str | os.PathLike) -> int:
         return 0
 
 
+def other_run(run_dir: str | os.PathLike, ckpt: dict[str, Any]) -> str | None:
+    """Why the checkpoint ``ckpt`` (a ``last.pt`` or its header) is not the run's in ``run_dir``: it keeps its last
+    epoch's metrics line, and metrics.jsonl's line of that epoch gives another test top-1 (a checkpoint put back from
+    another run, or from a backup of another folder: a resume trained on it as the run's own, review chaos4 #1).
+    None where they agree, or where either says nothing."""
+    kept = ckpt.get("metrics")
+    if not isinstance(kept, dict) or not _number(kept.get("test_acc")):
+        return None
+    try:
+        lines = {m["epoch"]: m for m in read_metrics(run_dir, missing_ok=True)}
+    except UsageError:
+        return None  # (a damaged file: its own reader says so)
+    line = lines.get(kept.get("epoch"))
+    if line is None or line["test_acc"] == kept["test_acc"]:
+        return None
+    return (f"{Path(run_dir) / LAST} is not this run's: its epoch {kept['epoch']} scored test top-1 "
+            f"{kept['test_acc']:.2f}%, where {METRICS} says {line['test_acc']:.2f}% (a checkpoint put back from "
+            "another run?); put this run's own back, or delete the folder to train the run again")
+
+
 def lines_beyond_repair(planned: int, recorded: Any, held: int, step: int) -> list[int]:
     """The epochs of a run whose ``last.pt`` finished all ``planned`` epochs (it holds ``held`` of them and ``step``
     batches of the next) that metrics.jsonl has no line for (``recorded``: the epochs it has) and no resume can put

@@ -13,8 +13,8 @@ from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError
 from .indicators import RUN_LEVEL, run_indicators
 from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, last_lost,
-                     lines_beyond_repair, lines_lost_why, lock_holder, not_a_folder, read_metrics, resume_command,
-                     run_config, schedule_fields)
+                     lines_beyond_repair, lines_lost_why, lock_holder, not_a_folder, other_run, read_metrics,
+                     resume_command, run_config, schedule_fields)
 from .wording import count, duration, split_batch
 
 
@@ -38,7 +38,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     run's ``last.pt`` that it cannot continue from: what is wrong with it, ``"missing"`` where it is gone after
     finished epochs; with ``steps`` only), ``unlogged`` (a
     stopped run whose ``last.pt`` holds more epochs than metrics.jsonl has lines for, lines lost: [its epochs, its
-    steps of the next]; with ``steps`` only), ``failed`` (an
+    steps of the next]; with ``steps`` only), ``foreign`` (a stopped run whose ``last.pt`` is another run's, by the
+    last metrics line it keeps: why, ``reste.rundir.other_run``; with ``steps`` only), ``failed`` (an
     unfinished sweep run that failed: why, ``reste.rundir.failure``), ``train_seconds`` and
     ``indicators``
     (``reste.indicators.run_indicators``: ``mode``, ``o_end``, ``epochs``, ``first_epoch``, ``estimating_error``,
@@ -70,7 +71,7 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                                "pid": holder if holder and holder > 0 else None,
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
                                "saved_step": None, "saved_processes": None, "saved_epoch": behind,
-                               "last_damaged": None, "unlogged": None,
+                               "last_damaged": None, "unlogged": None, "foreign": None,
                                "failed": failure(run_dir) if state != "training" and not finished else None}
     # last.pt read once: the step it holds, or what is wrong with it; also where the lock table cannot tell (a shared
     # file system, where torchrun runs of several nodes live: review rev13 #6)
@@ -80,6 +81,10 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
         summary["last_damaged"] = _last_damaged(run_dir, done) if saved is None else None
         if saved is not None and saved[0] > done:  # (review combos #1) metrics.jsonl lost lines last.pt holds
             summary["unlogged"] = [saved[0], saved[1]]
+        if saved is not None:  # (review chaos4 #1) another run's last.pt put back: its header's last line tells
+            from .checkpoint import read_structure
+
+            summary["foreign"] = other_run(run_dir, read_structure(last_checkpoint(run_dir))[1] or {})
     # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes; (review dist #3) at an
     # epoch's end, its stop line says so too, and --batch-size is per process
     summary["saved_processes"] = saved[2] if saved is not None else _saved_world(run_dir) if steps and finished \
@@ -193,6 +198,8 @@ def show_run(run_dir: str | os.PathLike) -> str:
     elif state == "stopped" and summary["saved_epoch"] is not None:  # metrics.jsonl logged, last.pt not written
         lines.append(f"progress   {done} of {epochs} logged, but last.pt holds {count(summary['saved_epoch'], 'epoch')}"
                      f" (its last write failed, or a crash cut it): stopped; {resume} trains the rest again")
+    elif state == "stopped" and summary["foreign"]:  # (review chaos4 #1: it said --resume continues it)
+        lines.append(f"progress   {done} of {epochs}: stopped, but {summary['foreign']}")
     elif state == "stopped" and (summary["last_damaged"] or "").startswith(UNREADABLE):  # (review chaos4 #3)
         lines.append(f"progress   {done} of {epochs}: stopped, and its last.pt {summary['last_damaged']}: make it "
                      f"readable (its mode, its owner), then {resume} continues it")

@@ -35,7 +35,7 @@ from ..wording import count, listed
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
 from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, blocked,
                       divergence, epoch_lines, failure, holds_run, lines_beyond_repair, lines_lost_why, not_a_folder,
-                      read_metrics, recipe_free, run_config, sweeps_inside, sweeps_inside_hint)
+                      other_run, read_metrics, recipe_free, run_config, sweeps_inside, sweeps_inside_hint)
 from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
@@ -126,8 +126,8 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
     # truncated, a checksum that does not match: every rerun failed on it (review chaos #3; chaos2 #2: show too)
     if not read:
         problem, head = read_structure(last)
-        if problem is None:
-            return _lines_lost(Path(run_dir), head)  # (its epoch and step: the header's, no tensor read)
+        if problem is None:  # (its epoch, step and last line: the header's, no tensor read)
+            return other_run(run_dir, head) or _lines_lost(Path(run_dir), head)
         return None if problem == "missing" else \
             f"its {last} is damaged ({problem}), so it cannot continue; delete its folder to train it again"
     try:
@@ -137,7 +137,7 @@ def lost_last(run_dir: Path, read: bool = True) -> str | None:
                 "upgrade reste to continue it")
     except UsageError as err:
         return f"{refusal_reason(err)}, so it cannot continue; delete its folder to train it again"
-    return _lines_lost(Path(run_dir), ckpt)
+    return other_run(run_dir, ckpt) or _lines_lost(Path(run_dir), ckpt)
 
 
 def _lines_lost(run_dir: Path, ckpt: dict[str, Any]) -> str | None:
