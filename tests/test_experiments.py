@@ -2618,3 +2618,31 @@ def test_a_sweep_leaves_out_a_run_with_another_runs_last_pt(tmp_path, capsys):
            f"{json.loads(first)['test_acc']:.2f}% (a checkpoint put back from another run?); put this run's own back, "
            "or delete the folder to train the run again")
     left_out_as_damaged(argv, why, capsys)
+
+
+def test_a_best_pt_that_is_not_the_best_epoch_is_said_not_mended(tmp_path, capsys):
+    """(review chaos4 #2) A best.pt that holds another epoch than the run's best (another run's file, an older copy):
+    the resume said nothing, and every rerun of the sweep said it was "mending its checkpoint files" and mended
+    nothing. No resume can write it again where last.pt is not the best epoch: said once, and the run counts."""
+    import shutil
+
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "2", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a", "--no-report"]
+    assert main(argv) == 0
+    run = next((tmp_path / "s" / "runs").glob("ste-*/seed0"))
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    last = load_checkpoint(run / "last.pt")  # the best epoch, as last.pt records it, made epoch 1 ...
+    save_checkpoint({**last, "best_epoch": 1, "best_acc": first["test_acc"]}, run / "last.pt")
+    shutil.copy(run / "last.pt", run / "best.pt")  # ... and best.pt a copy of epoch 2
+    why = f"{run / 'best.pt'} holds epoch 2, not the run's best epoch 1"
+    capsys.readouterr()
+    for _ in range(2):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "mending" not in out and f"already finished, skipped ({why}: the weights of its best epoch are lost" \
+            in out, out
+    assert main(["train", "--resume", str(run)]) == 0
+    assert f"warning: {why} (another run's file, or an older copy?); the weights of epoch 1 are lost" in \
+        capsys.readouterr().out

@@ -1206,11 +1206,10 @@ def finished_epochs(run_dir: str | os.PathLike) -> int:
         return 0
 
 
-def other_run(run_dir: str | os.PathLike, ckpt: dict[str, Any]) -> str | None:
-    """Why the checkpoint ``ckpt`` (a ``last.pt`` or its header) is not the run's in ``run_dir``: it keeps its last
-    epoch's metrics line, and metrics.jsonl's line of that epoch gives another test top-1 (a checkpoint put back from
-    another run, or from a backup of another folder: a resume trained on it as the run's own, review chaos4 #1).
-    None where they agree, or where either says nothing."""
+def _scores_apart(run_dir: str | os.PathLike, ckpt: dict[str, Any]) -> str | None:
+    """Where the checkpoint ``ckpt`` is not the run's in ``run_dir`` by the metrics line it keeps of its epoch (the
+    test top-1 differs from metrics.jsonl's line of that epoch): ``its epoch E scored test top-1 X%, where
+    metrics.jsonl says Y%``; None where they agree, or where either says nothing."""
     kept = ckpt.get("metrics")
     if not isinstance(kept, dict) or not _number(kept.get("test_acc")):
         return None
@@ -1221,9 +1220,18 @@ def other_run(run_dir: str | os.PathLike, ckpt: dict[str, Any]) -> str | None:
     line = lines.get(kept.get("epoch"))
     if line is None or line["test_acc"] == kept["test_acc"]:
         return None
-    return (f"{Path(run_dir) / LAST} is not this run's: its epoch {kept['epoch']} scored test top-1 "
-            f"{kept['test_acc']:.2f}%, where {METRICS} says {line['test_acc']:.2f}% (a checkpoint put back from "
-            "another run?); put this run's own back, or delete the folder to train the run again")
+    return (f"its epoch {kept['epoch']} scored test top-1 {kept['test_acc']:.2f}%, where {METRICS} says "
+            f"{line['test_acc']:.2f}%")
+
+
+def other_run(run_dir: str | os.PathLike, ckpt: dict[str, Any]) -> str | None:
+    """Why the checkpoint ``ckpt`` (a ``last.pt`` or its header) is not the run's in ``run_dir``: it keeps its last
+    epoch's metrics line, and metrics.jsonl's line of that epoch gives another test top-1 (a checkpoint put back from
+    another run, or from a backup of another folder: a resume trained on it as the run's own, review chaos4 #1).
+    None where they agree, or where either says nothing."""
+    apart = _scores_apart(run_dir, ckpt)
+    return apart and (f"{Path(run_dir) / LAST} is not this run's: {apart} (a checkpoint put back from another run?); "
+                      "put this run's own back, or delete the folder to train the run again")
 
 
 def lines_beyond_repair(planned: int, recorded: Any, held: int, step: int) -> list[int]:
@@ -1272,11 +1280,33 @@ def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int, last_record: 
     return [e for e in range(1, epochs_done + 1) if e not in epochs]
 
 
+def best_mismatch(run_dir: str | os.PathLike, best_epoch: int) -> str | None:
+    """Why a whole ``best.pt`` is not the run's best epoch ``best_epoch`` (as last.pt records it): it holds another
+    epoch, or its epoch's metrics line differs from metrics.jsonl's (another run's file put back: review chaos4 #2,
+    where the resume was silent and every rerun of a sweep said it mended it). None where it is, or where it is
+    missing, damaged or unreadable (:func:`check_kept` says those)."""
+    path = best_checkpoint(run_dir)
+    if best_epoch <= 0 or damage(path) is not None:
+        return None
+    try:
+        best = load_checkpoint(path)
+    except UsageError:
+        return None
+    if best.get("epoch") != best_epoch:
+        return f"{path} holds epoch {best.get('epoch')}, not the run's best epoch {best_epoch}"
+    apart = _scores_apart(run_dir, best)
+    return apart and f"{path} is not this run's: {apart}"
+
+
 def check_kept(run_dir: str | os.PathLike, best_epoch: int, log: Any) -> None:
-    """On resume: say (``log``) when ``best.pt`` is missing or damaged, and remove damaged files from ``top/``
-    (they then drop out of the ranking), so that a run never goes on as if they were whole."""
+    """On resume: say (``log``) when ``best.pt`` is missing, damaged or not the best epoch, and remove damaged files
+    from ``top/`` (they then drop out of the ranking), so that a run never goes on as if they were whole."""
     best = best_checkpoint(run_dir)
     problem = damage(best) if best_epoch > 0 else None
+    mismatch = best_mismatch(run_dir, best_epoch) if problem is None else None
+    if mismatch:  # (another run's, or an older copy: its file is written again when a later epoch beats it)
+        log(f"warning: {mismatch} (another run's file, or an older copy?); the weights of epoch {best_epoch} are "
+            "lost, and the file is written again when a later epoch beats it")
     if problem and problem.startswith(UNREADABLE):  # whole, maybe: its weights are not lost (review chaos4 #3)
         log(f"warning: {best} (epoch {best_epoch}) {problem}; make it readable (its mode, its owner): a later epoch "
             "that beats it writes it again")

@@ -50,9 +50,9 @@ from ..estimators import estimator_class, estimator_flags, get_estimator, list_e
 from ..checkpoint import load_checkpoint
 from ..wording import count, duration
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
-                      epoch_end_whole, file_in_the_way, folder_lock, forget_failure, holds_run, in_the_way,
-                      last_checkpoint, make_folders, open_append, read_metrics, record_divergence, record_failure,
-                      remove_folders, run_config)
+                      best_mismatch, epoch_end_whole, file_in_the_way, folder_lock, forget_failure, holds_run,
+                      in_the_way, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
+                      record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, earlier_rows, load_manifest, lost_last,
                      paper_mode_estimators, run_folder, run_status, summarize, write_manifest)
@@ -495,7 +495,13 @@ def _run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
             # (the whole first clause: a cut one began inside the path, review chaos2 #3)
             return "done", f"its {last.name} is damaged ({str(err).split(';')[0]}); its metrics are whole"
         if ckpt.get("epoch", 0) >= epochs and not ckpt.get("step"):
-            return ("done" if epoch_end_whole(run_dir, ckpt) else "partial"), ""  # resume repairs best.pt and top/
+            if epoch_end_whole(run_dir, ckpt):
+                return "done", ""
+            best = ckpt.get("best_epoch")
+            mismatch = best_mismatch(run_dir, best) if isinstance(best, int) and best != ckpt["epoch"] else None
+            if mismatch:  # no resume can write it again (its last.pt is not the best epoch): said, not "mended"
+                return "done", f"{mismatch}: the weights of its best epoch are lost; its metrics are whole"
+            return "partial", ""  # resume repairs best.pt and top/
     return ("partial" if holds_run(run_dir) else "new"), ""
 
 
