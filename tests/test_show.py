@@ -563,3 +563,16 @@ def test_another_runs_last_pt_put_back_is_named(run, capsys, tmp_path):
     assert capsys.readouterr().err.strip() == f"reste: error: {why}"
     assert torch.equal(load_checkpoint(copy / "last.pt")["model"][next(iter(ckpt["model"]))],
                        ckpt["model"][next(iter(ckpt["model"]))])  # untouched
+
+
+def test_show_of_a_start_that_saved_nothing_says_to_run_it_again(tmp_path, capsys):
+    """(review chaos4, suggestion) A start killed while it loaded its data leaves its lock file alone: show said to
+    pass a run's folder; running the same command again is what to do, and it works."""
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / ".lock").touch()
+    assert main(["show", str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"reste: error: {folder} holds no run: a start was stopped before it saved anything (its lock file alone is "
+        f"left); run the same `reste train --out {folder}` command again")
+    assert main(["train", "--model", "digits_1w1a", "--epochs", "1", "--threads", "1", "--out", str(folder)]) == 0

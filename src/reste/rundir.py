@@ -1014,6 +1014,9 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
         failed = failure(run_dir)  # a sweep's run that failed before it kept anything
         if failed:
             raise UsageError(f"{run_dir} holds no run: {failed}; the sweep trains it again")
+        if _start_left(run_dir):  # (review chaos4, suggestion: it said to pass a run's folder)
+            raise UsageError(f"{run_dir} holds no run: a start was stopped before it saved anything (its lock file "
+                             f"alone is left); run the same `reste train --out {shell_word(run_dir)}` command again")
         raise UsageError(f"{run_dir} holds no run (no {CONFIG}); pass a run's folder (its --out){example}")
     raw = read_run_file(cfg_path)  # (a refused read says so alone: it is no damage, review chaos4 #3)
     try:
@@ -1029,6 +1032,16 @@ def saved_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConf
         raise UsageError(f"{cfg_path} is corrupted ({err}); {_config_remedy(run_dir)}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as err:
         raise UsageError(f"{cfg_path} is corrupted ({str(err)[:100]}); {_config_remedy(run_dir)}") from None
+
+
+def _start_left(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds what a start stopped at once (a SIGKILL while it loads its data) leaves: its lock file,
+    and at most its write probe, nothing else."""
+    try:
+        names = {p.name for p in Path(run_dir).iterdir()}
+    except OSError:
+        return False
+    return LOCK_NAME in names and names <= {LOCK_NAME, ".write-test.tmp", ".write-test"}
 
 
 def _config_remedy(run_dir: str | os.PathLike) -> str:
