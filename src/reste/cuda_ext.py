@@ -355,11 +355,20 @@ def may_take(x: Tensor) -> bool:
 
 
 def _usable(x: Tensor) -> bool:
-    if x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled():
-        return False
-    if not fused.plain(x) or _compiled_autograd():  # (a wrapper subclass has no memory of its own to take)
+    if x.dtype not in _DTYPES or not _eager() or not fused.plain(x):  # (a wrapper subclass has no memory to take)
         return False
     return _loaded(x.is_cuda)
+
+
+def _eager() -> bool:
+    """Whether the extension may run now, as far as the process says: switched on, and no compiler, tracer or compiled
+    autograd recording what runs (a kernel's write through a pointer would go past it)."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _compiled_autograd()) and fused.enabled()
+
+
+def _groups_fit(w: Tensor, groups: int) -> bool:
+    """Whether ``w`` splits into ``groups`` alphas the kernels take (1 to MAX_GROUPS groups of equal size)."""
+    return 1 <= groups <= MAX_GROUPS and w.numel() > 0 and not w.numel() % groups
 
 
 def _compiled_autograd() -> bool:
@@ -425,7 +434,7 @@ def takes_layer(x: Tensor, w: Tensor, bias: Tensor | None) -> bool:
     tensors, asked once for the layer (the caller has asked :func:`may_take`)."""
     if type(x) not in fused.PLAIN or type(w) not in fused.PLAIN or (bias is not None and type(bias) not in fused.PLAIN):
         return False  # (a subclass: a wrapper without memory of its own, an fx Proxy)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or not fused.enabled() or _compiled_autograd():
+    if not _eager():
         return False  # (first: a trace records the tests below)
     if x.dtype not in _DTYPES or w.dtype not in _DTYPES or not w.numel() or _function_mode():
         return False
@@ -456,7 +465,7 @@ def binary_layer(x: Tensor, w: Tensor, bias: Tensor | None, est_x: Any, est_w: A
     autocast), then ``op`` through the dispatcher: ``F.linear`` (``op=0``) or the convolution of ``op`` spatial
     dimensions with ``stride``, ``padding`` (numbers), ``dilation`` and ``conv_groups``. The estimators' forms come
     from :func:`form`; the caller has checked :func:`takes_layer`. ``None`` where the weight's groups do not fit."""
-    if not 1 <= groups <= MAX_GROUPS or w.numel() % groups:
+    if not _groups_fit(w, groups):
         return None
     return _MODULE[0].binary_layer(x, w, bias, est_x, est_w, groups, autocast_dtype(w), op, stride, padding,
                                    dilation, conv_groups)
@@ -468,7 +477,7 @@ def scaled_sign(w: Tensor, kind: str | None, groups: int, params: dict[str, Any]
     under autocast, as :func:`reste.kernel_args.autocast_dtype`); ``None`` where the extension does not apply."""
     if not may_take(w) or not _usable(w):
         return None
-    if not 1 <= groups <= MAX_GROUPS or w.numel() == 0 or w.numel() % groups:
+    if not _groups_fit(w, groups):
         return None
     if torch.is_grad_enabled() and w.grad_fn is not None:
         return None  # w is computed from other tensors: keep the plain autograd graph

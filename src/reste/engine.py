@@ -1061,8 +1061,9 @@ class StopRequest:
     announce: bool = True  # whether Ctrl-C is answered with a line (not in a sweep's worker: the sweep says it)
 
     @contextlib.contextmanager
-    def handling(self):
-        """Catch the stop signals while the block runs (main thread only; elsewhere a no-op)."""
+    def handling(self, keys: bool = True):
+        """Catch the stop signals while the block runs (main thread only; elsewhere a no-op); without ``keys``, not
+        Ctrl-C's (nor Windows's Ctrl-Break), which then interrupts the block at once."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -1077,7 +1078,8 @@ class StopRequest:
                         os.write(2, f"reste: {key}: stopping after saving the current step (press it again to "
                                     "stop at once, without saving)\n".encode())
 
-        previous = {sig: signal.signal(sig, handler) for sig in stop_signals()}
+        pressed = (signal.SIGINT, getattr(signal, "SIGBREAK", None))
+        previous = {sig: signal.signal(sig, handler) for sig in stop_signals() if keys or sig not in pressed}
         try:
             yield self
         finally:

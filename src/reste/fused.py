@@ -82,7 +82,7 @@ def error() -> str | None:
     return _LIB.error()
 
 
-PLAIN = _PLAIN = (Tensor, torch.nn.Parameter)  # the types whose memory a kernel may take (see plain)
+PLAIN = (Tensor, torch.nn.Parameter)  # the types whose memory a kernel may take (see plain)
 
 
 def plain(*tensors: Tensor) -> bool:
@@ -96,25 +96,20 @@ def plain(*tensors: Tensor) -> bool:
         return False
     if torch.compiler.is_compiling():  # (no kernel runs in a compiled graph, whose callers ask is_compiling too;
         return True  # the checks below do not trace: review ownmodel's run of test_convert)
-    return _own_memory(tensors)
+    return owns_memory(*tensors)
 
 
 def _plain_types(tensors: tuple[Tensor, ...]) -> bool:
     """The first of :func:`plain`'s tests: each a plain tensor or Parameter, no subclass."""
-    return all(type(t) in _PLAIN for t in tensors)
+    return all(type(t) in PLAIN for t in tensors)
 
 
-def _own_memory(tensors: tuple[Tensor, ...]) -> bool:
+def owns_memory(*tensors: Tensor) -> bool:
     """The part of :func:`plain` after its type test, for callers that know no compiler is tracing."""
     return not under_dispatch_mode() and (_LEGACY_BATCHED is None or not any(map(_LEGACY_BATCHED, tensors)))
 
 
 _LEGACY_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor", None)
-
-
-def owns_memory(x: Tensor) -> bool:
-    """:func:`plain`'s tests after its type test, for one tensor of a caller that knows no compiler is tracing."""
-    return not under_dispatch_mode() and (_LEGACY_BATCHED is None or not _LEGACY_BATCHED(x))
 
 
 def _lib_for(x: Tensor, *others: Tensor):
@@ -124,7 +119,7 @@ def _lib_for(x: Tensor, *others: Tensor):
     if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled():
         return None
     tensors = (x, *others)
-    if not _plain_types(tensors) or not _own_memory(tensors):
+    if not _plain_types(tensors) or not owns_memory(*tensors):
         return None  # (plain's tests, without its second question to the compiler)
     if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
         return None

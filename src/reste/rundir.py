@@ -60,6 +60,9 @@ except ImportError:  # not Windows
     msvcrt = None
 
 LOCK_NAME = ".lock"
+# the start's write probe, named as a temporary (which a new run passes over); the name it had before, which a kill
+# between its two calls could leave (review chaos3 #4)
+WRITE_PROBE, OLD_WRITE_PROBE = ".write-test.tmp", ".write-test"
 SWEEP_MANIFEST = "sweep.json"  # what makes a folder a sweep's (reste.experiments.report writes and reads it)
 SWEEP_LOCK = "sweep.lock"  # in --out while a sweep runs there: a second sweep on it is refused (exit status 75)
 CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.pt"
@@ -435,7 +438,7 @@ class RunDirectory:
                                  "it away, or restore the run's own")
         # a resume too: it failed at its first write, naming a temporary file (review chaos #2); named as a temporary
         # (.NAME.tmp), which a new run passes over: a kill between its two calls left a folder no start took (chaos3 #4)
-        probe = path / ".write-test.tmp"
+        probe = path / WRITE_PROBE
         try:
             probe.write_bytes(b"")
             probe.unlink()
@@ -909,7 +912,7 @@ def stray_files(path: str | os.PathLike) -> list[str]:
     """The names in a folder that a new run there refuses: all but its lock, a sweep's log, the record of a run
     that diverged or failed before it kept anything (trained again there) and what Finder or Explorer wrote (.DS_Store,
     Thumbs.db, ...)."""
-    return sorted(p.name for p in Path(path).iterdir() if p.name not in (LOCK_NAME, DIVERGED, FAILED, ".write-test")
+    return sorted(p.name for p in Path(path).iterdir() if p.name not in (LOCK_NAME, DIVERGED, FAILED, OLD_WRITE_PROBE)
                   and not p.name.endswith(".log") and not (p.name.startswith(".") and p.name.endswith(".tmp"))
                   and not _litter(p.name))
 
@@ -1041,7 +1044,7 @@ def _start_left(run_dir: str | os.PathLike) -> bool:
         names = {p.name for p in Path(run_dir).iterdir()}
     except OSError:
         return False
-    return LOCK_NAME in names and names <= {LOCK_NAME, ".write-test.tmp", ".write-test"}
+    return LOCK_NAME in names and names <= {LOCK_NAME, WRITE_PROBE, OLD_WRITE_PROBE}
 
 
 def _config_remedy(run_dir: str | os.PathLike) -> str:
@@ -1299,11 +1302,11 @@ def best_mismatch(run_dir: str | os.PathLike, best_epoch: int) -> str | None:
     where the resume was silent and every rerun of a sweep said it mended it). None where it is, or where it is
     missing, damaged or unreadable (:func:`check_kept` says those)."""
     path = best_checkpoint(run_dir)
-    if best_epoch <= 0 or damage(path) is not None:
+    if best_epoch <= 0:
         return None
     try:
-        best = load_checkpoint(path)
-    except UsageError:
+        best = load_checkpoint(path)  # (its integrity checked: a damaged one is refused)
+    except (UsageError, OSError):
         return None
     if best.get("epoch") != best_epoch:
         return f"{path} holds epoch {best.get('epoch')}, not the run's best epoch {best_epoch}"

@@ -57,14 +57,15 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     holder = lock_holder(run_dir)
     finished = done >= config.epochs
     behind = None  # the epoch last.pt holds, where a finished-looking run's last write failed (a full disk)
-    saved = None  # (epochs, steps, processes) of last.pt, where it is read
-    read = False  # (whether it was: a damaged one reads as None, and is not read twice)
+    ckpt = None  # last.pt, where it is read (whole: a damaged one reads as None, and is not read twice)
+    read = False
     if done and steps and not holder and _last_older(run_dir):  # (a stopped run's too: review chaos #6)
-        saved, read = saved_position(run_dir), True
-        if saved is not None and saved[0] < done:  # last.pt holds fewer epochs than metrics.jsonl logged
-            finished, behind = False, saved[0]
-        elif finished and saved is not None and (saved[0] < config.epochs or saved[1]):
-            finished, behind = False, saved[0]
+        ckpt, read = _saved_checkpoint(run_dir), True
+    saved = _position(ckpt)  # (epochs, steps, processes) of last.pt, where it is read
+    if saved is not None and saved[0] < done:  # last.pt holds fewer epochs than metrics.jsonl logged
+        finished, behind = False, saved[0]
+    elif finished and saved is not None and (saved[0] < config.epochs or saved[1]):
+        finished, behind = False, saved[0]
     state = ("training" if holder else "finished" if finished else "stopped" if holder == 0 else None)
     summary: dict[str, Any] = {"run_dir": os.fspath(run_dir), "config": config.to_dict(),
                                "epochs_done": done, "lost_epochs": lost, "finished": finished, "state": state,
@@ -76,15 +77,15 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     # last.pt read once: the step it holds, or what is wrong with it; also where the lock table cannot tell (a shared
     # file system, where torchrun runs of several nodes live: review rev13 #6)
     if steps and state in ("stopped", None):
-        saved = saved if read else saved_position(run_dir)
+        if not read:
+            ckpt = _saved_checkpoint(run_dir)
+            saved = _position(ckpt)
         summary["saved_step"] = saved[1] if saved is not None and saved[1] > 0 and saved[0] == done else None
         summary["last_damaged"] = _last_damaged(run_dir, done) if saved is None else None
         if saved is not None and saved[0] > done:  # (review combos #1) metrics.jsonl lost lines last.pt holds
             summary["unlogged"] = [saved[0], saved[1]]
-        if saved is not None:  # (review chaos4 #1) another run's last.pt put back: its header's last line tells
-            from .checkpoint import read_structure
-
-            summary["foreign"] = other_run(run_dir, read_structure(last_checkpoint(run_dir))[1] or {})
+        if saved is not None:  # (review chaos4 #1) another run's last.pt put back: the last line it keeps tells
+            summary["foreign"] = other_run(run_dir, ckpt)
     # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes; (review dist #3) at an
     # epoch's end, its stop line says so too, and --batch-size is per process
     summary["saved_processes"] = saved[2] if saved is not None else _saved_world(run_dir) if steps and finished \
@@ -127,19 +128,18 @@ def _last_older(run_dir: str | os.PathLike) -> bool:
         return False
 
 
-def saved_position(run_dir: str | os.PathLike) -> tuple[int, int, int] | None:
-    """(the epochs, the batches of the next, the processes that trained them) that the run's ``last.pt`` holds;
-    None where it is missing, damaged or being replaced. It reads the whole file."""
+def _saved_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's ``last.pt``, read whole (its integrity checked); None where it is missing, damaged or being
+    replaced. :func:`_position` gives where in the run it was saved."""
     from .checkpoint import load_checkpoint
 
     path = last_checkpoint(run_dir)
     if not path.is_file():
         return None
     try:
-        ckpt = load_checkpoint(path)
+        return load_checkpoint(path)
     except (UsageError, OSError, RuntimeError):
         return None
-    return _position(ckpt)
 
 
 def _position(ckpt: Any) -> tuple[int, int, int] | None:
@@ -154,7 +154,7 @@ def _position(ckpt: Any) -> tuple[int, int, int] | None:
 def _saved_world(run_dir: str | os.PathLike) -> int | None:
     """The processes that trained the run, as its ``last.pt`` records them, read without its tensors (memory-mapped,
     not read: a finished ImageNet run's is large); None where that cannot be read (its integrity is for the resume
-    to check, and :func:`saved_position` reads the whole file to check it)."""
+    to check, and :func:`_saved_checkpoint` reads the whole file to check it)."""
     import torch
 
     try:
@@ -210,9 +210,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
                      "it; evaluate its best.pt with reste eval, or start a new run")
     elif state == "stopped" and summary["failed"]:  # a sweep's run (the sweep trains it again)
         lines.append(f"progress   {done} of {epochs}{inside}: stopped: {summary['failed']}; {resume} continues it")
-    elif state == "stopped" and summary["unlogged"] and _beyond_repair(summary):  # finished: nothing to train
+    elif state == "stopped" and summary["unlogged"] and (lost_lines := _beyond_repair(summary)):  # nothing to train
         lines.append(f"progress   {done} of {epochs} logged: damaged: "
-                     + lines_lost_why(summary["run_dir"], summary["config"]["epochs"], _beyond_repair(summary)))
+                     + lines_lost_why(summary["run_dir"], summary["config"]["epochs"], lost_lines))
     elif state == "stopped" and summary["unlogged"]:  # metrics.jsonl lost lines (deleted, damaged)
         held, step = summary["unlogged"]
         within = f" and {count(step, 'step')} of epoch {held + 1}" if step else ""

@@ -743,7 +743,8 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
         key = _setting_key(s)
         for seed, rel in s["runs"].items():
             rel = folder_name(rel)
-            status, summary = run_status(run_folder(out, s, seed), key)
+            folder = run_folder(out, s, seed)
+            status, summary = run_status(folder, key)
             if status != "done":
                 why, old = summary, kept_row(earlier, (rel, int(seed)))
                 if old is None or old.get("best_acc") is None:
@@ -757,7 +758,6 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                                                                                                    "final_acc")})
                 kept += 1
                 if status == "pending":  # (what the sweep and show say of a run it cannot continue: chaos4 #7)
-                    folder = run_folder(out, s, seed)
                     why = ("its run folder is gone" if not (out / rel).exists() else blocked(folder)
                            or lost_last(folder, read=False) or "its run is unfinished (training again?)")
                 if log:

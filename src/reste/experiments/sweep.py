@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import signal
-import threading
 import time
 import traceback
 import warnings
@@ -39,7 +38,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..config import TrainConfig, check_threads, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
@@ -48,7 +47,7 @@ from ..errors import UsageError, join_command_line, machine_cause, on_command_li
 from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint
-from ..wording import count, duration
+from ..wording import count, duration, listed
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
                       best_mismatch, epoch_end_whole, file_in_the_way, folder_lock, forget_failure, holds_run,
                       in_the_way, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
@@ -776,10 +775,9 @@ def _check_rows_kept(out: Path, settings: list[Setting], seeds: Sequence[int], w
     labels = sorted({label for label, _ in recorded if isinstance(label, str)})
     all_seeds = sorted({seed for _, seed in recorded})
     raise UsageError(f"{why}, and {out / 'runs.csv'} records {count(len(left), 'run')} that this sweep leaves out "
-                     f"({', '.join(f'{label} (seed {seed})' for label, seed in left[:3])}{', ...' * (len(left) > 3)}), "
-                     f"which its tables would lose: give its settings ({', '.join(labels[:6])}"
-                     f"{', ...' * (len(labels) > 6)}) and seeds ({', '.join(map(str, all_seeds))}) again, pass another "
-                     f"--out, or delete {out / MANIFEST} to start the tables afresh")
+                     f"({listed([f'{label} (seed {seed})' for label, seed in left], 3)}), which its tables would "
+                     f"lose: give its settings ({listed(labels)}) and seeds ({', '.join(map(str, all_seeds))}) again, "
+                     f"pass another --out, or delete {out / MANIFEST} to start the tables afresh")
 
 
 def _recorded_runs_dir(out: Path, runs_root: Path, settings: list[Setting], seeds: Sequence[int]) -> Path | None:
@@ -1166,32 +1164,16 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
         signum = getattr(err, "signum", signal.SIGTERM)
         raise type(err)(f"sweep stopped by {signal_text(signum)}; run the same command again to continue "
                         "(finished runs are skipped, stopped ones resume at their last step)", signum) from None
-    with _stops_kept() as caught:  # (a stop signal now ends the sweep once its tables are written: chaos4 #9)
+    from ..engine import Preempted, StopRequest
+
+    # a stop signal other than Ctrl-C's (which stays KeyboardInterrupt's) took Python's default action once the last
+    # run had returned, which ended a sweep writing its tables without a line (review chaos4 #9): kept until they are
+    with StopRequest().handling(keys=False) as stop:
         result = _finish(out, settings, log, report, busy, failed, logged)
-    if caught:
-        from ..engine import Preempted
-
-        raise Preempted(f"sweep stopped by {signal_text(caught[0])} after its last run, its tables written; run the "
-                        "same command again to check (finished runs are skipped)", caught[0])
+    if stop.signum:
+        raise Preempted(f"sweep stopped by {signal_text(stop.signum)} after its last run, its tables written; run the "
+                        "same command again to check (finished runs are skipped)", stop.signum)
     return result
-
-
-@contextlib.contextmanager
-def _stops_kept() -> Iterator[list[int]]:
-    """While the block runs (the main thread), a stop signal other than Ctrl-C's (SIGTERM, SIGHUP, SIGUSR1) is
-    recorded in the list yielded instead of ending the process at once: they took Python's default action once the
-    sweep's last run had returned, which ended a sweep writing its tables without a line (review chaos4 #9)."""
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    kept = [sig for sig in stop_signals() if sig != signal.SIGINT]
-    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in kept}
-    try:
-        yield caught
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _finish(out: Path, settings: list[Setting], log: Callable[[str], None], report: bool, busy: int, failed: int,

@@ -433,6 +433,23 @@ void record(const at::Tensor& y, const NodePtr& node, const at::Tensor& input) {
   torch::autograd::set_history(y, node);
 }
 
+// A gradient that takes the differentiable PyTorch expression: in a double backward, or batched
+// (is_grads_batched=True: legacy vmap), where it has no storage to walk.
+bool by_expression(const at::Tensor& grad) { return at::GradMode::is_enabled() || !grad.has_storage(); }
+
+// grad * g(x): the binary input's gradient
+at::Tensor input_grad(const Estimator& est, const at::Tensor& x, const at::Tensor& grad) {
+  return by_expression(grad) ? reference_grad(est, x, grad, 0) : backward_with(x, grad, est.params);
+}
+
+// dL/dw of the binary weight sign(w) * alpha over `groups`
+at::Tensor weight_grad(const Estimator& est, const at::Tensor& w, const at::Tensor& grad, const at::Tensor& alpha,
+                       int64_t groups) {
+  if (by_expression(grad)) return reference_grad(est, w, grad, groups);
+  TORCH_CHECK(alpha.defined(), "reste_ext: the binary weight's backward ran twice without retain_graph=True");
+  return scaled_sign_backward_with(w, grad, alpha, groups, est.params);
+}
+
 struct BinarySignBackward : public Node {
   SavedVariable x;
   EstimatorRef est;
@@ -442,10 +459,7 @@ struct BinarySignBackward : public Node {
 
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) return {at::Tensor()};
-    const at::Tensor xs = x.unpack();
-    // a double backward; a batched grad (is_grads_batched=True: legacy vmap), which has no storage to walk
-    if (at::GradMode::is_enabled() || !grads[0].has_storage()) return {reference_grad(*est, xs, grads[0], 0)};
-    return {backward_with(xs, grads[0], est->params)};
+    return {input_grad(*est, x.unpack(), grads[0])};
   }
 };
 
@@ -463,10 +477,7 @@ struct ScaledSignBackward : public Node {
 
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) return {at::Tensor()};
-    const at::Tensor ws = w.unpack();
-    if (at::GradMode::is_enabled() || !grads[0].has_storage()) return {reference_grad(*est, ws, grads[0], groups)};
-    TORCH_CHECK(alpha.defined(), "reste_ext: the binary weight's backward ran twice without retain_graph=True");
-    return {scaled_sign_backward_with(ws, grads[0], alpha, groups, est->params)};
+    return {weight_grad(*est, w.unpack(), grads[0], alpha, groups)};
   }
 };
 
@@ -558,25 +569,14 @@ struct BinaryLayerBackward : public Node {
     variable_list out(2);
     const at::Tensor gx = x_slot >= 0 ? grads[x_slot] : at::Tensor();
     const at::Tensor gw = w_slot >= 0 ? grads[w_slot] : at::Tensor();
-    // a double backward, or a batched grad (no storage to walk): the differentiable expression
-    const bool expression = at::GradMode::is_enabled() || (gx.defined() && !gx.has_storage()) ||
-                            (gw.defined() && !gw.has_storage());
     const at::Tensor xs = gx.defined() ? x.unpack() : at::Tensor();  // (torch's error after a release)
     const at::Tensor ws = gw.defined() ? w.unpack() : at::Tensor();
-    if (gw.defined() && !expression) {
-      TORCH_CHECK(alpha.defined(), "reste_ext: the binary layer's backward ran twice without retain_graph=True");
-    }
-    if (gx.defined() && gw.defined() && !expression) {
+    if (gx.defined() && gw.defined() && !by_expression(gx) && !by_expression(gw) && alpha.defined()) {
       std::tie(out[0], out[1]) = layer_backward_both(xs, gx, est_x->params, ws, gw, alpha, groups, est_w->params);
-      return out;
+      return out;  // (both kernels in one launch)
     }
-    if (gx.defined()) {
-      out[0] = expression ? reference_grad(*est_x, xs, gx, 0) : backward_with(xs, gx, est_x->params);
-    }
-    if (gw.defined()) {
-      out[1] = expression ? reference_grad(*est_w, ws, gw, groups)
-                          : scaled_sign_backward_with(ws, gw, alpha, groups, est_w->params);
-    }
+    if (gx.defined()) out[0] = input_grad(*est_x, xs, gx);
+    if (gw.defined()) out[1] = weight_grad(*est_w, ws, gw, alpha, groups);
     return out;
   }
 };
