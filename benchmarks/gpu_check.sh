@@ -7,10 +7,11 @@
 #   2. --cuda-graphs: 10 graphed steps (with a recapture when lr and o move) against 10 eager
 #      steps, fp32 and bf16; a graphed evaluation; a 12-epoch graphed engine run on digits whose
 #      reserved memory must stay flat over the captures;
-#   3. the compiled extension (reste.cuda_ext, RESTE_CUDA_EXT=1), built with nvcc (in the background while 1 and 2 run):
-#      tests/test_cuda_ext.py on CUDA tensors (its kernels and C++ autograd nodes against the PyTorch
+#   3. the compiled extension (reste.cuda_ext; the default where nvcc is found), built with nvcc (in the background
+#      while 1 and 2 run): tests/test_cuda_ext.py on CUDA tensors (its kernels and C++ autograd nodes against the PyTorch
 #      path, large-group reductions, no host-device synchronisation), section 2's graphed steps through
-#      its nodes, and the host time of a binary layer's nodes (benchmarks/node_overhead.py). Only an
+#      its nodes, that the default (RESTE_CUDA_EXT unset) takes them, and the host time of a binary layer's nodes
+#      (benchmarks/node_overhead.py). Only an
 #      extension that passed these is timed in section 4;
 #   4. the training-step rows of benchmarks/train_step.py --device cuda (eager, eager through the C++
 #      nodes, graphed), each variant interleaved with the others;
@@ -41,6 +42,10 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 # each line as it is printed: into a pipe (tee, the device tool) Python holds its output back, and a section
 # that its time limit kills would lose everything it printed, the line it hung after too
 export PYTHONUNBUFFERED=1
+# the Python nodes (Triton kernels) unless a section asks for the C++ nodes itself (section 3, train_step.py's *_ext
+# rows): the default, RESTE_CUDA_EXT=auto, would take them wherever nvcc is found, and section 1 would wait on the
+# build that section 3 runs in the background
+export RESTE_CUDA_EXT=0
 
 if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   echo "gpu_check: no CUDA GPU is visible to torch here (torch.cuda.is_available() is False); nothing was checked" >&2
@@ -375,7 +380,7 @@ from reste.config import TrainConfig
 from reste.cudagraph import CudaGraphs, GraphedStep
 from reste.rundir import read_metrics
 
-work, mode = sys.argv[1], sys.argv[2]  # mode: "triton" (the default path) or "ext" (RESTE_CUDA_EXT=1's C++ nodes)
+work, mode = sys.argv[1], sys.argv[2]  # mode: "triton" (the Python nodes, RESTE_CUDA_EXT=0) or "ext" (the C++ nodes)
 dev = torch.device("cuda")
 cuda_ext.set_enabled(mode == "ext")
 torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -529,6 +534,34 @@ if [ "$EXTBUILD" -eq 0 ]; then
   limited 90 "$PYTHON" "$WORK/graphs.py" "$WORK" ext || EXTGRAPHS=$?
   status "3. CUDA graphs through the C++ nodes" "$EXTGRAPHS"
   [ "$EXTGRAPHS" -eq 0 ] || EXT=1
+  # the default, RESTE_CUDA_EXT unset (auto), must take the C++ nodes on this machine, where nvcc built them: the
+  # *_ext rows of section 4 ask for them by set_enabled(True), so this is what ties their figures to the default
+  DEFAULT=0
+  limited 60 env -u RESTE_CUDA_EXT "$PYTHON" - <<'PY' || DEFAULT=$?
+import sys
+
+import torch
+
+from reste import cuda_ext, engine, models
+
+model = models.create("resnet20_1w1a").cuda().train()
+x = torch.randn(8, 3, 32, 32, device="cuda")
+model(x)  # (each layer's first forward checks its inputs through the module path)
+stack, seen, nodes = [model(x).sum().grad_fn], set(), 0
+while stack:
+    node = stack.pop()
+    if node is not None and node not in seen:
+        seen.add(node)
+        nodes += node.name().startswith("reste_ext::")
+        stack.extend(child for child, _ in node.next_functions)
+path = engine.kernel_path(torch.device("cuda"))
+ok = cuda_ext.mode() == "auto" and nodes > 0 and path == engine.CPP_NODES
+print(f"  {'ok  ' if ok else 'FAIL'} RESTE_CUDA_EXT unset ({cuda_ext.mode()}): {nodes} C++ node(s) in a ResNet-20 "
+      f"step, the estimators' path: {path}{'' if ok else f' ({cuda_ext.error()})'}")
+sys.exit(0 if ok else 1)
+PY
+  status "3. the default takes the C++ nodes" "$DEFAULT"
+  [ "$DEFAULT" -eq 0 ] || EXT=1
   echo "  host time of the binary nodes on this machine (benchmarks/node_overhead.py; no target):"
   NODES=0
   limited 90 "$PYTHON" benchmarks/node_overhead.py --device cuda --rounds 5 --calls 200 > "$WORK/nodes.txt" 2>&1 \
@@ -606,6 +639,8 @@ def mark(value, op, bound):
     return "MET" if (value <= bound if op == "<=" else value >= bound) else "NOT MET"
 
 
+print("  (Python nodes: RESTE_CUDA_EXT=0, or no CUDA toolkit; C++ nodes: the default, RESTE_CUDA_EXT=auto, where "
+      "one is found)")
 for key, ext_key, label, op, bound in [
         ("reste/fp", "reste_ext/fp", "ReSTE / FP, eager", "<=", 1.15),
         ("reste/ste", "reste_ext/ste_ext", "ReSTE / STE, eager", "<=", 1.05),
@@ -613,19 +648,20 @@ for key, ext_key, label, op, bound in [
     for row, r in rows.items():
         v = r["ratios"][key]
         if r.get("kernels_error"):  # timed on PyTorch ops: no figure of the fused kernels
-            print(f"  {label:<52} {row:<22} {v:6.2f}x  (target {op} {bound:g}x)  NOT MEASURED (the fused kernels "
-                  f"were off: {r['kernels_error'][:100]})")
+            print(f"  {label + ', Python nodes':<56} {row:<22} {v:6.2f}x  (target {op} {bound:g}x)  NOT MEASURED (the "
+                  f"fused kernels were off: {r['kernels_error'][:100]})")
         else:
-            print(f"  {label:<52} {row:<22} {v:6.2f}x  (target {op} {bound:g}x)  {mark(v, op, bound)}")
+            print(f"  {label + ', Python nodes':<56} {row:<22} {v:6.2f}x  (target {op} {bound:g}x)  "
+                  f"{mark(v, op, bound)}")
     for row in [*failed, *unreached]:
-        print(f"  {label:<52} {row:<22}          (target {op} {bound:g}x)  NOT MEASURED")
-    for row in [*rows, *failed, *unreached]:  # the same with the compiled extension's C++ nodes (RESTE_CUDA_EXT=1)
+        print(f"  {label + ', Python nodes':<56} {row:<22}          (target {op} {bound:g}x)  NOT MEASURED")
+    for row in [*rows, *failed, *unreached]:  # the same with the compiled extension's C++ nodes
         ratios = rows[row]["ratios"] if row in rows else {}
         if ext_key in ratios:
             v = ratios[ext_key]
-            print(f"  {label + ', C++ nodes':<52} {row:<22} {v:6.2f}x  (target {op} {bound:g}x)  {mark(v, op, bound)}")
+            print(f"  {label + ', C++ nodes':<56} {row:<22} {v:6.2f}x  (target {op} {bound:g}x)  {mark(v, op, bound)}")
         else:
-            print(f"  {label + ', C++ nodes':<52} {row:<22}          (target {op} {bound:g}x)  NOT MEASURED")
+            print(f"  {label + ', C++ nodes':<56} {row:<22}          (target {op} {bound:g}x)  NOT MEASURED")
 graphed_row = "resnet20-bf16-cl"
 med = rows.get(graphed_row, {}).get("median_ms", {})
 capture_error = rows.get(graphed_row, {}).get("graph_errors", {}).get("reste")

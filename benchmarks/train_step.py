@@ -81,13 +81,13 @@ VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops", "ste_ext"
             "ste_graphed", "reste_graphed")
 LABELS = {
     "fp": "(1) resnet20, full precision",
-    "ste": "(2) resnet20_1w1a, STE",
-    "reste": "(3) resnet20_1w1a, ReSTE",
+    "ste": "(2) resnet20_1w1a, STE, Python nodes",
+    "reste": "(3) resnet20_1w1a, ReSTE, Python nodes",
     "reference": "(4) reference ReSTE (mask backward)",
     "ste_ops": "(2') STE, PyTorch ops (no fused)",
     "reste_ops": "(3') ReSTE, PyTorch ops (no fused)",
-    "ste_ext": "(2x) STE, C++ nodes (RESTE_CUDA_EXT=1)",
-    "reste_ext": "(3x) ReSTE, C++ nodes (RESTE_CUDA_EXT=1)",
+    "ste_ext": "(2x) STE, C++ nodes",
+    "reste_ext": "(3x) ReSTE, C++ nodes",
     "fp_graphed": "(1g) full precision, one CUDA graph",
     "ste_graphed": "(2g) STE, one CUDA graph",
     "reste_graphed": "(3g) ReSTE, one CUDA graph",
@@ -193,7 +193,7 @@ def parse_args() -> argparse.Namespace:
                          "'' times the one configuration of --batch-size, --amp and --channels-last")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--no-ext", dest="ext", action="store_false",
-                    help="on a GPU, do not build and time the compiled extension's C++ nodes (RESTE_CUDA_EXT=1)")
+                    help="on a GPU, do not build and time the compiled extension's C++ nodes")
     ap.add_argument("--graphs", action="store_true",
                     help="cuda: also time fp, ste and reste captured as one CUDA graph per step")
     return ap.parse_args()
@@ -201,7 +201,7 @@ def parse_args() -> argparse.Namespace:
 
 def ext_nodes(model: nn.Module, x: torch.Tensor) -> int:
     """How many of the compiled extension's C++ autograd nodes one forward of ``model`` on ``x`` records with
-    ``RESTE_CUDA_EXT`` on: 0 where the extension takes none of its binary layers (its rows would then time
+    the extension asked for: 0 where the extension takes none of its binary layers (its rows would then time
     the Triton path under another name)."""
     fused.set_enabled(True)
     cuda_ext.set_enabled(True)
@@ -548,7 +548,8 @@ def print_rows(results: dict[str, dict], args: argparse.Namespace, device: torch
         print(f"  {row:<22}" + "".join(f"{r['median_ms'].get(k, math.nan):>11.2f}" for k in cols)
               + f"{q['reste/fp']:>9.2f}x{q['reste/ste']:>9.2f}x{q['reference/reste']:>9.2f}x")
     print("  (*_ops: the same model with the fused kernels off, RESTE_FUSED=0: the PyTorch-op path;")
-    print("   *_ext: the same model through the compiled extension's C++ autograd nodes, RESTE_CUDA_EXT=1;")
+    print("   *_ext: the same model through the compiled extension's C++ autograd nodes, which the default,")
+    print("   RESTE_CUDA_EXT=auto, takes where nvcc is found; ste and reste: its Python nodes, RESTE_CUDA_EXT=0;")
     print("   *_graphed: the step captured as one CUDA graph and replayed by reste.cudagraph.GraphedStep, as")
     print("   reste train --cuda-graphs does, o frozen; the reference cannot be captured: its backward reads o")
     print("   on the host)")

@@ -715,7 +715,7 @@ def test_a_cuda_build_is_kept_per_gpu_architecture(monkeypatch):
     assert cuda_ext._build_name(False) == (monkeypatch.delenv("TORCH_CUDA_ARCH_LIST") or cuda_ext._build_name(False))
 
 
-def test_a_build_whose_kernels_cannot_run_leaves_the_triton_path(monkeypatch):
+def test_a_build_whose_kernels_cannot_run_leaves_the_triton_path(monkeypatch, tmp_path):
     """(review gpurev #4) A build can succeed and its kernels not run (a GPU outside TORCH_CUDA_ARCH_LIST): one
     launch at the first CUDA use finds it, warns once and leaves the Triton path, instead of a layer's forward
     ending the run. The launch check itself: the real kernels pass it, a failing or wrong sign does not."""
@@ -737,35 +737,153 @@ def test_a_build_whose_kernels_cannot_run_leaves_the_triton_path(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(cuda_ext, "_launch_fails", lambda module, device: "RuntimeError: no kernel image")
+    monkeypatch.setattr(cuda_ext, "_BUILT", [(tmp_path, "/a/toolkit")])
+    monkeypatch.setattr(cuda_ext, "_RECORDED", [])
     with pytest.warns(RuntimeWarning, match=r"built but cannot run its kernels on this GPU \(RuntimeError: no "
                                             r"kernel image\); using the Triton kernels"):
         assert not cuda_ext._loaded(cuda=True)
     assert cuda_ext._STATE == [None] and not cuda_ext._loaded(cuda=True)  # once: no second launch, no warning
+    # recorded, so that RESTE_CUDA_EXT=auto does not load it again in the next process
+    assert cuda_ext._recorded_failure(tmp_path, "/a/toolkit") == ("its kernels do not run on this GPU: RuntimeError: "
+                                                                  "no kernel image")
+    assert cuda_ext._recorded_failure(tmp_path, "/another/toolkit") is None
 
 
-def test_opt_in_by_environment(monkeypatch):
+def test_the_switch_is_auto_by_default_and_read_once(monkeypatch):
     cpu = torch.randn(3)
     monkeypatch.setattr(cuda_ext, "_FORCED", [])
+    monkeypatch.setattr(cuda_ext, "_STATE", [])
     monkeypatch.delenv("RESTE_CUDA_EXT", raising=False)
     cuda_ext.set_enabled(None)
-    assert not cuda_ext.requested() and not cuda_ext.may_take(cpu)
-    monkeypatch.setenv("RESTE_CUDA_EXT", "1")
-    assert not cuda_ext.requested()  # read once and kept
-    cuda_ext.set_enabled(None)
-    assert cuda_ext.requested()
+    assert cuda_ext.mode() == "auto" and cuda_ext.requested()
     assert not cuda_ext.may_take(cpu)  # CPU tensors keep the C kernels and PyTorch ops
-    monkeypatch.setenv("RESTE_CUDA_EXT", "off")
+    monkeypatch.setenv("RESTE_CUDA_EXT", "0")
+    assert cuda_ext.mode() == "auto"  # read once and kept
     cuda_ext.set_enabled(None)
-    assert not cuda_ext.requested()
+    assert cuda_ext.mode() == "off" and not cuda_ext.requested()
+    for value, want in (("1", "on"), ("yes", "on"), ("off", "off"), ("Auto", "auto")):
+        monkeypatch.setenv("RESTE_CUDA_EXT", value)
+        cuda_ext.set_enabled(None)
+        assert cuda_ext.mode() == want
+    monkeypatch.setenv("RESTE_CUDA_EXT", "maybe")  # none of them: unset, said once
+    cuda_ext.set_enabled(None)
+    with pytest.warns(RuntimeWarning, match=r"RESTE_CUDA_EXT='maybe' is none of on \(1, on, true, yes\), off "
+                                            r"\(0, off, false, no\), auto; it is taken as unset: auto"):
+        assert cuda_ext.mode() == "auto"
     cuda_ext.set_enabled(True)  # the call wins over the environment
-    assert cuda_ext.requested()
+    assert cuda_ext.mode() == "on"
+    cuda_ext.set_enabled("auto")
+    assert cuda_ext.mode() == "auto"
+    with pytest.raises(ValueError, match="RESTE_CUDA_EXT: 'yes' is none of True, False, 'auto' or None"):
+        cuda_ext.set_enabled("yes")
+    monkeypatch.setattr(cuda_ext, "_STATE", [None])  # found unusable in this process: CUDA tensors ask no more
+    assert not cuda_ext.requested()
+
+
+@pytest.fixture
+def toolkit_for_auto(tmp_path, monkeypatch):
+    """A process about to use the extension for a CUDA tensor under RESTE_CUDA_EXT=auto, in a cache of its own, with a
+    stand-in toolkit and a GPU said to be there; torch's build is the test's ``load`` (``loads`` counts its calls)."""
+    from torch.utils import cpp_extension
+
+    home = _toolkit(tmp_path / "cuda")
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cuda_ext, "cuda_home", lambda: str(home))
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)  # (build sets it)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda_ext, "_architectures", lambda: [(9, 0)])
+    for name in ("_STATE", "_ERROR", "_FORCED", "_MODULE", "_BUILT", "_RECORDED"):
+        monkeypatch.setattr(cuda_ext, name, [])
+    monkeypatch.setattr(cuda_ext, "_SMOKED", [True])  # (no launch of stand-in kernels)
+    monkeypatch.setattr(cuda_ext, "_define_reference", lambda: None)  # (the real build defined it already)
+    cuda_ext.set_enabled("auto")
+    loads = []
+
+    def load(**kwargs):
+        loads.append(kwargs["name"])
+        if load.error:
+            raise RuntimeError(f"Error building extension '{kwargs['name']}'\n{load.error}")
+        return object()
+
+    load.error = "nvcc fatal : Unsupported gpu architecture 'compute_90'"
+    monkeypatch.setattr(cpp_extension, "load", load)
+    return home, load, loads
+
+
+def test_auto_goes_without_the_extension_where_no_toolkit_is_found(toolkit_for_auto, monkeypatch):
+    """Most pip installs of torch come without nvcc: there ``auto`` builds nothing and says nothing (the engine's note
+    for an eager GPU run gives :func:`error`'s reason), and CUDA tensors stop asking."""
+    _, _, loads = toolkit_for_auto
+    monkeypatch.setattr(cuda_ext, "cuda_home", lambda: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not cuda_ext._loaded(cuda=True) and not cuda_ext._loaded(cuda=True)
+    assert not loads and "no CUDA toolkit was found" in cuda_ext.error() and not cuda_ext.requested()
+
+
+def test_auto_records_a_failed_build_and_does_not_build_it_again(toolkit_for_auto, monkeypatch, capsys):
+    """A toolkit that cannot build the extension would cost a failed build (a minute) in every process of every run:
+    the first failure warns and is recorded in the build's folder; later processes under ``auto`` go without it in
+    silence. Another toolkit, compiler or ninja, RESTE_CUDA_EXT=1, or removing the record tries again; a success
+    removes it."""
+    home, load, loads = toolkit_for_auto
+    with pytest.warns(RuntimeWarning, match=r"did not build \(RuntimeError: nvcc fatal : Unsupported gpu architecture "
+                                            r"'compute_90'\); using the Triton kernels \(it is not tried again with "
+                                            r"this toolkit: .*reste-build-failed.txt records it; remove that file, or "
+                                            r"set RESTE_CUDA_EXT=1, to try again\)"):
+        assert not cuda_ext._loaded(cuda=True)
+    record = cuda_ext._RECORDED[0]
+    assert len(loads) == 1 and record.parent.parent.name == "ext" and record.parent.name == loads[0]
+
+    def next_process():
+        for name in ("_STATE", "_ERROR", "_RECORDED"):
+            monkeypatch.setattr(cuda_ext, name, [])
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            loaded = cuda_ext._loaded(cuda=True)
+        return loaded, [str(w.message) for w in said]
+
+    assert next_process() == (False, [])
+    assert len(loads) == 1  # not built again
+    assert cuda_ext.error() == (f"it failed to build with this toolkit before (RuntimeError: nvcc fatal : Unsupported "
+                                f"gpu architecture 'compute_90'); {record} records it: remove that file, or set "
+                                "RESTE_CUDA_EXT=1, to try again")
+    later = (home / "bin" / "nvcc").stat().st_mtime_ns + 10**9
+    os.utime(home / "bin" / "nvcc", ns=(later, later))  # another nvcc: tried again (and failed again, warned)
+    loaded, said = next_process()
+    assert not loaded and len(loads) == 2 and said and "did not build" in said[0]
+    assert next_process() == (False, []) and len(loads) == 2
+    monkeypatch.setenv("CXX", "clang++")  # another compiler: tried again
+    assert not next_process()[0] and len(loads) == 3
+    ninja = home.parent / "venv" / "bin" / "ninja"  # ninja installed (torch's build needs it): tried again
+    ninja.parent.mkdir(parents=True)
+    ninja.write_text("#!/bin/sh\n")
+    ninja.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{ninja.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert not next_process()[0] and len(loads) == 4
+    cuda_ext.set_enabled(True)  # asked for: tried whatever the record says, and said
+    loaded, said = next_process()
+    assert not loaded and len(loads) == 5 and "RESTE_CUDA_EXT=0 goes without it" in said[0]
+    cuda_ext.set_enabled("auto")
+    assert next_process() == (False, []) and len(loads) == 5
+    record.unlink()  # the record removed: tried again, and this time it builds, saying so
+    load.error = None
+    capsys.readouterr()
+    assert next_process() == (True, []) and len(loads) == 6 and cuda_ext._STATE == ["cuda"]
+    assert not record.exists()
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 2 and said[0].startswith(f"reste: building the C++/CUDA extension in {record.parent} (once")
+    assert re.fullmatch(r"reste: built the extension in \d+ s", said[1])
+    cuda_ext._record_failure(record.parent, str(home), "RuntimeError: earlier")  # a success removes an old record
+    cuda_ext.set_enabled(True)
+    assert next_process() == (True, []) and not record.exists() and len(loads) == 7
 
 
 def test_a_failed_build_warns_once_and_leaves_the_triton_path(monkeypatch):
     monkeypatch.setattr(cuda_ext, "_STATE", [])
     monkeypatch.setattr(cuda_ext, "_ERROR", [])
 
-    def broken(cuda=None):
+    def broken(cuda=None, skip_failed=False):
         raise RuntimeError("Error building extension 'reste_ext'\nnvcc fatal: Unsupported gpu architecture")
 
     monkeypatch.setattr(cuda_ext, "build", broken)

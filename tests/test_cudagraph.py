@@ -449,19 +449,27 @@ def test_an_eager_gpu_run_is_told_about_cuda_graphs_or_the_cpp_nodes(monkeypatch
     from reste import cuda_ext
 
     cuda = torch.device("cuda")
+    monkeypatch.setattr(cuda_ext, "available", lambda: False)
     tip = engine.gpu_speed_tip(TrainConfig(), cuda, False)
-    assert tip and "--cuda-graphs" in tip
+    assert tip and "--cuda-graphs" in tip and "against 21.3 ms eager:" in tip
+    monkeypatch.setattr(cuda_ext, "available", lambda: True)  # the eager figure of the path this run takes
+    assert "against 12.0 ms eager through reste's C++ nodes" in engine.gpu_speed_tip(TrainConfig(), cuda, False)
     for config, device, distributed in ((TrainConfig(), torch.device("cpu"), False),
                                         (TrainConfig(cuda_graphs=True), cuda, False),
                                         (TrainConfig(compile=True), cuda, False)):
         assert engine.gpu_speed_tip(config, device, distributed) is None
-    # where the graphs are refused (fp16, --accumulate, torchrun): the C++ nodes, unless they are asked for already
-    monkeypatch.setattr(cuda_ext, "requested", lambda: False)
+    # where the graphs are refused (fp16, --accumulate, torchrun): why the C++ nodes are not used, where they are not
+    monkeypatch.setattr(cuda_ext, "available", lambda: False)
+    monkeypatch.setattr(cuda_ext, "error", lambda: "no CUDA toolkit was found (nvcc)")
     for config, distributed in ((TrainConfig(amp="fp16"), False), (TrainConfig(accumulate=2), False),
                                 (TrainConfig(), True)):
         tip = engine.gpu_speed_tip(config, cuda, distributed)
-        assert tip and "RESTE_CUDA_EXT=1" in tip and "--cuda-graphs" not in tip
-    monkeypatch.setattr(cuda_ext, "requested", lambda: True)
+        assert tip and "C++ nodes are not used here (no CUDA toolkit was found (nvcc))" in tip
+        assert "--cuda-graphs" not in tip
+    cuda_ext.set_enabled(False)  # turned off: nothing to say
+    assert engine.gpu_speed_tip(TrainConfig(amp="fp16"), cuda, False) is None
+    cuda_ext.set_enabled("auto")
+    monkeypatch.setattr(cuda_ext, "available", lambda: True)  # used: nothing to say
     assert engine.gpu_speed_tip(TrainConfig(amp="fp16"), cuda, False) is None
 
 

@@ -532,6 +532,21 @@ def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == "PyTorch ops (RESTE_FUSED=0)"
 
 
+def test_a_checkpoint_of_the_cpp_nodes_from_when_they_were_opt_in_is_on_the_same_path(tmp_path, monkeypatch):
+    """Checkpoints saved while the C++ nodes were asked for by RESTE_CUDA_EXT=1 name that switch; a resume through
+    them now, the default, is on the same path and says nothing of it."""
+    monkeypatch.setattr(engine, "kernel_path", lambda device: "C++ extension (RESTE_CUDA_EXT=1)")
+    engine.train(small(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
+    monkeypatch.setattr(engine, "kernel_path", lambda device: engine.CPP_NODES)
+    lines = []
+    engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
+    assert not any("continues with their" in line for line in lines), lines
+    monkeypatch.setattr(engine, "kernel_path", lambda device: "Triton kernels")  # (the test can fail)
+    engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
+    assert any("trained with the estimators' C++ extension and continues with their Triton kernels" in line
+               for line in lines), lines
+
+
 def test_eval_shows_its_progress_over_the_batches(tmp_path, monkeypatch):
     from tqdm.auto import tqdm
 

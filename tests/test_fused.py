@@ -201,7 +201,7 @@ def test_environment_switch(monkeypatch):
     assert not fused.enabled()
     monkeypatch.setenv("RESTE_FUSED", "of")  # neither on nor off: the default, with a warning (newuser3)
     fused.set_enabled(None)
-    with pytest.warns(RuntimeWarning, match="RESTE_FUSED='of' is neither on .* taken as unset: on"):
+    with pytest.warns(RuntimeWarning, match="RESTE_FUSED='of' is none of on .* taken as unset: on"):
         assert fused.enabled()
     fused.set_enabled(None)
 

@@ -26,7 +26,7 @@ def _python_parts() -> list[str]:
 def test_the_script_parses_and_its_python_compiles():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     parts = _python_parts()
-    assert len(parts) == 3  # kernels, CUDA graphs, the target report
+    assert len(parts) == 4  # kernels, CUDA graphs, the default's C++ nodes, the target report
     for i, code in enumerate(parts):
         compile(code, f"gpu_check.sh, Python part {i}", "exec")
 
@@ -42,7 +42,7 @@ def test_without_a_gpu_it_checks_nothing_and_says_so():
 
 def _report(tmp_path: Path, rows: dict | None, epoch: dict | None, failed: dict | None = None,
             planned: list[str] | None = None) -> str:
-    report = _python_parts()[2]
+    report = _python_parts()[-1]
     rows_json, epoch_json = tmp_path / "rows.json", tmp_path / "epoch.json"
     if rows is not None:
         measured = {"torch": "x", "device": "a made-up GPU", "rows": rows}
@@ -78,7 +78,7 @@ def test_the_report_marks_each_target_from_the_numbers(tmp_path):
     assert line("ReSTE / STE, eager", "resnet20-fp32").endswith(" MET")
     assert line("reference / ReSTE", "resnet20-bf16-cl").endswith(" MET")
     assert line("reference / ReSTE", "resnet20-fp32").endswith("NOT MET")
-    # the C++ nodes' lines (RESTE_CUDA_EXT=1): marked where measured, NOT MEASURED where not
+    # the C++ nodes' lines (the default where nvcc is found): marked where measured, NOT MEASURED where not
     assert line("ReSTE / FP, eager, C++ nodes", "resnet20-bf16-cl").endswith(" MET")
     assert line("ReSTE / STE, eager, C++ nodes", "resnet20-bf16-cl").endswith("NOT MET")
     assert line("reference / ReSTE, eager, C++ nodes", "resnet20-bf16-cl").endswith(" MET")
@@ -101,7 +101,7 @@ def test_a_row_that_failed_is_not_measured_and_the_others_count(tmp_path):
                   failed={"resnet20-bf16-cl": "OutOfMemoryError: CUDA out of memory"})
     lines = out.splitlines()
     assert "row resnet20-bf16-cl failed (OutOfMemoryError: CUDA out of memory)" in out
-    for label in ("ReSTE / FP, eager ", "ReSTE / STE, eager ", "reference / ReSTE, eager "):
+    for label in ("ReSTE / FP, eager, Python", "ReSTE / STE, eager, Python", "reference / ReSTE, eager, Python"):
         assert next(x for x in lines if label in x and "resnet20-fp32" in x).endswith(" MET")
         assert next(x for x in lines if label in x and "resnet20-bf16-cl" in x).endswith("NOT MEASURED")
     assert next(x for x in lines if "--cuda-graphs" in x).endswith("NOT MEASURED (its row failed; see above)")
@@ -117,7 +117,7 @@ def test_rows_that_section_4_did_not_reach_are_not_measured_and_named(tmp_path):
     lines = out.splitlines()
     for name in planned[1:]:
         assert f"row {name} was not reached" in out
-        for label in ("ReSTE / FP, eager ", "ReSTE / STE, eager ", "reference / ReSTE, eager ",
+        for label in ("ReSTE / FP, eager, Python", "ReSTE / STE, eager, Python", "reference / ReSTE, eager, Python",
                       "ReSTE / FP, eager, C++ nodes"):
             assert next(x for x in lines if label in x and name in x).endswith("NOT MEASURED")
     graphed = next(x for x in lines if "--cuda-graphs" in x)

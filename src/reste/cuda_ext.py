@@ -27,17 +27,21 @@ fused multiply-adds), the same scalars (:mod:`reste.kernel_args`), 16-bit values
 and rounded once. A double backward (``create_graph=True``) runs the differentiable PyTorch
 expression (:func:`reste.estimators.reference_backward`).
 
-**Opt-in**: ``RESTE_CUDA_EXT=1`` (or :func:`set_enabled`) turns it on for CUDA tensors (the first use builds it
-with nvcc; it has run on one GPU model). By default, and wherever it does not apply (CPU tensors, float64,
-``torch.compile`` tracing, compiled autograd, ReSTE's ``o`` held in a tensor, a plugin's hyper-parameter that is no
-number, a tensor subclass such as DTensor, ``RESTE_FUSED=0``), the Triton kernels and then the PyTorch ops run as
-before.
+**Where it runs**: ``RESTE_CUDA_EXT`` (or :func:`set_enabled`) says. ``auto``, the default, uses it for CUDA tensors
+where a CUDA toolkit is found (nvcc, ``cuda_runtime.h``, ``libcudart``: :func:`cuda_home`) and this source did not fail
+to build with that toolkit and compiler before; ``1`` builds it whatever it takes, and warns where it cannot; ``0``
+never uses it. Where it is not used, and wherever it does not apply (CPU tensors, float64, ``torch.compile`` tracing,
+compiled autograd, ReSTE's ``o`` held in a tensor, a plugin's hyper-parameter that is no number, a tensor subclass
+such as DTensor, ``RESTE_FUSED=0``), the Triton kernels and then the PyTorch ops run. Its kernels have run on one GPU
+model (H200) so far; :func:`error` says why it is not used.
 
 It is built on first use with ``torch.utils.cpp_extension`` (a C++ compiler, and ``nvcc`` for the
 CUDA kernels; about a minute, once) and cached under :func:`reste.native.cache_dir`, in folders that
 must be the user's alone (torch imports what it finds there). Where the build fails, or is refused,
 a warning says why and the Triton path runs; so it does where the build's kernels cannot run on the GPU
-(one launch at the first CUDA use checks it). Built without CUDA (no ``nvcc``, or
+(one launch at the first CUDA use checks it). Either failure is recorded in the build's folder
+(``reste-build-failed.txt``), so that ``auto`` does not build it again in every process: another toolkit, compiler
+or ninja, ``RESTE_CUDA_EXT=1`` or removing that file tries again. Built without CUDA (no ``nvcc``, or
 :func:`forced` in the tests), the same nodes run serial CPU loops over the same ``g``
 (``estimators.h``): that is how CI tests them without a GPU.
 """
@@ -63,10 +67,10 @@ from torch import Tensor
 
 from . import fused
 from .kernel_args import KINDS, MAX_GROUPS, autocast_dtype, kernel_scalars
-from .native import CANNOT_LOCK, EnvSwitch, untrusted_path, writable_cache
+from .native import CANNOT_LOCK, EnvMode, untrusted_path, writable_cache
 
 __all__ = ["available", "binary_layer", "binary_sign", "build", "cuda_home", "error", "forced", "form", "may_take",
-           "requested", "scaled_sign", "set_enabled", "sign", "takes_layer"]
+           "mode", "requested", "scaled_sign", "set_enabled", "sign", "Skipped", "takes_layer"]
 
 SOURCE_DIR = Path(__file__).resolve().with_name("csrc") / "ext"
 _CPP, _CU, _HEADER = "ops.cpp", "kernels.cu", "estimators.h"
@@ -77,19 +81,30 @@ _FORCED: list[bool] = []
 _LOCK = threading.Lock()
 _LIBRARIES: list[Any] = []  # the Python fragment of the op library (kept alive)
 _MODULE: list[Any] = []  # the built extension's Python module (its pybind11 entry points)
-_REQUESTED = EnvSwitch("RESTE_CUDA_EXT", default=False)
+_MODE = EnvMode("RESTE_CUDA_EXT")
+_FAILED = "reste-build-failed.txt"  # in a build's folder: the record of its failure (see _loaded)
+_BUILT: list[tuple[Path, str | None]] = []  # the loaded build's folder and toolkit (a failed launch is recorded there)
+_RECORDED: list[Path] = []  # the record of a failure this process wrote
+
+
+def mode() -> str:
+    """How the extension is asked for: ``set_enabled``'s setting, else ``RESTE_CUDA_EXT``, read at the first call and
+    kept (:class:`reste.native.EnvMode`): ``"auto"`` (the default) uses it where a CUDA toolkit is found and no build
+    of this source with that toolkit failed before; ``"on"`` (1/on/true/yes) builds it whatever it takes, and warns
+    where it cannot; ``"off"`` (0/off/false/no) never uses it."""
+    return _MODE()
 
 
 def requested() -> bool:
-    """Whether the extension is asked for: ``set_enabled``'s flag, else ``RESTE_CUDA_EXT`` (1/on/true/yes;
-    off by default), read at the first call and kept (:class:`reste.native.EnvSwitch`)."""
-    return _REQUESTED()
+    """Whether CUDA tensors may take the extension in this process: :func:`mode` is not ``"off"``, and it has not
+    turned out unusable here (no toolkit under ``auto``, a failed build, kernels that cannot run)."""
+    return _MODE() != "off" and (not _STATE or _STATE[0] is not None)
 
 
-def set_enabled(flag: bool | None) -> None:
-    """Ask for the extension (``True``) or not for this process; ``None`` goes back to ``RESTE_CUDA_EXT``
-    (read again)."""
-    _REQUESTED.set(flag)
+def set_enabled(flag: bool | str | None) -> None:
+    """Ask for the extension (``True``), not (``False``) or where it can be built (``"auto"``) in this process;
+    ``None`` goes back to ``RESTE_CUDA_EXT`` (read again)."""
+    _MODE.set(flag)
 
 
 def _build_name(cuda: bool) -> str:
@@ -152,10 +167,17 @@ def _toolkit_rank(home: str) -> tuple[bool, tuple[int, ...]]:
     return bool(wanted) and version[:1] == wanted[:1], version
 
 
-def build(cuda: bool | None = None) -> str:
+class Skipped(RuntimeError):
+    """The build was not tried (``build(skip_failed=True)``, as ``RESTE_CUDA_EXT=auto`` asks): the same source failed
+    to build before with the same toolkit, compiler and ninja (its record says why)."""
+
+
+def build(cuda: bool | None = None, *, skip_failed: bool = False) -> str:
     """Build (the first time; cached) and load the extension; returns ``"cuda"`` or ``"cpu"``, the kind
     loaded. ``cuda=None``: with the CUDA kernels where a GPU and ``nvcc`` are present. One kind per
-    process (both register the same ops). Raises what the build raises."""
+    process (both register the same ops). Raises what the build raises, after recording its failure in the build's
+    folder; ``skip_failed`` raises :class:`Skipped` instead of building again where such a record holds the same
+    toolkit, compiler and ninja (a success removes the record)."""
     with _LOCK:
         if _STATE and _STATE[0] is not None:
             return _STATE[0]
@@ -169,20 +191,71 @@ def build(cuda: bool | None = None) -> str:
             cpp_extension.CUDA_HOME = home  # torch's build reads its own guess, made once at its import
         name = _build_name(with_cuda)
         directory = _build_folder(name)
-        if not (directory / f"{name}.so").exists():
-            print(f"reste: building the {'C++/CUDA' if with_cuda else 'C++'} extension in {directory} "
-                  "(once, about a minute)", file=sys.stderr, flush=True)
         sources = [str(SOURCE_DIR / _CPP)] + ([str(SOURCE_DIR / _CU)] if with_cuda else [])
         cflags = ["-O3", "-ffp-contract=off"] + (["-DRESTE_WITH_CUDA"] if with_cuda else [])
-        with _builder(directory):
-            module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
-                                        extra_cuda_cflags=["-O3", "--fmad=false"],
-                                        extra_include_paths=[str(SOURCE_DIR)], build_directory=str(directory),
-                                        with_cuda=with_cuda, verbose=False)
+        with _builder(directory):  # (another process of this run may have built it, or failed, while this one waited)
+            failed = _recorded_failure(directory, home) if skip_failed else None
+            if failed:
+                raise Skipped(f"it failed to build with this toolkit before ({failed}); {directory / _FAILED} records "
+                              "it: remove that file, or set RESTE_CUDA_EXT=1, to try again")
+            built = (directory / f"{name}.so").exists()
+            if not built:
+                print(f"reste: building the {'C++/CUDA' if with_cuda else 'C++'} extension in {directory} (once, "
+                      "about a minute; RESTE_CUDA_EXT=0 goes without it)", file=sys.stderr, flush=True)
+            start = time.monotonic()
+            try:
+                module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
+                                            extra_cuda_cflags=["-O3", "--fmad=false"],
+                                            extra_include_paths=[str(SOURCE_DIR)], build_directory=str(directory),
+                                            with_cuda=with_cuda, verbose=False)
+            except Exception as err:
+                _record_failure(directory, home, _last_line(err))
+                raise
+            (directory / _FAILED).unlink(missing_ok=True)
+            if not built:
+                print(f"reste: built the extension in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
         _define_reference()
         _MODULE[:] = [module]
+        _BUILT[:] = [(directory, home)]
         _STATE[:] = ["cuda" if with_cuda else "cpu"]
         return _STATE[0]
+
+
+def _last_line(err: BaseException) -> str:
+    """``err`` in one line: its type and the last line of its text (a build error ends with what failed)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+def _toolchain(home: str | None) -> str:
+    """What a failed build is recorded against, beside its source, torch and GPUs (the folder's name): the CUDA
+    toolkit (its folder, and its nvcc's size and time), the C++ compiler and ninja. A build with another one is
+    tried."""
+    nvcc = "-"
+    if home:
+        with contextlib.suppress(OSError):
+            found = (Path(home) / "bin" / "nvcc").stat()
+            nvcc = f"{found.st_size}:{found.st_mtime_ns}"
+    compiler = shutil.which(os.environ.get("CXX") or "c++") or "-"
+    return f"{home or '-'} {nvcc} {compiler} {shutil.which('ninja') or '-'}"
+
+
+def _record_failure(directory: Path, home: str | None, why: str) -> None:
+    """Record in ``directory`` (the build's private folder) that its build failed with this toolchain, and why, so
+    that ``RESTE_CUDA_EXT=auto`` does not build it again in every process; where it cannot be written, nothing."""
+    with contextlib.suppress(OSError):
+        (directory / _FAILED).write_text(f"{_toolchain(home)}\n{why}\n")
+        _RECORDED[:] = [directory / _FAILED]
+
+
+def _recorded_failure(directory: Path, home: str | None) -> str | None:
+    """Why the build in ``directory`` failed before with this toolchain, from its record; ``None`` without one (or
+    with another toolkit, compiler or ninja)."""
+    try:
+        toolchain, _, why = (directory / _FAILED).read_text().partition("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return (why.strip() or "no reason recorded") if toolchain == _toolchain(home) else None
 
 
 def _build_folder(name: str) -> Path:
@@ -272,13 +345,22 @@ def _define_reference() -> None:
 
 def _loaded(cuda: bool) -> bool:
     """Whether the extension is loaded with what a tensor needs (its CUDA kernels for a CUDA tensor), building
-    it on the first call; a failure warns once, then ``False``."""
+    it on the first call; a failure warns once, then ``False``. Under ``RESTE_CUDA_EXT=auto`` (the default), for a
+    CUDA tensor, it is not built without a CUDA toolkit, nor where this source failed to build with the same toolkit,
+    compiler and ninja before (a record in its build folder): ``False``, silently (:func:`error` says why)."""
     if not _STATE:
+        auto = cuda and not _FORCED and _MODE() == "auto"
+        if auto and not _toolkit_found():
+            _STATE[:], _ERROR[:] = [None], ["no CUDA toolkit was found (nvcc, cuda_runtime.h and libcudart; set "
+                                            "CUDA_HOME to one)"]
+            return False
         try:
-            build(cuda=True if cuda else None)
+            build(cuda=True if cuda else None, skip_failed=auto)
+        except Skipped as skipped:
+            _STATE[:], _ERROR[:] = [None], [str(skipped)]
+            return False
         except Exception as err:  # no compiler, no nvcc, a build error: the Triton path runs
-            text = str(err).strip()
-            _fail(f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}", "did not build")
+            _fail(_last_line(err), "did not build")
             return False
     if _STATE[0] is None:
         return False
@@ -290,6 +372,8 @@ def _loaded(cuda: bool) -> bool:
         _SMOKED.append(True)
         why = _launch_fails(_MODULE[0], torch.device("cuda", torch.cuda.current_device()))
         if why is not None:
+            if _BUILT:  # (auto does not load it again in the next process)
+                _record_failure(*_BUILT[0], f"its kernels do not run on this GPU: {why}")
             _fail(why, "built but cannot run its kernels on this GPU")
             return False
     return True
@@ -323,17 +407,29 @@ def _fail(message: str, what: str, keep: bool = False) -> None:
     if not keep:
         _STATE[:] = [None]
     _ERROR[:] = [message]
-    warnings.warn(f"reste: the C++/CUDA extension {what} ({message}); using the Triton kernels "
-                  "(unset RESTE_CUDA_EXT to silence this)", RuntimeWarning, stacklevel=5)
+    again = "RESTE_CUDA_EXT=0 goes without it"
+    if _MODE() == "auto" and _RECORDED:
+        again = (f"it is not tried again with this toolkit: {_RECORDED[0]} records it; remove that file, or set "
+                 "RESTE_CUDA_EXT=1, to try again")
+    warnings.warn(f"reste: the C++/CUDA extension {what} ({message}); using the Triton kernels ({again})",
+                  RuntimeWarning, stacklevel=5)
+
+
+def _toolkit_found() -> bool:
+    """Whether a whole CUDA toolkit is found (:func:`cuda_home`), which ``RESTE_CUDA_EXT=auto`` builds with."""
+    home = cuda_home()
+    return home is not None and _complete(Path(home))
 
 
 def available() -> bool:
-    """Whether the extension is asked for and loads with its CUDA kernels here (builds it on the first call)."""
+    """Whether the extension is asked for (or ``auto``) and loads with its CUDA kernels here (builds it on the first
+    call)."""
     return requested() and torch.cuda.is_available() and _loaded(cuda=True)
 
 
 def error() -> str | None:
-    """Why the extension is not used after a failed build; ``None`` when it loaded or was not tried."""
+    """Why the extension is not used: a failed build, or under ``auto`` no toolkit or a failure recorded before;
+    ``None`` when it loaded or was not tried."""
     return _ERROR[0] if _ERROR else None
 
 
@@ -349,8 +445,8 @@ def forced() -> Iterator[None]:
 
 
 def may_take(x: Tensor) -> bool:
-    """A cheap first test: whether ``x`` may take the extension at all (a CUDA tensor with
-    ``RESTE_CUDA_EXT=1``, or :func:`forced`)."""
+    """A cheap first test: whether ``x`` may take the extension at all (a CUDA tensor while :func:`requested`, or
+    :func:`forced`)."""
     return bool(_FORCED) or (x.is_cuda and requested())
 
 

@@ -598,7 +598,8 @@ class _Run:
                      f"{batch * self.dist.world_size} images instead of {trained * saved_world} (scale --batch-size "
                      "or --lr to keep the recipe)")
         kernels = kernel_path(self.device)
-        if ckpt.get("kernels") not in (None, kernels) and self.start_epoch < self.config.epochs:
+        saved_path = _SAME_PATH.get(ckpt.get("kernels"), ckpt.get("kernels"))
+        if saved_path not in (None, kernels) and self.start_epoch < self.config.epochs:
             self.log(f"note: {self.run_dir} trained with the estimators' {ckpt['kernels']} and continues with their "
                      f"{kernels}: their float32 results differ in the last bits, so the run can differ from an "
                      "uninterrupted one")
@@ -1286,6 +1287,10 @@ def _warn_defined_in_main(config: TrainConfig) -> None:
 _TOLD_MAIN: set[str] = set()  # what _warn_defined_in_main said in this process
 
 
+CPP_NODES = "C++ extension"
+_SAME_PATH = {"C++ extension (RESTE_CUDA_EXT=1)": CPP_NODES}  # what checkpoints before RESTE_CUDA_EXT=auto said
+
+
 def kernel_path(device: torch.device) -> str:
     """Which code computes sign and the estimators' backward on ``device`` in this process (recorded in each
     checkpoint: a resume on another path can round differently)."""
@@ -1298,8 +1303,8 @@ def kernel_path(device: torch.device) -> str:
     if device.type == "cuda":
         from . import cuda_ext, triton_dispatch
 
-        if cuda_ext.requested() and cuda_ext.available():  # asked for and built: what ran
-            return "C++ extension (RESTE_CUDA_EXT=1)"
+        if cuda_ext.available():  # asked for (or auto) and built: what runs
+            return CPP_NODES
         return "Triton kernels" if triton_dispatch.available() else "PyTorch ops (no Triton)"
     return "PyTorch ops"
 
@@ -1372,6 +1377,10 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
     run.log(f"training {config.model} ({binarization_text(config.to_dict())}) on {config.dataset}: "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {optimizer_text(config.to_dict())}, "
             f"device {run.device}{procs} -> {run_dir}")
+    if run.device.type == "cuda" and not config.compile:  # the C++ nodes built now (once, saying so), not in a step
+        from . import cuda_ext
+
+        cuda_ext.available()
     for note in (*recipe_notes(config, world), accumulate_note(config, run.model, world_size=world),
                  gpu_speed_tip(config, run.device, run.dist.enabled), _one_epoch_note(config, run.model)):
         if note:
@@ -1487,21 +1496,25 @@ def _forward_reads_schedule(model: nn.Module) -> bool:
 
 def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
     """A note for an eager CUDA run, whose small models' steps the host bounds: ``--cuda-graphs`` where the run could
-    take it (one process, no --compile, no fp16, no --accumulate), else the C++ nodes (``RESTE_CUDA_EXT=1``) where
-    they are not asked for. The figures are one run's of benchmarks/gpu_check.sh (RESULTS.md, 2026-12-04, second
-    session)."""
+    take it (one process, no --compile, no fp16, no --accumulate), else why the C++ nodes (:mod:`reste.cuda_ext`) are
+    not used, where ``RESTE_CUDA_EXT`` did not turn them off (this builds them, once, where they can be). The figures
+    are one run's of benchmarks/gpu_check.sh (RESULTS.md, 2026-12-04, second session: a ResNet-20 ReSTE step in bf16
+    took 21.3 ms eager through the Python nodes, 12.0 ms through the C++ nodes, 4.2 ms graphed; the float step 11.7 ms
+    eager)."""
     if device.type != "cuda" or config.cuda_graphs or config.compile:
         return None
-    if not (config.amp == "fp16" or distributed or config.accumulate > 1):
-        return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
-                "ResNet-20 ReSTE step in bf16 took 4.2 ms graphed against 21.3 ms eager: benchmarks/RESULTS.md)")
     from . import cuda_ext
 
-    if cuda_ext.requested():
+    cpp = cuda_ext.mode() != "off" and cuda_ext.available()
+    if not (config.amp == "fp16" or distributed or config.accumulate > 1):
+        eager = "12.0 ms eager through reste's C++ nodes" if cpp else "21.3 ms eager"
+        return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
+                f"ResNet-20 ReSTE step in bf16 took 4.2 ms graphed against {eager}: benchmarks/RESULTS.md)")
+    if cpp or cuda_ext.mode() == "off":
         return None
-    return ("note: this GPU run is eager; RESTE_CUDA_EXT=1 runs each binary layer in one call to C++, built once "
-            "with nvcc (on an H200 a ResNet-20 ReSTE step in bf16 took 12.0 ms with it against 21.3 ms, and the float "
-            "step 11.7 ms: benchmarks/RESULTS.md)")
+    return ("note: this GPU run is eager and its binary layers run through Python nodes: reste's C++ nodes are not "
+            f"used here ({cuda_ext.error() or 'not built'}); on an H200 they took a ResNet-20 ReSTE step in bf16 from "
+            "21.3 ms to 12.0 ms, against 11.7 ms for the float step (benchmarks/RESULTS.md)")
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,

@@ -87,7 +87,7 @@ def sign(x: Tensor) -> Tensor:
     """
     _floating_only(x, "sign", "its +-1 and NaN are floats")
     if not fused.under_functorch():  # torch.func's tensors are wrappers that no kernel can read
-        y = cuda_ext.sign(x)  # None unless the compiled extension takes x (RESTE_CUDA_EXT=1)
+        y = cuda_ext.sign(x)  # None unless the compiled extension takes x (RESTE_CUDA_EXT)
         if y is None:
             y = triton_dispatch.sign(x)
         if y is None:
@@ -562,7 +562,7 @@ class Estimator(nn.Module):
             return _SignFunctionSplit.apply(x, lambda z: self._g(z, **p), None)
         if _forward_mode():  # torch.func's wrappers, forward_ad's duals: no kernel
             return _SignFunctionForward.apply(x, lambda z: self._g(z, **p), None)
-        y = cuda_ext.binary_sign(kind, x, p)  # the extension's C++ node (RESTE_CUDA_EXT=1)
+        y = cuda_ext.binary_sign(kind, x, p)  # the extension's C++ node
         if y is not None:
             return y
         # the C kernels compute the built-in's g: not a subclass's own _g (review api #14)
@@ -578,7 +578,7 @@ class Estimator(nn.Module):
         if kind is None or self._forward_pre_hooks or self._forward_hooks:
             return None  # hooks expect this module to be called on the weight
         p = self.params()
-        y = cuda_ext.scaled_sign(w, kind, groups, p)  # one C++ autograd node (RESTE_CUDA_EXT=1)
+        y = cuda_ext.scaled_sign(w, kind, groups, p)  # one C++ autograd node
         if y is not None:
             return y
 

@@ -143,7 +143,7 @@ class _BinaryMixin:
         return bw if alpha is None else bw * alpha
 
     def _ext_forward(self, x: Tensor, op: int) -> Tensor | None:
-        """The layer's forward as one call into the compiled extension (``RESTE_CUDA_EXT=1``; ``op``: 0 linear, else
+        """The layer's forward as one call into the compiled extension (:mod:`reste.cuda_ext`; ``op``: 0 linear, else
         the convolution's spatial dimensions), or ``None`` where it does not take this call. The nodes are those that
         ``binary_input`` and ``binary_weight`` make through it; what the one call saves is their host time in Python,
         which bounds an eager GPU step."""

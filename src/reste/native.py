@@ -59,6 +59,9 @@ def c_source(package: str, filename: str) -> SourceFile:
     return importlib.resources.files(package) / "csrc" / filename
 
 
+_ON, _OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
+
+
 class EnvSwitch:
     """An on/off switch read from environment variable ``name`` (1/on/true/yes or 0/off/false/no; unset gives
     ``default``, and anything else too, with a warning) at the first call and kept: the fused paths ask several
@@ -71,17 +74,47 @@ class EnvSwitch:
 
     def __call__(self) -> bool:
         if self._value is None:
-            raw = os.environ.get(self.name, "").strip().lower()
-            on, off = raw in ("1", "on", "true", "yes"), raw in ("0", "off", "false", "no")
-            if raw and not (on or off):  # a value of neither kind: said once, not taken silently (newuser3)
-                warnings.warn(f"{self.name}={os.environ[self.name]!r} is neither on (1, on, true, yes) nor off (0, "
-                              f"off, false, no); it is taken as unset: {'on' if self.default else 'off'}",
-                              RuntimeWarning, stacklevel=2)
-            self._value = on or (self.default and not off)
+            self._value = _env_setting(self.name, "on" if self.default else "off") == "on"
         return self._value
 
     def set(self, flag: bool | None) -> None:
         self._value = None if flag is None else bool(flag)
+
+
+class EnvMode:
+    """A switch of three settings read from environment variable ``name``: ``"on"`` (1/on/true/yes), ``"off"``
+    (0/off/false/no) or ``"auto"`` (auto, unset, and anything else, with a warning), at the first call and kept, as
+    :class:`EnvSwitch`. ``set(flag)`` overrides it for this process (``True`` on, ``False`` off, ``"auto"``);
+    ``set(None)`` goes back to the variable (read again)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._value: str | None = None
+
+    def __call__(self) -> str:
+        if self._value is None:
+            self._value = _env_setting(self.name, "auto", extra=("auto",))
+        return self._value
+
+    def set(self, flag: bool | str | None) -> None:
+        if flag is not None and flag not in (True, False, "auto"):
+            raise ValueError(f"{self.name}: {flag!r} is none of True, False, 'auto' or None")
+        self._value = None if flag is None else flag if isinstance(flag, str) else "on" if flag else "off"
+
+
+def _env_setting(name: str, unset: str, extra: tuple[str, ...] = ()) -> str:
+    """``"on"``, ``"off"`` or one of ``extra`` as environment variable ``name`` says; ``unset`` where it is unset,
+    and where it is none of those too, with a warning (said once, not taken silently: newuser3)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _ON or raw in _OFF:
+        return "on" if raw in _ON else "off"
+    if raw in extra:
+        return raw
+    if raw:
+        kinds = ", ".join([f"on ({', '.join(_ON)})", f"off ({', '.join(_OFF)})", *extra])
+        warnings.warn(f"{name}={os.environ[name]!r} is none of {kinds}; it is taken as unset: {unset}",
+                      RuntimeWarning, stacklevel=3)
+    return unset
 
 
 #: what ``flock`` answers on a file system that keeps no locks (review portable #10): Lustre mounted without
