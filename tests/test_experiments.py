@@ -446,18 +446,19 @@ def test_a_plot_of_runs_whose_indicators_were_measured_in_other_modes_says_so(tm
     assert "estimating error" in [ax.get_title() for ax in fig.axes]
 
 
-def test_a_plot_draws_a_repeated_epoch_line_once_in_epoch_order(tmp_path):
+def test_a_plot_of_a_run_with_a_line_repeated_out_of_its_place_names_the_damage(tmp_path):
     """(review experiments #3) A repeated line of metrics.jsonl drew a second point, the curve running back to its
-    epoch; the plot reads a run's epochs as show and the report count them: each once, a repeated one's last line."""
+    epoch. reste writes each epoch's line once, after the epoch before it: a line out of that order is damage, which
+    the plot names as show and the report do (review chaos3 #2), in one line."""
     from reste.experiments.plots import runs_figure
 
     _real_like_run(tmp_path / "a", "reste", [2.0, 1.0, 0.5], {})
     path = tmp_path / "a" / "metrics.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join([*lines, lines[1].replace('"test_acc": 49.0', '"test_acc": 60.0')]) + "\n")
-    acc = next(ax for ax in runs_figure([tmp_path / "a"]).axes if ax.get_title() == "accuracy (%)")
-    test = acc.lines[1]
-    assert list(test.get_xdata()) == [1, 2, 3] and list(test.get_ydata()) == [48.0, 60.0, 50.0]
+    with pytest.raises(UsageError, match=r"metrics.jsonl lines 3 and 4 are out of order \(epoch 3, then 2\); the "
+                                         r"file is corrupted"):
+        runs_figure([tmp_path / "a"])
 
 
 def test_the_legend_of_runs_names_no_setting_that_leaves_the_training_alone(tmp_path):

@@ -64,6 +64,13 @@ def test_every_reader_and_the_truncation_leave_out_a_torn_last_line(tmp_path):
     ('{"epoch": 1, "test_acc": NaN}\n' + _lines({"epoch": 2, "test_acc": 2.0}), "no number as its test_acc"),
     ('{"epoch": 1, "test_acc": 1.0, "train_acc": Infinity}\n' + _lines({"epoch": 2, "test_acc": 2.0}),
      "no number as its train_acc"),
+    # (review chaos3 #2) an epoch number changed: counted as that many epochs, the lines between as lost; a line
+    # repeated out of its place: read as a second run of its epoch. Each line is written after the epoch before it
+    (_lines(*({"epoch": e, "test_acc": 1.0} for e in (1, 9, 3, 4))),
+     r"lines 2 and 3 are out of order \(epoch 9, then 3\); the file is corrupted: mend the wrong epoch number"),
+    (_lines(*({"epoch": e, "test_acc": 1.0} for e in (1, 2, 3, 2))), r"lines 3 and 4 are out of order \(epoch 3, "
+                                                                      r"then 2\)"),
+    (_lines(*({"epoch": e, "test_acc": 1.0} for e in (1, 2, 2, 3))), r"lines 2 and 3 are out of order"),
 ])
 def test_damage_before_the_last_line_is_a_one_line_error(tmp_path, text, line):
     (tmp_path / rundir.METRICS).write_text(text)

@@ -1159,13 +1159,20 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
         if bad:  # every reader computes with them (a best, a mean, a curve): a TypeError far from the file
             raise UsageError(f"{path} line {i + 1} (epoch {record['epoch']}) has no number as its {bad}; the file "
                              f"is corrupted: {_MEND}")
+        if out and record["epoch"] <= out[-1][1]["epoch"]:  # a line is only ever appended after the epoch before
+            # it: an epoch number changed by damage was counted as that many epochs, and the lines between as lost
+            # (review chaos3 #2); a line repeated out of its place was read as a second run of its epoch
+            raise UsageError(f"{path} lines {i} and {i + 1} are out of order (epoch {out[-1][1]['epoch']}, then "
+                             f"{record['epoch']}); the file is corrupted: mend the wrong epoch number, or delete "
+                             "its line (resume puts back the last epoch's from last.pt)")
         out.append((line, record))
     return out
 
 
 def epoch_lines(metrics: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
-    """The lines of the epochs ``metrics`` holds, in order, a repeated epoch's last line; and the epochs below the
-    last that have none: runs are counted by their set of epochs, which a repeated line cannot fool."""
+    """The lines of the epochs ``metrics`` holds, in order (a repeated epoch's last line, where ``metrics`` did not
+    come from :func:`read_metrics`, which refuses lines out of order); and the epochs below the last that have none:
+    runs are counted by their set of epochs."""
     by_epoch = {m["epoch"]: m for m in metrics}
     missing = [e for e in range(1, max(by_epoch, default=0) + 1) if e not in by_epoch]
     return [by_epoch[e] for e in sorted(by_epoch)], missing
