@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -715,7 +716,7 @@ def test_a_cuda_build_is_kept_per_gpu_architecture(monkeypatch):
     assert cuda_ext._build_name(False) == (monkeypatch.delenv("TORCH_CUDA_ARCH_LIST") or cuda_ext._build_name(False))
 
 
-def test_a_build_whose_kernels_cannot_run_leaves_the_triton_path(monkeypatch, tmp_path):
+def test_a_build_whose_kernels_cannot_run_leaves_the_triton_path(monkeypatch):
     """(review gpurev #4) A build can succeed and its kernels not run (a GPU outside TORCH_CUDA_ARCH_LIST): one
     launch at the first CUDA use finds it, warns once and leaves the Triton path, instead of a layer's forward
     ending the run. The launch check itself: the real kernels pass it, a failing or wrong sign does not."""
@@ -737,16 +738,14 @@ def test_a_build_whose_kernels_cannot_run_leaves_the_triton_path(monkeypatch, tm
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(cuda_ext, "_launch_fails", lambda module, device: "RuntimeError: no kernel image")
-    monkeypatch.setattr(cuda_ext, "_BUILT", [(tmp_path, "/a/toolkit")])
     monkeypatch.setattr(cuda_ext, "_RECORDED", [])
     with pytest.warns(RuntimeWarning, match=r"built but cannot run its kernels on this GPU \(RuntimeError: no "
                                             r"kernel image\); using the Triton kernels"):
         assert not cuda_ext._loaded(cuda=True)
     assert cuda_ext._STATE == [None] and not cuda_ext._loaded(cuda=True)  # once: no second launch, no warning
-    # recorded, so that RESTE_CUDA_EXT=auto does not load it again in the next process
-    assert cuda_ext._recorded_failure(tmp_path, "/a/toolkit") == ("its kernels do not run on this GPU: RuntimeError: "
-                                                                  "no kernel image")
-    assert cuda_ext._recorded_failure(tmp_path, "/another/toolkit") is None
+    # not recorded (review diff18 #5): a launch may fail for the moment's reasons (memory) or one node's (its driver),
+    # and a record in a cache that a cluster's nodes share would turn the extension off on all of them
+    assert cuda_ext._RECORDED == []
 
 
 def test_the_switch_is_auto_by_default_and_read_once(monkeypatch):
@@ -774,7 +773,9 @@ def test_the_switch_is_auto_by_default_and_read_once(monkeypatch):
     assert cuda_ext.mode() == "on"
     cuda_ext.set_enabled("auto")
     assert cuda_ext.mode() == "auto"
-    with pytest.raises(ValueError, match="RESTE_CUDA_EXT: 'yes' is none of True, False, 'auto' or None"):
+    cuda_ext.set_enabled("off")  # the words mode() answers
+    assert cuda_ext.mode() == "off"
+    with pytest.raises(ValueError, match="RESTE_CUDA_EXT: 'yes' is none of True, False, 'on', 'off', 'auto' or None"):
         cuda_ext.set_enabled("yes")
     monkeypatch.setattr(cuda_ext, "_STATE", [None])  # found unusable in this process: CUDA tensors ask no more
     assert not cuda_ext.requested()
@@ -792,7 +793,7 @@ def toolkit_for_auto(tmp_path, monkeypatch):
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)  # (build sets it)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(cuda_ext, "_architectures", lambda: [(9, 0)])
-    for name in ("_STATE", "_ERROR", "_FORCED", "_MODULE", "_BUILT", "_RECORDED"):
+    for name in ("_STATE", "_ERROR", "_FORCED", "_MODULE", "_RECORDED", "_DECLINED"):
         monkeypatch.setattr(cuda_ext, name, [])
     monkeypatch.setattr(cuda_ext, "_SMOKED", [True])  # (no launch of stand-in kernels)
     monkeypatch.setattr(cuda_ext, "_define_reference", lambda: None)  # (the real build defined it already)
@@ -836,7 +837,7 @@ def test_auto_records_a_failed_build_and_does_not_build_it_again(toolkit_for_aut
     assert len(loads) == 1 and record.parent.parent.name == "ext" and record.parent.name == loads[0]
 
     def next_process():
-        for name in ("_STATE", "_ERROR", "_RECORDED"):
+        for name in ("_STATE", "_ERROR", "_RECORDED", "_DECLINED"):
             monkeypatch.setattr(cuda_ext, name, [])
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
@@ -855,28 +856,73 @@ def test_auto_records_a_failed_build_and_does_not_build_it_again(toolkit_for_aut
     assert next_process() == (False, []) and len(loads) == 2
     monkeypatch.setenv("CXX", "clang++")  # another compiler: tried again
     assert not next_process()[0] and len(loads) == 3
+    monkeypatch.setenv("CC", "gcc-12")  # nvcc's host compiler (-ccbin $CC; review diff18 #2): tried again
+    assert not next_process()[0] and len(loads) == 4
+    assert next_process() == (False, []) and len(loads) == 4
+    old = time.time() - 8 * 86400  # a week on: tried again (something the record does not key may have been mended)
+    os.utime(record, (old, old))
+    assert not next_process()[0] and len(loads) == 5
     ninja = home.parent / "venv" / "bin" / "ninja"  # ninja installed (torch's build needs it): tried again
     ninja.parent.mkdir(parents=True)
     ninja.write_text("#!/bin/sh\n")
     ninja.chmod(0o755)
     monkeypatch.setenv("PATH", f"{ninja.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    assert not next_process()[0] and len(loads) == 4
+    assert not next_process()[0] and len(loads) == 6
     cuda_ext.set_enabled(True)  # asked for: tried whatever the record says, and said
     loaded, said = next_process()
-    assert not loaded and len(loads) == 5 and "RESTE_CUDA_EXT=0 goes without it" in said[0]
+    assert not loaded and len(loads) == 7 and "RESTE_CUDA_EXT=0 goes without it" in said[0]
     cuda_ext.set_enabled("auto")
-    assert next_process() == (False, []) and len(loads) == 5
+    assert next_process() == (False, []) and len(loads) == 7
+    cuda_ext.set_enabled(True)  # asked for in the same process after auto went without it: built at the next use
+    with pytest.warns(RuntimeWarning, match="did not build"):  # (review diff18 #6: nothing happened)
+        assert not cuda_ext._loaded(cuda=True)
+    assert len(loads) == 8
+    cuda_ext.set_enabled("auto")
     record.unlink()  # the record removed: tried again, and this time it builds, saying so
     load.error = None
     capsys.readouterr()
-    assert next_process() == (True, []) and len(loads) == 6 and cuda_ext._STATE == ["cuda"]
+    assert next_process() == (True, []) and len(loads) == 9 and cuda_ext._STATE == ["cuda"]
     assert not record.exists()
     said = capsys.readouterr().err.splitlines()
     assert len(said) == 2 and said[0].startswith(f"reste: building the C++/CUDA extension in {record.parent} (once")
     assert re.fullmatch(r"reste: built the extension in \d+ s", said[1])
     cuda_ext._record_failure(record.parent, str(home), "RuntimeError: earlier")  # a success removes an old record
     cuda_ext.set_enabled(True)
-    assert next_process() == (True, []) and not record.exists() and len(loads) == 7
+    assert next_process() == (True, []) and not record.exists() and len(loads) == 10
+
+
+@pytest.mark.parametrize("why", ["ninja: build stopped: interrupted by user.",
+                                 "c++: fatal error: Killed signal terminated program cc1plus",
+                                 "/usr/bin/ld: final link failed: No space left on device"])
+def test_a_build_stopped_or_killed_is_not_recorded(toolkit_for_auto, why):
+    """(review diff18 #1) Ctrl-C or SIGTERM during the first build of a run (whose handler only notes the stop) reaches
+    ninja and the compilers too; a build killed, or short of disk, failed for the moment's reasons. Recorded, each
+    would have turned the extension off in silence for good."""
+    _, load, loads = toolkit_for_auto
+    load.error = f"[1/3] c++ -c ops.cpp\nFAILED: ops.o\n{why}"
+    with pytest.warns(RuntimeWarning, match="did not build"):
+        assert not cuda_ext._loaded(cuda=True)
+    assert cuda_ext._RECORDED == [] and len(loads) == 1
+    assert not list((Path(os.environ["RESTE_CACHE"]) / "ext").glob(f"*/{cuda_ext._FAILED}"))
+
+
+def test_the_extension_is_not_used_or_built_with_the_fused_paths_off(toolkit_for_auto, monkeypatch):
+    """(review diff18 #4) RESTE_FUSED=0 runs the PyTorch ops: the extension is neither built nor said to run."""
+    _, _, loads = toolkit_for_auto
+    monkeypatch.setattr(cuda_ext, "_SMOKED", [])
+    fused.set_enabled(False)
+    assert not cuda_ext.available() and not loads
+    fused.set_enabled(None)
+    monkeypatch.setenv("RESTE_FUSED", "1")
+    fused.set_enabled(None)
+    assert not cuda_ext.ready()  # (asked without building: nothing built yet)
+    monkeypatch.setattr(cuda_ext, "_launch_fails", lambda module, device: None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    toolkit_for_auto[1].error = None
+    assert cuda_ext.available() and cuda_ext.ready() and len(loads) == 1
+    fused.set_enabled(False)
+    assert not cuda_ext.ready() and not cuda_ext.available()
 
 
 def test_a_failed_build_warns_once_and_leaves_the_triton_path(monkeypatch):
@@ -1092,6 +1138,31 @@ def test_the_runtime_library_is_looked_for_where_torchs_link_step_looks(tmp_path
     assert cuda_ext._complete(home)
     (home / "lib64").mkdir()  # an empty lib64 beside it: torch takes lib64, which has no libcudart.so
     assert not cuda_ext._complete(home)
+
+
+def test_a_distributions_toolkit_in_usr_is_complete(monkeypatch):
+    """(review diff18, suggestion) Debian's nvidia-cuda-toolkit puts nvcc in /usr/bin and libcudart.so in
+    /usr/lib/<multiarch>, which the linker searches whatever -L torch passes: auto must not take that for no toolkit."""
+    files = {"/usr/bin/nvcc", "/usr/include/cuda_runtime.h"}
+    libraries = ["/usr/lib/x86_64-linux-gnu/libcudart.so"]
+
+    class Fake(type(Path())):  # (the file system of such a machine, for these few paths)
+        def is_file(self):
+            return str(self) in files
+
+        def exists(self):
+            return str(self) in files
+
+        def glob(self, pattern):
+            return iter([Fake(f) for f in libraries] if str(self) == "/usr/lib" else [])
+
+    monkeypatch.setattr(cuda_ext, "Path", Fake)
+    assert cuda_ext._complete(Fake("/usr"))
+    libraries.clear()
+    assert not cuda_ext._complete(Fake("/usr"))
+    libraries.append("/usr/lib/x86_64-linux-gnu/libcudart.so")
+    files.discard("/usr/bin/nvcc")
+    assert not cuda_ext._complete(Fake("/usr"))
 
 
 def test_bad_arguments_are_refused_in_one_line():

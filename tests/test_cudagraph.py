@@ -445,6 +445,22 @@ def test_graphed_evaluation_captures_each_shape_once_and_gives_the_eager_metrics
     assert forward(torch.randn(5, 1, 8, 8)).shape == (5, 10) and forward.captures == 3
 
 
+def test_the_kernel_path_a_checkpoint_records_builds_nothing(monkeypatch):
+    """(review diff18 #3) Each checkpoint and each resume records which path the estimators take: a --compile run,
+    which never builds the C++ nodes at its start, built them at its first checkpoint, and recorded a path its steps
+    did not take."""
+    from reste import cuda_ext, fused
+
+    monkeypatch.setattr(cuda_ext, "_loaded", lambda cuda: pytest.fail("the extension was built"))
+    monkeypatch.setattr(cuda_ext, "_STATE", [])
+    assert engine.kernel_path(torch.device("cuda")) != engine.CPP_NODES
+    monkeypatch.setattr(cuda_ext, "_STATE", ["cuda"])  # built and launched (a run's start): what its steps take
+    monkeypatch.setattr(cuda_ext, "_SMOKED", [True])
+    cuda_ext.set_enabled("auto")
+    fused.set_enabled(True)  # (whatever RESTE_FUSED the suite runs under)
+    assert engine.kernel_path(torch.device("cuda")) == engine.CPP_NODES
+
+
 def test_an_eager_gpu_run_is_told_about_cuda_graphs_or_the_cpp_nodes(monkeypatch):
     from reste import cuda_ext
 

@@ -39,10 +39,11 @@ It is built on first use with ``torch.utils.cpp_extension`` (a C++ compiler, and
 CUDA kernels; about a minute, once) and cached under :func:`reste.native.cache_dir`, in folders that
 must be the user's alone (torch imports what it finds there). Where the build fails, or is refused,
 a warning says why and the Triton path runs; so it does where the build's kernels cannot run on the GPU
-(one launch at the first CUDA use checks it). Either failure is recorded in the build's folder
-(``reste-build-failed.txt``), so that ``auto`` does not build it again in every process: another toolkit, compiler
-or ninja, ``RESTE_CUDA_EXT=1`` or removing that file tries again. Built without CUDA (no ``nvcc``, or
-:func:`forced` in the tests), the same nodes run serial CPU loops over the same ``g``
+(one launch at the first CUDA use checks it). A failed build is recorded in the build's folder
+(``reste-build-failed.txt``), so that ``auto`` does not build it again in every process: another toolkit, compiler,
+ninja or build variable (``CC``, ``NVCC_APPEND_FLAGS`` ...), ``RESTE_CUDA_EXT=1``, removing that file, or a week
+tries again. A build that was stopped (Ctrl-C), killed or short of disk is not recorded. Built without CUDA (no
+``nvcc``, or :func:`forced` in the tests), the same nodes run serial CPU loops over the same ``g``
 (``estimators.h``): that is how CI tests them without a GPU.
 """
 
@@ -51,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -70,7 +72,7 @@ from .kernel_args import KINDS, MAX_GROUPS, autocast_dtype, kernel_scalars
 from .native import CANNOT_LOCK, EnvMode, untrusted_path, writable_cache
 
 __all__ = ["available", "binary_layer", "binary_sign", "build", "cuda_home", "error", "forced", "form", "may_take",
-           "mode", "requested", "scaled_sign", "set_enabled", "sign", "Skipped", "takes_layer"]
+           "mode", "ready", "requested", "scaled_sign", "set_enabled", "sign", "Skipped", "takes_layer"]
 
 SOURCE_DIR = Path(__file__).resolve().with_name("csrc") / "ext"
 _CPP, _CU, _HEADER = "ops.cpp", "kernels.cu", "estimators.h"
@@ -83,8 +85,17 @@ _LIBRARIES: list[Any] = []  # the Python fragment of the op library (kept alive)
 _MODULE: list[Any] = []  # the built extension's Python module (its pybind11 entry points)
 _MODE = EnvMode("RESTE_CUDA_EXT")
 _FAILED = "reste-build-failed.txt"  # in a build's folder: the record of its failure (see _loaded)
-_BUILT: list[tuple[Path, str | None]] = []  # the loaded build's folder and toolkit (a failed launch is recorded there)
 _RECORDED: list[Path] = []  # the record of a failure this process wrote
+_DECLINED: list[bool] = []  # [True] where auto went without it in this process (no toolkit, a recorded failure)
+# what a failed build's text says where the failure was the moment's, not the toolchain's: a build stopped (Ctrl-C or
+# SIGTERM reach ninja and the compilers too), a compiler killed (the out-of-memory killer), a full disk. Not recorded
+_PASSING = ("interrupted", "build stopped", "Killed", "signal", "No space left on device", "Cannot allocate memory",
+            "Disk quota exceeded")
+_RECORD_DAYS = 7  # how long a record holds: then auto tries again (something it does not key may have been mended)
+# the environment torch's build reads beside the toolkit: the host compilers (nvcc's -ccbin is $CC where set) and flags
+_BUILD_ENV = ("CC", "CXX", "CUDAHOSTCXX", "NVCC_CCBIN", "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "TORCH_NVCC_FLAGS",
+              "CFLAGS", "CXXFLAGS")
+_CFLAGS, _CUDA_CFLAGS = ("-O3", "-ffp-contract=off"), ("-O3", "--fmad=false")  # reste's own (in the record's key too)
 
 
 def mode() -> str:
@@ -102,9 +113,14 @@ def requested() -> bool:
 
 
 def set_enabled(flag: bool | str | None) -> None:
-    """Ask for the extension (``True``), not (``False``) or where it can be built (``"auto"``) in this process;
-    ``None`` goes back to ``RESTE_CUDA_EXT`` (read again)."""
+    """Ask for the extension (``True`` or ``"on"``), not (``False`` or ``"off"``) or where it can be built (``"auto"``)
+    in this process; ``None`` goes back to ``RESTE_CUDA_EXT`` (read again). Asked for after ``auto`` went without it,
+    it is built at its next use."""
     _MODE.set(flag)
+    if _DECLINED and _MODE() == "on":
+        _STATE.clear()
+        _ERROR.clear()
+        _DECLINED.clear()
 
 
 def _build_name(cuda: bool) -> str:
@@ -131,9 +147,12 @@ _TOOLKITS = ("/usr/local/cuda", "/usr/local/cuda-*")  # where a CUDA toolkit is 
 def _complete(home: Path) -> bool:
     """Whether ``home`` holds what the build needs: nvcc, the runtime's header and its library as torch's link
     step names it (``-lcudart``: ``libcudart.so``; a folder of pip's NVIDIA wheels has ``libcudart.so.13`` alone),
-    in the folder it passes with ``-L``: ``lib64``, or ``lib`` where there is no ``lib64``."""
+    in the folder it passes with ``-L``: ``lib64``, or ``lib`` where there is no ``lib64``; for ``/usr`` (a
+    distribution's package: Debian's nvidia-cuda-toolkit), also a multiarch folder that the linker searches anyway."""
     lib = "lib" if not (home / "lib64").exists() and (home / "lib").exists() else "lib64"
     library = (home / lib / "libcudart.so").exists()
+    if not library and home == Path("/usr"):
+        library = any(Path("/usr/lib").glob("*-linux-gnu/libcudart.so"))
     return (home / "bin" / "nvcc").is_file() and (home / "include" / "cuda_runtime.h").is_file() and library
 
 
@@ -192,7 +211,7 @@ def build(cuda: bool | None = None, *, skip_failed: bool = False) -> str:
         name = _build_name(with_cuda)
         directory = _build_folder(name)
         sources = [str(SOURCE_DIR / _CPP)] + ([str(SOURCE_DIR / _CU)] if with_cuda else [])
-        cflags = ["-O3", "-ffp-contract=off"] + (["-DRESTE_WITH_CUDA"] if with_cuda else [])
+        cflags = [*_CFLAGS] + (["-DRESTE_WITH_CUDA"] if with_cuda else [])
         with _builder(directory):  # (another process of this run may have built it, or failed, while this one waited)
             failed = _recorded_failure(directory, home) if skip_failed else None
             if failed:
@@ -205,18 +224,18 @@ def build(cuda: bool | None = None, *, skip_failed: bool = False) -> str:
             start = time.monotonic()
             try:
                 module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
-                                            extra_cuda_cflags=["-O3", "--fmad=false"],
+                                            extra_cuda_cflags=[*_CUDA_CFLAGS],
                                             extra_include_paths=[str(SOURCE_DIR)], build_directory=str(directory),
                                             with_cuda=with_cuda, verbose=False)
             except Exception as err:
-                _record_failure(directory, home, _last_line(err))
+                if not any(word in str(err) for word in _PASSING):
+                    _record_failure(directory, home, _last_line(err))
                 raise
             (directory / _FAILED).unlink(missing_ok=True)
             if not built:
                 print(f"reste: built the extension in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
         _define_reference()
         _MODULE[:] = [module]
-        _BUILT[:] = [(directory, home)]
         _STATE[:] = ["cuda" if with_cuda else "cpu"]
         return _STATE[0]
 
@@ -229,15 +248,16 @@ def _last_line(err: BaseException) -> str:
 
 def _toolchain(home: str | None) -> str:
     """What a failed build is recorded against, beside its source, torch and GPUs (the folder's name): the CUDA
-    toolkit (its folder, and its nvcc's size and time), the C++ compiler and ninja. A build with another one is
-    tried."""
+    toolkit (its folder, and its nvcc's size and time), the C++ compiler, ninja, and the variables of
+    :data:`_BUILD_ENV` (``CC=gcc-12``, the usual mend of nvcc's "unsupported GNU version"). A build with another one of
+    them is tried."""
     nvcc = "-"
     if home:
         with contextlib.suppress(OSError):
             found = (Path(home) / "bin" / "nvcc").stat()
             nvcc = f"{found.st_size}:{found.st_mtime_ns}"
-    compiler = shutil.which(os.environ.get("CXX") or "c++") or "-"
-    return f"{home or '-'} {nvcc} {compiler} {shutil.which('ninja') or '-'}"
+    tools = [shutil.which(os.environ.get("CXX") or "c++") or "-", shutil.which("ninja") or "-"]
+    return json.dumps([home, nvcc, *tools, *(os.environ.get(name) for name in _BUILD_ENV), _CFLAGS, _CUDA_CFLAGS])
 
 
 def _record_failure(directory: Path, home: str | None, why: str) -> None:
@@ -250,12 +270,16 @@ def _record_failure(directory: Path, home: str | None, why: str) -> None:
 
 def _recorded_failure(directory: Path, home: str | None) -> str | None:
     """Why the build in ``directory`` failed before with this toolchain, from its record; ``None`` without one (or
-    with another toolkit, compiler or ninja)."""
+    with another toolkit, compiler, ninja or build variable, or one older than ``_RECORD_DAYS`` days)."""
+    record = directory / _FAILED
     try:
-        toolchain, _, why = (directory / _FAILED).read_text().partition("\n")
+        toolchain, _, why = record.read_text().partition("\n")
+        age = time.time() - record.stat().st_mtime
     except (OSError, UnicodeDecodeError):
         return None
-    return (why.strip() or "no reason recorded") if toolchain == _toolchain(home) else None
+    if toolchain != _toolchain(home) or not 0 <= age < _RECORD_DAYS * 86400:
+        return None
+    return why.strip() or "no reason recorded"
 
 
 def _build_folder(name: str) -> Path:
@@ -351,13 +375,13 @@ def _loaded(cuda: bool) -> bool:
     if not _STATE:
         auto = cuda and not _FORCED and _MODE() == "auto"
         if auto and not _toolkit_found():
-            _STATE[:], _ERROR[:] = [None], ["no CUDA toolkit was found (nvcc, cuda_runtime.h and libcudart; set "
-                                            "CUDA_HOME to one)"]
+            _STATE[:], _ERROR[:], _DECLINED[:] = [None], ["no CUDA toolkit was found (nvcc, cuda_runtime.h and "
+                                                          "libcudart; set CUDA_HOME to one)"], [True]
             return False
         try:
             build(cuda=True if cuda else None, skip_failed=auto)
         except Skipped as skipped:
-            _STATE[:], _ERROR[:] = [None], [str(skipped)]
+            _STATE[:], _ERROR[:], _DECLINED[:] = [None], [str(skipped)], [True]
             return False
         except Exception as err:  # no compiler, no nvcc, a build error: the Triton path runs
             _fail(_last_line(err), "did not build")
@@ -371,9 +395,7 @@ def _loaded(cuda: bool) -> bool:
     if cuda and not _SMOKED and not torch.cuda.is_current_stream_capturing():  # (a capture follows eager steps)
         _SMOKED.append(True)
         why = _launch_fails(_MODULE[0], torch.device("cuda", torch.cuda.current_device()))
-        if why is not None:
-            if _BUILT:  # (auto does not load it again in the next process)
-                _record_failure(*_BUILT[0], f"its kernels do not run on this GPU: {why}")
+        if why is not None:  # (not recorded: the launch may have failed for the moment's reasons, or this node's)
             _fail(why, "built but cannot run its kernels on this GPU")
             return False
     return True
@@ -422,9 +444,15 @@ def _toolkit_found() -> bool:
 
 
 def available() -> bool:
-    """Whether the extension is asked for (or ``auto``) and loads with its CUDA kernels here (builds it on the first
-    call)."""
-    return requested() and torch.cuda.is_available() and _loaded(cuda=True)
+    """Whether CUDA tensors take the extension here: it is asked for (or ``auto``), the fused paths are on
+    (``RESTE_FUSED``), and it loads with its CUDA kernels (built on the first call)."""
+    return requested() and fused.enabled() and torch.cuda.is_available() and _loaded(cuda=True)
+
+
+def ready() -> bool:
+    """What :func:`available` says where it has been asked in this process, without building anything: whether CUDA
+    tensors take the extension now."""
+    return requested() and fused.enabled() and bool(_STATE) and _STATE[0] == "cuda" and bool(_SMOKED)
 
 
 def error() -> str | None:

@@ -434,6 +434,10 @@ class _Run:
             reason = str(fused.error()).splitlines()[0] if fused.error() else "unknown"
             self.log(f"note: the fused C kernels are unavailable ({reason[:300]}); the estimators run as PyTorch ops, "
                      "which is slower")
+        if self.device.type == "cuda" and not config.compile:  # (a compiled step does not take them)
+            from . import cuda_ext
+
+            cuda_ext.available()  # the C++ nodes built now, once, saying so, not inside the first step
         graph_backend = None
         if config.cuda_graphs:
             try:
@@ -1303,7 +1307,7 @@ def kernel_path(device: torch.device) -> str:
     if device.type == "cuda":
         from . import cuda_ext, triton_dispatch
 
-        if cuda_ext.available():  # asked for (or auto) and built: what runs
+        if cuda_ext.ready():  # taken by CUDA tensors now (a run builds it at its start: _Run; --compile does not)
             return CPP_NODES
         return "Triton kernels" if triton_dispatch.available() else "PyTorch ops (no Triton)"
     return "PyTorch ops"
@@ -1377,10 +1381,6 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
     run.log(f"training {config.model} ({binarization_text(config.to_dict())}) on {config.dataset}: "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {batch}, {optimizer_text(config.to_dict())}, "
             f"device {run.device}{procs} -> {run_dir}")
-    if run.device.type == "cuda" and not config.compile:  # the C++ nodes built now (once, saying so), not in a step
-        from . import cuda_ext
-
-        cuda_ext.available()
     for note in (*recipe_notes(config, world), accumulate_note(config, run.model, world_size=world),
                  gpu_speed_tip(config, run.device, run.dist.enabled), _one_epoch_note(config, run.model)):
         if note:
@@ -1510,7 +1510,9 @@ def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) 
         eager = "12.0 ms eager through reste's C++ nodes" if cpp else "21.3 ms eager"
         return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
                 f"ResNet-20 ReSTE step in bf16 took 4.2 ms graphed against {eager}: benchmarks/RESULTS.md)")
-    if cpp or cuda_ext.mode() == "off":
+    from . import fused
+
+    if cpp or cuda_ext.mode() == "off" or not fused.enabled():  # (RESTE_FUSED=0: the PyTorch ops, as asked)
         return None
     return ("note: this GPU run is eager and its binary layers run through Python nodes: reste's C++ nodes are not "
             f"used here ({cuda_ext.error() or 'not built'}); on an H200 they took a ResNet-20 ReSTE step in bf16 from "

@@ -84,8 +84,8 @@ class EnvSwitch:
 class EnvMode:
     """A switch of three settings read from environment variable ``name``: ``"on"`` (1/on/true/yes), ``"off"``
     (0/off/false/no) or ``"auto"`` (auto, unset, and anything else, with a warning), at the first call and kept, as
-    :class:`EnvSwitch`. ``set(flag)`` overrides it for this process (``True`` on, ``False`` off, ``"auto"``);
-    ``set(None)`` goes back to the variable (read again)."""
+    :class:`EnvSwitch`. ``set(flag)`` overrides it for this process (``True`` or ``"on"``, ``False`` or ``"off"``,
+    ``"auto"``); ``set(None)`` goes back to the variable (read again)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -97,8 +97,8 @@ class EnvMode:
         return self._value
 
     def set(self, flag: bool | str | None) -> None:
-        if flag is not None and flag not in (True, False, "auto"):
-            raise ValueError(f"{self.name}: {flag!r} is none of True, False, 'auto' or None")
+        if flag is not None and flag not in (True, False, "on", "off", "auto"):
+            raise ValueError(f"{self.name}: {flag!r} is none of True, False, 'on', 'off', 'auto' or None")
         self._value = None if flag is None else flag if isinstance(flag, str) else "on" if flag else "off"
 
 
