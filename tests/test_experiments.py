@@ -122,7 +122,7 @@ def test_a_runs_log_planted_as_a_link_is_not_appended_to(tmp_path, monkeypatch):
     lines: list[str] = []
     run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lines.append, report=False)
     assert victim.read_text() == "precious\n"
-    assert any("UsageError" in line and "train.log is not a plain file" in line for line in lines), lines
+    assert any("FAILED" in line and "train.log is not a plain file" in line for line in lines), lines
     assert lines[-1] == "sweep: 1 run failed or left out; see the lines above", lines  # not the log that failed
 
 
@@ -1951,7 +1951,7 @@ def test_a_sweep_whose_only_failures_are_held_runs_exits_75(tmp_path, capsys, mo
                  "--no-report", "--out", str(out)])
     lines = capsys.readouterr().out.splitlines()
     assert code == 75, lines
-    assert "HELD BY ANOTHER JOB, not trained: RunInUse:" in lines[-2] and "pid 4242" in lines[-2]
+    assert "HELD BY ANOTHER JOB, not trained: /" in lines[-2] and "pid 4242" in lines[-2]
     assert lines[-1] == "sweep: 1 run held by another job: run it again later"
     assert not any("train.log in" in line for line in lines)
     assert not list(out.glob("runs/*/seed0/train.log"))

@@ -70,7 +70,8 @@ def test_every_reader_and_the_truncation_leave_out_a_torn_last_line(tmp_path):
      r"lines 2 and 3 are out of order \(epoch 9, then 3\); the file is corrupted: mend the wrong epoch number"),
     (_lines(*({"epoch": e, "test_acc": 1.0} for e in (1, 2, 3, 2))), r"lines 3 and 4 are out of order \(epoch 3, "
                                                                       r"then 2\)"),
-    (_lines(*({"epoch": e, "test_acc": 1.0} for e in (1, 2, 2, 3))), r"lines 2 and 3 are out of order"),
+    (_lines(*({"epoch": e, "test_acc": 1.0} for e in (1, 2, 2, 3))), r"lines 2 and 3 both hold epoch 2; the file "
+                                                                      "is corrupted"),
 ])
 def test_damage_before_the_last_line_is_a_one_line_error(tmp_path, text, line):
     (tmp_path / rundir.METRICS).write_text(text)

@@ -349,8 +349,8 @@ def test_show_counts_a_runs_epochs_not_its_lines(run, capsys, tmp_path):
     # (review combos #1) the best of the lines kept need not be the run's
     assert f"at epoch 2 (of the epochs {METRICS} holds; best.pt holds the run's best)" in text
     (repeated / METRICS).write_text(lines[0] + "\n" + lines[0] + "\n")  # epoch 1 twice, epoch 2 lost
-    summary = run_summary(repeated, steps=False)
-    assert (summary["epochs_done"], summary["finished"], summary["last"]["epoch"]) == (1, False, 1)
+    with pytest.raises(UsageError, match="lines 1 and 2 both hold epoch 1; the file is corrupted"):  # (chaos3 #2)
+        run_summary(repeated, steps=False)
 
 
 @pytest.mark.parametrize("key, value", [("epochs", "1"), ("lr", "0.05")])
@@ -390,14 +390,16 @@ def test_a_failed_sweep_run_is_named_by_show_and_report_until_it_trains_again(tm
     assert main(["show", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "progress   1 finished, 1 failed"
-    assert lines[3].startswith("  model=resnet20_1w1a  seed 0: it failed (UsageError: model 'resnet20_1w1a' ")
+    # (review chaos4, suggestion) a bad input's line without Python's class name, as the sweep's other lines
+    assert lines[3].startswith("  model=resnet20_1w1a  seed 0: it failed (model 'resnet20_1w1a' ")
     assert lines[3].endswith(f"; its traceback is in {failed / 'train.log'}")
     assert lines[4].startswith("continue   the same `reste sweep` command trains the 1 run left")
     assert main(["report", str(out), "--no-plots"]) == 0
-    assert "report: model=resnet20_1w1a seed 0 is left out: it failed (UsageError: " in capsys.readouterr().out
+    assert "report: model=resnet20_1w1a seed 0 is left out: it failed (model 'resnet20_1w1a' " in \
+        capsys.readouterr().out
     # (review rev12 #4) `reste show RUN_DIR` of it too: failed at its start, or stopped by the failure
     line = one_line_error(capsys, "show", str(failed))
-    assert line.startswith(f"reste: error: {failed} holds no run: it failed (UsageError: model 'resnet20_1w1a' ")
+    assert line.startswith(f"reste: error: {failed} holds no run: it failed (model 'resnet20_1w1a' ")
     assert line.endswith("; the sweep trains it again")
     good = out / json.loads((out / "sweep.json").read_text())["settings"][0]["runs"]["0"]
     stopped = tmp_path / "stopped"

@@ -1162,9 +1162,11 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
         if out and record["epoch"] <= out[-1][1]["epoch"]:  # a line is only ever appended after the epoch before
             # it: an epoch number changed by damage was counted as that many epochs, and the lines between as lost
             # (review chaos3 #2); a line repeated out of its place was read as a second run of its epoch
-            raise UsageError(f"{path} lines {i} and {i + 1} are out of order (epoch {out[-1][1]['epoch']}, then "
-                             f"{record['epoch']}); the file is corrupted: mend the wrong epoch number, or delete "
-                             "its line (resume puts back the last epoch's from last.pt)")
+            before = out[-1][1]["epoch"]
+            what = (f"both hold epoch {before}" if before == record["epoch"] else
+                    f"are out of order (epoch {before}, then {record['epoch']})")
+            raise UsageError(f"{path} lines {i} and {i + 1} {what}; the file is corrupted: mend the wrong epoch "
+                             "number, or delete its line (resume puts back the last epoch's from last.pt)")
         out.append((line, record))
     return out
 

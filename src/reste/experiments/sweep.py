@@ -565,7 +565,8 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
                     log(f"cannot record the divergence in {run_dir} ({write_error.strerror})")
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         machine = machine_cause(err)  # (--compile without g++: rev15 #13) every later run would fail so too
-        said = machine or f"{type(err).__name__}: {message}"
+        # (a bad input's own line says what is wrong and what to do; another error's class name tells its kind)
+        said = machine or (message if isinstance(err, UsageError) else f"{type(err).__name__}: {message}")
         if status == "failed":  # for `reste show` and the report, until the sweep trains it again
             with contextlib.suppress(OSError):
                 record_failure(run_dir, said)
