@@ -89,8 +89,8 @@ _RECORDED: list[Path] = []  # the record of a failure this process wrote
 _DECLINED: list[bool] = []  # [True] where auto went without it in this process (no toolkit, a recorded failure)
 # what a failed build's text says where the failure was the moment's, not the toolchain's: a build stopped (Ctrl-C or
 # SIGTERM reach ninja and the compilers too), a compiler killed (the out-of-memory killer), a full disk. Not recorded
-_PASSING = ("interrupted", "build stopped", "Killed", "signal", "No space left on device", "Cannot allocate memory",
-            "Disk quota exceeded")
+_PASSING = ("interrupted", "build stopped", "Killed", "terminated by signal", "No space left on device",
+            "Cannot allocate memory", "Disk quota exceeded")
 _RECORD_DAYS = 7  # how long a record holds: then auto tries again (something it does not key may have been mended)
 # the environment torch's build reads beside the toolkit: the host compilers (nvcc's -ccbin is $CC where set) and flags
 _BUILD_ENV = ("CC", "CXX", "CUDAHOSTCXX", "NVCC_CCBIN", "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "TORCH_NVCC_FLAGS",
