@@ -327,6 +327,11 @@ def test_an_unknown_name_gets_the_closest_valid_one_first(capsys):
     """The flags had "did you mean"; a sub-command's name and the model, data set and estimator names (a list
     of ~600 characters for the models) now have it too, before the list."""
     assert "invalid choice: 'traim'; did you mean 'train'? (choose from " in _one_line(capsys, ["traim"])
+    # (review newuser5 #1) the last choice in the list too: the help pointer after the list is no part of it
+    assert "invalid choice: 'plots'; did you mean 'plot'? (choose from " in _one_line(capsys, ["plots"])
+    line = _one_line(capsys, ["predict", "x.rbnn", "--backend", "nump"])
+    assert "invalid choice: 'nump'; did you mean 'numpy'? (choose from 'auto', 'c', 'numpy') (see `reste predict " \
+        "--help`)" in line, line
     for flag, typo, meant, then in (("--model", "resnet2O", "resnet20", "valid: "),
                                     ("--dataset", "mnist", "fashion-mnist", "choose one of: "),
                                     ("--estimator", "rest", "reste", "valid: ")):

@@ -822,6 +822,25 @@ def test_auto_goes_without_the_extension_where_no_toolkit_is_found(toolkit_for_a
     assert not loads and "no CUDA toolkit was found" in cuda_ext.error() and not cuda_ext.requested()
 
 
+def test_error_says_why_the_extension_is_not_used_before_any_try(monkeypatch):
+    """(review newuser5 #3) The README says error() tells why the extension is not used: on a machine without a GPU
+    it said None."""
+    monkeypatch.setattr(cuda_ext, "_ERROR", [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cuda_ext.set_enabled("auto")
+    assert cuda_ext.error() == "no CUDA GPU is visible to torch: it runs for CUDA tensors alone"
+    cuda_ext.set_enabled(False)
+    assert cuda_ext.error() == "RESTE_CUDA_EXT=0 turns it off"
+    cuda_ext.set_enabled("auto")
+    fused.set_enabled(False)
+    assert "RESTE_FUSED=0" in cuda_ext.error()
+    fused.set_enabled(True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cuda_ext.error() is None  # (a GPU, not tried yet)
+    monkeypatch.setattr(cuda_ext, "_ERROR", ["it did not build"])
+    assert cuda_ext.error() == "it did not build"
+
+
 def test_auto_records_a_failed_build_and_does_not_build_it_again(toolkit_for_auto, monkeypatch, capsys):
     """A toolkit that cannot build the extension would cost a failed build (a minute) in every process of every run:
     the first failure warns and is recorded in the build's folder; later processes under ``auto`` go without it in

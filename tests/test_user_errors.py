@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
 
+from reste import rundir
 from reste.cli import main
 from reste.errors import UsageError
 from cli_checks import one_line_error as _one_line_error
@@ -800,6 +803,18 @@ def test_print_config_and_a_sweeps_dry_run_refuse_what_the_start_would(capsys, t
     capsys.readouterr()
     line = _one_line_error(capsys, "sweep", "--out", str(afile), "--grid", "epochs=1,2", "--dry-run")
     assert line.endswith(f"cannot create the sweep folder {afile} ({afile} is a file); pass another --out")
+    # (review newuser5 #2) a place where no folder can be made (a read-only file system, /proc): what the start says
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with patch.object(rundir.tempfile, "mkdtemp", side_effect=PermissionError(13, "Permission denied")):
+        line = _one_line_error(capsys, "train", "--out", str(locked / "run"), "--print-config")
+        assert line.endswith(f"run directory {locked / 'run'} is not writable (Permission denied); pass another --out")
+        line = _one_line_error(capsys, "sweep", "--out", str(locked / "s"), "--grid", "epochs=1,2", "--dry-run")
+        assert line.endswith(f"cannot create the sweep folder {locked / 's'} (Permission denied); pass another --out")
+    if Path("/proc/self").is_dir():  # (a real one, where /proc is mounted)
+        line = _one_line_error(capsys, "train", "--out", "/proc/reste-run", "--print-config")
+        assert line.startswith("reste: error: run directory /proc/reste-run is not writable (")
+    assert not list(tmp_path.rglob(".reste-probe-*"))  # each probe removed
     sweep = ["sweep", "--out", str(tmp_path / "s"), "--grid", "model=digits_1w1a,resnet20", "--epochs", "1",
              "--threads", "1", "--no-progress"]
     assert fits in _one_line_error(capsys, *sweep, "--dry-run")

@@ -476,7 +476,8 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
     """An unknown flag of a sub-command: suggest the command's flag closest to it (``--threds``: did you mean
     --threads?), point to that command's --help, and (for those that take estimator and model flags, when no flag
     is close) say that a plugin's flags exist once --plugin loads it."""
-    choice = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+    # (the list ends at its own parenthesis: the " (see `reste ... --help`)" after it is not a choice: newuser5 #1)
+    choice = re.search(r"invalid choice: '(.*?)' \(choose from (.*?)\)(?= \(see `|$)", message)
     if choice:  # a sub-command's name (or a value of a flag with choices): the one closest to it first
         hint = did_you_mean(choice.group(1), [c.strip(" '") for c in choice.group(2).split(",")])
         return message.replace(f"{choice.group(1)!r} (choose", f"{choice.group(1)!r}; {hint}(choose", 1) \

@@ -456,9 +456,17 @@ def ready() -> bool:
 
 
 def error() -> str | None:
-    """Why the extension is not used: a failed build, or under ``auto`` no toolkit or a failure recorded before;
-    ``None`` when it loaded or was not tried."""
-    return _ERROR[0] if _ERROR else None
+    """Why CUDA tensors do not take the extension: a failed build, under ``auto`` no toolkit or a failure recorded
+    before, ``RESTE_CUDA_EXT=0``, ``RESTE_FUSED=0``, or no GPU; ``None`` where it loaded, or was not tried yet."""
+    if _ERROR:
+        return _ERROR[0]
+    if _MODE() == "off":
+        return "RESTE_CUDA_EXT=0 turns it off"
+    if not fused.enabled():
+        return "RESTE_FUSED=0 turns the fused paths off, this one too"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch: it runs for CUDA tensors alone"
+    return None
 
 
 @contextlib.contextmanager

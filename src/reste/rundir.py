@@ -38,6 +38,7 @@ import math
 import os
 import re
 import stat
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -547,8 +548,9 @@ def _check_fresh(path: Path) -> None:
 
 
 def check_out(out: str | os.PathLike) -> None:
-    """Refuse an ``--out`` that a new run's start refuses (:meth:`RunDirectory.open`), making no folder: empty, a
-    file or a broken link in the way, a folder that holds a run or other files (review diff13 #1, #2)."""
+    """Refuse an ``--out`` that a new run's start refuses (:meth:`RunDirectory.open`), leaving no folder: empty, a
+    file or a broken link in the way, a folder that holds a run or other files (review diff13 #1, #2), a place where
+    no folder can be made."""
     if not str(out).strip():
         raise UsageError("--out is empty; pass a run directory")
     blocker = file_in_the_way(out)
@@ -556,6 +558,22 @@ def check_out(out: str | os.PathLike) -> None:
         raise UsageError(f"run directory {out} is not writable ({in_the_way(blocker)}); pass another --out")
     if os.path.isdir(out):
         _check_fresh(Path(out))
+    why = cannot_make(out)
+    if why:
+        raise UsageError(f"run directory {out} is not writable ({why}); pass another --out")
+
+
+def cannot_make(path: str | os.PathLike) -> str | None:
+    """Why a start could not make its folders at ``path`` (or its files there, where it is a folder), or None: a
+    folder made in the deepest level that exists, and removed at once, tells (a read-only file system, /proc, another
+    user's folder: review newuser5 #2), where no look at modes can for root. For the checks of ``--print-config`` and
+    ``--dry-run``, which leave no folder."""
+    base = next(level for level in (Path(path), *Path(path).parents) if level.is_dir())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".reste-probe-", dir=base))
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 def in_the_way(level: Path) -> str:

@@ -49,8 +49,8 @@ from ..estimators import estimator_class, estimator_flags, get_estimator, list_e
 from ..checkpoint import load_checkpoint
 from ..wording import count, duration, listed
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
-                      best_mismatch, epoch_end_whole, file_in_the_way, folder_lock, forget_failure, holds_run,
-                      in_the_way, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
+                      best_mismatch, cannot_make, epoch_end_whole, file_in_the_way, folder_lock, forget_failure,
+                      holds_run, in_the_way, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
                       record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, earlier_rows, load_manifest, lost_last,
@@ -993,9 +993,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     if dry_run:  # what the sweep's start would refuse, refused (review clifuzz #1, #6)
         for folder, flag in ((out, "--out"), (runs_root, "--runs-dir")):
             blocker = file_in_the_way(folder)
-            if blocker is not None:
-                raise UsageError(f"cannot create the sweep folder {folder} ({in_the_way(blocker)}); pass another "
-                                 f"{flag}")
+            why = in_the_way(blocker) if blocker is not None else cannot_make(folder)
+            if why:
+                raise UsageError(f"cannot create the sweep folder {folder} ({why}); pass another {flag}")
         _check_models([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
         _plan(seeds, settings, todo, log)
         log(_placement(base, sum(job["state"] in ("new", "partial") for _, _, job in todo), jobs, threads, devices))
