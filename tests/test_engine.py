@@ -513,6 +513,20 @@ def test_loader_workers_share_the_node_among_torchruns_processes(monkeypatch):
     assert TrainConfig(dataset="imagenet").resolve().workers == 8
 
 
+def test_a_clock_step_does_not_change_the_durations_a_run_records(tmp_path, monkeypatch):
+    """(review chaos5 #3) Epoch times were differences of the wall clock: a clock stepped back (NTP, a suspended
+    laptop) wrote a negative epoch time into metrics.jsonl for good, and a day-long one when it stepped forward."""
+    import itertools
+
+    steps = itertools.count()
+    real = engine.time.time
+    monkeypatch.setattr(engine.time, "time", lambda: real() - 3600.0 * next(steps))  # an hour back at each read
+    result = engine.train(small(epochs=2, threads=1), tmp_path / "run", progress=False, log=quiet)
+    monkeypatch.undo()
+    times = [m["time"] for m in rundir.read_metrics(tmp_path / "run")]
+    assert all(0 <= t < 600 for t in times) and 0 <= result["seconds"] < 600, (times, result["seconds"])
+
+
 def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path):
     from reste import fused
 

@@ -2580,6 +2580,50 @@ def test_a_stop_signal_while_the_tables_are_written_ends_the_sweep_with_a_line(t
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
 
 
+@pytest.mark.parametrize("when", ["last epoch", "between runs", "ctrl-c in the last epoch"])
+def test_a_stop_signal_in_a_runs_last_epoch_or_between_runs_stops_the_sweep(tmp_path, capsys, monkeypatch, when):
+    """(review chaos5 #7, #8) In a sweep of one run at a time, a SIGTERM (or Ctrl-C) while a run evaluated its last
+    epoch was caught by the run's handler, which finishes that epoch, and forgotten: the sweep trained the next runs
+    and exited 0. One between two runs took the default action: exit 143 without a line. Either now stops the sweep
+    before its next run, with its line and 128 + the signal; the finished run is kept."""
+    import os
+    import signal
+
+    from reste import engine
+    from reste.experiments import sweep as sweep_module
+
+    signum = signal.SIGINT if when.startswith("ctrl-c") else signal.SIGTERM
+    if when == "between runs":
+        real_execute = sweep_module._execute
+
+        def execute(job, stop=None):
+            outcome = real_execute(job, stop)
+            os.kill(os.getpid(), signum)  # (the run returned: its handler is gone)
+            return outcome
+
+        monkeypatch.setattr(sweep_module, "_execute", execute)
+    else:
+        real_evaluate, calls = engine.evaluate, []
+
+        def evaluate(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:  # the first run's only epoch: the run finishes it
+                os.kill(os.getpid(), signum)
+            return real_evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "evaluate", evaluate)
+    argv = ["sweep", "--grid", "estimator=ste,reste", "--seeds", "0", "--epochs", "1", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a", "--no-report"]
+    assert main(argv) == 128 + signum
+    err = capsys.readouterr().err
+    assert f"reste: sweep stopped by {'Ctrl-C (SIGINT)' if signum == signal.SIGINT else 'SIGTERM'}; run the same " \
+           "command again to continue" in err, err
+    runs = sorted((tmp_path / "s" / "runs").iterdir())
+    assert [r.name.split("-")[0] for r in runs] == ["ste"]  # the second run was not started
+    assert (runs[0] / "seed0" / "last.pt").is_file()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+
+
 def test_a_sweep_whose_manifest_is_damaged_keeps_the_rows_of_its_runs(tmp_path, capsys):
     """(review chaos4 #6) With sweep.json damaged, the guard against a rerun that leaves runs out was off: a rerun
     with fewer seeds dropped the other runs' rows from runs.csv and epochs.csv, the only record of runs whose folders

@@ -799,9 +799,9 @@ class _Run:
 
     def _epochs(self) -> dict[str, Any]:
         cfg = self.config
-        start = time.time()
+        start = time.monotonic()  # (durations: the monotonic clock, which a clock step leaves alone: review chaos5 #3)
         for epoch in range(self.start_epoch, cfg.epochs):
-            t0 = time.time()
+            t0 = time.monotonic()
             lr = learning_rate(cfg.lr, epoch, cfg.epochs, cfg.warm_up)
             set_rates(self.optimizer, lr, cfg)
             sched = set_progress(self.model, epoch, cfg.epochs) if self.scheduled else {}
@@ -849,7 +849,7 @@ class _Run:
                 metrics.update(self.meter.epoch_end(), **self.meter.measure())
             if bop is not None:
                 metrics.update(bop_gamma=bop_rate(cfg, lr), bop_flips=int(bop.flipped) - self._flips_start)
-            metrics["time"] = time.time() - t0
+            metrics["time"] = time.monotonic() - t0
             is_best = test["top1"] > self.best_acc
             if is_best:
                 self.best_acc, self.best_epoch = test["top1"], epoch + 1
@@ -875,7 +875,7 @@ class _Run:
             "final_acc": self.last_metrics.get("test_acc"),
             "final_top5": self.last_metrics.get("test_top5"),
             "epochs": cfg.epochs,
-            "seconds": time.time() - start,
+            "seconds": time.monotonic() - start,
         }
         if (self.start_epoch or self.start_step) and lines:  # resumed: the epochs' times add up to the run's
             result["run_seconds"] = sum(m.get("time", 0.0) for m in lines)
@@ -922,7 +922,7 @@ class _Run:
         ranks = [list(self._epoch_sums or zero)] + [list(zero) for _ in range(self.dist.world_size - 1)]
         if self.dist.main:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
-                       "time": time.time() - self._epoch_t0, "trained": True, "lr": lr,
+                       "time": time.monotonic() - self._epoch_t0, "trained": True, "lr": lr,
                        "schedule": {k: float(v) for k, v in schedule.items()}, **self._bop_partial()}
             ckpt_io.save_checkpoint(self.state(epoch, steps, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, steps), time.monotonic()
@@ -946,7 +946,7 @@ class _Run:
             ranks = [[t[0].item(), int(t[1].item()), int(t[2].item()), int(t[3].item())] for t in gathered]
         if self.dist.main:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
-                       "time": time.time() - self._epoch_t0, **self._bop_partial()}
+                       "time": time.monotonic() - self._epoch_t0, **self._bop_partial()}
             ckpt_io.save_checkpoint(self.state(epoch, step, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, step), time.monotonic()
 
@@ -1233,7 +1233,7 @@ def _open_default(run_dir: Path) -> tuple[RunDirectory, Path]:
 
 
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool | None = None,
-          log: Callable[[str], None] = print_line) -> dict[str, Any]:
+          log: Callable[[str], None] = print_line, stop: StopRequest | None = None) -> dict[str, Any]:
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
 
     Returns a dict with ``best_acc``, ``best_epoch``, ``best_top5`` (that epoch's top-5; None on processes other
@@ -1242,6 +1242,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     The folder must be new or empty and is locked for the whole run; a run that ends before it saved a checkpoint
     removes what it wrote. SIGTERM or SIGUSR1 raise :class:`Preempted` after a mid-epoch checkpoint.
     ``progress``: each epoch's bar on stderr; by default when stderr is a terminal (pass True in a notebook).
+    ``stop``: the :class:`StopRequest` the run's signal handlers set, where the caller keeps it: a signal that came
+    in the last epoch, which the run finishes, is still there when it returns (a sweep stops before its next run).
     """
     config = config.resolve()
     _warn_defined_in_main(config)
@@ -1254,7 +1256,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     else:
         lock = RunDirectory.open(run_dir, fresh=True, job=job_token()) if env_rank() == 0 else None
     try:
-        with StopRequest().handling() as stop, _torch_settings_kept():
+        with (stop or StopRequest()).handling() as stop, _torch_settings_kept():
             return _train_locked(config, run_dir, progress, log, stop)
     except BaseException:
         if lock is not None and not last_checkpoint(run_dir).exists():
@@ -1520,7 +1522,8 @@ def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) 
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,
-           progress: bool | None = None, log: Callable[[str], None] = print_line) -> dict[str, Any]:
+           progress: bool | None = None, log: Callable[[str], None] = print_line,
+           stop: StopRequest | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last finished epoch (``progress`` as for :func:`train`).
 
     ``overrides`` are settings given again on the command line; a setting that
@@ -1530,7 +1533,7 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
     change the last bits of float32 sums, another ``accumulate`` the micro-batches BatchNorm normalises
     over, and a note says so. A CPU run continues with
     the thread count it recorded unless told otherwise. The folder is locked for the
-    whole run, and a mid-epoch ``last.pt`` continues at its step.
+    whole run, and a mid-epoch ``last.pt`` continues at its step. ``stop``: as for :func:`train`.
     """
     run_dir = require_run_path(run_dir)
     if env_rank() == 0:
@@ -1539,7 +1542,7 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
         lock = None
         _await_main_lock(run_dir, log)
     try:
-        with StopRequest().handling() as stop, _torch_settings_kept():
+        with (stop or StopRequest()).handling() as stop, _torch_settings_kept():
             return _resume_locked(run_dir, overrides, force, progress, log, stop)
     finally:
         if lock is not None:

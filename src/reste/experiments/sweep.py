@@ -50,8 +50,8 @@ from ..checkpoint import load_checkpoint
 from ..wording import count, duration, listed
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
                       best_mismatch, cannot_make, epoch_end_whole, file_in_the_way, folder_lock, forget_failure,
-                      holds_run, in_the_way, last_checkpoint, make_folders, open_append, read_metrics, record_divergence,
-                      record_failure, remove_folders, run_config)
+                      holds_run, in_the_way, last_checkpoint, make_folders, open_append, read_metrics,
+                      record_divergence, record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, earlier_rows, load_manifest, lost_last,
                      paper_mode_estimators, run_folder, run_status, summarize, write_manifest)
@@ -518,8 +518,9 @@ def _file_log(path: Path) -> Callable[[str], None]:
     return log
 
 
-def _execute(job: dict[str, Any]) -> dict[str, Any]:
-    """Train or resume one run; never raises but ``Preempted``. Runs in this process or in a worker."""
+def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
+    """Train or resume one run; never raises but ``Preempted``. Runs in this process (``stop``: the sweep's
+    ``StopRequest``, which the run's handlers set) or in a worker."""
     from .. import engine
 
     if _WORKER["stopped"]:  # a worker whose sweep is stopping starts no other run (nor its folder)
@@ -527,7 +528,7 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _file_log(run_dir / TRAIN_LOG)
-    start = time.time()
+    start = time.monotonic()
     _WORKER["running"] = True
     try:
         forget_failure(run_dir)  # (an earlier sweep's record: the run starts again)
@@ -536,10 +537,10 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
             config = dataclasses.replace(config, device=job["devices"][_WORKER["slot"] % len(job["devices"])])
         if job["resume"]:
             free = {k: getattr(config, k) for k in RESUME_FREE}
-            result = engine.resume(run_dir, free, progress=job.get("progress", False), log=log)
+            result = engine.resume(run_dir, free, progress=job.get("progress", False), log=log, stop=stop)
         else:
-            result = engine.train(config, run_dir, progress=job.get("progress", False), log=log)
-        return {"status": "done", "result": result, "seconds": time.time() - start}
+            result = engine.train(config, run_dir, progress=job.get("progress", False), log=log, stop=stop)
+        return {"status": "done", "result": result, "seconds": time.monotonic() - start}
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
         if isinstance(err, engine.Preempted):  # a stop signal stops the sweep (the run saved its step)
             with contextlib.suppress(OSError, UsageError):
@@ -570,7 +571,7 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         if status == "failed":  # for `reste show` and the report, until the sweep trains it again
             with contextlib.suppress(OSError):
                 record_failure(run_dir, said)
-        return {"status": status, "error": said, "seconds": time.time() - start,
+        return {"status": status, "error": said, "seconds": time.monotonic() - start,
                 "logged": logged, "machine": machine is not None}
     finally:
         _WORKER["running"] = False
@@ -1157,7 +1158,7 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
         else:
             pending.append((s, seed, job))
     try:
-        _run_pending(pending, jobs, threads, report_one, announce)
+        late = _run_pending(pending, jobs, threads, report_one, announce)
     except Exception as err:
         if type(err).__name__ != "Preempted":
             raise
@@ -1171,9 +1172,9 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     # run had returned, which ended a sweep writing its tables without a line (review chaos4 #9): kept until they are
     with StopRequest().handling(keys=False) as stop:
         result = _finish(out, settings, log, report, busy, failed, logged)
-    if stop.signum:
-        raise Preempted(f"sweep stopped by {signal_text(stop.signum)} after its last run, its tables written; run the "
-                        "same command again to check (finished runs are skipped)", stop.signum)
+    if stop.signum or late:
+        raise Preempted(f"sweep stopped by {signal_text(stop.signum or late)} after its last run, its tables written; "
+                        "run the same command again to check (finished runs are skipped)", stop.signum or late)
     return result
 
 
@@ -1245,30 +1246,41 @@ def _check_data(configs: list[TrainConfig]) -> None:
 
 def _run_pending(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, threads: int | None,
                  report_one: Callable[[Setting, int, dict[str, Any]], None],
-                 announce: Callable[[Setting, int, dict[str, Any]], None] = lambda s, seed, job: None) -> None:
+                 announce: Callable[[Setting, int, dict[str, Any]], None] = lambda s, seed, job: None) -> int:
     """Train the pending runs, in this process or ``jobs`` at a time in worker processes, each with the
-    same torch threads either way: a run does not depend on how many others are pending."""
+    same torch threads either way: a run does not depend on how many others are pending. Returns the stop signal
+    that came in the last run, after its last step (0 where none did); one before it raises ``Preempted``."""
     per_run = _threads_per_run(jobs, threads)
     if jobs == 1 or len(pending) <= 1:
         import torch
 
+        from ..engine import Preempted, StopRequest
+
         before = torch.get_num_threads()
         if per_run:
             torch.set_num_threads(per_run)
+        # one StopRequest for the runs and the moments between them: a signal in a run's last epoch (which the run
+        # finishes) or between two runs (the tables so far, the next start) stops the sweep before its next run; it
+        # was lost, or took the default action without a line (review chaos5 #7, #8). Ctrl-C between runs stays
+        # KeyboardInterrupt's; in a run, the run's own handler answers it
         try:
-            machine = None  # a failure of the machine (no C++ compiler): the later runs would fail the same way
-            for s, seed, job in pending:
-                if machine and _fails_alike(job):
-                    report_one(s, seed, _not_started(machine))
-                    continue
-                announce(s, seed, job)
-                outcome = _execute(job)
-                report_one(s, seed, {**outcome, "from_epoch": job["from_epoch"], "resumed": job["resume"]})
-                machine = machine or (outcome["error"] if outcome.get("machine") else None)
+            with StopRequest().handling(keys=False) as stop:
+                machine = None  # a failure of the machine (no C++ compiler): the later runs would fail the same way
+                for s, seed, job in pending:
+                    if stop.signum:
+                        raise Preempted("not started: the sweep is stopping", stop.signum)
+                    if machine and _fails_alike(job):
+                        report_one(s, seed, _not_started(machine))
+                        continue
+                    announce(s, seed, job)
+                    outcome = _execute(job, stop)
+                    report_one(s, seed, {**outcome, "from_epoch": job["from_epoch"], "resumed": job["resume"]})
+                    machine = machine or (outcome["error"] if outcome.get("machine") else None)
+            return stop.signum  # (in the last run: the tables are written, then the sweep stops)
         finally:
             torch.set_num_threads(before)
-    else:
-        _run_in_workers(pending, jobs, per_run, report_one, announce)
+    _run_in_workers(pending, jobs, per_run, report_one, announce)
+    return 0
 
 
 def _fails_alike(job: dict[str, Any]) -> bool:
