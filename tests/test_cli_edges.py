@@ -155,6 +155,13 @@ def test_a_run_whose_last_checkpoint_write_failed_is_not_told_finished(capsys, m
     assert not summary["finished"] and summary["saved_epoch"] == 1 and summary["state"] == "stopped"
     assert "progress   2 of 2 epochs logged, but last.pt holds 1 epoch (its last write failed, or a crash cut it): " \
         "stopped" in runinfo.show_run(run)
+    # (review chaos5 #1) a copy of the folder (cp -r), or a clock step, gives last.pt the later time: the same
+    newer = (run / "metrics.jsonl").stat().st_mtime_ns + 10**9
+    os.utime(run / "last.pt", ns=(newer, newer))
+    for steps in (True, False):  # (False: a line per run of `reste show SWEEP_DIR`)
+        summary = runinfo.run_summary(run, steps=steps)
+        assert not summary["finished"] and summary["saved_epoch"] == 1 and summary["state"] == "stopped", steps
+    assert "2 of 2 epochs logged, but last.pt holds 1 epoch" in runinfo.show_run(run)
     # (review chaos #6) a run not at its end, cut between an epoch's metrics line and its last.pt: that epoch was
     # shown done (and best), while the resume trains it again
     import json

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import UNREADABLE
+from .checkpoint import UNREADABLE, read_structure
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError
 from .indicators import RUN_LEVEL, run_indicators
@@ -33,8 +33,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     read, the processes that trained it, which a resume runs again, as the run's stop line says: inside an epoch it
     must; else None), ``saved_epoch`` (where ``last.pt`` holds
     fewer epochs than metrics.jsonl logged, its last write having failed or been cut by a crash: the epochs it holds,
-    which the resume goes on from, and the run is stopped, not finished; with ``steps`` only, read where ``last.pt`` is
-    older than metrics.jsonl), ``last_damaged`` (a stopped
+    which the resume goes on from, and the run is stopped, not finished; read whole with ``steps`` where ``last.pt`` is
+    older than metrics.jsonl, its header alone where the run looks finished), ``last_damaged`` (a stopped
     run's ``last.pt`` that it cannot continue from: what is wrong with it, ``"missing"`` where it is gone after
     finished epochs; with ``steps`` only), ``unlogged`` (a
     stopped run whose ``last.pt`` holds more epochs than metrics.jsonl has lines for, lines lost: [its epochs, its
@@ -62,6 +62,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     if done and steps and not holder and _last_older(run_dir):  # (a stopped run's too: review chaos #6)
         ckpt, read = _saved_checkpoint(run_dir), True
     saved = _position(ckpt)  # (epochs, steps, processes) of last.pt, where it is read
+    if saved is None and finished and not holder:  # a finished-looking run: its last.pt's header says whether it is
+        # (a copy of the folder, or a clock step, may give the files their times in either order: review chaos5 #1)
+        saved = _position(read_structure(last_checkpoint(run_dir))[1])
     if saved is not None and saved[0] < done:  # last.pt holds fewer epochs than metrics.jsonl logged
         finished, behind = False, saved[0]
     elif finished and saved is not None and (saved[0] < config.epochs or saved[1]):
