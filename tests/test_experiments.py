@@ -619,7 +619,7 @@ def test_a_run_gets_the_threads_of_a_worker_even_when_it_is_the_only_one_left(tm
 
     seen = []
     failed = {"status": "failed", "error": "x", "seconds": 0}
-    monkeypatch.setattr(sw, "_execute", lambda job: seen.append(torch.get_num_threads()) or failed)
+    monkeypatch.setattr(sw, "_execute", lambda job, stop=None: seen.append(torch.get_num_threads()) or failed)
     monkeypatch.setattr(sw, "threads_per_job", lambda jobs: 3)
     before = torch.get_num_threads()
     _pending_runs(tmp_path, [0])(jobs=2)  # one pending run: trained in this process, as a worker would
@@ -869,7 +869,7 @@ def test_a_table_that_cannot_be_written_mid_sweep_does_not_stop_the_runs(tmp_pat
     from reste.experiments import sweep as sw
 
     done = {"status": "done", "result": {"best_acc": 1.0, "final_acc": 1.0}, "seconds": 0}
-    monkeypatch.setattr(sw, "_execute", lambda job: done)
+    monkeypatch.setattr(sw, "_execute", lambda job, stop=None: done)
     calls = []
 
     def broken(out, plots=True, log=None):
@@ -2106,7 +2106,7 @@ def test_a_setting_that_trains_another_presets_recipe_is_said_to_train_it(tmp_pa
     assert notes == [f"estimator=ste: {trains}"]
     setting = expand_grid(config_from_preset("cifar10-resnet20-1w1a"), {"estimator": ["ste"]})[0]
 
-    def train(config, run_dir, progress=False, log=print):  # a run's start, as engine.train logs it
+    def train(config, run_dir, progress=False, log=print, stop=None):  # a run's start, as engine.train logs it
         log("training ...")
         for note in engine.recipe_notes(config.resolve()):
             log(note)
@@ -2622,6 +2622,26 @@ def test_a_stop_signal_in_a_runs_last_epoch_or_between_runs_stops_the_sweep(tmp_
     assert [r.name.split("-")[0] for r in runs] == ["ste"]  # the second run was not started
     assert (runs[0] / "seed0" / "last.pt").is_file()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+
+
+def test_a_sweep_continued_through_a_link_to_its_folder_finds_its_runs_dir(tmp_path, capsys, monkeypatch):
+    """(review chaos5 #4) A sweep with --runs-dir outside its folder, continued through a link to the folder (a
+    ~/latest link): sweep.json's "../shared" was collapsed as text against the link's own folder, a folder that never
+    existed, and the sweep trained every finished run again there, while `reste show` of the same path said
+    finished."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "1", "--threads", "1",
+            "--model", "digits_1w1a", "--no-report", "--no-progress"]
+    assert main([*argv, "--runs-dir", "shared", "--out", "A"]) == 0
+    (tmp_path / "b" / "Alink").symlink_to(tmp_path / "a" / "A")
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
+    assert main([*argv, "--out", "Alink"]) == 0
+    out = capsys.readouterr().out
+    assert "(1 already finished)" in out, out
+    assert not (tmp_path / "b" / "shared").exists()
 
 
 def test_a_sweep_whose_manifest_is_damaged_keeps_the_rows_of_its_runs(tmp_path, capsys):

@@ -233,8 +233,9 @@ def folder_name(rel: str) -> str:
 
 def _absolute(path: Path) -> str:
     """``path`` absolute, as a manifest's ``at`` keeps it beside the relative folder of a run outside the sweep
-    folder (``--runs-dir``): a sweep folder moved away from its runs still finds them."""
-    return Path(os.path.abspath(path)).as_posix()
+    folder (``--runs-dir``): a sweep folder moved away from its runs still finds them. Resolved as the kernel resolves
+    it: through a link to the sweep folder, its ``../`` is the target's parent's (review chaos5 #4)."""
+    return Path(os.path.realpath(path)).as_posix()
 
 
 def _outside(path: Path, root: Path) -> bool:

@@ -801,7 +801,9 @@ def _recorded_runs_dir(out: Path, runs_root: Path, settings: list[Setting], seed
             if holds_run(runs_root / name):
                 here += 1
             elif run is not None and run.parts[-2:] == name.parts and holds_run(run):
-                root = Path(os.path.abspath(run.parent.parent))
+                # (resolved as the kernel resolves it: a sweep folder reached through a link has its "../" taken from
+                # the link's target, not collapsed as text: review chaos5 #4)
+                root = Path(os.path.realpath(run.parent.parent))
                 elsewhere[root] = elsewhere.get(root, 0) + 1
     if not elsewhere:
         return None
