@@ -638,3 +638,29 @@ def test_a_signal_models_file_names_its_input_shape_for_raw_uint8(tmp_path, caps
     line = _one_line_error(capsys, "predict", str(tmp_path / "sig.rbnn"), str(tmp_path / "u8.npy"))
     assert line.endswith("takes inputs of shape (N, 1, 64), not images: it cannot take raw uint8 images; pass them "
                          "preprocessed, as float32 in a .npy file")
+
+
+def test_a_resume_leaves_a_live_exports_staging_file_alone(tmp_path):
+    """(review chaos5 #6) A run's start (a resume) removes the temporary files that killed writers left in its folder;
+    it also removed the staging file of an export writing into the run's folder at that moment, and the export then
+    failed, told to pass a writable path. The export locks its staging file while it lives: a live one is kept, a dead
+    one (a killed export's, or a killed checkpoint write's) removed as before."""
+    import multiprocessing
+
+    from reste import rundir
+    from reste.cli import main
+    from reste.export.exporter import staged
+
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    dead = run / ".last.pt.abcdef12.tmp"
+    dead.write_bytes(b"half a checkpoint")
+    with staged(run / "model.rbnn") as live:
+        live.write_bytes(b"an export being written")
+        other = multiprocessing.get_context("fork").Process(  # another process: an flock of this one's is its own
+            target=lambda: rundir.RunDirectory.open(run, fresh=False).close())
+        other.start()
+        other.join(60)
+        assert other.exitcode == 0
+        assert live.exists() and not dead.exists()
+    assert (run / "model.rbnn").read_bytes() == b"an export being written" and not live.exists()

@@ -176,6 +176,24 @@ def _try_lock(fd: int) -> None:
             os.lseek(fd, 0, os.SEEK_SET)  # the PID is written from the start
 
 
+def _held(path: Path) -> bool:
+    """Whether another process holds an ``flock`` on ``path`` (an export's staging file while the export lives); False
+    where it cannot be told (no fcntl, no such file, a file system that keeps no locks)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError as err:
+        return err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)  # (its lock, where taken, with it)
+
+
 def _release(fd: int) -> None:
     """Unlock (msvcrt: Windows frees a closed file's locks only after a while) and close ``fd``."""
     if fcntl is None and msvcrt is not None:
@@ -314,7 +332,8 @@ class RunDirectory:
         try:
             run._check(fresh)
             for tmp in orphaned_temporaries(path):  # left by a process killed in the middle of a write
-                tmp.unlink(missing_ok=True)
+                if not _held(tmp):  # (an export's, which locks its own while it lives: review chaos5 #6)
+                    tmp.unlink(missing_ok=True)
         except BaseException:
             if created:
                 run.discard()

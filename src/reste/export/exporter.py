@@ -48,7 +48,9 @@ def staged(path: Path) -> Iterator[Path]:
     ``path`` by a rename (fsynced), and if the block fails or is interrupted it is removed. An export stopped at any
     moment (Ctrl-C, a preemption, a full disk) leaves the earlier file whole (or none), never a truncated or
     unchecked one under the final name. Named as ``atomic_write`` names its own (``.NAME.XXXXXXXX.tmp``, made with
-    O_EXCL), so one that a killed process left is found as theirs are (``checkpoint.orphaned_temporaries``)."""
+    O_EXCL), so one that a killed process left is found as theirs are (``checkpoint.orphaned_temporaries``); it is
+    locked (``flock``) while the export lives, so that a run's start in the same folder (a resume) leaves it alone
+    (review chaos5 #6: the export failed, told to pass a writable path)."""
     import tempfile
 
     from ..checkpoint import _replace, _umask
@@ -57,7 +59,13 @@ def staged(path: Path) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise cannot_write(err, path, "pass a writable path") from None
-    os.close(fd)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (released as the descriptor closes, below)
+    except (ImportError, OSError):  # no fcntl (Windows, where an open file cannot be renamed), a file system that
+        os.close(fd)  # keeps no locks: unlocked, as before
+        fd = -1
     try:
         os.chmod(name, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
         yield Path(name)
@@ -70,6 +78,9 @@ def staged(path: Path) -> Iterator[Path]:
         if isinstance(err, OSError):
             raise cannot_write(err, path, "pass a writable path") from None
         raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
     with contextlib.suppress(OSError):  # the rename itself made durable
         folder = os.open(path.parent, os.O_RDONLY)
         try:
