@@ -140,7 +140,10 @@ def test_a_sweep_says_when_each_run_starts_or_resumes_and_where_its_epochs_go(tm
     assert "ste seed 0: best" in lines[2] and "resumed" not in lines[2]
     assert sum(line.startswith("epoch ") for line in (run / "train.log").read_text().splitlines()) == 2
     metrics = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
-    (run / "metrics.jsonl").write_text(metrics[0])  # as if stopped after epoch 1
+    (run / "metrics.jsonl").write_text(metrics[0])  # as if stopped after epoch 1: its last.pt holds epoch 1
+    from reste.experiments import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "read_structure", lambda path: (None, {"epoch": 1}))
     monkeypatch.setattr(engine, "resume", lambda *a, **k: {"best_acc": 50.0, "final_acc": 50.0})
     lines.clear()
     run_sweep(base, {}, [0], tmp_path / "s", threads=1, log=lines.append, report=False)
@@ -2622,6 +2625,27 @@ def test_a_stop_signal_in_a_runs_last_epoch_or_between_runs_stops_the_sweep(tmp_
     assert [r.name.split("-")[0] for r in runs] == ["ste"]  # the second run was not started
     assert (runs[0] / "seed0" / "last.pt").is_file()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+
+
+def test_a_sweeps_line_names_the_epoch_the_resume_goes_on_from(tmp_path):
+    """(review chaos4 #10) The sweep said "resuming at epoch 2/3" of a run killed between epoch 1's metrics line and
+    its first last.pt, which the resume trains from epoch 1; and of a run whose last.pt lags its last line, the epoch
+    after that line. It names what last.pt holds."""
+    import shutil
+
+    from reste.experiments.sweep import _epochs_recorded
+
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--out", str(run), "--no-progress", "--threads", "1"]) == 0
+    assert _epochs_recorded(run) == 2
+    one = tmp_path / "one"
+    assert main(["train", "--epochs", "1", "--out", str(one), "--no-progress", "--threads", "1"]) == 0
+    shutil.copy(one / "last.pt", run / "last.pt")  # last.pt one epoch behind metrics.jsonl (its write cut)
+    assert _epochs_recorded(run) == 1
+    (run / "last.pt").unlink()  # none: the resume trains epoch 1 again
+    assert _epochs_recorded(run) == 0
+    (run / "last.pt").write_bytes(b"garbage")  # unreadable: what metrics.jsonl says, as before
+    assert _epochs_recorded(run) == 2
 
 
 def test_a_sweep_continued_through_a_link_to_its_folder_finds_its_runs_dir(tmp_path, capsys, monkeypatch):

@@ -46,7 +46,7 @@ from ..models import model_info, model_keywords
 from ..errors import UsageError, join_command_line, machine_cause, on_command_line, print_line, shell_word
 from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, read_structure
 from ..wording import count, duration, listed
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
                       best_mismatch, cannot_make, epoch_end_whole, file_in_the_way, folder_lock, forget_failure,
@@ -845,7 +845,15 @@ def _changed_fields(old: dict[str, Any], base: TrainConfig, settings: list[Setti
 
 
 def _epochs_recorded(run_dir: Path) -> int:
-    """The last epoch in a run's metrics.jsonl (0: none, or unreadable): where a resume goes on."""
+    """The epochs a resume of the run goes on from: those its ``last.pt`` holds (its header alone), 0 where there is
+    none (a crash between epoch 1's line and the first last.pt: the resume trains epoch 1 again, which the sweep's line
+    named epoch 2: review chaos4 #10); where it cannot be read, the last epoch in its metrics.jsonl (0: none, or
+    unreadable)."""
+    why, head = read_structure(last_checkpoint(run_dir))
+    if isinstance(head, dict) and type(head.get("epoch")) is int:
+        return head["epoch"]
+    if why == "missing":
+        return 0
     try:
         return max((int(m["epoch"]) for m in read_metrics(run_dir, missing_ok=True)), default=0)
     except (UsageError, KeyError, TypeError, ValueError):
