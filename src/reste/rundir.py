@@ -587,7 +587,9 @@ def cannot_make(path: str | os.PathLike) -> str | None:
     folder made in the deepest level that exists, and removed at once, tells (a read-only file system, /proc, another
     user's folder: review newuser5 #2), where no look at modes can for root. For the checks of ``--print-config`` and
     ``--dry-run``, which leave no folder."""
-    base = next(level for level in (Path(path), *Path(path).parents) if level.is_dir())
+    base = next((level for level in (Path(path), *Path(path).parents) if level.is_dir()), None)
+    if base is None:  # (a relative path from a current folder that was removed)
+        return "the folder it is in does not exist"
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".reste-probe-", dir=base))
     except OSError as err:
