@@ -2617,7 +2617,13 @@ def test_a_stop_signal_in_a_runs_last_epoch_or_between_runs_stops_the_sweep(tmp_
         monkeypatch.setattr(engine, "evaluate", evaluate)
     argv = ["sweep", "--grid", "estimator=ste,reste", "--seeds", "0", "--epochs", "1", "--threads", "1", "--out",
             str(tmp_path / "s"), "--model", "digits_1w1a", "--no-report"]
-    assert main(argv) == 128 + signum
+    # Ctrl-C as a terminal's foreground job gets it: a background job (CI under nohup, `&`) ignores SIGINT, which reste
+    # then leaves alone (distributed.stop_signals), and the key would reach nothing
+    keys = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(argv) == 128 + signum
+    finally:
+        signal.signal(signal.SIGINT, keys)
     err = capsys.readouterr().err
     assert f"reste: sweep stopped by {'Ctrl-C (SIGINT)' if signum == signal.SIGINT else 'SIGTERM'}; run the same " \
            "command again to continue" in err, err
