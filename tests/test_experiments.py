@@ -2674,6 +2674,33 @@ def test_a_sweep_continued_through_a_link_to_its_folder_finds_its_runs_dir(tmp_p
     assert not (tmp_path / "b" / "shared").exists()
 
 
+def test_a_sweeps_tables_are_collected_and_written_by_one_process_at_a_time(tmp_path, monkeypatch):
+    """(review chaos5 #5) A report that collected the runs before a sweep's last run ended could write its tables after
+    the sweep had written its final ones, and the older tables stayed. The tables are collected and written under one
+    lock, which the other writer waits for (and then collects again)."""
+    import fcntl
+
+    from reste.experiments import report as report_module
+
+    argv = ["sweep", "--grid", "estimator=ste", "--seeds", "0", "--epochs", "1", "--threads", "1", "--out",
+            str(tmp_path / "s"), "--model", "digits_1w1a", "--no-progress"]
+    assert main(argv) == 0
+    real, held = report_module.collect, []
+
+    def collect(out, log=None):
+        with open(out / report_module.TABLES_LOCK) as other:  # another open file: as another process would try
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return real(out, log)
+
+    monkeypatch.setattr(report_module, "collect", collect)
+    assert main(["report", str(tmp_path / "s"), "--no-plots"]) == 0
+    assert held == [True]
+
+
 def test_a_sweep_whose_manifest_is_damaged_keeps_the_rows_of_its_runs(tmp_path, capsys):
     """(review chaos4 #6) With sweep.json damaged, the guard against a rerun that leaves runs out was off: a rerun
     with fewer seeds dropped the other runs' rows from runs.csv and epochs.csv, the only record of runs whose folders
