@@ -956,7 +956,7 @@ def _one_writer(out: Path):
     try:
         import fcntl
 
-        handle = open(out / TABLES_LOCK, "a")
+        handle = open(out / TABLES_LOCK, "ab")
     except (ImportError, OSError):
         yield
         return
