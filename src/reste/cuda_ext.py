@@ -264,7 +264,7 @@ def _record_failure(directory: Path, home: str | None, why: str) -> None:
     """Record in ``directory`` (the build's private folder) that its build failed with this toolchain, and why, so
     that ``RESTE_CUDA_EXT=auto`` does not build it again in every process; where it cannot be written, nothing."""
     with contextlib.suppress(OSError):
-        (directory / _FAILED).write_text(f"{_toolchain(home)}\n{why}\n")
+        (directory / _FAILED).write_text(f"{_toolchain(home)}\n{why}\n", encoding="utf-8")
         _RECORDED[:] = [directory / _FAILED]
 
 
@@ -273,7 +273,7 @@ def _recorded_failure(directory: Path, home: str | None) -> str | None:
     with another toolkit, compiler, ninja or build variable, or one older than ``_RECORD_DAYS`` days)."""
     record = directory / _FAILED
     try:
-        toolchain, _, why = record.read_text().partition("\n")
+        toolchain, _, why = record.read_text(encoding="utf-8").partition("\n")
         age = time.time() - record.stat().st_mtime
     except (OSError, UnicodeDecodeError):
         return None
