@@ -69,7 +69,7 @@ from torch import Tensor
 
 from . import fused
 from .kernel_args import KINDS, MAX_GROUPS, autocast_dtype, kernel_scalars
-from .native import CANNOT_LOCK, EnvMode, untrusted_path, writable_cache
+from .native import EnvMode, exclusive, untrusted_path, writable_cache
 
 __all__ = ["available", "binary_layer", "binary_sign", "build", "cuda_home", "error", "forced", "form", "may_take",
            "mode", "ready", "requested", "scaled_sign", "set_enabled", "sign", "Skipped", "takes_layer"]
@@ -303,24 +303,13 @@ def _builder(directory: Path) -> Iterator[None]:
     ``lock`` file that torch's own build left there. In torch before mid-2026 (pytorch issue 189245) that
     file's mere presence made every later build wait forever, and a build killed midway (a time limit, an
     out-of-memory kill) left it behind; under our lock no build of ours can be holding it."""
-    try:
-        import fcntl
-    except ImportError:  # no fcntl (Windows): torch's own lock alone
-        yield
-        return
-    with open(directory / "reste-build.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError as err:  # a file system that keeps no locks (Lustre without -o flock): torch's own alone
-            if err.errno not in CANNOT_LOCK:  # (review rev14, suggestion)
-                raise
-            yield
-            return
-        try:
+    # (unlocked, without fcntl or on a file system that keeps no locks: torch's own lock alone; review rev14)
+    with exclusive(directory / "reste-build.lock") as held:
+        if held:
+            import fcntl
+
             _clear_stale_lock(directory / "lock", fcntl)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def _clear_stale_lock(lock: Path, fcntl: Any, age: float = 600.0) -> None:

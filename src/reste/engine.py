@@ -1507,7 +1507,7 @@ def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) 
         return None
     from . import cuda_ext
 
-    cpp = cuda_ext.mode() != "off" and cuda_ext.available()
+    cpp = cuda_ext.available()  # (never where RESTE_CUDA_EXT turns it off)
     if not (config.amp == "fp16" or distributed or config.accumulate > 1):
         eager = "12.0 ms eager through reste's C++ nodes" if cpp else "21.3 ms eager"
         return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "

@@ -23,6 +23,7 @@ threads, see ``reste/export/csrc/packed.c``); :func:`split_parts` decides into h
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -38,6 +39,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Protocol, Sequence
 
 PTR = ctypes.c_void_p
@@ -121,6 +123,35 @@ def _env_setting(name: str, unset: str, extra: tuple[str, ...] = ()) -> str:
 #: ``-o flock`` (ENOSYS), NFSv3 whose lock daemon cannot be reached (ENOLCK), some SMB mounts (EOPNOTSUPP). Run folders
 #: (``rundir``) and the extension's build (``cuda_ext``) then go on unlocked.
 CANNOT_LOCK = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, unopened_ok: bool = False) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the file ``path`` (made if needed) for the block, waiting for another holder (an
+    OS lock, which dies with its process); yields whether it is held. Unlocked (``False``) where there is no fcntl
+    (Windows) or the file system keeps no locks (Lustre without -o flock: :data:`CANNOT_LOCK`), and with
+    ``unopened_ok`` where the file cannot be opened (else that ``OSError``)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield False
+        return
+    try:
+        handle = open(path, "ab")  # (no text in it)
+    except OSError:
+        if not unopened_ok:
+            raise
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in CANNOT_LOCK:
+                raise
+            yield False
+            return
+        yield True  # (released as the file closes)
 
 
 def cache_dir() -> Path:

@@ -163,6 +163,9 @@ def _warn_unlocked(path: Path, err: OSError) -> None:
                   UserWarning, stacklevel=4)
 
 
+HELD = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})  # what a lock not waited for answers when held
+
+
 def _try_lock(fd: int) -> None:
     """Lock the file ``fd`` exclusively without waiting; ``OSError`` (EWOULDBLOCK, EAGAIN or EACCES) when another
     process holds it. See ``_MSVCRT_BYTE`` for Windows and for systems with no way to lock."""
@@ -186,10 +189,10 @@ def _held(path: Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _try_lock(fd)
         return False
     except OSError as err:
-        return err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        return err.errno in HELD
     finally:
         os.close(fd)  # (its lock, where taken, with it)
 
@@ -382,7 +385,7 @@ class RunDirectory:
                 if err.errno in CANNOT_LOCK:  # this file system has no locks: go on as where the platform has none
                     _warn_unlocked(path, err)
                 else:
-                    holder = _holder(fd) if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else ""
+                    holder = _holder(fd) if err.errno in HELD else ""
                     os.close(fd)
                     if not holder:
                         raise UsageError(f"cannot lock run directory {path} ({err.strerror})") from None
@@ -431,7 +434,7 @@ class RunDirectory:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if err.errno in HELD:
                 raise RunInUse(f"{path} is in use by another process (a run is writing to it; its {LOCK_NAME} "
                                  "was removed); wait for it to finish, or use another folder") from None
             return None

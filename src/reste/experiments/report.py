@@ -17,7 +17,6 @@ each setting that trains a preset's recipe, and the difference best - published 
 from __future__ import annotations
 
 import collections
-import contextlib
 import csv
 import difflib
 import functools
@@ -32,7 +31,7 @@ from ..checkpoint import atomic_write
 from ..config import PRESETS, TrainConfig, canonical_estimator, config_from_preset
 from ..datasets import get_spec
 from ..errors import UsageError, parse_json
-from ..native import CANNOT_LOCK
+from ..native import exclusive
 from ..wording import count, listed
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
 from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, blocked,
@@ -940,33 +939,14 @@ def summarize(out_dir: str | Path, *, plots: bool = True, log: Callable[[str], N
     rows, which are kept; ``n`` counts the seeds reported and ``n_runs`` the planned ones).
     """
     out = Path(out_dir)
-    with _one_writer(out):
+    # one process at a time collects and writes them: a report that collected before the sweep's last run ended wrote
+    # its older tables over the sweep's final ones (review chaos5 #5). Unlocked where nothing can be (a folder that
+    # cannot be written: the writes then say so)
+    with exclusive(out / TABLES_LOCK, unopened_ok=True):
         return _summarize(out, plots, log)
 
 
 TABLES_LOCK = ".tables.lock"  # in a sweep folder: held while one process collects and writes its tables
-
-
-@contextlib.contextmanager
-def _one_writer(out: Path):
-    """One process at a time collects and writes the tables of the sweep in ``out``: a report that collected before
-    the sweep's last run ended wrote its older tables over those the sweep had just written (review chaos5 #5). Where
-    nothing can be locked (no fcntl, a file system that keeps no locks, a folder that cannot be written, which the
-    writes then say), unlocked."""
-    try:
-        import fcntl
-
-        handle = open(out / TABLES_LOCK, "ab")
-    except (ImportError, OSError):
-        yield
-        return
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # (waits: the other writer takes seconds at most)
-        except OSError as err:
-            if err.errno not in CANNOT_LOCK:
-                raise
-        yield  # (released as the file closes)
 
 
 def _summarize(out: Path, plots: bool, log: Callable[[str], None] | None) -> list[dict[str, Any]]:
