@@ -348,6 +348,13 @@ def test_an_unknown_name_gets_the_closest_valid_one_first(capsys):
     assert "unknown estimator 'zzz'; valid: " in line  # nothing close: no guess
     with pytest.raises(cli.UsageError, match="unknown estimator 'rest'; did you mean 'reste'[?] valid: "):
         reste.get_estimator("rest")  # the Python API's error too (the registry owns the hint)
+    # (review newuser5, suggestions) a preset and a grid axis too
+    line = _one_line(capsys, ["train", "--preset", "cifar10-resnet20-1wa", "--print-config"])
+    assert "unknown preset 'cifar10-resnet20-1wa'; did you mean 'cifar10-resnet20-1w1a'? valid: " in line, line
+    line = _one_line(capsys, ["sweep", "--grid", "o_ed=2,3", "--dataset", "digits", "--out", "x", "--dry-run"])
+    assert "unknown grid axis 'o_ed'; did you mean 'o_end'? valid: " in line, line
+    line = _one_line(capsys, ["sweep", "--grid", "qqqq=2,3", "--dataset", "digits", "--out", "x", "--dry-run"])
+    assert "unknown grid axis 'qqqq'; valid: " in line, line
 
 
 def test_durations_and_counts_read_as_words():

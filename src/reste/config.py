@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import DEFAULT_ROOT, SPECS, dataset_names, get_spec
-from .errors import UsageError, option
+from .errors import UsageError, did_you_mean, option
 from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
@@ -629,7 +629,8 @@ PRESETS: dict[str, Preset] = {name: Preset(name=name, **row) for name, row in _P
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise UsageError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)} (see `reste presets`)")
+        raise UsageError(f"unknown preset {name!r}; {did_you_mean(name, PRESETS)}valid: {', '.join(PRESETS)} "
+                         "(see `reste presets`)")
     return PRESETS[name]
 
 

@@ -408,7 +408,7 @@ class _Run:
     """One training run in a directory: state, epochs, checkpoints and logs."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, log: Callable[[str], None], progress: bool | None,
-                 stop: StopRequest | None = None) -> None:
+                 stop: StopRequest | None = None, folder: RunDirectory | None = None) -> None:
         # train() and resume() hand in the StopRequest their signal handlers set, before the join: a stop that
         # came before it ends the process there (init_distributed)
         self.stop = stop if stop is not None else StopRequest()
@@ -416,6 +416,7 @@ class _Run:
         progress = stderr_is_terminal() if progress is None else progress
         config = as_recorded(config)  # what config.json and the checkpoints record: every estimator option
         self.config, self.run_dir, self.progress = config, run_dir, progress
+        self.folder = folder  # the locked run folder (rank 0's): asked where it is before each write (_in_place)
         check_tensorboard(config.tensorboard, run_dir)  # before any data: a missing package is one line
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -902,6 +903,7 @@ class _Run:
         A crash between two of these writes is repaired on resume (see :func:`repair_best`); a ``saved()`` that
         raises (its line printed to a closed pipe) ends the run after them, not between them.
         """
+        self._in_place()
         append_metrics(self.run_dir, metrics)
         blob = ckpt_io.save_checkpoint(self.state(epoch), last_checkpoint(self.run_dir))
         try:
@@ -911,6 +913,16 @@ class _Run:
                 ckpt_io.atomic_write(best_checkpoint(self.run_dir), lambda f: f.write(blob))
             if self.config.keep_top:
                 keep_top(self.run_dir, self.config.keep_top, epoch, blob)
+
+    def _in_place(self) -> None:
+        """Before the run writes its folder: the folder it locked is still at its path, or the run follows it where it
+        was renamed or moved (a sweep folder renamed while it runs); ``FolderGone`` where it was deleted, whose path
+        may hold another run's folder by now (review chaos5 #2, #9: the two runs' files mixed)."""
+        if self.folder is None:
+            return
+        before, self.run_dir = self.run_dir, self.folder.follow()
+        if self.run_dir != before:
+            self.log(f"note: {before} was moved to {self.run_dir} while the run trained; the run goes on there")
 
     # -- mid-epoch checkpoints ------------------------------------------------
 
@@ -924,6 +936,7 @@ class _Run:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
                        "time": time.monotonic() - self._epoch_t0, "trained": True, "lr": lr,
                        "schedule": {k: float(v) for k, v in schedule.items()}, **self._bop_partial()}
+            self._in_place()
             ckpt_io.save_checkpoint(self.state(epoch, steps, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, steps), time.monotonic()
 
@@ -947,6 +960,7 @@ class _Run:
         if self.dist.main:
             partial = {"ranks": ranks, "meter": _meter_partial(self.meter) if self.meter else None,
                        "time": time.monotonic() - self._epoch_t0, **self._bop_partial()}
+            self._in_place()
             ckpt_io.save_checkpoint(self.state(epoch, step, partial), last_checkpoint(self.run_dir))
         self.saved, self._last_save = (epoch, step), time.monotonic()
 
@@ -1257,9 +1271,9 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
         lock = RunDirectory.open(run_dir, fresh=True, job=job_token()) if env_rank() == 0 else None
     try:
         with (stop or StopRequest()).handling() as stop, _torch_settings_kept():
-            return _train_locked(config, run_dir, progress, log, stop)
+            return _train_locked(config, run_dir, progress, log, stop, lock)
     except BaseException:
-        if lock is not None and not last_checkpoint(run_dir).exists():
+        if lock is not None and not last_checkpoint(lock.path).exists():  # (lock.path: where a moved folder went)
             left = lock.discard()  # nothing was kept: a failed start leaves no run directory behind
             if left:  # the error on its way out says what failed; this is a note beside it
                 log(f"note: the failed start's cleanup could not remove {', '.join(left)} from {run_dir}: remove "
@@ -1368,8 +1382,8 @@ def tune_convolutions(device: torch.device) -> None:
 
 
 def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Callable[[str], None],
-                  stop: StopRequest) -> dict[str, Any]:
-    run = _Run(config, run_dir, log, progress, stop)
+                  stop: StopRequest, folder: RunDirectory | None = None) -> dict[str, Any]:
+    run = _Run(config, run_dir, log, progress, stop, folder)
     config = run.config  # with the CPU threads it runs with
     if run.dist.main:
         write_config(run_dir, config)
@@ -1543,7 +1557,7 @@ def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, 
         _await_main_lock(run_dir, log)
     try:
         with (stop or StopRequest()).handling() as stop, _torch_settings_kept():
-            return _resume_locked(run_dir, overrides, force, progress, log, stop)
+            return _resume_locked(run_dir, overrides, force, progress, log, stop, lock)
     finally:
         if lock is not None:
             lock.close()
@@ -1603,7 +1617,8 @@ def _check_resumed_graphs(run_dir: Path, saved: TrainConfig, config: TrainConfig
 
 
 def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool, progress: bool,
-                   log: Callable[[str], None], stop: StopRequest) -> dict[str, Any]:
+                   log: Callable[[str], None], stop: StopRequest, folder: RunDirectory | None = None
+                   ) -> dict[str, Any]:
     last = last_checkpoint(run_dir)
     if restore_config(run_dir, write=env_rank() == 0) and env_rank() == 0:
         log(f"note: {run_dir / CONFIG} was missing; written again from {last}")
@@ -1612,7 +1627,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     config = resumption.continue_config(run_dir, saved, overrides, force)
     _check_resumed_graphs(run_dir, saved, config, overrides or {})
     try:
-        run = _Run(config, run_dir, log, progress, stop)
+        run = _Run(config, run_dir, log, progress, stop, folder)
     except ModelOptionError as err:
         if "model_options" in (overrides or {}):  # the options given again: the error names them as they are
             raise

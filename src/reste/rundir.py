@@ -291,6 +291,82 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
+def _open_folder(path: Path) -> int | None:
+    """A descriptor of the folder ``path``; None where a folder cannot be opened (Windows) or this one cannot."""
+    if _WINDOWS or not hasattr(os, "O_DIRECTORY"):
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+class Place:
+    """A folder known by its identity (device and inode, held open where the OS can): whether its path still names
+    it, and where it went. A run folder deleted and made again by another run, or a sweep folder renamed, while a
+    process writes there by path (review chaos5 #2, #9): the writer asks before it writes."""
+
+    HERE, MOVED, DELETED, LOST = "here", "moved", "deleted", "moved or deleted"
+
+    def __init__(self, path: Path, fd: int | None = None) -> None:
+        """``fd``: a descriptor of the folder that the caller owns (a run's folder lock), else one is opened here
+        (held open, the inode cannot be reused by a folder made in its place)."""
+        self.path, self._own = path, fd is None
+        self._fd = _open_folder(path) if fd is None else fd
+        st = os.fstat(self._fd) if self._fd is not None else os.stat(path)
+        self._id = (st.st_dev, st.st_ino)
+
+    def _names_it(self, path: str | os.PathLike) -> bool:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return False
+        return (st.st_dev, st.st_ino) == self._id
+
+    def locate(self) -> tuple[str, Path | None]:
+        """``(HERE, path)`` while ``path`` names the folder; ``(MOVED, where)`` where it was renamed or moved on its
+        file system (where it is, as the kernel knows it: Linux); ``(DELETED, None)``; ``(LOST, None)`` where it is
+        not at its path and no more can be told (not Linux: moved, or deleted)."""
+        if self._names_it(self.path):
+            return self.HERE, self.path
+        if self._fd is None:
+            return self.LOST, None
+        try:
+            now: str | None = os.readlink(f"/proc/self/fd/{self._fd}")
+        except OSError:
+            now = None
+        if now is not None and self._names_it(now):
+            return self.MOVED, _as_given(Path(now), self.path)
+        try:
+            deleted = os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            deleted = False
+        if deleted or (now is not None and now.endswith(" (deleted)")):
+            return self.DELETED, None
+        return self.LOST, None
+
+    def close(self) -> None:
+        if self._own and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+
+
+def _as_given(where: Path, given: Path) -> Path:
+    """``where`` (absolute) as ``given`` was written: relative to the working folder when it was, and below it."""
+    if given.is_absolute():
+        return where
+    try:
+        return where.relative_to(Path.cwd())
+    except (ValueError, OSError):
+        return where
+
+
+class FolderGone(UsageError):
+    """A run's folder was deleted while it trained, or moved where it cannot be followed: the run stops without
+    writing to what its path names now."""
+
+
 class RunDirectory:
     """An open, locked run directory."""
 
@@ -298,6 +374,26 @@ class RunDirectory:
         self.path, self._fd, self.created, self._folder_fd = path, fd, created, folder_fd
         self._pid = os.getpid()  # a fork's copy of this object holds no lock (its descriptors closed at the fork)
         _HELD.update(f for f in (fd, folder_fd) if f is not None)
+        self.place = Place(path, folder_fd)
+
+    def follow(self) -> Path:
+        """Where the run's folder is now, asked before the run writes there: its path while that names the folder
+        this object locked; its new path where it was renamed or moved (the run goes on there: :attr:`path` becomes
+        it). :class:`FolderGone` where it was deleted (a new run may have made a folder at its path, which must not
+        get this run's files), or moved where no one can tell."""
+        state, where = self.place.locate()
+        if state == Place.HERE:
+            return self.path
+        if where is not None:
+            self.path = self.place.path = where
+            return where
+        path = self.path
+        if state == Place.DELETED:
+            again = " and a folder made again at its path" if os.path.lexists(path) else ""
+            raise FolderGone(f"{path} was deleted{again} while its run trained: the run stops without writing there "
+                             "(its epochs went with the folder)")
+        raise FolderGone(f"{path} was moved or deleted while its run trained: the run stops without writing there; "
+                         "if it was moved, resume it where it is now (its last.pt keeps its last saved epoch)")
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, fresh: bool, job: str = "") -> "RunDirectory":
@@ -472,8 +568,9 @@ class RunDirectory:
     def close(self) -> None:
         """Release the lock (the lock file stays; it is harmless)."""
         if self._pid != os.getpid():  # in a forked process: its numbers may name other files by now
-            self._fd = self._folder_fd = None
+            self._fd = self._folder_fd = self.place._fd = None
             return
+        self.place.close()
         if self._folder_fd is not None:
             _HELD.discard(self._folder_fd)
             os.close(self._folder_fd)
@@ -491,6 +588,9 @@ class RunDirectory:
         the lock is released in any case.
         """
         left: list[str] = []
+        if self.place.locate()[0] != Place.HERE:  # deleted (what its path names now is not this run's) or moved
+            self.close()
+            return left
 
         def remove(path: Path) -> None:
             try:
@@ -537,16 +637,26 @@ class RunExists(UsageError):
 def folder_lock(path: Path, name: str, what: str, remedy: str):
     """Hold the lock file ``path/name`` for the block, as a run holds its folder's (:class:`RunDirectory`): one
     more holder is refused with :class:`RunInUse` naming its PID (``what`` is writing to ``path``); the file goes
-    at the end. A sweep holds its --out folder with it."""
+    at the end. A sweep holds its --out folder with it. Yields the folder's :class:`Place` (where it is now)."""
     fd = RunDirectory._lock(path, remedy, name=name, what=what)
     _HELD.add(fd)
     pid = os.getpid()
+    place = None
     try:
-        yield
+        place = Place(path)
+        yield place
     finally:
         if os.getpid() == pid:  # a fork's copy holds no lock (its descriptors closed at the fork)
             _HELD.discard(fd)
-            _remove_lock(path / name, lambda: _release(fd))
+            # where the folder went, its lock file went with it (a moved sweep folder: review chaos5 #2); one deleted
+            # took it along, and what its path names now is another's
+            where = place.locate()[1] if place is not None else path
+            if place is not None:
+                place.close()
+            if where is None:
+                _release(fd)
+            else:
+                _remove_lock(where / name, lambda: _release(fd))
 
 
 def file_in_the_way(path: str | os.PathLike) -> Path | None:
@@ -834,7 +944,9 @@ def _pickle_holds(path: str | os.PathLike, key: bytes) -> bool:
 def record_failure(run_dir: str | os.PathLike, error: str) -> None:
     """Record that the run in ``run_dir`` failed with ``error`` (one line: the exception's type and message)."""
     path = Path(run_dir)
-    path.mkdir(parents=True, exist_ok=True)  # a run that failed at its start removed what it wrote
+    # a run that failed at its start removed what it wrote; not the folders above it (a sweep's runs folder moved
+    # away while it ran is not made again: review chaos5 #2)
+    path.mkdir(exist_ok=True)
     atomic_write(path / FAILED, lambda f: f.write(json.dumps({"error": error}).encode() + b"\n"))
 
 

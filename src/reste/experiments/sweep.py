@@ -43,14 +43,14 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import TrainConfig, check_threads, idle_data_flags, parse_value, usable_cpus
 from ..datasets import get_spec
 from ..models import model_info, model_keywords
-from ..errors import UsageError, join_command_line, machine_cause, on_command_line, print_line, shell_word
+from ..errors import UsageError, did_you_mean, join_command_line, machine_cause, on_command_line, print_line, shell_word
 from ..distributed import signal_text, stop_signals
 from ..estimators import estimator_class, estimator_flags, get_estimator, list_estimators
 from ..checkpoint import load_checkpoint, read_structure
 from ..wording import count, duration, listed
-from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, RunExists, RunInUse, blocked,
-                      best_mismatch, cannot_make, epoch_end_whole, file_in_the_way, folder_lock, forget_failure,
-                      holds_run, in_the_way, last_checkpoint, make_folders, open_append, read_metrics,
+from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, FolderGone, Place, RunExists,
+                      RunInUse, blocked, best_mismatch, cannot_make, epoch_end_whole, file_in_the_way, folder_lock,
+                      forget_failure, holds_run, in_the_way, last_checkpoint, make_folders, open_append, read_metrics,
                       record_divergence, record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, earlier_rows, load_manifest, lost_last,
@@ -140,8 +140,10 @@ def axis_kind(key: str, models: Iterable[str], estimators: Iterable[str] | None 
     if key in _all_estimator_keywords():
         return "estimator", key
     columns = set(_TABLE_COLUMNS)  # (FDA's n is an axis as fda_n)
+    known = [k for k in (*_config_fields(), *_all_estimator_keywords(), *aliases, *model_keys) if k not in columns]
     raise UsageError(
-        f"unknown grid axis {key!r}; valid: a TrainConfig field ({', '.join(_config_fields())}), an estimator "
+        f"unknown grid axis {key!r}; {did_you_mean(key, known)}valid: a TrainConfig field "
+        f"({', '.join(_config_fields())}), an estimator "
         f"hyper-parameter ({', '.join(k for k in _all_estimator_keywords() + sorted(aliases) if k not in columns)}) "
         "or a model option "
         f"({', '.join(model_keys) or 'none for this model'})"
@@ -507,15 +509,27 @@ def _run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
 # ------------------------------------------------------------------- execution
 
 
-def _file_log(path: Path) -> Callable[[str], None]:
+class _file_log:  # noqa: N801 - used as the function it was
     """Lines appended to ``path``, a plain file (``open_append``: a link there is a ``UsageError``, the run's
     failure). A path in them that the file system's encoding could not decode (a non-UTF-8 locale,
-    ``PYTHONUTF8=0``) holds surrogates; they are written back as the bytes they stand for."""
-    def log(message: str) -> None:
-        with open_append(path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            f.write(message + "\n")
+    ``PYTHONUTF8=0``) holds surrogates; they are written back as the bytes they stand for. The file is opened at
+    the first line and held until :meth:`close`: a run folder moved while it trains takes its log along (the run
+    follows it), where the next line opened by path failed the run (review chaos5 #2)."""
 
-    return log
+    def __init__(self, path: Path) -> None:
+        self.path, self._file = path, None
+
+    def __call__(self, message: str) -> None:
+        if self._file is None:
+            self._file = open_append(self.path, encoding="utf-8", errors="surrogateescape", newline="\n")
+        self._file.write(message + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
 
 def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
@@ -526,11 +540,14 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
     if _WORKER["stopped"]:  # a worker whose sweep is stopping starts no other run (nor its folder)
         raise engine.Preempted("not started: the sweep is stopping", _WORKER["stopped"])
     run_dir = Path(job["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = _file_log(run_dir / TRAIN_LOG)
     start = time.monotonic()
     _WORKER["running"] = True
     try:
+        # below the runs folder the sweep made, never that folder again: one moved away while the sweep ran must not
+        # be made anew at its old path, to train the runs there (review chaos5 #2; the sweep stops at the next start)
+        run_dir.parent.mkdir(exist_ok=True)
+        run_dir.mkdir(exist_ok=True)
         forget_failure(run_dir)  # (an earlier sweep's record: the run starts again)
         config = TrainConfig.from_dict(job["config"])
         if job.get("devices"):  # this worker's device (the sweep's own process: the first)
@@ -568,12 +585,15 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
         machine = machine_cause(err)  # (--compile without g++: rev15 #13) every later run would fail so too
         # (a bad input's own line says what is wrong and what to do; another error's class name tells its kind)
         said = machine or (message if isinstance(err, UsageError) else f"{type(err).__name__}: {message}")
-        if status == "failed":  # for `reste show` and the report, until the sweep trains it again
+        # for `reste show` and the report, until the sweep trains it again; not where its folder was deleted (its
+        # path may name another run's folder by now)
+        if status == "failed" and not isinstance(err, FolderGone):
             with contextlib.suppress(OSError):
                 record_failure(run_dir, said)
         return {"status": status, "error": said, "seconds": time.monotonic() - start,
                 "logged": logged, "machine": machine is not None}
     finally:
+        log.close()
         _WORKER["running"] = False
         if _WORKER["orphaned"]:  # the sweep died: no one to report to
             os._exit(1)
@@ -1013,6 +1033,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         return []
     created: list[Path] = []  # what to remove again if the sweep cannot start
     held = contextlib.ExitStack()  # the lock of --out, for the whole sweep
+    places: list[tuple[Place, str, str]] = []  # its two folders, asked where they are before each run
     try:
         for folder, flag in ((out, "--out"), (runs_root, "--runs-dir")):
             try:
@@ -1021,9 +1042,14 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                 raise UsageError(f"cannot create the sweep folder {folder} ({err.strerror}); pass another "
                                  f"{flag}") from None
             if folder == out:  # a second sweep on it is refused before it announces a run or writes a table
-                held.enter_context(folder_lock(out, SWEEP_LOCK, "a sweep", "make it writable (its mode, its owner) to "
-                                               "continue this sweep, or pass another --out for a new one"))
+                place = held.enter_context(folder_lock(out, SWEEP_LOCK, "a sweep", "make it writable (its mode, its "
+                                                       "owner) to continue this sweep, or pass another --out for a "
+                                                       "new one"))
                 _check_out(out, base, settings, seeds)  # again, under the lock: the holder may have changed it
+                places.append((place, "sweep folder", flag))
+            else:
+                places.append((Place(folder), "runs folder", flag))
+                held.callback(places[-1][0].close)
         # before any run: a bad data folder is one error, and a download happens once; a model that does not fit
         # its data set is one error too, not a run failed in every sweep (review clifuzz #6, #7)
         _check_models([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
@@ -1033,7 +1059,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         remove_folders(created)  # a sweep that could not start leaves no folder of its own
         raise
     with held:
-        return _sweep(base, grid, seeds, settings, out, todo, jobs, threads, log, report, failures)
+        return _sweep(base, grid, seeds, settings, out, todo, jobs, threads, log, report, failures, places)
 
 
 def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, int, dict[str, Any]]],
@@ -1079,10 +1105,10 @@ def _placement(base: TrainConfig, pending: int, jobs: int, threads: int | None, 
 
 def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], settings: list[Setting], out: Path,
            todo: list[tuple[Setting, int, dict[str, Any]]], jobs: int, threads: int | None,
-           log: Callable[[str], None], report: bool, failures: list[tuple[str, int, str]] | None
-           ) -> list[dict[str, Any]]:
+           log: Callable[[str], None], report: bool, failures: list[tuple[str, int, str]] | None,
+           places: Sequence[tuple[Place, str, str]] = ()) -> list[dict[str, Any]]:
     """The sweep of :func:`run_sweep` once it holds its --out folder: train the runs of ``todo``, then the
-    tables."""
+    tables. ``places``: its folders (each with its name and flag), which must stay where they are while it runs."""
 
     write_manifest(out, base, grid, seeds, settings)
     total = len(todo)
@@ -1132,6 +1158,7 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
         """The tables of the runs finished so far (figures come at the end): a sweep stopped early still
         leaves them, and a long one can be read while it runs."""
         nonlocal table_error
+        _check_places(places)
         try:
             summarize(out, plots=False)
         except Exception as err:  # noqa: BLE001 - the runs go on; the end says it again, or writes them (an error
@@ -1149,6 +1176,7 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     def announce(s: Setting, seed: int, job: dict[str, Any]) -> None:
         """The line when a run starts: which, from where, and the folder whose train.log has its epochs."""
         nonlocal started
+        _check_places(places)
         started += 1
         i = numbers[(s.label, seed)] = total - len(pending) + started
         epochs = s.config.epochs
@@ -1181,11 +1209,30 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     # a stop signal other than Ctrl-C's (which stays KeyboardInterrupt's) took Python's default action once the last
     # run had returned, which ended a sweep writing its tables without a line (review chaos4 #9): kept until they are
     with StopRequest().handling(keys=False) as stop:
+        _check_places(places)
         result = _finish(out, settings, log, report, busy, failed, logged)
     if stop.signum or late:
         raise Preempted(f"sweep stopped by {signal_text(stop.signum or late)} after its last run, its tables written; "
                         "run the same command again to check (finished runs are skipped)", stop.signum or late)
     return result
+
+
+def _check_places(places: Iterable[tuple[Place, str, str]]) -> None:
+    """A ``UsageError`` where a folder of the sweep was moved or deleted while it ran, before it starts a run or
+    writes tables: it stops there, saying where the folder went. Its runs trained on into folders it made again at
+    the old path, and its last line called them failed (review chaos5 #2)."""
+    for place, noun, flag in places:
+        state, where = place.locate()
+        if state == Place.HERE:
+            continue
+        if where is not None:
+            raise UsageError(f"the {noun} {place.path} was moved to {where} while the sweep ran: the sweep stops; "
+                             f"run the same command with {flag} {shell_word(where)} to continue there")
+        if state == Place.DELETED:
+            raise UsageError(f"the {noun} {place.path} was deleted while the sweep ran: the sweep stops; the same "
+                             "command starts it again")
+        raise UsageError(f"the {noun} {place.path} was moved or deleted while the sweep ran: the sweep stops; run "
+                         f"the same command with {flag} where the folder is now to continue there")
 
 
 def _finish(out: Path, settings: list[Setting], log: Callable[[str], None], report: bool, busy: int, failed: int,
@@ -1333,9 +1380,9 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
 
         def start_next() -> None:
             s, seed, job = queue.pop(0)
+            announce(s, seed, job)  # (first: it stops the sweep where its folder went away)
             with _stop_signals_held():  # (the pool starts a worker process here, as it needs one)
                 futures[pool.submit(_execute, job)] = (s, seed, job)
-            announce(s, seed, job)
 
         ended: set = set()
 
