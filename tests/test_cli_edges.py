@@ -573,3 +573,70 @@ def test_a_stray_rank_without_a_world_is_one_process_that_locks_its_folder(capsy
     assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
     assert (out / "config.json").is_file() and (out / "last.pt").is_file() and (out / LOCK_NAME).is_file()
     assert "error" not in capsys.readouterr().err
+
+
+_SIGNAL_IN_THE_COMMAND = """
+import os, signal, sys
+from reste import cli
+
+sig = getattr(signal, sys.argv[1])
+real = cli._expand_home
+
+def then_a_signal(args):  # every command passes here once its flags are read
+    os.kill(os.getpid(), sig)
+    return real(args)
+
+cli._expand_home = then_a_signal
+from reste.__main__ import run
+sys.argv = ["reste", *sys.argv[2:]]
+sys.exit(run())
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_a_stop_signal_in_a_command_without_handlers_of_its_own_ends_it_with_one_line(tmp_path):
+    """(review chaos2, suggestion) SIGTERM in `reste report`, `eval` or `export` took Python's default action: exit
+    143 without a word (and its temporary files left). One line now; an ignored SIGHUP (nohup) stays ignored."""
+    import signal
+
+    script = tmp_path / "s.py"
+    script.write_text(_SIGNAL_IN_THE_COMMAND)
+
+    def run(*argv, ignore_hup=False):
+        def setup():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_hup else signal.SIG_DFL)
+
+        return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=300,
+                              preexec_fn=setup, cwd=tmp_path)
+
+    proc = run("SIGTERM", "eval", "nowhere")
+    assert (proc.returncode, proc.stderr) == (143, "reste: stopped by SIGTERM; run the same command again\n")
+    proc = run("SIGHUP", "eval", "nowhere")
+    assert proc.returncode == 129
+    assert proc.stderr == "reste: stopped by SIGHUP (its terminal closed); run the same command again\n"
+    proc = run("SIGHUP", "eval", "nowhere", ignore_hup=True)  # (nohup's)
+    assert proc.returncode == 2 and proc.stderr.startswith("reste: error: "), proc.stderr
+    proc = run("SIGTERM", "train", "--out", "r", "--epochs", "1", "--no-progress")
+    assert proc.returncode == 143 and proc.stderr.startswith("reste: stopped by SIGTERM; nothing was saved in r"), \
+        proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_process_forked_from_the_command_gets_the_default_stop_back():
+    """A DataLoader worker forked from `reste eval` must not raise the command's stop in its own loop (a traceback
+    from the worker as the loader ends it with SIGTERM)."""
+    code = textwrap.dedent("""
+        import os, signal
+        from reste import cli
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        cli._stops_raise()
+        assert signal.getsignal(signal.SIGTERM) is cli._raise_stopped
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 3)
+        print(os.waitpid(pid, 0)[1] >> 8)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "0", proc.stderr

@@ -441,16 +441,27 @@ def _main(argv: Sequence[str] | None) -> int:
             with contextlib.suppress(OSError):  # (SIGHUP: its terminal may be gone)
                 print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
+    except _Stopped as err:  # (train and sweep have handlers of their own while they run: see StopRequest)
+        from .distributed import env_rank, signal_text
+
+        if env_rank() == 0:
+            with contextlib.suppress(OSError):  # (SIGHUP: its terminal may be gone)
+                print(f"reste: stopped by {signal_text(err.signum)}; {_kept(argv) or 'run the same command again'}",
+                      file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
-        command = _command(argv)
-        if command == "sweep":
-            print("reste: interrupted; the sweep keeps its finished runs and each run its finished epochs: run the "
-                  "same command again to continue", file=sys.stderr)
-        elif command == "train":
-            print(f"reste: interrupted; {_run_kept(argv)}", file=sys.stderr)
-        else:
-            print("reste: interrupted", file=sys.stderr)
+        kept = _kept(argv)
+        print(f"reste: interrupted; {kept}" if kept else "reste: interrupted", file=sys.stderr)
         return 130
+
+
+def _kept(argv: Sequence[str]) -> str:
+    """What a training command stopped before it ended keeps, and how to go on; "" for the others."""
+    command = _command(argv)
+    if command == "sweep":
+        return ("the sweep keeps its finished runs and each run its finished epochs: run the same command again to "
+                "continue")
+    return _run_kept(argv) if command == "train" else ""
 
 
 usage_line = one_line  # its name here before reste.errors had it
@@ -691,10 +702,45 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
     return 1
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP in a command with no handler of its own at that moment (``reste report``, ``eval``,
+    ``export``; train and sweep before and after their runs): one line and 128 + the signal, where Python's default
+    ended the process without a word and left its temporary files (review chaos2, suggestion). A ``BaseException``,
+    as ``KeyboardInterrupt``: an ``except Exception`` that goes on (a sweep's tables so far) does not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _stops_raise() -> None:
+    """SIGTERM and SIGHUP raise :class:`_Stopped` in this process, where they take the default action now (an ignored
+    one, nohup's SIGHUP, stays ignored); a process forked from it (a DataLoader worker) gets the default back."""
+    import signal
+
+    mine = [sig for sig in (getattr(signal, name, None) for name in ("SIGTERM", "SIGHUP"))
+            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL]
+    for sig in mine:
+        signal.signal(sig, _raise_stopped)
+
+    def in_child() -> None:
+        for sig in mine:
+            if signal.getsignal(sig) is _raise_stopped:
+                signal.signal(sig, signal.SIG_DFL)
+
+    if mine and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=in_child)
+
+
 def command() -> int:
     """The ``reste`` command once imported: warnings as one ``reste: warning:`` line each (not with --debug)."""
     if "--debug" not in sys.argv[1:]:
         one_line_warnings()
+    _stops_raise()
     try:
         return main()
     finally:  # done (a stopped run saved and said so): a Ctrl-C while Python shuts down (atexit callbacks, torch's
