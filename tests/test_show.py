@@ -185,8 +185,15 @@ def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
     assert [r["state"] for s in status["settings"] for r in s["runs"]] == [
         "finished", "stopped", "not started", "diverged", "damaged", "training"]
     assert main(["show", str(out)]) == 0  # no sweep process: say how to continue
+    text = capsys.readouterr().out
     assert ("continue   the same `reste sweep` command trains the 2 runs left (finished runs are skipped, stopped "
-            "ones resume)") in capsys.readouterr().out
+            "ones resume)") in text
+    assert f"tables     `reste report {out}` writes them (also while it runs); one run: " in text  # (--no-report)
+    assert main(["report", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0  # (review newuser5) tables written: named, not "writes them"
+    assert f"tables     {out / 'results.md'} (`reste report {out}` writes them again, also while it runs); one run: " \
+        in capsys.readouterr().out
 
 
 def test_show_of_a_sweep_says_a_gone_run_keeps_its_reported_row(tmp_path, capsys):

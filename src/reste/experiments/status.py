@@ -116,8 +116,10 @@ def show_sweep(out_dir: str | os.PathLike) -> str:
                      "are skipped, stopped ones resume)")
     shown = [r["run_dir"] for s in status["settings"] for r in s["runs"] if r["state"] != "not started"
              and holds_run(r["run_dir"])]  # a run `reste show` can show (not one that diverged at once)
-    lines.append(f"tables     `reste report {shell_word(out_dir)}` writes them (also while it runs); one run: "
-                 f"`reste show {shell_word(shown[0]) if shown else 'RUN_DIR'}`")
+    written = Path(out_dir) / "results.md"  # (review newuser5: "writes them" beside tables written already)
+    tables = (f"{shell_word(written)} (`reste report {shell_word(out_dir)}` writes them again, also while it runs)"
+              if written.is_file() else f"`reste report {shell_word(out_dir)}` writes them (also while it runs)")
+    lines.append(f"tables     {tables}; one run: `reste show {shell_word(shown[0]) if shown else 'RUN_DIR'}`")
     return "\n".join(lines)
 
 
