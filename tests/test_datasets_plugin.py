@@ -186,6 +186,12 @@ def test_train_eval_export_predict_summary_with_a_plugin_set(isolated, plugin_fi
     capsys.readouterr()
     assert main(["predict", str(out), "--plugin", str(plugin_file), "--threads", "1"]) == 0
     assert "on toyset test: top-1" in capsys.readouterr().out
+    with pytest.MonkeyPatch.context() as m:  # (review newuser5) without its plugin: the export's name, and the flag
+        m.setattr(datasets, "_REGISTERED", {k: v for k, v in datasets._REGISTERED.items() if k != "toyset"})
+        assert main(["predict", str(out), "--threads", "1"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "reste: error: the export names the data set 'toyset', which is not registered here: pass the --plugin "
+            "that registers it (as its training did), or --dataset NAME")
     assert main(["summary", "toy_mlp_1w1a", "--plugin", str(plugin_file)]) == 0
     assert main(["summary", "--list", "--plugin", str(plugin_file)]) == 0
     assert "toy_mlp_1w1a                 toyset" in capsys.readouterr().out

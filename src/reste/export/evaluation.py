@@ -103,10 +103,17 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     if not isinstance(model, PackedModel):
         name = Path(model).name
         model = PackedModel.load(model, backend=backend)
-    dataset = dataset or model.meta.get("dataset")
+    given, dataset = dataset, dataset or model.meta.get("dataset")
     if not dataset:
         raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")
-    spec = get_spec(dataset)  # checked before any file is read or downloaded
+    try:
+        spec = get_spec(dataset)  # checked before any file is read or downloaded
+    except UsageError:
+        if given:
+            raise
+        # (review newuser5, suggestion) a plugin's data set, the plugin not loaded: say where the name came from
+        raise UsageError(f"the export names the data set {dataset!r}, which is not registered here: pass the "
+                         "--plugin that registers it (as its training did), or --dataset NAME") from None
     check_shape(model.input_size, spec.input_size, f"the {spec.name} data set")
     classes = model_classes(model)  # (a model that is no classifier: refused before any file is read)
     if classes is not None and classes != spec.num_classes and not spec.folder_classes:
