@@ -215,3 +215,112 @@ def test_a_sweep_run_does_not_make_its_runs_folder_again(tmp_path):
     outcome = sweep._execute(job)
     assert outcome["status"] == "failed" and "No such file or directory" in outcome["error"]
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ review diff19
+
+
+def _after_the_start(monkeypatch, action) -> None:
+    """Call ``action()`` once the run's data is loaded (``_Run`` built), before its first write."""
+    init = engine._Run.__init__
+
+    def wrapped(self, *a, **kw):
+        init(self, *a, **kw)
+        action()
+
+    monkeypatch.setattr(engine._Run, "__init__", wrapped)
+
+
+@pytest.mark.skipif(not LINUX, reason="following a moved folder needs /proc (Linux)")
+def test_a_folder_renamed_while_the_data_loads_is_followed(tmp_path, monkeypatch):
+    """Review diff19 #1: the start's config.json and metrics.jsonl went by the path given, after the data's loading
+    (minutes on ImageNet): a rename then failed the run on a raw FileNotFoundError."""
+    with pytest.MonkeyPatch.context() as m:
+        _after_the_start(m, lambda: (tmp_path / "run").rename(tmp_path / "moved"))
+        result = engine.train(TrainConfig(**CONFIG), tmp_path / "run", log=lambda _m: None)
+    assert result["run_dir"] == str(tmp_path / "moved") and not (tmp_path / "run").exists()
+    assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "moved")] == [1, 2, 3]
+    engine.train(TrainConfig(**CONFIG), tmp_path / "again", log=lambda _m: None)  # a resume's start too
+    _after_the_start(monkeypatch, lambda: (tmp_path / "again").rename(tmp_path / "again2"))
+    result = engine.resume(tmp_path / "again", {"epochs": 4}, force=True, log=lambda _m: None)
+    assert result["run_dir"] == str(tmp_path / "again2")
+    assert [m["epoch"] for m in rundir.read_metrics(result["run_dir"])] == [1, 2, 3, 4]
+
+
+def test_a_folder_made_again_while_the_data_loads_gets_no_start_files(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+
+    def replace() -> None:
+        shutil.rmtree(run)
+        run.mkdir()
+
+    _after_the_start(monkeypatch, replace)
+    with pytest.raises(FolderGone):
+        engine.train(TrainConfig(**CONFIG), run, log=lambda _m: None)
+    assert list(run.iterdir()) == []  # no config.json, no emptied metrics.jsonl: another run may start there
+
+
+def test_a_folder_made_again_while_a_checkpoint_is_written_gets_no_later_file(tmp_path, monkeypatch):
+    """Review diff19 #4: one check before an epoch's several writes; best.pt (after last.pt's seconds) went into a
+    folder made again meanwhile. Each file asks again."""
+    from reste import checkpoint
+
+    run, real, calls = tmp_path / "run", checkpoint.save_checkpoint, []
+
+    def then_replaced(state, path, *a, **kw):
+        blob = real(state, path, *a, **kw)
+        calls.append(path)
+        if len(calls) == 1:  # epoch 1's last.pt written; its best.pt is next
+            shutil.rmtree(run)
+            run.mkdir()
+            (run / "other.txt").write_text("another run's\n")
+        return blob
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", then_replaced)
+    with pytest.raises(FolderGone):
+        engine.train(TrainConfig(**CONFIG), run, log=lambda _m: None)
+    assert sorted(p.name for p in run.iterdir()) == ["other.txt"]
+
+
+@pytest.mark.skipif(not LINUX, reason="following a moved folder needs /proc (Linux)")
+def test_a_run_with_tensorboard_follows_its_folder(tmp_path, monkeypatch):
+    """Review diff19 #2: TensorBoard's writer opens its event file by path at each flush: the run said it went on in
+    the new folder, then failed at its next epoch."""
+    pytest.importorskip("tensorboard")
+    _in_epoch(2, monkeypatch, lambda: (tmp_path / "run").rename(tmp_path / "moved"))
+    result = engine.train(TrainConfig(**CONFIG, tensorboard="tensorboard"), tmp_path / "run", log=lambda _m: None)
+    assert result["run_dir"] == str(tmp_path / "moved") and not (tmp_path / "run").exists()
+    assert len(list((tmp_path / "moved" / "tensorboard").glob("events.out.tfevents.*"))) == 2  # before and after
+
+
+@pytest.mark.skipif(not LINUX, reason="following a moved folder needs /proc (Linux)")
+def test_a_sweep_stopped_after_its_folder_moved_names_where_it_went(tmp_path, monkeypatch):
+    """Review diff19 #3: "run the same command again" started the sweep anew at the old path."""
+    import signal
+
+    out, moved = tmp_path / "sw", tmp_path / "sw2"
+
+    def moved_then_stopped(job, stop=None):
+        out.rename(moved)
+        raise engine.Preempted("stopped", signal.SIGTERM)
+
+    monkeypatch.setattr(sweep, "_execute", moved_then_stopped)
+    with pytest.raises(engine.Preempted) as caught:
+        sweep.run_sweep(*_sweep_args(out), log=lambda _m: None)
+    assert str(caught.value).startswith(f"sweep stopped by SIGTERM; the sweep folder {out} was moved to {moved} while "
+                                        f"the sweep ran: run the same command with --out {moved} to continue there")
+
+
+def test_a_sweep_worker_makes_no_run_in_a_runs_folder_made_again(tmp_path):
+    """Review diff19 #5: a worker starts seconds after the sweep's check; a runs folder made again at its path
+    meanwhile (another sweep's) got the dead sweep's runs."""
+    (tmp_path / "runs").mkdir()
+    st = os.stat(tmp_path / "runs")
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "runs" / "ste-x").mkdir(parents=True)  # another sweep's, its inode another
+    run_dir = tmp_path / "runs" / "ste-x" / "seed0"
+    job = {"run_dir": str(run_dir), "config": TrainConfig(dataset="digits", epochs=1).to_dict(), "resume": False,
+           "runs_id": [st.st_dev, st.st_ino + 10**9]}
+    outcome = sweep._execute(job)
+    assert outcome["status"] == "failed" and "was moved or deleted while the sweep ran" in outcome["error"]
+    assert not run_dir.exists()  # no folder, no train.log, no failed.json

@@ -69,7 +69,7 @@ from .layers import binary_layers, estimators_of, eval_mode, set_progress
 from .estimators import Estimator
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
-from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, METRICS, RunDirectory, append_metrics, recipe_free,
+from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, METRICS, FolderGone, RunDirectory, append_metrics, recipe_free,
                      best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
                      held_by, holds_run, keep_top, last_checkpoint, other_run, read_metrics, record_divergence,
                      repair_best, require_run_path,
@@ -866,6 +866,9 @@ class _Run:
             self.saved, self._last_save = (epoch + 1, 0), time.monotonic()
             if epoch + 1 < cfg.epochs and self._agree_stop(2 if self.stop.signum else 0) == 2:
                 self._stopped(epoch + 1, 0, len(self.train_loader))
+        if self.dist.main:  # (a move after the last epoch's writes: the result names where the run is)
+            with contextlib.suppress(FolderGone):
+                self._in_place()
         lines = self._own_metrics()
         result = {
             "run_dir": str(self.run_dir),
@@ -905,13 +908,17 @@ class _Run:
         """
         self._in_place()
         append_metrics(self.run_dir, metrics)
-        blob = ckpt_io.save_checkpoint(self.state(epoch), last_checkpoint(self.run_dir))
+        state = self.state(epoch)
+        self._in_place()  # (again before each file: a checkpoint's writing can take seconds: review diff19 #4)
+        blob = ckpt_io.save_checkpoint(state, last_checkpoint(self.run_dir))
         try:
             saved()
         finally:
             if is_best:
+                self._in_place()
                 ckpt_io.atomic_write(best_checkpoint(self.run_dir), lambda f: f.write(blob))
             if self.config.keep_top:
+                self._in_place()
                 keep_top(self.run_dir, self.config.keep_top, epoch, blob)
 
     def _in_place(self) -> None:
@@ -923,6 +930,8 @@ class _Run:
         before, self.run_dir = self.run_dir, self.folder.follow()
         if self.run_dir != before:
             self.log(f"note: {before} was moved to {self.run_dir} while the run trained; the run goes on there")
+            if self.board is not None:
+                self.board.moved(self.run_dir)
 
     # -- mid-epoch checkpoints ------------------------------------------------
 
@@ -1385,7 +1394,9 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
                   stop: StopRequest, folder: RunDirectory | None = None) -> dict[str, Any]:
     run = _Run(config, run_dir, log, progress, stop, folder)
     config = run.config  # with the CPU threads it runs with
-    if run.dist.main:
+    if run.dist.main:  # (after the data's loading, minutes on ImageNet: where the folder is now, review diff19 #1)
+        run._in_place()
+        run_dir = run.run_dir
         write_config(run_dir, config)
         start_metrics(run_dir)
     procs, batch, world = "", f"batch {config.batch_size}", run.dist.world_size
@@ -1634,6 +1645,8 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         # the run's own options, which its model's factory took then: the code that defines the model changed
         raise ckpt_io.code_changed(run_dir, repr(saved.model), saved.model_options, err.reason,
                                    plugin=bool(saved.plugins)) from None
+    run._in_place()  # (after the data's loading: where the folder is now, review diff19 #1)
+    run_dir, last = run.run_dir, last_checkpoint(run.run_dir)
     config = run.config
     trained = saved  # the settings the run trained with: last.pt's (config.json's where it has none)
     ckpt = None
@@ -1680,6 +1693,8 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
                 f"{config.eval_batch_size}: the test metrics can differ in their last bits (and a near-tie in a "
                 "prediction) from an uninterrupted run's")
     if run.dist.main:
+        run._in_place()
+        run_dir, last = run.run_dir, last_checkpoint(run.run_dir)
         record = resumption.settings_to_record(config, trained, idle)
         if record != saved:
             write_config(run_dir, record)

@@ -331,12 +331,15 @@ class Place:
             return self.HERE, self.path
         if self._fd is None:
             return self.LOST, None
-        try:
-            now: str | None = os.readlink(f"/proc/self/fd/{self._fd}")
-        except OSError:
-            now = None
-        if now is not None and self._names_it(now):
-            return self.MOVED, _as_given(Path(now), self.path)
+        for _ in range(3):  # (renamed again between the kernel's answer and the stat: asked again)
+            try:
+                now: str | None = os.readlink(f"/proc/self/fd/{self._fd}")
+            except OSError:
+                now = None
+            if now is not None and self._names_it(now):
+                return self.MOVED, _as_given(Path(now), self.path)
+            if now is None:
+                break
         try:
             deleted = os.fstat(self._fd).st_nlink == 0
         except OSError:
@@ -391,7 +394,8 @@ class RunDirectory:
         if state == Place.DELETED:
             again = " and a folder made again at its path" if os.path.lexists(path) else ""
             raise FolderGone(f"{path} was deleted{again} while its run trained: the run stops without writing there "
-                             "(its epochs went with the folder)")
+                             "(its epochs went with the folder; if it was moved to another file system, resume it "
+                             "there)")
         raise FolderGone(f"{path} was moved or deleted while its run trained: the run stops without writing there; "
                          "if it was moved, resume it where it is now (its last.pt keeps its last saved epoch)")
 

@@ -545,7 +545,10 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
     _WORKER["running"] = True
     try:
         # below the runs folder the sweep made, never that folder again: one moved away while the sweep ran must not
-        # be made anew at its old path, to train the runs there (review chaos5 #2; the sweep stops at the next start)
+        # be made anew at its old path, to train the runs there (review chaos5 #2; the sweep stops at the next start);
+        # nor below one made again there (a worker starts seconds after the sweep's check: review diff19 #5)
+        if job.get("runs_id") and not _is_folder(run_dir.parent.parent, job["runs_id"]):
+            raise FolderGone(f"the runs folder {run_dir.parent.parent} was moved or deleted while the sweep ran")
         run_dir.parent.mkdir(exist_ok=True)
         run_dir.mkdir(exist_ok=True)
         forget_failure(run_dir)  # (an earlier sweep's record: the run starts again)
@@ -568,7 +571,8 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
         logged = False  # whether its train.log holds the traceback, for the sweep's summary to point at
         # its start found a run there: another sweep's (a shared --runs-dir), which it neither failed nor logs in
         taken = isinstance(err, RunExists)
-        if not isinstance(err, RunInUse) and not taken:  # another process's run: its log, not this one's
+        # another process's run: its log, not this one's; nor one at the path of a folder deleted under this run
+        if not isinstance(err, (RunInUse, FolderGone)) and not taken:
             with contextlib.suppress(OSError, UsageError):  # the log itself may be what failed
                 log(traceback.format_exc())
                 logged = True
@@ -597,6 +601,15 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
         _WORKER["running"] = False
         if _WORKER["orphaned"]:  # the sweep died: no one to report to
             os._exit(1)
+
+
+def _is_folder(path: Path, identity: Sequence[int]) -> bool:
+    """Whether ``path`` is the folder of ``identity`` (its device and inode)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return [st.st_dev, st.st_ino] == list(identity)
 
 
 def _stop_between_runs(signum: int, _frame: Any) -> None:
@@ -1050,6 +1063,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             else:
                 places.append((Place(folder), "runs folder", flag))
                 held.callback(places[-1][0].close)
+                st = os.stat(folder)
+                for _, _, job in todo:  # (a worker checks it before it makes its run's folder)
+                    job["runs_id"] = [st.st_dev, st.st_ino]
         # before any run: a bad data folder is one error, and a download happens once; a model that does not fit
         # its data set is one error too, not a run failed in every sweep (review clifuzz #6, #7)
         _check_models([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
@@ -1202,8 +1218,10 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
             raise
 
         signum = getattr(err, "signum", signal.SIGTERM)
-        raise type(err)(f"sweep stopped by {signal_text(signum)}; run the same command again to continue "
-                        "(finished runs are skipped, stopped ones resume at their last step)", signum) from None
+        gone = _gone(places)  # (the same command would start it anew at the old path: review diff19 #3)
+        how = f"{gone[0]}: {gone[1]}" if gone else "run the same command again to continue"
+        raise type(err)(f"sweep stopped by {signal_text(signum)}; {how} (finished runs are skipped, stopped ones "
+                        "resume at their last step)", signum) from None
     from ..engine import Preempted, StopRequest
 
     # a stop signal other than Ctrl-C's (which stays KeyboardInterrupt's) took Python's default action once the last
@@ -1217,22 +1235,30 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     return result
 
 
-def _check_places(places: Iterable[tuple[Place, str, str]]) -> None:
-    """A ``UsageError`` where a folder of the sweep was moved or deleted while it ran, before it starts a run or
-    writes tables: it stops there, saying where the folder went. Its runs trained on into folders it made again at
-    the old path, and its last line called them failed (review chaos5 #2)."""
+def _gone(places: Iterable[tuple[Place, str, str]]) -> tuple[str, str] | None:
+    """The first folder of the sweep that was moved or deleted while it ran: (what happened, what to do); None
+    while all are where they were."""
     for place, noun, flag in places:
         state, where = place.locate()
         if state == Place.HERE:
             continue
         if where is not None:
-            raise UsageError(f"the {noun} {place.path} was moved to {where} while the sweep ran: the sweep stops; "
-                             f"run the same command with {flag} {shell_word(where)} to continue there")
+            return (f"the {noun} {place.path} was moved to {where} while the sweep ran",
+                    f"run the same command with {flag} {shell_word(where)} to continue there")
         if state == Place.DELETED:
-            raise UsageError(f"the {noun} {place.path} was deleted while the sweep ran: the sweep stops; the same "
-                             "command starts it again")
-        raise UsageError(f"the {noun} {place.path} was moved or deleted while the sweep ran: the sweep stops; run "
-                         f"the same command with {flag} where the folder is now to continue there")
+            return f"the {noun} {place.path} was deleted while the sweep ran", "the same command starts it again"
+        return (f"the {noun} {place.path} was moved or deleted while the sweep ran",
+                f"run the same command with {flag} where the folder is now to continue there")
+    return None
+
+
+def _check_places(places: Iterable[tuple[Place, str, str]]) -> None:
+    """A ``UsageError`` where a folder of the sweep was moved or deleted while it ran, before it starts a run or
+    writes tables: it stops there, saying where the folder went. Its runs trained on into folders it made again at
+    the old path, and its last line called them failed (review chaos5 #2)."""
+    gone = _gone(places)
+    if gone:
+        raise UsageError(f"{gone[0]}: the sweep stops; {gone[1]}")
 
 
 def _finish(out: Path, settings: list[Setting], log: Callable[[str], None], report: bool, busy: int, failed: int,

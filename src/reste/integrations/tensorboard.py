@@ -175,8 +175,16 @@ class TensorBoardLog:
     """
 
     def __init__(self, setting: str, run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
-        self.run_dir, self.dir, self.config = Path(run_dir), log_dir(setting, run_dir), config
+        self.setting, self.run_dir, self.dir, self.config = setting, Path(run_dir), log_dir(setting, run_dir), config
         self.writer: Any = None
+
+    def moved(self, run_dir: str | os.PathLike) -> None:
+        """The run's folder was renamed (the run follows it): events inside it go on there, in a writer opened at
+        the next epoch (TensorBoard's writer opens its file by path at each flush: review diff19 #2)."""
+        if not Path(self.setting).is_absolute():
+            self.close()
+            self.dir = log_dir(self.setting, run_dir)
+        self.run_dir = Path(run_dir)
 
     def log_epoch(self, metrics: dict[str, Any], model: nn.Module, meter: EquilibriumMeter | None = None,
                   skipped: bool = False) -> None:
