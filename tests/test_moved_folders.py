@@ -324,3 +324,15 @@ def test_a_sweep_worker_makes_no_run_in_a_runs_folder_made_again(tmp_path):
     outcome = sweep._execute(job)
     assert outcome["status"] == "failed" and "was moved or deleted while the sweep ran" in outcome["error"]
     assert not run_dir.exists()  # no folder, no train.log, no failed.json
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc (Linux)")
+def test_a_folder_the_kernel_places_at_its_path_is_here_whatever_its_inode_number(tmp_path, monkeypatch):
+    """A file system whose inode numbers are not fixed (FUSE without them) gives the folder another st_ino at a later
+    stat: where the kernel says the open folder is at its path, it is there, and the run goes on."""
+    place = Place(tmp_path)
+    try:
+        monkeypatch.setattr(place, "_id", (place._id[0], place._id[1] + 10**9))
+        assert place.locate() == (Place.HERE, tmp_path)
+    finally:
+        place.close()

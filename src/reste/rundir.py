@@ -338,6 +338,8 @@ class Place:
                 now = None
             if now is not None and self._names_it(now):
                 return self.MOVED, _as_given(Path(now), self.path)
+            if now == os.path.realpath(self.path):  # the kernel says it is here: a file system whose inode numbers
+                return self.HERE, self.path  # change (FUSE without fixed ones) must not stop a run
             if now is None:
                 break
         try:
