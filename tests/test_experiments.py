@@ -2470,7 +2470,8 @@ def test_a_run_another_sweep_finished_first_is_held_not_failed(tmp_path):
     config = TrainConfig(dataset="digits", epochs=1, threads=1)
     assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
     outcome = sw._execute({"config": config.to_dict(), "run_dir": str(run), "resume": False})
-    assert outcome["status"] == "busy" and "already holds a run" in outcome["error"]
+    assert outcome["status"] == "busy"  # (review docs2, suggestion) not RunExists's advice to --resume it
+    assert outcome["error"] == f"{run} is another job's run (a sweep that shares this runs folder started it first)"
     assert not (run / FAILED).exists() and not (run / TRAIN_LOG).exists()
 
 

@@ -623,3 +623,26 @@ def test_combine_joins_runs_without_indicators_to_any_mode_and_warns_of_paper_mo
     paper = _study_sweep(tmp_path / "p", rows, 6, "paper", axis="estimator")
     combine.main([str(tmp_path / "pj"), str(paper), "--settings", "estimator=reste,estimator=ste"])
     assert "**WARNING (reste, ste): paper-mode estimating error" in (tmp_path / "pj" / "results.md").read_text()
+
+
+def test_every_sweep_of_the_study_script_is_one_reste_accepts(tmp_path, capsys):
+    """(review docs2, suggestion) The README gives the study's commands as indented code, which test_docs does not
+    read: each sweep run_study.sh runs, at each documented EPOCHS, must still parse and plan (--dry-run)."""
+    import shlex
+
+    from reste.cli import main
+
+    tools = _fake_tools(tmp_path)
+    (tools / "python").write_text(f'#!/bin/sh\necho "python $*" >> "{tmp_path}/calls.log"\necho ste,approx_sign,fda\n')
+    everything = ("estimators o_end o_end_5seeds estimators_5seeds strongest_seeds34 leaders others o_end_others "
+                  "o_end_seeds34 rising o_end_rising")
+    env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}", OUT=str(tmp_path / "out"),
+               RUNS=str(tmp_path / "runs"), EPOCHS="128", SWEEPS=everything)
+    done = _study_script("run_study.sh", env)
+    assert done.returncode == 0, done.stderr
+    sweeps = [c for c in (tmp_path / "calls.log").read_text().splitlines() if c.startswith("reste sweep")]
+    assert len(sweeps) == len(everything.split())
+    for line in sweeps:
+        assert main([*shlex.split(line)[1:], "--dry-run"]) == 0, (line, capsys.readouterr().err)
+        assert "sweep (dry run" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()

@@ -270,8 +270,8 @@ def _first_line(err: BaseException) -> str:
 def add_plugin_flag(parser: argparse.ArgumentParser) -> None:
     """``--plugin MODULE`` (repeatable) on a command that must know the estimator."""
     parser.add_argument("--plugin", dest="plugins", action="append", metavar="MODULE",
-                        help="a module that registers estimators or models of your own: a module name importable "
-                             "from the current folder or sys.path, or a .py file (repeatable)")
+                        help="a module that registers estimators, models or data sets of your own: a module name "
+                             "importable from the current folder or sys.path, or a .py file (repeatable)")
 
 
 def plugins_in_argv(argv: Sequence[str]) -> list[str]:

@@ -589,6 +589,8 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
         machine = machine_cause(err)  # (--compile without g++: rev15 #13) every later run would fail so too
         # (a bad input's own line says what is wrong and what to do; another error's class name tells its kind)
         said = machine or (message if isinstance(err, UsageError) else f"{type(err).__name__}: {message}")
+        if taken:  # (RunExists's own advice, --resume, is for a user's start, not a run another job trains: docs2)
+            said = f"{run_dir} is another job's run (a sweep that shares this runs folder started it first)"
         # for `reste show` and the report, until the sweep trains it again; not where its folder was deleted (its
         # path may name another run's folder by now)
         if status == "failed" and not isinstance(err, FolderGone):
