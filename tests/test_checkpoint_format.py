@@ -143,3 +143,29 @@ def test_structure_damage_finds_a_file_cut_short_or_replaced_from_its_end(tmp_pa
     assert structure_damage(path) == damage(path) == "its checksum record is damaged"
     torch.save({"w": torch.zeros(3)}, path)  # (review diff13 #5) a whole zip that no resume takes
     assert structure_damage(path) == "not a reste checkpoint (no 'reste-checkpoint' header)"
+
+
+def test_a_stop_right_after_the_temporary_file_is_made_removes_it(tmp_path, monkeypatch):
+    """(review chaos6 #5) a stop signal's exception raised between mkstemp and the try that removes the file left
+    .NAME.XXXX.tmp: the writer's object is made before the file, and the export's lock inside the try."""
+    from reste import checkpoint
+
+    real, made = checkpoint.tempfile.mkstemp, []
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", lambda *a, **kw: (made.append(real(*a, **kw)) or made[-1]))
+    # the stop, as the writer's object is made
+    monkeypatch.setattr(checkpoint, "_Writes", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    assert list(tmp_path.iterdir()) == [] and made == []  # (the object first: no file was made)
+
+
+def test_the_exports_staging_file_goes_when_its_lock_is_stopped(tmp_path, monkeypatch):
+    import fcntl
+
+    from reste.export import exporter
+
+    monkeypatch.setattr(fcntl, "flock", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        with exporter.staged(tmp_path / "m.rbnn"):
+            pass
+    assert list(tmp_path.iterdir()) == []

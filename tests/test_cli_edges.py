@@ -640,3 +640,67 @@ def test_a_process_forked_from_the_command_gets_the_default_stop_back():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "0", proc.stderr
+
+
+_STOP_AT_EXIT = """
+import atexit, os, signal, sys
+atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))  # a stop while Python runs its exit callbacks
+from reste.__main__ import run
+sys.argv = ["reste", "presets"]
+sys.exit(run())
+"""
+
+_STOP_IN_A_FINALIZER = """
+import os, signal, sys
+from reste import cli
+
+class Finalized:
+    def __del__(self):  # a stop raised here is only printed by Python ("Exception ignored"), and the command goes on
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10000):
+            pass
+
+real = cli._expand_home
+
+def with_a_finalizer(args):
+    Finalized()
+    return real(args)
+
+cli._expand_home = with_a_finalizer
+from reste.__main__ import run
+sys.argv = ["reste", "presets"]
+sys.exit(run())
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+@pytest.mark.parametrize("script", ["at_exit", "in_a_finalizer"])
+def test_a_stop_the_command_cannot_raise_where_it_lands_still_stops_it(tmp_path, script):
+    """(review chaos6 #2, #4) A SIGTERM in Python's exit callbacks, or in a finalizer, raised the command's stop
+    where Python only prints an exception: a traceback, and exit status 0 for a stopped command."""
+    import signal
+
+    (tmp_path / "s.py").write_text(_STOP_AT_EXIT if script == "at_exit" else _STOP_IN_A_FINALIZER)
+    proc = subprocess.run([sys.executable, str(tmp_path / "s.py")], capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    if script == "at_exit":  # the default action: killed by it, without a word
+        assert proc.returncode == -signal.SIGTERM and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
+    else:  # it ran to its end: said stopped all the same
+        assert proc.returncode == 143, (proc.returncode, proc.stderr)
+        assert proc.stderr.endswith("reste: stopped by SIGTERM; run the same command again\n"), proc.stderr
+
+
+def test_a_print_config_stopped_gets_no_run_folders_advice():
+    """(review chaos6 #6) --print-config makes no run."""
+    assert cli._kept(["train", "--print-config", "--out", "x"]) == ""
+    assert cli._kept(["train", "--out", "x"]).startswith("nothing was saved in x")
+
+
+def test_a_stopped_resume_that_extends_a_finished_run_is_not_called_finished(tmp_path):
+    """(review chaos6 #7) `--resume R --epochs 4 --force` stopped before its first step: R's settings still plan the
+    epochs it finished."""
+    run = tmp_path / "r"
+    assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    assert cli._kept(["train", "--resume", str(run)]) == f"the run had finished: {run} holds it whole"
+    assert cli._kept(["train", "--resume", str(run), "--epochs", "4", "--force"]) == (
+        f"{run} keeps what the run saved, its finished epochs at least: run the same command again")

@@ -331,8 +331,18 @@ def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path,
     assert [(r["file"], r["class"]) for r in saved] == [(f, one_by_one[f]) for f in want_order]
     # an unreadable file: left out, with a line, the others predicted, exit status 1
     (top / "b" / "broken.png").write_bytes(b"\x89PNG but no more")
+    from reste.data import loaders
+
+    made = []  # (review chaos6 #3) its decoding processes leave a stop signal to the command, as training's do
+
+    class Recorded(loaders.EpochDataLoader):
+        def __init__(self, *a, **kw):
+            made.append(kw.get("worker_init_fn"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(loaders, "EpochDataLoader", Recorded)
     code, out, err = _run(capsys, "predict", str(path), str(top), "--json", "--workers", "2", "--batch-size", "3")
-    assert code == 1
+    assert code == 1 and made == [loaders._worker_init]
     summary = json.loads(out)
     assert [u["file"] for u in summary["unreadable"]] == [str(top / "b" / "broken.png")]
     w = want_order  # batches of 3 in the folder's order, broken.png (first of b/) left out of the second

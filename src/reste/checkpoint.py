@@ -73,11 +73,11 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     either the old file or the new one, never a torn one.
     """
     path = Path(path)
+    writes = _Writes()  # (before the file: nothing between it and the try that removes it again, review chaos6 #5)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:  # (its filename: the random name it tried, which never existed: review chaos #1)
         raise naming(err, path, err.filename) from err
-    writes = _Writes()
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:

@@ -442,22 +442,31 @@ def _main(argv: Sequence[str] | None) -> int:
                 print(f"reste: {err}", file=sys.stderr)
         return 128 + err.signum
     except _Stopped as err:  # (train and sweep have handlers of their own while they run: see StopRequest)
-        from .distributed import env_rank, signal_text
-
-        if env_rank() == 0:
-            with contextlib.suppress(OSError):  # (SIGHUP: its terminal may be gone)
-                print(f"reste: stopped by {signal_text(err.signum)}; {_kept(argv) or 'run the same command again'}",
-                      file=sys.stderr)
-        return 128 + err.signum
+        _STOPS.clear()  # (said here)
+        return _say_stopped(err.signum, argv)
     except KeyboardInterrupt:
         kept = _kept(argv)
         print(f"reste: interrupted; {kept}" if kept else "reste: interrupted", file=sys.stderr)
         return 130
 
 
+def _say_stopped(signum: int, argv: Sequence[str]) -> int:
+    """The line of a command a stop signal ended (once, by rank 0 under torchrun); its exit status."""
+    from .distributed import env_rank, signal_text
+
+    if env_rank() == 0:
+        with contextlib.suppress(OSError):  # (SIGHUP: its terminal may be gone)
+            print(f"reste: stopped by {signal_text(signum)}; {_kept(argv) or 'run the same command again'}",
+                  file=sys.stderr)
+    return 128 + signum
+
+
 def _kept(argv: Sequence[str]) -> str:
-    """What a training command stopped before it ended keeps, and how to go on; "" for the others."""
+    """What a training command stopped before it ended keeps, and how to go on; "" for the others (and for
+    ``--print-config``, which makes no run: review chaos6 #6)."""
     command = _command(argv)
+    if "--print-config" in argv:
+        return ""
     if command == "sweep":
         return ("the sweep keeps its finished runs and each run its finished epochs: run the same command again to "
                 "continue")
@@ -558,6 +567,9 @@ def _run_kept(argv: Sequence[str]) -> str:
 
     if not holds_run(folder):  # a new run that saved nothing: its folder went
         return f"nothing was saved in {folder} (a new run's folder goes with it): run the command again"
+    if any(a == "--epochs" or a.startswith("--epochs=") for a in argv):  # (a resume that extends the run, stopped
+        # before its first step: its config.json still plans the epochs it finished, review chaos6 #7)
+        return f"{folder} keeps what the run saved, its finished epochs at least: run the same command again"
     finished = _finished(folder)
     if finished == "whole":  # `reste train ... | head -3`: only the done line met the closed pipe
         return f"the run had finished: {folder} holds it whole"
@@ -713,40 +725,67 @@ class _Stopped(BaseException):
         self.signum = signum
 
 
+_STOPS: list[int] = []  # the stop signals _raise_stopped raised that no handler of _main has said yet
+
+
 def _raise_stopped(signum: int, _frame: Any) -> None:
+    """Raise :class:`_Stopped`, once: the signal's default action comes back (a second one ends the process at once),
+    and it is recorded, for :func:`command` to end with it where Python swallowed the exception (one raised in a
+    finalizer or an at-fork callback is only printed: review chaos6 #4)."""
+    import signal
+
+    _STOPS.append(signum)
+    signal.signal(signum, signal.SIG_DFL)
     raise _Stopped(signum)
 
 
-def _stops_raise() -> None:
+_raise_stopped.reste_stop = True  # (a command's own handler, export's, may take its place for a block)
+_CHILD_HOOK: list[bool] = []
+
+
+def _stops_raise() -> list[int]:
     """SIGTERM and SIGHUP raise :class:`_Stopped` in this process, where they take the default action now (an ignored
-    one, nohup's SIGHUP, stays ignored); a process forked from it (a DataLoader worker) gets the default back."""
+    one, nohup's SIGHUP, stays ignored); a process forked from it (a DataLoader worker) gets the default back. The
+    signals taken."""
     import signal
 
     mine = [sig for sig in (getattr(signal, name, None) for name in ("SIGTERM", "SIGHUP"))
             if sig is not None and signal.getsignal(sig) == signal.SIG_DFL]
     for sig in mine:
         signal.signal(sig, _raise_stopped)
+    if mine and hasattr(os, "register_at_fork") and not _CHILD_HOOK:
+        _CHILD_HOOK.append(True)
+        os.register_at_fork(after_in_child=_stops_default)
+    return mine
 
-    def in_child() -> None:
-        for sig in mine:
-            if signal.getsignal(sig) is _raise_stopped:
-                signal.signal(sig, signal.SIG_DFL)
 
-    if mine and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=in_child)
+def _stops_default() -> None:
+    """SIGTERM and SIGHUP back to their default action where :func:`_stops_raise` took them."""
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is _raise_stopped:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def command() -> int:
     """The ``reste`` command once imported: warnings as one ``reste: warning:`` line each (not with --debug)."""
     if "--debug" not in sys.argv[1:]:
         one_line_warnings()
-    _stops_raise()
     try:
-        return main()
-    finally:  # done (a stopped run saved and said so): a Ctrl-C while Python shuts down (atexit callbacks, torch's
-        # among them) ends the process as Ctrl-C does, not with a KeyboardInterrupt traceback
+        _stops_raise()
+        status = main()
+        if _STOPS:  # a stop that Python swallowed where it was raised: the command went on, but it was stopped
+            status = _say_stopped(_STOPS[0], sys.argv[1:])
+        return status
+    except _Stopped as err:  # before main's own handlers, or after them
+        return _say_stopped(err.signum, sys.argv[1:])
+    finally:  # done (a stopped run saved and said so): a Ctrl-C, SIGTERM or SIGHUP while Python shuts down (atexit
+        # callbacks, torch's among them) takes its default action, not a traceback and exit status 0 (chaos6 #2)
         import signal
 
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (an ignored one stays ignored)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _stops_default()
 

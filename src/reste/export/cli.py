@@ -187,14 +187,16 @@ def _stop_signals() -> Iterator[list[int]]:
         raise _Stopped(signum)
 
     numbers = [getattr(signal, s) for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
-    taken = [n for n in numbers if signal.getsignal(n) is signal.SIG_DFL]  # (an ignored one, nohup's, stays so)
+    # (an ignored one, nohup's, stays so; the reste command's own, which says less, gives way: review chaos6 #1)
+    before = {n: signal.getsignal(n) for n in numbers}
+    taken = [n for n in numbers if before[n] is signal.SIG_DFL or getattr(before[n], "reste_stop", False)]
     for n in taken:
         signal.signal(n, stop)
     try:
         yield got
     finally:
         for n in taken:
-            signal.signal(n, signal.SIG_DFL)
+            signal.signal(n, before[n])
 
 
 def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:

@@ -159,9 +159,9 @@ def predict_images(model: Any, paths: Any, *, batch_size: int = 256, workers: in
     ``seconds``. ``workers``: DataLoader processes decoding the files (default: none for a batch or less, else
     one per usable CPU, up to 8); ``log``: a line every ``line_every`` seconds of a long run."""
     import numpy as np
-    import torch
 
     from ..config import file_workers
+    from ..data.loaders import EpochDataLoader, _worker_init
     from .inputs import ImageFileInputs, check_takes_raw, image_files
 
     _check_counts(batch_size, workers)
@@ -170,8 +170,12 @@ def predict_images(model: Any, paths: Any, *, batch_size: int = 256, workers: in
     if workers is None:  # processes to start only where there is more than one batch to decode
         workers = file_workers() if len(files) > batch_size else 0
     inputs = ImageFileInputs(files, model.input_size, model.preprocessing, model.meta)
-    loader = torch.utils.data.DataLoader(inputs, batch_size=batch_size, num_workers=min(workers, len(files)),
-                                         collate_fn=list)  # (as they are: a reason is text, no tensor)
+    # (as they are: a reason is text, no tensor); the training loaders' processes: a stop signal sent to the whole
+    # process group (a closed terminal's SIGHUP, a job's end) is the command's to answer, which ends them, where
+    # torch's own handler in a process that died of it failed the command with its traceback (review chaos6 #3)
+    workers = min(workers, len(files))
+    loader = EpochDataLoader(inputs, batch_size=batch_size, num_workers=workers, collate_fn=list,
+                             worker_init_fn=_worker_init if workers else None)
     kept: list[int] = []
     classes: list[np.ndarray] = []
     unreadable: list[tuple[str, str]] = []

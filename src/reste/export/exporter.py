@@ -56,17 +56,21 @@ def staged(path: Path) -> Iterator[Path]:
     from ..checkpoint import _replace, _umask
 
     try:
+        import fcntl
+    except ImportError:  # Windows, where an open file cannot be renamed: unlocked, as before
+        fcntl = None
+    try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise cannot_write(err, path, "pass a writable path") from None
-    try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (released as the descriptor closes, below)
-    except (ImportError, OSError):  # no fcntl (Windows, where an open file cannot be renamed), a file system that
-        os.close(fd)  # keeps no locks: unlocked, as before
-        fd = -1
-    try:
+    try:  # (from here on a stop signal's exception removes the file too: review chaos6 #5)
+        try:
+            if fcntl is None:
+                raise OSError("no fcntl")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (released as the descriptor closes, below)
+        except OSError:  # no fcntl, a file system that keeps no locks: unlocked, as before
+            os.close(fd)
+            fd = -1
         os.chmod(name, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
         yield Path(name)
         with open(name, "rb+") as f:
