@@ -567,8 +567,8 @@ def _run_kept(argv: Sequence[str]) -> str:
 
     if not holds_run(folder):  # a new run that saved nothing: its folder went
         return f"nothing was saved in {folder} (a new run's folder goes with it): run the command again"
-    if any(a == "--epochs" or a.startswith("--epochs=") for a in argv):  # (a resume that extends the run, stopped
-        # before its first step: its config.json still plans the epochs it finished, review chaos6 #7)
+    if _extends(argv, folder):  # (a resume that extends the run, stopped before its first step: its config.json still
+        # plans the epochs it finished, review chaos6 #7)
         return f"{folder} keeps what the run saved, its finished epochs at least: run the same command again"
     finished = _finished(folder)
     if finished == "whole":  # `reste train ... | head -3`: only the done line met the closed pipe
@@ -582,6 +582,21 @@ def _run_kept(argv: Sequence[str]) -> str:
     # (review imgdist #2) under torchrun, torchrun again with as many processes: `reste train --resume` is one
     return (f"{folder} keeps what the run saved, its finished epochs at least (continue it with "
             f"{resume_command(folder, launched_world())}); a new run that saved nothing is removed")
+
+
+def _extends(argv: Sequence[str], folder: str) -> bool:
+    """Whether the command line continues the run in ``folder`` (--resume, --auto-resume) with more --epochs than its
+    config.json plans."""
+    if not any(a in ("--resume", "--auto-resume") or a.startswith("--resume=") for a in argv):
+        return False
+    given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--epochs"]
+    given += [a.split("=", 1)[1] for a in argv if a.startswith("--epochs=")]
+    try:
+        from .rundir import saved_config
+
+        return bool(given) and int(given[-1]) > saved_config(folder).epochs
+    except Exception:  # noqa: BLE001 - no number, no readable settings: not known to extend it
+        return False
 
 
 def _finished(folder: str) -> str:
