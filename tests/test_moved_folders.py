@@ -132,7 +132,7 @@ def test_the_cli_says_a_deleted_run_folder_in_one_line(tmp_path, monkeypatch, ca
     code = main(["train", "--dataset", "digits", "--epochs", "3", "--threads", "1", "--no-progress", "--out", str(run)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith("reste: error: ") and "was deleted while its run trained" in err[-1], err
+    assert err[-1].startswith("reste: error: ") and "was deleted while its run held it" in err[-1], err
     assert not run.exists()  # not made again
 
 
@@ -334,5 +334,51 @@ def test_a_folder_the_kernel_places_at_its_path_is_here_whatever_its_inode_numbe
     try:
         monkeypatch.setattr(place, "_id", (place._id[0], place._id[1] + 10**9))
         assert place.locate() == (Place.HERE, tmp_path)
+    finally:
+        place.close()
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc (Linux)")
+def test_a_run_in_the_working_folder_deleted_under_it_stops_with_its_line(tmp_path, monkeypatch):
+    """(review diff20 #2) `reste train --out .`: the path reaches the deleted folder through the working folder,
+    whose inode it still is; the run ended on a raw FileNotFoundError."""
+    run = tmp_path / "rd"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    _in_epoch(2, monkeypatch, lambda: shutil.rmtree(run))
+    with pytest.raises(FolderGone, match=r"^\. was deleted while its run held it"):
+        engine.train(TrainConfig(**CONFIG), Path("."), log=lambda _m: None)
+
+
+def test_where_a_folder_went_is_asked_of_macos_too(tmp_path, monkeypatch):
+    """Without /proc, macOS's fcntl F_GETPATH says where an open folder is: a renamed one is followed there (it
+    stopped the run). The stand-in answers from Linux's /proc, which the code is then refused."""
+    if not LINUX:
+        pytest.skip("the stand-in reads Linux's /proc")
+    from reste import rundir as rd
+
+    real = os.readlink
+
+    class FakeFcntl:
+        F_GETPATH = 50
+
+        @staticmethod
+        def fcntl(fd, cmd, buf):
+            assert cmd == 50 and len(buf) == 1024
+            return os.fsencode(real(f"/proc/self/fd/{fd}")) + b"\0" * 8
+
+    def no_proc(path, *a, **kw):
+        if str(path).startswith("/proc/self/fd/"):
+            raise OSError("no /proc")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(rd, "fcntl", FakeFcntl)
+    monkeypatch.setattr(os, "readlink", no_proc)
+    folder = tmp_path / "a"
+    folder.mkdir()
+    place = Place(folder)
+    try:
+        folder.rename(tmp_path / "b")
+        assert place.locate() == (Place.MOVED, tmp_path / "b")
     finally:
         place.close()

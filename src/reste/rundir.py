@@ -325,17 +325,18 @@ class Place:
 
     def locate(self) -> tuple[str, Path | None]:
         """``(HERE, path)`` while ``path`` names the folder; ``(MOVED, where)`` where it was renamed or moved on its
-        file system (where it is, as the kernel knows it: Linux); ``(DELETED, None)``; ``(LOST, None)`` where it is
-        not at its path and no more can be told (not Linux: moved, or deleted)."""
+        file system (where it is, as the kernel knows it: Linux's /proc, macOS's F_GETPATH); ``(DELETED, None)``;
+        ``(LOST, None)`` where it is not at its path and no more can be told (moved, or deleted)."""
         if self._names_it(self.path):
+            if not self.path.is_absolute() and self._fd is not None:  # (through the working folder, `--out .`, a
+                now = _where_now(self._fd)  # deleted folder is still reached: review diff20 #2)
+                if now is not None and now.endswith(" (deleted)") and not self._names_it(now):
+                    return self.DELETED, None
             return self.HERE, self.path
         if self._fd is None:
             return self.LOST, None
         for _ in range(3):  # (renamed again between the kernel's answer and the stat: asked again)
-            try:
-                now: str | None = os.readlink(f"/proc/self/fd/{self._fd}")
-            except OSError:
-                now = None
+            now = _where_now(self._fd)
             if now is not None and self._names_it(now):
                 return self.MOVED, _as_given(Path(now), self.path)
             if now == os.path.realpath(self.path):  # the kernel says it is here: a file system whose inode numbers
@@ -355,6 +356,21 @@ class Place:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = None
+
+
+def _where_now(fd: int) -> str | None:
+    """Where the folder open as ``fd`` is, as the kernel says (Linux: with " (deleted)" after a deleted one's path);
+    None where it cannot be told."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass
+    if fcntl is not None and hasattr(fcntl, "F_GETPATH"):  # macOS
+        try:
+            return os.fsdecode(fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024)).split(b"\0", 1)[0])
+        except OSError:
+            pass
+    return None
 
 
 def _as_given(where: Path, given: Path) -> Path:
@@ -394,11 +410,13 @@ class RunDirectory:
             return where
         path = self.path
         if state == Place.DELETED:
-            again = " and a folder made again at its path" if os.path.lexists(path) else ""
-            raise FolderGone(f"{path} was deleted{again} while its run trained: the run stops without writing there "
-                             "(its epochs went with the folder; if it was moved to another file system, resume it "
-                             "there)")
-        raise FolderGone(f"{path} was moved or deleted while its run trained: the run stops without writing there; "
+            # (not the deleted folder itself, which `.` still reaches)
+            again = " and a folder made again at its path" if os.path.lexists(path) and \
+                not self.place._names_it(path) else ""
+            raise FolderGone(f"{path} was deleted{again} while its run held it: the run stops without writing there "
+                             "(what it had saved went with the folder; if it was moved to another file system, "
+                             "resume it there)")
+        raise FolderGone(f"{path} was moved or deleted while its run held it: the run stops without writing there; "
                          "if it was moved, resume it where it is now (its last.pt keeps its last saved epoch)")
 
     @classmethod
