@@ -248,6 +248,20 @@ def test_the_bar_reads_the_loss_at_most_once_a_second(tmp_path, monkeypatch):
     assert len(shown) == 2
 
 
+def test_the_bar_draws_its_count_with_the_loss_of_that_step(tmp_path, monkeypatch):
+    """(review newuser5, suggestion) the count was drawn first, beside the loss of the redraw a second before: the
+    loss is set (not drawn) before the count, whose drawing shows both."""
+    from tqdm.auto import tqdm
+
+    events = []
+    real_update = tqdm.update
+    monkeypatch.setattr(tqdm, "set_postfix_str", lambda self, text, refresh=True: events.append(("loss", refresh)))
+    monkeypatch.setattr(tqdm, "update", lambda self, n=1: events.append(("count", None)) or real_update(self, n))
+    engine.train(small(epochs=1, seed=7, batch_size=64), tmp_path / "bar", progress=True, log=quiet)
+    losses = [i for i, (what, _) in enumerate(events) if what == "loss"]
+    assert losses and all(events[i] == ("loss", False) and events[i + 1][0] == "count" for i in losses), events
+
+
 def test_presets_match_the_paper():
     assert PRESETS["cifar10-resnet20-1w1a"].top1 == 86.75
     assert PRESETS["imagenet-resnet34-1w32a"].top5 == 89.50

@@ -739,14 +739,16 @@ class _Run:
                 correct += (logits.argmax(1) == target).sum()
                 n += target.numel()
                 if drawn:
-                    bar.update()
-                    # the bar's loss and accuracy wait for the device: at most once a second (and at the end)
+                    # the bar's loss and accuracy wait for the device: at most once a second (and at the end); set
+                    # before the count, which draws them together (the count drawn first showed it beside the older
+                    # loss: review newuser5, suggestion)
                     if time.monotonic() - shown >= 1.0 or step == steps - 1:
                         shown = time.monotonic()
                         if int(bad_step) >= 0 and not self.dist.enabled:  # with several, all stop together below
                             break
                         bar.set_postfix_str(f"loss {loss_sum.item() / n:.4f} acc {100.0 * correct.item() / n:.2f}"
-                                            + (" (rank 0's shard)" if self.dist.enabled else ""))
+                                            + (" (rank 0's shard)" if self.dist.enabled else ""), refresh=False)
+                    bar.update()
                 elif lines and time.monotonic() - since >= STEP_LINE_EVERY and step < steps - 1:
                     rate = (n - n_since) / (time.monotonic() - since)
                     self.log(f"  epoch {epoch + 1}/{cfg.epochs}  step {step + 1}/{steps}  train loss "
