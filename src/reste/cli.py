@@ -758,10 +758,9 @@ _raise_stopped.reste_stop = True  # (a command's own handler, export's, may take
 _CHILD_HOOK: list[bool] = []
 
 
-def _stops_raise() -> list[int]:
+def _stops_raise() -> None:
     """SIGTERM and SIGHUP raise :class:`_Stopped` in this process, where they take the default action now (an ignored
-    one, nohup's SIGHUP, stays ignored); a process forked from it (a DataLoader worker) gets the default back. The
-    signals taken."""
+    one, nohup's SIGHUP, stays ignored); a process forked from it (a DataLoader worker) gets the default back."""
     import signal
 
     mine = [sig for sig in (getattr(signal, name, None) for name in ("SIGTERM", "SIGHUP"))
@@ -771,7 +770,6 @@ def _stops_raise() -> list[int]:
     if mine and hasattr(os, "register_at_fork") and not _CHILD_HOOK:
         _CHILD_HOOK.append(True)
         os.register_at_fork(after_in_child=_stops_default)
-    return mine
 
 
 def _stops_default() -> None:

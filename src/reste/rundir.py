@@ -42,7 +42,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .checkpoint import UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
@@ -316,22 +316,26 @@ class Place:
         st = os.fstat(self._fd) if self._fd is not None else os.stat(path)
         self._id = (st.st_dev, st.st_ino)
 
+    @property
+    def identity(self) -> tuple[int, int]:
+        """The folder's device and inode (:func:`is_folder`)."""
+        return self._id
+
     def _names_it(self, path: str | os.PathLike) -> bool:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return False
-        return (st.st_dev, st.st_ino) == self._id
+        return is_folder(path, self._id)
+
+    def _deleted(self, now: str | None) -> bool:
+        """Whether the kernel's path of the folder (``now``, :func:`_where_now`) says it was deleted."""
+        return now is not None and now.endswith(" (deleted)") and not self._names_it(now)
 
     def locate(self) -> tuple[str, Path | None]:
         """``(HERE, path)`` while ``path`` names the folder; ``(MOVED, where)`` where it was renamed or moved on its
         file system (where it is, as the kernel knows it: Linux's /proc, macOS's F_GETPATH); ``(DELETED, None)``;
         ``(LOST, None)`` where it is not at its path and no more can be told (moved, or deleted)."""
         if self._names_it(self.path):
-            if not self.path.is_absolute() and self._fd is not None:  # (through the working folder, `--out .`, a
-                now = _where_now(self._fd)  # deleted folder is still reached: review diff20 #2)
-                if now is not None and now.endswith(" (deleted)") and not self._names_it(now):
-                    return self.DELETED, None
+            # (through the working folder, `--out .`, a deleted folder is still reached: review diff20 #2)
+            if not self.path.is_absolute() and self._fd is not None and self._deleted(_where_now(self._fd)):
+                return self.DELETED, None
             return self.HERE, self.path
         if self._fd is None:
             return self.LOST, None
@@ -344,18 +348,25 @@ class Place:
             if now is None:
                 break
         try:
-            deleted = os.fstat(self._fd).st_nlink == 0
+            unlinked = os.fstat(self._fd).st_nlink == 0
         except OSError:
-            deleted = False
-        if deleted or (now is not None and now.endswith(" (deleted)")):
-            return self.DELETED, None
-        return self.LOST, None
+            unlinked = False
+        return (self.DELETED if unlinked or self._deleted(now) else self.LOST), None
 
     def close(self) -> None:
         if self._own and self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = None
+
+
+def is_folder(path: str | os.PathLike, identity: Sequence[int]) -> bool:
+    """Whether ``path`` names the folder of ``identity`` (its device and inode, as a :class:`Place` holds it)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == tuple(identity)
 
 
 def _where_now(fd: int) -> str | None:

@@ -50,8 +50,8 @@ from ..checkpoint import load_checkpoint, read_structure
 from ..wording import count, duration, listed
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, FolderGone, Place, RunExists,
                       RunInUse, blocked, best_mismatch, cannot_make, epoch_end_whole, file_in_the_way, folder_lock,
-                      forget_failure, holds_run, in_the_way, last_checkpoint, make_folders, open_append, read_metrics,
-                      record_divergence, record_failure, remove_folders, run_config)
+                      forget_failure, holds_run, in_the_way, is_folder, last_checkpoint, make_folders, open_append,
+                      read_metrics, record_divergence, record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, earlier_rows, load_manifest, lost_last,
                      paper_mode_estimators, run_folder, run_status, summarize, write_manifest)
@@ -547,7 +547,7 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
         # below the runs folder the sweep made, never that folder again: one moved away while the sweep ran must not
         # be made anew at its old path, to train the runs there (review chaos5 #2; the sweep stops at the next start);
         # nor below one made again there (a worker starts seconds after the sweep's check: review diff19 #5)
-        if job.get("runs_id") and not _is_folder(run_dir.parent.parent, job["runs_id"]):
+        if job.get("runs_id") and not is_folder(run_dir.parent.parent, job["runs_id"]):
             raise FolderGone(f"the runs folder {run_dir.parent.parent} was moved or deleted while the sweep ran")
         run_dir.parent.mkdir(exist_ok=True)
         run_dir.mkdir(exist_ok=True)
@@ -603,15 +603,6 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
         _WORKER["running"] = False
         if _WORKER["orphaned"]:  # the sweep died: no one to report to
             os._exit(1)
-
-
-def _is_folder(path: Path, identity: Sequence[int]) -> bool:
-    """Whether ``path`` is the folder of ``identity`` (its device and inode)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return [st.st_dev, st.st_ino] == list(identity)
 
 
 def _stop_between_runs(signum: int, _frame: Any) -> None:
@@ -1063,11 +1054,11 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
                 _check_out(out, base, settings, seeds)  # again, under the lock: the holder may have changed it
                 places.append((place, "sweep folder", flag))
             else:
-                places.append((Place(folder), "runs folder", flag))
-                held.callback(places[-1][0].close)
-                st = os.stat(folder)
-                for _, _, job in todo:  # (a worker checks it before it makes its run's folder)
-                    job["runs_id"] = [st.st_dev, st.st_ino]
+                runs = Place(folder)
+                places.append((runs, "runs folder", flag))
+                held.callback(runs.close)
+                for _, _, job in todo:  # (a worker checks it before it makes its run's folder: is_folder)
+                    job["runs_id"] = list(runs.identity)
         # before any run: a bad data folder is one error, and a download happens once; a model that does not fit
         # its data set is one error too, not a run failed in every sweep (review clifuzz #6, #7)
         _check_models([s.config for s, _, job in todo if job["state"] in ("new", "partial")])
