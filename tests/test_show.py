@@ -35,6 +35,24 @@ def test_show_names_the_estimators_settings_apart_from_the_models_options(run, t
     assert "reste: interval=0.1 o=1.0 o_end=3.0 schedule=cosine t=1.5   model: width=8" in show_run(other)
 
 
+@pytest.mark.parametrize("key, name, plugins", [("estimator", "nosuch", []), ("model", "mine", ["my_plugin.py"])])
+def test_show_notes_an_estimator_or_model_no_module_here_registers(run, tmp_path, capsys, key, name, plugins):
+    """(review clifuzz #5) A name edited into config.json, or a plugin's (show imports no plugin), was shown as any
+    other: a resume then refuses it. The note says so and what a resume needs."""
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, key: name, "plugins": plugins}))
+    capsys.readouterr()
+    assert main(["show", str(other)]) == 0
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note")]
+    need = "its recorded --plugin my_plugin.py" if plugins else "--plugin MODULE"
+    assert len(note) == 1 and f"{key} {name!r} is registered by no module loaded here" in note[0] and need in note[0]
+    assert main(["show", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unregistered"] == f"{key} {name!r}"
+    assert main(["show", str(run), "--json"]) == 0 and json.loads(capsys.readouterr().out)["unregistered"] is None
+
+
 def test_show_gives_the_settings_the_best_and_last_epochs_and_the_indicators(run, capsys):
     capsys.readouterr()
     assert main(["show", str(run)]) == 0

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import UNREADABLE, read_structure
+from .checkpoint import UNREADABLE, read_structure, unregistered
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError
 from .indicators import RUN_LEVEL, run_indicators
@@ -41,7 +41,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     steps of the next]; with ``steps`` only), ``foreign`` (a stopped run whose ``last.pt`` is another run's, by the
     last metrics line it keeps: why, ``reste.rundir.other_run``; with ``steps`` only), ``failed`` (an
     unfinished sweep run that failed: why, ``reste.rundir.failure``), ``train_seconds`` and
-    ``indicators``
+    ``unregistered`` (``estimator 'NAME'`` or ``model 'NAME'`` that no module loaded here registers: a plugin's,
+    which ``reste show`` does not import, or a name edited into config.json; else None), ``indicators``
     (``reste.indicators.run_indicators``: ``mode``, ``o_end``, ``epochs``, ``first_epoch``, ``estimating_error``,
     ``gradient_stability``, by the run-level rule of that mode, over the epochs its current history holds, as the
     run's training counts them; None when not measured). A folder that holds no run is a one-line ``UsageError``."""
@@ -76,6 +77,7 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
                                "best": None, "last": None, "train_seconds": 0.0, "indicators": None,
                                "saved_step": None, "saved_processes": None, "saved_epoch": behind,
                                "last_damaged": None, "unlogged": None, "foreign": None,
+                               "unregistered": unregistered(config.model, config.estimator),
                                "failed": failure(run_dir) if state != "training" and not finished else None}
     # last.pt read once: the step it holds, or what is wrong with it; also where the lock table cannot tell (a shared
     # file system, where torchrun runs of several nodes live: review rev13 #6)
@@ -190,6 +192,12 @@ def show_run(run_dir: str | os.PathLike) -> str:
              f"{split_batch(config['batch_size'], config.get('accumulate'))}, "
              f"{optimizer_text(config)}, seed {config['seed']}{preset}"
              + (f"\n           {options}" if options else "")]
+    if summary["unregistered"]:  # (review clifuzz #5: a name edited into config.json was shown without a word)
+        plugins = config.get("plugins") or []
+        load = (f"its recorded --plugin {' '.join(plugins)}" if plugins else
+                "--plugin MODULE, the module that registers it (or, where config.json was edited, the setting again)")
+        lines.append(f"note       {summary['unregistered']} is registered by no module loaded here (reste show loads "
+                     f"no plugins); --resume needs {load}")
     done, state = summary["epochs_done"], summary["state"]
     resume = resume_command(run_dir, world)
     inside = f", and {count(summary['saved_step'], 'step')} of epoch {done + 1}" if summary["saved_step"] else ""
