@@ -24,8 +24,8 @@ for cfg in "resnet20_1w1a 256" "vgg_small_1w1a 256" "resnet18_1w1a 96"; do
     name="epoch-$1${graphs:+-graphed}.json"
     rc=0
     timeout 120 "$PYTHON" benchmarks/train_epoch.py --device cuda --model "$1" --batch-size "$2" --amp none $graphs \
-      --epochs 2 --steps 20 --images 20000 --test-images 4000 --json "$WORK/$name" > "$WORK/out.txt" 2>&1 || rc=$?
-    grep -v "^  epoch" "$WORK/out.txt" || true
+      --epochs 2 --steps 20 --images 20000 --test-images 4000 --json "$WORK/$name" 2>&1 \
+      | { grep --line-buffered -v "^  epoch" || true; } || rc=$?  # (live; pipefail gives the timing's status)
     if [ "$rc" -ne 0 ]; then FAILED+=("$1 ${graphs:-eager}: exit $rc"); fi
     if [ -n "$SAVE" ] && [ -f "$WORK/$name" ]; then cp "$WORK/$name" "$SAVE/"; fi
   done
