@@ -332,21 +332,36 @@ def test_an_estimator_overriding_forward_equivalent_defines_f(isolated, tmp_path
 def test_the_reserved_flags_are_those_of_the_train_and_sweep_parsers():
     import argparse
 
+    from reste.cli import build_parser
     from reste.estimators import estimator_flags
-    from reste.experiments.cli import add_commands
-    from reste.flags import add_train_flags
     from reste.hparams import RESERVED_FLAGS
 
-    parser = argparse.ArgumentParser(add_help=False)
-    sub = parser.add_subparsers()
-    add_train_flags(sub.add_parser("train"))
-    add_commands(sub)
-    names = {"help", "-h", "--help", "--debug", "debug"}  # (reste's own --debug is taken from anywhere in argv)
-    own = [a for a in sub.choices["train"]._actions + sub.choices["sweep"]._actions if a.dest not in estimator_flags()]
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names = {"help", "-h", "--help", "--debug", "debug", sub.dest}  # (reste's own --debug is taken from anywhere)
+    commands = [sub.choices["train"], sub.choices["sweep"]]
+    own = [a for p in commands for a in p._actions if a.dest not in estimator_flags()]
     for action in own:
         names.update(action.option_strings)
         names.add(action.dest)
+    names.update(key for p in commands for key in p._defaults)  # (review extend #1: set_defaults(func=...))
+    assert sub.dest == "command" and "func" in names
     assert RESERVED_FLAGS == names
+
+
+def test_a_hyperparameter_named_as_the_command_lines_own_dests_is_refused():
+    """(review extend #1) A plugin's `Param("func", ...)` took the dest of the subcommand's function: every run of
+    any estimator then failed with an error about --func."""
+    from reste.errors import UsageError
+    from reste.estimators import Estimator, register_estimator
+    from reste.hparams import Param
+
+    for name in ("func", "command"):
+        body = {"name": f"uses_{name}", "hyperparameters": (Param(name, float, 1.0, "a width", "(0, inf)"),),
+                "_g": staticmethod(lambda x, **p: (x.abs() <= 1).to(x.dtype))}
+        cls = type(f"Uses{name}", (Estimator,), body)
+        with pytest.raises((UsageError, ValueError), match=f"flag --{name} of its hyper-parameter"):
+            register_estimator(cls)
 
 
 def test_registering_an_estimator_imports_no_command_line_code():
