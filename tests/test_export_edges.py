@@ -174,3 +174,47 @@ def test_packed_model_takes_float_arrays_of_any_byte_order_and_strides(tmp_path,
     for run in (packed, packed.forward):
         assert torch.equal(run(given), want)
     np.testing.assert_array_equal(packed.predict(given, batch_size=2), want.argmax(1).numpy())
+
+
+class _Soft(__import__("reste").Estimator):
+    """A plugin's estimator with a forward of its own (tanh, not sign)."""
+
+    name = "soft_k_test"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(5 * x)
+
+    _g = staticmethod(lambda x: 5 * (1 - torch.tanh(5 * x) ** 2))
+
+
+@pytest.mark.parametrize("where", ["class", "instance"])
+def test_an_estimator_with_a_forward_of_its_own_is_refused_before_a_file_is_written(tmp_path, where):
+    """(review extend #7) The packed file computes sign where the model computed tanh: it was written, then its check
+    blamed reste (a file of 35% for a run of 94%, left in place for `reste predict`)."""
+    from reste.estimators import STE
+
+    model = _classifier(10)
+    est = model[2].input_estimator
+    if where == "class":
+        model[2].input_estimator = _Soft()
+    else:  # one instance's own forward
+        est.forward = lambda x: torch.tanh(5 * x)
+    out = tmp_path / "m.rbnn"
+    with pytest.raises(UsageError, match=r"cannot export 2\.input_estimator: its estimator .* has a forward of its "
+                                         r"own, and the packed file computes sign\(x\) in its place") as err:
+        export_model(model, out, input_size=(1, 8, 8))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="the ONNX file computes sign"):
+        export_onnx(model, tmp_path / "m.onnx", input_size=(1, 8, 8))
+    assert not list(tmp_path.iterdir())
+    assert STE().forward_is_sign() and not model[2].input_estimator.forward_is_sign()
+
+
+def test_the_checks_line_gives_the_largest_difference_of_the_images_that_agree_only():
+    """(review extend #7) "0/16 agree (max |logit diff| 0.00e+00)": the largest difference is among the agreeing."""
+    from reste.export.exporter import _comparison_text
+
+    none = {"agree": 0, "images": 16, "max_abs_diff": 0.0, "near_tie": 0, "mismatch": 16}
+    assert _comparison_text(none) == "0/16 agree, 16 NOT explained by rounding"
+    some = {**none, "agree": 15, "max_abs_diff": 2e-6, "mismatch": 1}
+    assert _comparison_text(some) == "15/16 agree (max |logit diff| 2.00e-06), 1 NOT explained by rounding"

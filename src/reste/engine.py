@@ -66,7 +66,6 @@ from .indicators import RUN_LEVEL, EquilibriumMeter, amp_scale, amp_skipped, sav
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, eval_mode, set_progress
-from .estimators import Estimator
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, METRICS, FolderGone, RunDirectory, append_metrics, recipe_free,
@@ -1520,7 +1519,7 @@ def accumulate_note(config: TrainConfig, model: nn.Module, was: TrainConfig | No
 def _forward_reads_schedule(model: nn.Module) -> bool:
     """Whether an estimator of ``model`` has a forward of its own (a plugin's), which may read its schedule values:
     the graphed evaluation, captured with the values of its capture, is then captured again each epoch."""
-    return any(type(est).forward is not Estimator.forward for est in estimators_of(model))
+    return any(not est.forward_is_sign() for est in estimators_of(model))
 
 
 def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:

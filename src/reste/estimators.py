@@ -547,6 +547,14 @@ class Estimator(nn.Module):
         indicators and the F plot need it."""
         return cls._f is not Estimator._f or cls.forward_equivalent is not Estimator.forward_equivalent
 
+    def forward_is_sign(self) -> bool:
+        """Whether this estimator's forward is sign(x), as every built-in's is: no ``forward`` or ``scaled_sign`` of
+        its own (a plugin's, on its class or this instance), which may compute something else (and may read its
+        schedule). A packed or ONNX export computes sign in its place, so it refuses the others."""
+        cls = type(self)
+        return (cls.forward is Estimator.forward and cls.scaled_sign is Estimator.scaled_sign
+                and "forward" not in self.__dict__ and "scaled_sign" not in self.__dict__)
+
     def _kernel_kind(self) -> str | None:
         kind = self._kernel
         return kind if kind is not None and type(self)._g is _KERNEL_G.get(kind) else None

@@ -404,7 +404,8 @@ def format_verify(v: dict[str, Any]) -> list[str]:
 
 
 def _comparison_text(c: dict[str, Any]) -> str:
-    text = f"{c['agree']}/{c['images']} agree (max |logit diff| {c['max_abs_diff']:.2e})"
+    # (the largest difference is of the images that agree: review extend #7 read "0/16 agree (max ... 0.00e+00)")
+    text = f"{c['agree']}/{c['images']} agree" + (f" (max |logit diff| {c['max_abs_diff']:.2e})" if c["agree"] else "")
     if c["near_tie"]:
         text += f", {c['near_tie']} with a sign flipped at a near-tie"
     if c["mismatch"]:

@@ -70,6 +70,17 @@ class _Default:
         self.value = value
 
 
+def refuse_own_forwards(model: nn.Module, what: str) -> None:
+    """A one-line refusal where an estimator of ``model`` has a forward of its own (a plugin's: it may compute other
+    than sign): ``what`` (the packed file, the ONNX file) computes sign in its place, so it would compute another
+    network (review extend #7: a file of 35% for a run of 94%, checked only after it was written)."""
+    for name, m in model.named_modules():
+        if isinstance(m, Estimator) and not m.forward_is_sign():
+            raise UsageError(f"cannot export {name or 'the model'}: its estimator {m.name!r} "
+                             f"({type(m).__name__}) has a forward of its own, and {what} computes sign(x) in its "
+                             "place; export takes estimators whose forward is sign (every built-in's)")
+
+
 def _batch_norms() -> tuple[type, ...]:
     """The batch norms the file takes, as the BatchNorm they are in eval mode: BatchNorm1d/2d, and the synchronised
     ones a DDP run trains with (``nn.SyncBatchNorm``, reste's ``ProcessGroupBatchNorm``; review models #12)."""
@@ -848,6 +859,7 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
     """Trace an eval-mode ``model``: (nodes, output index, number of batch norms folded). With the
     ``input_size`` (C, H, W) of one image, the shapes are propagated too, so that batch norms next to
     a linear layer are folded where its input is (N, features); without it they stay ``affine``."""
+    refuse_own_forwards(model, "the packed file")
     try:
         graph = _Tracer().trace(model, concrete_args=_defaulted_arguments(model))
     except UsageError:

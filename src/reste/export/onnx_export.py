@@ -113,7 +113,9 @@ def deploy_model(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every binary layer replaced by sign + a float layer (and a dilated
     'same' conv, float too, by one of explicit padding)."""
     from ..estimators import Estimator
+    from .graph import refuse_own_forwards
 
+    refuse_own_forwards(model, "the ONNX file")
     model = copy.deepcopy(model).eval()
     replaced: list[str] = []
     made: dict[int, nn.Module] = {}  # a layer used under several names gets one replacement, set at each
