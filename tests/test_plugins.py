@@ -234,6 +234,24 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     assert recorded == {"ste": [], "myest": [str(plugin_file)]}
 
 
+def test_the_resume_command_a_run_is_told_names_the_plugins_it_needs_again(plugin_file, tmp_path):
+    """(review extend #12) A stopped run of a .py plugin was told `reste train --resume RUN`, which the resume then
+    refuses without --plugin: a job script requeueing the command it was given failed on every such run. A module
+    that loads by itself (installed, or imported here) needs none."""
+    from reste.rundir import resume_command
+
+    run = tmp_path / "run dir"
+    run.mkdir()
+    for recorded, flags in (([str(plugin_file)], f" --plugin {plugin_file}"), (["json"], ""), ([], ""),
+                            (["json", str(plugin_file)], f" --plugin json --plugin {plugin_file}")):
+        (run / "config.json").write_text(json.dumps({"plugins": recorded}))
+        assert resume_command(run) == f"`reste train --resume '{run}'{flags}`"
+        assert resume_command(run, 2) == f"torchrun again, 2 processes, running `-m reste.cli train --resume '{run}'" \
+                                         f"{flags}`"
+    (run / "config.json").write_text("[damaged")  # the resume says what is wrong with it
+    assert resume_command(run) == f"`reste train --resume '{run}'`"
+
+
 def test_a_resume_names_the_hyper_parameters_its_estimator_gained_since(plugin_file, tmp_path):
     """(review userE #10) A plugin edited to take one more hyper-parameter: the resume took its default without a
     word; it now says the run trained without it."""

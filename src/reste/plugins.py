@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable, Sequence
 
-from .errors import UsageError, parse_json
+from .errors import UsageError, parse_json, shell_word
 
 GROUP = "reste.estimators"
 
@@ -131,6 +131,15 @@ def loads_on_resume(spec: Any, run_dir: str | os.PathLike) -> bool:
         return False
 
     return not any(inside(p) for p in (found.origin, *(found.submodule_search_locations or [])))
+
+
+def given_again(plugins: Any, run_dir: str | os.PathLike) -> str:
+    """The ``--plugin`` flags a resume of ``run_dir`` needs on its command line (with a space before each): every one
+    of ``plugins`` (those its ``config.json`` records) where one does not load by itself (:func:`loads_on_resume`),
+    as the resume then refuses to go on without them; none where each does."""
+    if not isinstance(plugins, list) or all(loads_on_resume(p, run_dir) for p in plugins):
+        return ""
+    return "".join(f" --plugin {shell_word(str(p))}" for p in plugins)
 
 
 def defining(modules: Iterable[str]) -> list[str]:

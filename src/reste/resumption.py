@@ -29,9 +29,9 @@ from . import schedules
 from .checkpoint import code_changed, load_checkpoint, unregistered
 from .config import OPTIMIZER_LR, TrainConfig, canonical_estimator, check_model_options, max_threads
 from .datasets import get_spec
-from .errors import UsageError, option, shell_word
+from .errors import UsageError, option
 from .integrations.tensorboard import log_dir
-from .plugins import loads_on_resume
+from .plugins import given_again
 from .estimators import estimator_class
 from .rundir import BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_keys, last_checkpoint, last_lost
 
@@ -79,12 +79,11 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     again). Another data set is refused always, other settings outside ``RESUME_FREE`` unless ``force``;
     given estimator or model options refine the saved ones, and another estimator drops the old one's."""
     overrides = dict(overrides or {})
-    if "plugins" not in overrides and isinstance(saved.plugins, list) \
-            and not all(loads_on_resume(p, run_dir) for p in saved.plugins):  # before anything resolves it
-        again = " ".join(f"--plugin {shell_word(str(p))}" for p in saved.plugins)
+    again = given_again(saved.plugins, run_dir) if "plugins" not in overrides else ""
+    if again:  # before anything resolves it
         raise UsageError(f"{run_dir / CONFIG} names plugins that a resume imports only when given again (a .py file, "
                          "a module of the current folder or code in the run folder: in a run folder from elsewhere, "
-                         f"anyone's code); pass {again} (or where they are now)")
+                         f"anyone's code); pass{again} (or where they are now)")
     if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
         overrides["dataset"] = get_spec(overrides["dataset"]).name
     if isinstance(overrides.get("estimator"), str):  # and ReSTE is reste, on either side

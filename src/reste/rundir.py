@@ -1171,10 +1171,19 @@ def restore_config(run_dir: str | os.PathLike, write: bool = True) -> bool:
 def resume_command(run_dir: str | os.PathLike, world_size: int = 1) -> str:
     """How to continue a run, as its stop lines and ``reste show`` say it: under torchrun (``world_size``
     processes), torchrun again with ``--resume`` and as many processes (a checkpoint taken inside an epoch holds
-    each process's place; ``reste train --resume`` alone is one process, refused for it)."""
+    each process's place; ``reste train --resume`` alone is one process, refused for it). With the ``--plugin``
+    flags the resume needs again, by the plugins the run's config.json records (review extend #12: a requeue that
+    ran the command it was given failed on every run of a .py plugin)."""
+    from .plugins import given_again
+
+    try:
+        recorded = parse_json((Path(run_dir) / CONFIG).read_text(encoding="utf-8")).get("plugins")
+    except (OSError, ValueError, AttributeError):  # (no such file, not JSON, not an object: the resume says so)
+        recorded = None
+    resume = f"--resume {shell_word(run_dir)}{given_again(recorded, run_dir)}"
     if world_size <= 1:
-        return f"`reste train --resume {shell_word(run_dir)}`"
-    return f"torchrun again, {world_size} processes, running `-m reste.cli train --resume {shell_word(run_dir)}`"
+        return f"`reste train {resume}`"
+    return f"torchrun again, {world_size} processes, running `-m reste.cli train {resume}`"
 
 
 def require_run_path(run_dir: str | os.PathLike) -> Path:

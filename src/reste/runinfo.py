@@ -42,7 +42,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     last metrics line it keeps: why, ``reste.rundir.other_run``; with ``steps`` only), ``failed`` (an
     unfinished sweep run that failed: why, ``reste.rundir.failure``), ``train_seconds`` and
     ``unregistered`` (``estimator 'NAME'`` or ``model 'NAME'`` that no module loaded here registers: a plugin's,
-    which ``reste show`` does not import, or a name edited into config.json; else None), ``indicators``
+    which ``reste show`` does not import, or, where ``config`` records no plugin, a name edited into config.json;
+    else None), ``indicators``
     (``reste.indicators.run_indicators``: ``mode``, ``o_end``, ``epochs``, ``first_epoch``, ``estimating_error``,
     ``gradient_stability``, by the run-level rule of that mode, over the epochs its current history holds, as the
     run's training counts them; None when not measured). A folder that holds no run is a one-line ``UsageError``."""
@@ -192,12 +193,10 @@ def show_run(run_dir: str | os.PathLike) -> str:
              f"{split_batch(config['batch_size'], config.get('accumulate'))}, "
              f"{optimizer_text(config)}, seed {config['seed']}{preset}"
              + (f"\n           {options}" if options else "")]
-    if summary["unregistered"]:  # (review clifuzz #5: a name edited into config.json was shown without a word)
-        plugins = config.get("plugins") or []
-        load = (f"its recorded --plugin {' '.join(plugins)}" if plugins else
-                "--plugin MODULE, the module that registers it (or, where config.json was edited, the setting again)")
-        lines.append(f"note       {summary['unregistered']} is registered by no module loaded here (reste show loads "
-                     f"no plugins); --resume needs {load}")
+    if summary["unregistered"] and not config.get("plugins"):  # (review clifuzz #5: a name edited into config.json
+        # was shown without a word; a plugin's is the plugin's, which the resume command below names)
+        lines.append(f"note       {summary['unregistered']} is registered by no module here, and the run records no "
+                     "plugin: a resume refuses it (config.json edited? give the setting again with --force)")
     done, state = summary["epochs_done"], summary["state"]
     resume = resume_command(run_dir, world)
     inside = f", and {count(summary['saved_step'], 'step')} of epoch {done + 1}" if summary["saved_step"] else ""
