@@ -158,6 +158,57 @@ def test_bad_plugin_specs_are_one_line_on_the_command_line(isolated, tmp_path, c
     assert "unknown dataset 'nosuch'" in line and "--plugin MODULE" in line
 
 
+@pytest.mark.parametrize("returned, said", [
+    ("_split(240, 0), _split(90, 1)", "returned a tuple of 2; it must return (train, test, DatasetInfo)"),
+    ("None", "returned NoneType; it must return"),
+    ("None, None, None", "returned a NoneType as its third item, not a reste.data.DatasetInfo"),
+    ("None, *from_tensors('toyset', None, _split(90, 1))[1:]", "returned no train set (None)"),
+])
+def test_a_loader_that_returns_another_thing_is_one_line_naming_it(isolated, tmp_path, capsys, returned, said):
+    """(review extend #5) "not enough values to unpack" with exit status 1, naming neither the data set nor its
+    loader."""
+    bad = tmp_path / "badload.py"
+    bad.write_text(PLUGIN.replace('return from_tensors("toyset", _split(240, 0) if train else None, _split(90, 1), '
+                                  'classes=("a", "b", "c"))', f"return {returned}"))
+    assert f"return {returned}" in bad.read_text()
+    line = one_line_error(capsys, "train", "--plugin", str(bad), "--dataset", "toyset", "--threads", "1",
+                          "--out", str(tmp_path / "r"))
+    assert f"data set 'toyset': its loader reste_plugin_badload.load {said}" in line
+
+
+def test_a_loader_that_cannot_be_imported_is_one_line_naming_it(isolated, tmp_path, capsys):
+    bad = tmp_path / "badimport.py"
+    bad.write_text(PLUGIN.replace("loader=load", 'loader="nosuchmodule_xyz:load"'))
+    line = one_line_error(capsys, "train", "--plugin", str(bad), "--dataset", "toyset", "--threads", "1",
+                          "--out", str(tmp_path / "r2"))
+    assert "its loader nosuchmodule_xyz:load cannot be imported (No module named 'nosuchmodule_xyz')" in line
+
+
+def test_a_plugin_files_loader_named_by_its_own_module_is_the_file_loaded(isolated, tmp_path, capsys, monkeypatch):
+    """(review extend #13) `loader="toyself:load"` in toyself.py, given as `--plugin toyself.py`: from its folder the
+    second import clashed with the first ("already registered by reste_plugin_toyself"), from another folder it was
+    not found. And the same file given twice, as a file and as a module, is one plugin."""
+    import sys
+
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "toyself.py").write_text(PLUGIN.replace("loader=load", 'loader="toyself:load"'))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        for cwd, plugin in ((tmp_path, "code/toyself.py"), (folder, "toyself.py")):
+            monkeypatch.chdir(cwd)
+            out = tmp_path / f"run-{cwd.name}"
+            assert main(["train", "--plugin", plugin, "--dataset", "toyset", "--epochs", "1", "--threads", "1",
+                         "--no-progress", "--out", str(out)]) == 0
+            assert len(_metrics(out)) == 1
+        capsys.readouterr()
+        assert main(["train", "--plugin", "toyself.py", "--plugin", "toyself", "--dataset", "toyset",
+                     "--print-config"]) == 0
+        assert "registered no" not in capsys.readouterr().err
+    finally:
+        sys.modules.pop("toyself", None)
+
+
 def test_a_sweep_of_a_plugin_set_without_a_default_model_is_the_one_line_error(isolated, tmp_path, capsys):
     nomodel = tmp_path / "nomodel.py"
     nomodel.write_text(PLUGIN.replace('model="toy_mlp_1w1a", ', ""))

@@ -24,6 +24,7 @@ import importlib
 import inspect
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -80,11 +81,44 @@ class DatasetSpec:
     def load(self, data_path=None, *, download: bool = False, augment: bool = True,
              in_memory: bool | None = None, train: bool = True):
         """Run this data set's loader: ``(train, test, DatasetInfo)``; ``train=False``: the train split is
-        neither read nor returned (None)."""
+        neither read nor returned (None). A loader that cannot be imported, or that returns something else, is a
+        one-line ``UsageError`` naming the data set and its loader (review extend #5, #13)."""
+        got = self._loader()(data_path, download, augment, in_memory, train)
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            kind = f"a {type(got).__name__} of {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__
+            raise self._bad_loader(f"returned {kind}; it must return (train, test, DatasetInfo), as "
+                                   "reste.data.from_tensors makes them")
+        from .data.sets import DatasetInfo
+
+        if not isinstance(got[2], DatasetInfo):
+            raise self._bad_loader(f"returned a {type(got[2]).__name__} as its third item, not a "
+                                   "reste.data.DatasetInfo")
+        if got[1] is None or (train and got[0] is None):
+            raise self._bad_loader(f"returned no {'test' if got[1] is None else 'train'} set (None)")
+        return tuple(got)
+
+    def _loader(self) -> Callable[..., Any]:
         if callable(self.loader):
-            return self.loader(data_path, download, augment, in_memory, train)
+            return self.loader
         module, _, function = self.loader.partition(":")
-        return getattr(importlib.import_module(module), function)(data_path, download, augment, in_memory, train)
+        owner = sys.modules.get(_DEFINED_IN.get(self.name, ""))
+        file = getattr(owner, "__file__", None)
+        if owner is not None and file and Path(file).stem == module and owner.__name__ != module:
+            found = owner  # (review extend #13) a --plugin FILE.py naming itself: the file loaded, not a second import
+        else:
+            try:
+                found = importlib.import_module(module)
+            except ImportError as err:
+                raise self._bad_loader(f"cannot be imported ({err})") from None
+        loader = getattr(found, function, None)
+        if not callable(loader):
+            raise self._bad_loader(f"names no function of {module}")
+        return loader
+
+    def _bad_loader(self, what: str) -> UsageError:
+        name = self.loader if isinstance(self.loader, str) else \
+            f"{getattr(self.loader, '__module__', '?')}.{getattr(self.loader, '__qualname__', self.loader)}"
+        return UsageError(f"data set {self.name!r}: its loader {name} {what}")
 
 
 # digits: scikit-learn's 8x8 digits, pixel values 0..16; mean/std are those of the train split
@@ -210,7 +244,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
             raise ValueError(f"dataset name {name!r} is taken by {'the built-in' if taken[name] in SPECS else 'the'}"
                              f" data set {taken[name]!r}; choose another")
     old = _DEFINED_IN.get(spec.name)
-    if old is not None and old != module:
+    if old is not None and not plugins.same_source(old, module):
         raise ValueError(f"dataset {spec.name!r} is already registered by {old}; choose another name")
     _REGISTERED[spec.name] = spec
     _DEFINED_IN[spec.name] = module

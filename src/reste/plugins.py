@@ -133,6 +133,16 @@ def loads_on_resume(spec: Any, run_dir: str | os.PathLike) -> bool:
     return not any(inside(p) for p in (found.origin, *(found.submodule_search_locations or [])))
 
 
+def same_source(module: str, other: str) -> bool:
+    """Whether two modules (by name) are one: the same name, or the same file imported under two (``--plugin
+    mydata.py`` loads it as ``reste_plugin_mydata``, ``--plugin mydata`` or a ``"mydata:load"`` loader as
+    ``mydata``): a registry takes a registration from either as that module's again (review extend #13)."""
+    if module == other:
+        return True
+    files = [getattr(sys.modules.get(name), "__file__", None) for name in (module, other)]
+    return None not in files and os.path.realpath(files[0]) == os.path.realpath(files[1])
+
+
 def given_again(plugins: Any, run_dir: str | os.PathLike) -> str:
     """The ``--plugin`` flags a resume of ``run_dir`` needs on its command line (with a space before each): every one
     of ``plugins`` (those its ``config.json`` records) where one does not load by itself (:func:`loads_on_resume`),
@@ -195,8 +205,10 @@ def load_plugin(spec: str) -> ModuleType:
         raise UsageError(f"--plugin {spec!r} failed to load: it called sys.exit({err.code!r}) while being imported "
                          "(a script rather than a module? keep its main code under `if __name__ == '__main__':`)"
                          ) from None
+    again = any(other is not module and same_source(other.__name__, module.__name__) for other in _loaded.values())
     _loaded[spec] = module
-    if fresh and _registered() == before:  # (a module imported before, by the caller, registered then)
+    if fresh and _registered() == before and not again:  # (a module imported before, by the caller, registered
+        # then; or the same file as another --plugin, mydata.py and mydata, which registered the same again)
         warnings.warn(f"--plugin {spec!r} registered no estimator, model or data set (is it the module that "
                       "registers them, with @reste.register_estimator, register_model or register_dataset?)",
                       stacklevel=2)

@@ -111,7 +111,8 @@ def register_model(
                 raise ValueError(f"a model's name must be a Python identifier, got {name!r}: register a function "
                                  "defined with def (its name is the model's), and give twin= such a name")
             held = _MODELS.get(name)
-            if held is not None and getattr(held, "__module__", None) != getattr(fn, "__module__", None):
+            if held is not None and not plugins.same_source(str(getattr(held, "__module__", None)),
+                                                            str(getattr(fn, "__module__", None))):
                 raise ValueError(f"model {name!r} is already registered (by {held.__module__}); give yours another "
                                  "name")
         new = {name for name, _ in names}
