@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from reste.export import kernels as K
+from build_checks import require_built
 
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "inference.py"
 CONV_BN = SCRIPT.parent / "conv_bn_1d.py"
 
 
-@pytest.mark.skipif(K.c_kernel_error() is not None, reason="no C compiler: the packed kernels fall back to NumPy")
 def test_the_inference_benchmark_runs_its_checks_and_prints_its_tables():
+    require_built(K.c_kernel_error(), "the packed C kernels")  # (without them the packed kernels are NumPy's)
     proc = subprocess.run([sys.executable, str(SCRIPT), "--models", "resnet20_1w1a", "--batches", "1",
                            "--no-memory", "--budget", "0.05", "--threads", "1"],
                           capture_output=True, text=True, timeout=300)
@@ -48,8 +49,8 @@ def test_the_conv_bn_benchmark_runs_and_says_how_many_affine_steps_it_keeps(flag
     assert "batch 1: " in proc.stdout and "batch 3: " in proc.stdout
 
 
-@pytest.mark.skipif(K.c_kernel_error() is not None, reason="no C compiler: the packed kernels fall back to NumPy")
 def test_packed_only_times_the_packed_engine_alone():
+    require_built(K.c_kernel_error(), "the packed C kernels")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--packed-only", "--models", "resnet20_1w1a", "--batches",
                            "1", "2", "--budget", "0.05"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -26,6 +26,7 @@ from reste.export import kernels as K
 from reste.export import runtime as R
 from reste.export.reference import Comparison, compare, graph_reference, trace_model
 from reste.native import NativeLibrary
+from build_checks import require_built
 
 BACKENDS = ["numpy"] + (["c"] if K.c_kernel_error() is None else [])
 
@@ -354,8 +355,7 @@ def test_a_batch_norm_straight_after_a_binary_linear_runs_in_its_epilogue(tmp_pa
 
 
 def test_backends_agree(tmp_path):
-    if len(BACKENDS) < 2:
-        pytest.skip("no C compiler: only the numpy backend")
+    require_built(K.c_kernel_error(), "the packed C kernels")  # (only the numpy backend where no compiler is here)
     model = _calibrate(models.create("resnet20_1w1a"), (3, 32, 32))
     x = torch.randn(8, 3, 32, 32)
     export_model(model, tmp_path / "r.rbnn", verify=False)

@@ -23,8 +23,9 @@ import reste
 from reste import estimators, fused, models
 from reste.estimators import ReSTE, STE, reste_g, ste_g
 from reste.native import NativeLibrary, split_parts
+from build_checks import require_built
 
-pytestmark = pytest.mark.skipif(not fused.available(), reason=f"fused kernels unavailable: {fused.error()}")
+require_built(None if fused.available() else fused.error(), "the fused C kernels")
 
 
 @pytest.fixture(autouse=True)

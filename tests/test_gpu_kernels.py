@@ -65,24 +65,43 @@ from kernel_checks import (  # noqa: E402
 )
 
 
-def _interpreted_kernels():
-    """A private copy of reste.triton_kernels whose kernels Triton's interpreter runs (``None``: cannot)."""
+def _interpreter_fails() -> str | None:
+    """Why Triton's interpreter cannot run a kernel here (a Triton without a working one), or None: probed with a
+    kernel of this test's own, so that an error in reste's kernels or launchers fails the tests rather than skipping
+    them (review tests #5: a typo in the sign kernel turned 118 tests into one skip)."""
     try:
-        path = Path(estimators.__file__).with_name("triton_kernels.py")
-        spec = importlib.util.spec_from_file_location("reste._triton_kernels_interpreted", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not module.INTERPRETED:
-            return None
-        module.sign(torch.zeros(3))  # the interpreter runs here
-        return module
-    except Exception:  # a Triton without a working interpreter
-        return None
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def double(x_ptr, n, BLOCK: tl.constexpr):
+            i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n) * 2, mask=i < n)
+
+        if isinstance(double, triton.runtime.JITFunction):
+            return "Triton compiles its kernels here although TRITON_INTERPRET=1 is set"
+        x = torch.ones(3)
+        double[(1,)](x, 3, BLOCK=4)
+        return None if torch.equal(x, torch.full((3,), 2.0)) else f"a probe kernel computed {x.tolist()}, not 2s"
+    except Exception as err:  # noqa: BLE001 - a Triton without a working interpreter
+        return f"{type(err).__name__}: {str(err).strip()[:200]}"
 
 
+def _interpreted_kernels():
+    """A private copy of reste.triton_kernels whose kernels Triton's interpreter runs; its errors are the test's."""
+    path = Path(estimators.__file__).with_name("triton_kernels.py")
+    spec = importlib.util.spec_from_file_location("reste._triton_kernels_interpreted", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.INTERPRETED, "reste.triton_kernels was not loaded under the interpreter"
+    module.sign(torch.zeros(3))  # the interpreter runs reste's kernel here
+    return module
+
+
+_NO_INTERPRETER = _interpreter_fails()
+if _NO_INTERPRETER:
+    pytest.skip(f"Triton's interpreter cannot run a kernel here ({_NO_INTERPRETER})", allow_module_level=True)
 K = _interpreted_kernels()
-if K is None:
-    pytest.skip("Triton's interpreter cannot run the kernels here", allow_module_level=True)
 
 # NumPy warns where the interpreter evaluates exp/log2 of infinities and zeros on purpose (the edges)
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -30,8 +30,9 @@ from reste.export import PackedModel, export_model
 from reste.export import kernels as K
 from reste.export import runtime as R
 from reste.export.reference import compare, graph_reference
+from build_checks import require_built
 
-pytestmark = pytest.mark.skipif(K.c_kernel_error() is not None, reason=f"no C backend: {K.c_kernel_error()}")
+require_built(K.c_kernel_error(), "the packed C kernels")
 
 ISAS = K.available_isas() if K.c_kernel_error() is None else []
 

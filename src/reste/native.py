@@ -321,9 +321,14 @@ def _load(lib: Path) -> ctypes.CDLL:
             os.close(fd)
 
 
+def c_compiler() -> str | None:
+    """The C compiler the builds use: ``$CC``, else the first of cc, gcc and clang found; None where there is none."""
+    return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+
+
 def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> ctypes.CDLL:
     """Compile ``source`` (or load the cached build) and return it; ``OSError`` when nothing compiles."""
-    compiler = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    compiler = c_compiler()
     if compiler is None:
         raise OSError("no C compiler found (set $CC)")
     if shutil.which(compiler):  # one program, whose path may hold spaces and backslashes (Windows)
