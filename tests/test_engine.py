@@ -902,3 +902,60 @@ def test_a_run_that_diverges_again_where_it_diverged_before_keeps_the_record(tmp
     assert rundir.divergence(run) is not None and not rundir.holds_run(run)
     engine.train(TrainConfig(dataset="digits", epochs=1, threads=1), run, progress=False, log=lambda _m: None)
     assert rundir.divergence(run) is None and rundir.holds_run(run)
+
+
+class _Frozen(nn.Module):
+    """A linear classifier of 8x8 images whose weights no step changes (a parameter the loss multiplies by 0 keeps
+    the optimizer content): every epoch's train figures are the fixed model's on the whole train split."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, num_classes)
+        self.linear.requires_grad_(False)
+        self.idle = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) + 0 * self.idle
+
+
+def _own_figures(model: nn.Module, loader) -> dict[str, float]:
+    """Top-1 and top-5 (%) and the mean cross entropy of ``model`` over ``loader``, counted here in float64 (the
+    engine's are float32 logits summed in float64)."""
+    logits, target = [], []
+    with torch.no_grad():
+        for images, y in loader:
+            logits.append(model(images).double())
+            target.append(y)
+    logits, target = torch.cat(logits), torch.cat(target)
+    ranked = logits.argsort(1, descending=True)
+    return {"top1": 100.0 * (ranked[:, 0] == target).double().mean().item(),
+            "top5": 100.0 * (ranked[:, :5] == target[:, None]).any(1).double().mean().item(),
+            "loss": torch.nn.functional.cross_entropy(logits, target).item(), "n": len(target)}
+
+
+def test_the_train_and_test_figures_are_those_counted_on_the_model(isolated, tmp_path):
+    """(review tests #1, #4) train_acc from argmin, top-5 as top-1 or top-4, a halved loss: every test passed, as
+    each compared two runs of the same code. Here a model no step changes gives figures counted independently."""
+    from reste.data import load_datasets, make_loaders
+    from reste.models import register_model
+
+    @register_model(dataset="digits")
+    def frozen_digits(*, num_classes: int, conv) -> nn.Module:  # noqa: ARG001 - no binary layer
+        return _Frozen(num_classes)
+
+    out = tmp_path / "run"
+    engine.train(small(model="frozen_digits", epochs=1, augment=False, lr=0.5), out, progress=False, log=quiet)
+    line = rundir.read_metrics(out)[0]
+    model = _Frozen(10)
+    model.load_state_dict(load_checkpoint(out / "last.pt")["model"])
+    train_ds, test_ds, _ = load_datasets("digits", augment=False)
+    train, test = make_loaders(train_ds, test_ds, batch_size=64, eval_batch_size=100)
+    seen, held = _own_figures(model, train), _own_figures(model, test)
+    assert seen["n"] == 1437 and held["n"] == 360
+    # top-1 and top-5 are counts of images: equal, but for an argmax at a tie of float32 logits (a fixed random
+    # model's are not); the losses differ by float32 logits' rounding, a few 1e-7 relative each
+    assert line["train_acc"] == pytest.approx(seen["top1"], abs=1e-9)
+    assert (line["test_acc"], line["test_top5"]) == pytest.approx((held["top1"], held["top5"]), abs=1e-9)
+    assert line["train_loss"] == pytest.approx(seen["loss"], rel=1e-5)
+    assert line["test_loss"] == pytest.approx(held["loss"], rel=1e-5)
+    assert held["top1"] < held["top5"] < 100  # (a test that tells top-5 from top-1, and from top-4 or top-6)
