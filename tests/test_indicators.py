@@ -367,6 +367,24 @@ def test_a_meter_refuses_a_history_of_another_mode():
     assert len(paper.history) == 1
 
 
+def test_paper_mode_takes_o_end_of_restes_only(isolated):
+    """(review extend #9) Another estimator's hyper-parameter named o_end (a plugin's, sharing ReSTE's flag) moved
+    the paper mode's F from 3 to 7; a ReSTE subclass's (a schedule of one's own) is ReSTE's."""
+
+    @reste.register_estimator
+    class Clip7(reste.Estimator):
+        name = "clip7_test"
+        hyperparameters = (reste.Param("o_end", float, 7.0, "something else", "[1, inf)"),)
+        _g = staticmethod(lambda x, o_end: (x.abs() <= 1).to(x.dtype))
+
+    @reste.register_estimator
+    class MyReSTE(reste.ReSTE):
+        name = "my_reste_test"
+
+    assert EquilibriumMeter(Tiny("clip7_test"), "paper").o_end == 3.0
+    assert EquilibriumMeter(Tiny(reste.get_estimator("my_reste_test", o_end=6.0)), "paper").o_end == 6.0
+
+
 def test_general_indicators_refuse_an_estimator_without_f_before_training(isolated):
     """An estimator of one's own with _g alone: EquilibriumMeter(mode='general') says so when it is built (it failed
     at the first update(), after a training step, inside a Lightning fit too); the paper mode takes it."""
