@@ -161,7 +161,9 @@ def test_a_full_precision_model_refuses_estimator_settings(settings, given):
                                                 (["--o-end", "3", "--o", "1"], "--o and --o-end", "them"),
                                                 (["--scaling", "layer"], "--scaling", "it"),
                                                 (["--estimator", "ste", "--scaling", "layer"],
-                                                 "--estimator and --scaling", "them")])
+                                                 "--estimator and --scaling", "them"),
+                                                # (review extend #10: another estimator's flag was told to take it)
+                                                (["--clip", "2"], "--clip", "it")])
 def test_flags_of_a_binary_model_given_for_a_full_precision_one_are_refused_whatever_their_value(capsys, flags, named,
                                                                                                    them):
     """(review readme2 #2) `--model digits --estimator reste` (or --o-end 3, --scaling layer: their defaults) trained

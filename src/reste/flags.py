@@ -219,11 +219,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that `reste train` flags (and --preset) describe."""
     from .config import config_from_preset, get_preset
 
-    out = overrides_from_args(args)
-    model = out.get("model") or (get_preset(args.preset).settings.get("model") if args.preset else None)
+    model = getattr(args, "model", None) or (get_preset(args.preset).settings.get("model") if args.preset else None)
     named = [next(iter(dict(takers).values())).option for dest, takers in estimator_flags().items()
              if getattr(args, dest, None) is not None]  # the estimator flags given, as written
-    _refuse_idle_binary_flags(out, model, named)
+    # before the flags' estimator is checked (review extend #10: a float model's --clip was told to take the STE,
+    # which was then refused for the float model)
+    given = [k for k in ("estimator", "scaling") if getattr(args, k, None) is not None]
+    _refuse_idle_binary_flags(dict.fromkeys(given + ["estimator_options"] * bool(named)), model, named)
+    out = overrides_from_args(args)
     if args.preset:
         args._base_estimator = get_preset(args.preset).settings["estimator"]
         return config_from_preset(args.preset, **out)
