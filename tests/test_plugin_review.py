@@ -489,3 +489,20 @@ def test_resuming_a_run_whose_plugin_model_changed_its_options_says_so(isolated,
         line = _one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2", "--force", "--no-progress",
                                "--model-option", "width=6", *again)
         assert line.startswith("reste: error: bad --model-option for 'rv_mlp_1w1a': width must be at most 4"), line
+
+
+def test_a_column_named_axis_of_a_plugins_estimator_is_told_its_own_name(isolated, capsys, tmp_path):
+    """(review extend #8) A plugin's hyper-parameter n, as a grid axis, was told to be named fda_n (FDA's flag for
+    FDA's n), which then failed; the way for its own is estimator_options.n."""
+
+    @reste.register_estimator
+    class Quarters(reste.Estimator):
+        name = "quarters_test"
+        hyperparameters = (reste.Param("n", int, 4, "quarter widths", "[1, 100]"),)
+        _g = staticmethod(lambda x, n: (x.abs() <= n / 4).to(x.dtype))
+
+    line = _one_line_error(capsys, "sweep", "--estimator", "quarters_test", "--grid", "n=2,4", "--epochs", "1",
+                           "--out", str(tmp_path / "s"))
+    assert line.endswith("grid axis 'n' has the name of a column of the tables; name it estimator_options.n")
+    assert main(["sweep", "--estimator", "quarters_test", "--grid", "estimator_options.n=2,4", "--epochs", "1",
+                 "--out", str(tmp_path / "s"), "--dry-run"]) == 0

@@ -115,8 +115,11 @@ def axis_kind(key: str, models: Iterable[str], estimators: Iterable[str] | None 
         raise UsageError(f"{key!r} is not a grid axis: it does not change what a run trains, so all its values "
                          f"would be one run; give it as a fixed flag ({flag})")
     aliases = _flag_aliases()
-    if key in _TABLE_COLUMNS:
-        other = next((a for a, k in aliases.items() if k == key), f"estimator_options.{key}")
+    trained = None if estimators is None else [e for e in estimators if isinstance(e, str)]
+    if key in _TABLE_COLUMNS:  # (its flag where an estimator this sweep trains has one: FDA's n is fda_n, not a
+        # plugin's n: review extend #8)
+        other = next((a for a, k in aliases.items() if k == key and (
+            trained is None or any(flag_takers(a).get(e) == key for e in trained))), f"estimator_options.{key}")
         raise UsageError(f"grid axis {key!r} has the name of a column of the tables; name it {other}")
     if key in _config_fields():
         return "field", key
@@ -127,7 +130,6 @@ def axis_kind(key: str, models: Iterable[str], estimators: Iterable[str] | None 
             return key in _estimator_keywords(name) or name in flag_takers(key)
         return False
 
-    trained = None if estimators is None else [e for e in estimators if isinstance(e, str)]
     taken = (key in aliases or key in _all_estimator_keywords()) if trained is None else \
         any(map(an_estimators, trained))
     if key in model_keys and taken:
