@@ -239,6 +239,26 @@ def test_register_model(monkeypatch):
     models.register_model(dataset="DIGITS")(again)
     assert models.model_info("tiny_1w1a")["twin"] is None and "tiny" not in models.list_models()
 
+
+@pytest.mark.parametrize("factory, why", [
+    (lambda num_classes, width=3: None, "it takes no conv"),
+    (lambda num_classes, conv, width=3: None, "its parameters num_classes, conv, width can be given by position"),
+    (lambda *, conv: None, "it takes no num_classes"),
+])
+def test_a_factory_create_cannot_call_is_refused_where_it_is_registered(monkeypatch, factory, why):
+    """(review extend #4) A factory without `*` or `conv` was registered, and every run then blamed a
+    --model-option the user never gave. A factory taking **options is left to its own checks."""
+    for attr in ("_MODELS", "_INFO", "_BINARY"):
+        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
+    factory.__name__ = "bad_1w1a"
+    with pytest.raises(ValueError, match=rf"^model 'bad_1w1a': {why}; define its factory keyword-only, as "
+                                         r"def bad_1w1a\(\*, num_classes, conv, \.\.\.\)"):
+        models.register_model(dataset="digits")(factory)
+    assert "bad_1w1a" not in models.list_models()
+    anything = lambda **options: nn.Linear(64, options["num_classes"])  # noqa: E731
+    anything.__name__ = "any_1w1a"
+    models.register_model(dataset="digits", binary=False)(anything)
+
     @models.register_model(dataset="fmnist")
     def tiny_fm_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))
