@@ -506,3 +506,17 @@ def test_a_column_named_axis_of_a_plugins_estimator_is_told_its_own_name(isolate
     assert line.endswith("grid axis 'n' has the name of a column of the tables; name it estimator_options.n")
     assert main(["sweep", "--estimator", "quarters_test", "--grid", "estimator_options.n=2,4", "--epochs", "1",
                  "--out", str(tmp_path / "s"), "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("hook", ["_g", "_f"])
+def test_an_estimator_whose_g_or_f_returns_a_number_is_refused_where_it_is_registered(isolated, hook):
+    """(review extend #11) `_g = lambda x: 1.0` (the unclipped STE as one would write it) failed at the first
+    backward with "'float' object has no attribute 'dtype'", naming neither _g nor the estimator."""
+    body = {"name": "ident_test", "_g": staticmethod(lambda x: torch.ones_like(x)), "_f": staticmethod(lambda x: x)}
+    body[hook] = staticmethod(lambda x: 1.0)
+    with pytest.raises(ValueError, match=rf"^estimator 'ident_test' \(Ident\): {hook} returned a float; it must "
+                                         r"return a tensor shaped like x"):
+        reste.register_estimator(type("Ident", (Estimator,), body))
+    assert "ident_test" not in estimators._REGISTRY
+    body[hook] = staticmethod(lambda x: torch.ones_like(x) if hook == "_g" else x)
+    reste.register_estimator(type("Ident", (Estimator,), body))  # tensors: taken

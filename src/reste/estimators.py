@@ -1008,8 +1008,32 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
             if cls.derivative is not Estimator.derivative else ""
         raise ValueError(f"estimator {cls.name!r} ({cls.__name__}) defines no _g (g(x), the factor its backward "
                          f"multiplies the gradient by){alone}: define _g(self, x, **params)")
+    _check_returns_tensors(cls)
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def _check_returns_tensors(cls: type[Estimator]) -> None:
+    """``_g`` and ``_f`` of ``cls``, tried once at its defaults on a few numbers, return tensors that fit x (review
+    extend #11: a ``_g`` giving the number 1.0, the unclipped STE as one would write it, failed at the first
+    backward with "'float' object has no attribute 'dtype'", naming neither). One that raises is left to its use,
+    whose error names it, as is a class that cannot be built without arguments."""
+    try:
+        est = cls()
+        params = est.params()
+    except Exception:  # noqa: BLE001 - a constructor of its own
+        return
+    x = torch.linspace(-2.0, 2.0, 9)
+    for hook in ("_g", "_f"):
+        if hook == "_f" and cls._f is Estimator._f:
+            continue
+        try:
+            out = getattr(est, hook)(x, **params)
+        except Exception:  # noqa: BLE001 - its own error, at its use
+            continue
+        if not isinstance(out, Tensor):
+            raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} returned a {type(out).__name__}; it "
+                             f"must return a tensor shaped like x (for a constant, e.g. torch.ones_like(x))")
 
 
 register = register_estimator  # the earlier name
