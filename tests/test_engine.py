@@ -560,16 +560,43 @@ def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == "PyTorch ops (RESTE_FUSED=0)"
 
 
+def test_an_estimator_no_kernel_computes_is_on_one_path_whatever_reste_fused_says(isolated, tmp_path):
+    """(review extend #6) A plugin's estimator (its own g) was recorded as trained with the fused C kernels, and its
+    resume with RESTE_FUSED=0 said the results could differ: they were the same to the bit."""
+    from reste import fused
+
+    @reste.register_estimator
+    class Wide(reste.Estimator):
+        name = "wide_test"
+        _g = staticmethod(lambda x: (x.abs() <= 2).to(x.dtype))
+
+    fused.set_enabled(True)
+    try:
+        engine.train(small(epochs=1, threads=1, estimator="wide_test"), tmp_path / "run", progress=False, log=quiet)
+    finally:
+        fused.set_enabled(None)
+    recorded = load_checkpoint(tmp_path / "run" / "last.pt")["kernels"]
+    assert recorded == "PyTorch ops (no fused kernel computes its estimators' g)"
+    lines = []
+    fused.set_enabled(False)
+    try:
+        engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
+    finally:
+        fused.set_enabled(None)
+    assert not any("continues with their" in line for line in lines), lines
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == recorded
+
+
 def test_a_checkpoint_of_the_cpp_nodes_from_when_they_were_opt_in_is_on_the_same_path(tmp_path, monkeypatch):
     """Checkpoints saved while the C++ nodes were asked for by RESTE_CUDA_EXT=1 name that switch; a resume through
     them now, the default, is on the same path and says nothing of it."""
-    monkeypatch.setattr(engine, "kernel_path", lambda device: "C++ extension (RESTE_CUDA_EXT=1)")
+    monkeypatch.setattr(engine, "kernel_path", lambda device, model=None: "C++ extension (RESTE_CUDA_EXT=1)")
     engine.train(small(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
-    monkeypatch.setattr(engine, "kernel_path", lambda device: engine.CPP_NODES)
+    monkeypatch.setattr(engine, "kernel_path", lambda device, model=None: engine.CPP_NODES)
     lines = []
     engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
     assert not any("continues with their" in line for line in lines), lines
-    monkeypatch.setattr(engine, "kernel_path", lambda device: "Triton kernels")  # (the test can fail)
+    monkeypatch.setattr(engine, "kernel_path", lambda device, model=None: "Triton kernels")  # (the test can fail)
     engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
     assert any("trained with the estimators' C++ extension and continues with their Triton kernels" in line
                for line in lines), lines

@@ -562,7 +562,7 @@ class _Run:
             "partial": partial,
             "world_size": self.dist.world_size,
             "train_size": self.train_size,
-            "kernels": kernel_path(self.device),
+            "kernels": kernel_path(self.device, self.model),
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -601,7 +601,7 @@ class _Run:
                      f"{self.dist.world_size}: --batch-size {batch} is per process, so each step now takes "
                      f"{batch * self.dist.world_size} images instead of {trained * saved_world} (scale --batch-size "
                      "or --lr to keep the recipe)")
-        kernels = kernel_path(self.device)
+        kernels = kernel_path(self.device, self.model)
         saved_path = _SAME_PATH.get(ckpt.get("kernels"), ckpt.get("kernels"))
         if saved_path not in (None, kernels) and self.start_epoch < self.config.epochs:
             self.log(f"note: {self.run_dir} trained with the estimators' {ckpt['kernels']} and continues with their "
@@ -1321,11 +1321,16 @@ CPP_NODES = "C++ extension"
 _SAME_PATH = {"C++ extension (RESTE_CUDA_EXT=1)": CPP_NODES}  # what checkpoints before RESTE_CUDA_EXT=auto said
 
 
-def kernel_path(device: torch.device) -> str:
+def kernel_path(device: torch.device, model: nn.Module | None = None) -> str:
     """Which code computes sign and the estimators' backward on ``device`` in this process (recorded in each
-    checkpoint: a resume on another path can round differently)."""
+    checkpoint: a resume on another path can round differently). A ``model`` whose estimators all have a ``g`` of
+    their own (a plugin's), which no kernel computes, takes PyTorch ops on every path (review extend #6: its resume
+    across RESTE_FUSED said its results could differ, and they were the same to the bit)."""
     from . import fused
 
+    ests = estimators_of(model) if model is not None else []
+    if ests and all(est._kernel_kind() is None for est in ests):
+        return "PyTorch ops (no fused kernel computes its estimators' g)"
     if not fused.enabled():
         return "PyTorch ops (RESTE_FUSED=0)"
     if device.type == "cpu":
