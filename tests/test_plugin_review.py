@@ -520,3 +520,27 @@ def test_an_estimator_whose_g_or_f_returns_a_number_is_refused_where_it_is_regis
     assert "ident_test" not in estimators._REGISTRY
     body[hook] = staticmethod(lambda x: torch.ones_like(x) if hook == "_g" else x)
     reste.register_estimator(type("Ident", (Estimator,), body))  # tensors: taken
+
+
+def test_a_shared_flags_help_gives_each_takers_choices_and_meaning_where_they_differ(isolated):
+    """(review extend #2) A flag a plugin shares with ReSTE (the same name and type) was described by ReSTE alone:
+    the plugin's own choices (its default among them) and its meaning were not shown."""
+
+    @reste.register_estimator
+    class Stepped(reste.ReSTE):
+        name = "stepped_test"
+        hyperparameters = (*reste.ReSTE.hyperparameters[:4],
+                           reste.Param("schedule", str, "step", "schedule of o",
+                                       choices=("cosine", "linear", "constant", "step"), flag="o_schedule"))
+
+    @reste.register_estimator
+    class Clip7(reste.Estimator):
+        name = "clip7_help_test"
+        hyperparameters = (reste.Param("o_end", float, 7.0, "a clip's end", "[1, inf)"),)
+        _g = staticmethod(lambda x, o_end: (x.abs() <= 1).to(x.dtype))
+
+    helps = {a.dest: " ".join(a.help.split()) for a in build_parser()._subparsers._group_actions[0].choices[
+        "train"]._actions if a.help}
+    assert helps["o_schedule"] == ("reste/stepped_test: schedule of o (reste: cosine, linear or constant; "
+                                   "stepped_test: cosine, linear, constant or step; default cosine / step)")
+    assert helps["o_end"].startswith("reste/stepped_test: final o; clip7_help_test: a clip's end (")

@@ -158,17 +158,25 @@ def add_estimator_flags(p: argparse.ArgumentParser, e: Any) -> None:
         first = takers[0][1]
         names = "/".join(name for name, _ in takers)
         defaults = " / ".join(dict.fromkeys(q.default_text() for _, q in takers))
-        valid = " or ".join(", ".join(first.choices).rsplit(", ", 1)) if first.choices else first.range_text()
-        ranges = dict.fromkeys(q.range_text() for _, q in takers)
-        if not first.choices and len(ranges) > 1:  # each taker's where they differ (review rev14 #7: RBNN's t)
-            valid = "; ".join(f"{name}: {q.range_text()}" for name, q in takers)
+        def allowed(q: Any) -> str:
+            return " or ".join(", ".join(q.choices).rsplit(", ", 1)) if q.choices else q.range_text()
+
+        # each taker's valid values and meaning where they differ (review rev14 #7: RBNN's t; review extend #2: a
+        # plugin's schedule of its own beside ReSTE's choices, its o_end meaning something else)
+        valid = allowed(first)
+        if len(dict.fromkeys(allowed(q) for _, q in takers)) > 1:
+            valid = "; ".join(f"{name}: {allowed(q)}" for name, q in takers)
+        meanings: dict[str, list[str]] = {}  # each meaning with the takers that give it
+        for name, q in takers:
+            meanings.setdefault(q.help or q.name, []).append(name)
+        meaning = "; ".join(f"{'/'.join(who)}: {text}" for text, who in meanings.items())
         options = [first.option] + (["--" + dest] if "_" in dest else [])  # the authors' spelling: --o_end
         try:
             if dest in taken:
                 raise argparse.ArgumentError(None, "")
             e.add_argument(*options, dest=dest, type=None if first.type is str else first.type,
                            metavar={float: "X", int: "N", str: "NAME"}[first.type],
-                           help=f"{names}: {first.help or first.name} ({valid + '; ' if valid else ''}"
+                           help=f"{meaning} ({valid + '; ' if valid else ''}"
                                 f"default {defaults})")
         except argparse.ArgumentError:
             raise UsageError(f"estimator {names!r}: the flag {first.option} of its hyper-parameter {first.name!r} is "
