@@ -544,3 +544,18 @@ def test_a_shared_flags_help_gives_each_takers_choices_and_meaning_where_they_di
     assert helps["o_schedule"] == ("reste/stepped_test: schedule of o (reste: cosine, linear or constant; "
                                    "stepped_test: cosine, linear, constant or step; default cosine / step)")
     assert helps["o_end"].startswith("reste/stepped_test: final o; clip7_help_test: a clip's end (")
+
+
+def test_the_readmes_estimator_gets_the_sweeps_check_of_an_axis_no_run_reaches(isolated, tmp_path, capsys):
+    """(review extend #3) The README's own plugin passed its end value to g through the default params(), so a sweep
+    over it with --epochs 1 (one network, trained twice) was not refused as a built-in's is. Its params() gives what
+    g and F read."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (tmp_path / "myest_readme.py").write_text(re.search(r"```python\n# myest\.py\n(.*?)```", readme, re.S).group(1))
+    argv = ["sweep", "--plugin", str(tmp_path / "myest_readme.py"), "--estimator", "myest", "--grid",
+            "my_end=0.25,0.75", "--out", str(tmp_path / "sw"), "--dry-run"]
+    line = _one_line_error(capsys, *argv, "--epochs", "1")
+    assert "grid axis 'my_end' would train the same network at each value" in line
+    assert main([*argv, "--epochs", "2"]) == 0
