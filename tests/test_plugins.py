@@ -501,3 +501,16 @@ def test_load_plugins_takes_one_spec_as_a_string(tmp_path, monkeypatch):
     monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
     plugins.load_plugins(str(tmp_path / "one_spec_plugin.py"))
     assert reste.get_estimator("one_spec_test").name == "one_spec_test"
+
+
+def test_a_plugin_folder_is_told_how_to_give_it(tmp_path, capsys):
+    """(review extend, suggestion) `--plugin path/to/pkg` answered "no such file"."""
+    from cli_checks import one_line_error
+
+    (tmp_path / "pkg").mkdir()
+    line = one_line_error(capsys, "train", "--plugin", str(tmp_path / "pkg"), "--print-config")
+    assert line.endswith(f"--plugin '{tmp_path / 'pkg'}' is a folder: give a .py file, or a package by its module "
+                         "name from the folder above it (pkg)")
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    assert "give a .py file (or its __init__.py)" in one_line_error(capsys, "train", "--plugin", str(tmp_path / "pkg"),
+                                                                   "--print-config")

@@ -264,6 +264,10 @@ def _import_module(name: str) -> ModuleType:
 
 def _import_file(path: str) -> ModuleType:
     file = Path(path).expanduser().resolve()
+    if file.is_dir():  # (review extend, suggestion: a package's folder was "no such file")
+        init = " (or its __init__.py)" if (file / "__init__.py").is_file() else ""
+        raise UsageError(f"--plugin {path!r} is a folder: give a .py file{init}, or a package by its module name "
+                         f"from the folder above it ({file.name})")
     if not file.is_file():
         raise UsageError(f"--plugin {path!r}: no such file")
     name = f"{_FILE_PREFIX}{file.stem}"
