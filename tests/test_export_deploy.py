@@ -17,6 +17,7 @@ from reste.export import PackedModel, export_model
 from reste.layers import BinaryConv2d
 
 from cli_checks import one_line_error as _one_line_error
+from export_checks import assert_computes_model
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -52,9 +53,7 @@ def test_cat_after_the_batch_still_exports(tmp_path, dim):
     torch.manual_seed(0)
     model = _CatBatch(dim).eval()
     assert export_model(model, tmp_path / "c.rbnn", input_size=(3, 8, 8))["verify"]["ok"]
-    x = torch.randn(3, 3, 8, 8)
-    with torch.no_grad():
-        assert torch.allclose(PackedModel.load(tmp_path / "c.rbnn")(x), model(x), atol=1e-4)
+    assert_computes_model(tmp_path / "c.rbnn", model, torch.randn(3, 3, 8, 8))
 
 
 def test_a_file_with_cat_along_the_batch_is_refused(tmp_path):

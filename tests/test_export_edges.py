@@ -16,6 +16,7 @@ from reste.export import PackedModel, export_model, export_onnx, format_report
 from reste.layers import BinaryConv2d
 
 from cli_checks import one_line_error
+from export_checks import assert_computes_model
 from test_export_deploy import _run
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -28,13 +29,11 @@ def _classifier(outputs: int, seed: int = 0) -> nn.Module:
                          nn.Flatten(), nn.Linear(8 * 64, outputs)).eval()
 
 
-def _same_outputs(packed: PackedModel, model: nn.Module, x: torch.Tensor) -> None:
-    """The packed file computes the model's logits (and so its classes) on ``x``."""
-    with torch.no_grad():
-        want = model(x)
-    got = packed(x)
-    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
-    np.testing.assert_array_equal(packed.predict(x.numpy()), want.argmax(1).numpy())
+def _same_outputs(path, model: nn.Module, x: torch.Tensor) -> None:
+    """The packed file ``path`` computes the model's logits on ``x`` (each against the file's float64 reference),
+    and its classes are its logits' largest."""
+    got = assert_computes_model(path, model, x)
+    np.testing.assert_array_equal(PackedModel.load(path).predict(x.numpy()), got.argmax(1).numpy())
 
 
 @pytest.mark.parametrize("outputs", [5, 12])
@@ -49,7 +48,7 @@ def test_a_file_from_python_is_checked_against_the_data_sets_classes_and_the_lab
     export_model(model, path, input_size=(1, 8, 8))
     packed = PackedModel.load(path)
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    _same_outputs(packed, model, x)
+    _same_outputs(path, model, x)
     assert "model_options" not in packed.meta and model_classes(packed) == outputs
     line = one_line_error(capsys, "predict", str(path), "--dataset", "digits")
     assert f"the model predicts {outputs} classes but digits has 10" in line, line
@@ -76,7 +75,7 @@ def test_a_file_without_an_input_size_is_checked_on_its_images(tmp_path, capsys)
         warnings.simplefilter("ignore")  # (unchecked: no input size)
         export_model(model, path)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-    _same_outputs(PackedModel.load(path), model, x)
+    _same_outputs(path, model, x)
     np.save(tmp_path / "x.npy", x.numpy())
     np.save(tmp_path / "nine.npy", np.full(3, 9))
     line = one_line_error(capsys, "predict", str(path), str(tmp_path / "x.npy"), "--labels", str(tmp_path / "nine.npy"))
@@ -99,7 +98,7 @@ def test_a_lazy_module_is_initialised_not_warned_about_as_a_hook(tmp_path):
         warnings.simplefilter("error")
         report = export_model(model, tmp_path / "l.rbnn", input_size=(3, 5, 5))
     assert report["verify"]["ok"]
-    _same_outputs(PackedModel.load(tmp_path / "l.rbnn"), model, torch.randn(4, 3, 5, 5))
+    _same_outputs(tmp_path / "l.rbnn", model, torch.randn(4, 3, 5, 5))
     model = _lazy_model()
     model[2].register_forward_hook(lambda *_: None)  # a hook of the user's is still named, and alone
     with pytest.warns(UserWarning, match="the forward hooks on '2' are not exported") as seen:
@@ -169,7 +168,7 @@ def test_packed_model_takes_float_arrays_of_any_byte_order_and_strides(tmp_path,
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     given = np.ascontiguousarray(x[..., ::-1])[..., ::-1] if form == "reversed" else x.astype(form)
     native = torch.from_numpy(np.ascontiguousarray(given, dtype=np.float32))
-    _same_outputs(packed, model, native)
+    _same_outputs(tmp_path / "m.rbnn", model, native)
     want = packed(native)
     for run in (packed, packed.forward):
         assert torch.equal(run(given), want)
