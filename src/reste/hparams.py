@@ -158,8 +158,9 @@ class Param:
 
 # The option strings and dests of `reste train` and `reste sweep` themselves (no estimator flags), with the dests
 # the command line sets besides (``command``, the subcommand; ``func``, its function: review extend #1): a
-# hyper-parameter cannot take one as its flag (``register_estimator`` refuses it). Written out here, not read from the parsers, so
-# that registering an estimator imports no command-line code; tests/test_plugin_review.py compares it with them.
+# hyper-parameter cannot take one as its flag (``register_estimator`` refuses it). Written out here, not read from
+# the parsers, so that registering an estimator imports no command-line code; tests/test_plugin_review.py compares
+# it with them.
 RESERVED_FLAGS: frozenset[str] = frozenset((
     "--a32", "--accumulate", "--amp", "--augment", "--auto-resume", "--batch-size", "--batch_size", "--batch_size_test",
     "--bop-gamma", "--bop-threshold",
@@ -175,7 +176,7 @@ RESERVED_FLAGS: frozenset[str] = frozenset((
     "a32", "accumulate", "amp", "augment", "auto_resume", "batch_size", "bop_gamma", "bop_threshold", "channels_last",
     "command", "compile", "cuda_graphs",
     "data_device", "data_path", "dataset", "debug", "device", "devices", "download", "dry_run", "epochs", "estimator",
-    "eval_batch_size", "force", "func", "grid", "help", "indicators", "jobs", "keep_top", "lr", "model", "model_options",
-    "momentum", "optimizer", "out", "plugins", "preset", "print_config", "progress", "report", "resume", "runs_dir",
+    "eval_batch_size", "force", "func", "grid", "help", "indicators", "jobs", "keep_top", "lr", "model",
+    "model_options", "momentum", "optimizer", "out", "plugins", "preset", "print_config", "progress", "report", "resume", "runs_dir",
     "save_every", "scaling", "seed", "seeds", "sync_bn", "tensorboard", "threads", "warm_up", "weight_decay", "workers",
 ))
