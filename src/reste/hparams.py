@@ -177,6 +177,7 @@ RESERVED_FLAGS: frozenset[str] = frozenset((
     "command", "compile", "cuda_graphs",
     "data_device", "data_path", "dataset", "debug", "device", "devices", "download", "dry_run", "epochs", "estimator",
     "eval_batch_size", "force", "func", "grid", "help", "indicators", "jobs", "keep_top", "lr", "model",
-    "model_options", "momentum", "optimizer", "out", "plugins", "preset", "print_config", "progress", "report", "resume", "runs_dir",
+    "model_options", "momentum", "optimizer", "out", "plugins", "preset", "print_config", "progress", "report",
+    "resume", "runs_dir",
     "save_every", "scaling", "seed", "seeds", "sync_bn", "tensorboard", "threads", "warm_up", "weight_decay", "workers",
 ))
