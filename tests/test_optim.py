@@ -28,19 +28,33 @@ def bop_by_hand(w: torch.Tensor, m: torch.Tensor, g: torch.Tensor, gamma: float,
 
 
 def test_steps_follow_the_rule_written_out_in_float64():
+    """Three weight tensors in two groups: each step's weights and moving averages by hand, and its flip count the
+    sum over all of them (review tests2 #1: a count of the last tensor's alone passed). A weight at +-0 with no
+    signal becomes +1 (sign(0) = +1; review tests2 #2: with the gradients drawn, sign(0) = -1 passed by chance)."""
     torch.manual_seed(0)
-    w = nn.Parameter(torch.randn(6, 5, dtype=torch.float64))
-    w.data.view(-1)[:3] = torch.tensor([0.0, -0.0, 0.5])  # sign(0) = sign(-0) = +1
-    bop = Bop([w], gamma=0.3, threshold=0.05)
-    ref_w, ref_m = w.detach().clone(), torch.zeros_like(w)
+    ws = [nn.Parameter(torch.randn(*shape, dtype=torch.float64)) for shape in ((6, 5), (4,), (3, 2, 2))]
+    ws[0].data.view(-1)[:3] = torch.tensor([0.0, -0.0, 0.5])
+    bop = Bop([{"params": ws[:2]}, {"params": ws[2:]}], gamma=0.3, threshold=0.05)
+    refs = [(w.detach().clone(), torch.zeros_like(w)) for w in ws]
+    total = 0
     for step in range(5):
-        w.grad = torch.randn_like(w)
-        ref_w, ref_m, flips = bop_by_hand(ref_w, ref_m, w.grad, 0.3, 0.05)
+        flips = 0
+        for i, w in enumerate(ws):
+            w.grad = torch.randn_like(w)
+            if step == 0 and i == 0:
+                w.grad.view(-1)[:2] = 0.0  # no signal at the two zeros: they take sign(0) = +1 as they are
+            ref_w, ref_m, n = bop_by_hand(*refs[i], w.grad, 0.3, 0.05)
+            refs[i], flips = (ref_w, ref_m), flips + n
         bop.step()
-        assert torch.equal(w.detach(), ref_w), step
-        torch.testing.assert_close(bop.state[w]["m"], ref_m, rtol=1e-15, atol=1e-15)
+        if step == 0:
+            assert ws[0].view(-1)[:2].tolist() == [1.0, 1.0]
+        for w, (ref_w, ref_m) in zip(ws, refs):
+            assert torch.equal(w.detach(), ref_w), step
+            torch.testing.assert_close(bop.state[w]["m"], ref_m, rtol=1e-15, atol=1e-15)
         assert int(bop.flips) == flips
-    assert set(w.detach().unique().tolist()) <= {-1.0, 1.0} and 0 < flips < w.numel()
+        total += flips
+    assert int(bop.flipped) == total
+    assert all(set(w.detach().unique().tolist()) <= {-1.0, 1.0} for w in ws) and 0 < total
 
 
 def test_a_signal_on_the_threshold_does_not_flip_and_one_past_it_does():
