@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -535,3 +536,34 @@ def test_the_partial_sums_of_another_mode_are_not_taken_and_all_frozen_is_refuse
         layer.weight.requires_grad_(False)
     with pytest.raises(ValueError, match="is frozen \\(requires_grad=False\\) or has a single weight"):
         EquilibriumMeter(model, mode="general")
+
+
+def test_a_meter_continued_from_its_partial_state_after_a_skipped_step_gives_the_same_epoch():
+    """(review tests2 #3) A mid-epoch checkpoint of the general-mode meter after a skipped step (fp16's inf): the
+    count of the steps taken was not checked across it, and the resumed epoch's mean could divide by the wrong count.
+    The same float operations, so the same values exactly."""
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 3)),
+                           "ste")
+    x = torch.randn(2, 1, 6, 6)
+    start = copy.deepcopy(model.state_dict())
+
+    def run(split):
+        model.load_state_dict(start)
+        meter = EquilibriumMeter(model)
+        for i, skipped in enumerate([False, True, False, False]):
+            if i == split:
+                state = meter.partial_state()
+                meter = EquilibriumMeter(model)
+                meter.load_partial_state(state)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01 * i)  # (each step's weights their own)
+            model.zero_grad()
+            model(x).sum().backward()
+            meter.update(skipped=torch.tensor(skipped))
+        return meter.epoch_end()
+
+    straight = run(None)
+    for split in (1, 2, 3):
+        assert run(split) == straight, split
