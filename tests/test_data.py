@@ -143,6 +143,45 @@ def test_tensor_loader_drop_last_and_shards():
     assert sorted(idx.tolist()) == list(range(50))
 
 
+@pytest.mark.parametrize("n, world", [(50, 2), (51, 2), (7, 3), (2, 3)])
+def test_a_shards_length_and_a_loaders_are_the_batches_it_gives(n, world):
+    """(review tests2 #6) Only a set that divides by the ranks was tested: `n // world_size` passed, and a loader's
+    len() (the steps of an epoch, its checkpoints' step count) then disagreed with the batches it gave."""
+    from reste.data.sampling import shard, shard_size
+
+    for pad in (True, False):
+        for rank in range(world):
+            assert shard_size(n, rank, world, pad) == len(shard(torch.arange(n), rank, world, pad)), (pad, rank)
+    images, labels = torch.zeros(n, 1, 2, 2), torch.arange(n)
+    for rank in range(world):
+        loader = TensorLoader(images, labels, batch_size=2, shuffle=True, rank=rank, world_size=world)
+        assert len(loader) == len(list(loader)) == -(-shard_size(n, rank, world) // 2)
+
+
+def test_the_ranks_draw_their_own_crops_and_flips():
+    """(review tests2 #5) Every rank's augmentation seeded as rank 0's passed: the k-th image of each rank then got
+    the same crop and flip. Each image's pixels are its own index, so a batch tells its crops apart from its order."""
+    first = [next(iter(toy_loader(seed=5, rank=r, world_size=2))) for r in (0, 1)]
+    plain = [next(iter(toy_loader(seed=5, augment=False, rank=r, world_size=2))) for r in (0, 1)]
+    # where each output pixel came from: its value less the image's first pixel (-1 where the padding shows)
+    where = [torch.where(x >= 0, x - p[:, :, :1, :1], -1.0) for (x, _), (p, _) in zip(first, plain)]
+    assert not torch.equal(where[0], where[1])
+    assert all(torch.equal(y, py) for (_, y), (_, py) in zip(first, plain))  # (the same images: only the crops differ)
+
+
+def test_an_unshuffled_loader_hands_out_copies_not_the_sets_own_tensors():
+    """(review tests2 #4) Without its clone, an evaluation loader gave views of the stored images: a caller's
+    in-place op on a batch rewrote the test set for every later evaluation."""
+    images, labels = torch.arange(32, dtype=torch.float32).view(8, 1, 2, 2), torch.arange(8)
+    kept = (images.clone(), labels.clone())
+    loader = TensorLoader(images, labels, batch_size=3)
+    for x, y in loader:
+        x.mul_(0)
+        y.mul_(0)
+    assert torch.equal(images, kept[0]) and torch.equal(labels, kept[1])
+    assert torch.equal(torch.cat([x for x, _ in loader]), kept[0])
+
+
 def test_random_crop_flip_is_a_padded_crop():
     x = torch.randn(16, 3, 6, 6)
     out = RandomCropFlip(6, 2, fill=-5.0)(x, torch.Generator().manual_seed(0))
