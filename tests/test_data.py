@@ -647,6 +647,9 @@ def test_cifar10_errors(tmp_path, monkeypatch):
     usage_error(load_datasets, "cifar10",
                 corrupt("shape", pickle.dumps({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4})),
                 match="3072")
+    for name, bad in (("label10", 10), ("label-1", -1)):  # (review tests2 #8: the edge, 10, was not tested)
+        root = corrupt(name, pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 9, bad, 1]}))
+        usage_error(load_datasets, "cifar10", root, match="data_batch_2 has labels outside 0..9")
 
     class Evil:
         def __reduce__(self):
