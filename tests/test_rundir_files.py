@@ -167,3 +167,31 @@ def test_a_loss_may_be_nan(tmp_path: Path):
     """A diverged epoch's loss is NaN or infinite (json writes both): its line is read, not taken for damage."""
     (tmp_path / rundir.METRICS).write_text('{"epoch": 1, "test_acc": 10.0, "train_loss": NaN}\n')
     assert math.isnan(rundir.read_metrics(tmp_path)[0]["train_loss"])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "umask") or __import__("os").name == "nt", reason="POSIX modes")
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_a_runs_files_get_the_mode_an_ordinary_open_gives(tmp_path, umask):
+    """(review tests2 #7) atomic_write's temporary file is made 0600 (mkstemp); without its chmod a run's
+    checkpoints and metrics in a shared project folder were unreadable to the group, and every test passed."""
+    import os
+    import stat
+
+    import torch
+
+    from reste.checkpoint import _umask, atomic_write, save_checkpoint
+
+    old = os.umask(umask)
+    _umask.cache_clear()  # (read once a process: reading it sets it for an instant)
+    try:
+        atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
+        save_checkpoint({"epoch": 1, "model": {"w": torch.zeros(2)}}, tmp_path / "last.pt")
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(old)
+        _umask.cache_clear()
+    want = 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == want
+    for name in ("a.json", "last.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
