@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from reste.native import c_compiler
+from reste.native import c_compiler, compiler_found
 
 
 def require_built(error: str | None, what: str) -> None:
@@ -17,7 +17,7 @@ def require_built(error: str | None, what: str) -> None:
     it where there is one."""
     if error is None:
         return
-    compiler = c_compiler()
-    if compiler is None:
-        pytest.skip(f"no C compiler: {what} not built ({error})", allow_module_level=True)
-    pytest.fail(f"{what} did not build although a C compiler ({compiler}) is here: {error}", pytrace=False)
+    if not compiler_found():  # (none, or a $CC naming a program that is not here)
+        pytest.skip(f"no C compiler ({c_compiler() or 'none found'}): {what} not built ({error})",
+                    allow_module_level=True)
+    pytest.fail(f"{what} did not build although a C compiler ({c_compiler()}) is here: {error}", pytrace=False)

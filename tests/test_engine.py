@@ -585,6 +585,13 @@ def test_an_estimator_no_kernel_computes_is_on_one_path_whatever_reste_fused_say
         fused.set_enabled(None)
     assert not any("continues with their" in line for line in lines), lines
     assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == recorded
+    # a checkpoint of before, which recorded the device's path for it: no note either (review diff21 #4)
+    from reste.checkpoint import save_checkpoint
+
+    old = load_checkpoint(tmp_path / "run" / "last.pt")
+    save_checkpoint({**old, "kernels": "fused C kernels"}, tmp_path / "run" / "last.pt")
+    engine.resume(tmp_path / "run", {"epochs": 3}, force=True, progress=False, log=lines.append)
+    assert not any("continues with their" in line for line in lines), lines
 
 
 def test_a_checkpoint_of_the_cpp_nodes_from_when_they_were_opt_in_is_on_the_same_path(tmp_path, monkeypatch):

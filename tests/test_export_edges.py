@@ -217,3 +217,20 @@ def test_the_checks_line_gives_the_largest_difference_of_the_images_that_agree_o
     assert _comparison_text(none) == "0/16 agree, 16 NOT explained by rounding"
     some = {**none, "agree": 15, "max_abs_diff": 2e-6, "mismatch": 1}
     assert _comparison_text(some) == "15/16 agree (max |logit diff| 2.00e-06), 1 NOT explained by rounding"
+
+
+def test_a_binary_layer_whose_estimator_is_another_module_is_refused(tmp_path):
+    """(review diff21 #2) A module other than a reste estimator, set in a layer's place after its construction,
+    was exported as sign (packed and ONNX) and the file kept."""
+
+    class Half(nn.Module):
+        def forward(self, x):
+            return torch.tanh(x)
+
+    model = _classifier(10)
+    model[2].input_estimator = Half()
+    with pytest.raises(UsageError, match=r"cannot export 2: its input_estimator is a Half, not a reste estimator"):
+        export_model(model, tmp_path / "m.rbnn", input_size=(1, 8, 8))
+    with pytest.raises(UsageError, match="the ONNX file computes sign"):
+        export_onnx(model, tmp_path / "m.onnx", input_size=(1, 8, 8))
+    assert not list(tmp_path.iterdir())

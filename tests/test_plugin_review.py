@@ -559,3 +559,36 @@ def test_the_readmes_estimator_gets_the_sweeps_check_of_an_axis_no_run_reaches(i
     line = _one_line_error(capsys, *argv, "--epochs", "1")
     assert "grid axis 'my_end' would train the same network at each value" in line
     assert main([*argv, "--epochs", "2"]) == 0
+
+
+def test_an_estimator_whose_g_has_another_shape_than_x_is_refused(isolated):
+    """(review diff21 #7) The check promised "a tensor shaped like x" and took one of any shape, which then failed at
+    the first backward with a bare broadcasting error. A 0-dimensional one broadcasts, and is taken."""
+    body = {"name": "shape_test", "_g": staticmethod(lambda x: torch.ones(x.shape[0]))}
+    with pytest.raises(ValueError, match=r"_g returned a tensor of shape \(2,\) for x of \(2, 3, 4\)"):
+        reste.register_estimator(type("Shaped", (Estimator,), body))
+    body["_g"] = staticmethod(lambda x: torch.ones(()))
+    reste.register_estimator(type("Shaped", (Estimator,), body))
+
+
+def test_a_column_named_axis_of_the_models_own_option_is_told_model_options(isolated, capsys, tmp_path):
+    """(review diff21 #5) A model's option n, as a grid axis, was told estimator_options.n, which was then refused."""
+
+    @registry.register_model(dataset="digits", twin="ncol_test")
+    def ncol_test_1w1a(*, num_classes, conv, n: int = 1):
+        return nn.Sequential(nn.Flatten(), conv.linear(64, 8 * n), nn.BatchNorm1d(8 * n), nn.Linear(8 * n, num_classes))
+
+    line = _one_line_error(capsys, "sweep", "--model", "ncol_test_1w1a", "--grid", "n=1,2", "--epochs", "1",
+                           "--out", str(tmp_path / "s"))
+    assert line.endswith("grid axis 'n' has the name of a column of the tables; name it model_options.n")
+    assert main(["sweep", "--model", "ncol_test_1w1a", "--grid", "model_options.n=1,2", "--epochs", "1",
+                 "--out", str(tmp_path / "s"), "--dry-run"]) == 0
+
+
+def test_a_sweep_of_a_float_model_refuses_an_estimators_flag_for_the_float_model(capsys, tmp_path):
+    """(review diff21 #9) `reste sweep --model digits --clip 1` was told --clip applies to the STE, and adding
+    --estimator ste was then refused for the float model (reste train's order was mended before)."""
+    line = _one_line_error(capsys, "sweep", "--model", "digits", "--clip", "1", "--epochs", "1", "--out",
+                           str(tmp_path / "s"))
+    assert line.endswith("'digits' is full precision: it has no estimator and no binary weights, so --clip would do "
+                         "nothing; drop it, or train its binary twin 'digits_1w1a'")

@@ -234,16 +234,21 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
     assert recorded == {"ste": [], "myest": [str(plugin_file)]}
 
 
-def test_the_resume_command_a_run_is_told_names_the_plugins_it_needs_again(plugin_file, tmp_path):
+def test_the_resume_command_a_run_is_told_names_the_plugins_it_needs_again(plugin_file, tmp_path, monkeypatch):
     """(review extend #12) A stopped run of a .py plugin was told `reste train --resume RUN`, which the resume then
-    refuses without --plugin: a job script requeueing the command it was given failed on every such run. A module
-    that loads by itself (installed, or imported here) needs none."""
+    refuses without --plugin: a job script requeueing the command it was given failed on every such run. An installed
+    module loads by itself and needs none; one of the current folder does, though the process that stops has
+    imported it (review diff21 #1), as does a damaged entry (the resume says so; review diff21 #6)."""
+    import types
+
     from reste.rundir import resume_command
 
     run = tmp_path / "run dir"
     run.mkdir()
+    monkeypatch.setitem(sys.modules, "cwd_only_plugin_test", types.ModuleType("cwd_only_plugin_test"))
     for recorded, flags in (([str(plugin_file)], f" --plugin {plugin_file}"), (["json"], ""), ([], ""),
-                            (["json", str(plugin_file)], f" --plugin json --plugin {plugin_file}")):
+                            (["json", str(plugin_file)], f" --plugin json --plugin {plugin_file}"),
+                            (["cwd_only_plugin_test"], " --plugin cwd_only_plugin_test"), ([None], ""), ([" "], "")):
         (run / "config.json").write_text(json.dumps({"plugins": recorded}))
         assert resume_command(run) == f"`reste train --resume '{run}'{flags}`"
         assert resume_command(run, 2) == f"torchrun again, 2 processes, running `-m reste.cli train --resume '{run}'" \
@@ -514,3 +519,40 @@ def test_a_plugin_folder_is_told_how_to_give_it(tmp_path, capsys):
     (tmp_path / "pkg" / "__init__.py").write_text("")
     assert "give a .py file (or its __init__.py)" in one_line_error(capsys, "train", "--plugin", str(tmp_path / "pkg"),
                                                                    "--print-config")
+
+
+def test_two_plugin_files_of_one_name_are_two_modules(isolated, tmp_path):
+    """(review diff21 #3) a/mydata.py and b/mydata.py were both the module reste_plugin_mydata: one's data set
+    trained on the other's data, and one's registration replaced the other's without a word. Two packages given by
+    their __init__.py were one module too (the second's estimator was never registered)."""
+    body = ("import reste, torch\n\n\n@reste.register_estimator\nclass E(reste.Estimator):\n    name = {name!r}\n"
+            "    _g = staticmethod(lambda x: torch.ones_like(x))\n")
+    for folder, name in (("a", "one_test"), ("b", "two_test"), ("c", "one_test")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "est.py").write_text(body.format(name=name))
+    first, second = plugins.load_plugin(str(tmp_path / "a" / "est.py")), plugins.load_plugin(str(tmp_path / "b" /
+                                                                                                    "est.py"))
+    assert first is not second and first.__name__ == "reste_plugin_est" and second.__name__ == "reste_plugin_est_2"
+    assert {"one_test", "two_test"} <= set(reste.list_estimators())
+    assert plugins.load_plugin(str(tmp_path / "a" / "est.py")) is first  # (the same file: the same module)
+    with pytest.raises(UsageError, match="estimator name 'one_test' is already registered by reste_plugin_est.E"):
+        plugins.load_plugin(str(tmp_path / "c" / "est.py"))
+    for pkg, name in (("pa", "pkg_one_test"), ("pb", "pkg_two_test")):
+        (tmp_path / pkg / "mypkg").mkdir(parents=True)
+        (tmp_path / pkg / "mypkg" / "__init__.py").write_text("from . import est\n")
+        (tmp_path / pkg / "mypkg" / "est.py").write_text(body.format(name=name))
+        assert plugins.load_plugin(str(tmp_path / pkg / "mypkg" / "__init__.py")).__name__.startswith(
+            "reste_plugin_mypkg")
+    assert {"pkg_one_test", "pkg_two_test"} <= set(reste.list_estimators())
+
+
+def test_a_resume_of_a_run_whose_plugins_are_damaged_is_one_line(tmp_path, capsys):
+    """(review diff21 #6) `plugins: [null]` in config.json: the resume told to pass `--plugin None`."""
+    from cli_checks import one_line_error
+
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "plugins": [None]}))
+    line = one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2")
+    assert "config.json is damaged: its plugins are [None], not a list of module names or .py files" in line

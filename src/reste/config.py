@@ -126,6 +126,25 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
     check_option_types(model, options)
 
 
+def refuse_binary_flags(model: Any, flags: list[str]) -> None:
+    """Refuse ``flags`` (as written: --estimator, an estimator's flags, --scaling) given for ``model`` where it is
+    full precision, whatever their values: the settings alone cannot tell a flag that restates a default from none
+    (review readme2 #2). Nothing for a binary model, or an unknown one (its check names the valid ones)."""
+    if not flags or not isinstance(model, str):
+        return
+    from .models import model_info
+
+    try:
+        info = model_info(model)
+    except UsageError:
+        return
+    if not info["binary"]:
+        twin = f", or train its binary twin {info['twin']!r}" if info["twin"] else ""
+        listed = f"{', '.join(flags[:-1])} and {flags[-1]}" if len(flags) > 1 else flags[0]
+        raise UsageError(f"{model!r} is full precision: it has no estimator and no binary weights, so {listed} would "
+                         f"do nothing; drop {'it' if len(flags) == 1 else 'them'}{twin}")
+
+
 class _Bare(int):
     """A number a bare flag gave (``--warm-up``): its refusal says so, as the user typed none."""
 

@@ -603,7 +603,8 @@ class _Run:
                      "or --lr to keep the recipe)")
         kernels = kernel_path(self.device, self.model)
         saved_path = _SAME_PATH.get(ckpt.get("kernels"), ckpt.get("kernels"))
-        if saved_path not in (None, kernels) and self.start_epoch < self.config.epochs:
+        # (NO_KERNEL: on every path alike, whatever a checkpoint of before it recorded: review diff21 #4)
+        if saved_path not in (None, kernels) and kernels != NO_KERNEL and self.start_epoch < self.config.epochs:
             self.log(f"note: {self.run_dir} trained with the estimators' {ckpt['kernels']} and continues with their "
                      f"{kernels}: their float32 results differ in the last bits, so the run can differ from an "
                      "uninterrupted one")
@@ -1321,6 +1322,9 @@ CPP_NODES = "C++ extension"
 _SAME_PATH = {"C++ extension (RESTE_CUDA_EXT=1)": CPP_NODES}  # what checkpoints before RESTE_CUDA_EXT=auto said
 
 
+NO_KERNEL = "PyTorch ops (no fused kernel computes its estimators' g)"  # every path alike, whatever was recorded
+
+
 def kernel_path(device: torch.device, model: nn.Module | None = None) -> str:
     """Which code computes sign and the estimators' backward on ``device`` in this process (recorded in each
     checkpoint: a resume on another path can round differently). A ``model`` whose estimators all have a ``g`` of
@@ -1330,7 +1334,7 @@ def kernel_path(device: torch.device, model: nn.Module | None = None) -> str:
 
     ests = estimators_of(model) if model is not None else []
     if ests and all(est._kernel_kind() is None for est in ests):
-        return "PyTorch ops (no fused kernel computes its estimators' g)"
+        return NO_KERNEL
     if not fused.enabled():
         return "PyTorch ops (RESTE_FUSED=0)"
     if device.type == "cpu":

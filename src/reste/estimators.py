@@ -1023,7 +1023,7 @@ def _check_returns_tensors(cls: type[Estimator]) -> None:
         params = est.params()
     except Exception:  # noqa: BLE001 - a constructor of its own
         return
-    x = torch.linspace(-2.0, 2.0, 9)
+    x = torch.linspace(-2.0, 2.0, 24).reshape(2, 3, 4)  # (of several dimensions: one's size is no other's)
     for hook in ("_g", "_f"):
         if hook == "_f" and cls._f is Estimator._f:
             continue
@@ -1031,9 +1031,19 @@ def _check_returns_tensors(cls: type[Estimator]) -> None:
             out = getattr(est, hook)(x, **params)
         except Exception:  # noqa: BLE001 - its own error, at its use
             continue
-        if not isinstance(out, Tensor):
-            raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} returned a {type(out).__name__}; it "
-                             f"must return a tensor shaped like x (for a constant, e.g. torch.ones_like(x))")
+        got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else \
+            None if _fits(out.shape, x.shape) else f"a tensor of shape {tuple(out.shape)} for x of {tuple(x.shape)}"
+        if got:  # (review diff21 #7: one of another shape failed at the first backward too)
+            raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} returned {got}; it must return a "
+                             f"tensor shaped like x (for a constant, e.g. torch.ones_like(x))")
+
+
+def _fits(shape: torch.Size, like: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``like`` and no further."""
+    try:
+        return torch.broadcast_shapes(shape, like) == like
+    except RuntimeError:
+        return False
 
 
 register = register_estimator  # the earlier name

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any, Sequence
 
-from .config import AMP_MODES, BARE_WARM_UP, DATA_DEVICES, OPTIMIZERS, TrainConfig, parse_value
+from .config import AMP_MODES, BARE_WARM_UP, DATA_DEVICES, OPTIMIZERS, TrainConfig, parse_value, refuse_binary_flags
 from .datasets import dataset_names
 from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
@@ -245,22 +245,9 @@ def _refuse_idle_binary_flags(given: dict[str, Any], model: str | None, named: S
     """Refuse ``--estimator``, an estimator flag or ``--scaling`` given for a full-precision ``model``, whatever its
     value: the settings alone cannot tell a flag that restates a default from none (``--model digits --estimator
     reste`` trained without a word, ``--estimator ste`` was refused: review readme2 #2)."""
-    flags = (["--estimator"] if "estimator" in given else []) + (
+    refuse_binary_flags(model, (["--estimator"] if "estimator" in given else []) + (
         list(named or ["estimator flags"]) if "estimator_options" in given else []) + (
-        ["--scaling"] if "scaling" in given else [])
-    if not flags or not isinstance(model, str):
-        return
-    from .models import model_info
-
-    try:
-        info = model_info(model)
-    except UsageError:  # an unknown model: the configuration's check names the valid ones
-        return
-    if not info["binary"]:
-        twin = f", or train its binary twin {info['twin']!r}" if info["twin"] else ""
-        listed = f"{', '.join(flags[:-1])} and {flags[-1]}" if len(flags) > 1 else flags[0]
-        raise UsageError(f"{model!r} is full precision: it has no estimator and no binary weights, so {listed} would "
-                         f"do nothing; drop {'it' if len(flags) == 1 else 'them'}{twin}")
+        ["--scaling"] if "scaling" in given else []))
 
 
 def show_bar(args: argparse.Namespace) -> bool:

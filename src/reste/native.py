@@ -326,6 +326,21 @@ def c_compiler() -> str | None:
     return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
 
 
+def compiler_found() -> bool:
+    """Whether :func:`c_compiler` names a program that is here (``$CC`` may be a command line, "ccache gcc": its
+    first word; review diff21 #8: a $CC naming a program that is not installed is no compiler)."""
+    compiler = c_compiler()
+    if compiler is None:
+        return False
+    if shutil.which(compiler):
+        return True
+    try:
+        words = shlex.split(compiler, posix=os.name != "nt")
+    except ValueError:
+        return False
+    return bool(words) and shutil.which(words[0].strip('"')) is not None
+
+
 def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] = DEFAULT_FLAGS) -> ctypes.CDLL:
     """Compile ``source`` (or load the cached build) and return it; ``OSError`` when nothing compiles."""
     compiler = c_compiler()

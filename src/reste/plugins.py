@@ -26,6 +26,7 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import itertools
 import os
 import stat
 import sys
@@ -101,16 +102,16 @@ def _installed_spec(top: str) -> Any:
     return None
 
 
-def loads_on_resume(spec: Any, run_dir: str | os.PathLike) -> bool:
+def loads_on_resume(spec: Any, run_dir: str | os.PathLike, here: bool = True) -> bool:
     """Whether a resume of ``run_dir`` imports ``spec``, a plugin its ``config.json`` records, without ``--plugin``
     naming it again: a module this process has, or one installed on Python's path (found there without the current
     folder) whose code is not inside the run folder. A ``.py`` file, a module of the current folder (where a
     received folder is unpacked; any folder there is a namespace package) or code inside the run folder is not:
     a run folder from elsewhere could otherwise run code it brought, or a file someone planted (``/tmp/x.py``),
-    by being resumed."""
+    by being resumed. ``here``: a resume in this process (else in a new one, which has none of its modules)."""
     if not isinstance(spec, str) or not spec.strip() or is_path(spec):
         return False
-    if spec in sys.modules:
+    if here and spec in sys.modules:
         return True
     found = _installed_spec(spec.split(".")[0])
     if found is None:  # only in the current folder, or nowhere (then --plugin's import says so)
@@ -143,13 +144,21 @@ def same_source(module: str, other: str) -> bool:
     return None not in files and os.path.realpath(files[0]) == os.path.realpath(files[1])
 
 
-def given_again(plugins: Any, run_dir: str | os.PathLike) -> str:
+def well_formed(plugins: Any) -> bool:
+    """Whether ``plugins``, as a ``config.json`` records them, is a list of non-blank texts (else damage)."""
+    return isinstance(plugins, list) and all(isinstance(p, str) and p.strip() for p in plugins)
+
+
+def given_again(plugins: Any, run_dir: str | os.PathLike, here: bool = True) -> str:
     """The ``--plugin`` flags a resume of ``run_dir`` needs on its command line (with a space before each): every one
     of ``plugins`` (those its ``config.json`` records) where one does not load by itself (:func:`loads_on_resume`),
-    as the resume then refuses to go on without them; none where each does."""
-    if not isinstance(plugins, list) or all(loads_on_resume(p, run_dir) for p in plugins):
+    as the resume then refuses to go on without them; none where each does, or where ``plugins`` is damaged (the
+    resume says so; review diff21 #6). ``here``: a resume in this process; else in a new one, which has not
+    imported the plugins this one has (review diff21 #1: a stopped run's line left out a module of the current
+    folder that its own process had imported)."""
+    if not well_formed(plugins) or all(loads_on_resume(p, run_dir, here) for p in plugins):
         return ""
-    return "".join(f" --plugin {shell_word(str(p))}" for p in plugins)
+    return "".join(f" --plugin {shell_word(p)}" for p in plugins)
 
 
 def defining(modules: Iterable[str]) -> list[str]:
@@ -193,7 +202,7 @@ def load_plugin(spec: str) -> ModuleType:
         return _loaded[spec]
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError(f"--plugin expects a module name or a .py file, got {spec!r}")
-    name = f"{_FILE_PREFIX}{Path(spec).stem}" if is_path(spec) else spec
+    name = _file_module(Path(spec).expanduser().resolve()) if is_path(spec) else spec
     fresh, before = name not in sys.modules, _registered()
     try:
         module = _import_file(spec) if is_path(spec) else _import_module(spec)
@@ -270,9 +279,9 @@ def _import_file(path: str) -> ModuleType:
                          f"from the folder above it ({file.name})")
     if not file.is_file():
         raise UsageError(f"--plugin {path!r}: no such file")
-    name = f"{_FILE_PREFIX}{file.stem}"
+    name = _file_module(file)
     loaded = sys.modules.get(name)
-    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == file:
+    if loaded is not None:  # (this file, loaded before)
         return loaded
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
@@ -285,6 +294,22 @@ def _import_file(path: str) -> ModuleType:
         del sys.modules[name]
         raise
     return module
+
+
+def _file_module(file: Path) -> str:
+    """The module name of a plugin file: ``reste_plugin_<stem>`` (a package's ``__init__.py``: its folder's name), or,
+    where another file of that name is loaded already, with ``_2``, ``_3``, ... after it (review diff21 #3: a/mydata.py
+    and b/mydata.py were one module, and a data set of one trained on the other's data). The name this process gave
+    the file, where it did."""
+    stem = file.parent.name if file.name == "__init__.py" else file.stem
+    base = f"{_FILE_PREFIX}{stem}"
+    for n in itertools.count(1):
+        name = base if n == 1 else f"{base}_{n}"
+        loaded = sys.modules.get(name)
+        where = getattr(loaded, "__file__", None)
+        if loaded is None or (where and Path(where).resolve() == file):
+            return name
+    raise AssertionError("unreachable")
 
 
 def _first_line(err: BaseException) -> str:

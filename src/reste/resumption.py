@@ -31,7 +31,7 @@ from .config import OPTIMIZER_LR, TrainConfig, canonical_estimator, check_model_
 from .datasets import get_spec
 from .errors import UsageError, option
 from .integrations.tensorboard import log_dir
-from .plugins import given_again
+from .plugins import given_again, well_formed
 from .estimators import estimator_class
 from .rundir import BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_keys, last_checkpoint, last_lost
 
@@ -79,6 +79,9 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     again). Another data set is refused always, other settings outside ``RESUME_FREE`` unless ``force``;
     given estimator or model options refine the saved ones, and another estimator drops the old one's."""
     overrides = dict(overrides or {})
+    if "plugins" not in overrides and not well_formed(saved.plugins):  # (review diff21 #6: --plugin None)
+        raise UsageError(f"{run_dir / CONFIG} is damaged: its plugins are {saved.plugins!r}, not a list of module "
+                         "names or .py files; give the run's --plugin flags again (or restore the file)")
     again = given_again(saved.plugins, run_dir) if "plugins" not in overrides else ""
     if again:  # before anything resolves it
         raise UsageError(f"{run_dir / CONFIG} names plugins that a resume imports only when given again (a .py file, "
@@ -117,7 +120,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
     except UsageError as err:
         missing = unregistered(saved.model, saved.estimator)
         if missing:  # not a bad setting: the module that registers it is not loaded
-            recorded = f" (the run recorded --plugin {' '.join(saved.plugins)})" if saved.plugins else ""
+            recorded = f" (the run recorded --plugin {' '.join(saved.plugins)})" \
+                if saved.plugins and well_formed(saved.plugins) else ""
             load = option("pass --plugin MODULE, the module or .py file that does",
                           "import the module that does (or reste.plugins.load_plugins(['MODULE']) for it or its .py "
                           "file)")

@@ -1180,7 +1180,7 @@ def resume_command(run_dir: str | os.PathLike, world_size: int = 1) -> str:
         recorded = parse_json((Path(run_dir) / CONFIG).read_text(encoding="utf-8")).get("plugins")
     except (OSError, ValueError, AttributeError):  # (no such file, not JSON, not an object: the resume says so)
         recorded = None
-    resume = f"--resume {shell_word(run_dir)}{given_again(recorded, run_dir)}"
+    resume = f"--resume {shell_word(run_dir)}{given_again(recorded, run_dir, here=False)}"
     if world_size <= 1:
         return f"`reste train {resume}`"
     return f"torchrun again, {world_size} processes, running `-m reste.cli train {resume}`"

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import TrainConfig, check_threads, idle_data_flags, parse_value, usable_cpus
+from ..config import TrainConfig, check_threads, idle_data_flags, parse_value, refuse_binary_flags, usable_cpus
 from ..datasets import get_spec
 from ..models import model_info, model_keywords
 from ..errors import UsageError, did_you_mean, join_command_line, machine_cause, on_command_line, print_line, shell_word
@@ -119,7 +119,10 @@ def axis_kind(key: str, models: Iterable[str], estimators: Iterable[str] | None 
     if key in _TABLE_COLUMNS:  # (its flag where an estimator this sweep trains has one: FDA's n is fda_n, not a
         # plugin's n: review extend #8)
         other = next((a for a, k in aliases.items() if k == key and (
-            trained is None or any(flag_takers(a).get(e) == key for e in trained))), f"estimator_options.{key}")
+            trained is None or any(flag_takers(a).get(e) == key for e in trained))), None)
+        if other is None:  # (a model's option: model_options.KEY; review diff21 #5)
+            other = f"model_options.{key}" if any(key in model_keywords(m) for m in models) else \
+                f"estimator_options.{key}"
         raise UsageError(f"grid axis {key!r} has the name of a column of the tables; name it {other}")
     if key in _config_fields():
         return "field", key
@@ -303,7 +306,12 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
             if given and optimizer not in used:
                 raise UsageError(f"--{given[0].replace('_', '-')} is a setting of --optimizer {optimizer}, which no "
                                  f"setting of this sweep trains; drop it, or add {optimizer} to --grid optimizer")
-    binary = [s for s in settings.values() if _binary(s.config)] or list(settings.values())
+    binary = [s for s in settings.values() if _binary(s.config)]
+    if not binary and flags:  # a float model's estimator flags: said so, not "applies to the X estimator", whose
+        # advice (--estimator X) is refused for the float model in turn (review diff21 #9, as reste train's)
+        refuse_binary_flags(next(iter(settings.values())).config.model,
+                            [estimator_flags()[d][0][1].option for d in flags])
+    binary = binary or list(settings.values())
     trained = sorted({s.config.estimator for s in binary})  # (a float baseline's is no estimator it trains)
     for dest in flags:
         if not set(flag_takers(dest)) & set(trained):

@@ -79,6 +79,14 @@ def refuse_own_forwards(model: nn.Module, what: str) -> None:
             raise UsageError(f"cannot export {name or 'the model'}: its estimator {m.name!r} "
                              f"({type(m).__name__}) has a forward of its own, and {what} computes sign(x) in its "
                              "place; export takes estimators whose forward is sign (every built-in's)")
+        if getattr(m, "precision", 32) != 1:
+            continue
+        for slot in ("weight_estimator", "input_estimator"):  # (review diff21 #2: another module set in its place)
+            held = getattr(m, slot, None)
+            if isinstance(held, nn.Module) and not isinstance(held, Estimator):
+                raise UsageError(f"cannot export {name}: its {slot} is a {type(held).__name__}, not a reste "
+                                 f"estimator, and {what} computes sign(x) in its place; export takes a binary "
+                                 "layer's reste estimators only")
 
 
 def _batch_norms() -> tuple[type, ...]:
