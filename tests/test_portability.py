@@ -436,3 +436,16 @@ def test_ctrl_break_is_answered_as_ctrl_c_is(monkeypatch, capfd):
         assert stop.signum == signal.SIGUSR2
         assert signal.getsignal(signal.SIGUSR2) == before  # a second press: the handler from before
     assert "reste: Ctrl-Break: stopping after saving the current step" in capfd.readouterr().err
+
+
+def test_a_cc_naming_no_program_is_no_compiler(monkeypatch):
+    """(review diff21 #8) $CC set to a program that is not here counted as a compiler: the kernels' tests then
+    failed, "a C compiler (nosuchcc) is here", where nothing can compile."""
+    from reste.native import compiler_found
+
+    monkeypatch.setenv("CC", "nosuch_cc_reste_test")
+    assert not compiler_found()
+    monkeypatch.setenv("CC", "nosuch_ccache_reste_test gcc")
+    assert not compiler_found()
+    monkeypatch.setenv("CC", f"{sys.executable} -m64")  # (a command line whose program is here)
+    assert compiler_found()
