@@ -81,21 +81,9 @@ class DatasetSpec:
     def load(self, data_path=None, *, download: bool = False, augment: bool = True,
              in_memory: bool | None = None, train: bool = True):
         """Run this data set's loader: ``(train, test, DatasetInfo)``; ``train=False``: the train split is
-        neither read nor returned (None). A loader that cannot be imported, or that returns something else, is a
-        one-line ``UsageError`` naming the data set and its loader (review extend #5, #13)."""
-        got = self._loader()(data_path, download, augment, in_memory, train)
-        if not isinstance(got, (tuple, list)) or len(got) != 3:
-            kind = f"a {type(got).__name__} of {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__
-            raise self._bad_loader(f"returned {kind}; it must return (train, test, DatasetInfo), as "
-                                   "reste.data.from_tensors makes them")
-        from .data.sets import DatasetInfo
-
-        if not isinstance(got[2], DatasetInfo):
-            raise self._bad_loader(f"returned a {type(got[2]).__name__} as its third item, not a "
-                                   "reste.data.DatasetInfo")
-        if got[1] is None or (train and got[0] is None):
-            raise self._bad_loader(f"returned no {'test' if got[1] is None else 'train'} set (None)")
-        return tuple(got)
+        neither read nor returned (None). A loader that cannot be imported is a one-line ``UsageError`` naming the
+        data set and its loader (review extend #13); :func:`reste.data.load_datasets` checks what it returns."""
+        return self._loader()(data_path, download, augment, in_memory, train)
 
     def _loader(self) -> Callable[..., Any]:
         if callable(self.loader):
@@ -109,13 +97,14 @@ class DatasetSpec:
             try:
                 found = importlib.import_module(module)
             except ImportError as err:
-                raise self._bad_loader(f"cannot be imported ({err})") from None
+                raise self.bad_loader(f"cannot be imported ({err})") from None
         loader = getattr(found, function, None)
         if not callable(loader):
-            raise self._bad_loader(f"names no function of {module}")
+            raise self.bad_loader(f"names no function of {module}")
         return loader
 
-    def _bad_loader(self, what: str) -> UsageError:
+    def bad_loader(self, what: str) -> UsageError:
+        """The one-line error of a loader of this data set that ``what`` (cannot be imported, returned ...)."""
         name = self.loader if isinstance(self.loader, str) else \
             f"{getattr(self.loader, '__module__', '?')}.{getattr(self.loader, '__qualname__', self.loader)}"
         return UsageError(f"data set {self.name!r}: its loader {name} {what}")

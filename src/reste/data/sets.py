@@ -77,7 +77,18 @@ def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, down
         raise UsageError(f"{spec.name} does not fit in memory; it is read from files by DataLoader workers")
     if augment is None:  # (review docs #4: True, whatever the recipe, gave Fashion-MNIST crops and flips)
         augment = bool(spec.defaults["augment"])
-    return spec.load(data_path, download=download, augment=augment, in_memory=in_memory, train=train)
+    got = spec.load(data_path, download=download, augment=augment, in_memory=in_memory, train=train)
+    # a plugin's loader that returns something else: one line naming it (review extend #5: "not enough values to
+    # unpack", exit status 1, naming neither the data set nor its loader)
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        kind = f"a {type(got).__name__} of {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__
+        raise spec.bad_loader(f"returned {kind}; it must return (train, test, DatasetInfo), as "
+                              "reste.data.from_tensors makes them")
+    if not isinstance(got[2], DatasetInfo):
+        raise spec.bad_loader(f"returned a {type(got[2]).__name__} as its third item, not a reste.data.DatasetInfo")
+    if got[1] is None or (train and got[0] is None):
+        raise spec.bad_loader(f"returned no {'test' if got[1] is None else 'train'} set (None)")
+    return tuple(got)
 
 
 def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequence[str] | None = None,
