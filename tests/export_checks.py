@@ -26,13 +26,13 @@ def assert_explained(c: Comparison, what: str) -> None:
     assert c.agree >= 1 and c.agree + c.near_tie == c.images, f"{what}: {c.summary()}"
 
 
-def assert_computes_model(path, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def assert_computes_model(path, model: nn.Module, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """The packed file ``path`` and ``model`` (eval mode) each against the file's float64 reference on images ``x``
     (a float32 batch norm's shift allowed for, as the export's own check does): :func:`assert_explained` for both.
     Returns the file's logits (review tests, suggestion 1: the tests compared the two through a bare atol)."""
     ref = model_reference(model, path, x)
     trace: list[torch.Tensor] = []
-    got = PackedModel.load(path).forward(x, trace=trace)
+    got = PackedModel.load(path, backend=backend).forward(x, trace=trace)
     assert_explained(compare(ref, got, trace), f"{path}")
     logits, sites = trace_model(model, x)
     assert_explained(compare(ref, logits.float(), sites), "the float32 model")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import reste
 from reste.errors import UsageError
 from reste.export import PackedModel, export_model, export_onnx, format_report
 from reste.layers import BinaryConv2d
@@ -234,3 +235,35 @@ def test_a_binary_layer_whose_estimator_is_another_module_is_refused(tmp_path):
     with pytest.raises(UsageError, match="the ONNX file computes sign"):
         export_onnx(model, tmp_path / "m.onnx", input_size=(1, 8, 8))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("pool", [
+    nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+    nn.AvgPool2d(3, 2, 1, count_include_pad=False), nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+    nn.AvgPool2d(2, divisor_override=3), nn.AvgPool2d(2, ceil_mode=True),
+    nn.MaxPool1d(2, ceil_mode=True), nn.AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+], ids=repr)
+def test_a_pools_ceil_mode_padding_count_and_divisor_are_exported(tmp_path, pool):
+    """(review tests2 #13) Every exported pool had the defaults: a file (or the runtime) that dropped ceil_mode,
+    count_include_pad or divisor_override passed, and gave other outputs or failed at run time. Odd sizes (7), where
+    ceil_mode gives another output size; each backend, and the model, against the file's float64 reference."""
+    from reste.export import kernels as K
+
+    torch.manual_seed(0)
+    one_d = isinstance(pool, (nn.MaxPool1d, nn.AvgPool1d))
+    conv, bn = (nn.Conv1d, nn.BatchNorm1d) if one_d else (nn.Conv2d, nn.BatchNorm2d)
+    size = (1, 7) if one_d else (1, 7, 7)
+    net = nn.Sequential(conv(1, 8, 3, padding=1), bn(8), conv(8, 8, 3, padding=1), bn(8), pool, nn.Flatten(),
+                        nn.LazyLinear(3))
+    net(torch.zeros(2, *size))
+    model = reste.binarize(net, "ste")
+    with torch.no_grad():  # (batch norms of their own statistics, so that the pools' inputs are not all alike)
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    export_model(model, tmp_path / "p.rbnn", input_size=size, verify=False)
+    x = torch.randn(6, *size, generator=torch.Generator().manual_seed(1))
+    for backend in ["numpy"] + (["c"] if K.c_kernel_error() is None else []):
+        assert_computes_model(tmp_path / "p.rbnn", model, x, backend)
