@@ -267,3 +267,38 @@ def test_a_pools_ceil_mode_padding_count_and_divisor_are_exported(tmp_path, pool
     x = torch.randn(6, *size, generator=torch.Generator().manual_seed(1))
     for backend in ["numpy"] + (["c"] if K.c_kernel_error() is None else []):
         assert_computes_model(tmp_path / "p.rbnn", model, x, backend)
+
+
+class _ReadTwice(nn.Module):
+    """A conv whose output its BatchNorm reads, and an add beside it too (a linear's, likewise, in ``flat``)."""
+
+    def __init__(self, flat: bool) -> None:
+        super().__init__()
+        self.flat = flat
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc1, self.bn3 = nn.Linear(8 * 36, 16), nn.BatchNorm1d(16)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        h = self.bn2(self.conv2(self.bn1(y) + y)).flatten(1)
+        z = self.fc1(h)
+        return self.fc(self.bn3(z) + z if self.flat else self.bn3(z))
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_batch_norm_is_not_folded_into_a_layer_another_node_reads(tmp_path, flat):
+    """(review tests2 #16) Folding a BatchNorm into its conv rewrites the conv's weights: exact only where the
+    BatchNorm is the conv's one reader. No test had another reader, so a fold regardless passed (and the add then read
+    the scaled output: 0.75 off)."""
+    torch.manual_seed(0)
+    net = _ReadTwice(flat)
+    with torch.no_grad():
+        for bn in (net.bn1, net.bn2, net.bn3):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 2)
+    model = reste.binarize(net, "ste").eval()
+    export_model(model, tmp_path / "m.rbnn", input_size=(1, 6, 6), verify=False)
+    assert_computes_model(tmp_path / "m.rbnn", model, torch.randn(8, 1, 6, 6), "numpy")
