@@ -319,3 +319,31 @@ def test_argmax_ties_are_the_top_two_logits_within_rounding():
     bounds = torch.full_like(logits, 1e-6)
     assert Reference(logits, bounds).argmax_ties().tolist() == [True, False, False]
     assert Reference(logits[:, :1], bounds[:, :1]).argmax_ties().tolist() == [False] * 3  # one class: no tie
+
+
+def _one_image_reference(site: float) -> "Reference":
+    """A reference of one image: logits (1, 2), bound 1e-6 each; one sign input of two values, ``site`` and 0.5,
+    bound 1e-7 each."""
+    from reste.export.reference import Reference
+
+    f64 = dict(dtype=torch.float64)
+    return Reference(logits=torch.tensor([[1.0, 2.0]], **f64), logit_bound=torch.full((1, 2), 1e-6, **f64),
+                     sites=[torch.tensor([[site, 0.5]], **f64)], bounds=[torch.full((1, 2), 1e-7, **f64)])
+
+
+def test_traced_sign_inputs_that_agree_leave_wrong_logits_a_mismatch_and_untraced_ones_a_near_tie():
+    """(review tests2 #11, #12) With the sign inputs traced and each within rounding of the reference's, logits beyond
+    rounding are a wrong layer after them: a mismatch, though a sign input is near zero (the rule untested: calling it
+    a near-tie passed, and `reste export`'s check would have excused a wrong last layer). Untraced (ONNX), a sign
+    input near zero may explain them. And same_predictions is the count of equal classes."""
+    from reste.export.reference import SLACK, compare
+
+    ref = _one_image_reference(1e-9)
+    traced = compare(ref, torch.tensor([[1.0, 2.5]]), [torch.tensor([[1e-9, 0.5]])])
+    assert (traced.agree, traced.near_tie, traced.mismatch, traced.ok) == (0, 0, 1, False)
+    assert traced.same_predictions == 1
+    untraced = compare(ref, torch.tensor([[2.5, 2.0]]), None)
+    assert (untraced.agree, untraced.near_tie, untraced.mismatch, untraced.same_predictions) == (0, 1, 0, 0)
+    # the window of a near-tie: within SLACK bounds of zero, and not beyond
+    assert _one_image_reference(SLACK * 1e-7).near_ties(0) == 1
+    assert _one_image_reference(SLACK * 1e-7 * (1 + 1e-9)).near_ties(0) == 0
