@@ -2773,3 +2773,27 @@ def test_a_best_pt_that_is_not_the_best_epoch_is_said_not_mended(tmp_path, capsy
     assert main(["train", "--resume", str(run)]) == 0
     assert f"warning: {why} (another run's file, or an older copy?); the weights of epoch 1 are lost" in \
         capsys.readouterr().out
+
+
+def test_a_runs_row_takes_its_best_epoch_first_of_a_tie_and_its_last_epochs_top5():
+    """(review tests2 #9, #14) Every sweep of the tests trained one epoch, where the first is the last: the first
+    epoch's top-5 as the final one passed, and so did the last of equal accuracies as the best (best.pt holds the
+    first)."""
+    from reste.experiments.report import _accuracy
+    from reste.rundir import best_line
+
+    lines = [{"epoch": 1, "test_acc": 90.0, "test_top5": 98.0}, {"epoch": 2, "test_acc": 95.0, "test_top5": 99.0},
+             {"epoch": 3, "test_acc": 95.0, "test_top5": 99.5}, {"epoch": 4, "test_acc": 94.0, "test_top5": 99.7}]
+    assert best_line(lines)["epoch"] == 2
+    assert _accuracy(lines) == {"best_acc": 95.0, "best_epoch": 2, "final_acc": 94.0, "final_top5": 99.7}
+
+
+def test_the_indicator_figures_curve_is_the_mean_over_seeds_of_equal_length():
+    """(review tests2 #10) With one seed the mean is any statistic: the maximum passed, and so did a "mean" of runs of
+    different lengths (zip cut them to the shortest)."""
+    from reste.experiments.plots import _epoch_means
+
+    runs = [{"metrics": [{"e": 1.0}, {"e": 3.0}]}, {"metrics": [{"e": 3.0}, {"e": 6.0}]}]
+    assert _epoch_means(runs, "e") == [2.0, 4.5]
+    assert _epoch_means([*runs, {"metrics": [{"e": 1.0}]}], "e") is None
+    assert _epoch_means([{"metrics": [{"e": None}]}], "e") is None

@@ -186,3 +186,15 @@ def test_split_binary_names_layers_whose_gradient_bop_cannot_read(estimator, sca
         warnings.simplefilter("error")
         split_binary(reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(),
                                                   nn.Linear(4, 3)), "ste", scaling="none"))
+
+
+def test_a_composites_zero_grad_passes_set_to_none_on():
+    """(review tests2 #15) Composite.zero_grad(set_to_none=False) left None where zeros were asked for, untested."""
+    from reste.optim import Composite
+
+    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    opt = Composite(Bop([a]), torch.optim.SGD([b], lr=0.1))
+    for set_to_none in (False, True):
+        (a.sum() + b.sum()).backward()
+        opt.zero_grad(set_to_none=set_to_none)
+        assert all((p.grad is None) if set_to_none else torch.equal(p.grad, torch.zeros_like(p)) for p in (a, b))
