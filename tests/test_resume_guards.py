@@ -135,7 +135,8 @@ def test_a_bad_value_in_config_json_names_the_file(capsys, run):
     assert "config.json holds a bad setting" in line and "--cuda-graphs must be bool" in line
     (run / "config.json").write_text(json.dumps({**cfg, "plugins": "os"}))
     line = _error(capsys, "train", "--resume", str(run), "--no-progress")
-    assert "--plugin must be a list" in line, line  # not read letter by letter ('o': no such module)
+    # not read letter by letter ('o': no such module)
+    assert "config.json is damaged: its plugins are 'os', not a list of module names or .py files" in line, line
 
 
 def test_a_deleted_config_json_is_written_again_from_last_pt(capsys, run):
