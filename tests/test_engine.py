@@ -541,21 +541,29 @@ def test_a_clock_step_does_not_change_the_durations_a_run_records(tmp_path, monk
     assert all(0 <= t < 600 for t in times) and 0 <= result["seconds"] < 600, (times, result["seconds"])
 
 
-def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path):
+def _fused_then_unfused(config: TrainConfig, run) -> tuple[str, list[str]]:
+    """Train ``config`` with the fused kernels on (whatever RESTE_FUSED the suite runs under), then resume it for one
+    more epoch with them off: (the kernel path its first checkpoint recorded, the resume's lines)."""
     from reste import fused
 
-    fused.set_enabled(True)  # whatever RESTE_FUSED the suite runs under
+    fused.set_enabled(True)
     try:
-        engine.train(small(epochs=1, threads=1), tmp_path / "run", progress=False, log=quiet)
-        assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == engine.kernel_path(torch.device("cpu"))
+        engine.train(config, run, progress=False, log=quiet)
+        recorded = load_checkpoint(run / "last.pt")["kernels"]
     finally:
         fused.set_enabled(None)
-    lines = []
+    lines: list[str] = []
     fused.set_enabled(False)
     try:
-        engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
+        engine.resume(run, {"epochs": config.epochs + 1}, force=True, progress=False, log=lines.append)
     finally:
         fused.set_enabled(None)
+    return recorded, lines
+
+
+def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path):
+    recorded, lines = _fused_then_unfused(small(epochs=1, threads=1), tmp_path / "run")
+    assert recorded == engine.kernel_path(torch.device("cpu"))
     assert any("continues with their PyTorch ops (RESTE_FUSED=0)" in line for line in lines), lines
     assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == "PyTorch ops (RESTE_FUSED=0)"
 
@@ -563,26 +571,13 @@ def test_resuming_on_another_kernel_path_says_the_last_bits_may_differ(tmp_path)
 def test_an_estimator_no_kernel_computes_is_on_one_path_whatever_reste_fused_says(isolated, tmp_path):
     """(review extend #6) A plugin's estimator (its own g) was recorded as trained with the fused C kernels, and its
     resume with RESTE_FUSED=0 said the results could differ: they were the same to the bit."""
-    from reste import fused
-
     @reste.register_estimator
     class Wide(reste.Estimator):
         name = "wide_test"
         _g = staticmethod(lambda x: (x.abs() <= 2).to(x.dtype))
 
-    fused.set_enabled(True)
-    try:
-        engine.train(small(epochs=1, threads=1, estimator="wide_test"), tmp_path / "run", progress=False, log=quiet)
-    finally:
-        fused.set_enabled(None)
-    recorded = load_checkpoint(tmp_path / "run" / "last.pt")["kernels"]
+    recorded, lines = _fused_then_unfused(small(epochs=1, threads=1, estimator="wide_test"), tmp_path / "run")
     assert recorded == "PyTorch ops (no fused kernel computes its estimators' g)"
-    lines = []
-    fused.set_enabled(False)
-    try:
-        engine.resume(tmp_path / "run", {"epochs": 2}, force=True, progress=False, log=lines.append)
-    finally:
-        fused.set_enabled(None)
     assert not any("continues with their" in line for line in lines), lines
     assert load_checkpoint(tmp_path / "run" / "last.pt")["kernels"] == recorded
     # a checkpoint of before, which recorded the device's path for it: no note either (review diff21 #4)
