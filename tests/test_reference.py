@@ -14,7 +14,8 @@ import reste
 from reste import models
 from reste.export import PackedModel, export_model, read_header
 from reste.export.exporter import format_verify, verify_export
-from reste.export.reference import SLACK, U32, _Evaluator, compare, gamma, graph_reference, trace_model
+from reste.export.reference import (SLACK, U32, Reference, _Evaluator, compare, gamma, graph_reference,
+                                    trace_model)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -321,11 +322,9 @@ def test_argmax_ties_are_the_top_two_logits_within_rounding():
     assert Reference(logits[:, :1], bounds[:, :1]).argmax_ties().tolist() == [False] * 3  # one class: no tie
 
 
-def _one_image_reference(site: float) -> "Reference":
+def _one_image_reference(site: float) -> Reference:
     """A reference of one image: logits (1, 2), bound 1e-6 each; one sign input of two values, ``site`` and 0.5,
     bound 1e-7 each."""
-    from reste.export.reference import Reference
-
     f64 = dict(dtype=torch.float64)
     return Reference(logits=torch.tensor([[1.0, 2.0]], **f64), logit_bound=torch.full((1, 2), 1e-6, **f64),
                      sites=[torch.tensor([[site, 0.5]], **f64)], bounds=[torch.full((1, 2), 1e-7, **f64)])
@@ -336,8 +335,6 @@ def test_traced_sign_inputs_that_agree_leave_wrong_logits_a_mismatch_and_untrace
     rounding are a wrong layer after them: a mismatch, though a sign input is near zero (the rule untested: calling it
     a near-tie passed, and `reste export`'s check would have excused a wrong last layer). Untraced (ONNX), a sign
     input near zero may explain them. And same_predictions is the count of equal classes."""
-    from reste.export.reference import SLACK, compare
-
     ref = _one_image_reference(1e-9)
     traced = compare(ref, torch.tensor([[1.0, 2.5]]), [torch.tensor([[1e-9, 0.5]])])
     assert (traced.agree, traced.near_tie, traced.mismatch, traced.ok) == (0, 0, 1, False)
