@@ -228,26 +228,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from .config import config_from_preset, get_preset
 
     model = getattr(args, "model", None) or (get_preset(args.preset).settings.get("model") if args.preset else None)
-    named = [next(iter(dict(takers).values())).option for dest, takers in estimator_flags().items()
+    named = [takers[0][1].option for dest, takers in estimator_flags().items()
              if getattr(args, dest, None) is not None]  # the estimator flags given, as written
     # before the flags' estimator is checked (review extend #10: a float model's --clip was told to take the STE,
     # which was then refused for the float model)
-    given = [k for k in ("estimator", "scaling") if getattr(args, k, None) is not None]
-    _refuse_idle_binary_flags(dict.fromkeys(given + ["estimator_options"] * bool(named)), model, named)
+    refuse_binary_flags(model, (["--estimator"] if getattr(args, "estimator", None) is not None else []) + named
+                        + (["--scaling"] if getattr(args, "scaling", None) is not None else []))
     out = overrides_from_args(args)
     if args.preset:
         args._base_estimator = get_preset(args.preset).settings["estimator"]
         return config_from_preset(args.preset, **out)
     return TrainConfig.from_dict(out)
-
-
-def _refuse_idle_binary_flags(given: dict[str, Any], model: str | None, named: Sequence[str] = ()) -> None:
-    """Refuse ``--estimator``, an estimator flag or ``--scaling`` given for a full-precision ``model``, whatever its
-    value: the settings alone cannot tell a flag that restates a default from none (``--model digits --estimator
-    reste`` trained without a word, ``--estimator ste`` was refused: review readme2 #2)."""
-    refuse_binary_flags(model, (["--estimator"] if "estimator" in given else []) + (
-        list(named or ["estimator flags"]) if "estimator_options" in given else []) + (
-        ["--scaling"] if "scaling" in given else []))
 
 
 def show_bar(args: argparse.Namespace) -> bool:

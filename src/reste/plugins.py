@@ -26,7 +26,6 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
-import itertools
 import os
 import stat
 import sys
@@ -301,15 +300,12 @@ def _file_module(file: Path) -> str:
     where another file of that name is loaded already, with ``_2``, ``_3``, ... after it (review diff21 #3: a/mydata.py
     and b/mydata.py were one module, and a data set of one trained on the other's data). The name this process gave
     the file, where it did."""
-    stem = file.parent.name if file.name == "__init__.py" else file.stem
-    base = f"{_FILE_PREFIX}{stem}"
-    for n in itertools.count(1):
-        name = base if n == 1 else f"{base}_{n}"
-        loaded = sys.modules.get(name)
-        where = getattr(loaded, "__file__", None)
-        if loaded is None or (where and Path(where).resolve() == file):
-            return name
-    raise AssertionError("unreachable")
+    base = f"{_FILE_PREFIX}{file.parent.name if file.name == '__init__.py' else file.stem}"
+    name, n = base, 1
+    while name in sys.modules and Path(getattr(sys.modules[name], "__file__", None) or "").resolve() != file:
+        n += 1
+        name = f"{base}_{n}"
+    return name
 
 
 def _first_line(err: BaseException) -> str:
