@@ -179,10 +179,9 @@ def test_a_runs_files_get_the_mode_an_ordinary_open_gives(tmp_path, umask):
 
     import torch
 
-    from reste.checkpoint import _umask, atomic_write, save_checkpoint
+    from reste.checkpoint import atomic_write, save_checkpoint
 
-    old = os.umask(umask)
-    _umask.cache_clear()  # (read once a process: reading it sets it for an instant)
+    old = os.umask(umask)  # (no cache to clear: Linux gives the umask of the moment)
     try:
         atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
         save_checkpoint({"epoch": 1, "model": {"w": torch.zeros(2)}}, tmp_path / "last.pt")
@@ -190,8 +189,28 @@ def test_a_runs_files_get_the_mode_an_ordinary_open_gives(tmp_path, umask):
             pass
     finally:
         os.umask(old)
-        _umask.cache_clear()
     want = 0o666 & ~umask
     assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == want
     for name in ("a.json", "last.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux's /proc")
+def test_the_umask_is_the_one_of_the_moment(monkeypatch):
+    """The mode reste gives a run's files follows a umask the caller changed after reste first read it (it was read
+    once a process); where /proc has no Umask line, it is read once with os.umask, and is still right."""
+    import os
+
+    from reste import checkpoint
+
+    old = os.umask(0o022)
+    try:
+        assert checkpoint._umask() == 0o022
+        os.umask(0o077)
+        assert checkpoint._umask() == 0o077
+        monkeypatch.setattr(checkpoint, "_PROC_STATUS", "/nonexistent/status")
+        checkpoint._umask_once.cache_clear()
+        assert checkpoint._umask() == 0o077 and os.umask(0o077) == 0o077  # read, and left as it was
+    finally:
+        os.umask(old)
+        checkpoint._umask_once.cache_clear()

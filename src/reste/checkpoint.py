@@ -161,9 +161,25 @@ def _replace(tmp: str, path: Path, tries: int = 10) -> None:
             time.sleep(0.01 * 2 ** min(attempt, 6))
 
 
-@lru_cache(maxsize=None)
+_PROC_STATUS = "/proc/self/status"
+
+
 def _umask() -> int:
-    """The process's umask, read once (reading it means setting it for an instant)."""
+    """The process's umask now: Linux (4.7 on) gives it in ``/proc/self/status``; elsewhere it is read once a
+    process, since reading it with ``os.umask`` means setting it for an instant (a file another thread makes then
+    would get mode 0666)."""
+    try:
+        with open(_PROC_STATUS, encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_once()
+
+
+@lru_cache(maxsize=None)
+def _umask_once() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
