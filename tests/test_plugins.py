@@ -556,3 +556,6 @@ def test_a_resume_of_a_run_whose_plugins_are_damaged_is_one_line(tmp_path, capsy
     (run / "config.json").write_text(json.dumps({**config, "plugins": [None]}))
     line = one_line_error(capsys, "train", "--resume", str(run), "--epochs", "2")
     assert "config.json is damaged: its plugins are [None], not a list of module names or .py files" in line
+    assert main(["show", str(run)]) == 0  # and reste show says it, as it gives the resume command
+    assert ("note       config.json's plugins are [None], not a list of module names or .py files (damaged): a "
+            "resume needs the run's --plugin flags given again") in capsys.readouterr().out

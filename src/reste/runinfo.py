@@ -12,6 +12,7 @@ from .checkpoint import UNREADABLE, read_structure, unregistered
 from .config import FULL_PRECISION, binarization_text, optimizer_text
 from .errors import UsageError
 from .indicators import RUN_LEVEL, run_indicators
+from .plugins import well_formed
 from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, last_lost,
                      lines_beyond_repair, lines_lost_why, lock_holder, not_a_folder, other_run, read_metrics,
                      resume_command, run_config, schedule_fields)
@@ -197,6 +198,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
         # was shown without a word; a plugin's is the plugin's, which the resume command below names)
         lines.append(f"note       {summary['unregistered']} is registered by no module here, and the run records no "
                      "plugin: a resume refuses it (config.json edited? give the setting again with --force)")
+    if not well_formed(config.get("plugins", [])):  # (the resume refuses it: review diff21 #6)
+        lines.append(f"note       config.json's plugins are {config.get('plugins')!r}, not a list of module names or "
+                     ".py files (damaged): a resume needs the run's --plugin flags given again")
     done, state = summary["epochs_done"], summary["state"]
     resume = resume_command(run_dir, world)
     inside = f", and {count(summary['saved_step'], 'step')} of epoch {done + 1}" if summary["saved_step"] else ""
