@@ -206,3 +206,24 @@ def test_a_shared_flag_gives_each_estimator_s_range_where_they_differ(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "ede/rbnn: final t (ede: in [1e-30, 1e30]; rbnn: in [1e-19, 1e19]; default 10)" in text
+
+
+def test_the_help_gives_the_defaults_their_owners_hold(monkeypatch):
+    """(review docs3 #1) --help wrote out each optimizer's usual lr, the momentum, seed, scaling and amp defaults
+    itself: an edit of config.OPTIMIZER_LR or TrainConfig left it saying the old ones."""
+    import argparse
+    import dataclasses
+
+    from reste import config, flags
+
+    monkeypatch.setitem(config.OPTIMIZER_LR, "adamw", 2e-3)
+    changed = dataclasses.make_dataclass("Changed", [("momentum", float, 0.8), ("seed", int, 7), ("scaling", str, "none"),
+                                                      ("amp", str, "bf16")], bases=(config.TrainConfig,))
+    monkeypatch.setattr(flags, "TrainConfig", changed)
+    parser = argparse.ArgumentParser()
+    flags.add_train_flags(parser)
+    text = " ".join(parser.format_help().split())
+    assert "its usual one (sgd 0.1, adam and bop's Adam 0.001, adamw 0.002)" in text
+    assert "SGD momentum (default 0.8)" in text and "random seed (default 7)" in text
+    assert "weight scaling: layer, channel or none (default)" in text
+    assert "mixed precision: none, bf16 (default) or fp16" in text

@@ -7,7 +7,8 @@ import argparse
 import os
 from typing import Any, Sequence
 
-from .config import AMP_MODES, BARE_WARM_UP, DATA_DEVICES, OPTIMIZERS, TrainConfig, parse_value, refuse_binary_flags
+from .config import (AMP_MODES, BARE_WARM_UP, DATA_DEVICES, OPTIMIZER_LR, OPTIMIZERS, TrainConfig, parse_value,
+                     refuse_binary_flags)
 from .datasets import dataset_names
 from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
@@ -40,7 +41,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    "without - and _, and larq's ste_sign and swish_sign)")
     add_plugin_flag(g)
     g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
-    g.add_argument("--scaling", metavar=_choices(SCALINGS), help="weight scaling: layer (default), channel or none")
+    g.add_argument("--scaling", metavar=_choices(SCALINGS), help=f"weight scaling: {_default_first(SCALINGS, TrainConfig.scaling)}")
     g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                    help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable); VALUE is "
                         "read as an integer, a float, true/false, else the text")
@@ -60,11 +61,10 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                         "with --estimator ste --scaling none), Adam trains the other parameters")
     o.add_argument("--lr", type=float,
                    help="peak learning rate (cosine decay to 0 after the warm-up); default: the data set's recipe, "
-                        "or for another --optimizer than the recipe's, its usual one (sgd 0.1, adam, adamw and "
-                        "bop's Adam 0.001)")
+                        f"or for another --optimizer than the recipe's, its usual one ({_usual_lrs()})")
     o.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float,
                    help="weight decay (default: the data set's recipe)")
-    o.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    o.add_argument("--momentum", type=float, help=f"SGD momentum (default {TrainConfig.momentum:g})")
     o.add_argument("--bop-gamma", dest="bop_gamma", type=float, metavar="X",
                    help=f"--optimizer bop: the rate of the gradient's moving average, in (0, 1], scaled each epoch "
                         f"as the learning rate (default {DEFAULT_GAMMA:g}, larq's, for runs of hundreds of epochs; "
@@ -79,7 +79,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                         "means general)")
     o.add_argument("--cal_ind", "--cal-ind", dest="indicators", action="store_const", const="paper",
                    help="the authors' flag: --indicators paper")
-    o.add_argument("--seed", type=int, help="random seed (default 0)")
+    o.add_argument("--seed", type=int, help=f"random seed (default {TrainConfig.seed})")
     r = p.add_argument_group("machine")
     r.add_argument("--workers", type=int,
                    help="data loading processes (default: 0; ImageNet: 1 per CPU of this process's share of the "
@@ -90,7 +90,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                         "normalisation batched there: auto (default: the training device) or cpu")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is best on a busy CPU)")
     r.add_argument("--amp", metavar=_choices(AMP_MODES),
-                   help="mixed precision: none (default), bf16 or fp16 (on the CPU bf16; fp16 with a warning)")
+                   help=f"mixed precision: {_default_first(AMP_MODES, TrainConfig.amp)} (on the CPU bf16; fp16 with a "
+                        "warning)")
     r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="channels_last memory format for the model and its inputs")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -134,6 +135,23 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                          + (" (each run its own; a sweep takes no DIR)" if sweep else ", or in DIR"))
     g2.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     add_estimator_flags(p, e)  # last: a flag of reste train's own is taken, whatever an estimator declares
+
+
+def _default_first(names: Sequence[str], default: str) -> str:
+    """``layer (default), channel or none``: ``names`` in words, the default marked."""
+    words = [f"{n} (default)" if n == default else n for n in names]
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+
+def _usual_lrs() -> str:
+    """``sgd 0.1, adam, adamw and bop's Adam 0.001``: each optimizer's learning rate where the recipe names another
+    (``config.OPTIMIZER_LR``), optimizers of one rate together (Bop's is its Adam's, for the other parameters)."""
+    rates: dict[float, list[str]] = {}
+    for name, lr in OPTIMIZER_LR.items():
+        rates.setdefault(lr, []).append("bop's Adam" if name == "bop" else name)
+    groups = [(", ".join(names[:-1]) + " and " if len(names) > 1 else "") + f"{names[-1]} {lr:g}"
+              for lr, names in rates.items()]
+    return ", ".join(groups)
 
 
 def _choices(names: Sequence[str]) -> str:
