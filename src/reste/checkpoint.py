@@ -56,6 +56,8 @@ from .wording import gist
 
 FORMAT = "reste-checkpoint"
 VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comment; 1: none (zip CRCs)
+# the checkpoint a run folder stands for (load_checkpoint of a folder); rundir, which names a run's files, takes it
+LAST = "last.pt"
 ESTIMATOR_KEYS = ("estimator", "estimator_options", "a32", "scaling")  # format 3: models.create's binary layers
 _WINDOWS = os.name == "nt"  # _replace retries there (a test sets it to do so on Linux)
 _SHA_TAG = b"reste-sha256:"
@@ -360,8 +362,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "last.pt"
-    blob = read_user_file(path, f"checkpoint {path} does not exist; pass a .pt file or a run directory holding last.pt")
+        path = path / LAST
+    blob = read_user_file(path, f"checkpoint {path} does not exist; pass a .pt file or a run directory holding {LAST}")
     if blob[:2] != b"PK" and blob[:1] != b"\x80":  # neither torch's zip format nor a pickle
         raise UsageError(f"{path} is not a checkpoint (not a PyTorch file); pass a .pt file or a run directory")
     verified = _verify(blob)

@@ -44,7 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .checkpoint import UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
+from .checkpoint import LAST, UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
 from .errors import UsageError, parse_json, shell_word
 from .indicators import MEASURE
@@ -66,7 +66,7 @@ LOCK_NAME = ".lock"
 WRITE_PROBE, OLD_WRITE_PROBE = ".write-test.tmp", ".write-test"
 SWEEP_MANIFEST = "sweep.json"  # what makes a folder a sweep's (reste.experiments.report writes and reads it)
 SWEEP_LOCK = "sweep.lock"  # in --out while a sweep runs there: a second sweep on it is refused (exit status 75)
-CONFIG, METRICS, LAST, BEST = "config.json", "metrics.jsonl", "last.pt", "best.pt"
+CONFIG, METRICS, BEST = "config.json", "metrics.jsonl", "best.pt"  # (LAST: checkpoint.py's, load_checkpoint reads it)
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)
 TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints

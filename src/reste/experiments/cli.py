@@ -158,10 +158,10 @@ def _same_option(axis: str, flags: dict[str, Any]) -> bool:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import summarize
+    from .report import RESULTS_MD, summarize
 
     rows = summarize(args.sweep_dir, plots=args.plots, log=print)
-    print(open(f"{args.sweep_dir}/results.md", encoding="utf-8").read(), end="")
+    print(open(f"{args.sweep_dir}/{RESULTS_MD}", encoding="utf-8").read(), end="")
     # 1 where no run could be reported (a row per setting is written all the same: review experiments, suggestion)
     return 0 if any(r.get("n") for r in rows) else 1
 

@@ -40,6 +40,8 @@ from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FI
 from .identity import canonical_saved, config_key
 
 MANIFEST = SWEEP_MANIFEST  # the sweep folder's plan: base config, grid, seeds, settings and their runs
+# the tables a report writes into the sweep folder: per setting (markdown and CSV), per run, per epoch of each run
+RESULTS_MD, RESULTS_CSV, RUNS_CSV, EPOCHS_CSV = "results.md", "results.csv", "runs.csv", "epochs.csv"
 
 METRICS = ("best_acc", "final_acc", "estimating_error", "gradient_stability")
 # the legend of results.md's published column; what it names as another recipe is none of recipe_free's
@@ -362,11 +364,11 @@ def earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
     refuses it where it is used (a run whose folder is gone: review experiments #12); a row of a run whose folder is
     there is not used, and the report writes it again (rev16 #2)."""
     epochs: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-    for row in _read_csv(out / "epochs.csv"):
+    for row in _read_csv(out / EPOCHS_CSV):
         epochs.setdefault((row.get("setting"), row.get("seed")), []).append(
             {k: row.get(k) for k in EPOCH_COLUMNS if k in row})  # (a column an older report did not write: absent)
     rows = []
-    for line, r in _numbered_rows(out / "runs.csv"):
+    for line, r in _numbered_rows(out / RUNS_CSV):
         if not (isinstance(r.get("run_dir"), str) and isinstance(r.get("seed"), int)):
             continue
         for column in RUN_COLUMNS:
@@ -951,14 +953,14 @@ TABLES_LOCK = ".tables.lock"  # in a sweep folder: held while one process collec
 
 def _summarize(out: Path, plots: bool, log: Callable[[str], None] | None) -> list[dict[str, Any]]:
     manifest, runs, rows = collect(out, log)
-    write_csv(out / "results.csv", rows)
-    write_csv(out / "runs.csv", [{k: v for k, v in r.items() if k != "metrics"} for r in runs],
+    write_csv(out / RESULTS_CSV, rows)
+    write_csv(out / RUNS_CSV, [{k: v for k, v in r.items() if k != "metrics"} for r in runs],
               ["setting", *manifest["grid"], "seed", *RUN_COLUMNS, "run_dir"])
     epochs = epoch_rows(out, runs)
-    if epochs or (out / "epochs.csv").exists():  # no table of no epochs where there never was one
-        write_csv(out / "epochs.csv", epochs, ["setting", "seed", *EPOCH_COLUMNS])
-    write_text(out / "results.md", markdown_table(manifest, rows))
-    written = ["results.md", "results.csv", "runs.csv"] + (["epochs.csv"] if (out / "epochs.csv").exists() else [])
+    if epochs or (out / EPOCHS_CSV).exists():  # no table of no epochs where there never was one
+        write_csv(out / EPOCHS_CSV, epochs, ["setting", "seed", *EPOCH_COLUMNS])
+    write_text(out / RESULTS_MD, markdown_table(manifest, rows))
+    written = [RESULTS_MD, RESULTS_CSV, RUNS_CSV] + ([EPOCHS_CSV] if (out / EPOCHS_CSV).exists() else [])
     if plots:
         from . import plots as plotting
 

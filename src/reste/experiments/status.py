@@ -12,7 +12,7 @@ from ..errors import UsageError, shell_word
 from ..rundir import SWEEP_LOCK, blocked, holds_run, lock_holder, run_config, sweeps_inside_hint
 from ..runinfo import run_summary, show_run
 from ..wording import count
-from .report import (_setting_key, changed_settings, earlier_rows, folder_name, is_sweep_folder, kept_row,
+from .report import (RESULTS_MD, _setting_key, changed_settings, earlier_rows, folder_name, is_sweep_folder, kept_row,
                      load_manifest, lost_last, missing_line, recorded_end, run_folder)
 
 # a run's state in a sweep: run_summary's, and those of a run that cannot be summarised
@@ -116,7 +116,7 @@ def show_sweep(out_dir: str | os.PathLike) -> str:
                      "are skipped, stopped ones resume)")
     shown = [r["run_dir"] for s in status["settings"] for r in s["runs"] if r["state"] != "not started"
              and holds_run(r["run_dir"])]  # a run `reste show` can show (not one that diverged at once)
-    written = Path(out_dir) / "results.md"  # (review newuser5: "writes them" beside tables written already)
+    written = Path(out_dir) / RESULTS_MD  # (review newuser5: "writes them" beside tables written already)
     tables = (f"{shell_word(written)} (`reste report {shell_word(out_dir)}` writes them again, also while it runs)"
               if written.is_file() else f"`reste report {shell_word(out_dir)}` writes them (also while it runs)")
     lines.append(f"tables     {tables}; one run: `reste show {shell_word(shown[0]) if shown else 'RUN_DIR'}`")

@@ -53,7 +53,7 @@ from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG,
                       forget_failure, holds_run, in_the_way, is_folder, last_checkpoint, make_folders, open_append,
                       read_metrics, record_divergence, record_failure, remove_folders, run_config)
 from .identity import canonical, config_key
-from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, collect, earlier_rows, load_manifest, lost_last,
+from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, RUNS_CSV, collect, earlier_rows, load_manifest, lost_last,
                      paper_mode_estimators, run_folder, run_status, summarize, write_manifest)
 
 _NOT_AXES = ("estimator_options", "model_options", "seed", "preset")
@@ -197,6 +197,10 @@ class Setting:
     config: TrainConfig
     key: str
     runs: dict[int, Path] = field(default_factory=dict)
+
+    def run_name(self, seed: int) -> Path:
+        """The folder of its run for ``seed`` inside a sweep's runs folder: ``ESTIMATOR-KEY/seedN``."""
+        return Path(f"{self.config.estimator}-{self.key}", f"seed{seed}")
 
 
 def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, Any] | None = None
@@ -763,7 +767,7 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
         old = load_manifest(out)
         planned = {(s["key"], int(seed)): s["label"] for s in old["settings"] for seed in s["runs"]}
     except (UsageError, KeyError, TypeError) as err:  # none (deleted: the tables start afresh), or a damaged one
-        if (out / MANIFEST).exists() and (out / "runs.csv").exists():
+        if (out / MANIFEST).exists() and (out / RUNS_CSV).exists():
             _check_rows_kept(out, settings, seeds, str(err).split(";")[0])
         return
     kept = {(s.key, seed) for s in settings for seed in seeds}
@@ -832,7 +836,7 @@ def _recorded_runs_dir(out: Path, runs_root: Path, settings: list[Setting], seed
     elsewhere: dict[Path, int] = {}
     for s in settings:
         for seed in seeds:
-            name = Path(f"{s.config.estimator}-{s.key}", f"seed{seed}")
+            name = s.run_name(seed)
             run = at.get((s.key, str(seed)))
             if holds_run(runs_root / name):
                 here += 1
@@ -1019,7 +1023,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     todo: list[tuple[Setting, int, dict[str, Any]]] = []
     for seed in seeds:  # seed-major: after a third of the time, every setting has one seed
         for s in settings:
-            run_dir = runs_root / f"{s.config.estimator}-{s.key}" / f"seed{seed}"
+            run_dir = runs_root / s.run_name(seed)
             s.runs[seed] = run_dir
             config = dataclasses.replace(s.config, seed=seed)
             status, why = run_status(run_dir, s.key)  # the report's rule: what it will show of the run

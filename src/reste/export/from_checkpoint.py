@@ -13,7 +13,7 @@ from .. import models
 from ..checkpoint import load_checkpoint, model_arguments, model_from_checkpoint
 from ..datasets import get_spec
 from ..errors import UsageError
-from ..rundir import check_has_checkpoint, check_output_path
+from ..rundir import LAST, check_has_checkpoint, check_output_path
 from . import ir
 from .exporter import export_model
 from .onnx_export import export_onnx, require_onnx
@@ -70,7 +70,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     given = Path(ckpt_path)  # (a run folder: its last.pt, which the header names, trailing slash or not)
-    source = f"{given.resolve().name}/last.pt" if given.is_dir() else given.name
+    source = f"{given.resolve().name}/{LAST}" if given.is_dir() else given.name
     config = ckpt.get("config") or {}
     dataset = ckpt.get("dataset") or (config.get("dataset") if isinstance(config, dict) else None)
     options, settings = model_arguments(ckpt)
@@ -94,7 +94,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
         warnings.filterwarnings("ignore", message="export_model: .* disagrees with the model")
         warnings.filterwarnings("ignore", message="export_model wrote .* unchecked")
         report = export_model(model, out_path, input_size=size, meta=meta)
-    report["checkpoint"] = {"path": str(given / "last.pt" if given.is_dir() else given), "epoch": ckpt.get("epoch"),
+    report["checkpoint"] = {"path": str(given / LAST if given.is_dir() else given), "epoch": ckpt.get("epoch"),
                             "step": int(ckpt.get("step") or 0)}  # what was exported: reste export says it
     if on_packed is not None:
         on_packed(report)
