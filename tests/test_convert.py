@@ -650,6 +650,22 @@ def test_a_summary_or_an_exports_zero_input_leaves_the_input_check_to_a_real_bat
         model[2](torch.rand(2, 8, 4, 4))
 
 
+def test_an_empty_batch_leaves_the_input_check_to_a_real_one():
+    """(review mut3 #2) an empty batch (a process's empty shard) is all >= 0 as an empty all() is true: it must
+    neither warn nor spend the check."""
+    import warnings
+
+    model = binarize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                                   nn.Flatten(), nn.Linear(8 * 16, 2)), "ste")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model(torch.randn(0, 3, 4, 4))
+    assert not [w for w in seen if "are all >= 0" in str(w.message)], [str(w.message) for w in seen]
+    assert model[2].watch_inputs == "2"
+    with pytest.warns(UserWarning, match="binary layer '2' are all >= 0"):
+        model[2](torch.rand(2, 8, 4, 4))
+
+
 def test_an_attention_left_in_float_is_named_whole():
     """The warning names the attention's in-projection with its out_proj (a Parameter, not a layer: without it
     the warning read as if one projection of four stayed float; review BB)."""

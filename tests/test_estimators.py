@@ -398,6 +398,9 @@ def test_16bit_gradients_match_float32_reference(name, dtype, tol):
     d = est.derivative(x0)
     assert d.dtype == dtype
     torch.testing.assert_close(d.to(F64), spec_g(name, x0.float(), hp), rtol=tol, atol=tol * 1e-2)
+    f = est.forward_equivalent(x0)  # F too is computed in float32 and given back in x's dtype (review mut3 #8)
+    assert f.dtype == dtype
+    torch.testing.assert_close(f.to(F64), est.forward_equivalent(x0.to(F64)), rtol=tol, atol=tol * 1e-2)
 
 
 # ------------------------------------------------------------------ schedules
@@ -509,6 +512,8 @@ def test_set_progress_validates(name):
         est.set_progress(0, 0)
     with pytest.raises(ValueError):
         est.set_progress(-1, 10)
+    with pytest.raises(ValueError, match="epoch must be finite"):  # (review mut3 #1: every gradient NaN)
+        est.set_progress(math.nan, 10)
 
 
 # ------------------------------------------------------------------ state save / restore

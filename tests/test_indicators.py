@@ -354,6 +354,26 @@ def test_zeroed_gradients_are_said():
     with pytest.warns(UserWarning, match=r"the gradient stability of this epoch is 0: every gradient it read was "
                                          r"zero; compute the indicators after backward\(\) and before zero_grad"):
         meter.epoch_end()
+    # (review mut3 #4) a one-step epoch's stability is 0 by itself (a zero-initialised branch's first step): no word
+    meter = EquilibriumMeter(model)
+    model(torch.randn(3, 4)).sum().backward()
+    model.zero_grad(set_to_none=False)
+    meter.update()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert meter.epoch_end()["gradient_stability"] == 0.0
+
+
+def test_saved_measure_passes_over_a_state_it_cannot_read():
+    """(review mut3 #5) A resume asks it of every checkpoint's meter state: a paper-mode state without a number
+    o_end (or a history that is no list, a mode unknown) is None, not a TypeError that stops the resume."""
+    from reste.indicators import saved_measure
+
+    assert saved_measure({"mode": "paper", "history": [{}], "o_end": 3}) == (1, 3.0)
+    assert saved_measure({"mode": "general", "history": [{}, {}]}) == (2, None)
+    for state in ({"mode": "paper", "history": [{}]}, {"mode": "paper", "history": [{}], "o_end": "3"},
+                  {"mode": "general", "history": {}}, {"mode": "other", "history": []}, None, []):
+        assert saved_measure(state) is None, state
 
 
 def test_a_meter_refuses_a_history_of_another_mode():

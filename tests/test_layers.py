@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -338,3 +339,15 @@ def test_a_parametrized_layers_class_goes_with_it():
     del layer
     gc.collect()
     assert cls() is None
+
+
+def test_set_progress_returns_the_first_scheduled_estimators_values():
+    """(review mut3 #3) The values set_progress returns (the engine logs them as the epoch's) are those of the first
+    estimator that has any: not the last one's, nor an empty dict from an unscheduled one."""
+    from reste import set_progress
+
+    model = torch.nn.Sequential(BinaryLinear(4, 4, weight_estimator="reste", input_estimator="dsq"))
+    values = set_progress(model, 5, 10)
+    assert list(values) == ["o"] and values["o"] == pytest.approx(1 + (1 - math.cos(math.pi / 4)) * 2)
+    model = torch.nn.Sequential(BinaryLinear(4, 4, weight_estimator="ste", input_estimator="reste"))
+    assert list(set_progress(model, 5, 10)) == ["o"]

@@ -110,6 +110,10 @@ def test_split_binary_lists_each_binary_weight_once_and_the_rest_apart():
     binary, others = split_binary(model)
     assert [id(p) for p in binary] == [id(model[1].weight)]
     assert {id(p) for p in others} == {id(p) for p in model.parameters()} - {id(model[1].weight)}
+    model[2].requires_grad_(False)  # a frozen batch norm is in neither list either (review mut3 #6)
+    binary, others = split_binary(model)
+    assert {id(p) for p in others} == {id(p) for p in model.parameters()} - {id(model[1].weight),
+                                                                            id(model[2].weight), id(model[2].bias)}
     with pytest.raises(ValueError, match="no binary layer"):
         split_binary(nn.Linear(2, 2))
     model[1].weight.requires_grad_(False)  # frozen: in neither list, and Bop would have nothing to train

@@ -45,11 +45,17 @@ def test_other_ramps():
 
 
 @pytest.mark.parametrize(
-    "args",
-    [("bogus", 1.0, 2.0, 0, 10), ("linear", 1.0, 2.0, 0, 0), ("linear", 1.0, 2.0, -1, 10), ("log", 0.0, 2.0, 1, 10)],
+    "args, words",
+    [(("bogus", 1.0, 2.0, 0, 10), "bogus"), (("linear", 1.0, 2.0, 0, 0), "epochs must be positive"),
+     (("linear", 1.0, 2.0, -1, 10), "epoch must be >= 0"), (("log", 0.0, 2.0, 1, 10), "needs positive ends"),
+     # (review mut3 #1) a NaN or infinite epoch made every schedule value, so every gradient, NaN; a bool is no
+     # number; a log ramp's end must be positive as its start
+     (("cosine", 1.0, 3.0, math.nan, 10), "epoch must be finite"), (("cosine", 1.0, 3.0, 5, math.inf),
+                                                                    "epochs must be finite"),
+     (("linear", 1.0, 3.0, True, 10), "epoch must be a number"), (("log", 1.0, 0.0, 1, 10), "needs positive ends")],
 )
-def test_ramp_validation(args):
-    with pytest.raises(ValueError):
+def test_ramp_validation(args, words):
+    with pytest.raises(ValueError, match=words):
         schedules.ramp(*args)
 
 
