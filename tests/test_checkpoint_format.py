@@ -169,3 +169,21 @@ def test_the_exports_staging_file_goes_when_its_lock_is_stopped(tmp_path, monkey
         with exporter.staged(tmp_path / "m.rbnn"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_without_a_key_it_needs_is_one_line(tmp_path, capsys):
+    """(review mut4 #7) A checkpoint whose checksum is whole but which lacks a key eval, export or resume reads (or
+    holds it as another type) is refused naming the key, not a KeyError where it is first read."""
+    from reste.checkpoint import REQUIRED, save_checkpoint
+    from reste.cli import main
+
+    whole = load_checkpoint(FIXTURE / "last.pt")
+    path = tmp_path / "last.pt"
+    for key, kind in REQUIRED.items():
+        for broken in ({k: v for k, v in whole.items() if k != key}, {**whole, key: None if kind is not str else 3}):
+            save_checkpoint({**broken, "version": VERSION}, path)
+            with pytest.raises(UsageError, match=rf"is incomplete \(missing or malformed: {key}\); use another"):
+                load_checkpoint(path)
+    assert main(["eval", str(path)]) == 2  # the last written: metrics None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is incomplete (missing or malformed: metrics)" in err, err

@@ -358,6 +358,14 @@ def test_fashion_mnist_errors(tmp_path, monkeypatch):
     (mismatch / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(7, np.uint8)))
     usage_error(load_datasets, "fashion-mnist", mismatch, match="7 labels for 20 images")
 
+    ten = tmp_path / "ten"  # a label of 10, the first out of range (review mut4 #3: an IndexError mid-training)
+    write_fashion(ten, gz=False)
+    labels = read_idx(ten / "train-labels-idx1-ubyte").copy()
+    labels[3] = 10
+    (ten / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    usage_error(load_datasets, "fashion-mnist", ten, match="train-labels-idx1-ubyte has label 10, Fashion-MNIST's are "
+                                                          "0..9")
+
 
 def test_fashion_mnist_offline_download(tmp_path, monkeypatch):
     import torchvision

@@ -214,6 +214,7 @@ def test_time_left_is_the_pace_of_the_runs_trained_so_far():
     trained = [(10.0, 8.0, 20), (10.0, 8.0, 20)]  # two runs of 20 epochs: 10 s each, 2 s of it their start-up
     assert _seconds_left(trained, [20, 20, 20], 1) == pytest.approx(30.0)
     assert _seconds_left(trained, [20, 20, 20], 2) == pytest.approx(15.0)  # two at a time
+    assert _seconds_left(trained, [20], 4) == pytest.approx(10.0)  # one run left trains alone (review mut4 #5)
     assert _seconds_left(trained, [], 2) == 0.0
 
 

@@ -68,7 +68,8 @@ def test_a_checkpoint_that_cannot_continue_as_configured(tmp_path, saved):
     resumption.check_checkpoint(ckpt, saved, last)
     resumption.check_checkpoint({**ckpt, "epoch": 0, "best_acc": -1.0, "best_epoch": -1}, saved, last)  # fresh
     for name, value in (("epoch", -3), ("epoch", True), ("step", -5), ("step", 2.5), ("best_acc", "x"),
-                        ("best_acc", float("nan")), ("best_epoch", None)):
+                        ("best_acc", float("nan")), ("best_acc", 100.5), ("best_acc", -1.5),
+                        ("best_epoch", None)):  # (an accuracy above 100: no epoch could beat it, review mut4 #2)
         with pytest.raises(UsageError, match=f"holds a malformed {name} .*it cannot continue"):
             resumption.check_checkpoint({**ckpt, name: value}, saved, last)
     with pytest.raises(UsageError, match="holds model 'resnet20', not"):

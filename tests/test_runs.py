@@ -520,9 +520,14 @@ def test_sigterm_mid_epoch_saves_then_resume_is_exact(tmp_path, full_run, one_th
     assert [m["epoch"] for m in rundir.read_metrics(cut)] == [1]
     evaluated = engine.evaluate_checkpoint(cut / "last.pt")
     assert (evaluated["epoch"], evaluated["step"], evaluated["stored_top1"]) == (1, 7, None)
+    # the epoch's time counts the part before the stop: made 1000 s longer here, its line must say so (review mut4
+    # #8: with it dropped, every figure of the run's time was short by that part)
+    save_checkpoint({**ckpt, "partial": {**ckpt["partial"], "time": ckpt["partial"]["time"] + 1000.0}},
+                    cut / "last.pt")
     resumed = _resume_here(cut)
     assert "at epoch 2/3, step 8/23" in resumed
     assert_same_run(full, cut)
+    assert rundir.read_metrics(cut)[1]["time"] >= 1000.0 + ckpt["partial"]["time"]
     final, full_final = resumed.strip().splitlines()[-1], full_run[1].strip().splitlines()[-1]
     assert final.split(" after")[0] == full_final.split(" after")[0]  # the same best and final accuracy
 
