@@ -161,6 +161,32 @@ def test_the_untouched_file_loads(model_file, tmp_path):
                                                                                      backend="numpy")(x))
 
 
+def test_a_flipped_bit_is_caught_by_the_checksum_and_a_version_1_file_still_loads(model_file, tmp_path):
+    """(review mut5 #1, #2) One bit of a weight flipped (a disk's or a copy's accident) loaded and gave logits of
+    1e37 where the SHA-256 went unchecked, and no test saw it; a version-1 file (no checksum: what an earlier
+    reste wrote) loads, as the README says, and computes as its version-2 twin."""
+    header, data = _split(model_file)
+    kind, _shape, offset = [t for t in header["tensors"] if t[0] == "f32"][-1]
+    blob = bytearray(model_file.read_bytes())
+    _, _, hlen = fmt._PREFIX.unpack_from(blob)
+    at = fmt._PREFIX.size + hlen + (-(fmt._PREFIX.size + hlen) % 8) + offset + 3  # a float's sign and exponent
+    blob[at] ^= 0x40
+    flipped = tmp_path / "flipped.rbnn"
+    flipped.write_bytes(bytes(blob))
+    with pytest.raises(UsageError, match=r"is a truncated or corrupted packed model \(SHA-256 mismatch\); export"):
+        PackedModel.load(flipped, backend="numpy")
+    old = bytearray(model_file.read_bytes()[:-fmt.DIGEST])
+    fmt._PREFIX.pack_into(old, 0, fmt.MAGIC, 1, hlen)
+    (tmp_path / "v1.rbnn").write_bytes(bytes(old))
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    assert np.array_equal(PackedModel.load(tmp_path / "v1.rbnn", backend="numpy")(x),
+                          PackedModel.load(model_file, backend="numpy")(x))
+    old[at] ^= 0x40  # (no checksum to catch it there: the bit goes through)
+    (tmp_path / "v1.rbnn").write_bytes(bytes(old))
+    assert not np.array_equal(PackedModel.load(tmp_path / "v1.rbnn", backend="numpy")(x),
+                              PackedModel.load(model_file, backend="numpy")(x))
+
+
 def test_an_inflated_header_is_refused_before_it_is_read(model_file, tmp_path):
     """300 MB of spaces compress to a few hundred KB: inflated, they would take that memory."""
     header, data = _split(model_file)
