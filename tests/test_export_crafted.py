@@ -85,6 +85,7 @@ EDITS = {
     "alpha of another length": lambda h: h["tensors"][_bconvs(h)[0]["alpha"]].__setitem__(1, [3]),
     "a forward reference (a cycle)": lambda h: _set(h["nodes"][1], "in", [len(h["nodes"]) - 1]),
     "a negative input": lambda h: _set(h["nodes"][2], "in", [-1]),
+    "a node that takes itself": lambda h: _set(h["nodes"][2], "in", [2]),  # (review mut5 #4: a KeyError when run)
     "a fractional output": lambda h: h.__setitem__("output", 2.5),
     "a second input node": lambda h: _set(h["nodes"][2], "op", "input"),
     "float weights in a binary conv": lambda h: h["tensors"][_bconvs(h)[0]["w"]].__setitem__(0, "f32"),
@@ -126,6 +127,17 @@ def test_a_file_from_a_newer_writer_says_upgrade_in_one_line(model_file, tmp_pat
     message = str(info.value)
     assert "\n" not in message and "newer reste" in message and "corrupted" not in message, message
     assert message.startswith(f"{path}: "), message  # the file it is about, as every other load error names it
+
+
+def test_a_file_of_a_newer_format_version_says_upgrade_in_one_line(model_file, tmp_path):
+    """(review mut5 #5) The prefix's version above this reste's: "upgrade reste", not "corrupted"."""
+    blob = bytearray(model_file.read_bytes())
+    _, _, hlen = fmt._PREFIX.unpack_from(blob)
+    fmt._PREFIX.pack_into(blob, 0, fmt.MAGIC, fmt.VERSION + 1, hlen)
+    path = tmp_path / "newer.rbnn"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(UsageError, match=rf"was written by a newer reste \(format {fmt.VERSION + 1}\); upgrade reste$"):
+        PackedModel.load(path, backend="numpy")
 
 
 def test_a_header_without_the_format_name_is_refused(model_file, tmp_path):

@@ -302,3 +302,15 @@ def test_a_batch_norm_is_not_folded_into_a_layer_another_node_reads(tmp_path, fl
     model = reste.binarize(net, "ste").eval()
     export_model(model, tmp_path / "m.rbnn", input_size=(1, 6, 6), verify=False)
     assert_computes_model(tmp_path / "m.rbnn", model, torch.randn(8, 1, 6, 6), "numpy")
+
+
+def test_a_model_whose_first_layer_is_a_grouped_float_conv_exports(tmp_path):
+    """(review mut5 #3) The input's channels are the first conv's in-channels per group times its groups: a grouped
+    first conv must not be refused at export (nor its file at load) for channels it does take."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.BatchNorm2d(8), BinaryConv2d(8, 8, 3), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 10)).eval()
+    path = tmp_path / "grouped.rbnn"
+    export_model(model, path, input_size=(4, 8, 8))
+    assert PackedModel.load(path).input_size == (4, 8, 8)
+    assert_computes_model(path, model, torch.randn(16, 4, 8, 8))
