@@ -257,6 +257,9 @@ def test_grid_axes_resolve_and_identical_settings_are_shared():
     assert expand_grid(base, {"o_schedule": ["constant"], "lr": [0.05]})[0].config.lr == 0.05
     fm = expand_grid(TrainConfig(dataset="fashion-mnist"), {"width": [4, 8]})
     assert [s.config.model_options for s in fm] == [{"width": 4}, {"width": 8}]
+    for values in ([], (), "ste", None):  # an axis of no value trained nothing, silently (review mut6 #3)
+        with pytest.raises(UsageError, match="grid axis 'estimator' needs a non-empty list of values"):
+            expand_grid(base, {"estimator": values})
 
 
 @pytest.mark.parametrize("spec", ["estimator", "estimator=", "estimator=ste,,reste", "bogus=1,2", "seed=0,1",

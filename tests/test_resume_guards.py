@@ -145,6 +145,15 @@ def test_a_deleted_config_json_is_written_again_from_last_pt(capsys, run):
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # through the CLI
     assert "was missing; written again" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text()) == json.loads(saved)
+    # a folder with last.pt alone still holds the run: --auto-resume continues it (review mut6 #1: it was taken
+    # for an empty folder)
+    (run / "config.json").unlink()
+    assert rundir.holds_run(run)
+    argv = ["train", "--out", str(run), "--auto-resume", "--epochs", "2", "--seed", "5", "--threads", "1",
+            "--keep-top", "2", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "was missing; written again" in out and "already finished 2 epochs; nothing to do" in out, out
 
 
 def test_a_crash_between_epoch_1s_metrics_line_and_its_last_pt_starts_again(run):
