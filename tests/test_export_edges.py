@@ -314,3 +314,31 @@ def test_a_model_whose_first_layer_is_a_grouped_float_conv_exports(tmp_path):
     export_model(model, path, input_size=(4, 8, 8))
     assert PackedModel.load(path).input_size == (4, 8, 8)
     assert_computes_model(path, model, torch.randn(16, 4, 8, 8))
+
+
+class _TwoBatchNorms(nn.Module):
+    """s = bn1(conv(x)) read by a second BN and by the add: y = bn2(s) + s."""
+
+    def __init__(self, second_reader: bool = True):
+        super().__init__()
+        self.conv, self.bn1, self.bn2 = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.second_reader = second_reader
+
+    def forward(self, x):
+        s = self.bn1(self.conv(x))
+        return ((self.bn2(s) + s) if self.second_reader else self.bn2(s)).flatten(1)
+
+
+@pytest.mark.parametrize("second_reader, folded", [(True, 1), (False, 2)])
+def test_a_batch_norm_after_a_folded_one_folds_only_where_it_is_the_one_reader(tmp_path, second_reader, folded):
+    """(review mut5 #7) Folding counted each node's readers once, before any fold: after bn1 went into the conv, the
+    conv counted one reader, so bn2 was folded into it too and the add read bn2's output twice (a difference of 3
+    here; a file written wrong where the export was not verified). Where bn2 is the one reader, both fold."""
+    torch.manual_seed(0)
+    model = _TwoBatchNorms(second_reader).eval()
+    with torch.no_grad():
+        model.bn2.running_mean.fill_(3.0)
+    path = tmp_path / "two.rbnn"
+    report = export_model(model, path, input_size=(1, 6, 6))
+    assert report["folded_batch_norms"] == folded and report["verify"]["ok"]
+    assert_computes_model(path, model, torch.randn(8, 1, 6, 6))

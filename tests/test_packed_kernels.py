@@ -518,6 +518,80 @@ def test_fused_model_equals_traced_model_and_the_reference_on_every_variant(bloc
     assert all(torch.equal(v, logits[0]) for v in logits)
 
 
+def _shuffled_statistics(model: nn.Module, spread: float) -> None:
+    """Batch norms of some negative scales and means off zero, so that a binary conv's sign thresholds meet both
+    ends of a channel's interval (a trained net's first epochs keep every scale positive)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-spread, spread)
+            m.running_var.uniform_(0.5, 4)
+            m.bias.data.uniform_(-1, 1)
+            m.weight.data.uniform_(-1, 1)
+
+
+def test_sign_bits_written_through_negative_scales_on_every_variant(tmp_path):
+    """(review mut5 #8) A binary conv that writes the next one's sign bits through integer thresholds did so on
+    every variant, but only for channels whose lower threshold no value reached: `t > lo` for `t >= lo` in the
+    scalar and NEON bits passed every test. Here some scales are negative; each variant, fused and unfused, gives
+    the same logits."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32)]
+    for _ in range(3):
+        layers += [reste.BinaryConv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32)]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 8 * 8, 10)).eval()
+    _shuffled_statistics(model, 3.0)
+    export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8), verify=False)
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    plain = PackedModel.load(tmp_path / "m.rbnn", backend="c", fuse_signs=False)(x)
+    for isa in ISAS:
+        fused = PackedModel.load(tmp_path / "m.rbnn", backend="c", isa=isa)
+        assert fused._bit_steps, isa
+        assert torch.equal(fused(x), plain), isa
+
+
+class _ResidualReadFirst(nn.Module):
+    """y1 = bn1(c1(s)) + s (a binary conv with its add fused), whose first reader, c2, takes it as its residual:
+    y2 = bn2(c2(a)) + y1, with c2's own input a computed before y1."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c1, self.bn1 = reste.BinaryConv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.bn2 = reste.BinaryConv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.bna = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        s = torch.relu(self.bn0(self.stem(x)))
+        a = self.bna(s)
+        y1 = self.bn1(self.c1(s)) + s
+        y2 = self.bn2(self.c2(a)) + y1
+        return self.head(y2.flatten(1))
+
+
+def test_a_residual_read_first_by_a_binary_conv_as_its_shortcut_is_not_its_sign_input(tmp_path):
+    """(review mut5 #6) A fused bconv + add writes the sign bits of its value for the first binary conv that reads
+    it as its input; one that reads it as its residual must take its own input's bits. Untraced, on the C backend
+    (the export check runs traced, where no bits are passed on), against the unfused engine and the reference."""
+    torch.manual_seed(0)
+    model = _ResidualReadFirst().eval()
+    _shuffled_statistics(model, 0.5)
+    export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8), verify=False)
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    packed = PackedModel.load(tmp_path / "m.rbnn", backend="c")
+    assert [len(inputs) for _, inputs, fn in packed._steps if isinstance(fn, R._BinaryConv)] == [2, 2]
+    assert not packed._sign_pairs  # (c2 reads y1 as its residual)
+    plain = PackedModel.load(tmp_path / "m.rbnn", backend="c", fuse_signs=False)
+    assert torch.equal(packed(x), plain(x))
+    c = compare(graph_reference(tmp_path / "m.rbnn", x), *_traced(plain, x))
+    assert c.traced and c.mismatch == 0, c.problems
+
+
+def _traced(packed: PackedModel, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    trace: list[torch.Tensor] = []
+    return packed.forward(x, trace=trace), trace
+
+
 def test_calls_from_several_threads_and_batch_sizes_give_each_its_own_results(block_file):
     """A layer's kernel arguments are made once per input geometry (``BconvPlan``) and copied at each call,
     so that two Python threads running one model at once (ctypes lets go of the GIL in the kernel) do not

@@ -737,6 +737,8 @@ def fold_batch_norms(nodes: list[dict[str, Any]], output: int,
             if node.get("shift_err"):  # the shift is added after the scale: its error passes unchanged
                 src["shift_err"] = src.get("shift_err", 0.0) + node["shift_err"]
             alias[i] = node["in"][0]
+            users[node["in"][0]] += users[i] - 1  # the BN's readers read the conv now: a second BN after it folds
+            # only where it is their one reader (review mut5 #7: y = bn2(s) + s, s = bn1(conv(x)), took bn2 into s)
             node["op"] = None
             folded += 1
         # BatchNorm1d -> linear: w' = w * s (per input), b' = b + w @ t
