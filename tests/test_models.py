@@ -413,6 +413,17 @@ def test_layer_summary_rows():
     assert 40e6 < rows["total"]["macs"] < 42e6
     text = models.format_summary(list(rows.values()))
     assert "layers.2.1.conv1" in text and "269,850" in text
+
+
+
+def test_layer_summary_counts_a_grouped_convs_macs_per_group():
+    """(review mut5 #9) A grouped conv's output channel meets in_channels / groups inputs: a depthwise 3x3 conv of 8
+    channels on 8x8 does 8 * 6 * 6 * 9 MACs, not 8 times that; a grouped transposed conv, each input value meets
+    out_channels / groups kernels."""
+    rows = models.layer_summary(nn.Sequential(nn.Conv2d(8, 8, 3, groups=8, bias=False),
+                                              nn.ConvTranspose2d(8, 12, 3, groups=4, bias=False)), (8, 8, 8))
+    assert rows[0]["macs"] == 8 * 6 * 6 * 9
+    assert rows[1]["macs"] == (8 * 6 * 6) * (12 // 4) * 9
     # one call for a model of your own: the table, then the totals
     mlp = reste.binarize(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)))
     described = models.describe(mlp, (1, 8, 8))
