@@ -187,6 +187,7 @@ def test_show_of_a_sweep_gives_each_runs_state(tmp_path, capsys):
     (runs["lr=0.1", 1] / METRICS).write_text("")  # diverged inside its first epoch (a finished run's record is stray)
     rundir.record_divergence(runs["lr=0.1", 1], 1, 7)
     (runs["lr=0.2", 0] / "config.json").write_text("{")
+    rundir.record_failure(runs["lr=0.2", 1], "an earlier try failed")  # a run training again is training (mut6 #5)
     with rundir.folder_lock(runs["lr=0.2", 1], rundir.LOCK_NAME, "a run", "wait"), \
             rundir.folder_lock(out, SWEEP_LOCK, "a sweep", "wait"):
         assert main(["show", str(out)]) == 0
@@ -607,3 +608,13 @@ def test_show_of_a_start_that_saved_nothing_says_to_run_it_again(tmp_path, capsy
         f"reste: error: {folder} holds no run: a start was stopped before it saved anything (its lock file alone is "
         f"left); run the same `reste train --out {folder}` command again")
     assert main(["train", "--model", "digits_1w1a", "--epochs", "1", "--threads", "1", "--out", str(folder)]) == 0
+
+
+def test_a_failed_sweep_run_says_the_epochs_it_kept():
+    """(review mut6 #6) A sweep's run that failed after some epochs says how many it kept; one that failed before
+    any, the failure alone."""
+    from reste.experiments.status import _run_line
+
+    run = {"state": "failed", "epochs_done": 2, "epochs": 5, "best": None, "why": "it failed: OSError: disk"}
+    assert _run_line(run) == "2 of 5 epochs: it failed: OSError: disk"
+    assert _run_line({**run, "epochs_done": 0}) == "it failed: OSError: disk"
