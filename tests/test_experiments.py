@@ -2078,6 +2078,12 @@ def test_a_dry_run_lists_the_plan_and_makes_nothing(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("[1/4] lr=0.05 seed 0: finished: skipped -> ")
     assert lines[-2] == "sweep (dry run): 2 finished, 2 to train"
+    first = lines[1].split(" -> ")[1]
+    (Path(first) / "best.pt").unlink()  # every epoch logged, a file to write again: mended, as the sweep says it
+    assert main([*argv, "--dry-run"]) == 0  # (review mut6 #4: "would resume at epoch 1/1")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"[1/4] lr=0.05 seed 0: would mend its checkpoint files -> {first}"
+    assert lines[-2] == "sweep (dry run): 1 to mend, 1 finished, 2 to train"
     assert main([*argv, "--dry-run", "--jobs", "2", "--devices", "0,1"]) == 0  # placed as the workers would be
     assert capsys.readouterr().out.splitlines()[-1] == (
         "sweep (dry run): 2 runs at a time, on cuda:0, cuda:1 (job k on device k % 2), 1 torch thread each")

@@ -1099,15 +1099,18 @@ def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, i
     counts: dict[str, int] = {}
     for i, (s, seed, job) in enumerate(todo, 1):
         state = job["state"]
-        counts[state] = counts.get(state, 0) + 1
+        mend = state == "partial" and job["from_epoch"] >= s.config.epochs
+        counts["mend" if mend else state] = counts.get("mend" if mend else state, 0) + 1
         what = {"new": "would train", "done": "finished: skipped",
-                "partial": f"would resume at epoch {min(job['from_epoch'] + 1, s.config.epochs)}/{s.config.epochs}",
+                # (every epoch logged, a checkpoint file to write again: what the sweep says it does, review mut6 #4)
+                "partial": "would mend its checkpoint files" if mend else
+                f"would resume at epoch {job['from_epoch'] + 1}/{s.config.epochs}",
                 }.get(state, f"{state}, left as it is: {job['why']}")
         log(f"[{i}/{total}] {s.label} seed {seed}: {what} -> {job['run_dir']}")
     for s in settings:
         for note in engine.recipe_notes(s.config):
             log(f"{s.label}: {note}")
-    named = {"new": "to train", "partial": "to resume", "done": "finished"}
+    named = {"new": "to train", "partial": "to resume", "mend": "to mend", "done": "finished"}
     log("sweep (dry run): " + ", ".join(f"{n} {named.get(k, k)}" for k, n in counts.items()))
 
 
