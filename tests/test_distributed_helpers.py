@@ -134,6 +134,9 @@ def test_the_processes_agree_on_the_stop_signal_so_rank_0_names_the_one_that_cam
     ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number: launch with torchrun, or unset it"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 is set but MASTER_ADDR is not"),
     ({"WORLD_SIZE": "2", "RANK": "x", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK='x' is not a process of"),
+    # (review mut6 #4) no MASTER_PORT was torch's ValueError
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h"}, "WORLD_SIZE=2 is set but MASTER_PORT is not: launch with "
+                                                           "torchrun, or unset WORLD_SIZE"),
 ])
 def test_stray_launcher_variables_are_one_line(capsys, monkeypatch, tmp_path, env, needle):
     """A job script's WORLD_SIZE without torchrun: one line saying so, not a KeyError or ValueError."""
@@ -147,6 +150,20 @@ def test_stray_launcher_variables_are_one_line(capsys, monkeypatch, tmp_path, en
                           str(tmp_path / "r"))
     assert needle in line, line
     assert not (tmp_path / "r").exists()
+
+
+def test_a_rank_just_past_the_last_is_one_line(capsys, monkeypatch, tmp_path):
+    """(review mut6 #3) RANK equal to WORLD_SIZE (ranks count from 0) waited in the join for ever where `>` stood for
+    `>=`; it is one line, which names the rank."""
+    from reste.cli import main
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("reste: error (rank 2): RANK='2' is not a process of WORLD_SIZE=2: launch with torchrun, or unset "
+                   "them\n"), err
 
 
 _JOIN_AFTER_A_STOP = """

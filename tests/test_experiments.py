@@ -180,6 +180,9 @@ def test_a_finished_run_whose_checkpoints_were_deleted_is_still_finished(sweep, 
     assert main(argv) == 0
     assert capsys.readouterr().out.count("already finished, skipped") == 2
     assert (out / "runs.csv").read_text() == before
+    run = next((out / "runs").glob("*/seed0"))
+    (run / "config.json").rename(run / "config.kept")  # (review mut6 #11) metrics alone: no run there
+    assert run_state(str(run), 1) == "new"  # (a path as text too: mut6's suggestion 2, a TypeError)
 
 
 def test_a_run_folder_whose_config_was_deleted_is_left_out_saying_what_to_do(sweep, capsys, tmp_path):

@@ -30,6 +30,24 @@ def test_differences_compare_estimator_options_with_their_defaults(saved):
         resumption.config_differences(saved, {"colour": "red"})
 
 
+_OTHER = {"data_path": "/elsewhere", "download": True, "workers": 3, "device": "cpu", "data_device": "cpu",
+          "eval_batch_size": 64, "threads": 2, "save_every": 5.0, "tensorboard": "tb", "keep_top": 3,
+          "plugins": ["my_plugin"], "accumulate": 2}
+
+
+@pytest.mark.parametrize("name", list(_OTHER))  # (written out: a name dropped from RESUME_FREE is still tried)
+def test_each_setting_free_on_resume_is_taken_without_force(tmp_path, saved, name):
+    """(review mut6 #2) Every setting free on resume may be given again with another value: dropped from
+    RESUME_FREE, `--resume --save-every 5` or `--eval-batch-size 64` was refused, and no test saw it."""
+    assert set(rundir.RESUME_FREE) == set(_OTHER)  # (a new free setting gets a value here)
+    assert getattr(saved, name) != _OTHER[name]
+    try:
+        assert getattr(resumption.continue_config(tmp_path, saved, {name: _OTHER[name]}, force=False), name) == \
+            _OTHER[name]
+    except UsageError as err:  # a value digits cannot take (no files, no workers, no such plugin) is another matter
+        assert "settings differ" not in str(err) and name in ("data_path", "download", "workers", "plugins"), err
+
+
 def test_a_changed_setting_needs_force_and_the_data_set_never_changes(tmp_path, saved):
     with pytest.raises(UsageError, match=r"lr: saved 0.1, given 0.05\); drop them or pass force=True$"):
         resumption.continue_config(tmp_path, saved, {"lr": 0.05}, force=False)  # (review api #7) in Python

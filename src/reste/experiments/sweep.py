@@ -488,14 +488,14 @@ def _every_epoch(run_dir: Path, epochs: int) -> bool:
     return recorded >= set(range(1, epochs + 1))
 
 
-def run_state(run_dir: Path, epochs: int) -> str:
+def run_state(run_dir: str | os.PathLike, epochs: int) -> str:
     """``"done"`` (every epoch in metrics.jsonl and in last.pt), ``"partial"`` (a run was started) or ``"new"``.
 
     The checkpoint is read too: a run writes an epoch's metrics line before its ``last.pt``, so a crash
     between the two leaves every line and an older checkpoint, which resuming repairs. Without a ``last.pt``
     (deleted to save space), a run whose metrics hold every epoch is done: nothing is left to train, and the
-    report counts it (``report.run_status``)."""
-    return _run_state(run_dir, epochs)[0]
+    report counts it (``report.run_status``); without its config.json either, no run is there: new."""
+    return _run_state(Path(run_dir), epochs)[0]
 
 
 def _run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
