@@ -136,6 +136,16 @@ def test_a_resume_with_another_max_epochs_says_the_schedule_jumps(tmp_path):
             trainer.fit(Classifier(), digits_loader())
         told += [str(w.message) for w in record if "BinarizationCallback" in str(w.message)]
     assert told == []
+    # (review mut6 #8) and after a resume that had nothing left to train: its epochs are forgotten at its end
+    callback = BinarizationCallback()
+    for max_epochs, ckpt in ((2, tmp_path / "two.ckpt"), (3, None)):
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                             limit_train_batches=1)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trainer.fit(Classifier(), digits_loader(), ckpt_path=ckpt)
+        assert [str(w.message) for w in record if "BinarizationCallback" in str(w.message)] == [], max_epochs
 
 
 def test_module_attribute_epochs_and_no_indicators(tmp_path):

@@ -125,6 +125,26 @@ def test_resume_logs_no_epoch_twice(capsys, tmp_path, logged):
     for tag in ("test/acc", "schedule/o", "schedule/conv2.input_estimator/o", "indicators/conv1/estimating_error"):
         assert [s for s, _ in events[tag]] == [1, 2, 3], tag
     assert [v for _, v in events["test/acc"]] == pytest.approx([m["test_acc"] for m in metrics(run)], rel=1e-6)
+    assert _hparams_sessions(run / "tensorboard") == 1  # (review mut6 #7: a resume wrote them again)
+
+
+def _hparams_sessions(folder: Path) -> int:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return sum(value.metadata.plugin_data.plugin_name == "hparams" and value.tag == "_hparams_/session_start_info"
+               for path in folder.glob("events.out.tfevents.*") for event in EventFileLoader(str(path)).Load()
+               for value in event.summary.value)
+
+
+def test_the_paper_modes_measure_is_no_curve(capsys, tmp_path, one_thread_module):
+    """(review mut6 #7) A paper-mode run's o_end (how its indicators were measured, in each metrics line) is a
+    setting, not a curve: no epoch/indicators_o_end tag."""
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    train(capsys, "--epochs", "1", "--out", str(run), "--tensorboard", "--indicators", "paper")
+    assert "indicators_o_end" in metrics(run)[0]
+    tags = scalars(run / "tensorboard")
+    assert "indicators/estimating_error" in tags and not [t for t in tags if "o_end" in t], sorted(tags)
 
 
 def test_tensorboard_given_on_resume_logs_the_finished_epochs_from_metrics(capsys, tmp_path, one_thread_module):
