@@ -217,8 +217,9 @@ def test_the_help_gives_the_defaults_their_owners_hold(monkeypatch):
     from reste import config, flags
 
     monkeypatch.setitem(config.OPTIMIZER_LR, "adamw", 2e-3)
-    changed = dataclasses.make_dataclass("Changed", [("momentum", float, 0.8), ("seed", int, 7), ("scaling", str, "none"),
-                                                      ("amp", str, "bf16")], bases=(config.TrainConfig,))
+    changed = dataclasses.make_dataclass("Changed", [("momentum", float, 0.8), ("seed", int, 7),
+                                                      ("scaling", str, "none"), ("amp", str, "bf16")],
+                                         bases=(config.TrainConfig,))
     monkeypatch.setattr(flags, "TrainConfig", changed)
     parser = argparse.ArgumentParser()
     flags.add_train_flags(parser)

@@ -41,7 +41,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    "without - and _, and larq's ste_sign and swish_sign)")
     add_plugin_flag(g)
     g.add_argument("--a32", action="store_true", default=None, help="1W/32A: keep real activations")
-    g.add_argument("--scaling", metavar=_choices(SCALINGS), help=f"weight scaling: {_default_first(SCALINGS, TrainConfig.scaling)}")
+    g.add_argument("--scaling", metavar=_choices(SCALINGS),
+                   help=f"weight scaling: {_default_first(SCALINGS, TrainConfig.scaling)}")
     g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                    help="an option of the model itself, e.g. width=16 for fmnist_vgg_1w1a (repeatable); VALUE is "
                         "read as an integer, a float, true/false, else the text")
