@@ -471,6 +471,7 @@ def test_export_says_which_checkpoint_it_exported(tmp_path, capsys, digits_check
     assert code == 0, err
     assert f"  from {run / 'last.pt'}, step 50 of epoch 2 (taken inside an epoch: no test accuracy" in out
     assert PackedModel.load(tmp_path / "b.rbnn").meta["source"] == "live/last.pt"
+    assert PackedModel.load(tmp_path / "b.rbnn").meta["test_acc"] is None  # (not epoch 1's: review mut5 #13)
 
 
 @pytest.mark.parametrize("command", [False, True])
@@ -691,3 +692,22 @@ def test_raw_pixels_get_the_very_inputs_training_gave_them(name):
     got = normalise(raw, prep, prep.pixel_scale)
     assert got.dtype == np.float32
     assert torch.equal(torch.from_numpy(got), Normalize.of(name)(torch.from_numpy(raw)))
+
+
+@pytest.mark.parametrize("width, height", [(300, 199), (387, 256), (199, 300), (256, 389)])
+def test_an_image_file_is_resized_and_cropped_as_torchvisions_transforms_do(tmp_path, width, height):
+    """(review mut5 #11) `reste predict photo.jpg` of a model that records resize 256 (ImageNet's) takes torchvision's
+    Resize(256) and CenterCrop(224), pixel for pixel: the longer side's length and an odd spare's half rounded as
+    torchvision rounds them (either rounded otherwise moved nearly every pixel, and no test saw it)."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from reste.export.inputs import read_image
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    ours = read_image(path, (3, 224, 224), resize=256)[0]
+    theirs = transforms.Compose([transforms.Resize(256, interpolation=transforms.InterpolationMode.BILINEAR,
+                                                   antialias=True), transforms.CenterCrop(224),
+                                 transforms.PILToTensor()])(Image.open(path).convert("RGB")).numpy()
+    assert ours.shape == theirs.shape == (3, 224, 224) and np.array_equal(ours, theirs)

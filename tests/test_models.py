@@ -424,6 +424,13 @@ def test_layer_summary_counts_a_grouped_convs_macs_per_group():
                                               nn.ConvTranspose2d(8, 12, 3, groups=4, bias=False)), (8, 8, 8))
     assert rows[0]["macs"] == 8 * 6 * 6 * 9
     assert rows[1]["macs"] == (8 * 6 * 6) * (12 // 4) * 9
+
+
+
+def test_a_binary_weight_not_a_multiple_of_8_packs_into_whole_bytes():
+    """(review mut5 #12) 9 binary weights take 2 bytes (and the layer's scale 4), not 1."""
+    row = models.layer_summary(nn.Sequential(reste.BinaryLinear(3, 3, bias=False)), (3,))[0]
+    assert row["packed_bytes"] == 2 + 4
     # one call for a model of your own: the table, then the totals
     mlp = reste.binarize(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)))
     described = models.describe(mlp, (1, 8, 8))
