@@ -576,7 +576,8 @@ def test_a_residual_read_first_by_a_binary_conv_as_its_shortcut_is_not_its_sign_
     torch.manual_seed(0)
     model = _ResidualReadFirst().eval()
     _shuffled_statistics(model, 0.5)
-    export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8), verify=False)
+    report = export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8))  # the check runs it untraced too
+    assert report["verify"]["untraced_same"] and report["verify"]["ok"]
     x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     packed = PackedModel.load(tmp_path / "m.rbnn", backend="c")
     assert [len(inputs) for _, inputs, fn in packed._steps if isinstance(fn, R._BinaryConv)] == [2, 2]
@@ -585,6 +586,24 @@ def test_a_residual_read_first_by_a_binary_conv_as_its_shortcut_is_not_its_sign_
     assert torch.equal(packed(x), plain(x))
     c = compare(graph_reference(tmp_path / "m.rbnn", x), *_traced(plain, x))
     assert c.traced and c.mismatch == 0, c.problems
+
+
+def test_the_export_check_runs_the_file_untraced_too(tmp_path, monkeypatch):
+    """(review mut5, suggestion 1) The check compares the file with the model traced, where no layer passes sign bits
+    on; an engine whose untraced run differs from its traced one is told, and the check is not ok."""
+    torch.manual_seed(0)
+    model = _ResidualReadFirst().eval()
+    forward = PackedModel.forward
+
+    def wrong_untraced(self, images, *, trace=None):
+        out = forward(self, images, trace=trace)
+        return out if trace is not None else out + 1.0
+
+    monkeypatch.setattr(PackedModel, "forward", wrong_untraced)
+    with pytest.warns(UserWarning, match="gives other logits untraced than traced .*a bug of reste's packed engine"):
+        report = export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8))
+    assert not report["verify"]["untraced_same"] and not report["verify"]["ok"]
+    assert "packed file untraced: other logits than traced" in reste.export.format_report(report)
 
 
 def _traced(packed: PackedModel, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
