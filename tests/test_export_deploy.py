@@ -711,3 +711,19 @@ def test_an_image_file_is_resized_and_cropped_as_torchvisions_transforms_do(tmp_
                                                    antialias=True), transforms.CenterCrop(224),
                                  transforms.PILToTensor()])(Image.open(path).convert("RGB")).numpy()
     assert ours.shape == theirs.shape == (3, 224, 224) and np.array_equal(ours, theirs)
+
+
+def test_reste_export_fails_a_file_whose_untraced_run_differs(tmp_path, capsys, monkeypatch, digits_checkpoint):
+    """(review mut5, suggestion 1) The export check's untraced run, through the command: status 1 and a line that
+    says what differs (the file stays, for the bug report)."""
+    forward = PackedModel.forward
+
+    def wrong_untraced(self, images, *, trace=None):
+        out = forward(self, images, trace=trace)
+        return out if trace is not None else out + 1.0
+
+    monkeypatch.setattr(PackedModel, "forward", wrong_untraced)
+    code, out, err = _run(capsys, "export", str(digits_checkpoint), str(tmp_path / "m.rbnn"))
+    assert code == 1 and (tmp_path / "m.rbnn").is_file()
+    assert "run untraced (its sign bits passed on) it gives other logits than traced" in err, err
+    assert "packed file untraced: other logits than traced" in out
