@@ -37,3 +37,15 @@ def assert_computes_model(path, model: nn.Module, x: torch.Tensor, backend: str 
     logits, sites = trace_model(model, x)
     assert_explained(compare(ref, logits.float(), sites), "the float32 model")
     return got
+
+
+def break_untraced_runs(monkeypatch) -> None:
+    """Make every packed model give logits 1 higher when run untraced than traced: an engine whose fused sign bits
+    went wrong, which the export check must catch."""
+    forward = PackedModel.forward
+
+    def wrong_untraced(self, images, *, trace=None):
+        out = forward(self, images, trace=trace)
+        return out if trace is not None else out + 1.0
+
+    monkeypatch.setattr(PackedModel, "forward", wrong_untraced)

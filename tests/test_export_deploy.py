@@ -17,7 +17,7 @@ from reste.export import PackedModel, export_model
 from reste.layers import BinaryConv2d
 
 from cli_checks import one_line_error as _one_line_error
-from export_checks import assert_computes_model
+from export_checks import assert_computes_model, break_untraced_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -716,13 +716,7 @@ def test_an_image_file_is_resized_and_cropped_as_torchvisions_transforms_do(tmp_
 def test_reste_export_fails_a_file_whose_untraced_run_differs(tmp_path, capsys, monkeypatch, digits_checkpoint):
     """(review mut5, suggestion 1) The export check's untraced run, through the command: status 1 and a line that
     says what differs (the file stays, for the bug report)."""
-    forward = PackedModel.forward
-
-    def wrong_untraced(self, images, *, trace=None):
-        out = forward(self, images, trace=trace)
-        return out if trace is not None else out + 1.0
-
-    monkeypatch.setattr(PackedModel, "forward", wrong_untraced)
+    break_untraced_runs(monkeypatch)
     code, out, err = _run(capsys, "export", str(digits_checkpoint), str(tmp_path / "m.rbnn"))
     assert code == 1 and (tmp_path / "m.rbnn").is_file()
     assert "run untraced (its sign bits passed on) it gives other logits than traced" in err, err

@@ -31,6 +31,7 @@ from reste.export import kernels as K
 from reste.export import runtime as R
 from reste.export.reference import compare, graph_reference
 from build_checks import require_built
+from export_checks import break_untraced_runs
 
 require_built(K.c_kernel_error(), "the packed C kernels")
 
@@ -593,13 +594,7 @@ def test_the_export_check_runs_the_file_untraced_too(tmp_path, monkeypatch):
     on; an engine whose untraced run differs from its traced one is told, and the check is not ok."""
     torch.manual_seed(0)
     model = _ResidualReadFirst().eval()
-    forward = PackedModel.forward
-
-    def wrong_untraced(self, images, *, trace=None):
-        out = forward(self, images, trace=trace)
-        return out if trace is not None else out + 1.0
-
-    monkeypatch.setattr(PackedModel, "forward", wrong_untraced)
+    break_untraced_runs(monkeypatch)
     with pytest.warns(UserWarning, match="gives other logits untraced than traced .*a bug of reste's packed engine"):
         report = export_model(model, tmp_path / "m.rbnn", input_size=(3, 8, 8))
     assert not report["verify"]["untraced_same"] and not report["verify"]["ok"]

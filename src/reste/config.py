@@ -22,7 +22,7 @@ from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
 from .optim import DEFAULT_GAMMA, DEFAULT_THRESHOLD, check_settings
-from .wording import count
+from .wording import count, series
 from .plugins import defining, load_plugins, needed, saved_form
 
 # reste.engine.build_optimizer builds each; bop: Bop (reste.optim) for the binary weights, Adam for the other parameters
@@ -140,9 +140,8 @@ def refuse_binary_flags(model: Any, flags: list[str]) -> None:
         return
     if not info["binary"]:
         twin = f", or train its binary twin {info['twin']!r}" if info["twin"] else ""
-        listed = f"{', '.join(flags[:-1])} and {flags[-1]}" if len(flags) > 1 else flags[0]
-        raise UsageError(f"{model!r} is full precision: it has no estimator and no binary weights, so {listed} would "
-                         f"do nothing; drop {'it' if len(flags) == 1 else 'them'}{twin}")
+        raise UsageError(f"{model!r} is full precision: it has no estimator and no binary weights, so "
+                         f"{series(flags)} would do nothing; drop {'it' if len(flags) == 1 else 'them'}{twin}")
 
 
 class _Bare(int):

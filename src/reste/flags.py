@@ -16,6 +16,7 @@ from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
 from .optim import DEFAULT_GAMMA, DEFAULT_THRESHOLD
 from .plugins import add_plugin_flag, saved_form
+from .wording import series
 
 # Train flags that map one-to-one onto TrainConfig fields.
 CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32", "scaling", "augment", "epochs",
@@ -140,8 +141,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
 
 def _default_first(names: Sequence[str], default: str) -> str:
     """``layer (default), channel or none``: ``names`` in words, the default marked."""
-    words = [f"{n} (default)" if n == default else n for n in names]
-    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+    return series([f"{n} (default)" if n == default else n for n in names], "or")
 
 
 def _usual_lrs() -> str:
@@ -150,9 +150,7 @@ def _usual_lrs() -> str:
     rates: dict[float, list[str]] = {}
     for name, lr in OPTIMIZER_LR.items():
         rates.setdefault(lr, []).append("bop's Adam" if name == "bop" else name)
-    groups = [(", ".join(names[:-1]) + " and " if len(names) > 1 else "") + f"{names[-1]} {lr:g}"
-              for lr, names in rates.items()]
-    return ", ".join(groups)
+    return ", ".join(f"{series(names)} {lr:g}" for lr, names in rates.items())
 
 
 def _choices(names: Sequence[str]) -> str:

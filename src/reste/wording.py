@@ -30,6 +30,11 @@ def listed(names: Sequence[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
+def series(words: Sequence[str], last: str = "and") -> str:
+    """``a, b and c`` (``last``: ``"or"`` gives ``a, b or c``); a single word alone."""
+    return f"{', '.join(words[:-1])} {last} {words[-1]}" if len(words) > 1 else "".join(words)
+
+
 def split_batch(batch_size: int, accumulate: int) -> str:
     """``", in 4 micro-batches of 16"`` after a batch that ``--accumulate`` splits; nothing for one that it does not
     (``accumulate`` 1, or None: a run recorded before the setting)."""

@@ -1098,14 +1098,12 @@ def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, i
         log(f"sweep: WARNING ({', '.join(mixed)}): {PAPER_ACROSS_ESTIMATORS}")
     counts: dict[str, int] = {}
     for i, (s, seed, job) in enumerate(todo, 1):
-        state = job["state"]
-        mend = state == "partial" and job["from_epoch"] >= s.config.epochs
-        counts["mend" if mend else state] = counts.get("mend" if mend else state, 0) + 1
-        what = {"new": "would train", "done": "finished: skipped",
-                # (every epoch logged, a checkpoint file to write again: what the sweep says it does, review mut6 #4)
-                "partial": "would mend its checkpoint files" if mend else
-                f"would resume at epoch {job['from_epoch'] + 1}/{s.config.epochs}",
-                }.get(state, f"{state}, left as it is: {job['why']}")
+        # (every epoch logged, a checkpoint file to write again: mended, as the sweep then says, review mut6 #4)
+        kind = "mend" if job["state"] == "partial" and job["from_epoch"] >= s.config.epochs else job["state"]
+        counts[kind] = counts.get(kind, 0) + 1
+        what = {"new": "would train", "done": "finished: skipped", "mend": "would mend its checkpoint files",
+                "partial": f"would resume at epoch {job['from_epoch'] + 1}/{s.config.epochs}",
+                }.get(kind, f"{kind}, left as it is: {job['why']}")
         log(f"[{i}/{total}] {s.label} seed {seed}: {what} -> {job['run_dir']}")
     for s in settings:
         for note in engine.recipe_notes(s.config):

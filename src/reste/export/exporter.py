@@ -466,6 +466,8 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
     # place of floats, which a trace turns off; the same bits, so the very same logits (review mut5, suggestion 1: a
     # wrong pairing there gave 47 of 64 predictions and the check said ok)
     untraced_same = torch.equal(engine.forward(x), got)
+    if not untraced_same:  # (among the file's problems, which reste export's error line gives)
+        packed.problems.append("run untraced (its sign bits passed on) it gives other logits than traced")
     logits, sites = trace_model(model, x)
     logits = logits.float()
     float_model = compare(ref, logits, sites)

@@ -307,7 +307,7 @@ class Comparison:
     max_abs_diff: float = 0.0
     #: the largest ratio |value - reference| / bound over every compared value of the agreeing images
     worst_ratio: float = 0.0
-    #: one line per mismatched image
+    #: one line per mismatched image (and the export check's own: an untraced run that differs)
     problems: list[str] = field(default_factory=list)
     #: whether sign inputs were compared (False: logits only)
     traced: bool = True
