@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 import pytest
@@ -31,6 +32,15 @@ def one_thread_module() -> Iterator[None]:
     """One torch thread for a whole module: small tensors run faster, much faster on a shared machine."""
     with _torch_threads(1):
         yield
+
+
+@pytest.fixture
+def command(capsys):
+    """``command("train", ..., cwd=FOLDER)``: ``reste ARGS`` run in this process as a new process would run it
+    (``cli_checks.run_as_new_process``), seconds cheaper than a subprocess."""
+    from cli_checks import run_as_new_process
+
+    return functools.partial(run_as_new_process, capsys)
 
 
 @pytest.fixture(autouse=True)

@@ -544,6 +544,9 @@ class Stuck(torch.utils.data.Dataset):
             time.sleep(3600)  # a hung read
         return torch.zeros(1)
 
+# torch waits for a worker to end twice, 5 s each, before it goes on (the terminate() between them is a stop
+# signal, which a loading process ignores): the test asks only that Python ends
+torch.utils.data._utils.MP_STATUS_CHECK_INTERVAL = 0.5
 it = iter(EpochDataLoader(Stuck(), batch_size=1, num_workers=1, worker_init_fn=_worker_init))
 next(it)
 del it  # the run left its epoch early (a stop signal): the iterator is gone, its stuck worker is not

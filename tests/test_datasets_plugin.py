@@ -254,24 +254,18 @@ def test_a_python_caller_s_set_is_recorded_too(isolated, plugin_file):
     assert config.plugins == [str(plugin_file)] and datasets.defined_in("toyset") == module.__name__
 
 
-def test_resume_asks_for_the_recorded_plugin_and_a_sweep_takes_it(isolated, plugin_file, tmp_path, capsys):
+def test_resume_asks_for_the_recorded_plugin_and_a_sweep_takes_it(isolated, plugin_file, tmp_path, capsys, command):
     cwd = plugin_file.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(  # this reste, from any folder
-        [str(Path(reste.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-m", "reste", "train", "--plugin", "toyset", "--dataset", "toyset",
-                        "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run"],
-                       cwd=cwd, env=env, capture_output=True, text=True)
+    r = command("train", "--plugin", "toyset", "--dataset", "toyset", "--epochs", "1", "--threads", "1",
+                "--no-progress", "--out", "run", cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert json.loads((cwd / "run" / "config.json").read_text())["plugins"] == ["toyset"]
-    r = subprocess.run([sys.executable, "-m", "reste", "eval", "run"], cwd=cwd, env=env, capture_output=True,
-                       text=True)  # eval loads no plugin by itself: it names the one the run recorded
+    r = command("eval", "run", cwd=cwd)  # eval loads no plugin by itself: it names the one the run recorded
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "unknown dataset 'toyset'" in r.stderr and "the run trained with --plugin toyset: pass the same" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "reste", "train", "--resume", "run", "--epochs", "2", "--force",
-                        "--no-progress"], cwd=cwd, env=env, capture_output=True, text=True)
+    r = command("train", "--resume", "run", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
     assert r.returncode == 2 and "a resume imports only when given again" in r.stderr, r.stderr  # the current folder's
-    r = subprocess.run([sys.executable, "-m", "reste", "train", "--resume", "run", "--epochs", "2", "--force",
-                        "--plugin", "toyset", "--no-progress"], cwd=cwd, env=env, capture_output=True, text=True)
+    r = command("train", "--resume", "run", "--epochs", "2", "--force", "--plugin", "toyset", "--no-progress", cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert [m["epoch"] for m in _metrics(cwd / "run")] == [1, 2]
 

@@ -170,15 +170,16 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
+def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path, command):
     """`--plugin MODULE` (a module in the current folder) and `--plugin FILE.py`; resume reloads it."""
     cwd = plugin_file.parent
     common = ("--epochs", "1", "--threads", "1", "--no-progress")
-    r = _reste("train", "--help", "--plugin", "myest_plugin", cwd=cwd)
+    r = command("train", "--help", "--plugin", "myest_plugin", cwd=cwd)
     assert r.returncode == 0 and "--my-flag" in r.stdout and "myest: initial half-width" in r.stdout, r.stderr
-    r = _reste("train", "--plugin", "myest_plugin", "--estimator", "myest", "--my-flag", "0.5", "--indicators",
-               "--out", "run", *common, cwd=cwd)
+    r = command("train", "--plugin", "myest_plugin", "--estimator", "myest", "--my-flag", "0.5", "--indicators",
+              "--out", "run", *common, cwd=cwd)
     assert r.returncode == 0, r.stderr
+    assert "myest" not in reste.list_estimators()  # each command as a new process: the next one loads it again
     run = cwd / "run"
     saved = json.loads((run / "config.json").read_text())
     assert saved["plugins"] == ["myest_plugin"] and saved["estimator"] == "myest"
@@ -188,31 +189,31 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
 
     # resume: config.json names the plugin, a module of the current folder, which a resume imports only when
     # --plugin names it again (a run folder from elsewhere could run code by being resumed)
-    r = _reste("train", "--resume", "run", "--my-flag", "0.5", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
+    r = command("train", "--resume", "run", "--my-flag", "0.5", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
     assert r.returncode == 2 and "exist only with its --plugin MODULE" in r.stderr, r.stderr
-    r = _reste("train", "--resume", "run", "--plugin", "myest_plugin", "--my-flag", "0.5", "--epochs", "2", "--force",
-               "--no-progress", cwd=cwd)
+    r = command("train", "--resume", "run", "--plugin", "myest_plugin", "--my-flag", "0.5", "--epochs", "2", "--force",
+              "--no-progress", cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert [m["epoch"] for m in _metrics(run)] == [1, 2]
     # the plugin may move: --plugin is free on resume, like --data-path
-    r = _reste("train", "--resume", "run", "--plugin", str(plugin_file), "--no-progress", cwd=cwd)
+    r = command("train", "--resume", "run", "--plugin", str(plugin_file), "--no-progress", cwd=cwd)
     assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr
     assert json.loads((run / "config.json").read_text())["plugins"] == [str(plugin_file)]
 
     # eval from another folder: the plugin as a file; without it, one line and status 2
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    r = _reste("eval", str(run), "--plugin", str(plugin_file), "--device", "cpu", cwd=elsewhere)
+    r = command("eval", str(run), "--plugin", str(plugin_file), "--device", "cpu", cwd=elsewhere)
     assert r.returncode == 0 and "top-1" in r.stdout, r.stderr
-    r = _reste("eval", str(run), "--device", "cpu", cwd=elsewhere)
+    r = command("eval", str(run), "--device", "cpu", cwd=elsewhere)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown estimator 'myest'" in r.stderr, r.stderr
     assert "the run trained with --plugin myest_plugin: pass the same --plugin" in r.stderr
-    r = _reste("export", str(run), str(tmp_path / "model.rbnn"), "--plugin", str(plugin_file), cwd=elsewhere)
+    r = command("export", str(run), str(tmp_path / "model.rbnn"), "--plugin", str(plugin_file), cwd=elsewhere)
     assert r.returncode == 0 and (tmp_path / "model.rbnn").is_file(), r.stderr
 
     # a sweep over the plugin's hyper-parameter (by its keyword and by its flag name)
-    r = _reste("sweep", "--plugin", str(plugin_file), "--estimator", "myest", "--grid", "my_flag=0.5,0.8",
-               "--out", "sweep", "--no-report", *common, cwd=cwd)
+    r = command("sweep", "--plugin", str(plugin_file), "--estimator", "myest", "--grid", "my_flag=0.5,0.8",
+              "--out", "sweep", "--no-report", *common, cwd=cwd)
     assert r.returncode == 0, r.stderr
     manifest = json.loads((cwd / "sweep" / "sweep.json").read_text())
     assert [s["label"] for s in manifest["settings"]] == ["my_flag=0.5", "my_flag=0.8"]
@@ -222,12 +223,12 @@ def test_train_resume_eval_and_sweep_with_a_plugin(plugin_file, tmp_path):
 
     # (review userE #8) a --plugin the run does not use is not recorded: a resume does not ask for it again; a
     # sweep over estimators records it in its plugin estimator's runs alone
-    r = _reste("train", "--plugin", str(plugin_file), "--out", "unused", *common, cwd=cwd)
+    r = command("train", "--plugin", str(plugin_file), "--out", "unused", *common, cwd=cwd)
     assert r.returncode == 0 and json.loads((cwd / "unused" / "config.json").read_text())["plugins"] == [], r.stderr
-    r = _reste("train", "--resume", "unused", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
+    r = command("train", "--resume", "unused", "--epochs", "2", "--force", "--no-progress", cwd=cwd)
     assert r.returncode == 0, r.stderr
-    r = _reste("sweep", "--plugin", str(plugin_file), "--grid", "estimator=ste,myest", "--out", "both",
-               "--no-report", *common, cwd=cwd)
+    r = command("sweep", "--plugin", str(plugin_file), "--grid", "estimator=ste,myest", "--out", "both",
+              "--no-report", *common, cwd=cwd)
     assert r.returncode == 0, r.stderr
     recorded = {c["estimator"]: c["plugins"] for c in
                 (json.loads(p.read_text()) for p in (cwd / "both" / "runs").glob("*/*/config.json"))}
@@ -257,32 +258,32 @@ def test_the_resume_command_a_run_is_told_names_the_plugins_it_needs_again(plugi
     assert resume_command(run) == f"`reste train --resume '{run}'`"
 
 
-def test_a_resume_names_the_hyper_parameters_its_estimator_gained_since(plugin_file, tmp_path):
+def test_a_resume_names_the_hyper_parameters_its_estimator_gained_since(plugin_file, tmp_path, command):
     """(review userE #10) A plugin edited to take one more hyper-parameter: the resume took its default without a
     word; it now says the run trained without it."""
     cwd = plugin_file.parent
-    r = _reste("train", "--plugin", str(plugin_file), "--estimator", "myest", "--out", "run", "--epochs", "1",
-               "--threads", "1", "--no-progress", cwd=cwd)
+    r = command("train", "--plugin", str(plugin_file), "--estimator", "myest", "--out", "run", "--epochs", "1",
+              "--threads", "1", "--no-progress", cwd=cwd)
     assert r.returncode == 0, r.stderr
     plugin_file.write_text(PLUGIN.replace(
         'reste.Param("my_end", float, 0.5, "final half-width", "(0, inf)"),',
         'reste.Param("my_end", float, 0.5, "final half-width", "(0, inf)"),\n'
         '            reste.Param("my_extra", float, 2.0, "more", "(0, inf)"),'))
-    r = _reste("train", "--resume", "run", "--plugin", str(plugin_file), "--epochs", "2", "--force", "--no-progress",
-               cwd=cwd)
+    r = command("train", "--resume", "run", "--plugin", str(plugin_file), "--epochs", "2", "--force", "--no-progress",
+              cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert ("note: estimator 'myest' has hyper-parameter(s) last.pt did not record, which the run continues with at "
             "their defaults: my_extra=2.0") in r.stdout + r.stderr
 
 
-def test_bad_plugins_get_one_line(tmp_path):
+def test_bad_plugins_get_one_line(tmp_path, command):
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
     (tmp_path / "needs.py").write_text("import no_such_module_here\n")
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")  # (review userE #9: it ended reste silently, 0)
     for spec, needle in (("no_such_plugin", "no module named 'no_such_plugin'"), ("broken.py", "RuntimeError: boom"),
                          ("needs", "No module named 'no_such_module_here'"), ("missing.py", "no such file"),
                          ("exits", "it called sys.exit(0) while being imported")):
-        r = _reste("train", "--plugin", spec, "--epochs", "1", cwd=tmp_path)
+        r = command("train", "--plugin", spec, "--epochs", "1", cwd=tmp_path)
         assert r.returncode == 2, (spec, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("reste: error: ") and needle in lines[0], (spec, r.stderr)
@@ -393,11 +394,11 @@ def test_a_scheduled_string_and_the_debug_flag_are_refused_where_the_class_is_wr
     assert "debugged" not in _REGISTRY
 
 
-def test_a_scheduled_value_named_like_a_metrics_field_is_refused(tmp_path):
+def test_a_scheduled_value_named_like_a_metrics_field_is_refused(tmp_path, command):
     """It would overwrite (or be overwritten by) that field of each metrics.jsonl line."""
     (tmp_path / "clash.py").write_text(PLUGIN.replace('"myest"', '"clash"').replace("my_flag", "time"))
-    r = _reste("train", "--plugin", "clash", "--estimator", "clash", "--epochs", "1", "--threads", "1",
-               "--no-progress", "--out", "run", cwd=tmp_path)
+    r = command("train", "--plugin", "clash", "--estimator", "clash", "--epochs", "1", "--threads", "1",
+              "--no-progress", "--out", "run", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "schedules time, a name each line of metrics.jsonl uses for its own field" in r.stderr
     assert not (tmp_path / "run").exists()
@@ -418,25 +419,25 @@ MODEL_PLUGIN = textwrap.dedent('''
 ''')
 
 
-def test_a_plugin_registers_a_model(tmp_path, monkeypatch):
+def test_a_plugin_registers_a_model(tmp_path, monkeypatch, command):
     """A model of your own: --plugin on the command line (resume reloads it, eval and export take it), and a
     TrainConfig naming the plugin loads it before it checks the model; without it, the error says how."""
     from reste.models import registry
 
     (tmp_path / "mlp_plugin.py").write_text(MODEL_PLUGIN)
-    r = _reste("train", "--model", "plug_mlp_1w1a", "--epochs", "1", cwd=tmp_path)
+    r = command("train", "--model", "plug_mlp_1w1a", "--epochs", "1", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown model 'plug_mlp_1w1a'" in r.stderr
     assert "--plugin MODULE" in r.stderr and "register_model" in r.stderr
-    r = _reste("train", "--plugin", "mlp_plugin.py", "--model", "plug_mlp_1w1a", "--estimator", "ste",
-               "--model-option", "width=32", "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run",
-               cwd=tmp_path)
+    r = command("train", "--plugin", "mlp_plugin.py", "--model", "plug_mlp_1w1a", "--estimator", "ste",
+              "--model-option", "width=32", "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run",
+              cwd=tmp_path)
     assert r.returncode == 0 and "training plug_mlp_1w1a (ste)" in r.stdout, r.stderr
-    r = _reste("train", "--resume", "run", "--epochs", "2", "--force", "--no-progress", cwd=tmp_path)
+    r = command("train", "--resume", "run", "--epochs", "2", "--force", "--no-progress", cwd=tmp_path)
     assert r.returncode == 2 and "a resume imports only when given again" in r.stderr, r.stderr  # a .py file
-    r = _reste("train", "--resume", "run", "--epochs", "2", "--force", "--plugin", "mlp_plugin.py", "--no-progress",
-               cwd=tmp_path)
+    r = command("train", "--resume", "run", "--epochs", "2", "--force", "--plugin", "mlp_plugin.py", "--no-progress",
+              cwd=tmp_path)
     assert r.returncode == 0 and [m["epoch"] for m in _metrics(tmp_path / "run")] == [1, 2], r.stderr
-    r = _reste("export", "run", "m.rbnn", "--plugin", "mlp_plugin.py", cwd=tmp_path)
+    r = command("export", "run", "m.rbnn", "--plugin", "mlp_plugin.py", cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "m.rbnn").is_file(), r.stderr
 
     for attr in ("_MODELS", "_INFO", "_BINARY"):
@@ -459,12 +460,12 @@ def test_only_train_resume_imports_the_plugins_a_run_folder_names(tmp_path):
         assert plugins_in_argv([*command, "--resume", str(tmp_path)]) == [], command
 
 
-def test_a_resume_imports_no_code_inside_the_run_folder_unless_given_again(tmp_path, monkeypatch):
+def test_a_resume_imports_no_code_inside_the_run_folder_unless_given_again(tmp_path, monkeypatch, command):
     """A run's config.json names its plugins and --resume imported them: a run folder from elsewhere whose config.json
     names code it holds itself (run/evil.py, the module run.evil, the folder as a package), a file planted elsewhere
     or a module of the current folder ran that code by being resumed. Only an installed module is imported now;
     the others when --plugin names them again."""
-    r = _reste("train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run", cwd=tmp_path)
+    r = command("train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", "run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "run"
     (run / "evil.py").write_text("import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('ran')\n")
@@ -486,15 +487,15 @@ def test_a_resume_imports_no_code_inside_the_run_folder_unless_given_again(tmp_p
     monkeypatch.chdir(tmp_path)
     (run / "__init__.py").unlink()
     (run / "config.json").write_text(json.dumps({**config, "epochs": 2, "lr": -1, "plugins": ["run/evil.py"]}))
-    r = _reste("train", "--resume", "run", "--no-progress", cwd=tmp_path)  # a bad setting: no error path imports it
+    r = command("train", "--resume", "run", "--no-progress", cwd=tmp_path)  # a bad setting: no error path imports it
     assert r.returncode == 2 and "pass --plugin run/evil.py (or where" in r.stderr, r.stderr
     assert not (run / "RAN").exists()
     (run / "config.json").write_text(json.dumps({**config, "epochs": 2, "plugins": ["run.evil"]}))
-    r = _reste("train", "--resume", "run", "--no-progress", cwd=tmp_path)
+    r = command("train", "--resume", "run", "--no-progress", cwd=tmp_path)
     assert r.returncode == 2 and "names plugins that a resume imports only when given again" in r.stderr, r.stderr
     assert not (run / "RAN").exists()
-    r = _reste("train", "--resume", "run", "--epochs", "3", "--force", "--plugin", "run/evil.py", "--no-progress",
-               cwd=tmp_path)
+    r = command("train", "--resume", "run", "--epochs", "3", "--force", "--plugin", "run/evil.py", "--no-progress",
+              cwd=tmp_path)
     assert r.returncode == 0 and (run / "RAN").exists(), r.stderr  # given again: the user's choice
 
 

@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from scipy import stats
+from scipy.special import stdtrit  # the t quantile (scipy.stats's t.ppf; its import takes a second)
 
 
 def paired(values_ref: list[float], values_other: list[float]) -> dict[str, float]:
@@ -33,7 +33,7 @@ def paired(values_ref: list[float], values_other: list[float]) -> dict[str, floa
     std = statistics.stdev(diffs) if n > 1 else math.nan
     if n > 1 and std <= 1e-9 * max(abs(mean), 1e-12):  # equal differences: the std is float noise (accuracies
         std = 0.0                                        # move in steps of one test image), not a spread
-    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    half = stdtrit(n - 1, 0.975) * std / math.sqrt(n) if n > 1 else math.nan
     t = (mean / (std / math.sqrt(n)) if std > 0 else math.copysign(math.inf, mean) if mean else math.nan
          ) if n > 1 else math.nan
     return {"n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "t": t,
