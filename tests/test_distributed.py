@@ -152,14 +152,14 @@ def _two_processes_replayed(checkpoint, folder) -> tuple[float, int]:
     return 100.0 * float((two == labels).sum()) / len(labels), int(otherwise.sum())
 
 
-def test_a_resume_with_another_process_count_says_the_global_batch_changes(full_run, tmp_path):
+def test_a_resume_with_another_process_count_says_the_global_batch_changes(full_run, tmp_path, command):
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(full_run[0], run)
     (run / ".lock").unlink(missing_ok=True)
-    r = subprocess.run([sys.executable, "-m", "reste.cli", "train", "--resume", str(run), "--epochs", "7", "--force",
-                        "--batch-size", "32", "--no-progress"], capture_output=True, text=True, env=ENV, timeout=300)
+    r = command("train", "--resume", str(run), "--epochs", "7", "--force", "--batch-size", "32", "--no-progress",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     # the images a step took before: the batch it trained with (64) times 2, not the new one's
     assert ("trained with 2 process(es) and continues with 1: --batch-size 32 is per process, so each step now "

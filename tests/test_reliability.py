@@ -259,12 +259,11 @@ def _wait_for(predicate, timeout=120.0):
         time.sleep(0.02)
 
 
-def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, command):
     args = ["--epochs", "4", "--seed", "5", "--no-progress", "--estimator", "reste"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run([sys.executable, "-m", "reste.cli", "train", *args, "--out", str(full)],
-                   check=True, capture_output=True, env=env, timeout=300)
+    assert command("train", *args, "--out", str(full), cwd=tmp_path).returncode == 0
 
     # the child kills itself (SIGKILL, as kill -9) at step 7 of epoch 3: a real kill at a known step. Sending it
     # from here half an epoch after the second metrics line lost the race on a loaded machine (the run had ended).
@@ -282,8 +281,7 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
                           text=True, env=env, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert load_checkpoint(cut / "last.pt")["epoch"] == 2  # the kill landed inside epoch 3
-    subprocess.run([sys.executable, "-m", "reste.cli", "train", "--resume", str(cut), "--no-progress"],
-                   check=True, capture_output=True, env=env, timeout=300)
+    assert command("train", "--resume", str(cut), "--no-progress", cwd=tmp_path).returncode == 0
 
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt")
     assert a["epoch"] == b["epoch"] == 4
