@@ -65,6 +65,13 @@ def test_presets_lists_every_row_with_its_accuracy(capsys):
         assert f"{preset.top1:.2f}" in row
 
 
+def test_the_authors_cal_ind_flag_asks_for_their_indicators(capsys):
+    """(review mut7 #5) README: `--cal_ind` is `--indicators paper`, the authors' definition."""
+    for flag in ("--cal_ind", "--cal-ind"):
+        assert main(["train", flag, "--print-config"]) == 0
+        assert json.loads(capsys.readouterr().out)["indicators"] == "paper"
+
+
 def test_print_config_shows_every_setting_the_run_records(capsys, tmp_path):
     assert main(["train", "--preset", "cifar10-resnet20-1w1a", "--lr", "0.05", "--print-config"]) == 0
     shown = capsys.readouterr()

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 import reste
@@ -328,6 +329,10 @@ def test_paper_initialisation():
     assert all((m.weight == 1).all() and (m.bias == 0).all() for m in r20.modules() if isinstance(m, nn.BatchNorm2d))
     vgg = models.create("vgg_small_1w1a")
     assert vgg.conv5.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 512)), rel=0.05)
+    # out, not in, where they differ (review mut7 #3): a 128 -> 256 conv, and fmnist_vgg's float 1 -> 32 conv0
+    assert vgg.conv2.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 256)), rel=0.05)
+    assert models.create("fmnist_vgg_1w1a").conv0.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 32)),
+                                                                                        rel=0.1)
     assert vgg.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert (vgg.fc.bias == 0).all()
     # the ImageNet ResNets as the authors' ImageNet code: every conv Kaiming normal (fan_in), the head left to PyTorch
@@ -489,6 +494,69 @@ def test_fx_tracing_with_binary_leaves(name):
     x = _input(name)
     with torch.no_grad():
         assert torch.equal(traced(x), model(x))
+
+
+# The spatial size (height = width) of each binary conv's output, in the model's order, at its input size: SPEC
+# section 5's strides and pools for the paper's models, the docstrings' layouts for ours (review mut7 #1: a stage of
+# stride 1, a stem without its max-pool or a pool moved kept every parameter count, and passed)
+SIZES = {
+    "resnet20_1w1a": [32] * 6 + [16] * 6 + [8] * 6,
+    "resnet20_bireal_1w1a": [32] * 6 + [16] * 6 + [8] * 6,
+    "resnet18_1w1a": [32] * 4 + [16] * 4 + [8] * 4 + [4] * 4,
+    "vgg_small_1w1a": [32, 16, 16, 8, 8],  # conv1 -> pool -> conv2, conv3 -> pool -> conv4, conv5 (-> pool)
+    "imagenet_resnet18_1w1a": [56] * 4 + [28] * 4 + [14] * 4 + [7] * 4,  # 224 -> stem /2 -> max-pool /2
+    "imagenet_resnet34_1w1a": [56] * 6 + [28] * 8 + [14] * 12 + [7] * 6,  # [3, 4, 6, 3] blocks of 2
+    "digits_1w1a": [8, 4],
+    "fmnist_vgg_1w1a": [7, 7, 7, 3, 3],  # 28 -> conv0 /2 -> max-pool -> 7; max-pool after unit 3
+    "fmnist_vgg28_1w1a": [28, 28, 14, 14, 14],
+}
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_each_binary_conv_works_at_its_layouts_resolution(name):
+    rows = models.layer_summary(models.create(name), models.model_info(name)["input_size"])
+    sizes = [r["output_shape"][1:] for r in rows if r["name"] != "total" and r["precision"] == 1
+             and len(r["output_shape"]) == 3]
+    assert sizes == [(s, s) for s in SIZES[name]]
+
+
+def _is(node: fx.Node, modules: dict, kind: type, functions: tuple = ()) -> bool:
+    """Whether ``node`` runs a module of type ``kind`` or one of ``functions``."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], kind)
+    return node.op == "call_function" and node.target in functions
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_every_binary_conv_and_the_stem_are_conv_relu_batchnorm_and_no_relu_follows_an_add(name):
+    """SPEC section 5: "Every binary block is conv -> ReLU -> BN", the stem too, and "no activation after the add"
+    (review mut7 #2: BN before ReLU, or a ReLU after a block's add, passed every test: a fresh model's BN is the
+    identity, and every count and shape stays)."""
+    import operator
+
+    model = models.create(name)
+    graph = LeafTracer().trace(model)
+    modules = dict(model.named_modules())
+    convs = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)
+             and (getattr(modules[n.target], "precision", 32) == 1 or modules[n.target].in_channels in (1, 3))]
+    assert getattr(modules[convs[0].target], "precision", 32) == 32  # the stem first, in float
+    for conv in convs:
+        (relu,) = conv.users
+        assert _is(relu, modules, nn.ReLU, (F.relu, torch.relu)), (conv.target, relu.target)
+        (bn,) = relu.users
+        assert _is(bn, modules, nn.BatchNorm2d), (conv.target, bn.target)
+    adds = [n for n in graph.nodes if n.op == "call_function" and n.target in (operator.add, operator.iadd, torch.add)]
+    assert bool(adds) == ("resnet" in name)
+    assert not any(_is(user, modules, nn.ReLU, (F.relu, torch.relu)) for add in adds for user in add.users)
+
+
+@pytest.mark.parametrize("name", ["vgg_small_1w1a", "fmnist_vgg_1w1a", "imagenet_resnet18_1w1a", "digits_1w1a"])
+def test_the_pools_are_the_layouts_max_pools(name):
+    """vgg_small's pools are 2x2 max-pools (SPEC section 5), as are ours; the ImageNet stem's is (3, 2, 1)."""
+    pools = [m for m in models.create(name).modules() if isinstance(m, nn.modules.pooling._MaxPoolNd)
+             or isinstance(m, nn.modules.pooling._AvgPoolNd)]
+    expected = (3, 2, 1) if name.startswith("imagenet") else (2, 2, 0)
+    assert pools and all(type(p) is nn.MaxPool2d and (p.kernel_size, p.stride, p.padding) == expected for p in pools)
 
 
 @pytest.mark.slow

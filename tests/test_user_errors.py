@@ -60,6 +60,16 @@ def test_an_empty_resume_path_is_refused(capsys):
     assert "run directory given is empty" in _one_line_error(capsys, "train", "--resume", "")
 
 
+def test_a_resume_takes_neither_a_preset_nor_another_folder(run, tmp_path, capsys):
+    """(review mut7 #4) Without these refusals the flag was dropped without a word: the run trained on in its own
+    folder with its own settings."""
+    assert "--preset cannot be combined with --resume: the run keeps its own settings" in _one_line_error(
+        capsys, "train", "--resume", str(run), "--preset", "cifar10-resnet20-1w1a", "--epochs", "2", "--force")
+    assert "--out cannot be combined with --resume: the run directory is the one resumed" in _one_line_error(
+        capsys, "train", "--resume", str(run), "--out", str(tmp_path / "elsewhere"), "--epochs", "2", "--force")
+    assert not (tmp_path / "elsewhere").exists() and len(rundir.read_metrics(run)) == 1
+
+
 def test_a_config_without_a_runs_identity_is_refused(run, tmp_path, capsys):
     import shutil
 
