@@ -167,7 +167,9 @@ def test_bop_trains_a_binarized_digits_cnn_beyond_its_frozen_binary_weights():
     data = _digits()
     frozen, _, _ = _train(False, data)
     trained, flips, model = _train(True, data)
-    # on the machine that wrote this: 0.87 frozen, 0.955 with Bop (seeds 0 and 1)
+    # on the machine that wrote this: 0.87 frozen, 0.955 with Bop (seeds 0 and 1). Measured across instruction sets
+    # (review cpu2, ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA): these seeds clear the bar by 0.058 or more as
+    # AVX-512, AVX2 and no vector unit compute them; over seeds 2 to 19 the closest cleared it by 0.013 (seed 3)
     assert trained > 0.9 and trained >= frozen + 0.03, (trained, frozen)
     assert flips > 0
     for _, layer in reste.binary_layers(model):
