@@ -789,6 +789,41 @@ def test_imagenet_from_image_folder(tmp_path):
     assert same_batches(batches(te), batches(te))
 
 
+def test_imagenet_is_resized_to_256_then_centre_cropped_to_224_where_it_is_not_augmented(tmp_path):
+    """(review mut7 #7) SPEC's ImageNet evaluation, which the paper's ImageNet accuracies are measured with, and the
+    train split under augment=False: each image as torchvision's Resize(256) then CenterCrop(224) gives it."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    write_image_folder(tmp_path, classes=("n01", "n02"), per_class=1, sizes=((300, 260),))
+
+    def reference(path: Path) -> torch.Tensor:
+        with Image.open(path) as image:
+            cropped = TF.center_crop(TF.resize(image.convert("RGB"), 256), 224)
+        return TF.normalize(TF.to_tensor(cropped), D.IMAGENET_MEAN, D.IMAGENET_STD)
+
+    train, test, _ = load_datasets("imagenet", tmp_path, augment=False)
+    for ds, split in ((train, "train"), (test, "val")):
+        for i, name in enumerate(("n01", "n02")):
+            assert torch.equal(ds[i][0], reference(tmp_path / split / name / "img0.JPEG")), (split, name)
+    augmented, _, _ = load_datasets("imagenet", tmp_path, augment=True)
+    torch.manual_seed(0)
+    assert augmented[0][0].shape == (3, 224, 224) and not torch.equal(augmented[0][0], train[0][0])
+
+
+def test_cifar10_through_pil_transforms_crops_with_4_pixels_of_padding(tmp_path):
+    """(review mut7 #7) The Python API's per-image CIFAR-10 path (in_memory=False) augments as the in-memory one:
+    a 32x32 random crop of the image padded by 4, and a flip; its test split is only normalised."""
+    from torchvision import transforms as T
+
+    write_cifar(tmp_path)
+    train, test, _ = load_datasets("cifar10", tmp_path, in_memory=False)
+    crop, flip = train.transform.transforms[:2]
+    assert type(crop) is T.RandomCrop and (crop.size, crop.padding) == ((32, 32), 4)
+    assert type(flip) is T.RandomHorizontalFlip
+    assert [type(t) for t in test.transform.transforms] == [T.ToTensor, T.Normalize]
+
+
 def test_imagenet_loads_in_spawned_workers(tmp_path):
     """macOS, Windows (and Linux from Python 3.14) start loader workers by spawn or forkserver, which pickle the
     data set by its module and name: the image folder must be a module-level class, and the batches are those of
