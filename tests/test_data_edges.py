@@ -142,6 +142,9 @@ def test_from_tensors_refuses_float_labels_and_a_string_of_class_names():
                                      classes=names)
     assert train.labels.tolist() == [3, 9] and test.labels.tolist() == [1, 0] and info.classes == names
     assert len(from_tensors("digits", None, _digits_like([]))[1]) == 0  # no labels at all: nothing to truncate
+    for labels, given in (([0, 10], "0..10"), ([-1, 3], "-1..3")):  # (review mut7 #8) 10 classes: labels 0 to 9
+        usage_error(from_tensors, "digits", None, _digits_like(labels), classes=names,
+                    match=f"digits: labels must be in [0, 10), got {given}")
 
 
 # --------------------------------------------------------------------------- 32-bit images (review #6)
