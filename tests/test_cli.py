@@ -26,6 +26,10 @@ def test_train_then_eval(capsys, tmp_path):
     text = capsys.readouterr().out
     top1, stored = re.search(r"top-1 ([\d.]+)%.*stored at training: ([\d.]+)%", text).groups()
     assert top1 == stored and top1 == final.group(3)
+    assert ", amp" not in text
+    # (review mut7 #14) another precision than the run's: the line says so, beside the figure it may move
+    assert main(["eval", str(out), "--amp", "bf16"]) == 0
+    assert "digits_1w1a on digits test, epoch 2, amp bf16: top-1 " in capsys.readouterr().out
 
 
 def test_eval_takes_threads(capsys, tmp_path, monkeypatch):

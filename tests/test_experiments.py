@@ -376,6 +376,28 @@ def test_plot_estimators_is_the_estimators_figure_beside_a_run_of_that_name(tmp_
     assert "`reste plot ./estimators`" in capsys.readouterr().err
 
 
+def test_the_estimators_figure_draws_each_estimator_where_its_schedule_stands():
+    """(review mut7 #13) `reste plot estimators --at 0.5`: each scheduled estimator halfway through training (as
+    its set_progress at epoch 1 of 2 puts it), named with those values, and ReSTE at o = 1, 2 and 3. Only the PNG
+    was checked: the curves drawn at 5% of training, or ReSTE at o = 5, passed."""
+    import torch
+
+    from reste.estimators import ESTIMATORS, ReSTE, get_estimator
+    from reste.experiments.plots import estimator_curves
+
+    x = torch.linspace(-2.0, 2.0, 401, dtype=torch.float64)
+    drawn = {label: g for label, _, _, g in estimator_curves(0.5, x)}
+    for o in (1, 2, 3):
+        assert torch.equal(drawn.pop(f"reste o={o}"), ReSTE(o=float(o), o_end=float(o),
+                                                             schedule="constant").derivative(x))
+    for name in (n for n in ESTIMATORS if n != "reste"):
+        est = get_estimator(name)
+        est.set_progress(1, 2)
+        values = ", ".join(f"{k}={v:.3g}" for k, v in est.schedule_values().items())
+        assert torch.equal(drawn.pop(f"{name} ({values})" if values else name), est.derivative(x)), name
+    assert not drawn
+
+
 def test_plot_estimators_and_runs(tmp_path, capsys):
     assert main(["plot", "estimators", "--out", str(tmp_path / "est.png")]) == 0
     assert _is_png(tmp_path / "est.png")

@@ -35,6 +35,18 @@ def test_show_names_the_estimators_settings_apart_from_the_models_options(run, t
     assert "reste: interval=0.1 o=1.0 o_end=3.0 schedule=cosine t=1.5   model: width=8" in show_run(other)
 
 
+def test_show_of_a_full_precision_run_gives_no_estimator_settings(tmp_path, capsys):
+    """(review mut7 #11) config.json records the estimator's options of a float model's run too; they train nothing,
+    and show leaves them out (as --print-config's note says)."""
+    from reste.runinfo import show_run
+
+    assert main(["train", "--model", "digits", "--epochs", "1", "--threads", "1", "--no-progress", "--out",
+                 str(tmp_path / "float")]) == 0
+    assert json.loads((tmp_path / "float" / "config.json").read_text())["estimator_options"]  # recorded
+    shown = show_run(tmp_path / "float")
+    assert "digits (full precision) on digits" in shown and "o_end" not in shown and "reste:" not in shown
+
+
 @pytest.mark.parametrize("key, name, plugins", [("estimator", "nosuch", []), ("model", "mine", ["my_plugin.py"])])
 def test_show_notes_an_estimator_or_model_no_module_here_registers(run, tmp_path, capsys, key, name, plugins):
     """(review clifuzz #5) A name edited into config.json, or a plugin's (show imports no plugin), was shown as any
