@@ -65,25 +65,13 @@ def _switches_follow_the_environment() -> Iterator[None]:
 
 
 @pytest.fixture
-def isolated(monkeypatch):
+def isolated() -> Iterator[None]:
     """The registries (estimators, models, data sets) and the loaded plugins as they were before the test; plugin
-    modules the test imported are forgotten after it."""
-    import sys
+    modules the test imported are forgotten after it (``cli_checks.registries_kept``)."""
+    from cli_checks import registries_kept
 
-    from reste import datasets, estimators, plugins
-    from reste.models import registry
-
-    monkeypatch.setattr(estimators, "_REGISTRY", dict(estimators._REGISTRY))
-    monkeypatch.setattr(datasets, "_REGISTERED", dict(datasets._REGISTERED))
-    monkeypatch.setattr(datasets, "_DEFINED_IN", dict(datasets._DEFINED_IN))
-    for attr in ("_MODELS", "_INFO", "_BINARY"):
-        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
-    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("reste_plugin_"):
-            del sys.modules[name]
+    with registries_kept():
+        yield
 
 
 @pytest.fixture(scope="module")

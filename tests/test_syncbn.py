@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import warnings
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -26,11 +28,20 @@ AFFINE = ([1.0, 2.0, 0.5], [0.0, -1.0, 0.3])
 STEPS = 3
 
 
-def _worker(rank: int, world: int, port: int, xs: torch.Tensor, upstream: torch.Tensor, out_dir: str) -> None:
+@contextlib.contextmanager
+def _joined(rank: int, world: int, port: int) -> Iterator[None]:
+    """This process in a gloo group of ``world`` on this machine, left at the block's end."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    warnings.simplefilter("error", FutureWarning)  # no deprecated collective on the way
     try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, world: int, port: int, xs: torch.Tensor, upstream: torch.Tensor, out_dir: str) -> None:
+    with _joined(rank, world, port):
+        warnings.simplefilter("error", FutureWarning)  # no deprecated collective on the way
         saved = {}
         for momentum in (0.1, None):
             bn = ProcessGroupBatchNorm.convert(nn.Sequential(nn.BatchNorm2d(3, momentum=momentum)))[0]
@@ -46,8 +57,6 @@ def _worker(rank: int, world: int, port: int, xs: torch.Tensor, upstream: torch.
             saved[momentum] = {k: getattr(bn, k).clone() for k in ("running_mean", "running_var",
                                                                    "num_batches_tracked")}
         torch.save(saved, f"{out_dir}/{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_processes_match_one_batch_norm_over_the_whole_batch(tmp_path):
@@ -135,9 +144,7 @@ SPLITS = [(40, 24), (64, 0)]
 
 
 def _large_mean_worker(rank: int, world: int, port: int, x: torch.Tensor, upstream: torch.Tensor, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _joined(rank, world, port):
         results = []
         for split in SPLITS:
             bn = ProcessGroupBatchNorm(4)
@@ -150,8 +157,6 @@ def _large_mean_worker(rank: int, world: int, port: int, x: torch.Tensor, upstre
             results.append({"y": y.detach(), "grad": part.grad, "running_mean": bn.running_mean,
                             "running_var": bn.running_var, "weight_grad": bn.weight.grad, "bias_grad": bn.bias.grad})
         torch.save(results, f"{out_dir}/{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_mean_far_from_zero_keeps_float32_precision(tmp_path):
@@ -233,17 +238,13 @@ def test_the_combined_moments_are_the_whole_batch_s_and_differentiate_as_them():
 
 
 def _dtype_worker(rank: int, world: int, port: int, x: torch.Tensor, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _joined(rank, world, port):
         outputs = {}
         for dtype in (torch.float64, torch.bfloat16):  # a float64 model, and bfloat16 inputs (autocast's)
             bn = ProcessGroupBatchNorm.convert(nn.Sequential(nn.BatchNorm2d(3)))[0]
             outputs[str(dtype)] = bn.to(torch.float64 if dtype == torch.float64 else torch.float32)(
                 x.to(dtype).chunk(world)[rank]).detach()
         torch.save(outputs, f"{out_dir}/{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_processes_keep_float64_in_float64_and_give_half_inputs_back_in_their_dtype(tmp_path):
