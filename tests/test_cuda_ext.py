@@ -854,6 +854,28 @@ def test_auto_goes_without_the_extension_where_no_toolkit_is_found(toolkit_for_a
         warnings.simplefilter("error")
         assert not cuda_ext._loaded(cuda=True) and not cuda_ext._loaded(cuda=True)
     assert not loads and "no CUDA toolkit was found" in cuda_ext.error() and not cuda_ext.requested()
+    assert cuda_ext.error().endswith(cuda_ext.toolkit_hint())  # and how to get one
+
+
+def test_the_hint_names_the_pip_install_of_torchs_own_toolkit_version(monkeypatch):
+    """torch's CUDA 13 wheels pin NVIDIA's ``cuda-toolkit`` wheels; its nvcc and CCCL extras at that version make a
+    toolkit in their folder that builds the extension. Before CUDA 13 those wheels spread a toolkit over several
+    folders: there the hint names the toolkit to install."""
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "version", lambda name: {"cuda-toolkit": "13.0.3.0"}[name])
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert cuda_ext.toolkit_hint() == 'pip install "cuda-toolkit[nvcc,cccl]==13.0.3.0", or set CUDA_HOME'
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert cuda_ext.toolkit_hint() == ("install the CUDA toolkit 12.8 (nvcc, cuda_runtime.h, libcudart) or set "
+                                       "CUDA_HOME")
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)  # a CUDA 13 torch from elsewhere (conda, a build of one's own)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert cuda_ext.toolkit_hint().startswith("install the CUDA toolkit 13.0 ")
 
 
 def test_error_says_why_the_extension_is_not_used_before_any_try(monkeypatch):
@@ -1168,7 +1190,9 @@ def test_the_toolkit_is_found_behind_an_nvcc_wrapper(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "12.6")
     assert cuda_ext.cuda_home() == str(tmp_path / "cuda-12.10")  # 12.10 is newer than 12.9, and 13 is not 12
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    (new / "lib64" / "libcudart.so").unlink()  # the versioned library alone (pip's layout): -lcudart finds none
+    (new / "lib64" / "libcudart.so").unlink()  # the versioned library alone (pip's layout): linked through a link
+    assert cuda_ext.cuda_home() == str(new)
+    (new / "lib64" / "libcudart.so.13").unlink()
     assert cuda_ext.cuda_home() == str(tmp_path / "cuda-12.10")  # one without its runtime library is passed over
 
     wrapper.unlink()  # nvcc on PATH as a link into a toolkit: followed, before the usual places
@@ -1180,6 +1204,65 @@ def test_the_toolkit_is_found_behind_an_nvcc_wrapper(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "usr"))  # and what the user set is used as set
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path / "usr"))
     assert cuda_ext.cuda_home() == str(tmp_path / "usr")
+
+
+def _wheels(site: Path, major: int = 13) -> Path:
+    """A stand-in of pip's NVIDIA wheels in ``site``: torch's runtime (header, versioned library), then
+    ``cuda-toolkit[nvcc,cccl]``'s nvcc and CCCL header (empty files)."""
+    home = site / "nvidia" / f"cu{major}"
+    for name in ("include/cuda_runtime.h", f"lib/libcudart.so.{major}", "bin/nvcc", "include/nv/target"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text("")
+    (home / "bin" / "nvcc").chmod(0o755)
+    return home
+
+
+def test_pips_nvidia_wheels_are_a_toolkit_where_they_hold_nvcc_and_cccl(tmp_path, monkeypatch):
+    """Most GPU users have torch from pip and no CUDA toolkit: ``pip install "cuda-toolkit[nvcc,cccl]==..."`` puts
+    nvcc and CCCL beside the runtime that torch's CUDA 13 wheels installed (``site-packages/nvidia/cu13``), and the
+    extension is built with them, after torch's guess and the nvcc on PATH, before /usr/local/cuda."""
+    from torch.utils import cpp_extension
+
+    home = _wheels(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    local = _toolkit(tmp_path / "cuda-13.0")
+    monkeypatch.setattr(cuda_ext, "_TOOLKITS", (str(tmp_path / "cuda-*"),))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert cuda_ext.cuda_home() == str(home) and cuda_ext._toolkit_found()
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # not torch's CUDA version
+    assert cuda_ext.cuda_home() == str(local)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    (home / "include" / "nv" / "target").unlink()  # nvcc without CCCL (cuda-toolkit[nvcc] alone): its build fails
+    assert cuda_ext.cuda_home() == str(local)
+    shutil.rmtree(local)
+    assert cuda_ext.cuda_home() is None and not cuda_ext._toolkit_found()
+    (home / "include" / "nv" / "target").write_text("")
+    (home / "bin" / "nvcc").unlink()  # torch's wheels alone: no nvcc
+    assert cuda_ext.cuda_home() is None
+
+
+def test_a_versioned_runtime_alone_is_linked_through_a_link_of_the_builds(tmp_path):
+    """torch's link step asks for ``-lcudart``, which finds ``libcudart.so`` alone; pip's wheels have
+    ``libcudart.so.13``: the build passes ``-L`` a folder of its own with a ``libcudart.so`` link to it."""
+    home, build = _wheels(tmp_path / "site"), tmp_path / "build"
+    build.mkdir()
+    flags = cuda_ext._runtime_link(home, build)
+    assert flags == [f"-L{build / 'cudart'}"]
+    assert os.readlink(build / "cudart" / "libcudart.so") == str(home / "lib" / "libcudart.so.13")
+    assert cuda_ext._runtime_link(home, build) == flags  # again (the next build of the same folder): the same link
+    (home / "lib" / "libcudart.so.12").write_text("")  # two: the newest
+    (home / "lib" / "libcudart.so.13.0.96").write_text("")  # (a full version is no soname)
+    cuda_ext._runtime_link(home, build)
+    assert os.readlink(build / "cudart" / "libcudart.so") == str(home / "lib" / "libcudart.so.13")
+    (home / "lib" / "libcudart.so.13").unlink()  # the link follows the library
+    cuda_ext._runtime_link(home, build)
+    assert os.readlink(build / "cudart" / "libcudart.so") == str(home / "lib" / "libcudart.so.12")
+    assert [p.name for p in (build / "cudart").iterdir()] == ["libcudart.so"]
+    assert cuda_ext._runtime_link(_toolkit(tmp_path / "cuda"), tmp_path) == []  # a toolkit's own libcudart.so
 
 
 def test_the_runtime_library_is_looked_for_where_torchs_link_step_looks(tmp_path):
@@ -1272,11 +1355,24 @@ def test_the_node_overhead_benchmark_runs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(cuda_ext.cuda_home() is None or torch.version.cuda is None,
                     reason="no CUDA toolkit or a CPU-only torch")
-def test_the_cuda_source_compiles_and_links(tmp_path):
+@pytest.mark.parametrize("layout", ["found", "wheels"])
+def test_the_cuda_source_compiles_and_links(tmp_path, layout):
     """kernels.cu and ops.cpp with RESTE_WITH_CUDA build into a library that loads (no GPU needed to build or
-    load it; its CPU loops then run): what a GPU machine builds on first use, checked without one."""
+    load it; its CPU loops then run): what a GPU machine builds on first use, checked without one. ``wheels``: the
+    toolkit found, laid out as pip's NVIDIA wheels lay it out, with its runtime library as ``libcudart.so.N`` alone
+    (which torch's ``-lcudart`` does not find)."""
     code = ("import torch; from reste import cuda_ext; assert cuda_ext.build(cuda=True) == 'cuda'; "
             "x = torch.tensor([-1.5, -0.0, 2.0]); assert torch.ops.reste_ext.sign(x).tolist() == [-1.0, 1.0, 1.0]")
     env = {**os.environ, "TORCH_CUDA_ARCH_LIST": "9.0", "RESTE_CACHE": str(tmp_path)}  # CUDA_HOME found, not given
+    if layout == "wheels":
+        real, major = Path(cuda_ext.cuda_home()), torch.version.cuda.split(".")[0]
+        home = tmp_path / "site" / "nvidia" / f"cu{major}"
+        (home / "lib").mkdir(parents=True)
+        (home / "lib" / f"libcudart.so.{major}").symlink_to((cuda_ext._library_folder(real) / "libcudart.so").resolve())
+        for name in ("bin", "include", "nvvm"):
+            (home / name).symlink_to(real / name)
+        env["CUDA_HOME"] = str(home)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    if layout == "wheels":
+        assert list(tmp_path.glob("ext/*/cudart/libcudart.so"))

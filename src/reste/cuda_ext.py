@@ -28,8 +28,9 @@ and rounded once. A double backward (``create_graph=True``) runs the differentia
 expression (:func:`reste.estimators.reference_backward`).
 
 **Where it runs**: ``RESTE_CUDA_EXT`` (or :func:`set_enabled`) says. ``auto``, the default, uses it for CUDA tensors
-where a CUDA toolkit is found (nvcc, ``cuda_runtime.h``, ``libcudart``: :func:`cuda_home`) and this source did not fail
-to build with that toolkit and compiler before; ``1`` builds it whatever it takes, and warns where it cannot; ``0``
+where a CUDA toolkit is found (nvcc, ``cuda_runtime.h``, ``libcudart``: :func:`cuda_home`; with torch's CUDA 13
+wheels, :func:`toolkit_hint`'s ``pip install`` makes one of them) and this source did not fail to build with that
+toolkit and compiler before; ``1`` builds it whatever it takes, and warns where it cannot; ``0``
 never uses it. Where it is not used, and wherever it does not apply (CPU tensors, float64, ``torch.compile`` tracing,
 compiled autograd, ReSTE's ``o`` held in a tensor, a plugin's hyper-parameter that is no number, a tensor subclass
 such as DTensor, ``RESTE_FUSED=0``), the Triton kernels and then the PyTorch ops run. Its kernels have run on one GPU
@@ -72,7 +73,7 @@ from .kernel_args import KINDS, MAX_GROUPS, autocast_dtype, kernel_scalars
 from .native import EnvMode, exclusive, untrusted_path, writable_cache
 
 __all__ = ["available", "binary_layer", "binary_sign", "build", "cuda_home", "error", "forced", "form", "may_take",
-           "mode", "ready", "requested", "scaled_sign", "set_enabled", "sign", "Skipped", "takes_layer"]
+           "mode", "ready", "requested", "scaled_sign", "set_enabled", "sign", "Skipped", "takes_layer", "toolkit_hint"]
 
 SOURCE_DIR = Path(__file__).resolve().with_name("csrc") / "ext"
 _CPP, _CU, _HEADER = "ops.cpp", "kernels.cu", "estimators.h"
@@ -144,23 +145,76 @@ def _architectures() -> list[tuple[int, int]]:
 _TOOLKITS = ("/usr/local/cuda", "/usr/local/cuda-*")  # where a CUDA toolkit is looked for when torch's guess lacks one
 
 
+def _library_folder(home: Path) -> Path:
+    """The folder of ``home`` that torch's link step passes with ``-L``: ``lib64``, or ``lib`` where there is no
+    ``lib64``."""
+    return home / ("lib" if not (home / "lib64").exists() and (home / "lib").exists() else "lib64")
+
+
+def _versioned_runtime(home: Path) -> Path | None:
+    """``libcudart.so.N`` in ``home``'s library folder where it has no ``libcudart.so`` (pip's NVIDIA wheels install
+    the versioned library alone), else ``None``."""
+    folder = _library_folder(home)
+    if (folder / "libcudart.so").exists():
+        return None
+    return max((p for p in folder.glob("libcudart.so.*") if re.fullmatch(r"libcudart\.so\.\d+", p.name)),
+               default=None, key=lambda p: int(p.suffix[1:]))
+
+
 def _complete(home: Path) -> bool:
     """Whether ``home`` holds what the build needs: nvcc, the runtime's header and its library as torch's link
-    step names it (``-lcudart``: ``libcudart.so``; a folder of pip's NVIDIA wheels has ``libcudart.so.13`` alone),
-    in the folder it passes with ``-L``: ``lib64``, or ``lib`` where there is no ``lib64``; for ``/usr`` (a
-    distribution's package: Debian's nvidia-cuda-toolkit), also a multiarch folder that the linker searches anyway."""
-    lib = "lib" if not (home / "lib64").exists() and (home / "lib").exists() else "lib64"
-    library = (home / lib / "libcudart.so").exists()
+    step names it (``-lcudart``) in the folder it passes with ``-L`` (:func:`_library_folder`): ``libcudart.so``, or
+    ``libcudart.so.N`` alone (a folder of pip's NVIDIA wheels; :func:`build` links it through a ``libcudart.so`` of its
+    own); for ``/usr`` (a distribution's package: Debian's nvidia-cuda-toolkit), also a multiarch folder that the
+    linker searches anyway."""
+    library = (_library_folder(home) / "libcudart.so").exists() or _versioned_runtime(home) is not None
     if not library and home == Path("/usr"):
         library = any(Path("/usr/lib").glob("*-linux-gnu/libcudart.so"))
     return (home / "bin" / "nvcc").is_file() and (home / "include" / "cuda_runtime.h").is_file() and library
 
 
+def _wheel_toolkits() -> list[str]:
+    """The folders of pip's NVIDIA wheels for torch's CUDA major version (``site-packages/nvidia/cu13``) that hold
+    the headers nvcc needs beside nvcc itself (CCCL's ``nv/target``): torch's CUDA 13 wheels install the runtime
+    there, and :func:`toolkit_hint`'s ``pip install`` adds nvcc and those headers. CUDA 12's wheels spread a
+    toolkit over several folders, which a build cannot take."""
+    import importlib.util
+
+    major = _wheels_major()
+    try:
+        spec = importlib.util.find_spec("nvidia") if major else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return []
+    folders = [Path(place) / f"cu{major}" for place in (spec.submodule_search_locations or [])]
+    return [str(home) for home in folders if (home / "include" / "nv" / "target").is_file()]
+
+
+def _wheels_major() -> int | None:
+    """torch's CUDA major version where NVIDIA's wheels of it hold a whole toolkit in one folder (13 and later)."""
+    major = (torch.version.cuda or "").split(".")[0]
+    return int(major) if major.isdigit() and int(major) >= 13 else None
+
+
+def toolkit_hint() -> str:
+    """How to get a CUDA toolkit that builds the extension for this torch: where torch came with NVIDIA's
+    ``cuda-toolkit`` wheels (CUDA 13 and later), the ``pip install`` of its nvcc and CCCL at the version torch
+    uses; else the toolkit to install."""
+    from importlib import metadata
+
+    if _wheels_major():
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return f'pip install "cuda-toolkit[nvcc,cccl]=={metadata.version("cuda-toolkit")}", or set CUDA_HOME'
+    return f"install the CUDA toolkit {torch.version.cuda or ''} (nvcc, cuda_runtime.h, libcudart) or set CUDA_HOME"
+
+
 def cuda_home() -> str | None:
     """The CUDA toolkit the extension is built with: ``$CUDA_HOME`` (or ``$CUDA_PATH``) where set; else the
     first that holds nvcc, ``cuda_runtime.h`` and ``libcudart`` of torch's guess (the folder above the nvcc
-    on PATH), the folder above nvcc's real path (nvcc may be a link), ``/usr/local/cuda`` and
-    ``/usr/local/cuda-*`` (torch's CUDA major version first, then the newest); else torch's guess, ``None``
+    on PATH), the folder above nvcc's real path (nvcc may be a link), pip's NVIDIA wheels of torch's CUDA version
+    (:func:`_wheel_toolkits`), ``/usr/local/cuda`` and ``/usr/local/cuda-*`` (torch's CUDA major version first, then
+    the newest); else torch's guess, ``None``
     without one. torch guesses from the nvcc on PATH alone, so a wrapper script in ``/usr/local/bin`` gives
     ``/usr/local``, where the link step finds no ``libcudart``."""
     from torch.utils import cpp_extension
@@ -172,6 +226,7 @@ def cuda_home() -> str | None:
     nvcc = shutil.which("nvcc")
     if nvcc:
         candidates.append(str(Path(nvcc).resolve().parent.parent))
+    candidates += _wheel_toolkits()
     for pattern in _TOOLKITS:
         candidates += sorted(glob.glob(pattern), key=_toolkit_rank, reverse=True)
     return next((home for home in candidates if _complete(Path(home))), guess)
@@ -206,7 +261,7 @@ def build(cuda: bool | None = None, *, skip_failed: bool = False) -> str:
         with_cuda = (torch.cuda.is_available() and home is not None) if cuda is None else cuda
         if with_cuda:
             if home is None:
-                raise RuntimeError("no CUDA toolkit: nvcc was not found (put it on PATH or set CUDA_HOME)")
+                raise RuntimeError(f"no CUDA toolkit: nvcc was not found (put it on PATH; {toolkit_hint()})")
             cpp_extension.CUDA_HOME = home  # torch's build reads its own guess, made once at its import
         name = _build_name(with_cuda)
         directory = _build_folder(name)
@@ -221,10 +276,12 @@ def build(cuda: bool | None = None, *, skip_failed: bool = False) -> str:
             if not built:
                 print(f"reste: building the {'C++/CUDA' if with_cuda else 'C++'} extension in {directory} (once, "
                       "about a minute; RESTE_CUDA_EXT=0 goes without it)", file=sys.stderr, flush=True)
+            ldflags = _runtime_link(Path(home), directory) if with_cuda and home else []
             start = time.monotonic()
             try:
                 module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,
                                             extra_cuda_cflags=[*_CUDA_CFLAGS],
+                                            extra_ldflags=ldflags,
                                             extra_include_paths=[str(SOURCE_DIR)], build_directory=str(directory),
                                             with_cuda=with_cuda, verbose=False)
             except Exception as err:
@@ -238,6 +295,24 @@ def build(cuda: bool | None = None, *, skip_failed: bool = False) -> str:
         _MODULE[:] = [module]
         _STATE[:] = ["cuda" if with_cuda else "cpu"]
         return _STATE[0]
+
+
+def _runtime_link(home: Path, directory: Path) -> list[str]:
+    """The linker flags that let torch's ``-lcudart`` find the runtime of a toolkit that has ``libcudart.so.N``
+    alone (pip's NVIDIA wheels): ``-L`` a folder of the build's holding a ``libcudart.so`` link to it. The built
+    library names ``libcudart.so.N`` all the same (the soname), the one torch has loaded."""
+    versioned = _versioned_runtime(home)
+    if versioned is None:
+        return []
+    folder = directory / "cudart"
+    folder.mkdir(exist_ok=True)
+    link = folder / "libcudart.so"
+    if not (link.is_symlink() and os.readlink(link) == str(versioned)):
+        fresh = folder / f".libcudart.so.{os.getpid()}"
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(versioned)
+        os.replace(fresh, link)
+    return [f"-L{folder}"]
 
 
 def _last_line(err: BaseException) -> str:
@@ -365,7 +440,7 @@ def _loaded(cuda: bool) -> bool:
         auto = cuda and not _FORCED and _MODE() == "auto"
         if auto and not _toolkit_found():
             _STATE[:], _ERROR[:], _DECLINED[:] = [None], ["no CUDA toolkit was found (nvcc, cuda_runtime.h and "
-                                                          "libcudart; set CUDA_HOME to one)"], [True]
+                                                          f"libcudart): {toolkit_hint()}"], [True]
             return False
         try:
             build(cuda=True if cuda else None, skip_failed=auto)
