@@ -253,8 +253,10 @@ def _measure(args: argparse.Namespace) -> dict:
         note = "" if batch == args.batch_size else f"; measured at batch {args.batch_size}, the presets use {batch}"
         print(f"implied wall time of {epochs} epochs of 50,000 images: {implied[names[0]]:.2f} h "
               f"({', '.join(names)}{note})")
+    path = engine.kernel_path(engine.pick_device(config.device))  # (RESTE_CUDA_EXT: the C++ nodes, or the Python ones)
+    print(f"sign and the estimators' backward ran through: {path}")
     out = {"args": vars(args), "bare_step": step, "epoch": epoch, "epoch_images_per_s": epoch_rate,
-           "epoch_over_step": ratio, "implied_hours": implied}
+           "epoch_over_step": ratio, "implied_hours": implied, "kernel_path": path}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out

@@ -43,8 +43,9 @@ the Triton kernels of ``reste.triton_kernels``):
   3x224x224, bf16 autocast + channels_last.
 
 GPU targets (issue 11): reste/fp <= 1.15 per row, reste/ste <= 1.05, reference/reste >= 3.
-``--graphs`` also times fp, ste and reste with each step captured as one CUDA graph and replayed
-by ``reste.cudagraph.GraphedStep``, as ``reste train --cuda-graphs`` does (o frozen at capture).
+``--graphs`` also times fp, ste and reste (and reste through the C++ nodes, where they are timed) with each
+step captured as one CUDA graph and replayed by ``reste.cudagraph.GraphedStep``, as ``reste train
+--cuda-graphs`` does (o frozen at capture).
 ``--json FILE`` writes every row's medians and ratios (``benchmarks/gpu_check.sh`` reads it).
 
     python benchmarks/train_step.py --device cuda --json gpu_rows.json
@@ -78,7 +79,7 @@ from reste.engine import tune_convolutions
 from reste.estimators import ReSTE
 
 VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops", "ste_ext", "reste_ext", "fp_graphed",
-            "ste_graphed", "reste_graphed")
+            "ste_graphed", "reste_graphed", "reste_ext_graphed")
 LABELS = {
     "fp": "(1) resnet20, full precision",
     "ste": "(2) resnet20_1w1a, STE, Python nodes",
@@ -91,6 +92,7 @@ LABELS = {
     "fp_graphed": "(1g) full precision, one CUDA graph",
     "ste_graphed": "(2g) STE, one CUDA graph",
     "reste_graphed": "(3g) ReSTE, one CUDA graph",
+    "reste_ext_graphed": "(3xg) ReSTE, C++ nodes, one CUDA graph",
 }
 
 
@@ -225,18 +227,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def autocast_of(device: torch.device, amp: str, **kw) -> contextlib.AbstractContextManager:
+    """The autocast of a step in ``amp`` ("none", "bf16", "fp16") on ``device``."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype, **kw)
+
+
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: str,
               use_fused: bool = True, use_ext: bool = False) -> Callable[[], None]:
     """A closure running one full training step of ``model`` on (x, y), with or without the fused kernels,
     and with or without the compiled extension's C++ nodes (``RESTE_CUDA_EXT``)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
     def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
+        return autocast_of(device, amp)
 
     def step() -> None:
         fused.set_enabled(use_fused)
@@ -255,24 +260,27 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     return step
 
 
-def make_graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str) -> Callable[[], None]:
+def make_graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str,
+                      use_ext: bool = False) -> Callable[[], None]:
     """The same training step as ``reste train --cuda-graphs`` replays (``reste.cudagraph``):
     forward, loss, backward and SGD step captured as one CUDA graph after two eager warm-up
-    steps. The schedule (o) is frozen at capture, which is all a benchmark needs. Raises
-    where the step cannot be captured."""
+    steps, through the C++ nodes with ``use_ext`` (the Python nodes without). The schedule (o) is
+    frozen at capture, which is all a benchmark needs. Raises where the step cannot be captured."""
     if amp == "fp16":
         raise RuntimeError("fp16 needs a GradScaler, which reads the gradients on the host")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    dtype = {"bf16": torch.bfloat16}.get(amp)
 
     def autocast() -> contextlib.AbstractContextManager:
-        return (contextlib.nullcontext() if dtype is None
-                else torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=False))
+        return autocast_of(x.device, amp, cache_enabled=False)
 
     fused.set_enabled(True)
-    step = GraphedStep(model, opt, autocast=autocast, backend=CudaGraphs(x.device), warmup=3)
-    for _ in range(step.warmup + 1):  # the warm-up steps, then the capture and its first replay
-        step(x, y)
+    cuda_ext.set_enabled(use_ext)  # (what is captured; a replay asks no switch)
+    try:
+        step = GraphedStep(model, opt, autocast=autocast, backend=CudaGraphs(x.device), warmup=3)
+        for _ in range(step.warmup + 1):  # the warm-up steps, then the capture and its first replay
+            step(x, y)
+    finally:
+        cuda_ext.set_enabled(None)
     return lambda: step(x, y)
 
 
@@ -413,6 +421,7 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     }
     o = reste.set_progress(nets["reste"], args.epoch, args.epochs)["o"]
     nets["reference"] = reference_from(nets["reste"])
+    reference_modules = sum(isinstance(m, MaskedReSTE) for m in nets["reference"].modules())
     with_ops = fused.available() if device.type == "cpu" else triton_dispatch.available()
     if with_ops:
         nets["ste_ops"] = copy.deepcopy(nets["ste"])
@@ -430,19 +439,26 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     y = torch.randint(0, classes_of(nets["fp"]), (batch,), generator=g).to(device)
     # the reference backward must compute what ReSTE's does (the forwards differ only at
     # sign(0): torch.sign gives 0 where reste gives +1)
-    if "reste_ext" in nets and not ext_nodes(nets["reste_ext"], x):
-        ext_error = "it built, but took none of the binary layers (no C++ node in the graph); rows left out"
-        del nets["ste_ext"], nets["reste_ext"]
-        variants = [k for k in VARIANTS if k in nets]
+    # (under the row's autocast: a bf16 layer that fell back to the Python nodes would be timed as C++ ones)
+    if "reste_ext" in nets:
+        with autocast_of(device, amp):
+            taken = min(ext_nodes(nets["ste_ext"], x), ext_nodes(nets["reste_ext"], x))
+        if not taken:
+            ext_error = "it built, but took none of the binary layers (no C++ node in the graph); rows left out"
+            del nets["ste_ext"], nets["reste_ext"]
+            variants = [k for k in VARIANTS if k in nets]
     est = next(e for e in reste.estimators_of(nets["reste"]) if isinstance(e, ReSTE))
     check = estimator_check(est.o, est.t, est.interval, device)
     steps = {k: make_step(nets[k], x, y, device, amp, use_fused=not k.endswith("_ops"), use_ext=k.endswith("_ext"))
              for k in variants}
     graph_errors = {}
     if args.graphs and device.type == "cuda":
-        for k in ("fp", "ste", "reste"):
+        for k in ("fp", "ste", "reste", "reste_ext"):
+            if k not in nets:
+                continue
             try:
-                steps[f"{k}_graphed"] = make_graphed_step(copy.deepcopy(nets[k]), x, y, amp)
+                steps[f"{k}_graphed"] = make_graphed_step(copy.deepcopy(nets[k]), x, y, amp,
+                                                          use_ext=k.endswith("_ext"))
             except Exception as err:  # report and go on: the eager rows still count
                 graph_errors[k] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         variants = [k for k in VARIANTS if k in steps]
@@ -453,7 +469,8 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     cuda_ext.set_enabled(None)
     return {
         "model": binary, "batch": batch, "size": size, "amp": amp, "channels_last": channels_last,
-        "o": o, "check": check, "wall": time.perf_counter() - t0, "variants": variants,
+        "o": o, "check": check, "reference_modules": reference_modules, "wall": time.perf_counter() - t0,
+        "variants": variants,
         "graph_errors": graph_errors, "ext_error": ext_error,
         # the fused kernels turned off (a launch failed while timing: the rest ran as PyTorch ops), or None
         "kernels_error": (triton_dispatch.error() if device.type == "cuda" else
@@ -480,6 +497,8 @@ def ratios(r: dict) -> dict[str, float]:
     if "reste_graphed" in med and "fp_graphed" in med and "ste_graphed" in med:
         out.update({"reste_graphed/fp_graphed": med["reste_graphed"] / med["fp_graphed"],
                     "reste_graphed/ste_graphed": med["reste_graphed"] / med["ste_graphed"]})
+    if "reste_ext_graphed" in med and "fp_graphed" in med:
+        out["reste_ext_graphed/fp_graphed"] = med["reste_ext_graphed"] / med["fp_graphed"]
     return out
 
 
@@ -572,8 +591,10 @@ def print_rows(results: dict[str, dict], args: argparse.Namespace, device: torch
         if r.get("ext_error"):
             print(f"  {'':<{len(row)}}  the compiled extension's rows are not measured: {r['ext_error']}")
         if "reste_graphed/fp_graphed" in q:
+            ext = (f", through the C++ nodes reste/fp {q['reste_ext_graphed/fp_graphed']:.2f}x"
+                   if "reste_ext_graphed/fp_graphed" in q else "")
             print(f"  {'':<{len(row)}}  graphed: reste/fp {q['reste_graphed/fp_graphed']:.2f}x, "
-                  f"reste/ste {q['reste_graphed/ste_graphed']:.2f}x")
+                  f"reste/ste {q['reste_graphed/ste_graphed']:.2f}x{ext}")
         for k, err in r.get("graph_errors", {}).items():
             print(f"  {'':<{len(row)}}  {k}: not captured as a CUDA graph: {err}")
 

@@ -35,6 +35,51 @@ def test_the_training_step_benchmark_runs_and_writes_its_ratios(tmp_path):
     row = json.loads(out.read_text())["rows"]["single"]
     assert {"fp", "ste", "reste", "reference"} <= set(row["median_ms"])
     assert all(v > 0 for v in row["ratios"].values()) and row["check"] < 1e-5  # the reference's backward agrees
+    # the reference timed is the ReSTE model with every estimator swapped for the mask backward
+    assert row["reference_modules"] == 2 * len(binary_layers(models.create("resnet20_1w1a")))
+
+
+def test_each_ratio_divides_the_right_medians_and_each_target_reads_the_issue():
+    bench = _bench()
+    med = {"fp": 10.0, "ste": 11.0, "reste": 12.0, "reference": 40.0, "ste_ops": 13.0, "reste_ops": 14.0,
+           "ste_ext": 10.5, "reste_ext": 10.8, "fp_graphed": 4.0, "ste_graphed": 4.1, "reste_graphed": 4.2,
+           "reste_ext_graphed": 4.4}
+    assert bench.ratios({"median_ms": med}) == pytest.approx({
+        "reste/fp": 1.2, "reste/ste": 12 / 11, "reference/reste": 40 / 12,
+        "reste_ops/fp": 1.4, "reste_ops/ste_ops": 14 / 13, "reference/reste_ops": 40 / 14,
+        "reste_ext/fp": 1.08, "reste_ext/ste_ext": 10.8 / 10.5, "reference/reste_ext": 40 / 10.8,
+        "reste_graphed/fp_graphed": 4.2 / 4.0, "reste_graphed/ste_graphed": 4.2 / 4.1,
+        "reste_ext_graphed/fp_graphed": 1.1})
+    assert bench.GPU_TARGETS == {"reste/fp": ("<=", 1.15), "reste/ste": ("<=", 1.05), "reference/reste": (">=", 3.0)}
+    assert {k: bench.EXT_RATIOS[k] for k in bench.GPU_TARGETS} == {
+        "reste/fp": "reste_ext/fp", "reste/ste": "reste_ext/ste_ext", "reference/reste": "reference/reste_ext"}
+
+
+def test_the_rows_table_marks_each_row_from_its_ratios(capsys):
+    bench = _bench()
+    fast = {"fp": 10.0, "ste": 11.0, "reste": 11.2, "reference": 40.0, "ste_ext": 10.0, "reste_ext": 12.0}
+    slow = {"fp": 10.0, "ste": 10.0, "reste": 20.0, "reference": 50.0}
+    results = {name: {"median_ms": med, "check": 1e-7} for name, med in (("a-row", fast), ("b-row", slow))}
+    args = type("Args", (), {"repeats": 3, "warmup": 1, "epoch": 900, "epochs": 1000})()
+    bench.print_rows(results, args, torch.device("cpu"))
+    out = capsys.readouterr().out
+    assert ("a-row: reste/fp 1.12x (<= 1.15x: MET); reste/ste 1.02x (<= 1.05x: MET); reference/reste 3.57x (>= 3x: "
+            "MET)") in out
+    assert "C++ nodes: reste_ext/fp 1.20x (<= 1.15x: NOT MET); reste_ext/ste_ext 1.20x (<= 1.05x: NOT MET)" in out
+    assert ("b-row: reste/fp 2.00x (<= 1.15x: NOT MET); reste/ste 2.00x (<= 1.05x: NOT MET); reference/reste 2.50x "
+            "(>= 3x: NOT MET)") in out
+
+
+def test_each_timed_step_is_synchronised_and_the_warm_up_is_not_timed(monkeypatch):
+    """A GPU step is asynchronous: the device is synchronised before and after each timed step, the warm-up rounds
+    run first and untimed, and the order rotates every round."""
+    bench = _bench()
+    log = []
+    monkeypatch.setattr(bench, "sync", lambda device: log.append("sync"))
+    steps = {name: (lambda name=name: log.append(name)) for name in ("a", "b")}
+    times = bench.time_steps(steps, repeats=2, warmup=1, device=torch.device("cpu"))
+    assert log == ["a", "b", "sync", "sync", "a", "sync", "sync", "b", "sync", "sync", "b", "sync", "sync", "a", "sync"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
 
 
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="no C++ compiler for the extension")

@@ -262,6 +262,9 @@ def test_the_whole_epoch_benchmark_runs(tmp_path, monkeypatch):
         # every image counts, the last partial batch's 4 too (graphed steps train it eagerly since 57528b4)
         assert out["epoch_images_per_s"] == pytest.approx(100 / e["epoch_s"])
         assert out["bare_step"]["images_per_s"] > 0
+        # issue 11's figure: the whole epoch's images/s over the bare step's, and the path they ran through
+        assert out["epoch_over_step"] == pytest.approx(out["epoch_images_per_s"] / out["bare_step"]["images_per_s"])
+        assert out["kernel_path"] == engine.kernel_path(torch.device("cpu"))
         assert set(out["implied_hours"]) >= {"cifar10-resnet20-1w1a"}
         assert out["implied_hours"]["cifar10-resnet20-1w1a"] == pytest.approx(1000 * bench.full_epoch_s(e, 100, 16)
                                                                                  / 3600)

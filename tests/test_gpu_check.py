@@ -59,39 +59,98 @@ def _report(tmp_path: Path, rows: dict | None, epoch: dict | None, failed: dict 
     return done.stdout
 
 
-def test_the_report_marks_each_target_from_the_numbers(tmp_path):
-    row = {"ratios": {"reste/fp": 1.10, "reste/ste": 1.20, "reference/reste": 3.5,
-                      "reste_ext/fp": 1.05, "reste_ext/ste_ext": 1.10, "reference/reste_ext": 3.2},
-           "median_ms": {"fp": 10.0, "reste": 11.0, "reste_graphed": 5.5}}
-    slow = {"ratios": {"reste/fp": 2.0, "reste/ste": 1.01, "reference/reste": 1.9}, "median_ms": {"fp": 1.0}}
-    epoch = {"epoch_over_step": 0.80, "epoch_images_per_s": 40000.0, "bare_step": {"images_per_s": 50000.0}}
-    out = _report(tmp_path, {"resnet20-bf16-cl": row, "resnet20-fp32": slow}, epoch)
+def _verdict(line: str) -> str:
+    """A target line's verdict: MET, NOT MET, NOT MEASURED or NOT BUILT (``endswith(" MET")`` holds for NOT MET too)."""
+    found = re.search(r"\(target [<>]= [^)]*\)\s+(MET|NOT MET|NOT MEASURED|NOT BUILT)\b", line)
+    assert found, line
+    return found.group(1)
+
+
+def _lines(out: str):
     lines = out.splitlines()
 
     def line(label: str, row_name: str = "") -> str:
         return next(x for x in lines if label in x and row_name in x)
 
+    return line
+
+
+def test_the_report_marks_each_target_from_the_numbers(tmp_path):
+    row = {"ratios": {"reste/fp": 1.10, "reste/ste": 1.20, "reference/reste": 3.5,
+                      "reste_ext/fp": 1.05, "reste_ext/ste_ext": 1.02, "reference/reste_ext": 3.2},
+           "median_ms": {"fp": 10.0, "reste": 11.0, "reste_graphed": 5.5, "reste_ext_graphed": 7.0}}
+    slow = {"ratios": {"reste/fp": 2.0, "reste/ste": 1.01, "reference/reste": 1.9,
+                       "reste_ext/fp": 1.30, "reste_ext/ste_ext": 1.20, "reference/reste_ext": 2.5},
+            "median_ms": {"fp": 1.0}}
+    epoch = {"epoch_over_step": 0.80, "epoch_images_per_s": 40000.0, "bare_step": {"images_per_s": 50000.0},
+             "kernel_path": "C++ extension"}
+    out = _report(tmp_path, {"resnet20-bf16-cl": row, "resnet20-fp32": slow}, epoch)
+    line = _lines(out)
     assert "a made-up GPU" in out
-    assert line("ReSTE / FP, eager", "resnet20-bf16-cl").endswith(" MET")
-    assert line("ReSTE / FP, eager", "resnet20-fp32").endswith("NOT MET")
-    assert line("ReSTE / STE, eager", "resnet20-bf16-cl").endswith("NOT MET")
-    assert line("ReSTE / STE, eager", "resnet20-fp32").endswith(" MET")
-    assert line("reference / ReSTE", "resnet20-bf16-cl").endswith(" MET")
-    assert line("reference / ReSTE", "resnet20-fp32").endswith("NOT MET")
-    # the C++ nodes' lines (the default where nvcc is found): marked where measured, NOT MEASURED where not
-    assert line("ReSTE / FP, eager, C++ nodes", "resnet20-bf16-cl").endswith(" MET")
-    assert line("ReSTE / STE, eager, C++ nodes", "resnet20-bf16-cl").endswith("NOT MET")
-    assert line("reference / ReSTE, eager, C++ nodes", "resnet20-bf16-cl").endswith(" MET")
-    assert line("ReSTE / FP, eager, C++ nodes", "resnet20-fp32").endswith("NOT MEASURED")
-    assert "5.50 ms (target <= 6 ms)  MET" in line("--cuda-graphs")
-    assert "0.80   (target >= 0.85)  NOT MET" in line("whole-epoch")
+    assert _verdict(line("ReSTE / FP, eager, Python", "resnet20-bf16-cl")) == "MET"
+    assert _verdict(line("ReSTE / FP, eager, Python", "resnet20-fp32")) == "NOT MET"
+    assert _verdict(line("ReSTE / STE, eager, Python", "resnet20-bf16-cl")) == "NOT MET"
+    assert _verdict(line("ReSTE / STE, eager, Python", "resnet20-fp32")) == "MET"
+    assert _verdict(line("reference / ReSTE, eager, Python", "resnet20-bf16-cl")) == "MET"
+    assert _verdict(line("reference / ReSTE, eager, Python", "resnet20-fp32")) == "NOT MET"
+    # the C++ nodes' lines (the default where nvcc is found), from their own ratios: each verdict differs from the
+    # Python nodes' line of the same row
+    assert _verdict(line("ReSTE / FP, eager, C++ nodes", "resnet20-fp32")) == "NOT MET"
+    assert _verdict(line("ReSTE / STE, eager, C++ nodes", "resnet20-bf16-cl")) == "MET"
+    assert _verdict(line("ReSTE / STE, eager, C++ nodes", "resnet20-fp32")) == "NOT MET"
+    assert _verdict(line("reference / ReSTE, eager, C++ nodes", "resnet20-fp32")) == "NOT MET"
+    assert _verdict(line("reference / ReSTE, eager, C++ nodes", "resnet20-bf16-cl")) == "MET"
+    assert "1.020x" in line("ReSTE / STE, eager, C++ nodes", "resnet20-bf16-cl")  # its own figure
+    graphed = line("--cuda-graphs, Python nodes")
+    assert "5.500 ms  (target <= 6 ms)" in graphed and _verdict(graphed) == "MET"
+    graphed = line("--cuda-graphs, C++ nodes")
+    assert "7.000 ms  (target <= 6 ms)" in graphed and _verdict(graphed) == "NOT MET"
+    epoch_line = line("whole-epoch")
+    assert "C++ extension" in epoch_line and "0.800  (target >= 0.85)" in epoch_line
+    assert _verdict(epoch_line) == "NOT MET"
+    # where a row's C++ nodes were not timed, their lines say so
+    del row["ratios"]["reste_ext/fp"], row["median_ms"]["reste_ext_graphed"]
+    row["ext_error"] = "it did not build (RuntimeError: made up)"
+    line = _lines(_report(tmp_path, {"resnet20-bf16-cl": row}, epoch))
+    assert _verdict(line("ReSTE / FP, eager, C++ nodes", "resnet20-bf16-cl")) == "NOT MEASURED"
+    assert line("--cuda-graphs, C++ nodes").endswith("NOT MEASURED (it did not build (RuntimeError: made up))")
+
+
+@pytest.mark.parametrize("side", ["at", "beyond"])
+def test_each_bound_is_the_issues_and_a_value_at_it_meets_it(tmp_path, side):
+    """Each target's bound and direction: the value at the bound meets it, one a thousandth beyond does not (the
+    report prints 3 decimals, so 1.151 does not read 1.15 beside NOT MET)."""
+    d = 0.001 if side == "beyond" else 0.0
+    ratios = {"reste/fp": 1.15 + d, "reste/ste": 1.05 + d, "reference/reste": 3.0 - d,
+              "reste_ext/fp": 1.15 + d, "reste_ext/ste_ext": 1.05 + d, "reference/reste_ext": 3.0 - d}
+    row = {"ratios": ratios, "median_ms": {"reste_graphed": 6.0 + d, "reste_ext_graphed": 6.0 + d}}
+    epoch = {"epoch_over_step": 0.85 - d, "epoch_images_per_s": 1.0, "bare_step": {"images_per_s": 1.0}}
+    out = _report(tmp_path, {"resnet20-bf16-cl": row}, epoch)
+    verdicts = [_verdict(x) for x in out.splitlines() if "(target" in x]
+    assert len(verdicts) == 9 and set(verdicts) == {"MET" if side == "at" else "NOT MET"}, out
+    assert f"{1.15 + d:.3f}x" in out and f"{0.85 - d:.3f}" in out
+
+
+def test_a_reference_that_is_not_resTE_is_not_timed_against_it(tmp_path):
+    """train_step.py checks the reference's backward against ReSTE's: where they differ, the reference is some
+    other function, and its time is no measure of the authors' algorithm."""
+    ratios = {"reste/fp": 1.1, "reste/ste": 1.0, "reference/reste": 3.5, "reste_ext/fp": 1.1,
+              "reste_ext/ste_ext": 1.0, "reference/reste_ext": 3.5}
+    row = {"ratios": ratios, "median_ms": {}, "check": 0.25}
+    line = _lines(_report(tmp_path, {"resnet20-fp32": row}, None))
+    for path in ("Python nodes", "C++ nodes"):
+        assert line(f"reference / ReSTE, eager, {path}").endswith(
+            "NOT MEASURED (the reference's backward differs from ReSTE's by 2.5e-01)")
+    assert _verdict(line("ReSTE / FP, eager, Python")) == "MET"
+    row["check"] = 3e-7  # float rounding
+    assert _verdict(_lines(_report(tmp_path, {"resnet20-fp32": row}, None))("reference / ReSTE, eager, C")) == "MET"
 
 
 def test_the_report_says_not_measured_where_a_benchmark_did_not_run(tmp_path):
     out = _report(tmp_path, None, None)
     assert "training-step rows did not run" in out
     assert "NOT MEASURED" in out and "whole-epoch" in out
-    assert " MET" not in out.replace("NOT MET", "")
+    assert {_verdict(x) for x in out.splitlines() if "(target" in x} == {"NOT MEASURED"}
 
 
 def test_a_row_that_failed_is_not_measured_and_the_others_count(tmp_path):
@@ -102,9 +161,11 @@ def test_a_row_that_failed_is_not_measured_and_the_others_count(tmp_path):
     lines = out.splitlines()
     assert "row resnet20-bf16-cl failed (OutOfMemoryError: CUDA out of memory)" in out
     for label in ("ReSTE / FP, eager, Python", "ReSTE / STE, eager, Python", "reference / ReSTE, eager, Python"):
-        assert next(x for x in lines if label in x and "resnet20-fp32" in x).endswith(" MET")
-        assert next(x for x in lines if label in x and "resnet20-bf16-cl" in x).endswith("NOT MEASURED")
-    assert next(x for x in lines if "--cuda-graphs" in x).endswith("NOT MEASURED (its row failed; see above)")
+        assert _verdict(next(x for x in lines if label in x and "resnet20-fp32" in x)) == "MET"
+        assert _verdict(next(x for x in lines if label in x and "resnet20-bf16-cl" in x)) == "NOT MEASURED"
+    for path in ("Python nodes", "C++ nodes"):
+        graphed = next(x for x in lines if f"--cuda-graphs, {path}" in x)
+        assert graphed.endswith("NOT MEASURED (its row failed; see above)")
 
 
 def test_rows_that_section_4_did_not_reach_are_not_measured_and_named(tmp_path):
@@ -119,7 +180,7 @@ def test_rows_that_section_4_did_not_reach_are_not_measured_and_named(tmp_path):
         assert f"row {name} was not reached" in out
         for label in ("ReSTE / FP, eager, Python", "ReSTE / STE, eager, Python", "reference / ReSTE, eager, Python",
                       "ReSTE / FP, eager, C++ nodes"):
-            assert next(x for x in lines if label in x and name in x).endswith("NOT MEASURED")
+            assert _verdict(next(x for x in lines if label in x and name in x)) == "NOT MEASURED"
     graphed = next(x for x in lines if "--cuda-graphs" in x)
     assert graphed.endswith("NOT MEASURED (section 4 did not reach row resnet20-bf16-cl)")
     # a row that ran but whose capture raised says so, with the error
@@ -153,7 +214,38 @@ def test_the_run_keeps_its_log_and_figures_and_ends_with_a_summary(tmp_path):
     assert "== 6. Targets" in log and log.rstrip().endswith(out.rstrip().splitlines()[-1])  # whole to its end
     summary = out[out.index("== Summary"):]
     assert "1. Triton kernels: ok" in summary and "5. whole epoch: ok" in summary
-    assert "ReSTE / FP, eager" in summary and summary.count("MET") >= 5
+    assert "ReSTE / FP, eager" in summary and summary.count("  MET") >= 5
+    # where section 3 passed, section 4 times the C++ nodes and section 5 runs the default path: them
+    bench = next(x for x in out.splitlines() if x.startswith("(fake) train_step.py"))
+    assert "--no-ext" not in bench and "RESTE_CUDA_EXT=unset" in out
+    assert "whole-epoch" in summary and "C++ extension" in summary
+    assert _verdict(next(x for x in summary.splitlines() if "--cuda-graphs, C++ nodes" in x)) == "MET"
+
+
+@pytest.mark.parametrize("failing", ["FAKE_DEFAULT_RC", "FAKE_NODES_RC"])
+def test_an_extension_that_fails_section_3_is_not_timed_and_fails_the_run(tmp_path, failing):
+    """The default not taking the C++ nodes, or node_overhead.py (which runs them) failing: section 4 leaves the C++
+    rows out (--no-ext), section 5 runs the Python nodes, and the run fails."""
+    rc, out = _fake_run(tmp_path, **{failing: "1"})
+    assert rc == 1, out
+    summary = out[out.index("== Summary"):]
+    name = "3. the default takes the C++ nodes" if failing == "FAKE_DEFAULT_RC" else "3. node overhead (no target)"
+    assert f"{name}: FAILED (exit 1)" in summary
+    assert "--no-ext" in next(x for x in out.splitlines() if x.startswith("(fake) train_step.py"))
+    assert "RESTE_CUDA_EXT=0" in out and "Triton kernels" in summary
+    assert "4. training-step rows: ok" in summary and "5. whole epoch: ok" in summary
+    assert next(x for x in summary.splitlines() if "--cuda-graphs, C++ nodes" in x).endswith(
+        "NOT MEASURED (the C++ nodes were not timed (--no-ext: see section 3))")
+
+
+def test_a_hung_build_leaves_the_timed_sections_their_time(tmp_path):
+    """The extension builds in the background from the start under a limit that leaves sections 4 and 5 their
+    time (and section 3's tests their minimum), whatever GPU_CHECK_BUDGET is: 200 s gives it 15 s."""
+    rc, out = _fake_run(tmp_path, FAKE_HANG_BUILD="1", GPU_CHECK_BUDGET="200")
+    assert rc == 1, out
+    summary = out[out.index("== Summary"):]
+    assert "3. extension build: TIMED OUT" in summary and "ran out of time" in out
+    assert "4. training-step rows: ok" in summary and "5. whole epoch: ok" in summary
 
 
 def test_a_section_that_hangs_costs_itself_and_the_budget_not_the_report(tmp_path):
@@ -174,8 +266,8 @@ def test_a_section_that_hangs_costs_itself_and_the_budget_not_the_report(tmp_pat
 def test_the_extension_section_leaves_the_timed_sections_their_time(tmp_path):
     """The extension's build and tests (limits 300 and 240 s) come before the timed rows: a hang there is cut so
     that sections 4 and 5, the targets' figures, keep 150 s of the budget (without it the fake tests here would
-    hang 165 s)."""
-    rc, out = _fake_run(tmp_path, FAKE_HANG_PYTEST="1", GPU_CHECK_BUDGET="190")
+    hang 175 s)."""
+    rc, out = _fake_run(tmp_path, FAKE_HANG_PYTEST="1", GPU_CHECK_BUDGET="200")
     assert rc == 1, out
     summary = out[out.index("== Summary"):]
     assert "3. extension tests on CUDA: TIMED OUT" in summary
