@@ -16,6 +16,7 @@ from reste.errors import UsageError
 from reste.export import PackedModel, export_model, export_onnx, format_report
 from reste.layers import BinaryConv2d
 
+from build_checks import require_built
 from cli_checks import one_line_error
 from export_checks import assert_computes_model
 from test_export_deploy import _run
@@ -342,3 +343,106 @@ def test_a_batch_norm_after_a_folded_one_folds_only_where_it_is_the_one_reader(t
     report = export_model(model, path, input_size=(1, 6, 6))
     assert report["folded_batch_norms"] == folded and report["verify"]["ok"]
     assert_computes_model(path, model, torch.randn(8, 1, 6, 6))
+
+
+class _Shifted(BinaryConv2d):
+    """ReActNet's RSign: sign(x - beta), a learnable threshold, as a binary_input of its own."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.beta = nn.Parameter(torch.full((1, self.in_channels, 1, 1), 0.3))
+
+    def binary_input(self, x):
+        return super().binary_input(x - self.beta)
+
+
+class _Tripled(BinaryConv2d):
+    def binary_weight(self):
+        return super().binary_weight() * 3
+
+
+class _Doubled(BinaryConv2d):
+    def forward(self, input):  # noqa: A002 - nn.Conv2d's name
+        return super().forward(input) * 2
+
+
+class _Scaled(BinaryConv2d):
+    def scale(self):
+        return 2 * self.weight.abs().mean()
+
+
+@pytest.mark.parametrize("layer, step", [(_Shifted, "binary_input"), (_Tripled, "binary_weight"),
+                                         (_Doubled, "forward"), (BinaryConv2d, "binary_input")])
+def test_a_binary_layer_with_a_step_of_its_own_is_refused_before_a_file_is_written(tmp_path, layer, step):
+    """(review user2 #1) Both formats compute reste's own layer, sign(x) against sign(W) * scale: a subclass's
+    binary_input, binary_weight or forward was exported as the plain layer (a packed file agreeing with the model on
+    28% of the images, an ONNX file whose check said ok)."""
+    model = _classifier(10)
+    model[2] = layer(4, 8, 3, padding=1)
+    if layer is BinaryConv2d:  # one layer's own step, set on it
+        model[2].binary_input = lambda x: model[2].input_estimator(x - 0.3)
+    model.eval()
+    message = (rf"cannot export 2: its class {layer.__name__} has a {step} of its own, and the packed file computes "
+               rf"reste's {step} in its place")
+    with pytest.raises(UsageError, match=message):
+        export_model(model, tmp_path / "m.rbnn", input_size=(1, 8, 8))
+    with pytest.raises(UsageError, match=f"the ONNX file computes reste's {step}"):
+        export_onnx(model, tmp_path / "m.onnx", input_size=(1, 8, 8))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_binary_layer_with_a_scale_of_its_own_is_exported_with_it(tmp_path):
+    """The exporters read a layer's scale(): a subclass's own is what the file computes."""
+    model = _classifier(10)
+    model[2] = _Scaled(4, 8, 3, padding=1)
+    model.eval()
+    path = tmp_path / "m.rbnn"
+    assert export_model(model, path, input_size=(1, 8, 8))["verify"]["ok"]
+    assert_computes_model(path, model, torch.randn(16, 1, 8, 8))
+
+
+@pytest.mark.parametrize("size, message", [
+    (None, r"export_onnx needs input_size, one input's shape such as \(C, H, W\)"),
+    ((1, 8.0, 8), r"input_size must be one input's shape, positive integers such as \(C, H, W\), got \(1, 8.0, 8\)"),
+    ((8, 8), r"the model fails on an input of input_size \(8, 8\) \(expected 4D input \(got 3D input\)\)"),
+    ((3, 8, 8), r"the model fails on an input of input_size \(3, 8, 8\) \(Given groups=1, weight of size"),
+])
+def test_export_onnx_refuses_an_input_size_as_export_model_does(tmp_path, size, message):
+    """(review user2 #2) A float or None gave a raw TypeError; a size the model cannot take, the two exporters'
+    messages, one blaming 2 channels (the size of its check batch read as an unbatched input's channels)."""
+    with pytest.raises(UsageError, match=message) as err:
+        export_onnx(_classifier(10), tmp_path / "m.onnx", input_size=size)
+    assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("size, message", [
+    (8, r"input_size must be one input's shape, positive integers such as \(C, H, W\), got 8"),
+    ((8, 8), r"the model fails on an input of input_size \(8, 8\) \(expected 4D input \(got 3D input\)\)"),
+])
+def test_a_summary_refuses_an_input_size_in_one_line(size, message):
+    """(review user2 #2) describe(model, 8) gave a TypeError, describe(model, (8, 8)) the model's ValueError."""
+    from reste.models import describe
+
+    with pytest.raises(UsageError, match=message):
+        describe(_classifier(10), size)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_a_loaded_packed_model_pickles_and_deep_copies(tmp_path, backend):
+    """(review user2 #3) A pool of spawned workers pickles the model it is given (as serving frameworks do their
+    handlers): the C library's function pointers and the NumPy kernels' closures could not be pickled. A copy is
+    made again from the file's header and tensors, and computes the same logits."""
+    import copy
+    import pickle
+
+    from reste.export import kernels
+
+    if backend == "c":
+        require_built(kernels.c_kernel_error(), "the packed C kernels")
+    path = tmp_path / "m.rbnn"
+    export_model(_classifier(10), path, input_size=(1, 8, 8))
+    model = PackedModel.load(path, backend=backend, fuse_signs=False)
+    x = torch.randn(6, 1, 8, 8)
+    for other in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert other is not model and other.backend == model.backend and torch.equal(other(x), model(x))
+        assert other.meta == model.meta and not other._source[2]["fuse_signs"]

@@ -73,6 +73,23 @@ def one_line(err: BaseException) -> str:
     return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
 
 
+def checked_input_size(input_size: Any) -> tuple[int, ...] | None:
+    """``input_size``, one input's shape ((C, H, W); (features,) for an MLP), refused with one line unless
+    positive integers (``None`` stays ``None``)."""
+    import operator
+
+    if input_size is None:
+        return None
+    try:
+        size = tuple(operator.index(v) for v in input_size)  # Python's or NumPy's integers, not floats or bools
+    except TypeError:
+        size = ()
+    if not size or any(v <= 0 for v in size) or any(isinstance(v, bool) for v in input_size):
+        raise UsageError(f"input_size must be one input's shape, positive integers such as (C, H, W), got "
+                         f"{input_size!r}")
+    return size
+
+
 def did_you_mean(name: object, choices) -> str:
     """``"did you mean 'resnet20'? "`` for an unknown name close to one of ``choices`` (a typo, another case, a
     name inside one: ``mnist`` for ``fashion-mnist``), to go before a message's list of the valid names; else ``""``."""

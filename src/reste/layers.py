@@ -224,6 +224,14 @@ def _class_steps(cls: type, steps: tuple[str, ...]) -> bool:
     return own
 
 
+def own_steps(layer: nn.Module, steps: tuple[str, ...]) -> list[str]:
+    """Which of ``steps`` (methods of reste's binary layers: ``forward``, ``binary_input`` ...) ``layer`` has of its
+    own: set on the layer itself, or defined by its class over reste's; ``[]`` for a module that is none of them."""
+    if not isinstance(layer, _BinaryMixin):
+        return []
+    return [step for step in steps if step in layer.__dict__ or _differs(type(layer), (step,))]
+
+
 def _differs(cls: type, steps: tuple[str, ...]) -> bool:
     library = next(c for c in cls.__mro__ if c.__module__ == __name__ and not c.__name__.startswith("_"))
     return any(getattr(cls, name, None) is not getattr(library, name, None) for name in steps)
@@ -275,6 +283,23 @@ def unwatched(model: nn.Module) -> Iterator[None]:
     finally:
         for m, name in watched:
             m.watch_inputs = name
+
+
+def dummy_forward(model: nn.Module, input_size: tuple[int, ...]) -> Any:
+    """One forward of ``model`` on zeros of shape ``(1, *input_size)`` (on its parameters' device and dtype) in eval
+    mode, without gradients or the input check (:func:`unwatched`), for a summary or an export; where the model
+    cannot take that size, its own error in one line."""
+    from .errors import UsageError
+
+    param = next(model.parameters(), None)
+    kwargs = {} if param is None else {"device": param.device, "dtype": param.dtype}
+    with torch.no_grad(), unwatched(model), eval_mode(model):
+        try:
+            return model(torch.zeros(1, *input_size, **kwargs))
+        except Exception as err:  # noqa: BLE001 - the model's own error, in one line
+            first = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
+            raise UsageError(f"the model fails on an input of input_size {tuple(input_size)} ({first}); check "
+                             "input_size against the model") from None
 
 
 def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:

@@ -20,7 +20,6 @@ import contextlib
 import copy
 import json
 import math
-import operator
 import os
 import warnings
 from collections.abc import Mapping
@@ -33,8 +32,8 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from ..errors import UsageError, cannot_write
-from ..layers import eval_mode, unwatched
+from ..errors import UsageError, cannot_write, checked_input_size
+from ..layers import dummy_forward, eval_mode
 from . import format as fmt
 from . import ir
 from .graph import Bits, to_graph
@@ -162,7 +161,7 @@ def export_model(
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
 
     check_output_path(path)
-    input_size = _checked_input_size(input_size)
+    input_size = checked_input_size(input_size)
     meta = _checked_meta(meta, input_size)
     model = _as_float32(unwrapped(model))
     initialise_lazy(model, input_size)
@@ -241,14 +240,7 @@ def initialise_lazy(model: nn.Module, input_size: tuple[int, ...] | None) -> Non
     if not lazy():
         return
     if input_size is not None:
-        device = next((t.device for t in model.parameters()), torch.device("cpu"))
-        try:
-            with torch.no_grad(), eval_mode(model), unwatched(model):
-                model(torch.zeros(1, *input_size, device=device))
-        except Exception as err:  # noqa: BLE001 - the model's own error, in one line
-            first = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
-            raise UsageError(f"the model fails on an input of input_size {tuple(input_size)} ({first}); check "
-                             "input_size against the model") from None
+        dummy_forward(model, input_size)
     left = lazy()
     if not left:
         return
@@ -296,21 +288,6 @@ def _as_float32(model: nn.Module) -> nn.Module:
     if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
         return model
     return copy.deepcopy(model).float()
-
-
-def _checked_input_size(input_size: Any) -> tuple[int, ...] | None:
-    """``input_size``, one input's shape ((C, H, W); (features,) for an MLP), refused with one line unless
-    positive integers (``to_graph`` refuses a size the model cannot take)."""
-    if input_size is None:
-        return None
-    try:
-        size = tuple(operator.index(v) for v in input_size)  # Python's or NumPy's integers, not floats or bools
-    except TypeError:
-        size = ()
-    if not size or any(v <= 0 for v in size) or any(isinstance(v, bool) for v in input_size):
-        raise UsageError(f"input_size must be one input's shape, positive integers such as (C, H, W), got "
-                         f"{input_size!r}")
-    return size
 
 
 def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, Any]:

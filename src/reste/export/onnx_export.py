@@ -206,14 +206,21 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     ``"unchecked"`` (why, and the command that installs it) in what is returned.
     Returns ``{"path", "bytes", "exporter"}`` [``"fallback"``] and the check's keys.
     """
+    from ..errors import checked_input_size
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
+    from ..layers import dummy_forward
     from .exporter import _as_float32, initialise_lazy, staged, unwrapped, warn_hooks
 
     path = Path(path)
     check_output_path(path)
     require_onnx()
+    input_size = checked_input_size(input_size)
+    if input_size is None:
+        raise UsageError("export_onnx needs input_size, one input's shape such as (C, H, W): the file is traced "
+                         "on an input of that size")
     model = _as_float32(unwrapped(model))  # the exporters cannot trace the wrappers; the check runs in float32
     initialise_lazy(model, input_size)
+    dummy_forward(model, input_size)  # (a size the model cannot take: its own error, not the two exporters')
     warn_hooks(model, "export_onnx")
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")

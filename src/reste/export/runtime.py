@@ -377,6 +377,11 @@ def class_scores(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _rebuilt(header: dict[str, Any], tensors: list[np.ndarray], options: dict[str, Any]) -> "PackedModel":
+    """A :class:`PackedModel` unpickled (:meth:`PackedModel.__reduce__`)."""
+    return PackedModel(header, tensors, **options)
+
+
 class PackedModel:
     """A packed-model file loaded for inference (see :func:`reste.export.export_model`).
 
@@ -399,6 +404,9 @@ class PackedModel:
             raise ValueError(f"meta classes is not a list of names: {header['meta']['classes']!r}"[:200])
         self.header = header
         self.meta: dict[str, Any] = header.get("meta", {})
+        # what a copy is made from: another process (a spawned worker) picks its own kernels for its own CPU
+        self._source = (header, tensors, {"backend": backend, "threads": threads, "isa": isa, "pool": pool,
+                                          "fuse_signs": fuse_signs})
         self.kernels = get_kernels(backend, threads, isa, pool)
         self.backend = self.kernels.name
         self.isa: str | None = getattr(self.kernels, "isa", None)
@@ -548,6 +556,12 @@ class PackedModel:
             raise UsageError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise UsageError(f"{path} is a corrupted packed model ({type(err).__name__}: {err})") from None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (a spawned worker's model, ``copy.deepcopy``) as the file's header and tensors and the options of
+        :meth:`load`: the kernels (C functions, closures) are made again where it is unpickled."""
+        header, tensors, options = self._source
+        return _rebuilt, (header, tensors, options)
 
     # ------------------------------------------------------------------ op builders
 

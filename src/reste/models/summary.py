@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import eval_mode, unwatched
+from ..errors import UsageError, checked_input_size
+from ..layers import dummy_forward
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -76,6 +77,9 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
     file stores them). MACs are per sample; an ``nn.MultiheadAttention`` counts its in-projections and attention
     products, its ``out_proj`` row the output projection.
     """
+    input_size = checked_input_size(input_size)
+    if input_size is None:
+        raise UsageError("a summary needs input_size, one input's shape such as (C, H, W)")
     layers = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
     stats: dict[str, dict[str, Any]] = {n: {"macs": 0, "output_shape": None} for n, _ in layers}
 
@@ -96,11 +100,9 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
 
     handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
     try:
-        param = next(model.parameters(), None)
-        kwargs = {} if param is None else {"device": param.device, "dtype": param.dtype}
-        # each module back in its own mode after: a frozen BatchNorm stays frozen (review models #4)
-        with torch.no_grad(), unwatched(model), eval_mode(model):  # (a zero input is no sign of a ReLU before a
-            model(torch.zeros(1, *input_size, **kwargs))           # binary layer)
+        # each module back in its own mode after: a frozen BatchNorm stays frozen (review models #4); a zero input is
+        # no sign of a ReLU before a binary layer
+        dummy_forward(model, input_size)
     finally:
         for h in handles:
             h.remove()
