@@ -310,6 +310,8 @@ def test_a_full_stdout_is_named_not_the_disk(tmp_path):
 def test_each_setting_is_blamed_alone(capsys):
     assert _one_line(capsys, ["train", "--momentum", "1.5", "--print-config"]).endswith(
         "--momentum must be in [0, 1), got 1.5")
+    assert _one_line(capsys, ["train", "--momentum", "1", "--print-config"]).endswith(  # (a velocity never decaying)
+        "--momentum must be in [0, 1), got 1.0")
     assert _one_line(capsys, ["train", "--weight-decay", "-1", "--print-config"]).endswith(
         "--weight-decay must be >= 0, got -1.0")
 

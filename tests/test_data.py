@@ -266,7 +266,15 @@ def test_fashion_mnist_default_locations(tmp_path, monkeypatch):
     monkeypatch.setattr(formats, "DEFAULT_ROOT", tmp_path / "nowhere")
     _, _, info = load_datasets("fashion-mnist")
     assert (info.train_size, info.test_size) == (30, 10)
+    # (review mut8 #5) the system's copy first, then ./data's (the README's order): both there, the system's is read
+    write_fashion(tmp_path / "here" / "FashionMNIST" / "raw", n_train=50, n_test=20)
+    monkeypatch.setattr(formats, "DEFAULT_ROOT", tmp_path / "here")
+    _, _, info = load_datasets("fashion-mnist")
+    assert (info.train_size, info.test_size) == (30, 10)
     monkeypatch.setattr(formats, "SYSTEM_FASHION_MNIST", tmp_path / "absent")
+    _, _, info = load_datasets("fashion-mnist")  # then ./data's
+    assert (info.train_size, info.test_size) == (50, 20)
+    monkeypatch.setattr(formats, "DEFAULT_ROOT", tmp_path / "nowhere")
     msg = usage_error(load_datasets, "fashion-mnist")
     assert str(tmp_path / "absent") in msg and "dataset-fashion-mnist" in msg and "data_path " in msg
 
@@ -278,6 +286,19 @@ def test_real_fashion_mnist_from_debian_package():
                                D.FASHION_MNIST_CLASSES)
     assert torch.equal(torch.bincount(test.labels), torch.full((10,), 1000))
     assert abs(train.images.mean().item()) < 0.01 and abs(train.images.std().item() - 1) < 0.01
+
+
+@pytest.mark.parametrize("code, dtype", [(0x08, "u1"), (0x09, "i1"), (0x0B, ">i2"), (0x0C, ">i4"), (0x0D, ">f4"),
+                                         (0x0E, ">f8")])
+def test_read_idx_reads_each_type_of_the_format(tmp_path, code, dtype):
+    """(review mut8 #6) idx files hold big-endian values of six types; only unsigned bytes were read in the tests."""
+    values = np.array([[1, 100], [-5, 70]] if dtype != "u1" else [[1, 100], [250, 70]]).astype(dtype)
+    if dtype == ">i4":
+        values[1, 1] = 70000
+    path = tmp_path / "values"
+    path.write_bytes(struct.pack(">I", (code << 8) | 2) + struct.pack(">2I", 2, 2) + values.tobytes())
+    got = read_idx(path)
+    assert got.dtype == np.dtype(dtype) and got.tolist() == values.tolist()
 
 
 def test_read_idx_validates(tmp_path):
@@ -365,6 +386,12 @@ def test_fashion_mnist_errors(tmp_path, monkeypatch):
     (ten / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
     usage_error(load_datasets, "fashion-mnist", ten, match="train-labels-idx1-ubyte has label 10, Fashion-MNIST's are "
                                                           "0..9")
+    # (review mut8 #2) images of another size: the file named, not the model blamed for its input
+    large = tmp_path / "large"
+    write_fashion(large, gz=False)
+    (large / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((50, 32, 32), np.uint8)))
+    usage_error(load_datasets, "fashion-mnist", large, match="train-images-idx3-ubyte holds 32x32 images, "
+                                                            "Fashion-MNIST's are 28x28")
 
 
 def test_fashion_mnist_offline_download(tmp_path, monkeypatch):
@@ -661,6 +688,11 @@ def test_cifar10_errors(tmp_path, monkeypatch):
     for name, bad in (("label10", 10), ("label-1", -1)):  # (review tests2 #8: the edge, 10, was not tested)
         root = corrupt(name, pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 9, bad, 1]}))
         usage_error(load_datasets, "cifar10", root, match="data_batch_2 has labels outside 0..9")
+    # (review mut8 #1) a label short: every later image would take the next one's label
+    short = corrupt("short", pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2]}))
+    usage_error(load_datasets, "cifar10", short, match="data_batch_2 has 3 labels for 4 images")
+    wide = corrupt("wide", pickle.dumps({b"data": np.full((4, 3072), 25500, np.int64), b"labels": [0] * 4}))
+    usage_error(load_datasets, "cifar10", wide, match="type int64; a CIFAR-10 batch holds uint8 rows")
 
     class Evil:
         def __reduce__(self):
@@ -1412,6 +1444,28 @@ def test_each_epoch_draws_its_own_order():
     assert all(sorted(o.tolist()) == list(range(1000)) for o in orders)
     assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
     assert torch.equal(orders[1], epoch_order(1000, 7, 1)) and not torch.equal(orders[1], epoch_order(1000, 8, 1))
+
+
+def test_a_seed_and_an_epoch_are_mixed_in_order():
+    """(review mut8 #3) A mix that ignored the order of its values (or cancelled equal ones) gave seed 1's epoch 0
+    the order of seed 0's epoch 1: the seeds of a sweep, which its tables treat as independent, replayed each other's
+    shuffles an epoch apart."""
+    from reste.data.sampling import epoch_order, mix_seed
+
+    assert mix_seed(0, 1) != mix_seed(1, 0) and mix_seed(3, 3) != mix_seed(5, 5) and mix_seed(2, 7) == mix_seed(2, 7)
+    assert not torch.equal(epoch_order(1000, 0, 1), epoch_order(1000, 1, 0))
+
+
+def test_an_epoch_samplers_keys_are_the_epoch_it_draws():
+    """(review mut8 #8) Each key (seed, epoch, index) gives a sample's augmentation: the epoch is the one whose order
+    is drawn, whether set or the next one."""
+    from reste.data.sampling import EpochSampler, epoch_order
+
+    sampler = EpochSampler(5, seed=2)
+    sampler.set_epoch(3)
+    keys = list(sampler)
+    assert keys == [(2, 3, i) for i in epoch_order(5, 2, 3).tolist()]
+    assert list(sampler) == [(2, 4, i) for i in epoch_order(5, 2, 4).tolist()]  # no set_epoch: the next one
 
 
 def test_a_samples_augmentation_changes_with_the_epoch_and_only_with_its_key():

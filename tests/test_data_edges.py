@@ -222,3 +222,21 @@ def test_a_damaged_file_of_the_system_copy_is_the_package_to_reinstall(tmp_path,
     msg = usage_error(load_datasets, "fashion-mnist", match=str(idx))
     assert msg.endswith("reinstall Debian's dataset-fashion-mnist package, or pass data_path a folder holding a good "
                         "copy") and "delete" not in msg
+
+
+def test_an_image_folders_samples_are_in_torchvisions_order(tmp_path):
+    """(review mut8 #7) torchvision sorts the walked folders by path, and "a-b" comes before "a/x" there ("-" sorts
+    before "/"): the samples' indices, which the epoch's order and `reste predict DIR`'s rows follow, are its."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from reste.data.imagefolder import VisibleImageFolder, image_files_below
+
+    for rel in ("cls/a/1.png", "cls/a-b/2.png", "cls/a/x/3.png", "cls/a.b/4.png", "cls/a0/5.png", "cls/b/6.png",
+                "other/z.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    classes = {"cls": 0, "other": 1}
+    want = make_dataset(str(tmp_path), classes, IMG_EXTENSIONS)
+    assert [p for p, _ in want if "/a/x/" in p] and VisibleImageFolder.make_dataset(str(tmp_path), classes,
+                                                                                    IMG_EXTENSIONS) == want
+    assert image_files_below(str(tmp_path / "cls")) == [p for p, c in want if c == 0]

