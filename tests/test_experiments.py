@@ -357,7 +357,7 @@ def test_each_cell_is_its_own_statistic_of_its_own_column(tmp_path):
     seeds = {}
     for seed, accs in enumerate(curves):
         rel = f"runs/o1/seed{seed}"
-        _fake_run(tmp_path / rel, accs, [3, 2, 1], [0.1, 0.2, 0.3])
+        _fake_run(tmp_path / rel, accs, [3, 2, 1 + seed ** 3], [0.1, 0.2, 0.3 + 0.1 * seed])
         seeds[str(seed)] = rel
     seeds["3"] = "runs/o1/seed3"
     (tmp_path / "runs" / "o1" / "seed3").mkdir()
@@ -371,10 +371,17 @@ def test_each_cell_is_its_own_statistic_of_its_own_column(tmp_path):
     assert row["best_acc_mean"] == pytest.approx(statistics.fmean(best)) != statistics.median(best)
     assert row["final_acc_mean"] == pytest.approx(statistics.fmean(final)) != statistics.median(final)
     assert (row["n"], row["n_runs"], row["n_diverged"]) == (3, 4, 0)
+    runs = _read_csv(tmp_path / "runs.csv")
+    cells = {}
+    for key in ("estimating_error", "gradient_stability"):
+        values = [float(run[key]) for run in runs]
+        assert len(set(values)) == 3 and row[f"{key}_mean"] == pytest.approx(statistics.fmean(values))
+        cells[key] = (statistics.fmean(values), statistics.stdev(values))
+    (error, error_std), (stability, stability_std) = cells.values()
     line = (tmp_path / "results.md").read_text().splitlines()[-1]
-    assert line.startswith(f"| o_end=1 | {statistics.fmean(best):.2f} ± {statistics.stdev(best):.2f} | "
-                           f"{statistics.fmean(final):.2f} ± {statistics.stdev(final):.2f} |"), line
-    assert line.endswith("| 3/4 |") and "diverged" not in line
+    assert line == (f"| o_end=1 | {statistics.fmean(best):.2f} ± {statistics.stdev(best):.2f} | "
+                    f"{statistics.fmean(final):.2f} ± {statistics.stdev(final):.2f} | {error:.4g} ± {error_std:.2g} | "
+                    f"{stability:.3g} ± {stability_std:.2g} | 3/4 |")
 
 
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
