@@ -661,11 +661,11 @@ def mark(value, op, bound):
 
 def target(label, row, value, op, bound, unit="x"):
     """A target line: the value to 3 decimals, as compared (1.1504 is NOT MET against 1.15)."""
-    return f"  {label:<56} {row:<22} {value:7.3f}{unit}  (target {op} {bound:g}{unit})  {mark(value, op, bound)}"
+    return f"  {label:<60} {row:<22} {value:7.3f}{unit}  (target {op} {bound:g}{unit})  {mark(value, op, bound)}"
 
 
 def unmeasured(label, row, op, bound, why="", unit="x"):
-    return f"  {label:<56} {row:<22} {'':>8}  (target {op} {bound:g}{unit})  NOT MEASURED{why}"
+    return f"  {label:<60} {row:<22} {'':>8}  (target {op} {bound:g}{unit})  NOT MEASURED{why}"
 
 
 def disagrees(row):

@@ -869,6 +869,8 @@ def test_the_hint_names_the_pip_install_of_torchs_own_toolkit_version(monkeypatc
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     assert cuda_ext.toolkit_hint() == ("install the CUDA toolkit 12.8 (nvcc, cuda_runtime.h, libcudart) or set "
                                        "CUDA_HOME")
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only torch
+    assert cuda_ext.toolkit_hint().startswith("install the CUDA toolkit (nvcc")
 
     def missing(name):
         raise metadata.PackageNotFoundError(name)
@@ -1199,8 +1201,11 @@ def test_the_toolkit_is_found_behind_an_nvcc_wrapper(tmp_path, monkeypatch):
     linked = _toolkit(tmp_path / "elsewhere")
     wrapper.symlink_to(linked / "bin" / "nvcc")
     assert cuda_ext.cuda_home() == str(linked)
-    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(old))  # a complete guess is kept
-    assert cuda_ext.cuda_home() == str(old)
+    monkeypatch.setenv("PATH", "")  # no nvcc on PATH: torch guesses /usr/local/cuda, a folder of the usual places
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(old))
+    assert cuda_ext.cuda_home() == str(tmp_path / "cuda-12.10")  # (the complete ones ranked by version first)
+    monkeypatch.setattr(cuda_ext, "_TOOLKITS", ())
+    assert cuda_ext.cuda_home() == str(old)  # nothing found: torch's guess
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "usr"))  # and what the user set is used as set
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path / "usr"))
     assert cuda_ext.cuda_home() == str(tmp_path / "usr")
@@ -1228,15 +1233,19 @@ def test_pips_nvidia_wheels_are_a_toolkit_where_they_hold_nvcc_and_cccl(tmp_path
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
     local = _toolkit(tmp_path / "cuda-13.0")
-    monkeypatch.setattr(cuda_ext, "_TOOLKITS", (str(tmp_path / "cuda-*"),))
+    # (review diff22 #2) torch's guess without nvcc on PATH is /usr/local/cuda, which may be of another CUDA version
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(_toolkit(tmp_path / "usr-local-cuda")))
+    monkeypatch.setattr(cuda_ext, "_TOOLKITS", (str(tmp_path / "usr-local-cuda"), str(tmp_path / "cuda-*")))
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert cuda_ext.cuda_home() == str(home) and cuda_ext._toolkit_found()
     monkeypatch.setattr(torch.version, "cuda", "12.8")  # not torch's CUDA version
-    assert cuda_ext.cuda_home() == str(local)
+    assert cuda_ext.cuda_home() == str(tmp_path / "usr-local-cuda")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     (home / "include" / "nv" / "target").unlink()  # nvcc without CCCL (cuda-toolkit[nvcc] alone): its build fails
+    assert cuda_ext.cuda_home() == str(tmp_path / "usr-local-cuda")
+    monkeypatch.setattr(cuda_ext, "_TOOLKITS", (str(tmp_path / "cuda-*"),))
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
     assert cuda_ext.cuda_home() == str(local)
     shutil.rmtree(local)
     assert cuda_ext.cuda_home() is None and not cuda_ext._toolkit_found()

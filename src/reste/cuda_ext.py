@@ -206,26 +206,27 @@ def toolkit_hint() -> str:
     if _wheels_major():
         with contextlib.suppress(metadata.PackageNotFoundError):
             return f'pip install "cuda-toolkit[nvcc,cccl]=={metadata.version("cuda-toolkit")}", or set CUDA_HOME'
-    return f"install the CUDA toolkit {torch.version.cuda or ''} (nvcc, cuda_runtime.h, libcudart) or set CUDA_HOME"
+    version = f" {torch.version.cuda}" if torch.version.cuda else ""
+    return f"install the CUDA toolkit{version} (nvcc, cuda_runtime.h, libcudart) or set CUDA_HOME"
 
 
 def cuda_home() -> str | None:
     """The CUDA toolkit the extension is built with: ``$CUDA_HOME`` (or ``$CUDA_PATH``) where set; else the
-    first that holds nvcc, ``cuda_runtime.h`` and ``libcudart`` of torch's guess (the folder above the nvcc
-    on PATH), the folder above nvcc's real path (nvcc may be a link), pip's NVIDIA wheels of torch's CUDA version
+    first that holds nvcc, ``cuda_runtime.h`` and ``libcudart`` of the folder above the nvcc on PATH (torch's guess),
+    the folder above nvcc's real path (nvcc may be a link), pip's NVIDIA wheels of torch's CUDA version
     (:func:`_wheel_toolkits`), ``/usr/local/cuda`` and ``/usr/local/cuda-*`` (torch's CUDA major version first, then
-    the newest); else torch's guess, ``None``
-    without one. torch guesses from the nvcc on PATH alone, so a wrapper script in ``/usr/local/bin`` gives
-    ``/usr/local``, where the link step finds no ``libcudart``."""
+    the newest); else torch's guess, ``None`` without one. torch guesses from the nvcc on PATH alone, so a wrapper
+    script in ``/usr/local/bin`` gives ``/usr/local``, where the link step finds no ``libcudart``; without nvcc on
+    PATH it guesses ``/usr/local/cuda``, which comes after the wheels here (it may be of another CUDA version)."""
     from torch.utils import cpp_extension
 
     guess = cpp_extension.CUDA_HOME
     if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
         return guess
-    candidates = [guess] if guess else []
+    candidates = []
     nvcc = shutil.which("nvcc")
     if nvcc:
-        candidates.append(str(Path(nvcc).resolve().parent.parent))
+        candidates += [str(Path(nvcc).parent.parent), str(Path(nvcc).resolve().parent.parent)]
     candidates += _wheel_toolkits()
     for pattern in _TOOLKITS:
         candidates += sorted(glob.glob(pattern), key=_toolkit_rank, reverse=True)

@@ -287,8 +287,8 @@ def unwatched(model: nn.Module) -> Iterator[None]:
 
 def dummy_forward(model: nn.Module, input_size: tuple[int, ...]) -> Any:
     """One forward of ``model`` on zeros of shape ``(1, *input_size)`` (on its parameters' device and dtype) in eval
-    mode, without gradients or the input check (:func:`unwatched`), for a summary or an export; where the model
-    cannot take that size, its own error in one line."""
+    mode, without gradients or the input check (:func:`unwatched`), for an export; where the model cannot take that
+    size, its own error in one line."""
     from .errors import UsageError
 
     param = next(model.parameters(), None)

@@ -83,9 +83,9 @@ def refuse_own_forwards(model: nn.Module, what: str) -> None:
             continue
         own = own_steps(m, ("forward", "binary_input", "binary_weight", "_conv_forward"))
         if own:  # (review user2 #1: ReActNet's sign(x - beta) as a binary_input of its own exported as sign(x))
-            raise UsageError(f"cannot export {name}: its class {type(m).__name__} has a {own[0]} of its own, and "
-                             f"{what} computes reste's {own[0]} in its place; export takes reste's binary layers "
-                             "with a scale() of their own at most (put other steps in modules of their own)")
+            raise UsageError(f"cannot export {name or 'the model'}: its class {type(m).__name__} has a {own[0]} of "
+                             f"its own, and {what} computes reste's {own[0]} in its place; export takes reste's binary "
+                             "layers with a scale() of their own at most (put other steps in modules of their own)")
         for slot in ("weight_estimator", "input_estimator"):  # (review diff21 #2: another module set in its place)
             held = getattr(m, slot, None)
             if isinstance(held, nn.Module) and not isinstance(held, Estimator):
