@@ -123,7 +123,7 @@ def test_study_scripts_run_only_the_sweeps_asked_for(tmp_path, script):
     else:  # paired against ReSTE for both metrics; no o_end fit without the o_end sweeps
         assert not sweeps and not any("o_end" in c for c in calls)
         assert [c.split()[-1] for c in calls if "paired.py" in c] == ["final_acc", "best_acc"]
-    assert [c for c in calls if "curves.py" in c] == [
+    assert [c.rsplit(" --previous ", 1)[0] for c in calls if "curves.py" in c] == [
         f"python docs/results/curves.py {tmp_path}/out/leaders --out {tmp_path}/out/leaders/learning_curves.png"]
 
 
@@ -274,6 +274,28 @@ def test_run_study_runs_seeds_3_and_4_of_the_strongest_alone(tmp_path):
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 1 and "--grid estimator=approx_sign,dsq,fda --seeds 3,4 " in calls[0], done.stderr
     assert f"--out {out}/strongest_seeds34 " in calls[0]
+
+
+def test_a_summary_rewritten_keeps_the_convergence_it_cannot_compute_again(tmp_path):
+    """(review repro2 #1) The sweeps before 2026-12-01 kept no epochs.csv, and a clone has no run folders: their
+    convergence lines (the published "still rising" counts) were replaced by "cannot be redrawn" each time the
+    documented command rewrote the summary. They are kept; the rest is computed again."""
+    _five_seed_study(tmp_path / "out")
+    summary = tmp_path / "summary.txt"
+    kept = ["estimator=reste               64 epochs  final  88.46  gain over the last 13 epochs +0.62  STILL RISING",
+            "wrote out/estimators/learning_curves.png"]
+    summary.write_text("\n".join(["== estimators: convergence", *kept, "== paired differences, final_acc",
+                                   "stale"]) + "\n")
+    env = dict(os.environ, OUT=str(tmp_path / "out"), SWEEPS="estimators", SUMMARY=str(summary))
+    done = _study_script("summarize.sh", env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = summary.read_text()
+    assert text.startswith("\n".join(["== estimators: convergence", *kept, "== paired differences, final_acc"]))
+    assert "stale" not in text and "vs estimator=dsq" in text  # the paired differences computed again
+    assert "its convergence lines are kept from the summary before" in done.stderr
+    summary.unlink()  # no summary before: said, as before
+    done = _study_script("summarize.sh", env, cwd=tmp_path)
+    assert done.returncode == 0 and "none of the run folders" in summary.read_text()
 
 
 def test_curves_read_epochs_csv_when_the_run_folders_are_gone(tmp_path, capsys, monkeypatch):

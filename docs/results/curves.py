@@ -18,6 +18,7 @@ import argparse
 import csv
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -81,16 +82,39 @@ def gain_se(runs: list[list[float]], epochs: int, back: int) -> float:
     return statistics.stdev(gains) / math.sqrt(len(gains))
 
 
+def previous_section(summary: Path, sweep: str) -> list[str]:
+    """The lines of ``== SWEEP: convergence`` in a summary written before (up to the next ``==`` line); [] where
+    it has none."""
+    if not summary.is_file():
+        return []
+    lines = summary.read_text(encoding="utf-8").splitlines()
+    head = f"== {sweep}: convergence"
+    if head not in lines:
+        return []
+    section = lines[lines.index(head) + 1:]
+    end = next((i for i, line in enumerate(section) if line.startswith("== ")), len(section))
+    return section[:end]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tolerance", type=float, default=0.3)
+    ap.add_argument("--previous", type=Path,
+                    help="a summary written before: where the curves cannot be redrawn, its convergence lines of "
+                         "this sweep are printed again (summarize.sh passes the summary it rewrites)")
     args = ap.parse_args()
     per_setting, listed = read_runs(args.sweep)
     data = mean_curves(per_setting)
     out = args.out or args.sweep / "learning_curves.png"
-    if not data:  # the run folders are gone (a fresh clone): keep the committed figure rather than blank it
+    if not data:  # the run folders are gone (a fresh clone): keep the committed figure and numbers, not blank them
+        kept = previous_section(args.previous, args.sweep.name) if args.previous else []
+        if kept:
+            print("\n".join(kept))
+            print(f"{args.sweep}: its learning curves cannot be redrawn here (none of its run folders, no "
+                  f"epochs.csv): its convergence lines are kept from the summary before", file=sys.stderr)
+            return
         print(f"{args.sweep}: none of the run folders its runs.csv names is here and it has no epochs.csv, so "
               f"its learning curves cannot be redrawn; {out} is left as it is")
         return

@@ -65,10 +65,17 @@ if has strongest_seeds34; then
 fi
 CURVES=$SWEEPS  # the folders whose convergence is read: the sweeps, and the joined one when it has its epochs
 if [[ -n $JOINED && -f $OUT/$JOINED/epochs.csv ]]; then CURVES+=" $JOINED"; fi
+# written beside, then put in place whole: a step that fails leaves the summary as it was; and a sweep whose
+# curves cannot be redrawn (its run folders gone, no epochs.csv: the sweeps before 2026-12-01) keeps the
+# convergence lines of the summary before (curves.py --previous), which nothing here could compute again
+PREVIOUS=$(mktemp)
+NEW=$(mktemp)
+trap 'rm -f "$PREVIOUS" "$NEW"' EXIT
+if [[ -f $SUMMARY ]]; then cp "$SUMMARY" "$PREVIOUS"; fi
 {
   for d in $CURVES; do
     echo "== $d: convergence"
-    python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png"
+    python docs/results/curves.py "$OUT/$d" --out "$OUT/$d/learning_curves.png" --previous "$PREVIOUS"
   done
   for metric in final_acc best_acc; do
     echo "== paired differences, $metric"
@@ -88,4 +95,5 @@ if [[ -n $JOINED && -f $OUT/$JOINED/epochs.csv ]]; then CURVES+=" $JOINED"; fi
     python docs/results/o_end.py "${O_END[@]}" --metric final_acc
     python docs/results/o_end.py "${O_END[@]}" --metric best_acc --no-indicators
   fi
-} | tee "$SUMMARY"
+} | tee "$NEW"
+cp "$NEW" "$SUMMARY"
