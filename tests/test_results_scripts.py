@@ -668,3 +668,28 @@ def test_every_sweep_of_the_study_script_is_one_reste_accepts(tmp_path, capsys):
         assert main([*shlex.split(line)[1:], "--dry-run"]) == 0, (line, capsys.readouterr().err)
         assert "sweep (dry run" in capsys.readouterr().out
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_committed_studies_come_out_the_same_when_reported_again(tmp_path):
+    """(review repro2, suggestion 2) The published tables are what the documented commands write from the committed
+    data: `reste report` on each committed sweep folder and summarize.sh on three studies, run on a copy, leave every
+    table, CSV and summary as committed (the figures are not compared: another matplotlib draws other bytes)."""
+    import shutil
+    import sys
+
+    copy = tmp_path / "results"
+    shutil.copytree(ROOT / "docs" / "results", copy)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for manifest in sorted(copy.glob("**/sweep.json")):
+        done = subprocess.run([sys.executable, "-m", "reste", "report", str(manifest.parent), "--no-plots"],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, (manifest, done.stderr[-2000:])
+    for study, sweeps in (("epochs64", "estimators o_end o_end_5seeds"), ("converged", ""), ("epochs16", "")):
+        extra = {"SWEEPS": sweeps} if sweeps else {}
+        done = _study_script("summarize.sh", {**env, "OUT": str(copy / study), **extra}, cwd=ROOT)
+        assert done.returncode == 0, (study, done.stderr[-2000:])
+    changed = [str(path.relative_to(copy)) for path in sorted(copy.rglob("*"))
+               if path.suffix in (".csv", ".md", ".txt") and path.is_file()
+               and path.read_bytes() != (ROOT / "docs" / "results" / path.relative_to(copy)).read_bytes()]
+    assert changed == []
