@@ -290,6 +290,11 @@ def test_suggested_commands_quote_a_folder_with_a_space(tmp_path, capsys):
     empty = tmp_path / "empty folder"
     empty.mkdir()
     assert f"run `reste sweep --out {shlex.quote(str(empty))}` first" in _one_line(capsys, ["report", str(empty)])
+    (empty / "runs.csv").write_text("setting,seed,best_acc\n")  # (review repro2, suggestion 3) a joined study's
+    # folder: sweeping into it would train every run again
+    joined = _one_line(capsys, ["report", str(empty)])
+    assert "holds tables but no sweep.json: it was joined from other sweeps' tables" in joined
+    assert "reste sweep" not in joined
     assert _one_line(capsys, ["report", str(tmp_path / "nothere")]).endswith(
         "nothere does not exist; pass a sweep's folder (its --out)")
 

@@ -204,6 +204,10 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
         inside = sweeps_inside_hint(out_dir, "report")  # (a parent of sweeps: it said to sweep into it, newuser3 #4)
         if inside:
             raise UsageError(inside)
+        if (out_dir / "runs.csv").is_file():  # tables without a sweep: joined from sweeps (docs/results/combine.py)
+            raise UsageError(f"{out_dir} holds tables but no {MANIFEST}: it was joined from other sweeps' tables "
+                             "(docs/results/combine.py, which the study's summarize.sh runs), not swept; report "
+                             "those sweeps, or join them again")
         raise UsageError(f"{out_dir} is not a sweep folder (no {MANIFEST}); run "
                          f"`reste sweep --out {shell_word(out_dir)}` first")
     try:
