@@ -594,10 +594,15 @@ def test_a_full_disk_under_an_export_or_predictions_is_the_machines_not_a_bad_pa
     assert info.value.errno == errno.ENOSPC
 
 
-def test_a_data_sets_test_split_goes_through_the_normalisation_the_file_records(tmp_path):
+@pytest.mark.parametrize("scale", [16.0, 255.0])
+def test_a_data_sets_test_split_goes_through_the_normalisation_the_file_records(tmp_path, scale):
     """(review newuser2 #1) a model of your own trained on other units, which the export records (Preprocessing):
     `reste predict FILE --dataset digits` fed it the data set's normalisation (98.06% scored as 21.11%). Its images
-    are now mapped to the recorded units: the same top-1 as normalising the raw pixels as the file says."""
+    are now mapped to the recorded units: the same top-1 as normalising the raw pixels as the file says. (review
+    mut9 #1) A file whose pixels are 8-bit (a scale of 255, not digits' 16) was fed digits' pixels over 255: 10%
+    for 85.8%; they are the data set's pixels in the file's units, as its raw 8-bit pixels would be."""
+    import numpy as np
+
     from reste import models
     from reste.data import load_datasets
     from reste.export import evaluate_packed
@@ -614,12 +619,13 @@ def test_a_data_sets_test_split_goes_through_the_normalisation_the_file_records(
         opt.zero_grad()
         nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
         opt.step()
-    own = Preprocessing((1, 8, 8), (0.9,), (0.05,), 16.0)
+    own = Preprocessing((1, 8, 8), (0.9,), (0.05,), scale)
     export_model(model.eval(), tmp_path / "own.rbnn", input_size=(1, 8, 8), meta=own.to_meta())
     packed = PackedModel.load(tmp_path / "own.rbnn")
     from reste.export.inputs import normalise
 
-    own_units = torch.from_numpy(normalise(test.data.numpy(), own, 16.0))  # what `reste predict raw.npy` computes
+    raw = np.rint(test.data.numpy() * (scale / 16.0))  # the test digits as the file's raw pixels
+    own_units = torch.from_numpy(normalise(raw, own, scale))  # what `reste predict raw.npy` computes
     wanted = class_scores(packed.forward(own_units)).argmax(1)
     top1 = 100.0 * int((wanted == test.labels).sum()) / len(test)
     assert evaluate_packed(packed, "digits")["top1"] == top1  # (exactly: review diff14 #1, float64 made -0s of 0s)
@@ -633,6 +639,12 @@ def test_a_data_sets_test_split_goes_through_the_normalisation_the_file_records(
         _to_recorded(part, get_spec("digits"))
     theirs = class_scores(packed.forward(test.images)).argmax(1)  # (the data set's units: what --dataset fed it)
     assert (theirs != wanted).sum() > len(test) // 10
+    assert top1 > 50  # (a model that learnt: the units matter to it)
+    # (review mut9 #2) another resize than the data set's test images had is refused whatever the normalisation
+    for mean, std, pixel_scale in (((0.9,), (0.05,), scale), (get_spec("digits").mean, get_spec("digits").std, 16.0)):
+        resized = Preprocessing((1, 8, 8), mean, std, pixel_scale, resize=12).to_meta()
+        with pytest.raises(UsageError, match=r"records its own resize \(12\), not digits's test images'"):
+            _to_recorded(resized, get_spec("digits"))
 
 
 def test_a_signal_models_file_names_its_input_shape_for_raw_uint8(tmp_path, capsys):

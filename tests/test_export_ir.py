@@ -372,6 +372,23 @@ def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path,
     assert "empty path" in _one_line_error(capsys, "predict", str(path), "", str(top / "img0.png"))
 
 
+def test_an_image_files_8_bit_pixels_are_normalised_whatever_the_files_pixel_scale(tmp_path):
+    """(review mut9 #3) An image file holds 8-bit pixels: white is 255 for a digits export too, whose raw arrays' white
+    is 16. Divided by the file's pixel_scale instead, a white pixel reached the model as 39.1, not 1.75."""
+    from PIL import Image
+
+    from reste.export.inputs import model_inputs, normalise, read_image
+    from reste.export.ir import Preprocessing
+
+    pixels = np.array([[0, 64], [128, 255]], np.uint8).repeat(4, 0).repeat(4, 1)
+    Image.fromarray(pixels, "L").save(tmp_path / "grey.png")
+    for scale in (16.0, 255.0):
+        prep = Preprocessing((1, 8, 8), (0.3,), (0.4,), scale)
+        got = model_inputs(None, tmp_path / "grey.png", (1, 8, 8), prep, prep.to_meta())
+        assert np.array_equal(got, normalise(read_image(tmp_path / "grey.png", (1, 8, 8)), prep, 255.0))
+        assert got.max() == pytest.approx((255 / 255 - 0.3) / 0.4)
+
+
 def test_read_image_converts_scales_and_crops_at_the_centre(tmp_path):
     from PIL import Image
 
@@ -381,6 +398,8 @@ def test_read_image_converts_scales_and_crops_at_the_centre(tmp_path):
     wide[:, 8:16] = 200  # the centre square survives the crop, unscaled
     Image.fromarray(wide, "L").save(tmp_path / "wide.png")
     assert (read_image(tmp_path / "wide.png", (1, 8, 8)) == 200).all()
+    Image.fromarray(np.ascontiguousarray(wide.T), "L").save(tmp_path / "tall.png")  # (review mut9 #4) and upright
+    assert (read_image(tmp_path / "tall.png", (1, 8, 8)) == 200).all()
     Image.fromarray(np.full((5, 5, 3), (255, 0, 0), np.uint8), "RGB").save(tmp_path / "red.png")
     red = read_image(tmp_path / "red.png", (3, 10, 12))
     assert red.shape == (1, 3, 10, 12) and red.dtype == np.uint8

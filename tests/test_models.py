@@ -443,6 +443,35 @@ def test_a_binary_weight_not_a_multiple_of_8_packs_into_whole_bytes():
     assert described.startswith(table) and "binary 1,024" in described and "compression" in described
 
 
+def test_the_summary_of_unscaled_reused_and_other_rank_models():
+    """(review mut9 #5-#7) A layer without a scale stores its signs alone; a module called twice does its MACs twice;
+    sizes are in KiB of 1024 bytes; a volume model counts its MACs per sample and a transposed 1-D conv model's input
+    is a (C, L) sequence."""
+    conv = reste.BinaryConv2d(8, 16, 3, padding=1, bias=False, scaling="none")
+    row = models.layer_summary(nn.Sequential(conv), (8, 4, 4))[0]
+    assert row["packed_bytes"] == 8 * 16 * 9 // 8 and row["float_bytes"] == 4 * 8 * 16 * 9
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.block(self.block(x))
+
+    (row, _total) = models.layer_summary(Twice(), (4, 6, 6))
+    assert row["macs"] == 2 * 4 * 4 * 9 * 6 * 6
+
+    table = models.format_summary(models.layer_summary(nn.Sequential(conv), (8, 4, 4))).splitlines()
+    assert table[2].split()[-2:] == ["4.5", "0.1"]  # 4,608 float bytes and 144 packed, in KiB of 1024
+    volume = models.describe(nn.Sequential(reste.BinaryConv3d(1, 2, 3, padding=1)), (1, 4, 4, 4))
+    assert "input       1x4x4x4 (C x D x H x W, one volume)" in volume and " per sample, binary ops" in volume
+    image = models.describe(nn.Sequential(conv), (8, 4, 4))
+    assert " per image, binary ops" in image
+    signal = models.describe(nn.Sequential(nn.ConvTranspose1d(2, 3, 3), nn.Flatten()), (2, 6))
+    assert "input       2x6 (C x L, one sequence)" in signal
+
+
 def test_a_weight_two_binary_layers_share_counts_once():
     """(review api #3) binarize keeps tied weights tied, but the counts summed each layer's weight: 128 binary
     weights of which 64 exist, more parameters in the summary than the model has."""

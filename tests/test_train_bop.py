@@ -151,6 +151,10 @@ def test_composite_shares_its_members_groups_and_state_and_loads_as_it_saved():
         Composite(Bop(binary), torch.optim.Adam(model.parameters()))
     with pytest.raises(ValueError, match="not the state of a Composite of 2 optimizers"):
         other.load_state_dict(torch.optim.Adam(others).state_dict())
+    members = saved["optimizers"]  # (review mut9 #8) a composite's state of another number of members
+    for states in (members[:1], members + members[1:]):
+        with pytest.raises(ValueError, match="not the state of a Composite of 2 optimizers"):
+            other.load_state_dict({**saved, "optimizers": states})
 
 
 def test_torchs_lr_schedulers_drive_adams_lr_and_bops_gamma_alike():

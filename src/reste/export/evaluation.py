@@ -47,8 +47,9 @@ def _check_counts(batch_size: Any, workers: Any) -> None:
 
 def _to_recorded(meta: dict[str, Any], spec: Any) -> Callable[[Any], Any] | None:
     """Where the export records a normalisation of its own (its mean, std and pixel scale: a model of yours trained
-    on other units), what turns the data set's normalised images into it: their pixels, p = (x std + mean) scale,
-    rounded back to the whole numbers they were, then normalised as the raw-pixel path does, exactly (review
+    on other units), what turns the data set's normalised images into it: their pixels in the file's units, p = (x
+    std + mean) pixel_scale (the fraction of white, which both units share), rounded to the whole numbers its raw
+    pixels are, then normalised as the raw-pixel path does, exactly (review
     newuser2 #1: --dataset fed the data set's, 98.06% scored as 21.11%; diff14 #1: not in float64, which gave a
     tiny negative for an exact 0). None where it records the data set's own. A file that records only part of one,
     or another resize than the data set's test images had, is refused (review diff14 #3, #7)."""
@@ -63,12 +64,12 @@ def _to_recorded(meta: dict[str, Any], spec: Any) -> Callable[[Any], Any] | None
                              f"{', '.join(Preprocessing.KEYS)}), so --dataset cannot tell which units it takes; export "
                              "it again with all of them")
         return None
+    if pre.resize is not None and pre.resize != spec.test_resize:  # (whatever its normalisation: review mut9 #2)
+        raise UsageError(f"the packed model records its own resize ({pre.resize}), not {spec.name}'s test images' "
+                         f"({spec.test_resize}); predict the image files themselves, which it resizes as it records")
     if (tuple(pre.mean), tuple(pre.std), float(pre.pixel_scale)) == (tuple(spec.mean), tuple(spec.std),
                                                                      float(spec.scale)):
         return None
-    if pre.resize is not None and pre.resize != spec.test_resize:
-        raise UsageError(f"the packed model records its own resize ({pre.resize}), not {spec.name}'s test images' "
-                         f"({spec.test_resize}); predict the image files themselves, which it resizes as it records")
     import numpy as np
     import torch
 
@@ -76,8 +77,8 @@ def _to_recorded(meta: dict[str, Any], spec: Any) -> Callable[[Any], Any] | None
     ds_mean = np.asarray(spec.mean, np.float64).reshape(shape)
     ds_std = np.asarray(spec.std, np.float64).reshape(shape)
 
-    def remap(x: Any) -> Any:
-        pixels = np.rint((x.double().numpy() * ds_std + ds_mean) * float(spec.scale))
+    def remap(x: Any) -> Any:  # (the fraction of white, in the file's units: review mut9 #1)
+        pixels = np.rint((x.double().numpy() * ds_std + ds_mean) * float(pre.pixel_scale))
         return torch.from_numpy(normalise(np.clip(pixels, 0, None), pre, pre.pixel_scale))
 
     return remap
