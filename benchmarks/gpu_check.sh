@@ -664,8 +664,8 @@ def target(label, row, value, op, bound, unit="x"):
     return f"  {label:<60} {row:<22} {value:7.3f}{unit}  (target {op} {bound:g}{unit})  {mark(value, op, bound)}"
 
 
-def unmeasured(label, row, op, bound, why="", unit="x"):
-    return f"  {label:<60} {row:<22} {'':>8}  (target {op} {bound:g}{unit})  NOT MEASURED{why}"
+def unmeasured(label, row, op, bound, why="", unit="x", verdict="NOT MEASURED"):
+    return f"  {label:<60} {row:<22} {'':>8}  (target {op} {bound:g}{unit})  {verdict}{why}"
 
 
 def disagrees(row):
@@ -681,22 +681,23 @@ for key, ext_key, label, op, bound in [
         ("reste/ste", "reste_ext/ste_ext", "ReSTE / STE, eager", "<=", 1.05),
         ("reference/reste", "reference/reste_ext", "authors'-style reference / ReSTE, eager", ">=", 3.0)]:
     for row, r in rows.items():
-        v = r["ratios"][key]
+        unlike = disagrees(row) if key.startswith("reference") else ""
         if r.get("kernels_error"):  # timed on PyTorch ops: no figure of the fused kernels
             print(unmeasured(label + ", Python nodes", row, op, bound,
                              f" (the fused kernels were off: {r['kernels_error'][:100]})"))
-        elif key.startswith("reference") and disagrees(row):
-            print(unmeasured(label + ", Python nodes", row, op, bound, disagrees(row)))
+        elif unlike:
+            print(unmeasured(label + ", Python nodes", row, op, bound, unlike))
         else:
-            print(target(label + ", Python nodes", row, v, op, bound))
+            print(target(label + ", Python nodes", row, r["ratios"][key], op, bound))
     for row in [*failed, *unreached]:
         print(unmeasured(label + ", Python nodes", row, op, bound))
     for row in [*rows, *failed, *unreached]:  # the same with the compiled extension's C++ nodes
         ratios = rows[row]["ratios"] if row in rows else {}
-        if ext_key in ratios and not (key.startswith("reference") and disagrees(row)):
+        unlike = disagrees(row) if key.startswith("reference") and ext_key in ratios else ""
+        if ext_key in ratios and not unlike:
             print(target(label + ", C++ nodes", row, ratios[ext_key], op, bound))
         else:
-            print(unmeasured(label + ", C++ nodes", row, op, bound, disagrees(row) if ext_key in ratios else ""))
+            print(unmeasured(label + ", C++ nodes", row, op, bound, unlike))
 graphed_row = "resnet20-bf16-cl"
 med = rows.get(graphed_row, {}).get("median_ms", {})
 errors = rows.get(graphed_row, {}).get("graph_errors", {})
@@ -704,9 +705,10 @@ label = "resnet20 b256 bf16 ReSTE step, --cuda-graphs"
 for variant, path in (("reste_graphed", "Python nodes"), ("reste_ext_graphed", "C++ nodes")):
     bench = (f"; train_step.py's GraphedStep replay of the step: {med[variant]:.2f} ms" if variant in med else "")
     name = f"{label}, {path}"
+    capture_error = errors.get(variant.removesuffix("_graphed"))
     if not graphs:
-        print(unmeasured(name, graphed_row, "<=", 6, f" (reste train has no --cuda-graphs{bench})", " ms")
-              .replace("NOT MEASURED", "NOT BUILT"))
+        print(unmeasured(name, graphed_row, "<=", 6, f" (reste train has no --cuda-graphs{bench})", " ms",
+                         "NOT BUILT"))
     elif variant in med:
         # train_step.py --graphs replays the engine's own GraphedStep (reste.cudagraph)
         off = rows[graphed_row].get("kernels_error")
@@ -716,9 +718,9 @@ for variant, path in (("reste_graphed", "Python nodes"), ("reste_ext_graphed", "
         print(unmeasured(name, graphed_row, "<=", 6, " (its row failed; see above)", " ms"))
     elif graphed_row not in rows:  # never tried: not a failed capture
         print(unmeasured(name, graphed_row, "<=", 6, f" (section 4 did not reach row {graphed_row})", " ms"))
-    elif errors.get(variant[:-len("_graphed")]):
-        print(unmeasured(name, graphed_row, "<=", 6,
-                         f" (the step could not be captured: {errors[variant[:-len('_graphed')]][:100]})", " ms"))
+    elif capture_error:
+        print(unmeasured(name, graphed_row, "<=", 6, f" (the step could not be captured: {capture_error[:100]})",
+                         " ms"))
     elif variant == "reste_ext_graphed":
         why = rows[graphed_row].get("ext_error") or "the C++ nodes were not timed (--no-ext: see section 3)"
         print(unmeasured(name, graphed_row, "<=", 6, f" ({why[:120]})", " ms"))
@@ -726,8 +728,7 @@ for variant, path in (("reste_graphed", "Python nodes"), ("reste_ext_graphed", "
         print(unmeasured(name, graphed_row, "<=", 6, f" (row {graphed_row} was timed without --graphs)", " ms"))
 label = "whole-epoch images/s / bare-step images/s"
 if not epoch_bench:
-    print(unmeasured(label, "", ">=", 0.85, " (no whole-epoch benchmark in benchmarks/)", "").replace(
-        "NOT MEASURED", "NOT BUILT"))
+    print(unmeasured(label, "", ">=", 0.85, " (no whole-epoch benchmark in benchmarks/)", "", "NOT BUILT"))
 elif os.path.isfile(sys.argv[4]):
     e = json.load(open(sys.argv[4]))
     print(target(label, e.get("kernel_path", ""), e["epoch_over_step"], ">=", 0.85, "")

@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -240,14 +241,11 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
-    def autocast():
-        return autocast_of(device, amp)
-
     def step() -> None:
         fused.set_enabled(use_fused)
         cuda_ext.set_enabled(use_ext)
         opt.zero_grad(set_to_none=True)
-        with autocast():
+        with autocast_of(device, amp):
             loss = F.cross_entropy(model(x), y)
         if scaler is None:
             loss.backward()
@@ -269,10 +267,7 @@ def make_graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: s
     if amp == "fp16":
         raise RuntimeError("fp16 needs a GradScaler, which reads the gradients on the host")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return autocast_of(x.device, amp, cache_enabled=False)
-
+    autocast = functools.partial(autocast_of, x.device, amp, cache_enabled=False)
     fused.set_enabled(True)
     cuda_ext.set_enabled(use_ext)  # (what is captured; a replay asks no switch)
     try:
@@ -437,8 +432,6 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(batch, 3, size, size, generator=g).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, classes_of(nets["fp"]), (batch,), generator=g).to(device)
-    # the reference backward must compute what ReSTE's does (the forwards differ only at
-    # sign(0): torch.sign gives 0 where reste gives +1)
     # (under the row's autocast: a bf16 layer that fell back to the Python nodes would be timed as C++ ones)
     if "reste_ext" in nets:
         with autocast_of(device, amp):
@@ -447,6 +440,8 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
             ext_error = "it built, but took none of the binary layers (no C++ node in the graph); rows left out"
             del nets["ste_ext"], nets["reste_ext"]
             variants = [k for k in VARIANTS if k in nets]
+    # the reference backward must compute what ReSTE's does (the forwards differ only at
+    # sign(0): torch.sign gives 0 where reste gives +1)
     est = next(e for e in reste.estimators_of(nets["reste"]) if isinstance(e, ReSTE))
     check = estimator_check(est.o, est.t, est.interval, device)
     steps = {k: make_step(nets[k], x, y, device, amp, use_fused=not k.endswith("_ops"), use_ext=k.endswith("_ext"))

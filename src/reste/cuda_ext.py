@@ -277,7 +277,7 @@ def build(cuda: bool | None = None, *, skip_failed: bool = False) -> str:
             if not built:
                 print(f"reste: building the {'C++/CUDA' if with_cuda else 'C++'} extension in {directory} (once, "
                       "about a minute; RESTE_CUDA_EXT=0 goes without it)", file=sys.stderr, flush=True)
-            ldflags = _runtime_link(Path(home), directory) if with_cuda and home else []
+            ldflags = _runtime_link(Path(home), directory) if with_cuda else []  # (with_cuda: home was found)
             start = time.monotonic()
             try:
                 module = cpp_extension.load(name=name, sources=sources, extra_cflags=cflags,

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import errno as errno_module
 import json
+import operator
 import re
 import sys
 import warnings
@@ -76,8 +77,6 @@ def one_line(err: BaseException) -> str:
 def checked_input_size(input_size: Any) -> tuple[int, ...] | None:
     """``input_size``, one input's shape ((C, H, W); (features,) for an MLP), refused with one line unless
     positive integers (``None`` stays ``None``)."""
-    import operator
-
     if input_size is None:
         return None
     try:

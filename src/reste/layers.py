@@ -285,10 +285,11 @@ def unwatched(model: nn.Module) -> Iterator[None]:
             m.watch_inputs = name
 
 
-def dummy_forward(model: nn.Module, input_size: tuple[int, ...]) -> Any:
+def dummy_forward(model: nn.Module, input_size: tuple[int, ...], *, one_line: bool = True) -> Any:
     """One forward of ``model`` on zeros of shape ``(1, *input_size)`` (on its parameters' device and dtype) in eval
-    mode, without gradients or the input check (:func:`unwatched`), for an export; where the model cannot take that
-    size, its own error in one line."""
+    mode (each module back in its own mode after: a frozen BatchNorm stays frozen), without gradients or the input
+    check (:func:`unwatched`: a zero input is no sign of a ReLU before a binary layer), for a summary or an export.
+    Where the model cannot take that size: its own error in one line, or as it is raised (``one_line=False``)."""
     from .errors import UsageError
 
     param = next(model.parameters(), None)
@@ -297,6 +298,8 @@ def dummy_forward(model: nn.Module, input_size: tuple[int, ...]) -> Any:
         try:
             return model(torch.zeros(1, *input_size, **kwargs))
         except Exception as err:  # noqa: BLE001 - the model's own error, in one line
+            if not one_line:
+                raise
             first = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
             raise UsageError(f"the model fails on an input of input_size {tuple(input_size)} ({first}); check "
                              "input_size against the model") from None

@@ -219,8 +219,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         raise UsageError("export_onnx needs input_size, one input's shape such as (C, H, W): the file is traced "
                          "on an input of that size")
     model = _as_float32(unwrapped(model))  # the exporters cannot trace the wrappers; the check runs in float32
-    initialise_lazy(model, input_size)
     dummy_forward(model, input_size)  # (a size the model cannot take: its own error, not the two exporters')
+    initialise_lazy(model, input_size)  # (that forward gave the lazy modules it ran their weights)
     warn_hooks(model, "export_onnx")
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")

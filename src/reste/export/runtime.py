@@ -560,8 +560,7 @@ class PackedModel:
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (a spawned worker's model, ``copy.deepcopy``) as the file's header and tensors and the options of
         :meth:`load`: the kernels (C functions, closures) are made again where it is unpickled."""
-        header, tensors, options = self._source
-        return _rebuilt, (header, tensors, options)
+        return _rebuilt, self._source
 
     # ------------------------------------------------------------------ op builders
 

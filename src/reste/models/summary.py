@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError, checked_input_size
-from ..layers import eval_mode, unwatched
+from ..layers import dummy_forward
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -100,12 +100,9 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
 
     handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
     try:
-        param = next(model.parameters(), None)
-        kwargs = {} if param is None else {"device": param.device, "dtype": param.dtype}
-        # each module back in its own mode after: a frozen BatchNorm stays frozen (review models #4); the model's own
-        # error where it cannot take input_size (reste summary words it for its flag)
-        with torch.no_grad(), unwatched(model), eval_mode(model):  # (a zero input is no sign of a ReLU before a
-            model(torch.zeros(1, *input_size, **kwargs))           # binary layer)
+        # (review models #4: a frozen BatchNorm stays frozen) the model's own error where it cannot take input_size:
+        # reste summary words it for its flag
+        dummy_forward(model, input_size, one_line=False)
     finally:
         for h in handles:
             h.remove()
