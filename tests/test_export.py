@@ -604,6 +604,24 @@ def test_export_errors(tmp_path):
     assert "LSTM" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_an_onnx_file_whose_signs_cannot_be_matched_is_checked_on_its_logits_and_says_so(tmp_path, digits_model,
+                                                                                          capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from reste.checkpoint import save_checkpoint
+    from reste.cli import main
+    from reste.export import onnx_export
+
+    model = digits_model[0]
+    save_checkpoint({"model_name": "digits_1w1a", "model_options": {"num_classes": 10}, "model": model.state_dict(),
+                     "dataset": "digits", "epoch": 1, "best_acc": 50.0, "config": {"dataset": "digits"},
+                     "metrics": {"epoch": 1, "test_acc": 48.5}}, tmp_path / "d.pt")
+    traced = onnx_export._traced_run
+    monkeypatch.setattr(onnx_export, "_traced_run", lambda data, images: (traced(data, images)[0], None))
+    assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn"), "--onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "agree (its logits alone: its signs could not be matched with the model's)" in out, out
+
+
 def test_cli_export_and_predict(tmp_path, digits_model, capsys):
     from reste.checkpoint import save_checkpoint
     from reste.cli import main
@@ -616,6 +634,7 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
     out = capsys.readouterr().out
     assert "compression" in out and "against the model in float64" in out and "NOT" not in out
     assert (tmp_path / "d.onnx").is_file() and "onnxruntime vs float64" in out
+    assert "logits alone" not in out  # its sign inputs compared too
     assert "replacing" not in out and "earlier export" not in out
     assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn")]) == 0  # again, without --onnx
     out = capsys.readouterr().out

@@ -446,3 +446,107 @@ def test_a_loaded_packed_model_pickles_and_deep_copies(tmp_path, backend):
     for other in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
         assert other is not model and other.backend == model.backend and torch.equal(other(x), model(x))
         assert other.meta == model.meta and not other._source[2]["fuse_signs"]
+
+
+class _SharedSign(nn.Module):
+    """Digits-sized: a binary conv and a binary 1x1 shortcut that take the sign of one tensor (as in a ResNet
+    block with a binary downsample), and a binary conv whose input, untrained, is an integer sum times a scale:
+    exactly 0 in places, a near-tie in every image."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.conv, self.shortcut = BinaryConv2d(8, 8, 3, padding=1, bias=False), BinaryConv2d(8, 8, 1)
+        self.norm, self.last = nn.BatchNorm2d(8), BinaryConv2d(8, 8, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head(self.last(self.norm(self.conv(h))) + self.shortcut(h))
+
+
+def test_the_onnx_check_compares_sign_inputs_and_refuses_another_networks_file(tmp_path):
+    """(review user2, suggestion 1) ONNX's check compared logits alone, and excused an image that differed when
+    any of its sign inputs was within rounding of zero: an untrained model has one in every image, so the file of
+    another network of the same architecture passed. Its sign inputs are now compared too, as the packed file's."""
+    pytest.importorskip("onnxruntime")
+    from reste.export.onnx_export import check_onnx, run_onnx
+    from reste.export.reference import compare, graph_reference
+
+    model, other = _SharedSign(0).eval(), _SharedSign(1).eval()
+    info = export_onnx(model, tmp_path / "m.onnx", (1, 8, 8))
+    assert info["ok"] and info["reference"]["traced"], info  # (its own near-ties: flipped, or not)
+    check = check_onnx(other, tmp_path / "m.onnx", (1, 8, 8))
+    assert check["reference"]["traced"] and check["reference"]["mismatch"] == 16 and not check["ok"], check
+    # what the logits alone said: every image of the other network's reference has a near-tie, which excused all
+    export_model(other, tmp_path / "other.rbnn", input_size=(1, 8, 8), verify=False)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref = graph_reference(tmp_path / "other.rbnn", x)
+    assert all(ref.near_ties(i) for i in range(16))
+    assert compare(ref, run_onnx(tmp_path / "m.onnx", x.numpy())).mismatch == 0
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_the_onnx_files_signs_are_matched_with_the_references_each_tensor_once(tmp_path, dynamo):
+    """The TorchScript exporter writes one Where per binary layer, the dynamo exporter merges the two signs of one
+    tensor into one: both give the reference's distinct sign inputs, in its order (a Where of another form, or
+    one whose input is another tensor, is not taken for a sign)."""
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    from reste.export import deploy_model
+    from reste.export.onnx_export import _export, sign_inputs
+    from reste.export.reference import graph_reference
+
+    class _WithWhere(_SharedSign):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(torch.where(x < 0, -x, x)) + torch.where(x.mean() < 0, 1.0, -1.0)
+
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = _SharedSign(0).eval()
+    export_model(model, tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    ref = graph_reference(tmp_path / "m.rbnn", x)
+    assert len(ref.sites) == 3 and len(ref.distinct_sites().sites) == 2
+    assert ref.sites[2] is ref.sites[0] and ref.distinct_sites().sites[1] is ref.sites[1]  # (the shortcut runs last)
+    for net in (model, _WithWhere(0).eval()):
+        _export(deploy_model(net), x[:2], tmp_path / "m.onnx", dynamo)
+        graph = onnx.load(str(tmp_path / "m.onnx")).graph
+        assert len(sign_inputs(graph)) == 2, [n.op_type for n in graph.node]
+
+
+def test_two_signs_of_one_tensor_are_one_sign_input_and_a_run_of_other_logits_gives_none(tmp_path, monkeypatch):
+    """sign_inputs names each tensor once (the TorchScript exporter may write a Where per layer on one tensor),
+    in the order the graph runs them; and the sign inputs are the written file's only where the run that outputs
+    them gives its logits bit for bit (else the logits alone are compared)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from reste.export.onnx_export import _traced_run, sign_inputs
+
+    const = [helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [v]))
+             for name, v in (("zero", 0.0), ("minus", -1.0), ("plus", 1.0))]
+    signs = [helper.make_node("Less", [x, "zero"], [f"lt{k}"]) for k, x in enumerate(("h", "x", "h"))]
+    wheres = [helper.make_node("Where", [f"lt{k}", "minus", "plus"], [f"s{k}"]) for k in range(3)]
+    nodes = [helper.make_node("Relu", ["x"], ["h"]), *const, *signs, *wheres,
+             helper.make_node("Sum", ["s0", "s1", "s2"], ["logits"])]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, [None, 4])],
+                              [value("logits", TensorProto.FLOAT, [None, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert sign_inputs(model.graph) == ["h", "x"]
+    x = np.array([[-1.0, 0.0, 2.0, -0.0]], np.float32)
+    logits, sites = _traced_run(model.SerializeToString(), x)
+    np.testing.assert_array_equal(logits, [[1.0, 3.0, 3.0, 3.0]])
+    np.testing.assert_array_equal(sites[0], np.maximum(x, 0))
+    np.testing.assert_array_equal(sites[1], x)
+    loaded = onnx.load_from_string
+
+    def other_logits(data: bytes):  # the run with the sign inputs as outputs: h = -x there
+        proto = loaded(data)
+        proto.graph.node[0].op_type = "Neg"
+        return proto
+
+    monkeypatch.setattr(onnx, "load_from_string", other_logits)
+    logits, sites = _traced_run(model.SerializeToString(), x)
+    assert sites is None and logits.tolist() == [[1.0, 3.0, 3.0, 3.0]]

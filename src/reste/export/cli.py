@@ -146,6 +146,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if "reference" in o:
             c = o["reference"]
             check = f"; onnxruntime vs float64: {c['agree']}/{c['images']} agree"
+            if not c["traced"]:
+                check += " (its logits alone: its signs could not be matched with the model's)"
             if c["near_tie"]:
                 check += f", {c['near_tie']} sign flips at near-ties"
             if c["mismatch"]:

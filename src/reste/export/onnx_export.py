@@ -253,9 +253,14 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
                images: int = 16) -> dict[str, Any]:
     """Run an ONNX file with onnxruntime on random images (without onnxruntime: ``{"unchecked": UNCHECKED}``).
 
-    The logits are compared with the model in float64 (the exported graph with exact
-    binary sums, :mod:`reste.export.reference`); an image whose logits differ is
-    explained when one of its sign inputs lies within float32 rounding of zero.
+    The file is run as written, and again with each sign's input (``Where(x < 0, -1, 1)``'s x) as an output too,
+    both without onnxruntime's graph rewrites (so that the two give the same logits). Its sign inputs and logits
+    are then compared with the model in float64 (the exported graph with exact binary sums,
+    :mod:`reste.export.reference`), as the packed file's are: an image whose logits differ is explained only by a
+    sign flipped at a near-tie, at the first sign input that differs. Where the file's signs cannot be matched with
+    the reference's (a graph whose signs the exporter rewrote), the logits alone are compared, and an image that
+    differs is explained when one of its sign inputs lies within float32 rounding of zero (``reference["traced"]``
+    says which).
     Returns ``{"images", "max_abs_diff", "same_predictions"}`` (against the float32 model) and, where the packed
     format can hold the model (the float64 reference is built from it), ``"reference"`` (the comparison) and
     ``"ok"``; a model it cannot hold (a transformer's LayerNorm, attention) gets no ``"ok"``: read
@@ -272,7 +277,8 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
     from .reference import compare
 
     # (the file's bytes, not its path: onnxruntime takes text paths alone, review portable #13)
-    session = ort.InferenceSession(Path(path).read_bytes(), providers=["CPUExecutionProvider"])
+    data = Path(path).read_bytes()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     x = torch.randn(images, *input_size, generator=torch.Generator().manual_seed(1))
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     try:
@@ -281,13 +287,74 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (export_onnx said what there is to say about the model)
             export_model(model, Path(tmp) / "reference.rbnn", input_size=input_size, verify=False)
-            reference = compare(model_reference(model, Path(tmp) / "reference.rbnn", x), got)
+            ref = model_reference(model, Path(tmp) / "reference.rbnn", x).distinct_sites()
+        logits, sites = _traced_run(data, x.numpy())
+        reference = compare(ref, logits, sites)
         info: dict[str, Any] = {"reference": asdict(reference), "ok": reference.ok}
     except UsageError:  # a model the packed format cannot hold: the float32 model only
         info = {}
     info.update(images=images, max_abs_diff=float((ref32 - got).abs().max()),
                 same_predictions=bool((ref32.argmax(1) == got.argmax(1)).all()))
     return info
+
+
+def _constant(graph: Any, name: str) -> float | None:
+    """The value of a one-element constant of ``graph`` (an initializer or a Constant node's), else None."""
+    from onnx import numpy_helper
+
+    tensors = [t for t in graph.initializer if t.name == name]
+    for node in graph.node:
+        if node.op_type == "Constant" and name in node.output:
+            tensors += [a.t for a in node.attribute if a.name == "value"]
+            tensors += [a.f for a in node.attribute if a.name == "value_float"]
+    if len(tensors) != 1:
+        return None
+    value = tensors[0] if isinstance(tensors[0], float) else numpy_helper.to_array(tensors[0])
+    return float(value) if getattr(value, "size", 1) == 1 else None
+
+
+def sign_inputs(graph: Any) -> list[str]:
+    """The values an ONNX graph takes the sign of (``Where(x < 0, -1, 1)``: x), in the order it runs them, each
+    once (one exporter gives two signs of one tensor one Where; the other, two)."""
+    made = {out: node for node in graph.node for out in node.output}
+    names: list[str] = []
+    for node in graph.node:
+        less = made.get(node.input[0]) if node.op_type == "Where" else None
+        if less is None or less.op_type != "Less" or _constant(graph, less.input[1]) != 0.0 \
+                or (_constant(graph, node.input[1]), _constant(graph, node.input[2])) != (-1.0, 1.0):
+            continue
+        if less.input[0] not in names:
+            names.append(less.input[0])
+    return names
+
+
+def _traced_run(data: bytes, images: Any) -> tuple[Any, list[Any] | None]:
+    """An ONNX file's logits on ``images`` and its sign inputs (:func:`sign_inputs`; None where it has none), both
+    run without graph rewrites, once as written and once with the sign inputs as outputs too; the sign inputs
+    are given only when both runs give the same logits, bit for bit, so that they are the written file's."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+    def run(proto_bytes: bytes) -> list[Any]:
+        session = ort.InferenceSession(proto_bytes, options, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images})
+
+    logits = run(data)[0]
+    proto = onnx.load_from_string(data)
+    feeds = {i.name for i in proto.graph.input}
+    names = sign_inputs(proto.graph)
+    if not names:
+        return logits, None
+    outputs = [n for n in names if n not in feeds]  # (the images themselves: not an output)
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in outputs)
+    ran = run(proto.SerializeToString())
+    if not (ran[0] == logits).all():
+        return logits, None
+    values = dict(zip(outputs, ran[len(ran) - len(outputs):]))
+    return logits, [images if n in feeds else values[n] for n in names]
 
 
 def run_onnx(path: str | os.PathLike, images: Any) -> Any:

@@ -92,6 +92,13 @@ class Reference:
         bound = self.logit_bound.gather(1, top.indices).sum(1)
         return (top.values[:, 0] - top.values[:, 1]) <= SLACK * bound
 
+    def distinct_sites(self) -> "Reference":
+        """This reference with each sign input once: two layers that take the sign of one tensor (a ResNet
+        block's first conv and its shortcut) take one site, as an ONNX exporter may merge their signs."""
+        kept = [k for k, v in enumerate(self.sites) if all(v is not self.sites[j] for j in range(k))]
+        return Reference(self.logits, self.logit_bound, [self.sites[k] for k in kept],
+                         [self.bounds[k] for k in kept])
+
     def near_ties(self, image: int | None = None) -> int:
         """How many sign inputs lie within the slack bound of zero (of one image, or of all)."""
         count = 0
