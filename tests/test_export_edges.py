@@ -517,7 +517,8 @@ def test_the_onnx_files_signs_are_matched_with_the_references_each_tensor_once(t
 def test_two_signs_of_one_tensor_are_one_sign_input_and_a_run_of_other_logits_gives_none(tmp_path, monkeypatch):
     """sign_inputs names each tensor once (the TorchScript exporter may write a Where per layer on one tensor),
     in the order the graph runs them; and the sign inputs are the written file's only where the run that outputs
-    them gives its logits bit for bit (else the logits alone are compared)."""
+    them gives its logits bit for bit (else the logits alone are compared). A sign input the graph outputs already
+    is read there."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
@@ -532,7 +533,7 @@ def test_two_signs_of_one_tensor_are_one_sign_input_and_a_run_of_other_logits_gi
              helper.make_node("Sum", ["s0", "s1", "s2"], ["logits"])]
     value = helper.make_tensor_value_info
     graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, [None, 4])],
-                              [value("logits", TensorProto.FLOAT, [None, 4])])
+                              [value("logits", TensorProto.FLOAT, [None, 4]), value("h", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     assert sign_inputs(model.graph) == ["h", "x"]
     x = np.array([[-1.0, 0.0, 2.0, -0.0]], np.float32)

@@ -348,12 +348,13 @@ def _traced_run(data: bytes, images: Any) -> tuple[Any, list[Any] | None]:
     names = sign_inputs(proto.graph)
     if not names:
         return logits, None
-    outputs = [n for n in names if n not in feeds]  # (the images themselves: not an output)
-    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in outputs)
+    given = [o.name for o in proto.graph.output]
+    added = [n for n in names if n not in feeds and n not in given]  # (the images themselves: not an output)
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in added)
     ran = run(proto.SerializeToString())
     if not (ran[0] == logits).all():
         return logits, None
-    values = dict(zip(outputs, ran[len(ran) - len(outputs):]))
+    values = dict(zip(given + added, ran))
     return logits, [images if n in feeds else values[n] for n in names]
 
 
