@@ -131,6 +131,38 @@ def test_each_bound_is_the_issues_and_a_value_at_it_meets_it(tmp_path, side):
     assert f"{1.15 + d:.3f}x" in out and f"{0.85 - d:.3f}" in out
 
 
+def test_a_value_within_a_thousandth_of_its_bound_is_printed_on_the_side_of_its_verdict(tmp_path):
+    """(review gpu3, suggestion 3) 1.1504 against <= 1.15 is NOT MET: it read 1.150x beside NOT MET; 3.0 - 4e-5
+    against >= 3 read 3.000x. Each is printed with the digits that show it (a value that rounds onto its own side
+    keeps 3)."""
+    row = {"ratios": {"reste/fp": 1.1504, "reste/ste": 1.0496, "reference/reste": 3.0 - 4e-5,
+                      "reste_ext/fp": 1.1496, "reste_ext/ste_ext": 1.05, "reference/reste_ext": 3.0004},
+           "median_ms": {"reste_graphed": 6.00001, "reste_ext_graphed": 5.9996}}
+    line = _lines(_report(tmp_path, {"resnet20-bf16-cl": row}, None))
+    for label, shown, verdict in [("ReSTE / FP, eager, Python", "1.1504x", "NOT MET"),
+                                  ("ReSTE / STE, eager, Python", "1.050x", "MET"),
+                                  ("reference / ReSTE, eager, Python", "2.99996x", "NOT MET"),
+                                  ("ReSTE / FP, eager, C++", "1.150x", "MET"),
+                                  ("ReSTE / STE, eager, C++", "1.050x", "MET"),
+                                  ("reference / ReSTE, eager, C++", "3.000x", "MET"),
+                                  ("--cuda-graphs, Python", "6.00001 ms", "NOT MET"),
+                                  ("--cuda-graphs, C++", "6.000 ms", "MET")]:
+        assert f" {shown}  (target" in line(label) and _verdict(line(label)) == verdict, line(label)
+    # (review gpu3, suggestion 4) Triton's error marks the step the Python nodes captured, not the C++ nodes'
+    line = _lines(_report(tmp_path, {"resnet20-bf16-cl": {**row, "kernels_error": "made up"}}, None))
+    assert line("--cuda-graphs, Python").endswith("NOT MET (the fused kernels were off: PyTorch ops captured)")
+    assert line("--cuda-graphs, C++").endswith("6.000 ms  (target <= 6 ms)  MET")
+
+
+def test_a_budget_too_small_for_every_section_is_said_at_the_start(tmp_path):
+    """(review gpu3 #1) Section 3 keeps 150 s for sections 4 and 5: under 280 s its later steps cannot run, which
+    the run says before it starts rather than as NOT RUN lines at its end."""
+    rc, out = _fake_run(tmp_path, FAKE_HANG_KERNELS="1", GPU_CHECK_BUDGET="37")
+    assert "GPU_CHECK_BUDGET=37 s is under the 280 s this script needs" in out.splitlines()[0], out
+    rc, out = _fake_run(tmp_path)  # the default, 500
+    assert "is under the" not in out
+
+
 def test_a_reference_that_is_not_resTE_is_not_timed_against_it(tmp_path):
     """train_step.py checks the reference's backward against ReSTE's: where they differ, the reference is some
     other function, and its time is no measure of the authors' algorithm."""
