@@ -76,13 +76,20 @@ def _estimator(name, params, with_f=True):
 
 
 # 1, 17: names the command line or Python cannot carry are refused where the class is registered
-@pytest.mark.parametrize("name", ["epochs", "lr", "seed", "threads", "batch_size", "jobs", "out"])
-def test_a_hyperparameter_named_like_a_train_or_sweep_flag_is_refused_at_registration(isolated, name):
+@pytest.mark.parametrize("name", ["epochs", "lr", "seed", "threads", "batch_size", "jobs", "out", "warm_up"])
+def test_a_hyperparameter_named_like_a_train_or_sweep_setting_or_flag_is_refused_at_registration(isolated, name):
+    """A flag of reste train's or sweep's own is refused; and so is the name of one of their settings, whatever its
+    flag (review user3 #1: `--grid warm_up=0,2` varied the learning-rate warm-up of a plugin whose hyper-parameter
+    warm_up had the flag --wp-warm-up, and its table read as a sweep of the estimator)."""
+    for flag in (None, f"my_{name}"):
+        with pytest.raises(ValueError, match=f"hyper-parameter '{name}' has a name that `reste train` or `reste "
+                                             "sweep` takes for its own"):
+            reste.register_estimator(_estimator("clash", (reste.Param(name, int, 3, "n", "[1, inf)", flag=flag),)))
     with pytest.raises(ValueError, match=f"the flag --{name.replace('_', '-')} .* is taken by `reste train` or `reste "
                                          "sweep`; give it another flag= in its Param"):
-        reste.register_estimator(_estimator("clash", (reste.Param(name, int, 3, "n", "[1, inf)"),)))
+        reste.register_estimator(_estimator("clash", (reste.Param("mine", int, 3, "n", "[1, inf)", flag=name),)))
     assert "clash" not in reste.list_estimators()
-    reste.register_estimator(_estimator("clash", (reste.Param(name, int, 3, "n", "[1, inf)", flag=f"my_{name}"),)))
+    reste.register_estimator(_estimator("clash", (reste.Param(f"my_{name}", int, 3, "n", "[1, inf)"),)))
 
 
 def test_a_train_flag_taken_by_an_estimator_in_the_registry_is_one_line(isolated, capsys):
@@ -96,7 +103,7 @@ def test_a_plugin_with_such_a_flag_gets_one_line(isolated, tmp_path, capsys):
     (tmp_path / "fc.py").write_text(WINDOW.replace('"myest"', '"fc"').replace('"my_end"', '"lr"')
                                     .replace("my_end", "lr"))
     line = _one_line_error(capsys, "train", "--plugin", str(tmp_path / "fc.py"), "--epochs", "1")
-    assert "the flag --lr of its hyper-parameter 'lr' is taken by `reste train`" in line
+    assert "its hyper-parameter 'lr' has a name that `reste train` or `reste sweep` takes" in line
 
 
 @pytest.mark.parametrize("name", ["a b", "<lambda>", "1st", ""])
@@ -362,7 +369,7 @@ def test_a_hyperparameter_named_as_the_command_lines_own_dests_is_refused():
         body = {"name": f"uses_{name}", "hyperparameters": (Param(name, float, 1.0, "a width", "(0, inf)"),),
                 "_g": staticmethod(lambda x, **p: (x.abs() <= 1).to(x.dtype))}
         cls = type(f"Uses{name}", (Estimator,), body)
-        with pytest.raises((UsageError, ValueError), match=f"flag --{name} of its hyper-parameter"):
+        with pytest.raises((UsageError, ValueError), match=f"hyper-parameter '{name}' has a name that"):
             register_estimator(cls)
 
 
@@ -381,7 +388,7 @@ def test_registering_an_estimator_imports_no_command_line_code():
             e.register_estimator(type("Clash", (e.Estimator,), {"name": "clash", "_g": Mine._g,
                                  "hyperparameters": (e.Param("epochs", int, 3, "n", "[1, inf)"),)}))
         except ValueError as err:
-            assert "is taken by `reste train` or `reste sweep`" in str(err), err
+            assert "has a name that `reste train` or `reste sweep` takes for its own" in str(err), err
         else:
             raise AssertionError("--epochs was not refused")
         print(sorted(m for m in set(sys.modules) - before if m.startswith("reste")))

@@ -389,7 +389,8 @@ def test_a_scheduled_string_and_the_debug_flag_are_refused_where_the_class_is_wr
         hyperparameters = (reste.Param("debug", float, 1.0, "x", "(0, inf)"),)
         _g = staticmethod(lambda x, debug: (x.abs() <= debug).to(x.dtype))
 
-    with pytest.raises(ValueError, match="--debug"):
+    with pytest.raises(ValueError, match="hyper-parameter 'debug' has a name that `reste train` or `reste sweep` "
+                                         "takes"):
         reste.register_estimator(Debugged)
     assert "debugged" not in _REGISTRY
 
@@ -499,7 +500,7 @@ def test_a_resume_imports_no_code_inside_the_run_folder_unless_given_again(tmp_p
     assert r.returncode == 0 and (run / "RAN").exists(), r.stderr  # given again: the user's choice
 
 
-def test_load_plugins_takes_one_spec_as_a_string(tmp_path, monkeypatch):
+def test_load_plugins_takes_one_spec_as_a_string(isolated, tmp_path, monkeypatch):
     """(review api, suggestion) load_plugins("x.py"), which the errors point Python callers to, iterated the
     string's characters ("--plugin '/': no such file")."""
     (tmp_path / "one_spec_plugin.py").write_text(

@@ -996,6 +996,10 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
         raise ValueError(f"estimator {cls.name!r}: its relations name {err}, which is neither a hyper-parameter "
                          f"nor one of {', '.join(_RELATIONS)}") from None
     for p in cls.hyperparameters:  # (reste train's and sweep's own flags: RESERVED_FLAGS, no CLI import)
+        if p.name in RESERVED_FLAGS:  # (a setting's name: a grid axis or a plot label could not tell them apart)
+            raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has a name that `reste train` "
+                             "or `reste sweep` takes for its own (a setting's: --grid, the tables and the plots name "
+                             "settings by it); give it another name")
         if p.dest in RESERVED_FLAGS or p.option in RESERVED_FLAGS or "--" + p.dest in RESERVED_FLAGS:
             raise ValueError(f"estimator {cls.name!r}: the flag {p.option} of its hyper-parameter {p.name!r} is taken "
                              "by `reste train` or `reste sweep`; give it another flag= in its Param")
