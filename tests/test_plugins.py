@@ -405,6 +405,49 @@ def test_a_scheduled_value_named_like_a_metrics_field_is_refused(tmp_path, comma
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("held", ["tensor", "numpy"])
+def test_a_scheduled_value_held_as_a_tensor_or_numpy_number_is_logged_saved_and_resumed(tmp_path, command, held):
+    """(review user3 #4) A plugin whose set_progress holds its value as a 0-dim tensor (``torch.linspace(...)[epoch]``)
+    or a NumPy float32 trained its first epoch, then died writing metrics.jsonl ("Object of type Tensor is not JSON
+    serializable") and lost it; its state_dict did not load ("new(): data must be a sequence")."""
+    value = {"tensor": "__import__('torch').tensor(float(v))", "numpy": "__import__('numpy').float32(v)"}[held]
+    (tmp_path / "held.py").write_text(PLUGIN.replace('"myest"', '"held"').replace(
+        "self.my_flag = start + (self.my_end - start) * epoch / epochs",
+        f"v = start + (self.my_end - start) * epoch / epochs\n        self.my_flag = {value}"))
+    r = command("train", "--plugin", "held.py", "--estimator", "held", "--epochs", "2", "--threads", "1",
+                "--no-progress", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [type(x["my_flag"]) for x in lines] == [float, float]
+    assert [x["my_flag"] for x in lines] == pytest.approx([1.0, 0.75])  # (epoch 1's start, then epoch 2's: 1/2)
+    r = command("train", "--resume", "run", "--plugin", "held.py", "--epochs", "3", "--force", "--threads", "1",
+                "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    third = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert third["epoch"] == 3 and isinstance(third["my_flag"], float)
+
+
+def test_a_scheduled_value_held_as_a_tensor_loads_into_one_held_so_and_one_that_is_no_number_is_named(isolated):
+    class Held(reste.STE):
+        name = "held_value"
+        _state_keys = ("c",)
+        c = 1.0
+
+        def set_progress(self, epoch, epochs):
+            super().set_progress(epoch, epochs)
+            self.c = torch.tensor(1.0 + epoch)
+
+    reste.register_estimator(Held)
+    saved, loaded = Held(), Held()
+    saved.set_progress(1, 4)
+    loaded.set_progress(3, 4)
+    loaded.load_state_dict(saved.state_dict())  # (it took the tensor's type: "new(): data must be a sequence")
+    assert loaded.c == 2.0 and type(loaded.c) is float and loaded.schedule_values() == {"c": 2.0}
+    loaded.c = "wide"
+    with pytest.raises(ValueError, match="estimator 'held_value': its scheduled value c is 'wide', not a number"):
+        loaded.schedule_values()
+
+
 MODEL_PLUGIN = textwrap.dedent('''
     """An MLP of your own; its factory builds the binary layer with the builder it receives."""
 

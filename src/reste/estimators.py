@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from . import cuda_ext, fused, plugins, schedules, triton_dispatch
 from ._dsq import dsq_consts
 from .errors import UsageError, did_you_mean, option
-from .hparams import RESERVED_FLAGS, Param, outside_reste
+from .hparams import RESERVED_FLAGS, Param, outside_reste, real_number
 
 __all__ = [
     "ESTIMATORS",
@@ -639,13 +639,21 @@ class Estimator(nn.Module):
         return tuple(p.name for p in self.hyperparameters if p.scheduled)
 
     def schedule_values(self) -> dict[str, float]:
-        """The values that change over training (logged per epoch)."""
-        return {k: getattr(self, k) for k in self._state_names()}
+        """The values that change over training (logged per epoch), as Python numbers: a plugin's ``set_progress``
+        may hold one as a 0-dim tensor or a NumPy number (``torch.linspace(c, c_end, epochs + 1)[epoch]``)."""
+        values = {}
+        for k in self._state_names():
+            value = real_number(getattr(self, k))
+            if value is None:
+                raise ValueError(f"estimator {self.name!r}: its scheduled value {k} is {getattr(self, k)!r}, not a "
+                                 "number; set_progress must set each scheduled value to a real number")
+            values[k] = value
+        return values
 
     def get_extra_state(self) -> dict[str, Any]:
         """The schedule's state, the estimator's name and its hyper-parameters (a state loads into an estimator of
         that name and those hyper-parameters only)."""
-        state: dict[str, Any] = {"estimator": self.name, **{k: float(getattr(self, k)) for k in self._state_names()}}
+        state: dict[str, Any] = {"estimator": self.name, **{k: float(v) for k, v in self.schedule_values().items()}}
         try:
             state["config"] = self.config()
         except NotImplementedError:  # a plugin's constructor that declares nothing: its name alone is checked
@@ -698,9 +706,13 @@ class Estimator(nn.Module):
             return {}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        # each value as its hyper-parameter's type (int or float), else as it is held now: one held as a tensor
+        # (a plugin's) comes back as a Python number, which set_progress replaces as it moves on
+        declared = {p.name: p.type for p in self.hyperparameters}
         for k in self._state_names():
             if k in state:
-                setattr(self, k, type(getattr(self, k))(state[k]))
+                now = real_number(getattr(self, k))
+                setattr(self, k, declared.get(k, int if isinstance(now, int) else float)(state[k]))
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (a scheduled one as it started); ``get_estimator(name, **config())`` rebuilds it."""
