@@ -1967,6 +1967,7 @@ def test_a_worker_that_dies_is_one_line_naming_its_runs(tmp_path):
     (tmp_path / "dying.py").write_text(textwrap.dedent('''
         import multiprocessing
         import os
+        import signal
 
         from torch import nn
 
@@ -1976,7 +1977,7 @@ def test_a_worker_that_dies_is_one_line_naming_its_runs(tmp_path):
         @register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))
         def dying_mlp_1w1a(*, num_classes, conv: ConvBuilder, width: int = 32):
             if width == 13 and multiprocessing.parent_process() is not None:  # in a sweep's worker: killed
-                os._exit(9)
+                os.kill(os.getpid(), signal.SIGKILL)
             return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.BatchNorm1d(width),
                                  conv.linear(width, width), nn.BatchNorm1d(width), nn.Linear(width, num_classes))
     '''))
@@ -1993,6 +1994,38 @@ def test_a_worker_that_dies_is_one_line_naming_its_runs(tmp_path):
                            "signal, or by the system for memory) while training one of: width=13 seed 0"), r.stderr
     assert line.endswith("run the same command again to continue (fewer --jobs if memory ran out) (run with --debug "
                          "for the traceback)"), line
+
+
+def test_run_sweep_in_a_script_without_a_main_guard_says_so_in_its_workers_and_the_sweep(tmp_path):
+    """(review user3 #2) A script that calls run_sweep(jobs=2) at its top level: each spawned worker runs it again,
+    and its run_sweep met the parent's lock (RunInUse, naming the script's own pid); the sweep then blamed a signal
+    or memory and said to run the same command again, which failed the same way."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    import reste
+
+    (tmp_path / "study.py").write_text(textwrap.dedent('''
+        from reste.config import TrainConfig
+        from reste.experiments import run_sweep
+
+        run_sweep(TrainConfig(dataset="digits", epochs=1), {"estimator": ["ste", "reste"]}, [0], "s", jobs=2,
+                  threads=1, report=False)
+    '''))
+    src = str(Path(reste.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    r = subprocess.run([sys.executable, "study.py"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 1, r.stderr
+    said = ("run_sweep was called again by a worker process of a sweep, which runs the top level of the script "
+            "that started the sweep (workers start by spawn): call run_sweep under `if __name__ == \"__main__\":` in "
+            "that script")
+    assert f"reste: error: {said}\n" in r.stderr and "RunInUse" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"concurrent.futures.process.BrokenProcessPool: no run could start: {said} "
+                                         "(each of its runs keeps its finished epochs)")
 
 
 def test_a_second_sweep_on_a_held_out_folder_is_refused_with_75(tmp_path, capsys):

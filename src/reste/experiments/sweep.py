@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import signal
+import sys
 import time
 import traceback
 import warnings
@@ -979,6 +980,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
+    if _in_spawned_main():  # (its exit status tells the sweep that started it why its worker is gone)
+        print(f"reste: error: {_CALLED_AGAIN}", file=sys.stderr, flush=True)
+        raise SystemExit(_CALLED_AGAIN_STATUS)
     if jobs > 61 and os.name == "nt":  # (a process pool there waits on at most 61 processes: its ValueError)
         raise UsageError(f"--jobs {jobs}: Windows runs at most 61 worker processes at a time; give --jobs 61 or fewer")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -1388,6 +1392,32 @@ def _not_started(cause: str) -> dict[str, Any]:
                                            "command trains it once that is mended", "seconds": 0.0, "cause": cause}
 
 
+_CALLED_AGAIN = ("run_sweep was called again by a worker process of a sweep, which runs the top level of the script "
+                 "that started the sweep (workers start by spawn): call run_sweep under `if __name__ == "
+                 "\"__main__\":` in that script")
+_CALLED_AGAIN_STATUS = 78  # (EX_CONFIG)
+
+
+def _in_spawned_main() -> bool:
+    """Whether this is a spawned worker process running its parent's main script as it starts (as
+    ``__mp_main__``, which becomes its ``__main__`` once the script has run)."""
+    main = sys.modules.get("__mp_main__")
+    return main is not None and sys.modules.get("__main__") is not main
+
+
+def _broken_pool(processes: list[Any], runs: str) -> BrokenProcessPool:
+    """The error of a pool a worker process broke: one that ran its parent's script's run_sweep again as it
+    started (a script without a main guard), or one killed (by a signal: the machine's memory, a kill)."""
+    for process in processes:
+        process.join(5)  # (ended, or stopped by the pool: its exit status)
+    if any(process.exitcode == _CALLED_AGAIN_STATUS for process in processes):
+        return BrokenProcessPool(f"no run could start: {_CALLED_AGAIN} (each of its runs keeps its finished epochs)")
+    return BrokenProcessPool(
+        f"a worker process of the sweep died (killed: by a signal, or by the system for memory) while training one "
+        f"of: {runs}; the other runs were stopped with it. Each keeps its finished epochs: run the same command "
+        "again to continue (fewer --jobs if memory ran out)")
+
+
 def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: int, per_run: int | None,
                     report_one: Callable[[Setting, int, dict[str, Any]], None],
                     announce: Callable[[Setting, int, dict[str, Any]], None]) -> None:
@@ -1449,14 +1479,11 @@ def _run_in_workers(pending: list[tuple[Setting, int, dict[str, Any]]], jobs: in
                         stop.signum = stop.signum or err.signum
                         continue
                     except BrokenProcessPool:  # the pool stops the other workers' runs (SIGTERM: each saves its step)
+                        processes = list((getattr(pool, "_processes", None) or {}).values())
                         pool.shutdown(wait=False, cancel_futures=True)
                         runs = ", ".join(f"{r.label} seed {r_seed}" for r, r_seed, _ in
                                          (futures[f] for f in futures if f not in ended))
-                        raise BrokenProcessPool(
-                            "a worker process of the sweep died (killed: by a signal, or by the system for memory) "
-                            f"while training one of: {runs}; the other runs were stopped with it. Each keeps its "
-                            "finished epochs: run the same command again to continue (fewer --jobs if memory ran out)"
-                        ) from None
+                        raise _broken_pool(processes, runs) from None
                     except BaseException:
                         pool.shutdown(wait=False, cancel_futures=True)  # start no further run
                         raise
