@@ -1647,6 +1647,31 @@ def test_a_sweep_tells_a_changed_default_from_a_changed_flag_and_ignores_the_pre
                   log=lambda m: None)
 
 
+def test_a_plugin_estimator_that_gained_a_hyperparameter_is_named_as_the_cause(isolated, tmp_path):
+    """(review user3 #3) A plugin estimator's new version adds a hyper-parameter: the sweep's runs resolve otherwise,
+    and the refusal said "run it with the reste that wrote it", though reste had not changed; it names the plugin's
+    estimator and its module now."""
+    import reste
+    from reste import estimators
+    from reste.experiments import run_sweep
+
+    def version(*extra):
+        return type("Grown", (reste.STE,), {"name": "grown", "__module__": "grown_plugin",
+                                            "hyperparameters": (*reste.STE.hyperparameters, *extra)})
+
+    reste.register_estimator(version())
+    base = TrainConfig(dataset="digits", epochs=1, threads=1)
+    run_sweep(base, {"estimator": ["grown", "ste"]}, [0], tmp_path / "s", log=lambda m: None, report=False)
+    estimators._REGISTRY.pop("grown")
+    reste.register_estimator(version(reste.Param("gain", float, 1.0, "a gain", "(0, inf)")))
+    with pytest.raises(UsageError) as err:
+        run_sweep(base, {"estimator": ["grown", "ste"]}, [0], tmp_path / "s", log=lambda m: None, dry_run=True)
+    said = str(err.value)
+    assert "resolves otherwise (estimator_options" in said and '"gain": 1.0' in said, said
+    assert "differ from those of the reste, or the plugins (estimator grown (module grown_plugin)), that wrote " \
+           "it)" in said and "run it with the versions that wrote it" in said, said
+
+
 def test_a_one_job_sweep_shows_each_runs_bar_when_asked(tmp_path, monkeypatch):
     from reste import engine
     from reste.experiments import run_sweep

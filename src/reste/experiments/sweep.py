@@ -783,10 +783,13 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
                          f"runs, and its tables would lose the {len(dropped)} it has; pass another --out, or delete "
                          f"{out / MANIFEST} to start the tables afresh")
     if defaults:
+        plugged = _from_plugins(settings)
+        who = f"the reste, or the plugins ({', '.join(plugged)}), that wrote it" if plugged else "the reste that wrote it"
         raise UsageError(f"{out} holds a sweep whose flags this reste resolves otherwise ({'; '.join(defaults)}: its "
-                         "defaults, or where a setting applies, differ from those of the reste that wrote it), so its "
-                         f"tables would lose the {count(len(dropped), 'run')} they have: run it with the reste that "
-                         f"wrote it, pass another --out, or delete {out / MANIFEST} to start its tables afresh")
+                         f"defaults, or where a setting applies, differ from those of {who}), so its tables would "
+                         f"lose the {count(len(dropped), 'run')} they have: run it with "
+                         f"{'the versions' if plugged else 'the reste'} that wrote it, pass another --out, or delete "
+                         f"{out / MANIFEST} to start its tables afresh")
     if all((label, seed) in given for (_, seed), label in dropped.items()):  # the same settings, other keys now
         raise UsageError(f"{out}/{MANIFEST} names {len(dropped)} run(s) ({', '.join(labels[:3])}) by other keys than "
                          "this version of reste gives the same settings (their code or defaults changed), so this "
@@ -855,6 +858,22 @@ def _recorded_runs_dir(out: Path, runs_root: Path, settings: list[Setting], seed
     raise UsageError(f"{out / MANIFEST} records {count(sum(elsewhere.values()), 'run')} of this sweep under {root}"
                      f"{others}, which it would train again under {runs_root}: pass --runs-dir {shell_word(root)} to "
                      "continue them there")
+
+
+def _from_plugins(settings: list[Setting]) -> list[str]:
+    """The estimators, models and data sets of ``settings`` that plugins define: 'estimator poly (module m)'."""
+    from .. import datasets, models
+
+    found: dict[str, None] = {}
+    for s in settings:
+        c = s.config
+        for kind, name, where in (("estimator", c.estimator, lambda n: estimator_class(n).__module__),
+                                  ("model", c.model, models.defined_in), ("data set", c.dataset, datasets.defined_in)):
+            with contextlib.suppress(UsageError, KeyError, ValueError, TypeError):
+                module = where(name)
+                if isinstance(name, str) and module != "reste" and not module.startswith("reste."):
+                    found[f"{kind} {name} (module {module})"] = None
+    return list(found)
 
 
 def _changed_fields(old: dict[str, Any], base: TrainConfig, settings: list[Setting]) -> tuple[list[str], list[str]]:
