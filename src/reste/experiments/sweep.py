@@ -784,7 +784,8 @@ def _check_out(out: Path, base: TrainConfig, settings: list[Setting], seeds: Seq
                          f"{out / MANIFEST} to start the tables afresh")
     if defaults:
         plugged = _from_plugins(settings)
-        who = f"the reste, or the plugins ({', '.join(plugged)}), that wrote it" if plugged else "the reste that wrote it"
+        who = f"the reste, or the plugins ({', '.join(plugged)}), that wrote it" if plugged else \
+            "the reste that wrote it"
         raise UsageError(f"{out} holds a sweep whose flags this reste resolves otherwise ({'; '.join(defaults)}: its "
                          f"defaults, or where a setting applies, differ from those of {who}), so its tables would "
                          f"lose the {count(len(dropped), 'run')} they have: run it with "
