@@ -98,6 +98,9 @@ def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
     assert "run_seconds" not in engine.train(cfg, tmp_path / "again", progress=False, log=quiet)
 
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    # (review mut10 #1) the optimizer steps with the lr each line records (a schedule's), not the config's
+    last = rundir.read_metrics(tmp_path / "full")[-1]
+    assert {g["lr"] for g in a["optimizer"]["param_groups"]} == {last["lr"]} and last["lr"] != cfg.lr
     for key, value in a["model"].items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, b["model"][key]), key
