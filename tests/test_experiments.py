@@ -1004,6 +1004,27 @@ def test_a_paper_mode_sweep_reports_the_authors_aggregate(tmp_path, capsys):
     assert wanted_figures({"grid": {"o_end": [1, 3]}}, [rows[0], {**rows[1], "n": 0}]) == []
 
 
+def test_the_o_end_figure_leaves_out_a_setting_without_a_counted_run(tmp_path, monkeypatch):
+    """(review mut10 #4) A report while the sweep runs, or after a run of it was damaged: o_end=10 has no counted run
+    (its means None). Drawn, it failed `reste report` ("unsupported operand type(s) for +: 'NoneType' and 'int'");
+    the figure has the o_end values that have runs."""
+    from reste.experiments import plots
+
+    def row(o, n, acc):
+        return {"o_end": o, "n": n, "setting": f"o_end={o}", "best_acc_mean": acc, "best_acc_std": 0.5 if n else None,
+                "final_acc_mean": acc, "final_acc_std": None}
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    rows = [row(1, 2, 90.0), row(3, 2, 92.0), row(10, 0, None)]
+    assert plots.o_end_figure(tmp_path, {"grid": {"o_end": [1, 3, 10]}}, rows, "o_end",
+                              indicators=False) == "accuracy_vs_o_end.png"
+    best = drawn[0].axes[0]
+    assert [t.get_text() for t in best.get_xticklabels()] == ["1", "3"]
+    line = best.get_lines()[0]  # (then the error bars' caps)
+    assert (list(line.get_xdata()), list(line.get_ydata())) == ([1.0, 3.0], [90.0, 92.0])
+
+
 def test_a_paper_mode_sweep_over_estimators_warns_that_the_error_does_not_compare(tmp_path, capsys, monkeypatch):
     """Paper mode's error is ReSTE's F at o_end for every estimator: a sweep comparing estimators says so at its
     start, in results.md and on error_vs_stability.png (review sweep M1)."""

@@ -604,8 +604,8 @@ def test_export_errors(tmp_path):
     assert "LSTM" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_an_onnx_file_whose_signs_cannot_be_matched_is_checked_on_its_logits_and_says_so(tmp_path, digits_model,
-                                                                                          capsys, monkeypatch):
+def test_an_onnx_file_whose_signs_cannot_be_matched_is_checked_on_its_logits_and_a_wrong_one_fails(
+        tmp_path, digits_model, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
     from reste.checkpoint import save_checkpoint
     from reste.cli import main
@@ -620,6 +620,12 @@ def test_an_onnx_file_whose_signs_cannot_be_matched_is_checked_on_its_logits_and
     assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn"), "--onnx"]) == 0
     out = capsys.readouterr().out
     assert "agree (its logits alone: its signs could not be matched with the model's)" in out, out
+    # (review mut10 #6) an ONNX file that does not compute the model (its logits 1 off, its signs right): status 1
+    monkeypatch.setattr(onnx_export, "_traced_run", lambda data, images: (
+        lambda run: (run[0] + 1.0, run[1]))(traced(data, images)))
+    assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn"), "--onnx"]) == 1
+    out = capsys.readouterr().out
+    assert "onnxruntime vs float64: 0/16 agree, 16 NOT explained by rounding)" in out, out
 
 
 def test_cli_export_and_predict(tmp_path, digits_model, capsys):
