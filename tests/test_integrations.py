@@ -364,6 +364,24 @@ def test_per_layer_indicators_are_read_at_the_last_step_though_validation_zeroes
     assert all("val_loss" in row for row in rows)
 
 
+def test_an_epoch_cut_short_logs_its_own_per_layer_indicators_not_the_last_epochs(tmp_path):
+    """(review mut10 #8) max_steps ends epoch 2 before its last batch: the per-layer values its end logs are read
+    then, from its own step, not those epoch 1's last batch read (kept, they were logged again)."""
+    from reste.integrations.tensorboard import layer_indicators
+
+    callback = BinarizationCallback(indicators=True, per_layer=True)
+    trainer = pl.Trainer(max_epochs=2, max_steps=6, limit_train_batches=4, accelerator="cpu", devices=1,
+                         logger=CSVLogger(tmp_path, name="logs"), callbacks=[callback], enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Classifier(), digits_loader())
+    assert trainer.global_step == 6
+    key = "indicators/model.3/estimating_error"
+    first, second = (row["reste/" + key] for row in logged_epochs(trainer))
+    assert second != first and second == pytest.approx(layer_indicators(callback.meter)[key], rel=1e-6)
+
+
 def test_lightning_draws_the_epochs_batches_of_an_in_memory_loader_and_resumes_exactly(tmp_path):
     """(review userE #1) reste's in-memory loader moved to the next epoch at every iteration, and Lightning iterates
     a loader more often than once an epoch: a fit resumed from its checkpoint drew other batches (weights 0.039

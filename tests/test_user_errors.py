@@ -194,6 +194,9 @@ def test_predict_refuses_what_it_would_ignore_or_misread(packed, tmp_path, capsy
     np.save(labels, np.array([0, 99, -1]))
     assert "2 label(s) outside the model's classes 0..9 (first: 99)" in _one_line_error(
         capsys, "predict", str(packed), str(images), "--labels", str(labels))
+    np.save(labels, np.array([9, 10, 0]))  # (review mut10 #7) the class count itself is no class
+    assert "1 label(s) outside the model's classes 0..9 (first: 10)" in _one_line_error(
+        capsys, "predict", str(packed), str(images), "--labels", str(labels))
     assert "--data-path and --download go with --dataset" in _one_line_error(
         capsys, "predict", str(packed), str(images), "--data-path", str(tmp_path))
     assert "digits reads no files" in _one_line_error(capsys, "predict", str(packed), "--data-path", str(tmp_path))
