@@ -1015,3 +1015,18 @@ def test_save_every_is_in_minutes():
     assert due(1.0, 59.0) == 0 and due(1.0, 61.0) == 1
     assert due(0.5, 29.0) == 0 and due(0.5, 31.0) == 1
     assert due(None, 1e6) == 0
+
+
+@pytest.mark.parametrize("classes", [5, 6])
+def test_top5_is_given_for_more_than_5_classes_only(classes):
+    """(review mut10 #9, E12) top-5 of 5 classes holds every image: no figure (100.0 for any model); of 6, the
+    share of images whose label is among their 5 largest logits."""
+    torch.manual_seed(0)
+    model, x, y = nn.Linear(4, classes), torch.randn(20, 4), torch.randint(0, classes, (20,))
+    result = engine.evaluate(model, [(x[:10], y[:10]), (x[10:], y[10:])], torch.device("cpu"))
+    if classes == 5:
+        assert result["top5"] is None
+    else:
+        with torch.no_grad():
+            among = (model(x).topk(5, dim=1).indices == y[:, None]).any(1)
+        assert result["top5"] == pytest.approx(100.0 * float(among.float().mean())) and result["top5"] < 100

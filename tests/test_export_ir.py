@@ -590,6 +590,15 @@ def test_predict_json_prints_one_object_in_each_mode(capsys, tmp_path, digits_ex
     r = json.loads(out)
     assert r["output"] is None and r["images"] == 1 and r["accuracy"] is None
     assert out.count("\n") == 1 and isinstance(r["class"], int) and r["name"] in (None, str(r["class"]))
+    # (review mut10 #9, X7, X5) files' predictions written to --output are not listed in the JSON too; an upper-case
+    # suffix names the format as a lower-case one does
+    Image.fromarray(grey, "L").save(tmp_path / "seven2.png")
+    code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "seven.png"), str(tmp_path / "seven2.png"),
+                          "-o", str(tmp_path / "files.CSV"), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["images"], r["output"]) == (2, str(tmp_path / "files.CSV")) and "predictions" not in r, r
+    assert (tmp_path / "files.CSV").read_text().splitlines()[0].startswith("file,class")
     line = _one_line_error(capsys, "predict", str(path), str(tmp_path / "x.npy"), "-o", "-", "--json")
     assert "--json and --output - both write to stdout" in line
     np.save(tmp_path / "none.npy", test.images.numpy()[:0])  # no images: valid JSON (no NaN), no warning
