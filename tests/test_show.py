@@ -630,3 +630,24 @@ def test_a_failed_sweep_run_says_the_epochs_it_kept():
     run = {"state": "failed", "epochs_done": 2, "epochs": 5, "best": None, "why": "it failed: OSError: disk"}
     assert _run_line(run) == "2 of 5 epochs: it failed: OSError: disk"
     assert _run_line({**run, "epochs_done": 0}) == "it failed: OSError: disk"
+
+
+@pytest.mark.parametrize("running", [None, 0, 4242])
+def test_a_sweep_whose_holder_cannot_be_told_is_not_said_to_be_free(monkeypatch, tmp_path, running):
+    """(review mut10 #9, S3/S8) Where the lock's holder cannot be told (None: not Linux, a shared file system), show
+    says so and gives no `continue` line: a second sweep beside a live one would write into its runs. Only a free
+    folder (0) gets it; a held one names its process."""
+    from reste.experiments import status
+
+    states = dict.fromkeys(status.STATES, 0)
+    states["stopped"] = 1
+    run = {"seed": 0, "run_dir": str(tmp_path / "x"), "state": "stopped", "epochs_done": 1, "epochs": 3,
+           "best": None, "pid": None, "why": None, "reported": None}
+    monkeypatch.setattr(status, "sweep_status", lambda out: {
+        "sweep_dir": str(out), "running": running, "counts": states,
+        "settings": [{"label": "o_end=3", "values": {}, "runs": [run]}]})
+    text = status.show_sweep(tmp_path)
+    said = {None: "whether a sweep process runs it cannot be told here", 0: "no sweep process runs it now",
+            4242: "a sweep process runs it now (pid 4242)"}[running]
+    assert text.splitlines()[0].endswith(f"1 setting, 1 run; {said}"), text
+    assert ("continue   the same `reste sweep` command trains the 1 run left" in text) == (running == 0), text
