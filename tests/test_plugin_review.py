@@ -599,3 +599,20 @@ def test_a_sweep_of_a_float_model_refuses_an_estimators_flag_for_the_float_model
                            str(tmp_path / "s"))
     assert line.endswith("'digits' is full precision: it has no estimator and no binary weights, so --clip would do "
                          "nothing; drop it, or train its binary twin 'digits_1w1a'")
+
+
+def test_a_g_that_cannot_take_what_params_gives_is_refused_at_registration(isolated):
+    """(review user3, suggestion 5) params() left at its default gives every hyper-parameter; a _g that reads some
+    of them failed at the run's first step ("_g() got an unexpected keyword argument 'p_end'"), after "training".
+    One taking them all, or **rest, registers."""
+    params = (reste.Param("p", float, 2.0, "a power", "(0, inf)"), reste.Param("p_end", float, 4.0, "its end",
+                                                                               "(0, inf)"))
+    narrow = type("Narrow", (Estimator,), {"name": "narrow", "hyperparameters": params,
+                                           "_g": staticmethod(lambda x, p: torch.ones_like(x) * p)})
+    with pytest.raises(ValueError, match=r"estimator 'narrow' \(Narrow\): _g cannot take what params\(\) gives \(p, "
+                                         r"p_end; _g takes p: .*'p_end'\); override params\(\) to return what _g"):
+        reste.register_estimator(narrow)
+    assert "narrow" not in reste.list_estimators()
+    wide = type("Wide", (Estimator,), {"name": "wide", "hyperparameters": params,
+                                       "_g": staticmethod(lambda x, p, **rest: torch.ones_like(x) * p)})
+    reste.register_estimator(wide)

@@ -1043,8 +1043,21 @@ def _check_returns_tensors(cls: type[Estimator]) -> None:
     for hook in ("_g", "_f"):
         if hook == "_f" and cls._f is Estimator._f:
             continue
+        function = getattr(est, hook)
         try:
-            out = getattr(est, hook)(x, **params)
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):  # (one Python cannot read: tried as it is)
+            signature = None
+        try:
+            if signature is not None:
+                signature.bind(x, **params)
+        except TypeError as err:  # (review user3, suggestion 5: it failed at the run's first step, after "training")
+            takes = ", ".join(list(signature.parameters)[1:]) or "x alone"
+            raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} cannot take what params() gives "
+                             f"({', '.join(params) or 'nothing'}; {hook} takes {takes}: {err}); override params() to "
+                             f"return what _g and _f read") from None
+        try:
+            out = function(x, **params)
         except Exception:  # noqa: BLE001 - its own error, at its use
             continue
         got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else \
