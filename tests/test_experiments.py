@@ -1676,9 +1676,10 @@ def test_a_plugin_estimator_that_gained_a_hyperparameter_is_named_as_the_cause(i
     from reste import estimators
     from reste.experiments import run_sweep
 
-    def version(*extra):
+    def version(*extra):  # (its _g reads STE's clip alone)
         return type("Grown", (reste.STE,), {"name": "grown", "__module__": "grown_plugin",
-                                            "hyperparameters": (*reste.STE.hyperparameters, *extra)})
+                                            "hyperparameters": (*reste.STE.hyperparameters, *extra),
+                                            "params": lambda self: {"clip": self.clip}})
 
     reste.register_estimator(version())
     base = TrainConfig(dataset="digits", epochs=1, threads=1)

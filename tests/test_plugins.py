@@ -604,3 +604,18 @@ def test_a_resume_of_a_run_whose_plugins_are_damaged_is_one_line(tmp_path, capsy
     assert main(["show", str(run)]) == 0  # and reste show says it, as it gives the resume command
     assert ("note       config.json's plugins are [None], not a list of module names or .py files (damaged): a "
             "resume needs the run's --plugin flags given again") in capsys.readouterr().out
+
+
+def test_a_plugins_sweep_run_again_without_it_is_told_to_pass_it(tmp_path, command):
+    """(review user3, suggestion 4) The same sweep without --plugin said "unknown estimator 'myest'; valid: ..." and
+    the generic hint; it names the plugin the sweep in --out recorded, as `reste eval RUN` does."""
+    (tmp_path / "myest_plugin.py").write_text(PLUGIN)
+    args = ("--seeds", "0", "--epochs", "1", "--threads", "1", "--no-progress", "--no-report", "--out", "sw")
+    r = command("sweep", "--plugin", "myest_plugin.py", "--grid", "estimator=myest,ste", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for given, unknown in ((("--grid", "estimator=myest,ste"), "estimator 'myest'"),
+                           (("--estimator", "myest", "--grid", "my_end=0.5,0.25"), "grid axis 'my_end'")):
+        r = command("sweep", *given, *args, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr == (
+            f"reste: error: unknown {unknown}; the sweep in sw trained with --plugin "
+            f"{tmp_path / 'myest_plugin.py'}: pass the same --plugin\n"), r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from ..errors import EX_TEMPFAIL, UsageError
@@ -122,14 +123,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"--devices {args.devices!r}: write the devices separated by commas, e.g. 0,1 or "
                          "cuda:0,cuda:1")
     jobs = args.jobs if args.jobs is not None else len(devices) if devices else 1
-    base = base_config(args)
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     failures: list[tuple[str, int, str]] = []
     try:
+        base = base_config(args)
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
         rows = run_sweep(base, grid, seeds, args.out, jobs=jobs, runs_dir=args.runs_dir, threads=args.threads,
                          report=args.report, log=lambda m: print(m, flush=True), flags=flags,
                          progress=show_bar(args), failures=failures, dry_run=args.dry_run, devices=devices)
     except UsageError as err:
+        missing = _sweeps_plugins_not_loaded(args.out) if str(err).startswith("unknown ") else []
+        if missing:  # (review user3, suggestion 4: the sweep in --out trained with them; as `reste eval RUN` says)
+            raise UsageError(f"{str(err).split(' (')[0].split('; ')[0]}; the sweep in {args.out} trained with "
+                             f"--plugin {' '.join(missing)}: pass the same --plugin") from None
         if not str(err).startswith("unknown grid axis") or args.plugins:
             raise
         raise UsageError(f"{err}; the axes of a plugin's estimator or model exist once --plugin MODULE loads it "
@@ -139,6 +144,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if failures and all(status == "busy" for _, _, status in failures):
         return EX_TEMPFAIL  # only runs another job holds: a requeue may try again later, as `reste train`'s 75
     return 1 if failures or any(r["n"] < r["n_runs"] for r in rows) else 0
+
+
+def _sweeps_plugins_not_loaded(out: str) -> list[str]:
+    """The plugins the sweep in ``out`` recorded (its base's and its settings') that this process has not loaded."""
+    from ..plugins import not_loaded
+    from .report import load_manifest
+
+    try:
+        manifest = load_manifest(Path(out))
+        recorded = [*(manifest["base"].get("plugins") or []),
+                    *(p for s in manifest["settings"] for p in (s.get("config") or {}).get("plugins") or [])]
+    except (UsageError, KeyError, TypeError, AttributeError):  # none, or a damaged one: said where it is read
+        return []
+    return list(dict.fromkeys(not_loaded(recorded)))
 
 
 def _bare(axis: str) -> str:
