@@ -2960,3 +2960,22 @@ def test_the_indicator_figures_curve_is_the_mean_over_seeds_of_equal_length():
     assert _epoch_means(runs, "e") == [2.0, 4.5]
     assert _epoch_means([*runs, {"metrics": [{"e": 1.0}]}], "e") is None
     assert _epoch_means([{"metrics": [{"e": None}]}], "e") is None
+
+
+def test_crossed_axes_that_train_one_network_twice_are_said(tmp_path):
+    """(review user3, suggestion 3) --grid o_end=3,5 --grid o_schedule=constant,cosine: o_end=3 and o_end=5 under the
+    constant schedule train the same network, under two keys and two rows; the sweep says so when it starts (and
+    in its dry run). Settings that differ in what g and F read are not named."""
+    from reste.experiments import run_sweep
+    from reste.experiments.sweep import expand_grid, same_networks
+
+    base = TrainConfig(dataset="digits", epochs=3, threads=1)
+    grid = {"o_end": [3, 5], "o_schedule": ["constant", "cosine"]}
+    assert same_networks(expand_grid(base, grid)) == [["o_end=3,o_schedule=constant", "o_end=5,o_schedule=constant"]]
+    assert same_networks(expand_grid(base, {"o_end": [3, 5]})) == []
+    assert same_networks(expand_grid(base, {"estimator": ["ste", "reste"]})) == []  # (other g, same start values)
+    lines = []
+    run_sweep(base, grid, [0], tmp_path / "s", log=lines.append, dry_run=True)
+    assert lines[1] == ("sweep: note: o_end=3,o_schedule=constant and o_end=5,o_schedule=constant train the same "
+                        "network (the same g and F at every epoch, and all else the same): their runs are the same, "
+                        "seed for seed"), lines

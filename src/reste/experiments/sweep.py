@@ -389,6 +389,25 @@ def _schedule_path(config: TrainConfig) -> tuple[str, ...] | None:
     return tuple(path)
 
 
+def same_networks(settings: Iterable[Setting]) -> list[list[str]]:
+    """Groups of settings (their labels) that train the same network: their settings but the estimator's options
+    equal, and their estimators' g and F reading the same values at every epoch (crossed axes: o_end=3 and o_end=5,
+    each under o_schedule=constant). Their runs are the same, seed for seed (review user3, suggestion 3)."""
+    groups: dict[str, list[str]] = {}
+    for s in settings:
+        path = _schedule_path(s.config)
+        if path is None:
+            continue
+        rest = {k: v for k, v in s.config.to_dict().items() if k != "estimator_options" and k not in IDENTITY_FREE}
+        groups.setdefault(json.dumps([rest, path], sort_keys=True, default=str), []).append(s.label)
+    return [labels for labels in groups.values() if len(labels) > 1]
+
+
+def _same_networks_note(settings: list[Setting]) -> list[str]:
+    return [f"sweep: note: {' and '.join(labels)} train the same network (the same g and F at every epoch, and all "
+            "else the same): their runs are the same, seed for seed" for labels in same_networks(settings)]
+
+
 def _check_axis_reached(key: str, name: str, settings: Iterable[Setting]) -> None:
     """Refuse an estimator axis whose values the runs' epochs never reach: settings that differ by it alone train
     with the same values at every epoch (a schedule's end, o_end, t_max, alpha_end, n_end, ..., with --epochs 1: the
@@ -1120,6 +1139,8 @@ def _plan(seeds: list[int], settings: list[Setting], todo: list[tuple[Setting, i
     mixed = paper_mode_estimators([s.config.to_dict() for s in settings])
     if mixed:
         log(f"sweep: WARNING ({', '.join(mixed)}): {PAPER_ACROSS_ESTIMATORS}")
+    for line in _same_networks_note(settings):
+        log(line)
     counts: dict[str, int] = {}
     for i, (s, seed, job) in enumerate(todo, 1):
         # (every epoch logged, a checkpoint file to write again: mended, as the sweep then says, review mut6 #4)
@@ -1167,6 +1188,8 @@ def _sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: list[int], sett
     mixed = paper_mode_estimators([s.config.to_dict() for s in settings])
     if mixed:
         log(f"sweep: WARNING ({', '.join(mixed)}): {PAPER_ACROSS_ESTIMATORS}")
+    for line in _same_networks_note(settings):
+        log(line)
 
     failed = 0
     busy = 0  # of them, runs another job holds (RunInUse)
