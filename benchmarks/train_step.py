@@ -81,6 +81,8 @@ from reste.estimators import ReSTE
 
 VARIANTS = ("fp", "ste", "reste", "reference", "ste_ops", "reste_ops", "ste_ext", "reste_ext", "fp_graphed",
             "ste_graphed", "reste_graphed", "reste_ext_graphed")
+#: the variants --graphs also times as one CUDA graph per step (each as VARIANT_graphed)
+GRAPHED = ("fp", "ste", "reste", "reste_ext")
 LABELS = {
     "fp": "(1) resnet20, full precision",
     "ste": "(2) resnet20_1w1a, STE, Python nodes",
@@ -448,7 +450,7 @@ def measure(binary: str, float_name: str, batch: int, size: int, amp: str, chann
              for k in variants}
     graph_errors = {}
     if args.graphs and device.type == "cuda":
-        for k in ("fp", "ste", "reste", "reste_ext"):
+        for k in GRAPHED:
             if k not in nets:
                 continue
             try:
@@ -640,7 +642,21 @@ def main() -> None:
         write_json(args.json, results, failed, device, names)  # before the first: what a run killed in it missed
         for n in names:
             try:
-                results[n] = measure(*GPU_ROWS[n], args=args, device=device)
+                try:
+                    results[n] = measure(*GPU_ROWS[n], args=args, device=device)
+                except torch.OutOfMemoryError:
+                    if not args.graphs:
+                        raise
+                    # each graph keeps its step's memory beside the eager models (review gpu3: ImageNet's row may
+                    # not fit a 80 GB GPU with four): the eager figures, the row's targets, without the graphs
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    print(f"  row {n}: out of memory with its CUDA graphs; timed again without them", file=sys.stderr,
+                          flush=True)
+                    results[n] = measure(*GPU_ROWS[n], args=argparse.Namespace(**{**vars(args), "graphs": False}),
+                                         device=device)
+                    results[n]["graph_errors"] = dict.fromkeys(GRAPHED, "out of memory beside the row's eager "
+                                                                        "models: timed without graphs")
             except Exception as err:  # an out-of-memory, a failed capture: the other rows still count
                 text = str(err).strip()
                 failed[n] = f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"

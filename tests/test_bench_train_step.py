@@ -119,3 +119,34 @@ def test_a_failed_row_leaves_the_measured_ones_in_the_json(tmp_path, monkeypatch
     written = json.loads(out.read_text())
     assert list(written["rows"]) == [first] and written["rows"][first]["ratios"]["reste/fp"] == pytest.approx(1.2)
     assert written["failed"] == {second: "RuntimeError: CUDA out of memory (made up)"}
+
+
+def test_a_row_whose_graphs_do_not_fit_is_timed_again_without_them(tmp_path, monkeypatch):
+    """(review gpu3, suggestion 1) Each CUDA graph keeps its step's memory beside the row's eager models: the ImageNet
+    row's four may not fit a 80 GB GPU. An out-of-memory with --graphs times the row again without them (its eager
+    figures are its targets), and says why its graphs are missing; one without --graphs is a failed row."""
+    bench = _bench()
+    out = tmp_path / "rows.json"
+    row = list(bench.GPU_ROWS)[-1]
+    calls = []
+
+    def measure(*shape, args, device):
+        calls.append(args.graphs)
+        if args.graphs:
+            raise torch.OutOfMemoryError("CUDA out of memory (made up)")
+        return {"median_ms": {"fp": 1.0, "ste": 1.1, "reste": 1.2, "reference": 3.0}, "graph_errors": {}}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(bench, "print_rows", lambda *a: None)
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--device", "cpu", "--rows", row, "--graphs", "--json",
+                                      str(out)])
+    bench.main()
+    written = json.loads(out.read_text())
+    assert calls == [True, False] and written["failed"] == {}
+    assert written["rows"][row]["graph_errors"] == dict.fromkeys(
+        ("fp", "ste", "reste", "reste_ext"), "out of memory beside the row's eager models: timed without graphs")
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--device", "cpu", "--rows", row, "--json", str(out)])
+    monkeypatch.setattr(bench, "measure", lambda *shape, args, device: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory (made up)")))
+    with pytest.raises(SystemExit, match=f"1 row\\(s\\) failed: {row}"):
+        bench.main()
