@@ -64,17 +64,17 @@ case "$PROBE" in
      exit 77 ;;
 esac
 
-if [ "$BUDGET" -lt 280 ]; then
-  echo "gpu_check: GPU_CHECK_BUDGET=$BUDGET s is under the 280 s this script needs to run every section (section 3" \
-       "keeps 150 s for sections 4 and 5): the later steps of section 3 will not run and the run will fail; give it" \
-       "300 s or more"
-fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/reste-gpu-check.XXXXXX")"
 TEE=""
 if [ -n "$SAVE" ]; then
   mkdir -p "$SAVE"
   exec > >(tee "$SAVE/gpu_check.log") 2>&1
   TEE=$!
+fi
+if [ "$BUDGET" -lt 280 ]; then  # (in the saved log too: the device tool returns only the output's tail)
+  echo "gpu_check: GPU_CHECK_BUDGET=$BUDGET s is under the 280 s this script needs to run every section (section 3" \
+       "keeps 150 s for sections 4 and 5): the later steps of section 3 may not run, and the run then fails; give" \
+       "it 300 s or more"
 fi
 # keep: the figures and full outputs so far, into GPU_CHECK_SAVE (after each section: a run killed outright
 # still leaves what it measured)

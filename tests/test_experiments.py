@@ -2073,6 +2073,20 @@ def test_run_sweep_in_a_script_without_a_main_guard_says_so_in_its_workers_and_t
     assert f"reste: error: {said}\n" in r.stderr and "RunInUse" not in r.stderr, r.stderr
     assert r.stderr.splitlines()[-1] == (f"concurrent.futures.process.BrokenProcessPool: no run could start: {said} "
                                          "(each of its runs keeps its finished epochs)")
+    # (review diff23 #3) a dry run at the top level trains nothing: the workers run it again, harmlessly
+    (tmp_path / "planned.py").write_text(textwrap.dedent('''
+        from reste.config import TrainConfig
+        from reste.experiments import run_sweep
+
+        BASE, GRID = TrainConfig(dataset="digits", epochs=1), {"estimator": ["ste", "reste"]}
+        run_sweep(BASE, GRID, [0], "p", dry_run=True, log=lambda m: None)
+        if __name__ == "__main__":
+            run_sweep(BASE, GRID, [0], "p", jobs=2, threads=1, report=False, log=lambda m: None)
+            print("trained")
+    '''))
+    r = subprocess.run([sys.executable, "planned.py"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout == "trained\n", r.stderr
 
 
 def test_a_second_sweep_on_a_held_out_folder_is_refused_with_75(tmp_path, capsys):

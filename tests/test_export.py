@@ -641,6 +641,11 @@ def test_cli_export_and_predict(tmp_path, digits_model, capsys):
     assert "compression" in out and "against the model in float64" in out and "NOT" not in out
     assert (tmp_path / "d.onnx").is_file() and "onnxruntime vs float64" in out
     assert "logits alone" not in out  # its sign inputs compared too
+    # (review diff23 #5) a model of no signs (1W/32A): none to match, no note that they could not be
+    a32 = reste.binarize(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Linear(16, 16),
+                                       nn.BatchNorm1d(16), nn.Linear(16, 10)), activations=False).eval()
+    info = export_onnx(a32, tmp_path / "a32.onnx", (1, 8, 8))
+    assert info["ok"] and info["reference"]["traced"] and info["reference"]["agree"] == 16, info
     assert "replacing" not in out and "earlier export" not in out
     assert main(["export", str(tmp_path / "d.pt"), str(tmp_path / "d.rbnn")]) == 0  # again, without --onnx
     out = capsys.readouterr().out

@@ -78,18 +78,37 @@ def _estimator(name, params, with_f=True):
 # 1, 17: names the command line or Python cannot carry are refused where the class is registered
 @pytest.mark.parametrize("name", ["epochs", "lr", "seed", "threads", "batch_size", "jobs", "out", "warm_up"])
 def test_a_hyperparameter_named_like_a_train_or_sweep_setting_or_flag_is_refused_at_registration(isolated, name):
-    """A flag of reste train's or sweep's own is refused; and so is the name of one of their settings, whatever its
-    flag (review user3 #1: `--grid warm_up=0,2` varied the learning-rate warm-up of a plugin whose hyper-parameter
-    warm_up had the flag --wp-warm-up, and its table read as a sweep of the estimator)."""
-    for flag in (None, f"my_{name}"):
-        with pytest.raises(ValueError, match=f"hyper-parameter '{name}' has a name that `reste train` or `reste "
-                                             "sweep` takes for its own"):
-            reste.register_estimator(_estimator("clash", (reste.Param(name, int, 3, "n", "[1, inf)", flag=flag),)))
+    """A flag of reste train's or sweep's own is refused; and so is the name of a run's setting, whatever its flag
+    (review user3 #1: `--grid warm_up=0,2` varied the learning-rate warm-up of a plugin whose hyper-parameter
+    warm_up had the flag --wp-warm-up, and its table read as a sweep of the estimator). A sweep's own option (jobs,
+    out) is no setting: with another flag, its name registers."""
+    setting = name not in ("jobs", "out")
+    with pytest.raises(ValueError, match=f"hyper-parameter '{name}' has the name of a run's setting" if setting else
+                       f"the flag --{name.replace('_', '-')} .* is taken by `reste train` or `reste sweep`; give it "
+                       "another flag= in its Param"):
+        reste.register_estimator(_estimator("clash", (reste.Param(name, int, 3, "n", "[1, inf)"),)))
+    if setting:
+        with pytest.raises(ValueError, match=f"hyper-parameter '{name}' has the name of a run's setting \\(--grid, "
+                                             "the tables and the plots name settings by it\\); give it another name"):
+            reste.register_estimator(_estimator("clash", (reste.Param(name, int, 3, "n", "[1, inf)",
+                                                                      flag=f"my_{name}"),)))
     with pytest.raises(ValueError, match=f"the flag --{name.replace('_', '-')} .* is taken by `reste train` or `reste "
                                          "sweep`; give it another flag= in its Param"):
         reste.register_estimator(_estimator("clash", (reste.Param("mine", int, 3, "n", "[1, inf)", flag=name),)))
     assert "clash" not in reste.list_estimators()
     reste.register_estimator(_estimator("clash", (reste.Param(f"my_{name}", int, 3, "n", "[1, inf)"),)))
+    if not setting:
+        reste.register_estimator(_estimator("clash2", (reste.Param(name, int, 3, "n", "[1, inf)",
+                                                                   flag=f"other_{name}"),)))
+
+
+def test_the_settings_a_hyperparameter_may_not_be_named_are_the_configs_fields():
+    import dataclasses
+
+    from reste.config import TrainConfig
+    from reste.hparams import SETTINGS
+
+    assert SETTINGS == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def test_a_train_flag_taken_by_an_estimator_in_the_registry_is_one_line(isolated, capsys):
@@ -103,7 +122,7 @@ def test_a_plugin_with_such_a_flag_gets_one_line(isolated, tmp_path, capsys):
     (tmp_path / "fc.py").write_text(WINDOW.replace('"myest"', '"fc"').replace('"my_end"', '"lr"')
                                     .replace("my_end", "lr"))
     line = _one_line_error(capsys, "train", "--plugin", str(tmp_path / "fc.py"), "--epochs", "1")
-    assert "its hyper-parameter 'lr' has a name that `reste train` or `reste sweep` takes" in line
+    assert "its hyper-parameter 'lr' has the name of a run's setting" in line
 
 
 @pytest.mark.parametrize("name", ["a b", "<lambda>", "1st", ""])
@@ -369,7 +388,7 @@ def test_a_hyperparameter_named_as_the_command_lines_own_dests_is_refused():
         body = {"name": f"uses_{name}", "hyperparameters": (Param(name, float, 1.0, "a width", "(0, inf)"),),
                 "_g": staticmethod(lambda x, **p: (x.abs() <= 1).to(x.dtype))}
         cls = type(f"Uses{name}", (Estimator,), body)
-        with pytest.raises((UsageError, ValueError), match=f"hyper-parameter '{name}' has a name that"):
+        with pytest.raises((UsageError, ValueError), match=f"flag --{name} of its hyper-parameter"):
             register_estimator(cls)
 
 
@@ -388,7 +407,7 @@ def test_registering_an_estimator_imports_no_command_line_code():
             e.register_estimator(type("Clash", (e.Estimator,), {"name": "clash", "_g": Mine._g,
                                  "hyperparameters": (e.Param("epochs", int, 3, "n", "[1, inf)"),)}))
         except ValueError as err:
-            assert "has a name that `reste train` or `reste sweep` takes for its own" in str(err), err
+            assert "has the name of a run's setting" in str(err), err
         else:
             raise AssertionError("--epochs was not refused")
         print(sorted(m for m in set(sys.modules) - before if m.startswith("reste")))

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from . import cuda_ext, fused, plugins, schedules, triton_dispatch
 from ._dsq import dsq_consts
 from .errors import UsageError, did_you_mean, option
-from .hparams import RESERVED_FLAGS, Param, outside_reste, real_number
+from .hparams import RESERVED_FLAGS, SETTINGS, Param, outside_reste, real_number
 
 __all__ = [
     "ESTIMATORS",
@@ -643,11 +643,9 @@ class Estimator(nn.Module):
         may hold one as a 0-dim tensor or a NumPy number (``torch.linspace(c, c_end, epochs + 1)[epoch]``)."""
         values = {}
         for k in self._state_names():
-            value = real_number(getattr(self, k))
-            if value is None:
-                raise ValueError(f"estimator {self.name!r}: its scheduled value {k} is {getattr(self, k)!r}, not a "
-                                 "number; set_progress must set each scheduled value to a real number")
-            values[k] = value
+            held = getattr(self, k)
+            number = real_number(held)
+            values[k] = held if number is None else number  # (None until a set_progress of its own sets it: as held)
         return values
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -710,9 +708,14 @@ class Estimator(nn.Module):
         # (a plugin's) comes back as a Python number, which set_progress replaces as it moves on
         declared = {p.name: p.type for p in self.hyperparameters}
         for k in self._state_names():
-            if k in state:
-                now = real_number(getattr(self, k))
-                setattr(self, k, declared.get(k, int if isinstance(now, int) else float)(state[k]))
+            if k not in state:
+                continue
+            if k in self._buffers and isinstance(self._buffers[k], Tensor):  # (a buffer: its tensor keeps the value)
+                with torch.no_grad():
+                    self._buffers[k].fill_(state[k])
+                continue
+            now = real_number(getattr(self, k))
+            setattr(self, k, declared.get(k, int if isinstance(now, int) else float)(state[k]))
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (a scheduled one as it started); ``get_estimator(name, **config())`` rebuilds it."""
@@ -1008,10 +1011,9 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
         raise ValueError(f"estimator {cls.name!r}: its relations name {err}, which is neither a hyper-parameter "
                          f"nor one of {', '.join(_RELATIONS)}") from None
     for p in cls.hyperparameters:  # (reste train's and sweep's own flags: RESERVED_FLAGS, no CLI import)
-        if p.name in RESERVED_FLAGS:  # (a setting's name: a grid axis or a plot label could not tell them apart)
-            raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has a name that `reste train` "
-                             "or `reste sweep` takes for its own (a setting's: --grid, the tables and the plots name "
-                             "settings by it); give it another name")
+        if p.name in SETTINGS:  # (a grid axis or a plot label could not tell them apart)
+            raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has the name of a run's "
+                             "setting (--grid, the tables and the plots name settings by it); give it another name")
         if p.dest in RESERVED_FLAGS or p.option in RESERVED_FLAGS or "--" + p.dest in RESERVED_FLAGS:
             raise ValueError(f"estimator {cls.name!r}: the flag {p.option} of its hyper-parameter {p.name!r} is taken "
                              "by `reste train` or `reste sweep`; give it another flag= in its Param")

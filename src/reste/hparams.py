@@ -156,6 +156,19 @@ class Param:
         return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
 
 
+# The names of a run's settings (``TrainConfig``'s fields): a hyper-parameter cannot have one as its name, whatever
+# its flag (``register_estimator`` refuses it): ``--grid NAME=...`` takes a setting's name for the setting, and the
+# plots and tables name settings by it (review user3 #1). Written out here, as RESERVED_FLAGS is; tests/
+# test_plugin_review.py compares it with TrainConfig.
+SETTINGS: frozenset[str] = frozenset((
+    "a32", "accumulate", "amp", "augment", "batch_size", "bop_gamma", "bop_threshold", "channels_last", "compile",
+    "cuda_graphs", "data_device", "data_path", "dataset", "device", "download", "epochs", "estimator",
+    "estimator_options", "eval_batch_size", "indicators", "keep_top", "lr", "model", "model_options", "momentum",
+    "optimizer", "plugins", "preset", "save_every", "scaling", "seed", "sync_bn", "tensorboard", "threads", "warm_up",
+    "weight_decay", "workers",
+))
+
+
 # The option strings and dests of `reste train` and `reste sweep` themselves (no estimator flags), with the dests
 # the command line sets besides (``command``, the subcommand; ``func``, its function: review extend #1): a
 # hyper-parameter cannot take one as its flag (``register_estimator`` refuses it). Written out here, not read from

@@ -1019,7 +1019,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
-    if _in_spawned_main():  # (its exit status tells the sweep that started it why its worker is gone)
+    if not dry_run and _in_spawned_main():  # (its exit status tells the sweep that started it why its worker is gone)
         print(f"reste: error: {_CALLED_AGAIN}", file=sys.stderr, flush=True)
         raise SystemExit(_CALLED_AGAIN_STATUS)
     if jobs > 61 and os.name == "nt":  # (a process pool there waits on at most 61 processes: its ValueError)
