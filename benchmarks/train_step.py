@@ -57,6 +57,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import gc
 import json
 import math
 import os
@@ -644,19 +645,23 @@ def main() -> None:
             try:
                 try:
                     results[n] = measure(*GPU_ROWS[n], args=args, device=device)
+                    crowded = False
                 except torch.OutOfMemoryError:
                     if not args.graphs:
                         raise
+                    crowded = True  # (the retry comes after this clause: its traceback holds the models and graphs)
+                if crowded:
                     # each graph keeps its step's memory beside the eager models (review gpu3: ImageNet's row may
                     # not fit a 80 GB GPU with four): the eager figures, the row's targets, without the graphs
+                    gc.collect()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     print(f"  row {n}: out of memory with its CUDA graphs; timed again without them", file=sys.stderr,
                           flush=True)
                     results[n] = measure(*GPU_ROWS[n], args=argparse.Namespace(**{**vars(args), "graphs": False}),
                                          device=device)
-                    results[n]["graph_errors"] = dict.fromkeys(GRAPHED, "out of memory beside the row's eager "
-                                                                        "models: timed without graphs")
+                    results[n]["graph_errors"] = {k: "out of memory beside the row's eager models: timed without "
+                                                  "graphs" for k in GRAPHED if k in results[n].get("variants", GRAPHED)}
             except Exception as err:  # an out-of-memory, a failed capture: the other rows still count
                 text = str(err).strip()
                 failed[n] = f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"

@@ -2993,3 +2993,24 @@ def test_crossed_axes_that_train_one_network_twice_are_said(tmp_path):
     assert lines[1] == ("sweep: note: o_end=3,o_schedule=constant and o_end=5,o_schedule=constant train the same "
                         "network (the same g and F at every epoch, and all else the same): their runs are the same, "
                         "seed for seed"), lines
+
+
+def test_an_estimator_with_a_forward_of_its_own_is_not_judged_by_params_alone(isolated):
+    """(review diff24, suggestion 4) Its forward may read an option params() does not give (here k): its settings
+    are not called one network, nor is its axis refused as training one."""
+    import reste
+    from reste.experiments.sweep import expand_grid, same_networks
+
+    class Shifted(reste.STE):
+        name = "shifted"
+        hyperparameters = (*reste.STE.hyperparameters, reste.Param("k", float, 0.0, "a shift", "[0, 1]"))
+
+        def params(self):
+            return {"clip": self.clip}
+
+        def forward(self, x):
+            return super().forward(x - self.k)
+
+    reste.register_estimator(Shifted)
+    settings = expand_grid(TrainConfig(dataset="digits", epochs=1, estimator="shifted"), {"k": [0.0, 0.5]})
+    assert [s.label for s in settings] == ["k=0", "k=0.5"] and same_networks(settings) == []

@@ -635,3 +635,22 @@ def test_a_g_that_cannot_take_what_params_gives_is_refused_at_registration(isola
     wide = type("Wide", (Estimator,), {"name": "wide", "hyperparameters": params,
                                        "_g": staticmethod(lambda x, p, **rest: torch.ones_like(x) * p)})
     reste.register_estimator(wide)
+
+
+def test_a_g_that_takes_params_through_a_wrapper_registers(isolated):
+    """(review diff24, suggestion 1) The hook is tried first: one under functools.wraps whose signature (the wrapped
+    one's) is narrower than what its wrapper takes works, so it registers."""
+    import functools
+
+    def keep_p(g):
+        @functools.wraps(g)
+        def wrapper(x, **params):
+            return g(x, p=params["p"])
+        return wrapper
+
+    params = (reste.Param("p", float, 2.0, "a power", "(0, inf)"), reste.Param("p_end", float, 4.0, "its end",
+                                                                               "(0, inf)"))
+    wrapped = type("Wrapped", (Estimator,), {"name": "wrapped", "hyperparameters": params,
+                                             "_g": staticmethod(keep_p(lambda x, p: torch.ones_like(x) * p))})
+    reste.register_estimator(wrapped)
+    assert reste.get_estimator("wrapped").derivative(torch.zeros(3)).tolist() == [2.0, 2.0, 2.0]

@@ -472,6 +472,13 @@ def test_a_scheduled_value_held_as_a_tensor_a_buffer_or_none_until_set_loads_and
         assert loaded.schedule_values() == {"c": 2.0} and float(loaded.c) == 2.0, cls
     assert type(loaded.c) is float and isinstance(Buffered().c, torch.Tensor)
     assert Unset().schedule_values() == {"c": None} and "now: c=None" in repr(Unset())
+    fresh = Unset()  # (review diff24 #3) saved before its set_progress: None kept, and loaded as None
+    fresh.load_state_dict(Unset().state_dict())
+    assert fresh.c is None
+    loaded.c = torch.tensor([1.0, 2.0])  # (review diff24 #1) anything else that is no number: named before training
+    with pytest.raises(ValueError, match=r"estimator 'unset_value': its scheduled value c is tensor\(\[1\., 2\.\]\), "
+                                         "not a number"):
+        loaded.schedule_values()
 
 
 MODEL_PLUGIN = textwrap.dedent('''
@@ -642,6 +649,8 @@ def test_a_plugins_sweep_run_again_without_it_is_told_to_pass_it(tmp_path, comma
     for given, unknown in ((("--grid", "estimator=myest,ste"), "estimator 'myest'"),
                            (("--estimator", "myest", "--grid", "my_end=0.5,0.25"), "grid axis 'my_end'")):
         r = command("sweep", *given, *args, cwd=tmp_path)
-        assert r.returncode == 2 and r.stderr == (
-            f"reste: error: unknown {unknown}; the sweep in sw trained with --plugin "
-            f"{tmp_path / 'myest_plugin.py'}: pass the same --plugin\n"), r.stderr
+        assert r.returncode == 2 and r.stderr.startswith(f"reste: error: unknown {unknown}; ") and r.stderr.endswith(
+            f" (the sweep in sw trained with --plugin {tmp_path / 'myest_plugin.py'}: pass the same --plugin)\n"), \
+            r.stderr
+    r = command("sweep", "--grid", "estimator=stee,ste", *args, cwd=tmp_path)  # (review diff24 #4: a typo's hint kept)
+    assert "unknown estimator 'stee'; did you mean 'ste'?" in r.stderr and "pass the same --plugin" in r.stderr

@@ -645,13 +645,17 @@ class Estimator(nn.Module):
         for k in self._state_names():
             held = getattr(self, k)
             number = real_number(held)
-            values[k] = held if number is None else number  # (None until a set_progress of its own sets it: as held)
+            if number is None and held is not None:  # (None: until a set_progress of its own sets it)
+                raise ValueError(f"estimator {self.name!r}: its scheduled value {k} is {held!r}, not a number; "
+                                 "set_progress must set each scheduled value to a real number")
+            values[k] = number
         return values
 
     def get_extra_state(self) -> dict[str, Any]:
         """The schedule's state, the estimator's name and its hyper-parameters (a state loads into an estimator of
         that name and those hyper-parameters only)."""
-        state: dict[str, Any] = {"estimator": self.name, **{k: float(v) for k, v in self.schedule_values().items()}}
+        state: dict[str, Any] = {"estimator": self.name, **{k: None if v is None else float(v)
+                                                            for k, v in self.schedule_values().items()}}
         try:
             state["config"] = self.config()
         except NotImplementedError:  # a plugin's constructor that declares nothing: its name alone is checked
@@ -708,7 +712,7 @@ class Estimator(nn.Module):
         # (a plugin's) comes back as a Python number, which set_progress replaces as it moves on
         declared = {p.name: p.type for p in self.hyperparameters}
         for k in self._state_names():
-            if k not in state:
+            if state.get(k) is None:  # (not in it, or saved before a set_progress of its own set it)
                 continue
             if k in self._buffers and isinstance(self._buffers[k], Tensor):  # (a buffer: its tensor keeps the value)
                 with torch.no_grad():
@@ -988,7 +992,10 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     ``get_estimator``, ``binarize``, the zoo's ``estimator=``, ``TrainConfig``, checkpoints,
     ``reste sweep`` and ``reste train --estimator NAME`` (with one flag per hyper-parameter)
     know it from then on. Raises ``ValueError`` for a class without a name or without ``_g``, a name taken
-    by another class, bad defaults, or a flag that another estimator uses with another meaning.
+    by another class, bad defaults, a hyper-parameter named as a run's setting (``hparams.SETTINGS``) or flagged as
+    a flag of ``reste train`` or ``reste sweep``, a flag that another estimator uses with another meaning, or a
+    ``_g`` or ``_f`` that, tried at the defaults, cannot take what ``params()`` gives or returns no tensor shaped
+    like x.
     """
     if not (isinstance(cls, type) and issubclass(cls, Estimator)):
         raise ValueError(f"register_estimator takes an Estimator subclass, got {cls!r}")
@@ -1047,19 +1054,10 @@ def _check_returns_tensors(cls: type[Estimator]) -> None:
             continue
         function = getattr(est, hook)
         try:
-            signature = inspect.signature(function)
-        except (TypeError, ValueError):  # (one Python cannot read: tried as it is)
-            signature = None
-        try:
-            if signature is not None:
-                signature.bind(x, **params)
-        except TypeError as err:  # (review user3, suggestion 5: it failed at the run's first step, after "training")
-            takes = ", ".join(list(signature.parameters)[1:]) or "x alone"
-            raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} cannot take what params() gives "
-                             f"({', '.join(params) or 'nothing'}; {hook} takes {takes}: {err}); override params() to "
-                             f"return what _g and _f read") from None
-        try:
             out = function(x, **params)
+        except TypeError as err:  # (review user3, suggestion 5: it failed at the run's first step, after "training")
+            _refuse_signature(cls, hook, function, params, err)
+            continue  # its own error, at its use
         except Exception:  # noqa: BLE001 - its own error, at its use
             continue
         got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else \
@@ -1067,6 +1065,24 @@ def _check_returns_tensors(cls: type[Estimator]) -> None:
         if got:  # (review diff21 #7: one of another shape failed at the first backward too)
             raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} returned {got}; it must return a "
                              f"tensor shaped like x (for a constant, e.g. torch.ones_like(x))")
+
+
+def _refuse_signature(cls: type[Estimator], hook: str, function: Callable[..., Any], params: dict[str, Any],
+                      err: TypeError) -> None:
+    """Refuse ``cls`` where the TypeError its ``hook`` raised is that the hook cannot take ``params()``'s keywords
+    (its signature cannot bind them); any other TypeError is its own, left to its use."""
+    try:
+        signature = inspect.signature(function)
+        signature.bind(torch.zeros(1), **params)
+        return
+    except ValueError:  # (a signature Python cannot read)
+        return
+    except TypeError as why:
+        bound = why
+    takes = ", ".join(list(signature.parameters)[1:]) or "x alone"
+    raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} cannot take what params() gives "
+                     f"({', '.join(params) or 'nothing'}; {hook} takes {takes}: {bound}); override params() to "
+                     "return what _g and _f read") from err
 
 
 def _fits(shape: torch.Size, like: torch.Size) -> bool:

@@ -133,8 +133,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except UsageError as err:
         missing = _sweeps_plugins_not_loaded(args.out) if str(err).startswith("unknown ") else []
         if missing:  # (review user3, suggestion 4: the sweep in --out trained with them; as `reste eval RUN` says)
-            raise UsageError(f"{str(err).split(' (')[0].split('; ')[0]}; the sweep in {args.out} trained with "
-                             f"--plugin {' '.join(missing)}: pass the same --plugin") from None
+            raise UsageError(f"{err} (the sweep in {args.out} trained with --plugin {' '.join(missing)}: pass the "
+                             "same --plugin)") from None
         if not str(err).startswith("unknown grid axis") or args.plugins:
             raise
         raise UsageError(f"{err}; the axes of a plugin's estimator or model exist once --plugin MODULE loads it "

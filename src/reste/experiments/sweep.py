@@ -372,7 +372,7 @@ def _check_axis_trains(key: str, name: str, scoped: dict[str, str], settings: It
 def _schedule_path(config: TrainConfig) -> tuple[str, ...] | None:
     """What the estimator of ``config`` trains with in each of its epochs (``params()``, the keywords of its g and
     F, once ``set_progress`` set the epoch's start, as the run does), as texts to compare; None where that cannot be
-    told (bad settings, which resolve names; no number of epochs)."""
+    told (bad settings, which resolve names; no number of epochs; a forward of its own)."""
     epochs = config.epochs
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         return None
@@ -381,6 +381,8 @@ def _schedule_path(config: TrainConfig) -> tuple[str, ...] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (a schedule's own warnings: the run says them)
             est = get_estimator(config.estimator, **config.estimator_options)
+            if not est.forward_is_sign():  # (a forward of its own may read what params() does not give)
+                return None
             for epoch in range(epochs):
                 est.set_progress(epoch, epochs)
                 path.append(repr(sorted(est.params().items())))
