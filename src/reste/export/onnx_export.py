@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 import os
 import re
 import sys
@@ -298,30 +299,34 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
     return info
 
 
-def _constant(graph: Any, name: str) -> float | None:
-    """The value of a one-element constant of ``graph`` (an initializer or a Constant node's), else None."""
+def _scalars(graph: Any) -> dict[str, float]:
+    """The one-element constants of ``graph`` (its initializers and its Constant nodes' values) by name; a name
+    given twice is left out (no one value)."""
     from onnx import numpy_helper
 
-    tensors = [t for t in graph.initializer if t.name == name]
+    def one(tensor: Any) -> Any:  # (a weight is not read: its dims say it is no scalar)
+        return numpy_helper.to_array(tensor).item() if math.prod(tensor.dims) == 1 else None
+
+    found: dict[str, list[Any]] = {}
+    for tensor in graph.initializer:
+        found.setdefault(tensor.name, []).append(one(tensor))
     for node in graph.node:
-        if node.op_type == "Constant" and name in node.output:
-            tensors += [a.t for a in node.attribute if a.name == "value"]
-            tensors += [a.f for a in node.attribute if a.name == "value_float"]
-    if len(tensors) != 1:
-        return None
-    value = tensors[0] if isinstance(tensors[0], float) else numpy_helper.to_array(tensors[0])
-    return float(value) if getattr(value, "size", 1) == 1 else None
+        for a in node.attribute if node.op_type == "Constant" else ():
+            if a.name in ("value", "value_float"):
+                found.setdefault(node.output[0], []).append(one(a.t) if a.name == "value" else a.f)
+    return {name: float(v[0]) for name, v in found.items() if len(v) == 1 and v[0] is not None}
 
 
 def sign_inputs(graph: Any) -> list[str]:
     """The values an ONNX graph takes the sign of (``Where(x < 0, -1, 1)``: x), in the order it runs them, each
     once (one exporter gives two signs of one tensor one Where; the other, two)."""
     made = {out: node for node in graph.node for out in node.output}
+    scalars = _scalars(graph)
     names: list[str] = []
     for node in graph.node:
         less = made.get(node.input[0]) if node.op_type == "Where" else None
-        if less is None or less.op_type != "Less" or _constant(graph, less.input[1]) != 0.0 \
-                or (_constant(graph, node.input[1]), _constant(graph, node.input[2])) != (-1.0, 1.0):
+        if less is None or less.op_type != "Less" or scalars.get(less.input[1]) != 0.0 \
+                or (scalars.get(node.input[1]), scalars.get(node.input[2])) != (-1.0, 1.0):
             continue
         if less.input[0] not in names:
             names.append(less.input[0])
