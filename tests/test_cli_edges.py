@@ -711,3 +711,57 @@ def test_a_stopped_resume_that_extends_a_finished_run_is_not_called_finished(tmp
     assert cli._kept(["train", "--resume", str(run)]) == f"the run had finished: {run} holds it whole"
     assert cli._kept(["train", "--resume", str(run), "--epochs", "4", "--force"]) == (
         f"{run} keeps what the run saved, its finished epochs at least: run the same command again")
+
+
+def test_a_warning_while_the_command_imports_is_one_line(monkeypatch, capsys):
+    """(review install1 #3) The one-line format was installed once reste.cli was imported: a warning given during
+    that import (the kernel cache refused, a bad RESTE_FUSED) came in Python's two-line form, with reste's source
+    line, and then again as `reste: warning:` where the same check ran once more."""
+    import warnings
+
+    from reste import _startup
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # (restored after the test)
+    monkeypatch.setattr(sys, "argv", ["reste", "--version"])
+
+    def load():
+        warnings.warn("the cache is refused", RuntimeWarning)
+
+        def command():
+            from reste.errors import one_line_warnings
+
+            one_line_warnings()  # (as reste.cli.command does: again, it keeps what it has shown)
+            warnings.warn("the cache is refused", UserWarning)
+            return 0
+        return command
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert _startup.run(load) == 0
+    assert capsys.readouterr().err == "reste: warning: the cache is refused\n"
+
+
+_WARNING_IN_THE_IMPORT = """
+import sys, warnings
+
+class Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name == "reste.cli":
+            warnings.warn("the kernel cache is refused", RuntimeWarning)
+        return None
+
+sys.meta_path.insert(0, Finder())
+from reste.__main__ import run
+sys.argv = ["reste", "--version"]
+sys.exit(run())
+"""
+
+
+def test_a_warning_while_the_command_imports_is_one_line_in_a_new_process(tmp_path):
+    """(review install1 #3) The same, as the command meets it: Python's own warning format, not pytest's."""
+    import subprocess
+
+    script = tmp_path / "w.py"
+    script.write_text(_WARNING_IN_THE_IMPORT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "reste: warning: the kernel cache is refused\n", proc.stderr

@@ -1549,6 +1549,28 @@ def test_a_digits_cache_file_others_may_have_made_is_not_used(tmp_path, monkeypa
     assert all(np.array_equal(a, b) for a, b in zip(real, sets._digits_split()))
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="no POSIX owners and modes (Windows): nothing is checked")
+def test_the_digits_cache_reste_writes_passes_its_own_check_whatever_the_umask(tmp_path, monkeypatch):
+    """(review install1 #4) Under umask 002, with a primary group shared with others, the cached split was written
+    group-writable, which the check above then refused: it was split and written again in every command."""
+    import sys
+
+    from reste import native
+    from reste.data import sets
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_private_group", lambda gid: False)  # (a lab's group, not the user's own)
+    old = os.umask(0o002)
+    try:
+        first = sets._digits_split()
+        kept = next((tmp_path / "cache").glob("digits-*.npz"))
+        assert kept.stat().st_mode & 0o777 == 0o600
+        monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # an import of scikit-learn would now fail
+        assert all(np.array_equal(a, b) for a, b in zip(first, sets._digits_split()))
+    finally:
+        os.umask(old)
+
+
 def test_cifar10_default_folder_is_recorded_so_eval_finds_it_from_elsewhere(tmp_path, monkeypatch):
     """(review docs #1) Without --data-path a CIFAR-10 run reads ./data; config.json recorded null, so `reste eval
     RUN_DIR` or --resume from any other folder looked for another ./data."""

@@ -611,6 +611,7 @@ def test_a_cache_folder_reste_makes_is_private_whatever_the_umask(tmp_path, monk
     finally:
         os.umask(old)
     assert (tmp_path / "new" / "cache").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700  # and the folders made above it (review install1 #4)
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
@@ -714,3 +715,156 @@ def test_with_no_home_to_be_found_the_cache_is_not_a_folder_named_tilde(monkeypa
     folder = native.cache_dir()
     assert folder.is_absolute() and folder.parent == Path(tempfile.gettempdir())
     assert native.writable_cache() == folder and not (tmp_path / "~").exists()
+
+
+# ------------------------------------------------------------------------ a cache that cannot serve (review install1)
+
+_LOAD_PROBE = """
+from reste.native import I32, NativeLibrary
+
+print(NativeLibrary("probe", "int probe(void) { return 7; }", {"probe": ([], I32)}).get().probe())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an ELF library and /proc/self/fd")
+def test_a_cached_library_cut_short_is_built_again_not_loaded(tmp_path):
+    """(review install1 #1, High) A library cut short with its headers whole (a crash after its build, a copy cut
+    short) was mapped by the loader: the process died with SIGBUS, and so did every later command. It is built
+    again instead. In subprocesses: without the check the process dies (and one that has the library loaded must
+    not see it cut)."""
+    script = tmp_path / "t.py"
+    script.write_text(_LOAD_PROBE)
+    for keep in (9000, 2000):  # (the whole file is about 15 kB: past its headers, before its end)
+        env = {**os.environ, "RESTE_CACHE": str(tmp_path / f"cache{keep}")}
+        for cut in (False, True):
+            if cut:
+                so = next((tmp_path / f"cache{keep}").glob("probe_*.so"))
+                assert so.stat().st_size > keep
+                with open(so, "r+b") as f:
+                    f.truncate(keep)
+            proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+            assert proc.returncode == 0 and proc.stdout == "7\n", (keep, cut, proc.returncode, proc.stderr[-500:])
+        assert so.stat().st_size > keep  # built again, over it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an ELF library")
+def test_cut_short_tells_a_whole_library_from_one_cut_anywhere(tmp_path, monkeypatch):
+    from reste import native
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path / "cache"))
+    assert NativeLibrary("probe", "int probe(void) { return 7; }", {"probe": ([], native.I32)}).get() is not None
+    whole = next((tmp_path / "cache").glob("probe_*.so")).read_bytes()
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"not a library at all" * 10)
+
+    def cut_short(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return native._cut_short(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
+    assert not cut_short(plain)  # (the loader refuses it with an error of its own)
+    part = tmp_path / "part.so"
+    for size in (len(whole), len(whole) + 7):  # (bytes after the end change nothing)
+        part.write_bytes((whole + bytes(7))[:size])
+        assert not cut_short(part), size
+    for size in (len(whole) - 1, len(whole) // 2, 100, 64, 10):
+        part.write_bytes(whole[:size])
+        assert cut_short(part) == (size >= 4), size  # (under 4 bytes it is no ELF file)
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX")
+def test_a_library_that_does_not_load_is_named_by_its_file(tmp_path):
+    """(review install1, suggestion 2) dlopen's error named /proc/self/fd/3, which tells the user nothing."""
+    from reste import native
+
+    lib = tmp_path / "x.so"
+    lib.write_bytes(b"\x7fELF" + bytes(60))  # no library: the loader refuses it
+    lib.chmod(0o755)
+    with pytest.raises(OSError) as err:
+        native._load(lib)
+    assert str(err.value).startswith(f"{lib}: ") and "/proc/self/fd" not in str(err.value)
+
+
+def test_a_cache_on_a_noexec_file_system_builds_the_kernels_in_the_temporary_folder(tmp_path, monkeypatch):
+    """(review install1 #2) A cache on a file system mounted noexec: each process built the kernels there again
+    and could load none of them. The temporary folder serves instead, with no warning; where it is noexec too, the
+    error says so and what to do."""
+    import warnings
+
+    from reste import native
+
+    cache, temp = tmp_path / "cache", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("RESTE_CACHE", str(cache))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(temp))
+    noexec = {cache}
+    monkeypatch.setattr(native, "_noexec", lambda f: "lies on a file system mounted noexec" if f in noexec else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = native.writable_cache()
+    assert got.parent == temp and got.name.startswith("reste-cache-")
+    lib = native.NativeLibrary("probe", "int probe(void) { return 7; }", {"probe": ([], native.I32)})
+    assert lib.get().probe() == 7 and list(got.glob("probe_*.so")) and not list(cache.glob("*.so"))
+    noexec.add(got)
+    with pytest.raises(OSError, match=r"mounted noexec, and so does .*reste-cache-.*set \$RESTE_CACHE"):
+        native.writable_cache()
+
+
+def test_noexec_reads_the_mount_flag(tmp_path, monkeypatch):
+    from reste import native
+
+    if not hasattr(os, "statvfs") or not hasattr(os, "ST_NOEXEC"):
+        pytest.skip("no statvfs")
+    assert native._noexec(tmp_path) is None or "noexec" in native._noexec(tmp_path)
+    real = os.statvfs(tmp_path)
+    for flags, said in ((real.f_flag | os.ST_NOEXEC, True), (real.f_flag & ~os.ST_NOEXEC, False)):
+        fake = type("V", (), {"f_flag": flags})()
+        monkeypatch.setattr(native.os, "statvfs", lambda f, fake=fake: fake)
+        assert (native._noexec(tmp_path) is not None) == said
+
+
+def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
+    """(review install1, suggestion 4) The XDG rule: a relative $XDG_CACHE_HOME is ignored; it sent the cache to
+    the temporary folder, lost at the next boot."""
+    from reste import native
+
+    monkeypatch.delenv("RESTE_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relcache")
+    assert native.cache_dir() == tmp_path / ".cache" / "reste"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert native.cache_dir() == tmp_path / "xdg" / "reste"
+
+
+def test_a_build_folder_a_killed_build_left_is_removed_later(tmp_path, monkeypatch):
+    """(review install1, suggestion 3) A process killed while compiling left its build folder in the cache for
+    good. One older than an hour is removed at the next build; a younger one may be another process's build."""
+    import time
+
+    from reste import native
+
+    monkeypatch.setenv("RESTE_CACHE", str(tmp_path))
+    old, young = tmp_path / ".build-probe-old", tmp_path / ".build-probe-young"
+    for folder in (old, young):
+        folder.mkdir()
+        (folder / "probe.c").write_text("int x;")
+    past = time.time() - 2 * 3600
+    os.utime(old, (past, past))
+    other = tmp_path / "tmp-not-ours"
+    other.mkdir()
+    os.utime(other, (past, past))
+    assert NativeLibrary("probe", "int probe(void) { return 7; }", {"probe": ([], native.I32)}).get() is not None
+    assert not old.exists() and young.exists() and other.exists()
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".build-")} == {young.name}
+
+
+def test_importing_the_command_builds_no_kernel(tmp_path):
+    """(review install1, suggestion 1) Each estimator's registration tried its hooks on a float32 tensor, which the
+    fused C kernels take: `reste --version` compiled them."""
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", "reste", "--version"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RESTE_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    assert not cache.exists() or not list(cache.glob("*.so"))

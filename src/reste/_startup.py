@@ -15,6 +15,10 @@ from typing import Callable
 def run(load: Callable[[], Callable[[], int]]) -> int:
     """``load()`` (the import, which returns the command), then the command; 130 with one line on a Ctrl-C during
     the import."""
+    if "--debug" not in sys.argv[1:]:  # (a warning while reste imports, as the command's own: review install1 #3)
+        from .errors import one_line_warnings
+
+        one_line_warnings()
     noted: list[int] = []
 
     def note(signum: int, _frame: object) -> None:

@@ -68,11 +68,12 @@ REQUIRED = {"config": dict, "model_name": str, "model_options": dict, "model": d
             "metrics": dict}
 
 
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
+def atomic_write(path: str | os.PathLike, write: Any, mode: int | None = None) -> None:
     """Write ``path`` via a temporary file in the same folder, fsync, then rename.
 
     ``write(file_object)`` produces the content. A crash at any moment leaves
-    either the old file or the new one, never a torn one.
+    either the old file or the new one, never a torn one. ``mode``: the file's
+    permissions (default: what ``open()`` gives under the umask).
     """
     path = Path(path)
     writes = _Writes()  # (before the file: nothing between it and the try that removes it again, review chaos6 #5)
@@ -81,7 +82,7 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     except OSError as err:  # (its filename: the random name it tried, which never existed: review chaos #1)
         raise naming(err, path, err.filename) from err
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # the mode an ordinary open() gives, not mkstemp's 0600
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # by default an ordinary open()'s, not 0600
         with os.fdopen(fd, "wb") as f:
             writes.file = f
             write(writes)

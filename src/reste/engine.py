@@ -1546,14 +1546,14 @@ def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) 
     if not (config.amp == "fp16" or distributed or config.accumulate > 1):
         eager = "12.0 ms eager through reste's C++ nodes" if cpp else "21.3 ms eager"
         return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
-                f"ResNet-20 ReSTE step in bf16 took 4.2 ms graphed against {eager}: benchmarks/RESULTS.md)")
+                f"ResNet-20 ReSTE step in bf16 took 4.2 ms graphed against {eager}: the README's Speed section)")
     from . import fused
 
     if cpp or cuda_ext.mode() == "off" or not fused.enabled():  # (RESTE_FUSED=0: the PyTorch ops, as asked)
         return None
     return ("note: this GPU run is eager and its binary layers run through Python nodes: reste's C++ nodes are not "
             f"used here ({cuda_ext.error() or 'not built'}); on an H200 they took a ResNet-20 ReSTE step in bf16 from "
-            "21.3 ms to 12.0 ms, against 11.7 ms for the float step (benchmarks/RESULTS.md)")
+            "21.3 ms to 12.0 ms, against 11.7 ms for the float step (the README's Speed section)")
 
 
 def resume(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None, *, force: bool = False,

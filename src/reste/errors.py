@@ -201,7 +201,10 @@ def one_line_warnings() -> None:
     """Show warnings as ``reste: warning: ...``, one line each and each once (Python's format takes two lines,
     with the source line, and a check repeated by the config and the model printed it twice). For the ``reste``
     command (``reste.__main__.run``) and a sweep's workers; the library and ``reste.cli.main`` leave warnings to
-    Python."""
+    Python. Installed once: again, it keeps what it has shown (the ``reste`` command installs it before its import,
+    review install1 #3, and again in ``reste.cli.command``)."""
+    if getattr(warnings.showwarning, "reste_one_line", False):
+        return
     shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - warnings' signature

@@ -33,10 +33,12 @@ import platform
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from collections.abc import Iterator
@@ -159,8 +161,10 @@ def cache_dir() -> Path:
     home to be found (HOME unset and a user the password database lacks: a container's arbitrary uid), this user's
     folder under the temporary directory, not a folder named ``~`` in the current one (review portable #9)."""
     home = os.path.expanduser("~")
-    root = os.environ.get("RESTE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"), "reste")
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and not os.path.isabs(xdg):  # (the XDG rule: a relative one is ignored; review install1, suggestion 4)
+        xdg = None
+    root = os.environ.get("RESTE_CACHE") or os.path.join(xdg or os.path.join(home, ".cache"), "reste")
     if not os.path.isabs(root) and not os.environ.get("RESTE_CACHE"):  # (a given relative $RESTE_CACHE is meant)
         return _private_temp()
     return Path(root)
@@ -184,12 +188,14 @@ def _writable(folder: Path) -> Path:
     """``folder``, made if needed, or, where it cannot be written (a read-only home, a bad $RESTE_CACHE) or is not
     this user's alone (:func:`untrusted_path`: a shared $RESTE_CACHE, said in a warning), a folder of this user's
     under the temporary directory: the kernels are then built there, not lost."""
-    refused = None  # why a folder that can be written is not used
+    refused = None  # why a folder that can be written is not used, in a warning
+    unusable = None  # why it cannot hold libraries that load: the temporary folder instead, with no warning
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private whatever the umask: refused below if not
+        _make_private(folder)
         if os.access(folder, os.W_OK | os.X_OK):
             refused = untrusted_path(folder) or _untrusted_above(folder)
-            if refused is None:
+            unusable = None if refused else _noexec(folder)
+            if refused is None and unusable is None:
                 return folder
     except OSError:
         pass
@@ -198,13 +204,40 @@ def _writable(folder: Path) -> Path:
         refused = None
     fallback.mkdir(mode=0o700, exist_ok=True)
     if untrusted_path(fallback, follow=False):  # in a folder anyone may write: made by another user, maybe
-        raise OSError(f"{folder} {refused or 'is not writable'}, and {fallback} is not this user's own (libraries "
-                      "loaded from it could be anyone's); set $RESTE_CACHE to a folder of your own")
+        raise OSError(f"{folder} {refused or unusable or 'is not writable'}, and {fallback} is not this user's own "
+                      "(libraries loaded from it could be anyone's); set $RESTE_CACHE to a folder of your own")
+    if unusable and _noexec(fallback):  # (review install1 #2: built again in each process, never loaded)
+        raise OSError(f"{folder} {unusable}, and so does {fallback}; set $RESTE_CACHE to a folder of your own on a "
+                      "file system that allows running programs")
     if refused:
         warnings.warn(f"{folder} {refused}, so reste keeps its cache in {fallback} instead (code others put there "
                       "would run in this process); set $RESTE_CACHE to a folder of your own", RuntimeWarning,
                       stacklevel=3)
     return fallback
+
+
+def _make_private(folder: Path) -> None:
+    """``folder`` and each missing folder above it made with mode 0700, whatever the umask (review install1 #4: with
+    umask 002 and a group of others, ``mkdir(parents=True)`` made ``~/.cache`` group-writable, which
+    :func:`_untrusted_above` then refused in each command)."""
+    missing = []
+    for above in (folder, *folder.parents):
+        if above.exists():
+            break
+        missing.append(above)
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)
+
+
+def _noexec(folder: Path) -> str | None:
+    """Why no library in ``folder`` can be loaded, or None: a file system mounted ``noexec`` (a hardened /home or
+    /tmp), whose files the dynamic loader refuses to map."""
+    flag = getattr(os, "ST_NOEXEC", 0)
+    try:
+        noexec = bool(flag) and bool(os.statvfs(folder).f_flag & flag)
+    except (OSError, AttributeError):  # (no statvfs: Windows)
+        return None
+    return "lies on a file system mounted noexec (no library there can be loaded)" if noexec else None
 
 
 def writable_cache() -> Path:
@@ -308,10 +341,15 @@ def _load(lib: Path) -> ctypes.CDLL:
         why = _untrusted(info) or (None if stat.S_ISREG(info.st_mode) else "is not a regular file")
         if why:
             raise _Untrusted(lib, why)
+        if _cut_short(fd, info.st_size):  # loading it would kill the process (SIGBUS): built again instead
+            raise OSError(f"{lib} is cut short (its build or a copy of it was interrupted)")
         by_fd = f"/proc/self/fd/{fd}"
         if not os.path.exists(by_fd):
             return ctypes.CDLL(str(lib))
-        loaded = ctypes.CDLL(by_fd)
+        try:
+            loaded = ctypes.CDLL(by_fd)
+        except OSError as err:  # (named by the cached file, not /proc/self/fd/N: review install1, suggestion 2)
+            raise OSError(f"{lib}: {str(err).replace(by_fd + ': ', '')}") from None
         # Kept open for good: glibc knows a library by the name it was loaded under, and would answer a later
         # load of another library through a reused /proc/self/fd/N with this one.
         _HELD.append(fd)
@@ -319,6 +357,64 @@ def _load(lib: Path) -> ctypes.CDLL:
     finally:
         if fd not in _HELD:
             os.close(fd)
+
+
+def _cut_short(fd: int, size: int) -> bool:
+    """Whether the ELF file open as ``fd`` (``size`` bytes) ends before its program segments or section headers do:
+    a build or a copy cut off by a crash, a power loss or a full disk. The loader maps such a file and the process
+    dies with SIGBUS at the first page past its end, in every later command too (review install1 #1). Not an ELF
+    file: False (the loader refuses anything else with an error)."""
+    head = os.pread(fd, 64, 0)
+    if head[:4] != b"\x7fELF":
+        return False
+    if len(head) < 6 or len(head) < (64 if head[4] == 2 else 52):  # (the header itself cut)
+        return True
+    if head[4] not in (1, 2) or head[5] not in (1, 2):  # (no ELF class or byte order this reads: the loader's)
+        return False
+    wide = head[4] == 2
+    order = "<" if head[5] == 1 else ">"
+    if wide:
+        phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 54)
+    else:
+        phoff, shoff = struct.unpack_from(order + "II", head, 28)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 42)
+    end = max(phoff + phnum * phentsize, shoff + shnum * shentsize)
+    if size < end:
+        return True
+    table = os.pread(fd, phnum * phentsize, phoff)
+    for i in range(phnum):  # each segment's bytes in the file: p_offset and p_filesz
+        if wide:
+            offset, = struct.unpack_from(order + "Q", table, i * phentsize + 8)
+            filesz, = struct.unpack_from(order + "Q", table, i * phentsize + 32)
+        else:
+            offset, = struct.unpack_from(order + "I", table, i * phentsize + 4)
+            filesz, = struct.unpack_from(order + "I", table, i * phentsize + 16)
+        end = max(end, offset + filesz)
+    return size < end
+
+
+_STALE_BUILD = 3600.0  # seconds after which a build folder left in the cache is another process's that was killed
+
+
+def _clear_stale_builds(root: Path) -> None:
+    """Remove the build folders that processes killed while compiling left in ``root`` (review install1, suggestion
+    3): those older than an hour (a build takes seconds; a younger one may still be compiling)."""
+    now = time.time()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if (entry.name.startswith(_BUILD_PREFIX) and entry.is_dir(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > _STALE_BUILD):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+_BUILD_PREFIX = ".build-"
 
 
 def c_compiler() -> str | None:
@@ -367,7 +463,8 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
         except OSError:  # not built yet, or not a library this machine loads: built below
             pass
         lib.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+        _clear_stale_builds(lib.parent)
+        with tempfile.TemporaryDirectory(dir=lib.parent, prefix=f"{_BUILD_PREFIX}{name}-") as tmp:
             src = Path(tmp) / f"{name}.c"
             src.write_text(source, encoding="utf-8")
             so = Path(tmp) / f"{name}.so"
@@ -382,6 +479,8 @@ def compile_library(name: str, source: str, flag_sets: Sequence[Sequence[str]] =
                 continue
             try:
                 os.chmod(so, 0o755)  # what this user's later loads trust (_untrusted), whatever the umask
+                with open(so, "rb") as built:  # on disk before its name is: a crash then leaves no torn library
+                    os.fsync(built.fileno())
                 os.replace(so, lib)  # atomic: processes compiling at once all end with a whole file
             except OSError as err:  # Windows: another process built it and has it loaded (it cannot be replaced);
                 errors.append(str(err))  # or a planted file this user may not replace, which _load refuses

@@ -215,7 +215,8 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         from ..checkpoint import atomic_write  # (a power loss leaves the old file or the whole new one)
 
         try:
-            atomic_write(cached, lambda f: np.savez(f, **dict(zip(names, split))))
+            # (this user's alone, as the check above wants it under any umask: review install1 #4)
+            atomic_write(cached, lambda f: np.savez(f, **dict(zip(names, split))), mode=0o600)
         except OSError:  # a full disk: the next run splits again
             pass
     return tuple(split)  # type: ignore[return-value]
