@@ -20,10 +20,10 @@ def stop_in_epoch_2(cfg: TrainConfig, out: Path, log: Callable[[str], Any], step
     epoch 2: the run saves that step in ``last.pt`` and stops (``Preempted``)."""
     original = engine._Run._checkpoint_due
 
-    def signal_in_epoch_2(self, at):
+    def signal_in_epoch_2(self, at, *rest):
         if self.saved == (1, 0) and at == step - 1:
             os.kill(os.getpid(), sig)
-        return original(self, at)
+        return original(self, at, *rest)
 
     engine._Run._checkpoint_due = signal_in_epoch_2
     try:

@@ -765,3 +765,67 @@ def test_a_warning_while_the_command_imports_is_one_line_in_a_new_process(tmp_pa
     script.write_text(_WARNING_IN_THE_IMPORT)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "reste: warning: the kernel cache is refused\n", proc.stderr
+
+
+@pytest.mark.parametrize("ending", ["stopped", "refused", "failed", "returned"])
+def test_the_process_group_is_left_however_the_command_ends(tmp_path, monkeypatch, capsys, ending):
+    """(review mp1 #1) Only a command that returned left its process group: after a stop (Preempted), a usage error
+    or a failure each torchrun worker exited with its gloo group alive, which can abort a process at exit ("terminate
+    called without an active exception")."""
+    import signal
+
+    import torch.distributed as dist
+
+    from reste import cli, engine
+    from reste.errors import UsageError
+
+    def then(args):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        if ending == "stopped":
+            raise engine.Preempted("stopped by SIGTERM at epoch 1, step 3/45; last.pt holds it", signal.SIGTERM)
+        if ending == "refused":
+            raise UsageError("a bad setting")
+        if ending == "failed":
+            raise RuntimeError("a collective failed")
+
+    monkeypatch.setattr(cli, "_expand_home", then)
+    try:
+        status = main(["summary", "digits"])
+    finally:
+        left = not dist.is_initialized()
+        if not left:
+            dist.destroy_process_group()
+    assert left, ending
+    assert status == {"stopped": 143, "refused": 2, "failed": 1, "returned": 0}[ending], capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGUSR1"), reason="POSIX signals")
+@pytest.mark.parametrize("world", ["2", None])
+def test_a_torchrun_worker_ignores_stop_signals_once_its_command_has_ended(monkeypatch, world):
+    """(review mp1 #2) torchrun SIGTERMs the other workers once one has ended: after a stop they all agreed on, one
+    still exiting died of it, reported -15 (SIGTERM) instead of its 143 or 138. A worker whose command has ended
+    ignores the stop signals; one process takes their default action back, as before (review chaos6 #2)."""
+    import signal
+
+    from reste import cli
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)}
+    for name, value in (("WORLD_SIZE", world), ("RANK", "1" if world else None), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29500")):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "main", lambda: 143)
+    monkeypatch.setattr(sys, "argv", ["reste", "train", "--debug"])  # (warnings left as they are)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert cli.command() == 143
+        after = {sig: signal.getsignal(sig) for sig in saved}
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if world:
+        assert all(handler == signal.SIG_IGN for handler in after.values()), after
+    else:
+        assert after[signal.SIGTERM] == signal.SIG_DFL and after[signal.SIGINT] == signal.SIG_DFL, after

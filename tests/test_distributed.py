@@ -436,6 +436,38 @@ def test_torchrun_accumulates_micro_batches_with_synchronised_batchnorm(tmp_path
     assert [(m["train_loss"], m["train_acc"]) for m in logged] == [(e["train_loss"], e["train_acc"]) for e in ranks[0]]
 
 
+_RANK_1_DIVERGES = """
+import os, sys
+from pathlib import Path
+from reste import cli, engine
+
+real = engine._Run.step
+calls = []
+def step(self, images, target):  # rank 1's loss is NaN at step 3 of epoch 1; every step is counted
+    loss, logits = real(self, images, target)
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 3:
+        loss = loss * float("nan")
+    (Path(__file__).parent / f"steps{os.environ['RANK']}.txt").write_text(str(len(calls)))
+    return loss, logits
+engine._Run.step = step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_torchrun_stops_a_diverged_run_at_the_next_agreement(tmp_path):
+    """(review mp1, suggestion 2) Under torchrun, whether a loss was not finite was agreed at a checkpoint or at the
+    epoch's end alone: both processes trained on to the end of the epoch. It rides on the agreement every 10 steps
+    (one collective, as before): both stop at step 10 of 45, with one line naming rank 1's step."""
+    script = tmp_path / "main.py"
+    script.write_text(_RANK_1_DIVERGES)
+    proc, attempt = _run_fresh(lambda attempt: (*ARGS[2:], "--epochs", "1", "--batch-size", "16", "--out",
+                                                str(tmp_path / f"run{attempt}")), program=(str(script),))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "non-finite loss at epoch 1, step 3;" in proc.stderr
+    assert [(tmp_path / f"steps{r}.txt").read_text() for r in (0, 1)] == ["10", "10"]
+
+
 def test_torchrun_trains_with_bop(tmp_path):
     """--optimizer bop under two processes: Bop steps on the all-reduced gradients in each (its flips agree), rank 0
     saves its state beside Adam's, and the binary weights it saves are +-1."""

@@ -930,6 +930,35 @@ def test_a_run_whose_estimator_is_defined_in_main_is_told_it_cannot_be_loaded_el
         engine.train(config, tmp_path / "run2", progress=False, log=lambda _m: None)
 
 
+_POISONED_AT = 2  # (0-based) the step whose loss comes back NaN
+
+
+def _nan_loss_from(step_index: int):
+    """A ``_Run.step`` that trains as before but gives a NaN loss at ``step_index`` of the first epoch, and counts
+    its calls."""
+    real = engine._Run.step
+    calls = []
+
+    def step(self, images, target):
+        loss, logits = real(self, images, target)
+        calls.append(len(calls))
+        return (loss * float("nan"), logits) if len(calls) == step_index + 1 else (loss, logits)
+    return step, calls
+
+
+def test_a_diverged_run_without_a_progress_bar_stops_at_its_next_check(tmp_path, monkeypatch):
+    """(review mp1, suggestion 2) Without a progress bar (a log file, a cluster job) whether the loss stayed finite
+    was asked only at a checkpoint or at the epoch's end: a diverged run trained on to the end of its epoch, hours
+    on ImageNet. One process now asks once a second (here: at every step)."""
+    monkeypatch.setattr(engine, "_FINITE_EVERY", 0.0)
+    step, calls = _nan_loss_from(_POISONED_AT)
+    monkeypatch.setattr(engine._Run, "step", step)
+    config = TrainConfig(dataset="digits", epochs=1, batch_size=32, threads=1)
+    with pytest.raises(engine.TrainingDiverged, match=f"non-finite loss at epoch 1, step {_POISONED_AT + 1};"):
+        engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
+    assert len(calls) == _POISONED_AT + 1  # (the epoch has 45 steps)
+
+
 def test_a_run_that_diverges_again_where_it_diverged_before_keeps_the_record(tmp_path):
     """(review readme2 #3) `reste train --out` into a sweep's diverged run folder removed its diverged.json, and a
     run that diverged again wrote none back: the sweep then showed the run "not started" and its table lost the

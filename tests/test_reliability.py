@@ -271,10 +271,10 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, com
             "from reste import engine\n"
             "from reste.cli import main\n"
             "due = engine._Run._checkpoint_due\n"
-            "def checkpoint_due(self, step):\n"
+            "def checkpoint_due(self, step, *rest):\n"
             "    if self.saved == (2, 0) and step == 6:\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
-            "    return due(self, step)\n"
+            "    return due(self, step, *rest)\n"
             "engine._Run._checkpoint_due = checkpoint_due\n"
             "sys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", code, "train", *args, "--out", str(cut)], capture_output=True,

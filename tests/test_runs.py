@@ -493,10 +493,10 @@ def _signalled_run(out: Path, sig: str, ignore: bool = False) -> subprocess.Comp
         usual = signal.default_int_handler if signal.{sig} == signal.SIGINT else signal.SIG_DFL
         signal.signal(signal.{sig}, signal.SIG_IGN if {ignore} else usual)
         due = engine._Run._checkpoint_due
-        def checkpoint_due(self, step):
+        def checkpoint_due(self, step, *rest):
             if self.saved == (1, 0) and step == 6:
                 os.kill(os.getpid(), signal.{sig})
-            return due(self, step)
+            return due(self, step, *rest)
         engine._Run._checkpoint_due = checkpoint_due
         sys.exit(main(sys.argv[1:]))
     """)
@@ -717,10 +717,10 @@ def test_a_failed_starts_cleanup_that_fails_leaves_the_original_error_and_a_note
 def _sigterm_in_epoch_2(monkeypatch):
     original = engine._Run._checkpoint_due
 
-    def sigterm_at_step_3_of_epoch_2(self, step):
+    def sigterm_at_step_3_of_epoch_2(self, step, *rest):
         if self.saved == (1, 0) and step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, step)
+        return original(self, step, *rest)
 
     monkeypatch.setattr(engine._Run, "_checkpoint_due", sigterm_at_step_3_of_epoch_2)
 

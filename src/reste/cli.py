@@ -410,11 +410,7 @@ def _main(argv: Sequence[str] | None) -> int:
             parser.print_help(sys.stderr)
             return 2
         _expand_home(args)
-        status = args.func(args)
-        from .distributed import leave_process_group
-
-        leave_process_group()  # under torchrun: a gloo group left alive can abort a process at exit
-        return status
+        return args.func(args)
     except UsageError as err:
         if debug:
             raise
@@ -448,6 +444,19 @@ def _main(argv: Sequence[str] | None) -> int:
         kept = _kept(argv)
         print(f"reste: interrupted; {kept}" if kept else "reste: interrupted", file=sys.stderr)
         return 130
+    finally:  # under torchrun a gloo group left alive can abort a process at exit: after a stop or an error too,
+        # once its line is said (review mp1 #1: only a command that returned left it)
+        if "torch.distributed" in sys.modules:
+            from .distributed import leave_process_group
+
+            leave_process_group()
+
+
+def _torchrun_worker() -> bool:
+    """Whether this process is one of several that torchrun started."""
+    from .distributed import launched_world
+
+    return launched_world() > 1
 
 
 def _say_stopped(signum: int, argv: Sequence[str]) -> int:
@@ -798,7 +807,16 @@ def command() -> int:
         # callbacks, torch's among them) takes its default action, not a traceback and exit status 0 (chaos6 #2)
         import signal
 
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (an ignored one stays ignored)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _stops_default()
+        if "torch" in sys.modules and _torchrun_worker():
+            # (review mp1 #2) torchrun SIGTERMs the other workers as soon as one has ended: one still on its way out
+            # after a stop they agreed on died of it (-15 in torchrun's report, not 143 or 138), while there was
+            # nothing left to save
+            from .distributed import stop_signals
+
+            for sig in stop_signals():
+                signal.signal(sig, signal.SIG_IGN)
+        else:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (an ignored one stays ignored)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _stops_default()
 

@@ -281,6 +281,8 @@ def leave_process_group() -> None:
     """Tear the process group down, if there is one, before the interpreter exits: a gloo group
     left alive can abort a process at exit ("terminate called without an active exception"). The
     group is freed here, with its threads, only if nothing else holds it (see
-    ``_import_before_the_group``)."""
+    ``_import_before_the_group``). Its own error (another process gone) is passed by: the command has said its
+    line already."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()

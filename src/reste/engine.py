@@ -79,6 +79,7 @@ from .wording import LINE_EVERY, count, duration, gist, spans, split_batch
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
+_FINITE_EVERY = 1.0  # seconds between one process's checks that its loss stayed finite (each waits for the device)
 
 
 class TrainingDiverged(RuntimeError):
@@ -535,6 +536,7 @@ class _Run:
         self._epoch_sums: list[float | int] | None = None
         self._flips_start = 0  # --optimizer bop: Bop's count of flips when this epoch began
         self._last_save = time.monotonic()
+        self._finite_checked = time.monotonic()  # when one process last waited to see whether its loss is finite
         self.board = TensorBoardLog(config.tensorboard, run_dir, config.to_dict()) \
             if config.tensorboard is not None and self.dist.main else None
 
@@ -756,9 +758,10 @@ class _Run:
                              f"({shard_rate(rate, self.dist.world_size)})")
                     since, n_since = time.monotonic(), n
                 if step < steps - 1:
-                    due = self._checkpoint_due(step)
+                    # (one process with a bar asks at its redraw, above)
+                    due = self._checkpoint_due(step, bad_step if self.dist.enabled or not drawn else None)
                     if due:
-                        if self._agree(int(bad_step)) >= 0:
+                        if due == 3 or self._agree(int(bad_step)) >= 0:
                             break  # never checkpoint a diverged state
                         sums = [float(loss_sum), int(correct), n, int(bad_step)]
                         if due == 2:
@@ -1001,18 +1004,25 @@ class _Run:
         err.args = (f"{one_line(err)}; {kept}: continue with {resume_command(self.run_dir, self.dist.world_size)} "
                     "once the data is mended",)
 
-    def _checkpoint_due(self, step: int) -> int:
-        """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop.
+    def _checkpoint_due(self, step: int, bad_step: torch.Tensor | None = None) -> int:
+        """0: go on; 1: ``--save-every`` says checkpoint; 2: a stop signal came: checkpoint and stop; 3: a loss was
+        not finite (``bad_step``, the first such step or -1): stop.
 
-        With several processes they agree (every ``_SYNC_STEPS`` steps), so all stop at one step.
+        With several processes they agree (every ``_SYNC_STEPS`` steps), so all stop at one step. Whether the loss
+        stayed finite waits for the device: one process asks once a second, several in that agreement (review mp1,
+        suggestion 2: without a progress bar a diverged run trained to its epoch's end, an ImageNet epoch's hours).
         """
         local = 2 if self.stop.signum else 0
         every = self.config.save_every
         if not local and every and time.monotonic() - self._last_save >= 60.0 * every:
             local = 1
-        if self.dist.enabled and (step + 1) % _SYNC_STEPS:
-            return 0
-        return self._agree_stop(local)
+        if self.dist.enabled:
+            return 0 if (step + 1) % _SYNC_STEPS else self._agree_stop(local, bad_step)
+        if bad_step is not None and time.monotonic() - self._finite_checked >= _FINITE_EVERY:
+            self._finite_checked = time.monotonic()
+            if int(bad_step) >= 0:
+                return 3
+        return local
 
     def _agree(self, local: int) -> int:
         if not self.dist.enabled:
@@ -1021,17 +1031,21 @@ class _Run:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
 
-    def _agree_stop(self, local: int) -> int:
+    def _agree_stop(self, local: int, bad_step: torch.Tensor | None = None) -> int:
         """:meth:`_agree` on a flag of :meth:`_checkpoint_due`, and on the stop signal: a process that got none
-        takes the one another got (the largest number, where several came), so rank 0's stop line names it."""
+        takes the one another got (the largest number, where several came), so rank 0's stop line names it. With
+        ``bad_step``, 3 where any process's loss was not finite (in the same collective, and with no wait for the
+        device before it)."""
         if not self.dist.enabled:
             return local
-        both = torch.tensor([local, self.stop.signum], device=self.device, dtype=torch.long)
+        both = torch.tensor([local, self.stop.signum, 0], device=self.device, dtype=torch.long)
+        if bad_step is not None:
+            both[2] = (bad_step >= 0).long()
         torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
-        flag, signum = (int(v) for v in both.tolist())
+        flag, signum, bad = (int(v) for v in both.tolist())
         if signum:
             self.stop.signum = signum
-        return flag
+        return 3 if bad else flag
 
     def _stopped(self, epoch: int, step: int, steps: int) -> None:
         signum = self.stop.signum or signal.SIGTERM
