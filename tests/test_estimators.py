@@ -841,7 +841,7 @@ def test_the_tables_make_the_hand_written_flags():
         ("reste", {"schedule": "log"}, "unknown schedule 'log'; valid: cosine, linear, constant"),
         ("reste", {"o_end": float("nan")}, "estimator option o_end must be a finite number >= 1, got nan"),
         ("dsq", {"alpha": 1.0}, "alpha must be in (0, 1), got 1.0"),
-        ("fda", {"n": 1.5}, "n must be an integer >= 0, got 1.5"),
+        ("fda", {"n": 1.5}, "n must be an integer in [0, 1000], got 1.5"),
         ("fda", {"n": 5, "n_end": 3}, "n_end must be at least n (5), got 3"),
         ("ste", {"clip": "wide"}, "clip must be a number in [1e-30, 1e30], got 'wide'"),
         ("ste", {"clip": True}, "clip must be a number in [1e-30, 1e30], got True"),
@@ -1105,3 +1105,14 @@ def test_numpy_numbers_are_taken_as_hyper_parameters():
             get_estimator("reste", o_end=bad)
     with pytest.raises(ValueError, match="n must be an integer"):
         get_estimator("fda", n=np.float32(9.5))
+
+
+def test_fdas_number_of_terms_is_bounded():
+    """(review fuzz1 #1) --fda-n 10^8 passed every check, and the run then hung in its first step (each term is a
+    cosine of every weight and activation), where no stop signal is taken."""
+    from reste.estimators import FDA, FDA_TERMS
+
+    FDA(n=FDA_TERMS, n_end=FDA_TERMS)
+    for options in ({"n": FDA_TERMS + 1, "n_end": FDA_TERMS + 1}, {"n_end": FDA_TERMS + 1}, {"n_end": 10**20}):
+        with pytest.raises(ValueError, match=rf"must be in \[0, {FDA_TERMS}\], got"):
+            FDA(**options)

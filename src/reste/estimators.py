@@ -939,6 +939,9 @@ class DSQ(Estimator):
         self.alpha = schedules.ramp(self.schedule, self._config["alpha"], self.alpha_end, epoch, epochs)
 
 
+FDA_TERMS = 1000  # the most terms FDA's series may have (its defaults grow from 9 to 18)
+
+
 class FDA(Estimator):
     """Fourier-series approximation of sign (Xu et al., NeurIPS 2021).
 
@@ -951,8 +954,10 @@ class FDA(Estimator):
 
     name = "fda"
     hyperparameters = (
-        Param("n", int, 9, "initial number of terms", "[0, inf)", scheduled=True, flag="fda_n"),
-        Param("n_end", int, 18, "final number of terms", "[0, inf)", flag="fda_n_end"),
+        # (at most FDA_TERMS: each term is a cosine of every weight and activation, in each step; review fuzz1 #1:
+        # 10^8 passed every check, and the run then hung in its first step, where no stop signal is taken)
+        Param("n", int, 9, "initial number of terms", f"[0, {FDA_TERMS}]", scheduled=True, flag="fda_n"),
+        Param("n_end", int, 18, "final number of terms", f"[0, {FDA_TERMS}]", flag="fda_n_end"),
         _positive("w", "frequency w", 0.1, flag="fda_w"),
     )
     relations = (("n_end", ">=", "n"),)
