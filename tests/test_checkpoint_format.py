@@ -187,3 +187,19 @@ def test_a_checkpoint_without_a_key_it_needs_is_one_line(tmp_path, capsys):
     assert main(["eval", str(path)]) == 2  # the last written: metrics None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is incomplete (missing or malformed: metrics)" in err, err
+
+
+def test_a_checkpoint_whose_class_names_are_malformed_is_one_line(tmp_path):
+    """(review fuzz1 #2) ``classes`` held as a number passed its checks and ended in "TypeError: 'int' object is not
+    iterable" in eval and resume; its export named the export's own temporary file as the corrupted one."""
+    from reste.checkpoint import save_checkpoint
+
+    whole = load_checkpoint(FIXTURE / "last.pt")
+    path = tmp_path / "last.pt"
+    for fine in (None, ["a", "b"]):
+        save_checkpoint({**whole, "classes": fine, "version": VERSION}, path)
+        assert load_checkpoint(path)["classes"] == fine
+    for broken in (5, "abc", [1, 2]):
+        save_checkpoint({**whole, "classes": broken, "version": VERSION}, path)
+        with pytest.raises(UsageError, match=r"is incomplete \(missing or malformed: classes\); use another"):
+            load_checkpoint(path)

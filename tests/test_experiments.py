@@ -3014,3 +3014,15 @@ def test_an_estimator_with_a_forward_of_its_own_is_not_judged_by_params_alone(is
     reste.register_estimator(Shifted)
     settings = expand_grid(TrainConfig(dataset="digits", epochs=1, estimator="shifted"), {"k": [0.0, 0.5]})
     assert [s.label for s in settings] == ["k=0", "k=0.5"] and same_networks(settings) == []
+
+
+def test_seeds_past_what_a_run_takes_are_refused_before_any_run():
+    """(review fuzz1 #7) --seeds 99999999999999999999 passed the sweep's checks and its dry run; each run then
+    failed, after its folder was made."""
+    from reste.config import MAX_SEED
+    from reste.experiments.sweep import parse_seeds
+
+    assert parse_seeds(f"0,{MAX_SEED}") == [0, MAX_SEED]
+    for text in (str(MAX_SEED + 1), "1,99999999999999999999"):
+        with pytest.raises(UsageError, match=r"--seeds must be in \[0, 2\*\*63 - 1\], got"):
+            parse_seeds(text)

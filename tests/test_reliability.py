@@ -377,6 +377,17 @@ ERROR_CASES = {
     "bare-warm-up": (["--warm-up"], None, ["got 5 (what a bare --warm-up means) for 1 epoch; give --warm-up N with "
                                            "N < 1"]),
     "out-empty": (["train", "--out", ""], None, ["empty"]),
+    # (review fuzz1 #6) a width past what torch can size: its overflow was the last-resort line (status 1), or its
+    # own words with no remedy
+    "model-width-overflows": (["--dataset", "fashion-mnist", "--model", "fmnist_vgg_1w1a", "--model-option",
+                               f"width={2**62}"], None, ["needs more memory than this machine has"]),
+    "model-width-past-int64": (["--dataset", "fashion-mnist", "--model", "fmnist_vgg_1w1a", "--model-option",
+                                f"width={10**20}"], None, ["needs more memory than this machine has"]),
+    # (review fuzz1 #1) 10^8 terms: the run hung in its first step
+    "fda-terms": (["--estimator", "fda", "--fda-n-end", str(10**8)], None, ["--fda-n-end must be in [0, 1000]"]),
+    # (review fuzz1 #5) "" was dropped: a default run
+    "preset-empty": (["--preset="], None, ["--preset is empty (an unset variable?); pass a preset's name"]),
+    "data-path-empty": (["--data-path="], None, ["--data-path is empty (an unset variable?); pass a path"]),
     "null-config-fields": (None, _null_config, ["must be"]),
     "eval-batch-size-0": (["eval", "RUN", "--batch-size", "0"], None, ["--batch-size must be a positive integer"]),
     "summary-input-size-0": (["summary", "resnet20_1w1a", "--input-size", "0"], None, ["--input-size must be"]),

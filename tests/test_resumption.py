@@ -82,12 +82,15 @@ def test_the_settings_recorded_after_a_resume(saved):
 def test_a_checkpoint_that_cannot_continue_as_configured(tmp_path, saved):
     last = tmp_path / rundir.LAST
     ckpt = {"model_name": saved.model, "epoch": 4, "step": 0, "config": saved.to_dict(), "best_acc": 91.5,
-            "best_epoch": 3}
+            "best_epoch": 3, "optimizer": {"state": {}, "param_groups": []},
+            "rng": {"python": (), "numpy": {}, "torch": None}}
     resumption.check_checkpoint(ckpt, saved, last)
     resumption.check_checkpoint({**ckpt, "epoch": 0, "best_acc": -1.0, "best_epoch": -1}, saved, last)  # fresh
+    resumption.check_checkpoint({**ckpt, "optimizer": None}, saved, last)  # (another optimizer's: it starts afresh)
     for name, value in (("epoch", -3), ("epoch", True), ("step", -5), ("step", 2.5), ("best_acc", "x"),
                         ("best_acc", float("nan")), ("best_acc", 100.5), ("best_acc", -1.5),
-                        ("best_epoch", None)):  # (an accuracy above 100: no epoch could beat it, review mut4 #2)
+                        ("best_epoch", None),  # (an accuracy above 100: no epoch could beat it, review mut4 #2)
+                        ("optimizer", {}), ("optimizer", [1]), ("rng", None), ("rng", {"python": ()})):  # (fuzz1 #2)
         with pytest.raises(UsageError, match=f"holds a malformed {name} .*it cannot continue"):
             resumption.check_checkpoint({**ckpt, name: value}, saved, last)
     with pytest.raises(UsageError, match="holds model 'resnet20', not"):

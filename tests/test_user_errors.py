@@ -794,8 +794,34 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(capsys):
     last.pt), and --output "" wrote nothing, silently."""
     for argv, name in ((["predict", ""], "EXPORTED"), (["eval", ""], "CHECKPOINT"), (["export", "", "x.rbnn"],
                                                                                        "CHECKPOINT"),
-                       (["predict", "m.rbnn", "p.png", "--output", ""], "--output")):
+                       (["predict", "m.rbnn", "p.png", "--output", ""], "--output"),
+                       # (review fuzz1 #5) report "" rewrote the current folder's tables, --runs-dir "" trained there
+                       (["report", ""], "SWEEP_DIR"), (["show", ""], "RUN_DIR"),
+                       (["sweep", "--out", "s", "--grid", "estimator=ste,reste", "--runs-dir="], "--runs-dir")):
         assert _one_line_error(capsys, *argv) == f"reste: error: {name} is empty (an unset variable?); pass a path"
+
+
+def test_a_folder_that_cannot_be_read_is_one_line_that_says_so(capsys, tmp_path, monkeypatch):
+    """(review fuzz1 #3, #4) A run folder this user may not search (mode 000): `train --resume` printed a traceback
+    (the last-resort line's own question of what the run keeps raised again), and the other commands the
+    last-resort line, status 1, with no remedy. (Root passes any mode: Path's probes raise here as the file system
+    makes them raise.)"""
+    import errno
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for probe in ("exists", "is_file", "is_dir"):
+        real = getattr(Path, probe)
+
+        def refused(path, *args, real=real, **kwargs):
+            if Path(path).parent == run:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        monkeypatch.setattr(Path, probe, refused)
+    for argv in (["train", "--resume", str(run), "--epochs", "2"], ["train", "--out", str(run), "--auto-resume"],
+                 ["show", str(run)], ["eval", str(run)]):
+        line = _one_line_error(capsys, *argv)
+        assert line.startswith("reste: error: cannot read ") and "(Permission denied); make it" in line, (argv, line)
 
 
 def test_print_config_and_a_sweeps_dry_run_refuse_what_the_start_would(capsys, tmp_path):

@@ -123,7 +123,8 @@ PATH_ARGS = ("out", "resume", "checkpoint", "run_dir", "runs_dir", "data_path", 
 # path arguments an empty value of which (an unset variable) is refused here: Path("") is ".", which they read as
 # the current folder or its last.pt (review rev15 #7); the others say it themselves, or take "" as their default
 _NOT_EMPTY = {"checkpoint": "CHECKPOINT", "exported": "EXPORTED", "output": "--output", "labels": "--labels",
-              "images": "IMAGES"}
+              "images": "IMAGES", "run_dir": "RUN_DIR", "sweep_dir": "SWEEP_DIR", "runs_dir": "--runs-dir",
+              "data_path": "--data-path"}  # (the last four: review fuzz1 #5)
 
 
 def _expand_home(args: argparse.Namespace) -> None:
@@ -137,6 +138,8 @@ def _expand_home(args: argparse.Namespace) -> None:
         if isinstance(value, list) and "" in value:  # (predict's IMAGES: review rev14 #11)
             raise UsageError(f"{shown} holds an empty path (an unset variable?); pass a .npy array, image files or "
                              "folders of them")
+    if getattr(args, "preset", None) == "":  # (it was passed by: a default run, review fuzz1 #5)
+        raise UsageError("--preset is empty (an unset variable?); pass a preset's name (`reste presets` lists them)")
     for name in PATH_ARGS:
         value = getattr(args, name, None)
         if isinstance(value, str) and value.startswith("~"):
@@ -572,6 +575,15 @@ def _run_kept(argv: Sequence[str]) -> str:
     if not folder:
         return ("a run keeps what it saved, its finished epochs at least (continue it with --resume RUN_DIR); a new "
                 "run that saved nothing is removed")
+    try:
+        return _kept_in(folder, argv)
+    except (OSError, UsageError):  # (review fuzz1 #3: a folder this user may not search; the error's line must not
+        # raise)
+        return f"{folder} keeps what the run saved, if anything: once it can be read, continue it with --resume"
+
+
+def _kept_in(folder: str, argv: Sequence[str]) -> str:
+    """:func:`_run_kept` of the run folder ``folder``; ``OSError`` where it cannot be read."""
     from .rundir import holds_run
 
     if not holds_run(folder):  # a new run that saved nothing: its folder went
@@ -727,6 +739,12 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
               "one killed by a signal, torchrun's report), so this one cannot go on "
               f"({gist(str(err).splitlines()[0] if str(err) else type(err).__name__)}){then}", file=sys.stderr)
         return 1
+    if isinstance(err, PermissionError) and err.filename:  # a folder this user may not search or read (review fuzz1
+        # #4: a data set's, a run's, a sweep's); writes a run folder stopped taking are said above
+        then = f"; {_run_kept(argv)}" if command == "train" else " and run the command again"
+        print(f"{_error_prefix()} cannot read {err.filename} (Permission denied); make it and the folders above it "
+              f"readable (their mode, their owner){then}", file=sys.stderr)
+        return 1 if command in ("train", "sweep") else 2  # (as any failed read during a run; else refused input)
     cause = machine_cause(err)  # (torch.compile's Inductor on a CPU without g++)
     if cause:
         then = f"; {_run_kept(argv)}" if command == "train" else ""

@@ -423,6 +423,7 @@ class _Run:
         if config.cuda_graphs and env_world_size() > 1:
             raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
         self.dist, self.device = init_distributed(pick_device(config.device), lambda: self.stop.signum)
+        self._launcher = os.getppid() if hasattr(os, "getppid") else None  # torchrun, under torchrun
         select_cuda_device(self.device)
         tune_convolutions(self.device)
         if config.threads is None and self.device.type == "cpu":
@@ -572,7 +573,7 @@ class _Run:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
             raise UsageError(f"last.pt does not fit model {self.config.model!r} ({state_dict_error(err)})") from None
-        if ckpt["optimizer"] is not None:  # None: another optimizer, which starts afresh
+        if ckpt.get("optimizer") is not None:  # None: another optimizer, which starts afresh
             load_optimizer_state(self.optimizer, ckpt["optimizer"])  # saved with or without graphs
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -869,7 +870,7 @@ class _Run:
             else:
                 self.log(line)
             self.saved, self._last_save = (epoch + 1, 0), time.monotonic()
-            if epoch + 1 < cfg.epochs and self._agree_stop(2 if self.stop.signum else 0) == 2:
+            if epoch + 1 < cfg.epochs and self._agree_stop(2 if self.stop.signum or self._launcher_gone() else 0) == 2:
                 self._stopped(epoch + 1, 0, len(self.train_loader))
         if self.dist.main:  # (a move after the last epoch's writes: the result names where the run is)
             with contextlib.suppress(FolderGone):
@@ -1017,12 +1018,28 @@ class _Run:
         if not local and every and time.monotonic() - self._last_save >= 60.0 * every:
             local = 1
         if self.dist.enabled:
-            return 0 if (step + 1) % _SYNC_STEPS else self._agree_stop(local, bad_step)
+            if (step + 1) % _SYNC_STEPS:
+                return 0
+            if not self.stop.signum and self._launcher_gone():
+                local = 2
+            return self._agree_stop(local, bad_step)
         if bad_step is not None and time.monotonic() - self._finite_checked >= _FINITE_EVERY:
             self._finite_checked = time.monotonic()
             if int(bad_step) >= 0:
                 return 3
         return local
+
+    def _launcher_gone(self) -> bool:
+        """Whether the process that started this one (torchrun) has died, killed with SIGKILL (a scheduler's hard
+        kill, the out-of-memory killer): its processes then trained on, holding the run's lock, so a requeued job
+        found the run in use (review mp1, suggestion 1). They stop as on SIGTERM, after saving their step, and say
+        why."""
+        if not self.dist.enabled or self._launcher is None or os.getppid() == self._launcher:
+            return False
+        self.stop.signum = signal.SIGTERM
+        self.log(f"note: the process that started this run (pid {self._launcher}, torchrun) is gone; the processes "
+                 "stop as on SIGTERM, after saving their step")
+        return True
 
     def _agree(self, local: int) -> int:
         if not self.dist.enabled:

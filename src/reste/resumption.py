@@ -169,7 +169,11 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path, give
                          "start a new run (--out) for the other one")
     checks = {"epoch": lambda v: type(v) is int and v >= 0, "step": lambda v: v is None or (type(v) is int and v >= 0),
               "best_epoch": lambda v: type(v) is int and v >= -1,  # best_epoch -1, best_acc -1.0: no epoch yet
-              "best_acc": lambda v: type(v) in (int, float) and -1 <= v <= 100}
+              "best_acc": lambda v: type(v) in (int, float) and -1 <= v <= 100,
+              # (review fuzz1 #2: these two ended in a KeyError or TypeError line; None: another optimizer's state)
+              "optimizer": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("state"), dict)
+                                                   and isinstance(v.get("param_groups"), list)),
+              "rng": lambda v: isinstance(v, dict) and all(k in v for k in ("python", "numpy", "torch"))}
     for name, ok in checks.items():
         if not ok(ckpt.get(name)):
             raise UsageError(f"{last} holds a malformed {name} ({ckpt.get(name)!r:.40}); it cannot continue: start a "

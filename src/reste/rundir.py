@@ -1121,17 +1121,28 @@ def blocked(run_dir: str | os.PathLike) -> str | None:
             "to train the run again")
 
 
+def _probed(path: Path, probe: Callable[[Path], bool]) -> bool:
+    """``probe(path)`` (``Path.exists``, ``Path.is_file``), where a folder this user may not search is a one-line
+    error: Python raises PermissionError there, which read as a refused write, or raised again in the handler of
+    the first (review fuzz1 #3)."""
+    try:
+        return probe(path)
+    except PermissionError as err:
+        raise UsageError(f"cannot read {path.parent} ({err.strerror}); make it readable (its mode, its owner) and run "
+                         "the command again") from None
+
+
 def holds_run(path: str | os.PathLike) -> bool:
     """Whether the folder holds a run (its settings or a checkpoint): a new run refuses it, a resume takes it."""
     path = Path(path)
-    return (path / CONFIG).exists() or (path / LAST).exists()
+    return _probed(path / CONFIG, Path.exists) or _probed(path / LAST, Path.exists)
 
 
 def run_config(run_dir: str | os.PathLike, checked: bool = False) -> TrainConfig:
     """The settings of a run: its ``config.json``, or, where that is missing, ``last.pt``'s copy of them.
     ``checked``: config.json's values of another type are its damage (see :func:`saved_config`)."""
     run_dir = require_run_path(run_dir)
-    if (run_dir / CONFIG).exists() or not (run_dir / LAST).is_file():
+    if _probed(run_dir / CONFIG, Path.exists) or not _probed(run_dir / LAST, Path.is_file):
         return saved_config(run_dir, checked)
     try:
         saved = load_checkpoint(run_dir / LAST).get("config")

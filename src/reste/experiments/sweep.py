@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import TrainConfig, check_threads, idle_data_flags, parse_value, refuse_binary_flags, usable_cpus
+from ..config import MAX_SEED, TrainConfig, check_threads, idle_data_flags, parse_value, refuse_binary_flags, usable_cpus
 from ..datasets import get_spec
 from ..models import model_info, model_keywords
 from ..errors import UsageError, did_you_mean, join_command_line, machine_cause, on_command_line, print_line, shell_word
@@ -183,6 +183,8 @@ def parse_seeds(text: str) -> list[int]:
         raise UsageError(f"--seeds has a seed twice: {text!r}")
     if any(s < 0 for s in seeds):
         raise UsageError(f"--seeds must be non-negative integers, got {text!r}")
+    if any(s > MAX_SEED for s in seeds):  # (review fuzz1 #7: each of its runs failed, after folders were made)
+        raise UsageError(f"--seeds must be in [0, 2**63 - 1], got {text!r}")
     return seeds
 
 

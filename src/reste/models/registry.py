@@ -226,18 +226,26 @@ def create(
         model = _MODELS[name](num_classes=num_classes, conv=conv, **model_options)
     except (ValueError, TypeError) as err:  # a UsageError of a factory's own checks too: named as the option's
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "Overflow when unpacking" in first:  # (a size past 2**63: torch's own words, review fuzz1 #6)
+            _too_large(name, num_classes, model_options)
         raise ModelOptionError(f"bad --model-option for {name!r}: {first} (its options: "
                                f"{_options_text(name, model_options)})", first) from None
     except (RuntimeError, MemoryError) as err:  # torch's allocator: a width or class count of a size no machine has
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if not (isinstance(err, MemoryError) or "allocate" in first or "out of memory" in first):
+        if not (isinstance(err, MemoryError) or "allocate" in first or "out of memory" in first
+                or "overflow" in first):  # ("Storage size calculation overflowed": review fuzz1 #6)
             raise
-        given = ", ".join([f"num_classes={num_classes}"] + [f"{k}={v}" for k, v in model_options.items()])
-        raise UsageError(f"{name!r} with {given} needs more memory than this machine has for its parameters; pass "
-                         "smaller values") from None
+        _too_large(name, num_classes, model_options)
     if _BINARY[name] and name not in _MIXED:
         _check_estimators(name, model, est.spec())
     return model
+
+
+def _too_large(name: str, num_classes: int, model_options: dict[str, Any]) -> None:
+    """Refuse model ``name`` with options whose parameters no machine can hold (a UsageError)."""
+    given = ", ".join([f"num_classes={num_classes}"] + [f"{k}={v}" for k, v in model_options.items()])
+    raise UsageError(f"{name!r} with {given} needs more memory than this machine has for its parameters; pass "
+                     "smaller values") from None
 
 
 def _check_estimators(name: str, model: nn.Module, spec: dict[str, Any]) -> None:
