@@ -385,6 +385,9 @@ ERROR_CASES = {
                                 f"width={10**20}"], None, ["needs more memory than this machine has"]),
     # (review fuzz1 #1) 10^8 terms: the run hung in its first step
     "fda-terms": (["--estimator", "fda", "--fda-n-end", str(10**8)], None, ["--fda-n-end must be in [0, 1000]"]),
+    # (review fuzz1 #8) the run hung as its loader started, deaf to SIGTERM
+    "workers-huge": (["--dataset", "imagenet", "--data-path", "/nowhere", "--workers", str(10**20)], None,
+                     ["--workers must be a whole number in [0, "]),
     # (review fuzz1 #5) "" was dropped: a default run
     "preset-empty": (["--preset="], None, ["--preset is empty (an unset variable?); pass a preset's name"]),
     "data-path-empty": (["--data-path="], None, ["--data-path is empty (an unset variable?); pass a path"]),

@@ -157,3 +157,17 @@ def test_a_bad_estimator_in_config_json_can_be_replaced(tmp_path, saved):
     with pytest.raises(UsageError, match=r"registers: import the module that does \(or "
                                          r"reste.plugins.load_plugins\(\['MODULE'\]\).*with force=True\)"):
         resumption.continue_config(tmp_path, damaged, {}, force=False)
+
+
+def test_workers_recorded_on_a_bigger_machine_resume_with_this_ones_default(tmp_path, monkeypatch):
+    """(review fuzz1 #8) --workers has this machine's bound now, as --threads has: a count recorded on a bigger
+    machine is not refused at the resume; it takes this machine's default. One given again is checked."""
+    from reste import config as config_module
+
+    monkeypatch.setattr(config_module, "usable_cpus", lambda: 4)
+    big = TrainConfig(dataset="imagenet", data_path=str(tmp_path / "in"), epochs=4, workers=16, threads=1).resolve()
+    monkeypatch.setattr(config_module, "usable_cpus", lambda: 1)
+    again = resumption.continue_config(tmp_path, big, {}, force=False)
+    assert again.workers == config_module.default_workers("imagenet") and again.epochs == 4
+    with pytest.raises(UsageError, match=r"--workers must be a whole number in \[0, 4\]"):
+        resumption.continue_config(tmp_path, big, {"workers": 16}, force=False)

@@ -266,6 +266,15 @@ def check_threads(threads: int | None) -> None:
                          f"got {threads}")
 
 
+def check_worker_count(workers: Any) -> None:
+    """Refuse a ``--workers`` that is not a whole number in [0, :func:`max_threads`] (None: the default; review
+    fuzz1 #8: 10^20 passed, and the run then hung as its loader started, deaf to SIGTERM)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or not 0 <= workers <= max_threads()):
+        raise UsageError(f"--workers must be a whole number in [0, {max_threads()}] (4 per CPU this process may use), "
+                         f"got {workers!r}")
+
+
 def check_accumulate(batch_size: int, accumulate: int, cuda_graphs: bool = False) -> None:
     """Refuse an ``--accumulate`` that is not a positive integer dividing ``--batch-size`` (each optimizer step
     sums the gradients of ``accumulate`` micro-batches of ``batch_size // accumulate`` images), or one above 1 with
@@ -500,8 +509,7 @@ class TrainConfig:
         if self.tensorboard is not None and not self.tensorboard.strip():
             raise UsageError(option("--tensorboard is empty; pass a folder or the bare flag",
                                     "tensorboard is empty; pass a folder, or True for the run's own"))
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        check_worker_count(self.workers)
         check_model_options(self.model, self.model_options)
         try:
             estimator_class(self.estimator).check_hyperparameters(self.estimator_options, flags=True)

@@ -54,8 +54,8 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import models, plugins, resumption
 from .config import (AMP_MODES, OPTIMIZERS, PRESETS, TrainConfig, as_recorded, canonical_estimator,
-                     check_data_path, check_threads, check_workers, config_from_preset, default_workers, device_named,
-                     get_preset, max_threads, binarization_text, optimizer_text)
+                     check_data_path, check_threads, check_worker_count, check_workers, config_from_preset,
+                     default_workers, device_named, get_preset, max_threads, binarization_text, optimizer_text)
 from .datasets import get_spec
 from .data import check_classes, data_device, default_read_from, load_datasets, make_loaders
 from .distributed import await_main, env_rank, env_world_size, init_distributed, is_distributed, job_token, \
@@ -291,8 +291,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
+    check_worker_count(workers)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
         raise UsageError(f"--threads must be a whole number, got {threads!r}")
     check_threads(threads)

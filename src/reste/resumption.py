@@ -115,6 +115,8 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
         data["momentum"] = TrainConfig.momentum
     if "threads" not in overrides and isinstance(saved.threads, int) and saved.threads > max_threads():
         data["threads"] = None  # recorded on a bigger machine: this one's default (the resume notes the change)
+    if "workers" not in overrides and isinstance(saved.workers, int) and saved.workers > max_threads():
+        data["workers"] = None  # (the same: the bound of check_worker_count, review fuzz1 #8)
     try:
         return TrainConfig.from_dict(data).resolve()
     except UsageError as err:

@@ -41,8 +41,9 @@ def _check_counts(batch_size: Any, workers: Any) -> None:
     """Refuse a batch size below 1 and a negative or non-integer worker count (None: the default), in one line."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise UsageError(f"--workers must be an integer >= 0, got {workers!r}")
+    from ..config import check_worker_count
+
+    check_worker_count(workers)
 
 
 def _to_recorded(meta: dict[str, Any], spec: Any) -> Callable[[Any], Any] | None:
