@@ -1042,3 +1042,15 @@ def test_a_run_recorded_with_cuda_graphs_is_told_how_to_continue_on_the_cpu(caps
     (cpu / "config.json").write_text(json.dumps({**config, "device": "cpu"}))
     err = _one_line_error(capsys, "train", "--resume", str(cpu), "--cuda-graphs", "--force")
     assert "was recorded with --device cpu" in err and "add --device cuda, or drop --cuda-graphs" in err
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_given_as_a_file_is_said_to_be_one(capsys, tmp_path):
+    """(review fuzz1, suggestion 5) a FIFO named as CHECKPOINT or EXPORTED "did not exist"."""
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for argv in (["eval", str(fifo)], ["predict", str(fifo), "x.png"]):
+        assert _one_line_error(capsys, *argv) == (f"reste: error: {fifo} is not a regular file (a FIFO, a socket or a "
+                                                  "device); pass a file"), argv

@@ -156,6 +156,8 @@ def read_user_file(path, missing: str) -> bytes:
     if path.is_dir():
         raise UsageError(f"{path} is a folder; pass a file")
     if not path.is_file():
+        if path.exists():  # (review fuzz1, suggestion 5: a FIFO "did not exist")
+            raise UsageError(f"{path} is not a regular file (a FIFO, a socket or a device); pass a file")
         raise UsageError(missing)
     try:
         return path.read_bytes()
