@@ -196,10 +196,10 @@ def test_a_checkpoint_whose_class_names_are_malformed_is_one_line(tmp_path):
 
     whole = load_checkpoint(FIXTURE / "last.pt")
     path = tmp_path / "last.pt"
-    for fine in (None, ["a", "b"]):
+    for fine in (None, ["a", "b"], [0, 1]):  # (a plugin data set's classes named by numbers: review diff25 #2)
         save_checkpoint({**whole, "classes": fine, "version": VERSION}, path)
         assert load_checkpoint(path)["classes"] == fine
-    for broken in (5, "abc", [1, 2]):
+    for broken in (5, "abc", {"a": 1}):
         save_checkpoint({**whole, "classes": broken, "version": VERSION}, path)
         with pytest.raises(UsageError, match=r"is incomplete \(missing or malformed: classes\); use another"):
             load_checkpoint(path)

@@ -825,7 +825,6 @@ def test_a_torchrun_worker_ignores_stop_signals_once_its_command_has_ended(monke
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-    if world:
-        assert all(handler == signal.SIG_IGN for handler in after.values()), after
-    else:
-        assert after[signal.SIGTERM] == signal.SIG_DFL and after[signal.SIGINT] == signal.SIG_DFL, after
+    # (torchrun's SIGTERM alone: a Ctrl-C still ends a worker that hangs in its exit, review diff25, suggestion 3)
+    assert after[signal.SIGTERM] == (signal.SIG_IGN if world else signal.SIG_DFL), after
+    assert after[signal.SIGINT] == signal.SIG_DFL and after[signal.SIGUSR1] == saved[signal.SIGUSR1], after

@@ -772,6 +772,10 @@ def test_cut_short_tells_a_whole_library_from_one_cut_anywhere(tmp_path, monkeyp
     for size in (len(whole) - 1, len(whole) // 2, 100, 64, 10):
         part.write_bytes(whole[:size])
         assert cut_short(part) == (size >= 4), size  # (under 4 bytes it is no ELF file)
+    wide = whole[4] == 2
+    entry_size = 54 if wide else 42  # (e_phentsize: too small for an entry, review diff25 #3: struct.error)
+    part.write_bytes(whole[:entry_size] + (1).to_bytes(2, "little" if whole[5] == 1 else "big") + whole[entry_size + 2:])
+    assert cut_short(part)
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX")
@@ -789,24 +793,30 @@ def test_a_library_that_does_not_load_is_named_by_its_file(tmp_path):
 
 def test_a_cache_on_a_noexec_file_system_builds_the_kernels_in_the_temporary_folder(tmp_path, monkeypatch):
     """(review install1 #2) A cache on a file system mounted noexec: each process built the kernels there again
-    and could load none of them. The temporary folder serves instead, with no warning; where it is noexec too, the
-    error says so and what to do."""
+    and could load none of them. The temporary folder serves instead (with a warning where $RESTE_CACHE named the
+    folder: review diff25, suggestion 4); where it is noexec too, the error says so and what to do."""
     import warnings
 
     from reste import native
 
     cache, temp = tmp_path / "cache", tmp_path / "tmp"
     temp.mkdir()
-    monkeypatch.setenv("RESTE_CACHE", str(cache))
+    monkeypatch.delenv("RESTE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(temp))
-    noexec = {cache}
+    noexec = {cache / "reste"}
     monkeypatch.setattr(native, "_noexec", lambda f: "lies on a file system mounted noexec" if f in noexec else None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        assert native.writable_cache().parent == temp  # (the default folder: no word)
+    monkeypatch.setenv("RESTE_CACHE", str(cache))
+    noexec.add(cache)
+    with pytest.warns(RuntimeWarning, match=r"cache lies on a file system mounted noexec, so reste keeps its cache in"):
         got = native.writable_cache()
     assert got.parent == temp and got.name.startswith("reste-cache-")
     lib = native.NativeLibrary("probe", "int probe(void) { return 7; }", {"probe": ([], native.I32)})
-    assert lib.get().probe() == 7 and list(got.glob("probe_*.so")) and not list(cache.glob("*.so"))
+    with pytest.warns(RuntimeWarning, match="mounted noexec"):
+        assert lib.get().probe() == 7 and list(got.glob("probe_*.so")) and not list(cache.glob("*.so"))
     noexec.add(got)
     with pytest.raises(OSError, match=r"mounted noexec, and so does .*reste-cache-.*set \$RESTE_CACHE"):
         native.writable_cache()

@@ -825,16 +825,12 @@ def command() -> int:
         # callbacks, torch's among them) takes its default action, not a traceback and exit status 0 (chaos6 #2)
         import signal
 
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (an ignored one stays ignored)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _stops_default()
         if "torch" in sys.modules and _torchrun_worker():
             # (review mp1 #2) torchrun SIGTERMs the other workers as soon as one has ended: one still on its way out
             # after a stop they agreed on died of it (-15 in torchrun's report, not 143 or 138), while there was
-            # nothing left to save
-            from .distributed import stop_signals
-
-            for sig in stop_signals():
-                signal.signal(sig, signal.SIG_IGN)
-        else:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (an ignored one stays ignored)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _stops_default()
+            # nothing left to save. Its SIGTERM alone: the others (a Ctrl-C) still end a process that hangs here
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -422,7 +422,8 @@ class _Run:
         if config.cuda_graphs and env_world_size() > 1:
             raise UsageError("--cuda-graphs captures one process's step; drop it under torchrun")
         self.dist, self.device = init_distributed(pick_device(config.device), lambda: self.stop.signum)
-        self._launcher = os.getppid() if hasattr(os, "getppid") else None  # torchrun, under torchrun
+        # torchrun, which says so (TORCHELASTIC_RUN_ID): not a job script's own launch (review diff25, suggestion 2)
+        self._launcher = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") and hasattr(os, "getppid") else None
         select_cuda_device(self.device)
         tune_convolutions(self.device)
         if config.threads is None and self.device.type == "cpu":

@@ -209,6 +209,9 @@ def _writable(folder: Path) -> Path:
     if unusable and _noexec(fallback):  # (review install1 #2: built again in each process, never loaded)
         raise OSError(f"{folder} {unusable}, and so does {fallback}; set $RESTE_CACHE to a folder of your own on a "
                       "file system that allows running programs")
+    if unusable and os.environ.get("RESTE_CACHE"):  # a folder the user named: say why it is not used (diff25)
+        warnings.warn(f"{folder} {unusable}, so reste keeps its cache in {fallback} instead; set $RESTE_CACHE to a "
+                      "folder on a file system that allows running programs", RuntimeWarning, stacklevel=3)
     if refused:
         warnings.warn(f"{folder} {refused}, so reste keeps its cache in {fallback} instead (code others put there "
                       "would run in this process); set $RESTE_CACHE to a folder of your own", RuntimeWarning,
@@ -364,6 +367,14 @@ def _cut_short(fd: int, size: int) -> bool:
     a build or a copy cut off by a crash, a power loss or a full disk. The loader maps such a file and the process
     dies with SIGBUS at the first page past its end, in every later command too (review install1 #1). Not an ELF
     file: False (the loader refuses anything else with an error)."""
+    try:
+        return _ends_early(fd, size)
+    except struct.error:  # a header whose sizes do not add up (an entry size too small for its entries): damaged
+        return True
+
+
+def _ends_early(fd: int, size: int) -> bool:
+    """:func:`_cut_short`; ``struct.error`` where its headers are malformed (review diff25 #3)."""
     head = os.pread(fd, 64, 0)
     if head[:4] != b"\x7fELF":
         return False

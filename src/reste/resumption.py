@@ -73,6 +73,16 @@ def config_differences(saved: TrainConfig, overrides: dict[str, Any]) -> dict[st
     return diffs
 
 
+def _optimizer_state(state: Any) -> bool:
+    """Whether ``state`` has the form of an optimizer's ``state_dict()``: torch's (its state and groups), or a
+    ``reste.optim.Composite``'s (``--optimizer bop``: each member's; review diff25 #1)."""
+    members = state.get("optimizers") if isinstance(state, dict) else None
+    if isinstance(members, list):
+        return bool(members) and all(_optimizer_state(m) for m in members)
+    return isinstance(state, dict) and isinstance(state.get("state"), dict) and isinstance(state.get("param_groups"),
+                                                                                            list)
+
+
 def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any] | None,
                     force: bool) -> TrainConfig:
     """The resolved settings the run continues with: ``saved`` (config.json's) with ``overrides`` (given
@@ -173,8 +183,7 @@ def check_checkpoint(ckpt: dict[str, Any], config: TrainConfig, last: Path, give
               "best_epoch": lambda v: type(v) is int and v >= -1,  # best_epoch -1, best_acc -1.0: no epoch yet
               "best_acc": lambda v: type(v) in (int, float) and -1 <= v <= 100,
               # (review fuzz1 #2: these two ended in a KeyError or TypeError line; None: another optimizer's state)
-              "optimizer": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("state"), dict)
-                                                   and isinstance(v.get("param_groups"), list)),
+              "optimizer": lambda v: v is None or _optimizer_state(v),
               "rng": lambda v: isinstance(v, dict) and all(k in v for k in ("python", "numpy", "torch"))}
     for name, ok in checks.items():
         if not ok(ckpt.get(name)):

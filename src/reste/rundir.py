@@ -1128,8 +1128,8 @@ def _probed(path: Path, probe: Callable[[Path], bool]) -> bool:
     try:
         return probe(path)
     except PermissionError as err:
-        raise UsageError(f"cannot read {path.parent} ({err.strerror}); make it readable (its mode, its owner) and run "
-                         "the command again") from None
+        raise UsageError(f"cannot read {path.parent} or a folder above it ({err.strerror}); make them readable "
+                         "(their mode, their owner) and run the command again") from None
 
 
 def holds_run(path: str | os.PathLike) -> bool:
