@@ -583,7 +583,7 @@ def _run_kept(argv: Sequence[str]) -> str:
 
 
 def _kept_in(folder: str, argv: Sequence[str]) -> str:
-    """:func:`_run_kept` of the run folder ``folder``; ``OSError`` where it cannot be read."""
+    """:func:`_run_kept` of the run folder ``folder``; ``OSError`` or ``UsageError`` where it cannot be read."""
     from .rundir import holds_run
 
     if not holds_run(folder):  # a new run that saved nothing: its folder went

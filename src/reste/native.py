@@ -187,9 +187,10 @@ def _cpu_tag() -> str:
 def _writable(folder: Path) -> Path:
     """``folder``, made if needed, or, where it cannot be written (a read-only home, a bad $RESTE_CACHE) or is not
     this user's alone (:func:`untrusted_path`: a shared $RESTE_CACHE, said in a warning), a folder of this user's
-    under the temporary directory: the kernels are then built there, not lost."""
+    under the temporary directory: the kernels are then built there, not lost. So also where no library in it can be
+    loaded (a file system mounted noexec; said in a warning where $RESTE_CACHE named it)."""
     refused = None  # why a folder that can be written is not used, in a warning
-    unusable = None  # why it cannot hold libraries that load: the temporary folder instead, with no warning
+    unusable = None  # why it cannot hold libraries that load (noexec)
     try:
         _make_private(folder)
         if os.access(folder, os.W_OK | os.X_OK):
