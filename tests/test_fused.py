@@ -774,7 +774,8 @@ def test_cut_short_tells_a_whole_library_from_one_cut_anywhere(tmp_path, monkeyp
         assert cut_short(part) == (size >= 4), size  # (under 4 bytes it is no ELF file)
     wide = whole[4] == 2
     entry_size = 54 if wide else 42  # (e_phentsize: too small for an entry, review diff25 #3: struct.error)
-    part.write_bytes(whole[:entry_size] + (1).to_bytes(2, "little" if whole[5] == 1 else "big") + whole[entry_size + 2:])
+    one = (1).to_bytes(2, "little" if whole[5] == 1 else "big")
+    part.write_bytes(whole[:entry_size] + one + whole[entry_size + 2:])
     assert cut_short(part)
 
 

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import MAX_SEED, TrainConfig, check_threads, idle_data_flags, parse_value, refuse_binary_flags, usable_cpus
+from ..config import (MAX_SEED, TrainConfig, check_threads, idle_data_flags, parse_value, refuse_binary_flags,
+                      usable_cpus)
 from ..datasets import get_spec
 from ..models import model_info, model_keywords
 from ..errors import UsageError, did_you_mean, join_command_line, machine_cause, on_command_line, print_line, shell_word
