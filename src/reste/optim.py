@@ -221,10 +221,16 @@ class Composite(torch.optim.Optimizer):
         return "Composite(" + ", ".join(type(opt).__name__ for opt in self.optimizers) + ")"
 
 
+def composite_states(state_dict: Any) -> list[Any] | None:
+    """The members' states where ``state_dict`` has the form of a ``Composite.state_dict()``, else None."""
+    states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
+    return states if isinstance(states, list) else None
+
+
 def member_states(composite: Composite, state_dict: Any) -> list[dict[str, Any]]:
     """The members' states in a ``Composite.state_dict()``; a ``ValueError`` where it is not one of as many."""
-    states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
-    if not isinstance(states, list) or len(states) != len(composite.optimizers):
+    states = composite_states(state_dict)
+    if states is None or len(states) != len(composite.optimizers):
         raise ValueError(f"not the state of a Composite of {len(composite.optimizers)} optimizers "
                          f"({', '.join(type(o).__name__ for o in composite.optimizers)})")
     return states

@@ -31,6 +31,7 @@ from .config import OPTIMIZER_LR, TrainConfig, canonical_estimator, check_model_
 from .datasets import get_spec
 from .errors import UsageError, option
 from .integrations.tensorboard import log_dir
+from .optim import composite_states
 from .plugins import given_again, well_formed
 from .estimators import estimator_class
 from .rundir import BEST, CONFIG, LAST, RESUME_FREE, best_checkpoint, config_keys, last_checkpoint, last_lost
@@ -76,8 +77,8 @@ def config_differences(saved: TrainConfig, overrides: dict[str, Any]) -> dict[st
 def _optimizer_state(state: Any) -> bool:
     """Whether ``state`` has the form of an optimizer's ``state_dict()``: torch's (its state and groups), or a
     ``reste.optim.Composite``'s (``--optimizer bop``: each member's; review diff25 #1)."""
-    members = state.get("optimizers") if isinstance(state, dict) else None
-    if isinstance(members, list):
+    members = composite_states(state)
+    if members is not None:
         return bool(members) and all(_optimizer_state(m) for m in members)
     return isinstance(state, dict) and isinstance(state.get("state"), dict) and isinstance(state.get("param_groups"),
                                                                                             list)
