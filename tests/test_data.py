@@ -1661,3 +1661,16 @@ def test_a_cifar_folder_is_named_by_its_batches_meta(tmp_path):
     check_classes(10, list(D.CIFAR10_CLASSES), DatasetInfo("cifar10", 10, (3, 32, 32), 20, 6, tuple(names)), "x")
     with pytest.raises(UsageError, match="other classes"):
         check_classes(10, names[::-1], DatasetInfo("cifar10", 10, (3, 32, 32), 20, 6, tuple(names)), "x")
+
+
+def test_a_data_set_infos_class_names_are_strings_whatever_the_loader_gave():
+    """(review diff25, suggestion 5) a plugin's loader may build its DatasetInfo with classes named by numbers, or
+    as a list: they are kept as the tuple of strings that checkpoints record and eval, resume and predict compare;
+    one string is refused, not split into letters."""
+    from reste.data.sets import DatasetInfo
+
+    info = DatasetInfo("digits", 3, (1, 8, 8), 30, 9, [0, 1, 2])
+    assert info.classes == ("0", "1", "2")
+    assert DatasetInfo("digits", 3, (1, 8, 8), 30, 9, None).classes is None
+    with pytest.raises(TypeError, match="got a string 'abc'"):
+        DatasetInfo("digits", 3, (1, 8, 8), 30, 9, "abc")

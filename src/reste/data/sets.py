@@ -48,6 +48,15 @@ class DatasetInfo:
     # (formats.default_root_read): the run records it as its data path
     read_from: str | None = None
 
+    def __post_init__(self):
+        # A plugin's loader may name its classes by numbers (or give a list): they are kept as the tuple of strings
+        # that checkpoints, exports and predictions record and compare.
+        if self.classes is not None:
+            if isinstance(self.classes, (str, bytes)):
+                raise TypeError(f"DatasetInfo.classes must be a sequence of names, one per class, "
+                                f"got a string {self.classes!r}")
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
