@@ -54,7 +54,7 @@ def test_show_of_a_torchrun_run_stopped_at_an_epochs_end_says_torchrun_and_the_w
     word = shell_word(run)
     assert main(["show", str(run)]) == 0
     out = capsys.readouterr().out
-    assert f"batch {batch} per process ({2 * batch} in all, 2 processes), " in out, out
+    assert f"batch {batch} per process ({2 * batch} in all, 2 processes, synchronised BatchNorm), " in out, out
     assert (f"1 of 2 epochs: stopped (no process on this machine holds it; torchrun again, 2 processes, running "
             f"`-m reste.cli train --resume {word}` continues it)") in out, out
     assert main(["show", str(run), "--json"]) == 0
@@ -98,6 +98,10 @@ def test_a_finished_torchrun_runs_show_gives_its_whole_batch(tmp_path):
     last = out / "last.pt"
     save_checkpoint({**load_checkpoint(last), "world_size": 2}, last)  # as 2 torchrun processes leave it
     assert run_summary(out)["state"] == "finished" and run_summary(out)["saved_processes"] == 2
-    assert "batch 64 per process (128 in all, 2 processes)" in show_run(out)
+    assert "batch 64 per process (128 in all, 2 processes, synchronised BatchNorm)" in show_run(out)
+    # (review mp1, suggestion 4) a run trained with --no-sync-bn says so, as its first line did
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "sync_bn": False}))
+    assert "batch 64 per process (128 in all, 2 processes, BatchNorm per process)" in show_run(out)
     # a sweep's listing reads last.pt's header alone, where the run looks finished (review chaos5 #1)
     assert run_summary(out, steps=False)["saved_processes"] == 2

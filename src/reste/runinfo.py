@@ -187,7 +187,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
     epochs = count(config["epochs"], "epoch")
     preset = f", preset {config['preset']}" if config["preset"] else ""
     world = summary["saved_processes"] or 1  # (review dist #3) --batch-size is per process, as the run's first line
-    together = f" per process ({config['batch_size'] * world} in all, {world} processes)" if world > 1 else ""
+    # (review mp1, suggestion 4) and whether BatchNorm was synchronised, as the run's first line said
+    bn = "synchronised BatchNorm" if config.get("sync_bn", True) else "BatchNorm per process"
+    together = f" per process ({config['batch_size'] * world} in all, {world} processes, {bn})" if world > 1 else ""
     lines = [f"run        {run_dir}",
              f"settings   {config['model']} ({binarized}) on "
              f"{config['dataset']}: {epochs}, batch {config['batch_size']}{together}"
