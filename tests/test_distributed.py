@@ -515,3 +515,32 @@ def test_torchrun_trains_with_bop(tmp_path):
 
     names = [f"{name}.weight" for name, _ in binary_layers(create(ckpt["model_name"], **ckpt["model_options"]))]
     assert names and all(set(ckpt["model"][k].unique().tolist()) == {-1.0, 1.0} for k in names)
+
+
+_EACH_RANKS_BATCHES = """
+import os, sys
+from pathlib import Path
+from reste import cli, engine
+
+real = engine._Run.step
+def step(self, images, target):  # each rank writes the size of each batch it trains
+    with open(Path(__file__).parent / f"batches{os.environ['RANK']}.txt", "a", encoding="utf-8") as f:
+        f.write(f"{len(target)}\\n")
+    return real(self, images, target)
+engine._Run.step = step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_synchronised_batchnorm_trains_a_last_batch_of_one_sample_per_process(tmp_path):
+    """(review mp1, suggestion 3) digits' 1437 images on 2 processes are 719 each (one padded), 2 batches of 359 and
+    one of 1: synchronised BatchNorm normalises that one over both processes' samples, so it is trained, not left
+    out as it is where BatchNorm sees one process alone (test_resume_guards: a last batch of one sample)."""
+    script = tmp_path / "main.py"
+    script.write_text(_EACH_RANKS_BATCHES)
+    proc, attempt = _run_fresh(lambda attempt: (*ARGS[2:], "--epochs", "1", "--batch-size", "359", "--out",
+                                                str(tmp_path / f"run{attempt}")), program=(str(script),))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "left out" not in proc.stdout, proc.stdout
+    for rank in (0, 1):
+        assert (tmp_path / f"batches{rank}.txt").read_text().split() == ["359", "359", "1"]

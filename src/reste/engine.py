@@ -476,13 +476,16 @@ class _Run:
         per_rank = -(-len(train_ds) // self.dist.world_size)  # each process's share, padded as the samplers do
         micro = config.batch_size // config.accumulate  # what a forward holds (BatchNorm's statistics are its)
         split = f" in {config.accumulate} micro-batches" if config.accumulate > 1 else ""
-        if (1 in micro_batches(min(config.batch_size, per_rank), micro)
+        # (review mp1, suggestion 3) synchronised BatchNorm normalises a micro-batch of one sample per process over
+        # all of them: only BatchNorm over one process cannot take it
+        alone = not (self.dist.enabled and config.sync_bn and self.dist.world_size > 1)
+        if (alone and 1 in micro_batches(min(config.batch_size, per_rank), micro)
                 and any(isinstance(m, nn.BatchNorm1d) for m in self.model.modules())):
             raise UsageError(f"{config.model} cannot train on batches of one sample (--batch-size "
                              f"{config.batch_size}{split}, {per_rank} training image(s) per process): its "
                              f"BatchNorm1d needs at least 2; raise --batch-size{', lower --accumulate' * bool(split)} "
                              "or add images")
-        if (per_rank > config.batch_size and 1 in micro_batches(per_rank % config.batch_size, micro)
+        if (alone and per_rank > config.batch_size and 1 in micro_batches(per_rank % config.batch_size, micro)
                 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())):
             one = "train a micro-batch of" if split else "hold"
             self.log(f"note: the last batch of each epoch would {one} one sample, too few for BatchNorm's batch "
