@@ -1674,3 +1674,41 @@ def test_a_data_set_infos_class_names_are_strings_whatever_the_loader_gave():
     assert DatasetInfo("digits", 3, (1, 8, 8), 30, 9, None).classes is None
     with pytest.raises(TypeError, match="got a string 'abc'"):
         DatasetInfo("digits", 3, (1, 8, 8), 30, 9, "abc")
+
+
+class _OwnRandomItems(torch.utils.data.Dataset):
+    """A plugin's plain data set whose items augment themselves from the global generators (torch's, Python's
+    and NumPy's), as a torchvision ImageFolder given a RandomCrop does."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, i: int):
+        import random
+
+        noise = torch.rand(2) + random.random() + float(np.random.rand())
+        return torch.full((1, 2, 2), float(i)) + noise.view(1, 1, 2), i % 3
+
+
+def test_a_plain_data_sets_own_augmentation_is_keyed_by_seed_epoch_and_index():
+    """(review exact1 #1) a data set that is neither reste's nor a TransformDataset drew its augmentation from
+    generators that had run on: a resume inside an epoch replayed the batches before it after the checkpoint's
+    generators were put back, and new persistent workers started from the first epoch's seeds, so the resumed run
+    trained on other images, silently. Each item is now read with the generators seeded from its (seed, epoch,
+    index): an epoch's batches are the same from the start, from a resume's step, and with any number of workers."""
+    train, test = _OwnRandomItems(), _OwnRandomItems()
+    single, _ = make_loaders(train, test, batch_size=5, eval_batch_size=8, seed=4, workers=0)
+    single.set_epoch(2)
+    whole = batches(single)
+    assert not same_batches(whole, batches(single))  # epoch 3: other augmentations (and another order)
+    torch.manual_seed(123)  # whatever ran before: the generators the items see are their keys'
+    resumed, _ = make_loaders(train, test, batch_size=5, eval_batch_size=8, seed=4, workers=0)
+    resumed.set_epoch(2)
+    assert resumed.start_at(3)  # no batch drawn and dropped
+    assert same_batches(batches(resumed), whole[3:])
+    workers, _ = make_loaders(train, test, batch_size=5, eval_batch_size=8, seed=4, workers=1)
+    workers.set_epoch(0)
+    batches(workers)  # the persistent worker has served epoch 1 before it serves epoch 3
+    workers.set_epoch(2)
+    assert same_batches(batches(workers), whole)
+    del workers

@@ -21,7 +21,7 @@ from ..datasets import get_spec
 from ..distributed import rank_and_world_size, stop_signals
 from ..errors import UsageError
 from .memory import InMemoryDataset, TensorLoader
-from .sampling import EpochSampler, ShardSampler, TransformDataset, seeded_generator
+from .sampling import EpochSampler, SeededItems, ShardSampler, TransformDataset, seeded_generator
 
 __all__ = ["make_loaders", "data_device", "EpochDataLoader"]
 
@@ -147,7 +147,8 @@ class EpochDataLoader(DataLoader):
     def start_at(self, step: int) -> bool:
         """Make the next iteration begin at batch ``step`` without reading the batches before it: a resume
         inside an epoch of image files, which would otherwise decode them all again. Exact only where a
-        sample's augmentation is its own (keyed by (seed, epoch, index), as :class:`TransformDataset` does);
+        sample's augmentation is its own (keyed by (seed, epoch, index), as :class:`TransformDataset` and
+        :class:`SeededItems` do);
         ``False`` (nothing changed) elsewhere, and the caller draws the batches and drops them."""
         sampler = self.sampler
         if not isinstance(sampler, EpochSampler) or not sampler.tag or self.batch_size is None:
@@ -209,7 +210,9 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
         return train, _test_loader(test_ds, eval_batch_size, workers, seed, pin_memory, rank, world, device)
 
     pin = bool(pin_memory) and torch.cuda.is_available()
-    tag = isinstance(train_ds, TransformDataset)
+    if not isinstance(train_ds, (TransformDataset, torch.utils.data.IterableDataset)):
+        train_ds = SeededItems(train_ds)  # a plugin's own: each item read with the generators seeded by its key
+    tag = not isinstance(train_ds, torch.utils.data.IterableDataset)
     inner = None
     if distributed:
         from torch.utils.data.distributed import DistributedSampler

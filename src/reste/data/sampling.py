@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-__all__ = ["mix_seed", "seeded_generator", "epoch_order", "shard", "shard_size", "TransformDataset", "EpochSampler",
-           "ShardSampler"]
+__all__ = ["mix_seed", "seeded_generator", "epoch_order", "shard", "shard_size", "TransformDataset", "SeededItems",
+           "EpochSampler", "ShardSampler"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -142,6 +142,29 @@ class TransformDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, label
+
+
+class SeededItems(Dataset):
+    """A data set of your own (a plugin's) whose items draw their augmentation themselves, from the global
+    generators (a torchvision ``ImageFolder`` given a ``RandomCrop``, a ``__getitem__`` calling ``torch.rand``).
+
+    Indexed with a key ``(seed, epoch, index)`` it reads ``base[index]`` with torch's, Python's and NumPy's global
+    generators seeded from that key, as :class:`TransformDataset` runs its transform: so each sample's augmentation
+    depends on the key alone, and a resumed run, or one with another number of workers, draws the same batches as
+    an uninterrupted one (review exact1 #1). Indexed with an ``int`` it is ``base``."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            seed, epoch, index = key
+            with _seeded_globals(seed, epoch, index):
+                return self.base[index]
+        return self.base[key]
 
 
 class EpochSampler(Sampler):
