@@ -257,6 +257,9 @@ def test_a_recorded_resize_goes_through_export_and_predict(tmp_path, capsys):
         Image.open(photo).convert("RGB"))[None]
     code, out, err = _run(capsys, "predict", str(path), str(photo), "-o", str(tmp_path / "p.json"))
     assert code == 0, err
+    # (review deploy1, suggestion 3) the line names the kernels' variant too, as benchmarks/inference.py does
+    assert f"s, {packed.kernel_name} kernels)" in err + out, err + out
+    assert packed.kernel_name.startswith(packed.backend) and ("/" in packed.kernel_name) == (packed.backend == "c")
     assert [r["class"] for r in json.loads((tmp_path / "p.json").read_text())] == packed.predict(x).tolist()
     for bad in (12, 16.5, True):  # a crop of 16x16 needs a shorter side of 16 at least
         meta = {**ir.Preprocessing((3, 16, 16), mean, std, 255.0).to_meta(), "resize": bad}
@@ -733,3 +736,19 @@ def test_reste_export_fails_a_file_whose_untraced_run_differs(tmp_path, capsys, 
     assert code == 1 and (tmp_path / "m.rbnn").is_file()
     assert "run untraced (its sign bits passed on) it gives other logits than traced" in err, err
     assert "packed file untraced: other logits than traced" in out
+
+
+def test_eval_and_export_of_a_packed_model_name_reste_predict(tmp_path, capsys):
+    """(review deploy1, suggestion 2) `reste eval model.rbnn` and `reste export model.rbnn out.rbnn` said "is not a
+    checkpoint (not a PyTorch file)", with no word of what runs it; a file that only ends in .rbnn is still a
+    checkpoint's business."""
+    path = tmp_path / "m.rbnn"
+    export_model(_CatBatch(1).eval(), path, input_size=(3, 8, 8), verify=False)
+    for argv, what in ((("eval", str(path)), "evaluate"), (("export", str(path), str(tmp_path / "o.rbnn")), "export")):
+        line = _one_line_error(capsys, *argv)
+        assert line.endswith(f"{path} is a packed model (what `reste export` writes), not a checkpoint to {what}; run "
+                             f"it with `reste predict {path} --dataset NAME`, which scores it on a data set's test "
+                             "split"), line
+    assert not (tmp_path / "o.rbnn").exists()
+    (tmp_path / "text.rbnn").write_text("no model")
+    assert "is not a checkpoint (not a PyTorch file)" in _one_line_error(capsys, "eval", str(tmp_path / "text.rbnn"))

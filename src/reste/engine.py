@@ -68,6 +68,7 @@ from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
 from .layers import binary_layers, estimators_of, eval_mode, set_progress
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
+from .export.format import refuse_packed
 from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, METRICS, FolderGone, RunDirectory, append_metrics, recipe_free,
                      best_checkpoint, check_has_checkpoint, check_kept, forget_divergence, forget_failure,
                      held_by, holds_run, keep_top, last_checkpoint, other_run, read_metrics, record_divergence,
@@ -296,6 +297,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, data_path: str | None = None
         raise UsageError(f"--threads must be a whole number, got {threads!r}")
     check_threads(threads)
     check_has_checkpoint(path)
+    refuse_packed(path, "evaluate")
     ckpt = load_checkpoint(path)
     config = TrainConfig.from_saved(ckpt["config"])
     try:

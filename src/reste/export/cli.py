@@ -406,16 +406,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         file_names = [str(Path(args.images))] if one_file else None  # (as a folder of that one file gives it)
         if to_stdout:  # the predictions are the output; the line about them goes to stderr
             _write_stdout(_prediction_text(pred, names, form, file_names))
-            line = f"{count(len(pred), 'prediction')} written to stdout ({seconds:.2f}s, {model.backend} kernels)"
+            line = (f"{count(len(pred), 'prediction')} written to stdout ({seconds:.2f}s, {model.kernel_name} "
+                    "kernels)")
         elif write:
             replacing = " (replacing the file that was there)" if out.is_file() else ""
             _save_predictions(out, pred, names, form, file_names)
-            line = (f"{count(len(pred), 'prediction')} written to {out}{replacing} ({seconds:.2f}s, {model.backend} "
-                    "kernels)")
+            line = (f"{count(len(pred), 'prediction')} written to {out}{replacing} ({seconds:.2f}s, "
+                    f"{model.kernel_name} kernels)")
             if len(pred) == 1:  # an array of one image: its class too, as an image file's (newuser2)
                 line += f"; {_class_text(names, int(pred[0]))}"
         else:
-            line = f"{args.images}: {_class_text(names, int(pred[0]))} ({seconds:.2f}s, {model.backend} kernels)"
+            line = (f"{args.images}: {_class_text(names, int(pred[0]))} ({seconds:.2f}s, {model.kernel_name} "
+                    "kernels)")
         # of no images, none (not NaN, which JSON has not, nor NumPy's two warnings on the empty mean)
         accuracy = 100.0 * float((pred == labels).mean()) if labels is not None and len(pred) else None
         if accuracy is not None:
@@ -439,7 +441,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     extra = f" (stored at training: {r['stored_top1']:.2f}%)" if r["stored_top1"] is not None else ""
     print(f"{r['model'] or Path(args.exported).name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} "
-          f"images{extra} ({r['seconds']:.2f}s, {r['backend']} kernels)")
+          f"images{extra} ({r['seconds']:.2f}s, {r['kernels']} kernels)")
     return 0
 
 
@@ -468,7 +470,7 @@ def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
             for row in _prediction_rows(pred, names, files):
                 name = f" ({row['name']!r})" if row["name"] is not None else ""
                 print(f"{row['file']}: class {row['class']}{name}")
-    line += f" ({seconds:.2f}s, {model.backend} kernels)"
+    line += f" ({seconds:.2f}s, {model.kernel_name} kernels)"
     if r["unreadable"]:
         left = len(r["unreadable"])
         line += f"; {count(left, 'file')} left out (no image reste reads: listed above)"

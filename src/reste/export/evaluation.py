@@ -90,7 +90,8 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
                     log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
     """Top-1 of a packed model (a :class:`~reste.export.runtime.PackedModel` or the path of its file) on the test
     split of ``dataset`` (default: the data set its export names). Returns ``model`` (its name), ``dataset``,
-    ``top1`` (%), ``images``, ``seconds``, ``backend`` and ``stored_top1`` (the checkpoint's own test top-1 that
+    ``top1`` (%), ``images``, ``seconds``, ``backend``, ``kernels`` (the backend and its variant, ``c/avx2``) and
+    ``stored_top1`` (the checkpoint's own test top-1 that
     the export recorded, or None). The model's input size and classes are checked against the data set before any
     file is read or downloaded. ``workers``: DataLoader processes for a data set read from files (by default as
     ``reste eval``: one per usable CPU, up to 8); ``log``: a line every ``line_every`` seconds of a long run."""
@@ -147,7 +148,7 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
         raise UsageError("the test set is empty; check --data-path")
     stored = model.meta.get("test_acc")  # exports made before it was recorded have the run's best alone
     return {"model": model.meta.get("model_name") or name, "dataset": info.name, "top1": 100.0 * correct / total,
-            "images": total, "seconds": seconds, "backend": model.backend,
+            "images": total, "seconds": seconds, "backend": model.backend, "kernels": model.kernel_name,
             "stored_top1": float(stored) if isinstance(stored, (int, float)) else None}
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError, cannot_write, parse_json, read_user_file
+from ..errors import UsageError, cannot_write, parse_json, read_user_file, shell_word
 
 MAGIC = b"RESTEBNN"
 VERSION = 2
@@ -138,6 +138,23 @@ class Writer:
 
 #: the largest header a file may hold once inflated (a real one is a few KiB)
 MAX_HEADER = 64 << 20
+
+
+def refuse_packed(path: str | os.PathLike, what: str) -> None:
+    """Refuse, in one line that names ``reste predict``, a packed model given where a checkpoint is meant
+    (``what``: what the command does with one); nothing for any other path (review deploy1, suggestion 2)."""
+    path = Path(path)
+    try:
+        if not path.is_file():  # a run folder, or a FIFO that an open would wait on
+            return
+        with open(path, "rb") as f:
+            packed = f.read(len(MAGIC)) == MAGIC
+    except OSError:  # unreadable: the checkpoint's own reading says so
+        return
+    if packed:
+        raise UsageError(f"{path} is a packed model (what `reste export` writes), not a checkpoint to {what}; "
+                         f"run it with `reste predict {shell_word(path)} --dataset NAME`, which scores it on a "
+                         "data set's test split")
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], list[np.ndarray]]:

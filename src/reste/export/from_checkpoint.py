@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..rundir import LAST, check_has_checkpoint, check_output_path
 from . import ir
 from .exporter import export_model
+from .format import refuse_packed
 from .onnx_export import export_onnx, require_onnx
 
 
@@ -67,6 +68,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
         if Path(onnx_path).resolve() == Path(out_path).resolve():
             raise UsageError(f"the ONNX path {onnx_path} is the packed file itself; pass another ONNX path")
         require_onnx()  # before the packed file is written
+    refuse_packed(ckpt_path, "export")
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     given = Path(ckpt_path)  # (a run folder: its last.pt, which the header names, trailing slash or not)

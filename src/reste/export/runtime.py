@@ -812,7 +812,12 @@ class PackedModel:
         export recorded it; ``None`` when it did not (see :mod:`reste.export.inputs`)."""
         return ir.Preprocessing.from_meta(self.meta)
 
+    @property
+    def kernel_name(self) -> str:
+        """The kernels that run it, as the commands name them: the backend and, for C, its variant (``c/avx512``,
+        ``c/avx2``, ``numpy``): timings of two machines compare only with it (review deploy1, suggestion 3)."""
+        return self.backend + (f"/{self.isa}" if self.isa else "")
+
     def __repr__(self) -> str:
         n = sum(1 for node in self.header["nodes"] if node["op"] in ir.BINARY_OPS)
-        backend = self.backend + (f"/{self.isa}" if self.isa else "")
-        return f"PackedModel({self.meta.get('model_name', '?')}, {n} binary layers, backend={backend})"
+        return f"PackedModel({self.meta.get('model_name', '?')}, {n} binary layers, backend={self.kernel_name})"
