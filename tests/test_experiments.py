@@ -3026,3 +3026,20 @@ def test_seeds_past_what_a_run_takes_are_refused_before_any_run():
     for text in (str(MAX_SEED + 1), "1,99999999999999999999"):
         with pytest.raises(UsageError, match=r"--seeds must be in \[0, 2\*\*63 - 1\], got"):
             parse_seeds(text)
+
+
+def test_a_sweep_without_threads_resumes_a_run_with_its_recorded_count(tmp_path, monkeypatch):
+    """(review exact1 #3) a sweep continued with another --jobs and no --threads resumed a stopped run with its
+    worker's share of the cores, not the count the run recorded (`reste train --resume` keeps it: a CPU run's sums
+    depend on it), and the run parted from the one it continued; --threads given is still the sweep's to set."""
+    from reste import engine
+    from reste.experiments import sweep as sw
+
+    given: list[dict] = []
+    monkeypatch.setattr(engine, "resume", lambda run_dir, free, **kw: given.append(free) or {"best_acc": 1.0})
+    for threads in (None, 1):
+        job = {"config": TrainConfig(dataset="digits", threads=threads).to_dict(), "run_dir": str(tmp_path / "r"),
+               "resume": True}
+        assert sw._execute(job)["status"] == "done"
+    assert "threads" not in given[0] and given[1]["threads"] == 1
+    assert given[0]["workers"] is None and "accumulate" in given[0]  # the other free settings as before

@@ -595,7 +595,10 @@ def _execute(job: dict[str, Any], stop: Any = None) -> dict[str, Any]:
         if job.get("devices"):  # this worker's device (the sweep's own process: the first)
             config = dataclasses.replace(config, device=job["devices"][_WORKER["slot"] % len(job["devices"])])
         if job["resume"]:
-            free = {k: getattr(config, k) for k in RESUME_FREE}
+            # a sweep given no --threads leaves a run its recorded count, as `reste train --resume` does (a CPU
+            # run's sums depend on it): its worker's share of the cores would part it from the run it continues
+            # (review exact1 #3)
+            free = {k: getattr(config, k) for k in RESUME_FREE if k != "threads" or config.threads is not None}
             result = engine.resume(run_dir, free, progress=job.get("progress", False), log=log, stop=stop)
         else:
             result = engine.train(config, run_dir, progress=job.get("progress", False), log=log, stop=stop)
