@@ -522,7 +522,12 @@ class _Run:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = self.ddp = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         if config.compile:
-            self.net = torch.compile(self.net)
+            # On the CPU, where a resume repeats a run bit for bit, the compiled step must not depend on what the
+            # process compiled before: with dynamo's defaults an epoch's smaller last batch and a moved schedule
+            # (ReSTE's o, a module attribute) recompiled it, specialised otherwise than a resumed process's first
+            # compile, and the two rounded apart (review exact1 #2). Dynamic from the start, both compile alike. A
+            # GPU run keeps the static shapes (no such promise there: cuDNN's autotuner picks per process).
+            self.net = torch.compile(self.net, dynamic=True if self.device.type == "cpu" else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.skipped: torch.Tensor | None = None  # whether the scaler skipped the last step (fp16), on the device
         self.graphed = self.graphed_eval = None
