@@ -3043,3 +3043,26 @@ def test_a_sweep_without_threads_resumes_a_run_with_its_recorded_count(tmp_path,
         assert sw._execute(job)["status"] == "done"
     assert "threads" not in given[0] and given[1]["threads"] == 1
     assert given[0]["workers"] is None and "accumulate" in given[0]  # the other free settings as before
+
+
+def test_a_run_whose_indicator_is_not_finite_is_left_out_of_its_settings_mean(sweep, tmp_path, capsys):
+    """(review stats1 #1) one run's gradient stability of inf (or NaN: no epoch measured) made statistics.stdev
+    raise in `reste report` and at a sweep's end: no table was written, now or by any later report. It is left out
+    of its setting's mean, with a line that says so; the run's own row keeps the value."""
+    out = tmp_path / "s"
+    shutil.copytree(sweep[0], out)
+    manifest = json.loads((out / "sweep.json").read_text())
+    run = out / manifest["settings"][1]["runs"]["0"]  # estimator=reste
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines[0]["gradient_stability"] = float("inf")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    for _ in range(2):  # and again, from the runs.csv the first report wrote
+        assert main(["report", str(out), "--no-plots"]) == 0
+        said = capsys.readouterr()
+        assert ("report: estimator=reste seed 0: its gradient_stability is not finite (inf); left out of the "
+                "setting's mean") in said.out + said.err, said
+        rows = {r["setting"]: r for r in _read_csv(out / "results.csv")}
+        assert rows["estimator=reste"]["gradient_stability_mean"] == "" and rows["estimator=reste"]["n"] == "1"
+        assert rows["estimator=reste"]["estimating_error_mean"] != "" and rows["estimator=ste"][
+            "gradient_stability_mean"] != ""
+        assert {r["setting"]: r for r in _read_csv(out / "runs.csv")}["estimator=reste"]["gradient_stability"] == "inf"

@@ -303,6 +303,11 @@ def test_the_run_level_values_of_each_mode():
     assert run_level(history, "general") == {"estimating_error": 3.0, "gradient_stability": 2.0}
     assert run_level(history, "paper") == {"estimating_error": 3.0, "gradient_stability": 4.0}  # the authors' sum
     assert run_level([], "paper") == {}
+    # (review stats1 #1) an epoch of which nothing was measured (every step skipped: NaN) counts in neither
+    skipped = {"estimating_error": float("nan"), "gradient_stability": float("nan")}
+    assert run_level([history[0], skipped, history[1]], "paper") == run_level(history, "paper")
+    assert run_level([skipped, history[1]], "general") == {"estimating_error": 4.0, "gradient_stability": 3.0}
+    assert all(math.isnan(v) for v in run_level([skipped], "general").values())
 
 
 def test_paper_mode_takes_the_models_o_end_unless_told():

@@ -161,10 +161,16 @@ RUN_LEVEL_FIELDS = ("estimating_error", "gradient_stability")  # an epoch's valu
 
 def run_level(history: list[dict[str, float]], mode: str = "general") -> dict[str, float]:
     """A run's values from its per-epoch ones (``history``, oldest first): paper mode averages the error and
-    sums the stability over epochs, as the authors; general mode averages both (:data:`RUN_LEVEL`)."""
+    sums the stability over epochs, as the authors; general mode averages both (:data:`RUN_LEVEL`). An epoch of
+    which nothing was measured (every step skipped by fp16's scaler: NaN) is left out of both (review stats1 #1);
+    NaN where no epoch was measured."""
     _check_mode(mode)
     if not history:
         return {}
+    measured = [h for h in history if not any(math.isnan(h[f]) for f in RUN_LEVEL_FIELDS)]
+    if not measured:
+        return {f: math.nan for f in RUN_LEVEL_FIELDS}
+    history = measured
     n = len(history)
     err = sum(h["estimating_error"] for h in history) / n
     stab = sum(h["gradient_stability"] for h in history)

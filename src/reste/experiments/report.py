@@ -22,6 +22,7 @@ import difflib
 import functools
 import io
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -182,7 +183,9 @@ def run_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
+    """Mean and sample standard deviation of the values given; None (missing) and non-finite ones (an indicator
+    that overflowed, or that no epoch measured: collect says so) are left out."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
@@ -771,6 +774,10 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                 if log:
                     log(f"report: {s['label']} seed {seed}: {why.rstrip('?.')}; the row an earlier report wrote is "
                         "kept")
+            odd = [k for k in INDICATORS if isinstance(summary.get(k), float) and not math.isfinite(summary[k])]
+            if odd and log:  # (review stats1 #1: statistics.stdev raised on it, and no table was written)
+                log(f"report: {s['label']} seed {seed}: its {' and '.join(odd)} {'is' if len(odd) == 1 else 'are'} "
+                    f"not finite ({', '.join(str(summary[k]) for k in odd)}); left out of the setting's mean")
             runs.append({"setting": s["label"], **{a: s["values"].get(a) for a in axes}, "seed": int(seed),
                          **summary, "run_dir": rel})
             finished.append(summary)
