@@ -598,6 +598,16 @@ def test_paired_says_when_a_setting_lacks_planned_or_diverged_runs(tmp_path, cap
     paired.main(["paired.py", str(sweep), "estimator=reste", "final_acc"])
     line = next(x for x in capsys.readouterr().out.splitlines() if "vs estimator=ste" in x)
     assert "ahead in 2/2; estimator=ste has 2 of 3 runs, 1 diverged)" in line
+    # (review stats1 #3) a setting none of whose runs finished has no row in runs.csv: it was left out unsaid
+    (sweep / "results.csv").write_text("setting,n,n_runs,n_diverged\nestimator=reste,3,3,0\nestimator=ste,2,3,1\n"
+                                       "estimator=rbnn,0,3,3\n")
+    paired.main(["paired.py", str(sweep), "estimator=reste", "final_acc"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "vs estimator=rbnn" in x)
+    assert line.endswith("no seed that both finished (estimator=reste: 0 1 2; estimator=rbnn: none); estimator=rbnn "
+                         "has 0 of 3 runs, 3 diverged"), line
+    longer = _script("longer")
+    longer.main(["longer.py", str(sweep), str(sweep)])
+    assert "  estimator=rbnn" in capsys.readouterr().out
 
 
 def test_the_t_values_in_the_results_readme_are_those_paired_prints(capsys):

@@ -27,8 +27,9 @@ def main(argv: list[str]) -> None:
     metric = argv[3] if len(argv) > 3 else "final_acc"
     a, b = paired_module.read_metric(short, metric), paired_module.read_metric(long, metric)
     print(f"{metric}: {long} minus {short}, per seed; 95% CI of the mean gain (t, n - 1 dof)")
-    for setting in b:
-        seeds = sorted(set(a.get(setting, {})) & set(b[setting]), key=int)
+    # every setting of either sweep, those none of whose runs finished too (they have no row in runs.csv)
+    for setting in dict.fromkeys([*paired_module.counts(long), *b, *paired_module.counts(short), *a]):
+        seeds = sorted(set(a.get(setting, {})) & set(b.get(setting, {})), key=int)
         if not seeds:
             print(f"  {setting:24s} no seed finished in both")
             continue

@@ -67,15 +67,17 @@ def read_metric(sweep: str, metric: str) -> dict[str, dict[str, float]]:
 
 
 def counts(sweep: str) -> dict[str, str]:
-    """setting -> how many of its planned runs its results.csv reports, when not all ('2 of 3 runs, 1 diverged')."""
+    """setting -> how many of its planned runs its results.csv reports, when not all ('2 of 3 runs, 1 diverged'),
+    for each setting of results.csv (in its order; '' where every run is reported), also one of which no run
+    finished: runs.csv has no row of it, and it must not drop out of the comparison unsaid."""
     path = Path(sweep) / "results.csv"
     out = {}
     if path.is_file():
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 n, n_runs, diverged = (int(row.get(k) or 0) for k in ("n", "n_runs", "n_diverged"))
-                if n_runs > n:
-                    out[row["setting"]] = f"{n} of {n_runs} runs" + (f", {diverged} diverged" if diverged else "")
+                out[row["setting"]] = (f"{n} of {n_runs} runs" + (f", {diverged} diverged" if diverged else "")
+                                       if n_runs > n else "")
     return out
 
 
@@ -88,20 +90,21 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv[1:])
     sweep, ref, metric = args.sweep, args.reference, args.metric
     runs = read_metric(sweep, metric)
-    if ref not in runs:
-        sys.exit(f"no setting {ref!r}; settings: {', '.join(runs)}")
-    print(f"{metric}: {ref} minus each setting, per seed; 95% CI of the mean difference (t, n - 1 dof)")
     short = counts(sweep)
-    if ref in short:
+    if ref not in runs:
+        sys.exit(f"no setting {ref!r} with a finished run; settings: {', '.join(dict.fromkeys([*short, *runs]))}")
+    print(f"{metric}: {ref} minus each setting, per seed; 95% CI of the mean difference (t, n - 1 dof)")
+    if short.get(ref):
         print(f"  note: {ref} has {short[ref]}")
-    for setting, by_seed in runs.items():
+    for setting in dict.fromkeys([*short, *runs]):  # results.csv's settings first: none finished is said too
+        by_seed = runs.get(setting, {})
         if setting == ref:
             continue
         seeds = sorted(set(by_seed) & set(runs[ref]), key=int)
-        note = f"; {setting} has {short[setting]}" if setting in short else ""
+        note = f"; {setting} has {short[setting]}" if short.get(setting) else ""
         if not seeds:
             print(f"  vs {setting:24s} no seed that both finished ({ref}: {' '.join(sorted(runs[ref], key=int))}; "
-                  f"{setting}: {' '.join(sorted(by_seed, key=int))}){note}")
+                  f"{setting}: {' '.join(sorted(by_seed, key=int)) or 'none'}){note}")
             continue
         r = paired([runs[ref][s] for s in seeds], [by_seed[s] for s in seeds])
         spread = f" ± {r['std']:5.2f}  {interval(r)}  t {r['t']:.2f}" if r["n"] > 1 else f"  {interval(r)}"
