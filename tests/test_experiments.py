@@ -1025,6 +1025,23 @@ def test_the_o_end_figure_leaves_out_a_setting_without_a_counted_run(tmp_path, m
     assert (list(line.get_xdata()), list(line.get_ydata())) == ([1.0, 3.0], [90.0, 92.0])
 
 
+def test_the_o_end_figures_indicator_panels_say_how_the_run_level_values_are_made(tmp_path, monkeypatch):
+    """(review stats1, suggestion 1) in the paper mode the stability panel plots a sum over epochs, titled as if it
+    were a var |grad| of its own; error_vs_stability.png's axes said the aggregate, this figure did not."""
+    from reste.experiments import plots
+
+    rows = [{"o_end": o, "n": 2, "setting": f"o_end={o}", **{f"{k}_{s}": 1.0 for k in plots.LABELS for s in
+                                                              ("mean", "std")},
+             **{f"{k}_{s}": 90.0 for k in ("best_acc", "final_acc") for s in ("mean", "std")}} for o in (1, 3)]
+    for mode, made in (("paper", ("mean over epochs", "sum over epochs")), ("general", ("mean over epochs",) * 2),
+                       (None, ("each setting's mode",) * 2)):
+        drawn = []
+        monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+        plots.o_end_figure(tmp_path, {"grid": {"o_end": [1, 3]}}, rows, "o_end", indicators=True, mode=mode)
+        titles = [ax.get_title() for ax in drawn[0].axes]
+        assert titles[2:] == [f"estimating error\n({made[0]})", f"gradient stability (var |grad|)\n({made[1]})"], titles
+
+
 def test_a_paper_mode_sweep_over_estimators_warns_that_the_error_does_not_compare(tmp_path, capsys, monkeypatch):
     """Paper mode's error is ReSTE's F at o_end for every estimator: a sweep comparing estimators says so at its
     start, in results.md and on error_vs_stability.png (review sweep M1)."""

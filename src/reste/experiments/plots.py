@@ -384,14 +384,14 @@ def sweep_figures(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]
     written = []
     wanted = wanted_figures(manifest, rows)
     have_ind = "indicators.png" in wanted
+    mode = None if "indicators" in manifest["grid"] else manifest["base"].get("indicators") or "general"
     if have_ind:
         if indicators_figure(out, manifest, runs):
             written.append("indicators.png")
-        mode = None if "indicators" in manifest["grid"] else manifest["base"].get("indicators") or "general"
         written.append(error_vs_stability_figure(out, rows, mode, warning))
     o_axis = _o_axis(manifest)
     if "accuracy_vs_o_end.png" in wanted:
-        written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind))
+        written.append(o_end_figure(out, manifest, rows, o_axis, indicators=have_ind, mode=mode))
     return written
 
 
@@ -462,18 +462,20 @@ def error_vs_stability_figure(out: Path, rows: list[dict[str, Any]], mode: str |
 
 
 def o_end_figure(out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]], o_axis: str, *,
-                 indicators: bool) -> str:
-    """``accuracy_vs_o_end.png``: accuracies (and the indicators) against the grid's ``o_axis``,
-    one line per combination of the other axes."""
+                 indicators: bool, mode: str | None = "general") -> str:
+    """``accuracy_vs_o_end.png``: accuracies (and the indicators, run-level values of ``mode``: their panels say
+    how they were made from the epochs', as error_vs_stability.png's axes do) against the grid's ``o_axis``, one
+    line per combination of the other axes."""
     others = [a for a in manifest["grid"] if a != o_axis]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r.get(o_axis) is not None and r["n"]:
             groups.setdefault(",".join(f"{a}={r.get(a)}" for a in others), []).append(r)
     panels = [("best_acc", "best test accuracy (%)"), ("final_acc", "final test accuracy (%)")]
-    if indicators:
-        panels += [("estimating_error", LABELS["estimating_error"]),
-                   ("gradient_stability", LABELS["gradient_stability"])]
+    if indicators:  # (review stats1, suggestion 1: the paper mode's stability is a sum over epochs, not a mean)
+        made = RUN_LEVEL[mode] if mode else ("each setting's mode",) * 2
+        panels += [("estimating_error", f"{LABELS['estimating_error']}\n({made[0]})"),
+                   ("gradient_stability", f"{LABELS['gradient_stability']}\n({made[1]})")]
     cols = 2
     rows_ = math.ceil(len(panels) / cols)
     fig = _figure(rows_, cols, width=4.6, height=3.6)
