@@ -578,3 +578,70 @@ def test_steps_fp16_s_scaler_skips_give_no_nan_indicators(manual):
     per_layer = {k: v for k, v in logged.items() if "indicators/" in k}
     assert per_layer and not any("gradient_stability" in k for k in per_layer), per_layer
     assert all(math.isfinite(v) for v in per_layer.values()), per_layer
+
+
+def _quiet_fit(trainer, module=None, ckpt_path=None, val=False):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module or Classifier(), digits_loader(), digits_loader(512) if val else None, ckpt_path=ckpt_path)
+
+
+def _histories(folder) -> dict[str, list]:
+    return {p.name: torch.load(p, weights_only=False)["callbacks"]["BinarizationCallback"]
+            for p in sorted(folder.glob("*.ckpt"))}
+
+
+class Validated(Classifier):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
+
+
+def test_a_checkpoint_written_before_the_epochs_end_hook_holds_the_epoch(tmp_path):
+    """(review integ1 #1) Lightning writes a checkpoint at a validation that runs every other epoch (or by
+    every_n_train_steps) before on_train_epoch_end, where the epoch joined the history: each such checkpoint lacked
+    its last epoch, and a resume from it dropped that epoch unsaid. The epoch now joins at its last step."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for folder, kw, checkpoint in ((tmp_path / "val2", dict(check_val_every_n_epoch=2, limit_val_batches=1), {}),
+                                   (tmp_path / "steps", {}, dict(every_n_train_steps=2))):
+        trainer = pl.Trainer(max_epochs=4, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_train_batches=2, num_sanity_val_steps=0,
+                             callbacks=[BinarizationCallback(indicators=True),
+                                        ModelCheckpoint(dirpath=folder, save_top_k=-1, **checkpoint)], **kw)
+        _quiet_fit(trainer, Validated(), val="limit_val_batches" in kw)
+        held = {name: len(state["history"]) for name, state in _histories(folder).items()}
+        trained = {name: int(name.split("-")[0].split("=")[1]) + 1 for name in held}  # epoch=E: E + 1 trained
+        assert held == trained and max(held.values()) == 4, held
+
+
+def test_a_lightning_resume_keeps_the_schedules_length_and_the_historys_mode(tmp_path):
+    """(review integ1 #2) a fit resumed inside an epoch starts no epoch before its next, so the checkpoints it wrote
+    there recorded no schedule length, and a later resume on another max_epochs said nothing of the jump. (#3) a fit
+    without indicators saved its history without its mode, so a later fit in the other mode joined it; an epoch
+    trained without indicators now ends the history, as a metrics line without them ends reste train's."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def trainer(max_epochs, callback, folder=None, **kw):
+        checkpoints = [ModelCheckpoint(dirpath=folder, save_top_k=-1, **kw)] if folder else []
+        return pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, limit_train_batches=2,
+                          callbacks=[callback, *checkpoints], enable_progress_bar=False, enable_model_summary=False,
+                          enable_checkpointing=bool(folder))
+
+    _quiet_fit(trainer(3, BinarizationCallback(indicators=True), tmp_path / "a", every_n_train_steps=1))
+    inside = tmp_path / "a" / "epoch=0-step=1.ckpt"  # one step into the first epoch
+    _quiet_fit(trainer(1, BinarizationCallback(indicators=True), tmp_path / "b"), ckpt_path=inside)
+    (end,) = _histories(tmp_path / "b").values()
+    assert end["epochs"] == 3 and end["mode"] == "general"
+
+    whole = tmp_path / "a" / "epoch=1-step=4.ckpt"  # two epochs measured in the general mode
+    assert len(_histories(tmp_path / "a")["epoch=1-step=4.ckpt"]["history"]) == 2
+    kept = BinarizationCallback(indicators=False)  # a fit with nothing left to train keeps the history and its mode
+    _quiet_fit(trainer(2, kept), ckpt_path=whole)
+    assert kept.state_dict()["mode"] == "general" and len(kept.state_dict()["history"]) == 2
+    unmeasured = BinarizationCallback(indicators=False)  # one that trains an epoch unmeasured ends it
+    _quiet_fit(trainer(3, unmeasured, tmp_path / "c"), ckpt_path=whole)
+    (gap,) = _histories(tmp_path / "c").values()
+    assert gap["history"] == [] and "mode" not in gap
+    paper = BinarizationCallback(indicators="paper")  # another history, in the other mode: not refused, not joined
+    _quiet_fit(trainer(4, paper), ckpt_path=tmp_path / "c" / "epoch=2-step=6.ckpt")
+    assert len(paper.history) == 1

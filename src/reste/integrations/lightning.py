@@ -115,6 +115,7 @@ class BinarizationCallback(Callback):
         self._scale: Any = None  # fp16's scale before the last optimizer step (amp_scale)
         self._layers: dict[str, float] | None = None  # per_layer: each layer's indicators at the last step
         self._batch = 0  # the batch index of the step running
+        self._closed: dict[str, float] | None = None  # the epoch's values, closed at its last step, to log at its end
 
     @property
     def state_key(self) -> str:
@@ -168,6 +169,7 @@ class BinarizationCallback(Callback):
             told = length_change(saved, epochs, trainer.current_epoch, "the estimators' schedules")
             rank_zero_warn(f"BinarizationCallback: {told}")  # once, not once per process
         self._epochs_used = epochs
+        self._closed = None
         if self.per_step and not 0 < trainer.num_training_batches < float("inf"):
             raise ValueError("BinarizationCallback(per_step=True) needs the number of batches per epoch: give the "
                              "Trainer a train loader with a length, or limit_train_batches")
@@ -214,6 +216,11 @@ class BinarizationCallback(Callback):
             if self._layers is not None and skipped is not None and bool(skipped):  # read before the step, which
                 self._layers = {k: v for k, v in self._layers.items()  # the scaler then skipped (review rev15 #10)
                                 if not k.endswith("/gradient_stability")}
+        if 0 < trainer.num_training_batches < float("inf") and self._last_batch(trainer, batch_idx):
+            # the epoch is closed at its last step, not at on_train_epoch_end: a checkpoint Lightning writes between
+            # them (validation not every epoch, val_check_interval < 1, every_n_train_steps) held the epochs
+            # before it alone, and a resume from it dropped the epoch unsaid (review integ1 #1)
+            self._closed = self._close_epoch()
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if self.meter is not None:  # fp16's scale before the step: lower after it where the scaler skipped it
@@ -230,14 +237,29 @@ class BinarizationCallback(Callback):
         total = trainer.num_training_batches
         return not 0 < total < float("inf") or batch_idx + 1 >= total
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _close_epoch(self) -> dict[str, float] | None:
+        """End the meter's epoch into the history; its values (and per_layer's), or None where nothing was
+        measured since the last one."""
         if self.meter is None or self.meter._count == 0:
-            return
+            return None
         values = dict(self.meter.epoch_end())  # (a copy: the meter keeps its own in its history)
         if self.per_layer:  # the weights and gradients of the epoch's last step, as reste train --tensorboard
             values.update(self._layers if self._layers is not None else layer_indicators(self.meter))
             self._layers = None
         self._history = [dict(h) for h in self.meter.history]
+        return values
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.meter is None and self._history:
+            # an epoch trained unmeasured ends the history, as a metrics line without indicators ends reste train's
+            # (indicators.current_history): a later fit's measured epochs are another history, in any mode, not
+            # joined across the gap (review integ1 #3)
+            self._history, self._saved_indicators = [], (None, None)
+        values, self._closed = self._closed, None
+        if values is None:  # (a loader without a length: closed here)
+            values = self._close_epoch()
+        if values is None:
+            return
         # the same on every process too (DDP's weights and averaged gradients)
         pl_module.log_dict({self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True,
                            sync_dist=True)
@@ -253,9 +275,13 @@ class BinarizationCallback(Callback):
         return [dict(h) for h in self._history]
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"history": self.history, "epochs": self._epochs_used}
+        # (review integ1 #2) a fit resumed inside an epoch starts no epoch before its next: the loaded length stays
+        epochs = self._epochs_used if self._epochs_used is not None else self._saved_epochs
+        state: dict[str, Any] = {"history": self.history, "epochs": epochs}
         if self.meter is not None:  # what the history was measured with (a resume in another mode is refused)
             state.update(mode=self.meter.mode, o_end=self.meter.o_end)
+        elif self._history:  # a fit without the meter keeps the loaded history's (review integ1 #3)
+            state.update(zip(("mode", "o_end"), self._saved_indicators))
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
