@@ -396,33 +396,19 @@ def test_torch_compile_trains(tmp_path, float32_epoch):
     assert "_orig_mod" not in "".join(load_checkpoint(out / "last.pt")["model"])  # saved unwrapped
 
 
-@pytest.mark.slow  # three compiles on the CPU: about a minute
-def test_a_compiled_cpu_run_resumed_after_its_recompiles_repeats_the_uninterrupted_run(tmp_path):
-    """(review exact1 #2) --compile with dynamo's defaults recompiled in epoch 1 (its smaller last batch) and epoch 2
-    (ReSTE's o moved), specialised otherwise than a resumed process's first compile, which rounded apart: digits
-    ended at 89.72 % against 92.78 %. Each run below starts as a fresh process would (dynamo reset)."""
-    import os
-    import signal
-
-    config = small(epochs=3, threads=1, compile=True)  # 1437 images, batch 64: a last batch of 29
-    torch._dynamo.reset()
-    engine.train(config, tmp_path / "whole", progress=False, log=quiet)
-
-    def stop_after_epoch_1(line: str) -> None:
-        if line.startswith("epoch 1/3"):  # logged once last.pt holds the epoch
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    torch._dynamo.reset()
-    with pytest.raises(engine.Preempted, match="at the end of epoch 1;"):
-        engine.train(config, tmp_path / "cut", progress=False, log=stop_after_epoch_1)
-    torch._dynamo.reset()
-    engine.resume(tmp_path / "cut", progress=False, log=quiet)
-    torch._dynamo.reset()
-    whole, cut = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
-    tensors = [k for k, v in whole["model"].items() if isinstance(v, torch.Tensor)]
-    assert tensors and all(torch.equal(whole["model"][k], cut["model"][k]) for k in tensors)  # bit for bit
-    strip = [{k: v for k, v in m.items() if k != "time"} for m in rundir.read_metrics(tmp_path / "whole")]
-    assert strip == [{k: v for k, v in m.items() if k != "time"} for m in rundir.read_metrics(tmp_path / "cut")]
+def test_a_resume_of_a_compiled_cpu_run_says_it_may_round_apart(tmp_path, monkeypatch):
+    """(review exact1 #2) --compile with dynamo's defaults recompiles in a run's first epoch (its smaller last
+    batch) and its second (ReSTE's o moved), specialised otherwise than a resumed process's first compile: digits
+    ended at 89.72 % against 92.78 % uninterrupted. (dynamic=True, which compiles both alike, fails to trace DSQ's and
+    FDA's backward in torch 2.14.) A resume of a compiled CPU run says so; one without --compile says nothing."""
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # what is said, not the compile, is tested
+    for compiled in (True, False):
+        out = tmp_path / f"run{compiled}"
+        engine.train(small(epochs=1, threads=1, compile=compiled), out, progress=False, log=quiet)
+        lines: list[str] = []
+        engine.resume(out, {"epochs": 2}, force=True, progress=False, log=lines.append)
+        said = [line for line in lines if line.startswith("note: --compile:")]
+        assert len(said) == compiled and (not said or said[0].endswith("drop --compile for a bit-exact resume")), lines
 
 
 def test_a_cpu_run_records_its_threads_and_gives_the_callers_back(tmp_path):

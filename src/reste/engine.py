@@ -522,12 +522,10 @@ class _Run:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = self.ddp = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         if config.compile:
-            # On the CPU, where a resume repeats a run bit for bit, the compiled step must not depend on what the
-            # process compiled before: with dynamo's defaults an epoch's smaller last batch and a moved schedule
-            # (ReSTE's o, a module attribute) recompiled it, specialised otherwise than a resumed process's first
-            # compile, and the two rounded apart (review exact1 #2). Dynamic from the start, both compile alike. A
-            # GPU run keeps the static shapes (no such promise there: cuDNN's autotuner picks per process).
-            self.net = torch.compile(self.net, dynamic=True if self.device.type == "cpu" else None)
+            # (dynamo's defaults: dynamic=True, which would compile a resumed process's step as the uninterrupted one's,
+            # fails to trace DSQ's and FDA's backward in torch 2.14, whose scheduled scalars go through Python's math;
+            # a resume of a compiled CPU run says it may round apart, review exact1 #2)
+            self.net = torch.compile(self.net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.skipped: torch.Tensor | None = None  # whether the scaler skipped the last step (fp16), on the device
         self.graphed = self.graphed_eval = None
@@ -1734,6 +1732,12 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
     if not idle and changed:
         run.log(f"note: {last} was written by other software ({changed}): the result can differ in its last bits "
                 "from an uninterrupted run")
+    if not idle and run.device.type == "cpu" and config.compile and run.start_step + run.start_epoch > 0:
+        # (review exact1 #2) dynamo recompiles a step when an epoch's last batch is smaller and when a schedule
+        # moves, specialised by what the process saw before: a resumed process's first compile differs
+        run.log("note: --compile: this process compiles the step afresh, not as the process it continues had come "
+                "to (after its recompiles for a smaller last batch or a moved schedule), so the result can differ in "
+                "its last bits from an uninterrupted run; drop --compile for a bit-exact resume")
     if not idle and run.device.type == "cpu" and saved.threads and config.threads != saved.threads:
         run.log(f"note: {run_dir} trained with {saved.threads} CPU thread(s) and continues with {config.threads}: "
                 "float32 sums may round differently, so the result can differ in its last bits from an "
