@@ -645,3 +645,19 @@ def test_a_lightning_resume_keeps_the_schedules_length_and_the_historys_mode(tmp
     paper = BinarizationCallback(indicators="paper")  # another history, in the other mode: not refused, not joined
     _quiet_fit(trainer(4, paper), ckpt_path=tmp_path / "c" / "epoch=2-step=6.ckpt")
     assert len(paper.history) == 1
+
+
+def test_a_compiled_models_per_layer_tags_are_an_eager_ones():
+    """(review integ1, suggestion 4) under torch.compile the tags carried the wrapper's `_orig_mod.`, so a compiled
+    run's per-layer curves did not share a chart with an eager run's."""
+    from reste import EquilibriumMeter
+    from reste.integrations.tensorboard import layer_indicators, layer_schedules
+
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.model = reste.binarize(float_net(), "reste", o_end=3.0)
+    eager_tags = set(layer_schedules(holder)), set(layer_indicators(EquilibriumMeter(holder), stability=False))
+    holder.model = torch.compile(holder.model)  # wrapped; not run, so nothing is compiled
+    assert "model._orig_mod.3.weight_estimator" in dict(holder.named_modules())
+    compiled_tags = set(layer_schedules(holder)), set(layer_indicators(EquilibriumMeter(holder), stability=False))
+    assert compiled_tags == eager_tags and "schedule/model.3.weight_estimator/o" in eager_tags[0], compiled_tags

@@ -137,9 +137,15 @@ def metric_scalars(metrics: dict[str, Any], schedule: Any = (), indicators: Any 
             if k not in ("epoch", MEASURE) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _plain(name: str) -> str:
+    """A module's name without ``torch.compile``'s wrapper (``_orig_mod.``): a compiled run's per-layer tags are an
+    eager one's, so their curves share a chart (review integ1, suggestion 4)."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
 def layer_schedules(model: nn.Module) -> dict[str, float]:
     """``schedule/<estimator module>/<name>`` for every scheduled estimator of ``model``."""
-    names = {id(m): name for name, m in model.named_modules()}
+    names = {id(m): _plain(name) for name, m in model.named_modules()}
     return {f"schedule/{names[id(est)]}/{k}": float(v) for est in estimators_of(model)
             for k, v in est.schedule_values().items()}
 
@@ -150,6 +156,7 @@ def layer_indicators(meter: EquilibriumMeter, stability: bool = True) -> dict[st
     fp16's scaler skipped has inf or NaN gradients, review rev14 #12)."""
     out = {}
     for name, layer in indicator_layers(meter.model, meter.mode):
+        name = _plain(name)
         out[f"indicators/{name}/estimating_error"] = float(estimating_error(layer, meter.mode, meter.o_end))
         if stability and layer.weight.grad is not None and layer.weight.numel() > 1:  # (one weight: no variance)
             out[f"indicators/{name}/gradient_stability"] = float(gradient_stability(layer, meter.mode))
