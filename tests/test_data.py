@@ -1712,3 +1712,14 @@ def test_a_plain_data_sets_own_augmentation_is_keyed_by_seed_epoch_and_index():
     workers.set_epoch(2)
     assert same_batches(batches(workers), whole)
     del workers
+
+
+def test_make_loaders_refuses_sizes_and_seeds_that_are_no_whole_numbers():
+    """(review types1 #2) batch_size=2.5 trained batches of 2, True batches of 1, seed=1.5 seed 1's batches."""
+    train, test, _ = load_datasets("digits")
+    for change in (dict(batch_size=2.5), dict(batch_size=True), dict(eval_batch_size="8"), dict(seed=1.5),
+                   dict(workers=0.0)):
+        with pytest.raises(UsageError, match=f"make_loaders: {next(iter(change))} must be a whole number"):
+            make_loaders(train, test, **{**dict(batch_size=8, eval_batch_size=8, seed=0), **change})
+    loader, _ = make_loaders(train, test, batch_size=np.int64(8), eval_batch_size=8, seed=np.int64(3))
+    assert len(next(iter(loader))[1]) == 8  # NumPy's integers are whole numbers

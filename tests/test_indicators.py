@@ -455,6 +455,10 @@ def test_the_paper_modes_o_end_is_checked_when_the_meter_is_made():
             EquilibriumMeter(model, mode="paper", o_end=bad)
     assert EquilibriumMeter(model, mode="paper", o_end=np.float32(2.5)).o_end == 2.5
     assert EquilibriumMeter(model, mode="paper", o_end=torch.tensor(2.5)).o_end == 2.5  # as ReSTE's (diff11 #6)
+    for bad in (0, -1, True):  # (review types1 #1) and by estimating_error itself: 0 raised ZeroDivisionError
+        with pytest.raises(ValueError, match="o_end must be a number >= 1"):
+            estimating_error(model, "paper", bad)
+    assert torch.isfinite(estimating_error(model, "general", 0))  # (the general mode reads no o_end)
 
 
 def test_a_binary_layer_the_forward_did_not_use_is_left_out_of_that_step():

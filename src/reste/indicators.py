@@ -80,7 +80,12 @@ def paper_forward(w: Tensor, o: float) -> Tensor:
 
 @torch.no_grad()
 def estimating_error(model: nn.Module, mode: str = "general", o_end: float = 3.0) -> Tensor:
-    """Sum over the indicator layers of || F(w) - sign(w) ||_2 (a 0-dim tensor)."""
+    """Sum over the indicator layers of || F(w) - sign(w) ||_2 (a 0-dim tensor). ``o_end``: the paper mode's F is
+    at it (a number >= 1, refused otherwise: review types1 #1); the general mode's is each layer's estimator at its
+    current o, and does not read it."""
+    _check_mode(mode)
+    if mode == "paper":
+        check_o_end(o_end, mode)
     total = None  # summed on the weights' device: a CPU zero copied there would wait for the GPU every step
     for _, layer in _measured_layers(model, mode):
         w = layer.weight.detach()
