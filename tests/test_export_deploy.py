@@ -261,6 +261,9 @@ def test_a_recorded_resize_goes_through_export_and_predict(tmp_path, capsys):
     assert f"s, {packed.kernel_name} kernels)" in err + out, err + out
     assert packed.kernel_name.startswith(packed.backend) and ("/" in packed.kernel_name) == (packed.backend == "c")
     assert [r["class"] for r in json.loads((tmp_path / "p.json").read_text())] == packed.predict(x).tolist()
+    from reste.export import predict_images  # from Python, given the file's path (review types1, suggestion 2)
+
+    assert predict_images(str(path), [photo])["classes"].tolist() == packed.predict(x).tolist()
     for bad in (12, 16.5, True):  # a crop of 16x16 needs a shorter side of 16 at least
         meta = {**ir.Preprocessing((3, 16, 16), mean, std, 255.0).to_meta(), "resize": bad}
         with pytest.raises(UsageError, match="a resize, if given, an integer at least"):

@@ -97,3 +97,14 @@ def test_reste_train_preset_gives_the_preset_itself(name):
     from reste.flags import config_from_args
 
     assert config_from_args(build_parser().parse_args(["train", "--preset", name])) == config_from_preset(name)
+
+
+def test_a_path_is_taken_where_a_config_means_one():
+    """(review types1, suggestion 1) TrainConfig(data_path=Path(...)) was refused ("--data-path must be str"), where
+    every other path-taking function takes one; it is recorded as the string it is."""
+    from pathlib import Path
+
+    config = TrainConfig(dataset="fashion-mnist", data_path=Path("/data/fm"), tensorboard=Path("tb"))
+    assert (config.data_path, config.tensorboard) == ("/data/fm", "tb")
+    assert config.to_dict()["data_path"] == "/data/fm"
+    assert config_from_preset("cifar10-resnet20-1w1a", data_path=Path("c10")).data_path == "c10"

@@ -340,6 +340,14 @@ class TrainConfig:
     tensorboard: str | bool | None = None
     keep_top: int = 0  # also keep the checkpoints of the K best epochs by test top-1 in top/ (0: none)
 
+    def __post_init__(self) -> None:
+        # a pathlib.Path where a path is meant, as every other path-taking function of reste takes one; recorded
+        # (config.json) as the string it is (review types1, suggestion 1)
+        for name in ("data_path", "tensorboard"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -159,7 +159,8 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
 
 def predict_images(model: Any, paths: Any, *, batch_size: int = 256, workers: int | None = None,
                    log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
-    """The classes a packed model (a :class:`~reste.export.runtime.PackedModel`) predicts for image files: those
+    """The classes a packed model (a :class:`~reste.export.runtime.PackedModel` or the path of its file) predicts
+    for image files: those
     ``paths`` name, a folder standing for the image files below it (:func:`reste.export.inputs.image_files`).
     Each file gets the preprocessing the export records, as one image file given to ``reste predict`` does.
     Returns ``files`` (the files predicted, in order), ``classes`` (an int64 array, one per file), ``unreadable``
@@ -171,8 +172,11 @@ def predict_images(model: Any, paths: Any, *, batch_size: int = 256, workers: in
     from ..config import file_workers
     from ..data.loaders import EpochDataLoader, _worker_init
     from .inputs import ImageFileInputs, check_takes_raw, image_files
+    from .runtime import PackedModel
 
     _check_counts(batch_size, workers)
+    if not isinstance(model, PackedModel):  # a path, as evaluate_packed takes (review types1, suggestion 2)
+        model = PackedModel.load(model)
     check_takes_raw(model.input_size, model.preprocessing, model.meta)  # before any file is read
     files = image_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     if workers is None:  # processes to start only where there is more than one batch to decode
