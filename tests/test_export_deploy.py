@@ -635,7 +635,7 @@ def test_a_data_sets_test_split_goes_through_the_normalisation_the_file_records(
     wanted = class_scores(packed.forward(own_units)).argmax(1)
     top1 = 100.0 * int((wanted == test.labels).sum()) / len(test)
     assert evaluate_packed(packed, "digits")["top1"] == top1  # (exactly: review diff14 #1, float64 made -0s of 0s)
-    # (review types1 #3) backend= was ignored for a PackedModel given: the result said the kernels it had been loaded with
+    # (review types1 #3) backend= was ignored for a PackedModel given: the result named its loaded kernels
     by_numpy = evaluate_packed(packed, "digits", backend="numpy")
     assert (by_numpy["backend"], by_numpy["top1"]) == ("numpy", top1) and packed.backend != "numpy"
     from reste.export.evaluation import _to_recorded
