@@ -432,7 +432,7 @@ def test_predict_says_when_it_replaces_a_file(capsys, tmp_path):
         assert main(["predict", str(tmp_path / "m.rbnn"), str(tmp_path / "x.npy")]) == 0
         out = capsys.readouterr().out
         assert f"written to {tmp_path / 'x.pred.npy'}{again} (" in out
-        assert re.search(r" \(\d+\.\d\ds, \w+ kernels\)$", out.strip()), out  # seconds as the epoch line writes them
+        assert re.search(r" \(\d+\.\d\ds, [\w/]+ kernels\)$", out.strip()), out  # seconds as the epoch line writes them
 
 
 def test_a_closed_pipe_at_an_epochs_line_still_writes_its_best(tmp_path):

@@ -1674,6 +1674,12 @@ def test_a_data_set_infos_class_names_are_strings_whatever_the_loader_gave():
     assert DatasetInfo("digits", 3, (1, 8, 8), 30, 9, None).classes is None
     with pytest.raises(TypeError, match="got a string 'abc'"):
         DatasetInfo("digits", 3, (1, 8, 8), 30, 9, "abc")
+    # (review diff26 #1) a run or export written before, which recorded the numbers themselves, is still its data's
+    from reste.data.sets import check_classes
+
+    check_classes(3, [0, 1, 2], info, "x")
+    with pytest.raises(UsageError, match="label 1 is '2', was 1"):
+        check_classes(3, [0, 1, 2], DatasetInfo("digits", 3, (1, 8, 8), 30, 9, [0, 2, 1]), "x")
 
 
 class _OwnRandomItems(torch.utils.data.Dataset):

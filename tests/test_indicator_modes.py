@@ -32,8 +32,14 @@ def test_the_current_history_is_the_last_lines_measured_alike():
     lines, mode, o_end = current_history(PAPER3 + general, "general")
     assert ([m["epoch"] for m in lines], mode, o_end) == ([3, 4], "general", None)
     paper5 = [line(3, 7.0, 2.0, **{MEASURE: 5.0}), line(4, 9.0, 4.0, **{MEASURE: 5.0})]  # another o_end
-    assert run_indicators(PAPER3 + paper5, "paper") == {"mode": "paper", "o_end": 5.0, "epochs": 2, "first_epoch": 3,
-                                                        "estimating_error": 8.0, "gradient_stability": 6.0}
+    assert run_indicators(PAPER3 + paper5, "paper") == {"mode": "paper", "o_end": 5.0, "epochs": 2, "unmeasured": 0,
+                                                        "first_epoch": 3, "estimating_error": 8.0,
+                                                        "gradient_stability": 6.0}
+    # (review diff26 #5) an epoch of which nothing was measured is left out of the values, and of the count
+    skipped = line(5, float("nan"), float("nan"), **{MEASURE: 5.0})
+    assert run_indicators(PAPER3 + paper5 + [skipped], "paper") == {
+        "mode": "paper", "o_end": 5.0, "epochs": 2, "unmeasured": 1, "first_epoch": 3, "estimating_error": 8.0,
+        "gradient_stability": 6.0}
     # an epoch without them (turned off, then on again: the meter's history started again) ends it
     off = {"epoch": 3, "test_acc": 50.0}
     assert [m["epoch"] for m in current_history([*PAPER3, off, line(4, 1.0, **{MEASURE: 3.0})], "paper")[0]] == [4]
@@ -43,8 +49,8 @@ def test_the_current_history_is_the_last_lines_measured_alike():
 def test_lines_that_do_not_say_how_count_as_the_runs_mode():
     """Lines written before the measure was recorded: all of them, in the run's mode (None: general), as before."""
     old = [line(1, 10.0), line(2, 20.0)]
-    assert run_indicators(old, "paper") == {"mode": "paper", "o_end": None, "epochs": 2, "first_epoch": 1,
-                                            "estimating_error": 15.0, "gradient_stability": 2.0}
+    assert run_indicators(old, "paper") == {"mode": "paper", "o_end": None, "epochs": 2, "unmeasured": 0,
+                                            "first_epoch": 1, "estimating_error": 15.0, "gradient_stability": 2.0}
     assert run_indicators(old, None)["mode"] == "general"
     resumed = [*old, line(3, 30.0, **{MEASURE: 3.0})]  # resumed in its mode by a reste that records it
     assert run_indicators(resumed, "paper")["epochs"] == 3

@@ -703,3 +703,18 @@ def test_the_committed_studies_come_out_the_same_when_reported_again(tmp_path):
                if path.suffix in (".csv", ".md", ".txt") and path.is_file()
                and path.read_bytes() != (ROOT / "docs" / "results" / path.relative_to(copy)).read_bytes()]
     assert changed == []
+
+
+def test_combines_o_end_figure_says_the_joined_studys_indicator_mode(tmp_path, monkeypatch):
+    """(review diff26 #3) combine.py drew a paper-mode study's o_end figure with the general mode's panel titles
+    (stability as a mean over epochs where its values are sums)."""
+    from reste.experiments import plots
+
+    combine = _script("combine")
+    seen = []
+    monkeypatch.setattr(plots, "o_end_figure", lambda *a, **kw: seen.append(kw.get("mode")))
+    monkeypatch.setattr(plots, "error_vs_stability_figure", lambda *a, **kw: None)
+    table = [{"o_end": o, "estimating_error_mean": 1.0} for o in (1, 3)]
+    for mode in ("paper", "general", None):
+        combine.figures(tmp_path, table, ["o_end"], mode)
+    assert seen == ["paper", "general", "general"]

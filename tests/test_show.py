@@ -99,7 +99,7 @@ def test_show_json_gives_the_same_figures_as_one_object(run, tmp_path, capsys):
     assert got["best"] == {k: best[k] for k in ("epoch", "test_acc", "test_top5")}
     assert got["last"]["epoch"] == 2 and got["last"]["schedule"] == {"o": metrics[-1]["o"]}
     assert got["train_seconds"] == pytest.approx(sum(m["time"] for m in metrics))
-    assert got["indicators"] == {"mode": "general", "o_end": None, "epochs": 2, "first_epoch": 1,
+    assert got["indicators"] == {"mode": "general", "o_end": None, "epochs": 2, "unmeasured": 0, "first_epoch": 1,
                                  "estimating_error": pytest.approx(sum(m["estimating_error"] for m in metrics) / 2),
                                  "gradient_stability": pytest.approx(sum(m["gradient_stability"] for m in metrics) / 2)}
     part = tmp_path / "part"  # no epoch yet

@@ -226,13 +226,16 @@ def saved_measure(state: Any) -> tuple[int, float | None] | None:
 def run_indicators(lines: list[dict[str, Any]], mode: str | None = None) -> dict[str, Any] | None:
     """A run's run-level indicators from its metrics lines, those of its current history alone
     (:func:`current_history`, :func:`run_level`), as its training's last line gives them: ``mode``, ``o_end`` (the
-    paper mode's, where the lines record it), ``epochs``, ``first_epoch``, ``estimating_error`` and
-    ``gradient_stability``; None where they hold none."""
+    paper mode's, where the lines record it), ``epochs`` (those measured), ``unmeasured`` (epochs of which nothing
+    was measured, every step skipped: left out), ``first_epoch``, ``estimating_error`` and ``gradient_stability``;
+    None where they hold none."""
     history, measured, o_end = current_history(lines, mode)
     if not history:
         return None
-    return {"mode": measured, "o_end": o_end, "epochs": len(history), "first_epoch": history[0]["epoch"],
-            **run_level(history, measured)}
+    # (review diff26 #5) the epochs the values are made of: one of which nothing was measured (NaN) is left out
+    unmeasured = sum(any(math.isnan(h[f]) for f in RUN_LEVEL_FIELDS) for h in history)
+    return {"mode": measured, "o_end": o_end, "epochs": len(history) - unmeasured, "unmeasured": unmeasured,
+            "first_epoch": history[0]["epoch"], **run_level(history, measured)}
 
 
 def check_same_indicators(saved_mode: str | None, saved_o_end: float | None, mode: str, o_end: float | None,

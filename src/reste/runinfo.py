@@ -261,7 +261,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
         error, stability = RUN_LEVEL[ind["mode"]]
         at = f" at o_end {ind['o_end']:g}" if ind["o_end"] is not None else ""
         since = f" from epoch {ind['first_epoch']} on" if ind["first_epoch"] > 1 else ""  # (turned on or changed)
-        lines.append(f"indicators ({ind['mode']} mode{at}, {count(ind['epochs'], 'epoch')}{since}): estimating error "
+        left = f", {count(ind['unmeasured'], 'epoch')} unmeasured left out" if ind.get("unmeasured") else ""
+        lines.append(f"indicators ({ind['mode']} mode{at}, {count(ind['epochs'], 'epoch')}{since}{left}): estimating "
+                     "error "
                      f"{ind['estimating_error']:.4g} ({error}), gradient stability "
                      f"{ind['gradient_stability']:.4g} ({stability})")
     return "\n".join(lines)

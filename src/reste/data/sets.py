@@ -162,7 +162,9 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
         raise UsageError(f"{what} has {info.num_classes} classes but the model learned {learned}; pass the data "
                          "it was trained on")
     found = info.classes
-    if names is None or found is None or list(names) == list(found):
+    # as strings: a run or export of a plugin whose loader named its classes by numbers recorded them so before
+    # DatasetInfo made them strings (review diff26 #1)
+    if names is None or found is None or [str(n) for n in names] == [str(f) for f in found]:
         return
     if info.name == "cifar10" and tuple(names) == CIFAR10_CLASSES:  # a run named by CIFAR-10's own names (the
         return  # default, and all an older reste read of a folder of other names: review rev15 #4): the labels hold
@@ -183,7 +185,7 @@ def check_classes(learned: int | None, names: Sequence[str] | None, info: Datase
         raise UsageError(f"{what} has other classes than the model learned (its {ascii(now)} was {ascii(was)}: "
                          "names that differ only in Unicode normalisation, as a folder copied from macOS comes back); "
                          "rename the class folders as the model learned them")
-    i = next(i for i, (a, b) in enumerate(zip(names, found)) if a != b)
+    i = next(i for i, (a, b) in enumerate(zip(names, found)) if str(a) != str(b))
     raise UsageError(f"{what} has other classes than the model learned (label {i} is {found[i]!r}, was "
                      f"{names[i]!r}); pass the data it was trained on, with the same class folders")
 
