@@ -408,7 +408,7 @@ def test_a_resume_of_a_compiled_cpu_run_says_it_may_round_apart(tmp_path, monkey
         lines: list[str] = []
         engine.resume(out, {"epochs": 2}, force=True, progress=False, log=lines.append)
         said = [line for line in lines if line.startswith("note: --compile:")]
-        assert len(said) == compiled and (not said or said[0].endswith("drop --compile for a bit-exact resume")), lines
+        assert len(said) == compiled and (not said or said[0].endswith("train without --compile where a resume must be bit-exact")), lines
 
 
 def test_a_cpu_run_records_its_threads_and_gives_the_callers_back(tmp_path):

@@ -571,7 +571,7 @@ def test_predict_json_prints_one_object_in_each_mode(capsys, tmp_path, digits_ex
     code, out, err = _run(capsys, "predict", str(path), "--json")  # the export's data set's test split
     assert code == 0, err
     r = json.loads(out)
-    assert set(r) == {"model", "dataset", "images", "top1", "stored_top1", "seconds", "backend"}
+    assert set(r) == {"model", "dataset", "images", "top1", "stored_top1", "seconds", "backend", "kernels"}
     assert (r["dataset"], r["images"], r["backend"]) == ("digits", len(expected), packed.backend)
     assert r["top1"] == pytest.approx(100.0 * float((expected == test.labels.numpy()).mean()))
     np.save(tmp_path / "x.npy", test.images.numpy())

@@ -108,3 +108,4 @@ def test_a_path_is_taken_where_a_config_means_one():
     assert (config.data_path, config.tensorboard) == ("/data/fm", "tb")
     assert config.to_dict()["data_path"] == "/data/fm"
     assert config_from_preset("cifar10-resnet20-1w1a", data_path=Path("c10")).data_path == "c10"
+    assert TrainConfig(plugins=[Path("mine.py"), "their_module"]).plugins == ["mine.py", "their_module"]

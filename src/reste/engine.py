@@ -1737,7 +1737,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
         # moves, specialised by what the process saw before: a resumed process's first compile differs
         run.log("note: --compile: this process compiles the step afresh, not as the process it continues had come "
                 "to (after its recompiles for a smaller last batch or a moved schedule), so the result can differ in "
-                "its last bits from an uninterrupted run; drop --compile for a bit-exact resume")
+                "its last bits from an uninterrupted run; train without --compile where a resume must be bit-exact")
     if not idle and run.device.type == "cpu" and saved.threads and config.threads != saved.threads:
         run.log(f"note: {run_dir} trained with {saved.threads} CPU thread(s) and continues with {config.threads}: "
                 "float32 sums may round differently, so the result can differ in its last bits from an "

@@ -436,7 +436,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, workers=args.workers, line_every=wording.LINE_EVERY,
                         log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
-        keys = ("model", "dataset", "images", "top1", "stored_top1", "seconds", "backend")
+        keys = ("model", "dataset", "images", "top1", "stored_top1", "seconds", "backend", "kernels")
         print(json.dumps({k: round(r[k], 3) if k == "seconds" else r[k] for k in keys}))
         return 0
     extra = f" (stored at training: {r['stored_top1']:.2f}%)" if r["stored_top1"] is not None else ""
