@@ -1718,6 +1718,19 @@ def test_a_plain_data_sets_own_augmentation_is_keyed_by_seed_epoch_and_index():
     workers.set_epoch(2)
     assert same_batches(batches(workers), whole)
     del workers
+    # (review diff26, suggestion 1) a batch's items read at once, the generators kept once a batch: the same items,
+    # the caller's generators as they were; the base's attributes show through; it pickles (spawned workers)
+    import pickle
+
+    from reste.data.sampling import SeededItems
+
+    items, keys = SeededItems(train), [(4, 2, i) for i in (5, 0, 17)]
+    state = torch.get_rng_state()
+    batch = items.__getitems__(keys)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(batch, [items[k] for k in keys]))
+    train.classes = ["a", "b", "c"]
+    assert items.classes == ["a", "b", "c"] and len(pickle.loads(pickle.dumps(items))) == 24
 
 
 def test_make_loaders_refuses_sizes_and_seeds_that_are_no_whole_numbers():
