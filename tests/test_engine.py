@@ -411,6 +411,18 @@ def test_a_resume_of_a_compiled_cpu_run_says_it_may_round_apart(tmp_path, monkey
         assert len(said) == compiled and (not said or said[0].endswith("train without --compile where a resume must be bit-exact")), lines
 
 
+def test_each_compiled_run_starts_from_a_fresh_dynamo(tmp_path, monkeypatch):
+    """(review leak1 #1) a sweep's compiled runs in one process shared dynamo's caches: the earlier runs' graphs
+    counted toward its recompile limit (8), and from the fifth setting on every run trained eagerly while its
+    config.json said compile. Each compiled run resets dynamo first, as a process of its own would be."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append("compile") or model)
+    for i, compiled in enumerate((True, True, False)):
+        engine.train(small(epochs=1, threads=1, compile=compiled), tmp_path / f"r{i}", progress=False, log=quiet)
+    assert calls == ["reset", "compile"] * 2
+
+
 def test_a_cpu_run_records_its_threads_and_gives_the_callers_back(tmp_path):
     before = torch.get_num_threads()
     engine.train(small(epochs=1, threads=1), tmp_path / "one", progress=False, log=quiet)

@@ -525,6 +525,9 @@ class _Run:
             # (dynamo's defaults: dynamic=True, which would compile a resumed process's step as the uninterrupted one's,
             # fails to trace DSQ's and FDA's backward in torch 2.14, whose scheduled scalars go through Python's math;
             # a resume of a compiled CPU run says it may round apart, review exact1 #2)
+            # Each run compiles as in a process of its own: an earlier run's graphs (a sweep's, a notebook's) counted
+            # toward dynamo's recompile limit, and from the fifth setting on the runs trained eagerly (review leak1 #1)
+            torch._dynamo.reset()
             self.net = torch.compile(self.net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.skipped: torch.Tensor | None = None  # whether the scaler skipped the last step (fp16), on the device
