@@ -360,6 +360,27 @@ def test_channels_last_trains_like_contiguous(tmp_path, float32_epoch):
     assert abs(top1 - m["test_acc"]) <= 100.0 * flips / len(labels) + 1e-9
 
 
+@pytest.mark.parametrize("name", ["ste", "reste", "approx_sign", "sign_swish", "ede", "rbnn", "dsq", "fda"])
+def test_every_estimator_compiles_and_gives_the_eager_gradients(name):
+    """(review leak1 #2) no test compiled DSQ or FDA, whose scheduled scalars go through Python's math: with
+    dynamic=True dynamo failed on their backward's closure. Each built-in estimator's model compiles (aot_eager:
+    dynamo and AOT autograd, where that failure was, without inductor's C++ build) and gives the eager gradients as
+    its schedule moves, in float64 (no sign input near a tie on any CPU: 1e-9 is far above its rounding)."""
+    torch.manual_seed(0)
+    model = reste.binarize(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1),
+                                               torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 4)), name).double()
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for epoch in (0, 6):
+        reste.set_progress(model, epoch, 10)
+        grads = []
+        for run in (model, compiled):
+            model.zero_grad()
+            run(x).square().sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(*grads)), (name, epoch)
+
+
 def test_a_compiled_model_trains_while_the_schedule_moves():
     """torch.compile of a binarized model, ReSTE's o moving between calls: each step's gradients are those of the
     eager model (before, the second epoch's step failed inside Dynamo on the fused kernel's branch on o;
