@@ -1731,6 +1731,11 @@ def test_a_plain_data_sets_own_augmentation_is_keyed_by_seed_epoch_and_index():
     assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(batch, [items[k] for k in keys]))
     train.classes = ["a", "b", "c"]
     assert items.classes == ["a", "b", "c"] and len(pickle.loads(pickle.dumps(items))) == 24
+    import copy
+
+    assert isinstance(copy.deepcopy(items), SeededItems)  # (review diff27 #2) not its base's copy
+    torch.manual_seed(0)  # (review diff27 #1) plain indices draw from the generators as they run on
+    assert not torch.equal(items.__getitems__([1, 2])[0][0], items.__getitems__([1, 2])[0][0])
 
 
 def test_make_loaders_refuses_sizes_and_seeds_that_are_no_whole_numbers():

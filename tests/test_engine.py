@@ -381,6 +381,18 @@ def test_every_estimator_compiles_and_gives_the_eager_gradients(name):
         assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(*grads)), (name, epoch)
 
 
+def test_reste_train_compiles_dsq_and_fda(tmp_path, monkeypatch):
+    """(review diff27 #4) the test above compiles the models itself: this one goes through reste train's own
+    torch.compile call (with aot_eager, where dynamo's failure was, without inductor's C++ build), for the two
+    estimators whose scheduled scalars dynamic=True could not trace."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, **{**kw, "backend": "aot_eager"}))
+    for name in ("dsq", "fda"):
+        result = engine.train(small(epochs=2, threads=1, compile=True, estimator=name), tmp_path / name,
+                              progress=False, log=quiet)
+        assert result["final_acc"] > 30.0, name
+
+
 def test_a_compiled_model_trains_while_the_schedule_moves():
     """torch.compile of a binarized model, ReSTE's o moving between calls: each step's gradients are those of the
     eager model (before, the second epoch's step failed inside Dynamo on the fused kernel's branch on o;

@@ -3083,3 +3083,11 @@ def test_a_run_whose_indicator_is_not_finite_is_left_out_of_its_settings_mean(sw
         assert rows["estimator=reste"]["estimating_error_mean"] != "" and rows["estimator=ste"][
             "gradient_stability_mean"] != ""
         assert {r["setting"]: r for r in _read_csv(out / "runs.csv")}["estimator=reste"]["gradient_stability"] == "inf"
+    # (review diff27 #3) an epoch of which nothing was measured (NaN) is left out of the run's values: said too
+    (out / "runs.csv").unlink()
+    lines[0]["estimating_error"] = lines[0]["gradient_stability"] = float("nan")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["report", str(out), "--no-plots"]) == 0
+    said = capsys.readouterr()
+    assert ("report: estimator=reste seed 0: 1 epoch of which nothing was measured (every step skipped) left out of "
+            "its indicators") in said.out + said.err, said

@@ -173,7 +173,9 @@ class SeededItems(Dataset):
         return len(self.base)
 
     def __getattr__(self, name: str):  # the base's own attributes (classes, targets), as the loader's data set
-        if name == "base":  # (unpickling: not set yet)
+        # not "base" (unpickling: not set yet), nor a protocol's dunder: the base's __deepcopy__ or __getstate__
+        # would copy or pickle the base in its place (review diff27 #2)
+        if name == "base" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -188,14 +190,13 @@ class SeededItems(Dataset):
         """A batch's items (what a DataLoader asks for where a data set has this), each read as
         :meth:`__getitem__` reads it, the generators kept once a batch, not once an item (review diff26,
         suggestion 1: about 80 us an item in the main process)."""
+        if not all(isinstance(key, tuple) for key in keys):  # plain indices: the generators run on, as they would
+            return [self[key] for key in keys]  # without this (review diff27 #1: kept, each batch drew the same)
         with _kept_globals():
             items = []
             for key in keys:
-                if isinstance(key, tuple):
-                    _seed_globals(*key)
-                    items.append(self.base[key[2]])
-                else:
-                    items.append(self.base[key])
+                _seed_globals(*key)
+                items.append(self.base[key[2]])
             return items
 
 

@@ -774,6 +774,11 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                 if log:
                     log(f"report: {s['label']} seed {seed}: {why.rstrip('?.')}; the row an earlier report wrote is "
                         "kept")
+            gaps = sum(1 for m in summary.get("metrics") or [] if isinstance(m.get(INDICATORS[0]), float)
+                       and math.isnan(m[INDICATORS[0]]))
+            if gaps and log:  # (review diff27 #3) its run-level values cover fewer epochs than its seed-mates'
+                log(f"report: {s['label']} seed {seed}: {count(gaps, 'epoch')} of which nothing was measured (every "
+                    "step skipped) left out of its indicators")
             odd = [k for k in INDICATORS if isinstance(summary.get(k), float) and not math.isfinite(summary[k])]
             if odd and log:  # (review stats1 #1: statistics.stdev raised on it, and no table was written)
                 log(f"report: {s['label']} seed {seed}: its {' and '.join(odd)} {'is' if len(odd) == 1 else 'are'} "

@@ -424,7 +424,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             line += f"; accuracy {accuracy:.2f}%"
         if args.json:  # one object, for a script: no line to parse
             summary = {"images": len(pred), "output": str(out) if write else None, "accuracy": accuracy,
-                       "seconds": round(seconds, 3), "backend": model.backend}
+                       "seconds": round(seconds, 3), "backend": model.backend, "kernels": model.kernel_name}
             if one_file or len(pred) == 1:  # one image: its class, as the line gives it
                 summary.update({"class": int(pred[0]), "name": _class_name(names, int(pred[0]))})
             line = json.dumps(summary)
@@ -477,6 +477,7 @@ def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
     if args.json:
         summary: dict[str, Any] = {"images": len(pred), "output": str(out) if out is not None else None,
                                    "accuracy": None, "seconds": round(seconds, 3), "backend": model.backend,
+                                   "kernels": model.kernel_name,
                                    "unreadable": [{"file": f, "reason": why} for f, why in r["unreadable"]]}
         if not args.output:
             summary["predictions"] = _prediction_rows(pred, names, files)
