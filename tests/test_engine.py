@@ -441,7 +441,8 @@ def test_a_resume_of_a_compiled_cpu_run_says_it_may_round_apart(tmp_path, monkey
         lines: list[str] = []
         engine.resume(out, {"epochs": 2}, force=True, progress=False, log=lines.append)
         said = [line for line in lines if line.startswith("note: --compile:")]
-        assert len(said) == compiled and (not said or said[0].endswith("train without --compile where a resume must be bit-exact")), lines
+        wanted = "train without --compile where a resume must be bit-exact"
+        assert len(said) == compiled and (not said or said[0].endswith(wanted)), lines
 
 
 def test_each_compiled_run_starts_from_a_fresh_dynamo(tmp_path, monkeypatch):

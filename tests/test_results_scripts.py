@@ -717,4 +717,4 @@ def test_combines_o_end_figure_says_the_joined_studys_indicator_mode(tmp_path, m
     table = [{"o_end": o, "estimating_error_mean": 1.0} for o in (1, 3)]
     for mode in ("paper", "general", None):
         combine.figures(tmp_path, table, ["o_end"], mode)
-    assert seen == ["paper", "general", "general"]
+    assert seen == ["paper", "general", None]  # (diff27, suggestion 3: None, "each setting's mode", as its text)

@@ -651,3 +651,20 @@ def test_a_sweep_whose_holder_cannot_be_told_is_not_said_to_be_free(monkeypatch,
             4242: "a sweep process runs it now (pid 4242)"}[running]
     assert text.splitlines()[0].endswith(f"1 setting, 1 run; {said}"), text
     assert ("continue   the same `reste sweep` command trains the 1 run left" in text) == (running == 0), text
+
+
+def test_show_says_an_unmeasured_epoch_is_left_out_of_the_indicators(tmp_path):
+    """(review diff26 #5, diff27 suggestion 1) an epoch of which nothing was measured (every step skipped: NaN) is
+    left out of the run's values: show counts the epochs the values are made of, and says the one left out."""
+    from reste import engine
+    from reste.config import TrainConfig
+    from reste.runinfo import show_run
+
+    out = tmp_path / "run"
+    engine.train(TrainConfig(epochs=2, threads=1, indicators="general"), out, progress=False, log=lambda _m: None)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines[0]["estimating_error"] = lines[0]["gradient_stability"] = float("nan")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    shown = show_run(out).splitlines()[-1]
+    assert shown.startswith("indicators (general mode, 1 epoch, 1 epoch unmeasured left out): estimating error "
+                            f"{lines[1]['estimating_error']:.4g} (mean over epochs)"), shown

@@ -181,7 +181,7 @@ def figures(out: Path, table: list[dict], axes: list[str], mode: str | None = "g
     if have_ind:
         error_vs_stability_figure(out, table, mode or "general", warning)
     if "o_end" in axes and len({r["o_end"] for r in table if r.get("o_end") is not None}) > 1:
-        o_end_figure(out, {"grid": {"o_end": []}}, table, "o_end", indicators=have_ind, mode=mode or "general")
+        o_end_figure(out, {"grid": {"o_end": []}}, table, "o_end", indicators=have_ind, mode=mode)
 
 
 def main(argv: list[str]) -> None:

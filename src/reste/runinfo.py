@@ -45,7 +45,8 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     ``unregistered`` (``estimator 'NAME'`` or ``model 'NAME'`` that no module loaded here registers: a plugin's,
     which ``reste show`` does not import, or, where ``config`` records no plugin, a name edited into config.json;
     else None), ``indicators``
-    (``reste.indicators.run_indicators``: ``mode``, ``o_end``, ``epochs``, ``first_epoch``, ``estimating_error``,
+    (``reste.indicators.run_indicators``: ``mode``, ``o_end``, ``epochs``, ``unmeasured``, ``first_epoch``,
+    ``estimating_error``,
     ``gradient_stability``, by the run-level rule of that mode, over the epochs its current history holds, as the
     run's training counts them; None when not measured). A folder that holds no run is a one-line ``UsageError``."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):  # its checkpoint or log: its folder shows it
