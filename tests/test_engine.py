@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 
@@ -391,6 +392,21 @@ def test_reste_train_compiles_dsq_and_fda(tmp_path, monkeypatch):
         result = engine.train(small(epochs=2, threads=1, compile=True, estimator=name), tmp_path / name,
                               progress=False, log=quiet)
         assert result["final_acc"] > 30.0, name
+
+
+def test_a_compiled_run_says_in_its_log_when_dynamo_runs_its_step_eagerly(tmp_path, monkeypatch):
+    """(review leak1, suggestion 2) past dynamo's recompile limit the step ran eagerly, said by dynamo's warning on
+    stderr alone (not in a sweep's train.log), while config.json said compile. FDA's n recompiles at each value:
+    with a limit of 1, its second epoch's new n passes it."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, **{**kw, "backend": "aot_eager"}))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    lines: list[str] = []
+    engine.train(small(epochs=3, threads=1, compile=True, estimator="fda"), tmp_path / "r", progress=False,
+                 log=lines.append)
+    said = [line for line in lines if line.startswith("note: --compile: dynamo reached its recompile limit")]
+    assert len(said) == 1, lines
+    assert not [h for h in logging.getLogger("torch._dynamo").handlers if type(h).__name__ == "_EagerFallback"]
 
 
 def test_a_compiled_model_trains_while_the_schedule_moves():

@@ -109,3 +109,4 @@ def test_a_path_is_taken_where_a_config_means_one():
     assert config.to_dict()["data_path"] == "/data/fm"
     assert config_from_preset("cifar10-resnet20-1w1a", data_path=Path("c10")).data_path == "c10"
     assert TrainConfig(plugins=[Path("mine.py"), "their_module"]).plugins == ["mine.py", "their_module"]
+    assert TrainConfig(plugins=("their_module",)).plugins == ["their_module"]

@@ -347,9 +347,10 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
-        if isinstance(self.plugins, (list, tuple)) and any(isinstance(p, os.PathLike) for p in self.plugins):
+        if isinstance(self.plugins, tuple) or (isinstance(self.plugins, list) and any(isinstance(p, os.PathLike)
+                                                                                      for p in self.plugins)):
             object.__setattr__(self, "plugins", [os.fspath(p) if isinstance(p, os.PathLike) else p
-                                                 for p in self.plugins])  # (review diff26, suggestion 3)
+                                                 for p in self.plugins])  # (review diff26 s3, diff27 s2: a tuple)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

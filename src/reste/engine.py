@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import signal
@@ -804,6 +805,9 @@ class _Run:
             diverged_before = (self.run_dir / DIVERGED).exists()
             forget_divergence(self.run_dir)  # a sweep's record that the run diverged or failed: it tries again
             forget_failure(self.run_dir)
+        fallback = _EagerFallback(self.log) if self.config.compile else None
+        if fallback is not None:
+            logging.getLogger("torch._dynamo").addHandler(fallback)
         try:
             return self._epochs()
         except TrainingDiverged as err:  # it diverged again: the record stays, for the sweep's show and report
@@ -812,6 +816,8 @@ class _Run:
                     record_divergence(self.run_dir, err.epoch, err.step)
             raise
         finally:
+            if fallback is not None:
+                logging.getLogger("torch._dynamo").removeHandler(fallback)
             if self.board is not None:
                 self.board.close()
 
@@ -1465,6 +1471,23 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
         if note:
             run.log(note)
     return run.run()
+
+
+class _EagerFallback(logging.Handler):
+    """Says once, in the run's own log (a sweep's train.log), that dynamo stopped compiling the step at its recompile
+    limit and runs it eagerly from there: otherwise only dynamo's warning on stderr said so, and config.json says
+    compile (review leak1, suggestion 2). FDA's n, compiled into the step, recompiles it at each new value."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.line, self.said = log, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.said and "recompile_limit" in record.getMessage():
+            self.said = True
+            self.line("note: --compile: dynamo reached its recompile limit (torch._dynamo.config.recompile_limit) as "
+                      "the step's shapes or scheduled values changed again (FDA's n recompiles it at each value): "
+                      "the step runs eagerly from here")
 
 
 def planned_config(config: TrainConfig) -> TrainConfig:
