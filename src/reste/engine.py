@@ -77,7 +77,7 @@ from .rundir import (CONFIG, DIVERGED, METRIC_FIELDS, METRICS, FolderGone, RunDi
                      restore_config, resume_command, run_config, saved_config, schedule_fields, start_metrics,
                      truncate_metrics, write_config)
 from .schedules import learning_rate
-from .wording import LINE_EVERY, count, duration, gist, spans, split_batch
+from .wording import LINE_EVERY, batchnorm_across, count, duration, gist, spans, split_batch
 from .syncbn import ProcessGroupBatchNorm
 _graph_backend = CudaGraphs  # what --cuda-graphs captures with (the tests put a CPU stand-in here)
 _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint every this many steps
@@ -1459,8 +1459,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, log: Calla
         start_metrics(run_dir)
     procs, batch, world = "", f"batch {config.batch_size}", run.dist.world_size
     if run.dist.enabled:
-        bn = "synchronised BatchNorm" if config.sync_bn else "BatchNorm per process"
-        procs = f", {world} processes ({bn})"
+        procs = f", {world} processes ({batchnorm_across(config.sync_bn)})"
         batch += f" per process ({config.batch_size * world} in all)"
     batch += split_batch(config.batch_size, config.accumulate)
     run.log(f"training {config.model} ({binarization_text(config.to_dict())}) on {config.dataset}: "

@@ -164,6 +164,12 @@ RUN_LEVEL = {"general": ("mean over epochs", "mean over epochs"),
 RUN_LEVEL_FIELDS = ("estimating_error", "gradient_stability")  # an epoch's values, as a metrics line holds them
 
 
+def unmeasured(epoch: dict[str, Any]) -> bool:
+    """Whether nothing was measured in the epoch of ``epoch`` (a metrics line, or a history entry): every step of
+    it skipped by fp16's scaler, its indicators NaN. Such an epoch is left out of the run's values."""
+    return any(isinstance(epoch.get(f), float) and math.isnan(epoch[f]) for f in RUN_LEVEL_FIELDS)
+
+
 def run_level(history: list[dict[str, float]], mode: str = "general") -> dict[str, float]:
     """A run's values from its per-epoch ones (``history``, oldest first): paper mode averages the error and
     sums the stability over epochs, as the authors; general mode averages both (:data:`RUN_LEVEL`). An epoch of
@@ -172,7 +178,7 @@ def run_level(history: list[dict[str, float]], mode: str = "general") -> dict[st
     _check_mode(mode)
     if not history:
         return {}
-    measured = [h for h in history if not any(math.isnan(h[f]) for f in RUN_LEVEL_FIELDS)]
+    measured = [h for h in history if not unmeasured(h)]
     if not measured:
         return {f: math.nan for f in RUN_LEVEL_FIELDS}
     history = measured
@@ -233,8 +239,8 @@ def run_indicators(lines: list[dict[str, Any]], mode: str | None = None) -> dict
     if not history:
         return None
     # (review diff26 #5) the epochs the values are made of: one of which nothing was measured (NaN) is left out
-    unmeasured = sum(any(math.isnan(h[f]) for f in RUN_LEVEL_FIELDS) for h in history)
-    return {"mode": measured, "o_end": o_end, "epochs": len(history) - unmeasured, "unmeasured": unmeasured,
+    gaps = sum(map(unmeasured, history))
+    return {"mode": measured, "o_end": o_end, "epochs": len(history) - gaps, "unmeasured": gaps,
             "first_epoch": history[0]["epoch"], **run_level(history, measured)}
 
 

@@ -16,7 +16,7 @@ from .plugins import well_formed
 from .rundir import (CONFIG, METRICS, best_line, epoch_lines, failure, last_checkpoint, last_lost,
                      lines_beyond_repair, lines_lost_why, lock_holder, not_a_folder, other_run, read_metrics,
                      resume_command, run_config, schedule_fields)
-from .wording import count, duration, split_batch
+from .wording import batchnorm_across, count, duration, split_batch
 
 
 _POINT = ("epoch", "test_acc", "test_top5")  # what the summary gives of the best and the last epoch
@@ -189,7 +189,7 @@ def show_run(run_dir: str | os.PathLike) -> str:
     preset = f", preset {config['preset']}" if config["preset"] else ""
     world = summary["saved_processes"] or 1  # (review dist #3) --batch-size is per process, as the run's first line
     # (review mp1, suggestion 4) and whether BatchNorm was synchronised, as the run's first line said
-    bn = "synchronised BatchNorm" if config.get("sync_bn", True) else "BatchNorm per process"
+    bn = batchnorm_across(config.get("sync_bn", True))
     together = f" per process ({config['batch_size'] * world} in all, {world} processes, {bn})" if world > 1 else ""
     lines = [f"run        {run_dir}",
              f"settings   {config['model']} ({binarized}) on "

@@ -42,6 +42,12 @@ def split_batch(batch_size: int, accumulate: int) -> str:
     return f", in {n} micro-batches of {batch_size // n}" if n > 1 else ""
 
 
+def batchnorm_across(sync_bn: bool) -> str:
+    """What a run of several processes normalises over: ``synchronised BatchNorm`` or ``BatchNorm per process``
+    (its first line and ``reste show`` say it alike)."""
+    return "synchronised BatchNorm" if sync_bn else "BatchNorm per process"
+
+
 def taken_at(epoch: int, step: int | None) -> str:
     """Where a checkpoint was taken: ``epoch 3`` at an epoch's end, ``step 50 of epoch 2`` inside one (``epoch`` the
     epochs it finished, ``step`` the steps of the next)."""

@@ -34,7 +34,7 @@ from ..datasets import get_spec
 from ..errors import UsageError, parse_json
 from ..native import exclusive
 from ..wording import count, listed
-from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators
+from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators, unmeasured
 from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, blocked,
                       divergence, epoch_lines, failure, holds_run, lines_beyond_repair, lines_lost_why, not_a_folder,
                       other_run, read_metrics, recipe_free, run_config, sweeps_inside, sweeps_inside_hint)
@@ -774,8 +774,7 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                 if log:
                     log(f"report: {s['label']} seed {seed}: {why.rstrip('?.')}; the row an earlier report wrote is "
                         "kept")
-            gaps = sum(1 for m in summary.get("metrics") or [] if isinstance(m.get(INDICATORS[0]), float)
-                       and math.isnan(m[INDICATORS[0]]))
+            gaps = sum(map(unmeasured, summary.get("metrics") or []))
             if gaps and log:  # (review diff27 #3) its run-level values cover fewer epochs than its seed-mates'
                 log(f"report: {s['label']} seed {seed}: {count(gaps, 'epoch')} of which nothing was measured (every "
                     "step skipped) left out of its indicators")

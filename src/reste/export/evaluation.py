@@ -108,9 +108,8 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     if not isinstance(model, PackedModel):
         name = Path(model).name
         model = PackedModel.load(model, backend=backend)
-    elif backend != "auto" and backend != model.backend:  # (review types1 #3: ignored, and the result said 'c')
-        header, tensors, options = model._source
-        model = PackedModel(header, tensors, **{**options, "backend": backend})
+    else:  # (review types1 #3: ignored, and the result said 'c')
+        model = model.with_backend(backend)
     given, dataset = dataset, dataset or model.meta.get("dataset")
     if not dataset:
         raise UsageError("pass IMAGES.npy or --dataset NAME (the export does not name its data set)")

@@ -812,6 +812,14 @@ class PackedModel:
         export recorded it; ``None`` when it did not (see :mod:`reste.export.inputs`)."""
         return ir.Preprocessing.from_meta(self.meta)
 
+    def with_backend(self, backend: str) -> "PackedModel":
+        """This model run by another backend's kernels (``"auto"``, ``"c"``, ``"numpy"``): itself where it already
+        runs on them, else a copy made from its file's header and tensors, its other options kept."""
+        if backend == "auto" or backend == self.backend:
+            return self
+        header, tensors, options = self._source
+        return PackedModel(header, tensors, **{**options, "backend": backend})
+
     @property
     def kernel_name(self) -> str:
         """The kernels that run it, as the commands name them: the backend and, for C, its variant (``c/avx512``,
