@@ -334,3 +334,42 @@ def test_offsets_move_to_another_device_in_one_copy_with_their_values():
     assert t.dtype == l.dtype == torch.int64 and f.dtype == torch.bool and t.shape == f.shape == (3,)
     t, l, f = _on_device(torch.device("meta"), top, left, None)
     assert f is None and l.shape == (3,)
+
+
+def test_a_loaders_state_dict_continues_its_epoch_after_the_batches_drawn():
+    """TensorLoader.state_dict/load_state_dict (what Lightning keeps in its checkpoints): a fresh loader given the
+    state of one that drew 3 batches of epoch 1 gives that epoch's remaining batches, augmented as they were; a state
+    of an epoch other than the one drawn next is dropped, and one of another seed is refused with a warning."""
+    images = torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8)
+    labels = torch.arange(50) % 10
+
+    def loader(seed=4):
+        return TensorLoader(images, labels, batch_size=8, shuffle=True, seed=seed,
+                            augment=RandomCropFlip(6, 2), normalize=Normalize((0.5,), (0.25,)))
+
+    first = loader()
+    first.set_epoch(1)
+    whole = list(first)
+    drawn = loader()
+    drawn.set_epoch(1)
+    batches = iter(drawn)
+    for _ in range(3):
+        next(batches)
+    state = drawn.state_dict()
+    assert state == {"epoch": 1, "batches": 3, "seed": 4, "batch_size": 8}
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state  # (a checkpoint written before the next draw keeps it)
+    resumed.set_epoch(1)
+    rest = list(resumed)
+    assert len(rest) == len(whole) - 3
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(rest, whole[3:]))
+    assert len(list(resumed)) == len(whole)  # the next epoch is whole
+
+    stale = loader()
+    stale.load_state_dict(state)
+    stale.set_epoch(2)
+    assert len(list(stale)) == len(whole)
+    with pytest.warns(UserWarning, match="seed 4, this one batches of 8 with seed 5"):
+        loader(seed=5).load_state_dict(state)

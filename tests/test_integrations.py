@@ -409,6 +409,57 @@ def test_lightning_draws_the_epochs_batches_of_an_in_memory_loader_and_resumes_e
     assert all(torch.equal(whole[k], resumed[k]) for k in whole if torch.is_tensor(whole[k]))
 
 
+def test_a_fit_resumed_inside_an_epoch_trains_the_epochs_remaining_batches(tmp_path):
+    """(review integ1, suggestion 1) Lightning keeps a loader's state_dict in its checkpoints; reste's in-memory
+    loader had none, so a fit resumed from a checkpoint written inside an epoch trained that epoch's first batches
+    again (and Lightning warned the loader is not resumable). It now trains the batches an uninterrupted fit does,
+    drawing the skipped ones again (an augmenting loader's generator moves as before), and ends with its weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from reste.data.memory import RandomCropFlip, TensorLoader
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    images = torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+
+    def loader(batch_size=256):
+        return TensorLoader(images, torch.tensor(y), batch_size=batch_size, shuffle=True, seed=3,
+                            augment=RandomCropFlip(8, 1))
+
+    class Seen(Classifier):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append((self.current_epoch, batch_idx, float(batch[0].sum()), int(batch[1].sum())))
+            return super().training_step(batch, batch_idx)
+
+    def run(ckpt=None, every=None, data=None):
+        module = Seen()
+        callbacks = [BinarizationCallback()]
+        if every:
+            callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1))
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(every))
+        with warnings.catch_warnings(record=True) as told:
+            warnings.simplefilter("always")
+            trainer.fit(module, data or loader(), ckpt_path=ckpt)
+        return module, [str(w.message) for w in told]
+
+    whole, _ = run(every=4)  # 8 batches an epoch: checkpoints after 4 and 12 steps are inside epochs 0 and 1
+    for name, done in (("epoch=0-step=4.ckpt", 4), ("epoch=1-step=12.ckpt", 12)):
+        resumed, told = run(ckpt=tmp_path / name)
+        assert resumed.seen == whole.seen[done:]
+        assert not any("not resumable" in m for m in told)
+        want, got = whole.state_dict(), resumed.state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want if torch.is_tensor(want[k]))
+    # a loader of another batch size cannot continue the checkpoint's epoch: it says so and starts it over
+    other, told = run(ckpt=tmp_path / "epoch=0-step=4.ckpt", data=loader(200))
+    assert any("starts at its first batch" in m for m in told)
+    assert other.seen[0][:2] == (0, 4) and len(other.seen) == 9 - 4 + 9
+
+
 class Evaluated(Classifier):
     def validation_step(self, batch, batch_idx):
         self.log("val_acc", (self(batch[0]).argmax(1) == batch[1]).float().mean())

@@ -269,6 +269,8 @@ class TensorLoader:
         self.dataset = (dataset if dataset is not None
                         else InMemoryDataset(images, labels, normalize=normalize))
         self._epoch = 0
+        self._drawn = (-1, 0)  # (epoch, batches drawn of it): what a Lightning checkpoint keeps
+        self._resume: tuple[int, int] | None = None  # a loaded state_dict's, until its epoch is drawn
 
     @property
     def device(self) -> torch.device:
@@ -313,6 +315,28 @@ class TensorLoader:
         order = epoch_order(len(self.labels), self.seed, epoch, self.shuffle)
         return shard(order, self.rank, self.world_size, self.pad)
 
+    # -- Lightning's resume inside an epoch
+    def state_dict(self) -> dict[str, int]:
+        """Where the iteration stands: the epoch drawn last and how many of its batches were drawn (with the
+        loader's seed and batch size). Lightning keeps this in its checkpoints and gives it back to
+        :meth:`load_state_dict`, so a fit resumed inside an epoch trains that epoch's remaining batches, the ones an
+        uninterrupted fit trains, and not its first ones again."""
+        epoch, batches = self._resume if self._resume is not None else self._drawn
+        return {"epoch": epoch, "batches": batches, "seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a :meth:`state_dict`: when its epoch is drawn next, its batches drawn before are drawn
+        again and dropped (one generator augments the batches in turn), and the iteration goes on from there. A
+        state of another seed or batch size would not give the same batches: it is left unused, with a warning."""
+        if (state.get("seed"), state.get("batch_size")) != (self.seed, self.batch_size):
+            warnings.warn(f"the checkpoint's in-memory loader drew batches of {state.get('batch_size')} with seed "
+                          f"{state.get('seed')}, this one batches of {self.batch_size} with seed {self.seed}: the "
+                          "resumed epoch starts at its first batch (build the loader as before to continue where "
+                          "the checkpoint stopped)", UserWarning, stacklevel=2)
+            self._resume = None
+            return
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # A generator: the epoch is taken when the first batch is drawn, not when the iterator is made. Lightning
         # makes one it never reads (a check that the loader iterates), then the epoch's, then calls set_epoch: an
@@ -321,9 +345,15 @@ class TensorLoader:
         self._epoch = epoch + 1
         if self.world_size == 1 and self.shuffle:  # (a training loader: one process evaluating the whole test set
             _warn_unsharded()                     # in a group is meant, rev14)
+        resume, self._resume = self._resume, None
+        skip = resume[1] if resume is not None and resume[0] == epoch else 0
         order = self.indices(epoch)
         aug_gen = seeded_generator(self.seed, epoch, self.rank, 1) if self.augment is not None else None
-        yield from self._batches(order, aug_gen)
+        self._drawn = (epoch, 0)
+        for i, batch in enumerate(self._batches(order, aug_gen)):
+            self._drawn = (epoch, i + 1)
+            if i >= skip:
+                yield batch
 
     def _batches(self, order: torch.Tensor, aug_gen):
         m = len(order)
