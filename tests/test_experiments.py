@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import decimal
 import json
 import re
 import shutil
@@ -379,9 +380,32 @@ def test_each_cell_is_its_own_statistic_of_its_own_column(tmp_path):
         cells[key] = (statistics.fmean(values), statistics.stdev(values))
     (error, error_std), (stability, stability_std) = cells.values()
     line = (tmp_path / "results.md").read_text().splitlines()[-1]
+
+    def to_place(mean: float, spread: str) -> str:  # the mean rounded to the place of the spread's last digit
+        return format(decimal.Decimal(mean).quantize(decimal.Decimal(1).scaleb(decimal.Decimal(spread).as_tuple()
+                                                                                .exponent)), "f")
+
+    error_spread, stability_spread = format(error_std, ".2g"), format(stability_std, ".2g")
     assert line == (f"| o_end=1 | {statistics.fmean(best):.2f} ± {statistics.stdev(best):.2f} | "
-                    f"{statistics.fmean(final):.2f} ± {statistics.stdev(final):.2f} | {error:.4g} ± {error_std:.2g} | "
-                    f"{stability:.3g} ± {stability_std:.2g} | 3/4 |")
+                    f"{statistics.fmean(final):.2f} ± {statistics.stdev(final):.2f} | "
+                    f"{to_place(error, error_spread)} ± {error_spread} | "
+                    f"{to_place(stability, stability_spread)} ± {stability_spread} | 3/4 |")
+
+
+@pytest.mark.parametrize("mean, std, fmt, shown", [
+    (229.0310, 0.2317, ".4g", "229.03 ± 0.23"),   # ".4g" alone: "229 ± 0.23" (review arch/notes: results.md's .4g)
+    (145.9805, 4.1163, ".4g", "146.0 ± 4.1"),     # the zero that reaches the spread's place is kept
+    (9.0057e-06, 5.87e-07, ".4g", "9.01e-06 ± 5.9e-07"),
+    (0.00033, 2.2e-05, ".3g", "0.000330 ± 2.2e-05"),
+    (1211.3, 69.0, ".4g", "1211 ± 69"),
+    (0.001, 5.0, ".4g", "0.001 ± 5"),             # a spread larger than the mean: one significant digit
+    (3.0, 0.0, ".3g", "3 ± 0"),                   # no spread: the column's own format
+    (75.4767, 0.4, ".2f", "75.48 ± 0.40"),
+])
+def test_a_table_cell_shows_the_mean_to_the_place_of_its_spread(mean, std, fmt, shown):
+    from reste.experiments.report import _pm
+
+    assert _pm(mean, std, fmt, ".2g" if fmt.endswith("g") else None) == shown
 
 
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])

@@ -506,7 +506,7 @@ def test_combine_refuses_runs_of_other_epochs_or_indicator_modes_and_names_the_m
     combine.main([str(tmp_path / "comb"), str(long_paper), str(paper20), "--settings", "o_end=3"])
     head = (tmp_path / "comb" / "results.md").read_text().splitlines()[0]
     assert "20 epochs" in head and "indicators (paper mode)" in head and "sum over epochs" in head
-    assert "410.1 ± 0.12 |" in (tmp_path / "comb" / "results.md").read_text()  # the std as `reste sweep` writes it
+    assert "410.12 ± 0.12 |" in (tmp_path / "comb" / "results.md").read_text()  # the std as `reste sweep` writes it
 
 
 def test_a_joined_folder_names_its_runs_relative_to_itself_so_o_end_counts_them_once(tmp_path):

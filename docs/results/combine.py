@@ -191,7 +191,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--settings", required=True, help="OUT's settings, comma-separated, in order")
     p.add_argument("--alias", nargs=2, action="append", default=[], metavar=("FROM", "TO"))
     args = p.parse_args(argv)
-    from reste.experiments.report import _indicator_rule, _pm, configs_paper_warning, write_csv  # as `reste sweep` does
+    # as `reste sweep` does
+    from reste.experiments.report import _indicator_rule, configs_paper_warning, table_cells, write_csv
     cols = columns()
     keep = args.settings.split(",")
     rows = read_rows(args.sweeps, keep, dict(args.alias), args.out)
@@ -222,11 +223,7 @@ def main(argv: list[str]) -> None:
     for r in table:
         n = f"{r['n']}{'' if r['n'] == r['n_runs'] else '/' + str(r['n_runs'])}"
         n += f", {r['n_diverged']} diverged" if r["n_diverged"] else ""
-        lines.append(f"| {r['setting']} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} | "
-                     f"{_pm(r['final_acc_mean'], r['final_acc_std'], '.2f')} | "
-                     f"{_pm(r['estimating_error_mean'], r['estimating_error_std'], '.4g', '.2g')} | "
-                     f"{_pm(r['gradient_stability_mean'], r['gradient_stability_std'], '.3g', '.2g')} | "
-                     f"{n} | {r['seeds']} |")
+        lines.append(f"| {r['setting']} | {' | '.join(table_cells(r))} | {n} | {r['seeds']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print(f"{len(rows)} runs of {len(keep)} settings -> {out}")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import decimal
 import difflib
 import functools
 import io
@@ -852,9 +853,28 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = (
 
 
 def _pm(mean: float | None, std: float | None, fmt: str, std_fmt: str | None = None) -> str:
+    """``mean ± std``; with a ``g`` format, the mean to the place of the std's last digit shown (``fmt``'s
+    significant digits alone wrote an error of 229.03 ± 0.23 as "229 ± 0.23", of 3.0 ± 1.5 as "3 ± 1.5")."""
     if mean is None:
         return "-"
-    return format(mean, fmt) + (f" ± {format(std, std_fmt or fmt)}" if std is not None else "")
+    if std is None:
+        return format(mean, fmt)
+    spread = format(std, std_fmt or fmt)
+    if not (fmt.endswith("g") and mean and math.isfinite(mean) and std and math.isfinite(std)):
+        return f"{format(mean, fmt)} ± {spread}"
+    last = decimal.Decimal(spread).as_tuple().exponent  # the place of the std's last digit shown
+    digits = max(math.floor(math.log10(abs(mean))) - int(last) + 1, 1)
+    # (# keeps the zeros that reach that place: 145.98 ± 4.1 is "146.0 ± 4.1", not "146 ± 4.1")
+    shown = format(mean, f"#.{min(digits, 12)}g").replace(".e", "e")
+    return f"{shown.removesuffix('.')} ± {spread}"
+
+
+def table_cells(r: dict[str, Any]) -> list[str]:
+    """A setting's best and final accuracy and its two indicators, ``mean ± std``, as the results.md tables show
+    them (``reste sweep``'s and ``reste report``'s, and docs/results/combine.py's)."""
+    return [_pm(r["best_acc_mean"], r["best_acc_std"], ".2f"), _pm(r["final_acc_mean"], r["final_acc_std"], ".2f"),
+            _pm(r["estimating_error_mean"], r["estimating_error_std"], ".4g", ".2g"),
+            _pm(r["gradient_stability_mean"], r["gradient_stability_std"], ".3g", ".2g")]
 
 
 def _indicator_rule(mode: str | None, varies: bool = False) -> str:
@@ -936,11 +956,9 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                      f"{'-' if gap is None else format(gap, '+.2f')} |")
         # a received sweep.json's |, line break or backslash (which would escape the \ before a |) breaks no cell
         label = " ".join(str(r["setting"]).split()).replace("\\", "\\\\").replace("|", "\\|")
+        best, final, error, stability = table_cells(r)
         lines.append(
-            f"| {label} | {_pm(r['best_acc_mean'], r['best_acc_std'], '.2f')} |{paper} "
-            f"{_pm(r['final_acc_mean'], r['final_acc_std'], '.2f')} | "
-            f"{_pm(r['estimating_error_mean'], r['estimating_error_std'], '.4g', '.2g')} | "
-            f"{_pm(r['gradient_stability_mean'], r['gradient_stability_std'], '.3g', '.2g')} | "
+            f"| {label} | {best} |{paper} {final} | {error} | {stability} | "
             f"{r['n']}{'' if r['n'] == r['n_runs'] else '/' + str(r['n_runs'])}"
             f"{f', {diverged} diverged' if (diverged := r.get('n_diverged')) else ''} |"
         )
