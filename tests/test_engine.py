@@ -6,6 +6,7 @@ import json
 import logging
 import platform
 import time
+import warnings
 
 import pytest
 import torch
@@ -184,7 +185,6 @@ def test_a32_and_float_twin_train(tmp_path):
     lines = []
     r = engine.train(small(epochs=1, a32=True, estimator="ste"), tmp_path / "a32", progress=False, log=lines.append)
     assert r["final_acc"] > 50 and lines[0].startswith("training digits_1w1a (ste, 1W/32A) on digits")
-    import warnings
 
     lines.clear()
     with warnings.catch_warnings(record=True) as seen:  # a float twin has nothing to schedule, and is not told so
@@ -921,8 +921,6 @@ def test_cudnn_tunes_convolutions_on_cuda_for_the_run_only(tmp_path, monkeypatch
 def test_a_checkpoint_rebuilt_to_evaluate_says_nothing_of_its_schedule(tmp_path):
     """(review rev10 #7) the schedule warnings are for the run that trains: eval, export and predict of its
     checkpoint repeated them (a ScheduleWarning, which model_from_checkpoint leaves unsaid)."""
-    import warnings
-
     from reste.checkpoint import model_from_checkpoint
     from reste.estimators import ScheduleWarning
 
@@ -1000,7 +998,7 @@ def test_a_run_whose_estimator_is_defined_in_main_is_told_it_cannot_be_loaded_el
         engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
     assert rundir.run_config(tmp_path / "run").plugins == []
     assert [w.filename for w in told if "__main__" in str(w.message)] == [__file__]  # the caller's line
-    import warnings  # (review rev16 #6) once a process: a sweep's runs do not each say it again
+    # (review rev16 #6) once a process: a sweep's runs do not each say it again
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -1034,6 +1032,63 @@ def test_a_diverged_run_without_a_progress_bar_stops_at_its_next_check(tmp_path,
     with pytest.raises(engine.TrainingDiverged, match=f"non-finite loss at epoch 1, step {_POISONED_AT + 1};"):
         engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
     assert len(calls) == _POISONED_AT + 1  # (the epoch has 45 steps)
+
+
+def test_weights_a_step_made_non_finite_are_never_saved(tmp_path, monkeypatch):
+    """(review numerics1 #1) only the loss was checked, and it is computed before the step that updates the weights:
+    a last step of an epoch (or a step before a mid-epoch save) that made them inf or NaN was saved as last.pt and
+    best.pt, and the error then said last.pt kept "the last good state". The weights are checked before each save."""
+    real = engine._Run.step
+    calls = []
+
+    def poisoning(at):
+        def step(self, images, target):
+            loss, logits = real(self, images, target)
+            calls.append(1)
+            if len(calls) == at:
+                with torch.no_grad():
+                    self.model.fc.weight[0, 0] = float("inf")
+            return loss, logits
+        return step
+
+    monkeypatch.setattr(engine._Run, "step", poisoning(12))  # the last of epoch 2's 6 steps
+    config = TrainConfig(dataset="digits", epochs=3, batch_size=256, threads=1)
+    with pytest.raises(engine.TrainingDiverged, match=r"non-finite weights \(fc.weight\) after step 6 of epoch 2; "
+                                                      r"the run stopped and .*last.pt keeps the last good state "
+                                                      r"\(epoch 1\)") as err:
+        engine.train(config, tmp_path / "end", progress=False, log=lambda _m: None)
+    assert (err.value.epoch, err.value.step) == (2, 6)
+    for name in ("last.pt", "best.pt"):
+        saved = load_checkpoint(tmp_path / "end" / name)
+        assert saved["epoch"] == 1 and all(v.isfinite().all() for v in saved["model"].values()
+                                           if torch.is_tensor(v) and v.is_floating_point())
+    calls.clear()
+    monkeypatch.setattr(engine._Run, "step", poisoning(3))
+    monkeypatch.setattr(engine._Run, "_checkpoint_due", lambda self, step, *rest: 1)  # a save after every step
+    with pytest.raises(engine.TrainingDiverged, match=r"after step 3 of epoch 1; .* keeps the last good state "
+                                                      r"\(epoch 0, step 2 of epoch 1\)"):
+        engine.train(config, tmp_path / "inside", progress=False, log=lambda _m: None)
+    saved = load_checkpoint(tmp_path / "inside" / "last.pt")
+    assert saved["step"] == 2 and saved["model"]["fc.weight"].isfinite().all()
+
+
+def test_an_fp16_scaler_that_skips_every_step_stops_the_run(isolated, tmp_path):
+    """(review numerics1 #4) gradients that are inf or NaN at every step, with a finite loss: under --amp fp16 the
+    loss scaler skipped every step, the run trained nothing and ended "done" with status 0 (without fp16 it stopped
+    at its first step). A scale that fell below 1 (17 skips in a row from 65536) now stops it."""
+    @reste.register_estimator
+    class Broken(reste.Estimator):
+        name = "nan_grad_test"
+        _g = staticmethod(lambda x: torch.full_like(x, float("nan")))
+
+    config = TrainConfig(dataset="digits", epochs=2, batch_size=64, amp="fp16", estimator="nan_grad_test",
+                         threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fp16 on the CPU is slow: its warning
+        with pytest.raises(engine.TrainingDiverged, match=r"the fp16 loss scaler skipped its steps .* until its "
+                                                          r"scale fell to [0-9.e-]+ \(by step 23 of epoch 1\); the "
+                                                          r"run stopped and no checkpoint was saved; .*--amp bf16"):
+            engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
 
 
 def test_a_run_that_diverges_again_where_it_diverged_before_keeps_the_record(tmp_path):

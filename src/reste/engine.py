@@ -782,16 +782,8 @@ class _Run:
                         self.save_partial(epoch, step + 1, sums)
         bad = self._agree(int(bad_step))  # the processes stop together: a lone one would hang the others
         if bad >= 0:
-            if self.saved is None:
-                kept = "no checkpoint was saved"
-            else:
-                e, s = self.saved
-                kept = f"{last_checkpoint(self.run_dir)} keeps the last good state (epoch {e}" + \
-                    (f", step {s} of epoch {e + 1})" if s else ")")
-            raise TrainingDiverged(
-                f"non-finite loss at epoch {epoch + 1}, step {bad + 1}; the run stopped and {kept}; "
-                "lower --lr or check the data", epoch + 1, bad + 1
-            )
+            raise self._diverged(f"non-finite loss at epoch {epoch + 1}, step {bad + 1}", epoch, bad + 1)
+        self._check_finite(epoch, steps)
         totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)])
         if self.dist.enabled:  # metrics over the whole training set, not this process's shard
             torch.distributed.all_reduce(totals)
@@ -981,8 +973,41 @@ class _Run:
         counts from there)."""
         return {"flips_start": self._flips_start} if self._bop() is not None else {}
 
+    def _diverged(self, what: str, epoch: int, step: int, advice: str = "lower --lr or check the data"
+                  ) -> TrainingDiverged:
+        """The error that stops a diverged run at step ``step`` (1-based) of epoch ``epoch + 1``: ``what`` happened,
+        what the run's ``last.pt`` keeps, and ``advice``."""
+        if self.saved is None:
+            kept = "no checkpoint was saved"
+        else:
+            e, s = self.saved
+            kept = f"{last_checkpoint(self.run_dir)} keeps the last good state (epoch {e}" + \
+                (f", step {s} of epoch {e + 1})" if s else ")")
+        return TrainingDiverged(f"{what}; the run stopped and {kept}; {advice}", epoch + 1, step)
+
+    def _check_finite(self, epoch: int, step: int) -> None:
+        """Before a checkpoint holds the state after ``step`` batches of epoch ``epoch + 1``: its weights are finite.
+        A step whose loss was finite can still update them to inf or NaN (the next step's loss would tell, but the
+        epoch's end and a mid-epoch save come first: review numerics1 #1), and with fp16 a loss scaler that skips
+        every step for inf or NaN gradients trains nothing while every loss stays finite (#4). One pass over the
+        weights, and one host sync, per save."""
+        tensors = [t.detach() for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).tolist() if tensors else []
+        if not all(finite):
+            names = [name for name, t in (*self.model.named_parameters(), *self.model.named_buffers())
+                     if t.is_floating_point()]
+            raise self._diverged(f"non-finite weights ({names[finite.index(False)]}) after step {step} of epoch "
+                                 f"{epoch + 1}", epoch, step)
+        if self.scaler.is_enabled() and self.scaler.get_scale() < 1.0:
+            # (it halves at each step it skips: from 65536, below 1 after 17 skips in a row)
+            raise self._diverged(f"the fp16 loss scaler skipped its steps for inf or NaN gradients until its scale "
+                                 f"fell to {self.scaler.get_scale():.3g} (by step {step} of epoch {epoch + 1})",
+                                 epoch, step, "lower --lr, check the data, or train with --amp bf16")
+
     def save_partial(self, epoch: int, step: int, sums: list[float | int]) -> None:
-        """``last.pt`` after ``step`` batches of epoch ``epoch + 1`` (every process's running sums)."""
+        """``last.pt`` after ``step`` batches of epoch ``epoch + 1`` (every process's running sums); a diverged state
+        is not saved (:meth:`_check_finite`)."""
+        self._check_finite(epoch, step)
         ranks = [sums]
         if self.dist.enabled:
             local = torch.tensor([float(v) for v in sums], dtype=torch.float64, device=self.device)
