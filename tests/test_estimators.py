@@ -477,6 +477,18 @@ def test_dsq_alpha_ramp():
     assert const.alpha == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize("alpha", [5e-324, 1e-310, 1e-300, 1 - 2 ** -52])
+def test_dsq_is_finite_at_either_end_of_alpha_s_range(alpha):
+    """(review numerics1 #3) an alpha below 2/DBL_MAX made 2/alpha - 1 inf, k inf and every g NaN, outside [-1, 1]
+    too; k = ln((2 - alpha)/alpha)/2 is finite for every alpha of (0, 1): g(0) = s k, g = 0 beyond the interval."""
+    est = get_estimator("dsq", alpha=alpha, alpha_end=alpha, schedule="constant")
+    g = est.derivative(torch.tensor([0.0, 0.5, -0.5, 1.5, -2.0], dtype=F64))
+    want = (math.log(2 - alpha) - math.log(alpha)) / 2 / (1 - alpha)
+    assert g[0].item() == pytest.approx(want, rel=1e-12) and torch.isfinite(g).all()
+    assert g[3:].tolist() == [0.0, 0.0]
+    assert torch.isfinite(est.forward_equivalent(torch.tensor([0.0, 0.5, 2.0], dtype=F64))).all()
+
+
 def test_fda_n_ramp():
     est = get_estimator("fda")
     assert est.n == 9
