@@ -3,6 +3,7 @@ ONNX file written without onnxruntime, and images of another byte order given to
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import warnings
 
@@ -551,3 +552,27 @@ def test_two_signs_of_one_tensor_are_one_sign_input_and_a_run_of_other_logits_gi
     monkeypatch.setattr(onnx, "load_from_string", other_logits)
     logits, sites = _traced_run(model.SerializeToString(), x)
     assert sites is None and logits.tolist() == [[1.0, 3.0, 3.0, 3.0]]
+
+
+def test_a_model_with_non_finite_weights_is_refused_before_anything_is_written(tmp_path, capsys, digits_checkpoint):
+    """(review numerics1 #2) a diverged run's checkpoint (inf or NaN weights) was exported, then failed its check
+    with "a bug of reste's packed engine; report it", and the file stayed. It is refused in one line, with no file."""
+    from reste.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(digits_checkpoint)
+    weight = next(k for k, v in ckpt["model"].items() if k.endswith("weight") and v.dim() == 4)
+    ckpt["model"][weight] = ckpt["model"][weight].clone()
+    ckpt["model"][weight].view(-1)[:3] = float("nan")
+    save_checkpoint(ckpt, tmp_path / "diverged.pt")
+    line = one_line_error(capsys, "export", str(tmp_path / "diverged.pt"), str(tmp_path / "m.rbnn"))
+    assert f"{weight} holds 3 inf or NaN of its" in line and "checkpoint from before" in line
+    assert not (tmp_path / "m.rbnn").exists()
+    model = reste.models.create("digits_1w1a").eval()
+    with torch.no_grad():
+        model.bn1.running_var[0] = float("inf")
+    with pytest.raises(UsageError, match=r"bn1.running_var holds 1 inf or NaN"):
+        export_model(model, tmp_path / "b.rbnn", input_size=(1, 8, 8))
+    if importlib.util.find_spec("onnx"):
+        with pytest.raises(UsageError, match=r"bn1.running_var holds 1 inf or NaN"):
+            export_onnx(model, tmp_path / "b.onnx", (1, 8, 8))
+    assert not list(tmp_path.glob("b.*"))

@@ -210,7 +210,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     from ..errors import checked_input_size
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
     from ..layers import dummy_forward
-    from .exporter import _as_float32, initialise_lazy, staged, unwrapped, warn_hooks
+    from .exporter import _as_float32, initialise_lazy, refuse_non_finite, staged, unwrapped, warn_hooks
 
     path = Path(path)
     check_output_path(path)
@@ -222,6 +222,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     model = _as_float32(unwrapped(model))  # the exporters cannot trace the wrappers; the check runs in float32
     dummy_forward(model, input_size)  # (a size the model cannot take: its own error, not the two exporters')
     initialise_lazy(model, input_size)  # (that forward gave the lazy modules it ran their weights)
+    refuse_non_finite(model)
     warn_hooks(model, "export_onnx")
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
