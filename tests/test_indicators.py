@@ -100,6 +100,20 @@ def test_paper_error_by_hand(o_end):
     assert float(got) == pytest.approx(hand_error_paper(model, o_end), rel=1e-5)
 
 
+def test_paper_error_is_at_the_models_own_o_end_by_default_as_the_meters():
+    """(review arch3 #1, api3 #5) estimating_error's paper mode took o_end 3 whatever the model's, while the meter
+    (reste train --indicators paper, Lightning, TensorBoard) takes the model's ReSTE o_end: a model of o_end 5 gave
+    two numbers. Both now take the model's, else 3."""
+    model = make_model()
+    for est in reste.estimators_of(model):
+        est.o_end = 5.0
+    got = float(estimating_error(model, "paper"))
+    assert got == pytest.approx(hand_error_paper(model, 5.0), rel=1e-5) != pytest.approx(hand_error_paper(model, 3.0))
+    assert EquilibriumMeter(model, mode="paper").o_end == 5.0
+    assert float(estimating_error(make_model("ste"), "paper")) == pytest.approx(hand_error_paper(make_model("ste"),
+                                                                                                 3.0), rel=1e-5)
+
+
 def test_paper_error_ignores_the_current_o_and_general_does_not():
     model = make_model()
     paper0, general0 = float(estimating_error(model, "paper")), float(estimating_error(model, "general"))

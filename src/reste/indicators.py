@@ -79,12 +79,14 @@ def paper_forward(w: Tensor, o: float) -> Tensor:
 
 
 @torch.no_grad()
-def estimating_error(model: nn.Module, mode: str = "general", o_end: float = 3.0) -> Tensor:
+def estimating_error(model: nn.Module, mode: str = "general", o_end: float | None = None) -> Tensor:
     """Sum over the indicator layers of || F(w) - sign(w) ||_2 (a 0-dim tensor). ``o_end``: the paper mode's F is
-    at it (a number >= 1, refused otherwise: review types1 #1); the general mode's is each layer's estimator at its
+    at it (a number >= 1, refused otherwise: review types1 #1; default: the model's ReSTE o_end, else 3, as
+    :class:`EquilibriumMeter` measures: review arch3 #1); the general mode's is each layer's estimator at its
     current o, and does not read it."""
     _check_mode(mode)
     if mode == "paper":
+        o_end = _final_o(model) if o_end is None else o_end
         check_o_end(o_end, mode)
     total = None  # summed on the weights' device: a CPU zero copied there would wait for the GPU every step
     for _, layer in _measured_layers(model, mode):
