@@ -167,6 +167,19 @@ def test_estimator_instance_is_copied_per_layer():
     assert len({e.o for e in ests}) == 1 and ests[0].o > 1
 
 
+def test_an_instance_of_a_class_not_registered_under_its_name_is_refused():
+    """(review api3 #1) create builds each layer's estimator from the registry by name: an unregistered subclass
+    keeping its parent's name became the parent, its own g dropped unsaid, while binarize keeps the instance."""
+    class Wide(reste.STE):
+        _g = staticmethod(lambda x, clip: torch.full_like(x, 7.0))
+
+    with pytest.raises(UsageError, match="Wide is not the class registered as 'ste'.*reste.binarize"):
+        models.create("digits_1w1a", estimator=Wide())
+    assert models.create("digits", estimator=Wide()) is not None  # (a full-precision twin has no estimator)
+    net = reste.binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)), Wide())
+    assert {type(e) for e in reste.estimators_of(net)} == {Wide}
+
+
 def test_default_estimator_is_reste_with_o_schedule():
     model = models.create("resnet20_1w1a", o_end=3.0)
     assert all(isinstance(e, reste.ReSTE) and e.o_end == 3.0 for e in reste.estimators_of(model))

@@ -188,8 +188,9 @@ def create(
     Args:
         name: a registered model name.
         num_classes: the number of outputs; ``None`` is the model's default.
-        estimator: an estimator name or instance; every binary layer gets its own
-            weight and input estimators of that kind and configuration.
+        estimator: an estimator name or instance (of the class registered under its name: each layer's is
+            built from the registry); every binary layer gets its own weight and input estimators of that kind
+            and configuration.
         estimator_options: the estimator's hyper-parameters (``{"o_end": 3.0}``), given with a name.
         a32: keep real activations (1W/32A): the binary layers get no input estimator.
         scaling: ``"layer"`` (the paper), ``"channel"`` or ``"none"``.
@@ -212,6 +213,13 @@ def create(
         raise UsageError(f"estimator hyper-parameter {twice[0]!r} is given twice: as a keyword and in "
                          "estimator_options; give it once, in estimator_options")
     est = get_estimator(estimator, **options, **legacy)
+    if _BINARY[name] and type(est) is not estimator_class(est.name):
+        # each layer's estimator is built from the registry by name, as a checkpoint's model is built again: another
+        # class under a registered name became that class, its own g dropped unsaid (review api3 #1)
+        raise UsageError(f"models.create builds each layer's estimator from the registry by name, and "
+                         f"{type(est).__name__} is not the class registered as {est.name!r}: register it with "
+                         "@reste.register_estimator under a name of its own, or give a float model and the instance "
+                         "to reste.binarize (which shares it)")
     if scaling not in SCALINGS:
         raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     if num_classes is None:
