@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -668,3 +669,32 @@ def test_show_says_an_unmeasured_epoch_is_left_out_of_the_indicators(tmp_path):
     shown = show_run(out).splitlines()[-1]
     assert shown.startswith("indicators (general mode, 1 epoch, 1 epoch unmeasured left out): estimating error "
                             f"{lines[1]['estimating_error']:.4g} (mean over epochs)"), shown
+
+
+def test_values_that_are_not_finite_are_written_null_and_read_back_as_nan(tmp_path, capsys):
+    """(review formats1 #3) an unmeasured epoch's indicators (NaN) were written to metrics.jsonl and `reste show
+    --json` as bare NaN, which is not JSON (JavaScript's JSON.parse refuses it, jq reads null). They are written
+    null, and read back as NaN (files of before, with NaN, still read: the test above)."""
+    from reste import engine, rundir
+    from reste.cli import main
+    from reste.config import TrainConfig
+    from reste.runinfo import show_run
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in {text}"))
+
+    out = tmp_path / "run"
+    engine.train(TrainConfig(epochs=2, threads=1, indicators="general"), out, progress=False, log=lambda _m: None)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines[0].update(estimating_error=float("nan"), gradient_stability=float("nan"), test_loss=float("inf"))
+    (out / "metrics.jsonl").unlink()
+    for line in lines:
+        rundir.append_metrics(out, line)
+    written = [strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [written[0][k] for k in ("estimating_error", "gradient_stability", "test_loss")] == [None] * 3
+    read = rundir.read_metrics(out)
+    assert all(math.isnan(read[0][k]) for k in ("estimating_error", "gradient_stability")) and read[1] == lines[1]
+    assert "1 epoch unmeasured left out" in show_run(out)
+    capsys.readouterr()
+    assert main(["show", str(out), "--json"]) == 0
+    assert strict(capsys.readouterr().out)["indicators"]["unmeasured"] == 1

@@ -36,8 +36,8 @@ if __name__ == "__main__":  # python -m reste.cli (torchrun's form) is the reste
 
     sys.exit(_start(_load))
 
-from .errors import (EX_TEMPFAIL, NO_ROOM, WRITES_REFUSED, UsageError, command_line, did_you_mean, machine_cause,
-                     one_line, one_line_warnings, shell_word)
+from .errors import (EX_TEMPFAIL, NO_ROOM, WRITES_REFUSED, UsageError, command_line, did_you_mean, json_line,
+                     machine_cause, one_line, one_line_warnings, shell_word)
 from .wording import gist
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
@@ -184,7 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             threads=args.threads)
     if args.json:  # one object, for a script: no line to parse
         keys = ("model", "dataset", "epoch", "step", "amp", "images", "top1", "top5", "loss", "stored_top1")
-        print(json.dumps({**{k: r.get(k) for k in keys}, "seconds": round(time.perf_counter() - start, 3)}))
+        print(json_line({**{k: r.get(k) for k in keys}, "seconds": round(time.perf_counter() - start, 3)}))
         return 0
     stored = f" (stored at training: {r['stored_top1']:.2f}%)" if r.get("stored_top1") is not None else ""
     amp = f", amp {r['amp']}" if r["amp"] != "none" else ""
@@ -197,7 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from .experiments.status import folder_summary, show_folder
 
-    print(json.dumps(folder_summary(args.run_dir)) if args.json else show_folder(args.run_dir))
+    print(json_line(folder_summary(args.run_dir)) if args.json else show_folder(args.run_dir))
     return 0
 
 

@@ -165,6 +165,24 @@ def read_user_file(path, missing: str) -> bytes:
         raise UsageError(f"cannot read {path} ({err.strerror})") from None
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, inf) made ``None``, in its dicts, lists and tuples: JSON
+    has no NaN, and ``json.dumps`` writes a bare ``NaN`` that strict readers (JavaScript's JSON.parse, jq) refuse
+    or read as another value (review formats1 #3)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def json_line(value: Any) -> str:
+    """``value`` as strict JSON on one line (:func:`strict_json`)."""
+    return json.dumps(strict_json(value), allow_nan=False)
+
+
 #: the deepest nesting of lists and objects ``parse_json`` takes: reste's own files nest a few levels, and code
 #: that walks a value recursively (``dataclasses.asdict``, ``copy.deepcopy``, ``json.dumps``) takes two or more
 #: frames a level, so a value the parser took (up to about 1000 levels) could still end in a ``RecursionError``

@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 
 from .checkpoint import LAST, UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
-from .errors import UsageError, parse_json, shell_word
+from .errors import UsageError, json_line, parse_json, shell_word
 from .indicators import MEASURE
 from .native import CANNOT_LOCK
 from .wording import count, listed, spans
@@ -94,6 +94,8 @@ RECIPE_FREE = (*IDENTITY_FREE, "compile", "channels_last", "cuda_graphs", "indic
 # k, ...) under their names, which therefore may not be these
 METRIC_FIELDS = ("epoch", "lr", "bop_gamma", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
                  "estimating_error", "gradient_stability", MEASURE, "bop_flips", "time")  # bop_*: --optimizer bop's
+# the fields of a metrics line that are NaN where they were not finite, written null (strict JSON) and read as NaN
+NULL_AS_NAN = ("train_loss", "test_loss", "estimating_error", "gradient_stability")
 # what every run's config.json holds since the first version: without them it is not a run's
 _IDENTITY = ("dataset", "model", "estimator", "epochs", "seed")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
@@ -1322,7 +1324,7 @@ def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
     path = Path(run_dir) / METRICS
     try:
         with open_append(path, encoding="utf-8", newline="\n") as f:  # LF, as truncate_metrics
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:
@@ -1362,6 +1364,9 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
             raise UsageError(f"{path} line {i + 1} is not JSON; the file is corrupted: {_MEND}") from None
         if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
             raise UsageError(f"{path} line {i + 1} is not a metrics record; the file is corrupted: {_MEND}")
+        # a value that was not finite is written null (JSON has no NaN) and read back as NaN: a loss that overflowed,
+        # an epoch's indicators of which nothing was measured (every step skipped by fp16's scaler)
+        record.update({k: math.nan for k in NULL_AS_NAN if k in record and record[k] is None})
         bad = next((k for k in _ACCURACIES if k in record and not _finite(record[k])), None) \
             if _number(record.get("test_acc")) else "test_acc"
         bad = bad or next((k for k, v in record.items() if v is not None and not _number(v)), None)
@@ -1504,11 +1509,11 @@ def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int, last_record: 
         for i in with_values:
             if MEASURE not in kept[i][1]:
                 record = {**kept[i][1], MEASURE: measured[1]}
-                kept[i] = (json.dumps(record), record)
+                kept[i] = (json_line(record), record)
     lines = [line for line, _ in kept]
     epochs = {record["epoch"] for _, record in kept}
     if last_record and last_record.get("epoch") == epochs_done and epochs_done not in epochs:
-        lines.append(json.dumps(last_record))
+        lines.append(json_line(last_record))
         epochs.add(epochs_done)
     atomic_write(path, lambda f: f.write("".join(k + "\n" for k in lines).encode()))
     return [e for e in range(1, epochs_done + 1) if e not in epochs]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import UsageError
+from ..errors import UsageError, json_line
 from ..wording import count, taken_at
 from ..plugins import add_plugin_flag
 
@@ -427,7 +427,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        "seconds": round(seconds, 3), "backend": model.backend, "kernels": model.kernel_name}
             if one_file or len(pred) == 1:  # one image: its class, as the line gives it
                 summary.update({"class": int(pred[0]), "name": _class_name(names, int(pred[0]))})
-            line = json.dumps(summary)
+            line = json_line(summary)
         print(line, file=sys.stderr if to_stdout else sys.stdout)
         return 0
     from .. import wording
@@ -437,7 +437,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         keys = ("model", "dataset", "images", "top1", "stored_top1", "seconds", "backend", "kernels")
-        print(json.dumps({k: round(r[k], 3) if k == "seconds" else r[k] for k in keys}))
+        print(json_line({k: round(r[k], 3) if k == "seconds" else r[k] for k in keys}))
         return 0
     extra = f" (stored at training: {r['stored_top1']:.2f}%)" if r["stored_top1"] is not None else ""
     print(f"{r['model'] or Path(args.exported).name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} "
@@ -481,7 +481,7 @@ def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
                                    "unreadable": [{"file": f, "reason": why} for f, why in r["unreadable"]]}
         if not args.output:
             summary["predictions"] = _prediction_rows(pred, names, files)
-        print(json.dumps(summary))
+        print(json_line(summary))
     else:  # beside the predictions on stdout, the line about them goes to stderr
         print(line, file=sys.stdout if out is not None else sys.stderr)
     return 1 if r["unreadable"] else 0
