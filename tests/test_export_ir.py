@@ -3,6 +3,8 @@ and `reste predict` on raw images (image files, uint8 arrays) with the header's 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -513,8 +515,6 @@ def test_batch_norms_next_to_a_linear_fold_only_on_two_dimensional_inputs(tmp_pa
 def test_predict_writes_the_format_its_output_names(capsys, tmp_path, digits_export, monkeypatch):
     """`-o preds.csv` wrote NPY bytes and `-o -` a file named `-`: the suffix now picks NPY, CSV or JSON, `-` is
     CSV on stdout (its line on stderr), and another suffix is refused before any work."""
-    import csv
-    import io
     import os
 
     path, test = digits_export
@@ -616,8 +616,6 @@ def test_predictions_are_written_as_utf8_bytes_whatever_the_names_or_stdout(tmp_
     """(review portable #4, #12) a class folder whose name is not UTF-8 (held with surrogate escapes) made the CSV
     writer raise after the work; -o - wrote names through stdout's encoding (Windows' code page) and its
     backslashreplace handler, so the CSV on stdout differed from the file's."""
-    import io
-
     from reste.export.cli import _save_predictions, _write_stdout, _prediction_text
 
     names = ["caf\udce9", "\u9ce5", "low"]
@@ -629,6 +627,20 @@ def test_predictions_are_written_as_utf8_bytes_whatever_the_names_or_stdout(tmp_
     monkeypatch.setattr(sys, "stdout", out)
     _write_stdout(_prediction_text(pred, names, "csv"))
     assert out.buffer.getvalue() == raw
+
+
+def test_prediction_csv_cells_that_would_start_a_formula_are_written_as_text(tmp_path):
+    """(review formats1 #4) a class name of a received export, or a file name, starting with = + - or @ was written as
+    it is: a spreadsheet opening the CSV runs it (=HYPERLINK(...) sends the sheet away). It is written after a "'", as
+    reste report writes its tables; the JSON form keeps the names as they are."""
+    from reste.export.cli import _prediction_text
+
+    names = ['=HYPERLINK("http://x","ok")', "@SUM(1+1)", "-cat", "dog"]
+    pred = np.array([0, 1, 2, 3])
+    rows = list(csv.reader(io.StringIO(_prediction_text(pred, names, "csv", ["=1+2.jpg", "a.jpg", "+b.png", "c"]))))
+    assert rows[1:] == [["'=1+2.jpg", "0", "'" + names[0]], ["a.jpg", "1", "'@SUM(1+1)"], ["'+b.png", "2", "'-cat"],
+                        ["c", "3", "dog"]]
+    assert [r["name"] for r in json.loads(_prediction_text(pred, names, "json"))] == names
 
 
 def test_a_dark_16_bit_pgm_is_read_in_its_own_range(tmp_path):

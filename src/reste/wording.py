@@ -73,3 +73,14 @@ def spans(epochs: Sequence[int]) -> str:
         else:
             out.append(str(e))
     return ", ".join(out)
+
+
+# A spreadsheet takes a cell that starts with one of these for a formula, and runs it (=HYPERLINK(...) sends the
+# sheet's cells away): text that does (a label or grid value of a received sweep.json, a class or file name of a
+# received export or image folder) is written to a CSV table after a "'" (read as text; sec2 8, review formats1 #4).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet reads as text: after a ``'`` where it would start a formula."""
+    return "'" + text if text.startswith(FORMULA_START) else text

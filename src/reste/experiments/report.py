@@ -34,7 +34,7 @@ from ..config import PRESETS, TrainConfig, canonical_estimator, config_from_pres
 from ..datasets import get_spec
 from ..errors import UsageError, parse_json
 from ..native import exclusive
-from ..wording import count, listed
+from ..wording import FORMULA_START, count, listed, spreadsheet_text
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators, unmeasured
 from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, blocked,
                       divergence, epoch_lines, failure, holds_run, lines_beyond_repair, lines_lost_why, not_a_folder,
@@ -356,7 +356,7 @@ def _numbered_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def _value(text: str | None) -> Any:
     if text is None or text == "":
         return None
-    if text.startswith("'") and text[1:].startswith(_FORMULA_START):
+    if text.startswith("'") and text[1:].startswith(FORMULA_START):
         return text[1:]  # text _cell kept from a spreadsheet's formulas
     for kind in (int, float):
         try:
@@ -813,19 +813,14 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
     return manifest, runs, rows
 
 
-# A spreadsheet takes a cell that starts with one of these for a formula, and runs it (=HYPERLINK(...) sends the
-# sheet's cells away): text that does, a label or a grid value of a received sweep.json, is written after a "'"
-# (read as text), which _value takes off again (sec2 8). Numbers are written as they are: -0.5 stays a number.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 def _cell(value: Any) -> str:
+    """A table's cell: text that would start a spreadsheet formula after a "'" (``wording.spreadsheet_text``), which
+    _value takes off again; numbers as they are (-0.5 stays a number)."""
     if value is None:
         return ""
     if isinstance(value, float):
         return repr(value)
-    text = str(value)
-    return "'" + text if isinstance(value, str) and text.startswith(_FORMULA_START) else text
+    return spreadsheet_text(value) if isinstance(value, str) else str(value)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UsageError, json_line
-from ..wording import count, taken_at
+from ..wording import count, spreadsheet_text, taken_at
 from ..plugins import add_plugin_flag
 
 
@@ -265,7 +265,10 @@ def _prediction_text(pred: Any, names: Any, form: str, files: list[str] | None =
     text = io.StringIO()
     table = csv.writer(text, lineterminator="\n")
     table.writerow(tuple(rows[0]) if rows else ("index" if files is None else "file", "class", "name"))
-    table.writerows(tuple("" if v is None else v for v in row.values()) for row in rows)
+    # (a class or file name of a received export or image folder could start a spreadsheet formula: review formats1
+    # #4; the index and class are numbers)
+    table.writerows(tuple("" if v is None else spreadsheet_text(v) if isinstance(v, str) else v for v in row.values())
+                    for row in rows)
     return text.getvalue()
 
 
