@@ -1663,6 +1663,30 @@ def test_a_cifar_folder_is_named_by_its_batches_meta(tmp_path):
         check_classes(10, names[::-1], DatasetInfo("cifar10", 10, (3, 32, 32), 20, 6, tuple(names)), "x")
 
 
+def test_a_test_only_cifar_folder_without_batches_meta_evaluates_a_run_of_other_names(tmp_path, capsys):
+    """(review formats1 #1) eval and predict need only test_batch, but a folder without batches.meta was named as
+    CIFAR-10, so a run trained on a CIFAR-format folder of other names was refused ("other classes ... class
+    folders"). The test split alone has unknown names now: the count is checked, the names are not."""
+    from reste.cli import main
+
+    folder = write_cifar(tmp_path / "named")
+    names = [f"kind {i}" for i in range(10)]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names]}, protocol=2))
+    alone = tmp_path / "alone" / "cifar-10-batches-py"
+    alone.mkdir(parents=True)
+    (alone / "test_batch").write_bytes((folder / "test_batch").read_bytes())
+    for in_memory in (True, False):
+        _, test, info = load_datasets("cifar10", tmp_path / "alone", train=False, in_memory=in_memory)
+        assert info.classes is None and info.num_classes == 10 and len(test) == 6
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "cifar10", "--data-path", str(tmp_path / "named"), "--model", "resnet20_1w1a",
+                 "--epochs", "1", "--batch-size", "10", "--threads", "1",
+                 "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-path", str(tmp_path / "alone")]) == 0, capsys.readouterr().err
+    assert "top-1" in capsys.readouterr().out
+
+
 def test_a_data_set_infos_class_names_are_strings_whatever_the_loader_gave():
     """(review diff25, suggestion 5) a plugin's loader may build its DatasetInfo with classes named by numbers, or
     as a list: they are kept as the tuple of strings that checkpoints record and eval, resume and predict compare;
