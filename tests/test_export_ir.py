@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -272,6 +273,12 @@ def test_predict_takes_an_image_file(capsys, tmp_path, digits_export):
     assert "image file reste can read (not an image in a format reste reads: JPEG, " in _one_line_error(
         capsys, "predict", str(path), str(tmp_path / "text.png"))
     assert "does not exist" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "gone.png"))
+    # (review formats1 #2) a pipe (/dev/stdin, a shell's <(...)) was said not to exist, alone or as --labels
+    os.mkfifo(tmp_path / "pipe.png")
+    os.mkfifo(tmp_path / "pipe.npy")
+    for args in ([str(tmp_path / "pipe.png")], [str(tmp_path / "pipe.npy")],
+                 [str(tmp_path / "seven.png"), str(tmp_path / "pipe.png")]):
+        assert "is not a file (a pipe, a device or a socket)" in _one_line_error(capsys, "predict", str(path), *args)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no image")
     assert "is a folder without image files" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "empty"))
@@ -515,8 +522,6 @@ def test_batch_norms_next_to_a_linear_fold_only_on_two_dimensional_inputs(tmp_pa
 def test_predict_writes_the_format_its_output_names(capsys, tmp_path, digits_export, monkeypatch):
     """`-o preds.csv` wrote NPY bytes and `-o -` a file named `-`: the suffix now picks NPY, CSV or JSON, `-` is
     CSV on stdout (its line on stderr), and another suffix is refused before any work."""
-    import os
-
     path, test = digits_export
     images = tmp_path / "x.npy"
     np.save(images, test.data.numpy()[:5].astype(np.uint8))

@@ -310,7 +310,9 @@ def _load_npy(path: str, what: str) -> Any:
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"{what} file {p} does not exist")
+        from .inputs import not_a_file
+
+        raise not_a_file(p, what)
     try:
         with open(p, "rb") as f:
             head = f.read(len(np.lib.format.MAGIC_PREFIX))
@@ -327,7 +329,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .evaluation import evaluate_packed, model_classes
-    from .inputs import is_image_file, model_inputs
+    from .inputs import is_image_file, model_inputs, not_a_file
     from .runtime import PackedModel
 
     from ..config import check_threads
@@ -379,8 +381,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         one_file = is_image_file(args.images)  # one image file: print its class (write it only with --output)
         if one_file:
             if not Path(args.images).is_file():
-                raise UsageError(f"image file {args.images} does not exist" if not Path(args.images).is_dir()
-                                 else f"{args.images} is a folder; pass one image file or a .npy array")
+                if Path(args.images).is_dir():
+                    raise UsageError(f"{args.images} is a folder; pass one image file or a .npy array")
+                raise not_a_file(Path(args.images), "image")
             images = model_inputs(None, args.images, model.input_size, model.preprocessing, model.meta)
         else:
             images = model_inputs(_load_npy(args.images, "images"), args.images, model.input_size,

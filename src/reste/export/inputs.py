@@ -118,9 +118,17 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
         elif path.is_file():
             files.append(str(path))
         else:
-            raise UsageError(f"image file {path} does not exist" if not path.exists() else
-                             f"{path} is neither a file nor a folder; pass image files or folders of them")
+            raise not_a_file(path, "image")
     return files
+
+
+def not_a_file(path: Path, what: str) -> UsageError:
+    """The refusal of ``path``, given as a ``what`` file, that is not a plain file: missing, or a pipe or device
+    (``/dev/stdin``, a shell's ``<(...)``), which was said not to exist (review formats1 #2)."""
+    if not path.exists():
+        return UsageError(f"{what} file {path} does not exist")
+    return UsageError(f"{path} is not a file (a pipe, a device or a socket): reste predict reads files; save "
+                      f"it to one and pass that")
 
 
 class ImageFileInputs:
