@@ -204,3 +204,36 @@ def test_a_composites_zero_grad_passes_set_to_none_on():
         (a.sum() + b.sum()).backward()
         opt.zero_grad(set_to_none=set_to_none)
         assert all((p.grad is None) if set_to_none else torch.equal(p.grad, torch.zeros_like(p)) for p in (a, b))
+
+
+def test_one_cycle_and_cyclic_schedulers_take_a_composite_as_documented():
+    """(review api3 #2) the docs said OneCycleLR and CyclicLR take a list with a value per group; they need
+    cycle_momentum=False too (Bop has no momentum to cycle), which the docs now say: with it, both run and move Bop's
+    factor on gamma and Adam's rate each from its own list."""
+    from reste.optim import Composite
+
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3),
+                                         nn.Flatten(), nn.Linear(144, 10)), "ste", scaling="none")
+    binary, others = split_binary(model)
+
+    def composite():
+        return Composite(Bop(binary, gamma=1e-3, threshold=1e-6), torch.optim.Adam(others, lr=1e-2))
+
+    for make in (lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[1.0, 1e-2], total_steps=10,
+                                                                  cycle_momentum=False),
+                 lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=[0.1, 1e-3], max_lr=[1.0, 1e-2],
+                                                               step_size_up=3, cycle_momentum=False)):
+        opt = composite()
+        sched = make(opt)
+        seen = []
+        for _ in range(4):
+            loss = model(torch.randn(2, 1, 8, 8)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen.append([group["lr"] for group in opt.param_groups])
+        assert seen[0] != seen[-1]
+        assert all(0 < bop <= 1.0 + 1e-9 and 0 < adam <= 1e-2 * (1 + 1e-9) for bop, adam in seen)  # each its own
+    with pytest.raises(ValueError, match="momentum"):  # what the docs' note is for
+        torch.optim.lr_scheduler.OneCycleLR(composite(), max_lr=[1.0, 1e-2], total_steps=10)

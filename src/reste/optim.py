@@ -63,8 +63,10 @@ class Bop(torch.optim.Optimizer):
     CosineAnnealingLR, LambdaLR, ExponentialLR, ...): inside a :class:`Composite` they so scale Bop's gamma as they
     scale the other optimizer's learning rate, as ``reste train`` does. Those that set absolute values (OneCycleLR
     and CyclicLR's ``max_lr``/``base_lr``, ReduceLROnPlateau's ``min_lr``) take a list with a value per group,
-    this factor's (1 at the peak) among them; given one number, they would set the factor to another optimizer's
-    learning rate. (Lightning's LearningRateMonitor shows the factor as the group's learning rate.)
+    this factor's (1 at the peak) among them, and OneCycleLR and CyclicLR ``cycle_momentum=False`` (Bop has no
+    momentum or betas to cycle: torch refuses the optimizer otherwise); given one number, they would set the factor
+    to another optimizer's learning rate. (Lightning's LearningRateMonitor shows the factor as the group's learning
+    rate.)
 
     State per weight: ``"m"`` (the moving average, in the weight's dtype). ``state_dict`` holds it, so a resumed
     run flips exactly as an uninterrupted one. ``flips``: a 0-d int64 tensor on the weights' device, the number
