@@ -203,3 +203,16 @@ def test_a_checkpoint_whose_class_names_are_malformed_is_one_line(tmp_path):
         save_checkpoint({**whole, "classes": broken, "version": VERSION}, path)
         with pytest.raises(UsageError, match=r"is incomplete \(missing or malformed: classes\); use another"):
             load_checkpoint(path)
+
+
+def test_model_from_checkpoint_takes_a_path_and_refuses_what_is_no_checkpoint(tmp_path):
+    """(review api3 #3) a path (as load_checkpoint, evaluate_checkpoint and export take) gave "string indices must
+    be integers", and a plain state_dict a bare KeyError: a path is read, anything else refused in one line."""
+    want = model_from_checkpoint(load_checkpoint(FIXTURE / "best.pt"))
+    for given in (FIXTURE / "best.pt", str(FIXTURE / "best.pt")):
+        got = model_from_checkpoint(given)
+        assert all(torch.equal(a, b) for a, b in zip(want.state_dict().values(), got.state_dict().values())
+                   if torch.is_tensor(a))
+    for odd in (torch.nn.Linear(2, 2).state_dict(), ["x"]):
+        with pytest.raises(UsageError, match="takes a reste checkpoint .* has no 'reste-checkpoint' header"):
+            model_from_checkpoint(odd)

@@ -470,10 +470,17 @@ def state_dict_error(err: RuntimeError) -> str:
     return first if len(first) <= 400 else first[:397] + "..."  # (a whole refusal and its advice fit)
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu",
+def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu",
                           where: str | os.PathLike | None = None) -> nn.Module:
-    """Rebuild the model stored in a checkpoint (eval mode). ``where`` names the file in errors (by default the
-    file ``load_checkpoint`` read ``ckpt`` from)."""
+    """Rebuild the model stored in a checkpoint (eval mode): the dict :func:`load_checkpoint` returns, or a file's
+    path, which it reads. ``where`` names the file in errors (by default the file ``load_checkpoint`` read ``ckpt``
+    from)."""
+    if isinstance(ckpt, (str, os.PathLike)):  # (a path, as the neighbouring functions take: review api3 #3)
+        where = ckpt if where is None else where
+        ckpt = load_checkpoint(ckpt)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UsageError(f"model_from_checkpoint takes a reste checkpoint (the dict load_checkpoint returns, or a "
+                         f"file's path); this {type(ckpt).__name__} has no '{FORMAT}' header")
     options, settings = model_arguments(ckpt)
     try:
         with warnings.catch_warnings():
