@@ -828,3 +828,65 @@ def test_a_torchrun_worker_ignores_stop_signals_once_its_command_has_ended(monke
     # (torchrun's SIGTERM alone: a Ctrl-C still ends a worker that hangs in its exit, review diff25, suggestion 3)
     assert after[signal.SIGTERM] == (signal.SIG_IGN if world else signal.SIG_DFL), after
     assert after[signal.SIGINT] == signal.SIG_DFL and after[signal.SIGUSR1] == saved[signal.SIGUSR1], after
+
+
+def test_ux1_a_missing_value_a_dry_runs_pipe_and_debug_keep_one_line_and_the_status(capsys, monkeypatch):
+    """(review ux1 #1) --resume or --plugin without a value printed a hidden pre-parser's usage and error before
+    reste's line; (#3) `reste sweep --dry-run | head` said a sweep stopped, though nothing trained; (#4) --debug
+    turned bad input's status 2 (and a folder in use's 75) into a traceback's 1."""
+    from reste.experiments import cli as experiments_cli
+
+    for argv in (["train", "--resume"], ["eval", "--plugin"], ["sweep", "--out", "x", "--plugin"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("reste: error: argument") and "expected one argument" in err[0]
+
+    def closed(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(experiments_cli, "cmd_sweep", closed)
+    assert main(["sweep", "--out", "z", "--grid", "batch-size=32,64", "--dry-run"]) == 141
+    assert capsys.readouterr().err == ""
+    assert main(["sweep", "--out", "z", "--grid", "batch-size=32,64"]) == 141
+    assert "run the same command again to continue" in capsys.readouterr().err
+    assert main(["--debug", "train", "--estimator", "rste", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith(
+        "reste: error: unknown estimator 'rste'")
+
+
+def test_predictions_on_a_raw_stdout_are_written_whole(monkeypatch):
+    """(review ux1 #2) under python -u (PYTHONUNBUFFERED=1) stdout's buffer is a raw stream whose write takes what
+    the pipe takes and returns the count: one write cut the predictions and said all were written."""
+    import io
+
+    from reste.export.cli import _write_stdout
+
+    class Raw(io.RawIOBase):
+        def __init__(self):
+            self.got, self.calls = bytearray(), 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls % 3 == 0:
+                return None  # a non-blocking pipe that is full now
+            chunk = bytes(data[:7])
+            self.got += chunk
+            return len(chunk)
+
+    raw = Raw()
+
+    class Out:
+        buffer = raw
+
+        @staticmethod
+        def flush():
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Out)
+    text = "file,class,name\n" + "".join(f"img{i}.png,{i % 10},c{i % 10}\n" for i in range(50))
+    _write_stdout(text)
+    assert bytes(raw.got) == text.encode()

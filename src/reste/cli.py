@@ -415,8 +415,10 @@ def _main(argv: Sequence[str] | None) -> int:
         _expand_home(args)
         return args.func(args)
     except UsageError as err:
-        if debug:
-            raise
+        if debug:  # the traceback, then the line and the status as without it (review ux1 #4: a script adding
+            import traceback  # --debug to its log took a folder in use, 75, or bad input, 2, for a failure)
+
+            traceback.print_exc()
         print(f"{_error_prefix()} {usage_line(err)}", file=sys.stderr)
         return EX_TEMPFAIL if _run_in_use(err) else 2
     except BrokenPipeError:  # the reader of the output went away (`reste ... | head`): stop quietly
@@ -425,7 +427,8 @@ def _main(argv: Sequence[str] | None) -> int:
         except OSError:
             pass
         command = _command(argv)
-        if command in ("train", "sweep") and "--print-config" not in argv:  # training stopped: say how to go on
+        # training stopped: say how to go on (not after a command that trains nothing: review ux1 #3)
+        if command in ("train", "sweep") and "--print-config" not in argv and "--dry-run" not in argv:
             with contextlib.suppress(Exception):
                 print("reste: stopped: its output's reader went away; "
                       f"{_run_kept(argv) if command == 'train' else 'run the same command again to continue'}",

@@ -32,7 +32,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NoReturn, Sequence
 
 from .errors import UsageError, parse_json, shell_word
 
@@ -320,6 +320,17 @@ def add_plugin_flag(parser: argparse.ArgumentParser) -> None:
                              "importable from the current folder or sys.path, or a .py file (repeatable)")
 
 
+class _Refused(Exception):
+    pass
+
+
+class _QuietParser(argparse.ArgumentParser):
+    """A parser whose refusal raises, printing nothing."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Refused(message)
+
+
 def plugins_in_argv(argv: Sequence[str]) -> list[str]:
     """The plugins a command line asks for: its ``--plugin`` values, else those the run of ``reste train --resume``
     saved (only that command: a ``--resume`` typed after another command is an error of its parser, and must not
@@ -327,13 +338,13 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
 
     They are loaded before the parser is built, so that their estimators' flags exist.
     """
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = _QuietParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--plugin", action="append", default=[])
     pre.add_argument("--resume")
     try:
         known, _ = pre.parse_known_args(list(argv))
-    except SystemExit:  # e.g. --plugin without a value: the real parser says so
-        return []
+    except _Refused:  # e.g. --plugin without a value: the real parser says so (and this one says nothing: it
+        return []     # printed its own usage and error first, review ux1 #1)
     found = list(known.plugin)
     command = next((a for a in argv if not a.startswith("-")), None)  # reste's own flags take no value
     if known.resume and not found and command == "train":  # given ones replace the saved ones (it may have moved)

@@ -286,7 +286,16 @@ def _write_stdout(text: str) -> None:
     if buffer is None:  # a text stream without bytes (a test's capture): its own encoding
         sys.stdout.write(text)
         return
-    buffer.write(_as_bytes(text))
+    # all of it: a raw stream (python -u, PYTHONUNBUFFERED=1) writes what the pipe takes and returns the count, so
+    # one write cut the output and said it was all written (review ux1 #2); its reader gone then raises
+    # BrokenPipeError at the next, as a buffered stream's flush does
+    view = memoryview(_as_bytes(text))
+    while view:
+        written = buffer.write(view)
+        if written is None:  # a non-blocking stream that takes nothing now
+            time.sleep(0.01)
+            continue
+        view = view[written:]
     buffer.flush()
 
 
