@@ -2706,7 +2706,11 @@ def test_a_report_of_a_sweep_with_no_run_reported_exits_1(tmp_path, monkeypatch,
     sw.run_sweep(TrainConfig(dataset="digits", epochs=1), {"estimator": ["ste"]}, [0], tmp_path / "s", report=False,
                  log=lambda _m: None)
     assert main(["report", str(tmp_path / "s"), "--no-plots"]) == 1
-    assert "| estimator=ste |" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "| estimator=ste |" in said.out
+    # (review ux1 #5) and says why on stderr, as every other failing command does
+    assert said.err == (f"reste: no run of {tmp_path / 's'} could be reported (1 planned: none finished yet, or each "
+                        f"failed or diverged); `reste show {tmp_path / 's'}` says where each stands\n")
 
 
 @pytest.mark.parametrize("damage", ["cut", "fewer", "garbage"])

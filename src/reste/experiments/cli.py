@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,12 +178,19 @@ def _same_option(axis: str, flags: dict[str, Any]) -> bool:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ..errors import shell_word
     from .report import RESULTS_MD, summarize
 
     rows = summarize(args.sweep_dir, plots=args.plots, log=print)
     print(open(f"{args.sweep_dir}/{RESULTS_MD}", encoding="utf-8").read(), end="")
-    # 1 where no run could be reported (a row per setting is written all the same: review experiments, suggestion)
-    return 0 if any(r.get("n") for r in rows) else 1
+    # 1 where no run could be reported (a row per setting is written all the same: review experiments, suggestion),
+    # with a line that says so (review ux1 #5)
+    if any(r.get("n") for r in rows):
+        return 0
+    runs = sum(int(r.get("n_runs") or 0) for r in rows)
+    print(f"reste: no run of {args.sweep_dir} could be reported ({runs} planned: none finished yet, or each failed "
+          f"or diverged); `reste show {shell_word(str(args.sweep_dir))}` says where each stands", file=sys.stderr)
+    return 1
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
