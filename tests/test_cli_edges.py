@@ -20,6 +20,8 @@ from reste import cli
 from reste.cli import main
 from reste.config import TrainConfig
 
+from cli_checks import one_line_error
+
 
 def _one_line(capsys, argv, code=2) -> str:
     assert main(list(argv)) == code
@@ -890,3 +892,12 @@ def test_predictions_on_a_raw_stdout_are_written_whole(monkeypatch):
     text = "file,class,name\n" + "".join(f"img{i}.png,{i % 10},c{i % 10}\n" for i in range(50))
     _write_stdout(text)
     assert bytes(raw.got) == text.encode()
+
+
+@pytest.mark.parametrize("flag, typo, meant", [("--optimizer", "adm", "adam"), ("--scaling", "chanel", "channel"),
+                                               ("--amp", "bf61", "bf16"), ("--o-schedule", "cosin", "cosine"),
+                                               ("--indicators", "paperr", "paper"), ("--data-device", "cppu", "cpu")])
+def test_a_typo_in_a_choice_the_config_checks_gets_a_suggestion(capsys, flag, typo, meant):
+    """(review ux1 #6) typos in an estimator, model, data set or preset name got "did you mean", these did not."""
+    line = one_line_error(capsys, "train", flag, typo, "--print-config")
+    assert f"{typo!r}; did you mean {meant!r}? valid: " in line

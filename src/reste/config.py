@@ -442,7 +442,8 @@ class TrainConfig:
         info = model_info(self.model)  # an unknown model: the registry's one line, naming the valid ones
         estimator_class(self.estimator)  # an unknown one: the UsageError naming the closest, then the valid ones
         if self.scaling not in SCALINGS:
-            raise UsageError(f"unknown --scaling {self.scaling!r}; valid: {', '.join(SCALINGS)}")
+            raise UsageError(f"unknown --scaling {self.scaling!r}; {did_you_mean(self.scaling, SCALINGS)}valid: "
+                              f"{', '.join(SCALINGS)}")
         if self.a32 and not info["binary"]:
             raise UsageError(f"--a32 applies to binary models; {self.model!r} is full precision")
         if not info["binary"]:  # the default estimator's options written out (as_recorded) change nothing
@@ -460,7 +461,8 @@ class TrainConfig:
             raise UsageError(f"--scaling applies to binary weights; {self.model!r} is full precision, so --scaling "
                              f"{self.scaling} would do nothing; drop it")
         if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; {did_you_mean(self.optimizer, OPTIMIZERS)}valid: "
+                              f"{', '.join(OPTIMIZERS)}")
         if self.optimizer != "sgd" and self.momentum != TrainConfig.momentum:  # (a sweep tabulated equal runs)
             raise UsageError(f"--momentum is a setting of SGD; --optimizer {self.optimizer} has none: add --optimizer "
                              "sgd, or drop it")
@@ -470,9 +472,10 @@ class TrainConfig:
             given = "--bop-gamma" if self.bop_gamma is not None else "--bop-threshold"
             raise UsageError(f"{given} is a setting of Bop: add --optimizer bop, or drop it")
         if self.indicators not in (None, *INDICATOR_MODES):
-            raise UsageError(f"unknown indicator mode {self.indicators!r}; valid: {', '.join(INDICATOR_MODES)}")
+            raise UsageError(f"unknown indicator mode {self.indicators!r}; {did_you_mean(self.indicators, INDICATOR_MODES)}"
+                              f"valid: {', '.join(INDICATOR_MODES)}")
         if self.amp not in AMP_MODES:
-            raise UsageError(f"unknown --amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+            raise UsageError(f"unknown --amp {self.amp!r}; {did_you_mean(self.amp, AMP_MODES)}valid: {', '.join(AMP_MODES)}")
         if self.cuda_graphs and (self.compile or self.amp == "fp16"):
             clash = "--compile (use one or the other)" if self.compile else \
                 "--amp fp16 (its GradScaler reads the gradients on the host; use --amp bf16)"
@@ -489,7 +492,8 @@ class TrainConfig:
             raise UsageError(f"{spec.name} is read from files by DataLoader workers; --data-device is for the "
                              "data sets held in memory: drop it")
         if self.data_device not in DATA_DEVICES:
-            raise UsageError(f"unknown --data-device {self.data_device!r}; valid: {', '.join(DATA_DEVICES)}")
+            raise UsageError(f"unknown --data-device {self.data_device!r}; {did_you_mean(self.data_device, DATA_DEVICES)}"
+                              f"valid: {', '.join(DATA_DEVICES)}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

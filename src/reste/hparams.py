@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import did_you_mean
+
 
 def real_number(value: Any) -> int | float | None:
     """``value`` as a Python ``int`` or ``float`` where it is a real number: Python's, NumPy's (a sweep over
@@ -131,7 +133,8 @@ class Param:
         label = label or self.name
         if self.type is str:
             if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise ValueError(f"unknown {label} {value!r}; valid: {', '.join(self.choices) or 'a string'}")
+                raise ValueError(f"unknown {label} {value!r}; {did_you_mean(value, self.choices)}valid: "
+                                 f"{', '.join(self.choices) or 'a string'}")
             return value
         rng = self.range_text()
         kind = "an integer" if self.type is int else "a number"

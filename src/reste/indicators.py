@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import did_you_mean
 from .estimators import ReSTE, sign
 from .hparams import real_number
 from .layers import binary_layers, estimators_of
@@ -42,7 +43,7 @@ MODES = ("general", "paper")
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown indicator mode {mode!r}; valid: {', '.join(MODES)}")
+        raise ValueError(f"unknown indicator mode {mode!r}; {did_you_mean(mode, MODES)}valid: {', '.join(MODES)}")
 
 
 def indicator_layers(model: nn.Module, mode: str = "general") -> list[tuple[str, nn.Module]]:
