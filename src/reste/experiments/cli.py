@@ -31,7 +31,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a grid axis (repeatable): a TrainConfig field (estimator, lr, epochs, ...), an estimator "
                         "hyper-parameter (o_end, t, beta, ...) or a model option (width)")
-    s.add_argument("--seeds", help="seeds, comma-separated (default: --seed, or 0)")
+    s.add_argument("--seeds", metavar="S1,S2,...", help="seeds, comma-separated (default: --seed, or 0)")
     s.add_argument("--jobs", "-j", type=int,
                    help="runs at a time, in worker processes with cores/jobs threads each (default 1, or one per "
                         "device of --devices)")
