@@ -901,3 +901,19 @@ def test_a_typo_in_a_choice_the_config_checks_gets_a_suggestion(capsys, flag, ty
     """(review ux1 #6) typos in an estimator, model, data set or preset name got "did you mean", these did not."""
     line = one_line_error(capsys, "train", flag, typo, "--print-config")
     assert f"{typo!r}; did you mean {meant!r}? valid: " in line
+
+
+def test_the_help_of_plot_estimators_gives_the_librarys_defaults(capsys):
+    """(review arch3 #4) `reste plot estimators` passed its own copies of plot_estimators' defaults (the file's name
+    and the progress): it now passes only what was given, and its help, which cannot import matplotlib to ask, is
+    tied to the library's by this test."""
+    import inspect
+
+    from reste.experiments.plots import plot_estimators
+
+    with pytest.raises(SystemExit):
+        main(["plot", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = inspect.signature(plot_estimators).parameters
+    assert f"(default {defaults['out'].default};" in text
+    assert f"(default {defaults['progress'].default})" in text

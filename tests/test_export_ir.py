@@ -217,6 +217,9 @@ def test_predict_takes_raw_uint8_arrays_with_the_training_preprocessing(capsys, 
     code, out, _ = _run(capsys, "predict", str(path), str(tmp_path / "one.npy"), "--json")
     assert json.loads(out)["class"] == int(expected[3])
     assert json.loads(out)["kernels"].startswith(json.loads(out)["backend"])  # (review diff27 #5) the array form
+    from reste.export.cli import IMAGES_KEYS  # (what --help lists: review arch3, suggestion 2)
+
+    assert set(json.loads(out)) == {*IMAGES_KEYS, "class", "name"}
     np.save(tmp_path / "bad.npy", raw[:, :, :4])
     assert "(1, 4, 8)" in _one_line_error(capsys, "predict", str(path), str(tmp_path / "bad.npy"))
     np.save(tmp_path / "flat.npy", raw.reshape(-1))
@@ -356,6 +359,9 @@ def test_predict_gives_the_class_of_each_image_file_of_folders(capsys, tmp_path,
     summary = json.loads(out)
     assert [u["file"] for u in summary["unreadable"]] == [str(top / "b" / "broken.png")]
     assert summary["kernels"].startswith(summary["backend"])  # (review diff27 #5) in every --json form
+    from reste.export.cli import IMAGES_KEYS
+
+    assert set(summary) == {*IMAGES_KEYS, "unreadable", "predictions"}  # (what --help lists)
     w = want_order  # batches of 3 in the folder's order, broken.png (first of b/) left out of the second
     these = batched(w[0:3], [w[3], w[4]], w[5:7])
     assert [(r["file"], r["class"]) for r in summary["predictions"]] == [(f, these[f]) for f in want_order]

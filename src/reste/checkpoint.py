@@ -52,12 +52,11 @@ from torch import nn
 from . import models, plugins
 from .errors import ModelOptionError, UsageError, read_user_file
 from .estimators import ScheduleWarning, estimator_class
+from .runfiles import LAST  # the checkpoint a run folder stands for (load_checkpoint of a folder)
 from .wording import gist
 
 FORMAT = "reste-checkpoint"
 VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comment; 1: none (zip CRCs)
-# the checkpoint a run folder stands for (load_checkpoint of a folder); rundir, which names a run's files, takes it
-LAST = "last.pt"
 ESTIMATOR_KEYS = ("estimator", "estimator_options", "a32", "scaling")  # format 3: models.create's binary layers
 _WINDOWS = os.name == "nt"  # _replace retries there (a test sets it to do so on Linux)
 _SHA_TAG = b"reste-sha256:"

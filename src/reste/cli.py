@@ -64,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 def cmd_train(args: argparse.Namespace) -> int:
     from . import engine
     from .config import FULL_PRECISION, TrainConfig, binarization_text
-    from .rundir import check_out, holds_run, run_config
+    from .rundir import CONFIG, check_out, holds_run, run_config
 
     log = print
     if args.force and args.resume is None and not args.auto_resume:  # (read as "overwrite", it did nothing)
@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             holds_run(args.out) else None  # (review combos #6: --auto-resume would continue that run)
         if held is not None:
             raise UsageError(f"--print-config shows the settings of a new run; a run's own are in its "
-                             f"{held}/config.json")
+                             f"{held}/{CONFIG}")
         config = engine.planned_config(config_from_args(args))
         check_out(args.out if args.out is not None else engine.default_run_dir(config))  # (runs/: diff13 #2)
         engine.check_graphs_device(config, here=False)  # (newuser3 #2: --device cpu, as the start refuses it)

@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any, Iterable, NoReturn, Sequence
 
 from .errors import UsageError, parse_json, shell_word
+from .runfiles import CONFIG
 
 GROUP = "reste.estimators"
 
@@ -349,7 +350,7 @@ def plugins_in_argv(argv: Sequence[str]) -> list[str]:
     command = next((a for a in argv if not a.startswith("-")), None)  # reste's own flags take no value
     if known.resume and not found and command == "train":  # given ones replace the saved ones (it may have moved)
         try:
-            path = Path(known.resume) / "config.json"
+            path = Path(known.resume) / CONFIG
             if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block here for ever: the resume refuses it
                 raise OSError("not a file")  # (review rev16 #3)
             saved = parse_json(path.read_text(encoding="utf-8")).get("plugins") or []

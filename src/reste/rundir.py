@@ -44,11 +44,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .checkpoint import LAST, UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
+from .checkpoint import UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
 from .errors import UsageError, json_line, parse_json, shell_word
 from .indicators import MEASURE
 from .native import CANNOT_LOCK
+from .runfiles import BEST, CONFIG, LAST, METRICS
 from .wording import count, listed, spans
 
 try:
@@ -66,7 +67,6 @@ LOCK_NAME = ".lock"
 WRITE_PROBE, OLD_WRITE_PROBE = ".write-test.tmp", ".write-test"
 SWEEP_MANIFEST = "sweep.json"  # what makes a folder a sweep's (reste.experiments.report writes and reads it)
 SWEEP_LOCK = "sweep.lock"  # in --out while a sweep runs there: a second sweep on it is refused (exit status 75)
-CONFIG, METRICS, BEST = "config.json", "metrics.jsonl", "best.pt"  # (LAST: checkpoint.py's, load_checkpoint reads it)
 # what a run writes, so a failed start can remove exactly its own files
 RUN_FILES = (CONFIG, METRICS, LAST, BEST)
 TOP_DIR = "top"  # --keep-top K: the K best epochs' checkpoints

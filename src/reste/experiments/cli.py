@@ -208,7 +208,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if len(args.targets) > 1 or args.setting:
             raise UsageError("`reste plot estimators` takes no run directories nor --setting; plot runs with "
                              f"`reste plot RUN_DIR...`{hint}")
-        path = plot_estimators(args.out or "estimators.png", progress=0.5 if args.progress is None else args.progress)
+        given = {"out": args.out, "progress": args.progress}  # the others: plot_estimators' own defaults (arch3 #4)
+        path = plot_estimators(**{k: v for k, v in given.items() if v is not None})
         if folder:
             print_line(f"note: `reste plot estimators` draws the estimators' F and g{hint}")
     else:

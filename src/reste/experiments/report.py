@@ -208,7 +208,7 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
         inside = sweeps_inside_hint(out_dir, "report")  # (a parent of sweeps: it said to sweep into it, newuser3 #4)
         if inside:
             raise UsageError(inside)
-        if (out_dir / "runs.csv").is_file():  # tables without a sweep: joined from sweeps (docs/results/combine.py)
+        if (out_dir / RUNS_CSV).is_file():  # tables without a sweep: joined from sweeps (docs/results/combine.py)
             raise UsageError(f"{out_dir} holds tables but no {MANIFEST}: it was joined from other sweeps' tables "
                              "(docs/results/combine.py, which the study's summarize.sh runs), not swept; report "
                              "those sweeps, or join them again")
@@ -382,7 +382,7 @@ def earlier_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
         for column in RUN_COLUMNS:
             value = r.get(column)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                r["bad"] = (f"{out / 'runs.csv'} row {line}: {column} {value!r} is not a number; write it as one "
+                r["bad"] = (f"{out / RUNS_CSV} row {line}: {column} {value!r} is not a number; write it as one "
                             "(88.61, not 88.6% or 88,61), or delete the row to drop the run")
                 break
         rows.append(r)
@@ -508,7 +508,7 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
         if changed:  # not the setting's run (the report keeps the row it wrote of the setting's)
             if log:
                 log(f"plot: {label}: {changed.rstrip('?')}; " + ("drawn from the epochs an earlier report kept in "
-                    f"{out / 'epochs.csv'}" if epochs else "left out"))
+                    f"{out / EPOCHS_CSV}" if epochs else "left out"))
             if epochs:
                 dirs.append((d, label, [{k: v for k, v in m.items() if v is not None} for m in epochs], mode))
             else:
@@ -526,10 +526,10 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
         else:
             unstarted += 1
     if from_table and log:
-        log(f"plot: {from_table} of the sweep's {len(chosen)} runs drawn from {out / 'epochs.csv'} (their folders are "
+        log(f"plot: {from_table} of the sweep's {len(chosen)} runs drawn from {out / EPOCHS_CSV} (their folders are "
             "gone)")
     # (without ``kept`` a gone run's epochs are not drawn at all, wherever they are)
-    lost = "epochs.csv (older sweeps lack it) holds none of their epochs" if kept else "only runs.csv keeps them"
+    lost = f"{EPOCHS_CSV} (older sweeps lack it) holds none of their epochs" if kept else f"only {RUNS_CSV} keeps them"
     if gone and log:
         log(f"plot: {gone} of the sweep's {len(chosen)} runs left out: their folders are gone and {lost}")
     if unstarted and log:

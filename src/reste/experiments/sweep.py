@@ -848,7 +848,7 @@ def _check_rows_kept(out: Path, settings: list[Setting], seeds: Sequence[int], w
         return
     labels = sorted({label for label, _ in recorded if isinstance(label, str)})
     all_seeds = sorted({seed for _, seed in recorded})
-    raise UsageError(f"{why}, and {out / 'runs.csv'} records {count(len(left), 'run')} that this sweep leaves out "
+    raise UsageError(f"{why}, and {out / RUNS_CSV} records {count(len(left), 'run')} that this sweep leaves out "
                      f"({listed([f'{label} (seed {seed})' for label, seed in left], 3)}), which its tables would "
                      f"lose: give its settings ({listed(labels)}) and seeds ({', '.join(map(str, all_seeds))}) again, "
                      f"pass another --out, or delete {out / MANIFEST} to start the tables afresh")

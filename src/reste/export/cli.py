@@ -24,6 +24,13 @@ from typing import Any, Iterator
 from ..errors import UsageError, json_line
 from ..wording import count, spreadsheet_text, taken_at
 from ..plugins import add_plugin_flag
+from .runtime import BATCH_SIZE
+
+
+# the keys of predict's --json object (its help lists them: review arch3, suggestion 2): on a data set's test split,
+# and on IMAGES (an array or image files), where a few are added as the help says
+DATASET_KEYS = ("model", "dataset", "images", "top1", "stored_top1", "seconds", "backend", "kernels")
+IMAGES_KEYS = ("images", "output", "accuracy", "seconds", "backend", "kernels")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -64,16 +71,15 @@ def add_commands(subparsers: Any) -> None:
                    help="where to write the predictions, in the format its suffix names: .npy (also no suffix), "
                         ".csv (index,class,name; for image files file,class,name) or .json; - writes CSV to "
                         "stdout (default IMAGES.pred.npy; for image files, a line per file on stdout)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=256,
-                   help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=BATCH_SIZE,
+                   help=f"images per forward pass (default {BATCH_SIZE})")
     p.add_argument("--workers", type=int, default=None,
                    help="with --dataset or several image files: processes decoding image files (default: 1 per "
                         "usable CPU, up to 8, as reste eval; for image files none when they fit in one batch)")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object instead of the line: with --dataset model, dataset, images, top1, "
-                        "stored_top1, seconds, backend; with IMAGES images, output, accuracy, seconds, backend "
-                        "(and class, name for one image file; unreadable, and without --output predictions, for "
-                        "several)")
+                   help=f"print one JSON object instead of the line: with --dataset {', '.join(DATASET_KEYS)}; "
+                        f"with IMAGES {', '.join(IMAGES_KEYS)} (and class, name for one image file; unreadable, and "
+                        "without --output predictions, for several)")
     from .kernels import BACKENDS
 
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -451,8 +457,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, workers=args.workers, line_every=wording.LINE_EVERY,
                         log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
-        keys = ("model", "dataset", "images", "top1", "stored_top1", "seconds", "backend", "kernels")
-        print(json_line({k: round(r[k], 3) if k == "seconds" else r[k] for k in keys}))
+        print(json_line({k: round(r[k], 3) if k == "seconds" else r[k] for k in DATASET_KEYS}))
         return 0
     extra = f" (stored at training: {r['stored_top1']:.2f}%)" if r["stored_top1"] is not None else ""
     print(f"{r['model'] or Path(args.exported).name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} "

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from ..errors import UsageError
 from ..wording import LINE_EVERY
+from .runtime import BATCH_SIZE
 
 
 def model_classes(model: Any, images: Any = None) -> int | None:
@@ -86,7 +87,7 @@ def _to_recorded(meta: dict[str, Any], spec: Any) -> Callable[[Any], Any] | None
 
 
 def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | os.PathLike | None = None,
-                    download: bool = False, batch_size: int = 256, backend: str = "auto", workers: int | None = None,
+                    download: bool = False, batch_size: int = BATCH_SIZE, backend: str = "auto", workers: int | None = None,
                     log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
     """Top-1 of a packed model (a :class:`~reste.export.runtime.PackedModel` or the path of its file) on the test
     split of ``dataset`` (default: the data set its export names). Returns ``model`` (its name), ``dataset``,
@@ -156,7 +157,7 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
             "stored_top1": float(stored) if isinstance(stored, (int, float)) else None}
 
 
-def predict_images(model: Any, paths: Any, *, batch_size: int = 256, workers: int | None = None,
+def predict_images(model: Any, paths: Any, *, batch_size: int = BATCH_SIZE, workers: int | None = None,
                    log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
     """The classes a packed model (a :class:`~reste.export.runtime.PackedModel` or the path of its file) predicts
     for image files: those

@@ -39,6 +39,8 @@ from .inputs import as_float32, check_pixel_range, nonfinite_images, raw_batch, 
 from .kernels import (BitsOut, Epilogue, Rows, address, conv_weight_words, get_kernels, pack_rows, packed_buffer,
                       pad_lanes, padding_correction, sign_thresholds)
 
+BATCH_SIZE = 256  # images per forward pass of the packed engine, unless told (predict, evaluate, reste predict)
+
 
 def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + pad - dil * (k - 1) - 1) // stride + 1
@@ -745,7 +747,7 @@ class PackedModel:
         """:meth:`forward`: logits (N, classes) as a float32 CPU tensor for a batch of (N, C, H, W) images."""
         return self.forward(images, trace=trace)
 
-    def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Class indices (int64) for the images (any form :meth:`forward` takes), computed in batches (a large
         uint8 array is converted batch by batch, not whole)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
