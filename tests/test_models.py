@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -667,3 +668,17 @@ def test_a_models_classes_and_input_size_are_its_data_sets_unless_given():
         info = models.model_info(name)
         spec = get_spec(info["dataset"])
         assert (info["num_classes"], info["input_size"]) == (spec.num_classes, spec.input_size), name
+
+
+def test_describe_says_in_one_line_that_a_model_cannot_take_the_size():
+    """(review api3 #4) describe and layer_summary raised torch's own error from deep in the model where it cannot
+    take input_size; the exporters said it in one line. So do they now (reste summary words its flag's own)."""
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(),
+                                         nn.Linear(8 * 64, 10))).eval()
+    for size in ((8, 8), (1, 16, 16), (3, 8, 8)):
+        with pytest.raises(UsageError, match=rf"the model fails on an input of input_size {re.escape(str(size))} "):
+            models.describe(model, size)
+        with pytest.raises((RuntimeError, ValueError)):  # the model's own, for reste summary to word
+            models.describe(model, size, one_line=False)
+    assert "total" in models.describe(model, (1, 8, 8))

@@ -232,7 +232,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     size = tuple(info["input_size"]) if not args.input_size else (info["input_size"][0], args.input_size,
                                                                     args.input_size)
     try:
-        text = models.describe(model, size)
+        text = models.describe(model, size, one_line=False)  # (the model's own error, worded for --input-size)
     except (RuntimeError, MemoryError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, MemoryError) or "allocate" in first or "out of memory" in first:

@@ -65,7 +65,7 @@ def _packed_bytes(module: nn.Module, params: int) -> int:
     return -(-weight // 8) + 4 * scales + 4 * (params - weight)
 
 
-def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[str, Any]]:
+def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bool = True) -> list[dict[str, Any]]:
     """One row per layer holding parameters, then a ``"total"`` row.
 
     A dummy input of shape ``(1, *input_size)`` goes through ``model`` in eval mode
@@ -100,9 +100,10 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
 
     handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
     try:
-        # (review models #4: a frozen BatchNorm stays frozen) the model's own error where it cannot take input_size:
-        # reste summary words it for its flag
-        dummy_forward(model, input_size, one_line=False)
+        # (review models #4: a frozen BatchNorm stays frozen) where the model cannot take input_size: one line, as
+        # the exporters say it (review api3 #4), or its own error (one_line=False), which reste summary words for
+        # its flag
+        dummy_forward(model, input_size, one_line=one_line)
     finally:
         for h in handles:
             h.remove()
@@ -137,11 +138,12 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...]) -> list[dict[st
     return rows
 
 
-def describe(model: nn.Module, input_size: tuple[int, ...]) -> str:
+def describe(model: nn.Module, input_size: tuple[int, ...], *, one_line: bool = True) -> str:
     """The per-layer table and the totals of ``model`` on one input of ``input_size`` ((C, H, W); (C, L) for a
     1-D conv model), as
-    ``reste summary`` prints them: ``print(reste.models.describe(model, (3, 32, 32)))``."""
-    rows = layer_summary(model, input_size)
+    ``reste summary`` prints them: ``print(reste.models.describe(model, (3, 32, 32)))``. A size the model cannot
+    take is a one-line ``UsageError`` (``one_line=False``: the model's own error)."""
+    rows = layer_summary(model, input_size, one_line=one_line)
     return f"{format_summary(rows)}\n\n{format_totals(summary_totals(rows, input_size))}"
 
 
