@@ -164,6 +164,39 @@ def _table(heading_row: str) -> list[list[str]]:
     return rows
 
 
+def _as_written(x: float) -> str:
+    """A number as the README writes it: 0.1, 1.5; 1e-3 and 1e-8 for the small ones."""
+    return f"{x:g}" if abs(x) >= 0.01 else f"{x:.0e}".replace("e-0", "e-")
+
+
+def test_the_readme_flag_tables_defaults_are_their_owners():
+    """(review arch3 #2) the flag table's default cells and the prose beside them copy the owners' values (ReSTE's
+    hyper-parameters, the bare --warm-up, each optimizer's lr, SGD's momentum, Bop's gamma and threshold): a change
+    of an owner left them stale, with every test passing."""
+    from reste import optim
+    from reste.config import BARE_WARM_UP, OPTIMIZER_LR, TrainConfig
+    from reste.estimators import estimator_class
+
+    rows = {row[0]: row for row in _table("| flag |")}
+    reste_defaults = {p.name: p.default for p in estimator_class("reste").hyperparameters}
+    assert rows["`--o --o-end --t --interval --o-schedule`"][2] == ", ".join(
+        _as_written(reste_defaults[k]) if k != "schedule" else reste_defaults[k]
+        for k in ("o", "o_end", "t", "interval", "schedule"))
+    lr = OPTIMIZER_LR
+    assert lr["adam"] == lr["adamw"] == lr["bop"]
+    assert (f"`--warm-up` alone: {int(BARE_WARM_UP)} epochs; an `--optimizer` other than the recipe's takes its own "
+            f"usual `--lr`: SGD {_as_written(lr['sgd'])}, Adam, AdamW and bop's Adam {_as_written(lr['adam'])}"
+            ) in rows["`--epochs --batch-size --eval-batch-size --lr --warm-up`"][1]
+    momentum = _as_written(TrainConfig.momentum)
+    assert rows["`--optimizer --weight-decay --momentum`"][2] == f"per data set, per data set, {momentum}"
+    bop = _as_written(optim.DEFAULT_GAMMA), _as_written(optim.DEFAULT_THRESHOLD)
+    assert rows["`--bop-gamma --bop-threshold`"][2] == ", ".join(bop)
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert f"abs(x) <= t = {_as_written(reste_defaults['t'])}" in text
+    assert f"SGD with momentum {momentum} where the table says SGD" in text
+    assert f"The defaults (gamma {bop[0]}, threshold {bop[1]}) are" in text
+
+
 def test_the_readme_preset_table_is_the_presets():
     from reste.config import PRESETS
 
