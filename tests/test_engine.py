@@ -1192,3 +1192,20 @@ def test_top5_is_given_for_more_than_5_classes_only(classes):
             logits = torch.cat([model(x[:10]), model(x[10:])])
             among = (logits.topk(5, dim=1).indices == y[:, None]).any(1)
         assert result["top5"] == pytest.approx(100.0 * float(among.float().mean())) and result["top5"] < 100
+
+
+def test_a_test_loss_that_is_not_finite_is_noted_once(tmp_path, monkeypatch):
+    """(review numerics1, suggestion 1) a NaN test image gave `test loss nan` at every epoch and an accuracy that
+    ranks NaN logits somehow, without a word: the run says it once."""
+    real = engine.evaluate
+
+    def nan_loss(*args, **kwargs):
+        return {**real(*args, **kwargs), "loss": float("nan")}
+
+    monkeypatch.setattr(engine, "evaluate", nan_loss)
+    lines = []
+    engine.train(TrainConfig(dataset="digits", epochs=2, threads=1), tmp_path / "run", progress=False,
+                 log=lines.append)
+    noted = [line for line in lines if "test loss of epoch" in line]
+    assert noted == ["note: the test loss of epoch 1 is not finite: a test image holding NaN or inf, or logits that "
+                     "overflow; the accuracy ranks an image's NaN logits as it can (check the test data)"]

@@ -180,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     r = evaluate_checkpoint(args.checkpoint, data_path=args.data_path, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, amp=args.amp, download=args.download,
-                            progress=terminal(), log=lambda line: print(line, file=sys.stderr, flush=True),
+                            progress=show_bar(args), log=lambda line: print(line, file=sys.stderr, flush=True),
                             threads=args.threads)
     if args.json:  # one object, for a script: no line to parse
         keys = ("model", "dataset", "epoch", "step", "amp", "images", "top1", "top5", "loss", "stored_top1")
@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int,
                    help="torch CPU threads on the CPU (default: the run's own, to reproduce its logged accuracy to "
                         "the bit; 1 is best on a busy CPU)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (it is drawn only when stderr is a terminal anyway)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (model, dataset, epoch: the epochs finished, step: the batches of the "
                         "next, 0 at an epoch's end; amp, images, top1, top5, loss, stored_top1, seconds) instead of "

@@ -532,6 +532,7 @@ class _Run:
             self.net = torch.compile(self.net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.skipped: torch.Tensor | None = None  # whether the scaler skipped the last step (fp16), on the device
+        self._told_test_loss = False  # whether a test loss that is not finite was said
         self.graphed = self.graphed_eval = None
         if graph_backend is not None:
             def graph_cast() -> contextlib.AbstractContextManager:  # no cast cache across a capture
@@ -858,6 +859,11 @@ class _Run:
                 signum = self.stop.signum
                 self._preempted(f"stopped by {signal_text(signum)} at the evaluation of epoch {epoch + 1}; "
                                 f"{last_checkpoint(self.run_dir)} holds its training", signum)
+            if not np.isfinite(test["loss"]) and not self._told_test_loss:  # once a run (review numerics1, sugg. 1)
+                self._told_test_loss = True
+                self.log(f"note: the test loss of epoch {epoch + 1} is not finite: a test image holding NaN or inf, "
+                         "or logits that overflow; the accuracy ranks an image's NaN logits as it can (check the "
+                         "test data)")
             metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **sched, **train_metrics,
                                        "test_loss": test["loss"], "test_acc": test["top1"],
                                        "test_top5": test["top5"]}
