@@ -373,3 +373,14 @@ def test_a_loaders_state_dict_continues_its_epoch_after_the_batches_drawn():
     assert len(list(stale)) == len(whole)
     with pytest.warns(UserWarning, match="seed 4, this one batches of 8 with seed 5"):
         loader(seed=5).load_state_dict(state)
+
+
+def test_make_loaders_refuses_a_device_in_one_line():
+    """(review api3, suggestion 4) device="cuda" without a GPU raised torch's "Found no NVIDIA driver" from deep in
+    a copy, and device="gpu" torch's list of every device type."""
+    train, test, _ = load_datasets("digits")
+    with pytest.raises(UsageError, match="unknown device 'gpu'; pass cpu, cuda or cuda:N"):
+        make_loaders(train, test, batch_size=8, eval_batch_size=8, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="torch finds no CUDA GPU here; pass device='cpu'"):
+            make_loaders(train, test, batch_size=8, eval_batch_size=8, device="cuda")

@@ -682,3 +682,9 @@ def test_describe_says_in_one_line_that_a_model_cannot_take_the_size():
         with pytest.raises((RuntimeError, ValueError)):  # the model's own, for reste summary to word
             models.describe(model, size, one_line=False)
     assert "total" in models.describe(model, (1, 8, 8))
+
+
+def test_create_takes_scaling_none_as_binarize_does():
+    """(review api3, suggestion 3) binarize took scaling=None for "none", create refused it."""
+    model = models.create("digits_1w1a", scaling=None)
+    assert {layer.scaling for layer in model.modules() if hasattr(layer, "scaling")} == {"none"}

@@ -196,6 +196,14 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
         raise UsageError(f"batch sizes must be at least 1, got {batch_size} and {eval_batch_size}")
     if workers < 0:
         raise UsageError(f"workers must be 0 or more, got {workers}")
+    if device is not None:  # (review api3, suggestion 4: torch's "Found no NVIDIA driver" from deep inside, or its
+        try:                # list of every device type)
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise UsageError(f"make_loaders: unknown device {device!r}; pass cpu, cuda or cuda:N (or None)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"make_loaders: device {str(device)!r}, but torch finds no CUDA GPU here; pass "
+                             "device='cpu' (or None)")
     rank, world = rank_and_world_size() if distributed else (0, 1)
     if 0 < len(test_ds) < world:  # a process with no test image would skip the evaluation's collectives (DDP's)
         raise UsageError(f"the test set has {len(test_ds)} image(s) for {world} processes; each process "

@@ -180,7 +180,7 @@ def create(
     estimator: Any = "reste",
     estimator_options: dict[str, Any] | None = None,
     a32: bool = False,
-    scaling: str = "layer",
+    scaling: str | None = "layer",
     **model_options: Any,
 ) -> nn.Module:
     """Build model ``name`` (see :func:`list_models`).
@@ -193,7 +193,7 @@ def create(
             and configuration.
         estimator_options: the estimator's hyper-parameters (``{"o_end": 3.0}``), given with a name.
         a32: keep real activations (1W/32A): the binary layers get no input estimator.
-        scaling: ``"layer"`` (the paper), ``"channel"`` or ``"none"``.
+        scaling: ``"layer"`` (the paper), ``"channel"`` or ``"none"`` (``None`` too, as :func:`reste.binarize`).
         **model_options: the keywords of the model's own factory (``width`` for
             ``fmnist_vgg_1w1a``; :func:`model_keywords`). Another keyword is a one-line
             ``UsageError`` naming the valid ones, except a hyper-parameter that the estimator's
@@ -220,6 +220,7 @@ def create(
                          f"{type(est).__name__} is not the class registered as {est.name!r}: register it with "
                          "@reste.register_estimator under a name of its own, or give a float model and the instance "
                          "to reste.binarize (which shares it)")
+    scaling = "none" if scaling is None else scaling  # (as binarize takes it: review api3, suggestion 3)
     if scaling not in SCALINGS:
         raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     if num_classes is None:
