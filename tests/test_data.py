@@ -308,7 +308,8 @@ def test_read_idx_validates(tmp_path):
     bad_magic = tmp_path / "bad_magic"
     bad_magic.write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8), magic=0x12345678))
     usage_error(read_idx, bad_magic, match="bad magic number")
-    usage_error(read_idx, good, expect_magic=2049, match="bad magic number")
+    usage_error(read_idx, good, expect_magic=2049, match="holds images .*, not labels")  # (3-dim uint8: 2051)
+    usage_error(read_idx, bad_magic, expect_magic=2049, match="bad magic number 305419896 \\(expected 2049\\)")
     short = tmp_path / "short"
     short.write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8))[:-1])
     usage_error(read_idx, short, match="truncated")
@@ -372,7 +373,9 @@ def test_fashion_mnist_errors(tmp_path, monkeypatch):
     write_fashion(swapped, gz=False)
     labels = (swapped / "train-labels-idx1-ubyte").read_bytes()
     (swapped / "train-images-idx3-ubyte").write_bytes(labels)
-    usage_error(load_datasets, "fashion-mnist", swapped, match="bad magic number")
+    # (review formats1, suggestion 2) said what the file holds and what to do
+    usage_error(load_datasets, "fashion-mnist", swapped, match="holds labels (idx magic 2049), not images: the "
+                                                                "images and labels files are swapped or misnamed")
 
     mismatch = tmp_path / "mismatch"
     write_fashion(mismatch, gz=False)

@@ -171,6 +171,10 @@ def _read_idx_stream(f, path: Path, expect_magic: int | None, size: int | None) 
     if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES or head[3] == 0 or (
             expect_magic is not None and magic != expect_magic):
         want = f" (expected {expect_magic})" if expect_magic is not None else ""
+        kinds = {2049: "labels", 2051: "images"}
+        if expect_magic in kinds and magic in kinds:  # (review formats1, suggestion 2: a swapped pair of files)
+            raise UsageError(f"{path} holds {kinds[magic]} (idx magic {magic}), not {kinds[expect_magic]}: the "
+                             "images and labels files are swapped or misnamed; rename them")
         raise UsageError(f"{path} is not an idx file of the right kind: bad magic number {magic}{want}")
     dtype, ndim = _IDX_TYPES[head[2]], head[3]
     raw_dims = f.read(4 * ndim)
