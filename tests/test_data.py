@@ -1179,6 +1179,12 @@ def test_an_image_too_large_for_pillow_is_one_line_naming_it(tmp_path, monkeypat
     message = usage_error(formats._read_image, str(tmp_path / "big.png"), match="big.png (Image size (4096 pixels)")
     assert message.startswith("cannot read image ") and message.endswith(
         "; replace it with a readable copy (or remove it: a run saved inside an epoch cannot then continue that epoch)")
+    # (review formats1, suggestion 4) an image of the val split (what eval and predict read) gets no training caveat
+    message = usage_error(formats._read_test_image, str(tmp_path / "big.png"), match="big.png (Image size")
+    assert message.endswith("; replace it with a readable copy (or remove it)")
+    import pickle
+
+    assert pickle.loads(pickle.dumps(formats._read_test_image)).keywords == {"trained": False}  # (DataLoader workers)
 
 
 def test_an_image_past_pillows_pixel_limit_is_refused_before_its_pixels_are_decoded(tmp_path, monkeypatch):

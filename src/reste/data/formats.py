@@ -518,17 +518,22 @@ def _imagenet_hint() -> str:
             f"pass {option('--data-path', 'data_path')} a folder with train/<class>/*.JPEG and val/<class>/*.JPEG")
 
 
-def _read_image(path: str):
+def _read_image(path: str, trained: bool = True):
     """ImageFolder's loader: RGB (16-bit images scaled to 8 bits), with a one-line error naming the file when it
-    is not a readable image in one of the formats reste reads (:func:`reste._pixels.open_image`)."""
+    is not a readable image in one of the formats reste reads (:func:`reste._pixels.open_image`); ``trained``: of
+    the training split, whose removal a run saved inside an epoch cannot take (eval and predict read the other)."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f:
             return eight_bit(open_image(f)).convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError: OSError
+        caveat = ": a run saved inside an epoch cannot then continue that epoch" if trained else ""
         raise UsageError(f"cannot read image {path} ({unreadable(exc)}); replace it with a readable copy (or remove "
-                         "it: a run saved inside an epoch cannot then continue that epoch)") from None
+                         f"it{caveat})") from None
+
+
+_read_test_image = functools.partial(_read_image, trained=False)  # (review formats1, suggestion 4)
 
 
 def _image_folder(path: Path, split: str):
@@ -539,7 +544,8 @@ def _image_folder(path: Path, split: str):
         raise UsageError(f"ImageNet folder {path.parent} has no {split}/ subfolder; {_imagenet_hint()}")
     try:
         # allow_empty: a class folder without images is ours to name below, with its own remedy
-        folder = VisibleImageFolder(top, loader=_read_image, is_valid_file=VisibleFile(top), allow_empty=True)
+        folder = VisibleImageFolder(top, loader=_read_image if split == "train" else _read_test_image,
+                                    is_valid_file=VisibleFile(top), allow_empty=True)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
                          f"{_imagenet_hint()}") from None
