@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -626,8 +627,6 @@ def folder_reference(tmp_path_factory):
 
 def _with_a_bad_file(tmp_path: Path, reference, name: str) -> tuple[Path, Path, bytes]:
     """A copy of the reference data set whose file ``name`` is not an image: (root, that file, its bytes)."""
-    import shutil
-
     root = tmp_path / "data"
     shutil.copytree(reference[0], root)
     bad = root / name
@@ -698,8 +697,6 @@ def test_a_stop_signal_during_the_evaluation_stops_there(tmp_path, folder_refere
 def test_an_unreadable_training_image_keeps_the_steps_before_it(tmp_path, folder_reference, monkeypatch):
     """A bad file mid-epoch keeps the steps done (one process), says how to go on; a resume over another number
     of images is refused (its epoch order would differ), and over the mended set gives the uninterrupted run."""
-    import shutil
-
     from reste.data import sampling
 
     order = sampling.epoch_order(8, 0, 0).tolist()  # the first epoch's order; files sort as a/0..3, b/0..3
@@ -1074,8 +1071,6 @@ def test_a_run_file_that_cannot_be_read_is_said_as_a_read(capsys, tmp_path, monk
     """(review diff10 #5) an unreadable config.json or metrics.jsonl (mode 000, which root's tests cannot make:
     the read is refused here as the kernel refuses it) was said as a refused write, "make the folder writable
     again", which the folder already was."""
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     real = Path.read_bytes
@@ -1094,8 +1089,6 @@ def test_a_run_file_that_cannot_be_read_is_said_as_a_read(capsys, tmp_path, monk
 def test_a_fifo_for_metrics_is_refused_by_show_as_by_the_resume(capsys, tmp_path, finished_run):
     """(review diff10 #6) the resume refused a FIFO metrics.jsonl, while show took it for no lines and told to
     resume, and a sweep's plan to continue it: each says the same now."""
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "metrics.jsonl").unlink()
@@ -1109,3 +1102,27 @@ def test_a_fifo_for_metrics_is_refused_by_show_as_by_the_resume(capsys, tmp_path
     (run / "top").write_text("a file")  # (review chaos2 #4) its FileExistsError was exit 1, the generic line
     assert_one_line_error(capsys, ["train", "--resume", str(run), "--epochs", "3", "--force"],
                           f"{run / 'top'} is not a folder")
+
+
+def test_a_top_folder_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path, capsys):
+    """(review sec3 #2) a received run folder whose top/ linked to another run's: a resume with nothing to train
+    deleted that run's best checkpoints through the link, unsaid. A top that is a link is refused, its target kept."""
+    from reste.cli import main
+
+    victim, received = tmp_path / "victim", tmp_path / "received"
+    assert main(["train", "--epochs", "3", "--keep-top", "3", "--out", str(victim), "--threads", "1",
+                 "--no-progress"]) == 0
+    assert main(["train", "--epochs", "1", "--keep-top", "1", "--seed", "1", "--out", str(received), "--threads", "1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    kept = sorted(p.name for p in (victim / "top").iterdir())
+    assert len(kept) == 3
+    shutil.rmtree(received / "top")
+    (received / "top").symlink_to(victim / "top")
+    for argv in (["train", "--resume", str(received)], ["train", "--resume", str(received), "--epochs", "2",
+                                                        "--force"]):
+        assert_one_line_error(capsys, argv, f"{received / 'top'} is a link: a run's top is a folder of its own")
+    assert sorted(p.name for p in (victim / "top").iterdir()) == kept
+    with pytest.raises(UsageError, match="is a link"):
+        rundir.keep_top(received, 1, 1, b"x")
+    assert sorted(p.name for p in (victim / "top").iterdir()) == kept

@@ -588,10 +588,7 @@ class RunDirectory:
                     continue  # missing (the resume says what that means) or unreadable (its read says why)
                 if not stat.S_ISREG(mode):
                     raise not_a_file(path / name)
-            top = path / TOP_DIR  # (a file there failed the resume on a FileExistsError, exit 1: review chaos2 #4)
-            if top.exists() and not top.is_dir():
-                raise UsageError(f"{top} is not a folder: a run's {TOP_DIR} holds its best epochs' checkpoints; move "
-                                 "it away, or restore the run's own")
+            _top_folder(path)  # (a file there failed the resume on a FileExistsError, exit 1: review chaos2 #4)
         # a resume too: it failed at its first write, naming a temporary file (review chaos #2); named as a temporary
         # (.NAME.tmp), which a new run passes over: a kill between its two calls left a folder no start took (chaos3 #4)
         probe = path / WRITE_PROBE
@@ -790,9 +787,22 @@ def top_name(epoch: int, acc: float) -> str:
     return f"epoch{epoch:04d}-acc{acc:.2f}.pt"
 
 
+def _top_folder(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/top``, refused (``UsageError``) where it is there but not a plain folder of the run: a file, or a link,
+    through which keep_top deleted and wrote the checkpoints of the folder it points to (a run folder received with
+    ``top`` linked to another run's: review sec3 #2)."""
+    top = Path(run_dir) / TOP_DIR
+    if top.is_symlink() or (top.exists() and not top.is_dir()):
+        what = "a link" if top.is_symlink() else "not a folder"
+        raise UsageError(f"{top} is {what}: a run's {TOP_DIR} is a folder of its own holding its best epochs' "
+                         "checkpoints, never written or cleared through a link; move it away, or restore the run's "
+                         "own")
+    return top
+
+
 def top_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
-    """{epoch: file} of the checkpoints in ``run_dir/top/``."""
-    folder = Path(run_dir) / TOP_DIR
+    """{epoch: file} of the checkpoints in ``run_dir/top/`` (a ``top`` that is a link or a file: refused)."""
+    folder = _top_folder(run_dir)
     found = {}
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         match = _TOP_NAME.match(path.name)
@@ -846,7 +856,7 @@ def keep_top(run_dir: str | os.PathLike, k: int, epoch: int, checkpoint: bytes |
     next epoch, or resume) puts right.
     """
     run_dir = Path(run_dir)
-    folder = run_dir / TOP_DIR
+    folder = _top_folder(run_dir)
     for tmp in orphaned_temporaries(folder):  # left by a process killed in the middle of a write
         tmp.unlink(missing_ok=True)
     accuracy = {m["epoch"]: m.get("test_acc") for m in read_metrics(run_dir) if m["epoch"] <= epoch}
