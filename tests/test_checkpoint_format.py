@@ -216,3 +216,48 @@ def test_model_from_checkpoint_takes_a_path_and_refuses_what_is_no_checkpoint(tm
     for odd in (torch.nn.Linear(2, 2).state_dict(), ["x"]):
         with pytest.raises(UsageError, match="takes a reste checkpoint .* has no 'reste-checkpoint' header"):
             model_from_checkpoint(odd)
+
+
+def _with_sha(raw: bytes) -> bytes:
+    """A zip's bytes with the checksum comment reste writes (what a crafted file can carry as well)."""
+    import hashlib
+    import struct
+
+    comment = b"reste-sha256:" + hashlib.sha256(raw).hexdigest().encode()
+    return raw[:-2] + struct.pack("<H", len(comment)) + comment
+
+
+def test_a_crafted_checkpoint_that_would_take_more_memory_than_its_size_is_refused(tmp_path):
+    """(review sec3 #4) a member deflated inside a checkpoint (torch.save stores them as they are) inflated a 1.2 MB
+    file to 1 GB in eval, export and show; (#3) a metrics entry holding a small nest of shared lists was expanded
+    without bound when a resume wrote the line back. Both are refused in one line before anything is built."""
+    import io
+    import zipfile
+
+    from reste.checkpoint import checkpoint_bytes, structure_damage
+
+    state = {k: v for k, v in load_checkpoint(FIXTURE / "best.pt").items()
+             if k not in ("format", "version", "software")}
+    state["junk"] = torch.zeros(200_000, dtype=torch.uint8)
+    plain = checkpoint_bytes(state)
+    (tmp_path / "plain.pt").write_bytes(plain)
+    assert load_checkpoint(tmp_path / "plain.pt")["junk"].numel() == 200_000
+    source, out = zipfile.ZipFile(io.BytesIO(plain)), io.BytesIO()
+    biggest = max(source.infolist(), key=lambda m: m.file_size).filename
+    with zipfile.ZipFile(out, "w") as packed:
+        for member in source.infolist():
+            info = zipfile.ZipInfo(member.filename)
+            info.compress_type = zipfile.ZIP_DEFLATED if member.filename == biggest else zipfile.ZIP_STORED
+            packed.writestr(info, source.read(member.filename))
+    (tmp_path / "bomb.pt").write_bytes(_with_sha(out.getvalue()))
+    assert (tmp_path / "bomb.pt").stat().st_size < len(plain) - 150_000  # (the zeros inflate from almost nothing)
+    with pytest.raises(UsageError, match=rf"refusing to load .*bomb.pt: its member '{biggest}' is compressed, which "
+                                         "torch.save never does"):
+        load_checkpoint(tmp_path / "bomb.pt")
+    assert "is compressed" in structure_damage(tmp_path / "bomb.pt")  # (reste show's quick read)
+    nest: list = [0]
+    for _ in range(30):
+        nest = [nest, nest]
+    (tmp_path / "nest.pt").write_bytes(checkpoint_bytes({**state, "metrics": {**state["metrics"], "junk": nest}}))
+    with pytest.raises(UsageError, match=r"is incomplete \(missing or malformed: metrics\)"):
+        load_checkpoint(tmp_path / "nest.pt")

@@ -307,6 +307,20 @@ def damage(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _inflated(f: Any, size: int) -> str | None:
+    """Why the zip in ``f`` (``size`` bytes) would take more memory than the file's size, else None: torch.save stores
+    its members as they are, so a compressed member or members larger than the file (a few MB inflating to GBs: a
+    zip bomb, review sec3 #4) are not a checkpoint of reste's or torch's writing. Reads the central directory alone."""
+    with zipfile.ZipFile(f) as archive:
+        members = archive.infolist()
+    packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        return f"its member {packed[0]!r} is compressed, which torch.save never does (a crafted file?)"
+    if sum(m.file_size for m in members) > size:
+        return "its members are larger than the file (a crafted file?)"
+    return None
+
+
 def structure_damage(path: str | os.PathLike) -> str | None:
     """What :func:`damage` or the resume's load would say of a checkpoint cut short or replaced by other bytes, found
     from its zip's central directory and its header alone (a few kB, whatever its size; no tensor is read): missing,
@@ -325,7 +339,9 @@ def read_structure(path: str | os.PathLike) -> tuple[str | None, dict[str, Any] 
             f.seek(max(0, os.fstat(f.fileno()).st_size - _COMMENT - _EOCD.size))  # (the tail _checksum_cut reads)
             if _checksum_cut(f.read()):
                 return "its checksum record is damaged", None
-            zipfile.ZipFile(f).close()
+            inflated = _inflated(f, os.fstat(f.fileno()).st_size)
+            if inflated:
+                return inflated, None
         # its header alone (memory-mapped: no tensor read), as the resume checks it: a whole zip of other origin
         # (review diff13 #5)
         head = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
@@ -369,6 +385,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     verified = _verify(blob)
     if isinstance(verified, str):
         raise UsageError(f"checkpoint {path} is corrupted ({verified}); use another checkpoint")
+    try:
+        inflated = _inflated(io.BytesIO(blob), len(blob)) if blob[:2] == b"PK" else None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):  # a damaged zip: the checks below say how
+        inflated = None
+    if inflated:
+        raise UsageError(f"refusing to load {path}: {inflated}; use another checkpoint")
     if verified is False and blob[:2] == b"PK":
         bad = _check_zip_crcs(blob)
         if bad:
@@ -401,6 +423,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     wrong = [k for k, kind in REQUIRED.items() if not isinstance(ckpt.get(k), kind)]
     if not isinstance(ckpt.get("classes"), (list, type(None))):  # (eval, export and resume read it; review fuzz1 #2:
         wrong.append("classes")  # a plugin data set may name its classes by numbers, review diff25 #2)
+    if isinstance(ckpt.get("metrics"), dict) and not all(  # a metrics line: names and numbers (a crafted nest of
+            isinstance(k, str) and (v is None or isinstance(v, (bool, int, float))  # shared lists was expanded without
+                                    or (isinstance(v, str) and len(v) < 200))  # bound as the resume wrote the line
+            for k, v in ckpt["metrics"].items()):  # back: review sec3 #3)
+        wrong.append("metrics")
     if wrong:
         raise UsageError(f"checkpoint {path} is incomplete (missing or malformed: {', '.join(wrong)}); "
                          "use another checkpoint")
