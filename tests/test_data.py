@@ -1404,6 +1404,31 @@ def test_a_cifar10_pickle_may_not_allocate_arrays_or_hold_other_types(tmp_path, 
     assert np.array_equal(images, pixels.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1)) and labels.tolist() == [3, 9]
 
 
+@pytest.mark.parametrize("payload", [
+    b"c__builtin__\nbytes\n(I100000000\ntR.",  # bytes(N): N zeros from a few bytes
+    b"c_codecs\nencode\n(c__builtin__\nbytes\n(I100000000\ntRVhex_codec\ntR.",  # the review's: then 2N of hex
+], ids=["bytes", "encode"])
+def test_a_cifar10_pickle_may_not_make_bytes_of_no_text_in_the_file(tmp_path, payload):
+    """(review sec3 #1) bytes and _codecs.encode were allowed with any arguments: a 65-byte batch filled 2.5 GB before
+    it was refused. They take the text of the file alone (encode(text, "latin1"), as a protocol-2 pickle of bytes is
+    written; bytes() of none): refused at once, and a batch written so (the tests' own, with bytes keys) still reads."""
+    import tracemalloc
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(payload)
+    tracemalloc.start()
+    try:
+        usage_error(formats._read_cifar_batch, path, match="unexpected bytes of no text in the file")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3072), dtype=np.uint8)
+    path.write_bytes(pickle.dumps({b"data": pixels, b"labels": [3, 9], b"empty": b""}, protocol=2))
+    images, labels = formats._read_cifar_batch(path)
+    assert np.array_equal(images, pixels.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1)) and labels.tolist() == [3, 9]
+
+
 def test_an_object_array_short_of_its_shape_does_not_crash_the_reader(tmp_path):
     """An object array whose BUILD gives fewer items than its shape crashed numpy 2.4 (a segmentation fault); its
     dtype is refused first. In a process of its own: a crash is a failure here, not the end of the test run."""

@@ -341,7 +341,20 @@ class _SafeUnpickler(pickle.Unpickler):
         found = super().find_class(module, name)
         if name == "_reconstruct":
             return functools.partial(_pickled_array, found)
+        if (module, name) in (("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes")):
+            return functools.partial(_pickled_bytes, found)
         return _pickled_dtype if found is np.dtype else found
+
+
+def _pickled_bytes(make: Callable, *args):
+    """``bytes(...)`` or ``_codecs.encode(...)`` as a pickle makes bytes of its own text (Python 2's protocol 2:
+    ``encode(text, "latin1")``, ``bytes()`` for none): from text in the file alone, so no larger than it. Any other
+    call was allowed too, and ``bytes(10**9)`` of a 65-byte batch took gigabytes before a thing was checked
+    (review sec3 #1)."""
+    text_form = len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1")
+    if args and not text_form:
+        raise pickle.UnpicklingError("unexpected bytes of no text in the file")
+    return make(*args)
 
 
 def _pickled_array(reconstruct: Callable, subtype, shape, typecode):
