@@ -98,6 +98,8 @@ EDITS = {
     "an input shape of 2 channels for a 1-channel conv": lambda h: _set(h["nodes"][0], "shape", [2, 8, 8]),
     "an input shape with a zero": lambda h: _set(h["nodes"][0], "shape", [1, 0, 8]),
     "an input shape without (H, W) for a conv": lambda h: _set(h["nodes"][0], "shape", [1, 8]),
+    # (review sec3 #5) each dimension under its bound, the product 10^10 values a sample: predict allocated them
+    "an input shape of 10^10 values": lambda h: _set(h["nodes"][0], "shape", [1, 100_000, 100_000]),
     "a clip whose low end is above its high end": lambda h: h["nodes"].insert(len(h["nodes"]), {
         "op": "hardtanh", "lo": 1.0, "hi": -1.0, "in": [h["output"]]}) or h.__setitem__("output", len(h["nodes"]) - 1),
 }

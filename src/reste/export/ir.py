@@ -44,6 +44,8 @@ than the stored value (a fused multiply-add), which matters where the two terms 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +176,7 @@ class Preprocessing:
         except (TypeError, ValueError):
             return None
         if len(size) != 3 or len(mean) != size[0] or len(std) != size[0] or not scale > 0 or not min(std) > 0 \
+                or not 0 < math.prod(size) <= MAX_INPUT_ELEMENTS \
                 or not all(abs(v) < float("inf") for v in (*mean, *std, scale)):  # NaN and inf fail too
             return None
         resize = meta.get("resize")
@@ -191,6 +194,9 @@ def invalid_preprocessing(meta: dict[str, Any]) -> str:
     return (f"records an invalid preprocessing ({given[:150]}: one mean and one std > 0 per channel of a (C, H, W) "
             "input_size, a pixel_scale > 0)")
 
+
+#: the most values one input sample may hold (ImageNet's 3x224x224 is 150,528; a 4K RGB image about 2.5e7)
+MAX_INPUT_ELEMENTS = 1 << 25
 
 #: the largest ``resize`` a header may record (a real one: a few hundred pixels)
 MAX_RESIZE = 1 << 14
@@ -307,6 +313,10 @@ def _input_shape(nodes: list[dict[str, Any]], tensors: list[Any]) -> None:
     _ints(shape, None, 1, "node 0 (input) shape", high=2 ** 20)
     if not shape:
         raise ValueError("node 0 (input) shape is empty")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:  # (each dimension bounded, a 9 KB file asked for 10^10 values a sample
+        # and predict allocated them before a thing was read: review sec3 #5)
+        raise ValueError(f"node 0 (input) shape {shape} holds {math.prod(shape)} values a sample, more than "
+                         f"{MAX_INPUT_ELEMENTS}")
     for i, node in enumerate(nodes[1:], 1):
         if 0 not in node["in"] or node["op"] not in ("conv", "bconv", "linear", "blinear", "affine"):
             continue
