@@ -917,3 +917,25 @@ def test_the_help_of_plot_estimators_gives_the_librarys_defaults(capsys):
     defaults = inspect.signature(plot_estimators).parameters
     assert f"(default {defaults['out'].default};" in text
     assert f"(default {defaults['progress'].default})" in text
+
+
+def test_text_from_received_files_reaches_the_terminal_escaped(tmp_path, capsys):
+    """(review sec3 #6) a received sweep.json's label (and a packed model's name, an image file's name) went to the
+    terminal as it was: ESC sequences set the window's title and erased lines. They are escaped as repr does."""
+    from reste.experiments import sweep as sw
+    from reste.wording import printable
+
+    assert printable("a\x1b]0;T\x07\x1b[2K\rB") == "a\\x1b]0;T\\x07\\x1b[2K\\rB"
+    assert printable("café 鳥") == "café 鳥"
+    out = tmp_path / "sw"
+    sw.run_sweep(TrainConfig(dataset="digits", epochs=1, threads=1), {"estimator": ["ste"]}, [0], out, report=False,
+                 log=lambda _m: None)
+    manifest = json.loads((out / "sweep.json").read_text())
+    manifest["settings"][0]["label"] = "\x1b]0;TITLE\x07\x1b[2K\rFAKE=1"
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    for argv in (["show", str(out)], ["report", str(out), "--no-plots"]):
+        main(argv)
+        said = capsys.readouterr()
+        assert "\x1b" not in said.out + said.err and "x1b]0;TITLE" in said.out, said
+    assert "\x1b" not in (out / "results.md").read_text()

@@ -84,3 +84,13 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def spreadsheet_text(text: str) -> str:
     """``text`` as a CSV cell a spreadsheet reads as text: after a ``'`` where it would start a formula."""
     return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def printable(text: object) -> str:
+    """``text`` with each character a terminal would act on (ESC and the other control characters, line and
+    paragraph separators) written as its escape, as ``repr`` writes it: a class, file, model or setting name from a
+    received file could otherwise set the window's title, erase or move lines (review sec3 #6)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

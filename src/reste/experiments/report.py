@@ -34,7 +34,7 @@ from ..config import PRESETS, TrainConfig, canonical_estimator, config_from_pres
 from ..datasets import get_spec
 from ..errors import UsageError, parse_json
 from ..native import exclusive
-from ..wording import FORMULA_START, count, listed, spreadsheet_text
+from ..wording import FORMULA_START, count, listed, printable, spreadsheet_text
 from ..indicators import RUN_LEVEL, RUN_LEVEL_FIELDS, run_indicators, unmeasured
 from ..rundir import (CONFIG, CURVES, LAST, METRIC_FIELDS, METRICS as METRICS_FILE, SWEEP_MANIFEST, best_line, blocked,
                       divergence, epoch_lines, failure, holds_run, lines_beyond_repair, lines_lost_why, not_a_folder,
@@ -507,8 +507,8 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
         epochs = row.get("metrics") if kept else None
         if changed:  # not the setting's run (the report keeps the row it wrote of the setting's)
             if log:
-                log(f"plot: {label}: {changed.rstrip('?')}; " + ("drawn from the epochs an earlier report kept in "
-                    f"{out / EPOCHS_CSV}" if epochs else "left out"))
+                log(f"plot: {printable(label)}: {changed.rstrip('?')}; " + (
+                    f"drawn from the epochs an earlier report kept in {out / EPOCHS_CSV}" if epochs else "left out"))
             if epochs:
                 dirs.append((d, label, [{k: v for k, v in m.items() if v is not None} for m in epochs], mode))
             else:
@@ -950,7 +950,7 @@ def markdown_table(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             paper = (f" {'-' if top1 is None else format(top1, '.2f')}{f' ({top5:.2f})' if top5 else ''} | "
                      f"{'-' if gap is None else format(gap, '+.2f')} |")
         # a received sweep.json's |, line break or backslash (which would escape the \ before a |) breaks no cell
-        label = " ".join(str(r["setting"]).split()).replace("\\", "\\\\").replace("|", "\\|")
+        label = printable(" ".join(str(r["setting"]).split())).replace("\\", "\\\\").replace("|", "\\|")
         best, final, error, stability = table_cells(r)
         lines.append(
             f"| {label} | {best} |{paper} {final} | {error} | {stability} | "

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import UsageError, shell_word
 from ..rundir import SWEEP_LOCK, blocked, holds_run, lock_holder, run_config, sweeps_inside_hint
 from ..runinfo import run_summary, show_run
-from ..wording import count
+from ..wording import count, printable
 from .report import (RESULTS_MD, _setting_key, changed_settings, earlier_rows, folder_name, is_sweep_folder, kept_row,
                      load_manifest, lost_last, missing_line, recorded_end, run_folder)
 
@@ -98,10 +98,10 @@ def show_sweep(out_dir: str | os.PathLike) -> str:
                "told here")
     lines = [f"sweep      {out_dir}: {count(n_set, 'setting')}, {count(total, 'run')}; {process}",
              "progress   " + ", ".join(f"{n} {state}" for state, n in status["counts"].items() if n)]
-    width = max((len(s["label"]) for s in status["settings"]), default=0)
-    for s in status["settings"]:
+    width = max((len(printable(s["label"])) for s in status["settings"]), default=0)
+    for s in status["settings"]:  # (a received sweep.json's label, its control characters escaped: review sec3 #6)
         for i, run in enumerate(s["runs"]):
-            label = (s["label"] if i == 0 else "").ljust(width)
+            label = (printable(s["label"]) if i == 0 else "").ljust(width)
             lines.append(f"  {label}  seed {run['seed']}: {_run_line(run)}")
     changed = status["counts"]["changed"]
     if changed:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UsageError, json_line
-from ..wording import count, spreadsheet_text, taken_at
+from ..wording import count, printable, spreadsheet_text, taken_at
 from ..plugins import add_plugin_flag
 from .runtime import BATCH_SIZE
 
@@ -460,8 +460,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json_line({k: round(r[k], 3) if k == "seconds" else r[k] for k in DATASET_KEYS}))
         return 0
     extra = f" (stored at training: {r['stored_top1']:.2f}%)" if r["stored_top1"] is not None else ""
-    print(f"{r['model'] or Path(args.exported).name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} "
-          f"images{extra} ({r['seconds']:.2f}s, {r['kernels']} kernels)")
+    name = printable(r["model"] or Path(args.exported).name)  # (a received file's name: review sec3 #6)
+    print(f"{name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} images{extra} "
+          f"({r['seconds']:.2f}s, {r['kernels']} kernels)")
     return 0
 
 
@@ -489,7 +490,7 @@ def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
         if not args.json:
             for row in _prediction_rows(pred, names, files):
                 name = f" ({row['name']!r})" if row["name"] is not None else ""
-                print(f"{row['file']}: class {row['class']}{name}")
+                print(f"{printable(row['file'])}: class {row['class']}{name}")
     line += f" ({seconds:.2f}s, {model.kernel_name} kernels)"
     if r["unreadable"]:
         left = len(r["unreadable"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UsageError
-from ..wording import LINE_EVERY
+from ..wording import LINE_EVERY, printable
 from .runtime import BATCH_SIZE
 
 
@@ -198,7 +198,7 @@ def predict_images(model: Any, paths: Any, *, batch_size: int = BATCH_SIZE, work
         for i, reason in ((i, x) for i, x in batch if isinstance(x, str)):
             unreadable.append((files[i], reason))
             if log is not None:
-                log(f"  left out: {reason}")
+                log(f"  left out: {printable(reason)}")
         if good:
             kept += [i for i, _ in good]
             classes.append(model.predict(np.stack([x for _, x in good]), batch_size=batch_size))
