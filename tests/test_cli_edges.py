@@ -939,3 +939,9 @@ def test_text_from_received_files_reaches_the_terminal_escaped(tmp_path, capsys)
         said = capsys.readouterr()
         assert "\x1b" not in said.out + said.err and "x1b]0;TITLE" in said.out, said
     assert "\x1b" not in (out / "results.md").read_text()
+    # (review sec3 #7) a grid axis is a header of results.csv and runs.csv: one that names no setting (a formula)
+    # makes the manifest damaged, in one line
+    manifest["grid"] = {'=HYPERLINK("http://x","y")': manifest["grid"]["estimator"]}
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    assert main(["report", str(out), "--no-plots"]) == 2
+    assert "its grid has an axis '=HYPERLINK(" in capsys.readouterr().err

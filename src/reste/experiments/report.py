@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -286,12 +287,18 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
     write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
+_AXIS = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")  # a grid axis: a setting's, estimator's or model's option name
+
+
 def _manifest_problem(manifest: dict[str, Any]) -> str:
     if not isinstance(manifest.get("base"), dict):
         return "no base settings"
     seeds = manifest.get("seeds")
     if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
         return "its seeds are not a list of integers"
+    odd = next((k for k in manifest["grid"] if not (isinstance(k, str) and _AXIS.fullmatch(k))), None)
+    if odd is not None:  # an axis is a setting's name, a header of the tables (a formula there: review sec3 #7)
+        return f"its grid has an axis {printable(odd)[:60]!r} that names no setting"
     for i, s in enumerate(manifest["settings"]):
         if not (isinstance(s, dict) and isinstance(s.get("label"), str) and isinstance(s.get("values"), dict)
                 and isinstance(s.get("runs"), dict)):
