@@ -698,3 +698,23 @@ def test_values_that_are_not_finite_are_written_null_and_read_back_as_nan(tmp_pa
     capsys.readouterr()
     assert main(["show", str(out), "--json"]) == 0
     assert strict(capsys.readouterr().out)["indicators"]["unmeasured"] == 1
+
+
+def test_show_says_a_resume_imports_the_runs_plugin_files_again(tmp_path, capsys, isolated):
+    """(review sec3 #8) `reste show` of a received stopped run gave a resume command whose --plugin imports a .py
+    file that came with the folder, without the caveat the resume's own refusal gives. It says so now."""
+    from reste.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "helper.py").write_text("import reste\n\n\n@reste.register_estimator\nclass Helper(reste.STE):\n"
+                                   "    name = 'helper_show_test'\n")
+    assert main(["train", "--plugin", str(run / "helper.py"), "--estimator", "helper_show_test", "--epochs", "1",
+                 "--out", str(run / "r"), "--threads", "1", "--no-progress"]) == 0
+    config = json.loads((run / "r" / "config.json").read_text())
+    (run / "r" / "config.json").write_text(json.dumps({**config, "epochs": 3}))
+    capsys.readouterr()
+    assert main(["show", str(run / "r")]) == 0
+    text = capsys.readouterr().out
+    assert "a resume imports the run's plugins again (--plugin below): code that runs as you" in text
+    assert f"--plugin {run / 'helper.py'}" in text

@@ -201,6 +201,9 @@ def show_run(run_dir: str | os.PathLike) -> str:
                      ".py files (damaged): a resume needs the run's --plugin flags given again")
     done, state = summary["epochs_done"], summary["state"]
     resume = resume_command(run_dir, world)
+    if "--plugin" in resume and state != "finished":  # (review sec3 #8: a received folder's own code, unsaid)
+        lines.append("note       a resume imports the run's plugins again (--plugin below): code that runs as you; "
+                     "in a run folder from elsewhere, read it first")
     inside = f", and {count(summary['saved_step'], 'step')} of epoch {done + 1}" if summary["saved_step"] else ""
     if state == "training":
         pid = f" (pid {summary['pid']})" if summary["pid"] else ""
