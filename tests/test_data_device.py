@@ -319,7 +319,7 @@ def test_data_device_flag(tmp_path, capsys):
 
     assert main(["train", "--data-device", "gpu", "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown --data-device 'gpu'; valid: auto, cpu" in err
+    assert err.count("\n") == 1 and "unknown --data-device 'gpu'; did you mean 'cpu'? valid: auto, cpu" in err
     assert not (tmp_path / "r").exists()
 
 

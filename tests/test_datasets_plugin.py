@@ -121,7 +121,8 @@ def test_a_registered_set_is_known_everywhere_a_builtin_is(isolated):
     (dict(defaults={"model": 3}), "its default model must be str, got 3"),
     (dict(defaults={"weight_decay": float("nan")}), "its default weight_decay must be >= 0, got nan"),
     (dict(defaults={"epochs": 5, "warm_up": 5}), r"its default warm_up must be in \[0, epochs\), got 5 for 5 epochs"),
-    (dict(defaults={"optimizer": "sgdd"}), "^dataset 'mine': its defaults: unknown optimizer 'sgdd'; valid: sgd, "),
+    (dict(defaults={"optimizer": "sgdd"}),
+     "^dataset 'mine': its defaults: unknown optimizer 'sgdd'; did you mean 'sgd'\\? valid: sgd, "),
     (dict(defaults={"augment": True}, augments=False),  # (review mut7 #10)
      r"^dataset 'mine': defaults has augment=True but augments=False \(its loader has no augmentation\)$"),
 ])

@@ -75,8 +75,11 @@ def test_bad_train_flags_get_one_line(capsys, tmp_path, argv, needles):
 
 
 def test_debug_shows_the_traceback(capsys):
-    with pytest.raises(UsageError):
-        main(["--debug", "train", "--model", "resnet99"])
+    # before the one line, with the same status (review ux1 #4)
+    assert main(["--debug", "train", "--model", "resnet99"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "UsageError" in err
+    assert err.splitlines()[-1].startswith("reste: error: unknown model 'resnet99'")
 
 
 def test_bad_data_paths(capsys, tmp_path):
