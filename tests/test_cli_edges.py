@@ -945,3 +945,14 @@ def test_text_from_received_files_reaches_the_terminal_escaped(tmp_path, capsys)
     (out / "sweep.json").write_text(json.dumps(manifest))
     assert main(["report", str(out), "--no-plots"]) == 2
     assert "its grid has an axis '=HYPERLINK(" in capsys.readouterr().err
+
+
+def test_a_flag_of_another_command_names_that_command(capsys):
+    """(review ux1, suggestion 4) `reste train --grid ...` said only that a plugin's flags need --plugin, and
+    `reste train --seeds` suggested --seed: a flag that another command takes names it."""
+    assert one_line_error(capsys, "train", "--grid", "estimator=ste,reste").endswith(
+        "(--grid is a flag of reste sweep; see `reste train --help`)")
+    line = one_line_error(capsys, "train", "--grid", "a=1", "--seeds", "0")
+    assert "(--grid and --seeds are flags of reste sweep;" in line
+    assert "(--json is a flag of reste eval, show and predict;" in one_line_error(capsys, "train", "--json")
+    assert "did you mean --threads?" in one_line_error(capsys, "train", "--threds", "1")  # (its own flags first)

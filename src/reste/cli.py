@@ -38,7 +38,7 @@ if __name__ == "__main__":  # python -m reste.cli (torchrun's form) is the reste
 
 from .errors import (EX_TEMPFAIL, NO_ROOM, WRITES_REFUSED, UsageError, command_line, did_you_mean, json_line,
                      machine_cause, one_line, one_line_warnings, shell_word)
-from .wording import gist
+from .wording import gist, series
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
 from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
 from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
@@ -532,6 +532,9 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
     if command == "eval" and any(f.replace("-", "").replace("_", "") == "dataset" for f in unknown):  # (newuser2 #6)
         return (f"{text} (the data set is the checkpoint's; --data-path says where its files are; see `reste eval "
                 "--help`)")
+    owners = _other_commands_flags(parser, command, unknown)  # (review ux1, suggestion 4)
+    if owners:
+        return f"{text} ({owners}; see `reste {command} --help`)"
     # a flag's dashed spelling, the one the help and the README give (--data-path, not its alias --data_path); not
     # another thing's same setting (--lr-schedule is no --o-schedule: review newuser2 #6)
     dashed = {m: m.replace("_", "-") if m.replace("_", "-") in known else m for m in known}
@@ -561,6 +564,20 @@ def _one_per_flag(stray: Sequence[str], argv: Sequence[str]) -> str:
         return ""
     flag = hints[0][0]
     return f"one {takers[flag]} per {flag}: " + " ".join(f"{f} {w}" for f, w in hints)
+
+
+def _other_commands_flags(parser: argparse.ArgumentParser, command: str, unknown: Sequence[str]) -> str:
+    """Where each of ``unknown`` (flags ``reste COMMAND`` lacks) is another command's: "--grid and --seeds are
+    `reste sweep`'s" (``reste train --grid ...``); "" unless every one of them is."""
+    commands = next((list(a.choices) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), [])
+    by_commands: dict[tuple[str, ...], list[str]] = {}
+    for flag in dict.fromkeys(unknown):
+        found = tuple(c for c in commands if c != command and flag in _command_flags(parser, c))
+        if not found:
+            return ""
+        by_commands.setdefault(found, []).append(flag)
+    return "; ".join(f"{series(flags)} {'is a flag' if len(flags) == 1 else 'are flags'} of reste {series(others)}"
+                     for others, flags in by_commands.items())
 
 
 def _command_flags(parser: argparse.ArgumentParser, command: str) -> list[str]:
