@@ -956,3 +956,14 @@ def test_a_flag_of_another_command_names_that_command(capsys):
     assert "(--grid and --seeds are flags of reste sweep;" in line
     assert "(--json is a flag of reste eval, show and predict;" in one_line_error(capsys, "train", "--json")
     assert "did you mean --threads?" in one_line_error(capsys, "train", "--threds", "1")  # (its own flags first)
+
+
+def test_the_start_of_several_names_lists_them():
+    """(review newuser4, suggestion 5) `--preset cifar10-resnet20` suggested the -ste row of the nine that start so;
+    the start of several names lists them (the first four)."""
+    from reste.errors import did_you_mean
+
+    assert did_you_mean("cifar10-resnet20", ["cifar10-resnet20-1w1a", "cifar10-resnet20-ste", "imagenet-resnet18"]) \
+        == "did you mean one of 'cifar10-resnet20-1w1a', 'cifar10-resnet20-ste'? "
+    assert did_you_mean("r", ["ste", "reste", "rbnn", "a", "rb", "rc", "rd"]).endswith("'rb', ...? ")
+    assert did_you_mean("digit", ["digits", "fashion-mnist"]) == "did you mean 'digits'? "  # one: the close one

@@ -98,6 +98,10 @@ def did_you_mean(name: object, choices) -> str:
         return ""
     choices = [str(c) for c in choices]
     folded = {c.lower(): c for c in choices}
+    begun = [c for c in folded if c.startswith(name.lower()) and c != name.lower()]
+    if len(begun) > 1:  # the start of several (a preset's model without its variant: review newuser4, suggestion 5)
+        shown = ", ".join(repr(folded[c]) for c in begun[:4]) + (", ..." if len(begun) > 4 else "")
+        return f"did you mean one of {shown}? "
     close = difflib.get_close_matches(name.lower(), list(folded), n=1)
     close = close or [c for c in folded if name.lower() in c][:1]
     return f"did you mean {folded[close[0]]!r}? " if close else ""
