@@ -965,5 +965,5 @@ def test_the_start_of_several_names_lists_them():
 
     assert did_you_mean("cifar10-resnet20", ["cifar10-resnet20-1w1a", "cifar10-resnet20-ste", "imagenet-resnet18"]) \
         == "did you mean one of 'cifar10-resnet20-1w1a', 'cifar10-resnet20-ste'? "
-    assert did_you_mean("r", ["ste", "reste", "rbnn", "a", "rb", "rc", "rd"]).endswith("'rb', ...? ")
+    assert did_you_mean("r", ["ste", "reste", "rbnn", "a", "rb", "rc", "rd"]).endswith("'rc', ...? ")
     assert did_you_mean("digit", ["digits", "fashion-mnist"]) == "did you mean 'digits'? "  # one: the close one
