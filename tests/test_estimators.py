@@ -13,6 +13,7 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -1128,3 +1129,16 @@ def test_fdas_number_of_terms_is_bounded():
     for options in ({"n": FDA_TERMS + 1, "n_end": FDA_TERMS + 1}, {"n_end": FDA_TERMS + 1}, {"n_end": 10**20}):
         with pytest.raises(ValueError, match=rf"must be in \[0, {FDA_TERMS}\], got"):
             FDA(**options)
+
+
+def test_a_list_or_an_array_is_refused_in_one_line():
+    """(review api3, suggestion 2) reste.sign([1.0, -1.0]) and an estimator's derivative of a list raised an
+    AttributeError from deep inside; Composite(3) another."""
+    from reste.optim import Composite
+
+    for call in (lambda: reste.sign([1.0, -1.0]), lambda: get_estimator("reste").derivative([0.5]),
+                 lambda: get_estimator("ste").forward_equivalent(np.zeros(2))):
+        with pytest.raises(TypeError, match=r"takes a torch tensor, got (list|ndarray); convert it with torch.as_t"):
+            call()
+    with pytest.raises(TypeError, match="Composite takes torch optimizers .*, got int"):
+        Composite(3)

@@ -102,6 +102,9 @@ def _floating_only(x: Any, what: str, why: str) -> None:
     floating-point tensors (``why``). An fx Proxy passes: its dtype is not known."""
     if isinstance(x, Tensor) and not x.is_floating_point():
         raise TypeError(f"{what} takes floating-point tensors ({why}), got {x.dtype}; convert with x.float()")
+    if not isinstance(x, (Tensor, torch.fx.Proxy)):  # (a list or an array: an AttributeError deep inside before,
+        raise TypeError(f"{what} takes a torch tensor, got {type(x).__name__}; convert it with "  # review api3, s. 2)
+                        "torch.as_tensor(x, dtype=torch.float32)")
 
 
 _MANTISSA_BITS = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}

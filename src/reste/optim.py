@@ -165,6 +165,9 @@ class Composite(torch.optim.Optimizer):
     def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
         if not optimizers:
             raise ValueError("Composite needs at least one optimizer")
+        odd = next((opt for opt in optimizers if not isinstance(opt, torch.optim.Optimizer)), None)
+        if odd is not None:  # (review api3, suggestion 2: an AttributeError on its param_groups)
+            raise TypeError(f"Composite takes torch optimizers (Bop, Adam, ...), got {type(odd).__name__}")
         owned: set[int] = set()
         for opt in optimizers:
             for group in opt.param_groups:
