@@ -563,7 +563,23 @@ def _image_folder(path: Path, split: str):
         raise UsageError(f"ImageNet {split} folder {path} has no usable images ({_one_line(exc)}); "
                          f"{_imagenet_hint()}") from None
     _check_no_empty_class(folder, path, split, IMG_EXTENSIONS)
+    _warn_loose_images(path, split, IMG_EXTENSIONS)
     return folder
+
+
+def _warn_loose_images(path: Path, split: str, extensions: tuple[str, ...]) -> None:
+    """Say that image files lie in ``path`` itself, beside its class folders: an image folder reads a class's images
+    from its folder alone, so they were left out without a word (review formats1, suggestion 1)."""
+    try:
+        loose = sorted(e.name for e in os.scandir(path) if e.is_file() and not e.name.startswith(".")
+                       and e.name.lower().endswith(extensions))
+    except OSError:
+        return
+    if loose:
+        shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+        warnings.warn(f"ImageNet {split} folder {path} holds {len(loose)} image file{'s' * (len(loose) != 1)} "
+                      f"outside its class folders ({shown}): they are left out; move each into its class's folder",
+                      UserWarning, stacklevel=3)
 
 
 def _check_no_empty_class(folder, path: Path, split: str, extensions: tuple[str, ...]) -> None:
