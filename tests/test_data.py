@@ -8,6 +8,7 @@ import pickle
 import struct
 import urllib.error
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -1406,20 +1407,30 @@ def test_a_cifar10_pickle_may_not_allocate_arrays_or_hold_other_types(tmp_path, 
     """The allow-list unpickler let ``_reconstruct`` allocate any shape before a thing was checked: 112 bytes
     asked for 762 MB (security review 2, finding 7b). Only what pickling an array writes is taken: shape (0,)
     (its bytes come after, size-checked), a dtype of booleans or integers. A real, Python 2 batch still reads."""
-    import tracemalloc
-
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps({b"data": bomb, b"labels": [0]}, protocol=2))
     assert path.stat().st_size < 400
+    _refused_within_a_megabyte(path, "is not a CIFAR-10 python batch (unexpected array ")
+    _reads_pixels(path, python_2_batch)
+
+
+def _refused_within_a_megabyte(path: Path, match: str) -> None:
+    """The batch at ``path`` is refused (``match``) before the reader allocates a megabyte."""
+    import tracemalloc
+
     tracemalloc.start()
     try:
-        usage_error(formats._read_cifar_batch, path, match="is not a CIFAR-10 python batch (unexpected array ")
+        usage_error(formats._read_cifar_batch, path, match=match)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak
+
+
+def _reads_pixels(path: Path, write: Callable[[np.ndarray, list[int]], bytes]) -> None:
+    """A batch written by ``write(pixels, labels)`` at ``path`` reads back as those pixels and labels."""
     pixels = np.random.default_rng(0).integers(0, 256, (2, 3072), dtype=np.uint8)
-    path.write_bytes(python_2_batch(pixels, [3, 9]))
+    path.write_bytes(write(pixels, [3, 9]))
     images, labels = formats._read_cifar_batch(path)
     assert np.array_equal(images, pixels.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1)) and labels.tolist() == [3, 9]
 
@@ -1432,21 +1443,11 @@ def test_a_cifar10_pickle_may_not_make_bytes_of_no_text_in_the_file(tmp_path, pa
     """(review sec3 #1) bytes and _codecs.encode were allowed with any arguments: a 65-byte batch filled 2.5 GB before
     it was refused. They take the text of the file alone (encode(text, "latin1"), as a protocol-2 pickle of bytes is
     written; bytes() of none): refused at once, and a batch written so (the tests' own, with bytes keys) still reads."""
-    import tracemalloc
-
     path = tmp_path / "data_batch_1"
     path.write_bytes(payload)
-    tracemalloc.start()
-    try:
-        usage_error(formats._read_cifar_batch, path, match="unexpected bytes of no text in the file")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20, peak
-    pixels = np.random.default_rng(0).integers(0, 256, (2, 3072), dtype=np.uint8)
-    path.write_bytes(pickle.dumps({b"data": pixels, b"labels": [3, 9], b"empty": b""}, protocol=2))
-    images, labels = formats._read_cifar_batch(path)
-    assert np.array_equal(images, pixels.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1)) and labels.tolist() == [3, 9]
+    _refused_within_a_megabyte(path, "unexpected bytes of no text in the file")
+    _reads_pixels(path, lambda pixels, labels: pickle.dumps({b"data": pixels, b"labels": labels, b"empty": b""},
+                                                           protocol=2))
 
 
 def test_an_object_array_short_of_its_shape_does_not_crash_the_reader(tmp_path):
