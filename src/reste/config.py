@@ -472,10 +472,11 @@ class TrainConfig:
             given = "--bop-gamma" if self.bop_gamma is not None else "--bop-threshold"
             raise UsageError(f"{given} is a setting of Bop: add --optimizer bop, or drop it")
         if self.indicators not in (None, *INDICATOR_MODES):
-            raise UsageError(f"unknown indicator mode {self.indicators!r}; {did_you_mean(self.indicators, INDICATOR_MODES)}"
-                              f"valid: {', '.join(INDICATOR_MODES)}")
+            hint = did_you_mean(self.indicators, INDICATOR_MODES)
+            raise UsageError(f"unknown indicator mode {self.indicators!r}; {hint}valid: {', '.join(INDICATOR_MODES)}")
         if self.amp not in AMP_MODES:
-            raise UsageError(f"unknown --amp {self.amp!r}; {did_you_mean(self.amp, AMP_MODES)}valid: {', '.join(AMP_MODES)}")
+            raise UsageError(f"unknown --amp {self.amp!r}; {did_you_mean(self.amp, AMP_MODES)}valid: "
+                             f"{', '.join(AMP_MODES)}")
         if self.cuda_graphs and (self.compile or self.amp == "fp16"):
             clash = "--compile (use one or the other)" if self.compile else \
                 "--amp fp16 (its GradScaler reads the gradients on the host; use --amp bf16)"
@@ -492,8 +493,8 @@ class TrainConfig:
             raise UsageError(f"{spec.name} is read from files by DataLoader workers; --data-device is for the "
                              "data sets held in memory: drop it")
         if self.data_device not in DATA_DEVICES:
-            raise UsageError(f"unknown --data-device {self.data_device!r}; {did_you_mean(self.data_device, DATA_DEVICES)}"
-                              f"valid: {', '.join(DATA_DEVICES)}")
+            hint = did_you_mean(self.data_device, DATA_DEVICES)
+            raise UsageError(f"unknown --data-device {self.data_device!r}; {hint}valid: {', '.join(DATA_DEVICES)}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

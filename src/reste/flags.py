@@ -30,7 +30,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The flags of ``reste train``; ``sweep``: as ``reste sweep`` takes them (its --out is the sweep's folder,
     and it has no --resume or --force: running a sweep again continues it)."""
     g = p.add_argument_group("what to train")
-    g.add_argument("--preset", metavar="NAME", help="a row of the paper's tables (see `reste presets`); other flags override it")
+    g.add_argument("--preset", metavar="NAME",
+                   help="a row of the paper's tables (see `reste presets`); other flags override it")
     g.add_argument("--dataset", help=f"{', '.join(dataset_names())} (default {TrainConfig.dataset})")
     g.add_argument("--data-path", "--data_path", dest="data_path",
                    help="data set folder (default ./data; without it Fashion-MNIST looks in "
@@ -110,7 +111,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="with torchrun: keep per-process BatchNorm statistics")
     g2 = p.add_argument_group("run directory")
     if sweep:
-        g2.add_argument("--out", metavar="DIR", help="the sweep's folder (required): its tables, figures and, by default, its runs")
+        g2.add_argument("--out", metavar="DIR",
+                        help="the sweep's folder (required): its tables, figures and, by default, its runs")
     else:
         g2.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-ESTIMATOR-TIME)")
         g2.add_argument("--resume", metavar="RUN_DIR",

@@ -72,7 +72,8 @@ class _BinaryMixin:
 
     def _setup(self, weight_estimator: Any, input_estimator: Any, scaling: str) -> None:
         if scaling not in SCALINGS:
-            raise ValueError(f"unknown scaling {scaling!r}; {did_you_mean(scaling, SCALINGS)}valid: {', '.join(SCALINGS)}")
+            raise ValueError(f"unknown scaling {scaling!r}; {did_you_mean(scaling, SCALINGS)}valid: "
+                             f"{', '.join(SCALINGS)}")
         self.scaling = scaling
         self.weight_estimator = _estimator_spec(weight_estimator)
         if input_estimator is _DEFAULT:  # built as the weights' is (binarize's activations=True too): a name or a spec

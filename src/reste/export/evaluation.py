@@ -87,8 +87,9 @@ def _to_recorded(meta: dict[str, Any], spec: Any) -> Callable[[Any], Any] | None
 
 
 def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | os.PathLike | None = None,
-                    download: bool = False, batch_size: int = BATCH_SIZE, backend: str = "auto", workers: int | None = None,
-                    log: Callable[[str], None] | None = None, line_every: float = LINE_EVERY) -> dict[str, Any]:
+                    download: bool = False, batch_size: int = BATCH_SIZE, backend: str = "auto",
+                    workers: int | None = None, log: Callable[[str], None] | None = None,
+                    line_every: float = LINE_EVERY) -> dict[str, Any]:
     """Top-1 of a packed model (a :class:`~reste.export.runtime.PackedModel` or the path of its file) on the test
     split of ``dataset`` (default: the data set its export names). Returns ``model`` (its name), ``dataset``,
     ``top1`` (%), ``images``, ``seconds``, ``backend``, ``kernels`` (the backend and its variant, ``c/avx2``) and
