@@ -522,6 +522,25 @@ def test_a_sigterm_during_export_says_what_is_left_and_leaves_no_temporary_file(
     assert signal.getsignal(signal.SIGTERM) is (cli._raise_stopped if command else signal.SIG_DFL)
 
 
+def test_a_ctrl_c_during_the_onnx_step_says_what_is_written(tmp_path, capsys, monkeypatch, digits_checkpoint):
+    """(review ux1, suggestion 3) Ctrl-C while the ONNX file was written said "reste: interrupted" alone, where a
+    stop signal says that the packed file is written and checked and the ONNX one as before."""
+    pytest.importorskip("onnx")
+    from reste.export import from_checkpoint
+
+    out, onnx = tmp_path / "d.rbnn", tmp_path / "d.onnx"
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(from_checkpoint, "export_onnx", interrupted)
+    code, _printed, err = _run(capsys, "export", str(digits_checkpoint), str(out), "--onnx")
+    assert code == 130
+    assert err == (f"reste: export stopped by Ctrl-C; {out} was written and checked; {onnx} is as before (nothing "
+                   "half-written is left)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.rbnn"]
+
+
 def test_an_invalid_recorded_preprocessing_is_named_as_such(tmp_path, capsys):
     """(review deploy, suggestions) a header whose preprocessing is invalid (std 0) was said to record none."""
     from test_export_crafted import _crafted

@@ -133,6 +133,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"writing {onnx_path} (ONNX) ...", flush=True)
 
     written: list[Path] = []
+
+    def said_stopped(name: str) -> None:  # what was written, what is as before (a stop signal's, or Ctrl-C's)
+        left = [p for p in (out, onnx_path) if p is not None and p not in written]
+        done = f"{written[0]} was written and checked; " if written else ""
+        print(f"reste: export stopped by {name}; {done}{' and '.join(map(str, left))} "
+              f"{'is' if len(left) == 1 else 'are'} as before (nothing half-written is left)", file=sys.stderr)
+
     try:
         with _stop_signals() as stopped:
             report = export_checkpoint(args.checkpoint, out, onnx_path=onnx_path,
@@ -140,12 +147,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     except _Stopped:
         import signal
 
-        name = signal.Signals(stopped[0]).name
-        left = [p for p in (out, onnx_path) if p is not None and p not in written]
-        done = f"{written[0]} was written and checked; " if written else ""
-        print(f"reste: export stopped by {name}; {done}{' and '.join(map(str, left))} "
-              f"{'is' if len(left) == 1 else 'are'} as before (nothing half-written is left)", file=sys.stderr)
+        said_stopped(signal.Signals(stopped[0]).name)
         return 128 + stopped[0]
+    except KeyboardInterrupt:  # (it said "interrupted" alone, though the packed file may be done: review ux1, s. 3)
+        said_stopped("Ctrl-C")
+        return 130
     if "onnx" in report:
         o = report["onnx"]
         check = ""
