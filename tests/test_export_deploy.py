@@ -573,7 +573,7 @@ def test_a_full_disk_under_an_export_or_predictions_is_the_machines_not_a_bad_pa
 
     from reste import cli
     from reste.errors import UsageError
-    from reste.export.cli import _save_predictions
+    from reste.export.predictions import save_predictions
     from reste.export.exporter import staged
 
     real = tempfile.mkstemp
@@ -591,7 +591,7 @@ def test_a_full_disk_under_an_export_or_predictions_is_the_machines_not_a_bad_pa
     assert capsys.readouterr().err.strip() == (f"reste: error: No space left on device writing {tmp_path / 'x.rbnn'}; "
                                                "free some space and run it again")
     with pytest.raises(OSError, match="No space left"):
-        _save_predictions(tmp_path / "p.npy", np.zeros(3, dtype=np.int64))
+        save_predictions(tmp_path / "p.npy", np.zeros(3, dtype=np.int64))
     failure["errno"] = errno.EACCES
     with pytest.raises(UsageError, match=r"cannot write .*x.rbnn \(Permission denied\); pass a writable path"):
         with staged(tmp_path / "x.rbnn"):

@@ -627,16 +627,17 @@ def test_predictions_are_written_as_utf8_bytes_whatever_the_names_or_stdout(tmp_
     """(review portable #4, #12) a class folder whose name is not UTF-8 (held with surrogate escapes) made the CSV
     writer raise after the work; -o - wrote names through stdout's encoding (Windows' code page) and its
     backslashreplace handler, so the CSV on stdout differed from the file's."""
-    from reste.export.cli import _save_predictions, _write_stdout, _prediction_text
+    from reste.export.cli import _write_stdout
+    from reste.export.predictions import prediction_text, save_predictions
 
     names = ["caf\udce9", "\u9ce5", "low"]
     pred = np.array([0, 1, 2])
-    _save_predictions(tmp_path / "p.csv", pred, names, "csv")
+    save_predictions(tmp_path / "p.csv", pred, names)
     raw = (tmp_path / "p.csv").read_bytes()
     assert raw == b"index,class,name\n0,0,caf\xe9\n1,1,\xe9\xb3\xa5\n2,2,low\n"
     out = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="backslashreplace")
     monkeypatch.setattr(sys, "stdout", out)
-    _write_stdout(_prediction_text(pred, names, "csv"))
+    _write_stdout(prediction_text(pred, names, "csv"))
     assert out.buffer.getvalue() == raw
 
 
@@ -644,14 +645,14 @@ def test_prediction_csv_cells_that_would_start_a_formula_are_written_as_text(tmp
     """(review formats1 #4) a class name of a received export, or a file name, starting with = + - or @ was written as
     it is: a spreadsheet opening the CSV runs it (=HYPERLINK(...) sends the sheet away). It is written after a "'", as
     reste report writes its tables; the JSON form keeps the names as they are."""
-    from reste.export.cli import _prediction_text
+    from reste.export.predictions import prediction_text
 
     names = ['=HYPERLINK("http://x","ok")', "@SUM(1+1)", "-cat", "dog"]
     pred = np.array([0, 1, 2, 3])
-    rows = list(csv.reader(io.StringIO(_prediction_text(pred, names, "csv", ["=1+2.jpg", "a.jpg", "+b.png", "c"]))))
+    rows = list(csv.reader(io.StringIO(prediction_text(pred, names, "csv", ["=1+2.jpg", "a.jpg", "+b.png", "c"]))))
     assert rows[1:] == [["'=1+2.jpg", "0", "'" + names[0]], ["a.jpg", "1", "'@SUM(1+1)"], ["'+b.png", "2", "'-cat"],
                         ["c", "3", "dog"]]
-    assert [r["name"] for r in json.loads(_prediction_text(pred, names, "json"))] == names
+    assert [r["name"] for r in json.loads(prediction_text(pred, names, "json"))] == names
 
 
 def test_a_dark_16_bit_pgm_is_read_in_its_own_range(tmp_path):
@@ -691,3 +692,29 @@ def test_a_png_with_a_broken_chunk_is_an_unreadable_file(tmp_path, capsys, digit
                                                                        str(tmp_path / "pics" / "broken.png"))
     code, out, err = _run(capsys, "predict", str(path), str(tmp_path / "pics"))
     assert code == 1 and out.startswith(f"{good}: class ") and "left out: " in err and "broken.png" in err
+
+
+def test_the_python_api_writes_the_predictions_file_that_reste_predict_writes(capsys, tmp_path, digits_export):
+    """(review arch3, suggestion 1) the predictions files of `reste predict -o` were written by the CLI's private
+    helpers alone: reste.export.save_predictions writes them from Python, the same bytes for each format."""
+    from PIL import Image
+
+    from reste.export import PackedModel, predict_images, save_predictions
+
+    path, test = digits_export
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(test.data.numpy()[i, 0].astype(np.uint8), "L").save(folder / f"{i}.png")
+    model = PackedModel.load(path)
+    r = predict_images(model, [str(folder)])
+    for suffix in (".csv", ".json"):  # (image files: a .npy holds no file names, refused)
+        code, _out, err = _run(capsys, "predict", str(path), str(folder), "-o", str(tmp_path / f"cli{suffix}"))
+        assert code == 0, err
+        save_predictions(tmp_path / f"api{suffix}", r["classes"], model.meta.get("classes"), files=r["files"])
+        assert (tmp_path / f"api{suffix}").read_bytes() == (tmp_path / f"cli{suffix}").read_bytes(), suffix
+    for name in ("p.npy", "p"):  # exactly there: np.save would write p.npy for p
+        save_predictions(tmp_path / name, r["classes"])
+        assert np.load(tmp_path / name).tolist() == list(r["classes"])
+    with pytest.raises(UsageError, match=r"--output .*p.txt: its suffix names the format"):
+        save_predictions(tmp_path / "p.txt", r["classes"])

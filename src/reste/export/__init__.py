@@ -24,6 +24,7 @@ _SOURCES = {
     "from_checkpoint": ("export_checkpoint",),
     "kernels": ("BACKENDS",),
     "onnx_export": ("deploy_model", "export_onnx", "run_onnx"),
+    "predictions": ("save_predictions", "prediction_text"),
     "reference": ("compare", "graph_reference", "trace_model"),
     "runtime": ("PackedModel",),
 }

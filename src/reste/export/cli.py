@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UsageError, json_line
-from ..wording import count, printable, spreadsheet_text, taken_at
+from ..wording import count, printable, taken_at
 from ..plugins import add_plugin_flag
+from .predictions import (as_bytes, class_name, prediction_format, prediction_rows, prediction_text,
+                          save_predictions)
 from .runtime import BATCH_SIZE
 
 
@@ -235,59 +234,10 @@ def _check_writable(path: Path, inputs: tuple[Any, ...] = ()) -> None:
         raise UsageError(f"cannot write {path}: permission denied; pass a writable path")
 
 
-PREDICTION_FORMATS = {".npy": "npy", "": "npy", ".csv": "csv", ".json": "json"}
-
-
-def _prediction_format(output: str) -> str:
-    """The format of ``--output``: its suffix's (``-``, stdout: CSV); another suffix is refused in one line."""
-    if output == "-":
-        return "csv"
-    suffix = Path(output).suffix.lower()
-    if suffix not in PREDICTION_FORMATS:
-        raise UsageError(f"--output {output}: its suffix names the format; use .npy (also no suffix), .csv or .json, "
-                         "or - for CSV on stdout")
-    return PREDICTION_FORMATS[suffix]
-
-
-def _class_name(names: Any, c: int) -> str | None:
-    """Class ``c``'s name as the export records it (None where it records none)."""
-    return str(names[c]) if isinstance(names, list) and 0 <= c < len(names) else None
-
-
 def _class_text(names: Any, c: int) -> str:
     """``class 3 ('cat')``, or ``class 3`` where the export records no names."""
-    name = _class_name(names, c)
+    name = class_name(names, c)
     return f"class {c}" + ("" if name is None else f" ({name!r})")
-
-
-def _prediction_rows(pred: Any, names: Any, files: list[str] | None = None) -> list[dict[str, Any]]:
-    """One ``{"index" (or "file" for image files), "class", "name"}`` per prediction."""
-    key = "index" if files is None else "file"
-    return [{key: i if files is None else files[i], "class": int(c), "name": _class_name(names, int(c))}
-            for i, c in enumerate(pred)]
-
-
-def _prediction_text(pred: Any, names: Any, form: str, files: list[str] | None = None) -> str:
-    """The predictions as CSV (``index,class,name`` rows; ``file,class,name`` for image files) or JSON (a list of
-    such objects); the name is the class's as the export records it, empty (CSV) or null (JSON) where it records
-    none."""
-    rows = _prediction_rows(pred, names, files)
-    if form == "json":
-        return json.dumps(rows) + "\n"
-    text = io.StringIO()
-    table = csv.writer(text, lineterminator="\n")
-    table.writerow(tuple(rows[0]) if rows else ("index" if files is None else "file", "class", "name"))
-    # (a class or file name of a received export or image folder could start a spreadsheet formula: review formats1
-    # #4; the index and class are numbers)
-    table.writerows(tuple("" if v is None else spreadsheet_text(v) if isinstance(v, str) else v for v in row.values())
-                    for row in rows)
-    return text.getvalue()
-
-
-def _as_bytes(text: str) -> bytes:
-    """Predictions' text as UTF-8; a class name read from a folder whose name is not UTF-8 (held with surrogate
-    escapes) as the folder's own bytes (review portable #12: the CSV writer raised after the work)."""
-    return text.encode("utf-8", "surrogateescape")
 
 
 def _write_stdout(text: str) -> None:
@@ -301,7 +251,7 @@ def _write_stdout(text: str) -> None:
     # all of it: a raw stream (python -u, PYTHONUNBUFFERED=1) writes what the pipe takes and returns the count, so
     # one write cut the output and said it was all written (review ux1 #2); its reader gone then raises
     # BrokenPipeError at the next, as a buffered stream's flush does
-    view = memoryview(_as_bytes(text))
+    view = memoryview(as_bytes(text))
     while view:
         written = buffer.write(view)
         if written is None:  # a non-blocking stream that takes nothing now
@@ -309,21 +259,6 @@ def _write_stdout(text: str) -> None:
             continue
         view = view[written:]
     buffer.flush()
-
-
-def _save_predictions(out: Path, pred: Any, names: Any = None, form: str = "npy", files: list[str] | None = None
-                      ) -> None:
-    """Write ``pred`` to exactly ``out`` (np.save would add .npy to a name without it), as .npy, CSV or JSON."""
-    import numpy as np
-
-    from ..checkpoint import atomic_write
-    from ..errors import cannot_write
-
-    data = None if form == "npy" else _as_bytes(_prediction_text(pred, names, form, files))
-    try:
-        atomic_write(out, (lambda f: np.save(f, pred)) if data is None else (lambda f: f.write(data)))
-    except OSError as err:
-        raise cannot_write(err, out, "pass a writable --output") from None
 
 
 def _load_npy(path: str, what: str) -> Any:
@@ -380,7 +315,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--labels goes with IMAGES.npy or one image file; for several image files, write their "
                          "classes (--output FILE.csv, rows file,class,name) and compare them with your labels")
     of_files = several or bool(args.images) and is_image_file(args.images)  # (one file too: rows file,class,name)
-    if of_files and args.output and _prediction_format(args.output) == "npy":
+    if of_files and args.output and prediction_format(args.output) == "npy":
         raise UsageError(f"--output {args.output}: a .npy array holds no file names; for image files use .csv or "
                          ".json (file,class,name), or - for CSV on stdout")
     if args.json and args.output == "-":
@@ -388,7 +323,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          "predictions")
     if args.output and args.output != "-":  # before any work: an input given as the output, then the format
         _check_writable(Path(args.output), (args.exported, *paths, args.labels))
-    form = _prediction_format(args.output) if args.output else "npy"
+    form = prediction_format(args.output) if args.output else "npy"
     if args.threads:
         import torch
 
@@ -432,12 +367,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         names = model.meta.get("classes")
         file_names = [str(Path(args.images))] if one_file else None  # (as a folder of that one file gives it)
         if to_stdout:  # the predictions are the output; the line about them goes to stderr
-            _write_stdout(_prediction_text(pred, names, form, file_names))
+            _write_stdout(prediction_text(pred, names, form, file_names))
             line = (f"{count(len(pred), 'prediction')} written to stdout ({seconds:.2f}s, {model.kernel_name} "
                     "kernels)")
         elif write:
             replacing = " (replacing the file that was there)" if out.is_file() else ""
-            _save_predictions(out, pred, names, form, file_names)
+            save_predictions(out, pred, names, file_names, form)
             line = (f"{count(len(pred), 'prediction')} written to {out}{replacing} ({seconds:.2f}s, "
                     f"{model.kernel_name} kernels)")
             if len(pred) == 1:  # an array of one image: its class too, as an image file's (newuser2)
@@ -453,7 +388,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             summary = {"images": len(pred), "output": str(out) if write else None, "accuracy": accuracy,
                        "seconds": round(seconds, 3), "backend": model.backend, "kernels": model.kernel_name}
             if one_file or len(pred) == 1:  # one image: its class, as the line gives it
-                summary.update({"class": int(pred[0]), "name": _class_name(names, int(pred[0]))})
+                summary.update({"class": int(pred[0]), "name": class_name(names, int(pred[0]))})
             line = json_line(summary)
         print(line, file=sys.stderr if to_stdout else sys.stdout)
         return 0
@@ -486,15 +421,15 @@ def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
     out = Path(args.output) if args.output and args.output != "-" else None
     if out is not None:
         replacing = " (replacing the file that was there)" if out.is_file() else ""
-        _save_predictions(out, pred, names, form, files)
+        save_predictions(out, pred, names, files, form)
         line = f"{count(len(pred), 'prediction')} written to {out}{replacing}"
     elif args.output == "-":
-        _write_stdout(_prediction_text(pred, names, "csv", files))
+        _write_stdout(prediction_text(pred, names, "csv", files))
         line = f"{count(len(pred), 'prediction')} written to stdout"
     else:
         line = f"{count(len(pred), 'prediction')}"
         if not args.json:
-            for row in _prediction_rows(pred, names, files):
+            for row in prediction_rows(pred, names, files):
                 name = f" ({row['name']!r})" if row["name"] is not None else ""
                 print(f"{printable(row['file'])}: class {row['class']}{name}")
     line += f" ({seconds:.2f}s, {model.kernel_name} kernels)"
@@ -507,7 +442,7 @@ def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
                                    "kernels": model.kernel_name,
                                    "unreadable": [{"file": f, "reason": why} for f, why in r["unreadable"]]}
         if not args.output:
-            summary["predictions"] = _prediction_rows(pred, names, files)
+            summary["predictions"] = prediction_rows(pred, names, files)
         print(json_line(summary))
     else:  # beside the predictions on stdout, the line about them goes to stderr
         print(line, file=sys.stdout if out is not None else sys.stderr)
