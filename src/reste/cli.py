@@ -40,7 +40,7 @@ from .errors import (EX_TEMPFAIL, NO_ROOM, WRITES_REFUSED, UsageError, command_l
                      machine_cause, one_line, one_line_warnings, shell_word)
 from .wording import gist, series
 # the flags of reste train live in reste.flags; the names are kept here for code that imported them from reste.cli
-from .config import AMP_MODES, parse_value  # noqa: F401 - parse_value: kept for code that imported it from here
+from .config import AMP_MODES, MAX_FILE_WORKERS, parse_value  # noqa: F401 - parse_value: for code importing it here
 from .flags import (CONFIG_FLAGS, add_train_flags, config_from_args, overrides_from_args,  # noqa: F401
                     parse_model_options, show_bar, terminal)
 
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation batch size (default: the run's eval batch size)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None,
-                   help="data loading processes for image files (default: 1 per usable CPU, up to 8)")
+                   help=f"data loading processes for image files (default: 1 per usable CPU, up to {MAX_FILE_WORKERS})")
     p.add_argument("--amp", metavar="{" + ",".join(AMP_MODES) + "}",
                    help="autocast of the evaluation (default: the run's own, to reproduce its logged accuracy)")
     p.add_argument("--threads", type=int,

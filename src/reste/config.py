@@ -89,13 +89,16 @@ def default_workers(dataset: str) -> int:
     return 0 if get_spec(dataset).fits_in_memory else file_workers()
 
 
+MAX_FILE_WORKERS = 8  # the most worker processes that read image files by default
+
+
 def file_workers() -> int:
     """Worker processes for reading image files (:func:`default_workers`; ``reste predict`` on image files): one
-    per CPU of this process's share, up to 8."""
+    per CPU of this process's share, up to :data:`MAX_FILE_WORKERS`."""
     cpus, mask = usable_cpus(), _mask_cpus()
     if mask >= (os.cpu_count() or mask):  # no narrower mask: the node's CPUs (or quota), shared by its processes
         cpus //= _local_processes()
-    return max(1, min(8, cpus))
+    return max(1, min(MAX_FILE_WORKERS, cpus))
 
 
 def _local_processes() -> int:

@@ -7,8 +7,8 @@ import argparse
 import os
 from typing import Any, Sequence
 
-from .config import (AMP_MODES, BARE_WARM_UP, DATA_DEVICES, OPTIMIZER_LR, OPTIMIZERS, TrainConfig, parse_value,
-                     refuse_binary_flags)
+from .config import (AMP_MODES, BARE_WARM_UP, DATA_DEVICES, MAX_FILE_WORKERS, OPTIMIZER_LR, OPTIMIZERS, TrainConfig,
+                     parse_value, refuse_binary_flags)
 from .datasets import dataset_names
 from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
@@ -86,7 +86,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     r = p.add_argument_group("machine")
     r.add_argument("--workers", type=int,
                    help="data loading processes (default: 0; ImageNet: 1 per CPU of this process's share of the "
-                        "node, up to 8)")
+                        f"node, up to {MAX_FILE_WORKERS})")
     r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     r.add_argument("--data-device", dest="data_device", metavar=_choices(DATA_DEVICES),
                    help="where digits, Fashion-MNIST and CIFAR-10 live, as uint8, with crop, flip and "
@@ -105,8 +105,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--accumulate", type=int, metavar="N",
                    help="split each step's --batch-size into N micro-batches of batch/N, their gradients summed "
                         "into one optimizer step (the batch's mean gradient with 1/N of the activation memory; "
-                        "BatchNorm normalises over each micro-batch). Default 1; may change when a run is resumed; "
-                        "not with --cuda-graphs")
+                        f"BatchNorm normalises over each micro-batch). Default {TrainConfig.accumulate}; may change "
+                        "when a run is resumed; not with --cuda-graphs")
     r.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="with torchrun: keep per-process BatchNorm statistics")
     g2 = p.add_argument_group("run directory")
@@ -132,7 +132,8 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                     help="also checkpoint inside epochs, every MINUTES (SIGTERM and SIGUSR1 always do)")
     g2.add_argument("--keep-top", dest="keep_top", type=int, metavar="K",
                     help="also keep the checkpoints of the K best epochs by test top-1, as "
-                         "RUN_DIR/top/epoch0007-acc91.23.pt (default 0: only last.pt and best.pt)")
+                         f"RUN_DIR/top/epoch0007-acc91.23.pt (default {TrainConfig.keep_top}: only last.pt and "
+                         "best.pt)")
     g2.add_argument("--tensorboard", nargs="?", const="", type=tensorboard_dir, metavar="DIR",
                     help="log metrics, per-layer schedules and indicators, and the config to TensorBoard "
                          "(pip install 'reste[tensorboard]'): in RUN_DIR/tensorboard"

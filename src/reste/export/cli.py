@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from ..errors import UsageError, json_line
 from ..wording import count, printable, taken_at
+from ..config import MAX_FILE_WORKERS
 from ..plugins import add_plugin_flag
 from .predictions import (as_bytes, class_name, prediction_format, prediction_rows, prediction_text,
                           save_predictions)
@@ -74,7 +75,8 @@ def add_commands(subparsers: Any) -> None:
                    help=f"images per forward pass (default {BATCH_SIZE})")
     p.add_argument("--workers", type=int, default=None,
                    help="with --dataset or several image files: processes decoding image files (default: 1 per "
-                        "usable CPU, up to 8, as reste eval; for image files none when they fit in one batch)")
+                        f"usable CPU, up to {MAX_FILE_WORKERS}, as reste eval; for image files none when they fit "
+                        "in one batch)")
     p.add_argument("--json", action="store_true",
                    help=f"print one JSON object instead of the line: with --dataset {', '.join(DATASET_KEYS)}; "
                         f"with IMAGES {', '.join(IMAGES_KEYS)} (and class, name for one image file; unreadable, and "
