@@ -398,9 +398,13 @@ def test_each_cell_is_its_own_statistic_of_its_own_column(tmp_path):
     (9.0057e-06, 5.87e-07, ".4g", "9.01e-06 ± 5.9e-07"),
     (0.00033, 2.2e-05, ".3g", "0.000330 ± 2.2e-05"),
     (1211.3, 69.0, ".4g", "1211 ± 69"),
-    (0.001, 5.0, ".4g", "0.001 ± 5"),             # a spread larger than the mean: one significant digit
+    (0.001, 5.0, ".4g", "0 ± 5"),                 # a spread larger than the mean: 0 at the spread's place
     (3.0, 0.0, ".3g", "3 ± 0"),                   # no spread: the column's own format
     (75.4767, 0.4, ".2f", "75.48 ± 0.40"),
+    (9.996, 0.05, ".4g", "10.00 ± 0.05"),          # (review diff28 #5) a rounding that carries keeps the place
+    (0.09996, 0.0005, ".4g", "0.1000 ± 0.0005"),
+    (0.004, 0.05, ".4g", "0.00 ± 0.05"),            # a mean that rounds to 0 there
+    (1e30, 0.01, ".4g", "1.00000000000e+30 ± 0.01"),  # (more places than a float holds: 12 digits at most)
 ])
 def test_a_table_cell_shows_the_mean_to_the_place_of_its_spread(mean, std, fmt, shown):
     from reste.experiments.report import _pm

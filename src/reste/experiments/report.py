@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import re
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -287,7 +286,12 @@ def write_manifest(out_dir: Path, base: TrainConfig, grid: dict[str, list[Any]],
     write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-_AXIS = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")  # a grid axis: a setting's, estimator's or model's option name
+def _axis_name(key: Any) -> bool:
+    """Whether ``key`` can be a grid axis: a setting's, an estimator's or a model's option name (identifiers,
+    Unicode ones too, as a plugin's hyper-parameter may be named: review diff28 #1), dotted (estimator_options.t),
+    dashed as a flag (batch-size)."""
+    return isinstance(key, str) and 0 < len(key) <= 100 and all(
+        part.isidentifier() for part in key.replace("-", "_").split("."))
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str:
@@ -296,7 +300,7 @@ def _manifest_problem(manifest: dict[str, Any]) -> str:
     seeds = manifest.get("seeds")
     if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
         return "its seeds are not a list of integers"
-    odd = next((k for k in manifest["grid"] if not (isinstance(k, str) and _AXIS.fullmatch(k))), None)
+    odd = next((k for k in manifest["grid"] if not _axis_name(k)), None)
     if odd is not None:  # an axis is a setting's name, a header of the tables (a formula there: review sec3 #7)
         return f"its grid has an axis {printable(odd)[:60]!r} that names no setting"
     for i, s in enumerate(manifest["settings"]):
@@ -864,10 +868,16 @@ def _pm(mean: float | None, std: float | None, fmt: str, std_fmt: str | None = N
     spread = format(std, std_fmt or fmt)
     if not (fmt.endswith("g") and mean and math.isfinite(mean) and std and math.isfinite(std)):
         return f"{format(mean, fmt)} ± {spread}"
-    last = decimal.Decimal(spread).as_tuple().exponent  # the place of the std's last digit shown
-    digits = max(math.floor(math.log10(abs(mean))) - int(last) + 1, 1)
+    last = int(decimal.Decimal(spread).as_tuple().exponent)  # the place of the std's last digit shown
+    with decimal.localcontext() as exact:
+        exact.prec = 800  # (the place of any float's spread: quantize is exact, never InvalidOperation)
+        rounded = decimal.Decimal(mean).quantize(decimal.Decimal(1).scaleb(last))
+    # (its digits counted after the rounding: 9.996 ± 0.05 carries to 10.00, one digit more: review diff28 #5)
+    if not rounded:  # a mean that rounds to 0 at the spread's place: 0.004 ± 0.05 is "0.00 ± 0.05"
+        return f"{0.0:.{max(-last, 0)}f} ± {spread}"
+    digits = max(rounded.adjusted() - last + 1, 1)
     # (# keeps the zeros that reach that place: 145.98 ± 4.1 is "146.0 ± 4.1", not "146 ± 4.1")
-    shown = format(mean, f"#.{min(digits, 12)}g").replace(".e", "e")
+    shown = format(float(rounded), f"#.{min(digits, 12)}g").replace(".e", "e")
     return f"{shown.removesuffix('.')} ± {spread}"
 
 
