@@ -3123,3 +3123,14 @@ def test_a_run_whose_indicator_is_not_finite_is_left_out_of_its_settings_mean(sw
     said = capsys.readouterr()
     assert ("report: estimator=reste seed 0: 1 epoch of which nothing was measured (every step skipped) left out of "
             "its indicators") in said.out + said.err, said
+
+
+def test_a_grid_axis_is_any_option_name_and_nothing_else():
+    """(review sec3 #7, diff28 #1) an axis names an option: a Unicode identifier too (a plugin's β), dotted or dashed;
+    a formula or an empty name is no axis."""
+    from reste.experiments.report import _axis_name
+
+    for good in ("estimator", "o_end", "β", "estimator_options.t", "batch-size", "model_options.width"):
+        assert _axis_name(good), good
+    for bad in ('=HYPERLINK("x")', "", "a b", "1x", "a..b", 3, "x" * 101):
+        assert not _axis_name(bad), bad
