@@ -939,6 +939,17 @@ def test_text_from_received_files_reaches_the_terminal_escaped(tmp_path, capsys)
         said = capsys.readouterr()
         assert "\x1b" not in said.out + said.err and "x1b]0;TITLE" in said.out, said
     assert "\x1b" not in (out / "results.md").read_text()
+    # (review diff28 #4) and in the report's own lines: a run left out, named by its setting's label
+    from reste import rundir
+
+    run = out / manifest["settings"][0]["runs"]["0"]
+    (run / "metrics.jsonl").unlink()
+    (run / "last.pt").unlink()
+    (out / "runs.csv").unlink()
+    rundir.record_divergence(run, 1, 3)
+    main(["report", str(out), "--no-plots"])
+    said = capsys.readouterr()
+    assert "is left out: it diverged" in said.out + said.err and "\x1b" not in said.out + said.err, said
     # (review sec3 #7) a grid axis is a header of results.csv and runs.csv: one that names no setting (a formula)
     # makes the manifest damaged, in one line
     manifest["grid"] = {'=HYPERLINK("http://x","y")': manifest["grid"]["estimator"]}

@@ -490,7 +490,7 @@ def _sweep_runs(out_dir: str | os.PathLike, where: Sequence[str], log: Callable[
                                int(seed), key, mode))
                 chosen_values.append(values)
     if not chosen:
-        labels = listed([s["label"] for s in manifest["settings"]])
+        labels = listed([printable(s["label"]) for s in manifest["settings"]])
         raise UsageError(f"no run of the sweep in {out} has {' '.join(where)} (its settings: {labels}; seeds "
                          f"{', '.join(map(str, manifest['seeds']))})")
     missing = [f"{k}={v}" for k, texts in wanted.items() for v in texts
@@ -764,6 +764,7 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
     for s in manifest["settings"]:
         finished, diverged = [], 0
         key = _setting_key(s)
+        shown = printable(s["label"])  # (a received sweep.json's: its control characters escaped, review diff28 #4)
         for seed, rel in s["runs"].items():
             rel = folder_name(rel)
             folder = run_folder(out, s, seed)
@@ -773,7 +774,7 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                 if old is None or old.get("best_acc") is None:
                     diverged += status == "diverged"  # a run an earlier report kept counts as reported only
                     if status != "pending" and log:
-                        log(f"report: {s['label']} seed {seed} is left out: {why}")
+                        log(f"report: {shown} seed {seed} is left out: {why}")
                     continue
                 summary = {k: old.get(k) for k in RUN_COLUMNS} | {"metrics": old["metrics"]}
                 if summary["best_epoch"] is None and _whole(old["metrics"], summary["epochs"]):  # an older table's
@@ -784,15 +785,14 @@ def collect(out_dir: str | Path, log: Callable[[str], None] | None = None
                     why = ("its run folder is gone" if not (out / rel).exists() else blocked(folder)
                            or lost_last(folder, read=False) or "its run is unfinished (training again?)")
                 if log:
-                    log(f"report: {s['label']} seed {seed}: {why.rstrip('?.')}; the row an earlier report wrote is "
-                        "kept")
+                    log(f"report: {shown} seed {seed}: {why.rstrip('?.')}; the row an earlier report wrote is kept")
             gaps = sum(map(unmeasured, summary.get("metrics") or []))
             if gaps and log:  # (review diff27 #3) its run-level values cover fewer epochs than its seed-mates'
-                log(f"report: {s['label']} seed {seed}: {count(gaps, 'epoch')} of which nothing was measured (every "
-                    "step skipped) left out of its indicators")
+                log(f"report: {shown} seed {seed}: {count(gaps, 'epoch')} of which nothing was measured (every step "
+                    "skipped) left out of its indicators")
             odd = [k for k in INDICATORS if isinstance(summary.get(k), float) and not math.isfinite(summary[k])]
             if odd and log:  # (review stats1 #1: statistics.stdev raised on it, and no table was written)
-                log(f"report: {s['label']} seed {seed}: its {' and '.join(odd)} {'is' if len(odd) == 1 else 'are'} "
+                log(f"report: {shown} seed {seed}: its {' and '.join(odd)} {'is' if len(odd) == 1 else 'are'} "
                     f"not finite ({', '.join(str(summary[k]) for k in odd)}); left out of the setting's mean")
             runs.append({"setting": s["label"], **{a: s["values"].get(a) for a in axes}, "seed": int(seed),
                          **summary, "run_dir": rel})
