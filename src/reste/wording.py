@@ -87,10 +87,14 @@ def spreadsheet_text(text: str) -> str:
 
 
 def printable(text: object) -> str:
-    """``text`` with each character a terminal would act on (ESC and the other control characters, line and
-    paragraph separators) written as its escape, as ``repr`` writes it: a class, file, model or setting name from a
-    received file could otherwise set the window's title, erase or move lines (review sec3 #6)."""
+    """``text`` with each character a terminal would act on (ESC and the other control characters, format
+    characters, line and paragraph separators) written as its escape, as ``repr`` writes it: a class, file, model or
+    setting name from a received file could otherwise set the window's title, erase or move lines (review sec3 #6).
+    Spaces of every kind stay as they are: a file name's no-break space is the file's (review diff28, suggestion 5)."""
+    import unicodedata
+
     text = str(text)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") else c
+                   for c in text)
