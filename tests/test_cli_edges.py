@@ -980,3 +980,24 @@ def test_the_start_of_several_names_lists_them():
         == "did you mean one of 'cifar10-resnet20-1w1a', 'cifar10-resnet20-ste'? "
     assert did_you_mean("r", ["ste", "reste", "rbnn", "a", "rb", "rc", "rd"]).endswith("'rc', ...? ")
     assert did_you_mean("digit", ["digits", "fashion-mnist"]) == "did you mean 'digits'? "  # one: the close one
+
+
+def test_debug_keeps_the_status_of_an_unexpected_error(capsys, monkeypatch):
+    """(review diff28 #7) --debug re-raised what _unexpected words: a refused read's status 2 became a traceback's 1.
+    The traceback comes first, then the same line and status."""
+    def unreadable(_args):
+        raise PermissionError(13, "Permission denied", "sw/runs")
+
+    monkeypatch.setattr(cli, "cmd_presets", unreadable)
+    assert main(["presets"]) == 2
+    plain = capsys.readouterr().err
+    assert main(["--debug", "presets"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.endswith(plain) and "cannot read sw/runs" in plain
+
+    def broken(_args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "cmd_presets", broken)
+    assert main(["--debug", "presets"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "reste: error: RuntimeError: boom"

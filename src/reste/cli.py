@@ -726,10 +726,13 @@ def _run_file(name: object) -> bool:
 
 
 def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[str] = ()) -> int:
-    """The last line of defence keeps tracebacks behind --debug."""
+    """The last line of defence keeps tracebacks behind --debug: with it, the traceback, then the same line and
+    status as without it (review diff28 #7: a refused read's 2 became a traceback's 1)."""
     TrainingDiverged = _engine_error("TrainingDiverged")
     if debug:
-        raise  # called inside the except block: the original traceback
+        import traceback
+
+        traceback.print_exception(err)
     if isinstance(err, OSError) and err.errno in WRITES_REFUSED and _run_file(err.filename) and command in (
             "train", "sweep"):
         # the run folder stopped taking writes (its mode changed, remounted read-only, a failing disk): what the run
@@ -773,7 +776,7 @@ def _unexpected(err: Exception, debug: bool, command: str = "", argv: Sequence[s
         print(f"{_error_prefix()} {cause}{then}", file=sys.stderr)
         return 1
     kind = "" if isinstance(err, TrainingDiverged) else f"{type(err).__name__}: "
-    print(f"{_error_prefix()} {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged)
+    print(f"{_error_prefix()} {kind}{err}".splitlines()[0] + ("" if isinstance(err, TrainingDiverged) or debug
           else " (run with --debug for the traceback)"), file=sys.stderr)
     return 1
 
