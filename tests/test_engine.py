@@ -1209,3 +1209,36 @@ def test_a_test_loss_that_is_not_finite_is_noted_once(tmp_path, monkeypatch):
     noted = [line for line in lines if "test loss of epoch" in line]
     assert noted == ["note: the test loss of epoch 1 is not finite: a test image holding NaN or inf, or logits that "
                      "overflow; the accuracy ranks an image's NaN logits as it can (check the test data)"]
+
+
+def test_a_buffer_never_finite_is_no_divergence_and_a_diverged_last_pt_is_not_resumed(tmp_path, isolated):
+    """(review diff28 #2) the finite-weights check took a model's own constant -inf buffer (a mask, a bound) for a
+    diverged state, so such a model could not train; (#8) a last.pt an older reste saved with inf weights was
+    resumed, and the error then said it kept "the last good state". The buffer is left to the model; the resume of
+    such a last.pt is refused, naming the tensor."""
+    from reste.checkpoint import save_checkpoint
+    from reste.models import register_model
+
+    @register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))
+    def masked_test(*, num_classes, conv):
+        class Floor(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("floor", torch.tensor(float("-inf")))
+
+            def forward(self, x):
+                return torch.maximum(x, self.floor)
+
+        return nn.Sequential(conv(1, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), conv.linear(8 * 64, num_classes),
+                             Floor())
+
+    config = TrainConfig(dataset="digits", model="masked_test", epochs=2, threads=1)
+    engine.train(config, tmp_path / "masked", progress=False, log=lambda _m: None)
+    run = tmp_path / "run"
+    engine.train(TrainConfig(dataset="digits", epochs=1, threads=1), run, progress=False, log=lambda _m: None)
+    ckpt = load_checkpoint(run / "last.pt")
+    ckpt["model"]["fc.weight"] = torch.full_like(ckpt["model"]["fc.weight"], float("inf"))
+    save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version", "software")}, run / "last.pt")
+    with pytest.raises(UsageError, match=r"last.pt holds weights that are not finite \(fc.weight\): the run had "
+                                         r"diverged when it was saved"):
+        engine.resume(run, {"epochs": 3}, force=True, progress=False, log=lambda _m: None)

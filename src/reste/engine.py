@@ -84,6 +84,9 @@ _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint
 _FINITE_EVERY = 1.0  # seconds between one process's checks that its loss stayed finite (each waits for the device)
 
 
+_NORM_STATS = ("running_mean", "running_var")  # the buffers training moves (BatchNorm's): not finite, diverged
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step (1-based), also kept as attributes."""
 
@@ -533,6 +536,8 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.skipped: torch.Tensor | None = None  # whether the scaler skipped the last step (fp16), on the device
         self._told_test_loss = False  # whether a test loss that is not finite was said
+        # buffers not finite before a step was taken (a model's own -inf mask or bound): no sign of divergence
+        self._constant = {name for name, is_param in self._nonfinite() if not is_param}
         self.graphed = self.graphed_eval = None
         if graph_backend is not None:
             def graph_cast() -> contextlib.AbstractContextManager:  # no cast cache across a capture
@@ -586,6 +591,12 @@ class _Run:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
             raise UsageError(f"last.pt does not fit model {self.config.model!r} ({state_dict_error(err)})") from None
+        broken = [name for name, is_param in self._nonfinite() if is_param or name.endswith(_NORM_STATS)]
+        if broken:  # (a diverged state an older reste saved: review diff28 #8, it "kept the last good state")
+            raise UsageError(f"{last_checkpoint(self.run_dir)} holds weights that are not finite ({broken[0]}): the "
+                             "run had diverged when it was saved (an older reste saved such states); continue from "
+                             "a checkpoint of its top/ folder, or start the run again")
+        self._constant = {name for name, _ in self._nonfinite()}
         if ckpt.get("optimizer") is not None:  # None: another optimizer, which starts afresh
             load_optimizer_state(self.optimizer, ckpt["optimizer"])  # saved with or without graphs
         if ckpt.get("scaler"):
@@ -991,19 +1002,32 @@ class _Run:
                 (f", step {s} of epoch {e + 1})" if s else ")")
         return TrainingDiverged(f"{what}; the run stopped and {kept}; {advice}", epoch + 1, step)
 
+    def _nonfinite(self) -> list[tuple[str, bool]]:
+        """(name, whether a parameter) of the model's floating-point parameters and buffers that hold inf or NaN:
+        one pass over them, one host sync."""
+        named = [(name, t, True) for name, t in self.model.named_parameters() if t.is_floating_point()]
+        named += [(name, t, False) for name, t in self.model.named_buffers() if t.is_floating_point()]
+        if not named:
+            return []
+        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t, _ in named]).tolist()
+        return [(name, is_param) for (name, _, is_param), ok in zip(named, finite) if not ok]
+
     def _check_finite(self, epoch: int, step: int) -> None:
         """Before a checkpoint holds the state after ``step`` batches of epoch ``epoch + 1``: its weights are finite.
         A step whose loss was finite can still update them to inf or NaN (the next step's loss would tell, but the
         epoch's end and a mid-epoch save come first: review numerics1 #1), and with fp16 a loss scaler that skips
         every step for inf or NaN gradients trains nothing while every loss stays finite (#4). One pass over the
-        weights, and one host sync, per save."""
-        tensors = [t.detach() for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
-        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).tolist() if tensors else []
-        if not all(finite):
-            names = [name for name, t in (*self.model.named_parameters(), *self.model.named_buffers())
-                     if t.is_floating_point()]
-            raise self._diverged(f"non-finite weights ({names[finite.index(False)]}) after step {step} of epoch "
-                                 f"{epoch + 1}", epoch, step)
+        weights, and one host sync, per save; a buffer that was not finite before training (a model's constant
+        mask) does not count; the processes agree (a BatchNorm statistic of one alone, without --sync-bn)."""
+        bad = [name for name, _ in self._nonfinite() if name not in self._constant]
+        if self.dist.enabled:
+            flag = torch.tensor([float(bool(bad))], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() and not bad:
+                bad = ["another process's"]
+        if bad:
+            raise self._diverged(f"non-finite weights ({bad[0]}) after step {step} of epoch {epoch + 1}", epoch,
+                                 step)
         if self.scaler.is_enabled() and self.scaler.get_scale() < 1.0:
             # (it halves at each step it skips: from 65536, below 1 after 17 skips in a row)
             raise self._diverged(f"the fp16 loss scaler skipped its steps for inf or NaN gradients until its scale "

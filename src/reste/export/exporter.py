@@ -216,9 +216,11 @@ def export_model(
 
 
 def refuse_non_finite(model: nn.Module) -> None:
-    """Refuse, before anything is written, a model whose weights or buffers hold inf or NaN: a diverged run's. Its
-    export wrote the file, then failed its check and blamed the packed engine (review numerics1 #2)."""
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
+    """Refuse, before anything is written, a model whose weights or BatchNorm statistics hold inf or NaN: a diverged
+    run's. Its export wrote the file, then failed its check and blamed the packed engine (review numerics1 #2).
+    Other buffers may be constants that are not finite on purpose (a mask: review diff28 #2)."""
+    stats = [(name, t) for name, t in model.named_buffers() if name.endswith(("running_mean", "running_var"))]
+    for name, t in (*model.named_parameters(), *stats):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise UsageError(f"cannot export: {name} holds {bad} inf or NaN of its {t.numel()} values (weights of a "
