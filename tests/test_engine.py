@@ -1085,10 +1085,15 @@ def test_an_fp16_scaler_that_skips_every_step_stops_the_run(isolated, tmp_path):
                          threads=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fp16 on the CPU is slow: its warning
-        with pytest.raises(engine.TrainingDiverged, match=r"the fp16 loss scaler skipped its steps .* until its "
-                                                          r"scale fell to [0-9.e-]+ \(by step 23 of epoch 1\); the "
-                                                          r"run stopped and no checkpoint was saved; .*--amp bf16"):
+        with pytest.raises(engine.TrainingDiverged, match=r"the fp16 loss scaler skipped the last 23 steps for inf "
+                                                          r"or NaN gradients \(its scale fell to [0-9.e-]+ by step 23 "
+                                                          r"of epoch 1\); the run stopped and no checkpoint was "
+                                                          r"saved; .*--amp bf16"):
             engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
+        # (review diff28 #3) epochs of 6 steps: below 17 skips (the scale's 1), the run ended "done"; 10 in a row stop
+        with pytest.raises(engine.TrainingDiverged, match=r"skipped the last 12 steps .* by step 6 of epoch 2\)"):
+            engine.train(TrainConfig(**{**config.to_dict(), "batch_size": 256}), tmp_path / "short", progress=False,
+                         log=lambda _m: None)
 
 
 def test_a_run_that_diverges_again_where_it_diverged_before_keeps_the_record(tmp_path):

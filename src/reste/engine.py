@@ -84,6 +84,7 @@ _SYNC_STEPS = 10  # with several processes, they agree on a mid-epoch checkpoint
 _FINITE_EVERY = 1.0  # seconds between one process's checks that its loss stayed finite (each waits for the device)
 
 
+SKIPS_IN_A_ROW = 10  # steps fp16's loss scaler skipped in a row (its scale down 1024-fold) that stop a run as diverged
 _NORM_STATS = ("running_mean", "running_var")  # the buffers training moves (BatchNorm's): not finite, diverged
 
 
@@ -536,6 +537,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.skipped: torch.Tensor | None = None  # whether the scaler skipped the last step (fp16), on the device
         self._told_test_loss = False  # whether a test loss that is not finite was said
+        self._skips_in_row = torch.zeros((), dtype=torch.long)  # steps fp16's scaler skipped since it last took one
         # buffers not finite before a step was taken (a model's own -inf mask or bound): no sign of divergence
         self._constant = {name for name, is_param in self._nonfinite() if not is_param}
         self.graphed = self.graphed_eval = None
@@ -687,6 +689,8 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.skipped = amp_skipped(before, amp_scale(self.scaler))  # the indicators leave a skipped step out
+        if self.skipped is not None:  # (on the device: read at the next save, review diff28 #3)
+            self._skips_in_row = torch.where(self.skipped, self._skips_in_row.to(self.skipped.device) + 1, 0)
         return loss, logits
 
     def _no_sync(self) -> contextlib.AbstractContextManager:
@@ -1028,10 +1032,12 @@ class _Run:
         if bad:
             raise self._diverged(f"non-finite weights ({bad[0]}) after step {step} of epoch {epoch + 1}", epoch,
                                  step)
-        if self.scaler.is_enabled() and self.scaler.get_scale() < 1.0:
-            # (it halves at each step it skips: from 65536, below 1 after 17 skips in a row)
-            raise self._diverged(f"the fp16 loss scaler skipped its steps for inf or NaN gradients until its scale "
-                                 f"fell to {self.scaler.get_scale():.3g} (by step {step} of epoch {epoch + 1})",
+        skips = int(self._skips_in_row) if self.scaler.is_enabled() else 0
+        if skips >= SKIPS_IN_A_ROW or (self.scaler.is_enabled() and self.scaler.get_scale() < 1.0):
+            # (a healthy run skips a few steps at its start, while the scale, 65536, falls to what its gradients
+            # take; each skip halves it)
+            raise self._diverged(f"the fp16 loss scaler skipped the last {skips} steps for inf or NaN gradients (its "
+                                 f"scale fell to {self.scaler.get_scale():.3g} by step {step} of epoch {epoch + 1})",
                                  epoch, step, "lower --lr, check the data, or train with --amp bf16")
 
     def save_partial(self, epoch: int, step: int, sums: list[float | int]) -> None:
