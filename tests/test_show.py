@@ -698,6 +698,11 @@ def test_values_that_are_not_finite_are_written_null_and_read_back_as_nan(tmp_pa
     capsys.readouterr()
     assert main(["show", str(out), "--json"]) == 0
     assert strict(capsys.readouterr().out)["indicators"]["unmeasured"] == 1
+    # a file of before, with bare NaN, is written strict where a resume puts it in order (review diff28, sugg. 2)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert "NaN" in (out / "metrics.jsonl").read_text()
+    rundir.truncate_metrics(out, 2)
+    assert [strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == written
 
 
 def test_show_says_a_resume_imports_the_runs_plugin_files_again(tmp_path, capsys, isolated):

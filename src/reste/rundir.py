@@ -1520,7 +1520,9 @@ def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int, last_record: 
             if MEASURE not in kept[i][1]:
                 record = {**kept[i][1], MEASURE: measured[1]}
                 kept[i] = (json_line(record), record)
-    lines = [line for line, _ in kept]
+    # each line as the writer writes it now: an older file's bare NaN becomes null (strict JSON: review diff28,
+    # suggestion 2); any other line comes out as it was
+    lines = [json_line(record) for _, record in kept]
     epochs = {record["epoch"] for _, record in kept}
     if last_record and last_record.get("epoch") == epochs_done and epochs_done not in epochs:
         lines.append(json_line(last_record))
