@@ -448,7 +448,9 @@ def test_a_fit_resumed_inside_an_epoch_trains_the_epochs_remaining_batches(tmp_p
         return module, [str(w.message) for w in told]
 
     whole, _ = run(every=4)  # 8 batches an epoch: checkpoints after 4 and 12 steps are inside epochs 0 and 1
-    for name, done in (("epoch=0-step=4.ckpt", 4), ("epoch=1-step=12.ckpt", 12)):
+    # (review diff28, suggestion 3) and from the checkpoint of an epoch's last batch, whose resume Lightning starts
+    # without the next epoch's start hook: that epoch trained at the saved one's schedule
+    for name, done in (("epoch=0-step=4.ckpt", 4), ("epoch=1-step=12.ckpt", 12), ("epoch=0-step=8.ckpt", 8)):
         resumed, told = run(ckpt=tmp_path / name)
         assert resumed.seen == whole.seen[done:]
         assert not any("not resumable" in m for m in told)

@@ -109,6 +109,7 @@ class BinarizationCallback(Callback):
         self._history: list[dict[str, float]] = []
         self._last_step = -1
         self._epochs_used: int | None = None  # the schedule's length at the last epoch start (saved)
+        self._epoch_started: int | None = None  # the epoch whose start hook ran last
         self._saved_epochs: int | None = None  # a checkpoint's, to compare at the next epoch start
         self._saved_indicators: tuple[str | None, float | None] = (None, None)  # a checkpoint's mode and o_end
         self._stability: Any = None  # under manual optimization: the last step's gradient stability
@@ -163,6 +164,7 @@ class BinarizationCallback(Callback):
             check_same_indicators(*self._saved_indicators, self.meter.mode, self.meter.o_end, "BinarizationCallback")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_started = trainer.current_epoch
         epochs = self._epochs(trainer)
         saved, self._saved_epochs = self._saved_epochs, None
         if saved is not None and saved != epochs:  # resumed from a checkpoint with another max_epochs
@@ -189,6 +191,11 @@ class BinarizationCallback(Callback):
             )
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0 and self._epoch_started != trainer.current_epoch:
+            # Lightning restarted a fit from a checkpoint of an epoch's last batch without the next epoch's start
+            # hook: that epoch trained at the saved epoch's schedule (review diff28, suggestion 3). (Restarted inside
+            # an epoch, the estimators' loaded state is that epoch's, its length the saved one: integ1 #2.)
+            self.on_train_epoch_start(trainer, pl_module)
         self._batch = batch_idx
         if self.per_step:
             progress = trainer.current_epoch + batch_idx / trainer.num_training_batches
