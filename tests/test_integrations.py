@@ -458,7 +458,7 @@ def test_a_fit_resumed_inside_an_epoch_trains_the_epochs_remaining_batches(tmp_p
         assert all(torch.equal(want[k], got[k]) for k in want if torch.is_tensor(want[k]))
     # a loader of another batch size cannot continue the checkpoint's epoch: it says so and starts it over
     other, told = run(ckpt=tmp_path / "epoch=0-step=4.ckpt", data=loader(200))
-    assert any("starts at its first batch" in m for m in told)
+    assert any("draws its batches from its first again" in m for m in told)
     assert other.seen[0][:2] == (0, 4) and len(other.seen) == 9 - 4 + 9
 
 

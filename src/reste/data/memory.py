@@ -331,8 +331,9 @@ class TensorLoader:
         if (state.get("seed"), state.get("batch_size")) != (self.seed, self.batch_size):
             warnings.warn(f"the checkpoint's in-memory loader drew batches of {state.get('batch_size')} with seed "
                           f"{state.get('seed')}, this one batches of {self.batch_size} with seed {self.seed}: the "
-                          "resumed epoch starts at its first batch (build the loader as before to continue where "
-                          "the checkpoint stopped)", UserWarning, stacklevel=2)
+                          "resumed epoch draws its batches from its first again (Lightning trains as many as the "
+                          "epoch had left); build the loader as before to continue where the checkpoint stopped",
+                          UserWarning, stacklevel=2)
             self._resume = None
             return
         self._resume = (int(state["epoch"]), int(state["batches"]))
