@@ -456,6 +456,13 @@ def test_a_fit_resumed_inside_an_epoch_trains_the_epochs_remaining_batches(tmp_p
         assert not any("not resumable" in m for m in told)
         want, got = whole.state_dict(), resumed.state_dict()
         assert all(torch.equal(want[k], got[k]) for k in want if torch.is_tensor(want[k]))
+    # (review diff28 #6) a checkpoint of an older reste, whose loader kept no state: said, as Lightning did
+    old = torch.load(tmp_path / "epoch=0-step=4.ckpt", weights_only=False)
+    del old["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    torch.save(old, tmp_path / "old.ckpt")
+    _, told = run(ckpt=tmp_path / "old.ckpt")
+    assert any("holds no state of the train loader" in m for m in told)
+    assert not any("holds no state" in m for m in run(ckpt=tmp_path / "epoch=0-step=4.ckpt")[1])
     # a loader of another batch size cannot continue the checkpoint's epoch: it says so and starts it over
     other, told = run(ckpt=tmp_path / "epoch=0-step=4.ckpt", data=loader(200))
     assert any("draws its batches from its first again" in m for m in told)

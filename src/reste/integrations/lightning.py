@@ -110,6 +110,7 @@ class BinarizationCallback(Callback):
         self._last_step = -1
         self._epochs_used: int | None = None  # the schedule's length at the last epoch start (saved)
         self._epoch_started: int | None = None  # the epoch whose start hook ran last
+        self._stateless_restart = False  # a checkpoint written inside an epoch without its loader's state
         self._saved_epochs: int | None = None  # a checkpoint's, to compare at the next epoch start
         self._saved_indicators: tuple[str | None, float | None] = (None, None)  # a checkpoint's mode and o_end
         self._stability: Any = None  # under manual optimization: the last step's gradient stability
@@ -190,7 +191,21 @@ class BinarizationCallback(Callback):
                 sync_dist=True,  # the same on every process: the mean changes nothing, and DDP does not warn
             )
 
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        progress = (loop.get("epoch_loop.batch_progress") or {}).get("current") or {}
+        inside = progress.get("processed", 0) > 0 and not (loop.get("epoch_loop.batch_progress") or {}).get(
+            "is_last_batch", True)
+        # a checkpoint written inside an epoch with no loader state (an older reste's in-memory loader kept none)
+        self._stateless_restart = inside and not (loop.get("state_dict") or {}).get("combined_loader")
+
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._stateless_restart:  # (review diff28 #6: Lightning's own warning no longer came)
+            self._stateless_restart = False
+            if callable(getattr(trainer.train_dataloader, "load_state_dict", None)):  # (Lightning warns of others)
+                rank_zero_warn("BinarizationCallback: the checkpoint was written inside an epoch and holds no state "
+                               "of the train loader (an older reste's in-memory loader kept none): the resumed epoch "
+                               "draws its first batches again, not those it had left")
         if batch_idx == 0 and self._epoch_started != trainer.current_epoch:
             # Lightning restarted a fit from a checkpoint of an epoch's last batch without the next epoch's start
             # hook: that epoch trained at the saved epoch's schedule (review diff28, suggestion 3). (Restarted inside
