@@ -927,7 +927,8 @@ def test_text_from_received_files_reaches_the_terminal_escaped(tmp_path, capsys)
 
     assert printable("a\x1b]0;T\x07\x1b[2K\rB") == "a\\x1b]0;T\\x07\\x1b[2K\\rB"
     assert printable("café 鳥") == "café 鳥"
-    assert printable("photo\u00a0001.png 写真\u3000一") == "photo\u00a0001.png 写真\u3000一"  # (spaces: diff28 s. 5)
+    # (review diff28, suggestion 5) every kind of space stays
+    assert printable("photo\u00a0001.png 写真\u3000一") == "photo\u00a0001.png 写真\u3000一"
     assert printable("a\u2028b\u200e") == "a\\u2028b\\u200e"
     out = tmp_path / "sw"
     sw.run_sweep(TrainConfig(dataset="digits", epochs=1, threads=1), {"estimator": ["ste"]}, [0], out, report=False,
