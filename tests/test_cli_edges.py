@@ -967,7 +967,7 @@ def test_a_flag_of_another_command_names_that_command(capsys):
     assert one_line_error(capsys, "train", "--grid", "estimator=ste,reste").endswith(
         "(--grid is a flag of reste sweep; see `reste train --help`)")
     line = one_line_error(capsys, "train", "--grid", "a=1", "--seeds", "0")
-    assert "(--grid and --seeds are flags of reste sweep;" in line
+    assert "(did you mean --seed? --grid and --seeds are flags of reste sweep;" in line  # (both: diff29, sugg. 1)
     assert "(--json is a flag of reste eval, show and predict;" in one_line_error(capsys, "train", "--json")
     assert "did you mean --threads?" in one_line_error(capsys, "train", "--threds", "1")  # (its own flags first)
 
@@ -981,6 +981,8 @@ def test_the_start_of_several_names_lists_them():
         == "did you mean one of 'cifar10-resnet20-1w1a', 'cifar10-resnet20-ste'? "
     assert did_you_mean("r", ["ste", "reste", "rbnn", "a", "rb", "rc", "rd"]).endswith("'rc', ...? ")
     assert did_you_mean("digit", ["digits", "fashion-mnist"]) == "did you mean 'digits'? "  # one: the close one
+    # (review diff29 #1) another case of a name is that name, though longer ones start with it
+    assert did_you_mean("ResNet20", ["resnet20", "resnet20_1w1a", "resnet20_bireal"]) == "did you mean 'resnet20'? "
 
 
 def test_debug_keeps_the_status_of_an_unexpected_error(capsys, monkeypatch):

@@ -1090,6 +1090,23 @@ def test_an_fp16_scaler_that_skips_every_step_stops_the_run(isolated, tmp_path):
                                                           r"of epoch 1\); the run stopped and no checkpoint was "
                                                           r"saved; .*--amp bf16"):
             engine.train(config, tmp_path / "run", progress=False, log=lambda _m: None)
+        # (review diff29 #2) every other step skipped: none 10 in a row, but the scale falls below 1; said as such
+        odd, real = [False], engine._Run.step
+
+        def step(self, images, target):
+            odd[0] = not odd[0]
+            return real(self, images, target)
+
+        Broken._g = staticmethod(lambda x: torch.full_like(x, float("nan")) if odd[0] else (x.abs() <= 1).to(x.dtype))
+        try:
+            engine._Run.step = step
+            with pytest.raises(engine.TrainingDiverged, match=r"the fp16 loss scaler skipped so many steps for inf or "
+                                                              r"NaN gradients \(its scale fell to 0.\d+ by step"):
+                engine.train(TrainConfig(**{**config.to_dict(), "epochs": 3}), tmp_path / "alternate",
+                             progress=False, log=lambda _m: None)
+        finally:
+            engine._Run.step = real
+            Broken._g = staticmethod(lambda x: torch.full_like(x, float("nan")))
         # (review diff28 #3) epochs of 6 steps: below 17 skips (the scale's 1), the run ended "done"; 10 in a row stop
         with pytest.raises(engine.TrainingDiverged, match=r"skipped the last 12 steps .* by step 6 of epoch 2\)"):
             engine.train(TrainConfig(**{**config.to_dict(), "batch_size": 256}), tmp_path / "short", progress=False,

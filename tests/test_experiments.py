@@ -3132,5 +3132,5 @@ def test_a_grid_axis_is_any_option_name_and_nothing_else():
 
     for good in ("estimator", "o_end", "β", "estimator_options.t", "batch-size", "model_options.width"):
         assert _axis_name(good), good
-    for bad in ('=HYPERLINK("x")', "", "a b", "1x", "a..b", 3, "x" * 101):
+    for bad in ('=HYPERLINK("x")', "-A1", "+A1", "", "a b", "1x", "a..b", 3, "x" * 101):
         assert not _axis_name(bad), bad

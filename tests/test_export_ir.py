@@ -716,5 +716,11 @@ def test_the_python_api_writes_the_predictions_file_that_reste_predict_writes(ca
     for name in ("p.npy", "p"):  # exactly there: np.save would write p.npy for p
         save_predictions(tmp_path / name, r["classes"])
         assert np.load(tmp_path / name).tolist() == list(r["classes"])
-    with pytest.raises(UsageError, match=r"--output .*p.txt: its suffix names the format"):
+    with pytest.raises(UsageError, match=r"^the predictions file .*p.txt: its suffix names the format; use .npy "
+                                         r"\(also no suffix\), .csv or .json$"):
         save_predictions(tmp_path / "p.txt", r["classes"])
+    # (review diff29 #5, suggestion 2) an unknown form wrote CSV; "-" wrote a file of that name
+    with pytest.raises(UsageError, match="unknown form 'xml'; valid: csv, json, npy"):
+        save_predictions(tmp_path / "p.csv", r["classes"], form="xml")
+    with pytest.raises(UsageError, match="save_predictions writes a file; for stdout write prediction_text"):
+        save_predictions("-", r["classes"])

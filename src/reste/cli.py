@@ -532,16 +532,17 @@ def _flag_hint(message: str, argv: Sequence[str], parser: argparse.ArgumentParse
     if command == "eval" and any(f.replace("-", "").replace("_", "") == "dataset" for f in unknown):  # (newuser2 #6)
         return (f"{text} (the data set is the checkpoint's; --data-path says where its files are; see `reste eval "
                 "--help`)")
-    owners = _other_commands_flags(parser, command, unknown)  # (review ux1, suggestion 4)
-    if owners:
-        return f"{text} ({owners}; see `reste {command} --help`)"
     # a flag's dashed spelling, the one the help and the README give (--data-path, not its alias --data_path); not
     # another thing's same setting (--lr-schedule is no --o-schedule: review newuser2 #6)
     dashed = {m: m.replace("_", "-") if m.replace("_", "-") in known else m for m in known}
     close = [dashed[m] for flag in unknown for m in difflib.get_close_matches(flag, known, n=1, cutoff=0.7)
              if not _another_things(flag, m, known)]
+    mean = f"did you mean {', '.join(dict.fromkeys(close))}? " if close else ""
+    owners = _other_commands_flags(parser, command, unknown)  # (review ux1, suggestion 4; both: diff29, sugg. 1)
+    if owners:
+        return f"{text} ({mean}{owners}; see `reste {command} --help`)"
     if close:
-        return f"{text} (did you mean {', '.join(dict.fromkeys(close))}? see `reste {command} --help`)"
+        return f"{text} ({mean}see `reste {command} --help`)"
     plugin = ("; a plugin's flags (--my-flag) exist only with its --plugin MODULE on the line"
               if command in ("train", "sweep") and not any(a.startswith("--plugin") for a in argv) else "")
     return f"{text} (see `reste {command} --help`{plugin})"

@@ -596,8 +596,9 @@ class _Run:
         broken = [name for name, is_param in self._nonfinite() if is_param or name.endswith(_NORM_STATS)]
         if broken:  # (a diverged state an older reste saved: review diff28 #8, it "kept the last good state")
             raise UsageError(f"{last_checkpoint(self.run_dir)} holds weights that are not finite ({broken[0]}): the "
-                             "run had diverged when it was saved (an older reste saved such states); continue from "
-                             "a checkpoint of its top/ folder, or start the run again")
+                             "run had diverged when it was saved (an older reste saved such states); copy its best.pt "
+                             "(or a checkpoint of its top/ folder) over last.pt to continue from that epoch, or start "
+                             "the run again")
         self._constant = {name for name, _ in self._nonfinite()}
         if ckpt.get("optimizer") is not None:  # None: another optimizer, which starts afresh
             load_optimizer_state(self.optimizer, ckpt["optimizer"])  # saved with or without graphs
@@ -1036,8 +1037,10 @@ class _Run:
         if skips >= SKIPS_IN_A_ROW or (self.scaler.is_enabled() and self.scaler.get_scale() < 1.0):
             # (a healthy run skips a few steps at its start, while the scale, 65536, falls to what its gradients
             # take; each skip halves it)
-            raise self._diverged(f"the fp16 loss scaler skipped the last {skips} steps for inf or NaN gradients (its "
-                                 f"scale fell to {self.scaler.get_scale():.3g} by step {step} of epoch {epoch + 1})",
+            which = (f"the last {skips} steps" if skips >= SKIPS_IN_A_ROW
+                     else "so many steps")  # (every other one, say: review diff29 #2)
+            raise self._diverged(f"the fp16 loss scaler skipped {which} for inf or NaN gradients (its scale fell to "
+                                 f"{self.scaler.get_scale():.3g} by step {step} of epoch {epoch + 1})",
                                  epoch, step, "lower --lr, check the data, or train with --amp bf16")
 
     def save_partial(self, epoch: int, step: int, sums: list[float | int]) -> None:

@@ -98,7 +98,9 @@ def did_you_mean(name: object, choices) -> str:
         return ""
     choices = [str(c) for c in choices]
     folded = {c.lower(): c for c in choices}
-    begun = [c for c in folded if c.startswith(name.lower()) and c != name.lower()]
+    if name.lower() in folded:  # another case of a name (ResNet20): that name (review diff29 #1)
+        return f"did you mean {folded[name.lower()]!r}? "
+    begun = [c for c in folded if c.startswith(name.lower())]
     if len(begun) > 1:  # the start of several (a preset's model without its variant: review newuser4, suggestion 5)
         shown = ", ".join(repr(folded[c]) for c in begun[:4]) + (", ..." if len(begun) > 4 else "")
         return f"did you mean one of {shown}? "

@@ -290,8 +290,8 @@ def _axis_name(key: Any) -> bool:
     """Whether ``key`` can be a grid axis: a setting's, an estimator's or a model's option name (identifiers,
     Unicode ones too, as a plugin's hyper-parameter may be named: review diff28 #1), dotted (estimator_options.t),
     dashed as a flag (batch-size)."""
-    return isinstance(key, str) and 0 < len(key) <= 100 and all(
-        part.isidentifier() for part in key.replace("-", "_").split("."))
+    return isinstance(key, str) and 0 < len(key) <= 100 and not key.startswith(FORMULA_START) and all(
+        part.isidentifier() for part in key.replace("-", "_").split("."))  # (-A1: a formula, review diff29 #3)
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str:

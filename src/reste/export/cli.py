@@ -317,7 +317,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--labels goes with IMAGES.npy or one image file; for several image files, write their "
                          "classes (--output FILE.csv, rows file,class,name) and compare them with your labels")
     of_files = several or bool(args.images) and is_image_file(args.images)  # (one file too: rows file,class,name)
-    if of_files and args.output and prediction_format(args.output) == "npy":
+    if of_files and args.output and prediction_format(args.output, "--output") == "npy":
         raise UsageError(f"--output {args.output}: a .npy array holds no file names; for image files use .csv or "
                          ".json (file,class,name), or - for CSV on stdout")
     if args.json and args.output == "-":
@@ -325,7 +325,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          "predictions")
     if args.output and args.output != "-":  # before any work: an input given as the output, then the format
         _check_writable(Path(args.output), (args.exported, *paths, args.labels))
-    form = prediction_format(args.output) if args.output else "npy"
+    form = prediction_format(args.output, "--output") if args.output else "npy"
     if args.threads:
         import torch
 

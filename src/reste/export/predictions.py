@@ -25,14 +25,16 @@ from ..wording import spreadsheet_text
 FORMATS = {".npy": "npy", "": "npy", ".csv": "csv", ".json": "json"}  # a predictions file's suffix: its format
 
 
-def prediction_format(path: str | os.PathLike) -> str:
-    """The format ``path``'s suffix names (``-``, stdout: CSV); another suffix is a one-line ``UsageError``."""
+def prediction_format(path: str | os.PathLike, what: str = "the predictions file") -> str:
+    """The format ``path``'s suffix names (``-``, reste predict's stdout: CSV); another suffix is a one-line
+    ``UsageError`` naming the file as ``what`` (``--output`` for reste predict)."""
     if str(path) == "-":
         return "csv"
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise UsageError(f"--output {path}: its suffix names the format; use .npy (also no suffix), .csv or .json, "
-                         "or - for CSV on stdout")
+        stdout = ", or - for CSV on stdout" if what == "--output" else ""
+        raise UsageError(f"{what} {path}: its suffix names the format; use .npy (also no suffix), .csv or "
+                         f".json{stdout}")
     return FORMATS[suffix]
 
 
@@ -81,9 +83,13 @@ def save_predictions(path: str | os.PathLike, pred: Any, names: Any = None, file
     from ..checkpoint import atomic_write
     from ..errors import cannot_write
 
+    if str(path) == "-":  # (reste predict's stdout: review diff29, suggestion 2)
+        raise UsageError("save_predictions writes a file; for stdout write prediction_text(...) to sys.stdout")
+    if form is not None and form not in set(FORMATS.values()):  # (an unknown one wrote CSV: review diff29 #5)
+        raise UsageError(f"save_predictions: unknown form {form!r}; valid: {', '.join(sorted(set(FORMATS.values())))}")
     form = form or prediction_format(path)
     data = None if form == "npy" else as_bytes(prediction_text(pred, names, form, files))
     try:
         atomic_write(path, (lambda f: np.save(f, np.asarray(pred))) if data is None else (lambda f: f.write(data)))
     except OSError as err:
-        raise cannot_write(err, Path(path), "pass a writable --output") from None
+        raise cannot_write(err, Path(path), "pass a path that can be written") from None
