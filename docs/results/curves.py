@@ -22,6 +22,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from reste.runfiles import METRICS  # (the name of a run's metrics file; imports nothing, no torch)
+
 # reste.rundir (and so torch, seconds to import) only where a run's folder is here to read: a committed
 # study reads its epochs.csv alone
 
@@ -41,7 +43,7 @@ def read_runs(sweep: Path) -> tuple[dict[str, list[list[float]]], dict[str, int]
         for row in csv.DictReader(f):
             listed[row["setting"]] += 1
             run_dir = (sweep / row["run_dir"]).resolve()
-            if (run_dir / "metrics.jsonl").is_file():
+            if (run_dir / METRICS).is_file():
                 from reste.rundir import read_metrics
                 per_setting[row["setting"]].append([m["test_acc"] for m in read_metrics(run_dir)])
             elif saved.get((row["setting"], row["seed"])):
