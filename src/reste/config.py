@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import DEFAULT_ROOT, SPECS, dataset_names, get_spec
-from .errors import UsageError, did_you_mean, option
+from .errors import UsageError, did_you_mean, option, unknown_choice
 from .estimators import estimator_class, get_estimator
 from .indicators import MODES as INDICATOR_MODES
 from .layers import SCALINGS
@@ -445,8 +445,7 @@ class TrainConfig:
         info = model_info(self.model)  # an unknown model: the registry's one line, naming the valid ones
         estimator_class(self.estimator)  # an unknown one: the UsageError naming the closest, then the valid ones
         if self.scaling not in SCALINGS:
-            raise UsageError(f"unknown --scaling {self.scaling!r}; {did_you_mean(self.scaling, SCALINGS)}valid: "
-                              f"{', '.join(SCALINGS)}")
+            raise UsageError(unknown_choice("--scaling", self.scaling, SCALINGS))
         if self.a32 and not info["binary"]:
             raise UsageError(f"--a32 applies to binary models; {self.model!r} is full precision")
         if not info["binary"]:  # the default estimator's options written out (as_recorded) change nothing
@@ -464,8 +463,7 @@ class TrainConfig:
             raise UsageError(f"--scaling applies to binary weights; {self.model!r} is full precision, so --scaling "
                              f"{self.scaling} would do nothing; drop it")
         if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; {did_you_mean(self.optimizer, OPTIMIZERS)}valid: "
-                              f"{', '.join(OPTIMIZERS)}")
+            raise UsageError(unknown_choice("optimizer", self.optimizer, OPTIMIZERS))
         if self.optimizer != "sgd" and self.momentum != TrainConfig.momentum:  # (a sweep tabulated equal runs)
             raise UsageError(f"--momentum is a setting of SGD; --optimizer {self.optimizer} has none: add --optimizer "
                              "sgd, or drop it")
@@ -475,11 +473,9 @@ class TrainConfig:
             given = "--bop-gamma" if self.bop_gamma is not None else "--bop-threshold"
             raise UsageError(f"{given} is a setting of Bop: add --optimizer bop, or drop it")
         if self.indicators not in (None, *INDICATOR_MODES):
-            hint = did_you_mean(self.indicators, INDICATOR_MODES)
-            raise UsageError(f"unknown indicator mode {self.indicators!r}; {hint}valid: {', '.join(INDICATOR_MODES)}")
+            raise UsageError(unknown_choice("indicator mode", self.indicators, INDICATOR_MODES))
         if self.amp not in AMP_MODES:
-            raise UsageError(f"unknown --amp {self.amp!r}; {did_you_mean(self.amp, AMP_MODES)}valid: "
-                             f"{', '.join(AMP_MODES)}")
+            raise UsageError(unknown_choice("--amp", self.amp, AMP_MODES))
         if self.cuda_graphs and (self.compile or self.amp == "fp16"):
             clash = "--compile (use one or the other)" if self.compile else \
                 "--amp fp16 (its GradScaler reads the gradients on the host; use --amp bf16)"
@@ -496,8 +492,7 @@ class TrainConfig:
             raise UsageError(f"{spec.name} is read from files by DataLoader workers; --data-device is for the "
                              "data sets held in memory: drop it")
         if self.data_device not in DATA_DEVICES:
-            hint = did_you_mean(self.data_device, DATA_DEVICES)
-            raise UsageError(f"unknown --data-device {self.data_device!r}; {hint}valid: {', '.join(DATA_DEVICES)}")
+            raise UsageError(unknown_choice("--data-device", self.data_device, DATA_DEVICES))
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

@@ -593,13 +593,14 @@ class _Run:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
             raise UsageError(f"last.pt does not fit model {self.config.model!r} ({state_dict_error(err)})") from None
-        broken = [name for name, is_param in self._nonfinite() if is_param or name.endswith(_NORM_STATS)]
+        found = self._nonfinite()  # (one pass over the loaded weights)
+        broken = [name for name, is_param in found if is_param or name.endswith(_NORM_STATS)]
         if broken:  # (a diverged state an older reste saved: review diff28 #8, it "kept the last good state")
             raise UsageError(f"{last_checkpoint(self.run_dir)} holds weights that are not finite ({broken[0]}): the "
                              "run had diverged when it was saved (an older reste saved such states); copy its best.pt "
                              "(or a checkpoint of its top/ folder) over last.pt to continue from that epoch, or start "
                              "the run again")
-        self._constant = {name for name, _ in self._nonfinite()}
+        self._constant = {name for name, _ in found}
         if ckpt.get("optimizer") is not None:  # None: another optimizer, which starts afresh
             load_optimizer_state(self.optimizer, ckpt["optimizer"])  # saved with or without graphs
         if ckpt.get("scaler"):

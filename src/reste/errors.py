@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import errno as errno_module
 import json
+import math
 import operator
 import re
 import sys
@@ -109,6 +110,12 @@ def did_you_mean(name: object, choices) -> str:
     return f"did you mean {folded[close[0]]!r}? " if close else ""
 
 
+def unknown_choice(what: str, value: object, choices) -> str:
+    """``unknown WHAT 'value'; did you mean ...? valid: a, b, c``: the one wording of a value none of ``choices``
+    is (the suggestion from :func:`did_you_mean`)."""
+    return f"unknown {what} {value!r}; {did_you_mean(value, choices)}valid: {', '.join(map(str, choices))}"
+
+
 #: The errnos of a write that found no room (a full disk, a quota, a file size limit): the machine's, not the
 #: command line's; the same command works once there is room.
 NO_ROOM = tuple(getattr(errno_module, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno_module, name))
@@ -176,7 +183,7 @@ def strict_json(value: Any) -> Any:
     has no NaN, and ``json.dumps`` writes a bare ``NaN`` that strict readers (JavaScript's JSON.parse, jq) refuse
     or read as another value (review formats1 #3)."""
     if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

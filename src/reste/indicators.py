@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import did_you_mean
+from .errors import unknown_choice
 from .estimators import ReSTE, sign
 from .hparams import real_number
 from .layers import binary_layers, estimators_of
@@ -43,7 +43,7 @@ MODES = ("general", "paper")
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown indicator mode {mode!r}; {did_you_mean(mode, MODES)}valid: {', '.join(MODES)}")
+        raise ValueError(unknown_choice("indicator mode", mode, MODES))
 
 
 def indicator_layers(model: nn.Module, mode: str = "general") -> list[tuple[str, nn.Module]]:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cuda_ext
-from .errors import did_you_mean
+from .errors import unknown_choice
 from .estimators import Estimator, get_estimator, layer_forms
 from .fused import PLAIN, under_dispatch_mode, under_functorch
 from .hparams import outside_reste, real_number
@@ -72,8 +72,7 @@ class _BinaryMixin:
 
     def _setup(self, weight_estimator: Any, input_estimator: Any, scaling: str) -> None:
         if scaling not in SCALINGS:
-            raise ValueError(f"unknown scaling {scaling!r}; {did_you_mean(scaling, SCALINGS)}valid: "
-                             f"{', '.join(SCALINGS)}")
+            raise ValueError(unknown_choice("scaling", scaling, SCALINGS))
         self.scaling = scaling
         self.weight_estimator = _estimator_spec(weight_estimator)
         if input_estimator is _DEFAULT:  # built as the weights' is (binarize's activations=True too): a name or a spec

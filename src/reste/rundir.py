@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 from .checkpoint import UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
 from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
 from .errors import UsageError, json_line, parse_json, shell_word
-from .indicators import MEASURE
+from .indicators import MEASURE, RUN_LEVEL_FIELDS
 from .native import CANNOT_LOCK
 from .runfiles import BEST, CONFIG, LAST, METRICS
 from .wording import count, listed, spans
@@ -95,7 +95,7 @@ RECIPE_FREE = (*IDENTITY_FREE, "compile", "channels_last", "cuda_graphs", "indic
 METRIC_FIELDS = ("epoch", "lr", "bop_gamma", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
                  "estimating_error", "gradient_stability", MEASURE, "bop_flips", "time")  # bop_*: --optimizer bop's
 # the fields of a metrics line that are NaN where they were not finite, written null (strict JSON) and read as NaN
-NULL_AS_NAN = ("train_loss", "test_loss", "estimating_error", "gradient_stability")
+NULL_AS_NAN = ("train_loss", "test_loss", *RUN_LEVEL_FIELDS)
 # what every run's config.json holds since the first version: without them it is not a run's
 _IDENTITY = ("dataset", "model", "estimator", "epochs", "seed")
 _TOP_NAME = re.compile(r"^epoch(\d+)-acc(.+)\.pt$")
@@ -1512,18 +1512,16 @@ def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int, last_record: 
     ``indicators_o_end`` wrote them) get its value. Returns the epochs up to ``epochs_done`` that still have no
     line."""
     path = Path(run_dir) / METRICS
-    kept = [(line, record) for line, record in _metrics_lines(path) if record["epoch"] <= epochs_done] \
+    records = [record for _, record in _metrics_lines(path) if record["epoch"] <= epochs_done] \
         if path.exists() else []
     if measured is not None and measured[0] > 0:
-        with_values = [i for i, (_, record) in enumerate(kept) if "estimating_error" in record][-measured[0]:]
+        with_values = [i for i, record in enumerate(records) if "estimating_error" in record][-measured[0]:]
         for i in with_values:
-            if MEASURE not in kept[i][1]:
-                record = {**kept[i][1], MEASURE: measured[1]}
-                kept[i] = (json_line(record), record)
+            records[i].setdefault(MEASURE, measured[1])
     # each line as the writer writes it now: an older file's bare NaN becomes null (strict JSON: review diff28,
     # suggestion 2); any other line comes out as it was
-    lines = [json_line(record) for _, record in kept]
-    epochs = {record["epoch"] for _, record in kept}
+    lines = [json_line(record) for record in records]
+    epochs = {record["epoch"] for record in records}
     if last_record and last_record.get("epoch") == epochs_done and epochs_done not in epochs:
         lines.append(json_line(last_record))
         epochs.add(epochs_done)

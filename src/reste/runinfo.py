@@ -66,9 +66,10 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
     if done and steps and not holder and _last_older(run_dir):  # (a stopped run's too: review chaos #6)
         ckpt, read = _saved_checkpoint(run_dir), True
     saved = _position(ckpt)  # (epochs, steps, processes) of last.pt, where it is read
-    if saved is None and finished and not holder:  # a finished-looking run: its last.pt's header says whether it is
+    header_read = saved is None and finished and not holder
+    if header_read:  # a finished-looking run: its last.pt's header says whether it is
         # (a copy of the folder, or a clock step, may give the files their times in either order: review chaos5 #1)
-        saved = _position(read_structure(last_checkpoint(run_dir))[1])
+        saved = _header_position(run_dir)
     if saved is not None and saved[0] < done:  # last.pt holds fewer epochs than metrics.jsonl logged
         finished, behind = False, saved[0]
     elif finished and saved is not None and (saved[0] < config.epochs or saved[1]):
@@ -96,8 +97,9 @@ def run_summary(run_dir: str | os.PathLike, steps: bool = True) -> dict[str, Any
             summary["foreign"] = other_run(run_dir, ckpt)
     # (review imgdist #2) inside an epoch, a torchrun run continues with as many processes; (review dist #3) at an
     # epoch's end, its stop line says so too, and --batch-size is per process
-    summary["saved_processes"] = saved[2] if saved is not None else _saved_world(run_dir) if steps and finished \
-        else None  # (a finished run's too, read without its tensors: review diff11 #3)
+    world = saved if saved is not None or not (steps and finished) or header_read else _header_position(run_dir)
+    summary["saved_processes"] = world[2] if world is not None else None  # (a finished run's too, read without its
+    # tensors: review diff11 #3)
     if not metrics:
         return summary
     best, last = best_line(metrics), metrics[-1]
@@ -159,13 +161,12 @@ def _position(ckpt: Any) -> tuple[int, int, int] | None:
     return (epoch, step, world) if all(type(v) is int for v in (epoch, step, world)) and world >= 1 else None
 
 
-def _saved_world(run_dir: str | os.PathLike) -> int | None:
-    """The processes that trained the run, as its ``last.pt`` records them, read without its tensors (memory-mapped,
-    not read: a finished ImageNet run's is large); None where that cannot be read (its integrity is for the resume
-    to check, and :func:`_saved_checkpoint` reads the whole file to check it)."""
-    # (read_structure: a crafted file whose members inflate is not loaded, review sec3 #4)
-    position = _position(read_structure(last_checkpoint(run_dir))[1])  # (missing, damaged, not a zip: None)
-    return position[2] if position is not None else None
+def _header_position(run_dir: str | os.PathLike) -> tuple[int, int, int] | None:
+    """:func:`_position` of the run's ``last.pt`` read from its header alone (memory-mapped, no tensor read: a
+    finished ImageNet run's is large; a crafted file whose members inflate is not loaded, review sec3 #4); None where
+    that cannot be read (its integrity is for the resume to check, and :func:`_saved_checkpoint` reads the whole file
+    to check it)."""
+    return _position(read_structure(last_checkpoint(run_dir))[1])
 
 
 def show_run(run_dir: str | os.PathLike) -> str:

@@ -387,8 +387,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if accuracy is not None:
             line += f"; accuracy {accuracy:.2f}%"
         if args.json:  # one object, for a script: no line to parse
-            summary = {"images": len(pred), "output": str(out) if write else None, "accuracy": accuracy,
-                       "seconds": round(seconds, 3), "backend": model.backend, "kernels": model.kernel_name}
+            summary = _images_summary(pred, out if write else None, accuracy, seconds, model)
             if one_file or len(pred) == 1:  # one image: its class, as the line gives it
                 summary.update({"class": int(pred[0]), "name": class_name(names, int(pred[0]))})
             line = json_line(summary)
@@ -407,6 +406,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{name} on {r['dataset']} test: top-1 {r['top1']:.2f}% of {r['images']} images{extra} "
           f"({r['seconds']:.2f}s, {r['kernels']} kernels)")
     return 0
+
+
+def _images_summary(pred: Any, out: Path | None, accuracy: float | None, seconds: float, model: Any
+                    ) -> dict[str, Any]:
+    """predict --json's object on IMAGES: its :data:`IMAGES_KEYS`, which the help lists."""
+    values = (len(pred), None if out is None else str(out), accuracy, round(seconds, 3), model.backend,
+              model.kernel_name)
+    return dict(zip(IMAGES_KEYS, values))
 
 
 def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
@@ -439,10 +446,8 @@ def _predict_files(args: argparse.Namespace, model: Any, form: str) -> int:
         left = len(r["unreadable"])
         line += f"; {count(left, 'file')} left out (no image reste reads: listed above)"
     if args.json:
-        summary: dict[str, Any] = {"images": len(pred), "output": str(out) if out is not None else None,
-                                   "accuracy": None, "seconds": round(seconds, 3), "backend": model.backend,
-                                   "kernels": model.kernel_name,
-                                   "unreadable": [{"file": f, "reason": why} for f, why in r["unreadable"]]}
+        summary = _images_summary(pred, out, None, seconds, model)
+        summary["unreadable"] = [{"file": f, "reason": why} for f, why in r["unreadable"]]
         if not args.output:
             summary["predictions"] = prediction_rows(pred, names, files)
         print(json_line(summary))

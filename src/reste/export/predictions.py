@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..wording import spreadsheet_text
 
 FORMATS = {".npy": "npy", "": "npy", ".csv": "csv", ".json": "json"}  # a predictions file's suffix: its format
+FORMS = ("csv", "json", "npy")  # the formats
 
 
 def prediction_format(path: str | os.PathLike, what: str = "the predictions file") -> str:
@@ -85,8 +86,8 @@ def save_predictions(path: str | os.PathLike, pred: Any, names: Any = None, file
 
     if str(path) == "-":  # (reste predict's stdout: review diff29, suggestion 2)
         raise UsageError("save_predictions writes a file; for stdout write prediction_text(...) to sys.stdout")
-    if form is not None and form not in set(FORMATS.values()):  # (an unknown one wrote CSV: review diff29 #5)
-        raise UsageError(f"save_predictions: unknown form {form!r}; valid: {', '.join(sorted(set(FORMATS.values())))}")
+    if form is not None and form not in FORMS:  # (an unknown one wrote CSV: review diff29 #5)
+        raise UsageError(f"save_predictions: unknown form {form!r}; valid: {', '.join(FORMS)}")
     form = form or prediction_format(path)
     data = None if form == "npy" else as_bytes(prediction_text(pred, names, form, files))
     try:

@@ -193,9 +193,8 @@ class BinarizationCallback(Callback):
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-        progress = (loop.get("epoch_loop.batch_progress") or {}).get("current") or {}
-        inside = progress.get("processed", 0) > 0 and not (loop.get("epoch_loop.batch_progress") or {}).get(
-            "is_last_batch", True)
+        batches = loop.get("epoch_loop.batch_progress") or {}
+        inside = (batches.get("current") or {}).get("processed", 0) > 0 and not batches.get("is_last_batch", True)
         # a checkpoint written inside an epoch with no loader state (an older reste's in-memory loader kept none)
         self._stateless_restart = inside and not (loop.get("state_dict") or {}).get("combined_loader")
 
