@@ -84,7 +84,12 @@ def inputs(dtype: torch.dtype, bounds: list[float], seed: int = 0) -> tuple[torc
 
 def layouts(x: torch.Tensor, grad: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The same values in a memory layout: contiguous, channels_last (grad too), mixed (grad contiguous),
-    or strided (a non-dense view of a larger tensor)."""
+    strided (a non-dense view of a larger tensor) or permuted (dense in another order of its dimensions, grad
+    contiguous: a transposed Linear input)."""
+    if layout == "permuted":
+        order = (2, 0, 3, 1)[:x.dim()] if x.dim() == 4 else tuple(reversed(range(x.dim())))
+        inverse = sorted(range(x.dim()), key=order.__getitem__)
+        return x.permute(order).contiguous().permute(inverse), grad
     if layout == "channels_last":
         cl = torch.channels_last
         return x.contiguous(memory_format=cl), grad.contiguous(memory_format=cl)

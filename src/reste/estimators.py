@@ -111,7 +111,8 @@ _MANTISSA_BITS = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch
 
 
 def _next_up(value: float, dtype: torch.dtype) -> float:
-    """The next ``dtype`` number above ``value`` (as ``dtype`` rounds it), for a positive normal value.
+    """The next ``dtype`` number above ``value`` (as ``dtype`` rounds it), for a positive normal value (a subnormal
+    one would get a unit too fine: POSITIVE_RANGE keeps the bounds that come here normal, review kern1).
 
     Plain float arithmetic (``torch.compile`` folds it into a constant; nothing to trace): ``value``
     rounded to the dtype's mantissa, half to even as IEEE does, plus one unit in its last place.
@@ -761,6 +762,7 @@ class Estimator(nn.Module):
 
 # A positive bound, width or rate: kept to normal float32 numbers, where the float32 kernels and the PyTorch path
 # agree (below 1.2e-38 or above 3.4e38 each went wrong in its own way: a subnormal interval m, a clip of 1e39).
+# _next_up, which ReSTE's t and m go through, is right for normal numbers alone: widen this and it must change too.
 POSITIVE_RANGE = "[1e-30, 1e30]"
 
 

@@ -337,7 +337,8 @@ def _scalars(kind: str, params: dict) -> tuple[tuple[float, ...], int, Tensor | 
 
 
 def _dense(x: Tensor) -> bool:
-    """Whether ``x``'s elements fill its memory in one block (contiguous or channels_last)."""
+    """Whether ``x``'s elements fill its memory in one block with dim 0 outermost (contiguous or channels_last):
+    what the weight-scale kernels, whose groups are consecutive blocks of dim 0, take as it is."""
     if x.is_contiguous():
         return True
     if x.dim() == 4:
@@ -345,6 +346,21 @@ def _dense(x: Tensor) -> bool:
     if x.dim() == 5:
         return x.is_contiguous(memory_format=torch.channels_last_3d)
     return False
+
+
+def _fills_memory(x: Tensor) -> bool:
+    """Whether ``x``'s elements fill its memory in one block in any order of its dimensions (a transposed Linear
+    input, a Conv1d activation stored (N, L, C)): what the elementwise kernels take as it is, as the compiled
+    extension does (review kern1, suggestion 2: a copy before each launch). The common layouts are asked first,
+    in C++."""
+    if _dense(x):
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(x.shape, x.stride()) if sz != 1):
+        if stride != expected:  # (innermost first: each stride the product of the sizes inside it)
+            return False
+        expected *= size
+    return True
 
 
 def _like(x: Tensor, other: Tensor) -> Tensor:
@@ -378,7 +394,7 @@ def sign(x: Tensor) -> Tensor:
 def sign_trusted(x: Tensor) -> Tensor:
     """:func:`sign` without its checks of the input, for :mod:`reste.triton_dispatch`, which made them already (each
     ``*_trusted`` entry saves about a microsecond per launch on the host-bound eager GPU step)."""
-    if not _dense(x):
+    if not _fills_memory(x):
         x = x.contiguous()
     y = torch.empty_like(x)
     n = x.numel()
@@ -396,7 +412,7 @@ def backward(kind: str, x: Tensor, grad: Tensor, **params) -> Tensor:
 def backward_trusted(kind: str, x: Tensor, grad: Tensor, **params) -> Tensor:
     """:func:`backward` without its checks of the inputs (see :func:`sign_trusted`)."""
     scalars, count, o = _scalars(kind, params)
-    if not _dense(x):
+    if not _fills_memory(x):
         x = x.contiguous()
     grad = _like(x, grad)
     out = torch.empty_like(x)
