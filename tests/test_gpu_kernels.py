@@ -61,7 +61,7 @@ from reste.estimators import get_estimator  # noqa: E402
 from reste.layers import BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose2d  # noqa: E402
 from kernel_checks import (  # noqa: E402
     DTYPES, ESTIMATORS, SHAPE, ULP16, ULP32, _bounds, assert_scaled_sign_within, assert_sign_matches,
-    assert_within, inputs, layouts, tolerance, torch_backward, torch_scaled_sign, weight,
+    assert_within, inputs, layouts, tolerance, torch_backward, torch_scaled_sign, torch_sign, weight,
 )
 
 
@@ -133,6 +133,31 @@ def test_sign_of_empty_and_scalar_tensors():
     assert K.sign(torch.empty(0)).shape == (0,)
     assert K.sign(torch.tensor(-0.0)).item() == 1.0
     assert K.sign(torch.tensor(-2.0)).item() == -1.0
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x.flatten()[0].clone(),  # 0-d
+    lambda x: x.flatten()[:0].reshape(3, 0, 2),  # empty, with a size-0 dimension inside
+    lambda x: x[:1, :1, :1, :1].expand(3, 2, 4, 5),  # stride 0: every element one value
+    lambda x: x[:, :1].contiguous(memory_format=torch.channels_last),  # channels_last with C = 1
+    lambda x: x[:, :, :1].contiguous(memory_format=torch.channels_last),  # ... with H = 1
+], ids=["0-d", "empty-3-0-2", "expanded", "channels-last-c1", "channels-last-h1"])
+@pytest.mark.parametrize("kind", ["reste", "fda"])
+def test_odd_shapes_and_strides_match_the_expressions(kind, make):
+    """(review kern1, suggestion 4) shapes and strides the layouts above leave out, for sign and the backward; the
+    grad expanded too where x is."""
+    est = ESTIMATORS[kind]()
+    x0, grad0 = inputs(torch.float32, _bounds(est), seed=5)
+    x, grad = make(x0), make(grad0)
+    y, ref = K.sign(x), torch_sign(x.contiguous())  # (0-d and expanded hold one value: not both signs)
+    assert y.shape == ref.shape and torch.equal(y.nan_to_num(7.0), ref.nan_to_num(7.0))
+    ref = torch_backward(est, x.contiguous(), grad.contiguous())
+    out = K.backward(kind, x, grad, **est.params())
+    assert_within(out.contiguous(), ref, tolerance(est, x.contiguous(), grad.contiguous(), ref))
+    if kind == "reste":  # a 0-d float32 o reads as the float of its value
+        o = torch.tensor(est.params()["o"])
+        assert torch.equal(K.backward(kind, x, grad, **{**est.params(), "o": o}).nan_to_num(7.0),
+                           K.backward(kind, x, grad, **{**est.params(), "o": o.item()}).nan_to_num(7.0))
 
 
 # ---------------------------------------------------------------------- backward
