@@ -654,3 +654,20 @@ def test_a_plugins_sweep_run_again_without_it_is_told_to_pass_it(tmp_path, comma
             r.stderr
     r = command("sweep", "--grid", "estimator=stee,ste", *args, cwd=tmp_path)  # (review diff24 #4: a typo's hint kept)
     assert "unknown estimator 'stee'; did you mean 'ste'?" in r.stderr and "pass the same --plugin" in r.stderr
+
+
+def test_a_plugin_file_imports_the_modules_beside_it(isolated, tmp_path, monkeypatch):
+    """(review extend1 #1) a plugin file that imports a helper beside it loaded under `python -m reste` (the current
+    folder on the path) and not under the `reste` script, so the resume command a run printed failed: its own folder
+    is on the path while it runs, as a script's is."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)  # elsewhere than the plugin's folder
+    folder = tmp_path / "plug"
+    folder.mkdir()
+    (folder / "extend1_helper_test.py").write_text("import torch\n\n\ndef g(x):\n    return torch.ones_like(x)\n")
+    (folder / "main.py").write_text("import reste\nimport extend1_helper_test\n\n\n@reste.register_estimator\n"
+                                    "class E(reste.Estimator):\n    name = 'beside_test'\n"
+                                    "    _g = staticmethod(extend1_helper_test.g)\n")
+    plugins.load_plugin(str(folder / "main.py"))
+    assert "beside_test" in reste.list_estimators()
+    assert str(folder) not in sys.path  # (while it loads: a resume takes none of that folder's modules for installed)

@@ -288,11 +288,18 @@ def _import_file(path: str) -> ModuleType:
         raise UsageError(f"--plugin {path!r}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    # its own folder first on the path while it runs, as a script's: it may import the modules beside it under
+    # `reste` as under `python -m reste` (review extend1 #1); not after, so that a resume does not take that
+    # folder's other modules for installed ones (loads_on_resume)
+    sys.path.insert(0, str(file.parent))
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(file.parent))  # (the first: the one put there)
     return module
 
 
