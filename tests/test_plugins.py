@@ -671,3 +671,25 @@ def test_a_plugin_file_imports_the_modules_beside_it(isolated, tmp_path, monkeyp
     plugins.load_plugin(str(folder / "main.py"))
     assert "beside_test" in reste.list_estimators()
     assert str(folder) not in sys.path  # (while it loads: a resume takes none of that folder's modules for installed)
+
+
+def test_a_run_records_the_plugin_of_an_estimator_its_models_layers_name(isolated, plugin_file, tmp_path):
+    """(review extend1 #2) a plugin model whose layer names a plugin estimator by name, the estimator given as its own
+    --plugin: config.json recorded the model's plugin alone, so the resume command a run printed, and eval with it,
+    failed on the unknown estimator (and blamed a change of the plugin's code)."""
+    model = tmp_path / "layers_name_it.py"
+    model.write_text(textwrap.dedent('''
+        import reste
+        from torch import nn
+
+
+        @reste.models.register_model(dataset="digits", mixed_estimators=True)
+        def named_est_test_1w1a(*, num_classes, conv):
+            return nn.Sequential(conv(1, 4, 3, 1, 1), reste.BinaryConv2d(4, 4, 3, padding=1, input_estimator="myest",
+                                 weight_estimator="myest"), nn.Flatten(), nn.Linear(256, num_classes))
+    '''))
+    run = tmp_path / "run"
+    assert main(["train", "--plugin", str(plugin_file), "--plugin", str(model), "--model", "named_est_test_1w1a",
+                 "--estimator", "ste", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["plugins"] == [str(plugin_file), str(model)]
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["plugins"] == [str(plugin_file), str(model)]

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -684,19 +685,20 @@ def canonical_estimator(name: Any) -> Any:
         return name
 
 
-def as_recorded(config: TrainConfig) -> TrainConfig:
+def as_recorded(config: TrainConfig, modules: Iterable[str] = ()) -> TrainConfig:
     """``config`` (resolved) as a run records it in config.json and its checkpoints: its estimator named as
     registered with every hyper-parameter written out (those left at their defaults too: a default that changes
     later, in reste or a plugin, cannot move the run), and the plugins that define its estimator, model and
     data set (a Python caller's own imports too), for a resume or a sweep's worker processes to load (``reste eval`` and
-    ``export`` take ``--plugin``); a plugin given that defines none of them is left out."""
+    ``export`` take ``--plugin``); a plugin given that defines none of them is left out. ``modules``: those of
+    other things the run's model uses (the estimators its layers name themselves, review extend1 #2)."""
     from .datasets import defined_in as dataset_module
     from .models import defined_in
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1: told at training
         est = get_estimator(config.estimator, **config.estimator_options)
-    used = [type(est).__module__, defined_in(config.model), dataset_module(config.dataset)]
+    used = [type(est).__module__, defined_in(config.model), dataset_module(config.dataset), *modules]
     # a --plugin given that defines nothing the run uses is not recorded: a resume would ask for it again (a sweep
     # over estimators, one of them a plugin's, gives it to every setting)
     given = needed(config.plugins, used)
