@@ -75,6 +75,26 @@ def _estimator(name, params, with_f=True):
     return type("Plug", (Estimator,), attrs)
 
 
+
+@pytest.mark.parametrize("params, said", [
+    ((reste.Param("training", float, 1.0, "x"),), "its hyper-parameter 'training' has the name of an attribute every "
+                                                  r"estimator has \(an nn.Module's or reste.Estimator's\)"),
+    ((reste.Param("params", float, 1.0, "x"),), "its hyper-parameter 'params' has the name of an attribute"),
+    ((reste.Param("name", str, "a", "x", choices=("a", "b")),), "its hyper-parameter 'name' has the name of an attribute"),
+    ((reste.Param("_c", float, 1.0, "x"),), "its hyper-parameter '_c' starts with _"),
+    ((reste.Param("ka", float, 1.0, "x", flag="kk"), reste.Param("kb", float, 2.0, "y", flag="kk")),
+     "its hyper-parameters 'ka' and 'kb' both answer to --kk; give one another flag= in its Param"),
+    ((reste.Param("a", float, 1.0, "x", flag="b"), reste.Param("b", float, 1.0, "y")),
+     "its hyper-parameters 'a' and 'b' both answer to --b"),
+], ids=["training", "params", "name", "underscore", "one-flag", "flag-is-a-name"])
+def test_a_hyperparameter_named_like_an_attribute_or_sharing_a_flag_is_refused(isolated, params, said):
+    """(review extend1 #3, #7) a hyper-parameter is set as the estimator's attribute: `training` was overwritten by
+    .train() (three values trained one network), `params` and `name` broke the run with a misleading error; two of
+    one estimator's hyper-parameters answering to one flag, it set one of them alone."""
+    with pytest.raises(ValueError, match=f"estimator 'clash': {said}"):
+        reste.register_estimator(_estimator("clash", params))
+    assert "clash" not in reste.list_estimators()
+
 # 1, 17: names the command line or Python cannot carry are refused where the class is registered
 @pytest.mark.parametrize("name", ["epochs", "lr", "seed", "threads", "batch_size", "jobs", "out", "warm_up"])
 def test_a_hyperparameter_named_like_a_train_or_sweep_setting_or_flag_is_refused_at_registration(isolated, name):

@@ -1027,7 +1027,23 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
     except KeyError as err:
         raise ValueError(f"estimator {cls.name!r}: its relations name {err}, which is neither a hyper-parameter "
                          f"nor one of {', '.join(_RELATIONS)}") from None
+    taken_names = set(dir(Estimator)) | set(vars(nn.Module()))  # (training, params, name, forward, ...)
+    flags_here: dict[str, str] = {}
     for p in cls.hyperparameters:  # (reste train's and sweep's own flags: RESERVED_FLAGS, no CLI import)
+        # (review extend1 #3: each is set as an attribute of the estimator, so `training` was overwritten by
+        # .train(), and `params` or `name` broke the run)
+        if p.name in taken_names:
+            raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has the name of an attribute "
+                             "every estimator has (an nn.Module's or reste.Estimator's); give it another name")
+        if p.name.startswith("_"):
+            raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} starts with _, as the "
+                             "estimator's own attributes do; give it a name that starts with a letter")
+        for flag in dict.fromkeys((p.dest, p.name)):  # (review extend1 #7: a flag two of them share set one alone)
+            if flags_here.get(flag, p.name) != p.name:
+                raise ValueError(f"estimator {cls.name!r}: its hyper-parameters {flags_here[flag]!r} and {p.name!r} "
+                                 f"both answer to {'--' + flag.replace('_', '-')}; give one another flag= in its "
+                                 "Param")
+            flags_here[flag] = p.name
         if p.name in SETTINGS:  # (a grid axis or a plot label could not tell them apart)
             raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has the name of a run's "
                              "setting (--grid, the tables and the plots name settings by it); give it another name")
