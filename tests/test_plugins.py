@@ -693,3 +693,19 @@ def test_a_run_records_the_plugin_of_an_estimator_its_models_layers_name(isolate
                  "--estimator", "ste", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
     assert json.loads((run / "config.json").read_text())["plugins"] == [str(plugin_file), str(model)]
     assert torch.load(run / "last.pt", weights_only=True)["config"]["plugins"] == [str(plugin_file), str(model)]
+
+
+def test_a_model_of_mixed_estimators_logs_the_runs_own_schedule(isolated, tmp_path):
+    """(review extend1 #4) a model whose first binary layer has an EDE of its own and the rest the run's ReSTE: each
+    epoch's line and metrics.jsonl carried EDE's t and k as the run's, and ReSTE's o nowhere."""
+    def mixed(*, num_classes, conv):
+        return nn.Sequential(reste.BinaryConv2d(1, 4, 3, padding=1, input_estimator="ede", weight_estimator="ede"),
+                             conv(4, 4, 3, 1, 1), nn.Flatten(), nn.Linear(256, num_classes))
+
+    models.register_model(dataset="digits", mixed_estimators=True)(
+        type(mixed)(mixed.__code__, mixed.__globals__, "mixed_log_test_1w1a"))
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mixed_log_test_1w1a", "--estimator", "reste", "--epochs", "2", "--threads", "1",
+                 "--no-progress", "--out", str(run)]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["o"] == 1.0 and 1.0 < lines[1]["o"] < 3.0 and not {"t", "k"} & set(lines[0])

@@ -836,6 +836,18 @@ class _Run:
             if self.board is not None:
                 self.board.close()
 
+    def _set_progress(self, epoch: int) -> dict[str, float]:
+        """Move every estimator's schedule to ``epoch``; the values each epoch's line and metrics.jsonl carry: those
+        of the first estimator of the run's own settings (``estimator``, ``estimator_options``) that has any, else
+        of the first that has any (review extend1 #4: in a model of mixed estimators the first layer's EDE t and k
+        were logged as the run's, and ReSTE's o nowhere)."""
+        first = set_progress(self.model, epoch, self.config.epochs)
+        own = {"name": self.config.estimator, **self.config.estimator_options}
+        for est in estimators_of(self.model):
+            if est.schedule_values() and est.spec() == own:
+                return dict(est.schedule_values())
+        return first
+
     def _epochs(self) -> dict[str, Any]:
         cfg = self.config
         start = time.monotonic()  # (durations: the monotonic clock, which a clock step leaves alone: review chaos5 #3)
@@ -843,7 +855,7 @@ class _Run:
             t0 = time.monotonic()
             lr = learning_rate(cfg.lr, epoch, cfg.epochs, cfg.warm_up)
             set_rates(self.optimizer, lr, cfg)
-            sched = set_progress(self.model, epoch, cfg.epochs) if self.scheduled else {}
+            sched = self._set_progress(epoch) if self.scheduled else {}
             if self.graphed is not None:
                 self.graphed.invalidate()  # the captured step holds this epoch's lr and schedule values
             if self.graphed_eval is not None and sched and _forward_reads_schedule(self.model):
