@@ -253,6 +253,15 @@ def test_register_model(monkeypatch):
     # the same cell again, without the twin: the old twin goes too, not left building the old network (diff10 #2)
     models.register_model(dataset="DIGITS")(again)
     assert models.model_info("tiny_1w1a")["twin"] is None and "tiny" not in models.list_models()
+    # (review extend1 #5) another factory of the same module claiming a held name (a copied twin=) is refused, as
+    # is a twin named like the factory itself (it was listed as the other kind alone)
+    models.register_model(dataset="digits", twin="tiny")(again)
+    copied = type(again)(again.__code__, again.__globals__, "tiny_cnn_1w1a")
+    with pytest.raises(ValueError, match=r"model 'tiny' is already registered \(by test_models.tiny_1w1a\)"):
+        models.register_model(dataset="digits", twin="tiny")(copied)
+    assert "tiny_cnn_1w1a" not in models.list_models() and models.model_info("tiny")["twin"] == "tiny_1w1a"
+    with pytest.raises(ValueError, match="model 'tiny_cnn_1w1a': twin= names the model's other kind"):
+        models.register_model(dataset="digits", twin="tiny_cnn_1w1a")(copied)
 
 
 @pytest.mark.parametrize("factory, why", [

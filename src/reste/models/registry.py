@@ -107,15 +107,21 @@ def register_model(
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         names = [(getattr(fn, "__name__", ""), binary)] + ([(twin, not binary)] if twin else [])
         _check_factory(fn, names[0][0])
+        if twin is not None and twin == names[0][0]:  # (review extend1 #5: it was listed as the other kind alone)
+            raise ValueError(f"model {twin!r}: twin= names the model's other kind (its full-precision or binary "
+                             "version), not the factory's own name; give it another name")
         for name, _ in names:  # all checked before any is registered
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"a model's name must be a Python identifier, got {name!r}: register a function "
                                  "defined with def (its name is the model's), and give twin= such a name")
             held = _MODELS.get(name)
-            if held is not None and not plugins.same_source(str(getattr(held, "__module__", None)),
-                                                            str(getattr(fn, "__module__", None))):
-                raise ValueError(f"model {name!r} is already registered (by {held.__module__}); give yours another "
-                                 "name")
+            # the same module's factory of the same name again is a reload; another of that module's is a clash
+            # (review extend1 #5: a copied twin= took one model's name from another without a word)
+            if held is not None and not (plugins.same_source(str(getattr(held, "__module__", None)),
+                                                             str(getattr(fn, "__module__", None)))
+                                         and getattr(held, "__name__", None) == getattr(fn, "__name__", None)):
+                raise ValueError(f"model {name!r} is already registered (by {held.__module__}."
+                                 f"{getattr(held, '__name__', '?')}); give yours another name")
         new = {name for name, _ in names}
         for name, _ in names:  # a twin that the entry replaced named and that this one drops or renames goes with it:
             # it would build the old network (review diff10 #2)
