@@ -674,3 +674,17 @@ def test_a_g_that_takes_params_through_a_wrapper_registers(isolated):
                                              "_g": staticmethod(keep_p(lambda x, p: torch.ones_like(x) * p))})
     reste.register_estimator(wrapped)
     assert reste.get_estimator("wrapped").derivative(torch.zeros(3)).tolist() == [2.0, 2.0, 2.0]
+
+
+def test_a_percent_sign_in_a_hyperparameters_help_reaches_the_help_as_it_is(isolated, capsys):
+    """(review extend1 #6) argparse %-formats a help text: "in % (0-100)" made `reste train --help` and `reste sweep
+    --help` fail (for every user, where the estimator came from an installed package)."""
+    from reste.cli import main
+
+    reste.register_estimator(_estimator("pct", (reste.Param("drop", float, 10.0, "share of the window in % (0-100)",
+                                                            "[0, 100]"),)))
+    for command in ("train", "sweep"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert exit_.value.code == 0 and "pct: share of the window in % (0-100)" in out

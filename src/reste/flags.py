@@ -196,8 +196,9 @@ def add_estimator_flags(p: argparse.ArgumentParser, e: Any) -> None:
                 raise argparse.ArgumentError(None, "")
             e.add_argument(*options, dest=dest, type=None if first.type is str else first.type,
                            metavar={float: "X", int: "N", str: "NAME"}[first.type],
-                           help=f"{meaning} ({valid + '; ' if valid else ''}"
-                                f"default {defaults})")
+                           # (argparse %-formats a help text: a plugin's "in % (0-100)" broke --help, review
+                           # extend1 #6)
+                           help=f"{meaning} ({valid + '; ' if valid else ''}default {defaults})".replace("%", "%%"))
         except argparse.ArgumentError:
             raise UsageError(f"estimator {names!r}: the flag {first.option} of its hyper-parameter {first.name!r} is "
                              f"taken by `{p.prog}`; give it another flag= in its Param") from None
