@@ -709,3 +709,20 @@ def test_a_model_of_mixed_estimators_logs_the_runs_own_schedule(isolated, tmp_pa
                  "--no-progress", "--out", str(run)]) == 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["o"] == 1.0 and 1.0 < lines[1]["o"] < 3.0 and not {"t", "k"} & set(lines[0])
+
+
+def test_python_resumes_a_run_of_a_plugin_file_it_loaded(isolated, plugin_file, tmp_path):
+    """(review extend1 #8) engine.resume of a run whose plugin is a .py file was refused in the very process that had
+    loaded it (no code of it would run again), and told a Python caller to pass a flag."""
+    from reste import engine
+
+    run = tmp_path / "run"
+    plugins.load_plugins([str(plugin_file)])
+    engine.train(TrainConfig(dataset="digits", epochs=1, device="cpu", threads=1, estimator="myest"), out=run,
+                 log=lambda _: None)
+    assert engine.resume(run, {"epochs": 2}, force=True, log=lambda _: None)["epochs"] == 2
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "plugins": [str(tmp_path / "never_loaded.py")]}))
+    with pytest.raises(UsageError, match=r"load them first \(reste.plugins.load_plugins\) or pass overrides="
+                                         r"\{'plugins': \['.*never_loaded.py'\]\}$"):
+        engine.resume(run, {"epochs": 3}, force=True, log=lambda _: None)

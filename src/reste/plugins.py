@@ -109,8 +109,11 @@ def loads_on_resume(spec: Any, run_dir: str | os.PathLike, here: bool = True) ->
     received folder is unpacked; any folder there is a namespace package) or code inside the run folder is not:
     a run folder from elsewhere could otherwise run code it brought, or a file someone planted (``/tmp/x.py``),
     by being resumed. ``here``: a resume in this process (else in a new one, which has none of its modules)."""
-    if not isinstance(spec, str) or not spec.strip() or is_path(spec):
+    if not isinstance(spec, str) or not spec.strip():
         return False
+    if is_path(spec):  # a file this process loaded already: no code of it runs again (review extend1 #8: a Python
+        # caller's engine.resume after load_plugins was refused)
+        return here and saved_form(spec) in {saved_form(s) for s in _loaded}
     if here and spec in sys.modules:
         return True
     found = _installed_spec(spec.split(".")[0])

@@ -95,9 +95,12 @@ def continue_config(run_dir: Path, saved: TrainConfig, overrides: dict[str, Any]
                          "names or .py files; give the run's --plugin flags again (or restore the file)")
     again = given_again(saved.plugins, run_dir) if "plugins" not in overrides else ""
     if again:  # before anything resolves it
+        remedy = option(f"pass{again} (or where they are now)",  # (review extend1 #8: a Python caller has no flags)
+                        f"load them first (reste.plugins.load_plugins) or pass overrides={{'plugins': "
+                        f"{saved.plugins!r}}}")
         raise UsageError(f"{run_dir / CONFIG} names plugins that a resume imports only when given again (a .py file, "
                          "a module of the current folder or code in the run folder: in a run folder from elsewhere, "
-                         f"anyone's code); pass{again} (or where they are now)")
+                         f"anyone's code); {remedy}")
     if isinstance(overrides.get("dataset"), str):  # compared by its canonical name: DIGITS is digits
         overrides["dataset"] = get_spec(overrides["dataset"]).name
     if isinstance(overrides.get("estimator"), str):  # and ReSTE is reste, on either side
