@@ -288,6 +288,14 @@ def test_a_factory_create_cannot_call_is_refused_where_it_is_registered(monkeypa
         return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))
 
     assert models.model_info("tiny_fm_1w1a")["dataset"] == "fashion-mnist"
+
+    @models.register_model(dataset="digits")
+    def no_return_1w1a(*, num_classes: int, conv: models.ConvBuilder) -> nn.Module:
+        nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))  # (review extend1 #9: the return forgotten)
+
+    with pytest.raises(UsageError, match=r"^model 'no_return_1w1a': its factory returned NoneType, not an nn.Module "
+                                         r"\(a missing return\?\)$"):
+        models.create("no_return_1w1a")
     with pytest.raises(ValueError, match="unknown dataset 'nope'; valid: digits"):
         models.register_model(dataset="nope")
 

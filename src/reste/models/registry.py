@@ -251,6 +251,9 @@ def create(
                 or "overflow" in first):  # ("Storage size calculation overflowed": review fuzz1 #6)
             raise
         _too_large(name, num_classes, model_options)
+    if not isinstance(model, nn.Module):  # (review extend1 #9: "'NoneType' object has no attribute 'named_modules'")
+        missing = " (a missing return?)" if model is None else ""
+        raise UsageError(f"model {name!r}: its factory returned {type(model).__name__}, not an nn.Module{missing}")
     if _BINARY[name] and name not in _MIXED:
         _check_estimators(name, model, est.spec())
     return model
