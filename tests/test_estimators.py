@@ -937,6 +937,25 @@ def test_a_constant_schedule_given_an_end_it_never_reaches_says_so(name, start, 
     assert reste.get_estimator("ste").unused_hyperparameters() == frozenset()
 
 
+
+def test_a_plugins_ramp_warns_of_an_end_it_never_reaches_as_the_built_ins_do(isolated):
+    """(review extend1 #10) an estimator of one's own that names its ramp as the README says (``ramped``, with a
+    ``schedule`` hyper-parameter) got no warning of a constant schedule's unused end: only ReSTE's and DSQ's own
+    setup called it."""
+    class Ramp(reste.Estimator):
+        name = "ramp_test"
+        hyperparameters = (reste.Param("k", float, 1.0, "k", "(0, inf)", scheduled=True),
+                           reste.Param("k_end", float, 2.0, "final k", "(0, inf)"),
+                           reste.Param("schedule", str, "linear", "schedule of k", choices=("linear", "constant"),
+                                       flag="k_schedule"))
+        ramped = ("k", "k_end")
+        _g = staticmethod(lambda x, **p: torch.ones_like(x))
+
+    reste.register_estimator(Ramp)
+    with pytest.warns(UserWarning, match="Ramp's constant schedule holds k at 1 for the whole run: k_end = 3 is never "
+                                         "reached; pass k=3, k_end=3 to hold k there"):
+        reste.get_estimator("ramp_test", schedule="constant", k_end=3.0)
+
 @pytest.mark.parametrize("name", ["ede", "rbnn"])
 def test_ede_and_rbnn_warn_when_t_falls(name):
     import warnings

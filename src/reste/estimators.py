@@ -472,6 +472,7 @@ class Estimator(nn.Module):
         for key, value in self._config.items():
             setattr(self, key, value)
         self._setup()
+        self._warn_end_unused()  # every estimator with a ramp, a plugin's too (review extend1 #10: ReSTE's and DSQ's)
 
     def _setup(self) -> None:
         """Derived state, after the hyper-parameters are set (a hook for subclasses)."""
@@ -488,7 +489,7 @@ class Estimator(nn.Module):
         return frozenset()
 
     def _warn_end_unused(self) -> None:
-        """For ``_setup``: warn of a constant schedule given an end value it never reaches, as one changed for a run
+        """After ``_setup``: warn of a constant schedule given an end value it never reaches, as one changed for a run
         would change nothing (a sweep over it refuses: ``unused_hyperparameters``). Not for an end at its default or
         equal to the start: a constant schedule is the way to hold o at a value (``ReSTE(o=2,
         schedule="constant")``)."""
@@ -813,9 +814,7 @@ class ReSTE(Estimator):
     ramped = ("o", "o_end")
 
     def _setup(self) -> None:
-        if self.schedule == "constant":
-            self._warn_end_unused()
-        elif self.schedule != "constant" and self.o_end == self.o:
+        if self.schedule != "constant" and self.o_end == self.o:
             warnings.warn(
                 f"ReSTE o schedule {self.schedule!r} never changes (o = o_end = {self.o}); "
                 f"pass {option('--o-end', 'o_end')} > o or "
@@ -929,9 +928,6 @@ class DSQ(Estimator):
     )
 
     ramped = ("alpha", "alpha_end")
-
-    def _setup(self) -> None:
-        self._warn_end_unused()
 
     def params(self) -> dict[str, float]:
         return {"alpha": self.alpha}
