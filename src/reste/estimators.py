@@ -940,7 +940,7 @@ class DSQ(Estimator):
         self.alpha = schedules.ramp(self.schedule, self._config["alpha"], self.alpha_end, epoch, epochs)
 
 
-FDA_TERMS = 1000  # the most terms FDA's series may have (its defaults grow from 9 to 18)
+FDA_TERMS = 1000  # the largest n of FDA's series, which sums n + 1 terms (its defaults grow from 9 to 18)
 
 
 class FDA(Estimator):
@@ -949,16 +949,17 @@ class FDA(Estimator):
     g = (4 w / pi) sum_{i=0..n} cos((2i+1) w x) on abs(x) <= 1, else 0; n grows
     linearly (rounded down) from ``n`` towards ``n_end`` over training. Like every ramp it is
     evaluated at e/E, so ``n_end`` is its limit, reached only past E: over E epochs the last epoch
-    uses floor(n + (E - 1)/E (n_end - n)) = n_end - ceil((n_end - n)/E) terms, n_end - 1 once
-    E >= n_end - n (for the defaults, 9 to 18: 9 for E = 1, 13 for 2, 16 for 5, 17 from 9 on).
+    uses n = floor(n + (E - 1)/E (n_end - n)) = n_end - ceil((n_end - n)/E), n_end - 1 once
+    E >= n_end - n (for the defaults, 9 to 18: 9 for E = 1, 13 for 2, 16 for 5, 17 from 9 on); the
+    series then sums n + 1 terms.
     """
 
     name = "fda"
     hyperparameters = (
         # (at most FDA_TERMS: each term is a cosine of every weight and activation, in each step; review fuzz1 #1:
         # 10^8 passed every check, and the run then hung in its first step, where no stop signal is taken)
-        Param("n", int, 9, "initial number of terms", f"[0, {FDA_TERMS}]", scheduled=True, flag="fda_n"),
-        Param("n_end", int, 18, "final number of terms", f"[0, {FDA_TERMS}]", flag="fda_n_end"),
+        Param("n", int, 9, "initial n, the last term's index (n + 1 terms)", f"[0, {FDA_TERMS}]", scheduled=True, flag="fda_n"),
+        Param("n_end", int, 18, "final n", f"[0, {FDA_TERMS}]", flag="fda_n_end"),
         _positive("w", "frequency w", 0.1, flag="fda_w"),
     )
     relations = (("n_end", ">=", "n"),)

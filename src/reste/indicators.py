@@ -288,7 +288,7 @@ class EquilibriumMeter:
     """Collects the two indicators over training.
 
     Call ``update()`` after every optimizer step (the gradients must still be
-    there, or pass the step's ``gradient_stability`` read before they went),
+    there, or pass the step's stability read before they went: ``update(stability=gradient_stability(model))``),
     ``epoch_end()`` once per epoch (returns that epoch's values) and
     ``summary()`` at the end. ``state_dict``/``load_state_dict`` carry the history
     across a resume (a history of another mode is refused). ``o_end``: the paper mode's F is at it (default: the
