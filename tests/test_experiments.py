@@ -292,6 +292,20 @@ def test_grid_values_that_name_one_setting_are_refused_as_a_value_twice(spec, me
     assert rc == 2 and err.count("\n") == 1 and message in err, err
 
 
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grid", "o_end=0,1"], "reste: error: --grid o_end=0: --o-end must be >= 1, got 0.0\n"),
+    (["--grid", "lr=0.1,-1"], "reste: error: --grid lr=-1: --lr must be a positive number, got -1\n"),
+    (["--grid", "estimator=ste,fda", "--fda-n", "2000"],
+     "reste: error: --grid estimator=fda: --fda-n must be in [0, 1000], got 2000\n"),
+    (["--o-end", "0", "--grid", "lr=0.1,0.2"], "reste: error: --o-end must be >= 1, got 0.0\n"),  # the flag's own
+])
+def test_a_bad_grid_value_is_named_as_the_grid_gives_it(flags, message, tmp_path, capsys):
+    """(review extend1, suggestion 4) `--grid k=0,1` answered "--k must be > 0, got 0.0", a flag never given: the
+    setting refused is named; an error of the sweep's flags alone is theirs."""
+    rc = main(["sweep", *flags, "--epochs", "2", "--out", str(tmp_path / "s"), "--dry-run"])
+    assert rc == 2 and capsys.readouterr().err == message
+
 def test_grid_parsing():
     assert parse_grid(["estimator=ste,reste", "o_end=1,1.5", "a32=true,false"]) == {
         "estimator": ["ste", "reste"], "o_end": [1, 1.5], "a32": [True, False]}

@@ -207,6 +207,19 @@ class Setting:
         return Path(f"{self.config.estimator}-{self.key}", f"seed{seed}")
 
 
+def _refused_alone(base: TrainConfig, flags: dict[str, Any], error: str) -> bool:
+    """Whether ``base`` with the estimator ``flags`` it takes (the sweep's flags, without the grid) is refused with
+    ``error`` on its own."""
+    try:
+        estimator = estimator_class(base.estimator).name
+        options = {**base.estimator_options, **{flag_takers(dest)[estimator]: value for dest, value in flags.items()
+                                                if estimator in flag_takers(dest)}}
+        canonical(dataclasses.replace(base, estimator_options=options))
+    except UsageError as err:
+        return str(err) == error
+    return False
+
+
 def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, Any] | None = None
                 ) -> list[Setting]:
     """The settings of ``grid`` on top of ``base``, in grid order, without duplicates.
@@ -256,57 +269,63 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
     idle_everywhere = (set.intersection(*(idle_data_flags(d) for d in grid["dataset"]))
                        if grid.get("dataset") else set())
     for combo in itertools.product(*grid.values()):
-        data = base.to_dict()
-        data["estimator_options"] = dict(base.estimator_options)
-        data["model_options"] = dict(base.model_options)
-        for (key, value) in zip(grid, combo):
-            kind, name = kinds[key]
-            if kind == "field":
-                data[name] = value
-            elif kind == "model":
-                data["model_options"][name] = value
-        estimator = estimator_class(str(data["estimator"])).name  # any spelling; unknown: the one-line error
-        for dest, value in flags.items():
-            if estimator in fixed_takers[dest]:
-                data["estimator_options"][fixed_takers[dest][estimator]] = value
-        skipped = set()
-        for (key, value) in zip(grid, combo):
-            kind, name = kinds[key]
-            if kind == "estimator":
-                if key not in scoped:
-                    data["estimator_options"][name] = value
-                elif estimator in scoped[key]:
-                    data["estimator_options"][scoped[key][estimator]] = value
-                else:
-                    skipped.add(key)
-        accepted = _estimator_keywords(estimator)
-        dropped = {k for k in data["estimator_options"] if k not in accepted}
-        data["estimator_options"] = {k: v for k, v in data["estimator_options"].items() if k in accepted}
-        values = {key: value for key, value in zip(grid, combo)
-                  if key not in skipped and not (kinds[key][0] == "estimator" and kinds[key][1] in dropped)}
-        config = TrainConfig.from_dict(data)
-        if float_beside_binary and not _binary(config):
-            data.update({name: getattr(TrainConfig, name) for name in BINARY_ONLY}, estimator_options={})
-            values = {key: value for key, value in values.items() if key not in binary_axes}
+        try:
+            data = base.to_dict()
+            data["estimator_options"] = dict(base.estimator_options)
+            data["model_options"] = dict(base.model_options)
+            for (key, value) in zip(grid, combo):
+                kind, name = kinds[key]
+                if kind == "field":
+                    data[name] = value
+                elif kind == "model":
+                    data["model_options"][name] = value
+            estimator = estimator_class(str(data["estimator"])).name  # any spelling; unknown: the one-line error
+            for dest, value in flags.items():
+                if estimator in fixed_takers[dest]:
+                    data["estimator_options"][fixed_takers[dest][estimator]] = value
+            skipped = set()
+            for (key, value) in zip(grid, combo):
+                kind, name = kinds[key]
+                if kind == "estimator":
+                    if key not in scoped:
+                        data["estimator_options"][name] = value
+                    elif estimator in scoped[key]:
+                        data["estimator_options"][scoped[key][estimator]] = value
+                    else:
+                        skipped.add(key)
+            accepted = _estimator_keywords(estimator)
+            dropped = {k for k in data["estimator_options"] if k not in accepted}
+            data["estimator_options"] = {k: v for k, v in data["estimator_options"].items() if k in accepted}
+            values = {key: value for key, value in zip(grid, combo)
+                      if key not in skipped and not (kinds[key][0] == "estimator" and kinds[key][1] in dropped)}
             config = TrainConfig.from_dict(data)
-        if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others: left out there
-            config = config.without_idle_data_flags(keep=idle_everywhere)
-        if "optimizer" in grid and config.optimizer != "bop":  # Bop's settings (flags, axes): its settings' alone
-            config = dataclasses.replace(config, bop_gamma=None, bop_threshold=None)
-            values = {key: value for key, value in values.items() if kinds[key] not in BOP_AXES}
-        if "optimizer" in grid and config.optimizer != "sgd":  # momentum (flag, axis): SGD's settings' alone
-            config = dataclasses.replace(config, momentum=TrainConfig.momentum)
-            values = {key: value for key, value in values.items() if kinds[key] != ("field", "momentum")}
-        if config.indicators and not _binary(config):  # a float baseline beside binary runs: nothing to measure
-            config = dataclasses.replace(config, indicators=None)
-        config = canonical(config)
-        key = config_key(config)
-        if key not in settings:
-            # no axis: the estimator it trains; a float model's, which trains none, the model (review docs #6; not
-            # written model=NAME, which reads as an axis: --setting would take it)
-            label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or (
-                config.estimator if _binary(config) else f"{config.model} (full precision)")
-            settings[key] = Setting(label=label, values=values, config=config, key=key)
+            if float_beside_binary and not _binary(config):
+                data.update({name: getattr(TrainConfig, name) for name in BINARY_ONLY}, estimator_options={})
+                values = {key: value for key, value in values.items() if key not in binary_axes}
+                config = TrainConfig.from_dict(data)
+            if "dataset" in grid:  # a flag meant for some of its data sets does nothing for the others: left out there
+                config = config.without_idle_data_flags(keep=idle_everywhere)
+            if "optimizer" in grid and config.optimizer != "bop":  # Bop's settings (flags, axes): its settings' alone
+                config = dataclasses.replace(config, bop_gamma=None, bop_threshold=None)
+                values = {key: value for key, value in values.items() if kinds[key] not in BOP_AXES}
+            if "optimizer" in grid and config.optimizer != "sgd":  # momentum (flag, axis): SGD's settings' alone
+                config = dataclasses.replace(config, momentum=TrainConfig.momentum)
+                values = {key: value for key, value in values.items() if kinds[key] != ("field", "momentum")}
+            if config.indicators and not _binary(config):  # a float baseline beside binary runs: nothing to measure
+                config = dataclasses.replace(config, indicators=None)
+            config = canonical(config)
+            key = config_key(config)
+            if key not in settings:
+                # no axis: the estimator it trains; a float model's, which trains none, the model (review docs #6; not
+                # written model=NAME, which reads as an axis: --setting would take it)
+                label = ",".join(f"{k}={_fmt(v)}" for k, v in values.items()) or (
+                    config.estimator if _binary(config) else f"{config.model} (full precision)")
+                settings[key] = Setting(label=label, values=values, config=config, key=key)
+        except UsageError as err:  # (review extend1, suggestion 4: "--k must be > 0, got 0.0" named a flag never given)
+            if _refused_alone(base, flags, str(err)):  # the flags' own error: no setting's
+                raise
+            given = ",".join(f"{k}={_fmt(v)}" for k, v in zip(grid, combo))
+            raise UsageError(f"{'--grid' if on_command_line() else 'grid setting'} {given}: {err}") from None
     if "optimizer" in grid:  # a setting of one optimizer that no setting trains: dropped from each, said here
         used = {s.config.optimizer for s in settings.values()}
         for optimizer, names in (("sgd", ("momentum",)), ("bop", ("bop_gamma", "bop_threshold"))):
