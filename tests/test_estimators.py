@@ -951,6 +951,15 @@ def test_a_plugins_ramp_warns_of_an_end_it_never_reaches_as_the_built_ins_do(iso
         ramped = ("k", "k_end")
         _g = staticmethod(lambda x, **p: torch.ones_like(x))
 
+    class Unscheduled(Ramp):
+        name = "unscheduled_test"
+        hyperparameters = Ramp.hyperparameters[:2]
+
+    with pytest.raises(ValueError, match=r"estimator 'unscheduled_test': ramped = \('k', 'k_end'\) names \(start, "
+                                         r"end\) of a hyper-parameter that one called schedule ramps .*; it has no "
+                                         r"'schedule' \(a schedule of another flag: Param\('schedule', \.\.\., "
+                                         r"flag='k_schedule'\)\)$"):
+        reste.register_estimator(Unscheduled)
     reste.register_estimator(Ramp)
     with pytest.warns(UserWarning, match="Ramp's constant schedule holds k at 1 for the whole run: k_end = 3 is never "
                                          "reached; pass k=3, k_end=3 to hold k there"):

@@ -1051,6 +1051,15 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
             if other != cls.name and (q.name, q.type) != (p.name, p.type):
                 raise ValueError(f"estimator {cls.name!r}: flag {p.option} means {q.type.__name__} {q.name!r} of "
                                  f"{other!r}; give {p.name!r} another flag= in its Param")
+    if cls.ramped is not None:  # (review extend1, suggestion 3: a ramp whose schedule had another name was ignored)
+        names = {p.name for p in cls.hyperparameters}
+        ramp = cls.ramped if isinstance(cls.ramped, tuple) and len(cls.ramped) == 2 else ()
+        missing = [n for n in (*ramp, "schedule") if n not in names]
+        if not ramp or missing:
+            raise ValueError(f"estimator {cls.name!r}: ramped = {cls.ramped!r} names (start, end) of a hyper-parameter "
+                             "that one called schedule ramps (its 'constant' holds the start); "
+                             + (f"it has no {', '.join(map(repr, missing))}" if ramp else "give two names")
+                             + " (a schedule of another flag: Param('schedule', ..., flag='k_schedule'))")
     if cls._g is Estimator._g:  # training would fail at its first backward (a typo: def g, _G; derivative alone)
         alone = ", which the backward calls and an override of derivative() does not replace" \
             if cls.derivative is not Estimator.derivative else ""

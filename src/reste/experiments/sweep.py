@@ -322,8 +322,8 @@ def expand_grid(base: TrainConfig, grid: dict[str, list[Any]], flags: dict[str, 
                     config.estimator if _binary(config) else f"{config.model} (full precision)")
                 settings[key] = Setting(label=label, values=values, config=config, key=key)
         except UsageError as err:  # (review extend1, suggestion 4: "--k must be > 0, got 0.0" named a flag never given)
-            if _refused_alone(base, flags, str(err)):  # the flags' own error: no setting's
-                raise
+            if str(err).startswith("unknown ") or _refused_alone(base, flags, str(err)):  # (a name it names; the
+                raise  # flags' own error, no setting's)
             given = ",".join(f"{k}={_fmt(v)}" for k, v in zip(grid, combo))
             raise UsageError(f"{'--grid' if on_command_line() else 'grid setting'} {given}: {err}") from None
     if "optimizer" in grid:  # a setting of one optimizer that no setting trains: dropped from each, said here
