@@ -234,7 +234,7 @@ def test_a_crafted_checkpoint_that_would_take_more_memory_than_its_size_is_refus
     import io
     import zipfile
 
-    from reste.checkpoint import checkpoint_bytes, structure_damage
+    from reste.checkpoint import _inflated, checkpoint_bytes, structure_damage
 
     state = {k: v for k, v in load_checkpoint(FIXTURE / "best.pt").items()
              if k not in ("format", "version", "software")}
@@ -255,9 +255,14 @@ def test_a_crafted_checkpoint_that_would_take_more_memory_than_its_size_is_refus
                                          "torch.save never does"):
         load_checkpoint(tmp_path / "bomb.pt")
     assert "is compressed" in structure_damage(tmp_path / "bomb.pt")  # (reste show's quick read)
+    # (review mut11 #2) stored members whose sizes sum past the file's own: the branch after the compressed one
+    assert _inflated(io.BytesIO(plain), len(plain)) is None
+    assert "larger than the file" in _inflated(io.BytesIO(plain), len(plain) // 2)
     nest: list = [0]
     for _ in range(30):
         nest = [nest, nest]
-    (tmp_path / "nest.pt").write_bytes(checkpoint_bytes({**state, "metrics": {**state["metrics"], "junk": nest}}))
-    with pytest.raises(UsageError, match=r"is incomplete \(missing or malformed: metrics\)"):
-        load_checkpoint(tmp_path / "nest.pt")
+    # (review mut11 #9) nor a text of 200 characters or more, nor a key that is not text
+    for junk in ({"junk": nest}, {"note": "x" * 300}, {1: 0.5}):
+        (tmp_path / "nest.pt").write_bytes(checkpoint_bytes({**state, "metrics": {**state["metrics"], **junk}}))
+        with pytest.raises(UsageError, match=r"is incomplete \(missing or malformed: metrics\)"):
+            load_checkpoint(tmp_path / "nest.pt")

@@ -1109,7 +1109,9 @@ def test_a_fifo_for_metrics_is_refused_by_show_as_by_the_resume(capsys, tmp_path
 
 def test_a_top_folder_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path, capsys):
     """(review sec3 #2) a received run folder whose top/ linked to another run's: a resume with nothing to train
-    deleted that run's best checkpoints through the link, unsaid. A top that is a link is refused, its target kept."""
+    deleted that run's best checkpoints through the link, unsaid. A top that is a link is refused, its target kept.
+    (review mut11 #10) keep_top and top_checkpoints refuse it themselves, not only through the run folder's check
+    that comes first: keep_top clears no orphaned temporary file through it."""
     from reste.cli import main
 
     victim, received = tmp_path / "victim", tmp_path / "received"
@@ -1126,6 +1128,12 @@ def test_a_top_folder_that_is_a_link_is_refused_and_its_target_left_alone(tmp_pa
                                                         "--force"]):
         assert_one_line_error(capsys, argv, f"{received / 'top'} is a link: a run's top is a folder of its own")
     assert sorted(p.name for p in (victim / "top").iterdir()) == kept
+    orphan = victim / "top" / f".{kept[0]}.abcdef.tmp"  # (what atomic_write leaves when it is killed)
+    orphan.write_bytes(b"x")
     with pytest.raises(UsageError, match="is a link"):
         rundir.keep_top(received, 1, 1, b"x")
+    with pytest.raises(UsageError, match="is a link"):
+        rundir.top_checkpoints(received)
+    assert orphan.exists()
+    orphan.unlink()
     assert sorted(p.name for p in (victim / "top").iterdir()) == kept

@@ -50,6 +50,23 @@ def test_every_reader_and_the_truncation_leave_out_a_torn_last_line(tmp_path):
                                                              {"epoch": 2, "test_acc": 20.0})
 
 
+def test_the_truncation_keeps_the_measure_a_line_states(tmp_path):
+    """(review mut11 #12) ``measured`` is given to the lines with indicators that do not say how they were measured
+    (a version before ``indicators_o_end``); a line that says keeps its own."""
+    for record in ({"epoch": 1, "test_acc": 50.0, "estimating_error": 0.1},
+                   {"epoch": 2, "test_acc": 60.0, "estimating_error": 0.2, "indicators_o_end": 0.9}):
+        rundir.append_metrics(tmp_path, record)
+    rundir.truncate_metrics(tmp_path, 2, measured=(2, 1.0))
+    assert [m["indicators_o_end"] for m in rundir.read_metrics(tmp_path)] == [1.0, 0.9]
+
+
+def test_a_value_not_finite_inside_a_list_or_tuple_is_written_null():
+    """(review mut11 #13) metrics lines are strict JSON: a NaN or inf is null inside a tuple as inside a list."""
+    from reste.errors import json_line
+
+    assert json_line({"a": (1.0, float("nan")), "b": [float("inf"), 2]}) == '{"a": [1.0, null], "b": [null, 2]}'
+
+
 @pytest.mark.parametrize("text,line", [
     (_lines({"epoch": 1, "test_acc": 1.0}, torn="not json\n") + _lines({"epoch": 2, "test_acc": 2.0}),
      "line 2 is not JSON"),

@@ -693,7 +693,9 @@ def test_values_that_are_not_finite_are_written_null_and_read_back_as_nan(tmp_pa
     written = [strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [written[0][k] for k in ("estimating_error", "gradient_stability", "test_loss")] == [None] * 3
     read = rundir.read_metrics(out)
-    assert all(math.isnan(read[0][k]) for k in ("estimating_error", "gradient_stability")) and read[1] == lines[1]
+    # (review mut11 #11) the test loss written null as well: read back as NaN, as read_metrics says
+    assert all(math.isnan(read[0][k]) for k in ("estimating_error", "gradient_stability", "test_loss"))
+    assert read[1] == lines[1]
     assert "1 epoch unmeasured left out" in show_run(out)
     capsys.readouterr()
     assert main(["show", str(out), "--json"]) == 0
