@@ -930,6 +930,7 @@ def test_text_from_received_files_reaches_the_terminal_escaped(tmp_path, capsys)
     # (review diff28, suggestion 5) every kind of space stays
     assert printable("photo\u00a0001.png 写真\u3000一") == "photo\u00a0001.png 写真\u3000一"
     assert printable("a\u2028b\u200e") == "a\\u2028b\\u200e"
+    assert printable("a\u2029b") == "a\\u2029b"  # (review mut11 #14) the paragraph separator too (Zp, as Zl)
     out = tmp_path / "sw"
     sw.run_sweep(TrainConfig(dataset="digits", epochs=1, threads=1), {"estimator": ["ste"]}, [0], out, report=False,
                  log=lambda _m: None)
@@ -970,6 +971,9 @@ def test_a_flag_of_another_command_names_that_command(capsys):
     assert "(did you mean --seed? --grid and --seeds are flags of reste sweep;" in line  # (both: diff29, sugg. 1)
     assert "(--json is a flag of reste eval, show and predict;" in one_line_error(capsys, "train", "--json")
     assert "did you mean --threads?" in one_line_error(capsys, "train", "--threds", "1")  # (its own flags first)
+    # (review mut11 #15) an owner is named only where every unknown flag has one
+    line = one_line_error(capsys, "train", "--grid", "a=1", "--zzzz-nonsense")
+    assert "flag of reste sweep" not in line, line
 
 
 def test_the_start_of_several_names_lists_them():
@@ -980,6 +984,8 @@ def test_the_start_of_several_names_lists_them():
     assert did_you_mean("cifar10-resnet20", ["cifar10-resnet20-1w1a", "cifar10-resnet20-ste", "imagenet-resnet18"]) \
         == "did you mean one of 'cifar10-resnet20-1w1a', 'cifar10-resnet20-ste'? "
     assert did_you_mean("r", ["ste", "reste", "rbnn", "a", "rb", "rc", "rd"]).endswith("'rc', ...? ")
+    # (review mut11 #15) exactly four are listed whole
+    assert did_you_mean("a", ["ab", "ac", "ad", "ae"]) == "did you mean one of 'ab', 'ac', 'ad', 'ae'? "
     assert did_you_mean("digit", ["digits", "fashion-mnist"]) == "did you mean 'digits'? "  # one: the close one
     # (review diff29 #1) another case of a name is that name, though longer ones start with it
     assert did_you_mean("ResNet20", ["resnet20", "resnet20_1w1a", "resnet20_bireal"]) == "did you mean 'resnet20'? "

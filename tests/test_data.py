@@ -843,6 +843,11 @@ def test_image_files_beside_the_class_folders_are_said_to_be_left_out(tmp_path):
         (tmp_path / "val" / "a.JPEG").unlink()
         (tmp_path / "val" / "b.png").unlink()
         load_datasets("imagenet", tmp_path)  # none loose: nothing said
+    for name in ("a.png", "b.png", "c.png"):  # (review mut11 #22) three names are listed whole, with no ", ..."
+        shutil.copy(tmp_path / "val" / "n01" / "img0.JPEG", tmp_path / "val" / name)
+    with pytest.warns(UserWarning, match=r"holds 3 image files outside its class folders \(a.png, b.png, c.png\): "
+                                         r"they are left out"):
+        load_datasets("imagenet", tmp_path)
 
 
 def test_imagenet_is_resized_to_256_then_centre_cropped_to_224_where_it_is_not_augmented(tmp_path):
@@ -1208,6 +1213,18 @@ def test_an_image_too_large_for_pillow_is_one_line_naming_it(tmp_path, monkeypat
     assert pickle.loads(pickle.dumps(formats._read_test_image)).keywords == {"trained": False}  # (DataLoader workers)
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_unreadable_image_of_the_val_split_gets_no_training_caveat(tmp_path, split):
+    """(review mut11 #21) the val split's folder reads its images with ``_read_test_image`` (eval and predict read
+    it; no run continues an epoch of it); only the train split's unreadable image gets the caveat of a run saved
+    inside an epoch."""
+    write_image_folder(tmp_path)
+    (tmp_path / split / "n01" / "img0.JPEG").write_bytes(b"not an image")
+    train, test, _ = load_datasets("imagenet", tmp_path)
+    message = usage_error((train if split == "train" else test).__getitem__, 0, match="img0.JPEG")
+    assert ("a run saved inside an epoch" in message) == (split == "train"), message
+
+
 def test_an_image_past_pillows_pixel_limit_is_refused_before_its_pixels_are_decoded(tmp_path, monkeypatch):
     """Pillow refuses an image of more than twice ``MAX_IMAGE_PIXELS`` but only warns below that: a 328 KB 16-bit
     PNG of 13000 x 13000 took 4.8 GB (security review 2, finding 7c). Past the limit both readers refuse it, one
@@ -1438,7 +1455,8 @@ def _reads_pixels(path: Path, write: Callable[[np.ndarray, list[int]], bytes]) -
 @pytest.mark.parametrize("payload", [
     b"c__builtin__\nbytes\n(I100000000\ntR.",  # bytes(N): N zeros from a few bytes
     b"c_codecs\nencode\n(c__builtin__\nbytes\n(I100000000\ntRVhex_codec\ntR.",  # the review's: then 2N of hex
-], ids=["bytes", "encode"])
+    b"cbuiltins\nbytes\n(I100000000\ntR.",  # (review mut11 #3) bytes(N) by Python 3's module name
+], ids=["bytes", "encode", "builtins"])
 def test_a_cifar10_pickle_may_not_make_bytes_of_no_text_in_the_file(tmp_path, payload):
     """(review sec3 #1) bytes and _codecs.encode were allowed with any arguments: a 65-byte batch filled 2.5 GB before
     it was refused. They take the text of the file alone (encode(text, "latin1"), as a protocol-2 pickle of bytes is

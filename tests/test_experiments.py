@@ -419,11 +419,24 @@ def test_each_cell_is_its_own_statistic_of_its_own_column(tmp_path):
     (0.09996, 0.0005, ".4g", "0.1000 ± 0.0005"),
     (0.004, 0.05, ".4g", "0.00 ± 0.05"),            # a mean that rounds to 0 there
     (1e30, 0.01, ".4g", "1.00000000000e+30 ± 0.01"),  # (more places than a float holds: 12 digits at most)
+    (0.001, 120.0, ".4g", "0 ± 1.2e+02"),         # (review mut11 #4) the spread's last digit at the tens: no places
+    (3e-06, 1e-06, ".4g", "3e-06 ± 1e-06"),       # one digit in exponent form: no "3.e-06"
 ])
 def test_a_table_cell_shows_the_mean_to_the_place_of_its_spread(mean, std, fmt, shown):
     from reste.experiments.report import _pm
 
     assert _pm(mean, std, fmt, ".2g" if fmt.endswith("g") else None) == shown
+
+
+def test_a_setting_of_one_run_shows_its_indicators_in_their_columns_formats():
+    """(review mut11 #18) with no spread (a setting of one run), a cell is its column's own format: the error's .4g
+    and the stability's .3g, which a spread's places otherwise hide."""
+    from reste.experiments.report import table_cells
+
+    row = {"best_acc_mean": 88.123, "best_acc_std": None, "final_acc_mean": 87.5, "final_acc_std": None,
+           "estimating_error_mean": 0.0123456, "estimating_error_std": None,
+           "gradient_stability_mean": 1.234567, "gradient_stability_std": None}
+    assert table_cells(row) == ["88.12", "87.50", "0.01235", "1.23"]
 
 
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
@@ -3144,7 +3157,8 @@ def test_a_grid_axis_is_any_option_name_and_nothing_else():
     a formula or an empty name is no axis."""
     from reste.experiments.report import _axis_name
 
-    for good in ("estimator", "o_end", "β", "estimator_options.t", "batch-size", "model_options.width"):
+    for good in ("estimator", "o_end", "β", "estimator_options.t", "batch-size", "model_options.width",
+                 "x" * 100):  # (review mut11 #17) 100 characters at most
         assert _axis_name(good), good
     for bad in ('=HYPERLINK("x")', "-A1", "+A1", "", "a b", "1x", "a..b", 3, "x" * 101):
         assert not _axis_name(bad), bad

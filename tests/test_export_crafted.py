@@ -229,6 +229,20 @@ def test_non_finite_preprocessing_is_not_taken(model_file, tmp_path):
         model(np.zeros((1, 1, 8, 8), np.uint8))
 
 
+def test_the_recorded_input_size_is_bounded_at_max_input_elements_values():
+    """(review mut11 #19) the header's ``meta.input_size`` is taken up to ir.MAX_INPUT_ELEMENTS values (2**25) and
+    refused past it, though each side alone is in range (the crafted-file tests bound only node 0's shape)."""
+    from reste.export.ir import MAX_INPUT_ELEMENTS, Preprocessing
+
+    def meta(size):
+        return {"input_size": list(size), "mean": [0.0] * size[0], "std": [1.0] * size[0], "pixel_scale": 255}
+
+    assert Preprocessing.from_meta(meta((2, 4096, 4096))) is not None  # exactly the bound
+    assert MAX_INPUT_ELEMENTS == 2 * 4096 * 4096
+    assert Preprocessing.from_meta(meta((2, 4097, 4096))) is None
+    assert Preprocessing.from_meta(meta((3, 100_000, 100_000))) is None  # 3e10 values
+
+
 def test_minus_infinity_padding_is_a_value_a_file_may_hold(tmp_path):
     """F.pad(value=-inf) before a max pool is a real idiom; only NaN is refused."""
     class Padded(nn.Module):

@@ -655,6 +655,15 @@ def test_prediction_csv_cells_that_would_start_a_formula_are_written_as_text(tmp
     assert [r["name"] for r in json.loads(prediction_text(pred, names, "json"))] == names
 
 
+def test_a_class_outside_the_names_has_no_name():
+    """(review mut11 #20) a caller's class -1 (or one past the names) is left without a name, not named after the
+    last class as a negative index would."""
+    from reste.export.predictions import class_name, prediction_text
+
+    assert class_name(["a", "b"], -1) is None and class_name(["a", "b"], 2) is None and class_name(["a", "b"], 1) == "b"
+    assert prediction_text(np.array([-1, 1]), ["a", "b"], "csv") == "index,class,name\n0,-1,\n1,1,b\n"
+
+
 def test_a_dark_16_bit_pgm_is_read_in_its_own_range(tmp_path):
     """(review datafid #1) Pillow opens a PGM of maxval 65535 as mode "I", and the range was guessed from its values:
     a dark one (every value <= 255) was read as 8-bit, up to 257 times too bright, by training, eval and predict."""
