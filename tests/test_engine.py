@@ -1075,7 +1075,9 @@ def test_weights_a_step_made_non_finite_are_never_saved(tmp_path, monkeypatch):
 def test_an_fp16_scaler_that_skips_every_step_stops_the_run(isolated, tmp_path):
     """(review numerics1 #4) gradients that are inf or NaN at every step, with a finite loss: under --amp fp16 the
     loss scaler skipped every step, the run trained nothing and ended "done" with status 0 (without fp16 it stopped
-    at its first step). A scale that fell below 1 (17 skips in a row from 65536) now stops it."""
+    at its first step). A scale that fell below 1 (17 skips in a row from 65536) now stops it. (review mut11 #5, #6)
+    Each bound is checked where it is first reached: exactly 10 skips in a row, and the scale's first value below 1
+    (0.5)."""
     @reste.register_estimator
     class Broken(reste.Estimator):
         name = "nan_grad_test"
@@ -1097,19 +1099,20 @@ def test_an_fp16_scaler_that_skips_every_step_stops_the_run(isolated, tmp_path):
             odd[0] = not odd[0]
             return real(self, images, target)
 
-        Broken._g = staticmethod(lambda x: torch.full_like(x, float("nan")) if odd[0] else (x.abs() <= 1).to(x.dtype))
-        try:
-            engine._Run.step = step
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Broken, "_g", staticmethod(
+                lambda x: torch.full_like(x, float("nan")) if odd[0] else (x.abs() <= 1).to(x.dtype)))
+            patch.setattr(engine._Run, "step", step)
+            # (review mut11 #6) a save after every step: the check sees the scale's first value below 1, 65536 / 2**17
+            patch.setattr(engine._Run, "_checkpoint_due", lambda self, step, *rest: 1)
             with pytest.raises(engine.TrainingDiverged, match=r"the fp16 loss scaler skipped so many steps for inf or "
-                                                              r"NaN gradients \(its scale fell to 0.\d+ by step"):
+                                                              r"NaN gradients \(its scale fell to 0.5 by step"):
                 engine.train(TrainConfig(**{**config.to_dict(), "epochs": 3}), tmp_path / "alternate",
                              progress=False, log=lambda _m: None)
-        finally:
-            engine._Run.step = real
-            Broken._g = staticmethod(lambda x: torch.full_like(x, float("nan")))
-        # (review diff28 #3) epochs of 6 steps: below 17 skips (the scale's 1), the run ended "done"; 10 in a row stop
-        with pytest.raises(engine.TrainingDiverged, match=r"skipped the last 12 steps .* by step 6 of epoch 2\)"):
-            engine.train(TrainConfig(**{**config.to_dict(), "batch_size": 256}), tmp_path / "short", progress=False,
+        # (review diff28 #3) epochs of 6 steps: below 17 skips (the scale's 1), the run ended "done"; 10 in a row stop.
+        # (review mut11 #5) epochs of 5 steps: the save at the end of epoch 2 sees exactly 10 skips in a row
+        with pytest.raises(engine.TrainingDiverged, match=r"skipped the last 10 steps .* by step 5 of epoch 2\)"):
+            engine.train(TrainConfig(**{**config.to_dict(), "batch_size": 300}), tmp_path / "short", progress=False,
                          log=lambda _m: None)
 
 
@@ -1237,16 +1240,19 @@ def test_a_buffer_never_finite_is_no_divergence_and_a_diverged_last_pt_is_not_re
     """(review diff28 #2) the finite-weights check took a model's own constant -inf buffer (a mask, a bound) for a
     diverged state, so such a model could not train; (#8) a last.pt an older reste saved with inf weights was
     resumed, and the error then said it kept "the last good state". The buffer is left to the model; the resume of
-    such a last.pt is refused, naming the tensor."""
+    such a last.pt is refused, naming the tensor. (review mut11 #1) A BatchNorm statistic counts as a weight there;
+    (#7) a buffer finite at the model's init that the run's last.pt holds non-finite is the model's constant too."""
     from reste.checkpoint import save_checkpoint
     from reste.models import register_model
+
+    floor = [float("-inf")]  # the buffer's value at the model's init
 
     @register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))
     def masked_test(*, num_classes, conv):
         class Floor(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.register_buffer("floor", torch.tensor(float("-inf")))
+                self.register_buffer("floor", torch.tensor(floor[0]))
 
             def forward(self, x):
                 return torch.maximum(x, self.floor)
@@ -1256,11 +1262,16 @@ def test_a_buffer_never_finite_is_no_divergence_and_a_diverged_last_pt_is_not_re
 
     config = TrainConfig(dataset="digits", model="masked_test", epochs=2, threads=1)
     engine.train(config, tmp_path / "masked", progress=False, log=lambda _m: None)
+    floor[0] = 0.0  # (#7) the model now starts finite: the -inf that last.pt holds is taken for its constant
+    engine.resume(tmp_path / "masked", {"epochs": 3}, force=True, progress=False, log=lambda _m: None)
+    assert load_checkpoint(tmp_path / "masked" / "last.pt")["epoch"] == 3
     run = tmp_path / "run"
     engine.train(TrainConfig(dataset="digits", epochs=1, threads=1), run, progress=False, log=lambda _m: None)
-    ckpt = load_checkpoint(run / "last.pt")
-    ckpt["model"]["fc.weight"] = torch.full_like(ckpt["model"]["fc.weight"], float("inf"))
-    save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version", "software")}, run / "last.pt")
-    with pytest.raises(UsageError, match=r"last.pt holds weights that are not finite \(fc.weight\): the run had "
-                                         r"diverged when it was saved"):
-        engine.resume(run, {"epochs": 3}, force=True, progress=False, log=lambda _m: None)
+    good = load_checkpoint(run / "last.pt")
+    for name in ("fc.weight", "bn1.running_var"):
+        ckpt = {k: v for k, v in good.items() if k not in ("format", "version", "software")}
+        ckpt["model"] = {**good["model"], name: torch.full_like(good["model"][name], float("inf"))}
+        save_checkpoint(ckpt, run / "last.pt")
+        with pytest.raises(UsageError, match=rf"last.pt holds weights that are not finite \({name}\): the run had "
+                                             r"diverged when it was saved"):
+            engine.resume(run, {"epochs": 3}, force=True, progress=False, log=lambda _m: None)
