@@ -499,6 +499,37 @@ def test_torchrun_stops_a_diverged_run_at_the_next_agreement(tmp_path):
     assert [(tmp_path / f"steps{r}.txt").read_text() for r in (0, 1)] == ["10", "10"]
 
 
+_RANK_1_STATISTICS_DIVERGE = """
+import os, sys, torch
+from reste import cli, engine
+
+real = engine._Run.step
+calls = []
+def step(self, images, target):  # rank 1 alone: a BatchNorm variance inf after its 45th step (epoch 1's last)
+    out = real(self, images, target)
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 45:
+        with torch.no_grad():
+            next(t for n, t in self.model.named_buffers() if n.endswith("running_var")).fill_(float("inf"))
+    return out
+engine._Run.step = step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_torchrun_agrees_on_one_processs_non_finite_weights(tmp_path):
+    """(review mut11 #8) the processes agree on whether the weights are finite before a save (under --no-sync-bn a
+    BatchNorm statistic is one process's own): rank 0 stops naming another process's weights, not at the closed
+    connection of the next collective, and no checkpoint is written."""
+    script = tmp_path / "main.py"
+    script.write_text(_RANK_1_STATISTICS_DIVERGE)
+    proc, attempt = _run_fresh(lambda attempt: (*ARGS[2:], "--epochs", "2", "--batch-size", "16", "--no-sync-bn",
+                                                "--out", str(tmp_path / f"run{attempt}")), program=(str(script),))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: non-finite weights (another process's) after step 45 of epoch 1" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / f"run{attempt}" / "last.pt").exists()
+
+
 def test_torchrun_trains_with_bop(tmp_path):
     """--optimizer bop under two processes: Bop steps on the all-reduced gradients in each (its flips agree), rank 0
     saves its state beside Adam's, and the binary weights it saves are +-1."""

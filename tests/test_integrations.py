@@ -457,12 +457,19 @@ def test_a_fit_resumed_inside_an_epoch_trains_the_epochs_remaining_batches(tmp_p
         want, got = whole.state_dict(), resumed.state_dict()
         assert all(torch.equal(want[k], got[k]) for k in want if torch.is_tensor(want[k]))
     # (review diff28 #6) a checkpoint of an older reste, whose loader kept no state: said, as Lightning did
-    old = torch.load(tmp_path / "epoch=0-step=4.ckpt", weights_only=False)
-    del old["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    torch.save(old, tmp_path / "old.ckpt")
-    _, told = run(ckpt=tmp_path / "old.ckpt")
-    assert any("holds no state of the train loader" in m for m in told)
+    for name in ("epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt"):
+        old = torch.load(tmp_path / name, weights_only=False)
+        del old["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+        torch.save(old, tmp_path / f"old-{name}")
+    _, told = run(ckpt=tmp_path / "old-epoch=0-step=4.ckpt")
+    assert sum("holds no state of the train loader" in m for m in told) == 1  # (review mut11 #16) once, not a batch
     assert not any("holds no state" in m for m in run(ckpt=tmp_path / "epoch=0-step=4.ckpt")[1])
+    # (review mut11 #16) not from an epoch's last batch (nothing is drawn again), nor to a plain DataLoader (of
+    # which Lightning itself warns)
+    assert not any("holds no state" in m for m in run(ckpt=tmp_path / "old-epoch=0-step=8.ckpt")[1])
+    plain = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.tensor(y)), batch_size=256,
+                                        shuffle=True)
+    assert not any("holds no state" in m for m in run(ckpt=tmp_path / "old-epoch=0-step=4.ckpt", data=plain)[1])
     # a loader of another batch size cannot continue the checkpoint's epoch: it says so and starts it over
     other, told = run(ckpt=tmp_path / "epoch=0-step=4.ckpt", data=loader(200))
     assert any("draws its batches from its first again" in m for m in told)
