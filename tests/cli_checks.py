@@ -32,7 +32,7 @@ def registries_kept() -> Iterator[None]:
     from reste.models import registry
 
     tables = [(estimators, "_REGISTRY"), (datasets, "_REGISTERED"), (datasets, "_DEFINED_IN"), (registry, "_MODELS"),
-              (registry, "_INFO"), (registry, "_BINARY"), (plugins, "_loaded")]
+              (registry, "_INFO"), (registry, "_BINARY"), (plugins, "_loaded"), (plugins, "_digests")]
     saved = [(owner, name, getattr(owner, name)) for owner, name in tables]
     modules = set(sys.modules)
     ours = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(

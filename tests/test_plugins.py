@@ -726,3 +726,25 @@ def test_python_resumes_a_run_of_a_plugin_file_it_loaded(isolated, plugin_file, 
     with pytest.raises(UsageError, match=r"load them first \(reste.plugins.load_plugins\) or pass overrides="
                                          r"\{'plugins': \['.*never_loaded.py'\]\}$"):
         engine.resume(run, {"epochs": 3}, force=True, log=lambda _: None)
+
+
+def test_a_plugin_file_edited_since_the_run_trained_is_said(plugin_file, tmp_path, command):
+    """(review extend1, suggestion 1) editing a plugin's g between a run and its eval, export or resume went
+    unnoticed: each checkpoint records the loaded plugin files' digests, and a later process says which changed."""
+    cwd, plug = plugin_file.parent, str(plugin_file)
+    r = command("train", "--plugin", plug, "--estimator", "myest", "--epochs", "1", "--threads", "1", "--no-progress",
+                "--out", "run", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    from reste.checkpoint import load_checkpoint
+
+    assert plug in load_checkpoint(cwd / "run" / "last.pt")["software"]["plugins"]
+    r = command("eval", "run", "--plugin", plug, cwd=cwd)
+    assert r.returncode == 0 and "changed" not in r.stderr, r.stderr
+    plugin_file.write_text(PLUGIN + "\n# edited\n")
+    said = f"the file of the plugin {plug} changed since this checkpoint was written; the model is built by the code"
+    for args in (("eval", "run"), ("export", "run", str(tmp_path / "m.rbnn"))):
+        r = command(*args, "--plugin", plug, cwd=cwd)
+        assert r.returncode == 0 and said in r.stderr, r.stderr
+    r = command("train", "--resume", "run", "--plugin", plug, "--epochs", "2", "--force", "--no-progress", cwd=cwd)
+    assert r.returncode == 0 and f"was written by other software (the plugin {plug}'s file changed)" in r.stdout, \
+        r.stdout

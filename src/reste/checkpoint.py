@@ -11,7 +11,8 @@ A checkpoint is a dict of plain data and tensors, loadable with
     epoch's metrics line), indicators (meter history), rng, and for a checkpoint
     taken inside an epoch (preemption, ``--save-every``) ``step`` (batches of
     epoch ``epoch + 1`` already trained) with ``partial`` (that epoch's running sums);
-    and ``software``, the versions of reste, PyTorch and Python that wrote it (``software()``).
+    and ``software``, the versions of reste, PyTorch and Python that wrote it, and the digests of the
+    plugin files loaded (``software()``).
 
 The file is the zip that ``torch.save`` writes, whose zip comment holds
 ``reste-sha256:`` and the SHA-256 of the file as written with an empty comment.
@@ -211,22 +212,29 @@ def code_changed(where: Any, what: str, options: dict[str, Any], reason: str, pl
                       f"take ({reason}); load the {'plugin' if plugin else 'reste'} version the run was trained with")
 
 
-def software() -> dict[str, str]:
-    """The versions of reste, PyTorch and Python in this process, as a checkpoint records them. reste's is its
-    release number (``reste.__version__``): code changed within one release does not show in it."""
+def software() -> dict[str, Any]:
+    """The versions of reste, PyTorch and Python in this process, as a checkpoint records them, and, where plugins
+    are loaded, their files' digests (``plugins``: :func:`reste.plugins.digests`). reste's is its release number
+    (``reste.__version__``): code changed within one release does not show in it."""
     from . import __version__
 
-    return {"reste": str(__version__), "torch": str(torch.__version__), "python": platform.python_version()}
+    now: dict[str, Any] = {"reste": str(__version__), "torch": str(torch.__version__),
+                           "python": platform.python_version()}
+    if plugins.digests():
+        now["plugins"] = plugins.digests()
+    return now
 
 
-def software_change(saved: Any) -> str | None:
+def software_change(saved: Any, specs: list[str] | None = None) -> str | None:
     """How the software of this process differs from ``saved`` (a checkpoint's ``software``), in words, for reste
-    and PyTorch (whose kernels can round differently); None when they are the same or the file records none."""
+    and PyTorch (whose kernels can round differently) and for those of the plugins ``specs`` (the run's) whose file
+    changed since; None when they are the same or the file records none."""
     if not isinstance(saved, dict):
         return None
     now = software()
     changed = [f"{name} {saved[name]} -> {now[name]}" for name in ("reste", "torch")
                if isinstance(saved.get(name), str) and saved[name] != now[name]]
+    changed += [f"the plugin {spec}'s file changed" for spec in plugins.changed(saved.get("plugins"), specs)]
     return ", ".join(changed) or None
 
 
@@ -533,6 +541,14 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str 
         raise UsageError(
             f"checkpoint weights do not fit model {ckpt['model_name']!r} ({state_dict_error(err)})"
         ) from None
+    software = ckpt.get("software")
+    config = ckpt.get("config")
+    edited = plugins.changed(software.get("plugins") if isinstance(software, dict) else None,
+                             config.get("plugins") if isinstance(config, dict) else None)
+    if edited:  # (review extend1, suggestion 1: an edited g between training and eval went unnoticed)
+        warnings.warn(f"{where if where is not None else _where(ckpt)}: the file of the plugin {', '.join(edited)} "
+                      "changed since this checkpoint was written; the model is built by the code loaded now",
+                      stacklevel=2)
     return model.to(device).eval()
 
 

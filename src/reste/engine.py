@@ -1835,7 +1835,7 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
                                       if not (k.endswith("._extra_state") and set(v or {}) == {"scaling"})}}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs
-    changed = ckpt_io.software_change(ckpt.get("software")) if last.exists() else None
+    changed = ckpt_io.software_change(ckpt.get("software"), config.plugins) if last.exists() else None
     if not idle and changed:
         run.log(f"note: {last} was written by other software ({changed}): the result can differ in its last bits "
                 "from an uninterrupted run")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib
 import importlib.machinery
 import importlib.metadata
@@ -42,6 +43,7 @@ GROUP = "reste.estimators"
 _entry_points_loaded = False
 _FILE_PREFIX = "reste_plugin_"  # the module name of a plugin loaded from a file
 _loaded: dict[str, ModuleType] = {}
+_digests: dict[str, str] = {}  # each loaded plugin's file (saved form: its SHA-256's first 16 hex digits) as it loaded
 
 
 def load_entry_points() -> None:
@@ -219,12 +221,41 @@ def load_plugin(spec: str) -> ModuleType:
                          ) from None
     again = any(other is not module and same_source(other.__name__, module.__name__) for other in _loaded.values())
     _loaded[spec] = module
+    digest = _file_digest(module)
+    if digest is not None:
+        _digests[saved_form(spec)] = digest
     if fresh and _registered() == before and not again:  # (a module imported before, by the caller, registered
         # then; or the same file as another --plugin, mydata.py and mydata, which registered the same again)
         warnings.warn(f"--plugin {spec!r} registered no estimator, model or data set (is it the module that "
                       "registers them, with @reste.register_estimator, register_model or register_dataset?)",
                       stacklevel=2)
     return module
+
+
+def _file_digest(module: ModuleType) -> str | None:
+    """The first 16 hex digits of the SHA-256 of ``module``'s file (a package's ``__init__.py``), or None."""
+    file = getattr(module, "__file__", None)
+    try:
+        return hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16] if isinstance(file, str) else None
+    except OSError:
+        return None
+
+
+def digests() -> dict[str, str]:
+    """The loaded plugins' files by their saved ``--plugin`` form: the first 16 hex digits of each file's SHA-256 as
+    it loaded, which a checkpoint records (``software``) so that a later process can tell that a plugin's code
+    changed since it trained (review extend1, suggestion 1)."""
+    return dict(_digests)
+
+
+def changed(saved: Any, specs: Iterable[str] | None) -> list[str]:
+    """Those of ``specs`` (the plugins a run records) whose file this process loaded with another digest than
+    ``saved`` (a checkpoint's ``software["plugins"]``) records: the plugin's code changed since it was saved."""
+    if not isinstance(saved, dict):
+        return []
+    return [spec for spec in dict.fromkeys(specs or ()) if isinstance(spec, str)
+            and isinstance(saved.get(saved_form(spec)), str) and saved_form(spec) in _digests
+            and _digests[saved_form(spec)] != saved[saved_form(spec)]]
 
 
 def loaded_files() -> list[str]:
