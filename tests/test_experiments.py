@@ -296,9 +296,11 @@ def test_grid_values_that_name_one_setting_are_refused_as_a_value_twice(spec, me
 @pytest.mark.parametrize("flags, message", [
     (["--grid", "o_end=0,1"], "reste: error: --grid o_end=0: --o-end must be >= 1, got 0.0\n"),
     (["--grid", "lr=0.1,-1"], "reste: error: --grid lr=-1: --lr must be a positive number, got -1\n"),
-    (["--grid", "estimator=ste,fda", "--fda-n", "2000"],
-     "reste: error: --grid estimator=fda: --fda-n must be in [0, 1000], got 2000\n"),
+    (["--grid", "fda_n=5,2000", "--estimator", "fda"], "reste: error: --grid fda_n=2000: --fda-n must be in [0, 1000], "
+                                                         "got 2000\n"),
+    (["--grid", "estimator=ste,fda", "--fda-n", "2000"], "reste: error: --fda-n must be in [0, 1000], got 2000\n"),
     (["--o-end", "0", "--grid", "lr=0.1,0.2"], "reste: error: --o-end must be >= 1, got 0.0\n"),  # the flag's own
+    (["--t-max", "0", "--grid", "estimator=ede,reste"], "reste: error: --t-max must be in [1e-30, 1e30], got 0.0\n"),
 ])
 def test_a_bad_grid_value_is_named_as_the_grid_gives_it(flags, message, tmp_path, capsys):
     """(review extend1, suggestion 4) `--grid k=0,1` answered "--k must be > 0, got 0.0", a flag never given: the

@@ -688,3 +688,23 @@ def test_a_percent_sign_in_a_hyperparameters_help_reaches_the_help_as_it_is(isol
             main([command, "--help"])
         out = " ".join(capsys.readouterr().out.split())
         assert exit_.value.code == 0 and "pct: share of the window in % (0-100)" in out
+
+
+def test_a_hyperparameter_named_like_the_classes_own_method_is_refused_and_a_ramp_may_be_a_list(isolated):
+    """(review diff30 #4) a hyper-parameter named like a method the class defines itself hid it ("'float' object is
+    not callable" in the run); a class-level value of that name stays allowed. (#5) ``ramped`` as a list of two names
+    worked before the check of its names, and still does."""
+    plug = _estimator("own_method", (reste.Param("width", float, 1.0, "w"),))
+    plug.width = lambda self: 1.0
+    with pytest.raises(ValueError, match="estimator 'own_method': its hyper-parameter 'width' has the name of a method "
+                                         "of Plug, which its value would hide"):
+        reste.register_estimator(plug)
+    plain = _estimator("class_value", (reste.Param("width", float, 1.0, "w"),))
+    plain.width = 2.0
+    reste.register_estimator(plain)
+    ramp = _estimator("list_ramp", (reste.Param("a", float, 1.0, "a", "(0, inf)", scheduled=True),
+                                    reste.Param("a_end", float, 2.0, "e", "(0, inf)"),
+                                    reste.Param("schedule", str, "linear", "s", choices=("linear", "constant"))))
+    ramp.ramped = ["a", "a_end"]
+    reste.register_estimator(ramp)
+    assert reste.get_estimator("list_ramp", schedule="constant").unused_hyperparameters() == {"a_end"}

@@ -23,7 +23,7 @@ from torch import nn
 import reste
 from reste import models, plugins
 from reste.cli import main
-from reste.config import TrainConfig
+from reste.config import TrainConfig, as_recorded
 from reste.errors import UsageError
 from reste.estimators import _REGISTRY, Estimator
 
@@ -673,7 +673,7 @@ def test_a_plugin_file_imports_the_modules_beside_it(isolated, tmp_path, monkeyp
     assert str(folder) not in sys.path  # (while it loads: a resume takes none of that folder's modules for installed)
 
 
-def test_a_run_records_the_plugin_of_an_estimator_its_models_layers_name(isolated, plugin_file, tmp_path):
+def test_a_run_records_the_plugin_of_an_estimator_its_models_layers_name(isolated, plugin_file, tmp_path, capsys):
     """(review extend1 #2) a plugin model whose layer names a plugin estimator by name, the estimator given as its own
     --plugin: config.json recorded the model's plugin alone, so the resume command a run printed, and eval with it,
     failed on the unknown estimator (and blamed a change of the plugin's code)."""
@@ -693,6 +693,20 @@ def test_a_run_records_the_plugin_of_an_estimator_its_models_layers_name(isolate
                  "--estimator", "ste", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
     assert json.loads((run / "config.json").read_text())["plugins"] == [str(plugin_file), str(model)]
     assert torch.load(run / "last.pt", weights_only=True)["config"]["plugins"] == [str(plugin_file), str(model)]
+    # (review diff30 #1) and so do a sweep's settings, which its worker processes load, and --print-config
+    from reste.experiments.sweep import expand_grid
+
+    base = TrainConfig(model="named_est_test_1w1a", estimator="ste", plugins=[str(plugin_file), str(model)])
+    assert [s.config.plugins for s in expand_grid(base, {"lr": [0.1, 0.2]})] == [[str(plugin_file), str(model)]] * 2
+    capsys.readouterr()
+    assert main(["train", "--plugin", str(plugin_file), "--plugin", str(model), "--model", "named_est_test_1w1a",
+                 "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["plugins"] == [str(plugin_file), str(model)]
+    # (review diff30 #2) a relative file a Python caller gave is recorded by its path, as --plugin's
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        assert as_recorded(TrainConfig(model="named_est_test_1w1a", plugins=[model.name]).resolve()).plugins == [
+            str(model), str(plugin_file)]  # (the estimator's plugin found, after those given)
 
 
 def test_a_model_of_mixed_estimators_logs_the_runs_own_schedule(isolated, tmp_path):
@@ -728,7 +742,7 @@ def test_python_resumes_a_run_of_a_plugin_file_it_loaded(isolated, plugin_file, 
         engine.resume(run, {"epochs": 3}, force=True, log=lambda _: None)
 
 
-def test_a_plugin_file_edited_since_the_run_trained_is_said(plugin_file, tmp_path, command):
+def test_a_plugin_file_edited_since_the_run_trained_is_said(isolated, plugin_file, tmp_path, command):
     """(review extend1, suggestion 1) editing a plugin's g between a run and its eval, export or resume went
     unnoticed: each checkpoint records the loaded plugin files' digests, and a later process says which changed."""
     cwd, plug = plugin_file.parent, str(plugin_file)
@@ -745,6 +759,17 @@ def test_a_plugin_file_edited_since_the_run_trained_is_said(plugin_file, tmp_pat
     for args in (("eval", "run"), ("export", "run", str(tmp_path / "m.rbnn"))):
         r = command(*args, "--plugin", plug, cwd=cwd)
         assert r.returncode == 0 and said in r.stderr, r.stderr
+    # (review diff30 #3) the same file again under another spelling runs none of its code: its digest stays the one
+    # of the code that ran
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plugins, "_loaded", {})
+        patch.setattr(plugins, "_digests", {})
+        patch.chdir(cwd)
+        plugins.load_plugin(plugin_file.name)
+        ran = plugins.digests()
+        plugin_file.write_text(PLUGIN + "\n# edited again\n")
+        plugins.load_plugin(plug)
+        assert plugins.digests() == ran and list(ran) == [plug]
     r = command("train", "--resume", "run", "--plugin", plug, "--epochs", "2", "--force", "--no-progress", cwd=cwd)
-    assert r.returncode == 0 and f"was written by other software (the plugin {plug}'s file changed)" in r.stdout, \
-        r.stdout
+    assert r.returncode == 0 and f"note: the file of the plugin {plug} changed since run/last.pt was " \
+        "written: the run continues with the code loaded now" in r.stdout, r.stdout

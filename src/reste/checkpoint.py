@@ -225,17 +225,24 @@ def software() -> dict[str, Any]:
     return now
 
 
-def software_change(saved: Any, specs: list[str] | None = None) -> str | None:
+def software_change(saved: Any) -> str | None:
     """How the software of this process differs from ``saved`` (a checkpoint's ``software``), in words, for reste
-    and PyTorch (whose kernels can round differently) and for those of the plugins ``specs`` (the run's) whose file
-    changed since; None when they are the same or the file records none."""
+    and PyTorch (whose kernels can round differently); None when they are the same or the file records none."""
     if not isinstance(saved, dict):
         return None
     now = software()
     changed = [f"{name} {saved[name]} -> {now[name]}" for name in ("reste", "torch")
                if isinstance(saved.get(name), str) and saved[name] != now[name]]
-    changed += [f"the plugin {spec}'s file changed" for spec in plugins.changed(saved.get("plugins"), specs)]
     return ", ".join(changed) or None
+
+
+def plugins_edited(ckpt: dict[str, Any]) -> list[str]:
+    """The plugins a checkpoint's run records whose file this process loaded with another digest than the checkpoint
+    records (:func:`reste.plugins.changed`): their code changed since it was written (review extend1, suggestion
+    1)."""
+    software, config = ckpt.get("software"), ckpt.get("config")
+    return plugins.changed(software.get("plugins") if isinstance(software, dict) else None,
+                           config.get("plugins") if isinstance(config, dict) else None)
 
 
 def checkpoint_bytes(state: dict[str, Any]) -> bytes:
@@ -541,10 +548,7 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str 
         raise UsageError(
             f"checkpoint weights do not fit model {ckpt['model_name']!r} ({state_dict_error(err)})"
         ) from None
-    software = ckpt.get("software")
-    config = ckpt.get("config")
-    edited = plugins.changed(software.get("plugins") if isinstance(software, dict) else None,
-                             config.get("plugins") if isinstance(config, dict) else None)
+    edited = plugins_edited(ckpt)
     if edited:  # (review extend1, suggestion 1: an edited g between training and eval went unnoticed)
         warnings.warn(f"{where if where is not None else _where(ckpt)}: the file of the plugin {', '.join(edited)} "
                       "changed since this checkpoint was written; the model is built by the code loaded now",

@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -685,25 +684,47 @@ def canonical_estimator(name: Any) -> Any:
         return name
 
 
-def as_recorded(config: TrainConfig, modules: Iterable[str] = ()) -> TrainConfig:
+def as_recorded(config: TrainConfig) -> TrainConfig:
     """``config`` (resolved) as a run records it in config.json and its checkpoints: its estimator named as
     registered with every hyper-parameter written out (those left at their defaults too: a default that changes
     later, in reste or a plugin, cannot move the run), and the plugins that define its estimator, model and
-    data set (a Python caller's own imports too), for a resume or a sweep's worker processes to load (``reste eval`` and
-    ``export`` take ``--plugin``); a plugin given that defines none of them is left out. ``modules``: those of
-    other things the run's model uses (the estimators its layers name themselves, review extend1 #2)."""
+    data set and the estimators a plugin model's layers name themselves (a Python caller's own imports too), each
+    in its saved form (a file's absolute path), for a resume or a sweep's worker processes to load (``reste eval``
+    and ``export`` take ``--plugin``); a plugin given that defines none of them is left out."""
     from .datasets import defined_in as dataset_module
     from .models import defined_in
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1: told at training
         est = get_estimator(config.estimator, **config.estimator_options)
-    used = [type(est).__module__, defined_in(config.model), dataset_module(config.dataset), *modules]
+    model_module = defined_in(config.model)
+    used = [type(est).__module__, model_module, dataset_module(config.dataset)]
+    if model_module and model_module.split(".")[0] != "reste":  # (review extend1 #2, diff30 #1)
+        used += _layers_estimator_modules(config)
     # a --plugin given that defines nothing the run uses is not recorded: a resume would ask for it again (a sweep
     # over estimators, one of them a plugin's, gives it to every setting)
-    given = needed(config.plugins, used)
-    found = [spec for spec in defining(used) if spec not in {saved_form(s) for s in given}]
+    given = [saved_form(s) for s in needed(config.plugins, used)]  # (diff30 #2: a relative file, from another folder)
+    found = [spec for spec in defining(used) if spec not in given]
     return dataclasses.replace(config, estimator=est.name, estimator_options=est.config(), plugins=[*given, *found])
+
+
+def _layers_estimator_modules(config: TrainConfig) -> list[str]:
+    """The modules of the estimators a plugin's model builds (built on the meta device: no memory, no init): its
+    layers may name estimators of their own (``mixed_estimators``), whose plugins a run then needs too; none where
+    it cannot be built so (its own error is told where the run builds it)."""
+    import torch
+
+    from .layers import estimators_of
+    from .models import create
+
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = create(config.model, estimator=config.estimator, estimator_options=config.estimator_options,
+                           a32=config.a32, scaling=config.scaling, **config.model_options)
+    except Exception:  # noqa: BLE001 - a factory that cannot build on the meta device
+        return []
+    return [type(e).__module__ for e in estimators_of(model)]
 
 
 def config_from_preset(name: str, **overrides: Any) -> TrainConfig:

@@ -420,7 +420,6 @@ class _Run:
         self.stop = stop if stop is not None else StopRequest()
         # the bar by default only on a terminal: a log file or a pipe would fill with its frames
         progress = stderr_is_terminal() if progress is None else progress
-        given = config
         config = as_recorded(config)  # what config.json and the checkpoints record: every estimator option
         self.config, self.run_dir, self.progress = config, run_dir, progress
         self.folder = folder  # the locked run folder (rank 0's): asked where it is before each write (_in_place)
@@ -477,10 +476,6 @@ class _Run:
                   "use --amp bf16 or none", file=sys.stderr)
         self.model = build_model(config, self.info.num_classes).to(self.device)
         self.scheduled = bool(estimators_of(self.model))  # a float twin has nothing to schedule
-        # and the plugins of the estimators the model's layers name themselves (review extend1 #2: a --plugin that
-        # defined one was dropped, and a resume or eval of the run then blamed a change of its code)
-        plugins = as_recorded(given, [type(est).__module__ for est in estimators_of(self.model)]).plugins
-        self.config = config = dataclasses.replace(config, plugins=plugins)
         clash = sorted({k for est in estimators_of(self.model) for k in est.schedule_values()} & set(METRIC_FIELDS))
         if clash:  # a plugin's scheduled hyper-parameter would overwrite a field of the metrics line, or vice versa
             raise UsageError(f"estimator {config.estimator!r} schedules {', '.join(clash)}, a name each line of "
@@ -1835,10 +1830,14 @@ def _resume_locked(run_dir: Path, overrides: dict[str, Any] | None, force: bool,
                                       if not (k.endswith("._extra_state") and set(v or {}) == {"scaling"})}}
         run.restore(ckpt)
     idle = run.start_epoch >= config.epochs
-    changed = ckpt_io.software_change(ckpt.get("software"), config.plugins) if last.exists() else None
+    changed = ckpt_io.software_change(ckpt.get("software")) if last.exists() else None
     if not idle and changed:
         run.log(f"note: {last} was written by other software ({changed}): the result can differ in its last bits "
                 "from an uninterrupted run")
+    edited = ckpt_io.plugins_edited(ckpt) if last.exists() else []
+    if not idle and edited:  # (an edit may change g itself: more than the last bits, review diff30, suggestion 1)
+        run.log(f"note: the file of the plugin {', '.join(edited)} changed since {last} was written: the run continues "
+                "with the code loaded now")
     if not idle and run.device.type == "cpu" and config.compile and run.start_step + run.start_epoch > 0:
         # (review exact1 #2) dynamo recompiles a step when an epoch's last batch is smaller and when a schedule
         # moves, specialised by what the process saw before: a resumed process's first compile differs

@@ -1032,6 +1032,10 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
         if p.name in taken_names:
             raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has the name of an attribute "
                              "every estimator has (an nn.Module's or reste.Estimator's); give it another name")
+        own = inspect.getattr_static(cls, p.name, None)  # (review diff30 #4: a method of the class's own)
+        if callable(own) or isinstance(own, (property, staticmethod, classmethod)):
+            raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has the name of a method of "
+                             f"{cls.__name__}, which its value would hide; give one of them another name")
         if p.name.startswith("_"):
             raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} starts with _, as the "
                              "estimator's own attributes do; give it a name that starts with a letter")
@@ -1053,12 +1057,12 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
                                  f"{other!r}; give {p.name!r} another flag= in its Param")
     if cls.ramped is not None:  # (review extend1, suggestion 3: a ramp whose schedule had another name was ignored)
         names = {p.name for p in cls.hyperparameters}
-        ramp = cls.ramped if isinstance(cls.ramped, tuple) and len(cls.ramped) == 2 else ()
+        ramp = tuple(cls.ramped) if isinstance(cls.ramped, (tuple, list)) and len(cls.ramped) == 2 else ()
         missing = [n for n in (*ramp, "schedule") if n not in names]
         if not ramp or missing:
             raise ValueError(f"estimator {cls.name!r}: ramped = {cls.ramped!r} names (start, end) of a hyper-parameter "
                              "that one called schedule ramps (its 'constant' holds the start); "
-                             + (f"it has no {', '.join(map(repr, missing))}" if ramp else "give two names")
+                             + (f"it has no {', '.join(map(repr, missing))}" if ramp else "give a tuple of two names")
                              + " (a schedule of another flag: Param('schedule', ..., flag='k_schedule'))")
     if cls._g is Estimator._g:  # training would fail at its first backward (a typo: def g, _G; derivative alone)
         alone = ", which the backward calls and an override of derivative() does not replace" \

@@ -221,8 +221,8 @@ def load_plugin(spec: str) -> ModuleType:
                          ) from None
     again = any(other is not module and same_source(other.__name__, module.__name__) for other in _loaded.values())
     _loaded[spec] = module
-    digest = _file_digest(module)
-    if digest is not None:
+    digest = _file_digest(module) if fresh or saved_form(spec) not in _digests else None
+    if digest is not None:  # (as its code ran: a second spelling of a file loaded runs none, review diff30 #3)
         _digests[saved_form(spec)] = digest
     if fresh and _registered() == before and not again:  # (a module imported before, by the caller, registered
         # then; or the same file as another --plugin, mydata.py and mydata, which registered the same again)

@@ -208,15 +208,22 @@ class Setting:
 
 
 def _refused_alone(base: TrainConfig, flags: dict[str, Any], error: str) -> bool:
-    """Whether ``base`` with the estimator ``flags`` it takes (the sweep's flags, without the grid) is refused with
-    ``error`` on its own."""
+    """Whether the sweep's flags without the grid are refused with ``error`` on their own: ``base``, or ``base`` with
+    each estimator that takes one of the estimator ``flags`` (``--t-max 0 --grid estimator=ede,reste``: EDE's flag,
+    review diff30, suggestion 2), with the flags it takes."""
     try:
-        estimator = estimator_class(base.estimator).name
-        options = {**base.estimator_options, **{flag_takers(dest)[estimator]: value for dest, value in flags.items()
-                                                if estimator in flag_takers(dest)}}
-        canonical(dataclasses.replace(base, estimator_options=options))
+        first = estimator_class(base.estimator).name
     except UsageError as err:
         return str(err) == error
+    for estimator in dict.fromkeys([first, *(name for dest in flags for name in flag_takers(dest))]):
+        options = {**(base.estimator_options if estimator == first else {}),
+                   **{flag_takers(dest)[estimator]: value for dest, value in flags.items()
+                      if estimator in flag_takers(dest)}}
+        try:
+            canonical(dataclasses.replace(base, estimator=estimator, estimator_options=options))
+        except UsageError as err:
+            if str(err) == error:
+                return True
     return False
 
 

@@ -120,8 +120,12 @@ def register_model(
             if held is not None and not (plugins.same_source(str(getattr(held, "__module__", None)),
                                                              str(getattr(fn, "__module__", None)))
                                          and getattr(held, "__name__", None) == getattr(fn, "__name__", None)):
+                same = plugins.same_source(str(getattr(held, "__module__", None)),
+                                           str(getattr(fn, "__module__", None)))
+                renamed = (" (a factory renamed in a notebook or a reloaded module keeps its old name's models: "
+                           "restart the kernel, or give twin= another name)") if same else ""
                 raise ValueError(f"model {name!r} is already registered (by {held.__module__}."
-                                 f"{getattr(held, '__name__', '?')}); give yours another name")
+                                 f"{getattr(held, '__name__', '?')}); give yours another name{renamed}")
         new = {name for name, _ in names}
         for name, _ in names:  # a twin that the entry replaced named and that this one drops or renames goes with it:
             # it would build the old network (review diff10 #2)
