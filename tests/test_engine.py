@@ -407,6 +407,12 @@ def test_a_compiled_run_says_in_its_log_when_dynamo_runs_its_step_eagerly(tmp_pa
     said = [line for line in lines if line.startswith("note: --compile: dynamo reached its recompile limit")]
     assert len(said) == 1, lines
     assert not [h for h in logging.getLogger("torch._dynamo").handlers if type(h).__name__ == "_EagerFallback"]
+    # (review compat1 #3) torch before 2.7 words the same warning with cache_size_limit
+    older: list[str] = []
+    engine._EagerFallback(older.append).emit(logging.LogRecord("torch._dynamo", logging.WARNING, "", 0,
+                                                               "torch._dynamo hit config.cache_size_limit (8)", (),
+                                                               None))
+    assert len(older) == 1 and "(torch._dynamo.config.cache_size_limit)" in older[0]
 
 
 def test_a_compiled_model_trains_while_the_schedule_moves():

@@ -1559,9 +1559,12 @@ class _EagerFallback(logging.Handler):
         self.line, self.said = log, False
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.said and "recompile_limit" in record.getMessage():
+        message = record.getMessage()
+        # (torch before 2.7 names the limit cache_size_limit: review compat1 #3)
+        setting = next((name for name in ("recompile_limit", "cache_size_limit") if name in message), None)
+        if not self.said and setting:
             self.said = True
-            self.line("note: --compile: dynamo reached its recompile limit (torch._dynamo.config.recompile_limit) as "
+            self.line(f"note: --compile: dynamo reached its recompile limit (torch._dynamo.config.{setting}) as "
                       "the step's shapes or scheduled values changed again (FDA's n recompiles it at each value): "
                       "the step runs eagerly from here")
 
