@@ -80,7 +80,8 @@ def _estimator(name, params, with_f=True):
     ((reste.Param("training", float, 1.0, "x"),), "its hyper-parameter 'training' has the name of an attribute every "
                                                   r"estimator has \(an nn.Module's or reste.Estimator's\)"),
     ((reste.Param("params", float, 1.0, "x"),), "its hyper-parameter 'params' has the name of an attribute"),
-    ((reste.Param("name", str, "a", "x", choices=("a", "b")),), "its hyper-parameter 'name' has the name of an attribute"),
+    ((reste.Param("name", str, "a", "x", choices=("a", "b")),),
+     "its hyper-parameter 'name' has the name of an attribute"),
     ((reste.Param("_c", float, 1.0, "x"),), "its hyper-parameter '_c' starts with _"),
     ((reste.Param("ka", float, 1.0, "x", flag="kk"), reste.Param("kb", float, 2.0, "y", flag="kk")),
      "its hyper-parameters 'ka' and 'kb' both answer to --kk; give one another flag= in its Param"),

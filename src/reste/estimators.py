@@ -958,7 +958,8 @@ class FDA(Estimator):
     hyperparameters = (
         # (at most FDA_TERMS: each term is a cosine of every weight and activation, in each step; review fuzz1 #1:
         # 10^8 passed every check, and the run then hung in its first step, where no stop signal is taken)
-        Param("n", int, 9, "initial n, the last term's index (n + 1 terms)", f"[0, {FDA_TERMS}]", scheduled=True, flag="fda_n"),
+        Param("n", int, 9, "initial n, the last term's index (n + 1 terms)", f"[0, {FDA_TERMS}]", scheduled=True,
+              flag="fda_n"),
         Param("n_end", int, 18, "final n", f"[0, {FDA_TERMS}]", flag="fda_n_end"),
         _positive("w", "frequency w", 0.1, flag="fda_w"),
     )

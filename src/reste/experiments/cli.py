@@ -43,8 +43,8 @@ def add_commands(sub: Any) -> None:
                         "sharing it share identical runs")
     s.add_argument("--no-report", dest="report", action="store_false", help="skip the tables and figures")
     s.add_argument("--dry-run", dest="dry_run", action="store_true",
-                   help="list each run (to train, to resume, to mend, finished) and what each setting changes of a --preset's "
-                        "recipe; make no folder and train nothing")
+                   help="list each run (to train, to resume, to mend, finished) and what each setting changes of a "
+                        "--preset's recipe; make no folder and train nothing")
     add_train_flags(p, sweep=True)
     p.set_defaults(func=cmd_sweep)
 
