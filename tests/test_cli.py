@@ -239,3 +239,14 @@ def test_the_help_gives_the_defaults_their_owners_hold(monkeypatch):
     assert "SGD momentum (default 0.8)" in text and "random seed (default 7)" in text
     assert "weight scaling: layer, channel or none (default)" in text
     assert "mixed precision: none, bf16 (default) or fp16" in text
+
+
+def test_the_command_line_imports_no_sympy():
+    """(review perf2 #1) registering the built-in estimators compared shapes with torch.broadcast_shapes, which
+    imports sympy: 0.3 to 0.8 s of every command, `reste --help` included (a plain `import torch` imports none)."""
+    import subprocess
+    import sys
+
+    code = "import sys, torch; before = 'sympy' in sys.modules; import reste.cli; print(before, 'sympy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() in (["False", "False"], ["True", "True"]), out  # (a torch that imports it itself: nothing to see)
