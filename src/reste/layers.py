@@ -372,12 +372,18 @@ class BinaryConv3d(_BinaryConv, nn.Conv3d):
 
 
 @torch.fx.wrap
-def _output_padding(x: Tensor, output_size: list[int], stride: tuple[int, ...], padding: tuple[int, ...],
-                    kernel_size: tuple[int, ...], dims: int, dilation: tuple[int, ...]) -> list[int]:
-    """The output padding that makes ``output_size``, as ``nn.ConvTransposeNd`` finds it (its checks and errors). One
-    call under torch.fx, which cannot trace through it: it reads and compares the input's sizes."""
-    return nn.modules.conv._ConvTransposeNd._output_padding(  # (its self is read only without an output_size)
+def _conv_transpose_to(x: Tensor, binary_x: Tensor, weight: Tensor, bias: Tensor | None, output_size: list[int],
+                       stride: tuple[int, ...], padding: tuple[int, ...], kernel_size: tuple[int, ...],
+                       groups: int, dilation: tuple[int, ...]) -> Tensor:
+    """The transposed convolution of ``binary_x`` whose output padding makes ``output_size`` for the input ``x``, as
+    ``nn.ConvTransposeNd`` finds it (its checks and errors). One call under torch.fx, which cannot trace the padding:
+    it reads and compares the input's sizes (and before torch 2.9 the conv refused a traced padding: review
+    compat1 #4)."""
+    dims = len(kernel_size)
+    pad = nn.modules.conv._ConvTransposeNd._output_padding(  # (its self is read only without an output_size)
         None, x, output_size, stride, padding, kernel_size, dims, dilation)  # type: ignore[arg-type]
+    conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
+    return conv(binary_x, weight, bias, stride, padding, pad, groups, dilation)
 
 
 class _BinaryConvTranspose(_BinaryConv):
@@ -398,13 +404,14 @@ class _BinaryConvTranspose(_BinaryConv):
         return 1 if self.scaling == "layer" else None  # an output channel's weights are not consecutive in memory
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:  # noqa: A002 - torch's names
-        dims = len(self.kernel_size)  # type: ignore[attr-defined]
-        padding = self.output_padding if output_size is None else _output_padding(  # type: ignore[attr-defined]
-            input, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
-            self.kernel_size, dims, self.dilation)  # type: ignore[attr-defined]
-        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
+        if output_size is not None:
+            return _conv_transpose_to(input, self.binary_input(input), self.binary_weight(),
+                                      self.bias, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
+                                      self.kernel_size, self.groups, self.dilation)  # type: ignore[attr-defined]
+        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(self.kernel_size) - 1]  # type: ignore
         return conv(self.binary_input(input), self.binary_weight(), self.bias,  # type: ignore[attr-defined]
-                    self.stride, self.padding, padding, self.groups, self.dilation)  # type: ignore[attr-defined]
+                    self.stride, self.padding, self.output_padding, self.groups,  # type: ignore[attr-defined]
+                    self.dilation)  # type: ignore[attr-defined]
 
 
 class BinaryConvTranspose1d(_BinaryConvTranspose, nn.ConvTranspose1d):
