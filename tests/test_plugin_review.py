@@ -700,8 +700,9 @@ def test_a_hyperparameter_named_like_the_classes_own_method_is_refused_and_a_ram
     with pytest.raises(ValueError, match="estimator 'own_method': its hyper-parameter 'width' has the name of a method "
                                          "of Plug, which its value would hide"):
         reste.register_estimator(plug)
-    plain = _estimator("class_value", (reste.Param("width", float, 1.0, "w"),))
-    plain.width = 2.0
+    plain = _estimator("class_value", (reste.Param("width", float, 1.0, "w"), reste.Param("mro", float, 1.0, "m"),
+                                       reste.Param("kind", float, 1.0, "k")))
+    plain.width, plain.kind = 2.0, int  # (diff31 #3: a value, a class held, the metaclass's mro: no method of it)
     reste.register_estimator(plain)
     ramp = _estimator("list_ramp", (reste.Param("a", float, 1.0, "a", "(0, inf)", scheduled=True),
                                     reste.Param("a_end", float, 2.0, "e", "(0, inf)"),

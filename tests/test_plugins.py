@@ -702,6 +702,37 @@ def test_a_run_records_the_plugin_of_an_estimator_its_models_layers_name(isolate
     assert main(["train", "--plugin", str(plugin_file), "--plugin", str(model), "--model", "named_est_test_1w1a",
                  "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["plugins"] == [str(plugin_file), str(model)]
+    # (review diff31 #1, #2) a factory the meta device cannot build (it reads a value) still records the plugin, from
+    # the model the run builds; and the trial build leaves the mixed-estimator warning, once, to the run
+    reading = tmp_path / "reads_a_value.py"
+    reading.write_text(textwrap.dedent('''
+        import reste, torch
+        from torch import nn
+
+
+        @reste.models.register_model(dataset="digits")
+        def reads_test_1w1a(*, num_classes, conv):
+            width = int(torch.tensor(4))  # (no value on the meta device)
+            return nn.Sequential(conv(1, width, 3, 1, 1), reste.BinaryConv2d(width, 4, 3, padding=1,
+                                 input_estimator="myest", weight_estimator="myest"), nn.Flatten(),
+                                 nn.Linear(256, num_classes))
+    '''))
+    with pytest.warns(UserWarning, match="have another estimator than the 'ste' asked for"):
+        assert main(["train", "--plugin", str(plugin_file), "--plugin", str(reading), "--model", "reads_test_1w1a",
+                     "--estimator", "ste", "--epochs", "1", "--threads", "1", "--no-progress", "--out",
+                     str(tmp_path / "reads")]) == 0
+    assert json.loads((tmp_path / "reads" / "config.json").read_text())["plugins"] == [str(plugin_file), str(reading)]
+    # a factory the meta device builds: its trial build there leaves the once-only warning to the run's build
+    def by_hand(*, num_classes, conv):
+        return nn.Sequential(conv(1, 4, 3, 1, 1), reste.BinaryConv2d(4, 4, 3, padding=1, input_estimator="myest"),
+                             nn.Flatten(), nn.Linear(256, num_classes))
+
+    models.register_model(dataset="digits")(type(by_hand)(by_hand.__code__, by_hand.__globals__, "by_hand_test_1w1a"))
+    state = torch.get_rng_state()
+    as_recorded(TrainConfig(model="by_hand_test_1w1a", estimator="ste").resolve())
+    assert torch.equal(torch.get_rng_state(), state)  # (and the caller's RNG as it was)
+    with pytest.warns(UserWarning, match="have another estimator than the 'ste' asked for"):
+        models.create("by_hand_test_1w1a", estimator="ste")
     # (review diff30 #2) a relative file a Python caller gave is recorded by its path, as --plugin's
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)

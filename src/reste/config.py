@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -684,13 +685,14 @@ def canonical_estimator(name: Any) -> Any:
         return name
 
 
-def as_recorded(config: TrainConfig) -> TrainConfig:
+def as_recorded(config: TrainConfig, modules: Iterable[str] = ()) -> TrainConfig:
     """``config`` (resolved) as a run records it in config.json and its checkpoints: its estimator named as
     registered with every hyper-parameter written out (those left at their defaults too: a default that changes
     later, in reste or a plugin, cannot move the run), and the plugins that define its estimator, model and
     data set and the estimators a plugin model's layers name themselves (a Python caller's own imports too), each
     in its saved form (a file's absolute path), for a resume or a sweep's worker processes to load (``reste eval``
-    and ``export`` take ``--plugin``); a plugin given that defines none of them is left out."""
+    and ``export`` take ``--plugin``); a plugin given that defines none of them is left out. ``modules``: those of
+    the estimators of the model a run built (where a trial build on the meta device fails: review diff31 #1)."""
     from .datasets import defined_in as dataset_module
     from .models import defined_in
 
@@ -698,8 +700,8 @@ def as_recorded(config: TrainConfig) -> TrainConfig:
         warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1: told at training
         est = get_estimator(config.estimator, **config.estimator_options)
     model_module = defined_in(config.model)
-    used = [type(est).__module__, model_module, dataset_module(config.dataset)]
-    if model_module and model_module.split(".")[0] != "reste":  # (review extend1 #2, diff30 #1)
+    used = [type(est).__module__, model_module, dataset_module(config.dataset), *modules]
+    if not modules and model_module and model_module.split(".")[0] != "reste":  # (review extend1 #2, diff30 #1)
         used += _layers_estimator_modules(config)
     # a --plugin given that defines nothing the run uses is not recorded: a resume would ask for it again (a sweep
     # over estimators, one of them a plugin's, gives it to every setting)
@@ -715,15 +717,16 @@ def _layers_estimator_modules(config: TrainConfig) -> list[str]:
     import torch
 
     from .layers import estimators_of
-    from .models import create
+    from .models import create, registry
 
-    try:
-        with warnings.catch_warnings(), torch.device("meta"):
+    try:  # (a trial: the registry's once-only warnings stay the run's, the caller's RNG is left alone, diff31 #2)
+        with registry.unrecorded(), torch.random.fork_rng(devices=[]), warnings.catch_warnings(), \
+                torch.device("meta"):
             warnings.simplefilter("ignore")
             model = create(config.model, estimator=config.estimator, estimator_options=config.estimator_options,
                            a32=config.a32, scaling=config.scaling, **config.model_options)
-    except Exception:  # noqa: BLE001 - a factory that cannot build on the meta device
-        return []
+    except Exception:  # noqa: BLE001 - a factory that cannot build on the meta device (a run adds them from the
+        return []  # model it builds: engine._Run)
     return [type(e).__module__ for e in estimators_of(model)]
 
 

@@ -420,6 +420,7 @@ class _Run:
         self.stop = stop if stop is not None else StopRequest()
         # the bar by default only on a terminal: a log file or a pipe would fill with its frames
         progress = stderr_is_terminal() if progress is None else progress
+        given = config
         config = as_recorded(config)  # what config.json and the checkpoints record: every estimator option
         self.config, self.run_dir, self.progress = config, run_dir, progress
         self.folder = folder  # the locked run folder (rank 0's): asked where it is before each write (_in_place)
@@ -476,6 +477,10 @@ class _Run:
                   "use --amp bf16 or none", file=sys.stderr)
         self.model = build_model(config, self.info.num_classes).to(self.device)
         self.scheduled = bool(estimators_of(self.model))  # a float twin has nothing to schedule
+        # and the plugins of the estimators the model built names itself, where as_recorded's trial build on the meta
+        # device could not see them (a factory that reads a value: review diff31 #1)
+        plugins = as_recorded(given, [type(est).__module__ for est in estimators_of(self.model)]).plugins
+        self.config = config = dataclasses.replace(config, plugins=plugins)
         clash = sorted({k for est in estimators_of(self.model) for k in est.schedule_values()} & set(METRIC_FIELDS))
         if clash:  # a plugin's scheduled hyper-parameter would overwrite a field of the metrics line, or vice versa
             raise UsageError(f"estimator {config.estimator!r} schedules {', '.join(clash)}, a name each line of "

@@ -36,6 +36,7 @@ import math
 import operator
 import os
 import sys
+import types
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -1033,10 +1034,12 @@ def register_estimator(cls: type[Estimator]) -> type[Estimator]:
         if p.name in taken_names:
             raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has the name of an attribute "
                              "every estimator has (an nn.Module's or reste.Estimator's); give it another name")
-        own = inspect.getattr_static(cls, p.name, None)  # (review diff30 #4: a method of the class's own)
-        if callable(own) or isinstance(own, (property, staticmethod, classmethod)):
+        # (review diff30 #4: a method of the class's own; diff31 #3: not the metaclass's `mro`, nor a class held)
+        holder = next((c for c in cls.__mro__ if p.name in vars(c)), None)
+        if holder is not None and isinstance(vars(holder)[p.name], (types.FunctionType, property, staticmethod,
+                                                                     classmethod)):
             raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} has the name of a method of "
-                             f"{cls.__name__}, which its value would hide; give one of them another name")
+                             f"{holder.__name__}, which its value would hide; give one of them another name")
         if p.name.startswith("_"):
             raise ValueError(f"estimator {cls.name!r}: its hyper-parameter {p.name!r} starts with _, as the "
                              "estimator's own attributes do; give it a name that starts with a letter")
