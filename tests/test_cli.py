@@ -249,4 +249,5 @@ def test_the_command_line_imports_no_sympy():
 
     code = "import sys, torch; before = 'sympy' in sys.modules; import reste.cli; print(before, 'sympy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() in (["False", "False"], ["True", "True"]), out  # (a torch that imports it itself: nothing to see)
+    # (a torch that imports it itself: nothing to see)
+    assert out.split() in (["False", "False"], ["True", "True"]), out
