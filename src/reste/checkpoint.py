@@ -220,8 +220,9 @@ def software() -> dict[str, Any]:
 
     now: dict[str, Any] = {"reste": str(__version__), "torch": str(torch.__version__),
                            "python": platform.python_version()}
-    if plugins.digests():
-        now["plugins"] = plugins.digests()
+    loaded = plugins.digests()
+    if loaded:
+        now["plugins"] = loaded
     return now
 
 

@@ -685,14 +685,15 @@ def canonical_estimator(name: Any) -> Any:
         return name
 
 
-def as_recorded(config: TrainConfig, modules: Iterable[str] = ()) -> TrainConfig:
+def as_recorded(config: TrainConfig, modules: Iterable[str] | None = None) -> TrainConfig:
     """``config`` (resolved) as a run records it in config.json and its checkpoints: its estimator named as
     registered with every hyper-parameter written out (those left at their defaults too: a default that changes
     later, in reste or a plugin, cannot move the run), and the plugins that define its estimator, model and
     data set and the estimators a plugin model's layers name themselves (a Python caller's own imports too), each
     in its saved form (a file's absolute path), for a resume or a sweep's worker processes to load (``reste eval``
     and ``export`` take ``--plugin``); a plugin given that defines none of them is left out. ``modules``: those of
-    the estimators of the model a run built (where a trial build on the meta device fails: review diff31 #1)."""
+    the estimators of the model a run built (where a trial build on the meta device fails: review diff31 #1); by
+    default a plugin's model is built on the meta device to find them."""
     from .datasets import defined_in as dataset_module
     from .models import defined_in
 
@@ -700,8 +701,8 @@ def as_recorded(config: TrainConfig, modules: Iterable[str] = ()) -> TrainConfig
         warnings.simplefilter("ignore")  # e.g. ReSTE's "schedule never changes" for o_end = 1: told at training
         est = get_estimator(config.estimator, **config.estimator_options)
     model_module = defined_in(config.model)
-    used = [type(est).__module__, model_module, dataset_module(config.dataset), *modules]
-    if not modules and model_module and model_module.split(".")[0] != "reste":  # (review extend1 #2, diff30 #1)
+    used = [type(est).__module__, model_module, dataset_module(config.dataset), *(modules or ())]
+    if modules is None and model_module and model_module.split(".")[0] != "reste":  # (review extend1 #2, diff30 #1)
         used += _layers_estimator_modules(config)
     # a --plugin given that defines nothing the run uses is not recorded: a resume would ask for it again (a sweep
     # over estimators, one of them a plugin's, gives it to every setting)

@@ -421,7 +421,9 @@ class _Run:
         # the bar by default only on a terminal: a log file or a pipe would fill with its frames
         progress = stderr_is_terminal() if progress is None else progress
         given = config
-        config = as_recorded(config)  # what config.json and the checkpoints record: every estimator option
+        # what config.json and the checkpoints record: every estimator option; the plugins of the estimators its
+        # model's layers name once the model is built (below)
+        config = as_recorded(config, modules=[])
         self.config, self.run_dir, self.progress = config, run_dir, progress
         self.folder = folder  # the locked run folder (rank 0's): asked where it is before each write (_in_place)
         check_tensorboard(config.tensorboard, run_dir)  # before any data: a missing package is one line
@@ -477,8 +479,8 @@ class _Run:
                   "use --amp bf16 or none", file=sys.stderr)
         self.model = build_model(config, self.info.num_classes).to(self.device)
         self.scheduled = bool(estimators_of(self.model))  # a float twin has nothing to schedule
-        # and the plugins of the estimators the model built names itself, where as_recorded's trial build on the meta
-        # device could not see them (a factory that reads a value: review diff31 #1)
+        # the plugins of the estimators the model built names itself (review extend1 #2; not by as_recorded's trial
+        # build on the meta device, which a factory that reads a value cannot take: review diff31 #1)
         plugins = as_recorded(given, [type(est).__module__ for est in estimators_of(self.model)]).plugins
         self.config = config = dataclasses.replace(config, plugins=plugins)
         clash = sorted({k for est in estimators_of(self.model) for k in est.schedule_values()} & set(METRIC_FIELDS))

@@ -382,8 +382,10 @@ def _conv_transpose_to(x: Tensor, binary_x: Tensor, weight: Tensor, bias: Tensor
     dims = len(kernel_size)
     pad = nn.modules.conv._ConvTransposeNd._output_padding(  # (its self is read only without an output_size)
         None, x, output_size, stride, padding, kernel_size, dims, dilation)  # type: ignore[arg-type]
-    conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
-    return conv(binary_x, weight, bias, stride, padding, pad, groups, dilation)
+    return _CONV_TRANSPOSE[dims - 1](binary_x, weight, bias, stride, padding, pad, groups, dilation)
+
+
+_CONV_TRANSPOSE = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)  # by spatial dimensions
 
 
 class _BinaryConvTranspose(_BinaryConv):
@@ -408,7 +410,7 @@ class _BinaryConvTranspose(_BinaryConv):
             return _conv_transpose_to(input, self.binary_input(input), self.binary_weight(),
                                       self.bias, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
                                       self.kernel_size, self.groups, self.dilation)  # type: ignore[attr-defined]
-        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(self.kernel_size) - 1]  # type: ignore
+        conv = _CONV_TRANSPOSE[len(self.kernel_size) - 1]  # type: ignore[attr-defined]
         return conv(self.binary_input(input), self.binary_weight(), self.bias,  # type: ignore[attr-defined]
                     self.stride, self.padding, self.output_padding, self.groups,  # type: ignore[attr-defined]
                     self.dilation)  # type: ignore[attr-defined]

@@ -253,9 +253,12 @@ def changed(saved: Any, specs: Iterable[str] | None) -> list[str]:
     ``saved`` (a checkpoint's ``software["plugins"]``) records: the plugin's code changed since it was saved."""
     if not isinstance(saved, dict):
         return []
-    return [spec for spec in dict.fromkeys(specs or ()) if isinstance(spec, str)
-            and isinstance(saved.get(saved_form(spec)), str) and saved_form(spec) in _digests
-            and _digests[saved_form(spec)] != saved[saved_form(spec)]]
+    edited = []
+    for spec in dict.fromkeys(s for s in specs or () if isinstance(s, str)):
+        key = saved_form(spec)
+        if isinstance(saved.get(key), str) and key in _digests and _digests[key] != saved[key]:
+            edited.append(spec)
+    return edited
 
 
 def loaded_files() -> list[str]:

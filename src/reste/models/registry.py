@@ -117,11 +117,9 @@ def register_model(
             held = _MODELS.get(name)
             # the same module's factory of the same name again is a reload; another of that module's is a clash
             # (review extend1 #5: a copied twin= took one model's name from another without a word)
-            if held is not None and not (plugins.same_source(str(getattr(held, "__module__", None)),
-                                                             str(getattr(fn, "__module__", None)))
-                                         and getattr(held, "__name__", None) == getattr(fn, "__name__", None)):
-                same = plugins.same_source(str(getattr(held, "__module__", None)),
-                                           str(getattr(fn, "__module__", None)))
+            same = held is not None and plugins.same_source(str(getattr(held, "__module__", None)),
+                                                            str(getattr(fn, "__module__", None)))
+            if held is not None and not (same and getattr(held, "__name__", None) == getattr(fn, "__name__", None)):
                 renamed = (" (a factory renamed in a notebook or a reloaded module keeps its old name's models: "
                            "restart the kernel, or give twin= another name)") if same else ""
                 raise ValueError(f"model {name!r} is already registered (by {held.__module__}."
