@@ -229,14 +229,16 @@ def test_schedule_values_move_the_result():
 # ------------------------------------------------------------ the scaled weight
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "input_major"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "input_major", "bfloat16", "float16"])
 @pytest.mark.parametrize("scaling", ["layer", "channel"])
 @pytest.mark.parametrize("kind", ["ste", "reste", "ede", "fda"])
 def test_scaled_sign_matches_the_layers_expression(kind, scaling, layout):
+    """Also a 16-bit weight (contiguous), which both compute in float32 and round once."""
     est = ESTIMATORS[kind]()
-    w = weight((6, 4, 3, 3), layout)
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(layout, torch.float32)
+    w = weight((6, 4, 3, 3), "contiguous" if dtype != torch.float32 else layout).to(dtype)
     groups = 1 if scaling == "layer" else w.shape[0]
-    upstream = torch.randn(w.shape, generator=torch.Generator().manual_seed(5))
+    upstream = torch.randn(w.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
     ref_y, ref_dw = torch_scaled_sign(est, w, groups, upstream)
 
     y, partials = K.scaled_sign(w, groups)

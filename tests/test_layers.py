@@ -13,6 +13,7 @@ from torch import nn
 
 import reste
 from reste import BinaryConv2d, BinaryLinear
+from reste.estimators import scaled_sign_reference
 
 
 def pm1(x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +171,56 @@ def test_16bit_layer_forward_backward():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert layer.weight.grad.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+
+
+ULP32 = 2.0**-23  # float32 spacing at 1
+
+
+def _ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of ``dtype``'s numbers at |x| (float64 x): 2^(E - p) for |x| = m 2^E, m in [1/2, 1), p the
+    dtype's significand bits; at least its smallest subnormal."""
+    info = torch.finfo(dtype)
+    bits = round(-math.log2(info.eps)) + 1
+    _, exponent = torch.frexp(x)
+    return torch.maximum(torch.pow(2.0, (exponent - bits).double()), torch.tensor(info.tiny * info.eps).double())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+@pytest.mark.parametrize("kind", ["ste", "reste"])
+def test_a_16bit_weight_is_rounded_once(kind, scaling, dtype):
+    """A 16-bit layer's binary weight and its gradient (the PyTorch path) are their float32 values rounded once,
+    as the fused kernels compute them. dW = g(w) grad alpha + sign(w) sum(grad sign(w)) / N cancels where its two
+    terms nearly meet; rounded each to 16 bits first, the sum was hundreds of 16-bit ulps off there (review kern1,
+    suggestion 3). Bound, against float64: half an ulp of the final rounding plus the float32 computation's error:
+    alpha a sum of N terms (N ulp32 relative), g and the products (8 ulp32 of the first term: at its start
+    ReSTE's g is a comparison, as STE's), d_alpha a sum of N signed terms (N ulp32 sum |grad| / N)."""
+    torch.manual_seed(3)
+    conv = BinaryConv2d(4, 8, 3, bias=False, weight_estimator=kind, scaling=scaling).to(dtype)
+    upstream = torch.randn(conv.weight.shape).to(dtype)
+    est = conv.weight_estimator
+    groups = 1 if scaling == "layer" else conv.weight.shape[0]
+    # the layer's path, and the fused kernels' PyTorch expression (a double backward differentiates it)
+    for y in (conv.binary_weight(), scaled_sign_reference(conv.weight, lambda v: est._g(v, **est.params()), groups)):
+        (dw,) = torch.autograd.grad(y, conv.weight, upstream)
+        assert y.dtype == dw.dtype == dtype
+        _assert_rounded_once(conv.weight, upstream, est, scaling, y, dw)
+
+
+def _assert_rounded_once(weight, upstream, est, scaling, y, dw):
+    dtype = weight.dtype
+
+    w, up = weight.detach().double(), upstream.double()
+    dims = tuple(range(w.dim())) if scaling == "layer" else tuple(range(1, w.dim()))
+    n = w.numel() if scaling == "layer" else w[0].numel()
+    sgn = torch.where(w >= 0, 1.0, -1.0).double()
+    alpha = w.abs().mean(dim=dims, keepdim=True)
+    first = est._g(w, **est.params()) * up * alpha
+    second = sgn * (up * sgn).sum(dim=dims, keepdim=True) / n
+    exact = first + second
+    fp32 = (n + 8) * ULP32 * first.abs() + ULP32 * up.abs().sum(dim=dims, keepdim=True)
+    assert (dw.double() - exact).abs().le(_ulp(torch.maximum(exact.abs(), dw.double().abs()), dtype) / 2 + fp32).all()
+    assert (y.double() - sgn * alpha).abs().le(_ulp(alpha, dtype) / 2 + n * ULP32 * alpha).all()
 
 
 def test_clip_weights_clamps_the_latent_weights_of_binary_layers_only():

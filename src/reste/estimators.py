@@ -404,13 +404,21 @@ def reference_backward(kind: str, x: Tensor, grad: Tensor, groups: int, params: 
     g = _KERNEL_G[kind]
     if groups == 0:
         return (g(_compute_dtype(x), **params) * grad).to(grad.dtype)
-    dims = tuple(range(x.dim())) if groups == 1 else tuple(range(1, x.dim()))
     create_graph = torch.is_grad_enabled() and x.requires_grad
     with torch.enable_grad():
         w = x if x.requires_grad else x.detach().requires_grad_()
-        y = _SignFunctionSplit.apply(w, lambda v: g(v, **params), None) * w.abs().mean(dim=dims, keepdim=groups > 1)
+        y = scaled_sign_reference(w, lambda v: g(v, **params), groups)
         (dw,) = torch.autograd.grad(y, w, grad.to(y.dtype), create_graph=create_graph)
     return dw
+
+
+def scaled_sign_reference(w: Tensor, g: Callable[[Tensor], Tensor], groups: int) -> Tensor:
+    """sign(w) * mean(abs(w)) over ``groups`` by PyTorch ops, the sign with backward ``grad * g(w)``: the value
+    and gradient the fused kernels compute. A 16-bit w is computed in float32 and rounded once at the end, as
+    they do (in 16 bits, dW's two terms were each rounded before they cancel: review kern1, suggestion 3)."""
+    z = _compute_dtype(w)
+    dims = tuple(range(z.dim())) if groups == 1 else tuple(range(1, z.dim()))
+    return (_SignFunctionSplit.apply(z, g, None) * z.abs().mean(dim=dims, keepdim=groups > 1)).to(w.dtype)
 
 
 cuda_ext.set_reference(reference_backward)  # the compiled extension's double backward runs it
@@ -597,9 +605,7 @@ class Estimator(nn.Module):
             return y
 
         def reference(z: Tensor) -> Tensor:
-            dims = tuple(range(z.dim())) if groups == 1 else tuple(range(1, z.dim()))
-            scale = z.abs().mean(dim=dims, keepdim=groups > 1)
-            return _SignFunctionSplit.apply(z, lambda v: self._g(v, **p), None) * scale
+            return scaled_sign_reference(z, lambda v: self._g(v, **p), groups)
 
         return triton_dispatch.scaled_sign(w, kind, groups, reference, p)
 

@@ -113,7 +113,9 @@ class _BinaryMixin:
 
     def scale(self) -> Tensor | None:
         """alpha: the scaling factor(s) of the binary weights (with gradient)."""
-        w = self.weight
+        return self._scale_of(self.weight)
+
+    def _scale_of(self, w: Tensor) -> Tensor | None:
         if self.scaling == "layer":
             return w.abs().mean()
         if self.scaling == "channel":
@@ -139,9 +141,17 @@ class _BinaryMixin:
             fused = scaled_sign(self.weight, groups)
             if fused is not None:
                 return fused
-        bw = self.weight_estimator(self.weight)
-        alpha = self.scale()
-        return bw if alpha is None else bw * alpha
+        w = self.weight
+        if isinstance(w, torch.fx.Proxy) or w.dtype not in _WIDENED or self._own_scale():
+            bw = self.weight_estimator(w)
+            alpha = self.scale()
+            return bw if alpha is None else bw * alpha
+        # a 16-bit weight is computed in float32 and its result (and gradient) rounded once, as the fused kernels
+        # do: in 16 bits, dW's two terms were each rounded before they cancelled (review kern1, suggestion 3)
+        wide = w.float()
+        bw = self.weight_estimator(wide)
+        alpha = self._scale_of(wide)
+        return (bw if alpha is None else bw * alpha).to(w.dtype)
 
     def _ext_forward(self, x: Tensor, op: int) -> Tensor | None:
         """The layer's forward as one call into the compiled extension (:mod:`reste.cuda_ext`; ``op``: 0 linear, else
@@ -203,6 +213,7 @@ class _BinaryMixin:
 
 
 _ABSENT = object()
+_WIDENED = (torch.float16, torch.bfloat16)  # weights whose binary form is computed in float32
 # what a binary layer's forward calls, which a subclass may change (another scale, a conv of its own): the one call
 # into the extension would pass over it
 _STEPS = ("binary_input", "binary_weight", "scale", "_fused_groups", "_conv_forward")
