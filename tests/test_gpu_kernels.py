@@ -65,6 +65,33 @@ from kernel_checks import (  # noqa: E402
 )
 
 
+def _runtime_integers_index() -> None:
+    """Triton 3.4 and 3.5's interpreter (torch 2.8, 2.9) turns a run-time integer used as a loop bound (FDA's n,
+    the reductions' chunks) into a Python int by ``int()`` of a one-element NumPy array, which NumPy 2.4 refuses
+    ("only 0-dimensional arrays can be converted to Python scalars", triton-lang/triton#9171; later Tritons
+    squeeze the array first). There the interpreter's tensors get the later Tritons' ``__index__`` at each launch."""
+    import inspect
+
+    import numpy as np
+
+    try:
+        int(np.ones(1))
+        return  # NumPy before 2.4
+    except TypeError:
+        pass
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or "squeeze" in inspect.getsource(patch):
+        return
+
+    def patched(tensor, *args, **kwargs):
+        patch(tensor, *args, **kwargs)
+        tensor.__index__ = lambda self: int(self.handle.data.squeeze())
+
+    interpreter._patch_lang_tensor = patched
+
+
 def _interpreter_fails() -> str | None:
     """Why Triton's interpreter cannot run a kernel here (a Triton without a working one), or None: probed with a
     kernel of this test's own, so that an error in reste's kernels or launchers fails the tests rather than skipping
@@ -76,7 +103,10 @@ def _interpreter_fails() -> str | None:
         @triton.jit
         def double(x_ptr, n, BLOCK: tl.constexpr):
             i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-            tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n) * 2, mask=i < n)
+            x = tl.load(x_ptr + i, mask=i < n)
+            for _ in range(1, n - 1):  # a run-time loop bound, as the kernels' (n = 3: once)
+                x = x * 2
+            tl.store(x_ptr + i, x, mask=i < n)
 
         if isinstance(double, triton.runtime.JITFunction):
             return "Triton compiles its kernels here although TRITON_INTERPRET=1 is set"
@@ -98,6 +128,7 @@ def _interpreted_kernels():
     return module
 
 
+_runtime_integers_index()
 _NO_INTERPRETER = _interpreter_fails()
 if _NO_INTERPRETER:
     pytest.skip(f"Triton's interpreter cannot run a kernel here ({_NO_INTERPRETER})", allow_module_level=True)

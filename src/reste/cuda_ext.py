@@ -181,13 +181,17 @@ def _wheel_toolkits() -> list[str]:
     import importlib.util
 
     major = _wheels_major()
+    if not major:
+        return []
     try:
-        spec = importlib.util.find_spec("nvidia") if major else None
+        spec = importlib.util.find_spec("nvidia")
     except (ImportError, ValueError):
         spec = None
-    if spec is None:
-        return []
-    folders = [Path(place) / f"cu{major}" for place in (spec.submodule_search_locations or [])]
+    # (and each sys.path entry's nvidia folder: CUDA 12's wheels make ``nvidia`` a regular package, whose one folder
+    # hides the cu13 folders of the others from find_spec)
+    places = list(spec.submodule_search_locations or []) if spec is not None else []
+    places += [str(Path(entry) / "nvidia") for entry in sys.path if entry]
+    folders = dict.fromkeys(Path(place) / f"cu{major}" for place in places)
     return [str(home) for home in folders if (home / "include" / "nv" / "target").is_file()]
 
 

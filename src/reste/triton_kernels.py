@@ -96,9 +96,12 @@ def _cos(x, PRECISE: tl.constexpr):
 @triton.jit
 def _div(a, b, PRECISE: tl.constexpr):
     """a / b correctly rounded, as PyTorch's and the C++ extension's: a GPU's plain float32 ``/`` in Triton
-    is its approximate division (up to 2 ulp off); the interpreter's is NumPy's, exact."""
+    is its approximate division (up to 2 ulp off); the interpreter's is NumPy's, exact. The PTX instruction is
+    written out: Triton 3.4 and 3.5 (torch 2.8, 2.9) compile ``tl.math.div_rn`` to ``div.rn.ftz.f32``, which
+    flushes subnormals to 0 (SignSwish's q for abs(beta x) in (87.3, 88.7]), where PyTorch keeps them."""
     if PRECISE:
-        return tl.math.div_rn(a, b)
+        return tl.inline_asm_elementwise("div.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     else:
         return a / b
 
