@@ -639,6 +639,7 @@ except Exception as err:
     sys.exit(0)
 from reste import triton_kernels as K
 
+PTX = K.PRECISE_PTX.value  # PRECISE on an NVIDIA GPU (the division as PTX div.rn.f32)
 target = GPUTarget("cuda", 90, 32)  # an H100/H200; ptxas ships with Triton, no GPU needed
 aligned = {(i,): [["tt.divisibility", 16]] for i in range(4)}  # as Triton specialises at run time
 
@@ -657,19 +658,21 @@ compile_(K._sign_kernel, {"x_ptr": "*bf16", "y_ptr": "*bf16", "n": "i32", "BLOCK
 divisions = []  # the float32 divisions of the kernels that divide (alpha, d_alpha, SignSwish's sigmoid)
 for kind in ("reste", "sign_swish", "ede", "fda"):  # between them every libdevice function the kernels use
     compiled = compile_(K._backward_kernel, backward_sig("*bf16", "*bf16"),
-             {"KIND": K.KINDS.index(kind), "O_PTR": False, "PRECISE": True, "BLOCK": K.BLOCK})
+             {"KIND": K.KINDS.index(kind), "O_PTR": False, "PRECISE": PTX, "BLOCK": K.BLOCK})
     divisions += re.findall(r"div[.a-z]*[.]f32", compiled.asm["ptx"]) if kind == "sign_swish" else []
 compile_(K._backward_kernel, backward_sig("*fp16", "*fp16"),
-         {"KIND": 0, "O_PTR": False, "PRECISE": True, "BLOCK": K.BLOCK})
+         {"KIND": 0, "O_PTR": False, "PRECISE": PTX, "BLOCK": K.BLOCK})
+compile_(K._backward_kernel, backward_sig("*fp32", "*fp32"),  # ROCm's PRECISE (tl.math.div_rn), compiled here too
+         {"KIND": K.KINDS.index("sign_swish"), "O_PTR": False, "PRECISE": 1, "BLOCK": K.BLOCK})
 reste = compile_(K._backward_kernel, backward_sig("*fp32", "*fp64"),
-                 {"KIND": 1, "O_PTR": True, "PRECISE": True, "BLOCK": K.BLOCK}, aligned)
+                 {"KIND": 1, "O_PTR": True, "PRECISE": PTX, "BLOCK": K.BLOCK}, aligned)
 compile_(K._abs_partial_kernel,
          {"w_ptr": "*bf16", "partials_ptr": "*fp32", "group_size": "i32", "chunks": "i32", "BLOCK": "constexpr"},
          {"BLOCK": K._REDUCE_BLOCK})
 scaled = compile_(K._scaled_sign_kernel,
                   {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*bf16", "group_size": "i32", "nblocks": "i32",
                    "PRECISE": "constexpr", "NB": "constexpr", "BLOCK": "constexpr"},
-                  {"PRECISE": True, "NB": 4, "BLOCK": K.BLOCK})
+                  {"PRECISE": PTX, "NB": 4, "BLOCK": K.BLOCK})
 compile_(K._dot_sign_partial_kernel, {"w_ptr": "*fp32", "grad_ptr": "*bf16", "partials_ptr": "*fp32",
                                       "group_size": "i32", "chunks": "i32", "BLOCK": "constexpr"},
          {"BLOCK": K._REDUCE_BLOCK})
@@ -677,7 +680,7 @@ scaled_backward = compile_(K._scaled_sign_backward_kernel,
          {"w_ptr": "*fp32", "grad_ptr": "*bf16", "abs_ptr": "*fp32", "dot_ptr": "*fp32", "out_ptr": "*fp32",
           "group_size": "i32", "nblocks": "i32", **{f"s{i}": "fp32" for i in range(5)}, "count": "i32",
           "o_ptr": "*fp32", "KIND": "constexpr", "O_PTR": "constexpr", "PRECISE": "constexpr", "NB": "constexpr",
-          "BLOCK": "constexpr"}, {"KIND": 1, "O_PTR": False, "PRECISE": True, "NB": 4, "BLOCK": K.BLOCK})
+          "BLOCK": "constexpr"}, {"KIND": 1, "O_PTR": False, "PRECISE": PTX, "NB": 4, "BLOCK": K.BLOCK})
 for compiled in (scaled, scaled_backward):
     divisions += re.findall(r"div[.a-z]*[.]f32", compiled.asm["ptx"])
 # Triton makes an integer argument equal to 1 a constant at run time: a group of one element (groups ==
@@ -685,7 +688,7 @@ for compiled in (scaled, scaled_backward):
 one = {"group_size": 1, "nblocks": 1}
 compile_(K._scaled_sign_kernel, {"w_ptr": "*fp32", "partials_ptr": "*fp32", "y_ptr": "*fp32", "group_size": "constexpr",
                                  "nblocks": "constexpr", "PRECISE": "constexpr", "NB": "constexpr",
-                                 "BLOCK": "constexpr"}, {**one, "PRECISE": True, "NB": 1, "BLOCK": K.BLOCK})
+                                 "BLOCK": "constexpr"}, {**one, "PRECISE": PTX, "NB": 1, "BLOCK": K.BLOCK})
 for kernel in (K._abs_partial_kernel, K._dot_sign_partial_kernel):
     ptrs = ["w_ptr", "partials_ptr"] if kernel is K._abs_partial_kernel else ["w_ptr", "grad_ptr", "partials_ptr"]
     compile_(kernel, {**{n: "*fp32" for n in ptrs}, "group_size": "constexpr", "chunks": "constexpr",
@@ -694,7 +697,7 @@ compile_(K._scaled_sign_backward_kernel,
          {"w_ptr": "*fp32", "grad_ptr": "*fp32", "abs_ptr": "*fp32", "dot_ptr": "*fp32", "out_ptr": "*fp32",
           "group_size": "constexpr", "nblocks": "constexpr", **{f"s{i}": "fp32" for i in range(5)}, "count": "i32",
           "o_ptr": "*fp32", "KIND": "constexpr", "O_PTR": "constexpr", "PRECISE": "constexpr", "NB": "constexpr",
-          "BLOCK": "constexpr"}, {**one, "KIND": 1, "O_PTR": False, "PRECISE": True, "NB": 1, "BLOCK": K.BLOCK})
+          "BLOCK": "constexpr"}, {**one, "KIND": 1, "O_PTR": False, "PRECISE": PTX, "NB": 1, "BLOCK": K.BLOCK})
 ptx = reste.asm["ptx"]
 print("OK", "v4-loads" if "ld.global.v4" in ptx else "scalar-loads", "cubin" if reste.asm.get("cubin") else "no-cubin",
       "divisions:", " ".join(sorted(set(divisions))))

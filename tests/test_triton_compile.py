@@ -41,6 +41,7 @@ from reste import triton_kernels as K
 if K.INTERPRETED:
     sys.exit("TRITON_INTERPRET is set: nothing would be compiled")
 TARGET = GPUTarget("cuda", 90, 32)
+PTX = K.PRECISE_PTX.value  # PRECISE on an NVIDIA GPU
 F32, BF16, F16, F64 = "fp32", "bf16", "fp16", "fp64"
 MIXED = [(F32, F32), (BF16, BF16), (F16, F16), (F32, BF16), (F32, F16)]  # (w, the result or grad): autocast
 done, failures = [], []
@@ -77,22 +78,22 @@ for d in (F32, BF16, F16):
     compile_one(K._sign_kernel, {"x_ptr": d, "y_ptr": d}, {"BLOCK": K.BLOCK})
     for kind, o_ptr, o_type in kinds(True):
         compile_one(K._backward_kernel, {"x_ptr": d, "grad_ptr": d, "out_ptr": d, "o_ptr": o_type or d},
-                    {"KIND": kind, "O_PTR": o_ptr, "PRECISE": True, "BLOCK": K.BLOCK})
+                    {"KIND": kind, "O_PTR": o_ptr, "PRECISE": PTX, "BLOCK": K.BLOCK})
     compile_one(K._abs_partial_kernel, {"w_ptr": d, "partials_ptr": F32}, {"BLOCK": K._REDUCE_BLOCK})
 # more than 2**31 elements: Triton passes the sizes as 64-bit integers
 compile_one(K._sign_kernel, {"x_ptr": BF16, "y_ptr": BF16}, {"BLOCK": K.BLOCK}, ints="i64")
 compile_one(K._backward_kernel, {"x_ptr": F32, "grad_ptr": F32, "out_ptr": F32, "o_ptr": F32},
-            {"KIND": K.KINDS.index("reste"), "O_PTR": False, "PRECISE": True, "BLOCK": K.BLOCK}, ints="i64")
+            {"KIND": K.KINDS.index("reste"), "O_PTR": False, "PRECISE": PTX, "BLOCK": K.BLOCK}, ints="i64")
 for w, y in MIXED:
     for nb in (1, triton.next_power_of_2(K._MAX_PARTIALS)):  # one partial sum a group, and the most
         compile_one(K._scaled_sign_kernel, {"w_ptr": w, "partials_ptr": F32, "y_ptr": y},
-                    {"PRECISE": True, "NB": nb, "BLOCK": K.BLOCK})
+                    {"PRECISE": PTX, "NB": nb, "BLOCK": K.BLOCK})
     compile_one(K._dot_sign_partial_kernel, {"w_ptr": w, "grad_ptr": y, "partials_ptr": F32},
                 {"BLOCK": K._REDUCE_BLOCK})
     for kind, o_ptr, o_type in kinds(w == y == F32):
         compile_one(K._scaled_sign_backward_kernel,
                     {"w_ptr": w, "grad_ptr": y, "abs_ptr": F32, "dot_ptr": F32, "out_ptr": w, "o_ptr": o_type or w},
-                    {"KIND": kind, "O_PTR": o_ptr, "PRECISE": True, "NB": 1024, "BLOCK": K.BLOCK})
+                    {"KIND": kind, "O_PTR": o_ptr, "PRECISE": PTX, "NB": 1024, "BLOCK": K.BLOCK})
 print(json.dumps({"compiled": done, "failures": failures}))
 """
 

@@ -22,7 +22,10 @@ built with ``--fmad=false``), so a value may differ from the PyTorch path's in i
 Compiled for a GPU, the transcendental functions (log2, exp2, exp, cos) are
 CUDA's libdevice ones, as accurate as the ``torch`` CUDA kernels; under Triton's
 interpreter (``TRITON_INTERPRET=1``, how the tests run them on the CPU) they are
-Triton's portable ``tl.*`` functions, evaluated by NumPy.
+Triton's portable ``tl.*`` functions, evaluated by NumPy. Triton compiles libdevice
+flushing subnormals (``.ftz``): where exp or cos gives a number below 1.2e-38 (EDE's
+exp(-2|z|) for |z| in about (43.7, 51.9)) the kernel's is 0, a gradient of that size
+0 where PyTorch's is not (not checked on a GPU: review compat4, suggestion 3).
 
 Scalars (o, t, the interval, every other hyper-parameter) are kernel arguments,
 never compile-time constants: moving a schedule neither recompiles nor synchronises
@@ -56,6 +59,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024  # elements per program (8 per thread of 4 warps)
 _REDUCE_BLOCK = 2048  # elements per block of the weight-scale reductions
 _MAX_PARTIALS = 1024  # partial sums per group at most (each program of the second pass loads them all)
+PRECISE_PTX = tl.constexpr(2)  # the kernels' PRECISE on an NVIDIA GPU (see _PRECISE)
 
 
 # ------------------------------------------------------------------ math helpers
@@ -99,9 +103,11 @@ def _div(a, b, PRECISE: tl.constexpr):
     is its approximate division (up to 2 ulp off); the interpreter's is NumPy's, exact. The PTX instruction is
     written out: Triton 3.4 and 3.5 (torch 2.8, 2.9) compile ``tl.math.div_rn`` to ``div.rn.ftz.f32``, which
     flushes subnormals to 0 (SignSwish's q for abs(beta x) in (87.3, 88.7]), where PyTorch keeps them."""
-    if PRECISE:
+    if PRECISE == PRECISE_PTX:
         return tl.inline_asm_elementwise("div.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32,
                                          is_pure=True, pack=1)
+    elif PRECISE:
+        return tl.math.div_rn(a, b)  # (not an NVIDIA GPU: AMD's, whose Triton takes no PTX)
     else:
         return a / b
 
@@ -327,7 +333,9 @@ def _scaled_sign_backward_kernel(w_ptr, grad_ptr, abs_ptr, dot_ptr, out_ptr, gro
 
 
 INTERPRETED = not isinstance(_sign_kernel, triton.runtime.JITFunction)
-_PRECISE = not INTERPRETED and libdevice is not None
+# the kernels' PRECISE: 0 under the interpreter (NumPy's math, exact division), else libdevice's math, and the
+# division as NVIDIA's PTX div.rn.f32 (PRECISE_PTX) where PyTorch is built for CUDA, tl.math.div_rn elsewhere (ROCm)
+_PRECISE = 0 if INTERPRETED or libdevice is None else 1 if torch.version.hip else PRECISE_PTX
 
 
 # --------------------------------------------------------------------- launchers
