@@ -74,6 +74,21 @@ def isolated() -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def linear_digits(isolated) -> str:
+    """The name of a digits model of two linear layers (the second binary), registered for the test: where a test
+    of the loop needs steps, not convolutions (``--amp fp16``'s are emulated on the CPU, seconds a step)."""
+    from torch import nn
+
+    from reste.models import register_model
+
+    @register_model(dataset="digits")
+    def linear_digits_test(*, num_classes: int, conv) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), conv.linear(32, num_classes))
+
+    return "linear_digits_test"
+
+
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory):
     """A checkpoint of an untrained digits_1w1a, as reste train writes one (the export tests share it)."""

@@ -146,9 +146,10 @@ def test_accumulated_steps_train_the_weights_of_whole_batches(tmp_path, monkeypa
         assert runs[n]["indicators"] == pytest.approx(runs[1]["indicators"], rel=1e-9)
 
 
-def test_an_accumulated_step_steps_the_optimizer_and_the_grad_scaler_once(tmp_path, monkeypatch):
+def test_an_accumulated_step_steps_the_optimizer_and_the_grad_scaler_once(tmp_path, monkeypatch, linear_digits):
     """--amp fp16 (emulated on the CPU, with its GradScaler): one optimizer step and one scaler update per step,
-    the gradients unscaled once, whatever the micro-batches."""
+    the gradients unscaled once, whatever the micro-batches. (A model of linear layers: fp16's convolutions on the
+    CPU take seconds a step.)"""
     counts = {"step": 0, "update": 0, "unscale": 0}
     for name in counts:
         real = getattr(torch.amp.GradScaler, "unscale_" if name == "unscale" else name)
@@ -158,7 +159,8 @@ def test_an_accumulated_step_steps_the_optimizer_and_the_grad_scaler_once(tmp_pa
             return _real(self, *args, **kw)
 
         monkeypatch.setattr(torch.amp.GradScaler, "unscale_" if name == "unscale" else name, counted)
-    engine.train(small(epochs=1, accumulate=4, amp="fp16", threads=1), tmp_path / "r", progress=False, log=quiet)
+    engine.train(small(epochs=1, accumulate=4, amp="fp16", threads=1, model=linear_digits), tmp_path / "r",
+                 progress=False, log=quiet)
     steps = -(-1437 // 64)
     assert counts == {"step": steps, "update": steps, "unscale": steps}
 

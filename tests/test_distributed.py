@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -424,7 +425,8 @@ def test_workers_whose_torchrun_was_killed_save_their_step_and_stop(tmp_path):
             _kill(pid)
     assert "the process that started this run (pid " in out and "is gone; the processes stop as on SIGTERM" in out, \
         out[-3000:]
-    assert "reste: stopped by SIGTERM at epoch " in err, err[-3000:]
+    # (inside an epoch, or at its end where the next agreement fell there: seen on a loaded machine)
+    assert re.search(r"reste: stopped by SIGTERM at (the end of )?epoch ", err), err[-3000:]
     ckpt = load_checkpoint(cut / "last.pt")
     assert ckpt["epoch"] < 20 and ckpt["world_size"] == 2
     rundir.RunDirectory.open(cut, fresh=False).close()  # the lock is free: a requeued job takes the run
