@@ -1254,6 +1254,19 @@ def test_pips_nvidia_wheels_are_a_toolkit_where_they_hold_nvcc_and_cccl(tmp_path
     assert cuda_ext.cuda_home() is None
 
 
+def test_cu13_wheels_are_found_beside_a_regular_nvidia_package(tmp_path, monkeypatch):
+    """(review compat4 #3) torch 2.8 and 2.9's CUDA 12 wheels install ``nvidia/__init__.py``: a regular package,
+    whose one folder, first on the path, hid the cu13 wheels of another site folder from ``find_spec``."""
+    home = _wheels(tmp_path / "site")
+    (tmp_path / "cu12" / "nvidia").mkdir(parents=True)
+    (tmp_path / "cu12" / "nvidia" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(tmp_path / "cu12"))
+    monkeypatch.delitem(sys.modules, "nvidia", raising=False)  # (found again from the path, as in a new process)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert cuda_ext._wheel_toolkits().count(str(home)) == 1
+
+
 def test_a_versioned_runtime_alone_is_linked_through_a_link_of_the_builds(tmp_path):
     """torch's link step asks for ``-lcudart``, which finds ``libcudart.so`` alone; pip's wheels have
     ``libcudart.so.13``: the build passes ``-L`` a folder of its own with a ``libcudart.so`` link to it."""
