@@ -1054,3 +1054,13 @@ def test_a_fifo_given_as_a_file_is_said_to_be_one(capsys, tmp_path):
     for argv in (["eval", str(fifo)], ["predict", str(fifo), "x.png"]):
         assert _one_line_error(capsys, *argv) == (f"reste: error: {fifo} is not a regular file (a FIFO, a socket or a "
                                                   "device); pass a file"), argv
+
+
+def test_print_config_with_resume_is_refused_naming_the_runs_config(tmp_path, capsys):
+    line = _one_line_error(capsys, "train", "--resume", str(tmp_path / "run"), "--print-config")
+    assert "--print-config shows the settings of a new run" in line and "config.json" in line
+
+
+def test_summary_refuses_a_non_positive_number_of_classes(capsys):
+    line = _one_line_error(capsys, "summary", "digits_1w1a", "--num-classes", "0")
+    assert line == "reste: error: --num-classes must be a positive integer, got 0"
