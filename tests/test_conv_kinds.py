@@ -138,6 +138,25 @@ def test_a_transposed_convs_channel_scale_is_per_output_channel_also_under_torch
     assert torch.equal(traced(x), layer(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_16bit_transposed_convs_binary_weight_is_scaled_per_output_channel(groups, dtype):
+    """A 16-bit weight's binary form is computed from the float32 weight: with the transposed conv's channel scale
+    (over dim 0 and the kernel, per output channel), not the plain convolution's (per dim 0, an input channel)."""
+    torch.manual_seed(0)
+    layer = BinaryConvTranspose2d(4, 6, 3, groups=groups, bias=False, scaling="channel").to(dtype)
+    w = layer.weight.detach().float()
+    rows = 4 // groups
+    want = torch.empty_like(w)
+    for o in range(6):
+        group, column = divmod(o, 6 // groups)
+        mine = w[group * rows:(group + 1) * rows, column]
+        want[group * rows:(group + 1) * rows, column] = torch.where(mine >= 0, 1.0, -1.0) * mine.abs().mean()
+    got = layer.binary_weight()
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.detach(), want.to(dtype), rtol=0, atol=0)
+
+
 def test_output_size_and_the_signatures_are_the_torch_layers():
     up = BinaryConvTranspose2d(2, 3, 3, stride=2, padding=1)
     plain = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1)

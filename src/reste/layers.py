@@ -404,13 +404,15 @@ class _BinaryConvTranspose(_BinaryConv):
     binary inputs and weights. Their weight is (in_channels, out_channels / groups, *kernel_size), so ``channel``
     scaling takes the mean over each output channel's (in_channels / groups, kernel) weights, as for a conv."""
 
-    def scale(self) -> Tensor | None:
+    def _scale_of(self, w: Tensor) -> Tensor | None:
+        # (``_scale_of``, not ``scale``: a 16-bit weight's binary form computes its scale from the float32 weight
+        # through it, which must be this per-output-channel one)
         if self.scaling != "channel":
-            return super().scale()
+            return super()._scale_of(w)
         g, rows = self.groups, self.in_channels // self.groups  # type: ignore[attr-defined]
         ndim = 2 + len(self.kernel_size)  # type: ignore[attr-defined]  # (known under torch.fx too)
         # (in, out/g, *k) -> (g, in/g, out/g, *k): the mean over in/g and the kernel, then repeated on each weight row
-        per_group = self.weight.abs().unflatten(0, (g, rows)).mean(dim=(1, *range(3, ndim + 1)), keepdim=True)
+        per_group = w.abs().unflatten(0, (g, rows)).mean(dim=(1, *range(3, ndim + 1)), keepdim=True)
         return per_group.expand(g, rows, *[-1] * (ndim - 1)).flatten(0, 1)
 
     def _fused_groups(self) -> int | None:
