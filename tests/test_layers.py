@@ -13,7 +13,7 @@ from torch import nn
 
 import reste
 from reste import BinaryConv2d, BinaryLinear
-from reste.estimators import scaled_sign_reference
+from reste.estimators import reference_backward, scaled_sign_reference
 
 
 def pm1(x: torch.Tensor) -> torch.Tensor:
@@ -205,6 +205,11 @@ def test_a_16bit_weight_is_rounded_once(kind, scaling, dtype):
         (dw,) = torch.autograd.grad(y, conv.weight, upstream)
         assert y.dtype == dw.dtype == dtype
         _assert_rounded_once(conv.weight, upstream, est, scaling, y, dw)
+    # and what a double backward through the compiled extension differentiates (review diff32: reverted to its 16-bit
+    # expression, no test failed)
+    dw = reference_backward(kind, conv.weight.detach(), upstream, groups, est.params())
+    assert dw.dtype == dtype
+    _assert_rounded_once(conv.weight, upstream, est, scaling, y, dw)
 
 
 def _assert_rounded_once(weight, upstream, est, scaling, y, dw):
@@ -374,6 +379,21 @@ def test_a_subclass_that_scales_its_own_way_keeps_its_scale():
         warnings.filterwarnings("ignore", "Guards may run slower on Python 3.13.0", RuntimeWarning)
         compiled = torch.compile(conv, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), conv(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16bit_subclass_that_scales_its_own_way_keeps_its_scale(dtype):
+    """(review diff32) A 16-bit weight's binary form, computed in float32, still calls a subclass's own ``scale``."""
+
+    class Doubled(BinaryConv2d):
+        def scale(self):
+            return 2 * super().scale()
+
+    conv = Doubled(3, 4, 3, padding=1).to(dtype)
+    plain = BinaryConv2d(3, 4, 3, padding=1).to(dtype)
+    plain.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        assert torch.equal(conv.binary_weight(), 2 * plain.binary_weight())
 
 
 def test_a_parametrized_layers_class_goes_with_it():
