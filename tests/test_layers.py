@@ -228,6 +228,21 @@ def _assert_rounded_once(weight, upstream, est, scaling, y, dw):
     assert (y.double() - sgn * alpha).abs().le(_ulp(alpha, dtype) / 2 + n * ULP32 * alpha).all()
 
 
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+def test_a_16bit_model_traced_by_torch_fx_computes_the_eager_gradients(scaling):
+    """(review diff32) Under torch.fx the weight is a Proxy: the traced 16-bit layer took the path that rounds dW's two
+    terms to 16 bits before they cancel, and its gradient differed from the eager layer's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(BinaryConv2d(3, 8, 3, bias=False, scaling=scaling), nn.Flatten(),
+                          BinaryLinear(8 * 9, 4, scaling=scaling)).to(torch.bfloat16)
+    x = torch.randn(2, 3, 5, 5).to(torch.bfloat16)
+    traced = torch.fx.symbolic_trace(model)
+    eager = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
+    fx = torch.autograd.grad(traced(x).square().sum(), list(traced.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(eager, fx))
+    assert traced.float()(x.float()).dtype == torch.float32  # (the cast back is to the weight's dtype as it runs)
+
+
 def test_clip_weights_clamps_the_latent_weights_of_binary_layers_only():
     torch.manual_seed(0)
     model = nn.Sequential(reste.BinaryConv2d(2, 3, 3), nn.Flatten(), reste.BinaryLinear(3, 2), nn.Linear(2, 2))

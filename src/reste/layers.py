@@ -142,7 +142,10 @@ class _BinaryMixin:
             if fused is not None:
                 return fused
         w = self.weight
-        if isinstance(w, torch.fx.Proxy) or w.dtype not in _WIDENED or self._own_scale():
+        # (under torch.fx w is a Proxy, of no known dtype: the parameter's own, so that a traced 16-bit model computes
+        # the eager one's numbers; the final cast is to the traced weight's dtype, read when the graph runs)
+        real = self._parameters.get("weight") if isinstance(w, torch.fx.Proxy) else w
+        if real is None or real.dtype not in _WIDENED or self._own_scale():
             bw = self.weight_estimator(w)
             alpha = self.scale()
             return bw if alpha is None else bw * alpha
