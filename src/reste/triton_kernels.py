@@ -335,7 +335,7 @@ def _scaled_sign_backward_kernel(w_ptr, grad_ptr, abs_ptr, dot_ptr, out_ptr, gro
 INTERPRETED = not isinstance(_sign_kernel, triton.runtime.JITFunction)
 # the kernels' PRECISE: 0 under the interpreter (NumPy's math, exact division), else libdevice's math, and the
 # division as NVIDIA's PTX div.rn.f32 (PRECISE_PTX) where PyTorch is built for CUDA, tl.math.div_rn elsewhere (ROCm)
-_PRECISE = 0 if INTERPRETED or libdevice is None else 1 if torch.version.hip else PRECISE_PTX
+_PRECISE = 0 if INTERPRETED or libdevice is None else 1 if torch.version.hip else PRECISE_PTX.value
 
 
 # --------------------------------------------------------------------- launchers
