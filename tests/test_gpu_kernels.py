@@ -69,7 +69,8 @@ def _runtime_integers_index() -> None:
     """Triton 3.4 and 3.5's interpreter (torch 2.8, 2.9) turns a run-time integer used as a loop bound (FDA's n,
     the reductions' chunks) into a Python int by ``int()`` of a one-element NumPy array, which NumPy 2.4 refuses
     ("only 0-dimensional arrays can be converted to Python scalars", triton-lang/triton#9171; later Tritons
-    squeeze the array first). There the interpreter's tensors get the later Tritons' ``__index__`` at each launch."""
+    squeeze the array first). There the interpreter's tensors get the later Tritons' ``__index__`` at each launch.
+    (It does nothing with CI's Triton; it was checked on torch 2.8 and 2.9 with NumPy 2.4, review compat4.)"""
     import inspect
 
     import numpy as np
