@@ -103,6 +103,35 @@ def test_a_resumed_bop_flips_exactly_as_an_uninterrupted_one():
     assert torch.equal(second, straight)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_weights_flip_as_float32_ones(dtype):
+    """(review bf16user #1) m was kept in the weight's dtype: in float16, gamma * g at larq's defaults (1e-4 * 2e-4)
+    rounded to 0 and no weight ever flipped; in bfloat16, once gamma (g - m) fell below half m's ulp, m stopped at
+    about 256 gamma g, short of a threshold float32 passes. m is float32 for 16-bit weights: the same flips, at the
+    same steps, as float32 weights (g = 2^-13, exact in all three), and a resume keeps m to the bit."""
+    g = 2.0**-13
+    for gamma, threshold, steps in ((1e-4, 1e-8, 100), (1e-4, 1e-5, 1200)):  # larq's defaults; past bf16's stall
+        flipped_at = {}
+        for kind in (torch.float32, dtype):
+            w = nn.Parameter(torch.ones(4, dtype=kind))
+            bop = Bop([w], gamma=gamma, threshold=threshold)
+            for step in range(steps):
+                w.grad = torch.full((4,), g, dtype=kind)
+                bop.step()
+                if int(bop.flips):
+                    flipped_at[kind] = step
+                    break
+            assert bop.state[w]["m"].dtype == torch.float32
+        assert flipped_at.get(dtype) is not None and flipped_at[dtype] == flipped_at[torch.float32], flipped_at
+    w = nn.Parameter(torch.ones(4, dtype=dtype))
+    bop = Bop([w])
+    w.grad = torch.full((4,), g, dtype=dtype)
+    bop.step()
+    resumed = Bop([w])
+    resumed.load_state_dict(bop.state_dict())  # (torch's load casts m to the weight's dtype: put back)
+    assert torch.equal(resumed.state[w]["m"], bop.state[w]["m"]) and resumed.state[w]["m"].dtype == torch.float32
+
+
 def test_split_binary_lists_each_binary_weight_once_and_the_rest_apart():
     model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
                                          nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 2)), "ste", scaling="none")

@@ -37,7 +37,7 @@ import warnings
 from typing import Any, Callable, Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .hparams import real_number
 from .layers import binary_layers
@@ -68,7 +68,9 @@ class Bop(torch.optim.Optimizer):
     to another optimizer's learning rate. (Lightning's LearningRateMonitor shows the factor as the group's learning
     rate.)
 
-    State per weight: ``"m"`` (the moving average, in the weight's dtype). ``state_dict`` holds it, so a resumed
+    State per weight: ``"m"`` (the moving average, in the weight's dtype; in float32 for 16-bit weights, where
+    gamma * grad fell below float16's smallest number and bfloat16's 8 bits stopped the average short of the
+    gradient, so that no weight flipped). ``state_dict`` holds it, so a resumed
     run flips exactly as an uninterrupted one. ``flips``: a 0-d int64 tensor on the weights' device, the number
     of weights the last step flipped (read it with ``int(bop.flips)``, which waits for the device).
     """
@@ -103,10 +105,10 @@ class Bop(torch.optim.Optimizer):
                     raise RuntimeError("Bop does not take sparse gradients")
                 state = self.state[w]
                 if "m" not in state:
-                    state["m"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                    state["m"] = torch.zeros_like(w, dtype=_state_dtype(w), memory_format=torch.preserve_format)
                 m = state["m"]
                 m.add_(w.grad.to(m.dtype) - m, alpha=gamma)
-                signs = torch.where(w < 0, -1.0, 1.0).to(w.dtype)
+                signs = torch.where(w < 0, -1.0, 1.0).to(m.dtype)
                 flip = signs * m > threshold  # (the weight's sign: a latent weight's size plays no part)
                 w.copy_(torch.where(flip, -signs, signs))
                 count = flip.sum()
@@ -124,8 +126,17 @@ class Bop(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         flipped = state.pop("flipped", 0)
-        super().load_state_dict(state)
+        super().load_state_dict(state)  # (which casts each m to its weight's dtype: a 16-bit weight's is put back)
+        saved = [state.get("state", {}).get(i, {}) for group in state["param_groups"] for i in group["params"]]
+        for w, kept in zip((w for group in self.param_groups for w in group["params"]), saved):
+            if isinstance(kept.get("m"), Tensor) and w in self.state:
+                self.state[w]["m"] = kept["m"].to(device=w.device, dtype=_state_dtype(w))
         self.flipped = torch.tensor(int(flipped), dtype=torch.int64)
+
+
+def _state_dtype(w: Tensor) -> torch.dtype:
+    """The dtype of a weight's moving average: float32 for a 16-bit weight, else its own."""
+    return torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
 
 
 def check_settings(gamma: Any, threshold: Any, flags: bool = False) -> tuple[float, float]:
