@@ -312,7 +312,8 @@ register_dataset(DatasetSpec(name="ramp", aliases=(), num_classes=3, input_size=
 def test_worker_processes_started_by_spawn_read_a_plugin_file_s_data_set(tmp_path, method):
     """(review portable #1) macOS and Windows start DataLoader workers by spawn (Linux by forkserver from Python
     3.14): each unpickled the data set, whose class lives in the module reste named the plugin file
-    (reste_plugin_NAME), and died with "No module named 'reste_plugin_ramp'"."""
+    (reste_plugin_NAME), and died with "No module named 'reste_plugin_ramp'". (One worker a loader: every worker
+    unpickles the data set alike, and each is a process importing torch, seconds.)"""
     (tmp_path / "ramp.py").write_text(FILE_SET)
     script = textwrap.dedent(f'''
         import multiprocessing
@@ -322,7 +323,7 @@ def test_worker_processes_started_by_spawn_read_a_plugin_file_s_data_set(tmp_pat
             from reste.plugins import load_plugin
             load_plugin({str(tmp_path / "ramp.py")!r})
             train, test, _ = load_datasets("ramp", None)
-            loaders = make_loaders(train, test, batch_size=4, eval_batch_size=4, workers=2)
+            loaders = make_loaders(train, test, batch_size=4, eval_batch_size=4, workers=1)
             for loader in loaders:
                 loader.set_epoch(1)
                 print(sorted(int(x[0, 0, 0]) for images, _ in loader for x in images))
