@@ -818,10 +818,20 @@ def test_a_loader_worker_killed_during_a_step_keeps_the_steps_done(tmp_path, fol
 
 
 def test_a_trained_epoch_resumed_on_a_longer_schedule_keeps_the_values_it_trained_with(tmp_path, folder_reference,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, isolated):
     """An epoch saved before its evaluation trained on the old schedule: its line keeps that lr and o, and the
-    note about the new length starts at the next epoch (review JJ: the line showed the new schedule's)."""
+    note about the new length starts at the next epoch (review JJ: the line showed the new schedule's). (The
+    folder's data, whose test images are files, on a model of one binary layer over pooled images: the checks
+    read the schedule, not resnet18's steps, seconds each on the CPU.)"""
     import dataclasses
+
+    from torch import nn
+
+    from reste.models import register_model
+
+    @register_model(dataset="imagenet")
+    def pooled_imagenet_test(*, num_classes: int, conv) -> nn.Module:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), conv.linear(12, num_classes))
 
     real, calls = engine.evaluate, []
 
@@ -832,7 +842,7 @@ def test_a_trained_epoch_resumed_on_a_longer_schedule_keeps_the_values_it_traine
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "evaluate", second_fails)
-    cfg = dataclasses.replace(_folder_config(folder_reference[0]), epochs=2)
+    cfg = dataclasses.replace(_folder_config(folder_reference[0]), epochs=2, model="pooled_imagenet_test")
     with pytest.raises(UsageError):
         engine.train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
     monkeypatch.undo()
