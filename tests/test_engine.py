@@ -382,15 +382,16 @@ def test_every_estimator_compiles_and_gives_the_eager_gradients(name):
         assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(*grads)), (name, epoch)
 
 
-def test_reste_train_compiles_dsq_and_fda(tmp_path, monkeypatch):
+def test_reste_train_compiles_dsq_and_fda(tmp_path, monkeypatch, linear_digits):
     """(review diff27 #4) the test above compiles the models itself: this one goes through reste train's own
     torch.compile call (with aot_eager, where dynamo's failure was, without inductor's C++ build), for the two
-    estimators whose scheduled scalars dynamic=True could not trace."""
+    estimators whose scheduled scalars dynamic=True could not trace. (A model of linear layers, its binary layer
+    with the estimator's backward: dynamo traces a few nodes, not digits_1w1a's, seconds each.)"""
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, **{**kw, "backend": "aot_eager"}))
     for name in ("dsq", "fda"):
-        result = engine.train(small(epochs=2, threads=1, compile=True, estimator=name), tmp_path / name,
-                              progress=False, log=quiet)
+        result = engine.train(small(epochs=2, threads=1, compile=True, estimator=name, model=linear_digits),
+                              tmp_path / name, progress=False, log=quiet)
         assert result["final_acc"] > 30.0, name
 
 
