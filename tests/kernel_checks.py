@@ -159,9 +159,7 @@ def tolerance(est, x: torch.Tensor, grad: torch.Tensor, ref: torch.Tensor) -> to
         tol = 4 * p["w"] / math.pi * (n + 1) * (n + 3) * ULP32 * gf
     if est.name not in ("ste", "approx_sign", "rbnn"):
         tol = tol + 2 * ULP32 * rf
-    if x.dtype != torch.float32:
-        tol = tol + torch.maximum(ULP16[x.dtype] * rf, torch.tensor(_smallest_subnormal(x.dtype)))
-    return tol
+    return tol + _rounded_once(x.dtype, rf)
 
 
 def _smallest_subnormal(dtype: torch.dtype) -> float:
@@ -221,19 +219,20 @@ def assert_scaled_sign_within(est, w: torch.Tensor, groups: int, upstream: torch
     (y, dw), (ref_y, ref_dw) = out, ref
     n = w.numel() // groups
     y32, up32 = ref_y.float().abs(), upstream.float()
-    assert_within(y, ref_y, n * ULP32 * y32 + _rounded_once(ref_y))
+    assert_within(y, ref_y, n * ULP32 * y32 + _rounded_once(ref_y.dtype, y32))
     first = torch_backward(est, w.float(), up32 * y32)
     abs_sum = up32.abs().reshape(groups, -1).sum(dim=1)  # per group (output channels lead in both layouts)
     second = (ULP32 * abs_sum).repeat_interleave(n).reshape(w.shape)  # N ulp32 sum(|grad|) / N
-    tol = tolerance(est, w.float(), up32 * y32, first) + n * ULP32 * first.abs() + second + _rounded_once(ref_dw)
-    assert_within(dw, ref_dw, tol)
+    tol = tolerance(est, w.float(), up32 * y32, first) + n * ULP32 * first.abs() + second
+    assert_within(dw, ref_dw, tol + _rounded_once(ref_dw.dtype, ref_dw.float().abs()))
 
 
-def _rounded_once(ref: torch.Tensor) -> torch.Tensor:
-    """One ulp of a 16-bit result (its smallest subnormal where it is that small); 0 for float32."""
-    if ref.dtype == torch.float32:
-        return torch.zeros(ref.shape)
-    return torch.maximum(ULP16[ref.dtype] * ref.float().abs(), torch.tensor(_smallest_subnormal(ref.dtype)))
+def _rounded_once(dtype: torch.dtype, magnitude: torch.Tensor) -> torch.Tensor | float:
+    """One ulp of a 16-bit result of that ``magnitude`` (its smallest subnormal where it is that small); 0 for
+    float32."""
+    if dtype == torch.float32:
+        return 0.0
+    return torch.maximum(ULP16[dtype] * magnitude, torch.tensor(_smallest_subnormal(dtype)))
 
 
 def assert_sign_matches(out: torch.Tensor, x: torch.Tensor) -> None:

@@ -478,12 +478,13 @@ class _Run:
             print("reste: warning: --amp fp16 on the CPU is emulated and several times slower than float32; "
                   "use --amp bf16 or none", file=sys.stderr)
         self.model = build_model(config, self.info.num_classes).to(self.device)
-        self.scheduled = bool(estimators_of(self.model))  # a float twin has nothing to schedule
+        built = estimators_of(self.model)
+        self.scheduled = bool(built)  # a float twin has nothing to schedule
         # the plugins of the estimators the model built names itself (review extend1 #2; not by as_recorded's trial
         # build on the meta device, which a factory that reads a value cannot take: review diff31 #1)
-        plugins = as_recorded(given, [type(est).__module__ for est in estimators_of(self.model)]).plugins
+        plugins = as_recorded(given, [type(est).__module__ for est in built]).plugins
         self.config = config = dataclasses.replace(config, plugins=plugins)
-        clash = sorted({k for est in estimators_of(self.model) for k in est.schedule_values()} & set(METRIC_FIELDS))
+        clash = sorted({k for est in built for k in est.schedule_values()} & set(METRIC_FIELDS))
         if clash:  # a plugin's scheduled hyper-parameter would overwrite a field of the metrics line, or vice versa
             raise UsageError(f"estimator {config.estimator!r} schedules {', '.join(clash)}, a name each line of "
                              f"{METRICS} uses for its own field; give that hyper-parameter another name")

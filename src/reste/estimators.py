@@ -273,8 +273,12 @@ def fda_f(x: Tensor, n: int, w: float) -> Tensor:
 # --------------------------------------------------------------------- autograd
 
 
+# 16-bit floats, which reste computes in float32 and rounds once (an estimator's g, a binary weight, Bop's average)
+SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
 def _compute_dtype(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return x.float() if x.dtype in SIXTEEN_BIT else x
 
 
 FusedBackward = Callable[[Tensor, Tensor], "Tensor | None"]

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import cuda_ext
 from .errors import unknown_choice
-from .estimators import Estimator, get_estimator, layer_forms
+from .estimators import SIXTEEN_BIT, Estimator, get_estimator, layer_forms
 from .fused import PLAIN, under_dispatch_mode, under_functorch
 from .hparams import outside_reste, real_number
 
@@ -145,16 +145,14 @@ class _BinaryMixin:
         # (under torch.fx w is a Proxy, of no known dtype: the parameter's own, so that a traced 16-bit model computes
         # the eager one's numbers; the final cast is to the traced weight's dtype, read when the graph runs)
         real = self._parameters.get("weight") if isinstance(w, torch.fx.Proxy) else w
-        if real is None or real.dtype not in _WIDENED or self._own_scale():
-            bw = self.weight_estimator(w)
-            alpha = self.scale()
-            return bw if alpha is None else bw * alpha
         # a 16-bit weight is computed in float32 and its result (and gradient) rounded once, as the fused kernels
         # do: in 16 bits, dW's two terms were each rounded before they cancelled (review kern1, suggestion 3)
-        wide = w.float()
-        bw = self.weight_estimator(wide)
-        alpha = self._scale_of(wide)
-        return (bw if alpha is None else bw * alpha).to(w.dtype)
+        widen = real is not None and real.dtype in SIXTEEN_BIT and not self._own_scale()
+        z = w.float() if widen else w
+        bw = self.weight_estimator(z)
+        alpha = self._scale_of(z) if widen else self.scale()
+        y = bw if alpha is None else bw * alpha
+        return y.to(w.dtype) if widen else y
 
     def _ext_forward(self, x: Tensor, op: int) -> Tensor | None:
         """The layer's forward as one call into the compiled extension (:mod:`reste.cuda_ext`; ``op``: 0 linear, else
@@ -216,7 +214,6 @@ class _BinaryMixin:
 
 
 _ABSENT = object()
-_WIDENED = (torch.float16, torch.bfloat16)  # weights whose binary form is computed in float32
 # what a binary layer's forward calls, which a subclass may change (another scale, a conv of its own): the one call
 # into the extension would pass over it
 _STEPS = ("binary_input", "binary_weight", "scale", "_fused_groups", "_conv_forward")

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from .estimators import SIXTEEN_BIT
 from .hparams import real_number
 from .layers import binary_layers
 
@@ -136,7 +137,7 @@ class Bop(torch.optim.Optimizer):
 
 def _state_dtype(w: Tensor) -> torch.dtype:
     """The dtype of a weight's moving average: float32 for a 16-bit weight, else its own."""
-    return torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
+    return torch.float32 if w.dtype in SIXTEEN_BIT else w.dtype
 
 
 def check_settings(gamma: Any, threshold: Any, flags: bool = False) -> tuple[float, float]:
