@@ -57,6 +57,18 @@ def test_the_scripts_and_documents_the_readme_names_exist():
     assert not missing, f"the README names files that do not exist: {missing}"
 
 
+def test_the_repository_tracks_no_archive_or_build_output():
+    """A package archive, wheel or compiled object committed by mistake (one was, and lay unread for two days)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an unpacked source distribution)")
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip("git cannot list this checkout's files")
+    stray = re.compile(r"\.(?:tar(?:\.\w+)?|tgz|zip|whl|egg|so|o|dll|dylib|pyd|pyc)$|(?:^|/)(?:build|dist)/")
+    found = [f for f in listed.stdout.decode().split("\0") if f and stray.search(f)]
+    assert not found, f"tracked files that are downloads or build outputs: {found} (git rm them)"
+
+
 def test_relative_links_in_the_documents_resolve():
     broken = []
     for doc in DOCS:
