@@ -471,6 +471,30 @@ def test_a_conv1d_with_another_padding_mode_is_refused_in_one_line(tmp_path):
         export_model(model, tmp_path / "r.rbnn", input_size=(2, 8))
 
 
+def test_another_padding_mode_says_what_to_do_and_is_taken_without_padding(tmp_path):
+    """(review layers1) the refusal named no way out; and a conv of another padding mode but no padding (padding=0,
+    or 'same' of a 1-wide kernel) computes what a zero-padded one does, yet was refused."""
+    reflect = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular")).eval()
+    with pytest.raises(UsageError, match=r"^cannot export 0 \(Conv2d\): padding_mode='circular' is not supported, "
+                                         r"only 'zeros' \(.*export_onnx"):
+        export_model(reflect, tmp_path / "c.rbnn", input_size=(2, 6, 6))
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding_mode="reflect"),
+        nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1, padding="same", padding_mode="replicate"), nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3))).eval()
+    report = export_model(model, tmp_path / "r.rbnn", input_size=(2, 6, 6))
+    assert report["verify"]["ok"], report["verify"]
+
+
+def test_a_batch_norm_without_running_statistics_is_named(tmp_path):
+    """(review layers1) the refusal did not say which BatchNorm."""
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.Conv1d(3, 3, 3),
+                          nn.BatchNorm1d(3, track_running_stats=False)).eval()
+    with pytest.raises(UsageError, match=r"^cannot export 3 \(BatchNorm1d\): it has no running statistics"):
+        export_model(model, tmp_path / "b.rbnn", input_size=(2, 8))
+
+
 def test_unit_dimension_ops_are_checked_on_load_and_at_run(tmp_path):
     def write(name: str, dim) -> str:
         header = {"format": "reste-packed", "meta": {}, "output": 1,

@@ -813,6 +813,17 @@ def test_an_uninitialised_lazy_layer_is_named_with_what_to_do():
     assert type(binarize(model)[2]).__name__ == "BinaryConv2d"
 
 
+def test_a_model_with_an_uninitialised_lazy_buffer_is_refused_naming_it():
+    """(review layers1) a LazyBatchNorm2d not yet run made binarize's copy fail with torch's ValueError, which named
+    no layer."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.LazyBatchNorm2d(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+    with pytest.raises(ValueError, match=r"^binarize cannot copy the model: its lazy module\(s\) '1' are not "
+                                         r"initialised yet; run one forward"):
+        binarize(model)
+    model(torch.randn(1, 1, 6, 6))
+    assert type(binarize(model)[2]).__name__ == "BinaryConv2d"
+
+
 def test_the_no_binary_layer_warning_names_the_layers_keep_kept():
     """(review newuser2 #5) a keep= pattern that kept every middle layer was blamed on keep_first/keep_last alone."""
     def model():

@@ -310,6 +310,14 @@ def binarize(
     if not inplace:
         try:
             model = copy.deepcopy(model)
+        except ValueError:  # torch's, for a lazy module's uninitialised buffer (LazyBatchNorm2d), naming none
+            lazy = [n or type(model).__name__ for n, m in model.named_modules()
+                    if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()]
+            if not lazy:
+                raise
+            raise ValueError(f"binarize cannot copy the model: its lazy module(s) {', '.join(map(repr, lazy[:4]))}"
+                             f"{' and more' if len(lazy) > 4 else ''} are not initialised yet; run one forward of "
+                             "the model (model(example_batch)) before binarize") from None
         except (RuntimeError, TypeError) as err:  # the old weight_norm's computed weight; a lock held by the model
             raise ValueError(f"binarize cannot copy the model ({gist(str(err))}); convert it in "
                              "place with inplace=True") from None

@@ -124,9 +124,6 @@ def _lifted(v: Any) -> list[int]:
 
 def _conv_padding(m: nn.Conv1d | nn.Conv2d, name: str) -> list[int]:
     """[top, bottom, left, right] of a 2-D conv; of a 1-D one, [0, 0, left, right] (on a height of 1)."""
-    if m.padding_mode != "zeros":
-        raise UsageError(f"cannot export {name} ({m.__class__.__name__}): padding_mode={m.padding_mode!r} is not "
-                         "supported, only 'zeros'")
     pads: list[int] = []
     if isinstance(m.padding, str):
         for k, d in zip(m.kernel_size, m.dilation):
@@ -135,6 +132,10 @@ def _conv_padding(m: nn.Conv1d | nn.Conv2d, name: str) -> list[int]:
     else:
         sizes = [m.padding] * len(m.kernel_size) if isinstance(m.padding, int) else m.padding
         pads = [int(p) for p in sizes for _ in range(2)]
+    if m.padding_mode != "zeros" and any(pads):  # (no padding at all: every mode computes the same)
+        raise UsageError(f"cannot export {name} ({m.__class__.__name__}): padding_mode={m.padding_mode!r} is not "
+                         "supported, only 'zeros' (train it with padding_mode='zeros', or write the model with "
+                         "reste.export.export_onnx, which takes every padding mode)")
     return [0, 0] * (2 - len(pads) // 2) + pads
 
 
@@ -149,10 +150,12 @@ def _on_unit_height(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"op": "unsqueeze", "dim": 2}, *parts, {"op": "squeeze", "dim": 2}]
 
 
-def _affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray]:
+def _affine(bn: nn.modules.batchnorm._BatchNorm, name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """scale, shift of an eval-mode batch norm, computed in float32 the way PyTorch does."""
     if bn.running_mean is None or bn.running_var is None:
-        raise UsageError("cannot export a BatchNorm without running statistics (track_running_stats=False)")
+        who = f"{name} ({type(bn).__name__})" if name else "a BatchNorm"
+        raise UsageError(f"cannot export {who}: it has no running statistics (track_running_stats=False), so its eval "
+                         "output depends on the batch; train it with track_running_stats=True")
     with torch.no_grad():
         invstd = 1.0 / torch.sqrt(bn.running_var.float() + bn.eps)
         scale = invstd * (bn.weight.float() if bn.weight is not None else 1.0)
@@ -263,7 +266,7 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
                          "takes binary Conv1d/2d and Linear layers); binarize with keep=[...] naming it to keep it "
                          "in float")
     if isinstance(m, _batch_norms()):
-        scale, shift = _affine(m)
+        scale, shift = _affine(m, name)
         # (a synchronised one of any rank may fold into a linear after it: the fold checks the input's rank)
         return {"op": "affine", "scale": scale, "shift": shift, "shift_err": _shift_error(m, scale),
                 "bn1d": not isinstance(m, nn.BatchNorm2d)}
