@@ -328,7 +328,9 @@ def test_the_packed_format_refuses_them_in_one_line(tmp_path, layer, size):
     # only change the refusal), ONNX takes both
     float_twin = (nn.Conv3d if isinstance(layer, nn.Conv3d) else nn.ConvTranspose2d)(2, 2, layer.kernel_size,
                                                                                       layer.stride)
-    with pytest.raises(UsageError, match=f"module type {type(float_twin).__name__} is not supported"):
+    # (review layers1) and the float twin's refusal says what to do too
+    with pytest.raises(UsageError, match=f"module type {type(float_twin).__name__} is not supported; .*; write the "
+                                         "model with reste.export.export_onnx instead$"):
         export_model(nn.Sequential(float_twin).eval(), tmp_path / "f.rbnn", input_size=size)
     pytest.importorskip("onnxruntime")
     from reste.export import export_onnx

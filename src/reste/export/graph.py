@@ -300,7 +300,7 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
     raise UsageError(f"cannot export {name}: module type {type(m).__name__} is not supported; "
                      "supported: Conv1d/2d, Linear, their binary layers, BatchNorm1d/2d (synchronised too), ReLU, "
                      "ReLU6, Hardtanh, LeakyReLU, PReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, "
-                     "Identity, Dropout")
+                     "Identity, Dropout; write the model with reste.export.export_onnx instead")
 
 
 def _maxpool(k: list[int], stride: list[int], pad: list[int], dil: list[int], ceil: bool) -> dict[str, Any]:
