@@ -576,3 +576,18 @@ def test_a_model_with_non_finite_weights_is_refused_before_anything_is_written(t
         with pytest.raises(UsageError, match=r"bn1.running_var holds 1 inf or NaN"):
             export_onnx(model, tmp_path / "b.onnx", (1, 8, 8))
     assert not list(tmp_path.glob("b.*"))
+
+
+def test_images_of_another_shape_for_a_file_without_input_size_are_not_blamed_on_the_file(tmp_path):
+    """(review layers1) a file exported without input_size, given images the model cannot take, said "a corrupted
+    file, or one another program wrote; export it again": the images were the cause."""
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+                                         nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (written unchecked: no input_size)
+        export_model(model, tmp_path / "m.rbnn")
+    with pytest.raises(UsageError, match=r"cannot run on images of shape \(3, 6, 6\) .*: images of another shape than "
+                                         r"the model takes\? \(the file records no input size"):
+        PackedModel.load(tmp_path / "m.rbnn")(torch.randn(1, 3, 6, 6))
+    assert PackedModel.load(tmp_path / "m.rbnn")(torch.randn(2, 3, 5, 5)).shape == (2, 3)

@@ -736,9 +736,12 @@ class PackedModel:
                 if isinstance(err, UsageError):
                     raise
                 # the load checks every attribute's type and range, not whether each fits the shapes it meets
+                why = ("a corrupted file, or one another program wrote; export it again" if self.input_size else
+                       "images of another shape than the model takes? (the file records no input size: export it "
+                       "with input_size=... and the images are checked against it); else a corrupted file")
                 raise UsageError(f"the packed model's node {target} cannot run on images of shape "
                                  f"{tuple(x.shape)[1:]} ({type(err).__name__}: {str(err).splitlines()[0][:150]}): "
-                                 "a corrupted file, or one another program wrote; export it again") from None
+                                 f"{why}") from None
             for j in self._last_use[step]:
                 values.pop(j, None)
         return values[self._output]
