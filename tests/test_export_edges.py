@@ -591,3 +591,44 @@ def test_images_of_another_shape_for_a_file_without_input_size_are_not_blamed_on
                                          r"the model takes\? \(the file records no input size"):
         PackedModel.load(tmp_path / "m.rbnn")(torch.randn(1, 3, 6, 6))
     assert PackedModel.load(tmp_path / "m.rbnn")(torch.randn(2, 3, 5, 5)).shape == (2, 3)
+
+
+def _exported_check(model: nn.Module, tmp_path, size=(3, 8, 8)) -> tuple[dict, list[str], str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_model(model, tmp_path / "m.rbnn", input_size=size)
+    return report["verify"], [str(w.message) for w in caught if "export_model" in str(w.message)], format_report(report)
+
+
+def test_a_binary_sum_that_cancels_before_the_next_sign_is_an_exact_tie_named_with_its_remedy(tmp_path):
+    """review layers1 D1: a binary conv without bias feeding a binary conv. Its sums of +-1 are often exactly 0 (an
+    even fan-in); the file takes sign(0) = +1 there, the float32 model (sums of +-alpha) the sign of its rounding:
+    predictions that differ on any input, which the check called float32 rounding at near-ties."""
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))).eval()
+    v, said, text = _exported_check(model, tmp_path)
+    # the sign inputs of the third conv are sums of 72 products +-1 times alpha: exactly 0 where they cancel
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # (the check's images)
+    with torch.no_grad():
+        first = model[1](model[0](x))
+        sums = nn.functional.conv2d(torch.where(first < 0, -1.0, 1.0).double(),
+                                    torch.where(model[2].weight < 0, -1.0, 1.0).double(), padding=1)
+    assert 0 < v["exact_ties"] <= int((sums == 0).sum())
+    assert v["ok"] and "exact ties" in text and "A BatchNorm or a bias after that layer" in text
+    if v["differing_predictions"]:
+        assert any("predicts other classes" in m and "sign(0) = +1" in m for m in said), said
+    assert v["exact_tie_images"] == int((sums == 0).flatten(1).any(1).sum())
+
+
+def test_a_relus_zeros_and_a_batch_norms_shift_give_no_exact_tie(tmp_path):
+    """A ReLU's zeros are 0 in the float32 model too (both take +1), and a BatchNorm's shift moves the sum off 0."""
+    torch.manual_seed(0)
+    relu = reste.binarize(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))).eval()
+    v, said, text = _exported_check(relu, tmp_path)
+    assert v["exact_ties"] == 0 and "exact ties" not in text and not said
+    v, said, text = _exported_check(_classifier(10), tmp_path, size=(1, 8, 8))
+    assert v["exact_ties"] == 0 and v["exact_tie_images"] == 0 and not said

@@ -212,6 +212,11 @@ def export_model(
                       f"({wrong} of {checked['images']} images; report['verify'] has the "
                       "details): an op the file does not hold as the model computes it (a forward hook?), or a bug",
                       UserWarning, stacklevel=2)
+    elif verify and report["verify"]["differing_predictions"] and report["verify"]["exact_ties"]:
+        checked = report["verify"]
+        warnings.warn(f"export_model: {path} predicts other classes than the model on {checked['differing_predictions']} "
+                      f"of {checked['images']} check images, with {checked['exact_ties']} sign inputs exactly 0: "
+                      f"{EXACT_TIES}", UserWarning, stacklevel=2)
     return report
 
 
@@ -381,6 +386,13 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: What an exact tie is and what to do about it (the report's line and export_model's warning).
+EXACT_TIES = ("a binary layer's sum of +-1 that cancels, with no bias or batch norm before the next sign. The file "
+              "sums integers and takes sign(0) = +1; the float32 model sums +-alpha and takes the sign of its "
+              "rounding, + or -: the two differ wherever that is -. A BatchNorm or a bias after that layer "
+              "(or scaling='none') removes these ties")
+
+
 def format_verify(v: dict[str, Any]) -> list[str]:
     """The export check as report lines (see :func:`verify_export`)."""
     packed, model = v["packed"], v["model"]
@@ -388,8 +400,9 @@ def format_verify(v: dict[str, Any]) -> list[str]:
              f"  packed file   {_comparison_text(packed)}",
              f"  float32 model {_comparison_text(model)}"]
     if v["differing_predictions"] or v["differing_logits"]:
-        why = "each explained by a sign flip at a near-tie (float32 rounding)" if v["explained"] \
-            else "NOT all explained by float32 rounding"
+        why = ("NOT all explained by float32 rounding" if not v["explained"] else
+               "each explained by a sign flip at a tie (exact ties below) or near-tie" if v.get("exact_ties") else
+               "each explained by a sign flip at a near-tie (float32 rounding)")
         lines.append(f"  packed vs float32 model: {v['differing_logits']} images with differing logits, "
                      f"{v['differing_predictions']} differing predictions; {why}")
     else:
@@ -397,6 +410,9 @@ def format_verify(v: dict[str, Any]) -> list[str]:
     if not v.get("untraced_same", True):  # (a check written before it was made has no such key)
         lines.append("  packed file untraced: other logits than traced (its fused sign bits): a bug of reste's "
                      "engine; report it")
+    if v.get("exact_ties"):  # (nor one written before they were counted)
+        lines.append(f"  exact ties    {v['exact_ties']} sign inputs of {v['exact_tie_images']} of the images are "
+                     f"exactly 0: {EXACT_TIES}")
     return lines
 
 
@@ -465,6 +481,15 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
     allowed = 2 * SLACK * ref.logit_bound  # each within SLACK * bound of the reference
     differ = ((got.double() - logits.double()).abs() > allowed).any(1)
     same = got.argmax(1) == logits.argmax(1)
+    # sign inputs exactly 0 in exact arithmetic that the float32 model computes as not 0: a binary layer's sum of +-1
+    # that cancels, with no bias or shift before the next sign. The file (integer sums) takes sign(0) = +1; the float32
+    # model sums +-alpha and takes the sign of its rounding, either way: not a rare near-tie but a tie wherever the
+    # sum cancels (review layers1 D1). (A ReLU's zeros are 0 in both: no tie.)
+    exact = []
+    if float_model.traced:
+        for k, (s, r) in enumerate(zip(sites, ref.sites)):
+            if all(r is not ref.sites[j] for j in range(k)):  # (a site two layers share, once)
+                exact.append((r == 0) & (torch.as_tensor(s).reshape(r.shape) != 0))
     return {
         "images": images,
         "packed": asdict(packed),
@@ -474,6 +499,8 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
         "untraced_same": untraced_same,
         "explained": packed.ok and float_model.ok,
         "ok": packed.ok and float_model.ok and untraced_same,
+        "exact_ties": sum(int(z.sum()) for z in exact),
+        "exact_tie_images": int(torch.stack([z.flatten(1).any(1) for z in exact]).any(0).sum()) if exact else 0,
         "max_abs_diff": float((got - logits).abs().max()),
         "same_predictions": bool(same.all()),
     }

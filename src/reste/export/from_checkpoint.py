@@ -95,6 +95,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike,
     with warnings.catch_warnings():  # (reste export prints the check's outcome, and exits 1 where it failed)
         warnings.filterwarnings("ignore", message="export_model: .* disagrees with the model")
         warnings.filterwarnings("ignore", message="export_model wrote .* unchecked")
+        warnings.filterwarnings("ignore", message="export_model: .* predicts other classes")  # (its exact ties line)
         report = export_model(model, out_path, input_size=size, meta=meta)
     report["checkpoint"] = {"path": str(given / LAST if given.is_dir() else given), "epoch": ckpt.get("epoch"),
                             "step": int(ckpt.get("step") or 0)}  # what was exported: reste export says it
