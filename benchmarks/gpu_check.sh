@@ -538,6 +538,7 @@ echo
 echo "== 3. The compiled extension (reste.cuda_ext): its build, tests/test_cuda_ext.py on CUDA tensors, graphed steps"
 EXT=0
 EXTBUILD=0
+NODESCUT=0
 # the timed targets come after this section: however long its build, tests or a hang take, sections 4 and 5 keep
 # 150 s (about 50 and 40 s on an H200, plus their start-up), and section 5 keeps 75 s of section 4's (a fresh
 # process that writes 50,000 images and trains 4 epochs: review gpucode, suggestion 4)
@@ -589,7 +590,14 @@ PY
     || NODES=$?
   sed 's/^/  /' "$WORK/nodes.txt"
   status "3. node overhead (no target)" "$NODES"
-  [ "$NODES" -eq 0 ] || EXT=1  # (it runs the C++ nodes: a crash there, the first GPU run's segfault, is theirs)
+  case "$NODES" in
+    0) ;;
+    # out of time: it runs last in section 3, in what the budget leaves it (a few seconds where the sections before
+    # it ran some 15 % slower than on the H200), after the tests and graphs above passed the same nodes: no fault of
+    # theirs shown, so sections 4 and 5 still time them; the run fails all the same (review gpuready1)
+    124|137|99) NODESCUT=1 ;;
+    *) EXT=1 ;;  # (it runs the C++ nodes: a crash there, the first GPU run's segfault, is theirs)
+  esac
 else
   if [ "$EXTBUILD" -eq 124 ] || [ "$EXTBUILD" -eq 137 ] || [ "$EXTBUILD" -eq 99 ]; then
     EXT=1  # out of time (a hang?): not shown to be the environment
@@ -759,6 +767,6 @@ for line in "${SUMMARY[@]}"; do echo "  $line"; done
 grep -E "MET|NOT MEASURED|NOT BUILT" "$WORK/targets.txt" || echo "  (no target lines: see section 6)"
 # (a timed section that failed or ran out of time too: its targets are NOT MEASURED, and a GPU run that reads only
 # the status must not take that for a clean pass: review gpudry #2)
-for rc in "$KERNELS" "$GRAPHCHECK" "$EXT" "$ROWS" "$EPOCH" "$REPORT"; do [ "$rc" -eq 0 ] || exit 1; done
+for rc in "$KERNELS" "$GRAPHCHECK" "$EXT" "$NODESCUT" "$ROWS" "$EPOCH" "$REPORT"; do [ "$rc" -eq 0 ] || exit 1; done
 [ "$EXTBUILD" -eq 0 ] || exit 2
 exit 0
