@@ -610,3 +610,32 @@ def test_a_meter_continued_from_its_partial_state_after_a_skipped_step_gives_the
     straight = run(None)
     for split in (1, 2, 3):
         assert run(split) == straight, split
+
+
+@pytest.mark.parametrize("mode", ["general", "paper"])
+def test_an_epoch_made_nan_by_a_nan_gradient_is_said_not_left_out_silently(mode):
+    """(review research1) an estimator whose g returns NaN makes a step's gradient NaN: the epoch's stability is NaN
+    though every step was measured, and summary() left that epoch out without a word, as one whose every step fp16's
+    scaler skipped (a run-level value that hid the NaN). A skipped epoch stays silent."""
+    torch.manual_seed(0)
+    model = Tiny()
+    meter = EquilibriumMeter(model, mode=mode)
+    for epoch in range(2):
+        model.zero_grad()
+        model(torch.randn(4, 2, 5, 5)).sum().backward()
+        if epoch == 1:
+            model.b1.weight.grad[0, 0, 0, 0] = float("nan")
+        meter.update()
+        if epoch == 0:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                meter.epoch_end()
+        else:
+            with pytest.warns(UserWarning, match=r"stability \(nan\) is not finite though 1 step was measured"):
+                meter.epoch_end()
+    skipping = EquilibriumMeter(model, mode=mode)  # every step skipped by fp16's scaler: left out without a warning
+    model.b1.weight.grad[0, 0, 0, 0] = float("inf")
+    skipping.update(skipped=torch.tensor(True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        skipping.epoch_end()

@@ -357,8 +357,9 @@ class EquilibriumMeter:
             else:
                 zero = torch.zeros((), dtype=e.dtype, device=e.device)
                 e, s = torch.where(taken, e, zero), torch.where(taken, s, zero.to(s.dtype))
-                self._taken = self._taken + taken.to(torch.long)
-        elif self.mode != "paper":
+            self._taken = self._taken + taken.to(torch.long)  # (the paper mode's too: epoch_end tells a NaN
+            # of steps taken, a NaN gradient, from an epoch of skipped steps alone)
+        else:
             self._taken = self._taken + 1
         if self.mode == "paper" or self._error is None:  # paper: keep the last iteration only
             self._error, self._stability = e, s
@@ -384,12 +385,20 @@ class EquilibriumMeter:
     def epoch_end(self) -> dict[str, float]:
         if self._count == 0:
             raise RuntimeError("no update() since the last epoch_end()")
-        n = 1 if self.mode == "paper" else int(self._taken)
+        taken = int(self._taken)
+        n = 1 if self.mode == "paper" else taken
         nan = float("nan")  # (every step of the epoch skipped: nothing measured)
         values = {
             "estimating_error": float(self._error) / n if n else nan,
             "gradient_stability": float(self._stability) / n if n else nan,
         }
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if taken and bad:  # (review research1: summary() leaves a NaN epoch out as one of skipped steps, silently)
+            what = " and ".join(f"{k.replace('_', ' ')} ({v})" for k, v in bad.items())
+            warnings.warn(f"EquilibriumMeter: this epoch's {what} is not finite though {taken} step"
+                          f"{'s were' if taken > 1 else ' was'} measured: a weight or a gradient held inf or NaN (an "
+                          "estimator's g that returns NaN or inf?); summary() and the run-level values leave this "
+                          "epoch out, as one whose every step fp16's scaler skipped", UserWarning, stacklevel=2)
         if values["gradient_stability"] == 0.0 and self._count > 1:  # (review newuser2 #2: zeroed gradients read
             # as a perfectly stable one; an epoch, not a first step, which a zero-initialised residual branch zeroes)
             warnings.warn("EquilibriumMeter: the gradient stability of this epoch is 0: every gradient it read was "
