@@ -658,6 +658,23 @@ def test_a_g_that_cannot_take_what_params_gives_is_refused_at_registration(isola
     reste.register_estimator(wide)
 
 
+def test_a_g_written_without_self_or_staticmethod_is_refused_saying_so(isolated):
+    """(review research1) `def _g(x, sharp)` in the class body, no @staticmethod: x receives the estimator. The
+    refusal said "_g takes x alone: multiple values for argument 'sharp'" and to override params(), which is not
+    the mistake."""
+    params = (reste.Param("sharp", float, 1.0, "sharpness", "(0, inf)"),)
+
+    def _g(x, sharp):
+        return sharp * (1 - torch.tanh(sharp * x) ** 2)
+
+    plain = type("Plain", (Estimator,), {"name": "plain", "hyperparameters": params, "_g": _g})
+    with pytest.raises(ValueError, match=r"estimator 'plain' \(Plain\): _g is a method whose first parameter, x, "
+                                         r"receives the estimator: put @staticmethod above it, or write "
+                                         r"_g\(self, x, \.\.\.\)"):
+        reste.register_estimator(plain)
+    assert "plain" not in reste.list_estimators()
+
+
 def test_a_g_that_takes_params_through_a_wrapper_registers(isolated):
     """(review diff24, suggestion 1) The hook is tried first: one under functools.wraps whose signature (the wrapped
     one's) is narrower than what its wrapper takes works, so it registers."""

@@ -1131,6 +1131,17 @@ def _refuse_signature(cls: type[Estimator], hook: str, function: Callable[..., A
         return
     except TypeError as why:
         bound = why
+    raw = getattr(function, "__func__", None)  # a method: its function, whose first parameter gets the estimator
+    if inspect.ismethod(function) and isinstance(raw, types.FunctionType):
+        try:  # (review research1: `def _g(x, p)` without @staticmethod was told to override params())
+            inspect.signature(raw).bind(torch.zeros(1), **params)
+        except (TypeError, ValueError):
+            pass
+        else:
+            first = next(iter(inspect.signature(raw).parameters))
+            raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} is a method whose first parameter, "
+                             f"{first}, receives the estimator: put @staticmethod above it, or write "
+                             f"{hook}(self, {first}, ...)") from err
     takes = ", ".join(list(signature.parameters)[1:]) or "x alone"
     raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} cannot take what params() gives "
                      f"({', '.join(params) or 'nothing'}; {hook} takes {takes}: {bound}); override params() to "
