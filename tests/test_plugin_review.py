@@ -675,6 +675,21 @@ def test_a_g_written_without_self_or_staticmethod_is_refused_saying_so(isolated)
     assert "plain" not in reste.list_estimators()
 
 
+def test_a_g_that_returns_nan_at_its_defaults_is_said_at_registration(isolated):
+    """(review research1) `_g = log(x)` (NaN for x < 0) registered silently, trained one step and stopped the run
+    with "non-finite loss ...; lower --lr or check the data", which names neither the estimator nor its g."""
+    nan = type("NanG", (Estimator,), {"name": "nan_g", "_g": staticmethod(lambda x: torch.log(x)),
+                                      "_f": staticmethod(lambda x: x)})
+    with pytest.warns(UserWarning, match=r"estimator 'nan_g' \(NanG\): _g returned NaN or inf at its defaults "
+                                         r"\(at x = -2, tried on \[-2, 2\]\); a NaN g .*; check _g"):
+        reste.register_estimator(nan)
+    fine = type("FineG", (Estimator,), {"name": "fine_g", "_g": staticmethod(lambda x: (x.abs() <= 1).to(x.dtype)),
+                                        "_f": staticmethod(lambda x: x.clamp(-1, 1))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reste.register_estimator(fine)
+
+
 def test_a_g_that_takes_params_through_a_wrapper_registers(isolated):
     """(review diff24, suggestion 1) The hook is tried first: one under functools.wraps whose signature (the wrapped
     one's) is narrower than what its wrapper takes works, so it registers."""

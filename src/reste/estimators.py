@@ -1117,6 +1117,16 @@ def _check_returns_tensors(cls: type[Estimator]) -> None:
         if got:  # (review diff21 #7: one of another shape failed at the first backward too)
             raise ValueError(f"estimator {cls.name!r} ({cls.__name__}): {hook} returned {got}; it must return a "
                              f"tensor shaped like x (for a constant, e.g. torch.ones_like(x))")
+        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            # (review research1: a g of NaN at ordinary inputs trained one step, then stopped the run with "non-finite
+            # loss ...; lower --lr or check the data", which names neither)
+            at = x[(~torch.isfinite(out)).expand(x.shape)][0]
+            warnings.warn(f"estimator {cls.name!r} ({cls.__name__}): {hook} returned NaN or inf at its defaults "
+                          f"(at x = {float(at):.4g}, tried on [-2, 2]); "
+                          + ("a NaN g turns the gradients and then the weights NaN, and a run stops at its next "
+                             "step with 'non-finite loss'" if hook == "_g" else
+                             "the general indicators and the F plot read it") + f"; check {hook}",
+                          UserWarning, stacklevel=outside_reste())
 
 
 def _refuse_signature(cls: type[Estimator], hook: str, function: Callable[..., Any], params: dict[str, Any],
