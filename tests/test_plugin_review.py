@@ -690,6 +690,24 @@ def test_a_g_that_returns_nan_at_its_defaults_is_said_at_registration(isolated):
         reste.register_estimator(fine)
 
 
+def test_a_run_that_a_plugins_g_made_diverge_names_the_estimator(isolated, tmp_path):
+    """(review research1, suggestion 2) The divergence line pointed at --lr and the data alone; with an estimator of
+    the user's own it names that estimator and its module too (a built-in's line is as before)."""
+    from reste import engine
+    from reste.engine import TrainingDiverged
+
+    nan = type("NanG", (Estimator,), {"name": "nan_g", "_g": staticmethod(lambda x: torch.log(x)),
+                                      "_f": staticmethod(lambda x: x)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reste.register_estimator(nan)
+    config = TrainConfig(dataset="digits", estimator="nan_g", epochs=1, threads=1)
+    with pytest.raises(TrainingDiverged) as caught:
+        engine.train(config, tmp_path / "run", progress=False, log=lambda message: None)
+    assert str(caught.value).endswith(f"lower --lr or check the data, or the estimator's g ('nan_g', of {__name__}: "
+                                      "a NaN or inf g?)"), str(caught.value)
+
+
 def test_a_g_that_takes_params_through_a_wrapper_registers(isolated):
     """(review diff24, suggestion 1) The hook is tried first: one under functools.wraps whose signature (the wrapped
     one's) is narrower than what its wrapper takes works, so it registers."""

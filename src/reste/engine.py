@@ -1019,7 +1019,13 @@ class _Run:
     def _diverged(self, what: str, epoch: int, step: int, advice: str = "lower --lr or check the data"
                   ) -> TrainingDiverged:
         """The error that stops a diverged run at step ``step`` (1-based) of epoch ``epoch + 1``: ``what`` happened,
-        what the run's ``last.pt`` keeps, and ``advice``."""
+        what the run's ``last.pt`` keeps, and ``advice`` (with an estimator of the user's own, its g too)."""
+        from .estimators import estimator_class
+
+        module = estimator_class(self.config.estimator).__module__
+        if advice.endswith("check the data") and module.split(".")[0] != "reste":
+            # (review research1: a plugin's g of NaN stopped the run at its second step, pointing at --lr and the data)
+            advice += f", or the estimator's g ({self.config.estimator!r}, of {module}: a NaN or inf g?)"
         if self.saved is None:
             kept = "no checkpoint was saved"
         else:
