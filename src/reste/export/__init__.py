@@ -29,4 +29,5 @@ _SOURCES = {
     "runtime": ("PackedModel",),
 }
 __all__ = [name for names in _SOURCES.values() for name in names]
-__getattr__, __dir__ = _lazy_names(__name__, _SOURCES, globals())
+# the modules too (``import reste.export; reste.export.reference``), each imported when first asked for
+__getattr__, __dir__ = _lazy_names(__name__, _SOURCES, globals(), modules=(*_SOURCES, "graph", "inputs", "ir"))
