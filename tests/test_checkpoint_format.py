@@ -148,28 +148,28 @@ def test_structure_damage_finds_a_file_cut_short_or_replaced_from_its_end(tmp_pa
 def test_a_stop_right_after_the_temporary_file_is_made_removes_it(tmp_path, monkeypatch):
     """(review chaos6 #5) a stop signal's exception raised between mkstemp and the try that removes the file left
     .NAME.XXXX.tmp: the writer's object is made before the file, and the export's lock inside the try."""
-    from reste import checkpoint
+    from reste import files
 
-    real, made = checkpoint.tempfile.mkstemp, []
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", lambda *a, **kw: (made.append(real(*a, **kw)) or made[-1]))
+    real, made = files.tempfile.mkstemp, []
+    monkeypatch.setattr(files.tempfile, "mkstemp", lambda *a, **kw: (made.append(real(*a, **kw)) or made[-1]))
     # the stop, as the writer's object is made
-    monkeypatch.setattr(checkpoint, "_Writes", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(files, "_Writes", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+        files.atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
     assert list(tmp_path.iterdir()) == [] and made == []  # (the object first: no file was made)
 
 
 def test_the_writers_object_closes_quietly_after_the_write(tmp_path):
     """(review compat3) The object atomic_write hands its writer is an io.RawIOBase, whose finalizer calls close(),
     which flushes: after the write its file is closed, and Python 3.13 printed "Exception ignored in:
-    <reste.checkpoint._Writes ...> ValueError: flush of closed file" after each checkpoint a run wrote."""
-    from reste import checkpoint
+    <reste.files._Writes ...> ValueError: flush of closed file" after each checkpoint a run wrote."""
+    from reste import files
 
     handed = []
-    checkpoint.atomic_write(tmp_path / "f.bin", lambda f: handed.append(f) or f.write(b"x"))
+    files.atomic_write(tmp_path / "f.bin", lambda f: handed.append(f) or f.write(b"x"))
     handed[0].close()  # what its finalizer does (it raised ValueError)
     assert (tmp_path / "f.bin").read_bytes() == b"x" and handed[0].closed
-    checkpoint._Writes().close()  # one never handed a file (mkstemp failed): AttributeError before
+    files._Writes().close()  # one never handed a file (mkstemp failed): AttributeError before
 
 
 def test_the_exports_staging_file_goes_when_its_lock_is_stopped(tmp_path, monkeypatch):

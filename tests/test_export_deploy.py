@@ -605,7 +605,7 @@ def test_a_full_disk_under_an_export_or_predictions_is_the_machines_not_a_bad_pa
     def full(path, write):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("reste.checkpoint.atomic_write", full)
+    monkeypatch.setattr("reste.files.atomic_write", full)
     with pytest.raises(OSError) as info:
         export_model(_CatBatch(1).eval(), tmp_path / "m.rbnn", input_size=(3, 8, 8))
     assert info.value.errno == errno.ENOSPC and not isinstance(info.value, UsageError)

@@ -46,6 +46,17 @@ def test_the_runtime_loads_neither_torch_fx_nor_the_training_side():
     assert got["fx"] == _modules_after("import torch, numpy")["fx"]
 
 
+def test_writing_predictions_loads_no_training_side(tmp_path):
+    """(review docs5 D2) `reste predict -o` writes through atomic_write, which lived in reste.checkpoint: writing a
+    predictions file loaded 22 modules of the training side (models, estimators, layers, ...). It lives in the leaf
+    reste.files now."""
+    out = tmp_path / "p.npy"
+    got = _modules_after(f"import numpy as np; from reste.export import predictions; "
+                         f"predictions.save_predictions({str(out)!r}, np.array([1, 2]), None)")
+    assert set(got["reste"]) <= RUNTIME_MODULES | {"reste.export.predictions", "reste.files", "reste.wording"}, got["reste"]
+    assert np.load(out).tolist() == [1, 2]
+
+
 def test_lazy_package_names_still_resolve():
     from reste.export import BACKENDS, compare, export_checkpoint, pack_bits  # noqa: F401
 

@@ -19,7 +19,7 @@ from pathlib import Path, PureWindowsPath
 import pytest
 
 import reste
-from reste import checkpoint, native, rundir
+from reste import files, native, rundir
 from reste.cli import main
 from reste.errors import UsageError
 from reste.experiments import report
@@ -231,16 +231,16 @@ def _replace_failing(monkeypatch, times: int) -> list[str]:
         replace(src, dst)
 
     monkeypatch.setattr(os, "replace", flaky)
-    monkeypatch.setattr(checkpoint.time, "sleep", lambda s: None)
+    monkeypatch.setattr(files.time, "sleep", lambda s: None)
     return calls
 
 
 def test_atomic_write_retries_a_replace_refused_for_a_moment_on_windows(tmp_path, monkeypatch):
     target = tmp_path / "last.pt"
     target.write_bytes(b"old")
-    monkeypatch.setattr(checkpoint, "_WINDOWS", True)
+    monkeypatch.setattr(files, "_WINDOWS", True)
     calls = _replace_failing(monkeypatch, 2)
-    checkpoint.atomic_write(target, lambda f: f.write(b"new"))
+    files.atomic_write(target, lambda f: f.write(b"new"))
     assert target.read_bytes() == b"new" and len(calls) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
@@ -248,16 +248,16 @@ def test_atomic_write_retries_a_replace_refused_for_a_moment_on_windows(tmp_path
 def test_atomic_write_gives_up_with_the_original_error(tmp_path, monkeypatch):
     target = tmp_path / "last.pt"
     target.write_bytes(b"old")
-    monkeypatch.setattr(checkpoint, "_WINDOWS", True)
+    monkeypatch.setattr(files, "_WINDOWS", True)
     calls = _replace_failing(monkeypatch, 1000)
     with pytest.raises(PermissionError, match="Access is denied"):
-        checkpoint.atomic_write(target, lambda f: f.write(b"new"))
+        files.atomic_write(target, lambda f: f.write(b"new"))
     assert 1 < len(calls) < 20
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
-    monkeypatch.setattr(checkpoint, "_WINDOWS", False)  # elsewhere the first failure is final
+    monkeypatch.setattr(files, "_WINDOWS", False)  # elsewhere the first failure is final
     calls.clear()
     with pytest.raises(PermissionError):
-        checkpoint.atomic_write(target, lambda f: f.write(b"new"))
+        files.atomic_write(target, lambda f: f.write(b"new"))
     assert len(calls) == 1
 
 

@@ -218,16 +218,16 @@ def test_the_umask_is_the_one_of_the_moment(monkeypatch):
     once a process); where /proc has no Umask line, it is read once with os.umask, and is still right."""
     import os
 
-    from reste import checkpoint
+    from reste import files
 
     old = os.umask(0o022)
     try:
-        assert checkpoint._umask() == 0o022
+        assert files._umask() == 0o022
         os.umask(0o077)
-        assert checkpoint._umask() == 0o077
-        monkeypatch.setattr(checkpoint, "_PROC_STATUS", "/nonexistent/status")
-        checkpoint._umask_once.cache_clear()
-        assert checkpoint._umask() == 0o077 and os.umask(0o077) == 0o077  # read, and left as it was
+        assert files._umask() == 0o077
+        monkeypatch.setattr(files, "_PROC_STATUS", "/nonexistent/status")
+        files._umask_once.cache_clear()
+        assert files._umask() == 0o077 and os.umask(0o077) == 0o077  # read, and left as it was
     finally:
         os.umask(old)
-        checkpoint._umask_once.cache_clear()
+        files._umask_once.cache_clear()

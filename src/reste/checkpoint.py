@@ -35,14 +35,10 @@ import os
 import pickle
 import platform
 import random
-import re
 import struct
-import tempfile
-import time
 import warnings
 import weakref
 import zipfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -53,150 +49,19 @@ from torch import nn
 from . import models, plugins
 from .errors import ModelOptionError, UsageError, read_user_file
 from .estimators import ScheduleWarning, estimator_class
+from .files import atomic_write  # (its owner: reste.files; the engine writes best.pt through this name)
 from .runfiles import LAST  # the checkpoint a run folder stands for (load_checkpoint of a folder)
 from .wording import gist
 
 FORMAT = "reste-checkpoint"
 VERSION = 3  # 3: model and estimator options apart; 2: SHA-256 in the zip comment; 1: none (zip CRCs)
 ESTIMATOR_KEYS = ("estimator", "estimator_options", "a32", "scaling")  # format 3: models.create's binary layers
-_WINDOWS = os.name == "nt"  # _replace retries there (a test sets it to do so on Linux)
 _SHA_TAG = b"reste-sha256:"
 _COMMENT = len(_SHA_TAG) + 64  # the checksum's zip comment: its tag and the 64 hex digits of the SHA-256
 _EOCD = struct.Struct("<4s4H2IH")  # the zip's end-of-central-directory record (22 bytes)
 # keys every checkpoint holds, with their types (what eval, export and resume read)
 REQUIRED = {"config": dict, "model_name": str, "model_options": dict, "model": dict, "epoch": int,
             "metrics": dict}
-
-
-def atomic_write(path: str | os.PathLike, write: Any, mode: int | None = None) -> None:
-    """Write ``path`` via a temporary file in the same folder, fsync, then rename.
-
-    ``write(file_object)`` produces the content. A crash at any moment leaves
-    either the old file or the new one, never a torn one. ``mode``: the file's
-    permissions (default: what ``open()`` gives under the umask).
-    """
-    path = Path(path)
-    writes = _Writes()  # (before the file: nothing between it and the try that removes it again, review chaos6 #5)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:  # (its filename: the random name it tried, which never existed: review chaos #1)
-        raise naming(err, path, err.filename) from err
-    try:
-        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # by default an ordinary open()'s, not 0600
-        with os.fdopen(fd, "wb") as f:
-            writes.file = f
-            write(writes)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise naming(err, path, tmp) from err
-        if writes.error is not None:  # torch.save's zip writer turns a failed write into a RuntimeError
-            raise naming(writes.error, path, tmp) from err
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-class _Writes(io.RawIOBase):
-    """The file ``atomic_write`` hands to its writer, passing everything to ``file``; it keeps the ``OSError`` of a
-    failed write (a full disk, a file-size limit), which torch.save's zip writer reports only as a RuntimeError."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.file: Any = None
-        self.error: OSError | None = None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        try:
-            return self.file.write(data)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def flush(self) -> None:
-        # (RawIOBase.close(), which the object's finalizer calls, flushes: by then atomic_write has closed the file.
-        # Python 3.13 reports a finalizer's error, "Exception ignored in: <reste.checkpoint._Writes ...>
-        # ValueError: flush of closed file", after each checkpoint written; earlier versions dropped it: review compat3)
-        if self.file is not None and not self.file.closed:
-            self.file.flush()
-
-    def fileno(self) -> int:
-        return self.file.fileno()
-
-    def tell(self) -> int:
-        return self.file.tell()
-
-    def seekable(self) -> bool:
-        return self.file.seekable()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.file.seek(offset, whence)
-
-
-def naming(err: OSError, path: str | os.PathLike, tmp: str | None = None) -> OSError:
-    """``err`` naming the file being written, ``path``, where it names none (a ``write()``'s ENOSPC or EFBIG) or
-    the temporary file that stands in for it (which is gone by the time anyone reads the message)."""
-    if err.errno is None or (err.filename is not None and err.filename != tmp):
-        return err
-    return type(err)(err.errno, err.strerror, str(path))
-
-
-def _replace(tmp: str, path: Path, tries: int = 10) -> None:
-    """``os.replace(tmp, path)``. On Windows the target cannot be replaced while another process has it open
-    without sharing its deletion (a ``reste eval`` reading it, an antivirus or indexer scanning it): the
-    ``PermissionError`` is then retried with a short back-off, about 2.5 s in all, before it is raised."""
-    for attempt in range(tries):
-        try:
-            os.replace(tmp, path)
-            return
-        except PermissionError:
-            if not _WINDOWS or attempt == tries - 1:
-                raise
-            time.sleep(0.01 * 2 ** min(attempt, 6))
-
-
-_PROC_STATUS = "/proc/self/status"
-
-
-def _umask() -> int:
-    """The process's umask now: Linux (4.7 on) gives it in ``/proc/self/status``; elsewhere it is read once a
-    process, since reading it with ``os.umask`` means setting it for an instant (a file another thread makes then
-    would get mode 0666)."""
-    try:
-        with open(_PROC_STATUS, encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return _umask_once()
-
-
-@lru_cache(maxsize=None)
-def _umask_once() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Temporary files that ``atomic_write`` left in ``folder`` when its process died mid-write."""
-    pattern = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
-    folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if pattern.match(p.name) and p.is_file()) if folder.is_dir() else []
 
 
 def pass_the_plugins(err: Exception, missing: list[str]) -> UsageError:

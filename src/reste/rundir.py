@@ -44,7 +44,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .checkpoint import UNREADABLE, atomic_write, damage, load_checkpoint, naming, orphaned_temporaries
+from .checkpoint import UNREADABLE, damage, load_checkpoint
+from .files import atomic_write, make_folders, naming, orphaned_temporaries, remove_folders
 from .config import TENSORBOARD_DIR, TrainConfig  # noqa: F401  (TENSORBOARD_DIR: known here too)
 from .errors import UsageError, json_line, parse_json, shell_word
 from .indicators import MEASURE, RUN_LEVEL_FIELDS
@@ -748,35 +749,6 @@ def in_the_way(level: Path) -> str:
     """What :func:`file_in_the_way` found, in words: a file, or a broken symbolic link."""
     broken = os.path.islink(level) and not level.exists()
     return f"{level} is a broken symbolic link" if broken else f"{level} is a file"
-
-
-def make_folders(path: Path) -> list[Path]:
-    """Make ``path`` and the folders above it; the ones this call made, deepest first. Each level is made on its
-    own and recorded only when this call's mkdir made it, so a folder another process made meanwhile, or one
-    reached through a symlink and '..', is never taken for ours. A level that is a file raises FileExistsError."""
-    made: list[Path] = []
-    try:
-        for level in (*reversed(path.parents), path):
-            try:
-                level.mkdir()
-                made.append(level)
-            except OSError:  # there already (a root gives EISDIR or EACCES on some systems), or not a folder
-                if level.is_dir():
-                    continue
-                if level.exists():
-                    raise FileExistsError(errno.EEXIST, "a file is in the way", str(level)) from None
-                raise
-    except BaseException:
-        remove_folders(made[::-1])
-        raise
-    return made[::-1]
-
-
-def remove_folders(folders: list[Path]) -> None:
-    """Remove ``folders`` (deepest first) that are empty: someone may have put a file in one meanwhile."""
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 # ------------------------------------------------------------- the K best epochs

@@ -74,7 +74,7 @@ def _download_torchvision(what: str, fn: Callable[[], object], root: Path, note:
     """``fn()``, its failure one line; ``note()`` adds what the files already in ``root`` tell about it. The
     download's ``folder`` (default ``root``) and the folders above it are made first; on failure those this call
     made are removed again when empty (a folder that was there before is never touched)."""
-    from ..rundir import make_folders, remove_folders
+    from ..files import make_folders, remove_folders
 
     made: list[Path] = []
     try:

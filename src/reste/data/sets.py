@@ -226,7 +226,7 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     y = bunch.target.astype(np.int64)
     split = train_test_split(x, y, test_size=360, random_state=0, stratify=y)
     if cached is not None:
-        from ..checkpoint import atomic_write  # (a power loss leaves the old file or the whole new one)
+        from ..files import atomic_write  # (a power loss leaves the old file or the whole new one)
 
         try:
             # (this user's alone, as the check above wants it under any umask: review install1 #4)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..errors import UsageError, cannot_write, option
 from ..estimators import ESTIMATORS, ReSTE, get_estimator
 from ..indicators import MEASURE, RUN_LEVEL, current_history

@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..config import PRESETS, TrainConfig, canonical_estimator, config_from_preset
 from ..datasets import get_spec
 from ..errors import UsageError, parse_json

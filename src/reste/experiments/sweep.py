@@ -52,8 +52,9 @@ from ..checkpoint import load_checkpoint, read_structure
 from ..wording import count, duration, listed
 from ..rundir import (CONFIG, IDENTITY_FREE, RESUME_FREE, SWEEP_LOCK, TRAIN_LOG, FolderGone, Place, RunExists,
                       RunInUse, blocked, best_mismatch, cannot_make, epoch_end_whole, file_in_the_way, folder_lock,
-                      forget_failure, holds_run, in_the_way, is_folder, last_checkpoint, make_folders, open_append,
-                      read_metrics, record_divergence, record_failure, remove_folders, run_config)
+                      forget_failure, holds_run, in_the_way, is_folder, last_checkpoint, open_append, read_metrics,
+                      record_divergence, record_failure, run_config)
+from ..files import make_folders, remove_folders
 from .identity import canonical, config_key
 from .report import (MANIFEST, PAPER_ACROSS_ESTIMATORS, RUNS_CSV, collect, earlier_rows, load_manifest, lost_last,
                      paper_mode_estimators, run_folder, run_status, summarize, write_manifest)

@@ -47,12 +47,12 @@ def staged(path: Path) -> Iterator[Path]:
     ``path`` by a rename (fsynced), and if the block fails or is interrupted it is removed. An export stopped at any
     moment (Ctrl-C, a preemption, a full disk) leaves the earlier file whole (or none), never a truncated or
     unchecked one under the final name. Named as ``atomic_write`` names its own (``.NAME.XXXXXXXX.tmp``, made with
-    O_EXCL), so one that a killed process left is found as theirs are (``checkpoint.orphaned_temporaries``); it is
+    O_EXCL), so one that a killed process left is found as theirs are (``reste.files.orphaned_temporaries``); it is
     locked (``flock``) while the export lives, so that a run's start in the same folder (a resume) leaves it alone
     (review chaos5 #6: the export failed, told to pass a writable path)."""
     import tempfile
 
-    from ..checkpoint import _replace, _umask
+    from ..files import _replace, _umask
 
     try:
         import fcntl

@@ -128,7 +128,7 @@ class Writer:
 
         # through a temporary file of a random name made with O_EXCL (sec2 4: a fixed name could be a link or a
         # file someone else planted in a shared folder); imported here, as only writing needs torch's side of reste
-        from ..checkpoint import atomic_write
+        from ..files import atomic_write
         try:
             atomic_write(path, emit)
         except OSError as err:

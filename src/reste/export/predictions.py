@@ -81,7 +81,7 @@ def save_predictions(path: str | os.PathLike, pred: Any, names: Any = None, file
     from ``names`` (the export's ``meta["classes"]``) and, for image files, each file's path from ``files``."""
     import numpy as np
 
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
     from ..errors import cannot_write
 
     if str(path) == "-":  # (reste predict's stdout: review diff29, suggestion 2)
