@@ -69,6 +69,23 @@ def test_the_repository_tracks_no_archive_or_build_output():
     assert not found, f"tracked files that are downloads or build outputs: {found} (git rm them)"
 
 
+@pytest.mark.parametrize("where", ["reste.hparams", "reste.datasets", "reste.models", "reste.estimators:get_estimator"])
+def test_the_docstring_examples_that_show_an_output_give_it(where):
+    """(review docs5, suggestion 4) The >>> examples that print a value (the others need a model or files)."""
+    import doctest
+    import importlib
+
+    module, _, name = where.partition(":")
+    owner = importlib.import_module(module)
+    obj = getattr(owner, name) if name else owner
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)  # (in a copy of the module's names, as doctest does)
+    tests = [t for t in doctest.DocTestFinder(recurse=False).find(obj, module=owner) if t.examples]
+    assert tests, f"{where} has no >>> example"
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
+
+
 def test_relative_links_in_the_documents_resolve():
     broken = []
     for doc in DOCS:
