@@ -936,3 +936,28 @@ def test_batched_grads_and_forward_mode_take_each_estimators_g(path):
             got = fwAD.unpack_dual(out).tangent
         want = torch.func.jvp(lambda w: functional_call(layer, {"weight": w}, (x,)), (weight,), (tangent,))[1]
     assert got is not None and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+def test_a_subclass_that_scales_its_own_way_keeps_its_scale_on_the_kernels_path(scaling, dtype):
+    """(review mut12) A subclass's own ``scale``: forced onto the kernels, its binary weight steps aside from the
+    fused weight (mean(abs(w))) and calls that scale, as on the PyTorch path; no kernel of the weight runs (the test
+    of test_layers runs on the CPU path only, where the fused weight is never tried: dropping the layer's
+    ``_own_scale()`` test there failed no test)."""
+
+    class Doubled(BinaryConv2d):
+        def scale(self):
+            return 2 * super().scale()
+
+    torch.manual_seed(0)
+    conv = Doubled(3, 4, 3, padding=1, scaling=scaling).to(dtype)
+    plain = BinaryConv2d(3, 4, 3, padding=1, scaling=scaling).to(dtype)
+    plain.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        expected = 2 * plain.binary_weight()
+    counted = counting(K)
+    with triton_dispatch.forced(counted):
+        got = conv.binary_weight()
+    assert counted.calls["scaled_sign"] == 0
+    assert torch.equal(got, expected)

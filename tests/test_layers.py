@@ -442,3 +442,16 @@ def test_set_progress_returns_the_first_scheduled_estimators_values():
     assert list(values) == ["o"] and values["o"] == pytest.approx(1 + (1 - math.cos(math.pi / 4)) * 2)
     model = torch.nn.Sequential(BinaryLinear(4, 4, weight_estimator="ste", input_estimator="reste"))
     assert list(set_progress(model, 5, 10)) == ["o"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_scale_set_on_one_layer_is_its_binary_weights_scale(dtype):
+    """(review mut12) A ``scale`` set on one layer (not its class) is what its binary weight uses, also for a 16-bit
+    weight, whose float32 path computes the plain scale from the widened weight: ``_own_scale`` reads the instance's
+    own attributes, and dropping that test failed no test."""
+    conv = BinaryConv2d(3, 4, 3, padding=1).to(dtype)
+    plain = BinaryConv2d(3, 4, 3, padding=1).to(dtype)
+    plain.load_state_dict(conv.state_dict())
+    conv.scale = lambda: 2 * BinaryConv2d.scale(conv)
+    with torch.no_grad():
+        assert torch.equal(conv.binary_weight(), 2 * plain.binary_weight())
