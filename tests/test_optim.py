@@ -266,3 +266,22 @@ def test_one_cycle_and_cyclic_schedulers_take_a_composite_as_documented():
         assert all(0 < bop <= 1.0 + 1e-9 and 0 < adam <= 1e-2 * (1 + 1e-9) for bop, adam in seen)  # each its own
     with pytest.raises(ValueError, match="momentum"):  # what the docs' note is for
         torch.optim.lr_scheduler.OneCycleLR(composite(), max_lr=[1.0, 1e-2], total_steps=10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16bit_weights_average_is_the_float32_weights_to_the_bit(dtype):
+    """(review mut12) m of a 16-bit weight is updated in float32 from its gradient, as a float32 weight's: m's bits
+    equal after steps of gradients that 16 bits hold exactly (the test above uses one gradient, 2^-13, whose
+    difference with m 16 bits held well enough: computing g - m in the weight's dtype failed no test)."""
+    torch.manual_seed(0)
+    grads = [torch.randn(64).to(dtype) for _ in range(6)]
+    start = torch.randn(64).sign()
+    ms = []
+    for kind in (torch.float32, dtype):
+        w = nn.Parameter(start.to(kind))
+        bop = Bop([w], gamma=0.3, threshold=0.5)
+        for g in grads:
+            w.grad = g.to(kind)
+            bop.step()
+        ms.append(bop.state[w]["m"])
+    assert ms[1].dtype == torch.float32 and torch.equal(ms[1], ms[0])
