@@ -463,3 +463,20 @@ def test_the_summary_counts_attention_and_grouped_convs_as_deployed():
     rows = {r["name"]: r for r in layer_summary(depthwise, (1, 6, 6))}
     assert rows["1"]["packed_bytes"] == 4 * (8 * 9 + 8)  # float weights and bias
     assert rows["2"]["packed_bytes"] == 8 * 8 // 8 + 4 + 4 * 8  # 1 bit a weight, an alpha, the bias
+
+
+def test_a_dilated_grouped_transposed_conv_given_its_output_size_is_the_torch_layers():
+    """(review mut12) With ``output_size``, a dilated grouped transposed conv computes nn.ConvTranspose2d's output of
+    the binary weight, as without it: the output-size path passed the conv its stride, padding and groups but
+    dropping its dilation failed no test (every output_size test had dilation 1)."""
+    torch.manual_seed(0)
+    up = BinaryConvTranspose2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2, input_estimator=None)
+    plain = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2)
+    with torch.no_grad():
+        plain.weight.copy_(up.binary_weight())
+        plain.bias.copy_(up.bias)
+    x = torch.randn(2, 4, 4, 5)
+    for size in (None, [10, 12]):
+        want = plain(x, output_size=size)
+        assert want.shape[-2:] == ((9, 11) if size is None else (10, 12))
+        torch.testing.assert_close(up(x, output_size=size), want, rtol=0, atol=1e-6)
