@@ -1398,3 +1398,18 @@ def test_the_cuda_source_compiles_and_links(tmp_path, layout):
     assert done.returncode == 0, done.stderr[-3000:]
     if layout == "wheels":
         assert list(tmp_path.glob("ext/*/cudart/libcudart.so"))
+
+
+def test_cu13_wheels_are_found_where_an_nvidia_module_without_a_spec_is_imported(tmp_path, monkeypatch):
+    """(review mut12) find_spec raises ValueError for a module in sys.modules whose __spec__ is None (one made by
+    hand, as some stubs and test doubles are): the wheels are still found from the path, where cuda_home raised it.
+    Catching ImportError alone failed no test."""
+    import types
+
+    home = _wheels(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    stub = types.ModuleType("nvidia")
+    stub.__spec__ = None
+    monkeypatch.setitem(sys.modules, "nvidia", stub)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert str(home) in cuda_ext._wheel_toolkits()
