@@ -287,14 +287,14 @@ def test_the_writers_object_flushes_to_its_file(tmp_path):
     doing nothing failed no test."""
     import os
 
-    from reste import checkpoint
+    from reste import files
 
     def write(f):
         f.write(b"head ")
         f.flush()
         os.write(f.fileno(), b"tail")
 
-    checkpoint.atomic_write(tmp_path / "f.bin", write)
+    files.atomic_write(tmp_path / "f.bin", write)
     assert (tmp_path / "f.bin").read_bytes() == b"head tail"
 
 
@@ -304,10 +304,10 @@ def test_atomic_write_syncs_the_whole_content_before_the_rename(tmp_path, monkey
     rest after: a crash after the rename could leave a torn file; no test failed)."""
     import os
 
-    from reste import checkpoint
+    from reste import files
 
     synced = []
-    real = checkpoint.os.fsync
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: synced.append(os.fstat(fd).st_size) or real(fd))
-    checkpoint.atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x" * 1000))
+    real = files.os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(os.fstat(fd).st_size) or real(fd))
+    files.atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x" * 1000))
     assert synced[0] == 1000 and (tmp_path / "f.bin").read_bytes() == b"x" * 1000
