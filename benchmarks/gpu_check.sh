@@ -151,6 +151,11 @@ if not triton_dispatch.available():
     print(f"FAIL: Triton kernels unavailable: {triton_dispatch.error()}")
     sys.exit(1)
 from reste import triton_kernels as K  # noqa: E402  (imported by the dispatch above)
+import triton  # noqa: E402
+
+# what ran the checks (the log's record: the figures depend on them; review gpuready1, suggestion 3)
+print(f"  {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, Triton "
+      f"{triton.__version__}")
 
 ULP32 = 2.0**-23
 ULP16 = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
@@ -567,9 +572,11 @@ if [ "$EXTBUILD" -eq 0 ]; then
     tests/test_cuda_ext.py > "$WORK/ext-tests.txt" 2>&1 || EXT=$?
   tail -n 25 "$WORK/ext-tests.txt"
   status "3. extension tests on CUDA" "$EXT"
+  took
   EXTGRAPHS=0
   limited 90 "$PYTHON" "$WORK/graphs.py" "$WORK" ext || EXTGRAPHS=$?
   status "3. CUDA graphs through the C++ nodes" "$EXTGRAPHS"
+  took
   [ "$EXTGRAPHS" -eq 0 ] || EXT=1
   # the default, RESTE_CUDA_EXT unset (auto), must take the C++ nodes on this machine, where nvcc built them: the
   # *_ext rows of section 4 ask for them by set_enabled(True), so this is what ties their figures to the default
@@ -598,6 +605,7 @@ print(f"  {'ok  ' if ok else 'FAIL'} RESTE_CUDA_EXT unset ({cuda_ext.mode()}): {
 sys.exit(0 if ok else 1)
 PY
   status "3. the default takes the C++ nodes" "$DEFAULT"
+  took
   [ "$DEFAULT" -eq 0 ] || EXT=1
 else
   if [ "$EXTBUILD" -eq 124 ] || [ "$EXTBUILD" -eq 137 ] || [ "$EXTBUILD" -eq 99 ]; then
