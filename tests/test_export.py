@@ -835,7 +835,8 @@ def test_an_optional_argument_is_traced_at_its_default_and_refusals_name_what_an
     assert report["verify"]["ok"]
     with pytest.raises(UsageError, match="more than one input: its forward also takes 'mask'"):
         export_model(_TwoInputs().eval(), tmp_path / "two.rbnn", input_size=(3, 8, 8))
-    with pytest.raises(UsageError, match=r"method 'permute' is not supported \(at test_export.py:\d+, in forward\)"):
+    with pytest.raises(UsageError, match=r"method 'permute' is not supported \(at test_export.py:\d+, in forward\); "
+                                         r"write the model with reste.export.export_onnx instead$"):
         export_model(_Permuted().eval(), tmp_path / "p.rbnn", input_size=(3, 8, 8))
 
 

@@ -632,3 +632,18 @@ def test_a_relus_zeros_and_a_batch_norms_shift_give_no_exact_tie(tmp_path):
     assert v["exact_ties"] == 0 and "exact ties" not in text and not said
     v, said, text = _exported_check(_classifier(10), tmp_path, size=(1, 8, 8))
     assert v["exact_ties"] == 0 and v["exact_tie_images"] == 0 and not said
+
+
+def test_the_report_says_which_binary_convs_are_stored_in_float32(tmp_path):
+    """(review layers1, suggestion 4) A grouped binary conv has no packed kernel: the report says it is stored as
+    float32, which the size and the count of binary layers left unexplained."""
+    torch.manual_seed(0)
+    model = reste.binarize(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(512, 10))).eval()
+    report = export_model(model, tmp_path / "g.rbnn", input_size=(3, 8, 8))
+    text = format_report(report)
+    assert report["grouped_binary"] == 1 and report["binary_layers"] == 1 and "1 binary layer," in text
+    assert "and 1 grouped binary conv stored in float32" in text
+    text = format_report(export_model(_classifier(10), tmp_path / "c.rbnn", input_size=(1, 8, 8)))
+    assert "grouped" not in text

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..errors import UsageError, cannot_write, checked_input_size
-from ..layers import dummy_forward, eval_mode
+from ..layers import binary_layers, dummy_forward, eval_mode
 from . import format as fmt
 from . import ir
 from .graph import Bits, to_graph
@@ -194,7 +194,9 @@ def export_model(
             report = size_report(model, writer.tensor_bytes(), file_bytes)
             report.update(path=str(path), folded_batch_norms=folded,
                           binary_layers=sum(1 for n in nodes if n["op"] in ir.BINARY_OPS),
-                          affine_ops=sum(1 for n in nodes if n["op"] == "affine"))
+                          affine_ops=sum(1 for n in nodes if n["op"] == "affine"),
+                          # (no packed kernel: their sign and a float conv on +-alpha weights, in 32 bits)
+                          grouped_binary=sum(1 for _, m in binary_layers(model) if getattr(m, "groups", 1) != 1))
             if verify and input_size is not None:
                 report["verify"] = verify_export(model, tmp, input_size)
     if verify and input_size is None:  # (review models #6) nothing to run the check on, and nothing said
@@ -379,8 +381,12 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append("note            no binary layers: a full-precision model, stored in float32 (nothing to pack); "
                      "export a binary run for 1-bit weights")
     if "folded_batch_norms" in r:
-        lines.append(f"graph           {r['binary_layers']} binary layers, {r['folded_batch_norms']} batch "
+        lines.append(f"graph           {r['binary_layers']} binary layer{'s' * (r['binary_layers'] != 1)}, {r['folded_batch_norms']} batch "
                      f"norm{'s' * (r['folded_batch_norms'] != 1)} folded, {r['affine_ops']} kept as affine")
+        if r.get("grouped_binary"):  # (review layers1, suggestion 4: the size said nothing of why)
+            lines.append(f"                and {r['grouped_binary']} grouped binary conv"
+                         f"{'s' * (r['grouped_binary'] != 1)} stored in float32 (its sign and a float conv on its "
+                         "+-alpha weights: the packed kernels take no groups)")
     if "verify" in r:
         lines.extend(format_verify(r["verify"]))
     return "\n".join(lines)

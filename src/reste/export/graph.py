@@ -42,6 +42,9 @@ from ..estimators import Estimator
 from ..layers import own_steps, unwatched
 from . import ir
 
+#: The way out a refusal of an op the packed format lacks ends with: ONNX takes what torch.onnx exports.
+ONNX_WAY = "; write the model with reste.export.export_onnx instead"
+
 
 class Bits:
     """A binary (+-1) weight tensor to be stored packed."""
@@ -58,9 +61,9 @@ class _Refused(UsageError):
     """A function or tensor method the format has no op for; ``node`` names the fx node (``to_graph`` traces
     again with stack traces, which cost a second or more, to name the model's line)."""
 
-    def __init__(self, message: str, node: str) -> None:
+    def __init__(self, message: str, node: str, way: str = "") -> None:
         super().__init__(message)
-        self.node = node
+        self.node, self.way = node, way  # (the way out, said after the model's line)
 
 
 class _Default:
@@ -220,7 +223,7 @@ def _pool1d(m: nn.Module, name: str) -> list[dict[str, Any]]:
     """A 1-D pooling layer's nodes: its 2-D pool on a height of 1."""
     if isinstance(m, nn.MaxPool1d):
         if m.return_indices:
-            raise UsageError(f"cannot export {name}: MaxPool1d(return_indices=True)")
+            raise UsageError(f"cannot export {name}: MaxPool1d(return_indices=True) is not supported{ONNX_WAY}")
         return _maxpool1d(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
     if isinstance(m, nn.AvgPool1d):
         return _avgpool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
@@ -260,7 +263,7 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
     if binary and isinstance(m, (nn.Conv3d, nn.modules.conv._ConvTransposeNd)):  # (nor their float forms)
         raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported (the packed "
                          "format takes binary Conv1d/2d and Linear layers, and no 3-D or transposed conv, binary or "
-                         "float); write the model with reste.export.export_onnx instead")
+                         f"float){ONNX_WAY}")
     if binary:
         raise UsageError(f"cannot export {name}: binary layer type {type(m).__name__} is not supported (export "
                          "takes binary Conv1d/2d and Linear layers); binarize with keep=[...] naming it to keep it "
@@ -288,7 +291,7 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
         return {"op": "flatten", "start": m.start_dim, "end": m.end_dim}
     if isinstance(m, nn.MaxPool2d):
         if m.return_indices:
-            raise UsageError(f"cannot export {name}: MaxPool2d(return_indices=True)")
+            raise UsageError(f"cannot export {name}: MaxPool2d(return_indices=True) is not supported{ONNX_WAY}")
         return _maxpool(_pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding), _pair(m.dilation),
                         m.ceil_mode)
     if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)):
@@ -300,7 +303,7 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
     raise UsageError(f"cannot export {name}: module type {type(m).__name__} is not supported; "
                      "supported: Conv1d/2d, Linear, their binary layers, BatchNorm1d/2d (synchronised too), ReLU, "
                      "ReLU6, Hardtanh, LeakyReLU, PReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, "
-                     "Identity, Dropout; write the model with reste.export.export_onnx instead")
+                     f"Identity, Dropout{ONNX_WAY}")
 
 
 def _maxpool(k: list[int], stride: list[int], pad: list[int], dil: list[int], ceil: bool) -> dict[str, Any]:
@@ -538,7 +541,7 @@ class _Builder:
         if f in (F.dropout, F.dropout1d, F.dropout2d):
             return self.tensor(a[0], where)
         self._no_attribute(n)
-        raise _Refused(f"cannot export: function {where} is not supported", n.name)
+        raise _Refused(f"cannot export: function {where} is not supported", n.name, ONNX_WAY)
 
     def method(self, n: fx.Node) -> Any:
         name, a = n.target, n.args
@@ -578,7 +581,7 @@ class _Builder:
                                  "or x.view(-1, n) with n one sample's size when input_size is given)")
             return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
         self._no_attribute(n)
-        raise _Refused(f"cannot export: tensor method {name!r} is not supported", n.name)
+        raise _Refused(f"cannot export: tensor method {name!r} is not supported", n.name, ONNX_WAY)
 
     def activation(self, n: fx.Node, where: str) -> int:
         """``F.relu``, ``F.relu6``, ``F.hardtanh``, ``F.leaky_relu`` and ``F.prelu`` (a parameter as its weight), their
@@ -703,7 +706,7 @@ class _Builder:
             if s is Ellipsis and i == len(index) - 1:
                 break
             if not isinstance(s, slice):
-                raise UsageError("cannot export: tensor indexing other than slices (x[:, :, ::2]) is not supported")
+                raise UsageError(f"cannot export: tensor indexing other than slices (x[:, :, ::2]) is not supported{ONNX_WAY}")
             if i == 0 and s != slice(None):
                 raise UsageError("cannot export: slicing the batch dimension is not supported")
             ranges.append([_const(s.start, self.env), _const(s.stop, self.env), _const(s.step, self.env)])
@@ -900,7 +903,7 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
     try:
         nodes, output = builder.run()  # its own refusals first: they say what to change in the model
     except _Refused as err:
-        raise UsageError(f"{err}{_line_of(model, err.node)}") from None
+        raise UsageError(f"{err}{_line_of(model, err.node)}{err.way}") from None
     if failed is not None:
         first = str(failed).strip().splitlines()[0][:150] if str(failed).strip() else type(failed).__name__
         raise UsageError(f"the model fails on an input of input_size {tuple(input_size)} ({first}); check "
