@@ -53,7 +53,8 @@ def test_writing_predictions_loads_no_training_side(tmp_path):
     out = tmp_path / "p.npy"
     got = _modules_after(f"import numpy as np; from reste.export import predictions; "
                          f"predictions.save_predictions({str(out)!r}, np.array([1, 2]), None)")
-    assert set(got["reste"]) <= RUNTIME_MODULES | {"reste.export.predictions", "reste.files", "reste.wording"}, got["reste"]
+    writing = {"reste.export.predictions", "reste.files", "reste.wording"}
+    assert set(got["reste"]) <= RUNTIME_MODULES | writing, got["reste"]
     assert np.load(out).tolist() == [1, 2]
 
 

@@ -216,8 +216,9 @@ def export_model(
                       UserWarning, stacklevel=2)
     elif verify and report["verify"]["differing_predictions"] and report["verify"]["exact_ties"]:
         checked = report["verify"]
-        warnings.warn(f"export_model: {path} predicts other classes than the model on {checked['differing_predictions']} "
-                      f"of {checked['images']} check images, with {checked['exact_ties']} sign inputs exactly 0: "
+        warnings.warn(f"export_model: {path} predicts other classes than the model on "
+                      f"{checked['differing_predictions']} of {checked['images']} check images, with "
+                      f"{checked['exact_ties']} sign inputs exactly 0: "
                       f"{EXACT_TIES}", UserWarning, stacklevel=2)
     return report
 
@@ -381,8 +382,9 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append("note            no binary layers: a full-precision model, stored in float32 (nothing to pack); "
                      "export a binary run for 1-bit weights")
     if "folded_batch_norms" in r:
-        lines.append(f"graph           {r['binary_layers']} binary layer{'s' * (r['binary_layers'] != 1)}, {r['folded_batch_norms']} batch "
-                     f"norm{'s' * (r['folded_batch_norms'] != 1)} folded, {r['affine_ops']} kept as affine")
+        lines.append(f"graph           {r['binary_layers']} binary layer{'s' * (r['binary_layers'] != 1)}, "
+                     f"{r['folded_batch_norms']} batch norm{'s' * (r['folded_batch_norms'] != 1)} folded, "
+                     f"{r['affine_ops']} kept as affine")
         if r.get("grouped_binary"):  # (review layers1, suggestion 4: the size said nothing of why)
             lines.append(f"                and {r['grouped_binary']} grouped binary conv"
                          f"{'s' * (r['grouped_binary'] != 1)} stored in float32 (its sign and a float conv on its "

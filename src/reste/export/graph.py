@@ -706,7 +706,8 @@ class _Builder:
             if s is Ellipsis and i == len(index) - 1:
                 break
             if not isinstance(s, slice):
-                raise UsageError(f"cannot export: tensor indexing other than slices (x[:, :, ::2]) is not supported{ONNX_WAY}")
+                raise UsageError("cannot export: tensor indexing other than slices (x[:, :, ::2]) is not "
+                                 f"supported{ONNX_WAY}")
             if i == 0 and s != slice(None):
                 raise UsageError("cannot export: slicing the batch dimension is not supported")
             ranges.append([_const(s.start, self.env), _const(s.stop, self.env), _const(s.step, self.env)])
