@@ -362,3 +362,14 @@ def test_from_tensors_refuses_an_augmentation_it_would_not_do():
     with pytest.raises(UsageError, match="augment=True crops with padding pad and flips; pass pad > 0"):
         from_tensors("digits", split, split, augment=True)
     assert from_tensors("digits", None, split, augment=True)[1] is not None  # (rev15 #11) the test split alone: eval
+
+
+def test_the_data_device_help_names_the_sets_held_in_memory_as_their_specs_say(isolated, plugin_file, capsys):
+    """(review maint1) --data-device's help named "digits, Fashion-MNIST and CIFAR-10", written out beside the specs'
+    fits_in_memory: a registered set held in memory (or a new built-in) was left out of it."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help", "--plugin", str(plugin_file)])
+    text = " ".join(capsys.readouterr().out.split())
+    held = [n for n in dataset_names() if get_spec(n).fits_in_memory]
+    assert "toyset" in held and "imagenet" not in held
+    assert f"where {', '.join(held[:-1])} and {held[-1]} live, as uint8" in text

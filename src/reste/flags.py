@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from .config import (AMP_MODES, BARE_WARM_UP, DATA_DEVICES, MAX_FILE_WORKERS, OPTIMIZER_LR, OPTIMIZERS, TrainConfig,
                      parse_value, refuse_binary_flags)
-from .datasets import dataset_names
+from .datasets import dataset_names, get_spec
 from .errors import UsageError, stderr_is_terminal
 from .estimators import estimator_flags, list_estimators
 from .indicators import MODES as INDICATOR_MODES
@@ -24,6 +24,11 @@ CONFIG_FLAGS = ("dataset", "model", "data_path", "download", "estimator", "a32",
                 "bop_gamma", "bop_threshold", "warm_up",
                 "indicators", "seed", "workers", "device", "data_device", "amp", "channels_last", "compile",
                 "cuda_graphs", "sync_bn", "threads", "save_every", "tensorboard", "keep_top")
+
+
+def _in_memory() -> list[str]:
+    """The data sets held in memory, which --data-device places: their specs' ``fits_in_memory``."""
+    return [name for name in dataset_names() if get_spec(name).fits_in_memory]
 
 
 def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -89,7 +94,7 @@ def add_train_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                         f"node, up to {MAX_FILE_WORKERS})")
     r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     r.add_argument("--data-device", dest="data_device", metavar=_choices(DATA_DEVICES),
-                   help="where digits, Fashion-MNIST and CIFAR-10 live, as uint8, with crop, flip and "
+                   help=f"where {series(_in_memory())} live, as uint8, with crop, flip and "
                         "normalisation batched there: auto (default: the training device) or cpu")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is best on a busy CPU)")
     r.add_argument("--amp", metavar=_choices(AMP_MODES),
