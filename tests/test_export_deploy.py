@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import reste
+from reste.datasets import DATASETS
 from reste.errors import UsageError
 from reste.export import PackedModel, export_model
 from reste.layers import BinaryConv2d
@@ -714,7 +715,7 @@ def test_a_resume_leaves_a_live_exports_staging_file_alone(tmp_path):
     assert (run / "model.rbnn").read_bytes() == b"an export being written" and not live.exists()
 
 
-@pytest.mark.parametrize("name", ["digits", "fashion-mnist", "cifar10", "imagenet"])
+@pytest.mark.parametrize("name", DATASETS)  # (every built-in: a new one is not left out)
 def test_raw_pixels_get_the_very_inputs_training_gave_them(name):
     """(review mut5 #10) A packed model's raw pixels (`reste predict raw.npy`) are normalised in float32 in the order
     the training data is (divide, subtract, divide): every pixel value of every channel gives the bits the data

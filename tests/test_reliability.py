@@ -53,7 +53,7 @@ def assert_one_line_error(capsys, argv, *needles):
     [
         (["--model", "resnet99"], ["unknown model 'resnet99'", "resnet20_1w1a"]),
         (["--estimator", "magic"], ["unknown estimator 'magic'", "reste", "ste"]),
-        (["--dataset", "mnist"], ["unknown dataset 'mnist'", "digits", "cifar10"]),
+        (["--dataset", "no-such-set"], ["unknown dataset 'no-such-set'", "digits", "cifar10"]),
         (["--preset", "nope"], ["unknown preset 'nope'", "cifar10-resnet20-1w1a"]),
         (["--optimizer", "lamb"], ["unknown optimizer 'lamb'", "sgd", "adamw"]),
         (["--o-end", "0.5"], ["--o-end must be >= 1"]),

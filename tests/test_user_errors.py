@@ -40,8 +40,8 @@ def test_a_data_set_name_is_taken_in_any_case_or_alias(run, capsys, tmp_path):
 
     assert TrainConfig(dataset="Digits").resolve().dataset == "digits"
     assert TrainConfig(dataset="FMNIST", epochs=1).resolve().dataset == "fashion-mnist"
-    err = _one_line_error(capsys, "train", "--dataset", "mnist", "--out", str(tmp_path / "x"))
-    assert "unknown dataset 'mnist'" in err and "fashion-mnist" in err
+    err = _one_line_error(capsys, "train", "--dataset", "no-such-set", "--out", str(tmp_path / "x"))
+    assert "unknown dataset 'no-such-set'" in err and "fashion-mnist" in err
     err = _one_line_error(capsys, "train", "--resume", str(run), "--dataset", "DIGITS", "--lr", "0.5")
     assert "trained on" not in err and "lr: saved" in err  # the data set is the same; the lr is not
 
