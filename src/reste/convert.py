@@ -321,7 +321,7 @@ def binarize(
         except (RuntimeError, TypeError) as err:  # the old weight_norm's computed weight; a lock held by the model
             raise ValueError(f"binarize cannot copy the model ({gist(str(err))}); convert it in "
                              "place with inplace=True") from None
-    patterns = [keep] if isinstance(keep, str) else list(keep)
+    patterns = keep  # (a list of strings, checked above)
 
     binary = [n for n, m in model.named_modules() if getattr(m, "precision", 32) == 1]
     if binary:  # a zoo model, or one binarized before: its binary layers are not converted again
@@ -389,9 +389,9 @@ def binarize(
         converted += 1
     _no_fast_path(model)
     if not converted and not any(getattr(m, "precision", 32) == 1 for m in model.modules()):
-        kept = [n for n in (first if keep_first else None, last if keep_last else None) if n]
-        by_keep = [n for n, _ in named if any(_matches(n, p) for p in patterns) and n not in kept]
-        reasons = ([f"{', '.join(kept)} by keep_first/keep_last"] if kept else []) + (
+        ends = [n for n in (first if keep_first else None, last if keep_last else None) if n]
+        by_keep = [n for n, _ in named if any(_matches(n, p) for p in patterns) and n not in ends]
+        reasons = ([f"{', '.join(ends)} by keep_first/keep_last"] if ends else []) + (
             [f"{', '.join(dict.fromkeys(by_keep))} by keep={patterns!r}"] if by_keep else [])  # (review newuser2 #5)
         why = f" (kept in float: {'; '.join(reasons)})" if reasons else ""
         warnings.warn(f"binarize: no layer of the model was converted{why}; it has no binary layer", stacklevel=2)
