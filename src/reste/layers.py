@@ -11,7 +11,9 @@
   ``"channel"`` (one alpha per output channel: the mean over its inputs and kernel taps) or ``"none"``.
   A transposed convolution's weight is (in, out / groups, *kernel): its output channels are along dim 1.
 
-Forward: y = op(Q_a(x), Q_w(W) * alpha). Each layer reports ``precision = 1``
+Forward: y = op(Q_a(x), Q_w(W) * alpha) in training; in eval mode op(Q_a(x), Q_w(W)) * alpha, the scale after the
+sum, so that binary sums are exact integers and a tie is 0, which the next sign takes as +1, as the packed file
+does (the same numbers up to float32 rounding). Each layer reports ``precision = 1``
 (its weights) and ``input_precision`` (1, or 32 for real activations), so tools
 can tell binary layers from float ones without knowing their types.
 """
@@ -22,7 +24,7 @@ import contextlib
 import inspect
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -153,6 +155,66 @@ class _BinaryMixin:
         alpha = self._scale_of(z) if widen else self.scale()
         y = bw if alpha is None else bw * alpha
         return y.to(w.dtype) if widen else y
+
+    def _eval_forward(self, input: Tensor, op: Callable[[Tensor, Tensor, Tensor | None], Tensor],  # noqa: A002
+                      dims: int) -> Tensor:
+        """The eval-mode forward: op(Q_a(x), Q_w(W)) * alpha + bias, the scale after the sum (``op``: the layer's
+        conv or linear on (inputs, weight, bias); ``dims``: its output's dimensions after the channels). With binary
+        inputs each sum of +-1 is an integer, exact in float32 (to 2^24) whatever order the conv adds in, so a tie
+        is exactly 0, which the next sign takes as +1, as the packed file's integer sums do; sums of +-alpha rounded
+        to +-tiny, and the next sign gave -1 about half the time (review layers1). The same numbers up to rounding
+        as ``op(Q_a(x), binary_weight(), bias)``, which training computes (its kernels, its gradients: unchanged)
+        and a layer whose weight is not sign(W) times one scale per output channel still computes (a binary_weight,
+        a conv or a scale of its own), as does a nested input."""
+        x = self.binary_input(input)
+        # (a nested tensor, nn.TransformerEncoder's fast path with a padding mask, takes no dense scale or bias: the
+        # binary weight inside the sum, as in training)
+        parts = None if not isinstance(x, torch.fx.Proxy) and x.is_nested else self._sign_and_scale(dims)
+        if parts is None:
+            return op(x, self.binary_weight(), self.bias)  # type: ignore[attr-defined]
+        sign_w, alpha = parts
+        y = op(x, sign_w, None)
+        if alpha is not None:  # (in the conv's dtype: a 16-bit layer's, or autocast's, stays that)
+            y = y * alpha.to(y.dtype)
+        bias = self.bias  # type: ignore[attr-defined]
+        return y if bias is None else y + bias.to(y.dtype).reshape(-1, *(1,) * dims)
+
+    def _sign_and_scale(self, dims: int) -> tuple[Tensor, Tensor | None] | None:
+        """sign(W) (the weight estimator's, with its backward) and alpha, one number or one per output channel shaped
+        to multiply the output, computed as ``binary_weight`` computes them (a 16-bit weight's in float32); ``None``
+        where the binary weight is not sign(W) times such a scale: a ``binary_weight`` or ``_conv_forward`` of the
+        layer's own, an estimator's own ``scaled_sign``, a ``scale`` of its own of another shape."""
+        if "binary_weight" in self.__dict__ or "_conv_forward" in self.__dict__ or _class_steps(
+                type(self), ("binary_weight", "_conv_forward")):
+            return None
+        est = self.weight_estimator  # (its class's method: a bound one's __func__ is not kept under torch.compile)
+        if getattr(type(est), "scaled_sign", Estimator.scaled_sign) is not Estimator.scaled_sign \
+                or "scaled_sign" in est.__dict__:
+            return None
+        w = self.weight
+        proxy = isinstance(w, torch.fx.Proxy)
+        own = self._own_scale()
+        if own:  # one number, or one per output channel in a conv's or a linear layer's (out, 1, ...) layout
+            if proxy or isinstance(self, _BinaryConvTranspose):
+                return None  # (a traced scale's shape is not known; a transposed weight's output channels are dim 1)
+            alpha = self.scale()
+            if alpha is not None and alpha.numel() != 1 and tuple(alpha.shape) != (w.shape[0],) + (1,) * (w.dim() - 1):
+                return None
+            if alpha is not None:
+                alpha = alpha.reshape(()) if alpha.numel() == 1 else alpha.reshape(-1, *(1,) * dims)
+            return self.weight_estimator(w), alpha
+        real = self._parameters.get("weight") if proxy else w
+        widen = real is not None and real.dtype in SIXTEEN_BIT  # (as binary_weight: alpha from the float32 weight)
+        z = w.float() if widen else w
+        sign_w = self.weight_estimator(z)
+        if widen:
+            sign_w = sign_w.to(w.dtype)  # (+-1: exact)
+        return sign_w, self._output_scale(z, dims)
+
+    def _output_scale(self, w: Tensor, dims: int) -> Tensor | None:
+        """``_scale_of(w)`` shaped to multiply the layer's output: one number, or (out_channels, 1 per ``dims``)."""
+        alpha = self._scale_of(w)
+        return alpha if alpha is None or self.scaling == "layer" else alpha.reshape(-1, *(1,) * dims)
 
     def _ext_forward(self, x: Tensor, op: int) -> Tensor | None:
         """The layer's forward as one call into the compiled extension (:mod:`reste.cuda_ext`; ``op``: 0 linear, else
@@ -347,6 +409,8 @@ class _BinaryConv(_BinaryMixin):
         self._setup(weight_estimator, input_estimator, scaling)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.ConvNd's name: layer(input=x) keeps working
+        if not self.training:  # type: ignore[attr-defined]  # (the scale after the sum: _eval_forward)
+            return self._eval_forward(input, self._conv_forward, len(self.kernel_size))  # type: ignore
         y = self._ext_forward(input, len(self.kernel_size)) if _may_take(input) else None  # type: ignore
         if y is not None:
             return y
@@ -418,7 +482,18 @@ class _BinaryConvTranspose(_BinaryConv):
     def _fused_groups(self) -> int | None:
         return 1 if self.scaling == "layer" else None  # an output channel's weights are not consecutive in memory
 
+    def _output_scale(self, w: Tensor, dims: int) -> Tensor | None:
+        alpha = self._scale_of(w)
+        if alpha is None or self.scaling == "layer":
+            return alpha
+        # (in, out/g, 1, ...), each group's rows the same: its first row, (g, out/g, 1, ...), is the output channels'
+        g = self.groups  # type: ignore[attr-defined]
+        return alpha.unflatten(0, (g, self.in_channels // g))[:, 0].reshape(-1, *(1,) * dims)  # type: ignore
+
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:  # noqa: A002 - torch's names
+        if not self.training:  # type: ignore[attr-defined]  # (the scale after the sum: _eval_forward)
+            return self._eval_forward(input, lambda x, w, b: self._transposed(input, x, w, b, output_size),
+                                      len(self.kernel_size))  # type: ignore[attr-defined]
         if output_size is not None:
             return _conv_transpose_to(input, self.binary_input(input), self.binary_weight(),
                                       self.bias, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
@@ -427,6 +502,18 @@ class _BinaryConvTranspose(_BinaryConv):
         return conv(self.binary_input(input), self.binary_weight(), self.bias,  # type: ignore[attr-defined]
                     self.stride, self.padding, self.output_padding, self.groups,  # type: ignore[attr-defined]
                     self.dilation)  # type: ignore[attr-defined]
+
+    def _transposed(self, input: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,  # noqa: A002
+                    output_size: list[int] | None) -> Tensor:
+        """The transposed conv of the binary inputs ``x`` (``input``: the layer's own, whose sizes ``output_size``
+        is read against), as ``forward`` computes it."""
+        if output_size is not None:
+            return _conv_transpose_to(input, x, weight, bias, output_size, self.stride,  # type: ignore[attr-defined]
+                                      self.padding, self.kernel_size, self.groups,  # type: ignore[attr-defined]
+                                      self.dilation)  # type: ignore[attr-defined]
+        conv = _CONV_TRANSPOSE[len(self.kernel_size) - 1]  # type: ignore[attr-defined]
+        return conv(x, weight, bias, self.stride, self.padding, self.output_padding,  # type: ignore[attr-defined]
+                    self.groups, self.dilation)  # type: ignore[attr-defined]
 
 
 class BinaryConvTranspose1d(_BinaryConvTranspose, nn.ConvTranspose1d):
@@ -472,6 +559,8 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         self._setup(weight_estimator, input_estimator, scaling)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Linear's name: layer(input=x) keeps working
+        if not self.training:  # (the scale after the sum: _eval_forward)
+            return self._eval_forward(input, F.linear, 0)
         y = self._ext_forward(input, 0) if _may_take(input) else None
         if y is not None:
             return y

@@ -396,9 +396,10 @@ def format_report(r: dict[str, Any]) -> str:
 
 #: What an exact tie is and what to do about it (the report's line and export_model's warning).
 EXACT_TIES = ("a binary layer's sum of +-1 that cancels, with no bias or batch norm before the next sign. The file "
-              "sums integers and takes sign(0) = +1; the float32 model sums +-alpha and takes the sign of its "
-              "rounding, + or -: the two differ wherever that is -. A BatchNorm or a bias after that layer "
-              "(or scaling='none') removes these ties")
+              "sums integers and takes sign(0) = +1; reste's layers in eval mode scale after the sum, so their "
+              "float32 sum is 0 there too, but this model's sums +-alpha and takes the sign of its rounding, + or -: "
+              "the two differ wherever that is -. A BatchNorm or a bias after that layer (or scaling='none') "
+              "removes these ties")
 
 
 def format_verify(v: dict[str, Any]) -> list[str]:
@@ -490,9 +491,10 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
     differ = ((got.double() - logits.double()).abs() > allowed).any(1)
     same = got.argmax(1) == logits.argmax(1)
     # sign inputs exactly 0 in exact arithmetic that the float32 model computes as not 0: a binary layer's sum of +-1
-    # that cancels, with no bias or shift before the next sign. The file (integer sums) takes sign(0) = +1; the float32
-    # model sums +-alpha and takes the sign of its rounding, either way: not a rare near-tie but a tie wherever the
-    # sum cancels (review layers1 D1). (A ReLU's zeros are 0 in both: no tie.)
+    # that cancels, with no bias or shift before the next sign. The file (integer sums) takes sign(0) = +1; a float32
+    # model that sums +-alpha takes the sign of its rounding, either way: not a rare near-tie but a tie wherever the
+    # sum cancels (review layers1 D1). reste's layers in eval mode sum +-1 and scale after (review evalexact1): 0 here,
+    # so none is counted; a layer that computes its binary weight its own way still may. (A ReLU's zeros: no tie.)
     exact = []
     if float_model.traced:
         for k, (s, r) in enumerate(zip(sites, ref.sites)):

@@ -2,7 +2,11 @@
 
 Each binary layer becomes ``Where(x < 0, -1, 1)`` (sign with sign(0) = +1; omitted for
 real inputs) followed by a float Conv/Gemm whose weight is the constant
-``sign(W) * alpha``, so any ONNX runtime computes what the eval-mode model does.
+``sign(W) * alpha``, so any ONNX runtime computes what the eval-mode model does, to float32
+rounding: where a binary layer's sum of +-1 cancels with no bias or batch norm before the next
+sign, the eval-mode model (which scales after the sum) and the packed file have 0, and the file's
+sum of +-alpha the sign of its rounding. (A ``Mul`` by alpha after a Conv on sign(W) would not
+help: onnxruntime's graph optimizations fold it back into the weights.)
 The batch dimension is dynamic.
 """
 
