@@ -667,3 +667,20 @@ def test_the_report_says_which_binary_convs_are_stored_in_float32(tmp_path):
     assert "and 1 grouped binary conv stored in float32" in text
     text = format_report(export_model(_classifier(10), tmp_path / "c.rbnn", input_size=(1, 8, 8)))
     assert "grouped" not in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+def test_an_onnx_file_counts_the_exact_ties_its_float_conv_rounds(tmp_path):
+    """(review evalexact1 D1) The ONNX file's binary layer is a float Conv on sign(W) * alpha: where the sum of +-1
+    cancels, it sums +-alpha and takes the sign of its rounding, where the eval-mode model and the packed file have
+    0. Its check said ok with near-ties; it counts them now, and warns where they change a prediction."""
+    model = _tie_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = export_onnx(model, tmp_path / "t.onnx", (3, 8, 8))
+    said = [str(w.message) for w in caught if str(w.message).startswith("export_onnx:")]
+    assert info["ok"] and info["exact_ties"] > 0 and info["exact_tie_images"] > 0
+    if not info["same_predictions"]:
+        assert said and "sums +-alpha" in said[0] and "A BatchNorm or a bias after that layer" in said[0]
+    info = export_onnx(_classifier(10), tmp_path / "c.onnx", (1, 8, 8))
+    assert info["exact_ties"] == 0

@@ -163,6 +163,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 check += " (its logits alone: its signs could not be matched with the model's)"
             if c["near_tie"]:
                 check += f", {c['near_tie']} sign flips at near-ties"
+            if o.get("exact_ties"):  # (its float Conv sums +-alpha: review evalexact1 D1)
+                check += (f", {o['exact_ties']} sign inputs exactly 0 that it computes as +-tiny (exact ties: a "
+                          "binary layer's sum of +-1 that cancels before the next sign; a BatchNorm or a bias after "
+                          "it removes them)")
             if c["mismatch"]:
                 check += f", {c['mismatch']} NOT explained by rounding"
                 status = 1

@@ -467,7 +467,7 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
     image that differs for any other reason is a ``mismatch`` and ``ok`` is False.
     The reference's bounds allow for the float32 model's batch-norm shifts (:func:`model_reference`).
     """
-    from .reference import SLACK, compare, trace_model
+    from .reference import SLACK, compare, exact_ties, trace_model
     from .runtime import PackedModel
 
     gen = torch.Generator().manual_seed(0)
@@ -490,16 +490,9 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
     allowed = 2 * SLACK * ref.logit_bound  # each within SLACK * bound of the reference
     differ = ((got.double() - logits.double()).abs() > allowed).any(1)
     same = got.argmax(1) == logits.argmax(1)
-    # sign inputs exactly 0 in exact arithmetic that the float32 model computes as not 0: a binary layer's sum of +-1
-    # that cancels, with no bias or shift before the next sign. The file (integer sums) takes sign(0) = +1; a float32
-    # model that sums +-alpha takes the sign of its rounding, either way: not a rare near-tie but a tie wherever the
-    # sum cancels (review layers1 D1). reste's layers in eval mode sum +-1 and scale after (review evalexact1): 0 here,
-    # so none is counted; a layer that computes its binary weight its own way still may. (A ReLU's zeros: no tie.)
-    exact = []
-    if float_model.traced:
-        for k, (s, r) in enumerate(zip(sites, ref.sites)):
-            if all(r is not ref.sites[j] for j in range(k)):  # (a site two layers share, once)
-                exact.append((r == 0) & (torch.as_tensor(s).reshape(r.shape) != 0))
+    # (reste's layers in eval mode sum +-1 and scale after, review evalexact1: none; a layer that computes its binary
+    # weight its own way may sum +-alpha)
+    ties, tie_images = exact_ties(ref, sites)
     return {
         "images": images,
         "packed": asdict(packed),
@@ -509,8 +502,8 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
         "untraced_same": untraced_same,
         "explained": packed.ok and float_model.ok,
         "ok": packed.ok and float_model.ok and untraced_same,
-        "exact_ties": sum(int(z.sum()) for z in exact),
-        "exact_tie_images": int(torch.stack([z.flatten(1).any(1) for z in exact]).any(0).sum()) if exact else 0,
+        "exact_ties": ties,
+        "exact_tie_images": tie_images,
         "max_abs_diff": float((got - logits).abs().max()),
         "same_predictions": bool(same.all()),
     }

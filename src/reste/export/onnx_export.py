@@ -251,7 +251,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
             info.update(check_onnx(model, tmp, input_size))
     if "unchecked" in info:  # (reste export says it in its line)
         warnings.warn(f"export_onnx wrote {path} unchecked: {info['unchecked']}", UserWarning, stacklevel=2)
+    elif info.get("exact_ties") and not info["same_predictions"]:
+        from .exporter import EXACT_TIES
+
+        warnings.warn(f"export_onnx: {path} predicts other classes than the model on some of the {info['images']} "
+                      f"check images, with {info['exact_ties']} sign inputs exactly 0: {ONNX_TIES}; {EXACT_TIES}",
+                      UserWarning, stacklevel=2)
     return info
+
+
+#: Why an ONNX file differs at an exact tie from the eval-mode model and the packed file.
+ONNX_TIES = ("the file's float Conv or Gemm sums +-alpha (sign(W) * alpha as its weight; onnxruntime folds a Mul "
+             "after the sum back into the weights), while reste's eval-mode layers and the packed file sum +-1")
 
 
 @torch.no_grad()
@@ -280,7 +291,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
 
     from .exporter import export_model, model_reference
     from ..layers import eval_mode
-    from .reference import compare
+    from .reference import compare, exact_ties
 
     # (the file's bytes, not its path: onnxruntime takes text paths alone, review portable #13)
     data = Path(path).read_bytes()
@@ -296,7 +307,9 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
             ref = model_reference(model, Path(tmp) / "reference.rbnn", x).distinct_sites()
         logits, sites = _traced_run(data, x.numpy())
         reference = compare(ref, logits, sites)
-        info: dict[str, Any] = {"reference": asdict(reference), "ok": reference.ok}
+        ties, tie_images = exact_ties(ref, sites)  # (its float Conv sums +-alpha: see the module docstring)
+        info: dict[str, Any] = {"reference": asdict(reference), "ok": reference.ok, "exact_ties": ties,
+                                "exact_tie_images": tie_images}
     except UsageError:  # a model the packed format cannot hold: the float32 model only
         info = {}
     info.update(images=images, max_abs_diff=float((ref32 - got).abs().max()),

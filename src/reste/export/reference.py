@@ -334,6 +334,25 @@ class Comparison:
         return text
 
 
+def exact_ties(ref: Reference, sites: list[Any] | None) -> tuple[int, int]:
+    """(sign inputs, images): the implementation's sign inputs ``sites`` (in the order of ``ref.sites``, as
+    :func:`compare` takes them; ``None`` or unmatched: none counted) that are exactly 0 in the reference and not 0
+    in the implementation. A binary layer's sum of +-1 that cancels with no bias or shift before the next sign is 0;
+    the packed file takes sign(0) = +1 there, and an implementation that sums +-alpha (the scale inside the sum)
+    the sign of its rounding, either way: a tie wherever the sum cancels, not a rare near-tie (review layers1 D1).
+    A ReLU's zeros are 0 in both: not counted."""
+    if sites is None or len(sites) != len(ref.sites) or not all(
+            _same_but_unit_dims(tuple(s.shape), tuple(r.shape)) for s, r in zip(sites, ref.sites)):
+        return 0, 0
+    found = []
+    for k, (s, r) in enumerate(zip(sites, ref.sites)):
+        if all(r is not ref.sites[j] for j in range(k)):  # (a site two layers share, once)
+            found.append(((r == 0) & (torch.as_tensor(np.asarray(s)).reshape(r.shape) != 0)).flatten(1))
+    if not found:
+        return 0, 0
+    return int(sum(int(z.sum()) for z in found)), int(torch.cat(found, 1).any(1).sum())
+
+
 def _within(got: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor) -> tuple[bool, float]:
     diff = (got.to(torch.float64) - ref).abs()
     allowed = SLACK * bound
