@@ -1844,3 +1844,32 @@ def test_make_loaders_refuses_sizes_and_seeds_that_are_no_whole_numbers():
             make_loaders(train, test, **{**dict(batch_size=8, eval_batch_size=8, seed=0), **change})
     loader, _ = make_loaders(train, test, batch_size=np.int64(8), eval_batch_size=8, seed=np.int64(3))
     assert len(next(iter(loader))[1]) == 8  # NumPy's integers are whole numbers
+
+
+def test_a_transformed_batch_keeps_the_generators_once_a_batch(monkeypatch):
+    """(review perf4) the per-image transform path (CIFAR-10 from files, ImageNet) saved and put back torch's,
+    Python's and NumPy's generators around every sample in the main process, about 100 us a sample: 1.6x the time of
+    the CIFAR-10 train pipeline (benchmarks/train_step.py --loader). A batch keeps them once, with the same samples
+    as one by one, and the caller's generators as they were."""
+    import random
+
+    from reste.data import sampling
+    from reste.data.sampling import TransformDataset
+
+    def transform(image):
+        return image + torch.rand(1) + random.random() + float(np.random.rand())
+
+    base = [(torch.zeros(1), i % 3) for i in range(20)]
+    train, test = TransformDataset(base, transform), TransformDataset(base)
+    kept, calls = sampling._kept_globals, []
+    monkeypatch.setattr(sampling, "_kept_globals", lambda: calls.append(1) or kept())
+    loader, _ = make_loaders(train, test, batch_size=5, eval_batch_size=5, seed=3, workers=0)
+    loader.set_epoch(1)
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    got = [(images, labels) for images, labels in loader]
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert np.array_equal(np.random.get_state()[1], states[2])
+    assert len(got) == 4 and len(calls) <= 4  # once a batch, not once a sample (20)
+    one_by_one = [train[(3, 1, i)] for i in sampling.epoch_order(20, 3, 1).tolist()]
+    assert torch.equal(torch.cat([images for images, _ in got]), torch.stack([im for im, _ in one_by_one]))
+    assert torch.cat([labels for _, labels in got]).tolist() == [label for _, label in one_by_one]
