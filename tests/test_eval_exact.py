@@ -187,6 +187,23 @@ def test_a_subclass_with_its_own_scale_in_eval_mode():
             assert torch.equal(out[sums == 0], torch.zeros_like(out[sums == 0]))
 
 
+def test_a_subclass_whose_scale_is_a_python_number_in_eval_mode():
+    """A scale of its own that returns a plain number (which training's sign(W) * alpha takes) is not a tensor: eval
+    mode crashed reading its numel(); it computes the training form's numbers, as it did before the scale moved after
+    the sum."""
+
+    class Half(BinaryConv2d):
+        def scale(self):
+            return 0.5
+
+    torch.manual_seed(0)
+    layer = Half(8, 4, 3, padding=1, bias=True)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        trained = layer(x)
+        torch.testing.assert_close(layer.eval()(x), trained, rtol=1e-6, atol=1e-6)
+
+
 def test_fx_traced_layer_in_eval_mode_computes_the_eager_numbers():
     """torch.fx tracing through a binary layer (torchvision's feature extractors do) traces the eval forward."""
 

@@ -198,6 +198,8 @@ class _BinaryMixin:
             if proxy or isinstance(self, _BinaryConvTranspose):
                 return None  # (a traced scale's shape is not known; a transposed weight's output channels are dim 1)
             alpha = self.scale()
+            if alpha is not None and not isinstance(alpha, torch.Tensor):
+                return None  # (a plain number, which sign(W) * alpha takes: the binary weight inside the sum)
             if alpha is not None and alpha.numel() != 1 and tuple(alpha.shape) != (w.shape[0],) + (1,) * (w.dim() - 1):
                 return None
             if alpha is not None:
