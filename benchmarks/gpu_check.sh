@@ -398,6 +398,39 @@ try:
 except Exception as err:  # noqa: BLE001 - a failed check, not the end of the section's checks
     check("SignSwish's g where its sigmoid is subnormal", False, f"{type(err).__name__}: {err}")
 
+# in eval mode a binary layer sums +-1 and scales after (review evalexact1): a sum that cancels is exactly 0, which
+# the next sign takes as +1, as the packed file's integer sums do; that holds where the conv sums directly, and not
+# where cuDNN's autotuner picks an FFT or Winograd algorithm (review diff33, suggestion 1): a model whose binary conv
+# feeds the next sign with no bias or batch norm between, in eval mode on the GPU (TF32 and the autotuner as a user
+# has them), against its packed file on the CPU
+try:
+    import tempfile
+
+    import reste
+    from reste.export import PackedModel, export_model
+
+    torch.manual_seed(0)
+    tie = reste.binarize(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32),
+        torch.nn.Conv2d(32, 32, 3, padding=1, bias=False), torch.nn.Conv2d(32, 32, 3, padding=1),
+        torch.nn.BatchNorm2d(32), torch.nn.Flatten(), torch.nn.Linear(32 * 16 * 16, 10))).eval()
+    xs = torch.randn(512, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as folder:
+        export_model(tie, f"{folder}/tie.rbnn", input_size=(3, 16, 16), verify=False)
+        want = torch.as_tensor(PackedModel.load(f"{folder}/tie.rbnn")(xs)).argmax(1)
+    kept = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = True, True
+    try:
+        with torch.no_grad():
+            got = tie.to(dev)(xs.to(dev)).argmax(1).cpu()
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = kept
+    other = int((got != want).sum())
+    check("eval mode's exact binary sums on the GPU (cuDNN autotuner and TF32 on): a tie model predicts as its packed "
+          "file", other == 0, f"{other} of {len(xs)} predictions differ")
+except Exception as err:  # noqa: BLE001 - a failed check, not the end of the section's checks
+    check("eval mode's exact binary sums on the GPU", False, f"{type(err).__name__}: {err}")
+
 # a kernel that failed turns Triton off with a warning, and the checks above would then pass on PyTorch ops
 check("the Triton kernels stayed on through every check", triton_dispatch.error() is None,
       triton_dispatch.error() or "")

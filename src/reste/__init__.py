@@ -23,9 +23,9 @@ __getattr__, __dir__ = _lazy_names(__name__, {
                "BinaryConvTranspose3d", "BinaryLinear", "binary_layers", "clip_weights", "estimators_of",
                "schedule_values", "set_progress"),
 }, globals(), modules=("checkpoint", "config", "convert", "cuda_ext", "cudagraph", "data", "datasets", "engine",
-                       "estimators", "experiments", "export", "fused", "indicators", "integrations", "kernel_args",
-                       "layers", "models", "optim", "plugins", "rundir", "schedules", "syncbn", "triton_dispatch",
-                       "triton_kernels"))
+                       "estimators", "experiments", "export", "files", "fused", "indicators", "integrations",
+                       "kernel_args", "layers", "models", "optim", "plugins", "rundir", "schedules", "syncbn",
+                       "triton_dispatch", "triton_kernels"))
 
 __version__ = "0.1.0"
 

@@ -397,7 +397,7 @@ def format_report(r: dict[str, Any]) -> str:
 #: What an exact tie is and what to do about it (the report's line and export_model's warning).
 EXACT_TIES = ("a binary layer's sum of +-1 that cancels, with no bias or batch norm before the next sign. The file "
               "sums integers and takes sign(0) = +1; reste's layers in eval mode scale after the sum, so their "
-              "float32 sum is 0 there too, but this model's sums +-alpha and takes the sign of its rounding, + or -: "
+              "float32 sum is 0 there too, but this model sums +-alpha and takes the sign of its rounding, + or -: "
               "the two differ wherever that is -. A BatchNorm or a bias after that layer (or scaling='none') "
               "removes these ties")
 
