@@ -190,6 +190,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
     ap.add_argument("--channels-last", action="store_true", help="channels_last model and input")
     ap.add_argument("--loader", action="store_true", help="also time the data loaders alone (images/s)")
+    ap.add_argument("--loader-only", action="store_true",
+                    help="time the data loaders alone, no training step (seconds, not minutes: review perf4)")
     ap.add_argument("--loader-images", type=int, default=5000, help="CIFAR-10 train images written for --loader")
     ap.add_argument("--epoch", type=float, default=900, help="ReSTE progress: set_progress(model, epoch, epochs)")
     ap.add_argument("--epochs", type=int, default=1000)
@@ -621,6 +623,19 @@ def write_json(path: str | None, results: dict[str, dict], failed: dict[str, str
     os.replace(part, path)
 
 
+def print_loaders(args: argparse.Namespace, med: dict[str, float] | None) -> None:
+    """The data loaders' images/s (``loader_rates``), and, with the step's medians ``med``, what the step takes."""
+    print()
+    print(f"  data loaders alone (batch {args.batch_size}; median of 3 epochs after 1 untimed epoch)")
+    print(f"  {'loader':<52}{'images/s':>10}{'best':>10}")
+    for label, m, b in loader_rates(args.batch_size, args.loader_images, args.seed):
+        print(f"  {label:<52}{m:>10.0f}{b:>10.0f}")
+    if med:
+        slowest, fastest = max(med.values()) / 1e3, min(med.values()) / 1e3
+        print(f"  step consumes {args.batch_size / slowest:.0f}-{args.batch_size / fastest:.0f} images/s "
+              f"(slowest-fastest variant above); a loader below that starves the step")
+
+
 def main() -> None:
     args = parse_args()
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
@@ -638,6 +653,9 @@ def main() -> None:
         raise SystemExit(f"unknown row(s) {', '.join(unknown)}; valid: {', '.join(GPU_ROWS)}, all")
 
     failed: dict[str, str] = {}
+    if args.loader_only:
+        print_loaders(args, None)
+        return
     if names:
         results = {}
         write_json(args.json, results, failed, device, names)  # before the first: what a run killed in it missed
@@ -686,16 +704,7 @@ def main() -> None:
         write_json(args.json, results, failed, device, ["single"])
 
     if args.loader and results:
-        med = results[next(iter(results))]["median_ms"]
-        print()
-        print(f"  data loaders alone (batch {args.batch_size}; median of 3 epochs after 1 untimed epoch)")
-        print(f"  {'loader':<52}{'images/s':>10}{'best':>10}")
-        for label, m, b in loader_rates(args.batch_size, args.loader_images, args.seed):
-            print(f"  {label:<52}{m:>10.0f}{b:>10.0f}")
-        slowest = max(med.values()) / 1e3
-        fastest = min(med.values()) / 1e3
-        print(f"  step consumes {args.batch_size / slowest:.0f}-{args.batch_size / fastest:.0f} images/s "
-              f"(slowest-fastest variant above); a loader below that starves the step")
+        print_loaders(args, results[next(iter(results))]["median_ms"])
     if failed:
         raise SystemExit(f"train_step.py: {len(failed)} row(s) failed: {', '.join(failed)} (see above)")
 

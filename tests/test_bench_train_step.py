@@ -40,6 +40,17 @@ def test_the_training_step_benchmark_runs_and_writes_its_ratios(tmp_path):
     assert row["reference_modules"] == 2 * len(binary_layers(models.create("resnet20_1w1a")))
 
 
+def test_the_loaders_alone_are_timed_without_a_training_step(monkeypatch, capsys):
+    """(review perf4, suggestion 3) --loader-only: the loader figures in seconds, not after the minute-long steps."""
+    bench = _bench()
+    monkeypatch.setattr(bench, "measure", lambda *a, **k: pytest.fail("--loader-only timed a training step"))
+    monkeypatch.setattr(bench, "loader_rates", lambda batch, n, seed: [(f"pipeline of {n} images", 10.0, 12.0)])
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--device", "cpu", "--loader-only", "--loader-images", "64"])
+    bench.main()
+    out = capsys.readouterr().out
+    assert "pipeline of 64 images" in out and "step consumes" not in out
+
+
 def test_each_ratio_divides_the_right_medians_and_each_target_reads_the_issue():
     bench = _bench()
     med = {"fp": 10.0, "ste": 11.0, "reste": 12.0, "reference": 40.0, "ste_ops": 13.0, "reste_ops": 14.0,
