@@ -607,6 +607,15 @@ def _tie_model() -> nn.Module:
         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))).eval()
 
 
+def _tie_sums(model: nn.Module) -> torch.Tensor:
+    """The tie model's third conv's sums of +-1 on the export check's 16 images, exact (float64)."""
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # (the check's images)
+    with torch.no_grad():
+        first = model[1](model[0](x))
+        return nn.functional.conv2d(torch.where(first < 0, -1.0, 1.0).double(),
+                                    torch.where(model[2].weight < 0, -1.0, 1.0).double(), padding=1)
+
+
 def test_a_binary_sum_that_cancels_before_the_next_sign_is_0_in_the_model_as_in_the_file(tmp_path):
     """review layers1 D1: a binary conv without bias feeding a binary conv. Its sums of +-1 are often exactly 0 (an
     even fan-in); the file takes sign(0) = +1 there, and the float32 model, which summed +-alpha, the sign of its
@@ -614,11 +623,7 @@ def test_a_binary_sum_that_cancels_before_the_next_sign_is_0_in_the_model_as_in_
     scale after (review evalexact1): 0 in float32 too, and the same predictions."""
     model = _tie_model()
     v, said, text = _exported_check(model, tmp_path)
-    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # (the check's images)
-    with torch.no_grad():
-        first = model[1](model[0](x))
-        sums = nn.functional.conv2d(torch.where(first < 0, -1.0, 1.0).double(),
-                                    torch.where(model[2].weight < 0, -1.0, 1.0).double(), padding=1)
+    sums = _tie_sums(model)
     assert (sums == 0).sum() > 100
     assert v["ok"] and v["exact_ties"] == 0 and v["differing_predictions"] == 0 and not said
     assert v["model"]["near_tie"] == 0 and "exact ties" not in text
@@ -630,11 +635,7 @@ def test_a_binary_sum_that_cancels_before_the_next_sign_is_an_exact_tie_named_wi
     model = _tie_model()
     model[2]._sign_and_scale = lambda dims: None  # (its eval forward then takes the binary weight, sign(W) * alpha)
     v, said, text = _exported_check(model, tmp_path)
-    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # (the check's images)
-    with torch.no_grad():
-        first = model[1](model[0](x))
-        sums = nn.functional.conv2d(torch.where(first < 0, -1.0, 1.0).double(),
-                                    torch.where(model[2].weight < 0, -1.0, 1.0).double(), padding=1)
+    sums = _tie_sums(model)
     assert 0 < v["exact_ties"] <= int((sums == 0).sum())
     assert v["ok"] and "exact ties" in text and "A BatchNorm or a bias after that layer" in text
     if v["differing_predictions"]:
