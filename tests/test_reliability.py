@@ -718,9 +718,12 @@ def test_an_unreadable_training_image_keeps_the_steps_before_it(tmp_path, folder
     extra.unlink()
     # the resume reads no image of the two batches done (each sample's augmentation is its own)
     read: list[int] = []
-    original = sampling.TransformDataset.__getitem__
+    original, batch = sampling.TransformDataset.__getitem__, sampling.TransformDataset.__getitems__
     monkeypatch.setattr(sampling.TransformDataset, "__getitem__",
                         lambda self, key: read.append(key) or original(self, key))
+    # (and a batch's at once, as the DataLoader asks for them: review perf4)
+    monkeypatch.setattr(sampling.TransformDataset, "__getitems__",
+                        lambda self, keys: read.extend(keys) or batch(self, keys))
     engine.resume(run, progress=False, log=lambda _m: None)
     assert [k[2] for k in read if isinstance(k, tuple)] == order[4:]
     _same_run(run, folder_reference)
