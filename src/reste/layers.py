@@ -143,18 +143,22 @@ class _BinaryMixin:
             fused = scaled_sign(self.weight, groups)
             if fused is not None:
                 return fused
+        z, widen = self._computed_weight()
+        bw = self.weight_estimator(z)
+        alpha = self._scale_of(z) if widen else self.scale()
+        y = bw if alpha is None else bw * alpha
+        return y.to(self.weight.dtype) if widen else y
+
+    def _computed_weight(self) -> tuple[Tensor, bool]:
+        """The latent weight as the binary weight is computed from it, and whether it was widened: a 16-bit weight
+        (without a scale of the layer's own) in float32, its result (and gradient) rounded once, as the fused kernels
+        do; in 16 bits, dW's two terms were each rounded before they cancelled (review kern1, suggestion 3)."""
         w = self.weight
         # (under torch.fx w is a Proxy, of no known dtype: the parameter's own, so that a traced 16-bit model computes
         # the eager one's numbers; the final cast is to the traced weight's dtype, read when the graph runs)
         real = self._parameters.get("weight") if isinstance(w, torch.fx.Proxy) else w
-        # a 16-bit weight is computed in float32 and its result (and gradient) rounded once, as the fused kernels
-        # do: in 16 bits, dW's two terms were each rounded before they cancelled (review kern1, suggestion 3)
         widen = real is not None and real.dtype in SIXTEEN_BIT and not self._own_scale()
-        z = w.float() if widen else w
-        bw = self.weight_estimator(z)
-        alpha = self._scale_of(z) if widen else self.scale()
-        y = bw if alpha is None else bw * alpha
-        return y.to(w.dtype) if widen else y
+        return (w.float() if widen else w), widen
 
     def _eval_forward(self, input: Tensor, op: Callable[[Tensor, Tensor, Tensor | None], Tensor],  # noqa: A002
                       dims: int) -> Tensor:
@@ -192,26 +196,21 @@ class _BinaryMixin:
                 or "scaled_sign" in est.__dict__:
             return None
         w = self.weight
-        proxy = isinstance(w, torch.fx.Proxy)
-        own = self._own_scale()
-        if own:  # one number, or one per output channel in a conv's or a linear layer's (out, 1, ...) layout
-            if proxy or isinstance(self, _BinaryConvTranspose):
+        if self._own_scale():  # one number, or one per output channel in a conv's or a linear layer's (out, 1, ...)
+            if isinstance(w, torch.fx.Proxy) or isinstance(self, _BinaryConvTranspose):
                 return None  # (a traced scale's shape is not known; a transposed weight's output channels are dim 1)
             alpha = self.scale()
-            if alpha is not None and not isinstance(alpha, torch.Tensor):
-                return None  # (a plain number, which sign(W) * alpha takes: the binary weight inside the sum)
-            if alpha is not None and alpha.numel() != 1 and tuple(alpha.shape) != (w.shape[0],) + (1,) * (w.dim() - 1):
+            if alpha is None:
+                return self.weight_estimator(w), None
+            # (a plain number, which sign(W) * alpha takes, or a scale of another shape: the weight inside the sum)
+            if not isinstance(alpha, torch.Tensor) or (
+                    alpha.numel() != 1 and tuple(alpha.shape) != (w.shape[0],) + (1,) * (w.dim() - 1)):
                 return None
-            if alpha is not None:
-                alpha = alpha.reshape(()) if alpha.numel() == 1 else alpha.reshape(-1, *(1,) * dims)
-            return self.weight_estimator(w), alpha
-        real = self._parameters.get("weight") if proxy else w
-        widen = real is not None and real.dtype in SIXTEEN_BIT  # (as binary_weight: alpha from the float32 weight)
-        z = w.float() if widen else w
+            shaped = alpha.reshape(()) if alpha.numel() == 1 else alpha.reshape(-1, *(1,) * dims)
+            return self.weight_estimator(w), shaped
+        z, widen = self._computed_weight()  # (as binary_weight: alpha from a 16-bit weight's float32 copy)
         sign_w = self.weight_estimator(z)
-        if widen:
-            sign_w = sign_w.to(w.dtype)  # (+-1: exact)
-        return sign_w, self._output_scale(z, dims)
+        return (sign_w.to(w.dtype) if widen else sign_w), self._output_scale(z, dims)  # (+-1: exact in 16 bits)
 
     def _output_scale(self, w: Tensor, dims: int) -> Tensor | None:
         """``_scale_of(w)`` shaped to multiply the layer's output: one number, or (out_channels, 1 per ``dims``)."""
@@ -496,14 +495,8 @@ class _BinaryConvTranspose(_BinaryConv):
         if not self.training:  # type: ignore[attr-defined]  # (the scale after the sum: _eval_forward)
             return self._eval_forward(input, lambda x, w, b: self._transposed(input, x, w, b, output_size),
                                       len(self.kernel_size))  # type: ignore[attr-defined]
-        if output_size is not None:
-            return _conv_transpose_to(input, self.binary_input(input), self.binary_weight(),
-                                      self.bias, output_size, self.stride, self.padding,  # type: ignore[attr-defined]
-                                      self.kernel_size, self.groups, self.dilation)  # type: ignore[attr-defined]
-        conv = _CONV_TRANSPOSE[len(self.kernel_size) - 1]  # type: ignore[attr-defined]
-        return conv(self.binary_input(input), self.binary_weight(), self.bias,  # type: ignore[attr-defined]
-                    self.stride, self.padding, self.output_padding, self.groups,  # type: ignore[attr-defined]
-                    self.dilation)  # type: ignore[attr-defined]
+        return self._transposed(input, self.binary_input(input), self.binary_weight(), self.bias,  # type: ignore
+                                output_size)
 
     def _transposed(self, input: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,  # noqa: A002
                     output_size: list[int] | None) -> Tensor:
