@@ -17,7 +17,7 @@ __getattr__, __dir__ = _lazy_names(__name__, {
     "convert": ("binarize",),
     "estimators": ("DSQ", "EDE", "ESTIMATORS", "FDA", "RBNN", "STE", "ApproxSign", "Estimator", "Param", "ReSTE",
                    "SignSwish", "get_estimator", "list_estimators", "register_estimator", "sign"),
-    "indicators": ("EquilibriumMeter", "estimating_error", "gradient_stability"),
+    "indicators": ("EquilibriumMeter", "FlipRatio", "estimating_error", "gradient_stability"),
     "optim": ("Bop", "split_binary"),
     "layers": ("BinaryConv1d", "BinaryConv2d", "BinaryConv3d", "BinaryConvTranspose1d", "BinaryConvTranspose2d",
                "BinaryConvTranspose3d", "BinaryLinear", "binary_layers", "clip_weights", "estimators_of",
@@ -34,6 +34,6 @@ __all__ = [
     "Param", "get_estimator", "list_estimators", "register_estimator", "sign", "BinaryConv1d", "BinaryConv2d",
     "BinaryConv3d", "BinaryConvTranspose1d", "BinaryConvTranspose2d", "BinaryConvTranspose3d", "BinaryLinear",
     "binarize", "binary_layers", "clip_weights",
-    "estimators_of", "set_progress", "schedule_values", "EquilibriumMeter", "estimating_error",
+    "estimators_of", "set_progress", "schedule_values", "EquilibriumMeter", "FlipRatio", "estimating_error",
     "gradient_stability", "Bop", "split_binary", "__version__",
 ]

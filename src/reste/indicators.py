@@ -424,3 +424,65 @@ class EquilibriumMeter:
         o_end): the two could not be averaged together. A state without them (an older one) is taken as it is."""
         check_same_indicators(state.get("mode"), state.get("o_end"), self.mode, self.o_end, "EquilibriumMeter")
         self.history = [dict(h) for h in state["history"]]
+
+
+class FlipRatio:
+    """The share of binary weights whose sign an optimizer step changed (larq's ``flip_ratio`` metric): a latent
+    weight moves every step, its sign only when it crosses 0, and a ratio that falls towards 0 says that the binary
+    network has stopped changing. The sign is the one the forward pass uses (0 -> +1), so the ratio counts what the
+    network computes with; a Bop model's steps count as its ``flips`` do.
+
+    Build it on the model to train (after its weights are loaded: the first step is compared with them), call
+    ``update()`` after every ``optimizer.step()`` and ``epoch_end()`` once per epoch (the mean of its steps' ratios,
+    over all the binary weights and per layer). Frozen binary weights (``requires_grad=False``) are left out, and a
+    weight shared by two binary layers counts once. ``update`` returns the step's ratio as a 0-dim tensor on the
+    weights' device (no host synchronisation until ``epoch_end``).
+
+    >>> flips = FlipRatio(model)
+    >>> optimizer.step(); flips.update()
+    >>> flips.epoch_end()    # {'flip_ratio': 0.0031, 'layers': {'1': 0.0042, '3': 0.0027}}
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        seen: set[int] = set()
+        self.layers: list[tuple[str, nn.Module]] = []
+        for name, layer in binary_layers(model):
+            if layer.weight.requires_grad and id(layer.weight) not in seen:
+                seen.add(id(layer.weight))
+                self.layers.append((name, layer))
+        if not self.layers:
+            raise ValueError("FlipRatio: the model has no trainable binary weight (pass the model that reste.binarize "
+                             "returned; frozen weights, requires_grad=False, never flip)")
+        self._sizes = [layer.weight.numel() for _, layer in self.layers]
+        self._signs = self._read()
+        self.history: list[dict[str, Any]] = []
+        self._sums: Tensor | None = None  # per layer: the sum over this epoch's steps of its flipped share
+        self._steps = 0
+
+    def _read(self) -> list[Tensor]:
+        return [layer.weight.detach() < 0 for _, layer in self.layers]
+
+    @torch.no_grad()
+    def update(self) -> Tensor:
+        """Compare every binary weight's sign with the last update's (or the construction's); returns the share
+        of all of them that flipped."""
+        signs = self._read()
+        counts = torch.stack([(new != old).sum().to(signs[0].device) for new, old in zip(signs, self._signs)])
+        self._signs = signs
+        sizes = torch.tensor(self._sizes, dtype=torch.float64, device=counts.device)
+        shares = counts.double() / sizes
+        self._sums = shares if self._sums is None else self._sums + shares
+        self._steps += 1
+        return counts.sum().double() / sizes.sum()
+
+    def epoch_end(self) -> dict[str, Any]:
+        """This epoch's mean flip ratio over its steps (``flip_ratio``, all binary weights: each step's share
+        weighted by the layers' sizes) and each layer's (``layers``, by module name); the sums start again."""
+        if self._steps == 0 or self._sums is None:
+            raise RuntimeError("no update() since the last epoch_end()")
+        per_layer = (self._sums / self._steps).tolist()
+        total = sum(r * n for r, n in zip(per_layer, self._sizes)) / sum(self._sizes)
+        values = {"flip_ratio": total, "layers": {name: r for (name, _), r in zip(self.layers, per_layer)}}
+        self.history.append(values)
+        self._sums, self._steps = None, 0
+        return values
