@@ -634,6 +634,18 @@ def test_names_are_case_insensitive_and_dashes_allowed():
     assert config.canonical_estimator("SwishSign") == "sign_swish"
 
 
+def test_larqs_clip_value_keyword_is_the_clip():
+    """larq's SteSign(clip_value=...) ported as it is writes clip_value: it means the STE's clip, recorded as clip."""
+    assert get_estimator("ste_sign", clip_value=1.25).spec() == get_estimator("ste", clip=1.25).spec()
+    model = reste.binarize(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)), "ste_sign",
+                           clip_value=0.5)
+    assert model[1].weight_estimator.config() == {"clip": 0.5}
+    with pytest.raises(ValueError, match="no clip_value"):  # both given: which one was meant is not guessed
+        get_estimator("ste", clip_value=1.0, clip=2.0)
+    with pytest.raises(ValueError, match="no clip_value"):  # an estimator without a clip
+        get_estimator("reste", clip_value=1.0)
+
+
 def test_a_name_that_reads_as_another_without_underscores_is_refused():
     """Names match without underscores (SignSwish), so a plugin may not take one that reads as a built-in
     name or alias: the same string would then mean two estimators, by load order."""

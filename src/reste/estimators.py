@@ -999,6 +999,7 @@ _KERNEL_G: dict[str, Callable[..., Tensor]] = {
 _REGISTRY: dict[str, type[Estimator]] = {}
 #: larq's names of the same estimators (``ste_sign``: clip 1; ``swish_sign``: beta 5, as here)
 ALIASES = {"ste_sign": "ste", "swish_sign": "sign_swish"}
+LARQ_KEYWORDS = {"clip_value": "clip"}  # larq's quantizers' keywords (ste_sign(clip_value=...)): reste's names
 
 
 def _key(name: str) -> str:
@@ -1248,7 +1249,8 @@ def estimator_flags() -> dict[str, list[tuple[str, Param]]]:
 
 
 def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> Estimator:
-    """An estimator from its registered name (case-insensitive) or an instance.
+    """An estimator from its registered name (case-insensitive) or an instance. larq's keyword ``clip_value`` is
+    taken as ``clip`` (``get_estimator("ste_sign", clip_value=1.25)``, as larq's ``SteSign(clip_value=1.25)``).
 
     >>> get_estimator("reste", o_end=3.0)
     ReSTE(o=1, t=1.5, interval=0.1, o_end=3, schedule='cosine', now: o=1)
@@ -1264,6 +1266,10 @@ def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> 
     if not isinstance(name_or_instance, str):
         raise ValueError(f"expected an estimator name or instance, got {type(name_or_instance).__name__}")
     cls = estimator_class(name_or_instance)
+    table = {p.name for p in cls.hyperparameters}
+    for larq, ours in LARQ_KEYWORDS.items():  # a larq keyword, where the estimator takes ours and it is not given too
+        if larq in hyperparameters and larq not in table and ours in table and ours not in hyperparameters:
+            hyperparameters[ours] = hyperparameters.pop(larq)
     try:
         return cls(**hyperparameters)
     except TypeError as err:
