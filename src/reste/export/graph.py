@@ -914,4 +914,24 @@ def to_graph(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tup
         shape = _shape_of(n)
         if isinstance(i, int) and shape is not None:
             ranks.setdefault(i, len(shape))
-    return fold_batch_norms(*drop_unit_dims(nodes, output, ranks))
+    nodes, output, folded = fold_batch_norms(*drop_unit_dims(nodes, output, ranks))
+    return signed_inputs(nodes, output) + (folded,)
+
+
+def signed_inputs(nodes: list[dict[str, Any]], output: int) -> tuple[list[dict[str, Any]], int]:
+    """A binary layer of real inputs (1W/32A) that reads a ``sign`` node's +-1 values is a 1W1A layer: marked
+    ``bin_in`` and reading the sign's input, so that the runtime signs and packs the inputs itself (in the epilogue
+    of the layer before, where it can) and adds them by XOR and popcount, not as a float conv of unpacked weights;
+    the sign is dropped. That is an estimator used as an activation module before a layer built
+    with ``input_estimator=None`` (larq's ``Activation("ste_sign")`` before a ``QuantConv2D`` without an
+    ``input_quantizer``), which ran about 10x slower (review larq1). The sign of +-1 is itself and both pad with
+    zeros: the values are the same. A sign that another node reads too stays as it was (the file then signs each
+    value where the model does: its check traces them one for one)."""
+    nodes = [dict(n) for n in nodes]
+    users = _users(nodes, output)
+    for node in nodes:
+        if node["op"] in ir.BINARY_OPS and not node["bin_in"] and node["in"] and users[node["in"][0]] == 1 \
+                and nodes[node["in"][0]]["op"] == "sign":
+            node["bin_in"] = True
+            node["in"] = [*nodes[node["in"][0]]["in"], *node["in"][1:]]
+    return _compact(nodes, output)
