@@ -10,6 +10,7 @@ from torch import nn
 import reste
 from reste.export import PackedModel, export_model
 from reste.export.graph import to_graph
+from reste.models.summary import layer_summary
 
 from export_checks import assert_computes_model
 
@@ -49,6 +50,12 @@ def test_a_sign_module_before_a_layer_of_real_inputs_exports_as_a_1w1a_layer(tmp
         assert verify["ok"] and verify["packed"]["traced"] and verify["model"]["traced"]
     got = assert_computes_model(paths[0], separate, x)
     assert torch.equal(got, PackedModel.load(paths[1])(x))
+    # the summary counts them as the file computes them: 1W1A
+    def rows(model: nn.Module) -> list[tuple]:
+        return [(r["precision"], r["input_precision"], r["binary_ops"]) for r in layer_summary(model, (3, 8, 8))
+                if r["precision"] == 1 or r["name"] == "total"]
+
+    assert rows(separate) == rows(together) and rows(separate)[-1][2] > 0
 
 
 def test_a_sign_another_node_reads_stays_as_it_was(tmp_path):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError, checked_input_size
+from ..estimators import Estimator
 from ..layers import dummy_forward
 
 
@@ -70,7 +71,8 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
 
     A dummy input of shape ``(1, *input_size)`` goes through ``model`` in eval mode
     (the training mode is restored afterwards). Row keys: ``name``, ``type``,
-    ``precision`` (1 or 32), ``input_precision``, ``output_shape``, ``params``,
+    ``precision`` (1 or 32), ``input_precision`` (1 too for a binary layer of real inputs that reads an estimator
+    module's signs: a 1W1A layer as exported), ``output_shape``, ``params``,
     ``binary_params`` (binary weights), ``macs``, ``binary_ops`` (MACs of 1W1A layers),
     ``float_bytes`` (params * 4) and ``packed_bytes`` (binary weights / 8, a 4-byte
     alpha per layer or per channel, float params * 4; a grouped binary conv's weights 4 bytes each, as the packed
@@ -96,9 +98,16 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
                 x = inputs[0] if inputs else kwargs.get("input", next(iter(kwargs.values()), None))
                 stats[name]["macs"] += _macs(module, x, output)
                 stats[name]["output_shape"] = tuple(output.shape[1:])
+                stats[name]["signed"] = any(x is s for s in signs)
         return record
 
-    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
+    # the outputs of estimators used as modules of their own (an activation before a layer of real inputs): a layer
+    # that reads one takes +-1 inputs, a 1W1A layer as the packed file writes it (review larq1)
+    signs: list[torch.Tensor] = []
+    own = {id(m.input_estimator) for _, m in layers if getattr(m, "input_estimator", None) is not None}
+    handles = [m.register_forward_hook(lambda _m, _i, out: signs.append(out)) for m in model.modules()
+               if isinstance(m, Estimator) and id(m) not in own]
+    handles += [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
     try:
         # (review models #4: a frozen BatchNorm stays frozen) where the model cannot take input_size: one line, as
         # the exporters say it (review api3 #4), or its own error (one_line=False), which reste summary words for
@@ -116,7 +125,7 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
         seen.update(id(p) for p in own)
         params = sum(p.numel() for p in own)
         precision = getattr(m, "precision", 32)
-        input_precision = getattr(m, "input_precision", 32)
+        input_precision = 1 if precision == 1 and stats[name].get("signed") else getattr(m, "input_precision", 32)
         macs = stats[name]["macs"]
         rows.append({
             "name": name,
