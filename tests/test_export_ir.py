@@ -748,3 +748,29 @@ def test_the_python_api_writes_the_predictions_file_that_reste_predict_writes(ca
         save_predictions(tmp_path / "p.csv", r["classes"], form="xml")
     with pytest.raises(UsageError, match="save_predictions writes a file; for stdout write prediction_text"):
         save_predictions("-", r["classes"])
+
+
+def test_predictions_that_are_no_class_indices_are_refused_in_one_line(tmp_path):
+    """(review apifuzz1) save_predictions and prediction_text wrote whatever they were given: logits (N, classes) gave
+    a deep ValueError ("only one element tensors can be converted"), scores (0.9, 0.2) were written as class 0 each
+    (int() truncates), and fewer file names than predictions an IndexError. Each is now one line saying what to pass;
+    whole floats and integer tensors are still taken as the classes they hold."""
+    from reste.export.predictions import prediction_text, save_predictions
+
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]])
+    for suffix in ("csv", "json", "npy"):
+        with pytest.raises(UsageError, match=r"^save_predictions takes class indices, one integer per image \(a 1-D "
+                                             r"array\), got an array of shape \(2, 3\): for logits .*argmax\(1\)"):
+            save_predictions(tmp_path / f"p.{suffix}", logits)
+        assert not (tmp_path / f"p.{suffix}").exists()
+    with pytest.raises(UsageError, match=r"fractional or non-finite values \(scores or probabilities\?\)"):
+        save_predictions(tmp_path / "p.json", np.array([0.9, 0.2]), ["cat", "dog"])
+    with pytest.raises(UsageError, match=r"^prediction_text takes class indices \(integers\), got an array of bool"):
+        prediction_text(np.array([True, False]))
+    with pytest.raises(UsageError, match=r"^save_predictions: 1 file name\(s\) for 2 prediction\(s\)"):
+        save_predictions(tmp_path / "p.csv", np.array([1, 2]), files=["a.png"])
+    save_predictions(tmp_path / "p.csv", torch.tensor([2, 0]), ["x", "y", "z"])
+    assert (tmp_path / "p.csv").read_text() == "index,class,name\n0,2,z\n1,0,x\n"
+    assert prediction_text(np.array([1.0, -1.0]), ["a", "b"], "csv") == "index,class,name\n0,1,b\n1,-1,\n"
+    save_predictions(tmp_path / "q.npy", np.array([3, 1], np.int32))
+    assert np.load(tmp_path / "q.npy").dtype == np.int32 and np.load(tmp_path / "q.npy").tolist() == [3, 1]

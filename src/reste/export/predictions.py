@@ -44,8 +44,37 @@ def class_name(names: Any, c: int) -> str | None:
     return str(names[c]) if isinstance(names, (list, tuple)) and 0 <= c < len(names) else None
 
 
+def class_indices(pred: Any, files: Sequence[str] | None = None, who: str = "save_predictions") -> Any:
+    """``pred`` as a 1-D NumPy array of integer class indices, one per image (and per file of ``files``; whole
+    floats become int64; a class outside the names, -1 too, is kept and written without a name). Logits or scores
+    (a 2-D array, fractional values) or a file count that differs are a one-line ``UsageError`` naming ``who``:
+    written as they were, they gave a deep error (IndexError, "only one element tensors ...") or classes silently
+    truncated (review apifuzz1)."""
+    import numpy as np
+
+    try:
+        array = np.asarray(pred.detach().cpu() if hasattr(pred, "detach") else pred)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise UsageError(f"{who} takes class indices (one integer per image), got {type(pred).__name__} "
+                         f"({str(err).splitlines()[0][:100]})") from None
+    if array.ndim != 1:
+        hint = ": for logits or scores (N, classes) pass their argmax(1)" if array.ndim == 2 else ""
+        raise UsageError(f"{who} takes class indices, one integer per image (a 1-D array), got an array of shape "
+                         f"{tuple(array.shape)}{hint}")
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise UsageError(f"{who} takes class indices (integers), got an array of {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not (np.isfinite(array).all() and (array == np.round(array)).all()):
+        raise UsageError(f"{who} takes class indices (integers), got fractional or non-finite values (scores or "
+                         "probabilities?): pass the classes, e.g. logits.argmax(1)")
+    if files is not None and len(files) != len(array):
+        raise UsageError(f"{who}: {len(files)} file name(s) for {len(array)} prediction(s); pass one file per "
+                         "prediction, in the same order")
+    return array if np.issubdtype(array.dtype, np.integer) else array.astype(np.int64)
+
+
 def prediction_rows(pred: Any, names: Any = None, files: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One ``{"index" (or "file" for image files), "class", "name"}`` per prediction."""
+    pred = class_indices(pred, files, "prediction_rows")
     key = "index" if files is None else "file"
     return [{key: i if files is None else files[i], "class": int(c), "name": class_name(names, int(c))}
             for i, c in enumerate(pred)]
@@ -55,7 +84,7 @@ def prediction_text(pred: Any, names: Any = None, form: str = "csv", files: Sequ
     """The predictions as CSV (``index,class,name`` rows; ``file,class,name`` for image files) or JSON (a list of
     such objects); the name is the class's as the export records it, empty (CSV) or null (JSON) where it records
     none. In the CSV a name that would start a spreadsheet formula is written after a ``'``."""
-    rows = prediction_rows(pred, names, files)
+    rows = prediction_rows(class_indices(pred, files, "prediction_text"), names, files)
     if form == "json":
         return json.dumps(rows) + "\n"
     text = io.StringIO()
@@ -89,6 +118,7 @@ def save_predictions(path: str | os.PathLike, pred: Any, names: Any = None, file
     if form is not None and form not in FORMS:  # (an unknown one wrote CSV: review diff29 #5)
         raise UsageError(f"save_predictions: unknown form {form!r}; valid: {', '.join(FORMS)}")
     form = form or prediction_format(path)
+    pred = class_indices(pred, files)  # (review apifuzz1: logits gave a deep error, scores were truncated to 0)
     data = None if form == "npy" else as_bytes(prediction_text(pred, names, form, files))
     try:
         atomic_write(path, (lambda f: np.save(f, np.asarray(pred))) if data is None else (lambda f: f.write(data)))
