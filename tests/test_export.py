@@ -759,6 +759,10 @@ def test_export_model_checks_its_arguments_before_writing(tmp_path, capfd):
         (dict(meta=Preprocessing((1, 28, 28), (0.5,), (1.0,), 255.0).to_meta()), "differs from input_size"),
         (dict(input_size=(3, 0, 8)), "input_size must be one input's shape"),
         (dict(input_size=(4, 8, 8)), r"fails on an input of input_size \(4, 8, 8\)"),
+        # (review apifuzz1) written, then refused by its own check as "a corrupted packed model" naming the hidden
+        # temporary file; without input_size (or with verify=False) written whole, and PackedModel.load refused it
+        (dict(meta={"classes": 5}), r"^meta's classes must be a list of the class names, one per output"),
+        (dict(meta={"classes": "cat,dog"}, verify=False), r"^meta's classes must be a list"),
     ]
     for kwargs, message in cases:
         capfd.readouterr()

@@ -319,6 +319,10 @@ def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, An
     if not isinstance(meta, Mapping):
         raise UsageError(f"meta must be a mapping of JSON-safe values, got {type(meta).__name__}")
     meta = dict(meta)
+    if not isinstance(meta.get("classes", []), (list, tuple, type(None))):  # (review apifuzz1: written, then refused
+        # by PackedModel.load as "a corrupted packed model", naming the hidden temporary file while it was checked)
+        raise UsageError(f"meta's classes must be a list of the class names, one per output (meta={{'classes': "
+                         f"['cat', 'dog', ...]}}), got {meta['classes']!r}"[:300])
     given = [k for k in ir.Preprocessing.KEYS if meta.get(k) is not None]
     if given and len(given) < len(ir.Preprocessing.KEYS) and given != ["input_size"]:
         missing = ", ".join(k for k in ir.Preprocessing.KEYS if k not in given)
