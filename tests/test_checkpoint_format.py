@@ -311,3 +311,18 @@ def test_atomic_write_syncs_the_whole_content_before_the_rename(tmp_path, monkey
     monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(os.fstat(fd).st_size) or real(fd))
     files.atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x" * 1000))
     assert synced[0] == 1000 and (tmp_path / "f.bin").read_bytes() == b"x" * 1000
+
+
+def test_a_map_location_this_machine_has_not_is_not_called_a_corrupted_file(tmp_path):
+    """(review apifuzz1) load_checkpoint(path, map_location="cuda") on a machine without CUDA (or "cuda:99", or a
+    misspelt "gpu") said the whole file was "truncated or corrupted; use another checkpoint". It says the file is whole
+    and what to pass; a file that is damaged is still called so, whatever the map_location."""
+    for where in ("gpu", "cuda:99"):
+        with pytest.raises(UsageError, match=rf"^cannot load checkpoint .*best.pt with map_location='{where}' \(.*\); "
+                                             r"the file is whole: load it with map_location='cpu'"):
+            load_checkpoint(FIXTURE / "best.pt", map_location=where)
+    assert load_checkpoint(FIXTURE / "best.pt", map_location=torch.device("cpu"))["epoch"] == 2
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((FIXTURE / "best.pt").read_bytes()[:-100])
+    with pytest.raises(UsageError, match="is truncated or corrupted"):
+        load_checkpoint(cut, map_location="gpu")

@@ -295,6 +295,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
                       else "only load checkpoints you trust with torch.load directly")
             raise UsageError(f"refusing to load {path}: it holds objects that would run code on load ({detail}); "
                              f"{remedy}") from None
+        if map_location is not None and str(map_location) != "cpu" and _loads_on_cpu(blob):
+            # (review apifuzz1: map_location="cuda" on a machine without CUDA, "cuda:3" past its GPUs or "gpu" was
+            # reported as a truncated or corrupted file)
+            raise UsageError(f"cannot load checkpoint {path} with map_location={map_location!r} ({detail}); the file "
+                             "is whole: load it with map_location='cpu' (the default) and move the model with "
+                             ".to(device), or name a device this machine has") from None
         raise UsageError(f"checkpoint {path} is truncated or corrupted ({detail}); use another checkpoint") \
             from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -320,6 +326,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     tensor = _first_tensor(ckpt)  # model_from_checkpoint names the file in its errors; the dict is not kept alive
     _last_loaded = (id(ckpt), weakref.ref(tensor), path) if tensor is not None else None
     return ckpt
+
+
+def _loads_on_cpu(blob: bytes) -> bool:
+    """Whether the checkpoint's bytes load with ``map_location="cpu"``: a load that failed with another map_location
+    then failed for the device, not for the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure: the file's
+        return False
+    return True
 
 
 # The checkpoint loaded last: the id of its dict, a weak reference to its first weight and its file. A dict with that
