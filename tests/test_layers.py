@@ -455,3 +455,19 @@ def test_a_scale_set_on_one_layer_is_its_binary_weights_scale(dtype):
     conv.scale = lambda: 2 * BinaryConv2d.scale(conv)
     with torch.no_grad():
         assert torch.equal(conv.binary_weight(), 2 * plain.binary_weight())
+
+
+def test_the_model_taking_helpers_refuse_what_is_no_model_in_one_line():
+    """(review apifuzz1) set_progress, clip_weights, schedule_values, estimators_of, binary_layers, split_binary and the
+    indicators given a string, model.parameters() or a list of layers raised an AttributeError from inside
+    ("'str' object has no attribute 'named_modules'"); each is now one TypeError saying what to pass."""
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
+    calls = [lambda m: reste.set_progress(m, 0, 10), reste.clip_weights, reste.schedule_values, reste.estimators_of,
+             reste.binary_layers, reste.split_binary, reste.EquilibriumMeter, reste.estimating_error,
+             reste.gradient_stability]
+    for call in calls:
+        for odd in ("model", model.parameters(), [model[1]]):
+            with pytest.raises(TypeError, match=r"^expected the model \(a torch.nn.Module: the one reste.binarize "
+                                                r"returned\), got (str|generator|list); pass the model itself"):
+                call(odd)
+    assert reste.estimators_of(nn.ModuleList([model[1]])) and reste.clip_weights(nn.ModuleList([model[1]])) == 1

@@ -562,8 +562,18 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         return F.linear(self.binary_input(input), self.binary_weight(), self.bias)
 
 
+def _a_model(model: Any) -> None:
+    """A ``TypeError`` for what is no ``nn.Module`` (a string, ``model.parameters()``, a list of layers), which the
+    functions taking the model read as one: an AttributeError ("'str' object has no attribute 'named_modules'") from
+    inside (review apifuzz1)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected the model (a torch.nn.Module: the one reste.binarize returned), got "
+                        f"{type(model).__name__}; pass the model itself (an nn.ModuleList or nn.Sequential for layers)")
+
+
 def binary_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) for every layer of ``model`` with 1-bit weights."""
+    _a_model(model)
     return [(n, m) for n, m in model.named_modules() if getattr(m, "precision", 32) == 1]
 
 
@@ -598,6 +608,7 @@ def clip_weights(model: nn.Module, bound: float = 1.0) -> int:
 
 def estimators_of(model: nn.Module) -> list[Estimator]:
     """Every estimator in ``model`` (each instance once)."""
+    _a_model(model)
     seen: dict[int, Estimator] = {}
     for m in model.modules():
         if isinstance(m, Estimator):
