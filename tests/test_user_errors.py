@@ -1064,3 +1064,19 @@ def test_print_config_with_resume_is_refused_naming_the_runs_config(tmp_path, ca
 def test_summary_refuses_a_non_positive_number_of_classes(capsys):
     line = _one_line_error(capsys, "summary", "digits_1w1a", "--num-classes", "0")
     assert line == "reste: error: --num-classes must be a positive integer, got 0"
+
+
+def test_the_training_entry_points_refuse_what_is_no_train_config_in_one_line(tmp_path):
+    """(review apifuzz1) engine.train({"dataset": "digits"}) (or a preset's name, as the CLI takes it) raised
+    "AttributeError: 'dict' object has no attribute 'resolve'"; train, train_or_resume, planned_config and
+    preset_changes now say to build a TrainConfig, and no folder is made."""
+    from reste import engine
+
+    for call in (lambda c: engine.train(c, tmp_path / "r"), lambda c: engine.train_or_resume(c, tmp_path / "r"),
+                 engine.planned_config, engine.preset_changes):
+        with pytest.raises(TypeError, match=r"takes a reste.config.TrainConfig, got dict; build one with "
+                                            r"TrainConfig\(\*\*settings\)"):
+            call({"dataset": "digits", "epochs": 1})
+        with pytest.raises(TypeError, match=r"got str; build one with reste.config.config_from_preset\(name\)"):
+            call("cifar10-resnet20-1w1a")
+    assert not (tmp_path / "r").exists()

@@ -1396,6 +1396,16 @@ def _open_default(run_dir: Path) -> tuple[RunDirectory, Path]:
     raise UsageError(f"{run_dir} and 998 more folders of its name are taken; pass --out")
 
 
+def _a_config(config: Any, who: str) -> None:
+    """A one-line ``TypeError`` for a ``config`` that is no :class:`TrainConfig` (a dict of settings, a preset's name),
+    which ``config.resolve()`` met as an AttributeError (review apifuzz1)."""
+    if not isinstance(config, TrainConfig):
+        hint = ("TrainConfig(**settings), or TrainConfig.from_dict(settings) for a config.json's" if isinstance(
+            config, dict) else "reste.config.config_from_preset(name) for a preset" if isinstance(config, str) else
+            "TrainConfig(...)")
+        raise TypeError(f"{who} takes a reste.config.TrainConfig, got {type(config).__name__}; build one with {hint}")
+
+
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress: bool | None = None,
           log: Callable[[str], None] = print_line, stop: StopRequest | None = None) -> dict[str, Any]:
     """Train from scratch into the run directory ``out`` (default ``runs/MODEL-ESTIMATOR-TIME``).
@@ -1409,6 +1419,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *, progress
     ``stop``: the :class:`StopRequest` the run's signal handlers set, where the caller keeps it: a signal that came
     in the last epoch, which the run finishes, is still there when it returns (a sweep stops before its next run).
     """
+    _a_config(config, "train")
     config = config.resolve()
     _warn_defined_in_main(config)
     if out is not None and not str(out).strip():
@@ -1586,6 +1597,7 @@ class _EagerFallback(logging.Handler):
 def planned_config(config: TrainConfig) -> TrainConfig:
     """The settings a run of ``config`` trains with, as its config.json records them (:func:`reste.config.as_recorded`;
     the machine's, such as CPU threads, as given)."""
+    _a_config(config, "planned_config")
     planned = as_recorded(config.resolve())
     if planned.data_path is None and (read_from := default_read_from(planned.dataset)):  # (review rev13 #10)
         planned = dataclasses.replace(planned, data_path=read_from)
@@ -1600,6 +1612,7 @@ def preset_changes(config: TrainConfig, world_size: int = 1) -> dict[str, tuple[
     An estimator option is ``estimator_options.NAME``; the batch is the one step's over ``world_size`` processes
     (``--batch-size`` is per process); {} without a preset, or with a name that is none of reste's (a label of the
     caller's)."""
+    _a_config(config, "preset_changes")
     if config.preset not in PRESETS:
         return {}
     recorded = as_recorded(config.resolve())
@@ -1911,6 +1924,7 @@ def train_or_resume(config: TrainConfig, out: str | os.PathLike, *, overrides: d
     such as CIFAR-10's warm-up from the epochs) keep the run's. Another data set, model or preset is refused
     always. ``overrides``: compare these settings only (the CLI passes the flags given) instead.
     """
+    _a_config(config, "train_or_resume")
     if out is None or not str(out).strip():
         raise UsageError("train_or_resume needs out: the folder to start the run in, or to continue it from")
     try:
