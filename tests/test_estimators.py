@@ -1230,3 +1230,20 @@ def test_forward_mode_of_a_16bit_input_is_the_reverse_modes_derivative(name, dty
     assert tangent.dtype == dtype and torch.equal(tangent, want)
     with fwAD.dual_level():
         assert torch.equal(fwAD.unpack_dual(est(fwAD.make_dual(x, t))).tangent, want)
+
+
+def test_calling_an_estimator_on_a_list_or_from_spec_on_a_name_is_one_line():
+    """(review apifuzz1) est([1.0, -1.0]) (the module call, as a notebook tries it) raised "'list' object has no
+    attribute 'requires_grad'", though sign, derivative and forward_equivalent say what to pass; Estimator.from_spec(
+    "reste") raised "dictionary update sequence element #0 has length 1; 2 is required"."""
+    from types import MappingProxyType
+
+    for est, odd in ((get_estimator("reste"), [1.0, -1.0]), (get_estimator("ste"), np.zeros(2)),
+                     (get_estimator("ede"), 0.5)):
+        with pytest.raises(TypeError, match=r"^[A-Za-z]+\(x\) takes a torch tensor, got (list|ndarray|float); "
+                                            r"convert it with torch.as_tensor"):
+            est(odd)
+    with pytest.raises(ValueError, match=r"^an estimator spec is a dict such as .*, got 'reste'; for a name, use "
+                                         r"reste.get_estimator\(name\)"):
+        reste.Estimator.from_spec("reste")
+    assert reste.Estimator.from_spec(MappingProxyType({"name": "reste", "o_end": 4.0})).config()["o_end"] == 4.0

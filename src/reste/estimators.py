@@ -39,7 +39,7 @@ import sys
 import types
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -581,6 +581,8 @@ class Estimator(nn.Module):
         if isinstance(x, torch.fx.Proxy):  # torch.fx tracing (torchvision's create_feature_extractor): the graph
             tracer = x.tracer            # calls this module, which keeps its backward, as it calls a leaf module
             return tracer.create_proxy("call_module", tracer.path_of_module(self), (x,), {})
+        if not isinstance(x, Tensor):  # (a list, an array, a float: "no attribute 'requires_grad'", review apifuzz1)
+            _floating_only(x, f"{type(self).__name__}(x)", "its +-1 and NaN are floats")
         if (not torch.is_grad_enabled() or not x.requires_grad) and not _forward_mode():
             return sign(x)
         p, kind = self.params(), self._kernel_kind()
@@ -751,6 +753,9 @@ class Estimator(nn.Module):
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Estimator":
         """A new estimator from :meth:`spec`'s dict (any registered estimator when called on ``Estimator``)."""
+        if not isinstance(spec, Mapping):  # (a name gave "dictionary update sequence element #0 ...": review apifuzz1)
+            raise ValueError(f"an estimator spec is a dict such as {{'name': 'reste', 'o_end': 3.0}} (what spec() "
+                             f"returns), got {spec!r}"[:200] + "; for a name, use reste.get_estimator(name)")
         data = dict(spec)
         name = data.pop("name", None)
         if not isinstance(name, str):
