@@ -326,3 +326,14 @@ def test_a_map_location_this_machine_has_not_is_not_called_a_corrupted_file(tmp_
     cut.write_bytes((FIXTURE / "best.pt").read_bytes()[:-100])
     with pytest.raises(UsageError, match="is truncated or corrupted"):
         load_checkpoint(cut, map_location="gpu")
+
+
+def test_model_from_checkpoint_refuses_a_device_it_cannot_use_before_building(monkeypatch):
+    """(review apifuzz1) device="gpu" gave torch's list of every device type, device="cuda" on a machine without CUDA
+    "Found no NVIDIA driver on your system", both after the model was built; each is one line naming the device."""
+    with pytest.raises(UsageError, match=r"^model_from_checkpoint: unknown device 'gpu'; pass cpu, cuda or cuda:N"):
+        model_from_checkpoint(FIXTURE / "best.pt", device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match=r"^model_from_checkpoint: device 'cuda:0', but torch finds no CUDA GPU"):
+        model_from_checkpoint(FIXTURE / "best.pt", device="cuda:0")
+    assert not model_from_checkpoint(FIXTURE / "best.pt", device=torch.device("cpu")).training

@@ -404,6 +404,13 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str 
     """Rebuild the model stored in a checkpoint (eval mode): the dict :func:`load_checkpoint` returns, or a file's
     path, which it reads. ``where`` names the file in errors (by default the file ``load_checkpoint`` read ``ckpt``
     from)."""
+    try:  # (review apifuzz1: torch's list of every device type, or "Found no NVIDIA driver", after the whole build)
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"model_from_checkpoint: unknown device {device!r}; pass cpu, cuda or cuda:N") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"model_from_checkpoint: device {str(target)!r}, but torch finds no CUDA GPU here; pass "
+                         "device='cpu' (the default)")
     if isinstance(ckpt, (str, os.PathLike)):  # (a path, as the neighbouring functions take: review api3 #3)
         where = ckpt if where is None else where
         ckpt = load_checkpoint(ckpt)
