@@ -774,3 +774,18 @@ def test_predictions_that_are_no_class_indices_are_refused_in_one_line(tmp_path)
     assert prediction_text(np.array([1.0, -1.0]), ["a", "b"], "csv") == "index,class,name\n0,1,b\n1,-1,\n"
     save_predictions(tmp_path / "q.npy", np.array([3, 1], np.int32))
     assert np.load(tmp_path / "q.npy").dtype == np.int32 and np.load(tmp_path / "q.npy").tolist() == [3, 1]
+
+
+def test_the_packed_evaluators_refuse_a_pytorch_model_in_one_line(tmp_path):
+    """(review apifuzz1) evaluate_packed(model, "digits") and predict_images(model, [...]) given the PyTorch model
+    instead of its packed file raised pathlib's "expected str, bytes or os.PathLike object, not Sequential"."""
+    from reste.export import evaluate_packed, predict_images
+
+    net = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 10)))
+    for call, who in ((lambda m: evaluate_packed(m, "digits"), "evaluate_packed"),
+                      (lambda m: predict_images(m, [tmp_path]), "predict_images")):
+        with pytest.raises(UsageError, match=rf"^{who} takes a packed model \(PackedModel.load\(path\)\) or its file's "
+                                             r"path, got a PyTorch model: write it to one with reste.export.export_"):
+            call(net.eval())
+        with pytest.raises(UsageError, match=rf"^{who} takes a packed model .*, got int$"):
+            call(3)

@@ -38,6 +38,15 @@ def model_classes(model: Any, images: Any = None) -> int | None:
     return int(class_scores(model.forward(one)).shape[1])
 
 
+def _a_packed_path(model: Any, who: str) -> None:
+    """A one-line ``UsageError`` for a ``model`` that is neither a ``PackedModel`` nor a path: a PyTorch model (which
+    gave "expected str, bytes or os.PathLike object, not Sequential" from pathlib: review apifuzz1)."""
+    if not isinstance(model, (str, os.PathLike)):
+        what = "a PyTorch model: write it to one with reste.export.export_model first" if hasattr(
+            model, "state_dict") else type(model).__name__
+        raise UsageError(f"{who} takes a packed model (PackedModel.load(path)) or its file's path, got {what}")
+
+
 def _check_counts(batch_size: Any, workers: Any) -> None:
     """Refuse a batch size below 1 and a negative or non-integer worker count (None: the default), in one line."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -108,6 +117,7 @@ def evaluate_packed(model: Any, dataset: str | None = None, *, data_path: str | 
     _check_counts(batch_size, workers)
     name = None
     if not isinstance(model, PackedModel):
+        _a_packed_path(model, "evaluate_packed")
         name = Path(model).name
         model = PackedModel.load(model, backend=backend)
     else:  # (review types1 #3: ignored, and the result said 'c')
@@ -177,6 +187,7 @@ def predict_images(model: Any, paths: Any, *, batch_size: int = BATCH_SIZE, work
 
     _check_counts(batch_size, workers)
     if not isinstance(model, PackedModel):  # a path, as evaluate_packed takes (review types1, suggestion 2)
+        _a_packed_path(model, "predict_images")
         model = PackedModel.load(model)
     check_takes_raw(model.input_size, model.preprocessing, model.meta)  # before any file is read
     files = image_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
