@@ -344,3 +344,32 @@ def test_traced_sign_inputs_that_agree_leave_wrong_logits_a_mismatch_and_untrace
     # the window of a near-tie: within SLACK bounds of zero, and not beyond
     assert _one_image_reference(SLACK * 1e-7).near_ties(0) == 1
     assert _one_image_reference(SLACK * 1e-7 * (1 + 1e-9)).near_ties(0) == 0
+
+
+def test_graph_reference_refuses_images_the_packed_model_would_not_compute_as_given(tmp_path):
+    """(review apifuzz1) graph_reference took uint8 raw pixels as floats, where PackedModel preprocesses them: every
+    image of a correct file then compared as a "mismatch" (a bug, by the report's own definition). It also computed on
+    images of another shape than the file records, and gave NaN images finite logits (PackedModel refuses them)."""
+    from reste.errors import UsageError
+    from reste.export.ir import Preprocessing
+
+    net = reste.binarize(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                                       nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)))
+    export_model(net.eval(), tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False,
+                 meta=Preprocessing((1, 8, 8), (0.3,), (0.4,), 16.0).to_meta())
+    packed = PackedModel.load(tmp_path / "m.rbnn")
+    raw = np.random.RandomState(0).randint(0, 17, (3, 1, 8, 8)).astype(np.uint8)
+    for images in (raw, torch.from_numpy(raw)):
+        with pytest.raises(UsageError, match=r"^graph_reference takes the float images the packed model computes on, "
+                                             r"got (torch.)?uint8 \(raw pixels, which PackedModel preprocesses itself"):
+            graph_reference(tmp_path / "m.rbnn", images)
+    with pytest.raises(UsageError, match=r"got torch.int64$"):
+        graph_reference(tmp_path / "m.rbnn", torch.zeros(1, 1, 8, 8, dtype=torch.int64))
+    with pytest.raises(UsageError, match=r"^the model expects images of shape \(N, 1, 8, 8\), got \(2, 1, 9, 9\)"):
+        graph_reference(tmp_path / "m.rbnn", torch.randn(2, 1, 9, 9))
+    with pytest.raises(UsageError, match=r"NaN or infinite values in 1 of 2 images \(first at index 1\)"):
+        graph_reference(tmp_path / "m.rbnn", torch.tensor([0.0, float("nan")]).view(2, 1, 1, 1).expand(2, 1, 8, 8))
+    prep = packed.preprocessing  # the preprocessed floats of the same pixels: every image agrees
+    scale, mean, std = (np.float32(v) for v in (prep.pixel_scale, prep.mean[0], prep.std[0]))
+    floats = (raw.astype(np.float32) / scale - mean) / std
+    assert compare(graph_reference(tmp_path / "m.rbnn", floats), packed(raw)).mismatch == 0

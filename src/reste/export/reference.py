@@ -257,6 +257,33 @@ class _Evaluator:
         return F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, node["stride"], 0, node["dil"], groups)
 
 
+def _check_images(images: Any, header: dict[str, Any]) -> None:
+    """Refuse, in one line, images the packed model would not compute as given (review apifuzz1): uint8 raw pixels,
+    which ``PackedModel`` preprocesses and the reference took as floats (every image of a correct file then a
+    "mismatch"), integer ones, images of another shape than the recorded input size, NaN or infinite values (the
+    reference's exact sums gave them a class)."""
+    from ..errors import UsageError
+    from .inputs import nonfinite_images
+
+    floating = images.dtype.is_floating_point if isinstance(images, torch.Tensor) else \
+        np.issubdtype(np.asarray(images).dtype, np.floating)
+    if not floating:
+        kind = images.dtype if hasattr(images, "dtype") else np.asarray(images).dtype
+        raw = (" (raw pixels, which PackedModel preprocesses itself: give both the preprocessed floats, "
+               "(pixel / pixel_scale - mean) / std with PackedModel.preprocessing's values)") if str(kind) in (
+            "uint8", "torch.uint8") else ""
+        raise UsageError(f"graph_reference takes the float images the packed model computes on, got {kind}{raw}")
+    x = np.asarray(images.detach().cpu().float() if isinstance(images, torch.Tensor) else images, np.float32)
+    nodes = header.get("nodes") if isinstance(header, dict) else None
+    size = nodes[0].get("shape") if nodes and isinstance(nodes[0], dict) else None
+    if size and (x.ndim != len(size) + 1 or tuple(x.shape[1:]) != tuple(size)):
+        raise UsageError(f"the model expects images of shape (N, {', '.join(map(str, size))}), got {tuple(x.shape)}")
+    bad = nonfinite_images(x)
+    if bad:
+        raise UsageError(f"the images hold NaN or infinite values in {bad[0]} of {len(x)} images (first at index "
+                         f"{bad[1]}); the reference, as the packed model, takes finite images")
+
+
 def graph_reference(source: str | os.PathLike | tuple[dict[str, Any], list[np.ndarray]],
                     images: np.ndarray | torch.Tensor) -> Reference:
     """The float64 reference of a packed-model file (or of its ``(header, tensors)``) on ``images``.
@@ -265,6 +292,7 @@ def graph_reference(source: str | os.PathLike | tuple[dict[str, Any], list[np.nd
     converted exactly to float64.
     """
     header, tensors = fmt.read(source) if not isinstance(source, tuple) else source
+    _check_images(images, header)
     x = torch.as_tensor(np.asarray(images, dtype=np.float32)).to(torch.float64)
     with torch.no_grad():
         return _Evaluator(header, tensors).run(x)
