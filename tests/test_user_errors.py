@@ -1080,3 +1080,21 @@ def test_the_training_entry_points_refuse_what_is_no_train_config_in_one_line(tm
         with pytest.raises(TypeError, match=r"got str; build one with reste.config.config_from_preset\(name\)"):
             call("cifar10-resnet20-1w1a")
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_an_unknown_amp_instead_of_running_fp16():
+    """(review apifuzz1) engine.evaluate(model, loader, device, amp=...) took every value but "none" and "bf16" as
+    fp16: amp=None, "fp32" or "float32" evaluated the whole test set under fp16 autocast, silently. None is now "none",
+    anything else outside none/bf16/fp16 one line; a device's name is taken as torch.device, as elsewhere (with an amp
+    it failed on "'str' object has no attribute 'type'")."""
+    from reste import engine, models
+
+    net = models.create("digits_1w1a")
+    batch = [(torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3]))]
+    plain = engine.evaluate(net, batch, torch.device("cpu"))
+    assert engine.evaluate(net, batch, torch.device("cpu"), amp=None) == plain
+    for bad in ("fp32", "float32", "None", "FP16"):
+        with pytest.raises(UsageError, match=rf"^evaluate: unknown amp '{bad}'; valid: none, bf16, fp16"):
+            engine.evaluate(net, batch, torch.device("cpu"), amp=bad)
+    by_name = engine.evaluate(net, batch, "cpu", amp="bf16")
+    assert by_name == engine.evaluate(net, batch, torch.device("cpu"), amp="bf16")

@@ -263,6 +263,13 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     with :class:`EvaluationStopped`; ``log``: where no bar is drawn, a line every few minutes (a long evaluation
     into a log file said nothing). The model is evaluated in eval mode, then each module is back in its own mode
     (a caller's training loop goes on training: review api #5)."""
+    amp = "none" if amp is None else amp
+    if amp not in AMP_MODES:  # (review apifuzz1: None, "fp32" or "float32" ran the whole evaluation in fp16)
+        raise UsageError(f"evaluate: unknown amp {amp!r}; valid: {', '.join(AMP_MODES)} (or None: none)")
+    try:  # (a device's name, as the other entry points take it, failed at autocast's device.type)
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"evaluate: unknown device {device!r}; pass a torch.device, or cpu, cuda or cuda:N") from None
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
@@ -365,6 +372,8 @@ def _to_device(images: torch.Tensor, target: torch.Tensor, device: torch.device,
 def _autocast(device: torch.device, amp: str, cache: bool = True) -> contextlib.AbstractContextManager:
     if amp == "none":
         return contextlib.nullcontext()
+    if amp not in AMP_MODES:  # (anything else was fp16: review apifuzz1)
+        raise ValueError(f"unknown amp {amp!r}; valid: {', '.join(AMP_MODES)}")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
