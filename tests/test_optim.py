@@ -34,7 +34,8 @@ def test_steps_follow_the_rule_written_out_in_float64():
     torch.manual_seed(0)
     ws = [nn.Parameter(torch.randn(*shape, dtype=torch.float64)) for shape in ((6, 5), (4,), (3, 2, 2))]
     ws[0].data.view(-1)[:3] = torch.tensor([0.0, -0.0, 0.5])
-    bop = Bop([{"params": ws[:2]}, {"params": ws[2:]}], gamma=0.3, threshold=0.05)
+    with pytest.warns(UserWarning, match=r"1 parameter\(s\) of 1 dimension \(shapes \[\(4,\)\]"):  # (a vector
+        bop = Bop([{"params": ws[:2]}, {"params": ws[2:]}], gamma=0.3, threshold=0.05)  # beside matrices: below)
     refs = [(w.detach().clone(), torch.zeros_like(w)) for w in ws]
     total = 0
     for step in range(5):
@@ -149,6 +150,28 @@ def test_split_binary_lists_each_binary_weight_once_and_the_rest_apart():
     with pytest.raises(ValueError, match="frozen"):
         split_binary(model)
     assert reste.Bop is Bop and reste.split_binary is split_binary and "Bop" in reste.__all__
+
+
+def test_bop_takes_the_model_and_warns_of_its_float_parameters():
+    """(review apifuzz1) Bop(model.parameters()), the torch idiom, set BatchNorm's weights and biases and the float
+    first and last layers' weights to +-1 without a word: it warns now, and Bop(model) trains the binary weights
+    alone, as split_binary(model)[0]. Vectors alone (a hand-made binary vector) are no model's parameters: no
+    warning."""
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3),
+                                         nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 2)), "ste", scaling="none")
+    with pytest.warns(UserWarning, match=r"Bop was given 7 parameter\(s\) of 1 dimension .*Bop\(model\) or "
+                                         r"split_binary\(model\)\[0\]"):
+        Bop(model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bop = Bop(model, gamma=1.0, threshold=0.0)
+        Bop([nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))])
+    assert [id(w) for w in bop.param_groups[0]["params"]] == [id(model[2].weight)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    F.cross_entropy(model(torch.randn(4, 1, 6, 6)), torch.tensor([0, 1, 0, 1])).backward()
+    bop.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"2.weight"} and set(model[2].weight.unique().tolist()) <= {-1.0, 1.0}
 
 
 def _digits():

@@ -55,7 +55,10 @@ class Bop(torch.optim.Optimizer):
     ``sign(w) * m > threshold``; the weights are +-1 after each step (``sign``, 0 -> +1).
 
     Args:
-        params: the binary weights (``split_binary(model)[0]``) or parameter groups.
+        params: the binary weights (``split_binary(model)[0]``), parameter groups, or the binarized model itself
+            (its binary layers' weights: ``Bop(model)``). Not ``model.parameters()``: Bop makes every weight it
+            trains +-1, BatchNorm's and the float layers' too; given 1-dimensional parameters (biases,
+            BatchNorm's) beside weights of 2 or more, it warns.
         gamma: the moving average's rate, in (0, 1].
         threshold: the signal ``sign(w) * m`` must pass to flip a weight, >= 0.
 
@@ -79,7 +82,10 @@ class Bop(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], gamma: float = DEFAULT_GAMMA,
                  threshold: float = DEFAULT_THRESHOLD) -> None:
         gamma, threshold = check_settings(gamma, threshold)
+        if isinstance(params, nn.Module):  # (review apifuzz1: the model, as a torch optimizer is built on it)
+            params = split_binary(params)[0]
         super().__init__(params, {"gamma": gamma, "threshold": threshold, "lr": 1.0})
+        _warn_model_parameters([w for group in self.param_groups for w in group["params"]])
         self.flips = torch.zeros((), dtype=torch.int64)
         self.flipped = torch.zeros((), dtype=torch.int64)  # every step's flips added up, in state_dict too
 
@@ -273,6 +279,18 @@ def split_binary(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
     _warn_unfit_layers(layers)
     return binary, others
+
+
+def _warn_model_parameters(params: list[Tensor]) -> None:
+    """Warn when Bop is given vectors (biases, BatchNorm's weights and biases) beside weight tensors of 2 or more
+    dimensions: most likely ``model.parameters()``, whose every parameter Bop would set to +-1, the float layers'
+    and BatchNorm's among them (review apifuzz1). No binary layer's weight is 1-dimensional."""
+    vectors = [tuple(p.shape) for p in params if p.dim() <= 1]
+    if vectors and any(p.dim() >= 2 for p in params):
+        warnings.warn(f"Bop was given {len(vectors)} parameter(s) of 1 dimension (shapes {vectors[:3]}"
+                      f"{', ...' if len(vectors) > 3 else ''}: biases or BatchNorm's?) beside weight tensors: it sets "
+                      "every weight it trains to +-1; pass Bop(model) or split_binary(model)[0], and the other "
+                      "parameters to another optimizer (reste.optim.Composite)", stacklevel=3)
 
 
 def _warn_unfit_layers(layers: list[tuple[str, nn.Module]]) -> None:
