@@ -760,6 +760,20 @@ def test_a_model_that_is_one_layer_is_refused_when_it_would_be_converted():
         assert isinstance(binarize(nn.Sequential(nn.Linear(3, 3)), keep_first=False, keep_last=False)[0], BinaryLinear)
 
 
+def test_the_warning_of_nothing_converted_says_why_for_one_layer_and_names_a_layer_once():
+    """A model that is one layer (its name is '') was said with no reason ('no layer of the model was converted; it
+    has no binary layer'), and a layer both first and last was named twice ('0, 0'): review ownmodel2."""
+    for layer, binary in ((nn.Conv2d(3, 3, 3), "BinaryConv2d"), (nn.Linear(3, 3), "BinaryLinear")):
+        with pytest.warns(UserWarning, match=f"kept in float: the model itself \\({type(layer).__name__}\\) by "
+                                             f"keep_first/keep_last.*build reste.{binary} directly"):
+            binarize(layer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        binarize(nn.Sequential(nn.Conv2d(3, 3, 3)))
+    (message,) = [str(w.message) for w in caught]
+    assert "(kept in float: 0 by keep_first/keep_last)" in message, message
+
+
 def test_a_pruned_layer_is_binarized_from_its_pruned_weight():
     """torch.nn.utils.prune computes the weight in a forward pre-hook from weight_orig and weight_mask: in place,
     the binary layer starts from the pruned weight without that hook, with the warning (the hook came along and

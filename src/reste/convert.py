@@ -389,10 +389,16 @@ def binarize(
         converted += 1
     _no_fast_path(model)
     if not converted and not any(getattr(m, "precision", 32) == 1 for m in model.modules()):
-        ends = [n for n in (first if keep_first else None, last if keep_last else None) if n]
+        # (a model that is one layer is named '': its first and last layer, said as the model itself; a layer both
+        # first and last is named once: review ownmodel2)
+        ends = list(dict.fromkeys(n for n in (first if keep_first else None, last if keep_last else None)
+                                  if n is not None))
         by_keep = [n for n, _ in named if any(_matches(n, p) for p in patterns) and n not in ends]
-        reasons = ([f"{', '.join(ends)} by keep_first/keep_last"] if ends else []) + (
+        shown = [n or f"the model itself ({type(model).__name__})" for n in ends]
+        reasons = ([f"{', '.join(shown)} by keep_first/keep_last"] if ends else []) + (
             [f"{', '.join(dict.fromkeys(by_keep))} by keep={patterns!r}"] if by_keep else [])  # (review newuser2 #5)
         why = f" (kept in float: {'; '.join(reasons)})" if reasons else ""
-        warnings.warn(f"binarize: no layer of the model was converted{why}; it has no binary layer", stacklevel=2)
+        one = (f"; to binarize a single layer, build reste.Binary{type(model).__name__} directly"
+               if "" in ends and type(model) in CONVERTED else "")
+        warnings.warn(f"binarize: no layer of the model was converted{why}; it has no binary layer{one}", stacklevel=2)
     return model
