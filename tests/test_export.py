@@ -1364,3 +1364,20 @@ def test_an_op_on_a_tensor_attribute_names_the_attribute(tmp_path):
 
     with pytest.raises(UsageError, match="the forward uses the tensor attribute 'w' directly"):
         export_model(Scaled().eval(), tmp_path / "a.rbnn", input_size=(1, 8, 8))
+
+
+def test_a_functional_conv_on_a_parameter_is_refused_saying_what_to_do(tmp_path):
+    """F.conv2d(x, self.w) was refused as "the forward uses the tensor attribute 'w' directly (at ...)", with no way
+    out, where every other refusal says one (review ownmodel2): it now names the module to use, or export_onnx."""
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.w, self.fc = nn.Parameter(torch.randn(4, 4, 3, 3)), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(nn.functional.conv2d(self.bn(self.c(x)), self.w, padding=1).mean((2, 3)))
+
+    with pytest.raises(UsageError, match=r"tensor attribute 'w' directly \(at test_export.py:\d+, in forward\); .*"
+                                         r"is written as its module \(nn.Conv2d, .*reste.export.export_onnx instead$"):
+        export_model(Functional().eval(), tmp_path / "f.rbnn", input_size=(1, 8, 8))

@@ -390,7 +390,13 @@ class _Builder:
         if isinstance(got, int):
             return got
         if isinstance(got, _Attr):
-            raise UsageError(f"cannot export: the forward uses the tensor attribute {got.target!r} directly")
+            # (what to do, after the model's line, as the other refusals say it: a conv or linear computed
+            # functionally on a Parameter is the usual cause, review ownmodel2)
+            err = UsageError(f"cannot export: the forward uses the tensor attribute {got.target!r} directly")
+            err.way = ("; the file holds the model's layers, not its tensors: a conv, linear or batch norm computed "
+                       "functionally (F.conv2d(x, self.w)) is written as its module (nn.Conv2d, nn.Linear, "
+                       f"nn.BatchNorm2d){ONNX_WAY.replace('; write', ', or write')}")
+            raise err
         raise UsageError(f"cannot export {what}: an input is not a tensor computed by the model")
 
     def _no_attribute(self, n: fx.Node) -> None:
@@ -464,7 +470,7 @@ class _Builder:
         except _Refused:
             raise
         except UsageError as err:
-            raise _Refused(str(err), n.name) from None
+            raise _Refused(str(err), n.name, getattr(err, "way", "")) from None
 
     @staticmethod
     def _per_sample(arg: Any) -> int | None:
