@@ -705,3 +705,35 @@ def test_create_takes_scaling_none_as_binarize_does():
     """(review api3, suggestion 3) binarize took scaling=None for "none", create refused it."""
     model = models.create("digits_1w1a", scaling=None)
     assert {layer.scaling for layer in model.modules() if hasattr(layer, "scaling")} == {"none"}
+
+
+def test_summary_counts_a_conv_computed_functionally_and_warns_of_a_binary_weight_read_directly():
+    """A conv computed as F.conv2d(x, self.w) had 0 MACs in the summary (700,576 of 1,290,400 counted), and a layer
+    that binarize converted but whose weight the forward reads directly (F.linear(x, layer.weight)) read as a binary
+    layer of 0 MACs while the model computed it in float, with no word (review ownmodel2)."""
+    from reste.models.summary import layer_summary
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.c2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.w, self.bn3 = nn.Parameter(torch.randn(16, 16, 3, 3)), nn.BatchNorm2d(16)
+            self.mid, self.fc = nn.Linear(16, 16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.bn2(self.c2(self.bn1(self.c1(x))))
+            x = self.bn3(F.conv2d(x, self.w, padding=1)).mean((2, 3))
+            return self.fc(F.linear(x, self.mid.weight, self.mid.bias))
+
+    model = reste.binarize(Functional())  # c2 and mid binary; w, read by F.conv2d, stays float
+    with pytest.warns(UserWarning, match="the weight of binary layer 'mid' is used directly, outside the layer"):
+        rows = {r["name"]: r for r in layer_summary(model, (3, 16, 16))}
+    assert rows[""]["macs"] == 16 * 16 * 9 * 16 * 16 and rows[""]["binary_ops"] == 0  # the model's own w
+    assert rows["mid"]["macs"] == 16 * 16 and rows["mid"]["binary_ops"] == 0  # float: its latent weights
+    assert rows["c2"]["macs"] == rows["c2"]["binary_ops"] == 16 * 16 * 9 * 16 * 16  # its own call, counted once
+    assert rows["total"]["macs"] == 3 * 9 * 16 * 256 + 2 * 16 * 16 * 9 * 256 + 16 * 16 + 16 * 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model of layers alone: no word, the same counts as before
+        layer_summary(reste.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3),
+                                                   nn.Flatten(), nn.Linear(8 * 4 * 4, 2))), (3, 8, 8))

@@ -7,6 +7,7 @@ when absent) and ``input_precision``, never by their type.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -66,6 +67,41 @@ def _packed_bytes(module: nn.Module, params: int) -> int:
     return -(-weight // 8) + 4 * scales + 4 * (params - weight)
 
 
+_CONVS = {torch.conv1d: False, torch.conv2d: False, torch.conv3d: False,
+          torch.conv_transpose1d: True, torch.conv_transpose2d: True, torch.conv_transpose3d: True}
+
+
+class _Functional(torch.overrides.TorchFunctionMode):
+    """Sees the convolutions and linears a forward computes outside every conv or linear layer (``F.conv2d(x,
+    self.w)``, ``F.linear(x, layer.weight)``): their multiply-accumulates per sample, by the ``id`` of the weight
+    they read. The layers' own calls (``depth`` above 0, kept by their hooks) are theirs (review ownmodel2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.macs: dict[int, int] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth or not (func in _CONVS or func is torch.nn.functional.linear) or not isinstance(out, torch.Tensor):
+            return out
+        x, w = (args + (None, None))[:2]
+        w = kwargs.get("weight", w)
+        x = kwargs.get("input", x)
+        if not isinstance(w, torch.Tensor) or not isinstance(x, torch.Tensor) or w.dim() < 2:
+            return out
+        per_sample = out[0].numel() if out.dim() > 1 else out.numel()
+        if func is torch.nn.functional.linear:
+            macs = per_sample * w.shape[-1]
+        elif _CONVS[func]:  # (in, out / groups, *kernel): each input value meets out / groups kernels
+            macs = (x[0].numel() if x.dim() > w.dim() - 1 else x.numel()) * w.shape[1] * math.prod(w.shape[2:])
+        else:  # (out, in / groups, *kernel)
+            macs = per_sample * w.shape[1] * math.prod(w.shape[2:])
+        self.macs[id(w)] = self.macs.get(id(w), 0) + macs
+        return out
+
+
 def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bool = True) -> list[dict[str, Any]]:
     """One row per layer holding parameters, then a ``"total"`` row.
 
@@ -77,7 +113,9 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
     ``float_bytes`` (params * 4) and ``packed_bytes`` (binary weights / 8, a 4-byte
     alpha per layer or per channel, float params * 4; a grouped binary conv's weights 4 bytes each, as the packed
     file stores them). MACs are per sample; an ``nn.MultiheadAttention`` counts its in-projections and attention
-    products, its ``out_proj`` row the output projection.
+    products, its ``out_proj`` row the output projection. A conv or linear the forward computes functionally on a
+    module's weight (``F.conv2d(x, self.w)``) counts in that module's row as float MACs; a binary layer's weight read
+    so (``F.linear(x, layer.weight)``: the latent weights, in float) is warned of.
     """
     input_size = checked_input_size(input_size)
     if input_size is None:
@@ -104,15 +142,27 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
     # the outputs of estimators used as modules of their own (an activation before a layer of real inputs): a layer
     # that reads one takes +-1 inputs, a 1W1A layer as the packed file writes it (review larq1)
     signs: list[torch.Tensor] = []
-    own = {id(m.input_estimator) for _, m in layers if getattr(m, "input_estimator", None) is not None}
+    inner = {id(m.input_estimator) for _, m in layers if getattr(m, "input_estimator", None) is not None}
     handles = [m.register_forward_hook(lambda _m, _i, out: signs.append(out)) for m in model.modules()
-               if isinstance(m, Estimator) and id(m) not in own]
+               if isinstance(m, Estimator) and id(m) not in inner]
     handles += [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
+    functional = _Functional()
+
+    def enter(*_: Any) -> None:
+        functional.depth += 1
+
+    def leave(*_: Any) -> None:
+        functional.depth -= 1
+
+    for _, m in model.named_modules():  # inside a conv or linear layer, its own call: counted by its hook above
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)):
+            handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave, always_call=True)]
     try:
         # (review models #4: a frozen BatchNorm stays frozen) where the model cannot take input_size: one line, as
         # the exporters say it (review api3 #4), or its own error (one_line=False), which reste summary words for
         # its flag
-        dummy_forward(model, input_size, one_line=one_line)
+        with functional:
+            dummy_forward(model, input_size, one_line=one_line)
     finally:
         for h in handles:
             h.remove()
@@ -127,6 +177,13 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
         precision = getattr(m, "precision", 32)
         input_precision = 1 if precision == 1 and stats[name].get("signed") else getattr(m, "input_precision", 32)
         macs = stats[name]["macs"]
+        # a conv or linear computed functionally on this module's weight (F.conv2d(x, self.w)): float MACs of its row
+        # (they were not counted at all: review ownmodel2)
+        extra = sum(functional.macs.get(id(p), 0) for p in own if p.dim() >= 2)
+        if extra and precision == 1:
+            warnings.warn(f"the weight of binary layer {name!r} is used directly, outside the layer (as in "
+                          "F.linear(x, layer.weight)): that use computes in float with the latent weights, not "
+                          "binary; call the layer instead", UserWarning, stacklevel=3)
         rows.append({
             "name": name,
             "type": type(m).__name__,
@@ -135,7 +192,7 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
             "output_shape": stats[name]["output_shape"],
             "params": params,
             "binary_params": m.weight.numel() if precision == 1 and not shared_weight else 0,
-            "macs": macs,
+            "macs": macs + extra,
             "binary_ops": macs if precision == 1 and input_precision == 1 else 0,
             "float_bytes": 4 * params,
             "packed_bytes": 4 * params if shared_weight else _packed_bytes(m, params),
