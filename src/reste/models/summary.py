@@ -84,7 +84,8 @@ class _Functional(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.depth or not (func in _CONVS or func is torch.nn.functional.linear) or not isinstance(out, torch.Tensor):
+        counted = func in _CONVS or func is torch.nn.functional.linear
+        if self.depth or not counted or not isinstance(out, torch.Tensor):
             return out
         x, w = (args + (None, None))[:2]
         w = kwargs.get("weight", w)
