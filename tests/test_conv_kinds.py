@@ -485,3 +485,24 @@ def test_a_dilated_grouped_transposed_conv_given_its_output_size_is_the_torch_la
         want = plain(x, output_size=size)
         assert want.shape[-2:] == ((9, 11) if size is None else (10, 12))
         torch.testing.assert_close(up(x, output_size=size), want, rtol=0, atol=1e-6)
+
+
+def test_the_summary_says_when_the_packed_file_cannot_hold_the_model():
+    """An encoder-decoder's summary said 'packed 9.6 KiB: compression 11.4x', and export_model refused the model
+    (no transposed or 3-D conv in the packed format): the size line now says it (review ownmodel2)."""
+    from reste.models.summary import format_totals, layer_summary, summary_totals
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decoder = reste.binarize(nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8), nn.ConvTranspose2d(8, 8, 2, stride=2), nn.BatchNorm2d(8), nn.Conv2d(8, 3, 1)))
+        plain = reste.binarize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3),
+                                             nn.Flatten(), nn.Linear(8 * 4 * 4, 2)))
+    totals = summary_totals(layer_summary(decoder, (3, 8, 8)), (3, 8, 8))
+    assert totals["unpackable"] == ["BinaryConvTranspose2d"]
+    assert format_totals(totals).splitlines()[-1].endswith(
+        "(1 bit a binary weight: the packed file takes no BinaryConvTranspose2d; export_onnx writes this model in "
+        "float32)")
+    totals = summary_totals(layer_summary(plain, (3, 8, 8)), (3, 8, 8))
+    assert totals["unpackable"] == [] and format_totals(totals).splitlines()[-1].endswith("x")

@@ -242,8 +242,9 @@ def summary_totals(rows: list[dict[str, Any]], input_size: tuple[int, ...]) -> d
 
     Keys: ``input_size`` (C, H, W as given), ``params``, ``binary_params``, ``binary_share``
     (binary weights / all parameters), ``macs``, ``binary_ops``, ``binary_ops_share``,
-    ``float_bytes``, ``packed_bytes``, ``compression`` (float bytes / packed bytes) and ``conv1d`` (whether a layer is
-    a 1-D conv: a 2-D input is then (C, L)).
+    ``float_bytes``, ``packed_bytes``, ``compression`` (float bytes / packed bytes), ``conv1d`` (whether a layer is
+    a 1-D conv: a 2-D input is then (C, L)) and ``unpackable`` (the types of its layers the packed file has no op
+    for: 3-D and transposed convs; its packed size is then 1 bit a binary weight, which no file holds).
     """
     layers = [r for r in rows if r["name"] != "total"]
     totals: dict[str, Any] = {"input_size": tuple(input_size)}
@@ -254,6 +255,9 @@ def summary_totals(rows: list[dict[str, Any]], input_size: tuple[int, ...]) -> d
     totals["compression"] = totals["float_bytes"] / totals["packed_bytes"] if totals["packed_bytes"] else 1.0
     # whether a 2-D input is a 1-D conv model's (C, L) signal, not a transformer's (L, features) sequence
     totals["conv1d"] = any(r["type"].endswith(("Conv1d", "ConvTranspose1d")) for r in layers)
+    # the layers the packed file has no op for (float ones included): its size is then one no file has (review
+    # ownmodel2: an encoder-decoder said 'packed 9.6 KiB: compression 11.4x', and export_model refused it)
+    totals["unpackable"] = sorted({r["type"] for r in layers if "Transpose" in r["type"] or r["type"].endswith("3d")})
     return totals
 
 
@@ -273,5 +277,7 @@ def format_totals(totals: dict[str, Any]) -> str:
         f"binary ops {totals['binary_ops']:,} "
         f"({100 * totals['binary_ops_share']:.1f}%)",
         f"size        float {totals['float_bytes'] / 1024:,.1f} KiB, packed {totals['packed_bytes'] / 1024:,.1f} KiB: "
-        f"compression {totals['compression']:.1f}x",
+        f"compression {totals['compression']:.1f}x"
+        + (f" (1 bit a binary weight: the packed file takes no {', '.join(totals['unpackable'])}; export_onnx writes "
+           "this model in float32)" if totals.get("unpackable") else ""),
     ])
