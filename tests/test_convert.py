@@ -864,3 +864,29 @@ def test_the_package_gives_its_public_modules_and_binarize_takes_scaling_none():
     assert out.split() == ["describe", "digits", "True", "binarize", "reste.integrations"]
     model = binarize(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)), "ste", scaling=None)
     assert model[1].scaling == "none"
+
+
+def test_keywords_meant_as_true_or_false_refuse_anything_else():
+    """(review apifuzz1) binarize(model, inplace="no") converted the user's own model in place, and
+    load_datasets(download="no") went to the network: a string is true. Such keywords take True or False (NumPy's
+    bool too) and refuse the rest in one line naming the keyword; None, where it means the default, is kept."""
+    import numpy as np
+
+    from reste import data, models
+    from reste.errors import UsageError
+
+    float_model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+    for keyword in ("inplace", "keep_first", "keep_last"):
+        with pytest.raises(UsageError, match=rf"^binarize: {keyword} must be True or False, got 'no'$"):
+            reste.binarize(float_model, **{keyword: "no"})
+    assert type(float_model[1]) is nn.Conv2d  # not converted in place
+    assert type(reste.binarize(float_model, inplace=np.bool_(False))[1]) is reste.BinaryConv2d
+    assert type(float_model[1]) is nn.Conv2d
+    for keyword in ("download", "augment", "in_memory", "train"):
+        with pytest.raises(UsageError, match=rf"^load_datasets: {keyword} must be True or False, got 'no'$"):
+            data.load_datasets("digits", **{keyword: "no"})
+    assert data.load_datasets("digits", augment=None, in_memory=None)[2].num_classes == 10
+    with pytest.raises(UsageError, match=r"^models.create: a32 must be True or False, got 1$"):
+        models.create("digits_1w1a", a32=1)
+    with pytest.raises(UsageError, match=r"^estimator_options must be a dict .*\{'o_end': 3.0\}, got 3$"):
+        models.create("digits_1w1a", estimator_options=3)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import did_you_mean
+from .errors import checked_flags, did_you_mean
 from .estimators import Estimator, estimator_class, estimator_flags, get_estimator
 from .layers import _DEFAULT, SCALINGS, BinaryConv1d, BinaryConv2d, BinaryConv3d, BinaryConvTranspose1d, \
     BinaryConvTranspose2d, BinaryConvTranspose3d, BinaryLinear
@@ -295,6 +295,7 @@ def binarize(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"binarize takes a torch.nn.Module, got {type(model).__name__}")
+    checked_flags("binarize", keep_first=keep_first, keep_last=keep_last, inplace=inplace)
     if isinstance(model, torch.jit.ScriptModule):  # its layers are script modules: none converted (review models #3)
         raise TypeError("binarize takes the eager model, not a TorchScript one (torch.jit.script or trace): binarize "
                         "the model before scripting it")

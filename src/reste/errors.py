@@ -75,6 +75,15 @@ def one_line(err: BaseException) -> str:
     return last.split("UsageError: ", 1)[-1] if "UsageError" in last else text.splitlines()[0]
 
 
+def checked_flags(who: str, **flags: Any) -> None:
+    """Refuse, in one line naming ``who``, a keyword meant as True or False that is something else (``None`` is
+    left to the caller where it means "the default"): ``inplace="no"`` converted the user's own model and
+    ``download="no"`` went to the network, both strings being true (review apifuzz1). NumPy's bool is taken."""
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool) and type(value).__name__ not in ("bool", "bool_"):
+            raise UsageError(f"{who}: {name} must be True or False, got {value!r}"[:200])
+
+
 def checked_input_size(input_size: Any) -> tuple[int, ...] | None:
     """``input_size``, one input's shape ((C, H, W); (features,) for an MLP), refused with one line unless
     positive integers (``None`` stays ``None``)."""

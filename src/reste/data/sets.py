@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..datasets import SPECS, get_spec
-from ..errors import UsageError
+from ..errors import UsageError, checked_flags
 from .formats import (default_root_read, find_cifar10, find_fashion_mnist, image_folders, read_cifar10,
                       read_cifar10_classes, read_fashion_mnist)
 from .memory import InMemoryDataset, Normalize, RandomCropFlip
@@ -81,6 +81,7 @@ def load_datasets(name: str, data_path: str | os.PathLike | None = None, *, down
     (evaluation: CIFAR-10's ``test_batch``, Fashion-MNIST's ``t10k`` files; ImageNet's train folder is not
     scanned), and returns ``None`` for the train set.
     """
+    checked_flags("load_datasets", download=download, augment=augment, in_memory=in_memory, train=train)
     spec = get_spec(name)
     if in_memory and not spec.fits_in_memory:
         raise UsageError(f"{spec.name} does not fit in memory; it is read from files by DataLoader workers")

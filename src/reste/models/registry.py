@@ -16,14 +16,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 from torch import nn
 
 from .. import plugins
 from ..datasets import dataset_names, get_spec
-from ..errors import ModelOptionError, UsageError, did_you_mean
+from ..errors import ModelOptionError, UsageError, checked_flags, did_you_mean
 from ..estimators import Estimator, estimator_class, get_estimator
 from ..layers import SCALINGS, BinaryConv2d, BinaryLinear
 
@@ -215,6 +215,10 @@ def create(
     _check_name(name)
     model_options, legacy = _split_keywords(name, estimator, model_options)
     model_options = check_option_types(name, model_options)  # a str option given 18 gets "18"
+    checked_flags("models.create", a32=a32)
+    if estimator_options is not None and not isinstance(estimator_options, Mapping):  # (review apifuzz1)
+        raise UsageError(f"estimator_options must be a dict of the estimator's hyper-parameters, such as "
+                         f"{{'o_end': 3.0}}, got {estimator_options!r}"[:200])
     options = dict(estimator_options or {})
     twice = sorted(set(options) & set(legacy))
     if twice:
