@@ -1381,3 +1381,23 @@ def test_a_functional_conv_on_a_parameter_is_refused_saying_what_to_do(tmp_path)
     with pytest.raises(UsageError, match=r"tensor attribute 'w' directly \(at test_export.py:\d+, in forward\); .*"
                                          r"is written as its module \(nn.Conv2d, .*reste.export.export_onnx instead$"):
         export_model(Functional().eval(), tmp_path / "f.rbnn", input_size=(1, 8, 8))
+
+
+@pytest.mark.parametrize("how", ["module", "function", "method"])
+def test_a_final_softmax_is_refused_saying_to_export_the_scores_before_it(tmp_path, how):
+    """A classifier ending in a softmax (LogSoftmax, F.softmax, x.softmax) got the generic refusal (review
+    ownmodel2, suggestion 3): the refusal now says that the file's outputs are the scores before it, whose argmax is
+    the same, and how to get probabilities."""
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3))
+            self.last = nn.LogSoftmax(1)
+
+        def forward(self, x):
+            y = self.body(x)
+            return self.last(y) if how == "module" else F.softmax(y, 1) if how == "function" else y.softmax(1)
+
+    with pytest.raises(UsageError, match=r"is not supported.*; the packed file's outputs are the scores before it: "
+                                         r"export the model without its final softmax .*export_onnx instead$"):
+        export_model(Classifier().eval(), tmp_path / "c.rbnn", input_size=(1, 8, 8))

@@ -44,6 +44,12 @@ from . import ir
 
 #: The way out a refusal of an op the packed format lacks ends with: ONNX takes what torch.onnx exports.
 ONNX_WAY = "; write the model with reste.export.export_onnx instead"
+# a softmax, most often the classifier's last step: the file's outputs are scores whose argmax is its class, which a
+# softmax keeps (review ownmodel2, suggestion 3: it got the generic refusal)
+SOFTMAX_WAY = ("; the packed file's outputs are the scores before it: export the model without its final softmax "
+               "(the same predicted classes; apply torch.softmax to PackedModel's outputs for probabilities), or "
+               "write the model with reste.export.export_onnx instead")
+_SOFTMAX_FUNCTIONS = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
 
 
 class Bits:
@@ -300,6 +306,8 @@ def _module_node(m: nn.Module, name: str) -> dict[str, Any] | list[dict[str, Any
         return _avgpool(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return {"op": "adaptive_avgpool", "size": _adaptive_size(m.output_size)}
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+        raise UsageError(f"cannot export {name}: {type(m).__name__} is not supported{SOFTMAX_WAY}")
     raise UsageError(f"cannot export {name}: module type {type(m).__name__} is not supported; "
                      "supported: Conv1d/2d, Linear, their binary layers, BatchNorm1d/2d (synchronised too), ReLU, "
                      "ReLU6, Hardtanh, LeakyReLU, PReLU, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d, Flatten, "
@@ -547,7 +555,8 @@ class _Builder:
         if f in (F.dropout, F.dropout1d, F.dropout2d):
             return self.tensor(a[0], where)
         self._no_attribute(n)
-        raise _Refused(f"cannot export: function {where} is not supported", n.name, ONNX_WAY)
+        way = SOFTMAX_WAY if f in _SOFTMAX_FUNCTIONS else ONNX_WAY
+        raise _Refused(f"cannot export: function {where} is not supported", n.name, way)
 
     def method(self, n: fx.Node) -> Any:
         name, a = n.target, n.args
@@ -587,7 +596,8 @@ class _Builder:
                                  "or x.view(-1, n) with n one sample's size when input_size is given)")
             return self.add({"op": "reshape", "shape": [int(s) for s in shape[1:]]}, [x])
         self._no_attribute(n)
-        raise _Refused(f"cannot export: tensor method {name!r} is not supported", n.name, ONNX_WAY)
+        way = SOFTMAX_WAY if name in ("softmax", "log_softmax") else ONNX_WAY
+        raise _Refused(f"cannot export: tensor method {name!r} is not supported", n.name, way)
 
     def activation(self, n: fx.Node, where: str) -> int:
         """``F.relu``, ``F.relu6``, ``F.hardtanh``, ``F.leaky_relu`` and ``F.prelu`` (a parameter as its weight), their
