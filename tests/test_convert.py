@@ -890,3 +890,26 @@ def test_keywords_meant_as_true_or_false_refuse_anything_else():
         models.create("digits_1w1a", a32=1)
     with pytest.raises(UsageError, match=r"^estimator_options must be a dict .*\{'o_end': 3.0\}, got 3$"):
         models.create("digits_1w1a", estimator_options=3)
+
+
+def test_a_recurrent_or_bilinear_layer_left_in_float_is_said():
+    """(review ownmodel2, suggestion 5) An audio model's GRU (an LSTM, nn.Bilinear) stayed float without a word, and
+    the model looked binarized whole: binarize names them; keep= silences it; they are never first or last layers."""
+    class Audio(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.c2 = nn.Conv1d(1, 8, 3), nn.Conv1d(8, 8, 3)
+            self.rnn, self.pair = nn.GRU(8, 8, batch_first=True), nn.Bilinear(8, 8, 8)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            y = self.rnn(self.c2(self.c(x)).transpose(1, 2))[0][:, -1]
+            return self.fc(self.pair(y, y))
+
+    with pytest.warns(UserWarning, match=r"^binarize: 2 layer\(s\) of a kind reste has no binary version of stay in "
+                                         r"full precision: 'rnn' \(GRU\), 'pair' \(Bilinear\); .*keep="):
+        model = binarize(Audio())
+    assert type(model.c2) is reste.BinaryConv1d and type(model.c) is nn.Conv1d and type(model.fc) is nn.Linear
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binarize(Audio(), keep=["rnn", "pair"])

@@ -336,7 +336,10 @@ def binarize(
     named = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if type(m) in CONVERTED]
     others = _unconvertible(model)
     first, last = _first_and_last(model, {n for n, _ in named + others})
-    candidates = [n for n, _ in named] + [n for n, _ in others]
+    # layers of weights of other kinds, which binarize leaves alone: said, for a model with a GRU or an LSTM looked
+    # binarized whole (review ownmodel2, suggestion 5); not first or last layers, which are convs and linears
+    recurrent = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.RNNBase, nn.Bilinear))]
+    candidates = [n for n, _ in named] + [n for n, _ in others] + [n for n, _ in recurrent]
     unmatched = [p for p in patterns if not any(_matches(n, p) for n in candidates)]
     if unmatched:
         # a block's name ('layer4') names no layer: its layers are 'layer4.*'
@@ -354,6 +357,13 @@ def binarize(
             "(Conv1d/2d/3d, ConvTranspose1d/2d/3d) and nn.Linear are converted (list them in keep= to silence this)",
             stacklevel=2,
         )
+
+    recurrent = [(n, m) for n, m in recurrent if not any(_matches(n, p) for p in patterns)]
+    if recurrent:
+        warnings.warn(
+            f"binarize: {len(recurrent)} layer(s) of a kind reste has no binary version of stay in full precision: "
+            f"{_describe(recurrent)}; binarize converts convolutions and linears (list them in keep= to silence "
+            "this)", stacklevel=2)
 
     layers: dict[int, tuple[nn.Module, list[str]]] = {}  # each layer once, with every name it has
     for name, module in named:
