@@ -395,8 +395,10 @@ def _check_constant_input(layer: "_BinaryMixin", x: Tensor) -> None:
     warnings.warn(
         f"binarize: the inputs of binary layer {name!r} are all >= 0 (a ReLU before it, or images in [0, 1] into a "
         "binarized first layer?), and likely those of the layers like it: sign makes them +1 everywhere, so they "
-        "carry nothing and the layers before get no useful gradient; binarize with activations=False (1W/32A), or "
-        "put the sign before the ReLU (BatchNorm -> sign -> conv, as the zoo's blocks do)",
+        "carry nothing and the layers before get no useful gradient (in conv-BN-ReLU networks, torchvision's "
+        "MobileNetV2 among them, the gradients can then overflow through the batch norms, to NaN within a few "
+        "steps); binarize with activations=False (1W/32A), or put the sign before the ReLU (BatchNorm -> sign -> "
+        "conv, as the zoo's blocks do)",
         stacklevel=outside_reste("torch", "torchvision", "timm", "transformers"))  # the user's model(x)
 
 
