@@ -913,3 +913,17 @@ def test_a_recurrent_or_bilinear_layer_left_in_float_is_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         binarize(Audio(), keep=["rnn", "pair"])
+
+
+def test_binarize_takes_a_spec_dict_and_a_layer_takes_scaling_none():
+    """(review apifuzz1, suggestion 3) binarize's estimator= refused a spec dict ("expected an estimator name or
+    instance, got dict") that its activations= takes; BinaryConv2d(scaling=None) was "unknown scaling None" where
+    binarize and models.create take None as "none"."""
+    float_model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+    model = binarize(float_model, {"name": "reste", "o_end": 5.0}, t=2.0)
+    est = model[1].weight_estimator
+    assert type(est) is reste.ReSTE and est.o_end == 5.0 and est.t == 2.0
+    assert model[1].input_estimator is not est and model[1].input_estimator.o_end == 5.0
+    with pytest.raises(ValueError, match="'o_end' is given twice"):
+        binarize(float_model, {"name": "reste", "o_end": 5.0}, o_end=3.0)
+    assert BinaryConv2d(4, 4, 3, scaling=None).scaling == "none"

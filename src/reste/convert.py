@@ -179,7 +179,13 @@ def _no_fast_path(model: nn.Module) -> None:
 
 def _estimator_config(spec: Any, **hyperparameters: Any) -> Any:
     """Validate ``spec`` (a name or an instance) once and return what each layer should build its own estimator from:
-    a spec dict, or the instance (shared by every layer)."""
+    a spec dict, or the instance (shared by every layer). A spec dict (:meth:`Estimator.spec`'s) is taken too."""
+    if isinstance(spec, dict):  # a spec dict, as activations= takes one (review apifuzz1, suggestion 3)
+        twice = sorted(set(spec) & set(hyperparameters))
+        if twice:
+            raise ValueError(f"estimator hyper-parameter {twice[0]!r} is given twice: in the spec dict and as a "
+                             "keyword; give it once")
+        return _layer_spec(Estimator.from_spec({**spec, **hyperparameters}), "spec dict", "binarize(model, {}(...))")
     est = get_estimator(spec, **hyperparameters)
     return est if est is spec else _layer_spec(est, "name", "binarize(model, {}(...))")
 
@@ -256,7 +262,8 @@ def binarize(
     Args:
         model: the float model.
         estimator: an estimator name (each layer gets its own instance, built with
-            ``hyperparameters``) or an instance (shared by every layer).
+            ``hyperparameters``), a spec dict (``{"name": "reste", "o_end": 5}``, as ``activations`` takes one) or
+            an instance (shared by every layer).
         activations: binarize the inputs of the converted layers too (1W1A), with an estimator like the
             weights'; ``False`` keeps real activations (1W/32A). An estimator name, spec dict
             (``{"name": "approx_sign"}``, ``{"name": "reste", "o_end": 5}``) or instance gives the inputs an

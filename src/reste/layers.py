@@ -72,7 +72,8 @@ class _BinaryMixin:
     precision = 1
     weight: nn.Parameter
 
-    def _setup(self, weight_estimator: Any, input_estimator: Any, scaling: str) -> None:
+    def _setup(self, weight_estimator: Any, input_estimator: Any, scaling: str | None) -> None:
+        scaling = "none" if scaling is None else scaling  # (as binarize and models.create take it: review apifuzz1)
         if scaling not in SCALINGS:
             raise ValueError(unknown_choice("scaling", scaling, SCALINGS))
         self.scaling = scaling
