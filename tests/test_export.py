@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -1401,3 +1402,17 @@ def test_a_final_softmax_is_refused_saying_to_export_the_scores_before_it(tmp_pa
     with pytest.raises(UsageError, match=r"is not supported.*; the packed file's outputs are the scores before it: "
                                          r"export the model without its final softmax .*export_onnx instead$"):
         export_model(Classifier().eval(), tmp_path / "c.rbnn", input_size=(1, 8, 8))
+
+
+def test_class_names_of_another_count_than_the_outputs_are_warned_of(tmp_path):
+    """(review apifuzz1, suggestion 4) meta={"classes": [...]} of 2 names for 3 outputs (or 4) was written without a
+    word, and reste predict then named some classes wrongly or not at all."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), reste.BinaryConv2d(4, 4, 3), nn.BatchNorm2d(4),
+                          nn.Flatten(), nn.Linear(64, 3)).eval()
+    for names in (["a", "b"], ["a", "b", "c", "d"]):
+        with pytest.warns(UserWarning, match=rf"meta gives {len(names)} class names for a model of 3 outputs"):
+            export_model(model, tmp_path / "m.rbnn", input_size=(1, 8, 8), meta={"classes": names})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = export_model(model, tmp_path / "m.rbnn", input_size=(1, 8, 8), meta={"classes": ["a", "b", "c"]})
+    assert report["verify"]["outputs"] == 3

@@ -220,6 +220,11 @@ def export_model(
                       f"{checked['differing_predictions']} of {checked['images']} check images, with "
                       f"{checked['exact_ties']} sign inputs exactly 0: "
                       f"{EXACT_TIES}", UserWarning, stacklevel=2)
+    names, outputs = meta.get("classes"), (report.get("verify") or {}).get("outputs")
+    if names is not None and outputs is not None and len(names) != outputs:  # (review apifuzz1, suggestion 4)
+        warnings.warn(f"export_model: meta gives {len(names)} class names for a model of {outputs} outputs: reste "
+                      "predict names class i by the i-th name, so some are unnamed or named wrongly; give one name "
+                      "per output, in the model's order", UserWarning, stacklevel=2)
     return report
 
 
@@ -516,6 +521,7 @@ def verify_export(model: nn.Module, path: str | os.PathLike, input_size: tuple[i
         "exact_tie_images": tie_images,
         "max_abs_diff": float((got - logits).abs().max()),
         "same_predictions": bool(same.all()),
+        "outputs": int(logits.shape[1]) if logits.dim() == 2 else None,  # (the scores per image: classes)
     }
 
 
