@@ -373,3 +373,10 @@ def test_graph_reference_refuses_images_the_packed_model_would_not_compute_as_gi
     scale, mean, std = (np.float32(v) for v in (prep.pixel_scale, prep.mean[0], prep.std[0]))
     floats = (raw.astype(np.float32) / scale - mean) / std
     assert compare(graph_reference(tmp_path / "m.rbnn", floats), packed(raw)).mismatch == 0
+    ref = graph_reference(tmp_path / "m.rbnn", floats)  # compare's own arguments (apifuzz1, suggestion 5)
+    with pytest.raises(UsageError, match=r"^compare takes the Reference first .* got Tensor$"):
+        compare(packed(raw), ref)
+    with pytest.raises(UsageError, match=r"^compare: logits of shape \(2, 4\) for a reference of \(3, 4\); give "):
+        compare(ref, packed(raw)[:2])
+    with pytest.raises(UsageError, match=r"^compare takes the logits as an array of numbers, got str"):
+        compare(ref, "logits")

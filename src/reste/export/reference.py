@@ -402,7 +402,20 @@ def compare(ref: Reference, logits: Any, sites: list[Any] | None = None) -> Comp
     image counts as a near-tie when the reference has any sign input within the slack
     bound of zero for it.
     """
-    got = torch.as_tensor(np.asarray(logits)).to(torch.float64)
+    from ..errors import UsageError
+
+    if not isinstance(ref, Reference):  # (review apifuzz1: the arguments swapped gave a NumPy object-dtype error)
+        raise UsageError(f"compare takes the Reference first (graph_reference(path, images)), then the logits, got "
+                         f"{type(ref).__name__}")
+    try:
+        got = torch.as_tensor(np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits,
+                                         dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"compare takes the logits as an array of numbers, got {type(logits).__name__} "
+                         f"({str(err).splitlines()[0][:100]})") from None
+    if tuple(got.shape) != tuple(ref.logits.shape):  # (another batch gave "The size of tensor a (2) must match ...")
+        raise UsageError(f"compare: logits of shape {tuple(got.shape)} for a reference of {tuple(ref.logits.shape)}; "
+                         "give the logits of the same images, in the same order")
     n = got.shape[0]
     traced = sites is not None and len(sites) == len(ref.sites) and all(
         _same_but_unit_dims(tuple(s.shape), tuple(r.shape)) for s, r in zip(sites, ref.sites))
