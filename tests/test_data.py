@@ -1844,6 +1844,8 @@ def test_make_loaders_refuses_sizes_and_seeds_that_are_no_whole_numbers():
             make_loaders(train, test, **{**dict(batch_size=8, eval_batch_size=8, seed=0), **change})
     loader, _ = make_loaders(train, test, batch_size=np.int64(8), eval_batch_size=8, seed=np.int64(3))
     assert len(next(iter(loader))[1]) == 8  # NumPy's integers are whole numbers
+    with pytest.raises(UsageError, match=r"^make_loaders needs the test set"):  # (apifuzz1: NoneType has no len())
+        make_loaders(train, None, batch_size=8, eval_batch_size=8)
 
 
 def test_a_transformed_batch_keeps_the_generators_once_a_batch(monkeypatch):

@@ -789,3 +789,9 @@ def test_the_packed_evaluators_refuse_a_pytorch_model_in_one_line(tmp_path):
             call(net.eval())
         with pytest.raises(UsageError, match=rf"^{who} takes a packed model .*, got int$"):
             call(3)
+    export_model(net.eval(), tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    packed = PackedModel.load(tmp_path / "m.rbnn")
+    for given in ("photo.png", tmp_path / "photo.png", None):  # (a path or nothing: "new(): invalid data type 'str'")
+        with pytest.raises(UsageError, match=r"^a packed model takes images as an array or tensor \(N, C, H, W\), got "
+                                             r".*; for image files, use reste.export.predict_images\(model, paths\)"):
+            packed(given)

@@ -404,3 +404,13 @@ def test_a_resume_to_another_optimizer_leaves_sgds_momentum_behind(tmp_path, cap
                  "--no-progress"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["optimizer"], saved["momentum"]) == ("adam", 0.9)
+
+
+def test_resuming_a_file_or_a_missing_folder_says_which(tmp_path):
+    """(review apifuzz1) engine.resume(a file) said "no such folder" of a file that exists; a missing folder still
+    says how to start one."""
+    (tmp_path / "best.pt").write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"best.pt is not a run directory: it is a file; pass the run's folder"):
+        engine.resume(tmp_path / "best.pt", progress=False, log=lambda _: None)
+    with pytest.raises(UsageError, match=r"gone is not a run directory \(no such folder\); start one with --out"):
+        engine.resume(tmp_path / "gone", progress=False, log=lambda _: None)

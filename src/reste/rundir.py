@@ -449,6 +449,9 @@ class RunDirectory:
         created: list[Path] = []
         if fresh:
             created = cls._create(path)
+        elif path.exists() and not path.is_dir():  # (review apifuzz1: "no such folder" for a file that exists)
+            raise UsageError(f"{path} is not a run directory: it is a file; pass the run's folder (the one holding "
+                             "config.json and its checkpoints)")
         elif not path.is_dir():
             raise UsageError(f"{path} is not a run directory (no such folder); start one with --out {shell_word(path)}")
         had_lock = (path / LOCK_NAME).exists()

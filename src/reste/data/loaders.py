@@ -194,6 +194,9 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
             raise UsageError(f"make_loaders: {name} must be a whole number, got {value!r}")
     if batch_size < 1 or eval_batch_size < 1:
         raise UsageError(f"batch sizes must be at least 1, got {batch_size} and {eval_batch_size}")
+    if test_ds is None:  # (review apifuzz1: "object of type 'NoneType' has no len()")
+        raise UsageError("make_loaders needs the test set (the second of load_datasets' three); train_ds alone may "
+                         "be None")
     if workers < 0:
         raise UsageError(f"workers must be 0 or more, got {workers}")
     if device is not None:  # (review api3, suggestion 4: torch's "Found no NVIDIA driver" from deep inside, or its

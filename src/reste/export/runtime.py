@@ -360,7 +360,10 @@ def _channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def _array_or_tensor(images: Any) -> Any:
     """A nested list as a NumPy array, a uint8 tensor as a NumPy array (raw pixels go through NumPy), the rest as
-    it is."""
+    it is. A path or None is a one-line ``UsageError`` (review apifuzz1: "new(): invalid data type 'str'")."""
+    if images is None or isinstance(images, (str, bytes, os.PathLike)):
+        raise UsageError(f"a packed model takes images as an array or tensor (N, C, H, W), got {images!r}"[:160]
+                         + "; for image files, use reste.export.predict_images(model, paths) or reste predict")
     if isinstance(images, (list, tuple)):
         return np.asarray(images)
     if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
