@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from . import models, plugins
-from .errors import ModelOptionError, UsageError, read_user_file
+from .errors import ModelOptionError, UsageError, read_user_file, usable_device
 from .estimators import ScheduleWarning, estimator_class
 from .files import atomic_write  # (its owner: reste.files; the engine writes best.pt through this name)
 from .runfiles import LAST  # the checkpoint a run folder stands for (load_checkpoint of a folder)
@@ -404,13 +404,7 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, device: str 
     """Rebuild the model stored in a checkpoint (eval mode): the dict :func:`load_checkpoint` returns, or a file's
     path, which it reads. ``where`` names the file in errors (by default the file ``load_checkpoint`` read ``ckpt``
     from)."""
-    try:  # (review apifuzz1: torch's list of every device type, or "Found no NVIDIA driver", after the whole build)
-        target = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"model_from_checkpoint: unknown device {device!r}; pass cpu, cuda or cuda:N") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"model_from_checkpoint: device {str(target)!r}, but torch finds no CUDA GPU here; pass "
-                         "device='cpu' (the default)")
+    usable_device("model_from_checkpoint", device, "device='cpu' (the default)")  # before the build (apifuzz1)
     if isinstance(ckpt, (str, os.PathLike)):  # (a path, as the neighbouring functions take: review api3 #3)
         where = ckpt if where is None else where
         ckpt = load_checkpoint(ckpt)

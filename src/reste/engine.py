@@ -61,7 +61,7 @@ from .datasets import get_spec
 from .data import check_classes, data_device, default_read_from, load_datasets, make_loaders
 from .distributed import await_main, env_rank, env_world_size, init_distributed, is_distributed, job_token, \
     local_rank_first, signal_text, stop_signals
-from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal
+from .errors import ModelOptionError, UsageError, one_line, option, print_line, stderr_is_terminal, usable_device
 from .hparams import outside_reste
 from .indicators import RUN_LEVEL, EquilibriumMeter, amp_scale, amp_skipped, saved_measure
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
@@ -266,10 +266,8 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     amp = "none" if amp is None else amp
     if amp not in AMP_MODES:  # (review apifuzz1: None, "fp32" or "float32" ran the whole evaluation in fp16)
         raise UsageError(f"evaluate: unknown amp {amp!r}; valid: {', '.join(AMP_MODES)} (or None: none)")
-    try:  # (a device's name, as the other entry points take it, failed at autocast's device.type)
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"evaluate: unknown device {device!r}; pass a torch.device, or cpu, cuda or cuda:N") from None
+    # (a device's name, as the other entry points take it, failed at autocast's device.type)
+    device = usable_device("evaluate", device, "a torch.device, or 'cpu'")
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)

@@ -84,6 +84,21 @@ def checked_flags(who: str, **flags: Any) -> None:
             raise UsageError(f"{who}: {name} must be True or False, got {value!r}"[:200])
 
 
+def usable_device(who: str, device: Any, default: str) -> Any:
+    """``device`` as a ``torch.device``, refused in one line naming ``who`` where torch does not know it (its list of
+    every device type) or where it is a CUDA device on a machine without one ("Found no NVIDIA driver" from deep
+    inside, review api3 #4 and apifuzz1); ``default`` says what to pass instead ("device='cpu' (the default)")."""
+    import torch
+
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"{who}: unknown device {device!r}; pass cpu, cuda or cuda:N ({default})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{who}: device {str(device)!r}, but torch finds no CUDA GPU here; pass {default}")
+    return device
+
+
 def checked_input_size(input_size: Any) -> tuple[int, ...] | None:
     """``input_size``, one input's shape ((C, H, W); (features,) for an MLP), refused with one line unless
     positive integers (``None`` stays ``None``)."""

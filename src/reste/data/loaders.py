@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..datasets import get_spec
 from ..distributed import rank_and_world_size, stop_signals
-from ..errors import UsageError
+from ..errors import UsageError, usable_device
 from .memory import InMemoryDataset, TensorLoader
 from .sampling import EpochSampler, SeededItems, ShardSampler, TransformDataset, seeded_generator
 
@@ -199,14 +199,8 @@ def make_loaders(train_ds, test_ds, *, batch_size: int, eval_batch_size: int, wo
                          "be None")
     if workers < 0:
         raise UsageError(f"workers must be 0 or more, got {workers}")
-    if device is not None:  # (review api3, suggestion 4: torch's "Found no NVIDIA driver" from deep inside, or its
-        try:                # list of every device type)
-            device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise UsageError(f"make_loaders: unknown device {device!r}; pass cpu, cuda or cuda:N (or None)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"make_loaders: device {str(device)!r}, but torch finds no CUDA GPU here; pass "
-                             "device='cpu' (or None)")
+    if device is not None:
+        device = usable_device("make_loaders", device, "device='cpu', or None")
     rank, world = rank_and_world_size() if distributed else (0, 1)
     if 0 < len(test_ds) < world:  # a process with no test image would skip the evaluation's collectives (DDP's)
         raise UsageError(f"the test set has {len(test_ds)} image(s) for {world} processes; each process "
