@@ -250,3 +250,56 @@ def test_a_model_in_eval_mode_agrees_with_its_packed_file_at_exact_ties(tmp_path
     x = torch.randn(200, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(model(x).argmax(1), torch.as_tensor(PackedModel.load(tmp_path / "tie.rbnn")(x)).argmax(1))
+
+
+class _TripledWeight(BinaryConv2d):
+    def binary_weight(self):
+        return 3 * super().binary_weight()
+
+
+class _ShiftedConv(BinaryConv2d):
+    def _conv_forward(self, input, weight, bias):  # noqa: A002 - nn.Conv2d's names
+        return super()._conv_forward(input, weight + 0.25, bias)
+
+
+class _MaxScaled(type(reste.estimators.get_estimator("reste"))):
+    def scaled_sign(self, w, groups):
+        return self(w) * w.abs().max()
+
+
+def _own_weight(layer):
+    layer.binary_weight = lambda: 3 * BinaryConv2d.binary_weight(layer)
+    return layer
+
+
+def _own_conv(layer):
+    layer._conv_forward = lambda x, w, b: BinaryConv2d._conv_forward(layer, x, w + 0.25, b)
+    return layer
+
+
+def _own_fused_sign(layer):
+    layer.weight_estimator.scaled_sign = lambda w, groups: layer.weight_estimator(w) * w.abs().max()
+    return layer
+
+
+@pytest.mark.parametrize("build", [
+    lambda: _own_weight(BinaryConv2d(8, 4, 3, padding=1)), lambda: _TripledWeight(8, 4, 3, padding=1),
+    lambda: _own_conv(BinaryConv2d(8, 4, 3, padding=1)), lambda: _ShiftedConv(8, 4, 3, padding=1),
+    lambda: _own_fused_sign(BinaryConv2d(8, 4, 3, padding=1)),
+    lambda: BinaryConv2d(8, 4, 3, padding=1, weight_estimator=_MaxScaled())],
+    ids=["binary_weight-on-layer", "binary_weight-of-class", "conv-on-layer", "conv-of-class",
+         "scaled_sign-on-estimator", "scaled_sign-of-class"])
+def test_a_layers_own_weight_conv_or_fused_sign_is_what_eval_mode_computes(build):
+    """(review mut13) Where the weight the layer computes with is not sign(W) times reste's scale (a binary_weight
+    or a _conv_forward of its own, set on the layer or defined by its class; an estimator's own scaled_sign, set on
+    it or by its class), eval mode computes the layer as training does: moving the scale after the sum would drop
+    what the layer's own step does."""
+    torch.manual_seed(0)
+    layer = build()
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        trained = layer.train()(x)
+        plain = BinaryConv2d(8, 4, 3, padding=1)
+        plain.load_state_dict(layer.state_dict())
+        assert not torch.allclose(plain.eval()(x), trained, atol=1e-3)  # (its own step changes the numbers)
+        torch.testing.assert_close(layer.eval()(x), trained, rtol=1e-5, atol=1e-5)
