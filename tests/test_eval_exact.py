@@ -303,3 +303,22 @@ def test_a_layers_own_weight_conv_or_fused_sign_is_what_eval_mode_computes(build
         plain.load_state_dict(layer.state_dict())
         assert not torch.allclose(plain.eval()(x), trained, atol=1e-3)  # (its own step changes the numbers)
         torch.testing.assert_close(layer.eval()(x), trained, rtol=1e-5, atol=1e-5)
+
+
+class _DoubledT(BinaryConvTranspose2d):
+    def scale(self):
+        return 2 * super().scale()
+
+
+@pytest.mark.parametrize("scaling", ["layer", "channel"])
+@pytest.mark.parametrize("channels", [(4, 1), (4, 6)])
+def test_a_transposed_conv_with_a_scale_of_its_own_in_eval_mode_computes_as_in_training(channels, scaling):
+    """(review mut13) A transposed conv's weight is (in, out/g, ...): its own scale per channel is one per weight
+    row, (in, 1, ...) for one output channel, which is no scale of the outputs; eval mode computes its binary weight
+    inside the sum, as training does (taken after the sum, it scaled 1 output channel by 4 input channels')."""
+    torch.manual_seed(0)
+    layer = _DoubledT(*channels, 3, stride=2, scaling=scaling)
+    x = torch.randn(2, channels[0], 5, 5)
+    with torch.no_grad():
+        trained = layer.train()(x)
+        torch.testing.assert_close(layer.eval()(x), trained, rtol=1e-5, atol=1e-5)
