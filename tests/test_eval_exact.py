@@ -322,3 +322,23 @@ def test_a_transposed_conv_with_a_scale_of_its_own_in_eval_mode_computes_as_in_t
     with torch.no_grad():
         trained = layer.train()(x)
         torch.testing.assert_close(layer.eval()(x), trained, rtol=1e-5, atol=1e-5)
+
+
+class _DoubledScale(BinaryConv2d):
+    def scale(self):
+        return 2 * super().scale()
+
+
+def test_an_own_scales_eval_gradients_are_the_training_forms_up_to_rounding():
+    """(review mut13) A scale of the layer's own taken after the sum keeps the sign's backward too: an eval-mode
+    backward gives the weight, input and bias gradients of training's op(sign x, sign W * alpha)."""
+    grads = []
+    for mode in (True, False):
+        torch.manual_seed(0)
+        layer = _DoubledScale(8, 4, 3, padding=1, scaling="channel").train(mode)
+        x = torch.randn(2, 8, 6, 6, requires_grad=True)
+        out = layer(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads.append((x.grad, layer.weight.grad, layer.bias.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
