@@ -1875,3 +1875,19 @@ def test_a_transformed_batch_keeps_the_generators_once_a_batch(monkeypatch):
     one_by_one = [train[(3, 1, i)] for i in sampling.epoch_order(20, 3, 1).tolist()]
     assert torch.equal(torch.cat([images for images, _ in got]), torch.stack([im for im, _ in one_by_one]))
     assert torch.cat([labels for _, labels in got]).tolist() == [label for _, label in one_by_one]
+
+
+def test_a_train_set_without_a_transform_gives_its_items_in_the_epoch_order():
+    """(review mut13) A TransformDataset without a transform (reste.data's public class, a set of ready tensors) as the
+    train set: its batches, read at once by __getitems__ with the sampler's (seed, epoch, index) keys, are its base's
+    items in the epoch's order; without the transform test there, the batch path called None on each image."""
+    from reste.data import sampling
+    from reste.data.sampling import TransformDataset
+
+    base = [(torch.full((1,), float(i)), i % 3) for i in range(10)]
+    loader, _ = make_loaders(TransformDataset(base), TransformDataset(base), batch_size=5, eval_batch_size=5, seed=3,
+                             workers=0)
+    loader.set_epoch(2)
+    order = sampling.epoch_order(10, 3, 2).tolist()
+    images = torch.cat([images for images, _ in loader])
+    assert images.flatten().tolist() == [float(i) for i in order]
