@@ -685,3 +685,35 @@ def test_an_onnx_file_counts_the_exact_ties_its_float_conv_rounds(tmp_path):
         assert said and "sums +-alpha" in said[0] and "A BatchNorm or a bias after that layer" in said[0]
     info = export_onnx(_classifier(10), tmp_path / "c.onnx", (1, 8, 8))
     assert info["exact_ties"] == 0
+
+
+class _TieBranches(nn.Module):
+    """A binary conv without bias whose sums of +-1 (exact ties) feed two binary convs: one sign input, shared."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2, self.fc = nn.BatchNorm2d(8), nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        h = self.c2(self.bn(self.c1(x)))
+        return self.fc(torch.flatten(self.bn2(self.a(h) + self.b(h)), 1))
+
+
+def test_an_exact_tie_that_two_binary_layers_read_is_counted_once(tmp_path):
+    """(review mut13) A sign input that two binary layers share (a block's two branches) is one site: its exact ties
+    are counted once, each a sign input exactly 0 in the reference and not in the model (counted per reading layer,
+    the report gave twice the sign inputs there are)."""
+    torch.manual_seed(0)
+    model = reste.binarize(_TieBranches()).eval()
+    model.c2._sign_and_scale = lambda dims: None  # (the scale inside the sum: +-tiny at a tie, as in the test above)
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # (the check's images)
+    with torch.no_grad():
+        signs = torch.where(model.bn(model.c1(x)) < 0, -1.0, 1.0)
+        sums = nn.functional.conv2d(signs.double(), torch.where(model.c2.weight < 0, -1.0, 1.0).double(), padding=1)
+        ties = (sums == 0) & (model.c2(model.bn(model.c1(x))) != 0)
+    v, _, _ = _exported_check(model, tmp_path)
+    assert v["ok"] and int(ties.sum()) > 0
+    assert v["exact_ties"] == int(ties.sum()) and v["exact_tie_images"] == int(ties.flatten(1).any(1).sum())
