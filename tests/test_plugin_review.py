@@ -760,3 +760,29 @@ def test_a_hyperparameter_named_like_the_classes_own_method_is_refused_and_a_ram
     ramp.ramped = ["a", "a_end"]
     reste.register_estimator(ramp)
     assert reste.get_estimator("list_ramp", schedule="constant").unused_hyperparameters() == {"a_end"}
+
+
+def test_a_g_that_returns_inf_or_an_f_that_returns_nan_at_its_defaults_is_said_at_registration(isolated):
+    """(review mut13) An inf g (1 / x near 0, a steep surrogate's overflow) turns the weights NaN as a NaN g does;
+    an f that returns NaN is read by the general indicators and the F plot: each is said at registration, where the
+    first non-finite value is."""
+    steep = type("SteepG", (Estimator,), {
+        "name": "steep_g", "_f": staticmethod(lambda x: x),
+        "_g": staticmethod(lambda x: torch.where(x > 1.5, torch.full_like(x, float("inf")), torch.ones_like(x)))})
+    with pytest.warns(UserWarning, match=r"estimator 'steep_g' \(SteepG\): _g returned NaN or inf at its defaults "
+                                         r"\(at x = 1\.652, tried on \[-2, 2\]\); a NaN g .*; check _g"):
+        reste.register_estimator(steep)
+    nan_f = type("NanF", (Estimator,), {"name": "nan_f", "_g": staticmethod(lambda x: torch.ones_like(x)),
+                                        "_f": staticmethod(lambda x: torch.sqrt(x))})
+    with pytest.warns(UserWarning, match=r"estimator 'nan_f' \(NanF\): _f returned NaN or inf at its defaults "
+                                         r"\(at x = -2, .*the general indicators and the F plot read it; check _f"):
+        reste.register_estimator(nan_f)
+
+
+def test_a_hyperparameters_name_that_is_anothers_flag_is_refused(isolated):
+    """(review mut13) --grid and config.json take a hyper-parameter by its name or its flag's (`schedule` or
+    `k_schedule`): one named `a` (flag --q) and another whose flag is --a would both answer to `a`."""
+    params = (reste.Param("a", float, 1.0, "x", flag="q"), reste.Param("c", float, 1.0, "y", flag="a"))
+    with pytest.raises(ValueError, match="estimator 'clash': its hyper-parameters 'a' and 'c' both answer to --a"):
+        reste.register_estimator(_estimator("clash", params))
+    assert "clash" not in reste.list_estimators()
