@@ -717,3 +717,30 @@ def test_an_exact_tie_that_two_binary_layers_read_is_counted_once(tmp_path):
     v, _, _ = _exported_check(model, tmp_path)
     assert v["ok"] and int(ties.sum()) > 0
     assert v["exact_ties"] == int(ties.sum()) and v["exact_tie_images"] == int(ties.flatten(1).any(1).sum())
+
+
+def test_exact_ties_that_change_no_prediction_are_counted_but_not_warned_of(tmp_path):
+    """(review mut13) export_model warns of exact ties where they change a prediction; ties that change none (here a
+    classifier that gives every image the same logits) are in the report alone."""
+    torch.manual_seed(0)
+    model = reste.binarize(_TieBranches()).eval()
+    model.c2._sign_and_scale = lambda dims: None
+    with torch.no_grad():
+        model.fc.weight.zero_()
+    v, said, text = _exported_check(model, tmp_path)
+    assert v["exact_ties"] > 0 and v["differing_predictions"] == 0 and "exact ties" in text
+    assert not said, said
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+def test_an_onnx_files_exact_ties_that_change_no_prediction_are_counted_but_not_warned_of(tmp_path):
+    """(review mut13) export_onnx warns of exact ties where they change a prediction; ties that change none (every
+    image given the same logits) are counted in its result alone."""
+    model = _tie_model()
+    with torch.no_grad():
+        model[-1].weight.zero_()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = export_onnx(model, tmp_path / "t.onnx", (3, 8, 8))
+    assert info["ok"] and info["exact_ties"] > 0 and info["same_predictions"]
+    assert not [str(w.message) for w in caught if str(w.message).startswith("export_onnx:")]
