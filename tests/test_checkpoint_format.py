@@ -337,3 +337,17 @@ def test_model_from_checkpoint_refuses_a_device_it_cannot_use_before_building(mo
     with pytest.raises(UsageError, match=r"^model_from_checkpoint: device 'cuda:0', but torch finds no CUDA GPU"):
         model_from_checkpoint(FIXTURE / "best.pt", device="cuda:0")
     assert not model_from_checkpoint(FIXTURE / "best.pt", device=torch.device("cpu")).training
+
+
+def test_make_folders_takes_back_the_folders_it_made_when_a_deeper_one_fails(tmp_path):
+    """(review mut13) A level that cannot be made (a name too long for the file system) after levels this call made:
+    those are removed again, deepest first, and the error is the mkdir's; a folder that was there stays."""
+    import errno
+
+    from reste import files
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OSError) as info:
+        files.make_folders(tmp_path / "kept" / "a" / "b" / ("x" * 300))
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not list((tmp_path / "kept").iterdir())
