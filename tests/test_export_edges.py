@@ -743,4 +743,5 @@ def test_an_onnx_files_exact_ties_that_change_no_prediction_are_counted_but_not_
         warnings.simplefilter("always")
         info = export_onnx(model, tmp_path / "t.onnx", (3, 8, 8))
     assert info["ok"] and info["exact_ties"] > 0 and info["same_predictions"]
+    assert 0 < info["exact_tie_images"] <= info["images"]  # (images, not sign inputs)
     assert not [str(w.message) for w in caught if str(w.message).startswith("export_onnx:")]
