@@ -786,3 +786,13 @@ def test_a_hyperparameters_name_that_is_anothers_flag_is_refused(isolated):
     with pytest.raises(ValueError, match="estimator 'clash': its hyper-parameters 'a' and 'c' both answer to --a"):
         reste.register_estimator(_estimator("clash", params))
     assert "clash" not in reste.list_estimators()
+
+
+def test_an_estimator_defined_again_in_the_same_place_registers_again(isolated):
+    """(review mut13) A notebook cell or a plugin file run twice defines its class again, in the same module under the
+    same name: it registers again (the new class), where one of another place is refused."""
+    first = _estimator("again", ())
+    reste.register_estimator(first)
+    second = _estimator("again", ())
+    assert reste.register_estimator(second) is second
+    assert type(reste.get_estimator("again")) is second
