@@ -631,8 +631,18 @@ def test_an_epoch_made_nan_by_a_nan_gradient_is_said_not_left_out_silently(mode)
                 warnings.simplefilter("error")
                 meter.epoch_end()
         else:
-            with pytest.warns(UserWarning, match=r"stability \(nan\) is not finite though 1 step was measured"):
+            with pytest.warns(UserWarning, match=r"stability \(nan\) is not finite though 1 step was measured.*; "
+                                                 r"summary\(\) and the run-level values leave this epoch out"):
                 meter.epoch_end()
+    assert len(meter.history) == 2 and meter.summary()["gradient_stability"] == meter.history[0]["gradient_stability"]
+    overflow = EquilibriumMeter(model, mode=mode)  # (review mut13) an inf epoch is in the run's values: said so
+    model.zero_grad()
+    (model(torch.randn(4, 2, 5, 5)).sum() * 1e30).backward()
+    overflow.update()
+    with pytest.warns(UserWarning, match=r"stability \(inf\) is not finite .*; summary\(\)'s and the run-level "
+                                         r"values are then inf too"):
+        overflow.epoch_end()
+    assert overflow.summary()["gradient_stability"] == math.inf
     skipping = EquilibriumMeter(model, mode=mode)  # every step skipped by fp16's scaler: left out without a warning
     model.b1.weight.grad[0, 0, 0, 0] = float("inf")
     skipping.update(skipped=torch.tensor(True))

@@ -395,10 +395,14 @@ class EquilibriumMeter:
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if taken and bad:  # (review research1: summary() leaves a NaN epoch out as one of skipped steps, silently)
             what = " and ".join(f"{k.replace('_', ' ')} ({v})" for k, v in bad.items())
+            # a NaN epoch is left out of the run's values (unmeasured); an inf one is in them (review mut13)
+            then = ("summary() and the run-level values leave this epoch out, as one whose every step fp16's scaler "
+                    "skipped" if any(math.isnan(v) for v in bad.values()) else "summary()'s and the run-level values "
+                    "are then inf too")
             warnings.warn(f"EquilibriumMeter: this epoch's {what} is not finite though {taken} step"
                           f"{'s were' if taken > 1 else ' was'} measured: a weight or a gradient held inf or NaN (an "
-                          "estimator's g that returns NaN or inf?); summary() and the run-level values leave this "
-                          "epoch out, as one whose every step fp16's scaler skipped", UserWarning, stacklevel=2)
+                          f"estimator's g that returns NaN or inf, or a loss that overflowed?); {then}", UserWarning,
+                          stacklevel=2)
         if values["gradient_stability"] == 0.0 and self._count > 1:  # (review newuser2 #2: zeroed gradients read
             # as a perfectly stable one; an epoch, not a first step, which a zero-initialised residual branch zeroes)
             warnings.warn("EquilibriumMeter: the gradient stability of this epoch is 0: every gradient it read was "
