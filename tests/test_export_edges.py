@@ -486,6 +486,13 @@ def test_the_onnx_check_compares_sign_inputs_and_refuses_another_networks_file(t
     ref = graph_reference(tmp_path / "other.rbnn", x)
     assert all(ref.near_ties(i) for i in range(16))
     assert compare(ref, run_onnx(tmp_path / "m.onnx", x.numpy())).mismatch == 0
+    # (review apifuzz1) the packed file given for the ONNX one, and images of another shape: one line each, where
+    # onnxruntime's INVALID_PROTOBUF and INVALID_ARGUMENT came through
+    with pytest.raises(UsageError, match=r"other.rbnn is no ONNX file onnxruntime can run: a packed model, which "
+                                         r"PackedModel.load reads \("):
+        run_onnx(tmp_path / "other.rbnn", x.numpy())
+    with pytest.raises(UsageError, match=r"m.onnx takes images of shape \('batch', 1, 8, 8\), got \(16, 1, 9, 9\)$"):
+        run_onnx(tmp_path / "m.onnx", torch.randn(16, 1, 9, 9).numpy())
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])

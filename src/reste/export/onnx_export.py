@@ -382,10 +382,24 @@ def _traced_run(data: bytes, images: Any) -> tuple[Any, list[Any] | None]:
 
 
 def run_onnx(path: str | os.PathLike, images: Any) -> Any:
-    """Logits of an ONNX file for a batch of images (numpy), with onnxruntime."""
+    """Logits of an ONNX file for a batch of images (numpy), with onnxruntime. A file onnxruntime cannot read (a
+    packed .rbnn given for the .onnx) and images of another shape than the file's input are one-line
+    ``UsageError`` s (review apifuzz1: onnxruntime's InvalidProtobuf and INVALID_ARGUMENT came through)."""
     import numpy as np
     import onnxruntime as ort
 
-    session = ort.InferenceSession(Path(path).read_bytes(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: np.asarray(images, dtype=np.float32)})[0]
+    from ..errors import one_line, read_user_file
+    from .format import MAGIC
+
+    blob = read_user_file(path, f"{path} does not exist; write one with reste export --onnx or export_onnx")
+    try:
+        session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        hint = ": a packed model, which PackedModel.load reads" if blob.startswith(MAGIC) else ""
+        raise UsageError(f"{path} is no ONNX file onnxruntime can run{hint} ({one_line(err)[:120]})") from None
+    x = np.asarray(images, dtype=np.float32)
+    expected = session.get_inputs()[0].shape
+    if len(expected) != x.ndim or any(isinstance(e, int) and e != g for e, g in zip(expected[1:], x.shape[1:])):
+        raise UsageError(f"{path} takes images of shape {tuple(expected)}, got {tuple(x.shape)}")
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
