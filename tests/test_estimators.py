@@ -1247,3 +1247,18 @@ def test_calling_an_estimator_on_a_list_or_from_spec_on_a_name_is_one_line():
                                          r"reste.get_estimator\(name\)"):
         reste.Estimator.from_spec("reste")
     assert reste.Estimator.from_spec(MappingProxyType({"name": "reste", "o_end": 4.0})).config()["o_end"] == 4.0
+
+
+def test_a_state_dict_with_a_damaged_estimator_entry_is_refused_in_one_line():
+    """(review apifuzz1) a hand-made state_dict whose estimator entry gave o=nan loaded without a word (the schedule
+    then read nan), and a string there gave "'str' object has no attribute 'get'"."""
+    model = reste.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
+    state = model.state_dict()
+    key = "1.weight_estimator._extra_state"
+    for bad, said in (({**state[key], "o": float("nan")}, r"the state gives o=nan, not a finite number"),
+                      ({**state[key], "o": "2"}, r"the state gives o='2', not a finite number"),
+                      ("junk", r"the state.s estimator entry \(its _extra_state\) is a str, not reste.s dict of "
+                               r"hyper-parameters")):
+        with pytest.raises(ValueError, match=rf"^ReSTE: {said}; the state_dict is damaged or not of a reste model"):
+            model.load_state_dict({**state, key: bad})
+    model.load_state_dict(state)  # its own state loads

@@ -729,9 +729,17 @@ class Estimator(nn.Module):
         # each value as its hyper-parameter's type (int or float), else as it is held now: one held as a tensor
         # (a plugin's) comes back as a Python number, which set_progress replaces as it moves on
         declared = {p.name: p.type for p in self.hyperparameters}
+        if not isinstance(state, Mapping):  # (review apifuzz1: "'str' object has no attribute 'get'")
+            raise ValueError(f"{type(self).__name__}: the state's estimator entry (its _extra_state) is a "
+                             f"{type(state).__name__}, not reste's dict of hyper-parameters; the state_dict is "
+                             "damaged or not of a reste model")
         for k in self._state_names():
             if state.get(k) is None:  # (not in it, or saved before a set_progress of its own set it)
                 continue
+            value = real_number(state[k])
+            if value is None or not math.isfinite(value):  # (review apifuzz1: o=nan loaded without a word)
+                raise ValueError(f"{type(self).__name__}: the state gives {k}={state[k]!r}, not a finite number; the "
+                                 "state_dict is damaged or not of a reste model")
             if k in self._buffers and isinstance(self._buffers[k], Tensor):  # (a buffer: its tensor keeps the value)
                 with torch.no_grad():
                     self._buffers[k].fill_(state[k])
