@@ -649,3 +649,18 @@ def test_an_epoch_made_nan_by_a_nan_gradient_is_said_not_left_out_silently(mode)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         skipping.epoch_end()
+
+
+def test_update_refuses_a_stability_or_skipped_of_the_wrong_kind():
+    """(review apifuzz1) update(stability="x") was taken and failed at the next update ("can only concatenate str"),
+    update(skipped="yes") as "new(): invalid data type 'str'"."""
+    model = Tiny()
+    model(torch.randn(2, 2, 5, 5)).sum().backward()
+    meter = EquilibriumMeter(model)
+    with pytest.raises(TypeError, match=r"^EquilibriumMeter.update: stability is gradient_stability\(model\)'s value"):
+        meter.update(stability="x")
+    with pytest.raises(TypeError, match=r"^EquilibriumMeter.update: skipped is True, False or a bool tensor"):
+        meter.update(skipped="yes")
+    meter.update(stability=0.5, skipped=torch.tensor(False))
+    meter.update(skipped=False)
+    assert meter._count == 2

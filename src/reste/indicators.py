@@ -338,6 +338,13 @@ class EquilibriumMeter:
         are left out: its gradients are inf or NaN by definition, and made the epoch's stability NaN (review
         math #1). In the paper mode the epoch's value is then its last step that was not skipped, so a caller
         whose steps may be skipped updates at every step."""
+        if stability is not None and not isinstance(stability, Tensor) and real_number(stability) is None:
+            raise TypeError(f"EquilibriumMeter.update: stability is gradient_stability(model)'s value (a tensor or a "
+                            f"number), got {stability!r}"[:200])  # (review apifuzz1: failed at the next update)
+        if not (skipped is None or isinstance(skipped, bool) or type(skipped).__name__ in ("bool", "bool_")
+                or isinstance(skipped, Tensor) and skipped.dtype == torch.bool):
+            raise TypeError(f"EquilibriumMeter.update: skipped is True, False or a bool tensor (amp_skipped's), got "
+                            f"{skipped!r}"[:200])
         if not self._told_frozen:
             self._told_frozen = True
             frozen = frozen_layers(self.model, self.mode)
@@ -348,6 +355,8 @@ class EquilibriumMeter:
                               UserWarning, stacklevel=2)
         e = estimating_error(self.model, self.mode, self.o_end)
         s = gradient_stability(self.model, self.mode) if stability is None else stability
+        if not isinstance(s, Tensor):  # (a number read with .item(): as the tensor it was)
+            s = torch.tensor(real_number(s), dtype=e.dtype, device=e.device)
         self._count += 1
         if skipped is not None:
             taken = ~torch.as_tensor(skipped, dtype=torch.bool, device=e.device)
