@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 from ..wording import LINE_EVERY, printable
 from .runtime import BATCH_SIZE
 
@@ -50,7 +50,7 @@ def _a_packed_path(model: Any, who: str) -> None:
 def _check_counts(batch_size: Any, workers: Any) -> None:
     """Refuse a batch size below 1 and a negative or non-integer worker count (None: the default), in one line."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size!r}")
+        raise UsageError(f"{option('--batch-size', 'batch_size')} must be at least 1, got {batch_size!r}")
     from ..config import check_worker_count
 
     check_worker_count(workers)
