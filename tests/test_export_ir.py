@@ -154,7 +154,7 @@ def test_the_sdist_carries_every_folder_the_tests_read():
                if line.startswith("graft ")}
     read = {"tests"}
     for test in (root / "tests").glob("*.py"):
-        read |= set(re.findall(r'ROOT / "([\w.-]+)', test.read_text(encoding="utf-8")))
+        read |= set(re.findall(r'(?:ROOT|parents\[1\]) / "([\w.-]+)', test.read_text(encoding="utf-8")))
     folders = {name.split("/")[0] for name in read} - {"src", ".git"}
     missing = sorted(f for f in folders if (root / f).is_dir() and f not in grafted)
     assert not missing, f"folders the tests read that MANIFEST.in leaves out of the sdist: {missing}"
