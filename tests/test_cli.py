@@ -137,6 +137,30 @@ def test_summary_takes_model_options_as_train_does(capsys):
         assert len(err) == 1 and message in err[0]
 
 
+def test_summary_of_a_run_folder_or_a_file_says_it_takes_a_model_name(capsys, tmp_path, monkeypatch):
+    """(review install2) `reste summary runs/digits` said "unknown model 'runs/digits'; did you mean 'digits'?" (the
+    float model): a path is named as one, with the run's own model as a command that works."""
+    run = tmp_path / "runs" / "c"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "fmnist_vgg_1w1a", "a32": True,
+                                                 "model_options": {"width": 8}}))
+    (run / "best.pt").write_bytes(b"")
+    assert main(["summary", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a folder; `reste summary` takes a model's name" in err[0], err
+    assert "did you mean" not in err[0]
+    command = err[0].split("this run's model: reste summary ")[1].split()
+    assert command == ["fmnist_vgg_1w1a", "--a32", "--model-option", "width=8"]
+    assert main(["summary", *command]) == 0  # the command it gives works
+    capsys.readouterr()
+    assert main(["summary", str(run / "best.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file; `reste summary` takes a model's name" in err[0] and "reste export" in err[0]
+    monkeypatch.chdir(tmp_path)  # a folder named as a model is not taken for a path
+    (tmp_path / "digits_1w1a").mkdir()
+    assert main(["summary", "digits_1w1a"]) == 0
+
+
 def test_help_and_no_command(capsys):
     assert main([]) == 2  # a missing command is bad input: the help goes to stderr, as an error's line does
     shown = capsys.readouterr()

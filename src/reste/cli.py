@@ -219,6 +219,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
             info = models.model_info(name)
             print(f"{name:28s} {info['dataset']:14s} {'binary' if info['binary'] else 'float'}")
         return 0
+    if args.model not in models.list_models() and os.path.exists(args.model):
+        raise UsageError(_summary_of_a_path(args.model))
     info = models.model_info(args.model)
     if args.input_size is not None and args.input_size < 1:
         raise UsageError(f"--input-size must be a positive integer, got {args.input_size}")
@@ -249,6 +251,27 @@ def cmd_summary(args: argparse.Namespace) -> int:
           + (f", summarised at {'x'.join(map(str, size))}" if tuple(size) != tuple(info["input_size"]) else ""))
     print(text)
     return 0
+
+
+def _summary_of_a_path(path: str) -> str:
+    """The line for ``reste summary PATH`` (a run folder, a checkpoint, a packed file), which said "unknown model
+    'runs/digits'; did you mean 'digits'?", the float model (review install2)."""
+    from .runfiles import CONFIG
+
+    kind = "folder" if os.path.isdir(path) else "file"
+    said = f"{path} is a {kind}; `reste summary` takes a model's name (the names: `reste summary --list`)"
+    config = Path(path) / CONFIG
+    try:
+        run = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
+    except (OSError, ValueError):
+        run = None
+    if isinstance(run, dict) and isinstance(run.get("model"), str):
+        words = [run["model"]] + (["--a32"] if run.get("a32") is True else [])
+        options = run.get("model_options")
+        if isinstance(options, dict):
+            words += [f"--model-option {k}={v}" for k, v in options.items()]
+        return f"{said}; this run's model: reste summary {' '.join(words)}"
+    return said + ("; a checkpoint's sizes: `reste export CHECKPOINT OUT` prints them" if path.endswith(".pt") else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
