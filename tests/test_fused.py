@@ -823,6 +823,34 @@ def test_a_cache_on_a_noexec_file_system_builds_the_kernels_in_the_temporary_fol
         native.writable_cache()
 
 
+def test_an_unwritable_cache_named_is_said_and_no_cache_lands_in_the_current_folder(tmp_path, monkeypatch):
+    """(review install2) A $RESTE_CACHE that cannot be written was passed over without a word (a noexec one is
+    said); and where no temporary folder could be written, Python's last resort, the current folder, got a
+    reste-cache-0 of compiled libraries in the user's project: the kernels then fall back, unless $TMPDIR names it."""
+    from reste import native
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("RESTE_CACHE", str(blocker / "cache"))  # under a file: cannot be made
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(temp))
+    with pytest.warns(RuntimeWarning, match=r"^\$RESTE_CACHE .*file/cache cannot be written, so reste keeps its cache "
+                                            r"in .*reste-cache-\w+ instead; set \$RESTE_CACHE to a folder you can write"):
+        assert native.writable_cache().parent == temp
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(project))  # Python's last resort
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(OSError, match=r"no temporary folder can be written .*; set \$TMPDIR or \$RESTE_CACHE"):
+        native._private_temp()
+    assert not list(project.iterdir())
+    monkeypatch.setenv("TMPDIR", str(project))  # named: meant
+    assert native._private_temp().parent == project
+
+
 def test_noexec_reads_the_mount_flag(tmp_path, monkeypatch):
     from reste import native
 

@@ -171,8 +171,18 @@ def cache_dir() -> Path:
 
 
 def _private_temp() -> Path:
-    """This user's folder under the temporary directory (its checks: :func:`_writable`)."""
-    return Path(tempfile.gettempdir()) / f"reste-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    """This user's folder under the temporary directory (its checks: :func:`_writable`). Where no temporary folder
+    can be written, Python's falls back to the current folder: an ``OSError`` then (the kernels fall back to PyTorch
+    and NumPy), not a ``reste-cache-0`` left in the user's project (review install2), unless $TMPDIR (TEMP, TMP)
+    names that folder."""
+    temp = tempfile.gettempdir()
+    # the folders Python tries before its last resort, the current one ($TMPDIR, TEMP, TMP, /tmp, /var/tmp, ...)
+    tried = getattr(tempfile, "_candidate_tempdir_list", lambda: ["/tmp", "/var/tmp", "/usr/tmp", "."])()[:-1]
+    if os.path.abspath(temp) == os.path.abspath(os.getcwd()) and os.path.abspath(temp) not in {
+            os.path.abspath(t) for t in tried}:
+        raise OSError("no temporary folder can be written (Python's fallback is the current folder); set $TMPDIR or "
+                      "$RESTE_CACHE to a folder of your own")
+    return Path(temp) / f"reste-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 def _cpu_tag() -> str:
@@ -200,6 +210,8 @@ def _writable(folder: Path) -> Path:
                 return folder
     except OSError:
         pass
+    # a folder the user named that cannot be written: said, as a noexec one is (review install2)
+    unwritable = refused is None and unusable is None and bool(os.environ.get("RESTE_CACHE")) and folder == cache_dir()
     fallback = _private_temp()
     if folder == fallback:
         refused = None
@@ -213,6 +225,9 @@ def _writable(folder: Path) -> Path:
     if unusable and os.environ.get("RESTE_CACHE"):  # a folder the user named: say why it is not used (diff25)
         warnings.warn(f"{folder} {unusable}, so reste keeps its cache in {fallback} instead; set $RESTE_CACHE to a "
                       "folder on a file system that allows running programs", RuntimeWarning, stacklevel=3)
+    if unwritable and folder != fallback:
+        warnings.warn(f"$RESTE_CACHE {folder} cannot be written, so reste keeps its cache in {fallback} instead; set "
+                      "$RESTE_CACHE to a folder you can write", RuntimeWarning, stacklevel=3)
     if refused:
         warnings.warn(f"{folder} {refused}, so reste keeps its cache in {fallback} instead (code others put there "
                       "would run in this process); set $RESTE_CACHE to a folder of your own", RuntimeWarning,
