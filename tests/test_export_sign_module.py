@@ -78,3 +78,30 @@ def test_a_sign_another_node_reads_stays_as_it_was(tmp_path):
     path = tmp_path / "residual.rbnn"
     assert export_model(model, path, input_size=(3, 8, 8))["verify"]["ok"]
     assert_computes_model(path, model, torch.randn(6, 3, 8, 8))
+
+
+def test_the_summary_counts_a_sign_read_elsewhere_too_as_the_file_computes_it():
+    """A sign module's output read by a binary layer and by another node (a residual add, or a second binary layer)
+    stays a float conv on the signs in the file (to_graph keeps the sign); the summary counted each such layer as
+    1W1A (review diff34)."""
+    class Shared(nn.Module):
+        def __init__(self, second_binary: bool) -> None:
+            super().__init__()
+            self.second_binary = second_binary
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.sign = reste.get_estimator("ste")
+            self.a = reste.BinaryConv2d(8, 8, 3, padding=1, bias=False, input_estimator=None)
+            self.b = reste.BinaryConv2d(8, 8, 1, bias=False, input_estimator=None)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
+
+        def forward(self, x):
+            s = self.sign(self.stem(x))
+            return self.head(self.a(s) + (self.b(s) if self.second_binary else s))
+
+    for second_binary in (False, True):
+        model = Shared(second_binary).eval()
+        exported = [n["bin_in"] for n in to_graph(model, (3, 8, 8))[0] if n["op"] == "bconv"]
+        rows = {r["name"]: r for r in layer_summary(model, (3, 8, 8))}
+        summarised = [rows[n]["input_precision"] == 1 for n in ("a", "b") if rows[n]["macs"]]
+        assert summarised == exported == [False] * (1 + second_binary)
+        assert rows["total"]["binary_ops"] == 0

@@ -71,19 +71,29 @@ _CONVS = {torch.conv1d: False, torch.conv2d: False, torch.conv3d: False,
           torch.conv_transpose1d: True, torch.conv_transpose2d: True, torch.conv_transpose3d: True}
 
 
+#: the layers whose own calls the summary counts by their hooks, not by the functions inside them
+_OPAQUE = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
+
+
 class _Functional(torch.overrides.TorchFunctionMode):
     """Sees the convolutions and linears a forward computes outside every conv or linear layer (``F.conv2d(x,
     self.w)``, ``F.linear(x, layer.weight)``): their multiply-accumulates per sample, by the ``id`` of the weight
     they read. The layers' own calls (``depth`` above 0, kept by their hooks) are theirs (review ownmodel2)."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: Any = None) -> None:
         super().__init__()
         self.depth = 0
         self.macs: dict[int, int] = {}
+        self.read = read  # called with each tensor argument of a function computed outside every conv or linear
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if not self.depth and self.read is not None:
+            for a in (*args, *kwargs.values()):
+                for t in (a if isinstance(a, (list, tuple)) else (a,)):
+                    if isinstance(t, torch.Tensor):
+                        self.read(t)
         counted = func in _CONVS or func is torch.nn.functional.linear
         if self.depth or not counted or not isinstance(out, torch.Tensor):
             return out
@@ -109,7 +119,7 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
     A dummy input of shape ``(1, *input_size)`` goes through ``model`` in eval mode
     (the training mode is restored afterwards). Row keys: ``name``, ``type``,
     ``precision`` (1 or 32), ``input_precision`` (1 too for a binary layer of real inputs that reads an estimator
-    module's signs: a 1W1A layer as exported), ``output_shape``, ``params``,
+    module's signs nothing else reads: a 1W1A layer as exported), ``output_shape``, ``params``,
     ``binary_params`` (binary weights), ``macs``, ``binary_ops`` (MACs of 1W1A layers),
     ``float_bytes`` (params * 4) and ``packed_bytes`` (binary weights / 8, a 4-byte
     alpha per layer or per channel, float params * 4; a grouped binary conv's weights 4 bytes each, as the packed
@@ -137,17 +147,28 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
                 x = inputs[0] if inputs else kwargs.get("input", next(iter(kwargs.values()), None))
                 stats[name]["macs"] += _macs(module, x, output)
                 stats[name]["output_shape"] = tuple(output.shape[1:])
-                stats[name]["signed"] = any(x is s for s in signs)
+                read = [s for s in signs if x is s]
+                stats[name]["signed"] = id(read[0]) if read else None
+                if read and isinstance(module, _OPAQUE):  # (its own functions are not seen: its call reads them)
+                    readers[id(read[0])] = readers.get(id(read[0]), 0) + 1
         return record
+
+    def read_sign(t: torch.Tensor) -> None:
+        for s in signs:
+            if t is s:
+                readers[id(s)] = readers.get(id(s), 0) + 1
 
     # the outputs of estimators used as modules of their own (an activation before a layer of real inputs): a layer
     # that reads one takes +-1 inputs, a 1W1A layer as the packed file writes it (review larq1)
     signs: list[torch.Tensor] = []
+    # how many times each of them is read: a layer reads it as 1W1A only where nothing else does, as the packed
+    # file's export merges a sign into the one binary layer that reads it, and keeps it (float) otherwise
+    readers: dict[int, int] = {}
     inner = {id(m.input_estimator) for _, m in layers if getattr(m, "input_estimator", None) is not None}
     handles = [m.register_forward_hook(lambda _m, _i, out: signs.append(out)) for m in model.modules()
                if isinstance(m, Estimator) and id(m) not in inner]
     handles += [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
-    functional = _Functional()
+    functional = _Functional(read_sign)
 
     def enter(*_: Any) -> None:
         functional.depth += 1
@@ -156,7 +177,7 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
         functional.depth -= 1
 
     for _, m in model.named_modules():  # inside a conv or linear layer, its own call: counted by its hook above
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)):
+        if isinstance(m, _OPAQUE):
             handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave, always_call=True)]
     try:
         # (review models #4: a frozen BatchNorm stays frozen) where the model cannot take input_size: one line, as
@@ -176,7 +197,9 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
         seen.update(id(p) for p in own)
         params = sum(p.numel() for p in own)
         precision = getattr(m, "precision", 32)
-        input_precision = 1 if precision == 1 and stats[name].get("signed") else getattr(m, "input_precision", 32)
+        signed = stats[name].get("signed")
+        input_precision = 1 if precision == 1 and signed is not None and readers.get(signed) == 1 else \
+            getattr(m, "input_precision", 32)
         macs = stats[name]["macs"]
         # a conv or linear computed functionally on this module's weight (F.conv2d(x, self.w)): float MACs of its row
         # (they were not counted at all: review ownmodel2)
