@@ -914,6 +914,17 @@ def test_a_recurrent_or_bilinear_layer_left_in_float_is_said():
         warnings.simplefilter("error")
         binarize(Audio(), keep=["rnn", "pair"])
 
+    class Cell(nn.Module):  # a recurrent cell (nn.LSTMCell, GRUCell, RNNCell) stays float as well (review diff34)
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.cell, self.b, self.c = nn.Linear(4, 8), nn.LSTMCell(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.c(self.b(self.cell(self.a(x))[0]))
+
+    with pytest.warns(UserWarning, match=r"^binarize: 1 layer\(s\) of a kind .*'cell' \(LSTMCell\)"):
+        binarize(Cell())
+
 
 def test_binarize_takes_a_spec_dict_and_a_layer_takes_scaling_none():
     """(review apifuzz1, suggestion 3) binarize's estimator= refused a spec dict ("expected an estimator name or

@@ -343,9 +343,11 @@ def binarize(
     named = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if type(m) in CONVERTED]
     others = _unconvertible(model)
     first, last = _first_and_last(model, {n for n, _ in named + others})
-    # layers of weights of other kinds, which binarize leaves alone: said, for a model with a GRU or an LSTM looked
-    # binarized whole (review ownmodel2, suggestion 5); not first or last layers, which are convs and linears
-    recurrent = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.RNNBase, nn.Bilinear))]
+    # layers of weights of other kinds, which binarize leaves alone: said, for a model with a GRU or an LSTM (or one
+    # of their cells: review diff34) looked binarized whole (review ownmodel2, suggestion 5); not first or last
+    # layers, which are convs and linears
+    recurrent = [(n, m) for n, m in model.named_modules()
+                 if isinstance(m, (nn.RNNBase, nn.RNNCellBase, nn.Bilinear))]
     candidates = [n for n, _ in named] + [n for n, _ in others] + [n for n, _ in recurrent]
     unmatched = [p for p in patterns if not any(_matches(n, p) for n in candidates)]
     if unmatched:
