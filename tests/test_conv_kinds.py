@@ -506,3 +506,6 @@ def test_the_summary_says_when_the_packed_file_cannot_hold_the_model():
         "float32)")
     totals = summary_totals(layer_summary(plain, (3, 8, 8)), (3, 8, 8))
     assert totals["unpackable"] == [] and format_totals(totals).splitlines()[-1].endswith("x")
+    float_decoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 3, 2, stride=2))
+    totals = summary_totals(layer_summary(float_decoder, (3, 8, 8)), (3, 8, 8))  # no binary weight: nothing to say
+    assert totals["unpackable"] == ["ConvTranspose2d"] and format_totals(totals).splitlines()[-1].endswith("x")

@@ -886,8 +886,10 @@ def test_keywords_meant_as_true_or_false_refuse_anything_else():
         with pytest.raises(UsageError, match=rf"^load_datasets: {keyword} must be True or False, got 'no'$"):
             data.load_datasets("digits", **{keyword: "no"})
     assert data.load_datasets("digits", augment=None, in_memory=None)[2].num_classes == 10
-    with pytest.raises(UsageError, match=r"^models.create: a32 must be True or False, got 1$"):
-        models.create("digits_1w1a", a32=1)
+    with pytest.raises(UsageError, match=r"^models.create: a32 must be True or False, got 2$"):
+        models.create("digits_1w1a", a32=2)
+    models.create("digits_1w1a", a32=1)  # (0 and 1, and bool tensors, as before: review diff34)
+    assert type(reste.binarize(float_model, inplace=torch.tensor(False), keep_first=0)[0]) is reste.BinaryConv2d
     with pytest.raises(UsageError, match=r"^estimator_options must be a dict .*\{'o_end': 3.0\}, got 3$"):
         models.create("digits_1w1a", estimator_options=3)
 

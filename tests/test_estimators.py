@@ -640,8 +640,8 @@ def test_larqs_clip_value_keyword_is_the_clip():
     model = reste.binarize(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)), "ste_sign",
                            clip_value=0.5)
     assert model[1].weight_estimator.config() == {"clip": 0.5}
-    with pytest.raises(ValueError, match="no clip_value"):  # both given: which one was meant is not guessed
-        get_estimator("ste", clip_value=1.0, clip=2.0)
+    with pytest.raises(ValueError, match="^clip_value is larq's name for clip: give one of them, not both$"):
+        get_estimator("ste", clip_value=1.0, clip=2.0)  # both given: which one was meant is not guessed
     with pytest.raises(ValueError, match="no clip_value"):  # an estimator without a clip
         get_estimator("reste", clip_value=1.0)
 

@@ -167,6 +167,8 @@ def test_bop_takes_the_model_and_warns_of_its_float_parameters():
         bop = Bop(model, gamma=1.0, threshold=0.0)
         Bop([nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))])
     assert [id(w) for w in bop.param_groups[0]["params"]] == [id(model[2].weight)]
+    with pytest.raises(ValueError, match=r"^Bop\(model\): the model has no binary layer"):  # (review diff34)
+        Bop(nn.Sequential(nn.Linear(2, 2)))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     F.cross_entropy(model(torch.randn(4, 1, 6, 6)), torch.tensor([0, 1, 0, 1])).backward()
     bop.step()

@@ -1098,3 +1098,4 @@ def test_evaluate_refuses_an_unknown_amp_instead_of_running_fp16():
             engine.evaluate(net, batch, torch.device("cpu"), amp=bad)
     by_name = engine.evaluate(net, batch, "cpu", amp="bf16")
     assert by_name == engine.evaluate(net, batch, torch.device("cpu"), amp="bf16")
+    assert engine.evaluate(net, batch, None) == plain  # the CPU, as before (review diff34)

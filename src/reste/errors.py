@@ -78,10 +78,16 @@ def one_line(err: BaseException) -> str:
 def checked_flags(who: str, **flags: Any) -> None:
     """Refuse, in one line naming ``who``, a keyword meant as True or False that is something else (``None`` is
     left to the caller where it means "the default"): ``inplace="no"`` converted the user's own model and
-    ``download="no"`` went to the network, both strings being true (review apifuzz1). NumPy's bool is taken."""
+    ``download="no"`` went to the network, both strings being true (review apifuzz1). NumPy's bool, a 0-dim bool
+    tensor and the integers 0 and 1 are taken."""
     for name, value in flags.items():
-        if value is not None and not isinstance(value, bool) and type(value).__name__ not in ("bool", "bool_"):
-            raise UsageError(f"{who}: {name} must be True or False, got {value!r}"[:200])
+        if value is None or isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):
+            continue
+        if getattr(value, "ndim", None) == 0 and str(getattr(value, "dtype", "")) in ("torch.bool", "bool"):
+            continue  # a 0-dim bool tensor or array
+        if type(value) is int and value in (0, 1):  # (0 and 1 were taken as False and True: review diff34)
+            continue
+        raise UsageError(f"{who}: {name} must be True or False, got {value!r}"[:200])
 
 
 def usable_device(who: str, device: Any, default: str) -> Any:
@@ -90,6 +96,8 @@ def usable_device(who: str, device: Any, default: str) -> Any:
     inside, review api3 #4 and apifuzz1); ``default`` says what to pass instead ("device='cpu' (the default)")."""
     import torch
 
+    if device is None:  # (the CPU, as torch's own device=None: review diff34)
+        return torch.device("cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):

@@ -1281,7 +1281,9 @@ def get_estimator(name_or_instance: str | Estimator, **hyperparameters: Any) -> 
     cls = estimator_class(name_or_instance)
     table = {p.name for p in cls.hyperparameters}
     for larq, ours in LARQ_KEYWORDS.items():  # a larq keyword, where the estimator takes ours and it is not given too
-        if larq in hyperparameters and larq not in table and ours in table and ours not in hyperparameters:
+        if larq in hyperparameters and larq not in table and ours in table:
+            if ours in hyperparameters:  # (review diff34: "unexpected keyword clip_value")
+                raise ValueError(f"{larq} is larq's name for {ours}: give one of them, not both")
             hyperparameters[ours] = hyperparameters.pop(larq)
     try:
         return cls(**hyperparameters)

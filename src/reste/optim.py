@@ -83,7 +83,10 @@ class Bop(torch.optim.Optimizer):
                  threshold: float = DEFAULT_THRESHOLD) -> None:
         gamma, threshold = check_settings(gamma, threshold)
         if isinstance(params, nn.Module):  # (review apifuzz1: the model, as a torch optimizer is built on it)
-            params = split_binary(params)[0]
+            try:
+                params = split_binary(params)[0]
+            except ValueError as err:  # (named as the call the user made: review diff34)
+                raise ValueError(str(err).replace("split_binary:", "Bop(model):", 1)) from None
         super().__init__(params, {"gamma": gamma, "threshold": threshold, "lr": 1.0})
         _warn_model_parameters([w for group in self.param_groups for w in group["params"]])
         self.flips = torch.zeros((), dtype=torch.int64)

@@ -302,5 +302,5 @@ def format_totals(totals: dict[str, Any]) -> str:
         f"size        float {totals['float_bytes'] / 1024:,.1f} KiB, packed {totals['packed_bytes'] / 1024:,.1f} KiB: "
         f"compression {totals['compression']:.1f}x"
         + (f" (1 bit a binary weight: the packed file takes no {', '.join(totals['unpackable'])}; export_onnx writes "
-           "this model in float32)" if totals.get("unpackable") else ""),
+           "this model in float32)" if totals.get("unpackable") and totals["binary_params"] else ""),
     ])
