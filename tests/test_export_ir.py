@@ -160,6 +160,16 @@ def test_the_sdist_carries_every_folder_the_tests_read():
     assert not missing, f"folders the tests read that MANIFEST.in leaves out of the sdist: {missing}"
 
 
+def test_the_version_is_written_once_in_effect():
+    """(review install2, suggestion 3) the version is in pyproject.toml (the wheel's metadata) and in
+    reste.__version__ (checkpoints record it, reste --version prints it): they must agree."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == reste.__version__
+
+
 def test_a_changed_c_file_gets_a_fresh_build_and_a_missing_one_falls_back(tmp_path, monkeypatch):
     import ctypes
 
