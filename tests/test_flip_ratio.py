@@ -76,3 +76,14 @@ def test_frozen_and_shared_weights() -> None:
     assert float(flips.update()) == pytest.approx(float((shared.weight != 0).float().mean()))
     with pytest.raises(ValueError, match="no trainable binary weight"):
         FlipRatio(nn.Sequential(nn.Linear(2, 2), frozen))
+
+
+def test_a_model_moved_to_another_device_after_construction_is_followed() -> None:
+    # FlipRatio(model) then model.to(device), the order of a usual script: the signs kept from the construction are
+    # on the old device (the meta device stands in for a GPU here)
+    model = _two_layers()
+    flips = FlipRatio(model)
+    assert float(flips.update()) == 0.0          # a step on the old device: the epoch's sums are there too
+    model.to("meta")
+    ratio = flips.update()
+    assert ratio.device.type == "meta" and ratio.shape == ()

@@ -480,11 +480,14 @@ class FlipRatio:
         """Compare every binary weight's sign with the last update's (or the construction's); returns the share
         of all of them that flipped."""
         signs = self._read()
-        counts = torch.stack([(new != old).sum().to(signs[0].device) for new, old in zip(signs, self._signs)])
+        # (a model moved to another device since the last update, model.to("cuda") after FlipRatio(model): the kept
+        # signs follow it, as the running sums do)
+        counts = torch.stack([(new != old.to(new.device)).sum().to(signs[0].device)
+                              for new, old in zip(signs, self._signs)])
         self._signs = signs
         sizes = torch.tensor(self._sizes, dtype=torch.float64, device=counts.device)
         shares = counts.double() / sizes
-        self._sums = shares if self._sums is None else self._sums + shares
+        self._sums = shares if self._sums is None else self._sums.to(shares.device) + shares
         self._steps += 1
         return counts.sum().double() / sizes.sum()
 
