@@ -87,3 +87,20 @@ def test_a_model_moved_to_another_device_after_construction_is_followed() -> Non
     model.to("meta")
     ratio = flips.update()
     assert ratio.device.type == "meta" and ratio.shape == ()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_update_does_not_wait_for_the_gpu() -> None:
+    # update() returns a 0-dim tensor so that a step need not wait for the device: nothing in it may copy from the
+    # host (a list made a tensor on the GPU each step) or read a GPU value back
+    model = _two_layers().cuda()
+    flips = FlipRatio(model)
+    flips.update()                               # the first may move what it keeps to the GPU
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            model[0].weight.neg_()
+        flips.update()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

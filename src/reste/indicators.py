@@ -467,6 +467,8 @@ class FlipRatio:
             raise ValueError("FlipRatio: the model has no trainable binary weight (pass the model that reste.binarize "
                              "returned; frozen weights, requires_grad=False, never flip)")
         self._sizes = [layer.weight.numel() for _, layer in self.layers]
+        self._size_tensor = torch.tensor(self._sizes, dtype=torch.float64)  # (moved to the weights' device once:
+        # a list copied to a GPU each step would wait for the device there, what update() promises not to do)
         self._signs = self._read()
         self.history: list[dict[str, Any]] = []
         self._sums: Tensor | None = None  # per layer: the sum over this epoch's steps of its flipped share
@@ -485,7 +487,9 @@ class FlipRatio:
         counts = torch.stack([(new != old.to(new.device)).sum().to(signs[0].device)
                               for new, old in zip(signs, self._signs)])
         self._signs = signs
-        sizes = torch.tensor(self._sizes, dtype=torch.float64, device=counts.device)
+        if self._size_tensor.device != counts.device:
+            self._size_tensor = self._size_tensor.to(counts.device)
+        sizes = self._size_tensor
         shares = counts.double() / sizes
         self._sums = shares if self._sums is None else self._sums.to(shares.device) + shares
         self._steps += 1
