@@ -449,7 +449,8 @@ class FlipRatio:
     ``update()`` after every ``optimizer.step()`` and ``epoch_end()`` once per epoch (the mean of its steps' ratios,
     over all the binary weights and per layer). Frozen binary weights (``requires_grad=False``) are left out, and a
     weight shared by two binary layers counts once. ``update`` returns the step's ratio as a 0-dim tensor on the
-    weights' device (no host synchronisation until ``epoch_end``).
+    weights' device (no host synchronisation until ``epoch_end``). Called every N steps, ``update`` counts the net
+    sign changes over those steps (a weight flipped twice counts 0), and ``epoch_end`` averages over the calls.
 
     >>> flips = FlipRatio(model)
     >>> optimizer.step(); flips.update()
