@@ -104,3 +104,26 @@ def test_update_does_not_wait_for_the_gpu() -> None:
         flips.update()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_skipped_step_is_left_out_and_the_history_survives_a_state_dict() -> None:
+    """(review research2) a step fp16's scaler skipped changed no sign and counted as 0 flips, pulling the epoch's
+    mean down where EquilibriumMeter leaves it out; and the history had no state_dict for a resume."""
+    model = _two_layers()
+    flips = FlipRatio(model)
+    with torch.no_grad():
+        model[0].weight.view(-1)[:2] *= -1      # 2 of 20
+    flips.update()
+    flips.update(skipped=torch.tensor(True))    # (no sign moved: a skipped step)
+    flips.update(skipped=False)
+    values = flips.epoch_end()
+    assert values["layers"] == pytest.approx({"0": 2 / 20 / 2, "1": 0.0})  # over the 2 steps taken, not 3
+    flips.update(skipped=True)
+    assert str(flips.epoch_end()["flip_ratio"]) == "nan"  # every step skipped: nothing measured
+    with pytest.raises(TypeError, match="skipped is True, False or a bool tensor"):
+        flips.update(skipped="yes")
+    again = FlipRatio(model)
+    again.load_state_dict(flips.state_dict())
+    assert again.history[0] == values and len(again.history) == 2
+    with pytest.raises(ValueError, match="takes what state_dict"):
+        again.load_state_dict({"epochs": []})

@@ -473,15 +473,22 @@ class FlipRatio:
         self._signs = self._read()
         self.history: list[dict[str, Any]] = []
         self._sums: Tensor | None = None  # per layer: the sum over this epoch's steps of its flipped share
+        self._taken: Tensor | None = None  # the steps of this epoch the optimizer took (not skipped)
         self._steps = 0
 
     def _read(self) -> list[Tensor]:
         return [layer.weight.detach() < 0 for _, layer in self.layers]
 
     @torch.no_grad()
-    def update(self) -> Tensor:
+    def update(self, skipped: Tensor | bool | None = None) -> Tensor:
         """Compare every binary weight's sign with the last update's (or the construction's); returns the share
-        of all of them that flipped."""
+        of all of them that flipped. ``skipped``: whether the optimizer left this step out (fp16's scaler, as
+        :func:`amp_skipped` tells it, a bool or a 0-dim bool tensor): such a step is left out of the epoch's mean, as
+        :class:`EquilibriumMeter` leaves it out (its 0 flips pulled the mean down: review research2)."""
+        if not (skipped is None or isinstance(skipped, bool)
+                or isinstance(skipped, Tensor) and skipped.dtype == torch.bool):
+            raise TypeError(f"FlipRatio.update: skipped is True, False or a bool tensor (amp_skipped's), got "
+                            f"{skipped!r}"[:200])
         signs = self._read()
         # (a model moved to another device since the last update, model.to("cuda") after FlipRatio(model): the kept
         # signs follow it, as the running sums do)
@@ -492,18 +499,34 @@ class FlipRatio:
             self._size_tensor = self._size_tensor.to(counts.device)
         sizes = self._size_tensor
         shares = counts.double() / sizes
+        taken = torch.ones((), dtype=torch.float64, device=shares.device) if skipped is None else \
+            (~torch.as_tensor(skipped, dtype=torch.bool, device=shares.device)).double()
+        shares = shares * taken
         self._sums = shares if self._sums is None else self._sums.to(shares.device) + shares
+        self._taken = taken if self._taken is None else self._taken.to(taken.device) + taken
         self._steps += 1
         return counts.sum().double() / sizes.sum()
 
     def epoch_end(self) -> dict[str, Any]:
         """This epoch's mean flip ratio over its steps (``flip_ratio``, all binary weights: each step's share
         weighted by the layers' sizes) and each layer's (``layers``, by module name); the sums start again."""
-        if self._steps == 0 or self._sums is None:
+        if self._steps == 0 or self._sums is None or self._taken is None:
             raise RuntimeError("no update() since the last epoch_end()")
-        per_layer = (self._sums / self._steps).tolist()
+        taken = float(self._taken)
+        per_layer = (self._sums / taken).tolist() if taken else [math.nan] * len(self.layers)  # (every step skipped)
         total = sum(r * n for r, n in zip(per_layer, self._sizes)) / sum(self._sizes)
         values = {"flip_ratio": total, "layers": {name: r for (name, _), r in zip(self.layers, per_layer)}}
         self.history.append(values)
-        self._sums, self._steps = None, 0
+        self._sums, self._taken, self._steps = None, None, 0
         return values
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epochs' values so far (``history``), for a checkpoint: a resumed run's ``load_state_dict`` keeps
+        them. The signs are read again from the weights as they are loaded, at construction."""
+        return {"history": [dict(h, layers=dict(h["layers"])) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`state_dict`'s history."""
+        if not isinstance(state, dict) or not isinstance(state.get("history"), list):
+            raise ValueError("FlipRatio.load_state_dict takes what state_dict() returned: {'history': [...]}")
+        self.history = [dict(h, layers=dict(h["layers"])) for h in state["history"]]
