@@ -644,7 +644,9 @@ def _nothing_binary(what: str) -> None:
 
 
 def schedule_values(model: nn.Module) -> dict[str, float]:
-    """The current schedule values of the first scheduled estimator of ``model``."""
+    """The current schedule values of the first scheduled estimator of ``model`` (what a run's metrics line logs):
+    in a model of two kinds (EDE weights, ReSTE inputs) the other kind's are not among them; each estimator's own
+    ``schedule_values()``, or ``reste.integrations.tensorboard.layer_schedules(model)``, gives every layer's."""
     for est in estimators_of(model):
         if est.schedule_values():
             return dict(est.schedule_values())
