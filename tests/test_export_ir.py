@@ -822,6 +822,6 @@ def test_the_packed_evaluators_refuse_a_pytorch_model_in_one_line(tmp_path):
         with pytest.raises(UsageError, match=r"^a packed model takes images as an array or tensor \(N, C, H, W\), got "
                                              r".*; for image files, use reste.export.predict_images\(model, paths\)"):
             packed(given)
-    from reste.export import evaluate_packed  # its Python keyword named as such, not by the CLI's flag (apifuzz1)
+    # its Python keyword named as such, not by the CLI's flag (apifuzz1)
     with pytest.raises(UsageError, match=r"^batch_size must be at least 1, got 0$"):
         evaluate_packed(tmp_path / "m.rbnn", "digits", batch_size=0)

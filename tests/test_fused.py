@@ -835,8 +835,9 @@ def test_an_unwritable_cache_named_is_said_and_no_cache_lands_in_the_current_fol
     blocker.write_text("")
     monkeypatch.setenv("RESTE_CACHE", str(blocker / "cache"))  # under a file: cannot be made
     monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(temp))
-    with pytest.warns(RuntimeWarning, match=r"^\$RESTE_CACHE .*file/cache cannot be written, so reste keeps its cache "
-                                            r"in .*reste-cache-\w+ instead; set \$RESTE_CACHE to a folder you can write"):
+    with pytest.warns(RuntimeWarning, match=r"^\$RESTE_CACHE .*file/cache cannot be written, so reste keeps its "
+                                            r"cache in .*reste-cache-\w+ instead; set \$RESTE_CACHE to a folder you "
+                                            r"can write"):
         assert native.writable_cache().parent == temp
     project = tmp_path / "project"
     project.mkdir()
