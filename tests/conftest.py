@@ -16,7 +16,14 @@ def pytest_configure(config) -> None:
     cores wait on each other's threads (a test of 4 s took 24 s)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        # The processes a test starts (python -m reste, benchmark scripts, study scripts, DataLoader workers) take
+        # the same share unless the test or the environment says otherwise: without it each took every core
+        # (OMP_NUM_THREADS unset, as in CI) beside the other worker's tests, and both waited on each other's threads.
+        # A test that asks for a count (--threads N, OMP_NUM_THREADS in its env=) still gets it.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, str(share))
 
 
 @contextlib.contextmanager
