@@ -4,6 +4,7 @@ docs/ parses with the CLI as it is, and every script or document they name exist
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -287,23 +288,85 @@ NOT_RUN: dict[str, str] = {}
 OPTIONAL = ("lightning", "tensorboard", "timm")  # a block that imports one of them runs when it is installed
 
 
+# A process that has imported torch (and nothing of reste) under the blocks' warning filter, and forks one child a
+# block: each child runs its block as `python -W error::UserWarning -c BLOCK` would, in a fresh __main__ with the
+# block's folder as its working folder and first on sys.path, its output in files, and exits with the status such a
+# process would. Thirteen blocks paid thirteen imports of torch, a second or two each; the block itself still
+# imports reste and everything it names (a block that forgot an import still fails: its __main__ is empty).
+_BLOCK_RUNNER = r"""
+import atexit, importlib, json, os, signal, sys, threading, traceback, types
+import torch  # (imported under -W error::UserWarning: a warning of its import still fails, as in each block's run)
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(600)  # (the timeout of each block's run)
+        out = os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        err = os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, 1), os.dup2(err, 2), os.close(out), os.close(err)
+        os.chdir(job["cwd"])
+        sys.path.insert(sys.path.index(job["src"]) + 1, job["cwd"])  # (as its PYTHONPATH had it)
+        sys.path_importer_cache.clear(), importlib.invalidate_caches()
+        main = types.ModuleType("__main__")
+        sys.modules["__main__"] = main
+        code = 0
+        try:
+            exec(compile(job["block"], "<string>", "exec"), main.__dict__)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        threading._shutdown()  # (what Python's exit does: its threads, then its atexit functions)
+        atexit._run_exitfuncs()
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+    print(json.dumps(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def run_block():
+    """``run_block(block, folder)``: the exit status and stderr of ``block`` run as ``python -W
+    error::UserWarning -c BLOCK`` in ``folder`` (with it on PYTHONPATH) would give them (:data:`_BLOCK_RUNNER`)."""
+    src = str(Path(reste.__file__).parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    runner = subprocess.Popen([sys.executable, "-W", "error::UserWarning", "-c", _BLOCK_RUNNER], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def run(block: str, folder: Path) -> tuple[int, str]:
+        err = folder.parent / f"{folder.name}.stderr"
+        runner.stdin.write(json.dumps({"block": block, "cwd": str(folder), "src": src, "stderr": str(err),
+                                       "stdout": str(folder.parent / f"{folder.name}.stdout")}) + "\n")
+        runner.stdin.flush()
+        status = runner.stdout.readline()
+        assert status, f"the block runner died: {runner.stderr.read()[-3000:]}"
+        return json.loads(status), err.read_text()
+
+    try:
+        yield run
+    finally:
+        runner.stdin.close()
+        runner.wait(timeout=60)
+
+
 @pytest.mark.parametrize("block", _python_blocks(), ids=lambda b: b.splitlines()[0][:50])
-def test_each_readme_python_block_runs_on_a_cpu_without_downloads(block, tmp_path):
+def test_each_readme_python_block_runs_on_a_cpu_without_downloads(block, tmp_path, run_block):
     for start, why in NOT_RUN.items():
         if block.startswith(start):
             pytest.skip(why)
     for package in OPTIONAL:
         if re.search(rf"^\s*(?:import|from) {package}\b", block, re.M) and importlib.util.find_spec(package) is None:
             pytest.skip(f"needs the optional package {package}")
+    folder = tmp_path / "block"  # (its output files beside it, not in it)
+    folder.mkdir()
     name = re.match(r"# (\w+)\.py\n", block)  # a plugin module (`# myest.py`): written as a file, then imported
     if name:
-        (tmp_path / f"{name[1]}.py").write_text(block)
+        (folder / f"{name[1]}.py").write_text(block)
         block = f"import {name[1]}\n"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(reste.__file__).parents[1]), str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"this README block fails:\n{block}\n{done.stderr[-3000:]}"
+    code, stderr = run_block(block, folder)
+    assert code == 0, f"this README block fails:\n{block}\n{stderr[-3000:]}"
 
 
 def _slug(heading: str) -> str:
