@@ -332,6 +332,15 @@ def run_block():
     src = str(Path(reste.__file__).parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if not hasattr(os, "fork"):  # (Windows) a process a block, as the blocks ran before
+        def run_alone(block: str, folder: Path) -> tuple[int, str]:
+            path = os.pathsep.join([src, str(folder), env["PYTHONPATH"]])
+            done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", block], cwd=folder,
+                                  capture_output=True, text=True, timeout=600, env={**env, "PYTHONPATH": path})
+            return done.returncode, done.stderr
+
+        yield run_alone
+        return
     runner = subprocess.Popen([sys.executable, "-W", "error::UserWarning", "-c", _BLOCK_RUNNER], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
