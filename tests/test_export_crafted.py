@@ -267,7 +267,8 @@ def test_the_exporter_refuses_what_a_reader_would(tmp_path):
     pad_one = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), reste.BinaryConv2d(4, 4, 1, padding=1), nn.Flatten(),
                             nn.Linear(4 * 10 * 10, 10)).eval()
     assert export_model(pad_one, tmp_path / "one.rbnn", input_size=(1, 8, 8))["verify"]["ok"]
-    with pytest.raises(UsageError, match=r"cannot export: node 1 \(bconv, 0\) pad .* is over 1024"):
+    with pytest.raises(UsageError, match=r"cannot export: node 1 \(bconv, 0\) pad .* is over 1024: the packed file "
+                                         r"pads a binary conv by at most 1024 pixels; pad less, or .*export_onnx$"):
         export_model(nn.Sequential(reste.BinaryConv2d(1, 4, 3, padding=1025)), tmp_path / "p.rbnn")
 
 

@@ -294,7 +294,8 @@ def _tensor_shapes(op: str, node: dict[str, Any], where: str, tensors: list[Any]
         if op == "conv" and w[0] % node["groups"]:
             raise ValueError(f"{where}: {w[0]} output channels in {node['groups']} groups")
         if op == "bconv" and max(node["pad"]) > MAX_PAD:  # its padding corrections are made at load
-            raise ValueError(f"{where} pad {node['pad']} is over {MAX_PAD}")
+            raise ValueError(f"{where} pad {node['pad']} is over {MAX_PAD}: the packed file pads a binary conv by at "
+                             f"most {MAX_PAD} pixels; pad less, or write the model with export_onnx")  # (ownmodel2 #4)
         for key in ("b", "alpha"):
             if key in shapes and shapes[key] not in ((w[0],),) + (((1,),) if key == "alpha" else ()):
                 raise ValueError(f"{where} {key} has shape {list(shapes[key])} for {w[0]} output channels")
