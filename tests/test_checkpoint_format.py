@@ -351,3 +351,16 @@ def test_make_folders_takes_back_the_folders_it_made_when_a_deeper_one_fails(tmp
         files.make_folders(tmp_path / "kept" / "a" / "b" / ("x" * 300))
     assert info.value.errno == errno.ENAMETOOLONG
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not list((tmp_path / "kept").iterdir())
+
+
+def test_orphaned_temporaries_lists_files_of_atomic_writes_names_alone(tmp_path):
+    """(review mut13, suggestion 5) its callers remove what it lists: a folder named like a temporary file, and files
+    of other names, are never listed."""
+    from reste.files import orphaned_temporaries
+
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"x")         # atomic_write's name: listed
+    (tmp_path / ".best.pt.q_9Zx7Y.tmp").mkdir()                  # a folder of that name: not
+    for other in (".last.pt.ab1.tmp", "last.pt.abc123.tmp", ".last.pt.abc123.tmp.bak", "metrics.jsonl"):
+        (tmp_path / other).write_bytes(b"x")
+    assert orphaned_temporaries(tmp_path) == [tmp_path / ".last.pt.abc123.tmp"]
+    assert orphaned_temporaries(tmp_path / "missing") == []
