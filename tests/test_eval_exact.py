@@ -5,6 +5,8 @@ one it was, op(sign x, sign W * alpha, bias), bit for bit."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -342,3 +344,31 @@ def test_an_own_scales_eval_gradients_are_the_training_forms_up_to_rounding():
         grads.append((x.grad, layer.weight.grad, layer.bias.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+TIE_PLUGIN = '''
+from torch import nn
+
+from reste.models import ConvBuilder, register_model
+
+
+@register_model(dataset="digits", num_classes=10, input_size=(1, 8, 8))
+def tie_net_1w1a(*, num_classes: int, conv: ConvBuilder) -> nn.Module:
+    # a binary conv without bias straight into the next one's sign: its sums of +-1 cancel to exact ties
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), conv(8, 8, 3, padding=1, bias=False),
+                         conv(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 8 * 8, num_classes))
+'''
+
+
+def test_reste_export_onnx_counts_the_exact_ties_of_its_file(tmp_path, command):
+    """(review mut13, suggestion 2) the ONNX line of reste export names the file's exact ties (its float conv sums
+    +-alpha, so a tie is +-tiny there): that clause could be removed with no test failing."""
+    pytest.importorskip("onnxruntime")
+    (tmp_path / "tie_plugin.py").write_text(TIE_PLUGIN)
+    r = command("train", "--plugin", "tie_plugin.py", "--model", "tie_net_1w1a", "--epochs", "1", "--threads", "1",
+                "--no-progress", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = command("export", "run", "m.rbnn", "--onnx", "--plugin", "tie_plugin.py", cwd=tmp_path)
+    assert r.returncode in (0, 1), r.stderr
+    line = next(s for s in r.stdout.splitlines() if s.startswith("wrote") and ".onnx" in s)
+    assert re.search(r", [1-9][\d,]* sign inputs exactly 0 that it computes as \+-tiny \(exact ties: ", line), line
