@@ -760,6 +760,15 @@ def test_a_hyperparameter_named_like_the_classes_own_method_is_refused_and_a_ram
     ramp.ramped = ["a", "a_end"]
     reste.register_estimator(ramp)
     assert reste.get_estimator("list_ramp", schedule="constant").unused_hyperparameters() == {"a_end"}
+    # (review mut13, suggestion 4) a property of that name is a method too, and ramped as one name is refused
+    prop = _estimator("own_property", (reste.Param("height", float, 1.0, "h"),))
+    prop.height = property(lambda self: 1.0)
+    with pytest.raises(ValueError, match="its hyper-parameter 'height' has the name of a method of Plug"):
+        reste.register_estimator(prop)
+    one = _estimator("one_name_ramp", ramp.hyperparameters)
+    one.ramped = "a"
+    with pytest.raises(ValueError, match=r"ramped = 'a' names \(start, end\) .*; give a tuple of two names"):
+        reste.register_estimator(one)
 
 
 def test_a_g_that_returns_inf_or_an_f_that_returns_nan_at_its_defaults_is_said_at_registration(isolated):
