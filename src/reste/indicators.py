@@ -341,10 +341,7 @@ class EquilibriumMeter:
         if stability is not None and not isinstance(stability, Tensor) and real_number(stability) is None:
             raise TypeError(f"EquilibriumMeter.update: stability is gradient_stability(model)'s value (a tensor or a "
                             f"number), got {stability!r}"[:200])  # (review apifuzz1: failed at the next update)
-        if not (skipped is None or isinstance(skipped, bool) or type(skipped).__name__ in ("bool", "bool_")
-                or isinstance(skipped, Tensor) and skipped.dtype == torch.bool):
-            raise TypeError(f"EquilibriumMeter.update: skipped is True, False or a bool tensor (amp_skipped's), got "
-                            f"{skipped!r}"[:200])
+        _check_skipped("EquilibriumMeter.update", skipped)
         if not self._told_frozen:
             self._told_frozen = True
             frozen = frozen_layers(self.model, self.mode)
@@ -439,6 +436,14 @@ class EquilibriumMeter:
         self.history = [dict(h) for h in state["history"]]
 
 
+def _check_skipped(who: str, skipped: Any) -> None:
+    """Refuse an update's ``skipped`` that is none of None, a bool (Python's or NumPy's) or a bool tensor
+    (:func:`amp_skipped`'s), before it fails deep inside (review apifuzz1)."""
+    if not (skipped is None or isinstance(skipped, bool) or type(skipped).__name__ in ("bool", "bool_")
+            or isinstance(skipped, Tensor) and skipped.dtype == torch.bool):
+        raise TypeError(f"{who}: skipped is True, False or a bool tensor (amp_skipped's), got {skipped!r}"[:200])
+
+
 class FlipRatio:
     """The share of binary weights whose sign an optimizer step changed (larq's ``flip_ratio`` metric): a latent
     weight moves every step, its sign only when it crosses 0, and a ratio that falls towards 0 says that the binary
@@ -468,12 +473,13 @@ class FlipRatio:
             raise ValueError("FlipRatio: the model has no trainable binary weight (pass the model that reste.binarize "
                              "returned; frozen weights, requires_grad=False, never flip)")
         self._sizes = [layer.weight.numel() for _, layer in self.layers]
+        self._total = float(sum(self._sizes))
         self._size_tensor = torch.tensor(self._sizes, dtype=torch.float64)  # (moved to the weights' device once:
         # a list copied to a GPU each step would wait for the device there, what update() promises not to do)
         self._signs = self._read()
         self.history: list[dict[str, Any]] = []
         self._sums: Tensor | None = None  # per layer: the sum over this epoch's steps of its flipped share
-        self._taken: Tensor | None = None  # the steps of this epoch the optimizer took (not skipped)
+        self._taken: Tensor | int | None = None  # the steps of this epoch the optimizer took (not skipped)
         self._steps = 0
 
     def _read(self) -> list[Tensor]:
@@ -485,10 +491,7 @@ class FlipRatio:
         of all of them that flipped. ``skipped``: whether the optimizer left this step out (fp16's scaler, as
         :func:`amp_skipped` tells it, a bool or a 0-dim bool tensor): such a step is left out of the epoch's mean, as
         :class:`EquilibriumMeter` leaves it out (its 0 flips pulled the mean down: review research2)."""
-        if not (skipped is None or isinstance(skipped, bool)
-                or isinstance(skipped, Tensor) and skipped.dtype == torch.bool):
-            raise TypeError(f"FlipRatio.update: skipped is True, False or a bool tensor (amp_skipped's), got "
-                            f"{skipped!r}"[:200])
+        _check_skipped("FlipRatio.update", skipped)
         signs = self._read()
         # (a model moved to another device since the last update, model.to("cuda") after FlipRatio(model): the kept
         # signs follow it, as the running sums do)
@@ -499,13 +502,16 @@ class FlipRatio:
             self._size_tensor = self._size_tensor.to(counts.device)
         sizes = self._size_tensor
         shares = counts.double() / sizes
-        taken = torch.ones((), dtype=torch.float64, device=shares.device) if skipped is None else \
-            (~torch.as_tensor(skipped, dtype=torch.bool, device=shares.device)).double()
-        shares = shares * taken
+        taken: Tensor | int = 1
+        if skipped is not None:  # (a skipped step's shares count 0, and so does the step)
+            taken = (~torch.as_tensor(skipped, dtype=torch.bool, device=shares.device)).double()
+            shares = shares * taken
         self._sums = shares if self._sums is None else self._sums.to(shares.device) + shares
-        self._taken = taken if self._taken is None else self._taken.to(taken.device) + taken
+        if isinstance(self._taken, Tensor) and isinstance(taken, Tensor):  # (the weights moved: it follows them)
+            self._taken = self._taken.to(taken.device)
+        self._taken = taken if self._taken is None else self._taken + taken
         self._steps += 1
-        return counts.sum().double() / sizes.sum()
+        return counts.sum().double() / self._total
 
     def epoch_end(self) -> dict[str, Any]:
         """This epoch's mean flip ratio over its steps (``flip_ratio``, all binary weights: each step's share
@@ -514,7 +520,7 @@ class FlipRatio:
             raise RuntimeError("no update() since the last epoch_end()")
         taken = float(self._taken)
         per_layer = (self._sums / taken).tolist() if taken else [math.nan] * len(self.layers)  # (every step skipped)
-        total = sum(r * n for r, n in zip(per_layer, self._sizes)) / sum(self._sizes)
+        total = sum(r * n for r, n in zip(per_layer, self._sizes)) / self._total
         values = {"flip_ratio": total, "layers": {name: r for (name, _), r in zip(self.layers, per_layer)}}
         self.history.append(values)
         self._sums, self._taken, self._steps = None, None, 0

@@ -72,9 +72,11 @@ def class_indices(pred: Any, files: Sequence[str] | None = None, who: str = "sav
     return array if np.issubdtype(array.dtype, np.integer) else array.astype(np.int64)
 
 
-def prediction_rows(pred: Any, names: Any = None, files: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One ``{"index" (or "file" for image files), "class", "name"}`` per prediction."""
-    pred = class_indices(pred, files, "prediction_rows")
+def prediction_rows(pred: Any, names: Any = None, files: Sequence[str] | None = None, *,
+                    who: str = "prediction_rows") -> list[dict[str, Any]]:
+    """One ``{"index" (or "file" for image files), "class", "name"}`` per prediction (``who``: the function a bad
+    ``pred`` is named by)."""
+    pred = class_indices(pred, files, who)
     key = "index" if files is None else "file"
     return [{key: i if files is None else files[i], "class": int(c), "name": class_name(names, int(c))}
             for i, c in enumerate(pred)]
@@ -84,7 +86,7 @@ def prediction_text(pred: Any, names: Any = None, form: str = "csv", files: Sequ
     """The predictions as CSV (``index,class,name`` rows; ``file,class,name`` for image files) or JSON (a list of
     such objects); the name is the class's as the export records it, empty (CSV) or null (JSON) where it records
     none. In the CSV a name that would start a spreadsheet formula is written after a ``'``."""
-    rows = prediction_rows(class_indices(pred, files, "prediction_text"), names, files)
+    rows = prediction_rows(pred, names, files, who="prediction_text")
     if form == "json":
         return json.dumps(rows) + "\n"
     text = io.StringIO()

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from . import format as fmt
 from . import ir
 from .runtime import unit_squeeze
@@ -257,12 +258,11 @@ class _Evaluator:
         return F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, node["stride"], 0, node["dil"], groups)
 
 
-def _check_images(images: Any, header: dict[str, Any]) -> None:
-    """Refuse, in one line, images the packed model would not compute as given (review apifuzz1): uint8 raw pixels,
-    which ``PackedModel`` preprocesses and the reference took as floats (every image of a correct file then a
-    "mismatch"), integer ones, images of another shape than the recorded input size, NaN or infinite values (the
-    reference's exact sums gave them a class)."""
-    from ..errors import UsageError
+def _checked_images(images: Any, header: dict[str, Any]) -> np.ndarray:
+    """``images`` as float32, refused in one line where the packed model would not compute them as given (review
+    apifuzz1): uint8 raw pixels, which ``PackedModel`` preprocesses and the reference took as floats (every image of a
+    correct file then a "mismatch"), integer ones, images of another shape than the recorded input size, NaN or
+    infinite values (the reference's exact sums gave them a class)."""
     from .inputs import nonfinite_images
 
     floating = images.dtype.is_floating_point if isinstance(images, torch.Tensor) else \
@@ -282,6 +282,7 @@ def _check_images(images: Any, header: dict[str, Any]) -> None:
     if bad:
         raise UsageError(f"the images hold NaN or infinite values in {bad[0]} of {len(x)} images (first at index "
                          f"{bad[1]}); the reference, as the packed model, takes finite images")
+    return x
 
 
 def graph_reference(source: str | os.PathLike | tuple[dict[str, Any], list[np.ndarray]],
@@ -292,8 +293,7 @@ def graph_reference(source: str | os.PathLike | tuple[dict[str, Any], list[np.nd
     converted exactly to float64.
     """
     header, tensors = fmt.read(source) if not isinstance(source, tuple) else source
-    _check_images(images, header)
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32)).to(torch.float64)
+    x = torch.as_tensor(_checked_images(images, header)).to(torch.float64)
     with torch.no_grad():
         return _Evaluator(header, tensors).run(x)
 
@@ -402,8 +402,6 @@ def compare(ref: Reference, logits: Any, sites: list[Any] | None = None) -> Comp
     image counts as a near-tie when the reference has any sign input within the slack
     bound of zero for it.
     """
-    from ..errors import UsageError
-
     if not isinstance(ref, Reference):  # (review apifuzz1: the arguments swapped gave a NumPy object-dtype error)
         raise UsageError(f"compare takes the Reference first (graph_reference(path, images)), then the logits, got "
                          f"{type(ref).__name__}")

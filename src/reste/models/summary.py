@@ -147,25 +147,24 @@ def layer_summary(model: nn.Module, input_size: tuple[int, ...], *, one_line: bo
                 x = inputs[0] if inputs else kwargs.get("input", next(iter(kwargs.values()), None))
                 stats[name]["macs"] += _macs(module, x, output)
                 stats[name]["output_shape"] = tuple(output.shape[1:])
-                read = [s for s in signs if x is s]
-                stats[name]["signed"] = id(read[0]) if read else None
-                if read and isinstance(module, _OPAQUE):  # (its own functions are not seen: its call reads them)
-                    readers[id(read[0])] = readers.get(id(read[0]), 0) + 1
+                stats[name]["signed"] = id(x) if id(x) in signs else None
+                if id(x) in signs and isinstance(module, _OPAQUE):  # (its own functions are not seen: its call
+                    read_sign(x)                                     # reads them)
         return record
 
     def read_sign(t: torch.Tensor) -> None:
-        for s in signs:
-            if t is s:
-                readers[id(s)] = readers.get(id(s), 0) + 1
+        if id(t) in signs:
+            readers[id(t)] = readers.get(id(t), 0) + 1
 
     # the outputs of estimators used as modules of their own (an activation before a layer of real inputs): a layer
-    # that reads one takes +-1 inputs, a 1W1A layer as the packed file writes it (review larq1)
-    signs: list[torch.Tensor] = []
+    # that reads one takes +-1 inputs, a 1W1A layer as the packed file writes it (review larq1); by id, each held
+    # until the summary is done (so no other tensor takes its id)
+    signs: dict[int, torch.Tensor] = {}
     # how many times each of them is read: a layer reads it as 1W1A only where nothing else does, as the packed
     # file's export merges a sign into the one binary layer that reads it, and keeps it (float) otherwise
     readers: dict[int, int] = {}
     inner = {id(m.input_estimator) for _, m in layers if getattr(m, "input_estimator", None) is not None}
-    handles = [m.register_forward_hook(lambda _m, _i, out: signs.append(out)) for m in model.modules()
+    handles = [m.register_forward_hook(lambda _m, _i, out: signs.__setitem__(id(out), out)) for m in model.modules()
                if isinstance(m, Estimator) and id(m) not in inner]
     handles += [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers]
     functional = _Functional(read_sign)
