@@ -39,7 +39,8 @@ if DEVICE.type == "cuda" and not torch.cuda.is_available():
 if not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
     pytest.skip("no C++ compiler to build the extension", allow_module_level=True)
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+# gpu: under RESTE_TEST_DEVICE=cuda the whole file runs, on CUDA tensors
+pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"), pytest.mark.gpu]
 
 
 @pytest.fixture(scope="module", autouse=True)

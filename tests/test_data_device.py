@@ -260,6 +260,7 @@ def test_cifar10_in_memory_gives_the_same_kind_of_batches(tmp_path):
     assert same_batches(epochs_of(a), epochs_of(b))
 
 
+@pytest.mark.gpu  # (RESTE_TEST_DEVICE=cuda: the GPU's batches too)
 def test_make_loaders_on_a_device_gives_the_same_batches(tmp_path):
     write_cifar(tmp_path)
     devices = ["cpu"] + (["cuda"] if CUDA else [])

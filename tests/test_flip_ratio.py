@@ -89,7 +89,8 @@ def test_a_model_moved_to_another_device_after_construction_is_followed() -> Non
     assert ratio.device.type == "meta" and ratio.shape == ()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (RESTE_TEST_DEVICE=cuda)")
 def test_update_does_not_wait_for_the_gpu() -> None:
     # update() returns a 0-dim tensor so that a step need not wait for the device: nothing in it may copy from the
     # host (a list made a tensor on the GPU each step) or read a GPU value back

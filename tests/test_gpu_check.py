@@ -8,6 +8,7 @@ test; no GPU figure comes from this file.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+# the GPU as the suite has it (conftest.py hides it): an environment made afresh must say so too, or the script
+# would find the GPU and run for real
+HIDDEN = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
 def _python_parts() -> list[str]:
@@ -34,7 +38,7 @@ def test_the_script_parses_and_its_python_compiles():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the script would run for real")
 def test_without_a_gpu_it_checks_nothing_and_says_so():
     done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+                          env={**HIDDEN, "PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
     assert done.returncode == 77
     assert "no CUDA GPU is visible" in done.stderr and "nothing was checked" in done.stderr
     assert done.stdout == ""
@@ -231,7 +235,7 @@ FAKE = Path(__file__).resolve().parent / "fixtures" / "fake_gpu_python"
 def _fake_run(tmp_path: Path, **env: str) -> tuple[int, str]:
     """gpu_check.sh with python3 replaced by tests/fixtures/fake_gpu_python (which claims a GPU)."""
     done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "PYTHON": str(FAKE), "FAKE_REAL_PYTHON": sys.executable,
+                          env={**HIDDEN, "PATH": "/usr/bin:/bin", "PYTHON": str(FAKE), "FAKE_REAL_PYTHON": sys.executable,
                                "TMPDIR": str(tmp_path), **env})
     return done.returncode, done.stdout + done.stderr
 
@@ -356,7 +360,7 @@ def test_the_preset_epochs_script_parses_refuses_without_a_gpu_and_summarises_it
     subprocess.run(["bash", "-n", str(PRESETS)], check=True)
     if not torch.cuda.is_available():
         done = subprocess.run(["bash", str(PRESETS)], capture_output=True, text=True, timeout=120,
-                              env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+                              env={**HIDDEN, "PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
         assert done.returncode == 77 and "nothing was timed" in done.stderr and done.stdout == ""
     summary = re.search(r"<<'PY'\n(.*?)\nPY\n", PRESETS.read_text(), re.S).group(1)
     for name, graphed, hours in (("epoch-resnet20_1w1a.json", False, {"cifar10-resnet20-1w1a": 1.25,
@@ -370,3 +374,19 @@ def test_the_preset_epochs_script_parses_refuses_without_a_gpu_and_summarises_it
     assert "cifar10-resnet20-1w1a" in lines[0] and "graphed" in lines[0] and "0.50 h" in lines[0]
     assert "cifar10-resnet20-1w1a and 1 more" in lines[1] and "eager" in lines[1] and "1.25 h" in lines[1]
     assert "12.30 ms" in lines[1]
+
+
+def test_the_suite_hides_the_gpu_and_runs_its_gpu_tests_alone_when_asked():
+    """(an H100, 2026-12-06) where torch saw the GPU, runs of device "auto" trained on it and 120 tests that expect
+    the CPU path failed: conftest.py hides it from the suite and the processes it starts; RESTE_TEST_DEVICE=cuda
+    shows it and skips every test not marked gpu."""
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == "" and not torch.cuda.is_available()
+    root = SCRIPT.parents[1]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "tests/test_flip_ratio.py"], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RESTE_TEST_DEVICE": "cuda"})
+    out = done.stdout
+    assert done.returncode == 0 and " passed" not in out, out
+    tests = len(re.findall(r"^def test_", (root / "tests" / "test_flip_ratio.py").read_text(), re.M))
+    assert f"{tests} skipped" in out, out
+    assert out.count("runs the tests marked gpu alone") == 1 and "needs a GPU (RESTE_TEST_DEVICE=cuda)" in out, out
