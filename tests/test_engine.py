@@ -14,7 +14,7 @@ from torch import nn
 
 import reste
 from reste import config, engine, rundir, runinfo
-from reste.checkpoint import load_checkpoint
+from reste.checkpoint import load_checkpoint, set_rng_state
 from reste.config import PRESETS, TrainConfig, config_from_preset
 from reste.errors import UsageError
 
@@ -80,6 +80,58 @@ def _interrupt_at(monkeypatch, epoch_to_fail):
         return original(self, epoch, *args)
 
     monkeypatch.setattr(engine._Run, "train_epoch", flaky)
+
+
+class _OnTheGpu(torch.Tensor):
+    """A tensor as one on a GPU is to torch's generators and NumPy: refused until ``.cpu()`` makes it a CPU tensor."""
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    def cpu(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor).clone()
+
+
+def test_a_resume_restores_the_random_state_that_last_pt_loaded_onto_a_gpu(tmp_path, monkeypatch):
+    """(the suite on an H100, 2026-12-06) last.pt is loaded onto the run's device, so on a GPU its saved random
+    states were CUDA tensors, which NumPy and torch.set_rng_state refuse: every resume on a GPU stopped with a
+    TypeError. Here the loaded states are tensors that refuse as CUDA ones do."""
+    engine.train(small(epochs=2), tmp_path / "run", progress=False, log=quiet)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    rng = ckpt["rng"]
+    rng["numpy"]["keys"] = rng["numpy"]["keys"].as_subclass(_OnTheGpu)
+    rng["torch"] = rng["torch"].as_subclass(_OnTheGpu)
+    original = torch.set_rng_state
+
+    def cpu_only(state):
+        assert type(state) is torch.Tensor, "torch.set_rng_state takes a CPU byte tensor"
+        original(state)
+
+    monkeypatch.setattr(torch, "set_rng_state", cpu_only)
+    set_rng_state(rng)
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    set_rng_state(load_checkpoint(tmp_path / "run" / "last.pt")["rng"])
+    after_load = torch.rand(3)
+    set_rng_state(rng)
+    assert torch.equal(torch.rand(3), after_load) and not torch.equal(after_load, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (RESTE_TEST_DEVICE=cuda)")
+def test_a_run_on_the_gpu_resumes(tmp_path, monkeypatch):
+    """A run on the GPU, interrupted, resumes there and finishes (bit for bit is not promised on a GPU: README,
+    "cuDNN's autotuner"); every resume on a GPU stopped with a TypeError until 2026-12-06."""
+    cfg = small(epochs=3, device="cuda")
+    _interrupt_at(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, tmp_path / "run", progress=False, log=quiet)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    resumed = engine.resume(tmp_path / "run", progress=False, log=quiet)
+    assert resumed["epochs"] == 3 and resumed["best_acc"] > 50.0
+    assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "run")] == [1, 2, 3]
 
 
 def test_resume_gives_the_same_weights_and_metrics(tmp_path, monkeypatch):
