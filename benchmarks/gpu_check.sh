@@ -7,6 +7,8 @@
 #   2. --cuda-graphs: 10 graphed steps (with a recapture when lr and o move) against 10 eager
 #      steps, fp32 and bf16; a graphed evaluation; a 12-epoch graphed engine run on digits whose
 #      reserved memory must stay flat over the captures;
+#      then the suite's tests marked gpu (RESTE_TEST_DEVICE=cuda; tests/test_cuda_ext.py aside): a run that
+#      resumes on the GPU, FlipRatio without host syncs, the loaders' batches made on the GPU;
 #   3. the compiled extension (reste.cuda_ext; the default where nvcc is found), built with nvcc (in the
 #      background while 1 and 2 run): tests/test_cuda_ext.py on CUDA tensors (its kernels and C++ autograd nodes
 #      against the PyTorch path, large-group reductions, no host-device synchronisation), section 2's graphed steps
@@ -587,6 +589,15 @@ PY
 GRAPHCHECK=0
 limited 150 "$PYTHON" "$WORK/graphs.py" "$WORK" triton || GRAPHCHECK=$?
 status "2. CUDA graphs" "$GRAPHCHECK"
+took
+# the suite's tests marked gpu (conftest.py hides the GPU from the others): a run that resumes on the GPU, FlipRatio
+# without host syncs, the loaders' batches on the GPU; test_cuda_ext.py is section 3's
+SUITE=0
+RESTE_TEST_DEVICE=cuda limited 120 "$PYTHON" -m pytest -q -p no:cacheprovider -m "gpu and not slow" \
+  --ignore=tests/test_cuda_ext.py tests > "$WORK/gpu-tests.out" 2>&1 || SUITE=$?
+tail -n 15 "$WORK/gpu-tests.out"
+status "2. the suite's gpu tests" "$SUITE"
+[ "$SUITE" -eq 0 ] || GRAPHCHECK=1
 took
 echo
 echo "== 3. The compiled extension (reste.cuda_ext): its build, tests/test_cuda_ext.py on CUDA tensors, graphed steps"

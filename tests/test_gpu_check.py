@@ -390,3 +390,12 @@ def test_the_suite_hides_the_gpu_and_runs_its_gpu_tests_alone_when_asked():
     tests = len(re.findall(r"^def test_", (root / "tests" / "test_flip_ratio.py").read_text(), re.M))
     assert f"{tests} skipped" in out, out
     assert out.count("runs the tests marked gpu alone") == 1 and "needs a GPU (RESTE_TEST_DEVICE=cuda)" in out, out
+
+
+def test_the_suites_gpu_tests_run_in_section_2_and_a_failure_fails_the_run(tmp_path):
+    """Section 2 runs the suite's tests marked gpu (a resume on the GPU, which crashed until 2026-12-06): a failure
+    among them fails the run and is named in the summary."""
+    rc, out = _fake_run(tmp_path)
+    assert rc == 0 and "(fake) the suite's gpu tests" in out and "2. the suite's gpu tests: ok" in out, out
+    rc, out = _fake_run(tmp_path, FAKE_GPU_TESTS_RC="1")
+    assert rc == 1 and "2. the suite's gpu tests: FAILED (exit 1)" in out[out.index("== Summary"):], out
