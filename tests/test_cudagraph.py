@@ -481,8 +481,10 @@ def test_an_eager_gpu_run_is_told_about_cuda_graphs_or_the_cpp_nodes(monkeypatch
     # where the graphs are refused (fp16, --accumulate, torchrun): why the C++ nodes are not used, where they are not
     monkeypatch.setattr(cuda_ext, "available", lambda: False)
     monkeypatch.setattr(cuda_ext, "error", lambda: "no CUDA toolkit was found (nvcc)")
+    # (a Bop run was told to add --cuda-graphs, which Bop refuses: the suite on an H100)
+    bop = TrainConfig(optimizer="bop", estimator="ste", scaling="none")
     for config, distributed in ((TrainConfig(amp="fp16"), False), (TrainConfig(accumulate=2), False),
-                                (TrainConfig(), True)):
+                                (TrainConfig(), True), (bop, False)):
         tip = engine.gpu_speed_tip(config, cuda, distributed)
         assert tip and "C++ nodes are not used here (no CUDA toolkit was found (nvcc))" in tip
         assert "--cuda-graphs" not in tip

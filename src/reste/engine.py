@@ -1711,7 +1711,7 @@ def _forward_reads_schedule(model: nn.Module) -> bool:
 
 def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
     """A note for an eager CUDA run, whose small models' steps the host bounds: ``--cuda-graphs`` where the run could
-    take it (one process, no --compile, no fp16, no --accumulate), else why the C++ nodes (:mod:`reste.cuda_ext`) are
+    take it (one process, no --compile, no fp16, no --accumulate, not Bop), else why the C++ nodes (:mod:`reste.cuda_ext`) are
     not used, where ``RESTE_CUDA_EXT`` did not turn them off (this builds them, once, where they can be). The figures
     are one run's of benchmarks/gpu_check.sh (RESULTS.md, 2026-12-04, second session: a ResNet-20 ReSTE step in bf16
     took 21.3 ms eager through the Python nodes, 12.0 ms through the C++ nodes, 4.2 ms graphed; the float step 11.7 ms
@@ -1721,7 +1721,7 @@ def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) 
     from . import cuda_ext
 
     cpp = cuda_ext.available()  # (never where RESTE_CUDA_EXT turns it off)
-    if not (config.amp == "fp16" or distributed or config.accumulate > 1):
+    if not (config.amp == "fp16" or distributed or config.accumulate > 1 or config.optimizer == "bop"):
         eager = "12.0 ms eager through reste's C++ nodes" if cpp else "21.3 ms eager"
         return ("note: this GPU run is eager; --cuda-graphs replays each step as one CUDA graph (on an H200 a "
                 f"ResNet-20 ReSTE step in bf16 took 4.2 ms graphed against {eager}: the README's Speed section)")
