@@ -952,6 +952,26 @@ def test_the_packed_file_is_written_through_a_temporary_file_no_one_could_plant(
     assert sorted(p.name for p in shared.iterdir()) == [".m.rbnn.tmp", "m.rbnn"]  # no temporary file of ours left
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (RESTE_TEST_DEVICE=cuda)")
+def test_a_model_on_the_gpu_exports_the_files_of_its_cpu_copy(tmp_path):
+    """A model trained on a GPU exports as it does on the CPU: the same packed bytes, the same ONNX graph (export_onnx
+    made its trace input on the CPU: a device mismatch in both exporters, review gpufail01)."""
+    pytest.importorskip("onnxruntime")
+    from reste.export import run_onnx
+
+    net = _small_binary_net()
+    on_gpu = copy.deepcopy(net).cuda()
+    export_model(net, tmp_path / "cpu.rbnn", input_size=(1, 8, 8))
+    export_model(on_gpu, tmp_path / "gpu.rbnn", input_size=(1, 8, 8))
+    assert (tmp_path / "cpu.rbnn").read_bytes() == (tmp_path / "gpu.rbnn").read_bytes()
+    export_onnx(net, tmp_path / "cpu.onnx", (1, 8, 8), check=False)
+    info = export_onnx(on_gpu, tmp_path / "gpu.onnx", (1, 8, 8))
+    assert info["same_predictions"] and next(on_gpu.parameters()).is_cuda, info
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3)).numpy()
+    np.testing.assert_array_equal(run_onnx(tmp_path / "gpu.onnx", x), run_onnx(tmp_path / "cpu.onnx", x))
+
+
 def test_export_onnx_takes_wrapped_and_low_precision_models_as_export_model_does(tmp_path, monkeypatch):
     """A compiled, DataParallel or bf16 model failed both ONNX exporters (a dtype error, "DataParallel is not
     supported", "dynamo-optimized function"); each now gives the graph of the float32 model inside."""

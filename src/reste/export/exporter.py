@@ -316,6 +316,14 @@ def _as_float32(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float()
 
 
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model``, or a copy of it on the CPU where a parameter or buffer is elsewhere (a model trained on a GPU):
+    the ONNX file is traced on the CPU and checked by onnxruntime's CPU provider, against the model."""
+    if all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers())):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, Any]:
     """``meta`` as a dict, refused with one line unless a mapping whose preprocessing (if it gives any) is whole
     and valid and agrees with ``input_size``: a file is not written that its readers would refuse."""

@@ -214,7 +214,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     from ..errors import checked_input_size
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
     from ..layers import dummy_forward
-    from .exporter import _as_float32, initialise_lazy, refuse_non_finite, staged, unwrapped, warn_hooks
+    from .exporter import _as_float32, _on_cpu, initialise_lazy, refuse_non_finite, staged, unwrapped, warn_hooks
 
     path = Path(path)
     check_output_path(path)
@@ -224,6 +224,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         raise UsageError("export_onnx needs input_size, one input's shape such as (C, H, W): the file is traced "
                          "on an input of that size")
     model = _as_float32(unwrapped(model))  # the exporters cannot trace the wrappers; the check runs in float32
+    # (a model on a GPU: traced on the CPU, where the input is made and onnxruntime checks it; it failed both
+    # exporters with a device mismatch: review gpufail01)
+    model = _on_cpu(model)
     dummy_forward(model, input_size)  # (a size the model cannot take: its own error, not the two exporters')
     initialise_lazy(model, input_size)  # (that forward gave the lazy modules it ran their weights)
     refuse_non_finite(model)
