@@ -542,7 +542,9 @@ def test_two_signs_of_one_tensor_are_one_sign_input_and_a_run_of_other_logits_gi
     value = helper.make_tensor_value_info
     graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, [None, 4])],
                               [value("logits", TensorProto.FLOAT, [None, 4]), value("h", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    # (IR version 8, opset 18's: make_model stamps the installed onnx's newest, which an older onnxruntime refuses;
+    # the likely cause, not confirmed, of this test's failure on a GPU machine with onnx 1.23.1 and onnxruntime 1.30)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     assert sign_inputs(model.graph) == ["h", "x"]
     x = np.array([[-1.0, 0.0, 2.0, -0.0]], np.float32)
     logits, sites = _traced_run(model.SerializeToString(), x)

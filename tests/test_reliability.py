@@ -335,6 +335,15 @@ def _garbage_jpeg(tmp_path: Path) -> list[str]:
             "--model", "imagenet_resnet18_1w1a"]
 
 
+def _fashion_files(tmp_path: Path) -> list[str]:
+    """A small Fashion-MNIST in its idx files: the case needs its images' shape, not Debian's package, which a
+    machine may lack (a GPU machine did: the run stopped at "not found" before it built the model)."""
+    from test_data import write_fashion
+
+    write_fashion(tmp_path / "fashion", n_train=20, n_test=10)
+    return ["--data-path", str(tmp_path / "fashion")]
+
+
 def _null_config(tmp_path: Path) -> list[str]:
     run = tmp_path / "nulls"
     run.mkdir()
@@ -372,9 +381,10 @@ ERROR_CASES = {
     "force-new-run": (["--force"], None, ["--force goes with --resume or --auto-resume"]),  # (review newuser #9)
     # (review newuser #10) torch's allocator error, exit 1
     "model-too-big": (["--dataset", "fashion-mnist", "--model", "fmnist_vgg_1w1a", "--model-option",
-                       "width=1000000"], None, ["'fmnist_vgg_1w1a' with num_classes=10, width=1000000 needs more "
+                       "width=1000000"], _fashion_files, ["'fmnist_vgg_1w1a' with num_classes=10, width=1000000 needs more "
                                                 "memory than this machine has"]),
-    "summary-model-too-big": (["summary", "digits_1w1a", "--num-classes", "100000000"], None,
+    # (10^13 classes: 2.6 PB of weights, past any machine's address space; 10^8 fitted the 128 GiB of a GPU machine)
+    "summary-model-too-big": (["summary", "digits_1w1a", "--num-classes", str(10**13)], None,
                               ["needs more memory than this machine has for its parameters"]),
     # (review newuser #13) "got 5", a number the user never typed
     "typed-warm-up": (["--warm-up", "5"], None, ["got 5 for 1 epoch; give"]),  # (review rev12 #5: typed, not bare)
@@ -384,9 +394,9 @@ ERROR_CASES = {
     # (review fuzz1 #6) a width past what torch can size: its overflow was the last-resort line (status 1), or its
     # own words with no remedy
     "model-width-overflows": (["--dataset", "fashion-mnist", "--model", "fmnist_vgg_1w1a", "--model-option",
-                               f"width={2**62}"], None, ["needs more memory than this machine has"]),
+                               f"width={2**62}"], _fashion_files, ["needs more memory than this machine has"]),
     "model-width-past-int64": (["--dataset", "fashion-mnist", "--model", "fmnist_vgg_1w1a", "--model-option",
-                                f"width={10**20}"], None, ["needs more memory than this machine has"]),
+                                f"width={10**20}"], _fashion_files, ["needs more memory than this machine has"]),
     # (review fuzz1 #1) 10^8 terms: the run hung in its first step
     "fda-terms": (["--estimator", "fda", "--fda-n-end", str(10**8)], None, ["--fda-n-end must be in [0, 1000]"]),
     # (review fuzz1 #8) the run hung as its loader started, deaf to SIGTERM
