@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 11 in one command, on one GPU, in a few minutes (159 s on an H200 on
-# 2026-12-04, every section; its log is in benchmarks/logs/2026-12-04-h200). Sections:
+# 2026-12-04, 170 s on an H100 on 2026-12-06, every section; the logs are in benchmarks/logs/). Sections:
 #   1. the fused Triton kernels on real CUDA tensors against the PyTorch path (fp32, bf16, fp16;
 #      contiguous and channels_last; every edge), a binary conv's training step (same gradients),
 #      no host-device synchronisation, and no recompilation when a schedule moves;
