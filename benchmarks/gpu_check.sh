@@ -13,11 +13,12 @@
 #      background while 1 and 2 run): tests/test_cuda_ext.py on CUDA tensors (its kernels and C++ autograd nodes
 #      against the PyTorch path, large-group reductions, no host-device synchronisation), section 2's graphed steps
 #      through its nodes, and that the default (RESTE_CUDA_EXT unset) takes them. Only an extension that passed
-#      these is timed in section 4 and taken by section 5;
+#      these is timed in section 4;
 #   4. the training-step rows of benchmarks/train_step.py --device cuda (eager and graphed, through the Python
 #      nodes and through the C++ nodes), each variant interleaved with the others;
 #   5. a whole CIFAR-10-shaped epoch through the engine (benchmarks/train_epoch.py; the median of
-#      epochs 2-4), on the path `reste train` takes by default: the C++ nodes where section 3 passed;
+#      epochs 2-4), graphed, on the path `reste train --cuda-graphs` takes by default: the Triton kernels (a
+#      graphed run leaves the C++ nodes aside: their graphed steps were slower on an H100, 2026-12-06);
 #   6. each target of the issue's Targets table, printed as MET / NOT MET / NOT MEASURED (each value to 3 decimals,
 #      as compared; the reference's only where its backward agrees with ReSTE's), then a summary: each section's
 #      status (ok, FAILED, TIMED OUT) and the target lines again;
@@ -50,7 +51,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 # that its time limit kills would lose everything it printed, the line it hung after too
 export PYTHONUNBUFFERED=1
 # the Python nodes (Triton kernels) unless a section asks for the C++ nodes itself (section 3, train_step.py's *_ext
-# rows, section 5 where section 3 passed): the default, RESTE_CUDA_EXT=auto, would take them wherever nvcc is found, and section 1 would wait on the
+# rows): the default, RESTE_CUDA_EXT=auto, would take them wherever nvcc is found (in an eager step), and section 1 would wait on the
 # build that section 3 runs in the background
 export RESTE_CUDA_EXT=0
 
@@ -683,7 +684,8 @@ echo
 echo "== 5. A whole CIFAR-10-shaped epoch through the engine (benchmarks/train_epoch.py)"
 EPOCH=0
 KEEP=0
-# through the path `reste train` takes by default: the C++ nodes where section 3 passed, else the Python nodes
+# through the path `reste train --cuda-graphs` takes by default (RESTE_CUDA_EXT unset: the Triton kernels, which a graphed
+# run takes in place of the C++ nodes) where section 3 passed, else with the extension off
 EPOCHENV=(env RESTE_CUDA_EXT=0)
 if [ "$EXTBUILD" -eq 0 ] && [ "$EXT" -eq 0 ]; then EPOCHENV=(env -u RESTE_CUDA_EXT); fi
 limited 180 "${EPOCHENV[@]}" "$PYTHON" benchmarks/train_epoch.py --device cuda --amp bf16 --channels-last \

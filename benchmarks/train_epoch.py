@@ -93,8 +93,15 @@ def _sync(device: torch.device) -> None:
 
 
 def bare_step(config: TrainConfig, run_dir: Path, steps: int) -> dict[str, float]:
-    """The engine's own training step repeated on one device-resident batch: median seconds."""
+    """The engine's own training step repeated on one device-resident batch: median seconds, and the path its
+    estimators took."""
+    with engine._torch_settings_kept():  # (as engine.train has them: a graphed run's choice of kernels ends with it)
+        return _bare_step(config, run_dir, steps)
+
+
+def _bare_step(config: TrainConfig, run_dir: Path, steps: int) -> dict[str, float]:
     run = engine._Run(config, run_dir, lambda _m: None, False)
+    path = engine.kernel_path(run.device, run.model)
     engine.set_progress(run.model, config.epochs - 1, config.epochs)
     if run.graphed is not None:
         run.graphed.invalidate()
@@ -110,7 +117,7 @@ def bare_step(config: TrainConfig, run_dir: Path, steps: int) -> dict[str, float
         _sync(run.device)
         times.append(time.perf_counter() - t0)
     result = {"median_s": statistics.median(times), "images_per_s": images.shape[0] / statistics.median(times),
-              "device": str(run.device), "times_s": times, "batch": images.shape[0]}
+              "device": str(run.device), "times_s": times, "batch": images.shape[0], "kernel_path": path}
     if run.graphed is not None:  # its graphs and data on the device go now, not beside the epochs timed next
         run.graphed.invalidate()
     del run, images, target
@@ -126,7 +133,8 @@ def both_sides(before: dict, after: dict) -> dict:
     times = before["times_s"] + after["times_s"]
     median = statistics.median(times)
     return {"median_s": median, "images_per_s": before["batch"] / median, "device": before["device"],
-            "median_before_s": before["median_s"], "median_after_s": after["median_s"]}
+            "median_before_s": before["median_s"], "median_after_s": after["median_s"],
+            "kernel_path": before["kernel_path"]}
 
 
 def whole_epochs(config: TrainConfig, run_dir: Path) -> dict[str, float]:
@@ -253,7 +261,7 @@ def _measure(args: argparse.Namespace) -> dict:
         note = "" if batch == args.batch_size else f"; measured at batch {args.batch_size}, the presets use {batch}"
         print(f"implied wall time of {epochs} epochs of 50,000 images: {implied[names[0]]:.2f} h "
               f"({', '.join(names)}{note})")
-    path = engine.kernel_path(engine.pick_device(config.device))  # (RESTE_CUDA_EXT: the C++ nodes, or the Python ones)
+    path = step["kernel_path"]  # (RESTE_CUDA_EXT, and a graphed run's own choice: benchmarks/RESULTS.md, 2026-12-06)
     print(f"sign and the estimators' backward ran through: {path}")
     out = {"args": vars(args), "bare_step": step, "epoch": epoch, "epoch_images_per_s": epoch_rate,
            "epoch_over_step": ratio, "implied_hours": implied, "kernel_path": path}

@@ -538,6 +538,28 @@ def error() -> str | None:
     return None
 
 
+def setting() -> str | None:
+    """This process's own setting (:func:`set_enabled`), or ``None`` where ``RESTE_CUDA_EXT`` decides: what
+    :func:`restore_setting` takes back."""
+    return _MODE._value
+
+
+def restore_setting(saved: str | None) -> None:
+    """Put back what :func:`setting` returned."""
+    _MODE._value = saved
+
+
+def leave_to_triton() -> bool:
+    """Under ``auto``, let CUDA tensors take the Triton kernels instead of the extension from now on in this process
+    (a run with ``--cuda-graphs``, which restores the setting after it: a replayed step does no host work, what the
+    extension cuts, and on an H100 the Triton kernels' graphed steps were 1% to 8% faster, benchmarks/RESULTS.md,
+    2026-12-06); ``RESTE_CUDA_EXT=1`` keeps the extension. Returns whether it stepped aside."""
+    if _MODE() != "auto":
+        return False
+    _MODE.set("off")
+    return True
+
+
 @contextlib.contextmanager
 def forced() -> Iterator[None]:
     """Inside the block the extension takes tensors on every device whether or not ``RESTE_CUDA_EXT`` asks

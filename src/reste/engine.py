@@ -456,7 +456,11 @@ class _Run:
         if self.device.type == "cuda" and not config.compile:  # (a compiled step does not take them)
             from . import cuda_ext
 
-            cuda_ext.available()  # the C++ nodes built now, once, saying so, not inside the first step
+            # graphed, the host work that the C++ nodes cut is gone, and the Triton kernels' steps were faster (the
+            # run's end restores the setting: _torch_settings_kept); else they are built now, once, saying so, not
+            # inside the first step
+            if not (config.cuda_graphs and cuda_ext.leave_to_triton()):
+                cuda_ext.available()
         graph_backend = None
         if config.cuda_graphs:
             try:
@@ -1535,15 +1539,19 @@ def _worker_deaths_at_next(loader: Any):
 
 @contextlib.contextmanager
 def _torch_settings_kept():
-    """A run sets torch's CPU threads to its own ``threads``, and on CUDA cuDNN's autotuner on
-    (:func:`tune_convolutions`); the caller's settings come back after it."""
-    threads, tuned = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    """A run sets torch's CPU threads to its own ``threads``, on CUDA cuDNN's autotuner on
+    (:func:`tune_convolutions`), and with --cuda-graphs the Triton kernels in place of the C++ nodes
+    (:func:`reste.cuda_ext.leave_to_triton`); the caller's settings come back after it."""
+    from . import cuda_ext
+
+    threads, tuned, extension = torch.get_num_threads(), torch.backends.cudnn.benchmark, cuda_ext.setting()
     try:
         yield
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = tuned
+        cuda_ext.restore_setting(extension)
 
 
 def tune_convolutions(device: torch.device) -> None:
