@@ -235,7 +235,8 @@ FAKE = Path(__file__).resolve().parent / "fixtures" / "fake_gpu_python"
 def _fake_run(tmp_path: Path, **env: str) -> tuple[int, str]:
     """gpu_check.sh with python3 replaced by tests/fixtures/fake_gpu_python (which claims a GPU)."""
     done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
-                          env={**HIDDEN, "PATH": "/usr/bin:/bin", "PYTHON": str(FAKE), "FAKE_REAL_PYTHON": sys.executable,
+                          env={**HIDDEN, "PATH": "/usr/bin:/bin", "PYTHON": str(FAKE),
+                               "FAKE_REAL_PYTHON": sys.executable,
                                "TMPDIR": str(tmp_path), **env})
     return done.returncode, done.stdout + done.stderr
 

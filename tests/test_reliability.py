@@ -381,8 +381,8 @@ ERROR_CASES = {
     "force-new-run": (["--force"], None, ["--force goes with --resume or --auto-resume"]),  # (review newuser #9)
     # (review newuser #10) torch's allocator error, exit 1
     "model-too-big": (["--dataset", "fashion-mnist", "--model", "fmnist_vgg_1w1a", "--model-option",
-                       "width=1000000"], _fashion_files, ["'fmnist_vgg_1w1a' with num_classes=10, width=1000000 needs more "
-                                                "memory than this machine has"]),
+                       "width=1000000"], _fashion_files,
+                      ["'fmnist_vgg_1w1a' with num_classes=10, width=1000000 needs more memory than this machine has"]),
     # (10^13 classes: 2.6 PB of weights, past any machine's address space; 10^8 fitted the 128 GiB of a GPU machine)
     "summary-model-too-big": (["summary", "digits_1w1a", "--num-classes", str(10**13)], None,
                               ["needs more memory than this machine has for its parameters"]),
