@@ -164,6 +164,9 @@ def export_model(
     input_size = checked_input_size(input_size)
     meta = _checked_meta(meta, input_size)
     model = _as_float32(unwrapped(model))
+    # (a model on a GPU: verify_export runs it on images made on the CPU, a device mismatch; the file holds the same
+    # bytes either way)
+    model = _on_cpu(model)
     initialise_lazy(model, input_size)
     refuse_non_finite(model)
     warn_hooks(model, "export_model")
