@@ -958,7 +958,7 @@ def test_a_model_on_the_gpu_exports_the_files_of_its_cpu_copy(tmp_path):
     """A model trained on a GPU exports as it does on the CPU: the same packed bytes, the same ONNX graph (export_onnx
     made its trace input on the CPU: a device mismatch in both exporters, review gpufail01)."""
     pytest.importorskip("onnxruntime")
-    from reste.export import run_onnx
+    from reste.export import run_onnx, trace_model
 
     net = _small_binary_net()
     on_gpu = copy.deepcopy(net).cuda()
@@ -970,6 +970,11 @@ def test_a_model_on_the_gpu_exports_the_files_of_its_cpu_copy(tmp_path):
     assert info["same_predictions"] and next(on_gpu.parameters()).is_cuda, info
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3)).numpy()
     np.testing.assert_array_equal(run_onnx(tmp_path / "gpu.onnx", x), run_onnx(tmp_path / "cpu.onnx", x))
+    # reste.export.trace_model runs a model where it is and gives CPU tensors (review diff35, suggestion 3)
+    (logits, sites), (gpu_logits, gpu_sites) = trace_model(net, x), trace_model(on_gpu, x)
+    assert gpu_logits.device.type == "cpu" and all(site.device.type == "cpu" for site in gpu_sites)
+    # (the values: a GPU's convolutions (TF32) may break a near-tie the other way, a sign apart; the shapes must agree)
+    assert gpu_logits.shape == logits.shape and [site.shape for site in gpu_sites] == [site.shape for site in sites]
 
 
 def test_export_onnx_takes_wrapped_and_low_precision_models_as_export_model_does(tmp_path, monkeypatch):

@@ -300,10 +300,10 @@ def graph_reference(source: str | os.PathLike | tuple[dict[str, Any], list[np.nd
 
 def trace_model(model: nn.Module, images: np.ndarray | torch.Tensor,
                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Eval-mode logits of a PyTorch model and the input of every sign it takes, in order.
+    """Eval-mode logits of a PyTorch model and the input of every sign it takes, in order, on the CPU.
 
     Every estimator call counts, except on a weight (a parameter). With ``dtype``
-    float64 a copy of the model runs in float64.
+    float64 a copy of the model runs in float64. The model runs where its parameters are (a GPU too).
     """
     from ..estimators import Estimator
     from ..layers import eval_mode
@@ -317,16 +317,20 @@ def trace_model(model: nn.Module, images: np.ndarray | torch.Tensor,
     def record(module: nn.Module, inputs: tuple[Any, ...]) -> None:
         x = inputs[0]
         if not isinstance(x, nn.Parameter):
-            sites.append(x.detach().clone())
+            sites.append(x.detach().to("cpu", copy=True))
 
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu()
+    # (images made on the CPU for a model on a GPU: a device mismatch, review diff35)
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Estimator)]
     try:
         with torch.no_grad(), eval_mode(model):
-            logits = model(torch.as_tensor(np.asarray(images, dtype=np.float32)).to(dtype))
+            logits = model(torch.as_tensor(np.asarray(images, dtype=np.float32)).to(device, dtype))
     finally:
         for h in hooks:
             h.remove()
-    return logits.detach(), sites
+    return logits.detach().cpu(), sites
 
 
 @dataclass
