@@ -40,8 +40,14 @@ def pytest_report_header(config) -> str:
 
 
 def pytest_configure(config) -> None:
-    """Under pytest-xdist, each worker's torch takes its share of the cores: two workers of two threads each on two
+    """RESTE_TEST_DEVICE=cuda where torch sees no GPU is refused: every test would be skipped, and the run would
+    pass having checked nothing (review diff35). Under pytest-xdist, each worker's torch takes its share of the cores: two workers of two threads each on two
     cores wait on each other's threads (a test of 4 s took 24 s)."""
+    if GPU_RUN and not torch.cuda.is_available():
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise pytest.UsageError("RESTE_TEST_DEVICE=cuda, but torch sees no GPU here"
+                                + (f" (CUDA_VISIBLE_DEVICES={hidden!r})" if hidden is not None else "")
+                                + ": the tests marked gpu would all be skipped; run on a GPU, or without it")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         share = max(1, (os.cpu_count() or 1) // workers)
