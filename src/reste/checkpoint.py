@@ -464,7 +464,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` saved, from tensors on any device: a resume loads last.pt onto the run's
+    """Restore what :func:`rng_state` saved, from tensors on any device: a resume loads last.pt onto the run's
     device, and on a GPU every resume raised "can't convert cuda:0 device type tensor to numpy" here (the suite run on
     an H100, 2026-12-06); torch's generators take CPU byte tensors alone."""
     py = state["python"]

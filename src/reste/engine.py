@@ -1721,10 +1721,9 @@ def gpu_speed_tip(config: TrainConfig, device: torch.device, distributed: bool) 
     """A note for an eager CUDA run, whose small models' steps the host bounds: ``--cuda-graphs`` where the run could
     take it (one process, no --compile, no fp16, no --accumulate, not Bop), else why the C++ nodes
     (:mod:`reste.cuda_ext`) are not used, where ``RESTE_CUDA_EXT`` did not turn them off (this builds them, once,
-    where they can be). The figures
-    are one run's of benchmarks/gpu_check.sh (RESULTS.md, 2026-12-04, second session: a ResNet-20 ReSTE step in bf16
-    took 21.3 ms eager through the Python nodes, 12.0 ms through the C++ nodes, 4.2 ms graphed; the float step 11.7 ms
-    eager)."""
+    where they can be). The figures are one run's of benchmarks/gpu_check.sh (RESULTS.md, 2026-12-04, second
+    session: a ResNet-20 ReSTE step in bf16 took 21.3 ms eager through the Python nodes, 12.0 ms through the C++
+    nodes, 4.2 ms graphed; the float step 11.7 ms eager)."""
     if device.type != "cuda" or config.cuda_graphs or config.compile:
         return None
     from . import cuda_ext

@@ -321,7 +321,8 @@ def _as_float32(model: nn.Module) -> nn.Module:
 
 def _on_cpu(model: nn.Module) -> nn.Module:
     """``model``, or a copy of it on the CPU where a parameter or buffer is elsewhere (a model trained on a GPU):
-    the ONNX file is traced on the CPU and checked by onnxruntime's CPU provider, against the model."""
+    the exporters trace and check it on inputs made on the CPU (verify_export's images; ONNX's trace input and
+    onnxruntime's CPU provider). The files hold the same bytes either way."""
     if all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers())):
         return model
     return copy.deepcopy(model).cpu()
