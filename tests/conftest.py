@@ -41,8 +41,8 @@ def pytest_report_header(config) -> str:
 
 def pytest_configure(config) -> None:
     """RESTE_TEST_DEVICE=cuda where torch sees no GPU is refused: every test would be skipped, and the run would
-    pass having checked nothing (review diff35). Under pytest-xdist, each worker's torch takes its share of the cores: two workers of two threads each on two
-    cores wait on each other's threads (a test of 4 s took 24 s)."""
+    pass having checked nothing (review diff35). Under pytest-xdist, each worker's torch takes its share of the
+    cores: two workers of two threads each on two cores wait on each other's threads (a test of 4 s took 24 s)."""
     if GPU_RUN and not torch.cuda.is_available():
         hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise pytest.UsageError("RESTE_TEST_DEVICE=cuda, but torch sees no GPU here"
