@@ -147,6 +147,48 @@ def test_from_tensors_refuses_float_labels_and_a_string_of_class_names():
                     match=f"digits: labels must be in [0, 10), got {given}")
 
 
+class _DeviceTensor(torch.Tensor):
+    """A CPU stand-in for a tensor on a GPU: NumPy cannot read it (``np.asarray`` of a CUDA tensor raises so)."""
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
+                        "host memory first.")
+
+    def numpy(self, *args, **kwargs):
+        return self.__array__()
+
+
+def test_from_tensors_takes_tensors_where_they_are_not_through_numpy():
+    """(review gpuread1 #1) a plugin's loader of tensors already on the training GPU got "can't convert cuda:0
+    device type tensor to numpy": from_tensors read every pair through np.asarray. The stand-in's NumPy path
+    raises as a GPU tensor's does; the tensors are held as given, not copied."""
+    images = torch.arange(4 * 64, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(4, 1, 8, 8)
+    labels = torch.tensor([3, 1, 4, 1])
+    gpu_like = (images.clone().as_subclass(_DeviceTensor), labels.clone().as_subclass(_DeviceTensor))
+    with pytest.raises(TypeError, match="device type tensor to numpy"):
+        np.asarray(gpu_like[0])  # (the stand-in stands in)
+    train, test, _ = from_tensors("digits", gpu_like, gpu_like, augment=True, pad=1)
+    assert train.data.data_ptr() == gpu_like[0].data_ptr()  # held where it was given, no copy
+    assert torch.equal(torch.Tensor(train.data), images) and torch.equal(torch.Tensor(test.labels), labels)
+    x, y = next(iter(make_loaders(train, test, batch_size=4, eval_batch_size=4)[1]))
+    assert x.shape == (4, 1, 8, 8) and torch.equal(torch.Tensor(y), labels)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_from_tensors_takes_tensors_on_the_gpu():
+    """(review gpuread1 #1) tensors on the GPU stay there, and their batches are the CPU's."""
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    on_gpu = from_tensors("digits", (images.cuda(), labels.cuda()), (images.cuda(), labels.cuda()), augment=True,
+                          pad=2)
+    on_cpu = from_tensors("digits", (images, labels), (images, labels), augment=True, pad=2)
+    assert on_gpu[0].device.type == "cuda" and on_gpu[1].device.type == "cuda"
+    for (xg, yg), (xc, yc) in zip(make_loaders(*on_gpu[:2], batch_size=4, eval_batch_size=4, seed=3)[0],
+                                  make_loaders(*on_cpu[:2], batch_size=4, eval_batch_size=4, seed=3)[0]):
+        assert xg.device.type == "cuda" and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+
+
 # --------------------------------------------------------------------------- 32-bit images (review #6)
 
 

@@ -106,7 +106,8 @@ def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequen
     """``(train_ds, test_ds, DatasetInfo)`` of images held in memory, for the loader of a data set of your own
     (:func:`reste.datasets.register_dataset`): ``train`` and ``test`` are ``(images, labels)``, the images
     ``(N, C, H, W)`` uint8 in the spec's pixel units (0..``scale``), the labels of an integer (or bool) type: float
-    labels are refused, even whole ones, rather than truncated (convert them yourself, once you know they are whole).
+    labels are refused, even whole ones, rather than truncated (convert them yourself, once you know they are whole);
+    tensors are taken where they are, on a GPU too, arrays and lists on the CPU.
     ``classes``: a sequence of names, one per class (a string is refused, not split into letters). Batches are
     normalised with the spec's mean/std where the tensors are (the training GPU with ``--data-device auto``);
     ``augment`` with ``pad`` > 0 adds a random crop (padding ``pad``) and flip to the train batches. ``train=None``
@@ -120,7 +121,9 @@ def from_tensors(name: str, train: tuple | None, test: tuple, *, classes: Sequen
         raise UsageError(f"{spec.name}: {len(names)} class names for {spec.num_classes} classes")
 
     def build(pair, aug):
-        images, labels = (torch.as_tensor(np.asarray(v)) for v in pair)
+        # a tensor as it is, where it is (a GPU's: NumPy takes CPU tensors alone, and "can't convert cuda:0 device
+        # type tensor to numpy" was all a loader of tensors already on the training GPU got)
+        images, labels = (v.detach() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for v in pair)
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != spec.input_size or len(images) != len(labels):
             raise UsageError(f"{spec.name}: images must be uint8 (N, {', '.join(map(str, spec.input_size))}) with "
                              f"one label each, got {images.dtype} {tuple(images.shape)} and {len(labels)} labels")
