@@ -118,6 +118,43 @@ def test_a_resume_restores_the_random_state_that_last_pt_loaded_onto_a_gpu(tmp_p
     assert torch.equal(torch.rand(3), after_load) and not torch.equal(after_load, expected)
 
 
+_MID_EPOCH_DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (RESTE_TEST_DEVICE=cuda)")])]
+
+
+@pytest.mark.parametrize("device", _MID_EPOCH_DEVICES)
+@pytest.mark.parametrize("settings", [
+    dict(indicators="general", amp="fp16"),  # the meter's running sums and fp16's skips: device tensors in last.pt
+    dict(optimizer="bop", estimator="ste", scaling="none", bop_gamma=1e-3, indicators="paper"),  # Bop's m, flips
+], ids=["general-fp16", "bop-paper"])
+def test_a_run_stopped_inside_an_epoch_resumes_at_its_step(tmp_path, monkeypatch, device, settings):
+    """(review gpuread1, suggestion) a stop inside an epoch saves its step with the meter's running sums, the fp16
+    scaler's state and Bop's m and flips, tensors of the run's device that a resume loads back onto it; the GPU's
+    mid-epoch resume had no test of its own (only an epoch's end resumed on the GPU)."""
+    import signal
+
+    cfg = small(epochs=2, device=device, **settings)
+    original = engine._Run.train_epoch
+
+    def stop_in_epoch_2(self, epoch, *args):
+        if epoch == 1:
+            self.stop.signum = signal.SIGTERM  # (the step's checkpoint, then Preempted)
+        return original(self, epoch, *args)
+
+    monkeypatch.setattr(engine._Run, "train_epoch", stop_in_epoch_2)
+    with pytest.raises(engine.Preempted):
+        engine.train(cfg, tmp_path / "r", progress=False, log=quiet)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 1) and ckpt["partial"]["meter"] is not None
+    result = engine.resume(tmp_path / "r", progress=False, log=quiet)
+    lines = rundir.read_metrics(tmp_path / "r")
+    assert result["epochs"] == 2 and [m["epoch"] for m in lines] == [1, 2]
+    assert all(m.get("estimating_error") is not None for m in lines), lines
+    if settings.get("optimizer") == "bop":
+        assert all(isinstance(m.get("bop_flips"), int) for m in lines), lines
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (RESTE_TEST_DEVICE=cuda)")
 def test_a_run_on_the_gpu_resumes(tmp_path, monkeypatch):
