@@ -118,6 +118,39 @@ def test_a_resume_restores_the_random_state_that_last_pt_loaded_onto_a_gpu(tmp_p
     assert torch.equal(torch.rand(3), after_load) and not torch.equal(after_load, expected)
 
 
+def test_a_run_on_cuda_n_gives_the_current_device_back(monkeypatch):
+    """(review gpuread1 #2) a run on ``cuda:N`` makes GPU N the current device (its kernels launch there); the caller's
+    came back only in evaluate_checkpoint: after reste.train(device="cuda:1") in a notebook or a script, the next
+    run, evaluation or tensor on "cuda" went to GPU 1. A stand-in for torch's CUDA device state."""
+    state = {"current": 0, "started": True}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: state["started"])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: state.update(current=torch.device(d).index or 0))
+    with engine._torch_settings_kept():
+        engine.select_cuda_device(torch.device("cuda", 1))
+        assert state["current"] == 1  # the run's, while it trains
+    assert state["current"] == 0
+    state.update(current=2)  # the caller's own, not 0
+    with engine._torch_settings_kept():
+        engine.select_cuda_device(torch.device("cuda", 1))
+    assert state["current"] == 2
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "localhost"),
+                        ("MASTER_PORT", "29500")):  # under torchrun the process keeps its GPU
+        monkeypatch.setenv(name, value)
+    with engine._torch_settings_kept():
+        engine.select_cuda_device(torch.device("cuda", 1))
+    assert state["current"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (RESTE_TEST_DEVICE=cuda)")
+def test_a_run_on_the_second_gpu_gives_the_current_device_back(tmp_path):
+    """(review gpuread1 #2) after a run on cuda:1, "cuda" is the caller's GPU again."""
+    before = torch.cuda.current_device()
+    engine.train(small(epochs=1, device="cuda:1"), tmp_path / "run", progress=False, log=quiet)
+    assert torch.cuda.current_device() == before
+
+
 _MID_EPOCH_DEVICES = ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (RESTE_TEST_DEVICE=cuda)")])]
 

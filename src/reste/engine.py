@@ -1540,11 +1540,16 @@ def _worker_deaths_at_next(loader: Any):
 @contextlib.contextmanager
 def _torch_settings_kept():
     """A run sets torch's CPU threads to its own ``threads``, on CUDA cuDNN's autotuner on
-    (:func:`tune_convolutions`), and with --cuda-graphs the Triton kernels in place of the C++ nodes
-    (:func:`reste.cuda_ext.leave_to_triton`); the caller's settings come back after it."""
+    (:func:`tune_convolutions`), with --cuda-graphs the Triton kernels in place of the C++ nodes
+    (:func:`reste.cuda_ext.leave_to_triton`), and on ``cuda:N`` the current CUDA device (:func:`select_cuda_device`);
+    the caller's settings come back after it. (The current device stayed ``cuda:N``: a later run or evaluation on
+    ``--device cuda`` in the same process went to GPU N, not the caller's: review gpuread1 #2. Not under torchrun,
+    whose process keeps its LOCAL_RANK's GPU to the end.)"""
     from . import cuda_ext
 
     threads, tuned, extension = torch.get_num_threads(), torch.backends.cudnn.benchmark, cuda_ext.setting()
+    # (CUDA not started yet: its current device, once started, is 0; asking would start it on a CPU run)
+    current = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
     try:
         yield
     finally:
@@ -1552,6 +1557,8 @@ def _torch_settings_kept():
             torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = tuned
         cuda_ext.restore_setting(extension)
+        if env_world_size() <= 1 and torch.cuda.is_initialized() and torch.cuda.current_device() != current:
+            torch.cuda.set_device(current)
 
 
 def tune_convolutions(device: torch.device) -> None:
