@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, verified and safe loads, and RNG state capture.
 
 A checkpoint is a dict of plain data and tensors, loadable with
-``torch.load(weights_only=True)`` (no code runs on load):
+``torch.load(weights_only=True)`` (no code runs on load; a GPU run's tensors are CUDA tensors: add
+``map_location="cpu"`` where there is no GPU, as :func:`load_checkpoint` does by default):
 
     format, version, config (TrainConfig as a dict), model_name, model_options
     (the model factory's own keywords, num_classes included), estimator, estimator_options,
