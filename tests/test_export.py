@@ -977,6 +977,98 @@ def test_a_model_on_the_gpu_exports_the_files_of_its_cpu_copy(tmp_path):
     assert gpu_logits.shape == logits.shape and [site.shape for site in gpu_sites] == [site.shape for site in sites]
 
 
+def test_deploy_model_makes_its_float_layers_where_the_model_is_and_in_its_dtype():
+    """deploy_model's sign + float layers were plain nn.Conv2d / nn.Linear on the CPU in float32, whatever the
+    model: a GPU model's copy held them on the CPU beside its other layers on the GPU (review gpuread2 #1). On the
+    CPU: the meta device stands in for a GPU (copying a weight out of it fails, as the mixed copy's forward does on
+    one), and a float64 model's copy failed with a dtype error."""
+    from reste.export import deploy_model
+
+    net = _small_binary_net()
+    on_meta = deploy_model(copy.deepcopy(net).to("meta"))  # raised "Cannot copy out of meta tensor"
+    assert {t.device.type for t in (*on_meta.parameters(), *on_meta.buffers())} == {"meta"}
+    double = deploy_model(copy.deepcopy(net).double())
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():  # (raised "Input type (double) and bias type (float) should be the same")
+        assert double(x).dtype == torch.float64
+
+
+def test_check_onnx_takes_a_model_of_another_dtype_or_device(tmp_path):
+    """check_onnx ran ``model`` on its CPU float32 images as it came: a model on a GPU (a device mismatch) or in
+    float64 (a dtype error) failed there; it checks the float32 CPU copy, as export_onnx gives it (review gpuread2
+    #2). The float64 model stands in on the CPU; the gpu test below checks a GPU's."""
+    pytest.importorskip("onnxruntime")
+    from reste.export.onnx_export import check_onnx
+
+    net = _small_binary_net().eval()
+    export_onnx(net, tmp_path / "m.onnx", (1, 8, 8), check=False)
+    double = copy.deepcopy(net).double()
+    got = check_onnx(double, tmp_path / "m.onnx", (1, 8, 8))  # raised "expected ... Double but found Float"
+    assert got == check_onnx(net, tmp_path / "m.onnx", (1, 8, 8))
+    assert next(double.parameters()).dtype == torch.float64  # (the caller's model untouched)
+
+
+def test_compare_and_exact_ties_take_sign_inputs_traced_elsewhere(tmp_path):
+    """compare and exact_ties took a trace's sign inputs as they came: ones traced on a GPU failed against the
+    reference's CPU tensors ("expected device", "can't convert ... to numpy"; review gpuread2 #3). The values are the
+    CPU trace: a Tensor subclass that refuses NumPy and any op beside a CPU tensor stands in for a GPU's."""
+    from reste.export.reference import exact_ties
+
+    net = _small_binary_net().eval()
+    export_model(net, tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = graph_reference(tmp_path / "m.rbnn", x)
+    logits, sites = trace_model(net, x)
+
+    class Elsewhere(torch.Tensor):  # a device tensor's stand-in: no NumPy view, no op with a CPU tensor, .cpu()
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.cpu:
+                return args[0].as_subclass(torch.Tensor).clone()
+            given = [t for a in (*args, *kwargs.values()) for t in (a if isinstance(a, (list, tuple)) else (a,))]
+            if any(type(t) is torch.Tensor and t.dim() > 0 for t in given):
+                raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices")
+            return super().__torch_function__(func, types, args, kwargs)
+
+        def numpy(self, *args, **kwargs):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    far = [s.clone().as_subclass(Elsewhere) for s in sites]
+    assert compare(ref, logits, far).summary() == compare(ref, logits, sites).summary()
+    assert exact_ties(ref, far) == exact_ties(ref, sites)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (RESTE_TEST_DEVICE=cuda)")
+def test_a_gpu_models_deployed_copy_check_and_trace_stay_on_the_gpu(tmp_path):
+    """deploy_model of a model on a GPU runs there (its float layers were made on the CPU: review gpuread2 #1);
+    check_onnx takes it (its images are the CPU's: #2); compare and exact_ties take sign inputs traced on it (#3)."""
+    pytest.importorskip("onnxruntime")
+    from reste.export.onnx_export import check_onnx, deploy_model
+    from reste.export.reference import exact_ties
+
+    net = _small_binary_net().eval()
+    on_gpu = copy.deepcopy(net).cuda()
+    deployed = deploy_model(on_gpu)
+    assert {t.device.type for t in (*deployed.parameters(), *deployed.buffers())} == {"cuda"}
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert deployed(x.cuda()).shape == (4, 10)
+    export_onnx(net, tmp_path / "m.onnx", (1, 8, 8), check=False)
+    assert check_onnx(on_gpu, tmp_path / "m.onnx", (1, 8, 8))["images"] == 16
+    export_model(net, tmp_path / "m.rbnn", input_size=(1, 8, 8), verify=False)
+    ref = graph_reference(tmp_path / "m.rbnn", x)
+    logits, sites = trace_model(net, x)
+    gpu_sites = [s.cuda() for s in sites]
+    assert compare(ref, logits.cuda(), gpu_sites).summary() == compare(ref, logits, sites).summary()
+    assert exact_ties(ref, gpu_sites) == exact_ties(ref, sites)
+
+
 def test_export_onnx_takes_wrapped_and_low_precision_models_as_export_model_does(tmp_path, monkeypatch):
     """A compiled, DataParallel or bf16 model failed both ONNX exporters (a dtype error, "DataParallel is not
     supported", "dynamo-optimized function"); each now gives the graph of the float32 model inside."""

@@ -53,6 +53,11 @@ def _dilated_same(m: nn.Module) -> bool:
     return isinstance(m, _CONVS) and m.padding == "same" and any(d != 1 for d in m.dilation)
 
 
+def _where(weight: torch.Tensor) -> dict[str, Any]:
+    """The ``device`` and ``dtype`` keywords of a layer made to hold ``weight``: on its device, in its dtype."""
+    return {"device": weight.device, "dtype": weight.dtype}
+
+
 def _filled(new: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     """``new`` (a float conv or linear) holding ``weight`` and ``bias``."""
     with torch.no_grad():
@@ -74,8 +79,10 @@ def _plain_conv(m: nn.Module, weight: torch.Tensor) -> nn.Module:
         if any(t % 2 for t in totals):
             pad = [n for t in reversed(totals) for n in (t // 2, t - t // 2)]  # F.pad's order: last dim first
             padding = (0,) * len(totals)
+    # (made where the weight is, in its dtype: a plain nn.Conv2d on the CPU in float32 left a GPU model's
+    # deploy_model copy on two devices, review gpuread2 #1)
     new = _filled(conv(m.in_channels, m.out_channels, m.kernel_size, m.stride, padding, m.dilation, m.groups,
-                       bias=m.bias is not None, padding_mode=m.padding_mode), weight, m.bias)
+                       bias=m.bias is not None, padding_mode=m.padding_mode, **_where(weight)), weight, m.bias)
     if pad is None:
         return new
     return nn.Sequential(_PADS[dims - 1](tuple(pad), 0.0), new)
@@ -85,7 +92,7 @@ def _plain_transposed(m: nn.Module, weight: torch.Tensor) -> nn.Module:
     """A float nn.ConvTranspose1d/2d/3d of ``m``'s geometry and ``weight``."""
     kind = _TRANSPOSED[len(m.kernel_size) - 1]
     return _filled(kind(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.output_padding,
-                        m.groups, m.bias is not None, m.dilation), weight, m.bias)
+                        m.groups, m.bias is not None, m.dilation, **_where(weight)), weight, m.bias)
 
 
 class _SignedTransposed(nn.Sequential):
@@ -104,7 +111,7 @@ def _float_layer(m: nn.Module, name: str) -> nn.Module:
     elif isinstance(m, _TRANSPOSED):
         new = _plain_transposed(m, w)
     elif isinstance(m, nn.Linear):
-        new = _filled(nn.Linear(m.in_features, m.out_features, bias=m.bias is not None), w, m.bias)
+        new = _filled(nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, **_where(w)), w, m.bias)
     else:
         raise UsageError(f"cannot export binary layer type {type(m).__name__} to ONNX (it takes binary convs, "
                          "transposed or not, and Linear layers); binarize with keep=[...] naming it to keep it "
@@ -292,9 +299,13 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
         return {"unchecked": UNCHECKED}
     from dataclasses import asdict
 
-    from .exporter import export_model, model_reference
+    from .exporter import _as_float32, _on_cpu, export_model, model_reference
     from ..layers import eval_mode
     from .reference import compare, exact_ties
+
+    # (its images are made on the CPU in float32, as onnxruntime's CPU provider takes them: a model on a GPU, or in
+    # float64, failed at model(x); export_onnx gives it such a copy already, review gpuread2 #2)
+    model = _on_cpu(_as_float32(model))
 
     # (the file's bytes, not its path: onnxruntime takes text paths alone, review portable #13)
     data = Path(path).read_bytes()

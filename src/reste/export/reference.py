@@ -377,12 +377,19 @@ def exact_ties(ref: Reference, sites: list[Any] | None) -> tuple[int, int]:
             _same_but_unit_dims(tuple(s.shape), tuple(r.shape)) for s, r in zip(sites, ref.sites)):
         return 0, 0
     found = []
+    sites = [_on_host(s) for s in sites]  # (a trace of a model on a GPU: review gpuread2 #3)
     for k, (s, r) in enumerate(zip(sites, ref.sites)):
         if all(r is not ref.sites[j] for j in range(k)):  # (a site two layers share, once)
             found.append(((r == 0) & (torch.as_tensor(np.asarray(s)).reshape(r.shape) != 0)).flatten(1))
     if not found:
         return 0, 0
     return int(sum(int(z.sum()) for z in found)), int(torch.cat(found, 1).any(1).sum())
+
+
+def _on_host(values: Any) -> Any:
+    """``values`` as a CPU tensor where it is a tensor elsewhere (a GPU's), else as it is: the reference's are on
+    the CPU."""
+    return values.detach().cpu() if isinstance(values, torch.Tensor) else values
 
 
 def _within(got: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor) -> tuple[bool, float]:
@@ -424,7 +431,8 @@ def compare(ref: Reference, logits: Any, sites: list[Any] | None = None) -> Comp
     result = Comparison(images=n, traced=traced)
     result.same_predictions = int((got.argmax(1) == ref.logits.argmax(1)).sum())
     # a 1-D layer's sign input is (N, C, L) in the model and (N, C, 1, L) in the graph: the same values
-    traced_sites = [torch.as_tensor(s).reshape(r.shape) for s, r in zip(sites, ref.sites)] if traced else None
+    # (sign inputs traced on a GPU: the reference's are on the CPU, review gpuread2 #3)
+    traced_sites = [torch.as_tensor(_on_host(s)).reshape(r.shape) for s, r in zip(sites, ref.sites)] if traced else None
     for i in range(n):
         status, detail, ratio = _image_status(ref, got, traced_sites, i)
         if status == "agree":
