@@ -1099,3 +1099,16 @@ def test_evaluate_refuses_an_unknown_amp_instead_of_running_fp16():
     by_name = engine.evaluate(net, batch, "cpu", amp="bf16")
     assert by_name == engine.evaluate(net, batch, torch.device("cpu"), amp="bf16")
     assert engine.evaluate(net, batch, None) == plain  # the CPU, as before (review diff34)
+
+
+def test_evaluate_refuses_a_model_on_another_device_than_its_batches_in_one_line():
+    """(review gpuread2, suggestion 1) a model left on the GPU evaluated with device='cpu' (or the reverse) failed in
+    its first convolution with torch's "Input type ... and weight type ... should be the same"; the meta device
+    stands in for the other one here."""
+    from reste import engine, models
+
+    net = models.create("digits_1w1a").to("meta")
+    batch = [(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))]
+    with pytest.raises(UsageError, match=r"^evaluate: the model is on meta and the batches go to cpu; move the model "
+                                         r"\(model.to\('cpu'\)\) or pass device='meta'$"):
+        engine.evaluate(net, batch, torch.device("cpu"))

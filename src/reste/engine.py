@@ -268,6 +268,11 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
         raise UsageError(f"evaluate: unknown amp {amp!r}; valid: {', '.join(AMP_MODES)} (or None: none)")
     # (a device's name, as the other entry points take it, failed at autocast's device.type)
     device = usable_device("evaluate", device, "a torch.device, or 'cpu'")
+    where = next((t.device for t in (*model.parameters(), *model.buffers())), None) \
+        if isinstance(model, nn.Module) else None
+    if where is not None and where.type != device.type:  # (torch's own error came from the first conv: gpuread2)
+        raise UsageError(f"evaluate: the model is on {where} and the batches go to {device}; move the model "
+                         f"(model.to({str(device)!r})) or pass device={str(where)!r}")
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
