@@ -66,7 +66,7 @@ from .hparams import outside_reste
 from .indicators import RUN_LEVEL, EquilibriumMeter, amp_scale, amp_skipped, saved_measure
 from .cudagraph import CudaGraphs, GraphedForward, GraphedStep, graphable_optimizer_options, load_optimizer_state
 from .integrations.tensorboard import TensorBoardLog, check as check_tensorboard
-from .layers import binary_layers, estimators_of, eval_mode, set_progress
+from .layers import binary_layers, estimators_of, eval_mode, model_device, set_progress
 from .optim import Bop, Composite, split_binary
 from .checkpoint import load_checkpoint, model_from_checkpoint, state_dict_error
 from .export.format import refuse_packed
@@ -268,8 +268,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
         raise UsageError(f"evaluate: unknown amp {amp!r}; valid: {', '.join(AMP_MODES)} (or None: none)")
     # (a device's name, as the other entry points take it, failed at autocast's device.type)
     device = usable_device("evaluate", device, "a torch.device, or 'cpu'")
-    where = next((t.device for t in (*model.parameters(), *model.buffers())), None) \
-        if isinstance(model, nn.Module) else None
+    where = model_device(model) if isinstance(model, nn.Module) else None
     if where is not None and where.type != device.type:  # (torch's own error came from the first conv: gpuread2)
         raise UsageError(f"evaluate: the model is on {where} and the batches go to {device}; move the model "
                          f"(model.to({str(device)!r})) or pass device={str(where)!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -359,6 +360,11 @@ def unwatched(model: nn.Module) -> Iterator[None]:
     finally:
         for m, name in watched:
             m.watch_inputs = name
+
+
+def model_device(model: nn.Module, default: Any = None) -> Any:
+    """The device of ``model``'s first parameter or buffer (where it runs), ``default`` for a model of neither."""
+    return next((t.device for t in itertools.chain(model.parameters(), model.buffers())), default)
 
 
 def dummy_forward(model: nn.Module, input_size: tuple[int, ...], *, one_line: bool = True) -> Any:

@@ -163,10 +163,7 @@ def export_model(
     check_output_path(path)
     input_size = checked_input_size(input_size)
     meta = _checked_meta(meta, input_size)
-    model = _as_float32(unwrapped(model))
-    # (a model on a GPU: verify_export runs it on images made on the CPU, a device mismatch; the file holds the same
-    # bytes either way)
-    model = _on_cpu(model)
+    model = _float32_on_cpu(unwrapped(model))
     initialise_lazy(model, input_size)
     refuse_non_finite(model)
     warn_hooks(model, "export_model")
@@ -310,22 +307,15 @@ def unwrapped(model: nn.Module) -> nn.Module:
             return model
 
 
-def _as_float32(model: nn.Module) -> nn.Module:
-    """``model``, or a float32 copy of it when a floating parameter or buffer has another dtype: the file and the
-    verification work in float32 (and float64 for the reference)."""
+def _float32_on_cpu(model: nn.Module) -> nn.Module:
+    """``model``, or one copy of it in float32 on the CPU where a floating parameter or buffer has another dtype or a
+    tensor is elsewhere (a model trained on a GPU): the file and the verification work in float32 (and float64 for
+    the reference), on inputs made on the CPU (verify_export's images; ONNX's trace input and onnxruntime's CPU
+    provider). The files hold the same bytes either way."""
     tensors = [*model.parameters(), *model.buffers()]
-    if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+    if all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors):
         return model
-    return copy.deepcopy(model).float()
-
-
-def _on_cpu(model: nn.Module) -> nn.Module:
-    """``model``, or a copy of it on the CPU where a parameter or buffer is elsewhere (a model trained on a GPU):
-    the exporters trace and check it on inputs made on the CPU (verify_export's images; ONNX's trace input and
-    onnxruntime's CPU provider). The files hold the same bytes either way."""
-    if all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers())):
-        return model
-    return copy.deepcopy(model).cpu()
+    return copy.deepcopy(model).to("cpu", torch.float32)
 
 
 def _checked_meta(meta: Any, input_size: tuple[int, ...] | None) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     from ..errors import checked_input_size
     from ..rundir import check_output_path  # here: the exporter alone loads nothing of the training side
     from ..layers import dummy_forward
-    from .exporter import _as_float32, _on_cpu, initialise_lazy, refuse_non_finite, staged, unwrapped, warn_hooks
+    from .exporter import _float32_on_cpu, initialise_lazy, refuse_non_finite, staged, unwrapped, warn_hooks
 
     path = Path(path)
     check_output_path(path)
@@ -230,10 +230,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     if input_size is None:
         raise UsageError("export_onnx needs input_size, one input's shape such as (C, H, W): the file is traced "
                          "on an input of that size")
-    model = _as_float32(unwrapped(model))  # the exporters cannot trace the wrappers; the check runs in float32
-    # (a model on a GPU: traced on the CPU, where the input is made and onnxruntime checks it; it failed both
+    # the exporters cannot trace the wrappers; the check runs in float32, on the CPU (a model on a GPU failed both
     # exporters with a device mismatch: review gpufail01)
-    model = _on_cpu(model)
+    model = _float32_on_cpu(unwrapped(model))
     dummy_forward(model, input_size)  # (a size the model cannot take: its own error, not the two exporters')
     initialise_lazy(model, input_size)  # (that forward gave the lazy modules it ran their weights)
     refuse_non_finite(model)
@@ -299,13 +298,13 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
         return {"unchecked": UNCHECKED}
     from dataclasses import asdict
 
-    from .exporter import _as_float32, _on_cpu, export_model, model_reference
+    from .exporter import _float32_on_cpu, export_model, model_reference
     from ..layers import eval_mode
     from .reference import compare, exact_ties
 
     # (its images are made on the CPU in float32, as onnxruntime's CPU provider takes them: a model on a GPU, or in
     # float64, failed at model(x); export_onnx gives it such a copy already, review gpuread2 #2)
-    model = _on_cpu(_as_float32(model))
+    model = _float32_on_cpu(model)
 
     # (the file's bytes, not its path: onnxruntime takes text paths alone, review portable #13)
     data = Path(path).read_bytes()

@@ -306,7 +306,7 @@ def trace_model(model: nn.Module, images: np.ndarray | torch.Tensor,
     float64 a copy of the model runs in float64. The model runs where its parameters are (a GPU too).
     """
     from ..estimators import Estimator
-    from ..layers import eval_mode
+    from ..layers import eval_mode, model_device
 
     if dtype != torch.float32:
         import copy
@@ -319,10 +319,9 @@ def trace_model(model: nn.Module, images: np.ndarray | torch.Tensor,
         if not isinstance(x, nn.Parameter):
             sites.append(x.detach().to("cpu", copy=True))
 
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu()
+    images = _on_host(images)
     # (images made on the CPU for a model on a GPU: a device mismatch, review diff35)
-    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    device = model_device(model, torch.device("cpu"))
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Estimator)]
     try:
         with torch.no_grad(), eval_mode(model):
@@ -417,8 +416,7 @@ def compare(ref: Reference, logits: Any, sites: list[Any] | None = None) -> Comp
         raise UsageError(f"compare takes the Reference first (graph_reference(path, images)), then the logits, got "
                          f"{type(ref).__name__}")
     try:
-        got = torch.as_tensor(np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits,
-                                         dtype=np.float64))
+        got = torch.as_tensor(np.asarray(_on_host(logits), dtype=np.float64))
     except (TypeError, ValueError) as err:
         raise UsageError(f"compare takes the logits as an array of numbers, got {type(logits).__name__} "
                          f"({str(err).splitlines()[0][:100]})") from None
